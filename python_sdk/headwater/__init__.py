@@ -1,0 +1,68 @@
+"""Headwater: write flows as Python functions, run them embedded or on a server.
+
+from headwater import flow, task
+
+@task(retries=2)
+def double(x: int) -> int:
+    return 2 * x
+
+@flow
+def pipeline(n: int = 3) -> list[int]:
+    return double.map(range(n))
+
+pipeline()          # runs in-process, returns [0, 2, 4]
+pipeline.run()      # returns a FlowRun with per-task states
+pipeline.compile()  # the FlowGraph message sent to a server
+"""
+
+from headwater_runtime.embedded import ResultCache, ThreadExecutor
+from headwater_runtime.engine import (
+    AttemptRecord,
+    FailureInfo,
+    FlowRunState,
+    StateEntry,
+    TaskRunRecord,
+    TaskRunState,
+    Trigger,
+)
+from headwater_runtime.execution import Skip
+
+from ._compiler import case, merge
+from ._errors import FlowDefinitionError, GraphError, ParameterError
+from ._flow import Flow, flow
+from ._payloads import EncodingError
+from ._refs import TaskRef, unmapped
+from ._run import FlowRun
+from ._signals import FlowRunCancelled, FlowRunFailed
+from ._task import Task, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttemptRecord",
+    "EncodingError",
+    "FailureInfo",
+    "Flow",
+    "FlowDefinitionError",
+    "FlowRun",
+    "FlowRunCancelled",
+    "FlowRunFailed",
+    "FlowRunState",
+    "GraphError",
+    "ParameterError",
+    "ResultCache",
+    "Skip",
+    "StateEntry",
+    "Task",
+    "TaskRef",
+    "TaskRunRecord",
+    "TaskRunState",
+    "ThreadExecutor",
+    "Trigger",
+    "__version__",
+    "case",
+    "flow",
+    "merge",
+    "task",
+    "unmapped",
+]

@@ -1,0 +1,16 @@
+"""Errors for mistakes in flow and task definitions."""
+
+from __future__ import annotations
+
+from headwater_runtime.engine import GraphError, ParameterError
+
+
+class FlowDefinitionError(TypeError):
+    """A flow or task is used wrongly (bad option, bad argument, misused reference).
+
+    A TypeError, like Python's own errors for calling a function wrongly; the message
+    names the task or flow and the fix.
+    """
+
+
+__all__ = ["FlowDefinitionError", "GraphError", "ParameterError"]

@@ -1,0 +1,121 @@
+"""``@flow``: a function whose task calls form a graph, run embedded or on a server."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+
+from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, Executor, ThreadExecutor
+from headwater_runtime.engine import GraphSpec, ParameterError
+
+from . import _compiler
+from ._errors import FlowDefinitionError
+from ._run import FlowRun
+
+if TYPE_CHECKING:
+    from headwater.v1 import graph_pb2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Keyword names ``Flow.run`` takes for itself; flow parameters may not use them.
+RUN_OPTIONS = frozenset({"executor", "max_workers", "max_concurrency"})
+
+
+class Flow(Generic[P, R]):
+    """A flow. ``flow(**params)`` runs it embedded and returns its result;
+    ``flow.run(**params)`` returns a FlowRun; ``flow.compile()`` returns the graph."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        version: str = "",
+    ) -> None:
+        if not callable(fn):
+            raise FlowDefinitionError(f"@flow needs a function, got {type(fn).__name__}")
+        if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
+            raise FlowDefinitionError(f"flow {fn.__name__!r} must be a plain function")
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.version = version
+        self.description = inspect.getdoc(fn) or ""
+        self.signature = inspect.signature(fn)
+        self.parameters = _compiler.param_specs(self.name, self.signature)
+        clash = RUN_OPTIONS & {p.name for p in self.parameters}
+        if clash:
+            raise FlowDefinitionError(
+                f"flow {self.name!r}: parameter name(s) {sorted(clash)} are reserved for "
+                "run options; rename them"
+            )
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def graph(self) -> GraphSpec:
+        """Compile to the engine's graph (live Python constants, callables attached)."""
+        return _compiler.trace(self)
+
+    def compile(self) -> graph_pb2.FlowGraph:
+        """Compile to a FlowGraph message (constants encoded), e.g. to inspect or send."""
+        from ._proto_graph import graph_to_proto
+
+        return graph_to_proto(self.graph())
+
+    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Parameter values by name from a call's arguments."""
+        try:
+            return dict(self.signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError as exc:
+            raise ParameterError(f"flow {self.name!r}: {exc}") from None
+
+    def run(
+        self,
+        *args: Any,
+        executor: Executor | None = None,
+        max_workers: int | None = None,
+        max_concurrency: int | None = None,
+        **params: Any,
+    ) -> FlowRun:
+        """Run embedded and return the FlowRun; never raises for a task failure.
+
+        Args:
+            executor: where tasks run (default: a ThreadExecutor).
+            max_workers: thread pool size when no executor is given.
+            max_concurrency: most task runs executing at once in this flow run.
+        """
+        if executor is not None and max_workers is not None:
+            raise FlowDefinitionError("pass either executor= or max_workers=, not both")
+        values = self.bind(*args, **params)
+        embedded = EmbeddedRun(
+            self.graph(),
+            values,
+            executor=executor or ThreadExecutor(max_workers),
+            max_concurrency=max_concurrency,
+            cache=PROCESS_CACHE,
+        )
+        engine = embedded.run()
+        return FlowRun.from_engine(embedded.id, engine)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run embedded; return the flow's result or raise FlowRunFailed."""
+        flow_run = self.run(*args, **kwargs)
+        flow_run.raise_for_state()
+        return flow_run.result  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name}>"
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
+def flow(
+    *, name: str | None = ..., version: str = ...
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a flow: ``@flow`` or ``@flow(name=..., version=...)``."""
+    if fn is not None:
+        return Flow(fn, **options)
+    return lambda f: Flow(f, **options)

@@ -1,0 +1,85 @@
+"""Loading flows from files and modules, the way the CLI and workers name them."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from ._flow import Flow
+
+
+class LoadError(Exception):
+    """A file, module or flow could not be loaded; the message says which and why."""
+
+
+def load_file(path: str) -> ModuleType:
+    """Import a Python file under its file stem (so task types read ``stem.func``, the
+    same as ``--module stem`` on a worker). Its folder is put on sys.path first."""
+    file = Path(path)
+    if not file.is_file():
+        raise LoadError(f"no such file: {path}")
+    if file.suffix != ".py":
+        raise LoadError(f"{path} is not a Python file (.py)")
+    folder = str(file.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    name = file.stem
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise LoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if previous is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = previous
+        raise
+    return module
+
+
+def load_module(name: str) -> ModuleType:
+    """Import a module by dotted name; LoadError if it does not exist."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise LoadError(f"no module named {name!r} (is it on PYTHONPATH?)") from None
+        raise
+
+
+def find_flow(module: ModuleType, name: str | None, origin: str) -> Flow:
+    """The flow named ``name`` in a module, or its only flow when no name is given."""
+    flows = {attr: obj for attr, obj in vars(module).items() if isinstance(obj, Flow)}
+    if name is not None:
+        if name in flows:
+            return flows[name]
+        by_flow_name = [f for f in flows.values() if f.name == name]
+        if len(by_flow_name) == 1:
+            return by_flow_name[0]
+        raise LoadError(
+            f"{origin} has no flow {name!r} (flows: {', '.join(sorted(flows)) or 'none'})"
+        )
+    if len(flows) == 1:
+        return next(iter(flows.values()))
+    if not flows:
+        raise LoadError(f"{origin} defines no @flow")
+    raise LoadError(
+        f"{origin} defines several flows ({', '.join(sorted(flows))}); pick one with {origin}:NAME"
+    )
+
+
+def load_flow(target: str) -> Flow:
+    """``path/to/file.py[:FLOW]`` or ``package.module[:FLOW]``."""
+    location, _, name = target.partition(":")
+    if location.endswith(".py") or "/" in location:
+        module = load_file(location)
+    else:
+        module = load_module(location)
+    return find_flow(module, name or None, location)

@@ -1,0 +1,80 @@
+"""Encoding values as payloads: ``json`` (any language) or ``pickle`` (Python only).
+
+A value is encoded as json only when decoding gives back an equal value of the same
+types (so a tuple, a set or a float NaN is not json); otherwise cloudpickle is used.
+Portable tasks (implemented in other languages) must use json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+JSON = "json"
+PICKLE = "pickle"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedValue:
+    """Encoded bytes and their metadata (``encoding`` included)."""
+
+    data: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def encoding(self) -> str:
+        return self.metadata.get("encoding", "")
+
+
+class EncodingError(TypeError):
+    """A value cannot be encoded as asked."""
+
+
+def is_json_exact(value: Any, depth: int = 0) -> bool:
+    """Whether json round-trips the value to an equal value of the same types."""
+    if depth > 100:
+        return False
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, int):
+        return type(value) is int
+    if isinstance(value, float):
+        return type(value) is float and math.isfinite(value)
+    if type(value) is list:
+        return all(is_json_exact(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and is_json_exact(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def encode(value: Any, *, portable: bool = False) -> EncodedValue:
+    """Encode a value; json when exact (required when portable), else pickle."""
+    if is_json_exact(value):
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return EncodedValue(data.encode("utf-8"), {"encoding": JSON})
+    if portable:
+        raise EncodingError(
+            f"a {type(value).__name__} cannot be sent as json (portable tasks accept "
+            "None, bool, int, finite float, str, list and dict with string keys)"
+        )
+    try:
+        data = cloudpickle.dumps(value)
+    except Exception as exc:
+        raise EncodingError(
+            f"a {type(value).__name__} cannot be serialised ({type(exc).__name__}: {exc})"
+        ) from exc
+    return EncodedValue(data, {"encoding": PICKLE})
+
+
+def decode(encoded: EncodedValue) -> Any:
+    """Decode a payload (pickle only ever decoded in Python SDK processes)."""
+    encoding = encoded.encoding
+    if encoding == JSON:
+        return json.loads(encoded.data.decode("utf-8"))
+    if encoding == PICKLE:
+        return cloudpickle.loads(encoded.data)
+    raise EncodingError(f"unknown payload encoding {encoding!r}")

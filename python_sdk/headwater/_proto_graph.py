@@ -1,0 +1,244 @@
+"""GraphSpec <-> FlowGraph message.
+
+``graph_to_proto`` encodes constants and parameter defaults (json when exact, else
+pickle; json is required for portable tasks). ``graph_from_proto`` keeps them encoded
+(EncodedValue): the control plane never decodes user payloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import duration_pb2
+
+from headwater.v1 import graph_pb2, payload_pb2
+from headwater_runtime.engine import (
+    NO_RETRY,
+    CacheSpec,
+    Const,
+    DictOf,
+    FromTask,
+    GraphError,
+    GraphSpec,
+    InputSpec,
+    ListOf,
+    Param,
+    ParamSpec,
+    RetrySpec,
+    TaskSpec,
+    Trigger,
+)
+
+from ._payloads import EncodedValue, EncodingError, encode
+
+_TRIGGER_TO_PROTO = {
+    Trigger.ALL_SUCCESSFUL: graph_pb2.TRIGGER_ALL_SUCCESSFUL,
+    Trigger.ALL_FINISHED: graph_pb2.TRIGGER_ALL_FINISHED,
+    Trigger.ALL_FAILED: graph_pb2.TRIGGER_ALL_FAILED,
+    Trigger.ANY_SUCCESSFUL: graph_pb2.TRIGGER_ANY_SUCCESSFUL,
+    Trigger.ANY_FAILED: graph_pb2.TRIGGER_ANY_FAILED,
+    Trigger.NONE_FAILED: graph_pb2.TRIGGER_NONE_FAILED,
+}
+_TRIGGER_FROM_PROTO = {v: k for k, v in _TRIGGER_TO_PROTO.items()}
+_TRIGGER_FROM_PROTO[graph_pb2.TRIGGER_UNSPECIFIED] = Trigger.ALL_SUCCESSFUL
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.ToNanoseconds() / 1e9
+
+
+def encode_payload(value: Any, *, portable: bool, where: str) -> payload_pb2.Payload:
+    """A Payload message for a value; EncodingError (a TypeError) names ``where``."""
+    if isinstance(value, EncodedValue):  # already encoded (a graph read from proto)
+        return payload_pb2.Payload(data=value.data, metadata=value.metadata)
+    try:
+        encoded = encode(value, portable=portable)
+    except EncodingError as exc:
+        raise EncodingError(f"{where}: {exc}") from exc
+    return payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+
+
+def _input_to_proto(spec: InputSpec, portable: bool, where: str) -> graph_pb2.Input:
+    if isinstance(spec, FromTask):
+        path = [
+            payload_pb2.PathElement(key=p)
+            if isinstance(p, str)
+            else payload_pb2.PathElement(index=p)
+            for p in spec.path
+        ]
+        return graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id=spec.task_id, path=path))
+    if isinstance(spec, Param):
+        return graph_pb2.Input(parameter=spec.name)
+    if isinstance(spec, Const):
+        return graph_pb2.Input(constant=encode_payload(spec.value, portable=portable, where=where))
+    if isinstance(spec, ListOf):
+        items = [_input_to_proto(i, portable, where) for i in spec.items]
+        return graph_pb2.Input(list=graph_pb2.InputList(items=items, tuple=spec.is_tuple))
+    if isinstance(spec, DictOf):
+        entries = {k: _input_to_proto(v, portable, where) for k, v in spec.entries}
+        return graph_pb2.Input(map=graph_pb2.InputMap(entries=entries))
+    raise TypeError(f"unknown input {spec!r}")
+
+
+def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
+    """Encode a GraphSpec; TypeError names the task and argument of a bad constant."""
+    msg = graph_pb2.FlowGraph(
+        name=graph.name,
+        version=graph.version,
+        description=graph.description,
+        reference_task_ids=list(graph.reference_task_ids),
+    )
+    for p in graph.params:
+        param = msg.parameters.add(name=p.name, required=p.required)
+        if not p.required:
+            where = f"flow {graph.name!r}, default of parameter {p.name!r}"
+            param.default_value.CopyFrom(encode_payload(p.default, portable=False, where=where))
+    for t in graph.tasks:
+        node = msg.tasks.add(
+            id=t.id,
+            name=t.name,
+            task_type=t.task_type,
+            wait_for=list(t.wait_for),
+            trigger=_TRIGGER_TO_PROTO[t.trigger],
+            tags=list(t.tags),
+            required_labels=dict(t.labels),
+            resources=dict(t.resources),
+            version=t.version,
+            portable=t.portable,
+            argument_order=list(t.argument_order),
+        )
+        for arg, spec in t.inputs.items():
+            where = f"task {t.id!r}, argument {arg!r}"
+            node.inputs[arg].CopyFrom(_input_to_proto(spec, t.portable, where))
+        r = t.retry
+        if r != NO_RETRY:
+            node.retry.max_retries = r.max_retries
+            node.retry.delay.CopyFrom(_duration(r.delay))
+            node.retry.backoff_factor = r.backoff
+            if r.max_delay is not None:
+                node.retry.max_delay.CopyFrom(_duration(r.max_delay))
+            node.retry.jitter = r.jitter
+            node.retry.non_retryable_errors.extend(r.non_retryable)
+        if t.timeout is not None:
+            node.timeout.CopyFrom(_duration(t.timeout))
+        if t.cache is not None:
+            node.cache.key_source = (
+                graph_pb2.CACHE_KEY_SOURCE_FUNCTION
+                if t.cache.by_function
+                else graph_pb2.CACHE_KEY_SOURCE_INPUTS
+            )
+            node.cache.version = t.cache.version
+            if t.cache.expiry is not None:
+                node.cache.expiry.CopyFrom(_duration(t.cache.expiry))
+        if t.mapped is not None:
+            node.map.mapped_inputs.extend(t.mapped)
+    if graph.result is not None:
+        msg.result.CopyFrom(_input_to_proto(graph.result, False, f"flow {graph.name!r} result"))
+    return msg
+
+
+def _input_from_proto(msg: graph_pb2.Input, where: str) -> InputSpec:
+    kind = msg.WhichOneof("source")
+    if kind == "task_output":
+        path: list[str | int] = []
+        for p in msg.task_output.path:
+            which = p.WhichOneof("selector")
+            if which is None:
+                raise GraphError(f"{where}: an empty path element")
+            path.append(p.key if which == "key" else p.index)
+        return FromTask(msg.task_output.task_id, tuple(path))
+    if kind == "constant":
+        c = msg.constant
+        if "encoding" not in c.metadata:
+            raise GraphError(f"{where}: constant payload has no 'encoding' metadata")
+        return Const(EncodedValue(bytes(c.data), dict(c.metadata)))
+    if kind == "parameter":
+        return Param(msg.parameter)
+    if kind == "list":
+        return ListOf(tuple(_input_from_proto(i, where) for i in msg.list.items), msg.list.tuple)
+    if kind == "map":
+        return DictOf(tuple((k, _input_from_proto(v, where)) for k, v in msg.map.entries.items()))
+    raise GraphError(f"{where}: input has no source")
+
+
+def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
+    """Decode and validate a FlowGraph; GraphError names the task and problem."""
+    if not msg.name:
+        raise GraphError("flow graph has no name")
+    tasks = []
+    for n in msg.tasks:
+        if not n.task_type:
+            raise GraphError(f"task {n.id!r} has no task_type")
+        retry = NO_RETRY
+        if n.HasField("retry"):
+            r = n.retry
+            retry = RetrySpec(
+                max_retries=r.max_retries,
+                delay=_seconds(r.delay),
+                backoff=r.backoff_factor or 1.0,
+                max_delay=_seconds(r.max_delay) if r.HasField("max_delay") else None,
+                jitter=r.jitter,
+                non_retryable=tuple(r.non_retryable_errors),
+            )
+        cache = None
+        if n.HasField("cache"):
+            cache = CacheSpec(
+                expiry=_seconds(n.cache.expiry) if n.cache.HasField("expiry") else None,
+                version=n.cache.version,
+                by_function=n.cache.key_source == graph_pb2.CACHE_KEY_SOURCE_FUNCTION,
+            )
+        trigger = _TRIGGER_FROM_PROTO.get(n.trigger)
+        if trigger is None:
+            raise GraphError(f"task {n.id!r} has an unknown trigger value {n.trigger}")
+        tasks.append(
+            TaskSpec(
+                id=n.id,
+                name=n.name or n.id,
+                task_type=n.task_type,
+                inputs={
+                    arg: _input_from_proto(i, f"task {n.id!r}, argument {arg!r}")
+                    for arg, i in n.inputs.items()
+                },
+                wait_for=tuple(n.wait_for),
+                retry=retry,
+                timeout=_seconds(n.timeout) if n.HasField("timeout") else None,
+                trigger=trigger,
+                cache=cache,
+                mapped=tuple(n.map.mapped_inputs) if n.HasField("map") else None,
+                tags=tuple(n.tags),
+                labels=dict(n.required_labels),
+                resources=dict(n.resources),
+                version=n.version,
+                portable=n.portable,
+                argument_order=tuple(n.argument_order),
+            )
+        )
+    params = tuple(
+        ParamSpec(
+            p.name,
+            EncodedValue(bytes(p.default_value.data), dict(p.default_value.metadata))
+            if not p.required
+            else None,
+            p.required,
+        )
+        for p in msg.parameters
+    )
+    graph = GraphSpec(
+        name=msg.name,
+        version=msg.version,
+        tasks=tuple(tasks),
+        params=params,
+        result=_input_from_proto(msg.result, f"flow {msg.name!r} result")
+        if msg.HasField("result")
+        else None,
+        reference_task_ids=tuple(msg.reference_task_ids),
+        description=msg.description,
+    )
+    graph.validate()
+    return graph

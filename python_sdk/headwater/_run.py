@@ -1,0 +1,92 @@
+"""FlowRun: what a finished (embedded) flow run looks like to users."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater_runtime.engine import (
+    FlowRunEngine,
+    FlowRunFailure,
+    FlowRunState,
+    TaskRunRecord,
+)
+
+from ._signals import FlowRunCancelled, FlowRunFailed
+
+
+@dataclass
+class FlowRun:
+    """The outcome of a flow run.
+
+    Attributes:
+        id: run id.
+        flow_name: the flow's name.
+        state: FlowRunState (``.name`` is the contract's name, e.g. ``"SUCCESS"``).
+        result: the flow function's return value, resolved (when it succeeded).
+        parameters: parameter values used (defaults filled in).
+        task_runs: every task run by key: the task id, ``id[i]`` for mapped child i.
+        failures: the reference task runs that did not succeed.
+        message: why the run ended as it did.
+    """
+
+    id: str
+    flow_name: str
+    state: FlowRunState
+    result: Any
+    parameters: dict[str, Any]
+    task_runs: Mapping[str, TaskRunRecord] = field(repr=False)
+    failures: list[FlowRunFailure] = field(default_factory=list)
+    message: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    @classmethod
+    def from_engine(cls, run_id: str, engine: FlowRunEngine) -> FlowRun:
+        history = engine.flow_history
+        return cls(
+            id=run_id,
+            flow_name=engine.graph.name,
+            state=engine.state,
+            result=engine.result if engine.state is FlowRunState.SUCCESS else None,
+            parameters=dict(engine.params),
+            task_runs=engine.runs,
+            failures=engine.failed_runs() if engine.state is FlowRunState.FAILED else [],
+            message=history[-1][2] if history else "",
+            started_at=history[0][1] if history else None,
+            ended_at=history[-1][1] if engine.state.is_terminal else None,
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.state is FlowRunState.SUCCESS
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    def task_run(self, key: str) -> TaskRunRecord:
+        """The run of task ``key`` (a task id, or ``id[i]`` for mapped child i)."""
+        try:
+            return self.task_runs[key]
+        except KeyError:
+            known = ", ".join(list(self.task_runs)[:10])
+            raise KeyError(f"no task run {key!r} in this flow run (some keys: {known})") from None
+
+    def raise_for_state(self) -> None:
+        """Raise FlowRunCancelled / FlowRunFailed unless the run succeeded."""
+        if self.state is FlowRunState.CANCELLED:
+            raise FlowRunCancelled(self)
+        if self.state is not FlowRunState.SUCCESS:
+            error = FlowRunFailed(self)
+            first = next((f.failure.exception for f in self.failures if f.failure), None)
+            raise error from first
+
+    def __repr__(self) -> str:
+        return (
+            f"<FlowRun {self.flow_name} {self.state.name} tasks={len(self.task_runs)} "
+            f"id={self.id[:8]}>"
+        )

@@ -1,0 +1,29 @@
+"""Signals and errors users raise or catch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._run import FlowRun
+
+
+class FlowRunFailed(Exception):
+    """A flow run did not succeed. ``flow_run`` holds every task's record."""
+
+    def __init__(self, flow_run: FlowRun) -> None:
+        self.flow_run = flow_run
+        failures = flow_run.failures
+        details = "; ".join(
+            f"{f.key} {f.state.name}" + (f" ({f.failure})" if f.failure else "")
+            for f in failures[:5]
+        )
+        more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(
+            f"flow run of {flow_run.flow_name!r} ended {flow_run.state.name}: "
+            f"{details or flow_run.message}{more}"
+        )
+
+
+class FlowRunCancelled(FlowRunFailed):
+    """A flow run was cancelled (Ctrl-C, or a cancel request)."""

@@ -1,0 +1,1 @@
+"""Headwater control plane: engine, hosts, store and services."""

@@ -1,0 +1,17 @@
+"""The embedded host: run a flow in this process, on threads (or Dask)."""
+
+from ._cache import PROCESS_CACHE, ResultCache, cache_key, stable_hash
+from ._host import EmbeddedRun, Executor, SystemClock
+from ._threads import ThreadExecutor, default_thread_count
+
+__all__ = [
+    "PROCESS_CACHE",
+    "EmbeddedRun",
+    "Executor",
+    "ResultCache",
+    "SystemClock",
+    "ThreadExecutor",
+    "cache_key",
+    "default_thread_count",
+    "stable_hash",
+]

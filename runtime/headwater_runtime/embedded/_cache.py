@@ -1,0 +1,105 @@
+"""The embedded result cache and stable hashing of task inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import threading
+from typing import Any
+
+import cloudpickle
+
+from headwater_runtime.engine import CacheEntry, TaskSpec
+
+
+class ResultCache:
+    """In-memory cache of task results, keyed by cache key (one per process by
+    default, so it survives across runs in a notebook or a long-lived process)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, CacheEntry] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> CacheEntry | None:
+        with self._lock:
+            return self._entries.get(key)
+
+    def put(self, key: str, value: Any, expires_at: float | None) -> None:
+        with self._lock:
+            self._entries[key] = CacheEntry(value, expires_at)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+PROCESS_CACHE = ResultCache()
+
+
+def cache_key(spec: TaskSpec, inputs: dict[str, Any]) -> str:
+    """Task identity + versions + the user's key (key function) or a hash of inputs."""
+    cache = spec.cache
+    assert cache is not None
+    if cache.key_fn is not None:
+        user = cache.key_fn(inputs)
+        if not isinstance(user, str):
+            raise TypeError(
+                f"cache_key_fn of task {spec.name!r} must return a str, not {type(user).__name__}"
+            )
+    else:
+        user = stable_hash(inputs)
+    return f"{spec.task_type}|v={spec.version}|c={cache.version}|{user}"
+
+
+def stable_hash(value: Any) -> str:
+    """A hash of a value that is the same in every process (unlike ``hash()``).
+
+    Containers are hashed structurally (dict and set order do not matter), numpy-like
+    arrays by dtype, shape and bytes; anything else by its cloudpickle bytes.
+    """
+    h = hashlib.blake2b(digest_size=20)
+    _feed(h, value, 0)
+    return h.hexdigest()
+
+
+def _feed(h: Any, value: Any, depth: int) -> None:
+    if depth > 64:
+        raise ValueError("inputs nest too deeply to hash for caching")
+    if value is None or isinstance(value, bool):
+        h.update(b"N" if value is None else (b"T" if value else b"F"))
+    elif isinstance(value, int):
+        h.update(b"i" + str(value).encode())
+    elif isinstance(value, float):
+        h.update(b"f" + (b"nan" if math.isnan(value) else struct.pack("<d", value)))
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        h.update(b"s" + struct.pack("<Q", len(data)) + data)
+    elif isinstance(value, bytes | bytearray):
+        h.update(b"b" + struct.pack("<Q", len(value)) + bytes(value))
+    elif isinstance(value, list | tuple):
+        h.update((b"l" if isinstance(value, list) else b"t") + struct.pack("<Q", len(value)))
+        for item in value:
+            _feed(h, item, depth + 1)
+    elif isinstance(value, dict):
+        h.update(b"d" + struct.pack("<Q", len(value)))
+        for part in sorted(_sub_hash(k) + _sub_hash(v) for k, v in value.items()):
+            h.update(part.encode())
+    elif isinstance(value, set | frozenset):
+        h.update(b"S" + struct.pack("<Q", len(value)))
+        for part in sorted(_sub_hash(v) for v in value):
+            h.update(part.encode())
+    elif hasattr(value, "tobytes") and hasattr(value, "dtype") and hasattr(value, "shape"):
+        h.update(f"a{value.dtype}{value.shape}".encode())
+        h.update(value.tobytes())
+    else:
+        h.update(b"p" + cloudpickle.dumps(value))
+
+
+def _sub_hash(value: Any) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, value, 0)
+    return h.hexdigest()

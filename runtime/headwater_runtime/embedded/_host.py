@@ -1,0 +1,169 @@
+"""The embedded host: drives the engine in this process.
+
+Values pass between tasks as the Python objects the tasks returned (no serialisation,
+no copies). The loop is single-threaded; executors report outcomes through one queue.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Mapping
+from queue import Empty, SimpleQueue
+from typing import Any, Protocol
+
+from headwater_runtime.engine import (
+    CacheChecked,
+    CancelRequested,
+    CancelTask,
+    CheckCache,
+    Command,
+    Event,
+    FlowRunEngine,
+    GraphSpec,
+    RunTask,
+    WriteCache,
+)
+from headwater_runtime.execution import Caller, make_caller
+
+from ._cache import PROCESS_CACHE, ResultCache, cache_key
+from ._threads import ThreadExecutor
+
+# Upper bound on one wait, so Ctrl-C is seen promptly even on platforms where a
+# blocking queue read is not interruptible.
+_MAX_WAIT = 0.5
+
+
+class SystemClock:
+    """Wall-clock seconds since the epoch."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class Executor(Protocol):
+    """Where task functions run (threads, a Dask cluster)."""
+
+    @property
+    def slots(self) -> int: ...
+
+    def start(self, completions: SimpleQueue[Event]) -> None: ...
+
+    def submit(
+        self,
+        key: str,
+        attempt: int,
+        caller: Caller,
+        inputs: dict[str, Any],
+        no_retry_on: tuple[type[BaseException], ...],
+    ) -> None: ...
+
+    def cancel(self, key: str, attempt: int) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class EmbeddedRun:
+    """One flow run in this process. ``run()`` blocks until it ends; ``cancel()`` may be
+    called from any thread."""
+
+    def __init__(
+        self,
+        graph: GraphSpec,
+        params: Mapping[str, Any] | None = None,
+        *,
+        executor: Executor | None = None,
+        max_concurrency: int | None = None,
+        cache: ResultCache = PROCESS_CACHE,
+        clock: Any = None,
+    ) -> None:
+        self.id = uuid.uuid4().hex
+        self.executor: Executor = executor or ThreadExecutor()
+        self.cache = cache
+        self._completions: SimpleQueue[Event] = SimpleQueue()
+        limit = self.executor.slots
+        if max_concurrency is not None:
+            limit = min(limit, max_concurrency)
+        self.engine = FlowRunEngine(
+            graph,
+            params,
+            clock=clock or SystemClock(),
+            max_concurrency=limit,
+            auto_start=True,
+        )
+        self._callers: dict[str, Caller] = {}
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
+        self._completions.put(CancelRequested(reason))
+
+    def run(self) -> FlowRunEngine:
+        engine = self.engine
+        completions = self._completions
+        self.executor.start(completions)
+        try:
+            try:
+                self._execute(engine.start())
+                while not engine.finished:
+                    timeout = _MAX_WAIT
+                    due = engine.next_timer_at
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, due - engine.clock.now()))
+                    events: list[Event] = []
+                    try:
+                        events.append(completions.get(timeout=timeout))
+                        while True:
+                            events.append(completions.get_nowait())
+                    except Empty:
+                        pass
+                    commands = engine.handle_many(events) if events else []
+                    if due is not None:
+                        commands += engine.fire_due_timers()
+                    self._execute(commands)
+            except KeyboardInterrupt:
+                self._execute(engine.handle(CancelRequested("interrupted (Ctrl-C)")))
+        finally:
+            self.executor.shutdown()
+        return engine
+
+    def _execute(self, commands: list[Command]) -> None:
+        queue = deque(commands)
+        executor = self.executor
+        while queue:
+            command = queue.popleft()
+            if type(command) is RunTask:
+                spec = command.run.spec
+                caller = self._callers.get(spec.id)
+                if caller is None:
+                    if spec.fn is None:
+                        raise RuntimeError(
+                            f"task {spec.name!r} has no Python function in this process; "
+                            "embedded runs need flows compiled here"
+                        )
+                    caller = self._callers[spec.id] = make_caller(spec.fn)
+                executor.submit(
+                    command.run.key, command.attempt, caller, command.inputs, spec.no_retry_on
+                )
+            elif isinstance(command, CancelTask):
+                executor.cancel(command.run.key, command.attempt)
+            elif isinstance(command, CheckCache):
+                queue.extend(self.engine.handle(self._check_cache(command)))
+            elif isinstance(command, WriteCache):
+                self.cache.put(command.cache_key, command.value, command.expires_at)
+
+    def _check_cache(self, command: CheckCache) -> CacheChecked:
+        run = command.run
+        try:
+            key = cache_key(run.spec, command.inputs)
+        except Exception as exc:
+            # A broken key function must not break the run: run the task uncached.
+            warnings.warn(
+                f"task {run.spec.name!r}: could not compute a cache key ({exc!r}); "
+                "running it without the cache",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return CacheChecked(run.key, "", None)
+        return CacheChecked(run.key, key, self.cache.get(key))

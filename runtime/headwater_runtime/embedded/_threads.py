@@ -1,0 +1,124 @@
+"""The default executor: a pool of daemon threads.
+
+Isolation of stuck tasks: Python cannot kill a thread. When an attempt times out or
+is cancelled, the engine moves on at once (the attempt is TIMED_OUT or CANCELLED and
+its late result, if any, is refused by attempt number). The executor then raises
+TaskInterrupted inside the thread (PyThreadState_SetAsyncExc), which stops Python code
+at its next bytecode, and retires the thread: a replacement thread is started so the
+pool keeps its size. A thread blocked inside a C call (a socket read, time.sleep) only
+sees the exception when the call returns; being a daemon, it never blocks exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from queue import SimpleQueue
+from typing import Any
+
+from headwater_runtime.engine import Event
+from headwater_runtime.execution import Caller, TaskInterrupted, execute
+
+_Job = tuple[str, int, Caller, dict[str, Any], tuple[type[BaseException], ...]]
+
+
+def default_thread_count() -> int:
+    """Same default as concurrent.futures.ThreadPoolExecutor."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class ThreadExecutor:
+    """Runs task functions on a pool of threads in this process.
+
+    Args:
+        max_workers: threads in the pool (default: min(32, CPUs + 4)).
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        if max_workers is not None and max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self.max_workers = max_workers or default_thread_count()
+        self._lock = threading.Lock()
+        self._work: SimpleQueue[_Job | None] = SimpleQueue()
+        self._completions: SimpleQueue[Event] | None = None
+        self._running: dict[int, tuple[str, int]] = {}
+        self._retired: set[int] = set()
+        self._threads: list[threading.Thread] = []
+        self.interrupted = 0
+
+    @property
+    def slots(self) -> int:
+        return self.max_workers
+
+    def start(self, completions: SimpleQueue[Event]) -> None:
+        self._completions = completions
+        self._work = SimpleQueue()
+        self._retired.clear()
+        self._threads = []
+        for _ in range(self.max_workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._worker, name="headwater-task", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def submit(
+        self,
+        key: str,
+        attempt: int,
+        caller: Caller,
+        inputs: dict[str, Any],
+        no_retry_on: tuple[type[BaseException], ...],
+    ) -> None:
+        self._work.put((key, attempt, caller, inputs, no_retry_on))
+
+    def cancel(self, key: str, attempt: int) -> None:
+        """Interrupt the thread running this attempt, and replace it in the pool."""
+        with self._lock:
+            for ident, job in self._running.items():
+                if job == (key, attempt):
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(ident), ctypes.py_object(TaskInterrupted)
+                    )
+                    self._retired.add(ident)
+                    self.interrupted += 1
+                    break
+            else:
+                return
+        self._spawn()
+
+    def shutdown(self) -> None:
+        """Let idle threads exit; busy ones exit after their current task."""
+        for _ in self._threads:
+            self._work.put(None)
+        self._threads = []
+
+    def _worker(self) -> None:
+        me = threading.get_ident()
+        work = self._work
+        completions = self._completions
+        assert completions is not None
+        lock = self._lock
+        running = self._running
+        while True:
+            job = work.get()
+            if job is None:
+                return
+            key, attempt, caller, inputs, no_retry_on = job
+            event: Event | None = None
+            try:
+                with lock:
+                    running[me] = (key, attempt)
+                try:
+                    event = execute(caller, inputs, key, attempt, no_retry_on)
+                finally:
+                    with lock:
+                        running.pop(me, None)
+            except TaskInterrupted:
+                event = None  # the engine has already moved on from this attempt
+            if event is not None:
+                completions.put(event)
+            if me in self._retired:
+                return

@@ -1,0 +1,825 @@
+"""The flow run state machine: events in, commands out. No I/O, no threads, no clock
+reads other than the injected one.
+
+Hosts (the embedded thread pool, the Dask executor, the gRPC server) feed it events
+and carry out its commands. It knows nothing about how tasks execute.
+
+Bookkeeping is per node (a task of the graph) and per run (a node's single run, or a
+mapped node's parent run plus one child run per element):
+
+* a node waits for its *whole* upstreams to complete (single run terminal, or mapped
+  parent expanded and every child terminal);
+* a mapped node that maps over another mapped node's output is *element-wise*: it
+  expands as soon as that node has expanded, and child i waits only for upstream
+  child i, so chains of maps stream without waiting for a whole level.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ._events import (
+    CacheChecked,
+    CancelRequested,
+    CancelTask,
+    CheckCache,
+    Command,
+    Event,
+    EventIgnored,
+    FlowFinished,
+    RunTask,
+    TaskFailed,
+    TaskLost,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+    WriteCache,
+)
+from ._policies import Verdict, evaluate_trigger, retry_delay
+from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
+from ._spec import (
+    Const,
+    DictOf,
+    FromTask,
+    GraphSpec,
+    InputSpec,
+    ListOf,
+    Param,
+    ParameterError,
+    TaskSpec,
+    iter_task_refs,
+)
+from ._states import (
+    TRANSITIONS,
+    FlowRunState,
+    IllegalTransition,
+    TaskRunState,
+)
+from ._values import PYTHON_VALUES, ValueOps
+
+S = TaskRunState
+
+
+class Clock(Protocol):
+    """Source of the current time in seconds (epoch-based)."""
+
+    def now(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRunFailure:
+    """A task whose failure failed the flow run."""
+
+    key: str
+    state: TaskRunState
+    failure: FailureInfo | None
+
+
+class _Node:
+    """Per-task bookkeeping (not per run)."""
+
+    __slots__ = (
+        "complete",
+        "elem_dependents",
+        "elem_remaining",
+        "elem_sources",
+        "index",
+        "run",
+        "shared_inputs",
+        "spec",
+        "unfinished_children",
+        "whole_dependents",
+        "whole_remaining",
+        "whole_sources",
+    )
+
+    def __init__(self, spec: TaskSpec, index: int) -> None:
+        self.spec = spec
+        self.index = index
+        self.run: TaskRunRecord
+        self.whole_sources: list[_Node] = []
+        self.elem_sources: list[_Node] = []
+        self.whole_dependents: list[_Node] = []
+        self.elem_dependents: list[_Node] = []
+        self.whole_remaining = 0
+        self.elem_remaining = 0
+        self.unfinished_children = 0
+        self.complete = False
+        self.shared_inputs: dict[str, Any] | None = None
+
+
+_TIMEOUT = 0
+_RETRY = 1
+
+
+class FlowRunEngine:
+    """Drives one flow run of a validated GraphSpec.
+
+    Args:
+        graph: the compiled flow (validated here).
+        params: parameter values by name (defaults are filled in; unknown or missing
+            ones raise TypeError).
+        clock: the time source.
+        values: operations on result values (live Python objects by default).
+        max_concurrency: most task runs in flight at once (None: unbounded; the host's
+            own capacity also bounds it).
+        auto_start: dispatching an attempt also marks it RUNNING (hosts that start
+            work immediately); otherwise the host reports TaskStarted.
+        max_lost: how many times a run may be re-dispatched after losing its worker.
+        on_transition: observer called with (run, entry) for every state change.
+    """
+
+    def __init__(
+        self,
+        graph: GraphSpec,
+        params: Mapping[str, Any] | None = None,
+        *,
+        clock: Clock,
+        values: ValueOps = PYTHON_VALUES,
+        max_concurrency: int | None = None,
+        auto_start: bool = True,
+        max_lost: int = 3,
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
+    ) -> None:
+        graph.validate()
+        graph = graph.topological()
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.graph = graph
+        self.clock = clock
+        self.values = values
+        self.max_concurrency = max_concurrency
+        self.auto_start = auto_start
+        self.max_lost = max_lost
+        self.on_transition = on_transition
+        self.params = bind_params(graph, params or {})
+        self.state = FlowRunState.PENDING
+        self.flow_history: list[tuple[FlowRunState, float, str]] = []
+        self.result: Any = None
+        self.cancel_reason: str | None = None
+        self.runs: dict[str, TaskRunRecord] = {}
+        self._nodes: dict[str, _Node] = {}
+        self._out: list[Command] = []
+        self._ready: deque[TaskRunRecord] = deque()
+        self._settle: deque[TaskRunRecord] = deque()
+        self._timers: list[tuple[float, int, int, str, int]] = []
+        self._timer_seq = 0
+        self._in_flight = 0
+        self._unfinished = 0
+        self._build()
+
+    # ------------------------------------------------------------------ public API
+
+    def start(self) -> list[Command]:
+        """Begin the run: returns the first commands (ready tasks, cache checks)."""
+        if self.state is not FlowRunState.PENDING:
+            raise RuntimeError("flow run already started")
+        self._set_flow_state(FlowRunState.RUNNING, "")
+        for node in self._nodes.values():
+            if node.whole_remaining == 0 and node.elem_remaining == 0:
+                self._evaluate_node(node)
+        return self._flush()
+
+    def handle(self, event: Event) -> list[Command]:
+        """Apply one event; returns the resulting commands."""
+        self._apply(event)
+        return self._flush()
+
+    def handle_many(self, events: Iterable[Event]) -> list[Command]:
+        """Apply several events in order; returns the resulting commands."""
+        for event in events:
+            self._apply(event)
+        return self._flush()
+
+    @property
+    def next_timer_at(self) -> float | None:
+        """When the earliest retry or timeout timer is due (None: no timers)."""
+        return self._timers[0][0] if self._timers else None
+
+    def fire_due_timers(self) -> list[Command]:
+        """Fire every timer due at the clock's current time."""
+        now = self.clock.now()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, key, attempt = heapq.heappop(self._timers)
+            run = self.runs[key]
+            if run.attempt != attempt:
+                continue
+            if kind == _TIMEOUT and run.state is S.RUNNING:
+                self._out.append(CancelTask(run, attempt, "timed out"))
+                timeout = run.spec.timeout
+                failure = FailureInfo(
+                    type="headwater.TaskTimeout",
+                    message=f"task {run.name!r} exceeded its timeout of {timeout:g}s",
+                    timed_out=True,
+                )
+                self._attempt_failed(run, failure)
+            elif kind == _RETRY and run.state is S.RETRYING:
+                self._schedule(run, f"retry {run.retries_used} of {run.spec.retry.max_retries}")
+        return self._flush()
+
+    @property
+    def finished(self) -> bool:
+        return self.state.is_terminal
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts dispatched and not yet finished."""
+        return self._in_flight
+
+    def failed_runs(self) -> list[FlowRunFailure]:
+        """Why the run failed: every task run that raised or timed out (root causes),
+        then reference task runs that did not succeed for another reason (their
+        trigger failed, they were cancelled)."""
+        roots = [
+            FlowRunFailure(r.key, r.state, r.failure)
+            for r in self.runs.values()
+            if r.state is S.FAILED or r.state is S.TIMED_OUT
+        ]
+        seen = {f.key for f in roots}
+        for node in self._reference_nodes():
+            runs = node.run.children if node.run.state is S.MAPPED else [node.run]
+            for run in runs or ():
+                if run.state.is_failure and run.key not in seen:
+                    roots.append(FlowRunFailure(run.key, run.state, run.failure))
+        return roots
+
+    def _reference_failed(self) -> bool:
+        for node in self._reference_nodes():
+            run = node.run
+            if run.state.is_failure:
+                return True
+            if run.state is S.MAPPED and any(c.state.is_failure for c in run.children or ()):
+                return True
+        return False
+
+    def validate(self) -> None:
+        """Check the engine's invariants; raises AssertionError describing a breach."""
+        in_flight = unfinished = 0
+        for run in self.runs.values():
+            assert run.history[-1].state is run.state, f"{run.key}: history/state mismatch"
+            for before, after in zip(run.history, run.history[1:], strict=False):
+                assert after.state in TRANSITIONS[before.state], (
+                    f"{run.key}: illegal {before.state.name} -> {after.state.name} in history"
+                )
+            if not run.state.is_terminal:
+                unfinished += 1
+            if run.dispatched:
+                in_flight += 1
+                assert run.state in (S.SCHEDULED, S.RUNNING), f"{run.key} dispatched but {run}"
+            if run.state is S.MAPPED:
+                assert run.children is not None, f"{run.key}: MAPPED without children"
+            started = len(run.attempts)
+            assert started == run.attempt if self.auto_start else started <= run.attempt, (
+                f"{run.key}: attempt counter {run.attempt} vs {started} attempt records"
+            )
+        assert in_flight == self._in_flight, f"in flight {self._in_flight} != {in_flight}"
+        assert unfinished == self._unfinished, f"unfinished {self._unfinished} != {unfinished}"
+        if self.max_concurrency is not None:
+            assert self._in_flight <= self.max_concurrency, "max_concurrency exceeded"
+        if self.state.is_terminal:
+            assert unfinished == 0, f"flow {self.state.name} with {unfinished} unfinished runs"
+            assert not self._ready, "flow finished with runs still queued"
+
+    # ------------------------------------------------------------------- building
+
+    def _build(self) -> None:
+        now = self.clock.now()
+        for index, spec in enumerate(self.graph.tasks):
+            node = _Node(spec, index)
+            node.run = TaskRunRecord(spec.id, spec, node, -1, None, now)
+            self.runs[spec.id] = node.run
+            self._nodes[spec.id] = node
+        self._unfinished = len(self._nodes)
+        for node in self._nodes.values():
+            spec = node.spec
+            elementwise: set[str] = set()
+            if spec.mapped is not None:
+                for arg in spec.mapped:
+                    src = spec.inputs[arg]
+                    if (
+                        isinstance(src, FromTask)
+                        and self._nodes[src.task_id].spec.mapped is not None
+                    ):
+                        elementwise.add(src.task_id)
+            whole: dict[str, None] = {}
+            for arg, src in spec.inputs.items():
+                if (
+                    spec.mapped is not None
+                    and arg in spec.mapped
+                    and isinstance(src, FromTask)
+                    and src.task_id in elementwise
+                ):
+                    continue  # element-wise: child i waits for upstream child i only
+                for ref in iter_task_refs(src):
+                    whole[ref.task_id] = None
+            for dep in spec.wait_for:
+                whole[dep] = None
+            for dep_id in whole:
+                dep = self._nodes[dep_id]
+                node.whole_sources.append(dep)
+                dep.whole_dependents.append(node)
+            for dep_id in sorted(elementwise):
+                dep = self._nodes[dep_id]
+                node.elem_sources.append(dep)
+                dep.elem_dependents.append(node)
+            node.whole_remaining = len(node.whole_sources)
+            node.elem_remaining = len(node.elem_sources)
+
+    # ----------------------------------------------------------------- transitions
+
+    def _transition(
+        self,
+        run: TaskRunRecord,
+        state: TaskRunState,
+        message: str = "",
+        failure: FailureInfo | None = None,
+    ) -> None:
+        if state not in TRANSITIONS[run.state]:
+            history = ", ".join(f"{e.state.name}@{e.attempt}" for e in run.history)
+            raise IllegalTransition(
+                f"task run {run.key!r}: {run.state.name} -> {state.name} is not allowed "
+                f"(history: {history})"
+            )
+        entry = StateEntry(state, self.clock.now(), run.attempt, message, failure)
+        run.state = state
+        run.history.append(entry)
+        if state in _TERMINAL:
+            self._unfinished -= 1
+            if failure is not None:
+                run.failure = failure
+            self._settle.append(run)
+        if self.on_transition is not None:
+            self.on_transition(run, entry)
+
+    # ------------------------------------------------------------------- events
+
+    def _apply(self, event: Event) -> None:
+        if self.state is not FlowRunState.RUNNING:
+            if not isinstance(event, CancelRequested):
+                self._out.append(EventIgnored(event, f"flow run is {self.state.name}"))
+            return
+        if isinstance(event, CancelRequested):
+            self._cancel(event.reason)
+            return
+        run = self.runs.get(event.key)
+        if run is None:
+            self._out.append(EventIgnored(event, f"unknown task run {event.key!r}"))
+            return
+        if isinstance(event, CacheChecked):
+            self._cache_checked(run, event)
+            return
+        if run.attempt != event.attempt or not run.dispatched:
+            self._out.append(
+                EventIgnored(event, f"stale attempt {event.attempt} (current: {run.attempt})")
+            )
+            return
+        if isinstance(event, TaskStarted):
+            if run.state is S.SCHEDULED:
+                self._start_attempt(run)
+        elif isinstance(event, TaskSucceeded):
+            self._attempt_done(run)
+            run.result = event.value
+            self._transition(run, S.SUCCESS)
+            cache = run.spec.cache
+            if cache is not None and run.cache_key:  # "" = no key could be derived
+                expires = None if cache.expiry is None else self.clock.now() + cache.expiry
+                self._out.append(WriteCache(run, run.cache_key, event.value, expires))
+        elif isinstance(event, TaskFailed):
+            self._attempt_failed(run, event.failure)
+        elif isinstance(event, TaskSkipped):
+            self._attempt_done(run, S.SKIPPED)
+            self._transition(run, S.SKIPPED, event.reason)
+        elif isinstance(event, TaskLost):
+            self._lost(run)
+
+    def _start_attempt(self, run: TaskRunRecord) -> float | None:
+        """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
+        self._transition(run, S.RUNNING)
+        now = self.clock.now()
+        run.attempts.append(AttemptRecord(run.attempt, now))
+        timeout = run.spec.timeout
+        if timeout is None:
+            return None
+        self._push_timer(now + timeout, _TIMEOUT, run)
+        return now + timeout
+
+    def _attempt_done(
+        self,
+        run: TaskRunRecord,
+        outcome: TaskRunState = S.SUCCESS,
+        failure: FailureInfo | None = None,
+    ) -> None:
+        """Close the current attempt's record and free its slot."""
+        run.dispatched = False
+        self._in_flight -= 1
+        if run.attempts and run.attempts[-1].ended_at is None:
+            record = run.attempts[-1]
+            record.ended_at = self.clock.now()
+            record.outcome = outcome
+            record.failure = failure
+
+    def _attempt_failed(self, run: TaskRunRecord, failure: FailureInfo) -> None:
+        outcome = S.TIMED_OUT if failure.timed_out else S.FAILED
+        self._attempt_done(run, outcome, failure)
+        policy = run.spec.retry
+        retryable = failure.retryable and failure.type not in policy.non_retryable
+        if retryable and run.retries_used < policy.max_retries:
+            run.retries_used += 1
+            delay = retry_delay(policy, run.retries_used, run.key)
+            what = "timed out" if failure.timed_out else "failed"
+            self._transition(
+                run,
+                S.RETRYING,
+                f"attempt {run.attempt} {what}: {failure}; retrying in {delay:g}s",
+                failure,
+            )
+            if delay > 0:
+                self._push_timer(self.clock.now() + delay, _RETRY, run)
+            else:
+                self._schedule(run, f"retry {run.retries_used} of {policy.max_retries}")
+        else:
+            self._transition(run, outcome, str(failure), failure)
+
+    def _lost(self, run: TaskRunRecord) -> None:
+        """Re-dispatch an attempt whose worker vanished, without using up a retry."""
+        run.lost_count += 1
+        failure = FailureInfo(
+            type="headwater.WorkerLost",
+            message=f"the worker running {run.name!r} was lost ({run.lost_count} time(s))",
+            retryable=False,
+        )
+        self._attempt_done(run, S.CANCELLED, failure)
+        if run.lost_count > self.max_lost:
+            self._transition(run, S.FAILED, str(failure), failure)
+            return
+        if run.state is S.RUNNING:
+            self._transition(run, S.SCHEDULED, "worker lost; dispatching again")
+        self._ready.appendleft(run)
+
+    def _cache_checked(self, run: TaskRunRecord, event: CacheChecked) -> None:
+        if run.state is not S.SCHEDULED or run.dispatched:
+            self._out.append(EventIgnored(event, f"no cache check pending for {run.key!r}"))
+            return
+        run.cache_key = event.cache_key
+        entry = event.entry
+        if entry is not None and (entry.expires_at is None or entry.expires_at > self.clock.now()):
+            run.result = entry.value
+            self._transition(run, S.CACHED, f"cache hit for key {event.cache_key}")
+        else:
+            self._ready.append(run)
+
+    def _cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        self._ready.clear()
+        self._timers.clear()
+        for run in list(self.runs.values()):
+            if run.state.is_terminal:
+                continue
+            if run.dispatched:
+                self._out.append(CancelTask(run, run.attempt, reason))
+                self._attempt_done(run, S.CANCELLED)
+            self._transition(run, S.CANCELLED, reason)
+
+    # ------------------------------------------------------------ scheduling logic
+
+    def _push_timer(self, at: float, kind: int, run: TaskRunRecord) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (at, self._timer_seq, kind, run.key, run.attempt))
+
+    def _schedule(self, run: TaskRunRecord, message: str = "") -> None:
+        """The run may execute: check the cache first, else queue it for a slot."""
+        self._transition(run, S.SCHEDULED, message)
+        cache = run.spec.cache
+        if cache is not None and run.retries_used == 0 and run.lost_count == 0:
+            try:
+                inputs = self._inputs(run)
+            except Exception as exc:
+                self._input_error(run, exc)
+                return
+            self._out.append(CheckCache(run, inputs))
+        else:
+            self._ready.append(run)
+
+    def _input_error(self, run: TaskRunRecord, exc: Exception) -> None:
+        failure = FailureInfo(
+            type="headwater.InputError",
+            message=f"could not assemble the inputs of {run.name!r}: {exc!r}",
+            retryable=False,
+            exception=exc,
+        )
+        self._transition(run, S.FAILED, str(failure), failure)
+
+    def _pump(self) -> None:
+        limit = self.max_concurrency
+        ready = self._ready
+        while ready and (limit is None or self._in_flight < limit):
+            run = ready.popleft()
+            if run.state is not S.SCHEDULED or run.dispatched:
+                continue
+            try:
+                inputs = self._inputs(run)
+            except Exception as exc:
+                self._input_error(run, exc)
+                continue
+            run.attempt += 1
+            run.dispatched = True
+            self._in_flight += 1
+            # Without auto_start the timeout clock starts at TaskStarted, and the worker
+            # enforces its own deadline from the assignment's timeout.
+            deadline = self._start_attempt(run) if self.auto_start else None
+            self._out.append(RunTask(run, run.attempt, inputs, deadline))
+
+    def _evaluate_node(self, node: _Node) -> None:
+        """All of a node's upstream requirements are met: decide what it does."""
+        run = node.run
+        if run.state is not S.PENDING:
+            return
+        states: list[TaskRunState] = []
+        for src in node.whole_sources:
+            _final_states(src, states)
+        for src in node.elem_sources:
+            if src.run.state is not S.MAPPED:
+                states.append(src.run.state)
+        if not self._apply_trigger(run, states):
+            return
+        if node.spec.mapped is None:
+            self._schedule(run)
+        else:
+            self._expand(node)
+
+    def _apply_trigger(self, run: TaskRunRecord, states: list[TaskRunState]) -> bool:
+        verdict = evaluate_trigger(run.spec.trigger, states)
+        if verdict is Verdict.RUN:
+            return True
+        if verdict is Verdict.SKIP:
+            self._transition(run, S.SKIPPED, "an upstream task was skipped")
+        else:
+            trigger = run.spec.trigger.value
+            bad = sorted({s.name for s in states if s.is_failure}) or ["none failed"]
+            failure = FailureInfo(
+                type="headwater.TriggerFailed",
+                message=f"trigger {trigger} did not pass (upstream states: {', '.join(bad)})",
+                retryable=False,
+            )
+            self._transition(run, S.TRIGGER_FAILED, failure.message, failure)
+        return False
+
+    def _expand(self, node: _Node) -> None:
+        spec = node.spec
+        run = node.run
+        assert spec.mapped is not None
+        shared: dict[str, Any] = {}
+        length: int | None = None
+        lengths: dict[str, int] = {}
+        try:
+            for arg, src in spec.inputs.items():
+                if arg in spec.mapped and self._is_elementwise(node, src):
+                    assert isinstance(src, FromTask)
+                    upstream = self._nodes[src.task_id].run
+                    if upstream.children is None:
+                        raise ValueError(_unmappable(arg, upstream))
+                    n = len(upstream.children)
+                else:
+                    value = self._resolve(src)
+                    shared[arg] = value
+                    if arg not in spec.mapped:
+                        continue
+                    if isinstance(src, FromTask):
+                        upstream = self._nodes[src.task_id].run
+                        if not upstream.state.is_success or upstream.state is S.SKIPPED:
+                            raise ValueError(_unmappable(arg, upstream))
+                    maybe = self.values.length(value)
+                    if maybe is None:
+                        raise TypeError(
+                            f"cannot map over argument {arg!r}: {type(value).__name__} "
+                            "is not a sequence"
+                        )
+                    n = maybe
+                lengths[arg] = n
+        except Exception as exc:
+            self._input_error(run, exc)
+            return
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{a}={n}" for a, n in lengths.items())
+            failure = FailureInfo(
+                type="headwater.MapLengthMismatch",
+                message=f"mapped arguments of {spec.name!r} have different lengths: {detail}",
+                retryable=False,
+            )
+            self._transition(run, S.FAILED, failure.message, failure)
+            return
+        length = next(iter(lengths.values()), 0)
+        node.shared_inputs = shared
+        now = self.clock.now()
+        children = [
+            TaskRunRecord(f"{spec.id}[{i}]", spec, node, i, run, now) for i in range(length)
+        ]
+        run.children = children
+        node.unfinished_children = length
+        self._unfinished += length
+        runs = self.runs
+        elem_sources = node.elem_sources
+        for child in children:
+            runs[child.key] = child
+            pending = 0
+            for src in elem_sources:
+                src_children = src.run.children
+                assert src_children is not None
+                if not src_children[child.map_index].state.is_terminal:
+                    pending += 1
+            child.pending = pending
+        self._transition(run, S.MAPPED, f"{length} child runs")
+        for child in children:
+            if child.pending == 0:
+                self._evaluate_child(child)
+
+    def _is_elementwise(self, node: _Node, src: InputSpec) -> bool:
+        if not isinstance(src, FromTask):
+            return False
+        return any(s.spec.id == src.task_id for s in node.elem_sources)
+
+    def _evaluate_child(self, child: TaskRunRecord) -> None:
+        if child.state is not S.PENDING:
+            return
+        node: _Node = child._node
+        states: list[TaskRunState] = []
+        for src in node.whole_sources:
+            _final_states(src, states)
+        i = child.map_index
+        for src in node.elem_sources:
+            src_children = src.run.children
+            assert src_children is not None
+            states.append(src_children[i].state)
+        if self._apply_trigger(child, states):
+            self._schedule(child)
+
+    # --------------------------------------------------------------- propagation
+
+    def _propagate(self) -> None:
+        """Process runs that became terminal, unblocking what depends on them."""
+        settle = self._settle
+        while settle:
+            run = settle.popleft()
+            node: _Node = run._node
+            if run.parent is None:
+                if run.state is S.MAPPED:
+                    for dep in node.elem_dependents:
+                        self._elem_source_ready(dep)
+                    if node.unfinished_children == 0:
+                        self._node_complete(node)
+                else:
+                    for dep in node.elem_dependents:
+                        self._elem_source_ready(dep)
+                    self._node_complete(node)
+            else:
+                node.unfinished_children -= 1
+                i = run.map_index
+                for dep in node.elem_dependents:
+                    dep_children = dep.run.children
+                    if dep_children is None:
+                        continue
+                    child = dep_children[i]
+                    child.pending -= 1
+                    if child.pending == 0 and dep.whole_remaining == 0:
+                        self._evaluate_child(child)
+                if node.unfinished_children == 0 and node.run.state is S.MAPPED:
+                    self._node_complete(node)
+
+    def _elem_source_ready(self, node: _Node) -> None:
+        node.elem_remaining -= 1
+        if node.elem_remaining == 0 and node.whole_remaining == 0:
+            self._evaluate_node(node)
+
+    def _node_complete(self, node: _Node) -> None:
+        if node.complete:
+            return
+        node.complete = True
+        node.shared_inputs = None if node.spec.mapped is not None else node.shared_inputs
+        for dep in node.whole_dependents:
+            dep.whole_remaining -= 1
+            if dep.whole_remaining == 0 and dep.elem_remaining == 0:
+                self._evaluate_node(dep)
+
+    def _flush(self) -> list[Command]:
+        while True:
+            self._propagate()
+            if self.state is FlowRunState.RUNNING:
+                self._pump()
+            if not self._settle:
+                break
+        if self.state is FlowRunState.RUNNING and self._unfinished == 0:
+            self._finish()
+        out, self._out = self._out, []
+        return out
+
+    def _finish(self) -> None:
+        if self.cancel_reason is not None:
+            state, message = FlowRunState.CANCELLED, self.cancel_reason
+        elif self._reference_failed():
+            state = FlowRunState.FAILED
+            message = "; ".join(f"{f.key}: {f.state.name}" for f in self.failed_runs()[:5])
+        else:
+            state, message = FlowRunState.SUCCESS, ""
+            if self.graph.result is not None:
+                try:
+                    self.result = self._resolve(self.graph.result)
+                except Exception as exc:
+                    state, message = FlowRunState.FAILED, f"could not assemble the result: {exc!r}"
+        self._set_flow_state(state, message)
+        self._out.append(FlowFinished(state))
+
+    def _set_flow_state(self, state: FlowRunState, message: str) -> None:
+        self.state = state
+        self.flow_history.append((state, self.clock.now(), message))
+
+    def _reference_nodes(self) -> list[_Node]:
+        ids = self.graph.reference_task_ids
+        if not ids:
+            return list(self._nodes.values())
+        return [self._nodes[i] for i in ids]
+
+    # ------------------------------------------------------------------- inputs
+
+    def _inputs(self, run: TaskRunRecord) -> dict[str, Any]:
+        spec = run.spec
+        if run.map_index < 0:
+            return {arg: self._resolve(src) for arg, src in spec.inputs.items()}
+        node: _Node = run._node
+        shared = node.shared_inputs
+        assert shared is not None and spec.mapped is not None
+        i = run.map_index
+        inputs: dict[str, Any] = {}
+        for arg, src in spec.inputs.items():
+            if arg in shared:
+                value = shared[arg]
+                inputs[arg] = self.values.item(value, i) if arg in spec.mapped else value
+            else:
+                assert isinstance(src, FromTask)
+                upstream = self._nodes[src.task_id].run.children
+                assert upstream is not None
+                value = upstream[i].result
+                inputs[arg] = self.values.select(value, src.path) if src.path else value
+        return inputs
+
+    def _resolve(self, src: InputSpec) -> Any:
+        if isinstance(src, FromTask):
+            node = self._nodes[src.task_id]
+            run = node.run
+            if run.state is S.MAPPED:
+                assert run.children is not None
+                value = self.values.make_list([c.result for c in run.children], False)
+            else:
+                value = run.result
+            return self.values.select(value, src.path) if src.path else value
+        if isinstance(src, Const):
+            return src.value
+        if isinstance(src, Param):
+            return self.params[src.name]
+        if isinstance(src, ListOf):
+            return self.values.make_list([self._resolve(i) for i in src.items], src.is_tuple)
+        if isinstance(src, DictOf):
+            return self.values.make_dict({k: self._resolve(v) for k, v in src.entries})
+        raise AssertionError(f"unknown input {src!r}")
+
+
+_TERMINAL = frozenset(s for s in TaskRunState if s.is_terminal)
+
+
+def _unmappable(arg: str, upstream: TaskRunRecord) -> str:
+    return (
+        f"cannot map over argument {arg!r}: task {upstream.key!r} ended "
+        f"{upstream.state.name} and has no result"
+    )
+
+
+def _final_states(node: _Node, out: list[TaskRunState]) -> None:
+    """A complete upstream node's final states: its children's when it mapped."""
+    run = node.run
+    if run.state is S.MAPPED:
+        out.extend(c.state for c in run.children or ())
+    else:
+        out.append(run.state)
+
+
+def bind_params(graph: GraphSpec, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter values with defaults filled in; TypeError for unknown or missing ones."""
+    known = {p.name: p for p in graph.params}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ParameterError(
+            f"flow {graph.name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(known) or 'none'}"
+        )
+    bound: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name in given:
+            bound[name] = given[name]
+        elif spec.required:
+            raise ParameterError(f"flow {graph.name!r} is missing required parameter {name!r}")
+        else:
+            bound[name] = spec.default
+    return bound

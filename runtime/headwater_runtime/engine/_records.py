@@ -1,0 +1,134 @@
+"""What the engine records about task runs: state history, attempts, failures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._states import TaskRunState
+
+if TYPE_CHECKING:
+    from ._spec import TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class FailureInfo:
+    """A structured error, in any language (mirrors the contract's Failure).
+
+    ``exception`` holds the live exception in embedded runs (never serialised).
+    """
+
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = True
+    cause: FailureInfo | None = None
+    language: str = "python"
+    timed_out: bool = False
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+class StateEntry(NamedTuple):
+    """One entry of a task run's state history. A tuple: there may be a million."""
+
+    state: TaskRunState
+    timestamp: float
+    attempt: int
+    message: str = ""
+    failure: FailureInfo | None = None
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """One attempt of a task run: when it ran and how it ended."""
+
+    number: int
+    started_at: float
+    ended_at: float | None = None
+    outcome: TaskRunState | None = None
+    failure: FailureInfo | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+class TaskRunRecord:
+    """Everything known about one task run. Owned and mutated by the engine only.
+
+    ``key`` is unique within the flow run: the task id, with ``[i]`` for mapped child i.
+    """
+
+    __slots__ = (
+        "_node",
+        "attempt",
+        "attempts",
+        "cache_key",
+        "children",
+        "dispatched",
+        "failure",
+        "history",
+        "key",
+        "lost_count",
+        "map_index",
+        "parent",
+        "pending",
+        "result",
+        "retries_used",
+        "spec",
+        "state",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        spec: TaskSpec,
+        node: Any,
+        map_index: int,
+        parent: TaskRunRecord | None,
+        now: float,
+    ) -> None:
+        self.key = key
+        self.spec = spec
+        self._node = node
+        self.map_index = map_index
+        self.parent = parent
+        self.state = TaskRunState.PENDING
+        self.history: list[StateEntry] = [StateEntry(TaskRunState.PENDING, now, 0)]
+        self.attempts: list[AttemptRecord] = []
+        self.attempt = 0
+        self.retries_used = 0
+        self.lost_count = 0
+        self.result: Any = None
+        self.failure: FailureInfo | None = None
+        self.cache_key: str | None = None
+        self.children: list[TaskRunRecord] | None = None
+        self.dispatched = False
+        self.pending = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.spec.id
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.map_index < 0 else f"{self.spec.name}[{self.map_index}]"
+
+    @property
+    def started_at(self) -> float | None:
+        return self.attempts[0].started_at if self.attempts else None
+
+    @property
+    def ended_at(self) -> float | None:
+        return self.history[-1].timestamp if self.state.is_terminal else None
+
+    @property
+    def states(self) -> list[TaskRunState]:
+        """The sequence of states this run went through."""
+        return [entry.state for entry in self.history]
+
+    def __repr__(self) -> str:
+        return f"<TaskRun {self.key} {self.state.name} attempt={self.attempt}>"

@@ -1,0 +1,286 @@
+"""The engine's graph representation (the IR between the SDK and the engine).
+
+The SDK compiler builds a GraphSpec directly (constants are live Python objects, so an
+embedded run never serialises anything); the server builds one from a FlowGraph
+message with ``headwater_runtime.engine.graph_from_proto`` (constants are Payloads
+the engine never decodes). ``validate()`` is the one place graph rules are checked.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Trigger(enum.Enum):
+    """When a task runs given its upstreams' final states (names as in the SDK)."""
+
+    ALL_SUCCESSFUL = "all_successful"
+    ALL_FINISHED = "all_finished"
+    ALL_FAILED = "all_failed"
+    ANY_SUCCESSFUL = "any_successful"
+    ANY_FAILED = "any_failed"
+    NONE_FAILED = "none_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FromTask:
+    """The result of an upstream task, or a part of it selected by ``path``."""
+
+    task_id: str
+    path: tuple[str | int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    """A constant: a live object (embedded) or an encoded payload (from a FlowGraph)."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A flow parameter."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListOf:
+    """A list (or tuple) assembled from inputs."""
+
+    items: tuple[InputSpec, ...]
+    is_tuple: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DictOf:
+    """A string-keyed dict assembled from inputs."""
+
+    entries: tuple[tuple[str, InputSpec], ...]
+
+
+InputSpec = FromTask | Const | Param | ListOf | DictOf
+
+
+def iter_task_refs(spec: InputSpec) -> Iterator[FromTask]:
+    """Every upstream reference inside an input, depth first."""
+    if isinstance(spec, FromTask):
+        yield spec
+    elif isinstance(spec, ListOf):
+        for item in spec.items:
+            yield from iter_task_refs(item)
+    elif isinstance(spec, DictOf):
+        for _, item in spec.entries:
+            yield from iter_task_refs(item)
+
+
+def iter_params(spec: InputSpec) -> Iterator[str]:
+    """Every flow parameter named inside an input."""
+    if isinstance(spec, Param):
+        yield spec.name
+    elif isinstance(spec, ListOf):
+        for item in spec.items:
+            yield from iter_params(item)
+    elif isinstance(spec, DictOf):
+        for _, item in spec.entries:
+            yield from iter_params(item)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySpec:
+    """Retry policy. Delays are seconds; ``non_retryable`` are error type names."""
+
+    max_retries: int = 0
+    delay: float = 0.0
+    backoff: float = 1.0
+    max_delay: float | None = None
+    jitter: float = 0.0
+    non_retryable: tuple[str, ...] = ()
+
+
+NO_RETRY = RetrySpec()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """Result caching. ``key_fn`` is the user's key function (embedded hosts only)."""
+
+    expiry: float | None = None
+    version: str = ""
+    key_fn: Callable[..., str] | None = field(default=None, compare=False)
+    by_function: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task node. ``fn`` is the Python callable when compiled in-process."""
+
+    id: str
+    name: str
+    task_type: str
+    inputs: Mapping[str, InputSpec] = field(default_factory=dict)
+    wait_for: tuple[str, ...] = ()
+    retry: RetrySpec = NO_RETRY
+    timeout: float | None = None
+    trigger: Trigger = Trigger.ALL_SUCCESSFUL
+    cache: CacheSpec | None = None
+    mapped: tuple[str, ...] | None = None
+    tags: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict)
+    version: str = ""
+    portable: bool = False
+    argument_order: tuple[str, ...] = ()
+    fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    no_retry_on: tuple[type[BaseException], ...] = field(default=(), compare=False, repr=False)
+
+    def upstream_ids(self) -> list[str]:
+        """Ids of every upstream task (data and order-only), deduplicated, in order."""
+        seen: dict[str, None] = {}
+        for spec in self.inputs.values():
+            for ref in iter_task_refs(spec):
+                seen[ref.task_id] = None
+        for dep in self.wait_for:
+            seen[dep] = None
+        return list(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """A flow parameter: a default (live object or payload) unless required."""
+
+    name: str
+    default: Any = None
+    required: bool = True
+
+
+class ParameterError(TypeError):
+    """Flow parameters given to a run do not match the flow's parameters."""
+
+
+class GraphError(ValueError):
+    """A flow graph breaks a rule; the message names the task and the problem."""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A compiled flow. Tasks are in a topological order once validated."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    params: tuple[ParamSpec, ...] = ()
+    version: str = ""
+    result: InputSpec | None = None
+    reference_task_ids: tuple[str, ...] = ()
+    description: str = ""
+
+    def validate(self) -> None:
+        """Raise GraphError naming the task and problem for any invalid graph."""
+        ids: dict[str, TaskSpec] = {}
+        for t in self.tasks:
+            if not t.id:
+                raise GraphError(f"flow {self.name!r}: a task has an empty id")
+            if t.id in ids:
+                raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
+            ids[t.id] = t
+        params = {p.name for p in self.params}
+        if len(params) != len(self.params):
+            raise GraphError(f"flow {self.name!r}: duplicate parameter names")
+        for t in self.tasks:
+            for dep in t.upstream_ids():
+                if dep not in ids:
+                    raise GraphError(f"task {t.id!r} depends on unknown task {dep!r}")
+                if dep == t.id:
+                    raise GraphError(f"task {t.id!r} depends on itself (a cycle)")
+            for spec in t.inputs.values():
+                for name in iter_params(spec):
+                    if name not in params:
+                        raise GraphError(f"task {t.id!r} uses unknown flow parameter {name!r}")
+            if t.mapped is not None:
+                for arg in t.mapped:
+                    if arg not in t.inputs:
+                        raise GraphError(f"task {t.id!r} maps over unknown argument {arg!r}")
+            if t.retry.max_retries < 0 or t.retry.delay < 0:
+                raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
+            if t.timeout is not None and t.timeout <= 0:
+                raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds")
+        if self.result is not None:
+            for ref in iter_task_refs(self.result):
+                if ref.task_id not in ids:
+                    raise GraphError(f"flow {self.name!r} returns unknown task {ref.task_id!r}")
+        for rid in self.reference_task_ids:
+            if rid not in ids:
+                raise GraphError(f"flow {self.name!r}: unknown reference task {rid!r}")
+        cycle = _find_cycle(self.tasks)
+        if cycle:
+            raise GraphError(f"task {cycle[0]!r} is part of a cycle: {' -> '.join(cycle)}")
+
+    def topological(self) -> GraphSpec:
+        """The same graph with tasks sorted so every task follows its upstreams."""
+        order = _toposort(self.tasks)
+        if [t.id for t in order] == [t.id for t in self.tasks]:
+            return self
+        return GraphSpec(
+            name=self.name,
+            tasks=tuple(order),
+            params=self.params,
+            version=self.version,
+            result=self.result,
+            reference_task_ids=self.reference_task_ids,
+            description=self.description,
+        )
+
+
+def _toposort(tasks: tuple[TaskSpec, ...]) -> list[TaskSpec]:
+    """Kahn's algorithm, taking the earliest-declared ready task first, so a graph that
+    is already in topological order (every traced flow) keeps the author's order."""
+    position = {t.id: i for i, t in enumerate(tasks)}
+    indegree = dict.fromkeys(position, 0)
+    dependents: dict[str, list[str]] = {t.id: [] for t in tasks}
+    for t in tasks:
+        for dep in t.upstream_ids():
+            indegree[t.id] += 1
+            dependents[dep].append(t.id)
+    ready = [position[tid] for tid, n in indegree.items() if n == 0]
+    heapq.heapify(ready)
+    out: list[TaskSpec] = []
+    while ready:
+        task = tasks[heapq.heappop(ready)]
+        out.append(task)
+        for d in dependents[task.id]:
+            indegree[d] -= 1
+            if indegree[d] == 0:
+                heapq.heappush(ready, position[d])
+    return out
+
+
+def _find_cycle(tasks: tuple[TaskSpec, ...]) -> list[str]:
+    """One cycle as a list of task ids (first repeated last), or [] when acyclic."""
+    deps = {t.id: t.upstream_ids() for t in tasks}
+    white, grey, black = 0, 1, 2
+    color = dict.fromkeys(deps, white)
+    for root in deps:
+        if color[root] != white:
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(deps[root]))]
+        path = [root]
+        color[root] = grey
+        while stack:
+            node, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                path.pop()
+                color[node] = black
+            elif color.get(nxt) == grey:
+                start = path.index(nxt)
+                return [*path[start:], nxt]
+            elif color.get(nxt) == white:
+                color[nxt] = grey
+                stack.append((nxt, iter(deps[nxt])))
+                path.append(nxt)
+    return []

@@ -1,0 +1,67 @@
+"""How the engine handles values without knowing what they are.
+
+The engine never inspects results itself: to map over a result it asks for its length
+and items, to select ``result["rows"]`` it asks for a selection, and to hand a reduce
+task the results of a mapped task it asks for a list. Embedded hosts pass live Python
+objects (PythonValues); the server passes payload handles it never decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+
+class ValueOps(Protocol):
+    """Operations on opaque values that the engine needs."""
+
+    def length(self, value: Any) -> int | None:
+        """Number of elements to map over, or None when the value is not a sequence."""
+        ...
+
+    def item(self, value: Any, index: int) -> Any:
+        """Element ``index`` of a sequence value."""
+        ...
+
+    def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
+        """Part of a value; raises LookupError or TypeError when the path does not fit."""
+        ...
+
+    def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        """A list (or tuple) of values."""
+        ...
+
+    def make_dict(self, entries: dict[str, Any]) -> Any:
+        """A string-keyed dict of values."""
+        ...
+
+
+class PythonValues:
+    """ValueOps over live Python objects (embedded hosts). No copies are made."""
+
+    def length(self, value: Any) -> int | None:
+        # Strings and mappings are refused: mapping over characters or keys is a classic
+        # bug. Anything else with a length and indexing maps (lists, tuples, ranges,
+        # numpy arrays); sets and generators do not, as they have no stable order.
+        if isinstance(value, str | bytes | Mapping):
+            return None
+        if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
+            return len(value)
+        return None
+
+    def item(self, value: Any, index: int) -> Any:
+        return value[index]
+
+    def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
+        for part in path:
+            value = value[part]
+        return value
+
+    def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        return tuple(items) if is_tuple else items
+
+    def make_dict(self, entries: dict[str, Any]) -> Any:
+        return entries
+
+
+PYTHON_VALUES = PythonValues()
