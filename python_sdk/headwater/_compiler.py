@@ -107,13 +107,10 @@ class _Context:
                 f"flow {self.flow_name!r}: two different tasks are named {task.name!r} "
                 f"({existing} and {task.task_type}); give one of them another name="
             )
-        try:
-            bound = task.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise FlowDefinitionError(f"task {task.name!r}: {exc}") from None
+        arguments = task.bind_arguments(args, kwargs)
         mapped_args: list[str] = []
         inputs: dict[str, InputSpec] = {}
-        for arg, value in bound.arguments.items():
+        for arg, value in arguments.items():
             if isinstance(value, unmapped):
                 if not mapped:
                     raise FlowDefinitionError(
@@ -137,7 +134,9 @@ class _Context:
                 )
             deps[item.node_id] = None
         for spec in inputs.values():
-            for ref in iter_task_refs(spec):
+            if isinstance(spec, Const | Param):
+                continue
+            for ref in (spec,) if isinstance(spec, FromTask) else iter_task_refs(spec):
                 if ref.task_id not in self.node_ids:
                     raise ValueError(
                         f"task {task.name!r} got the result of task {ref.task_id!r}, "
@@ -217,10 +216,9 @@ def trace(flow: Flow) -> GraphSpec:
 
 def map_eagerly(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     """``task.map(...)`` outside a flow: a plain loop over the zipped arguments."""
-    bound = task.signature.bind(*args, **kwargs)
     iterables: dict[str, list[Any]] = {}
     fixed: dict[str, Any] = {}
-    for arg, value in bound.arguments.items():
+    for arg, value in task.bind_arguments(args, kwargs).items():
         if isinstance(value, unmapped):
             fixed[arg] = value.value
         else:

@@ -125,6 +125,14 @@ class Task(Generic[P, R]):
         self.version = version
         self.portable = portable
         self.signature = _signature(fn, self.name)
+        params = list(self.signature.parameters.values())
+        # Fast argument binding for the common case (plain named parameters); anything
+        # else, and every error message, goes through inspect.Signature.bind.
+        self._plain_names: tuple[str, ...] | None = None
+        if all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params):
+            self._plain_names = tuple(p.name for p in params)
+            self._plain_set = frozenset(self._plain_names)
+            self._required = tuple(p.name for p in params if p.default is p.empty)
         self._options = {
             "name": name,
             "task_type": task_type,
@@ -146,6 +154,24 @@ class Task(Generic[P, R]):
             "portable": portable,
         }
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Arguments by parameter name, as given (defaults are left to the function)."""
+        names = self._plain_names
+        if names is not None and len(args) <= len(names):
+            bound = dict(zip(names, args, strict=False))
+            ok = True
+            for key, value in kwargs.items():
+                if key in bound or key not in self._plain_set:
+                    ok = False
+                    break
+                bound[key] = value
+            if ok and all(r in bound for r in self._required):
+                return bound
+        try:
+            return dict(self.signature.bind(*args, **kwargs).arguments)
+        except TypeError as exc:
+            raise FlowDefinitionError(f"task {self.name!r}: {exc}") from None
 
     def with_options(self, **overrides: Any) -> Task[P, R]:
         """A copy of this task with some options changed (same function)."""

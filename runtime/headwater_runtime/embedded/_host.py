@@ -93,7 +93,7 @@ class EmbeddedRun:
             max_concurrency=limit,
             auto_start=True,
         )
-        self._callers: dict[str, Caller] = {}
+        self._callers: dict[Any, Caller] = {}
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
@@ -135,14 +135,14 @@ class EmbeddedRun:
             command = queue.popleft()
             if type(command) is RunTask:
                 spec = command.run.spec
-                caller = self._callers.get(spec.id)
+                caller = self._callers.get(spec.fn)
                 if caller is None:
                     if spec.fn is None:
                         raise RuntimeError(
                             f"task {spec.name!r} has no Python function in this process; "
                             "embedded runs need flows compiled here"
                         )
-                    caller = self._callers[spec.id] = make_caller(spec.fn)
+                    caller = self._callers[spec.fn] = make_caller(spec.fn)
                 executor.submit(
                     command.run.key, command.attempt, caller, command.inputs, spec.no_retry_on
                 )

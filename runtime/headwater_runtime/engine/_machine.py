@@ -19,8 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from ._events import (
     CacheChecked,
@@ -39,6 +38,7 @@ from ._events import (
     TaskSucceeded,
     WriteCache,
 )
+from ._nodes import Clock, FlowRunFailure, Node, bind_params, final_states, unmappable
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
 from ._spec import (
@@ -49,8 +49,6 @@ from ._spec import (
     InputSpec,
     ListOf,
     Param,
-    ParameterError,
-    TaskSpec,
     iter_task_refs,
 )
 from ._states import (
@@ -62,54 +60,6 @@ from ._states import (
 from ._values import PYTHON_VALUES, ValueOps
 
 S = TaskRunState
-
-
-class Clock(Protocol):
-    """Source of the current time in seconds (epoch-based)."""
-
-    def now(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class FlowRunFailure:
-    """A task whose failure failed the flow run."""
-
-    key: str
-    state: TaskRunState
-    failure: FailureInfo | None
-
-
-class _Node:
-    """Per-task bookkeeping (not per run)."""
-
-    __slots__ = (
-        "complete",
-        "elem_dependents",
-        "elem_remaining",
-        "elem_sources",
-        "index",
-        "run",
-        "shared_inputs",
-        "spec",
-        "unfinished_children",
-        "whole_dependents",
-        "whole_remaining",
-        "whole_sources",
-    )
-
-    def __init__(self, spec: TaskSpec, index: int) -> None:
-        self.spec = spec
-        self.index = index
-        self.run: TaskRunRecord
-        self.whole_sources: list[_Node] = []
-        self.elem_sources: list[_Node] = []
-        self.whole_dependents: list[_Node] = []
-        self.elem_dependents: list[_Node] = []
-        self.whole_remaining = 0
-        self.elem_remaining = 0
-        self.unfinished_children = 0
-        self.complete = False
-        self.shared_inputs: dict[str, Any] | None = None
 
 
 _TIMEOUT = 0
@@ -162,7 +112,7 @@ class FlowRunEngine:
         self.result: Any = None
         self.cancel_reason: str | None = None
         self.runs: dict[str, TaskRunRecord] = {}
-        self._nodes: dict[str, _Node] = {}
+        self._nodes: dict[str, Node] = {}
         self._out: list[Command] = []
         self._ready: deque[TaskRunRecord] = deque()
         self._settle: deque[TaskRunRecord] = deque()
@@ -289,7 +239,7 @@ class FlowRunEngine:
     def _build(self) -> None:
         now = self.clock.now()
         for index, spec in enumerate(self.graph.tasks):
-            node = _Node(spec, index)
+            node = Node(spec, index)
             node.run = TaskRunRecord(spec.id, spec, node, -1, None, now)
             self.runs[spec.id] = node.run
             self._nodes[spec.id] = node
@@ -533,14 +483,14 @@ class FlowRunEngine:
             deadline = self._start_attempt(run) if self.auto_start else None
             self._out.append(RunTask(run, run.attempt, inputs, deadline))
 
-    def _evaluate_node(self, node: _Node) -> None:
+    def _evaluate_node(self, node: Node) -> None:
         """All of a node's upstream requirements are met: decide what it does."""
         run = node.run
         if run.state is not S.PENDING:
             return
         states: list[TaskRunState] = []
         for src in node.whole_sources:
-            _final_states(src, states)
+            final_states(src, states)
         for src in node.elem_sources:
             if src.run.state is not S.MAPPED:
                 states.append(src.run.state)
@@ -568,7 +518,7 @@ class FlowRunEngine:
             self._transition(run, S.TRIGGER_FAILED, failure.message, failure)
         return False
 
-    def _expand(self, node: _Node) -> None:
+    def _expand(self, node: Node) -> None:
         spec = node.spec
         run = node.run
         assert spec.mapped is not None
@@ -581,7 +531,7 @@ class FlowRunEngine:
                     assert isinstance(src, FromTask)
                     upstream = self._nodes[src.task_id].run
                     if upstream.children is None:
-                        raise ValueError(_unmappable(arg, upstream))
+                        raise ValueError(unmappable(arg, upstream))
                     n = len(upstream.children)
                 else:
                     value = self._resolve(src)
@@ -591,7 +541,7 @@ class FlowRunEngine:
                     if isinstance(src, FromTask):
                         upstream = self._nodes[src.task_id].run
                         if not upstream.state.is_success or upstream.state is S.SKIPPED:
-                            raise ValueError(_unmappable(arg, upstream))
+                            raise ValueError(unmappable(arg, upstream))
                     maybe = self.values.length(value)
                     if maybe is None:
                         raise TypeError(
@@ -637,7 +587,7 @@ class FlowRunEngine:
             if child.pending == 0:
                 self._evaluate_child(child)
 
-    def _is_elementwise(self, node: _Node, src: InputSpec) -> bool:
+    def _is_elementwise(self, node: Node, src: InputSpec) -> bool:
         if not isinstance(src, FromTask):
             return False
         return any(s.spec.id == src.task_id for s in node.elem_sources)
@@ -645,10 +595,10 @@ class FlowRunEngine:
     def _evaluate_child(self, child: TaskRunRecord) -> None:
         if child.state is not S.PENDING:
             return
-        node: _Node = child._node
+        node: Node = child._node
         states: list[TaskRunState] = []
         for src in node.whole_sources:
-            _final_states(src, states)
+            final_states(src, states)
         i = child.map_index
         for src in node.elem_sources:
             src_children = src.run.children
@@ -664,7 +614,7 @@ class FlowRunEngine:
         settle = self._settle
         while settle:
             run = settle.popleft()
-            node: _Node = run._node
+            node: Node = run._node
             if run.parent is None:
                 if run.state is S.MAPPED:
                     for dep in node.elem_dependents:
@@ -689,12 +639,12 @@ class FlowRunEngine:
                 if node.unfinished_children == 0 and node.run.state is S.MAPPED:
                     self._node_complete(node)
 
-    def _elem_source_ready(self, node: _Node) -> None:
+    def _elem_source_ready(self, node: Node) -> None:
         node.elem_remaining -= 1
         if node.elem_remaining == 0 and node.whole_remaining == 0:
             self._evaluate_node(node)
 
-    def _node_complete(self, node: _Node) -> None:
+    def _node_complete(self, node: Node) -> None:
         if node.complete:
             return
         node.complete = True
@@ -736,7 +686,7 @@ class FlowRunEngine:
         self.state = state
         self.flow_history.append((state, self.clock.now(), message))
 
-    def _reference_nodes(self) -> list[_Node]:
+    def _reference_nodes(self) -> list[Node]:
         ids = self.graph.reference_task_ids
         if not ids:
             return list(self._nodes.values())
@@ -748,7 +698,7 @@ class FlowRunEngine:
         spec = run.spec
         if run.map_index < 0:
             return {arg: self._resolve(src) for arg, src in spec.inputs.items()}
-        node: _Node = run._node
+        node: Node = run._node
         shared = node.shared_inputs
         assert shared is not None and spec.mapped is not None
         i = run.map_index
@@ -787,39 +737,3 @@ class FlowRunEngine:
 
 
 _TERMINAL = frozenset(s for s in TaskRunState if s.is_terminal)
-
-
-def _unmappable(arg: str, upstream: TaskRunRecord) -> str:
-    return (
-        f"cannot map over argument {arg!r}: task {upstream.key!r} ended "
-        f"{upstream.state.name} and has no result"
-    )
-
-
-def _final_states(node: _Node, out: list[TaskRunState]) -> None:
-    """A complete upstream node's final states: its children's when it mapped."""
-    run = node.run
-    if run.state is S.MAPPED:
-        out.extend(c.state for c in run.children or ())
-    else:
-        out.append(run.state)
-
-
-def bind_params(graph: GraphSpec, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameter values with defaults filled in; TypeError for unknown or missing ones."""
-    known = {p.name: p for p in graph.params}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ParameterError(
-            f"flow {graph.name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
-            f"it accepts: {', '.join(known) or 'none'}"
-        )
-    bound: dict[str, Any] = {}
-    for name, spec in known.items():
-        if name in given:
-            bound[name] = given[name]
-        elif spec.required:
-            raise ParameterError(f"flow {graph.name!r} is missing required parameter {name!r}")
-        else:
-            bound[name] = spec.default
-    return bound

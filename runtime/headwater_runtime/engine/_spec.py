@@ -179,7 +179,25 @@ class GraphSpec:
     description: str = ""
 
     def validate(self) -> None:
-        """Raise GraphError naming the task and problem for any invalid graph."""
+        """Raise GraphError naming the task and problem for any invalid graph.
+
+        The outcome is remembered: a GraphSpec is immutable, so a graph validated by
+        the compiler is not checked again by the engine.
+        """
+        if self.__dict__.get("_valid"):
+            return
+        self._check()
+        object.__setattr__(self, "_valid", True)
+
+    def upstreams(self) -> dict[str, list[str]]:
+        """Upstream task ids of every task, computed once per graph."""
+        deps = self.__dict__.get("_upstreams")
+        if deps is None:
+            deps = {t.id: t.upstream_ids() for t in self.tasks}
+            object.__setattr__(self, "_upstreams", deps)
+        return deps
+
+    def _check(self) -> None:
         ids: dict[str, TaskSpec] = {}
         for t in self.tasks:
             if not t.id:
@@ -190,8 +208,9 @@ class GraphSpec:
         params = {p.name for p in self.params}
         if len(params) != len(self.params):
             raise GraphError(f"flow {self.name!r}: duplicate parameter names")
+        upstreams = self.upstreams()
         for t in self.tasks:
-            for dep in t.upstream_ids():
+            for dep in upstreams[t.id]:
                 if dep not in ids:
                     raise GraphError(f"task {t.id!r} depends on unknown task {dep!r}")
                 if dep == t.id:
@@ -215,16 +234,16 @@ class GraphSpec:
         for rid in self.reference_task_ids:
             if rid not in ids:
                 raise GraphError(f"flow {self.name!r}: unknown reference task {rid!r}")
-        cycle = _find_cycle(self.tasks)
+        cycle = _find_cycle(upstreams)
         if cycle:
             raise GraphError(f"task {cycle[0]!r} is part of a cycle: {' -> '.join(cycle)}")
 
     def topological(self) -> GraphSpec:
         """The same graph with tasks sorted so every task follows its upstreams."""
-        order = _toposort(self.tasks)
-        if [t.id for t in order] == [t.id for t in self.tasks]:
+        order = _toposort(self.tasks, self.upstreams())
+        if all(a is b for a, b in zip(order, self.tasks, strict=True)):
             return self
-        return GraphSpec(
+        graph = GraphSpec(
             name=self.name,
             tasks=tuple(order),
             params=self.params,
@@ -233,16 +252,18 @@ class GraphSpec:
             reference_task_ids=self.reference_task_ids,
             description=self.description,
         )
+        graph.validate()
+        return graph
 
 
-def _toposort(tasks: tuple[TaskSpec, ...]) -> list[TaskSpec]:
+def _toposort(tasks: tuple[TaskSpec, ...], upstreams: dict[str, list[str]]) -> list[TaskSpec]:
     """Kahn's algorithm, taking the earliest-declared ready task first, so a graph that
     is already in topological order (every traced flow) keeps the author's order."""
     position = {t.id: i for i, t in enumerate(tasks)}
     indegree = dict.fromkeys(position, 0)
     dependents: dict[str, list[str]] = {t.id: [] for t in tasks}
     for t in tasks:
-        for dep in t.upstream_ids():
+        for dep in upstreams[t.id]:
             indegree[t.id] += 1
             dependents[dep].append(t.id)
     ready = [position[tid] for tid, n in indegree.items() if n == 0]
@@ -258,9 +279,8 @@ def _toposort(tasks: tuple[TaskSpec, ...]) -> list[TaskSpec]:
     return out
 
 
-def _find_cycle(tasks: tuple[TaskSpec, ...]) -> list[str]:
+def _find_cycle(deps: dict[str, list[str]]) -> list[str]:
     """One cycle as a list of task ids (first repeated last), or [] when acyclic."""
-    deps = {t.id: t.upstream_ids() for t in tasks}
     white, grey, black = 0, 1, 2
     color = dict.fromkeys(deps, white)
     for root in deps:
