@@ -22,6 +22,7 @@ from ._events import (
     TaskSucceeded,
     WriteCache,
 )
+from ._journal import JournaledEngine, JournalEntry, replay
 from ._machine import Clock, FlowRunEngine, FlowRunFailure, bind_params
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
@@ -83,6 +84,8 @@ __all__ = [
     "GraphSpec",
     "IllegalTransition",
     "InputSpec",
+    "JournalEntry",
+    "JournaledEngine",
     "ListOf",
     "Param",
     "ParamSpec",
@@ -107,5 +110,6 @@ __all__ = [
     "evaluate_trigger",
     "iter_params",
     "iter_task_refs",
+    "replay",
     "retry_delay",
 ]

@@ -1,0 +1,161 @@
+"""The SQLite store: flows, idempotent runs, batched commits, payload chunks, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from headwater_runtime.store import (
+    CacheRow,
+    Conflict,
+    FlowRunRow,
+    LogRow,
+    NotFound,
+    RunEvent,
+    ScheduleRow,
+    SQLiteStore,
+    StateRow,
+    TaskRunRow,
+    WriteBatch,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "hw.db")
+    yield s
+    s.close()
+
+
+def test_database_is_in_wal_mode(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "a.db").close()
+    db = sqlite3.connect(tmp_path / "a.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_flow_versions_are_numbered_and_identical_graphs_deduplicated(store: SQLiteStore) -> None:
+    v1, created = store.put_flow("etl", "d1", b"g1", "", 1.0)
+    assert (v1.version, created) == ("1", True)
+    again, created = store.put_flow("etl", "d1", b"g1", "", 2.0)
+    assert (again.version, created) == ("1", False)
+    v2, _ = store.put_flow("etl", "d2", b"g2", "", 3.0)
+    assert v2.version == "2"
+    assert store.get_flow("etl").graph == b"g2"
+    assert store.get_flow("etl", "1").graph == b"g1"
+    assert store.list_flows() == [("etl", ["1", "2"])]
+    with pytest.raises(Conflict, match="already registered"):
+        store.put_flow("etl", "d3", b"g3", "1", 4.0)
+    with pytest.raises(NotFound, match="'nope' is not registered"):
+        store.get_flow("nope")
+
+
+def test_idempotency_key_returns_the_first_run(store: SQLiteStore) -> None:
+    row = FlowRunRow("r1", "etl", "1", 1, 10.0, idempotency_key="k")
+    first, created = store.create_flow_run(row)
+    assert created and first.id == "r1"
+    second, created = store.create_flow_run(
+        FlowRunRow("r2", "etl", "1", 1, 11.0, idempotency_key="k")
+    )
+    assert not created and second.id == "r1"
+    with pytest.raises(NotFound):
+        store.get_flow_run("r2")
+
+
+def test_commit_writes_a_batch_atomically_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "hw.db"
+    store = SQLiteStore(path)
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 10.0))
+    batch = WriteBatch()
+    batch.events.append(RunEvent("r1", 1, 10.5, "start", b""))
+    batch.flow_runs["r1"] = FlowRunRow("r1", "etl", "1", 3, 10.0, started_at=10.5)
+    batch.task_runs[("r1", "a")] = TaskRunRow("r1", "a", "a", -1, 3, 1, 10.6)
+    batch.states.append(StateRow("r1", "a", 1, 3, 10.6, 1, "started"))
+    batch.logs.append(LogRow("r1", "a", 1, 10.7, "INFO", "t", "hello"))
+    batch.cache.append(CacheRow("key", b"value", None))
+    store.commit(batch)
+    # A failing batch leaves nothing behind (duplicate event seq violates the key).
+    bad = WriteBatch()
+    bad.logs.append(LogRow("r1", "a", 1, 11.0, "INFO", "t", "must not persist"))
+    bad.events.append(RunEvent("r1", 1, 11.0, "event", b"dup"))
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit(bad)
+    store.close()
+
+    reopened = SQLiteStore(path)
+    assert reopened.get_flow_run("r1").state == 3
+    assert [e.kind for e in reopened.events("r1")] == ["start"]
+    assert reopened.task_runs("r1")[0].state == 3
+    assert [s.message for s in reopened.task_run_history("r1", "a")] == ["started"]
+    assert [g.message for g in reopened.logs("r1")] == ["hello"]
+    assert reopened.get_cache("key") == CacheRow("key", b"value", None)
+    assert [r.id for r in reopened.unfinished_flow_runs()] == ["r1"]
+    reopened.close()
+
+
+def test_list_flow_runs_filters_and_pages_newest_first(store: SQLiteStore) -> None:
+    for i in range(5):
+        store.create_flow_run(FlowRunRow(f"r{i}", "a" if i % 2 else "b", "1", 4 if i < 2 else 3, i))
+    assert [r.id for r in store.list_flow_runs()] == ["r4", "r3", "r2", "r1", "r0"]
+    assert [r.id for r in store.list_flow_runs(flow_name="a")] == ["r3", "r1"]
+    assert [r.id for r in store.list_flow_runs(states=[4])] == ["r1", "r0"]
+    assert [r.id for r in store.list_flow_runs(limit=2, before="r3")] == ["r2", "r1"]
+
+
+def test_payloads_are_stored_and_read_back_in_chunks(store: SQLiteStore) -> None:
+    data = bytes(range(256)) * 10_000  # 2.56 MB, three storage chunks
+    sha = hashlib.sha256(data).hexdigest()
+    pieces = (data[i : i + 300_000] for i in range(0, len(data), 300_000))
+    meta = store.put_payload(pieces, {"encoding": "pickle"}, len(data), sha)
+    assert meta.sha256 == sha and meta.size == len(data)
+    chunks = list(store.read_payload(meta.id, chunk_size=1 << 20))
+    assert max(len(c) for c in chunks) <= 1 << 20
+    assert b"".join(chunks) == data
+    assert b"".join(store.read_payload(meta.id, offset=1_500_001)) == data[1_500_001:]
+    assert store.payload_meta(meta.id).metadata == {"encoding": "pickle"}
+
+
+@pytest.mark.parametrize(
+    ("chunks", "size", "sha", "message"),
+    [
+        ([b"abc"], 2, "", "larger than its declared size"),
+        ([b"abc"], 5, "", "has 3 bytes but declared 5"),
+        ([b"abc"], 3, "0" * 64, "do not match the declared sha256"),
+    ],
+)
+def test_bad_payload_uploads_are_refused_and_leave_nothing(
+    store: SQLiteStore, chunks: list[bytes], size: int, sha: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        store.put_payload(iter(chunks), {"encoding": "json"}, size, sha)
+    assert store._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 0
+    assert store._db.execute("SELECT COUNT(*) FROM payloads").fetchone()[0] == 0
+
+
+def test_unknown_payload_and_run_raise_not_found(store: SQLiteStore) -> None:
+    with pytest.raises(NotFound, match="payload 'x'"):
+        store.payload_meta("x")
+    with pytest.raises(NotFound, match="flow run 'x'"):
+        store.get_flow_run("x")
+
+
+def test_schedules_round_trip(store: SQLiteStore) -> None:
+    store.put_schedule(ScheduleRow("s1", "etl", b"body", 100.0, True))
+    assert store.list_schedules("etl") == [ScheduleRow("s1", "etl", b"body", 100.0, True)]
+    store.delete_schedule("s1")
+    assert store.list_schedules() == []
+    with pytest.raises(NotFound):
+        store.delete_schedule("s1")
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "hw.db"
+    SQLiteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        SQLiteStore(path)
