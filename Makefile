@@ -31,6 +31,7 @@ test: setup
 	node_modules/.bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	@# pytest exits 5 when it collected no test: fail loudly rather than pass quietly.
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \

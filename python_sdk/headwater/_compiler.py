@@ -146,7 +146,7 @@ class _Context:
             if dep not in self.node_ids:
                 raise ValueError(f"task {task.name!r} waits for unknown task {dep!r}")
         node_id = self._new_id(task.name)
-        spec = TaskSpec(
+        node = TaskSpec(
             id=node_id,
             name=task.name,
             task_type=task.task_type,
@@ -166,8 +166,8 @@ class _Context:
             fn=task.fn,
             no_retry_on=task.no_retry_on,
         )
-        self.nodes.append(spec)
-        self.node_ids[node_id] = spec
+        self.nodes.append(node)
+        self.node_ids[node_id] = node
         return TaskRef(node_id, mapped)
 
 
@@ -181,7 +181,7 @@ def _as_list(value: Any, task_name: str) -> list[Any]:
     raise FlowDefinitionError(f"task {task_name!r}: wait_for must be a list of task results")
 
 
-def trace(flow: Flow) -> GraphSpec:
+def trace(flow: Flow[..., Any]) -> GraphSpec:
     """Compile a flow function into a validated GraphSpec."""
     params = flow.parameters
     ctx = _Context(flow.name, {p.name for p in params})

@@ -51,7 +51,7 @@ class Flow(Generic[P, R]):
                 f"flow {self.name!r}: parameter name(s) {sorted(clash)} are reserved for "
                 "run options; rename them"
             )
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def graph(self) -> GraphSpec:
         """Compile to the engine's graph (live Python constants, callables attached)."""
@@ -100,7 +100,7 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run embedded; return the flow's result or raise FlowRunFailed."""
-        flow_run = self.run(*args, **kwargs)
+        flow_run = self.run(*args, **kwargs)  # type: ignore[arg-type]
         flow_run.raise_for_state()
         return flow_run.result  # type: ignore[no-any-return]
 

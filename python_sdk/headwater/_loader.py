@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ._flow import Flow
 
@@ -54,7 +55,7 @@ def load_module(name: str) -> ModuleType:
         raise
 
 
-def find_flow(module: ModuleType, name: str | None, origin: str) -> Flow:
+def find_flow(module: ModuleType, name: str | None, origin: str) -> Flow[..., Any]:
     """The flow named ``name`` in a module, or its only flow when no name is given."""
     flows = {attr: obj for attr, obj in vars(module).items() if isinstance(obj, Flow)}
     if name is not None:
@@ -75,7 +76,7 @@ def find_flow(module: ModuleType, name: str | None, origin: str) -> Flow:
     )
 
 
-def load_flow(target: str) -> Flow:
+def load_flow(target: str) -> Flow[..., Any]:
     """``path/to/file.py[:FLOW]`` or ``package.module[:FLOW]``."""
     location, _, name = target.partition(":")
     if location.endswith(".py") or "/" in location:

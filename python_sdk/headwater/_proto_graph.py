@@ -50,7 +50,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 def _seconds(d: duration_pb2.Duration) -> float:
-    return d.ToNanoseconds() / 1e9
+    return float(d.ToNanoseconds()) / 1e9
 
 
 def encode_payload(value: Any, *, portable: bool, where: str) -> payload_pb2.Payload:

@@ -82,7 +82,7 @@ class Task(Generic[P, R]):
         if not callable(fn):
             raise FlowDefinitionError(f"@task needs a function, got {type(fn).__name__}")
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "task")
+        self.name: str = name or str(getattr(fn, "__name__", "task"))
         self.task_type = task_type or f"{module_name(fn)}.{getattr(fn, '__qualname__', self.name)}"
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError(f"task {self.name!r}: retries must be an int >= 0, got {retries!r}")
@@ -153,7 +153,7 @@ class Task(Generic[P, R]):
             "version": version,
             "portable": portable,
         }
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Arguments by parameter name, as given (defaults are left to the function)."""

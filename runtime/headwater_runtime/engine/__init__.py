@@ -23,7 +23,8 @@ from ._events import (
     WriteCache,
 )
 from ._journal import JournaledEngine, JournalEntry, replay
-from ._machine import Clock, FlowRunEngine, FlowRunFailure, bind_params
+from ._machine import FlowRunEngine
+from ._nodes import Clock, FlowRunFailure, bind_params
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
 from ._spec import (

@@ -78,8 +78,15 @@ class CancelRequested:
     reason: str = "cancelled"
 
 
-Event = TaskStarted | TaskSucceeded | TaskFailed | TaskSkipped | TaskLost | CacheChecked
-Event = Event | CancelRequested
+Event = (
+    TaskStarted
+    | TaskSucceeded
+    | TaskFailed
+    | TaskSkipped
+    | TaskLost
+    | CacheChecked
+    | CancelRequested
+)
 
 # ------------------------------------------------------------- commands (engine -> host)
 

@@ -269,13 +269,13 @@ class FlowRunEngine:
             for dep in spec.wait_for:
                 whole[dep] = None
             for dep_id in whole:
-                dep = self._nodes[dep_id]
-                node.whole_sources.append(dep)
-                dep.whole_dependents.append(node)
+                upstream = self._nodes[dep_id]
+                node.whole_sources.append(upstream)
+                upstream.whole_dependents.append(node)
             for dep_id in sorted(elementwise):
-                dep = self._nodes[dep_id]
-                node.elem_sources.append(dep)
-                dep.elem_dependents.append(node)
+                upstream = self._nodes[dep_id]
+                node.elem_sources.append(upstream)
+                upstream.elem_dependents.append(node)
             node.whole_remaining = len(node.whole_sources)
             node.elem_remaining = len(node.elem_sources)
 
@@ -576,8 +576,8 @@ class FlowRunEngine:
         for child in children:
             runs[child.key] = child
             pending = 0
-            for src in elem_sources:
-                src_children = src.run.children
+            for source in elem_sources:
+                src_children = source.run.children
                 assert src_children is not None
                 if not src_children[child.map_index].state.is_terminal:
                     pending += 1

@@ -14,6 +14,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ._base import (
     CacheRow,
@@ -212,7 +213,8 @@ class SQLiteStore:
     def list_flow_runs(
         self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
     ) -> list[FlowRunRow]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if flow_name:
             where.append("flow_name=?")
             args.append(flow_name)
@@ -458,19 +460,19 @@ def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
     )
 
 
-def _flow_run_row(r: tuple[object, ...]) -> FlowRunRow:
+def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
     (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid) = r
     return FlowRunRow(
         id=str(rid),
         flow_name=str(name),
         flow_version=str(version),
-        state=int(state),  # type: ignore[call-overload]
-        created_at=float(created),  # type: ignore[arg-type]
-        parameters=bytes(params),  # type: ignore[arg-type]
+        state=int(state),
+        created_at=float(created),
+        parameters=bytes(params),
         idempotency_key=str(idem or ""),
-        started_at=None if started is None else float(started),  # type: ignore[arg-type]
-        ended_at=None if ended is None else float(ended),  # type: ignore[arg-type]
-        result=bytes(result),  # type: ignore[arg-type]
+        started_at=None if started is None else float(started),
+        ended_at=None if ended is None else float(ended),
+        result=bytes(result),
         message=str(msg),
         trace_context=json.loads(str(tc)),
         schedule_id=str(sid),
