@@ -81,6 +81,11 @@ class _Context:
                 f"task {task_name!r}, argument {arg!r}: unsupported reference"
             )
         if contains_ref(value):
+            if isinstance(value, set | frozenset):
+                raise FlowDefinitionError(
+                    f"task {task_name!r}, argument {arg!r}: a set cannot hold task results "
+                    "(they are not hashable until they run); use a list"
+                )
             if isinstance(value, list | tuple):
                 return ListOf(
                     tuple(self.to_input(v, task_name, arg) for v in value),

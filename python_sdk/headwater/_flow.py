@@ -85,6 +85,11 @@ class Flow(Generic[P, R]):
             max_workers: thread pool size when no executor is given.
             max_concurrency: most task runs executing at once in this flow run.
         """
+        if _compiler.current_context() is not None:
+            raise FlowDefinitionError(
+                f"flow {self.name!r} was called inside another flow; subflows are not "
+                "supported yet: call its tasks directly, or run it from a task"
+            )
         if executor is not None and max_workers is not None:
             raise FlowDefinitionError("pass either executor= or max_workers=, not both")
         values = self.bind(*args, **params)

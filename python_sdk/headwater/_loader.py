@@ -36,11 +36,13 @@ def load_file(path: str) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as exc:
         if previous is None:
             sys.modules.pop(name, None)
         else:
             sys.modules[name] = previous
+        if isinstance(exc, Exception):
+            raise LoadError(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
         raise
     return module
 

@@ -81,7 +81,10 @@ def _input_to_proto(spec: InputSpec, portable: bool, where: str) -> graph_pb2.In
         items = [_input_to_proto(i, portable, where) for i in spec.items]
         return graph_pb2.Input(list=graph_pb2.InputList(items=items, tuple=spec.is_tuple))
     if isinstance(spec, DictOf):
-        entries = {k: _input_to_proto(v, portable, where) for k, v in spec.entries}
+        entries = [
+            graph_pb2.InputMapEntry(key=k, value=_input_to_proto(v, portable, where))
+            for k, v in spec.entries
+        ]
         return graph_pb2.Input(map=graph_pb2.InputMap(entries=entries))
     raise TypeError(f"unknown input {spec!r}")
 
@@ -163,8 +166,23 @@ def _input_from_proto(msg: graph_pb2.Input, where: str) -> InputSpec:
     if kind == "list":
         return ListOf(tuple(_input_from_proto(i, where) for i in msg.list.items), msg.list.tuple)
     if kind == "map":
-        return DictOf(tuple((k, _input_from_proto(v, where)) for k, v in msg.map.entries.items()))
+        keys = [e.key for e in msg.map.entries]
+        if len(set(keys)) != len(keys):
+            raise GraphError(f"{where}: a map input repeats a key")
+        return DictOf(tuple((e.key, _input_from_proto(e.value, where)) for e in msg.map.entries))
     raise GraphError(f"{where}: input has no source")
+
+
+def _param_from_proto(flow: str, p: graph_pb2.ParameterSpec) -> ParamSpec:
+    if p.required:
+        return ParamSpec(p.name, None, True)
+    where = f"flow {flow!r}, parameter {p.name!r}"
+    if not p.HasField("default_value"):
+        raise GraphError(f"{where}: not required, so it needs a default value")
+    if "encoding" not in p.default_value.metadata:
+        raise GraphError(f"{where}: default payload has no 'encoding' metadata")
+    default = EncodedValue(bytes(p.default_value.data), dict(p.default_value.metadata))
+    return ParamSpec(p.name, default, False)
 
 
 def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
@@ -219,16 +237,7 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
                 argument_order=tuple(n.argument_order),
             )
         )
-    params = tuple(
-        ParamSpec(
-            p.name,
-            EncodedValue(bytes(p.default_value.data), dict(p.default_value.metadata))
-            if not p.required
-            else None,
-            p.required,
-        )
-        for p in msg.parameters
-    )
+    params = tuple(_param_from_proto(msg.name, p) for p in msg.parameters)
     graph = GraphSpec(
         name=msg.name,
         version=msg.version,

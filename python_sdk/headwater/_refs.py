@@ -94,7 +94,7 @@ def contains_ref(value: Any, depth: int = 0) -> bool:
         return True
     if depth > 50:
         return False
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return any(contains_ref(v, depth + 1) for v in value)
     if isinstance(value, dict):
         return any(contains_ref(v, depth + 1) for v in value.values())

@@ -154,16 +154,17 @@ class InputList(_message.Message):
 
 class InputMap(_message.Message):
     __slots__ = ("entries",)
-    class EntriesEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: Input
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    entries: _containers.MessageMap[str, Input]
-    def __init__(self, entries: _Optional[_Mapping[str, Input]] = ...) -> None: ...
+    entries: _containers.RepeatedCompositeFieldContainer[InputMapEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[InputMapEntry, _Mapping]]] = ...) -> None: ...
+
+class InputMapEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: Input
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Input, _Mapping]] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
     __slots__ = ("max_retries", "delay", "backoff_factor", "max_delay", "jitter", "non_retryable_errors")

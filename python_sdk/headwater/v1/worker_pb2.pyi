@@ -209,16 +209,17 @@ class InputValueList(_message.Message):
 
 class InputValueMap(_message.Message):
     __slots__ = ("entries",)
-    class EntriesEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: InputValue
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InputValue, _Mapping]] = ...) -> None: ...
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    entries: _containers.MessageMap[str, InputValue]
-    def __init__(self, entries: _Optional[_Mapping[str, InputValue]] = ...) -> None: ...
+    entries: _containers.RepeatedCompositeFieldContainer[InputValueMapEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[InputValueMapEntry, _Mapping]]] = ...) -> None: ...
+
+class InputValueMapEntry(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: InputValue
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InputValue, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("token", "flow_run_id", "task_id", "task_type", "task_name", "inputs", "argument_order", "map_index", "deadline", "timeout", "trace_context", "result_encoding", "split_result", "cache")

@@ -1,0 +1,277 @@
+"""The ``headwater`` command, run as users run it: a subprocess on a flow file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import headwater
+
+pytestmark = pytest.mark.e2e
+
+GOOD = """
+from headwater import flow, task
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+def label(name: str, value: int) -> str:
+    return f"{name}={value}"
+
+
+@flow
+def pipeline(n: int = 2, name: str = "n") -> dict:
+    doubled = double(n)
+    return {"doubled": doubled, "label": label(name, doubled), "items": [1, 2]}
+"""
+
+FAILING = """
+from headwater import flow, task
+
+
+@task
+def prepare() -> int:
+    return 1
+
+
+@task
+def explode_step(x: int) -> int:
+    raise RuntimeError("kaboom from the task")
+
+
+@flow
+def failing() -> int:
+    return explode_step(prepare())
+"""
+
+TWO_FLOWS = """
+from headwater import flow, task
+
+
+@task
+def one() -> int:
+    return 1
+
+
+@flow
+def first() -> int:
+    return one()
+
+
+@flow(name="second_flow")
+def second() -> int:
+    return one()
+"""
+
+REQUIRED = """
+from headwater import flow, task
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow
+def needs_n(n: int) -> int:
+    return double(n)
+"""
+
+BROKEN_DEFINITION = """
+from headwater import flow, task
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@flow
+def broken() -> int:
+    return add(1)
+"""
+
+
+def write(tmp_path: Path, name: str, source: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def headwater_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headwater._cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("headwater: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert proc.stdout == ""
+
+
+def test_run_prints_the_result_as_json_and_exits_0(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    proc = headwater_cli("run", path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"doubled": 4, "label": "n=4", "items": [1, 2]}
+    assert "SUCCESS" in proc.stderr
+    assert "pipeline" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_param_values_are_parsed_as_json_else_kept_as_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    proc = headwater_cli("run", path, "--param", "n=3", "-p", "name=bob")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"doubled": 6, "label": "bob=6", "items": [1, 2]}
+    # A JSON string stays a string: "3" * 2 == "33".
+    proc = headwater_cli("run", path, "--param", 'n="3"')
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["doubled"] == "33"
+
+
+def test_run_with_flow_name_picks_one_of_several(tmp_path: Path) -> None:
+    path = write(tmp_path, "two.py", TWO_FLOWS)
+    proc = headwater_cli("run", f"{path}:first")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == 1
+    # The flow's own name works too.
+    proc = headwater_cli("run", f"{path}:second_flow")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == 1
+
+
+def test_failing_flow_exits_1_and_names_the_failed_task(tmp_path: Path) -> None:
+    path = write(tmp_path, "failing.py", FAILING)
+    proc = headwater_cli("run", path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "FAILED" in proc.stderr
+    assert "explode_step" in proc.stderr
+    assert "kaboom from the task" in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_unknown_param_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    assert_usage_error(headwater_cli("run", path, "--param", "nope=1"), "'nope'")
+
+
+def test_malformed_param_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    assert_usage_error(headwater_cli("run", path, "--param", "n"), "KEY=VALUE")
+
+
+def test_missing_required_param_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "required.py", REQUIRED)
+    assert_usage_error(headwater_cli("run", path), "'n'")
+
+
+def test_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "does_not_exist.py"
+    assert_usage_error(headwater_cli("run", missing), "does_not_exist.py")
+    assert_usage_error(headwater_cli("graph", missing), "does_not_exist.py")
+
+
+def test_file_without_a_flow_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "plain.py", "X = 1\n")
+    assert_usage_error(headwater_cli("run", path), "no @flow")
+
+
+def test_several_flows_without_a_name_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "two.py", TWO_FLOWS)
+    proc = headwater_cli("run", path)
+    assert_usage_error(proc, "first", "second", ":NAME")
+    assert_usage_error(headwater_cli("graph", path), ":NAME")
+
+
+def test_unknown_flow_name_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "two.py", TWO_FLOWS)
+    assert_usage_error(headwater_cli("run", f"{path}:third"), "'third'")
+
+
+def test_flow_definition_error_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "broken.py", BROKEN_DEFINITION)
+    assert_usage_error(headwater_cli("run", path), "'add'", "'b'")
+    assert_usage_error(headwater_cli("graph", path), "'add'", "'b'")
+
+
+def test_graph_prints_the_flow_graph_as_json(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    proc = headwater_cli("graph", path)
+    assert proc.returncode == 0, proc.stderr
+    graph = json.loads(proc.stdout)
+    assert graph["name"] == "pipeline"
+    tasks = {t["id"]: t for t in graph["tasks"]}
+    assert set(tasks) == {"double", "label"}
+    # A script's tasks are typed by its file stem.
+    assert tasks["double"]["taskType"] == "good.double"
+    assert tasks["label"]["inputs"]["value"]["taskOutput"]["taskId"] == "double"
+    assert tasks["label"]["inputs"]["name"]["parameter"] == "name"
+    assert [p["name"] for p in graph["parameters"]] == ["n", "name"]
+    assert sorted(graph["referenceTaskIds"]) == ["double", "label"]
+
+
+def test_graph_json_parses_back_into_a_flow_graph(tmp_path: Path) -> None:
+    from google.protobuf import json_format
+
+    from headwater._proto_graph import graph_from_proto
+    from headwater.v1 import graph_pb2
+
+    path = write(tmp_path, "good.py", GOOD)
+    proc = headwater_cli("graph", path)
+    assert proc.returncode == 0, proc.stderr
+    msg = json_format.Parse(proc.stdout, graph_pb2.FlowGraph())
+    graph = graph_from_proto(msg)
+    assert [t.id for t in graph.tasks] == ["double", "label"]
+
+
+def test_help_lists_the_commands() -> None:
+    proc = headwater_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "run" in proc.stdout
+    assert "graph" in proc.stdout
+    proc = headwater_cli("run", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "--param" in proc.stdout
+
+
+def test_version() -> None:
+    proc = headwater_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"headwater {headwater.__version__}"
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("headwater")
+    if not script.exists():
+        pytest.skip(f"no console script next to {sys.executable} (not an installed venv)")
+    path = write(tmp_path, "good.py", GOOD)
+    proc = subprocess.run(
+        [str(script), "run", str(path), "--param", "n=5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["doubled"] == 10

@@ -1,0 +1,1134 @@
+"""The compiler: what ``flow.graph()`` and ``flow.compile()`` produce, field by field,
+and the errors users get for flows that cannot be compiled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from headwater import (
+    FlowDefinitionError,
+    GraphError,
+    ParameterError,
+    Trigger,
+    case,
+    flow,
+    merge,
+    task,
+    unmapped,
+)
+from headwater._proto_graph import graph_from_proto, graph_to_proto
+from headwater.v1 import graph_pb2, payload_pb2
+from headwater_runtime.engine import (
+    Const,
+    DictOf,
+    FromTask,
+    GraphSpec,
+    InputSpec,
+    ListOf,
+    Param,
+    RetrySpec,
+)
+
+MODULE = __name__
+
+# ---------------------------------------------------------------- tasks
+
+
+@task
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def scale(x: int, factor: int) -> int:
+    return x * factor
+
+
+@task
+def shift(x: int, by: int) -> int:
+    return x + by
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@task
+def echo(value: Any) -> Any:
+    return value
+
+
+@task
+def is_big(x: int) -> bool:
+    return x > 2
+
+
+@task
+def big(x: int) -> str:
+    return f"big {x}"
+
+
+@task
+def small(x: int) -> str:
+    return f"small {x}"
+
+
+@task(trigger="all_finished")
+def cleanup() -> str:
+    return "cleaned"
+
+
+def entries(m: Any) -> dict[str, Any]:
+    """An ordered InputMap / InputValueMap as a dict."""
+    return {e.key: e.value for e in m.entries}
+
+
+def decode(payload: payload_pb2.Payload) -> Any:
+    encoding = payload.metadata["encoding"]
+    if encoding == "json":
+        return json.loads(payload.data)
+    assert encoding == "pickle", encoding
+    return cloudpickle.loads(payload.data)
+
+
+def by_id(msg: graph_pb2.FlowGraph) -> dict[str, graph_pb2.TaskNode]:
+    return {t.id: t for t in msg.tasks}
+
+
+def specs_by_id(graph: GraphSpec) -> dict[str, Any]:
+    return {t.id: t for t in graph.tasks}
+
+
+# ---------------------------------------------------------------- linear
+
+
+@flow(name="linear", version="2")
+def linear(n: int = 3) -> int:
+    """Numbers, then their total, doubled."""
+    return double(total(numbers(n)))
+
+
+def test_linear_graph() -> None:
+    g = linear.graph()
+    assert (g.name, g.version, g.description) == (
+        "linear",
+        "2",
+        "Numbers, then their total, doubled.",
+    )
+    assert [t.id for t in g.tasks] == ["numbers", "total", "double"]
+    t = specs_by_id(g)
+    assert t["numbers"].inputs == {"n": Param("n")}
+    assert t["total"].inputs == {"values": FromTask("numbers")}
+    assert t["double"].inputs == {"x": FromTask("total")}
+    assert t["numbers"].task_type == f"{MODULE}.numbers"
+    assert t["total"].argument_order == ("values",)
+    assert all(spec.mapped is None and spec.wait_for == () for spec in g.tasks)
+    assert g.result == FromTask("double")
+    assert g.reference_task_ids == ("double",)
+    assert [(p.name, p.default, p.required) for p in g.params] == [("n", 3, False)]
+
+
+def test_linear_compile() -> None:
+    msg = linear.compile()
+    assert isinstance(msg, graph_pb2.FlowGraph)
+    assert (msg.name, msg.version) == ("linear", "2")
+    assert msg.description == "Numbers, then their total, doubled."
+    assert [t.id for t in msg.tasks] == ["numbers", "total", "double"]
+    tasks = by_id(msg)
+    assert tasks["numbers"].inputs["n"].parameter == "n"
+    assert tasks["total"].inputs["values"].task_output.task_id == "numbers"
+    assert tasks["double"].inputs["x"].task_output.task_id == "total"
+    assert not tasks["double"].inputs["x"].task_output.path
+    assert tasks["double"].task_type == f"{MODULE}.double"
+    assert tasks["double"].name == "double"
+    assert list(tasks["double"].argument_order) == ["x"]
+    for node in msg.tasks:
+        assert node.trigger == graph_pb2.TRIGGER_ALL_SUCCESSFUL
+        assert not node.HasField("retry")
+        assert not node.HasField("timeout")
+        assert not node.HasField("cache")
+        assert not node.HasField("map")
+    assert msg.result.task_output.task_id == "double"
+    assert list(msg.reference_task_ids) == ["double"]
+    assert linear(n=4) == 12
+
+
+# ---------------------------------------------------------------- fan-out / fan-in
+
+
+@flow
+def diamond(n: int = 2) -> int:
+    src = double(n)
+    left = double(src)
+    right = double(src)
+    return add(left, b=right)
+
+
+def test_fan_out_fan_in_graph_and_proto() -> None:
+    g = diamond.graph()
+    assert [t.id for t in g.tasks] == ["double", "double-2", "double-3", "add"]
+    t = specs_by_id(g)
+    assert t["double-2"].inputs == {"x": FromTask("double")}
+    assert t["double-3"].inputs == {"x": FromTask("double")}
+    assert t["add"].inputs == {"a": FromTask("double-2"), "b": FromTask("double-3")}
+    assert {spec.name for spec in g.tasks} == {"double", "add"}
+    assert g.reference_task_ids == ("add",)
+
+    msg = diamond.compile()
+    tasks = by_id(msg)
+    assert [t.name for t in msg.tasks] == ["double", "double", "double", "add"]
+    assert tasks["add"].inputs["a"].task_output.task_id == "double-2"
+    assert tasks["add"].inputs["b"].task_output.task_id == "double-3"
+    assert tasks["double-3"].inputs["x"].task_output.task_id == "double"
+    assert tasks["double"].inputs["x"].parameter == "n"
+    assert list(msg.reference_task_ids) == ["add"]
+    assert diamond(n=2) == 16
+
+
+def test_repeated_calls_get_numbered_ids() -> None:
+    @flow
+    def thrice() -> list[int]:
+        return [double(1), double(2), double(3)]
+
+    assert [t.id for t in thrice.graph().tasks] == ["double", "double-2", "double-3"]
+    assert thrice.graph().reference_task_ids == ("double", "double-2", "double-3")
+
+
+def test_generated_ids_never_clash_with_a_task_named_like_one() -> None:
+    literally = task(name="double-2")(double.fn)
+
+    @flow
+    def f() -> list[int]:
+        return [double(1), literally(2), double(3)]
+
+    ids = [t.id for t in f.graph().tasks]
+    assert ids == ["double", "double-2", "double-3"]
+    assert [t.name for t in f.graph().tasks] == ["double", "double-2", "double"]
+    assert f() == [2, 4, 6]
+
+
+# ---------------------------------------------------------------- mapped
+
+
+@flow
+def mapped_flow(n: int = 3, factor: int = 10) -> int:
+    xs = numbers(n)
+    scaled = scale.map(xs, unmapped(factor))
+    shifted = shift.map(scaled, by=unmapped(1))
+    return total(shifted)
+
+
+def test_mapped_graph() -> None:
+    t = specs_by_id(mapped_flow.graph())
+    assert t["numbers"].mapped is None
+    assert t["scale"].mapped == ("x",)
+    assert t["scale"].inputs == {"x": FromTask("numbers"), "factor": Param("factor")}
+    # mapped over a mapped task: element-wise chain
+    assert t["shift"].mapped == ("x",)
+    assert t["shift"].inputs == {"x": FromTask("scale"), "by": Const(1)}
+    assert t["total"].mapped is None
+    assert t["total"].inputs == {"values": FromTask("shift")}
+
+
+def test_mapped_compile() -> None:
+    tasks = by_id(mapped_flow.compile())
+    scale_node = tasks["scale"]
+    assert scale_node.HasField("map")
+    assert list(scale_node.map.mapped_inputs) == ["x"]
+    assert scale_node.inputs["x"].task_output.task_id == "numbers"
+    assert scale_node.inputs["factor"].parameter == "factor"
+    shift_node = tasks["shift"]
+    assert list(shift_node.map.mapped_inputs) == ["x"]
+    assert shift_node.inputs["x"].task_output.task_id == "scale"
+    assert decode(shift_node.inputs["by"].constant) == 1
+    assert not tasks["numbers"].HasField("map")
+    assert not tasks["total"].HasField("map")
+    assert mapped_flow(n=3, factor=10) == (1 + 11 + 21)
+
+
+def test_map_over_a_constant_and_several_mapped_arguments() -> None:
+    @flow
+    def zipped() -> list[int]:
+        return add.map([1, 2, 3], [10, 20, 30])
+
+    (node,) = zipped.graph().tasks
+    assert node.mapped == ("a", "b")
+    assert node.inputs == {"a": Const([1, 2, 3]), "b": Const([10, 20, 30])}
+    (proto,) = zipped.compile().tasks
+    assert list(proto.map.mapped_inputs) == ["a", "b"]
+    assert decode(proto.inputs["b"].constant) == [10, 20, 30]
+    assert zipped() == [11, 22, 33]
+
+
+def test_map_needs_a_mapped_argument() -> None:
+    @flow
+    def all_unmapped() -> list[int]:
+        return add.map(unmapped(1), unmapped(2))
+
+    with pytest.raises(FlowDefinitionError, match="'add'"):
+        all_unmapped.graph()
+
+
+def test_unmapped_outside_map_is_rejected() -> None:
+    @flow
+    def misuse() -> int:
+        return add(unmapped(1), 2)
+
+    with pytest.raises(FlowDefinitionError, match=r"'add'.*'a'.*unmapped"):
+        misuse.graph()
+
+
+# ---------------------------------------------------------------- parameters and constants
+
+
+@flow(name="params", version="1")
+def parameterised(
+    path: str, limit: int = 10, pair: tuple[int, int] = (1, 2), ids: list[int] | None = None
+) -> list[Any]:
+    return [echo(path), echo(limit), echo(pair), echo(ids)]
+
+
+def test_parameters_in_graph_and_proto() -> None:
+    g = parameterised.graph()
+    assert [(p.name, p.required) for p in g.params] == [
+        ("path", True),
+        ("limit", False),
+        ("pair", False),
+        ("ids", False),
+    ]
+    msg = parameterised.compile()
+    params = {p.name: p for p in msg.parameters}
+    assert [p.name for p in msg.parameters] == ["path", "limit", "pair", "ids"]
+    assert params["path"].required is True
+    assert not params["path"].HasField("default_value")
+    assert params["limit"].required is False
+    assert params["limit"].default_value.metadata["encoding"] == "json"
+    assert decode(params["limit"].default_value) == 10
+    assert params["pair"].default_value.metadata["encoding"] == "pickle"
+    assert decode(params["pair"].default_value) == (1, 2)
+    assert params["ids"].default_value.metadata["encoding"] == "json"
+    assert decode(params["ids"].default_value) is None
+    tasks = by_id(msg)
+    assert [tasks[i].inputs["value"].parameter for i in ("echo", "echo-2", "echo-3", "echo-4")] == [
+        "path",
+        "limit",
+        "pair",
+        "ids",
+    ]
+
+
+def test_flow_call_binds_parameters() -> None:
+    assert parameterised("/data", ids=[1]) == ["/data", 10, (1, 2), [1]]
+
+
+def test_constants_are_payloads_with_their_encoding() -> None:
+    @flow
+    def consts() -> list[Any]:
+        return [echo([1, 2, 3]), echo((1, 2)), echo({3, 4}), echo({"a": 1.5, "b": None})]
+
+    tasks = by_id(consts.compile())
+    ints = tasks["echo"].inputs["value"].constant
+    assert ints.metadata["encoding"] == "json"
+    assert json.loads(ints.data) == [1, 2, 3]
+    tup = tasks["echo-2"].inputs["value"].constant
+    assert tup.metadata["encoding"] == "pickle"
+    assert cloudpickle.loads(tup.data) == (1, 2)
+    assert type(cloudpickle.loads(tup.data)) is tuple
+    a_set = tasks["echo-3"].inputs["value"].constant
+    assert a_set.metadata["encoding"] == "pickle"
+    assert cloudpickle.loads(a_set.data) == {3, 4}
+    mapping = tasks["echo-4"].inputs["value"].constant
+    assert mapping.metadata["encoding"] == "json"
+    assert json.loads(mapping.data) == {"a": 1.5, "b": None}
+    # graph() keeps the live objects: an embedded run never copies them.
+    live = specs_by_id(consts.graph())
+    assert live["echo-2"].inputs["value"] == Const((1, 2))
+
+
+def test_nested_inputs_mixing_results_and_constants() -> None:
+    @flow
+    def nested() -> Any:
+        xs = numbers(3)
+        return echo([xs[0], {"first": xs[1], "k": "v"}, (xs, 4)])
+
+    spec = specs_by_id(nested.graph())["echo"].inputs["value"]
+    assert spec == ListOf(
+        (
+            FromTask("numbers", (0,)),
+            DictOf((("first", FromTask("numbers", (1,))), ("k", Const("v")))),
+            ListOf((FromTask("numbers"), Const(4)), is_tuple=True),
+        ),
+        is_tuple=False,
+    )
+    value = by_id(nested.compile())["echo"].inputs["value"]
+    assert value.WhichOneof("source") == "list"
+    assert value.list.tuple is False
+    first, mapping, tup = value.list.items
+    assert first.task_output.task_id == "numbers"
+    assert [p.index for p in first.task_output.path] == [0]
+    assert first.task_output.path[0].WhichOneof("selector") == "index"
+    assert entries(mapping.map)["first"].task_output.path[0].index == 1
+    assert decode(entries(mapping.map)["k"].constant) == "v"
+    assert tup.list.tuple is True
+    assert tup.list.items[0].task_output.task_id == "numbers"
+    assert decode(tup.list.items[1].constant) == 4
+    assert nested() == [0, {"first": 1, "k": "v"}, ([0, 1, 2], 4)]
+
+
+def test_indexing_a_result_by_key_gives_a_key_path() -> None:
+    @flow
+    def keyed() -> Any:
+        return echo(echo({"rows": [5]})["rows"][0])
+
+    spec = specs_by_id(keyed.graph())["echo-2"].inputs["value"]
+    assert spec == FromTask("echo", ("rows", 0))
+    path = by_id(keyed.compile())["echo-2"].inputs["value"].task_output.path
+    assert [p.WhichOneof("selector") for p in path] == ["key", "index"]
+    assert (path[0].key, path[1].index) == ("rows", 0)
+    assert keyed() == 5
+
+
+# ---------------------------------------------------------------- task options
+
+
+@task(
+    retries=2,
+    retry_delay=timedelta(seconds=1, milliseconds=500),
+    backoff=2,
+    max_retry_delay=timedelta(minutes=2),
+    retry_jitter=0.1,
+    no_retry_on=[KeyError],
+    timeout=timedelta(seconds=30),
+    cache_for=timedelta(hours=1),
+    cache_version="v3",
+    tags=["io", "db"],
+    labels={"gpu": "true"},
+    resources={"GPU": 1},
+    version="1.0",
+)
+def configured(x: int) -> int:
+    return x
+
+
+@task(cache_key_fn=lambda inputs: str(inputs["x"]), retries=1)
+def keyed_cache(x: int) -> int:
+    return x
+
+
+def test_task_options_in_graph() -> None:
+    @flow
+    def opts() -> int:
+        return configured(1)
+
+    (spec,) = opts.graph().tasks
+    assert spec.retry == RetrySpec(
+        max_retries=2,
+        delay=1.5,
+        backoff=2.0,
+        max_delay=120.0,
+        jitter=0.1,
+        non_retryable=("builtins.KeyError",),
+    )
+    assert spec.timeout == 30.0
+    assert spec.cache is not None
+    assert (spec.cache.expiry, spec.cache.version, spec.cache.by_function) == (3600.0, "v3", False)
+    assert spec.tags == ("io", "db")
+    assert dict(spec.labels) == {"gpu": "true"}
+    assert dict(spec.resources) == {"GPU": 1.0}
+    assert spec.version == "1.0"
+
+
+def test_task_options_in_proto() -> None:
+    @flow
+    def opts() -> list[int]:
+        return [configured(1), keyed_cache(2)]
+
+    tasks = by_id(opts.compile())
+    node = tasks["configured"]
+    assert node.retry.max_retries == 2
+    assert (node.retry.delay.seconds, node.retry.delay.nanos) == (1, 500_000_000)
+    assert node.retry.backoff_factor == 2.0
+    assert node.retry.max_delay.ToSeconds() == 120
+    assert node.retry.jitter == pytest.approx(0.1)
+    assert list(node.retry.non_retryable_errors) == ["builtins.KeyError"]
+    assert node.timeout.ToSeconds() == 30
+    assert node.cache.key_source == graph_pb2.CACHE_KEY_SOURCE_INPUTS
+    assert node.cache.expiry.ToSeconds() == 3600
+    assert node.cache.version == "v3"
+    assert list(node.tags) == ["io", "db"]
+    assert dict(node.required_labels) == {"gpu": "true"}
+    assert dict(node.resources) == {"GPU": 1.0}
+    assert node.version == "1.0"
+    assert node.portable is False
+    other = tasks["keyed_cache"]
+    assert other.cache.key_source == graph_pb2.CACHE_KEY_SOURCE_FUNCTION
+    assert not other.cache.HasField("expiry")
+    assert other.retry.max_retries == 1
+    assert not other.retry.HasField("max_delay")
+
+
+def test_retry_delay_in_seconds_becomes_a_duration() -> None:
+    quick = task(retries=1, retry_delay=0.25, timeout=2)(double.fn)
+
+    @flow
+    def f() -> int:
+        return quick(1)
+
+    (node,) = f.compile().tasks
+    assert node.retry.delay.ToNanoseconds() == 250_000_000
+    assert node.timeout.ToSeconds() == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["all_successful", "all_finished", "all_failed", "any_successful", "any_failed", "none_failed"],
+)
+def test_trigger_names_compile_to_the_trigger_enum(name: str) -> None:
+    t = task(trigger=name)(double.fn)
+
+    @flow
+    def f() -> int:
+        return t(1)
+
+    (spec,) = f.graph().tasks
+    assert spec.trigger is Trigger(name)
+    (node,) = f.compile().tasks
+    assert graph_pb2.Trigger.Name(node.trigger) == f"TRIGGER_{name.upper()}"
+
+
+def test_task_type_defaults_to_module_and_qualname_and_can_be_overridden() -> None:
+    class Namespace:
+        @task
+        @staticmethod
+        def inner(x: int) -> int:
+            return x
+
+    custom = task(task_type="etl.custom", name="custom")(double.fn)
+
+    @flow
+    def f() -> list[int]:
+        return [Namespace.inner(1), custom(2)]
+
+    tasks = by_id(f.compile())
+    assert tasks["inner"].task_type == f"{MODULE}.{Namespace.inner.fn.__qualname__}"
+    assert tasks["inner"].task_type.endswith("Namespace.inner")
+    assert tasks["custom"].task_type == "etl.custom"
+    assert tasks["custom"].name == "custom"
+    assert double.task_type == f"{MODULE}.double"
+
+
+def test_script_tasks_are_typed_by_the_file_stem(tmp_path: Path) -> None:
+    script = tmp_path / "my_pipeline.py"
+    script.write_text(
+        "from headwater import flow, task\n"
+        "@task\n"
+        "def step(x):\n"
+        "    return x\n"
+        "@flow\n"
+        "def pipe():\n"
+        "    return step(1)\n"
+        "if __name__ == '__main__':\n"
+        "    print(pipe.compile().tasks[0].task_type)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "my_pipeline.step"
+
+
+# ---------------------------------------------------------------- result, wait_for
+
+
+def test_reference_tasks_are_the_tasks_in_the_returned_value() -> None:
+    @flow
+    def f() -> dict[str, Any]:
+        a = double(1)
+        b = double(2)
+        double(3)  # not returned: not a reference task
+        return {"a": a, "rest": [b, 7, a]}
+
+    g = f.graph()
+    assert g.reference_task_ids == ("double", "double-2")
+    assert g.result == DictOf(
+        (
+            ("a", FromTask("double")),
+            ("rest", ListOf((FromTask("double-2"), Const(7), FromTask("double")))),
+        )
+    )
+    msg = f.compile()
+    assert list(msg.reference_task_ids) == ["double", "double-2"]
+    assert entries(msg.result.map)["a"].task_output.task_id == "double"
+    rest = entries(msg.result.map)["rest"].list.items
+    assert [i.WhichOneof("source") for i in rest] == ["task_output", "constant", "task_output"]
+    assert decode(rest[1].constant) == 7
+    assert f() == {"a": 2, "rest": [4, 7, 2]}
+
+
+def test_flow_returning_nothing_has_no_result_and_no_reference_tasks() -> None:
+    @flow
+    def f() -> None:
+        double(1)
+
+    g = f.graph()
+    assert g.result is None
+    assert g.reference_task_ids == ()
+    msg = f.compile()
+    assert not msg.HasField("result")
+    assert list(msg.reference_task_ids) == []
+
+
+def test_wait_for_adds_order_only_edges() -> None:
+    @flow
+    def f() -> int:
+        written = total(numbers(3))
+        cleanup(wait_for=[written])
+        return written
+
+    t = specs_by_id(f.graph())
+    assert t["cleanup"].wait_for == ("total",)
+    assert t["cleanup"].inputs == {}
+    assert t["cleanup"].trigger is Trigger.ALL_FINISHED
+    node = by_id(f.compile())["cleanup"]
+    assert list(node.wait_for) == ["total"]
+    assert len(node.inputs) == 0
+    assert node.trigger == graph_pb2.TRIGGER_ALL_FINISHED
+    assert f.run().task_run("cleanup").state.name == "SUCCESS"
+
+
+def test_wait_for_takes_only_task_results() -> None:
+    @flow
+    def f(n: int = 1) -> None:
+        cleanup(wait_for=[n])
+
+    with pytest.raises(FlowDefinitionError, match=r"'cleanup'.*wait_for"):
+        f.graph()
+
+
+# ---------------------------------------------------------------- case / merge
+
+
+@flow
+def branchy(n: int = 3) -> str:
+    flag = is_big(n)
+    with case(flag, True):
+        a = big(n)
+    with case(flag, False):
+        b = small(n)
+    return merge(a, b)
+
+
+def test_case_and_merge_nodes() -> None:
+    g = branchy.graph()
+    assert [t.id for t in g.tasks] == ["is_big", "case", "big", "case-2", "small", "merge"]
+    t = specs_by_id(g)
+    assert t["case"].task_type == "headwater.case"
+    assert t["case"].inputs == {"value": FromTask("is_big"), "expected": Const(True)}
+    assert t["case-2"].inputs == {"value": FromTask("is_big"), "expected": Const(False)}
+    assert t["big"].wait_for == ("case",)
+    assert t["small"].wait_for == ("case-2",)
+    assert t["merge"].task_type == "headwater.merge"
+    assert t["merge"].inputs == {"branches": ListOf((FromTask("big"), FromTask("small")))}
+    assert t["merge"].wait_for == ()
+    assert t["merge"].trigger is Trigger.ANY_SUCCESSFUL
+    assert g.reference_task_ids == ("merge",)
+
+    tasks = by_id(branchy.compile())
+    assert tasks["case"].task_type == "headwater.case"
+    assert tasks["merge"].task_type == "headwater.merge"
+    assert list(tasks["big"].wait_for) == ["case"]
+    assert list(tasks["small"].wait_for) == ["case-2"]
+    assert tasks["merge"].trigger == graph_pb2.TRIGGER_ANY_SUCCESSFUL
+    assert [i.task_output.task_id for i in tasks["merge"].inputs["branches"].list.items] == [
+        "big",
+        "small",
+    ]
+
+
+def test_case_and_merge_pick_the_branch_at_run_time() -> None:
+    assert branchy(n=3) == "big 3"
+    assert branchy(n=1) == "small 1"
+    run = branchy.run(n=1)
+    assert run.task_run("big").state.name == "SKIPPED"
+
+
+def test_case_outside_a_flow_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="inside a @flow"), case(True):
+        pass
+
+
+# ---------------------------------------------------------------- proto round trip
+
+
+def _normal(spec: InputSpec | None) -> Any:
+    """An InputSpec with constants decoded and dict entries order-free (proto maps
+    have no order)."""
+    from headwater._payloads import EncodedValue
+    from headwater._payloads import decode as decode_value
+
+    if isinstance(spec, Const):
+        value = spec.value
+        if isinstance(value, EncodedValue):
+            value = decode_value(value)
+        return ("const", type(value).__name__, repr(value))
+    if isinstance(spec, ListOf):
+        return ("list", spec.is_tuple, tuple(_normal(i) for i in spec.items))
+    if isinstance(spec, DictOf):
+        return ("dict", tuple(sorted((k, _normal(v)) for k, v in spec.entries)))
+    return spec
+
+
+def _param_default(value: Any) -> Any:
+    from headwater._payloads import EncodedValue
+    from headwater._payloads import decode as decode_value
+
+    return decode_value(value) if isinstance(value, EncodedValue) else value
+
+
+@pytest.mark.parametrize(
+    "the_flow", [linear, diamond, mapped_flow, parameterised, branchy], ids=lambda f: f.name
+)
+def test_graph_from_proto_preserves_structure(the_flow: Any) -> None:
+    original = the_flow.graph()
+    msg = graph_to_proto(original)
+    back = graph_from_proto(msg)
+    assert (back.name, back.version, back.description) == (
+        original.name,
+        original.version,
+        original.description,
+    )
+    assert back.reference_task_ids == original.reference_task_ids
+    assert _normal(back.result) == _normal(original.result)
+    assert [(p.name, p.required, _param_default(p.default)) for p in back.params] == [
+        (p.name, p.required, p.default) for p in original.params
+    ]
+    assert [t.id for t in back.tasks] == [t.id for t in original.tasks]
+    for new, old in zip(back.tasks, original.tasks, strict=True):
+        assert {k: _normal(v) for k, v in new.inputs.items()} == {
+            k: _normal(v) for k, v in old.inputs.items()
+        }, old.id
+        for attr in (
+            "name",
+            "task_type",
+            "wait_for",
+            "retry",
+            "timeout",
+            "trigger",
+            "cache",
+            "mapped",
+            "tags",
+            "version",
+            "portable",
+            "argument_order",
+        ):
+            assert getattr(new, attr) == getattr(old, attr), (old.id, attr)
+        assert dict(new.labels) == dict(old.labels)
+        assert dict(new.resources) == dict(old.resources)
+    # And the message is a fixed point of the codec.
+    assert graph_to_proto(back) == msg
+
+
+def test_task_options_survive_the_proto_round_trip() -> None:
+    @flow
+    def opts() -> list[int]:
+        return [configured(1), keyed_cache(2)]
+
+    original = specs_by_id(opts.graph())
+    back = specs_by_id(graph_from_proto(opts.compile()))
+    for task_id in ("configured", "keyed_cache"):
+        for attr in ("retry", "timeout", "trigger", "cache", "tags", "version"):
+            assert getattr(back[task_id], attr) == getattr(original[task_id], attr), attr
+        assert dict(back[task_id].labels) == dict(original[task_id].labels)
+        assert dict(back[task_id].resources) == dict(original[task_id].resources)
+
+
+# ---------------------------------------------------------------- invalid graphs (proto)
+
+
+def _node(task_id: str, **kwargs: Any) -> graph_pb2.TaskNode:
+    return graph_pb2.TaskNode(id=task_id, name=task_id, task_type=f"m.{task_id}", **kwargs)
+
+
+def _from(task_id: str) -> graph_pb2.Input:
+    return graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id=task_id))
+
+
+def test_cycle_is_rejected() -> None:
+    msg = graph_pb2.FlowGraph(
+        name="cyclic",
+        tasks=[_node("a", inputs={"x": _from("b")}), _node("b", inputs={"x": _from("a")})],
+    )
+    with pytest.raises(GraphError, match="cycle") as info:
+        graph_from_proto(msg)
+    assert "'a'" in str(info.value) or "'b'" in str(info.value)
+    assert "a -> b" in str(info.value) or "b -> a" in str(info.value)
+
+
+def test_cycle_through_wait_for_is_rejected() -> None:
+    msg = graph_pb2.FlowGraph(
+        name="cyclic",
+        tasks=[
+            _node("a", wait_for=["c"]),
+            _node("b", inputs={"x": _from("a")}),
+            _node("c", inputs={"x": _from("b")}),
+        ],
+    )
+    with pytest.raises(GraphError, match="cycle"):
+        graph_from_proto(msg)
+
+
+def test_self_dependency_is_rejected() -> None:
+    msg = graph_pb2.FlowGraph(name="selfish", tasks=[_node("a", wait_for=["a"])])
+    with pytest.raises(GraphError, match=r"'a'.*cycle"):
+        graph_from_proto(msg)
+
+
+def test_unknown_parameter_in_proto_is_rejected() -> None:
+    msg = graph_pb2.FlowGraph(
+        name="f",
+        parameters=[graph_pb2.ParameterSpec(name="n", required=True)],
+        tasks=[_node("a", inputs={"x": graph_pb2.Input(parameter="nope")})],
+    )
+    with pytest.raises(GraphError, match=r"'a'.*parameter 'nope'"):
+        graph_from_proto(msg)
+
+
+@pytest.mark.parametrize(
+    ("msg", "pattern"),
+    [
+        (
+            graph_pb2.FlowGraph(name="f", tasks=[_node("a", inputs={"x": _from("ghost")})]),
+            r"'a'.*unknown task 'ghost'",
+        ),
+        (graph_pb2.FlowGraph(name="f", tasks=[_node("a"), _node("a")]), r"duplicate.*'a'"),
+        (
+            graph_pb2.FlowGraph(name="f", tasks=[_node("a", trigger=99)]),  # type: ignore[arg-type]
+            r"'a'.*trigger",
+        ),
+        (
+            graph_pb2.FlowGraph(
+                name="f", tasks=[_node("a", map=graph_pb2.MapSpec(mapped_inputs=["zz"]))]
+            ),
+            r"'a'.*'zz'",
+        ),
+        (
+            graph_pb2.FlowGraph(
+                name="f",
+                tasks=[
+                    _node(
+                        "a",
+                        inputs={"x": graph_pb2.Input(constant=payload_pb2.Payload(data=b"1"))},
+                    )
+                ],
+            ),
+            r"'a'.*'x'.*encoding",
+        ),
+        (
+            graph_pb2.FlowGraph(name="f", tasks=[_node("a", inputs={"x": graph_pb2.Input()})]),
+            r"'a'.*'x'.*no source",
+        ),
+        (
+            graph_pb2.FlowGraph(name="f", tasks=[_node("a")], result=_from("ghost")),
+            r"'f'.*'ghost'",
+        ),
+        (
+            graph_pb2.FlowGraph(name="f", tasks=[_node("a")], reference_task_ids=["ghost"]),
+            r"'f'.*'ghost'",
+        ),
+        (
+            graph_pb2.FlowGraph(name="f", tasks=[graph_pb2.TaskNode(id="a")]),
+            r"'a'.*task_type",
+        ),
+        (graph_pb2.FlowGraph(tasks=[_node("a")]), r"no name"),
+    ],
+    ids=[
+        "unknown-upstream",
+        "duplicate-id",
+        "unknown-trigger",
+        "map-unknown-arg",
+        "constant-without-encoding",
+        "input-without-source",
+        "result-unknown-task",
+        "unknown-reference-task",
+        "no-task-type",
+        "no-flow-name",
+    ],
+)
+def test_invalid_proto_graphs_are_rejected(msg: graph_pb2.FlowGraph, pattern: str) -> None:
+    with pytest.raises(GraphError, match=pattern):
+        graph_from_proto(msg)
+
+
+def test_parameter_default_without_encoding_is_rejected() -> None:
+    """A default is a payload like a constant: without "encoding" nobody can decode it,
+    so the graph must be rejected when it is read, not when a run needs the default."""
+    msg = graph_pb2.FlowGraph(
+        name="f",
+        parameters=[
+            graph_pb2.ParameterSpec(
+                name="n", required=False, default_value=payload_pb2.Payload(data=b"5")
+            )
+        ],
+        tasks=[_node("a", inputs={"x": graph_pb2.Input(parameter="n")})],
+    )
+    with pytest.raises(GraphError, match=r"'n'.*encoding"):
+        graph_from_proto(msg)
+
+
+def test_error_types_are_the_documented_builtin_subclasses() -> None:
+    assert issubclass(FlowDefinitionError, TypeError)
+    assert issubclass(GraphError, ValueError)
+    assert issubclass(ParameterError, TypeError)
+
+
+# ---------------------------------------------------------------- invalid flows (SDK)
+
+
+def test_unknown_flow_parameter_is_a_parameter_error() -> None:
+    with pytest.raises(ParameterError, match=r"'linear'.*'nope'"):
+        linear(nope=1)  # type: ignore[call-arg]
+    with pytest.raises(ParameterError, match="'nope'"):
+        linear.run(nope=1)  # type: ignore[call-arg]
+
+
+def test_missing_required_flow_parameter_is_a_parameter_error() -> None:
+    with pytest.raises(ParameterError, match="'path'"):
+        parameterised()  # type: ignore[call-arg]
+
+
+def test_missing_task_argument_names_task_and_argument() -> None:
+    @flow
+    def f() -> int:
+        return add(1)  # type: ignore[call-arg]
+
+    with pytest.raises(FlowDefinitionError, match=r"'add'.*'b'"):
+        f.graph()
+
+
+def test_unexpected_task_argument_names_task_and_argument() -> None:
+    @flow
+    def f() -> int:
+        return add(1, 2, c=3)  # type: ignore[call-arg]
+
+    with pytest.raises(FlowDefinitionError, match=r"'add'.*'c'"):
+        f.graph()
+
+
+def test_non_serialisable_constant_fails_compile_naming_task_and_argument() -> None:
+    lock = threading.Lock()
+
+    @flow
+    def f() -> Any:
+        return echo(lock)
+
+    # An embedded run passes live objects, so graph() accepts it ...
+    assert specs_by_id(f.graph())["echo"].inputs["value"] == Const(lock)
+    # ... but a FlowGraph message cannot carry it.
+    with pytest.raises(TypeError, match=r"'echo'.*'value'.*lock"):
+        f.compile()
+
+
+def test_non_serialisable_parameter_default_fails_compile_naming_the_parameter() -> None:
+    @flow
+    def f(guard: Any = threading.Lock()) -> Any:  # noqa: B008
+        return echo(guard)
+
+    with pytest.raises(TypeError, match="'guard'"):
+        f.compile()
+
+
+def test_portable_task_rejects_a_non_json_constant() -> None:
+    portable_echo = task(portable=True, name="portable_echo")(echo.fn)
+
+    @flow
+    def ok() -> Any:
+        return portable_echo([1, {"a": None}])
+
+    (node,) = ok.compile().tasks
+    assert node.portable is True
+    assert node.inputs["value"].constant.metadata["encoding"] == "json"
+
+    @flow
+    def bad() -> Any:
+        return portable_echo((1, 2))
+
+    with pytest.raises(TypeError, match=r"'portable_echo'.*'value'.*json"):
+        bad.compile()
+
+
+def test_task_result_passed_to_a_task_outside_a_flow_is_an_error() -> None:
+    leaked: list[Any] = []
+
+    @flow
+    def f() -> int:
+        ref = double(1)
+        leaked.append(ref)
+        return ref
+
+    f.graph()
+    with pytest.raises(FlowDefinitionError, match=r"'double'.*outside a flow"):
+        double(leaked[0])
+    with pytest.raises(FlowDefinitionError, match="'add'"):
+        add(1, b=[leaked[0]])
+    with pytest.raises(FlowDefinitionError, match="'cleanup'"):
+        cleanup(wait_for=[leaked[0]])
+
+
+def test_a_result_from_another_flow_is_rejected() -> None:
+    leaked: list[Any] = []
+
+    @flow
+    def first() -> int:
+        ref = double(1)
+        leaked.append(ref)
+        return ref
+
+    first.graph()
+
+    @flow
+    def second() -> int:
+        numbers(1)
+        return add(1, leaked[0])
+
+    with pytest.raises(ValueError, match="'double'"):
+        second.graph()
+
+
+def test_two_tasks_with_the_same_name_in_one_flow_are_rejected() -> None:
+    @task(name="x")
+    def first() -> int:
+        return 1
+
+    @task(name="x")
+    def second() -> int:
+        return 2
+
+    @flow
+    def f() -> list[int]:
+        return [first(), second()]
+
+    with pytest.raises(ValueError, match="'x'"):
+        f.graph()
+
+
+def test_the_same_task_called_twice_is_not_a_name_clash() -> None:
+    @flow
+    def f() -> list[int]:
+        return [double(1), double.with_options(retries=1)(2)]
+
+    assert [t.id for t in f.graph().tasks] == ["double", "double-2"]
+
+
+@pytest.mark.parametrize(
+    ("misuse", "pattern"),
+    [
+        (lambda ref: bool(ref), "condition"),
+        (lambda ref: [x for x in ref], "iterated"),
+        (lambda ref: tuple(ref), "iterated"),
+        (lambda ref: len(ref), "len"),
+    ],
+    ids=["bool", "iterate", "unpack", "len"],
+)
+def test_reference_misused_at_compile_time_is_a_type_error(misuse: Any, pattern: str) -> None:
+    @flow
+    def f() -> Any:
+        ref = numbers(3)
+        misuse(ref)
+        return ref
+
+    with pytest.raises(TypeError, match=rf"'numbers'.*{pattern}"):
+        f.graph()
+
+
+def test_if_on_a_reference_is_a_type_error() -> None:
+    @flow
+    def f() -> Any:
+        ref = is_big(3)
+        if ref:
+            return big(3)
+        return small(3)
+
+    with pytest.raises(TypeError, match=r"'is_big'.*case"):
+        f.graph()
+
+
+def test_a_result_inside_a_set_is_never_passed_as_a_reference() -> None:
+    """A set holding a task result must either be resolved or rejected at compile
+    time; the task must never receive the compile-time reference object."""
+
+    @flow
+    def f() -> Any:
+        return echo({double(1)})
+
+    try:
+        f.graph()
+    except TypeError as exc:
+        assert "'echo'" in str(exc)
+        return
+    assert f() == {2}
+
+
+def test_unknown_trigger_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"'double'.*'sometimes'"):
+        task(trigger="sometimes")(double.fn)
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"retries": -1}, "retries"),
+        ({"retries": 1.5}, "retries"),
+        ({"retry_delay": -1}, "retry_delay"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"retry_jitter": 2}, "retry_jitter"),
+        ({"backoff": -1}, "backoff"),
+    ],
+)
+def test_invalid_task_options_are_rejected(options: dict[str, Any], pattern: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=rf"'double'.*{pattern}"):
+        task(**options)(double.fn)
+
+
+def test_reserved_flow_parameter_names_are_rejected() -> None:
+    with pytest.raises(FlowDefinitionError, match="executor"):
+
+        @flow
+        def f(executor: int = 1) -> None:
+            pass
+
+
+# ---------------------------------------------------------------- outside a flow
+
+
+def test_calling_a_task_outside_a_flow_runs_the_function() -> None:
+    assert add(2, 3) == 5
+    assert numbers(3) == [0, 1, 2]
+
+
+def test_task_map_outside_a_flow_is_a_plain_loop() -> None:
+    assert scale.map([1, 2, 3], unmapped(10)) == [10, 20, 30]
+    assert add.map([1, 2], b=[10, 20]) == [11, 22]
+    assert double.map([]) == []
+    with pytest.raises(ValueError, match="'add'"):
+        add.map([1, 2], [1])

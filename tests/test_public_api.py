@@ -1,0 +1,88 @@
+"""The SDK's public surface: exactly these names, none of them generated protobuf code."""
+
+from __future__ import annotations
+
+import inspect
+
+from google.protobuf.message import Message
+
+import headwater
+
+EXPECTED_ALL = [
+    "AttemptRecord",
+    "EncodingError",
+    "FailureInfo",
+    "Flow",
+    "FlowDefinitionError",
+    "FlowRun",
+    "FlowRunCancelled",
+    "FlowRunFailed",
+    "FlowRunState",
+    "GraphError",
+    "ParameterError",
+    "ResultCache",
+    "Skip",
+    "StateEntry",
+    "Task",
+    "TaskRef",
+    "TaskRunRecord",
+    "TaskRunState",
+    "ThreadExecutor",
+    "Trigger",
+    "__version__",
+    "case",
+    "flow",
+    "merge",
+    "task",
+    "unmapped",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(headwater.__all__) == EXPECTED_ALL
+    assert len(set(headwater.__all__)) == len(headwater.__all__)
+
+
+def test_every_public_name_exists() -> None:
+    for name in headwater.__all__:
+        assert hasattr(headwater, name), name
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from headwater import *", namespace)
+    namespace.pop("__builtins__")
+    assert sorted(namespace) == EXPECTED_ALL
+
+
+def test_no_public_name_is_generated_protobuf_code() -> None:
+    for name in headwater.__all__:
+        obj = getattr(headwater, name)
+        if inspect.ismodule(obj):
+            raise AssertionError(f"headwater.{name} is a module ({obj.__name__})")
+        if inspect.isclass(obj):
+            assert not issubclass(obj, Message), f"headwater.{name} is a protobuf message"
+        module = getattr(obj, "__module__", None) or ""
+        assert not module.startswith("headwater.v1"), f"headwater.{name} comes from {module}"
+        assert not module.endswith("_pb2"), f"headwater.{name} comes from {module}"
+
+
+def test_state_enums_are_plain_python_enums() -> None:
+    """Users compare states with the enum members, e.g. ``run.state is FlowRunState.SUCCESS``."""
+    assert headwater.FlowRunState.SUCCESS.name == "SUCCESS"
+    assert headwater.TaskRunState.TRIGGER_FAILED.name == "TRIGGER_FAILED"
+    assert headwater.Trigger("all_finished") is headwater.Trigger.ALL_FINISHED
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(headwater.FlowDefinitionError, TypeError)
+    assert issubclass(headwater.GraphError, ValueError)
+    assert issubclass(headwater.ParameterError, TypeError)
+    assert issubclass(headwater.EncodingError, TypeError)
+    assert issubclass(headwater.FlowRunFailed, Exception)
+
+
+def test_version_matches_the_distribution() -> None:
+    from importlib.metadata import version
+
+    assert headwater.__version__ == version("headwater")
