@@ -275,3 +275,18 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["doubled"] == 10
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("def broken(:\n", "SyntaxError"),
+        ("import no_such_module_anywhere\n", "ModuleNotFoundError"),
+        ("raise RuntimeError('config missing')\n", "RuntimeError: config missing"),
+    ],
+)
+def test_a_file_that_fails_to_import_is_a_usage_error(
+    tmp_path: Path, source: str, fragment: str
+) -> None:
+    path = write(tmp_path, "bad.py", source)
+    assert_usage_error(headwater_cli("run", path, cwd=tmp_path), "cannot import", fragment)
