@@ -82,7 +82,10 @@ class FlowRun:
             raise FlowRunCancelled(self)
         if self.state is not FlowRunState.SUCCESS:
             error = FlowRunFailed(self)
-            first = next((f.failure.exception for f in self.failures if f.failure), None)
+            first = next(
+                (f.failure.exception for f in self.failures if f.failure and f.failure.exception),
+                None,
+            )
             raise error from first
 
     def __repr__(self) -> str:

@@ -43,6 +43,7 @@ class ThreadExecutor:
         self._work: SimpleQueue[_Job | None] = SimpleQueue()
         self._completions: SimpleQueue[Event] | None = None
         self._running: dict[int, tuple[str, int]] = {}
+        self._cancelled: set[tuple[str, int]] = set()
         self._retired: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.interrupted = 0
@@ -55,6 +56,7 @@ class ThreadExecutor:
         self._completions = completions
         self._work = SimpleQueue()
         self._retired.clear()
+        self._cancelled.clear()
         self._threads = []
         for _ in range(self.max_workers):
             self._spawn()
@@ -86,6 +88,8 @@ class ThreadExecutor:
                     self.interrupted += 1
                     break
             else:
+                # Not picked up by a thread yet: make sure it never starts.
+                self._cancelled.add((key, attempt))
                 return
         self._spawn()
 
@@ -110,6 +114,9 @@ class ThreadExecutor:
             event: Event | None = None
             try:
                 with lock:
+                    if (key, attempt) in self._cancelled:
+                        self._cancelled.discard((key, attempt))
+                        continue
                     running[me] = (key, attempt)
                 try:
                     event = execute(caller, inputs, key, attempt, no_retry_on)

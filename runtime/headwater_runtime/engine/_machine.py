@@ -129,6 +129,9 @@ class FlowRunEngine:
         if self.state is not FlowRunState.PENDING:
             raise RuntimeError("flow run already started")
         self._set_flow_state(FlowRunState.RUNNING, "")
+        if self.cancel_reason is not None:
+            self._cancel(self.cancel_reason)
+            return self._flush()
         for node in self._nodes.values():
             if node.whole_remaining == 0 and node.elem_remaining == 0:
                 self._evaluate_node(node)
@@ -250,8 +253,11 @@ class FlowRunEngine:
             if spec.mapped is not None:
                 for arg in spec.mapped:
                     src = spec.inputs[arg]
+                    # ``b.map(a)`` over a mapped ``a`` is element-wise; ``b.map(a[0])``
+                    # indexes the list of a's results, like any other consumer.
                     if (
                         isinstance(src, FromTask)
+                        and not src.path
                         and self._nodes[src.task_id].spec.mapped is not None
                     ):
                         elementwise.add(src.task_id)
@@ -308,9 +314,11 @@ class FlowRunEngine:
     # ------------------------------------------------------------------- events
 
     def _apply(self, event: Event) -> None:
+        if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
+            self.cancel_reason = event.reason  # applied by start()
+            return
         if self.state is not FlowRunState.RUNNING:
-            if not isinstance(event, CancelRequested):
-                self._out.append(EventIgnored(event, f"flow run is {self.state.name}"))
+            self._out.append(EventIgnored(event, f"flow run is {self.state.name}"))
             return
         if isinstance(event, CancelRequested):
             self._cancel(event.reason)
@@ -327,9 +335,12 @@ class FlowRunEngine:
                 EventIgnored(event, f"stale attempt {event.attempt} (current: {run.attempt})")
             )
             return
+        if run.state is S.SCHEDULED:
+            # An outcome may arrive without its TaskStarted (lost, or never sent by a
+            # minimal worker): the attempt evidently started.
+            self._start_attempt(run)
         if isinstance(event, TaskStarted):
-            if run.state is S.SCHEDULED:
-                self._start_attempt(run)
+            pass
         elif isinstance(event, TaskSucceeded):
             self._attempt_done(run)
             run.result = event.value
@@ -579,7 +590,9 @@ class FlowRunEngine:
             for source in elem_sources:
                 src_children = source.run.children
                 assert src_children is not None
-                if not src_children[child.map_index].state.is_terminal:
+                # "settled", not "terminal": an upstream child that just finished but
+                # whose completion is still queued will decrement this count itself.
+                if not src_children[child.map_index].settled:
                     pending += 1
             child.pending = pending
         self._transition(run, S.MAPPED, f"{length} child runs")
@@ -614,6 +627,7 @@ class FlowRunEngine:
         settle = self._settle
         while settle:
             run = settle.popleft()
+            run.settled = True
             node: Node = run._node
             if run.parent is None:
                 if run.state is S.MAPPED:

@@ -78,6 +78,7 @@ class TaskRunRecord:
         "pending",
         "result",
         "retries_used",
+        "settled",
         "spec",
         "state",
     )
@@ -108,6 +109,8 @@ class TaskRunRecord:
         self.children: list[TaskRunRecord] | None = None
         self.dispatched = False
         self.pending = 0
+        # Terminal and its consequences propagated (engine bookkeeping).
+        self.settled = False
 
     @property
     def task_id(self) -> str:

@@ -1,0 +1,107 @@
+"""One measurement in a fresh process: ``python -m benchmarks._child SPEC_JSON``.
+
+SPEC_JSON names the DAG kind, its size, the system to run it on and how many times.
+The process imports, builds the DAG's inputs, runs a tiny warm-up instance, then takes
+its RSS as the baseline and resets the peak mark, so ``peak_mb`` is what running the
+workload added. It prints one line ``RESULT_PREFIX + json`` on stdout.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from typing import Any
+
+from ._dags import WARMUP, Dag, make_dag
+from ._measure import current_rss_mb, peak_rss_mb, reset_peak
+
+RESULT_PREFIX = "BENCHMARK-RESULT "
+
+SYSTEMS = ("headwater", "plain", "dask", "dask-raw")
+
+
+def _run_headwater(dag: Dag, max_workers: int | None) -> tuple[Any, float, float]:
+    """(result, compile seconds, wall seconds incl. compile) for one Headwater run."""
+    the_flow = dag.flow()
+    start = time.perf_counter()
+    the_flow.graph()  # timed on its own: run() compiles again, and that is in its wall
+    compiled = time.perf_counter()
+    flow_run = the_flow.run(max_workers=max_workers)
+    finished = time.perf_counter()
+    if flow_run.state.name != "SUCCESS":
+        raise RuntimeError(f"flow run ended {flow_run.state.name}: {flow_run.message}")
+    return flow_run.result, compiled - start, finished - compiled
+
+
+def _run_once(system: str, dag: Dag, max_workers: int | None) -> tuple[Any, float | None, float]:
+    if system == "headwater":
+        return _run_headwater(dag, max_workers)
+    fn = {"plain": dag.plain, "dask": dag.dask_delayed, "dask-raw": dag.dask_graph}[system]
+    start = time.perf_counter()
+    result = fn()
+    return result, None, time.perf_counter() - start
+
+
+def _pool_size(system: str, max_workers: int | None) -> int:
+    if system == "headwater":
+        from headwater_runtime.embedded import default_thread_count
+
+        return max_workers or default_thread_count()
+    if system in ("dask", "dask-raw"):
+        from dask.system import CPU_COUNT  # the threaded scheduler's default pool size
+
+        return CPU_COUNT
+    return 1
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    system: str = spec["system"]
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; use one of {', '.join(SYSTEMS)}")
+    max_workers: int | None = spec.get("max_workers")
+    kind: str = spec["kind"]
+    dag = make_dag(kind, spec["params"])
+    _run_once(system, make_dag(kind, WARMUP[kind]), max_workers)
+    gc.collect()
+    base = current_rss_mb()
+    reset_ok = reset_peak()
+    walls: list[float] = []
+    compiles: list[float] = []
+    check = None
+    for _ in range(spec.get("repeats", 1)):
+        result, compile_s, wall = _run_once(system, dag, max_workers)
+        walls.append(wall)
+        if compile_s is not None:
+            compiles.append(compile_s)
+        check = dag.check(result)
+        del result
+        gc.collect()
+    return {
+        "system": system,
+        "kind": kind,
+        "params": spec["params"],
+        "tasks": dag.tasks,
+        "label": dag.label,
+        "walls": walls,
+        "compiles": compiles,
+        "check": check,
+        "rss_base_mb": base,
+        "peak_mb": peak_rss_mb() - base,
+        "peak_reset": reset_ok,
+        "pool": _pool_size(system, max_workers),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m benchmarks._child SPEC_JSON", file=sys.stderr)
+        return 2
+    out = measure(json.loads(argv[0]))
+    print(RESULT_PREFIX + json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

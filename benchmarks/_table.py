@@ -1,0 +1,147 @@
+"""Turning measurements into table rows and printing them."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from ._workloads import Workload
+
+COLUMNS = (
+    "workload",
+    "size",
+    "tasks",
+    "headwater s",
+    "compile s",
+    "plain s",
+    "dask s",
+    "dask-raw s",
+    "overhead µs/task",
+    "peak MB",
+    "target",
+    "met?",
+)
+HEADER_START = "workload"
+
+
+@dataclass
+class Outcome:
+    """What one child process reported, or why it reported nothing."""
+
+    system: str
+    data: dict[str, Any] | None = None
+    error: str | None = None
+
+    @property
+    def wall(self) -> float | None:
+        return statistics.median(self.data["walls"]) if self.data else None
+
+    @property
+    def compile(self) -> float | None:
+        if not self.data or not self.data["compiles"]:
+            return None
+        return statistics.median(self.data["compiles"])
+
+
+@dataclass
+class Row:
+    workload: Workload
+    outcomes: dict[str, Outcome]
+    quick: bool
+
+    def get(self, system: str) -> Outcome | None:
+        return self.outcomes.get(system)
+
+    @property
+    def tasks(self) -> int | None:
+        hw = self.get("headwater")
+        return hw.data["tasks"] if hw and hw.data else None
+
+    @property
+    def overhead_us(self) -> float | None:
+        hw, plain = self.get("headwater"), self.get("plain")
+        if not (hw and plain and hw.wall is not None and plain.wall is not None and self.tasks):
+            return None
+        return (hw.wall - plain.wall) / self.tasks * 1e6
+
+    @property
+    def peak_mb(self) -> float | None:
+        hw = self.get("headwater")
+        return hw.data["peak_mb"] if hw and hw.data else None
+
+    @property
+    def dask_capped(self) -> bool:
+        return self.workload.params_for("dask", self.quick) != self.workload.params(self.quick)
+
+    def target(self) -> str:
+        parts = []
+        if self.workload.max_overhead_us is not None:
+            parts.append(f"<= {self.workload.max_overhead_us:g} µs/task")
+        if self.workload.max_peak_mb is not None:
+            parts.append(f"< {self.workload.max_peak_mb:g} MB")
+        return ", ".join(parts)
+
+    def met(self) -> bool | None:
+        checks: list[bool] = []
+        if self.workload.max_overhead_us is not None:
+            if self.overhead_us is None:
+                return None
+            checks.append(self.overhead_us <= self.workload.max_overhead_us)
+        if self.workload.max_peak_mb is not None:
+            if self.peak_mb is None:
+                return None
+            checks.append(self.peak_mb < self.workload.max_peak_mb)
+        return all(checks)
+
+    def cells(self) -> list[str]:
+        hw = self.get("headwater")
+        label = hw.data["label"] if hw and hw.data else "?"
+        met = self.met()
+        return [
+            self.workload.name,
+            label,
+            f"{self.tasks:,}" if self.tasks else "?",
+            _seconds(hw),
+            _num(hw.compile if hw else None, 4 if hw and (hw.compile or 1) < 0.1 else 3),
+            _seconds(self.get("plain")),
+            _seconds(self.get("dask")) + ("*" if self.dask_capped and self.get("dask") else ""),
+            _seconds(self.get("dask-raw")),
+            _num(self.overhead_us, 1),
+            _num(self.peak_mb, 0),
+            self.target(),
+            "?" if met is None else ("yes" if met else "NO"),
+        ]
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _seconds(outcome: Outcome | None) -> str:
+    if outcome is None:
+        return "-"
+    if outcome.error is not None:
+        return outcome.error.split(":", 1)[0]  # "timeout" / "error"
+    wall = outcome.wall
+    assert wall is not None
+    return f"{wall:.4f}" if wall < 0.1 else f"{wall:.3f}"
+
+
+def format_table(rows: list[Row]) -> str:
+    """A plain-text table (also valid as a Markdown table body)."""
+    body = [list(COLUMNS), *(row.cells() for row in rows)]
+    widths = [max(len(r[i]) for r in body) for i in range(len(COLUMNS))]
+    numeric = set(range(2, 10))
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(
+        "-" * (w + 1) + ":" if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)
+    )
+    return "\n".join([line(body[0]), rule + "|", *(line(r) for r in body[1:])])

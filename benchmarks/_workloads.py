@@ -1,0 +1,113 @@
+"""The workloads: which DAG, at which size, on which systems, against which target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One row of the table.
+
+    Attributes:
+        name: what ``--only`` takes.
+        kind: the DAG kind in ``_dags``.
+        full / quick: the DAG's size parameters for a full and a ``--quick`` run.
+        systems: what runs it (``headwater`` always, first).
+        repeats / quick_repeats: timed runs per system; the table shows the median.
+            ``dask`` (delayed) runs once: at these sizes one run takes ~10 s.
+        dask_params: a smaller size for the ``dask`` (delayed) run, when the full size
+            would take minutes there; the table says so.
+        max_overhead_us / max_peak_mb: the issue's targets (reported, never asserted).
+    """
+
+    name: str
+    title: str
+    kind: str
+    full: dict[str, int]
+    quick: dict[str, int]
+    systems: tuple[str, ...]
+    repeats: int = 1
+    quick_repeats: int = 1
+    dask_params: dict[str, int] | None = None
+    dask_quick_params: dict[str, int] | None = None
+    max_overhead_us: float | None = None
+    max_peak_mb: float | None = None
+
+    def params(self, quick: bool) -> dict[str, int]:
+        return self.quick if quick else self.full
+
+    def repeats_for(self, system: str, quick: bool) -> int:
+        if quick or system == "dask":
+            return self.quick_repeats
+        return self.repeats
+
+    def params_for(self, system: str, quick: bool) -> dict[str, Any]:
+        if system == "dask":
+            capped = self.dask_quick_params if quick else self.dask_params
+            if capped is not None:
+                return capped
+        return self.params(quick)
+
+
+ALL_SYSTEMS = ("headwater", "plain", "dask", "dask-raw")
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        name="fanout",
+        title="1a overhead: fan-out + reduce",
+        kind="fanout",
+        full={"n": 10_000},
+        quick={"n": 2_000},
+        systems=ALL_SYSTEMS,
+        repeats=5,
+        max_overhead_us=50,
+    ),
+    Workload(
+        name="layered",
+        title="1b overhead: layered DAG",
+        kind="layered",
+        full={"layers": 20, "width": 500},
+        quick={"layers": 10, "width": 200},
+        systems=ALL_SYSTEMS,
+        repeats=5,
+        max_overhead_us=50,
+    ),
+    Workload(
+        name="memory-fanout",
+        title="2 memory: 100k fan-out + reduce",
+        kind="fanout",
+        full={"n": 100_000},
+        quick={"n": 20_000},
+        systems=("headwater", "plain"),
+        max_peak_mb=300,
+    ),
+    Workload(
+        name="memory-layered",
+        title="2 memory: 200x500 layered",
+        kind="layered",
+        full={"layers": 200, "width": 500},
+        quick={"layers": 40, "width": 500},
+        systems=("headwater", "plain"),
+        max_peak_mb=300,
+    ),
+    Workload(
+        name="map",
+        title="3 large map: map -> map -> reduce",
+        kind="map",
+        full={"n": 100_000},
+        quick={"n": 10_000},
+        systems=ALL_SYSTEMS,
+        # A dask.delayed reduce over N delayed values is quadratic in N in current Dask
+        # (each of the N graph layers is culled against all keys, when the call is built
+        # and again in compute: ~11 s at N = 10,000 on 2 cores), so the full 100k would
+        # take many minutes: its size is capped, and dask-raw runs the full size on the
+        # same threaded scheduler.
+        dask_params={"n": 10_000},
+        dask_quick_params={"n": 2_000},
+        max_peak_mb=1024,
+    ),
+)
+
+BY_NAME = {w.name: w for w in WORKLOADS}

@@ -1,0 +1,37 @@
+"""The benchmark harness runs end to end (``make bench`` stays usable).
+
+This checks the harness works, not how fast anything is: timings are reported by
+``python -m benchmarks``, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_quick_benchmarks_run_and_print_the_table() -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = next((line for line in proc.stdout.splitlines() if line.startswith("| workload")), "")
+    for column in ("headwater s", "plain s", "dask s", "overhead µs/task", "peak MB", "met?"):
+        assert column in header, proc.stdout
+    for workload in ("fanout", "layered", "memory-fanout", "memory-layered", "map"):
+        assert f"| {workload} " in proc.stdout, proc.stdout

@@ -1,0 +1,344 @@
+"""Retries (delay, backoff, cap, jitter, non-retryable errors), timeouts, lost workers."""
+
+from __future__ import annotations
+
+import pytest
+from engine_helpers import (
+    Driver,
+    S,
+    check_engines,  # noqa: F401  (autouse fixture)
+    failure,
+    flow,
+    task,
+)
+
+from headwater_runtime.engine import (
+    CancelTask,
+    FlowRunState,
+    RetrySpec,
+    RunTask,
+    TaskFailed,
+    TaskSkipped,
+    TaskSucceeded,
+    retry_delay,
+)
+
+RETRY_CYCLE = [S.RUNNING, S.RETRYING, S.SCHEDULED]
+
+
+def test_immediate_retry_goes_running_retrying_scheduled_running() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=2))))
+    d.fail("a", failure(message="first"))
+    assert d.dispatched() == ["a"]
+    assert d.run_task("a").attempt == 2
+    d.fail("a", failure(message="second"))
+    assert d.run_task("a").attempt == 3
+    d.succeed("a", "ok")
+
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, *RETRY_CYCLE, *RETRY_CYCLE, S.RUNNING, S.SUCCESS]
+    assert run.retries_used == 2 and run.attempt == 3 and run.result == "ok"
+    assert [a.number for a in run.attempts] == [1, 2, 3]
+    assert [a.outcome for a in run.attempts] == [S.FAILED, S.FAILED, S.SUCCESS]
+    assert [a.failure.message if a.failure else None for a in run.attempts] == [
+        "first",
+        "second",
+        None,
+    ]
+    retrying = [e for e in run.history if e.state is S.RETRYING]
+    assert [e.attempt for e in retrying] == [1, 2]
+    assert retrying[0].failure is not None and retrying[0].failure.message == "first"
+    assert "attempt 1 failed" in retrying[0].message
+    assert d.engine.state is FlowRunState.SUCCESS
+
+
+def test_retries_exhausted_fail_with_the_last_failure() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=1)), task("b", "a")))
+    d.fail("a", failure(message="first"))
+    d.fail("a", failure(message="second"))
+    run = d.runs["a"]
+    assert run.state is S.FAILED
+    assert len(run.attempts) == 2 and run.retries_used == 1
+    assert run.failure is not None and run.failure.message == "second"
+    assert run.history[-1].failure is run.failure
+    assert d.state("b") is S.TRIGGER_FAILED
+    assert d.engine.state is FlowRunState.FAILED
+
+
+def test_retry_waits_for_its_delay() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=1, delay=10))))
+    t0 = d.clock.now()
+    d.clock.advance(1)
+    d.fail("a")
+    assert d.state("a") is S.RETRYING
+    assert d.dispatched() == []
+    assert d.engine.next_timer_at == t0 + 1 + 10
+    assert d.engine.in_flight == 0, "a retrying run holds no slot"
+    assert d.tick(9.999) == []
+    assert d.state("a") is S.RETRYING
+    d.tick(0.001)
+    assert d.dispatched() == ["a"]
+    assert d.run_task("a").attempt == 2
+    assert d.runs["a"].attempts[1].started_at == t0 + 11
+    assert "retrying in 10s" in d.runs["a"].history[-3].message
+
+
+def _observed_delays(spec: RetrySpec, failures: int) -> list[float]:
+    d = Driver(flow(task("a", retry=spec)))
+    delays = []
+    for _ in range(failures):
+        d.fail("a")
+        due = d.engine.next_timer_at
+        assert due is not None and d.state("a") is S.RETRYING
+        delays.append(due - d.clock.now())
+        d.tick(due - d.clock.now())
+        assert d.state("a") is S.RUNNING
+    return delays
+
+
+def test_exponential_backoff_is_capped_by_max_delay() -> None:
+    spec = RetrySpec(max_retries=6, delay=1, backoff=2, max_delay=5)
+    assert _observed_delays(spec, 6) == [1, 2, 4, 5, 5, 5]
+
+
+def test_backoff_without_cap_keeps_growing() -> None:
+    spec = RetrySpec(max_retries=4, delay=0.5, backoff=3)
+    assert _observed_delays(spec, 4) == [0.5, 1.5, 4.5, 13.5]
+
+
+def test_constant_delay_with_backoff_one() -> None:
+    assert _observed_delays(RetrySpec(max_retries=3, delay=2), 3) == [2, 2, 2]
+
+
+@pytest.mark.parametrize("jitter", [0.1, 0.5, 1.0])
+def test_jitter_stays_within_its_bounds(jitter: float) -> None:
+    spec = RetrySpec(max_retries=10, delay=1, backoff=2, max_delay=20, jitter=jitter)
+    below = above = 0
+    for k in range(200):
+        key = f"task-{k}[{k % 7}]"
+        for n in range(1, 8):
+            base = min(1 * 2 ** (n - 1), 20)
+            d = retry_delay(spec, n, key)
+            assert base * (1 - jitter) - 1e-9 <= d <= min(base * (1 + jitter), 20) + 1e-9
+            below += d < base
+            above += d > base
+    assert below > 0 and above > 0, "jitter spreads delays both ways"
+
+
+def test_jitter_is_deterministic_and_differs_between_runs() -> None:
+    spec = RetrySpec(max_retries=3, delay=10, jitter=0.5)
+    first = [retry_delay(spec, n, f"k{i}") for i in range(50) for n in (1, 2, 3)]
+    again = [retry_delay(spec, n, f"k{i}") for i in range(50) for n in (1, 2, 3)]
+    assert first == again
+    assert len(set(first)) > 40, "different runs and retry numbers get different delays"
+    # Replaying a run through two engines gives the same decisions.
+    assert _observed_delays(spec, 3) == _observed_delays(spec, 3)
+    expected = [retry_delay(spec, n, "a") for n in (1, 2, 3)]
+    assert _observed_delays(spec, 3) == pytest.approx(expected, rel=1e-9)
+
+
+def test_no_jitter_means_exact_delays() -> None:
+    spec = RetrySpec(max_retries=3, delay=3, backoff=2)
+    assert [retry_delay(spec, n, "x") for n in (1, 2, 3)] == [3, 6, 12]
+    assert retry_delay(RetrySpec(max_retries=1, jitter=0.5), 1, "x") == 0
+
+
+def test_non_retryable_error_type_is_not_retried() -> None:
+    spec = RetrySpec(max_retries=3, non_retryable=("builtins.KeyError",))
+    d = Driver(flow(task("a", retry=spec), task("b", retry=spec)))
+    d.fail("a", failure("builtins.KeyError", "missing"))
+    assert d.states("a") == [S.PENDING, S.SCHEDULED, S.RUNNING, S.FAILED]
+    assert d.runs["a"].retries_used == 0
+    d.fail("b", failure("builtins.ValueError"))
+    assert d.state("b") is S.RUNNING and d.attempt("b") == 2, "other errors are retried"
+
+
+def test_failure_marked_not_retryable_is_not_retried() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=3, delay=1))))
+    d.fail("a", failure(retryable=False))
+    assert d.state("a") is S.FAILED
+    assert len(d.runs["a"].attempts) == 1
+    assert d.engine.next_timer_at is None
+
+
+# ---------------------------------------------------------------------- timeouts
+
+
+def test_timeout_without_retries_times_out_and_cancels_the_attempt() -> None:
+    d = Driver(flow(task("a", timeout=5), task("b", "a")))
+    t0 = d.clock.now()
+    assert d.run_task("a").deadline == t0 + 5
+    assert d.engine.next_timer_at == t0 + 5
+    assert d.tick(4.999) == []
+    assert d.state("a") is S.RUNNING
+
+    commands = d.tick(0.001)
+    cancels = [c for c in commands if isinstance(c, CancelTask)]
+    assert len(cancels) == 1
+    assert cancels[0].run.key == "a" and cancels[0].attempt == 1
+    assert cancels[0].reason == "timed out"
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, S.RUNNING, S.TIMED_OUT]
+    assert run.failure is not None and run.failure.timed_out
+    assert run.failure.type == "headwater.TaskTimeout"
+    assert "'a'" in run.failure.message and "5s" in run.failure.message
+    assert run.attempts[0].outcome is S.TIMED_OUT and run.attempts[0].ended_at == t0 + 5
+    assert d.state("b") is S.TRIGGER_FAILED
+    assert d.engine.state is FlowRunState.FAILED
+    first = d.engine.failed_runs()[0]
+    assert (first.key, first.state) == ("a", S.TIMED_OUT)
+
+    late = d.send(TaskSucceeded("a", 1, "too late"))
+    assert [type(c).__name__ for c in late] == ["EventIgnored"]
+    assert run.result is None
+
+
+def test_result_before_the_deadline_disarms_the_timeout() -> None:
+    d = Driver(flow(task("a", timeout=5), task("b")))
+    d.clock.advance(4)
+    d.succeed("a", 1)
+    assert d.tick(10) == []
+    assert d.state("a") is S.SUCCESS
+
+
+def test_retry_after_timeout_runs_a_fresh_attempt() -> None:
+    d = Driver(flow(task("a", timeout=5, retry=RetrySpec(max_retries=1))))
+    t0 = d.clock.now()
+    commands = d.tick(5)
+    kinds = [type(c).__name__ for c in commands]
+    assert kinds == ["CancelTask", "RunTask"]
+    cancel, rerun = commands
+    assert isinstance(cancel, CancelTask) and cancel.attempt == 1
+    assert isinstance(rerun, RunTask) and rerun.attempt == 2
+    assert rerun.deadline == t0 + 10, "each attempt gets its own deadline"
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, *RETRY_CYCLE, S.RUNNING]
+    retrying = run.history[3]
+    assert retrying.failure is not None and retrying.failure.timed_out
+    assert "timed out" in retrying.message
+    assert run.attempts[0].outcome is S.TIMED_OUT
+
+    assert d.ignored(d.send(TaskSucceeded("a", 1, "late"))), "the old attempt is fenced"
+    d.clock.advance(4)
+    d.succeed("a", "second try")
+    assert run.state is S.SUCCESS and run.result == "second try"
+    assert d.tick(100) == []
+
+
+def test_retry_after_timeout_with_a_delay() -> None:
+    d = Driver(flow(task("a", timeout=5, retry=RetrySpec(max_retries=1, delay=3))))
+    d.tick(5)
+    assert d.state("a") is S.RETRYING
+    assert d.tick(2.9) == []
+    d.tick(0.1)
+    assert d.state("a") is S.RUNNING and d.attempt("a") == 2
+    d.tick(5)
+    assert d.state("a") is S.TIMED_OUT, "second attempt times out too, no retries left"
+    assert [a.outcome for a in d.runs["a"].attempts] == [S.TIMED_OUT, S.TIMED_OUT]
+
+
+def test_timeout_listed_as_non_retryable_is_final() -> None:
+    spec = RetrySpec(max_retries=3, non_retryable=("headwater.TaskTimeout",))
+    d = Driver(flow(task("a", timeout=1, retry=spec)))
+    d.tick(1)
+    assert d.state("a") is S.TIMED_OUT
+
+
+def test_worker_reported_timeout_ends_timed_out() -> None:
+    d = Driver(flow(task("a")))
+    d.fail("a", failure("headwater.TaskTimeout", "worker deadline", timed_out=True))
+    assert d.state("a") is S.TIMED_OUT
+    assert d.runs["a"].attempts[0].outcome is S.TIMED_OUT
+
+
+def test_without_auto_start_the_timeout_counts_from_task_started() -> None:
+    d = Driver(flow(task("a", timeout=5)), auto_start=False)
+    t0 = d.clock.now()
+    assert d.states("a") == [S.PENDING, S.SCHEDULED]
+    assert d.run_task("a").deadline is None
+    assert d.engine.next_timer_at is None
+    d.clock.advance(3)
+    d.started("a")
+    assert d.state("a") is S.RUNNING
+    assert d.engine.next_timer_at == t0 + 8
+    assert d.tick(4.9) == []
+    d.tick(0.1)
+    assert d.state("a") is S.TIMED_OUT
+
+
+def test_without_auto_start_a_result_without_started_is_accepted() -> None:
+    """A worker may report the outcome of an attempt before (or without) its started
+    message; the engine must take it, not crash with IllegalTransition."""
+    for event, final in (
+        (TaskSucceeded("a", 1, "v"), S.SUCCESS),
+        (TaskFailed("a", 1, failure()), S.FAILED),
+        (TaskSkipped("a", 1, "nothing to do"), S.SKIPPED),
+    ):
+        d = Driver(flow(task("a")), auto_start=False)
+        d.send(event)
+        assert d.state("a") is final
+        assert d.engine.finished
+
+
+def test_without_auto_start_a_retryable_failure_without_started_is_retried() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=1))), auto_start=False)
+    d.fail("a")
+    assert d.dispatched() == ["a"] and d.attempt("a") == 2
+    d.started("a")
+    d.succeed("a", 1)
+    assert d.state("a") is S.SUCCESS
+
+
+# ------------------------------------------------------------------ lost workers
+
+
+def test_lost_worker_redispatches_without_using_a_retry() -> None:
+    d = Driver(flow(task("a", timeout=10)))
+    t0 = d.clock.now()
+    d.clock.advance(4)
+    d.lose("a")
+    assert d.dispatched() == ["a"]
+    rerun = d.run_task("a")
+    assert rerun.attempt == 2 and rerun.deadline == t0 + 14
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, S.RUNNING, S.SCHEDULED, S.RUNNING]
+    assert run.retries_used == 0 and run.lost_count == 1
+    assert run.attempts[0].outcome is S.CANCELLED
+    assert run.attempts[0].failure is not None
+    assert run.attempts[0].failure.type == "headwater.WorkerLost"
+    # The first attempt's deadline (t0 + 10) no longer applies.
+    assert d.tick(6) == []
+    assert run.state is S.RUNNING
+    d.succeed("a", "ok")
+    assert run.state is S.SUCCESS
+
+
+def test_lost_too_many_times_fails() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=5))), max_lost=2)
+    d.lose("a")
+    d.lose("a")
+    assert d.state("a") is S.RUNNING and d.attempt("a") == 3
+    d.lose("a")
+    run = d.runs["a"]
+    assert run.state is S.FAILED
+    assert run.failure is not None and run.failure.type == "headwater.WorkerLost"
+    assert "3 time(s)" in run.failure.message
+    assert run.retries_used == 0
+    assert d.engine.state is FlowRunState.FAILED
+
+
+def test_max_lost_zero_fails_on_the_first_loss() -> None:
+    d = Driver(flow(task("a")), max_lost=0)
+    d.lose("a")
+    assert d.state("a") is S.FAILED
+    assert d.in_flight == {}
+
+
+def test_lost_and_failed_attempts_are_counted_separately() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=1))), max_lost=1)
+    d.lose("a")
+    d.fail("a")
+    assert d.state("a") is S.RUNNING and d.attempt("a") == 3
+    d.succeed("a", 3)
+    outcomes = [a.outcome for a in d.runs["a"].attempts]
+    assert outcomes == [S.CANCELLED, S.FAILED, S.SUCCESS]
