@@ -159,3 +159,30 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="schema version 99"):
         SQLiteStore(path)
+
+
+def test_an_upload_cut_short_leaves_nothing_visible_and_is_swept_on_reopen(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "hw.db"
+    store = SQLiteStore(path)
+    writer = store.begin_payload({"encoding": "pickle"}, 3 << 20)
+    writer.write(b"x" * (2 << 20))  # two chunks stored, then the server "dies"
+    with pytest.raises(NotFound):
+        store.payload_meta(writer.id)
+    store.close()
+    reopened = SQLiteStore(path)
+    assert reopened._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 0
+    reopened.close()
+
+
+def test_an_aborted_upload_removes_its_chunks(store: SQLiteStore) -> None:
+    writer = store.begin_payload({"encoding": "json"}, 5 << 20)
+    writer.write(b"y" * (2 << 20))
+    writer.abort()
+    assert store._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 0
+
+
+def test_payload_metadata_must_name_its_encoding(store: SQLiteStore) -> None:
+    with pytest.raises(ValueError, match="'encoding'"):
+        store.begin_payload({}, 1)

@@ -39,8 +39,8 @@ _MAX_WAIT = 0.5
 class SystemClock:
     """Wall-clock seconds since the epoch."""
 
-    def now(self) -> float:
-        return time.time()
+    # time.time itself rather than a method calling it: read ~5 times per task run.
+    now = staticmethod(time.time)
 
 
 class Executor(Protocol):

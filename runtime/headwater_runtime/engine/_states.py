@@ -21,6 +21,11 @@ class TaskRunState(enum.Enum):
     TRIGGER_FAILED = 11
     MAPPED = 12
 
+    # Members are singletons compared by identity, so identity hashing is correct, and
+    # it is C-level: Enum's own __hash__ is Python code, and the engine hashes states
+    # about ten times per task run (transition table, terminal sets).
+    __hash__ = object.__hash__
+
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_TASK_STATES
@@ -44,6 +49,8 @@ class FlowRunState(enum.Enum):
     SUCCESS = 4
     FAILED = 5
     CANCELLED = 6
+
+    __hash__ = object.__hash__
 
     @property
     def is_terminal(self) -> bool:

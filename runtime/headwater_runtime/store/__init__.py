@@ -8,6 +8,7 @@ from ._base import (
     LogRow,
     NotFound,
     PayloadMeta,
+    PayloadUpload,
     RunEvent,
     ScheduleRow,
     StateRow,
@@ -15,7 +16,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
-from ._sqlite import SQLiteStore
+from ._sqlite import PayloadWriter, SQLiteStore
 
 __all__ = [
     "CacheRow",
@@ -25,6 +26,8 @@ __all__ = [
     "LogRow",
     "NotFound",
     "PayloadMeta",
+    "PayloadUpload",
+    "PayloadWriter",
     "RunEvent",
     "SQLiteStore",
     "ScheduleRow",
@@ -33,3 +36,8 @@ __all__ = [
     "TaskRunRow",
     "WriteBatch",
 ]
+
+
+def _sqlite_store_implements_the_interface(store: SQLiteStore) -> Store:
+    """Never called: mypy checks here that SQLiteStore satisfies the Store protocol."""
+    return store

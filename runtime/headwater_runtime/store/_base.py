@@ -158,6 +158,16 @@ class WriteBatch:
         )
 
 
+class PayloadUpload(Protocol):
+    """A payload upload in progress: write chunks, then finish (or abort)."""
+
+    id: str
+
+    def write(self, chunk: bytes) -> None: ...
+    def finish(self) -> PayloadMeta: ...
+    def abort(self) -> None: ...
+
+
 class Store(Protocol):
     """Durable state of a control plane. Implementations must be safe to call from
     one thread at a time (the server serialises calls on its event loop)."""
@@ -188,6 +198,9 @@ class Store(Protocol):
     def put_payload(
         self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
     ) -> PayloadMeta: ...
+    def begin_payload(
+        self, metadata: dict[str, str], size: int, sha256: str = ""
+    ) -> PayloadUpload: ...
     def payload_meta(self, payload_id: str) -> PayloadMeta: ...
     def read_payload(
         self, payload_id: str, offset: int = 0, chunk_size: int = 1 << 20

@@ -79,6 +79,66 @@ CREATE TABLE IF NOT EXISTS schedules (
 _TERMINAL_FLOW_STATES = (4, 5, 6)  # FlowRunState SUCCESS, FAILED, CANCELLED
 
 
+class PayloadWriter:
+    """One payload upload in progress (see SQLiteStore.begin_payload)."""
+
+    def __init__(
+        self, db: sqlite3.Connection, metadata: dict[str, str], size: int, sha256: str
+    ) -> None:
+        self._db = db
+        self.id = uuid.uuid4().hex
+        self.metadata = dict(metadata)
+        self.size = size
+        self.expected_sha256 = sha256
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray()
+        self._index = 0
+        self.received = 0
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes; ValueError once they exceed the declared size."""
+        if self._done:
+            raise ValueError("payload upload already finished")
+        self.received += len(chunk)
+        if self.received > self.size:
+            raise ValueError(f"payload is larger than its declared size of {self.size} bytes")
+        self._digest.update(chunk)
+        self._buffer += chunk
+        while len(self._buffer) >= CHUNK:
+            self._store(bytes(self._buffer[:CHUNK]))
+            del self._buffer[:CHUNK]
+
+    def _store(self, data: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO payload_chunks VALUES (?, ?, ?)", (self.id, self._index, data)
+        )
+        self._index += 1
+
+    def finish(self) -> PayloadMeta:
+        """Check size and hash, then make the payload visible."""
+        if self.received != self.size:
+            raise ValueError(f"payload has {self.received} bytes but declared {self.size}")
+        actual = self._digest.hexdigest()
+        if self.expected_sha256 and self.expected_sha256 != actual:
+            raise ValueError("payload bytes do not match the declared sha256")
+        if self._buffer:
+            self._store(bytes(self._buffer))
+            self._buffer.clear()
+        self._db.execute(
+            "INSERT INTO payloads VALUES (?, ?, ?, ?)",
+            (self.id, self.size, json.dumps(self.metadata, sort_keys=True), actual),
+        )
+        self._done = True
+        return PayloadMeta(self.id, self.size, self.metadata, actual)
+
+    def abort(self) -> None:
+        """Forget the chunks stored so far."""
+        if not self._done:
+            self._done = True
+            self._db.execute("DELETE FROM payload_chunks WHERE id=?", (self.id,))
+
+
 class SQLiteStore:
     """The default store: one SQLite file in WAL mode.
 
@@ -100,6 +160,8 @@ class SQLiteStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise RuntimeError(f"cannot open the database {self.path}: {exc}") from exc
+        # Chunks of uploads that never finished (the server died mid-upload).
+        self._db.execute("DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)")
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             self._db.execute(
@@ -339,45 +401,28 @@ class SQLiteStore:
         self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
     ) -> PayloadMeta:
         """Store bytes arriving in chunks; checks the declared size (and hash if given)."""
-        payload_id = uuid.uuid4().hex
-        digest = hashlib.sha256()
-        total = 0
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        writer = self.begin_payload(metadata, size, sha256)
         try:
-            buffer = bytearray()
-            idx = 0
             for chunk in chunks:
-                total += len(chunk)
-                if total > size:
-                    raise ValueError(f"payload is larger than its declared size of {size} bytes")
-                digest.update(chunk)
-                buffer += chunk
-                while len(buffer) >= CHUNK:
-                    db.execute(
-                        "INSERT INTO payload_chunks VALUES (?, ?, ?)",
-                        (payload_id, idx, bytes(buffer[:CHUNK])),
-                    )
-                    del buffer[:CHUNK]
-                    idx += 1
-            if buffer:
-                db.execute(
-                    "INSERT INTO payload_chunks VALUES (?, ?, ?)", (payload_id, idx, bytes(buffer))
-                )
-            if total != size:
-                raise ValueError(f"payload has {total} bytes but declared {size}")
-            actual = digest.hexdigest()
-            if sha256 and sha256 != actual:
-                raise ValueError("payload bytes do not match the declared sha256")
-            db.execute(
-                "INSERT INTO payloads VALUES (?, ?, ?, ?)",
-                (payload_id, size, json.dumps(metadata, sort_keys=True), actual),
-            )
-            db.execute("COMMIT")
+                writer.write(chunk)
+            return writer.finish()
         except BaseException:
-            db.execute("ROLLBACK")
+            writer.abort()
             raise
-        return PayloadMeta(payload_id, size, dict(metadata), actual)
+
+    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadWriter:
+        """Start an upload whose chunks arrive over time (e.g. from a gRPC stream).
+
+        Each stored chunk is its own small transaction, so a long upload never holds
+        the write lock that state commits need; the payload becomes visible only when
+        ``finish()`` writes its ``payloads`` row. Chunks of an upload cut short by a
+        crash are removed when the store is next opened.
+        """
+        if size < 0:
+            raise ValueError(f"payload size must be >= 0, got {size}")
+        if "encoding" not in metadata:
+            raise ValueError("payload metadata must name its 'encoding'")
+        return PayloadWriter(self._db, metadata, size, sha256)
 
     def payload_meta(self, payload_id: str) -> PayloadMeta:
         row = self._db.execute(
