@@ -78,3 +78,34 @@ def decode(encoded: EncodedValue) -> Any:
     if encoding == PICKLE:
         return cloudpickle.loads(encoded.data)
     raise EncodingError(f"unknown payload encoding {encoding!r}")
+
+
+def decode_value(value: Any, fetch: Any = None) -> Any:
+    """Decode a ``headwater.v1.Value`` message into a Python value.
+
+    Handles the structural encodings a control plane uses for results it assembled
+    without decoding anything (``headwater.list``, ``headwater.tuple``,
+    ``headwater.dict``, ``headwater.select``; elements in ``items``). ``fetch`` is
+    called with a PayloadRef and must return its bytes (large values).
+    """
+    kind = value.WhichOneof("kind")
+    if kind == "ref":
+        if fetch is None:
+            raise EncodingError("the value is stored by reference; a fetch function is needed")
+        meta = dict(value.ref.metadata)
+        return decode(EncodedValue(fetch(value.ref), meta))
+    payload = value.inline
+    encoding = payload.metadata.get("encoding", "")
+    if encoding == "headwater.list":
+        return [decode_value(v, fetch) for v in value.items]
+    if encoding == "headwater.tuple":
+        return tuple(decode_value(v, fetch) for v in value.items)
+    if encoding == "headwater.dict":
+        keys = json.loads(payload.data)
+        return {k: decode_value(v, fetch) for k, v in zip(keys, value.items, strict=True)}
+    if encoding == "headwater.select":
+        selected = decode_value(value.items[0], fetch)
+        for part in json.loads(payload.data):
+            selected = selected[part]
+        return selected
+    return decode(EncodedValue(bytes(payload.data), dict(payload.metadata)))

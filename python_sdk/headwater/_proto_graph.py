@@ -118,6 +118,15 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
         )
         for arg, spec in t.inputs.items():
             where = f"task {t.id!r}, argument {arg!r}"
+            if (
+                t.mapped is not None
+                and arg in t.mapped
+                and isinstance(spec, Const)
+                and isinstance(spec.value, list | tuple | range)
+            ):
+                # Element by element, so a control plane can hand element i to child i
+                # without decoding anything.
+                spec = ListOf(tuple(Const(v) for v in spec.value))
             node.inputs[arg].CopyFrom(_input_to_proto(spec, t.portable, where))
         r = t.retry
         if r != NO_RETRY:

@@ -1,0 +1,147 @@
+"""Serialising journal entries (engine inputs) for the store, and failures for the wire.
+
+Journal bodies are JSON; value handles inside them are serialised InputValue trees
+(base64), so a replayed run gets back exactly the handles it had.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from headwater.v1 import state_pb2, worker_pb2
+from headwater_runtime.engine import (
+    CacheChecked,
+    CacheEntry,
+    CancelRequested,
+    FailureInfo,
+    JournalEntry,
+    TaskFailed,
+    TaskLost,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
+from headwater_runtime.engine._journal import EVENT, START, TIMERS
+from headwater_runtime.store import RunEvent
+
+from ._values import from_input_value, to_input_value
+
+
+def encode_handle(handle: Any) -> str:
+    return base64.b64encode(to_input_value(handle).SerializeToString()).decode()
+
+
+def decode_handle(text: str) -> Any:
+    return from_input_value(worker_pb2.InputValue.FromString(base64.b64decode(text)))
+
+
+def failure_to_dict(f: FailureInfo) -> dict[str, Any]:
+    return {
+        "type": f.type,
+        "message": f.message,
+        "traceback": f.traceback,
+        "retryable": f.retryable,
+        "language": f.language,
+        "timed_out": f.timed_out,
+        "cause": None if f.cause is None else failure_to_dict(f.cause),
+    }
+
+
+def failure_from_dict(d: dict[str, Any]) -> FailureInfo:
+    return FailureInfo(
+        type=d["type"],
+        message=d["message"],
+        traceback=d["traceback"],
+        retryable=d["retryable"],
+        language=d["language"],
+        timed_out=d["timed_out"],
+        cause=None if d["cause"] is None else failure_from_dict(d["cause"]),
+    )
+
+
+def failure_to_proto(f: FailureInfo) -> state_pb2.Failure:
+    msg = state_pb2.Failure(
+        type=f.type,
+        message=f.message,
+        stack_trace=f.traceback,
+        retryable=f.retryable,
+        language=f.language,
+    )
+    if f.cause is not None:
+        msg.cause.CopyFrom(failure_to_proto(f.cause))
+    return msg
+
+
+def failure_from_proto(
+    msg: state_pb2.Failure, timed_out: bool = False, depth: int = 0
+) -> FailureInfo:
+    cause = None
+    if msg.HasField("cause") and depth < 20:
+        cause = failure_from_proto(msg.cause, depth=depth + 1)
+    return FailureInfo(
+        type=msg.type or "headwater.UnknownError",
+        message=msg.message,
+        traceback=msg.stack_trace,
+        retryable=msg.retryable,
+        cause=cause,
+        language=msg.language or "unknown",
+        timed_out=timed_out,
+    )
+
+
+def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry) -> RunEvent:
+    """A journal entry as a stored RunEvent."""
+    body: dict[str, Any] = {}
+    kind = entry.kind
+    event = entry.event
+    if entry.kind == EVENT:
+        assert event is not None
+        kind = type(event).__name__
+        if isinstance(event, CancelRequested):
+            body = {"reason": event.reason}
+        else:
+            body = {"key": event.key}
+            if isinstance(event, CacheChecked):
+                body["cache_key"] = event.cache_key
+                if event.entry is not None:
+                    body["value"] = encode_handle(event.entry.value)
+                    body["expires_at"] = event.entry.expires_at
+            else:
+                body["attempt"] = event.attempt
+            if isinstance(event, TaskSucceeded):
+                body["value"] = encode_handle(event.value)
+            elif isinstance(event, TaskFailed):
+                body["failure"] = failure_to_dict(event.failure)
+            elif isinstance(event, TaskSkipped):
+                body["reason"] = event.reason
+    return RunEvent(flow_run_id, seq, entry.at, kind, json.dumps(body).encode())
+
+
+def decode_entry(row: RunEvent) -> JournalEntry:
+    """Inverse of encode_entry."""
+    if row.kind in (START, TIMERS):
+        return JournalEntry(row.kind, row.at)
+    b = json.loads(row.body)
+    event: Any
+    if row.kind == "CancelRequested":
+        event = CancelRequested(b["reason"])
+    elif row.kind == "CacheChecked":
+        entry = None
+        if "value" in b:
+            entry = CacheEntry(decode_handle(b["value"]), b["expires_at"])
+        event = CacheChecked(b["key"], b["cache_key"], entry)
+    elif row.kind == "TaskStarted":
+        event = TaskStarted(b["key"], b["attempt"])
+    elif row.kind == "TaskSucceeded":
+        event = TaskSucceeded(b["key"], b["attempt"], decode_handle(b["value"]))
+    elif row.kind == "TaskFailed":
+        event = TaskFailed(b["key"], b["attempt"], failure_from_dict(b["failure"]))
+    elif row.kind == "TaskSkipped":
+        event = TaskSkipped(b["key"], b["attempt"], b["reason"])
+    elif row.kind == "TaskLost":
+        event = TaskLost(b["key"], b["attempt"])
+    else:
+        raise ValueError(f"unknown journal entry kind {row.kind!r}")
+    return JournalEntry(EVENT, row.at, event)

@@ -1,0 +1,432 @@
+"""The run manager: hosts one engine per active flow run, durably.
+
+Everything the engines are told is journaled, every state change is projected, and
+both go into one WriteBatch that ``flush()`` commits in one transaction. Effects on
+the outside world (assignments to send, attempts to cancel) are held until the batch
+that caused them is committed, so nothing is acknowledged that a crash could lose.
+After a restart ``recover()`` replays each unfinished run's journal.
+
+This module holds no gRPC code: servicers translate requests into calls here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from google.protobuf import duration_pb2
+
+from headwater._proto_graph import graph_from_proto
+from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
+from headwater_runtime.engine import (
+    CacheChecked,
+    CacheEntry,
+    CancelRequested,
+    CancelTask,
+    CheckCache,
+    Command,
+    Event,
+    EventIgnored,
+    FlowFinished,
+    FlowRunEngine,
+    FlowRunState,
+    FromTask,
+    GraphSpec,
+    JournaledEngine,
+    JournalEntry,
+    RunTask,
+    StateEntry,
+    TaskRunRecord,
+    WriteCache,
+    bind_params,
+    replay,
+)
+from headwater_runtime.store import (
+    CacheRow,
+    FlowRunRow,
+    StateRow,
+    Store,
+    TaskRunRow,
+    WriteBatch,
+)
+
+from ._codec import decode_entry, encode_entry, failure_to_dict
+from ._values import SERVER_VALUES, from_input_value, to_input_value, to_result_value
+
+_RUNNING = FlowRunState.RUNNING.value
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class Dispatch(Protocol):
+    """Where assignments go (the dispatcher); called only after a commit."""
+
+    def submit(self, pending: PendingAssignment) -> None: ...
+
+    def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class PendingAssignment:
+    """An attempt ready for a worker."""
+
+    flow_run_id: str
+    task_type: str
+    labels: dict[str, str]
+    assignment: worker_pb2.Assignment
+
+    @property
+    def token(self) -> tuple[str, int]:
+        return (self.assignment.token.task_run_id, self.assignment.token.attempt)
+
+
+def task_run_id(flow_run_id: str, key: str) -> str:
+    """Globally unique task run id: the flow run id and the run's key."""
+    return f"{flow_run_id}/{key}"
+
+
+def split_task_run_id(value: str) -> tuple[str, str]:
+    run_id, sep, key = value.partition("/")
+    if not sep or not key:
+        raise KeyError(f"malformed task run id {value!r}")
+    return run_id, key
+
+
+@dataclass
+class ActiveRun:
+    """A flow run whose engine is in memory."""
+
+    row: FlowRunRow
+    graph: GraphSpec
+    engine: FlowRunEngine
+    journal: JournaledEngine
+    split_nodes: frozenset[str]
+    seq: int = 0
+    armed_at: float | None = None
+    state_seqs: dict[str, int] = field(default_factory=dict)
+
+
+class RunManager:
+    """Creates, drives, persists and recovers flow runs."""
+
+    def __init__(self, store: Store, dispatch: Dispatch, clock: Clock) -> None:
+        self.store = store
+        self.dispatch = dispatch
+        self.clock = clock
+        self.runs: dict[str, ActiveRun] = {}
+        self._graphs: dict[tuple[str, str], GraphSpec] = {}
+        self._batch = WriteBatch()
+        self._effects: list[Callable[[], None]] = []
+        self._timers: list[tuple[float, str]] = []
+        self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
+
+    # ------------------------------------------------------------------- flows
+
+    def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
+        """Validate and store a flow graph; GraphError names what is wrong."""
+        graph_from_proto(msg)
+        data = msg.SerializeToString(deterministic=True)
+        digest = hashlib.sha256(data).hexdigest()
+        version, created = self.store.put_flow(
+            msg.name, digest, data, msg.version, self.clock.now()
+        )
+        return version.version, created
+
+    def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
+        stored = self.store.get_flow(name, version)
+        key = (name, stored.version)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = graph_from_proto(graph_pb2.FlowGraph.FromString(stored.graph))
+            self._graphs[key] = graph
+        return stored.version, graph
+
+    # -------------------------------------------------------------------- runs
+
+    def create_run(
+        self,
+        flow_name: str,
+        flow_version: str,
+        parameters: Mapping[str, payload_pb2.Value],
+        idempotency_key: str = "",
+        trace_context: Mapping[str, str] | None = None,
+    ) -> tuple[FlowRunRow, bool]:
+        """Create and start a run (ParameterError for bad parameters, NotFound for an
+        unknown flow). The same idempotency key returns the first run."""
+        version, graph = self.graph(flow_name, flow_version)
+        params = bind_params(graph, dict(parameters))
+        now = self.clock.now()
+        stored_params = run_pb2.FlowRun(parameters=_param_values(graph, params))
+        row = FlowRunRow(
+            id=uuid.uuid4().hex,
+            flow_name=flow_name,
+            flow_version=version,
+            state=_RUNNING,
+            created_at=now,
+            parameters=stored_params.SerializeToString(deterministic=True),
+            idempotency_key=idempotency_key,
+            started_at=now,
+            trace_context=dict(trace_context or {}),
+        )
+        row, created = self.store.create_flow_run(row)
+        if created:
+            active = self._activate(row, graph, params, journal=None)
+            self._process(active, active.journal.start())
+        return row, created
+
+    def _activate(
+        self,
+        row: FlowRunRow,
+        graph: GraphSpec,
+        params: dict[str, Any],
+        journal: list[JournalEntry] | None,
+    ) -> ActiveRun:
+        holder: list[ActiveRun] = []
+
+        def on_transition(run: TaskRunRecord, entry: StateEntry) -> None:
+            if holder:
+                self._project(holder[0], run, entry)
+
+        options: dict[str, Any] = {"auto_start": False, "on_transition": on_transition}
+        if journal is None:
+            engine = FlowRunEngine(graph, params, clock=self.clock, values=SERVER_VALUES, **options)
+        else:
+            engine = replay(
+                graph, params, journal, clock=self.clock, values=SERVER_VALUES, **options
+            )
+        active = ActiveRun(
+            row=row,
+            graph=graph,
+            engine=engine,
+            journal=JournaledEngine(engine, lambda e: self._record(active, e)),
+            split_nodes=_split_nodes(graph),
+            seq=len(journal or ()),
+        )
+        if journal is not None:
+            for run in engine.runs.values():
+                active.state_seqs[run.key] = len(run.history)
+        holder.append(active)
+        self.runs[row.id] = active
+        return active
+
+    def handle(self, flow_run_id: str, event: Event) -> list[EventIgnored]:
+        """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
+        active = self.runs.get(flow_run_id)
+        if active is None:
+            return [EventIgnored(event, f"flow run {flow_run_id!r} is not active")]
+        return self._process(active, active.journal.handle(event))
+
+    def cancel(self, flow_run_id: str, reason: str) -> None:
+        self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))
+
+    def fire_timers(self) -> None:
+        """Fire due retry and timeout timers of every run."""
+        now = self.clock.now()
+        while self._timers and self._timers[0][0] <= now:
+            _, run_id = heapq.heappop(self._timers)
+            active = self.runs.get(run_id)
+            if active is not None:
+                active.armed_at = None
+                self._process(active, active.journal.fire_due_timers())
+
+    @property
+    def next_timer_at(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    # ------------------------------------------------------------------ commit
+
+    def flush(self) -> None:
+        """Commit what happened since the last flush, then carry out its effects."""
+        batch, self._batch = self._batch, WriteBatch()
+        effects, self._effects = self._effects, []
+        self.store.commit(batch)
+        for effect in effects:
+            effect()
+
+    def recover(self) -> list[tuple[str, str, int]]:
+        """Rebuild every unfinished run from its journal. Returns the attempts that
+        were in flight (flow run id, task run id, attempt): the caller re-attaches them
+        to reconnecting workers or reports them lost."""
+        in_flight: list[tuple[str, str, int]] = []
+        for row in self.store.unfinished_flow_runs():
+            _, graph = self.graph(row.flow_name, row.flow_version)
+            stored = run_pb2.FlowRun.FromString(row.parameters)
+            params = {name: stored.parameters[name] for name in stored.parameters}
+            journal = [decode_entry(e) for e in self.store.events(row.id)]
+            active = self._activate(row, graph, params, journal)
+            for run in active.engine.runs.values():
+                if run.dispatched:
+                    in_flight.append((row.id, task_run_id(row.id, run.key), run.attempt))
+            self._arm_timer(active)
+        return in_flight
+
+    # ------------------------------------------------------------------ internals
+
+    def _record(self, active: ActiveRun, entry: JournalEntry) -> None:
+        active.seq += 1
+        self._batch.events.append(encode_entry(active.row.id, active.seq, entry))
+
+    def _project(self, active: ActiveRun, run: TaskRunRecord, entry: StateEntry) -> None:
+        run_id = active.row.id
+        seq = active.state_seqs.get(run.key, 1) + 1
+        active.state_seqs[run.key] = seq
+        failure = b""
+        if entry.failure is not None:
+            failure = json.dumps(failure_to_dict(entry.failure)).encode()
+        self._batch.states.append(
+            StateRow(
+                run_id,
+                run.key,
+                seq,
+                entry.state.value,
+                entry.timestamp,
+                entry.attempt,
+                entry.message,
+                failure,
+            )
+        )
+        result = b""
+        if run.state.is_success and run.result is not None:
+            result = to_input_value(run.result).SerializeToString()
+        self._batch.task_runs[(run_id, run.key)] = TaskRunRow(
+            run_id,
+            run.key,
+            run.spec.id,
+            run.map_index,
+            run.state.value,
+            run.attempt,
+            entry.timestamp,
+            "",
+            run.cache_key or "",
+            result,
+        )
+        for listener in self.listeners:
+            listener(run_id, run)
+
+    def _deactivate(self, flow_run_id: str) -> None:
+        self.runs.pop(flow_run_id, None)
+
+    def _arm_timer(self, active: ActiveRun) -> None:
+        due = active.engine.next_timer_at
+        if due is not None and due != active.armed_at:
+            active.armed_at = due
+            heapq.heappush(self._timers, (due, active.row.id))
+
+    def _process(self, active: ActiveRun, commands: list[Command]) -> list[EventIgnored]:
+        ignored: list[EventIgnored] = []
+        queue = list(commands)
+        while queue:
+            command = queue.pop(0)
+            if isinstance(command, RunTask):
+                pending = self._assignment(active, command)
+                self._effects.append(functools.partial(self.dispatch.submit, pending))
+            elif isinstance(command, CancelTask):
+                self._effects.append(
+                    functools.partial(
+                        self.dispatch.cancel,
+                        active.row.id,
+                        task_run_id(active.row.id, command.run.key),
+                        command.attempt,
+                        command.reason,
+                    )
+                )
+            elif isinstance(command, CheckCache):
+                queue.extend(active.journal.handle(self._check_cache(command)))
+            elif isinstance(command, WriteCache):
+                value = to_input_value(command.value).SerializeToString()
+                self._batch.cache.append(CacheRow(command.cache_key, value, command.expires_at))
+            elif isinstance(command, FlowFinished):
+                self._finish(active, command.state)
+            elif isinstance(command, EventIgnored):
+                ignored.append(command)
+        self._arm_timer(active)
+        return ignored
+
+    def _check_cache(self, command: CheckCache) -> CacheChecked:
+        spec = command.run.spec
+        cache = spec.cache
+        assert cache is not None
+        if cache.by_function:
+            # The key function lives in the worker; computing it there (CacheKeyReport)
+            # is not implemented yet, so such tasks run uncached on a server.
+            return CacheChecked(command.run.key, "", None)
+        digest = hashlib.sha256()
+        for name in sorted(command.inputs):
+            digest.update(name.encode() + b"\0")
+            digest.update(
+                to_input_value(command.inputs[name]).SerializeToString(deterministic=True)
+            )
+        key = f"{spec.task_type}|v={spec.version}|c={cache.version}|{digest.hexdigest()}"
+        row = self.store.get_cache(key)
+        if row is None:
+            return CacheChecked(command.run.key, key, None)
+        value = from_input_value(worker_pb2.InputValue.FromString(row.value))
+        return CacheChecked(command.run.key, key, CacheEntry(value, row.expires_at))
+
+    def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
+        run = command.run
+        spec = run.spec
+        flow_run_id = active.row.id
+        msg = worker_pb2.Assignment(
+            token=worker_pb2.FencingToken(
+                task_run_id=task_run_id(flow_run_id, run.key), attempt=command.attempt
+            ),
+            flow_run_id=flow_run_id,
+            task_id=spec.id,
+            task_type=spec.task_type,
+            task_name=run.name,
+            argument_order=list(spec.argument_order),
+            map_index=run.map_index,
+            result_encoding="json" if spec.portable else "",
+            split_result=spec.id in active.split_nodes,
+            trace_context=active.row.trace_context,
+        )
+        for name, value in command.inputs.items():
+            msg.inputs[name].CopyFrom(to_input_value(value))
+        if spec.timeout is not None:
+            msg.timeout.CopyFrom(_duration(spec.timeout))
+        return PendingAssignment(flow_run_id, spec.task_type, dict(spec.labels), msg)
+
+    def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
+        row = active.row
+        engine = active.engine
+        row.state = state.value
+        row.ended_at = self.clock.now()
+        row.message = engine.flow_history[-1][2] if engine.flow_history else ""
+        if state is FlowRunState.SUCCESS and engine.graph.result is not None:
+            row.result = to_result_value(engine.result).SerializeToString()
+        self._batch.flow_runs[row.id] = row
+        self._effects.append(functools.partial(self._deactivate, row.id))
+        for listener in self.listeners:
+            listener(row.id, None)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def _param_values(graph: GraphSpec, params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
+    return {name: to_result_value(value) for name, value in params.items()}
+
+
+def _split_nodes(graph: GraphSpec) -> frozenset[str]:
+    """Tasks whose result a mapped task maps over whole: their workers must also send
+    each element separately, so the control plane can hand element i to child i."""
+    nodes: set[str] = set()
+    mapped = {t.id for t in graph.tasks if t.mapped is not None}
+    for t in graph.tasks:
+        for arg in t.mapped or ():
+            src = t.inputs[arg]
+            if isinstance(src, FromTask) and not (src.task_id in mapped and not src.path):
+                nodes.add(src.task_id)
+    return frozenset(nodes)

@@ -1,0 +1,175 @@
+"""Values on the server: opaque payload handles the control plane never decodes.
+
+A handle is a ``Value`` message (what a worker or client sent), a ``Composite`` the
+engine assembled (the list of a mapped task's results, a list/dict mixing several
+results), or a ``Selected`` part of a value (``result["rows"]``) that the consuming
+worker selects after decoding. ``to_input_value`` turns a handle into the
+``InputValue`` tree an assignment carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from headwater._payloads import EncodedValue
+from headwater.v1 import payload_pb2, worker_pb2
+
+#: Metadata key a worker sets on a split sequence result: its number of elements.
+LENGTH_KEY = "headwater.length"
+
+NULL = payload_pb2.Value(inline=payload_pb2.Payload(data=b"null", metadata={"encoding": "json"}))
+
+
+@dataclass(frozen=True, slots=True)
+class Composite:
+    """A list, tuple or dict assembled from handles by the engine."""
+
+    kind: str  # "list", "tuple" or "dict"
+    items: tuple[Any, ...]
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """Part of a value, selected by the worker that decodes it."""
+
+    base: Any
+    path: tuple[str | int, ...]
+
+
+def _metadata(value: payload_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "inline":
+        return value.inline.metadata
+    if kind == "ref":
+        return value.ref.metadata
+    return {}
+
+
+class ServerValues:
+    """ValueOps over payload handles (see headwater_runtime.engine.ValueOps)."""
+
+    def length(self, value: Any) -> int | None:
+        if isinstance(value, Composite):
+            return len(value.items) if value.kind != "dict" else None
+        if isinstance(value, payload_pb2.Value):
+            raw = _metadata(value).get(LENGTH_KEY)
+            return int(raw) if raw is not None else None
+        return None
+
+    def item(self, value: Any, index: int) -> Any:
+        if isinstance(value, Composite):
+            return value.items[index]
+        return value.items[index]
+
+    def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
+        if isinstance(value, Composite) and path:
+            head, rest = path[0], path[1:]
+            if value.kind == "dict" and isinstance(head, str):
+                picked = value.items[value.keys.index(head)]
+                return self.select(picked, rest) if rest else picked
+            if value.kind != "dict" and isinstance(head, int):
+                picked = value.items[head]
+                return self.select(picked, rest) if rest else picked
+        if isinstance(value, Selected):
+            return Selected(value.base, (*value.path, *path))
+        return Selected(value, path)
+
+    def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        return Composite("tuple" if is_tuple else "list", tuple(items))
+
+    def make_dict(self, entries: dict[str, Any]) -> Any:
+        return Composite("dict", tuple(entries.values()), tuple(entries))
+
+
+SERVER_VALUES = ServerValues()
+
+
+def _path(parts: tuple[str | int, ...]) -> list[payload_pb2.PathElement]:
+    return [
+        payload_pb2.PathElement(key=p) if isinstance(p, str) else payload_pb2.PathElement(index=p)
+        for p in parts
+    ]
+
+
+def _encoded(value: EncodedValue) -> payload_pb2.Value:
+    return payload_pb2.Value(inline=payload_pb2.Payload(data=value.data, metadata=value.metadata))
+
+
+def to_input_value(handle: Any) -> worker_pb2.InputValue:
+    """The InputValue tree for a handle (None, a missing result, becomes json null)."""
+    if handle is None:
+        return worker_pb2.InputValue(value=NULL)
+    if isinstance(handle, payload_pb2.Value):
+        return worker_pb2.InputValue(value=handle)
+    if isinstance(handle, EncodedValue):  # a graph constant or parameter default
+        return worker_pb2.InputValue(value=_encoded(handle))
+    if isinstance(handle, Selected):
+        inner = to_input_value(handle.base)
+        inner.path.extend(_path(handle.path))
+        return inner
+    if isinstance(handle, Composite):
+        if handle.kind == "dict":
+            entries = [
+                worker_pb2.InputValueMapEntry(key=k, value=to_input_value(v))
+                for k, v in zip(handle.keys, handle.items, strict=True)
+            ]
+            return worker_pb2.InputValue(map=worker_pb2.InputValueMap(entries=entries))
+        items = [to_input_value(v) for v in handle.items]
+        return worker_pb2.InputValue(
+            list=worker_pb2.InputValueList(items=items, tuple=handle.kind == "tuple")
+        )
+    raise TypeError(f"not a value handle: {type(handle).__name__}")
+
+
+def to_result_value(handle: Any) -> payload_pb2.Value:
+    """A handle as one Value, for flow results and stored parameters.
+
+    Composites use structural encodings whose elements are in ``Value.items``:
+    ``headwater.list`` / ``headwater.tuple`` (no data), ``headwater.dict`` (data: the
+    keys as a JSON list), ``headwater.select`` (data: the path as a JSON list; one item,
+    the value to select from). SDK decoders rebuild the Python value from them.
+    """
+    import json
+
+    if handle is None:
+        return NULL
+    if isinstance(handle, payload_pb2.Value):
+        return handle
+    if isinstance(handle, EncodedValue):
+        return _encoded(handle)
+    if isinstance(handle, Selected):
+        payload = payload_pb2.Payload(
+            data=json.dumps(list(handle.path)).encode(), metadata={"encoding": "headwater.select"}
+        )
+        return payload_pb2.Value(inline=payload, items=[to_result_value(handle.base)])
+    if isinstance(handle, Composite):
+        data = json.dumps(list(handle.keys)).encode() if handle.kind == "dict" else b""
+        payload = payload_pb2.Payload(data=data, metadata={"encoding": f"headwater.{handle.kind}"})
+        return payload_pb2.Value(inline=payload, items=[to_result_value(i) for i in handle.items])
+    raise TypeError(f"not a value handle: {type(handle).__name__}")
+
+
+def from_input_value(msg: worker_pb2.InputValue) -> Any:
+    """Inverse of to_input_value (used to store composite results and journal them)."""
+    kind = msg.WhichOneof("kind")
+    if kind == "list":
+        base: Any = Composite(
+            "tuple" if msg.list.tuple else "list",
+            tuple(from_input_value(i) for i in msg.list.items),
+        )
+    elif kind == "map":
+        base = Composite(
+            "dict",
+            tuple(from_input_value(e.value) for e in msg.map.entries),
+            tuple(e.key for e in msg.map.entries),
+        )
+    else:
+        base = msg.value
+    if msg.path:
+        parts: tuple[str | int, ...] = tuple(
+            p.key if p.WhichOneof("selector") == "key" else p.index for p in msg.path
+        )
+        return Selected(base, parts)
+    return base
