@@ -1,0 +1,160 @@
+"""The dispatcher: routes ready attempts to connected workers.
+
+A pending attempt goes to a worker that has its task type as a capability and whose
+labels include the task's required labels, never beyond the worker's free slots
+(credit flow control), round-robin across flow runs so one large run cannot starve
+the others. An attempt no connected worker can take waits (its task run stays
+SCHEDULED) until a suitable worker connects or frees a slot.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from headwater.v1 import worker_pb2
+
+from ._runs import PendingAssignment
+
+Token = tuple[str, int]  # (task run id, attempt)
+
+
+@dataclass(eq=False)
+class WorkerSession:
+    """One connected worker stream."""
+
+    session_id: str
+    worker_id: str
+    name: str
+    capabilities: frozenset[str]
+    labels: dict[str, str]
+    slots: int
+    send: Callable[[worker_pb2.ConnectResponse], None]
+    last_seen: float = 0.0
+    running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.running)
+
+    def accepts(self, pending: PendingAssignment) -> bool:
+        return pending.task_type in self.capabilities and all(
+            self.labels.get(k) == v for k, v in pending.labels.items()
+        )
+
+
+class Dispatcher:
+    """Matches pending attempts to worker sessions.
+
+    Args:
+        on_lost: called with (flow run id, task run id, attempt) for every attempt a
+            disconnected worker was holding.
+    """
+
+    def __init__(self, on_lost: Callable[[str, str, int], None]) -> None:
+        self.on_lost = on_lost
+        self.sessions: dict[str, WorkerSession] = {}
+        # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
+        self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
+        self._owner: dict[Token, WorkerSession] = {}
+
+    # ------------------------------------------------------------ run manager side
+
+    def submit(self, pending: PendingAssignment) -> None:
+        runs = self._pending.setdefault(pending.task_type, OrderedDict())
+        runs.setdefault(pending.flow_run_id, deque()).append(pending)
+        self.pump()
+
+    def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
+        """Stop an attempt: drop it if still pending, else ask its worker to stop."""
+        token = (task_run_id, attempt)
+        for runs in self._pending.values():
+            queue = runs.get(flow_run_id)
+            if queue is None:
+                continue
+            for pending in queue:
+                if pending.token == token:
+                    queue.remove(pending)
+                    return
+        session = self._owner.get(token)
+        if session is not None:
+            msg = worker_pb2.CancelTaskRun(
+                token=worker_pb2.FencingToken(task_run_id=task_run_id, attempt=attempt),
+                reason=reason,
+            )
+            session.send(worker_pb2.ConnectResponse(cancel=msg))
+
+    @property
+    def pending_count(self) -> int:
+        return sum(len(q) for runs in self._pending.values() for q in runs.values())
+
+    # ---------------------------------------------------------------- worker side
+
+    def connect(self, session: WorkerSession, adopted: dict[Token, str] | None = None) -> None:
+        """Register a worker; ``adopted`` are attempts it already runs (reconnect)."""
+        self.sessions[session.session_id] = session
+        for token, flow_run_id in (adopted or {}).items():
+            session.running[token] = flow_run_id
+            self._owner[token] = session
+        self.pump()
+
+    def disconnect(self, session_id: str) -> None:
+        """Forget a worker; every attempt it held is reported lost."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        lost = list(session.running.items())
+        session.running.clear()
+        for token, _ in lost:
+            if self._owner.get(token) is session:
+                del self._owner[token]
+        for (task_run_id, attempt), flow_run_id in lost:
+            self.on_lost(flow_run_id, task_run_id, attempt)
+        self.pump()
+
+    def owner(self, token: Token) -> WorkerSession | None:
+        return self._owner.get(token)
+
+    def finished(self, token: Token) -> None:
+        """An attempt ended (result, failure, skip, cancel ack): free its slot."""
+        session = self._owner.pop(token, None)
+        if session is not None:
+            session.running.pop(token, None)
+            self.pump()
+
+    # -------------------------------------------------------------------- matching
+
+    def pump(self) -> None:
+        """Hand out as many pending attempts as free slots allow."""
+        if not self._pending:
+            return
+        for task_type in list(self._pending):
+            runs = self._pending[task_type]
+            candidates = [
+                s for s in self.sessions.values() if s.free > 0 and task_type in s.capabilities
+            ]
+            blocked: set[str] = set()
+            while candidates and len(blocked) < len(runs):
+                run_id, queue = next(iter(runs.items()))
+                runs.move_to_end(run_id)  # round robin across flow runs
+                if run_id in blocked:
+                    continue
+                pending = queue[0]
+                fits = [s for s in candidates if s.accepts(pending)]
+                if not fits:
+                    blocked.add(run_id)  # its head needs labels no free worker has
+                    continue
+                session = max(fits, key=lambda s: s.free)
+                queue.popleft()
+                if not queue:
+                    del runs[run_id]
+                self._assign(session, pending)
+                candidates = [s for s in candidates if s.free > 0]
+            if not runs:
+                del self._pending[task_type]
+
+    def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        session.running[pending.token] = pending.flow_run_id
+        self._owner[pending.token] = session
+        session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))

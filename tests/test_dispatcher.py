@@ -1,0 +1,102 @@
+"""The dispatcher: capabilities, labels, slots, fairness, lost workers, cancellation."""
+
+from __future__ import annotations
+
+from headwater.v1 import worker_pb2
+from headwater_runtime.server._dispatch import Dispatcher, WorkerSession
+from headwater_runtime.server._runs import PendingAssignment
+
+
+def pending(run: str, key: str, task_type: str = "m.t", **labels: str) -> PendingAssignment:
+    token = worker_pb2.FencingToken(task_run_id=f"{run}/{key}", attempt=1)
+    return PendingAssignment(run, task_type, labels, worker_pb2.Assignment(token=token))
+
+
+class Worker:
+    def __init__(self, name: str, slots: int, caps: set[str], **labels: str) -> None:
+        self.inbox: list[worker_pb2.ConnectResponse] = []
+        self.session = WorkerSession(
+            name, name, name, frozenset(caps), dict(labels), slots, self.inbox.append
+        )
+
+    def assigned(self) -> list[str]:
+        return [m.assignment.token.task_run_id for m in self.inbox if m.HasField("assignment")]
+
+
+def test_never_more_than_the_free_slots_and_freed_slots_are_refilled() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    w = Worker("w", 2, {"m.t"})
+    d.connect(w.session)
+    for i in range(5):
+        d.submit(pending("r", f"t[{i}]"))
+    assert w.assigned() == ["r/t[0]", "r/t[1]"]
+    d.finished(("r/t[0]", 1))
+    assert w.assigned() == ["r/t[0]", "r/t[1]", "r/t[2]"]
+    assert d.pending_count == 2
+
+
+def test_capabilities_and_labels_route_tasks() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    cpu = Worker("cpu", 4, {"m.t", "m.gpu"})
+    gpu = Worker("gpu", 4, {"m.gpu"}, gpu="true")
+    d.connect(cpu.session)
+    d.connect(gpu.session)
+    d.submit(pending("r", "train", "m.gpu", gpu="true"))
+    d.submit(pending("r", "prep", "m.t"))
+    assert gpu.assigned() == ["r/train"]
+    assert cpu.assigned() == ["r/prep"]
+
+
+def test_a_task_nobody_can_take_waits_until_a_suitable_worker_connects() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    cpu = Worker("cpu", 4, {"m.gpu"})
+    d.connect(cpu.session)
+    d.submit(pending("r", "train", "m.gpu", gpu="true"))
+    assert cpu.assigned() == [] and d.pending_count == 1
+    gpu = Worker("gpu", 1, {"m.gpu"}, gpu="true")
+    d.connect(gpu.session)
+    assert gpu.assigned() == ["r/train"]
+
+
+def test_flow_runs_are_served_round_robin() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    for i in range(4):
+        d.submit(pending("big", f"t[{i}]"))
+    d.submit(pending("small", "t"))
+    w = Worker("w", 2, {"m.t"})
+    d.connect(w.session)
+    assert sorted(w.assigned()) == ["big/t[0]", "small/t"]
+
+
+def test_a_lost_worker_reports_its_attempts_and_others_take_over() -> None:
+    lost: list[tuple[str, str, int]] = []
+    d = Dispatcher(on_lost=lambda *a: lost.append(a))
+    a = Worker("a", 1, {"m.t"})
+    d.connect(a.session)
+    d.submit(pending("r", "x"))
+    d.disconnect("a")
+    assert lost == [("r", "r/x", 1)]
+    assert d.owner(("r/x", 1)) is None
+
+
+def test_cancel_drops_pending_or_tells_the_worker() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    w = Worker("w", 1, {"m.t"})
+    d.connect(w.session)
+    d.submit(pending("r", "a"))
+    d.submit(pending("r", "b"))
+    d.cancel("r", "r/b", 1, "stop")
+    assert d.pending_count == 0
+    d.cancel("r", "r/a", 1, "stop")
+    cancels = [m.cancel for m in w.inbox if m.HasField("cancel")]
+    assert [(c.token.task_run_id, c.reason) for c in cancels] == [("r/a", "stop")]
+
+
+def test_reconnecting_worker_keeps_adopted_attempts_in_its_slots() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    w = Worker("w", 1, {"m.t"})
+    d.connect(w.session, adopted={("r/a", 1): "r"})
+    d.submit(pending("r", "b"))
+    assert w.assigned() == []  # its only slot is taken by the adopted attempt
+    d.finished(("r/a", 1))
+    assert w.assigned() == ["r/b"]
