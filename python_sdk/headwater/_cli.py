@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     graph.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     graph.set_defaults(func=cmd_graph)
+    from headwater_runtime.server._cli import add_server_command
+
+    add_server_command(sub)
     return parser
 
 

@@ -50,6 +50,7 @@ from headwater_runtime.engine import (
 from headwater_runtime.store import (
     CacheRow,
     FlowRunRow,
+    LogRow,
     StateRow,
     Store,
     TaskRunRow,
@@ -223,6 +224,10 @@ class RunManager:
         if active is None:
             return [EventIgnored(event, f"flow run {flow_run_id!r} is not active")]
         return self._process(active, active.journal.handle(event))
+
+    def add_log(self, row: LogRow) -> None:
+        """Keep a task run's log record (committed with the next batch)."""
+        self._batch.logs.append(row)
 
     def cancel(self, flow_run_id: str, reason: str) -> None:
         self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))

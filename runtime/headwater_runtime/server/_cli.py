@@ -1,0 +1,47 @@
+"""``headwater server``: argument parsing (heavy imports happen only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+
+def add_server_command(sub: Any) -> None:
+    server = sub.add_parser(
+        "server",
+        help="run the control plane (gRPC API, worker gateway, SQLite store)",
+        description="Run the Headwater control plane. Prints 'headwater server listening on "
+        "HOST:PORT' once bound. Unfinished flow runs in the database are resumed.",
+    )
+    server.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
+    server.add_argument(
+        "--port", type=int, default=None, help="port (default 50051; 0 picks a free port)"
+    )
+    server.add_argument(
+        "--db",
+        default=None,
+        help="SQLite database path (default ~/.headwater/headwater.db, or HEADWATER_DB)",
+    )
+    server.add_argument(
+        "--token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' on every call (or HEADWATER_TOKEN)",
+    )
+    server.set_defaults(func=run_server)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    from ._app import serve_forever, settings_from_env
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        print(f"headwater: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    settings = settings_from_env(host=args.host, port=args.port, db=args.db, token=args.token)
+    try:
+        asyncio.run(serve_forever(settings))
+    except (OSError, RuntimeError) as exc:
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,223 @@
+"""ControlPlaneService: the client API (thin adapter over ServerCore and the store)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+
+from headwater.v1 import (
+    control_plane_pb2,
+    control_plane_pb2_grpc,
+    graph_pb2,
+    payload_pb2,
+    run_pb2,
+    worker_pb2,
+)
+from headwater_runtime.engine import FlowRunState, GraphError, ParameterError
+from headwater_runtime.store import Conflict, NotFound
+
+from ._convert import flow_run_message, task_run_from_record, task_run_from_row
+from ._core import FEATURES, PROTOCOL_VERSION, SERVER_VERSION, ServerCore
+from ._values import Composite, from_input_value, to_result_value
+
+_TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
+
+
+async def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable")
+
+
+def _check_value(name: str, value: payload_pb2.Value) -> str | None:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return f"parameter {name!r} has no value"
+    metadata = value.inline.metadata if kind == "inline" else value.ref.metadata
+    if "encoding" not in metadata:
+        return f"parameter {name!r} has no 'encoding' metadata"
+    return None
+
+
+class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        self.store = core.store
+
+    async def RegisterFlow(self, request: Any, context: Any) -> Any:
+        if not request.HasField("graph"):
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
+        try:
+            version, created = self.core.runs.register_flow(request.graph)
+        except GraphError as exc:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Conflict as exc:
+            await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        return control_plane_pb2.RegisterFlowResponse(
+            name=request.graph.name, version=version, created=created
+        )
+
+    async def GetFlow(self, request: Any, context: Any) -> Any:
+        try:
+            stored = self.store.get_flow(request.name, request.version)
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        return control_plane_pb2.GetFlowResponse(graph=graph_pb2.FlowGraph.FromString(stored.graph))
+
+    async def ListFlows(self, request: Any, context: Any) -> Any:
+        flows = [
+            control_plane_pb2.FlowSummary(name=name, versions=versions)
+            for name, versions in self.store.list_flows()
+        ]
+        return control_plane_pb2.ListFlowsResponse(flows=flows)
+
+    async def CreateFlowRun(self, request: Any, context: Any) -> Any:
+        if not request.flow_name:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
+        for name, value in request.parameters.items():
+            problem = _check_value(name, value)
+            if problem:
+                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            row, created = self.core.runs.create_run(
+                request.flow_name,
+                request.flow_version,
+                dict(request.parameters),
+                request.idempotency_key,
+                dict(request.trace_context),
+            )
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except ParameterError as exc:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.core.flush()  # durable before the client hears about it
+        return control_plane_pb2.CreateFlowRunResponse(
+            flow_run=flow_run_message(self.store.get_flow_run(row.id)), created=created
+        )
+
+    async def _flow_run(self, run_id: str, context: Any) -> Any:
+        try:
+            return self.store.get_flow_run(run_id)
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def GetFlowRun(self, request: Any, context: Any) -> Any:
+        row = await self._flow_run(request.id, context)
+        response = control_plane_pb2.GetFlowRunResponse(flow_run=flow_run_message(row))
+        if request.include_task_runs:
+            history: dict[str, list[Any]] = {}
+            for entry in self.store.task_run_history(row.id):
+                history.setdefault(entry.key, []).append(entry)
+            for task_row in self.store.task_runs(row.id):
+                response.task_runs.append(
+                    task_run_from_row(task_row, history.get(task_row.key, []))
+                )
+        return response
+
+    async def ListFlowRuns(self, request: Any, context: Any) -> Any:
+        size = request.page_size or 50
+        if not 1 <= size <= 1000:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
+        if request.page_token:
+            await self._flow_run(request.page_token, context)
+        rows = self.store.list_flow_runs(
+            request.flow_name, [int(s) for s in request.states], size + 1, request.page_token
+        )
+        response = control_plane_pb2.ListFlowRunsResponse(
+            flow_runs=[flow_run_message(r) for r in rows[:size]]
+        )
+        if len(rows) > size:
+            response.next_page_token = rows[size - 1].id
+        return response
+
+    async def WatchFlowRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        row = await self._flow_run(request.id, context)
+        queue = self.core.watch(row.id)
+        try:
+            yield control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
+            while row.state not in _TERMINAL:
+                run = await queue.get()
+                row = self.store.get_flow_run(row.id)
+                response = control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
+                if run is not None:
+                    response.task_run.CopyFrom(task_run_from_record(row.id, run))
+                yield response
+        finally:
+            self.core.unwatch(request.id, queue)
+
+    async def CancelFlowRun(self, request: Any, context: Any) -> Any:
+        row = await self._flow_run(request.id, context)
+        if row.state not in _TERMINAL:
+            self.core.runs.cancel(row.id, request.reason)
+            self.core.flush()
+            row = self.store.get_flow_run(row.id)
+        return control_plane_pb2.CancelFlowRunResponse(flow_run=flow_run_message(row))
+
+    async def GetTaskRunResult(self, request: Any, context: Any) -> Any:
+        await self._flow_run(request.flow_run_id, context)
+        rows = [
+            r for r in self.store.task_runs(request.flow_run_id) if r.task_id == request.task_id
+        ]
+        if not rows:
+            await _fail(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"flow run {request.flow_run_id!r} has no task {request.task_id!r}",
+            )
+        wanted = request.map_index if request.map_index >= 0 else -1
+        row = next((r for r in rows if r.map_index == wanted), None)
+        if row is None:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, f"no element {wanted} of that task")
+        children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
+        if wanted < 0 and children:
+            handles = [_handle(c.result) for c in children]
+            value = to_result_value(Composite("list", tuple(handles)))
+        elif not row.result:
+            await _fail(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"task run {row.key!r} has no result (state {FlowRunState(row.state).name})"
+                if row.state in (4, 5, 6)
+                else f"task run {row.key!r} has no result yet",
+            )
+        else:
+            value = to_result_value(_handle(row.result))
+        return control_plane_pb2.GetTaskRunResultResponse(
+            result=value,
+            state=row.state,  # type: ignore[arg-type]
+        )
+
+    async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
+        await self._flow_run(request.flow_run_id, context)
+        key = request.task_run_id.partition("/")[2] if request.task_run_id else ""
+        entries = []
+        for log in self.store.logs(request.flow_run_id, key):
+            entry = run_pb2.LogEntry(
+                task_run_id=f"{log.flow_run_id}/{log.key}",
+                attempt=log.attempt,
+                level=log.level,
+                logger=log.logger,
+                message=log.message,
+            )
+            entry.timestamp.FromNanoseconds(round(log.at * 1e9))
+            entries.append(entry)
+        return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
+
+    async def CreateSchedule(self, request: Any, context: Any) -> Any:
+        await _fail(context, grpc.StatusCode.UNIMPLEMENTED, "schedules are not implemented yet")
+
+    async def ListSchedules(self, request: Any, context: Any) -> Any:
+        return control_plane_pb2.ListSchedulesResponse()
+
+    async def DeleteSchedule(self, request: Any, context: Any) -> Any:
+        await _fail(context, grpc.StatusCode.NOT_FOUND, f"schedule {request.id!r} does not exist")
+
+    async def GetServerInfo(self, request: Any, context: Any) -> Any:
+        return control_plane_pb2.GetServerInfoResponse(
+            server_version=SERVER_VERSION, protocol_version=PROTOCOL_VERSION, features=FEATURES
+        )
+
+
+def _handle(data: bytes) -> Any:
+    return from_input_value(worker_pb2.InputValue.FromString(data)) if data else None

@@ -1,0 +1,98 @@
+"""Stored rows and engine records as contract messages (for the ControlPlane API)."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+
+from headwater.v1 import payload_pb2, run_pb2, state_pb2
+from headwater_runtime.engine import TaskRunRecord
+from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
+
+from ._codec import failure_to_proto
+from ._values import from_input_value, to_result_value
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
+
+
+def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
+    msg = run_pb2.FlowRun(
+        id=row.id,
+        flow_name=row.flow_name,
+        flow_version=row.flow_version,
+        state=row.state,  # type: ignore[arg-type]
+        idempotency_key=row.idempotency_key,
+        trace_context=row.trace_context,
+        schedule_id=row.schedule_id,
+    )
+    if row.parameters:
+        for name, value in run_pb2.FlowRun.FromString(row.parameters).parameters.items():
+            msg.parameters[name].CopyFrom(value)
+    for field, value in (
+        ("created_at", row.created_at),
+        ("started_at", row.started_at),
+        ("ended_at", row.ended_at),
+    ):
+        ts = timestamp(value)
+        if ts is not None:
+            getattr(msg, field).CopyFrom(ts)
+    if row.result:
+        msg.result.CopyFrom(payload_pb2.Value.FromString(row.result))
+    if row.message:
+        msg.history.add(state=row.state, message=row.message)
+    return msg
+
+
+def task_run_from_row(row: TaskRunRow, history: list[StateRow]) -> run_pb2.TaskRun:
+    from headwater.v1 import worker_pb2
+
+    msg = run_pb2.TaskRun(
+        id=f"{row.flow_run_id}/{row.key}",
+        flow_run_id=row.flow_run_id,
+        task_id=row.task_id,
+        name=row.key,
+        map_index=row.map_index,
+        state=row.state,  # type: ignore[arg-type]
+        attempts=row.attempt,
+        worker_id=row.worker_id,
+        cache_key=row.cache_key,
+    )
+    if row.map_index >= 0:
+        msg.parent_task_run_id = f"{row.flow_run_id}/{row.task_id}"
+    for entry in history:
+        h = msg.history.add(state=entry.state, attempt=entry.attempt, message=entry.message)
+        ts = timestamp(entry.at)
+        assert ts is not None
+        h.timestamp.CopyFrom(ts)
+    if row.result and msg.history:
+        handle = from_input_value(worker_pb2.InputValue.FromString(row.result))
+        msg.history[-1].result.CopyFrom(to_result_value(handle))
+    return msg
+
+
+def task_run_from_record(flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRun:
+    msg = run_pb2.TaskRun(
+        id=f"{flow_run_id}/{run.key}",
+        flow_run_id=flow_run_id,
+        task_id=run.spec.id,
+        name=run.name,
+        map_index=run.map_index,
+        state=run.state.value,  # type: ignore[arg-type]
+        attempts=run.attempt,
+    )
+    entry = run.history[-1]
+    h = msg.history.add(state=entry.state.value, attempt=entry.attempt, message=entry.message)
+    ts = timestamp(entry.timestamp)
+    assert ts is not None
+    h.timestamp.CopyFrom(ts)
+    if entry.failure is not None:
+        h.failure.CopyFrom(failure_to_proto(entry.failure))
+    return msg
+
+
+__all__ = ["flow_run_message", "state_pb2", "task_run_from_record", "task_run_from_row"]

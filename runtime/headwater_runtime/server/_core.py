@@ -1,0 +1,266 @@
+"""ServerCore: the run manager and dispatcher on one asyncio event loop.
+
+Servicers call into the core; the core turns worker messages into engine events,
+commits once per loop tick (``touch()`` schedules it), and only then sends what the
+commit covers: assignments, cancels and the Acks of worker reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from headwater.v1 import worker_pb2
+from headwater_runtime.engine import (
+    EventIgnored,
+    TaskFailed,
+    TaskLost,
+    TaskRunRecord,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
+from headwater_runtime.store import LogRow, Store
+
+from ._codec import failure_from_proto
+from ._dispatch import Dispatcher, Token, WorkerSession
+from ._runs import RunManager, split_task_run_id
+
+PROTOCOL_VERSION = 1
+SERVER_VERSION = "0.1.0"
+FEATURES = ("payload-refs", "split-results", "fencing", "heartbeat-cancel")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Server configuration (defaults -> HEADWATER_* environment -> CLI flags)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    db: str = "~/.headwater/headwater.db"
+    token: str | None = None
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 20.0
+    inline_payload_limit: int = 1 << 20
+
+
+class SystemClock:
+    now = staticmethod(time.time)
+
+
+class ServerCore:
+    """Everything stateful about a running server."""
+
+    def __init__(self, store: Store, settings: ServerSettings, clock: Any = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.dispatcher = Dispatcher(on_lost=self._lost)
+        self.runs = RunManager(store, self.dispatcher, self.clock)
+        self.runs.listeners.append(self._notify)
+        self._flush_handle: asyncio.Handle | None = None
+        self._acks: list[tuple[WorkerSession, worker_pb2.ConnectResponse]] = []
+        self._notes: list[tuple[str, TaskRunRecord | None]] = []
+        self._orphans: dict[Token, tuple[str, float]] = {}
+        self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._background: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Recover unfinished runs, then start the timer/heartbeat loop."""
+        deadline = self.clock.now() + self.settings.heartbeat_timeout
+        for flow_run_id, task_run_id, attempt in self.runs.recover():
+            self._orphans[(task_run_id, attempt)] = (flow_run_id, deadline)
+        self.flush()
+        self._background = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+        self.flush()
+
+    def touch(self) -> None:
+        """Schedule one commit at the end of this loop tick."""
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        self._wake.set()
+
+    def flush(self) -> None:
+        """Commit, then send what the commit covers."""
+        self._flush_handle = None
+        self.runs.flush()
+        acks, self._acks = self._acks, []
+        notes, self._notes = self._notes, []
+        for session, message in acks:
+            session.send(message)
+        for flow_run_id, run in notes:
+            for queue in self._watchers.get(flow_run_id, ()):
+                queue.put_nowait(run)
+
+    async def _loop(self) -> None:
+        while True:
+            now = self.clock.now()
+            self.runs.fire_timers()
+            self._expire_orphans(now)
+            self._check_heartbeats(now)
+            self.flush()
+            due = [now + 0.5]
+            if self.runs.next_timer_at is not None:
+                due.append(self.runs.next_timer_at)
+            due.extend(d for _, d in self._orphans.values())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min(due) - now))
+
+    # ------------------------------------------------------------------- workers
+
+    def connect(self, hello: worker_pb2.Hello) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
+        """Register a worker stream; returns its session, the Welcome and its outbox."""
+        outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
+        session = WorkerSession(
+            session_id=uuid.uuid4().hex,
+            worker_id=hello.worker_id,
+            name=hello.name or hello.worker_id,
+            capabilities=frozenset(hello.capabilities),
+            labels=dict(hello.labels),
+            slots=hello.slots,
+            send=outbox.put_nowait,
+            last_seen=self.clock.now(),
+        )
+        adopted: dict[Token, str] = {}
+        for token in hello.running:
+            key = (token.task_run_id, token.attempt)
+            orphan = self._orphans.pop(key, None)
+            if orphan is not None:
+                adopted[key] = orphan[0]
+        welcome = worker_pb2.Welcome(
+            session_id=session.session_id,
+            server_version=SERVER_VERSION,
+            protocol_version=PROTOCOL_VERSION,
+            features=list(FEATURES),
+            inline_payload_limit=self.settings.inline_payload_limit,
+            keep_running=[worker_pb2.FencingToken(task_run_id=t, attempt=a) for t, a in adopted],
+        )
+        welcome.heartbeat_interval.FromNanoseconds(round(self.settings.heartbeat_interval * 1e9))
+        welcome.heartbeat_timeout.FromNanoseconds(round(self.settings.heartbeat_timeout * 1e9))
+        outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
+        self.dispatcher.connect(session, adopted)
+        self.touch()
+        return session, welcome, outbox
+
+    def disconnect(self, session: WorkerSession) -> None:
+        self.dispatcher.disconnect(session.session_id)
+        self.touch()
+
+    def on_worker_message(self, session: WorkerSession, msg: worker_pb2.ConnectRequest) -> None:
+        """Apply one message of a worker's stream."""
+        session.last_seen = self.clock.now()
+        kind = msg.WhichOneof("message")
+        if kind == "heartbeat":
+            stale = [
+                t
+                for t in msg.heartbeat.running
+                if self.dispatcher.owner((t.task_run_id, t.attempt)) is not session
+            ]
+            session.send(
+                worker_pb2.ConnectResponse(heartbeat_ack=worker_pb2.HeartbeatAck(cancel=stale))
+            )
+            return
+        if kind == "log":
+            self._log(msg.log)
+            self.touch()
+            return
+        if kind in ("started", "result", "failure", "skipped", "cancelled"):
+            report = getattr(msg, kind)
+            token = report.token
+            key: Token = (token.task_run_id, token.attempt)
+            try:
+                flow_run_id, run_key = split_task_run_id(token.task_run_id)
+            except KeyError as exc:
+                self._ack(session, token, [EventIgnored(None, str(exc))])  # type: ignore[arg-type]
+                return
+            if kind == "cancelled":
+                self.dispatcher.finished(key)
+                self.touch()
+                return
+            event: Any
+            if kind == "started":
+                event = TaskStarted(run_key, token.attempt)
+            elif kind == "result":
+                event = TaskSucceeded(run_key, token.attempt, msg.result.result)
+            elif kind == "failure":
+                failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
+                event = TaskFailed(run_key, token.attempt, failure)
+            else:
+                event = TaskSkipped(run_key, token.attempt, msg.skipped.reason)
+            ignored = self.runs.handle(flow_run_id, event)
+            if kind != "started":
+                self.dispatcher.finished(key)
+                self._ack(session, token, ignored)
+            self.touch()
+            return
+        if kind == "cache_key":
+            # Worker-computed cache keys are not implemented yet: always a miss.
+            decision = worker_pb2.CacheDecision(token=msg.cache_key.token, hit=False)
+            session.send(worker_pb2.ConnectResponse(cache_decision=decision))
+
+    def _ack(
+        self, session: WorkerSession, token: worker_pb2.FencingToken, ignored: list[EventIgnored]
+    ) -> None:
+        ack = worker_pb2.Ack(token=token, accepted=not ignored)
+        if ignored:
+            ack.reason = ignored[0].reason
+        self._acks.append((session, worker_pb2.ConnectResponse(ack=ack)))
+
+    def _log(self, log: worker_pb2.TaskLog) -> None:
+        try:
+            flow_run_id, key = split_task_run_id(log.token.task_run_id)
+        except KeyError:
+            return
+        at = log.timestamp.ToNanoseconds() / 1e9 if log.HasField("timestamp") else self.clock.now()
+        self.runs.add_log(
+            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
+        )
+
+    def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
+        _, key = split_task_run_id(task_run_id)
+        self.runs.handle(flow_run_id, TaskLost(key, attempt))
+
+    def _expire_orphans(self, now: float) -> None:
+        for token, (flow_run_id, deadline) in list(self._orphans.items()):
+            if deadline <= now:
+                del self._orphans[token]
+                self._lost(flow_run_id, token[0], token[1])
+
+    def _check_heartbeats(self, now: float) -> None:
+        limit = self.settings.heartbeat_timeout
+        for session in list(self.dispatcher.sessions.values()):
+            if now - session.last_seen > limit:
+                self.dispatcher.disconnect(session.session_id)
+                session.send(None)  # type: ignore[arg-type]  # ends the stream
+
+    # ------------------------------------------------------------------- watchers
+
+    def watch(self, flow_run_id: str) -> asyncio.Queue[Any]:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._watchers.setdefault(flow_run_id, set()).add(queue)
+        return queue
+
+    def unwatch(self, flow_run_id: str, queue: asyncio.Queue[Any]) -> None:
+        watchers = self._watchers.get(flow_run_id)
+        if watchers is not None:
+            watchers.discard(queue)
+            if not watchers:
+                del self._watchers[flow_run_id]
+
+    def _notify(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
+        if flow_run_id in self._watchers:  # delivered after the commit, in flush()
+            self._notes.append((flow_run_id, run))

@@ -1,0 +1,277 @@
+"""The control plane over real gRPC channels: a flow run end to end with an in-test
+worker speaking the worker protocol, bad input answered with the right status codes,
+auth, health. (tests/test_worker.py covers the SDK's real worker.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_run_manager import FUNCTIONS, decode_input, value_of
+
+from headwater import flow, task, unmapped
+from headwater._payloads import decode_value
+from headwater.v1 import (
+    control_plane_pb2 as cp,
+)
+from headwater.v1 import (
+    control_plane_pb2_grpc,
+    graph_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from headwater_runtime.server._app import start_server
+from headwater_runtime.server._core import ServerSettings
+
+TOKEN = "t0ken"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+@task
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+
+@task
+def scale(x: int, factor: int) -> int:
+    return x * factor
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@flow
+def proto_pipeline(n: int = 3, factor: int = 10) -> dict[str, Any]:
+    scaled = scale.map(numbers(n), unmapped(factor))
+    return {"scaled": scaled, "total": total(scaled)}
+
+
+FUNCS = {**FUNCTIONS, **{t.task_type: t.fn for t in (numbers, scale, total)}}
+
+
+def run_against_server(
+    tmp_path: Path, body: Callable[[grpc.aio.Channel], Awaitable[Any]], token: str | None = TOKEN
+) -> Any:
+    async def main() -> Any:
+        settings = ServerSettings(
+            port=0,
+            db=str(tmp_path / "hw.db"),
+            token=token,
+            heartbeat_interval=0.5,
+            heartbeat_timeout=5.0,
+        )
+        running = await start_server(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                return await asyncio.wait_for(body(channel), 60)
+        finally:
+            await running.stop(None)
+
+    return asyncio.run(main())
+
+
+async def fake_worker(channel: grpc.aio.Channel, stop: asyncio.Event, slots: int = 2) -> int:
+    """A minimal worker: Hello, then run every assignment with the test's functions."""
+    stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+    outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+    hello = worker_pb2.Hello(
+        worker_id="fake", name="fake", protocol_version=1, capabilities=list(FUNCS), slots=slots
+    )
+    await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+    async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+        while (item := await outbox.get()) is not None:
+            yield item
+
+    call = stub.Connect(requests(), metadata=AUTH)
+    done = 0
+    most_running = running = 0
+    async for response in call:
+        if response.HasField("assignment"):
+            a = response.assignment
+            running += 1
+            most_running = max(most_running, running)
+            assert most_running <= slots, "the server exceeded the worker's slots"
+            await outbox.put(
+                worker_pb2.ConnectRequest(started=worker_pb2.TaskStarted(token=a.token))
+            )
+            args = {name: decode_input(v) for name, v in a.inputs.items()}
+            value = value_of(FUNCS[a.task_type](**args), a.split_result)
+            running -= 1  # the slot is free once the result is sent
+            await outbox.put(
+                worker_pb2.ConnectRequest(result=worker_pb2.TaskResult(token=a.token, result=value))
+            )
+        elif response.HasField("ack"):
+            assert response.ack.accepted, response.ack.reason
+            done += 1
+        if stop.is_set():
+            break
+    await outbox.put(None)
+    call.cancel()
+    return done
+
+
+def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        registered = await client.RegisterFlow(
+            cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+        )
+        assert (registered.version, registered.created) == ("1", True)
+        created = await client.CreateFlowRun(
+            cp.CreateFlowRunRequest(
+                flow_name="proto_pipeline", parameters={"n": value_of(5)}, idempotency_key="k1"
+            ),
+            metadata=AUTH,
+        )
+        run_id = created.flow_run.id
+        again = await client.CreateFlowRun(
+            cp.CreateFlowRunRequest(flow_name="proto_pipeline", idempotency_key="k1"),
+            metadata=AUTH,
+        )
+        assert (again.flow_run.id, again.created) == (run_id, False)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(fake_worker(channel, stop))
+        states = []
+        async for change in client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH):
+            states.append(change.flow_run.state)
+        stop.set()
+        assert states[-1] == 4  # FLOW_RUN_STATE_SUCCESS
+        got = await client.GetFlowRun(
+            cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
+        )
+        assert decode_value(got.flow_run.result) == {"scaled": [0, 10, 20, 30, 40], "total": 100}
+        by_name = {t.name: t for t in got.task_runs}
+        assert by_name["scale"].state == 12  # MAPPED
+        assert [h.state for h in by_name["scale[3]"].history][-3:] == [2, 3, 5]
+        result = await client.GetTaskRunResult(
+            cp.GetTaskRunResultRequest(flow_run_id=run_id, task_id="scale", map_index=-1),
+            metadata=AUTH,
+        )
+        assert decode_value(result.result) == [0, 10, 20, 30, 40]
+        listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+        assert [r.id for r in listed.flow_runs] == [run_id]
+        worker.cancel()
+
+    run_against_server(tmp_path, body)
+
+
+async def status_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+def test_bad_requests_get_clear_status_codes(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        cycle = graph_pb2.FlowGraph(
+            name="loop",
+            tasks=[
+                graph_pb2.TaskNode(id="a", task_type="m.a", wait_for=["b"]),
+                graph_pb2.TaskNode(id="b", task_type="m.b", wait_for=["a"]),
+            ],
+        )
+        cases = [
+            (
+                client.RegisterFlow(cp.RegisterFlowRequest(graph=cycle), metadata=AUTH),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "cycle",
+            ),
+            (
+                client.RegisterFlow(cp.RegisterFlowRequest(), metadata=AUTH),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "no graph",
+            ),
+            (
+                client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="nope"), metadata=AUTH),
+                grpc.StatusCode.NOT_FOUND,
+                "'nope'",
+            ),
+            (
+                client.GetFlowRun(cp.GetFlowRunRequest(id="missing"), metadata=AUTH),
+                grpc.StatusCode.NOT_FOUND,
+                "'missing'",
+            ),
+            (
+                client.CancelFlowRun(cp.CancelFlowRunRequest(id="missing"), metadata=AUTH),
+                grpc.StatusCode.NOT_FOUND,
+                "'missing'",
+            ),
+            (
+                client.ListFlowRuns(cp.ListFlowRunsRequest(page_size=5000), metadata=AUTH),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "page_size",
+            ),
+            (
+                client.CreateSchedule(cp.CreateScheduleRequest(), metadata=AUTH),
+                grpc.StatusCode.UNIMPLEMENTED,
+                "not implemented",
+            ),
+        ]
+        for call, code, fragment in cases:
+            got, details = await status_of(call)
+            assert (got, fragment in details) == (code, True), details
+        await client.RegisterFlow(
+            cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+        )
+        for params, fragment in [
+            ({"zzz": value_of(1)}, "'zzz'"),
+            ({"n": worker_pb2.Assignment().inputs.get_or_create("x").value}, "no value"),
+        ]:
+            got, details = await status_of(
+                client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline", parameters=params),
+                    metadata=AUTH,
+                )
+            )
+            assert got == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, details
+        # The server still works after all that.
+        info = await client.GetServerInfo(cp.GetServerInfoRequest(), metadata=AUTH)
+        assert info.protocol_version == 1
+
+    run_against_server(tmp_path, body)
+
+
+def test_worker_streams_must_start_with_a_supported_hello(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel) -> None:
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+
+        async def first_only(msg: worker_pb2.ConnectRequest) -> AsyncIterator[Any]:
+            yield msg
+            await asyncio.sleep(30)  # keep the stream open; the server must end it
+
+        async def drain(msg: worker_pb2.ConnectRequest) -> None:
+            async for _ in stub.Connect(first_only(msg), metadata=AUTH):
+                pass
+
+        heartbeat = worker_pb2.ConnectRequest(heartbeat=worker_pb2.Heartbeat())
+        code, details = await status_of(drain(heartbeat))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "Hello" in details
+        future = worker_pb2.Hello(worker_id="w", protocol_version=99, capabilities=["x"], slots=1)
+        code, details = await status_of(drain(worker_pb2.ConnectRequest(hello=future)))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "version 99" in details
+        no_slots = worker_pb2.Hello(worker_id="w", protocol_version=1, capabilities=["x"])
+        code, _ = await status_of(drain(worker_pb2.ConnectRequest(hello=no_slots)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+    run_against_server(tmp_path, body)
+
+
+def test_token_is_required_but_health_is_open(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        code, _ = await status_of(client.ListFlows(cp.ListFlowsRequest()))
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    run_against_server(tmp_path, body)
