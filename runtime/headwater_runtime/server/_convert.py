@@ -31,8 +31,8 @@ def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
         schedule_id=row.schedule_id,
     )
     if row.parameters:
-        for name, value in run_pb2.FlowRun.FromString(row.parameters).parameters.items():
-            msg.parameters[name].CopyFrom(value)
+        for name, param in run_pb2.FlowRun.FromString(row.parameters).parameters.items():
+            msg.parameters[name].CopyFrom(param)
     for field, value in (
         ("created_at", row.created_at),
         ("started_at", row.started_at),
