@@ -10,6 +10,7 @@ import headwater
 
 EXPECTED_ALL = [
     "AttemptRecord",
+    "Client",
     "EncodingError",
     "FailureInfo",
     "Flow",
@@ -20,11 +21,14 @@ EXPECTED_ALL = [
     "FlowRunState",
     "GraphError",
     "ParameterError",
+    "RemoteFlowRun",
     "ResultCache",
+    "ServerError",
     "Skip",
     "StateEntry",
     "Task",
     "TaskRef",
+    "TaskRunInfo",
     "TaskRunRecord",
     "TaskRunState",
     "ThreadExecutor",

@@ -27,6 +27,7 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.execution import Skip
 
+from ._client import Client, RemoteFlowRun, ServerError, TaskRunInfo
 from ._compiler import case, merge
 from ._errors import FlowDefinitionError, GraphError, ParameterError
 from ._flow import Flow, flow
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttemptRecord",
+    "Client",
     "EncodingError",
     "FailureInfo",
     "Flow",
@@ -50,11 +52,14 @@ __all__ = [
     "FlowRunState",
     "GraphError",
     "ParameterError",
+    "RemoteFlowRun",
     "ResultCache",
+    "ServerError",
     "Skip",
     "StateEntry",
     "Task",
     "TaskRef",
+    "TaskRunInfo",
     "TaskRunRecord",
     "TaskRunState",
     "ThreadExecutor",

@@ -17,6 +17,8 @@ from ._run import FlowRun
 if TYPE_CHECKING:
     from headwater.v1 import graph_pb2
 
+    from ._client import Client
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -62,6 +64,10 @@ class Flow(Generic[P, R]):
         from ._proto_graph import graph_to_proto
 
         return graph_to_proto(self.graph())
+
+    def deploy(self, client: Client) -> str:
+        """Register this flow on a server; returns the version it is stored as."""
+        return client.deploy(self)
 
     def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Parameter values by name from a call's arguments."""

@@ -1,0 +1,296 @@
+"""``headwater.Client``: talk to a control plane (register flows, run, watch, cancel)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from headwater.v1 import (
+    control_plane_pb2 as cp,
+)
+from headwater.v1 import (
+    control_plane_pb2_grpc,
+    payload_pb2,
+    payload_pb2_grpc,
+    run_pb2,
+)
+from headwater_runtime.engine import FlowRunState, TaskRunState
+
+from ._payloads import decode_value, encode
+
+if TYPE_CHECKING:
+    from ._flow import Flow
+
+_CHUNK = 1 << 20
+#: Values above this are uploaded through PayloadService rather than sent inline.
+INLINE_LIMIT = 1 << 20
+
+
+class ServerError(Exception):
+    """The control plane refused a request or could not be reached; one clear line."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class TaskRunInfo:
+    """A task run as the server reports it."""
+
+    key: str
+    task_id: str
+    state: TaskRunState
+    attempts: int
+    states: list[TaskRunState] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class RemoteFlowRun:
+    """A flow run on a server."""
+
+    id: str
+    flow_name: str
+    flow_version: str
+    state: FlowRunState
+    message: str
+    created: bool = True
+    task_runs: list[TaskRunInfo] = field(default_factory=list)
+    _result: payload_pb2.Value | None = field(default=None, repr=False)
+    _client: Client | None = field(default=None, repr=False)
+
+    @property
+    def result(self) -> Any:
+        """The flow's return value (decoded) once the run succeeded, else None."""
+        if self._result is None or self._client is None:
+            return None
+        return self._client.decode(self._result)
+
+
+class Client:
+    """A connection to a Headwater control plane.
+
+    Args:
+        address: ``HOST:PORT`` of ``headwater server``.
+        token: bearer token (default: the HEADWATER_TOKEN environment variable).
+    """
+
+    def __init__(self, address: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        token = token if token is not None else os.environ.get("HEADWATER_TOKEN")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.insecure_channel(address)
+        self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(self._channel)
+        self._payloads = payload_pb2_grpc.PayloadServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ calls
+
+    def _call(self, method: Any, request: Any, what: str, timeout: float | None = None) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise _server_error(exc, self.address, what) from None
+
+    def server_info(self) -> dict[str, Any]:
+        info = self._call(self._control.GetServerInfo, cp.GetServerInfoRequest(), "server info")
+        return {
+            "server_version": info.server_version,
+            "protocol_version": info.protocol_version,
+            "features": list(info.features),
+        }
+
+    def deploy(self, flow: Flow[..., Any]) -> str:
+        """Register a flow; returns its version (an identical graph keeps its version)."""
+        response = self._call(
+            self._control.RegisterFlow,
+            cp.RegisterFlowRequest(graph=flow.compile()),
+            f"register flow {flow.name!r}",
+        )
+        return str(response.version)
+
+    def run(
+        self,
+        flow: Flow[..., Any] | str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        version: str = "",
+        idempotency_key: str = "",
+    ) -> RemoteFlowRun:
+        """Create a flow run (a Flow object is deployed first). The same idempotency
+        key returns the run the first call created."""
+        name = flow if isinstance(flow, str) else flow.name
+        if not isinstance(flow, str):
+            version = version or self.deploy(flow)
+        values = {k: self.encode(v) for k, v in (params or {}).items()}
+        response = self._call(
+            self._control.CreateFlowRun,
+            cp.CreateFlowRunRequest(
+                flow_name=name,
+                flow_version=version,
+                parameters=values,
+                idempotency_key=idempotency_key,
+            ),
+            f"run flow {name!r}",
+        )
+        run = self._remote(response.flow_run)
+        run.created = response.created
+        return run
+
+    def get(self, run_id: str, include_task_runs: bool = False) -> RemoteFlowRun:
+        response = self._call(
+            self._control.GetFlowRun,
+            cp.GetFlowRunRequest(id=run_id, include_task_runs=include_task_runs),
+            f"get flow run {run_id!r}",
+        )
+        run = self._remote(response.flow_run)
+        run.task_runs = [
+            TaskRunInfo(
+                key=t.name,
+                task_id=t.task_id,
+                state=TaskRunState(t.state),
+                attempts=t.attempts,
+                states=[TaskRunState(h.state) for h in t.history],
+                message=t.history[-1].message if t.history else "",
+            )
+            for t in response.task_runs
+        ]
+        return run
+
+    def list_runs(self, flow_name: str = "", limit: int = 50) -> list[RemoteFlowRun]:
+        response = self._call(
+            self._control.ListFlowRuns,
+            cp.ListFlowRunsRequest(flow_name=flow_name, page_size=limit),
+            "list flow runs",
+        )
+        return [self._remote(r) for r in response.flow_runs]
+
+    def watch(self, run_id: str) -> Iterator[tuple[RemoteFlowRun, TaskRunInfo | None]]:
+        """Yield the run after every state change until it ends."""
+        try:
+            for change in self._control.WatchFlowRun(
+                cp.WatchFlowRunRequest(id=run_id), metadata=self._metadata
+            ):
+                task = None
+                if change.HasField("task_run"):
+                    t = change.task_run
+                    task = TaskRunInfo(
+                        t.name,
+                        t.task_id,
+                        TaskRunState(t.state),
+                        t.attempts,
+                        message=t.history[-1].message if t.history else "",
+                    )
+                yield self._remote(change.flow_run), task
+        except grpc.RpcError as exc:
+            raise _server_error(exc, self.address, f"watch flow run {run_id!r}") from None
+
+    def wait(self, run_id: str) -> RemoteFlowRun:
+        """Block until the run ends; returns it."""
+        for _change in self.watch(run_id):
+            pass
+        return self.get(run_id, include_task_runs=True)
+
+    def cancel(self, run_id: str, reason: str = "") -> RemoteFlowRun:
+        response = self._call(
+            self._control.CancelFlowRun,
+            cp.CancelFlowRunRequest(id=run_id, reason=reason),
+            f"cancel flow run {run_id!r}",
+        )
+        return self._remote(response.flow_run)
+
+    def task_result(self, run_id: str, task_id: str, map_index: int = -1) -> Any:
+        """A task run's result, decoded (a mapped task's whole list with map_index -1)."""
+        response = self._call(
+            self._control.GetTaskRunResult,
+            cp.GetTaskRunResultRequest(flow_run_id=run_id, task_id=task_id, map_index=map_index),
+            f"get the result of {task_id!r}",
+        )
+        return self.decode(response.result)
+
+    def logs(self, run_id: str, task_run_id: str = "") -> list[run_pb2.LogEntry]:
+        response = self._call(
+            self._control.ListTaskRunLogs,
+            cp.ListTaskRunLogsRequest(flow_run_id=run_id, task_run_id=task_run_id),
+            f"logs of flow run {run_id!r}",
+        )
+        return list(response.entries)
+
+    # ----------------------------------------------------------------- values
+
+    def encode(self, value: Any) -> payload_pb2.Value:
+        """A Value for a parameter: inline when small, uploaded in chunks when large."""
+        encoded = encode(value)
+        if len(encoded.data) <= INLINE_LIMIT:
+            payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+            return payload_pb2.Value(inline=payload)
+        data = encoded.data
+
+        def parts() -> Iterator[payload_pb2.UploadPayloadRequest]:
+            header = payload_pb2.UploadPayloadHeader(
+                size_bytes=len(data),
+                metadata=encoded.metadata,
+                sha256=hashlib.sha256(data).hexdigest(),
+            )
+            yield payload_pb2.UploadPayloadRequest(header=header)
+            for start in range(0, len(data), _CHUNK):
+                yield payload_pb2.UploadPayloadRequest(chunk=data[start : start + _CHUNK])
+
+        response = self._call(self._payloads.UploadPayload, parts(), "upload a value", None)
+        return payload_pb2.Value(ref=response.ref)
+
+    def fetch(self, ref: payload_pb2.PayloadRef) -> bytes:
+        """The bytes of a stored payload, downloaded in chunks and checked."""
+        buffer = bytearray()
+        try:
+            for part in self._payloads.DownloadPayload(
+                payload_pb2.DownloadPayloadRequest(payload_id=ref.payload_id),
+                metadata=self._metadata,
+            ):
+                buffer += part.chunk
+        except grpc.RpcError as exc:
+            raise _server_error(exc, self.address, "download a value") from None
+        if ref.sha256 and hashlib.sha256(buffer).hexdigest() != ref.sha256:
+            raise ServerError(f"payload {ref.payload_id} arrived corrupted (sha256 mismatch)")
+        return bytes(buffer)
+
+    def decode(self, value: payload_pb2.Value) -> Any:
+        return decode_value(value, self.fetch)
+
+    def _remote(self, msg: run_pb2.FlowRun) -> RemoteFlowRun:
+        return RemoteFlowRun(
+            id=msg.id,
+            flow_name=msg.flow_name,
+            flow_version=msg.flow_version,
+            state=FlowRunState(msg.state),
+            message=msg.history[-1].message if msg.history else "",
+            _result=msg.result if msg.HasField("result") else None,
+            _client=self,
+        )
+
+
+def _server_error(exc: grpc.RpcError, address: str, what: str) -> ServerError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ServerError(f"cannot reach the Headwater server at {address} ({what})", code)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return ServerError(
+            f"the server at {address} refused the token: {details} (set HEADWATER_TOKEN)", code
+        )
+    return ServerError(f"{what}: {details}", code)

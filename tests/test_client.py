@@ -1,0 +1,114 @@
+"""headwater.Client against a real server (no worker: runs wait in SCHEDULED)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import headwater
+from headwater import Client, ServerError, flow, task
+from headwater_runtime.engine import FlowRunState, TaskRunState
+from headwater_runtime.server._app import RunningServer, start_server
+from headwater_runtime.server._core import ServerSettings
+
+
+@task
+def shout(text: str) -> str:
+    return text.upper()
+
+
+@flow
+def greet(text: str = "hi") -> str:
+    return shout(text)
+
+
+class ServerThread:
+    """A real server on its own event loop in a background thread."""
+
+    def __init__(self, db: Path, token: str | None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.running: RunningServer | None = None
+        settings = ServerSettings(port=0, db=str(db), token=token)
+
+        def main() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.running = self.loop.run_until_complete(start_server(settings))
+            self.ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=main, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), "server did not start"
+
+    @property
+    def address(self) -> str:
+        assert self.running is not None
+        return f"127.0.0.1:{self.running.port}"
+
+    def stop(self) -> None:
+        assert self.running is not None
+        future = asyncio.run_coroutine_threadsafe(self.running.stop(None), self.loop)
+        future.result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    s = ServerThread(tmp_path / "hw.db", token="tok")
+    yield s
+    s.stop()
+
+
+def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
+    with Client(server.address, token="tok") as client:
+        assert greet.deploy(client) == "1"
+        assert client.deploy(greet) == "1"  # same graph, same version
+        run = client.run(greet, {"text": "hello"}, idempotency_key="once")
+        assert run.created and run.state is FlowRunState.RUNNING
+        assert client.run("greet", {}, idempotency_key="once").id == run.id
+        # No worker can take the task: it waits, visibly SCHEDULED.
+        shown = client.get(run.id, include_task_runs=True)
+        assert [(t.key, t.state) for t in shown.task_runs] == [("shout", TaskRunState.SCHEDULED)]
+        assert [r.id for r in client.list_runs()] == [run.id]
+        cancelled = client.cancel(run.id, "no workers today")
+        assert cancelled.state is FlowRunState.CANCELLED
+        assert client.wait(run.id).state is FlowRunState.CANCELLED
+
+
+def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None:
+    big = "x" * (3 << 20)
+    with Client(server.address, token="tok") as client:
+        value = client.encode(big)
+        assert value.WhichOneof("kind") == "ref"
+        assert client.decode(value) == big
+        run = client.run(greet, {"text": big})
+        assert run.state is FlowRunState.RUNNING
+
+
+def test_errors_are_one_clear_line(server: ServerThread, tmp_path: Path) -> None:
+    with (
+        Client(server.address, token="wrong") as client,
+        pytest.raises(ServerError, match="refused the token"),
+    ):
+        client.list_runs()
+    with (
+        Client(server.address, token="tok") as client,
+        pytest.raises(ServerError, match="'nope' is not registered"),
+    ):
+        client.run("nope")
+    with (
+        Client("127.0.0.1:1", token="tok", timeout=2) as client,
+        pytest.raises(ServerError, match="cannot reach the Headwater server"),
+    ):
+        client.list_runs()
+
+
+def test_client_is_public() -> None:
+    assert headwater.Client is Client
