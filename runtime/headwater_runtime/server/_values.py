@@ -55,7 +55,9 @@ class ServerValues:
             return len(value.items) if value.kind != "dict" else None
         if isinstance(value, payload_pb2.Value):
             raw = _metadata(value).get(LENGTH_KEY)
-            return int(raw) if raw is not None else None
+            if raw is not None:
+                return int(raw)
+            return len(value.items) if value.items else None
         return None
 
     def item(self, value: Any, index: int) -> Any:

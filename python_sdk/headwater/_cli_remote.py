@@ -1,0 +1,98 @@
+"""CLI commands that talk to a server: ``headwater runs ...`` and ``run --server``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from headwater_runtime.engine import FlowRunState
+
+from ._client import Client
+
+EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
+
+
+def server_address(args: argparse.Namespace) -> str:
+    address: str | None = args.server or os.environ.get("HEADWATER_SERVER")
+    if not address:
+        raise ValueError("no server given: pass --server HOST:PORT or set HEADWATER_SERVER")
+    return address
+
+
+def _exit_code(state: FlowRunState) -> int:
+    if state is FlowRunState.SUCCESS:
+        return EXIT_OK
+    return EXIT_CANCELLED if state is FlowRunState.CANCELLED else EXIT_FAILED
+
+
+def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | None) -> int:
+    """Deploy, run and wait; prints the result as JSON like an embedded run."""
+    with Client(address, token=token) as client:
+        run = client.run(flow, params)
+        print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
+        for _, change in client.watch(run.id):
+            if change is not None:
+                print(f"  {change.key}: {change.state.name}", file=sys.stderr)
+        final = client.get(run.id, include_task_runs=True)
+        print(f"flow run {final.id[:8]}: {final.state.name} {final.message}", file=sys.stderr)
+        if final.state is FlowRunState.SUCCESS:
+            print(json.dumps(final.result, indent=2, default=repr))
+        return _exit_code(final.state)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    address = server_address(args)
+    with Client(address, token=args.token) as client:
+        if args.action == "list":
+            for run in client.list_runs(flow_name=args.flow or "", limit=args.limit):
+                print(f"{run.id}  {run.state.name:9}  {run.flow_name} v{run.flow_version}")
+            return EXIT_OK
+        if not args.run_id:
+            raise ValueError(f"'runs {args.action}' needs a flow run id")
+        if args.action == "show":
+            run = client.get(args.run_id, include_task_runs=True)
+            print(f"{run.id}  {run.state.name}  {run.flow_name} v{run.flow_version}  {run.message}")
+            for task in run.task_runs:
+                states = " > ".join(s.name for s in task.states)
+                print(f"  {task.key:30} {task.state.name:15} attempts={task.attempts}  {states}")
+            if run.state is FlowRunState.SUCCESS:
+                print(json.dumps(run.result, indent=2, default=repr))
+            return EXIT_OK
+        if args.action == "watch":
+            current = client.get(args.run_id)
+            for current, change in client.watch(args.run_id):  # noqa: B007
+                if change is not None:
+                    print(f"{change.key}: {change.state.name} {change.message}".rstrip())
+            print(f"flow run: {current.state.name}")
+            return _exit_code(current.state)
+        if args.action == "cancel":
+            run = client.cancel(args.run_id, args.reason)
+            print(f"{run.id}  {run.state.name}")
+            return EXIT_OK
+        if args.action == "logs":
+            for entry in client.logs(args.run_id, args.task_run or ""):
+                at = datetime.fromtimestamp(entry.timestamp.ToNanoseconds() / 1e9, UTC)
+                print(f"{at:%H:%M:%S} {entry.level:8} {entry.task_run_id} {entry.message}")
+            return EXIT_OK
+    raise ValueError(f"unknown action {args.action!r}")
+
+
+def add_runs_command(sub: Any) -> None:
+    runs = sub.add_parser(
+        "runs",
+        help="list, show, watch, cancel flow runs on a server, or read their logs",
+        description="Inspect and control flow runs on a Headwater server.",
+    )
+    runs.add_argument("action", choices=["list", "show", "watch", "cancel", "logs"])
+    runs.add_argument("run_id", nargs="?", help="flow run id (all actions but list)")
+    runs.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
+    runs.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+    runs.add_argument("--flow", help="list: only runs of this flow")
+    runs.add_argument("--limit", type=int, default=20, help="list: how many (default 20)")
+    runs.add_argument("--reason", default="cancelled from the CLI", help="cancel: why")
+    runs.add_argument("--task-run", help="logs: only this task run id")
+    runs.set_defaults(func=cmd_runs)

@@ -1,0 +1,295 @@
+"""End to end: a real `headwater server` and real `headwater worker` subprocesses.
+
+Side effects are counted in files so the tests can assert what ran where and how
+often, including across a worker SIGKILL and a server SIGKILL + restart.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from headwater import Client
+from headwater._loader import load_file
+from headwater_runtime.engine import FlowRunState
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "e2e-token"
+BOUND = 60.0
+
+TASKS = """
+import os, time
+from pathlib import Path
+from headwater import flow, task, unmapped
+
+LOG = Path(os.environ["HW_TEST_DIR"]) / "effects.log"
+
+def effect(what):
+    with LOG.open("a") as f:
+        f.write(f"{what} {os.environ.get('HW_WORKER', '?')}\\n")
+
+def wait_for_release(name):
+    release = Path(os.environ["HW_TEST_DIR"]) / name
+    deadline = time.monotonic() + 60
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} never released")
+        time.sleep(0.02)
+
+@task
+def extract(n: int) -> list[int]:
+    effect("extract")
+    return list(range(n))
+
+@task(retries=1)
+def transform(x: int, factor: int) -> int:
+    effect(f"transform-{x}")
+    return x * factor
+
+@task
+def load(values: list[int]) -> int:
+    effect("load")
+    return sum(values)
+
+@task(trigger="all_finished")
+def cleanup() -> str:
+    effect("cleanup")
+    return "ok"
+
+@flow
+def etl(n: int = 6, factor: int = 10) -> int:
+    total = load(transform.map(extract(n), unmapped(factor)))
+    cleanup(wait_for=[total])
+    return total
+
+@task(labels={"gpu": "true"})
+def train(x: int) -> str:
+    effect("train")
+    return f"trained {x}"
+
+@flow
+def affinity() -> str:
+    return train(extract(1)[0])
+
+@task
+def blocking(x: int) -> int:
+    effect("blocking-start")
+    wait_for_release("release")
+    effect("blocking-done")
+    return x + 1
+
+@flow
+def slow(n: int = 1) -> int:
+    return blocking(load(extract(n)))
+"""
+
+
+class Proc:
+    """A subprocess whose output lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], stream: str) -> None:
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.other: list[str] = []
+        main = self.popen.stdout if stream == "stdout" else self.popen.stderr
+        rest = self.popen.stderr if stream == "stdout" else self.popen.stdout
+        self.readers = [
+            threading.Thread(target=self._read, args=(pipe, sink), daemon=True)
+            for pipe, sink in ((main, self.lines), (rest, self.other))
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(pipe: object, sink: list[str]) -> None:
+        for line in pipe:  # type: ignore[attr-defined]
+            sink.append(line.rstrip("\n"))
+
+    def wait_line(self, fragment: str, timeout: float = BOUND) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if fragment in line:
+                    return line
+            if self.popen.poll() is not None and not any(fragment in x for x in self.lines):
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {fragment!r}; got {self.lines} / {self.other}")
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+        self._close()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.send_signal(signal.SIGKILL)
+                self.popen.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        for reader in self.readers:
+            reader.join(10)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Proc]]:
+    (tmp_path / "e2e_tasks.py").write_text(textwrap.dedent(TASKS))
+    monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))  # the test imports the module too
+    procs: list[Proc] = []
+    env = {
+        **os.environ,
+        "HW_TEST_DIR": str(tmp_path),
+        "HEADWATER_TOKEN": TOKEN,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def start(kind: str, *args: str, worker: str = "") -> Proc:
+        cmd = [sys.executable, "-m", "headwater._cli", kind, *args]
+        proc_env = {**env, "HW_WORKER": worker}
+        proc = Proc(cmd, proc_env, "stdout" if kind == "server" else "stderr")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
+    server = start("server", "--port", str(port), "--db", str(db))
+    line = server.wait_line("headwater server listening on")
+    return server, line.rsplit(" ", 1)[1]
+
+
+def start_worker(start: Callable[..., Proc], address: str, name: str, *extra: str) -> Proc:
+    worker = start(
+        "worker", "--server", address, "--module", "e2e_tasks", "--name", name, *extra, worker=name
+    )
+    worker.wait_line("connected to")
+    return worker
+
+
+def effects(tmp_path: Path) -> list[tuple[str, str]]:
+    log = tmp_path / "effects.log"
+    if not log.exists():
+        return []
+    return [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def flows(tmp_path: Path) -> object:
+    return load_file(str(tmp_path / "e2e_tasks.py"))
+
+
+def poll(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_etl_through_the_server_with_two_workers(
+    tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", "--slots", "2")
+    start_worker(cluster, address, "w2", "--slots", "2")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.etl, {"n": 6})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == sum(x * 10 for x in range(6))
+        assert client.task_result(run.id, "transform") == [x * 10 for x in range(6)]
+    ran = effects(tmp_path)
+    assert sorted(what for what, _ in ran) == sorted(
+        ["extract", "load", "cleanup", *[f"transform-{x}" for x in range(6)]]
+    )
+    assert {worker for _, worker in ran} <= {"w1", "w2"}
+
+
+def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(
+    tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "cpu", "--slots", "4")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.affinity)  # type: ignore[attr-defined]
+        poll(lambda: ("extract", "cpu") in effects(tmp_path), "extract to run")
+        shown = client.get(run.id, include_task_runs=True)
+        assert {t.key: t.state.name for t in shown.task_runs}["train"] == "SCHEDULED"
+        start_worker(cluster, address, "gpu", "--label", "gpu=true")
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS and final.result == "trained 0"
+    assert ("train", "gpu") in effects(tmp_path)
+    assert ("train", "cpu") not in effects(tmp_path)
+
+
+def test_worker_killed_mid_task_is_replaced_and_the_flow_succeeds(
+    tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    doomed = start_worker(cluster, address, "doomed")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.slow, {"n": 3})  # type: ignore[attr-defined]
+        poll(lambda: ("blocking-start", "doomed") in effects(tmp_path), "the task to start")
+        doomed.kill()
+        start_worker(cluster, address, "rescuer")
+        poll(lambda: ("blocking-start", "rescuer") in effects(tmp_path), "re-dispatch")
+        (tmp_path / "release").write_text("go")
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS and final.result == 4
+        attempts = {t.key: t.attempts for t in final.task_runs}
+        assert attempts["blocking"] == 2 and attempts["extract"] == 1
+    done = [w for what, w in effects(tmp_path) if what == "blocking-done"]
+    assert done == ["rescuer"]
+
+
+def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
+    tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    db = tmp_path / "hw.db"
+    server, address = start_server(cluster, db)
+    port = address.rsplit(":", 1)[1]
+    start_worker(cluster, address, "w1")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.slow, {"n": 2})  # type: ignore[attr-defined]
+    poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
+    server.kill()
+    server, address = start_server(cluster, db, int(port))
+    (tmp_path / "release").write_text("go")
+    with Client(address, token=TOKEN) as client:
+        poll(lambda: client.get(run.id).state.is_terminal, "the resumed run to finish")
+        final = client.get(run.id, include_task_runs=True)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == 2
+    ran = [what for what, _ in effects(tmp_path)]
+    assert ran.count("extract") == 1 and ran.count("load") == 1
+    assert ran.count("blocking-done") == 1
