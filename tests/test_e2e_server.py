@@ -293,3 +293,46 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     ran = [what for what, _ in effects(tmp_path)]
     assert ran.count("extract") == 1 and ran.count("load") == 1
     assert ran.count("blocking-done") == 1
+
+
+def headwater_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headwater._cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        env=env,
+        check=False,
+    )
+
+
+def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
+    tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1")
+    env = {**os.environ, "HEADWATER_TOKEN": TOKEN, "HW_TEST_DIR": str(tmp_path)}
+    script = str(tmp_path / "e2e_tasks.py")
+    ran = headwater_cli("run", f"{script}:etl", "--param", "n=3", "--server", address, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "30"
+    listed = headwater_cli("runs", "list", "--server", address, env=env)
+    assert listed.returncode == 0 and "SUCCESS" in listed.stdout and "etl" in listed.stdout
+    run_id = listed.stdout.split()[0]
+    shown = headwater_cli("runs", "show", run_id, "--server", address, env=env)
+    assert shown.returncode == 0 and "transform[2]" in shown.stdout, shown.stderr
+    # One clear line, no traceback, for the usual mistakes.
+    for args, code, fragment in [
+        (("runs", "show", "nope", "--server", address), 2, "'nope'"),
+        (("runs", "list", "--server", "127.0.0.1:1"), 1, "cannot reach"),
+        (("run", f"{script}:etl", "--server", address, "--param", "zzz=1"), 2, "zzz"),
+    ]:
+        proc = headwater_cli(*args, env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == code, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and fragment in lines[-1], proc.stderr
+    bad_token = {**env, "HEADWATER_TOKEN": "wrong"}
+    proc = headwater_cli("runs", "list", "--server", address, env=bad_token)
+    assert proc.returncode == 1 and "refused the token" in proc.stderr

@@ -60,19 +60,20 @@ def run_against_server(
     tmp_path: Path, body: Callable[[grpc.aio.Channel], Awaitable[Any]], token: str | None = TOKEN
 ) -> Any:
     async def main() -> Any:
+        # The in-test worker sends no heartbeats: keep the loss window out of reach.
         settings = ServerSettings(
             port=0,
             db=str(tmp_path / "hw.db"),
             token=token,
             heartbeat_interval=0.5,
-            heartbeat_timeout=5.0,
+            heartbeat_timeout=3600.0,
         )
         running = await start_server(settings)
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 return await asyncio.wait_for(body(channel), 60)
         finally:
-            await running.stop(None)
+            await asyncio.wait_for(running.stop(None), 30)
 
     return asyncio.run(main())
 

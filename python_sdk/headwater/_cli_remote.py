@@ -12,6 +12,7 @@ from typing import Any
 from headwater_runtime.engine import FlowRunState
 
 from ._client import Client
+from ._errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
 
@@ -19,7 +20,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
 def server_address(args: argparse.Namespace) -> str:
     address: str | None = args.server or os.environ.get("HEADWATER_SERVER")
     if not address:
-        raise ValueError("no server given: pass --server HOST:PORT or set HEADWATER_SERVER")
+        raise UsageError("no server given: pass --server HOST:PORT or set HEADWATER_SERVER")
     return address
 
 
@@ -52,7 +53,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 print(f"{run.id}  {run.state.name:9}  {run.flow_name} v{run.flow_version}")
             return EXIT_OK
         if not args.run_id:
-            raise ValueError(f"'runs {args.action}' needs a flow run id")
+            raise UsageError(f"'runs {args.action}' needs a flow run id")
         if args.action == "show":
             run = client.get(args.run_id, include_task_runs=True)
             print(f"{run.id}  {run.state.name}  {run.flow_name} v{run.flow_version}  {run.message}")
@@ -78,7 +79,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 at = datetime.fromtimestamp(entry.timestamp.ToNanoseconds() / 1e9, UTC)
                 print(f"{at:%H:%M:%S} {entry.level:8} {entry.task_run_id} {entry.message}")
             return EXIT_OK
-    raise ValueError(f"unknown action {args.action!r}")
+    raise UsageError(f"unknown action {args.action!r}")
 
 
 def add_runs_command(sub: Any) -> None:

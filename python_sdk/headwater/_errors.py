@@ -13,4 +13,8 @@ class FlowDefinitionError(TypeError):
     """
 
 
-__all__ = ["FlowDefinitionError", "GraphError", "ParameterError"]
+class UsageError(Exception):
+    """A wrong command-line flag or argument: printed as one line, exit code 2."""
+
+
+__all__ = ["FlowDefinitionError", "GraphError", "ParameterError", "UsageError"]

@@ -1,0 +1,332 @@
+"""The Python task worker: dials a control plane, holds one Connect stream, runs tasks.
+
+Threads: ``run()`` reads the server's messages; gRPC drains a request generator fed
+from a queue (which also sends the heartbeats); attempts run on threads of their own
+(``_worker_attempts``). Values cross the wire through ``_worker_codec``.
+
+Reconnects: a broken stream is dialled again with exponential backoff. ``Hello.running``
+names the attempts still executing *and* those whose outcome the server has not
+acknowledged; the ones the Welcome keeps go on (their outcomes are sent again), the
+others are abandoned. A bad token, or a refusal before any Welcome (protocol, a
+server without the worker gateway), stops the worker with WorkerError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+from headwater.v1 import worker_pb2, worker_pb2_grpc
+from headwater_runtime.embedded import default_thread_count
+
+from ._builtins import BUILTIN_TASKS
+from ._loader import LoadError, load_file, load_module
+from ._task import Task
+from ._worker_attempts import Attempts, fencing, key_of, seconds
+from ._worker_codec import PayloadTransfer
+
+log = logging.getLogger("headwater.worker")
+
+PROTOCOL_VERSION = 1
+#: Reconnect backoff: INITIAL doubling up to MAX, times a random factor in [0.5, 1].
+BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
+#: Heartbeat interval used when the Welcome gives none.
+DEFAULT_HEARTBEAT = 10.0
+#: Refusals that retrying cannot fix: a bad token, or a server that will not take this
+#: worker (protocol, no worker gateway) before it ever welcomed it.
+_FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+_FATAL_BEFORE_WELCOME = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+# gRPC's own reconnect backoff (1 s growing to 120 s) would delay ours.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+#: Marker put on a session's queue to make the request generator send a heartbeat.
+_BEAT = worker_pb2.ConnectRequest()
+
+
+class WorkerError(Exception):
+    """The server refused the worker for good (bad token, incompatible protocol)."""
+
+
+def import_module(target: str) -> ModuleType:
+    """``path/to/file.py`` (imported under its stem) or ``package.module``."""
+    if target.endswith(".py") or "/" in target:
+        return load_file(target)
+    try:
+        return load_module(target)
+    except LoadError:
+        raise
+    except Exception as exc:
+        raise LoadError(f"cannot import {target}: {type(exc).__name__}: {exc}") from exc
+
+
+def collect_tasks(modules: Iterable[ModuleType]) -> dict[str, Task[..., Any]]:
+    """Every Task in the modules' namespaces, plus the built-ins, by task type."""
+    tasks: dict[str, Task[..., Any]] = {t.task_type: t for t in BUILTIN_TASKS}
+    for module in modules:
+        found = [obj for obj in vars(module).values() if isinstance(obj, Task)]
+        if not found:
+            log.warning("module %s defines no @task", module.__name__)
+        for task in found:
+            other = tasks.setdefault(task.task_type, task)
+            if other.fn is not task.fn:
+                raise LoadError(
+                    f"task type {task.task_type!r} is defined twice (in {module.__name__} "
+                    "and elsewhere); give one of them another task_type="
+                )
+    return tasks
+
+
+@dataclass(eq=False)
+class _Session:
+    """One Connect stream."""
+
+    hello: worker_pb2.Hello
+    outbox: SimpleQueue[worker_pb2.ConnectRequest | None] = field(default_factory=SimpleQueue)
+    welcome: worker_pb2.Welcome | None = None
+    call: Any = None
+    last_received: float = field(default_factory=time.monotonic)
+    interval: float = DEFAULT_HEARTBEAT
+    next_beat: float | None = None
+
+
+class Worker:
+    """A task worker. ``run()`` blocks until ``stop()`` (or a fatal refusal, which
+    raises WorkerError); it reconnects on its own when the stream breaks.
+
+    Args:
+        server: ``HOST:PORT`` of the control plane.
+        modules: modules (``pkg.mod``) or files (``path/x.py``) whose tasks to run.
+        labels: affinity labels, e.g. ``{"gpu": "true"}``.
+        slots: most attempts running at once (default: CPUs + 4, at most 32).
+        name: display name (default ``HOSTNAME-PID``).
+        token: bearer token sent with every call.
+        on_connect: called once, after the first Welcome.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        modules: Iterable[str] = (),
+        *,
+        labels: Mapping[str, str] | None = None,
+        slots: int | None = None,
+        name: str | None = None,
+        token: str | None = None,
+        on_connect: Callable[[Worker], None] | None = None,
+    ) -> None:
+        if not server:
+            raise ValueError("the server address must be HOST:PORT")
+        self.slots = default_thread_count() if slots is None else slots
+        if self.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {self.slots}")
+        self.server = server
+        self.labels = dict(labels or {})
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_id = os.urandom(16).hex()
+        self.tasks = collect_tasks([import_module(m) for m in modules])
+        self.metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self._on_connect = on_connect
+        self._stop = threading.Event()
+        self._session: _Session | None = None
+        self._connected_once = False
+        self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
+        self._lock = self.attempts.lock
+
+    # Lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stopped; raises WorkerError when the server refuses for good."""
+        payload_channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        self.attempts.transfer = PayloadTransfer(payload_channel, self.metadata)
+        logging.getLogger().addHandler(self.attempts.log_handler)
+        try:
+            failures = 0
+            while not self._stop.is_set():
+                welcomed, why = self._session_once()
+                if self._stop.is_set():
+                    break
+                if welcomed:
+                    failures = 0
+                    log.warning("lost the connection to %s (%s); reconnecting", self.server, why)
+                elif failures % 10 == 0:
+                    log.warning("cannot connect to %s (%s); retrying", self.server, why)
+                delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
+                failures += 1
+                self._stop.wait(delay * random.uniform(0.5, 1.0))
+        finally:
+            logging.getLogger().removeHandler(self.attempts.log_handler)
+            self.attempts.abandon_all()
+            payload_channel.close()
+
+    def stop(self) -> None:
+        """Stop taking work and make ``run()`` return (running attempts are abandoned:
+        the server dispatches them again)."""
+        self._stop.set()
+        with self._lock:
+            session = self._session
+        if session is not None and session.call is not None:
+            session.call.cancel()
+
+    # One session -------------------------------------------------------------------
+
+    def _session_once(self) -> tuple[bool, str]:
+        """Connect and serve until the stream ends: whether the server welcomed us, and
+        why the stream ended."""
+        channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        with self._lock:
+            session = _Session(self._hello())
+            self._session = session
+        code, details = grpc.StatusCode.OK, "the server closed the stream"
+        try:
+            stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+            with self._lock:
+                session.call = stub.Connect(self._requests(session), metadata=self.metadata)
+                if self._stop.is_set():
+                    session.call.cancel()
+            for response in session.call:
+                session.last_received = time.monotonic()
+                try:
+                    self._handle(session, response)
+                except Exception:
+                    log.exception("could not handle a %s", response.WhichOneof("message"))
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+        finally:
+            with self._lock:
+                self._session = None
+            session.outbox.put(None)
+            channel.close()
+        welcomed = session.welcome is not None
+        fatal = code in _FATAL or (not welcomed and code in _FATAL_BEFORE_WELCOME)
+        if fatal and not self._stop.is_set():
+            raise WorkerError(f"the server at {self.server} refused this worker: {details}")
+        return welcomed, f"{code.name}: {details}"
+
+    def _hello(self) -> worker_pb2.Hello:
+        return worker_pb2.Hello(
+            worker_id=self.worker_id,
+            name=self.name,
+            protocol_version=PROTOCOL_VERSION,
+            capabilities=sorted(self.tasks),
+            labels=self.labels,
+            slots=self.slots,
+            runtime=worker_pb2.RuntimeInfo(
+                language="python",
+                language_version=platform.python_version(),
+                sdk_version=_sdk_version(),
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+            ),
+            running=[fencing(t) for t in self.attempts.held()],
+        )
+
+    def _requests(self, session: _Session) -> Iterator[worker_pb2.ConnectRequest]:
+        """What gRPC sends: the Hello, then the session's queue, plus heartbeats."""
+        yield worker_pb2.ConnectRequest(hello=session.hello)
+        while True:
+            timeout = None
+            if session.next_beat is not None:
+                timeout = max(0.0, session.next_beat - time.monotonic())
+            try:
+                message = session.outbox.get(timeout=timeout)
+            except Empty:
+                message = _BEAT
+            if message is None:
+                return
+            if message is _BEAT:
+                if self._server_silent(session):
+                    session.call.cancel()
+                    return
+                message = worker_pb2.ConnectRequest(heartbeat=self.attempts.heartbeat())
+                session.next_beat = time.monotonic() + session.interval
+            yield message
+
+    def _server_silent(self, session: _Session) -> bool:
+        """Whether the server has said nothing (not even a HeartbeatAck) for longer
+        than its heartbeat timeout plus one interval: then the stream is presumed dead."""
+        welcome = session.welcome
+        limit = seconds(welcome.heartbeat_timeout) if welcome is not None else 0.0
+        silent = time.monotonic() - session.last_received
+        if limit > 0 and silent > limit + session.interval:
+            log.warning("no message from %s for %.1fs", self.server, silent)
+            return True
+        return False
+
+    def _send(self, message: worker_pb2.ConnectRequest) -> None:
+        """Queue a message on the current session once it is welcomed; otherwise drop it
+        (outcomes are kept by Attempts and sent again after the next Welcome)."""
+        session = self._session
+        if session is not None and session.welcome is not None and not self._stop.is_set():
+            session.outbox.put(message)
+
+    # Server messages ---------------------------------------------------------------
+
+    def _handle(self, session: _Session, response: worker_pb2.ConnectResponse) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "welcome":
+            self._welcome(session, response.welcome)
+        elif session.welcome is None:
+            log.warning("ignoring a %s sent before the Welcome", kind)
+        elif kind == "assignment":
+            self.attempts.assign(response.assignment)
+        elif kind == "cancel":
+            self.attempts.cancel(key_of(response.cancel.token))
+        elif kind == "heartbeat_ack":
+            for token in response.heartbeat_ack.cancel:
+                self.attempts.cancel(key_of(token))
+        elif kind == "ack":
+            ack = response.ack
+            self.attempts.acked(key_of(ack.token))
+            if not ack.accepted:
+                log.warning(
+                    "the server refused the outcome of %s attempt %d: %s",
+                    ack.token.task_run_id,
+                    ack.token.attempt,
+                    ack.reason or "no reason given",
+                )
+
+    def _welcome(self, session: _Session, welcome: worker_pb2.Welcome) -> None:
+        interval = seconds(welcome.heartbeat_interval)
+        held = {key_of(t) for t in session.hello.running}
+        keep = {key_of(t) for t in welcome.keep_running}
+        with self._lock:
+            session.interval = interval if interval > 0 else DEFAULT_HEARTBEAT
+            self.attempts.inline_limit = int(welcome.inline_payload_limit)
+            resend = self.attempts.keep(held, keep)
+            session.welcome = welcome
+            for message in resend:
+                session.outbox.put(message)
+            session.outbox.put(_BEAT)
+            first = not self._connected_once
+            self._connected_once = True
+        if first and self._on_connect is not None:
+            self._on_connect(self)
+        elif not first:
+            log.info("reconnected to %s", self.server)
+
+
+def _sdk_version() -> str:
+    from . import __version__
+
+    return __version__

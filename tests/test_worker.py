@@ -1,0 +1,708 @@
+"""The Python worker against a fake WorkerGatewayService (and the real PayloadService).
+
+The fake gateway answers Hello with a Welcome, heartbeats with HeartbeatAcks and
+outcomes with Acks, records everything the worker sends, and lets a test push
+assignments and cancels. Workers run as `headwater worker` subprocesses (end to end)
+or in a thread through the Worker API (fine-grained cases).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+import headwater
+from headwater._payloads import decode_value, encode
+from headwater._worker import Worker, WorkerError
+from headwater.v1 import payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
+from headwater_runtime.server import MAX_CHUNK, PayloadServicer, TokenAuthInterceptor
+from headwater_runtime.store import SQLiteStore
+
+TOKEN = "s3cret"
+WAIT = 15.0  # upper bound of every wait; a passing test never gets near it
+
+TASKS = """
+import logging
+import time
+
+from headwater import Skip, task
+
+
+@task
+def add(a, b):
+    return a + b
+
+
+@task
+def combine(items, mapping, picked, blob):
+    return {"items": items, "keys": list(mapping), "mapping": mapping, "picked": picked,
+            "blob": len(blob)}
+
+
+@task
+def big(n):
+    return b"x" * n
+
+
+@task
+def squares(n):
+    return [i * i for i in range(n)]
+
+
+@task
+def pair():
+    return (1, 2)
+
+
+@task(no_retry_on=[KeyError])
+def explode(kind):
+    if kind == "key":
+        raise KeyError("missing")
+    try:
+        raise OSError("disk on fire")
+    except OSError as exc:
+        raise ValueError("bad value") from exc
+
+
+@task
+def nothing_to_do():
+    raise Skip("nothing to do")
+
+
+@task
+def block(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "finished"
+
+
+@task
+def chatty(n):
+    log = logging.getLogger("hw_tasks.chatty")
+    log.info("hello %d", n)
+    log.warning("careful")
+    return n
+"""
+
+
+# The fake control plane -------------------------------------------------------------
+
+
+class FakeGateway(worker_pb2_grpc.WorkerGatewayServiceServicer):
+    """Records what workers send; test code pushes ConnectResponses to the latest
+    session with ``send``."""
+
+    def __init__(
+        self,
+        welcome: worker_pb2.Welcome,
+        *,
+        reject: tuple[grpc.StatusCode, str] | None = None,
+        keep_running: bool = True,
+        answer_heartbeats: bool = True,
+    ) -> None:
+        self.welcome = welcome
+        self.reject = reject
+        self.keep_running = keep_running
+        self.answer_heartbeats = answer_heartbeats
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.received: list[worker_pb2.ConnectRequest] = []
+        self.largest = 0
+        self._cond = threading.Condition()
+        self._outboxes: list[asyncio.Queue[worker_pb2.ConnectResponse | None]] = []
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[worker_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[worker_pb2.ConnectResponse]:
+        out: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
+        self._outboxes.append(out)
+
+        async def read() -> None:
+            async for request in request_iterator:
+                self._record(request)
+                kind = request.WhichOneof("message")
+                if kind == "hello":
+                    welcome = worker_pb2.Welcome()
+                    welcome.CopyFrom(self.welcome)
+                    if self.keep_running:
+                        welcome.keep_running.extend(request.hello.running)
+                    out.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
+                elif kind == "heartbeat" and self.answer_heartbeats:
+                    out.put_nowait(worker_pb2.ConnectResponse(heartbeat_ack={}))
+                elif kind in ("result", "failure", "skipped"):
+                    token = getattr(request, kind).token
+                    ack = worker_pb2.Ack(token=token, accepted=True)
+                    out.put_nowait(worker_pb2.ConnectResponse(ack=ack))
+            out.put_nowait(None)
+
+        if self.reject is not None:
+            first = await context.read()
+            self._record(first)
+            await context.abort(*self.reject)
+        reader = asyncio.create_task(read())
+        try:
+            while (message := await out.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+
+    def _record(self, request: worker_pb2.ConnectRequest) -> None:
+        with self._cond:
+            self.received.append(request)
+            self.largest = max(self.largest, request.ByteSize())
+            self._cond.notify_all()
+
+    def send(self, **message: Any) -> None:
+        assert self.loop is not None and self._outboxes
+        response = worker_pb2.ConnectResponse(**message)
+        self.loop.call_soon_threadsafe(self._outboxes[-1].put_nowait, response)
+
+    def all(self, kind: str) -> list[Any]:
+        with self._cond:
+            return [getattr(r, kind) for r in self.received if r.WhichOneof("message") == kind]
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.received)
+
+    def wait_for(
+        self, kind: str, match: Callable[[Any], bool] = lambda _: True, since: int = 0
+    ) -> Any:
+        """The first message of this kind that matches (received at index >= since)."""
+        deadline = time.monotonic() + WAIT
+        with self._cond:
+            while True:
+                for request in self.received[since:]:
+                    if request.WhichOneof("message") == kind and match(getattr(request, kind)):
+                        return getattr(request, kind)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    kinds = [r.WhichOneof("message") for r in self.received]
+                    raise AssertionError(f"no matching {kind} within {WAIT}s; got {kinds}")
+                self._cond.wait(remaining)
+
+
+class FakeServer:
+    """The fake gateway plus the real PayloadService, on an aio server in a thread."""
+
+    def __init__(
+        self,
+        db: Path,
+        gateway: FakeGateway,
+        *,
+        port: int = 0,
+        token: str | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.store = SQLiteStore(db)
+        self.loop = asyncio.new_event_loop()
+        gateway.loop = self.loop
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: grpc.aio.Server | None = None
+        self.port = self._call(self._start(port, token))
+        self.address = f"127.0.0.1:{self.port}"
+        self.auth = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(WAIT)
+
+    async def _start(self, port: int, token: str | None) -> int:
+        interceptors = [TokenAuthInterceptor(token)] if token else []
+        self._server = grpc.aio.server(interceptors=interceptors)
+        worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(self.gateway, self._server)
+        payload_pb2_grpc.add_PayloadServiceServicer_to_server(
+            PayloadServicer(self.store), self._server
+        )
+        bound = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        await self._server.start()
+        return int(bound)
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        await self._server.stop(None)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        self._call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(WAIT)
+        self.loop.close()
+        self.store.close()
+
+    def download(self, ref: payload_pb2.PayloadRef) -> bytes:
+        with grpc.insecure_channel(self.address) as channel:
+            stub = payload_pb2_grpc.PayloadServiceStub(channel)
+            request = payload_pb2.DownloadPayloadRequest(payload_id=ref.payload_id)
+            parts = stub.DownloadPayload(request, timeout=WAIT, metadata=self.auth)
+            return b"".join(p.chunk for p in parts)
+
+    def upload(self, value: Any) -> payload_pb2.PayloadRef:
+        encoded = encode(value)
+        header = payload_pb2.UploadPayloadHeader(
+            size_bytes=len(encoded.data),
+            metadata=encoded.metadata,
+            sha256=hashlib.sha256(encoded.data).hexdigest(),
+        )
+        parts = [payload_pb2.UploadPayloadRequest(header=header)]
+        for start in range(0, len(encoded.data), MAX_CHUNK):
+            chunk = encoded.data[start : start + MAX_CHUNK]
+            parts.append(payload_pb2.UploadPayloadRequest(chunk=chunk))
+        with grpc.insecure_channel(self.address) as channel:
+            stub = payload_pb2_grpc.PayloadServiceStub(channel)
+            return stub.UploadPayload(iter(parts), timeout=WAIT, metadata=self.auth).ref
+
+
+def welcome(**fields: Any) -> worker_pb2.Welcome:
+    msg = worker_pb2.Welcome(
+        session_id="s1", server_version="fake", protocol_version=1, inline_payload_limit=1 << 20
+    )
+    msg.heartbeat_interval.FromMilliseconds(100)
+    msg.heartbeat_timeout.FromSeconds(10)
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    return msg
+
+
+@pytest.fixture
+def tasks_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hw_tasks.py"
+    path.write_text(TASKS)
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[FakeServer]:
+    fake = FakeServer(tmp_path / "hw.db", FakeGateway(welcome()))
+    yield fake
+    fake.stop()
+
+
+@contextlib.contextmanager
+def worker_thread(address: str, tasks_file: Path, **options: Any) -> Iterator[Worker]:
+    worker = Worker(address, [str(tasks_file)], name="test-worker", **options)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(WAIT)
+        assert not thread.is_alive(), "the worker did not stop"
+    assert not errors, errors
+
+
+def value(obj: Any) -> worker_pb2.InputValue:
+    encoded = encode(obj)
+    payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+    return worker_pb2.InputValue(value=payload_pb2.Value(inline=payload))
+
+
+def token(name: str, attempt: int = 1) -> worker_pb2.FencingToken:
+    return worker_pb2.FencingToken(task_run_id=f"run1/{name}", attempt=attempt)
+
+
+def assign(
+    gateway: FakeGateway, name: str, task: str, attempt: int = 1, **fields: Any
+) -> worker_pb2.FencingToken:
+    tok = token(name, attempt)
+    msg = worker_pb2.Assignment(token=tok, task_type=f"hw_tasks.{task}", map_index=-1, **fields)
+    gateway.send(assignment=msg)
+    return tok
+
+
+def inputs(**values: Any) -> dict[str, worker_pb2.InputValue]:
+    return {k: v if isinstance(v, worker_pb2.InputValue) else value(v) for k, v in values.items()}
+
+
+def about(tok: worker_pb2.FencingToken) -> Callable[[Any], bool]:
+    return lambda msg: msg.token == tok
+
+
+def start_cli(tmp_path: Path, *args: str, token: str | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    env.pop("HEADWATER_TOKEN", None)
+    if token is not None:
+        env["HEADWATER_TOKEN"] = token
+    command = [sys.executable, "-m", "headwater._cli", "worker", *args]
+    return subprocess.Popen(
+        command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, stderr = proc.communicate(timeout=WAIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, stderr
+
+
+# End to end: `headwater worker` as a subprocess -------------------------------------
+
+
+@pytest.mark.e2e
+def test_cli_worker_says_hello_runs_tasks_with_logs_and_exits_0_on_sigterm(
+    tmp_path: Path, tasks_file: Path, server: FakeServer
+) -> None:
+    gateway = server.gateway
+    proc = start_cli(
+        tmp_path,
+        *("--server", server.address, "--module", "hw_tasks", "--slots", "3", "--name", "w1"),
+        *("--label", "gpu=true", "--label", "zone=eu"),
+    )
+    try:
+        hello = gateway.wait_for("hello")
+        assert len(hello.worker_id) == 32 and hello.name == "w1"
+        assert hello.protocol_version == 1 and hello.slots == 3
+        assert {"hw_tasks.add", "hw_tasks.chatty", "headwater.case", "headwater.merge"} <= set(
+            hello.capabilities
+        )
+        assert dict(hello.labels) == {"gpu": "true", "zone": "eu"}
+        runtime = hello.runtime
+        assert (runtime.language, runtime.sdk_version, runtime.pid) == (
+            "python",
+            headwater.__version__,
+            proc.pid,
+        )
+        assert runtime.language_version.startswith(f"{sys.version_info[0]}.")
+        assert runtime.hostname and not hello.running
+
+        tok = assign(gateway, "chatty", "chatty", inputs=inputs(n=3), argument_order=["n"])
+        result = gateway.wait_for("result", about(tok))
+        assert decode_value(result.result) == 3
+        logs = [entry for entry in gateway.all("log") if entry.token == tok]
+        assert [(e.level, e.logger, e.message) for e in logs] == [
+            ("INFO", "hw_tasks.chatty", "hello 3"),
+            ("WARNING", "hw_tasks.chatty", "careful"),
+        ]
+        assert all(e.timestamp.seconds > 0 for e in logs)
+        assert gateway.all("started")[0].token == tok
+        stuck = assign(gateway, "stuck", "block", inputs=inputs(seconds=60))
+        gateway.wait_for("started", about(stuck))  # abandoned on SIGTERM, exit 0 at once
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, stderr = finish(proc)
+    assert code == 0, stderr
+    connected = [line for line in stderr.splitlines() if line.startswith("headwater worker")]
+    capabilities = len(hello.capabilities)
+    assert connected == [
+        f"headwater worker w1 connected to {server.address} ({capabilities} capabilities, 3 slots)"
+    ]
+
+
+@pytest.mark.e2e
+def test_a_bad_token_exits_non_zero_with_one_line(tmp_path: Path, tasks_file: Path) -> None:
+    fake = FakeServer(tmp_path / "hw.db", FakeGateway(welcome()), token=TOKEN)
+    try:
+        proc = start_cli(tmp_path, "--server", fake.address, "--module", "hw_tasks", token="wrong")
+        code, stderr = finish(proc)
+    finally:
+        fake.stop()
+    assert code == 1
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("headwater: error:") and "invalid token" in lines[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--server", "127.0.0.1:1"], "at least one --module"),
+        (["--server", "127.0.0.1:1", "-m", "no_such_module_here"], "no module named"),
+        (["--server", "127.0.0.1:1", "-m", "hw_tasks", "--label", "gpu"], "--label expects"),
+        (["--server", "127.0.0.1:1", "-m", "hw_tasks", "--slots", "0"], "--slots must be"),
+        (["-m", "hw_tasks"], "--server HOST:PORT is required"),
+        (["--server", "localhost", "-m", "hw_tasks"], "--server expects HOST:PORT"),
+    ],
+)
+def test_cli_usage_errors_are_one_line_and_exit_2(
+    tmp_path: Path, tasks_file: Path, args: list[str], fragment: str
+) -> None:
+    env_server = os.environ.pop("HEADWATER_SERVER", None)
+    try:
+        code, stderr = finish(start_cli(tmp_path, *args))
+    finally:
+        if env_server is not None:
+            os.environ["HEADWATER_SERVER"] = env_server
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert fragment in stderr
+
+
+# Fine-grained: the Worker API in a thread -------------------------------------------
+
+
+def test_inputs_are_decoded_assembled_and_selected(tasks_file: Path, server: FakeServer) -> None:
+    gateway = server.gateway
+    blob = os.urandom(3 << 20)  # by reference: downloaded in chunks and verified
+    args = inputs(
+        items=worker_pb2.InputValue(
+            list=worker_pb2.InputValueList(items=[value(1), value(2)], tuple=True)
+        ),
+        mapping=worker_pb2.InputValue(
+            map=worker_pb2.InputValueMap(
+                entries=[
+                    worker_pb2.InputValueMapEntry(key="z", value=value(1)),
+                    worker_pb2.InputValueMapEntry(key="a", value=value([2])),
+                ]
+            )
+        ),
+        picked=worker_pb2.InputValue(
+            value=value({"rows": [10, 20, 30]}).value,
+            path=[payload_pb2.PathElement(key="rows"), payload_pb2.PathElement(index=-1)],
+        ),
+        blob=worker_pb2.InputValue(value=payload_pb2.Value(ref=server.upload(blob))),
+    )
+    with worker_thread(server.address, tasks_file, slots=2):
+        gateway.wait_for("hello")
+        tok = assign(gateway, "combine", "combine", inputs=args)
+        result = gateway.wait_for("result", about(tok))
+    assert decode_value(result.result) == {
+        "items": (1, 2),
+        "keys": ["z", "a"],
+        "mapping": {"z": 1, "a": [2]},
+        "picked": 30,
+        "blob": len(blob),
+    }
+    assert gateway.wait_for("started", about(tok))
+
+
+def test_a_result_over_the_inline_limit_goes_by_reference_in_chunks(
+    tmp_path: Path, tasks_file: Path
+) -> None:
+    gateway = FakeGateway(welcome(inline_payload_limit=1024))
+    fake = FakeServer(tmp_path / "hw.db", gateway, token=TOKEN)  # the token goes on every call
+    try:
+        with worker_thread(fake.address, tasks_file, slots=1, token=TOKEN):
+            fake.gateway.wait_for("hello")
+            tok = assign(fake.gateway, "big", "big", inputs=inputs(n=5_000_000))
+            result = fake.gateway.wait_for("result", about(tok)).result
+            small = assign(fake.gateway, "small", "big", inputs=inputs(n=10))
+            inline = fake.gateway.wait_for("result", about(small)).result
+        assert result.WhichOneof("kind") == "ref"
+        ref = result.ref
+        data = fake.download(ref)
+        assert len(data) == ref.size_bytes and hashlib.sha256(data).hexdigest() == ref.sha256
+        assert decode_value(result, lambda _: data) == b"x" * 5_000_000
+        assert inline.WhichOneof("kind") == "inline" and decode_value(inline) == b"x" * 10
+        assert fake.gateway.largest < 4 << 20
+    finally:
+        fake.stop()
+
+
+def test_split_result_sends_every_element(tasks_file: Path, server: FakeServer) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=2):
+        gateway.wait_for("hello")
+        tok = assign(gateway, "squares", "squares", inputs=inputs(n=4), split_result=True)
+        plain = assign(gateway, "plain", "squares", inputs=inputs(n=4))
+        result = gateway.wait_for("result", about(tok)).result
+        unsplit = gateway.wait_for("result", about(plain)).result
+    assert decode_value(result) == [0, 1, 4, 9]
+    assert [decode_value(item) for item in result.items] == [0, 1, 4, 9]
+    assert result.inline.metadata["headwater.length"] == "4"
+    assert not unsplit.items
+
+
+def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=4):
+        gateway.wait_for("hello")
+        value_error = assign(gateway, "v", "explode", inputs=inputs(kind="value"))
+        key_error = assign(gateway, "k", "explode", inputs=inputs(kind="key"))
+        not_json = assign(gateway, "j", "pair", result_encoding="json")
+        unknown = assign(gateway, "u", "no_such_task")
+        failures = {
+            name: gateway.wait_for("failure", about(tok)).failure
+            for name, tok in [("v", value_error), ("k", key_error), ("j", not_json), ("u", unknown)]
+        }
+    bad = failures["v"]
+    assert (bad.type, bad.message, bad.retryable, bad.language) == (
+        "builtins.ValueError",
+        "bad value",
+        True,
+        "python",
+    )
+    assert 'raise ValueError("bad value")' in bad.stack_trace
+    assert (bad.cause.type, bad.cause.message) == ("builtins.OSError", "disk on fire")
+    assert (failures["k"].type, failures["k"].retryable) == ("builtins.KeyError", False)
+    assert (failures["j"].type, failures["j"].retryable) == ("headwater.EncodingError", False)
+    assert (failures["u"].type, failures["u"].retryable) == ("headwater.UnknownTaskType", False)
+    assert not gateway.all("result")
+
+
+def test_skip_is_reported_as_skipped(tasks_file: Path, server: FakeServer) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=1):
+        gateway.wait_for("hello")
+        tok = assign(gateway, "s", "nothing_to_do")
+        skipped = gateway.wait_for("skipped", about(tok))
+    assert skipped.reason == "nothing to do"
+
+
+def test_slots_are_reported_and_an_extra_assignment_is_refused(
+    tasks_file: Path, server: FakeServer
+) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=2):
+        gateway.wait_for("hello")
+        first = assign(gateway, "a", "block", inputs=inputs(seconds=30))
+        second = assign(gateway, "b", "block", inputs=inputs(seconds=30))
+        third = assign(gateway, "c", "block", inputs=inputs(seconds=30))
+        full = gateway.wait_for("failure", about(third)).failure
+        busy = gateway.wait_for("heartbeat", lambda hb: hb.used_slots == 2)
+        assert busy.free_slots == 0
+        assert sorted(t.task_run_id for t in busy.running) == ["run1/a", "run1/b"]
+        gateway.send(heartbeat_ack=worker_pb2.HeartbeatAck(cancel=[first]))
+        gateway.send(cancel=worker_pb2.CancelTaskRun(token=second, reason="user"))
+        gateway.wait_for("cancelled", about(first))
+        gateway.wait_for("cancelled", about(second))
+        idle = gateway.wait_for("heartbeat", since=gateway.mark())
+        assert (idle.used_slots, idle.free_slots, list(idle.running)) == (0, 2, [])
+    assert (full.type, full.retryable) == ("headwater.WorkerFull", True)
+    assert not gateway.all("result")
+
+
+def test_a_cancelled_attempt_sends_no_result_and_frees_its_slot(
+    tasks_file: Path, server: FakeServer
+) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=1):
+        gateway.wait_for("hello")
+        tok = assign(gateway, "slow", "block", inputs=inputs(seconds=30))
+        gateway.wait_for("started", about(tok))
+        gateway.send(cancel=worker_pb2.CancelTaskRun(token=tok, reason="user"))
+        gateway.wait_for("cancelled", about(tok))
+        after = assign(gateway, "after", "add", inputs=inputs(a=1, b=2))
+        assert decode_value(gateway.wait_for("result", about(after)).result) == 3
+    assert [r.token for r in gateway.all("result")] == [after]
+    assert not gateway.all("failure")
+
+
+def test_an_attempt_over_its_timeout_fails_timed_out(tasks_file: Path, server: FakeServer) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=1):
+        gateway.wait_for("hello")
+        msg = worker_pb2.Assignment(
+            token=token("t"), task_type="hw_tasks.block", inputs=inputs(seconds=30)
+        )
+        msg.timeout.FromMilliseconds(300)
+        gateway.send(assignment=msg)
+        report = gateway.wait_for("failure", about(token("t")))
+        after = assign(gateway, "after", "add", inputs=inputs(a=1, b=2))
+        gateway.wait_for("result", about(after))
+    assert report.timed_out
+    assert (report.failure.type, report.failure.retryable) == ("headwater.TaskTimeout", True)
+    assert [r.token for r in gateway.all("result")] == [after]
+
+
+def test_reconnects_with_its_running_attempts_and_delivers_their_outcome(
+    tmp_path: Path, tasks_file: Path
+) -> None:
+    first = FakeServer(tmp_path / "hw.db", FakeGateway(welcome()))
+    second: FakeServer | None = None
+    try:
+        with worker_thread(first.address, tasks_file, slots=1) as worker:
+            hello = first.gateway.wait_for("hello")
+            tok = assign(first.gateway, "slow", "block", inputs=inputs(seconds=1.0))
+            first.gateway.wait_for("started", about(tok))
+            first.stop()
+            second = FakeServer(tmp_path / "hw2.db", FakeGateway(welcome()), port=first.port)
+            again = second.gateway.wait_for("hello")
+            assert again.worker_id == hello.worker_id == worker.worker_id
+            assert list(again.running) == [tok]
+            result = second.gateway.wait_for("result", about(tok))
+            assert decode_value(result.result) == "finished"
+    finally:
+        if second is not None:
+            second.stop()
+
+
+def test_a_refusal_before_welcome_stops_the_worker(tmp_path: Path, tasks_file: Path) -> None:
+    gateway = FakeGateway(
+        welcome(), reject=(grpc.StatusCode.FAILED_PRECONDITION, "protocol 1 is not supported")
+    )
+    fake = FakeServer(tmp_path / "hw.db", gateway)
+    try:
+        worker = Worker(fake.address, [str(tasks_file)])
+        with pytest.raises(WorkerError, match="protocol 1 is not supported"):
+            worker.run()
+    finally:
+        fake.stop()
+    assert len(gateway.all("hello")) == 1
+
+
+def test_load_errors_name_the_module() -> None:
+    from headwater._loader import LoadError
+
+    with pytest.raises(LoadError, match="no module named 'no_such_module_here'"):
+        Worker("127.0.0.1:1", ["no_such_module_here"])
+    with pytest.raises(ValueError, match="slots must be at least 1"):
+        Worker("127.0.0.1:1", [], slots=0)
+
+
+def test_attempts_the_server_does_not_keep_are_abandoned(tmp_path: Path, tasks_file: Path) -> None:
+    first = FakeServer(tmp_path / "hw.db", FakeGateway(welcome()))
+    second: FakeServer | None = None
+    try:
+        with worker_thread(first.address, tasks_file, slots=1):
+            first.gateway.wait_for("hello")
+            tok = assign(first.gateway, "slow", "block", inputs=inputs(seconds=30))
+            first.gateway.wait_for("started", about(tok))
+            first.stop()
+            gateway = FakeGateway(welcome(), keep_running=False)
+            second = FakeServer(tmp_path / "hw2.db", gateway, port=first.port)
+            assert list(gateway.wait_for("hello").running) == [tok]
+            beat = gateway.wait_for("heartbeat")
+            assert (beat.used_slots, list(beat.running)) == (0, [])
+            after = assign(gateway, "after", "add", inputs=inputs(a=1, b=2))
+            gateway.wait_for("result", about(after))
+        assert [r.token for r in gateway.all("result")] == [after]
+        assert not gateway.all("failure") and not gateway.all("cancelled")
+    finally:
+        if second is not None:
+            second.stop()
+
+
+def test_a_silent_server_is_dropped_and_dialled_again(tmp_path: Path, tasks_file: Path) -> None:
+    quiet = welcome()
+    quiet.heartbeat_timeout.FromMilliseconds(200)
+    gateway = FakeGateway(quiet, answer_heartbeats=False)
+    fake = FakeServer(tmp_path / "hw.db", gateway)
+    try:
+        with worker_thread(fake.address, tasks_file, slots=1):
+            first = gateway.wait_for("hello")
+            again = gateway.wait_for("hello", since=1)  # a second session
+            assert again.worker_id == first.worker_id
+    finally:
+        fake.stop()
