@@ -91,6 +91,21 @@ def blocking(x: int) -> int:
 @flow
 def slow(n: int = 1) -> int:
     return blocking(load(extract(n)))
+
+@task(labels={"role": "producer"})
+def produce(mb: int):
+    import numpy as np
+    effect("produce")
+    return np.arange(mb * (1 << 20) // 8, dtype=np.int64)
+
+@task(labels={"role": "consumer"})
+def consume(array) -> list:
+    effect("consume")
+    return [int(array.size), int(array[-1]), int(array.nbytes)]
+
+@flow
+def big(mb: int = 300) -> list:
+    return consume(produce(mb))
 """
 
 
@@ -336,3 +351,21 @@ def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
     bad_token = {**env, "HEADWATER_TOKEN": "wrong"}
     proc = headwater_cli("runs", "list", "--server", address, env=bad_token)
     assert proc.returncode == 1 and "refused the token" in proc.stderr
+
+
+def test_a_300_mb_array_flows_between_workers_by_reference(
+    tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    """Server and workers keep gRPC's default 4 MiB receive limit, which fails any RPC
+    carrying a larger message: success means the array moved in chunks."""
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "producer", "--label", "role=producer")
+    start_worker(cluster, address, "consumer", "--label", "role=consumer")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.big, {"mb": 300})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        words = 300 * (1 << 20) // 8
+        assert final.result == [words, words - 1, 300 << 20]
+    assert effects(tmp_path) == [("produce", "producer"), ("consume", "consumer")]
