@@ -141,10 +141,15 @@ def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
         stop = asyncio.Event()
         worker = asyncio.create_task(fake_worker(channel, stop))
         states = []
+        task_states: dict[str, list[int]] = {}
         async for change in client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH):
             states.append(change.flow_run.state)
+            if change.HasField("task_run"):
+                task_states.setdefault(change.task_run.name, []).append(change.task_run.state)
         stop.set()
         assert states[-1] == 4  # FLOW_RUN_STATE_SUCCESS
+        # Every transition once, in order: SCHEDULED, RUNNING, SUCCESS.
+        assert task_states["scale[3]"] == [2, 3, 5]
         got = await client.GetFlowRun(
             cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
         )

@@ -18,7 +18,7 @@ from headwater.v1 import (
 from headwater_runtime.engine import FlowRunState, GraphError, ParameterError
 from headwater_runtime.store import Conflict, NotFound
 
-from ._convert import flow_run_message, task_run_from_record, task_run_from_row
+from ._convert import flow_run_message, task_run_from_row
 from ._core import FEATURES, PROTOCOL_VERSION, SERVER_VERSION, ServerCore
 from ._values import Composite, from_input_value, to_result_value
 
@@ -141,7 +141,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 row = self.store.get_flow_run(row.id)
                 response = control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
                 if run is not None:
-                    response.task_run.CopyFrom(task_run_from_record(row.id, run))
+                    response.task_run.CopyFrom(run)
                 yield response
         finally:
             self.core.unwatch(request.id, queue)

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.v1 import worker_pb2
+from headwater.v1 import run_pb2, worker_pb2
 from headwater_runtime.engine import (
     EventIgnored,
     TaskFailed,
@@ -27,6 +27,7 @@ from headwater_runtime.engine import (
 from headwater_runtime.store import LogRow, Store
 
 from ._codec import failure_from_proto
+from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._runs import RunManager, split_task_run_id
 
@@ -64,7 +65,7 @@ class ServerCore:
         self.runs.listeners.append(self._notify)
         self._flush_handle: asyncio.Handle | None = None
         self._acks: list[tuple[WorkerSession, worker_pb2.ConnectResponse]] = []
-        self._notes: list[tuple[str, TaskRunRecord | None]] = []
+        self._notes: list[tuple[str, run_pb2.TaskRun | None]] = []
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
@@ -263,4 +264,6 @@ class ServerCore:
 
     def _notify(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
         if flow_run_id in self._watchers:  # delivered after the commit, in flush()
-            self._notes.append((flow_run_id, run))
+            # Snapshot now: the record keeps changing before the flush.
+            snapshot = None if run is None else task_run_from_record(flow_run_id, run)
+            self._notes.append((flow_run_id, snapshot))
