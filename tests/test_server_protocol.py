@@ -281,3 +281,116 @@ def test_token_is_required_but_health_is_open(tmp_path: Path) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     run_against_server(tmp_path, body)
+
+
+def test_a_silent_worker_is_dropped_and_its_attempt_dispatched_again(tmp_path: Path) -> None:
+    async def main() -> None:
+        settings = ServerSettings(
+            port=0,
+            db=str(tmp_path / "hw.db"),
+            token=None,
+            heartbeat_interval=0.2,
+            heartbeat_timeout=1.0,
+        )
+        running = await start_server(settings)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+                await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline")
+                )
+                # A worker that takes an assignment and then goes silent (no heartbeats).
+                stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+                hello = worker_pb2.Hello(
+                    worker_id="silent", protocol_version=1, capabilities=list(FUNCS), slots=1
+                )
+                release = asyncio.Event()
+
+                async def silent_requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+                    yield worker_pb2.ConnectRequest(hello=hello)
+                    await release.wait()
+
+                silent = stub.Connect(silent_requests())
+                got_assignment = False
+                async for response in silent:  # ends when the server drops the worker
+                    got_assignment |= response.HasField("assignment")
+                assert got_assignment
+                release.set()
+                stop = asyncio.Event()
+                rescuer = asyncio.create_task(fake_worker_no_auth(channel, stop))
+                final = None
+                async for change in client.WatchFlowRun(
+                    cp.WatchFlowRunRequest(id=created.flow_run.id)
+                ):
+                    final = change.flow_run
+                stop.set()
+                rescuer.cancel()
+                assert final is not None and final.state == 4
+                got = await client.GetFlowRun(
+                    cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True)
+                )
+                numbers_run = next(t for t in got.task_runs if t.name == "numbers")
+                assert numbers_run.attempts == 2  # lost once, dispatched again
+                assert 4 not in [h.state for h in numbers_run.history]  # no retry was used
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def fake_worker_no_auth(channel: grpc.aio.Channel, stop: asyncio.Event) -> int:
+    global AUTH
+    saved, AUTH = AUTH, ()
+    try:
+        return await fake_worker(channel, stop)
+    finally:
+        AUTH = saved
+
+
+def test_hostile_bytes_do_not_crash_the_server_or_touch_the_store(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    methods = [
+        m.name
+        for m in cp.DESCRIPTOR.services_by_name["ControlPlaneService"].methods
+        if not m.server_streaming
+    ]
+
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(
+            cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+        )
+        before = await client.ListFlows(cp.ListFlowsRequest(), metadata=AUTH)
+        for name in methods:
+            call = channel.unary_unary(
+                f"/headwater.v1.ControlPlaneService/{name}",
+                request_serializer=lambda b: b,
+                response_deserializer=lambda b: b,
+            )
+            for _ in range(20):
+                junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300)))
+                try:
+                    await call(junk, metadata=AUTH, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED, name
+        # Deeply nested input lists are refused cleanly (protobuf itself caps the depth
+        # near 100; this one parses, but names a parameter the flow does not declare).
+        nested = graph_pb2.Input(parameter="n")
+        for _ in range(45):
+            nested = graph_pb2.Input(list=graph_pb2.InputList(items=[nested]))
+        bomb = graph_pb2.FlowGraph(
+            name="bomb", tasks=[graph_pb2.TaskNode(id="a", task_type="m.a", inputs={"x": nested})]
+        )
+        code, _ = await status_of(
+            client.RegisterFlow(cp.RegisterFlowRequest(graph=bomb), metadata=AUTH)
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        info = await client.GetServerInfo(cp.GetServerInfoRequest(), metadata=AUTH)
+        assert info.protocol_version == 1
+        after = await client.ListFlows(cp.ListFlowsRequest(), metadata=AUTH)
+        assert [f.name for f in after.flows] == [f.name for f in before.flows]
+
+    run_against_server(tmp_path, body)
