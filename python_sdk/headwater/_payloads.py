@@ -38,7 +38,9 @@ def is_json_exact(value: Any, depth: int = 0) -> bool:
     """Whether json round-trips the value to an equal value of the same types."""
     if depth > 100:
         return False
-    if value is None or isinstance(value, bool | str):
+    if value is None or type(value) is bool:
+        return True
+    if type(value) is str:  # subclasses (StrEnum...) would come back as plain str
         return True
     if isinstance(value, int):
         return type(value) is int
@@ -54,8 +56,12 @@ def is_json_exact(value: Any, depth: int = 0) -> bool:
 def encode(value: Any, *, portable: bool = False) -> EncodedValue:
     """Encode a value; json when exact (required when portable), else pickle."""
     if is_json_exact(value):
-        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return EncodedValue(data.encode("utf-8"), {"encoding": JSON})
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        try:
+            return EncodedValue(text.encode("utf-8"), {"encoding": JSON})
+        except UnicodeEncodeError as exc:  # a lone surrogate is not valid UTF-8
+            if portable:
+                raise EncodingError(f"a string cannot be sent as UTF-8 json ({exc})") from exc
     if portable:
         raise EncodingError(
             f"a {type(value).__name__} cannot be sent as json (portable tasks accept "

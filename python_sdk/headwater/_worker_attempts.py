@@ -301,5 +301,9 @@ class Attempts:
         except PayloadTransferError as exc:
             lost = failure("headwater.PayloadTransferError", str(exc), retryable=True)
             return failure_report(token, lost)
+        except Exception as exc:  # any other encoding trouble must still be reported
+            message = f"{type(exc).__name__}: {exc}"
+            bad = failure("headwater.EncodingError", message, retryable=False)
+            return failure_report(token, bad)
         result = worker_pb2.TaskResult(token=assignment.token, result=value)
         return worker_pb2.ConnectRequest(result=result)
