@@ -4,12 +4,16 @@ SPEC_JSON names the DAG kind, its size, the system to run it on and how many tim
 The process imports, builds the DAG's inputs, runs a tiny warm-up instance, then takes
 its RSS as the baseline and resets the peak mark, so ``peak_mb`` is what running the
 workload added. It prints one line ``RESULT_PREFIX + json`` on stdout.
+
+The ``server`` system is different: this process is the client of a ``headwater
+server`` and worker processes it starts and stops itself (``_server``).
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -19,7 +23,7 @@ from ._measure import current_rss_mb, peak_rss_mb, reset_peak
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
 
-SYSTEMS = ("headwater", "plain", "dask", "dask-raw")
+SYSTEMS = ("headwater", "plain", "dask", "dask-raw", "server")
 
 
 def _run_headwater(dag: Dag, max_workers: int | None) -> tuple[Any, float, float]:
@@ -60,6 +64,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     system: str = spec["system"]
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; use one of {', '.join(SYSTEMS)}")
+    if system == "server":
+        from ._server import measure as measure_server
+
+        return measure_server(spec)
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])
@@ -98,6 +106,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m benchmarks._child SPEC_JSON", file=sys.stderr)
         return 2
+    # SIGTERM unwinds like an exception, so the server workloads' finally blocks stop
+    # the processes they started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = measure(json.loads(argv[0]))
     print(RESULT_PREFIX + json.dumps(out), flush=True)
     return 0

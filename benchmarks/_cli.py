@@ -9,6 +9,8 @@ import datetime
 import json
 import os
 import platform
+import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -76,22 +78,52 @@ def _spawn(spec: dict[str, Any], timeout: float) -> Outcome:
     env = dict(os.environ)
     # Run from the repo root so `benchmarks` imports the same way as under `make bench`.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # A process group of its own: a server measurement starts a server and workers,
+    # and on a timeout or Ctrl-C the whole group (that process's id) is killed.
+    group = hasattr(os, "killpg")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks._child", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=group,
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks._child", json.dumps(spec)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return Outcome(spec["system"], error=f"timeout: over {timeout:g} s")
-    for line in proc.stdout.splitlines():
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        _kill_group(proc, group)
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return Outcome(spec["system"], error=f"timeout: over {timeout:g} s")
+        raise
+    for line in stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return Outcome(spec["system"], data=json.loads(line[len(RESULT_PREFIX) :]))
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    tail = (stderr or stdout).strip().splitlines()[-5:]
     return Outcome(spec["system"], error=f"error: exit {proc.returncode}: " + " / ".join(tail))
+
+
+def _kill_group(proc: subprocess.Popen[str], group: bool) -> None:
+    """Stop a measurement process and, where it has one, its process group: SIGTERM
+    first (a server measurement then stops its server and workers and removes its
+    temporary directory), SIGKILL whatever is left after 5 s."""
+    if not group:
+        proc.kill()
+        return
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break  # the group is gone
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:
+            time.sleep(0.5)  # let the group's other members finish stopping
 
 
 def _revision() -> str:
@@ -128,6 +160,9 @@ def _machine() -> dict[str, Any]:
 def _notes(rows: list[Row]) -> list[str]:
     notes = []
     for row in rows:
+        if row.workload.server:
+            notes.extend(_server_notes(row))
+            continue
         w = row.workload
         bits = []
         for system, outcome in row.outcomes.items():
@@ -166,6 +201,61 @@ def _notes(rows: list[Row]) -> list[str]:
     return notes
 
 
+def _ms(stats: dict[str, float]) -> str:
+    return f"median {stats['median']:.2f} ms, p95 {stats['p95']:.2f} ms"
+
+
+def _server_notes(row: Row) -> list[str]:
+    name = row.workload.name
+    server = row.get("server")
+    if server is None or server.data is None:
+        return [f"{name}: server {server.error if server else 'not run'}"]
+    d = server.data
+    cpu: dict[str, Any] = {}
+    if d["cpu_s"]:  # that of the median run
+        order = sorted(
+            range(len(d["cpu_s"])), key=lambda i: (d["walls"] or [0] * len(d["cpu_s"]))[i]
+        )
+        cpu = d["cpu_s"][order[len(order) // 2]]
+    cpu_text = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v is not None)
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in d["peak_rss_mb"].items() if v is not None)
+    slots = "/".join(str(s) for s in d["worker_slots"])
+    if d["kind"] == "latency":
+        s = d["stats_ms"]
+        return [
+            f"{name}: {d['label']} one after another, 1 worker ({slots} slots); "
+            f"server SCHEDULED -> task function starts on the worker: {_ms(s['ready_to_start'])} "
+            f"(min {s['ready_to_start']['min']:.2f}, max {s['ready_to_start']['max']:.2f}); "
+            f"SCHEDULED -> RUNNING (server clock, incl. the Started report's way back): "
+            f"{_ms(s['ready_to_running'])}; client.run returned -> task starts: "
+            f"{_ms(s['returned_to_start'])} (negative when the task starts before the "
+            f"client has the response); client.run called -> task starts: "
+            f"{_ms(s['called_to_start'])}; whole run (call -> ended_at): {_ms(s['run_wall'])}; "
+            f"CPU s over all runs: {cpu_text}; peak RSS MB: {peaks}"
+        ]
+    walls = ", ".join(f"{w:.3f}" for w in d["walls"])
+    bits = [
+        f"server {server.wall:.3f} s (median of {walls}) from client.run to the run's "
+        f"ended_at, {d['workers']} workers ({slots} slots)",
+        f"setup (compile + register) {d['setup_s']:.3f} s",
+        f"client.run returned after {statistics.median(d['client_run_s']):.3f} s",
+    ]
+    if cpu.get("server") is not None and row.tasks:
+        bits.append(
+            f"CPU s in the median run: {cpu_text} "
+            f"({cpu['server'] / row.tasks * 1e6:.0f} µs of server CPU per task)"
+        )
+    bits.append(f"peak RSS MB: {peaks}; {d['attempts']:,} attempts")
+    embedded, raw = row.get("headwater"), row.get("dask-raw")
+    if embedded and embedded.wall and server.wall:
+        bits.append(
+            f"embedded {embedded.wall:.3f} s (server/embedded = {server.wall / embedded.wall:.0f}x)"
+        )
+    if raw and raw.wall and server.wall:
+        bits.append(f"dask-raw {raw.wall:.3f} s (server/dask-raw = {server.wall / raw.wall:.0f}x)")
+    return [f"{name}: " + "; ".join(bits)]
+
+
 def _disagreements(rows: list[Row], quick: bool) -> list[str]:
     problems = []
     for row in rows:
@@ -182,6 +272,8 @@ def _disagreements(rows: list[Row], quick: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    # SIGTERM unwinds like Ctrl-C, so a running measurement's process group is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # "µs" on a non-UTF-8 terminal
     workloads = _select(args.only)
@@ -224,8 +316,19 @@ def main(argv: list[str] | None = None) -> int:
             status = outcomes[system].error or "ok"
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
-    print()
-    print(format_table(rows))
+    embedded = [r for r in rows if not r.workload.server]
+    served = [r for r in rows if r.workload.server]
+    if embedded:
+        print()
+        print(format_table(embedded))
+    if served:
+        print()
+        print(
+            "server workloads: `headwater server` (SQLite in a temporary directory) and "
+            "`headwater worker` processes on this machine; embedded s / dask-raw s: the "
+            "same DAG in-process, measured in this run"
+        )
+        print(format_table(served))
     print()
     for note in _notes(rows):
         print(note)

@@ -3,6 +3,8 @@
 cProfile sees the calling thread only: that is the compiler and the engine loop, where
 orchestration overhead lives. The worker threads' side (queue hand-off, ``execute``)
 does not show up here.
+
+``--profile server-fanout`` profiles the server process instead (``_server``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from ._workloads import Workload
 
 
 def profile(workload: Workload, quick: bool, max_workers: int | None, top: int) -> int:
+    if workload.server:
+        if workload.kind != "fanout":
+            print(f"--profile supports server-fanout, not {workload.name}")
+            return 2
+        from ._server import profile_fanout
+
+        return profile_fanout(workload.params(quick)["n"], top)
     warm = make_dag(workload.kind, WARMUP[workload.kind]).flow()
     warm.run(max_workers=max_workers)
     dag = make_dag(workload.kind, workload.params(quick))

@@ -23,6 +23,21 @@ COLUMNS = (
     "met?",
 )
 HEADER_START = "workload"
+#: The server workloads' table (printed under the embedded one).
+SERVER_COLUMNS = (
+    "workload",
+    "size",
+    "tasks",
+    "setup s",
+    "server s",
+    "tasks/s",
+    "embedded s",
+    "dask-raw s",
+    "latency median ms",
+    "p95 ms",
+    "target",
+    "met?",
+)
 
 
 @dataclass
@@ -35,7 +50,7 @@ class Outcome:
 
     @property
     def wall(self) -> float | None:
-        return statistics.median(self.data["walls"]) if self.data else None
+        return statistics.median(self.data["walls"]) if self.data and self.data["walls"] else None
 
     @property
     def compile(self) -> float | None:
@@ -55,8 +70,25 @@ class Row:
 
     @property
     def tasks(self) -> int | None:
-        hw = self.get("headwater")
-        return hw.data["tasks"] if hw and hw.data else None
+        for system in ("headwater", "server"):
+            outcome = self.get(system)
+            if outcome and outcome.data:
+                return int(outcome.data["tasks"])
+        return None
+
+    @property
+    def tasks_per_s(self) -> float | None:
+        """Server workloads: task runs per second of the server run's wall time."""
+        server = self.get("server")
+        wall = server.wall if server else None
+        return self.tasks / wall if wall and self.tasks else None
+
+    def latency_ms(self, stat: str) -> float | None:
+        """Server workloads: a statistic of ready -> task start, in ms."""
+        server = self.get("server")
+        if not (server and server.data and "stats_ms" in server.data):
+            return None
+        return float(server.data["stats_ms"]["ready_to_start"][stat])
 
     @property
     def overhead_us(self) -> float | None:
@@ -80,6 +112,10 @@ class Row:
             parts.append(f"<= {self.workload.max_overhead_us:g} µs/task")
         if self.workload.max_peak_mb is not None:
             parts.append(f"< {self.workload.max_peak_mb:g} MB")
+        if self.workload.min_tasks_per_s is not None:
+            parts.append(f">= {self.workload.min_tasks_per_s:,g} tasks/s")
+        if self.workload.max_latency_ms is not None:
+            parts.append(f"median < {self.workload.max_latency_ms:g} ms")
         return ", ".join(parts)
 
     def met(self) -> bool | None:
@@ -92,6 +128,16 @@ class Row:
             if self.peak_mb is None:
                 return None
             checks.append(self.peak_mb < self.workload.max_peak_mb)
+        if self.workload.min_tasks_per_s is not None:
+            rate = self.tasks_per_s
+            if rate is None:
+                return None
+            checks.append(rate >= self.workload.min_tasks_per_s)
+        if self.workload.max_latency_ms is not None:
+            median = self.latency_ms("median")
+            if median is None:
+                return None
+            checks.append(median < self.workload.max_latency_ms)
         return all(checks)
 
     def cells(self) -> list[str]:
@@ -113,6 +159,28 @@ class Row:
             "?" if met is None else ("yes" if met else "NO"),
         ]
 
+    def server_cells(self) -> list[str]:
+        server = self.get("server")
+        data = server.data if server and server.data else {}
+        met = self.met()
+        wall = "-"
+        if server is not None and (server.error is not None or data.get("walls")):
+            wall = _seconds(server)
+        return [
+            self.workload.name,
+            data.get("label", "?"),
+            f"{self.tasks:,}" if self.tasks else "?",
+            _num(data.get("setup_s"), 3),
+            wall,
+            _num(self.tasks_per_s, 0),
+            _seconds(self.get("headwater")),
+            _seconds(self.get("dask-raw")),
+            _num(self.latency_ms("median"), 2),
+            _num(self.latency_ms("p95"), 2),
+            self.target(),
+            "?" if met is None else ("yes" if met else "NO"),
+        ]
+
 
 def _num(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
@@ -129,9 +197,12 @@ def _seconds(outcome: Outcome | None) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    """A plain-text table (also valid as a Markdown table body)."""
-    body = [list(COLUMNS), *(row.cells() for row in rows)]
-    widths = [max(len(r[i]) for r in body) for i in range(len(COLUMNS))]
+    """A plain-text table (also valid as a Markdown table body): the embedded
+    workloads' columns, or the server workloads' when the rows are server rows."""
+    server = bool(rows) and all(row.workload.server for row in rows)
+    columns = SERVER_COLUMNS if server else COLUMNS
+    body = [list(columns), *(row.server_cells() if server else row.cells() for row in rows)]
+    widths = [max(len(r[i]) for r in body) for i in range(len(columns))]
     numeric = set(range(2, 10))
 
     def line(cells: list[str]) -> str:

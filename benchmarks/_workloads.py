@@ -20,6 +20,9 @@ class Workload:
         dask_params: a smaller size for the ``dask`` (delayed) run, when the full size
             would take minutes there; the table says so.
         max_overhead_us / max_peak_mb: the issue's targets (reported, never asserted).
+        server: a server workload (``_server``): its ``server`` system runs on a real
+            ``headwater server`` with worker processes; it has a table of its own.
+        min_tasks_per_s / max_latency_ms: the server workloads' targets.
     """
 
     name: str
@@ -34,6 +37,9 @@ class Workload:
     dask_quick_params: dict[str, int] | None = None
     max_overhead_us: float | None = None
     max_peak_mb: float | None = None
+    server: bool = False
+    min_tasks_per_s: float | None = None
+    max_latency_ms: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -107,6 +113,29 @@ WORKLOADS: tuple[Workload, ...] = (
         dask_params={"n": 10_000},
         dask_quick_params={"n": 2_000},
         max_peak_mb=1024,
+    ),
+    Workload(
+        name="server-fanout",
+        title="server throughput: fan-out + reduce on a server with 2 workers",
+        kind="fanout",
+        full={"n": 10_000},
+        quick={"n": 1_000},
+        # "headwater" is the embedded run of the very same DAG, measured again here so
+        # the row compares within one run even with --only.
+        systems=("server", "headwater", "dask-raw"),
+        repeats=3,
+        server=True,
+        min_tasks_per_s=2_000,
+    ),
+    Workload(
+        name="server-latency",
+        title="server latency: ready -> task starts on an idle server with 1 worker",
+        kind="latency",
+        full={"runs": 200},
+        quick={"runs": 50},
+        systems=("server",),
+        server=True,
+        max_latency_ms=2,
     ),
 )
 

@@ -35,3 +35,10 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         assert column in header, proc.stdout
     for workload in ("fanout", "layered", "memory-fanout", "memory-layered", "map"):
         assert f"| {workload} " in proc.stdout, proc.stdout
+    # The server workloads' own table (a real server and worker processes).
+    headers = [line for line in proc.stdout.splitlines() if line.startswith("| workload")]
+    assert len(headers) == 2, proc.stdout
+    for column in ("setup s", "server s", "tasks/s", "embedded s", "latency median ms", "met?"):
+        assert column in headers[1], proc.stdout
+    for workload in ("server-fanout", "server-latency"):
+        assert f"| {workload} " in proc.stdout, proc.stdout

@@ -32,6 +32,8 @@ from ._dispatch import Dispatcher, Token, WorkerSession
 from ._runs import RunManager, split_task_run_id
 
 PROTOCOL_VERSION = 1
+#: When busy, how long reports gather before one commit covers them all (seconds).
+BATCH_WINDOW = 0.002
 SERVER_VERSION = "0.1.0"
 FEATURES = ("payload-refs", "split-results", "fencing", "heartbeat-cancel")
 
@@ -63,7 +65,8 @@ class ServerCore:
         self.dispatcher = Dispatcher(on_lost=self._lost)
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._last_flush = 0.0
         self._acks: list[tuple[WorkerSession, worker_pb2.ConnectResponse]] = []
         self._notes: list[tuple[str, run_pb2.TaskRun | None]] = []
         self._orphans: dict[Token, tuple[str, float]] = {}
@@ -89,14 +92,23 @@ class ServerCore:
         self.flush()
 
     def touch(self) -> None:
-        """Schedule one commit at the end of this loop tick."""
+        """Schedule a commit: at the end of this loop tick when the server is idle,
+        or after a short gathering window when it committed moments ago, so that a
+        busy server commits many worker reports per transaction."""
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            if time.monotonic() - self._last_flush < BATCH_WINDOW:
+                self._flush_handle = loop.call_later(BATCH_WINDOW, self.flush)
+            else:
+                self._flush_handle = loop.call_soon(self.flush)
         self._wake.set()
 
     def flush(self) -> None:
         """Commit, then send what the commit covers."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         self._flush_handle = None
+        self._last_flush = time.monotonic()
         self.runs.flush()
         acks, self._acks = self._acks, []
         notes, self._notes = self._notes, []

@@ -1,0 +1,433 @@
+"""Server workloads: a real ``headwater server`` and ``headwater worker`` processes.
+
+Runs inside one measurement process (``_child``), which is the client. The server and
+workers are its own subprocesses, started with ``[sys.executable, "-m",
+"headwater._cli", ...]`` and always stopped in ``finally`` (SIGTERM, then SIGKILL, by
+pid). The harness also starts each measurement process in a process group of its
+own and kills that group if the measurement times out or is interrupted.
+
+* ``fanout``: one server, two workers (default slots), the ``_dags`` fan-out at N with
+  the server's durable SQLite state in a temporary directory. The timed part goes from
+  just before ``client.run`` to the run's ``ended_at`` as the server records it (same
+  machine, same clock). Registering the flow (compile + RegisterFlow) is ``setup``.
+* ``latency``: one server, one worker, sequential runs of a one-task flow whose task
+  returns ``time.time()`` at its first line. Per run, ``ready_to_start`` is that value
+  minus the SCHEDULED timestamp the server gave the task run (the moment its engine
+  made the task ready). See README.md for what that includes.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from headwater import Client
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import control_plane_pb2_grpc, run_pb2
+from headwater_runtime.engine import FlowRunState, TaskRunState
+
+from ._dags import FanOut
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS_MODULE = "benchmarks._server_tasks"
+#: How long a server or worker gets to print its ready line.
+START_TIMEOUT = 30.0
+#: How long one flow run may take before the measurement gives up.
+RUN_TIMEOUT = 240.0
+WARMUP_FANOUT = 50
+WARMUP_LATENCY_RUNS = 10
+
+
+# ------------------------------------------------------------------ subprocesses
+
+
+class _Proc:
+    """A subprocess whose stdout and stderr are drained by reader threads (the last
+    lines are kept for error messages)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: str) -> None:
+        self.args = args
+        self.popen = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
+        self.pid = self.popen.pid
+        self.lines: collections.deque[str] = collections.deque(maxlen=200)
+        self._cond = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read, args=(pipe,), daemon=True)
+            for pipe in (self.popen.stdout, self.popen.stderr)
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, pipe: Any) -> None:
+        for line in pipe:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_line(self, fragment: str, timeout: float = START_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if fragment in line:
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self.popen.poll() is not None:
+                    break
+                self._cond.wait(min(left, 0.1))
+        tail = " / ".join(list(self.lines)[-5:])
+        raise RuntimeError(f"{' '.join(self.args[2:4])}: no {fragment!r} line; output: {tail}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s; by pid, and only while it is still ours."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        for reader in self._readers:
+            reader.join(2)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux only)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_peak_mb(pid: int) -> float | None:
+    """Peak resident set size of a process (VmHWM; Linux only)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+class Cluster:
+    """``headwater server`` plus ``workers`` worker processes, in a temporary directory
+    that holds the SQLite database. Use as a context manager: everything it started is
+    stopped on exit, whatever happened."""
+
+    def __init__(
+        self, workers: int, slots: int | None = None, profile_to: str | None = None
+    ) -> None:
+        self.n_workers = workers
+        self.slots = slots
+        self.profile_to = profile_to  # run the server under cProfile, stats to this file
+        self.server: _Proc | None = None
+        self.workers: list[_Proc] = []
+        self.address = ""
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Cluster:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="headwater-bench-")
+        tmp = self._tmp.name
+        env = {k: v for k, v in os.environ.items() if k not in ("HEADWATER_TOKEN", "HEADWATER_DB")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        cli = [sys.executable, "-m", "headwater._cli"]
+        profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
+        server = [sys.executable, *profiler, *cli[1:], "server", "--port", "0"]
+        self.server = _Proc([*server, "--db", str(Path(tmp) / "headwater.db")], env, tmp)
+        self.address = self.server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+        for i in range(self.n_workers):
+            args = [*cli, "worker", "--server", self.address, "--module", TASKS_MODULE]
+            args += ["--name", f"bench-w{i + 1}"]
+            if self.slots is not None:
+                args += ["--slots", str(self.slots)]
+            self.workers.append(_Proc(args, env, tmp))
+        self.worker_slots = [
+            int(w.wait_line("connected to").rsplit("capabilities, ", 1)[1].split()[0])
+            for w in self.workers
+        ]
+
+    def close(self) -> None:
+        procs = [*self.workers, *([self.server] if self.server else [])]
+        for proc in procs:  # workers first, so they do not log reconnect attempts
+            try:
+                proc.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"could not stop pid {proc.pid}: {exc}", file=sys.stderr)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def cpu(self) -> dict[str, float | None]:
+        assert self.server is not None
+        out = {"server": _proc_cpu_s(self.server.pid)}
+        for i, worker in enumerate(self.workers):
+            out[f"worker{i + 1}"] = _proc_cpu_s(worker.pid)
+        out["client"] = time.process_time()
+        return out
+
+    def peaks(self) -> dict[str, float | None]:
+        assert self.server is not None
+        out = {"server": _proc_peak_mb(self.server.pid)}
+        for i, worker in enumerate(self.workers):
+            out[f"worker{i + 1}"] = _proc_peak_mb(worker.pid)
+        return out
+
+
+# ------------------------------------------------------------------------ client
+
+
+def _seconds(ts: Any) -> float:
+    return float(ts.seconds + ts.nanos / 1e9)
+
+
+class _Raw:
+    """GetFlowRun through the generated stub: the Client does not expose timestamps."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = control_plane_pb2_grpc.ControlPlaneServiceStub(self.channel)
+
+    def get(self, run_id: str, task_runs: bool = False) -> cp.GetFlowRunResponse:
+        request = cp.GetFlowRunRequest(id=run_id, include_task_runs=task_runs)
+        return self.stub.GetFlowRun(request, timeout=60)
+
+    def wait_end(self, run_id: str, poll: float) -> run_pb2.FlowRun:
+        """Poll until the run is terminal; returns it."""
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            run = self.get(run_id).flow_run
+            if FlowRunState(run.state).is_terminal:
+                return run
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"flow run {run_id} not finished after {RUN_TIMEOUT:g} s")
+            time.sleep(poll)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _deltas(after: dict[str, float | None], before: dict[str, float | None]) -> dict[str, Any]:
+    return {
+        k: (None if after[k] is None or before.get(k) is None else after[k] - before[k])  # type: ignore[operator]
+        for k in after
+    }
+
+
+def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
+    n = spec["params"]["n"]
+    dag = FanOut(n)
+    flow = dag.flow()
+    with Cluster(workers=2) as cluster, Client(cluster.address) as client:
+        raw = _Raw(cluster.address)
+        try:
+            warm = client.run(FanOut(WARMUP_FANOUT).flow())  # imports, connections
+            if raw.wait_end(warm.id, 0.01).state != FlowRunState.SUCCESS.value:
+                raise RuntimeError("the warm-up run did not succeed")
+            start = time.perf_counter()
+            version = client.deploy(flow)
+            setup = time.perf_counter() - start
+            walls: list[float] = []
+            seen: list[float] = []
+            returned: list[float] = []
+            cpu: list[dict[str, Any]] = []
+            run_id = ""
+            for _ in range(spec.get("repeats", 1)):
+                cpu_before = cluster.cpu()
+                t0 = time.time()
+                run_id = client.run(flow.name, version=version).id
+                returned.append(time.time() - t0)
+                ended = raw.wait_end(run_id, 0.01)
+                seen.append(time.time() - t0)
+                cpu.append(_deltas(cluster.cpu(), cpu_before))
+                if ended.state != FlowRunState.SUCCESS.value:
+                    raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
+                walls.append(_seconds(ended.ended_at) - t0)
+            final = client.get(run_id, include_task_runs=True)
+            states = collections.Counter(t.state.name for t in final.task_runs)
+            if states.get("SUCCESS") != dag.tasks:
+                raise RuntimeError(f"expected {dag.tasks} successful task runs, got {states}")
+            check = dag.check(final.result)
+            attempts = sum(t.attempts for t in final.task_runs)
+            peaks = cluster.peaks()
+        finally:
+            raw.close()
+    return {
+        "system": "server",
+        "kind": "fanout",
+        "params": spec["params"],
+        "tasks": dag.tasks,
+        "label": dag.label,
+        "walls": walls,
+        "compiles": [],
+        "setup_s": setup,
+        "client_run_s": returned,
+        "client_seen_s": seen,
+        "check": check,
+        "attempts": attempts,
+        "cpu_s": cpu,
+        "peak_rss_mb": peaks,
+        "workers": cluster.n_workers,
+        "worker_slots": cluster.worker_slots,
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "p95": _percentile(values, 95),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
+    from ._server_tasks import latency_flow
+
+    runs = spec["params"]["runs"]
+    scheduled, running = TaskRunState.SCHEDULED.value, TaskRunState.RUNNING.value
+    series: dict[str, list[float]] = {
+        "ready_to_start": [],  # SCHEDULED (server) -> task function starts (worker)
+        "ready_to_running": [],  # SCHEDULED -> RUNNING, both server timestamps
+        "returned_to_start": [],  # client.run returned (client) -> task starts (worker)
+        "called_to_start": [],  # client.run called (client) -> task starts (worker)
+        "run_wall": [],  # client.run called -> the run's ended_at (server)
+    }
+    with Cluster(workers=1) as cluster, Client(cluster.address) as client:
+        raw = _Raw(cluster.address)
+        try:
+            start = time.perf_counter()
+            version = client.deploy(latency_flow)
+            setup = time.perf_counter() - start
+            cpu_before = cluster.cpu()
+            for i in range(WARMUP_LATENCY_RUNS + runs):
+                time.sleep(0.005)  # let the previous run's last messages settle: idle
+                called = time.time()
+                run_id = client.run(latency_flow.name, version=version).id
+                returned = time.time()
+                ended = raw.wait_end(run_id, 0.002)
+                if ended.state != FlowRunState.SUCCESS.value:
+                    raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
+                started = float(client.decode(ended.result))
+                (task_run,) = raw.get(run_id, task_runs=True).task_runs
+                history = {h.state: _seconds(h.timestamp) for h in task_run.history}
+                if i < WARMUP_LATENCY_RUNS:
+                    continue
+                series["ready_to_start"].append(started - history[scheduled])
+                series["ready_to_running"].append(history[running] - history[scheduled])
+                series["returned_to_start"].append(started - returned)
+                series["called_to_start"].append(started - called)
+                series["run_wall"].append(_seconds(ended.ended_at) - called)
+            cpu = _deltas(cluster.cpu(), cpu_before)
+            peaks = cluster.peaks()
+        finally:
+            raw.close()
+    return {
+        "system": "server",
+        "kind": "latency",
+        "params": spec["params"],
+        "tasks": runs,
+        "label": f"{runs} runs",
+        "walls": [],
+        "compiles": [],
+        "setup_s": setup,
+        "latency_s": series["ready_to_start"],
+        "stats_ms": {k: {s: x * 1e3 for s, x in _stats(v).items()} for k, v in series.items()},
+        "check": runs,
+        "cpu_s": [cpu],
+        "peak_rss_mb": peaks,
+        "workers": cluster.n_workers,
+        "worker_slots": cluster.worker_slots,
+    }
+
+
+def profile_fanout(n: int, top: int) -> int:
+    """``--profile server-fanout``: one fan-out run at ``n`` with the server under
+    cProfile (its main thread: the asyncio loop, where the engine, the SQLite commits
+    and the gRPC servicers run). The profile covers the server's whole life, so it
+    includes start-up, a warm-up run at 50 and registering the flow."""
+    import io
+    import pstats
+
+    dag = FanOut(n)
+    with tempfile.TemporaryDirectory(prefix="headwater-bench-prof-") as tmp:
+        out = str(Path(tmp) / "server.prof")
+        with Cluster(workers=2, profile_to=out) as cluster, Client(cluster.address) as client:
+            raw = _Raw(cluster.address)
+            try:
+                raw.wait_end(client.run(FanOut(WARMUP_FANOUT).flow()).id, 0.01)
+                version = client.deploy(dag.flow())
+                cpu_before = cluster.cpu()
+                t0 = time.time()
+                ended = raw.wait_end(client.run(dag.flow().name, version=version).id, 0.01)
+                wall = _seconds(ended.ended_at) - t0
+                cpu = _deltas(cluster.cpu(), cpu_before)
+            finally:
+                raw.close()
+        stats = pstats.Stats(out, stream=(text := io.StringIO()))
+    state = FlowRunState(ended.state).name
+    print(
+        f"server-fanout ({dag.label}, {dag.tasks:,} tasks): {state} in {wall:.3f} s under the "
+        f"profiler ({dag.tasks / wall:,.0f} tasks/s); CPU s: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v is not None)
+    )
+    print("server main thread, whole life; by own time, then by cumulative time\n")
+    for order in ("tottime", "cumulative"):
+        stats.sort_stats(order)
+        stats.print_stats(top)
+        body = text.getvalue()
+        start = body.find("   ncalls")
+        print(f"-- top {top} by {order} --")
+        print((body[start:] if start >= 0 else body).rstrip() + "\n")
+        text.seek(0)
+        text.truncate()
+    return 0 if state == "SUCCESS" else 1
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["kind"] == "fanout":
+        return measure_fanout(spec)
+    if spec["kind"] == "latency":
+        return measure_latency(spec)
+    raise ValueError(f"no server workload of kind {spec['kind']!r}")
