@@ -43,7 +43,7 @@ _TRIGGER_FROM_PROTO = {v: k for k, v in _TRIGGER_TO_PROTO.items()}
 _TRIGGER_FROM_PROTO[graph_pb2.TRIGGER_UNSPECIFIED] = Trigger.ALL_SUCCESSFUL
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
+def duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(round(seconds * 1e9))
     return d
@@ -131,14 +131,14 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
         r = t.retry
         if r != NO_RETRY:
             node.retry.max_retries = r.max_retries
-            node.retry.delay.CopyFrom(_duration(r.delay))
+            node.retry.delay.CopyFrom(duration(r.delay))
             node.retry.backoff_factor = r.backoff
             if r.max_delay is not None:
-                node.retry.max_delay.CopyFrom(_duration(r.max_delay))
+                node.retry.max_delay.CopyFrom(duration(r.max_delay))
             node.retry.jitter = r.jitter
             node.retry.non_retryable_errors.extend(r.non_retryable)
         if t.timeout is not None:
-            node.timeout.CopyFrom(_duration(t.timeout))
+            node.timeout.CopyFrom(duration(t.timeout))
         if t.cache is not None:
             node.cache.key_source = (
                 graph_pb2.CACHE_KEY_SOURCE_FUNCTION
@@ -147,7 +147,7 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
             )
             node.cache.version = t.cache.version
             if t.cache.expiry is not None:
-                node.cache.expiry.CopyFrom(_duration(t.cache.expiry))
+                node.cache.expiry.CopyFrom(duration(t.cache.expiry))
         if t.mapped is not None:
             node.map.mapped_inputs.extend(t.mapped)
     if graph.result is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headwater.v1 import run_pb2, worker_pb2
+from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
     EventIgnored,
     TaskFailed,
@@ -49,10 +50,6 @@ class ServerSettings:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     inline_payload_limit: int = 1 << 20
-
-
-class SystemClock:
-    now = staticmethod(time.time)
 
 
 class ServerCore:

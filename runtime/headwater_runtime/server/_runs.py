@@ -20,9 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from google.protobuf import duration_pb2
-
-from headwater._proto_graph import graph_from_proto
+from headwater._proto_graph import duration, graph_from_proto
 from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
 from headwater_runtime.engine import (
     CacheChecked,
@@ -397,7 +395,7 @@ class RunManager:
         for name, value in command.inputs.items():
             msg.inputs[name].CopyFrom(to_input_value(value))
         if spec.timeout is not None:
-            msg.timeout.CopyFrom(_duration(spec.timeout))
+            msg.timeout.CopyFrom(duration(spec.timeout))
         return PendingAssignment(flow_run_id, spec.task_type, dict(spec.labels), msg)
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
@@ -412,12 +410,6 @@ class RunManager:
         self._effects.append(functools.partial(self._deactivate, row.id))
         for listener in self.listeners:
             listener(row.id, None)
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
 
 
 def _param_values(graph: GraphSpec, params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
