@@ -189,14 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="headwater",
-        description="Headwater workflow runtime: run flows embedded or inspect their graphs.",
+        description="Headwater workflow runtime: run flows embedded or on a server, run the "
+        "server and its workers, and inspect flow runs.",
     )
     parser.add_argument("--version", action="version", version=f"headwater {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
         "run",
-        help="run a flow in this process and print its result",
+        help="run a flow (in this process, or on a server with --server); print its result",
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
         "thread pool) by default, or on a server with --server. Exit code 0 when the run "
         "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C).",
