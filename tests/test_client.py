@@ -77,9 +77,15 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         shown = client.get(run.id, include_task_runs=True)
         assert [(t.key, t.state) for t in shown.task_runs] == [("shout", TaskRunState.SCHEDULED)]
         assert [r.id for r in client.list_runs()] == [run.id]
+        with pytest.raises(ServerError, match="has no result yet"):
+            client.task_result(run.id, "shout")
         cancelled = client.cancel(run.id, "no workers today")
         assert cancelled.state is FlowRunState.CANCELLED
         assert client.wait(run.id).state is FlowRunState.CANCELLED
+        with pytest.raises(ServerError, match=r"has no result \(state CANCELLED\)"):
+            client.task_result(run.id, "shout")
+        with pytest.raises(ServerError, match="no task 'nope'"):
+            client.task_result(run.id, "nope")
 
 
 def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None:

@@ -13,14 +13,13 @@ from headwater.v1 import (
     graph_pb2,
     payload_pb2,
     run_pb2,
-    worker_pb2,
 )
 from headwater_runtime.engine import FlowRunState, GraphError, ParameterError
 from headwater_runtime.store import Conflict, NotFound
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import FEATURES, PROTOCOL_VERSION, SERVER_VERSION, ServerCore
-from ._values import Composite, from_input_value, to_result_value
+from ._runs import NoResult
 
 _TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
 
@@ -155,37 +154,17 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.CancelFlowRunResponse(flow_run=flow_run_message(row))
 
     async def GetTaskRunResult(self, request: Any, context: Any) -> Any:
-        await self._flow_run(request.flow_run_id, context)
-        rows = [
-            r for r in self.store.task_runs(request.flow_run_id) if r.task_id == request.task_id
-        ]
-        if not rows:
-            await _fail(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"flow run {request.flow_run_id!r} has no task {request.task_id!r}",
+        try:
+            value, state = self.core.runs.task_result(
+                request.flow_run_id, request.task_id, request.map_index
             )
-        wanted = request.map_index if request.map_index >= 0 else -1
-        row = next((r for r in rows if r.map_index == wanted), None)
-        if row is None:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, f"no element {wanted} of that task")
-        children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
-        if wanted < 0 and children:
-            handles = [_handle(c.result) for c in children]
-            value = to_result_value(Composite("list", tuple(handles)))
-        elif not row.result:
-            await _fail(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"task run {row.key!r} has no result (state {FlowRunState(row.state).name})"
-                if row.state in (4, 5, 6)
-                else f"task run {row.key!r} has no result yet",
-            )
-        else:
-            value = to_result_value(_handle(row.result))
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except NoResult as exc:
+            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return control_plane_pb2.GetTaskRunResultResponse(
             result=value,
-            state=row.state,  # type: ignore[arg-type]
+            state=state.value,  # type: ignore[arg-type]
         )
 
     async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
@@ -217,7 +196,3 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.GetServerInfoResponse(
             server_version=SERVER_VERSION, protocol_version=PROTOCOL_VERSION, features=FEATURES
         )
-
-
-def _handle(data: bytes) -> Any:
-    return from_input_value(worker_pb2.InputValue.FromString(data)) if data else None

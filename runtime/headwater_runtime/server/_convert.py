@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 
-from headwater.v1 import payload_pb2, run_pb2, state_pb2
+from headwater.v1 import payload_pb2, run_pb2
 from headwater_runtime.engine import TaskRunRecord
 from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
 
@@ -95,4 +95,4 @@ def task_run_from_record(flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRu
     return msg
 
 
-__all__ = ["flow_run_message", "state_pb2", "task_run_from_record", "task_run_from_row"]
+__all__ = ["flow_run_message", "task_run_from_record", "task_run_from_row"]

@@ -28,6 +28,7 @@ from headwater_runtime.engine import (
     CancelRequested,
     CancelTask,
     CheckCache,
+    Clock,
     Command,
     Event,
     EventIgnored,
@@ -41,6 +42,7 @@ from headwater_runtime.engine import (
     RunTask,
     StateEntry,
     TaskRunRecord,
+    TaskRunState,
     WriteCache,
     bind_params,
     replay,
@@ -49,6 +51,7 @@ from headwater_runtime.store import (
     CacheRow,
     FlowRunRow,
     LogRow,
+    NotFound,
     StateRow,
     Store,
     TaskRunRow,
@@ -56,13 +59,15 @@ from headwater_runtime.store import (
 )
 
 from ._codec import decode_entry, encode_entry, failure_to_dict
-from ._values import SERVER_VALUES, from_input_value, to_input_value, to_result_value
+from ._values import (
+    SERVER_VALUES,
+    Composite,
+    from_input_value,
+    to_input_value,
+    to_result_value,
+)
 
 _RUNNING = FlowRunState.RUNNING.value
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
 
 
 class Dispatch(Protocol):
@@ -85,6 +90,14 @@ class PendingAssignment:
     @property
     def token(self) -> tuple[str, int]:
         return (self.assignment.token.task_run_id, self.assignment.token.attempt)
+
+
+class NoResult(LookupError):
+    """A task run has no result to return (not finished, or it did not succeed)."""
+
+
+def _stored_handle(data: bytes) -> Any:
+    return from_input_value(worker_pb2.InputValue.FromString(data)) if data else None
 
 
 def task_run_id(flow_run_id: str, key: str) -> str:
@@ -163,7 +176,7 @@ class RunManager:
         version, graph = self.graph(flow_name, flow_version)
         params = bind_params(graph, dict(parameters))
         now = self.clock.now()
-        stored_params = run_pb2.FlowRun(parameters=_param_values(graph, params))
+        stored_params = run_pb2.FlowRun(parameters=_param_values(params))
         row = FlowRunRow(
             id=uuid.uuid4().hex,
             flow_name=flow_name,
@@ -222,6 +235,30 @@ class RunManager:
         if active is None:
             return [EventIgnored(event, f"flow run {flow_run_id!r} is not active")]
         return self._process(active, active.journal.handle(event))
+
+    def task_result(
+        self, flow_run_id: str, task_id: str, map_index: int = -1
+    ) -> tuple[payload_pb2.Value, TaskRunState]:
+        """A stored task run's result: one run's, or for a mapped task with
+        ``map_index`` -1 the list of its children's. NotFound for an unknown task or
+        element, NoResult when the run has none (not finished, or did not succeed)."""
+        self.store.get_flow_run(flow_run_id)
+        rows = [r for r in self.store.task_runs(flow_run_id) if r.task_id == task_id]
+        if not rows:
+            raise NotFound(f"flow run {flow_run_id!r} has no task {task_id!r}")
+        wanted = max(map_index, -1)
+        row = next((r for r in rows if r.map_index == wanted), None)
+        if row is None:
+            raise NotFound(f"task {task_id!r} has no element {wanted}")
+        state = TaskRunState(row.state)
+        children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
+        if wanted < 0 and children:
+            handles = tuple(_stored_handle(c.result) for c in children)
+            return to_result_value(Composite("list", handles)), state
+        if not row.result:
+            when = "" if state.is_terminal else " yet"
+            raise NoResult(f"task run {row.key!r} has no result{when} (state {state.name})")
+        return to_result_value(_stored_handle(row.result)), state
 
     def add_log(self, row: LogRow) -> None:
         """Keep a task run's log record (committed with the next batch)."""
@@ -412,7 +449,7 @@ class RunManager:
             listener(row.id, None)
 
 
-def _param_values(graph: GraphSpec, params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
+def _param_values(params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
     return {name: to_result_value(value) for name, value in params.items()}
 
 
