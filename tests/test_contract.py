@@ -305,6 +305,7 @@ def test_assignment_envelope_round_trips() -> None:
         result_encoding="json",
         split_result=True,
         cache=graph_pb2.CachePolicy(key_source=graph_pb2.CACHE_KEY_SOURCE_INPUTS, version="1"),
+        split_path=[payload_pb2.PathElement(key="rows")],
     )
     assert set_field_names(assignment) == all_field_names(assignment)
     back = roundtrip(worker_pb2.ConnectResponse(assignment=assignment))

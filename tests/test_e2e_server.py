@@ -72,6 +72,19 @@ def etl(n: int = 6, factor: int = 10) -> int:
     cleanup(wait_for=[total])
     return total
 
+@task
+def table(n: int) -> dict:
+    return {"name": "t", "rows": [{"id": i} for i in range(n)]}
+
+@task
+def row_id(row: dict) -> int:
+    return row["id"] * 2
+
+@flow
+def parts(n: int = 4) -> dict:
+    t = table(n)
+    return {"ids": row_id.map(t["rows"]), "name": t["name"], "second": row_id(t["rows"][1])}
+
 @task(labels={"gpu": "true"})
 def train(x: int) -> str:
     effect("train")
@@ -240,6 +253,11 @@ def test_etl_through_the_server_with_two_workers(
         assert final.state is FlowRunState.SUCCESS, final.message
         assert final.result == sum(x * 10 for x in range(6))
         assert client.task_result(run.id, "transform") == [x * 10 for x in range(6)]
+        # Mapping over a part of a result: the worker splits result["rows"] only.
+        run = client.run(module.parts, {"n": 4})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == {"ids": [0, 2, 4, 6], "name": "t", "second": 2}
     ran = effects(tmp_path)
     assert sorted(what for what, _ in ran) == sorted(
         ["extract", "load", "cleanup", *[f"transform-{x}" for x in range(6)]]

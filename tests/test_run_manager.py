@@ -18,6 +18,7 @@ from headwater.v1 import payload_pb2, worker_pb2
 from headwater_runtime.engine import (
     FailureInfo,
     FlowRunState,
+    GraphError,
     ParameterError,
     TaskFailed,
     TaskStarted,
@@ -166,6 +167,64 @@ def test_mapping_needs_split_results_and_asks_for_them(store: SQLiteStore) -> No
     assert first.assignment.task_type.endswith("numbers")
     assert first.assignment.split_result is True
     assert json.loads(first.assignment.inputs["n"].value.inline.data) == 3
+
+
+@task
+def table(n: int) -> dict[str, Any]:
+    return {"name": "t", "rows": list(range(n)), "cols": ["a"]}
+
+
+FUNCTIONS[table.task_type] = table.fn
+
+
+@flow
+def over_rows(n: int = 3) -> dict[str, Any]:
+    t = table(n)
+    return {"scaled": scale.map(t["rows"], unmapped(2)), "rows": total(t["rows"])}
+
+
+@flow
+def over_rows_and_cols(n: int = 3) -> list[Any]:
+    t = table(n)
+    return [scale.map(t["rows"], unmapped(2)), scale.map(t["cols"], unmapped(2))]
+
+
+def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: SQLiteStore) -> None:
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(over_rows.compile())
+    row, _ = manager.create_run("over_rows", "", {})
+    manager.flush()
+    (first,) = dispatch.submitted
+    a = first.assignment
+    assert a.split_result and [p.key for p in a.split_path] == ["rows"]
+    # The worker splits result["rows"] and says so in the metadata.
+    whole = value_of({"name": "t", "rows": [0, 1, 2], "cols": ["a"]})
+    whole.inline.metadata.update({LENGTH_KEY: "3", "headwater.split_path": '["rows"]'})
+    whole.items.extend(value_of(x) for x in (0, 1, 2))
+    run_id, key = split_task_run_id(a.token.task_run_id)
+    dispatch.submitted.clear()
+    manager.handle(run_id, TaskSucceeded(key, a.token.attempt, whole))
+    manager.flush()
+    children = [p for p in dispatch.submitted if p.assignment.task_type.endswith("scale")]
+    reducer = next(p for p in dispatch.submitted if p.assignment.task_type.endswith("total"))
+    assert [decode_input(c.assignment.inputs["x"]) for c in children] == [0, 1, 2]
+    # A consumer of the part gets the whole value and a path, without the elements.
+    rows = reducer.assignment.inputs["values"]
+    assert not rows.value.items and decode_input(rows) == [0, 1, 2]
+    drain(manager, dispatch)
+    result = decode_value(payload_pb2.Value.FromString(store.get_flow_run(row.id).result))
+    assert result == {"scaled": [0, 2, 4], "rows": 3}
+
+
+def test_mapping_over_two_parts_of_one_result_is_refused_at_registration(
+    store: SQLiteStore,
+) -> None:
+    manager = RunManager(store, FakeDispatch(), Clock())
+    with pytest.raises(GraphError, match=r"can split only one part of a result"):
+        manager.register_flow(over_rows_and_cols.compile())
+    with pytest.raises(NotFound):
+        store.get_flow("over_rows_and_cols", "")
 
 
 def test_idempotency_key_and_bad_parameters(store: SQLiteStore) -> None:

@@ -67,6 +67,11 @@ def pair():
     return (1, 2)
 
 
+@task
+def table(n):
+    return {"name": "t", "rows": list(range(n))}
+
+
 @task(no_retry_on=[KeyError])
 def explode(kind):
     if kind == "key":
@@ -532,6 +537,28 @@ def test_split_result_sends_every_element(tasks_file: Path, server: FakeServer) 
     assert [decode_value(item) for item in result.items] == [0, 1, 4, 9]
     assert result.inline.metadata["headwater.length"] == "4"
     assert not unsplit.items
+
+
+def test_split_path_splits_only_that_part_of_the_result(
+    tasks_file: Path, server: FakeServer
+) -> None:
+    gateway = server.gateway
+    rows = [payload_pb2.PathElement(key="rows")]
+    missing = [payload_pb2.PathElement(key="nope")]
+    with worker_thread(server.address, tasks_file, slots=2):
+        gateway.wait_for("hello")
+        tok = assign(gateway, "t", "table", inputs=inputs(n=3), split_result=True, split_path=rows)
+        bad = assign(
+            gateway, "b", "table", inputs=inputs(n=3), split_result=True, split_path=missing
+        )
+        result = gateway.wait_for("result", about(tok)).result
+        unsplit = gateway.wait_for("result", about(bad)).result
+    assert decode_value(result) == {"name": "t", "rows": [0, 1, 2]}
+    assert [decode_value(item) for item in result.items] == [0, 1, 2]
+    assert result.inline.metadata["headwater.length"] == "3"
+    assert result.inline.metadata["headwater.split_path"] == '["rows"]'
+    # A path that does not fit: no split (the mapped task then fails as "not a sequence").
+    assert not unsplit.items and "headwater.length" not in unsplit.inline.metadata
 
 
 def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:

@@ -7,6 +7,7 @@ pickle; json is required for portable tasks). ``graph_from_proto`` keeps them en
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import duration_pb2
@@ -64,14 +65,28 @@ def encode_payload(value: Any, *, portable: bool, where: str) -> payload_pb2.Pay
     return payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
 
 
+def path_to_proto(parts: Iterable[str | int]) -> list[payload_pb2.PathElement]:
+    """PathElements for a path (a str is a mapping key, an int a sequence index)."""
+    return [
+        payload_pb2.PathElement(key=p) if isinstance(p, str) else payload_pb2.PathElement(index=p)
+        for p in parts
+    ]
+
+
+def path_from_proto(elements: Iterable[payload_pb2.PathElement]) -> tuple[str | int, ...]:
+    """Inverse of path_to_proto; an element with neither key nor index is an error."""
+    path: list[str | int] = []
+    for p in elements:
+        which = p.WhichOneof("selector")
+        if which is None:
+            raise GraphError("a path element has neither key nor index")
+        path.append(p.key if which == "key" else p.index)
+    return tuple(path)
+
+
 def _input_to_proto(spec: InputSpec, portable: bool, where: str) -> graph_pb2.Input:
     if isinstance(spec, FromTask):
-        path = [
-            payload_pb2.PathElement(key=p)
-            if isinstance(p, str)
-            else payload_pb2.PathElement(index=p)
-            for p in spec.path
-        ]
+        path = path_to_proto(spec.path)
         return graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id=spec.task_id, path=path))
     if isinstance(spec, Param):
         return graph_pb2.Input(parameter=spec.name)
@@ -158,13 +173,11 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
 def _input_from_proto(msg: graph_pb2.Input, where: str) -> InputSpec:
     kind = msg.WhichOneof("source")
     if kind == "task_output":
-        path: list[str | int] = []
-        for p in msg.task_output.path:
-            which = p.WhichOneof("selector")
-            if which is None:
-                raise GraphError(f"{where}: an empty path element")
-            path.append(p.key if which == "key" else p.index)
-        return FromTask(msg.task_output.task_id, tuple(path))
+        try:
+            path = path_from_proto(msg.task_output.path)
+        except GraphError as exc:
+            raise GraphError(f"{where}: {exc}") from None
+        return FromTask(msg.task_output.task_id, path)
     if kind == "constant":
         c = msg.constant
         if "encoding" not in c.metadata:

@@ -31,6 +31,7 @@ from headwater_runtime.execution import (
 )
 
 from ._payloads import EncodingError
+from ._proto_graph import path_from_proto
 from ._task import Task
 from ._worker_codec import (
     TEXT_LIMIT,
@@ -292,6 +293,7 @@ class Attempts:
                 event.value,
                 result_encoding=assignment.result_encoding,
                 split=assignment.split_result,
+                split_path=path_from_proto(assignment.split_path),
                 inline_limit=self.inline_limit,
                 transfer=transfer,
             )

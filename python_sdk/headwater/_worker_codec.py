@@ -8,6 +8,7 @@ here holds state: the worker passes in a ``PayloadTransfer`` bound to its channe
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -30,6 +31,8 @@ MESSAGE_BUDGET = 3 << 20
 MESSAGE_LIMIT = (4 << 20) - (64 << 10)
 #: Metadata key on a split result: its number of elements (read by the control plane).
 LENGTH_KEY = "headwater.length"
+#: Metadata key on a result split at a path (``b.map(a["rows"])``): the path as JSON.
+SPLIT_PATH_KEY = "headwater.split_path"
 #: Longest stack trace / message / log line sent; the rest is cut (a deep recursion's
 #: traceback must not make a message the server refuses).
 TEXT_LIMIT = 64 << 10
@@ -173,6 +176,17 @@ def _elements(value: Any) -> list[Any] | None:
     return None
 
 
+def _part(value: Any, path: Sequence[str | int]) -> Any:
+    """The part of a result a downstream task maps over; None when the path does not
+    fit (the mapped task then fails with "not a sequence", as embedded)."""
+    for element in path:
+        try:
+            value = value[element]
+        except (LookupError, TypeError):
+            return None
+    return value
+
+
 class _Packer:
     """Turns encoded values into Value messages, inline while the budget allows."""
 
@@ -198,17 +212,22 @@ def encode_result(
     split: bool,
     inline_limit: int,
     transfer: PayloadTransfer,
+    split_path: Sequence[str | int] = (),
 ) -> payload_pb2.Value:
     """A task's result as a Value: inline when small, else uploaded; with each element
-    in ``items`` when the result is to be split. Raises EncodingError."""
+    (of the whole result, or of the part at ``split_path``) in ``items`` when the
+    result is to be split. Raises EncodingError."""
     portable = result_encoding == "json"
     if result_encoding not in ("", "json", "pickle"):
         raise EncodingError(f"unknown result encoding {result_encoding!r}")
     encoded = encode(value, portable=portable)
-    elements = _elements(value) if split else None
+    elements = _elements(_part(value, split_path)) if split else None
     packer = _Packer(transfer, inline_limit)
     if elements is not None:
-        encoded = EncodedValue(encoded.data, {**encoded.metadata, LENGTH_KEY: str(len(elements))})
+        meta = {**encoded.metadata, LENGTH_KEY: str(len(elements))}
+        if split_path:
+            meta[SPLIT_PATH_KEY] = json.dumps(list(split_path))
+        encoded = EncodedValue(encoded.data, meta)
     result = packer.value(encoded)
     if elements is not None:
         encoded_items = [encode(e, portable=portable) for e in elements]

@@ -556,7 +556,7 @@ class FlowRunEngine:
                     maybe = self.values.length(value)
                     if maybe is None:
                         raise TypeError(
-                            f"cannot map over argument {arg!r}: {type(value).__name__} "
+                            f"cannot map over argument {arg!r}: {self.values.describe(value)} "
                             "is not a sequence"
                         )
                     n = maybe

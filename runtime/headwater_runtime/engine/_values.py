@@ -35,6 +35,10 @@ class ValueOps(Protocol):
         """A string-keyed dict of values."""
         ...
 
+    def describe(self, value: Any) -> str:
+        """What the value is, for error messages (e.g. its type name)."""
+        ...
+
 
 class PythonValues:
     """ValueOps over live Python objects (embedded hosts). No copies are made."""
@@ -62,6 +66,9 @@ class PythonValues:
 
     def make_dict(self, entries: dict[str, Any]) -> Any:
         return entries
+
+    def describe(self, value: Any) -> str:
+        return type(value).__name__
 
 
 PYTHON_VALUES = PythonValues()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from headwater._proto_graph import duration, graph_from_proto
+from headwater._proto_graph import duration, graph_from_proto, path_to_proto
 from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
 from headwater_runtime.engine import (
     CacheChecked,
@@ -36,6 +36,7 @@ from headwater_runtime.engine import (
     FlowRunEngine,
     FlowRunState,
     FromTask,
+    GraphError,
     GraphSpec,
     JournaledEngine,
     JournalEntry,
@@ -120,7 +121,7 @@ class ActiveRun:
     graph: GraphSpec
     engine: FlowRunEngine
     journal: JournaledEngine
-    split_nodes: frozenset[str]
+    split_nodes: dict[str, tuple[str | int, ...]]
     seq: int = 0
     armed_at: float | None = None
     state_seqs: dict[str, int] = field(default_factory=dict)
@@ -144,12 +145,15 @@ class RunManager:
 
     def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
         """Validate and store a flow graph; GraphError names what is wrong."""
-        graph_from_proto(msg)
+        graph = graph_from_proto(msg)
+        _split_nodes(graph)  # refuses what a server cannot split
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
         version, created = self.store.put_flow(
             msg.name, digest, data, msg.version, self.clock.now()
         )
+        # Keep the graph just validated: the run that usually follows needs it.
+        self._graphs.setdefault((msg.name, version.version), graph)
         return version.version, created
 
     def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
@@ -402,7 +406,9 @@ class RunManager:
         for name in sorted(command.inputs):
             digest.update(name.encode() + b"\0")
             digest.update(
-                to_input_value(command.inputs[name]).SerializeToString(deterministic=True)
+                to_input_value(command.inputs[name], elements=False).SerializeToString(
+                    deterministic=True
+                )
             )
         key = f"{spec.task_type}|v={spec.version}|c={cache.version}|{digest.hexdigest()}"
         row = self.store.get_cache(key)
@@ -429,8 +435,11 @@ class RunManager:
             split_result=spec.id in active.split_nodes,
             trace_context=active.row.trace_context,
         )
+        split_path = active.split_nodes.get(spec.id)
+        if split_path:
+            msg.split_path.extend(path_to_proto(split_path))
         for name, value in command.inputs.items():
-            msg.inputs[name].CopyFrom(to_input_value(value))
+            msg.inputs[name].CopyFrom(to_input_value(value, elements=False))
         if spec.timeout is not None:
             msg.timeout.CopyFrom(duration(spec.timeout))
         return PendingAssignment(flow_run_id, spec.task_type, dict(spec.labels), msg)
@@ -453,14 +462,29 @@ def _param_values(params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
     return {name: to_result_value(value) for name, value in params.items()}
 
 
-def _split_nodes(graph: GraphSpec) -> frozenset[str]:
-    """Tasks whose result a mapped task maps over whole: their workers must also send
-    each element separately, so the control plane can hand element i to child i."""
-    nodes: set[str] = set()
+def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
+    """Tasks whose result (or a part of it, ``b.map(a["rows"])``) a mapped task maps
+    over: their workers must also send each element separately, so the control plane
+    can hand element i to child i without decoding anything. Maps the task id to the
+    path of the part; one path per task (GraphError otherwise)."""
+    nodes: dict[str, tuple[str | int, ...]] = {}
     mapped = {t.id for t in graph.tasks if t.mapped is not None}
     for t in graph.tasks:
         for arg in t.mapped or ():
             src = t.inputs[arg]
-            if isinstance(src, FromTask) and not (src.task_id in mapped and not src.path):
-                nodes.add(src.task_id)
-    return frozenset(nodes)
+            if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
+                continue
+            # A mapped producer's own path selects among its children, not inside one.
+            path = () if src.task_id in mapped else src.path
+            known = nodes.setdefault(src.task_id, path)
+            if known != path:
+                raise GraphError(
+                    f"task {t.name!r} maps over {_describe(src.task_id, path)} but another "
+                    f"task maps over {_describe(src.task_id, known)}: a server can split "
+                    "only one part of a result; return the parts from separate tasks"
+                )
+    return nodes
+
+
+def _describe(task_id: str, path: tuple[str | int, ...]) -> str:
+    return task_id + "".join(f"[{p!r}]" for p in path)

@@ -9,14 +9,18 @@ worker selects after decoding. ``to_input_value`` turns a handle into the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from headwater._payloads import EncodedValue
+from headwater._proto_graph import path_to_proto
 from headwater.v1 import payload_pb2, worker_pb2
 
 #: Metadata key a worker sets on a split sequence result: its number of elements.
 LENGTH_KEY = "headwater.length"
+#: Metadata key on a result whose part at a path was split: the path as JSON.
+SPLIT_PATH_KEY = "headwater.split_path"
 
 NULL = payload_pb2.Value(inline=payload_pb2.Payload(data=b"null", metadata={"encoding": "json"}))
 
@@ -47,22 +51,37 @@ def _metadata(value: payload_pb2.Value) -> Any:
     return {}
 
 
+def _split_at(value: Any, path: tuple[str | int, ...]) -> bool:
+    """Whether a worker split this value at exactly this path (see split_path)."""
+    if not isinstance(value, payload_pb2.Value) or not value.items:
+        return False
+    raw = _metadata(value).get(SPLIT_PATH_KEY)
+    return raw is not None and json.loads(raw) == list(path)
+
+
 class ServerValues:
     """ValueOps over payload handles (see headwater_runtime.engine.ValueOps)."""
 
     def length(self, value: Any) -> int | None:
         if isinstance(value, Composite):
             return len(value.items) if value.kind != "dict" else None
+        if isinstance(value, Selected):
+            if _split_at(value.base, value.path):
+                return int(_metadata(value.base).get(LENGTH_KEY, len(value.base.items)))
+            return None
         if isinstance(value, payload_pb2.Value):
-            raw = _metadata(value).get(LENGTH_KEY)
+            metadata = _metadata(value)
+            if SPLIT_PATH_KEY in metadata:  # the items are of a part, not of the whole
+                return None
+            raw = metadata.get(LENGTH_KEY)
             if raw is not None:
                 return int(raw)
             return len(value.items) if value.items else None
         return None
 
     def item(self, value: Any, index: int) -> Any:
-        if isinstance(value, Composite):
-            return value.items[index]
+        if isinstance(value, Selected):
+            return value.base.items[index]
         return value.items[index]
 
     def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
@@ -84,41 +103,60 @@ class ServerValues:
     def make_dict(self, entries: dict[str, Any]) -> Any:
         return Composite("dict", tuple(entries.values()), tuple(entries))
 
+    def describe(self, value: Any) -> str:
+        # The control plane never decodes values, so it cannot name their type.
+        if isinstance(value, Composite):
+            return "a dict" if value.kind == "dict" else f"a {value.kind}"
+        if isinstance(value, Selected):
+            path = "".join(f"[{p!r}]" for p in value.path)
+            return f"the result part {path}"
+        return "the result"
+
 
 SERVER_VALUES = ServerValues()
-
-
-def _path(parts: tuple[str | int, ...]) -> list[payload_pb2.PathElement]:
-    return [
-        payload_pb2.PathElement(key=p) if isinstance(p, str) else payload_pb2.PathElement(index=p)
-        for p in parts
-    ]
 
 
 def _encoded(value: EncodedValue) -> payload_pb2.Value:
     return payload_pb2.Value(inline=payload_pb2.Payload(data=value.data, metadata=value.metadata))
 
 
-def to_input_value(handle: Any) -> worker_pb2.InputValue:
-    """The InputValue tree for a handle (None, a missing result, becomes json null)."""
+def _without_elements(value: payload_pb2.Value) -> payload_pb2.Value:
+    """A split result without its separately sent elements: a consumer of the whole
+    value decodes only the value itself, so sending the elements would double the
+    assignment. Structural encodings keep their items (they are the value)."""
+    if not value.items:
+        return value
+    kind = value.WhichOneof("kind")
+    if kind == "ref":
+        return payload_pb2.Value(ref=value.ref)
+    if kind == "inline" and not value.inline.metadata.get("encoding", "").startswith("headwater."):
+        return payload_pb2.Value(inline=value.inline)
+    return value
+
+
+def to_input_value(handle: Any, *, elements: bool = True) -> worker_pb2.InputValue:
+    """The InputValue tree for a handle (None, a missing result, becomes json null).
+
+    ``elements=False`` drops the separately sent elements of split results (for
+    assignments); journals, projections and the cache keep them."""
     if handle is None:
         return worker_pb2.InputValue(value=NULL)
     if isinstance(handle, payload_pb2.Value):
-        return worker_pb2.InputValue(value=handle)
+        return worker_pb2.InputValue(value=handle if elements else _without_elements(handle))
     if isinstance(handle, EncodedValue):  # a graph constant or parameter default
         return worker_pb2.InputValue(value=_encoded(handle))
     if isinstance(handle, Selected):
-        inner = to_input_value(handle.base)
-        inner.path.extend(_path(handle.path))
+        inner = to_input_value(handle.base, elements=elements)
+        inner.path.extend(path_to_proto(handle.path))
         return inner
     if isinstance(handle, Composite):
         if handle.kind == "dict":
             entries = [
-                worker_pb2.InputValueMapEntry(key=k, value=to_input_value(v))
+                worker_pb2.InputValueMapEntry(key=k, value=to_input_value(v, elements=elements))
                 for k, v in zip(handle.keys, handle.items, strict=True)
             ]
             return worker_pb2.InputValue(map=worker_pb2.InputValueMap(entries=entries))
-        items = [to_input_value(v) for v in handle.items]
+        items = [to_input_value(v, elements=elements) for v in handle.items]
         return worker_pb2.InputValue(
             list=worker_pb2.InputValueList(items=items, tuple=handle.kind == "tuple")
         )
@@ -133,8 +171,6 @@ def to_result_value(handle: Any) -> payload_pb2.Value:
     keys as a JSON list), ``headwater.select`` (data: the path as a JSON list; one item,
     the value to select from). SDK decoders rebuild the Python value from them.
     """
-    import json
-
     if handle is None:
         return NULL
     if isinstance(handle, payload_pb2.Value):
