@@ -85,6 +85,15 @@ def parts(n: int = 4) -> dict:
     t = table(n)
     return {"ids": row_id.map(t["rows"]), "name": t["name"], "second": row_id(t["rows"][1])}
 
+@task(cache_key_fn=lambda inputs: f"day={inputs['day']}")
+def daily_report(day: str, noise: int) -> str:
+    effect(f"report-{day}")
+    return f"report for {day}"
+
+@flow
+def reports(day: str = "2026-11-25", noise: int = 0) -> str:
+    return daily_report(day, noise)
+
 @task(labels={"gpu": "true"})
 def train(x: int) -> str:
     effect("train")
@@ -206,6 +215,9 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
     yield start
     for proc in procs:
         proc.stop()
+    # pytest shows this only when the test failed: what every process said.
+    for proc in procs:
+        print(f"--- {' '.join(proc.popen.args[3:])}", *proc.lines, *proc.other, sep="\n")
 
 
 def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
@@ -258,9 +270,27 @@ def test_etl_through_the_server_with_two_workers(
         final = client.wait(run.id)
         assert final.state is FlowRunState.SUCCESS, final.message
         assert final.result == {"ids": [0, 2, 4, 6], "name": "t", "second": 2}
+        # cache_key_fn runs on the worker; the server looks the key up in its store.
+        states = []
+        for noise in (1, 2):  # different inputs, same key: the second run is a cache hit
+            run = client.run(module.reports, {"noise": noise})  # type: ignore[attr-defined]
+            final = client.wait(run.id)
+            assert final.state is FlowRunState.SUCCESS, final.message
+            assert final.result == "report for 2026-11-25"
+            states.append({t.key: t.state.name for t in final.task_runs}["daily_report"])
+        assert states == ["SUCCESS", "CACHED"]
+        run = client.run(module.reports, {"day": "2026-11-26"})  # type: ignore[attr-defined]
+        assert client.wait(run.id).result == "report for 2026-11-26"
     ran = effects(tmp_path)
     assert sorted(what for what, _ in ran) == sorted(
-        ["extract", "load", "cleanup", *[f"transform-{x}" for x in range(6)]]
+        [
+            "extract",
+            "load",
+            "cleanup",
+            *[f"transform-{x}" for x in range(6)],
+            "report-2026-11-25",
+            "report-2026-11-26",
+        ]
     )
     assert {worker for _, worker in ran} <= {"w1", "w2"}
 

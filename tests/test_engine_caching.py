@@ -19,6 +19,7 @@ from headwater_runtime.engine import (
     FlowRunState,
     RetrySpec,
     RunTask,
+    TaskSucceeded,
     WriteCache,
 )
 
@@ -174,3 +175,23 @@ def test_cache_miss_waits_for_a_free_slot() -> None:
     assert d.dispatched() == [] and d.state("a") is S.SCHEDULED
     d.succeed("slow")
     assert d.dispatched() == ["a"]
+
+
+def test_a_key_derived_by_the_worker_is_written_and_its_hit_ends_the_attempt_cached() -> None:
+    fn_cache = CacheSpec(expiry=HOUR, by_function=True)
+    d = Driver(flow(task("a", cache=fn_cache), task("b", "a")))
+    d.cache("a", "", None)  # the host cannot derive it: the worker will
+    d.started("a")
+    d.send(TaskSucceeded("a", 1, "fresh", cache_key="k-from-worker"))
+    (write,) = d.of_type(WriteCache)
+    assert write.cache_key == "k-from-worker" and write.value == "fresh"
+
+    hit = Driver(flow(task("a", cache=fn_cache), task("b", "a")))
+    hit.cache("a", "", None)
+    hit.started("a")
+    hit.send(TaskSucceeded("a", 1, "stored", cache_key="k-from-worker", cached=True))
+    assert hit.states("a") == [S.PENDING, S.SCHEDULED, S.RUNNING, S.CACHED]
+    assert "k-from-worker" in hit.runs["a"].history[-1].message
+    assert hit.dispatched() == ["b"] and hit.engine.in_flight == 1, "a's slot is free"
+    assert hit.inputs("b")["a"] == "stored"
+    assert not hit.of_type(WriteCache), "a hit is not written back"

@@ -95,6 +95,14 @@ def _running_success() -> Driver:
     return d
 
 
+def _running_cached() -> Driver:
+    d = Driver(flow(task("a", cache=CacheSpec(by_function=True))))
+    d.cache("a", "", None)  # the key comes from the worker
+    d.started("a")
+    d.send(TaskSucceeded("a", 1, "v", cache_key="k", cached=True))
+    return d
+
+
 def _running_failed() -> Driver:
     d = Driver(flow(task("a")))
     d.fail("a")
@@ -155,6 +163,7 @@ SCENARIOS: dict[tuple[S, S], Scenario] = {
     (S.SCHEDULED, S.CANCELLED): _scheduled_cancelled,
     (S.SCHEDULED, S.FAILED): _scheduled_failed,
     (S.RUNNING, S.SUCCESS): _running_success,
+    (S.RUNNING, S.CACHED): _running_cached,
     (S.RUNNING, S.FAILED): _running_failed,
     (S.RUNNING, S.TIMED_OUT): _running_timed_out,
     (S.RUNNING, S.CANCELLED): _running_cancelled,

@@ -24,6 +24,8 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
+from headwater_runtime.engine._journal import EVENT, JournalEntry
+from headwater_runtime.server._codec import decode_entry, encode_entry
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
 from headwater_runtime.store import NotFound, SQLiteStore
@@ -291,3 +293,18 @@ def test_cancel_cancels_in_flight_attempts_after_commit(store: SQLiteStore) -> N
     manager.flush()
     assert [c[1].split("/")[1] for c in dispatch.cancelled] == ["numbers"]
     assert store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        TaskSucceeded("a", 2, value_of([1, 2], split=True)),
+        TaskSucceeded("a", 1, value_of("v"), cache_key="t|v=|c=|key=day=1", cached=True),
+        TaskSucceeded("a", 1, value_of("v"), cache_key="t|v=|c=|key=day=1"),
+        TaskFailed("a", 3, FailureInfo("builtins.OSError", "flaky", retryable=False)),
+    ],
+)
+def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> None:
+    entry = JournalEntry(EVENT, 12.5, event)
+    back = decode_entry(encode_entry("run-1", 7, entry))
+    assert back == entry

@@ -25,6 +25,7 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from headwater_runtime.engine import FlowRunState
 from headwater_runtime.server._app import start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -394,3 +395,27 @@ def test_hostile_bytes_do_not_crash_the_server_or_touch_the_store(tmp_path: Path
         assert [f.name for f in after.flows] == [f.name for f in before.flows]
 
     run_against_server(tmp_path, body)
+
+
+def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path: Path) -> None:
+    """WatchFlowRun reads the run after subscribing; a change the engine made before
+    the subscription but committed after it must still wake the watcher."""
+
+    async def main() -> None:
+        settings = ServerSettings(port=0, db=str(tmp_path / "hw.db"))
+        running = await start_server(settings)
+        try:
+            core = running.core
+            core.runs.register_flow(proto_pipeline.compile())
+            row, _ = core.runs.create_run("proto_pipeline", "", {})
+            core.flush()
+            core.runs.cancel(row.id, "changed in memory, not committed yet")
+            queue = core.watch(row.id)
+            assert running.store.get_flow_run(row.id).state == FlowRunState.RUNNING.value
+            core.flush()
+            assert not queue.empty(), "the commit did not wake the late watcher"
+            assert running.store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    asyncio.run(main())

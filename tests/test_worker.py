@@ -27,7 +27,7 @@ import pytest
 import headwater
 from headwater._payloads import decode_value, encode
 from headwater._worker import Worker, WorkerError
-from headwater.v1 import payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
+from headwater.v1 import graph_pb2, payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
 from headwater_runtime.server import MAX_CHUNK, PayloadServicer, TokenAuthInterceptor
 from headwater_runtime.store import SQLiteStore
 
@@ -70,6 +70,21 @@ def pair():
 @task
 def table(n):
     return {"name": "t", "rows": list(range(n))}
+
+
+@task(cache_key_fn=lambda inputs: f"n={inputs['n']}")
+def keyed(n, noise):
+    logging.getLogger("hw_tasks.keyed").info("computing %d", n)
+    return n * 100
+
+
+def broken_key(inputs):
+    raise RuntimeError("no key today")
+
+
+@task(cache_key_fn=broken_key)
+def badly_keyed(n):
+    return n
 
 
 @task(no_retry_on=[KeyError])
@@ -559,6 +574,32 @@ def test_split_path_splits_only_that_part_of_the_result(
     assert result.inline.metadata["headwater.split_path"] == '["rows"]'
     # A path that does not fit: no split (the mapped task then fails as "not a sequence").
     assert not unsplit.items and "headwater.length" not in unsplit.inline.metadata
+
+
+def test_a_function_cache_key_is_reported_and_a_hit_skips_the_task(
+    tasks_file: Path, server: FakeServer
+) -> None:
+    gateway = server.gateway
+    by_function = graph_pb2.CachePolicy(key_source=graph_pb2.CACHE_KEY_SOURCE_FUNCTION)
+    with worker_thread(server.address, tasks_file, slots=1):
+        gateway.wait_for("hello")
+        hit = assign(gateway, "k1", "keyed", inputs=inputs(n=3, noise=1), cache=by_function)
+        report = gateway.wait_for("cache_key", about(hit))
+        assert report.cache_key == "n=3"
+        gateway.send(cache_decision=worker_pb2.CacheDecision(token=hit, hit=True))
+        # The slot is free again (slots=1): the next attempt runs, and this one is a miss.
+        miss = assign(gateway, "k2", "keyed", inputs=inputs(n=4, noise=1), cache=by_function)
+        gateway.wait_for("cache_key", about(miss))
+        gateway.send(cache_decision=worker_pb2.CacheDecision(token=miss, hit=False))
+        result = gateway.wait_for("result", about(miss))
+        broken = assign(gateway, "k3", "badly_keyed", inputs=inputs(n=5), cache=by_function)
+        unkeyed = gateway.wait_for("result", about(broken))
+        warning = gateway.wait_for("log", lambda m: m.token == broken and "cache key" in m.message)
+    assert decode_value(result.result) == 400 and result.cache_key == "n=4"
+    assert not [r for r in gateway.all("result") if r.token == hit]  # the task never ran
+    assert not [m for m in gateway.all("log") if m.token == hit]
+    assert decode_value(unkeyed.result) == 5 and unkeyed.cache_key == ""
+    assert warning.level == "WARNING" and "no key today" in warning.message
 
 
 def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:

@@ -295,6 +295,9 @@ class Worker:
         elif kind == "heartbeat_ack":
             for token in response.heartbeat_ack.cancel:
                 self.attempts.cancel(key_of(token))
+        elif kind == "cache_decision":
+            decision = response.cache_decision
+            self.attempts.decided(key_of(decision.token), decision.hit)
         elif kind == "ack":
             ack = response.ack
             self.attempts.acked(key_of(ack.token))

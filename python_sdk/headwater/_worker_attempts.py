@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.v1 import state_pb2, worker_pb2
+from headwater.v1 import graph_pb2, state_pb2, worker_pb2
 from headwater_runtime.engine import TaskSkipped, TaskSucceeded
 from headwater_runtime.execution import (
     TaskInterrupted,
@@ -46,6 +46,10 @@ from ._worker_codec import (
 log = logging.getLogger("headwater.worker")
 
 Token = tuple[str, int]
+
+#: How long an attempt waits for the server's answer to its cache key before running
+#: anyway (a missed answer costs a recomputation, never a wrong result).
+DECISION_WAIT = 30.0
 Send = Callable[[worker_pb2.ConnectRequest], None]
 
 
@@ -138,6 +142,7 @@ class Attempts:
         self.log_handler = TaskLogHandler(send)
         self.transfer: PayloadTransfer | None = None
         self.inline_limit = 0  # the last Welcome's, so results encode as asked offline too
+        self._decisions: dict[Token, tuple[threading.Event, list[bool]]] = {}
 
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
@@ -252,7 +257,8 @@ class Attempts:
             with self.lock:
                 if self.running.get(attempt.token) is attempt:
                     self._drop(attempt)
-                    self._report(attempt.token, outcome)
+                    if outcome is not None:  # None: a cache hit the server recorded
+                        self._report(attempt.token, outcome)
         except TaskInterrupted:
             pass  # cancelled, timed out or abandoned: whoever did it reported it
         while True:  # one interruption may still be pending: absorb it, then clear it
@@ -269,7 +275,59 @@ class Attempts:
             attempt.interruptible = False
             _interrupt_thread(threading.get_ident(), None)
 
-    def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest:
+    def decided(self, token: Token, hit: bool) -> None:
+        """The server's answer to a CacheKeyReport."""
+        with self.lock:
+            waiting = self._decisions.get(token)
+        if waiting is not None:
+            waiting[1].append(hit)
+            waiting[0].set()
+
+    def _function_cache_key(self, attempt: _Attempt, inputs: dict[str, Any]) -> str:
+        """The key from the task's cache_key_fn when the server asks for one; "" when
+        there is none (the task then runs uncached, as embedded)."""
+        policy = attempt.assignment.cache
+        if policy.key_source != graph_pb2.CACHE_KEY_SOURCE_FUNCTION:
+            return ""
+        cache = attempt.task.cache
+        if cache is None or cache.key_fn is None:
+            log.warning(
+                "task %s has no cache_key_fn here; running it uncached",
+                attempt.assignment.task_type,
+            )
+            return ""
+        try:
+            key = cache.key_fn(inputs)
+            if not isinstance(key, str):
+                raise TypeError(f"cache_key_fn must return a str, not {type(key).__name__}")
+        except TaskInterrupted:
+            raise
+        except Exception as exc:
+            log.warning("could not compute a cache key (%r); running without the cache", exc)
+            return ""
+        return key
+
+    def _cache_hit(self, attempt: _Attempt, key: str) -> bool:
+        """Report a function-derived cache key and wait for the server's decision; on
+        a hit the server has recorded the cached result and the task must not run."""
+        waiting: tuple[threading.Event, list[bool]] = (threading.Event(), [])
+        with self.lock:
+            self._decisions[attempt.token] = waiting
+        try:
+            report = worker_pb2.CacheKeyReport(token=attempt.assignment.token, cache_key=key)
+            self.send(worker_pb2.ConnectRequest(cache_key=report))
+            deadline = time.monotonic() + DECISION_WAIT
+            # Short waits: a cancel interrupts this thread only between bytecodes.
+            while not waiting[0].wait(0.05):
+                if time.monotonic() > deadline:
+                    log.warning("no cache decision from the server; running the task")
+                    return False
+            return waiting[1][0]
+        finally:
+            with self.lock:
+                self._decisions.pop(attempt.token, None)
+
+    def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest | None:
         assignment, token = attempt.assignment, attempt.token
         transfer = self.transfer
         assert transfer is not None
@@ -281,6 +339,9 @@ class Attempts:
             bad = failure("headwater.InputError", why, retryable=True, cause=cause)
             return failure_report(token, bad)
         task = attempt.task
+        cache_key = self._function_cache_key(attempt, inputs)
+        if cache_key and self._cache_hit(attempt, cache_key):
+            return None
         event = execute(make_caller(task.fn), inputs, token[0], token[1], task.no_retry_on)
         self._seal(attempt)  # encoding and uploading the result are not interrupted
         if isinstance(event, TaskSkipped):
@@ -307,5 +368,5 @@ class Attempts:
             message = f"{type(exc).__name__}: {exc}"
             bad = failure("headwater.EncodingError", message, retryable=False)
             return failure_report(token, bad)
-        result = worker_pb2.TaskResult(token=assignment.token, result=value)
+        result = worker_pb2.TaskResult(token=assignment.token, result=value, cache_key=cache_key)
         return worker_pb2.ConnectRequest(result=result)

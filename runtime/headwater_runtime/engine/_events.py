@@ -21,11 +21,18 @@ class TaskStarted:
 
 @dataclass(frozen=True, slots=True)
 class TaskSucceeded:
-    """An attempt returned ``value`` (a live object, or an opaque payload handle)."""
+    """An attempt returned ``value`` (a live object, or an opaque payload handle).
+
+    Where a worker derives the cache key (a task's key function runs where the task
+    does), ``cache_key`` carries it; ``cached`` says the value came from the cache
+    under that key and the task itself did not run.
+    """
 
     key: str
     attempt: int
     value: Any
+    cache_key: str = ""
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

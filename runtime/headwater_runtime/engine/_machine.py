@@ -344,6 +344,11 @@ class FlowRunEngine:
         elif isinstance(event, TaskSucceeded):
             self._attempt_done(run)
             run.result = event.value
+            if event.cache_key:
+                run.cache_key = event.cache_key
+            if event.cached:
+                self._transition(run, S.CACHED, f"cache hit for key {run.cache_key}")
+                return
             self._transition(run, S.SUCCESS)
             cache = run.spec.cache
             if cache is not None and run.cache_key:  # "" = no key could be derived

@@ -71,8 +71,19 @@ TRANSITIONS: dict[TaskRunState, frozenset[TaskRunState]] = {
     # SCHEDULED -> FAILED: the inputs could not be assembled (e.g. a bad path).
     S.SCHEDULED: frozenset({S.RUNNING, S.CACHED, S.CANCELLED, S.FAILED}),
     # RUNNING -> SCHEDULED: the worker holding the attempt was lost; dispatch again.
+    # RUNNING -> CACHED: a worker computed the cache key (the task's key function) and
+    # the host found it, so the function itself never ran.
     S.RUNNING: frozenset(
-        {S.SUCCESS, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.SKIPPED, S.RETRYING, S.SCHEDULED}
+        {
+            S.SUCCESS,
+            S.CACHED,
+            S.FAILED,
+            S.TIMED_OUT,
+            S.CANCELLED,
+            S.SKIPPED,
+            S.RETRYING,
+            S.SCHEDULED,
+        }
     ),
     S.RETRYING: frozenset({S.SCHEDULED, S.CANCELLED}),
     **{state: frozenset() for state in TERMINAL_TASK_STATES},

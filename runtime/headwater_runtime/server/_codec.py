@@ -112,6 +112,10 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry) -> RunEvent:
                 body["attempt"] = event.attempt
             if isinstance(event, TaskSucceeded):
                 body["value"] = encode_handle(event.value)
+                if event.cache_key:
+                    body["cache_key"] = event.cache_key
+                if event.cached:
+                    body["cached"] = True
             elif isinstance(event, TaskFailed):
                 body["failure"] = failure_to_dict(event.failure)
             elif isinstance(event, TaskSkipped):
@@ -135,7 +139,13 @@ def decode_entry(row: RunEvent) -> JournalEntry:
     elif row.kind == "TaskStarted":
         event = TaskStarted(b["key"], b["attempt"])
     elif row.kind == "TaskSucceeded":
-        event = TaskSucceeded(b["key"], b["attempt"], decode_handle(b["value"]))
+        event = TaskSucceeded(
+            b["key"],
+            b["attempt"],
+            decode_handle(b["value"]),
+            b.get("cache_key", ""),
+            b.get("cached", False),
+        )
     elif row.kind == "TaskFailed":
         event = TaskFailed(b["key"], b["attempt"], failure_from_dict(b["failure"]))
     elif row.kind == "TaskSkipped":

@@ -66,6 +66,9 @@ class ServerCore:
         self._last_flush = 0.0
         self._acks: list[tuple[WorkerSession, worker_pb2.ConnectResponse]] = []
         self._notes: list[tuple[str, run_pb2.TaskRun | None]] = []
+        # Runs changed since the last flush, watched or not: a watcher that subscribes
+        # between a change and its commit must still be woken by the commit.
+        self._changed: set[str] = set()
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
@@ -109,11 +112,16 @@ class ServerCore:
         self.runs.flush()
         acks, self._acks = self._acks, []
         notes, self._notes = self._notes, []
+        changed, self._changed = self._changed, set()
         for session, message in acks:
             session.send(message)
         for flow_run_id, run in notes:
+            changed.discard(flow_run_id)
             for queue in self._watchers.get(flow_run_id, ()):
                 queue.put_nowait(run)
+        for flow_run_id in changed:
+            for queue in self._watchers.get(flow_run_id, ()):
+                queue.put_nowait(None)  # "re-read the run"
 
     async def _loop(self) -> None:
         while True:
@@ -205,7 +213,8 @@ class ServerCore:
             if kind == "started":
                 event = TaskStarted(run_key, token.attempt)
             elif kind == "result":
-                event = TaskSucceeded(run_key, token.attempt, msg.result.result)
+                cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
+                event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
             elif kind == "failure":
                 failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
                 event = TaskFailed(run_key, token.attempt, failure)
@@ -218,9 +227,27 @@ class ServerCore:
             self.touch()
             return
         if kind == "cache_key":
-            # Worker-computed cache keys are not implemented yet: always a miss.
-            decision = worker_pb2.CacheDecision(token=msg.cache_key.token, hit=False)
-            session.send(worker_pb2.ConnectResponse(cache_decision=decision))
+            self._cache_key(session, msg.cache_key)
+
+    def _cache_key(self, session: WorkerSession, report: worker_pb2.CacheKeyReport) -> None:
+        token = report.token
+        try:
+            flow_run_id, run_key = split_task_run_id(token.task_run_id)
+        except KeyError:
+            flow_run_id = run_key = ""
+        hit = bool(run_key) and self.runs.cache_lookup(
+            flow_run_id, run_key, token.attempt, report.cache_key
+        )
+        decision = worker_pb2.ConnectResponse(
+            cache_decision=worker_pb2.CacheDecision(token=token, hit=hit)
+        )
+        if hit:
+            # The attempt is over (CACHED): free its slot, and answer after the commit.
+            self.dispatcher.finished((token.task_run_id, token.attempt))
+            self._acks.append((session, decision))
+            self.touch()
+        else:
+            session.send(decision)
 
     def _ack(
         self, session: WorkerSession, token: worker_pb2.FencingToken, ignored: list[EventIgnored]
@@ -272,6 +299,7 @@ class ServerCore:
                 del self._watchers[flow_run_id]
 
     def _notify(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
+        self._changed.add(flow_run_id)
         if flow_run_id in self._watchers:  # delivered after the commit, in flush()
             # Snapshot now: the record keeps changing before the flush.
             snapshot = None if run is None else task_run_from_record(flow_run_id, run)

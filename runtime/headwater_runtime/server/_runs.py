@@ -44,6 +44,7 @@ from headwater_runtime.engine import (
     StateEntry,
     TaskRunRecord,
     TaskRunState,
+    TaskSucceeded,
     WriteCache,
     bind_params,
     replay,
@@ -394,13 +395,39 @@ class RunManager:
         self._arm_timer(active)
         return ignored
 
+    def function_cache_key(self, flow_run_id: str, run_key: str, reported: str) -> str:
+        """The cache key for a key a worker derived with the task's key function ("" if
+        the task does not cache by function: workers cannot write arbitrary keys)."""
+        active = self.runs.get(flow_run_id)
+        run = active.engine.runs.get(run_key) if active is not None else None
+        if not reported or run is None:
+            return ""
+        spec, cache = run.spec, run.spec.cache
+        if cache is None or not cache.by_function:
+            return ""
+        return f"{spec.task_type}|v={spec.version}|c={cache.version}|key={reported}"
+
+    def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
+        """A worker derived a cache key with the task's key function (CacheKeyReport).
+        On a valid hit the attempt ends CACHED with the stored value, and True tells
+        the worker not to run the task."""
+        key = self.function_cache_key(flow_run_id, run_key, reported)
+        if not key:
+            return False
+        row = self.store.get_cache(key)
+        if row is None or (row.expires_at is not None and row.expires_at <= self.clock.now()):
+            return False
+        value = from_input_value(worker_pb2.InputValue.FromString(row.value))
+        hit = TaskSucceeded(run_key, attempt, value, cache_key=key, cached=True)
+        return not self.handle(flow_run_id, hit)
+
     def _check_cache(self, command: CheckCache) -> CacheChecked:
         spec = command.run.spec
         cache = spec.cache
         assert cache is not None
         if cache.by_function:
-            # The key function lives in the worker; computing it there (CacheKeyReport)
-            # is not implemented yet, so such tasks run uncached on a server.
+            # The key function lives in the worker: the assignment asks it for the key
+            # (CacheKeyReport), answered by cache_lookup before the task runs.
             return CacheChecked(command.run.key, "", None)
         digest = hashlib.sha256()
         for name in sorted(command.inputs):
@@ -442,6 +469,9 @@ class RunManager:
             msg.inputs[name].CopyFrom(to_input_value(value, elements=False))
         if spec.timeout is not None:
             msg.timeout.CopyFrom(duration(spec.timeout))
+        if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
+            msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
+            msg.cache.version = spec.cache.version
         return PendingAssignment(flow_run_id, spec.task_type, dict(spec.labels), msg)
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
