@@ -140,6 +140,10 @@ def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
         )
         assert (again.flow_run.id, again.created) == (run_id, False)
         stop = asyncio.Event()
+        only_flow = client.WatchFlowRun(
+            cp.WatchFlowRunRequest(id=run_id, flow_run_only=True), metadata=AUTH
+        )
+        assert (await only_flow.read()).flow_run.state == 3  # subscribed while RUNNING
         worker = asyncio.create_task(fake_worker(channel, stop))
         states = []
         task_states: dict[str, list[int]] = {}
@@ -149,6 +153,11 @@ def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
                 task_states.setdefault(change.task_run.name, []).append(change.task_run.state)
         stop.set()
         assert states[-1] == 4  # FLOW_RUN_STATE_SUCCESS
+        # A flow-run-only watch gets just the end: no task run changes.
+        rest = []
+        while (change := await only_flow.read()) is not grpc.aio.EOF:
+            rest.append(change)
+        assert [(c.flow_run.state, c.HasField("task_run")) for c in rest] == [(4, False)]
         # Every transition once, in order: SCHEDULED, RUNNING, SUCCESS.
         assert task_states["scale[3]"] == [2, 3, 5]
         got = await client.GetFlowRun(

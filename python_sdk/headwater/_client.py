@@ -180,12 +180,14 @@ class Client:
         )
         return [self._remote(r) for r in response.flow_runs]
 
-    def watch(self, run_id: str) -> Iterator[tuple[RemoteFlowRun, TaskRunInfo | None]]:
-        """Yield the run after every state change until it ends."""
+    def watch(
+        self, run_id: str, *, task_runs: bool = True
+    ) -> Iterator[tuple[RemoteFlowRun, TaskRunInfo | None]]:
+        """Yield the run after every state change until it ends: with the task run that
+        changed, or (``task_runs=False``) only when the flow run's own state changes."""
+        request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=not task_runs)
         try:
-            for change in self._control.WatchFlowRun(
-                cp.WatchFlowRunRequest(id=run_id), metadata=self._metadata
-            ):
+            for change in self._control.WatchFlowRun(request, metadata=self._metadata):
                 task = None
                 if change.HasField("task_run"):
                     t = change.task_run
@@ -202,7 +204,7 @@ class Client:
 
     def wait(self, run_id: str) -> RemoteFlowRun:
         """Block until the run ends; returns it."""
-        for _change in self.watch(run_id):
+        for _change in self.watch(run_id, task_runs=False):
             pass
         return self.get(run_id, include_task_runs=True)
 

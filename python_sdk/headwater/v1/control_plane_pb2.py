@@ -28,7 +28,7 @@ from headwater.v1 import run_pb2 as headwater_dot_v1_dot_run__pb2
 from headwater.v1 import state_pb2 as headwater_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n headwater/v1/control_plane.proto\x12\x0cheadwater.v1\x1a\x18headwater/v1/graph.proto\x1a\x1aheadwater/v1/payload.proto\x1a\x16headwater/v1/run.proto\x1a\x18headwater/v1/state.proto\"=\n\x13RegisterFlowRequest\x12&\n\x05graph\x18\x01 \x01(\x0b\x32\x17.headwater.v1.FlowGraph\"F\n\x14RegisterFlowResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"/\n\x0eGetFlowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x0fGetFlowResponse\x12&\n\x05graph\x18\x01 \x01(\x0b\x32\x17.headwater.v1.FlowGraph\"\x12\n\x10ListFlowsRequest\"-\n\x0b\x46lowSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\"=\n\x11ListFlowsResponse\x12(\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x19.headwater.v1.FlowSummary\"\xea\x02\n\x14\x43reateFlowRunRequest\x12\x11\n\tflow_name\x18\x01 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x02 \x01(\t\x12\x46\n\nparameters\x18\x03 \x03(\x0b\x32\x32.headwater.v1.CreateFlowRunRequest.ParametersEntry\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12K\n\rtrace_context\x18\x05 \x03(\x0b\x32\x34.headwater.v1.CreateFlowRunRequest.TraceContextEntry\x1a\x46\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Value:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x15\x43reateFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\":\n\x11GetFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11include_task_runs\x18\x02 \x01(\x08\"g\n\x12GetFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\x12(\n\ttask_runs\x18\x02 \x03(\x0b\x32\x15.headwater.v1.TaskRun\"{\n\x13ListFlowRunsRequest\x12\x11\n\tflow_name\x18\x01 \x01(\t\x12*\n\x06states\x18\x02 \x03(\x0e\x32\x1a.headwater.v1.FlowRunState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x14ListFlowRunsResponse\x12(\n\tflow_runs\x18\x01 \x03(\x0b\x32\x15.headwater.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13WatchFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"h\n\x14WatchFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\x12\'\n\x08task_run\x18\x02 \x01(\x0b\x32\x15.headwater.v1.TaskRun\"2\n\x14\x43\x61ncelFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x15\x43\x61ncelFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\"R\n\x17GetTaskRunResultRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tmap_index\x18\x03 \x01(\x03\"j\n\x18GetTaskRunResultResponse\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.headwater.v1.Value\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.headwater.v1.TaskRunState\"B\n\x16ListTaskRunLogsRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x13\n\x0btask_run_id\x18\x02 \x01(\t\"B\n\x17ListTaskRunLogsResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.headwater.v1.LogEntry\"A\n\x15\x43reateScheduleRequest\x12(\n\x08schedule\x18\x01 \x01(\x0b\x32\x16.headwater.v1.Schedule\"B\n\x16\x43reateScheduleResponse\x12(\n\x08schedule\x18\x01 \x01(\x0b\x32\x16.headwater.v1.Schedule\")\n\x14ListSchedulesRequest\x12\x11\n\tflow_name\x18\x01 \x01(\t\"B\n\x15ListSchedulesResponse\x12)\n\tschedules\x18\x01 \x03(\x0b\x32\x16.headwater.v1.Schedule\"#\n\x15\x44\x65leteScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"\x16\n\x14GetServerInfoRequest\"[\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t2\xe8\t\n\x13\x43ontrolPlaneService\x12U\n\x0cRegisterFlow\x12!.headwater.v1.RegisterFlowRequest\x1a\".headwater.v1.RegisterFlowResponse\x12\x46\n\x07GetFlow\x12\x1c.headwater.v1.GetFlowRequest\x1a\x1d.headwater.v1.GetFlowResponse\x12L\n\tListFlows\x12\x1e.headwater.v1.ListFlowsRequest\x1a\x1f.headwater.v1.ListFlowsResponse\x12X\n\rCreateFlowRun\x12\".headwater.v1.CreateFlowRunRequest\x1a#.headwater.v1.CreateFlowRunResponse\x12O\n\nGetFlowRun\x12\x1f.headwater.v1.GetFlowRunRequest\x1a .headwater.v1.GetFlowRunResponse\x12U\n\x0cListFlowRuns\x12!.headwater.v1.ListFlowRunsRequest\x1a\".headwater.v1.ListFlowRunsResponse\x12W\n\x0cWatchFlowRun\x12!.headwater.v1.WatchFlowRunRequest\x1a\".headwater.v1.WatchFlowRunResponse0\x01\x12X\n\rCancelFlowRun\x12\".headwater.v1.CancelFlowRunRequest\x1a#.headwater.v1.CancelFlowRunResponse\x12\x61\n\x10GetTaskRunResult\x12%.headwater.v1.GetTaskRunResultRequest\x1a&.headwater.v1.GetTaskRunResultResponse\x12^\n\x0fListTaskRunLogs\x12$.headwater.v1.ListTaskRunLogsRequest\x1a%.headwater.v1.ListTaskRunLogsResponse\x12[\n\x0e\x43reateSchedule\x12#.headwater.v1.CreateScheduleRequest\x1a$.headwater.v1.CreateScheduleResponse\x12X\n\rListSchedules\x12\".headwater.v1.ListSchedulesRequest\x1a#.headwater.v1.ListSchedulesResponse\x12[\n\x0e\x44\x65leteSchedule\x12#.headwater.v1.DeleteScheduleRequest\x1a$.headwater.v1.DeleteScheduleResponse\x12X\n\rGetServerInfo\x12\".headwater.v1.GetServerInfoRequest\x1a#.headwater.v1.GetServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n headwater/v1/control_plane.proto\x12\x0cheadwater.v1\x1a\x18headwater/v1/graph.proto\x1a\x1aheadwater/v1/payload.proto\x1a\x16headwater/v1/run.proto\x1a\x18headwater/v1/state.proto\"=\n\x13RegisterFlowRequest\x12&\n\x05graph\x18\x01 \x01(\x0b\x32\x17.headwater.v1.FlowGraph\"F\n\x14RegisterFlowResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"/\n\x0eGetFlowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"9\n\x0fGetFlowResponse\x12&\n\x05graph\x18\x01 \x01(\x0b\x32\x17.headwater.v1.FlowGraph\"\x12\n\x10ListFlowsRequest\"-\n\x0b\x46lowSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\"=\n\x11ListFlowsResponse\x12(\n\x05\x66lows\x18\x01 \x03(\x0b\x32\x19.headwater.v1.FlowSummary\"\xea\x02\n\x14\x43reateFlowRunRequest\x12\x11\n\tflow_name\x18\x01 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x02 \x01(\t\x12\x46\n\nparameters\x18\x03 \x03(\x0b\x32\x32.headwater.v1.CreateFlowRunRequest.ParametersEntry\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12K\n\rtrace_context\x18\x05 \x03(\x0b\x32\x34.headwater.v1.CreateFlowRunRequest.TraceContextEntry\x1a\x46\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Value:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x15\x43reateFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\":\n\x11GetFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x11include_task_runs\x18\x02 \x01(\x08\"g\n\x12GetFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\x12(\n\ttask_runs\x18\x02 \x03(\x0b\x32\x15.headwater.v1.TaskRun\"{\n\x13ListFlowRunsRequest\x12\x11\n\tflow_name\x18\x01 \x01(\t\x12*\n\x06states\x18\x02 \x03(\x0e\x32\x1a.headwater.v1.FlowRunState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x14ListFlowRunsResponse\x12(\n\tflow_runs\x18\x01 \x03(\x0b\x32\x15.headwater.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x13WatchFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rflow_run_only\x18\x02 \x01(\x08\"h\n\x14WatchFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\x12\'\n\x08task_run\x18\x02 \x01(\x0b\x32\x15.headwater.v1.TaskRun\"2\n\x14\x43\x61ncelFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x15\x43\x61ncelFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\"R\n\x17GetTaskRunResultRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x11\n\tmap_index\x18\x03 \x01(\x03\"j\n\x18GetTaskRunResultResponse\x12#\n\x06result\x18\x01 \x01(\x0b\x32\x13.headwater.v1.Value\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.headwater.v1.TaskRunState\"B\n\x16ListTaskRunLogsRequest\x12\x13\n\x0b\x66low_run_id\x18\x01 \x01(\t\x12\x13\n\x0btask_run_id\x18\x02 \x01(\t\"B\n\x17ListTaskRunLogsResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.headwater.v1.LogEntry\"A\n\x15\x43reateScheduleRequest\x12(\n\x08schedule\x18\x01 \x01(\x0b\x32\x16.headwater.v1.Schedule\"B\n\x16\x43reateScheduleResponse\x12(\n\x08schedule\x18\x01 \x01(\x0b\x32\x16.headwater.v1.Schedule\")\n\x14ListSchedulesRequest\x12\x11\n\tflow_name\x18\x01 \x01(\t\"B\n\x15ListSchedulesResponse\x12)\n\tschedules\x18\x01 \x03(\x0b\x32\x16.headwater.v1.Schedule\"#\n\x15\x44\x65leteScheduleRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteScheduleResponse\"\x16\n\x14GetServerInfoRequest\"[\n\x15GetServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t2\xe8\t\n\x13\x43ontrolPlaneService\x12U\n\x0cRegisterFlow\x12!.headwater.v1.RegisterFlowRequest\x1a\".headwater.v1.RegisterFlowResponse\x12\x46\n\x07GetFlow\x12\x1c.headwater.v1.GetFlowRequest\x1a\x1d.headwater.v1.GetFlowResponse\x12L\n\tListFlows\x12\x1e.headwater.v1.ListFlowsRequest\x1a\x1f.headwater.v1.ListFlowsResponse\x12X\n\rCreateFlowRun\x12\".headwater.v1.CreateFlowRunRequest\x1a#.headwater.v1.CreateFlowRunResponse\x12O\n\nGetFlowRun\x12\x1f.headwater.v1.GetFlowRunRequest\x1a .headwater.v1.GetFlowRunResponse\x12U\n\x0cListFlowRuns\x12!.headwater.v1.ListFlowRunsRequest\x1a\".headwater.v1.ListFlowRunsResponse\x12W\n\x0cWatchFlowRun\x12!.headwater.v1.WatchFlowRunRequest\x1a\".headwater.v1.WatchFlowRunResponse0\x01\x12X\n\rCancelFlowRun\x12\".headwater.v1.CancelFlowRunRequest\x1a#.headwater.v1.CancelFlowRunResponse\x12\x61\n\x10GetTaskRunResult\x12%.headwater.v1.GetTaskRunResultRequest\x1a&.headwater.v1.GetTaskRunResultResponse\x12^\n\x0fListTaskRunLogs\x12$.headwater.v1.ListTaskRunLogsRequest\x1a%.headwater.v1.ListTaskRunLogsResponse\x12[\n\x0e\x43reateSchedule\x12#.headwater.v1.CreateScheduleRequest\x1a$.headwater.v1.CreateScheduleResponse\x12X\n\rListSchedules\x12\".headwater.v1.ListSchedulesRequest\x1a#.headwater.v1.ListSchedulesResponse\x12[\n\x0e\x44\x65leteSchedule\x12#.headwater.v1.DeleteScheduleRequest\x1a$.headwater.v1.DeleteScheduleResponse\x12X\n\rGetServerInfo\x12\".headwater.v1.GetServerInfoRequest\x1a#.headwater.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -70,37 +70,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTFLOWRUNSRESPONSE']._serialized_start=1265
   _globals['_LISTFLOWRUNSRESPONSE']._serialized_end=1354
   _globals['_WATCHFLOWRUNREQUEST']._serialized_start=1356
-  _globals['_WATCHFLOWRUNREQUEST']._serialized_end=1389
-  _globals['_WATCHFLOWRUNRESPONSE']._serialized_start=1391
-  _globals['_WATCHFLOWRUNRESPONSE']._serialized_end=1495
-  _globals['_CANCELFLOWRUNREQUEST']._serialized_start=1497
-  _globals['_CANCELFLOWRUNREQUEST']._serialized_end=1547
-  _globals['_CANCELFLOWRUNRESPONSE']._serialized_start=1549
-  _globals['_CANCELFLOWRUNRESPONSE']._serialized_end=1613
-  _globals['_GETTASKRUNRESULTREQUEST']._serialized_start=1615
-  _globals['_GETTASKRUNRESULTREQUEST']._serialized_end=1697
-  _globals['_GETTASKRUNRESULTRESPONSE']._serialized_start=1699
-  _globals['_GETTASKRUNRESULTRESPONSE']._serialized_end=1805
-  _globals['_LISTTASKRUNLOGSREQUEST']._serialized_start=1807
-  _globals['_LISTTASKRUNLOGSREQUEST']._serialized_end=1873
-  _globals['_LISTTASKRUNLOGSRESPONSE']._serialized_start=1875
-  _globals['_LISTTASKRUNLOGSRESPONSE']._serialized_end=1941
-  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1943
-  _globals['_CREATESCHEDULEREQUEST']._serialized_end=2008
-  _globals['_CREATESCHEDULERESPONSE']._serialized_start=2010
-  _globals['_CREATESCHEDULERESPONSE']._serialized_end=2076
-  _globals['_LISTSCHEDULESREQUEST']._serialized_start=2078
-  _globals['_LISTSCHEDULESREQUEST']._serialized_end=2119
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=2121
-  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=2187
-  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2189
-  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2224
-  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2226
-  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2250
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=2252
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=2274
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=2276
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=2367
-  _globals['_CONTROLPLANESERVICE']._serialized_start=2370
-  _globals['_CONTROLPLANESERVICE']._serialized_end=3626
+  _globals['_WATCHFLOWRUNREQUEST']._serialized_end=1412
+  _globals['_WATCHFLOWRUNRESPONSE']._serialized_start=1414
+  _globals['_WATCHFLOWRUNRESPONSE']._serialized_end=1518
+  _globals['_CANCELFLOWRUNREQUEST']._serialized_start=1520
+  _globals['_CANCELFLOWRUNREQUEST']._serialized_end=1570
+  _globals['_CANCELFLOWRUNRESPONSE']._serialized_start=1572
+  _globals['_CANCELFLOWRUNRESPONSE']._serialized_end=1636
+  _globals['_GETTASKRUNRESULTREQUEST']._serialized_start=1638
+  _globals['_GETTASKRUNRESULTREQUEST']._serialized_end=1720
+  _globals['_GETTASKRUNRESULTRESPONSE']._serialized_start=1722
+  _globals['_GETTASKRUNRESULTRESPONSE']._serialized_end=1828
+  _globals['_LISTTASKRUNLOGSREQUEST']._serialized_start=1830
+  _globals['_LISTTASKRUNLOGSREQUEST']._serialized_end=1896
+  _globals['_LISTTASKRUNLOGSRESPONSE']._serialized_start=1898
+  _globals['_LISTTASKRUNLOGSRESPONSE']._serialized_end=1964
+  _globals['_CREATESCHEDULEREQUEST']._serialized_start=1966
+  _globals['_CREATESCHEDULEREQUEST']._serialized_end=2031
+  _globals['_CREATESCHEDULERESPONSE']._serialized_start=2033
+  _globals['_CREATESCHEDULERESPONSE']._serialized_end=2099
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=2101
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=2142
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=2144
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=2210
+  _globals['_DELETESCHEDULEREQUEST']._serialized_start=2212
+  _globals['_DELETESCHEDULEREQUEST']._serialized_end=2247
+  _globals['_DELETESCHEDULERESPONSE']._serialized_start=2249
+  _globals['_DELETESCHEDULERESPONSE']._serialized_end=2273
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=2275
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=2297
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=2299
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=2390
+  _globals['_CONTROLPLANESERVICE']._serialized_start=2393
+  _globals['_CONTROLPLANESERVICE']._serialized_end=3649
 # @@protoc_insertion_point(module_scope)

@@ -131,10 +131,12 @@ class ListFlowRunsResponse(_message.Message):
     def __init__(self, flow_runs: _Optional[_Iterable[_Union[_run_pb2.FlowRun, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchFlowRunRequest(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "flow_run_only")
     ID_FIELD_NUMBER: _ClassVar[int]
+    FLOW_RUN_ONLY_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    flow_run_only: bool
+    def __init__(self, id: _Optional[str] = ..., flow_run_only: _Optional[bool] = ...) -> None: ...
 
 class WatchFlowRunResponse(_message.Message):
     __slots__ = ("flow_run", "task_run")

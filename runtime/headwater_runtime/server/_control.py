@@ -133,7 +133,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
     async def WatchFlowRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
         row = await self._flow_run(request.id, context)
         # Subscribe, then read: a change committed after the read wakes the queue.
-        queue = self.core.watch(row.id)
+        queue = self.core.watch(row.id, task_runs=not request.flow_run_only)
         try:
             row = self.store.get_flow_run(row.id)
             yield control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))

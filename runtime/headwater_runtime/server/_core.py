@@ -69,10 +69,13 @@ class ServerCore:
         # Runs changed since the last flush, watched or not: a watcher that subscribes
         # between a change and its commit must still be woken by the commit.
         self._changed: set[str] = set()
+        self._flow_changed: set[str] = set()  # the flow run's own state changed
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._flow_watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -85,6 +88,8 @@ class ServerCore:
         self._background = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
         if self._background is not None:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,6 +118,7 @@ class ServerCore:
         acks, self._acks = self._acks, []
         notes, self._notes = self._notes, []
         changed, self._changed = self._changed, set()
+        flow_changed, self._flow_changed = self._flow_changed, set()
         for session, message in acks:
             session.send(message)
         for flow_run_id, run in notes:
@@ -122,9 +128,15 @@ class ServerCore:
         for flow_run_id in changed:
             for queue in self._watchers.get(flow_run_id, ()):
                 queue.put_nowait(None)  # "re-read the run"
+        for flow_run_id in flow_changed:
+            for queue in self._flow_watchers.get(flow_run_id, ()):
+                queue.put_nowait(None)
 
     async def _loop(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: a cancel that arrives just
+        # as the wake-up fires can be swallowed (asyncio.wait_for did that, hanging
+        # every SIGTERM that raced with a worker disconnecting).
+        while not self._stopping:
             now = self.clock.now()
             self.runs.fire_timers()
             self._expire_orphans(now)
@@ -134,9 +146,12 @@ class ServerCore:
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
             due.extend(d for _, d in self._orphans.values())
+            if self._stopping:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, min(due) - now))
+                async with asyncio.timeout(max(0.0, min(due) - now)):
+                    await self._wake.wait()
 
     # ------------------------------------------------------------------- workers
 
@@ -286,20 +301,27 @@ class ServerCore:
 
     # ------------------------------------------------------------------- watchers
 
-    def watch(self, flow_run_id: str) -> asyncio.Queue[Any]:
+    def watch(self, flow_run_id: str, *, task_runs: bool = True) -> asyncio.Queue[Any]:
+        """A queue that gets a note after each commit that changed the run: the task
+        run that changed (a TaskRun message), or None for "re-read the flow run".
+        Without ``task_runs`` only changes of the flow run's own state are noted."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._watchers.setdefault(flow_run_id, set()).add(queue)
+        watchers = self._watchers if task_runs else self._flow_watchers
+        watchers.setdefault(flow_run_id, set()).add(queue)
         return queue
 
     def unwatch(self, flow_run_id: str, queue: asyncio.Queue[Any]) -> None:
-        watchers = self._watchers.get(flow_run_id)
-        if watchers is not None:
-            watchers.discard(queue)
-            if not watchers:
-                del self._watchers[flow_run_id]
+        for watchers in (self._watchers, self._flow_watchers):
+            queues = watchers.get(flow_run_id)
+            if queues is not None:
+                queues.discard(queue)
+                if not queues:
+                    del watchers[flow_run_id]
 
     def _notify(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
         self._changed.add(flow_run_id)
+        if run is None:
+            self._flow_changed.add(flow_run_id)
         if flow_run_id in self._watchers:  # delivered after the commit, in flush()
             # Snapshot now: the record keeps changing before the flush.
             snapshot = None if run is None else task_run_from_record(flow_run_id, run)
