@@ -4,6 +4,7 @@
 // on cancel or timeout), `attempt`, `log(message, level)` and the run's ids.
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 
 /**
  * images.resize: nearest-neighbour scaling of a greyscale image
@@ -65,7 +66,18 @@ async function waitForCancel(_inputs, context) {
   return null;
 }
 
+/** files.await: a sensor that waits until the file `path` exists, then returns its text. */
+async function awaitFile({ path: file }, context) {
+  process.stderr.write(`files.await started ${context.taskRunId} attempt ${context.attempt}\n`);
+  while (!fs.existsSync(file)) {
+    if (context.signal.aborted) return null;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return fs.readFileSync(file, 'utf8');
+}
+
 module.exports = {
+  'files.await': awaitFile,
   'images.resize': resize,
   'text.stats': textStats,
   'math.scale': scale,
