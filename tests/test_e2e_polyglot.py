@@ -4,8 +4,10 @@ one Python worker subprocess and one Node.js worker subprocess
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import Proc, poll, start_server
+from e2e_helpers import BOUND, Proc, poll, start_server
 
 from headwater import Client
 from headwater._loader import load_file
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = "polyglot-token"
 NODE_WORKER = Path(__file__).resolve().parents[1] / "examples" / "node_worker"
+EXAMPLE = str(NODE_WORKER / "flow.py")
 
 FLOWS = """
 import hashlib
@@ -134,7 +137,9 @@ class Cluster:
         self.server, self.address = start_server(self.headwater, self.root / "hw.db", port)
 
     def start_workers(self) -> None:
-        python = self.headwater("worker", "--server", self.address, "--module", "polyglot_flows")
+        python = self.headwater(
+            "worker", "--server", self.address, "--module", "polyglot_flows", "--module", EXAMPLE
+        )
         python.wait_line("connected to")
         node = shutil.which("node")
         assert node, "Node.js is needed (CI has Node 20)"
@@ -199,6 +204,23 @@ def test_python_node_python_with_a_mapped_node_step_and_a_retried_one(
     assert attempts["flaky.once"] == 2
     assert attempts["math.scale[2]"] == 1
     assert "resized 4x2 to 2x1" in [entry.message for entry in logs]
+
+
+def test_the_example_flow_runs_with_the_cli(cluster: Cluster) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "run", EXAMPLE, "--server", cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        env=cluster.env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [
+        "32x32 (1024 bytes)",
+        "16x16 (256 bytes)",
+        "8x8 (64 bytes)",
+    ]
 
 
 def test_large_json_values_travel_by_reference_both_ways(cluster: Cluster, flows: Any) -> None:
