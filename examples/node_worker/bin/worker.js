@@ -70,6 +70,7 @@ function main() {
   }
   let worker;
   try {
+    const tracer = tracing.fromEnvironment();
     worker = new Worker({
       server: args.server,
       token: args.token ?? process.env.HEADWATER_TOKEN,
@@ -77,7 +78,7 @@ function main() {
       slots,
       name: args.name,
       handlers,
-      tracing: tracing.fromEnvironment(),
+      tracing: tracer,
     });
   } catch (err) {
     fail(err.message);

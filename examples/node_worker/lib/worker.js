@@ -328,7 +328,8 @@ class Worker extends EventEmitter {
       this.#send({ failure: { token, failure: workerFailure('headwater.WorkerFull', why, true) } });
       return;
     }
-    const attempt = { key, token, assignment, controller: new AbortController(), timer: null };
+    const attempt = { key, token, assignment, controller: new AbortController(), timer: null, span: null };
+    attempt.span = this.tracing ? this.tracing.start(assignment, this.name) : null;
     this.running.set(key, attempt);
     const limit = seconds(assignment.timeout);
     if (limit > 0) {
@@ -346,8 +347,9 @@ class Worker extends EventEmitter {
 
   #expire(attempt, limit) {
     if (this.running.get(attempt.key) !== attempt) return;
-    this.#drop(attempt, 'timed out');
     const why = `task ${attempt.assignment.task_type} exceeded its timeout of ${limit}s`;
+    attempt.span?.fail(Object.assign(new Error(why), { name: 'headwater.TaskTimeout' }));
+    this.#drop(attempt, 'timed out');
     this.#report(attempt.key, {
       failure: { token: attempt.token, failure: workerFailure('headwater.TaskTimeout', why, true), timed_out: true },
     });
@@ -357,6 +359,7 @@ class Worker extends EventEmitter {
   #drop(attempt, reason) {
     this.running.delete(attempt.key);
     clearTimeout(attempt.timer);
+    attempt.span?.cancel(reason);
     attempt.controller.abort(new Error(reason));
   }
 
@@ -377,7 +380,7 @@ class Worker extends EventEmitter {
   async #execute(attempt, handler) {
     const { assignment, token } = attempt;
     this.#send({ started: { token, started_at: timestamp() } });
-    const span = this.tracing ? this.tracing.start(assignment, this.name) : null;
+    const { span } = attempt;
     let inputs;
     try {
       inputs = await decodeInputs(assignment, this.transfer);
