@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from e2e_helpers import BOUND, Proc, poll, start_server
 
-from headwater import Client
+from headwater import Client, ParameterError
 from headwater._loader import load_file
 from headwater_runtime.engine import FlowRunState
 
@@ -243,6 +243,13 @@ def test_a_python_result_a_node_task_cannot_read_fails_clearly_without_retries(
     )
     assert "argument 'text' reads it" in producer.message
     assert "a tuple cannot be json" in producer.message
+    # A parameter a Node task reads is checked before the run is created.
+    with Client(cluster.address, token=TOKEN) as client, pytest.raises(ParameterError) as info:
+        client.run(flows.crossing, {"n": 1, "when": datetime(2024, 1, 1)})
+    assert str(info.value).startswith(
+        "task 'text.stats', argument 'at': parameter 'when' must be json"
+    )
+    assert "replace(tzinfo=" in str(info.value)
 
 
 def test_cancelling_a_running_node_task_aborts_it_and_frees_its_slot(

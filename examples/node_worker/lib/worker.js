@@ -332,7 +332,8 @@ class Worker extends EventEmitter {
     attempt.span = this.tracing ? this.tracing.start(assignment, this.name) : null;
     this.running.set(key, attempt);
     const limit = seconds(assignment.timeout);
-    if (limit > 0) {
+    // setTimeout cannot wait longer than 2^31-1 ms (~24.8 days); longer limits are left to the server.
+    if (limit > 0 && limit * 1000 <= 2 ** 31 - 1) {
       attempt.timer = setTimeout(() => this.#expire(attempt, limit), limit * 1000);
     }
     this.#execute(attempt, handler).catch((err) => this.log(`attempt ${key} crashed the worker loop: ${err.stack}`));
