@@ -124,9 +124,14 @@ def _tagged(value: Any, depth: int) -> Any:
     )
 
 
-def dumps(value: Any) -> bytes:
-    """The canonical json bytes of a value; JsonCodecError names what cannot be json."""
-    text = json.dumps(_tagged(value, 0), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+def dumps(value: Any, *, plain: bool = False) -> bytes:
+    """The canonical json bytes of a value; JsonCodecError names what cannot be json.
+
+    ``plain=True`` promises that ``is_plain(value)`` holds (no tag needed), which
+    skips building a tagged copy.
+    """
+    tree = value if plain else _tagged(value, 0)
+    text = json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate is not valid UTF-8

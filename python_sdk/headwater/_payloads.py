@@ -40,9 +40,10 @@ class EncodingError(TypeError):
 def encode(value: Any, *, portable: bool = False) -> EncodedValue:
     """Encode a value: tagged json when portable (or EncodingError), else plain json
     when exact, else pickle."""
-    if portable or is_plain(value):
+    plain = is_plain(value)
+    if portable or plain:
         try:
-            return EncodedValue(dumps(value), {"encoding": JSON})
+            return EncodedValue(dumps(value, plain=plain), {"encoding": JSON})
         except JsonCodecError as exc:
             if portable:
                 raise EncodingError(str(exc)) from None
