@@ -21,7 +21,7 @@ from headwater import (
 from headwater._payloads import encode
 from headwater._worker import collect_tasks
 from headwater.v1 import graph_pb2, payload_pb2
-from headwater_runtime.engine import TaskSucceeded, json_consumers
+from headwater_runtime.engine import FlowRunState, TaskSucceeded, json_consumers
 from headwater_runtime.server._runs import RunManager, split_task_run_id
 from headwater_runtime.store import SQLiteStore
 
@@ -219,5 +219,37 @@ def test_the_server_asks_producers_of_remote_inputs_for_json(tmp_path: Path) -> 
         assert str(info.value).startswith(
             "task 'describe', argument 'at': parameter 'when' is encoded as pickle"
         )
+    finally:
+        store.close()
+
+
+cached_stats = remote_task("text.stats", name="cached_stats", cache=True)
+
+
+@flow
+def cached() -> Any:
+    return cached_stats(text="same input")
+
+
+def test_a_cached_remote_task_is_not_dispatched_again_for_the_same_inputs(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "hw.db")
+    try:
+        dispatch = _Dispatch()
+        manager = RunManager(store, dispatch, _Clock())
+        manager.register_flow(cached.compile())
+        first, _ = manager.create_run("cached", "", {})
+        manager.flush()
+        (pending,) = dispatch.submitted
+        assert pending.assignment.task_type == "text.stats"
+        run_id, key = split_task_run_id(pending.assignment.token.task_run_id)
+        manager.handle(run_id, TaskSucceeded(key, 1, value({"words": 2})))
+        manager.flush()
+        second, _ = manager.create_run("cached", "", {})
+        manager.flush()
+        assert len(dispatch.submitted) == 1  # served from the cache
+        for row in (first, second):
+            assert store.get_flow_run(row.id).state == FlowRunState.SUCCESS.value
     finally:
         store.close()
