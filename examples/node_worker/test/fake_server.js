@@ -18,6 +18,8 @@ class FakeServer {
     this.calls = [];
     this.payloads = new Map();
     this.waiters = [];
+    this.acks = true; // answer outcomes with an Ack
+    this.keepRunning = false;
     this.server = new grpc.Server();
     this.server.addService(this.contract.WorkerGatewayService.service, { Connect: (call) => this.#connect(call) });
     this.server.addService(this.contract.PayloadService.service, {
@@ -55,18 +57,25 @@ class FakeServer {
           heartbeat_interval: { seconds: 0, nanos: 50e6 },
           heartbeat_timeout: { seconds: 5, nanos: 0 },
           inline_payload_limit: 1 << 20,
+          // After a "restart" the server keeps what the worker says it holds (or nothing).
+          keep_running: this.keepRunning ? message.hello.running : [],
           ...this.welcomeFields,
         };
         call.write({ welcome });
       } else if (message.message === 'heartbeat') {
         call.write({ heartbeat_ack: { cancel: this.ackCancel ?? [] } });
-      } else if (['result', 'failure', 'skipped'].includes(message.message)) {
+      } else if (['result', 'failure', 'skipped'].includes(message.message) && this.acks) {
         call.write({ ack: { token: message[message.message].token, accepted: true } });
       }
       this.#notify();
     });
     call.on('error', () => {});
     call.on('end', () => call.end());
+  }
+
+  /** End the current stream (status OK), as a server that restarts would drop it. */
+  drop() {
+    this.calls[this.calls.length - 1].end();
   }
 
   send(response) {
@@ -77,9 +86,10 @@ class FakeServer {
     for (const waiter of [...this.waiters]) waiter();
   }
 
-  /** Resolves with the first received message of `kind` matching `predicate` (5 s bound). */
-  waitFor(kind, predicate = () => true) {
-    const find = () => this.received.find((m) => m.message === kind && predicate(m[kind]));
+  /** Resolves with the first message of `kind` matching `predicate` received at index
+   * `since` or later (5 s bound). */
+  waitFor(kind, predicate = () => true, since = 0) {
+    const find = () => this.received.slice(since).find((m) => m.message === kind && predicate(m[kind]));
     return new Promise((resolve, reject) => {
       const check = () => {
         const found = find();

@@ -205,3 +205,52 @@ test('a refused token stops the worker with a clear error instead of retrying', 
   await assert.rejects(worker.run(), (err) => err instanceof WorkerError && /refused this worker/.test(err.message));
   server.stop();
 });
+
+test('after a reconnect, kept attempts resend their unacknowledged outcome; others are abandoned', async (t) => {
+  let runs = 0;
+  const aborted = [];
+  const { server } = await session(t, {
+    handlers: {
+      quick: async () => {
+        runs += 1;
+        return 42;
+      },
+      hold: async (_inputs, ctx) => {
+        await untilAborted(ctx.signal);
+        aborted.push(ctx.signal.reason.message);
+      },
+    },
+  });
+  server.acks = false; // the outcome is received but not committed when the server "crashes"
+  server.send({ assignment: assignment('q', 'quick') });
+  server.send({ assignment: assignment('h', 'hold') });
+  await server.waitFor('result');
+  await server.waitFor('started', (s) => s.token.task_run_id === 'run/h');
+  server.keepRunning = false;
+  server.drop();
+  // The new Hello names both attempts; this Welcome keeps none: both are abandoned silently.
+  const hellos = () => server.received.filter((m) => m.message === 'hello');
+  await server.waitFor('hello', (h) => h.running.length === 2);
+  const second = hellos()[1].hello;
+  assert.deepEqual(second.running.map((tok) => tok.task_run_id).sort(), ['run/h', 'run/q']);
+  assert.equal(second.worker_id, hellos()[0].hello.worker_id);
+  const afterHello = server.received.indexOf(hellos()[1]);
+  await server.waitFor('heartbeat', () => true, afterHello);
+  assert.equal(server.received.slice(afterHello).find((m) => m.message === 'heartbeat').heartbeat.running.length, 0);
+  assert.deepEqual(aborted, ['abandoned at reconnect']);
+  assert.equal(server.count('result'), 1);
+  assert.equal(server.count('cancelled'), 0);
+
+  // Now an outcome the server keeps: it is sent again after the Welcome, not re-run.
+  server.send({ assignment: assignment('k', 'quick') });
+  await server.waitFor('result', (r) => r.token.task_run_id === 'run/k');
+  server.keepRunning = true;
+  server.drop();
+  await server.waitFor('hello', (h) => h.running.some((tok) => tok.task_run_id === 'run/k'));
+  const resent = () => server.received.filter((m) => m.message === 'result' && m.result.token.task_run_id === 'run/k');
+  await new Promise((resolve) => {
+    const poll = setInterval(() => resent().length === 2 && (clearInterval(poll), resolve()), 10);
+  });
+  assert.equal(resent()[1].result.result.inline.data.toString(), '42');
+  assert.equal(runs, 2); // q and k ran once each
+});
