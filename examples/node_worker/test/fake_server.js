@@ -20,6 +20,7 @@ class FakeServer {
     this.waiters = [];
     this.acks = true; // answer outcomes with an Ack
     this.keepRunning = false;
+    this.heartbeatAcks = true; // a hung server answers nothing
     this.server = new grpc.Server();
     this.server.addService(this.contract.WorkerGatewayService.service, { Connect: (call) => this.#connect(call) });
     this.server.addService(this.contract.PayloadService.service, {
@@ -62,7 +63,7 @@ class FakeServer {
           ...this.welcomeFields,
         };
         call.write({ welcome });
-      } else if (message.message === 'heartbeat') {
+      } else if (message.message === 'heartbeat' && this.heartbeatAcks) {
         call.write({ heartbeat_ack: { cancel: this.ackCancel ?? [] } });
       } else if (['result', 'failure', 'skipped'].includes(message.message) && this.acks) {
         call.write({ ack: { token: message[message.message].token, accepted: true } });

@@ -254,3 +254,13 @@ test('after a reconnect, kept attempts resend their unacknowledged outcome; othe
   assert.equal(resent()[1].result.result.inline.data.toString(), '42');
   assert.equal(runs, 2); // q and k ran once each
 });
+
+test('a server that stops answering is presumed dead after timeout + interval; the worker dials again', async (t) => {
+  const { server } = await session(t, {
+    welcome: { heartbeat_interval: { seconds: 0, nanos: 20e6 }, heartbeat_timeout: { seconds: 0, nanos: 60e6 } },
+    handlers: { f: async () => 1 },
+  });
+  server.heartbeatAcks = false;
+  await server.waitFor('hello', () => true, 1);
+  assert.ok(server.count('hello') >= 2);
+});
