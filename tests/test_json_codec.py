@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headwater._json_codec import JsonCodecError, dumps, loads
 from headwater._payloads import EncodedValue, EncodingError, decode, encode
@@ -120,3 +122,30 @@ def test_plain_json_is_unchanged_and_fast_path_skips_tags() -> None:
     assert encoded.encoding == "json"
     assert encoded.data == b'{"rows":[1,2.5,"x",null,true],"n":9007199254740991}'
     assert encode(value, portable=True).data == encoded.data
+
+
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8)
+    | st.binary(max_size=16)
+    | st.dates()
+    | st.datetimes(timezones=st.just(UTC))
+)
+_keys = st.text(alphabet="$ab1", max_size=3)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_values)
+def test_any_json_value_round_trips_exactly_and_canonically(value: Any) -> None:
+    data = dumps(value)
+    back = loads(data)
+    assert same(back, value)
+    assert dumps(back) == data
