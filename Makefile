@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
+NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
 .PHONY: setup demo test lint proto proto-check bench clean
 
@@ -20,7 +21,12 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-setup: $(STAMP) $(NODE_STAMP)
+# The Node.js worker example (its own package-lock.json; the e2e tests start it).
+$(NODE_WORKER_STAMP): $(NODE_WORKER)/package.json $(NODE_WORKER)/package-lock.json
+	npm ci --prefix $(NODE_WORKER) --no-audit --no-fund --loglevel=error
+	touch $(NODE_WORKER_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP)
 
 ## demo: set up and run the main example embedded (no server needed)
 demo: $(STAMP)
@@ -32,6 +38,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	npm --prefix $(NODE_WORKER) test --silent
 	@# pytest exits 5 when it collected no test: fail loudly rather than pass quietly.
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
@@ -51,4 +58,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) node_modules $(NODE_WORKER)/node_modules .pytest_cache .ruff_cache

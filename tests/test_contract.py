@@ -306,6 +306,7 @@ def test_assignment_envelope_round_trips() -> None:
         split_result=True,
         cache=graph_pb2.CachePolicy(key_source=graph_pb2.CACHE_KEY_SOURCE_INPUTS, version="1"),
         split_path=[payload_pb2.PathElement(key="rows")],
+        result_consumer="task 'resize', argument 'image'",
     )
     assert set_field_names(assignment) == all_field_names(assignment)
     back = roundtrip(worker_pb2.ConnectResponse(assignment=assignment))
@@ -319,6 +320,7 @@ def test_assignment_envelope_round_trips() -> None:
     assert a.trace_context["traceparent"].startswith("00-0af7651916cd43dd")
     assert list(a.argument_order) == ["x", "xs", "kw"]
     assert a.split_result is True
+    assert a.result_consumer == "task 'resize', argument 'image'"
     x = a.inputs["x"]
     assert x.WhichOneof("kind") == "value"
     assert json.loads(x.value.inline.data) == {"rows": [1, 2]}

@@ -75,3 +75,12 @@ def test_etl_without_retries_fails_and_still_cleans_up(tmp_path: Path) -> None:
     proc = run([sys.executable, "-c", code], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["FAILED", "SUCCESS", "TRIGGER_FAILED"]
+
+
+def test_the_node_worker_example_flow_says_it_needs_a_server(tmp_path: Path) -> None:
+    """It runs for real in tests/test_e2e_polyglot.py; embedded it must refuse clearly."""
+    example = EXAMPLES / "node_worker" / "flow.py"
+    proc = run([sys.executable, "-m", "headwater._cli", "run", str(example)], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "'images.resize'" in proc.stderr and "--server HOST:PORT" in proc.stderr

@@ -17,7 +17,7 @@ class Color(enum.StrEnum):
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, 3, -(2**70), 1.5, "héllo", [1, "a", None], {"k": [1.0, {"n": False}]}],
+    [None, True, 3, -(2**53 - 1), 1.5, "héllo", [1, "a", None], {"k": [1.0, {"n": False}]}],
 )
 def test_exact_json_values_are_json_and_round_trip(value: Any) -> None:
     encoded = encode(value)
@@ -28,7 +28,7 @@ def test_exact_json_values_are_json_and_round_trip(value: Any) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [(1, 2), {1, 2}, math.inf, {1: "int key"}, Color.RED, "lone \ud800 surrogate", b"raw"],
+    [(1, 2), {1, 2}, math.inf, {1: "int key"}, Color.RED, "lone \ud800 surrogate", b"raw", 2**70],
 )
 def test_values_json_would_change_fall_back_to_pickle(value: Any) -> None:
     encoded = encode(value)
@@ -38,7 +38,7 @@ def test_values_json_would_change_fall_back_to_pickle(value: Any) -> None:
     assert back == value or (isinstance(value, float) and math.isnan(value))
 
 
-@pytest.mark.parametrize("value", [(1, 2), "lone \ud800", Color.RED, math.nan])
+@pytest.mark.parametrize("value", [(1, 2), "lone \ud800", Color.RED, {1, 2}])
 def test_portable_values_must_be_json(value: Any) -> None:
     with pytest.raises(EncodingError):
         encode(value, portable=True)

@@ -22,6 +22,7 @@ EXPECTED_ALL = [
     "GraphError",
     "ParameterError",
     "RemoteFlowRun",
+    "RemoteTask",
     "ResultCache",
     "ServerError",
     "Skip",
@@ -37,6 +38,7 @@ EXPECTED_ALL = [
     "case",
     "flow",
     "merge",
+    "remote_task",
     "task",
     "unmapped",
 ]

@@ -609,10 +609,15 @@ def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:
         value_error = assign(gateway, "v", "explode", inputs=inputs(kind="value"))
         key_error = assign(gateway, "k", "explode", inputs=inputs(kind="key"))
         not_json = assign(gateway, "j", "pair", result_encoding="json")
+        reader = "task 'resize', argument 'image'"
+        for_node = assign(
+            gateway, "n", "pair", result_encoding="json", result_consumer=reader, task_name="pair"
+        )
         unknown = assign(gateway, "u", "no_such_task")
+        sent = [("v", value_error), ("k", key_error), ("j", not_json), ("n", for_node)]
         failures = {
             name: gateway.wait_for("failure", about(tok)).failure
-            for name, tok in [("v", value_error), ("k", key_error), ("j", not_json), ("u", unknown)]
+            for name, tok in [*sent, ("u", unknown)]
         }
     bad = failures["v"]
     assert (bad.type, bad.message, bad.retryable, bad.language) == (
@@ -625,6 +630,12 @@ def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:
     assert (bad.cause.type, bad.cause.message) == ("builtins.OSError", "disk on fire")
     assert (failures["k"].type, failures["k"].retryable) == ("builtins.KeyError", False)
     assert (failures["j"].type, failures["j"].retryable) == ("headwater.EncodingError", False)
+    assert (failures["n"].type, failures["n"].retryable) == ("headwater.EncodingError", False)
+    assert failures["n"].message.startswith(
+        "the result of task 'pair' must be json because task 'resize', argument 'image' reads"
+    )
+    assert "a tuple cannot be json" in failures["n"].message
+    assert "\n" not in failures["n"].message
     assert (failures["u"].type, failures["u"].retryable) == ("headwater.UnknownTaskType", False)
     assert not gateway.all("result")
 

@@ -33,6 +33,7 @@ from ._errors import FlowDefinitionError, GraphError, ParameterError
 from ._flow import Flow, flow
 from ._payloads import EncodingError
 from ._refs import TaskRef, unmapped
+from ._remote import RemoteTask, remote_task
 from ._run import FlowRun
 from ._signals import FlowRunCancelled, FlowRunFailed
 from ._task import Task, task
@@ -53,6 +54,7 @@ __all__ = [
     "GraphError",
     "ParameterError",
     "RemoteFlowRun",
+    "RemoteTask",
     "ResultCache",
     "ServerError",
     "Skip",
@@ -68,6 +70,7 @@ __all__ = [
     "case",
     "flow",
     "merge",
+    "remote_task",
     "task",
     "unmapped",
 ]

@@ -19,9 +19,9 @@ from headwater.v1 import (
     payload_pb2_grpc,
     run_pb2,
 )
-from headwater_runtime.engine import FlowRunState, TaskRunState
+from headwater_runtime.engine import FlowRunState, ParameterError, TaskRunState, json_consumers
 
-from ._payloads import decode_value, encode
+from ._payloads import EncodingError, decode_value, encode
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -137,7 +137,18 @@ class Client:
         name = flow if isinstance(flow, str) else flow.name
         if not isinstance(flow, str):
             version = version or self.deploy(flow)
-        values = {k: self.encode(v) for k, v in (params or {}).items()}
+        readers = {} if isinstance(flow, str) else json_consumers(flow.graph()).params
+        values = {}
+        for key, value in (params or {}).items():
+            reader = readers.get(key)
+            try:
+                values[key] = self.encode(value, portable=reader is not None)
+            except EncodingError as exc:
+                assert reader is not None
+                raise ParameterError(
+                    f"task {reader[0]!r}, argument {reader[1]!r}: parameter {key!r} must be "
+                    f"json (the task is portable or implemented in another language), but {exc}"
+                ) from None
         response = self._call(
             self._control.CreateFlowRun,
             cp.CreateFlowRunRequest(
@@ -235,9 +246,10 @@ class Client:
 
     # ----------------------------------------------------------------- values
 
-    def encode(self, value: Any) -> payload_pb2.Value:
-        """A Value for a parameter: inline when small, uploaded in chunks when large."""
-        encoded = encode(value)
+    def encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
+        """A Value for a parameter: inline when small, uploaded in chunks when large;
+        tagged json (or EncodingError) when ``portable``."""
+        encoded = encode(value, portable=portable)
         if len(encoded.data) <= INLINE_LIMIT:
             payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
             return payload_pb2.Value(inline=payload)

@@ -28,6 +28,7 @@ from headwater_runtime.engine import (
     iter_task_refs,
 )
 
+from . import _json_codec
 from ._errors import FlowDefinitionError
 from ._refs import ParamRef, Ref, TaskRef, contains_ref, unmapped
 
@@ -126,6 +127,8 @@ class _Context:
             elif mapped:
                 mapped_args.append(arg)
             inputs[arg] = self.to_input(value, task.name, arg)
+            if task.portable:
+                _check_json_constants(inputs[arg], task.name, arg, arg in mapped_args)
         if mapped and not mapped_args:
             raise FlowDefinitionError(
                 f"task {task.name!r}: .map() needs at least one argument that is not unmapped()"
@@ -167,13 +170,34 @@ class _Context:
             resources=task.resources,
             version=task.version,
             portable=task.portable,
-            argument_order=tuple(task.signature.parameters),
-            fn=task.fn,
+            argument_order=task.argument_order,
+            fn=task.fn if task.has_function else None,
             no_retry_on=task.no_retry_on,
         )
         self.nodes.append(node)
         self.node_ids[node_id] = node
         return TaskRef(node_id, mapped)
+
+
+def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: bool) -> None:
+    """A portable task reads only json: its constants must be json-encodable."""
+    if isinstance(spec, ListOf):
+        for item in spec.items:
+            _check_json_constants(item, task_name, arg, False)
+    elif isinstance(spec, DictOf):
+        for _, item in spec.entries:
+            _check_json_constants(item, task_name, arg, False)
+    elif isinstance(spec, Const):
+        value = spec.value
+        if mapped and isinstance(value, tuple | range):
+            value = list(value)  # mapped over element by element
+        try:
+            _json_codec.dumps(value)
+        except _json_codec.JsonCodecError as exc:
+            raise FlowDefinitionError(
+                f"task {task_name!r}, argument {arg!r}: {exc}; the task reads only json "
+                "(it is portable or implemented in another language)"
+            ) from None
 
 
 def _as_list(value: Any, task_name: str) -> list[Any]:

@@ -99,8 +99,16 @@ class Flow(Generic[P, R]):
         if executor is not None and max_workers is not None:
             raise FlowDefinitionError("pass either executor= or max_workers=, not both")
         values = self.bind(*args, **params)
+        graph = self.graph()
+        remote = [t for t in graph.tasks if t.fn is None]
+        if remote:
+            raise FlowDefinitionError(
+                f"flow {self.name!r} uses task {remote[0].name!r} ({remote[0].task_type}), "
+                "which is implemented in another language and runs only on a server: use "
+                "`headwater run FILE:FLOW --server HOST:PORT` or Client.run(...)"
+            )
         embedded = EmbeddedRun(
-            self.graph(),
+            graph,
             values,
             executor=executor or ThreadExecutor(max_workers),
             max_concurrency=max_concurrency,

@@ -1,18 +1,21 @@
 """Encoding values as payloads: ``json`` (any language) or ``pickle`` (Python only).
 
-A value is encoded as json only when decoding gives back an equal value of the same
-types (so a tuple, a set or a float NaN is not json); otherwise cloudpickle is used.
-Portable tasks (implemented in other languages) must use json.
+For a portable consumer (a task implemented in another language) a value is written
+as json with ``$`` tags for bytes, dates, big integers and non-finite floats
+(``_json_codec``; docs/payloads.md), or fails with EncodingError. Otherwise a value is
+json only when plain JSON gives back an equal value of the same types (so a tuple, a
+set or a float NaN is pickled), which keeps Python-to-Python values exactly as they were.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+
+from ._json_codec import JsonCodecError, dumps, is_plain, loads
 
 JSON = "json"
 PICKLE = "pickle"
@@ -31,42 +34,19 @@ class EncodedValue:
 
 
 class EncodingError(TypeError):
-    """A value cannot be encoded as asked."""
-
-
-def is_json_exact(value: Any, depth: int = 0) -> bool:
-    """Whether json round-trips the value to an equal value of the same types."""
-    if depth > 100:
-        return False
-    if value is None or type(value) is bool:
-        return True
-    if type(value) is str:  # subclasses (StrEnum...) would come back as plain str
-        return True
-    if isinstance(value, int):
-        return type(value) is int
-    if isinstance(value, float):
-        return type(value) is float and math.isfinite(value)
-    if type(value) is list:
-        return all(is_json_exact(v, depth + 1) for v in value)
-    if type(value) is dict:
-        return all(type(k) is str and is_json_exact(v, depth + 1) for k, v in value.items())
-    return False
+    """A value cannot be encoded as asked, or a payload cannot be decoded."""
 
 
 def encode(value: Any, *, portable: bool = False) -> EncodedValue:
-    """Encode a value; json when exact (required when portable), else pickle."""
-    if is_json_exact(value):
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """Encode a value: tagged json when portable (or EncodingError), else plain json
+    when exact, else pickle."""
+    plain = is_plain(value)
+    if portable or plain:
         try:
-            return EncodedValue(text.encode("utf-8"), {"encoding": JSON})
-        except UnicodeEncodeError as exc:  # a lone surrogate is not valid UTF-8
+            return EncodedValue(dumps(value, plain=plain), {"encoding": JSON})
+        except JsonCodecError as exc:
             if portable:
-                raise EncodingError(f"a string cannot be sent as UTF-8 json ({exc})") from exc
-    if portable:
-        raise EncodingError(
-            f"a {type(value).__name__} cannot be sent as json (portable tasks accept "
-            "None, bool, int, finite float, str, list and dict with string keys)"
-        )
+                raise EncodingError(str(exc)) from None
     try:
         data = cloudpickle.dumps(value)
     except Exception as exc:
@@ -80,7 +60,10 @@ def decode(encoded: EncodedValue) -> Any:
     """Decode a payload (pickle only ever decoded in Python SDK processes)."""
     encoding = encoded.encoding
     if encoding == JSON:
-        return json.loads(encoded.data.decode("utf-8"))
+        try:
+            return loads(encoded.data)
+        except JsonCodecError as exc:
+            raise EncodingError(str(exc)) from None
     if encoding == PICKLE:
         return cloudpickle.loads(encoded.data)
     raise EncodingError(f"unknown payload encoding {encoding!r}")

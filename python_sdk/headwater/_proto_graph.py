@@ -28,6 +28,7 @@ from headwater_runtime.engine import (
     RetrySpec,
     TaskSpec,
     Trigger,
+    json_consumers,
 )
 
 from ._payloads import EncodedValue, EncodingError, encode
@@ -112,11 +113,16 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
         description=graph.description,
         reference_task_ids=list(graph.reference_task_ids),
     )
+    readers = json_consumers(graph).params
     for p in graph.params:
         param = msg.parameters.add(name=p.name, required=p.required)
         if not p.required:
             where = f"flow {graph.name!r}, default of parameter {p.name!r}"
-            param.default_value.CopyFrom(encode_payload(p.default, portable=False, where=where))
+            reader = readers.get(p.name)
+            if reader is not None:
+                where += f" (read by task {reader[0]!r}, argument {reader[1]!r}, as json)"
+            payload = encode_payload(p.default, portable=reader is not None, where=where)
+            param.default_value.CopyFrom(payload)
     for t in graph.tasks:
         node = msg.tasks.add(
             id=t.id,

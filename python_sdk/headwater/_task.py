@@ -155,6 +155,16 @@ class Task(Generic[P, R]):
         }
         functools.update_wrapper(self, fn)
 
+    @property
+    def argument_order(self) -> tuple[str, ...]:
+        """Parameter names in positional order (sent to workers with each assignment)."""
+        return tuple(self.signature.parameters)
+
+    @property
+    def has_function(self) -> bool:
+        """Whether this process can run the task (False for a remote task)."""
+        return True
+
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Arguments by parameter name, as given (defaults are left to the function)."""
         names = self._plain_names

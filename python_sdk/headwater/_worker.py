@@ -82,7 +82,8 @@ def collect_tasks(modules: Iterable[ModuleType]) -> dict[str, Task[..., Any]]:
     """Every Task in the modules' namespaces, plus the built-ins, by task type."""
     tasks: dict[str, Task[..., Any]] = {t.task_type: t for t in BUILTIN_TASKS}
     for module in modules:
-        found = [obj for obj in vars(module).values() if isinstance(obj, Task)]
+        # A remote task is implemented elsewhere: this worker cannot run it.
+        found = [obj for obj in vars(module).values() if isinstance(obj, Task) and obj.has_function]
         if not found:
             log.warning("module %s defines no @task", module.__name__)
         for task in found:

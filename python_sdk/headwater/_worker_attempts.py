@@ -359,7 +359,9 @@ class Attempts:
                 transfer=transfer,
             )
         except EncodingError as exc:
-            bad = failure("headwater.EncodingError", str(exc), retryable=False)
+            bad = failure(
+                "headwater.EncodingError", _encoding_message(assignment, exc), retryable=False
+            )
             return failure_report(token, bad)
         except PayloadTransferError as exc:
             lost = failure("headwater.PayloadTransferError", str(exc), retryable=True)
@@ -370,3 +372,16 @@ class Attempts:
             return failure_report(token, bad)
         result = worker_pb2.TaskResult(token=assignment.token, result=value, cache_key=cache_key)
         return worker_pb2.ConnectRequest(result=result)
+
+
+def _encoding_message(assignment: worker_pb2.Assignment, exc: EncodingError) -> str:
+    """One line naming the producer and, when known, who needed json."""
+    if assignment.result_encoding != "json":
+        return str(exc)
+    if assignment.result_consumer:
+        return (
+            f"the result of task {assignment.task_name!r} must be json because "
+            f"{assignment.result_consumer} reads it (a portable task or one implemented in "
+            f"another language), but {exc}"
+        )
+    return f"the result of portable task {assignment.task_name!r} must be json, but {exc}"

@@ -222,7 +222,7 @@ class InputValueMapEntry(_message.Message):
     def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[InputValue, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("token", "flow_run_id", "task_id", "task_type", "task_name", "inputs", "argument_order", "map_index", "deadline", "timeout", "trace_context", "result_encoding", "split_result", "cache", "split_path")
+    __slots__ = ("token", "flow_run_id", "task_id", "task_type", "task_name", "inputs", "argument_order", "map_index", "deadline", "timeout", "trace_context", "result_encoding", "split_result", "cache", "split_path", "result_consumer")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,7 @@ class Assignment(_message.Message):
     SPLIT_RESULT_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     SPLIT_PATH_FIELD_NUMBER: _ClassVar[int]
+    RESULT_CONSUMER_FIELD_NUMBER: _ClassVar[int]
     token: FencingToken
     flow_run_id: str
     task_id: str
@@ -267,7 +268,8 @@ class Assignment(_message.Message):
     split_result: bool
     cache: _graph_pb2.CachePolicy
     split_path: _containers.RepeatedCompositeFieldContainer[_payload_pb2.PathElement]
-    def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., flow_run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., task_name: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputValue]] = ..., argument_order: _Optional[_Iterable[str]] = ..., map_index: _Optional[int] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., result_encoding: _Optional[str] = ..., split_result: _Optional[bool] = ..., cache: _Optional[_Union[_graph_pb2.CachePolicy, _Mapping]] = ..., split_path: _Optional[_Iterable[_Union[_payload_pb2.PathElement, _Mapping]]] = ...) -> None: ...
+    result_consumer: str
+    def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., flow_run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., task_name: _Optional[str] = ..., inputs: _Optional[_Mapping[str, InputValue]] = ..., argument_order: _Optional[_Iterable[str]] = ..., map_index: _Optional[int] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., result_encoding: _Optional[str] = ..., split_result: _Optional[bool] = ..., cache: _Optional[_Union[_graph_pb2.CachePolicy, _Mapping]] = ..., split_path: _Optional[_Iterable[_Union[_payload_pb2.PathElement, _Mapping]]] = ..., result_consumer: _Optional[str] = ...) -> None: ...
 
 class CancelTaskRun(_message.Message):
     __slots__ = ("token", "reason")

@@ -24,7 +24,7 @@ from ._events import (
 )
 from ._journal import JournaledEngine, JournalEntry, replay
 from ._machine import FlowRunEngine
-from ._nodes import Clock, FlowRunFailure, bind_params
+from ._nodes import Clock, FlowRunFailure, JsonConsumers, bind_params, json_consumers
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
 from ._spec import (
@@ -87,6 +87,7 @@ __all__ = [
     "InputSpec",
     "JournalEntry",
     "JournaledEngine",
+    "JsonConsumers",
     "ListOf",
     "Param",
     "ParamSpec",
@@ -111,6 +112,7 @@ __all__ = [
     "evaluate_trigger",
     "iter_params",
     "iter_task_refs",
+    "json_consumers",
     "replay",
     "retry_delay",
 ]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._records import FailureInfo, TaskRunRecord
-from ._spec import GraphSpec, ParameterError, TaskSpec
+from ._spec import GraphSpec, ParameterError, TaskSpec, iter_params, iter_task_refs
 from ._states import TaskRunState
 
 
@@ -93,3 +93,30 @@ def bind_params(graph: GraphSpec, given: Mapping[str, Any]) -> dict[str, Any]:
         else:
             bound[name] = spec.default
     return bound
+
+
+@dataclass(frozen=True, slots=True)
+class JsonConsumers:
+    """Where values must be json because a portable task reads them.
+
+    ``producers`` maps an upstream task id, and ``params`` a flow parameter, to the
+    first portable consumer that reads it, as ``(task name, argument)``.
+    """
+
+    producers: Mapping[str, tuple[str, str]]
+    params: Mapping[str, tuple[str, str]]
+
+
+def json_consumers(graph: GraphSpec) -> JsonConsumers:
+    """The task results and parameters that portable tasks read (so must be json)."""
+    producers: dict[str, tuple[str, str]] = {}
+    params: dict[str, tuple[str, str]] = {}
+    for task in graph.tasks:
+        if not task.portable:
+            continue
+        for arg, spec in task.inputs.items():
+            for ref in iter_task_refs(spec):
+                producers.setdefault(ref.task_id, (task.name, arg))
+            for name in iter_params(spec):
+                params.setdefault(name, (task.name, arg))
+    return JsonConsumers(producers, params)

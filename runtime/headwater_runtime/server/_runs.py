@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from headwater._payloads import EncodedValue
 from headwater._proto_graph import duration, graph_from_proto, path_to_proto
 from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
 from headwater_runtime.engine import (
@@ -40,6 +41,8 @@ from headwater_runtime.engine import (
     GraphSpec,
     JournaledEngine,
     JournalEntry,
+    JsonConsumers,
+    ParameterError,
     RunTask,
     StateEntry,
     TaskRunRecord,
@@ -47,6 +50,7 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     bind_params,
+    json_consumers,
     replay,
 )
 from headwater_runtime.store import (
@@ -123,6 +127,7 @@ class ActiveRun:
     engine: FlowRunEngine
     journal: JournaledEngine
     split_nodes: dict[str, tuple[str | int, ...]]
+    consumers: JsonConsumers
     seq: int = 0
     armed_at: float | None = None
     state_seqs: dict[str, int] = field(default_factory=dict)
@@ -180,6 +185,7 @@ class RunManager:
         unknown flow). The same idempotency key returns the first run."""
         version, graph = self.graph(flow_name, flow_version)
         params = bind_params(graph, dict(parameters))
+        _check_json_params(graph, params)
         now = self.clock.now()
         stored_params = run_pb2.FlowRun(parameters=_param_values(params))
         row = FlowRunRow(
@@ -225,6 +231,7 @@ class RunManager:
             engine=engine,
             journal=JournaledEngine(engine, lambda e: self._record(active, e)),
             split_nodes=_split_nodes(graph),
+            consumers=json_consumers(graph),
             seq=len(journal or ()),
         )
         if journal is not None:
@@ -448,6 +455,7 @@ class RunManager:
         run = command.run
         spec = run.spec
         flow_run_id = active.row.id
+        consumer = active.consumers.producers.get(spec.id)
         msg = worker_pb2.Assignment(
             token=worker_pb2.FencingToken(
                 task_run_id=task_run_id(flow_run_id, run.key), attempt=command.attempt
@@ -458,7 +466,8 @@ class RunManager:
             task_name=run.name,
             argument_order=list(spec.argument_order),
             map_index=run.map_index,
-            result_encoding="json" if spec.portable else "",
+            result_encoding="json" if spec.portable or consumer else "",
+            result_consumer=f"task {consumer[0]!r}, argument {consumer[1]!r}" if consumer else "",
             split_result=spec.id in active.split_nodes,
             trace_context=active.row.trace_context,
         )
@@ -490,6 +499,32 @@ class RunManager:
 
 def _param_values(params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
     return {name: to_result_value(value) for name, value in params.items()}
+
+
+def _encoding(value: Any) -> str:
+    """The encoding of a parameter's payload that is not json, or "" when all json."""
+    if isinstance(value, EncodedValue):
+        return "" if value.encoding == "json" else value.encoding or "(none)"
+    if not isinstance(value, payload_pb2.Value):
+        return type(value).__name__
+    kind = value.WhichOneof("kind")
+    meta = value.ref.metadata if kind == "ref" else value.inline.metadata
+    encoding = meta.get("encoding", "")
+    if encoding in ("headwater.list", "headwater.tuple", "headwater.dict", "headwater.select"):
+        return next((e for e in map(_encoding, value.items) if e), "")
+    return "" if encoding == "json" else encoding or "(none)"
+
+
+def _check_json_params(graph: GraphSpec, params: Mapping[str, Any]) -> None:
+    """Parameters that portable tasks read must be json (ParameterError otherwise)."""
+    for name, (task, arg) in json_consumers(graph).params.items():
+        encoding = _encoding(params.get(name))
+        if encoding:
+            raise ParameterError(
+                f"task {task!r}, argument {arg!r}: parameter {name!r} is encoded as "
+                f"{encoding}, but the task reads only json (it is portable or implemented "
+                "in another language); pass a json value (docs/payloads.md)"
+            )
 
 
 def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:

@@ -1,0 +1,104 @@
+#!/usr/bin/env node
+'use strict';
+// headwater-node-worker: connect to a Headwater server and run the handlers of a module.
+
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+const { Worker, WorkerError } = require('../lib');
+const tracing = require('../lib/tracing');
+
+const HELP = `usage: worker.js --server HOST:PORT [--token T] [--label K=V ...] [--slots N]
+                 [--name NAME] [--handlers FILE]
+
+Run a Headwater task worker in Node.js. It dials the server's WorkerGatewayService,
+offers the task types its handlers module exports, and runs up to --slots attempts
+at once; it reconnects on its own after the server restarts.
+
+options:
+  --server HOST:PORT   address of \`headwater server\` (required)
+  --token T            bearer token (default: the HEADWATER_TOKEN environment variable)
+  --label K=V          affinity label, e.g. --label runtime=node (repeatable)
+  --slots N            most attempts running at once (default: 4)
+  --name NAME          display name (default: HOSTNAME-PID)
+  --handlers FILE      module exporting {taskType: async (inputs, context) => result}
+                       (default: handlers.js next to this package)
+  -h, --help           show this help
+
+Tracing: set OTEL_TRACES_EXPORTER=otlp or console (see README).`;
+
+function fail(message) {
+  process.stderr.write(`headwater-node-worker: error: ${message}\n`);
+  process.exit(2);
+}
+
+function main() {
+  let args;
+  try {
+    ({ values: args } = parseArgs({
+      options: {
+        server: { type: 'string' },
+        token: { type: 'string' },
+        label: { type: 'string', multiple: true, default: [] },
+        slots: { type: 'string', default: '4' },
+        name: { type: 'string' },
+        handlers: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    fail(err.message);
+  }
+  if (args.help) {
+    process.stdout.write(`${HELP}\n`);
+    return;
+  }
+  if (!args.server) fail('--server HOST:PORT is required');
+  const slots = Number(args.slots);
+  if (!Number.isInteger(slots) || slots < 1) fail(`--slots must be an integer >= 1, got ${args.slots}`);
+  const labels = {};
+  for (const item of args.label) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) fail(`--label expects KEY=VALUE, got '${item}'`);
+    labels[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  const file = path.resolve(args.handlers ?? path.join(__dirname, '..', 'handlers.js'));
+  let handlers;
+  try {
+    handlers = require(file);
+  } catch (err) {
+    fail(`cannot load handlers from ${file}: ${err.message.split('\n')[0]}`);
+  }
+  let worker;
+  try {
+    const tracer = tracing.fromEnvironment();
+    worker = new Worker({
+      server: args.server,
+      token: args.token ?? process.env.HEADWATER_TOKEN,
+      labels,
+      slots,
+      name: args.name,
+      handlers,
+      tracing: tracer,
+    });
+  } catch (err) {
+    fail(err.message);
+  }
+  worker.on('connected', () => {
+    const types = [...worker.handlers.keys()].sort().join(', ');
+    process.stderr.write(`headwater-node-worker ${worker.name} connected to ${args.server} (${types})\n`);
+  });
+  worker.on('reconnected', () => process.stderr.write(`reconnected to ${args.server}\n`));
+  for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => worker.stop());
+  worker.run().then(
+    async () => {
+      await worker.tracing?.shutdown();
+      process.exit(0);
+    },
+    (err) => {
+      process.stderr.write(`headwater-node-worker: error: ${err instanceof WorkerError ? err.message : err.stack}\n`);
+      process.exit(1);
+    },
+  );
+}
+
+main();

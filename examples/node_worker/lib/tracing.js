@@ -1,0 +1,135 @@
+'use strict';
+// OpenTelemetry execution spans for the worker (optional).
+//
+// The control plane puts the W3C trace context of the task attempt's span into
+// Assignment.trace_context (keys "traceparent", "tracestate"); each execution span is
+// its child: name "execute <task_name>", kind INTERNAL, headwater.* attributes, status
+// ERROR with the exception recorded on failure. Tracing is on only when
+// OTEL_TRACES_EXPORTER is "otlp" or "console"; unset or "none" costs nothing.
+
+const api = require('@opentelemetry/api');
+const { W3CTraceContextPropagator } = require('@opentelemetry/core');
+const { resourceFromAttributes } = require('@opentelemetry/resources');
+const {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ConsoleSpanExporter,
+  SimpleSpanProcessor,
+} = require('@opentelemetry/sdk-trace-base');
+
+const VERSION = require('../package.json').version;
+const DEFAULT_SERVICE_NAME = 'headwater-node-worker';
+const PROTOCOLS = ['grpc', 'http/protobuf'];
+
+class TracingConfigError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'TracingConfigError';
+  }
+}
+
+/** Creates one span per attempt, as a child of the assignment's trace context. */
+class Tracing {
+  /**
+   * @param {object} options
+   * @param {import('@opentelemetry/sdk-trace-base').SpanExporter[]} options.exporters
+   * @param {string} [options.serviceName]
+   * @param {boolean} [options.batch] batch exports (default); false exports each span at once
+   */
+  constructor({ exporters, serviceName = DEFAULT_SERVICE_NAME, batch = true }) {
+    const processors = exporters.map((e) => (batch ? new BatchSpanProcessor(e) : new SimpleSpanProcessor(e)));
+    this.provider = new BasicTracerProvider({
+      resource: resourceFromAttributes({ 'service.name': serviceName }),
+      spanProcessors: processors,
+    });
+    this.tracer = this.provider.getTracer('headwater-node-worker', VERSION);
+    this.propagator = new W3CTraceContextPropagator();
+  }
+
+  /** Start the execution span of an attempt; returns {end, fail, cancel} (each ends it once). */
+  start(assignment, workerName) {
+    const carrier = { ...(assignment.trace_context ?? {}) };
+    const parent = this.propagator.extract(api.ROOT_CONTEXT, carrier, api.defaultTextMapGetter);
+    const span = this.tracer.startSpan(
+      `execute ${assignment.task_name}`,
+      {
+        kind: api.SpanKind.INTERNAL,
+        attributes: {
+          'headwater.task.name': assignment.task_name,
+          'headwater.task_type': assignment.task_type,
+          'headwater.task_run.id': assignment.token.task_run_id,
+          'headwater.attempt': Number(assignment.token.attempt),
+          'headwater.flow_run.id': assignment.flow_run_id,
+          'headwater.worker.name': workerName,
+        },
+      },
+      parent,
+    );
+    let open = true;
+    const close = () => {
+      const wasOpen = open;
+      open = false;
+      return wasOpen;
+    };
+    return {
+      end: () => close() && span.end(),
+      fail: (err) => {
+        if (!close()) return;
+        const error = err instanceof Error ? err : new Error(String(err));
+        span.recordException(error);
+        span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
+        span.end();
+      },
+      cancel: (reason) => {
+        if (!close()) return;
+        span.addEvent('cancelled', { 'headwater.reason': reason });
+        span.end();
+      },
+    };
+  }
+
+  /** Export what is pending and stop. */
+  shutdown() {
+    return this.provider.shutdown();
+  }
+}
+
+function otlpExporter(env) {
+  const protocol = (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL || env.OTEL_EXPORTER_OTLP_PROTOCOL || 'grpc').trim();
+  if (!PROTOCOLS.includes(protocol)) {
+    throw new TracingConfigError(
+      `OTEL_EXPORTER_OTLP_PROTOCOL '${protocol}' is not supported; use ${PROTOCOLS.join(' or ')}`,
+    );
+  }
+  const base = (env.OTEL_EXPORTER_OTLP_ENDPOINT || '').trim();
+  const traces = (env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || '').trim();
+  if (protocol === 'grpc') {
+    const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-grpc');
+    return new OTLPTraceExporter({ url: traces || base || 'http://localhost:4317' });
+  }
+  const { OTLPTraceExporter } = require('@opentelemetry/exporter-trace-otlp-proto');
+  // The generic endpoint is a base URL: signals go to <base>/v1/traces (OTLP spec).
+  const url = traces || (base ? `${base.replace(/\/+$/, '')}/v1/traces` : 'http://localhost:4318/v1/traces');
+  return new OTLPTraceExporter({ url });
+}
+
+/**
+ * Tracing configured by the standard OTEL_* variables, or null when
+ * OTEL_TRACES_EXPORTER is unset or "none". Throws TracingConfigError for values it
+ * does not support.
+ */
+function fromEnvironment(env = process.env) {
+  const names = (env.OTEL_TRACES_EXPORTER || 'none')
+    .split(',')
+    .map((n) => n.trim())
+    .filter(Boolean);
+  if (names.length === 0 || names.includes('none')) return null;
+  const exporters = names.map((name) => {
+    if (name === 'otlp') return otlpExporter(env);
+    if (name === 'console') return new ConsoleSpanExporter();
+    throw new TracingConfigError(`OTEL_TRACES_EXPORTER '${name}' is not supported; use otlp, console or none`);
+  });
+  return new Tracing({ exporters, serviceName: env.OTEL_SERVICE_NAME || DEFAULT_SERVICE_NAME });
+}
+
+module.exports = { DEFAULT_SERVICE_NAME, Tracing, TracingConfigError, fromEnvironment };

@@ -1,0 +1,139 @@
+'use strict';
+// Values on the wire: an assignment's InputValue trees in, a task's result out
+// (docs/worker-protocol.md sections 6 and 7; docs/payloads.md).
+
+const codec = require('./codec');
+
+/** Used when the Welcome gives no inline limit. */
+const DEFAULT_INLINE_LIMIT = 1 << 20;
+/** Inline bytes allowed in one message, all values together (gRPC refuses > 4 MiB). */
+const MESSAGE_BUDGET = 3 << 20;
+/** Metadata key on a split result: its number of elements (read by the control plane). */
+const LENGTH_KEY = 'headwater.length';
+
+/** An input this worker can never read (e.g. pickle): retrying cannot help. */
+class UnreadableInput extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'UnreadableInput';
+  }
+}
+
+async function payloadBytes(value, transfer) {
+  if (value.kind === 'ref') return { data: await transfer.download(value.ref), metadata: value.ref.metadata };
+  if (value.kind === 'inline') return { data: value.inline.data, metadata: value.inline.metadata };
+  throw new Error('a Value has neither inline data nor a reference');
+}
+
+function select(value, path) {
+  let current = value;
+  for (const element of path) {
+    if (element.selector === 'key' || typeof element === 'string') {
+      const key = typeof element === 'string' ? element : element.key;
+      if (current === null || typeof current !== 'object' || Array.isArray(current) || !Object.hasOwn(current, key)) {
+        throw new Error(`cannot select key ${JSON.stringify(key)}: no such key in the value`);
+      }
+      current = current[key];
+    } else {
+      const index = typeof element === 'number' ? element : Number(element.index);
+      if (!Array.isArray(current)) throw new Error(`cannot select index ${index}: the value is not an array`);
+      const i = index < 0 ? current.length + index : index;
+      if (i < 0 || i >= current.length) throw new Error(`index ${index} is out of range (length ${current.length})`);
+      current = current[i];
+    }
+  }
+  return current;
+}
+
+/** Decode a Value message (including the control plane's structural encodings). */
+async function decodeValue(value, transfer) {
+  const { data, metadata } = await payloadBytes(value, transfer);
+  const encoding = metadata.encoding ?? '';
+  switch (encoding) {
+    case 'json':
+      return codec.decode(data);
+    case 'headwater.list':
+    case 'headwater.tuple':
+      return Promise.all(value.items.map((item) => decodeValue(item, transfer)));
+    case 'headwater.dict': {
+      const keys = JSON.parse(Buffer.from(data).toString('utf8'));
+      const values = await Promise.all(value.items.map((item) => decodeValue(item, transfer)));
+      return Object.fromEntries(keys.map((k, i) => [k, values[i]]));
+    }
+    case 'headwater.select':
+      return select(await decodeValue(value.items[0], transfer), JSON.parse(Buffer.from(data).toString('utf8')));
+    default:
+      throw new UnreadableInput(
+        `it is encoded as '${encoding || '(none)'}', which a Node worker cannot read (only json); ` +
+          'make the producer return json (docs/payloads.md)',
+      );
+  }
+}
+
+/** Decode one argument's InputValue tree: decode, assemble, then select. */
+async function decodeInput(input, transfer) {
+  let value;
+  if (input.kind === 'value') value = await decodeValue(input.value, transfer);
+  else if (input.kind === 'list') value = await Promise.all(input.list.items.map((i) => decodeInput(i, transfer)));
+  else if (input.kind === 'map') {
+    value = {};
+    for (const entry of input.map.entries) value[entry.key] = await decodeInput(entry.value, transfer);
+  } else value = null;
+  return select(value, input.path ?? []);
+}
+
+/** Arguments by name: argument_order first, then the others sorted. Errors name the argument. */
+async function decodeInputs(assignment, transfer) {
+  const names = assignment.argument_order.filter((n) => Object.hasOwn(assignment.inputs, n));
+  const rest = Object.keys(assignment.inputs).filter((n) => !names.includes(n)).sort();
+  const out = {};
+  for (const name of [...names, ...rest]) {
+    try {
+      out[name] = await decodeInput(assignment.inputs[name], transfer);
+    } catch (err) {
+      err.message = `argument '${name}': ${err.message}`;
+      throw err;
+    }
+  }
+  return out;
+}
+
+/** Turns encoded bytes into Value messages, inline while the budget allows. */
+class Packer {
+  constructor(transfer, inlineLimit) {
+    this.transfer = transfer;
+    this.limit = Math.min(inlineLimit > 0 ? inlineLimit : DEFAULT_INLINE_LIMIT, MESSAGE_BUDGET);
+    this.inlineTotal = 0;
+  }
+
+  async value(data, metadata) {
+    if (data.length <= this.limit && this.inlineTotal + data.length <= MESSAGE_BUDGET) {
+      this.inlineTotal += data.length;
+      return { inline: { data, metadata }, items: [] };
+    }
+    return { ref: await this.transfer.upload(data, metadata), items: [] };
+  }
+}
+
+/**
+ * A result as a Value message: json, inline when small, else uploaded; with each
+ * element in `items` when the result must be split (an array). Throws CodecError.
+ */
+async function encodeResult(result, { split, inlineLimit, transfer }) {
+  const data = codec.encode(result);
+  const elements = split && Array.isArray(result) ? result.map((e) => codec.encode(e)) : null;
+  const metadata = { encoding: 'json' };
+  if (elements) metadata[LENGTH_KEY] = String(elements.length);
+  const packer = new Packer(transfer, inlineLimit);
+  const value = await packer.value(data, metadata);
+  if (elements) {
+    // Smallest first, so as many as possible stay inline; then back in order.
+    const order = elements.map((_, i) => i).sort((a, b) => elements[a].length - elements[b].length);
+    const packed = new Array(elements.length);
+    for (const i of order) packed[i] = await packer.value(elements[i], { encoding: 'json' });
+    value.items = packed;
+  }
+  return value;
+}
+
+module.exports = { LENGTH_KEY, UnreadableInput, decodeInputs, decodeValue, encodeResult, select };
