@@ -262,6 +262,7 @@ def test_hello_envelope_round_trips() -> None:
         ),
         running=[worker_pb2.FencingToken(task_run_id="tr-9", attempt=2)],
         resources={"GPU": 2.0},
+        features=["batch"],
     )
     assert set_field_names(hello) == all_field_names(hello)
     back = roundtrip(worker_pb2.ConnectRequest(hello=hello))
@@ -275,6 +276,7 @@ def test_hello_envelope_round_trips() -> None:
     assert (h.runtime.sdk_version, h.runtime.hostname, h.runtime.pid) == ("0.1.0", "host-a", 4242)
     assert (h.running[0].task_run_id, h.running[0].attempt) == ("tr-9", 2)
     assert dict(h.resources) == {"GPU": 2.0}
+    assert list(h.features) == ["batch"]
 
 
 def test_assignment_envelope_round_trips() -> None:

@@ -96,20 +96,26 @@ async def fake_worker(channel: grpc.aio.Channel, stop: asyncio.Event, slots: int
     done = 0
     most_running = running = 0
     async for response in call:
+        if response.HasField("batch"):  # never sent: this worker's Hello lists no features
+            raise AssertionError("the server sent a batch to a worker that cannot read one")
         if response.HasField("assignment"):
             a = response.assignment
             running += 1
             most_running = max(most_running, running)
             assert most_running <= slots, "the server exceeded the worker's slots"
-            await outbox.put(
-                worker_pb2.ConnectRequest(started=worker_pb2.TaskStarted(token=a.token))
-            )
             args = {name: decode_input(v) for name, v in a.inputs.items()}
             value = value_of(FUNCS[a.task_type](**args), a.split_result)
             running -= 1  # the slot is free once the result is sent
-            await outbox.put(
-                worker_pb2.ConnectRequest(result=worker_pb2.TaskResult(token=a.token, result=value))
+            # Started and result in one batch message (the server applies them in order).
+            batch = worker_pb2.ConnectRequestBatch(
+                messages=[
+                    worker_pb2.ConnectRequest(started=worker_pb2.TaskStarted(token=a.token)),
+                    worker_pb2.ConnectRequest(
+                        result=worker_pb2.TaskResult(token=a.token, result=value)
+                    ),
+                ]
             )
+            await outbox.put(worker_pb2.ConnectRequest(batch=batch))
         elif response.HasField("ack"):
             assert response.ack.accepted, response.ack.reason
             done += 1

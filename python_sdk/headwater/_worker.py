@@ -40,6 +40,10 @@ from ._worker_codec import PayloadTransfer
 log = logging.getLogger("headwater.worker")
 
 PROTOCOL_VERSION = 1
+#: Protocol feature: several messages in one stream message, both ways.
+BATCH_FEATURE = "batch"
+#: Most bytes gathered into one batch (far below gRPC's 4 MiB limit).
+BATCH_BYTES = 1 << 20
 #: Reconnect backoff: INITIAL doubling up to MAX, times a random factor in [0.5, 1].
 BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
 #: Heartbeat interval used when the Welcome gives none.
@@ -107,6 +111,36 @@ class _Session:
     last_received: float = field(default_factory=time.monotonic)
     interval: float = DEFAULT_HEARTBEAT
     next_beat: float | None = None
+    batching: bool = False  # the Welcome lists the "batch" feature
+
+
+def _batch(
+    first: worker_pb2.ConnectRequest,
+    outbox: SimpleQueue[Any],
+    heartbeat: Callable[[], worker_pb2.ConnectRequest],
+) -> tuple[worker_pb2.ConnectRequest, bool]:
+    """``first`` plus the messages already queued behind it, as one batch (a single one
+    stays as it is); and whether the end-of-session marker was reached. It never waits
+    for more: batching only merges what was ready anyway."""
+    messages = [first]
+    size = first.ByteSize()
+    done = False
+    while size < BATCH_BYTES:
+        try:
+            message = outbox.get_nowait()
+        except Empty:
+            break
+        if message is None:
+            done = True
+            break
+        if message is _BEAT:
+            message = heartbeat()
+        messages.append(message)
+        size += message.ByteSize()
+    if len(messages) == 1:
+        return first, done
+    batch = worker_pb2.ConnectRequestBatch(messages=messages)
+    return worker_pb2.ConnectRequest(batch=batch), done
 
 
 class Worker:
@@ -178,6 +212,7 @@ class Worker:
         finally:
             logging.getLogger().removeHandler(self.attempts.log_handler)
             self.attempts.abandon_all()
+            self.attempts.close()
             payload_channel.close()
 
     def stop(self) -> None:
@@ -240,10 +275,16 @@ class Worker:
                 pid=os.getpid(),
             ),
             running=[fencing(t) for t in self.attempts.held()],
+            features=[BATCH_FEATURE],
         )
 
     def _requests(self, session: _Session) -> Iterator[worker_pb2.ConnectRequest]:
         """What gRPC sends: the Hello, then the session's queue, plus heartbeats."""
+
+        def beat() -> worker_pb2.ConnectRequest:
+            session.next_beat = time.monotonic() + session.interval
+            return worker_pb2.ConnectRequest(heartbeat=self.attempts.heartbeat())
+
         yield worker_pb2.ConnectRequest(hello=session.hello)
         while True:
             timeout = None
@@ -259,8 +300,12 @@ class Worker:
                 if self._server_silent(session):
                     session.call.cancel()
                     return
-                message = worker_pb2.ConnectRequest(heartbeat=self.attempts.heartbeat())
-                session.next_beat = time.monotonic() + session.interval
+                message = beat()
+            elif session.batching and not session.outbox.empty():
+                message, done = _batch(message, session.outbox, beat)
+                if done:
+                    yield message
+                    return
             yield message
 
     def _server_silent(self, session: _Session) -> bool:
@@ -285,7 +330,11 @@ class Worker:
 
     def _handle(self, session: _Session, response: worker_pb2.ConnectResponse) -> None:
         kind = response.WhichOneof("message")
-        if kind == "welcome":
+        if kind == "batch":
+            for inner in response.batch.messages:
+                if inner.WhichOneof("message") not in ("batch", "welcome"):
+                    self._handle(session, inner)
+        elif kind == "welcome":
             self._welcome(session, response.welcome)
         elif session.welcome is None:
             log.warning("ignoring a %s sent before the Welcome", kind)
@@ -316,6 +365,7 @@ class Worker:
         keep = {key_of(t) for t in welcome.keep_running}
         with self._lock:
             session.interval = interval if interval > 0 else DEFAULT_HEARTBEAT
+            session.batching = BATCH_FEATURE in welcome.features
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome

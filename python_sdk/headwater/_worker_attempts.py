@@ -17,8 +17,10 @@ import ctypes
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from queue import SimpleQueue
 from typing import Any
 
 from headwater.v1 import graph_pb2, state_pb2, worker_pb2
@@ -50,6 +52,10 @@ Token = tuple[str, int]
 #: How long an attempt waits for the server's answer to its cache key before running
 #: anyway (a missed answer costs a recomputation, never a wrong result).
 DECISION_WAIT = 30.0
+#: TaskStarted is sent only for attempts still running this long after they started.
+#: A result that comes first implies the start (the server accepts an outcome without
+#: it), which spares a short task a message and a journal entry on the server.
+STARTED_DELAY = 0.05
 Send = Callable[[worker_pb2.ConnectRequest], None]
 
 
@@ -122,6 +128,50 @@ class TaskLogHandler(logging.Handler):
         self.send(worker_pb2.ConnectRequest(log=entry))
 
 
+class StartedReports:
+    """Sends the TaskStarted of attempts still running after ``delay``, from one thread.
+
+    The check and the send happen under the attempts' lock, and an outcome is reported
+    under that lock after the attempt leaves ``running``: a TaskStarted never follows
+    its attempt's outcome.
+    """
+
+    def __init__(self, attempts: Attempts, delay: float = STARTED_DELAY) -> None:
+        self.attempts = attempts
+        self.delay = delay
+        self._pending: deque[tuple[float, _Attempt, worker_pb2.TaskStarted]] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, attempt: _Attempt) -> None:
+        started = worker_pb2.TaskStarted(token=attempt.assignment.token)
+        started.started_at.GetCurrentTime()
+        with self._cond:
+            self._pending.append((time.monotonic() + self.delay, attempt, started))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="headwater-started", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                due, attempt, started = self._pending[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                self._pending.popleft()
+            attempts = self.attempts
+            with attempts.lock:
+                if attempts.running.get(attempt.token) is attempt:
+                    attempts.send(worker_pb2.ConnectRequest(started=started))
+
+
 class Attempts:
     """Runs assignments and reports what happens to them through ``send``.
 
@@ -143,6 +193,10 @@ class Attempts:
         self.transfer: PayloadTransfer | None = None
         self.inline_limit = 0  # the last Welcome's, so results encode as asked offline too
         self._decisions: dict[Token, tuple[threading.Event, list[bool]]] = {}
+        self.started = StartedReports(self)
+        self._jobs: SimpleQueue[_Attempt | None] = SimpleQueue()
+        self._idle = 0  # pooled threads waiting on _jobs
+        self._closed = False
 
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
@@ -201,8 +255,11 @@ class Attempts:
                 limit = seconds(assignment.timeout)
             elif assignment.HasField("deadline"):
                 limit = max(0.0, seconds(assignment.deadline) - time.time())
-            name = f"headwater-task-{token[0]}#{token[1]}"
-            threading.Thread(target=self._thread, args=(attempt,), name=name, daemon=True).start()
+            if self._idle:  # a pooled thread is waiting for work: hand it this attempt
+                self._idle -= 1
+                self._jobs.put(attempt)
+            else:
+                threading.Thread(target=self._pooled, args=(attempt,), daemon=True).start()
             if limit is not None:
                 attempt.timer = threading.Timer(limit, self._expire, args=(attempt, limit))
                 attempt.timer.daemon = True
@@ -242,6 +299,34 @@ class Attempts:
 
     # An attempt's thread -----------------------------------------------------------
 
+    def _pooled(self, attempt: _Attempt) -> None:
+        """Run attempts one after another, waiting for the next while idle.
+
+        Threads are reused (creating one per attempt cost more than a no-op task), but
+        never waited for: an attempt that was cancelled while stuck in C code keeps its
+        thread busy, and the next attempt gets a new thread. At most ``slots`` threads
+        wait idle.
+        """
+        while True:
+            threading.current_thread().name = "headwater-task-{}#{}".format(*attempt.token)
+            self._thread(attempt)
+            with self.lock:
+                if self._idle >= self.slots or self._closed:
+                    return
+                self._idle += 1
+            job = self._jobs.get()
+            if job is None:  # close()
+                return
+            attempt = job
+
+    def close(self) -> None:
+        """Let the idle pooled threads end (the worker stops)."""
+        with self.lock:
+            self._closed = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)
+
     def _thread(self, attempt: _Attempt) -> None:
         try:
             with self.lock:
@@ -249,9 +334,7 @@ class Attempts:
                     return
                 attempt.ident = threading.get_ident()
                 self.log_handler.threads[attempt.ident] = attempt.assignment.token
-            started = worker_pb2.TaskStarted(token=attempt.assignment.token)
-            started.started_at.GetCurrentTime()
-            self.send(worker_pb2.ConnectRequest(started=started))
+            self.started.add(attempt)
             outcome = self._execute(attempt)
             self._seal(attempt)
             with self.lock:

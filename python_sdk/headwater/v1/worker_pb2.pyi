@@ -36,7 +36,7 @@ class RuntimeInfo(_message.Message):
     def __init__(self, language: _Optional[str] = ..., language_version: _Optional[str] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("worker_id", "name", "protocol_version", "capabilities", "labels", "slots", "runtime", "running", "resources")
+    __slots__ = ("worker_id", "name", "protocol_version", "capabilities", "labels", "slots", "runtime", "running", "resources", "features")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class Hello(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     protocol_version: int
@@ -69,7 +70,8 @@ class Hello(_message.Message):
     runtime: RuntimeInfo
     running: _containers.RepeatedCompositeFieldContainer[FencingToken]
     resources: _containers.ScalarMap[str, float]
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeInfo, _Mapping]] = ..., running: _Optional[_Iterable[_Union[FencingToken, _Mapping]]] = ..., resources: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., protocol_version: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., slots: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeInfo, _Mapping]] = ..., running: _Optional[_Iterable[_Union[FencingToken, _Mapping]]] = ..., resources: _Optional[_Mapping[str, float]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskStarted(_message.Message):
     __slots__ = ("token", "started_at")
@@ -146,7 +148,7 @@ class CacheKeyReport(_message.Message):
     def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key")
+    __slots__ = ("hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +158,7 @@ class ConnectRequest(_message.Message):
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     started: TaskStarted
     heartbeat: Heartbeat
@@ -165,7 +168,14 @@ class ConnectRequest(_message.Message):
     skipped: TaskSkipped
     cancelled: TaskCancelled
     cache_key: CacheKeyReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., started: _Optional[_Union[TaskStarted, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., log: _Optional[_Union[TaskLog, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., failure: _Optional[_Union[TaskFailure, _Mapping]] = ..., skipped: _Optional[_Union[TaskSkipped, _Mapping]] = ..., cancelled: _Optional[_Union[TaskCancelled, _Mapping]] = ..., cache_key: _Optional[_Union[CacheKeyReport, _Mapping]] = ...) -> None: ...
+    batch: ConnectRequestBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., started: _Optional[_Union[TaskStarted, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., log: _Optional[_Union[TaskLog, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., failure: _Optional[_Union[TaskFailure, _Mapping]] = ..., skipped: _Optional[_Union[TaskSkipped, _Mapping]] = ..., cancelled: _Optional[_Union[TaskCancelled, _Mapping]] = ..., cache_key: _Optional[_Union[CacheKeyReport, _Mapping]] = ..., batch: _Optional[_Union[ConnectRequestBatch, _Mapping]] = ...) -> None: ...
+
+class ConnectRequestBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ConnectRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ConnectRequest, _Mapping]]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "server_version", "protocol_version", "features", "heartbeat_interval", "heartbeat_timeout", "inline_payload_limit", "keep_running")
@@ -304,17 +314,25 @@ class CacheDecision(_message.Message):
     def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., hit: _Optional[bool] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision")
+    __slots__ = ("welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "batch")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     CACHE_DECISION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignment: Assignment
     cancel: CancelTaskRun
     heartbeat_ack: HeartbeatAck
     ack: Ack
     cache_decision: CacheDecision
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTaskRun, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., cache_decision: _Optional[_Union[CacheDecision, _Mapping]] = ...) -> None: ...
+    batch: ConnectResponseBatch
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTaskRun, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., cache_decision: _Optional[_Union[CacheDecision, _Mapping]] = ..., batch: _Optional[_Union[ConnectResponseBatch, _Mapping]] = ...) -> None: ...
+
+class ConnectResponseBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ConnectResponse]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ConnectResponse, _Mapping]]] = ...) -> None: ...

@@ -36,7 +36,10 @@ PROTOCOL_VERSION = 1
 #: When busy, how long reports gather before one commit covers them all (seconds).
 BATCH_WINDOW = 0.002
 SERVER_VERSION = "0.1.0"
-FEATURES = ("payload-refs", "split-results", "fencing", "heartbeat-cancel")
+#: Workers and servers that list it send each other ConnectRequest/ConnectResponse
+#: batches (several messages in one, when several are ready at once).
+BATCH_FEATURE = "batch"
+FEATURES = ("payload-refs", "split-results", "fencing", "heartbeat-cancel", BATCH_FEATURE)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,34 @@ import grpc
 
 from headwater.v1 import worker_pb2, worker_pb2_grpc
 
-from ._core import PROTOCOL_VERSION, ServerCore
+from ._core import BATCH_FEATURE, PROTOCOL_VERSION, ServerCore
+
+#: Most bytes gathered into one batch (far below gRPC's 4 MiB receive limit).
+BATCH_BYTES = 1 << 20
+_NOT_IN_BATCH = ("hello", "batch", None)
+
+
+def _batch(
+    first: worker_pb2.ConnectResponse,
+    outbox: asyncio.Queue[worker_pb2.ConnectResponse | None],
+) -> tuple[worker_pb2.ConnectResponse, bool]:
+    """``first`` plus what is already queued behind it, as one batch message (a single
+    message stays as it is); and whether the end-of-stream marker was reached. Nothing
+    waits for more to arrive: batching only merges what was ready anyway."""
+    messages = [first]
+    size = first.ByteSize()
+    done = False
+    while size < BATCH_BYTES and not outbox.empty():
+        message = outbox.get_nowait()
+        if message is None:
+            done = True
+            break
+        messages.append(message)
+        size += message.ByteSize()
+    if len(messages) == 1:
+        return first, done
+    batch = worker_pb2.ConnectResponseBatch(messages=messages)
+    return worker_pb2.ConnectResponse(batch=batch), done
 
 
 class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
@@ -41,23 +68,35 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 invalid, "Hello needs a worker_id, slots >= 1 and at least one capability"
             )
         session, _, outbox = self.core.connect(hello)
+        core = self.core
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
-                    if message.WhichOneof("message") == "hello":
-                        continue  # a second Hello is meaningless; ignore it
-                    self.core.on_worker_message(session, message)
+                    kind = message.WhichOneof("message")
+                    if kind == "batch":
+                        for inner in message.batch.messages:
+                            if inner.WhichOneof("message") not in _NOT_IN_BATCH:
+                                core.on_worker_message(session, inner)
+                    elif kind != "hello":  # a second Hello is meaningless; ignore it
+                        core.on_worker_message(session, message)
             finally:
                 outbox.put_nowait(None)
 
+        batching = BATCH_FEATURE in hello.features
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while True:
                 message = await outbox.get()
                 if message is None:
                     break
-                yield message
+                if batching and not outbox.empty() and not message.HasField("welcome"):
+                    message, done = _batch(message, outbox)
+                    yield message
+                    if done:
+                        break
+                else:
+                    yield message
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
