@@ -84,18 +84,39 @@ class Dispatch(Protocol):
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None: ...
 
 
-@dataclass(slots=True)
 class PendingAssignment:
-    """An attempt ready for a worker."""
+    """An attempt ready for a worker. The Assignment message may be given, or built on
+    first use: a 10,000-task fan-out makes 10,000 attempts ready at once, and building
+    their messages up front would delay the run's first dispatch."""
 
-    flow_run_id: str
-    task_type: str
-    labels: dict[str, str]
-    assignment: worker_pb2.Assignment
+    __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
+
+    def __init__(
+        self,
+        flow_run_id: str,
+        task_type: str,
+        labels: Mapping[str, str],
+        assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
+        token: tuple[str, int] | None = None,
+    ) -> None:
+        self.flow_run_id = flow_run_id
+        self.task_type = task_type
+        self.labels = labels
+        if isinstance(assignment, worker_pb2.Assignment):
+            self._message: worker_pb2.Assignment | None = assignment
+            self._build: Callable[[], worker_pb2.Assignment] | None = None
+            token = (assignment.token.task_run_id, assignment.token.attempt)
+        else:
+            self._message, self._build = None, assignment
+        assert token is not None, "a lazily built assignment needs its token"
+        self.token: tuple[str, int] = token
 
     @property
-    def token(self) -> tuple[str, int]:
-        return (self.assignment.token.task_run_id, self.assignment.token.attempt)
+    def assignment(self) -> worker_pb2.Assignment:
+        if self._message is None:
+            assert self._build is not None
+            self._message, self._build = self._build(), None
+        return self._message
 
 
 class NoResult(LookupError):
@@ -452,6 +473,12 @@ class RunManager:
         return CacheChecked(command.run.key, key, CacheEntry(value, row.expires_at))
 
     def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
+        spec = command.run.spec
+        token = (task_run_id(active.row.id, command.run.key), command.attempt)
+        build = functools.partial(self._assignment_message, active, command)
+        return PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
+
+    def _assignment_message(self, active: ActiveRun, command: RunTask) -> worker_pb2.Assignment:
         run = command.run
         spec = run.spec
         flow_run_id = active.row.id
@@ -481,7 +508,7 @@ class RunManager:
         if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
             msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
             msg.cache.version = spec.cache.version
-        return PendingAssignment(flow_run_id, spec.task_type, dict(spec.labels), msg)
+        return msg
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
         row = active.row
