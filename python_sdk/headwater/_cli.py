@@ -49,10 +49,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     flow = load_flow(args.target)
     if args.server:
+        if args.dask is not None:
+            raise UsageError(
+                "--dask runs the flow in this process; it cannot be used with --server"
+            )
         from ._cli_remote import run_on_server
 
         return run_on_server(flow, params, args.server, args.token)
-    run = flow.run(max_workers=args.workers, max_concurrency=args.max_concurrency, **params)
+    executor = None
+    if args.dask is not None:
+        if args.workers is not None:
+            raise UsageError("--workers sizes the thread pool; it cannot be used with --dask")
+        executor = dask_executor(args.dask)
+        # The flow's file may not be importable on the cluster's workers: ship its
+        # functions by value rather than by module name.
+        module = sys.modules.get(flow.fn.__module__)
+        if module is not None and module.__name__ != "__main__":
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+    try:
+        run = flow.run(
+            executor=executor,
+            max_workers=args.workers,
+            max_concurrency=args.max_concurrency,
+            **params,
+        )
+    except ConnectionError as exc:  # the Dask scheduler could not be reached
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(_summary(run), file=sys.stderr)
     for failure in run.failures:
         print(f"  {failure.key}: {failure.state.name}: {failure.failure}", file=sys.stderr)
@@ -60,6 +85,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_render(run.result))
         return EXIT_OK
     return EXIT_CANCELLED if run.state is FlowRunState.CANCELLED else EXIT_FAILED
+
+
+def dask_executor(where: str) -> Any:
+    """A DaskExecutor for ``--dask local`` (a LocalCluster for this run) or an address."""
+    if not where:
+        raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
+    from headwater_runtime.dask import DaskExecutor
+
+    return DaskExecutor(None if where == "local" else where)
 
 
 def _render(value: Any) -> str:
@@ -200,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a flow (in this process, or on a server with --server); print its result",
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
         "thread pool) by default, or on a server with --server. Exit code 0 when the run "
-        "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C).",
+        "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C). With --dask the "
+        "tasks run on a Dask cluster (the flow is still driven from this process).",
     )
     run.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     run.add_argument(
@@ -212,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow parameter; VALUE is parsed as JSON when valid, else taken as a string",
     )
     run.add_argument("--workers", type=int, default=None, help="thread pool size")
+    run.add_argument(
+        "--dask",
+        default=None,
+        metavar="local|ADDRESS",
+        help="run the tasks on a Dask cluster: 'local' starts a LocalCluster for the run, "
+        "or give a scheduler address (tcp://HOST:PORT); results stay in the cluster",
+    )
     run.add_argument(
         "--max-concurrency", type=int, default=None, help="most task runs executing at once"
     )

@@ -50,6 +50,7 @@ class DaskExecutor:
         threads_per_worker: threads per LocalCluster worker (address=None only).
         resources: resources every LocalCluster worker declares, e.g. ``{"GPU": 1}``.
         slots: most attempts submitted at once (default: the cluster's total threads).
+        connect_timeout: seconds to wait for the scheduler at ``address``.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class DaskExecutor:
         threads_per_worker: int | None = None,
         resources: Mapping[str, float] | None = None,
         slots: int | None = None,
+        connect_timeout: float = 10.0,
     ) -> None:
         if address is not None and client is not None:
             raise ValueError("pass either address= or client=, not both")
@@ -83,6 +85,7 @@ class DaskExecutor:
         self.resources = dict(resources or {})
         self._given_client = client
         self._slots = slots
+        self.connect_timeout = connect_timeout
         self._client: Client | None = None
         self._cluster: LocalCluster | None = None
         self._values: DaskValues | None = None
@@ -108,17 +111,20 @@ class DaskExecutor:
             self._client = self._given_client
         elif self.address is not None:
             try:
-                self._client = Client(self.address, set_as_default=False)
-            except OSError as exc:
+                self._client = Client(
+                    self.address, set_as_default=False, timeout=self.connect_timeout
+                )
+            except (OSError, TimeoutError) as exc:
                 raise ConnectionError(
-                    f"cannot reach the Dask scheduler at {self.address}: {exc}"
+                    f"cannot reach the Dask scheduler at {self.address} ({exc}); "
+                    "check the address, or use --dask local / address=None"
                 ) from None
         else:
             self._cluster = LocalCluster(
                 n_workers=self.n_workers,
                 threads_per_worker=self.threads_per_worker,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # None still binds 8787 (health routes)
                 silence_logs=logging.ERROR,
                 resources=self.resources or None,
             )

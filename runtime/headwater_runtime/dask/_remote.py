@@ -74,8 +74,12 @@ class _Guard:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), None)
 
 
-def interrupt(tokens: list[str]) -> int:
-    """Interrupt the attempts with these tokens running in this worker; how many were."""
+async def interrupt(tokens: list[str]) -> int:
+    """Interrupt the attempts with these tokens running in this worker; how many were.
+
+    A coroutine: ``client.run`` runs it on the worker's event loop without waiting
+    for it (only coroutines allow ``wait=False``), and it only sets flags.
+    """
     with _GUARDS_LOCK:
         guards = [_GUARDS[t] for t in tokens if t in _GUARDS]
     return sum(guard.interrupt() for guard in guards)
