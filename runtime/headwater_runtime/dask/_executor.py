@@ -94,6 +94,7 @@ class DaskExecutor:
         self._completions: SimpleQueue[Event] | None = None
         self._run_id = ""
         self._cached: list[tuple[ResultCache, str]] = []
+        self._servable: set[tuple[tuple[str, float], ...]] = set()
         self.interrupted = 0
 
     # ------------------------------------------------------------- connection
@@ -150,6 +151,7 @@ class DaskExecutor:
     def start(self, completions: SimpleQueue[Event]) -> None:
         self._completions = completions
         self._run_id = uuid.uuid4().hex[:12]
+        self._servable.clear()
         self.client  # noqa: B018 - connect now, not on the first submit
 
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
@@ -160,6 +162,11 @@ class DaskExecutor:
             groups[tuple(sorted(item[0].run.spec.resources.items()))].append(item)
         client = self.client
         for resources, group in groups.items():
+            if resources and resources not in self._servable:
+                if not self._can_serve(dict(resources)):
+                    self._refuse(group, dict(resources))
+                    continue
+                self._servable.add(resources)
             columns: list[list[Any]] = [[] for _ in range(8)]
             keys: list[str] = []
             for command, caller in group:
@@ -221,6 +228,29 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+    def _can_serve(self, needed: dict[str, float]) -> bool:
+        """Whether some worker of the cluster declares these resources (asked again
+        when not: workers may have joined since)."""
+        info: dict[str, Any] = self.client.scheduler_info()
+        for worker in info.get("workers", {}).values():
+            declared = worker.get("resources") or {}
+            if all(declared.get(name, 0) >= amount for name, amount in needed.items()):
+                return True
+        return False
+
+    def _refuse(self, group: list[tuple[RunTask, Caller]], needed: dict[str, float]) -> None:
+        """Fail attempts no worker can run: Dask would hold them forever."""
+        completions = self._completions
+        assert completions is not None
+        for command, _ in group:
+            failure = FailureInfo(
+                type="headwater.ResourcesUnavailable",
+                message=f"task {command.run.name!r} needs resources {needed}, and no worker "
+                "of the Dask cluster declares them (start workers with --resources)",
+                retryable=False,
+            )
+            completions.put(TaskFailed(command.run.key, command.attempt, failure))
 
     # ------------------------------------------------------------ values & cache
 
