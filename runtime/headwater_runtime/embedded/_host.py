@@ -10,7 +10,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
@@ -26,6 +26,8 @@ from headwater_runtime.engine import (
     FlowRunState,
     GraphSpec,
     RunTask,
+    StateEntry,
+    TaskRunRecord,
     TaskSpec,
     ValueOps,
     WriteCache,
@@ -93,6 +95,7 @@ class EmbeddedRun:
         max_concurrency: int | None = None,
         cache: ResultCache = PROCESS_CACHE,
         clock: Any = None,
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.executor: Executor = executor or ThreadExecutor()
@@ -109,6 +112,7 @@ class EmbeddedRun:
                 values=self.executor.values,
                 max_concurrency=limit,
                 auto_start=True,
+                on_transition=on_transition,
             )
         except BaseException:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run
