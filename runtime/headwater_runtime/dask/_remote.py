@@ -54,12 +54,14 @@ class _Guard:
         self.lock = threading.Lock()
         self.done = False
         self.interrupted = False
+        self.reason = ""
 
-    def interrupt(self) -> bool:
+    def interrupt(self, reason: str = "cancelled") -> bool:
         with self.lock:
             if self.done or self.interrupted:
                 return False
             self.interrupted = True
+            self.reason = reason
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(self.ident), ctypes.py_object(TaskInterrupted)
             )
@@ -82,7 +84,7 @@ async def interrupt(tokens: list[str]) -> int:
     """
     with _GUARDS_LOCK:
         guards = [_GUARDS[t] for t in tokens if t in _GUARDS]
-    return sum(guard.interrupt() for guard in guards)
+    return sum(guard.interrupt("cancelled") for guard in guards)
 
 
 def _portable(failure: FailureInfo) -> FailureInfo:
@@ -113,8 +115,12 @@ def run_attempt(
     attempt: int,
     no_retry_on: tuple[type[BaseException], ...],
     timeout: float | None,
+    started_topic: str | None = None,
 ) -> Any:
     """Run one attempt of a task; returns its value, or an Outcome.
+
+    ``started_topic``: a Dask event topic to report the start on (the orchestrator
+    starts the attempt's timeout clock then, not while the task waits in Dask's queue).
 
     ``selections`` are arguments that are a part of an upstream result (an element to
     map over, ``result["key"]``): Dask resolved the upstream value, the part is taken
@@ -129,12 +135,16 @@ def run_attempt(
                 message = f"could not assemble the inputs of {name!r}: {exc!r}"
                 failure = FailureInfo("headwater.InputError", message, retryable=False)
                 return Outcome("failed", message, failure)
+    if started_topic is not None:
+        from distributed import get_worker
+
+        get_worker().log_event(started_topic, token)
     guard = _Guard()
     with _GUARDS_LOCK:
         _GUARDS[token] = guard
     timer = None
     if timeout is not None:
-        timer = threading.Timer(timeout, guard.interrupt)
+        timer = threading.Timer(timeout, guard.interrupt, ("timed out",))
         timer.daemon = True
         timer.start()
     event: Any = None
@@ -151,7 +161,12 @@ def run_attempt(
         with _GUARDS_LOCK:
             _GUARDS.pop(token, None)
     if event is None:
-        return Outcome("interrupted", "timed out" if timeout is not None else "cancelled")
+        if guard.reason != "timed out":
+            return Outcome("interrupted", guard.reason)
+        # The same failure as the engine's own timeout timer reports.
+        message = f"task {name!r} exceeded its timeout of {timeout:g}s"
+        failure = FailureInfo("headwater.TaskTimeout", message, timed_out=True)
+        return Outcome("interrupted", guard.reason, failure)
     if isinstance(event, TaskFailed):
         return Outcome("failed", event.failure.message, _portable(event.failure))
     if isinstance(event, TaskSkipped):

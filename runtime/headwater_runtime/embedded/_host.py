@@ -63,6 +63,12 @@ class Executor(Protocol):
     @property
     def values(self) -> ValueOps: ...
 
+    @property
+    def reports_starts(self) -> bool:
+        """True: attempts may queue in the executor, which reports TaskStarted when
+        one really starts (timeouts count from then). False: submitting starts them."""
+        ...
+
     def start(self, completions: SimpleQueue[Event]) -> None: ...
 
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None: ...
@@ -111,7 +117,7 @@ class EmbeddedRun:
                 clock=clock or SystemClock(),
                 values=self.executor.values,
                 max_concurrency=limit,
-                auto_start=True,
+                auto_start=not self.executor.reports_starts,
                 on_transition=on_transition,
             )
         except BaseException:

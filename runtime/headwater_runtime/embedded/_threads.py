@@ -72,6 +72,10 @@ class ThreadExecutor:
     def values(self) -> ValueOps:
         return PYTHON_VALUES  # live objects, passed as they are
 
+    @property
+    def reports_starts(self) -> bool:
+        return False  # a job waits for a thread only while the engine's slots allow
+
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
         put = self._work.put
         for command, caller in tasks:
