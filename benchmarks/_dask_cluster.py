@@ -11,7 +11,9 @@ scheduler share them) and measures, in the same run and on the same cluster:
   (Headwater: compiling the flow).
 * ``dask-handoff``: one task returns a numpy array of ``mb`` MB, a second one takes it
   and returns a small summary. The orchestrator's peak RSS during the run minus its
-  RSS before, next to the array's size: the array must stay in the cluster.
+  RSS before, next to the array's size: the array must stay in the cluster (the
+  measurement fails when the increase reaches half the array). As a control, the same
+  reading is taken while the array is fetched into this process with ``.result()``.
 """
 
 from __future__ import annotations
@@ -114,8 +116,21 @@ def _handoff(client: Any, params: dict[str, int]) -> dict[str, Any]:
     wall = time.perf_counter() - start
     peak = peak_rss_mb() - base
     run.raise_for_state()
+    if peak >= 0.5 * params["mb"]:  # the point of the workload: asserted, not only shown
+        raise RuntimeError(
+            f"the orchestrator's RSS grew by {peak:.0f} MB passing a {params['mb']} MB "
+            "array between two Dask tasks: it was copied through this process"
+        )
     if run.result["nbytes"] != params["mb"] * 2**20:
         raise RuntimeError(f"unexpected result {run.result}")
+    # Control: the same reading when the array *is* fetched into this process, to show
+    # the measurement sees such a copy.
+    gc.collect()
+    control_base = current_rss_mb()
+    reset_peak()
+    fetched = client.submit(make_array, params["mb"], pure=False).result()
+    control = peak_rss_mb() - control_base
+    del fetched
     return {
         "tasks": 2,
         "label": f"{params['mb']} MB",
@@ -124,6 +139,7 @@ def _handoff(client: Any, params: dict[str, int]) -> dict[str, Any]:
         "array_mb": params["mb"],
         "peak_mb": peak,
         "peak_reset": reset_ok,
+        "control_peak_mb": control,
         "check": int(run.result["sum"]),
     }
 
