@@ -143,22 +143,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
 
     def connected(worker: Worker) -> None:
+        on_dask = getattr(worker, "dask_address", None)
         print(
             f"headwater worker {worker.name} connected to {worker.server} "
-            f"({len(worker.tasks)} capabilities, {worker.slots} slots)",
+            f"({len(worker.tasks)} capabilities, {worker.slots} slots"
+            + (f", tasks run on the Dask cluster at {on_dask})" if on_dask else ")"),
             file=sys.stderr,
             flush=True,
         )
 
-    worker = Worker(
-        args.server,
-        args.module,
-        labels=labels,
-        slots=args.slots,
-        name=args.name,
-        token=args.token or os.environ.get("HEADWATER_TOKEN") or None,
-        on_connect=connected,
-    )
+    options: dict[str, Any] = {
+        "labels": labels,
+        "slots": args.slots,
+        "name": args.name,
+        "token": args.token or os.environ.get("HEADWATER_TOKEN") or None,
+        "on_connect": connected,
+    }
+    if args.dask is not None:
+        if not args.dask:
+            raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
+        from ._worker_dask import DaskBridgeWorker
+
+        try:
+            worker: Worker = DaskBridgeWorker(args.server, args.module, dask=args.dask, **options)
+        except ConnectionError as exc:
+            print(f"headwater: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    else:
+        worker = Worker(args.server, args.module, **options)
     # Task logs at INFO and up are sent to the server (and printed here).
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -184,7 +196,9 @@ def add_worker_command(sub: Any) -> None:
         help="run tasks for a Headwater server",
         description="Connect to a control plane and run the tasks defined in the given "
         "modules (plus the built-in headwater.case and headwater.merge). Reconnects on "
-        "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1.",
+        "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1. With "
+        "--dask it is a Dask bridge: tasks run on a Dask cluster and their results stay "
+        "there.",
     )
     worker.add_argument(
         "--server",
@@ -209,7 +223,17 @@ def add_worker_command(sub: Any) -> None:
         help="affinity label, e.g. gpu=true (repeatable)",
     )
     worker.add_argument(
-        "--slots", type=int, default=None, help="most tasks running at once (default: CPUs + 4)"
+        "--slots",
+        type=int,
+        default=None,
+        help="most tasks running at once (default: CPUs + 4; with --dask, the cluster's threads)",
+    )
+    worker.add_argument(
+        "--dask",
+        default=None,
+        metavar="local|ADDRESS",
+        help="a Dask bridge: run the tasks on a Dask cluster ('local' starts a LocalCluster, "
+        "or a scheduler address tcp://HOST:PORT); results stay in the cluster",
     )
     worker.add_argument("--name", default=None, help="display name (default: HOSTNAME-PID)")
     worker.add_argument(

@@ -259,14 +259,7 @@ class DaskExecutor:
                 cluster.close()
 
     def _can_serve(self, needed: dict[str, float]) -> bool:
-        """Whether some worker of the cluster declares these resources (asked again
-        when not: workers may have joined since)."""
-        info: dict[str, Any] = self.client.scheduler_info()
-        for worker in info.get("workers", {}).values():
-            declared = worker.get("resources") or {}
-            if all(declared.get(name, 0) >= amount for name, amount in needed.items()):
-                return True
-        return False
+        return cluster_declares(self.client, needed)
 
     def _refuse(self, group: list[tuple[RunTask, Caller]], needed: dict[str, float]) -> None:
         """Fail attempts no worker can run: Dask would hold them forever."""
@@ -337,30 +330,10 @@ class DaskExecutor:
         return f"{spec.name}-{self._run_id}-{key}-{attempt}"
 
     def _split(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], _Selections]:
-        """Inputs for ``run_attempt``: top-level Parts become selections taken on the
-        worker; Parts nested in lists or dicts become small select tasks."""
-        plain: dict[str, Any] = {}
-        selections: _Selections = {}
-        for arg, value in inputs.items():
-            if isinstance(value, Part):
-                selections[arg] = (value.future, value.path)
-            elif isinstance(value, list | tuple | dict) and holds_remote(value):
-                plain[arg] = self._materialize(value)
-            else:
-                plain[arg] = value
-        return plain, selections
+        return split_inputs(self.client, inputs)
 
     def _materialize(self, value: Any) -> Any:
-        """Replace Parts in engine-built containers with futures of select tasks."""
-        if isinstance(value, Part):
-            return self.client.submit(select, value.future, value.path, pure=False)
-        if isinstance(value, list):
-            return [self._materialize(v) for v in value]
-        if isinstance(value, tuple):
-            return tuple(self._materialize(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self._materialize(v) for k, v in value.items()}
-        return value
+        return materialize(self.client, value)
 
     def _done(self, key: str, attempt: int, future: Future[Any]) -> None:
         """Runs on Dask's callback thread when an attempt's future is done."""
@@ -387,6 +360,45 @@ class DaskExecutor:
         else:
             event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
         completions.put(event)
+
+
+def cluster_declares(client: Client, needed: dict[str, float]) -> bool:
+    """Whether some worker of the cluster declares these resources (asked each time:
+    workers may have joined since)."""
+    info: dict[str, Any] = client.scheduler_info()
+    for worker in info.get("workers", {}).values():
+        declared = worker.get("resources") or {}
+        if all(declared.get(name, 0) >= amount for name, amount in needed.items()):
+            return True
+    return False
+
+
+def split_inputs(client: Client, inputs: dict[str, Any]) -> tuple[dict[str, Any], _Selections]:
+    """Arguments for ``run_attempt``: top-level Parts become selections taken on the
+    worker; Parts nested in lists or dicts become small select tasks."""
+    plain: dict[str, Any] = {}
+    selections: _Selections = {}
+    for arg, value in inputs.items():
+        if isinstance(value, Part):
+            selections[arg] = (value.future, value.path)
+        elif isinstance(value, list | tuple | dict) and holds_remote(value):
+            plain[arg] = materialize(client, value)
+        else:
+            plain[arg] = value
+    return plain, selections
+
+
+def materialize(client: Client, value: Any) -> Any:
+    """Replace Parts in engine-built containers with futures of select tasks."""
+    if isinstance(value, Part):
+        return client.submit(select, value.future, value.path, pure=False)
+    if isinstance(value, list):
+        return [materialize(client, v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(materialize(client, v) for v in value)
+    if isinstance(value, dict):
+        return {k: materialize(client, v) for k, v in value.items()}
+    return value
 
 
 def _outcome_event(key: str, attempt: int, outcome: Outcome) -> Event:
