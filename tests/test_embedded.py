@@ -608,6 +608,23 @@ def test_a_missing_part_of_a_result_fails_the_run(backend: Backend) -> None:
     assert "'nope'" in record.failure.message
 
 
+def test_a_missing_part_of_the_flow_result_fails_the_run(backend: Backend) -> None:
+    @task
+    def load() -> dict[str, int]:
+        return {"a": 1}
+
+    @flow
+    def f() -> int:
+        return load()["nope"]  # type: ignore[no-any-return]
+
+    run = f.run(executor=backend.executor())
+    assert run.state is FlowRunState.FAILED
+    assert run.message.startswith("could not assemble the result"), run.message
+    assert "'nope'" in run.message
+    assert run.result is None
+    assert run.task_run("load").state is S.SUCCESS
+
+
 # --------------------------------------------------------------- skips, branches
 
 
