@@ -199,11 +199,11 @@ class DaskAttempts(Attempts):
         super()._drop(attempt)
         entry = self._futures.pop(attempt.token, None)
         if entry is not None:  # a running Dask task is not stopped by cancel(): interrupt it
-            from headwater_runtime.dask._remote import interrupt
+            from headwater_runtime.dask._executor import interrupt_everywhere
 
             future, key = entry
             future.cancel()
-            self.client.run(interrupt, [key], wait=False)
+            interrupt_everywhere(self.client, [key])
 
     # Exports ------------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from headwater_runtime.execution import Caller, failure_from_exception
 from ._remote import Outcome, compute_cache_key, interrupt, run_attempt, select
 from ._values import DaskValues, Part, holds_remote, locate
 
+log = logging.getLogger("headwater.dask")
+
 _Selections = dict[str, tuple[Any, tuple[str | int, ...]]]
 
 
@@ -232,7 +234,7 @@ class DaskExecutor:
         future.cancel()
         # A running Dask task is not stopped by cancel(): ask every worker to
         # interrupt it (a no-op where it is not running). Not awaited.
-        self.client.run(interrupt, [token], wait=False)
+        interrupt_everywhere(self.client, [token])
 
     def shutdown(self) -> None:
         """Forget this run's attempts; close the cluster and client if this executor
@@ -360,6 +362,16 @@ class DaskExecutor:
         else:
             event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
         completions.put(event)
+
+
+def interrupt_everywhere(client: Client, tokens: list[str]) -> None:
+    """Ask every worker to interrupt these attempts where they run (not awaited). A
+    cluster that cannot be asked must not break the run: the attempt is already
+    abandoned, and its watchdog still stops it at its timeout."""
+    try:
+        client.run(interrupt, tokens, wait=False)
+    except Exception as exc:
+        log.warning("could not ask the Dask workers to interrupt %s: %r", tokens, exc)
 
 
 def cluster_declares(client: Client, needed: dict[str, float]) -> bool:
