@@ -7,6 +7,7 @@ Task functions may run in other processes (Dask workers), so tests observe them 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -24,6 +25,25 @@ def poll(condition: Callable[[], bool], timeout: float = BOUND, what: str = "con
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+def bounded(fn: Callable[[], Any], timeout: float = BOUND) -> Any:
+    """Call ``fn`` on a helper thread; fail the test if it has not returned in time."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not return within {timeout}s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 @dataclass(frozen=True)
