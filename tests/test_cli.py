@@ -156,6 +156,11 @@ def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
     assert_usage_error(headwater_cli("run", path, "--dask", ""), "--dask expects")
 
 
+def test_worker_dask_needs_local_or_an_address() -> None:
+    proc = headwater_cli("worker", "--server", "127.0.0.1:1", "--module", "x", "--dask", "")
+    assert_usage_error(proc, "--dask expects 'local' or a scheduler address")
+
+
 def test_param_values_are_parsed_as_json_else_kept_as_strings(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("run", path, "--param", "n=3", "-p", "name=bob")

@@ -138,3 +138,29 @@ def test_bad_options_are_refused() -> None:
         DaskExecutor(n_workers=0)
     with pytest.raises(ValueError, match="slots must be at least 1"):
         DaskExecutor(slots=0)
+
+
+def test_a_mapped_level_is_submitted_together(gpu_cluster: tuple[Client, str]) -> None:
+    client, _ = gpu_cluster
+    batches: list[int] = []
+
+    class Recording(DaskExecutor):
+        def submit(self, tasks: Any) -> None:
+            batches.append(len(tasks))
+            super().submit(tasks)
+
+    @task
+    def numbers(n: int) -> list[int]:
+        return list(range(n))
+
+    @task
+    def square(x: int) -> int:
+        return x * x
+
+    @flow
+    def f(n: int = 12) -> list[int]:
+        return square.map(numbers(n))
+
+    run = f.run(executor=Recording(client=client))
+    assert run.result == [x * x for x in range(12)]
+    assert batches[:2] == [1, 12], "the source, then all 12 children in one client.map"
