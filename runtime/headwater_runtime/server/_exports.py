@@ -89,8 +89,6 @@ class DaskExports:
     def prepare(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         """Before ``pending`` goes to ``session``: True to send it now; False when it is
         held until its inputs are exported (or was failed: an input is lost)."""
-        if not self.owners and not self.exported:
-            return True  # no Dask bridge ever reported a value: nothing to look for
         lost = self._lost_input(session, pending)
         if lost is not None:
             self._fail(pending, _unavailable(f"no connected worker holds value {lost!r}"))
