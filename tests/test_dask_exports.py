@@ -4,6 +4,7 @@ export, and failing attempts whose input is lost."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from headwater.v1 import payload_pb2, worker_pb2
@@ -113,3 +114,24 @@ def test_an_export_error_fails_the_waiting_attempts() -> None:
     h.exports.prepare(plain, other)
     h.exports.on_exported(plain, exported("p1"))
     assert h.sent == []
+
+
+def test_a_result_a_client_reads_is_exported_then_substituted() -> None:
+    async def scenario() -> payload_pb2.Value:
+        h = Harness()
+        bridge, to_bridge = session("bridge")
+        h.exports.record(bridge, dask_ref("p1"))
+        wanted = payload_pb2.Value(inline=payload_pb2.Payload(metadata={"encoding": "x"}))
+        wanted.items.extend([dask_ref("p1"), dask_ref("gone")])
+        reading = asyncio.ensure_future(h.exports.readable(wanted))
+        await asyncio.sleep(0)  # let it ask the owner
+        assert [m.export_value.payload_id for m in to_bridge] == ["p1"]
+        assert not reading.done()
+        h.exports.on_exported(bridge, exported("p1"))
+        await asyncio.wait_for(reading, 5)
+        return wanted
+
+    value = asyncio.run(scenario())
+    assert value.items[0] == INLINE
+    # Nobody holds "gone": it stays a Dask ref (the client says it cannot read it).
+    assert value.items[1].ref.payload_id == "gone"

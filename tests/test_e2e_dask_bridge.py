@@ -114,6 +114,9 @@ def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
         assert final.state is FlowRunState.SUCCESS, final.message
         # The GPU task ran on the one Dask worker that declares GPU.
         assert final.result == {"sum": 20, "gpu": "gpu:20"}
+        # Results still held in the cluster are exported when a client asks for them.
+        assert client.task_result(run.id, "make") == [0, 1, 2, 3, 4]
+        assert client.task_result(run.id, "double_all") == [0, 2, 4, 6, 8]
     ran = sorted(effects(tmp_path))
     assert ran == [
         ("double_all", "bridge"),
@@ -122,6 +125,7 @@ def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
         ("report", "plain"),
     ]
     # make -> double_all -> on_gpu stayed in the cluster (futures passed on the same
-    # bridge); only the two inputs of the plain worker's report task were exported.
+    # bridge); the two inputs of the plain worker's report task were exported, and
+    # make's result when the client asked (double_all's export was reused).
     exported = [x for x in bridge.lines if "exported value" in x]
-    assert len(exported) == 2, bridge.lines
+    assert len(exported) == 3, bridge.lines

@@ -6,14 +6,17 @@ ref as is (the bridge hands the future to Dask). Before an assignment whose inpu
 such a ref goes to *another* worker, the owner is asked to export it (``ExportValue``);
 its answer (``ValueExported``: an ordinary inline value or control-plane ref) replaces
 the ref in the assignment, and is remembered for later consumers. Then the assignment
-is sent. If the owner is gone (or cannot export), the attempt fails: re-running the
-upstream task to rebuild the value is not implemented.
+is sent. Results a client asks for (``readable``) are exported the same way. If the
+owner is gone (or cannot export), the attempt fails: re-running the upstream task to
+rebuild the value is not implemented.
 
-Pure bookkeeping: sending and failing go through the callbacks given.
+Bookkeeping only: sending and failing go through the callbacks given.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +27,8 @@ from ._dispatch import WorkerSession
 from ._runs import PendingAssignment
 
 DASK = "dask"
+#: Longest a client's request waits for a bridge to export a result (seconds).
+READ_TIMEOUT = 60.0
 
 
 def _refs_in_value(value: payload_pb2.Value) -> Iterator[payload_pb2.PayloadRef]:
@@ -80,6 +85,7 @@ class DaskExports:
         self.exported: dict[str, payload_pb2.Value] = {}
         self._held: list[_Held] = []
         self._asked: set[str] = set()
+        self._readers: dict[str, list[asyncio.Future[None]]] = {}
 
     def record(self, session: WorkerSession, result: payload_pb2.Value) -> None:
         """A worker reported a result: remember which Dask refs in it it holds."""
@@ -131,18 +137,58 @@ class DaskExports:
         for item in value.items:
             self._substitute(session, item, waiting)
 
+    async def readable(self, value: payload_pb2.Value) -> None:
+        """Make the Dask refs in a value a client asked for readable (in place): ask
+        their owners to export them and wait (at most READ_TIMEOUT seconds). Refs that
+        cannot be exported stay as they are (the client then says it cannot read them)."""
+        missing = {ref.payload_id for ref in _refs_in_value(value)} - set(self.exported)
+        waits: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        for payload_id in missing:
+            owner = self.owners.get(payload_id)
+            if owner is None:
+                continue
+            future: asyncio.Future[None] = loop.create_future()
+            self._readers.setdefault(payload_id, []).append(future)
+            waits.append(future)
+            if payload_id not in self._asked:
+                self._asked.add(payload_id)
+                request = worker_pb2.ExportValue(payload_id=payload_id)
+                owner.send(worker_pb2.ConnectResponse(export_value=request))
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), READ_TIMEOUT)
+        self._replace_exported(value)
+
+    def _replace_exported(self, value: payload_pb2.Value) -> None:
+        if value.WhichOneof("kind") == "ref" and value.ref.payload_id in self.exported:
+            items = list(value.items)
+            value.CopyFrom(self.exported[value.ref.payload_id])
+            del value.items[:]
+            value.items.extend(items)
+        for item in value.items:
+            self._replace_exported(item)
+
+    def _wake_readers(self, payload_ids: set[str]) -> None:
+        for payload_id in payload_ids:
+            for future in self._readers.pop(payload_id, []):
+                if not future.done():
+                    future.set_result(None)
+
     def on_exported(self, session: WorkerSession, msg: worker_pb2.ValueExported) -> None:
         """The owner answered: complete (or fail) the assignments waiting for it."""
         payload_id = msg.payload_id
         if self.owners.get(payload_id) is not session:
             return
         self._asked.discard(payload_id)
+        if not msg.HasField("error"):
+            self.exported[payload_id] = msg.value
+        self._wake_readers({payload_id})
         if msg.HasField("error"):
             why = f"the Dask bridge worker {session.name!r} could not export a value: "
             why += msg.error.message
             self._fail_waiting({payload_id}, why)
             return
-        self.exported[payload_id] = msg.value
         ready: list[_Held] = []
         for held in self._held:
             if payload_id in held.waiting:
@@ -165,6 +211,7 @@ class DaskExports:
         # the dispatcher reports those attempts lost.
         self._held = [h for h in self._held if h.session is not session]
         self._fail_waiting(lost, f"the Dask bridge worker {session.name!r} holding it is gone")
+        self._wake_readers(lost)
 
     def _fail_waiting(self, payload_ids: set[str], why: str) -> None:
         failed = [h for h in self._held if h.waiting & payload_ids]
