@@ -14,9 +14,11 @@ from headwater_runtime.server._exports import DaskExports
 from headwater_runtime.server._runs import PendingAssignment
 
 
-def session(name: str) -> tuple[WorkerSession, list[worker_pb2.ConnectResponse]]:
+def session(
+    name: str, worker_id: str = ""
+) -> tuple[WorkerSession, list[worker_pb2.ConnectResponse]]:
     sent: list[worker_pb2.ConnectResponse] = []
-    s = WorkerSession(name, name, name, frozenset({"t"}), {}, 4, sent.append)
+    s = WorkerSession(name, worker_id or name, name, frozenset({"t"}), {}, 4, sent.append)
     return s, sent
 
 
@@ -97,6 +99,24 @@ def test_an_input_whose_owner_is_gone_fails_the_attempt() -> None:
     assert h.sent == []
 
 
+def test_a_bridge_that_reconnects_still_serves_its_values() -> None:
+    h = Harness()
+    first, _ = session("bridge-1", worker_id="bridge")
+    plain, _ = session("plain")
+    h.exports.connected(first)
+    h.exports.record(first, dask_ref("p1"))
+    h.exports.forget(first)  # the stream broke
+    again, to_again = session("bridge-2", worker_id="bridge")
+    h.exports.connected(again)  # the same worker, a new session
+    assert h.exports.prepare(again, pending("r/a", dask_ref("p1"))) is True
+    waiting = pending("r/b", dask_ref("p1"))
+    assert h.exports.prepare(plain, waiting) is False
+    assert [m.export_value.payload_id for m in to_again] == ["p1"]
+    h.exports.on_exported(again, exported("p1"))
+    assert [p for _, p in h.sent] == [waiting]
+    assert h.failed == []
+
+
 def test_an_export_error_fails_the_waiting_attempts() -> None:
     h = Harness()
     bridge, _ = session("bridge")
@@ -135,3 +155,20 @@ def test_a_result_a_client_reads_is_exported_then_substituted() -> None:
     assert value.items[0] == INLINE
     # Nobody holds "gone": it stays a Dask ref (the client says it cannot read it).
     assert value.items[1].ref.payload_id == "gone"
+
+
+def test_exports_asked_on_a_stream_that_was_replaced_are_asked_again() -> None:
+    h = Harness()
+    first, to_first = session("bridge-1", worker_id="bridge")
+    plain, _ = session("plain")
+    h.exports.connected(first)
+    h.exports.record(first, dask_ref("p1"))
+    waiting = pending("r/b", dask_ref("p1"))
+    assert h.exports.prepare(plain, waiting) is False
+    assert len(to_first) == 1
+    again, to_again = session("bridge-2", worker_id="bridge")
+    h.exports.connected(again)  # before the old stream's end was noticed
+    h.exports.forget(first)  # a no-op now: the worker is connected again
+    assert [m.export_value.payload_id for m in to_again] == ["p1"]
+    h.exports.on_exported(again, exported("p1"))
+    assert [p for _, p in h.sent] == [waiting] and h.failed == []

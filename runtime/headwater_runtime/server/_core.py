@@ -166,6 +166,7 @@ class ServerCore:
         welcome.heartbeat_timeout.FromNanoseconds(round(self.settings.heartbeat_timeout * 1e9))
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.dispatcher.connect(session, adopted)
+        self.exports.connected(session)
         self.touch()
         return session, welcome, outbox
 

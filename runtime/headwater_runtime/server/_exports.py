@@ -81,16 +81,35 @@ class DaskExports:
     ) -> None:
         self._send = send
         self._fail = fail
-        self.owners: dict[str, WorkerSession] = {}
+        self.owners: dict[str, str] = {}  # payload id -> worker id of its holder
+        self._live: dict[str, WorkerSession] = {}  # worker id -> its current session
         self.exported: dict[str, payload_pb2.Value] = {}
         self._held: list[_Held] = []
         self._asked: set[str] = set()
         self._readers: dict[str, list[asyncio.Future[None]]] = {}
 
+    def connected(self, session: WorkerSession) -> None:
+        """A worker (re)connected: a bridge keeps its values across reconnects. Exports
+        asked on its previous stream (if that one has not ended yet) are asked again."""
+        previous = self._live.get(session.worker_id)
+        self._live[session.worker_id] = session
+        if previous is None or previous is session:
+            return
+        for payload_id in sorted(self._asked):
+            if self.owners.get(payload_id) == session.worker_id:
+                request = worker_pb2.ExportValue(payload_id=payload_id)
+                session.send(worker_pb2.ConnectResponse(export_value=request))
+
+    def _owner(self, payload_id: str) -> WorkerSession | None:
+        """The connected session holding a value, if any."""
+        worker_id = self.owners.get(payload_id)
+        return None if worker_id is None else self._live.get(worker_id)
+
     def record(self, session: WorkerSession, result: payload_pb2.Value) -> None:
         """A worker reported a result: remember which Dask refs in it it holds."""
         for ref in _refs_in_value(result):
-            self.owners[ref.payload_id] = session
+            self.owners[ref.payload_id] = session.worker_id
+            self._live.setdefault(session.worker_id, session)
 
     def prepare(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         """Before ``pending`` goes to ``session``: True to send it now; False when it is
@@ -107,7 +126,9 @@ class DaskExports:
         for payload_id in waiting - self._asked:
             self._asked.add(payload_id)
             request = worker_pb2.ExportValue(payload_id=payload_id)
-            self.owners[payload_id].send(worker_pb2.ConnectResponse(export_value=request))
+            owner = self._owner(payload_id)
+            assert owner is not None  # checked by _lost_input
+            owner.send(worker_pb2.ConnectResponse(export_value=request))
         self._held.append(_Held(session, pending, waiting))
         return False
 
@@ -115,7 +136,7 @@ class DaskExports:
         for value in _dask_values(pending.assignment):
             for ref in _refs_in_value(value):
                 pid = ref.payload_id
-                if pid not in self.exported and pid not in self.owners:
+                if pid not in self.exported and self._owner(pid) is None:
                     return pid
         return None
 
@@ -125,7 +146,7 @@ class DaskExports:
         """Replace exported refs in ``value`` (in place); note the ones still missing."""
         if value.WhichOneof("kind") == "ref" and value.ref.location == DASK:
             payload_id = value.ref.payload_id
-            if self.owners.get(payload_id) is session:
+            if self._owner(payload_id) is session:
                 pass  # the owner gets its own ref: it hands the future to Dask
             elif payload_id in self.exported:
                 items = list(value.items)
@@ -145,7 +166,7 @@ class DaskExports:
         waits: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         for payload_id in missing:
-            owner = self.owners.get(payload_id)
+            owner = self._owner(payload_id)
             if owner is None:
                 continue
             future: asyncio.Future[None] = loop.create_future()
@@ -178,7 +199,7 @@ class DaskExports:
     def on_exported(self, session: WorkerSession, msg: worker_pb2.ValueExported) -> None:
         """The owner answered: complete (or fail) the assignments waiting for it."""
         payload_id = msg.payload_id
-        if self.owners.get(payload_id) is not session:
+        if self._owner(payload_id) is not session:
             return
         self._asked.discard(payload_id)
         if not msg.HasField("error"):
@@ -201,12 +222,13 @@ class DaskExports:
                 self._send(held.session, held.pending)
 
     def forget(self, session: WorkerSession) -> None:
-        """A worker is gone: what it held is lost; waiting attempts fail, and so will
-        later consumers of its values that were never exported."""
-        lost = {pid for pid, owner in self.owners.items() if owner is session}
-        for payload_id in lost:
-            del self.owners[payload_id]
-            self._asked.discard(payload_id)
+        """A worker's session ended: the values it holds cannot be read until it
+        reconnects (same worker id); attempts waiting for them fail now."""
+        if self._live.get(session.worker_id) is not session:
+            return
+        del self._live[session.worker_id]
+        lost = {pid for pid, worker in self.owners.items() if worker == session.worker_id}
+        self._asked -= lost
         # Assignments held for this worker itself: its slots are gone with it, and
         # the dispatcher reports those attempts lost.
         self._held = [h for h in self._held if h.session is not session]
