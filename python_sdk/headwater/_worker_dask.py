@@ -263,7 +263,11 @@ class DaskBridgeWorker(Worker):
             threads: dict[str, int] = client.nthreads()
             default = max(1, sum(threads.values()))
             super().__init__(
-                server, modules, slots=slots or default, on_connect=on_connect, **options
+                server,
+                modules,
+                slots=default if slots is None else slots,
+                on_connect=on_connect,
+                **options,
             )
         except BaseException:
             self.executor.shutdown()
