@@ -23,7 +23,7 @@ from ._measure import current_rss_mb, peak_rss_mb, reset_peak
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
 
-SYSTEMS = ("headwater", "plain", "dask", "dask-raw", "server")
+SYSTEMS = ("headwater", "plain", "dask", "dask-raw", "server", "dask-cluster")
 
 
 def _run_headwater(dag: Dag, max_workers: int | None) -> tuple[Any, float, float]:
@@ -68,6 +68,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._server import measure as measure_server
 
         return measure_server(spec)
+    if system == "dask-cluster":
+        from ._dask_cluster import measure as measure_cluster
+
+        return measure_cluster(spec)
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])

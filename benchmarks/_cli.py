@@ -163,6 +163,9 @@ def _notes(rows: list[Row]) -> list[str]:
         if row.workload.server:
             notes.extend(_server_notes(row))
             continue
+        if row.workload.cluster:
+            notes.append(_cluster_note(row))
+            continue
         w = row.workload
         bits = []
         for system, outcome in row.outcomes.items():
@@ -199,6 +202,27 @@ def _notes(rows: list[Row]) -> list[str]:
             "is the full size on the same threaded scheduler."
         )
     return notes
+
+
+def _cluster_note(row: Row) -> str:
+    outcome = row.get("dask-cluster")
+    if outcome is None or outcome.data is None:
+        return f"{row.workload.name}: {outcome.error if outcome else 'not run'}"
+    d = outcome.data
+    walls = ", ".join(f"{w:.3f}" for w in d["walls"])
+    if d.get("array_mb"):
+        return (
+            f"{row.workload.name}: {d['array_mb']} MB array made by one task, summed by "
+            f"another: orchestrator peak RSS +{d['peak_mb']:.1f} MB during the run "
+            f"({d['peak_mb'] / d['array_mb']:.1%} of the array), run {walls} s; control: "
+            f"fetching the array into this process instead raises it by "
+            f"{d['control_peak_mb']:.0f} MB"
+        )
+    raw = ", ".join(f"{w:.3f}" for w in d["raw_walls"])
+    return (
+        f"{row.workload.name}: headwater {walls} s; client.submit {raw} s "
+        f"({d['tasks']:,} tasks; alternating runs on one cluster)"
+    )
 
 
 def _ms(stats: dict[str, float]) -> str:
@@ -316,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             status = outcomes[system].error or "ok"
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
-    embedded = [r for r in rows if not r.workload.server]
+    embedded = [r for r in rows if not r.workload.server and not r.workload.cluster]
+    clustered = [r for r in rows if r.workload.cluster]
     served = [r for r in rows if r.workload.server]
     if embedded:
         print()
@@ -329,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
             "same DAG in-process, measured in this run"
         )
         print(format_table(served))
+    if clustered:
+        print()
+        print(
+            "Dask cluster workloads: one LocalCluster (2 worker processes x 1 thread) per "
+            "workload; headwater s = flow.run(executor=DaskExecutor(client=...)), "
+            "client.submit s = the same DAG as raw futures, alternating on the same cluster; "
+            "peak MB = this process's peak RSS increase during the run"
+        )
+        print(format_table(clustered))
     print()
     for note in _notes(rows):
         print(note)

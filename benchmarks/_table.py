@@ -38,6 +38,19 @@ SERVER_COLUMNS = (
     "target",
     "met?",
 )
+#: The Dask cluster workloads' table.
+CLUSTER_COLUMNS = (
+    "workload",
+    "size",
+    "tasks",
+    "headwater s",
+    "client.submit s",
+    "ratio",
+    "array MB",
+    "peak MB",
+    "target",
+    "met?",
+)
 
 
 @dataclass
@@ -70,7 +83,7 @@ class Row:
 
     @property
     def tasks(self) -> int | None:
-        for system in ("headwater", "server"):
+        for system in ("headwater", "server", "dask-cluster"):
             outcome = self.get(system)
             if outcome and outcome.data:
                 return int(outcome.data["tasks"])
@@ -89,6 +102,21 @@ class Row:
         if not (server and server.data and "stats_ms" in server.data):
             return None
         return float(server.data["stats_ms"]["ready_to_start"][stat])
+
+    @property
+    def cluster_ratio(self) -> float | None:
+        """Dask cluster workloads: Headwater wall / raw ``client.submit`` wall."""
+        outcome = self.get("dask-cluster")
+        if not (outcome and outcome.data and outcome.data.get("raw_walls") and outcome.wall):
+            return None
+        return outcome.wall / statistics.median(outcome.data["raw_walls"])
+
+    @property
+    def cluster_peak_fraction(self) -> float | None:
+        outcome = self.get("dask-cluster")
+        if not (outcome and outcome.data and outcome.data.get("array_mb")):
+            return None
+        return float(outcome.data["peak_mb"]) / float(outcome.data["array_mb"])
 
     @property
     def overhead_us(self) -> float | None:
@@ -114,6 +142,10 @@ class Row:
             parts.append(f"< {self.workload.max_peak_mb:g} MB")
         if self.workload.min_tasks_per_s is not None:
             parts.append(f">= {self.workload.min_tasks_per_s:,g} tasks/s")
+        if self.workload.max_ratio is not None:
+            parts.append(f"<= {self.workload.max_ratio:g}x client.submit")
+        if self.workload.max_peak_fraction is not None:
+            parts.append(f"peak < {self.workload.max_peak_fraction:.0%} of the array")
         if self.workload.max_latency_ms is not None:
             parts.append(f"median < {self.workload.max_latency_ms:g} ms")
         return ", ".join(parts)
@@ -138,7 +170,33 @@ class Row:
             if median is None:
                 return None
             checks.append(median < self.workload.max_latency_ms)
+        for target, value in (
+            (self.workload.max_ratio, self.cluster_ratio),
+            (self.workload.max_peak_fraction, self.cluster_peak_fraction),
+        ):
+            if target is not None:
+                if value is None:
+                    return None
+                checks.append(value <= target)
         return all(checks)
+
+    def cluster_cells(self) -> list[str]:
+        outcome = self.get("dask-cluster")
+        data = outcome.data if outcome and outcome.data else {}
+        met = self.met()
+        raw = data.get("raw_walls")
+        return [
+            self.workload.name,
+            data.get("label", "?"),
+            f"{self.tasks:,}" if self.tasks else "?",
+            _seconds(outcome),
+            _num(statistics.median(raw) if raw else None, 3),
+            _num(self.cluster_ratio, 2),
+            _num(data.get("array_mb"), 0),
+            _num(data.get("peak_mb"), 1),
+            self.target(),
+            "?" if met is None else ("yes" if met else "NO"),
+        ]
 
     def cells(self) -> list[str]:
         hw = self.get("headwater")
@@ -198,12 +256,17 @@ def _seconds(outcome: Outcome | None) -> str:
 
 def format_table(rows: list[Row]) -> str:
     """A plain-text table (also valid as a Markdown table body): the embedded
-    workloads' columns, or the server workloads' when the rows are server rows."""
+    workloads' columns, or the server (cluster) workloads' for server (cluster) rows."""
     server = bool(rows) and all(row.workload.server for row in rows)
-    columns = SERVER_COLUMNS if server else COLUMNS
-    body = [list(columns), *(row.server_cells() if server else row.cells() for row in rows)]
+    cluster = bool(rows) and all(row.workload.cluster for row in rows)
+    if cluster:
+        columns, numeric = CLUSTER_COLUMNS, set(range(2, 8))
+        body = [list(columns), *(row.cluster_cells() for row in rows)]
+    else:
+        columns = SERVER_COLUMNS if server else COLUMNS
+        body = [list(columns), *(row.server_cells() if server else row.cells() for row in rows)]
+        numeric = set(range(2, 10))
     widths = [max(len(r[i]) for r in body) for i in range(len(columns))]
-    numeric = set(range(2, 10))
 
     def line(cells: list[str]) -> str:
         padded = [

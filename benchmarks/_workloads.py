@@ -23,6 +23,10 @@ class Workload:
         server: a server workload (``_server``): its ``server`` system runs on a real
             ``headwater server`` with worker processes; it has a table of its own.
         min_tasks_per_s / max_latency_ms: the server workloads' targets.
+        cluster: a Dask cluster workload (``_dask_cluster``): Headwater with the
+            DaskExecutor next to raw Dask futures on one LocalCluster; a table of its own.
+        max_ratio: target of Headwater-on-Dask wall / raw-futures wall.
+        max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
     """
 
     name: str
@@ -40,6 +44,9 @@ class Workload:
     server: bool = False
     min_tasks_per_s: float | None = None
     max_latency_ms: float | None = None
+    cluster: bool = False
+    max_ratio: float | None = None
+    max_peak_fraction: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -136,6 +143,30 @@ WORKLOADS: tuple[Workload, ...] = (
         systems=("server",),
         server=True,
         max_latency_ms=2,
+    ),
+)
+
+WORKLOADS += (
+    Workload(
+        name="dask-layered",
+        title="Dask: a 1,000-task layered DAG, Headwater DaskExecutor vs client.submit",
+        kind="dask-layered",
+        full={"layers": 10, "width": 100},
+        quick={"layers": 5, "width": 40},
+        systems=("dask-cluster",),
+        repeats=5,
+        cluster=True,
+        max_ratio=1.5,
+    ),
+    Workload(
+        name="dask-handoff",
+        title="Dask: a large array passed between two tasks stays in the cluster",
+        kind="dask-handoff",
+        full={"mb": 200},
+        quick={"mb": 50},
+        systems=("dask-cluster",),
+        cluster=True,
+        max_peak_fraction=0.25,
     ),
 )
 

@@ -37,8 +37,13 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         assert f"| {workload} " in proc.stdout, proc.stdout
     # The server workloads' own table (a real server and worker processes).
     headers = [line for line in proc.stdout.splitlines() if line.startswith("| workload")]
-    assert len(headers) == 2, proc.stdout
+    assert len(headers) == 3, proc.stdout
     for column in ("setup s", "server s", "tasks/s", "embedded s", "latency median ms", "met?"):
         assert column in headers[1], proc.stdout
     for workload in ("server-fanout", "server-latency"):
+        assert f"| {workload} " in proc.stdout, proc.stdout
+    # The Dask cluster workloads' table (a real LocalCluster, Headwater vs raw futures).
+    for column in ("headwater s", "client.submit s", "ratio", "array MB", "peak MB"):
+        assert column in headers[2], proc.stdout
+    for workload in ("dask-layered", "dask-handoff"):
         assert f"| {workload} " in proc.stdout, proc.stdout

@@ -139,6 +139,28 @@ def test_run_prints_the_result_as_json_and_exits_0(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_run_on_a_local_dask_cluster(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    proc = headwater_cli("run", path, "--dask", "local", "-p", "n=5")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"doubled": 10, "label": "n=10", "items": [1, 2]}
+    assert "SUCCESS" in proc.stderr
+
+
+def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    assert_usage_error(headwater_cli("run", path, "--dask", "local", "--workers", "2"), "--workers")
+    assert_usage_error(
+        headwater_cli("run", path, "--dask", "local", "--server", "127.0.0.1:1"), "--server"
+    )
+    assert_usage_error(headwater_cli("run", path, "--dask", ""), "--dask expects")
+
+
+def test_worker_dask_needs_local_or_an_address() -> None:
+    proc = headwater_cli("worker", "--server", "127.0.0.1:1", "--module", "x", "--dask", "")
+    assert_usage_error(proc, "--dask expects 'local' or a scheduler address")
+
+
 def test_param_values_are_parsed_as_json_else_kept_as_strings(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("run", path, "--param", "n=3", "-p", "name=bob")

@@ -84,3 +84,26 @@ def test_the_node_worker_example_flow_says_it_needs_a_server(tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "'images.resize'" in proc.stderr and "--server HOST:PORT" in proc.stderr
+
+
+def test_dask_pipeline_script(tmp_path: Path) -> None:
+    """Map/reduce on a LocalCluster: progress per task run, then the dataset's summary,
+    which must match the same statistics computed here with numpy."""
+    import numpy as np
+
+    proc = run([sys.executable, str(EXAMPLES / "dask_pipeline.py"), "3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "dask_pipeline: SUCCESS" in out
+    # 1 seeds task + 3 generate + 3 summarise + combine, each reported as it finished.
+    assert out.count(" SUCCESS\n") == 8, out
+    assert "generate[2]" in out and "summarise[2]" in out and "combine" in out
+    assert "600,000 rows in 3 partitions" in out
+    data = np.concatenate(
+        [
+            np.random.default_rng(1000 + i).normal(loc=np.arange(4), scale=1.0, size=(200_000, 4))
+            for i in range(3)
+        ]
+    )
+    for j, name in enumerate("abcd"):
+        assert f"  {name}: mean {data[:, j].mean():+.4f}  std {data[:, j].std():.4f}" in out, out

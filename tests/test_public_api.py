@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 from google.protobuf.message import Message
 
@@ -11,6 +13,7 @@ import headwater
 EXPECTED_ALL = [
     "AttemptRecord",
     "Client",
+    "DaskExecutor",
     "EncodingError",
     "FailureInfo",
     "Flow",
@@ -92,3 +95,12 @@ def test_version_matches_the_distribution() -> None:
     from importlib.metadata import version
 
     assert headwater.__version__ == version("headwater")
+
+
+def test_importing_headwater_does_not_import_dask() -> None:
+    """DaskExecutor is imported on first use: the CLI and workers start without Dask."""
+    code = (
+        "import sys, headwater; assert 'distributed' not in sys.modules; "
+        "headwater.DaskExecutor; assert 'distributed' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -15,6 +15,8 @@ pipeline.run()      # returns a FlowRun with per-task states
 pipeline.compile()  # the FlowGraph message sent to a server
 """
 
+from typing import TYPE_CHECKING, Any
+
 from headwater_runtime.embedded import ResultCache, ThreadExecutor
 from headwater_runtime.engine import (
     AttemptRecord,
@@ -38,11 +40,26 @@ from ._run import FlowRun
 from ._signals import FlowRunCancelled, FlowRunFailed
 from ._task import Task, task
 
+if TYPE_CHECKING:
+    from headwater_runtime.dask import DaskExecutor
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # DaskExecutor imports dask.distributed (~1 s): only when it is asked for, so
+    # `import headwater`, the CLI and workers stay fast.
+    if name == "DaskExecutor":
+        from headwater_runtime.dask import DaskExecutor
+
+        return DaskExecutor
+    raise AttributeError(f"module 'headwater' has no attribute {name!r}")
+
 
 __all__ = [
     "AttemptRecord",
     "Client",
+    "DaskExecutor",
     "EncodingError",
     "FailureInfo",
     "Flow",

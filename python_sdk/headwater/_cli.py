@@ -49,10 +49,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     flow = load_flow(args.target)
     if args.server:
+        if args.dask is not None:
+            raise UsageError(
+                "--dask runs the flow in this process; it cannot be used with --server"
+            )
         from ._cli_remote import run_on_server
 
         return run_on_server(flow, params, args.server, args.token)
-    run = flow.run(max_workers=args.workers, max_concurrency=args.max_concurrency, **params)
+    executor = None
+    if args.dask is not None:
+        if args.workers is not None:
+            raise UsageError("--workers sizes the thread pool; it cannot be used with --dask")
+        executor = dask_executor(args.dask)
+        # The flow's file may not be importable on the cluster's workers: ship its
+        # functions by value rather than by module name.
+        module = sys.modules.get(flow.fn.__module__)
+        if module is not None and module.__name__ != "__main__":
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+    try:
+        run = flow.run(
+            executor=executor,
+            max_workers=args.workers,
+            max_concurrency=args.max_concurrency,
+            **params,
+        )
+    except ConnectionError as exc:  # the Dask scheduler could not be reached
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(_summary(run), file=sys.stderr)
     for failure in run.failures:
         print(f"  {failure.key}: {failure.state.name}: {failure.failure}", file=sys.stderr)
@@ -60,6 +85,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_render(run.result))
         return EXIT_OK
     return EXIT_CANCELLED if run.state is FlowRunState.CANCELLED else EXIT_FAILED
+
+
+def dask_executor(where: str) -> Any:
+    """A DaskExecutor for ``--dask local`` (a LocalCluster for this run) or an address."""
+    if not where:
+        raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
+    from headwater_runtime.dask import DaskExecutor
+
+    return DaskExecutor(None if where == "local" else where)
 
 
 def _render(value: Any) -> str:
@@ -109,22 +143,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
 
     def connected(worker: Worker) -> None:
+        on_dask = getattr(worker, "dask_address", None)
         print(
             f"headwater worker {worker.name} connected to {worker.server} "
-            f"({len(worker.tasks)} capabilities, {worker.slots} slots)",
+            f"({len(worker.tasks)} capabilities, {worker.slots} slots"
+            + (f", tasks run on the Dask cluster at {on_dask})" if on_dask else ")"),
             file=sys.stderr,
             flush=True,
         )
 
-    worker = Worker(
-        args.server,
-        args.module,
-        labels=labels,
-        slots=args.slots,
-        name=args.name,
-        token=args.token or os.environ.get("HEADWATER_TOKEN") or None,
-        on_connect=connected,
-    )
+    options: dict[str, Any] = {
+        "labels": labels,
+        "slots": args.slots,
+        "name": args.name,
+        "token": args.token or os.environ.get("HEADWATER_TOKEN") or None,
+        "on_connect": connected,
+    }
+    if args.dask is not None:
+        if not args.dask:
+            raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
+        from ._worker_dask import DaskBridgeWorker
+
+        try:
+            worker: Worker = DaskBridgeWorker(args.server, args.module, dask=args.dask, **options)
+        except ConnectionError as exc:
+            print(f"headwater: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    else:
+        worker = Worker(args.server, args.module, **options)
     # Task logs at INFO and up are sent to the server (and printed here).
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -150,7 +196,9 @@ def add_worker_command(sub: Any) -> None:
         help="run tasks for a Headwater server",
         description="Connect to a control plane and run the tasks defined in the given "
         "modules (plus the built-in headwater.case and headwater.merge). Reconnects on "
-        "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1.",
+        "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1. With "
+        "--dask it is a Dask bridge: tasks run on a Dask cluster and their results stay "
+        "there.",
     )
     worker.add_argument(
         "--server",
@@ -175,7 +223,17 @@ def add_worker_command(sub: Any) -> None:
         help="affinity label, e.g. gpu=true (repeatable)",
     )
     worker.add_argument(
-        "--slots", type=int, default=None, help="most tasks running at once (default: CPUs + 4)"
+        "--slots",
+        type=int,
+        default=None,
+        help="most tasks running at once (default: CPUs + 4; with --dask, the cluster's threads)",
+    )
+    worker.add_argument(
+        "--dask",
+        default=None,
+        metavar="local|ADDRESS",
+        help="a Dask bridge: run the tasks on a Dask cluster ('local' starts a LocalCluster, "
+        "or a scheduler address tcp://HOST:PORT); results stay in the cluster",
     )
     worker.add_argument("--name", default=None, help="display name (default: HOSTNAME-PID)")
     worker.add_argument(
@@ -200,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a flow (in this process, or on a server with --server); print its result",
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
         "thread pool) by default, or on a server with --server. Exit code 0 when the run "
-        "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C).",
+        "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C). With --dask the "
+        "tasks run on a Dask cluster (the flow is still driven from this process).",
     )
     run.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     run.add_argument(
@@ -212,6 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow parameter; VALUE is parsed as JSON when valid, else taken as a string",
     )
     run.add_argument("--workers", type=int, default=None, help="thread pool size")
+    run.add_argument(
+        "--dask",
+        default=None,
+        metavar="local|ADDRESS",
+        help="run the tasks on a Dask cluster: 'local' starts a LocalCluster for the run, "
+        "or give a scheduler address (tcp://HOST:PORT); results stay in the cluster",
+    )
     run.add_argument(
         "--max-concurrency", type=int, default=None, help="most task runs executing at once"
     )

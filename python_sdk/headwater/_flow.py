@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, Executor, ThreadExecutor
-from headwater_runtime.engine import GraphSpec, ParameterError
+from headwater_runtime.engine import GraphSpec, ParameterError, StateEntry, TaskRunRecord
 
 from . import _compiler
 from ._errors import FlowDefinitionError
@@ -23,7 +23,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: Keyword names ``Flow.run`` takes for itself; flow parameters may not use them.
-RUN_OPTIONS = frozenset({"executor", "max_workers", "max_concurrency"})
+RUN_OPTIONS = frozenset({"executor", "max_workers", "max_concurrency", "on_transition"})
 
 
 class Flow(Generic[P, R]):
@@ -82,6 +82,7 @@ class Flow(Generic[P, R]):
         executor: Executor | None = None,
         max_workers: int | None = None,
         max_concurrency: int | None = None,
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
         **params: Any,
     ) -> FlowRun:
         """Run embedded and return the FlowRun; never raises for a task failure.
@@ -90,6 +91,8 @@ class Flow(Generic[P, R]):
             executor: where tasks run (default: a ThreadExecutor).
             max_workers: thread pool size when no executor is given.
             max_concurrency: most task runs executing at once in this flow run.
+            on_transition: called with (task run, state entry) on every state change,
+                in the calling thread (e.g. to show progress).
         """
         if _compiler.current_context() is not None:
             raise FlowDefinitionError(
@@ -113,6 +116,7 @@ class Flow(Generic[P, R]):
             executor=executor or ThreadExecutor(max_workers),
             max_concurrency=max_concurrency,
             cache=PROCESS_CACHE,
+            on_transition=on_transition,
         )
         engine = embedded.run()
         return FlowRun.from_engine(embedded.id, engine)

@@ -35,7 +35,7 @@ from ._builtins import BUILTIN_TASKS
 from ._loader import LoadError, load_file, load_module
 from ._task import Task
 from ._worker_attempts import Attempts, fencing, key_of, seconds
-from ._worker_codec import PayloadTransfer
+from ._worker_codec import PayloadTransfer, failure
 
 log = logging.getLogger("headwater.worker")
 
@@ -342,6 +342,8 @@ class Worker:
             self.attempts.assign(response.assignment)
         elif kind == "cancel":
             self.attempts.cancel(key_of(response.cancel.token))
+        elif kind == "export_value":
+            self._export(response.export_value)
         elif kind == "heartbeat_ack":
             for token in response.heartbeat_ack.cancel:
                 self.attempts.cancel(key_of(token))
@@ -358,6 +360,16 @@ class Worker:
                     ack.token.attempt,
                     ack.reason or "no reason given",
                 )
+
+    def _export(self, request: worker_pb2.ExportValue) -> None:
+        """Only a Dask bridge worker holds values outside the control plane."""
+        error = failure(
+            "headwater.NotHeld",
+            f"this worker holds no value {request.payload_id!r} (it is not a Dask bridge)",
+            retryable=False,
+        )
+        answer = worker_pb2.ValueExported(payload_id=request.payload_id, error=error)
+        self._send(worker_pb2.ConnectRequest(value_exported=answer))
 
     def _welcome(self, session: _Session, welcome: worker_pb2.Welcome) -> None:
         interval = seconds(welcome.heartbeat_interval)

@@ -148,7 +148,7 @@ class CacheKeyReport(_message.Message):
     def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "batch")
+    __slots__ = ("hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "value_exported", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class ConnectRequest(_message.Message):
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_EXPORTED_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     started: TaskStarted
@@ -168,14 +169,25 @@ class ConnectRequest(_message.Message):
     skipped: TaskSkipped
     cancelled: TaskCancelled
     cache_key: CacheKeyReport
+    value_exported: ValueExported
     batch: ConnectRequestBatch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., started: _Optional[_Union[TaskStarted, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., log: _Optional[_Union[TaskLog, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., failure: _Optional[_Union[TaskFailure, _Mapping]] = ..., skipped: _Optional[_Union[TaskSkipped, _Mapping]] = ..., cancelled: _Optional[_Union[TaskCancelled, _Mapping]] = ..., cache_key: _Optional[_Union[CacheKeyReport, _Mapping]] = ..., batch: _Optional[_Union[ConnectRequestBatch, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., started: _Optional[_Union[TaskStarted, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., log: _Optional[_Union[TaskLog, _Mapping]] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ..., failure: _Optional[_Union[TaskFailure, _Mapping]] = ..., skipped: _Optional[_Union[TaskSkipped, _Mapping]] = ..., cancelled: _Optional[_Union[TaskCancelled, _Mapping]] = ..., cache_key: _Optional[_Union[CacheKeyReport, _Mapping]] = ..., value_exported: _Optional[_Union[ValueExported, _Mapping]] = ..., batch: _Optional[_Union[ConnectRequestBatch, _Mapping]] = ...) -> None: ...
 
 class ConnectRequestBatch(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ConnectRequest]
     def __init__(self, messages: _Optional[_Iterable[_Union[ConnectRequest, _Mapping]]] = ...) -> None: ...
+
+class ValueExported(_message.Message):
+    __slots__ = ("payload_id", "value", "error")
+    PAYLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    payload_id: str
+    value: _payload_pb2.Value
+    error: _state_pb2.Failure
+    def __init__(self, payload_id: _Optional[str] = ..., value: _Optional[_Union[_payload_pb2.Value, _Mapping]] = ..., error: _Optional[_Union[_state_pb2.Failure, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "server_version", "protocol_version", "features", "heartbeat_interval", "heartbeat_timeout", "inline_payload_limit", "keep_running")
@@ -314,13 +326,14 @@ class CacheDecision(_message.Message):
     def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., hit: _Optional[bool] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "batch")
+    __slots__ = ("welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "batch")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_ACK_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     CACHE_DECISION_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_VALUE_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignment: Assignment
@@ -328,11 +341,18 @@ class ConnectResponse(_message.Message):
     heartbeat_ack: HeartbeatAck
     ack: Ack
     cache_decision: CacheDecision
+    export_value: ExportValue
     batch: ConnectResponseBatch
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTaskRun, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., cache_decision: _Optional[_Union[CacheDecision, _Mapping]] = ..., batch: _Optional[_Union[ConnectResponseBatch, _Mapping]] = ...) -> None: ...
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., cancel: _Optional[_Union[CancelTaskRun, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., cache_decision: _Optional[_Union[CacheDecision, _Mapping]] = ..., export_value: _Optional[_Union[ExportValue, _Mapping]] = ..., batch: _Optional[_Union[ConnectResponseBatch, _Mapping]] = ...) -> None: ...
 
 class ConnectResponseBatch(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ConnectResponse]
     def __init__(self, messages: _Optional[_Iterable[_Union[ConnectResponse, _Mapping]]] = ...) -> None: ...
+
+class ExportValue(_message.Message):
+    __slots__ = ("payload_id",)
+    PAYLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    payload_id: str
+    def __init__(self, payload_id: _Optional[str] = ...) -> None: ...

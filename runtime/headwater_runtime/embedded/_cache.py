@@ -6,6 +6,7 @@ import hashlib
 import math
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -44,15 +45,27 @@ def cache_key(spec: TaskSpec, inputs: dict[str, Any]) -> str:
     """Task identity + versions + the user's key (key function) or a hash of inputs."""
     cache = spec.cache
     assert cache is not None
-    if cache.key_fn is not None:
-        user = cache.key_fn(inputs)
-        if not isinstance(user, str):
-            raise TypeError(
-                f"cache_key_fn of task {spec.name!r} must return a str, not {type(user).__name__}"
-            )
-    else:
-        user = stable_hash(inputs)
-    return f"{spec.task_type}|v={spec.version}|c={cache.version}|{user}"
+    return make_cache_key(cache_key_prefix(spec), cache.key_fn, spec.name, inputs)
+
+
+def cache_key_prefix(spec: TaskSpec) -> str:
+    """The part of a cache key that comes from the task, not its inputs."""
+    assert spec.cache is not None
+    return f"{spec.task_type}|v={spec.version}|c={spec.cache.version}|"
+
+
+def make_cache_key(
+    prefix: str, key_fn: Callable[[dict[str, Any]], Any] | None, name: str, inputs: dict[str, Any]
+) -> str:
+    """``prefix`` + the user's key, or a stable hash of the inputs (no key function)."""
+    if key_fn is None:
+        return prefix + stable_hash(inputs)
+    user = key_fn(inputs)
+    if not isinstance(user, str):
+        raise TypeError(
+            f"cache_key_fn of task {name!r} must return a str, not {type(user).__name__}"
+        )
+    return prefix + user
 
 
 def stable_hash(value: Any) -> str:

@@ -10,25 +10,31 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
 from headwater_runtime.engine import (
     CacheChecked,
+    CacheEntry,
     CancelRequested,
     CancelTask,
     CheckCache,
     Command,
     Event,
     FlowRunEngine,
+    FlowRunState,
     GraphSpec,
     RunTask,
+    StateEntry,
+    TaskRunRecord,
+    TaskSpec,
+    ValueOps,
     WriteCache,
 )
 from headwater_runtime.execution import Caller, make_caller
 
-from ._cache import PROCESS_CACHE, ResultCache, cache_key
+from ._cache import PROCESS_CACHE, ResultCache
 from ._threads import ThreadExecutor
 
 # Upper bound on one wait, so Ctrl-C is seen promptly even on platforms where a
@@ -44,25 +50,42 @@ class SystemClock:
 
 
 class Executor(Protocol):
-    """Where task functions run (threads, a Dask cluster)."""
+    """Where task functions run (threads, a Dask cluster).
+
+    Besides running attempts, an executor says what the values it produces are (its
+    ``values`` for the engine: live objects, or futures of a cluster), how to turn one
+    into what the user sees (``resolve``), and how cache keys and entries work for them.
+    """
 
     @property
     def slots(self) -> int: ...
 
+    @property
+    def values(self) -> ValueOps: ...
+
+    @property
+    def reports_starts(self) -> bool:
+        """True: attempts may queue in the executor, which reports TaskStarted when
+        one really starts (timeouts count from then). False: submitting starts them."""
+        ...
+
     def start(self, completions: SimpleQueue[Event]) -> None: ...
 
-    def submit(
-        self,
-        key: str,
-        attempt: int,
-        caller: Caller,
-        inputs: dict[str, Any],
-        no_retry_on: tuple[type[BaseException], ...],
-    ) -> None: ...
+    def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None: ...
 
     def cancel(self, key: str, attempt: int) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    def resolve(self, value: Any) -> Any: ...
+
+    def cache_key(self, spec: TaskSpec, inputs: dict[str, Any]) -> str: ...
+
+    def cache_hit(self, entry: CacheEntry) -> CacheEntry | None: ...
+
+    def cache_put(
+        self, cache: ResultCache, key: str, value: Any, expires_at: float | None
+    ) -> None: ...
 
 
 class EmbeddedRun:
@@ -78,6 +101,7 @@ class EmbeddedRun:
         max_concurrency: int | None = None,
         cache: ResultCache = PROCESS_CACHE,
         clock: Any = None,
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
         self.executor: Executor = executor or ThreadExecutor()
@@ -86,13 +110,19 @@ class EmbeddedRun:
         limit = self.executor.slots
         if max_concurrency is not None:
             limit = min(limit, max_concurrency)
-        self.engine = FlowRunEngine(
-            graph,
-            params,
-            clock=clock or SystemClock(),
-            max_concurrency=limit,
-            auto_start=True,
-        )
+        try:
+            self.engine = FlowRunEngine(
+                graph,
+                params,
+                clock=clock or SystemClock(),
+                values=self.executor.values,
+                max_concurrency=limit,
+                auto_start=not self.executor.reports_starts,
+                on_transition=on_transition,
+            )
+        except BaseException:
+            self.executor.shutdown()  # e.g. a LocalCluster started for this run
+            raise
         self._callers: dict[Any, Caller] = {}
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -124,6 +154,11 @@ class EmbeddedRun:
                     self._execute(commands)
             except KeyboardInterrupt:
                 self._execute(engine.handle(CancelRequested("interrupted (Ctrl-C)")))
+            if engine.state is FlowRunState.SUCCESS and engine.result is not None:
+                try:
+                    engine.result = self.executor.resolve(engine.result)
+                except Exception as exc:
+                    engine.result_unavailable(exc)
         finally:
             self.executor.shutdown()
         return engine
@@ -131,6 +166,7 @@ class EmbeddedRun:
     def _execute(self, commands: list[Command]) -> None:
         queue = deque(commands)
         executor = self.executor
+        batch: list[tuple[RunTask, Caller]] = []
         while queue:
             command = queue.popleft()
             if type(command) is RunTask:
@@ -143,20 +179,24 @@ class EmbeddedRun:
                             "embedded runs need flows compiled here"
                         )
                     caller = self._callers[spec.fn] = make_caller(spec.fn)
-                executor.submit(
-                    command.run.key, command.attempt, caller, command.inputs, spec.no_retry_on
-                )
-            elif isinstance(command, CancelTask):
+                batch.append((command, caller))
+                continue
+            if batch:  # keep the order of submits and cancels
+                executor.submit(batch)
+                batch = []
+            if isinstance(command, CancelTask):
                 executor.cancel(command.run.key, command.attempt)
             elif isinstance(command, CheckCache):
                 queue.extend(self.engine.handle(self._check_cache(command)))
             elif isinstance(command, WriteCache):
-                self.cache.put(command.cache_key, command.value, command.expires_at)
+                executor.cache_put(self.cache, command.cache_key, command.value, command.expires_at)
+        if batch:
+            executor.submit(batch)
 
     def _check_cache(self, command: CheckCache) -> CacheChecked:
         run = command.run
         try:
-            key = cache_key(run.spec, command.inputs)
+            key = self.executor.cache_key(run.spec, command.inputs)
         except Exception as exc:
             # A broken key function must not break the run: run the task uncached.
             warnings.warn(
@@ -166,4 +206,7 @@ class EmbeddedRun:
                 stacklevel=2,
             )
             return CacheChecked(run.key, "", None)
-        return CacheChecked(run.key, key, self.cache.get(key))
+        entry = self.cache.get(key)
+        if entry is not None:
+            entry = self.executor.cache_hit(entry)
+        return CacheChecked(run.key, key, entry)

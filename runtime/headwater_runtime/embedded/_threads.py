@@ -17,8 +17,10 @@ import threading
 from queue import SimpleQueue
 from typing import Any
 
-from headwater_runtime.engine import Event
+from headwater_runtime.engine import PYTHON_VALUES, CacheEntry, Event, RunTask, TaskSpec, ValueOps
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
+
+from ._cache import ResultCache, cache_key
 
 _Job = tuple[str, int, Caller, dict[str, Any], tuple[type[BaseException], ...]]
 
@@ -66,15 +68,38 @@ class ThreadExecutor:
         thread.start()
         self._threads.append(thread)
 
-    def submit(
-        self,
-        key: str,
-        attempt: int,
-        caller: Caller,
-        inputs: dict[str, Any],
-        no_retry_on: tuple[type[BaseException], ...],
-    ) -> None:
-        self._work.put((key, attempt, caller, inputs, no_retry_on))
+    @property
+    def values(self) -> ValueOps:
+        return PYTHON_VALUES  # live objects, passed as they are
+
+    @property
+    def reports_starts(self) -> bool:
+        return False  # a job waits for a thread only while the engine's slots allow
+
+    def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
+        put = self._work.put
+        for command, caller in tasks:
+            put(
+                (
+                    command.run.key,
+                    command.attempt,
+                    caller,
+                    command.inputs,
+                    command.run.spec.no_retry_on,
+                )
+            )
+
+    def resolve(self, value: Any) -> Any:
+        return value
+
+    def cache_key(self, spec: TaskSpec, inputs: dict[str, Any]) -> str:
+        return cache_key(spec, inputs)
+
+    def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
+        return entry
+
+    def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
+        cache.put(key, value, expires_at)
 
     def cancel(self, key: str, attempt: int) -> None:
         """Interrupt the thread running this attempt, and replace it in the pool."""

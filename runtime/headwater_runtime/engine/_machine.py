@@ -685,6 +685,14 @@ class FlowRunEngine:
         out, self._out = self._out, []
         return out
 
+    def result_unavailable(self, exc: Exception) -> None:
+        """The host could not deliver the result of a SUCCESS run (e.g. a part of a
+        value held remotely did not exist): the run FAILED, as if assembling it here had."""
+        if self.state is not FlowRunState.SUCCESS:
+            raise RuntimeError(f"flow run is {self.state.name}, not SUCCESS")
+        self.result = None
+        self._set_flow_state(FlowRunState.FAILED, f"could not assemble the result: {exc!r}")
+
     def _finish(self) -> None:
         if self.cancel_reason is not None:
             state, message = FlowRunState.CANCELLED, self.cancel_reason

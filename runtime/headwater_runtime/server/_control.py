@@ -104,6 +104,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
     async def GetFlowRun(self, request: Any, context: Any) -> Any:
         row = await self._flow_run(request.id, context)
         response = control_plane_pb2.GetFlowRunResponse(flow_run=flow_run_message(row))
+        if response.flow_run.HasField("result"):
+            await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
             history: dict[str, list[Any]] = {}
             for entry in self.store.task_run_history(row.id):
@@ -164,6 +166,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
         except NoResult as exc:
             await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(
             result=value,
             state=state.value,  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from headwater.v1 import run_pb2, worker_pb2
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
     EventIgnored,
+    FailureInfo,
     TaskFailed,
     TaskLost,
     TaskRunRecord,
@@ -30,7 +31,8 @@ from headwater_runtime.store import LogRow, Store
 from ._codec import failure_from_proto
 from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
-from ._runs import RunManager, split_task_run_id
+from ._exports import DaskExports
+from ._runs import PendingAssignment, RunManager, split_task_run_id
 
 PROTOCOL_VERSION = 1
 #: When busy, how long reports gather before one commit covers them all (seconds).
@@ -62,7 +64,8 @@ class ServerCore:
         self.store = store
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.dispatcher = Dispatcher(on_lost=self._lost)
+        self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
+        self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self.exports.prepare)
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
@@ -189,11 +192,13 @@ class ServerCore:
         welcome.heartbeat_timeout.FromNanoseconds(round(self.settings.heartbeat_timeout * 1e9))
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.dispatcher.connect(session, adopted)
+        self.exports.connected(session)
         self.touch()
         return session, welcome, outbox
 
     def disconnect(self, session: WorkerSession) -> None:
         self.dispatcher.disconnect(session.session_id)
+        self.exports.forget(session)
         self.touch()
 
     def on_worker_message(self, session: WorkerSession, msg: worker_pb2.ConnectRequest) -> None:
@@ -233,6 +238,7 @@ class ServerCore:
             elif kind == "result":
                 cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
                 event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
+                self.exports.record(session, msg.result.result)
             elif kind == "failure":
                 failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
                 event = TaskFailed(run_key, token.attempt, failure)
@@ -243,6 +249,9 @@ class ServerCore:
                 self.dispatcher.finished(key)
                 self._ack(session, token, ignored)
             self.touch()
+            return
+        if kind == "value_exported":
+            self.exports.on_exported(session, msg.value_exported)
             return
         if kind == "cache_key":
             self._cache_key(session, msg.cache_key)
@@ -284,6 +293,20 @@ class ServerCore:
         self.runs.add_log(
             LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
         )
+
+    def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        self.dispatcher.send_assignment(session, pending)
+
+    def _fail_held(self, pending: PendingAssignment, failure: FailureInfo) -> None:
+        # Called while the dispatcher assigns: fail the attempt once it is done.
+        asyncio.get_running_loop().call_soon(self._fail_attempt, pending, failure)
+
+    def _fail_attempt(self, pending: PendingAssignment, failure: FailureInfo) -> None:
+        task_run_id, attempt = pending.token
+        _, key = split_task_run_id(task_run_id)
+        self.runs.handle(pending.flow_run_id, TaskFailed(key, attempt, failure))
+        self.dispatcher.finished(pending.token)
+        self.touch()
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         _, key = split_task_run_id(task_run_id)

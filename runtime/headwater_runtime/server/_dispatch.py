@@ -50,10 +50,18 @@ class Dispatcher:
     Args:
         on_lost: called with (flow run id, task run id, attempt) for every attempt a
             disconnected worker was holding.
+        before_send: called with (session, pending) when an attempt is assigned; False
+            holds the assignment back (it keeps its slot): the caller sends it later
+            with ``send_assignment``, or fails it (values to export first, see _exports).
     """
 
-    def __init__(self, on_lost: Callable[[str, str, int], None]) -> None:
+    def __init__(
+        self,
+        on_lost: Callable[[str, str, int], None],
+        before_send: Callable[[WorkerSession, PendingAssignment], bool] | None = None,
+    ) -> None:
         self.on_lost = on_lost
+        self.before_send = before_send
         self.sessions: dict[str, WorkerSession] = {}
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
@@ -157,4 +165,9 @@ class Dispatcher:
     def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
         session.running[pending.token] = pending.flow_run_id
         self._owner[pending.token] = session
-        session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))
+        if self.before_send is None or self.before_send(session, pending):
+            self.send_assignment(session, pending)
+
+    def send_assignment(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        if self._owner.get(pending.token) is session:  # not lost or cancelled meanwhile
+            session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))

@@ -1,0 +1,318 @@
+"""The Dask bridge worker: a worker whose task runs execute on a Dask cluster.
+
+It connects to the control plane like any worker (``_worker.Worker``), but each
+attempt is a Dask task (``headwater_runtime.dask._remote.run_attempt``, the same
+wrapper the embedded DaskExecutor uses: timeout watchdog, interruption, outcomes).
+Results stay in the cluster: the bridge keeps the future and reports
+``PayloadRef(location="dask", dask_key=..., payload_id=<bridge-made id>)``. An
+assignment to this bridge that carries such a ref gets the future itself (Dask moves
+the data between its workers). When another worker needs the value, the control plane
+sends ``ExportValue`` and the bridge fetches, encodes and uploads it (``ValueExported``).
+
+Known limit: the bridge keeps every result future until it exits (no release protocol
+yet), so long-lived bridges hold all results in cluster memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from headwater.v1 import payload_pb2, worker_pb2
+from headwater_runtime.execution import failure_from_exception, make_caller
+
+from ._task import Task
+from ._worker import Worker
+from ._worker_attempts import Attempts, Send, Token, _Attempt, failure_report, seconds
+from ._worker_codec import LENGTH_KEY, encode_result, failure, failure_message
+
+log = logging.getLogger("headwater.worker")
+
+DASK = "dask"
+# How often a waiting attempt thread wakes up, so an interruption lands promptly.
+_POLL = 0.1
+
+
+class DaskAttempts(Attempts):
+    """Attempts that run as Dask tasks; results are kept as futures."""
+
+    def __init__(
+        self,
+        tasks: Mapping[str, Task[..., Any]],
+        slots: int,
+        worker_name: str,
+        send: Send,
+        client: Any,
+    ) -> None:
+        super().__init__(tasks, slots, worker_name, send)
+        self.client = client
+        self.values: dict[str, Any] = {}  # payload id -> future, kept alive here
+        self._futures: dict[Token, tuple[Any, str]] = {}
+
+    # Inputs: refs this bridge holds become futures ------------------------------------
+
+    def _future(self, value: payload_pb2.Value) -> Any | None:
+        if value.WhichOneof("kind") == "ref" and value.ref.location == DASK:
+            future = self.values.get(value.ref.payload_id)
+            if future is None:
+                raise LookupError(f"value {value.ref.payload_id!r} is not held by this Dask bridge")
+            return future
+        return None
+
+    def _input(self, msg: worker_pb2.InputValue) -> Any:
+        """An argument: futures for held values (parts of them as Part), else decoded."""
+        from headwater_runtime.dask import Part
+
+        from ._payloads import decode_value
+
+        kind = msg.WhichOneof("kind")
+        value: Any
+        if kind == "value":
+            future = self._future(msg.value)
+            if future is not None:
+                path = tuple(
+                    e.key if e.WhichOneof("selector") == "key" else e.index for e in msg.path
+                )
+                return Part(future, path) if path else future
+            assert self.transfer is not None
+            value = decode_value(msg.value, self.transfer.download)
+        elif kind == "list":
+            items = [self._input(i) for i in msg.list.items]
+            value = tuple(items) if msg.list.tuple else items
+        elif kind == "map":
+            value = {e.key: self._input(e.value) for e in msg.map.entries}
+        else:
+            value = None
+        for element in msg.path:
+            value = value[element.key if element.WhichOneof("selector") == "key" else element.index]
+        return value
+
+    # Running ------------------------------------------------------------------------
+
+    def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest:
+        from headwater_runtime.dask import Outcome
+        from headwater_runtime.dask._executor import cluster_declares, split_inputs
+        from headwater_runtime.dask._remote import run_attempt
+
+        assignment, token = attempt.assignment, attempt.token
+        task = attempt.task
+        try:
+            names = [n for n in assignment.argument_order if n in assignment.inputs]
+            names += sorted(n for n in assignment.inputs if n not in set(names))
+            inputs = {name: self._input(assignment.inputs[name]) for name in names}
+            plain, selections = split_inputs(self.client, inputs)
+        except Exception as exc:
+            cause = failure_from_exception(exc)
+            why = f"cannot assemble the inputs of {assignment.task_type}: {cause}"
+            return failure_report(token, failure("headwater.InputError", why, retryable=True))
+        resources = dict(task.resources)
+        if resources and not cluster_declares(self.client, resources):
+            why = (
+                f"task {task.name!r} needs resources {resources}, and no worker of the Dask "
+                "cluster declares them (start workers with --resources)"
+            )
+            return failure_report(
+                token, failure("headwater.ResourcesUnavailable", why, retryable=False)
+            )
+        timeout = None
+        if assignment.HasField("timeout") and seconds(assignment.timeout) > 0:
+            timeout = seconds(assignment.timeout)
+        key = f"{task.name}-{token[0]}-{token[1]}"
+        future = self.client.submit(
+            run_attempt,
+            make_caller(task.fn),
+            plain,
+            selections,
+            key,
+            task.name,
+            token[1],
+            task.no_retry_on,
+            timeout,
+            key=key,
+            resources=resources or None,
+            pure=False,
+        )
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        with self.lock:
+            self._futures[token] = (future, key)
+        while not done.wait(_POLL):  # interruptible between waits (cancel, timeout)
+            pass
+        self._seal(attempt)
+        with self.lock:
+            self._futures.pop(token, None)
+        if future.status != "finished":
+            why = f"the Dask task ended {future.status}"
+            if future.status == "error":
+                why = f"{why}: {future.exception()!r}"
+            return failure_report(token, failure("headwater.DaskError", why, retryable=True))
+        if future.type is Outcome:
+            outcome: Outcome = future.result()
+            if outcome.kind == "skipped":
+                skipped = worker_pb2.TaskSkipped(token=assignment.token, reason=outcome.reason)
+                return worker_pb2.ConnectRequest(skipped=skipped)
+            if outcome.failure is not None:
+                return failure_report(
+                    token,
+                    failure_message(outcome.failure),
+                    timed_out=outcome.failure.timed_out,
+                )
+            why = f"the attempt was interrupted on its Dask worker ({outcome.reason})"
+            return failure_report(token, failure("headwater.Interrupted", why, retryable=True))
+        try:
+            value = self._ref(future, split=assignment.split_result)
+        except Exception as exc:
+            why = f"cannot split the result of {task.name!r} into elements: {exc!r}"
+            return failure_report(token, failure("headwater.EncodingError", why, retryable=False))
+        result = worker_pb2.TaskResult(token=assignment.token, result=value)
+        return worker_pb2.ConnectRequest(result=result)
+
+    def _ref(self, future: Any, split: bool) -> payload_pb2.Value:
+        """A Value referring to a future this bridge keeps (elements too when split)."""
+        from headwater_runtime.dask._remote import length_of, select
+
+        metadata: dict[str, str] = {}
+        items: list[payload_pb2.Value] = []
+        if split:
+            n = self.client.submit(length_of, future, (), pure=False).result()
+            if n is not None:
+                metadata[LENGTH_KEY] = str(n)
+                for i in range(n):
+                    part = self.client.submit(select, future, (i,), pure=False)
+                    items.append(self._hold(part, {}))
+        value = self._hold(future, metadata)
+        value.items.extend(items)
+        return value
+
+    def _hold(self, future: Any, metadata: dict[str, str]) -> payload_pb2.Value:
+        payload_id = f"dask-{uuid.uuid4().hex}"
+        self.values[payload_id] = future
+        ref = payload_pb2.PayloadRef(
+            payload_id=payload_id, location=DASK, dask_key=str(future.key), metadata=metadata
+        )
+        return payload_pb2.Value(ref=ref)
+
+    def _drop(self, attempt: _Attempt) -> None:
+        super()._drop(attempt)
+        entry = self._futures.pop(attempt.token, None)
+        if entry is not None:  # a running Dask task is not stopped by cancel(): interrupt it
+            from headwater_runtime.dask._executor import interrupt_everywhere
+
+            future, key = entry
+            future.cancel()
+            interrupt_everywhere(self.client, [key])
+
+    # Exports ------------------------------------------------------------------------
+
+    def export(self, payload_id: str) -> worker_pb2.ConnectRequest:
+        """Fetch a held value from the cluster and encode it for any worker."""
+        answer = worker_pb2.ValueExported(payload_id=payload_id)
+        future = self.values.get(payload_id)
+        try:
+            if future is None:
+                raise LookupError(f"this Dask bridge does not hold value {payload_id!r}")
+            assert self.transfer is not None
+            value = encode_result(
+                future.result(),
+                result_encoding="",
+                split=False,
+                inline_limit=self.inline_limit,
+                transfer=self.transfer,
+            )
+            answer.value.CopyFrom(value)
+        except Exception as exc:
+            answer.error.CopyFrom(failure_message(failure_from_exception(exc)))
+        return worker_pb2.ConnectRequest(value_exported=answer)
+
+
+class DaskBridgeWorker(Worker):
+    """A Worker whose attempts run on a Dask cluster (see the module docstring).
+
+    Args:
+        dask: ``"local"`` (start a LocalCluster) or a scheduler address.
+        slots: most attempts at once (default: the cluster's total threads).
+        n_workers / threads_per_worker: the LocalCluster's size (``dask="local"``).
+        Other arguments as for Worker.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        modules: Iterable[str] = (),
+        *,
+        dask: str = "local",
+        slots: int | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        on_connect: Callable[[Worker], None] | None = None,
+        **options: Any,
+    ) -> None:
+        from headwater_runtime.dask import DaskExecutor
+
+        local = dask == "local"
+        self.executor = DaskExecutor(
+            None if local else dask,
+            n_workers=n_workers if local else None,
+            threads_per_worker=threads_per_worker if local else None,
+        )
+        client = self.executor.client
+        try:
+            threads: dict[str, int] = client.nthreads()
+            default = max(1, sum(threads.values()))
+            super().__init__(
+                server,
+                modules,
+                slots=default if slots is None else slots,
+                on_connect=on_connect,
+                **options,
+            )
+        except BaseException:
+            self.executor.shutdown()
+            raise
+        self._ship_by_value()
+        self.attempts = DaskAttempts(self.tasks, self.slots, self.name, self._send, client)
+        self._lock = self.attempts.lock
+        self.dask_address = str(getattr(client.scheduler, "address", ""))
+
+    def _ship_by_value(self) -> None:
+        """The task modules may not be importable on the cluster's workers: send
+        their functions by value rather than by module name (as ``run --dask`` does)."""
+        import sys
+
+        import cloudpickle
+
+        for task in self.tasks.values():
+            name = getattr(task.fn, "__module__", "")
+            module = sys.modules.get(name)
+            if module is not None and not name.startswith(("headwater", "builtins")):
+                cloudpickle.register_pickle_by_value(module)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.executor.shutdown()
+
+    def _export(self, request: worker_pb2.ExportValue) -> None:
+        attempts = self.attempts
+        assert isinstance(attempts, DaskAttempts)
+
+        def work() -> None:
+            answer = attempts.export(request.payload_id)
+            if answer.value_exported.HasField("error"):
+                log.warning(
+                    "could not export %s: %s",
+                    request.payload_id,
+                    answer.value_exported.error.message,
+                )
+            else:
+                size = answer.value_exported.value.ByteSize()
+                log.info(
+                    "exported value %s for another worker (%d bytes)", request.payload_id, size
+                )
+            self._send(answer)
+
+        threading.Thread(target=work, name="headwater-export", daemon=True).start()

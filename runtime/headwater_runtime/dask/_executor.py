@@ -1,0 +1,427 @@
+"""DaskExecutor: run an embedded flow's task functions on a Dask cluster.
+
+The engine stays in this process; task attempts are Dask tasks. A result stays in the
+cluster as the future of its attempt, and a downstream task receives that future as an
+argument of ``client.submit`` (Dask resolves it on the worker), so large data never
+passes through this process. Only the flow's result is gathered for the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping
+from functools import partial
+from queue import SimpleQueue
+from typing import Any
+
+from distributed import Client, Future, LocalCluster
+
+from headwater_runtime.embedded._cache import ResultCache, cache_key_prefix, make_cache_key
+from headwater_runtime.engine import (
+    CacheEntry,
+    Event,
+    FailureInfo,
+    RunTask,
+    TaskFailed,
+    TaskLost,
+    TaskSkipped,
+    TaskSpec,
+    TaskStarted,
+    TaskSucceeded,
+)
+from headwater_runtime.execution import Caller, failure_from_exception
+
+from ._remote import Outcome, compute_cache_key, interrupt, run_attempt, select
+from ._values import DaskValues, Part, holds_remote, locate
+
+log = logging.getLogger("headwater.dask")
+
+_Selections = dict[str, tuple[Any, tuple[str | int, ...]]]
+
+
+class DaskExecutor:
+    """Runs task functions on a Dask cluster (``dask.distributed``).
+
+    Args:
+        address: scheduler address (``"tcp://host:8786"``) of a running cluster; None
+            starts a LocalCluster for each run and closes it after.
+        client: an existing ``distributed.Client`` to use instead (left open).
+        n_workers: worker processes of the LocalCluster (address=None only).
+        threads_per_worker: threads per LocalCluster worker (address=None only).
+        resources: resources every LocalCluster worker declares, e.g. ``{"GPU": 1}``.
+        slots: most attempts submitted at once (default: ``attempts_per_thread`` x the
+            cluster's total threads, so workers are not idle while the next attempts
+            travel to them; Dask queues the excess, and a timeout counts from the
+            attempt's start on a worker).
+        connect_timeout: seconds to wait for the scheduler at ``address``.
+    """
+
+    #: Attempts in flight per Dask worker thread, by default (see ``slots``). Measured
+    #: on the benchmarks' 1,000-task layered DAG: 1 per thread costs ~2x raw Dask
+    #: futures (every task waits for a round trip to this process), 16 is on par.
+    attempts_per_thread = 16
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        client: Client | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        slots: int | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if address is not None and client is not None:
+            raise ValueError("pass either address= or client=, not both")
+        local_options = (n_workers, threads_per_worker, resources)
+        if (address is not None or client is not None) and any(
+            o is not None for o in local_options
+        ):
+            raise ValueError(
+                "n_workers, threads_per_worker and resources configure the LocalCluster "
+                "that address=None starts; they cannot apply to an existing cluster"
+            )
+        for name, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if slots is not None and slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        self.address = address
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.resources = dict(resources or {})
+        self._given_client = client
+        self._slots = slots
+        self.connect_timeout = connect_timeout
+        self._client: Client | None = None
+        self._cluster: LocalCluster | None = None
+        self._values: DaskValues | None = None
+        self._lock = threading.Lock()
+        self._futures: dict[tuple[str, int], tuple[Future[Any], str]] = {}
+        self._completions: SimpleQueue[Event] | None = None
+        self._run_id = ""
+        self._cached: list[tuple[ResultCache, str]] = []
+        self._servable: set[tuple[tuple[str, float], ...]] = set()
+        self._tokens: dict[str, tuple[str, int]] = {}
+        self._topic: str | None = None
+        self.interrupted = 0
+
+    # ------------------------------------------------------------- connection
+
+    @property
+    def client(self) -> Client:
+        """The Dask client (connecting, or starting the LocalCluster, on first use)."""
+        if self._client is None:
+            self._connect()
+        assert self._client is not None
+        return self._client
+
+    def _connect(self) -> None:
+        if self._given_client is not None:
+            self._client = self._given_client
+        elif self.address is not None:
+            try:
+                self._client = Client(
+                    self.address, set_as_default=False, timeout=self.connect_timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                raise ConnectionError(
+                    f"cannot reach the Dask scheduler at {self.address} ({exc}); "
+                    "check the address, or use --dask local / address=None"
+                ) from None
+        else:
+            self._cluster = LocalCluster(
+                n_workers=self.n_workers,
+                threads_per_worker=self.threads_per_worker,
+                processes=True,
+                dashboard_address=":0",  # None still binds 8787 (health routes)
+                silence_logs=logging.ERROR,
+                resources=self.resources or None,
+            )
+            self._client = Client(self._cluster, set_as_default=False)
+        self._values = DaskValues(self._client)
+
+    @property
+    def slots(self) -> int:
+        if self._slots is not None:
+            return self._slots
+        threads: dict[str, int] = self.client.nthreads()
+        return max(1, self.attempts_per_thread * sum(threads.values()))
+
+    @property
+    def values(self) -> DaskValues:
+        if self._values is None:
+            self._connect()
+        assert self._values is not None
+        return self._values
+
+    # ------------------------------------------------------------ Executor API
+
+    def start(self, completions: SimpleQueue[Event]) -> None:
+        self._completions = completions
+        self._run_id = uuid.uuid4().hex[:12]
+        self._servable.clear()
+        self._tokens.clear()
+        self._topic = f"headwater-started-{self._run_id}"
+        self.client.subscribe_topic(self._topic, self._started)
+
+    def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
+        """Submit attempts; those with the same resources go in one ``client.map``."""
+        groups: dict[tuple[tuple[str, float], ...], list[tuple[RunTask, Caller]]]
+        groups = defaultdict(list)
+        for item in tasks:
+            groups[tuple(sorted(item[0].run.spec.resources.items()))].append(item)
+        client = self.client
+        for resources, group in groups.items():
+            if resources and resources not in self._servable:
+                if not self._can_serve(dict(resources)):
+                    self._refuse(group, dict(resources))
+                    continue
+                self._servable.add(resources)
+            columns: list[list[Any]] = [[] for _ in range(9)]
+            keys: list[str] = []
+            for command, caller in group:
+                spec = command.run.spec
+                plain, selections = self._split(command.inputs)
+                token = self._token(command.run.key, command.attempt, spec)
+                row = (
+                    caller,
+                    plain,
+                    selections,
+                    token,
+                    command.run.name,
+                    command.attempt,
+                    spec.no_retry_on,
+                    spec.timeout,
+                    self._topic,
+                )
+                for column, value in zip(columns, row, strict=True):
+                    column.append(value)
+                keys.append(token)
+            futures = client.map(
+                run_attempt, *columns, key=keys, resources=dict(resources) or None, pure=False
+            )
+            with self._lock:
+                for (command, _), future, token in zip(group, futures, keys, strict=True):
+                    self._futures[(command.run.key, command.attempt)] = (future, token)
+                    self._tokens[token] = (command.run.key, command.attempt)
+            for (command, _), future in zip(group, futures, strict=True):
+                future.add_done_callback(partial(self._done, command.run.key, command.attempt))
+
+    @property
+    def reports_starts(self) -> bool:
+        """Attempts may wait in Dask's queue: their start is reported by the worker."""
+        return True
+
+    def _started(self, event: tuple[float, str]) -> None:
+        """Runs on the client's event loop when a worker reports an attempt started."""
+        found = self._tokens.get(event[1])
+        if found is not None and self._completions is not None:
+            self._completions.put(TaskStarted(*found))
+
+    def cancel(self, key: str, attempt: int) -> None:
+        """Drop the attempt's future and interrupt it if a worker is running it."""
+        with self._lock:
+            entry = self._futures.pop((key, attempt), None)
+        if entry is None:
+            return
+        future, token = entry
+        self.interrupted += 1
+        future.cancel()
+        # A running Dask task is not stopped by cancel(): ask every worker to
+        # interrupt it (a no-op where it is not running). Not awaited.
+        interrupt_everywhere(self.client, [token])
+
+    def shutdown(self) -> None:
+        """Forget this run's attempts; close the cluster and client if this executor
+        started them (cached results are gathered first, so the cache outlives them)."""
+        with self._lock:
+            leftovers = list(self._futures.values())
+            self._futures.clear()
+        for future, _ in leftovers:
+            future.cancel()
+        cached, self._cached = self._cached, []
+        if self._client is not None and self._topic is not None:
+            self._client.unsubscribe_topic(self._topic)
+            self._topic = None
+        if self._client is None or self._given_client is not None:
+            return
+        try:
+            if self._cluster is not None:
+                self._gather_cached(cached)
+        finally:
+            client, cluster = self._client, self._cluster
+            self._client = self._cluster = self._values = None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def _can_serve(self, needed: dict[str, float]) -> bool:
+        return cluster_declares(self.client, needed)
+
+    def _refuse(self, group: list[tuple[RunTask, Caller]], needed: dict[str, float]) -> None:
+        """Fail attempts no worker can run: Dask would hold them forever."""
+        completions = self._completions
+        assert completions is not None
+        for command, _ in group:
+            failure = FailureInfo(
+                type="headwater.ResourcesUnavailable",
+                message=f"task {command.run.name!r} needs resources {needed}, and no worker "
+                "of the Dask cluster declares them (start workers with --resources)",
+                retryable=False,
+            )
+            completions.put(TaskFailed(command.run.key, command.attempt, failure))
+
+    # ------------------------------------------------------------ values & cache
+
+    def resolve(self, value: Any) -> Any:
+        """A value as the user sees it: futures (and parts of them) gathered."""
+        if not holds_remote(value):
+            return value
+        return self.client.gather(self._materialize(value))
+
+    def cache_key(self, spec: TaskSpec, inputs: dict[str, Any]) -> str:
+        """The cache key from the inputs' real values (computed in the cluster when
+        they live there, so a key function sees the same values as on threads)."""
+        assert spec.cache is not None
+        prefix = cache_key_prefix(spec)
+        if not any(holds_remote(v) for v in inputs.values()):
+            return make_cache_key(prefix, spec.cache.key_fn, spec.name, inputs)
+        plain, selections = self._split(inputs)
+        future = self.client.submit(
+            compute_cache_key, prefix, spec.cache.key_fn, spec.name, plain, selections, pure=False
+        )
+        key: str = future.result()
+        return key
+
+    def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
+        """The entry, unless it holds futures this executor's cluster cannot serve."""
+        where = locate(entry.value)
+        if where is None:
+            return entry
+        future = where[0]
+        if future.client is not self.client or future.status in ("cancelled", "lost"):
+            return None
+        return entry
+
+    def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
+        cache.put(key, value, expires_at)
+        if isinstance(value, Future):
+            self._cached.append((cache, key))
+
+    def _gather_cached(self, cached: list[tuple[ResultCache, str]]) -> None:
+        entries = []
+        for cache, key in cached:
+            entry = cache.get(key)
+            if entry is not None and isinstance(entry.value, Future):
+                entries.append((cache, key, entry))
+        if not entries:
+            return
+        values = self.client.gather([entry.value for _, _, entry in entries])
+        for (cache, key, entry), value in zip(entries, values, strict=True):
+            cache.put(key, value, entry.expires_at)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _token(self, key: str, attempt: int, spec: TaskSpec) -> str:
+        # Unique in the cluster; Dask groups tasks by the name before the first dash.
+        return f"{spec.name}-{self._run_id}-{key}-{attempt}"
+
+    def _split(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], _Selections]:
+        return split_inputs(self.client, inputs)
+
+    def _materialize(self, value: Any) -> Any:
+        return materialize(self.client, value)
+
+    def _done(self, key: str, attempt: int, future: Future[Any]) -> None:
+        """Runs on Dask's callback thread when an attempt's future is done."""
+        with self._lock:
+            entry = self._futures.pop((key, attempt), None)
+        completions = self._completions
+        if entry is None or completions is None:
+            return  # cancelled: the engine has moved on from this attempt
+        event: Event
+        status = future.status
+        if status == "finished":
+            if future.type is Outcome:
+                outcome: Outcome = future.result()
+                if outcome.kind == "interrupted":
+                    self.interrupted += 1  # by its worker, at its timeout
+                event = _outcome_event(key, attempt, outcome)
+            else:
+                event = TaskSucceeded(key, attempt, future)
+        elif status == "error":
+            # The wrapper itself failed: arguments that could not be unpickled on the
+            # worker, a worker that died running it too often (KilledWorker), ...
+            exc = future.exception()
+            event = TaskFailed(key, attempt, failure_from_exception(exc))
+        else:
+            event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
+        completions.put(event)
+
+
+def interrupt_everywhere(client: Client, tokens: list[str]) -> None:
+    """Ask every worker to interrupt these attempts where they run (not awaited). A
+    cluster that cannot be asked must not break the run: the attempt is already
+    abandoned, and its watchdog still stops it at its timeout."""
+    try:
+        client.run(interrupt, tokens, wait=False)
+    except Exception as exc:
+        log.warning("could not ask the Dask workers to interrupt %s: %r", tokens, exc)
+
+
+def cluster_declares(client: Client, needed: dict[str, float]) -> bool:
+    """Whether some worker of the cluster declares these resources (asked each time:
+    workers may have joined since)."""
+    info: dict[str, Any] = client.scheduler_info()
+    for worker in info.get("workers", {}).values():
+        declared = worker.get("resources") or {}
+        if all(declared.get(name, 0) >= amount for name, amount in needed.items()):
+            return True
+    return False
+
+
+def split_inputs(client: Client, inputs: dict[str, Any]) -> tuple[dict[str, Any], _Selections]:
+    """Arguments for ``run_attempt``: top-level Parts become selections taken on the
+    worker; Parts nested in lists or dicts become small select tasks."""
+    plain: dict[str, Any] = {}
+    selections: _Selections = {}
+    for arg, value in inputs.items():
+        if isinstance(value, Part):
+            selections[arg] = (value.future, value.path)
+        elif isinstance(value, list | tuple | dict) and holds_remote(value):
+            plain[arg] = materialize(client, value)
+        else:
+            plain[arg] = value
+    return plain, selections
+
+
+def materialize(client: Client, value: Any) -> Any:
+    """Replace Parts in engine-built containers with futures of select tasks."""
+    if isinstance(value, Part):
+        return client.submit(select, value.future, value.path, pure=False)
+    if isinstance(value, list):
+        return [materialize(client, v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(materialize(client, v) for v in value)
+    if isinstance(value, dict):
+        return {k: materialize(client, v) for k, v in value.items()}
+    return value
+
+
+def _outcome_event(key: str, attempt: int, outcome: Outcome) -> Event:
+    if outcome.kind == "skipped":
+        return TaskSkipped(key, attempt, outcome.reason)
+    if outcome.failure is not None:
+        return TaskFailed(key, attempt, outcome.failure)
+    # Interrupted, not at its timeout: only a cancel does that, and a cancelled attempt
+    # is never reported; should one be, it is a failure the engine then ignores.
+    failure = FailureInfo(
+        type="headwater.Interrupted",
+        message=f"task attempt {key!r} was interrupted on its Dask worker ({outcome.reason})",
+    )
+    return TaskFailed(key, attempt, failure)

@@ -1,0 +1,87 @@
+"""ValueOps over results held in a Dask cluster (futures), without gathering them.
+
+A task's result is the Dask future of its attempt. Parts of it (an element to map
+over, ``result["key"]``) are described lazily as a ``Part`` and taken inside the
+downstream task on the worker (see ``_remote.run_attempt``), so neither the value nor
+the part passes through the orchestrator. Only the length of a value to map over is
+computed, by a tiny task in the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, Future
+
+from headwater_runtime.engine import PYTHON_VALUES
+
+from ._remote import length_of
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """The part of the value of ``future`` at ``path`` (taken in the cluster)."""
+
+    future: Future[Any]
+    path: Path
+
+
+def locate(value: Any) -> tuple[Future[Any], Path] | None:
+    """(future, path) when ``value`` lives in the cluster, else None."""
+    if isinstance(value, Future):
+        return value, ()
+    if isinstance(value, Part):
+        return value.future, value.path
+    return None
+
+
+def holds_remote(value: Any, depth: int = 0) -> bool:
+    """Whether a value built by the engine (lists, tuples, dicts) contains a future."""
+    if isinstance(value, Future | Part):
+        return True
+    if depth > 8:
+        return False
+    if isinstance(value, list | tuple):
+        return any(holds_remote(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return any(holds_remote(v, depth + 1) for v in value.values())
+    return False
+
+
+class DaskValues:
+    """ValueOps whose values may be futures of ``client`` (or Parts of them)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._lengths: dict[tuple[str, Path], int | None] = {}
+
+    def length(self, value: Any) -> int | None:
+        where = locate(value)
+        if where is None:
+            return PYTHON_VALUES.length(value)
+        future, path = where
+        known = (str(future.key), path)
+        if known not in self._lengths:
+            n = self.client.submit(length_of, future, path, pure=False).result()
+            self._lengths[known] = n
+        return self._lengths[known]
+
+    def item(self, value: Any, index: int) -> Any:
+        return self.select(value, (index,))
+
+    def select(self, value: Any, path: Path) -> Any:
+        where = locate(value)
+        if where is None:
+            return PYTHON_VALUES.select(value, path)
+        future, base = where
+        return Part(future, base + tuple(path))
+
+    def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        return tuple(items) if is_tuple else items
+
+    def make_dict(self, entries: dict[str, Any]) -> Any:
+        return entries

@@ -1,0 +1,166 @@
+"""What is particular to the DaskExecutor (its behaviour shared with the thread pool is
+tested on both in test_embedded.py): resources route tasks to the Dask workers that
+declare them, a LocalCluster per run, cached results outliving that cluster, errors."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from distributed import Client, Future, Nanny, Scheduler, SpecCluster, get_worker
+
+from headwater import DaskExecutor, FlowRunState, TaskRunState, flow, task
+from headwater_runtime.embedded import PROCESS_CACHE
+
+S = TaskRunState
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster() -> Iterator[tuple[Client, str]]:
+    """Two worker processes of one thread; only the one named "gpu" declares GPU=1."""
+    quiet = {"silence_logs": logging.CRITICAL}
+    cluster = SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+        workers={
+            "cpu": {"cls": Nanny, "options": {"nthreads": 1, **quiet}},
+            "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, **quiet}},
+        },
+        silence_logs=logging.CRITICAL,
+    )
+    client = Client(cluster, set_as_default=False)
+    try:
+        client.wait_for_workers(2, timeout=60)
+        (gpu,) = [
+            address
+            for address, info in client.scheduler_info()["workers"].items()
+            if info["name"] == "gpu"
+        ]
+        yield client, gpu
+    finally:
+        client.close()
+        cluster.close()
+
+
+def test_tasks_with_resources_run_only_on_workers_that_declare_them(
+    gpu_cluster: tuple[Client, str],
+) -> None:
+    client, gpu_worker = gpu_cluster
+
+    @task(resources={"GPU": 1})
+    def train(i: int) -> str:
+        return str(get_worker().address)
+
+    @task
+    def prepare(i: int) -> str:
+        return str(get_worker().address)
+
+    @flow
+    def f() -> dict[str, list[str]]:
+        items = list(range(8))
+        return {"train": train.map(items), "prepare": prepare.map(items)}
+
+    run = f.run(executor=DaskExecutor(client=client))
+    assert run.state is FlowRunState.SUCCESS, run.message
+    assert run.result["train"] == [gpu_worker] * 8
+    # Tasks without resources may run anywhere: both workers exist, both are allowed.
+    assert set(run.result["prepare"]) <= set(client.scheduler_info()["workers"])
+
+
+def test_a_task_whose_resources_no_worker_declares_fails_at_once(
+    gpu_cluster: tuple[Client, str],
+) -> None:
+    client, _ = gpu_cluster
+
+    @task(resources={"TPU": 1}, retries=3)
+    def impossible() -> int:
+        return 1
+
+    @flow
+    def f() -> int:
+        return impossible()
+
+    run = f.run(executor=DaskExecutor(client=client))
+    assert run.state is FlowRunState.FAILED
+    record = run.task_run("impossible")
+    assert record.failure is not None
+    assert record.failure.type == "headwater.ResourcesUnavailable"
+    assert "TPU" in record.failure.message
+    assert len(record.attempts) == 1, "not retried: retrying cannot help"
+
+
+def test_a_local_cluster_is_started_for_the_run_and_closed_after() -> None:
+    @task(cache_for=3600)
+    def load(n: int) -> list[int]:
+        return list(range(n))
+
+    @task
+    def total(xs: list[int]) -> int:
+        return sum(xs)
+
+    @flow
+    def f(n: int = 10) -> dict[str, Any]:
+        xs = load(n)
+        return {"total": total(xs), "xs": xs}
+
+    executor = DaskExecutor(n_workers=1, threads_per_worker=2)
+    run = f.run(executor=executor)
+    assert run.state is FlowRunState.SUCCESS, run.message
+    assert run.result == {"total": 45, "xs": list(range(10))}  # gathered, not futures
+    assert isinstance(run.task_run("total").result, Future)
+    assert executor._cluster is None and executor._client is None, "closed after the run"
+    # The cached result was gathered before its cluster closed, so the next run (on a
+    # new LocalCluster) uses it.
+    (entry,) = [PROCESS_CACHE.get(run.task_run("load").cache_key)]
+    assert entry is not None and entry.value == list(range(10))
+    again = f.run(executor=executor)
+    assert again.task_run("load").state is S.CACHED
+    assert again.result == {"total": 45, "xs": list(range(10))}
+
+
+def test_an_unreachable_scheduler_is_one_clear_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+        executor = DaskExecutor(address, connect_timeout=0.5)
+        with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler at tcp://"):
+            executor.slots  # noqa: B018
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        DaskExecutor("tcp://127.0.0.1:1", client=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="LocalCluster"):
+        DaskExecutor("tcp://127.0.0.1:1", n_workers=2)
+    with pytest.raises(ValueError, match="n_workers must be at least 1"):
+        DaskExecutor(n_workers=0)
+    with pytest.raises(ValueError, match="slots must be at least 1"):
+        DaskExecutor(slots=0)
+
+
+def test_a_mapped_level_is_submitted_together(gpu_cluster: tuple[Client, str]) -> None:
+    client, _ = gpu_cluster
+    batches: list[int] = []
+
+    class Recording(DaskExecutor):
+        def submit(self, tasks: Any) -> None:
+            batches.append(len(tasks))
+            super().submit(tasks)
+
+    @task
+    def numbers(n: int) -> list[int]:
+        return list(range(n))
+
+    @task
+    def square(x: int) -> int:
+        return x * x
+
+    @flow
+    def f(n: int = 12) -> list[int]:
+        return square.map(numbers(n))
+
+    run = f.run(executor=Recording(client=client))
+    assert run.result == [x * x for x in range(12)]
+    assert batches[:2] == [1, 12], "the source, then all 12 children in one client.map"

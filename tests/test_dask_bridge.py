@@ -1,0 +1,167 @@
+"""The Dask bridge worker's attempts (``DaskAttempts``) on a real Dask cluster, without
+a server: what it reports for results (Dask refs it keeps), skips, failures, timeouts
+and cancels, how it passes its own values on, and how it exports them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from _backends import BOUND, Probe, poll
+
+from headwater import Skip, task
+from headwater._payloads import decode_value, encode
+from headwater._worker_codec import PayloadTransfer
+from headwater._worker_dask import DaskAttempts
+from headwater.v1 import payload_pb2, worker_pb2
+
+
+def inline(value: Any) -> worker_pb2.InputValue:
+    encoded = encode(value)
+    payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+    return worker_pb2.InputValue(value=payload_pb2.Value(inline=payload))
+
+
+def assignment(
+    task_type: str, run_id: str, inputs: dict[str, worker_pb2.InputValue], **extra: Any
+) -> worker_pb2.Assignment:
+    msg = worker_pb2.Assignment(
+        token=worker_pb2.FencingToken(task_run_id=run_id, attempt=1),
+        task_type=task_type,
+        **extra,
+    )
+    for name, value in inputs.items():
+        msg.inputs[name].CopyFrom(value)
+    return msg
+
+
+class Bridge:
+    """DaskAttempts on the session cluster, reports collected by token."""
+
+    def __init__(self, client: Any, tasks: list[Any]) -> None:
+        self.sent: list[worker_pb2.ConnectRequest] = []
+        self.attempts = DaskAttempts(
+            {t.task_type: t for t in tasks}, 4, "bridge", self.sent.append, client
+        )
+        # Never dialled: inline values need no download.
+        self.channel = grpc.insecure_channel("127.0.0.1:1")
+        self.attempts.transfer = PayloadTransfer(self.channel, ())
+
+    def outcome(self, run_id: str) -> worker_pb2.ConnectRequest:
+        def found() -> worker_pb2.ConnectRequest | None:
+            for msg in self.sent:
+                kind = msg.WhichOneof("message")
+                done = kind in ("result", "failure", "skipped", "cancelled")
+                if done and getattr(msg, kind).token.task_run_id == run_id:
+                    return msg
+            return None
+
+        poll(lambda: found() is not None, what=f"the outcome of {run_id}")
+        result = found()
+        assert result is not None
+        return result
+
+    def close(self) -> None:
+        self.attempts.abandon_all()
+        self.channel.close()
+
+
+@pytest.fixture
+def bridge_for(dask_client: Any) -> Any:
+    made: list[Bridge] = []
+
+    def make(*tasks: Any) -> Bridge:
+        made.append(Bridge(dask_client, list(tasks)))
+        return made[-1]
+
+    yield make
+    for bridge in made:
+        bridge.close()
+
+
+def test_results_stay_in_the_cluster_and_feed_the_next_task_as_futures(
+    bridge_for: Callable[..., Bridge],
+) -> None:
+    @task
+    def rows(n: int) -> list[int]:
+        return list(range(n))
+
+    @task
+    def total(xs: list[int], first: int) -> int:
+        return sum(xs) * 100 + first
+
+    bridge = bridge_for(rows, total)
+    bridge.attempts.assign(
+        assignment(rows.task_type, "r/rows", {"n": inline(4)}, split_result=True)
+    )
+    result = bridge.outcome("r/rows").result.result
+    assert result.ref.location == "dask" and result.ref.payload_id.startswith("dask-")
+    assert result.ref.dask_key.startswith("rows-")
+    assert result.ref.metadata["headwater.length"] == "4"
+    assert [i.ref.location for i in result.items] == ["dask"] * 4
+    assert result.ref.payload_id in bridge.attempts.values, "the bridge keeps the future"
+    # The next task gets the whole value and an element of it, both as held refs.
+    element = worker_pb2.InputValue(value=result.items[2])
+    whole = worker_pb2.InputValue(value=payload_pb2.Value(ref=result.ref))
+    bridge.attempts.assign(assignment(total.task_type, "r/total", {"xs": whole, "first": element}))
+    summed = bridge.outcome("r/total").result.result
+    exported = bridge.attempts.export(summed.ref.payload_id).value_exported
+    assert not exported.HasField("error")
+    assert decode_value(exported.value) == 6 * 100 + 2
+    unknown = bridge.attempts.export("dask-nope").value_exported
+    assert "does not hold" in unknown.error.message
+
+
+def test_skips_and_failures_are_reported_like_a_plain_worker(
+    bridge_for: Callable[..., Bridge],
+) -> None:
+    @task
+    def skipper() -> None:
+        raise Skip("nothing new")
+
+    @task(retries=2)
+    def broken() -> None:
+        raise ValueError("bad row 7")
+
+    bridge = bridge_for(skipper, broken)
+    bridge.attempts.assign(assignment(skipper.task_type, "r/skip", {}))
+    bridge.attempts.assign(assignment(broken.task_type, "r/broken", {}))
+    assert bridge.outcome("r/skip").skipped.reason == "nothing new"
+    failure = bridge.outcome("r/broken").failure.failure
+    assert failure.type == "builtins.ValueError" and failure.message == "bad row 7"
+    assert "in broken" in failure.stack_trace and failure.retryable
+
+
+def test_timeouts_and_cancels_interrupt_the_task_on_its_dask_worker(
+    bridge_for: Callable[..., Bridge], tmp_path: Path
+) -> None:
+    probe = Probe(tmp_path)
+
+    @task
+    def spin(name: str) -> None:
+        probe.set(f"{name}-started")
+        try:
+            deadline = time.monotonic() + BOUND
+            while time.monotonic() < deadline:  # Python code: interruptible
+                pass
+        except BaseException as exc:
+            probe.set(f"{name}-stopped", type(exc).__name__)
+            raise
+
+    bridge = bridge_for(spin)
+    timed = assignment(spin.task_type, "r/timed", {"name": inline("timed")})
+    timed.timeout.FromMilliseconds(300)
+    bridge.attempts.assign(timed)
+    report = bridge.outcome("r/timed").failure
+    assert report.timed_out and report.failure.type == "headwater.TaskTimeout"
+    assert probe.wait("timed-stopped") and probe.read("timed-stopped") == "TaskInterrupted"
+
+    bridge.attempts.assign(assignment(spin.task_type, "r/cancel", {"name": inline("cancel")}))
+    assert probe.wait("cancel-started")
+    bridge.attempts.cancel(("r/cancel", 1))
+    assert bridge.outcome("r/cancel").HasField("cancelled")
+    assert probe.wait("cancel-stopped") and probe.read("cancel-stopped") == "TaskInterrupted"

@@ -1,0 +1,131 @@
+"""End to end: a Dask bridge worker (`headwater worker --dask`) next to a plain Python
+worker, on a real `headwater server`.
+
+The bridge runs its tasks on a Dask cluster the test starts (two worker processes,
+only one declaring GPU), so results stay there: a downstream task on the same bridge
+gets the future, one on the plain worker gets the value exported by the bridge.
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_e2e_server import TOKEN, Proc, cluster, effects, start_server
+
+from headwater import Client
+from headwater._loader import load_file
+from headwater_runtime.engine import FlowRunState
+
+pytestmark = pytest.mark.e2e
+__all__ = ["cluster"]  # the fixture, reused from test_e2e_server
+
+BRIDGE_TASKS = """
+import os
+from pathlib import Path
+from headwater import flow, task
+
+LOG = Path(os.environ["HW_TEST_DIR"]) / "effects.log"
+
+def effect(what):
+    with LOG.open("a") as f:
+        f.write(f"{what} {os.environ.get('HW_WORKER', '?')}\\n")
+
+ON_DASK = {"dask": "yes"}
+
+@task(labels=ON_DASK)
+def make(n: int) -> list:
+    effect("make")
+    return list(range(n))
+
+@task(labels=ON_DASK)
+def double_all(xs: list) -> list:
+    effect("double_all")
+    return [2 * x for x in xs]
+
+@task(labels=ON_DASK, resources={"GPU": 1})
+def on_gpu(xs: list) -> str:
+    from distributed import get_worker
+    effect("on_gpu")
+    return f"{get_worker().name}:{sum(xs)}"
+
+@task(labels={"plain": "yes"})
+def report(xs: list, gpu: str) -> dict:
+    effect("report")
+    return {"sum": sum(xs), "gpu": gpu}
+
+@flow
+def bridged(n: int = 5) -> dict:
+    doubled = double_all(make(n))
+    return report(doubled, on_gpu(doubled))
+"""
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real cluster: worker processes "cpu" and "gpu" (only "gpu" declares GPU=1)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))  # the Dask workers write effects
+    monkeypatch.setenv("HW_WORKER", "bridge")
+    quiet: dict[str, Any] = {"silence_logs": logging.CRITICAL}
+    spec = SpecCluster(
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+        workers={
+            "cpu": {"cls": Nanny, "options": {"nthreads": 1, **quiet}},
+            "gpu": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1}, **quiet}},
+        },
+        silence_logs=logging.CRITICAL,
+    )
+    try:
+        yield spec.scheduler_address
+    finally:
+        spec.close()
+
+
+def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
+    tmp_path: Path, cluster: Callable[..., Proc], dask_cluster: str
+) -> None:
+    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    bridge = cluster(
+        "worker",
+        *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),
+        *("--label", "dask=yes", "--dask", dask_cluster),
+        worker="bridge",
+    )
+    line = bridge.wait_line("connected to")
+    assert "2 slots" in line and "Dask cluster" in line, line  # slots: the cluster's threads
+    plain = cluster(
+        "worker",
+        *("--server", address, "--module", "bridge_tasks", "--name", "plain"),
+        *("--label", "plain=yes"),
+        worker="plain",
+    )
+    plain.wait_line("connected to")
+    module = load_file(str(tmp_path / "bridge_tasks.py"))
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.bridged, {"n": 5})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        # The GPU task ran on the one Dask worker that declares GPU.
+        assert final.result == {"sum": 20, "gpu": "gpu:20"}
+        # Results still held in the cluster are exported when a client asks for them.
+        assert client.task_result(run.id, "make") == [0, 1, 2, 3, 4]
+        assert client.task_result(run.id, "double_all") == [0, 2, 4, 6, 8]
+    ran = sorted(effects(tmp_path))
+    assert ran == [
+        ("double_all", "bridge"),
+        ("make", "bridge"),
+        ("on_gpu", "bridge"),
+        ("report", "plain"),
+    ]
+    # make -> double_all -> on_gpu stayed in the cluster (futures passed on the same
+    # bridge); the two inputs of the plain worker's report task were exported, and
+    # make's result when the client asked (double_all's export was reused).
+    exported = [x for x in bridge.lines if "exported value" in x]
+    assert len(exported) == 3, bridge.lines

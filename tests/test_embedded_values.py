@@ -1,0 +1,277 @@
+"""The embedded host on every executor (a thread pool, a real Dask LocalCluster): the
+result cache across runs, and how values pass between tasks (live objects on threads,
+futures that stay in the cluster on Dask, parts of results taken where they live).
+
+Each test runs once per executor (the ``backend`` fixture); tasks signal through files
+(``Probe``), since they may run in Dask worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _backends import Backend, Probe, poll
+
+from headwater import FlowRunState, TaskRunState, flow, task, unmapped
+from headwater_runtime.embedded import PROCESS_CACHE
+
+S = TaskRunState
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Probe:
+    return Probe(tmp_path)
+
+
+# ------------------------------------------------------------------------ caching
+
+
+def test_results_are_cached_across_runs_in_one_process(backend: Backend, probe: Probe) -> None:
+    @task(cache_for=3600)
+    def expensive(x: int) -> dict[str, int]:
+        probe.add("calls", x)
+        return {"x": x}
+
+    @flow
+    def f(x: int = 3) -> dict[str, int]:
+        return expensive(x)
+
+    executor = backend.executor()
+    first = f.run(executor=executor)
+    second = f.run(executor=executor)
+    assert first.task_run("expensive").state is S.SUCCESS
+    assert second.task_run("expensive").state is S.CACHED
+    assert probe.items("calls") == ["3"]
+    assert second.result == {"x": 3}
+    if backend.remote:
+        # The cached value is the first run's future: still in the cluster, not copied.
+        assert second.task_run("expensive").result is first.task_run("expensive").result
+    else:
+        assert second.result is first.result, "the cached object itself, not a copy"
+    third = f.run(x=4, executor=executor)
+    assert third.task_run("expensive").state is S.SUCCESS
+    assert probe.items("calls") == ["3", "4"]
+    assert len(PROCESS_CACHE) == 2
+
+
+def test_cache_key_fn_decides_what_counts_as_the_same_call(backend: Backend, probe: Probe) -> None:
+    @task(cache_key_fn=lambda inputs: f"parity-{inputs['x'] % 2}")
+    def parity(x: int) -> str:
+        probe.add("calls", x)
+        return "odd" if x % 2 else "even"
+
+    @flow
+    def f(x: int) -> str:
+        return parity(x)
+
+    executor = backend.executor()
+    assert f(x=1, executor=executor) == "odd"  # type: ignore[call-arg]
+    assert f(x=3, executor=executor) == "odd"  # type: ignore[call-arg]
+    assert f(x=2, executor=executor) == "even"  # type: ignore[call-arg]
+    assert probe.items("calls") == ["1", "2"]
+
+
+def test_cache_key_fn_sees_the_values_of_upstream_results(backend: Backend, probe: Probe) -> None:
+    """On Dask the upstream value lives in the cluster: the key is computed there."""
+
+    @task
+    def source(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    @task(cache_key_fn=lambda inputs: f"x-{inputs['row']['x'] % 2}")
+    def keyed(row: dict[str, int]) -> int:
+        probe.add("calls", row["x"])
+        return row["x"]
+
+    @flow
+    def f(x: int) -> int:
+        return keyed(source(x))
+
+    executor = backend.executor()
+    assert f(x=1, executor=executor) == 1  # type: ignore[call-arg]
+    assert f(x=3, executor=executor) == 1  # type: ignore[call-arg]
+    assert probe.items("calls") == ["1"]
+
+
+def test_a_failing_cache_key_fn_runs_the_task_uncached_with_a_warning(
+    backend: Backend, probe: Probe
+) -> None:
+    def bad_key(inputs: dict[str, Any]) -> str:
+        raise RuntimeError("no key today")
+
+    @task(cache_key_fn=bad_key)
+    def t(x: int) -> int:
+        probe.add("calls", x)
+        return x
+
+    @flow
+    def f() -> int:
+        return t(1)
+
+    executor = backend.executor()
+    for _ in range(2):
+        with pytest.warns(RuntimeWarning, match="could not compute a cache key"):
+            assert f(executor=executor) == 1  # type: ignore[call-arg]
+    assert probe.items("calls") == ["1", "1"]
+
+
+def test_cache_entries_expire(backend: Backend, probe: Probe) -> None:
+    @task(cache_for=0.2)
+    def short_lived() -> int:
+        probe.add("calls", 1)
+        return probe.count("calls")
+
+    @flow
+    def f() -> int:
+        return short_lived()
+
+    executor = backend.executor()
+    first = f.run(executor=executor)
+    assert first.result == 1
+    key = first.task_run("short_lived").cache_key
+    assert key
+    entry = PROCESS_CACHE.get(key)
+    assert entry is not None and entry.expires_at is not None
+    expires_at = entry.expires_at
+    poll(lambda: time.time() > expires_at, what="the cache entry to expire")
+    second = f.run(executor=executor)
+    assert second.task_run("short_lived").state is S.SUCCESS
+    assert second.result == 2
+    assert probe.count("calls") == 2
+
+
+# ------------------------------------------------------------------- identity
+
+
+def test_values_pass_between_tasks_without_copies(backend: Backend) -> None:
+    """Threads: a downstream task gets the very object its upstream returned. Dask:
+    the object stays in the cluster (a future here); tasks get equal values there."""
+    produced: list[Any] = []
+    seen: dict[str, Any] = {}
+    each_seen: list[tuple[Any, Any]] = []
+    config = {"threshold": 3}
+
+    @task
+    def make() -> list[dict[str, int]]:
+        value = [{"i": i} for i in range(3)]
+        produced.append(value)
+        return value
+
+    @task
+    def use(rows: list[dict[str, int]], cfg: dict[str, int]) -> tuple[Any, Any]:
+        seen["use"] = (rows, cfg)
+        return rows, cfg
+
+    @task
+    def each(row: dict[str, int], cfg: dict[str, int]) -> dict[str, int]:
+        each_seen.append((row, cfg))
+        return row
+
+    @task
+    def gather(rows: list[dict[str, int]]) -> list[dict[str, int]]:
+        seen["gather"] = rows
+        return rows
+
+    @flow
+    def f() -> list[dict[str, int]]:
+        rows = make()
+        use(rows, config)
+        return gather(each.map(rows, unmapped(config)))
+
+    run = f.run(executor=backend.executor())
+    run.raise_for_state()
+    result = run.result
+    expected = [{"i": i} for i in range(3)]
+    assert result == expected
+    if backend.remote:
+        from distributed import Future
+
+        # The orchestrator holds futures; values were taken from them in the cluster.
+        for key in ("make", "use", "each[0]", "gather"):
+            assert isinstance(run.task_run(key).result, Future), key
+        assert produced == [] and seen == {}, "no task ran in this process"
+        return
+    (value,) = produced
+    rows, cfg = seen["use"]
+    assert rows is value, "a downstream task gets the object its upstream returned"
+    assert cfg is config, "a constant from the flow body is passed as is"
+    assert sorted(id(row) for row, _ in each_seen) == sorted(id(v) for v in value)
+    assert all(cfg is config for _, cfg in each_seen)
+    assert all(a is b for a, b in zip(seen["gather"], value, strict=True))
+    assert result is seen["gather"], "the flow returns the very object"
+
+
+def test_parts_of_results_are_taken_where_the_value_lives(backend: Backend) -> None:
+    """``result["key"]``, mapping over a returned list and over a part of a result."""
+
+    @task
+    def load() -> dict[str, Any]:
+        return {"rows": [1, 2, 3], "meta": {"name": "t"}}
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @task
+    def name_of(name: str) -> str:
+        return name.upper()
+
+    @flow
+    def f() -> dict[str, Any]:
+        data = load()
+        return {
+            "doubled": double.map(data["rows"]),
+            "name": name_of(data["meta"]["name"]),
+            "meta": data["meta"],
+            "first": data["rows"][0],
+        }
+
+    run = f.run(executor=backend.executor())
+    assert run.state is FlowRunState.SUCCESS, run.message
+    assert run.result == {
+        "doubled": [2, 4, 6],
+        "name": "T",
+        "meta": {"name": "t"},
+        "first": 1,
+    }
+
+
+def test_a_missing_part_of_a_result_fails_the_run(backend: Backend) -> None:
+    @task
+    def load() -> dict[str, int]:
+        return {"a": 1}
+
+    @task
+    def use(x: int) -> int:
+        return x
+
+    @flow
+    def f() -> int:
+        return use(load()["nope"])
+
+    run = f.run(executor=backend.executor())
+    assert run.state is FlowRunState.FAILED
+    record = run.task_run("use")
+    assert record.state is S.FAILED
+    assert record.failure is not None and record.failure.type == "headwater.InputError"
+    assert "'nope'" in record.failure.message
+
+
+def test_a_missing_part_of_the_flow_result_fails_the_run(backend: Backend) -> None:
+    @task
+    def load() -> dict[str, int]:
+        return {"a": 1}
+
+    @flow
+    def f() -> int:
+        return load()["nope"]  # type: ignore[no-any-return]
+
+    run = f.run(executor=backend.executor())
+    assert run.state is FlowRunState.FAILED
+    assert run.message.startswith("could not assemble the result"), run.message
+    assert "'nope'" in run.message
+    assert run.result is None
+    assert run.task_run("load").state is S.SUCCESS
