@@ -20,6 +20,7 @@ from headwater.v1 import (
     run_pb2,
 )
 from headwater_runtime.engine import FlowRunState, TaskRunState
+from headwater_runtime.tracing import inject
 
 from ._payloads import decode_value, encode
 
@@ -145,6 +146,8 @@ class Client:
                 flow_version=version,
                 parameters=values,
                 idempotency_key=idempotency_key,
+                # The caller's current span (if any) becomes the flow span's parent.
+                trace_context=inject(),
             ),
             f"run flow {name!r}",
         )

@@ -14,6 +14,7 @@ they survive a reconnect.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from headwater_runtime.execution import (
     failure_from_exception,
     make_caller,
 )
+from headwater_runtime.tracing import active_tracer
 
 from ._payloads import EncodingError
 from ._task import Task
@@ -41,6 +43,7 @@ from ._worker_codec import (
     failure,
     failure_message,
 )
+from ._worker_tracing import execute_traced
 
 log = logging.getLogger("headwater.worker")
 
@@ -137,6 +140,7 @@ class Attempts:
         self.log_handler = TaskLogHandler(send)
         self.transfer: PayloadTransfer | None = None
         self.inline_limit = 0  # the last Welcome's, so results encode as asked offline too
+        self.tracer = active_tracer()  # None: tracing off, no per-attempt cost
 
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
@@ -246,7 +250,11 @@ class Attempts:
             started = worker_pb2.TaskStarted(token=attempt.assignment.token)
             started.started_at.GetCurrentTime()
             self.send(worker_pb2.ConnectRequest(started=started))
-            outcome = self._execute(attempt)
+            if self.tracer is None:
+                outcome = self._execute(attempt)
+            else:
+                run = functools.partial(self._execute, attempt)
+                outcome = execute_traced(self.tracer, attempt.assignment, self.worker_name, run)
             self._seal(attempt)
             with self.lock:
                 if self.running.get(attempt.token) is attempt:

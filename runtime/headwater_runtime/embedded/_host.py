@@ -24,9 +24,12 @@ from headwater_runtime.engine import (
     FlowRunEngine,
     GraphSpec,
     RunTask,
+    StateEntry,
+    TaskRunRecord,
     WriteCache,
 )
 from headwater_runtime.execution import Caller, make_caller
+from headwater_runtime.tracing import RunTracer, active_tracer, in_span
 
 from ._cache import PROCESS_CACHE, ResultCache, cache_key
 from ._threads import ThreadExecutor
@@ -80,6 +83,9 @@ class EmbeddedRun:
         clock: Any = None,
     ) -> None:
         self.id = uuid.uuid4().hex
+        # Tracing is decided once per run: when off, the loop tests one None per task.
+        self._tracer = active_tracer()
+        self._trace: RunTracer | None = None
         self.executor: Executor = executor or ThreadExecutor()
         self.cache = cache
         self._completions: SimpleQueue[Event] = SimpleQueue()
@@ -92,6 +98,7 @@ class EmbeddedRun:
             clock=clock or SystemClock(),
             max_concurrency=limit,
             auto_start=True,
+            on_transition=None if self._tracer is None else self._on_transition,
         )
         self._callers: dict[Any, Caller] = {}
 
@@ -99,9 +106,16 @@ class EmbeddedRun:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
         self._completions.put(CancelRequested(reason))
 
+    def _on_transition(self, run: TaskRunRecord, entry: StateEntry) -> None:
+        if self._trace is not None:
+            self._trace.on_transition(run, entry)
+
     def run(self) -> FlowRunEngine:
         engine = self.engine
         completions = self._completions
+        if self._tracer is not None:
+            # Parent: the caller's current span, if any (flow.run() inside traced code).
+            self._trace = RunTracer(self._tracer, engine.graph.name, self.id)
         self.executor.start(completions)
         try:
             try:
@@ -126,6 +140,9 @@ class EmbeddedRun:
                 self._execute(engine.handle(CancelRequested("interrupted (Ctrl-C)")))
         finally:
             self.executor.shutdown()
+            if self._trace is not None:
+                message = engine.flow_history[-1][2] if engine.flow_history else ""
+                self._trace.finish(engine.state, message)
         return engine
 
     def _execute(self, commands: list[Command]) -> None:
@@ -143,6 +160,9 @@ class EmbeddedRun:
                             "embedded runs need flows compiled here"
                         )
                     caller = self._callers[spec.fn] = make_caller(spec.fn)
+                if self._trace is not None:
+                    span = self._trace.dispatched(command.run, command.attempt)
+                    caller = in_span(caller, span)
                 executor.submit(
                     command.run.key, command.attempt, caller, command.inputs, spec.no_retry_on
                 )

@@ -87,6 +87,7 @@ class ServerCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
         self.flush()
+        self.runs.end_traces()
 
     def touch(self) -> None:
         """Schedule a commit: at the end of this loop tick when the server is idle,

@@ -57,6 +57,7 @@ from headwater_runtime.store import (
     TaskRunRow,
     WriteBatch,
 )
+from headwater_runtime.tracing import RunTracer, active_tracer, extract, inject
 
 from ._codec import decode_entry, encode_entry, failure_to_dict
 from ._values import (
@@ -124,6 +125,7 @@ class ActiveRun:
     seq: int = 0
     armed_at: float | None = None
     state_seqs: dict[str, int] = field(default_factory=dict)
+    trace: RunTracer | None = None
 
 
 class RunManager:
@@ -139,6 +141,8 @@ class RunManager:
         self._effects: list[Callable[[], None]] = []
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
+        # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
+        self.tracer = active_tracer()
 
     # ------------------------------------------------------------------- flows
 
@@ -191,6 +195,7 @@ class RunManager:
         row, created = self.store.create_flow_run(row)
         if created:
             active = self._activate(row, graph, params, journal=None)
+            self._start_trace(active, resumed=False)
             self._process(active, active.journal.start())
         return row, created
 
@@ -206,6 +211,8 @@ class RunManager:
         def on_transition(run: TaskRunRecord, entry: StateEntry) -> None:
             if holder:
                 self._project(holder[0], run, entry)
+                if holder[0].trace is not None:
+                    holder[0].trace.on_transition(run, entry)
 
         options: dict[str, Any] = {"auto_start": False, "on_transition": on_transition}
         if journal is None:
@@ -291,6 +298,14 @@ class RunManager:
         for effect in effects:
             effect()
 
+    def end_traces(self, reason: str = "server stopped") -> None:
+        """End the flow spans of runs still in progress (on shutdown), so the spans
+        exported so far have their parent; a restart opens a resumed flow span."""
+        for active in self.runs.values():
+            if active.trace is not None:
+                active.trace.finish(active.engine.state, reason)
+                active.trace = None
+
     def recover(self) -> list[tuple[str, str, int]]:
         """Rebuild every unfinished run from its journal. Returns the attempts that
         were in flight (flow run id, task run id, attempt): the caller re-attaches them
@@ -302,8 +317,11 @@ class RunManager:
             params = {name: stored.parameters[name] for name in stored.parameters}
             journal = [decode_entry(e) for e in self.store.events(row.id)]
             active = self._activate(row, graph, params, journal)
+            self._start_trace(active, resumed=True)
             for run in active.engine.runs.values():
                 if run.dispatched:
+                    if active.trace is not None:
+                        active.trace.dispatched(run, run.attempt, resumed=True)
                     in_flight.append((row.id, task_run_id(row.id, run.key), run.attempt))
             self._arm_timer(active)
         return in_flight
@@ -350,6 +368,13 @@ class RunManager:
         )
         for listener in self.listeners:
             listener(run_id, run)
+
+    def _start_trace(self, active: ActiveRun, *, resumed: bool) -> None:
+        """The run's flow span, a child of the context the client sent (if any)."""
+        if self.tracer is not None:
+            row = active.row
+            parent = extract(row.trace_context)
+            active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=resumed)
 
     def _deactivate(self, flow_run_id: str) -> None:
         self.runs.pop(flow_run_id, None)
@@ -427,7 +452,12 @@ class RunManager:
             map_index=run.map_index,
             result_encoding="json" if spec.portable else "",
             split_result=spec.id in active.split_nodes,
-            trace_context=active.row.trace_context,
+            # The attempt span's context when tracing; else the client's, passed through.
+            trace_context=(
+                active.row.trace_context
+                if active.trace is None
+                else inject(active.trace.dispatched(run, command.attempt))
+            ),
         )
         for name, value in command.inputs.items():
             msg.inputs[name].CopyFrom(to_input_value(value))
@@ -444,6 +474,8 @@ class RunManager:
         if state is FlowRunState.SUCCESS and engine.graph.result is not None:
             row.result = to_result_value(engine.result).SerializeToString()
         self._batch.flow_runs[row.id] = row
+        if active.trace is not None:
+            active.trace.finish(state, row.message)
         self._effects.append(functools.partial(self._deactivate, row.id))
         for listener in self.listeners:
             listener(row.id, None)

@@ -1,0 +1,58 @@
+"""The worker's ``execute <task>`` span: a child of the attempt span whose W3C context
+the control plane put in the assignment, so one trace crosses the process boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
+from headwater.v1 import worker_pb2
+from headwater_runtime.tracing import _names as n
+from headwater_runtime.tracing import extract, record_failure
+
+
+def execute_traced(
+    tracer: Tracer,
+    assignment: worker_pb2.Assignment,
+    worker_name: str,
+    run: Callable[[], worker_pb2.ConnectRequest],
+) -> worker_pb2.ConnectRequest:
+    """Call ``run`` (decode inputs, run the task, encode its result) inside the span;
+    the outcome it returns decides the span's status."""
+    attributes: dict[str, Any] = {
+        n.TASK_NAME: assignment.task_name,
+        n.TASK_TYPE: assignment.task_type,
+        n.TASK_RUN_ID: assignment.token.task_run_id,
+        n.ATTEMPT: assignment.token.attempt,
+        n.FLOW_RUN_ID: assignment.flow_run_id,
+        n.WORKER_NAME: worker_name,
+    }
+    if assignment.map_index >= 0:
+        attributes[n.MAP_INDEX] = assignment.map_index
+    span = tracer.start_span(
+        n.execute_span_name(assignment.task_name),
+        context=extract(assignment.trace_context),
+        attributes=attributes,
+    )
+    # Current while the task runs: spans the task's own code makes nest under it.
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        outcome = run()
+        kind = outcome.WhichOneof("message")
+        if kind == "failure":
+            failure = outcome.failure.failure
+            record_failure(span, failure.type, failure.message, failure.stack_trace, error=True)
+        elif kind == "skipped":
+            span.set_attribute(n.MESSAGE, outcome.skipped.reason)
+        return outcome
+    except BaseException:
+        # TaskInterrupted: cancelled, timed out or abandoned; whoever did it reports it.
+        span.add_event(n.EVENT_INTERRUPTED)
+        raise
+    finally:
+        otel_context.detach(token)
+        span.end()
