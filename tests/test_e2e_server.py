@@ -7,16 +7,14 @@ often, including across a worker SIGKILL and a server SIGKILL + restart.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from e2e_helpers import BOUND, Cluster, Proc, poll, start_server, start_worker
 
 from headwater import Client
 from headwater._loader import load_file
@@ -25,7 +23,6 @@ from headwater_runtime.engine import FlowRunState
 pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-token"
-BOUND = 60.0
 
 TASKS = """
 import os, time
@@ -109,104 +106,19 @@ def big(mb: int = 300) -> list:
 """
 
 
-class Proc:
-    """A subprocess whose output lines are collected by a reader thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str], stream: str) -> None:
-        self.popen = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self.other: list[str] = []
-        main = self.popen.stdout if stream == "stdout" else self.popen.stderr
-        rest = self.popen.stderr if stream == "stdout" else self.popen.stdout
-        self.readers = [
-            threading.Thread(target=self._read, args=(pipe, sink), daemon=True)
-            for pipe, sink in ((main, self.lines), (rest, self.other))
-        ]
-        for reader in self.readers:
-            reader.start()
-
-    @staticmethod
-    def _read(pipe: object, sink: list[str]) -> None:
-        for line in pipe:  # type: ignore[attr-defined]
-            sink.append(line.rstrip("\n"))
-
-    def wait_line(self, fragment: str, timeout: float = BOUND) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if fragment in line:
-                    return line
-            if self.popen.poll() is not None and not any(fragment in x for x in self.lines):
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no line with {fragment!r}; got {self.lines} / {self.other}")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-        self._close()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.send_signal(signal.SIGKILL)
-                self.popen.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        for reader in self.readers:
-            reader.join(10)
-        for pipe in (self.popen.stdout, self.popen.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
 @pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Proc]]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     (tmp_path / "e2e_tasks.py").write_text(textwrap.dedent(TASKS))
     monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))  # the test imports the module too
-    procs: list[Proc] = []
     env = {
         **os.environ,
         "HW_TEST_DIR": str(tmp_path),
         "HEADWATER_TOKEN": TOKEN,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
-
-    def start(kind: str, *args: str, worker: str = "") -> Proc:
-        cmd = [sys.executable, "-m", "headwater._cli", kind, *args]
-        proc_env = {**env, "HW_WORKER": worker}
-        proc = Proc(cmd, proc_env, "stdout" if kind == "server" else "stderr")
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
-
-
-def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
-    server = start("server", "--port", str(port), "--db", str(db))
-    line = server.wait_line("headwater server listening on")
-    return server, line.rsplit(" ", 1)[1]
-
-
-def start_worker(start: Callable[..., Proc], address: str, name: str, *extra: str) -> Proc:
-    worker = start(
-        "worker", "--server", address, "--module", "e2e_tasks", "--name", name, *extra, worker=name
-    )
-    worker.wait_line("connected to")
-    return worker
+    procs = Cluster(env)
+    yield procs
+    procs.stop()
 
 
 def effects(tmp_path: Path) -> list[tuple[str, str]]:
@@ -218,13 +130,6 @@ def effects(tmp_path: Path) -> list[tuple[str, str]]:
 
 def flows(tmp_path: Path) -> object:
     return load_file(str(tmp_path / "e2e_tasks.py"))
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_etl_through_the_server_with_two_workers(

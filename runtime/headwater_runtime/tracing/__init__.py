@@ -14,12 +14,14 @@ from ._config import (
     configure_tracing,
     tracing_settings_from_env,
 )
+from ._names import TRACER_NAME
 from ._runs import RunTracer, in_span
 from ._spans import active_tracer, extract, inject, record_failure
 
 __all__ = [
     "EXPORTERS",
     "PROTOCOLS",
+    "TRACER_NAME",
     "RunTracer",
     "Tracing",
     "TracingConfigError",

@@ -1,0 +1,120 @@
+"""Helpers for end-to-end tests: real `headwater server` / `headwater worker`
+subprocesses whose output lines are collected, and polling with a deadline."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+#: Upper bound on any single wait in an end-to-end test (seconds).
+BOUND = 60.0
+
+
+class Proc:
+    """A subprocess whose output lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], stream: str) -> None:
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.other: list[str] = []
+        main = self.popen.stdout if stream == "stdout" else self.popen.stderr
+        rest = self.popen.stderr if stream == "stdout" else self.popen.stdout
+        self.readers = [
+            threading.Thread(target=self._read, args=(pipe, sink), daemon=True)
+            for pipe, sink in ((main, self.lines), (rest, self.other))
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    @staticmethod
+    def _read(pipe: object, sink: list[str]) -> None:
+        for line in pipe:  # type: ignore[attr-defined]
+            sink.append(line.rstrip("\n"))
+
+    def wait_line(self, fragment: str, timeout: float = BOUND) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if fragment in line:
+                    return line
+            if self.popen.poll() is not None and not any(fragment in x for x in self.lines):
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"no line with {fragment!r}; got {self.lines} / {self.other}")
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+        self._close()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.send_signal(signal.SIGKILL)
+                self.popen.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        for reader in self.readers:
+            reader.join(10)
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class Cluster:
+    """Starts `headwater` subprocesses with a shared environment; ``stop()`` ends them
+    all (SIGTERM, then SIGKILL), in start order."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: list[Proc] = []
+
+    def __call__(self, kind: str, *args: str, worker: str = "") -> Proc:
+        cmd = [sys.executable, "-m", "headwater._cli", kind, *args]
+        proc_env = {**self.env, "HW_WORKER": worker}
+        proc = Proc(cmd, proc_env, "stdout" if kind == "server" else "stderr")
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
+    server = start("server", "--port", str(port), "--db", str(db))
+    line = server.wait_line("headwater server listening on")
+    return server, line.rsplit(" ", 1)[1]
+
+
+def start_worker(
+    start: Callable[..., Proc], address: str, name: str, *extra: str, module: str = "e2e_tasks"
+) -> Proc:
+    worker = start(
+        "worker", "--server", address, "--module", module, "--name", name, *extra, worker=name
+    )
+    worker.wait_line("connected to")
+    return worker
+
+
+def poll(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

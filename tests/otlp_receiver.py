@@ -1,0 +1,123 @@
+"""An in-test OTLP/gRPC trace receiver: the collector's TraceService on 127.0.0.1:0.
+
+Processes under test export to it with the real OTLP exporter
+(``OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint``); tests then read the spans every
+process sent, with their service name, and check the tree they form.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One exported span, decoded (ids as lowercase hex, "" for no parent)."""
+
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    error: bool = False
+    status_message: str = ""
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        """The attributes of the first event called ``name`` (None: no such event)."""
+        return next((attrs for event, attrs in self.events if event == name), None)
+
+
+def _value(v: common_pb2.AnyValue) -> Any:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    return getattr(v, kind) if kind else None
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in items}
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+    def __init__(self, sink: OTLPReceiver) -> None:
+        self.sink = sink
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        received = []
+        for resource_spans in request.resource_spans:
+            service = str(_attributes(resource_spans.resource.attributes).get("service.name"))
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service=service,
+                            name=span.name,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_id=span.parent_span_id.hex(),
+                            attributes=_attributes(span.attributes),
+                            events=[(e.name, _attributes(e.attributes)) for e in span.events],
+                            error=span.status.code == trace_pb2.Status.STATUS_CODE_ERROR,
+                            status_message=span.status.message,
+                        )
+                    )
+        self.sink.add(received)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class OTLPReceiver:
+    """Collects spans exported over OTLP/gRPC. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self._spans: list[ReceivedSpan] = []
+        self._changed = threading.Condition()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        #: What OTEL_EXPORTER_OTLP_ENDPOINT must be (plain text gRPC).
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> OTLPReceiver:
+        self._server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop(grace=None)
+
+    def add(self, spans: list[ReceivedSpan]) -> None:
+        with self._changed:
+            self._spans.extend(spans)
+            self._changed.notify_all()
+
+    @property
+    def spans(self) -> list[ReceivedSpan]:
+        with self._changed:
+            return list(self._spans)
+
+    def wait_for(
+        self, condition: Callable[[list[ReceivedSpan]], bool], what: str, timeout: float = 60.0
+    ) -> list[ReceivedSpan]:
+        """Block until ``condition(spans)`` holds; returns the spans then received."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition(self._spans):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    names = sorted(f"{s.service}:{s.name}" for s in self._spans)
+                    raise AssertionError(f"timed out waiting for {what}; received {names}")
+                self._changed.wait(left)
+            return list(self._spans)
