@@ -181,8 +181,10 @@ class RunManager:
         params = bind_params(graph, dict(parameters))
         now = self.clock.now()
         stored_params = run_pb2.FlowRun(parameters=_param_values(params))
+        run_id = uuid.uuid4().hex
+        trace, context = self._new_trace(flow_name, run_id, trace_context or {})
         row = FlowRunRow(
-            id=uuid.uuid4().hex,
+            id=run_id,
             flow_name=flow_name,
             flow_version=version,
             state=_RUNNING,
@@ -190,12 +192,12 @@ class RunManager:
             parameters=stored_params.SerializeToString(deterministic=True),
             idempotency_key=idempotency_key,
             started_at=now,
-            trace_context=dict(trace_context or {}),
+            trace_context=context,
         )
         row, created = self.store.create_flow_run(row)
         if created:
             active = self._activate(row, graph, params, journal=None)
-            self._start_trace(active, resumed=False)
+            active.trace = trace  # (a duplicate's unended span is never exported)
             self._process(active, active.journal.start())
         return row, created
 
@@ -317,7 +319,10 @@ class RunManager:
             params = {name: stored.parameters[name] for name in stored.parameters}
             journal = [decode_entry(e) for e in self.store.events(row.id)]
             active = self._activate(row, graph, params, journal)
-            self._start_trace(active, resumed=True)
+            if self.tracer is not None:
+                # A child of the flow span of the process that started the run.
+                parent = extract(row.trace_context)
+                active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=True)
             for run in active.engine.runs.values():
                 if run.dispatched:
                     if active.trace is not None:
@@ -369,12 +374,17 @@ class RunManager:
         for listener in self.listeners:
             listener(run_id, run)
 
-    def _start_trace(self, active: ActiveRun, *, resumed: bool) -> None:
-        """The run's flow span, a child of the context the client sent (if any)."""
-        if self.tracer is not None:
-            row = active.row
-            parent = extract(row.trace_context)
-            active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=resumed)
+    def _new_trace(
+        self, flow_name: str, run_id: str, caller: Mapping[str, str]
+    ) -> tuple[RunTracer | None, dict[str, str]]:
+        """A new run's flow span (a child of the caller's context, if any) and the
+        trace context to store with the run: the flow span's when tracing, so that
+        GetFlowRun points at it and a restarted server resumes under it; else the
+        caller's, passed on to workers unchanged."""
+        if self.tracer is None:
+            return None, dict(caller)
+        trace = RunTracer(self.tracer, flow_name, run_id, extract(caller))
+        return trace, inject(trace.flow_span)
 
     def _deactivate(self, flow_run_id: str) -> None:
         self.runs.pop(flow_run_id, None)

@@ -1,0 +1,352 @@
+"""Tracing of embedded runs (in-memory exporter) and the OTEL_* configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.test.globals_test import reset_trace_globals
+from opentelemetry.trace import StatusCode
+
+from headwater import Skip, flow, task
+from headwater._cli import main
+from headwater_runtime.tracing import (
+    TracingConfigError,
+    TracingSettings,
+    active_tracer,
+    configure_tracing,
+    tracing_settings_from_env,
+)
+
+
+def by_name(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return sorted(
+        (s for s in spans if s.name == name),
+        key=lambda s: (s.attributes or {}).get("headwater.attempt", 0),
+    )
+
+
+def one(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
+    found = by_name(spans, name)
+    assert len(found) == 1, [s.name for s in spans]
+    return found[0]
+
+
+def attrs(span: ReadableSpan) -> dict[str, object]:
+    return dict(span.attributes or {})
+
+
+def event(span: ReadableSpan, name: str) -> dict[str, object] | None:
+    return next((dict(e.attributes or {}) for e in span.events if e.name == name), None)
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+# ----------------------------------------------------------------- embedded runs
+
+
+def test_flow_span_with_one_span_per_attempt_and_retry_events(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    calls: list[int] = []
+
+    @task(retries=2, retry_delay=0.01)
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) < 3:
+            raise ConnectionError(f"try {len(calls)}")
+        return x
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def pipeline(n: int = 2) -> list[int]:
+        return double.map([flaky(n), 5])
+
+    run = pipeline.run()
+    assert run.ok
+    spans = span_exporter.get_finished_spans()
+    root = one(spans, "flow pipeline")
+    assert root.parent is None  # no caller span: a root
+    assert attrs(root) == {
+        "headwater.flow.name": "pipeline",
+        "headwater.flow_run.id": run.id,
+        "headwater.state": "SUCCESS",
+    }
+    assert root.status.status_code is StatusCode.UNSET
+
+    attempts = by_name(spans, "task flaky")
+    assert [attrs(s)["headwater.attempt"] for s in attempts] == [1, 2, 3]
+    assert [attrs(s)["headwater.state"] for s in attempts] == ["FAILED", "FAILED", "SUCCESS"]
+    for span in attempts:
+        assert parent_id(span) == root.context.span_id
+        assert span.context.trace_id == root.context.trace_id
+        assert attrs(span)["headwater.task.name"] == "flaky"
+        assert attrs(span)["headwater.task_run.id"] == f"{run.id}/flaky"
+        assert attrs(span)["headwater.flow.name"] == "pipeline"
+        assert attrs(span)["headwater.flow_run.id"] == run.id
+    for number, span in enumerate(attempts[:2], start=1):
+        assert span.status.status_code is StatusCode.ERROR
+        assert event(span, "headwater.retry") == {
+            "headwater.retry.delay": 0.01,
+            "headwater.retry.number": number,
+        }
+        failure = event(span, "exception")
+        assert failure is not None
+        assert failure["exception.type"] == "builtins.ConnectionError"
+        assert failure["exception.message"] == f"try {number}"
+    assert event(attempts[2], "headwater.retry") is None
+
+    children = by_name(spans, "task double")
+    mapped = [s for s in children if "headwater.map_index" in attrs(s)]
+    assert sorted(attrs(s)["headwater.map_index"] for s in mapped) == [0, 1]
+    assert {attrs(s)["headwater.task_run.id"] for s in mapped} == {
+        f"{run.id}/double[0]",
+        f"{run.id}/double[1]",
+    }
+    # The mapped parent itself never runs: one span marks its expansion.
+    (parent,) = [s for s in children if "headwater.map_index" not in attrs(s)]
+    assert attrs(parent)["headwater.state"] == "MAPPED" and attrs(parent)["headwater.attempt"] == 0
+
+
+def test_a_failure_is_an_error_with_the_exception_recorded(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    @task
+    def explode() -> int:
+        raise ValueError("bad input row 7")
+
+    @task
+    def after(x: int) -> int:
+        return x
+
+    @flow
+    def doomed() -> int:
+        return after(explode())
+
+    run = doomed.run()
+    assert run.state.name == "FAILED"
+    spans = span_exporter.get_finished_spans()
+    attempt = one(spans, "task explode")
+    assert attrs(attempt)["headwater.state"] == "FAILED"
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert "bad input row 7" in (attempt.status.description or "")
+    failure = event(attempt, "exception")
+    assert failure is not None
+    assert failure["exception.type"] == "builtins.ValueError"
+    assert failure["exception.message"] == "bad input row 7"
+    assert 'raise ValueError("bad input row 7")' in str(failure["exception.stacktrace"])
+    # The downstream task never ran: its trigger failed, and that is visible too.
+    downstream = one(spans, "task after")
+    assert attrs(downstream)["headwater.state"] == "TRIGGER_FAILED"
+    assert attrs(downstream)["headwater.attempt"] == 0
+    assert downstream.status.status_code is StatusCode.ERROR
+    root = one(spans, "flow doomed")
+    assert attrs(root)["headwater.state"] == "FAILED"
+    assert root.status.status_code is StatusCode.ERROR
+
+
+def test_skips_and_cache_hits_are_visible(span_exporter: InMemorySpanExporter) -> None:
+    @task
+    def maybe() -> int:
+        raise Skip("nothing new today")
+
+    @task
+    def downstream(x: int) -> int:
+        return x
+
+    @task(cache_for=60)
+    def expensive(x: int) -> int:
+        return x * 100
+
+    @flow
+    def daily(x: int = 3) -> int:
+        downstream(maybe())
+        return expensive(x)
+
+    assert daily.run().ok
+    span_exporter.clear()
+    second = daily.run()
+    assert second.ok and second.result == 300
+    spans = span_exporter.get_finished_spans()
+
+    skipped = one(spans, "task maybe")
+    assert attrs(skipped)["headwater.state"] == "SKIPPED"
+    assert attrs(skipped)["headwater.attempt"] == 1  # it ran, and asked to be skipped
+    assert skipped.status.status_code is StatusCode.UNSET
+    propagated = one(spans, "task downstream")
+    assert attrs(propagated)["headwater.state"] == "SKIPPED"
+    assert attrs(propagated)["headwater.attempt"] == 0  # never ran
+
+    cached = one(spans, "task expensive")
+    assert attrs(cached)["headwater.state"] == "CACHED"
+    assert attrs(cached)["headwater.cache_hit"] is True
+    assert attrs(cached)["headwater.attempt"] == 0
+    hit = event(cached, "headwater.cache_hit")
+    assert hit is not None and hit["headwater.cache_key"] == attrs(cached)["headwater.cache_key"]
+
+
+def test_a_run_inside_a_user_span_is_its_child_and_task_spans_nest_under_attempts(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    tracer = trace.get_tracer("user-code")
+
+    @task
+    def step() -> str:
+        with tracer.start_as_current_span("inside the task"):
+            return "done"
+
+    @flow
+    def nested() -> str:
+        return step()
+
+    with tracer.start_as_current_span("notebook cell") as cell:
+        assert nested() == "done"
+    spans = span_exporter.get_finished_spans()
+    root = one(spans, "flow nested")
+    assert parent_id(root) == cell.get_span_context().span_id
+    assert root.context.trace_id == cell.get_span_context().trace_id
+    attempt = one(spans, "task step")
+    inner = one(spans, "inside the task")
+    assert parent_id(inner) == attempt.context.span_id
+
+
+def test_no_tracer_without_a_real_provider() -> None:
+    reset_trace_globals()
+    assert active_tracer() is None  # the default proxy provider: tracing is off
+    assert configure_tracing(TracingSettings()).provider is None
+    assert trace.get_tracer_provider().__class__ is trace.ProxyTracerProvider
+
+
+def test_an_sdk_provider_disabled_by_otel_sdk_disabled_means_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    reset_trace_globals()
+    trace.set_tracer_provider(TracerProvider())
+    try:
+        assert active_tracer() is None
+    finally:
+        reset_trace_globals()
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(
+    ("env", "exporters", "protocol", "active"),
+    [
+        ({}, (), "grpc", False),
+        ({"OTEL_TRACES_EXPORTER": "none"}, (), "grpc", False),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, ("otlp",), "grpc", True),
+        ({"OTEL_TRACES_EXPORTER": " OTLP , console "}, ("otlp", "console"), "grpc", True),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+            ("otlp",),
+            "http/protobuf",
+            True,
+        ),
+        (
+            {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+            },
+            ("otlp",),
+            "grpc",
+            True,
+        ),
+        (
+            {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "TRUE"},
+            ("console",),
+            "grpc",
+            False,
+        ),
+    ],
+)
+def test_settings_follow_the_standard_variables(
+    env: dict[str, str], exporters: tuple[str, ...], protocol: str, active: bool
+) -> None:
+    settings = tracing_settings_from_env(env, service_name="svc")
+    assert (settings.exporters, settings.protocol, settings.active) == (exporters, protocol, active)
+    assert settings.service_name == "svc"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "zipkin"}, "unsupported exporter 'zipkin'"),
+        ({"OTEL_TRACES_EXPORTER": "none,otlp"}, "'none' cannot be combined"),
+        (
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            "unsupported protocol 'http/json'",
+        ),
+    ],
+)
+def test_bad_settings_are_one_clear_line(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(TracingConfigError, match=fragment):
+        tracing_settings_from_env(env)
+
+
+def test_the_cli_refuses_an_unknown_exporter_with_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "f.py"
+    script.write_text("from headwater import flow\n@flow\ndef f() -> int:\n    return 1\n")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
+    assert main(["run", str(script)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "headwater: error: OTEL_TRACES_EXPORTER: unsupported exporter 'jaeger' "
+        "(Headwater supports otlp, console or none)"
+    ]
+
+
+def test_headwater_run_exports_to_the_console_on_stderr_and_flushes_at_exit(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "hello.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from headwater import flow, task
+
+            @task
+            def greet(name: str) -> str:
+                return f"hello {name}"
+
+            @flow
+            def hello(name: str = "world") -> str:
+                return greet(name)
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_TRACES_EXPORTER="console", OTEL_SERVICE_NAME="my-notebook")
+    # The batch processor would wait 10 minutes: only the shutdown at exit exports.
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "600000"
+    proc = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "run", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '"hello world"'  # stdout stays the result only
+    assert '"name": "flow hello"' in proc.stderr
+    assert '"name": "task greet"' in proc.stderr
+    assert '"service.name": "my-notebook"' in proc.stderr
