@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from opentelemetry.trace import StatusCode
 
 from headwater import Skip, flow, task
 from headwater._cli import main
+from headwater_runtime.embedded import EmbeddedRun, ThreadExecutor
 from headwater_runtime.tracing import (
     TracingConfigError,
     TracingSettings,
@@ -156,6 +158,78 @@ def test_a_failure_is_an_error_with_the_exception_recorded(
     root = one(spans, "flow doomed")
     assert attrs(root)["headwater.state"] == "FAILED"
     assert root.status.status_code is StatusCode.ERROR
+
+
+def test_a_timed_out_attempt_is_an_error(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    stop = threading.Event()
+
+    @task(timeout=0.2)
+    def spin() -> None:
+        while not stop.is_set():  # pure Python: the interruption lands here
+            pass
+
+    @flow
+    def stuck() -> None:
+        return spin()
+
+    try:
+        run = stuck.run()
+    finally:
+        stop.set()
+    assert run.state.name == "FAILED"
+    spans = span_exporter.get_finished_spans()
+    attempt = one(spans, "task spin")
+    assert attrs(attempt)["headwater.state"] == "TIMED_OUT"
+    assert attempt.status.status_code is StatusCode.ERROR
+    failure = event(attempt, "exception")
+    assert failure is not None and failure["exception.type"] == "headwater.TaskTimeout"
+
+
+def test_a_cancelled_run_marks_the_running_attempt_and_the_runs_that_never_ran(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    @task
+    def block() -> int:
+        started.set()
+        while not release.wait(0.01):
+            pass
+        return 1
+
+    @task
+    def after(x: int) -> int:
+        return x
+
+    @flow
+    def f() -> int:
+        return after(block())
+
+    embedded = EmbeddedRun(f.graph(), executor=ThreadExecutor(2))
+    canceller = threading.Thread(target=lambda: started.wait(60) and embedded.cancel("stop"))
+    canceller.start()
+    try:
+        engine = embedded.run()
+    finally:
+        canceller.join(60)
+        release.set()
+    assert engine.state.name == "CANCELLED"
+    spans = span_exporter.get_finished_spans()
+    running = one(spans, "task block")
+    assert (attrs(running)["headwater.state"], attrs(running)["headwater.attempt"]) == (
+        "CANCELLED",
+        1,
+    )
+    never = one(spans, "task after")
+    assert (attrs(never)["headwater.state"], attrs(never)["headwater.attempt"]) == ("CANCELLED", 0)
+    assert attrs(never)["headwater.message"] == "stop"
+    for span in (running, never):  # cancelling is not an error of the task
+        assert span.status.status_code is StatusCode.UNSET
+    root = one(spans, "flow f")
+    assert attrs(root)["headwater.state"] == "CANCELLED"
+    assert root.status.status_code is StatusCode.UNSET
 
 
 def test_skips_and_cache_hits_are_visible(span_exporter: InMemorySpanExporter) -> None:
