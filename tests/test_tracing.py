@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -25,6 +26,7 @@ from headwater_runtime.tracing import (
     TracingSettings,
     active_tracer,
     configure_tracing,
+    in_span,
     tracing_settings_from_env,
 )
 
@@ -295,6 +297,24 @@ def test_a_run_inside_a_user_span_is_its_child_and_task_spans_nest_under_attempt
     attempt = one(spans, "task step")
     inner = one(spans, "inside the task")
     assert parent_id(inner) == attempt.context.span_id
+
+
+def test_a_traced_caller_survives_pickling_for_executors_in_other_processes(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    tracer = trace.get_tracer("test")
+
+    def body(inputs: dict[str, int]) -> int:
+        with trace.get_tracer("task").start_as_current_span("task body"):
+            return inputs["x"] + 1
+
+    with tracer.start_as_current_span("attempt") as attempt:
+        wrapped = in_span(body, attempt)
+    shipped = cloudpickle.loads(cloudpickle.dumps(wrapped))
+    assert shipped({"x": 1}) == 2
+    inner = one(span_exporter.get_finished_spans(), "task body")
+    assert parent_id(inner) == attempt.get_span_context().span_id
+    assert inner.context.trace_id == attempt.get_span_context().trace_id
 
 
 def test_no_tracer_without_a_real_provider() -> None:

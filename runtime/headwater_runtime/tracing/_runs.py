@@ -174,13 +174,31 @@ def _record(span: Span, failure: FailureInfo, *, error: bool) -> None:
 
 def in_span(caller: Callable[[dict[str, Any]], Any], span: Span) -> Callable[[dict[str, Any]], Any]:
     """``caller`` run with ``span`` current, so spans the task makes nest under it."""
-    ctx = trace.set_span_in_context(span)
+    return _InSpan(caller, trace.set_span_in_context(span))
 
-    def call(inputs: dict[str, Any]) -> Any:
-        token = otel_context.attach(ctx)
+
+class _InSpan:
+    """A task caller that makes a span current while it runs. Picklable (an executor
+    may ship callers to other processes): it then travels as W3C context."""
+
+    __slots__ = ("caller", "context")
+
+    def __init__(self, caller: Callable[[dict[str, Any]], Any], context: Context) -> None:
+        self.caller = caller
+        self.context = context
+
+    def __call__(self, inputs: dict[str, Any]) -> Any:
+        token = otel_context.attach(self.context)
         try:
-            return caller(inputs)
+            return self.caller(inputs)
         finally:
             otel_context.detach(token)
 
-    return call
+    def __reduce__(self) -> tuple[Any, ...]:
+        carrier: dict[str, str] = {}
+        n.W3C.inject(carrier, context=self.context)
+        return (_from_carrier, (self.caller, carrier))
+
+
+def _from_carrier(caller: Callable[[dict[str, Any]], Any], carrier: dict[str, str]) -> _InSpan:
+    return _InSpan(caller, n.W3C.extract(carrier))
