@@ -1,8 +1,10 @@
-"""An in-test OTLP/gRPC trace receiver: the collector's TraceService on 127.0.0.1:0.
+"""An in-test OTLP trace receiver: the collector's TraceService over gRPC, and the
+OTLP/HTTP ``POST /v1/traces`` endpoint, both on 127.0.0.1:0.
 
 Processes under test export to it with the real OTLP exporter
-(``OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint``); tests then read the spans every
-process sent, with their service name, and check the tree they form.
+(``OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint``, or ``receiver.http_endpoint`` with
+``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf``); tests then read the spans every process
+sent, with their service name, and check the tree they form.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -57,26 +60,51 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignor
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        received = []
-        for resource_spans in request.resource_spans:
-            service = str(_attributes(resource_spans.resource.attributes).get("service.name"))
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    received.append(
-                        ReceivedSpan(
-                            service=service,
-                            name=span.name,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_id=span.parent_span_id.hex(),
-                            attributes=_attributes(span.attributes),
-                            events=[(e.name, _attributes(e.attributes)) for e in span.events],
-                            error=span.status.code == trace_pb2.Status.STATUS_CODE_ERROR,
-                            status_message=span.status.message,
-                        )
-                    )
-        self.sink.add(received)
+        self.sink.add(_decode(request))
         return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def _decode(request: trace_service_pb2.ExportTraceServiceRequest) -> list[ReceivedSpan]:
+    received = []
+    for resource_spans in request.resource_spans:
+        service = str(_attributes(resource_spans.resource.attributes).get("service.name"))
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                received.append(
+                    ReceivedSpan(
+                        service=service,
+                        name=span.name,
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_id=span.parent_span_id.hex(),
+                        attributes=_attributes(span.attributes),
+                        events=[(e.name, _attributes(e.attributes)) for e in span.events],
+                        error=span.status.code == trace_pb2.Status.STATUS_CODE_ERROR,
+                        status_message=span.status.message,
+                    )
+                )
+    return received
+
+
+def _http_handler(sink: OTLPReceiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path != "/v1/traces":
+                self.send_error(404)
+                return
+            sink.add(_decode(trace_service_pb2.ExportTraceServiceRequest.FromString(body)))
+            reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output clean
+
+    return Handler
 
 
 class OTLPReceiver:
@@ -90,13 +118,22 @@ class OTLPReceiver:
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         #: What OTEL_EXPORTER_OTLP_ENDPOINT must be (plain text gRPC).
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(self))
+        self._http.daemon_threads = True
+        #: The same for OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf.
+        self.http_endpoint = f"http://127.0.0.1:{self._http.server_address[1]}"
+        self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
 
     def __enter__(self) -> OTLPReceiver:
         self._server.start()
+        self._http_thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.stop(grace=None)
+        self._http.shutdown()
+        self._http.server_close()
+        self._http_thread.join(10)
 
     def add(self, spans: list[ReceivedSpan]) -> None:
         with self._changed:

@@ -6,6 +6,8 @@ OTLP receiver, and the spans must form one tree: client span -> flow -> task att
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +177,36 @@ def test_one_trace_links_client_flow_attempts_and_worker_spans(
 
 
 _RPC = "/headwater.v1.ControlPlaneService/CreateFlowRun"
+
+
+def test_headwater_run_exports_over_otlp_http_before_it_exits(
+    tmp_path: Path, receiver: OTLPReceiver
+) -> None:
+    script = tmp_path / "hello.py"
+    script.write_text(
+        "from headwater import flow, task\n\n"
+        "@task\ndef greet(name: str) -> str:\n    return 'hi ' + name\n\n"
+        "@flow\ndef hello(name: str = 'you') -> str:\n    return greet(name)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="600000",  # only the flush at exit can deliver them
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "run", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    spans = receiver.spans  # the process has exited: everything it exported is here
+    flow = _one(spans, name="flow hello", service="headwater")
+    task = _one(spans, name="task greet", service="headwater")
+    assert flow.parent_id == "" and task.parent_id == flow.span_id
+    assert task.trace_id == flow.trace_id
+    assert task.attributes["headwater.state"] == "SUCCESS"
