@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,14 @@ from headwater_runtime.embedded import PROCESS_CACHE
 def _fresh_process_cache() -> None:
     """Each test starts with an empty embedded result cache."""
     PROCESS_CACHE.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests do not inherit the developer's OTEL_* settings (an exporter configured in
+    the shell would make CLI tests install a global TracerProvider)."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def cluster(
     (tmp_path / "traced_tasks.py").write_text(textwrap.dedent(TASKS))
     monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
         "HW_TEST_DIR": str(tmp_path),
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -72,8 +72,6 @@ def cluster(
         # flushes its exporter when it stops (SIGTERM for the server and the worker).
         "OTEL_BSP_SCHEDULE_DELAY": "600000",
     }
-    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_SDK_DISABLED"):
-        env.pop(name, None)
     procs = Cluster(env)
     yield procs
     procs.stop()
