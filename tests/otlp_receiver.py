@@ -122,7 +122,9 @@ class OTLPReceiver:
         self._http.daemon_threads = True
         #: The same for OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf.
         self.http_endpoint = f"http://127.0.0.1:{self._http.server_address[1]}"
-        self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._http_thread = threading.Thread(
+            target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> OTLPReceiver:
         self._server.start()

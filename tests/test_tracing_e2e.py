@@ -177,6 +177,33 @@ def test_one_trace_links_client_flow_attempts_and_worker_spans(
 _RPC = "/headwater.v1.ControlPlaneService/CreateFlowRun"
 
 
+def test_headwater_run_on_a_server_is_one_trace_from_the_cli_to_the_worker(
+    tmp_path: Path, cluster: Cluster, receiver: OTLPReceiver
+) -> None:
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", module="traced_tasks")
+    script = f"{tmp_path / 'traced_tasks.py'}:traced"
+    proc = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "run", script, "--server", address],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "4", proc.stderr
+    cluster.stop()  # flushes the server's and the worker's spans
+    spans = receiver.spans
+    cli = _one(spans, name="run traced", service="headwater")
+    flow = _one(spans, name="flow traced", service="headwater-server")
+    assert cli.parent_id == "" and flow.parent_id == cli.span_id
+    attempts = [s for s in spans if s.name == "task flaky"]
+    assert len(attempts) == 2 and {a.parent_id for a in attempts} == {flow.span_id}
+    for attempt in attempts:
+        _one(spans, name="execute flaky", parent_id=attempt.span_id, service="headwater-worker")
+    assert {s.trace_id for s in spans} == {cli.trace_id}
+
+
 def test_headwater_run_exports_over_otlp_http_before_it_exits(
     tmp_path: Path, receiver: OTLPReceiver
 ) -> None:
