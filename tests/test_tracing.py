@@ -394,18 +394,28 @@ def test_bad_settings_are_one_clear_line(env: dict[str, str], fragment: str) -> 
         tracing_settings_from_env(env)
 
 
-def test_the_cli_refuses_an_unknown_exporter_with_exit_2(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", ["run", "worker", "server"])
+def test_every_command_refuses_an_unknown_exporter_with_exit_2(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     script = tmp_path / "f.py"
     script.write_text("from headwater import flow\n@flow\ndef f() -> int:\n    return 1\n")
+    argv = {
+        "run": ["run", str(script)],
+        "worker": ["worker", "--server", "127.0.0.1:1", "--module", str(script)],
+        "server": ["server", "--port", "0", "--db", str(tmp_path / "hw.db")],
+    }[command]
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
-    assert main(["run", str(script)]) == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "headwater: error: OTEL_TRACES_EXPORTER: unsupported exporter 'jaeger' "
         "(Headwater supports otlp, console or none)"
     ]
+    assert not (tmp_path / "hw.db").exists()  # refused before doing anything
 
 
 def test_headwater_run_exports_to_the_console_on_stderr_and_flushes_at_exit(
