@@ -340,6 +340,47 @@ def test_an_sdk_provider_disabled_by_otel_sdk_disabled_means_off(
 
 
 @pytest.mark.parametrize(
+    ("env", "service"),
+    [
+        ({}, "headwater-worker"),  # the entry point's default
+        ({"OTEL_SERVICE_NAME": "etl-workers"}, "etl-workers"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs,team=data"}, "from-attrs"),
+    ],
+)
+def test_configure_installs_a_provider_and_the_resource_follows_the_environment(
+    env: dict[str, str], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_trace_globals()
+    tracing = configure_tracing(
+        TracingSettings(exporters=("console",), service_name="headwater-worker")
+    )
+    try:
+        assert tracing.provider is trace.get_tracer_provider()
+        assert tracing.provider.resource.attributes["service.name"] == service
+        assert active_tracer() is not None
+        assert len(tracing.instrumentors) == 2  # gRPC client and aio server
+    finally:
+        tracing.shutdown()
+        reset_trace_globals()
+    assert tracing.provider is None and tracing.instrumentors == []
+
+
+def test_configure_keeps_a_provider_the_process_already_has() -> None:
+    reset_trace_globals()
+    mine = TracerProvider()
+    trace.set_tracer_provider(mine)
+    tracing = configure_tracing(TracingSettings(exporters=("otlp",)))
+    try:
+        assert trace.get_tracer_provider() is mine
+        assert tracing.provider is None  # not ours to shut down
+    finally:
+        tracing.shutdown()
+        reset_trace_globals()
+
+
+@pytest.mark.parametrize(
     ("env", "exporters", "protocol", "active"),
     [
         ({}, (), "grpc", False),
