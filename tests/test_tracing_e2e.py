@@ -117,6 +117,8 @@ def test_one_trace_links_client_flow_attempts_and_worker_spans(
         provider.shutdown()
     trace_id = format(client_span.get_span_context().trace_id, "032x")
     cluster.stop()
+    for stopped in cluster.procs:  # exited on SIGTERM by themselves, not killed
+        assert stopped.popen.returncode == 0, (stopped.popen.args, stopped.other[-10:])
 
     def complete(spans: list[ReceivedSpan]) -> bool:
         names = [s.name for s in spans]
@@ -193,6 +195,8 @@ def test_headwater_run_on_a_server_is_one_trace_from_the_cli_to_the_worker(
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "4", proc.stderr
     cluster.stop()  # flushes the server's and the worker's spans
+    for stopped in cluster.procs:  # exited on SIGTERM by themselves, not killed
+        assert stopped.popen.returncode == 0, (stopped.popen.args, stopped.other[-10:])
     spans = receiver.spans
     cli = _one(spans, name="run traced", service="headwater")
     flow = _one(spans, name="flow traced", service="headwater-server")

@@ -128,8 +128,11 @@ class ServerCore:
                 due.append(self.runs.next_timer_at)
             due.extend(d for _, d in self._orphans.values())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancel that races with the wake-up, and stop() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, min(due) - now))
+                async with asyncio.timeout(max(0.0, min(due) - now)):
+                    await self._wake.wait()
 
     # ------------------------------------------------------------------- workers
 
