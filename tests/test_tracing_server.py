@@ -90,6 +90,31 @@ def test_a_lost_worker_ends_the_attempt_span_and_the_next_attempt_gets_its_own(
     assert attrs(flow)["headwater.flow_run.id"] == row.id
 
 
+def test_losing_the_worker_too_often_fails_the_run_and_its_last_attempt_is_an_error(
+    tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    store = SQLiteStore(tmp_path / "hw.db")
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    manager.create_run("pipeline", "", {"n": value_of(1)})
+    for _ in range(4):  # the engine re-dispatches a lost attempt 3 times, then fails it
+        manager.flush()
+        lost = dispatch.submitted.pop(0).assignment
+        run_id, key = split_task_run_id(lost.token.task_run_id)
+        manager.handle(run_id, TaskLost(key, lost.token.attempt))
+    manager.flush()
+    store.close()
+
+    spans = named(span_exporter.get_finished_spans(), "task numbers")
+    assert [attrs(s)["headwater.attempt"] for s in spans] == [1, 2, 3, 4]
+    assert all(attrs(s)["headwater.state"] == "CANCELLED" for s in spans)
+    assert all(s.events[-1].name == "headwater.worker_lost" for s in spans)
+    assert [s.status.status_code for s in spans] == [StatusCode.UNSET] * 3 + [StatusCode.ERROR]
+    (flow,) = named(span_exporter.get_finished_spans(), "flow pipeline")
+    assert attrs(flow)["headwater.state"] == "FAILED"
+
+
 def test_a_restart_ends_the_flow_span_and_resumes_in_a_new_one(
     tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:

@@ -36,6 +36,8 @@ S = TaskRunState
 #: Attempt outcomes (and run states) that mark the span as an error. CANCELLED is not
 #: an error of the task: someone asked for it.
 _ERROR_STATES = frozenset({S.FAILED, S.TIMED_OUT, S.TRIGGER_FAILED})
+#: FailureInfo.type the engine gives an attempt whose worker disappeared.
+WORKER_LOST = "headwater.WorkerLost"
 
 
 class RunTracer:
@@ -110,10 +112,15 @@ class RunTracer:
         else:  # ended before it started (cancelled while queued)
             outcome, failure = entry.state, entry.failure
         run_span.set_attribute(n.STATE, outcome.name)
-        if entry.state is S.SCHEDULED:  # RUNNING -> SCHEDULED: the worker was lost
-            run_span.add_event(n.EVENT_LOST, {n.MESSAGE: str(failure or entry.message)})
+        # An error when the attempt failed, or when it made the run fail (a worker lost
+        # once too often: the attempt itself is CANCELLED, the run FAILED).
+        error = outcome in _ERROR_STATES or entry.state in _ERROR_STATES
+        if failure is not None and failure.type == WORKER_LOST:
+            run_span.add_event(n.EVENT_LOST, {n.MESSAGE: failure.message})
+            if error:
+                run_span.set_status(Status(StatusCode.ERROR, str(failure)))
         elif failure is not None:
-            _record(run_span, failure, error=outcome in _ERROR_STATES)
+            _record(run_span, failure, error=error)
         if entry.state is S.RETRYING:
             delay = retry_delay(run.spec.retry, run.retries_used, run.key)
             retry = {n.RETRY_DELAY: delay, n.RETRY_NUMBER: run.retries_used}
