@@ -11,8 +11,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from headwater.v1 import worker_pb2
-from headwater_runtime.tracing import _names as n
 from headwater_runtime.tracing import extract, record_failure
+from headwater_runtime.tracing import names as n
 
 
 def execute_traced(

@@ -5,6 +5,7 @@ the attempt span named by ``Assignment.trace_context``; CLI entry points install
 exporters from the standard OTEL_* variables (``configure_tracing``).
 """
 
+from . import _names as names
 from ._config import (
     EXPORTERS,
     PROTOCOLS,
@@ -31,6 +32,7 @@ __all__ = [
     "extract",
     "in_span",
     "inject",
+    "names",
     "record_failure",
     "tracing_settings_from_env",
 ]
