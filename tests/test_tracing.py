@@ -20,13 +20,17 @@ from opentelemetry.trace import StatusCode
 
 from headwater import Skip, flow, task
 from headwater._cli import main
+from headwater._worker_tracing import execute_traced
+from headwater.v1 import state_pb2, worker_pb2
 from headwater_runtime.embedded import EmbeddedRun, ThreadExecutor
+from headwater_runtime.execution import TaskInterrupted
 from headwater_runtime.tracing import (
     TracingConfigError,
     TracingSettings,
     active_tracer,
     configure_tracing,
     in_span,
+    inject,
     tracing_settings_from_env,
 )
 
@@ -334,6 +338,66 @@ def test_an_sdk_provider_disabled_by_otel_sdk_disabled_means_off(
         assert active_tracer() is None
     finally:
         reset_trace_globals()
+
+
+# ------------------------------------------------------------------------ worker
+
+
+def _assignment(task_name: str, map_index: int, parent: dict[str, str]) -> worker_pb2.Assignment:
+    return worker_pb2.Assignment(
+        token=worker_pb2.FencingToken(task_run_id=f"run1/{task_name}", attempt=2),
+        flow_run_id="run1",
+        task_type="mod.double",
+        task_name=task_name,
+        map_index=map_index,
+        trace_context=parent,
+    )
+
+
+def test_the_worker_span_is_a_child_of_the_assignments_context_and_records_failures(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    with trace.get_tracer("server").start_as_current_span("task double") as attempt:
+        parent = inject()
+    assignment = _assignment("double[3]", 3, parent)
+    boom = state_pb2.Failure(type="builtins.KeyError", message="'x'", stack_trace="Traceback")
+    failed = worker_pb2.ConnectRequest(
+        failure=worker_pb2.TaskFailure(token=assignment.token, failure=boom)
+    )
+    tracer = trace.get_tracer("worker")
+    assert execute_traced(tracer, assignment, "w1", lambda: failed) is failed
+    span = one(span_exporter.get_finished_spans(), "execute double")
+    assert parent_id(span) == attempt.get_span_context().span_id
+    assert span.context.trace_id == attempt.get_span_context().trace_id
+    assert attrs(span) == {
+        "headwater.task.name": "double",  # not "double[3]": the index is an attribute
+        "headwater.task_type": "mod.double",
+        "headwater.task_run.id": "run1/double[3]",
+        "headwater.attempt": 2,
+        "headwater.flow_run.id": "run1",
+        "headwater.worker.name": "w1",
+        "headwater.map_index": 3,
+    }
+    assert span.status.status_code is StatusCode.ERROR
+    assert event(span, "exception") == {
+        "exception.type": "builtins.KeyError",
+        "exception.message": "'x'",
+        "exception.stacktrace": "Traceback",
+    }
+
+
+def test_an_interrupted_worker_attempt_still_ends_its_span(
+    span_exporter: InMemorySpanExporter,
+) -> None:
+    def interrupted() -> worker_pb2.ConnectRequest:
+        raise TaskInterrupted
+
+    with pytest.raises(TaskInterrupted):
+        execute_traced(trace.get_tracer("w"), _assignment("slow", -1, {}), "w1", interrupted)
+    span = one(span_exporter.get_finished_spans(), "execute slow")
+    assert span.parent is None  # an assignment without context: a root
+    assert [e.name for e in span.events] == ["headwater.interrupted"]
+    assert "headwater.map_index" not in attrs(span)
 
 
 # ------------------------------------------------------------------ configuration

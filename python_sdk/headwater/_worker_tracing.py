@@ -15,6 +15,15 @@ from headwater_runtime.tracing import extract, record_failure
 from headwater_runtime.tracing import names as n
 
 
+def task_name(assignment: worker_pb2.Assignment) -> str:
+    """The task's name as the attempt span has it: mapped child i's assignment is named
+    ``name[i]``; span names stay low-cardinality and ``headwater.map_index`` says i."""
+    suffix = f"[{assignment.map_index}]"
+    if assignment.map_index >= 0 and assignment.task_name.endswith(suffix):
+        return assignment.task_name[: -len(suffix)]
+    return assignment.task_name
+
+
 def execute_traced(
     tracer: Tracer,
     assignment: worker_pb2.Assignment,
@@ -23,8 +32,9 @@ def execute_traced(
 ) -> worker_pb2.ConnectRequest:
     """Call ``run`` (decode inputs, run the task, encode its result) inside the span;
     the outcome it returns decides the span's status."""
+    name = task_name(assignment)
     attributes: dict[str, Any] = {
-        n.TASK_NAME: assignment.task_name,
+        n.TASK_NAME: name,
         n.TASK_TYPE: assignment.task_type,
         n.TASK_RUN_ID: assignment.token.task_run_id,
         n.ATTEMPT: assignment.token.attempt,
@@ -34,7 +44,7 @@ def execute_traced(
     if assignment.map_index >= 0:
         attributes[n.MAP_INDEX] = assignment.map_index
     span = tracer.start_span(
-        n.execute_span_name(assignment.task_name),
+        n.execute_span_name(name),
         context=extract(assignment.trace_context),
         attributes=attributes,
     )
