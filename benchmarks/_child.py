@@ -23,7 +23,9 @@ from ._measure import current_rss_mb, peak_rss_mb, reset_peak
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
 
-SYSTEMS = ("headwater", "plain", "dask", "dask-raw", "server", "dask-cluster")
+SYSTEMS = ("headwater", "headwater-traced", "plain", "dask", "dask-raw", "server", "dask-cluster")
+#: Systems that are a Headwater embedded run (with tracing off, or on).
+HEADWATER = ("headwater", "headwater-traced")
 
 
 def _run_headwater(dag: Dag, max_workers: int | None) -> tuple[Any, float, float]:
@@ -40,7 +42,7 @@ def _run_headwater(dag: Dag, max_workers: int | None) -> tuple[Any, float, float
 
 
 def _run_once(system: str, dag: Dag, max_workers: int | None) -> tuple[Any, float | None, float]:
-    if system == "headwater":
+    if system in HEADWATER:
         return _run_headwater(dag, max_workers)
     fn = {"plain": dag.plain, "dask": dag.dask_delayed, "dask-raw": dag.dask_graph}[system]
     start = time.perf_counter()
@@ -49,7 +51,7 @@ def _run_once(system: str, dag: Dag, max_workers: int | None) -> tuple[Any, floa
 
 
 def _pool_size(system: str, max_workers: int | None) -> int:
-    if system == "headwater":
+    if system in HEADWATER:
         from headwater_runtime.embedded import default_thread_count
 
         return max_workers or default_thread_count()
@@ -75,6 +77,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])
+    spans = _install_tracing() if system == "headwater-traced" else None
     _run_once(system, make_dag(kind, WARMUP[kind]), max_workers)
     gc.collect()
     base = current_rss_mb()
@@ -82,12 +85,17 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     walls: list[float] = []
     compiles: list[float] = []
     check = None
+    exported = 0
     for _ in range(spec.get("repeats", 1)):
+        if spans is not None:
+            spans.clear()
         result, compile_s, wall = _run_once(system, dag, max_workers)
         walls.append(wall)
         if compile_s is not None:
             compiles.append(compile_s)
         check = dag.check(result)
+        if spans is not None:
+            exported = len(spans.get_finished_spans())
         del result
         gc.collect()
     return {
@@ -103,7 +111,23 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_mb": peak_rss_mb() - base,
         "peak_reset": reset_ok,
         "pool": _pool_size(system, max_workers),
+        "spans": exported,  # per run, headwater-traced only
     }
+
+
+def _install_tracing() -> Any:
+    """Tracing on, as an application would turn it on: a global SDK TracerProvider,
+    here exporting synchronously to memory (so export cost is in the timed run)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
 
 
 def main(argv: list[str]) -> int:

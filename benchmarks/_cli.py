@@ -194,6 +194,13 @@ def _notes(rows: list[Row]) -> list[str]:
             bits.append(f"headwater/dask-raw = {hw.wall / raw.wall:.2f}x")
         if hw and hw.wall and plain and plain.wall:
             bits.append(f"headwater/plain = {hw.wall / plain.wall:.0f}x")
+        traced = row.get("headwater-traced")
+        if hw and hw.wall and traced and traced.wall and traced.data and row.tasks:
+            extra = (traced.wall - hw.wall) / row.tasks * 1e6
+            bits.append(
+                f"tracing on (in-memory exporter, {traced.data['spans']:,} spans per run) "
+                f"- off = {extra:+.1f} µs/task ({traced.wall / hw.wall - 1:+.0%})"
+            )
         notes.append(f"{w.name}: " + "; ".join(bits))
     if any(r.dask_capped for r in rows):
         notes.append(
@@ -332,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 "params": workload.params_for(system, args.quick),
                 "system": system,
                 "repeats": workload.repeats_for(system, args.quick),
-                "max_workers": args.max_workers if system == "headwater" else None,
+                "max_workers": args.max_workers if system.startswith("headwater") else None,
             }
             t0 = time.perf_counter()
             print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)

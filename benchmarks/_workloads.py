@@ -88,6 +88,17 @@ WORKLOADS: tuple[Workload, ...] = (
         max_overhead_us=50,
     ),
     Workload(
+        name="tracing",
+        title="tracing overhead: fan-out with tracing off (headwater) and on",
+        kind="fanout",
+        full={"n": 10_000},
+        quick={"n": 2_000},
+        # headwater: no TracerProvider, tracing off; headwater-traced: an SDK provider
+        # exporting to memory. The notes give on - off per task.
+        systems=("headwater", "headwater-traced", "plain"),
+        repeats=5,
+    ),
+    Workload(
         name="memory-fanout",
         title="2 memory: 100k fan-out + reduce",
         kind="fanout",

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from _backends import THREADS, Backend
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.test.globals_test import reset_trace_globals
 
 from headwater_runtime.embedded import PROCESS_CACHE
 
@@ -51,3 +57,25 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
     client = request.getfixturevalue("dask_client")
     return Backend("dask", lambda _threads: DaskExecutor(client=client))
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests do not inherit the developer's OTEL_* settings (an exporter configured in
+    the shell would make CLI tests install a global TracerProvider)."""
+    for name in [n for n in os.environ if n.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def span_exporter() -> Iterator[InMemorySpanExporter]:
+    """A global TracerProvider exporting to memory for this test only (as an
+    application with its own provider would install it)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reset_trace_globals()
+    trace.set_tracer_provider(provider)
+    yield exporter
+    provider.shutdown()
+    reset_trace_globals()

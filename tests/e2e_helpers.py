@@ -1,15 +1,17 @@
-"""Helpers for end-to-end tests: real server and worker subprocesses."""
+"""Helpers for end-to-end tests: real `headwater server` / `headwater worker`
+subprocesses whose output lines are collected, and polling with a deadline."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-#: Upper bound on any single wait in an end-to-end test (never reached when healthy).
+#: Upper bound on any single wait in an end-to-end test (seconds).
 BOUND = 60.0
 
 
@@ -75,10 +77,43 @@ class Proc:
                 pipe.close()
 
 
+class Cluster:
+    """Starts `headwater` subprocesses with a shared environment; ``stop()`` ends them
+    all (SIGTERM, then SIGKILL), in start order."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.procs: list[Proc] = []
+
+    def __call__(self, kind: str, *args: str, worker: str = "") -> Proc:
+        cmd = [sys.executable, "-m", "headwater._cli", kind, *args]
+        proc_env = {**self.env, "HW_WORKER": worker}
+        proc = Proc(cmd, proc_env, "stdout" if kind == "server" else "stderr")
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        # pytest shows this only when the test failed: what every process said.
+        for proc in self.procs:
+            print(f"--- {' '.join(proc.popen.args[3:])}", *proc.lines, *proc.other, sep="\n")
+
+
 def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
     server = start("server", "--port", str(port), "--db", str(db))
     line = server.wait_line("headwater server listening on")
     return server, line.rsplit(" ", 1)[1]
+
+
+def start_worker(
+    start: Callable[..., Proc], address: str, name: str, *extra: str, module: str = "e2e_tasks"
+) -> Proc:
+    worker = start(
+        "worker", "--server", address, "--module", module, "--name", name, *extra, worker=name
+    )
+    worker.wait_line("connected to")
+    return worker
 
 
 def poll(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:

@@ -33,8 +33,9 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     header = next((line for line in proc.stdout.splitlines() if line.startswith("| workload")), "")
     for column in ("headwater s", "plain s", "dask s", "overhead µs/task", "peak MB", "met?"):
         assert column in header, proc.stdout
-    for workload in ("fanout", "layered", "memory-fanout", "memory-layered", "map"):
+    for workload in ("fanout", "layered", "tracing", "memory-fanout", "memory-layered", "map"):
         assert f"| {workload} " in proc.stdout, proc.stdout
+    assert "tracing: " in proc.stdout and "tracing on (in-memory exporter" in proc.stdout
     # The server workloads' own table (a real server and worker processes).
     headers = [line for line in proc.stdout.splitlines() if line.startswith("| workload")]
     assert len(headers) == 3, proc.stdout

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import BOUND, Proc, poll, start_server
+from e2e_helpers import BOUND, Cluster, Proc, poll, start_server, start_worker
 
 from headwater import Client
 from headwater._loader import load_file
@@ -129,38 +129,18 @@ def big(mb: int = 300) -> list:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Proc]]:
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     (tmp_path / "e2e_tasks.py").write_text(textwrap.dedent(TASKS))
     monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))  # the test imports the module too
-    procs: list[Proc] = []
     env = {
         **os.environ,
         "HW_TEST_DIR": str(tmp_path),
         "HEADWATER_TOKEN": TOKEN,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
-
-    def start(kind: str, *args: str, worker: str = "") -> Proc:
-        cmd = [sys.executable, "-m", "headwater._cli", kind, *args]
-        proc_env = {**env, "HW_WORKER": worker}
-        proc = Proc(cmd, proc_env, "stdout" if kind == "server" else "stderr")
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
-    # pytest shows this only when the test failed: what every process said.
-    for proc in procs:
-        print(f"--- {' '.join(proc.popen.args[3:])}", *proc.lines, *proc.other, sep="\n")
-
-
-def start_worker(start: Callable[..., Proc], address: str, name: str, *extra: str) -> Proc:
-    worker = start(
-        "worker", "--server", address, "--module", "e2e_tasks", "--name", name, *extra, worker=name
-    )
-    worker.wait_line("connected to")
-    return worker
+    procs = Cluster(env)
+    yield procs
+    procs.stop()
 
 
 def effects(tmp_path: Path) -> list[tuple[str, str]]:

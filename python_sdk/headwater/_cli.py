@@ -12,6 +12,12 @@ from typing import Any
 import grpc
 
 from headwater_runtime.engine import FlowRunState, GraphError, ParameterError
+from headwater_runtime.tracing import (
+    Tracing,
+    TracingConfigError,
+    configure_tracing,
+    tracing_settings_from_env,
+)
 
 from ._cli_remote import add_runs_command
 from ._client import ServerError
@@ -45,9 +51,23 @@ def _summary(run: FlowRun) -> str:
     return f"flow run {run.id[:8]} of {run.flow_name!r}: {run.state.name}{duration} ({parts})"
 
 
+def traced(service_name: str) -> Tracing:
+    """Install tracing from the OTEL_* variables for this command (shut it down on
+    exit so buffered spans are exported)."""
+    return configure_tracing(tracing_settings_from_env(service_name=service_name))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     params = parse_params(args.param)
     flow = load_flow(args.target)
+    tracing = traced("headwater")
+    try:
+        return _run(args, flow, params)
+    finally:
+        tracing.shutdown()
+
+
+def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
     if args.server:
         if args.dask is not None:
             raise UsageError(
@@ -142,6 +162,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
 
+    # Before the Worker: it decides once whether to trace, and gRPC channels it opens
+    # must be instrumented.
+    tracing = traced("headwater-worker")
+
     def connected(worker: Worker) -> None:
         on_dask = getattr(worker, "dask_address", None)
         print(
@@ -187,6 +211,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except WorkerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        tracing.shutdown()
     return EXIT_OK
 
 
@@ -198,7 +224,8 @@ def add_worker_command(sub: Any) -> None:
         "modules (plus the built-in headwater.case and headwater.merge). Reconnects on "
         "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1. With "
         "--dask it is a Dask bridge: tasks run on a Dask cluster and their results stay "
-        "there.",
+        "there. OTEL_TRACES_EXPORTER=otlp|console traces every task it runs "
+        "(docs/tracing.md).",
     )
     worker.add_argument(
         "--server",
@@ -259,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
         "thread pool) by default, or on a server with --server. Exit code 0 when the run "
         "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C). With --dask the "
-        "tasks run on a Dask cluster (the flow is still driven from this process).",
+        "tasks run on a Dask cluster (the flow is still driven from this process). "
+        "OTEL_TRACES_EXPORTER=otlp|console exports the run as a trace (docs/tracing.md).",
     )
     run.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     run.add_argument(
@@ -317,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         EncodingError,
         FlowDefinitionError,
         ParameterError,
+        TracingConfigError,
     ) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,7 +9,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
+
 from headwater_runtime.engine import FlowRunState
+from headwater_runtime.tracing import TRACER_NAME
 
 from ._client import Client
 from ._errors import UsageError
@@ -32,7 +35,9 @@ def _exit_code(state: FlowRunState) -> int:
 
 def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | None) -> int:
     """Deploy, run and wait; prints the result as JSON like an embedded run."""
-    with Client(address, token=token) as client:
+    tracer = trace.get_tracer(TRACER_NAME)
+    # The CLI's own span: the flow span on the server becomes its child.
+    with Client(address, token=token) as client, tracer.start_as_current_span(f"run {flow.name}"):
         run = client.run(flow, params)
         print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
         for _, change in client.watch(run.id):

@@ -20,6 +20,7 @@ from headwater.v1 import (
     run_pb2,
 )
 from headwater_runtime.engine import FlowRunState, ParameterError, TaskRunState, json_consumers
+from headwater_runtime.tracing import inject
 
 from ._payloads import EncodingError, decode_value, encode
 
@@ -156,6 +157,8 @@ class Client:
                 flow_version=version,
                 parameters=values,
                 idempotency_key=idempotency_key,
+                # The caller's current span (if any) becomes the flow span's parent.
+                trace_context=inject(),
             ),
             f"run flow {name!r}",
         )

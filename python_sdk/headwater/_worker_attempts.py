@@ -14,6 +14,7 @@ they survive a reconnect.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from headwater_runtime.execution import (
     failure_from_exception,
     make_caller,
 )
+from headwater_runtime.tracing import active_tracer
 
 from ._payloads import EncodingError
 from ._proto_graph import path_from_proto
@@ -44,6 +46,7 @@ from ._worker_codec import (
     failure,
     failure_message,
 )
+from ._worker_tracing import execute_traced
 
 log = logging.getLogger("headwater.worker")
 
@@ -197,6 +200,7 @@ class Attempts:
         self._jobs: SimpleQueue[_Attempt | None] = SimpleQueue()
         self._idle = 0  # pooled threads waiting on _jobs
         self._closed = False
+        self.tracer = active_tracer()  # None: tracing off, no per-attempt cost
 
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
@@ -335,7 +339,11 @@ class Attempts:
                 attempt.ident = threading.get_ident()
                 self.log_handler.threads[attempt.ident] = attempt.assignment.token
             self.started.add(attempt)
-            outcome = self._execute(attempt)
+            if self.tracer is None:
+                outcome = self._execute(attempt)
+            else:
+                run = functools.partial(self._execute, attempt)
+                outcome = execute_traced(self.tracer, attempt.assignment, self.worker_name, run)
             self._seal(attempt)
             with self.lock:
                 if self.running.get(attempt.token) is attempt:
@@ -359,9 +367,17 @@ class Attempts:
             _interrupt_thread(threading.get_ident(), None)
 
     def decided(self, token: Token, hit: bool) -> None:
-        """The server's answer to a CacheKeyReport."""
+        """The server's answer to a CacheKeyReport. A hit frees the slot at once (here,
+        before the next message is read): the server may already have sent the next
+        assignment for it."""
         with self.lock:
             waiting = self._decisions.get(token)
+            attempt = self.running.get(token) if hit and waiting is not None else None
+            if attempt is not None:
+                # Not interrupted: its thread returns from the wait and reports nothing.
+                del self.running[token]
+                if attempt.timer is not None:
+                    attempt.timer.cancel()
         if waiting is not None:
             waiting[1].append(hit)
             waiting[0].set()

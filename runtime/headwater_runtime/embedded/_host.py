@@ -33,6 +33,7 @@ from headwater_runtime.engine import (
     WriteCache,
 )
 from headwater_runtime.execution import Caller, make_caller
+from headwater_runtime.tracing import RunTracer, active_tracer, in_span
 
 from ._cache import PROCESS_CACHE, ResultCache
 from ._threads import ThreadExecutor
@@ -104,12 +105,20 @@ class EmbeddedRun:
         on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
+        # Tracing is decided once per run: when off, the loop tests one None per task.
+        self._tracer = active_tracer()
+        self._trace: RunTracer | None = None
+        self._user_on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None
         self.executor: Executor = executor or ThreadExecutor()
         self.cache = cache
         self._completions: SimpleQueue[Event] = SimpleQueue()
         limit = self.executor.slots
         if max_concurrency is not None:
             limit = min(limit, max_concurrency)
+        hook = on_transition
+        if self._tracer is not None:
+            hook = self._on_transition
+            self._user_on_transition = on_transition
         try:
             self.engine = FlowRunEngine(
                 graph,
@@ -118,7 +127,7 @@ class EmbeddedRun:
                 values=self.executor.values,
                 max_concurrency=limit,
                 auto_start=not self.executor.reports_starts,
-                on_transition=on_transition,
+                on_transition=hook,
             )
         except BaseException:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run
@@ -129,9 +138,18 @@ class EmbeddedRun:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
         self._completions.put(CancelRequested(reason))
 
+    def _on_transition(self, run: TaskRunRecord, entry: StateEntry) -> None:
+        if self._trace is not None:
+            self._trace.on_transition(run, entry)
+        if self._user_on_transition is not None:
+            self._user_on_transition(run, entry)
+
     def run(self) -> FlowRunEngine:
         engine = self.engine
         completions = self._completions
+        if self._tracer is not None:
+            # Parent: the caller's current span, if any (flow.run() inside traced code).
+            self._trace = RunTracer(self._tracer, engine.graph.name, self.id)
         self.executor.start(completions)
         try:
             try:
@@ -161,6 +179,9 @@ class EmbeddedRun:
                     engine.result_unavailable(exc)
         finally:
             self.executor.shutdown()
+            if self._trace is not None:
+                message = engine.flow_history[-1][2] if engine.flow_history else ""
+                self._trace.finish(engine.state, message)
         return engine
 
     def _execute(self, commands: list[Command]) -> None:
@@ -179,6 +200,9 @@ class EmbeddedRun:
                             "embedded runs need flows compiled here"
                         )
                     caller = self._callers[spec.fn] = make_caller(spec.fn)
+                if self._trace is not None:
+                    span = self._trace.dispatched(command.run, command.attempt)
+                    caller = in_span(caller, span)
                 batch.append((command, caller))
                 continue
             if batch:  # keep the order of submits and cancels

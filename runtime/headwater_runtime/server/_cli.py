@@ -13,7 +13,9 @@ def add_server_command(sub: Any) -> None:
         "server",
         help="run the control plane (gRPC API, worker gateway, SQLite store)",
         description="Run the Headwater control plane. Prints 'headwater server listening on "
-        "HOST:PORT' once bound. Unfinished flow runs in the database are resumed.",
+        "HOST:PORT' once bound. Unfinished flow runs in the database are resumed. "
+        "OTEL_TRACES_EXPORTER=otlp|console exports every flow run as a trace, with the "
+        "standard OTEL_* variables (docs/tracing.md).",
     )
     server.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     server.add_argument(
@@ -33,6 +35,12 @@ def add_server_command(sub: Any) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    from headwater_runtime.tracing import (
+        TracingConfigError,
+        configure_tracing,
+        tracing_settings_from_env,
+    )
+
     from ._app import serve_forever, settings_from_env
 
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -40,8 +48,17 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     settings = settings_from_env(host=args.host, port=args.port, db=args.db, token=args.token)
     try:
+        tracing_settings = tracing_settings_from_env(service_name="headwater-server")
+    except TracingConfigError as exc:
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return 2
+    # Before the gRPC server exists: its instrumentation hooks server creation.
+    tracing = configure_tracing(tracing_settings)
+    try:
         asyncio.run(serve_forever(settings))
     except (OSError, RuntimeError) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # SIGTERM ends serve_forever normally: spans are flushed
     return 0

@@ -139,7 +139,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         try:
             row = self.store.get_flow_run(row.id)
             yield control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
-            while row.state not in _TERMINAL:
+            # The commit that ends the run may carry several task run changes (all
+            # queued by the same flush): deliver every one before ending the stream.
+            while row.state not in _TERMINAL or not queue.empty():
                 run = await queue.get()
                 row = self.store.get_flow_run(row.id)
                 response = control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))

@@ -101,6 +101,7 @@ class ServerCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
         self.flush()
+        self.runs.end_traces()
 
     def touch(self) -> None:
         """Schedule a commit: at the end of this loop tick when the server is idle,
@@ -155,6 +156,8 @@ class ServerCore:
             if self._stopping:
                 return
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancel that races with the wake-up, and stop() then waits forever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, min(due) - now)):
                     await self._wake.wait()

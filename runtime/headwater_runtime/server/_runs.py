@@ -63,6 +63,7 @@ from headwater_runtime.store import (
     TaskRunRow,
     WriteBatch,
 )
+from headwater_runtime.tracing import RunTracer, active_tracer, extract, inject
 
 from ._codec import decode_entry, encode_entry, failure_to_dict
 from ._values import (
@@ -152,6 +153,7 @@ class ActiveRun:
     seq: int = 0
     armed_at: float | None = None
     state_seqs: dict[str, int] = field(default_factory=dict)
+    trace: RunTracer | None = None
 
 
 class RunManager:
@@ -167,6 +169,8 @@ class RunManager:
         self._effects: list[Callable[[], None]] = []
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
+        # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
+        self.tracer = active_tracer()
 
     # ------------------------------------------------------------------- flows
 
@@ -209,8 +213,10 @@ class RunManager:
         _check_json_params(graph, params)
         now = self.clock.now()
         stored_params = run_pb2.FlowRun(parameters=_param_values(params))
+        run_id = uuid.uuid4().hex
+        trace, context = self._new_trace(flow_name, run_id, trace_context or {})
         row = FlowRunRow(
-            id=uuid.uuid4().hex,
+            id=run_id,
             flow_name=flow_name,
             flow_version=version,
             state=_RUNNING,
@@ -218,11 +224,12 @@ class RunManager:
             parameters=stored_params.SerializeToString(deterministic=True),
             idempotency_key=idempotency_key,
             started_at=now,
-            trace_context=dict(trace_context or {}),
+            trace_context=context,
         )
         row, created = self.store.create_flow_run(row)
         if created:
             active = self._activate(row, graph, params, journal=None)
+            active.trace = trace  # (a duplicate's unended span is never exported)
             self._process(active, active.journal.start())
         return row, created
 
@@ -238,6 +245,8 @@ class RunManager:
         def on_transition(run: TaskRunRecord, entry: StateEntry) -> None:
             if holder:
                 self._project(holder[0], run, entry)
+                if holder[0].trace is not None:
+                    holder[0].trace.on_transition(run, entry)
 
         options: dict[str, Any] = {"auto_start": False, "on_transition": on_transition}
         if journal is None:
@@ -324,6 +333,14 @@ class RunManager:
         for effect in effects:
             effect()
 
+    def end_traces(self, reason: str = "server stopped") -> None:
+        """End the flow spans of runs still in progress (on shutdown), so the spans
+        exported so far have their parent; a restart opens a resumed flow span."""
+        for active in self.runs.values():
+            if active.trace is not None:
+                active.trace.finish(active.engine.state, reason)
+                active.trace = None
+
     def recover(self) -> list[tuple[str, str, int]]:
         """Rebuild every unfinished run from its journal. Returns the attempts that
         were in flight (flow run id, task run id, attempt): the caller re-attaches them
@@ -335,8 +352,14 @@ class RunManager:
             params = {name: stored.parameters[name] for name in stored.parameters}
             journal = [decode_entry(e) for e in self.store.events(row.id)]
             active = self._activate(row, graph, params, journal)
+            if self.tracer is not None:
+                # A child of the flow span of the process that started the run.
+                parent = extract(row.trace_context)
+                active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=True)
             for run in active.engine.runs.values():
                 if run.dispatched:
+                    if active.trace is not None:
+                        active.trace.dispatched(run, run.attempt, resumed=True)
                     in_flight.append((row.id, task_run_id(row.id, run.key), run.attempt))
             self._arm_timer(active)
         return in_flight
@@ -383,6 +406,18 @@ class RunManager:
         )
         for listener in self.listeners:
             listener(run_id, run)
+
+    def _new_trace(
+        self, flow_name: str, run_id: str, caller: Mapping[str, str]
+    ) -> tuple[RunTracer | None, dict[str, str]]:
+        """A new run's flow span (a child of the caller's context, if any) and the
+        trace context to store with the run: the flow span's when tracing, so that
+        GetFlowRun points at it and a restarted server resumes under it; else the
+        caller's, passed on to workers unchanged."""
+        if self.tracer is None:
+            return None, dict(caller)
+        trace = RunTracer(self.tracer, flow_name, run_id, extract(caller))
+        return trace, inject(trace.flow_span)
 
     def _deactivate(self, flow_run_id: str) -> None:
         self.runs.pop(flow_run_id, None)
@@ -496,7 +531,12 @@ class RunManager:
             result_encoding="json" if spec.portable or consumer else "",
             result_consumer=f"task {consumer[0]!r}, argument {consumer[1]!r}" if consumer else "",
             split_result=spec.id in active.split_nodes,
-            trace_context=active.row.trace_context,
+            # The attempt span's context when tracing; else the client's, passed through.
+            trace_context=(
+                active.row.trace_context
+                if active.trace is None
+                else inject(active.trace.dispatched(run, command.attempt))
+            ),
         )
         split_path = active.split_nodes.get(spec.id)
         if split_path:
@@ -519,6 +559,8 @@ class RunManager:
         if state is FlowRunState.SUCCESS and engine.graph.result is not None:
             row.result = to_result_value(engine.result).SerializeToString()
         self._batch.flow_runs[row.id] = row
+        if active.trace is not None:
+            active.trace.finish(state, row.message)
         self._effects.append(functools.partial(self._deactivate, row.id))
         for listener in self.listeners:
             listener(row.id, None)

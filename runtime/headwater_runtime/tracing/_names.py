@@ -1,0 +1,52 @@
+"""Span names and attribute keys shared by every Headwater process (and the Node worker).
+
+They are part of the observable contract: docs/tracing.md lists them, dashboards and
+queries are written against them. Add, never rename.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+#: Instrumentation scope of every Headwater span.
+TRACER_NAME = "headwater"
+
+FLOW_NAME = "headwater.flow.name"
+FLOW_RUN_ID = "headwater.flow_run.id"
+TASK_NAME = "headwater.task.name"
+TASK_TYPE = "headwater.task_type"
+TASK_RUN_ID = "headwater.task_run.id"
+ATTEMPT = "headwater.attempt"
+MAP_INDEX = "headwater.map_index"
+STATE = "headwater.state"
+MESSAGE = "headwater.message"
+CACHE_HIT = "headwater.cache_hit"
+CACHE_KEY = "headwater.cache_key"
+RESUMED = "headwater.resumed"
+WORKER_NAME = "headwater.worker.name"
+RETRY_DELAY = "headwater.retry.delay"
+RETRY_NUMBER = "headwater.retry.number"
+
+#: Span events.
+EVENT_RETRY = "headwater.retry"
+EVENT_CACHE_HIT = "headwater.cache_hit"
+EVENT_STARTED = "headwater.started"
+EVENT_LOST = "headwater.worker_lost"
+EVENT_INTERRUPTED = "headwater.interrupted"
+
+#: The wire format of trace context in CreateFlowRunRequest and Assignment is W3C
+#: (traceparent, tracestate) whatever OTEL_PROPAGATORS says: workers in any language
+#: read exactly these keys.
+W3C = TraceContextTextMapPropagator()
+
+
+def flow_span_name(flow_name: str) -> str:
+    return f"flow {flow_name}"
+
+
+def task_span_name(task_name: str) -> str:
+    return f"task {task_name}"
+
+
+def execute_span_name(task_name: str) -> str:
+    return f"execute {task_name}"
