@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "RemoteFlowRun",
     "RemoteTask",
     "ResultCache",
+    "ScheduleInfo",
     "ServerError",
     "Skip",
     "StateEntry",
