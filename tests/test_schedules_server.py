@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from e2e_helpers import poll
 from test_client import ServerThread
 from test_run_manager import value_of
 from test_server_protocol import AUTH, fake_worker, proto_pipeline, run_against_server, status_of
@@ -141,6 +142,7 @@ def test_client_creates_lists_pauses_resumes_and_deletes_schedules(server: Serve
             "",
         )
         assert hourly.parameters == {"n": 4, "factor": 2}
+        assert hourly.flow_version == "1"  # a Flow object is deployed and pinned
         assert not hourly.paused and hourly.next_run_at is not None
         assert hourly.created_at is not None
         assert hourly.next_run_at - hourly.created_at == timedelta(hours=1)
@@ -169,6 +171,13 @@ def test_client_creates_lists_pauses_resumes_and_deletes_schedules(server: Serve
             client.create_schedule("proto_pipeline")
         with pytest.raises(ValueError, match="every must be > 0"):
             client.create_schedule("proto_pipeline", every=0)
+        # By name, unpinned: it fires the latest version; its runs name the schedule.
+        often = client.create_schedule("proto_pipeline", every=0.1, params={"n": 1})
+        assert often.flow_version == ""
+        poll(lambda: len(client.list_runs()) >= 1, "a scheduled run")
+        client.delete_schedule(often.id)
+        runs = client.list_runs()
+        assert {(r.schedule_id, r.flow_version) for r in runs} == {(often.id, "1")}
 
 
 FLOW_FILE = """

@@ -64,6 +64,8 @@ class RemoteFlowRun:
     message: str
     created: bool = True
     task_runs: list[TaskRunInfo] = field(default_factory=list)
+    #: The schedule that created the run ("" for a run created by a client).
+    schedule_id: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -272,9 +274,10 @@ class Client:
     ) -> ScheduleInfo:
         """Create runs of a flow periodically: ``every`` (seconds or a timedelta) or at
         the times of a five-field ``cron`` expression read in ``timezone``. A Flow
-        object is deployed first; an empty ``version`` runs the latest version at each
-        fire. After downtime only the most recent missed time fires, unless ``catchup``
-        (then every missed time does). See docs/schedules.md."""
+        object is deployed first and its version pinned; for a flow name, an empty
+        ``version`` runs the latest version at each fire. After downtime only the
+        most recent missed time fires, unless ``catchup`` (then every missed time
+        does). See docs/schedules.md."""
         name, version = self._flow_name(flow, version)
         msg = schedule_message(
             name,
@@ -377,6 +380,7 @@ class Client:
             flow_version=msg.flow_version,
             state=FlowRunState(msg.state),
             message=msg.history[-1].message if msg.history else "",
+            schedule_id=msg.schedule_id,
             _result=msg.result if msg.HasField("result") else None,
             _client=self,
         )
