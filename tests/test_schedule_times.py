@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from headwater_runtime.server._schedule_times import (
     MAX_FIRES_PER_TICK,
@@ -33,6 +34,7 @@ def utc(t: float) -> str:
         (0.0, "", "", "interval must be positive, got 0.0"),
         (-5.0, "", "", "interval must be positive"),
         (float("nan"), "", "", "interval must be positive"),
+        (0.0004, "", "", "interval must be at least 1 ms"),
         (None, "", "", "needs an interval or a cron"),
         (60.0, "* * * * *", "", "not both"),
         (None, "* * * * * *", "", "must have five fields"),
@@ -152,7 +154,29 @@ def test_resume_keeps_an_interval_phase_and_skips_the_paused_times() -> None:
 
 
 def test_fire_keys_are_stable_and_distinct_per_schedule_and_time() -> None:
-    assert fire_key("s1", at("2026-11-25 10:05")) == "schedule/s1/2026-11-25T10:05:00.000000Z"
-    assert fire_key("s1", 1_060.0) == fire_key("s1", 1_060.0)
-    keys = {fire_key(s, t) for s in ("s1", "s2") for t in (1_060.0, 1_060.2, 1_120.0)}
+    assert fire_key("s1", at("2026-11-25 10:05")) == "schedule/s1/2026-11-25T10:05:00.000Z"
+    assert fire_key("s1", 1_060.2) == "schedule/s1/1970-01-01T00:17:40.200Z"
+    keys = {fire_key(s, t) for s in ("s1", "s2") for t in (1_060.0, 1_060.001, 1_120.0)}
     assert len(keys) == 6
+
+
+def _through_the_store(t: float) -> float:
+    """What a time becomes after being stored (nanosecond Timestamp) and read back."""
+    stamp = Timestamp()
+    stamp.FromNanoseconds(round(t * 1e9))
+    return stamp.ToNanoseconds() / 1e9
+
+
+@pytest.mark.parametrize("every", [0.2, 1 / 3, 0.0015, 3600.000000001])
+def test_a_fire_time_read_back_from_the_store_gives_the_same_key(every: float) -> None:
+    # After a crash the next fire time is read back from the store, not from memory:
+    # its idempotency key must be the one the crashed server would have used.
+    timing = make_timing(every, "", catchup=True)
+    for i in range(500):
+        created = 1_764_000_000.0 + i * 0.000_031_7  # arbitrary sub-millisecond anchors
+        first = first_fire(timing, created)
+        fires, after = due_fires(timing, first, first + 3 * every)
+        for fire in [*fires, after]:
+            assert fire_key("s", _through_the_store(fire)) == fire_key("s", fire)
+        reread, _ = due_fires(timing, _through_the_store(fires[1]), first + 3 * every)
+        assert [fire_key("s", f) for f in reread] == [fire_key("s", f) for f in fires[1:]]

@@ -27,8 +27,12 @@ class ScheduleInfo:
     catchup: bool
     next_run_at: datetime | None
     created_at: datetime | None
-    _parameters: dict[str, payload_pb2.Value] = field(default_factory=dict, repr=False)
-    _decode: Callable[[payload_pb2.Value], Any] | None = field(default=None, repr=False)
+    _parameters: dict[str, payload_pb2.Value] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    _decode: Callable[[payload_pb2.Value], Any] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def parameters(self) -> dict[str, Any]:

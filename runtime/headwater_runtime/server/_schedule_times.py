@@ -1,11 +1,12 @@
 """When schedules fire: pure fire-time arithmetic (no store, no clock reads).
 
-Times are epoch seconds (floats). An interval schedule fires at ``anchor + k * every``
-(the anchor is its creation time), so fire times never drift however late the server
-wakes up. A cron schedule fires at the times its five-field expression names, read as
-wall-clock times in its IANA time zone (UTC by default): when clocks spring forward, a
-time that does not exist fires at the first valid time after it; when they fall back,
-a wall-clock time that occurs twice fires once (the first occurrence).
+Times are epoch seconds (floats) on whole milliseconds. An interval schedule fires at
+``anchor + k * every`` (the anchor is its creation time), so fire times never drift
+however late the server wakes up. A cron schedule fires at the times its five-field
+expression names, read as wall-clock times in its IANA time zone (UTC by default):
+when clocks spring forward, a time that does not exist fires at the first valid time
+after it; when they fall back, a wall-clock time that occurs twice fires once (the
+first occurrence).
 
 Catch-up after downtime: by default only the most recent missed fire time creates a
 run; with ``catchup`` every missed time does, oldest first, at most ``MAX_FIRES_PER_TICK``
@@ -58,7 +59,10 @@ def make_timing(
     if every is not None:
         if not math.isfinite(every) or every <= 0:
             raise ScheduleError(f"schedule interval must be positive, got {every} seconds")
-        return Timing(every=every, timezone=zone_name, catchup=catchup)
+        if round(every, 3) <= 0:
+            raise ScheduleError(f"schedule interval must be at least 1 ms, got {every} seconds")
+        # Milliseconds, like fire times (see _snap).
+        return Timing(every=round(every, 3), timezone=zone_name, catchup=catchup)
     if not cron:
         raise ScheduleError("a schedule needs an interval or a cron expression")
     fields = cron.split()
@@ -72,6 +76,14 @@ def make_timing(
     except (CroniterError, ValueError, KeyError) as exc:
         raise ScheduleError(f"invalid cron expression {cron!r}: {exc}") from None
     return Timing(cron=" ".join(fields), timezone=zone_name, catchup=catchup)
+
+
+def _snap(t: float) -> float:
+    """Fire times sit on whole milliseconds. A time read back from the store (a
+    nanosecond Timestamp) is within a microsecond of what was written (a float near
+    1.7e9 has 0.24 us steps), far from a rounding boundary: so it gives the same
+    idempotency key after a restart as before it."""
+    return round(t, 3)
 
 
 def _cron_after(timing: Timing, t: float) -> float:
@@ -99,14 +111,14 @@ def _cron_at_or_before(timing: Timing, t: float) -> float:
 def first_fire(timing: Timing, now: float) -> float:
     """The first fire time of a schedule created (or resumed) at ``now``."""
     if timing.every is not None:
-        return now + timing.every
+        return _snap(now + timing.every)
     return _cron_after(timing, now)
 
 
 def next_fire(timing: Timing, fired: float) -> float:
     """The fire time after ``fired`` (a fire time of this schedule)."""
     if timing.every is not None:
-        return fired + timing.every
+        return _snap(fired + timing.every)
     return _cron_after(timing, fired)
 
 
@@ -118,7 +130,7 @@ def resume_fire(timing: Timing, next_run_at: float, now: float) -> float:
     if next_run_at > now:
         return next_run_at
     steps = math.floor((now - next_run_at) / timing.every) + 1
-    return next_run_at + steps * timing.every
+    return _snap(next_run_at + steps * timing.every)
 
 
 def due_fires(timing: Timing, next_run_at: float, now: float) -> tuple[list[float], float]:
@@ -131,7 +143,8 @@ def due_fires(timing: Timing, next_run_at: float, now: float) -> tuple[list[floa
         return [], next_run_at
     if not timing.catchup:
         if timing.every is not None:
-            latest = next_run_at + math.floor((now - next_run_at) / timing.every) * timing.every
+            steps = math.floor((now - next_run_at) / timing.every)
+            latest = _snap(next_run_at + steps * timing.every)
         else:
             latest = max(next_run_at, _cron_at_or_before(timing, now))
         return [latest], next_fire(timing, latest)
@@ -145,5 +158,6 @@ def due_fires(timing: Timing, next_run_at: float, now: float) -> tuple[list[floa
 
 def fire_key(schedule_id: str, fire_time: float) -> str:
     """The idempotency key of the run a schedule creates for one fire time."""
-    stamp = datetime.fromtimestamp(round(fire_time, 6), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"schedule/{schedule_id}/{stamp}"
+    ms = round(fire_time * 1000)
+    stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"schedule/{schedule_id}/{stamp}.{ms % 1000:03d}Z"

@@ -84,7 +84,7 @@ class Scheduler:
         _, graph = self.runs.graph(request.flow_name, request.flow_version)
         params = bind_params(graph, dict(request.parameters))
         check_json_params(graph, params)
-        now = self.clock.now()
+        now = round(self.clock.now(), 3)  # the anchor, on the millisecond grid of fires
         msg = run_pb2.Schedule()
         msg.CopyFrom(request)
         msg.id = uuid.uuid4().hex
@@ -145,13 +145,17 @@ class Scheduler:
             fires, after = due_fires(timing, next_at, now)
             for i, fire_time in enumerate(fires):
                 upcoming = fires[i + 1] if i + 1 < len(fires) else after
-                _set_time(msg, "next_run_at", upcoming)
-                self._fire(msg, fire_time)
+                self._fire(msg, fire_time, upcoming)
                 handled += 1
         return handled
 
-    def _fire(self, msg: run_pb2.Schedule, fire_time: float) -> None:
-        row = self._row(msg)
+    def _fire(self, msg: run_pb2.Schedule, fire_time: float, upcoming: float) -> None:
+        """Create the run of one fire time, storing ``upcoming`` as the next fire time
+        in the same transaction; the cached message advances only once that is done."""
+        advanced = run_pb2.Schedule()
+        advanced.CopyFrom(msg)
+        _set_time(advanced, "next_run_at", upcoming)
+        row = self._row(advanced)
         try:
             self.runs.create_run(
                 msg.flow_name,
@@ -166,6 +170,7 @@ class Scheduler:
             # retry it forever, and say why in the server log.
             log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
             self.store.put_schedule(row)
+        msg.next_run_at.CopyFrom(advanced.next_run_at)
 
 
 def _params(parameters: Mapping[str, payload_pb2.Value]) -> dict[str, payload_pb2.Value]:
