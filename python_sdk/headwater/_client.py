@@ -66,6 +66,8 @@ class RemoteFlowRun:
     task_runs: list[TaskRunInfo] = field(default_factory=list)
     #: The schedule that created the run ("" for a run created by a client).
     schedule_id: str = ""
+    #: The key the run was created with (a scheduled run's names its fire time).
+    idempotency_key: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -381,6 +383,7 @@ class Client:
             state=FlowRunState(msg.state),
             message=msg.history[-1].message if msg.history else "",
             schedule_id=msg.schedule_id,
+            idempotency_key=msg.idempotency_key,
             _result=msg.result if msg.HasField("result") else None,
             _client=self,
         )
