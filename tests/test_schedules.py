@@ -135,8 +135,10 @@ def test_pause_resume_and_delete(tmp_path: Path) -> None:
     assert server.tick(1_239.0) == 0
     assert server.tick(1_240.0) == 1
     assert server.keys(sid) == [fire_key(sid, 1_240.0)]
+    assert server.scheduler.next_fire_at == 1_300.0  # the timer loop's next wake-up
     assert [s.id for s in server.scheduler.list()] == [sid]
     server.scheduler.delete(sid)
+    assert server.scheduler.next_fire_at is None
     assert server.tick(1_400.0) == 0
     assert server.scheduler.list() == []
     assert len(server.scheduled_runs(sid)) == 1  # its runs are kept

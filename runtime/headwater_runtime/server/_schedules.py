@@ -55,9 +55,11 @@ class Scheduler:
         self.store = store
         self.runs = runs
         self.clock = clock
-        # id -> (message, timing) of enabled schedules: the loop asks for the next
-        # fire time on every wake-up, so it must not cost a query.
+        # id -> (message, timing) of enabled schedules, and the earliest next fire
+        # time among them: the loop asks on every wake-up (many per second on a busy
+        # server), so an idle answer costs neither a query nor a scan.
         self._active: dict[str, tuple[run_pb2.Schedule, Timing]] = {}
+        self._next_at: float | None = None
 
     def load(self) -> None:
         """Read the enabled schedules from the store (at server start)."""
@@ -66,12 +68,16 @@ class Scheduler:
             msg = run_pb2.Schedule.FromString(row.body)
             if row.enabled and row.next_run_at is not None:
                 self._active[row.id] = (msg, timing_of(msg))
+        self._update_next()
 
     @property
     def next_fire_at(self) -> float | None:
         """The earliest next fire time of an enabled schedule (None when none)."""
-        times = [m.next_run_at.ToNanoseconds() / 1e9 for m, _ in self._active.values()]
-        return min(times, default=None)
+        return self._next_at
+
+    def _update_next(self) -> None:
+        times = (_next_at(m) for m, _ in self._active.values())
+        self._next_at = min(times, default=None)
 
     # ------------------------------------------------------------------ requests
 
@@ -103,6 +109,7 @@ class Scheduler:
         """Remove a schedule (NotFound when unknown); runs it created are kept."""
         self.store.delete_schedule(schedule_id)
         self._active.pop(schedule_id, None)
+        self._update_next()
 
     def set_enabled(self, schedule_id: str, enabled: bool) -> run_pb2.Schedule:
         """Pause or resume. Resuming does not catch up the times missed while paused:
@@ -113,8 +120,7 @@ class Scheduler:
         timing = timing_of(msg)
         msg.enabled = enabled
         if enabled:
-            next_at = msg.next_run_at.ToNanoseconds() / 1e9
-            _set_time(msg, "next_run_at", resume_fire(timing, next_at, self.clock.now()))
+            _set_time(msg, "next_run_at", resume_fire(timing, _next_at(msg), self.clock.now()))
         self._store(msg, timing)
         return msg
 
@@ -124,12 +130,12 @@ class Scheduler:
             self._active[msg.id] = (msg, timing)
         else:
             self._active.pop(msg.id, None)
+        self._update_next()
 
     @staticmethod
     def _row(msg: run_pb2.Schedule) -> ScheduleRow:
-        next_at = msg.next_run_at.ToNanoseconds() / 1e9
         body = msg.SerializeToString(deterministic=True)
-        return ScheduleRow(msg.id, msg.flow_name, body, next_at, msg.enabled)
+        return ScheduleRow(msg.id, msg.flow_name, body, _next_at(msg), msg.enabled)
 
     # ------------------------------------------------------------------- firing
 
@@ -137,9 +143,11 @@ class Scheduler:
         """Create the runs of every schedule that is due now; returns how many fires
         were handled (runs created, found already created, or skipped)."""
         now = self.clock.now()
+        if self._next_at is None or self._next_at > now:
+            return 0
         handled = 0
         for msg, timing in list(self._active.values()):
-            next_at = msg.next_run_at.ToNanoseconds() / 1e9
+            next_at = _next_at(msg)
             if next_at > now:
                 continue
             fires, after = due_fires(timing, next_at, now)
@@ -147,6 +155,7 @@ class Scheduler:
                 upcoming = fires[i + 1] if i + 1 < len(fires) else after
                 self._fire(msg, fire_time, upcoming)
                 handled += 1
+        self._update_next()
         return handled
 
     def _fire(self, msg: run_pb2.Schedule, fire_time: float, upcoming: float) -> None:
@@ -171,6 +180,10 @@ class Scheduler:
             log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
             self.store.put_schedule(row)
         msg.next_run_at.CopyFrom(advanced.next_run_at)
+
+
+def _next_at(msg: run_pb2.Schedule) -> float:
+    return msg.next_run_at.ToNanoseconds() / 1e9
 
 
 def _params(parameters: Mapping[str, payload_pb2.Value]) -> dict[str, payload_pb2.Value]:
