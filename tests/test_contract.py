@@ -536,6 +536,8 @@ def test_control_plane_service_rpcs() -> None:
         "CreateSchedule",
         "ListSchedules",
         "DeleteSchedule",
+        "PauseSchedule",
+        "ResumeSchedule",
     }
     assert expected <= set(methods)
     for name, method in methods.items():

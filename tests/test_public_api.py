@@ -27,6 +27,7 @@ EXPECTED_ALL = [
     "RemoteFlowRun",
     "RemoteTask",
     "ResultCache",
+    "ScheduleInfo",
     "ServerError",
     "Skip",
     "StateEntry",

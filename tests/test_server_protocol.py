@@ -234,8 +234,8 @@ def test_bad_requests_get_clear_status_codes(tmp_path: Path) -> None:
             ),
             (
                 client.CreateSchedule(cp.CreateScheduleRequest(), metadata=AUTH),
-                grpc.StatusCode.UNIMPLEMENTED,
-                "not implemented",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "no schedule",
             ),
         ]
         for call, code, fragment in cases:

@@ -37,6 +37,7 @@ from ._payloads import EncodingError
 from ._refs import TaskRef, unmapped
 from ._remote import RemoteTask, remote_task
 from ._run import FlowRun
+from ._schedule_info import ScheduleInfo
 from ._signals import FlowRunCancelled, FlowRunFailed
 from ._task import Task, task
 
@@ -73,6 +74,7 @@ __all__ = [
     "RemoteFlowRun",
     "RemoteTask",
     "ResultCache",
+    "ScheduleInfo",
     "ServerError",
     "Skip",
     "StateEntry",

@@ -20,6 +20,7 @@ from headwater_runtime.tracing import (
 )
 
 from ._cli_remote import add_runs_command
+from ._cli_schedules import add_schedules_command
 from ._client import ServerError
 from ._errors import FlowDefinitionError, UsageError
 from ._loader import LoadError, load_flow
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headwater",
         description="Headwater workflow runtime: run flows embedded or on a server, run the "
-        "server and its workers, and inspect flow runs.",
+        "server and its workers, inspect flow runs, and schedule flows on a server.",
     )
     parser.add_argument("--version", action="version", version=f"headwater {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -330,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_command(sub)
     add_worker_command(sub)
     add_runs_command(sub)
+    add_schedules_command(sub)
     return parser
 
 

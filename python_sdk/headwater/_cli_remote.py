@@ -55,7 +55,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with Client(address, token=args.token) as client:
         if args.action == "list":
             for run in client.list_runs(flow_name=args.flow or "", limit=args.limit):
-                print(f"{run.id}  {run.state.name:9}  {run.flow_name} v{run.flow_version}")
+                origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
+                print(f"{run.id}  {run.state.name:9}  {run.flow_name} v{run.flow_version}{origin}")
             return EXIT_OK
         if not args.run_id:
             raise UsageError(f"'runs {args.action}' needs a flow run id")

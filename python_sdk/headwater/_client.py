@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -23,6 +24,7 @@ from headwater_runtime.engine import FlowRunState, ParameterError, TaskRunState,
 from headwater_runtime.tracing import inject
 
 from ._payloads import EncodingError, decode_value, encode
+from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -63,6 +65,10 @@ class RemoteFlowRun:
     message: str
     created: bool = True
     task_runs: list[TaskRunInfo] = field(default_factory=list)
+    #: The schedule that created the run ("" for a run created by a client).
+    schedule_id: str = ""
+    #: The key the run was created with (a scheduled run's names its fire time).
+    idempotency_key: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -135,21 +141,8 @@ class Client:
     ) -> RemoteFlowRun:
         """Create a flow run (a Flow object is deployed first). The same idempotency
         key returns the run the first call created."""
-        name = flow if isinstance(flow, str) else flow.name
-        if not isinstance(flow, str):
-            version = version or self.deploy(flow)
-        readers = {} if isinstance(flow, str) else json_consumers(flow.graph()).params
-        values = {}
-        for key, value in (params or {}).items():
-            reader = readers.get(key)
-            try:
-                values[key] = self.encode(value, portable=reader is not None)
-            except EncodingError as exc:
-                assert reader is not None
-                raise ParameterError(
-                    f"task {reader[0]!r}, argument {reader[1]!r}: parameter {key!r} must be "
-                    f"json (the task is portable or implemented in another language), but {exc}"
-                ) from None
+        name, version = self._flow_name(flow, version)
+        values = self._encode_params(flow, params)
         response = self._call(
             self._control.CreateFlowRun,
             cp.CreateFlowRunRequest(
@@ -165,6 +158,29 @@ class Client:
         run = self._remote(response.flow_run)
         run.created = response.created
         return run
+
+    def _flow_name(self, flow: Flow[..., Any] | str, version: str) -> tuple[str, str]:
+        """The flow's name and version to use (a Flow object is deployed first)."""
+        if isinstance(flow, str):
+            return flow, version
+        return flow.name, version or self.deploy(flow)
+
+    def _encode_params(
+        self, flow: Flow[..., Any] | str, params: Mapping[str, Any] | None
+    ) -> dict[str, payload_pb2.Value]:
+        readers = {} if isinstance(flow, str) else json_consumers(flow.graph()).params
+        values = {}
+        for key, value in (params or {}).items():
+            reader = readers.get(key)
+            try:
+                values[key] = self.encode(value, portable=reader is not None)
+            except EncodingError as exc:
+                assert reader is not None
+                raise ParameterError(
+                    f"task {reader[0]!r}, argument {reader[1]!r}: parameter {key!r} must be "
+                    f"json (the task is portable or implemented in another language), but {exc}"
+                ) from None
+        return values
 
     def get(self, run_id: str, include_task_runs: bool = False) -> RemoteFlowRun:
         response = self._call(
@@ -247,6 +263,79 @@ class Client:
         )
         return list(response.entries)
 
+    # -------------------------------------------------------------- schedules
+
+    def create_schedule(
+        self,
+        flow: Flow[..., Any] | str,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        timezone: str = "UTC",
+        paused: bool = False,
+        catchup: bool = False,
+        version: str = "",
+    ) -> ScheduleInfo:
+        """Create runs of a flow periodically: ``every`` (seconds or a timedelta) or at
+        the times of a five-field ``cron`` expression read in ``timezone``. A Flow
+        object is deployed first and its version pinned; for a flow name, an empty
+        ``version`` runs the latest version at each fire. After downtime only the
+        most recent missed time fires, unless ``catchup`` (then every missed time
+        does). See docs/schedules.md."""
+        name, version = self._flow_name(flow, version)
+        msg = schedule_message(
+            name,
+            version,
+            every,
+            cron,
+            self._encode_params(flow, params),
+            timezone,
+            paused,
+            catchup,
+        )
+        response = self._call(
+            self._control.CreateSchedule,
+            cp.CreateScheduleRequest(schedule=msg),
+            f"create a schedule for flow {name!r}",
+        )
+        return schedule_info(response.schedule, self.decode)
+
+    def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
+        response = self._call(
+            self._control.ListSchedules,
+            cp.ListSchedulesRequest(flow_name=flow_name),
+            "list schedules",
+        )
+        return [schedule_info(s, self.decode) for s in response.schedules]
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; the runs it already created are kept."""
+        self._call(
+            self._control.DeleteSchedule,
+            cp.DeleteScheduleRequest(id=schedule_id),
+            f"delete schedule {schedule_id!r}",
+        )
+
+    def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Stop a schedule from creating runs until it is resumed."""
+        response = self._call(
+            self._control.PauseSchedule,
+            cp.PauseScheduleRequest(id=schedule_id),
+            f"pause schedule {schedule_id!r}",
+        )
+        return schedule_info(response.schedule, self.decode)
+
+    def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Resume a paused schedule from its next fire time after now (the times missed
+        while paused do not fire)."""
+        response = self._call(
+            self._control.ResumeSchedule,
+            cp.ResumeScheduleRequest(id=schedule_id),
+            f"resume schedule {schedule_id!r}",
+        )
+        return schedule_info(response.schedule, self.decode)
+
     # ----------------------------------------------------------------- values
 
     def encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
@@ -296,6 +385,8 @@ class Client:
             flow_version=msg.flow_version,
             state=FlowRunState(msg.state),
             message=msg.history[-1].message if msg.history else "",
+            schedule_id=msg.schedule_id,
+            idempotency_key=msg.idempotency_key,
             _result=msg.result if msg.HasField("result") else None,
             _client=self,
         )

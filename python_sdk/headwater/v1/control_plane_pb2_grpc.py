@@ -100,6 +100,16 @@ class ControlPlaneServiceStub:
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.DeleteScheduleRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_control__plane__pb2.DeleteScheduleResponse.FromString,
                 _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/headwater.v1.ControlPlaneService/PauseSchedule',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/headwater.v1.ControlPlaneService/ResumeSchedule',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
         self.GetServerInfo = channel.unary_unary(
                 '/headwater.v1.ControlPlaneService/GetServerInfo',
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.SerializeToString,
@@ -204,6 +214,21 @@ class ControlPlaneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule from creating runs until it is resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule lets a paused schedule create runs again, from the next fire time
+        after now (times missed while paused are not caught up).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServerInfo(self, request, context):
         """GetServerInfo returns the server's version and features.
         """
@@ -278,6 +303,16 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.DeleteSchedule,
                     request_deserializer=headwater_dot_v1_dot_control__plane__pb2.DeleteScheduleRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_control__plane__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.ResumeScheduleResponse.SerializeToString,
             ),
             'GetServerInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServerInfo,
@@ -637,6 +672,60 @@ class ControlPlaneService:
             '/headwater.v1.ControlPlaneService/DeleteSchedule',
             headwater_dot_v1_dot_control__plane__pb2.DeleteScheduleRequest.SerializeToString,
             headwater_dot_v1_dot_control__plane__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headwater.v1.ControlPlaneService/PauseSchedule',
+            headwater_dot_v1_dot_control__plane__pb2.PauseScheduleRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/headwater.v1.ControlPlaneService/ResumeSchedule',
+            headwater_dot_v1_dot_control__plane__pb2.ResumeScheduleRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.ResumeScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -85,7 +85,7 @@ class TaskRun(_message.Message):
     def __init__(self, id: _Optional[str] = ..., flow_run_id: _Optional[str] = ..., task_id: _Optional[str] = ..., name: _Optional[str] = ..., map_index: _Optional[int] = ..., parent_task_run_id: _Optional[str] = ..., state: _Optional[_Union[_state_pb2.TaskRunState, str]] = ..., history: _Optional[_Iterable[_Union[_state_pb2.TaskRunStateEntry, _Mapping]]] = ..., attempts: _Optional[int] = ..., worker_id: _Optional[str] = ..., cache_key: _Optional[str] = ...) -> None: ...
 
 class Schedule(_message.Message):
-    __slots__ = ("id", "flow_name", "flow_version", "interval", "cron", "parameters", "enabled", "next_run_at")
+    __slots__ = ("id", "flow_name", "flow_version", "interval", "cron", "parameters", "enabled", "next_run_at", "timezone", "catchup", "created_at")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,9 @@ class Schedule(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     flow_name: str
     flow_version: str
@@ -109,7 +112,10 @@ class Schedule(_message.Message):
     parameters: _containers.MessageMap[str, _payload_pb2.Value]
     enabled: bool
     next_run_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., flow_name: _Optional[str] = ..., flow_version: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _payload_pb2.Value]] = ..., enabled: _Optional[bool] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    timezone: str
+    catchup: bool
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., flow_name: _Optional[str] = ..., flow_version: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cron: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _payload_pb2.Value]] = ..., enabled: _Optional[bool] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timezone: _Optional[str] = ..., catchup: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LogEntry(_message.Message):
     __slots__ = ("task_run_id", "attempt", "timestamp", "level", "logger", "message")

@@ -20,6 +20,7 @@ from headwater_runtime.store import Conflict, NotFound
 from ._convert import flow_run_message, task_run_from_row
 from ._core import FEATURES, PROTOCOL_VERSION, SERVER_VERSION, ServerCore
 from ._runs import NoResult
+from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
 
@@ -191,13 +192,48 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
     async def CreateSchedule(self, request: Any, context: Any) -> Any:
-        await _fail(context, grpc.StatusCode.UNIMPLEMENTED, "schedules are not implemented yet")
+        if not request.HasField("schedule"):
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
+        for name, value in request.schedule.parameters.items():
+            problem = _check_value(name, value)
+            if problem:
+                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            schedule = self.core.schedules.create(request.schedule)
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except (ScheduleError, ParameterError) as exc:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        self.core.touch()  # the timer loop re-reads the next fire time
+        return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
     async def ListSchedules(self, request: Any, context: Any) -> Any:
-        return control_plane_pb2.ListSchedulesResponse()
+        return control_plane_pb2.ListSchedulesResponse(
+            schedules=self.core.schedules.list(request.flow_name)
+        )
 
     async def DeleteSchedule(self, request: Any, context: Any) -> Any:
-        await _fail(context, grpc.StatusCode.NOT_FOUND, f"schedule {request.id!r} does not exist")
+        try:
+            self.core.schedules.delete(request.id)
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        return control_plane_pb2.DeleteScheduleResponse()
+
+    async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
+        try:
+            schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+        except NotFound as exc:
+            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        self.core.touch()
+        return schedule
+
+    async def PauseSchedule(self, request: Any, context: Any) -> Any:
+        schedule = await self._set_enabled(request.id, False, context)
+        return control_plane_pb2.PauseScheduleResponse(schedule=schedule)
+
+    async def ResumeSchedule(self, request: Any, context: Any) -> Any:
+        schedule = await self._set_enabled(request.id, True, context)
+        return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
 
     async def GetServerInfo(self, request: Any, context: Any) -> Any:
         return control_plane_pb2.GetServerInfoResponse(

@@ -33,6 +33,7 @@ from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._runs import PendingAssignment, RunManager, split_task_run_id
+from ._schedules import Scheduler
 
 PROTOCOL_VERSION = 1
 #: When busy, how long reports gather before one commit covers them all (seconds).
@@ -41,7 +42,14 @@ SERVER_VERSION = "0.1.0"
 #: Workers and servers that list it send each other ConnectRequest/ConnectResponse
 #: batches (several messages in one, when several are ready at once).
 BATCH_FEATURE = "batch"
-FEATURES = ("payload-refs", "split-results", "fencing", "heartbeat-cancel", BATCH_FEATURE)
+FEATURES = (
+    "payload-refs",
+    "split-results",
+    "fencing",
+    "heartbeat-cancel",
+    BATCH_FEATURE,
+    "schedules",
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class ServerCore:
         self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self.exports.prepare)
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
+        self.schedules = Scheduler(store, self.runs, self.clock)
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._last_flush = 0.0
         self._acks: list[tuple[WorkerSession, worker_pb2.ConnectResponse]] = []
@@ -90,6 +99,7 @@ class ServerCore:
         deadline = self.clock.now() + self.settings.heartbeat_timeout
         for flow_run_id, task_run_id, attempt in self.runs.recover():
             self._orphans[(task_run_id, attempt)] = (flow_run_id, deadline)
+        self.schedules.load()
         self.flush()
         self._background = asyncio.get_running_loop().create_task(self._loop())
 
@@ -146,6 +156,7 @@ class ServerCore:
         while not self._stopping:
             now = self.clock.now()
             self.runs.fire_timers()
+            self.schedules.fire_due()
             self._expire_orphans(now)
             self._check_heartbeats(now)
             self.flush()
@@ -153,6 +164,8 @@ class ServerCore:
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
             due.extend(d for _, d in self._orphans.values())
+            if self.schedules.next_fire_at is not None:
+                due.append(self.schedules.next_fire_at)
             if self._stopping:
                 return
             self._wake.clear()

@@ -58,6 +58,7 @@ from headwater_runtime.store import (
     FlowRunRow,
     LogRow,
     NotFound,
+    ScheduleRow,
     StateRow,
     Store,
     TaskRunRow,
@@ -205,9 +206,13 @@ class RunManager:
         parameters: Mapping[str, payload_pb2.Value],
         idempotency_key: str = "",
         trace_context: Mapping[str, str] | None = None,
+        *,
+        schedule: ScheduleRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Create and start a run (ParameterError for bad parameters, NotFound for an
-        unknown flow). The same idempotency key returns the first run."""
+        unknown flow). The same idempotency key returns the first run. A run fired by
+        ``schedule`` records its id, and the schedule row (advanced past this fire) is
+        stored in the same transaction as the run."""
         version, graph = self.graph(flow_name, flow_version)
         params = bind_params(graph, dict(parameters))
         _check_json_params(graph, params)
@@ -225,8 +230,9 @@ class RunManager:
             idempotency_key=idempotency_key,
             started_at=now,
             trace_context=context,
+            schedule_id=schedule.id if schedule is not None else "",
         )
-        row, created = self.store.create_flow_run(row)
+        row, created = self.store.create_flow_run(row, schedule)
         if created:
             active = self._activate(row, graph, params, journal=None)
             active.trace = trace  # (a duplicate's unended span is never exported)
@@ -356,6 +362,11 @@ class RunManager:
                 # A child of the flow span of the process that started the run.
                 parent = extract(row.trace_context)
                 active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=True)
+            if not journal:
+                # Created, then the server died before the tick that journals its start
+                # was committed: start it now, or it would never run.
+                self._process(active, active.journal.start())
+                continue
             for run in active.engine.runs.values():
                 if run.dispatched:
                     if active.trace is not None:
@@ -594,6 +605,10 @@ def _check_json_params(graph: GraphSpec, params: Mapping[str, Any]) -> None:
                 f"{encoding}, but the task reads only json (it is portable or implemented "
                 "in another language); pass a json value (docs/payloads.md)"
             )
+
+
+#: Shared with the scheduler, which checks a schedule's parameters when it is created.
+check_json_params = _check_json_params
 
 
 def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:

@@ -242,11 +242,22 @@ class SQLiteStore:
 
     # --------------------------------------------------------------- flow runs
 
-    def create_flow_run(self, row: FlowRunRow) -> tuple[FlowRunRow, bool]:
-        """Insert a run, or return the existing run with the same idempotency key."""
+    def create_flow_run(
+        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+    ) -> tuple[FlowRunRow, bool]:
+        """Insert a run, or return the existing run with the same idempotency key.
+
+        ``schedule`` (the schedule that fired the run, advanced past this fire) is
+        updated in the same transaction: a crash cannot keep one without the other."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if schedule is not None:
+                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted.
+                db.execute(
+                    "UPDATE schedules SET body=?, next_run_at=?, enabled=? WHERE id=?",
+                    (schedule.body, schedule.next_run_at, int(schedule.enabled), schedule.id),
+                )
             if row.idempotency_key:
                 existing = db.execute(
                     "SELECT id FROM flow_runs WHERE idempotency_key=?", (row.idempotency_key,)
@@ -475,6 +486,16 @@ class SQLiteStore:
             else self._db.execute(sql + " ORDER BY id")
         )
         return [ScheduleRow(i, f, b, n, bool(e)) for i, f, b, n, e in rows]
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRow:
+        found = self._db.execute(
+            "SELECT id, flow_name, body, next_run_at, enabled FROM schedules WHERE id=?",
+            (schedule_id,),
+        ).fetchone()
+        if found is None:
+            raise NotFound(f"schedule {schedule_id!r} does not exist")
+        i, f, b, n, e = found
+        return ScheduleRow(i, f, b, n, bool(e))
 
     def delete_schedule(self, schedule_id: str) -> None:
         cur = self._db.execute("DELETE FROM schedules WHERE id=?", (schedule_id,))

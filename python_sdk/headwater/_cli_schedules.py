@@ -1,0 +1,124 @@
+"""``headwater schedules create|list|delete|pause|resume`` against a server."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from ._cli_remote import EXIT_OK, server_address
+from ._client import Client
+from ._errors import UsageError
+from ._loader import load_flow
+from ._schedule_info import ScheduleInfo
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_every(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds."""
+    raw = text.strip().lower()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = _PART.findall(raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise UsageError(
+                f"--every expects a duration such as 90, 30s, 5m, 1h or 1h30m, got {text!r}"
+            ) from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0:
+        raise UsageError(f"--every must be a positive duration, got {text!r}")
+    return seconds
+
+
+def _line(s: ScheduleInfo) -> str:
+    state = "paused" if s.paused else "active"
+    version = f" v{s.flow_version}" if s.flow_version else " (latest)"
+    nxt = f"next {s.next_run_at:%Y-%m-%d %H:%M:%S}Z" if s.next_run_at and not s.paused else ""
+    return f"{s.id}  {state:6}  {s.flow_name}{version}  {s.spec}  {nxt}".rstrip()
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    address = server_address(args)
+    with Client(address, token=args.token) as client:
+        if args.action == "create":
+            from ._cli import parse_params
+
+            if (args.every is None) == (args.cron is None):
+                raise UsageError("give exactly one of --every DURATION or --cron EXPRESSION")
+            flow = load_flow(args.target)
+            created = client.create_schedule(
+                flow,
+                every=parse_every(args.every) if args.every is not None else None,
+                cron=args.cron,
+                params=parse_params(args.param),
+                timezone=args.timezone,
+                paused=args.paused,
+                catchup=args.catchup,
+            )
+            print(_line(created))
+        elif args.action == "list":
+            for schedule in client.list_schedules(args.flow or ""):
+                print(_line(schedule))
+        elif args.action == "delete":
+            client.delete_schedule(args.schedule_id)
+            print(f"schedule {args.schedule_id} deleted")
+        elif args.action == "pause":
+            print(_line(client.pause_schedule(args.schedule_id)))
+        else:
+            print(_line(client.resume_schedule(args.schedule_id)))
+    return EXIT_OK
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
+    parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+
+
+def add_schedules_command(sub: Any) -> None:
+    schedules = sub.add_parser(
+        "schedules",
+        help="create, list, pause, resume or delete schedules on a server",
+        description="Schedules make a Headwater server create runs of a flow at fixed "
+        "intervals or at the times of a cron expression (docs/schedules.md).",
+    )
+    actions = schedules.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="deploy a flow and schedule its runs",
+        description="Deploy a flow and create a schedule for it. After downtime only the most "
+        "recent missed time fires, unless --catchup.",
+    )
+    create.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
+    create.add_argument("--every", metavar="DURATION", help="interval: 90, 30s, 5m, 1h, 1h30m, 1d")
+    create.add_argument("--cron", metavar="EXPRESSION", help='five-field cron, e.g. "*/5 * * * *"')
+    create.add_argument(
+        "--timezone", default="UTC", help="IANA time zone the cron is read in (default UTC)"
+    )
+    create.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="flow parameter for every run; VALUE is parsed as JSON when valid, else a string",
+    )
+    create.add_argument("--paused", action="store_true", help="create it paused")
+    create.add_argument(
+        "--catchup", action="store_true", help="after downtime, fire every missed time"
+    )
+    _common(create)
+    listing = actions.add_parser("list", help="list schedules")
+    listing.add_argument("--flow", help="only schedules of this flow")
+    _common(listing)
+    for name, what in [
+        ("delete", "delete a schedule (its runs are kept)"),
+        ("pause", "stop a schedule from creating runs"),
+        ("resume", "resume a paused schedule from its next fire time after now"),
+    ]:
+        action = actions.add_parser(name, help=what)
+        action.add_argument("schedule_id", help="schedule id (see 'schedules list')")
+        _common(action)
+    schedules.set_defaults(func=cmd_schedules)

@@ -1,0 +1,163 @@
+"""When schedules fire: pure fire-time arithmetic (no store, no clock reads).
+
+Times are epoch seconds (floats) on whole milliseconds. An interval schedule fires at
+``anchor + k * every`` (the anchor is its creation time), so fire times never drift
+however late the server wakes up. A cron schedule fires at the times its five-field
+expression names, read as wall-clock times in its IANA time zone (UTC by default):
+when clocks spring forward, a time that does not exist fires at the first valid time
+after it; when they fall back, a wall-clock time that occurs twice fires once (the
+first occurrence).
+
+Catch-up after downtime: by default only the most recent missed fire time creates a
+run; with ``catchup`` every missed time does, oldest first, at most ``MAX_FIRES_PER_TICK``
+per call so one call stays bounded (the rest fire on the next calls).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+
+#: Most fire times one ``due_fires`` call returns (catch-up stays bounded per tick).
+MAX_FIRES_PER_TICK = 100
+
+
+class ScheduleError(ValueError):
+    """A schedule's timing is malformed (bad cron, interval <= 0, unknown time zone)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """When a schedule fires: exactly one of ``every`` (seconds) and ``cron``."""
+
+    every: float | None = None
+    cron: str = ""
+    timezone: str = "UTC"
+    catchup: bool = False
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def make_timing(
+    every: float | None, cron: str, timezone: str = "", catchup: bool = False
+) -> Timing:
+    """Validate and build a Timing; ScheduleError names the problem."""
+    zone_name = timezone or "UTC"
+    try:
+        ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(
+            f"unknown time zone {zone_name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
+    if every is not None and cron:
+        raise ScheduleError("a schedule has either an interval or a cron expression, not both")
+    if every is not None:
+        if not math.isfinite(every) or every <= 0:
+            raise ScheduleError(f"schedule interval must be positive, got {every} seconds")
+        if round(every, 3) <= 0:
+            raise ScheduleError(f"schedule interval must be at least 1 ms, got {every} seconds")
+        # Milliseconds, like fire times (see _snap).
+        return Timing(every=round(every, 3), timezone=zone_name, catchup=catchup)
+    if not cron:
+        raise ScheduleError("a schedule needs an interval or a cron expression")
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ScheduleError(
+            f"cron expression {cron!r} must have five fields "
+            "(minute hour day-of-month month day-of-week)"
+        )
+    try:
+        croniter(cron, datetime(2000, 1, 1, tzinfo=UTC))
+    except (CroniterError, ValueError, KeyError) as exc:
+        raise ScheduleError(f"invalid cron expression {cron!r}: {exc}") from None
+    return Timing(cron=" ".join(fields), timezone=zone_name, catchup=catchup)
+
+
+def _snap(t: float) -> float:
+    """Fire times sit on whole milliseconds. A time read back from the store (a
+    nanosecond Timestamp) is within a microsecond of what was written (a float near
+    1.7e9 has 0.24 us steps), far from a rounding boundary: so it gives the same
+    idempotency key after a restart as before it."""
+    return round(t, 3)
+
+
+def _cron_after(timing: Timing, t: float) -> float:
+    """The first cron fire time strictly after ``t``."""
+    zone = timing.zone()
+    start = datetime.fromtimestamp(t, zone)
+    it = croniter(timing.cron, start)
+    while True:
+        nxt: datetime = it.get_next(datetime)
+        # The second occurrence of a repeated wall-clock time (clocks fell back) is the
+        # same local time as the fire just before it: skip it, like cron does.
+        if nxt.replace(tzinfo=None) != start.replace(tzinfo=None) and nxt.timestamp() > t:
+            return nxt.timestamp()
+        start = nxt
+
+
+def _cron_at_or_before(timing: Timing, t: float) -> float:
+    """The last cron fire time at or before ``t``."""
+    zone = timing.zone()
+    prev: datetime = croniter(timing.cron, datetime.fromtimestamp(t, zone)).get_prev(datetime)
+    nxt = _cron_after(timing, prev.timestamp())
+    return nxt if nxt <= t else prev.timestamp()
+
+
+def first_fire(timing: Timing, now: float) -> float:
+    """The first fire time of a schedule created (or resumed) at ``now``."""
+    if timing.every is not None:
+        return _snap(now + timing.every)
+    return _cron_after(timing, now)
+
+
+def next_fire(timing: Timing, fired: float) -> float:
+    """The fire time after ``fired`` (a fire time of this schedule)."""
+    if timing.every is not None:
+        return _snap(fired + timing.every)
+    return _cron_after(timing, fired)
+
+
+def resume_fire(timing: Timing, next_run_at: float, now: float) -> float:
+    """The first fire time after ``now`` for a schedule resumed after a pause: an
+    interval schedule keeps its phase (anchor), a cron schedule its expression."""
+    if timing.every is None:
+        return _cron_after(timing, now)
+    if next_run_at > now:
+        return next_run_at
+    steps = math.floor((now - next_run_at) / timing.every) + 1
+    return _snap(next_run_at + steps * timing.every)
+
+
+def due_fires(timing: Timing, next_run_at: float, now: float) -> tuple[list[float], float]:
+    """The fire times to create runs for at ``now``, and the new ``next_run_at``.
+
+    Nothing is due before ``next_run_at``. Without catch-up only the most recent due
+    time fires; with it, every due time from ``next_run_at`` on (at most
+    MAX_FIRES_PER_TICK; the returned next time is then still due)."""
+    if next_run_at > now:
+        return [], next_run_at
+    if not timing.catchup:
+        if timing.every is not None:
+            steps = math.floor((now - next_run_at) / timing.every)
+            latest = _snap(next_run_at + steps * timing.every)
+        else:
+            latest = max(next_run_at, _cron_at_or_before(timing, now))
+        return [latest], next_fire(timing, latest)
+    fires: list[float] = []
+    at = next_run_at
+    while at <= now and len(fires) < MAX_FIRES_PER_TICK:
+        fires.append(at)
+        at = next_fire(timing, at)
+    return fires, at
+
+
+def fire_key(schedule_id: str, fire_time: float) -> str:
+    """The idempotency key of the run a schedule creates for one fire time."""
+    ms = round(fire_time * 1000)
+    stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"schedule/{schedule_id}/{stamp}.{ms % 1000:03d}Z"

@@ -1,0 +1,190 @@
+"""The scheduler: stores schedules and creates their flow runs when they are due.
+
+Exactly once per fire time, across crashes: each fire creates its run with an
+idempotency key derived from (schedule id, fire time), in the same transaction that
+advances the schedule's ``next_run_at`` (``Store.create_flow_run(row, schedule)``).
+A server killed before that commit fires the same time again after a restart (no
+skip); one killed after it finds the schedule already advanced (no double), and even
+a stale ``next_run_at`` would only find the existing run under the same key.
+
+ServerCore calls ``fire_due()`` from its timer loop; this module holds no gRPC code.
+Fire-time arithmetic lives in ``_schedule_times``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+
+from headwater.v1 import payload_pb2, run_pb2
+from headwater_runtime.engine import Clock, ParameterError, bind_params
+from headwater_runtime.store import NotFound, ScheduleRow, Store
+
+from ._runs import RunManager, check_json_params
+from ._schedule_times import (
+    ScheduleError,
+    Timing,
+    due_fires,
+    fire_key,
+    first_fire,
+    make_timing,
+    resume_fire,
+)
+
+log = logging.getLogger("headwater.scheduler")
+
+
+def timing_of(msg: run_pb2.Schedule) -> Timing:
+    """The validated timing of a Schedule message (ScheduleError when malformed)."""
+    spec = msg.WhichOneof("spec")
+    every: float | None = None
+    if spec == "interval":
+        every = msg.interval.ToNanoseconds() / 1e9
+    return make_timing(every, msg.cron if spec == "cron" else "", msg.timezone, msg.catchup)
+
+
+def _set_time(msg: run_pb2.Schedule, field: str, at: float) -> None:
+    getattr(msg, field).FromNanoseconds(round(at * 1e9))
+
+
+class Scheduler:
+    """Creates, lists, pauses and fires schedules (one per server, on its event loop)."""
+
+    def __init__(self, store: Store, runs: RunManager, clock: Clock) -> None:
+        self.store = store
+        self.runs = runs
+        self.clock = clock
+        # id -> (message, timing) of enabled schedules, and the earliest next fire
+        # time among them: the loop asks on every wake-up (many per second on a busy
+        # server), so an idle answer costs neither a query nor a scan.
+        self._active: dict[str, tuple[run_pb2.Schedule, Timing]] = {}
+        self._next_at: float | None = None
+
+    def load(self) -> None:
+        """Read the enabled schedules from the store (at server start)."""
+        self._active.clear()
+        for row in self.store.list_schedules():
+            msg = run_pb2.Schedule.FromString(row.body)
+            if row.enabled and row.next_run_at is not None:
+                self._active[row.id] = (msg, timing_of(msg))
+        self._update_next()
+
+    @property
+    def next_fire_at(self) -> float | None:
+        """The earliest next fire time of an enabled schedule (None when none)."""
+        return self._next_at
+
+    def _update_next(self) -> None:
+        times = (_next_at(m) for m, _ in self._active.values())
+        self._next_at = min(times, default=None)
+
+    # ------------------------------------------------------------------ requests
+
+    def create(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
+        """Validate and store a new schedule. NotFound for an unknown flow (or
+        version), ScheduleError for bad timing, ParameterError for bad parameters."""
+        if not request.flow_name:
+            raise ScheduleError("flow_name is required")
+        timing = timing_of(request)
+        _, graph = self.runs.graph(request.flow_name, request.flow_version)
+        params = bind_params(graph, dict(request.parameters))
+        check_json_params(graph, params)
+        now = round(self.clock.now(), 3)  # the anchor, on the millisecond grid of fires
+        msg = run_pb2.Schedule()
+        msg.CopyFrom(request)
+        msg.id = uuid.uuid4().hex
+        msg.timezone = timing.timezone
+        if timing.cron:
+            msg.cron = timing.cron
+        _set_time(msg, "created_at", now)
+        _set_time(msg, "next_run_at", first_fire(timing, now))
+        self._store(msg, timing)
+        return msg
+
+    def list(self, flow_name: str = "") -> list[run_pb2.Schedule]:
+        return [run_pb2.Schedule.FromString(r.body) for r in self.store.list_schedules(flow_name)]
+
+    def delete(self, schedule_id: str) -> None:
+        """Remove a schedule (NotFound when unknown); runs it created are kept."""
+        self.store.delete_schedule(schedule_id)
+        self._active.pop(schedule_id, None)
+        self._update_next()
+
+    def set_enabled(self, schedule_id: str, enabled: bool) -> run_pb2.Schedule:
+        """Pause or resume. Resuming does not catch up the times missed while paused:
+        the next fire is the first one after now."""
+        msg = run_pb2.Schedule.FromString(self.store.get_schedule(schedule_id).body)
+        if msg.enabled == enabled:
+            return msg
+        timing = timing_of(msg)
+        msg.enabled = enabled
+        if enabled:
+            _set_time(msg, "next_run_at", resume_fire(timing, _next_at(msg), self.clock.now()))
+        self._store(msg, timing)
+        return msg
+
+    def _store(self, msg: run_pb2.Schedule, timing: Timing) -> None:
+        self.store.put_schedule(self._row(msg))
+        if msg.enabled:
+            self._active[msg.id] = (msg, timing)
+        else:
+            self._active.pop(msg.id, None)
+        self._update_next()
+
+    @staticmethod
+    def _row(msg: run_pb2.Schedule) -> ScheduleRow:
+        body = msg.SerializeToString(deterministic=True)
+        return ScheduleRow(msg.id, msg.flow_name, body, _next_at(msg), msg.enabled)
+
+    # ------------------------------------------------------------------- firing
+
+    def fire_due(self) -> int:
+        """Create the runs of every schedule that is due now; returns how many fires
+        were handled (runs created, found already created, or skipped)."""
+        now = self.clock.now()
+        if self._next_at is None or self._next_at > now:
+            return 0
+        handled = 0
+        for msg, timing in list(self._active.values()):
+            next_at = _next_at(msg)
+            if next_at > now:
+                continue
+            fires, after = due_fires(timing, next_at, now)
+            for i, fire_time in enumerate(fires):
+                upcoming = fires[i + 1] if i + 1 < len(fires) else after
+                self._fire(msg, fire_time, upcoming)
+                handled += 1
+        self._update_next()
+        return handled
+
+    def _fire(self, msg: run_pb2.Schedule, fire_time: float, upcoming: float) -> None:
+        """Create the run of one fire time, storing ``upcoming`` as the next fire time
+        in the same transaction; the cached message advances only once that is done."""
+        advanced = run_pb2.Schedule()
+        advanced.CopyFrom(msg)
+        _set_time(advanced, "next_run_at", upcoming)
+        row = self._row(advanced)
+        try:
+            self.runs.create_run(
+                msg.flow_name,
+                msg.flow_version,
+                _params(msg.parameters),
+                fire_key(msg.id, fire_time),
+                schedule=row,
+            )
+        except (NotFound, ParameterError) as exc:
+            # The latest version of the flow no longer accepts these parameters (or
+            # the pinned version vanished): this fire cannot run. Skip it rather than
+            # retry it forever, and say why in the server log.
+            log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
+            self.store.put_schedule(row)
+        msg.next_run_at.CopyFrom(advanced.next_run_at)
+
+
+def _next_at(msg: run_pb2.Schedule) -> float:
+    return msg.next_run_at.ToNanoseconds() / 1e9
+
+
+def _params(parameters: Mapping[str, payload_pb2.Value]) -> dict[str, payload_pb2.Value]:
+    return {name: parameters[name] for name in parameters}

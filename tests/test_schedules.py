@@ -1,0 +1,200 @@
+"""The scheduler on a real SQLite file with a fake clock: exactly one run per fire time
+across crashes, catch-up policy, pause/resume/delete, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_run_manager import Clock, FakeDispatch, drain, pipeline, total, value_of
+
+from headwater import flow
+from headwater.v1 import run_pb2
+from headwater_runtime.engine import FlowRunState, ParameterError
+from headwater_runtime.server._runs import RunManager
+from headwater_runtime.server._schedule_times import ScheduleError, fire_key
+from headwater_runtime.server._schedules import Scheduler
+from headwater_runtime.store import FlowRunRow, NotFound, SQLiteStore
+
+
+class Server:
+    """The parts of a server the scheduler touches, on one database file."""
+
+    def __init__(self, path: Path, now: float) -> None:
+        self.clock = Clock()
+        self.clock.t = now
+        self.store = SQLiteStore(path)
+        self.dispatch = FakeDispatch()
+        self.runs = RunManager(self.store, self.dispatch, self.clock)
+        self.scheduler = Scheduler(self.store, self.runs, self.clock)
+
+    def start(self) -> None:
+        """What ServerCore.start does: recover runs, load schedules."""
+        self.runs.recover()
+        self.scheduler.load()
+        self.runs.flush()
+
+    def tick(self, now: float) -> int:
+        """One pass of the timer loop at ``now``."""
+        self.clock.t = now
+        fired = self.scheduler.fire_due()
+        self.runs.flush()
+        return fired
+
+    def scheduled_runs(self, schedule_id: str) -> list[FlowRunRow]:
+        rows = self.store.list_flow_runs(limit=1000)
+        return sorted((r for r in rows if r.schedule_id == schedule_id), key=lambda r: r.id)
+
+    def keys(self, schedule_id: str) -> list[str]:
+        return sorted(r.idempotency_key for r in self.scheduled_runs(schedule_id))
+
+
+def every(seconds: float, *, catchup: bool = False, **params: int) -> run_pb2.Schedule:
+    msg = run_pb2.Schedule(
+        flow_name="pipeline",
+        enabled=True,
+        catchup=catchup,
+        parameters={k: value_of(v) for k, v in params.items()},
+    )
+    msg.interval.FromSeconds(int(seconds))
+    return msg
+
+
+def next_run_at(store: SQLiteStore, schedule_id: str) -> float | None:
+    return store.get_schedule(schedule_id).next_run_at
+
+
+def test_a_crash_neither_skips_nor_doubles_a_fire(tmp_path: Path) -> None:
+    path = tmp_path / "hw.db"
+    server = Server(path, now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(every(60, n=2)).id
+    assert server.tick(1_059.0) == 0
+    # Fire 1060, then die before the tick that journals the run's start is committed.
+    server.clock.t = 1_060.0
+    assert server.scheduler.fire_due() == 1
+    server.store.close()
+
+    # Restart at 1130: 1120 was missed while down; 1180 is not due yet.
+    server = Server(path, now=1_130.0)
+    server.start()
+    assert server.keys(sid) == [fire_key(sid, 1_060.0)]
+    stale = server.store.get_schedule(sid)  # still due at 1120
+    assert stale.next_run_at == 1_120.0
+    assert server.tick(1_130.0) == 1
+    assert next_run_at(server.store, sid) == 1_180.0
+    drain(server.runs, server.dispatch)
+    runs = server.scheduled_runs(sid)
+    assert sorted(r.idempotency_key for r in runs) == [
+        fire_key(sid, 1_060.0),
+        fire_key(sid, 1_120.0),
+    ]
+    # Both ran to the end, the first one too although its start was never journaled.
+    assert [r.state for r in runs] == [FlowRunState.SUCCESS.value] * 2
+    server.store.close()
+
+    # Even a schedule row that lost its advance would not double the fire: the run's
+    # idempotency key finds the run already created.
+    server = Server(path, now=1_130.0)
+    server.store.put_schedule(stale)
+    server.start()
+    assert server.tick(1_130.0) == 1
+    assert len(server.scheduled_runs(sid)) == 2
+    assert next_run_at(server.store, sid) == 1_180.0
+    server.store.close()
+
+
+def test_after_downtime_only_the_latest_time_fires_unless_catchup(tmp_path: Path) -> None:
+    path = tmp_path / "hw.db"
+    server = Server(path, now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    latest = server.scheduler.create(every(60, n=1)).id
+    catchup = server.scheduler.create(every(60, catchup=True, n=1)).id
+    server.store.close()  # down from 1000 to 1330: 1060..1300 missed
+
+    server = Server(path, now=1_330.0)
+    server.start()
+    assert server.tick(1_330.0) == 6
+    assert server.keys(latest) == [fire_key(latest, 1_300.0)]
+    assert server.keys(catchup) == sorted(fire_key(catchup, 1_060.0 + 60 * i) for i in range(5))
+    assert next_run_at(server.store, latest) == next_run_at(server.store, catchup) == 1_360.0
+    server.store.close()
+
+
+def test_pause_resume_and_delete(tmp_path: Path) -> None:
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(every(60)).id
+    assert server.scheduler.next_fire_at == 1_060.0
+    paused = server.scheduler.set_enabled(sid, False)
+    assert not paused.enabled and server.scheduler.next_fire_at is None
+    assert server.tick(1_200.0) == 0
+    # Resuming does not fire the times missed while paused; the phase is kept.
+    resumed = server.scheduler.set_enabled(sid, True)
+    assert resumed.enabled and server.scheduler.next_fire_at == 1_240.0
+    assert server.tick(1_239.0) == 0
+    assert server.tick(1_240.0) == 1
+    assert server.keys(sid) == [fire_key(sid, 1_240.0)]
+    assert server.scheduler.next_fire_at == 1_300.0  # the timer loop's next wake-up
+    assert [s.id for s in server.scheduler.list()] == [sid]
+    server.scheduler.delete(sid)
+    assert server.scheduler.next_fire_at is None
+    assert server.tick(1_400.0) == 0
+    assert server.scheduler.list() == []
+    assert len(server.scheduled_runs(sid)) == 1  # its runs are kept
+    with pytest.raises(NotFound, match=f"schedule '{sid}' does not exist"):
+        server.scheduler.delete(sid)
+    with pytest.raises(NotFound):
+        server.scheduler.set_enabled(sid, True)
+    server.store.close()
+
+
+def test_a_schedule_created_paused_does_not_fire_until_resumed(tmp_path: Path) -> None:
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    msg = every(60)
+    msg.enabled = False
+    sid = server.scheduler.create(msg).id
+    assert server.tick(5_000.0) == 0
+    server.scheduler.set_enabled(sid, True)
+    assert server.tick(5_040.0) == 1
+    server.store.close()
+
+
+def test_bad_schedules_are_refused(tmp_path: Path) -> None:
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    create = server.scheduler.create
+    with pytest.raises(NotFound, match="flow 'nope' is not registered"):
+        create(run_pb2.Schedule(flow_name="nope", cron="* * * * *"))
+    with pytest.raises(NotFound, match="version '9'"):
+        create(run_pb2.Schedule(flow_name="pipeline", flow_version="9", cron="* * * * *"))
+    with pytest.raises(ParameterError, match="'zzz'"):
+        create(every(60, zzz=1))
+    with pytest.raises(ScheduleError, match="interval must be positive"):
+        create(every(0))
+    with pytest.raises(ScheduleError, match="interval or a cron"):
+        create(run_pb2.Schedule(flow_name="pipeline"))
+    with pytest.raises(ScheduleError, match="flow_name is required"):
+        create(run_pb2.Schedule(cron="* * * * *"))
+    assert server.store.list_schedules() == []
+    server.store.close()
+
+
+@flow
+def no_params() -> int:
+    return total([1, 2])
+
+
+def test_a_fire_the_latest_flow_version_refuses_is_skipped_not_retried(tmp_path: Path) -> None:
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(every(60, n=2)).id
+    # A new version of "pipeline" without the parameter n.
+    graph = no_params.compile()
+    graph.name = "pipeline"
+    server.runs.register_flow(graph)
+    assert server.tick(1_060.0) == 1
+    assert server.scheduled_runs(sid) == []
+    assert next_run_at(server.store, sid) == 1_120.0
+    server.store.close()

@@ -1,0 +1,247 @@
+"""Schedules through real gRPC channels: an in-process server fires runs that an
+in-test worker completes; bad schedules get clear status codes; Client and CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from e2e_helpers import poll
+from test_client import ServerThread
+from test_run_manager import value_of
+from test_server_protocol import AUTH, fake_worker, proto_pipeline, run_against_server, status_of
+
+from headwater import Client, ScheduleInfo, ServerError
+from headwater._cli import main
+from headwater._payloads import decode_value
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import control_plane_pb2_grpc, run_pb2, worker_pb2
+
+
+def test_a_short_interval_schedule_fires_runs_a_worker_completes(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(
+            cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+        )
+        schedule = run_pb2.Schedule(
+            flow_name="proto_pipeline", parameters={"n": value_of(2)}, enabled=True
+        )
+        schedule.interval.FromMilliseconds(200)
+        created = (
+            await client.CreateSchedule(cp.CreateScheduleRequest(schedule=schedule), metadata=AUTH)
+        ).schedule
+        assert created.id and created.enabled and created.timezone == "UTC"
+        assert created.next_run_at.ToNanoseconds() > created.created_at.ToNanoseconds()
+        stop = asyncio.Event()
+        worker = asyncio.create_task(fake_worker(channel, stop))
+        # Poll (bounded by run_against_server's deadline) until two runs have succeeded.
+        while True:
+            listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+            done = [r for r in listed.flow_runs if r.state == 4]  # SUCCESS
+            if len(done) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        paused = await client.PauseSchedule(cp.PauseScheduleRequest(id=created.id), metadata=AUTH)
+        assert not paused.schedule.enabled
+        stop.set()
+        worker.cancel()
+        assert {r.schedule_id for r in listed.flow_runs} == {created.id}
+        keys = [r.idempotency_key for r in listed.flow_runs]
+        assert len(set(keys)) == len(keys)
+        assert all(k.startswith(f"schedule/{created.id}/") for k in keys)
+        result = await client.GetTaskRunResult(
+            cp.GetTaskRunResultRequest(flow_run_id=done[0].id, task_id="scale", map_index=-1),
+            metadata=AUTH,
+        )
+        assert decode_value(result.result) == [0, 10]  # the stored parameter n=2 was used
+        (shown,) = (await client.ListSchedules(cp.ListSchedulesRequest(), metadata=AUTH)).schedules
+        assert (shown.id, shown.enabled) == (created.id, False)
+        resumed = await client.ResumeSchedule(
+            cp.ResumeScheduleRequest(id=created.id), metadata=AUTH
+        )
+        assert resumed.schedule.enabled
+        await client.DeleteSchedule(cp.DeleteScheduleRequest(id=created.id), metadata=AUTH)
+        listed_after = await client.ListSchedules(cp.ListSchedulesRequest(), metadata=AUTH)
+        assert list(listed_after.schedules) == []
+
+    run_against_server(tmp_path, body)
+
+
+def _schedule(**fields: object) -> run_pb2.Schedule:
+    fields.setdefault("flow_name", "proto_pipeline")
+    return run_pb2.Schedule(**fields)  # type: ignore[arg-type]
+
+
+def _every(seconds: float, **fields: object) -> run_pb2.Schedule:
+    msg = _schedule(**fields)
+    msg.interval.FromNanoseconds(round(seconds * 1e9))
+    return msg
+
+
+def test_bad_schedule_requests_get_clear_status_codes(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(
+            cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+        )
+        no_value = worker_pb2.Assignment().inputs.get_or_create("x").value
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        cases = [
+            (_schedule(flow_name="nope", cron="* * * * *"), grpc.StatusCode.NOT_FOUND, "'nope'"),
+            (_schedule(cron="not a cron"), invalid, "five fields"),
+            (_schedule(cron="61 * * * *"), invalid, "invalid cron expression '61 * * * *'"),
+            (_schedule(cron="0 9 * * *", timezone="Nowhere/Town"), invalid, "'Nowhere/Town'"),
+            (_every(0), invalid, "interval must be positive"),
+            (_every(-3), invalid, "interval must be positive"),
+            (_schedule(), invalid, "needs an interval or a cron"),
+            (_every(60, flow_name=""), invalid, "flow_name is required"),
+            (_every(60, parameters={"zzz": value_of(1)}), invalid, "'zzz'"),
+            (_every(60, parameters={"n": no_value}), invalid, "no value"),
+        ]
+        for schedule, code, fragment in cases:
+            got, details = await status_of(
+                client.CreateSchedule(cp.CreateScheduleRequest(schedule=schedule), metadata=AUTH)
+            )
+            assert (got, fragment in details, "\n" in details) == (code, True, False), details
+        for call in (
+            client.DeleteSchedule(cp.DeleteScheduleRequest(id="missing"), metadata=AUTH),
+            client.PauseSchedule(cp.PauseScheduleRequest(id="missing"), metadata=AUTH),
+            client.ResumeSchedule(cp.ResumeScheduleRequest(id="missing"), metadata=AUTH),
+        ):
+            got, details = await status_of(call)
+            assert got == grpc.StatusCode.NOT_FOUND
+            assert details == "schedule 'missing' does not exist"
+        listed = await client.ListSchedules(cp.ListSchedulesRequest(), metadata=AUTH)
+        assert list(listed.schedules) == []
+
+    run_against_server(tmp_path, body)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    s = ServerThread(tmp_path / "hw.db", token="tok")
+    yield s
+    s.stop()
+
+
+def test_client_creates_lists_pauses_resumes_and_deletes_schedules(server: ServerThread) -> None:
+    with Client(server.address, token="tok") as client:
+        hourly = client.create_schedule(
+            proto_pipeline, every=timedelta(hours=1), params={"n": 4, "factor": 2}
+        )
+        assert isinstance(hourly, ScheduleInfo)
+        assert (hourly.flow_name, hourly.every, hourly.cron) == (
+            "proto_pipeline",
+            timedelta(hours=1),
+            "",
+        )
+        assert hourly.parameters == {"n": 4, "factor": 2}
+        assert hourly.flow_version == "1"  # a Flow object is deployed and pinned
+        assert not hourly.paused and hourly.next_run_at is not None
+        assert hourly.created_at is not None
+        assert hourly.next_run_at - hourly.created_at == timedelta(hours=1)
+        nightly = client.create_schedule(
+            "proto_pipeline", cron="0 2 * * *", timezone="Europe/Berlin", paused=True, version="1"
+        )
+        assert (nightly.cron, nightly.timezone, nightly.paused) == (
+            "0 2 * * *",
+            "Europe/Berlin",
+            True,
+        )
+        assert nightly.spec == "cron '0 2 * * *' (Europe/Berlin)"
+        assert {s.id for s in client.list_schedules()} == {hourly.id, nightly.id}
+        assert client.list_schedules("other") == []
+        assert client.resume_schedule(nightly.id).paused is False
+        assert client.pause_schedule(hourly.id).paused is True
+        client.delete_schedule(hourly.id)
+        assert [s.id for s in client.list_schedules()] == [nightly.id]
+        with pytest.raises(ServerError, match="does not exist") as info:
+            client.delete_schedule(hourly.id)
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(ServerError, match="invalid cron expression") as info:
+            client.create_schedule("proto_pipeline", cron="99 * * * *")
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(ValueError, match="exactly one of every"):
+            client.create_schedule("proto_pipeline")
+        with pytest.raises(ValueError, match="every must be > 0"):
+            client.create_schedule("proto_pipeline", every=0)
+        # By name, unpinned: it fires the latest version; its runs name the schedule.
+        often = client.create_schedule("proto_pipeline", every=0.1, params={"n": 1})
+        assert often.flow_version == ""
+        poll(lambda: len(client.list_runs()) >= 1, "a scheduled run")
+        client.delete_schedule(often.id)
+        runs = client.list_runs()
+        assert {(r.schedule_id, r.flow_version) for r in runs} == {(often.id, "1")}
+
+
+FLOW_FILE = """
+from headwater import flow, task
+
+@task
+def shout(text: str) -> str:
+    return text.upper()
+
+@flow
+def greet(text: str = "hi") -> str:
+    return shout(text)
+"""
+
+
+def headwater_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headwater._cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_schedules_create_list_pause_delete(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "greet.py"
+    path.write_text(FLOW_FILE)
+    where = ("--server", server.address, "--token", "tok")
+    # The real command once; the rest in-process (same code, without an interpreter
+    # start per call).
+    created = headwater_cli(
+        "schedules", "create", str(path), "--every", "1h30m", "--param", "text=yo", *where
+    )
+    assert created.returncode == 0, created.stderr
+    schedule_id, state, flow_name, *_ = created.stdout.split()
+    assert (state, flow_name) == ("active", "greet")
+    assert "every 1:30:00" in created.stdout
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["schedules", *args, *where])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = cli("create", str(path), "--cron", "*/5 * * * *", "--paused")
+    assert code == 0 and " paused " in out
+    code, out, _ = cli("list")
+    assert code == 0 and len(out.splitlines()) == 2
+    code, out, _ = cli("pause", schedule_id)
+    assert code == 0 and " paused " in out
+    code, out, _ = cli("delete", schedule_id)
+    assert code == 0 and schedule_id in out
+    for args, fragment in [
+        (("delete", schedule_id), "does not exist"),
+        (("create", str(path), "--cron", "bad cron"), "five fields"),
+        (("create", str(path), "--every", "soon"), "--every expects a duration"),
+        (("create", str(path)), "exactly one of --every"),
+    ]:
+        code, _, err = cli(*args)
+        assert code == 2, err
+        assert err.count("\n") == 1 and fragment in err, err
+    with Client(server.address, token="tok") as client:
+        (left,) = client.list_schedules()
+        assert left.cron == "*/5 * * * *" and left.paused
