@@ -257,7 +257,7 @@ def _server_notes(row: Row) -> list[str]:
             f"{name}: {d['label']} one after another, 1 worker ({slots} slots); "
             f"server SCHEDULED -> task function starts on the worker: {_ms(s['ready_to_start'])} "
             f"(min {s['ready_to_start']['min']:.2f}, max {s['ready_to_start']['max']:.2f}); "
-            f"SCHEDULED -> RUNNING (server clock, incl. the Started report's way back): "
+            f"SCHEDULED -> RUNNING (server clock; when the worker's first report came back): "
             f"{_ms(s['ready_to_running'])}; client.run returned -> task starts: "
             f"{_ms(s['returned_to_start'])} (negative when the task starts before the "
             f"client has the response); client.run called -> task starts: "

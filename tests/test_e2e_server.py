@@ -211,6 +211,8 @@ def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(
         start_worker(cluster, address, "gpu", "--label", "gpu=true")
         final = client.wait(run.id)
         assert final.state is FlowRunState.SUCCESS and final.result == "trained 0"
+        workers = {t.key: t.worker for t in final.task_runs}
+        assert workers == {"extract": "cpu", "train": "gpu"}  # TaskRun.worker_id: its name
     assert ("train", "gpu") in effects(tmp_path)
     assert ("train", "cpu") not in effects(tmp_path)
 

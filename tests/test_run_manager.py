@@ -308,3 +308,43 @@ def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> No
     entry = JournalEntry(EVENT, 12.5, event)
     back = decode_entry(encode_entry("run-1", 7, entry))
     assert back == entry
+
+
+def test_an_assignment_with_too_many_inline_inputs_gets_references(store: SQLiteStore) -> None:
+    """Five 1 MiB inline results feed one reduce: more than a 4 MiB message can carry, so
+    the server stores the largest ones and sends references to their identical bytes."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    manager.create_run("pipeline", "", {"n": value_of(5)})
+    manager.flush()
+    work(manager, dispatch.submitted.pop(0))  # numbers: split into 5 elements
+    manager.flush()
+    big = {}
+    for pending in list(dispatch.submitted):
+        a = pending.assignment
+        run_id, key = split_task_run_id(a.token.task_run_id)
+        text = f'"{key}:' + "x" * (1 << 20) + '"'
+        value = payload_pb2.Value(
+            inline=payload_pb2.Payload(data=text.encode(), metadata={"encoding": "json"})
+        )
+        big[key] = text.encode()
+        manager.handle(run_id, TaskSucceeded(key, a.token.attempt, value))
+    dispatch.submitted.clear()
+    manager.flush()
+    (reduce,) = [p for p in dispatch.submitted if p.assignment.task_type.endswith("total")]
+    msg = reduce.assignment
+    assert msg.ByteSize() <= 3 << 20
+    items = msg.inputs["values"].list.items
+    refs = [i.value.ref for i in items if i.value.WhichOneof("kind") == "ref"]
+    assert len(refs) >= 2 and len(items) == 5
+    for i, item in enumerate(items):
+        value = item.value
+        data = (
+            b"".join(store.read_payload(value.ref.payload_id))
+            if value.WhichOneof("kind") == "ref"
+            else value.inline.data
+        )
+        assert data == big[f"scale[{i}]"]
+        if value.WhichOneof("kind") == "ref":
+            assert value.ref.metadata["encoding"] == "json" and value.ref.size_bytes == len(data)

@@ -65,7 +65,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"{run.id}  {run.state.name}  {run.flow_name} v{run.flow_version}  {run.message}")
             for task in run.task_runs:
                 states = " > ".join(s.name for s in task.states)
-                print(f"  {task.key:30} {task.state.name:15} attempts={task.attempts}  {states}")
+                worker = f"  on {task.worker}" if task.worker else ""
+                print(
+                    f"  {task.key:30} {task.state.name:15} attempts={task.attempts}"
+                    f"{worker}  {states}"
+                )
             if run.state is FlowRunState.SUCCESS:
                 print(json.dumps(run.result, indent=2, default=repr))
             return EXIT_OK

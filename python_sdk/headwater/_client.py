@@ -52,6 +52,7 @@ class TaskRunInfo:
     attempts: int
     states: list[TaskRunState] = field(default_factory=list)
     message: str = ""
+    worker: str = ""  # the worker that runs (or ran) the current attempt
 
 
 @dataclass
@@ -197,6 +198,7 @@ class Client:
                 attempts=t.attempts,
                 states=[TaskRunState(h.state) for h in t.history],
                 message=t.history[-1].message if t.history else "",
+                worker=t.worker_id,
             )
             for t in response.task_runs
         ]

@@ -73,7 +73,7 @@ class ServerCore:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
-        self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self.exports.prepare)
+        self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
         self.schedules = Scheduler(store, self.runs, self.clock)
@@ -323,6 +323,10 @@ class ServerCore:
         self.runs.handle(pending.flow_run_id, TaskFailed(key, attempt, failure))
         self.dispatcher.finished(pending.token)
         self.touch()
+
+    def _before_send(self, session: WorkerSession, pending: PendingAssignment) -> bool:
+        self.runs.assigned(pending.flow_run_id, pending.token[0], session.name)
+        return self.exports.prepare(session, pending)
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         _, key = split_task_run_id(task_run_id)

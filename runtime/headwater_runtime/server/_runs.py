@@ -67,6 +67,7 @@ from headwater_runtime.store import (
 from headwater_runtime.tracing import RunTracer, active_tracer, extract, inject
 
 from ._codec import decode_entry, encode_entry, failure_to_dict
+from ._spill import spill_inputs
 from ._values import (
     SERVER_VALUES,
     Composite,
@@ -170,6 +171,7 @@ class RunManager:
         self._effects: list[Callable[[], None]] = []
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
+        self._workers: dict[tuple[str, str], str] = {}  # (flow run, key) -> worker name
         # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
         self.tracer = active_tracer()
 
@@ -411,10 +413,12 @@ class RunManager:
             run.state.value,
             run.attempt,
             entry.timestamp,
-            "",
+            self._workers.get((run_id, run.key), ""),
             run.cache_key or "",
             result,
         )
+        if run.state.is_terminal:
+            self._workers.pop((run_id, run.key), None)
         for listener in self.listeners:
             listener(run_id, run)
 
@@ -468,6 +472,10 @@ class RunManager:
                 ignored.append(command)
         self._arm_timer(active)
         return ignored
+
+    def assigned(self, flow_run_id: str, task_run_id: str, worker: str) -> None:
+        """An attempt went to this worker: shown with the task run from its next state."""
+        self._workers[(flow_run_id, split_task_run_id(task_run_id)[1])] = worker
 
     def function_cache_key(self, flow_run_id: str, run_key: str, reported: str) -> str:
         """The cache key for a key a worker derived with the task's key function ("" if
@@ -559,6 +567,7 @@ class RunManager:
         if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
             msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
             msg.cache.version = spec.cache.version
+        spill_inputs(msg, self.store)  # many inline inputs must not exceed 4 MiB
         return msg
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:

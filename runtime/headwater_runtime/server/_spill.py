@@ -1,0 +1,68 @@
+"""Keeping assignments under gRPC's message limit.
+
+Workers send results up to ``inline_payload_limit`` (1 MiB) inline, so a task that
+takes many results at once (a reduce over a mapped task) can be handed more inline
+bytes than one message may carry (4 MiB). Before such an assignment is sent, the
+control plane moves its largest inline values into the payload store and sends
+references instead. It stores the bytes as they are: nothing is decoded.
+"""
+
+from __future__ import annotations
+
+from headwater.v1 import payload_pb2, worker_pb2
+from headwater_runtime.store import Store
+
+#: Largest assignment sent as it is; above it, inline values move to the store.
+ASSIGNMENT_BUDGET = 3 << 20
+_CHUNK = 1 << 20
+
+
+def _inline_values(value: payload_pb2.Value, out: list[payload_pb2.Value]) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "inline" and not value.inline.metadata.get("encoding", "").startswith("headwater."):
+        out.append(value)
+    for item in value.items:  # elements of structural encodings
+        _inline_values(item, out)
+
+
+def _input_values(msg: worker_pb2.InputValue, out: list[payload_pb2.Value]) -> None:
+    kind = msg.WhichOneof("kind")
+    if kind == "value":
+        _inline_values(msg.value, out)
+    elif kind == "list":
+        for item in msg.list.items:
+            _input_values(item, out)
+    elif kind == "map":
+        for entry in msg.map.entries:
+            _input_values(entry.value, out)
+
+
+def spill_inputs(
+    assignment: worker_pb2.Assignment, store: Store, budget: int = ASSIGNMENT_BUDGET
+) -> int:
+    """Move the largest inline input values to the store until the assignment fits in
+    ``budget`` bytes; returns how many were moved."""
+    size = assignment.ByteSize()
+    if size <= budget:
+        return 0
+    values: list[payload_pb2.Value] = []
+    for argument in assignment.inputs.values():
+        _input_values(argument, values)
+    values.sort(key=lambda v: len(v.inline.data), reverse=True)
+    moved = 0
+    for value in values:
+        if size <= budget:
+            break
+        data = bytes(value.inline.data)
+        view = memoryview(data)
+        chunks = (bytes(view[i : i + _CHUNK]) for i in range(0, len(data), _CHUNK))
+        meta = store.put_payload(chunks, dict(value.inline.metadata), len(data))
+        before = value.ByteSize()
+        value.ref.CopyFrom(  # replaces the inline payload (one of the two)
+            payload_pb2.PayloadRef(
+                payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
+            )
+        )
+        size -= before - value.ByteSize()
+        moved += 1
+    return moved
