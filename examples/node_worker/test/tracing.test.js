@@ -70,6 +70,32 @@ test('each attempt is an INTERNAL span, child of Assignment.trace_context', asyn
   assert.equal(event.attributes['exception.message'], 'not a number');
 });
 
+test('mapped children: the span name drops the [i] suffix and headwater.map_index says i', () => {
+  const exporter = new InMemorySpanExporter();
+  const tracing = new Tracing({ exporters: [exporter], batch: false });
+  const traced = { trace_context: { traceparent: TRACEPARENT } };
+  const child = assignment('scale[2]', 'math.scale', { ...traced, map_index: 2 });
+  tracing.start(child, 'w').end();
+  // Not mapped: a name that merely ends in brackets keeps them (map_index -1).
+  tracing.start(assignment('odd[2]', 'x', traced), 'w').end();
+  // Mapped child 0 of a task whose own name ends in brackets loses only its suffix.
+  tracing.start(assignment('odd[1][0]', 'x', { ...traced, map_index: 0 }), 'w').end();
+  // SimpleSpanProcessor: each span is exported when it ends.
+  const spans = exporter.getFinishedSpans();
+  assert.deepEqual(
+    spans.map((s) => [s.name, s.attributes['headwater.task.name'], s.attributes['headwater.map_index']]),
+    [
+      ['execute scale', 'scale', 2],
+      ['execute odd[2]', 'odd[2]', undefined],
+      ['execute odd[1]', 'odd[1]', 0],
+    ],
+  );
+  assert.ok(!('headwater.map_index' in spans[1].attributes));
+  // The task run id keeps the index: it is the server's id of that child.
+  assert.equal(spans[0].attributes['headwater.task_run.id'], 'run/scale[2]');
+  assert.equal(spans[0].parentSpanContext.spanId, PARENT_ID);
+});
+
 test('tracing is off unless OTEL_TRACES_EXPORTER asks for it; bad values are clear', () => {
   assert.equal(fromEnvironment({}), null);
   assert.equal(fromEnvironment({ OTEL_TRACES_EXPORTER: 'none' }), null);
