@@ -59,7 +59,12 @@ class Tracing {
     this.propagator = new W3CTraceContextPropagator();
   }
 
-  /** Start the execution span of an attempt; returns {end, fail, cancel} (each ends it once). */
+  /**
+   * Start the execution span of an attempt; returns {end, fail, skip, interrupt} (each
+   * ends it once). interrupt: cancelled, timed out or abandoned; like the Python worker,
+   * the span gets a headwater.interrupted event and no error status (the attempt span on
+   * the server says what happened to the attempt).
+   */
   start(assignment, workerName) {
     const carrier = { ...(assignment.trace_context ?? {}) };
     const parent = this.propagator.extract(api.ROOT_CONTEXT, carrier, api.defaultTextMapGetter);
@@ -90,9 +95,14 @@ class Tracing {
         span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
         span.end();
       },
-      cancel: (reason) => {
+      skip: (reason) => {
         if (!close()) return;
-        span.addEvent('cancelled', { 'headwater.reason': reason });
+        span.setAttribute('headwater.message', reason);
+        span.end();
+      },
+      interrupt: (reason) => {
+        if (!close()) return;
+        span.addEvent('headwater.interrupted', { 'headwater.reason': reason });
         span.end();
       },
     };
