@@ -1,7 +1,7 @@
-"""One trace across processes: this test's client, a `headwater server` and a
-`headwater worker` subprocess each export with the real OTLP exporter to an in-test
-OTLP receiver, and the spans must form one tree: client span -> flow -> task attempt
--> worker execute, including across a retry."""
+"""One trace across processes: this test's client, a `headwater server`, a
+`headwater worker` and (for the polyglot flow) a Node.js worker subprocess each export
+with the real OTLP exporter to an in-test OTLP receiver, and the spans must form one
+tree: client span -> flow -> task attempt -> worker execute, including across a retry."""
 
 from __future__ import annotations
 
