@@ -3,16 +3,20 @@ subprocesses whose output lines are collected, and polling with a deadline."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 #: Upper bound on any single wait in an end-to-end test (seconds).
 BOUND = 60.0
+
+#: The Node.js worker (installed by ``make setup``: npm ci in this directory).
+NODE_WORKER = Path(__file__).resolve().parents[1] / "examples" / "node_worker"
 
 
 class Proc:
@@ -85,10 +89,17 @@ class Cluster:
         self.env = env
         self.procs: list[Proc] = []
 
-    def __call__(self, kind: str, *args: str, worker: str = "") -> Proc:
+    def __call__(
+        self, kind: str, *args: str, worker: str = "", env: Mapping[str, str] | None = None
+    ) -> Proc:
+        """Start ``headwater KIND ARGS``; ``env`` adds to (or overrides) the shared one."""
         cmd = [sys.executable, "-m", "headwater._cli", kind, *args]
-        proc_env = {**self.env, "HW_WORKER": worker}
-        proc = Proc(cmd, proc_env, "stdout" if kind == "server" else "stderr")
+        stream = "stdout" if kind == "server" else "stderr"
+        return self.spawn(cmd, stream, {"HW_WORKER": worker, **(env or {})})
+
+    def spawn(self, cmd: list[str], stream: str, env: Mapping[str, str] | None = None) -> Proc:
+        """Start any command (e.g. ``node_worker_args(...)``) with the shared environment."""
+        proc = Proc(cmd, {**self.env, **(env or {})}, stream)
         self.procs.append(proc)
         return proc
 
@@ -97,7 +108,7 @@ class Cluster:
             proc.stop()
         # pytest shows this only when the test failed: what every process said.
         for proc in self.procs:
-            print(f"--- {' '.join(proc.popen.args[3:])}", *proc.lines, *proc.other, sep="\n")
+            print(f"--- {' '.join(proc.popen.args)}", *proc.lines, *proc.other, sep="\n")
 
 
 def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
@@ -114,6 +125,16 @@ def start_worker(
     )
     worker.wait_line("connected to")
     return worker
+
+
+def node_worker_args(address: str, name: str, *extra: str) -> list[str]:
+    """The command line of the Node.js worker (its status lines go to stderr)."""
+    node = shutil.which("node")
+    assert node, "Node.js is needed (CI has Node 20)"
+    installed = (NODE_WORKER / "node_modules").is_dir()
+    assert installed, "run `make setup` (npm ci for the Node worker)"
+    script = str(NODE_WORKER / "bin" / "worker.js")
+    return [node, script, "--server", address, "--name", name, *extra]
 
 
 def poll(condition: Callable[[], bool], what: str, timeout: float = BOUND) -> None:

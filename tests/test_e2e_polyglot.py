@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import BOUND, Proc, poll, start_server
+from e2e_helpers import BOUND, NODE_WORKER, Proc, node_worker_args, poll, start_server
 
 from headwater import Client, ParameterError
 from headwater._loader import load_file
@@ -25,7 +24,6 @@ from headwater_runtime.engine import FlowRunState
 pytestmark = pytest.mark.e2e
 
 TOKEN = "polyglot-token"
-NODE_WORKER = Path(__file__).resolve().parents[1] / "examples" / "node_worker"
 EXAMPLE = str(NODE_WORKER / "flow.py")
 
 FLOWS = """
@@ -141,13 +139,8 @@ class Cluster:
             "worker", "--server", self.address, "--module", "polyglot_flows", "--module", EXAMPLE
         )
         python.wait_line("connected to")
-        node = shutil.which("node")
-        assert node, "Node.js is needed (CI has Node 20)"
-        installed = (NODE_WORKER / "node_modules").is_dir()
-        assert installed, "run `make setup` (npm ci for the Node worker)"
-        script = str(NODE_WORKER / "bin" / "worker.js")
-        args = ["--server", self.address, "--slots", "1", "--name", "node-e2e"]
-        self.node = self.start([node, script, *args], "stderr")
+        args = node_worker_args(self.address, "node-e2e", "--slots", "1")
+        self.node = self.start(args, "stderr")
         self.node.wait_line("connected to")
 
     def stop(self) -> None:

@@ -1,7 +1,7 @@
-"""One trace across processes: this test's client, a `headwater server` and a
-`headwater worker` subprocess each export with the real OTLP exporter to an in-test
-OTLP receiver, and the spans must form one tree: client span -> flow -> task attempt
--> worker execute, including across a retry."""
+"""One trace across processes: this test's client, a `headwater server`, a
+`headwater worker` and (for the polyglot flow) a Node.js worker subprocess each export
+with the real OTLP exporter to an in-test OTLP receiver, and the spans must form one
+tree: client span -> flow -> task attempt -> worker execute, including across a retry."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
-from e2e_helpers import Cluster, start_server, start_worker
+from e2e_helpers import Cluster, node_worker_args, start_server, start_worker
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import Span
 from otlp_receiver import OTLPReceiver, ReceivedSpan
 
 from headwater import Client
@@ -77,6 +80,25 @@ def cluster(
     procs.stop()
 
 
+@contextmanager
+def client_span(receiver: OTLPReceiver) -> Iterator[Span]:
+    """A "client" span of service ``test-client``, current while the block runs.
+
+    This process exports like the others, with the real OTLP exporter (a provider of
+    its own, not the global one), flushed when the block ends; the gRPC instrumentation
+    puts the current context in the metadata of every call."""
+    provider = TracerProvider(resource=Resource({"service.name": "test-client"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint)))
+    instrumentor = GrpcInstrumentorClient()
+    instrumentor.instrument()
+    try:
+        with provider.get_tracer("test").start_as_current_span("client") as span:
+            yield span
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
+
+
 def _one(spans: list[ReceivedSpan], **where: object) -> ReceivedSpan:
     found = [s for s in spans if all(_field(s, k) == v for k, v in where.items())]
     assert len(found) == 1, (where, [(s.service, s.name, s.attributes) for s in found])
@@ -96,26 +118,12 @@ def test_one_trace_links_client_flow_attempts_and_worker_spans(
     start_worker(cluster, address, "w1", module="traced_tasks")
     module = load_file(str(tmp_path / "traced_tasks.py"))
 
-    # This process exports like the others, with the real OTLP exporter (a provider of
-    # its own, not the global one); the gRPC instrumentation puts the current context
-    # in the metadata of every call.
-    provider = TracerProvider(resource=Resource({"service.name": "test-client"}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=receiver.endpoint)))
-    instrumentor = GrpcInstrumentorClient()
-    instrumentor.instrument()
-    try:
-        with (
-            provider.get_tracer("test").start_as_current_span("client") as client_span,
-            Client(address) as client,
-        ):
-            run = client.run(module.traced, {"x": 1})  # type: ignore[attr-defined]
-            final = client.wait(run.id)
-            assert final.state is FlowRunState.SUCCESS, final.message
-            assert final.result == 4
-    finally:
-        instrumentor.uninstrument()
-        provider.shutdown()
-    trace_id = format(client_span.get_span_context().trace_id, "032x")
+    with client_span(receiver) as span, Client(address) as client:
+        run = client.run(module.traced, {"x": 1})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == 4
+    trace_id = format(span.get_span_context().trace_id, "032x")
     cluster.stop()
     for stopped in cluster.procs:  # exited on SIGTERM by themselves, not killed
         assert stopped.popen.returncode == 0, (stopped.popen.args, stopped.other[-10:])
@@ -239,3 +247,119 @@ def test_headwater_run_exports_over_otlp_http_before_it_exits(
     assert flow.parent_id == "" and task.parent_id == flow.span_id
     assert task.trace_id == flow.trace_id
     assert task.attributes["headwater.state"] == "SUCCESS"
+
+
+POLYGLOT = """
+from headwater import flow, remote_task, task, unmapped
+
+scale = remote_task("math.scale")
+flaky = remote_task("flaky.once", retries=1)  # the Node handler fails on attempt 1
+
+@task
+def numbers(n: int) -> list[int]:
+    return list(range(n))
+
+@task
+def total(scaled: list, retried: dict) -> int:
+    return sum(scaled) + retried["value"]
+
+@flow
+def polyglot(n: int = 3) -> int:
+    scaled = scale.map(x=numbers(n), factor=unmapped(10))
+    return total(scaled, flaky(value=n))
+"""
+
+#: Each process's own OTEL_SERVICE_NAME.
+SERVICES = {"server": "hw-server", "python": "hw-python-worker", "node": "hw-node-worker"}
+
+
+def test_one_trace_across_the_server_a_python_and_a_node_worker(
+    tmp_path: Path, cluster: Cluster, receiver: OTLPReceiver
+) -> None:
+    """Python -> Node (mapped) -> Python, with a Node step that fails once: every
+    process's spans form one tree, each worker span under its own attempt span."""
+    (tmp_path / "polyglot_traced.py").write_text(textwrap.dedent(POLYGLOT))
+    named = {key: {"OTEL_SERVICE_NAME": name} for key, name in SERVICES.items()}
+    _, address = start_server(partial(cluster, env=named["server"]), tmp_path / "hw.db")
+    start_worker(partial(cluster, env=named["python"]), address, "py", module="polyglot_traced")
+    node = cluster.spawn(node_worker_args(address, "js"), "stderr", named["node"])
+    node.wait_line("connected to")
+    module = load_file(str(tmp_path / "polyglot_traced.py"))
+
+    with client_span(receiver) as span, Client(address) as client:
+        run = client.run(module.polyglot, {"n": 3})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+    assert final.state is FlowRunState.SUCCESS, final.message
+    assert final.result == (0 + 10 + 20) + 3
+    # OTEL_BSP_SCHEDULE_DELAY is ten minutes: nothing of the Node worker's is exported
+    # yet; what follows arrives only because SIGTERM makes it flush before it exits.
+    assert not [s for s in receiver.spans if s.service == SERVICES["node"]]
+    cluster.stop()
+    for stopped in cluster.procs:  # exited on SIGTERM by themselves, not killed
+        assert stopped.popen.returncode == 0, (stopped.popen.args, stopped.other[-10:])
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        names = [s.name for s in spans]
+        return (
+            "client" in names
+            and "flow polyglot" in names
+            and names.count("execute math.scale") == 3
+            and names.count("execute flaky.once") == 2
+            and names.count("execute numbers") == 1
+            and names.count("execute total") == 1
+        )
+
+    spans = receiver.wait_for(complete, "the spans of the polyglot run")
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    assert {s.trace_id for s in spans} == {trace_id}, "every span belongs to the client's trace"
+    assert {s.service for s in spans} == {"test-client", *SERVICES.values()}
+
+    client = _one(spans, name="client", service="test-client")
+    flow = _one(spans, name="flow polyglot", service=SERVICES["server"])
+    assert flow.parent_id == client.span_id and not flow.error
+
+    # Every attempt span is the flow's child; every execute span is the child of the
+    # attempt span of the same task run and attempt, in the worker that ran it.
+    attempts = [s for s in spans if s.name.startswith("task ") and s.attributes[ATTEMPT] > 0]
+    executes = [s for s in spans if s.name.startswith("execute ")]
+    assert {a.parent_id for a in attempts} == {flow.span_id}
+    assert sorted(_attempt_key(a) for a in attempts) == sorted(_attempt_key(e) for e in executes)
+    by_span_id = {a.span_id: a for a in attempts}
+    for execute in executes:
+        attempt = by_span_id[execute.parent_id]
+        assert _attempt_key(execute) == _attempt_key(attempt), execute
+        assert execute.name == "execute " + attempt.attributes["headwater.task.name"]
+        assert execute.error == attempt.error
+        node_task = execute.attributes["headwater.task_type"] in ("math.scale", "flaky.once")
+        assert execute.service == SERVICES["node" if node_task else "python"], execute
+        assert execute.attributes["headwater.worker.name"] == ("js" if node_task else "py")
+
+    # The mapped Node children: one low-cardinality name, the index as an attribute.
+    mapped = sorted(
+        (s for s in executes if s.name == "execute math.scale"),
+        key=lambda s: int(s.attributes["headwater.map_index"]),
+    )
+    assert [s.attributes["headwater.map_index"] for s in mapped] == [0, 1, 2]
+    assert [s.attributes["headwater.task_run.id"] for s in mapped] == [
+        f"{run.id}/math.scale[{i}]" for i in range(3)
+    ]
+
+    # The Node step failed on attempt 1 (ERROR + exception, on both sides) and was retried.
+    failed = _one(spans, name="execute flaky.once", headwater__attempt=1)
+    assert failed.error and failed.service == SERVICES["node"]
+    exception = failed.event("exception")
+    assert exception is not None and exception["exception.type"] == "TransientError"
+    assert exception["exception.message"] == "transient failure on attempt 1"
+    first = by_span_id[failed.parent_id]
+    assert first.attributes["headwater.state"] == "FAILED" and first.error
+    assert first.event("headwater.retry") is not None
+    retried = _one(spans, name="execute flaky.once", headwater__attempt=2)
+    assert not retried.error and by_span_id[retried.parent_id].attributes[STATE] == "SUCCESS"
+
+
+ATTEMPT = "headwater.attempt"
+STATE = "headwater.state"
+
+
+def _attempt_key(span: ReceivedSpan) -> tuple[str, int]:
+    return span.attributes["headwater.task_run.id"], int(span.attributes[ATTEMPT])

@@ -89,14 +89,21 @@ function main() {
   });
   worker.on('reconnected', () => process.stderr.write(`reconnected to ${args.server}\n`));
   for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => worker.stop());
-  worker.run().then(
-    async () => {
+  // Either way, the spans still batched are exported before the process exits (SIGTERM
+  // included): process.exit() would drop them.
+  const exit = async (code) => {
+    try {
       await worker.tracing?.shutdown();
-      process.exit(0);
-    },
+    } catch (err) {
+      process.stderr.write(`headwater-node-worker: could not export the last spans: ${err.message}\n`);
+    }
+    process.exit(code);
+  };
+  worker.run().then(
+    () => exit(0),
     (err) => {
       process.stderr.write(`headwater-node-worker: error: ${err instanceof WorkerError ? err.message : err.stack}\n`);
-      process.exit(1);
+      return exit(1);
     },
   );
 }

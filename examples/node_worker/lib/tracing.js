@@ -3,9 +3,10 @@
 //
 // The control plane puts the W3C trace context of the task attempt's span into
 // Assignment.trace_context (keys "traceparent", "tracestate"); each execution span is
-// its child: name "execute <task_name>", kind INTERNAL, headwater.* attributes, status
-// ERROR with the exception recorded on failure. Tracing is on only when
-// OTEL_TRACES_EXPORTER is "otlp" or "console"; unset or "none" costs nothing.
+// its child: name "execute <task_name>" (without the "[i]" of mapped children, which
+// headwater.map_index carries), kind INTERNAL, headwater.* attributes, status ERROR with
+// the exception recorded on failure. Tracing is on only when OTEL_TRACES_EXPORTER is
+// "otlp" or "console"; unset or "none" costs nothing.
 
 const api = require('@opentelemetry/api');
 const { W3CTraceContextPropagator } = require('@opentelemetry/core');
@@ -28,6 +29,18 @@ class TracingConfigError extends Error {
   }
 }
 
+/**
+ * The task's name as the attempt span has it: mapped child i's assignment is named
+ * `name[i]`; span names stay low-cardinality and headwater.map_index says i (as the
+ * Python worker does).
+ */
+function taskName(assignment) {
+  const name = assignment.task_name;
+  const index = Number(assignment.map_index ?? -1);
+  const suffix = `[${index}]`;
+  return index >= 0 && name.endsWith(suffix) ? name.slice(0, -suffix.length) : name;
+}
+
 /** Creates one span per attempt, as a child of the assignment's trace context. */
 class Tracing {
   /**
@@ -46,25 +59,27 @@ class Tracing {
     this.propagator = new W3CTraceContextPropagator();
   }
 
-  /** Start the execution span of an attempt; returns {end, fail, cancel} (each ends it once). */
+  /**
+   * Start the execution span of an attempt; returns {end, fail, skip, interrupt} (each
+   * ends it once). interrupt: cancelled, timed out or abandoned; like the Python worker,
+   * the span gets a headwater.interrupted event and no error status (the attempt span on
+   * the server says what happened to the attempt).
+   */
   start(assignment, workerName) {
     const carrier = { ...(assignment.trace_context ?? {}) };
     const parent = this.propagator.extract(api.ROOT_CONTEXT, carrier, api.defaultTextMapGetter);
-    const span = this.tracer.startSpan(
-      `execute ${assignment.task_name}`,
-      {
-        kind: api.SpanKind.INTERNAL,
-        attributes: {
-          'headwater.task.name': assignment.task_name,
-          'headwater.task_type': assignment.task_type,
-          'headwater.task_run.id': assignment.token.task_run_id,
-          'headwater.attempt': Number(assignment.token.attempt),
-          'headwater.flow_run.id': assignment.flow_run_id,
-          'headwater.worker.name': workerName,
-        },
-      },
-      parent,
-    );
+    const name = taskName(assignment);
+    const attributes = {
+      'headwater.task.name': name,
+      'headwater.task_type': assignment.task_type,
+      'headwater.task_run.id': assignment.token.task_run_id,
+      'headwater.attempt': Number(assignment.token.attempt),
+      'headwater.flow_run.id': assignment.flow_run_id,
+      'headwater.worker.name': workerName,
+    };
+    const index = Number(assignment.map_index ?? -1);
+    if (index >= 0) attributes['headwater.map_index'] = index;
+    const span = this.tracer.startSpan(`execute ${name}`, { kind: api.SpanKind.INTERNAL, attributes }, parent);
     let open = true;
     const close = () => {
       const wasOpen = open;
@@ -80,9 +95,14 @@ class Tracing {
         span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
         span.end();
       },
-      cancel: (reason) => {
+      skip: (reason) => {
         if (!close()) return;
-        span.addEvent('cancelled', { 'headwater.reason': reason });
+        span.setAttribute('headwater.message', reason);
+        span.end();
+      },
+      interrupt: (reason) => {
+        if (!close()) return;
+        span.addEvent('headwater.interrupted', { 'headwater.reason': reason });
         span.end();
       },
     };
@@ -132,4 +152,4 @@ function fromEnvironment(env = process.env) {
   return new Tracing({ exporters, serviceName: env.OTEL_SERVICE_NAME || DEFAULT_SERVICE_NAME });
 }
 
-module.exports = { DEFAULT_SERVICE_NAME, Tracing, TracingConfigError, fromEnvironment };
+module.exports = { DEFAULT_SERVICE_NAME, Tracing, TracingConfigError, fromEnvironment, taskName };

@@ -349,7 +349,6 @@ class Worker extends EventEmitter {
   #expire(attempt, limit) {
     if (this.running.get(attempt.key) !== attempt) return;
     const why = `task ${attempt.assignment.task_type} exceeded its timeout of ${limit}s`;
-    attempt.span?.fail(Object.assign(new Error(why), { name: 'headwater.TaskTimeout' }));
     this.#drop(attempt, 'timed out');
     this.#report(attempt.key, {
       failure: { token: attempt.token, failure: workerFailure('headwater.TaskTimeout', why, true), timed_out: true },
@@ -360,7 +359,7 @@ class Worker extends EventEmitter {
   #drop(attempt, reason) {
     this.running.delete(attempt.key);
     clearTimeout(attempt.timer);
-    attempt.span?.cancel(reason);
+    attempt.span?.interrupt(reason);
     attempt.controller.abort(new Error(reason));
   }
 
@@ -398,7 +397,7 @@ class Worker extends EventEmitter {
       result = await handler(inputs, context);
     } catch (err) {
       if (err instanceof Skip) {
-        span?.end();
+        span?.skip(err.message);
         this.#finish(attempt, { skipped: { token, reason: err.message } });
         return;
       }

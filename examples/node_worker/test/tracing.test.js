@@ -8,7 +8,7 @@ const { test } = require('node:test');
 const api = require('@opentelemetry/api');
 const { InMemorySpanExporter } = require('@opentelemetry/sdk-trace-base');
 
-const { Worker } = require('../lib');
+const { Skip, Worker } = require('../lib');
 const { Tracing, TracingConfigError, fromEnvironment } = require('../lib/tracing');
 const { FakeServer, assignment, json } = require('./fake_server');
 
@@ -68,6 +68,79 @@ test('each attempt is an INTERNAL span, child of Assignment.trace_context', asyn
   assert.equal(event.name, 'exception');
   assert.equal(event.attributes['exception.type'], 'TypeError');
   assert.equal(event.attributes['exception.message'], 'not a number');
+});
+
+test('skipped, timed-out and cancelled attempts end their span as the Python worker does', async (t) => {
+  const exporter = new InMemorySpanExporter();
+  const tracing = new Tracing({ exporters: [exporter], batch: false });
+  const server = await new FakeServer().start();
+  const untilAborted = (signal) => new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }));
+  const worker = new Worker({
+    server: server.address,
+    name: 'traced',
+    log: () => {},
+    tracing,
+    handlers: {
+      skipper: async () => {
+        throw new Skip('nothing to do');
+      },
+      hold: async (_inputs, ctx) => untilAborted(ctx.signal),
+    },
+  });
+  const running = worker.run();
+  t.after(async () => {
+    worker.stop();
+    await running;
+    server.stop();
+  });
+  await server.waitFor('hello');
+  server.send({ assignment: assignment('s', 'skipper') });
+  await server.waitFor('skipped');
+  server.send({ assignment: assignment('slow', 'hold', { timeout: { seconds: 0, nanos: 50e6 } }) });
+  await server.waitFor('failure');
+  server.send({ assignment: assignment('held', 'hold') });
+  await server.waitFor('started', (s) => s.token.task_run_id === 'run/held');
+  server.send({ cancel: { token: { task_run_id: 'run/held', attempt: 1 }, reason: 'flow cancelled' } });
+  await server.waitFor('cancelled');
+  const spans = Object.fromEntries(exporter.getFinishedSpans().map((s) => [s.name, s]));
+  assert.equal(spans['execute s'].attributes['headwater.message'], 'nothing to do');
+  assert.deepEqual(spans['execute s'].events, []);
+  for (const [name, reason] of [['execute slow', 'timed out'], ['execute held', 'flow cancelled']]) {
+    const span = spans[name];
+    assert.deepEqual(
+      span.events.map((e) => [e.name, e.attributes]),
+      [['headwater.interrupted', { 'headwater.reason': reason }]],
+      name,
+    );
+  }
+  // Not an error of the execution: the attempt span on the server has the outcome.
+  for (const span of Object.values(spans)) assert.equal(span.status.code, api.SpanStatusCode.UNSET, span.name);
+});
+
+test('mapped children: the span name drops the [i] suffix and headwater.map_index says i', () => {
+  const exporter = new InMemorySpanExporter();
+  const tracing = new Tracing({ exporters: [exporter], batch: false });
+  const traced = { trace_context: { traceparent: TRACEPARENT } };
+  const child = assignment('scale[2]', 'math.scale', { ...traced, map_index: 2 });
+  tracing.start(child, 'w').end();
+  // Not mapped: a name that merely ends in brackets keeps them (map_index -1).
+  tracing.start(assignment('odd[2]', 'x', traced), 'w').end();
+  // Mapped child 0 of a task whose own name ends in brackets loses only its suffix.
+  tracing.start(assignment('odd[1][0]', 'x', { ...traced, map_index: 0 }), 'w').end();
+  // SimpleSpanProcessor: each span is exported when it ends.
+  const spans = exporter.getFinishedSpans();
+  assert.deepEqual(
+    spans.map((s) => [s.name, s.attributes['headwater.task.name'], s.attributes['headwater.map_index']]),
+    [
+      ['execute scale', 'scale', 2],
+      ['execute odd[2]', 'odd[2]', undefined],
+      ['execute odd[1]', 'odd[1]', 0],
+    ],
+  );
+  assert.ok(!('headwater.map_index' in spans[1].attributes));
+  // The task run id keeps the index: it is the server's id of that child.
+  assert.equal(spans[0].attributes['headwater.task_run.id'], 'run/scale[2]');
+  assert.equal(spans[0].parentSpanContext.spanId, PARENT_ID);
 });
 
 test('tracing is off unless OTEL_TRACES_EXPORTER asks for it; bad values are clear', () => {
