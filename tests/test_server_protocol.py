@@ -434,3 +434,34 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path
             await asyncio.wait_for(running.stop(None), 30)
 
     asyncio.run(main())
+
+
+def test_a_failing_tick_does_not_end_the_timer_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        settings = ServerSettings(port=0, db=str(tmp_path / "hw.db"))
+        running = await start_server(settings)
+        core = running.core
+        calls: list[int] = []
+        real = core.runs.fire_timers
+
+        def flaky() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("disk full")
+            real()
+
+        core.runs.fire_timers = flaky  # type: ignore[method-assign]
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(calls) < 3:
+                assert asyncio.get_running_loop().time() < deadline, "the loop stopped"
+                core.touch()
+                await asyncio.sleep(0.01)
+            assert core._background is not None and not core._background.done()
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    asyncio.run(main())
+    assert "timer loop failed" in caplog.text and "disk full" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._runs import PendingAssignment, RunManager, split_task_run_id
 from ._schedules import Scheduler
+
+log = logging.getLogger("headwater.server")
 
 PROTOCOL_VERSION = 1
 #: When busy, how long reports gather before one commit covers them all (seconds).
@@ -155,11 +158,16 @@ class ServerCore:
         # every SIGTERM that raced with a worker disconnecting).
         while not self._stopping:
             now = self.clock.now()
-            self.runs.fire_timers()
-            self.schedules.fire_due()
-            self._expire_orphans(now)
-            self._check_heartbeats(now)
-            self.flush()
+            try:
+                self.runs.fire_timers()
+                self.schedules.fire_due()
+                self._expire_orphans(now)
+                self._check_heartbeats(now)
+                self.flush()
+            except Exception:
+                # One bad tick (a full disk, a bug) must not silently end timers,
+                # heartbeats and schedules for the server's whole life: say so, go on.
+                log.exception("the server's timer loop failed; retrying")
             due = [now + 0.5]
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
