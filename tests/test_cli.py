@@ -312,3 +312,26 @@ def test_a_file_that_fails_to_import_is_a_usage_error(
 ) -> None:
     path = write(tmp_path, "bad.py", source)
     assert_usage_error(headwater_cli("run", path, cwd=tmp_path), "cannot import", fragment)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`headwater graph big.py | head -c 100`: the reader leaves early; no traceback."""
+    flow_file = tmp_path / "big.py"
+    flow_file.write_text(
+        "from headwater import flow, task\n\n"
+        "@task\ndef step(i):\n    return i\n\n"
+        "@flow\ndef big():\n    return [step(i) for i in range(3000)]\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "headwater._cli", "graph", str(flow_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100
+    proc.stdout.close()  # the reader goes away while most of the graph is unwritten
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr

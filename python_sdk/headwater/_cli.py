@@ -355,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headwater: error: {exc}", file=sys.stderr)
         refused = exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
         return EXIT_USAGE if refused else EXIT_FAILED
+    except BrokenPipeError:
+        # `headwater runs show ID | head`: the reader left; no traceback, and none
+        # again when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
