@@ -38,17 +38,14 @@ from ._events import (
     TaskSucceeded,
     WriteCache,
 )
+from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, bind_params, final_states, unmappable
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
 from ._spec import (
-    Const,
-    DictOf,
     FromTask,
     GraphSpec,
     InputSpec,
-    ListOf,
-    Param,
     iter_task_refs,
 )
 from ._states import (
@@ -722,45 +719,10 @@ class FlowRunEngine:
     # ------------------------------------------------------------------- inputs
 
     def _inputs(self, run: TaskRunRecord) -> dict[str, Any]:
-        spec = run.spec
-        if run.map_index < 0:
-            return {arg: self._resolve(src) for arg, src in spec.inputs.items()}
-        node: Node = run._node
-        shared = node.shared_inputs
-        assert shared is not None and spec.mapped is not None
-        i = run.map_index
-        inputs: dict[str, Any] = {}
-        for arg, src in spec.inputs.items():
-            if arg in shared:
-                value = shared[arg]
-                inputs[arg] = self.values.item(value, i) if arg in spec.mapped else value
-            else:
-                assert isinstance(src, FromTask)
-                upstream = self._nodes[src.task_id].run.children
-                assert upstream is not None
-                value = upstream[i].result
-                inputs[arg] = self.values.select(value, src.path) if src.path else value
-        return inputs
+        return attempt_inputs(run, self._nodes, self.params, self.values)
 
     def _resolve(self, src: InputSpec) -> Any:
-        if isinstance(src, FromTask):
-            node = self._nodes[src.task_id]
-            run = node.run
-            if run.state is S.MAPPED:
-                assert run.children is not None
-                value = self.values.make_list([c.result for c in run.children], False)
-            else:
-                value = run.result
-            return self.values.select(value, src.path) if src.path else value
-        if isinstance(src, Const):
-            return src.value
-        if isinstance(src, Param):
-            return self.params[src.name]
-        if isinstance(src, ListOf):
-            return self.values.make_list([self._resolve(i) for i in src.items], src.is_tuple)
-        if isinstance(src, DictOf):
-            return self.values.make_dict({k: self._resolve(v) for k, v in src.entries})
-        raise AssertionError(f"unknown input {src!r}")
+        return resolve(src, self._nodes, self.params, self.values)
 
 
 _TERMINAL = frozenset(s for s in TaskRunState if s.is_terminal)
