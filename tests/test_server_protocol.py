@@ -5,6 +5,7 @@ auth, health. (tests/test_worker.py covers the SDK's real worker.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_run_manager import FUNCTIONS, decode_input, value_of
+from test_run_manager import FUNCTIONS, decode_input, numbers, scale, total, value_of
 
-from headwater import flow, task, unmapped
+from headwater import flow, unmapped
 from headwater._payloads import decode_value
 from headwater.v1 import (
     control_plane_pb2 as cp,
@@ -26,26 +27,11 @@ from headwater.v1 import (
     worker_pb2_grpc,
 )
 from headwater_runtime.engine import FlowRunState
-from headwater_runtime.server._app import start_server
+from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
 TOKEN = "t0ken"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
-
-
-@task
-def numbers(n: int) -> list[int]:
-    return list(range(n))
-
-
-@task
-def scale(x: int, factor: int) -> int:
-    return x * factor
-
-
-@task
-def total(values: list[int]) -> int:
-    return sum(values)
 
 
 @flow
@@ -54,7 +40,17 @@ def proto_pipeline(n: int = 3, factor: int = 10) -> dict[str, Any]:
     return {"scaled": scaled, "total": total(scaled)}
 
 
-FUNCS = {**FUNCTIONS, **{t.task_type: t.fn for t in (numbers, scale, total)}}
+FUNCS = FUNCTIONS
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[RunningServer]:
+    """An in-process server on an ephemeral port, stopped on the way out."""
+    running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db"), **settings))
+    try:
+        yield running
+    finally:
+        await asyncio.wait_for(running.stop(None), 30)
 
 
 def run_against_server(
@@ -62,19 +58,13 @@ def run_against_server(
 ) -> Any:
     async def main() -> Any:
         # The in-test worker sends no heartbeats: keep the loss window out of reach.
-        settings = ServerSettings(
-            port=0,
-            db=str(tmp_path / "hw.db"),
-            token=token,
-            heartbeat_interval=0.5,
-            heartbeat_timeout=3600.0,
-        )
-        running = await start_server(settings)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                return await asyncio.wait_for(body(channel), 60)
-        finally:
-            await asyncio.wait_for(running.stop(None), 30)
+        async with (
+            serving(
+                tmp_path, token=token, heartbeat_interval=0.5, heartbeat_timeout=3600.0
+            ) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            return await asyncio.wait_for(body(channel), 60)
 
     return asyncio.run(main())
 
@@ -301,56 +291,46 @@ def test_token_is_required_but_health_is_open(tmp_path: Path) -> None:
 
 def test_a_silent_worker_is_dropped_and_its_attempt_dispatched_again(tmp_path: Path) -> None:
     async def main() -> None:
-        settings = ServerSettings(
-            port=0,
-            db=str(tmp_path / "hw.db"),
-            token=None,
-            heartbeat_interval=0.2,
-            heartbeat_timeout=1.0,
-        )
-        running = await start_server(settings)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-                await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
-                created = await client.CreateFlowRun(
-                    cp.CreateFlowRunRequest(flow_name="proto_pipeline")
-                )
-                # A worker that takes an assignment and then goes silent (no heartbeats).
-                stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
-                hello = worker_pb2.Hello(
-                    worker_id="silent", protocol_version=1, capabilities=list(FUNCS), slots=1
-                )
-                release = asyncio.Event()
+        async with (
+            serving(tmp_path, heartbeat_interval=0.2, heartbeat_timeout=1.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+            created = await client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="proto_pipeline")
+            )
+            # A worker that takes an assignment and then goes silent (no heartbeats).
+            stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+            hello = worker_pb2.Hello(
+                worker_id="silent", protocol_version=1, capabilities=list(FUNCS), slots=1
+            )
+            release = asyncio.Event()
 
-                async def silent_requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
-                    yield worker_pb2.ConnectRequest(hello=hello)
-                    await release.wait()
+            async def silent_requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+                yield worker_pb2.ConnectRequest(hello=hello)
+                await release.wait()
 
-                silent = stub.Connect(silent_requests())
-                got_assignment = False
-                async for response in silent:  # ends when the server drops the worker
-                    got_assignment |= response.HasField("assignment")
-                assert got_assignment
-                release.set()
-                stop = asyncio.Event()
-                rescuer = asyncio.create_task(fake_worker_no_auth(channel, stop))
-                final = None
-                async for change in client.WatchFlowRun(
-                    cp.WatchFlowRunRequest(id=created.flow_run.id)
-                ):
-                    final = change.flow_run
-                stop.set()
-                rescuer.cancel()
-                assert final is not None and final.state == 4
-                got = await client.GetFlowRun(
-                    cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True)
-                )
-                numbers_run = next(t for t in got.task_runs if t.name == "numbers")
-                assert numbers_run.attempts == 2  # lost once, dispatched again
-                assert 4 not in [h.state for h in numbers_run.history]  # no retry was used
-        finally:
-            await asyncio.wait_for(running.stop(None), 30)
+            silent = stub.Connect(silent_requests())
+            got_assignment = False
+            async for response in silent:  # ends when the server drops the worker
+                got_assignment |= response.HasField("assignment")
+            assert got_assignment
+            release.set()
+            stop = asyncio.Event()
+            rescuer = asyncio.create_task(fake_worker_no_auth(channel, stop))
+            final = None
+            async for change in client.WatchFlowRun(cp.WatchFlowRunRequest(id=created.flow_run.id)):
+                final = change.flow_run
+            stop.set()
+            rescuer.cancel()
+            assert final is not None and final.state == 4
+            got = await client.GetFlowRun(
+                cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True)
+            )
+            numbers_run = next(t for t in got.task_runs if t.name == "numbers")
+            assert numbers_run.attempts == 2  # lost once, dispatched again
+            assert 4 not in [h.state for h in numbers_run.history]  # no retry was used
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
@@ -417,9 +397,7 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path
     the subscription but committed after it must still wake the watcher."""
 
     async def main() -> None:
-        settings = ServerSettings(port=0, db=str(tmp_path / "hw.db"))
-        running = await start_server(settings)
-        try:
+        async with serving(tmp_path) as running:
             core = running.core
             core.runs.register_flow(proto_pipeline.compile())
             row, _ = core.runs.create_run("proto_pipeline", "", {})
@@ -430,8 +408,6 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path
             core.flush()
             assert not queue.empty(), "the commit did not wake the late watcher"
             assert running.store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
-        finally:
-            await asyncio.wait_for(running.stop(None), 30)
 
     asyncio.run(main())
 
@@ -440,28 +416,24 @@ def test_a_failing_tick_does_not_end_the_timer_loop(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        settings = ServerSettings(port=0, db=str(tmp_path / "hw.db"))
-        running = await start_server(settings)
-        core = running.core
-        calls: list[int] = []
-        real = core.runs.fire_timers
+        async with serving(tmp_path) as running:
+            core = running.core
+            calls: list[int] = []
+            real = core.runs.fire_timers
 
-        def flaky() -> None:
-            calls.append(1)
-            if len(calls) == 1:
-                raise OSError("disk full")
-            real()
+            def flaky() -> None:
+                calls.append(1)
+                if len(calls) == 1:
+                    raise OSError("disk full")
+                real()
 
-        core.runs.fire_timers = flaky  # type: ignore[method-assign]
-        try:
+            core.runs.fire_timers = flaky  # type: ignore[method-assign]
             deadline = asyncio.get_running_loop().time() + 30
             while len(calls) < 3:
                 assert asyncio.get_running_loop().time() < deadline, "the loop stopped"
                 core.touch()
                 await asyncio.sleep(0.01)
             assert core._background is not None and not core._background.done()
-        finally:
-            await asyncio.wait_for(running.stop(None), 30)
 
     asyncio.run(main())
     assert "timer loop failed" in caplog.text and "disk full" in caplog.text
