@@ -31,6 +31,7 @@ import grpc
 from headwater.v1 import worker_pb2, worker_pb2_grpc
 from headwater_runtime.embedded import default_thread_count
 
+from ._batching import BATCH_FEATURE, NOT_READY, gather
 from ._builtins import BUILTIN_TASKS
 from ._loader import LoadError, load_file, load_module
 from ._task import Task
@@ -40,10 +41,6 @@ from ._worker_codec import PayloadTransfer, failure
 log = logging.getLogger("headwater.worker")
 
 PROTOCOL_VERSION = 1
-#: Protocol feature: several messages in one stream message, both ways.
-BATCH_FEATURE = "batch"
-#: Most bytes gathered into one batch (far below gRPC's 4 MiB limit).
-BATCH_BYTES = 1 << 20
 #: Reconnect backoff: INITIAL doubling up to MAX, times a random factor in [0.5, 1].
 BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
 #: Heartbeat interval used when the Welcome gives none.
@@ -114,33 +111,8 @@ class _Session:
     batching: bool = False  # the Welcome lists the "batch" feature
 
 
-def _batch(
-    first: worker_pb2.ConnectRequest,
-    outbox: SimpleQueue[Any],
-    heartbeat: Callable[[], worker_pb2.ConnectRequest],
-) -> tuple[worker_pb2.ConnectRequest, bool]:
-    """``first`` plus the messages already queued behind it, as one batch (a single one
-    stays as it is); and whether the end-of-session marker was reached. It never waits
-    for more: batching only merges what was ready anyway."""
-    messages = [first]
-    size = first.ByteSize()
-    done = False
-    while size < BATCH_BYTES:
-        try:
-            message = outbox.get_nowait()
-        except Empty:
-            break
-        if message is None:
-            done = True
-            break
-        if message is _BEAT:
-            message = heartbeat()
-        messages.append(message)
-        size += message.ByteSize()
-    if len(messages) == 1:
-        return first, done
-    batch = worker_pb2.ConnectRequestBatch(messages=messages)
-    return worker_pb2.ConnectRequest(batch=batch), done
+def _request_batch(messages: list[worker_pb2.ConnectRequest]) -> worker_pb2.ConnectRequest:
+    return worker_pb2.ConnectRequest(batch=worker_pb2.ConnectRequestBatch(messages=messages))
 
 
 class Worker:
@@ -285,6 +257,13 @@ class Worker:
             session.next_beat = time.monotonic() + session.interval
             return worker_pb2.ConnectRequest(heartbeat=self.attempts.heartbeat())
 
+        def ready() -> Any:  # a ConnectRequest, None (the end) or NOT_READY
+            try:
+                queued = session.outbox.get_nowait()
+            except Empty:
+                return NOT_READY
+            return beat() if queued is _BEAT else queued
+
         yield worker_pb2.ConnectRequest(hello=session.hello)
         while True:
             timeout = None
@@ -302,7 +281,7 @@ class Worker:
                     return
                 message = beat()
             elif session.batching and not session.outbox.empty():
-                message, done = _batch(message, session.outbox, beat)
+                message, done = gather(message, ready, _request_batch)
                 if done:
                     yield message
                     return

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from headwater._batching import BATCH_FEATURE
 from headwater.v1 import run_pb2, worker_pb2
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
@@ -42,9 +43,6 @@ PROTOCOL_VERSION = 1
 #: When busy, how long reports gather before one commit covers them all (seconds).
 BATCH_WINDOW = 0.002
 SERVER_VERSION = "0.1.0"
-#: Workers and servers that list it send each other ConnectRequest/ConnectResponse
-#: batches (several messages in one, when several are ready at once).
-BATCH_FEATURE = "batch"
 FEATURES = (
     "payload-refs",
     "split-results",

@@ -5,39 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
+from headwater._batching import BATCH_FEATURE, NOT_READY, gather
 from headwater.v1 import worker_pb2, worker_pb2_grpc
 
-from ._core import BATCH_FEATURE, PROTOCOL_VERSION, ServerCore
+from ._core import PROTOCOL_VERSION, ServerCore
 
-#: Most bytes gathered into one batch (far below gRPC's 4 MiB receive limit).
-BATCH_BYTES = 1 << 20
 _NOT_IN_BATCH = ("hello", "batch", None)
 
 
-def _batch(
-    first: worker_pb2.ConnectResponse,
-    outbox: asyncio.Queue[worker_pb2.ConnectResponse | None],
-) -> tuple[worker_pb2.ConnectResponse, bool]:
-    """``first`` plus what is already queued behind it, as one batch message (a single
-    message stays as it is); and whether the end-of-stream marker was reached. Nothing
-    waits for more to arrive: batching only merges what was ready anyway."""
-    messages = [first]
-    size = first.ByteSize()
-    done = False
-    while size < BATCH_BYTES and not outbox.empty():
-        message = outbox.get_nowait()
-        if message is None:
-            done = True
-            break
-        messages.append(message)
-        size += message.ByteSize()
-    if len(messages) == 1:
-        return first, done
-    batch = worker_pb2.ConnectResponseBatch(messages=messages)
-    return worker_pb2.ConnectResponse(batch=batch), done
+def _response_batch(messages: list[worker_pb2.ConnectResponse]) -> worker_pb2.ConnectResponse:
+    return worker_pb2.ConnectResponse(batch=worker_pb2.ConnectResponseBatch(messages=messages))
 
 
 class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
@@ -84,6 +65,10 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 outbox.put_nowait(None)
 
         batching = BATCH_FEATURE in hello.features
+
+        def ready() -> Any:  # a ConnectResponse, None (the end) or NOT_READY
+            return outbox.get_nowait() if not outbox.empty() else NOT_READY
+
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while True:
@@ -91,7 +76,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 if message is None:
                     break
                 if batching and not outbox.empty() and not message.HasField("welcome"):
-                    message, done = _batch(message, outbox)
+                    message, done = gather(message, ready, _response_batch)
                     yield message
                     if done:
                         break
