@@ -480,9 +480,11 @@ class RunManager:
     def function_cache_key(self, flow_run_id: str, run_key: str, reported: str) -> str:
         """The cache key for a key a worker derived with the task's key function ("" if
         the task does not cache by function: workers cannot write arbitrary keys)."""
+        if not reported:  # the common case: every result of an uncached task
+            return ""
         active = self.runs.get(flow_run_id)
         run = active.engine.runs.get(run_key) if active is not None else None
-        if not reported or run is None:
+        if run is None:
             return ""
         spec, cache = run.spec, run.spec.cache
         if cache is None or not cache.by_function:
