@@ -38,6 +38,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	npm --prefix $(NODE_WORKER) test --silent
 	@# pytest exits 5 when it collected no test: fail loudly rather than pass quietly.
 	@$(PY) -m pytest; rc=$$?; \
@@ -56,6 +57,7 @@ lint: setup
 	node_modules/.bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) node_modules $(NODE_WORKER)/node_modules .pytest_cache .ruff_cache

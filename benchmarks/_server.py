@@ -36,7 +36,7 @@ import grpc
 from headwater import Client
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, run_pb2
-from headwater_runtime.engine import FlowRunState, TaskRunState
+from headwater.wire import ENV_DB, ENV_TOKEN, FlowRunState, TaskRunState, seconds
 
 from ._dags import FanOut
 
@@ -165,7 +165,7 @@ class Cluster:
     def _start(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="headwater-bench-")
         tmp = self._tmp.name
-        env = {k: v for k, v in os.environ.items() if k not in ("HEADWATER_TOKEN", "HEADWATER_DB")}
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, ENV_DB)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         cli = [sys.executable, "-m", "headwater._cli"]
         profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
@@ -213,7 +213,7 @@ class Cluster:
 
 
 def _seconds(ts: Any) -> float:
-    return float(ts.seconds + ts.nanos / 1e9)
+    return seconds(ts)
 
 
 class _Raw:

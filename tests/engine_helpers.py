@@ -12,37 +12,39 @@ from typing import Any
 
 import pytest
 
-from headwater_runtime.engine import (
+from headwater.wire import (
     NO_RETRY,
-    CacheChecked,
-    CacheEntry,
     CacheSpec,
-    CancelRequested,
-    CancelTask,
-    CheckCache,
-    Command,
     Const,
-    Event,
-    EventIgnored,
     FailureInfo,
-    FlowFinished,
-    FlowRunEngine,
     FromTask,
     GraphSpec,
     InputSpec,
     ParamSpec,
     RetrySpec,
+    TaskRunState,
+    TaskSpec,
+    Trigger,
+)
+from headwater_runtime.engine import (
+    CacheChecked,
+    CacheEntry,
+    CancelRequested,
+    CancelTask,
+    CheckCache,
+    Command,
+    Event,
+    EventIgnored,
+    FlowFinished,
+    FlowRunEngine,
     RunTask,
     StateEntry,
     TaskFailed,
     TaskLost,
     TaskRunRecord,
-    TaskRunState,
     TaskSkipped,
-    TaskSpec,
     TaskStarted,
     TaskSucceeded,
-    Trigger,
     WriteCache,
 )
 

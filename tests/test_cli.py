@@ -256,8 +256,8 @@ def test_graph_prints_the_flow_graph_as_json(tmp_path: Path) -> None:
 def test_graph_json_parses_back_into_a_flow_graph(tmp_path: Path) -> None:
     from google.protobuf import json_format
 
-    from headwater._proto_graph import graph_from_proto
     from headwater.v1 import graph_pb2
+    from headwater.wire import graph_from_proto
 
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("graph", path)

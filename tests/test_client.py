@@ -11,7 +11,7 @@ import pytest
 
 import headwater
 from headwater import Client, ServerError, flow, task
-from headwater_runtime.engine import FlowRunState, TaskRunState
+from headwater.wire import FlowRunState, TaskRunState
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 

@@ -25,9 +25,8 @@ from headwater import (
     task,
     unmapped,
 )
-from headwater._proto_graph import graph_from_proto, graph_to_proto
 from headwater.v1 import graph_pb2, payload_pb2
-from headwater_runtime.engine import (
+from headwater.wire import (
     Const,
     DictOf,
     FromTask,
@@ -36,6 +35,8 @@ from headwater_runtime.engine import (
     ListOf,
     Param,
     RetrySpec,
+    graph_from_proto,
+    graph_to_proto,
 )
 
 MODULE = __name__
@@ -687,8 +688,8 @@ def test_case_outside_a_flow_is_an_error() -> None:
 def _normal(spec: InputSpec | None) -> Any:
     """An InputSpec with constants decoded and dict entries order-free (proto maps
     have no order)."""
-    from headwater._payloads import EncodedValue
-    from headwater._payloads import decode as decode_value
+    from headwater.wire import EncodedValue
+    from headwater.wire import decode as decode_value
 
     if isinstance(spec, Const):
         value = spec.value
@@ -703,8 +704,8 @@ def _normal(spec: InputSpec | None) -> Any:
 
 
 def _param_default(value: Any) -> Any:
-    from headwater._payloads import EncodedValue
-    from headwater._payloads import decode as decode_value
+    from headwater.wire import EncodedValue
+    from headwater.wire import decode as decode_value
 
     return decode_value(value) if isinstance(value, EncodedValue) else value
 

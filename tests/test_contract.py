@@ -591,7 +591,7 @@ def test_buf_lint_passes() -> None:
 
 def test_dict_key_order_survives_the_contract() -> None:
     from headwater import flow, task
-    from headwater._proto_graph import graph_from_proto
+    from headwater.wire import graph_from_proto
 
     @task
     def one() -> int:

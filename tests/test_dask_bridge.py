@@ -14,10 +14,10 @@ import pytest
 from _backends import BOUND, Probe, poll
 
 from headwater import Skip, task
-from headwater._payloads import decode_value, encode
 from headwater._worker_codec import PayloadTransfer
 from headwater._worker_dask import DaskAttempts
 from headwater.v1 import payload_pb2, worker_pb2
+from headwater.wire import decode_value, encode
 
 
 def inline(value: Any) -> worker_pb2.InputValue:

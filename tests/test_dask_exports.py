@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater_runtime.engine import FailureInfo
+from headwater.wire import FailureInfo
 from headwater_runtime.server._dispatch import WorkerSession
 from headwater_runtime.server._exports import DaskExports
 from headwater_runtime.server._runs import PendingAssignment

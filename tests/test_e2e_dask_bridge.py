@@ -19,7 +19,7 @@ from test_e2e_server import TOKEN, Proc, cluster, effects, start_server
 
 from headwater import Client
 from headwater._loader import load_file
-from headwater_runtime.engine import FlowRunState
+from headwater.wire import FlowRunState
 
 pytestmark = pytest.mark.e2e
 __all__ = ["cluster"]  # the fixture, reused from test_e2e_server

@@ -19,7 +19,7 @@ from e2e_helpers import BOUND, NODE_WORKER, Proc, node_worker_args, poll, start_
 
 from headwater import Client, ParameterError
 from headwater._loader import load_file
-from headwater_runtime.engine import FlowRunState
+from headwater.wire import FlowRunState
 
 pytestmark = pytest.mark.e2e
 

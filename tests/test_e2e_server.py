@@ -18,7 +18,7 @@ from e2e_helpers import BOUND, Cluster, Proc, poll, start_server, start_worker
 
 from headwater import Client
 from headwater._loader import load_file
-from headwater_runtime.engine import FlowRunState
+from headwater.wire import FlowRunState
 
 pytestmark = pytest.mark.e2e
 

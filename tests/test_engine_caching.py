@@ -10,14 +10,11 @@ from engine_helpers import (
     task,
 )
 
+from headwater.wire import CacheSpec, Const, FlowRunState, RetrySpec
 from headwater_runtime.engine import (
     CacheChecked,
     CacheEntry,
-    CacheSpec,
     CheckCache,
-    Const,
-    FlowRunState,
-    RetrySpec,
     RunTask,
     TaskSucceeded,
     WriteCache,

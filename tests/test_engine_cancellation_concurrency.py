@@ -12,15 +12,12 @@ from engine_helpers import (
     up,
 )
 
+from headwater.wire import CacheSpec, Const, FlowRunState, RetrySpec
 from headwater_runtime.engine import (
-    CacheSpec,
     CancelRequested,
     CancelTask,
-    Const,
     EventIgnored,
     FlowFinished,
-    FlowRunState,
-    RetrySpec,
     RunTask,
     TaskSucceeded,
 )

@@ -12,20 +12,18 @@ from engine_helpers import (
     up,
 )
 
-from headwater_runtime.engine import (
+from headwater.wire import (
     Const,
     DictOf,
-    FlowFinished,
-    FlowRunEngine,
     FlowRunState,
     GraphError,
     ListOf,
     Param,
     ParameterError,
     ParamSpec,
-    RunTask,
     Trigger,
 )
+from headwater_runtime.engine import FlowFinished, FlowRunEngine, RunTask
 
 
 def test_only_roots_run_first_and_values_flow_downstream() -> None:

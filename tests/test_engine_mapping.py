@@ -14,18 +14,17 @@ from engine_helpers import (
     up,
 )
 
-from headwater_runtime.engine import (
+from headwater.wire import (
     Const,
     FlowRunState,
     ListOf,
     Param,
     ParamSpec,
     RetrySpec,
-    RunTask,
     TaskSpec,
-    TaskSucceeded,
     Trigger,
 )
+from headwater_runtime.engine import RunTask, TaskSucceeded
 
 
 def _map_const(task_id: str, values: Any, **options: Any) -> TaskSpec:

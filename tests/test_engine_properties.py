@@ -28,25 +28,27 @@ from engine_helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from headwater_runtime.engine import (
-    CancelRequested,
-    CancelTask,
+from headwater.wire import (
     Const,
-    EventIgnored,
     FlowRunState,
     FromTask,
     GraphSpec,
     InputSpec,
     RetrySpec,
+    TaskSpec,
+    Trigger,
+)
+from headwater_runtime.engine import (
+    CancelRequested,
+    CancelTask,
+    EventIgnored,
     RunTask,
     StateEntry,
     TaskFailed,
     TaskLost,
     TaskRunRecord,
     TaskSkipped,
-    TaskSpec,
     TaskSucceeded,
-    Trigger,
 )
 
 # derandomize: the same examples on every run, so a result never depends on luck.

@@ -12,10 +12,9 @@ from engine_helpers import (
     task,
 )
 
+from headwater.wire import FlowRunState, RetrySpec
 from headwater_runtime.engine import (
     CancelTask,
-    FlowRunState,
-    RetrySpec,
     RunTask,
     TaskFailed,
     TaskSkipped,

@@ -16,22 +16,18 @@ from engine_helpers import (
     up,
 )
 
+from headwater.wire import CacheSpec, Const, FlowRunState, RetrySpec, Trigger
 from headwater_runtime.engine import (
     TRANSITIONS,
     CacheEntry,
-    CacheSpec,
     CancelRequested,
-    Const,
     EventIgnored,
-    FlowRunState,
     IllegalTransition,
-    RetrySpec,
     TaskFailed,
     TaskLost,
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
-    Trigger,
 )
 
 Scenario = Callable[[], Driver]

@@ -12,15 +12,8 @@ from engine_helpers import (
     task,
 )
 
-from headwater_runtime.engine import (
-    CacheEntry,
-    CacheSpec,
-    FlowRunState,
-    RetrySpec,
-    Trigger,
-    Verdict,
-    evaluate_trigger,
-)
+from headwater.wire import CacheSpec, FlowRunState, RetrySpec, Trigger
+from headwater_runtime.engine import CacheEntry, Verdict, evaluate_trigger
 
 T = Trigger
 RUN, SKIP, FAIL = Verdict.RUN, Verdict.SKIP, Verdict.FAIL

@@ -6,16 +6,12 @@ from typing import Any
 
 import pytest
 
+from headwater.wire import Const, FailureInfo, FromTask, GraphSpec, RetrySpec
 from headwater_runtime.engine import (
     CancelTask,
-    Const,
-    FailureInfo,
     FlowRunEngine,
-    FromTask,
-    GraphSpec,
     JournaledEngine,
     JournalEntry,
-    RetrySpec,
     RunTask,
     TaskFailed,
     TaskStarted,
@@ -33,7 +29,7 @@ class Clock:
 
 
 def _graph() -> GraphSpec:
-    from headwater_runtime.engine import TaskSpec
+    from headwater.wire import TaskSpec
 
     retry = RetrySpec(max_retries=2, delay=5.0, backoff=2.0, jitter=0.5)
     return GraphSpec(

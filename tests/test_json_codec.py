@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater._json_codec import JsonCodecError, dumps, loads
-from headwater._payloads import EncodedValue, EncodingError, decode, encode
+from headwater.wire import EncodedValue, EncodingError, decode, encode
+from headwater.wire._json_codec import JsonCodecError, dumps, loads
 
 VECTORS = json.loads((Path(__file__).parent / "json_vectors.json").read_text("utf-8"))
 _NAMES = {"datetime": datetime, "date": date, "timezone": timezone, "float": float}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from headwater._payloads import EncodingError, decode, encode
+from headwater.wire import EncodingError, decode, encode
 
 
 class Color(enum.StrEnum):

@@ -23,6 +23,7 @@ EXPECTED_ALL = [
     "FlowRunFailed",
     "FlowRunState",
     "GraphError",
+    "LogEntry",
     "ParameterError",
     "RemoteFlowRun",
     "RemoteTask",
@@ -96,6 +97,34 @@ def test_version_matches_the_distribution() -> None:
     from importlib.metadata import version
 
     assert headwater.__version__ == version("headwater")
+
+
+def test_importing_the_contract_imports_no_sdk_module_nor_opentelemetry() -> None:
+    """A worker in a thin container imports the contract without the SDK's flows,
+    client or OpenTelemetry (the layering of docs/architecture.md)."""
+    code = (
+        "import sys, headwater.v1.worker_pb2, headwater.v1.worker_pb2_grpc, headwater.wire; "
+        "headwater.wire.graph_to_proto, headwater.wire.PayloadTransfer; "
+        "loaded = sorted(m for m in sys.modules if m.startswith(('headwater', 'opentelemetry'))); "
+        "bad = [m for m in loaded if not m.startswith(('headwater.v1', 'headwater.wire')) "
+        "and m != 'headwater']; assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_embedded_run_imports_neither_grpc_nor_protobuf() -> None:
+    """``from headwater import flow, task`` and an embedded run stay light."""
+    code = (
+        "import sys\n"
+        "from headwater import flow, task\n"
+        "@task\ndef one() -> int:\n    return 1\n"
+        "@flow\ndef f() -> int:\n    return one()\n"
+        "assert f() == 1\n"
+        "heavy = [m for m in ('grpc', 'google.protobuf', 'opentelemetry', 'distributed') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_importing_headwater_does_not_import_dask() -> None:

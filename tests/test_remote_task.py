@@ -18,10 +18,10 @@ from headwater import (
     task,
     unmapped,
 )
-from headwater._payloads import encode
 from headwater._worker import collect_tasks
 from headwater.v1 import graph_pb2, payload_pb2
-from headwater_runtime.engine import FlowRunState, TaskSucceeded, json_consumers
+from headwater.wire import FlowRunState, encode, json_consumers
+from headwater_runtime.engine import TaskSucceeded
 from headwater_runtime.server._runs import RunManager, split_task_run_id
 from headwater_runtime.store import SQLiteStore
 

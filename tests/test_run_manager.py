@@ -13,18 +13,18 @@ from typing import Any
 import pytest
 
 from headwater import flow, task, unmapped
-from headwater._payloads import EncodedValue, decode, decode_value, encode
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater_runtime.engine import (
+from headwater.wire import (
+    EncodedValue,
     FailureInfo,
     FlowRunState,
     GraphError,
     ParameterError,
-    TaskFailed,
-    TaskStarted,
-    TaskSucceeded,
+    decode,
+    decode_value,
+    encode,
 )
-from headwater_runtime.engine._journal import EVENT, JournalEntry
+from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarted, TaskSucceeded
 from headwater_runtime.server._codec import decode_entry, encode_entry
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
@@ -219,14 +219,24 @@ def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: SQLiteSto
     assert result == {"scaled": [0, 2, 4], "rows": 3}
 
 
-def test_mapping_over_two_parts_of_one_result_is_refused_at_registration(
-    store: SQLiteStore,
-) -> None:
+def test_mapping_over_two_parts_of_one_result_is_refused_everywhere(store: SQLiteStore) -> None:
+    """One graph rule, one message: refused when compiled (embedded) and when a
+    hand-written FlowGraph that breaks it is registered on a server."""
+    message = r"only one part of a result can be mapped over"
+    with pytest.raises(GraphError, match=message) as embedded:
+        over_rows_and_cols.compile()
+    # The same graph written by hand (e.g. another language's SDK): map over "cols" too.
+    msg = over_rows.compile()
+    second = msg.tasks.add()
+    second.CopyFrom(next(t for t in msg.tasks if t.HasField("map")))
+    second.id = "scale-2"
+    second.inputs["x"].task_output.path[0].key = "cols"
     manager = RunManager(store, FakeDispatch(), Clock())
-    with pytest.raises(GraphError, match=r"can split only one part of a result"):
-        manager.register_flow(over_rows_and_cols.compile())
+    with pytest.raises(GraphError, match=message) as served:
+        manager.register_flow(msg)
+    assert str(served.value).split(":", 1)[1] == str(embedded.value).split(":", 1)[1]
     with pytest.raises(NotFound):
-        store.get_flow("over_rows_and_cols", "")
+        store.get_flow("over_rows", "")
 
 
 def test_idempotency_key_and_bad_parameters(store: SQLiteStore) -> None:

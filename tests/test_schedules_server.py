@@ -19,9 +19,9 @@ from test_server_protocol import AUTH, fake_worker, proto_pipeline, run_against_
 
 from headwater import Client, ScheduleInfo, ServerError
 from headwater._cli import main
-from headwater._payloads import decode_value
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, run_pb2, worker_pb2
+from headwater.wire import decode_value
 
 
 def test_a_short_interval_schedule_fires_runs_a_worker_completes(tmp_path: Path) -> None:

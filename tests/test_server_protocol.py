@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_run_manager import FUNCTIONS, decode_input, numbers, scale, total, value_of
 
 from headwater import flow, unmapped
-from headwater._payloads import decode_value
 from headwater.v1 import (
     control_plane_pb2 as cp,
 )
@@ -26,7 +25,7 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater_runtime.engine import FlowRunState
+from headwater.wire import FlowRunState, decode_value
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 

@@ -26,7 +26,7 @@ from otlp_receiver import OTLPReceiver, ReceivedSpan
 
 from headwater import Client
 from headwater._loader import load_file
-from headwater_runtime.engine import FlowRunState
+from headwater.wire import FlowRunState
 
 pytestmark = pytest.mark.e2e
 

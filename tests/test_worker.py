@@ -25,9 +25,9 @@ import grpc
 import pytest
 
 import headwater
-from headwater._payloads import decode_value, encode
 from headwater._worker import Worker, WorkerError
 from headwater.v1 import graph_pb2, payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
+from headwater.wire import decode_value, encode
 from headwater_runtime.server import MAX_CHUNK, PayloadServicer, TokenAuthInterceptor
 from headwater_runtime.store import SQLiteStore
 

@@ -11,7 +11,14 @@ from typing import Any
 
 import grpc
 
-from headwater_runtime.engine import FlowRunState, GraphError, ParameterError
+from headwater.wire import (
+    ENV_SERVER,
+    ConnectionSettings,
+    EncodingError,
+    FlowRunState,
+    GraphError,
+    ParameterError,
+)
 from headwater_runtime.tracing import (
     Tracing,
     TracingConfigError,
@@ -24,7 +31,6 @@ from ._cli_schedules import add_schedules_command
 from ._client import ServerError
 from ._errors import FlowDefinitionError, UsageError
 from ._loader import LoadError, load_flow
-from ._payloads import EncodingError
 from ._run import FlowRun
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -181,7 +187,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "labels": labels,
         "slots": args.slots,
         "name": args.name,
-        "token": args.token or os.environ.get("HEADWATER_TOKEN") or None,
+        "token": ConnectionSettings.from_env(token=args.token).token,
         "on_connect": connected,
     }
     if args.dask is not None:
@@ -230,7 +236,7 @@ def add_worker_command(sub: Any) -> None:
     )
     worker.add_argument(
         "--server",
-        default=os.environ.get("HEADWATER_SERVER"),
+        default=os.environ.get(ENV_SERVER),
         metavar="HOST:PORT",
         help="control plane address (default: $HEADWATER_SERVER)",
     )
@@ -326,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     graph.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     graph.set_defaults(func=cmd_graph)
-    from headwater_runtime.server._cli import add_server_command
+    from headwater_runtime.server import add_server_command
 
     add_server_command(sub)
     add_worker_command(sub)

@@ -6,13 +6,10 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
-from opentelemetry import trace
-
-from headwater_runtime.engine import FlowRunState
-from headwater_runtime.tracing import TRACER_NAME
+from headwater.wire import ENV_SERVER, FlowRunState
+from headwater_runtime.tracing import cli_span
 
 from ._client import Client
 from ._errors import UsageError
@@ -21,7 +18,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
 
 
 def server_address(args: argparse.Namespace) -> str:
-    address: str | None = args.server or os.environ.get("HEADWATER_SERVER")
+    address: str | None = args.server or os.environ.get(ENV_SERVER)
     if not address:
         raise UsageError("no server given: pass --server HOST:PORT or set HEADWATER_SERVER")
     return address
@@ -35,9 +32,8 @@ def _exit_code(state: FlowRunState) -> int:
 
 def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | None) -> int:
     """Deploy, run and wait; prints the result as JSON like an embedded run."""
-    tracer = trace.get_tracer(TRACER_NAME)
-    # The CLI's own span: the flow span on the server becomes its child.
-    with Client(address, token=token) as client, tracer.start_as_current_span(f"run {flow.name}"):
+    # The CLI's own span (when tracing): the flow span on the server becomes its child.
+    with Client(address, token=token) as client, cli_span(f"run {flow.name}"):
         run = client.run(flow, params)
         print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
         for _, change in client.watch(run.id):
@@ -86,8 +82,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.action == "logs":
             for entry in client.logs(args.run_id, args.task_run or ""):
-                at = datetime.fromtimestamp(entry.timestamp.ToNanoseconds() / 1e9, UTC)
-                print(f"{at:%H:%M:%S} {entry.level:8} {entry.task_run_id} {entry.message}")
+                print(f"{entry.at:%H:%M:%S} {entry.level:8} {entry.task_run_id} {entry.message}")
             return EXIT_OK
     raise UsageError(f"unknown action {args.action!r}")
 

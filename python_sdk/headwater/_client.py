@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from headwater.v1 import (
-    control_plane_pb2 as cp,
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import control_plane_pb2_grpc, payload_pb2, run_pb2
+from headwater.wire import (
+    INLINE_PAYLOAD_LIMIT,
+    ConnectionSettings,
+    EncodingError,
+    FlowRunState,
+    ParameterError,
+    PayloadTransfer,
+    PayloadTransferError,
+    TaskRunState,
+    decode_value,
+    encode,
+    json_consumers,
+    to_datetime,
 )
-from headwater.v1 import (
-    control_plane_pb2_grpc,
-    payload_pb2,
-    payload_pb2_grpc,
-    run_pb2,
-)
-from headwater_runtime.engine import FlowRunState, ParameterError, TaskRunState, json_consumers
 from headwater_runtime.tracing import inject
 
-from ._payloads import EncodingError, decode_value, encode
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
     from ._flow import Flow
-
-_CHUNK = 1 << 20
-#: Values above this are uploaded through PayloadService rather than sent inline.
-INLINE_LIMIT = 1 << 20
 
 
 class ServerError(Exception):
@@ -40,6 +39,18 @@ class ServerError(Exception):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A log record a task run wrote (``print`` and ``logging`` inside the task)."""
+
+    task_run_id: str
+    attempt: int
+    at: datetime
+    level: str
+    logger: str
+    message: str
 
 
 @dataclass
@@ -85,18 +96,23 @@ class Client:
     """A connection to a Headwater control plane.
 
     Args:
-        address: ``HOST:PORT`` of ``headwater server``.
+        address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER).
         token: bearer token (default: the HEADWATER_TOKEN environment variable).
+        timeout: seconds each call may take.
     """
 
-    def __init__(self, address: str, token: str | None = None, timeout: float = 30.0) -> None:
-        self.address = address
+    def __init__(
+        self, address: str | None = None, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        settings = ConnectionSettings.from_env(server=address, token=token)
+        if not settings.server:
+            raise ValueError("no server given: pass Client('HOST:PORT') or set HEADWATER_SERVER")
+        self.address: str = settings.server
         self.timeout = timeout
-        token = token if token is not None else os.environ.get("HEADWATER_TOKEN")
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(address)
+        self._metadata = settings.metadata()
+        self._channel = grpc.insecure_channel(self.address)
         self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(self._channel)
-        self._payloads = payload_pb2_grpc.PayloadServiceStub(self._channel)
+        self._transfer = PayloadTransfer(self._channel, self._metadata, patient=False)
 
     def close(self) -> None:
         self._channel.close()
@@ -257,13 +273,25 @@ class Client:
         )
         return self.decode(response.result)
 
-    def logs(self, run_id: str, task_run_id: str = "") -> list[run_pb2.LogEntry]:
+    def logs(self, run_id: str, task_run_id: str = "") -> list[LogEntry]:
+        """The log records task runs of a flow run wrote (one task run's, if given as
+        ``FLOW_RUN_ID/KEY``), oldest first."""
         response = self._call(
             self._control.ListTaskRunLogs,
             cp.ListTaskRunLogsRequest(flow_run_id=run_id, task_run_id=task_run_id),
             f"logs of flow run {run_id!r}",
         )
-        return list(response.entries)
+        return [
+            LogEntry(
+                task_run_id=e.task_run_id,
+                attempt=e.attempt,
+                at=to_datetime(e.timestamp),
+                level=e.level,
+                logger=e.logger,
+                message=e.message,
+            )
+            for e in response.entries
+        ]
 
     # -------------------------------------------------------------- schedules
 
@@ -344,40 +372,20 @@ class Client:
         """A Value for a parameter: inline when small, uploaded in chunks when large;
         tagged json (or EncodingError) when ``portable``."""
         encoded = encode(value, portable=portable)
-        if len(encoded.data) <= INLINE_LIMIT:
-            payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
-            return payload_pb2.Value(inline=payload)
-        data = encoded.data
-
-        def parts() -> Iterator[payload_pb2.UploadPayloadRequest]:
-            header = payload_pb2.UploadPayloadHeader(
-                size_bytes=len(data),
-                metadata=encoded.metadata,
-                sha256=hashlib.sha256(data).hexdigest(),
-            )
-            yield payload_pb2.UploadPayloadRequest(header=header)
-            for start in range(0, len(data), _CHUNK):
-                yield payload_pb2.UploadPayloadRequest(chunk=data[start : start + _CHUNK])
-
-        response = self._call(self._payloads.UploadPayload, parts(), "upload a value", None)
-        return payload_pb2.Value(ref=response.ref)
+        try:
+            return self._transfer.value(encoded, INLINE_PAYLOAD_LIMIT)
+        except PayloadTransferError as exc:
+            raise ServerError(f"{exc} (server {self.address})") from None
 
     def fetch(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload, downloaded in chunks and checked."""
-        buffer = bytearray()
         try:
-            for part in self._payloads.DownloadPayload(
-                payload_pb2.DownloadPayloadRequest(payload_id=ref.payload_id),
-                metadata=self._metadata,
-            ):
-                buffer += part.chunk
-        except grpc.RpcError as exc:
-            raise _server_error(exc, self.address, "download a value") from None
-        if ref.sha256 and hashlib.sha256(buffer).hexdigest() != ref.sha256:
-            raise ServerError(f"payload {ref.payload_id} arrived corrupted (sha256 mismatch)")
-        return bytes(buffer)
+            return self._transfer.download(ref)
+        except PayloadTransferError as exc:
+            raise ServerError(f"{exc} (server {self.address})") from None
 
     def decode(self, value: payload_pb2.Value) -> Any:
+        """The Python value of a Value message (large values are downloaded)."""
         return decode_value(value, self.fetch)
 
     def _remote(self, msg: run_pb2.FlowRun) -> RemoteFlowRun:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from headwater_runtime.engine import (
+from headwater.wire import (
     Const,
     DictOf,
     FromTask,
@@ -27,8 +27,8 @@ from headwater_runtime.engine import (
     Trigger,
     iter_task_refs,
 )
+from headwater.wire._json_codec import JsonCodecError, dumps
 
-from . import _json_codec
 from ._errors import FlowDefinitionError
 from ._refs import ParamRef, Ref, TaskRef, contains_ref, unmapped
 
@@ -192,8 +192,8 @@ def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: boo
         if mapped and isinstance(value, tuple | range):
             value = list(value)  # mapped over element by element
         try:
-            _json_codec.dumps(value)
-        except _json_codec.JsonCodecError as exc:
+            dumps(value)
+        except JsonCodecError as exc:
             raise FlowDefinitionError(
                 f"task {task_name!r}, argument {arg!r}: {exc}; the task reads only json "
                 "(it is portable or implemented in another language)"

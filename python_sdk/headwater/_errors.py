@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from headwater_runtime.engine import GraphError, ParameterError
-
 
 class FlowDefinitionError(TypeError):
     """A flow or task is used wrongly (bad option, bad argument, misused reference).
@@ -17,4 +15,4 @@ class UsageError(Exception):
     """A wrong command-line flag or argument: printed as one line, exit code 2."""
 
 
-__all__ = ["FlowDefinitionError", "GraphError", "ParameterError", "UsageError"]
+__all__ = ["FlowDefinitionError", "UsageError"]

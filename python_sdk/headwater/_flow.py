@@ -7,8 +7,9 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from headwater.wire import GraphSpec, ParameterError
 from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, Executor, ThreadExecutor
-from headwater_runtime.engine import GraphSpec, ParameterError, StateEntry, TaskRunRecord
+from headwater_runtime.engine import StateEntry, TaskRunRecord
 
 from . import _compiler
 from ._errors import FlowDefinitionError
@@ -61,7 +62,7 @@ class Flow(Generic[P, R]):
 
     def compile(self) -> graph_pb2.FlowGraph:
         """Compile to a FlowGraph message (constants encoded), e.g. to inspect or send."""
-        from ._proto_graph import graph_to_proto
+        from headwater.wire import graph_to_proto  # protobuf: only when asked
 
         return graph_to_proto(self.graph())
 

@@ -9,98 +9,48 @@ that produce them. It runs only on a server.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Unpack
 
-from headwater_runtime.engine import CacheSpec, Trigger
-
-from ._durations import to_seconds
 from ._errors import FlowDefinitionError
+from ._options import RemoteTaskOptions, TaskOptions, check_names, parse_options
 from ._task import Task
 
 _TASK_TYPE = re.compile(r"[^\s]+")
 
 
 class RemoteTask(Task[..., Any]):
-    """A task another language implements; call it (or ``.map``) inside a @flow."""
+    """A task another language implements; call it (or ``.map``) inside a @flow.
 
-    def __init__(
-        self,
-        task_type: str,
-        *,
-        name: str | None = None,
-        parameters: Sequence[str] | None = None,
-        retries: int = 0,
-        retry_delay: float | timedelta = 0,
-        backoff: float = 1.0,
-        max_retry_delay: float | timedelta | None = None,
-        retry_jitter: float = 0.0,
-        no_retry_on: Iterable[str] = (),
-        timeout: float | timedelta | None = None,
-        trigger: str | Trigger = "all_successful",
-        cache: bool = False,
-        cache_for: float | timedelta | None = None,
-        cache_version: str = "",
-        tags: Iterable[str] = (),
-        labels: Mapping[str, str] | None = None,
-        version: str = "",
-    ) -> None:
+    Args:
+        task_type: the capability a worker of that language registers.
+        **options: see ``remote_task``.
+    """
+
+    def __init__(self, task_type: str, **options: Unpack[RemoteTaskOptions]) -> None:
         if not isinstance(task_type, str) or not _TASK_TYPE.fullmatch(task_type):
             raise FlowDefinitionError(
                 f"remote_task needs a task type without spaces, e.g. 'images.resize'; "
                 f"got {task_type!r}"
             )
-        label = name or task_type
-        params = _parameters(parameters, label)
-        non_retryable = _error_types(no_retry_on, label)
-        super().__init__(
-            _placeholder(task_type, label, params),
-            name=label,
-            task_type=task_type,
-            retries=retries,
-            retry_delay=retry_delay,
-            backoff=backoff,
-            max_retry_delay=max_retry_delay,
-            retry_jitter=retry_jitter,
-            timeout=timeout,
-            trigger=trigger,
-            cache_for=cache_for,
-            cache_version=cache_version,
-            tags=tags,
-            labels=labels,
-            version=version,
-            portable=True,
-        )
+        label = options.get("name") or task_type
+        check_names(options, RemoteTaskOptions, label)
+        params = _parameters(options.get("parameters"), label)
+        parsed = parse_options(options, label, remote=True)
+        shared: TaskOptions = {"name": label, "task_type": task_type}
+        super().__init__(_placeholder(task_type, label, params), **shared)
         self.parameters = params
-        self.retry = dataclasses.replace(self.retry, non_retryable=non_retryable)
-        if not isinstance(cache, bool):
-            raise FlowDefinitionError(f"task {label!r}: cache must be True or False")
-        if cache and self.cache is None:
-            # Keyed by the inputs (the server hashes their payloads), kept until evicted.
-            expiry = to_seconds(cache_for, f"task {label!r}: cache_for", positive=True)
-            self.cache = CacheSpec(expiry=expiry, version=cache_version)
-        self._remote_options: dict[str, Any] = {
-            "name": name,
-            "parameters": parameters,
-            "retries": retries,
-            "retry_delay": retry_delay,
-            "backoff": backoff,
-            "max_retry_delay": max_retry_delay,
-            "retry_jitter": retry_jitter,
-            "no_retry_on": non_retryable,
-            "timeout": timeout,
-            "trigger": trigger,
-            "cache": cache,
-            "cache_for": cache_for,
-            "cache_version": cache_version,
-            "tags": self.tags,
-            "labels": labels,
-            "version": version,
-        }
+        self.retry = parsed.retry
+        self.timeout = parsed.timeout
+        self.trigger = parsed.trigger
+        self.cache = parsed.cache
+        self.tags = parsed.tags
+        self.labels = parsed.labels
+        self.version = parsed.version
+        self.portable = True
+        self._remote_options: RemoteTaskOptions = options
 
     @property
     def argument_order(self) -> tuple[str, ...]:
@@ -125,11 +75,13 @@ class RemoteTask(Task[..., Any]):
             bound[key] = value
         return bound
 
-    def with_options(self, **overrides: Any) -> RemoteTask:
-        unknown = set(overrides) - set(self._remote_options)
-        if unknown:
-            raise FlowDefinitionError(f"task {self.name!r}: unknown option(s) {sorted(unknown)}")
-        return RemoteTask(self.task_type, **{**self._remote_options, **overrides})
+    # A remote task takes other options than a Python task (error types by name, no
+    # task_type), so this override narrows the signature on purpose.
+    def with_options(self, **overrides: Unpack[RemoteTaskOptions]) -> RemoteTask:  # type: ignore[override]
+        """A copy of this task with some options changed."""
+        check_names(overrides, RemoteTaskOptions, self.name)
+        merged: RemoteTaskOptions = {**self._remote_options, **overrides}
+        return RemoteTask(self.task_type, **merged)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from . import _compiler
@@ -149,54 +101,23 @@ class RemoteTask(Task[..., Any]):
         return f"<RemoteTask {self.name} ({self.task_type})>"
 
 
-def remote_task(
-    task_type: str,
-    *,
-    name: str | None = None,
-    parameters: Sequence[str] | None = None,
-    retries: int = 0,
-    retry_delay: float | timedelta = 0,
-    backoff: float = 1.0,
-    max_retry_delay: float | timedelta | None = None,
-    retry_jitter: float = 0.0,
-    no_retry_on: Iterable[str] = (),
-    timeout: float | timedelta | None = None,
-    trigger: str | Trigger = "all_successful",
-    cache: bool = False,
-    cache_for: float | timedelta | None = None,
-    cache_version: str = "",
-    tags: Iterable[str] = (),
-    labels: Mapping[str, str] | None = None,
-    version: str = "",
-) -> RemoteTask:
+def remote_task(task_type: str, **options: Unpack[RemoteTaskOptions]) -> RemoteTask:
     """Declare a task implemented in another language, e.g.
     ``resize = remote_task("images.resize", parameters=["image", "width"], retries=2)``.
 
     Use it in a @flow like any task (``.map``, ``wait_for``, triggers). Its inputs and
     result are json. Keyword arguments always work; positional ones map onto
-    ``parameters``. ``no_retry_on`` takes error type names as the worker reports them
-    (e.g. ``"TypeError"``). ``cache=True`` (or ``cache_for``) caches results by inputs.
+    ``parameters``. Options are those of ``task`` except ``task_type``, ``resources``,
+    ``portable`` and ``cache_key_fn``, plus:
+
+    Options:
+        parameters: the argument names, in positional order.
+        no_retry_on: error type names as the worker reports them (e.g. ``"TypeError"``).
+        cache: cache results by inputs (also implied by ``cache_for``).
+
     Flows that use it run only on a server (``headwater run FILE:FLOW --server ...``).
     """
-    return RemoteTask(
-        task_type,
-        name=name,
-        parameters=parameters,
-        retries=retries,
-        retry_delay=retry_delay,
-        backoff=backoff,
-        max_retry_delay=max_retry_delay,
-        retry_jitter=retry_jitter,
-        no_retry_on=no_retry_on,
-        timeout=timeout,
-        trigger=trigger,
-        cache=cache,
-        cache_for=cache_for,
-        cache_version=cache_version,
-        tags=tags,
-        labels=labels,
-        version=version,
-    )
+    return RemoteTask(task_type, **options)
 
 
 def _outside_flow(task: RemoteTask) -> str:
@@ -216,17 +137,6 @@ def _parameters(parameters: Sequence[str] | None, label: str) -> tuple[str, ...]
     names = tuple(parameters)
     if len(set(names)) != len(names):
         raise FlowDefinitionError(f"task {label!r}: parameters repeats a name")
-    return names
-
-
-def _error_types(no_retry_on: Iterable[str], label: str) -> tuple[str, ...]:
-    if isinstance(no_retry_on, str):
-        no_retry_on = (no_retry_on,)
-    names = tuple(no_retry_on)
-    if not all(isinstance(n, str) and n for n in names):
-        raise FlowDefinitionError(
-            f"task {label!r}: no_retry_on takes error type names (str) for a remote task"
-        )
     return names
 
 

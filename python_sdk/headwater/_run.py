@@ -6,12 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from headwater_runtime.engine import (
-    FlowRunEngine,
-    FlowRunFailure,
-    FlowRunState,
-    TaskRunRecord,
-)
+from headwater.wire import FlowRunState
+from headwater_runtime.engine import FlowRunEngine, FlowRunFailure, TaskRunRecord
 
 from ._signals import FlowRunCancelled, FlowRunFailed
 

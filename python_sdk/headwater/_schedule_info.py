@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from headwater.v1 import payload_pb2, run_pb2
+from headwater.wire import duration, seconds, to_datetime
 
 from ._durations import to_seconds
 
@@ -54,8 +55,7 @@ class ScheduleInfo:
 def _time(msg: run_pb2.Schedule, name: str) -> datetime | None:
     if not msg.HasField(name):
         return None
-    stamp = getattr(msg, name)
-    return datetime.fromtimestamp(stamp.ToNanoseconds() / 1e9, UTC)
+    return to_datetime(getattr(msg, name))
 
 
 def schedule_info(
@@ -63,7 +63,7 @@ def schedule_info(
 ) -> ScheduleInfo:
     every = None
     if msg.WhichOneof("spec") == "interval":
-        every = timedelta(microseconds=msg.interval.ToMicroseconds())
+        every = timedelta(seconds=seconds(msg.interval))
     return ScheduleInfo(
         id=msg.id,
         flow_name=msg.flow_name,
@@ -105,7 +105,7 @@ def schedule_message(
     if cron is not None:
         msg.cron = cron
     else:
-        seconds = to_seconds(every, "every", positive=True)
-        assert seconds is not None
-        msg.interval.FromNanoseconds(round(seconds * 1e9))
+        interval = to_seconds(every, "every", positive=True)
+        assert interval is not None
+        msg.interval.CopyFrom(duration(interval))
     return msg

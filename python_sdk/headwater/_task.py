@@ -5,22 +5,17 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, overload
-
-from headwater_runtime.engine import CacheSpec, RetrySpec, Trigger
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from . import _compiler
-from ._durations import to_seconds
 from ._errors import FlowDefinitionError
+from ._options import TaskOptions, check_names, parse_options
 from ._refs import contains_ref
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_TRIGGERS = {t.value: t for t in Trigger}
 
 
 def module_name(fn: Callable[..., Any]) -> str:
@@ -34,96 +29,34 @@ def module_name(fn: Callable[..., Any]) -> str:
     return module
 
 
-def parse_trigger(value: str | Trigger, task_name: str) -> Trigger:
-    if isinstance(value, Trigger):
-        return value
-    trigger = _TRIGGERS.get(value) if isinstance(value, str) else None
-    if trigger is None:
-        raise ValueError(
-            f"task {task_name!r}: unknown trigger {value!r}; use one of {', '.join(_TRIGGERS)}"
-        )
-    return trigger
-
-
-def _str_map(value: Mapping[str, Any] | None, what: str, name: str) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise FlowDefinitionError(f"task {name!r}: {what} must be a dict of str to str")
-    return {str(k): str(v) for k, v in value.items()}
-
-
 class Task(Generic[P, R]):
-    """A task: call it in a flow to add a node; call it elsewhere to run the function."""
+    """A task: call it in a flow to add a node; call it elsewhere to run the function.
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None = None,
-        task_type: str | None = None,
-        retries: int = 0,
-        retry_delay: float | timedelta = 0,
-        backoff: float = 1.0,
-        max_retry_delay: float | timedelta | None = None,
-        retry_jitter: float = 0.0,
-        no_retry_on: Iterable[type[BaseException]] = (),
-        timeout: float | timedelta | None = None,
-        trigger: str | Trigger = "all_successful",
-        cache_key_fn: Callable[[dict[str, Any]], str] | None = None,
-        cache_for: float | timedelta | None = None,
-        cache_version: str = "",
-        tags: Iterable[str] = (),
-        labels: Mapping[str, str] | None = None,
-        resources: Mapping[str, float] | None = None,
-        version: str = "",
-        portable: bool = False,
-    ) -> None:
+    Args:
+        fn: the function.
+        **options: see ``task``.
+    """
+
+    def __init__(self, fn: Callable[P, R], **options: Unpack[TaskOptions]) -> None:
         if not callable(fn):
             raise FlowDefinitionError(f"@task needs a function, got {type(fn).__name__}")
         self.fn = fn
-        self.name: str = name or str(getattr(fn, "__name__", "task"))
-        self.task_type = task_type or f"{module_name(fn)}.{getattr(fn, '__qualname__', self.name)}"
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ValueError(f"task {self.name!r}: retries must be an int >= 0, got {retries!r}")
-        if backoff < 0:
-            raise ValueError(f"task {self.name!r}: backoff must be >= 0, got {backoff!r}")
-        if not 0 <= retry_jitter <= 1:
-            raise ValueError(f"task {self.name!r}: retry_jitter must be in [0, 1]")
-        self.no_retry_on = tuple(no_retry_on)
-        for exc_type in self.no_retry_on:
-            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
-                raise FlowDefinitionError(
-                    f"task {self.name!r}: no_retry_on takes exception classes"
-                )
-        self.retry = RetrySpec(
-            max_retries=retries,
-            delay=to_seconds(retry_delay, f"task {self.name!r}: retry_delay") or 0.0,
-            backoff=float(backoff),
-            max_delay=to_seconds(max_retry_delay, f"task {self.name!r}: max_retry_delay"),
-            jitter=float(retry_jitter),
-            non_retryable=tuple(f"{t.__module__}.{t.__qualname__}" for t in self.no_retry_on),
+        self.name: str = options.get("name") or str(getattr(fn, "__name__", "task"))
+        check_names(options, TaskOptions, self.name)
+        self.task_type = options.get("task_type") or (
+            f"{module_name(fn)}.{getattr(fn, '__qualname__', self.name)}"
         )
-        self.timeout = to_seconds(timeout, f"task {self.name!r}: timeout", positive=True)
-        self.trigger = parse_trigger(trigger, self.name)
-        if cache_key_fn is not None and not callable(cache_key_fn):
-            raise FlowDefinitionError(f"task {self.name!r}: cache_key_fn must be callable")
-        expiry = to_seconds(cache_for, f"task {self.name!r}: cache_for", positive=True)
-        self.cache: CacheSpec | None = None
-        if cache_key_fn is not None or cache_for is not None:
-            self.cache = CacheSpec(
-                expiry=expiry,
-                version=cache_version,
-                key_fn=cache_key_fn,
-                by_function=cache_key_fn is not None,
-            )
-        if isinstance(tags, str):
-            tags = (tags,)
-        self.tags = tuple(str(t) for t in tags)
-        self.labels = _str_map(labels, "labels", self.name)
-        self.resources = {str(k): float(v) for k, v in (resources or {}).items()}
-        self.version = version
-        self.portable = portable
+        parsed = parse_options(options, self.name, remote=False)
+        self.retry = parsed.retry
+        self.no_retry_on = parsed.no_retry_on
+        self.timeout = parsed.timeout
+        self.trigger = parsed.trigger
+        self.cache = parsed.cache
+        self.tags = parsed.tags
+        self.labels = parsed.labels
+        self.resources = parsed.resources
+        self.version = parsed.version
+        self.portable = parsed.portable
         self.signature = _signature(fn, self.name)
         params = list(self.signature.parameters.values())
         # Fast argument binding for the common case (plain named parameters); anything
@@ -133,26 +66,7 @@ class Task(Generic[P, R]):
             self._plain_names = tuple(p.name for p in params)
             self._plain_set = frozenset(self._plain_names)
             self._required = tuple(p.name for p in params if p.default is p.empty)
-        self._options = {
-            "name": name,
-            "task_type": task_type,
-            "retries": retries,
-            "retry_delay": retry_delay,
-            "backoff": backoff,
-            "max_retry_delay": max_retry_delay,
-            "retry_jitter": retry_jitter,
-            "no_retry_on": self.no_retry_on,
-            "timeout": timeout,
-            "trigger": trigger,
-            "cache_key_fn": cache_key_fn,
-            "cache_for": cache_for,
-            "cache_version": cache_version,
-            "tags": self.tags,
-            "labels": labels,
-            "resources": resources,
-            "version": version,
-            "portable": portable,
-        }
+        self._options: TaskOptions = options
         functools.update_wrapper(self, fn)
 
     @property
@@ -183,12 +97,11 @@ class Task(Generic[P, R]):
         except TypeError as exc:
             raise FlowDefinitionError(f"task {self.name!r}: {exc}") from None
 
-    def with_options(self, **overrides: Any) -> Task[P, R]:
+    def with_options(self, **overrides: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy of this task with some options changed (same function)."""
-        unknown = set(overrides) - set(self._options)
-        if unknown:
-            raise FlowDefinitionError(f"task {self.name!r}: unknown option(s) {sorted(unknown)}")
-        return Task(self.fn, **{**self._options, **overrides})
+        check_names(overrides, TaskOptions, self.name)
+        merged: TaskOptions = {**self._options, **overrides}
+        return Task(self.fn, **merged)
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         ctx = _compiler.current_context()
@@ -218,36 +131,31 @@ class Task(Generic[P, R]):
 @overload
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
-def task(
-    *,
-    name: str | None = ...,
-    task_type: str | None = ...,
-    retries: int = ...,
-    retry_delay: float | timedelta = ...,
-    backoff: float = ...,
-    max_retry_delay: float | timedelta | None = ...,
-    retry_jitter: float = ...,
-    no_retry_on: Iterable[type[BaseException]] = ...,
-    timeout: float | timedelta | None = ...,
-    trigger: str | Trigger = ...,
-    cache_key_fn: Callable[[dict[str, Any]], str] | None = ...,
-    cache_for: float | timedelta | None = ...,
-    cache_version: str = ...,
-    tags: Iterable[str] = ...,
-    labels: Mapping[str, str] | None = ...,
-    resources: Mapping[str, float] | None = ...,
-    version: str = ...,
-    portable: bool = ...,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(**options: Unpack[TaskOptions]) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a task. Use bare (``@task``) or with options (``@task(retries=3)``).
 
-    Options: name, task_type (the capability a worker needs; default
-    ``module.qualname``), retries, retry_delay, backoff, max_retry_delay, retry_jitter,
-    no_retry_on (exception classes never retried), timeout, trigger (all_successful,
-    all_finished, all_failed, any_successful, any_failed, none_failed), cache_key_fn /
-    cache_for / cache_version, tags, labels (worker affinity), resources (Dask worker
-    resources), version, portable (inputs and result must be json).
+    Options:
+        name: display name (default: the function's name).
+        task_type: the capability a worker needs (default ``module.qualname``).
+        retries: how many times a failed attempt is retried (default 0).
+        retry_delay: seconds (or a timedelta) before the first retry.
+        backoff: factor the delay grows by on each further retry (default 1).
+        max_retry_delay: upper bound of the delay.
+        retry_jitter: random share in [0, 1] taken off each delay.
+        no_retry_on: exception classes that are never retried.
+        timeout: seconds (or a timedelta) an attempt may run.
+        trigger: when the task runs given its upstreams' final states:
+            all_successful (default), all_finished, all_failed, any_successful,
+            any_failed, none_failed.
+        cache_key_fn: a function of the inputs (by name) returning the cache key.
+        cache_for: cache results for this long (keyed by the inputs by default).
+        cache_version: change it to invalidate cached results.
+        tags: tags (e.g. for concurrency limits).
+        labels: worker labels the task needs (affinity), e.g. ``{"gpu": "true"}``.
+        resources: Dask worker resources, e.g. ``{"GPU": 1}``.
+        version: the task's version (part of cache keys).
+        portable: inputs and result must be json (read by any language).
     """
     if fn is not None:
         return Task(fn, **options)

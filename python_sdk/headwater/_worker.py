@@ -29,18 +29,25 @@ from typing import Any
 import grpc
 
 from headwater.v1 import worker_pb2, worker_pb2_grpc
+from headwater.wire import (
+    BATCH,
+    NOT_READY,
+    PROTOCOL_VERSION,
+    ConnectionSettings,
+    PayloadTransfer,
+    gather,
+    seconds,
+)
 from headwater_runtime.embedded import default_thread_count
 
-from ._batching import BATCH_FEATURE, NOT_READY, gather
 from ._builtins import BUILTIN_TASKS
 from ._loader import LoadError, load_file, load_module
 from ._task import Task
-from ._worker_attempts import Attempts, fencing, key_of, seconds
-from ._worker_codec import PayloadTransfer, failure
+from ._worker_attempts import Attempts, fencing, key_of
+from ._worker_codec import failure
 
 log = logging.getLogger("headwater.worker")
 
-PROTOCOL_VERSION = 1
 #: Reconnect backoff: INITIAL doubling up to MAX, times a random factor in [0.5, 1].
 BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
 #: Heartbeat interval used when the Welcome gives none.
@@ -150,9 +157,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.worker_id = os.urandom(16).hex()
         self.tasks = collect_tasks([import_module(m) for m in modules])
-        self.metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token else ()
-        )
+        self.metadata = ConnectionSettings(server, token).metadata()
         self._on_connect = on_connect
         self._stop = threading.Event()
         self._session: _Session | None = None
@@ -247,7 +252,7 @@ class Worker:
                 pid=os.getpid(),
             ),
             running=[fencing(t) for t in self.attempts.held()],
-            features=[BATCH_FEATURE],
+            features=[BATCH],
         )
 
     def _requests(self, session: _Session) -> Iterator[worker_pb2.ConnectRequest]:
@@ -356,7 +361,7 @@ class Worker:
         keep = {key_of(t) for t in welcome.keep_running}
         with self._lock:
             session.interval = interval if interval > 0 else DEFAULT_HEARTBEAT
-            session.batching = BATCH_FEATURE in welcome.features
+            session.batching = BATCH in welcome.features
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome

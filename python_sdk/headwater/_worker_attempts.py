@@ -25,6 +25,17 @@ from queue import SimpleQueue
 from typing import Any
 
 from headwater.v1 import graph_pb2, state_pb2, worker_pb2
+from headwater.wire import (
+    TEXT_LIMIT,
+    EncodingError,
+    PayloadTransfer,
+    PayloadTransferError,
+    cut_text,
+    failure_to_proto,
+    path_from_proto,
+    seconds,
+    timestamp,
+)
 from headwater_runtime.engine import TaskSkipped, TaskSucceeded
 from headwater_runtime.execution import (
     TaskInterrupted,
@@ -34,19 +45,8 @@ from headwater_runtime.execution import (
 )
 from headwater_runtime.tracing import active_tracer
 
-from ._payloads import EncodingError
-from ._proto_graph import path_from_proto
 from ._task import Task
-from ._worker_codec import (
-    TEXT_LIMIT,
-    PayloadTransfer,
-    PayloadTransferError,
-    decode_inputs,
-    encode_result,
-    failure,
-    failure_message,
-)
-from ._worker_tracing import execute_traced
+from ._worker_codec import decode_inputs, encode_result, failure
 
 log = logging.getLogger("headwater.worker")
 
@@ -68,11 +68,6 @@ def key_of(token: worker_pb2.FencingToken) -> Token:
 
 def fencing(token: Token) -> worker_pb2.FencingToken:
     return worker_pb2.FencingToken(task_run_id=token[0], attempt=token[1])
-
-
-def seconds(duration: Any) -> float:
-    """Seconds of a Duration or Timestamp message."""
-    return float(duration.seconds) + float(duration.nanos) / 1e9
 
 
 def failure_report(
@@ -125,9 +120,12 @@ class TaskLogHandler(logging.Handler):
         except Exception:
             message = str(record.msg)
         entry = worker_pb2.TaskLog(
-            token=token, level=record.levelname, logger=record.name, message=message[:TEXT_LIMIT]
+            token=token,
+            level=record.levelname,
+            logger=record.name,
+            message=cut_text(message, TEXT_LIMIT),
         )
-        entry.timestamp.FromNanoseconds(int(record.created * 1e9))
+        entry.timestamp.CopyFrom(timestamp(record.created))
         self.send(worker_pb2.ConnectRequest(log=entry))
 
 
@@ -342,6 +340,8 @@ class Attempts:
             if self.tracer is None:
                 outcome = self._execute(attempt)
             else:
+                from ._worker_tracing import execute_traced  # OpenTelemetry: only when on
+
                 run = functools.partial(self._execute, attempt)
                 outcome = execute_traced(self.tracer, attempt.assignment, self.worker_name, run)
             self._seal(attempt)
@@ -447,7 +447,7 @@ class Attempts:
             skipped = worker_pb2.TaskSkipped(token=assignment.token, reason=event.reason)
             return worker_pb2.ConnectRequest(skipped=skipped)
         if not isinstance(event, TaskSucceeded):
-            return failure_report(token, failure_message(event.failure))
+            return failure_report(token, failure_to_proto(event.failure))
         try:
             value = encode_result(
                 event.value,

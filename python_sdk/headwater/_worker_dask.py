@@ -22,16 +22,22 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from headwater.v1 import payload_pb2, worker_pb2
+from headwater.wire import (
+    DASK_LOCATION,
+    LENGTH_KEY,
+    decode_value,
+    failure_to_proto,
+    seconds,
+)
 from headwater_runtime.execution import failure_from_exception, make_caller
 
 from ._task import Task
 from ._worker import Worker
-from ._worker_attempts import Attempts, Send, Token, _Attempt, failure_report, seconds
-from ._worker_codec import LENGTH_KEY, encode_result, failure, failure_message
+from ._worker_attempts import Attempts, Send, Token, _Attempt, failure_report
+from ._worker_codec import encode_result, failure
 
 log = logging.getLogger("headwater.worker")
 
-DASK = "dask"
 # How often a waiting attempt thread wakes up, so an interruption lands promptly.
 _POLL = 0.1
 
@@ -55,7 +61,7 @@ class DaskAttempts(Attempts):
     # Inputs: refs this bridge holds become futures ------------------------------------
 
     def _future(self, value: payload_pb2.Value) -> Any | None:
-        if value.WhichOneof("kind") == "ref" and value.ref.location == DASK:
+        if value.WhichOneof("kind") == "ref" and value.ref.location == DASK_LOCATION:
             future = self.values.get(value.ref.payload_id)
             if future is None:
                 raise LookupError(f"value {value.ref.payload_id!r} is not held by this Dask bridge")
@@ -65,8 +71,6 @@ class DaskAttempts(Attempts):
     def _input(self, msg: worker_pb2.InputValue) -> Any:
         """An argument: futures for held values (parts of them as Part), else decoded."""
         from headwater_runtime.dask import Part
-
-        from ._payloads import decode_value
 
         kind = msg.WhichOneof("kind")
         value: Any
@@ -93,9 +97,7 @@ class DaskAttempts(Attempts):
     # Running ------------------------------------------------------------------------
 
     def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest:
-        from headwater_runtime.dask import Outcome
-        from headwater_runtime.dask._executor import cluster_declares, split_inputs
-        from headwater_runtime.dask._remote import run_attempt
+        from headwater_runtime.dask import Outcome, cluster_declares, run_attempt, split_inputs
 
         assignment, token = attempt.assignment, attempt.token
         task = attempt.task
@@ -157,7 +159,7 @@ class DaskAttempts(Attempts):
             if outcome.failure is not None:
                 return failure_report(
                     token,
-                    failure_message(outcome.failure),
+                    failure_to_proto(outcome.failure),
                     timed_out=outcome.failure.timed_out,
                 )
             why = f"the attempt was interrupted on its Dask worker ({outcome.reason})"
@@ -172,7 +174,7 @@ class DaskAttempts(Attempts):
 
     def _ref(self, future: Any, split: bool) -> payload_pb2.Value:
         """A Value referring to a future this bridge keeps (elements too when split)."""
-        from headwater_runtime.dask._remote import length_of, select
+        from headwater_runtime.dask import length_of, select
 
         metadata: dict[str, str] = {}
         items: list[payload_pb2.Value] = []
@@ -191,7 +193,10 @@ class DaskAttempts(Attempts):
         payload_id = f"dask-{uuid.uuid4().hex}"
         self.values[payload_id] = future
         ref = payload_pb2.PayloadRef(
-            payload_id=payload_id, location=DASK, dask_key=str(future.key), metadata=metadata
+            payload_id=payload_id,
+            location=DASK_LOCATION,
+            dask_key=str(future.key),
+            metadata=metadata,
         )
         return payload_pb2.Value(ref=ref)
 
@@ -199,7 +204,7 @@ class DaskAttempts(Attempts):
         super()._drop(attempt)
         entry = self._futures.pop(attempt.token, None)
         if entry is not None:  # a running Dask task is not stopped by cancel(): interrupt it
-            from headwater_runtime.dask._executor import interrupt_everywhere
+            from headwater_runtime.dask import interrupt_everywhere
 
             future, key = entry
             future.cancel()
@@ -224,7 +229,7 @@ class DaskAttempts(Attempts):
             )
             answer.value.CopyFrom(value)
         except Exception as exc:
-            answer.error.CopyFrom(failure_message(failure_from_exception(exc)))
+            answer.error.CopyFrom(failure_to_proto(failure_from_exception(exc)))
         return worker_pb2.ConnectRequest(value_exported=answer)
 
 

@@ -11,12 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from headwater_runtime.engine import (
-    FailureInfo,
-    TaskFailed,
-    TaskSkipped,
-    TaskSucceeded,
-)
+from headwater.wire import FailureInfo
+from headwater_runtime.engine import TaskFailed, TaskSkipped, TaskSucceeded
 
 
 class Skip(Exception):

@@ -1,7 +1,26 @@
-"""Headwater on Dask: the embedded DaskExecutor (and the code it runs on workers)."""
+"""Headwater on Dask (``headwater[dask]``): the embedded DaskExecutor, the code it runs
+on Dask workers, and the pieces the SDK's Dask bridge worker shares with it."""
 
-from ._executor import DaskExecutor
-from ._remote import Outcome
+from ._executor import (
+    DaskExecutor,
+    cluster_declares,
+    interrupt_everywhere,
+    materialize,
+    split_inputs,
+)
+from ._remote import Outcome, length_of, run_attempt, select
 from ._values import DaskValues, Part
 
-__all__ = ["DaskExecutor", "DaskValues", "Outcome", "Part"]
+__all__ = [
+    "DaskExecutor",
+    "DaskValues",
+    "Outcome",
+    "Part",
+    "cluster_declares",
+    "interrupt_everywhere",
+    "length_of",
+    "materialize",
+    "run_attempt",
+    "select",
+    "split_inputs",
+]

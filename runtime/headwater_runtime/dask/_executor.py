@@ -19,16 +19,15 @@ from typing import Any
 
 from distributed import Client, Future, LocalCluster
 
-from headwater_runtime.embedded._cache import ResultCache, cache_key_prefix, make_cache_key
+from headwater.wire import FailureInfo, TaskSpec
+from headwater_runtime.embedded import ResultCache, make_cache_key
 from headwater_runtime.engine import (
     CacheEntry,
     Event,
-    FailureInfo,
     RunTask,
     TaskFailed,
     TaskLost,
     TaskSkipped,
-    TaskSpec,
     TaskStarted,
     TaskSucceeded,
 )
@@ -288,7 +287,7 @@ class DaskExecutor:
         """The cache key from the inputs' real values (computed in the cluster when
         they live there, so a key function sees the same values as on threads)."""
         assert spec.cache is not None
-        prefix = cache_key_prefix(spec)
+        prefix = spec.cache_key_prefix
         if not any(holds_remote(v) for v in inputs.values()):
             return make_cache_key(prefix, spec.cache.key_fn, spec.name, inputs)
         plain, selections = self._split(inputs)

@@ -23,8 +23,9 @@ from typing import Any
 
 import cloudpickle
 
-from headwater_runtime.embedded._cache import make_cache_key
-from headwater_runtime.engine import FailureInfo, PythonValues, TaskFailed, TaskSkipped
+from headwater.wire import FailureInfo
+from headwater_runtime.embedded import make_cache_key
+from headwater_runtime.engine import PythonValues, TaskFailed, TaskSkipped
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
 _VALUES = PythonValues()

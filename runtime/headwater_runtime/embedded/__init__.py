@@ -1,6 +1,6 @@
 """The embedded host: run a flow in this process, on threads (or Dask)."""
 
-from ._cache import PROCESS_CACHE, ResultCache, cache_key, stable_hash
+from ._cache import PROCESS_CACHE, ResultCache, cache_key, make_cache_key, stable_hash
 from ._host import EmbeddedRun, Executor, SystemClock
 from ._threads import ThreadExecutor, default_thread_count
 
@@ -13,5 +13,6 @@ __all__ = [
     "ThreadExecutor",
     "cache_key",
     "default_thread_count",
+    "make_cache_key",
     "stable_hash",
 ]

@@ -9,9 +9,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import cloudpickle
-
-from headwater_runtime.engine import CacheEntry, TaskSpec
+from headwater.wire import TaskSpec
+from headwater_runtime.engine import CacheEntry
 
 
 class ResultCache:
@@ -45,13 +44,7 @@ def cache_key(spec: TaskSpec, inputs: dict[str, Any]) -> str:
     """Task identity + versions + the user's key (key function) or a hash of inputs."""
     cache = spec.cache
     assert cache is not None
-    return make_cache_key(cache_key_prefix(spec), cache.key_fn, spec.name, inputs)
-
-
-def cache_key_prefix(spec: TaskSpec) -> str:
-    """The part of a cache key that comes from the task, not its inputs."""
-    assert spec.cache is not None
-    return f"{spec.task_type}|v={spec.version}|c={spec.cache.version}|"
+    return make_cache_key(spec.cache_key_prefix, cache.key_fn, spec.name, inputs)
 
 
 def make_cache_key(
@@ -109,6 +102,8 @@ def _feed(h: Any, value: Any, depth: int) -> None:
         h.update(f"a{value.dtype}{value.shape}".encode())
         h.update(value.tobytes())
     else:
+        import cloudpickle  # only for values of other types (most inputs are plain)
+
         h.update(b"p" + cloudpickle.dumps(value))
 
 

@@ -12,8 +12,9 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from queue import Empty, SimpleQueue
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from headwater.wire import FlowRunState, GraphSpec, TaskSpec
 from headwater_runtime.engine import (
     CacheChecked,
     CacheEntry,
@@ -23,17 +24,17 @@ from headwater_runtime.engine import (
     Command,
     Event,
     FlowRunEngine,
-    FlowRunState,
-    GraphSpec,
     RunTask,
     StateEntry,
     TaskRunRecord,
-    TaskSpec,
     ValueOps,
     WriteCache,
 )
 from headwater_runtime.execution import Caller, make_caller
-from headwater_runtime.tracing import RunTracer, active_tracer, in_span
+from headwater_runtime.tracing import active_tracer
+
+if TYPE_CHECKING:
+    from headwater_runtime.tracing import RunTracer
 
 from ._cache import PROCESS_CACHE, ResultCache
 from ._threads import ThreadExecutor
@@ -148,6 +149,8 @@ class EmbeddedRun:
         engine = self.engine
         completions = self._completions
         if self._tracer is not None:
+            from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
+
             # Parent: the caller's current span, if any (flow.run() inside traced code).
             self._trace = RunTracer(self._tracer, engine.graph.name, self.id)
         self.executor.start(completions)
@@ -202,7 +205,7 @@ class EmbeddedRun:
                     caller = self._callers[spec.fn] = make_caller(spec.fn)
                 if self._trace is not None:
                     span = self._trace.dispatched(command.run, command.attempt)
-                    caller = in_span(caller, span)
+                    caller = self._trace.in_span(caller, span)
                 batch.append((command, caller))
                 continue
             if batch:  # keep the order of submits and cancels

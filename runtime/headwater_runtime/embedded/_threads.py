@@ -17,7 +17,8 @@ import threading
 from queue import SimpleQueue
 from typing import Any
 
-from headwater_runtime.engine import PYTHON_VALUES, CacheEntry, Event, RunTask, TaskSpec, ValueOps
+from headwater.wire import TaskSpec
+from headwater_runtime.engine import PYTHON_VALUES, CacheEntry, Event, RunTask, ValueOps
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
 from ._cache import ResultCache, cache_key

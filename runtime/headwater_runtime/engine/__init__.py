@@ -1,7 +1,8 @@
 """The pure engine: a state machine per flow run (events in, commands out).
 
 No I/O, no threads, an injected clock. The embedded host and the server drive the
-same engine, so a flow gives the same states and results on both.
+same engine, so a flow gives the same states and results on both. The graph it runs
+(``GraphSpec``), the states and failures are the contract's: ``headwater.wire``.
 """
 
 from ._events import (
@@ -22,97 +23,49 @@ from ._events import (
     TaskSucceeded,
     WriteCache,
 )
-from ._journal import JournaledEngine, JournalEntry, replay
+from ._journal import EVENT, START, TIMERS, JournaledEngine, JournalEntry, replay
 from ._machine import FlowRunEngine
-from ._nodes import Clock, FlowRunFailure, JsonConsumers, bind_params, json_consumers
+from ._nodes import Clock, FlowRunFailure
 from ._policies import Verdict, evaluate_trigger, retry_delay
-from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
-from ._spec import (
-    NO_RETRY,
-    CacheSpec,
-    Const,
-    DictOf,
-    FromTask,
-    GraphError,
-    GraphSpec,
-    InputSpec,
-    ListOf,
-    Param,
-    ParameterError,
-    ParamSpec,
-    RetrySpec,
-    TaskSpec,
-    Trigger,
-    iter_params,
-    iter_task_refs,
-)
-from ._states import (
-    FAILURE_STATES,
-    SUCCESS_STATES,
-    TRANSITIONS,
-    FlowRunState,
-    IllegalTransition,
-    TaskRunState,
-)
+from ._records import AttemptRecord, StateEntry, TaskRunRecord
+from ._states import TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 __all__ = [
-    "FAILURE_STATES",
-    "NO_RETRY",
+    "EVENT",
     "PYTHON_VALUES",
-    "SUCCESS_STATES",
+    "START",
+    "TIMERS",
     "TRANSITIONS",
     "AttemptRecord",
     "CacheChecked",
     "CacheEntry",
-    "CacheSpec",
     "CancelRequested",
     "CancelTask",
     "CheckCache",
     "Clock",
     "Command",
-    "Const",
-    "DictOf",
     "Event",
     "EventIgnored",
-    "FailureInfo",
     "FlowFinished",
     "FlowRunEngine",
     "FlowRunFailure",
-    "FlowRunState",
-    "FromTask",
-    "GraphError",
-    "GraphSpec",
     "IllegalTransition",
-    "InputSpec",
     "JournalEntry",
     "JournaledEngine",
-    "JsonConsumers",
-    "ListOf",
-    "Param",
-    "ParamSpec",
-    "ParameterError",
     "PythonValues",
-    "RetrySpec",
     "RunTask",
     "StateEntry",
     "TaskFailed",
     "TaskLost",
     "TaskRunRecord",
-    "TaskRunState",
     "TaskSkipped",
-    "TaskSpec",
     "TaskStarted",
     "TaskSucceeded",
-    "Trigger",
     "ValueOps",
     "Verdict",
     "WriteCache",
-    "bind_params",
     "evaluate_trigger",
-    "iter_params",
-    "iter_task_refs",
-    "json_consumers",
     "replay",
     "retry_delay",
 ]

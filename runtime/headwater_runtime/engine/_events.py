@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._records import FailureInfo, TaskRunRecord
-from ._states import FlowRunState
+from headwater.wire import FailureInfo, FlowRunState
+
+from ._records import TaskRunRecord
 
 # ---------------------------------------------------------------- events (host -> engine)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from headwater.wire import Const, DictOf, FromTask, InputSpec, ListOf, Param, TaskRunState
+
 from ._nodes import Node
 from ._records import TaskRunRecord
-from ._spec import Const, DictOf, FromTask, InputSpec, ListOf, Param
-from ._states import TaskRunState
 from ._values import ValueOps
 
 

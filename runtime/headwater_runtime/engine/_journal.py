@@ -13,9 +13,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from headwater.wire import GraphSpec
+
 from ._events import Command, Event
 from ._machine import FlowRunEngine
-from ._spec import GraphSpec
 from ._values import PYTHON_VALUES, ValueOps
 
 START = "start"

@@ -21,6 +21,19 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from headwater.wire import (
+    TERMINAL_TASK_STATES,
+    FailureInfo,
+    FlowRunState,
+    FromTask,
+    GraphSpec,
+    InputSpec,
+    TaskRunState,
+    bind_params,
+    child_key,
+    iter_task_refs,
+)
+
 from ._events import (
     CacheChecked,
     CancelRequested,
@@ -39,21 +52,10 @@ from ._events import (
     WriteCache,
 )
 from ._inputs import attempt_inputs, resolve
-from ._nodes import Clock, FlowRunFailure, Node, bind_params, final_states, unmappable
+from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
 from ._policies import Verdict, evaluate_trigger, retry_delay
-from ._records import AttemptRecord, FailureInfo, StateEntry, TaskRunRecord
-from ._spec import (
-    FromTask,
-    GraphSpec,
-    InputSpec,
-    iter_task_refs,
-)
-from ._states import (
-    TRANSITIONS,
-    FlowRunState,
-    IllegalTransition,
-    TaskRunState,
-)
+from ._records import AttemptRecord, StateEntry, TaskRunRecord
+from ._states import TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, ValueOps
 
 S = TaskRunState
@@ -300,7 +302,7 @@ class FlowRunEngine:
         entry = StateEntry(state, self.clock.now(), run.attempt, message, failure)
         run.state = state
         run.history.append(entry)
-        if state in _TERMINAL:
+        if state in TERMINAL_TASK_STATES:
             self._unfinished -= 1
             if failure is not None:
                 run.failure = failure
@@ -579,7 +581,7 @@ class FlowRunEngine:
         node.shared_inputs = shared
         now = self.clock.now()
         children = [
-            TaskRunRecord(f"{spec.id}[{i}]", spec, node, i, run, now) for i in range(length)
+            TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now) for i in range(length)
         ]
         run.children = children
         node.unfinished_children = length
@@ -723,6 +725,3 @@ class FlowRunEngine:
 
     def _resolve(self, src: InputSpec) -> Any:
         return resolve(src, self._nodes, self.params, self.values)
-
-
-_TERMINAL = frozenset(s for s in TaskRunState if s.is_terminal)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._records import FailureInfo, TaskRunRecord
-from ._spec import GraphSpec, ParameterError, TaskSpec, iter_params, iter_task_refs
-from ._states import TaskRunState
+from headwater.wire import FailureInfo, TaskRunState, TaskSpec
+
+from ._records import TaskRunRecord
 
 
 class Clock(Protocol):
@@ -73,50 +72,3 @@ def final_states(node: Node, out: list[TaskRunState]) -> None:
         out.extend(c.state for c in run.children or ())
     else:
         out.append(run.state)
-
-
-def bind_params(graph: GraphSpec, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameter values with defaults filled in; TypeError for unknown or missing ones."""
-    known = {p.name: p for p in graph.params}
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ParameterError(
-            f"flow {graph.name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
-            f"it accepts: {', '.join(known) or 'none'}"
-        )
-    bound: dict[str, Any] = {}
-    for name, spec in known.items():
-        if name in given:
-            bound[name] = given[name]
-        elif spec.required:
-            raise ParameterError(f"flow {graph.name!r} is missing required parameter {name!r}")
-        else:
-            bound[name] = spec.default
-    return bound
-
-
-@dataclass(frozen=True, slots=True)
-class JsonConsumers:
-    """Where values must be json because a portable task reads them.
-
-    ``producers`` maps an upstream task id, and ``params`` a flow parameter, to the
-    first portable consumer that reads it, as ``(task name, argument)``.
-    """
-
-    producers: Mapping[str, tuple[str, str]]
-    params: Mapping[str, tuple[str, str]]
-
-
-def json_consumers(graph: GraphSpec) -> JsonConsumers:
-    """The task results and parameters that portable tasks read (so must be json)."""
-    producers: dict[str, tuple[str, str]] = {}
-    params: dict[str, tuple[str, str]] = {}
-    for task in graph.tasks:
-        if not task.portable:
-            continue
-        for arg, spec in task.inputs.items():
-            for ref in iter_task_refs(spec):
-                producers.setdefault(ref.task_id, (task.name, arg))
-            for name in iter_params(spec):
-                params.setdefault(name, (task.name, arg))
-    return JsonConsumers(producers, params)

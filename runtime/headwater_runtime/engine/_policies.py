@@ -6,8 +6,7 @@ import enum
 import zlib
 from collections.abc import Iterable
 
-from ._spec import RetrySpec, Trigger
-from ._states import FAILURE_STATES, TaskRunState
+from headwater.wire import FAILURE_STATES, RetrySpec, TaskRunState, Trigger
 
 
 class Verdict(enum.Enum):

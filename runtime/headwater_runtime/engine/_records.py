@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._states import TaskRunState
+from headwater.wire import FailureInfo, TaskRunState
 
 if TYPE_CHECKING:
-    from ._spec import TaskSpec
-
-
-@dataclass(frozen=True, slots=True)
-class FailureInfo:
-    """A structured error, in any language (mirrors the contract's Failure).
-
-    ``exception`` holds the live exception in embedded runs (never serialised).
-    """
-
-    type: str
-    message: str
-    traceback: str = ""
-    retryable: bool = True
-    cause: FailureInfo | None = None
-    language: str = "python"
-    timed_out: bool = False
-    exception: BaseException | None = field(default=None, compare=False, repr=False)
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}" if self.message else self.type
+    from headwater.wire import TaskSpec
 
 
 class StateEntry(NamedTuple):

@@ -1,23 +1,15 @@
-"""The control plane (issue 4, in progress).
+"""The control plane: ``headwater server``.
 
-Built so far: the run manager (durable engine host with journal, projections,
-commit-before-effects and crash recovery), server-side value handles, the journal
-codec, PayloadService and token auth. Not yet: the WorkerGateway and ControlPlane
-servicers, the dispatcher, and the ``headwater server`` command.
+The run manager hosts one engine per active flow run durably (journal, projections,
+commit before effects, crash recovery); the dispatcher matches ready attempts to
+connected workers; the servicers (ControlPlane, WorkerGateway, Payload, plus health
+and reflection) are thin adapters over them; the scheduler fires schedules. See
+docs/durability.md and docs/worker-protocol.md.
+
+Public names are listed in ``__init__.pyi`` and load lazily, so the CLI can offer
+``headwater server`` without importing the server's dependencies (``headwater[server]``).
 """
 
-from ._auth import TokenAuthInterceptor
-from ._payloads import MAX_CHUNK, PayloadServicer
-from ._runs import Dispatch, PendingAssignment, RunManager
-from ._values import SERVER_VALUES, ServerValues
+from headwater.wire.lazy import attach_stub
 
-__all__ = [
-    "MAX_CHUNK",
-    "SERVER_VALUES",
-    "Dispatch",
-    "PayloadServicer",
-    "PendingAssignment",
-    "RunManager",
-    "ServerValues",
-    "TokenAuthInterceptor",
-]
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import grpc
@@ -22,6 +23,7 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
+from headwater.wire import ENV_DB, ENV_TOKEN
 from headwater_runtime.store import SQLiteStore
 
 from ._auth import TokenAuthInterceptor
@@ -83,13 +85,16 @@ async def start_server(settings: ServerSettings) -> RunningServer:
     return RunningServer(server, core, store, port)
 
 
-def settings_from_env(**overrides: object) -> ServerSettings:
+def settings_from_env(
+    environ: Mapping[str, str] | None = None, **overrides: object
+) -> ServerSettings:
     """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
+    source = os.environ if environ is None else environ
     env: dict[str, object] = {}
-    if "HEADWATER_TOKEN" in os.environ:
-        env["token"] = os.environ["HEADWATER_TOKEN"]
-    if "HEADWATER_DB" in os.environ:
-        env["db"] = os.environ["HEADWATER_DB"]
+    if ENV_TOKEN in source:
+        env["token"] = source[ENV_TOKEN]
+    if ENV_DB in source:
+        env["db"] = source[ENV_DB]
     values = {**env, **{k: v for k, v in overrides.items() if v is not None}}
     return replace(ServerSettings(), **values)  # type: ignore[arg-type]
 

@@ -41,19 +41,26 @@ def run_server(args: argparse.Namespace) -> int:
         tracing_settings_from_env,
     )
 
-    from ._app import serve_forever, settings_from_env
+    try:
+        from ._app import serve_forever, settings_from_env
+    except ImportError as exc:  # grpcio-health-checking, grpcio-reflection, croniter
+        print(
+            f"headwater: error: the server needs the 'server' extra ({exc.name} is not "
+            "installed): pip install 'headwater[server]'",
+            file=sys.stderr,
+        )
+        return 2
 
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"headwater: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
     settings = settings_from_env(host=args.host, port=args.port, db=args.db, token=args.token)
     try:
-        tracing_settings = tracing_settings_from_env(service_name="headwater-server")
+        # Before the gRPC server exists: its instrumentation hooks server creation.
+        tracing = configure_tracing(tracing_settings_from_env(service_name="headwater-server"))
     except TracingConfigError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
-    # Before the gRPC server exists: its instrumentation hooks server creation.
-    tracing = configure_tracing(tracing_settings)
     try:
         asyncio.run(serve_forever(settings))
     except (OSError, RuntimeError) as exc:

@@ -1,4 +1,4 @@
-"""Serialising journal entries (engine inputs) for the store, and failures for the wire.
+"""Serialising journal entries (engine inputs) for the store.
 
 Journal bodies are JSON; value handles inside them are serialised InputValue trees
 (base64), so a replayed run gets back exactly the handles it had.
@@ -10,12 +10,15 @@ import base64
 import json
 from typing import Any
 
-from headwater.v1 import state_pb2, worker_pb2
+from headwater.v1 import worker_pb2
+from headwater.wire import failure_from_dict, failure_to_dict
 from headwater_runtime.engine import (
+    EVENT,
+    START,
+    TIMERS,
     CacheChecked,
     CacheEntry,
     CancelRequested,
-    FailureInfo,
     JournalEntry,
     TaskFailed,
     TaskLost,
@@ -23,7 +26,6 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.engine._journal import EVENT, START, TIMERS
 from headwater_runtime.store import RunEvent
 
 from ._values import from_input_value, to_input_value
@@ -35,60 +37,6 @@ def encode_handle(handle: Any) -> str:
 
 def decode_handle(text: str) -> Any:
     return from_input_value(worker_pb2.InputValue.FromString(base64.b64decode(text)))
-
-
-def failure_to_dict(f: FailureInfo) -> dict[str, Any]:
-    return {
-        "type": f.type,
-        "message": f.message,
-        "traceback": f.traceback,
-        "retryable": f.retryable,
-        "language": f.language,
-        "timed_out": f.timed_out,
-        "cause": None if f.cause is None else failure_to_dict(f.cause),
-    }
-
-
-def failure_from_dict(d: dict[str, Any]) -> FailureInfo:
-    return FailureInfo(
-        type=d["type"],
-        message=d["message"],
-        traceback=d["traceback"],
-        retryable=d["retryable"],
-        language=d["language"],
-        timed_out=d["timed_out"],
-        cause=None if d["cause"] is None else failure_from_dict(d["cause"]),
-    )
-
-
-def failure_to_proto(f: FailureInfo) -> state_pb2.Failure:
-    msg = state_pb2.Failure(
-        type=f.type,
-        message=f.message,
-        stack_trace=f.traceback,
-        retryable=f.retryable,
-        language=f.language,
-    )
-    if f.cause is not None:
-        msg.cause.CopyFrom(failure_to_proto(f.cause))
-    return msg
-
-
-def failure_from_proto(
-    msg: state_pb2.Failure, timed_out: bool = False, depth: int = 0
-) -> FailureInfo:
-    cause = None
-    if msg.HasField("cause") and depth < 20:
-        cause = failure_from_proto(msg.cause, depth=depth + 1)
-    return FailureInfo(
-        type=msg.type or "headwater.UnknownError",
-        message=msg.message,
-        traceback=msg.stack_trace,
-        retryable=msg.retryable,
-        cause=cause,
-        language=msg.language or "unknown",
-        timed_out=timed_out,
-    )
 
 
 def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry) -> RunEvent:

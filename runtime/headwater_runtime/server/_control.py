@@ -14,15 +14,25 @@ from headwater.v1 import (
     payload_pb2,
     run_pb2,
 )
-from headwater_runtime.engine import FlowRunState, GraphError, ParameterError
+from headwater.wire import (
+    ENCODING_KEY,
+    PROTOCOL_VERSION,
+    TERMINAL_FLOW_STATES,
+    GraphError,
+    ParameterError,
+    feature_names,
+    split_task_run_id,
+    task_run_id,
+    timestamp,
+)
 from headwater_runtime.store import Conflict, NotFound
 
 from ._convert import flow_run_message, task_run_from_row
-from ._core import FEATURES, PROTOCOL_VERSION, SERVER_VERSION, ServerCore
+from ._core import SERVER_VERSION, ServerCore
 from ._runs import NoResult
 from ._schedule_times import ScheduleError
 
-_TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
+_TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
 
 
 async def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -35,7 +45,7 @@ def _check_value(name: str, value: payload_pb2.Value) -> str | None:
     if kind is None:
         return f"parameter {name!r} has no value"
     metadata = value.inline.metadata if kind == "inline" else value.ref.metadata
-    if "encoding" not in metadata:
+    if ENCODING_KEY not in metadata:
         return f"parameter {name!r} has no 'encoding' metadata"
     return None
 
@@ -177,17 +187,22 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
 
     async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
         await self._flow_run(request.flow_run_id, context)
-        key = request.task_run_id.partition("/")[2] if request.task_run_id else ""
+        key = ""
+        if request.task_run_id:
+            try:
+                key = split_task_run_id(request.task_run_id)[1]
+            except ValueError as exc:
+                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         entries = []
         for log in self.store.logs(request.flow_run_id, key):
             entry = run_pb2.LogEntry(
-                task_run_id=f"{log.flow_run_id}/{log.key}",
+                task_run_id=task_run_id(log.flow_run_id, log.key),
                 attempt=log.attempt,
                 level=log.level,
                 logger=log.logger,
                 message=log.message,
             )
-            entry.timestamp.FromNanoseconds(round(log.at * 1e9))
+            entry.timestamp.CopyFrom(timestamp(log.at))
             entries.append(entry)
         return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
@@ -237,5 +252,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
 
     async def GetServerInfo(self, request: Any, context: Any) -> Any:
         return control_plane_pb2.GetServerInfoResponse(
-            server_version=SERVER_VERSION, protocol_version=PROTOCOL_VERSION, features=FEATURES
+            server_version=SERVER_VERSION,
+            protocol_version=PROTOCOL_VERSION,
+            features=feature_names(),
         )

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
-from headwater.v1 import payload_pb2, run_pb2
+from headwater.v1 import payload_pb2, run_pb2, worker_pb2
+from headwater.wire import failure_to_proto, task_run_id, timestamp
 from headwater_runtime.engine import TaskRunRecord
 from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
 
-from ._codec import failure_to_proto
 from ._values import from_input_value, to_result_value
 
 
-def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
-    return ts
-
-
 def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
+    """A stored flow run as the contract's FlowRun."""
     msg = run_pb2.FlowRun(
         id=row.id,
         flow_name=row.flow_name,
@@ -38,9 +29,8 @@ def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
         ("started_at", row.started_at),
         ("ended_at", row.ended_at),
     ):
-        ts = timestamp(value)
-        if ts is not None:
-            getattr(msg, field).CopyFrom(ts)
+        if value is not None:
+            getattr(msg, field).CopyFrom(timestamp(value))
     if row.result:
         msg.result.CopyFrom(payload_pb2.Value.FromString(row.result))
     if row.message:
@@ -49,10 +39,9 @@ def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
 
 
 def task_run_from_row(row: TaskRunRow, history: list[StateRow]) -> run_pb2.TaskRun:
-    from headwater.v1 import worker_pb2
-
+    """A stored task run (and its state history) as the contract's TaskRun."""
     msg = run_pb2.TaskRun(
-        id=f"{row.flow_run_id}/{row.key}",
+        id=task_run_id(row.flow_run_id, row.key),
         flow_run_id=row.flow_run_id,
         task_id=row.task_id,
         name=row.key,
@@ -63,12 +52,10 @@ def task_run_from_row(row: TaskRunRow, history: list[StateRow]) -> run_pb2.TaskR
         cache_key=row.cache_key,
     )
     if row.map_index >= 0:
-        msg.parent_task_run_id = f"{row.flow_run_id}/{row.task_id}"
+        msg.parent_task_run_id = task_run_id(row.flow_run_id, row.task_id)
     for entry in history:
         h = msg.history.add(state=entry.state, attempt=entry.attempt, message=entry.message)
-        ts = timestamp(entry.at)
-        assert ts is not None
-        h.timestamp.CopyFrom(ts)
+        h.timestamp.CopyFrom(timestamp(entry.at))
     if row.result and msg.history:
         handle = from_input_value(worker_pb2.InputValue.FromString(row.result))
         msg.history[-1].result.CopyFrom(to_result_value(handle))
@@ -76,8 +63,9 @@ def task_run_from_row(row: TaskRunRow, history: list[StateRow]) -> run_pb2.TaskR
 
 
 def task_run_from_record(flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRun:
+    """An engine task run record (its latest state) as the contract's TaskRun."""
     msg = run_pb2.TaskRun(
-        id=f"{flow_run_id}/{run.key}",
+        id=task_run_id(flow_run_id, run.key),
         flow_run_id=flow_run_id,
         task_id=run.spec.id,
         name=run.name,
@@ -87,9 +75,7 @@ def task_run_from_record(flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRu
     )
     entry = run.history[-1]
     h = msg.history.add(state=entry.state.value, attempt=entry.attempt, message=entry.message)
-    ts = timestamp(entry.timestamp)
-    assert ts is not None
-    h.timestamp.CopyFrom(ts)
+    h.timestamp.CopyFrom(timestamp(entry.timestamp))
     if entry.failure is not None:
         h.failure.CopyFrom(failure_to_proto(entry.failure))
     return msg

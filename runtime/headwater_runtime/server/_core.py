@@ -15,12 +15,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from headwater._batching import BATCH_FEATURE
 from headwater.v1 import run_pb2, worker_pb2
+from headwater.wire import (
+    INLINE_PAYLOAD_LIMIT,
+    PROTOCOL_VERSION,
+    FailureInfo,
+    duration,
+    failure_from_proto,
+    feature_names,
+    seconds,
+    split_task_run_id,
+)
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
     EventIgnored,
-    FailureInfo,
     TaskFailed,
     TaskLost,
     TaskRunRecord,
@@ -30,27 +38,17 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.store import LogRow, Store
 
-from ._codec import failure_from_proto
 from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
-from ._runs import PendingAssignment, RunManager, split_task_run_id
+from ._runs import PendingAssignment, RunManager
 from ._schedules import Scheduler
 
 log = logging.getLogger("headwater.server")
 
-PROTOCOL_VERSION = 1
 #: When busy, how long reports gather before one commit covers them all (seconds).
 BATCH_WINDOW = 0.002
 SERVER_VERSION = "0.1.0"
-FEATURES = (
-    "payload-refs",
-    "split-results",
-    "fencing",
-    "heartbeat-cancel",
-    BATCH_FEATURE,
-    "schedules",
-)
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class ServerSettings:
     token: str | None = None
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
-    inline_payload_limit: int = 1 << 20
+    inline_payload_limit: int = INLINE_PAYLOAD_LIMIT
 
 
 class ServerCore:
@@ -206,12 +204,12 @@ class ServerCore:
             session_id=session.session_id,
             server_version=SERVER_VERSION,
             protocol_version=PROTOCOL_VERSION,
-            features=list(FEATURES),
+            features=feature_names(),
             inline_payload_limit=self.settings.inline_payload_limit,
             keep_running=[worker_pb2.FencingToken(task_run_id=t, attempt=a) for t, a in adopted],
         )
-        welcome.heartbeat_interval.FromNanoseconds(round(self.settings.heartbeat_interval * 1e9))
-        welcome.heartbeat_timeout.FromNanoseconds(round(self.settings.heartbeat_timeout * 1e9))
+        welcome.heartbeat_interval.CopyFrom(duration(self.settings.heartbeat_interval))
+        welcome.heartbeat_timeout.CopyFrom(duration(self.settings.heartbeat_timeout))
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
@@ -247,7 +245,7 @@ class ServerCore:
             key: Token = (token.task_run_id, token.attempt)
             try:
                 flow_run_id, run_key = split_task_run_id(token.task_run_id)
-            except KeyError as exc:
+            except ValueError as exc:
                 self._ack(session, token, [EventIgnored(None, str(exc))])  # type: ignore[arg-type]
                 return
             if kind == "cancelled":
@@ -282,7 +280,7 @@ class ServerCore:
         token = report.token
         try:
             flow_run_id, run_key = split_task_run_id(token.task_run_id)
-        except KeyError:
+        except ValueError:
             flow_run_id = run_key = ""
         hit = bool(run_key) and self.runs.cache_lookup(
             flow_run_id, run_key, token.attempt, report.cache_key
@@ -309,9 +307,9 @@ class ServerCore:
     def _log(self, log: worker_pb2.TaskLog) -> None:
         try:
             flow_run_id, key = split_task_run_id(log.token.task_run_id)
-        except KeyError:
+        except ValueError:
             return
-        at = log.timestamp.ToNanoseconds() / 1e9 if log.HasField("timestamp") else self.clock.now()
+        at = seconds(log.timestamp) if log.HasField("timestamp") else self.clock.now()
         self.runs.add_log(
             LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
         )

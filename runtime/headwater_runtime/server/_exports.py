@@ -21,18 +21,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater_runtime.engine import FailureInfo
+from headwater.wire import DASK_LOCATION, FailureInfo
 
 from ._dispatch import WorkerSession
 from ._runs import PendingAssignment
 
-DASK = "dask"
 #: Longest a client's request waits for a bridge to export a result (seconds).
 READ_TIMEOUT = 60.0
 
 
 def _refs_in_value(value: payload_pb2.Value) -> Iterator[payload_pb2.PayloadRef]:
-    if value.WhichOneof("kind") == "ref" and value.ref.location == DASK:
+    if value.WhichOneof("kind") == "ref" and value.ref.location == DASK_LOCATION:
         yield value.ref
     for item in value.items:
         yield from _refs_in_value(item)
@@ -144,7 +143,7 @@ class DaskExports:
         self, session: WorkerSession, value: payload_pb2.Value, waiting: set[str]
     ) -> None:
         """Replace exported refs in ``value`` (in place); note the ones still missing."""
-        if value.WhichOneof("kind") == "ref" and value.ref.location == DASK:
+        if value.WhichOneof("kind") == "ref" and value.ref.location == DASK_LOCATION:
             payload_id = value.ref.payload_id
             if self._owner(payload_id) is session:
                 pass  # the owner gets its own ref: it hands the future to Dask

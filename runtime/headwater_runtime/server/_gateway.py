@@ -9,10 +9,10 @@ from typing import Any
 
 import grpc
 
-from headwater._batching import BATCH_FEATURE, NOT_READY, gather
 from headwater.v1 import worker_pb2, worker_pb2_grpc
+from headwater.wire import BATCH, NOT_READY, PROTOCOL_VERSION, gather
 
-from ._core import PROTOCOL_VERSION, ServerCore
+from ._core import ServerCore
 
 _NOT_IN_BATCH = ("hello", "batch", None)
 
@@ -64,7 +64,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
             finally:
                 outbox.put_nowait(None)
 
-        batching = BATCH_FEATURE in hello.features
+        batching = BATCH in hello.features
 
         def ready() -> Any:  # a ConnectResponse, None (the end) or NOT_READY
             return outbox.get_nowait() if not outbox.empty() else NOT_READY

@@ -7,18 +7,17 @@ from collections.abc import AsyncIterator
 import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
+from headwater.wire import CHUNK_SIZE, MAX_PAYLOAD_BYTES
 from headwater_runtime.store import NotFound, PayloadUpload, Store
 
-#: Largest chunk accepted in one upload message (gRPC's default message limit is 4 MiB).
-MAX_CHUNK = 1 << 20
-#: Default largest payload accepted (a 300 MB array must pass; bound the disk anyway).
-DEFAULT_MAX_PAYLOAD = 4 << 30
+#: Largest chunk accepted in one upload message (the wire's chunk size).
+MAX_CHUNK = CHUNK_SIZE
 
 
 class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     """Stores uploads in the store's payload tables; streams downloads back."""
 
-    def __init__(self, store: Store, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD) -> None:
+    def __init__(self, store: Store, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
 

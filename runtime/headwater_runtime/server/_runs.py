@@ -18,11 +18,26 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from headwater._payloads import EncodedValue
-from headwater._proto_graph import duration, graph_from_proto, path_to_proto
 from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
+from headwater.wire import (
+    STRUCTURAL,
+    EncodedValue,
+    FlowRunState,
+    GraphSpec,
+    JsonConsumers,
+    ParameterError,
+    TaskRunState,
+    bind_params,
+    duration,
+    failure_to_dict,
+    graph_from_proto,
+    json_consumers,
+    path_to_proto,
+    split_task_run_id,
+    task_run_id,
+)
 from headwater_runtime.engine import (
     CacheChecked,
     CacheEntry,
@@ -35,22 +50,13 @@ from headwater_runtime.engine import (
     EventIgnored,
     FlowFinished,
     FlowRunEngine,
-    FlowRunState,
-    FromTask,
-    GraphError,
-    GraphSpec,
     JournaledEngine,
     JournalEntry,
-    JsonConsumers,
-    ParameterError,
     RunTask,
     StateEntry,
     TaskRunRecord,
-    TaskRunState,
     TaskSucceeded,
     WriteCache,
-    bind_params,
-    json_consumers,
     replay,
 )
 from headwater_runtime.store import (
@@ -64,9 +70,12 @@ from headwater_runtime.store import (
     TaskRunRow,
     WriteBatch,
 )
-from headwater_runtime.tracing import RunTracer, active_tracer, extract, inject
+from headwater_runtime.tracing import active_tracer, extract, inject
 
-from ._codec import decode_entry, encode_entry, failure_to_dict
+if TYPE_CHECKING:
+    from headwater_runtime.tracing import RunTracer
+
+from ._codec import decode_entry, encode_entry
 from ._spill import spill_inputs
 from ._values import (
     SERVER_VALUES,
@@ -130,18 +139,6 @@ def _stored_handle(data: bytes) -> Any:
     return from_input_value(worker_pb2.InputValue.FromString(data)) if data else None
 
 
-def task_run_id(flow_run_id: str, key: str) -> str:
-    """Globally unique task run id: the flow run id and the run's key."""
-    return f"{flow_run_id}/{key}"
-
-
-def split_task_run_id(value: str) -> tuple[str, str]:
-    run_id, sep, key = value.partition("/")
-    if not sep or not key:
-        raise KeyError(f"malformed task run id {value!r}")
-    return run_id, key
-
-
 @dataclass
 class ActiveRun:
     """A flow run whose engine is in memory."""
@@ -180,7 +177,6 @@ class RunManager:
     def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
         """Validate and store a flow graph; GraphError names what is wrong."""
         graph = graph_from_proto(msg)
-        _split_nodes(graph)  # refuses what a server cannot split
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
         version, created = self.store.put_flow(
@@ -268,7 +264,7 @@ class RunManager:
             graph=graph,
             engine=engine,
             journal=JournaledEngine(engine, lambda e: self._record(active, e)),
-            split_nodes=_split_nodes(graph),
+            split_nodes=graph.split_nodes(),
             consumers=json_consumers(graph),
             seq=len(journal or ()),
         )
@@ -361,6 +357,8 @@ class RunManager:
             journal = [decode_entry(e) for e in self.store.events(row.id)]
             active = self._activate(row, graph, params, journal)
             if self.tracer is not None:
+                from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
+
                 # A child of the flow span of the process that started the run.
                 parent = extract(row.trace_context)
                 active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=True)
@@ -431,6 +429,8 @@ class RunManager:
         caller's, passed on to workers unchanged."""
         if self.tracer is None:
             return None, dict(caller)
+        from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
+
         trace = RunTracer(self.tracer, flow_name, run_id, extract(caller))
         return trace, inject(trace.flow_span)
 
@@ -489,7 +489,7 @@ class RunManager:
         spec, cache = run.spec, run.spec.cache
         if cache is None or not cache.by_function:
             return ""
-        return f"{spec.task_type}|v={spec.version}|c={cache.version}|key={reported}"
+        return f"{spec.cache_key_prefix}key={reported}"
 
     def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
         """A worker derived a cache key with the task's key function (CacheKeyReport).
@@ -521,7 +521,7 @@ class RunManager:
                     deterministic=True
                 )
             )
-        key = f"{spec.task_type}|v={spec.version}|c={cache.version}|{digest.hexdigest()}"
+        key = spec.cache_key_prefix + digest.hexdigest()
         row = self.store.get_cache(key)
         if row is None:
             return CacheChecked(command.run.key, key, None)
@@ -601,7 +601,7 @@ def _encoding(value: Any) -> str:
     kind = value.WhichOneof("kind")
     meta = value.ref.metadata if kind == "ref" else value.inline.metadata
     encoding = meta.get("encoding", "")
-    if encoding in ("headwater.list", "headwater.tuple", "headwater.dict", "headwater.select"):
+    if encoding in STRUCTURAL:
         return next((e for e in map(_encoding, value.items) if e), "")
     return "" if encoding == "json" else encoding or "(none)"
 
@@ -620,31 +620,3 @@ def _check_json_params(graph: GraphSpec, params: Mapping[str, Any]) -> None:
 
 #: Shared with the scheduler, which checks a schedule's parameters when it is created.
 check_json_params = _check_json_params
-
-
-def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
-    """Tasks whose result (or a part of it, ``b.map(a["rows"])``) a mapped task maps
-    over: their workers must also send each element separately, so the control plane
-    can hand element i to child i without decoding anything. Maps the task id to the
-    path of the part; one path per task (GraphError otherwise)."""
-    nodes: dict[str, tuple[str | int, ...]] = {}
-    mapped = {t.id for t in graph.tasks if t.mapped is not None}
-    for t in graph.tasks:
-        for arg in t.mapped or ():
-            src = t.inputs[arg]
-            if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
-                continue
-            # A mapped producer's own path selects among its children, not inside one.
-            path = () if src.task_id in mapped else src.path
-            known = nodes.setdefault(src.task_id, path)
-            if known != path:
-                raise GraphError(
-                    f"task {t.name!r} maps over {_describe(src.task_id, path)} but another "
-                    f"task maps over {_describe(src.task_id, known)}: a server can split "
-                    "only one part of a result; return the parts from separate tasks"
-                )
-    return nodes
-
-
-def _describe(task_id: str, path: tuple[str | int, ...]) -> str:
-    return task_id + "".join(f"[{p!r}]" for p in path)

@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Mapping
 
 from headwater.v1 import payload_pb2, run_pb2
-from headwater_runtime.engine import Clock, ParameterError, bind_params
+from headwater.wire import ParameterError, bind_params, seconds, timestamp
+from headwater_runtime.engine import Clock
 from headwater_runtime.store import NotFound, ScheduleRow, Store
 
 from ._runs import RunManager, check_json_params
@@ -40,12 +41,12 @@ def timing_of(msg: run_pb2.Schedule) -> Timing:
     spec = msg.WhichOneof("spec")
     every: float | None = None
     if spec == "interval":
-        every = msg.interval.ToNanoseconds() / 1e9
+        every = seconds(msg.interval)
     return make_timing(every, msg.cron if spec == "cron" else "", msg.timezone, msg.catchup)
 
 
 def _set_time(msg: run_pb2.Schedule, field: str, at: float) -> None:
-    getattr(msg, field).FromNanoseconds(round(at * 1e9))
+    getattr(msg, field).CopyFrom(timestamp(at))
 
 
 class Scheduler:
@@ -183,7 +184,7 @@ class Scheduler:
 
 
 def _next_at(msg: run_pb2.Schedule) -> float:
-    return msg.next_run_at.ToNanoseconds() / 1e9
+    return seconds(msg.next_run_at)
 
 
 def _params(parameters: Mapping[str, payload_pb2.Value]) -> dict[str, payload_pb2.Value]:

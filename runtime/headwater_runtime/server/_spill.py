@@ -10,16 +10,16 @@ references instead. It stores the bytes as they are: nothing is decoded.
 from __future__ import annotations
 
 from headwater.v1 import payload_pb2, worker_pb2
+from headwater.wire import ENCODING_KEY, MESSAGE_BUDGET, STRUCTURAL, chunks
 from headwater_runtime.store import Store
 
 #: Largest assignment sent as it is; above it, inline values move to the store.
-ASSIGNMENT_BUDGET = 3 << 20
-_CHUNK = 1 << 20
+ASSIGNMENT_BUDGET = MESSAGE_BUDGET
 
 
 def _inline_values(value: payload_pb2.Value, out: list[payload_pb2.Value]) -> None:
     kind = value.WhichOneof("kind")
-    if kind == "inline" and not value.inline.metadata.get("encoding", "").startswith("headwater."):
+    if kind == "inline" and value.inline.metadata.get(ENCODING_KEY, "") not in STRUCTURAL:
         out.append(value)
     for item in value.items:  # elements of structural encodings
         _inline_values(item, out)
@@ -54,9 +54,7 @@ def spill_inputs(
         if size <= budget:
             break
         data = bytes(value.inline.data)
-        view = memoryview(data)
-        chunks = (bytes(view[i : i + _CHUNK]) for i in range(0, len(data), _CHUNK))
-        meta = store.put_payload(chunks, dict(value.inline.metadata), len(data))
+        meta = store.put_payload(chunks(data), dict(value.inline.metadata), len(data))
         before = value.ByteSize()
         value.ref.CopyFrom(  # replaces the inline payload (one of the two)
             payload_pb2.PayloadRef(

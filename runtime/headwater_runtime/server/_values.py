@@ -13,16 +13,22 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from headwater._payloads import EncodedValue
-from headwater._proto_graph import path_to_proto
 from headwater.v1 import payload_pb2, worker_pb2
+from headwater.wire import (
+    DICT,
+    ENCODING_KEY,
+    JSON,
+    LENGTH_KEY,
+    LIST,
+    SELECT,
+    SPLIT_PATH_KEY,
+    STRUCTURAL,
+    TUPLE,
+    EncodedValue,
+    path_to_proto,
+)
 
-#: Metadata key a worker sets on a split sequence result: its number of elements.
-LENGTH_KEY = "headwater.length"
-#: Metadata key on a result whose part at a path was split: the path as JSON.
-SPLIT_PATH_KEY = "headwater.split_path"
-
-NULL = payload_pb2.Value(inline=payload_pb2.Payload(data=b"null", metadata={"encoding": "json"}))
+NULL = payload_pb2.Value(inline=payload_pb2.Payload(data=b"null", metadata={ENCODING_KEY: JSON}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,7 @@ def _without_elements(value: payload_pb2.Value) -> payload_pb2.Value:
     kind = value.WhichOneof("kind")
     if kind == "ref":
         return payload_pb2.Value(ref=value.ref)
-    if kind == "inline" and not value.inline.metadata.get("encoding", "").startswith("headwater."):
+    if kind == "inline" and value.inline.metadata.get(ENCODING_KEY, "") not in STRUCTURAL:
         return payload_pb2.Value(inline=value.inline)
     return value
 
@@ -179,12 +185,13 @@ def to_result_value(handle: Any) -> payload_pb2.Value:
         return _encoded(handle)
     if isinstance(handle, Selected):
         payload = payload_pb2.Payload(
-            data=json.dumps(list(handle.path)).encode(), metadata={"encoding": "headwater.select"}
+            data=json.dumps(list(handle.path)).encode(), metadata={ENCODING_KEY: SELECT}
         )
         return payload_pb2.Value(inline=payload, items=[to_result_value(handle.base)])
     if isinstance(handle, Composite):
         data = json.dumps(list(handle.keys)).encode() if handle.kind == "dict" else b""
-        payload = payload_pb2.Payload(data=data, metadata={"encoding": f"headwater.{handle.kind}"})
+        encoding = {"list": LIST, "tuple": TUPLE, "dict": DICT}[handle.kind]
+        payload = payload_pb2.Payload(data=data, metadata={ENCODING_KEY: encoding})
         return payload_pb2.Value(inline=payload, items=[to_result_value(i) for i in handle.items])
     raise TypeError(f"not a value handle: {type(handle).__name__}")
 

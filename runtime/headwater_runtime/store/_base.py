@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from headwater.wire import CHUNK_SIZE
+
 
 class NotFound(LookupError):
     """The named flow, run, payload or schedule does not exist."""
@@ -205,7 +207,7 @@ class Store(Protocol):
     ) -> PayloadUpload: ...
     def payload_meta(self, payload_id: str) -> PayloadMeta: ...
     def read_payload(
-        self, payload_id: str, offset: int = 0, chunk_size: int = 1 << 20
+        self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[bytes]: ...
 
     # cache

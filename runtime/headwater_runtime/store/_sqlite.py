@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from headwater.wire import CHUNK_SIZE, TERMINAL_FLOW_STATES
+
 from ._base import (
     CacheRow,
     Conflict,
@@ -32,7 +34,6 @@ from ._base import (
 )
 
 SCHEMA_VERSION = 1
-CHUNK = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     enabled INTEGER NOT NULL);
 """
 
-_TERMINAL_FLOW_STATES = (4, 5, 6)  # FlowRunState SUCCESS, FAILED, CANCELLED
+_TERMINAL_FLOW_STATES = tuple(s.value for s in TERMINAL_FLOW_STATES)
 
 
 class PayloadWriter:
@@ -105,9 +106,9 @@ class PayloadWriter:
             raise ValueError(f"payload is larger than its declared size of {self.size} bytes")
         self._digest.update(chunk)
         self._buffer += chunk
-        while len(self._buffer) >= CHUNK:
-            self._store(bytes(self._buffer[:CHUNK]))
-            del self._buffer[:CHUNK]
+        while len(self._buffer) >= CHUNK_SIZE:
+            self._store(bytes(self._buffer[:CHUNK_SIZE]))
+            del self._buffer[:CHUNK_SIZE]
 
     def _store(self, data: bytes) -> None:
         self._db.execute(
@@ -306,7 +307,8 @@ class SQLiteStore:
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         rows = self._db.execute(
-            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE state NOT IN (?, ?, ?) ORDER BY seq",
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs "
+            f"WHERE state NOT IN ({', '.join('?' * len(_TERMINAL_FLOW_STATES))}) ORDER BY seq",
             _TERMINAL_FLOW_STATES,
         )
         return [_flow_run_row(r) for r in rows]
@@ -444,14 +446,14 @@ class SQLiteStore:
         return PayloadMeta(payload_id, row[0], json.loads(row[1]), row[2])
 
     def read_payload(
-        self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK
+        self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[bytes]:
         """The payload's bytes from ``offset``, in chunks of at most ``chunk_size``."""
         meta = self.payload_meta(payload_id)
         if offset < 0 or offset > meta.size:
             raise ValueError(f"offset {offset} is outside payload of {meta.size} bytes")
-        first = offset // CHUNK
-        skip = offset - first * CHUNK
+        first = offset // CHUNK_SIZE
+        skip = offset - first * CHUNK_SIZE
         rows = self._db.execute(
             "SELECT data FROM payload_chunks WHERE id=? AND idx>=? ORDER BY idx",
             (payload_id, first),

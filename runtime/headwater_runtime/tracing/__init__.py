@@ -3,36 +3,11 @@
 Hosts observe the pure engine (``RunTracer``); workers open an ``execute`` span under
 the attempt span named by ``Assignment.trace_context``; CLI entry points install the
 exporters from the standard OTEL_* variables (``configure_tracing``).
+
+OpenTelemetry is optional (``headwater[otel]``): public names, listed in
+``__init__.pyi``, load lazily, and nothing imports OpenTelemetry unless tracing is on.
 """
 
-from . import _names as names
-from ._config import (
-    EXPORTERS,
-    PROTOCOLS,
-    Tracing,
-    TracingConfigError,
-    TracingSettings,
-    configure_tracing,
-    tracing_settings_from_env,
-)
-from ._names import TRACER_NAME
-from ._runs import RunTracer, in_span
-from ._spans import active_tracer, extract, inject, record_failure
+from headwater.wire.lazy import attach_stub
 
-__all__ = [
-    "EXPORTERS",
-    "PROTOCOLS",
-    "TRACER_NAME",
-    "RunTracer",
-    "Tracing",
-    "TracingConfigError",
-    "TracingSettings",
-    "active_tracer",
-    "configure_tracing",
-    "extract",
-    "in_span",
-    "inject",
-    "names",
-    "record_failure",
-    "tracing_settings_from_env",
-]
+__getattr__, __dir__, __all__ = attach_stub(__name__, __file__)

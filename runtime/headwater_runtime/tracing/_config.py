@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import trace
-
 #: Values of OTEL_TRACES_EXPORTER Headwater understands.
 EXPORTERS = ("otlp", "console")
 #: Values of OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL Headwater understands.
@@ -102,13 +100,20 @@ def configure_tracing(settings: TracingSettings) -> Tracing:
     gRPC; a no-op when tracing is off or the process already has a provider."""
     if not settings.active:
         return Tracing()
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER={','.join(settings.exporters)} needs the OpenTelemetry "
+            "SDK, which is not installed: pip install 'headwater[otel]' (or unset "
+            "OTEL_TRACES_EXPORTER)"
+        ) from None
     if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         # Someone (opentelemetry-instrument, the application) installed one already.
         return Tracing(instrumentors=_instrument_grpc())
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: settings.service_name}))

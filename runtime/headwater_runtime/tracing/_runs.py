@@ -20,19 +20,14 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
-from headwater_runtime.engine import (
-    FailureInfo,
-    FlowRunState,
-    StateEntry,
-    TaskRunRecord,
-    TaskRunState,
-    retry_delay,
-)
+from headwater.wire import FailureInfo, FlowRunState, TaskRunState, task_run_id
+from headwater_runtime.engine import StateEntry, TaskRunRecord, retry_delay
 
-from . import _names as n
-from ._spans import record_failure
+from . import names as n
+from ._spans import record_failure, w3c
 
 S = TaskRunState
+Caller = Callable[[dict[str, Any]], Any]
 #: Attempt outcomes (and run states) that mark the span as an error. CANCELLED is not
 #: an error of the task: someone asked for it.
 _ERROR_STATES = frozenset({S.FAILED, S.TIMED_OUT, S.TRIGGER_FAILED})
@@ -75,6 +70,13 @@ class RunTracer:
         self._attempts: dict[tuple[str, int], Span] = {}
 
     # ------------------------------------------------------------------ attempts
+
+    @staticmethod
+    def in_span(
+        caller: Callable[[dict[str, Any]], Any], span: Span
+    ) -> Callable[[dict[str, Any]], Any]:
+        """``caller`` run with ``span`` current (see ``in_span``)."""
+        return in_span(caller, span)
 
     def dispatched(self, run: TaskRunRecord, attempt: int, *, resumed: bool = False) -> Span:
         """Open the span of attempt ``attempt`` of ``run`` (a RunTask command)."""
@@ -152,7 +154,7 @@ class RunTracer:
             n.FLOW_NAME: self.flow_name,
             n.FLOW_RUN_ID: self.flow_run_id,
             n.TASK_NAME: run.spec.name,
-            n.TASK_RUN_ID: f"{self.flow_run_id}/{run.key}",
+            n.TASK_RUN_ID: task_run_id(self.flow_run_id, run.key),
             n.ATTEMPT: attempt,
         }
         if run.map_index >= 0:
@@ -203,9 +205,9 @@ class _InSpan:
 
     def __reduce__(self) -> tuple[Any, ...]:
         carrier: dict[str, str] = {}
-        n.W3C.inject(carrier, context=self.context)
+        w3c().inject(carrier, context=self.context)
         return (_from_carrier, (self.caller, carrier))
 
 
 def _from_carrier(caller: Callable[[dict[str, Any]], Any], carrier: dict[str, str]) -> _InSpan:
-    return _InSpan(caller, n.W3C.extract(carrier))
+    return _InSpan(caller, w3c().extract(carrier))

@@ -1,16 +1,26 @@
-"""Small helpers over the OpenTelemetry API used by every Headwater span source."""
+"""Small helpers over the OpenTelemetry API used by every Headwater span source.
+
+OpenTelemetry is optional (``headwater[otel]``). Nothing here imports it until a
+process has imported it itself: an application that never did cannot have installed
+a TracerProvider, so tracing is off and costs one dictionary lookup per run.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import NoOpTracer, Span, Status, StatusCode, Tracer
+from .names import TRACER_NAME
 
-from ._names import TRACER_NAME, W3C
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
+
+_API = "opentelemetry.trace"
 
 
 def active_tracer() -> Tracer | None:
@@ -19,6 +29,11 @@ def active_tracer() -> Tracer | None:
     Hosts call this once per flow run (or once per worker): when it returns None they
     skip every tracing call, so tracing off costs one ``is None`` test per task run.
     """
+    if _API not in sys.modules:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.trace import NoOpTracer
+
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
@@ -35,17 +50,31 @@ def _version() -> str:
         return ""
 
 
+@functools.cache
+def w3c() -> Any:
+    """The W3C trace-context propagator (the wire format, whatever OTEL_PROPAGATORS
+    says: workers in any language read exactly ``traceparent`` and ``tracestate``)."""
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
+
+
 def inject(span: Span | None = None) -> dict[str, str]:
     """W3C trace context of ``span`` (default: the current span); empty without one."""
+    if span is None and _API not in sys.modules:
+        return {}  # OpenTelemetry was never imported: there is no current span
+    from opentelemetry import trace
+
     carrier: dict[str, str] = {}
     context = trace.set_span_in_context(span) if span is not None else None
-    W3C.inject(carrier, context=context)
+    w3c().inject(carrier, context=context)
     return carrier
 
 
 def extract(carrier: Mapping[str, str]) -> Context:
     """A context whose parent is the span named by a W3C carrier (empty: no parent)."""
-    return W3C.extract(dict(carrier))
+    context: Context = w3c().extract(dict(carrier))
+    return context
 
 
 def record_failure(span: Span, type_: str, message: str, stacktrace: str, *, error: bool) -> None:
@@ -54,6 +83,8 @@ def record_failure(span: Span, type_: str, message: str, stacktrace: str, *, err
     Failures often come from another process or language, so the event is built from
     the reported type/message/stack trace rather than from a live exception.
     """
+    from opentelemetry.trace import Status, StatusCode
+
     span.add_event(
         "exception",
         {
@@ -64,3 +95,15 @@ def record_failure(span: Span, type_: str, message: str, stacktrace: str, *, err
     )
     if error:
         span.set_status(Status(StatusCode.ERROR, f"{type_}: {message}" if message else type_))
+
+
+@contextlib.contextmanager
+def cli_span(name: str) -> Iterator[None]:
+    """A span around a CLI command when tracing is on (nothing otherwise), so the flow
+    span a server opens for the command's run becomes its child."""
+    tracer = active_tracer()
+    if tracer is None:
+        yield
+        return
+    with tracer.start_as_current_span(name):
+        yield

@@ -1,6 +1,8 @@
-"""The worker stream's "batch" feature, for both ends: merge the messages already
-queued behind one into a single stream message, never waiting for more (so batching
-adds no latency; it only spares the per-message cost when several are ready)."""
+"""The worker stream's "batch" feature (``_protocol.BATCH``), for both ends.
+
+Merge the messages already queued behind one into a single stream message, never
+waiting for more (so batching adds no latency; it only spares the per-message cost
+when several are ready)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-#: Listed in Hello.features / Welcome.features by ends that read batches.
-BATCH_FEATURE = "batch"
-#: Most bytes gathered into one batch (far below gRPC's 4 MiB limit).
-BATCH_BYTES = 1 << 20
+from ._limits import BATCH_BYTES
+
 #: What ``next_ready`` returns when nothing more is queued.
 NOT_READY: Any = object()
 

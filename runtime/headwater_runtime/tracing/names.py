@@ -6,8 +6,6 @@ queries are written against them. Add, never rename.
 
 from __future__ import annotations
 
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
 #: Instrumentation scope of every Headwater span.
 TRACER_NAME = "headwater"
 
@@ -36,8 +34,7 @@ EVENT_INTERRUPTED = "headwater.interrupted"
 
 #: The wire format of trace context in CreateFlowRunRequest and Assignment is W3C
 #: (traceparent, tracestate) whatever OTEL_PROPAGATORS says: workers in any language
-#: read exactly these keys.
-W3C = TraceContextTextMapPropagator()
+#: read exactly these keys (see ``_spans.w3c``).
 
 
 def flow_span_name(flow_name: str) -> str:

@@ -1,9 +1,10 @@
-"""The engine's graph representation (the IR between the SDK and the engine).
+"""The graph model every layer shares: a compiled flow (GraphSpec) and its parts.
 
 The SDK compiler builds a GraphSpec directly (constants are live Python objects, so an
-embedded run never serialises anything); the server builds one from a FlowGraph
-message with ``headwater_runtime.engine.graph_from_proto`` (constants are Payloads
-the engine never decodes). ``validate()`` is the one place graph rules are checked.
+embedded run never serialises anything); a server builds one from a FlowGraph message
+with ``graph_from_proto`` (constants stay encoded: the control plane never decodes
+them). The engine runs it. ``validate()`` is the one place graph rules are checked, so
+a graph one host refuses is refused by every host, with the same message.
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ class TaskSpec:
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     no_retry_on: tuple[type[BaseException], ...] = field(default=(), compare=False, repr=False)
 
+    @property
+    def cache_key_prefix(self) -> str:
+        """The part of this task's cache keys that comes from the task, not its inputs:
+        results are reused only by the same task type, version and cache version."""
+        cache_version = self.cache.version if self.cache is not None else ""
+        return f"{self.task_type}|v={self.version}|c={cache_version}|"
+
     def upstream_ids(self) -> list[str]:
         """Ids of every upstream task (data and order-only), deduplicated, in order."""
         seen: dict[str, None] = {}
@@ -189,6 +197,17 @@ class GraphSpec:
         self._check()
         object.__setattr__(self, "_valid", True)
 
+    def split_nodes(self) -> dict[str, tuple[str | int, ...]]:
+        """Tasks whose result (or a part of it, ``b.map(a["rows"])``) a mapped task maps
+        over, with the path of that part. A server has their workers send each element
+        separately, so it can hand element i to child i without decoding anything; one
+        part per task (``validate`` refuses two)."""
+        nodes = self.__dict__.get("_split_nodes")
+        if nodes is None:
+            nodes = _split_nodes(self)
+            object.__setattr__(self, "_split_nodes", nodes)
+        return nodes
+
     def upstreams(self) -> dict[str, list[str]]:
         """Upstream task ids of every task, computed once per graph."""
         deps = self.__dict__.get("_upstreams")
@@ -237,6 +256,7 @@ class GraphSpec:
         cycle = _find_cycle(upstreams)
         if cycle:
             raise GraphError(f"task {cycle[0]!r} is part of a cycle: {' -> '.join(cycle)}")
+        self.split_nodes()
 
     def topological(self) -> GraphSpec:
         """The same graph with tasks sorted so every task follows its upstreams."""
@@ -304,3 +324,75 @@ def _find_cycle(deps: dict[str, list[str]]) -> list[str]:
                 stack.append((nxt, iter(deps[nxt])))
                 path.append(nxt)
     return []
+
+
+def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
+    nodes: dict[str, tuple[str | int, ...]] = {}
+    mapped = {t.id for t in graph.tasks if t.mapped is not None}
+    for t in graph.tasks:
+        for arg in t.mapped or ():
+            src = t.inputs[arg]
+            if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
+                continue
+            # A mapped producer's own path selects among its children, not inside one.
+            path = () if src.task_id in mapped else src.path
+            known = nodes.setdefault(src.task_id, path)
+            if known != path:
+                raise GraphError(
+                    f"task {t.name!r} maps over {_describe(src.task_id, path)} but another "
+                    f"task maps over {_describe(src.task_id, known)}: only one part of a "
+                    "result can be mapped over; return the parts from separate tasks"
+                )
+    return nodes
+
+
+def _describe(task_id: str, path: tuple[str | int, ...]) -> str:
+    return task_id + "".join(f"[{p!r}]" for p in path)
+
+
+def bind_params(graph: GraphSpec, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter values with defaults filled in; ParameterError for unknown or missing
+    ones."""
+    known = {p.name: p for p in graph.params}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ParameterError(
+            f"flow {graph.name!r} got unknown parameter(s) {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(known) or 'none'}"
+        )
+    bound: dict[str, Any] = {}
+    for name, spec in known.items():
+        if name in given:
+            bound[name] = given[name]
+        elif spec.required:
+            raise ParameterError(f"flow {graph.name!r} is missing required parameter {name!r}")
+        else:
+            bound[name] = spec.default
+    return bound
+
+
+@dataclass(frozen=True, slots=True)
+class JsonConsumers:
+    """Where values must be json because a portable task reads them.
+
+    ``producers`` maps an upstream task id, and ``params`` a flow parameter, to the
+    first portable consumer that reads it, as ``(task name, argument)``.
+    """
+
+    producers: Mapping[str, tuple[str, str]]
+    params: Mapping[str, tuple[str, str]]
+
+
+def json_consumers(graph: GraphSpec) -> JsonConsumers:
+    """The task results and parameters that portable tasks read (so must be json)."""
+    producers: dict[str, tuple[str, str]] = {}
+    params: dict[str, tuple[str, str]] = {}
+    for task in graph.tasks:
+        if not task.portable:
+            continue
+        for arg, spec in task.inputs.items():
+            for ref in iter_task_refs(spec):
+                producers.setdefault(ref.task_id, (task.name, arg))
+            for name in iter_params(spec):
+                params.setdefault(name, (task.name, arg))
+    return JsonConsumers(producers, params)

@@ -17,8 +17,25 @@ import cloudpickle
 
 from ._json_codec import JsonCodecError, dumps, is_plain, loads
 
+#: Payload metadata key naming how the bytes are encoded.
+ENCODING_KEY = "encoding"
 JSON = "json"
 PICKLE = "pickle"
+#: Structural encodings a control plane builds from other values without decoding
+#: them; their elements are in ``Value.items``.
+LIST, TUPLE, DICT, SELECT = (
+    "headwater.list",
+    "headwater.tuple",
+    "headwater.dict",
+    "headwater.select",
+)
+STRUCTURAL = (LIST, TUPLE, DICT, SELECT)
+#: Metadata key on a result split into elements: how many (read by the control plane).
+LENGTH_KEY = "headwater.length"
+#: Metadata key on a result whose part at a path was split: the path as JSON.
+SPLIT_PATH_KEY = "headwater.split_path"
+#: ``PayloadRef.location`` of a value held in a Dask bridge worker's cluster.
+DASK_LOCATION = "dask"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +47,7 @@ class EncodedValue:
 
     @property
     def encoding(self) -> str:
-        return self.metadata.get("encoding", "")
+        return self.metadata.get(ENCODING_KEY, "")
 
 
 class EncodingError(TypeError):
@@ -43,7 +60,7 @@ def encode(value: Any, *, portable: bool = False) -> EncodedValue:
     plain = is_plain(value)
     if portable or plain:
         try:
-            return EncodedValue(dumps(value, plain=plain), {"encoding": JSON})
+            return EncodedValue(dumps(value, plain=plain), {ENCODING_KEY: JSON})
         except JsonCodecError as exc:
             if portable:
                 raise EncodingError(str(exc)) from None
@@ -53,7 +70,7 @@ def encode(value: Any, *, portable: bool = False) -> EncodedValue:
         raise EncodingError(
             f"a {type(value).__name__} cannot be serialised ({type(exc).__name__}: {exc})"
         ) from exc
-    return EncodedValue(data, {"encoding": PICKLE})
+    return EncodedValue(data, {ENCODING_KEY: PICKLE})
 
 
 def decode(encoded: EncodedValue) -> Any:
@@ -84,15 +101,15 @@ def decode_value(value: Any, fetch: Any = None) -> Any:
         meta = dict(value.ref.metadata)
         return decode(EncodedValue(fetch(value.ref), meta))
     payload = value.inline
-    encoding = payload.metadata.get("encoding", "")
-    if encoding == "headwater.list":
+    encoding = payload.metadata.get(ENCODING_KEY, "")
+    if encoding == LIST:
         return [decode_value(v, fetch) for v in value.items]
-    if encoding == "headwater.tuple":
+    if encoding == TUPLE:
         return tuple(decode_value(v, fetch) for v in value.items)
-    if encoding == "headwater.dict":
+    if encoding == DICT:
         keys = json.loads(payload.data)
         return {k: decode_value(v, fetch) for k, v in zip(keys, value.items, strict=True)}
-    if encoding == "headwater.select":
+    if encoding == SELECT:
         selected = decode_value(value.items[0], fetch)
         for part in json.loads(payload.data):
             selected = selected[part]

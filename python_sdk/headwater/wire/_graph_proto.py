@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf import duration_pb2
-
 from headwater.v1 import graph_pb2, payload_pb2
-from headwater_runtime.engine import (
+
+from ._codec import ENCODING_KEY, EncodedValue, EncodingError, encode
+from ._graph import (
     NO_RETRY,
     CacheSpec,
     Const,
@@ -30,8 +30,7 @@ from headwater_runtime.engine import (
     Trigger,
     json_consumers,
 )
-
-from ._payloads import EncodedValue, EncodingError, encode
+from ._time import duration, seconds
 
 _TRIGGER_TO_PROTO = {
     Trigger.ALL_SUCCESSFUL: graph_pb2.TRIGGER_ALL_SUCCESSFUL,
@@ -43,16 +42,6 @@ _TRIGGER_TO_PROTO = {
 }
 _TRIGGER_FROM_PROTO = {v: k for k, v in _TRIGGER_TO_PROTO.items()}
 _TRIGGER_FROM_PROTO[graph_pb2.TRIGGER_UNSPECIFIED] = Trigger.ALL_SUCCESSFUL
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
-def _seconds(d: duration_pb2.Duration) -> float:
-    return float(d.ToNanoseconds()) / 1e9
 
 
 def encode_payload(value: Any, *, portable: bool, where: str) -> payload_pb2.Payload:
@@ -186,7 +175,7 @@ def _input_from_proto(msg: graph_pb2.Input, where: str) -> InputSpec:
         return FromTask(msg.task_output.task_id, path)
     if kind == "constant":
         c = msg.constant
-        if "encoding" not in c.metadata:
+        if ENCODING_KEY not in c.metadata:
             raise GraphError(f"{where}: constant payload has no 'encoding' metadata")
         return Const(EncodedValue(bytes(c.data), dict(c.metadata)))
     if kind == "parameter":
@@ -207,7 +196,7 @@ def _param_from_proto(flow: str, p: graph_pb2.ParameterSpec) -> ParamSpec:
     where = f"flow {flow!r}, parameter {p.name!r}"
     if not p.HasField("default_value"):
         raise GraphError(f"{where}: not required, so it needs a default value")
-    if "encoding" not in p.default_value.metadata:
+    if ENCODING_KEY not in p.default_value.metadata:
         raise GraphError(f"{where}: default payload has no 'encoding' metadata")
     default = EncodedValue(bytes(p.default_value.data), dict(p.default_value.metadata))
     return ParamSpec(p.name, default, False)
@@ -226,16 +215,16 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
             r = n.retry
             retry = RetrySpec(
                 max_retries=r.max_retries,
-                delay=_seconds(r.delay),
+                delay=seconds(r.delay),
                 backoff=r.backoff_factor or 1.0,
-                max_delay=_seconds(r.max_delay) if r.HasField("max_delay") else None,
+                max_delay=seconds(r.max_delay) if r.HasField("max_delay") else None,
                 jitter=r.jitter,
                 non_retryable=tuple(r.non_retryable_errors),
             )
         cache = None
         if n.HasField("cache"):
             cache = CacheSpec(
-                expiry=_seconds(n.cache.expiry) if n.cache.HasField("expiry") else None,
+                expiry=seconds(n.cache.expiry) if n.cache.HasField("expiry") else None,
                 version=n.cache.version,
                 by_function=n.cache.key_source == graph_pb2.CACHE_KEY_SOURCE_FUNCTION,
             )
@@ -253,7 +242,7 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
                 },
                 wait_for=tuple(n.wait_for),
                 retry=retry,
-                timeout=_seconds(n.timeout) if n.HasField("timeout") else None,
+                timeout=seconds(n.timeout) if n.HasField("timeout") else None,
                 trigger=trigger,
                 cache=cache,
                 mapped=tuple(n.map.mapped_inputs) if n.HasField("map") else None,

@@ -1,0 +1,178 @@
+"""Task options: one definition shared by ``@task``, ``Task``, ``remote_task`` and
+``RemoteTask`` (typed keyword arguments for IDEs, one parser for the values).
+
+``TaskOptions`` lists what a Python task takes; ``RemoteTaskOptions`` what a task
+implemented in another language takes (error types by name, a cache flag, declared
+parameter names). Both share ``CommonOptions``. ``parse_options`` validates them once
+and turns them into the graph model's specs, naming the task in every error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypedDict
+
+from headwater.wire import CacheSpec, RetrySpec, Trigger
+
+from ._durations import to_seconds
+from ._errors import FlowDefinitionError
+
+_TRIGGERS = {t.value: t for t in Trigger}
+
+
+class CommonOptions(TypedDict, total=False):
+    """Options every task takes (see ``task`` for what each means)."""
+
+    name: str | None
+    retries: int
+    retry_delay: float | timedelta
+    backoff: float
+    max_retry_delay: float | timedelta | None
+    retry_jitter: float
+    timeout: float | timedelta | None
+    trigger: str | Trigger
+    cache_for: float | timedelta | None
+    cache_version: str
+    tags: Iterable[str]
+    labels: Mapping[str, str] | None
+    version: str
+
+
+class TaskOptions(CommonOptions, total=False):
+    """Options of a Python task (``@task(...)``)."""
+
+    task_type: str | None
+    no_retry_on: Iterable[type[BaseException]]
+    cache_key_fn: Callable[[dict[str, Any]], str] | None
+    resources: Mapping[str, float] | None
+    portable: bool
+
+
+class RemoteTaskOptions(CommonOptions, total=False):
+    """Options of a task implemented in another language (``remote_task(...)``)."""
+
+    parameters: Sequence[str] | None
+    no_retry_on: Iterable[str]
+    cache: bool
+
+
+@dataclass(frozen=True)
+class ParsedOptions:
+    """Validated options, as the graph model wants them."""
+
+    retry: RetrySpec
+    timeout: float | None
+    trigger: Trigger
+    cache: CacheSpec | None
+    tags: tuple[str, ...]
+    labels: dict[str, str]
+    resources: dict[str, float] = field(default_factory=dict)
+    version: str = ""
+    portable: bool = False
+    no_retry_on: tuple[type[BaseException], ...] = ()
+
+
+def option_names(typed_dict: Any) -> frozenset[str]:
+    """Every option a TypedDict of options lists (its bases' included)."""
+    return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
+
+
+def check_names(given: Mapping[str, Any], allowed: Any, label: str) -> None:
+    """FlowDefinitionError naming any option ``allowed`` (a TypedDict) does not list."""
+    known = option_names(allowed)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise FlowDefinitionError(
+            f"task {label!r}: unknown option(s) {unknown}; known: {', '.join(sorted(known))}"
+        )
+
+
+def parse_trigger(value: str | Trigger, label: str) -> Trigger:
+    """A Trigger from its name (ValueError listing the names)."""
+    if isinstance(value, Trigger):
+        return value
+    trigger = _TRIGGERS.get(value) if isinstance(value, str) else None
+    if trigger is None:
+        raise ValueError(
+            f"task {label!r}: unknown trigger {value!r}; use one of {', '.join(_TRIGGERS)}"
+        )
+    return trigger
+
+
+def _str_map(value: Mapping[str, Any] | None, what: str, label: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise FlowDefinitionError(f"task {label!r}: {what} must be a dict of str to str")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _error_types(values: Iterable[Any], label: str, *, remote: bool) -> tuple[Any, ...]:
+    if isinstance(values, str | type):
+        values = (values,)
+    found = tuple(values)
+    for item in found:
+        if remote and not (isinstance(item, str) and item):
+            raise FlowDefinitionError(
+                f"task {label!r}: no_retry_on takes error type names (str) for a remote task"
+            )
+        if not remote and not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise FlowDefinitionError(f"task {label!r}: no_retry_on takes exception classes")
+    return found
+
+
+def parse_options(options: Mapping[str, Any], label: str, *, remote: bool) -> ParsedOptions:
+    """Validate task options (already checked by name); errors name the task."""
+    retries = options.get("retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ValueError(f"task {label!r}: retries must be an int >= 0, got {retries!r}")
+    backoff = options.get("backoff", 1.0)
+    if backoff < 0:
+        raise ValueError(f"task {label!r}: backoff must be >= 0, got {backoff!r}")
+    jitter = options.get("retry_jitter", 0.0)
+    if not 0 <= jitter <= 1:
+        raise ValueError(f"task {label!r}: retry_jitter must be in [0, 1]")
+    errors = _error_types(options.get("no_retry_on", ()), label, remote=remote)
+    non_retryable = errors if remote else tuple(f"{t.__module__}.{t.__qualname__}" for t in errors)
+    retry = RetrySpec(
+        max_retries=retries,
+        delay=to_seconds(options.get("retry_delay", 0), f"task {label!r}: retry_delay") or 0.0,
+        backoff=float(backoff),
+        max_delay=to_seconds(options.get("max_retry_delay"), f"task {label!r}: max_retry_delay"),
+        jitter=float(jitter),
+        non_retryable=non_retryable,
+    )
+    timeout = to_seconds(options.get("timeout"), f"task {label!r}: timeout", positive=True)
+    key_fn = options.get("cache_key_fn")
+    if key_fn is not None and not callable(key_fn):
+        raise FlowDefinitionError(f"task {label!r}: cache_key_fn must be callable")
+    flag = options.get("cache", False)
+    if not isinstance(flag, bool):
+        raise FlowDefinitionError(f"task {label!r}: cache must be True or False")
+    cache_for = options.get("cache_for")
+    expiry = to_seconds(cache_for, f"task {label!r}: cache_for", positive=True)
+    cache = None
+    if key_fn is not None or cache_for is not None or flag:
+        cache = CacheSpec(
+            expiry=expiry,
+            version=options.get("cache_version", ""),
+            key_fn=key_fn,
+            by_function=key_fn is not None,
+        )
+    tags = options.get("tags", ())
+    if isinstance(tags, str):
+        tags = (tags,)
+    return ParsedOptions(
+        retry=retry,
+        timeout=timeout,
+        trigger=parse_trigger(options.get("trigger", "all_successful"), label),
+        cache=cache,
+        tags=tuple(str(t) for t in tags),
+        labels=_str_map(options.get("labels"), "labels", label),
+        resources={str(k): float(v) for k, v in (options.get("resources") or {}).items()},
+        version=options.get("version", ""),
+        portable=remote or bool(options.get("portable", False)),
+        no_retry_on=() if remote else errors,
+    )

@@ -1,0 +1,28 @@
+"""Identifiers that cross the wire.
+
+A task run's id is ``"{flow run id}/{key}"``: the key is unique within its flow run
+(the task id, with ``[i]`` for mapped child i), and flow run ids never contain ``/``.
+"""
+
+from __future__ import annotations
+
+#: Separates the flow run id from the task run's key in a task run id.
+TASK_RUN_ID_SEPARATOR = "/"
+
+
+def task_run_id(flow_run_id: str, key: str) -> str:
+    """The globally unique id of the task run ``key`` of a flow run."""
+    return f"{flow_run_id}{TASK_RUN_ID_SEPARATOR}{key}"
+
+
+def split_task_run_id(value: str) -> tuple[str, str]:
+    """``(flow run id, key)`` of a task run id; ValueError names a malformed one."""
+    run_id, sep, key = value.partition(TASK_RUN_ID_SEPARATOR)
+    if not sep or not run_id or not key:
+        raise ValueError(f"malformed task run id {value!r} (expected FLOW_RUN_ID/KEY)")
+    return run_id, key
+
+
+def child_key(task_id: str, index: int) -> str:
+    """The key of child ``index`` of a mapped task."""
+    return f"{task_id}[{index}]"

@@ -1,0 +1,38 @@
+"""The worker protocol's version and optional features: the one list the server
+announces, the workers negotiate, and docs/worker-protocol.md is checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The worker protocol version this code speaks (``Hello``/``Welcome.protocol_version``).
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """An optional protocol feature: its name on the wire and what it means."""
+
+    name: str
+    summary: str
+    negotiated: bool = False  # True: changes the stream only when both ends list it
+
+
+#: Several stream messages in one (``ConnectRequestBatch``/``ConnectResponseBatch``).
+BATCH = "batch"
+
+#: Every feature a Headwater server lists in ``Welcome.features`` and
+#: ``GetServerInfoResponse.features``, in that order.
+SERVER_FEATURES: tuple[Feature, ...] = (
+    Feature("payload-refs", "values above the inline limit travel as PayloadRef (chunked)"),
+    Feature("split-results", "Assignment.split_result / split_path: send elements separately"),
+    Feature("fencing", "every report carries the FencingToken of the attempt it is about"),
+    Feature("heartbeat-cancel", "HeartbeatAck.cancel names attempts the worker must stop"),
+    Feature(BATCH, "several stream messages in one batch message", negotiated=True),
+    Feature("schedules", "the server creates runs from interval and cron schedules"),
+)
+
+
+def feature_names(features: tuple[Feature, ...] = SERVER_FEATURES) -> list[str]:
+    """The names of ``features``, as sent on the wire."""
+    return [f.name for f in features]

@@ -1,0 +1,144 @@
+"""Moving payloads through PayloadService in chunks (clients and workers alike).
+
+Values above the inline limit never travel inside another message: they are uploaded
+(a header, then chunks of at most CHUNK_SIZE) and referenced by a PayloadRef, and
+downloaded the same way, resuming where a broken stream stopped and checking size and
+SHA-256. gRPC's 4 MiB message limit is therefore never what stops a large value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+
+from headwater.v1 import payload_pb2, payload_pb2_grpc
+
+from ._codec import EncodedValue
+from ._limits import CHUNK_SIZE
+
+#: Tries of an upload or download the server did not answer (UNAVAILABLE).
+ATTEMPTS = 4
+
+
+class PayloadTransferError(Exception):
+    """A payload could not be moved, or its bytes do not match their reference."""
+
+
+def chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """``data`` in pieces of at most ``size`` bytes (without copying it whole)."""
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start : start + size])
+
+
+def _deadline(size: int) -> float:
+    # Generous: a minute plus a second per chunk (only a hung server should hit it).
+    return 60 + size / CHUNK_SIZE
+
+
+class PayloadTransfer:
+    """Uploads and downloads payloads in chunks over one (synchronous) channel.
+
+    Args:
+        channel: a channel to the control plane.
+        metadata: call metadata (the token).
+        patient: wait for an unreachable server and retry (workers, which reconnect
+            anyway); False fails at once (a client with a user waiting).
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        metadata: Sequence[tuple[str, str]] = (),
+        *,
+        patient: bool = True,
+    ) -> None:
+        self._stub = payload_pb2_grpc.PayloadServiceStub(channel)
+        self._metadata = tuple(metadata)
+        self._attempts = ATTEMPTS if patient else 1
+        self._patient = patient
+
+    def upload(self, encoded: EncodedValue) -> payload_pb2.PayloadRef:
+        """Store encoded bytes; their reference. Retries while the server is away."""
+        data = encoded.data
+        header = payload_pb2.UploadPayloadHeader(
+            size_bytes=len(data),
+            metadata=encoded.metadata,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+        def requests() -> Iterator[payload_pb2.UploadPayloadRequest]:
+            yield payload_pb2.UploadPayloadRequest(header=header)
+            for chunk in chunks(data):
+                yield payload_pb2.UploadPayloadRequest(chunk=chunk)
+
+        for attempt in range(self._attempts):
+            try:
+                response = self._stub.UploadPayload(
+                    requests(),
+                    metadata=self._metadata,
+                    wait_for_ready=self._patient,
+                    timeout=_deadline(len(data)),
+                )
+                return response.ref  # type: ignore[no-any-return]
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts - 1:
+                    raise PayloadTransferError(
+                        f"cannot upload a payload of {len(data)} bytes: "
+                        f"{exc.code().name}: {exc.details()}"
+                    ) from None
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def download(self, ref: payload_pb2.PayloadRef) -> bytes:
+        """The bytes of a stored payload; resumes from where it stopped on UNAVAILABLE,
+        and checks size and SHA-256."""
+        if ref.location:
+            raise PayloadTransferError(
+                f"payload {ref.payload_id!r} is held in {ref.location!r}, which this process "
+                "cannot read"
+            )
+        received = bytearray()
+        for attempt in range(self._attempts):
+            request = payload_pb2.DownloadPayloadRequest(
+                payload_id=ref.payload_id, offset=len(received)
+            )
+            try:
+                for part in self._stub.DownloadPayload(
+                    request,
+                    metadata=self._metadata,
+                    wait_for_ready=self._patient,
+                    timeout=_deadline(ref.size_bytes),
+                ):
+                    if part.offset != len(received):
+                        raise PayloadTransferError(
+                            f"payload {ref.payload_id!r}: chunk at offset {part.offset}, "
+                            f"expected {len(received)}"
+                        )
+                    received += part.chunk
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts - 1:
+                    raise PayloadTransferError(
+                        f"cannot download payload {ref.payload_id!r}: "
+                        f"{exc.code().name}: {exc.details()}"
+                    ) from None
+                time.sleep(0.2 * 2**attempt)
+        data = bytes(received)
+        if ref.size_bytes and len(data) != ref.size_bytes:
+            raise PayloadTransferError(
+                f"payload {ref.payload_id!r}: got {len(data)} bytes, expected {ref.size_bytes}"
+            )
+        if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise PayloadTransferError(f"payload {ref.payload_id!r}: SHA-256 mismatch")
+        return data
+
+    def value(self, encoded: EncodedValue, inline_limit: int) -> payload_pb2.Value:
+        """A Value message: inline up to ``inline_limit`` bytes, else uploaded."""
+        if len(encoded.data) <= inline_limit:
+            payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+            return payload_pb2.Value(inline=payload)
+        return payload_pb2.Value(ref=self.upload(encoded))

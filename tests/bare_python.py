@@ -1,0 +1,30 @@
+"""Run a module as on a bare ``pip install headwater`` (no extras installed).
+
+``python tests/bare_python.py MODULE ARGS...`` makes every package that only the
+``server``, ``dask`` and ``otel`` extras bring fail to import, then runs MODULE as
+``__main__`` (like ``python -m``). Tests use it to prove the bare install is enough
+to run flows embedded, submit them to a server and run a Python worker.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import runpy
+import sys
+
+#: Top-level packages that come only with an extra.
+EXTRAS_ONLY = ("dask", "distributed", "opentelemetry", "croniter", "grpc_health", "grpc_reflection")
+
+
+class _Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        if fullname.split(".", 1)[0] in EXTRAS_ONLY:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (bare install)", name=fullname)
+        return None
+
+
+if __name__ == "__main__":
+    sys.meta_path.insert(0, _Blocker())
+    module = sys.argv[1]
+    sys.argv = [module, *sys.argv[2:]]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
