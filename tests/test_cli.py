@@ -161,15 +161,44 @@ def test_worker_dask_needs_local_or_an_address() -> None:
     assert_usage_error(proc, "--dask expects 'local' or a scheduler address")
 
 
-def test_param_values_are_parsed_as_json_else_kept_as_strings(tmp_path: Path) -> None:
+def test_param_values_are_converted_to_their_annotations(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("run", path, "--param", "n=3", "-p", "name=bob")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"doubled": 6, "label": "bob=6", "items": [1, 2]}
-    # A JSON string stays a string: "3" * 2 == "33".
-    proc = headwater_cli("run", path, "--param", 'n="3"')
+    # `n: int`: a JSON string "3" is converted to 3; `name: str` keeps "123" as text.
+    proc = headwater_cli("run", path, "--param", 'n="3"', "-p", "name=123")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["doubled"] == "33"
+    assert json.loads(proc.stdout)["label"] == "123=6"
+
+
+UNANNOTATED = """
+from headwater import flow, task
+
+
+@task
+def double(x):
+    return x * 2
+
+
+@flow
+def pipeline(n=2):
+    return double(n)
+"""
+
+
+def test_unannotated_param_values_are_parsed_as_json_else_kept_as_strings(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "loose.py", UNANNOTATED)
+    proc = headwater_cli("run", path, "--param", "n=3")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == 6
+    # A JSON string stays a string: "3" * 2 == "33"; so does text that is not JSON.
+    proc = headwater_cli("run", path, "--param", 'n="3"')
+    assert json.loads(proc.stdout) == "33"
+    proc = headwater_cli("run", path, "--param", "n=ab")
+    assert json.loads(proc.stdout) == "abab"
 
 
 def test_run_with_flow_name_picks_one_of_several(tmp_path: Path) -> None:

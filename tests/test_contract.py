@@ -149,7 +149,13 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         name="etl",
         version="7",
         parameters=[
-            graph_pb2.ParameterSpec(name="n", default_value=json_payload(5), required=False),
+            graph_pb2.ParameterSpec(
+                name="n",
+                default_value=json_payload(5),
+                required=False,
+                type="int",
+                json_schema='{"type":"integer"}',
+            ),
             graph_pb2.ParameterSpec(name="source", required=True),
         ],
         tasks=[extract, transform],
@@ -162,6 +168,8 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         ),
         reference_task_ids=["transform"],
         description="Extract and transform.",
+        value_dependent=True,
+        parameters_digest="ab" * 32,
     )
 
 
@@ -188,6 +196,12 @@ def test_flow_graph_with_every_field_round_trips() -> None:
     assert back.description == "Extract and transform."
     assert list(back.reference_task_ids) == ["transform"]
     assert [t.id for t in back.tasks] == ["extract", "transform"]
+    assert back.value_dependent is True
+    assert back.parameters_digest == "ab" * 32
+    assert (back.parameters[0].type, back.parameters[0].json_schema) == (
+        "int",
+        '{"type":"integer"}',
+    )
 
     n, source = back.parameters
     assert (n.name, n.required) == ("n", False)

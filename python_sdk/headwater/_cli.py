@@ -30,25 +30,31 @@ from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
 from ._client import ServerError
 from ._errors import FlowDefinitionError, UsageError
+from ._flow import Flow
 from ._loader import LoadError, load_flow
 from ._run import FlowRun
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
-def parse_params(items: list[str]) -> dict[str, Any]:
-    """``k=v`` pairs; each value is parsed as JSON when it is valid JSON, else kept as
+def parse_params(items: list[str]) -> dict[str, str]:
+    """``k=v`` pairs as text; ``Flow.parse_params`` converts each to the parameter's
+    annotation (``n=3`` -> 3 for ``n: int``, ``day=2026-01-02`` -> a date), and an
+    unannotated parameter's value is parsed as JSON when it is valid JSON, else kept as
     a string (so ``--param n=3`` gives 3 and ``--param name=bob`` gives "bob")."""
-    params: dict[str, Any] = {}
+    params: dict[str, str] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
+        params[key] = raw
     return params
+
+
+def flow_params(flow: Flow[..., Any], items: list[str]) -> dict[str, Any]:
+    """The ``--param`` values of a command, converted and checked for ``flow``
+    (ParameterError, exit code 2, before anything runs)."""
+    return flow.validate(**flow.parse_params(parse_params(items)))
 
 
 def _summary(run: FlowRun) -> str:
@@ -65,8 +71,8 @@ def traced(service_name: str) -> Tracing:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    params = parse_params(args.param)
     flow = load_flow(args.target)
+    params = flow_params(flow, args.param)
     tracing = traced("headwater")
     try:
         return _run(args, flow, params)
@@ -133,7 +139,8 @@ def _render(value: Any) -> str:
 def cmd_graph(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
-    graph = load_flow(args.target).compile()
+    flow = load_flow(args.target)
+    graph = flow.compile(**flow_params(flow, args.param))
     print(json_format.MessageToJson(graph, indent=2))
     return EXIT_OK
 
@@ -303,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="flow parameter; VALUE is parsed as JSON when valid, else taken as a string",
+        help="flow parameter, converted to its annotation (n=3, day=2026-01-02, "
+        "ids=[1,2]); unannotated: parsed as JSON when valid, else a string",
     )
     run.add_argument("--workers", type=int, default=None, help="thread pool size")
     run.add_argument(
@@ -328,9 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     graph = sub.add_parser(
         "graph",
         help="print a flow's compiled graph as JSON",
-        description="Compile a flow and print its FlowGraph message as JSON.",
+        description="Compile a flow and print its FlowGraph message as JSON. A flow whose "
+        "body uses its parameters as values (range(n), if n > 8) has a graph per set of "
+        "values: give them with --param (docs/flows.md).",
     )
     graph.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
+    graph.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="flow parameter to build the graph for (as for `headwater run`)",
+    )
     graph.set_defaults(func=cmd_graph)
     from headwater_runtime.server import add_server_command
 
@@ -359,7 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except ServerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
-        refused = exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+        refused = exc.code in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
         return EXIT_USAGE if refused else EXIT_FAILED
     except BrokenPipeError:
         # `headwater runs show ID | head`: the reader left; no traceback, and none

@@ -44,7 +44,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     address = server_address(args)
     with Client(address, token=args.token) as client:
         if args.action == "create":
-            from ._cli import parse_params
+            from ._cli import flow_params
 
             if (args.every is None) == (args.cron is None):
                 raise UsageError("give exactly one of --every DURATION or --cron EXPRESSION")
@@ -53,7 +53,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 flow,
                 every=parse_every(args.every) if args.every is not None else None,
                 cron=args.cron,
-                params=parse_params(args.param),
+                params=flow_params(flow, args.param),
                 timezone=args.timezone,
                 paused=args.paused,
                 catchup=args.catchup,
@@ -103,7 +103,7 @@ def add_schedules_command(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="flow parameter for every run; VALUE is parsed as JSON when valid, else a string",
+        help="flow parameter for every run, converted to its annotation (as for `headwater run`)",
     )
     create.add_argument("--paused", action="store_true", help="create it paused")
     create.add_argument(

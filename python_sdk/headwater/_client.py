@@ -10,19 +10,16 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from headwater.v1 import control_plane_pb2 as cp
-from headwater.v1 import control_plane_pb2_grpc, payload_pb2, run_pb2
+from headwater.v1 import control_plane_pb2_grpc, graph_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     ConnectionSettings,
-    EncodingError,
     FlowRunState,
-    ParameterError,
     PayloadTransfer,
     PayloadTransferError,
     TaskRunState,
     decode_value,
     encode,
-    json_consumers,
     to_datetime,
 )
 from headwater_runtime.tracing import inject
@@ -139,14 +136,34 @@ class Client:
             "features": list(info.features),
         }
 
-    def deploy(self, flow: Flow[..., Any]) -> str:
-        """Register a flow; returns its version (an identical graph keeps its version)."""
+    def deploy(self, flow: Flow[..., Any], params: Mapping[str, Any] | None = None) -> str:
+        """Register a flow; returns its version (an identical graph keeps its version).
+
+        A flow whose body uses its parameters as values has a graph per set of values:
+        ``params`` chooses the one registered (docs/flows.md)."""
+        msg, _ = self._compile(flow, params, complete=False)
+        return self._register(msg)
+
+    def _register(self, msg: graph_pb2.FlowGraph) -> str:
         response = self._call(
             self._control.RegisterFlow,
-            cp.RegisterFlowRequest(graph=flow.compile()),
-            f"register flow {flow.name!r}",
+            cp.RegisterFlowRequest(graph=msg),
+            f"register flow {msg.name!r}",
         )
         return str(response.version)
+
+    def _compile(
+        self, flow: Flow[..., Any], params: Mapping[str, Any] | None, *, complete: bool
+    ) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
+        """The flow's graph for these parameters and the parameters encoded, checked
+        against the flow's annotations first (ParameterError: nothing is sent)."""
+        from ._graphs import compile_graph
+
+        given = flow.validate(**(params or {}))
+        values = flow.complete(given, required=complete)
+        return compile_graph(
+            flow, given, values, lambda value, portable: self.encode(value, portable=portable)
+        )
 
     def run(
         self,
@@ -156,10 +173,11 @@ class Client:
         version: str = "",
         idempotency_key: str = "",
     ) -> RemoteFlowRun:
-        """Create a flow run (a Flow object is deployed first). The same idempotency
-        key returns the run the first call created."""
-        name, version = self._flow_name(flow, version)
-        values = self._encode_params(flow, params)
+        """Create a flow run. A Flow object's parameters are checked against its
+        annotations here, and its graph for them is registered first (docs/flows.md);
+        a flow name runs a registered version, the server checking what it can. The
+        same idempotency key returns the run the first call created."""
+        name, version, values = self._prepare(flow, params, version)
         response = self._call(
             self._control.CreateFlowRun,
             cp.CreateFlowRunRequest(
@@ -176,28 +194,15 @@ class Client:
         run.created = response.created
         return run
 
-    def _flow_name(self, flow: Flow[..., Any] | str, version: str) -> tuple[str, str]:
-        """The flow's name and version to use (a Flow object is deployed first)."""
+    def _prepare(
+        self, flow: Flow[..., Any] | str, params: Mapping[str, Any] | None, version: str
+    ) -> tuple[str, str, dict[str, payload_pb2.Value]]:
+        """(name, version, encoded parameters) for a run or a schedule: a Flow object's
+        graph for these parameters is registered unless a version is given."""
         if isinstance(flow, str):
-            return flow, version
-        return flow.name, version or self.deploy(flow)
-
-    def _encode_params(
-        self, flow: Flow[..., Any] | str, params: Mapping[str, Any] | None
-    ) -> dict[str, payload_pb2.Value]:
-        readers = {} if isinstance(flow, str) else json_consumers(flow.graph()).params
-        values = {}
-        for key, value in (params or {}).items():
-            reader = readers.get(key)
-            try:
-                values[key] = self.encode(value, portable=reader is not None)
-            except EncodingError as exc:
-                assert reader is not None
-                raise ParameterError(
-                    f"task {reader[0]!r}, argument {reader[1]!r}: parameter {key!r} must be "
-                    f"json (the task is portable or implemented in another language), but {exc}"
-                ) from None
-        return values
+            return flow, version, {k: self.encode(v) for k, v in (params or {}).items()}
+        msg, values = self._compile(flow, params, complete=True)
+        return flow.name, version or self._register(msg), values
 
     def get(self, run_id: str, include_task_runs: bool = False) -> RemoteFlowRun:
         response = self._call(
@@ -312,18 +317,11 @@ class Client:
         object is deployed first and its version pinned; for a flow name, an empty
         ``version`` runs the latest version at each fire. After downtime only the
         most recent missed time fires, unless ``catchup`` (then every missed time
-        does). See docs/schedules.md."""
-        name, version = self._flow_name(flow, version)
-        msg = schedule_message(
-            name,
-            version,
-            every,
-            cron,
-            self._encode_params(flow, params),
-            timezone,
-            paused,
-            catchup,
-        )
+        does). A Flow object's parameters are checked and its graph for them is
+        registered and pinned; that is also how a flow whose graph depends on its
+        parameter values is scheduled (docs/flows.md). See docs/schedules.md."""
+        name, version, values = self._prepare(flow, params, version)
+        msg = schedule_message(name, version, every, cron, values, timezone, paused, catchup)
         response = self._call(
             self._control.CreateSchedule,
             cp.CreateScheduleRequest(schedule=msg),

@@ -1,27 +1,37 @@
-"""Tracing compiler: runs a flow function with references to build a GraphSpec.
+"""Tracing compiler: runs a flow function to build a GraphSpec (docs/flows.md).
 
-Calls to tasks inside the flow function add nodes and return TaskRefs (Prefect 1
-style): nothing executes at compile time. The GraphSpec keeps constants as the live
-objects the author passed (an embedded run never copies them); ``graph_to_proto``
-encodes them when a FlowGraph message is needed.
+Calls to tasks inside the flow function add nodes and return TaskRefs: nothing
+executes at compile time. Parameters are first references (``ParamRef``), so that a
+flow whose structure does not depend on its parameters has one graph for all values
+(the *symbolic* compile). When the body uses a parameter as a value (``range(n)``,
+``if n > 8``, an f-string), the compiler runs the body again with the run's actual
+values (the *value* compile): the graph is then the one for those values, marked
+``value_dependent``, and remembered as such for the flow's code so later compiles run
+the body once.
+
+The GraphSpec keeps constants as the live objects the author passed (an embedded run
+never copies them); ``graph_to_proto`` encodes them when a FlowGraph message is needed.
 """
 
 from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from headwater.wire import (
     Const,
     DictOf,
     FromTask,
+    GraphError,
     GraphSpec,
     InputSpec,
     ListOf,
     Param,
+    ParameterError,
     ParamSpec,
     TaskSpec,
     Trigger,
@@ -30,7 +40,7 @@ from headwater.wire import (
 from headwater.wire._json_codec import JsonCodecError, dumps
 
 from ._errors import FlowDefinitionError
-from ._refs import ParamRef, Ref, TaskRef, contains_ref, unmapped
+from ._refs import NeedsValues, ParamRef, Ref, TaskRef, contains_ref, unmapped
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -47,9 +57,12 @@ def current_context() -> _Context | None:
 
 
 class _Context:
-    def __init__(self, flow_name: str, params: set[str]) -> None:
+    def __init__(self, flow_name: str, code: CodeType | None, symbolic: bool) -> None:
         self.flow_name = flow_name
-        self.params = params
+        self.code = code  # the flow body's code, to name its lines in errors
+        self.symbolic = symbolic
+        #: (parameter, use, file:line) of the first concrete use of a parameter.
+        self.value_use: tuple[str, str, str] | None = None
         self.nodes: list[TaskSpec] = []
         self.node_ids: dict[str, TaskSpec] = {}
         self.name_counts: dict[str, int] = {}
@@ -68,11 +81,13 @@ class _Context:
         return node_id
 
     def to_input(self, value: Any, task_name: str, arg: str) -> InputSpec:
-        if isinstance(value, TaskRef):
-            return FromTask(value.node_id, value.path)
-        if isinstance(value, ParamRef):
-            return Param(value.name)
-        if isinstance(value, unmapped):
+        # type() before isinstance(): isinstance() on a ParamRef is a concrete use.
+        kind = type(value)
+        if kind is TaskRef:
+            return FromTask(value._node_id, value._path)
+        if kind is ParamRef:
+            return Param(value._param)
+        if kind is unmapped:
             raise FlowDefinitionError(
                 f"task {task_name!r}, argument {arg!r}: unmapped() only applies to "
                 "arguments of task.map(...)"
@@ -101,7 +116,27 @@ class _Context:
                 return DictOf(
                     tuple((k, self.to_input(v, task_name, arg)) for k, v in value.items())
                 )
+        if kind not in _PLAIN_TYPES:
+            self._check_hidden(value, task_name, arg)
         return Const(value)
+
+    def _check_hidden(self, value: Any, task_name: str, arg: str) -> None:
+        """A reference stored inside an object (``Config(path=out_dir)``) would reach
+        the task as a reference: a parameter there is a use of its value, and a task
+        result there is refused."""
+        ref = _hidden_ref(value, 0)
+        if ref is None:
+            return
+        if type(ref) is ParamRef:
+            if self.value_use is None:
+                where = f"inside a {type(value).__name__} given to task {task_name!r}"
+                self.value_use = (ref._param, f"stored {where}", "")
+            raise NeedsValues(ref._param)
+        raise FlowDefinitionError(
+            f"task {task_name!r}, argument {arg!r}: {ref._describe()} is inside a "
+            f"{type(value).__name__} object, where it would stay a reference; pass it as "
+            "its own argument (or in a list or dict) and build the object inside the task"
+        )
 
     def add_call(
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, mapped: bool
@@ -117,7 +152,7 @@ class _Context:
         mapped_args: list[str] = []
         inputs: dict[str, InputSpec] = {}
         for arg, value in arguments.items():
-            if isinstance(value, unmapped):
+            if type(value) is unmapped:
                 if not mapped:
                     raise FlowDefinitionError(
                         f"task {task.name!r}, argument {arg!r}: unmapped() only applies "
@@ -135,12 +170,12 @@ class _Context:
             )
         deps: dict[str, None] = dict.fromkeys(self.case_stack)
         for item in _as_list(wait_for, task.name):
-            if not isinstance(item, TaskRef):
+            if type(item) is not TaskRef:
                 raise FlowDefinitionError(
                     f"task {task.name!r}: wait_for takes task results from this flow, "
                     f"got {type(item).__name__}"
                 )
-            deps[item.node_id] = None
+            deps[item._node_id] = None
         for spec in inputs.values():
             if isinstance(spec, Const | Param):
                 continue
@@ -179,6 +214,36 @@ class _Context:
         return TaskRef(node_id, mapped)
 
 
+_PLAIN_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None), list, tuple, dict})
+
+
+def _hidden_ref(value: Any, depth: int) -> Any:
+    """A reference inside an object's attributes (a few levels deep), or None."""
+    if depth > 3 or (depth == 0 and type(value) in _PLAIN_TYPES):
+        return None
+    if isinstance(value, Ref):
+        return value
+    if type(value) in (list, tuple, set, frozenset):
+        items: Any = value
+    elif type(value) is dict:
+        items = value.values()
+    else:
+        try:
+            attrs = vars(value)
+        except TypeError:  # no __dict__
+            attrs = None
+        items = list(attrs.values()) if isinstance(attrs, dict) else []
+        for slot in getattr(type(value), "__slots__", ()):
+            if isinstance(slot, str) and hasattr(value, slot):
+                items.append(getattr(value, slot))
+    for item in items:
+        if type(item) not in _PLAIN_TYPES or type(item) in (list, tuple, dict):
+            found = _hidden_ref(item, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
 def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: bool) -> None:
     """A portable task reads only json: its constants must be json-encodable."""
     if isinstance(spec, ListOf):
@@ -203,30 +268,117 @@ def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: boo
 def _as_list(value: Any, task_name: str) -> list[Any]:
     if value is None:
         return []
+    if type(value) is TaskRef:
+        return [value]
+    if isinstance(value, Ref):
+        raise FlowDefinitionError(f"task {task_name!r}: wait_for takes task results")
     if isinstance(value, list | tuple | set):
         return list(value)
-    if isinstance(value, TaskRef):
-        return [value]
     raise FlowDefinitionError(f"task {task_name!r}: wait_for must be a list of task results")
 
 
-def trace(flow: Flow[..., Any]) -> GraphSpec:
-    """Compile a flow function into a validated GraphSpec."""
+#: Flow bodies (by code object) found to use a parameter as a value, with that use:
+#: later compiles of the same code skip the symbolic attempt, so the body runs once.
+_VALUE_DEPENDENT: dict[CodeType, tuple[str, str, str]] = {}
+
+
+def body_code(flow: Flow[..., Any]) -> CodeType | None:
+    """The code object of the flow function's body (through functools.wraps)."""
+    fn = inspect.unwrap(flow.fn)
+    code = getattr(fn, "__code__", None)
+    return code if isinstance(code, CodeType) else None
+
+
+def value_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
+    """(parameter, use, file:line) when the flow's body is known to use a parameter as
+    a value; None while it is not known to (it may still, on a path not yet taken)."""
+    code = body_code(flow)
+    return flow._value_use or (_VALUE_DEPENDENT.get(code) if code is not None else None)
+
+
+def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
+    """The validated graph of ``flow`` for a run with these parameter values.
+
+    ``values`` are the run's validated parameters with defaults filled in (see
+    ``Flow.prepare``), or None when no values are known (``flow.graph()`` with a
+    required parameter missing): then only a symbolic graph can be built, and a
+    value-dependent flow raises ParameterError naming the parameter to give.
+
+    The symbolic graph (parameters as ``Param`` inputs, ``value_dependent`` false) is
+    returned whenever the body never uses a parameter as a value; it is valid for every
+    run. Otherwise the graph is built from ``values`` (parameters given to tasks become
+    constants) and marked value-dependent. This is the one entry point every path
+    uses (embedded runs, the client, the CLI; a worker building a graph by name later).
+    """
+    known = value_use(flow)
+    if known is None:
+        try:
+            return _trace(flow, None)
+        except NeedsValues:
+            pass
+        except (FlowDefinitionError, GraphError, ParameterError):
+            raise
+        except Exception:
+            # The body failed on something a reference cannot do (json.dumps(n), a C
+            # function): try again with values; a real bug fails the same way again.
+            if values is None:
+                raise
+            graph = _trace(flow, values)
+            _remember(flow, (next(iter(values), "?"), "used by code that needs its value", ""))
+            return graph
+        known = flow._value_use
+        assert known is not None
+    if values is None:
+        name, use, where = known
+        raise ParameterError(
+            f"flow {flow.name!r} builds its graph from the value of parameter {name!r} "
+            f"({use} at {where}): give its value, e.g. {flow.name}.graph({name}=...) or "
+            f"`headwater graph FILE:{flow.name} -p {name}=...`"
+        )
+    return _trace(flow, values)
+
+
+def _remember(flow: Flow[..., Any], use: tuple[str, str, str]) -> None:
+    flow._value_use = use
+    code = body_code(flow)
+    if code is not None:
+        _VALUE_DEPENDENT[code] = use
+
+
+def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
+    """Run the flow body once: symbolically (``values`` None) or with values."""
     params = flow.parameters
-    ctx = _Context(flow.name, {p.name for p in params})
-    refs = {p.name: ParamRef(p.name) for p in params}
+    symbolic = values is None
+    ctx = _Context(flow.name, body_code(flow), symbolic)
+    args = {p.name: ParamRef(p.name) for p in params} if symbolic else dict(values or {})
     token = _current.set(ctx)
     try:
-        returned = flow.fn(**refs)
+        returned = flow.fn(**args)
+    except NeedsValues:
+        assert ctx.value_use is not None
+        _remember(flow, ctx.value_use)
+        raise
     finally:
         _current.reset(token)
+    if ctx.value_use is not None:  # the body caught the signal and went on
+        _remember(flow, ctx.value_use)
+        raise NeedsValues(ctx.value_use[0])
     if inspect.isawaitable(returned) or inspect.isgenerator(returned):
         raise FlowDefinitionError(
             f"flow {flow.name!r} must be a plain function (not async or a generator)"
         )
-    result = (
-        None if returned is None else ctx.to_input(returned, f"<result of {flow.name}>", "return")
-    )
+    token = _current.set(ctx)  # a ParamRef returned as such is a concrete use too
+    try:
+        result = (
+            None
+            if returned is None
+            else ctx.to_input(returned, f"<result of {flow.name}>", "return")
+        )
+    finally:
+        _current.reset(token)
+    if ctx.value_use is not None:
+        _remember(flow, ctx.value_use)
+        raise NeedsValues(ctx.value_use[0])
     reference_ids: tuple[str, ...] = ()
     if result is not None:
         reference_ids = tuple(dict.fromkeys(r.task_id for r in iter_task_refs(result)))
@@ -238,6 +390,7 @@ def trace(flow: Flow[..., Any]) -> GraphSpec:
         result=result,
         reference_task_ids=reference_ids,
         description=flow.description,
+        value_dependent=not symbolic,
     )
     graph.validate()
     return graph
@@ -294,9 +447,9 @@ def case(value: Any, expected: Any = True) -> Iterator[None]:
     ctx = current_context()
     if ctx is None:
         raise RuntimeError("headwater.case() is only meaningful inside a @flow function")
-    check = case_check(value, expected)
-    assert isinstance(check, TaskRef)
-    ctx.case_stack.append(check.node_id)
+    check: Any = case_check(value, expected)
+    assert type(check) is TaskRef
+    ctx.case_stack.append(check._node_id)
     try:
         yield
     finally:
@@ -319,4 +472,13 @@ def merge(*branches: Any) -> Any:
         ctx.case_stack = saved
 
 
-__all__ = ["Trigger", "case", "current_context", "map_eagerly", "merge", "param_specs", "trace"]
+__all__ = [
+    "Trigger",
+    "build_graph",
+    "case",
+    "current_context",
+    "map_eagerly",
+    "merge",
+    "param_specs",
+    "value_use",
+]

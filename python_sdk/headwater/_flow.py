@@ -7,12 +7,13 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from headwater.wire import GraphSpec, ParameterError
+from headwater.wire import GraphSpec, ParameterError, bind_params
 from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, Executor, ThreadExecutor
 from headwater_runtime.engine import StateEntry, TaskRunRecord
 
 from . import _compiler
 from ._errors import FlowDefinitionError
+from ._params import ParameterTypes
 from ._run import FlowRun
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ RUN_OPTIONS = frozenset({"executor", "max_workers", "max_concurrency", "on_trans
 
 class Flow(Generic[P, R]):
     """A flow. ``flow(**params)`` runs it embedded and returns its result;
-    ``flow.run(**params)`` returns a FlowRun; ``flow.compile()`` returns the graph."""
+    ``flow.run(**params)`` returns a FlowRun; ``flow.compile(**params)`` returns the
+    graph for those parameter values (the same graph for all values unless the body
+    uses a parameter as a value: docs/flows.md)."""
 
     def __init__(
         self,
@@ -54,28 +57,77 @@ class Flow(Generic[P, R]):
                 f"flow {self.name!r}: parameter name(s) {sorted(clash)} are reserved for "
                 "run options; rename them"
             )
+        #: Set once the body is seen using a parameter as a value: (name, use, line).
+        self._value_use: tuple[str, str, str] | None = None
+        self._types: ParameterTypes | None = None
         functools.update_wrapper(self, fn)
 
-    def graph(self) -> GraphSpec:
-        """Compile to the engine's graph (live Python constants, callables attached)."""
-        return _compiler.trace(self)
+    @property
+    def types(self) -> ParameterTypes:
+        """The parameters' annotations and their validators (read on first use)."""
+        if self._types is None:
+            self._types = ParameterTypes(self.name, self.fn, [p.name for p in self.parameters])
+        return self._types
 
-    def compile(self) -> graph_pb2.FlowGraph:
-        """Compile to a FlowGraph message (constants encoded), e.g. to inspect or send."""
-        from headwater.wire import graph_to_proto  # protobuf: only when asked
+    @property
+    def value_dependent(self) -> bool:
+        """Whether the body is known to use a parameter as a value, so that its graph
+        depends on the values (known after the first compile that took such a path)."""
+        return _compiler.value_use(self) is not None
 
-        return graph_to_proto(self.graph())
+    def validate(self, *args: Any, **params: Any) -> dict[str, Any]:
+        """The parameter values of a call, checked and converted against the
+        annotations (defaults not filled in). ParameterError for an unknown parameter
+        or a value that does not fit."""
+        return self.types.validate(self.bind(*args, **params))
+
+    def complete(self, given: dict[str, Any], *, required: bool = True) -> dict[str, Any] | None:
+        """``given`` with defaults filled in; a missing required parameter is a
+        ParameterError, or None when not ``required``."""
+        try:
+            return bind_params(GraphSpec(self.name, (), tuple(self.parameters)), given)
+        except ParameterError:
+            if required:
+                raise
+            return None
+
+    def graph(self, *args: Any, **params: Any) -> GraphSpec:
+        """The engine's graph for these parameter values (live Python constants,
+        callables attached). Without values, the symbolic graph; ParameterError when
+        the flow needs values to build its graph and a required one is missing."""
+        values = self.complete(self.validate(*args, **params), required=False)
+        return _compiler.build_graph(self, values)
+
+    def compile(self, *args: Any, **params: Any) -> graph_pb2.FlowGraph:
+        """The FlowGraph message for these parameter values (constants encoded, each
+        parameter's type and JSON Schema filled in), e.g. to inspect or send."""
+        from ._graphs import compile_graph  # protobuf: only when asked
+
+        given = self.validate(*args, **params)
+        return compile_graph(self, given, self.complete(given, required=False))[0]
 
     def deploy(self, client: Client) -> str:
         """Register this flow on a server; returns the version it is stored as."""
         return client.deploy(self)
 
     def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Parameter values by name from a call's arguments."""
+        """Parameter values by name from a call's arguments (as given, unchecked)."""
         try:
             return dict(self.signature.bind_partial(*args, **kwargs).arguments)
         except TypeError as exc:
             raise ParameterError(f"flow {self.name!r}: {exc}") from None
+
+    def parse_params(self, raw: dict[str, str]) -> dict[str, Any]:
+        """Values given as text (``headwater run -p k=v``), converted to each
+        parameter's annotation; ParameterError for an unknown name or a bad value."""
+        known = {p.name for p in self.parameters}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ParameterError(
+                f"flow {self.name!r} got unknown parameter(s) "
+                f"{', '.join(map(repr, unknown))}; it accepts: {', '.join(sorted(known)) or 'none'}"
+            )
+        return {name: self.types.from_text(name, text) for name, text in raw.items()}
 
     def run(
         self,
@@ -102,8 +154,9 @@ class Flow(Generic[P, R]):
             )
         if executor is not None and max_workers is not None:
             raise FlowDefinitionError("pass either executor= or max_workers=, not both")
-        values = self.bind(*args, **params)
-        graph = self.graph()
+        values = self.complete(self.validate(*args, **params))
+        assert values is not None
+        graph = _compiler.build_graph(self, values)
         remote = [t for t in graph.tasks if t.fn is None]
         if remote:
             raise FlowDefinitionError(

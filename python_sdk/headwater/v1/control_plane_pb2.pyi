@@ -45,12 +45,14 @@ class ListFlowsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FlowSummary(_message.Message):
-    __slots__ = ("name", "versions")
+    __slots__ = ("name", "versions", "value_dependent_graphs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_DEPENDENT_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    value_dependent_graphs: int
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., value_dependent_graphs: _Optional[int] = ...) -> None: ...
 
 class ListFlowsResponse(_message.Message):
     __slots__ = ("flows",)

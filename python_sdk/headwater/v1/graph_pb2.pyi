@@ -38,7 +38,7 @@ CACHE_KEY_SOURCE_INPUTS: CacheKeySource
 CACHE_KEY_SOURCE_FUNCTION: CacheKeySource
 
 class FlowGraph(_message.Message):
-    __slots__ = ("name", "version", "parameters", "tasks", "result", "reference_task_ids", "description")
+    __slots__ = ("name", "version", "parameters", "tasks", "result", "reference_task_ids", "description", "value_dependent", "parameters_digest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class FlowGraph(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_DEPENDENT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterSpec]
@@ -53,17 +55,23 @@ class FlowGraph(_message.Message):
     result: Input
     reference_task_ids: _containers.RepeatedScalarFieldContainer[str]
     description: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., result: _Optional[_Union[Input, _Mapping]] = ..., reference_task_ids: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ...) -> None: ...
+    value_dependent: bool
+    parameters_digest: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[TaskNode, _Mapping]]] = ..., result: _Optional[_Union[Input, _Mapping]] = ..., reference_task_ids: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., value_dependent: _Optional[bool] = ..., parameters_digest: _Optional[str] = ...) -> None: ...
 
 class ParameterSpec(_message.Message):
-    __slots__ = ("name", "default_value", "required")
+    __slots__ = ("name", "default_value", "required", "type", "json_schema")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_value: _payload_pb2.Payload
     required: bool
-    def __init__(self, name: _Optional[str] = ..., default_value: _Optional[_Union[_payload_pb2.Payload, _Mapping]] = ..., required: _Optional[bool] = ...) -> None: ...
+    type: str
+    json_schema: str
+    def __init__(self, name: _Optional[str] = ..., default_value: _Optional[_Union[_payload_pb2.Payload, _Mapping]] = ..., required: _Optional[bool] = ..., type: _Optional[str] = ..., json_schema: _Optional[str] = ...) -> None: ...
 
 class TaskNode(_message.Message):
     __slots__ = ("id", "name", "task_type", "inputs", "wait_for", "retry", "timeout", "trigger", "cache", "map", "tags", "required_labels", "resources", "version", "portable", "argument_order")

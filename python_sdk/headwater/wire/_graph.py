@@ -9,6 +9,7 @@ a graph one host refuses is refused by every host, with the same message.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import heapq
 from collections.abc import Callable, Iterator, Mapping
@@ -159,24 +160,61 @@ class TaskSpec:
 
 @dataclass(frozen=True, slots=True)
 class ParamSpec:
-    """A flow parameter: a default (live object or payload) unless required."""
+    """A flow parameter: a default (live object or payload) unless required.
+
+    ``type_name`` names the annotation for people (``"list[int] | None"``) and
+    ``json_schema`` is its JSON Schema (sorted-key JSON text), which a control plane
+    checks json-encoded values of runs created by name against; both empty when the
+    parameter has no annotation (or the SDK did not fill them in, as in an embedded
+    run, which validates with the annotation itself).
+    """
 
     name: str
     default: Any = None
     required: bool = True
+    type_name: str = ""
+    json_schema: str = ""
 
 
 class ParameterError(TypeError):
     """Flow parameters given to a run do not match the flow's parameters."""
 
 
+class GraphBuildNeeded(ParameterError):
+    """A value-dependent graph was asked to run with values it was not built for: a
+    graph for them must be built from the flow's code (docs/flows.md)."""
+
+
 class GraphError(ValueError):
     """A flow graph breaks a rule; the message names the task and the problem."""
 
 
+#: Separates a value-dependent graph's version from its digest: ``VERSION@DIGEST12``.
+BUILD_SEPARATOR = "@"
+
+
+def build_version(version: str, digest: str) -> str:
+    """The version a control plane stores a value-dependent graph under: the author's
+    version (often empty) and the first 12 hex digits of the graph's digest, so that
+    each distinct graph is stored once and none is mistaken for a numbered version."""
+    return f"{version}{BUILD_SEPARATOR}{digest[:12]}"
+
+
+def is_build_version(version: str) -> bool:
+    """Whether a stored version names one value-dependent graph (``build_version``)."""
+    return BUILD_SEPARATOR in version
+
+
 @dataclass(frozen=True)
 class GraphSpec:
-    """A compiled flow. Tasks are in a topological order once validated."""
+    """A compiled flow. Tasks are in a topological order once validated.
+
+    A ``value_dependent`` graph was built from one run's parameter values (the flow
+    body used them as values, docs/flows.md); ``parameters_digest`` identifies those
+    values (``parameters_digest()`` in ``headwater.wire``, empty when not known, as in
+    an embedded run): a control plane runs such a graph only with parameters of that
+    digest.
+    """
 
     name: str
     tasks: tuple[TaskSpec, ...]
@@ -185,6 +223,8 @@ class GraphSpec:
     result: InputSpec | None = None
     reference_task_ids: tuple[str, ...] = ()
     description: str = ""
+    value_dependent: bool = False
+    parameters_digest: str = ""
 
     def validate(self) -> None:
         """Raise GraphError naming the task and problem for any invalid graph.
@@ -217,6 +257,11 @@ class GraphSpec:
         return deps
 
     def _check(self) -> None:
+        if BUILD_SEPARATOR in self.version:
+            raise GraphError(
+                f"flow {self.name!r}: a version may not contain {BUILD_SEPARATOR!r} "
+                f"(got {self.version!r}); it marks the graphs of value-dependent flows"
+            )
         ids: dict[str, TaskSpec] = {}
         for t in self.tasks:
             if not t.id:
@@ -263,15 +308,7 @@ class GraphSpec:
         order = _toposort(self.tasks, self.upstreams())
         if all(a is b for a, b in zip(order, self.tasks, strict=True)):
             return self
-        graph = GraphSpec(
-            name=self.name,
-            tasks=tuple(order),
-            params=self.params,
-            version=self.version,
-            result=self.result,
-            reference_task_ids=self.reference_task_ids,
-            description=self.description,
-        )
+        graph = dataclasses.replace(self, tasks=tuple(order))
         graph.validate()
         return graph
 

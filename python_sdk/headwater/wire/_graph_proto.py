@@ -7,7 +7,9 @@ pickle; json is required for portable tasks). ``graph_from_proto`` keeps them en
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from headwater.v1 import graph_pb2, payload_pb2
@@ -101,10 +103,14 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
         version=graph.version,
         description=graph.description,
         reference_task_ids=list(graph.reference_task_ids),
+        value_dependent=graph.value_dependent,
+        parameters_digest=graph.parameters_digest,
     )
     readers = json_consumers(graph).params
     for p in graph.params:
-        param = msg.parameters.add(name=p.name, required=p.required)
+        param = msg.parameters.add(
+            name=p.name, required=p.required, type=p.type_name, json_schema=p.json_schema
+        )
         if not p.required:
             where = f"flow {graph.name!r}, default of parameter {p.name!r}"
             reader = readers.get(p.name)
@@ -192,14 +198,14 @@ def _input_from_proto(msg: graph_pb2.Input, where: str) -> InputSpec:
 
 def _param_from_proto(flow: str, p: graph_pb2.ParameterSpec) -> ParamSpec:
     if p.required:
-        return ParamSpec(p.name, None, True)
+        return ParamSpec(p.name, None, True, p.type, p.json_schema)
     where = f"flow {flow!r}, parameter {p.name!r}"
     if not p.HasField("default_value"):
         raise GraphError(f"{where}: not required, so it needs a default value")
     if ENCODING_KEY not in p.default_value.metadata:
         raise GraphError(f"{where}: default payload has no 'encoding' metadata")
     default = EncodedValue(bytes(p.default_value.data), dict(p.default_value.metadata))
-    return ParamSpec(p.name, default, False)
+    return ParamSpec(p.name, default, False, p.type, p.json_schema)
 
 
 def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
@@ -265,6 +271,38 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
         else None,
         reference_task_ids=tuple(msg.reference_task_ids),
         description=msg.description,
+        value_dependent=msg.value_dependent,
+        parameters_digest=msg.parameters_digest,
     )
+    if graph.value_dependent and not graph.parameters_digest:
+        raise GraphError(
+            f"flow {msg.name!r}: a value-dependent graph needs the parameters_digest of "
+            "the values it was built for"
+        )
     graph.validate()
     return graph
+
+
+ParameterValue = payload_pb2.Value | payload_pb2.Payload | EncodedValue
+
+
+def parameters_digest(values: Mapping[str, ParameterValue]) -> str:
+    """The digest of a run's encoded parameter values (defaults filled in), computed
+    alike by an SDK building a value-dependent graph and by a control plane checking
+    that a run's parameters are the ones the graph was built for; neither decodes a
+    value. A value held by reference is identified by its SHA-256 (or payload id)."""
+    h = hashlib.sha256()
+    for name in sorted(values):
+        value = values[name]
+        if isinstance(value, payload_pb2.Value) and value.HasField("ref"):
+            ref = value.ref
+            metadata = dict(ref.metadata)
+            sha = ref.sha256 or f"payload:{ref.payload_id}"
+        else:
+            if isinstance(value, payload_pb2.Value):
+                value = value.inline
+            metadata, data = dict(value.metadata), bytes(value.data)
+            sha = hashlib.sha256(data).hexdigest()
+        line = json.dumps([name, sorted(metadata.items()), sha], separators=(",", ":"))
+        h.update(line.encode() + b"\n")
+    return h.hexdigest()

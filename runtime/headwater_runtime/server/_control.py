@@ -18,9 +18,11 @@ from headwater.wire import (
     ENCODING_KEY,
     PROTOCOL_VERSION,
     TERMINAL_FLOW_STATES,
+    GraphBuildNeeded,
     GraphError,
     ParameterError,
     feature_names,
+    is_build_version,
     split_task_run_id,
     task_run_id,
     timestamp,
@@ -77,7 +79,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
 
     async def ListFlows(self, request: Any, context: Any) -> Any:
         flows = [
-            control_plane_pb2.FlowSummary(name=name, versions=versions)
+            control_plane_pb2.FlowSummary(
+                name=name,
+                versions=[v for v in versions if not is_build_version(v)],
+                value_dependent_graphs=sum(map(is_build_version, versions)),
+            )
             for name, versions in self.store.list_flows()
         ]
         return control_plane_pb2.ListFlowsResponse(flows=flows)
@@ -99,6 +105,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             )
         except NotFound as exc:
             await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except GraphBuildNeeded as exc:
+            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ParameterError as exc:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.core.flush()  # durable before the client hears about it
@@ -217,6 +225,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             schedule = self.core.schedules.create(request.schedule)
         except NotFound as exc:
             await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        except GraphBuildNeeded as exc:
+            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (ScheduleError, ParameterError) as exc:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.core.touch()  # the timer loop re-reads the next fire time

@@ -30,6 +30,7 @@ from headwater.wire import (
     ParameterError,
     TaskRunState,
     bind_params,
+    build_version,
     duration,
     failure_to_dict,
     graph_from_proto,
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
 
 from ._codec import decode_entry, encode_entry
+from ._params import check_built_for, check_types
 from ._spill import spill_inputs
 from ._values import (
     SERVER_VALUES,
@@ -179,9 +181,11 @@ class RunManager:
         graph = graph_from_proto(msg)
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
-        version, created = self.store.put_flow(
-            msg.name, digest, data, msg.version, self.clock.now()
-        )
+        # A symbolic graph is a version of the flow (numbered unless named). A
+        # value-dependent one is one build: stored once per digest under
+        # VERSION@DIGEST12, so runs with many parameter values add no numbered versions.
+        label = build_version(msg.version, digest) if graph.value_dependent else msg.version
+        version, created = self.store.put_flow(msg.name, digest, data, label, self.clock.now())
         # Keep the graph just validated: the run that usually follows needs it.
         self._graphs.setdefault((msg.name, version.version), graph)
         return version.version, created
@@ -212,8 +216,7 @@ class RunManager:
         ``schedule`` records its id, and the schedule row (advanced past this fire) is
         stored in the same transaction as the run."""
         version, graph = self.graph(flow_name, flow_version)
-        params = bind_params(graph, dict(parameters))
-        _check_json_params(graph, params)
+        params = self.check_params(graph, version, parameters)
         now = self.clock.now()
         stored_params = run_pb2.FlowRun(parameters=_param_values(params))
         run_id = uuid.uuid4().hex
@@ -236,6 +239,19 @@ class RunManager:
             active.trace = trace  # (a duplicate's unended span is never exported)
             self._process(active, active.journal.start())
         return row, created
+
+    @staticmethod
+    def check_params(
+        graph: GraphSpec, version: str, given: Mapping[str, payload_pb2.Value]
+    ) -> dict[str, Any]:
+        """A run's parameters with defaults filled in, checked as far as the server
+        can (server/_params.py): ParameterError, or GraphBuildNeeded when a
+        value-dependent graph was built for other values."""
+        params = bind_params(graph, dict(given))
+        _check_json_params(graph, params)
+        check_types(graph, given)
+        check_built_for(graph, version, params)
+        return params
 
     def _activate(
         self,

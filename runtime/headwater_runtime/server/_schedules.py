@@ -18,11 +18,11 @@ import uuid
 from collections.abc import Mapping
 
 from headwater.v1 import payload_pb2, run_pb2
-from headwater.wire import ParameterError, bind_params, seconds, timestamp
+from headwater.wire import ParameterError, seconds, timestamp
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import NotFound, ScheduleRow, Store
 
-from ._runs import RunManager, check_json_params
+from ._runs import RunManager
 from ._schedule_times import (
     ScheduleError,
     Timing,
@@ -88,9 +88,8 @@ class Scheduler:
         if not request.flow_name:
             raise ScheduleError("flow_name is required")
         timing = timing_of(request)
-        _, graph = self.runs.graph(request.flow_name, request.flow_version)
-        params = bind_params(graph, dict(request.parameters))
-        check_json_params(graph, params)
+        version, graph = self.runs.graph(request.flow_name, request.flow_version)
+        self.runs.check_params(graph, version, request.parameters)
         now = round(self.clock.now(), 3)  # the anchor, on the millisecond grid of fires
         msg = run_pb2.Schedule()
         msg.CopyFrom(request)

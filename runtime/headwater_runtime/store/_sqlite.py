@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from headwater.wire import CHUNK_SIZE, TERMINAL_FLOW_STATES
+from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE, TERMINAL_FLOW_STATES
 
 from ._base import (
     CacheRow,
@@ -199,7 +199,8 @@ class SQLiteStore:
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM flows WHERE name=?", (name,)
             ).fetchone()[0]
-            version = version or str(seq)
+            if not version:
+                version = self._next_number(name)
             taken = db.execute(
                 "SELECT 1 FROM flows WHERE name=? AND version=?", (name, version)
             ).fetchone()
@@ -217,6 +218,20 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
         return FlowVersion(name, version, digest, graph, now), True
+
+    def _next_number(self, name: str) -> str:
+        """1, 2, ... counting only numbered-style versions: the graphs of
+        value-dependent builds (VERSION@DIGEST) do not use up numbers."""
+        (count,) = self._db.execute(
+            "SELECT COUNT(*) FROM flows WHERE name=? AND instr(version, ?) = 0",
+            (name, BUILD_SEPARATOR),
+        ).fetchone()
+        number = count + 1
+        while self._db.execute(
+            "SELECT 1 FROM flows WHERE name=? AND version=?", (name, str(number))
+        ).fetchone():
+            number += 1
+        return str(number)
 
     def get_flow(self, name: str, version: str = "") -> FlowVersion:
         if version:

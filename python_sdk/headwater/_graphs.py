@@ -1,0 +1,89 @@
+"""A flow's FlowGraph message for one run's parameters, and those parameters encoded.
+
+The one place that turns (flow, parameter values) into what a control plane stores and
+runs: ``Flow.compile``, ``Client.run``/``deploy``/``create_schedule`` and the CLI all
+go through ``compile_graph``, so a value-dependent graph always carries the digest of
+the very bytes sent as the run's parameters (docs/flows.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from headwater.v1 import graph_pb2, payload_pb2
+from headwater.wire import (
+    EncodingError,
+    GraphSpec,
+    ParameterError,
+    encode,
+    graph_to_proto,
+    json_consumers,
+    parameters_digest,
+)
+
+from ._compiler import build_graph
+
+if TYPE_CHECKING:
+    from ._flow import Flow
+
+#: Encodes one parameter value (``portable``: json only) as a Value message.
+Encoder = Callable[[Any, bool], payload_pb2.Value]
+
+
+def inline_value(value: Any, portable: bool) -> payload_pb2.Value:
+    """A Value carrying the encoded bytes inline (nothing is uploaded)."""
+    encoded = encode(value, portable=portable)
+    return payload_pb2.Value(
+        inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+    )
+
+
+def with_types(flow: Flow[..., Any], graph: GraphSpec) -> GraphSpec:
+    """The graph with each parameter's type name and JSON Schema filled in."""
+    params = []
+    for p in graph.params:
+        type_name, schema = flow.types.schema(p.name)
+        params.append(dataclasses.replace(p, type_name=type_name, json_schema=schema))
+    return dataclasses.replace(graph, params=tuple(params))
+
+
+def compile_graph(
+    flow: Flow[..., Any],
+    given: Mapping[str, Any],
+    values: Mapping[str, Any] | None,
+    encoder: Encoder = inline_value,
+) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
+    """(the FlowGraph for a run, the run's given parameters encoded).
+
+    ``given`` are the validated values the caller passes, ``values`` the same with
+    defaults filled in (None when a required one is missing: only a symbolic graph can
+    be built then). For a value-dependent graph, ``parameters_digest`` is computed from
+    the encoded ``given`` values and the defaults as encoded in the message, which is
+    what a control plane computes for the run.
+    """
+    graph = with_types(flow, build_graph(flow, values))
+    readers = json_consumers(graph).params
+    encoded: dict[str, payload_pb2.Value] = {}
+    for name, value in given.items():
+        reader = readers.get(name)
+        try:
+            encoded[name] = encoder(value, reader is not None)
+        except EncodingError as exc:
+            assert reader is not None
+            raise ParameterError(
+                f"task {reader[0]!r}, argument {reader[1]!r}: parameter {name!r} must be "
+                f"json (the task is portable or implemented in another language), but {exc}"
+            ) from None
+    msg = graph_to_proto(graph)
+    if graph.value_dependent:
+        bound: dict[str, Any] = dict(encoded)
+        for p in msg.parameters:
+            if p.name not in bound and not p.required:
+                bound[p.name] = p.default_value
+        msg.parameters_digest = parameters_digest(bound)
+    return msg, encoded
+
+
+__all__ = ["Encoder", "compile_graph", "inline_value", "with_types"]

@@ -1,0 +1,81 @@
+"""What the control plane checks about a run's parameters, without the flow's code.
+
+The SDK checks and converts parameters against the flow function's annotations before
+anything is sent (``Client.run(flow, ...)``, ``headwater run``). A run created by name
+(``Client.run("name", ...)``, a schedule of a flow name) reaches the server unchecked,
+so the server checks what it can from the stored graph (docs/flows.md):
+
+- a json-encoded value against the parameter's JSON Schema (``jsonschema``); values the
+  SDK would have converted (``"3"`` for an ``int``) are refused here, never converted:
+  the server does not rewrite payloads. Pickled values and values held by reference
+  are not checked (the server never unpickles).
+- a value-dependent graph runs only with the values it was built for (the digest in
+  the graph); other values need the graph built from the flow's code
+  (``GraphBuildNeeded``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from headwater.v1 import payload_pb2
+from headwater.wire import (
+    ENCODING_KEY,
+    JSON,
+    GraphBuildNeeded,
+    GraphSpec,
+    ParameterError,
+    parameters_digest,
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema: str) -> Any:
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(json.loads(schema))
+    return cls(json.loads(schema), format_checker=cls.FORMAT_CHECKER)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_types(graph: GraphSpec, given: Mapping[str, Any]) -> None:
+    """ParameterError (one line: parameter, expected type, value) for a json-encoded
+    value that does not match its parameter's JSON Schema."""
+    for spec in graph.params:
+        value = given.get(spec.name)
+        if not spec.json_schema or not isinstance(value, payload_pb2.Value):
+            continue
+        if value.WhichOneof("kind") != "inline" or value.inline.metadata.get(ENCODING_KEY) != JSON:
+            continue  # pickled, tagged or by reference: checked by the SDK that sent it
+        decoded = json.loads(value.inline.data)
+        error = next(iter(_validator(spec.json_schema).iter_errors(decoded)), None)
+        if error is not None:
+            where = "".join(f"[{p!r}]" for p in error.absolute_path)
+            raise ParameterError(
+                f"flow {graph.name!r}: parameter {spec.name!r} expects "
+                f"{spec.type_name or 'a value matching its schema'}, got {_short(decoded)} "
+                f"({where + ': ' if where else ''}{error.message})"
+            )
+
+
+def check_built_for(graph: GraphSpec, version: str, params: Mapping[str, Any]) -> None:
+    """GraphBuildNeeded unless a value-dependent graph was built for these values."""
+    if not graph.value_dependent or parameters_digest(params) == graph.parameters_digest:
+        return
+    raise GraphBuildNeeded(
+        f"flow {graph.name!r} version {version!r} was built for other parameter values: "
+        "its body uses parameters as values, so its graph depends on them (docs/flows.md). "
+        "Start the run from the flow's code (Client.run(flow, params), `headwater run FILE "
+        "--server`), which registers the graph for these values; the server cannot build "
+        "it by name yet"
+    )
+
+
+__all__ = ["check_built_for", "check_types"]
