@@ -55,7 +55,9 @@ def check_types(graph: GraphSpec, given: Mapping[str, Any]) -> None:
         if value.WhichOneof("kind") != "inline" or value.inline.metadata.get(ENCODING_KEY) != JSON:
             continue  # pickled, tagged or by reference: checked by the SDK that sent it
         decoded = json.loads(value.inline.data)
-        error = next(iter(_validator(spec.json_schema).iter_errors(decoded)), None)
+        from jsonschema.exceptions import best_match
+
+        error = best_match(_validator(spec.json_schema).iter_errors(decoded))
         if error is not None:
             where = "".join(f"[{p!r}]" for p in error.absolute_path)
             raise ParameterError(

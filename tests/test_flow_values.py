@@ -1,0 +1,449 @@
+"""Flow bodies are Python (docs/flows.md): parameters are values, task results used as
+values fail at once naming the task, the flow line and the fix, and parameters are
+checked against the flow function's annotations."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import subprocess
+import sys
+from typing import Any, Literal
+
+import pydantic
+import pytest
+
+from headwater import FlowDefinitionError, ParameterError, case, flow, merge, task, unmapped
+from headwater.wire import Const, FromTask, Param, graph_from_proto, parameters_digest
+
+LINE = __file__.rsplit("/", 1)[-1]
+
+
+@task
+def scale(x: int, factor: int) -> int:
+    return x * factor
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@task
+def echo(value: Any) -> Any:
+    return value
+
+
+@task
+def name() -> str:
+    return "db"
+
+
+@task
+def rows() -> dict[str, list[int]]:
+    return {"rows": [1, 2, 3]}
+
+
+# ------------------------------------------------------------- parameters are values
+
+
+def test_the_readme_example_runs_and_its_graph_is_the_one_for_the_values() -> None:
+    @flow
+    def pipeline(n: int = 10, factor: int = 3) -> int:
+        return total(scale.map(list(range(n)), unmapped(factor)))
+
+    assert pipeline(n=5) == 30
+    assert pipeline() == 135
+    graph = pipeline.graph(n=4)
+    assert graph.value_dependent
+    scale_node = next(t for t in graph.tasks if t.name == "scale")
+    assert scale_node.inputs["x"] == Const([0, 1, 2, 3])
+    assert scale_node.inputs["factor"] == Const(3)  # a parameter given to a task: a constant
+
+
+def test_a_flow_that_does_not_use_values_keeps_one_symbolic_graph() -> None:
+    @flow
+    def symbolic(n: list[int], factor: int = 2) -> int:
+        return total(scale.map(echo(n), unmapped(factor)))
+
+    graph = symbolic.graph()
+    assert not graph.value_dependent and not symbolic.value_dependent
+    assert symbolic.graph(n=[1, 2]) == graph
+    assert next(t for t in graph.tasks if t.name == "echo").inputs["value"] == Param("n")
+    assert symbolic(n=[1, 2]) == 6
+
+
+def test_if_on_a_parameter_picks_the_branch_for_the_run() -> None:
+    @flow
+    def branch(n: int) -> str:
+        if n > 8:
+            return echo(f"big {n}")
+        return echo("small")
+
+    assert branch(n=9) == "big 9"
+    assert branch(n=1) == "small"
+    assert [t.inputs["value"] for t in branch.graph(n=20).tasks] == [Const("big 20")]
+
+
+def test_f_strings_and_paths_on_parameters_give_the_real_text() -> None:
+    @flow
+    def write(out_dir: str = "/tmp/out") -> list[str]:
+        import pathlib
+
+        return [echo(f"{out_dir}/result.sqlite"), echo(str(pathlib.Path(out_dir) / "x"))]
+
+    assert write(out_dir="/data") == ["/data/result.sqlite", "/data/x"]
+
+
+def test_the_body_of_a_value_dependent_flow_runs_once_per_compile_after_the_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    calls: list[object] = []
+
+    @flow
+    def counted(n: int = 2) -> list[int]:
+        calls.append(n)
+        return scale.map(list(range(n)), unmapped(1))
+
+    counted()
+    assert len(calls) == 2  # the symbolic attempt stopped at range(n), then the values
+    calls.clear()
+    counted(n=3)
+    counted.graph(n=4)
+    assert calls == [3, 4]
+
+
+def test_a_second_flow_object_over_the_same_code_knows_it_is_value_dependent() -> None:
+    def body(n: int = 2) -> int:
+        seen.append(n)
+        return total(list(range(n)))
+
+    seen: list[object] = []
+    flow(body).graph()
+    seen.clear()
+    again = flow(name="again")(body)
+    assert again.value_dependent
+    again.graph(n=3)
+    assert seen == [3]
+
+
+def test_a_body_that_swallows_the_signal_is_still_compiled_with_values() -> None:
+    @flow
+    def stubborn(n: int = 3) -> int:
+        try:
+            count = int(n)
+        except BaseException:
+            count = 1
+        return total(list(range(count)))
+
+    assert stubborn() == 3
+
+
+def test_a_parameter_hidden_in_an_object_given_to_a_task_is_a_use_of_its_value() -> None:
+    @dataclasses.dataclass
+    class Settings:
+        path: str
+
+    @flow
+    def configured(path: str = "/a") -> Any:
+        return echo(Settings(path))
+
+    assert configured(path="/b") == Settings("/b")
+    assert configured.value_dependent
+
+
+def test_a_value_dependent_graph_without_values_names_the_parameter_to_give() -> None:
+    @flow
+    def needs(n: int) -> int:
+        return total(list(range(n)))
+
+    with pytest.raises(ParameterError, match=r"'n'.*range|'n'.*number.*needs.graph\(n=\.\.\.\)"):
+        needs.graph()
+
+
+def test_compile_for_values_carries_the_flag_and_the_digest_of_the_values() -> None:
+    @flow
+    def sized(n: int = 2, label: str = "x") -> int:
+        return total(list(range(n)))
+
+    msg = sized.compile(n=3)
+    assert msg.value_dependent
+    back = graph_from_proto(msg)
+    assert back.value_dependent and back.parameters_digest == msg.parameters_digest
+    assert sized.compile(n=3).parameters_digest == msg.parameters_digest
+    assert sized.compile(n=4).parameters_digest != msg.parameters_digest
+    assert [p.type for p in msg.parameters] == ["int", "str"]
+
+
+def test_parameters_digest_is_the_same_inline_and_by_reference() -> None:
+    from headwater.v1 import payload_pb2
+
+    data = b"[1, 2]"
+    inline = payload_pb2.Value(inline=payload_pb2.Payload(data=data, metadata={"encoding": "json"}))
+    import hashlib
+
+    ref = payload_pb2.Value(
+        ref=payload_pb2.PayloadRef(
+            payload_id="p1",
+            size_bytes=len(data),
+            metadata={"encoding": "json"},
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+    )
+    assert parameters_digest({"a": inline}) == parameters_digest({"a": ref})
+    assert parameters_digest({"a": inline}) != parameters_digest({"b": inline})
+
+
+# ------------------------------------------------------------- task results as values
+
+
+def misuse_cases() -> list[tuple[str, Any, str]]:
+    return [
+        ("str", lambda r: str(r), "turned into text.*build the text inside that task"),
+        ("fstring", lambda r: f"/data/{r}.db", "turned into text"),
+        ("repr", lambda r: f"{r!r}", "turned into text"),
+        ("format", lambda r: format(r, ">5"), "turned into text"),
+        ("bool", lambda r: bool(r), r"condition.*case\(ref, value\)"),
+        ("if", lambda r: 1 if r else 0, "condition"),
+        ("len", lambda r: len(r), r"len\(\).*task.map"),
+        ("iter", lambda r: [x for x in r], r"iterated.*task.map\(ref\)"),
+        ("unpack", lambda r: tuple(r), "iterated"),
+        ("in", lambda r: 1 in r, "iterated"),
+        ("int", lambda r: int(r), "number"),
+        ("float", lambda r: float(r), "number"),
+        ("index", lambda r: [1, 2][r], "number"),
+        ("range", lambda r: range(r), "number"),
+        ("lt", lambda r: r < 3, "compared"),
+        ("eq", lambda r: r == 3, "compared"),
+        ("add", lambda r: r + 1, "arithmetic"),
+        ("radd", lambda r: 1 + r, "arithmetic"),
+        ("dict key", lambda r: {r: 1}, r"hashed.*dict values"),
+        ("attribute", lambda r: r.rows, r"attribute.*ref\['key'\]"),
+        ("fspath", lambda r: __import__("os").fspath(r), "text"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("misuse", "pattern"),
+    [(m, p) for _, m, p in misuse_cases()],
+    ids=[i for i, _, _ in misuse_cases()],
+)
+def test_a_task_result_used_as_a_value_names_task_line_and_fix(misuse: Any, pattern: str) -> None:
+    @flow
+    def f(n: int = 1) -> Any:
+        ref = name()
+        misuse(ref)  # the line the error names
+        return ref
+
+    with pytest.raises(FlowDefinitionError) as info:
+        f()
+    message = str(info.value)
+    assert "flow 'f'" in message and "task 'name'" in message
+    line = f.fn.__code__.co_firstlineno + 3
+    assert f"{LINE}:{line}" in message, message
+    assert __import__("re").search(pattern, message), message
+
+
+def test_a_mapped_result_used_as_a_value_says_it_is_a_mapped_task() -> None:
+    @flow
+    def f() -> Any:
+        results = scale.map([1, 2], unmapped(2))
+        return len(results)
+
+    with pytest.raises(FlowDefinitionError, match=r"results of mapped task 'scale'.*len"):
+        f.graph()
+
+
+def test_the_error_names_the_helper_and_the_flow_line() -> None:
+    def helper(value: Any) -> str:
+        return f"{value}"
+
+    @flow
+    def f() -> Any:
+        return echo(helper(name()))
+
+    with pytest.raises(
+        FlowDefinitionError, match=rf"{LINE}:\d+ \(in helper\(\) at \S*{LINE}:\d+\)"
+    ):
+        f.graph()
+
+
+def test_indexing_and_passing_results_in_lists_and_dicts_still_work() -> None:
+    @flow
+    def f() -> Any:
+        r = rows()
+        return echo({"first": r["rows"][0], "all": [r["rows"], name()]})
+
+    graph = f.graph()
+    node = graph.tasks[-1]
+    assert FromTask("rows", ("rows", 0)) in [e[1] for e in node.inputs["value"].entries]
+    assert f() == {"first": 1, "all": [[1, 2, 3], "db"]}
+
+
+def test_branching_on_a_result_with_case_and_merge_still_works() -> None:
+    @flow
+    def f(n: int = 3) -> Any:
+        big = echo(n > 2)
+        with case(big, True):
+            yes = echo("big")
+        with case(big, False):
+            no = echo("small")
+        return merge(yes, no)
+
+    assert f() == "big" and f(n=1) == "small"
+
+
+# ------------------------------------------------------------- parameter validation
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclasses.dataclass
+class Window:
+    start: int
+    end: int
+
+
+class Options(pydantic.BaseModel):
+    depth: int = 1
+    tags: list[str] = []
+
+
+@flow
+def typed(
+    n: int = 1,
+    rate: float = 0.5,
+    label: str = "x",
+    flag: bool = False,
+    ids: list[int] | None = None,
+    weights: dict[str, float] | None = None,
+    mode: Literal["fast", "slow"] = "fast",
+    color: Color = Color.RED,
+    day: datetime.date = datetime.date(2026, 1, 1),
+    at: datetime.datetime | None = None,
+    window: Window | None = None,
+    options: Options | None = None,
+) -> dict[str, Any]:
+    return echo(
+        {
+            "n": n,
+            "rate": rate,
+            "label": label,
+            "flag": flag,
+            "ids": ids,
+            "weights": weights,
+            "mode": mode,
+            "color": color,
+            "day": day,
+            "at": at,
+            "window": window,
+            "options": options,
+        }
+    )
+
+
+def test_values_are_converted_to_their_annotations() -> None:
+    out = typed(
+        n="3",
+        rate=2,
+        flag="true",
+        ids=("1", 2),
+        weights={"a": "1.5"},
+        mode="slow",
+        color="blue",
+        day="2026-01-02",
+        at="2026-01-02T03:04:05Z",
+        window={"start": 1, "end": "2"},
+        options={"depth": 2},
+    )
+    assert out["n"] == 3 and out["rate"] == 2.0 and out["flag"] is True
+    assert out["ids"] == [1, 2] and out["weights"] == {"a": 1.5}
+    assert out["mode"] == "slow" and out["color"] is Color.BLUE
+    assert out["day"] == datetime.date(2026, 1, 2)
+    assert out["at"] == datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert out["window"] == Window(1, 2) and out["options"] == Options(depth=2)
+
+
+@pytest.mark.parametrize(
+    ("params", "pattern"),
+    [
+        ({"n": "abc"}, r"parameter 'n' expects int, got 'abc' \(Input should be a valid integer"),
+        ({"rate": "fast"}, r"parameter 'rate' expects float, got 'fast'"),
+        ({"ids": [1, "x"]}, r"parameter 'ids' expects list\[int\] \| None, got \[1, 'x'\]"),
+        ({"mode": "medium"}, r"parameter 'mode' expects Literal\['fast', 'slow'\]"),
+        ({"color": "green"}, r"parameter 'color' expects Color, got 'green'"),
+        ({"day": "tomorrow"}, r"parameter 'day' expects date, got 'tomorrow'"),
+        ({"window": {"start": 1}}, r"parameter 'window' expects Window \| None.*end"),
+        ({"options": {"depth": "deep"}}, r"parameter 'options' expects Options \| None.*depth"),
+    ],
+)
+def test_a_bad_value_is_refused_before_the_run_starts(params: dict[str, Any], pattern: str) -> None:
+    started: list[str] = []
+    with pytest.raises(ParameterError, match=pattern) as info:
+        typed.run(on_transition=lambda run, entry: started.append(run.key), **params)
+    assert "\n" not in str(info.value)
+    assert started == []
+
+
+def test_text_from_the_command_line_is_converted() -> None:
+    parsed = typed.parse_params(
+        {
+            "n": "3",
+            "label": "123",
+            "flag": "true",
+            "ids": "[1, 2]",
+            "weights": '{"a": 1}',
+            "color": "blue",
+            "day": "2026-01-02",
+            "window": '{"start": 1, "end": 2}',
+            "at": "null",
+        }
+    )
+    assert parsed == {
+        "n": 3,
+        "label": "123",
+        "flag": True,
+        "ids": [1, 2],
+        "weights": {"a": 1.0},
+        "color": Color.BLUE,
+        "day": datetime.date(2026, 1, 2),
+        "window": Window(1, 2),
+        "at": None,
+    }
+    with pytest.raises(ParameterError, match=r"'n' expects int, got 'abc'"):
+        typed.parse_params({"n": "abc"})
+    with pytest.raises(ParameterError, match=r"unknown parameter\(s\) 'nope'"):
+        typed.parse_params({"nope": "1"})
+
+
+def test_graph_carries_types_and_json_schemas() -> None:
+    msg = typed.compile()
+    by_name = {p.name: p for p in msg.parameters}
+    assert by_name["ids"].type == "list[int] | None"
+    assert '"integer"' in by_name["ids"].json_schema
+    assert '"fast"' in by_name["mode"].json_schema
+    assert by_name["window"].json_schema  # dataclasses have a JSON form
+
+
+def test_an_unannotated_or_any_parameter_is_not_checked() -> None:
+    @flow
+    def loose(a, b: Any = None):  # type: ignore[no-untyped-def]
+        return echo([a, b])
+
+    assert loose(a="x", b=object) == ["x", object]
+
+
+def test_a_plain_embedded_run_does_not_import_pydantic() -> None:
+    code = (
+        "import sys\n"
+        "from headwater import flow, task\n"
+        "@task\ndef one(n: int) -> int:\n    return n\n"
+        "@flow\ndef f(n: int = 1, name: str = 'x') -> int:\n    return one(n)\n"
+        "assert f(n=2) == 2\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

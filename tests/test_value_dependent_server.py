@@ -1,0 +1,146 @@
+"""The control plane and value-dependent graphs (docs/flows.md): stored once per digest
+under VERSION@DIGEST12, run only with the values they were built for, and parameters of
+runs created by name checked against the JSON Schema in the graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater import flow, task, unmapped
+from headwater._graphs import compile_graph
+from headwater.v1 import graph_pb2, payload_pb2, run_pb2
+from headwater.wire import GraphBuildNeeded, ParameterError, encode, is_build_version
+from headwater_runtime.server._runs import PendingAssignment, RunManager
+from headwater_runtime.server._schedules import Scheduler
+from headwater_runtime.store import SQLiteStore
+
+
+@task
+def scale(x: int, factor: int) -> int:
+    return x * factor
+
+
+@task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@flow
+def sized(n: int = 3, factor: int = 2) -> int:
+    return total(scale.map(list(range(n)), unmapped(factor)))
+
+
+@flow(name="sized")
+def sized_symbolic(n: int = 3, factor: int = 2) -> int:
+    return total([scale(n, factor)])
+
+
+class Clock:
+    t = 1_000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+class Dispatch:
+    def submit(self, pending: PendingAssignment) -> None:
+        pass
+
+    def cancel(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> RunManager:
+    return RunManager(SQLiteStore(tmp_path / "hw.db"), Dispatch(), Clock())
+
+
+def built(f: Any, **params: Any) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
+    given = f.validate(**params)
+    return compile_graph(f, given, f.complete(given))
+
+
+def value(obj: Any) -> payload_pb2.Value:
+    encoded = encode(obj)
+    return payload_pb2.Value(
+        inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+    )
+
+
+def test_each_distinct_value_dependent_graph_is_stored_once(manager: RunManager) -> None:
+    versions = []
+    for n in (3, 5, 3, 5, 3):
+        msg, params = built(sized, n=n)
+        version, _ = manager.register_flow(msg)
+        versions.append(version)
+        row, created = manager.create_run("sized", version, params)
+        assert created and row.flow_version == version
+    three, five = versions[0], versions[1]
+    assert versions == [three, five, three, five, three]
+    assert three != five and all(v.startswith("@") and len(v) == 13 for v in versions)
+    flows = dict(manager.store.list_flows())
+    assert sorted(flows["sized"]) == sorted([three, five])
+    # A numbered version is not pushed to 3 by the two builds before it.
+    version, _ = manager.register_flow(sized_symbolic.compile())
+    assert version == "1"
+
+
+def test_the_author_version_prefixes_the_build_version(manager: RunManager) -> None:
+    versioned = flow(name="sized", version="2024.1")(sized.fn)
+    msg, _ = built(versioned, n=4)
+    version, _ = manager.register_flow(msg)
+    assert version.startswith("2024.1@") and is_build_version(version)
+
+
+def test_a_value_dependent_graph_runs_only_with_its_values(manager: RunManager) -> None:
+    msg, params = built(sized, n=4)
+    version, _ = manager.register_flow(msg)
+    manager.create_run("sized", version, params)
+    manager.create_run("sized", "", {"n": value(4)})  # by name, the same values: fine
+    with pytest.raises(GraphBuildNeeded, match=r"built for other parameter values.*code"):
+        manager.create_run("sized", version, {"n": value(5)})
+    with pytest.raises(GraphBuildNeeded):
+        manager.create_run("sized", "", {"n": value(4), "factor": value(3)})
+
+
+def test_a_schedule_of_a_value_dependent_graph_is_checked_when_created(
+    manager: RunManager,
+) -> None:
+    msg, params = built(sized, n=4)
+    version, _ = manager.register_flow(msg)
+    scheduler = Scheduler(manager.store, manager, manager.clock)
+    schedule = run_pb2.Schedule(flow_name="sized", flow_version=version, enabled=True)
+    schedule.interval.FromSeconds(60)
+    for name, v in params.items():
+        schedule.parameters[name].CopyFrom(v)
+    assert scheduler.create(schedule).id
+    schedule.parameters["n"].CopyFrom(value(9))
+    with pytest.raises(GraphBuildNeeded):
+        scheduler.create(schedule)
+
+
+@flow(name="typed")
+def typed(n: int, ids: list[int] | None = None, when: Any = None) -> int:
+    return total([scale(n, 1)])
+
+
+def test_runs_by_name_are_checked_against_the_json_schema(manager: RunManager) -> None:
+    version, _ = manager.register_flow(typed.compile())
+    manager.create_run("typed", version, {"n": value(3), "ids": value([1, 2])})
+    with pytest.raises(ParameterError, match=r"parameter 'n' expects int, got \"abc\""):
+        manager.create_run("typed", version, {"n": value("abc")})
+    with pytest.raises(
+        ParameterError,
+        match=r"'ids' expects list\[int\] \| None, got \[1, \"x\"\] \(\[1\]: 'x' is not",
+    ):
+        manager.create_run("typed", version, {"n": value(1), "ids": value([1, "x"])})
+    # The server converts nothing: "3" for an int is refused, not turned into 3.
+    with pytest.raises(ParameterError, match=r"'n' expects int"):
+        manager.create_run("typed", version, {"n": value("3")})
+    # A pickled value is not decoded by the server: left to the SDK that sent it.
+    pickled = value((1, 2))
+    assert pickled.inline.metadata["encoding"] == "pickle"
+    manager.create_run("typed", version, {"n": pickled})
