@@ -12,7 +12,7 @@ def pipeline(n: int = 3) -> list[int]:
 
 pipeline()          # runs in-process, returns [0, 2, 4]
 pipeline.run()      # returns a FlowRun with per-task states
-pipeline.compile()  # the FlowGraph message sent to a server
+pipeline.compile(n=3)  # the FlowGraph message sent to a server, for n=3
 
 Public names are listed in ``__init__.pyi`` and load on first use, so importing the
 contract (``headwater.v1``, ``headwater.wire``) or running a flow embedded loads
