@@ -29,13 +29,14 @@ def _bare(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
-def test_the_bare_requirements_are_only_grpc_protobuf_and_cloudpickle() -> None:
+def test_the_bare_requirements_are_grpc_protobuf_cloudpickle_and_pydantic() -> None:
+    """pydantic checks flow parameters (docs/flows.md); nothing else joins the bare set."""
     bare = sorted(
         r.split(">")[0].split("=")[0].split("<")[0].strip()
         for r in requires("headwater") or []
         if "extra ==" not in r
     )
-    assert bare == ["cloudpickle", "grpcio", "protobuf"]
+    assert bare == ["cloudpickle", "grpcio", "protobuf", "pydantic"]
 
 
 def test_python_dash_m_headwater_is_the_cli() -> None:
