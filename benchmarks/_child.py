@@ -23,7 +23,16 @@ from ._measure import current_rss_mb, peak_rss_mb, reset_peak
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
 
-SYSTEMS = ("headwater", "headwater-traced", "plain", "dask", "dask-raw", "server", "dask-cluster")
+SYSTEMS = (
+    "headwater",
+    "headwater-traced",
+    "plain",
+    "dask",
+    "dask-raw",
+    "server",
+    "dask-cluster",
+    "compile",
+)
 #: Systems that are a Headwater embedded run (with tracing off, or on).
 HEADWATER = ("headwater", "headwater-traced")
 
@@ -74,6 +83,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._dask_cluster import measure as measure_cluster
 
         return measure_cluster(spec)
+    if system == "compile":
+        from ._compile import measure as measure_compile
+
+        return measure_compile(spec)
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])

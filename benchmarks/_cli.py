@@ -166,6 +166,8 @@ def _notes(rows: list[Row]) -> list[str]:
         if row.workload.cluster:
             notes.append(_cluster_note(row))
             continue
+        if row.workload.compile:
+            continue
         w = row.workload
         bits = []
         for system, outcome in row.outcomes.items():
@@ -347,7 +349,12 @@ def main(argv: list[str] | None = None) -> int:
             status = outcomes[system].error or "ok"
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
-    embedded = [r for r in rows if not r.workload.server and not r.workload.cluster]
+    compiled = [r for r in rows if r.workload.compile]
+    embedded = [
+        r
+        for r in rows
+        if not r.workload.server and not r.workload.cluster and not r.workload.compile
+    ]
     clustered = [r for r in rows if r.workload.cluster]
     served = [r for r in rows if r.workload.server]
     if embedded:
@@ -361,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
             "same DAG in-process, measured in this run"
         )
         print(format_table(served))
+    if compiled:
+        from ._compile import format_compile
+
+        for row in compiled:
+            outcome = row.outcomes["compile"]
+            print()
+            print(format_compile(outcome.data) if outcome.data else f"compile: {outcome.error}")
     if clustered:
         print()
         print(

@@ -27,6 +27,8 @@ class Workload:
             DaskExecutor next to raw Dask futures on one LocalCluster; a table of its own.
         max_ratio: target of Headwater-on-Dask wall / raw-futures wall.
         max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
+        compile: the compile-cost workload (``_compile``): graph build and digest of a
+            flow, symbolic and value-dependent; a table of its own.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Workload:
     cluster: bool = False
     max_ratio: float | None = None
     max_peak_fraction: float | None = None
+    compile: bool = False
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -67,6 +70,16 @@ class Workload:
 ALL_SYSTEMS = ("headwater", "plain", "dask", "dask-raw")
 
 WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        name="compile",
+        title="compile cost per run: graph build + digest of a 10k-task flow",
+        kind="compile",
+        full={"n": 10_000},
+        quick={"n": 2_000},
+        systems=("compile",),
+        repeats=5,
+        compile=True,
+    ),
     Workload(
         name="fanout",
         title="1a overhead: fan-out + reduce",

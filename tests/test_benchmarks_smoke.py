@@ -48,3 +48,7 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         assert column in headers[2], proc.stdout
     for workload in ("dask-layered", "dask-handoff"):
         assert f"| {workload} " in proc.stdout, proc.stdout
+    # The compile-cost table: a symbolic and a value-dependent flow.
+    assert "compile cost of a 2,001-task flow" in proc.stdout, proc.stdout
+    for flow_kind in ("symbolic ", "value-dependent "):
+        assert any(line.startswith(flow_kind) for line in proc.stdout.splitlines())
