@@ -364,3 +364,46 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     proc.stderr.close()
     assert proc.wait(60) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+VALUES = """
+from headwater import flow, task
+
+
+@task
+def write(path: str) -> str:
+    return "wrote " + path
+
+
+@flow
+def paths(out_dir: str = "/tmp", n: int = 1) -> list[str]:
+    if n > 8:
+        return [write(f"{out_dir}/big.sqlite")]
+    return [write(f"{out_dir}/part-{i}") for i in range(n)]
+"""
+
+
+def test_run_builds_the_graph_for_the_values_and_refuses_bad_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "values.py", VALUES)
+    proc = headwater_cli("run", path, "-p", "n=2", "-p", "out_dir=/d")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == ["wrote /d/part-0", "wrote /d/part-1"]
+    proc = headwater_cli("run", path, "-p", "n=abc")
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "headwater: error: flow 'paths': parameter 'n' expects int, got 'abc' "
+        "(Input should be a valid integer, unable to parse string as an integer)"
+    ]
+
+
+def test_graph_takes_parameter_values(tmp_path: Path) -> None:
+    path = write(tmp_path, "values.py", VALUES)
+    proc = headwater_cli("graph", path, "-p", "n=9")
+    assert proc.returncode == 0, proc.stderr
+    graph = json.loads(proc.stdout)
+    assert graph["valueDependent"] is True and len(graph["parametersDigest"]) == 64
+    assert [t["id"] for t in graph["tasks"]] == ["write"]
+    proc = headwater_cli("graph", path, "-p", "n=3")
+    graph = json.loads(proc.stdout)
+    assert [t["id"] for t in graph["tasks"]] == ["write", "write-2", "write-3"]

@@ -318,13 +318,14 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
             pass
         except (FlowDefinitionError, GraphError, ParameterError):
             raise
-        except Exception:
-            # The body failed on something a reference cannot do (json.dumps(n), a C
+        except Exception as exc:
+            # The body failed on something a placeholder cannot do (json.dumps(n), a C
             # function): try again with values; a real bug fails the same way again.
-            if values is None:
+            if values is None or not flow.parameters:
                 raise
             graph = _trace(flow, values)
-            _remember(flow, (next(iter(values), "?"), "used by code that needs its value", ""))
+            use = f"given to code that needs values ({type(exc).__name__}: {exc})"
+            _remember(flow, (next(iter(values), "?"), use, ""))
             return graph
         known = flow._value_use
         assert known is not None
@@ -332,7 +333,8 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
         name, use, where = known
         raise ParameterError(
             f"flow {flow.name!r} builds its graph from the value of parameter {name!r} "
-            f"({use} at {where}): give its value, e.g. {flow.name}.graph({name}=...) or "
+            f"({use}{' at ' + where if where else ''}): give its value, e.g. "
+            f"{flow.name}.graph({name}=...) or "
             f"`headwater graph FILE:{flow.name} -p {name}=...`"
         )
     return _trace(flow, values)

@@ -7,8 +7,9 @@ so the server checks what it can from the stored graph (docs/flows.md):
 
 - a json-encoded value against the parameter's JSON Schema (``jsonschema``); values the
   SDK would have converted (``"3"`` for an ``int``) are refused here, never converted:
-  the server does not rewrite payloads. Pickled values and values held by reference
-  are not checked (the server never unpickles).
+  the server does not rewrite payloads. Pickled values, tagged json (dates, bytes:
+  no plain-JSON form) and values held by reference are not checked (the server never
+  unpickles).
 - a value-dependent graph runs only with the values it was built for (the digest in
   the graph); other values need the graph built from the flow's code
   (``GraphBuildNeeded``).
@@ -45,6 +46,20 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _tagged(tree: Any, depth: int = 0) -> bool:
+    """Whether json holds a tag (``{"$date": ...}``, docs/payloads.md): a value with no
+    plain-JSON form, which a JSON Schema cannot describe, so it is not checked."""
+    if depth > 50:
+        return True
+    if isinstance(tree, dict):
+        if len(tree) == 1 and str(next(iter(tree))).startswith("$"):
+            return True
+        return any(_tagged(v, depth + 1) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_tagged(v, depth + 1) for v in tree)
+    return False
+
+
 def check_types(graph: GraphSpec, given: Mapping[str, Any]) -> None:
     """ParameterError (one line: parameter, expected type, value) for a json-encoded
     value that does not match its parameter's JSON Schema."""
@@ -55,6 +70,8 @@ def check_types(graph: GraphSpec, given: Mapping[str, Any]) -> None:
         if value.WhichOneof("kind") != "inline" or value.inline.metadata.get(ENCODING_KEY) != JSON:
             continue  # pickled, tagged or by reference: checked by the SDK that sent it
         decoded = json.loads(value.inline.data)
+        if _tagged(decoded):
+            continue
         from jsonschema.exceptions import best_match
 
         error = best_match(_validator(spec.json_schema).iter_errors(decoded))
