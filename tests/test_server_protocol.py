@@ -130,10 +130,20 @@ def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
         )
         run_id = created.flow_run.id
         again = await client.CreateFlowRun(
-            cp.CreateFlowRunRequest(flow_name="proto_pipeline", idempotency_key="k1"),
+            cp.CreateFlowRunRequest(
+                flow_name="proto_pipeline", parameters={"n": value_of(5)}, idempotency_key="k1"
+            ),
             metadata=AUTH,
         )
         assert (again.flow_run.id, again.created) == (run_id, False)
+        # The same key with other parameters is refused, naming the run it belongs to.
+        code, details = await status_of(
+            client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="proto_pipeline", idempotency_key="k1"),
+                metadata=AUTH,
+            )
+        )
+        assert code == grpc.StatusCode.ALREADY_EXISTS and run_id in details
         stop = asyncio.Event()
         only_flow = client.WatchFlowRun(
             cp.WatchFlowRunRequest(id=run_id, flow_run_only=True), metadata=AUTH
@@ -398,13 +408,13 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path
     async def main() -> None:
         async with serving(tmp_path) as running:
             core = running.core
-            core.runs.register_flow(proto_pipeline.compile())
-            row, _ = core.runs.create_run("proto_pipeline", "", {})
-            core.flush()
+            await core.register_flow(proto_pipeline.compile())
+            row, _ = await core.create_run("proto_pipeline", "", {})
+            await core.durable()
             core.runs.cancel(row.id, "changed in memory, not committed yet")
             queue = core.watch(row.id)
             assert running.store.get_flow_run(row.id).state == FlowRunState.RUNNING.value
-            core.flush()
+            await core.durable()
             assert not queue.empty(), "the commit did not wake the late watcher"
             assert running.store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
 

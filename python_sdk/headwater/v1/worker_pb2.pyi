@@ -308,14 +308,16 @@ class HeartbeatAck(_message.Message):
     def __init__(self, cancel: _Optional[_Iterable[_Union[FencingToken, _Mapping]]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("token", "accepted", "reason")
+    __slots__ = ("token", "accepted", "reason", "code")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     token: FencingToken
     accepted: bool
     reason: str
-    def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    code: int
+    def __init__(self, token: _Optional[_Union[FencingToken, _Mapping]] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
 
 class CacheDecision(_message.Message):
     __slots__ = ("token", "hit")

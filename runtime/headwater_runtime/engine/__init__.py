@@ -23,7 +23,16 @@ from ._events import (
     TaskSucceeded,
     WriteCache,
 )
-from ._journal import EVENT, START, TIMERS, JournaledEngine, JournalEntry, replay
+from ._journal import (
+    ENGINE_VERSION,
+    EVENT,
+    REPLAYS,
+    START,
+    TIMERS,
+    JournaledEngine,
+    JournalEntry,
+    replay,
+)
 from ._machine import FlowRunEngine
 from ._nodes import Clock, FlowRunFailure
 from ._policies import Verdict, evaluate_trigger, retry_delay
@@ -32,8 +41,10 @@ from ._states import TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 __all__ = [
+    "ENGINE_VERSION",
     "EVENT",
     "PYTHON_VALUES",
+    "REPLAYS",
     "START",
     "TIMERS",
     "TRANSITIONS",

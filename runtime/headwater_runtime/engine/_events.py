@@ -56,10 +56,12 @@ class TaskSkipped:
 
 @dataclass(frozen=True, slots=True)
 class TaskLost:
-    """The worker holding an attempt disappeared; dispatch it again."""
+    """The worker holding an attempt disappeared (or gave the attempt back: ``reason``
+    says so); dispatch it again."""
 
     key: str
     attempt: int
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

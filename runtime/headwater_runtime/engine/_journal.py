@@ -23,6 +23,14 @@ START = "start"
 EVENT = "event"
 TIMERS = "timers"
 
+#: The version of the engine's decisions. Raise it whenever the same journal would make
+#: the engine decide differently (a changed rule, a new event): a server records it
+#: with every run and refuses to replay a journal written by an engine it cannot
+#: reproduce (docs/durability.md).
+ENGINE_VERSION = "1"
+#: Engine versions whose journals this engine replays to the same decisions.
+REPLAYS = frozenset({ENGINE_VERSION})
+
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:

@@ -147,6 +147,18 @@ class FlowRunEngine:
             self._apply(event)
         return self._flush()
 
+    def resend(self, key: str) -> RunTask:
+        """The RunTask of an attempt already dispatched, again: same attempt number, same
+        inputs; it changes nothing. For a host that cannot know whether the attempt
+        reached a worker (a server restarted before recording its delivery)."""
+        run = self.runs[key]
+        if not run.dispatched:
+            raise ValueError(f"task run {key!r} has no attempt in flight")
+        deadline = None
+        if self.auto_start and run.spec.timeout is not None and run.attempts:
+            deadline = run.attempts[-1].started_at + run.spec.timeout
+        return RunTask(run, run.attempt, self._inputs(run), deadline)
+
     @property
     def next_timer_at(self) -> float | None:
         """When the earliest retry or timeout timer is due (None: no timers)."""
@@ -359,7 +371,7 @@ class FlowRunEngine:
             self._attempt_done(run, S.SKIPPED)
             self._transition(run, S.SKIPPED, event.reason)
         elif isinstance(event, TaskLost):
-            self._lost(run)
+            self._lost(run, event.reason)
 
     def _start_attempt(self, run: TaskRunRecord) -> float | None:
         """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
@@ -409,12 +421,13 @@ class FlowRunEngine:
         else:
             self._transition(run, outcome, str(failure), failure)
 
-    def _lost(self, run: TaskRunRecord) -> None:
+    def _lost(self, run: TaskRunRecord, reason: str = "") -> None:
         """Re-dispatch an attempt whose worker vanished, without using up a retry."""
         run.lost_count += 1
+        why = reason or f"the worker running {run.name!r} was lost"
         failure = FailureInfo(
             type="headwater.WorkerLost",
-            message=f"the worker running {run.name!r} was lost ({run.lost_count} time(s))",
+            message=f"{why} ({run.lost_count} time(s))",
             retryable=False,
         )
         self._attempt_done(run, S.CANCELLED, failure)

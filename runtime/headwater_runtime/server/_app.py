@@ -49,8 +49,10 @@ class RunningServer:
     port: int
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving, store what is left, close the store."""
         await self.server.stop(grace)
         await self.core.stop()
+        self.core.io.close()
         self.store.close()
 
 
@@ -62,7 +64,9 @@ async def start_server(settings: ServerSettings) -> RunningServer:
     server = grpc.aio.server(interceptors=interceptors)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
-    payload_pb2_grpc.add_PayloadServiceServicer_to_server(PayloadServicer(store), server)
+    payload_pb2_grpc.add_PayloadServiceServicer_to_server(
+        PayloadServicer(store, io=core.io), server
+    )
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
 
-from ._runs import PendingAssignment
+from ._assignments import PendingAssignment
 
 Token = tuple[str, int]  # (task run id, attempt)
 
@@ -66,6 +66,7 @@ class Dispatcher:
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
         self._owner: dict[Token, WorkerSession] = {}
+        self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
 
     # ------------------------------------------------------------ run manager side
 
@@ -87,6 +88,7 @@ class Dispatcher:
                     return
         session = self._owner.get(token)
         if session is not None:
+            self._cancelling.add(token)
             msg = worker_pb2.CancelTaskRun(
                 token=worker_pb2.FencingToken(task_run_id=task_run_id, attempt=attempt),
                 reason=reason,
@@ -115,6 +117,7 @@ class Dispatcher:
         lost = list(session.running.items())
         session.running.clear()
         for token, _ in lost:
+            self._cancelling.discard(token)
             if self._owner.get(token) is session:
                 del self._owner[token]
         for (task_run_id, attempt), flow_run_id in lost:
@@ -122,10 +125,31 @@ class Dispatcher:
         self.pump()
 
     def owner(self, token: Token) -> WorkerSession | None:
+        """The session holding an attempt (None: none does)."""
         return self._owner.get(token)
+
+    def cancel_requested(self, token: Token) -> bool:
+        """Whether the server asked the holder of this attempt to stop it."""
+        return token in self._cancelling
+
+    def take_pending(self, token: Token) -> PendingAssignment | None:
+        """Remove a queued (not yet assigned) attempt and return it, e.g. for a worker
+        that reconnects already holding it."""
+        for task_type, runs in self._pending.items():
+            for run_id, queue in runs.items():
+                for pending in queue:
+                    if pending.token == token:
+                        queue.remove(pending)
+                        if not queue:
+                            del runs[run_id]
+                        if not runs:
+                            del self._pending[task_type]
+                        return pending
+        return None
 
     def finished(self, token: Token) -> None:
         """An attempt ended (result, failure, skip, cancel ack): free its slot."""
+        self._cancelling.discard(token)
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)

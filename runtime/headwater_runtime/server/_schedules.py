@@ -22,7 +22,8 @@ from headwater.wire import ParameterError, bind_params, seconds, timestamp
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import NotFound, ScheduleRow, Store
 
-from ._runs import RunManager, check_json_params
+from ._params import check_json_params
+from ._runs import RunManager
 from ._schedule_times import (
     ScheduleError,
     Timing,

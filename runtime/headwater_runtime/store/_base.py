@@ -1,15 +1,22 @@
 """The store interface: everything the control plane keeps durably.
 
 A narrow interface so a networked database can replace SQLite without touching the
-engine or the services. Flow runs are stored as an append-only *event log* (what
-the engine was told, with timestamps) plus *projections* (current states, history)
-for queries: the engine is deterministic, so replaying a run's log through a fresh
-engine rebuilds it exactly after a restart.
+engine or the services. Flow runs are stored as an append-only *journal* (what the
+engine was told, with timestamps; ``RunEvent``) plus *projections* (current states,
+history) for queries: the engine is deterministic, so replaying a run's journal
+through a fresh engine rebuilds it exactly after a restart. Result values are stored
+once, in a value table keyed by their digest, and referenced by id from the journal,
+the projections, the cache and flow results.
+
+Threads: a server calls the write methods (``commit``, ``create_flow_run``,
+``put_*``, payload uploads, ``prune``) from one writer thread, and the read methods
+from any number of reader threads at once; an implementation gives each thread what
+it needs (SQLite: a connection per thread).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,7 +28,20 @@ class NotFound(LookupError):
 
 
 class Conflict(Exception):
-    """A write contradicts what is stored (e.g. a payload id reused)."""
+    """A write contradicts what is stored (e.g. an idempotency key reused for other
+    parameters, or a flow version re-registered with another graph)."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes right now (disk full, I/O error, database locked).
+
+    ``full`` says the cause is lack of space (clients get RESOURCE_EXHAUSTED rather than
+    UNAVAILABLE). The message names the underlying error.
+    """
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +57,12 @@ class FlowVersion:
 
 @dataclass(slots=True)
 class FlowRunRow:
-    """A flow run's stored summary (the projection clients query)."""
+    """A flow run's stored summary (the projection clients query).
+
+    ``result`` is the flow's result as a serialized ``StoredValue`` (value ids);
+    ``engine_version`` the version of the engine whose journal this run has;
+    ``payload_ids`` the stored payloads its parameters reference (kept while the run is).
+    """
 
     id: str
     flow_name: str
@@ -52,22 +77,29 @@ class FlowRunRow:
     message: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
     schedule_id: str = ""
+    engine_version: str = ""
+    payload_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
-    """One entry of a flow run's event log; ``body`` is the host's encoding."""
+    """One journal entry of a flow run: ``body`` is a serialized ``JournalEntry``;
+    ``kind`` names its input (for people reading the database); ``value_id`` is the
+    stored value it references, if any (what keeps the value from being collected)."""
 
     flow_run_id: str
     seq: int
     at: float
     kind: str
     body: bytes
+    value_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TaskRunRow:
-    """A task run's current state (projection)."""
+    """A task run's current state (projection). ``result_id`` is its stored result's
+    value id; ``delivered`` the attempt last delivered to a worker (0: none), which
+    tells a restarted server which in-flight attempts a worker may still hold."""
 
     flow_run_id: str
     key: str
@@ -78,7 +110,8 @@ class TaskRunRow:
     updated_at: float
     worker_id: str = ""
     cache_key: str = ""
-    result: bytes = b""
+    result_id: str = ""
+    delivered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +142,16 @@ class LogRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ValueRow:
+    """A stored value: a serialized ``Value`` message, its id (the SHA-256 of ``data``)
+    and the stored payloads it references (kept while the value is)."""
+
+    id: str
+    data: bytes
+    payload_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PayloadMeta:
     """A stored payload's description (its bytes are read in chunks)."""
 
@@ -120,10 +163,10 @@ class PayloadMeta:
 
 @dataclass(frozen=True, slots=True)
 class CacheRow:
-    """A cached task result (a serialised Value) with its expiry."""
+    """A cached task result (a stored value's id) with its expiry."""
 
     key: str
-    value: bytes
+    value_id: str
     expires_at: float | None
 
 
@@ -136,6 +179,23 @@ class ScheduleRow:
     body: bytes
     next_run_at: float | None
     enabled: bool
+    payload_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What a prune removed (or, with ``dry_run``, would remove)."""
+
+    runs: int = 0
+    journal_entries: int = 0
+    task_runs: int = 0
+    logs: int = 0
+    values: int = 0
+    payloads: int = 0
+    payload_bytes: int = 0
+    cache_entries: int = 0
+    bytes_reclaimed: int = 0
+    dry_run: bool = False
 
 
 @dataclass(slots=True)
@@ -148,6 +208,7 @@ class WriteBatch:
     states: list[StateRow] = field(default_factory=list)
     logs: list[LogRow] = field(default_factory=list)
     cache: list[CacheRow] = field(default_factory=list)
+    values: dict[str, ValueRow] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -157,7 +218,20 @@ class WriteBatch:
             or self.states
             or self.logs
             or self.cache
+            or self.values
         )
+
+    def absorb(self, newer: WriteBatch) -> None:
+        """Add the writes of a later batch after this one's (a failed commit is retried
+        together with what happened since): appended rows keep their order, and a
+        projection row the later batch rewrote keeps the later version."""
+        self.events.extend(newer.events)
+        self.flow_runs.update(newer.flow_runs)
+        self.task_runs.update(newer.task_runs)
+        self.states.extend(newer.states)
+        self.logs.extend(newer.logs)
+        self.cache.extend(newer.cache)
+        self.values.update(newer.values)
 
 
 class PayloadUpload(Protocol):
@@ -171,8 +245,7 @@ class PayloadUpload(Protocol):
 
 
 class Store(Protocol):
-    """Durable state of a control plane. Implementations must be safe to call from
-    one thread at a time (the server serialises calls on its event loop)."""
+    """Durable state of a control plane (see the module docstring for threads)."""
 
     # flows
     def put_flow(
@@ -195,6 +268,9 @@ class Store(Protocol):
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]: ...
     def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]: ...
 
+    # values
+    def get_values(self, ids: Iterable[str]) -> dict[str, bytes]: ...
+
     # one transaction per tick
     def commit(self, batch: WriteBatch) -> None: ...
 
@@ -206,6 +282,7 @@ class Store(Protocol):
         self, metadata: dict[str, str], size: int, sha256: str = ""
     ) -> PayloadUpload: ...
     def payload_meta(self, payload_id: str) -> PayloadMeta: ...
+    def read_payload_chunk(self, payload_id: str, index: int) -> bytes: ...
     def read_payload(
         self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[bytes]: ...
@@ -218,5 +295,10 @@ class Store(Protocol):
     def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]: ...
     def get_schedule(self, schedule_id: str) -> ScheduleRow: ...
     def delete_schedule(self, schedule_id: str) -> None: ...
+
+    # retention
+    def prune(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> PruneReport: ...
 
     def close(self) -> None: ...
