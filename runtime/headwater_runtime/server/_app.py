@@ -23,7 +23,7 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import ENV_DB, ENV_TOKEN
+from headwater.wire import ENV_DB, ENV_RETENTION, ENV_TOKEN, parse_duration
 from headwater_runtime.store import SQLiteStore
 
 from ._auth import TokenAuthInterceptor
@@ -99,6 +99,8 @@ def settings_from_env(
         env["token"] = source[ENV_TOKEN]
     if ENV_DB in source:
         env["db"] = source[ENV_DB]
+    if source.get(ENV_RETENTION):
+        env["retention"] = parse_duration(source[ENV_RETENTION])
     values = {**env, **{k: v for k, v in overrides.items() if v is not None}}
     return replace(ServerSettings(), **values)  # type: ignore[arg-type]
 

@@ -44,7 +44,7 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, Store
+from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
 
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
@@ -73,6 +73,15 @@ class ServerSettings:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     inline_payload_limit: int = INLINE_PAYLOAD_LIMIT
+    #: Keep finished runs this long (seconds), then delete them with their journal,
+    #: logs and values; None keeps them forever.
+    retention: float | None = None
+    #: How often the server prunes (unreferenced payloads are collected even without
+    #: a retention period).
+    prune_interval: float = 600.0
+    #: Payloads nothing references are kept this long first (an upload on its way to
+    #: being referenced by a result must not be collected).
+    payload_grace: float = 86400.0
 
 
 class ServerCore:
@@ -99,6 +108,9 @@ class ServerCore:
         self._wake = asyncio.Event()
         self._stopping = False
         self.refused_runs: list[tuple[str, str]] = []
+        self._next_prune = 0.0
+        self._pruning: asyncio.Task[None] | None = None
+        self.last_prune: PruneReport | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +138,9 @@ class ServerCore:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
+        if self._pruning is not None:
+            with contextlib.suppress(Exception):
+                await self._pruning
         await self.commits.drain()
         self.runs.end_traces()
 
@@ -183,6 +198,39 @@ class ServerCore:
         self.touch()
         await self.durable()
 
+    async def prune(
+        self, older_than: float | None, *, dry_run: bool = False, grace: float | None = None
+    ) -> PruneReport:
+        """Delete finished runs that ended more than ``older_than`` seconds ago (none
+        when None), values and payloads nothing references, and expired cache entries,
+        on the writer thread; then give the space back to the file system."""
+        now = self.clock.now()
+        ended_before = None if older_than is None else now - older_than
+        return await self.io.write(
+            self.store.prune,
+            ended_before,
+            now,
+            grace=self.settings.payload_grace if grace is None else grace,
+            dry_run=dry_run,
+        )
+
+    async def _auto_prune(self) -> None:
+        try:
+            report = await self.prune(self.settings.retention)
+            self.last_prune = report
+            if report.runs or report.payloads or report.values:
+                log.info(
+                    "pruned %d finished runs, %d values and %d payloads (%d bytes reclaimed)",
+                    report.runs,
+                    report.values,
+                    report.payloads,
+                    report.bytes_reclaimed,
+                )
+        except Exception:
+            log.exception("pruning failed; trying again at the next interval")
+        finally:
+            self._pruning = None
+
     def _deliver(self, release: Release) -> None:
         """Carry out what a stored commit covers."""
         for effect in release.effects:
@@ -212,6 +260,9 @@ class ServerCore:
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
+                if now >= self._next_prune and self._pruning is None:
+                    self._next_prune = now + self.settings.prune_interval
+                    self._pruning = asyncio.get_running_loop().create_task(self._auto_prune())
                 if self.runs.has_writes:
                     self.commits.request()
             except Exception:
@@ -224,6 +275,7 @@ class ServerCore:
             due.extend(d for _, d in self._orphans.values())
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
+            due.append(self._next_prune)
             if self._stopping:
                 return
             self._wake.clear()
