@@ -49,6 +49,8 @@ class RunningServer:
     port: int
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving (letting calls finish for ``grace`` seconds), commit what is
+        pending, then close the store. Unfinished runs resume on the next start."""
         await self.server.stop(grace)
         await self.core.stop()
         self.store.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 
 def add_server_command(sub: Any) -> None:
+    """Add ``headwater server`` and its flags to the CLI's subcommands."""
     server = sub.add_parser(
         "server",
         help="run the control plane (gRPC API, worker gateway, SQLite store)",
@@ -35,6 +36,8 @@ def add_server_command(sub: Any) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    """``headwater server``: serve until SIGINT/SIGTERM; the exit code (2 when the
+    ``server`` extra is missing or a flag or OTEL_* variable is wrong)."""
     from headwater_runtime.tracing import (
         TracingConfigError,
         configure_tracing,

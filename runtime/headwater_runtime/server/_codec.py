@@ -32,10 +32,12 @@ from ._values import from_input_value, to_input_value
 
 
 def encode_handle(handle: Any) -> str:
+    """A value handle as text for a journal body (a base64 InputValue)."""
     return base64.b64encode(to_input_value(handle).SerializeToString()).decode()
 
 
 def decode_handle(text: str) -> Any:
+    """Inverse of encode_handle."""
     return from_input_value(worker_pb2.InputValue.FromString(base64.b64decode(text)))
 
 

@@ -51,11 +51,22 @@ def _check_value(name: str, value: payload_pb2.Value) -> str | None:
 
 
 class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
+    """ControlPlaneService (the client API) over a ServerCore.
+
+    Each RPC checks its request, calls the core or the store, and maps their errors
+    to status codes: NotFound to NOT_FOUND, bad graphs, parameters and schedules to
+    INVALID_ARGUMENT. The RPCs are documented in proto/headwater/v1/control_plane.proto.
+
+    Args:
+        core: the server's state.
+    """
+
     def __init__(self, core: ServerCore) -> None:
         self.core = core
         self.store = core.store
 
     async def RegisterFlow(self, request: Any, context: Any) -> Any:
+        """Validate and store a flow graph; an identical graph keeps its version."""
         if not request.HasField("graph"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
         try:
@@ -69,6 +80,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         )
 
     async def GetFlow(self, request: Any, context: Any) -> Any:
+        """A registered flow's graph (the latest version when none is given)."""
         try:
             stored = self.store.get_flow(request.name, request.version)
         except NotFound as exc:
@@ -76,6 +88,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.GetFlowResponse(graph=graph_pb2.FlowGraph.FromString(stored.graph))
 
     async def ListFlows(self, request: Any, context: Any) -> Any:
+        """Every registered flow with its versions."""
         flows = [
             control_plane_pb2.FlowSummary(name=name, versions=versions)
             for name, versions in self.store.list_flows()
@@ -83,6 +96,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.ListFlowsResponse(flows=flows)
 
     async def CreateFlowRun(self, request: Any, context: Any) -> Any:
+        """Create and start a run, committed before the response (the same
+        idempotency key returns the first run)."""
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
         for name, value in request.parameters.items():
@@ -113,6 +128,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
 
     async def GetFlowRun(self, request: Any, context: Any) -> Any:
+        """A flow run, with its task runs and their state histories if asked."""
         row = await self._flow_run(request.id, context)
         response = control_plane_pb2.GetFlowRunResponse(flow_run=flow_run_message(row))
         if response.flow_run.HasField("result"):
@@ -128,6 +144,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return response
 
     async def ListFlowRuns(self, request: Any, context: Any) -> Any:
+        """Flow runs, newest first, a page at a time (``page_token``: the last
+        run of the previous page)."""
         size = request.page_size or 50
         if not 1 <= size <= 1000:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
@@ -144,6 +162,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return response
 
     async def WatchFlowRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """Stream the run after each committed change until it ends."""
         row = await self._flow_run(request.id, context)
         # Subscribe, then read: a change committed after the read wakes the queue.
         queue = self.core.watch(row.id, task_runs=not request.flow_run_only)
@@ -163,6 +182,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             self.core.unwatch(request.id, queue)
 
     async def CancelFlowRun(self, request: Any, context: Any) -> Any:
+        """Cancel a run that has not ended; the run as it is afterwards."""
         row = await self._flow_run(request.id, context)
         if row.state not in _TERMINAL:
             self.core.runs.cancel(row.id, request.reason)
@@ -171,6 +191,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.CancelFlowRunResponse(flow_run=flow_run_message(row))
 
     async def GetTaskRunResult(self, request: Any, context: Any) -> Any:
+        """A task run's result (for a mapped task with ``map_index`` -1, the
+        list of its children's); FAILED_PRECONDITION when it has none."""
         try:
             value, state = self.core.runs.task_result(
                 request.flow_run_id, request.task_id, request.map_index
@@ -186,6 +208,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         )
 
     async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
+        """The log records a flow run's task runs wrote (one task run's if
+        given), oldest first."""
         await self._flow_run(request.flow_run_id, context)
         key = ""
         if request.task_run_id:
@@ -207,6 +231,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
     async def CreateSchedule(self, request: Any, context: Any) -> Any:
+        """Validate and store a schedule."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         for name, value in request.schedule.parameters.items():
@@ -223,11 +248,13 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
     async def ListSchedules(self, request: Any, context: Any) -> Any:
+        """Every schedule (only one flow's if given)."""
         return control_plane_pb2.ListSchedulesResponse(
             schedules=self.core.schedules.list(request.flow_name)
         )
 
     async def DeleteSchedule(self, request: Any, context: Any) -> Any:
+        """Remove a schedule; the runs it created are kept."""
         try:
             self.core.schedules.delete(request.id)
         except NotFound as exc:
@@ -243,14 +270,17 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         return schedule
 
     async def PauseSchedule(self, request: Any, context: Any) -> Any:
+        """Stop a schedule from creating runs."""
         schedule = await self._set_enabled(request.id, False, context)
         return control_plane_pb2.PauseScheduleResponse(schedule=schedule)
 
     async def ResumeSchedule(self, request: Any, context: Any) -> Any:
+        """Resume a schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
         return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
 
     async def GetServerInfo(self, request: Any, context: Any) -> Any:
+        """The server's version, protocol version and features."""
         return control_plane_pb2.GetServerInfoResponse(
             server_version=SERVER_VERSION,
             protocol_version=PROTOCOL_VERSION,

@@ -53,7 +53,18 @@ SERVER_VERSION = "0.1.0"
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Server configuration (defaults -> HEADWATER_* environment -> CLI flags)."""
+    """Server configuration (defaults -> HEADWATER_* environment -> CLI flags).
+
+    Attributes:
+        host: interface to listen on.
+        port: port to listen on (0: any free port; RunningServer.port says which).
+        db: the SQLite database path (``~`` is expanded).
+        token: bearer token every call must carry (None: no authentication).
+        heartbeat_interval: seconds between worker heartbeats (sent in the Welcome).
+        heartbeat_timeout: seconds of silence after which a worker is dropped and its
+            attempts are dispatched again.
+        inline_payload_limit: largest value a worker may send inline (in the Welcome).
+    """
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -65,7 +76,13 @@ class ServerSettings:
 
 
 class ServerCore:
-    """Everything stateful about a running server."""
+    """Everything stateful about a running server.
+
+    Args:
+        store: where runs, flows, payloads and schedules are kept.
+        settings: the server's configuration.
+        clock: the time source (default: the system clock).
+    """
 
     def __init__(self, store: Store, settings: ServerSettings, clock: Any = None) -> None:
         self.store = store
@@ -103,6 +120,8 @@ class ServerCore:
         self._background = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop the timer loop, commit what is pending, and end the spans of runs
+        still in progress."""
         self._stopping = True
         self._wake.set()
         if self._background is not None:
@@ -217,6 +236,7 @@ class ServerCore:
         return session, welcome, outbox
 
     def disconnect(self, session: WorkerSession) -> None:
+        """A worker's stream ended: its attempts are lost and will be dispatched again."""
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
         self.touch()
@@ -361,6 +381,7 @@ class ServerCore:
         return queue
 
     def unwatch(self, flow_run_id: str, queue: asyncio.Queue[Any]) -> None:
+        """Stop noting changes on a queue ``watch`` returned."""
         for watchers in (self._watchers, self._flow_watchers):
             queues = watchers.get(flow_run_id)
             if queues is not None:

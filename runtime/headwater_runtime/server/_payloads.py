@@ -15,7 +15,12 @@ MAX_CHUNK = CHUNK_SIZE
 
 
 class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
-    """Stores uploads in the store's payload tables; streams downloads back."""
+    """Stores uploads in the store's payload tables; streams downloads back.
+
+    Args:
+        store: where payloads are kept.
+        max_payload_bytes: largest upload accepted (RESOURCE_EXHAUSTED above it).
+    """
 
     def __init__(self, store: Store, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         self.store = store
@@ -26,6 +31,8 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         request_iterator: AsyncIterator[payload_pb2.UploadPayloadRequest],
         context: grpc.aio.ServicerContext,
     ) -> payload_pb2.UploadPayloadResponse:
+        """Store a header-then-chunks upload; its PayloadRef once the declared size
+        (and SHA-256, if given) match. A failed upload leaves nothing behind."""
         upload: PayloadUpload | None = None
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         try:
@@ -77,6 +84,8 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         request: payload_pb2.DownloadPayloadRequest,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
+        """Stream a payload's bytes from ``offset`` in chunks (so a client resumes a
+        broken download where it stopped)."""
         try:
             meta = self.store.payload_meta(request.payload_id)
         except NotFound as exc:

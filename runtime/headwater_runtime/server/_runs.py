@@ -91,15 +91,27 @@ _RUNNING = FlowRunState.RUNNING.value
 class Dispatch(Protocol):
     """Where assignments go (the dispatcher); called only after a commit."""
 
-    def submit(self, pending: PendingAssignment) -> None: ...
+    def submit(self, pending: PendingAssignment) -> None:
+        """Hand an attempt to a worker when one can take it."""
+        ...
 
-    def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None: ...
+    def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
+        """Stop an attempt: drop it if not yet assigned, else tell its worker."""
+        ...
 
 
 class PendingAssignment:
     """An attempt ready for a worker. The Assignment message may be given, or built on
     first use: a 10,000-task fan-out makes 10,000 attempts ready at once, and building
-    their messages up front would delay the run's first dispatch."""
+    their messages up front would delay the run's first dispatch.
+
+    Args:
+        flow_run_id: the flow run the attempt belongs to.
+        task_type: the capability a worker needs to run it.
+        labels: labels the worker must have.
+        assignment: the Assignment message, or a function that builds it.
+        token: ``(task run id, attempt)``; required when ``assignment`` is a function.
+    """
 
     __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
 
@@ -125,6 +137,7 @@ class PendingAssignment:
 
     @property
     def assignment(self) -> worker_pb2.Assignment:
+        """The Assignment message (built on first access)."""
         if self._message is None:
             assert self._build is not None
             self._message, self._build = self._build(), None
@@ -156,7 +169,13 @@ class ActiveRun:
 
 
 class RunManager:
-    """Creates, drives, persists and recovers flow runs."""
+    """Creates, drives, persists and recovers flow runs.
+
+    Args:
+        store: where flows, journals and projections are kept.
+        dispatch: where ready attempts and cancels go (after each commit).
+        clock: the time source the engines use.
+    """
 
     def __init__(self, store: Store, dispatch: Dispatch, clock: Clock) -> None:
         self.store = store
@@ -187,6 +206,8 @@ class RunManager:
         return version.version, created
 
     def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
+        """A registered flow's version and graph (the latest version when ``version``
+        is empty); NotFound if it is not registered. Graphs are kept once decoded."""
         stored = self.store.get_flow(name, version)
         key = (name, stored.version)
         graph = self._graphs.get(key)
@@ -311,6 +332,7 @@ class RunManager:
         self._batch.logs.append(row)
 
     def cancel(self, flow_run_id: str, reason: str) -> None:
+        """Cancel an active run (its engine cancels every unfinished task run)."""
         self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))
 
     def fire_timers(self) -> None:
@@ -325,6 +347,7 @@ class RunManager:
 
     @property
     def next_timer_at(self) -> float | None:
+        """When the earliest retry or timeout timer of any run is due (None: none)."""
         return self._timers[0][0] if self._timers else None
 
     # ------------------------------------------------------------------ commit

@@ -81,7 +81,14 @@ _TERMINAL_FLOW_STATES = tuple(s.value for s in TERMINAL_FLOW_STATES)
 
 
 class PayloadWriter:
-    """One payload upload in progress (see SQLiteStore.begin_payload)."""
+    """One payload upload in progress (see SQLiteStore.begin_payload).
+
+    Args:
+        db: the store's connection.
+        metadata: the payload's metadata (``encoding`` included).
+        size: the declared size in bytes.
+        sha256: the declared SHA-256 (hex), or "" to skip the check.
+    """
 
     def __init__(
         self, db: sqlite3.Connection, metadata: dict[str, str], size: int, sha256: str
@@ -175,6 +182,7 @@ class SQLiteStore:
             )
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     # ------------------------------------------------------------------ flows
@@ -219,6 +227,7 @@ class SQLiteStore:
         return FlowVersion(name, version, digest, graph, now), True
 
     def get_flow(self, name: str, version: str = "") -> FlowVersion:
+        """A flow version (the latest registered when ``version`` is empty); NotFound."""
         if version:
             row = self._db.execute(
                 "SELECT version, digest, graph, created_at FROM flows WHERE name=? AND version=?",
@@ -236,6 +245,7 @@ class SQLiteStore:
         return FlowVersion(name, row[0], row[1], row[2], row[3])
 
     def list_flows(self) -> list[tuple[str, list[str]]]:
+        """Every flow name (sorted) with its versions in registration order."""
         flows: dict[str, list[str]] = {}
         for name, version in self._db.execute("SELECT name, version FROM flows ORDER BY name, seq"):
             flows.setdefault(name, []).append(version)
@@ -278,6 +288,7 @@ class SQLiteStore:
         return row, True
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
+        """A flow run by id; NotFound if none."""
         row = self._db.execute(f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE id=?", (run_id,))
         found = row.fetchone()
         if found is None:
@@ -287,6 +298,8 @@ class SQLiteStore:
     def list_flow_runs(
         self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
     ) -> list[FlowRunRow]:
+        """Flow runs, newest first: at most ``limit``, filtered by ``flow_name`` and
+        ``states`` when given, and older than run ``before`` when given."""
         where: list[str] = []
         args: list[object] = []
         if flow_name:
@@ -306,6 +319,7 @@ class SQLiteStore:
         return [_flow_run_row(r) for r in rows]
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
+        """Every run not in a terminal state, oldest first."""
         rows = self._db.execute(
             f"SELECT {_FLOW_RUN_COLS} FROM flow_runs "
             f"WHERE state NOT IN ({', '.join('?' * len(_TERMINAL_FLOW_STATES))}) ORDER BY seq",
@@ -314,6 +328,7 @@ class SQLiteStore:
         return [_flow_run_row(r) for r in rows]
 
     def events(self, flow_run_id: str) -> list[RunEvent]:
+        """A run's journal, by sequence number."""
         rows = self._db.execute(
             "SELECT seq, at, kind, body FROM run_events WHERE flow_run_id=? ORDER BY seq",
             (flow_run_id,),
@@ -321,6 +336,7 @@ class SQLiteStore:
         return [RunEvent(flow_run_id, s, at, k, b) for s, at, k, b in rows]
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
+        """A run's task runs as they are now, in the order they were first stored."""
         rows = self._db.execute(
             "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
             "result FROM task_runs WHERE flow_run_id=? ORDER BY rowid",
@@ -329,6 +345,7 @@ class SQLiteStore:
         return [TaskRunRow(flow_run_id, *r) for r in rows]
 
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
+        """A run's task run state changes in order (only task run ``key``'s if given)."""
         sql = (
             "SELECT key, seq, state, at, attempt, message, failure FROM task_run_states "
             "WHERE flow_run_id=?"
@@ -341,6 +358,7 @@ class SQLiteStore:
         return [StateRow(flow_run_id, *r) for r in rows]
 
     def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
+        """A run's task run log records in order (only task run ``key``'s if given)."""
         sql = "SELECT key, attempt, at, level, logger, message FROM logs WHERE flow_run_id=?"
         args: tuple[str, ...] = (flow_run_id,)
         if key:
@@ -438,6 +456,7 @@ class SQLiteStore:
         return PayloadWriter(self._db, metadata, size, sha256)
 
     def payload_meta(self, payload_id: str) -> PayloadMeta:
+        """A finished payload's size, metadata and SHA-256; NotFound if none."""
         row = self._db.execute(
             "SELECT size, metadata, sha256 FROM payloads WHERE id=?", (payload_id,)
         ).fetchone()
@@ -467,6 +486,7 @@ class SQLiteStore:
     # ------------------------------------------------------------------ cache
 
     def get_cache(self, key: str) -> CacheRow | None:
+        """The cached result under ``key`` (expired or not), or None."""
         row = self._db.execute(
             "SELECT value, expires_at FROM cache_entries WHERE key=?", (key,)
         ).fetchone()
@@ -475,12 +495,14 @@ class SQLiteStore:
     # -------------------------------------------------------------- schedules
 
     def put_schedule(self, row: ScheduleRow) -> None:
+        """Insert or replace a schedule (its own transaction)."""
         self._db.execute(
             "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?)",
             (row.id, row.flow_name, row.body, row.next_run_at, int(row.enabled)),
         )
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]:
+        """Every schedule (only ``flow_name``'s if given), by id."""
         sql = "SELECT id, flow_name, body, next_run_at, enabled FROM schedules"
         rows = (
             self._db.execute(sql + " WHERE flow_name=? ORDER BY id", (flow_name,))
@@ -490,6 +512,7 @@ class SQLiteStore:
         return [ScheduleRow(i, f, b, n, bool(e)) for i, f, b, n, e in rows]
 
     def get_schedule(self, schedule_id: str) -> ScheduleRow:
+        """A schedule by id; NotFound if none."""
         found = self._db.execute(
             "SELECT id, flow_name, body, next_run_at, enabled FROM schedules WHERE id=?",
             (schedule_id,),
@@ -500,6 +523,7 @@ class SQLiteStore:
         return ScheduleRow(i, f, b, n, bool(e))
 
     def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; NotFound if none."""
         cur = self._db.execute("DELETE FROM schedules WHERE id=?", (schedule_id,))
         if cur.rowcount == 0:
             raise NotFound(f"schedule {schedule_id!r} does not exist")
