@@ -9,7 +9,7 @@ NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
-.PHONY: setup demo test lint proto proto-check bench clean
+.PHONY: setup demo test lint proto proto-check bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,14 @@ test: setup
 ## proto: regenerate the Python code from proto/ into python_sdk/headwater/v1/
 proto: $(STAMP)
 	$(PY) -m headwater_runtime._protogen python_sdk
+
+## docs: build the API reference (HTML, from the docstrings) into build/docs/api; any
+## pdoc warning, or a public name missing from its page, fails the build. `make test`
+## runs the same build (tests/test_api_reference.py).
+DOCS_OUT := build/docs/api
+docs: $(STAMP)
+	rm -rf $(DOCS_OUT)
+	$(PY) docs/build_api.py $(DOCS_OUT)
 
 ## bench: run the benchmark harness and print its table
 bench: $(STAMP)

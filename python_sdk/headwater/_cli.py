@@ -65,6 +65,7 @@ def traced(service_name: str) -> Tracing:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``headwater run``: run a flow embedded (or on a server); print its result as JSON."""
     params = parse_params(args.param)
     flow = load_flow(args.target)
     tracing = traced("headwater")
@@ -131,6 +132,7 @@ def _render(value: Any) -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    """``headwater graph``: print a flow's compiled FlowGraph as JSON."""
     from google.protobuf import json_format
 
     graph = load_flow(args.target).compile()
@@ -150,6 +152,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """``headwater worker``: run the given modules' tasks for a server until stopped."""
     import logging
     import signal
     import threading
@@ -224,6 +227,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def add_worker_command(sub: Any) -> None:
+    """Add ``headwater worker`` and its flags to the CLI's subcommands."""
     worker = sub.add_parser(
         "worker",
         help="run tasks for a Headwater server",
@@ -277,6 +281,7 @@ def add_worker_command(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``headwater`` argument parser with every subcommand."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -342,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``headwater`` command; returns the exit code (2 for a usage error, with
+    one line on stderr instead of a traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

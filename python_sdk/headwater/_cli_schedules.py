@@ -30,6 +30,7 @@ def _line(s: ScheduleInfo) -> str:
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
+    """``headwater schedules create|list|delete|pause|resume``; prints one line each."""
     address = server_address(args)
     with Client(address, token=args.token) as client:
         if args.action == "create":
@@ -67,6 +68,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_schedules_command(sub: Any) -> None:
+    """Add ``headwater schedules`` and its actions to the CLI's subcommands."""
     schedules = sub.add_parser(
         "schedules",
         help="create, list, pause, resume or delete schedules on a server",

@@ -34,7 +34,12 @@ if TYPE_CHECKING:
 
 
 class ServerError(Exception):
-    """The control plane refused a request or could not be reached; one clear line."""
+    """The control plane refused a request or could not be reached; one clear line.
+
+    Args:
+        message: what failed and, where one is known, the fix.
+        code: the gRPC status of the failed call (None when no call was made).
+    """
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
@@ -115,6 +120,7 @@ class Client:
         self._transfer = PayloadTransfer(self._channel, self._metadata, patient=False)
 
     def close(self) -> None:
+        """Close the gRPC channel (also done on leaving a ``with Client(...)`` block)."""
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -132,6 +138,8 @@ class Client:
             raise _server_error(exc, self.address, what) from None
 
     def server_info(self) -> dict[str, Any]:
+        """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
+        call to check that the server is reachable and the token accepted."""
         info = self._call(self._control.GetServerInfo, cp.GetServerInfoRequest(), "server info")
         return {
             "server_version": info.server_version,
@@ -200,6 +208,8 @@ class Client:
         return values
 
     def get(self, run_id: str, include_task_runs: bool = False) -> RemoteFlowRun:
+        """A flow run by id as it is now; with ``include_task_runs``, also every task
+        run's state, attempts, state history and worker. ServerError if it does not exist."""
         response = self._call(
             self._control.GetFlowRun,
             cp.GetFlowRunRequest(id=run_id, include_task_runs=include_task_runs),
@@ -221,6 +231,8 @@ class Client:
         return run
 
     def list_runs(self, flow_name: str = "", limit: int = 50) -> list[RemoteFlowRun]:
+        """The most recent flow runs, newest first: at most ``limit`` (1..1000), only
+        those of ``flow_name`` if given. Task runs are not included (see ``get``)."""
         response = self._call(
             self._control.ListFlowRuns,
             cp.ListFlowRunsRequest(flow_name=flow_name, page_size=limit),
@@ -257,6 +269,10 @@ class Client:
         return self.get(run_id, include_task_runs=True)
 
     def cancel(self, run_id: str, reason: str = "") -> RemoteFlowRun:
+        """Cancel a run: every unfinished task run and the run itself end CANCELLED, and
+        workers are told to stop their running attempts. Returns the run after the
+        request; a run that had already ended is returned unchanged. ``reason`` becomes
+        the run's message."""
         response = self._call(
             self._control.CancelFlowRun,
             cp.CancelFlowRunRequest(id=run_id, reason=reason),
@@ -332,6 +348,7 @@ class Client:
         return schedule_info(response.schedule, self.decode)
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
+        """Every schedule on the server (only those of ``flow_name`` if given)."""
         response = self._call(
             self._control.ListSchedules,
             cp.ListSchedulesRequest(flow_name=flow_name),

@@ -29,7 +29,13 @@ RUN_OPTIONS = frozenset({"executor", "max_workers", "max_concurrency", "on_trans
 
 class Flow(Generic[P, R]):
     """A flow. ``flow(**params)`` runs it embedded and returns its result;
-    ``flow.run(**params)`` returns a FlowRun; ``flow.compile()`` returns the graph."""
+    ``flow.run(**params)`` returns a FlowRun; ``flow.compile()`` returns the graph.
+
+    Args:
+        fn: the flow function; its parameters are the flow's parameters.
+        name: the flow's name on a server (default: the function's name).
+        version: the version to register it as (default: numbered by the server).
+    """
 
     def __init__(
         self,

@@ -42,7 +42,13 @@ class Ref:
 
 
 class TaskRef(Ref):
-    """The (future) result of a task call in a flow, or a part of it."""
+    """The (future) result of a task call in a flow, or a part of it.
+
+    Args:
+        node_id: the id of the task call's node in the graph.
+        mapped: whether the call was ``task.map(...)`` (the result is a list).
+        path: the keys and indexes selecting a part of the result (``ref["rows"][0]``).
+    """
 
     __slots__ = ("mapped", "node_id", "path")
 
@@ -65,7 +71,11 @@ class TaskRef(Ref):
 
 
 class ParamRef(Ref):
-    """A flow parameter."""
+    """A flow parameter.
+
+    Args:
+        name: the parameter's name in the flow function's signature.
+    """
 
     __slots__ = ("name",)
 
@@ -80,7 +90,11 @@ class ParamRef(Ref):
 
 
 class unmapped:
-    """Mark an argument of ``task.map(...)`` as passed whole to every child."""
+    """Mark an argument of ``task.map(...)`` as passed whole to every child.
+
+    Args:
+        value: the argument (a list is not iterated over).
+    """
 
     __slots__ = ("value",)
 

@@ -54,10 +54,12 @@ class RemoteTask(Task[..., Any]):
 
     @property
     def argument_order(self) -> tuple[str, ...]:
+        """The declared ``parameters`` (how positional arguments are named)."""
         return self.parameters
 
     @property
     def has_function(self) -> bool:
+        """Always False: another language implements the task."""
         return False
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +93,7 @@ class RemoteTask(Task[..., Any]):
         return super().__call__(*args, **kwargs)
 
     def map(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Like ``Task.map``, but only inside a flow (there is no function to loop over)."""
         from . import _compiler
 
         if _compiler.current_context() is None:

@@ -61,6 +61,8 @@ def _time(msg: run_pb2.Schedule, name: str) -> datetime | None:
 def schedule_info(
     msg: run_pb2.Schedule, decode: Callable[[payload_pb2.Value], Any] | None
 ) -> ScheduleInfo:
+    """A ScheduleInfo from a Schedule message; ``decode`` turns its parameters into
+    Python values when they are read (None: no parameters are shown)."""
     every = None
     if msg.WhichOneof("spec") == "interval":
         every = timedelta(seconds=seconds(msg.interval))

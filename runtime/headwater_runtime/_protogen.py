@@ -42,6 +42,7 @@ def generate(out_dir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """``python -m headwater_runtime._protogen OUT_DIR``: generate into OUT_DIR."""
     if len(argv) != 1:
         print("usage: python -m headwater_runtime._protogen OUT_DIR", file=sys.stderr)
         return 2

@@ -50,21 +50,31 @@ class _ReplayClock:
 
 
 class JournaledEngine:
-    """Wraps an engine so that every input is also handed to ``record``."""
+    """Wraps an engine so that every input is also handed to ``record``.
+
+    Args:
+        engine: the engine to drive.
+        record: called with each JournalEntry before the engine sees the input, so a
+            host can store it in the same transaction as the effects it causes.
+    """
 
     def __init__(self, engine: FlowRunEngine, record: Callable[[JournalEntry], None]) -> None:
         self.engine = engine
         self.record = record
 
     def start(self) -> list[Command]:
+        """Journal START, then start the engine; its commands."""
         self.record(JournalEntry(START, self.engine.clock.now()))
         return self.engine.start()
 
     def handle(self, event: Event) -> list[Command]:
+        """Journal the event, then hand it to the engine; its commands."""
         self.record(JournalEntry(EVENT, self.engine.clock.now(), event))
         return self.engine.handle(event)
 
     def fire_due_timers(self) -> list[Command]:
+        """Fire the engine's due timers, journaling TIMERS only when one is due (so an
+        idle check leaves no entry)."""
         due = self.engine.next_timer_at
         now = self.engine.clock.now()
         if due is None or due > now:

@@ -71,7 +71,7 @@ class FlowRunEngine:
     Args:
         graph: the compiled flow (validated here).
         params: parameter values by name (defaults are filled in; unknown or missing
-            ones raise TypeError).
+            ones raise ParameterError).
         clock: the time source.
         values: operations on result values (live Python objects by default).
         max_concurrency: most task runs in flight at once (None: unbounded; the host's
@@ -187,6 +187,7 @@ class FlowRunEngine:
 
     @property
     def finished(self) -> bool:
+        """Whether the flow run has ended (SUCCESS, FAILED or CANCELLED)."""
         return self.state.is_terminal
 
     @property

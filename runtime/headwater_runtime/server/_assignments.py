@@ -16,7 +16,15 @@ from headwater.v1 import worker_pb2
 
 class PendingAssignment:
     """An attempt ready for a worker. The Assignment message may be given, or built on
-    first use."""
+    first use.
+
+    Args:
+        flow_run_id: the flow run the attempt belongs to.
+        task_type: the capability a worker needs to run it.
+        labels: labels the worker must have.
+        assignment: the Assignment message, or a function that builds it.
+        token: ``(task run id, attempt)``; required when ``assignment`` is a function.
+    """
 
     __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
 

@@ -13,7 +13,11 @@ _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuse calls whose ``authorization`` metadata is not ``Bearer <token>``."""
+    """Refuse calls whose ``authorization`` metadata is not ``Bearer <token>``.
+
+    Args:
+        token: the token every call must carry (not empty).
+    """
 
     def __init__(self, token: str) -> None:
         if not token:
@@ -25,6 +29,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         continuation: Callable[[Any], Awaitable[Any]],
         details: Any,
     ) -> Any:
+        """The call's handler when its token matches (or it is a health check); else
+        a handler that fails the call with UNAUTHENTICATED."""
         handler = await continuation(details)
         if handler is None or details.method.startswith(_OPEN_PREFIXES):
             return handler

@@ -11,6 +11,7 @@ from headwater.wire import parse_duration
 
 
 def add_server_command(sub: Any) -> None:
+    """Add ``headwater server`` and its flags to the CLI's subcommands."""
     server = sub.add_parser(
         "server",
         help="run the control plane (gRPC API, worker gateway, SQLite store)",
@@ -44,6 +45,8 @@ def add_server_command(sub: Any) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    """``headwater server``: serve until SIGINT/SIGTERM; the exit code (2 when the
+    ``server`` extra is missing or a flag or OTEL_* variable is wrong)."""
     from headwater_runtime.tracing import (
         TracingConfigError,
         configure_tracing,

@@ -76,7 +76,12 @@ def _check_value(name: str, value: payload_pb2.Value) -> str | None:
 
 
 class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
-    """The client API: flows, runs, results, logs, schedules, server info."""
+    """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
+    in proto/headwater/v1/control_plane.proto.
+
+    Args:
+        core: the server's state.
+    """
 
     def __init__(self, core: ServerCore) -> None:
         self.core = core

@@ -85,7 +85,14 @@ class ServerSettings:
 
 
 class ServerCore:
-    """Everything stateful about a running server."""
+    """Everything stateful about a running server.
+
+    Args:
+        store: where runs, flows, payloads and schedules are kept.
+        settings: the server's configuration.
+        clock: the time source (default: the system clock).
+        io: the threads store calls run on (default: new ones).
+    """
 
     def __init__(
         self, store: Store, settings: ServerSettings, clock: Any = None, io: StoreIO | None = None
@@ -499,6 +506,7 @@ class ServerCore:
         return queue
 
     def unwatch(self, flow_run_id: str, queue: asyncio.Queue[Any]) -> None:
+        """Stop noting changes on a queue ``watch`` returned."""
         for watchers in (self._watchers, self._flow_watchers):
             queues = watchers.get(flow_run_id)
             if queues is not None:

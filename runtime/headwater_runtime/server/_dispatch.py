@@ -36,9 +36,11 @@ class WorkerSession:
 
     @property
     def free(self) -> int:
+        """Slots not taken by an attempt the worker holds."""
         return self.slots - len(self.running)
 
     def accepts(self, pending: PendingAssignment) -> bool:
+        """Whether the worker has the attempt's task type and every label it requires."""
         return pending.task_type in self.capabilities and all(
             self.labels.get(k) == v for k, v in pending.labels.items()
         )
@@ -71,6 +73,7 @@ class Dispatcher:
     # ------------------------------------------------------------ run manager side
 
     def submit(self, pending: PendingAssignment) -> None:
+        """Queue an attempt, and assign it at once if a suitable worker has a free slot."""
         runs = self._pending.setdefault(pending.task_type, OrderedDict())
         runs.setdefault(pending.flow_run_id, deque()).append(pending)
         self.pump()
@@ -97,6 +100,7 @@ class Dispatcher:
 
     @property
     def pending_count(self) -> int:
+        """Attempts waiting for a worker."""
         return sum(len(q) for runs in self._pending.values() for q in runs.values())
 
     # ---------------------------------------------------------------- worker side
@@ -193,5 +197,7 @@ class Dispatcher:
             self.send_assignment(session, pending)
 
     def send_assignment(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        """Send an assignment held back by ``before_send``, unless the attempt was lost
+        or cancelled meanwhile."""
         if self._owner.get(pending.token) is session:  # not lost or cancelled meanwhile
             session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))

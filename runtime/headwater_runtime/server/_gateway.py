@@ -22,6 +22,12 @@ def _response_batch(messages: list[worker_pb2.ConnectResponse]) -> worker_pb2.Co
 
 
 class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
+    """WorkerGatewayService over a ServerCore.
+
+    Args:
+        core: the server's state; every worker message is handed to it.
+    """
+
     def __init__(self, core: ServerCore) -> None:
         self.core = core
 
@@ -30,6 +36,9 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
         request_iterator: AsyncIterator[worker_pb2.ConnectRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[worker_pb2.ConnectResponse]:
+        """One worker's stream: check its Hello (protocol version, slots, capabilities),
+        answer with a Welcome, then pass its messages to the core and send it what the
+        core queues (batched when the worker lists the "batch" feature)."""
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         try:
             first = await anext(aiter(request_iterator))

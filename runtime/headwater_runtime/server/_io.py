@@ -22,7 +22,11 @@ READERS = 4
 
 
 class StoreIO:
-    """Runs store calls on the writer thread or the reader threads."""
+    """Runs store calls on the writer thread or the reader threads.
+
+    Args:
+        readers: how many reader threads.
+    """
 
     def __init__(self, readers: int = READERS) -> None:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="headwater-store-writer")

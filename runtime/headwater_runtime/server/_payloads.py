@@ -20,7 +20,13 @@ MAX_CHUNK = CHUNK_SIZE
 class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     """Stores uploads in the store's payload tables; streams downloads back. Every store
     call runs on the store's threads (writes in order on the writer thread), and a
-    download reads one stored chunk at a time, so a payload is never loaded whole."""
+    download reads one stored chunk at a time, so a payload is never loaded whole.
+
+    Args:
+        store: where payloads are kept.
+        max_payload_bytes: largest upload accepted (RESOURCE_EXHAUSTED above it).
+        io: the threads store calls run on (default: new ones).
+    """
 
     def __init__(
         self, store: Store, max_payload_bytes: int = MAX_PAYLOAD_BYTES, io: StoreIO | None = None

@@ -144,7 +144,13 @@ class PreparedRun:
 
 
 class RunManager:
-    """Creates, drives, persists and recovers flow runs."""
+    """Creates, drives, persists and recovers flow runs.
+
+    Args:
+        store: where runs are kept.
+        dispatch: where ready attempts go (after their commit).
+        clock: the time source.
+    """
 
     def __init__(self, store: Store, dispatch: Dispatch, clock: Clock) -> None:
         self.store = store

@@ -37,6 +37,10 @@ class StoreUnavailable(Exception):
 
     ``full`` says the cause is lack of space (clients get RESOURCE_EXHAUSTED rather than
     UNAVAILABLE). The message names the underlying error.
+
+    Args:
+        message: what went wrong, in the store's words.
+        full: the store is out of space.
     """
 
     def __init__(self, message: str, *, full: bool = False) -> None:
@@ -239,9 +243,18 @@ class PayloadUpload(Protocol):
 
     id: str
 
-    def write(self, chunk: bytes) -> None: ...
-    def finish(self) -> PayloadMeta: ...
-    def abort(self) -> None: ...
+    def write(self, chunk: bytes) -> None:
+        """Append bytes; ValueError once they exceed the declared size."""
+        ...
+
+    def finish(self) -> PayloadMeta:
+        """Check the size (and SHA-256, if declared), then make the payload readable;
+        ValueError on a mismatch."""
+        ...
+
+    def abort(self) -> None:
+        """Forget what was written (the payload never becomes readable)."""
+        ...
 
 
 class Store(Protocol):
@@ -250,55 +263,131 @@ class Store(Protocol):
     # flows
     def put_flow(
         self, name: str, digest: str, graph: bytes, version: str, now: float
-    ) -> tuple[FlowVersion, bool]: ...
-    def get_flow(self, name: str, version: str = "") -> FlowVersion: ...
-    def list_flows(self) -> list[tuple[str, list[str]]]: ...
+    ) -> tuple[FlowVersion, bool]:
+        """Store a flow version, and whether it is new. A graph with the same digest
+        returns the stored version; an empty ``version`` is numbered 1, 2, ... per
+        name; a taken version with another graph raises Conflict."""
+        ...
+
+    def get_flow(self, name: str, version: str = "") -> FlowVersion:
+        """A flow version (the latest when ``version`` is empty); NotFound if none."""
+        ...
+
+    def list_flows(self) -> list[tuple[str, list[str]]]:
+        """Every flow name with its versions, oldest version first."""
+        ...
 
     # flow runs
     def create_flow_run(
         self, row: FlowRunRow, schedule: ScheduleRow | None = None
-    ) -> tuple[FlowRunRow, bool]: ...
-    def get_flow_run(self, run_id: str) -> FlowRunRow: ...
+    ) -> tuple[FlowRunRow, bool]:
+        """Insert a run, and whether it is new: a run with the same idempotency key
+        and parameters is returned instead (other parameters: Conflict naming it).
+        ``schedule`` (advanced past this fire) is updated in the same transaction."""
+        ...
+
+    def get_flow_run(self, run_id: str) -> FlowRunRow:
+        """A flow run by id; NotFound if none."""
+        ...
+
     def list_flow_runs(
         self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
-    ) -> list[FlowRunRow]: ...
-    def unfinished_flow_runs(self) -> list[FlowRunRow]: ...
-    def events(self, flow_run_id: str) -> list[RunEvent]: ...
-    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]: ...
-    def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]: ...
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]: ...
+    ) -> list[FlowRunRow]:
+        """Flow runs, newest first: at most ``limit``, only of ``flow_name`` and in
+        ``states`` when given, and only older than run ``before`` (paging)."""
+        ...
+
+    def unfinished_flow_runs(self) -> list[FlowRunRow]:
+        """Every run not in a terminal state, oldest first (recovered at start)."""
+        ...
+
+    def events(self, flow_run_id: str) -> list[RunEvent]:
+        """A run's journal, in order."""
+        ...
+
+    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
+        """A run's task runs as they are now, in the order they were first stored."""
+        ...
+
+    def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
+        """A run's task run state changes in order (only task run ``key``'s if given)."""
+        ...
+
+    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
+        """A run's task run log records in order (only task run ``key``'s if given)."""
+        ...
 
     # values
-    def get_values(self, ids: Iterable[str]) -> dict[str, bytes]: ...
+    def get_values(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """Stored values (serialized Value messages) by id; missing ids are left out."""
+        ...
 
     # one transaction per tick
-    def commit(self, batch: WriteBatch) -> None: ...
+    def commit(self, batch: WriteBatch) -> None:
+        """Write a batch in one transaction: all of it or nothing (StoreUnavailable
+        when the store cannot take it now; nothing of it is then stored)."""
+        ...
 
     # payloads
     def put_payload(
         self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
-    ) -> PayloadMeta: ...
-    def begin_payload(
-        self, metadata: dict[str, str], size: int, sha256: str = ""
-    ) -> PayloadUpload: ...
-    def payload_meta(self, payload_id: str) -> PayloadMeta: ...
-    def read_payload_chunk(self, payload_id: str, index: int) -> bytes: ...
+    ) -> PayloadMeta:
+        """Store a payload arriving in chunks (checked against ``size`` and ``sha256``)."""
+        ...
+
+    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadUpload:
+        """Start an upload whose chunks arrive over time; ValueError for a negative
+        size or metadata without an ``encoding``."""
+        ...
+
+    def payload_meta(self, payload_id: str) -> PayloadMeta:
+        """A stored payload's size, metadata and SHA-256; NotFound if none."""
+        ...
+
+    def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
+        """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes, the last may be
+        shorter); b"" past the end."""
+        ...
+
     def read_payload(
         self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
-    ) -> Iterator[bytes]: ...
+    ) -> Iterator[bytes]:
+        """A payload's bytes from ``offset``, in chunks of at most ``chunk_size``,
+        read one stored chunk at a time."""
+        ...
 
     # cache
-    def get_cache(self, key: str) -> CacheRow | None: ...
+    def get_cache(self, key: str) -> CacheRow | None:
+        """The cached result under ``key`` (expired or not: the caller checks), or None."""
+        ...
 
     # schedules
-    def put_schedule(self, row: ScheduleRow) -> None: ...
-    def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]: ...
-    def get_schedule(self, schedule_id: str) -> ScheduleRow: ...
-    def delete_schedule(self, schedule_id: str) -> None: ...
+    def put_schedule(self, row: ScheduleRow) -> None:
+        """Insert or replace a schedule."""
+        ...
+
+    def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]:
+        """Every schedule (only ``flow_name``'s if given), by id."""
+        ...
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRow:
+        """A schedule by id; NotFound if none."""
+        ...
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; NotFound if none."""
+        ...
 
     # retention
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
-    ) -> PruneReport: ...
+    ) -> PruneReport:
+        """Delete finished runs that ended before ``ended_before`` (none when None)
+        with their journal, projections and logs, expired cache entries, values
+        nothing references, and payloads nothing references older than ``grace``
+        seconds; give the space back. ``dry_run`` counts without deleting."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the storage (no call may follow)."""
+        ...

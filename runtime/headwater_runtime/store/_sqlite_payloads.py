@@ -16,7 +16,15 @@ from ._sqlite_schema import _transaction
 
 class PayloadWriter:
     """One payload upload in progress (see SQLiteStore.begin_payload). All its calls
-    must come from the thread that began it (the server's writer thread)."""
+    must come from the thread that began it (the server's writer thread).
+
+    Args:
+        db: the connection of the thread that began it.
+        metadata: the payload's metadata (``encoding`` included).
+        size: the declared size in bytes.
+        sha256: the declared SHA-256 ("" when not given).
+        now: when the upload began (seconds since the epoch).
+    """
 
     def __init__(
         self, db: sqlite3.Connection, metadata: dict[str, str], size: int, sha256: str, now: float

@@ -44,6 +44,7 @@ class TracingSettings:
 
     @property
     def active(self) -> bool:
+        """Whether anything is exported (an exporter is set and the SDK not disabled)."""
         return bool(self.exporters) and not self.disabled
 
 
