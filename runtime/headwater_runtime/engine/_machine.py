@@ -436,7 +436,7 @@ class FlowRunEngine:
             self._transition(run, S.FAILED, str(failure), failure)
             return
         if run.state is S.RUNNING:
-            self._transition(run, S.SCHEDULED, "worker lost; dispatching again")
+            self._transition(run, S.SCHEDULED, f"{why}; dispatching again")
         self._ready.appendleft(run)
 
     def _cache_checked(self, run: TaskRunRecord, event: CacheChecked) -> None:

@@ -24,7 +24,7 @@ from headwater.v1 import (
     worker_pb2_grpc,
 )
 from headwater.wire import ENV_DB, ENV_RETENTION, ENV_TOKEN, parse_duration
-from headwater_runtime.store import SQLiteStore
+from headwater_runtime.store import SQLiteStore, Store
 
 from ._auth import TokenAuthInterceptor
 from ._control import ControlServicer
@@ -45,7 +45,7 @@ class RunningServer:
 
     server: grpc.aio.Server
     core: ServerCore
-    store: SQLiteStore
+    store: Store
     port: int
 
     async def stop(self, grace: float | None = 1.0) -> None:
@@ -56,9 +56,10 @@ class RunningServer:
         self.store.close()
 
 
-async def start_server(settings: ServerSettings) -> RunningServer:
-    """Open the store, recover unfinished runs and start serving."""
-    store = SQLiteStore(settings.db)
+async def start_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
+    """Open the store (``settings.db``, unless a store is given), recover unfinished
+    runs and start serving."""
+    store = store if store is not None else SQLiteStore(settings.db)
     core = ServerCore(store, settings)
     interceptors = [TokenAuthInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(interceptors=interceptors)

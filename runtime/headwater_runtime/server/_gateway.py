@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,8 @@ from headwater.v1 import worker_pb2, worker_pb2_grpc
 from headwater.wire import BATCH, NOT_READY, PROTOCOL_VERSION, gather
 
 from ._core import ServerCore
+
+log = logging.getLogger("headwater.server")
 
 _NOT_IN_BATCH = ("hello", "batch", None)
 
@@ -70,6 +73,12 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                                 core.on_worker_message(session, inner)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
                         core.on_worker_message(session, message)
+            except Exception:
+                # A bug handling one message must not end the stream silently.
+                log.exception(
+                    "ending the stream of worker %s: a message could not be handled", session.name
+                )
+                raise
             finally:
                 outbox.put_nowait(None)
 

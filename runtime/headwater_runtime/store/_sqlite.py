@@ -84,9 +84,6 @@ class SQLiteStore:
         self._lock = threading.Lock()
         try:
             db = self._db
-            fresh = db.execute("PRAGMA page_count").fetchone()[0] == 0
-            if fresh:  # only an empty database can switch its vacuum mode cheaply
-                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             version = self._schema_version(db)
             if version not in (None, SCHEMA_VERSION):
                 raise RuntimeError(
@@ -126,6 +123,10 @@ class SQLiteStore:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # Only an empty database can choose its vacuum mode, before anything
+                # (even the switch to WAL) writes its first page.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute("PRAGMA foreign_keys=ON")
