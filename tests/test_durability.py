@@ -94,14 +94,14 @@ class StreamWorker:
         finally:
             self.inbox.put_nowait(None)
 
-    async def next(self, kind: str, timeout: float = BOUND) -> Any:
+    async def next(self, kind: str, within: float = BOUND) -> Any:
         """The next message of this kind from the server (others wait in a backlog for
-        their own ``next``); TimeoutError when none comes in ``timeout`` seconds."""
+        their own ``next``); TimeoutError when none comes ``within`` seconds."""
         for i, waiting in enumerate(self.backlog):
             if waiting.WhichOneof("message") == kind:
                 del self.backlog[i]
                 return getattr(waiting, kind)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 response = await self.inbox.get()
                 if response is None:
@@ -145,12 +145,23 @@ async def run_state(channel: grpc.aio.Channel, run_id: str) -> Any:
     return got
 
 
+async def finished(channel: grpc.aio.Channel, run_id: str) -> int:
+    """Watch a run until it ends; its final state."""
+    client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+    request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=True)
+    state = 0
+    async with asyncio.timeout(BOUND):
+        async for change in client.WatchFlowRun(request, metadata=AUTH):
+            state = change.flow_run.state
+    return state
+
+
 async def serve_all(worker: StreamWorker, done: asyncio.Event) -> int:
     """Run every assignment until ``done``; the number of results sent."""
     sent = 0
     while not done.is_set():
         try:
-            a = await worker.next("assignment", timeout=0.2)
+            a = await worker.next("assignment", within=0.2)
         except TimeoutError:
             continue
         worker.send(result=worker.result(a))
@@ -180,7 +191,7 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
             assert code == grpc.StatusCode.NOT_FOUND
             # The run started in memory, but its first assignment waits for the commit.
             with pytest.raises(TimeoutError):
-                await worker.next("assignment", timeout=0.5)
+                await worker.next("assignment", within=0.5)
             assert FailingStore.attempts >= 2, "the failed commit was not retried"
             # A caller that needs durability hears why at once.
             code, details = await status_of(
@@ -194,9 +205,7 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
             run_id = await create(channel, n=3)
             done = asyncio.Event()
             serving = asyncio.create_task(serve_all(worker, done))
-            async with asyncio.timeout(BOUND):
-                while (await run_state(channel, run_id)).flow_run.state != 4:
-                    await asyncio.sleep(0.05)
+            assert await finished(channel, run_id) == 4
             done.set()
             await serving
             await worker.close()
@@ -243,9 +252,7 @@ def test_fencing_is_bound_to_the_session(tmp_path: Path) -> None:
             await intruder.close()
             done = asyncio.Event()
             serving = asyncio.create_task(serve_all(holder, done))
-            async with asyncio.timeout(BOUND):
-                while (await run_state(channel, run_id)).flow_run.state != 4:
-                    await asyncio.sleep(0.05)
+            assert await finished(channel, run_id) == 4
             done.set()
             await serving
             await holder.close()
@@ -280,9 +287,7 @@ def test_an_unrequested_task_cancelled_gives_the_attempt_back(tmp_path: Path) ->
             worker.send(result=worker.result(again))
             done = asyncio.Event()
             serving = asyncio.create_task(serve_all(worker, done))
-            async with asyncio.timeout(BOUND):
-                while (await run_state(channel, run_id)).flow_run.state != 4:
-                    await asyncio.sleep(0.05)
+            assert await finished(channel, run_id) == 4
             done.set()
             await serving
             await worker.close()
@@ -452,11 +457,10 @@ def test_a_full_disk_is_survived_and_every_run_finishes_when_space_returns(
                             full = True
                         await asyncio.sleep(0.01)
                 assert running.core.commits.error is not None or full
-                subprocess.run(["mount", "-o", "remount,size=64m", "tmpfs", str(mount)], check=True)
-                async with asyncio.timeout(BOUND):
-                    for run_id in run_ids:
-                        while (await run_state(channel, run_id)).flow_run.state != 4:
-                            await asyncio.sleep(0.05)
+                remount = ["mount", "-o", "remount,size=64m", "tmpfs", str(mount)]
+                await asyncio.to_thread(subprocess.run, remount, check=True)
+                for run_id in run_ids:
+                    assert await finished(channel, run_id) == 4
                 done.set()
                 await serving
                 await worker.close()
