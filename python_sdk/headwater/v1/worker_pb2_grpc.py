@@ -51,7 +51,7 @@ class WorkerGatewayServiceServicer:
     """
 
     def Connect(self, request_iterator, context):
-        """Connect is the worker's session: WorkerMessage in, ServerMessage out.
+        """Connect is the worker's session: ConnectRequest in, ConnectResponse out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

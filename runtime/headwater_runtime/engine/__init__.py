@@ -6,6 +6,8 @@ same engine, so a flow gives the same states and results on both. The graph it r
 """
 
 from ._events import (
+    ATTEMPT_EVENTS,
+    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -22,6 +24,7 @@ from ._events import (
     TaskStarted,
     TaskSucceeded,
     WriteCache,
+    stale_reason,
 )
 from ._journal import EVENT, START, TIMERS, JournaledEngine, JournalEntry, replay
 from ._machine import FlowRunEngine
@@ -32,11 +35,13 @@ from ._states import TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 __all__ = [
+    "ATTEMPT_EVENTS",
     "EVENT",
     "PYTHON_VALUES",
     "START",
     "TIMERS",
     "TRANSITIONS",
+    "WORKER_LOST",
     "AttemptRecord",
     "CacheChecked",
     "CacheEntry",
@@ -68,4 +73,5 @@ __all__ = [
     "evaluate_trigger",
     "replay",
     "retry_delay",
+    "stale_reason",
 ]
