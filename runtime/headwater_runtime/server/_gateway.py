@@ -28,7 +28,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
     async def Connect(
         self,
         request_iterator: AsyncIterator[worker_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[worker_pb2.ConnectRequest, worker_pb2.ConnectResponse],
     ) -> AsyncIterator[worker_pb2.ConnectResponse]:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         try:

@@ -24,7 +24,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def UploadPayload(
         self,
         request_iterator: AsyncIterator[payload_pb2.UploadPayloadRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.UploadPayloadRequest, payload_pb2.UploadPayloadResponse
+        ],
     ) -> payload_pb2.UploadPayloadResponse:
         upload: PayloadUpload | None = None
         invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -75,7 +77,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def DownloadPayload(
         self,
         request: payload_pb2.DownloadPayloadRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.DownloadPayloadRequest, payload_pb2.DownloadPayloadResponse
+        ],
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
         try:
             meta = self.store.payload_meta(request.payload_id)
