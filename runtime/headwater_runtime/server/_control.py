@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, TypeAlias
 
 import grpc
 
+from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import (
-    control_plane_pb2,
     control_plane_pb2_grpc,
     graph_pb2,
     payload_pb2,
     run_pb2,
+    state_pb2,
 )
 from headwater.wire import (
     ENCODING_KEY,
@@ -25,7 +26,7 @@ from headwater.wire import (
     task_run_id,
     timestamp,
 )
-from headwater_runtime.store import Conflict, NotFound
+from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StateRow
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
@@ -34,10 +35,8 @@ from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
 
-
-async def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable")
+#: The context of a call of any method (for helpers shared by several methods).
+AnyContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def _check_value(name: str, value: payload_pb2.Value) -> str | None:
@@ -65,45 +64,59 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         self.core = core
         self.store = core.store
 
-    async def RegisterFlow(self, request: Any, context: Any) -> Any:
+    async def RegisterFlow(
+        self,
+        request: cp.RegisterFlowRequest,
+        context: grpc.aio.ServicerContext[cp.RegisterFlowRequest, cp.RegisterFlowResponse],
+    ) -> cp.RegisterFlowResponse:
         """Validate and store a flow graph; an identical graph keeps its version."""
         if not request.HasField("graph"):
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
         try:
             version, created = self.core.runs.register_flow(request.graph)
         except GraphError as exc:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Conflict as exc:
-            await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        return control_plane_pb2.RegisterFlowResponse(
-            name=request.graph.name, version=version, created=created
-        )
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        return cp.RegisterFlowResponse(name=request.graph.name, version=version, created=created)
 
-    async def GetFlow(self, request: Any, context: Any) -> Any:
+    async def GetFlow(
+        self,
+        request: cp.GetFlowRequest,
+        context: grpc.aio.ServicerContext[cp.GetFlowRequest, cp.GetFlowResponse],
+    ) -> cp.GetFlowResponse:
         """A registered flow's graph (the latest version when none is given)."""
         try:
             stored = self.store.get_flow(request.name, request.version)
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        return control_plane_pb2.GetFlowResponse(graph=graph_pb2.FlowGraph.FromString(stored.graph))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return cp.GetFlowResponse(graph=graph_pb2.FlowGraph.FromString(stored.graph))
 
-    async def ListFlows(self, request: Any, context: Any) -> Any:
+    async def ListFlows(
+        self,
+        request: cp.ListFlowsRequest,
+        context: grpc.aio.ServicerContext[cp.ListFlowsRequest, cp.ListFlowsResponse],
+    ) -> cp.ListFlowsResponse:
         """Every registered flow with its versions."""
         flows = [
-            control_plane_pb2.FlowSummary(name=name, versions=versions)
+            cp.FlowSummary(name=name, versions=versions)
             for name, versions in self.store.list_flows()
         ]
-        return control_plane_pb2.ListFlowsResponse(flows=flows)
+        return cp.ListFlowsResponse(flows=flows)
 
-    async def CreateFlowRun(self, request: Any, context: Any) -> Any:
+    async def CreateFlowRun(
+        self,
+        request: cp.CreateFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.CreateFlowRunRequest, cp.CreateFlowRunResponse],
+    ) -> cp.CreateFlowRunResponse:
         """Create and start a run, committed before the response (the same
         idempotency key returns the first run)."""
         if not request.flow_name:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
         for name, value in request.parameters.items():
             problem = _check_value(name, value)
             if problem:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             row, created = self.core.runs.create_run(
                 request.flow_name,
@@ -113,28 +126,32 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 dict(request.trace_context),
             )
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ParameterError as exc:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.core.flush()  # durable before the client hears about it
-        return control_plane_pb2.CreateFlowRunResponse(
+        return cp.CreateFlowRunResponse(
             flow_run=flow_run_message(self.store.get_flow_run(row.id)), created=created
         )
 
-    async def _flow_run(self, run_id: str, context: Any) -> Any:
+    async def _flow_run(self, run_id: str, context: AnyContext) -> FlowRunRow:
         try:
             return self.store.get_flow_run(run_id)
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
 
-    async def GetFlowRun(self, request: Any, context: Any) -> Any:
+    async def GetFlowRun(
+        self,
+        request: cp.GetFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.GetFlowRunRequest, cp.GetFlowRunResponse],
+    ) -> cp.GetFlowRunResponse:
         """A flow run, with its task runs and their state histories if asked."""
         row = await self._flow_run(request.id, context)
-        response = control_plane_pb2.GetFlowRunResponse(flow_run=flow_run_message(row))
+        response = cp.GetFlowRunResponse(flow_run=flow_run_message(row))
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
-            history: dict[str, list[Any]] = {}
+            history: dict[str, list[StateRow]] = {}
             for entry in self.store.task_run_history(row.id):
                 history.setdefault(entry.key, []).append(entry)
             for task_row in self.store.task_runs(row.id):
@@ -143,54 +160,68 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 )
         return response
 
-    async def ListFlowRuns(self, request: Any, context: Any) -> Any:
+    async def ListFlowRuns(
+        self,
+        request: cp.ListFlowRunsRequest,
+        context: grpc.aio.ServicerContext[cp.ListFlowRunsRequest, cp.ListFlowRunsResponse],
+    ) -> cp.ListFlowRunsResponse:
         """Flow runs, newest first, a page at a time (``page_token``: the last
         run of the previous page)."""
         size = request.page_size or 50
         if not 1 <= size <= 1000:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
         if request.page_token:
             await self._flow_run(request.page_token, context)
         rows = self.store.list_flow_runs(
             request.flow_name, [int(s) for s in request.states], size + 1, request.page_token
         )
-        response = control_plane_pb2.ListFlowRunsResponse(
-            flow_runs=[flow_run_message(r) for r in rows[:size]]
-        )
+        response = cp.ListFlowRunsResponse(flow_runs=[flow_run_message(r) for r in rows[:size]])
         if len(rows) > size:
             response.next_page_token = rows[size - 1].id
         return response
 
-    async def WatchFlowRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def WatchFlowRun(
+        self,
+        request: cp.WatchFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.WatchFlowRunRequest, cp.WatchFlowRunResponse],
+    ) -> AsyncIterator[cp.WatchFlowRunResponse]:
         """Stream the run after each committed change until it ends."""
         row = await self._flow_run(request.id, context)
         # Subscribe, then read: a change committed after the read wakes the queue.
         queue = self.core.watch(row.id, task_runs=not request.flow_run_only)
         try:
             row = self.store.get_flow_run(row.id)
-            yield control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
+            yield cp.WatchFlowRunResponse(flow_run=flow_run_message(row))
             # The commit that ends the run may carry several task run changes (all
             # queued by the same flush): deliver every one before ending the stream.
             while row.state not in _TERMINAL or not queue.empty():
                 run = await queue.get()
                 row = self.store.get_flow_run(row.id)
-                response = control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
+                response = cp.WatchFlowRunResponse(flow_run=flow_run_message(row))
                 if run is not None:
                     response.task_run.CopyFrom(run)
                 yield response
         finally:
             self.core.unwatch(request.id, queue)
 
-    async def CancelFlowRun(self, request: Any, context: Any) -> Any:
+    async def CancelFlowRun(
+        self,
+        request: cp.CancelFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.CancelFlowRunRequest, cp.CancelFlowRunResponse],
+    ) -> cp.CancelFlowRunResponse:
         """Cancel a run that has not ended; the run as it is afterwards."""
         row = await self._flow_run(request.id, context)
         if row.state not in _TERMINAL:
             self.core.runs.cancel(row.id, request.reason)
             self.core.flush()
             row = self.store.get_flow_run(row.id)
-        return control_plane_pb2.CancelFlowRunResponse(flow_run=flow_run_message(row))
+        return cp.CancelFlowRunResponse(flow_run=flow_run_message(row))
 
-    async def GetTaskRunResult(self, request: Any, context: Any) -> Any:
+    async def GetTaskRunResult(
+        self,
+        request: cp.GetTaskRunResultRequest,
+        context: grpc.aio.ServicerContext[cp.GetTaskRunResultRequest, cp.GetTaskRunResultResponse],
+    ) -> cp.GetTaskRunResultResponse:
         """A task run's result (for a mapped task with ``map_index`` -1, the
         list of its children's); FAILED_PRECONDITION when it has none."""
         try:
@@ -198,16 +229,20 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 request.flow_run_id, request.task_id, request.map_index
             )
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except NoResult as exc:
-            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         await self.core.exports.readable(value)  # values still held in a Dask cluster
-        return control_plane_pb2.GetTaskRunResultResponse(
+        return cp.GetTaskRunResultResponse(
             result=value,
-            state=state.value,  # type: ignore[arg-type]
+            state=state_pb2.TaskRunState.ValueType(state.value),
         )
 
-    async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
+    async def ListTaskRunLogs(
+        self,
+        request: cp.ListTaskRunLogsRequest,
+        context: grpc.aio.ServicerContext[cp.ListTaskRunLogsRequest, cp.ListTaskRunLogsResponse],
+    ) -> cp.ListTaskRunLogsResponse:
         """The log records a flow run's task runs wrote (one task run's if
         given), oldest first."""
         await self._flow_run(request.flow_run_id, context)
@@ -216,7 +251,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             try:
                 key = split_task_run_id(request.task_run_id)[1]
             except ValueError as exc:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         entries = []
         for log in self.store.logs(request.flow_run_id, key):
             entry = run_pb2.LogEntry(
@@ -228,60 +263,84 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             )
             entry.timestamp.CopyFrom(timestamp(log.at))
             entries.append(entry)
-        return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
+        return cp.ListTaskRunLogsResponse(entries=entries)
 
-    async def CreateSchedule(self, request: Any, context: Any) -> Any:
+    async def CreateSchedule(
+        self,
+        request: cp.CreateScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.CreateScheduleRequest, cp.CreateScheduleResponse],
+    ) -> cp.CreateScheduleResponse:
         """Validate and store a schedule."""
         if not request.HasField("schedule"):
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         for name, value in request.schedule.parameters.items():
             problem = _check_value(name, value)
             if problem:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             schedule = self.core.schedules.create(request.schedule)
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except (ScheduleError, ParameterError) as exc:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.core.touch()  # the timer loop re-reads the next fire time
-        return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
+        return cp.CreateScheduleResponse(schedule=schedule)
 
-    async def ListSchedules(self, request: Any, context: Any) -> Any:
+    async def ListSchedules(
+        self,
+        request: cp.ListSchedulesRequest,
+        context: grpc.aio.ServicerContext[cp.ListSchedulesRequest, cp.ListSchedulesResponse],
+    ) -> cp.ListSchedulesResponse:
         """Every schedule (only one flow's if given)."""
-        return control_plane_pb2.ListSchedulesResponse(
-            schedules=self.core.schedules.list(request.flow_name)
-        )
+        return cp.ListSchedulesResponse(schedules=self.core.schedules.list(request.flow_name))
 
-    async def DeleteSchedule(self, request: Any, context: Any) -> Any:
+    async def DeleteSchedule(
+        self,
+        request: cp.DeleteScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.DeleteScheduleRequest, cp.DeleteScheduleResponse],
+    ) -> cp.DeleteScheduleResponse:
         """Remove a schedule; the runs it created are kept."""
         try:
             self.core.schedules.delete(request.id)
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        return control_plane_pb2.DeleteScheduleResponse()
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return cp.DeleteScheduleResponse()
 
-    async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
+    async def _set_enabled(
+        self, schedule_id: str, enabled: bool, context: AnyContext
+    ) -> run_pb2.Schedule:
         try:
             schedule = self.core.schedules.set_enabled(schedule_id, enabled)
         except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         self.core.touch()
         return schedule
 
-    async def PauseSchedule(self, request: Any, context: Any) -> Any:
+    async def PauseSchedule(
+        self,
+        request: cp.PauseScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.PauseScheduleRequest, cp.PauseScheduleResponse],
+    ) -> cp.PauseScheduleResponse:
         """Stop a schedule from creating runs."""
         schedule = await self._set_enabled(request.id, False, context)
-        return control_plane_pb2.PauseScheduleResponse(schedule=schedule)
+        return cp.PauseScheduleResponse(schedule=schedule)
 
-    async def ResumeSchedule(self, request: Any, context: Any) -> Any:
+    async def ResumeSchedule(
+        self,
+        request: cp.ResumeScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.ResumeScheduleRequest, cp.ResumeScheduleResponse],
+    ) -> cp.ResumeScheduleResponse:
         """Resume a schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
-        return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
+        return cp.ResumeScheduleResponse(schedule=schedule)
 
-    async def GetServerInfo(self, request: Any, context: Any) -> Any:
+    async def GetServerInfo(
+        self,
+        request: cp.GetServerInfoRequest,
+        context: grpc.aio.ServicerContext[cp.GetServerInfoRequest, cp.GetServerInfoResponse],
+    ) -> cp.GetServerInfoResponse:
         """The server's version, protocol version and features."""
-        return control_plane_pb2.GetServerInfoResponse(
+        return cp.GetServerInfoResponse(
             server_version=SERVER_VERSION,
             protocol_version=PROTOCOL_VERSION,
             features=feature_names(),

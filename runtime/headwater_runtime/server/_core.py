@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from headwater.v1 import run_pb2, worker_pb2
 from headwater.wire import (
@@ -28,7 +28,7 @@ from headwater.wire import (
 )
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
-    EventIgnored,
+    Event,
     TaskFailed,
     TaskLost,
     TaskRunRecord,
@@ -50,21 +50,14 @@ log = logging.getLogger("headwater.server")
 BATCH_WINDOW = 0.002
 SERVER_VERSION = "0.1.0"
 
+#: What a watcher hears after a commit: the task run that changed, or None for
+#: "re-read the flow run".
+WatchQueue: TypeAlias = asyncio.Queue[run_pb2.TaskRun | None]
+
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Server configuration (defaults -> HEADWATER_* environment -> CLI flags).
-
-    Attributes:
-        host: interface to listen on.
-        port: port to listen on (0: any free port; RunningServer.port says which).
-        db: the SQLite database path (``~`` is expanded).
-        token: bearer token every call must carry (None: no authentication).
-        heartbeat_interval: seconds between worker heartbeats (sent in the Welcome).
-        heartbeat_timeout: seconds of silence after which a worker is dropped and its
-            attempts are dispatched again.
-        inline_payload_limit: largest value a worker may send inline (in the Welcome).
-    """
+    """Server configuration (defaults -> HEADWATER_* environment -> CLI flags)."""
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -102,8 +95,8 @@ class ServerCore:
         self._changed: set[str] = set()
         self._flow_changed: set[str] = set()  # the flow run's own state changed
         self._orphans: dict[Token, tuple[str, float]] = {}
-        self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
-        self._flow_watchers: dict[str, set[asyncio.Queue[Any]]] = {}
+        self._watchers: dict[str, set[WatchQueue]] = {}
+        self._flow_watchers: dict[str, set[WatchQueue]] = {}
         self._background: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -200,7 +193,9 @@ class ServerCore:
 
     # ------------------------------------------------------------------- workers
 
-    def connect(self, hello: worker_pb2.Hello) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
+    def connect(
+        self, hello: worker_pb2.Hello
+    ) -> tuple[WorkerSession, worker_pb2.Welcome, asyncio.Queue[worker_pb2.ConnectResponse | None]]:
         """Register a worker stream; returns its session, the Welcome and its outbox."""
         outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
         session = WorkerSession(
@@ -266,13 +261,13 @@ class ServerCore:
             try:
                 flow_run_id, run_key = split_task_run_id(token.task_run_id)
             except ValueError as exc:
-                self._ack(session, token, [EventIgnored(None, str(exc))])  # type: ignore[arg-type]
+                self._ack(session, token, str(exc))
                 return
             if kind == "cancelled":
                 self.dispatcher.finished(key)
                 self.touch()
                 return
-            event: Any
+            event: Event
             if kind == "started":
                 event = TaskStarted(run_key, token.attempt)
             elif kind == "result":
@@ -287,7 +282,7 @@ class ServerCore:
             ignored = self.runs.handle(flow_run_id, event)
             if kind != "started":
                 self.dispatcher.finished(key)
-                self._ack(session, token, ignored)
+                self._ack(session, token, ignored[0].reason if ignored else None)
             self.touch()
             return
         if kind == "value_exported":
@@ -317,11 +312,12 @@ class ServerCore:
             session.send(decision)
 
     def _ack(
-        self, session: WorkerSession, token: worker_pb2.FencingToken, ignored: list[EventIgnored]
+        self, session: WorkerSession, token: worker_pb2.FencingToken, refused: str | None
     ) -> None:
-        ack = worker_pb2.Ack(token=token, accepted=not ignored)
-        if ignored:
-            ack.reason = ignored[0].reason
+        """Answer a worker's report: accepted, or refused for the given reason."""
+        ack = worker_pb2.Ack(token=token, accepted=refused is None)
+        if refused is not None:
+            ack.reason = refused
         self._acks.append((session, worker_pb2.ConnectResponse(ack=ack)))
 
     def _log(self, log: worker_pb2.TaskLog) -> None:
@@ -367,20 +363,20 @@ class ServerCore:
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
-                session.send(None)  # type: ignore[arg-type]  # ends the stream
+                session.send(None)  # ends the stream
 
     # ------------------------------------------------------------------- watchers
 
-    def watch(self, flow_run_id: str, *, task_runs: bool = True) -> asyncio.Queue[Any]:
+    def watch(self, flow_run_id: str, *, task_runs: bool = True) -> WatchQueue:
         """A queue that gets a note after each commit that changed the run: the task
         run that changed (a TaskRun message), or None for "re-read the flow run".
         Without ``task_runs`` only changes of the flow run's own state are noted."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        queue: WatchQueue = asyncio.Queue()
         watchers = self._watchers if task_runs else self._flow_watchers
         watchers.setdefault(flow_run_id, set()).add(queue)
         return queue
 
-    def unwatch(self, flow_run_id: str, queue: asyncio.Queue[Any]) -> None:
+    def unwatch(self, flow_run_id: str, queue: WatchQueue) -> None:
         """Stop noting changes on a queue ``watch`` returned."""
         for watchers in (self._watchers, self._flow_watchers):
             queues = watchers.get(flow_run_id)

@@ -29,7 +29,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def UploadPayload(
         self,
         request_iterator: AsyncIterator[payload_pb2.UploadPayloadRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.UploadPayloadRequest, payload_pb2.UploadPayloadResponse
+        ],
     ) -> payload_pb2.UploadPayloadResponse:
         """Store a header-then-chunks upload; its PayloadRef once the declared size
         (and SHA-256, if given) match. A failed upload leaves nothing behind."""
@@ -82,7 +84,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def DownloadPayload(
         self,
         request: payload_pb2.DownloadPayloadRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.DownloadPayloadRequest, payload_pb2.DownloadPayloadResponse
+        ],
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
         """Stream a payload's bytes from ``offset`` in chunks (so a client resumes a
         broken download where it stopped)."""
