@@ -314,6 +314,62 @@ def test_cancel_cancels_in_flight_attempts_after_commit(store: SQLiteStore) -> N
     assert store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
 
 
+@task(timeout=5)
+def slow() -> int:
+    return 1
+
+
+@flow
+def slow_flow() -> int:
+    return slow()
+
+
+def test_a_report_after_the_run_ended_names_the_stale_attempt(store: SQLiteStore) -> None:
+    """The Ack reason of a late report: the same words whether the run's engine is
+    still in memory or the run has ended and left it (then the store answers)."""
+    dispatch, clock = FakeDispatch(), Clock()
+    manager = RunManager(store, dispatch, clock)
+    manager.register_flow(slow_flow.compile())
+    row, _ = manager.create_run("slow_flow", "", {})
+    manager.flush()
+    token = dispatch.submitted[0].assignment.token
+    assert manager.handle(row.id, TaskStarted("slow", token.attempt)) == []
+    clock.t += 5
+    manager.fire_timers()
+    late = TaskSucceeded("slow", 1, value_of(1))
+    expected = (
+        "stale attempt 1 of task run 'slow': the attempt timed out; the flow run ended FAILED"
+    )
+    (in_memory,) = manager.handle(row.id, late)
+    assert in_memory.reason == expected
+    manager.flush()
+    assert dispatch.cancelled == [(row.id, token.task_run_id, 1, "timed out")]
+    assert row.id not in manager.runs
+    (from_store,) = manager.handle(row.id, late)
+    assert from_store.reason == expected
+    (unknown,) = manager.handle(row.id, TaskSucceeded("nope", 1, value_of(1)))
+    assert unknown.reason == "unknown task run 'nope'"
+    (gone,) = manager.handle("no-such-run", late)
+    assert gone.reason == "unknown flow run 'no-such-run'"
+
+
+def test_a_report_after_a_cancel_names_the_stale_attempt(store: SQLiteStore) -> None:
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {})
+    manager.flush()
+    manager.cancel(row.id, "user asked")
+    late = TaskSucceeded("numbers", 1, value_of([1]))
+    expected = (
+        "stale attempt 1 of task run 'numbers': the attempt was cancelled; "
+        "the flow run ended CANCELLED"
+    )
+    assert [i.reason for i in manager.handle(row.id, late)] == [expected]
+    manager.flush()
+    assert [i.reason for i in manager.handle(row.id, late)] == [expected]
+
+
 @pytest.mark.parametrize(
     "event",
     [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -31,6 +31,9 @@ from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
     from ._flow import Flow
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
 
 
 class ServerError(Exception):
@@ -131,7 +134,13 @@ class Client:
 
     # ------------------------------------------------------------------ calls
 
-    def _call(self, method: Any, request: Any, what: str, timeout: float | None = None) -> Any:
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        what: str,
+        timeout: float | None = None,
+    ) -> _Resp:
         try:
             return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:

@@ -130,9 +130,12 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run embedded; return the flow's result or raise FlowRunFailed."""
-        flow_run = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        # The keywords mix the flow's parameters with run()'s options (executor=...).
+        keywords: dict[str, Any] = kwargs
+        flow_run = self.run(*args, **keywords)
         flow_run.raise_for_state()
-        return flow_run.result  # type: ignore[no-any-return]
+        result: R = flow_run.result  # the decoded return value of the flow function
+        return result
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"

@@ -152,6 +152,7 @@ def _placeholder(task_type: str, label: str, params: tuple[str, ...]) -> Any:
     remote.__name__ = remote.__qualname__ = label
     remote.__doc__ = f"Implemented in another language (task type {task_type!r})."
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    # inspect.signature() honours __signature__, which function types do not declare.
     remote.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(p, positional, default=None) for p in params]
         if all(p.isidentifier() for p in params)

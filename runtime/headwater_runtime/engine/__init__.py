@@ -6,6 +6,8 @@ same engine, so a flow gives the same states and results on both. The graph it r
 """
 
 from ._events import (
+    ATTEMPT_EVENTS,
+    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -22,6 +24,7 @@ from ._events import (
     TaskStarted,
     TaskSucceeded,
     WriteCache,
+    stale_reason,
 )
 from ._journal import (
     ENGINE_VERSION,
@@ -41,6 +44,7 @@ from ._states import TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 __all__ = [
+    "ATTEMPT_EVENTS",
     "ENGINE_VERSION",
     "EVENT",
     "PYTHON_VALUES",
@@ -48,6 +52,7 @@ __all__ = [
     "START",
     "TIMERS",
     "TRANSITIONS",
+    "WORKER_LOST",
     "AttemptRecord",
     "CacheChecked",
     "CacheEntry",
@@ -79,4 +84,5 @@ __all__ = [
     "evaluate_trigger",
     "replay",
     "retry_delay",
+    "stale_reason",
 ]

@@ -35,6 +35,9 @@ from headwater.wire import (
 )
 
 from ._events import (
+    ATTEMPT_EVENTS,
+    WORKER_LOST,
+    AttemptEvent,
     CacheChecked,
     CancelRequested,
     CancelTask,
@@ -50,6 +53,7 @@ from ._events import (
     TaskStarted,
     TaskSucceeded,
     WriteCache,
+    stale_reason,
 )
 from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
@@ -329,7 +333,7 @@ class FlowRunEngine:
         if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
             self.cancel_reason = event.reason  # applied by start()
             return
-        if self.state is not FlowRunState.RUNNING:
+        if self.state is not FlowRunState.RUNNING and not isinstance(event, ATTEMPT_EVENTS):
             self._out.append(EventIgnored(event, f"flow run is {self.state.name}"))
             return
         if isinstance(event, CancelRequested):
@@ -342,10 +346,10 @@ class FlowRunEngine:
         if isinstance(event, CacheChecked):
             self._cache_checked(run, event)
             return
-        if run.attempt != event.attempt or not run.dispatched:
-            self._out.append(
-                EventIgnored(event, f"stale attempt {event.attempt} (current: {run.attempt})")
-            )
+        if self.state is not FlowRunState.RUNNING or not (
+            run.attempt == event.attempt and run.dispatched
+        ):
+            self._out.append(self._stale(run, event))
             return
         if run.state is S.SCHEDULED:
             # An outcome may arrive without its TaskStarted (lost, or never sent by a
@@ -373,6 +377,26 @@ class FlowRunEngine:
             self._transition(run, S.SKIPPED, event.reason)
         elif isinstance(event, TaskLost):
             self._lost(run, event.reason)
+
+    def _stale(self, run: TaskRunRecord, event: AttemptEvent) -> EventIgnored:
+        """Refuse a report about an attempt that is not the current, dispatched one,
+        saying what became of that attempt."""
+        flow = None if self.state is FlowRunState.RUNNING else self.state
+        last = run.history[-1]
+        ended: TaskRunState | None
+        if run.state.is_terminal and last.attempt == event.attempt:
+            # What a host whose engine is gone tells from the stored history alone.
+            ended, failure = run.state, last.failure
+        else:
+            # An attempt that ended while the flow ran has a record (an outcome without
+            # TaskStarted, a loss included, starts it first).
+            record = next((a for a in run.attempts if a.number == event.attempt), None)
+            ended, failure = (record.outcome, record.failure) if record else (None, None)
+        lost = failure is not None and failure.type == WORKER_LOST
+        reason = stale_reason(
+            run.key, event.attempt, ended=ended, lost=lost, current=run.attempt, flow=flow
+        )
+        return EventIgnored(event, reason)
 
     def _start_attempt(self, run: TaskRunRecord) -> float | None:
         """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
@@ -427,7 +451,7 @@ class FlowRunEngine:
         run.lost_count += 1
         why = reason or f"the worker running {run.name!r} was lost"
         failure = FailureInfo(
-            type="headwater.WorkerLost",
+            type=WORKER_LOST,
             message=f"{why} ({run.lost_count} time(s))",
             retryable=False,
         )

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_async
@@ -95,15 +96,17 @@ def settings_from_env(
 ) -> ServerSettings:
     """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
     source = os.environ if environ is None else environ
-    env: dict[str, object] = {}
+    env: dict[str, Any] = {}
     if ENV_TOKEN in source:
         env["token"] = source[ENV_TOKEN]
     if ENV_DB in source:
         env["db"] = source[ENV_DB]
     if source.get(ENV_RETENTION):
         env["retention"] = parse_duration(source[ENV_RETENTION])
-    values = {**env, **{k: v for k, v in overrides.items() if v is not None}}
-    return replace(ServerSettings(), **values)  # type: ignore[arg-type]
+    # Any: each value is meant for the ServerSettings field of its name (the CLI parses
+    # flags into the fields' types); a wrong name still fails loudly in replace().
+    values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(ServerSettings(), **values)
 
 
 async def serve_forever(settings: ServerSettings) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
 
 # Load balancers and orchestrators probe health without credentials.
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls whose ``authorization`` metadata is not ``Bearer <token>``.
 
     Args:
@@ -26,15 +29,17 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[Any], Awaitable[Any]],
-        details: Any,
-    ) -> Any:
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
         """The call's handler when its token matches (or it is a health check); else
         a handler that fails the call with UNAUTHENTICATED."""
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(_OPEN_PREFIXES):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
             return handler
-        for key, value in details.invocation_metadata or ():
+        for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else bytes(value)
                 if hmac.compare_digest(given, self._expected):
@@ -43,20 +48,19 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return _deny(handler, "missing token: send metadata 'authorization: Bearer <token>'")
 
 
-def _deny(handler: Any, message: str) -> Any:
+def _deny(
+    handler: grpc.RpcMethodHandler[_Req, _Resp], message: str
+) -> grpc.RpcMethodHandler[_Req, _Resp]:
     """A handler of the same streaming kind that fails with UNAUTHENTICATED."""
 
-    async def abort(_request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def abort(_request: Any, context: grpc.aio.ServicerContext[_Req, _Resp]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(abort, deserialize, serialize)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(abort, deserialize, serialize)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(abort, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(abort, deserialize, serialize)
+    return grpc.stream_stream_rpc_method_handler(abort, deserialize, serialize)

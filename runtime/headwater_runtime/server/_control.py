@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -21,6 +21,7 @@ from headwater.v1 import (
     payload_pb2,
     run_pb2,
 )
+from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
     ENCODING_KEY,
     PROTOCOL_VERSION,
@@ -41,14 +42,17 @@ from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
 
+#: The context of a call of any method (for helpers shared by several methods).
+AnyContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-async def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+
+async def _fail(context: AnyContext, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable")
 
 
 @contextlib.asynccontextmanager
-async def refusals(context: Any) -> AsyncIterator[None]:
+async def refusals(context: AnyContext) -> AsyncIterator[None]:
     """Turn the errors a request can meet into its status code and one clear line."""
     try:
         yield
@@ -88,7 +92,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         self.store = core.store
         self.io = core.io
 
-    async def RegisterFlow(self, request: Any, context: Any) -> Any:
+    async def RegisterFlow(
+        self,
+        request: cp.RegisterFlowRequest,
+        context: grpc.aio.ServicerContext[cp.RegisterFlowRequest, cp.RegisterFlowResponse],
+    ) -> cp.RegisterFlowResponse:
         """Validate and store a flow graph (an identical graph keeps its version)."""
         if not request.HasField("graph"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
@@ -98,13 +106,21 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             name=request.graph.name, version=version, created=created
         )
 
-    async def GetFlow(self, request: Any, context: Any) -> Any:
+    async def GetFlow(
+        self,
+        request: cp.GetFlowRequest,
+        context: grpc.aio.ServicerContext[cp.GetFlowRequest, cp.GetFlowResponse],
+    ) -> cp.GetFlowResponse:
         """A registered flow's graph."""
         async with refusals(context):
             stored = await self.io.read(self.store.get_flow, request.name, request.version)
         return control_plane_pb2.GetFlowResponse(graph=graph_pb2.FlowGraph.FromString(stored.graph))
 
-    async def ListFlows(self, request: Any, context: Any) -> Any:
+    async def ListFlows(
+        self,
+        request: cp.ListFlowsRequest,
+        context: grpc.aio.ServicerContext[cp.ListFlowsRequest, cp.ListFlowsResponse],
+    ) -> cp.ListFlowsResponse:
         """Every registered flow with its versions."""
         flows = [
             control_plane_pb2.FlowSummary(name=name, versions=versions)
@@ -112,7 +128,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         ]
         return control_plane_pb2.ListFlowsResponse(flows=flows)
 
-    async def CreateFlowRun(self, request: Any, context: Any) -> Any:
+    async def CreateFlowRun(
+        self,
+        request: cp.CreateFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.CreateFlowRunRequest, cp.CreateFlowRunResponse],
+    ) -> cp.CreateFlowRunResponse:
         """Create and start a run; stored before the answer."""
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
@@ -140,7 +160,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
         return flow_run_message(row, result)
 
-    async def GetFlowRun(self, request: Any, context: Any) -> Any:
+    async def GetFlowRun(
+        self,
+        request: cp.GetFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.GetFlowRunRequest, cp.GetFlowRunResponse],
+    ) -> cp.GetFlowRunResponse:
         """A flow run, with its task runs when asked."""
         row = await self._flow_run(request.id, context)
         response = control_plane_pb2.GetFlowRunResponse(flow_run=await self._message(row))
@@ -160,7 +184,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         values = self.store.get_values(r.result_id for r in rows if r.result_id)
         return [task_run_from_row(r, history.get(r.key, []), values) for r in rows]
 
-    async def ListFlowRuns(self, request: Any, context: Any) -> Any:
+    async def ListFlowRuns(
+        self,
+        request: cp.ListFlowRunsRequest,
+        context: grpc.aio.ServicerContext[cp.ListFlowRunsRequest, cp.ListFlowRunsResponse],
+    ) -> cp.ListFlowRunsResponse:
         """Flow runs, newest first, paged."""
         size = request.page_size or 50
         if not 1 <= size <= 1000:
@@ -181,7 +209,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             response.next_page_token = rows[size - 1].id
         return response
 
-    async def WatchFlowRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def WatchFlowRun(
+        self,
+        request: cp.WatchFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.WatchFlowRunRequest, cp.WatchFlowRunResponse],
+    ) -> AsyncIterator[cp.WatchFlowRunResponse]:
         """The run now, then after every stored change, until it ends."""
         row = await self._flow_run(request.id, context)
         # Subscribe, then read: a change committed after the read wakes the queue.
@@ -201,7 +233,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         finally:
             self.core.unwatch(request.id, queue)
 
-    async def CancelFlowRun(self, request: Any, context: Any) -> Any:
+    async def CancelFlowRun(
+        self,
+        request: cp.CancelFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.CancelFlowRunRequest, cp.CancelFlowRunResponse],
+    ) -> cp.CancelFlowRunResponse:
         """Cancel a run; the cancel is stored before the answer."""
         row = await self._flow_run(request.id, context)
         if row.state not in _TERMINAL:
@@ -210,7 +246,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             row = await self.io.read(self.store.get_flow_run, row.id)
         return control_plane_pb2.CancelFlowRunResponse(flow_run=await self._message(row))
 
-    async def GetTaskRunResult(self, request: Any, context: Any) -> Any:
+    async def GetTaskRunResult(
+        self,
+        request: cp.GetTaskRunResultRequest,
+        context: grpc.aio.ServicerContext[cp.GetTaskRunResultRequest, cp.GetTaskRunResultResponse],
+    ) -> cp.GetTaskRunResultResponse:
         """A task run's result (a mapped task's whole list with map_index -1)."""
         async with refusals(context):
             value, state = await self.io.read(
@@ -222,7 +262,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             state=state.value,  # type: ignore[arg-type]
         )
 
-    async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
+    async def ListTaskRunLogs(
+        self,
+        request: cp.ListTaskRunLogsRequest,
+        context: grpc.aio.ServicerContext[cp.ListTaskRunLogsRequest, cp.ListTaskRunLogsResponse],
+    ) -> cp.ListTaskRunLogsResponse:
         """Log records of a run's task runs (of one task run, if named)."""
         await self._flow_run(request.flow_run_id, context)
         key = ""
@@ -244,7 +288,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             entries.append(entry)
         return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
-    async def CreateSchedule(self, request: Any, context: Any) -> Any:
+    async def CreateSchedule(
+        self,
+        request: cp.CreateScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.CreateScheduleRequest, cp.CreateScheduleResponse],
+    ) -> cp.CreateScheduleResponse:
         """Create a schedule (its flow must be registered)."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
@@ -257,13 +305,21 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         self.core.touch()  # the timer loop re-reads the next fire time
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
-    async def ListSchedules(self, request: Any, context: Any) -> Any:
+    async def ListSchedules(
+        self,
+        request: cp.ListSchedulesRequest,
+        context: grpc.aio.ServicerContext[cp.ListSchedulesRequest, cp.ListSchedulesResponse],
+    ) -> cp.ListSchedulesResponse:
         """Every schedule (of one flow, if given)."""
         return control_plane_pb2.ListSchedulesResponse(
             schedules=self.core.schedules.list(request.flow_name)
         )
 
-    async def DeleteSchedule(self, request: Any, context: Any) -> Any:
+    async def DeleteSchedule(
+        self,
+        request: cp.DeleteScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.DeleteScheduleRequest, cp.DeleteScheduleResponse],
+    ) -> cp.DeleteScheduleResponse:
         """Delete a schedule (its runs stay)."""
         async with refusals(context):
             self.core.schedules.delete(request.id)
@@ -275,17 +331,29 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         self.core.touch()
         return schedule
 
-    async def PauseSchedule(self, request: Any, context: Any) -> Any:
+    async def PauseSchedule(
+        self,
+        request: cp.PauseScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.PauseScheduleRequest, cp.PauseScheduleResponse],
+    ) -> cp.PauseScheduleResponse:
         """Stop a schedule from creating runs."""
         schedule = await self._set_enabled(request.id, False, context)
         return control_plane_pb2.PauseScheduleResponse(schedule=schedule)
 
-    async def ResumeSchedule(self, request: Any, context: Any) -> Any:
+    async def ResumeSchedule(
+        self,
+        request: cp.ResumeScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.ResumeScheduleRequest, cp.ResumeScheduleResponse],
+    ) -> cp.ResumeScheduleResponse:
         """Resume a paused schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
         return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
 
-    async def GetServerInfo(self, request: Any, context: Any) -> Any:
+    async def GetServerInfo(
+        self,
+        request: cp.GetServerInfoRequest,
+        context: grpc.aio.ServicerContext[cp.GetServerInfoRequest, cp.GetServerInfoResponse],
+    ) -> cp.GetServerInfoResponse:
         """The server's version, protocol version and features."""
         return control_plane_pb2.GetServerInfoResponse(
             server_version=SERVER_VERSION,

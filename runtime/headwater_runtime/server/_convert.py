@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from headwater.v1 import payload_pb2, run_pb2
+from headwater.v1 import payload_pb2, run_pb2, state_pb2
 from headwater.wire import failure_to_proto, task_run_id, timestamp
 from headwater_runtime.engine import TaskRunRecord
 from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
@@ -16,7 +16,7 @@ def flow_run_message(row: FlowRunRow, result: payload_pb2.Value | None = None) -
         id=row.id,
         flow_name=row.flow_name,
         flow_version=row.flow_version,
-        state=row.state,  # type: ignore[arg-type]
+        state=state_pb2.FlowRunState.ValueType(row.state),
         idempotency_key=row.idempotency_key,
         trace_context=row.trace_context,
         schedule_id=row.schedule_id,
@@ -49,7 +49,7 @@ def task_run_from_row(
         task_id=row.task_id,
         name=row.key,
         map_index=row.map_index,
-        state=row.state,  # type: ignore[arg-type]
+        state=state_pb2.TaskRunState.ValueType(row.state),
         attempts=row.attempt,
         worker_id=row.worker_id,
         cache_key=row.cache_key,
@@ -73,7 +73,7 @@ def task_run_from_record(flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRu
         task_id=run.spec.id,
         name=run.name,
         map_index=run.map_index,
-        state=run.state.value,  # type: ignore[arg-type]
+        state=state_pb2.TaskRunState.ValueType(run.state.value),
         attempts=run.attempt,
     )
     entry = run.history[-1]

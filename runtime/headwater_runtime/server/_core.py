@@ -492,7 +492,7 @@ class ServerCore:
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
-                session.send(None)  # type: ignore[arg-type]  # ends the stream
+                session.send(None)  # ends the stream
 
     # ------------------------------------------------------------------- watchers
 

@@ -30,7 +30,7 @@ class WorkerSession:
     capabilities: frozenset[str]
     labels: dict[str, str]
     slots: int
-    send: Callable[[worker_pb2.ConnectResponse], None]
+    send: Callable[[worker_pb2.ConnectResponse | None], None]  # None ends the stream
     last_seen: float = 0.0
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
 

@@ -37,7 +37,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
     async def Connect(
         self,
         request_iterator: AsyncIterator[worker_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[worker_pb2.ConnectRequest, worker_pb2.ConnectResponse],
     ) -> AsyncIterator[worker_pb2.ConnectResponse]:
         """One worker's stream: check its Hello (protocol version, slots, capabilities),
         answer with a Welcome, then pass its messages to the core and send it what the

@@ -38,7 +38,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def UploadPayload(
         self,
         request_iterator: AsyncIterator[payload_pb2.UploadPayloadRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.UploadPayloadRequest, payload_pb2.UploadPayloadResponse
+        ],
     ) -> payload_pb2.UploadPayloadResponse:
         """Store a payload sent as a header, then chunks."""
         upload: PayloadUpload | None = None
@@ -98,7 +100,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def DownloadPayload(
         self,
         request: payload_pb2.DownloadPayloadRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.DownloadPayloadRequest, payload_pb2.DownloadPayloadResponse
+        ],
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
         """Stream a stored payload from an offset, one stored chunk at a time."""
         try:

@@ -38,8 +38,10 @@ from headwater.wire import (
     task_run_id,
 )
 from headwater_runtime.engine import (
+    ATTEMPT_EVENTS,
     ENGINE_VERSION,
     REPLAYS,
+    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -59,6 +61,7 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     replay,
+    stale_reason,
 )
 from headwater_runtime.store import (
     CacheRow,
@@ -320,8 +323,35 @@ class RunManager:
         """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
         active = self.runs.get(flow_run_id)
         if active is None:
-            return [EventIgnored(event, f"flow run {flow_run_id} has ended")]
+            return [EventIgnored(event, self._refusal(flow_run_id, event))]
         return self._process(active, active.journal.handle(event))
+
+    def _refusal(self, flow_run_id: str, event: Event) -> str:
+        """Why an event for a flow run whose engine is gone is refused: the run has
+        ended, or never existed. A report about an attempt is worded as the engine
+        words it (``stale_reason``), from what the store kept of the task run."""
+        try:
+            flow = FlowRunState(self.store.get_flow_run(flow_run_id).state)
+        except NotFound:
+            return f"unknown flow run {flow_run_id!r}"
+        if not isinstance(event, ATTEMPT_EVENTS):
+            return f"flow run is {flow.name}"
+        history = self.store.task_run_history(flow_run_id, event.key)
+        if not history:
+            return f"unknown task run {event.key!r}"
+        last = history[-1]
+        ended, lost = None, False
+        if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
+            ended = TaskRunState(last.state)
+            lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
+        return stale_reason(
+            event.key,
+            event.attempt,
+            ended=ended,
+            lost=lost,
+            current=last.attempt,
+            flow=None if flow is FlowRunState.RUNNING else flow,
+        )
 
     def resend(self, flow_run_id: str, key: str) -> None:
         """Dispatch the in-flight attempt of a task run again, unchanged (it never

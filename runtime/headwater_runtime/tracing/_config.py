@@ -159,6 +159,7 @@ def _instrument_grpc() -> list[Any]:
             filters.service_prefix("grpc.reflection"),
         )
     )
+    # opentelemetry-instrumentation-grpc's constructors carry no annotations.
     instrumentors: list[Any] = [
         GrpcInstrumentorClient(filter_=wanted),  # type: ignore[no-untyped-call]
         GrpcAioInstrumentorServer(filter_=wanted),  # type: ignore[no-untyped-call]
