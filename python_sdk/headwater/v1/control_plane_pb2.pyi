@@ -765,10 +765,14 @@ class GetServerInfoResponse(google.protobuf.message.Message):
     server_version: builtins.str
     """Server version."""
     protocol_version: builtins.int
-    """Worker protocol version the server speaks."""
+    """The one worker protocol version the server speaks (the only value it accepts in
+    Hello.protocol_version).
+    """
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
-        """Feature names the server supports."""
+        """Optional features the server implements: the same list as Welcome.features
+        (docs/worker-protocol.md lists them).
+        """
 
     def __init__(
         self,

@@ -146,7 +146,9 @@ class Failure(google.protobuf.message.Message):
     non-retryable; the control plane then does not retry.
     """
     language: builtins.str
-    """Language the error came from, e.g. "python", "node"."""
+    """Language the error came from, e.g. "python", "javascript" (the Node.js worker).
+    Empty becomes "unknown".
+    """
     @property
     def cause(self) -> global___Failure:
         """The error that caused this one, if any."""

@@ -19,9 +19,10 @@ DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
 @typing.final
 class FencingToken(google.protobuf.message.Message):
-    """FencingToken identifies one attempt of one task run. Every message about a task
-    run carries it; the control plane refuses anything for an attempt that is not the
-    current one (a stale worker cannot overwrite a newer attempt's outcome).
+    """FencingToken identifies one attempt of one task run. Every message about an
+    attempt carries it unchanged; the control plane refuses a result, failure or skip
+    about an attempt that is not the current one with Ack.accepted false (a stale
+    worker cannot overwrite a newer attempt's outcome).
     """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
@@ -29,7 +30,7 @@ class FencingToken(google.protobuf.message.Message):
     TASK_RUN_ID_FIELD_NUMBER: builtins.int
     ATTEMPT_FIELD_NUMBER: builtins.int
     task_run_id: builtins.str
-    """Task run id."""
+    """Task run id, "<flow run id>/<task run key>"; treat it as opaque."""
     attempt: builtins.int
     """Attempt number, 1-based."""
     def __init__(
@@ -54,7 +55,9 @@ class RuntimeInfo(google.protobuf.message.Message):
     HOSTNAME_FIELD_NUMBER: builtins.int
     PID_FIELD_NUMBER: builtins.int
     language: builtins.str
-    """Language, e.g. "python", "node"."""
+    """Language, e.g. "python" (the Python worker), "javascript" (the Node.js worker).
+    The server ignores it.
+    """
     language_version: builtins.str
     """Language version, e.g. "3.11.7"."""
     sdk_version: builtins.str
@@ -129,7 +132,10 @@ class Hello(google.protobuf.message.Message):
     name: builtins.str
     """Display name."""
     protocol_version: builtins.int
-    """Worker protocol version the worker speaks (currently 1)."""
+    """Worker protocol version the worker speaks. The server speaks exactly one version,
+    1, and ends the stream with FAILED_PRECONDITION for any other value; there is no
+    negotiation. A worker must not reconnect after that refusal.
+    """
     slots: builtins.int
     """Maximum concurrent task runs."""
     @property
@@ -142,22 +148,24 @@ class Hello(google.protobuf.message.Message):
 
     @property
     def runtime(self) -> global___RuntimeInfo:
-        """The worker's runtime."""
+        """The worker's runtime (ignored by the server)."""
 
     @property
     def running(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FencingToken]:
-        """Attempts the worker is still running from a previous session (after a
-        reconnect), so the control plane can keep them instead of re-dispatching.
+        """Attempts the worker still holds from a previous session (still running, or with
+        an outcome not yet acknowledged); Welcome.keep_running says which to keep.
         """
 
     @property
     def resources(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.float]:
-        """Abstract resources the worker offers, e.g. GPU=1."""
+        """Abstract resources the worker offers, e.g. GPU=1. Ignored by the server:
+        dispatch does not use resources.
+        """
 
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
-        """Optional protocol features the worker understands, e.g. "batch" (it accepts
-        ConnectResponse.batch).
+        """Optional protocol features the worker understands. The server acts only on
+        "batch" (it then may send ConnectResponse.batch) and ignores other names.
         """
 
     def __init__(
@@ -181,7 +189,10 @@ global___Hello = Hello
 
 @typing.final
 class TaskStarted(google.protobuf.message.Message):
-    """TaskStarted says an attempt began executing."""
+    """TaskStarted says an attempt began executing: the task run becomes RUNNING and the
+    server's timeout timer (if the task has a timeout) starts. Optional: an outcome
+    without it implies it.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -208,7 +219,7 @@ global___TaskStarted = TaskStarted
 
 @typing.final
 class Heartbeat(google.protobuf.message.Message):
-    """Heartbeat says the worker is alive and how busy it is."""
+    """Heartbeat says the worker is alive and which attempts it runs."""
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -216,12 +227,12 @@ class Heartbeat(google.protobuf.message.Message):
     FREE_SLOTS_FIELD_NUMBER: builtins.int
     RUNNING_FIELD_NUMBER: builtins.int
     used_slots: builtins.int
-    """Slots in use."""
+    """Slots in use (ignored by the server, which counts slots itself)."""
     free_slots: builtins.int
-    """Slots free."""
+    """Slots free (ignored by the server, which counts slots itself)."""
     @property
     def running(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FencingToken]:
-        """Attempts running now."""
+        """Attempts running now; HeartbeatAck.cancel names those the worker must stop."""
 
     def __init__(
         self,
@@ -283,7 +294,9 @@ class TaskResult(google.protobuf.message.Message):
     RESULT_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
     cache_key: builtins.str
-    """The cache key the worker computed, for tasks cached by a key function."""
+    """The key the worker computed with the task's key function, when the assignment's
+    cache asked for one; ignored for every other task.
+    """
     @property
     def token(self) -> global___FencingToken:
         """The attempt."""
@@ -314,7 +327,7 @@ class TaskFailure(google.protobuf.message.Message):
     FAILURE_FIELD_NUMBER: builtins.int
     TIMED_OUT_FIELD_NUMBER: builtins.int
     timed_out: builtins.bool
-    """Whether the worker stopped the attempt for exceeding its deadline."""
+    """Whether the worker stopped the attempt for exceeding Assignment.timeout."""
     @property
     def token(self) -> global___FencingToken:
         """The attempt."""
@@ -362,7 +375,9 @@ global___TaskSkipped = TaskSkipped
 
 @typing.final
 class TaskCancelled(google.protobuf.message.Message):
-    """TaskCancelled acknowledges a cancel request."""
+    """TaskCancelled acknowledges a CancelTaskRun (or a HeartbeatAck.cancel): the worker
+    stopped the attempt and frees its slot. The server sends no Ack for it.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -570,14 +585,20 @@ class Welcome(google.protobuf.message.Message):
     server_version: builtins.str
     """Server version."""
     protocol_version: builtins.int
-    """Protocol version the server will speak (at most the worker's)."""
+    """Worker protocol version of this session: always Hello.protocol_version, because
+    the server refuses a Hello with a version it does not speak (it speaks only 1).
+    A worker need not check it.
+    """
     inline_payload_limit: builtins.int
     """Values larger than this must be uploaded through PayloadService and sent by
     reference.
     """
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
-        """Features the server supports."""
+        """Optional features the server implements (docs/worker-protocol.md lists them).
+        Only "batch" changes the stream, and only if Hello.features lists it too. A
+        worker must ignore names it does not know.
+        """
 
     @property
     def heartbeat_interval(self) -> google.protobuf.duration_pb2.Duration:
@@ -585,12 +606,15 @@ class Welcome(google.protobuf.message.Message):
 
     @property
     def heartbeat_timeout(self) -> google.protobuf.duration_pb2.Duration:
-        """After this long without any message the worker is considered lost."""
+        """After this long without any message from the worker, the server ends the stream
+        and treats the worker's attempts as lost.
+        """
 
     @property
     def keep_running(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FencingToken]:
-        """Attempts named in Hello.running that the worker should keep running; the others
-        it should abandon.
+        """Attempts named in Hello.running that the worker should keep (and resend their
+        unacknowledged outcomes); it must abandon the others silently. Only attempts
+        recovered after a server restart can be kept.
         """
 
     def __init__(
@@ -812,13 +836,15 @@ class Assignment(google.protobuf.message.Message):
 
     @property
     def deadline(self) -> google.protobuf.timestamp_pb2.Timestamp:
-        """When the attempt must be over; the worker should stop it and report
-        TaskFailure with timed_out set.
-        """
+        """Never set by the server: use timeout."""
 
     @property
     def timeout(self) -> google.protobuf.duration_pb2.Duration:
-        """The attempt's timeout, for workers whose clock differs."""
+        """The attempt's time limit, set when the task has one. The worker times the
+        attempt from when the assignment arrives; when the limit passes it stops the
+        attempt and reports TaskFailure with timed_out set. The server also times it,
+        from TaskStarted, and sends CancelTaskRun "timed out" if it fires first.
+        """
 
     @property
     def trace_context(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
@@ -826,7 +852,11 @@ class Assignment(google.protobuf.message.Message):
 
     @property
     def cache(self) -> headwater.v1.graph_pb2.CachePolicy:
-        """Cache policy, when the worker must compute a key with the task's key function."""
+        """Set on the first attempt of a task cached by a key function
+        (CACHE_KEY_SOURCE_FUNCTION): compute the key, send a CacheKeyReport and wait for
+        the CacheDecision before running. A worker may ignore it: the task then runs
+        uncached.
+        """
 
     @property
     def split_path(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.payload_pb2.PathElement]:
@@ -862,14 +892,16 @@ global___Assignment = Assignment
 
 @typing.final
 class CancelTaskRun(google.protobuf.message.Message):
-    """CancelTaskRun asks a worker to stop an attempt."""
+    """CancelTaskRun asks a worker to stop an attempt; the server has already recorded
+    its end. The worker answers with TaskCancelled and reports no outcome for it.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     reason: builtins.str
-    """Why."""
+    """Why: "timed out" (the server's timer), or the flow run's cancel reason."""
     @property
     def token(self) -> global___FencingToken:
         """The attempt."""
@@ -894,7 +926,10 @@ class HeartbeatAck(google.protobuf.message.Message):
     CANCEL_FIELD_NUMBER: builtins.int
     @property
     def cancel(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FencingToken]:
-        """Attempts the worker should stop (cancelled, or no longer current)."""
+        """Attempts of Heartbeat.running that this session no longer owns (finished,
+        reassigned, abandoned or unknown): the worker must stop them and report no
+        outcome for them.
+        """
 
     def __init__(
         self,
@@ -907,7 +942,10 @@ global___HeartbeatAck = HeartbeatAck
 
 @typing.final
 class Ack(google.protobuf.message.Message):
-    """Ack answers a result, failure or skip: whether the control plane accepted it."""
+    """Ack answers a result, failure or skip, after the commit: whether the control plane
+    accepted it. A refusal is final: the report changed nothing and must not be sent
+    again.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
@@ -917,7 +955,9 @@ class Ack(google.protobuf.message.Message):
     accepted: builtins.bool
     """Whether it was accepted (false for a stale attempt)."""
     reason: builtins.str
-    """Why not, when refused."""
+    """Why not, when refused, for logs, e.g. "stale attempt 1 of task run 'a': the
+    attempt timed out; the flow run ended FAILED".
+    """
     @property
     def token(self) -> global___FencingToken:
         """The attempt."""
@@ -936,7 +976,9 @@ global___Ack = Ack
 
 @typing.final
 class CacheDecision(google.protobuf.message.Message):
-    """CacheDecision answers a CacheKeyReport."""
+    """CacheDecision answers a CacheKeyReport: at once when there is no hit, after the
+    commit when there is.
+    """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 

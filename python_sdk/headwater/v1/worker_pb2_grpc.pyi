@@ -28,7 +28,7 @@ class WorkerGatewayServiceStub:
         headwater.v1.worker_pb2.ConnectRequest,
         headwater.v1.worker_pb2.ConnectResponse,
     ]
-    """Connect is the worker's session: WorkerMessage in, ServerMessage out."""
+    """Connect is the worker's session: ConnectRequest in, ConnectResponse out."""
 
 class WorkerGatewayServiceAsyncStub:
     """WorkerGatewayService is what workers dial. A worker holds one Connect stream: it
@@ -40,7 +40,7 @@ class WorkerGatewayServiceAsyncStub:
         headwater.v1.worker_pb2.ConnectRequest,
         headwater.v1.worker_pb2.ConnectResponse,
     ]
-    """Connect is the worker's session: WorkerMessage in, ServerMessage out."""
+    """Connect is the worker's session: ConnectRequest in, ConnectResponse out."""
 
 class WorkerGatewayServiceServicer(metaclass=abc.ABCMeta):
     """WorkerGatewayService is what workers dial. A worker holds one Connect stream: it
@@ -54,6 +54,6 @@ class WorkerGatewayServiceServicer(metaclass=abc.ABCMeta):
         request_iterator: _MaybeAsyncIterator[headwater.v1.worker_pb2.ConnectRequest],
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[headwater.v1.worker_pb2.ConnectResponse], collections.abc.AsyncIterator[headwater.v1.worker_pb2.ConnectResponse]]:
-        """Connect is the worker's session: WorkerMessage in, ServerMessage out."""
+        """Connect is the worker's session: ConnectRequest in, ConnectResponse out."""
 
 def add_WorkerGatewayServiceServicer_to_server(servicer: WorkerGatewayServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
