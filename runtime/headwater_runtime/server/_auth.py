@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import grpc
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+
+if TYPE_CHECKING:
+    # grpc's handler types are generic only in its stubs; at run time (where pdoc reads
+    # annotations) they cannot be subscripted.
+    _Handler: TypeAlias = grpc.RpcMethodHandler[_Req, _Resp]
+else:
+
+    class _Handler(Generic[_Req, _Resp]):
+        """Stands for ``grpc.RpcMethodHandler`` in annotations read at run time."""
+
 
 # Load balancers and orchestrators probe health without credentials.
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -29,11 +39,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler[_Req, _Resp] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
+    ) -> _Handler[_Req, _Resp] | None:
         """The call's handler when its token matches (or it is a health check); else
         a handler that fails the call with UNAUTHENTICATED."""
         handler = await continuation(handler_call_details)
@@ -48,9 +56,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         return _deny(handler, "missing token: send metadata 'authorization: Bearer <token>'")
 
 
-def _deny(
-    handler: grpc.RpcMethodHandler[_Req, _Resp], message: str
-) -> grpc.RpcMethodHandler[_Req, _Resp]:
+def _deny(handler: _Handler[_Req, _Resp], message: str) -> _Handler[_Req, _Resp]:
     """A handler of the same streaming kind that fails with UNAUTHENTICATED."""
 
     async def abort(_request: Any, context: grpc.aio.ServicerContext[_Req, _Resp]) -> None:
