@@ -23,9 +23,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     db = args.db or os.environ.get(ENV_DB) or "~/.headwater/headwater.db"
     try:
         older_than = None if args.older_than is None else parse_duration(args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than {exc}") from None
+    try:
         grace = parse_duration(args.payload_grace)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"--payload-grace {exc}") from None
     store = SQLiteStore(db)
     try:
         now = time.time()

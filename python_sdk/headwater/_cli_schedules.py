@@ -19,7 +19,7 @@ def parse_every(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
-        raise UsageError(f"--every: {exc}") from None
+        raise UsageError(f"--every {exc}") from None
 
 
 def _line(s: ScheduleInfo) -> str:

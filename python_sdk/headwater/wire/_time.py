@@ -28,11 +28,11 @@ def parse_duration(text: str) -> float:
         parts = _PART.findall(raw)
         if not parts or "".join(n + u for n, u in parts) != raw:
             raise ValueError(
-                f"expected a duration such as 90, 30s, 5m, 1h, 1h30m or 30d, got {text!r}"
+                f"expects a duration such as 90, 30s, 5m, 1h, 1h30m or 30d, got {text!r}"
             ) from None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"expected a positive duration, got {text!r}")
+        raise ValueError(f"must be a positive duration, got {text!r}")
     return seconds
 
 

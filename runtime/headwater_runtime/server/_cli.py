@@ -72,7 +72,7 @@ def run_server(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, db=args.db, token=args.token, retention=retention
         )
     except ValueError as exc:
-        print(f"headwater: error: --retention / HEADWATER_RETENTION: {exc}", file=sys.stderr)
+        print(f"headwater: error: --retention (or HEADWATER_RETENTION) {exc}", file=sys.stderr)
         return 2
     try:
         # Before the gRPC server exists: its instrumentation hooks server creation.
