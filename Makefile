@@ -1,21 +1,36 @@
 # Headwater developer entry points. Everything is installed through project files:
-# pyproject.toml (Python, into .venv) and package-lock.json (the buf CLI, via npm ci).
+# pyproject.toml (Python, into .venv), requirements/oldest.txt (the oldest supported
+# grpcio/protobuf and the pinned code generator, into .venv-oldest) and package-lock.json
+# (the buf CLI, via npm ci).
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+OLDEST    := .venv-oldest
+OLDEST_PY := $(OLDEST)/bin/python
+OLDEST_STAMP := $(OLDEST)/.installed
 NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
-.PHONY: setup demo test lint proto proto-check bench clean
+.PHONY: setup demo test test-oldest lint proto bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The floors of pyproject.toml, installed exactly, plus the pinned generator of
+# `make proto`. The project goes in with --no-deps: its own requirements would pull the
+# newest grpcio and protobuf over the floors.
+$(OLDEST_STAMP): requirements/oldest.txt pyproject.toml
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST_PY) -m pip install --quiet --upgrade pip
+	$(OLDEST_PY) -m pip install --quiet -r requirements/oldest.txt
+	$(OLDEST_PY) -m pip install --quiet --no-deps -e .
+	touch $(OLDEST_STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -26,7 +41,7 @@ $(NODE_WORKER_STAMP): $(NODE_WORKER)/package.json $(NODE_WORKER)/package-lock.js
 	npm ci --prefix $(NODE_WORKER) --no-audit --no-fund --loglevel=error
 	touch $(NODE_WORKER_STAMP)
 
-setup: $(STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP)
+setup: $(STAMP) $(OLDEST_STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP)
 
 ## demo: set up and run the main example embedded (no server needed)
 demo: $(STAMP)
@@ -40,14 +55,40 @@ test: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 	npm --prefix $(NODE_WORKER) test --silent
+	$(MAKE) --no-print-directory test-oldest
 	@# pytest exits 5 when it collected no test: fail loudly rather than pass quietly.
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
+# The part of the suite that covers the contract, the server (in-process and as a
+# subprocess), the worker, the client, schedules (croniter) and the compiler (cloudpickle),
+# run with exactly the oldest grpcio, protobuf, cloudpickle and croniter that
+# pyproject.toml allows. Not the Dask, OpenTelemetry or numpy tests: those extras are
+# not installed there.
+OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload_service.py \
+	tests/test_client.py tests/test_server_protocol.py tests/test_worker.py \
+	tests/test_run_manager.py tests/test_compiler.py tests/test_remote_task.py \
+	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py
+
+## test-oldest: run the contract and server tests against the oldest supported versions
+test-oldest: $(OLDEST_STAMP)
+	@$(OLDEST_PY) -c "import grpc, google.protobuf as p; \
+	print(f'oldest supported versions: grpcio {grpc.__version__}, protobuf {p.__version__}')"
+	$(OLDEST_PY) -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
+
 ## proto: regenerate the Python code from proto/ into python_sdk/headwater/v1/
-proto: $(STAMP)
-	$(PY) -m headwater_runtime._protogen python_sdk
+proto: $(OLDEST_STAMP)
+	rm -f python_sdk/headwater/v1/*_pb2*.py python_sdk/headwater/v1/*_pb2*.pyi
+	$(OLDEST_PY) proto/generate.py python_sdk
+
+## docs: build the API reference (HTML, from the docstrings) into build/docs/api; any
+## pdoc warning, or a public name missing from its page, fails the build. `make test`
+## runs the same build (tests/test_api_reference.py).
+DOCS_OUT := build/docs/api
+docs: $(STAMP)
+	rm -rf $(DOCS_OUT)
+	$(PY) docs/build_api.py $(DOCS_OUT)
 
 ## bench: run the benchmark harness and print its table
 bench: $(STAMP)
@@ -60,4 +101,4 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-cache
 
 clean:
-	rm -rf $(VENV) node_modules $(NODE_WORKER)/node_modules .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST) node_modules $(NODE_WORKER)/node_modules .pytest_cache .ruff_cache

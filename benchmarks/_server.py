@@ -242,11 +242,14 @@ class _Raw:
         self.channel.close()
 
 
-def _deltas(after: dict[str, float | None], before: dict[str, float | None]) -> dict[str, Any]:
-    return {
-        k: (None if after[k] is None or before.get(k) is None else after[k] - before[k])  # type: ignore[operator]
-        for k in after
-    }
+def _deltas(
+    after: dict[str, float | None], before: dict[str, float | None]
+) -> dict[str, float | None]:
+    deltas: dict[str, float | None] = {}
+    for key, end in after.items():
+        start = before.get(key)
+        deltas[key] = None if end is None or start is None else end - start
+    return deltas
 
 
 def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:

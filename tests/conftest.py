@@ -5,17 +5,16 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from _backends import THREADS, Backend
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.test.globals_test import reset_trace_globals
 
 from headwater_runtime.embedded import PROCESS_CACHE
+
+if TYPE_CHECKING:
+    # OpenTelemetry is an extra: `make test-oldest` runs without it.
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 @pytest.fixture(autouse=True)
@@ -71,6 +70,12 @@ def _no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def span_exporter() -> Iterator[InMemorySpanExporter]:
     """A global TracerProvider exporting to memory for this test only (as an
     application with its own provider would install it)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.test.globals_test import reset_trace_globals
+
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 import headwater
@@ -72,7 +73,10 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         assert client.deploy(greet) == "1"  # same graph, same version
         run = client.run(greet, {"text": "hello"}, idempotency_key="once")
         assert run.created and run.state is FlowRunState.RUNNING
-        assert client.run("greet", {}, idempotency_key="once").id == run.id
+        assert client.run("greet", {"text": "hello"}, idempotency_key="once").id == run.id
+        with pytest.raises(ServerError, match=f"already used for flow run {run.id}") as taken:
+            client.run("greet", {"text": "bye"}, idempotency_key="once")
+        assert taken.value.code == grpc.StatusCode.ALREADY_EXISTS
         # No worker can take the task: it waits, visibly SCHEDULED.
         shown = client.get(run.id, include_task_runs=True)
         assert [(t.key, t.state) for t in shown.task_runs] == [("shout", TaskRunState.SCHEDULED)]

@@ -189,6 +189,9 @@ def test_timeout_without_retries_times_out_and_cancels_the_attempt() -> None:
 
     late = d.send(TaskSucceeded("a", 1, "too late"))
     assert [type(c).__name__ for c in late] == ["EventIgnored"]
+    assert late[0].reason == (
+        "stale attempt 1 of task run 'a': the attempt timed out; the flow run ended FAILED"
+    )
     assert run.result is None
 
 
@@ -217,7 +220,10 @@ def test_retry_after_timeout_runs_a_fresh_attempt() -> None:
     assert "timed out" in retrying.message
     assert run.attempts[0].outcome is S.TIMED_OUT
 
-    assert d.ignored(d.send(TaskSucceeded("a", 1, "late"))), "the old attempt is fenced"
+    (fenced,) = d.ignored(d.send(TaskSucceeded("a", 1, "late")))
+    assert fenced.reason == (
+        "stale attempt 1 of task run 'a': the attempt timed out; attempt 2 replaced it"
+    )
     d.clock.advance(4)
     d.succeed("a", "second try")
     assert run.state is S.SUCCESS and run.result == "second try"
@@ -305,6 +311,11 @@ def test_lost_worker_redispatches_without_using_a_retry() -> None:
     assert run.attempts[0].outcome is S.CANCELLED
     assert run.attempts[0].failure is not None
     assert run.attempts[0].failure.type == "headwater.WorkerLost"
+    (late,) = d.ignored(d.send(TaskSucceeded("a", 1, "late")))
+    assert late.reason == (
+        "stale attempt 1 of task run 'a': the attempt was lost (the worker session running "
+        "it ended); attempt 2 replaced it"
+    )
     # The first attempt's deadline (t0 + 10) no longer applies.
     assert d.tick(6) == []
     assert run.state is S.RUNNING
@@ -324,6 +335,24 @@ def test_lost_too_many_times_fails() -> None:
     assert "3 time(s)" in run.failure.message
     assert run.retries_used == 0
     assert d.engine.state is FlowRunState.FAILED
+
+
+def test_a_report_about_an_attempt_lost_before_it_started_says_it_was_lost() -> None:
+    """Without auto_start an attempt has no record until it starts (TaskStarted); a
+    report about one whose worker was lost first is still refused as lost."""
+    d = Driver(flow(task("a")), auto_start=False, max_lost=1)
+    d.lose("a")
+    lost = (
+        "stale attempt 1 of task run 'a': "
+        "the attempt was lost (the worker session running it ended)"
+    )
+    assert d.attempt("a") == 2, "dispatched again at once"
+    (replaced,) = d.ignored(d.send(TaskSucceeded("a", 1, "late")))
+    assert replaced.reason == f"{lost}; attempt 2 replaced it"
+    d.lose("a")
+    assert d.engine.state is FlowRunState.FAILED
+    (ended,) = d.ignored(d.send(TaskSucceeded("a", 2, "late")))
+    assert ended.reason == f"{lost.replace('attempt 1', 'attempt 2')}; the flow run ended FAILED"
 
 
 def test_max_lost_zero_fails_on_the_first_loss() -> None:

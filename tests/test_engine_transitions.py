@@ -230,11 +230,16 @@ def test_stale_attempt_is_ignored() -> None:
     d = Driver(flow(task("a", retry=RetrySpec(max_retries=1))))
     d.fail("a")
     assert d.attempt("a") == 2
-    _only_ignored(d.send(TaskSucceeded("a", 1, "late")), "stale attempt 1 (current: 2)")
-    _only_ignored(d.send(TaskFailed("a", 1, failure())), "stale attempt 1")
-    _only_ignored(d.send(TaskSkipped("a", 1)), "stale attempt 1")
-    _only_ignored(d.send(TaskLost("a", 1)), "stale attempt 1")
-    _only_ignored(d.send(TaskSucceeded("a", 3, "future")), "stale attempt 3")
+    replaced = (
+        "stale attempt 1 of task run 'a': the attempt already ended FAILED; attempt 2 replaced it"
+    )
+    ignored = _only_ignored(d.send(TaskSucceeded("a", 1, "late")), replaced)
+    assert ignored.reason == replaced, "the whole reason, word for word"
+    _only_ignored(d.send(TaskFailed("a", 1, failure())), replaced)
+    _only_ignored(d.send(TaskSkipped("a", 1)), replaced)
+    _only_ignored(d.send(TaskLost("a", 1)), replaced)
+    future = "stale attempt 3 of task run 'a': no such attempt was dispatched"
+    assert _only_ignored(d.send(TaskSucceeded("a", 3, "future")), future).reason == future
     assert d.state("a") is S.RUNNING and d.runs["a"].result is None
     d.succeed("a", "fresh")
     assert d.runs["a"].result == "fresh"
@@ -243,25 +248,35 @@ def test_stale_attempt_is_ignored() -> None:
 def test_duplicate_result_is_ignored() -> None:
     d = Driver(flow(task("a"), task("b")))
     d.succeed("a", 1)
-    _only_ignored(d.send(TaskSucceeded("a", 1, 2)), "stale attempt")
-    _only_ignored(d.send(TaskFailed("a", 1, failure())), "stale attempt")
+    duplicate = "stale attempt 1 of task run 'a': the attempt already ended SUCCESS"
+    assert _only_ignored(d.send(TaskSucceeded("a", 1, 2)), duplicate).reason == duplicate
+    _only_ignored(d.send(TaskFailed("a", 1, failure())), duplicate)
     assert d.state("a") is S.SUCCESS and d.runs["a"].result == 1
 
 
 def test_event_for_a_run_never_dispatched_is_ignored() -> None:
     d = Driver(flow(task("up"), task("a", "up")))
-    _only_ignored(d.send(TaskSucceeded("a", 0, 1)), "stale attempt")
-    _only_ignored(d.send(TaskStarted("a", 1)), "stale attempt")
+    never = "of task run 'a': no such attempt was dispatched"
+    _only_ignored(d.send(TaskSucceeded("a", 0, 1)), f"stale attempt 0 {never}")
+    _only_ignored(d.send(TaskStarted("a", 1)), f"stale attempt 1 {never}")
     assert d.state("a") is S.PENDING
 
 
 def test_events_before_start_and_after_the_end_are_ignored() -> None:
     d = Driver(flow(task("a")), start=False)
-    _only_ignored(d.send(TaskSucceeded("a", 1, None)), "flow run is PENDING")
+    _only_ignored(
+        d.send(TaskSucceeded("a", 1, None)),
+        "stale attempt 1 of task run 'a': no such attempt was dispatched; the flow run is PENDING",
+    )
     d.start()
     d.succeed("a")
     assert d.engine.state is FlowRunState.SUCCESS
-    _only_ignored(d.send(TaskSucceeded("a", 1, None)), "flow run is SUCCESS")
+    _only_ignored(
+        d.send(TaskSucceeded("a", 1, None)),
+        "stale attempt 1 of task run 'a': the attempt already ended SUCCESS; "
+        "the flow run ended SUCCESS",
+    )
+    _only_ignored(d.send(TaskSucceeded("nope", 1, None)), "unknown task run 'nope'")
     assert d.only_ignored(d.send(CancelRequested())), "cancelling a finished run does nothing"
     assert d.engine.state is FlowRunState.SUCCESS
 

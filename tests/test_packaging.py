@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import requires
 from pathlib import Path
 
 import pytest
 from e2e_helpers import Cluster, start_server
+from packaging.requirements import Requirement
 
 from headwater import Client
 
 TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 ETL = str(TESTS.parent / "examples" / "etl.py")
 BARE = [sys.executable, str(TESTS / "bare_python.py")]
 
@@ -37,6 +40,25 @@ def test_the_bare_requirements_are_grpc_protobuf_cloudpickle_and_pydantic() -> N
         if "extra ==" not in r
     )
     assert bare == ["cloudpickle", "grpcio", "protobuf", "pydantic"]
+
+
+def test_the_oldest_versions_venv_installs_exactly_the_declared_floors() -> None:
+    """`make test-oldest` proves the floors only if requirements/oldest.txt pins every
+    runtime requirement (the bare install and the server extra) at its floor."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in [*project["dependencies"], *project["optional-dependencies"]["server"]]:
+        req = Requirement(line)
+        (spec,) = req.specifier  # one lower bound each, no upper bound
+        assert spec.operator == ">=", line
+        floors[req.name] = spec.version
+    pins = {}
+    for raw in (ROOT / "requirements" / "oldest.txt").read_text().splitlines():
+        line = raw.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[req.name] = [s.version for s in req.specifier if s.operator == "=="]
+    assert {name: pins.get(name) for name in floors} == {n: [v] for n, v in floors.items()}
 
 
 def test_python_dash_m_headwater_is_the_cli() -> None:

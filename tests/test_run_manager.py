@@ -25,7 +25,7 @@ from headwater.wire import (
     encode,
 )
 from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarted, TaskSucceeded
-from headwater_runtime.server._codec import decode_entry, encode_entry
+from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
 from headwater_runtime.store import NotFound, SQLiteStore
@@ -151,7 +151,7 @@ def test_a_flow_runs_to_success_and_its_result_is_stored(store: SQLiteStore) -> 
 
     stored = store.get_flow_run(row.id)
     assert stored.state == FlowRunState.SUCCESS.value
-    result = decode_value(payload_pb2.Value.FromString(stored.result))
+    result = decode_value(manager.flow_result(stored))
     assert result == {"scaled": [0, 10, 20, 30], "total": 60}
     states = [r.state for r in store.task_run_history(row.id, "scale[2]")]
     assert states[-3:] == [2, 3, 5]  # SCHEDULED, RUNNING, SUCCESS
@@ -215,7 +215,7 @@ def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: SQLiteSto
     rows = reducer.assignment.inputs["values"]
     assert not rows.value.items and decode_input(rows) == [0, 1, 2]
     drain(manager, dispatch)
-    result = decode_value(payload_pb2.Value.FromString(store.get_flow_run(row.id).result))
+    result = decode_value(manager.flow_result(store.get_flow_run(row.id)))
     assert result == {"scaled": [0, 2, 4], "rows": 3}
 
 
@@ -254,41 +254,50 @@ def test_idempotency_key_and_bad_parameters(store: SQLiteStore) -> None:
 def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(
     tmp_path: Path,
 ) -> None:
+    """After a restart, attempts a worker was handed wait for it (and are lost only if
+    nobody claims them); attempts that never reached a worker are sent again at once,
+    as the same attempt: no loss is counted against them."""
     path = tmp_path / "hw.db"
     store = SQLiteStore(path)
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(pipeline.compile())
-    row, _ = manager.create_run("pipeline", "", {"n": value_of(3)})
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(4)})
     manager.flush()
     work(manager, dispatch.submitted.pop(0))  # numbers succeeds
     manager.flush()
     work(manager, dispatch.submitted.pop(0))  # scale[0] succeeds and is committed
     manager.flush()
-    in_flight = [p.assignment.token.task_run_id for p in dispatch.submitted]
-    assert sorted(k.split("/")[1] for k in in_flight) == ["scale[1]", "scale[2]"]
-    work(manager, dispatch.submitted.pop(0))  # scale[1] succeeds but is never committed
+    in_flight = {p.assignment.token.task_run_id.split("/")[1]: p for p in dispatch.submitted}
+    assert sorted(in_flight) == ["scale[1]", "scale[2]", "scale[3]"]
+    held = in_flight["scale[3]"].token  # handed to a worker, and that is recorded
+    manager.delivered(row.id, held[0], held[1], "worker-a")
+    manager.flush()
+    work(manager, in_flight["scale[1]"])  # scale[1] succeeds but is never committed
     store.close()  # the server dies here (no flush)
 
     store = SQLiteStore(path)
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
-    lost = manager.recover()
-    assert sorted(t.split("/")[1] for _, t, _ in lost) == ["scale[1]", "scale[2]"]
+    found = manager.recover()
+    assert [t.split("/")[1] for _, t, _ in found.held] == ["scale[3]"]
+    assert sorted(t.split("/")[1] for _, t, _ in found.resent) == ["scale[1]", "scale[2]"]
     engine = manager.runs[row.id].engine
     assert engine.runs["scale[0]"].state.name == "SUCCESS"
-    # The caller (the gateway) reports attempts no reconnecting worker claims as lost.
+    # Nobody claims the held attempt within the heartbeat window: the server reports
+    # it lost (a worker that held it is gone), which dispatches a second attempt.
     from headwater_runtime.engine import TaskLost
 
-    for run_id, task_run, attempt in lost:
+    for run_id, task_run, attempt in found.held:
         manager.handle(run_id, TaskLost(task_run.split("/")[1], attempt))
     drain(manager, dispatch)
     assert store.get_flow_run(row.id).state == FlowRunState.SUCCESS.value
     attempts = {r.key: r.attempt for r in store.task_runs(row.id)}
     assert attempts["scale[0]"] == 1  # never run again
-    assert attempts["scale[1]"] == 2 and attempts["scale[2]"] == 2
-    result = decode_value(payload_pb2.Value.FromString(store.get_flow_run(row.id).result))
-    assert result == {"scaled": [0, 10, 20], "total": 30}
+    assert attempts["scale[1]"] == 1 and attempts["scale[2]"] == 1  # resent, not lost
+    assert attempts["scale[3]"] == 2
+    result = decode_value(manager.flow_result(store.get_flow_run(row.id)))
+    assert result == {"scaled": [0, 10, 20, 30], "total": 60}
     store.close()
 
 
@@ -305,6 +314,62 @@ def test_cancel_cancels_in_flight_attempts_after_commit(store: SQLiteStore) -> N
     assert store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
 
 
+@task(timeout=5)
+def slow() -> int:
+    return 1
+
+
+@flow
+def slow_flow() -> int:
+    return slow()
+
+
+def test_a_report_after_the_run_ended_names_the_stale_attempt(store: SQLiteStore) -> None:
+    """The Ack reason of a late report: the same words whether the run's engine is
+    still in memory or the run has ended and left it (then the store answers)."""
+    dispatch, clock = FakeDispatch(), Clock()
+    manager = RunManager(store, dispatch, clock)
+    manager.register_flow(slow_flow.compile())
+    row, _ = manager.create_run("slow_flow", "", {})
+    manager.flush()
+    token = dispatch.submitted[0].assignment.token
+    assert manager.handle(row.id, TaskStarted("slow", token.attempt)) == []
+    clock.t += 5
+    manager.fire_timers()
+    late = TaskSucceeded("slow", 1, value_of(1))
+    expected = (
+        "stale attempt 1 of task run 'slow': the attempt timed out; the flow run ended FAILED"
+    )
+    (in_memory,) = manager.handle(row.id, late)
+    assert in_memory.reason == expected
+    manager.flush()
+    assert dispatch.cancelled == [(row.id, token.task_run_id, 1, "timed out")]
+    assert row.id not in manager.runs
+    (from_store,) = manager.handle(row.id, late)
+    assert from_store.reason == expected
+    (unknown,) = manager.handle(row.id, TaskSucceeded("nope", 1, value_of(1)))
+    assert unknown.reason == "unknown task run 'nope'"
+    (gone,) = manager.handle("no-such-run", late)
+    assert gone.reason == "unknown flow run 'no-such-run'"
+
+
+def test_a_report_after_a_cancel_names_the_stale_attempt(store: SQLiteStore) -> None:
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {})
+    manager.flush()
+    manager.cancel(row.id, "user asked")
+    late = TaskSucceeded("numbers", 1, value_of([1]))
+    expected = (
+        "stale attempt 1 of task run 'numbers': the attempt was cancelled; "
+        "the flow run ended CANCELLED"
+    )
+    assert [i.reason for i in manager.handle(row.id, late)] == [expected]
+    manager.flush()
+    assert [i.reason for i in manager.handle(row.id, late)] == [expected]
+
+
 @pytest.mark.parametrize(
     "event",
     [
@@ -316,8 +381,12 @@ def test_cancel_cancels_in_flight_attempts_after_commit(store: SQLiteStore) -> N
 )
 def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> None:
     entry = JournalEntry(EVENT, 12.5, event)
-    back = decode_entry(encode_entry("run-1", 7, entry))
-    assert back == entry
+    values = Values()
+    row = encode_entry("run-1", 7, entry, values)
+    stored = {v.id: v.data for v in values.take().values()}
+    assert decode_entry(row, stored) == entry
+    if isinstance(event, TaskSucceeded):  # the value is stored once, by reference
+        assert row.value_id in stored and event.value.SerializeToString() not in row.body
 
 
 def test_an_assignment_with_too_many_inline_inputs_gets_references(store: SQLiteStore) -> None:

@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_run_manager import FUNCTIONS, decode_input, numbers, scale, total, value_of
 
-from headwater import flow, unmapped
+from headwater import flow, task, unmapped
 from headwater.v1 import (
     control_plane_pb2 as cp,
 )
@@ -25,7 +25,7 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import FlowRunState, decode_value
+from headwater.wire import FlowRunState, TaskRunState, decode_value
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -130,10 +130,20 @@ def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
         )
         run_id = created.flow_run.id
         again = await client.CreateFlowRun(
-            cp.CreateFlowRunRequest(flow_name="proto_pipeline", idempotency_key="k1"),
+            cp.CreateFlowRunRequest(
+                flow_name="proto_pipeline", parameters={"n": value_of(5)}, idempotency_key="k1"
+            ),
             metadata=AUTH,
         )
         assert (again.flow_run.id, again.created) == (run_id, False)
+        # The same key with other parameters is refused, naming the run it belongs to.
+        code, details = await status_of(
+            client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="proto_pipeline", idempotency_key="k1"),
+                metadata=AUTH,
+            )
+        )
+        assert code == grpc.StatusCode.ALREADY_EXISTS and run_id in details
         stop = asyncio.Event()
         only_flow = client.WatchFlowRun(
             cp.WatchFlowRunRequest(id=run_id, flow_run_only=True), metadata=AUTH
@@ -398,13 +408,13 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path
     async def main() -> None:
         async with serving(tmp_path) as running:
             core = running.core
-            core.runs.register_flow(proto_pipeline.compile())
-            row, _ = core.runs.create_run("proto_pipeline", "", {})
-            core.flush()
+            await core.register_flow(proto_pipeline.compile())
+            row, _ = await core.create_run("proto_pipeline", "", {})
+            await core.durable()
             core.runs.cancel(row.id, "changed in memory, not committed yet")
             queue = core.watch(row.id)
             assert running.store.get_flow_run(row.id).state == FlowRunState.RUNNING.value
-            core.flush()
+            await core.durable()
             assert not queue.empty(), "the commit did not wake the late watcher"
             assert running.store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
 
@@ -436,3 +446,69 @@ def test_a_failing_tick_does_not_end_the_timer_loop(
 
     asyncio.run(main())
     assert "timer loop failed" in caplog.text and "disk full" in caplog.text
+
+
+@task(timeout=0.3)
+def sleepy() -> int:
+    raise AssertionError("never called: the in-test worker runs nothing")
+
+
+@flow
+def sleepy_flow() -> int:
+    return sleepy()
+
+
+def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
+    tmp_path: Path,
+) -> None:
+    """docs/worker-protocol.md §9: the server's timer runs from TaskStarted; when it
+    fires first, the worker gets CancelTaskRun("timed out"), and a TaskFailure that
+    crossed it is refused with an Ack naming the stale attempt and why."""
+
+    async def main() -> None:
+        async with (
+            serving(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            running.core.runs.register_flow(sleepy_flow.compile())
+            row, _ = running.core.runs.create_run("sleepy_flow", "", {})
+            running.core.touch()
+            outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
+            hello = worker_pb2.Hello(
+                worker_id="w", protocol_version=1, capabilities=[sleepy.task_type], slots=1
+            )
+            await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+            async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+                while True:
+                    yield await outbox.get()
+
+            call = worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(requests())
+            seen: list[str] = []
+            async for response in call:
+                kind = response.WhichOneof("message")
+                seen.append(kind)
+                if kind == "assignment":
+                    token = response.assignment.token
+                    assert response.assignment.timeout.ToTimedelta().total_seconds() == 0.3
+                    started = worker_pb2.TaskStarted(token=token)
+                    await outbox.put(worker_pb2.ConnectRequest(started=started))
+                elif kind == "cancel":
+                    assert response.cancel.reason == "timed out"
+                    # This worker's own timer fired just as late: its report crosses.
+                    report = worker_pb2.TaskFailure(token=token, timed_out=True)
+                    await outbox.put(worker_pb2.ConnectRequest(failure=report))
+                elif kind == "ack":
+                    ack = response.ack
+                    break
+            call.cancel()
+            assert seen == ["welcome", "assignment", "cancel", "ack"]
+            assert (ack.token, ack.accepted) == (token, False)
+            assert ack.reason == (
+                "stale attempt 1 of task run 'sleepy': the attempt timed out; "
+                "the flow run ended FAILED"
+            )
+            (stored,) = running.store.task_runs(row.id)
+            assert stored.state == TaskRunState.TIMED_OUT.value
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -123,7 +123,10 @@ def test_a_restart_ends_the_flow_span_and_resumes_in_a_new_one(
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(pipeline.compile())
-    manager.create_run("pipeline", "", {"n": value_of(1)}, trace_context=CALLER)
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(1)}, trace_context=CALLER)
+    manager.flush()
+    handed = dispatch.submitted[0].token  # a worker got the attempt (and it is stored)
+    manager.delivered(row.id, handed[0], handed[1], "worker-a")
     manager.flush()
     manager.end_traces()  # what ServerCore.stop() does
     store.close()
@@ -131,7 +134,7 @@ def test_a_restart_ends_the_flow_span_and_resumes_in_a_new_one(
     store = SQLiteStore(path)
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
-    in_flight = manager.recover()
+    in_flight = manager.recover().held
     assert len(in_flight) == 1
     flow_run_id, task_run_id, attempt = in_flight[0]
     manager.handle(flow_run_id, TaskLost(split_task_run_id(task_run_id)[1], attempt))

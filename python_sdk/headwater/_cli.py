@@ -26,6 +26,7 @@ from headwater_runtime.tracing import (
     tracing_settings_from_env,
 )
 
+from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
 from ._client import ServerError
@@ -71,6 +72,7 @@ def traced(service_name: str) -> Tracing:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``headwater run``: run a flow embedded (or on a server); print its result as JSON."""
     flow = load_flow(args.target)
     params = flow_params(flow, args.param)
     tracing = traced("headwater")
@@ -137,6 +139,7 @@ def _render(value: Any) -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    """``headwater graph``: print a flow's compiled FlowGraph as JSON."""
     from google.protobuf import json_format
 
     flow = load_flow(args.target)
@@ -157,6 +160,7 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """``headwater worker``: run the given modules' tasks for a server until stopped."""
     import logging
     import signal
     import threading
@@ -231,6 +235,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def add_worker_command(sub: Any) -> None:
+    """Add ``headwater worker`` and its flags to the CLI's subcommands."""
     worker = sub.add_parser(
         "worker",
         help="run tasks for a Headwater server",
@@ -284,6 +289,7 @@ def add_worker_command(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``headwater`` argument parser with every subcommand."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -356,10 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_command(sub)
     add_runs_command(sub)
     add_schedules_command(sub)
+    add_prune_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``headwater`` command; returns the exit code (2 for a usage error, with
+    one line on stderr instead of a traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -18,6 +18,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
 
 
 def server_address(args: argparse.Namespace) -> str:
+    """``--server``, else HEADWATER_SERVER; UsageError when neither is set."""
     address: str | None = args.server or os.environ.get(ENV_SERVER)
     if not address:
         raise UsageError("no server given: pass --server HOST:PORT or set HEADWATER_SERVER")
@@ -47,6 +48,7 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | 
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    """``headwater runs list|show|watch|cancel|logs``; ``watch`` exits like ``run``."""
     address = server_address(args)
     with Client(address, token=args.token) as client:
         if args.action == "list":
@@ -88,6 +90,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def add_runs_command(sub: Any) -> None:
+    """Add ``headwater runs`` and its flags to the CLI's subcommands."""
     runs = sub.add_parser(
         "runs",
         help="list, show, watch, cancel flow runs on a server, or read their logs",

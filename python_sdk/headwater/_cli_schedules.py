@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
+
+from headwater.wire import parse_duration
 
 from ._cli_remote import EXIT_OK, server_address
 from ._client import Client
@@ -12,25 +13,13 @@ from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
 
 def parse_every(text: str) -> float:
     """``90``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds."""
-    raw = text.strip().lower()
     try:
-        seconds = float(raw)
-    except ValueError:
-        parts = _PART.findall(raw)
-        if not parts or "".join(n + u for n, u in parts) != raw:
-            raise UsageError(
-                f"--every expects a duration such as 90, 30s, 5m, 1h or 1h30m, got {text!r}"
-            ) from None
-        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not seconds > 0:
-        raise UsageError(f"--every must be a positive duration, got {text!r}")
-    return seconds
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--every {exc}") from None
 
 
 def _line(s: ScheduleInfo) -> str:
@@ -41,6 +30,7 @@ def _line(s: ScheduleInfo) -> str:
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
+    """``headwater schedules create|list|delete|pause|resume``; prints one line each."""
     address = server_address(args)
     with Client(address, token=args.token) as client:
         if args.action == "create":
@@ -78,6 +68,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_schedules_command(sub: Any) -> None:
+    """Add ``headwater schedules`` and its actions to the CLI's subcommands."""
     schedules = sub.add_parser(
         "schedules",
         help="create, list, pause, resume or delete schedules on a server",

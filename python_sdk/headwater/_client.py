@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -29,9 +29,17 @@ from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 if TYPE_CHECKING:
     from ._flow import Flow
 
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
 
 class ServerError(Exception):
-    """The control plane refused a request or could not be reached; one clear line."""
+    """The control plane refused a request or could not be reached; one clear line.
+
+    Args:
+        message: what failed and, where one is known, the fix.
+        code: the gRPC status of the failed call (None when no call was made).
+    """
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
@@ -112,6 +120,7 @@ class Client:
         self._transfer = PayloadTransfer(self._channel, self._metadata, patient=False)
 
     def close(self) -> None:
+        """Close the gRPC channel (also done on leaving a ``with Client(...)`` block)."""
         self._channel.close()
 
     def __enter__(self) -> Client:
@@ -122,13 +131,21 @@ class Client:
 
     # ------------------------------------------------------------------ calls
 
-    def _call(self, method: Any, request: Any, what: str, timeout: float | None = None) -> Any:
+    def _call(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        what: str,
+        timeout: float | None = None,
+    ) -> _Resp:
         try:
             return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             raise _server_error(exc, self.address, what) from None
 
     def server_info(self) -> dict[str, Any]:
+        """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
+        call to check that the server is reachable and the token accepted."""
         info = self._call(self._control.GetServerInfo, cp.GetServerInfoRequest(), "server info")
         return {
             "server_version": info.server_version,
@@ -205,6 +222,8 @@ class Client:
         return flow.name, version or self._register(msg), values
 
     def get(self, run_id: str, include_task_runs: bool = False) -> RemoteFlowRun:
+        """A flow run by id as it is now; with ``include_task_runs``, also every task
+        run's state, attempts, state history and worker. ServerError if it does not exist."""
         response = self._call(
             self._control.GetFlowRun,
             cp.GetFlowRunRequest(id=run_id, include_task_runs=include_task_runs),
@@ -226,6 +245,8 @@ class Client:
         return run
 
     def list_runs(self, flow_name: str = "", limit: int = 50) -> list[RemoteFlowRun]:
+        """The most recent flow runs, newest first: at most ``limit`` (1..1000), only
+        those of ``flow_name`` if given. Task runs are not included (see ``get``)."""
         response = self._call(
             self._control.ListFlowRuns,
             cp.ListFlowRunsRequest(flow_name=flow_name, page_size=limit),
@@ -262,6 +283,10 @@ class Client:
         return self.get(run_id, include_task_runs=True)
 
     def cancel(self, run_id: str, reason: str = "") -> RemoteFlowRun:
+        """Cancel a run: every unfinished task run and the run itself end CANCELLED, and
+        workers are told to stop their running attempts. Returns the run after the
+        request; a run that had already ended is returned unchanged. ``reason`` becomes
+        the run's message."""
         response = self._call(
             self._control.CancelFlowRun,
             cp.CancelFlowRunRequest(id=run_id, reason=reason),
@@ -330,6 +355,7 @@ class Client:
         return schedule_info(response.schedule, self.decode)
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
+        """Every schedule on the server (only those of ``flow_name`` if given)."""
         response = self._call(
             self._control.ListSchedules,
             cp.ListSchedulesRequest(flow_name=flow_name),

@@ -32,7 +32,13 @@ class Flow(Generic[P, R]):
     """A flow. ``flow(**params)`` runs it embedded and returns its result;
     ``flow.run(**params)`` returns a FlowRun; ``flow.compile(**params)`` returns the
     graph for those parameter values (the same graph for all values unless the body
-    uses a parameter as a value: docs/flows.md)."""
+    uses a parameter as a value: docs/flows.md).
+
+    Args:
+        fn: the flow function; its parameters are the flow's parameters.
+        name: the flow's name on a server (default: the function's name).
+        version: the version to register it as (default: numbered by the server).
+    """
 
     def __init__(
         self,
@@ -177,9 +183,12 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run embedded; return the flow's result or raise FlowRunFailed."""
-        flow_run = self.run(*args, **kwargs)  # type: ignore[arg-type]
+        # The keywords mix the flow's parameters with run()'s options (executor=...).
+        keywords: dict[str, Any] = kwargs
+        flow_run = self.run(*args, **keywords)
         flow_run.raise_for_state()
-        return flow_run.result  # type: ignore[no-any-return]
+        result: R = flow_run.result  # the decoded return value of the flow function
+        return result
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"

@@ -182,6 +182,11 @@ class TaskRef(Ref):
     """The (future) result of a task call in a flow, or a part of it.
 
     ``task.map(...)`` returns one standing for the list of the children's results.
+
+    Args:
+        node_id: the id of the task call's node in the graph.
+        mapped: whether the call was ``task.map(...)`` (the result is a list).
+        path: the keys and indexes selecting a part of the result (``ref["rows"][0]``).
     """
 
     __slots__ = ("_mapped", "_node_id", "_path")
@@ -223,7 +228,11 @@ class TaskRef(Ref):
 
 
 class ParamRef(Ref):
-    """A flow parameter during the symbolic compile: any concrete use is a signal."""
+    """A flow parameter during the symbolic compile: any concrete use is a signal.
+
+    Args:
+        name: the parameter's name in the flow function's signature.
+    """
 
     __slots__ = ("_param",)
 
@@ -260,7 +269,11 @@ class ParamRef(Ref):
 
 
 class unmapped:
-    """Mark an argument of ``task.map(...)`` as passed whole to every child."""
+    """Mark an argument of ``task.map(...)`` as passed whole to every child.
+
+    Args:
+        value: the argument (a list is not iterated over).
+    """
 
     __slots__ = ("value",)
 

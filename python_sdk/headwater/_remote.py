@@ -54,10 +54,12 @@ class RemoteTask(Task[..., Any]):
 
     @property
     def argument_order(self) -> tuple[str, ...]:
+        """The declared ``parameters`` (how positional arguments are named)."""
         return self.parameters
 
     @property
     def has_function(self) -> bool:
+        """Always False: another language implements the task."""
         return False
 
     def bind_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +93,7 @@ class RemoteTask(Task[..., Any]):
         return super().__call__(*args, **kwargs)
 
     def map(self, *args: Any, **kwargs: Any) -> list[Any]:
+        """Like ``Task.map``, but only inside a flow (there is no function to loop over)."""
         from . import _compiler
 
         if _compiler.current_context() is None:
@@ -149,6 +152,7 @@ def _placeholder(task_type: str, label: str, params: tuple[str, ...]) -> Any:
     remote.__name__ = remote.__qualname__ = label
     remote.__doc__ = f"Implemented in another language (task type {task_type!r})."
     positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    # inspect.signature() honours __signature__, which function types do not declare.
     remote.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [inspect.Parameter(p, positional, default=None) for p in params]
         if all(p.isidentifier() for p in params)

@@ -25,6 +25,8 @@ class FlowRun:
         task_runs: every task run by key: the task id, ``id[i]`` for mapped child i.
         failures: the reference task runs that did not succeed.
         message: why the run ended as it did.
+        started_at: when the run started (seconds since the epoch).
+        ended_at: when it ended (None while it has not).
     """
 
     id: str
@@ -40,6 +42,7 @@ class FlowRun:
 
     @classmethod
     def from_engine(cls, run_id: str, engine: FlowRunEngine) -> FlowRun:
+        """The outcome of the run an engine drove (the result only if it succeeded)."""
         history = engine.flow_history
         return cls(
             id=run_id,
@@ -56,10 +59,12 @@ class FlowRun:
 
     @property
     def ok(self) -> bool:
+        """Whether the run succeeded."""
         return self.state is FlowRunState.SUCCESS
 
     @property
     def duration(self) -> float | None:
+        """Seconds from start to end; None until the run has ended."""
         if self.started_at is None or self.ended_at is None:
             return None
         return self.ended_at - self.started_at

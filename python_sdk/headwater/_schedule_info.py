@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import duration, seconds, to_datetime
@@ -52,7 +52,7 @@ class ScheduleInfo:
         return f"cron {self.cron!r}{zone}"
 
 
-def _time(msg: run_pb2.Schedule, name: str) -> datetime | None:
+def _time(msg: run_pb2.Schedule, name: Literal["next_run_at", "created_at"]) -> datetime | None:
     if not msg.HasField(name):
         return None
     return to_datetime(getattr(msg, name))
@@ -61,6 +61,8 @@ def _time(msg: run_pb2.Schedule, name: str) -> datetime | None:
 def schedule_info(
     msg: run_pb2.Schedule, decode: Callable[[payload_pb2.Value], Any] | None
 ) -> ScheduleInfo:
+    """A ScheduleInfo from a Schedule message; ``decode`` turns its parameters into
+    Python values when they are read (None: no parameters are shown)."""
     every = None
     if msg.WhichOneof("spec") == "interval":
         every = timedelta(seconds=seconds(msg.interval))

@@ -9,7 +9,11 @@ if TYPE_CHECKING:
 
 
 class FlowRunFailed(Exception):
-    """A flow run did not succeed. ``flow_run`` holds every task's record."""
+    """A flow run did not succeed. ``flow_run`` holds every task's record.
+
+    Args:
+        flow_run: the run; the message names its first failed task runs.
+    """
 
     def __init__(self, flow_run: FlowRun) -> None:
         self.flow_run = flow_run

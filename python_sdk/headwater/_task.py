@@ -106,6 +106,8 @@ class Task(Generic[P, R]):
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         ctx = _compiler.current_context()
         if ctx is not None:
+            # Inside a flow the call is recorded, and a TaskRef stands in for the R it
+            # will be when the flow runs: typed as R so flows type-check like plain code.
             return ctx.add_call(self, args, kwargs, mapped=False)  # type: ignore[return-value]
         wait_for = kwargs.pop("wait_for", None)
         if wait_for is not None or contains_ref(args) or contains_ref(kwargs):
@@ -121,6 +123,7 @@ class Task(Generic[P, R]):
         ``unmapped(...)`` to pass it whole to every run. Outside a flow, a plain loop."""
         ctx = _compiler.current_context()
         if ctx is not None:
+            # As in __call__: a TaskRef (to the mapped results) stands in for list[R].
             return ctx.add_call(self, args, kwargs, mapped=True)  # type: ignore[return-value]
         return _compiler.map_eagerly(self, args, kwargs)
 

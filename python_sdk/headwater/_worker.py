@@ -160,6 +160,9 @@ class Worker:
         self.metadata = ConnectionSettings(server, token).metadata()
         self._on_connect = on_connect
         self._stop = threading.Event()
+        # Its own generator: the reconnect jitter must not touch the global random state
+        # of the application the worker may be embedded in.
+        self._jitter = random.Random()
         self._session: _Session | None = None
         self._connected_once = False
         self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
@@ -185,7 +188,7 @@ class Worker:
                     log.warning("cannot connect to %s (%s); retrying", self.server, why)
                 delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
                 failures += 1
-                self._stop.wait(delay * random.uniform(0.5, 1.0))
+                self._stop.wait(delay * self._jitter.uniform(0.5, 1.0))
         finally:
             logging.getLogger().removeHandler(self.attempts.log_handler)
             self.attempts.abandon_all()

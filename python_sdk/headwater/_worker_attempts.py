@@ -63,16 +63,19 @@ Send = Callable[[worker_pb2.ConnectRequest], None]
 
 
 def key_of(token: worker_pb2.FencingToken) -> Token:
+    """A FencingToken as a hashable ``(task run id, attempt)`` key."""
     return (token.task_run_id, token.attempt)
 
 
 def fencing(token: Token) -> worker_pb2.FencingToken:
+    """The FencingToken message for a ``(task run id, attempt)`` key."""
     return worker_pb2.FencingToken(task_run_id=token[0], attempt=token[1])
 
 
 def failure_report(
     token: Token, message: state_pb2.Failure, *, timed_out: bool = False
 ) -> worker_pb2.ConnectRequest:
+    """The message reporting that an attempt failed (``timed_out``: by its timeout)."""
     report = worker_pb2.TaskFailure(token=fencing(token), failure=message, timed_out=timed_out)
     return worker_pb2.ConnectRequest(failure=report)
 
@@ -95,7 +98,11 @@ class _Attempt:
 
 
 class TaskLogHandler(logging.Handler):
-    """Sends records logged on an attempt's thread to the server as TaskLog."""
+    """Sends records logged on an attempt's thread to the server as TaskLog.
+
+    Args:
+        send: queues a message on the worker's stream.
+    """
 
     def __init__(self, send: Send) -> None:
         super().__init__()
@@ -103,6 +110,8 @@ class TaskLogHandler(logging.Handler):
         self.threads: dict[int, worker_pb2.FencingToken] = {}
 
     def handle(self, record: logging.LogRecord) -> bool:
+        """Emit records from attempts' threads only (other threads' records are not
+        the task's)."""
         # No handler lock: emit is thread-safe, and taking it could deadlock against a
         # thread that logs while holding the worker's lock.
         if record.thread in self.threads:
@@ -110,6 +119,7 @@ class TaskLogHandler(logging.Handler):
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Send the record (with its traceback, cut to TEXT_LIMIT) as its attempt's TaskLog."""
         token = self.threads.get(record.thread or 0)
         if token is None:
             return
@@ -135,6 +145,10 @@ class StartedReports:
     The check and the send happen under the attempts' lock, and an outcome is reported
     under that lock after the attempt leaves ``running``: a TaskStarted never follows
     its attempt's outcome.
+
+    Args:
+        attempts: the attempts whose lock and ``send`` are used.
+        delay: seconds an attempt must have run before its TaskStarted is sent.
     """
 
     def __init__(self, attempts: Attempts, delay: float = STARTED_DELAY) -> None:
@@ -145,6 +159,7 @@ class StartedReports:
         self._thread: threading.Thread | None = None
 
     def add(self, attempt: _Attempt) -> None:
+        """Note that an attempt started now (its TaskStarted goes out after ``delay``)."""
         started = worker_pb2.TaskStarted(token=attempt.assignment.token)
         started.started_at.GetCurrentTime()
         with self._cond:
@@ -178,6 +193,12 @@ class Attempts:
 
     ``lock`` guards everything here; the worker holds it too when it must see the
     attempts and its session in one consistent state (Hello, Welcome).
+
+    Args:
+        tasks: the tasks this worker runs, by task type.
+        slots: most attempts running at once; another assignment is refused.
+        worker_name: the worker's display name (in error messages).
+        send: queues a message on the worker's stream.
     """
 
     def __init__(
@@ -206,6 +227,7 @@ class Attempts:
             return sorted(set(self.running) | set(self.unacked))
 
     def heartbeat(self) -> worker_pb2.Heartbeat:
+        """A Heartbeat with the slots in use and the attempts running now."""
         with self.lock:
             running = [fencing(t) for t in self.running]
         used = len(running)
@@ -224,16 +246,21 @@ class Attempts:
             return list(self.unacked.values())
 
     def acked(self, token: Token) -> None:
+        """The server answered this attempt's outcome (accepted or not): stop keeping it."""
         with self.lock:
             self.unacked.pop(token, None)
 
     def abandon_all(self) -> None:
+        """Interrupt every running attempt and forget every unacknowledged outcome (the
+        worker is stopping)."""
         with self.lock:
             for attempt in list(self.running.values()):
                 self._drop(attempt)
             self.unacked.clear()
 
     def assign(self, assignment: worker_pb2.Assignment) -> None:
+        """Start an assigned attempt on a thread, with its timeout; an unknown task type
+        or a full worker is reported as a failure instead (a duplicate is ignored)."""
         token = key_of(assignment.token)
         with self.lock:
             if token in self.running or token in self.unacked:
@@ -268,6 +295,7 @@ class Attempts:
                 attempt.timer.start()
 
     def cancel(self, token: Token) -> None:
+        """Interrupt a running attempt and report it TaskCancelled (no-op if it ended)."""
         with self.lock:
             attempt = self.running.get(token)
             if attempt is None:

@@ -43,7 +43,12 @@ _POLL = 0.1
 
 
 class DaskAttempts(Attempts):
-    """Attempts that run as Dask tasks; results are kept as futures."""
+    """Attempts that run as Dask tasks; results are kept as futures.
+
+    Args:
+        tasks, slots, worker_name, send: as for Attempts.
+        client: the ``distributed.Client`` of the cluster the tasks run on.
+    """
 
     def __init__(
         self,
@@ -296,6 +301,8 @@ class DaskBridgeWorker(Worker):
                 cloudpickle.register_pickle_by_value(module)
 
     def run(self) -> None:
+        """Serve like ``Worker.run``, then shut down the Dask client (and a LocalCluster
+        the bridge started)."""
         try:
             super().run()
         finally:

@@ -73,6 +73,7 @@ from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature
 from ._protocol import feature_names as feature_names
 from ._settings import ENV_DB as ENV_DB
+from ._settings import ENV_RETENTION as ENV_RETENTION
 from ._settings import ENV_SERVER as ENV_SERVER
 from ._settings import ENV_TOKEN as ENV_TOKEN
 from ._settings import VARIABLES as VARIABLES
@@ -84,6 +85,7 @@ from ._states import TERMINAL_TASK_STATES as TERMINAL_TASK_STATES
 from ._states import FlowRunState as FlowRunState
 from ._states import TaskRunState as TaskRunState
 from ._time import duration as duration
+from ._time import parse_duration as parse_duration
 from ._time import seconds as seconds
 from ._time import timestamp as timestamp
 from ._time import to_datetime as to_datetime

@@ -47,6 +47,7 @@ class EncodedValue:
 
     @property
     def encoding(self) -> str:
+        """The ``encoding`` metadata (``json``, ``pickle`` or a structural one); "" if unset."""
         return self.metadata.get(ENCODING_KEY, "")
 
 

@@ -1,5 +1,6 @@
 """The worker protocol's version and optional features: the one list the server
-announces, the workers negotiate, and docs/worker-protocol.md is checked against."""
+announces (``Welcome.features``, ``GetServerInfoResponse.features``) and workers
+negotiate against. docs/worker-protocol.md describes each feature."""
 
 from __future__ import annotations
 

@@ -17,12 +17,15 @@ ENV_SERVER = "HEADWATER_SERVER"
 ENV_TOKEN = "HEADWATER_TOKEN"
 #: The server's database (a SQLite path).
 ENV_DB = "HEADWATER_DB"
+#: How long the server keeps finished runs (a duration such as 30d; unset: forever).
+ENV_RETENTION = "HEADWATER_RETENTION"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
     ENV_SERVER: "HOST:PORT of the control plane, for clients, workers and the CLI",
     ENV_TOKEN: "bearer token the server requires and clients and workers send",
     ENV_DB: "the server's SQLite database path",
+    ENV_RETENTION: "how long the server keeps finished runs, e.g. 30d (default: forever)",
 }
 
 

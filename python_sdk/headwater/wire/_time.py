@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -11,6 +12,28 @@ from google.protobuf import duration_pb2, timestamp_pb2
 class _SecondsNanos(Protocol):
     seconds: int
     nanos: int
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds (> 0);
+    ValueError naming what a duration looks like."""
+    raw = text.strip().lower()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = _PART.findall(raw)
+        if not parts or "".join(n + u for n, u in parts) != raw:
+            raise ValueError(
+                f"expects a duration such as 90, 30s, 5m, 1h, 1h30m or 30d, got {text!r}"
+            ) from None
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"must be a positive duration, got {text!r}")
+    return seconds
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

@@ -83,7 +83,7 @@ class PayloadTransfer:
                     wait_for_ready=self._patient,
                     timeout=_deadline(len(data)),
                 )
-                return response.ref  # type: ignore[no-any-return]
+                return response.ref
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts - 1:
                     raise PayloadTransferError(

@@ -146,6 +146,7 @@ class DaskExecutor:
 
     @property
     def slots(self) -> int:
+        """``slots`` if given, else ``attempts_per_thread`` x the cluster's threads."""
         if self._slots is not None:
             return self._slots
         threads: dict[str, int] = self.client.nthreads()
@@ -153,6 +154,7 @@ class DaskExecutor:
 
     @property
     def values(self) -> DaskValues:
+        """DaskValues: results are futures in the cluster (connects on first use)."""
         if self._values is None:
             self._connect()
         assert self._values is not None
@@ -161,6 +163,8 @@ class DaskExecutor:
     # ------------------------------------------------------------ Executor API
 
     def start(self, completions: SimpleQueue[Event]) -> None:
+        """Get ready for a run: outcomes go to ``completions``, and workers' reports of
+        attempts starting arrive on a Dask topic of this run."""
         self._completions = completions
         self._run_id = uuid.uuid4().hex[:12]
         self._servable.clear()
@@ -308,6 +312,8 @@ class DaskExecutor:
         return entry
 
     def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
+        """Store the result (a future); gathered into the cache at ``shutdown`` when
+        the cluster is this executor's own LocalCluster, which closes then."""
         cache.put(key, value, expires_at)
         if isinstance(value, Future):
             self._cached.append((cache, key))

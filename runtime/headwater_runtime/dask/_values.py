@@ -53,13 +53,19 @@ def holds_remote(value: Any, depth: int = 0) -> bool:
 
 
 class DaskValues:
-    """ValueOps whose values may be futures of ``client`` (or Parts of them)."""
+    """ValueOps whose values may be futures of ``client`` (or Parts of them).
+
+    Args:
+        client: the client of the cluster that holds the futures.
+    """
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self._lengths: dict[tuple[str, Path], int | None] = {}
 
     def length(self, value: Any) -> int | None:
+        """The length of a value to map over; for a future (or Part), computed by a
+        small task in the cluster, once per future and path."""
         where = locate(value)
         if where is None:
             return PYTHON_VALUES.length(value)
@@ -71,9 +77,12 @@ class DaskValues:
         return self._lengths[known]
 
     def item(self, value: Any, index: int) -> Any:
+        """Element ``index``: a Part for a value in the cluster (nothing is fetched)."""
         return self.select(value, (index,))
 
     def select(self, value: Any, path: Path) -> Any:
+        """The part at ``path``: a Part for a value in the cluster, taken later on the
+        worker that runs the downstream task."""
         where = locate(value)
         if where is None:
             return PYTHON_VALUES.select(value, path)
@@ -81,7 +90,9 @@ class DaskValues:
         return Part(future, base + tuple(path))
 
     def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        """The items (futures included) as a list, or a tuple when ``is_tuple``."""
         return tuple(items) if is_tuple else items
 
     def make_dict(self, entries: dict[str, Any]) -> Any:
+        """The entries themselves (Dask resolves futures inside them on the worker)."""
         return entries

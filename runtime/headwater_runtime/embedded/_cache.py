@@ -22,14 +22,17 @@ class ResultCache:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> CacheEntry | None:
+        """The entry under ``key`` (expired or not: the engine checks expiry), or None."""
         with self._lock:
             return self._entries.get(key)
 
     def put(self, key: str, value: Any, expires_at: float | None) -> None:
+        """Store a result until ``expires_at`` (seconds since the epoch; None: forever)."""
         with self._lock:
             self._entries[key] = CacheEntry(value, expires_at)
 
     def clear(self) -> None:
+        """Forget every entry."""
         with self._lock:
             self._entries.clear()
 

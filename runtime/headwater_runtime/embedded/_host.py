@@ -60,10 +60,14 @@ class Executor(Protocol):
     """
 
     @property
-    def slots(self) -> int: ...
+    def slots(self) -> int:
+        """Most attempts the executor takes at once (the engine never exceeds it)."""
+        ...
 
     @property
-    def values(self) -> ValueOps: ...
+    def values(self) -> ValueOps:
+        """The engine's operations on the values this executor's tasks produce."""
+        ...
 
     @property
     def reports_starts(self) -> bool:
@@ -71,28 +75,55 @@ class Executor(Protocol):
         one really starts (timeouts count from then). False: submitting starts them."""
         ...
 
-    def start(self, completions: SimpleQueue[Event]) -> None: ...
+    def start(self, completions: SimpleQueue[Event]) -> None:
+        """Get ready for a run; outcomes (and TaskStarted) go to ``completions``."""
+        ...
 
-    def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None: ...
+    def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
+        """Run these attempts, each with the caller of its task function."""
+        ...
 
-    def cancel(self, key: str, attempt: int) -> None: ...
+    def cancel(self, key: str, attempt: int) -> None:
+        """Stop an attempt (interrupt it if it runs); it reports nothing afterwards."""
+        ...
 
-    def shutdown(self) -> None: ...
+    def shutdown(self) -> None:
+        """Release what ``start`` (or the run) acquired; called once the run ends."""
+        ...
 
-    def resolve(self, value: Any) -> Any: ...
+    def resolve(self, value: Any) -> Any:
+        """A result as the user sees it (e.g. a future gathered into its value)."""
+        ...
 
-    def cache_key(self, spec: TaskSpec, inputs: dict[str, Any]) -> str: ...
+    def cache_key(self, spec: TaskSpec, inputs: dict[str, Any]) -> str:
+        """The cache key of an attempt of ``spec`` with these inputs."""
+        ...
 
-    def cache_hit(self, entry: CacheEntry) -> CacheEntry | None: ...
+    def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
+        """The entry if this executor can use its value, else None (a miss)."""
+        ...
 
-    def cache_put(
-        self, cache: ResultCache, key: str, value: Any, expires_at: float | None
-    ) -> None: ...
+    def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
+        """Store a result in ``cache`` under ``key``."""
+        ...
 
 
 class EmbeddedRun:
     """One flow run in this process. ``run()`` blocks until it ends; ``cancel()`` may be
-    called from any thread."""
+    called from any thread.
+
+    Args:
+        graph: the compiled flow.
+        params: parameter values by name (defaults are filled in).
+        executor: where task functions run (default: a ThreadExecutor); shut down when
+            the run ends.
+        max_concurrency: most task runs executing at once (the executor's slots bound
+            it too).
+        cache: the result cache for tasks that cache (default: this process's).
+        clock: the time source (default: the system clock).
+        on_transition: called with (task run, state entry) on every state change, in
+            the thread that calls ``run()``.
+    """
 
     def __init__(
         self,
@@ -146,6 +177,11 @@ class EmbeddedRun:
             self._user_on_transition(run, entry)
 
     def run(self) -> FlowRunEngine:
+        """Drive the run to its end and return the engine (states, results, history).
+
+        A task failure does not raise; Ctrl-C cancels the run. A successful run's
+        result is resolved by the executor (e.g. gathered from a Dask cluster).
+        """
         engine = self.engine
         completions = self._completions
         if self._tracer is not None:

@@ -53,9 +53,11 @@ class ThreadExecutor:
 
     @property
     def slots(self) -> int:
+        """The pool size (``max_workers``)."""
         return self.max_workers
 
     def start(self, completions: SimpleQueue[Event]) -> None:
+        """Start the pool's threads; outcomes go to ``completions``."""
         self._completions = completions
         self._work = SimpleQueue()
         self._retired.clear()
@@ -71,13 +73,16 @@ class ThreadExecutor:
 
     @property
     def values(self) -> ValueOps:
+        """PythonValues: results are the live objects tasks returned."""
         return PYTHON_VALUES  # live objects, passed as they are
 
     @property
     def reports_starts(self) -> bool:
+        """False: an attempt starts when it is submitted."""
         return False  # a job waits for a thread only while the engine's slots allow
 
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
+        """Queue the attempts for the pool's threads."""
         put = self._work.put
         for command, caller in tasks:
             put(
@@ -91,15 +96,19 @@ class ThreadExecutor:
             )
 
     def resolve(self, value: Any) -> Any:
+        """The value itself (it is already live)."""
         return value
 
     def cache_key(self, spec: TaskSpec, inputs: dict[str, Any]) -> str:
+        """The task's key function's key, or a stable hash of the inputs."""
         return cache_key(spec, inputs)
 
     def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
+        """The entry (any cached live value can be used)."""
         return entry
 
     def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
+        """Store the live value."""
         cache.put(key, value, expires_at)
 
     def cancel(self, key: str, attempt: int) -> None:

@@ -6,6 +6,8 @@ same engine, so a flow gives the same states and results on both. The graph it r
 """
 
 from ._events import (
+    ATTEMPT_EVENTS,
+    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -22,8 +24,18 @@ from ._events import (
     TaskStarted,
     TaskSucceeded,
     WriteCache,
+    stale_reason,
 )
-from ._journal import EVENT, START, TIMERS, JournaledEngine, JournalEntry, replay
+from ._journal import (
+    ENGINE_VERSION,
+    EVENT,
+    REPLAYS,
+    START,
+    TIMERS,
+    JournaledEngine,
+    JournalEntry,
+    replay,
+)
 from ._machine import FlowRunEngine
 from ._nodes import Clock, FlowRunFailure
 from ._policies import Verdict, evaluate_trigger, retry_delay
@@ -32,11 +44,15 @@ from ._states import TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 __all__ = [
+    "ATTEMPT_EVENTS",
+    "ENGINE_VERSION",
     "EVENT",
     "PYTHON_VALUES",
+    "REPLAYS",
     "START",
     "TIMERS",
     "TRANSITIONS",
+    "WORKER_LOST",
     "AttemptRecord",
     "CacheChecked",
     "CacheEntry",
@@ -68,4 +84,5 @@ __all__ = [
     "evaluate_trigger",
     "replay",
     "retry_delay",
+    "stale_reason",
 ]

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.wire import FailureInfo, FlowRunState
+from headwater.wire import FailureInfo, FlowRunState, TaskRunState
 
 from ._records import TaskRunRecord
+
+#: The failure type of an attempt whose worker vanished (``TaskLost``).
+WORKER_LOST = "headwater.WorkerLost"
 
 # ---------------------------------------------------------------- events (host -> engine)
 
@@ -56,10 +59,12 @@ class TaskSkipped:
 
 @dataclass(frozen=True, slots=True)
 class TaskLost:
-    """The worker holding an attempt disappeared; dispatch it again."""
+    """The worker holding an attempt disappeared (or gave the attempt back: ``reason``
+    says so); dispatch it again."""
 
     key: str
     attempt: int
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +91,11 @@ class CancelRequested:
     reason: str = "cancelled"
 
 
-Event = (
-    TaskStarted
-    | TaskSucceeded
-    | TaskFailed
-    | TaskSkipped
-    | TaskLost
-    | CacheChecked
-    | CancelRequested
-)
+#: The events about one attempt of a task run (fenced by its attempt number).
+AttemptEvent = TaskStarted | TaskSucceeded | TaskFailed | TaskSkipped | TaskLost
+ATTEMPT_EVENTS = (TaskStarted, TaskSucceeded, TaskFailed, TaskSkipped, TaskLost)
+
+Event = AttemptEvent | CacheChecked | CancelRequested
 
 # ------------------------------------------------------------- commands (engine -> host)
 
@@ -142,6 +143,48 @@ class EventIgnored:
 
     event: Event
     reason: str
+
+
+def stale_reason(
+    key: str,
+    attempt: int,
+    *,
+    ended: TaskRunState | None = None,
+    lost: bool = False,
+    current: int | None = None,
+    flow: FlowRunState | None = None,
+) -> str:
+    """Why a report about an attempt that is not the current, dispatched one is refused.
+
+    One wording wherever that is decided (the engine, or a host whose run has already
+    ended), e.g. ``stale attempt 1 of task run 'a': the attempt timed out; the flow run
+    ended FAILED``. Workers see it in ``Ack.reason``.
+
+    Args:
+        key: the task run's key.
+        attempt: the attempt the report is about.
+        ended: how that attempt ended, when known.
+        lost: the attempt's worker was lost (its session ended).
+        current: the task run's latest dispatched attempt, when known.
+        flow: the flow run's state, when it is not RUNNING.
+    """
+    why: list[str] = []
+    if lost:
+        why.append("the attempt was lost (the worker session running it ended)")
+    elif ended is TaskRunState.TIMED_OUT:
+        why.append("the attempt timed out")
+    elif ended is TaskRunState.CANCELLED:
+        why.append("the attempt was cancelled")
+    elif ended is not None:
+        why.append(f"the attempt already ended {ended.name}")
+    if attempt < 1 or (current is not None and attempt > current):
+        why.append("no such attempt was dispatched")
+    elif current is not None and attempt < current:
+        why.append(f"attempt {current} replaced it")
+    if flow is not None:
+        ended_or_not = "ended" if flow.is_terminal else "is"
+        why.append(f"the flow run {ended_or_not} {flow.name}")
+    return f"stale attempt {attempt} of task run {key!r}: {'; '.join(why) or 'it is over'}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,14 @@ START = "start"
 EVENT = "event"
 TIMERS = "timers"
 
+#: The version of the engine's decisions. Raise it whenever the same journal would make
+#: the engine decide differently (a changed rule, a new event): a server records it
+#: with every run and refuses to replay a journal written by an engine it cannot
+#: reproduce (docs/durability.md).
+ENGINE_VERSION = "1"
+#: Engine versions whose journals this engine replays to the same decisions.
+REPLAYS = frozenset({ENGINE_VERSION})
+
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
@@ -42,21 +50,31 @@ class _ReplayClock:
 
 
 class JournaledEngine:
-    """Wraps an engine so that every input is also handed to ``record``."""
+    """Wraps an engine so that every input is also handed to ``record``.
+
+    Args:
+        engine: the engine to drive.
+        record: called with each JournalEntry before the engine sees the input, so a
+            host can store it in the same transaction as the effects it causes.
+    """
 
     def __init__(self, engine: FlowRunEngine, record: Callable[[JournalEntry], None]) -> None:
         self.engine = engine
         self.record = record
 
     def start(self) -> list[Command]:
+        """Journal START, then start the engine; its commands."""
         self.record(JournalEntry(START, self.engine.clock.now()))
         return self.engine.start()
 
     def handle(self, event: Event) -> list[Command]:
+        """Journal the event, then hand it to the engine; its commands."""
         self.record(JournalEntry(EVENT, self.engine.clock.now(), event))
         return self.engine.handle(event)
 
     def fire_due_timers(self) -> list[Command]:
+        """Fire the engine's due timers, journaling TIMERS only when one is due (so an
+        idle check leaves no entry)."""
         due = self.engine.next_timer_at
         now = self.engine.clock.now()
         if due is None or due > now:

@@ -35,6 +35,9 @@ from headwater.wire import (
 )
 
 from ._events import (
+    ATTEMPT_EVENTS,
+    WORKER_LOST,
+    AttemptEvent,
     CacheChecked,
     CancelRequested,
     CancelTask,
@@ -50,6 +53,7 @@ from ._events import (
     TaskStarted,
     TaskSucceeded,
     WriteCache,
+    stale_reason,
 )
 from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
@@ -71,7 +75,7 @@ class FlowRunEngine:
     Args:
         graph: the compiled flow (validated here).
         params: parameter values by name (defaults are filled in; unknown or missing
-            ones raise TypeError).
+            ones raise ParameterError).
         clock: the time source.
         values: operations on result values (live Python objects by default).
         max_concurrency: most task runs in flight at once (None: unbounded; the host's
@@ -147,6 +151,18 @@ class FlowRunEngine:
             self._apply(event)
         return self._flush()
 
+    def resend(self, key: str) -> RunTask:
+        """The RunTask of an attempt already dispatched, again: same attempt number, same
+        inputs; it changes nothing. For a host that cannot know whether the attempt
+        reached a worker (a server restarted before recording its delivery)."""
+        run = self.runs[key]
+        if not run.dispatched:
+            raise ValueError(f"task run {key!r} has no attempt in flight")
+        deadline = None
+        if self.auto_start and run.spec.timeout is not None and run.attempts:
+            deadline = run.attempts[-1].started_at + run.spec.timeout
+        return RunTask(run, run.attempt, self._inputs(run), deadline)
+
     @property
     def next_timer_at(self) -> float | None:
         """When the earliest retry or timeout timer is due (None: no timers)."""
@@ -175,6 +191,7 @@ class FlowRunEngine:
 
     @property
     def finished(self) -> bool:
+        """Whether the flow run has ended (SUCCESS, FAILED or CANCELLED)."""
         return self.state.is_terminal
 
     @property
@@ -316,7 +333,7 @@ class FlowRunEngine:
         if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
             self.cancel_reason = event.reason  # applied by start()
             return
-        if self.state is not FlowRunState.RUNNING:
+        if self.state is not FlowRunState.RUNNING and not isinstance(event, ATTEMPT_EVENTS):
             self._out.append(EventIgnored(event, f"flow run is {self.state.name}"))
             return
         if isinstance(event, CancelRequested):
@@ -329,10 +346,10 @@ class FlowRunEngine:
         if isinstance(event, CacheChecked):
             self._cache_checked(run, event)
             return
-        if run.attempt != event.attempt or not run.dispatched:
-            self._out.append(
-                EventIgnored(event, f"stale attempt {event.attempt} (current: {run.attempt})")
-            )
+        if self.state is not FlowRunState.RUNNING or not (
+            run.attempt == event.attempt and run.dispatched
+        ):
+            self._out.append(self._stale(run, event))
             return
         if run.state is S.SCHEDULED:
             # An outcome may arrive without its TaskStarted (lost, or never sent by a
@@ -359,7 +376,27 @@ class FlowRunEngine:
             self._attempt_done(run, S.SKIPPED)
             self._transition(run, S.SKIPPED, event.reason)
         elif isinstance(event, TaskLost):
-            self._lost(run)
+            self._lost(run, event.reason)
+
+    def _stale(self, run: TaskRunRecord, event: AttemptEvent) -> EventIgnored:
+        """Refuse a report about an attempt that is not the current, dispatched one,
+        saying what became of that attempt."""
+        flow = None if self.state is FlowRunState.RUNNING else self.state
+        last = run.history[-1]
+        ended: TaskRunState | None
+        if run.state.is_terminal and last.attempt == event.attempt:
+            # What a host whose engine is gone tells from the stored history alone.
+            ended, failure = run.state, last.failure
+        else:
+            # An attempt that ended while the flow ran has a record (an outcome without
+            # TaskStarted, a loss included, starts it first).
+            record = next((a for a in run.attempts if a.number == event.attempt), None)
+            ended, failure = (record.outcome, record.failure) if record else (None, None)
+        lost = failure is not None and failure.type == WORKER_LOST
+        reason = stale_reason(
+            run.key, event.attempt, ended=ended, lost=lost, current=run.attempt, flow=flow
+        )
+        return EventIgnored(event, reason)
 
     def _start_attempt(self, run: TaskRunRecord) -> float | None:
         """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
@@ -409,12 +446,13 @@ class FlowRunEngine:
         else:
             self._transition(run, outcome, str(failure), failure)
 
-    def _lost(self, run: TaskRunRecord) -> None:
+    def _lost(self, run: TaskRunRecord, reason: str = "") -> None:
         """Re-dispatch an attempt whose worker vanished, without using up a retry."""
         run.lost_count += 1
+        why = reason or f"the worker running {run.name!r} was lost"
         failure = FailureInfo(
-            type="headwater.WorkerLost",
-            message=f"the worker running {run.name!r} was lost ({run.lost_count} time(s))",
+            type=WORKER_LOST,
+            message=f"{why} ({run.lost_count} time(s))",
             retryable=False,
         )
         self._attempt_done(run, S.CANCELLED, failure)
@@ -422,7 +460,7 @@ class FlowRunEngine:
             self._transition(run, S.FAILED, str(failure), failure)
             return
         if run.state is S.RUNNING:
-            self._transition(run, S.SCHEDULED, "worker lost; dispatching again")
+            self._transition(run, S.SCHEDULED, f"{why}; dispatching again")
         self._ready.appendleft(run)
 
     def _cache_checked(self, run: TaskRunRecord, event: CacheChecked) -> None:

@@ -13,7 +13,9 @@ from ._records import TaskRunRecord
 class Clock(Protocol):
     """Source of the current time in seconds (epoch-based)."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """The current time in seconds since the epoch."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,12 @@ class FlowRunFailure:
 
 
 class Node:
-    """Per-task bookkeeping (not per run)."""
+    """Per-task bookkeeping (not per run).
+
+    Args:
+        spec: the task node.
+        index: its position in the graph's topological order.
+    """
 
     __slots__ = (
         "complete",
@@ -59,6 +66,7 @@ class Node:
 
 
 def unmappable(arg: str, upstream: TaskRunRecord) -> str:
+    """The failure message of a mapped task whose upstream ended without a result."""
     return (
         f"cannot map over argument {arg!r}: task {upstream.key!r} ended "
         f"{upstream.state.name} and has no result"

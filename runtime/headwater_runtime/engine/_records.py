@@ -33,6 +33,7 @@ class AttemptRecord:
 
     @property
     def duration(self) -> float | None:
+        """Seconds the attempt ran; None while it runs."""
         return None if self.ended_at is None else self.ended_at - self.started_at
 
 
@@ -40,6 +41,19 @@ class TaskRunRecord:
     """Everything known about one task run. Owned and mutated by the engine only.
 
     ``key`` is unique within the flow run: the task id, with ``[i]`` for mapped child i.
+
+    Attributes:
+        state: the current TaskRunState.
+        history: every state change (state, timestamp, attempt, message, failure).
+        attempts: every attempt (start, end, outcome, failure).
+        attempt: the current attempt's number (0 before the first).
+        result: the result once the run succeeded (a live object embedded, a payload
+            handle on a server).
+        failure: why the last attempt failed, if it did.
+        map_index: the element index of a mapped child; -1 otherwise.
+        parent: a mapped child's parent run.
+        children: a mapped parent's child runs, once it has expanded.
+        cache_key: the key the result was cached (or found) under.
     """
 
     __slots__ = (
@@ -72,6 +86,16 @@ class TaskRunRecord:
         parent: TaskRunRecord | None,
         now: float,
     ) -> None:
+        """Create the run PENDING at time ``now`` (the engine does this, never users).
+
+        Args:
+            key: unique within the flow run.
+            spec: the task node it runs.
+            node: the engine's bookkeeping for that node.
+            map_index: the element index of a mapped child; -1 otherwise.
+            parent: a mapped child's parent run.
+            now: the clock reading at creation.
+        """
         self.key = key
         self.spec = spec
         self._node = node
@@ -94,18 +118,22 @@ class TaskRunRecord:
 
     @property
     def task_id(self) -> str:
+        """The id of the task node this run belongs to (for mapped children too)."""
         return self.spec.id
 
     @property
     def name(self) -> str:
+        """The task's name, with ``[i]`` for mapped child i."""
         return self.spec.name if self.map_index < 0 else f"{self.spec.name}[{self.map_index}]"
 
     @property
     def started_at(self) -> float | None:
+        """When the first attempt started; None if none did."""
         return self.attempts[0].started_at if self.attempts else None
 
     @property
     def ended_at(self) -> float | None:
+        """When the run reached its terminal state; None until then."""
         return self.history[-1].timestamp if self.state.is_terminal else None
 
     @property

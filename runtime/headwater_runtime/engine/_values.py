@@ -44,6 +44,8 @@ class PythonValues:
     """ValueOps over live Python objects (embedded hosts). No copies are made."""
 
     def length(self, value: Any) -> int | None:
+        """``len(value)`` for anything indexable with a length, except str, bytes and
+        mappings; None otherwise."""
         # Strings and mappings are refused: mapping over characters or keys is a classic
         # bug. Anything else with a length and indexing maps (lists, tuples, ranges,
         # numpy arrays); sets and generators do not, as they have no stable order.
@@ -54,20 +56,25 @@ class PythonValues:
         return None
 
     def item(self, value: Any, index: int) -> Any:
+        """``value[index]``."""
         return value[index]
 
     def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
+        """``value[path[0]][path[1]]...``."""
         for part in path:
             value = value[part]
         return value
 
     def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        """The items as a list, or a tuple when ``is_tuple``."""
         return tuple(items) if is_tuple else items
 
     def make_dict(self, entries: dict[str, Any]) -> Any:
+        """The entries themselves (already a dict)."""
         return entries
 
     def describe(self, value: Any) -> str:
+        """The value's type name."""
         return type(value).__name__
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_async
@@ -23,8 +24,8 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import ENV_DB, ENV_TOKEN
-from headwater_runtime.store import SQLiteStore
+from headwater.wire import ENV_DB, ENV_RETENTION, ENV_TOKEN, parse_duration
+from headwater_runtime.store import SQLiteStore, Store
 
 from ._auth import TokenAuthInterceptor
 from ._control import ControlServicer
@@ -45,24 +46,29 @@ class RunningServer:
 
     server: grpc.aio.Server
     core: ServerCore
-    store: SQLiteStore
+    store: Store
     port: int
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Stop serving, store what is left, close the store."""
         await self.server.stop(grace)
         await self.core.stop()
+        self.core.io.close()
         self.store.close()
 
 
-async def start_server(settings: ServerSettings) -> RunningServer:
-    """Open the store, recover unfinished runs and start serving."""
-    store = SQLiteStore(settings.db)
+async def start_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
+    """Open the store (``settings.db``, unless a store is given), recover unfinished
+    runs and start serving."""
+    store = store if store is not None else SQLiteStore(settings.db)
     core = ServerCore(store, settings)
     interceptors = [TokenAuthInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(interceptors=interceptors)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
-    payload_pb2_grpc.add_PayloadServiceServicer_to_server(PayloadServicer(store), server)
+    payload_pb2_grpc.add_PayloadServiceServicer_to_server(
+        PayloadServicer(store, io=core.io), server
+    )
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -90,13 +96,17 @@ def settings_from_env(
 ) -> ServerSettings:
     """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
     source = os.environ if environ is None else environ
-    env: dict[str, object] = {}
+    env: dict[str, Any] = {}
     if ENV_TOKEN in source:
         env["token"] = source[ENV_TOKEN]
     if ENV_DB in source:
         env["db"] = source[ENV_DB]
-    values = {**env, **{k: v for k, v in overrides.items() if v is not None}}
-    return replace(ServerSettings(), **values)  # type: ignore[arg-type]
+    if source.get(ENV_RETENTION):
+        env["retention"] = parse_duration(source[ENV_RETENTION])
+    # Any: each value is meant for the ServerSettings field of its name (the CLI parses
+    # flags into the fields' types); a wrong name still fails loudly in replace().
+    values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(ServerSettings(), **values)
 
 
 async def serve_forever(settings: ServerSettings) -> None:

@@ -7,8 +7,11 @@ import asyncio
 import sys
 from typing import Any
 
+from headwater.wire import parse_duration
+
 
 def add_server_command(sub: Any) -> None:
+    """Add ``headwater server`` and its flags to the CLI's subcommands."""
     server = sub.add_parser(
         "server",
         help="run the control plane (gRPC API, worker gateway, SQLite store)",
@@ -31,10 +34,19 @@ def add_server_command(sub: Any) -> None:
         default=None,
         help="require 'authorization: Bearer TOKEN' on every call (or HEADWATER_TOKEN)",
     )
+    server.add_argument(
+        "--retention",
+        default=None,
+        metavar="DURATION",
+        help="delete finished runs (with their journal, logs and values) this long after "
+        "they end, e.g. 30d or 12h (or HEADWATER_RETENTION; default: keep forever)",
+    )
     server.set_defaults(func=run_server)
 
 
 def run_server(args: argparse.Namespace) -> int:
+    """``headwater server``: serve until SIGINT/SIGTERM; the exit code (2 when the
+    ``server`` extra is missing or a flag or OTEL_* variable is wrong)."""
     from headwater_runtime.tracing import (
         TracingConfigError,
         configure_tracing,
@@ -54,7 +66,14 @@ def run_server(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"headwater: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
-    settings = settings_from_env(host=args.host, port=args.port, db=args.db, token=args.token)
+    try:
+        retention = None if args.retention is None else parse_duration(args.retention)
+        settings = settings_from_env(
+            host=args.host, port=args.port, db=args.db, token=args.token, retention=retention
+        )
+    except ValueError as exc:
+        print(f"headwater: error: --retention (or HEADWATER_RETENTION) {exc}", file=sys.stderr)
+        return 2
     try:
         # Before the gRPC server exists: its instrumentation hooks server creation.
         tracing = configure_tracing(tracing_settings_from_env(service_name="headwater-server"))

@@ -1,9 +1,16 @@
-"""ControlPlaneService: the client API (thin adapter over ServerCore and the store)."""
+"""ControlPlaneService: the client API (thin adapter over ServerCore and the store).
+
+Store queries run on reader threads (``core.io``), never on the event loop. Errors map
+to status codes in one place (``refusals``): unknown things NOT_FOUND, bad requests
+INVALID_ARGUMENT, a reused idempotency key ALREADY_EXISTS, a store that cannot take
+writes RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE, each with one line saying why.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 
@@ -14,6 +21,7 @@ from headwater.v1 import (
     payload_pb2,
     run_pb2,
 )
+from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
     ENCODING_KEY,
     PROTOCOL_VERSION,
@@ -27,7 +35,7 @@ from headwater.wire import (
     task_run_id,
     timestamp,
 )
-from headwater_runtime.store import Conflict, NotFound
+from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavailable
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
@@ -36,10 +44,33 @@ from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
 
+#: The context of a call of any method (for helpers shared by several methods).
+AnyContext: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-async def _fail(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+
+async def _fail(context: AnyContext, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def refusals(context: AnyContext) -> AsyncIterator[None]:
+    """Turn the errors a request can meet into its status code and one clear line."""
+    try:
+        yield
+    except NotFound as exc:
+        await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+    except GraphBuildNeeded as exc:  # before ParameterError: it is one
+        await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except (GraphError, ParameterError, ScheduleError) as exc:
+        await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except Conflict as exc:
+        await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    except NoResult as exc:
+        await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except StoreUnavailable as exc:
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
+        await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
 
 
 def _check_value(name: str, value: payload_pb2.Value) -> str | None:
@@ -53,147 +84,198 @@ def _check_value(name: str, value: payload_pb2.Value) -> str | None:
 
 
 class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
+    """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
+    in proto/headwater/v1/control_plane.proto.
+
+    Args:
+        core: the server's state.
+    """
+
     def __init__(self, core: ServerCore) -> None:
         self.core = core
         self.store = core.store
+        self.io = core.io
 
-    async def RegisterFlow(self, request: Any, context: Any) -> Any:
+    async def RegisterFlow(
+        self,
+        request: cp.RegisterFlowRequest,
+        context: grpc.aio.ServicerContext[cp.RegisterFlowRequest, cp.RegisterFlowResponse],
+    ) -> cp.RegisterFlowResponse:
+        """Validate and store a flow graph (an identical graph keeps its version)."""
         if not request.HasField("graph"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
-        try:
-            version, created = self.core.runs.register_flow(request.graph)
-        except GraphError as exc:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Conflict as exc:
-            await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        async with refusals(context):
+            version, created = await self.core.register_flow(request.graph)
         return control_plane_pb2.RegisterFlowResponse(
             name=request.graph.name, version=version, created=created
         )
 
-    async def GetFlow(self, request: Any, context: Any) -> Any:
-        try:
-            stored = self.store.get_flow(request.name, request.version)
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+    async def GetFlow(
+        self,
+        request: cp.GetFlowRequest,
+        context: grpc.aio.ServicerContext[cp.GetFlowRequest, cp.GetFlowResponse],
+    ) -> cp.GetFlowResponse:
+        """A registered flow's graph."""
+        async with refusals(context):
+            stored = await self.io.read(self.store.get_flow, request.name, request.version)
         return control_plane_pb2.GetFlowResponse(graph=graph_pb2.FlowGraph.FromString(stored.graph))
 
-    async def ListFlows(self, request: Any, context: Any) -> Any:
+    async def ListFlows(
+        self,
+        request: cp.ListFlowsRequest,
+        context: grpc.aio.ServicerContext[cp.ListFlowsRequest, cp.ListFlowsResponse],
+    ) -> cp.ListFlowsResponse:
+        """Every registered flow with its versions."""
         flows = [
             control_plane_pb2.FlowSummary(
                 name=name,
                 versions=[v for v in versions if not is_build_version(v)],
                 value_dependent_graphs=sum(map(is_build_version, versions)),
             )
-            for name, versions in self.store.list_flows()
+            for name, versions in await self.io.read(self.store.list_flows)
         ]
         return control_plane_pb2.ListFlowsResponse(flows=flows)
 
-    async def CreateFlowRun(self, request: Any, context: Any) -> Any:
+    async def CreateFlowRun(
+        self,
+        request: cp.CreateFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.CreateFlowRunRequest, cp.CreateFlowRunResponse],
+    ) -> cp.CreateFlowRunResponse:
+        """Create and start a run; stored before the answer."""
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
         for name, value in request.parameters.items():
             problem = _check_value(name, value)
             if problem:
                 await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
-            row, created = self.core.runs.create_run(
+        async with refusals(context):
+            row, created = await self.core.create_run(
                 request.flow_name,
                 request.flow_version,
                 dict(request.parameters),
                 request.idempotency_key,
                 dict(request.trace_context),
             )
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except GraphBuildNeeded as exc:
-            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except ParameterError as exc:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        self.core.flush()  # durable before the client hears about it
-        return control_plane_pb2.CreateFlowRunResponse(
-            flow_run=flow_run_message(self.store.get_flow_run(row.id)), created=created
-        )
+        message = await self._message(row)
+        return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
 
-    async def _flow_run(self, run_id: str, context: Any) -> Any:
-        try:
-            return self.store.get_flow_run(run_id)
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
+    async def _flow_run(self, run_id: str, context: Any) -> FlowRunRow:
+        async with refusals(context):
+            return await self.io.read(self.store.get_flow_run, run_id)
+        raise AssertionError("unreachable")
 
-    async def GetFlowRun(self, request: Any, context: Any) -> Any:
+    async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
+        result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
+        return flow_run_message(row, result)
+
+    async def GetFlowRun(
+        self,
+        request: cp.GetFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.GetFlowRunRequest, cp.GetFlowRunResponse],
+    ) -> cp.GetFlowRunResponse:
+        """A flow run, with its task runs when asked."""
         row = await self._flow_run(request.id, context)
-        response = control_plane_pb2.GetFlowRunResponse(flow_run=flow_run_message(row))
+        response = control_plane_pb2.GetFlowRunResponse(flow_run=await self._message(row))
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
-            history: dict[str, list[Any]] = {}
-            for entry in self.store.task_run_history(row.id):
-                history.setdefault(entry.key, []).append(entry)
-            for task_row in self.store.task_runs(row.id):
-                response.task_runs.append(
-                    task_run_from_row(task_row, history.get(task_row.key, []))
-                )
+            for task_run in await self.io.read(self._task_runs, row.id):
+                response.task_runs.append(task_run)
         return response
 
-    async def ListFlowRuns(self, request: Any, context: Any) -> Any:
+    def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
+        """A run's task runs with their history and results (on a reader thread)."""
+        history: dict[str, list[Any]] = {}
+        for entry in self.store.task_run_history(flow_run_id):
+            history.setdefault(entry.key, []).append(entry)
+        rows = self.store.task_runs(flow_run_id)
+        values = self.store.get_values(r.result_id for r in rows if r.result_id)
+        return [task_run_from_row(r, history.get(r.key, []), values) for r in rows]
+
+    async def ListFlowRuns(
+        self,
+        request: cp.ListFlowRunsRequest,
+        context: grpc.aio.ServicerContext[cp.ListFlowRunsRequest, cp.ListFlowRunsResponse],
+    ) -> cp.ListFlowRunsResponse:
+        """Flow runs, newest first, paged."""
         size = request.page_size or 50
         if not 1 <= size <= 1000:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
         if request.page_token:
             await self._flow_run(request.page_token, context)
-        rows = self.store.list_flow_runs(
-            request.flow_name, [int(s) for s in request.states], size + 1, request.page_token
+        rows = await self.io.read(
+            self.store.list_flow_runs,
+            request.flow_name,
+            [int(s) for s in request.states],
+            size + 1,
+            request.page_token,
         )
         response = control_plane_pb2.ListFlowRunsResponse(
-            flow_runs=[flow_run_message(r) for r in rows[:size]]
+            flow_runs=[await self._message(r) for r in rows[:size]]
         )
         if len(rows) > size:
             response.next_page_token = rows[size - 1].id
         return response
 
-    async def WatchFlowRun(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def WatchFlowRun(
+        self,
+        request: cp.WatchFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.WatchFlowRunRequest, cp.WatchFlowRunResponse],
+    ) -> AsyncIterator[cp.WatchFlowRunResponse]:
+        """The run now, then after every stored change, until it ends."""
         row = await self._flow_run(request.id, context)
         # Subscribe, then read: a change committed after the read wakes the queue.
         queue = self.core.watch(row.id, task_runs=not request.flow_run_only)
         try:
-            row = self.store.get_flow_run(row.id)
-            yield control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
+            row = await self.io.read(self.store.get_flow_run, row.id)
+            yield control_plane_pb2.WatchFlowRunResponse(flow_run=await self._message(row))
             # The commit that ends the run may carry several task run changes (all
-            # queued by the same flush): deliver every one before ending the stream.
+            # queued by the same commit): deliver every one before ending the stream.
             while row.state not in _TERMINAL or not queue.empty():
                 run = await queue.get()
-                row = self.store.get_flow_run(row.id)
-                response = control_plane_pb2.WatchFlowRunResponse(flow_run=flow_run_message(row))
+                row = await self.io.read(self.store.get_flow_run, row.id)
+                response = control_plane_pb2.WatchFlowRunResponse(flow_run=await self._message(row))
                 if run is not None:
                     response.task_run.CopyFrom(run)
                 yield response
         finally:
             self.core.unwatch(request.id, queue)
 
-    async def CancelFlowRun(self, request: Any, context: Any) -> Any:
+    async def CancelFlowRun(
+        self,
+        request: cp.CancelFlowRunRequest,
+        context: grpc.aio.ServicerContext[cp.CancelFlowRunRequest, cp.CancelFlowRunResponse],
+    ) -> cp.CancelFlowRunResponse:
+        """Cancel a run; the cancel is stored before the answer."""
         row = await self._flow_run(request.id, context)
         if row.state not in _TERMINAL:
-            self.core.runs.cancel(row.id, request.reason)
-            self.core.flush()
-            row = self.store.get_flow_run(row.id)
-        return control_plane_pb2.CancelFlowRunResponse(flow_run=flow_run_message(row))
+            async with refusals(context):
+                await self.core.cancel_run(row.id, request.reason)
+            row = await self.io.read(self.store.get_flow_run, row.id)
+        return control_plane_pb2.CancelFlowRunResponse(flow_run=await self._message(row))
 
-    async def GetTaskRunResult(self, request: Any, context: Any) -> Any:
-        try:
-            value, state = self.core.runs.task_result(
-                request.flow_run_id, request.task_id, request.map_index
+    async def GetTaskRunResult(
+        self,
+        request: cp.GetTaskRunResultRequest,
+        context: grpc.aio.ServicerContext[cp.GetTaskRunResultRequest, cp.GetTaskRunResultResponse],
+    ) -> cp.GetTaskRunResultResponse:
+        """A task run's result (a mapped task's whole list with map_index -1)."""
+        async with refusals(context):
+            value, state = await self.io.read(
+                self.core.runs.task_result, request.flow_run_id, request.task_id, request.map_index
             )
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except NoResult as exc:
-            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(
             result=value,
             state=state.value,  # type: ignore[arg-type]
         )
 
-    async def ListTaskRunLogs(self, request: Any, context: Any) -> Any:
+    async def ListTaskRunLogs(
+        self,
+        request: cp.ListTaskRunLogsRequest,
+        context: grpc.aio.ServicerContext[cp.ListTaskRunLogsRequest, cp.ListTaskRunLogsResponse],
+    ) -> cp.ListTaskRunLogsResponse:
+        """Log records of a run's task runs (of one task run, if named)."""
         await self._flow_run(request.flow_run_id, context)
         key = ""
         if request.task_run_id:
@@ -202,7 +284,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             except ValueError as exc:
                 await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         entries = []
-        for log in self.store.logs(request.flow_run_id, key):
+        for log in await self.io.read(self.store.logs, request.flow_run_id, key):
             entry = run_pb2.LogEntry(
                 task_run_id=task_run_id(log.flow_run_id, log.key),
                 attempt=log.attempt,
@@ -214,53 +296,73 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             entries.append(entry)
         return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
-    async def CreateSchedule(self, request: Any, context: Any) -> Any:
+    async def CreateSchedule(
+        self,
+        request: cp.CreateScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.CreateScheduleRequest, cp.CreateScheduleResponse],
+    ) -> cp.CreateScheduleResponse:
+        """Create a schedule (its flow must be registered)."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         for name, value in request.schedule.parameters.items():
             problem = _check_value(name, value)
             if problem:
                 await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
-        try:
+        async with refusals(context):
             schedule = self.core.schedules.create(request.schedule)
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
-        except GraphBuildNeeded as exc:
-            await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except (ScheduleError, ParameterError) as exc:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         self.core.touch()  # the timer loop re-reads the next fire time
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
-    async def ListSchedules(self, request: Any, context: Any) -> Any:
+    async def ListSchedules(
+        self,
+        request: cp.ListSchedulesRequest,
+        context: grpc.aio.ServicerContext[cp.ListSchedulesRequest, cp.ListSchedulesResponse],
+    ) -> cp.ListSchedulesResponse:
+        """Every schedule (of one flow, if given)."""
         return control_plane_pb2.ListSchedulesResponse(
             schedules=self.core.schedules.list(request.flow_name)
         )
 
-    async def DeleteSchedule(self, request: Any, context: Any) -> Any:
-        try:
+    async def DeleteSchedule(
+        self,
+        request: cp.DeleteScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.DeleteScheduleRequest, cp.DeleteScheduleResponse],
+    ) -> cp.DeleteScheduleResponse:
+        """Delete a schedule (its runs stay)."""
+        async with refusals(context):
             self.core.schedules.delete(request.id)
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
         return control_plane_pb2.DeleteScheduleResponse()
 
     async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
-        try:
+        async with refusals(context):
             schedule = self.core.schedules.set_enabled(schedule_id, enabled)
-        except NotFound as exc:
-            await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
         self.core.touch()
         return schedule
 
-    async def PauseSchedule(self, request: Any, context: Any) -> Any:
+    async def PauseSchedule(
+        self,
+        request: cp.PauseScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.PauseScheduleRequest, cp.PauseScheduleResponse],
+    ) -> cp.PauseScheduleResponse:
+        """Stop a schedule from creating runs."""
         schedule = await self._set_enabled(request.id, False, context)
         return control_plane_pb2.PauseScheduleResponse(schedule=schedule)
 
-    async def ResumeSchedule(self, request: Any, context: Any) -> Any:
+    async def ResumeSchedule(
+        self,
+        request: cp.ResumeScheduleRequest,
+        context: grpc.aio.ServicerContext[cp.ResumeScheduleRequest, cp.ResumeScheduleResponse],
+    ) -> cp.ResumeScheduleResponse:
+        """Resume a paused schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
         return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
 
-    async def GetServerInfo(self, request: Any, context: Any) -> Any:
+    async def GetServerInfo(
+        self,
+        request: cp.GetServerInfoRequest,
+        context: grpc.aio.ServicerContext[cp.GetServerInfoRequest, cp.GetServerInfoResponse],
+    ) -> cp.GetServerInfoResponse:
+        """The server's version, protocol version and features."""
         return control_plane_pb2.GetServerInfoResponse(
             server_version=SERVER_VERSION,
             protocol_version=PROTOCOL_VERSION,

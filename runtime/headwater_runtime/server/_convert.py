@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from headwater.v1 import payload_pb2, run_pb2, worker_pb2
+from collections.abc import Mapping
+
+from headwater.v1 import payload_pb2, run_pb2, state_pb2
 from headwater.wire import failure_to_proto, task_run_id, timestamp
 from headwater_runtime.engine import TaskRunRecord
 from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
 
-from ._values import from_input_value, to_result_value
 
-
-def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
-    """A stored flow run as the contract's FlowRun."""
+def flow_run_message(row: FlowRunRow, result: payload_pb2.Value | None = None) -> run_pb2.FlowRun:
+    """A stored flow run as the contract's FlowRun (with its result, when given)."""
     msg = run_pb2.FlowRun(
         id=row.id,
         flow_name=row.flow_name,
         flow_version=row.flow_version,
-        state=row.state,  # type: ignore[arg-type]
+        state=state_pb2.FlowRunState.ValueType(row.state),
         idempotency_key=row.idempotency_key,
         trace_context=row.trace_context,
         schedule_id=row.schedule_id,
@@ -31,22 +31,25 @@ def flow_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
     ):
         if value is not None:
             getattr(msg, field).CopyFrom(timestamp(value))
-    if row.result:
-        msg.result.CopyFrom(payload_pb2.Value.FromString(row.result))
+    if result is not None:
+        msg.result.CopyFrom(result)
     if row.message:
         msg.history.add(state=row.state, message=row.message)
     return msg
 
 
-def task_run_from_row(row: TaskRunRow, history: list[StateRow]) -> run_pb2.TaskRun:
-    """A stored task run (and its state history) as the contract's TaskRun."""
+def task_run_from_row(
+    row: TaskRunRow, history: list[StateRow], values: Mapping[str, bytes]
+) -> run_pb2.TaskRun:
+    """A stored task run (its state history, its result from ``values`` by id) as the
+    contract's TaskRun."""
     msg = run_pb2.TaskRun(
         id=task_run_id(row.flow_run_id, row.key),
         flow_run_id=row.flow_run_id,
         task_id=row.task_id,
         name=row.key,
         map_index=row.map_index,
-        state=row.state,  # type: ignore[arg-type]
+        state=state_pb2.TaskRunState.ValueType(row.state),
         attempts=row.attempt,
         worker_id=row.worker_id,
         cache_key=row.cache_key,
@@ -56,9 +59,9 @@ def task_run_from_row(row: TaskRunRow, history: list[StateRow]) -> run_pb2.TaskR
     for entry in history:
         h = msg.history.add(state=entry.state, attempt=entry.attempt, message=entry.message)
         h.timestamp.CopyFrom(timestamp(entry.at))
-    if row.result and msg.history:
-        handle = from_input_value(worker_pb2.InputValue.FromString(row.result))
-        msg.history[-1].result.CopyFrom(to_result_value(handle))
+    data = values.get(row.result_id) if row.result_id else None
+    if data is not None and msg.history:
+        msg.history[-1].result.CopyFrom(payload_pb2.Value.FromString(data))
     return msg
 
 
@@ -70,7 +73,7 @@ def task_run_from_record(flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRu
         task_id=run.spec.id,
         name=run.name,
         map_index=run.map_index,
-        state=run.state.value,  # type: ignore[arg-type]
+        state=state_pb2.TaskRunState.ValueType(run.state.value),
         attempts=run.attempt,
     )
     entry = run.history[-1]

@@ -1,8 +1,13 @@
 """ServerCore: the run manager and dispatcher on one asyncio event loop.
 
-Servicers call into the core; the core turns worker messages into engine events,
-commits once per loop tick (``touch()`` schedules it), and only then sends what the
-commit covers: assignments, cancels and the Acks of worker reports.
+Servicers call into the core; the core turns worker messages into engine events and
+hands what changed to the commit pipeline (``_commits``), which stores it on the
+writer thread and only then sends what the commit covers: assignments, cancels, the
+Acks of worker reports and watch notes.
+
+Fencing is bound to the worker session: only the session that holds an attempt may
+report for it or log into it; anything else is refused (``FAILED_PRECONDITION`` in
+the Ack) and changes nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from headwater.v1 import run_pb2, worker_pb2
+from grpc import StatusCode
+
+from headwater.v1 import graph_pb2, payload_pb2, worker_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
@@ -28,6 +35,7 @@ from headwater.wire import (
 )
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
+    Event,
     EventIgnored,
     TaskFailed,
     TaskLost,
@@ -36,19 +44,22 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import LogRow, Store
+from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
 
+from ._assignments import PendingAssignment
+from ._commits import Committer, Release
 from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
-from ._runs import PendingAssignment, RunManager
+from ._io import StoreIO
+from ._runs import RunManager
 from ._schedules import Scheduler
 
 log = logging.getLogger("headwater.server")
 
-#: When busy, how long reports gather before one commit covers them all (seconds).
-BATCH_WINDOW = 0.002
 SERVER_VERSION = "0.1.0"
+#: What a worker is told when it gives back an attempt nobody asked it to stop.
+GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
 
 
 @dataclass(frozen=True)
@@ -62,89 +73,186 @@ class ServerSettings:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 20.0
     inline_payload_limit: int = INLINE_PAYLOAD_LIMIT
+    #: Keep finished runs this long (seconds), then delete them with their journal,
+    #: logs and values; None keeps them forever.
+    retention: float | None = None
+    #: How often the server prunes (unreferenced payloads are collected even without
+    #: a retention period).
+    prune_interval: float = 600.0
+    #: Payloads nothing references are kept this long first (an upload on its way to
+    #: being referenced by a result must not be collected).
+    payload_grace: float = 86400.0
 
 
 class ServerCore:
-    """Everything stateful about a running server."""
+    """Everything stateful about a running server.
 
-    def __init__(self, store: Store, settings: ServerSettings, clock: Any = None) -> None:
+    Args:
+        store: where runs, flows, payloads and schedules are kept.
+        settings: the server's configuration.
+        clock: the time source (default: the system clock).
+        io: the threads store calls run on (default: new ones).
+    """
+
+    def __init__(
+        self, store: Store, settings: ServerSettings, clock: Any = None, io: StoreIO | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.io = io or StoreIO()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
         self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
+        self.commits = Committer(store, self.io, self.runs, self._deliver)
         self.schedules = Scheduler(store, self.runs, self.clock)
-        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        self._last_flush = 0.0
-        self._acks: list[tuple[WorkerSession, worker_pb2.ConnectResponse]] = []
-        self._notes: list[tuple[str, run_pb2.TaskRun | None]] = []
-        # Runs changed since the last flush, watched or not: a watcher that subscribes
-        # between a change and its commit must still be woken by the commit.
-        self._changed: set[str] = set()
-        self._flow_changed: set[str] = set()  # the flow run's own state changed
+        # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._flow_watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self.refused_runs: list[tuple[str, str]] = []
+        self._next_prune = 0.0
+        self._pruning: asyncio.Task[None] | None = None
+        self.last_prune: PruneReport | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Recover unfinished runs, then start the timer/heartbeat loop."""
+        """Recover unfinished runs, then start the timer/heartbeat loop.
+
+        Attempts that never reached a worker are dispatched again at once; attempts a
+        worker held wait for it to reconnect (up to the heartbeat timeout)."""
         deadline = self.clock.now() + self.settings.heartbeat_timeout
-        for flow_run_id, task_run_id, attempt in self.runs.recover():
+        found = self.runs.recover()
+        for flow_run_id, task_run_id, attempt in found.held:
             self._orphans[(task_run_id, attempt)] = (flow_run_id, deadline)
+        for run_id, why in found.refused:
+            log.error("not resuming flow run %s: %s", run_id, why)
+        self.refused_runs = found.refused
         self.schedules.load()
-        self.flush()
+        await self.commits.drain()
         self._background = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        """Stop the timer loop, store what is left, end the traces."""
         self._stopping = True
         self._wake.set()
         if self._background is not None:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._background
-        self.flush()
+        if self._pruning is not None:
+            with contextlib.suppress(Exception):
+                await self._pruning
+        await self.commits.drain()
         self.runs.end_traces()
 
     def touch(self) -> None:
-        """Schedule a commit: at the end of this loop tick when the server is idle,
-        or after a short gathering window when it committed moments ago, so that a
-        busy server commits many worker reports per transaction."""
-        if self._flush_handle is None:
-            loop = asyncio.get_running_loop()
-            if time.monotonic() - self._last_flush < BATCH_WINDOW:
-                self._flush_handle = loop.call_later(BATCH_WINDOW, self.flush)
-            else:
-                self._flush_handle = loop.call_soon(self.flush)
+        """Something changed: commit soon (see Committer.request), wake the loop."""
+        self.commits.request()
         self._wake.set()
 
-    def flush(self) -> None:
-        """Commit, then send what the commit covers."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        self._flush_handle = None
-        self._last_flush = time.monotonic()
-        self.runs.flush()
-        acks, self._acks = self._acks, []
-        notes, self._notes = self._notes, []
-        changed, self._changed = self._changed, set()
-        flow_changed, self._flow_changed = self._flow_changed, set()
-        for session, message in acks:
-            session.send(message)
-        for flow_run_id, run in notes:
+    async def durable(self) -> None:
+        """Wait until everything done so far is stored (StoreUnavailable if it cannot
+        be now; it stays queued and is stored when the store recovers)."""
+        await self.commits.durable()
+
+    # ---------------------------------------------------------------- flows, runs
+
+    async def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
+        """Validate a graph off the loop, store it on the writer thread; its version
+        and whether it is new (an identical graph keeps its version)."""
+        graph, data, digest, label = await self.io.read(self.runs.check_flow, msg)
+        stored, created = await self.io.write(
+            self.store.put_flow, msg.name, digest, data, label, self.clock.now()
+        )
+        self.runs.remember_graph(msg.name, stored.version, graph)
+        return stored.version, created
+
+    async def create_run(
+        self,
+        flow_name: str,
+        flow_version: str,
+        parameters: Mapping[str, payload_pb2.Value],
+        idempotency_key: str = "",
+        trace_context: Mapping[str, str] | None = None,
+    ) -> tuple[FlowRunRow, bool]:
+        """Create and start a run: checked and built off the loop, its row stored on
+        the writer thread (durable when this returns), then started. The same
+        idempotency key returns the first run; with other parameters, Conflict."""
+        prepared = await self.io.read(
+            self.runs.prepare_run,
+            flow_name,
+            flow_version,
+            parameters,
+            idempotency_key,
+            trace_context,
+        )
+        row, created = await self.io.write(self.store.create_flow_run, prepared.row)
+        if created:
+            self.runs.start_run(prepared)
+            self.touch()
+        return row, created
+
+    async def cancel_run(self, flow_run_id: str, reason: str) -> None:
+        """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
+        yet: it stays queued)."""
+        self.runs.cancel(flow_run_id, reason)
+        self.touch()
+        await self.durable()
+
+    async def prune(
+        self, older_than: float | None, *, dry_run: bool = False, grace: float | None = None
+    ) -> PruneReport:
+        """Delete finished runs that ended more than ``older_than`` seconds ago (none
+        when None), values and payloads nothing references, and expired cache entries,
+        on the writer thread; then give the space back to the file system."""
+        now = self.clock.now()
+        ended_before = None if older_than is None else now - older_than
+        return await self.io.write(
+            self.store.prune,
+            ended_before,
+            now,
+            grace=self.settings.payload_grace if grace is None else grace,
+            dry_run=dry_run,
+        )
+
+    async def _auto_prune(self) -> None:
+        try:
+            report = await self.prune(self.settings.retention)
+            self.last_prune = report
+            if report.runs or report.payloads or report.values:
+                log.info(
+                    "pruned %d finished runs, %d values and %d payloads (%d bytes reclaimed)",
+                    report.runs,
+                    report.values,
+                    report.payloads,
+                    report.bytes_reclaimed,
+                )
+        except Exception:
+            log.exception("pruning failed; trying again at the next interval")
+        finally:
+            self._pruning = None
+
+    def _deliver(self, release: Release) -> None:
+        """Carry out what a stored commit covers."""
+        for effect in release.effects:
+            effect()
+        for send, message in release.acks:
+            send(message)
+        changed = release.changed
+        for flow_run_id, run in release.notes:
             changed.discard(flow_run_id)
             for queue in self._watchers.get(flow_run_id, ()):
                 queue.put_nowait(run)
         for flow_run_id in changed:
             for queue in self._watchers.get(flow_run_id, ()):
                 queue.put_nowait(None)  # "re-read the run"
-        for flow_run_id in flow_changed:
+        for flow_run_id in release.flow_changed:
             for queue in self._flow_watchers.get(flow_run_id, ()):
                 queue.put_nowait(None)
 
@@ -159,7 +267,11 @@ class ServerCore:
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
-                self.flush()
+                if now >= self._next_prune and self._pruning is None:
+                    self._next_prune = now + self.settings.prune_interval
+                    self._pruning = asyncio.get_running_loop().create_task(self._auto_prune())
+                if self.runs.has_writes:
+                    self.commits.request()
             except Exception:
                 # One bad tick (a full disk, a bug) must not silently end timers,
                 # heartbeats and schedules for the server's whole life: say so, go on.
@@ -170,6 +282,7 @@ class ServerCore:
             due.extend(d for _, d in self._orphans.values())
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
+            due.append(self._next_prune)
             if self._stopping:
                 return
             self._wake.clear()
@@ -182,7 +295,12 @@ class ServerCore:
     # ------------------------------------------------------------------- workers
 
     def connect(self, hello: worker_pb2.Hello) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
-        """Register a worker stream; returns its session, the Welcome and its outbox."""
+        """Register a worker stream; returns its session, the Welcome and its outbox.
+
+        Attempts the worker says it holds are kept (``Welcome.keep_running``) when the
+        server was waiting for them after a restart, or when they are still queued here
+        (sent again after a restart, not yet handed to anyone): the worker goes on and
+        nothing runs twice. Any other attempt it names is not kept: it must drop it."""
         outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
         session = WorkerSession(
             session_id=uuid.uuid4().hex,
@@ -200,6 +318,13 @@ class ServerCore:
             orphan = self._orphans.pop(key, None)
             if orphan is not None:
                 adopted[key] = orphan[0]
+                continue
+            queued = self.dispatcher.take_pending(key)
+            if queued is not None and len(adopted) < hello.slots:
+                adopted[key] = queued.flow_run_id
+                self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
+            elif queued is not None:
+                self.dispatcher.submit(queued)  # more than its slots: someone else takes it
         welcome = worker_pb2.Welcome(
             session_id=session.session_id,
             server_version=SERVER_VERSION,
@@ -217,58 +342,31 @@ class ServerCore:
         return session, welcome, outbox
 
     def disconnect(self, session: WorkerSession) -> None:
+        """A worker stream ended: the attempts it held are lost (dispatched again)."""
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
         self.touch()
+
+    def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
+        return self.dispatcher.owner((token.task_run_id, token.attempt)) is session
 
     def on_worker_message(self, session: WorkerSession, msg: worker_pb2.ConnectRequest) -> None:
         """Apply one message of a worker's stream."""
         session.last_seen = self.clock.now()
         kind = msg.WhichOneof("message")
         if kind == "heartbeat":
-            stale = [
-                t
-                for t in msg.heartbeat.running
-                if self.dispatcher.owner((t.task_run_id, t.attempt)) is not session
-            ]
+            stale = [t for t in msg.heartbeat.running if not self._holds(session, t)]
             session.send(
                 worker_pb2.ConnectResponse(heartbeat_ack=worker_pb2.HeartbeatAck(cancel=stale))
             )
             return
         if kind == "log":
-            self._log(msg.log)
-            self.touch()
+            if self._holds(session, msg.log.token):  # only the holder writes into a run
+                self._log(msg.log)
+                self.touch()
             return
         if kind in ("started", "result", "failure", "skipped", "cancelled"):
-            report = getattr(msg, kind)
-            token = report.token
-            key: Token = (token.task_run_id, token.attempt)
-            try:
-                flow_run_id, run_key = split_task_run_id(token.task_run_id)
-            except ValueError as exc:
-                self._ack(session, token, [EventIgnored(None, str(exc))])  # type: ignore[arg-type]
-                return
-            if kind == "cancelled":
-                self.dispatcher.finished(key)
-                self.touch()
-                return
-            event: Any
-            if kind == "started":
-                event = TaskStarted(run_key, token.attempt)
-            elif kind == "result":
-                cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
-                event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
-                self.exports.record(session, msg.result.result)
-            elif kind == "failure":
-                failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
-                event = TaskFailed(run_key, token.attempt, failure)
-            else:
-                event = TaskSkipped(run_key, token.attempt, msg.skipped.reason)
-            ignored = self.runs.handle(flow_run_id, event)
-            if kind != "started":
-                self.dispatcher.finished(key)
-                self._ack(session, token, ignored)
-            self.touch()
+            self._report(session, kind, msg)
             return
         if kind == "value_exported":
             self.exports.on_exported(session, msg.value_exported)
@@ -276,22 +374,59 @@ class ServerCore:
         if kind == "cache_key":
             self._cache_key(session, msg.cache_key)
 
+    def _report(self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest) -> None:
+        """An attempt's start or outcome, from the session that holds it."""
+        report = getattr(msg, kind)
+        token: worker_pb2.FencingToken = report.token
+        key: Token = (token.task_run_id, token.attempt)
+        if not self._holds(session, token):
+            if kind != "started":
+                self._refuse(
+                    session,
+                    token,
+                    f"attempt {token.attempt} of task run {token.task_run_id!r} is not held "
+                    "by this worker session",
+                )
+            return
+        flow_run_id, run_key = split_task_run_id(token.task_run_id)  # held: well formed
+        event: Event
+        if kind == "cancelled":
+            requested = self.dispatcher.cancel_requested(key)
+            self.dispatcher.finished(key)
+            if not requested:  # given back unasked: dispatch it again (not a failure)
+                self.runs.handle(flow_run_id, TaskLost(run_key, token.attempt, GIVEN_BACK))
+            self.touch()
+            return
+        if kind == "started":
+            event = TaskStarted(run_key, token.attempt)
+        elif kind == "result":
+            cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
+            event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
+            self.exports.record(session, msg.result.result)
+        elif kind == "failure":
+            failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
+            event = TaskFailed(run_key, token.attempt, failure)
+        else:
+            event = TaskSkipped(run_key, token.attempt, msg.skipped.reason)
+        ignored = self.runs.handle(flow_run_id, event)
+        if kind != "started":
+            self.dispatcher.finished(key)
+            self._ack(session, token, ignored)
+        self.touch()
+
     def _cache_key(self, session: WorkerSession, report: worker_pb2.CacheKeyReport) -> None:
         token = report.token
-        try:
+        hit = False
+        if self._holds(session, token):
             flow_run_id, run_key = split_task_run_id(token.task_run_id)
-        except ValueError:
-            flow_run_id = run_key = ""
-        hit = bool(run_key) and self.runs.cache_lookup(
-            flow_run_id, run_key, token.attempt, report.cache_key
-        )
+            hit = self.runs.cache_lookup(flow_run_id, run_key, token.attempt, report.cache_key)
         decision = worker_pb2.ConnectResponse(
             cache_decision=worker_pb2.CacheDecision(token=token, hit=hit)
         )
         if hit:
             # The attempt is over (CACHED): free its slot, and answer after the commit.
             self.dispatcher.finished((token.task_run_id, token.attempt))
-            self._acks.append((session, decision))
+            self.commits.pending.acks.append((session.send, decision))
             self.touch()
         else:
             session.send(decision)
@@ -302,13 +437,21 @@ class ServerCore:
         ack = worker_pb2.Ack(token=token, accepted=not ignored)
         if ignored:
             ack.reason = ignored[0].reason
-        self._acks.append((session, worker_pb2.ConnectResponse(ack=ack)))
+            ack.code = StatusCode.FAILED_PRECONDITION.value[0]
+        self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
+
+    def _refuse(self, session: WorkerSession, token: worker_pb2.FencingToken, why: str) -> None:
+        """Refuse a report at once (it changed nothing, so there is nothing to store)."""
+        ack = worker_pb2.Ack(
+            token=token,
+            accepted=False,
+            reason=why,
+            code=StatusCode.FAILED_PRECONDITION.value[0],
+        )
+        session.send(worker_pb2.ConnectResponse(ack=ack))
 
     def _log(self, log: worker_pb2.TaskLog) -> None:
-        try:
-            flow_run_id, key = split_task_run_id(log.token.task_run_id)
-        except ValueError:
-            return
+        flow_run_id, key = split_task_run_id(log.token.task_run_id)
         at = seconds(log.timestamp) if log.HasField("timestamp") else self.clock.now()
         self.runs.add_log(
             LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
@@ -329,7 +472,9 @@ class ServerCore:
         self.touch()
 
     def _before_send(self, session: WorkerSession, pending: PendingAssignment) -> bool:
-        self.runs.assigned(pending.flow_run_id, pending.token[0], session.name)
+        task_run_id, attempt = pending.token
+        self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
+        self.touch()  # the delivery is recorded with the next commit
         return self.exports.prepare(session, pending)
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
@@ -347,7 +492,7 @@ class ServerCore:
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
-                session.send(None)  # type: ignore[arg-type]  # ends the stream
+                session.send(None)  # ends the stream
 
     # ------------------------------------------------------------------- watchers
 
@@ -361,6 +506,7 @@ class ServerCore:
         return queue
 
     def unwatch(self, flow_run_id: str, queue: asyncio.Queue[Any]) -> None:
+        """Stop noting changes on a queue ``watch`` returned."""
         for watchers in (self._watchers, self._flow_watchers):
             queues = watchers.get(flow_run_id)
             if queues is not None:
@@ -369,10 +515,11 @@ class ServerCore:
                     del watchers[flow_run_id]
 
     def _notify(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
-        self._changed.add(flow_run_id)
+        pending = self.commits.pending
+        pending.changed.add(flow_run_id)
         if run is None:
-            self._flow_changed.add(flow_run_id)
-        if flow_run_id in self._watchers:  # delivered after the commit, in flush()
-            # Snapshot now: the record keeps changing before the flush.
+            pending.flow_changed.add(flow_run_id)
+        if flow_run_id in self._watchers:  # delivered after the commit
+            # Snapshot now: the record keeps changing before the commit.
             snapshot = None if run is None else task_run_from_record(flow_run_id, run)
-            self._notes.append((flow_run_id, snapshot))
+            pending.notes.append((flow_run_id, snapshot))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
 
-from ._runs import PendingAssignment
+from ._assignments import PendingAssignment
 
 Token = tuple[str, int]  # (task run id, attempt)
 
@@ -30,15 +30,17 @@ class WorkerSession:
     capabilities: frozenset[str]
     labels: dict[str, str]
     slots: int
-    send: Callable[[worker_pb2.ConnectResponse], None]
+    send: Callable[[worker_pb2.ConnectResponse | None], None]  # None ends the stream
     last_seen: float = 0.0
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
 
     @property
     def free(self) -> int:
+        """Slots not taken by an attempt the worker holds."""
         return self.slots - len(self.running)
 
     def accepts(self, pending: PendingAssignment) -> bool:
+        """Whether the worker has the attempt's task type and every label it requires."""
         return pending.task_type in self.capabilities and all(
             self.labels.get(k) == v for k, v in pending.labels.items()
         )
@@ -66,10 +68,12 @@ class Dispatcher:
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
         self._owner: dict[Token, WorkerSession] = {}
+        self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
 
     # ------------------------------------------------------------ run manager side
 
     def submit(self, pending: PendingAssignment) -> None:
+        """Queue an attempt, and assign it at once if a suitable worker has a free slot."""
         runs = self._pending.setdefault(pending.task_type, OrderedDict())
         runs.setdefault(pending.flow_run_id, deque()).append(pending)
         self.pump()
@@ -87,6 +91,7 @@ class Dispatcher:
                     return
         session = self._owner.get(token)
         if session is not None:
+            self._cancelling.add(token)
             msg = worker_pb2.CancelTaskRun(
                 token=worker_pb2.FencingToken(task_run_id=task_run_id, attempt=attempt),
                 reason=reason,
@@ -95,6 +100,7 @@ class Dispatcher:
 
     @property
     def pending_count(self) -> int:
+        """Attempts waiting for a worker."""
         return sum(len(q) for runs in self._pending.values() for q in runs.values())
 
     # ---------------------------------------------------------------- worker side
@@ -115,6 +121,7 @@ class Dispatcher:
         lost = list(session.running.items())
         session.running.clear()
         for token, _ in lost:
+            self._cancelling.discard(token)
             if self._owner.get(token) is session:
                 del self._owner[token]
         for (task_run_id, attempt), flow_run_id in lost:
@@ -122,10 +129,31 @@ class Dispatcher:
         self.pump()
 
     def owner(self, token: Token) -> WorkerSession | None:
+        """The session holding an attempt (None: none does)."""
         return self._owner.get(token)
+
+    def cancel_requested(self, token: Token) -> bool:
+        """Whether the server asked the holder of this attempt to stop it."""
+        return token in self._cancelling
+
+    def take_pending(self, token: Token) -> PendingAssignment | None:
+        """Remove a queued (not yet assigned) attempt and return it, e.g. for a worker
+        that reconnects already holding it."""
+        for task_type, runs in self._pending.items():
+            for run_id, queue in runs.items():
+                for pending in queue:
+                    if pending.token == token:
+                        queue.remove(pending)
+                        if not queue:
+                            del runs[run_id]
+                        if not runs:
+                            del self._pending[task_type]
+                        return pending
+        return None
 
     def finished(self, token: Token) -> None:
         """An attempt ended (result, failure, skip, cancel ack): free its slot."""
+        self._cancelling.discard(token)
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)
@@ -169,5 +197,7 @@ class Dispatcher:
             self.send_assignment(session, pending)
 
     def send_assignment(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        """Send an assignment held back by ``before_send``, unless the attempt was lost
+        or cancelled meanwhile."""
         if self._owner.get(pending.token) is session:  # not lost or cancelled meanwhile
             session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import DASK_LOCATION, FailureInfo
 
+from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
-from ._runs import PendingAssignment
 
 #: Longest a client's request waits for a bridge to export a result (seconds).
 READ_TIMEOUT = 60.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,8 @@ from headwater.wire import BATCH, NOT_READY, PROTOCOL_VERSION, gather
 
 from ._core import ServerCore
 
+log = logging.getLogger("headwater.server")
+
 _NOT_IN_BATCH = ("hello", "batch", None)
 
 
@@ -22,14 +25,23 @@ def _response_batch(messages: list[worker_pb2.ConnectResponse]) -> worker_pb2.Co
 
 
 class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
+    """WorkerGatewayService over a ServerCore.
+
+    Args:
+        core: the server's state; every worker message is handed to it.
+    """
+
     def __init__(self, core: ServerCore) -> None:
         self.core = core
 
     async def Connect(
         self,
         request_iterator: AsyncIterator[worker_pb2.ConnectRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[worker_pb2.ConnectRequest, worker_pb2.ConnectResponse],
     ) -> AsyncIterator[worker_pb2.ConnectResponse]:
+        """One worker's stream: check its Hello (protocol version, slots, capabilities),
+        answer with a Welcome, then pass its messages to the core and send it what the
+        core queues (batched when the worker lists the "batch" feature)."""
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         try:
             first = await anext(aiter(request_iterator))
@@ -61,6 +73,12 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                                 core.on_worker_message(session, inner)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
                         core.on_worker_message(session, message)
+            except Exception:
+                # A bug handling one message must not end the stream silently.
+                log.exception(
+                    "ending the stream of worker %s: a message could not be handled", session.name
+                )
+                raise
             finally:
                 outbox.put_nowait(None)
 

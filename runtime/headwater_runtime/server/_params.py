@@ -1,4 +1,5 @@
-"""What the control plane checks about a run's parameters, without the flow's code.
+"""Flow run parameters on the server: what it checks without the flow's code, and
+the form they are stored in (never decoded, never converted).
 
 The SDK checks and converts parameters against the flow function's annotations before
 anything is sent (``Client.run(flow, ...)``, ``headwater run``). A run created by name
@@ -13,6 +14,7 @@ so the server checks what it can from the stored graph (docs/flows.md):
 - a value-dependent graph runs only with the values it was built for (the digest in
   the graph); other values need the graph built from the flow's code
   (``GraphBuildNeeded``).
+- parameters a portable task reads must be json.
 """
 
 from __future__ import annotations
@@ -26,11 +28,17 @@ from headwater.v1 import payload_pb2
 from headwater.wire import (
     ENCODING_KEY,
     JSON,
+    STRUCTURAL,
+    EncodedValue,
     GraphBuildNeeded,
     GraphSpec,
     ParameterError,
     parameters_digest,
 )
+from headwater.wire import json_consumers as _json_consumers
+
+from ._journal import payload_ids
+from ._values import to_result_value
 
 
 @functools.lru_cache(maxsize=256)
@@ -97,4 +105,37 @@ def check_built_for(graph: GraphSpec, version: str, params: Mapping[str, Any]) -
     )
 
 
-__all__ = ["check_built_for", "check_types"]
+def param_values(params: Mapping[str, Any]) -> dict[str, payload_pb2.Value]:
+    """Bound parameters (payloads or encoded defaults) as Value messages to store."""
+    return {name: to_result_value(value) for name, value in params.items()}
+
+
+def param_payload_ids(values: Mapping[str, payload_pb2.Value]) -> tuple[str, ...]:
+    """Stored payloads that parameters reference (kept while their run is)."""
+    return tuple(dict.fromkeys(p for v in values.values() for p in payload_ids(v)))
+
+
+def _encoding(value: Any) -> str:
+    """The encoding of a parameter's payload that is not json, or "" when all json."""
+    if isinstance(value, EncodedValue):
+        return "" if value.encoding == JSON else value.encoding or "(none)"
+    if not isinstance(value, payload_pb2.Value):
+        return type(value).__name__
+    kind = value.WhichOneof("kind")
+    meta = value.ref.metadata if kind == "ref" else value.inline.metadata
+    encoding = meta.get(ENCODING_KEY, "")
+    if encoding in STRUCTURAL:
+        return next((e for e in map(_encoding, value.items) if e), "")
+    return "" if encoding == JSON else encoding or "(none)"
+
+
+def check_json_params(graph: GraphSpec, params: Mapping[str, Any]) -> None:
+    """Parameters that portable tasks read must be json (ParameterError otherwise)."""
+    for name, (task, arg) in _json_consumers(graph).params.items():
+        encoding = _encoding(params.get(name))
+        if encoding:
+            raise ParameterError(
+                f"task {task!r}, argument {arg!r}: parameter {name!r} is encoded as "
+                f"{encoding}, but the task reads only json (it is portable or implemented "
+                "in another language); pass a json value (docs/payloads.md)"
+            )

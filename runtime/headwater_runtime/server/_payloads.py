@@ -2,30 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
 from headwater.wire import CHUNK_SIZE, MAX_PAYLOAD_BYTES
-from headwater_runtime.store import NotFound, PayloadUpload, Store
+from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavailable
+
+from ._io import StoreIO
 
 #: Largest chunk accepted in one upload message (the wire's chunk size).
 MAX_CHUNK = CHUNK_SIZE
 
 
 class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
-    """Stores uploads in the store's payload tables; streams downloads back."""
+    """Stores uploads in the store's payload tables; streams downloads back. Every store
+    call runs on the store's threads (writes in order on the writer thread), and a
+    download reads one stored chunk at a time, so a payload is never loaded whole.
 
-    def __init__(self, store: Store, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+    Args:
+        store: where payloads are kept.
+        max_payload_bytes: largest upload accepted (RESOURCE_EXHAUSTED above it).
+        io: the threads store calls run on (default: new ones).
+    """
+
+    def __init__(
+        self, store: Store, max_payload_bytes: int = MAX_PAYLOAD_BYTES, io: StoreIO | None = None
+    ) -> None:
         self.store = store
         self.max_payload_bytes = max_payload_bytes
+        self.io = io or StoreIO()
 
     async def UploadPayload(
         self,
         request_iterator: AsyncIterator[payload_pb2.UploadPayloadRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.UploadPayloadRequest, payload_pb2.UploadPayloadResponse
+        ],
     ) -> payload_pb2.UploadPayloadResponse:
+        """Store a payload sent as a header, then chunks."""
         upload: PayloadUpload | None = None
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         try:
@@ -42,8 +59,11 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                             f"limit of {self.max_payload_bytes}",
                         )
                     try:
-                        upload = self.store.begin_payload(
-                            dict(header.metadata), header.size_bytes, header.sha256
+                        upload = await self.io.write(
+                            self.store.begin_payload,
+                            dict(header.metadata),
+                            header.size_bytes,
+                            header.sha256,
                         )
                     except ValueError as exc:
                         await context.abort(invalid, str(exc))
@@ -51,7 +71,7 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                     if len(request.chunk) > MAX_CHUNK:
                         await context.abort(invalid, f"chunks must be at most {MAX_CHUNK} bytes")
                     try:
-                        upload.write(request.chunk)
+                        await self.io.write(upload.write, request.chunk)
                     except ValueError as exc:
                         await context.abort(invalid, str(exc))
                 else:
@@ -60,12 +80,17 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                 await context.abort(invalid, "empty upload: no header was sent")
             assert upload is not None
             try:
-                meta = upload.finish()
+                meta = await self.io.write(upload.finish)
             except ValueError as exc:
                 await context.abort(invalid, str(exc))
+        except StoreUnavailable as exc:
+            if upload is not None:
+                await self.io.write(upload.abort)
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, str(exc))
         except BaseException:
             if upload is not None:
-                upload.abort()
+                await asyncio.shield(self.io.write(upload.abort))
             raise
         ref = payload_pb2.PayloadRef(
             payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
@@ -75,10 +100,13 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     async def DownloadPayload(
         self,
         request: payload_pb2.DownloadPayloadRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            payload_pb2.DownloadPayloadRequest, payload_pb2.DownloadPayloadResponse
+        ],
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
+        """Stream a stored payload from an offset, one stored chunk at a time."""
         try:
-            meta = self.store.payload_meta(request.payload_id)
+            meta = await self.io.read(self.store.payload_meta, request.payload_id)
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         if not 0 <= request.offset <= meta.size:
@@ -87,7 +115,17 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                 f"offset {request.offset} is outside payload of {meta.size} bytes",
             )
         offset = request.offset
-        for chunk in self.store.read_payload(meta.id, offset, MAX_CHUNK):
+        index, skip = divmod(offset, CHUNK_SIZE)
+        while offset < meta.size:
+            data = await self.io.read(self.store.read_payload_chunk, meta.id, index)
+            if not data:
+                await context.abort(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"payload {meta.id} ends at byte {offset} of {meta.size}",
+                )
+            chunk = data[skip:]
+            skip = 0
+            index += 1
             yield payload_pb2.DownloadPayloadResponse(
                 chunk=chunk, offset=offset, size_bytes=meta.size
             )

@@ -1,10 +1,12 @@
 """The run manager: hosts one engine per active flow run, durably.
 
 Everything the engines are told is journaled, every state change is projected, and
-both go into one WriteBatch that ``flush()`` commits in one transaction. Effects on
+both go into one WriteBatch that the server commits in one transaction. Effects on
 the outside world (assignments to send, attempts to cancel) are held until the batch
-that caused them is committed, so nothing is acknowledged that a crash could lose.
-After a restart ``recover()`` replays each unfinished run's journal.
+that caused them is committed, so nothing is acknowledged that a crash could lose; a
+batch whose commit failed is put back in front of what happened since and committed
+again later (``detach``/``reattach``). After a restart ``recover()`` replays each
+unfinished run's journal (docs/durability.md).
 
 This module holds no gRPC code: servicers translate requests into calls here.
 """
@@ -18,16 +20,13 @@ import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
+from headwater.v1 import graph_pb2, journal_pb2, payload_pb2, run_pb2, worker_pb2
 from headwater.wire import (
-    STRUCTURAL,
-    EncodedValue,
     FlowRunState,
     GraphSpec,
     JsonConsumers,
-    ParameterError,
     TaskRunState,
     bind_params,
     build_version,
@@ -40,6 +39,10 @@ from headwater.wire import (
     task_run_id,
 )
 from headwater_runtime.engine import (
+    ATTEMPT_EVENTS,
+    ENGINE_VERSION,
+    REPLAYS,
+    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -59,6 +62,7 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     replay,
+    stale_reason,
 )
 from headwater_runtime.store import (
     CacheRow,
@@ -73,72 +77,36 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
+from ._assignments import Dispatch, PendingAssignment
+from ._journal import (
+    Values,
+    decode_entry,
+    encode_entry,
+    entry_value_ids,
+    from_stored,
+    stored_ids,
+    to_stored,
+)
+from ._params import (
+    check_built_for,
+    check_json_params,
+    check_types,
+    param_payload_ids,
+    param_values,
+)
+from ._spill import spill_inputs
+from ._values import SERVER_VALUES, Composite, to_input_value, to_result_value
+
 if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
 
-from ._codec import decode_entry, encode_entry
-from ._params import check_built_for, check_types
-from ._spill import spill_inputs
-from ._values import (
-    SERVER_VALUES,
-    Composite,
-    from_input_value,
-    to_input_value,
-    to_result_value,
-)
-
 _RUNNING = FlowRunState.RUNNING.value
 
-
-class Dispatch(Protocol):
-    """Where assignments go (the dispatcher); called only after a commit."""
-
-    def submit(self, pending: PendingAssignment) -> None: ...
-
-    def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None: ...
-
-
-class PendingAssignment:
-    """An attempt ready for a worker. The Assignment message may be given, or built on
-    first use: a 10,000-task fan-out makes 10,000 attempts ready at once, and building
-    their messages up front would delay the run's first dispatch."""
-
-    __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
-
-    def __init__(
-        self,
-        flow_run_id: str,
-        task_type: str,
-        labels: Mapping[str, str],
-        assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
-        token: tuple[str, int] | None = None,
-    ) -> None:
-        self.flow_run_id = flow_run_id
-        self.task_type = task_type
-        self.labels = labels
-        if isinstance(assignment, worker_pb2.Assignment):
-            self._message: worker_pb2.Assignment | None = assignment
-            self._build: Callable[[], worker_pb2.Assignment] | None = None
-            token = (assignment.token.task_run_id, assignment.token.attempt)
-        else:
-            self._message, self._build = None, assignment
-        assert token is not None, "a lazily built assignment needs its token"
-        self.token: tuple[str, int] = token
-
-    @property
-    def assignment(self) -> worker_pb2.Assignment:
-        if self._message is None:
-            assert self._build is not None
-            self._message, self._build = self._build(), None
-        return self._message
+__all__ = ["Dispatch", "NoResult", "PendingAssignment", "Recovery", "RunManager"]
 
 
 class NoResult(LookupError):
     """A task run has no result to return (not finished, or it did not succeed)."""
-
-
-def _stored_handle(data: bytes) -> Any:
-    return from_input_value(worker_pb2.InputValue.FromString(data)) if data else None
 
 
 @dataclass
@@ -155,10 +123,44 @@ class ActiveRun:
     armed_at: float | None = None
     state_seqs: dict[str, int] = field(default_factory=dict)
     trace: RunTracer | None = None
+    delivered: dict[str, int] = field(default_factory=dict)  # key -> attempt delivered
+
+
+@dataclass
+class Recovery:
+    """What ``recover()`` found in flight.
+
+    Attributes:
+        held: attempts a worker had been handed (flow run id, task run id, attempt):
+            they wait for that worker to reconnect and claim them, and count as lost
+            only if nobody does within the heartbeat window.
+        resent: attempts that never reached a worker, dispatched again at once
+            (flow run id, task run id, attempt); they are not a loss.
+        refused: runs not resumed, with why (a journal this server cannot replay).
+    """
+
+    held: list[tuple[str, str, int]] = field(default_factory=list)
+    resent: list[tuple[str, str, int]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run checked, its engine built, ready to be stored and started
+    (``RunManager.prepare_run``, which may run off the event loop)."""
+
+    row: FlowRunRow
+    active: ActiveRun
 
 
 class RunManager:
-    """Creates, drives, persists and recovers flow runs."""
+    """Creates, drives, persists and recovers flow runs.
+
+    Args:
+        store: where runs are kept.
+        dispatch: where ready attempts go (after their commit).
+        clock: the time source.
+    """
 
     def __init__(self, store: Store, dispatch: Dispatch, clock: Clock) -> None:
         self.store = store
@@ -167,6 +169,7 @@ class RunManager:
         self.runs: dict[str, ActiveRun] = {}
         self._graphs: dict[tuple[str, str], GraphSpec] = {}
         self._batch = WriteBatch()
+        self._values = Values()
         self._effects: list[Callable[[], None]] = []
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
@@ -176,21 +179,36 @@ class RunManager:
 
     # ------------------------------------------------------------------- flows
 
-    def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
-        """Validate and store a flow graph; GraphError names what is wrong."""
+    @staticmethod
+    def check_flow(msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
+        """Validate a flow graph (GraphError names what is wrong); the graph, its
+        serialized form, digest and the version to store it as. Pure CPU: callable
+        from any thread.
+
+        A symbolic graph is a version of the flow (numbered unless named). A
+        value-dependent one is one build: stored once per digest under
+        ``VERSION@DIGEST12``, so runs with many parameter values add no numbered
+        versions."""
         graph = graph_from_proto(msg)
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
-        # A symbolic graph is a version of the flow (numbered unless named). A
-        # value-dependent one is one build: stored once per digest under
-        # VERSION@DIGEST12, so runs with many parameter values add no numbered versions.
         label = build_version(msg.version, digest) if graph.value_dependent else msg.version
+        return graph, data, digest, label
+
+    def remember_graph(self, name: str, version: str, graph: GraphSpec) -> None:
+        """Keep a graph just validated: the run that usually follows needs it."""
+        self._graphs.setdefault((name, version), graph)
+
+    def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
+        """Validate and store a flow graph in this thread; GraphError names what is
+        wrong."""
+        graph, data, digest, label = self.check_flow(msg)
         version, created = self.store.put_flow(msg.name, digest, data, label, self.clock.now())
-        # Keep the graph just validated: the run that usually follows needs it.
-        self._graphs.setdefault((msg.name, version.version), graph)
+        self.remember_graph(msg.name, version.version, graph)
         return version.version, created
 
     def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
+        """A registered flow's version and graph (NotFound when not registered)."""
         stored = self.store.get_flow(name, version)
         key = (name, stored.version)
         graph = self._graphs.get(key)
@@ -201,7 +219,7 @@ class RunManager:
 
     # -------------------------------------------------------------------- runs
 
-    def create_run(
+    def prepare_run(
         self,
         flow_name: str,
         flow_version: str,
@@ -210,15 +228,15 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
-    ) -> tuple[FlowRunRow, bool]:
-        """Create and start a run (ParameterError for bad parameters, NotFound for an
-        unknown flow). The same idempotency key returns the first run. A run fired by
-        ``schedule`` records its id, and the schedule row (advanced past this fire) is
-        stored in the same transaction as the run."""
+    ) -> PreparedRun:
+        """Check a new run (ParameterError for bad parameters, NotFound for an unknown
+        flow), build its row and its engine; nothing is stored or started yet. Safe to
+        call from a reader thread (a 100k-task graph takes a while to build)."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(graph, version, parameters)
         now = self.clock.now()
-        stored_params = run_pb2.FlowRun(parameters=_param_values(params))
+        values = param_values(params)
+        stored_params = run_pb2.FlowRun(parameters=values)
         run_id = uuid.uuid4().hex
         trace, context = self._new_trace(flow_name, run_id, trace_context or {})
         row = FlowRunRow(
@@ -232,12 +250,45 @@ class RunManager:
             started_at=now,
             trace_context=context,
             schedule_id=schedule.id if schedule is not None else "",
+            engine_version=ENGINE_VERSION,
+            payload_ids=param_payload_ids(values),
         )
-        row, created = self.store.create_flow_run(row, schedule)
+        active = self._build(row, graph, params, journal=None)
+        active.trace = trace
+        return PreparedRun(row, active)
+
+    def start_run(self, prepared: PreparedRun) -> None:
+        """Start a run whose row was just stored (``store.create_flow_run``); on the
+        event loop."""
+        active = prepared.active
+        self.runs[active.row.id] = active
+        self._process(active, active.journal.start())
+
+    def create_run(
+        self,
+        flow_name: str,
+        flow_version: str,
+        parameters: Mapping[str, payload_pb2.Value],
+        idempotency_key: str = "",
+        trace_context: Mapping[str, str] | None = None,
+        *,
+        schedule: ScheduleRow | None = None,
+    ) -> tuple[FlowRunRow, bool]:
+        """Create and start a run in this thread (prepare, store, start). The same
+        idempotency key returns the first run (Conflict when its parameters differ). A
+        run fired by ``schedule`` records its id, and the schedule row (advanced past
+        this fire) is stored in the same transaction as the run."""
+        prepared = self.prepare_run(
+            flow_name,
+            flow_version,
+            parameters,
+            idempotency_key,
+            trace_context,
+            schedule=schedule,
+        )
+        row, created = self.store.create_flow_run(prepared.row, schedule)
         if created:
-            active = self._activate(row, graph, params, journal=None)
-            active.trace = trace  # (a duplicate's unended span is never exported)
-            self._process(active, active.journal.start())
+            self.start_run(prepared)
         return row, created
 
     @staticmethod
@@ -248,18 +299,21 @@ class RunManager:
         can (server/_params.py): ParameterError, or GraphBuildNeeded when a
         value-dependent graph was built for other values."""
         params = bind_params(graph, dict(given))
-        _check_json_params(graph, params)
+        check_json_params(graph, params)
         check_types(graph, given)
         check_built_for(graph, version, params)
         return params
 
-    def _activate(
+    def _build(
         self,
         row: FlowRunRow,
         graph: GraphSpec,
         params: dict[str, Any],
         journal: list[JournalEntry] | None,
+        seq: int = 0,
     ) -> ActiveRun:
+        """An ActiveRun with its engine (new, or replayed from ``journal``); not yet
+        registered in ``runs``."""
         holder: list[ActiveRun] = []
 
         def on_transition(run: TaskRunRecord, entry: StateEntry) -> None:
@@ -282,21 +336,55 @@ class RunManager:
             journal=JournaledEngine(engine, lambda e: self._record(active, e)),
             split_nodes=graph.split_nodes(),
             consumers=json_consumers(graph),
-            seq=len(journal or ()),
+            seq=seq,
         )
         if journal is not None:
             for run in engine.runs.values():
                 active.state_seqs[run.key] = len(run.history)
         holder.append(active)
-        self.runs[row.id] = active
         return active
 
     def handle(self, flow_run_id: str, event: Event) -> list[EventIgnored]:
         """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
         active = self.runs.get(flow_run_id)
         if active is None:
-            return [EventIgnored(event, f"flow run {flow_run_id!r} is not active")]
+            return [EventIgnored(event, self._refusal(flow_run_id, event))]
         return self._process(active, active.journal.handle(event))
+
+    def _refusal(self, flow_run_id: str, event: Event) -> str:
+        """Why an event for a flow run whose engine is gone is refused: the run has
+        ended, or never existed. A report about an attempt is worded as the engine
+        words it (``stale_reason``), from what the store kept of the task run."""
+        try:
+            flow = FlowRunState(self.store.get_flow_run(flow_run_id).state)
+        except NotFound:
+            return f"unknown flow run {flow_run_id!r}"
+        if not isinstance(event, ATTEMPT_EVENTS):
+            return f"flow run is {flow.name}"
+        history = self.store.task_run_history(flow_run_id, event.key)
+        if not history:
+            return f"unknown task run {event.key!r}"
+        last = history[-1]
+        ended, lost = None, False
+        if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
+            ended = TaskRunState(last.state)
+            lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
+        return stale_reason(
+            event.key,
+            event.attempt,
+            ended=ended,
+            lost=lost,
+            current=last.attempt,
+            flow=None if flow is FlowRunState.RUNNING else flow,
+        )
+
+    def resend(self, flow_run_id: str, key: str) -> None:
+        """Dispatch the in-flight attempt of a task run again, unchanged (it never
+        reached a worker): no new attempt, no loss counted."""
+        active = self.runs[flow_run_id]
+        command = active.engine.resend(key)
+        pending = self._assignment(active, command)
+        self._effects.append(functools.partial(self.dispatch.submit, pending))
 
     def task_result(
         self, flow_run_id: str, task_id: str, map_index: int = -1
@@ -315,18 +403,33 @@ class RunManager:
         state = TaskRunState(row.state)
         children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
         if wanted < 0 and children:
-            handles = tuple(_stored_handle(c.result) for c in children)
+            loaded = self.store.get_values(c.result_id for c in children)
+            handles = tuple(
+                payload_pb2.Value.FromString(loaded[c.result_id]) if c.result_id else None
+                for c in children
+            )
             return to_result_value(Composite("list", handles)), state
-        if not row.result:
+        if not row.result_id:
             when = "" if state.is_terminal else " yet"
             raise NoResult(f"task run {row.key!r} has no result{when} (state {state.name})")
-        return to_result_value(_stored_handle(row.result)), state
+        data = self.store.get_values([row.result_id])[row.result_id]
+        return payload_pb2.Value.FromString(data), state
+
+    def flow_result(self, row: FlowRunRow) -> payload_pb2.Value | None:
+        """A finished flow run's result as one Value (structural encodings for what the
+        engine assembled), or None when it has none."""
+        if not row.result:
+            return None
+        stored = journal_pb2.StoredValue.FromString(row.result)
+        loaded = self.store.get_values(stored_ids(stored))
+        return to_result_value(from_stored(stored, loaded))
 
     def add_log(self, row: LogRow) -> None:
         """Keep a task run's log record (committed with the next batch)."""
         self._batch.logs.append(row)
 
     def cancel(self, flow_run_id: str, reason: str) -> None:
+        """Ask a run to stop (its running attempts are cancelled)."""
         self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))
 
     def fire_timers(self) -> None:
@@ -341,15 +444,41 @@ class RunManager:
 
     @property
     def next_timer_at(self) -> float | None:
+        """When the earliest retry or timeout timer of any run is due."""
         return self._timers[0][0] if self._timers else None
 
     # ------------------------------------------------------------------ commit
 
-    def flush(self) -> None:
-        """Commit what happened since the last flush, then carry out its effects."""
+    def detach(self) -> tuple[WriteBatch, list[Callable[[], None]]]:
+        """What happened since the last detach: the writes to commit, and the effects
+        to carry out once they are committed."""
         batch, self._batch = self._batch, WriteBatch()
+        batch.values = self._values.take()
         effects, self._effects = self._effects, []
-        self.store.commit(batch)
+        return batch, effects
+
+    def reattach(self, batch: WriteBatch, effects: list[Callable[[], None]]) -> None:
+        """Put back a batch whose commit failed, in front of what happened since, so
+        the next commit writes both in order (and carries out both effects after)."""
+        batch.absorb(self._batch)
+        batch.values.update(self._values.take())
+        self._batch = batch
+        self._effects = effects + self._effects
+
+    @property
+    def has_writes(self) -> bool:
+        """Whether anything waits to be committed."""
+        return bool(self._batch) or bool(self._values.rows) or bool(self._effects)
+
+    def flush(self) -> None:
+        """Commit in this thread, then carry out the effects (tests and recovery; the
+        server commits on its writer thread instead)."""
+        batch, effects = self.detach()
+        try:
+            self.store.commit(batch)
+        except BaseException:
+            self.reattach(batch, effects)
+            raise
         for effect in effects:
             effect()
 
@@ -361,17 +490,30 @@ class RunManager:
                 active.trace.finish(active.engine.state, reason)
                 active.trace = None
 
-    def recover(self) -> list[tuple[str, str, int]]:
-        """Rebuild every unfinished run from its journal. Returns the attempts that
-        were in flight (flow run id, task run id, attempt): the caller re-attaches them
-        to reconnecting workers or reports them lost."""
-        in_flight: list[tuple[str, str, int]] = []
+    def recover(self) -> Recovery:
+        """Rebuild every unfinished run from its journal (see ``Recovery``)."""
+        found = Recovery()
         for row in self.store.unfinished_flow_runs():
+            if row.engine_version not in REPLAYS:
+                found.refused.append(
+                    (
+                        row.id,
+                        f"flow run {row.id} has a journal of engine version "
+                        f"{row.engine_version or '(none)'}, and this server replays only "
+                        f"{', '.join(sorted(REPLAYS))}: finish it with the Headwater that "
+                        "started it",
+                    )
+                )
+                continue
             _, graph = self.graph(row.flow_name, row.flow_version)
             stored = run_pb2.FlowRun.FromString(row.parameters)
             params = {name: stored.parameters[name] for name in stored.parameters}
-            journal = [decode_entry(e) for e in self.store.events(row.id)]
-            active = self._activate(row, graph, params, journal)
+            rows = self.store.events(row.id)
+            loaded = self.store.get_values(entry_value_ids(rows))
+            journal = [decode_entry(e, loaded) for e in rows]
+            seq = rows[-1].seq if rows else 0
+            active = self._build(row, graph, params, journal, seq)
+            self.runs[row.id] = active
             if self.tracer is not None:
                 from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
@@ -383,19 +525,27 @@ class RunManager:
                 # was committed: start it now, or it would never run.
                 self._process(active, active.journal.start())
                 continue
+            delivered = {t.key: t.delivered for t in self.store.task_runs(row.id)}
             for run in active.engine.runs.values():
-                if run.dispatched:
-                    if active.trace is not None:
-                        active.trace.dispatched(run, run.attempt, resumed=True)
-                    in_flight.append((row.id, task_run_id(row.id, run.key), run.attempt))
+                if not run.dispatched:
+                    continue
+                token = (row.id, task_run_id(row.id, run.key), run.attempt)
+                if active.trace is not None:
+                    active.trace.dispatched(run, run.attempt, resumed=True)
+                if delivered.get(run.key, 0) == run.attempt:
+                    active.delivered[run.key] = run.attempt
+                    found.held.append(token)
+                else:
+                    self.resend(row.id, run.key)
+                    found.resent.append(token)
             self._arm_timer(active)
-        return in_flight
+        return found
 
     # ------------------------------------------------------------------ internals
 
     def _record(self, active: ActiveRun, entry: JournalEntry) -> None:
         active.seq += 1
-        self._batch.events.append(encode_entry(active.row.id, active.seq, entry))
+        self._batch.events.append(encode_entry(active.row.id, active.seq, entry, self._values))
 
     def _project(self, active: ActiveRun, run: TaskRunRecord, entry: StateEntry) -> None:
         run_id = active.row.id
@@ -416,9 +566,18 @@ class RunManager:
                 failure,
             )
         )
-        result = b""
-        if run.state.is_success and run.result is not None:
-            result = to_input_value(run.result).SerializeToString()
+        self._project_row(active, run, entry.timestamp)
+        if run.state.is_terminal:
+            self._workers.pop((run_id, run.key), None)
+            active.delivered.pop(run.key, None)
+        for listener in self.listeners:
+            listener(run_id, run)
+
+    def _project_row(self, active: ActiveRun, run: TaskRunRecord, at: float) -> None:
+        run_id = active.row.id
+        result_id = ""
+        if run.state.is_success and isinstance(run.result, payload_pb2.Value):
+            result_id = self._values.add(run.result)
         self._batch.task_runs[(run_id, run.key)] = TaskRunRow(
             run_id,
             run.key,
@@ -426,15 +585,12 @@ class RunManager:
             run.map_index,
             run.state.value,
             run.attempt,
-            entry.timestamp,
+            at,
             self._workers.get((run_id, run.key), ""),
             run.cache_key or "",
-            result,
+            result_id,
+            active.delivered.get(run.key, 0),
         )
-        if run.state.is_terminal:
-            self._workers.pop((run_id, run.key), None)
-        for listener in self.listeners:
-            listener(run_id, run)
 
     def _new_trace(
         self, flow_name: str, run_id: str, caller: Mapping[str, str]
@@ -480,8 +636,11 @@ class RunManager:
             elif isinstance(command, CheckCache):
                 queue.extend(active.journal.handle(self._check_cache(command)))
             elif isinstance(command, WriteCache):
-                value = to_input_value(command.value).SerializeToString()
-                self._batch.cache.append(CacheRow(command.cache_key, value, command.expires_at))
+                value_id = to_stored(command.value, self._values).value_id
+                if value_id:
+                    self._batch.cache.append(
+                        CacheRow(command.cache_key, value_id, command.expires_at)
+                    )
             elif isinstance(command, FlowFinished):
                 self._finish(active, command.state)
             elif isinstance(command, EventIgnored):
@@ -489,9 +648,18 @@ class RunManager:
         self._arm_timer(active)
         return ignored
 
-    def assigned(self, flow_run_id: str, task_run_id: str, worker: str) -> None:
-        """An attempt went to this worker: shown with the task run from its next state."""
-        self._workers[(flow_run_id, split_task_run_id(task_run_id)[1])] = worker
+    def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
+        """An attempt was handed to this worker: recorded durably with the next commit
+        (a restarted server then waits for the worker rather than sending it again),
+        and shown with the task run."""
+        key = split_task_run_id(task_run_id_)[1]
+        self._workers[(flow_run_id, key)] = worker
+        active = self.runs.get(flow_run_id)
+        run = active.engine.runs.get(key) if active is not None else None
+        if active is None or run is None or run.attempt != attempt or not run.dispatched:
+            return
+        active.delivered[key] = attempt
+        self._project_row(active, run, self.clock.now())
 
     def function_cache_key(self, flow_run_id: str, run_key: str, reported: str) -> str:
         """The cache key for a key a worker derived with the task's key function ("" if
@@ -507,18 +675,25 @@ class RunManager:
             return ""
         return f"{spec.cache_key_prefix}key={reported}"
 
+    def _cached(self, key: str) -> CacheEntry | None:
+        """The valid cache entry under ``key`` (None when missing or expired)."""
+        row = self.store.get_cache(key)
+        if row is None or (row.expires_at is not None and row.expires_at <= self.clock.now()):
+            return None
+        data = self.store.get_values([row.value_id]).get(row.value_id)
+        if data is None:
+            return None
+        return CacheEntry(payload_pb2.Value.FromString(data), row.expires_at)
+
     def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
         """A worker derived a cache key with the task's key function (CacheKeyReport).
         On a valid hit the attempt ends CACHED with the stored value, and True tells
         the worker not to run the task."""
         key = self.function_cache_key(flow_run_id, run_key, reported)
-        if not key:
+        entry = self._cached(key) if key else None
+        if entry is None:
             return False
-        row = self.store.get_cache(key)
-        if row is None or (row.expires_at is not None and row.expires_at <= self.clock.now()):
-            return False
-        value = from_input_value(worker_pb2.InputValue.FromString(row.value))
-        hit = TaskSucceeded(run_key, attempt, value, cache_key=key, cached=True)
+        hit = TaskSucceeded(run_key, attempt, entry.value, cache_key=key, cached=True)
         return not self.handle(flow_run_id, hit)
 
     def _check_cache(self, command: CheckCache) -> CacheChecked:
@@ -538,11 +713,7 @@ class RunManager:
                 )
             )
         key = spec.cache_key_prefix + digest.hexdigest()
-        row = self.store.get_cache(key)
-        if row is None:
-            return CacheChecked(command.run.key, key, None)
-        value = from_input_value(worker_pb2.InputValue.FromString(row.value))
-        return CacheChecked(command.run.key, key, CacheEntry(value, row.expires_at))
+        return CacheChecked(command.run.key, key, self._cached(key))
 
     def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
         spec = command.run.spec
@@ -595,44 +766,10 @@ class RunManager:
         row.ended_at = self.clock.now()
         row.message = engine.flow_history[-1][2] if engine.flow_history else ""
         if state is FlowRunState.SUCCESS and engine.graph.result is not None:
-            row.result = to_result_value(engine.result).SerializeToString()
+            row.result = to_stored(engine.result, self._values).SerializeToString()
         self._batch.flow_runs[row.id] = row
         if active.trace is not None:
             active.trace.finish(state, row.message)
         self._effects.append(functools.partial(self._deactivate, row.id))
         for listener in self.listeners:
             listener(row.id, None)
-
-
-def _param_values(params: dict[str, Any]) -> dict[str, payload_pb2.Value]:
-    return {name: to_result_value(value) for name, value in params.items()}
-
-
-def _encoding(value: Any) -> str:
-    """The encoding of a parameter's payload that is not json, or "" when all json."""
-    if isinstance(value, EncodedValue):
-        return "" if value.encoding == "json" else value.encoding or "(none)"
-    if not isinstance(value, payload_pb2.Value):
-        return type(value).__name__
-    kind = value.WhichOneof("kind")
-    meta = value.ref.metadata if kind == "ref" else value.inline.metadata
-    encoding = meta.get("encoding", "")
-    if encoding in STRUCTURAL:
-        return next((e for e in map(_encoding, value.items) if e), "")
-    return "" if encoding == "json" else encoding or "(none)"
-
-
-def _check_json_params(graph: GraphSpec, params: Mapping[str, Any]) -> None:
-    """Parameters that portable tasks read must be json (ParameterError otherwise)."""
-    for name, (task, arg) in json_consumers(graph).params.items():
-        encoding = _encoding(params.get(name))
-        if encoding:
-            raise ParameterError(
-                f"task {task!r}, argument {arg!r}: parameter {name!r} is encoded as "
-                f"{encoding}, but the task reads only json (it is portable or implemented "
-                "in another language); pass a json value (docs/payloads.md)"
-            )
-
-
-#: Shared with the scheduler, which checks a schedule's parameters when it is created.
-check_json_params = _check_json_params

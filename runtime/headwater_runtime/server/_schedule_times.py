@@ -40,6 +40,7 @@ class Timing:
     catchup: bool = False
 
     def zone(self) -> ZoneInfo:
+        """The time zone a cron expression is read in."""
         return ZoneInfo(self.timezone)
 
 

@@ -50,7 +50,13 @@ def _set_time(msg: run_pb2.Schedule, field: str, at: float) -> None:
 
 
 class Scheduler:
-    """Creates, lists, pauses and fires schedules (one per server, on its event loop)."""
+    """Creates, lists, pauses and fires schedules (one per server, on its event loop).
+
+    Args:
+        store: where schedules are kept.
+        runs: creates the runs schedules fire.
+        clock: the time source.
+    """
 
     def __init__(self, store: Store, runs: RunManager, clock: Clock) -> None:
         self.store = store
@@ -103,6 +109,7 @@ class Scheduler:
         return msg
 
     def list(self, flow_name: str = "") -> list[run_pb2.Schedule]:
+        """Every stored schedule, paused ones included (only ``flow_name``'s if given)."""
         return [run_pb2.Schedule.FromString(r.body) for r in self.store.list_schedules(flow_name)]
 
     def delete(self, schedule_id: str) -> None:

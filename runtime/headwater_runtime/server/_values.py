@@ -69,6 +69,8 @@ class ServerValues:
     """ValueOps over payload handles (see headwater_runtime.engine.ValueOps)."""
 
     def length(self, value: Any) -> int | None:
+        """The number of elements, known only when the engine assembled the value or
+        the worker that produced it split it into elements; else None."""
         if isinstance(value, Composite):
             return len(value.items) if value.kind != "dict" else None
         if isinstance(value, Selected):
@@ -86,11 +88,14 @@ class ServerValues:
         return None
 
     def item(self, value: Any, index: int) -> Any:
+        """Element ``index`` of a value split into elements (the worker sent each)."""
         if isinstance(value, Selected):
             return value.base.items[index]
         return value.items[index]
 
     def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
+        """The part at ``path``: taken directly from a Composite, else a Selected that
+        the consuming worker applies after decoding."""
         if isinstance(value, Composite) and path:
             head, rest = path[0], path[1:]
             if value.kind == "dict" and isinstance(head, str):
@@ -104,12 +109,15 @@ class ServerValues:
         return Selected(value, path)
 
     def make_list(self, items: list[Any], is_tuple: bool) -> Any:
+        """A Composite list (or tuple) of the handles."""
         return Composite("tuple" if is_tuple else "list", tuple(items))
 
     def make_dict(self, entries: dict[str, Any]) -> Any:
+        """A Composite dict of the handles."""
         return Composite("dict", tuple(entries.values()), tuple(entries))
 
     def describe(self, value: Any) -> str:
+        """What the value is, as far as the server can tell without decoding it."""
         # The control plane never decodes values, so it cannot name their type.
         if isinstance(value, Composite):
             return "a dict" if value.kind == "dict" else f"a {value.kind}"

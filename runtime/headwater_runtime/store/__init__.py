@@ -9,16 +9,22 @@ from ._base import (
     NotFound,
     PayloadMeta,
     PayloadUpload,
+    PruneReport,
     RunEvent,
     ScheduleRow,
     StateRow,
     Store,
+    StoreUnavailable,
     TaskRunRow,
+    ValueRow,
     WriteBatch,
 )
-from ._sqlite import PayloadWriter, SQLiteStore
+from ._sqlite import SQLiteStore
+from ._sqlite_payloads import PayloadWriter
+from ._sqlite_schema import SCHEMA_VERSION
 
 __all__ = [
+    "SCHEMA_VERSION",
     "CacheRow",
     "Conflict",
     "FlowRunRow",
@@ -28,12 +34,15 @@ __all__ = [
     "PayloadMeta",
     "PayloadUpload",
     "PayloadWriter",
+    "PruneReport",
     "RunEvent",
     "SQLiteStore",
     "ScheduleRow",
     "StateRow",
     "Store",
+    "StoreUnavailable",
     "TaskRunRow",
+    "ValueRow",
     "WriteBatch",
 ]
 

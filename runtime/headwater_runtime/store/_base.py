@@ -1,15 +1,22 @@
 """The store interface: everything the control plane keeps durably.
 
 A narrow interface so a networked database can replace SQLite without touching the
-engine or the services. Flow runs are stored as an append-only *event log* (what
-the engine was told, with timestamps) plus *projections* (current states, history)
-for queries: the engine is deterministic, so replaying a run's log through a fresh
-engine rebuilds it exactly after a restart.
+engine or the services. Flow runs are stored as an append-only *journal* (what the
+engine was told, with timestamps; ``RunEvent``) plus *projections* (current states,
+history) for queries: the engine is deterministic, so replaying a run's journal
+through a fresh engine rebuilds it exactly after a restart. Result values are stored
+once, in a value table keyed by their digest, and referenced by id from the journal,
+the projections, the cache and flow results.
+
+Threads: a server calls the write methods (``commit``, ``create_flow_run``,
+``put_*``, payload uploads, ``prune``) from one writer thread, and the read methods
+from any number of reader threads at once; an implementation gives each thread what
+it needs (SQLite: a connection per thread).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,7 +28,24 @@ class NotFound(LookupError):
 
 
 class Conflict(Exception):
-    """A write contradicts what is stored (e.g. a payload id reused)."""
+    """A write contradicts what is stored (e.g. an idempotency key reused for other
+    parameters, or a flow version re-registered with another graph)."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes right now (disk full, I/O error, database locked).
+
+    ``full`` says the cause is lack of space (clients get RESOURCE_EXHAUSTED rather than
+    UNAVAILABLE). The message names the underlying error.
+
+    Args:
+        message: what went wrong, in the store's words.
+        full: the store is out of space.
+    """
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +61,12 @@ class FlowVersion:
 
 @dataclass(slots=True)
 class FlowRunRow:
-    """A flow run's stored summary (the projection clients query)."""
+    """A flow run's stored summary (the projection clients query).
+
+    ``result`` is the flow's result as a serialized ``StoredValue`` (value ids);
+    ``engine_version`` the version of the engine whose journal this run has;
+    ``payload_ids`` the stored payloads its parameters reference (kept while the run is).
+    """
 
     id: str
     flow_name: str
@@ -52,22 +81,29 @@ class FlowRunRow:
     message: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
     schedule_id: str = ""
+    engine_version: str = ""
+    payload_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class RunEvent:
-    """One entry of a flow run's event log; ``body`` is the host's encoding."""
+    """One journal entry of a flow run: ``body`` is a serialized ``JournalEntry``;
+    ``kind`` names its input (for people reading the database); ``value_id`` is the
+    stored value it references, if any (what keeps the value from being collected)."""
 
     flow_run_id: str
     seq: int
     at: float
     kind: str
     body: bytes
+    value_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TaskRunRow:
-    """A task run's current state (projection)."""
+    """A task run's current state (projection). ``result_id`` is its stored result's
+    value id; ``delivered`` the attempt last delivered to a worker (0: none), which
+    tells a restarted server which in-flight attempts a worker may still hold."""
 
     flow_run_id: str
     key: str
@@ -78,7 +114,8 @@ class TaskRunRow:
     updated_at: float
     worker_id: str = ""
     cache_key: str = ""
-    result: bytes = b""
+    result_id: str = ""
+    delivered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +146,16 @@ class LogRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ValueRow:
+    """A stored value: a serialized ``Value`` message, its id (the SHA-256 of ``data``)
+    and the stored payloads it references (kept while the value is)."""
+
+    id: str
+    data: bytes
+    payload_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class PayloadMeta:
     """A stored payload's description (its bytes are read in chunks)."""
 
@@ -120,10 +167,10 @@ class PayloadMeta:
 
 @dataclass(frozen=True, slots=True)
 class CacheRow:
-    """A cached task result (a serialised Value) with its expiry."""
+    """A cached task result (a stored value's id) with its expiry."""
 
     key: str
-    value: bytes
+    value_id: str
     expires_at: float | None
 
 
@@ -136,6 +183,23 @@ class ScheduleRow:
     body: bytes
     next_run_at: float | None
     enabled: bool
+    payload_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What a prune removed (or, with ``dry_run``, would remove)."""
+
+    runs: int = 0
+    journal_entries: int = 0
+    task_runs: int = 0
+    logs: int = 0
+    values: int = 0
+    payloads: int = 0
+    payload_bytes: int = 0
+    cache_entries: int = 0
+    bytes_reclaimed: int = 0
+    dry_run: bool = False
 
 
 @dataclass(slots=True)
@@ -148,6 +212,7 @@ class WriteBatch:
     states: list[StateRow] = field(default_factory=list)
     logs: list[LogRow] = field(default_factory=list)
     cache: list[CacheRow] = field(default_factory=list)
+    values: dict[str, ValueRow] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -157,7 +222,20 @@ class WriteBatch:
             or self.states
             or self.logs
             or self.cache
+            or self.values
         )
+
+    def absorb(self, newer: WriteBatch) -> None:
+        """Add the writes of a later batch after this one's (a failed commit is retried
+        together with what happened since): appended rows keep their order, and a
+        projection row the later batch rewrote keeps the later version."""
+        self.events.extend(newer.events)
+        self.flow_runs.update(newer.flow_runs)
+        self.task_runs.update(newer.task_runs)
+        self.states.extend(newer.states)
+        self.logs.extend(newer.logs)
+        self.cache.extend(newer.cache)
+        self.values.update(newer.values)
 
 
 class PayloadUpload(Protocol):
@@ -165,62 +243,152 @@ class PayloadUpload(Protocol):
 
     id: str
 
-    def write(self, chunk: bytes) -> None: ...
-    def finish(self) -> PayloadMeta: ...
-    def abort(self) -> None: ...
+    def write(self, chunk: bytes) -> None:
+        """Append bytes; ValueError once they exceed the declared size."""
+        ...
+
+    def finish(self) -> PayloadMeta:
+        """Check the size (and SHA-256, if declared), then make the payload readable;
+        ValueError on a mismatch."""
+        ...
+
+    def abort(self) -> None:
+        """Forget what was written (the payload never becomes readable)."""
+        ...
 
 
 class Store(Protocol):
-    """Durable state of a control plane. Implementations must be safe to call from
-    one thread at a time (the server serialises calls on its event loop)."""
+    """Durable state of a control plane (see the module docstring for threads)."""
 
     # flows
     def put_flow(
         self, name: str, digest: str, graph: bytes, version: str, now: float
     ) -> tuple[FlowVersion, bool]:
-        """Store a graph once per (name, digest): an empty ``version`` is numbered 1,
-        2, ... (value-dependent builds, named ``VERSION@DIGEST12``, use no number)."""
+        """Store a flow version, and whether it is new. A graph with the same digest
+        returns the stored version; an empty ``version`` is numbered 1, 2, ... per
+        name (value-dependent builds, named ``VERSION@DIGEST12``, use no number); a
+        taken version with another graph raises Conflict."""
         ...
 
-    def get_flow(self, name: str, version: str = "") -> FlowVersion: ...
-    def list_flows(self) -> list[tuple[str, list[str]]]: ...
+    def get_flow(self, name: str, version: str = "") -> FlowVersion:
+        """A flow version (the latest when ``version`` is empty); NotFound if none."""
+        ...
+
+    def list_flows(self) -> list[tuple[str, list[str]]]:
+        """Every flow name with its versions, oldest version first."""
+        ...
 
     # flow runs
     def create_flow_run(
         self, row: FlowRunRow, schedule: ScheduleRow | None = None
-    ) -> tuple[FlowRunRow, bool]: ...
-    def get_flow_run(self, run_id: str) -> FlowRunRow: ...
+    ) -> tuple[FlowRunRow, bool]:
+        """Insert a run, and whether it is new: a run with the same idempotency key
+        and parameters is returned instead (other parameters: Conflict naming it).
+        ``schedule`` (advanced past this fire) is updated in the same transaction."""
+        ...
+
+    def get_flow_run(self, run_id: str) -> FlowRunRow:
+        """A flow run by id; NotFound if none."""
+        ...
+
     def list_flow_runs(
         self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
-    ) -> list[FlowRunRow]: ...
-    def unfinished_flow_runs(self) -> list[FlowRunRow]: ...
-    def events(self, flow_run_id: str) -> list[RunEvent]: ...
-    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]: ...
-    def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]: ...
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]: ...
+    ) -> list[FlowRunRow]:
+        """Flow runs, newest first: at most ``limit``, only of ``flow_name`` and in
+        ``states`` when given, and only older than run ``before`` (paging)."""
+        ...
+
+    def unfinished_flow_runs(self) -> list[FlowRunRow]:
+        """Every run not in a terminal state, oldest first (recovered at start)."""
+        ...
+
+    def events(self, flow_run_id: str) -> list[RunEvent]:
+        """A run's journal, in order."""
+        ...
+
+    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
+        """A run's task runs as they are now, in the order they were first stored."""
+        ...
+
+    def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
+        """A run's task run state changes in order (only task run ``key``'s if given)."""
+        ...
+
+    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
+        """A run's task run log records in order (only task run ``key``'s if given)."""
+        ...
+
+    # values
+    def get_values(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """Stored values (serialized Value messages) by id; missing ids are left out."""
+        ...
 
     # one transaction per tick
-    def commit(self, batch: WriteBatch) -> None: ...
+    def commit(self, batch: WriteBatch) -> None:
+        """Write a batch in one transaction: all of it or nothing (StoreUnavailable
+        when the store cannot take it now; nothing of it is then stored)."""
+        ...
 
     # payloads
     def put_payload(
         self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
-    ) -> PayloadMeta: ...
-    def begin_payload(
-        self, metadata: dict[str, str], size: int, sha256: str = ""
-    ) -> PayloadUpload: ...
-    def payload_meta(self, payload_id: str) -> PayloadMeta: ...
+    ) -> PayloadMeta:
+        """Store a payload arriving in chunks (checked against ``size`` and ``sha256``)."""
+        ...
+
+    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadUpload:
+        """Start an upload whose chunks arrive over time; ValueError for a negative
+        size or metadata without an ``encoding``."""
+        ...
+
+    def payload_meta(self, payload_id: str) -> PayloadMeta:
+        """A stored payload's size, metadata and SHA-256; NotFound if none."""
+        ...
+
+    def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
+        """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes, the last may be
+        shorter); b"" past the end."""
+        ...
+
     def read_payload(
         self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
-    ) -> Iterator[bytes]: ...
+    ) -> Iterator[bytes]:
+        """A payload's bytes from ``offset``, in chunks of at most ``chunk_size``,
+        read one stored chunk at a time."""
+        ...
 
     # cache
-    def get_cache(self, key: str) -> CacheRow | None: ...
+    def get_cache(self, key: str) -> CacheRow | None:
+        """The cached result under ``key`` (expired or not: the caller checks), or None."""
+        ...
 
     # schedules
-    def put_schedule(self, row: ScheduleRow) -> None: ...
-    def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]: ...
-    def get_schedule(self, schedule_id: str) -> ScheduleRow: ...
-    def delete_schedule(self, schedule_id: str) -> None: ...
+    def put_schedule(self, row: ScheduleRow) -> None:
+        """Insert or replace a schedule."""
+        ...
 
-    def close(self) -> None: ...
+    def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]:
+        """Every schedule (only ``flow_name``'s if given), by id."""
+        ...
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRow:
+        """A schedule by id; NotFound if none."""
+        ...
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule; NotFound if none."""
+        ...
+
+    # retention
+    def prune(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> PruneReport:
+        """Delete finished runs that ended before ``ended_before`` (none when None)
+        with their journal, projections and logs, expired cache entries, values
+        nothing references, and payloads nothing references older than ``grace``
+        seconds; give the space back. ``dry_run`` counts without deleting."""
+        ...
+
+    def close(self) -> None:
+        """Release the storage (no call may follow)."""
+        ...

@@ -4,19 +4,27 @@ WAL with ``synchronous=NORMAL``: a committed transaction survives the server pro
 being killed (SIGKILL), which is the failure the control plane must tolerate; it can
 lose the last transactions on power loss or an OS crash. ``durable=True`` selects
 ``synchronous=FULL`` for that case, at a cost per commit.
+
+Each thread gets its own connection (WAL lets readers run beside the one writer).
+``auto_vacuum=INCREMENTAL``: ``prune`` gives the space of what it deletes back to the
+file system. Errors that mean "cannot write now" (disk full, I/O error, locked) are
+raised as ``StoreUnavailable`` with SQLite's own words, after the transaction is
+rolled back, so a caller can keep its batch and try again.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import dataclasses
 import json
 import sqlite3
-import uuid
-from collections.abc import Iterator, Sequence
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE, TERMINAL_FLOW_STATES
+from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
 from ._base import (
     CacheRow,
@@ -26,156 +34,119 @@ from ._base import (
     LogRow,
     NotFound,
     PayloadMeta,
+    PruneReport,
     RunEvent,
     ScheduleRow,
     StateRow,
     TaskRunRow,
     WriteBatch,
 )
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS flows (
-    name TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
-    graph BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (name, version));
-CREATE INDEX IF NOT EXISTS flows_digest ON flows (name, digest);
-CREATE TABLE IF NOT EXISTS flow_runs (
-    id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, flow_name TEXT NOT NULL,
-    flow_version TEXT NOT NULL, state INTEGER NOT NULL, created_at REAL NOT NULL,
-    parameters BLOB NOT NULL, idempotency_key TEXT, started_at REAL, ended_at REAL,
-    result BLOB NOT NULL, message TEXT NOT NULL, trace_context TEXT NOT NULL,
-    schedule_id TEXT NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS flow_runs_idem ON flow_runs (idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS flow_runs_state ON flow_runs (state);
-CREATE TABLE IF NOT EXISTS run_events (
-    flow_run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
-    body BLOB NOT NULL, PRIMARY KEY (flow_run_id, seq));
-CREATE TABLE IF NOT EXISTS task_runs (
-    flow_run_id TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL,
-    map_index INTEGER NOT NULL, state INTEGER NOT NULL, attempt INTEGER NOT NULL,
-    updated_at REAL NOT NULL, worker_id TEXT NOT NULL, cache_key TEXT NOT NULL,
-    result BLOB NOT NULL, PRIMARY KEY (flow_run_id, key));
-CREATE TABLE IF NOT EXISTS task_run_states (
-    flow_run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, state INTEGER NOT NULL,
-    at REAL NOT NULL, attempt INTEGER NOT NULL, message TEXT NOT NULL, failure BLOB NOT NULL,
-    PRIMARY KEY (flow_run_id, key, seq));
-CREATE TABLE IF NOT EXISTS logs (
-    flow_run_id TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL, at REAL NOT NULL,
-    level TEXT NOT NULL, logger TEXT NOT NULL, message TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS logs_run ON logs (flow_run_id, key);
-CREATE TABLE IF NOT EXISTS payloads (
-    id TEXT PRIMARY KEY, size INTEGER NOT NULL, metadata TEXT NOT NULL, sha256 TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS payload_chunks (
-    id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (id, idx));
-CREATE TABLE IF NOT EXISTS cache_entries (
-    key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at REAL);
-CREATE TABLE IF NOT EXISTS schedules (
-    id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, body BLOB NOT NULL, next_run_at REAL,
-    enabled INTEGER NOT NULL);
-"""
-
-_TERMINAL_FLOW_STATES = tuple(s.value for s in TERMINAL_FLOW_STATES)
-
-
-class PayloadWriter:
-    """One payload upload in progress (see SQLiteStore.begin_payload)."""
-
-    def __init__(
-        self, db: sqlite3.Connection, metadata: dict[str, str], size: int, sha256: str
-    ) -> None:
-        self._db = db
-        self.id = uuid.uuid4().hex
-        self.metadata = dict(metadata)
-        self.size = size
-        self.expected_sha256 = sha256
-        self._digest = hashlib.sha256()
-        self._buffer = bytearray()
-        self._index = 0
-        self.received = 0
-        self._done = False
-
-    def write(self, chunk: bytes) -> None:
-        """Append bytes; ValueError once they exceed the declared size."""
-        if self._done:
-            raise ValueError("payload upload already finished")
-        self.received += len(chunk)
-        if self.received > self.size:
-            raise ValueError(f"payload is larger than its declared size of {self.size} bytes")
-        self._digest.update(chunk)
-        self._buffer += chunk
-        while len(self._buffer) >= CHUNK_SIZE:
-            self._store(bytes(self._buffer[:CHUNK_SIZE]))
-            del self._buffer[:CHUNK_SIZE]
-
-    def _store(self, data: bytes) -> None:
-        self._db.execute(
-            "INSERT INTO payload_chunks VALUES (?, ?, ?)", (self.id, self._index, data)
-        )
-        self._index += 1
-
-    def finish(self) -> PayloadMeta:
-        """Check size and hash, then make the payload visible."""
-        if self.received != self.size:
-            raise ValueError(f"payload has {self.received} bytes but declared {self.size}")
-        actual = self._digest.hexdigest()
-        if self.expected_sha256 and self.expected_sha256 != actual:
-            raise ValueError("payload bytes do not match the declared sha256")
-        if self._buffer:
-            self._store(bytes(self._buffer))
-            self._buffer.clear()
-        self._db.execute(
-            "INSERT INTO payloads VALUES (?, ?, ?, ?)",
-            (self.id, self.size, json.dumps(self.metadata, sort_keys=True), actual),
-        )
-        self._done = True
-        return PayloadMeta(self.id, self.size, self.metadata, actual)
-
-    def abort(self) -> None:
-        """Forget the chunks stored so far."""
-        if not self._done:
-            self._done = True
-            self._db.execute("DELETE FROM payload_chunks WHERE id=?", (self.id,))
+from ._sqlite_payloads import PayloadWriter
+from ._sqlite_schema import (
+    _IN_TERMINAL,
+    _SCHEMA,
+    _TERMINAL_FLOW_STATES,
+    SCHEMA_VERSION,
+    _transaction,
+)
 
 
 class SQLiteStore:
     """The default store: one SQLite file in WAL mode.
 
     Args:
-        path: database file (parent folders are created); ":memory:" for tests.
+        path: database file (parent folders are created); ":memory:" for a private
+            database in a temporary file, removed on close.
         durable: fsync every commit (synchronous=FULL) rather than relying on WAL.
+        clock: seconds since the epoch (payload creation times), for tests.
     """
 
-    def __init__(self, path: str | Path, *, durable: bool = False) -> None:
-        self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self.path = str(Path(self.path).expanduser())
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durable: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self._clock = clock or time.time
+        self._temp: tempfile.TemporaryDirectory[str] | None = None
+        if str(path) == ":memory:":
+            # Threads need their own connections to one database: a temporary file.
+            self._temp = tempfile.TemporaryDirectory(prefix="headwater-store-")
+            path = Path(self._temp.name) / "store.db"
+        self.path = str(Path(path).expanduser())
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            db = self._db
+            version = self._schema_version(db)
+            if version not in (None, SCHEMA_VERSION):
+                raise RuntimeError(
+                    f"database {self.path} has schema version {version}, and this server "
+                    f"needs version {SCHEMA_VERSION}: it was written by another version of "
+                    "Headwater. Use that version to finish its runs, or start this server "
+                    "with a new --db"
+                )
+            db.executescript(_SCHEMA)
+            if version is None:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            # Chunks of uploads that never finished (the server died mid-upload).
+            db.execute("DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)")
         except sqlite3.DatabaseError as exc:
+            self.close()
             raise RuntimeError(f"cannot open the database {self.path}: {exc}") from exc
-        # Chunks of uploads that never finished (the server died mid-upload).
-        self._db.execute("DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)")
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database {self.path} has schema version {row[0]}, this server needs "
-                f"{SCHEMA_VERSION}"
-            )
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _schema_version(db: sqlite3.Connection) -> int | None:
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        if not has_meta:
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else int(row[0])
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # Only an empty database can choose its vacuum mode, before anything
+                # (even the switch to WAL) writes its first page.
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=10000")  # another process (headwater prune)
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
 
     def close(self) -> None:
-        self._db.close()
+        """Close every thread's connection (and remove a temporary database)."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for db in connections:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        self._local = threading.local()
+        if self._temp is not None:
+            self._temp.cleanup()
+            self._temp = None
 
     # ------------------------------------------------------------------ flows
 
@@ -186,54 +157,52 @@ class SQLiteStore:
 
         An empty ``version`` is numbered 1, 2, ... per flow name."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def work() -> tuple[FlowVersion, bool]:
             same = db.execute(
                 "SELECT version, created_at FROM flows WHERE name=? AND digest=?"
                 + (" AND version=?" if version else " ORDER BY seq DESC LIMIT 1"),
                 (name, digest, version) if version else (name, digest),
             ).fetchone()
             if same is not None:
-                db.execute("COMMIT")
                 return FlowVersion(name, same[0], digest, graph, same[1]), False
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM flows WHERE name=?", (name,)
             ).fetchone()[0]
-            if not version:
-                version = self._next_number(name)
+            chosen = version or self._next_number(db, name)
             taken = db.execute(
-                "SELECT 1 FROM flows WHERE name=? AND version=?", (name, version)
+                "SELECT 1 FROM flows WHERE name=? AND version=?", (name, chosen)
             ).fetchone()
             if taken:
                 raise Conflict(
-                    f"flow {name!r} version {version!r} is already registered with a "
+                    f"flow {name!r} version {chosen!r} is already registered with a "
                     "different graph; choose a new version"
                 )
             db.execute(
                 "INSERT INTO flows VALUES (?, ?, ?, ?, ?, ?)",
-                (name, version, seq, digest, graph, now),
+                (name, chosen, seq, digest, graph, now),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return FlowVersion(name, version, digest, graph, now), True
+            return FlowVersion(name, chosen, digest, graph, now), True
 
-    def _next_number(self, name: str) -> str:
+        return _transaction(db, work)
+
+    @staticmethod
+    def _next_number(db: sqlite3.Connection, name: str) -> str:
         """1, 2, ... counting only numbered-style versions: the graphs of
         value-dependent builds (VERSION@DIGEST) do not use up numbers."""
-        (count,) = self._db.execute(
+        (count,) = db.execute(
             "SELECT COUNT(*) FROM flows WHERE name=? AND instr(version, ?) = 0",
             (name, BUILD_SEPARATOR),
         ).fetchone()
         number = count + 1
-        while self._db.execute(
+        while db.execute(
             "SELECT 1 FROM flows WHERE name=? AND version=?", (name, str(number))
         ).fetchone():
             number += 1
         return str(number)
 
     def get_flow(self, name: str, version: str = "") -> FlowVersion:
+        """A flow's version (the latest when ``version`` is empty); NotFound if none."""
         if version:
             row = self._db.execute(
                 "SELECT version, digest, graph, created_at FROM flows WHERE name=? AND version=?",
@@ -251,6 +220,7 @@ class SQLiteStore:
         return FlowVersion(name, row[0], row[1], row[2], row[3])
 
     def list_flows(self) -> list[tuple[str, list[str]]]:
+        """Every flow name with its versions, oldest first."""
         flows: dict[str, list[str]] = {}
         for name, version in self._db.execute("SELECT name, version FROM flows ORDER BY name, seq"):
             flows.setdefault(name, []).append(version)
@@ -263,11 +233,13 @@ class SQLiteStore:
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, or return the existing run with the same idempotency key.
 
-        ``schedule`` (the schedule that fired the run, advanced past this fire) is
-        updated in the same transaction: a crash cannot keep one without the other."""
+        The same key with another flow or other parameters raises Conflict naming the
+        existing run. ``schedule`` (the schedule that fired the run, advanced past this
+        fire) is updated in the same transaction: a crash cannot keep one without the
+        other."""
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def work() -> tuple[str, bool]:
             if schedule is not None:
                 # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted.
                 db.execute(
@@ -276,23 +248,31 @@ class SQLiteStore:
                 )
             if row.idempotency_key:
                 existing = db.execute(
-                    "SELECT id FROM flow_runs WHERE idempotency_key=?", (row.idempotency_key,)
+                    "SELECT id, flow_name, parameters FROM flow_runs WHERE idempotency_key=?",
+                    (row.idempotency_key,),
                 ).fetchone()
                 if existing is not None:
-                    db.execute("COMMIT")
-                    return self.get_flow_run(existing[0]), False
+                    if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
+                        raise Conflict(
+                            f"idempotency key {row.idempotency_key!r} was already used for "
+                            f"flow run {existing[0]} (flow {existing[1]!r}) with other "
+                            "parameters; use a new key, or the same parameters to get that run"
+                        )
+                    return str(existing[0]), False
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM flow_runs").fetchone()[0]
             db.execute(
-                "INSERT INTO flow_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.id, seq, *_flow_run_values(row)),
+                f"INSERT INTO flow_runs ({_FLOW_RUN_COLS}, seq) "
+                f"VALUES ({', '.join('?' * (_FLOW_RUN_NCOLS + 1))})",
+                (row.id, *_flow_run_values(row), seq),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return row, True
+            _add_refs(db, f"run:{row.id}", row.payload_ids)
+            return row.id, True
+
+        run_id, created = _transaction(db, work)
+        return (row, True) if created else (self.get_flow_run(run_id), False)
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
+        """A flow run's row; NotFound if it does not exist."""
         row = self._db.execute(f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE id=?", (run_id,))
         found = row.fetchone()
         if found is None:
@@ -302,6 +282,8 @@ class SQLiteStore:
     def list_flow_runs(
         self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
     ) -> list[FlowRunRow]:
+        """Flow runs, newest first, optionally of one flow, in some states, and older
+        than the run ``before`` (paging)."""
         where: list[str] = []
         args: list[object] = []
         if flow_name:
@@ -321,29 +303,33 @@ class SQLiteStore:
         return [_flow_run_row(r) for r in rows]
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
+        """Runs not in a terminal state, oldest first (what a restart recovers)."""
         rows = self._db.execute(
-            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs "
-            f"WHERE state NOT IN ({', '.join('?' * len(_TERMINAL_FLOW_STATES))}) ORDER BY seq",
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE state NOT IN {_IN_TERMINAL} "
+            "ORDER BY seq",
             _TERMINAL_FLOW_STATES,
         )
         return [_flow_run_row(r) for r in rows]
 
     def events(self, flow_run_id: str) -> list[RunEvent]:
+        """A run's journal, in order."""
         rows = self._db.execute(
-            "SELECT seq, at, kind, body FROM run_events WHERE flow_run_id=? ORDER BY seq",
+            "SELECT seq, at, kind, body, value_id FROM run_events WHERE flow_run_id=? ORDER BY seq",
             (flow_run_id,),
         )
-        return [RunEvent(flow_run_id, s, at, k, b) for s, at, k, b in rows]
+        return [RunEvent(flow_run_id, s, at, k, b, v) for s, at, k, b, v in rows]
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
+        """A run's task runs (projection), in creation order."""
         rows = self._db.execute(
             "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
-            "result FROM task_runs WHERE flow_run_id=? ORDER BY rowid",
+            "result_id, delivered FROM task_runs WHERE flow_run_id=? ORDER BY rowid",
             (flow_run_id,),
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
 
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
+        """State history of a run's task runs (of one, with ``key``)."""
         sql = (
             "SELECT key, seq, state, at, attempt, message, failure FROM task_run_states "
             "WHERE flow_run_id=?"
@@ -356,6 +342,7 @@ class SQLiteStore:
         return [StateRow(flow_run_id, *r) for r in rows]
 
     def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
+        """Log records of a run's task runs (of one, with ``key``), in order."""
         sql = "SELECT key, attempt, at, level, logger, message FROM logs WHERE flow_run_id=?"
         args: tuple[str, ...] = (flow_run_id,)
         if key:
@@ -363,65 +350,28 @@ class SQLiteStore:
             args += (key,)
         return [LogRow(flow_run_id, *r) for r in self._db.execute(sql + " ORDER BY rowid", args)]
 
+    # ----------------------------------------------------------------- values
+
+    def get_values(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """Stored values by id (ids not stored are left out)."""
+        wanted = list(dict.fromkeys(i for i in ids if i))
+        found: dict[str, bytes] = {}
+        for start in range(0, len(wanted), 500):  # SQLite's host-parameter limit
+            part = wanted[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT id, data FROM run_values WHERE id IN ({','.join('?' * len(part))})",
+                part,
+            )
+            found.update((str(i), bytes(d)) for i, d in rows)
+        return found
+
     # ----------------------------------------------------------------- commit
 
     def commit(self, batch: WriteBatch) -> None:
         """Write a tick's batch in one transaction (all or nothing)."""
-        if not batch:
-            return
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                "INSERT INTO run_events VALUES (?, ?, ?, ?, ?)",
-                [(e.flow_run_id, e.seq, e.at, e.kind, e.body) for e in batch.events],
-            )
-            db.executemany(
-                "UPDATE flow_runs SET flow_name=?, flow_version=?, state=?, created_at=?, "
-                "parameters=?, idempotency_key=?, started_at=?, ended_at=?, result=?, "
-                "message=?, trace_context=?, schedule_id=? WHERE id=?",
-                [(*_flow_run_values(r), r.id) for r in batch.flow_runs.values()],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        t.flow_run_id,
-                        t.key,
-                        t.task_id,
-                        t.map_index,
-                        t.state,
-                        t.attempt,
-                        t.updated_at,
-                        t.worker_id,
-                        t.cache_key,
-                        t.result,
-                    )
-                    for t in batch.task_runs.values()
-                ],
-            )
-            db.executemany(
-                "INSERT INTO task_run_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (s.flow_run_id, s.key, s.seq, s.state, s.at, s.attempt, s.message, s.failure)
-                    for s in batch.states
-                ],
-            )
-            db.executemany(
-                "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (g.flow_run_id, g.key, g.attempt, g.at, g.level, g.logger, g.message)
-                    for g in batch.logs
-                ],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?)",
-                [(c.key, c.value, c.expires_at) for c in batch.cache],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        if batch:
+            db = self._db
+            _transaction(db, lambda: _write_batch(db, batch))
 
     # --------------------------------------------------------------- payloads
 
@@ -450,9 +400,10 @@ class SQLiteStore:
             raise ValueError(f"payload size must be >= 0, got {size}")
         if "encoding" not in metadata:
             raise ValueError("payload metadata must name its 'encoding'")
-        return PayloadWriter(self._db, metadata, size, sha256)
+        return PayloadWriter(self._db, metadata, size, sha256, self._clock())
 
     def payload_meta(self, payload_id: str) -> PayloadMeta:
+        """A stored payload's size, metadata and hash; NotFound if it does not exist."""
         row = self._db.execute(
             "SELECT size, metadata, sha256 FROM payloads WHERE id=?", (payload_id,)
         ).fetchone()
@@ -460,42 +411,60 @@ class SQLiteStore:
             raise NotFound(f"payload {payload_id!r} does not exist")
         return PayloadMeta(payload_id, row[0], json.loads(row[1]), row[2])
 
+    def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
+        """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes; the last may be
+        shorter); b"" past the end."""
+        row = self._db.execute(
+            "SELECT data FROM payload_chunks WHERE id=? AND idx=?", (payload_id, index)
+        ).fetchone()
+        return b"" if row is None else bytes(row[0])
+
     def read_payload(
         self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
     ) -> Iterator[bytes]:
-        """The payload's bytes from ``offset``, in chunks of at most ``chunk_size``."""
+        """The payload's bytes from ``offset``, in pieces of at most ``chunk_size``,
+        reading one stored chunk at a time (never the whole payload)."""
         meta = self.payload_meta(payload_id)
         if offset < 0 or offset > meta.size:
             raise ValueError(f"offset {offset} is outside payload of {meta.size} bytes")
-        first = offset // CHUNK_SIZE
-        skip = offset - first * CHUNK_SIZE
-        rows = self._db.execute(
-            "SELECT data FROM payload_chunks WHERE id=? AND idx>=? ORDER BY idx",
-            (payload_id, first),
-        ).fetchall()
-        for (data,) in rows:
+        index, skip = divmod(offset, CHUNK_SIZE)
+        while True:
+            data = self.read_payload_chunk(payload_id, index)
+            if not data:
+                return
             view = memoryview(data)[skip:]
             skip = 0
             for start in range(0, len(view), chunk_size):
                 yield bytes(view[start : start + chunk_size])
+            index += 1
 
     # ------------------------------------------------------------------ cache
 
     def get_cache(self, key: str) -> CacheRow | None:
+        """The cache entry under ``key``, expired or not (the caller checks)."""
         row = self._db.execute(
-            "SELECT value, expires_at FROM cache_entries WHERE key=?", (key,)
+            "SELECT value_id, expires_at FROM cache_entries WHERE key=?", (key,)
         ).fetchone()
         return None if row is None else CacheRow(key, row[0], row[1])
 
     # -------------------------------------------------------------- schedules
 
     def put_schedule(self, row: ScheduleRow) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?)",
-            (row.id, row.flow_name, row.body, row.next_run_at, int(row.enabled)),
-        )
+        """Create or replace a schedule."""
+        db = self._db
+
+        def work() -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?)",
+                (row.id, row.flow_name, row.body, row.next_run_at, int(row.enabled)),
+            )
+            db.execute("DELETE FROM payload_refs WHERE owner=?", (f"schedule:{row.id}",))
+            _add_refs(db, f"schedule:{row.id}", row.payload_ids)
+
+        _transaction(db, work)
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]:
+        """Every schedule (of one flow, if given)."""
         sql = "SELECT id, flow_name, body, next_run_at, enabled FROM schedules"
         rows = (
             self._db.execute(sql + " WHERE flow_name=? ORDER BY id", (flow_name,))
@@ -505,6 +474,7 @@ class SQLiteStore:
         return [ScheduleRow(i, f, b, n, bool(e)) for i, f, b, n, e in rows]
 
     def get_schedule(self, schedule_id: str) -> ScheduleRow:
+        """One schedule; NotFound if it does not exist."""
         found = self._db.execute(
             "SELECT id, flow_name, body, next_run_at, enabled FROM schedules WHERE id=?",
             (schedule_id,),
@@ -515,15 +485,217 @@ class SQLiteStore:
         return ScheduleRow(i, f, b, n, bool(e))
 
     def delete_schedule(self, schedule_id: str) -> None:
-        cur = self._db.execute("DELETE FROM schedules WHERE id=?", (schedule_id,))
-        if cur.rowcount == 0:
-            raise NotFound(f"schedule {schedule_id!r} does not exist")
+        """Remove a schedule (its runs stay); NotFound if it does not exist."""
+        db = self._db
+
+        def work() -> None:
+            cur = db.execute("DELETE FROM schedules WHERE id=?", (schedule_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"schedule {schedule_id!r} does not exist")
+            db.execute("DELETE FROM payload_refs WHERE owner=?", (f"schedule:{schedule_id}",))
+
+        _transaction(db, work)
+
+    # -------------------------------------------------------------- retention
+
+    def prune(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> PruneReport:
+        """Delete finished runs that ended before ``ended_before`` (none when None) with
+        their journal, projections and logs; expired cache entries; values nothing
+        references any more; and payloads nothing references that are older than
+        ``grace`` seconds (younger ones may belong to an upload or a result on its
+        way). Then give the freed pages back to the file system. ``dry_run`` counts
+        without deleting."""
+        db = self._db
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+
+        def work() -> PruneReport:
+            counts: dict[str, int] = {}
+            runs: list[str] = []
+            if ended_before is not None:
+                runs = [
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT id FROM flow_runs WHERE state IN {_IN_TERMINAL} "
+                        "AND ended_at IS NOT NULL AND ended_at < ?",
+                        (*_TERMINAL_FLOW_STATES, ended_before),
+                    )
+                ]
+            counts["runs"] = len(runs)
+            for table, key in (
+                ("run_events", "journal_entries"),
+                ("task_runs", "task_runs"),
+                ("task_run_states", ""),
+                ("logs", "logs"),
+            ):
+                removed = _delete_for_runs(db, table, runs)
+                if key:
+                    counts[key] = removed
+            _delete_in(db, "DELETE FROM payload_refs WHERE owner IN", [f"run:{r}" for r in runs])
+            _delete_in(db, "DELETE FROM flow_runs WHERE id IN", runs)
+            counts["cache_entries"] = db.execute(
+                "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?",
+                (now,),
+            ).rowcount
+            orphans = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM run_values v WHERE NOT EXISTS "
+                    "(SELECT 1 FROM run_events e WHERE e.value_id = v.id) AND NOT EXISTS "
+                    "(SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
+                )
+            ]
+            counts["values"] = len(orphans)
+            _delete_in(db, "DELETE FROM run_values WHERE id IN", orphans)
+            _delete_in(
+                db, "DELETE FROM payload_refs WHERE owner IN", [f"value:{v}" for v in orphans]
+            )
+            unused = db.execute(
+                "SELECT id, size FROM payloads p WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id)",
+                (now - grace,),
+            ).fetchall()
+            counts["payloads"] = len(unused)
+            counts["payload_bytes"] = sum(int(size) for _, size in unused)
+            ids = [str(i) for i, _ in unused]
+            _delete_in(db, "DELETE FROM payload_chunks WHERE id IN", ids)
+            _delete_in(db, "DELETE FROM payloads WHERE id IN", ids)
+            if dry_run:
+                raise _DryRun(_report(counts, dry_run=True))
+            return _report(counts)
+
+        before = db.execute("PRAGMA page_count").fetchone()[0]
+        try:
+            report = _transaction(db, work)
+        except _DryRun as dry:
+            return dry.report
+        db.execute("PRAGMA incremental_vacuum")
+        with contextlib.suppress(sqlite3.Error):  # readers may hold the WAL: shrink later
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        after = db.execute("PRAGMA page_count").fetchone()[0]
+        return dataclasses.replace(report, bytes_reclaimed=max(0, before - after) * page_size)
+
+    def stats(self) -> dict[str, int]:
+        """Rows per table and the file's size in pages (for tests and benchmarks)."""
+        db = self._db
+        tables = [
+            "flow_runs",
+            "run_events",
+            "run_values",
+            "task_runs",
+            "task_run_states",
+            "logs",
+            "payloads",
+            "payload_chunks",
+            "payload_refs",
+            "cache_entries",
+        ]
+        out = {t: int(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in tables}
+        out["page_count"] = int(db.execute("PRAGMA page_count").fetchone()[0])
+        out["freelist_count"] = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+        return out
+
+
+def _report(counts: dict[str, int], *, dry_run: bool = False) -> PruneReport:
+    return PruneReport(
+        runs=counts["runs"],
+        journal_entries=counts["journal_entries"],
+        task_runs=counts["task_runs"],
+        logs=counts["logs"],
+        values=counts["values"],
+        payloads=counts["payloads"],
+        payload_bytes=counts["payload_bytes"],
+        cache_entries=counts["cache_entries"],
+        dry_run=dry_run,
+    )
+
+
+class _DryRun(Exception):
+    """Carries a dry run's report out of its (rolled back) transaction."""
+
+    def __init__(self, report: PruneReport) -> None:
+        super().__init__("dry run")
+        self.report = report
+
+
+def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO run_values VALUES (?, ?, ?)",
+        [(v.id, v.data, len(v.data)) for v in batch.values.values()],
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)",
+        [(f"value:{v.id}", p) for v in batch.values.values() for p in v.payload_ids],
+    )
+    db.executemany(
+        "INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)",
+        [(e.flow_run_id, e.seq, e.at, e.kind, e.body, e.value_id) for e in batch.events],
+    )
+    db.executemany(
+        f"UPDATE flow_runs SET {', '.join(c + '=?' for c in _FLOW_RUN_COLS.split(', ')[1:])} "
+        "WHERE id=?",
+        [(*_flow_run_values(r), r.id) for r in batch.flow_runs.values()],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                t.flow_run_id,
+                t.key,
+                t.task_id,
+                t.map_index,
+                t.state,
+                t.attempt,
+                t.updated_at,
+                t.worker_id,
+                t.cache_key,
+                t.result_id,
+                t.delivered,
+            )
+            for t in batch.task_runs.values()
+        ],
+    )
+    db.executemany(
+        "INSERT INTO task_run_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (s.flow_run_id, s.key, s.seq, s.state, s.at, s.attempt, s.message, s.failure)
+            for s in batch.states
+        ],
+    )
+    db.executemany(
+        "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(g.flow_run_id, g.key, g.attempt, g.at, g.level, g.logger, g.message) for g in batch.logs],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?)",
+        [(c.key, c.value_id, c.expires_at) for c in batch.cache],
+    )
+
+
+def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)", [(owner, p) for p in payload_ids]
+    )
+
+
+def _delete_in(db: sqlite3.Connection, statement: str, ids: Sequence[str]) -> int:
+    removed = 0
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        removed += db.execute(f"{statement} ({','.join('?' * len(part))})", part).rowcount
+    return removed
+
+
+def _delete_for_runs(db: sqlite3.Connection, table: str, runs: Sequence[str]) -> int:
+    return _delete_in(db, f"DELETE FROM {table} WHERE flow_run_id IN", runs)
 
 
 _FLOW_RUN_COLS = (
     "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
-    "started_at, ended_at, result, message, trace_context, schedule_id"
+    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version"
 )
+_FLOW_RUN_NCOLS = len(_FLOW_RUN_COLS.split(", "))
 
 
 def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
@@ -540,11 +712,12 @@ def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
         r.message,
         json.dumps(r.trace_context, sort_keys=True),
         r.schedule_id,
+        r.engine_version,
     )
 
 
 def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
-    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid) = r
+    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid, ev) = r
     return FlowRunRow(
         id=str(rid),
         flow_name=str(name),
@@ -559,4 +732,5 @@ def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
         message=str(msg),
         trace_context=json.loads(str(tc)),
         schedule_id=str(sid),
+        engine_version=str(ev),
     )

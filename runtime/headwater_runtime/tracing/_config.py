@@ -44,6 +44,7 @@ class TracingSettings:
 
     @property
     def active(self) -> bool:
+        """Whether anything is exported (an exporter is set and the SDK not disabled)."""
         return bool(self.exporters) and not self.disabled
 
 
@@ -158,6 +159,7 @@ def _instrument_grpc() -> list[Any]:
             filters.service_prefix("grpc.reflection"),
         )
     )
+    # opentelemetry-instrumentation-grpc's constructors carry no annotations.
     instrumentors: list[Any] = [
         GrpcInstrumentorClient(filter_=wanted),  # type: ignore[no-untyped-call]
         GrpcAioInstrumentorServer(filter_=wanted),  # type: ignore[no-untyped-call]

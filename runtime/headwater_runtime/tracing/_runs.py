@@ -21,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from headwater.wire import FailureInfo, FlowRunState, TaskRunState, task_run_id
-from headwater_runtime.engine import StateEntry, TaskRunRecord, retry_delay
+from headwater_runtime.engine import WORKER_LOST, StateEntry, TaskRunRecord, retry_delay
 
 from . import names as n
 from ._spans import record_failure, w3c
@@ -31,8 +31,6 @@ Caller = Callable[[dict[str, Any]], Any]
 #: Attempt outcomes (and run states) that mark the span as an error. CANCELLED is not
 #: an error of the task: someone asked for it.
 _ERROR_STATES = frozenset({S.FAILED, S.TIMED_OUT, S.TRIGGER_FAILED})
-#: FailureInfo.type the engine gives an attempt whose worker disappeared.
-WORKER_LOST = "headwater.WorkerLost"
 
 
 class RunTracer:

@@ -38,12 +38,16 @@ EVENT_INTERRUPTED = "headwater.interrupted"
 
 
 def flow_span_name(flow_name: str) -> str:
+    """``flow <name>``: the span of a whole flow run."""
     return f"flow {flow_name}"
 
 
 def task_span_name(task_name: str) -> str:
+    """``task <name>``: the span of one attempt, on the host that drives the run."""
     return f"task {task_name}"
 
 
 def execute_span_name(task_name: str) -> str:
+    """``execute <name>``: a worker's span for running an attempt (a child of the task
+    span)."""
     return f"execute {task_name}"

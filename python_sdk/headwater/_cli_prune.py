@@ -1,0 +1,83 @@
+"""``headwater prune``: delete old finished runs and unreferenced data from a database."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Any
+
+from headwater.wire import ENV_DB, parse_duration
+
+from ._errors import UsageError
+
+EXIT_OK = 0
+#: Unreferenced payloads younger than this are kept (an upload on its way to a result).
+DEFAULT_GRACE = "1d"
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune the database and print what went (or would go)."""
+    from headwater_runtime.store import SQLiteStore
+
+    db = args.db or os.environ.get(ENV_DB) or "~/.headwater/headwater.db"
+    try:
+        older_than = None if args.older_than is None else parse_duration(args.older_than)
+    except ValueError as exc:
+        raise UsageError(f"--older-than {exc}") from None
+    try:
+        grace = parse_duration(args.payload_grace)
+    except ValueError as exc:
+        raise UsageError(f"--payload-grace {exc}") from None
+    store = SQLiteStore(db)
+    try:
+        now = time.time()
+        before = None if older_than is None else now - older_than
+        report = store.prune(before, now, grace=grace, dry_run=args.dry_run)
+    finally:
+        store.close()
+    verb = "would delete" if report.dry_run else "deleted"
+    print(
+        f"{verb} {report.runs} finished run(s) ({report.journal_entries} journal entries, "
+        f"{report.task_runs} task runs, {report.logs} log records), {report.values} "
+        f"value(s), {report.payloads} payload(s) ({report.payload_bytes} bytes), "
+        f"{report.cache_entries} expired cache entr{'y' if report.cache_entries == 1 else 'ies'}"
+    )
+    if not report.dry_run:
+        print(f"reclaimed {report.bytes_reclaimed} bytes of {db}")
+    return EXIT_OK
+
+
+def add_prune_command(sub: Any) -> None:
+    """Add ``headwater prune`` to the CLI."""
+    prune = sub.add_parser(
+        "prune",
+        help="delete old finished runs and data nothing references from a server's database",
+        description="Delete finished flow runs that ended more than --older-than ago, with "
+        "their journal, task runs, logs and values; expired cache entries; and stored "
+        "payloads and values no run, cache entry or schedule references. Then give the "
+        "space back to the file system. Safe while the server runs (it only touches "
+        "finished runs). A server started with --retention does this on its own.",
+    )
+    prune.add_argument(
+        "--db",
+        default=None,
+        help="the server's SQLite database (default ~/.headwater/headwater.db, or HEADWATER_DB)",
+    )
+    prune.add_argument(
+        "--older-than",
+        default=None,
+        metavar="DURATION",
+        help="delete finished runs that ended more than this long ago, e.g. 30d or 12h "
+        "(default: delete no run, only unreferenced data)",
+    )
+    prune.add_argument(
+        "--payload-grace",
+        default=DEFAULT_GRACE,
+        metavar="DURATION",
+        help=f"keep unreferenced payloads younger than this (default {DEFAULT_GRACE})",
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted; delete nothing"
+    )
+    prune.set_defaults(func=cmd_prune)

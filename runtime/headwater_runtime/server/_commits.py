@@ -1,0 +1,212 @@
+"""The commit pipeline: the run manager's batches go to the store one at a time, on
+the writer thread, and nothing they cover leaves the server before they are stored.
+
+What a commit covers (``Release``): the effects of the engines' commands (assignments
+to send, attempts to cancel), the Acks of worker reports, watch notes and waiters of
+``durable()``. While a commit is on the writer thread the loop keeps working; what
+happens meanwhile waits for the next commit.
+
+A commit that fails (disk full, I/O error) loses nothing: its batch and release are
+put back in front of what happened since, and the commit is tried again with backoff
+(50 ms doubling to 2 s) until the store takes it. Callers of ``durable()`` are told
+at once, with the store's own words, so a client gets RESOURCE_EXHAUSTED naming the
+cause rather than a hang. Sequence numbers are assigned once, in order, so a retried
+batch never collides with what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from headwater.v1 import run_pb2, worker_pb2
+from headwater_runtime.store import Store
+
+from ._io import StoreIO
+from ._runs import RunManager
+
+log = logging.getLogger("headwater.server")
+
+#: When busy, how long reports gather before one commit covers them all (seconds).
+BATCH_WINDOW = 0.002
+#: Backoff of a failing commit: FIRST doubling up to MAX (seconds).
+RETRY_FIRST, RETRY_MAX = 0.05, 2.0
+
+Send = Callable[[worker_pb2.ConnectResponse], None]
+
+
+@dataclass
+class Release:
+    """What one commit covers, released only once it is stored."""
+
+    effects: list[Callable[[], None]] = field(default_factory=list)
+    acks: list[tuple[Send, worker_pb2.ConnectResponse]] = field(default_factory=list)
+    notes: list[tuple[str, run_pb2.TaskRun | None]] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+    flow_changed: set[str] = field(default_factory=set)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.effects
+            or self.acks
+            or self.notes
+            or self.changed
+            or self.flow_changed
+            or self.waiters
+        )
+
+    def absorb(self, newer: Release) -> None:
+        """Append what a later release holds (this one goes out first)."""
+        self.effects.extend(newer.effects)
+        self.acks.extend(newer.acks)
+        self.notes.extend(newer.notes)
+        self.changed |= newer.changed
+        self.flow_changed |= newer.flow_changed
+        self.waiters.extend(newer.waiters)
+
+
+class Committer:
+    """Commits the run manager's batches one at a time, on the store's writer thread.
+
+    Args:
+        store: the store.
+        io: where store calls run.
+        runs: whose batches to commit.
+        deliver: carries out a release once its commit is stored.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        io: StoreIO,
+        runs: RunManager,
+        deliver: Callable[[Release], None],
+    ) -> None:
+        self.store = store
+        self.io = io
+        self.runs = runs
+        self.deliver = deliver
+        self.pending = Release()
+        self.error: BaseException | None = None  # the last commit's, until one succeeds
+        self.failures = 0
+        self.commits = 0
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._last = 0.0
+        self._retry_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """A commit is on the writer thread."""
+        return self._task is not None
+
+    def _has_work(self) -> bool:
+        return self.runs.has_writes or bool(self.pending)
+
+    def request(self) -> None:
+        """Commit soon: at the end of this loop tick when idle, after a short
+        gathering window when a commit just finished (many worker reports per
+        transaction when busy), or when a failing commit's backoff ends."""
+        if self._handle is not None or self._task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        delay = max(self._retry_at - now, BATCH_WINDOW if now - self._last < BATCH_WINDOW else 0)
+        if delay > 0:
+            self._handle = loop.call_later(delay, self._start)
+        else:
+            self._handle = loop.call_soon(self._start)
+
+    def _start(self) -> None:
+        self._handle = None
+        if self._task is not None or not self._has_work():
+            return
+        batch, effects = self.runs.detach()
+        release, self.pending = self.pending, Release()
+        release.effects = effects + release.effects
+        if not batch:  # nothing to store: what it covers can go at once
+            self._released(release)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._commit(batch, release))
+
+    async def _commit(self, batch: Any, release: Release) -> None:
+        try:
+            await self.io.write(self.store.commit, batch)
+        except Exception as exc:
+            self._failed(exc, batch, release)
+        else:
+            self.failures = 0
+            self.error = None
+            self._retry_at = 0.0
+            self.commits += 1
+            self._released(release)
+        finally:
+            self._task = None
+            self._last = time.monotonic()
+            if self._has_work():
+                self.request()
+
+    def _failed(self, exc: Exception, batch: Any, release: Release) -> None:
+        self.failures += 1
+        self.error = exc
+        delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self.failures - 1))
+        self._retry_at = time.monotonic() + delay
+        level = logging.WARNING if self.failures > 1 else logging.ERROR
+        log.log(
+            level,
+            "could not store the server's state (%s); keeping it in memory and trying "
+            "again in %.2fs (attempt %d)",
+            exc,
+            delay,
+            self.failures,
+        )
+        waiters, release.waiters = release.waiters, []
+        self.runs.reattach(batch, release.effects)
+        release.effects = []
+        release.absorb(self.pending)
+        self.pending = release
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def _released(self, release: Release) -> None:
+        self.deliver(release)
+        for waiter in release.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def durable(self) -> None:
+        """Wait until everything done so far is stored; raise the store's error at once
+        if the commit that covers it fails (the writes stay queued and are retried)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.waiters.append(waiter)
+        self.request()
+        await waiter
+
+    async def drain(self, attempts: int = 3) -> None:
+        """Commit what is left (on shutdown); gives up after ``attempts`` failures,
+        saying what is lost (nothing a worker or client was told of)."""
+        for _ in range(attempts):
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            if not self._has_work():
+                return
+            self._retry_at = 0.0
+            self._start()
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            if not self._has_work():
+                return
+        log.error(
+            "stopping with state that could not be stored (%s): the runs resume from their "
+            "last stored state",
+            self.error,
+        )

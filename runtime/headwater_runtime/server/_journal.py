@@ -1,0 +1,259 @@
+"""The journal's storage format: engine inputs <-> ``headwater.v1.JournalEntry``, and
+value handles <-> ``StoredValue`` (docs/durability.md).
+
+Every value a worker reports is stored once, in the store's value table, keyed by the
+SHA-256 of its serialized ``Value``; journal entries, task run projections, cache
+entries and flow results reference it by that id. ``Values`` gathers the rows a batch
+must write and resolves ids back to values when a run is read or replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from headwater.v1 import journal_pb2, payload_pb2
+from headwater.wire import (
+    EncodedValue,
+    failure_from_proto,
+    failure_to_proto,
+    path_from_proto,
+    path_to_proto,
+)
+from headwater_runtime.engine import (
+    EVENT,
+    START,
+    TIMERS,
+    CacheChecked,
+    CacheEntry,
+    CancelRequested,
+    JournalEntry,
+    TaskFailed,
+    TaskLost,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
+from headwater_runtime.store import RunEvent, ValueRow
+
+from ._values import Composite, Selected
+
+#: The JournalEntry format this server writes and reads.
+FORMAT = 1
+
+
+class JournalFormatError(ValueError):
+    """A stored journal entry this server cannot read (another format, or corrupt)."""
+
+
+def value_id(data: bytes) -> str:
+    """The id of a stored value: the SHA-256 of its serialized Value message."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def payload_ids(value: payload_pb2.Value) -> Iterator[str]:
+    """Stored payloads a value references (kept while the value is)."""
+    if value.WhichOneof("kind") == "ref" and not value.ref.location:
+        yield value.ref.payload_id
+    for item in value.items:
+        yield from payload_ids(item)
+
+
+class Values:
+    """Stored values: the rows a batch must write, and values by id once read."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ValueRow] = {}
+
+    def add(self, value: payload_pb2.Value) -> str:
+        """Store ``value`` (once per id per batch); its id."""
+        data = value.SerializeToString(deterministic=True)
+        ident = value_id(data)
+        if ident not in self.rows:
+            self.rows[ident] = ValueRow(ident, data, tuple(dict.fromkeys(payload_ids(value))))
+        return ident
+
+    def take(self) -> dict[str, ValueRow]:
+        """The rows gathered since the last take."""
+        rows, self.rows = self.rows, {}
+        return rows
+
+
+def to_stored(handle: Any, values: Values) -> journal_pb2.StoredValue:
+    """A server value handle as a StoredValue, its values added to ``values``."""
+    if handle is None:
+        return journal_pb2.StoredValue(none=True)
+    if isinstance(handle, payload_pb2.Value):
+        return journal_pb2.StoredValue(value_id=values.add(handle))
+    if isinstance(handle, EncodedValue):
+        return journal_pb2.StoredValue(
+            constant=payload_pb2.Payload(data=handle.data, metadata=handle.metadata)
+        )
+    if isinstance(handle, Selected):
+        select = journal_pb2.StoredSelect(
+            base=to_stored(handle.base, values), path=path_to_proto(handle.path)
+        )
+        return journal_pb2.StoredValue(select=select)
+    if isinstance(handle, Composite):
+        items = [to_stored(item, values) for item in handle.items]
+        if handle.kind == "dict":
+            stored = journal_pb2.StoredDict(keys=list(handle.keys), values=items)
+            return journal_pb2.StoredValue(dict=stored)
+        return journal_pb2.StoredValue(
+            list=journal_pb2.StoredList(items=items, tuple=handle.kind == "tuple")
+        )
+    raise TypeError(f"not a value handle: {type(handle).__name__}")
+
+
+def stored_ids(stored: journal_pb2.StoredValue) -> Iterator[str]:
+    """The value ids a StoredValue references."""
+    kind = stored.WhichOneof("kind")
+    if kind == "value_id":
+        yield stored.value_id
+    elif kind == "list":
+        for item in stored.list.items:
+            yield from stored_ids(item)
+    elif kind == "dict":
+        for item in stored.dict.values:
+            yield from stored_ids(item)
+    elif kind == "select":
+        yield from stored_ids(stored.select.base)
+
+
+def from_stored(stored: journal_pb2.StoredValue, loaded: Mapping[str, bytes]) -> Any:
+    """The handle a StoredValue stands for, with values taken from ``loaded`` (by id);
+    JournalFormatError names a value that is missing."""
+    kind = stored.WhichOneof("kind")
+    if kind == "value_id":
+        data = loaded.get(stored.value_id)
+        if data is None:
+            raise JournalFormatError(f"stored value {stored.value_id} is missing")
+        return payload_pb2.Value.FromString(data)
+    if kind == "constant":
+        return EncodedValue(bytes(stored.constant.data), dict(stored.constant.metadata))
+    if kind == "select":
+        base = from_stored(stored.select.base, loaded)
+        return Selected(base, path_from_proto(stored.select.path))
+    if kind == "list":
+        items = tuple(from_stored(i, loaded) for i in stored.list.items)
+        return Composite("tuple" if stored.list.tuple else "list", items)
+    if kind == "dict":
+        items = tuple(from_stored(v, loaded) for v in stored.dict.values)
+        return Composite("dict", items, tuple(stored.dict.keys))
+    return None
+
+
+def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values) -> RunEvent:
+    """A journal entry as a stored RunEvent (its value added to ``values``)."""
+    msg = journal_pb2.JournalEntry(format=FORMAT, at=entry.at)
+    value = ""
+    event = entry.event
+    if entry.kind == START:
+        msg.run_started.SetInParent()
+    elif entry.kind == TIMERS:
+        msg.timers_fired.SetInParent()
+    elif isinstance(event, TaskSucceeded):
+        stored = to_stored(event.value, values)
+        value = stored.value_id
+        msg.attempt_succeeded.CopyFrom(
+            journal_pb2.AttemptSucceeded(
+                key=event.key,
+                attempt=event.attempt,
+                value=stored,
+                cache_key=event.cache_key,
+                cached=event.cached,
+            )
+        )
+    elif isinstance(event, TaskStarted):
+        msg.attempt_started.CopyFrom(
+            journal_pb2.AttemptStarted(key=event.key, attempt=event.attempt)
+        )
+    elif isinstance(event, TaskFailed):
+        msg.attempt_failed.CopyFrom(
+            journal_pb2.AttemptFailed(
+                key=event.key,
+                attempt=event.attempt,
+                failure=failure_to_proto(event.failure),
+                timed_out=event.failure.timed_out,
+            )
+        )
+    elif isinstance(event, TaskSkipped):
+        msg.attempt_skipped.CopyFrom(
+            journal_pb2.AttemptSkipped(key=event.key, attempt=event.attempt, reason=event.reason)
+        )
+    elif isinstance(event, TaskLost):
+        msg.attempt_lost.CopyFrom(
+            journal_pb2.AttemptLost(key=event.key, attempt=event.attempt, reason=event.reason)
+        )
+    elif isinstance(event, CacheChecked):
+        checked = journal_pb2.CacheChecked(key=event.key, cache_key=event.cache_key)
+        if event.entry is not None:
+            checked.hit = True
+            checked.value.CopyFrom(to_stored(event.entry.value, values))
+            value = checked.value.value_id
+            if event.entry.expires_at is not None:
+                checked.expires_at = event.entry.expires_at
+        msg.cache_checked.CopyFrom(checked)
+    elif isinstance(event, CancelRequested):
+        msg.cancel_requested.CopyFrom(journal_pb2.CancelRequested(reason=event.reason))
+    else:
+        raise TypeError(f"cannot journal {entry!r}")
+    kind = msg.WhichOneof("input") or ""
+    return RunEvent(flow_run_id, seq, entry.at, kind, msg.SerializeToString(), value)
+
+
+def entry_value_ids(rows: Iterable[RunEvent]) -> list[str]:
+    """The stored values a journal references (to load before decoding it)."""
+    return [row.value_id for row in rows if row.value_id]
+
+
+def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
+    """Inverse of encode_entry; JournalFormatError names what this server cannot read."""
+    try:
+        msg = journal_pb2.JournalEntry.FromString(row.body)
+    except Exception as exc:
+        raise JournalFormatError(
+            f"journal entry {row.seq} of flow run {row.flow_run_id} is not a JournalEntry "
+            f"({type(exc).__name__})"
+        ) from None
+    if msg.format != FORMAT:
+        raise JournalFormatError(
+            f"journal entry {row.seq} of flow run {row.flow_run_id} has format "
+            f"{msg.format}; this server reads format {FORMAT}"
+        )
+    which = msg.WhichOneof("input")
+    event: Any
+    if which == "run_started":
+        return JournalEntry(START, msg.at)
+    if which == "timers_fired":
+        return JournalEntry(TIMERS, msg.at)
+    if which == "attempt_started":
+        event = TaskStarted(msg.attempt_started.key, msg.attempt_started.attempt)
+    elif which == "attempt_succeeded":
+        s = msg.attempt_succeeded
+        value = from_stored(s.value, loaded)
+        event = TaskSucceeded(s.key, s.attempt, value, s.cache_key, s.cached)
+    elif which == "attempt_failed":
+        f = msg.attempt_failed
+        event = TaskFailed(f.key, f.attempt, failure_from_proto(f.failure, f.timed_out))
+    elif which == "attempt_skipped":
+        k = msg.attempt_skipped
+        event = TaskSkipped(k.key, k.attempt, k.reason)
+    elif which == "attempt_lost":
+        lost = msg.attempt_lost
+        event = TaskLost(lost.key, lost.attempt, lost.reason)
+    elif which == "cache_checked":
+        c = msg.cache_checked
+        entry = None
+        if c.hit:
+            expires = c.expires_at if c.HasField("expires_at") else None
+            entry = CacheEntry(from_stored(c.value, loaded), expires)
+        event = CacheChecked(c.key, c.cache_key, entry)
+    elif which == "cancel_requested":
+        event = CancelRequested(msg.cancel_requested.reason)
+    else:
+        raise JournalFormatError(
+            f"journal entry {row.seq} of flow run {row.flow_run_id} has no input"
+        )
+    return JournalEntry(EVENT, msg.at, event)

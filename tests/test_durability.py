@@ -1,0 +1,471 @@
+"""Durable under faults (issue 12): failing commits lose nothing and release nothing
+early, a full disk is survived, fencing is bound to the worker session, a worker that
+gives an attempt back does not hang the run, journals of other formats or engines are
+refused, and retention gives the space back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from test_run_manager import FUNCTIONS, Clock, FakeDispatch, decode_input, value_of
+from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
+
+from headwater import flow, task
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import control_plane_pb2_grpc, worker_pb2, worker_pb2_grpc
+from headwater.wire import FlowRunState, decode_value
+from headwater_runtime.server import RunManager
+from headwater_runtime.server._app import RunningServer, start_server
+from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.store import SQLiteStore, StoreUnavailable, WriteBatch
+
+BOUND = 60.0
+
+
+class FailingStore(SQLiteStore):
+    """A SQLite store whose commits fail while ``failing`` is set, the way a full disk
+    makes them fail."""
+
+    failing = False
+    attempts = 0
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Fail like a full disk while ``failing``; else commit."""
+        if batch:
+            type(self).attempts += 1
+        if self.failing and batch:
+            raise StoreUnavailable(
+                "cannot write to the database: database or disk is full", full=True
+            )
+        super().commit(batch)
+
+
+@contextlib.asynccontextmanager
+async def served(store: SQLiteStore, **settings: Any) -> AsyncIterator[RunningServer]:
+    options = {"heartbeat_interval": 0.5, "heartbeat_timeout": 3600.0, "token": TOKEN, **settings}
+    running = await start_server(ServerSettings(port=0, db=store.path, **options), store=store)
+    try:
+        yield running
+    finally:
+        await asyncio.wait_for(running.stop(None), 30)
+
+
+class StreamWorker:
+    """A worker written against the protocol, driven step by step by a test."""
+
+    def __init__(self, channel: grpc.aio.Channel, name: str, slots: int = 4) -> None:
+        self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+        hello = worker_pb2.Hello(
+            worker_id=name,
+            name=name,
+            protocol_version=1,
+            capabilities=list(FUNCTIONS),
+            slots=slots,
+        )
+        self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
+
+        async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+            while (item := await self.outbox.get()) is not None:
+                yield item
+
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        self.call = stub.Connect(requests(), metadata=AUTH)
+        # One reader drains the stream into a queue: cancelling a read of a grpc.aio
+        # stream would cancel the whole call, so waits with a timeout happen here.
+        self.inbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
+        self.backlog: list[worker_pb2.ConnectResponse] = []
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                self.inbox.put_nowait(response)
+        except grpc.aio.AioRpcError:
+            pass
+        finally:
+            self.inbox.put_nowait(None)
+
+    async def next(self, kind: str, within: float = BOUND) -> Any:
+        """The next message of this kind from the server (others wait in a backlog for
+        their own ``next``); TimeoutError when none comes ``within`` seconds."""
+        for i, waiting in enumerate(self.backlog):
+            if waiting.WhichOneof("message") == kind:
+                del self.backlog[i]
+                return getattr(waiting, kind)
+        async with asyncio.timeout(within):
+            while True:
+                response = await self.inbox.get()
+                if response is None:
+                    raise AssertionError(f"the stream ended while waiting for {kind}")
+                if response.WhichOneof("message") == kind:
+                    return getattr(response, kind)
+                self.backlog.append(response)
+
+    def send(self, **message: Any) -> None:
+        self.outbox.put_nowait(worker_pb2.ConnectRequest(**message))
+
+    def result(self, assignment: worker_pb2.Assignment) -> worker_pb2.TaskResult:
+        args = {name: decode_input(v) for name, v in assignment.inputs.items()}
+        value = FUNCTIONS[assignment.task_type](**args)
+        return worker_pb2.TaskResult(
+            token=assignment.token, result=value_of(value, assignment.split_result)
+        )
+
+    async def close(self) -> None:
+        self.outbox.put_nowait(None)
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+
+
+async def create(channel: grpc.aio.Channel, **params: Any) -> str:
+    client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+    await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH)
+    values = {k: value_of(v) for k, v in params.items()}
+    created = await client.CreateFlowRun(
+        cp.CreateFlowRunRequest(flow_name="proto_pipeline", parameters=values), metadata=AUTH
+    )
+    return str(created.flow_run.id)
+
+
+async def run_state(channel: grpc.aio.Channel, run_id: str) -> Any:
+    client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+    got = await client.GetFlowRun(
+        cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
+    )
+    return got
+
+
+async def finished(channel: grpc.aio.Channel, run_id: str) -> int:
+    """Watch a run until it ends; its final state."""
+    client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+    request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=True)
+    state = 0
+    async with asyncio.timeout(BOUND):
+        async for change in client.WatchFlowRun(request, metadata=AUTH):
+            state = change.flow_run.state
+    return state
+
+
+async def serve_all(worker: StreamWorker, done: asyncio.Event) -> int:
+    """Run every assignment until ``done``; the number of results sent."""
+    sent = 0
+    while not done.is_set():
+        try:
+            a = await worker.next("assignment", within=0.2)
+        except TimeoutError:
+            continue
+        worker.send(result=worker.result(a))
+        sent += 1
+    return sent
+
+
+def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> None:
+    """While commits fail (as on a full disk), no assignment, Ack or watch note leaves
+    the server and callers get RESOURCE_EXHAUSTED naming the cause; when the store
+    recovers, the kept batch is stored in order and the run finishes."""
+
+    async def main() -> None:
+        store = FailingStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w1")
+            await worker.next("welcome")
+            store.failing = True
+            run_id = await create(channel, n=3)  # the run's row is stored on its own
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            code, details = await status_of(
+                client.CancelFlowRun(cp.CancelFlowRunRequest(id="nope"), metadata=AUTH)
+            )
+            assert code == grpc.StatusCode.NOT_FOUND
+            # The run started in memory, but its first assignment waits for the commit.
+            with pytest.raises(TimeoutError):
+                await worker.next("assignment", within=0.5)
+            assert FailingStore.attempts >= 2, "the failed commit was not retried"
+            # A caller that needs durability hears why at once.
+            code, details = await status_of(
+                client.CancelFlowRun(cp.CancelFlowRunRequest(id=run_id), metadata=AUTH)
+            )
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "disk is full" in details
+            store.failing = False  # space came back
+            # The cancel above was kept too (it is stored with the rest): start over
+            # with a run nobody cancels.
+            run_id = await create(channel, n=3)
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(worker, done))
+            assert await finished(channel, run_id) == 4
+            done.set()
+            await serving
+            await worker.close()
+            got = await run_state(channel, run_id)
+            assert decode_value(got.flow_run.result) == {"scaled": [0, 10, 20], "total": 30}
+        # Sequence numbers stayed contiguous through the failures.
+        reopened = SQLiteStore(tmp_path / "hw.db")
+        for row in reopened.list_flow_runs():
+            seqs = [e.seq for e in reopened.events(row.id)]
+            assert seqs == list(range(1, len(seqs) + 1)), (row.id, seqs)
+        cancelled = [r for r in reopened.list_flow_runs() if r.state == 6]
+        assert len(cancelled) == 1  # the cancel kept while the disk was full
+        reopened.close()
+
+    asyncio.run(main())
+
+
+def test_fencing_is_bound_to_the_session(tmp_path: Path) -> None:
+    """A second worker session cannot report for, or log into, an attempt another
+    session holds: FAILED_PRECONDITION, nothing changes, the holder's result counts."""
+
+    async def main() -> None:
+        store = SQLiteStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            holder = StreamWorker(channel, "holder", slots=1)
+            await holder.next("welcome")
+            run_id = await create(channel, n=2)
+            a = await holder.next("assignment")
+            intruder = StreamWorker(channel, "intruder", slots=1)
+            await intruder.next("welcome")
+            fake = worker_pb2.TaskResult(token=a.token, result=value_of([41, 42], True))
+            intruder.send(result=fake)
+            intruder.send(log=worker_pb2.TaskLog(token=a.token, level="INFO", message="pwned"))
+            refused = await intruder.next("ack")
+            assert not refused.accepted
+            assert refused.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            assert "not held by this worker session" in refused.reason
+            holder.send(result=holder.result(a))
+            accepted = await holder.next("ack")
+            assert accepted.accepted, accepted.reason
+            await intruder.close()
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(holder, done))
+            assert await finished(channel, run_id) == 4
+            done.set()
+            await serving
+            await holder.close()
+            got = await run_state(channel, run_id)
+            assert decode_value(got.flow_run.result) == {"scaled": [0, 10], "total": 10}
+            logs = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
+                cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
+            )
+            assert [e.message for e in logs.entries] == []
+
+    asyncio.run(main())
+
+
+def test_an_unrequested_task_cancelled_gives_the_attempt_back(tmp_path: Path) -> None:
+    """A worker that drops an attempt nobody asked it to stop does not hang the run:
+    the attempt is dispatched again."""
+
+    async def main() -> None:
+        store = SQLiteStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            run_id = await create(channel, n=1)
+            first = await worker.next("assignment")
+            worker.send(cancelled=worker_pb2.TaskCancelled(token=first.token))
+            again = await worker.next("assignment")
+            assert again.token.task_run_id == first.token.task_run_id
+            assert again.token.attempt == first.token.attempt + 1
+            worker.send(result=worker.result(again))
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(worker, done))
+            assert await finished(channel, run_id) == 4
+            done.set()
+            await serving
+            await worker.close()
+            got = await run_state(channel, run_id)
+            numbers = next(t for t in got.task_runs if t.name == "numbers")
+            assert numbers.attempts == 2 and numbers.state == 5
+
+    asyncio.run(main())
+
+
+def test_journals_of_an_unknown_engine_version_are_not_replayed(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "hw.db")
+    manager = RunManager(store, FakeDispatch(), Clock())
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {})
+    manager.flush()
+    with store._db as db:  # a run written by a future engine
+        db.execute("UPDATE flow_runs SET engine_version='99' WHERE id=?", (row.id,))
+    found = RunManager(store, FakeDispatch(), Clock()).recover()
+    assert [r for r, _ in found.refused] == [row.id]
+    (why,) = [w for _, w in found.refused]
+    assert "engine version 99" in why and "replays only 1" in why
+    store.close()
+
+
+def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    SQLiteStore(path).close()
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 2"):
+        SQLiteStore(path)
+
+
+@task
+def payload(i: int) -> str:
+    return "x" * 4096 + str(i)
+
+
+@flow
+def one_task(i: int = 0) -> str:
+    return payload(i)
+
+
+def test_retention_gives_every_byte_of_finished_runs_back(tmp_path: Path) -> None:
+    """After retention removes them, finished runs leave nothing behind: no rows, no
+    values, no payloads, and the file does not grow from one batch of runs to the next."""
+    functions = {payload.task_type: payload.fn}
+    clock = Clock()
+    store = SQLiteStore(tmp_path / "hw.db", clock=clock.now)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, clock)
+    manager.register_flow(one_task.compile())
+
+    def batch_of_runs(count: int) -> None:
+        for i in range(count):
+            manager.create_run("one_task", "", {"i": value_of(i)})
+            manager.flush()
+            (pending,) = dispatch.submitted
+            dispatch.submitted.clear()
+            a = pending.assignment
+            from headwater.wire import split_task_run_id
+            from headwater_runtime.engine import TaskSucceeded
+
+            run_id, key = split_task_run_id(a.token.task_run_id)
+            value = functions[a.task_type](**{n: decode_input(v) for n, v in a.inputs.items()})
+            manager.handle(run_id, TaskSucceeded(key, a.token.attempt, value_of(value)))
+            manager.flush()
+            # an upload nobody references (a result that never arrived)
+            store.put_payload(iter([b"y" * 5000]), {"encoding": "json"}, 5000)
+
+    batch_of_runs(20)
+    clock.t += 3600
+    first = store.prune(clock.now(), clock.now(), grace=0)
+    assert first.runs == 20 and first.values >= 20 and first.payloads == 20
+    baseline = store.stats()
+    assert {k: v for k, v in baseline.items() if k not in ("page_count", "freelist_count")} == {
+        k: 0 for k in baseline if k not in ("page_count", "freelist_count")
+    }
+    batch_of_runs(20)
+    assert store.stats()["page_count"] > baseline["page_count"]
+    clock.t += 3600
+    dry = store.prune(clock.now(), clock.now(), grace=0, dry_run=True)
+    assert dry.dry_run and dry.runs == 20 and store.stats()["flow_runs"] == 20
+    second = store.prune(clock.now(), clock.now(), grace=0)
+    assert second.runs == 20 and second.bytes_reclaimed > 0
+    after = store.stats()
+    assert after["page_count"] <= baseline["page_count"], (baseline, after)
+    assert after["flow_runs"] == after["run_values"] == after["payloads"] == 0
+    store.close()
+
+
+def test_prune_keeps_what_is_referenced(tmp_path: Path) -> None:
+    """Running runs, their values and young payloads survive a prune."""
+    clock = Clock()
+    store = SQLiteStore(tmp_path / "hw.db", clock=clock.now)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, clock)
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(2)})
+    manager.flush()
+    young = store.put_payload(iter([b"z"]), {"encoding": "json"}, 1)
+    report = store.prune(clock.now() + 10_000, clock.now(), grace=60)
+    assert report.runs == 0 and report.payloads == 0
+    assert store.get_flow_run(row.id).state == FlowRunState.RUNNING.value
+    assert store.payload_meta(young.id).size == 1
+    store.close()
+
+
+def test_headwater_prune_on_the_command_line(tmp_path: Path) -> None:
+    from headwater._cli import main
+
+    db = tmp_path / "hw.db"
+    SQLiteStore(db).close()
+    assert main(["prune", "--db", str(db), "--older-than", "30d", "--dry-run"]) == 0
+    assert main(["prune", "--db", str(db), "--older-than", "soon"]) == 2
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("mount") is None,
+    reason="mounting a small tmpfs needs root (CI runs as root)",
+)
+
+
+@needs_root
+def test_a_full_disk_is_survived_and_every_run_finishes_when_space_returns(
+    tmp_path: Path,
+) -> None:
+    """A real full file system: the server keeps running, refuses what it cannot store
+    with RESOURCE_EXHAUSTED, and finishes every run once space comes back."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+
+        async def main() -> None:
+            store = SQLiteStore(mount / "hw.db")
+            async with (
+                served(store) as running,
+                grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+            ):
+                worker = StreamWorker(channel, "w", slots=8)
+                await worker.next("welcome")
+                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+                await client.RegisterFlow(
+                    cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+                )
+                run_ids: list[str] = []
+                done = asyncio.Event()
+                serving = asyncio.create_task(serve_all(worker, done))
+                full = False
+                async with asyncio.timeout(BOUND):
+                    while not full:  # fill the disk with runs and their results
+                        try:
+                            created = await client.CreateFlowRun(
+                                cp.CreateFlowRunRequest(
+                                    flow_name="proto_pipeline", parameters={"n": value_of(50)}
+                                ),
+                                metadata=AUTH,
+                            )
+                            run_ids.append(created.flow_run.id)
+                        except grpc.aio.AioRpcError as exc:
+                            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                            assert "full" in (exc.details() or "")
+                            full = True
+                        await asyncio.sleep(0.01)
+                assert running.core.commits.error is not None or full
+                remount = ["mount", "-o", "remount,size=64m", "tmpfs", str(mount)]
+                await asyncio.to_thread(subprocess.run, remount, check=True)
+                for run_id in run_ids:
+                    assert await finished(channel, run_id) == 4
+                done.set()
+                await serving
+                await worker.close()
+                assert len(run_ids) >= 1
+
+        asyncio.run(main())
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
