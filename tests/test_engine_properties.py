@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from engine_helpers import (
     Driver,
     FakeClock,
@@ -50,6 +51,11 @@ from headwater_runtime.engine import (
     TaskSkipped,
     TaskSucceeded,
 )
+
+# The strategies here never touch the random module, but Hypothesis notices any change
+# of its global state while it draws, and a Dask cluster or worker left running by an
+# earlier test (in a background thread) uses it: that warning is not about this file.
+pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 
 # derandomize: the same examples on every run, so a result never depends on luck.
 SETTINGS = settings(

@@ -43,7 +43,13 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 class ParameterTypes:
-    """The annotations of one flow's parameters, and validators built on first use."""
+    """The annotations of one flow's parameters, and validators built on first use.
+
+    Args:
+        flow_name: the flow's name (for messages).
+        fn: the flow function.
+        names: its parameters' names.
+    """
 
     def __init__(self, flow_name: str, fn: Callable[..., Any], names: list[str]) -> None:
         self.flow_name = flow_name
