@@ -223,11 +223,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         context: grpc.aio.ServicerContext[cp.WatchFlowRunRequest, cp.WatchFlowRunResponse],
     ) -> AsyncIterator[cp.WatchFlowRunResponse]:
         """The run now, then after every stored change, until it ends."""
-        row = await self._flow_run(request.id, context)
-        # Subscribe, then read: a change committed after the read wakes the queue.
-        queue = self.core.watch(row.id, task_runs=not request.flow_run_only)
+        # Subscribe first (before any await), then read: a change made meanwhile, or
+        # committed after the read, still reaches the queue.
+        queue = self.core.watch(request.id, task_runs=not request.flow_run_only)
         try:
-            row = await self.io.read(self.store.get_flow_run, row.id)
+            row = await self._flow_run(request.id, context)
             yield control_plane_pb2.WatchFlowRunResponse(flow_run=await self._message(row))
             # The commit that ends the run may carry several task run changes (all
             # queued by the same commit): deliver every one before ending the stream.
