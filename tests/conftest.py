@@ -5,16 +5,59 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from _backends import THREADS, Backend
+from pg_cluster import TempPostgres, temp_postgres
 
 from headwater_runtime.embedded import PROCESS_CACHE
 
 if TYPE_CHECKING:
     # OpenTelemetry is an extra: `make test-oldest` runs without it.
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+
+#: The stores the server and end-to-end tests run against: both, unless
+#: HEADWATER_TEST_STORES names fewer (``make test-oldest`` runs SQLite only: the
+#: ``postgres`` extra is not installed in that venv).
+STORES = [s for s in os.environ.get("HEADWATER_TEST_STORES", "sqlite,postgres").split(",") if s]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TempPostgres]:
+    """One real PostgreSQL server for the whole session (tests get a schema each).
+
+    In CI (CI=true) a missing PostgreSQL or psycopg fails the test; elsewhere the
+    test is skipped, saying what to install."""
+    import pg_cluster
+
+    missing = ""
+    if not pg_cluster.available():
+        missing = "PostgreSQL is not installed (apt-get install postgresql, or make setup)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed (pip install 'headwater[postgres]')"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}: the PostgreSQL tests must run in CI")
+        pytest.skip(f"{missing}; skipped outside CI")
+    with temp_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=STORES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ``--db`` of a server under test: a SQLite file, or a PostgreSQL URL whose
+    tables live in a fresh schema of the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "hw.db")
+    server: TempPostgres = request.getfixturevalue("postgres")
+    return server.schema_url()
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,10 @@ through a fresh engine rebuilds it exactly after a restart. Result values are st
 once, in a value table keyed by their digest, and referenced by id from the journal,
 the projections, the cache and flow results.
 
+Several servers (PostgreSQL): only the leader writes. Its store carries the lease
+epoch it holds, and every write transaction checks that epoch first, so a server
+that lost the lead cannot write anything (``Fenced``), whatever it still believes.
+
 Threads: a server calls the write methods (``commit``, ``create_flow_run``,
 ``put_*``, payload uploads, ``prune``) from one writer thread, and the read methods
 from any number of reader threads at once; an implementation gives each thread what
@@ -46,6 +50,15 @@ class StoreUnavailable(Exception):
     def __init__(self, message: str, *, full: bool = False) -> None:
         super().__init__(message)
         self.full = full
+
+
+class Fenced(StoreUnavailable):
+    """Another server took the lead (a newer lease epoch): this server's writes are
+    refused, in the transaction that tried them, and it must stop leading.
+
+    Args:
+        message: the epochs and the new leader.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,8 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
-from ._sqlite_payloads import PayloadWriter
+from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._sqlite_payloads import SQLiteChunks, publish_payload
 from ._sqlite_schema import (
     _IN_TERMINAL,
     _SCHEMA,
@@ -59,6 +60,8 @@ class SQLiteStore:
             database in a temporary file, removed on close.
         durable: fsync every commit (synchronous=FULL) rather than relying on WAL.
         clock: seconds since the epoch (payload creation times), for tests.
+        payload_dir: keep the bytes of new payloads as files in this directory
+            instead of the database (``_payloads.DirectoryBlobs``).
     """
 
     def __init__(
@@ -67,10 +70,12 @@ class SQLiteStore:
         *,
         durable: bool = False,
         clock: Callable[[], float] | None = None,
+        payload_dir: str | Path | None = None,
     ) -> None:
         import time
 
         self._clock = clock or time.time
+        self._blobs = None if payload_dir is None else DirectoryBlobs(payload_dir)
         self._temp: tempfile.TemporaryDirectory[str] | None = None
         if str(path) == ":memory:":
             # Threads need their own connections to one database: a temporary file.
@@ -100,6 +105,8 @@ class SQLiteStore:
                 )
             # Chunks of uploads that never finished (the server died mid-upload).
             db.execute("DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)")
+            if self._blobs is not None:
+                self._blobs.sweep()
         except sqlite3.DatabaseError as exc:
             self.close()
             raise RuntimeError(f"cannot open the database {self.path}: {exc}") from exc
@@ -400,7 +407,21 @@ class SQLiteStore:
             raise ValueError(f"payload size must be >= 0, got {size}")
         if "encoding" not in metadata:
             raise ValueError("payload metadata must name its 'encoding'")
-        return PayloadWriter(self._db, metadata, size, sha256, self._clock())
+        db = self._db
+
+        def sink_for(payload_id: str) -> ChunkSink:
+            if self._blobs is not None:
+                return self._blobs.sink(payload_id)
+            return SQLiteChunks(db, payload_id)
+
+        return PayloadWriter(
+            sink_for,
+            lambda meta, at: publish_payload(db, meta, at),
+            metadata,
+            size,
+            sha256,
+            self._clock(),
+        )
 
     def payload_meta(self, payload_id: str) -> PayloadMeta:
         """A stored payload's size, metadata and hash; NotFound if it does not exist."""
@@ -414,6 +435,10 @@ class SQLiteStore:
     def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
         """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes; the last may be
         shorter); b"" past the end."""
+        if self._blobs is not None:
+            data = self._blobs.read_chunk(payload_id, index)
+            if data is not None:
+                return data
         row = self._db.execute(
             "SELECT data FROM payload_chunks WHERE id=? AND idx=?", (payload_id, index)
         ).fetchone()
@@ -509,6 +534,7 @@ class SQLiteStore:
         without deleting."""
         db = self._db
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        report_ids: list[str] = []  # payloads deleted (their files go after the commit)
 
         def work() -> PruneReport:
             counts: dict[str, int] = {}
@@ -559,6 +585,7 @@ class SQLiteStore:
             counts["payloads"] = len(unused)
             counts["payload_bytes"] = sum(int(size) for _, size in unused)
             ids = [str(i) for i, _ in unused]
+            report_ids.extend(ids)
             _delete_in(db, "DELETE FROM payload_chunks WHERE id IN", ids)
             _delete_in(db, "DELETE FROM payloads WHERE id IN", ids)
             if dry_run:
@@ -570,11 +597,17 @@ class SQLiteStore:
             report = _transaction(db, work)
         except _DryRun as dry:
             return dry.report
+        files = 0
+        if self._blobs is not None:  # the rows are gone: now their files
+            files = self._blobs.size_of(report_ids)
+            self._blobs.delete(report_ids)
+            self._blobs.sweep(older_than=grace)
         db.execute("PRAGMA incremental_vacuum")
         with contextlib.suppress(sqlite3.Error):  # readers may hold the WAL: shrink later
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         after = db.execute("PRAGMA page_count").fetchone()[0]
-        return dataclasses.replace(report, bytes_reclaimed=max(0, before - after) * page_size)
+        reclaimed = max(0, before - after) * page_size + files
+        return dataclasses.replace(report, bytes_reclaimed=reclaimed)
 
     def stats(self) -> dict[str, int]:
         """Rows per table and the file's size in pages (for tests and benchmarks)."""

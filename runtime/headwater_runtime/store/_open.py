@@ -1,0 +1,38 @@
+"""Opening the store a ``--db`` value names: a SQLite path or a PostgreSQL URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._base import Store
+
+#: URL schemes that select the PostgreSQL store.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(db: str) -> bool:
+    """Whether ``db`` is a PostgreSQL URL (anything else is a SQLite path)."""
+    return db.startswith(POSTGRES_SCHEMES)
+
+
+class MissingDriver(ImportError):
+    """A PostgreSQL URL was given, and the ``postgres`` extra is not installed."""
+
+
+def open_store(db: str, *, payload_dir: str | Path | None = None) -> Store:
+    """The store ``db`` names: ``postgresql://...`` opens (and migrates) a PostgreSQL
+    database, anything else is a SQLite file. ``payload_dir`` keeps new payloads'
+    bytes in that directory instead of the database."""
+    if is_postgres(db):
+        try:
+            from ._postgres import PostgresStore
+        except ImportError as exc:
+            raise MissingDriver(
+                f"a PostgreSQL --db needs the 'postgres' extra ({exc.name} is not installed): "
+                "pip install 'headwater[postgres]'",
+                name=exc.name,
+            ) from None
+        return PostgresStore(db, payload_dir=payload_dir)
+    from ._sqlite import SQLiteStore
+
+    return SQLiteStore(db, payload_dir=payload_dir)

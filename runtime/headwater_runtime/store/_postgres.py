@@ -1,0 +1,799 @@
+"""PostgreSQL implementation of the store (``headwater server --db postgresql://...``).
+
+Driver: psycopg 3 with psycopg-pool (the ``postgres`` extra). A synchronous driver
+fits the store's threads (one writer thread, reader threads) without an event loop of
+its own; its pipeline mode sends a whole commit in one round trip, and the binary
+wheel needs no compiler or libpq on the host. Connections come from a pool: each
+call takes one for its duration, so reader threads run side by side with the writer;
+a connection that broke is dropped by the pool and replaced.
+
+Every write transaction of a leading server first reads the lease row ``FOR SHARE``
+and compares its epoch with the one this server holds (``Fenced`` otherwise). A
+takeover updates that row, so it waits for a commit under way to finish, and every
+commit after it sees the new epoch: nothing the old leader writes lands after the
+takeover. The schema is migrated when the store opens (``_postgres_schema``).
+Errors that mean "cannot write now" (the server is gone, the disk is full) become
+``StoreUnavailable`` with PostgreSQL's own words, so a caller can keep its batch and
+try again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
+
+from ._base import (
+    CacheRow,
+    Conflict,
+    Fenced,
+    FlowRunRow,
+    FlowVersion,
+    LogRow,
+    NotFound,
+    PayloadMeta,
+    PruneReport,
+    RunEvent,
+    ScheduleRow,
+    StateRow,
+    StoreUnavailable,
+    TaskRunRow,
+    WriteBatch,
+)
+from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._postgres_schema import TERMINAL, migrate
+
+T = TypeVar("T")
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+_FLOW_RUN_COLS = (
+    "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
+    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version"
+)
+_FENCE = "SELECT epoch, address FROM leader_lease WHERE id = 1 FOR SHARE"
+
+
+def redact(url: str) -> str:
+    """A database URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore:
+    """The store in a PostgreSQL database: several servers can share one, one leading.
+
+    Args:
+        url: a libpq connection URL, ``postgresql://user@host:port/dbname`` (a
+            password, ``sslmode`` or ``options=-csearch_path=...`` are passed on).
+        clock: seconds since the epoch (payload creation times), for tests.
+        payload_dir: keep the bytes of new payloads as files in this directory (a
+            mount every server sees) instead of the database.
+        pool_size: most connections open at once (the writer, readers, the lease).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] | None = None,
+        payload_dir: str | Path | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        self.url = url
+        self.where = redact(url)
+        self._clock = clock or time.time
+        self._blobs = None if payload_dir is None else DirectoryBlobs(payload_dir)
+        #: The lease epoch this server leads with; None: unfenced (a single process
+        #: such as ``headwater prune``, or a store used without the server).
+        self.epoch: int | None = None
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="headwater",
+        )
+        try:
+            self._pool.open(wait=True, timeout=30)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
+        try:
+            with self._pool.connection() as conn:
+                migrate(conn, self.where)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        """Close every connection."""
+        self._pool.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _write(self, work: Callable[[Conn], T], *, pipeline: bool = False) -> T:
+        """Run ``work`` in one transaction, fenced by this server's epoch; errors that
+        mean "cannot write now" become StoreUnavailable (nothing of it is stored)."""
+        try:
+            with self._pool.connection() as conn:
+                if pipeline:
+                    with conn.pipeline(), conn.transaction():
+                        fence = conn.execute(_FENCE) if self.epoch is not None else None
+                        result = work(conn)
+                        self._check(fence)
+                        return result
+                with conn.transaction():
+                    if self.epoch is not None:
+                        self._check(conn.execute(_FENCE))
+                    return work(conn)
+        except (psycopg.IntegrityError, psycopg.ProgrammingError):
+            raise
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate is None:  # not from the server: the connection broke
+                raise _unavailable(exc) from exc
+            raise
+
+    def _check(self, fence: psycopg.Cursor[tuple[Any, ...]] | None) -> None:
+        if fence is None:
+            return
+        row = fence.fetchone()
+        if row is None or int(row[0]) != self.epoch:
+            current, leader = (0, "") if row is None else (int(row[0]), str(row[1]))
+            raise Fenced(
+                f"this server led with lease epoch {self.epoch}, and the lease is now at "
+                f"epoch {current} (leader {leader or 'unknown'}): its writes are refused"
+            )
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, args or None).fetchall()
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
+
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = self._read(sql, args)
+        return rows[0] if rows else None
+
+    def connection(self) -> Any:
+        """A pooled connection (``with store.connection() as conn``), for the lease
+        and for tests."""
+        return self._pool.connection()
+
+    # ------------------------------------------------------------------ flows
+
+    def put_flow(
+        self, name: str, digest: str, graph: bytes, version: str, now: float
+    ) -> tuple[FlowVersion, bool]:
+        """Store a flow version; the same graph (by digest) returns the stored version.
+
+        An empty ``version`` is numbered 1, 2, ... per flow name."""
+
+        def work(conn: Conn) -> tuple[FlowVersion, bool]:
+            # One registration of a name at a time (numbering reads, then inserts).
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"flow:{name}",))
+            same = conn.execute(
+                "SELECT version, created_at FROM flows WHERE name=%s AND digest=%s"
+                + (" AND version=%s" if version else " ORDER BY seq DESC LIMIT 1"),
+                (name, digest, version) if version else (name, digest),
+            ).fetchone()
+            if same is not None:
+                return FlowVersion(name, same[0], digest, graph, same[1]), False
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM flows WHERE name=%s", (name,)
+            ).fetchone()
+            seq = int(row[0]) if row else 1
+            chosen = version or _next_number(conn, name)
+            taken = conn.execute(
+                "SELECT 1 FROM flows WHERE name=%s AND version=%s", (name, chosen)
+            ).fetchone()
+            if taken:
+                raise Conflict(
+                    f"flow {name!r} version {chosen!r} is already registered with a "
+                    "different graph; choose a new version"
+                )
+            conn.execute(
+                "INSERT INTO flows VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, chosen, seq, digest, graph, now),
+            )
+            return FlowVersion(name, chosen, digest, graph, now), True
+
+        return self._write(work)
+
+    def get_flow(self, name: str, version: str = "") -> FlowVersion:
+        """A flow's version (the latest when ``version`` is empty); NotFound if none."""
+        if version:
+            row = self._one(
+                "SELECT version, digest, graph, created_at FROM flows WHERE name=%s AND version=%s",
+                (name, version),
+            )
+        else:
+            row = self._one(
+                "SELECT version, digest, graph, created_at FROM flows WHERE name=%s "
+                "ORDER BY seq DESC LIMIT 1",
+                (name,),
+            )
+        if row is None:
+            what = f"flow {name!r}" + (f" version {version!r}" if version else "")
+            raise NotFound(f"{what} is not registered")
+        return FlowVersion(name, row[0], row[1], bytes(row[2]), row[3])
+
+    def list_flows(self) -> list[tuple[str, list[str]]]:
+        """Every flow name with its versions, oldest first."""
+        flows: dict[str, list[str]] = {}
+        for name, version in self._read("SELECT name, version FROM flows ORDER BY name, seq"):
+            flows.setdefault(name, []).append(version)
+        return list(flows.items())
+
+    # --------------------------------------------------------------- flow runs
+
+    def create_flow_run(
+        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+    ) -> tuple[FlowRunRow, bool]:
+        """Insert a run, or return the existing run with the same idempotency key.
+
+        The same key with another flow or other parameters raises Conflict naming the
+        existing run; ``schedule`` is updated in the same transaction."""
+
+        def work(conn: Conn) -> tuple[str, bool]:
+            if schedule is not None:
+                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted.
+                conn.execute(
+                    "UPDATE schedules SET body=%s, next_run_at=%s, enabled=%s WHERE id=%s",
+                    (schedule.body, schedule.next_run_at, schedule.enabled, schedule.id),
+                )
+            if row.idempotency_key:
+                existing = conn.execute(
+                    "SELECT id, flow_name, parameters FROM flow_runs WHERE idempotency_key=%s",
+                    (row.idempotency_key,),
+                ).fetchone()
+                if existing is not None:
+                    if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
+                        raise Conflict(
+                            f"idempotency key {row.idempotency_key!r} was already used for "
+                            f"flow run {existing[0]} (flow {existing[1]!r}) with other "
+                            "parameters; use a new key, or the same parameters to get that run"
+                        )
+                    return str(existing[0]), False
+            conn.execute(
+                f"INSERT INTO flow_runs ({_FLOW_RUN_COLS}) VALUES ({', '.join(['%s'] * 14)})",
+                (row.id, *_flow_run_values(row)),
+            )
+            _add_refs(conn, f"run:{row.id}", row.payload_ids)
+            return row.id, True
+
+        run_id, created = self._write(work)
+        return (row, True) if created else (self.get_flow_run(run_id), False)
+
+    def get_flow_run(self, run_id: str) -> FlowRunRow:
+        """A flow run's row; NotFound if it does not exist."""
+        found = self._one(f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE id=%s", (run_id,))
+        if found is None:
+            raise NotFound(f"flow run {run_id!r} does not exist")
+        return _flow_run_row(found)
+
+    def list_flow_runs(
+        self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
+    ) -> list[FlowRunRow]:
+        """Flow runs, newest first, optionally of one flow, in some states, and older
+        than the run ``before`` (paging)."""
+        where: list[str] = []
+        args: list[object] = []
+        if flow_name:
+            where.append("flow_name=%s")
+            args.append(flow_name)
+        if states:
+            where.append("state = ANY(%s)")
+            args.append(list(states))
+        if before:
+            where.append("seq < (SELECT seq FROM flow_runs WHERE id=%s)")
+            args.append(before)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs {clause} ORDER BY seq DESC LIMIT %s",
+            (*args, limit),
+        )
+        return [_flow_run_row(r) for r in rows]
+
+    def unfinished_flow_runs(self) -> list[FlowRunRow]:
+        """Runs not in a terminal state, oldest first (what a restart recovers)."""
+        rows = self._read(
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE NOT (state = ANY(%s)) ORDER BY seq",
+            (list(TERMINAL),),
+        )
+        return [_flow_run_row(r) for r in rows]
+
+    def events(self, flow_run_id: str) -> list[RunEvent]:
+        """A run's journal, in order."""
+        rows = self._read(
+            "SELECT seq, at, kind, body, value_id FROM run_events WHERE flow_run_id=%s "
+            "ORDER BY seq",
+            (flow_run_id,),
+        )
+        return [RunEvent(flow_run_id, s, at, k, bytes(b), v) for s, at, k, b, v in rows]
+
+    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
+        """A run's task runs (projection), in the order they were first stored."""
+        rows = self._read(
+            "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
+            "result_id, delivered FROM task_runs WHERE flow_run_id=%s ORDER BY ord",
+            (flow_run_id,),
+        )
+        return [TaskRunRow(flow_run_id, *r) for r in rows]
+
+    def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
+        """State history of a run's task runs (of one, with ``key``)."""
+        sql = (
+            "SELECT key, seq, state, at, attempt, message, failure FROM task_run_states "
+            "WHERE flow_run_id=%s"
+        )
+        args: tuple[str, ...] = (flow_run_id,)
+        if key:
+            sql += " AND key=%s"
+            args += (key,)
+        rows = self._read(sql + " ORDER BY ord", args)
+        return [
+            StateRow(flow_run_id, k, s, st, at, a, m, bytes(f)) for k, s, st, at, a, m, f in rows
+        ]
+
+    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
+        """Log records of a run's task runs (of one, with ``key``), in order."""
+        sql = "SELECT key, attempt, at, level, logger, message FROM logs WHERE flow_run_id=%s"
+        args: tuple[str, ...] = (flow_run_id,)
+        if key:
+            sql += " AND key=%s"
+            args += (key,)
+        return [LogRow(flow_run_id, *r) for r in self._read(sql + " ORDER BY ord", args)]
+
+    # ----------------------------------------------------------------- values
+
+    def get_values(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """Stored values by id (ids not stored are left out)."""
+        wanted = list(dict.fromkeys(i for i in ids if i))
+        if not wanted:
+            return {}
+        rows = self._read("SELECT id, data FROM run_values WHERE id = ANY(%s)", (wanted,))
+        return {str(i): bytes(d) for i, d in rows}
+
+    # ----------------------------------------------------------------- commit
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Write a tick's batch in one transaction (all or nothing), in one round trip
+        (pipeline mode: a statement per table, rows passed as arrays)."""
+        if batch:
+            self._write(lambda conn: _write_batch(conn, batch, self.epoch or 0), pipeline=True)
+
+    # --------------------------------------------------------------- payloads
+
+    def put_payload(
+        self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
+    ) -> PayloadMeta:
+        """Store bytes arriving in chunks; checks the declared size (and hash if given)."""
+        writer = self.begin_payload(metadata, size, sha256)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadWriter:
+        """Start an upload whose chunks arrive over time: each chunk is stored as it
+        comes (its own transaction, or a file in the payload directory); the payload
+        becomes visible when ``finish()`` stores its row."""
+        if size < 0:
+            raise ValueError(f"payload size must be >= 0, got {size}")
+        if "encoding" not in metadata:
+            raise ValueError("payload metadata must name its 'encoding'")
+
+        def sink_for(payload_id: str) -> ChunkSink:
+            if self._blobs is not None:
+                return self._blobs.sink(payload_id)
+            return _DatabaseChunks(self, payload_id)
+
+        def publish(meta: PayloadMeta, created_at: float) -> None:
+            self._write(
+                lambda conn: conn.execute(
+                    "INSERT INTO payloads VALUES (%s, %s, %s, %s, %s)",
+                    (
+                        meta.id,
+                        meta.size,
+                        json.dumps(meta.metadata, sort_keys=True),
+                        meta.sha256,
+                        created_at,
+                    ),
+                )
+            )
+
+        return PayloadWriter(sink_for, publish, metadata, size, sha256, self._clock())
+
+    def payload_meta(self, payload_id: str) -> PayloadMeta:
+        """A stored payload's size, metadata and hash; NotFound if it does not exist."""
+        row = self._one("SELECT size, metadata, sha256 FROM payloads WHERE id=%s", (payload_id,))
+        if row is None:
+            raise NotFound(f"payload {payload_id!r} does not exist")
+        return PayloadMeta(payload_id, int(row[0]), json.loads(row[1]), row[2])
+
+    def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
+        """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes; the last may be
+        shorter); b"" past the end."""
+        if self._blobs is not None:
+            data = self._blobs.read_chunk(payload_id, index)
+            if data is not None:
+                return data
+        row = self._one(
+            "SELECT data FROM payload_chunks WHERE id=%s AND idx=%s", (payload_id, index)
+        )
+        return b"" if row is None else bytes(row[0])
+
+    def read_payload(
+        self, payload_id: str, offset: int = 0, chunk_size: int = CHUNK_SIZE
+    ) -> Iterator[bytes]:
+        """The payload's bytes from ``offset``, in pieces of at most ``chunk_size``,
+        reading one stored chunk at a time (never the whole payload)."""
+        meta = self.payload_meta(payload_id)
+        if offset < 0 or offset > meta.size:
+            raise ValueError(f"offset {offset} is outside payload of {meta.size} bytes")
+        index, skip = divmod(offset, CHUNK_SIZE)
+        while True:
+            data = self.read_payload_chunk(payload_id, index)
+            if not data:
+                return
+            view = memoryview(data)[skip:]
+            skip = 0
+            for start in range(0, len(view), chunk_size):
+                yield bytes(view[start : start + chunk_size])
+            index += 1
+
+    def sweep_uploads(self) -> None:
+        """Remove the chunks of uploads that never finished (a leader died mid-upload).
+        Only the leader calls this, when it takes the lead: then no upload is under way."""
+        self._write(
+            lambda conn: conn.execute(
+                "DELETE FROM payload_chunks c WHERE NOT EXISTS "
+                "(SELECT 1 FROM payloads p WHERE p.id = c.id)"
+            )
+        )
+        if self._blobs is not None:
+            self._blobs.sweep()
+
+    # ------------------------------------------------------------------ cache
+
+    def get_cache(self, key: str) -> CacheRow | None:
+        """The cache entry under ``key``, expired or not (the caller checks)."""
+        row = self._one("SELECT value_id, expires_at FROM cache_entries WHERE key=%s", (key,))
+        return None if row is None else CacheRow(key, row[0], row[1])
+
+    # -------------------------------------------------------------- schedules
+
+    def put_schedule(self, row: ScheduleRow) -> None:
+        """Create or replace a schedule."""
+
+        def work(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO schedules VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
+                "SET flow_name=EXCLUDED.flow_name, body=EXCLUDED.body, "
+                "next_run_at=EXCLUDED.next_run_at, enabled=EXCLUDED.enabled",
+                (row.id, row.flow_name, row.body, row.next_run_at, row.enabled),
+            )
+            conn.execute("DELETE FROM payload_refs WHERE owner=%s", (f"schedule:{row.id}",))
+            _add_refs(conn, f"schedule:{row.id}", row.payload_ids)
+
+        self._write(work)
+
+    def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]:
+        """Every schedule (of one flow, if given)."""
+        sql = "SELECT id, flow_name, body, next_run_at, enabled FROM schedules"
+        rows = (
+            self._read(sql + " WHERE flow_name=%s ORDER BY id", (flow_name,))
+            if flow_name
+            else self._read(sql + " ORDER BY id")
+        )
+        return [ScheduleRow(i, f, bytes(b), n, bool(e)) for i, f, b, n, e in rows]
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRow:
+        """One schedule; NotFound if it does not exist."""
+        found = self._one(
+            "SELECT id, flow_name, body, next_run_at, enabled FROM schedules WHERE id=%s",
+            (schedule_id,),
+        )
+        if found is None:
+            raise NotFound(f"schedule {schedule_id!r} does not exist")
+        i, f, b, n, e = found
+        return ScheduleRow(i, f, bytes(b), n, bool(e))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule (its runs stay); NotFound if it does not exist."""
+
+        def work(conn: Conn) -> None:
+            cur = conn.execute("DELETE FROM schedules WHERE id=%s", (schedule_id,))
+            if cur.rowcount == 0:
+                raise NotFound(f"schedule {schedule_id!r} does not exist")
+            conn.execute("DELETE FROM payload_refs WHERE owner=%s", (f"schedule:{schedule_id}",))
+
+        self._write(work)
+
+    # -------------------------------------------------------------- retention
+
+    def prune(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> PruneReport:
+        """Delete finished runs that ended before ``ended_before`` (none when None) with
+        their journal, projections and logs; expired cache entries; values nothing
+        references; payloads nothing references older than ``grace`` seconds. Then
+        VACUUM the tables it deleted from, so their space is reused (PostgreSQL keeps
+        the files' size; ``bytes_reclaimed`` counts the bytes of what was deleted).
+        ``dry_run`` counts without deleting."""
+        from ._postgres_prune import prune
+
+        deleted: list[str] = []
+
+        def work(conn: Conn) -> PruneReport:
+            report = prune(conn, ended_before, now, grace, deleted)
+            if dry_run:
+                raise _DryRun(report)
+            return report
+
+        try:
+            report = self._write(work)
+        except _DryRun as dry:
+            return PruneReport(**{**dry.report.__dict__, "dry_run": True})
+        if self._blobs is not None:  # the rows are gone: now their files
+            self._blobs.delete(deleted)
+            self._blobs.sweep(older_than=grace)
+        if report.runs or report.values or report.payloads or report.cache_entries:
+            from ._postgres_prune import vacuum
+
+            vacuum(self._pool)
+        return report
+
+    def stats(self) -> dict[str, int]:
+        """Rows per table and the database's size in bytes (for tests and benchmarks)."""
+        tables = [
+            "flow_runs",
+            "run_events",
+            "run_values",
+            "task_runs",
+            "task_run_states",
+            "logs",
+            "payloads",
+            "payload_chunks",
+            "payload_refs",
+            "cache_entries",
+        ]
+        out = {t: int(self._read(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in tables}
+        out["bytes"] = int(
+            self._read(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relkind = 'r'"
+            )[0][0]
+        )
+        return out
+
+
+class _DryRun(Exception):
+    """Carries a dry run's report out of its (rolled back) transaction."""
+
+    def __init__(self, report: PruneReport) -> None:
+        super().__init__("dry run")
+        self.report = report
+
+
+class _DatabaseChunks:
+    """The chunks of one upload as ``payload_chunks`` rows, each in a fenced
+    transaction of its own (a long upload holds no transaction open)."""
+
+    def __init__(self, store: PostgresStore, payload_id: str) -> None:
+        self._store = store
+        self._id = payload_id
+
+    def put(self, index: int, data: bytes) -> None:
+        self._store._write(
+            lambda conn: conn.execute(
+                "INSERT INTO payload_chunks VALUES (%s, %s, %s)", (self._id, index, data)
+            )
+        )
+
+    def done(self) -> None:
+        """Nothing to do: every chunk was committed as it came."""
+
+    def discard(self) -> None:
+        self._store._write(
+            lambda conn: conn.execute("DELETE FROM payload_chunks WHERE id=%s", (self._id,))
+        )
+
+
+def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
+    text = str(exc).strip() or type(exc).__name__
+    full = isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory)
+    return StoreUnavailable(f"cannot write to the database: {text}", full=full)
+
+
+def _next_number(conn: Conn, name: str) -> str:
+    """1, 2, ... counting only numbered-style versions: the graphs of value-dependent
+    builds (VERSION@DIGEST) do not use up numbers."""
+    row = conn.execute(
+        "SELECT COUNT(*) FROM flows WHERE name=%s AND strpos(version, %s) = 0",
+        (name, BUILD_SEPARATOR),
+    ).fetchone()
+    number = (int(row[0]) if row else 0) + 1
+    while conn.execute(
+        "SELECT 1 FROM flows WHERE name=%s AND version=%s", (name, str(number))
+    ).fetchone():
+        number += 1
+    return str(number)
+
+
+def _write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
+    """One statement per table, the rows as arrays (``unnest``): a 10k-row batch costs
+    a few statements, not 10k."""
+    values = list(batch.values.values())
+    if values:
+        conn.execute(
+            "INSERT INTO run_values SELECT * FROM unnest(%s::text[], %s::bytea[], %s::int8[]) "
+            "ON CONFLICT (id) DO NOTHING",
+            ([v.id for v in values], [v.data for v in values], [len(v.data) for v in values]),
+        )
+        refs = [(f"value:{v.id}", p) for v in values for p in v.payload_ids]
+        if refs:
+            conn.execute(
+                "INSERT INTO payload_refs SELECT * FROM unnest(%s::text[], %s::text[]) "
+                "ON CONFLICT DO NOTHING",
+                ([o for o, _ in refs], [p for _, p in refs]),
+            )
+    if batch.events:
+        e = batch.events
+        conn.execute(
+            "INSERT INTO run_events (flow_run_id, seq, at, kind, body, value_id, epoch) "
+            "SELECT *, %s FROM unnest(%s::text[], %s::int8[], %s::float8[], %s::text[], "
+            "%s::bytea[], %s::text[])",
+            (
+                epoch,
+                [x.flow_run_id for x in e],
+                [x.seq for x in e],
+                [x.at for x in e],
+                [x.kind for x in e],
+                [x.body for x in e],
+                [x.value_id for x in e],
+            ),
+        )
+    for r in batch.flow_runs.values():
+        conn.execute(
+            "UPDATE flow_runs SET flow_name=%s, flow_version=%s, state=%s, created_at=%s, "
+            "parameters=%s, idempotency_key=%s, started_at=%s, ended_at=%s, result=%s, "
+            "message=%s, trace_context=%s, schedule_id=%s, engine_version=%s WHERE id=%s",
+            (*_flow_run_values(r), r.id),
+        )
+    if batch.task_runs:
+        t = list(batch.task_runs.values())
+        conn.execute(
+            "INSERT INTO task_runs (flow_run_id, key, task_id, map_index, state, attempt, "
+            "updated_at, worker_id, cache_key, result_id, delivered) SELECT * FROM unnest("
+            "%s::text[], %s::text[], %s::text[], %s::int4[], %s::int4[], %s::int4[], "
+            "%s::float8[], %s::text[], %s::text[], %s::text[], %s::int4[]) "
+            "ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=EXCLUDED.task_id, "
+            "map_index=EXCLUDED.map_index, state=EXCLUDED.state, attempt=EXCLUDED.attempt, "
+            "updated_at=EXCLUDED.updated_at, worker_id=EXCLUDED.worker_id, "
+            "cache_key=EXCLUDED.cache_key, result_id=EXCLUDED.result_id, "
+            "delivered=EXCLUDED.delivered",
+            (
+                [x.flow_run_id for x in t],
+                [x.key for x in t],
+                [x.task_id for x in t],
+                [x.map_index for x in t],
+                [x.state for x in t],
+                [x.attempt for x in t],
+                [x.updated_at for x in t],
+                [x.worker_id for x in t],
+                [x.cache_key for x in t],
+                [x.result_id for x in t],
+                [x.delivered for x in t],
+            ),
+        )
+    if batch.states:
+        s = batch.states
+        conn.execute(
+            "INSERT INTO task_run_states (flow_run_id, key, seq, state, at, attempt, message, "
+            "failure) SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int4[], "
+            "%s::float8[], %s::int4[], %s::text[], %s::bytea[])",
+            (
+                [x.flow_run_id for x in s],
+                [x.key for x in s],
+                [x.seq for x in s],
+                [x.state for x in s],
+                [x.at for x in s],
+                [x.attempt for x in s],
+                [x.message for x in s],
+                [x.failure for x in s],
+            ),
+        )
+    if batch.logs:
+        g = batch.logs
+        conn.execute(
+            "INSERT INTO logs (flow_run_id, key, attempt, at, level, logger, message) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::float8[], "
+            "%s::text[], %s::text[], %s::text[])",
+            (
+                [x.flow_run_id for x in g],
+                [x.key for x in g],
+                [x.attempt for x in g],
+                [x.at for x in g],
+                [x.level for x in g],
+                [x.logger for x in g],
+                [x.message for x in g],
+            ),
+        )
+    if batch.cache:
+        latest = {c.key: c for c in batch.cache}  # one row per key in one statement
+        c = list(latest.values())
+        conn.execute(
+            "INSERT INTO cache_entries SELECT * FROM unnest(%s::text[], %s::text[], "
+            "%s::float8[]) ON CONFLICT (key) DO UPDATE SET value_id=EXCLUDED.value_id, "
+            "expires_at=EXCLUDED.expires_at",
+            ([x.key for x in c], [x.value_id for x in c], [x.expires_at for x in c]),
+        )
+
+
+def _add_refs(conn: Conn, owner: str, payload_ids: Iterable[str]) -> None:
+    ids = list(payload_ids)
+    if ids:
+        conn.execute(
+            "INSERT INTO payload_refs SELECT %s, p FROM unnest(%s::text[]) AS p "
+            "ON CONFLICT DO NOTHING",
+            (owner, ids),
+        )
+
+
+def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
+    return (
+        r.flow_name,
+        r.flow_version,
+        r.state,
+        r.created_at,
+        r.parameters,
+        r.idempotency_key or None,
+        r.started_at,
+        r.ended_at,
+        r.result,
+        r.message,
+        json.dumps(r.trace_context, sort_keys=True),
+        r.schedule_id,
+        r.engine_version,
+    )
+
+
+def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
+    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid, ev) = r
+    return FlowRunRow(
+        id=str(rid),
+        flow_name=str(name),
+        flow_version=str(version),
+        state=int(state),
+        created_at=float(created),
+        parameters=bytes(params),
+        idempotency_key=str(idem or ""),
+        started_at=None if started is None else float(started),
+        ended_at=None if ended is None else float(ended),
+        result=bytes(result),
+        message=str(msg),
+        trace_context=json.loads(str(tc)),
+        schedule_id=str(sid),
+        engine_version=str(ev),
+    )

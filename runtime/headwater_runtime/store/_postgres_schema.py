@@ -1,0 +1,157 @@
+"""The PostgreSQL schema as numbered migrations, applied by the server at start.
+
+``MIGRATIONS[n - 1]`` takes a database from version ``n - 1`` to ``n``; the versions
+applied are recorded in ``schema_migrations``. Every server (leader or standby)
+migrates when it starts, one at a time (a transaction-scoped advisory lock per
+schema), each migration in the same transaction as its record, so a crash mid-way
+leaves the previous version. A database of a version newer than this server knows is
+refused, naming both versions, and nothing is changed. Migrations only add: a server
+of the previous version keeps working on a migrated database until it is replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from headwater.wire import TERMINAL_FLOW_STATES
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: its version, what it does, its SQL."""
+
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "flows, runs, journal, projections, values, payloads, cache, schedules",
+        """
+CREATE TABLE flows (
+    name TEXT NOT NULL, version TEXT NOT NULL, seq BIGINT NOT NULL, digest TEXT NOT NULL,
+    graph BYTEA NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (name, version));
+CREATE INDEX flows_digest ON flows (name, digest);
+CREATE TABLE flow_runs (
+    id TEXT PRIMARY KEY, seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    flow_name TEXT NOT NULL, flow_version TEXT NOT NULL, state INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, parameters BYTEA NOT NULL,
+    idempotency_key TEXT UNIQUE, started_at DOUBLE PRECISION, ended_at DOUBLE PRECISION,
+    result BYTEA NOT NULL, message TEXT NOT NULL, trace_context TEXT NOT NULL,
+    schedule_id TEXT NOT NULL, engine_version TEXT NOT NULL);
+CREATE INDEX flow_runs_state ON flow_runs (state);
+CREATE INDEX flow_runs_ended ON flow_runs (ended_at);
+CREATE INDEX flow_runs_name ON flow_runs (flow_name, seq);
+CREATE TABLE run_events (
+    flow_run_id TEXT NOT NULL, seq BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL, body BYTEA NOT NULL, value_id TEXT NOT NULL,
+    PRIMARY KEY (flow_run_id, seq));
+CREATE INDEX run_events_value ON run_events (value_id) WHERE value_id <> '';
+CREATE TABLE run_values (id TEXT PRIMARY KEY, data BYTEA NOT NULL, size BIGINT NOT NULL);
+CREATE TABLE task_runs (
+    flow_run_id TEXT NOT NULL, key TEXT NOT NULL,
+    ord BIGINT GENERATED ALWAYS AS IDENTITY, task_id TEXT NOT NULL,
+    map_index INTEGER NOT NULL, state INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL, worker_id TEXT NOT NULL, cache_key TEXT NOT NULL,
+    result_id TEXT NOT NULL, delivered INTEGER NOT NULL, PRIMARY KEY (flow_run_id, key));
+CREATE INDEX task_runs_order ON task_runs (flow_run_id, ord);
+CREATE TABLE task_run_states (
+    ord BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    flow_run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, state INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL, attempt INTEGER NOT NULL, message TEXT NOT NULL,
+    failure BYTEA NOT NULL, UNIQUE (flow_run_id, key, seq));
+CREATE TABLE logs (
+    ord BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    flow_run_id TEXT NOT NULL, key TEXT NOT NULL, attempt INTEGER NOT NULL,
+    at DOUBLE PRECISION NOT NULL, level TEXT NOT NULL, logger TEXT NOT NULL,
+    message TEXT NOT NULL);
+CREATE INDEX logs_run ON logs (flow_run_id, key);
+CREATE TABLE payloads (
+    id TEXT PRIMARY KEY, size BIGINT NOT NULL, metadata TEXT NOT NULL, sha256 TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL);
+CREATE TABLE payload_chunks (
+    id TEXT NOT NULL, idx INTEGER NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (id, idx));
+CREATE TABLE payload_refs (
+    owner TEXT NOT NULL, payload_id TEXT NOT NULL, PRIMARY KEY (owner, payload_id));
+CREATE INDEX payload_refs_payload ON payload_refs (payload_id);
+CREATE TABLE cache_entries (
+    key TEXT PRIMARY KEY, value_id TEXT NOT NULL, expires_at DOUBLE PRECISION);
+CREATE INDEX cache_entries_value ON cache_entries (value_id);
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, body BYTEA NOT NULL,
+    next_run_at DOUBLE PRECISION, enabled BOOLEAN NOT NULL);
+""",
+    ),
+    Migration(
+        2,
+        "the leader lease (several servers, one leading), and the epoch of every journal "
+        "entry's writer",
+        """
+CREATE TABLE leader_lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1), holder TEXT NOT NULL, address TEXT NOT NULL,
+    epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+INSERT INTO leader_lease VALUES (1, '', '', 0, '-infinity');
+ALTER TABLE run_events ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+""",
+    ),
+)
+
+#: The schema version this server writes (the last migration's).
+PG_SCHEMA_VERSION = MIGRATIONS[-1].version
+
+TERMINAL = tuple(s.value for s in TERMINAL_FLOW_STATES)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer Headwater than this server."""
+
+
+def schema_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+    """The version of the schema the connection's search path sees (0: none)."""
+    found = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if found is None or not found[0]:
+        return 0
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def migrate(
+    conn: psycopg.Connection[tuple[Any, ...]],
+    where: str,
+    migrations: tuple[Migration, ...] = MIGRATIONS,
+) -> list[int]:
+    """Bring the schema up to the last of ``migrations``; the versions applied.
+
+    Raises SchemaTooNew, changing nothing, when the database is newer. ``where`` names
+    the database in messages (its URL without a password)."""
+    latest = migrations[-1].version
+    applied: list[int] = []
+    with conn.transaction():
+        # One migrating server at a time per schema (others wait, then find it done).
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('headwater:' || current_schema()))")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        current = schema_version(conn)
+        if current > latest:
+            raise SchemaTooNew(
+                f"database {where} has schema version {current}, newer than the "
+                f"{latest} this server knows: it was migrated by a newer Headwater. "
+                "Upgrade this server (every server on one database runs the same version)"
+            )
+        for step in migrations:
+            if step.version <= current:
+                continue
+            conn.execute(step.sql.encode())  # bytes: several statements, no parameters
+            conn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                (step.version, step.description),
+            )
+            applied.append(step.version)
+    return applied

@@ -1,0 +1,228 @@
+"""What only the PostgreSQL store has: schema migrations, the leader lease and the
+epoch that fences every write. (tests/test_store.py runs the common tests on it.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pg_cluster import TempPostgres
+
+from headwater_runtime.store import (
+    Fenced,
+    FlowRunRow,
+    Lease,
+    PostgresStore,
+    RunEvent,
+    SchemaTooNew,
+    WriteBatch,
+)
+from headwater_runtime.store._postgres_schema import MIGRATIONS, PG_SCHEMA_VERSION, migrate
+
+
+@pytest.fixture
+def url(postgres: TempPostgres) -> str:
+    return postgres.schema_url()
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[PostgresStore]:
+    s = PostgresStore(url)
+    yield s
+    s.close()
+
+
+def versions(store: PostgresStore) -> list[int]:
+    with store.connection() as conn:
+        return [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+
+
+def test_a_new_database_gets_every_migration_once(url: str) -> None:
+    first = PostgresStore(url)
+    assert versions(first) == [m.version for m in MIGRATIONS]
+    first.close()
+    again = PostgresStore(url)  # opening again applies nothing
+    assert versions(again) == [m.version for m in MIGRATIONS]
+    again.close()
+
+
+def test_an_older_database_is_migrated_forward_keeping_its_rows(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrate(conn, "test", MIGRATIONS[:1]) == [1]
+        conn.execute(
+            "INSERT INTO run_events (flow_run_id, seq, at, kind, body, value_id) "
+            "VALUES ('r', 1, 1.0, 'run_started', '', '')"
+        )
+    store = PostgresStore(url)
+    assert versions(store) == list(range(1, PG_SCHEMA_VERSION + 1))
+    assert [e.kind for e in store.events("r")] == ["run_started"]
+    store.close()
+
+
+def test_a_database_newer_than_the_server_is_refused_and_left_alone(url: str) -> None:
+    PostgresStore(url).close()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, description) VALUES (99, 'x')")
+    with pytest.raises(SchemaTooNew, match=r"schema version 99, newer than the \d+ this server"):
+        PostgresStore(url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (99,)
+
+
+def test_servers_starting_together_migrate_once(url: str) -> None:
+    stores: list[Any] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            stores.append(PostgresStore(url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(stores) == 3
+    assert versions(stores[0]) == [m.version for m in MIGRATIONS]
+    for s in stores:
+        s.close()
+
+
+def test_a_password_never_appears_in_messages() -> None:
+    from headwater_runtime.store._postgres import redact
+
+    assert redact("postgresql://hw:s3cret@db:5432/hw") == "postgresql://hw:***@db:5432/hw"
+    assert redact("postgresql://hw@db/hw") == "postgresql://hw@db/hw"
+
+
+def test_an_unreachable_database_is_one_clear_error(postgres: TempPostgres) -> None:
+    with pytest.raises(RuntimeError, match="cannot connect to the database"):
+        PostgresStore("postgresql://postgres@127.0.0.1:1/nope?connect_timeout=2")
+
+
+# ---------------------------------------------------------------- lease and fencing
+
+
+def batch(run_id: str, seq: int) -> WriteBatch:
+    b = WriteBatch()
+    b.events.append(RunEvent(run_id, seq, float(seq), "attempt_started", b"x"))
+    return b
+
+
+def expired(lease: Lease) -> None:
+    """Poll (with a deadline) until the lease has run out."""
+    deadline = time.monotonic() + 30
+    while lease.read().remaining >= 0:
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.01)
+
+
+def test_one_server_leads_and_the_lease_names_it(url: str) -> None:
+    a, b = PostgresStore(url), PostgresStore(url)
+    lease_a = Lease(a, "A", "127.0.0.1:1", 30)
+    lease_b = Lease(b, "B", "127.0.0.1:2", 30)
+    assert lease_a.acquire() == 1 and a.epoch == 1
+    assert lease_b.acquire() is None and b.epoch is None  # A's lease has not expired
+    state = lease_b.read()
+    assert (state.holder, state.address, state.epoch) == ("A", "127.0.0.1:1", 1)
+    assert 0 < state.remaining <= 30
+    assert lease_a.renew()
+    lease_a.release()  # a clean stop: B may take over at once
+    assert lease_b.acquire() == 2
+    assert not lease_a.renew()  # A lost it
+    a.close()
+    b.close()
+
+
+def test_of_two_standbys_only_one_takes_over(url: str) -> None:
+    stores = [PostgresStore(url) for _ in range(4)]
+    leases = [Lease(s, f"S{i}", f"h:{i}", 30) for i, s in enumerate(stores)]
+    won: list[int | None] = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def take(i: int) -> None:
+        barrier.wait()
+        won[i] = leases[i].acquire()
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(w for w in won if w is not None) == [1]
+    for s in stores:
+        s.close()
+
+
+def test_writes_of_a_server_that_lost_the_lead_are_refused_and_nothing_lands(url: str) -> None:
+    old, new = PostgresStore(url), PostgresStore(url)
+    lease_old, lease_new = Lease(old, "old", "h:1", 0.05), Lease(new, "new", "h:2", 30)
+    assert lease_old.acquire() == 1
+    old.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    old.commit(batch("r1", 1))
+    # The old leader stalls past its lease; the standby takes over (epoch 2).
+    expired(lease_new)
+    assert lease_new.acquire() == 2
+    # Everything the old leader tries now is refused in its own transaction.
+    with pytest.raises(Fenced, match="lease epoch 1, and the lease is now at epoch 2"):
+        old.commit(batch("r1", 2))
+    with pytest.raises(Fenced):
+        old.create_flow_run(FlowRunRow("r2", "etl", "1", 1, 2.0))
+    with pytest.raises(Fenced):
+        old.put_payload(iter([b"x"]), {"encoding": "json"}, 1)
+    with pytest.raises(Fenced):
+        old.put_flow("f", "d", b"g", "", 1.0)
+    assert [e.seq for e in new.events("r1")] == [1]
+    assert [r.id for r in new.list_flow_runs()] == ["r1"]
+    # The new leader writes, and its journal rows carry its epoch.
+    new.commit(batch("r1", 2))
+    with new.connection() as conn:
+        rows = conn.execute("SELECT seq, epoch FROM run_events ORDER BY seq").fetchall()
+    assert rows == [(1, 1), (2, 2)]
+    old.close()
+    new.close()
+
+
+def test_a_takeover_waits_for_a_commit_under_way_then_fences_the_next(url: str) -> None:
+    """The commit holds the lease row FOR SHARE; the takeover's UPDATE waits for it."""
+    old, new = PostgresStore(url), PostgresStore(url)
+    Lease(old, "old", "h:1", 0.01).acquire()
+    old.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    expired(Lease(new, "new", "h:2", 30))
+    with old.connection() as conn, conn.transaction():
+        conn.execute("SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE")
+        taker = Lease(new, "new", "h:2", 30)
+        result: list[int | None] = []
+        thread = threading.Thread(target=lambda: result.append(taker.acquire()))
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive(), "the takeover must wait for the commit under way"
+    thread.join(30)
+    assert result == [2]
+    with pytest.raises(Fenced):
+        old.commit(batch("r1", 1))
+    old.close()
+    new.close()
+
+
+def test_taking_the_lead_sweeps_uploads_a_dead_leader_left(url: str) -> None:
+    from headwater.wire import CHUNK_SIZE
+
+    dead = PostgresStore(url)
+    writer = dead.begin_payload({"encoding": "json"}, CHUNK_SIZE * 2)
+    writer.write(b"a" * CHUNK_SIZE)  # one chunk stored, then the leader dies
+    dead.close()
+    new = PostgresStore(url)
+    assert new.stats()["payload_chunks"] == 1
+    new.sweep_uploads()
+    assert new.stats()["payload_chunks"] == 0
+    new.close()
