@@ -18,6 +18,7 @@ from headwater.wire import (
     FlowRunState,
     GraphError,
     ParameterError,
+    parse_addresses,
 )
 from headwater_runtime.tracing import (
     Tracing,
@@ -169,8 +170,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if not args.server:
         raise UsageError("--server HOST:PORT is required (or set HEADWATER_SERVER)")
-    if ":" not in args.server:
-        raise UsageError(f"--server expects HOST:PORT, got {args.server!r}")
+    try:
+        parse_addresses(args.server)
+    except ValueError as exc:
+        raise UsageError(f"--server expects HOST:PORT[,HOST:PORT...]: {exc}") from None
     if not args.module:
         raise UsageError("give at least one --module with the tasks this worker runs")
     if args.slots is not None and args.slots < 1:
@@ -187,7 +190,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     def connected(worker: Worker) -> None:
         on_dask = getattr(worker, "dask_address", None)
         print(
-            f"headwater worker {worker.name} connected to {worker.server} "
+            f"headwater worker {worker.name} connected to {worker.address} "
             f"({len(worker.tasks)} capabilities, {worker.slots} slots"
             + (f", tasks run on the Dask cluster at {on_dask})" if on_dask else ")"),
             file=sys.stderr,
@@ -249,8 +252,9 @@ def add_worker_command(sub: Any) -> None:
     worker.add_argument(
         "--server",
         default=os.environ.get(ENV_SERVER),
-        metavar="HOST:PORT",
-        help="control plane address (default: $HEADWATER_SERVER)",
+        metavar="HOST:PORT[,...]",
+        help="control plane address, or several servers sharing one PostgreSQL database "
+        "(the worker follows the leader) (default: $HEADWATER_SERVER)",
     )
     worker.add_argument(
         "--module",

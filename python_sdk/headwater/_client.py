@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,6 +15,8 @@ from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, graph_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
+    STANDBY_REFUSAL,
+    Addresses,
     ConnectionSettings,
     FlowRunState,
     PayloadTransfer,
@@ -20,6 +24,7 @@ from headwater.wire import (
     TaskRunState,
     decode_value,
     encode,
+    leader_hint,
     to_datetime,
 )
 from headwater_runtime.tracing import inject
@@ -31,6 +36,10 @@ if TYPE_CHECKING:
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
+_T = TypeVar("_T")
+
+#: Pause between rounds over every address while none leads (a takeover under way).
+FAILOVER_PAUSE = 0.2
 
 
 class ServerError(Exception):
@@ -101,9 +110,17 @@ class Client:
     """A connection to a Headwater control plane.
 
     Args:
-        address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER).
+        address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER), or
+            several comma-separated: servers sharing one PostgreSQL database, of which
+            the client uses the leader (see below).
         token: bearer token (default: the HEADWATER_TOKEN environment variable).
         timeout: seconds each call may take.
+
+    With several addresses, a call a standby refuses, or that cannot reach its server,
+    is tried again on the leader the standby named or the next address, until the
+    call's ``timeout`` runs out (a takeover takes up to the servers' lease time). A
+    run created without an idempotency key gets one made by the client, so that a
+    retried ``run`` cannot create the run twice.
     """
 
     def __init__(
@@ -113,15 +130,25 @@ class Client:
         if not settings.server:
             raise ValueError("no server given: pass Client('HOST:PORT') or set HEADWATER_SERVER")
         self.address: str = settings.server
+        self._addresses = Addresses(self.address)
         self.timeout = timeout
         self._metadata = settings.metadata()
-        self._channel = grpc.insecure_channel(self.address)
-        self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(self._channel)
-        self._transfer = PayloadTransfer(self._channel, self._metadata, patient=False)
+        self._channels: dict[str, grpc.Channel] = {}
+        self._use(self._addresses.current)
+
+    def _use(self, address: str) -> None:
+        """Send calls to ``address`` from now on (its channel is kept for reuse)."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.insecure_channel(address)
+        self._channel = channel
+        self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        self._transfer = PayloadTransfer(channel, self._metadata, patient=False)
 
     def close(self) -> None:
-        """Close the gRPC channel (also done on leaving a ``with Client(...)`` block)."""
-        self._channel.close()
+        """Close the gRPC channels (also done on leaving a ``with Client(...)`` block)."""
+        for channel in self._channels.values():
+            channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -129,24 +156,61 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _failover(self, error: BaseException, deadline: float, tried: list[str]) -> bool:
+        """After a call failed with ``error``: whether to try again, on the leader a
+        standby named or the next address (only with several addresses, only for
+        UNAVAILABLE, and only until ``deadline``)."""
+        code = error.code() if isinstance(error, grpc.RpcError) else None
+        unreachable = code == grpc.StatusCode.UNAVAILABLE or (
+            isinstance(error, PayloadTransferError) and "UNAVAILABLE" in str(error)
+        )
+        if not (self._addresses.several and unreachable) or time.monotonic() >= deadline:
+            return False
+        tried.append(self._addresses.current)
+        hint = leader_hint(error) if isinstance(error, grpc.RpcError) else ""
+        self._use(self._addresses.advance(hint))
+        if len(tried) % len(self._addresses.all) == 0:  # a whole round: nobody leads yet
+            time.sleep(FAILOVER_PAUSE)
+        return True
+
+    def _retrying(self, attempt: Callable[[], _T], deadline: float) -> _T:
+        """``attempt()``, tried again on another server while ``_failover`` says so."""
+        tried: list[str] = []
+        while True:
+            try:
+                return attempt()
+            except (grpc.RpcError, PayloadTransferError) as exc:
+                if not self._failover(exc, deadline, tried):
+                    raise
+
     # ------------------------------------------------------------------ calls
 
     def _call(
         self,
-        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        method: Callable[
+            [control_plane_pb2_grpc.ControlPlaneServiceStub],
+            grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        ],
         request: _Req,
         what: str,
         timeout: float | None = None,
     ) -> _Resp:
+        limit = timeout or self.timeout
+        deadline = time.monotonic() + limit
+
+        def attempt() -> _Resp:
+            remaining = max(0.1, deadline - time.monotonic())
+            return method(self._control)(request, metadata=self._metadata, timeout=remaining)
+
         try:
-            return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
+            return self._retrying(attempt, deadline)
         except grpc.RpcError as exc:
-            raise _server_error(exc, self.address, what) from None
+            raise _server_error(exc, self._addresses.current, what) from None
 
     def server_info(self) -> dict[str, Any]:
         """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
         call to check that the server is reachable and the token accepted."""
-        info = self._call(self._control.GetServerInfo, cp.GetServerInfoRequest(), "server info")
+        info = self._call(lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info")
         return {
             "server_version": info.server_version,
             "protocol_version": info.protocol_version,
@@ -163,7 +227,7 @@ class Client:
 
     def _register(self, msg: graph_pb2.FlowGraph) -> str:
         response = self._call(
-            self._control.RegisterFlow,
+            lambda c: c.RegisterFlow,
             cp.RegisterFlowRequest(graph=msg),
             f"register flow {msg.name!r}",
         )
@@ -195,8 +259,11 @@ class Client:
         a flow name runs a registered version, the server checking what it can. The
         same idempotency key returns the run the first call created."""
         name, version, values = self._prepare(flow, params, version)
+        if not idempotency_key and self._addresses.several:
+            # A create retried on another server must not make a second run.
+            idempotency_key = f"client:{uuid.uuid4().hex}"
         response = self._call(
-            self._control.CreateFlowRun,
+            lambda c: c.CreateFlowRun,
             cp.CreateFlowRunRequest(
                 flow_name=name,
                 flow_version=version,
@@ -225,7 +292,7 @@ class Client:
         """A flow run by id as it is now; with ``include_task_runs``, also every task
         run's state, attempts, state history and worker. ServerError if it does not exist."""
         response = self._call(
-            self._control.GetFlowRun,
+            lambda c: c.GetFlowRun,
             cp.GetFlowRunRequest(id=run_id, include_task_runs=include_task_runs),
             f"get flow run {run_id!r}",
         )
@@ -248,7 +315,7 @@ class Client:
         """The most recent flow runs, newest first: at most ``limit`` (1..1000), only
         those of ``flow_name`` if given. Task runs are not included (see ``get``)."""
         response = self._call(
-            self._control.ListFlowRuns,
+            lambda c: c.ListFlowRuns,
             cp.ListFlowRunsRequest(flow_name=flow_name, page_size=limit),
             "list flow runs",
         )
@@ -260,21 +327,30 @@ class Client:
         """Yield the run after every state change until it ends: with the task run that
         changed, or (``task_runs=False``) only when the flow run's own state changes."""
         request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=not task_runs)
-        try:
-            for change in self._control.WatchFlowRun(request, metadata=self._metadata):
-                task = None
-                if change.HasField("task_run"):
-                    t = change.task_run
-                    task = TaskRunInfo(
-                        t.name,
-                        t.task_id,
-                        TaskRunState(t.state),
-                        t.attempts,
-                        message=t.history[-1].message if t.history else "",
-                    )
-                yield self._remote(change.flow_run), task
-        except grpc.RpcError as exc:
-            raise _server_error(exc, self.address, f"watch flow run {run_id!r}") from None
+        tried: list[str] = []
+        deadline = 0.0
+        while True:
+            try:
+                for change in self._control.WatchFlowRun(request, metadata=self._metadata):
+                    tried.clear()
+                    task = None
+                    if change.HasField("task_run"):
+                        t = change.task_run
+                        task = TaskRunInfo(
+                            t.name,
+                            t.task_id,
+                            TaskRunState(t.state),
+                            t.attempts,
+                            message=t.history[-1].message if t.history else "",
+                        )
+                    yield self._remote(change.flow_run), task
+                return
+            except grpc.RpcError as exc:
+                if not tried:  # a watch outlives calls: each failover gets the timeout
+                    deadline = time.monotonic() + self.timeout
+                if not self._failover(exc, deadline, tried):
+                    where = self._addresses.current
+                    raise _server_error(exc, where, f"watch flow run {run_id!r}") from None
 
     def wait(self, run_id: str) -> RemoteFlowRun:
         """Block until the run ends; returns it."""
@@ -288,7 +364,7 @@ class Client:
         request; a run that had already ended is returned unchanged. ``reason`` becomes
         the run's message."""
         response = self._call(
-            self._control.CancelFlowRun,
+            lambda c: c.CancelFlowRun,
             cp.CancelFlowRunRequest(id=run_id, reason=reason),
             f"cancel flow run {run_id!r}",
         )
@@ -297,7 +373,7 @@ class Client:
     def task_result(self, run_id: str, task_id: str, map_index: int = -1) -> Any:
         """A task run's result, decoded (a mapped task's whole list with map_index -1)."""
         response = self._call(
-            self._control.GetTaskRunResult,
+            lambda c: c.GetTaskRunResult,
             cp.GetTaskRunResultRequest(flow_run_id=run_id, task_id=task_id, map_index=map_index),
             f"get the result of {task_id!r}",
         )
@@ -307,7 +383,7 @@ class Client:
         """The log records task runs of a flow run wrote (one task run's, if given as
         ``FLOW_RUN_ID/KEY``), oldest first."""
         response = self._call(
-            self._control.ListTaskRunLogs,
+            lambda c: c.ListTaskRunLogs,
             cp.ListTaskRunLogsRequest(flow_run_id=run_id, task_run_id=task_run_id),
             f"logs of flow run {run_id!r}",
         )
@@ -348,7 +424,7 @@ class Client:
         name, version, values = self._prepare(flow, params, version)
         msg = schedule_message(name, version, every, cron, values, timezone, paused, catchup)
         response = self._call(
-            self._control.CreateSchedule,
+            lambda c: c.CreateSchedule,
             cp.CreateScheduleRequest(schedule=msg),
             f"create a schedule for flow {name!r}",
         )
@@ -357,7 +433,7 @@ class Client:
     def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
         """Every schedule on the server (only those of ``flow_name`` if given)."""
         response = self._call(
-            self._control.ListSchedules,
+            lambda c: c.ListSchedules,
             cp.ListSchedulesRequest(flow_name=flow_name),
             "list schedules",
         )
@@ -366,7 +442,7 @@ class Client:
     def delete_schedule(self, schedule_id: str) -> None:
         """Remove a schedule; the runs it already created are kept."""
         self._call(
-            self._control.DeleteSchedule,
+            lambda c: c.DeleteSchedule,
             cp.DeleteScheduleRequest(id=schedule_id),
             f"delete schedule {schedule_id!r}",
         )
@@ -374,7 +450,7 @@ class Client:
     def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
         """Stop a schedule from creating runs until it is resumed."""
         response = self._call(
-            self._control.PauseSchedule,
+            lambda c: c.PauseSchedule,
             cp.PauseScheduleRequest(id=schedule_id),
             f"pause schedule {schedule_id!r}",
         )
@@ -384,7 +460,7 @@ class Client:
         """Resume a paused schedule from its next fire time after now (the times missed
         while paused do not fire)."""
         response = self._call(
-            self._control.ResumeSchedule,
+            lambda c: c.ResumeSchedule,
             cp.ResumeScheduleRequest(id=schedule_id),
             f"resume schedule {schedule_id!r}",
         )
@@ -396,17 +472,21 @@ class Client:
         """A Value for a parameter: inline when small, uploaded in chunks when large;
         tagged json (or EncodingError) when ``portable``."""
         encoded = encode(value, portable=portable)
+        deadline = time.monotonic() + self.timeout
         try:
-            return self._transfer.value(encoded, INLINE_PAYLOAD_LIMIT)
+            return self._retrying(
+                lambda: self._transfer.value(encoded, INLINE_PAYLOAD_LIMIT), deadline
+            )
         except PayloadTransferError as exc:
-            raise ServerError(f"{exc} (server {self.address})") from None
+            raise ServerError(f"{exc} (server {self._addresses.current})") from None
 
     def fetch(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload, downloaded in chunks and checked."""
+        deadline = time.monotonic() + self.timeout
         try:
-            return self._transfer.download(ref)
+            return self._retrying(lambda: self._transfer.download(ref), deadline)
         except PayloadTransferError as exc:
-            raise ServerError(f"{exc} (server {self.address})") from None
+            raise ServerError(f"{exc} (server {self._addresses.current})") from None
 
     def decode(self, value: payload_pb2.Value) -> Any:
         """The Python value of a Value message (large values are downloaded)."""
@@ -429,6 +509,8 @@ class Client:
 def _server_error(exc: grpc.RpcError, address: str, what: str) -> ServerError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE and STANDBY_REFUSAL in (details or ""):
+        return ServerError(f"{what}: the server at {address} refused: {details}", code)
     if code == grpc.StatusCode.UNAVAILABLE:
         return ServerError(f"cannot reach the Headwater server at {address} ({what})", code)
     if code == grpc.StatusCode.UNAUTHENTICATED:

@@ -9,6 +9,11 @@ names the attempts still executing *and* those whose outcome the server has not
 acknowledged; the ones the Welcome keeps go on (their outcomes are sent again), the
 others are abandoned. A bad token, or a refusal before any Welcome (protocol, a
 server without the worker gateway), stops the worker with WorkerError.
+
+Several servers (``"a:1,b:2"``, servers sharing one PostgreSQL database): the worker
+connects to one; when it cannot, or a standby refuses it, it tries the leader that
+standby named (if it is one of the addresses) or the next address. A standby's refusal
+is retried after a short pause rather than the growing backoff: a takeover is near.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ from headwater.wire import (
     BATCH,
     NOT_READY,
     PROTOCOL_VERSION,
+    STANDBY_REFUSAL,
+    Addresses,
     ConnectionSettings,
     PayloadTransfer,
     gather,
+    leader_hint,
     seconds,
 )
 from headwater_runtime.embedded import default_thread_count
@@ -50,6 +58,8 @@ log = logging.getLogger("headwater.worker")
 
 #: Reconnect backoff: INITIAL doubling up to MAX, times a random factor in [0.5, 1].
 BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
+#: Pause before trying again after a standby refused the worker (a takeover is near).
+STANDBY_PAUSE = 0.25
 #: Heartbeat interval used when the Welcome gives none.
 DEFAULT_HEARTBEAT = 10.0
 #: Refusals that retrying cannot fix: a bad token, or a server that will not take this
@@ -127,7 +137,8 @@ class Worker:
     raises WorkerError); it reconnects on its own when the stream breaks.
 
     Args:
-        server: ``HOST:PORT`` of the control plane.
+        server: ``HOST:PORT`` of the control plane, or several comma-separated
+            (servers sharing one database: the worker follows the leader).
         modules: modules (``pkg.mod``) or files (``path/x.py``) whose tasks to run.
         labels: affinity labels, e.g. ``{"gpu": "true"}``.
         slots: most attempts running at once (default: CPUs + 4, at most 32).
@@ -149,6 +160,7 @@ class Worker:
     ) -> None:
         if not server:
             raise ValueError("the server address must be HOST:PORT")
+        self.addresses = Addresses(server)
         self.slots = default_thread_count() if slots is None else slots
         if self.slots < 1:
             raise ValueError(f"slots must be at least 1, got {self.slots}")
@@ -165,35 +177,60 @@ class Worker:
         self._jitter = random.Random()
         self._session: _Session | None = None
         self._connected_once = False
+        self._payload_channel: grpc.Channel | None = None
+        self._payload_address = ""
         self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
         self._lock = self.attempts.lock
 
     # Lifecycle ---------------------------------------------------------------------
 
+    @property
+    def address(self) -> str:
+        """The server address the worker uses now (one of ``server``'s)."""
+        return self.addresses.current
+
+    def _use_payload_channel(self) -> None:
+        """Payload transfers go to the server the worker is connected to."""
+        old = self._payload_channel
+        if old is not None and self._payload_address == self.address:
+            return
+        channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        self._payload_channel, self._payload_address = channel, self.address
+        self.attempts.transfer = PayloadTransfer(channel, self.metadata)
+        if old is not None:
+            old.close()
+
     def run(self) -> None:
         """Serve until stopped; raises WorkerError when the server refuses for good."""
-        payload_channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
-        self.attempts.transfer = PayloadTransfer(payload_channel, self.metadata)
+        self._use_payload_channel()
         logging.getLogger().addHandler(self.attempts.log_handler)
         try:
             failures = 0
             while not self._stop.is_set():
-                welcomed, why = self._session_once()
+                address = self.address
+                welcomed, why, hint = self._session_once()
                 if self._stop.is_set():
                     break
+                standby = STANDBY_REFUSAL in why
                 if welcomed:
                     failures = 0
-                    log.warning("lost the connection to %s (%s); reconnecting", self.server, why)
-                elif failures % 10 == 0:
-                    log.warning("cannot connect to %s (%s); retrying", self.server, why)
+                    log.warning("lost the connection to %s (%s); reconnecting", address, why)
+                elif failures % 10 == 0 and not standby:
+                    log.warning("cannot connect to %s (%s); retrying", address, why)
+                if not welcomed and self.addresses.several:
+                    self.addresses.advance(hint)
                 delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
-                failures += 1
+                if standby:
+                    delay = STANDBY_PAUSE
+                else:
+                    failures += 1
                 self._stop.wait(delay * self._jitter.uniform(0.5, 1.0))
         finally:
             logging.getLogger().removeHandler(self.attempts.log_handler)
             self.attempts.abandon_all()
             self.attempts.close()
-            payload_channel.close()
+            if self._payload_channel is not None:
+                self._payload_channel.close()
 
     def stop(self) -> None:
         """Stop taking work and make ``run()`` return (running attempts are abandoned:
@@ -206,14 +243,15 @@ class Worker:
 
     # One session -------------------------------------------------------------------
 
-    def _session_once(self) -> tuple[bool, str]:
-        """Connect and serve until the stream ends: whether the server welcomed us, and
-        why the stream ended."""
-        channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+    def _session_once(self) -> tuple[bool, str, str]:
+        """Connect and serve until the stream ends: whether the server welcomed us, why
+        the stream ended, and the leader a standby named ("" if none)."""
+        channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
         with self._lock:
             session = _Session(self._hello())
             self._session = session
         code, details = grpc.StatusCode.OK, "the server closed the stream"
+        hint = ""
         try:
             stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
             with self._lock:
@@ -228,6 +266,7 @@ class Worker:
                     log.exception("could not handle a %s", response.WhichOneof("message"))
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
+            hint = leader_hint(exc)
         finally:
             with self._lock:
                 self._session = None
@@ -236,8 +275,8 @@ class Worker:
         welcomed = session.welcome is not None
         fatal = code in _FATAL or (not welcomed and code in _FATAL_BEFORE_WELCOME)
         if fatal and not self._stop.is_set():
-            raise WorkerError(f"the server at {self.server} refused this worker: {details}")
-        return welcomed, f"{code.name}: {details}"
+            raise WorkerError(f"the server at {self.address} refused this worker: {details}")
+        return welcomed, f"{code.name}: {details}", hint
 
     def _hello(self) -> worker_pb2.Hello:
         return worker_pb2.Hello(
@@ -302,7 +341,7 @@ class Worker:
         limit = seconds(welcome.heartbeat_timeout) if welcome is not None else 0.0
         silent = time.monotonic() - session.last_received
         if limit > 0 and silent > limit + session.interval:
-            log.warning("no message from %s for %.1fs", self.server, silent)
+            log.warning("no message from %s for %.1fs", self.address, silent)
             return True
         return False
 
@@ -368,6 +407,7 @@ class Worker:
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome
+            self._use_payload_channel()
             for message in resend:
                 session.outbox.put(message)
             session.outbox.put(_BEAT)
@@ -376,7 +416,7 @@ class Worker:
         if first and self._on_connect is not None:
             self._on_connect(self)
         elif not first:
-            log.info("reconnected to %s", self.server)
+            log.info("reconnected to %s", self.address)
 
 
 def _sdk_version() -> str:

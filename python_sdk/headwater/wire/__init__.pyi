@@ -72,7 +72,14 @@ from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature
 from ._protocol import feature_names as feature_names
+from ._servers import LEADER_METADATA as LEADER_METADATA
+from ._servers import STANDBY_REFUSAL as STANDBY_REFUSAL
+from ._servers import Addresses as Addresses
+from ._servers import leader_hint as leader_hint
+from ._servers import parse_addresses as parse_addresses
 from ._settings import ENV_DB as ENV_DB
+from ._settings import ENV_LEASE as ENV_LEASE
+from ._settings import ENV_PAYLOAD_DIR as ENV_PAYLOAD_DIR
 from ._settings import ENV_RETENTION as ENV_RETENTION
 from ._settings import ENV_SERVER as ENV_SERVER
 from ._settings import ENV_TOKEN as ENV_TOKEN

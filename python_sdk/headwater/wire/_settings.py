@@ -11,21 +11,29 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-#: ``HOST:PORT`` of the control plane (clients, workers, the CLI).
+#: ``HOST:PORT`` of the control plane (clients, workers, the CLI); several servers
+#: sharing one PostgreSQL database as ``HOST:PORT,HOST:PORT`` (the leader is found).
 ENV_SERVER = "HEADWATER_SERVER"
 #: Bearer token: required by a server started with it, sent by clients and workers.
 ENV_TOKEN = "HEADWATER_TOKEN"
-#: The server's database (a SQLite path).
+#: The server's database: a SQLite path, or a ``postgresql://`` URL.
 ENV_DB = "HEADWATER_DB"
 #: How long the server keeps finished runs (a duration such as 30d; unset: forever).
 ENV_RETENTION = "HEADWATER_RETENTION"
+#: A directory for payload bytes instead of the database (e.g. a shared mount).
+ENV_PAYLOAD_DIR = "HEADWATER_PAYLOAD_DIR"
+#: How long a leader's lease lasts (servers sharing a PostgreSQL database), e.g. 10s.
+ENV_LEASE = "HEADWATER_LEASE"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
-    ENV_SERVER: "HOST:PORT of the control plane, for clients, workers and the CLI",
+    ENV_SERVER: "HOST:PORT of the control plane, for clients, workers and the CLI "
+    "(several, comma-separated: the leader among them is found)",
     ENV_TOKEN: "bearer token the server requires and clients and workers send",
-    ENV_DB: "the server's SQLite database path",
+    ENV_DB: "the server's database: a SQLite path or a postgresql:// URL",
     ENV_RETENTION: "how long the server keeps finished runs, e.g. 30d (default: forever)",
+    ENV_PAYLOAD_DIR: "a directory for payload bytes instead of the database (default: none)",
+    ENV_LEASE: "how long a leader's lease lasts with PostgreSQL, e.g. 10s (default 10s)",
 }
 
 

@@ -14,9 +14,12 @@ def add_server_command(sub: Any) -> None:
     """Add ``headwater server`` and its flags to the CLI's subcommands."""
     server = sub.add_parser(
         "server",
-        help="run the control plane (gRPC API, worker gateway, SQLite store)",
+        help="run the control plane (gRPC API, worker gateway, SQLite or PostgreSQL store)",
         description="Run the Headwater control plane. Prints 'headwater server listening on "
-        "HOST:PORT' once bound. Unfinished flow runs in the database are resumed. "
+        "HOST:PORT' once it serves. Unfinished flow runs in the database are resumed. "
+        "Several servers can share one PostgreSQL database: one leads, the others stand "
+        "by (printing 'headwater server standing by on HOST:PORT: the leader is ...') and "
+        "take over within --lease when it stops (docs/deployment.md). "
         "OTEL_TRACES_EXPORTER=otlp|console exports every flow run as a trace, with the "
         "standard OTEL_* variables (docs/tracing.md).",
     )
@@ -27,7 +30,30 @@ def add_server_command(sub: Any) -> None:
     server.add_argument(
         "--db",
         default=None,
-        help="SQLite database path (default ~/.headwater/headwater.db, or HEADWATER_DB)",
+        help="SQLite database path, or a PostgreSQL URL postgresql://USER@HOST[:PORT]/DB "
+        "(needs 'headwater[postgres]'; the schema is created and migrated at start) "
+        "(default ~/.headwater/headwater.db, or HEADWATER_DB)",
+    )
+    server.add_argument(
+        "--payload-dir",
+        default=None,
+        metavar="DIR",
+        help="keep the bytes of large payloads as files in DIR (e.g. a mount every server "
+        "sees) instead of the database (or HEADWATER_PAYLOAD_DIR)",
+    )
+    server.add_argument(
+        "--lease",
+        default=None,
+        metavar="DURATION",
+        help="with PostgreSQL: how long the leader's lease lasts; a standby takes over at "
+        "most this long after the leader stops (default 10s, or HEADWATER_LEASE)",
+    )
+    server.add_argument(
+        "--advertise",
+        default=None,
+        metavar="HOST:PORT",
+        help="the address standbys name as the leader while this server leads (default: "
+        "--host and the bound port)",
     )
     server.add_argument(
         "--token",
@@ -66,14 +92,40 @@ def run_server(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"headwater: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
         return 2
+    durations: dict[str, float | None] = {}
+    for flag, text in (("retention", args.retention), ("lease", args.lease)):
+        try:
+            durations[flag] = None if text is None else parse_duration(text)
+        except ValueError as exc:
+            print(f"headwater: error: --{flag} {exc}", file=sys.stderr)
+            return 2
     try:
-        retention = None if args.retention is None else parse_duration(args.retention)
         settings = settings_from_env(
-            host=args.host, port=args.port, db=args.db, token=args.token, retention=retention
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            token=args.token,
+            retention=durations["retention"],
+            payload_dir=args.payload_dir,
+            lease=durations["lease"],
+            advertise=args.advertise,
         )
-    except ValueError as exc:
-        print(f"headwater: error: --retention (or HEADWATER_RETENTION) {exc}", file=sys.stderr)
+    except ValueError as exc:  # HEADWATER_RETENTION or HEADWATER_LEASE
+        print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
+    from headwater_runtime.store import is_postgres
+
+    if is_postgres(settings.db):
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError as exc:
+            print(
+                f"headwater: error: a PostgreSQL --db needs the 'postgres' extra ({exc.name} "
+                "is not installed): pip install 'headwater[postgres]'",
+                file=sys.stderr,
+            )
+            return 2
     try:
         # Before the gRPC server exists: its instrumentation hooks server creation.
         tracing = configure_tracing(tracing_settings_from_env(service_name="headwater-server"))

@@ -82,6 +82,14 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    #: Keep payload bytes as files in this directory instead of the database.
+    payload_dir: str | None = None
+    #: Servers sharing a PostgreSQL database: how long the leader's lease lasts
+    #: (seconds); a standby takes over at most this long after the leader stopped.
+    lease: float = 10.0
+    #: ``HOST:PORT`` standbys name as the leader when this server leads (default:
+    #: host and bound port; set it when clients reach the server by another name).
+    advertise: str = ""
 
 
 class ServerCore:
