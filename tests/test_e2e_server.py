@@ -155,9 +155,9 @@ def flows(tmp_path: Path) -> object:
 
 
 def test_etl_through_the_server_with_two_workers(
-    tmp_path: Path, cluster: Callable[..., Proc]
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "w1", "--slots", "2")
     start_worker(cluster, address, "w2", "--slots", "2")
     module = flows(tmp_path)
@@ -198,9 +198,9 @@ def test_etl_through_the_server_with_two_workers(
 
 
 def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(
-    tmp_path: Path, cluster: Callable[..., Proc]
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "cpu", "--slots", "4")
     module = flows(tmp_path)
     with Client(address, token=TOKEN) as client:
@@ -218,9 +218,9 @@ def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(
 
 
 def test_worker_killed_mid_task_is_replaced_and_the_flow_succeeds(
-    tmp_path: Path, cluster: Callable[..., Proc]
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     doomed = start_worker(cluster, address, "doomed")
     module = flows(tmp_path)
     with Client(address, token=TOKEN) as client:
@@ -239,9 +239,8 @@ def test_worker_killed_mid_task_is_replaced_and_the_flow_succeeds(
 
 
 def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
-    tmp_path: Path, cluster: Callable[..., Proc]
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
-    db = tmp_path / "hw.db"
     server, address = start_server(cluster, db)
     port = address.rsplit(":", 1)[1]
     start_worker(cluster, address, "w1")
@@ -276,9 +275,9 @@ def headwater_cli(
 
 
 def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
-    tmp_path: Path, cluster: Callable[..., Proc]
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "w1")
     env = {**os.environ, "HEADWATER_TOKEN": TOKEN, "HW_TEST_DIR": str(tmp_path)}
     script = str(tmp_path / "e2e_tasks.py")
@@ -306,11 +305,11 @@ def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
 
 
 def test_a_300_mb_array_flows_between_workers_by_reference(
-    tmp_path: Path, cluster: Callable[..., Proc]
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
     """Server and workers keep gRPC's default 4 MiB receive limit, which fails any RPC
     carrying a larger message: success means the array moved in chunks."""
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "producer", "--label", "role=producer")
     start_worker(cluster, address, "consumer", "--label", "role=consumer")
     module = flows(tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,9 +42,10 @@ FUNCS = FUNCTIONS
 
 
 @contextlib.asynccontextmanager
-async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[RunningServer]:
-    """An in-process server on an ephemeral port, stopped on the way out."""
-    running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db"), **settings))
+async def serving(db: str, **settings: Any) -> AsyncIterator[RunningServer]:
+    """An in-process server on an ephemeral port, stopped on the way out; ``db`` is the
+    ``db`` fixture (SQLite or PostgreSQL: every test here runs on both)."""
+    running = await start_server(ServerSettings(port=0, db=db, **settings))
     try:
         yield running
     finally:
@@ -53,13 +53,13 @@ async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[RunningServe
 
 
 def run_against_server(
-    tmp_path: Path, body: Callable[[grpc.aio.Channel], Awaitable[Any]], token: str | None = TOKEN
+    db: str, body: Callable[[grpc.aio.Channel], Awaitable[Any]], token: str | None = TOKEN
 ) -> Any:
     async def main() -> Any:
         # The in-test worker sends no heartbeats: keep the loss window out of reach.
         async with (
             serving(
-                tmp_path, token=token, heartbeat_interval=0.5, heartbeat_timeout=3600.0
+                db, token=token, heartbeat_interval=0.5, heartbeat_timeout=3600.0
             ) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
@@ -115,7 +115,7 @@ async def fake_worker(channel: grpc.aio.Channel, stop: asyncio.Event, slots: int
     return done
 
 
-def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
+def test_a_flow_runs_end_to_end_through_the_server(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         registered = await client.RegisterFlow(
@@ -181,7 +181,7 @@ def test_a_flow_runs_end_to_end_through_the_server(tmp_path: Path) -> None:
         assert [r.id for r in listed.flow_runs] == [run_id]
         worker.cancel()
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
 async def status_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
@@ -190,7 +190,7 @@ async def status_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details() or ""
 
 
-def test_bad_requests_get_clear_status_codes(tmp_path: Path) -> None:
+def test_bad_requests_get_clear_status_codes(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         cycle = graph_pb2.FlowGraph(
@@ -258,10 +258,10 @@ def test_bad_requests_get_clear_status_codes(tmp_path: Path) -> None:
         info = await client.GetServerInfo(cp.GetServerInfoRequest(), metadata=AUTH)
         assert info.protocol_version == 1
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
-def test_worker_streams_must_start_with_a_supported_hello(tmp_path: Path) -> None:
+def test_worker_streams_must_start_with_a_supported_hello(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
 
@@ -283,10 +283,10 @@ def test_worker_streams_must_start_with_a_supported_hello(tmp_path: Path) -> Non
         code, _ = await status_of(drain(worker_pb2.ConnectRequest(hello=no_slots)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
-def test_token_is_required_but_health_is_open(tmp_path: Path) -> None:
+def test_token_is_required_but_health_is_open(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         code, _ = await status_of(client.ListFlows(cp.ListFlowsRequest()))
@@ -295,13 +295,13 @@ def test_token_is_required_but_health_is_open(tmp_path: Path) -> None:
         reply = await health.Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
-def test_a_silent_worker_is_dropped_and_its_attempt_dispatched_again(tmp_path: Path) -> None:
+def test_a_silent_worker_is_dropped_and_its_attempt_dispatched_again(db: str) -> None:
     async def main() -> None:
         async with (
-            serving(tmp_path, heartbeat_interval=0.2, heartbeat_timeout=1.0) as running,
+            serving(db, heartbeat_interval=0.2, heartbeat_timeout=1.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
@@ -353,7 +353,7 @@ async def fake_worker_no_auth(channel: grpc.aio.Channel, stop: asyncio.Event) ->
         AUTH = saved
 
 
-def test_hostile_bytes_do_not_crash_the_server_or_touch_the_store(tmp_path: Path) -> None:
+def test_hostile_bytes_do_not_crash_the_server_or_touch_the_store(db: str) -> None:
     import random
 
     rng = random.Random(7)
@@ -398,15 +398,15 @@ def test_hostile_bytes_do_not_crash_the_server_or_touch_the_store(tmp_path: Path
         after = await client.ListFlows(cp.ListFlowsRequest(), metadata=AUTH)
         assert [f.name for f in after.flows] == [f.name for f in before.flows]
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
-def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path: Path) -> None:
+def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(db: str) -> None:
     """WatchFlowRun reads the run after subscribing; a change the engine made before
     the subscription but committed after it must still wake the watcher."""
 
     async def main() -> None:
-        async with serving(tmp_path) as running:
+        async with serving(db) as running:
             core = running.core
             await core.register_flow(proto_pipeline.compile())
             row, _ = await core.create_run("proto_pipeline", "", {})
@@ -422,10 +422,10 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(tmp_path
 
 
 def test_a_failing_tick_does_not_end_the_timer_loop(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
-        async with serving(tmp_path) as running:
+        async with serving(db) as running:
             core = running.core
             calls: list[int] = []
             real = core.runs.fire_timers
@@ -459,7 +459,7 @@ def sleepy_flow() -> int:
 
 
 def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
-    tmp_path: Path,
+    db: str,
 ) -> None:
     """docs/worker-protocol.md §9: the server's timer runs from TaskStarted; when it
     fires first, the worker gets CancelTaskRun("timed out"), and a TaskFailure that
@@ -467,7 +467,7 @@ def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
 
     async def main() -> None:
         async with (
-            serving(tmp_path, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
+            serving(db, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             running.core.runs.register_flow(sleepy_flow.compile())

@@ -437,9 +437,16 @@ class PostgresStore:
             data = self._blobs.read_chunk(payload_id, index)
             if data is not None:
                 return data
-        row = self._one(
-            "SELECT data FROM payload_chunks WHERE id=%s AND idx=%s", (payload_id, index)
-        )
+        try:
+            with self._pool.connection() as conn:
+                # Binary results: a chunk arrives as its bytes, not as 2 MiB of hex.
+                row = conn.execute(
+                    "SELECT data FROM payload_chunks WHERE id=%s AND idx=%s",
+                    (payload_id, index),
+                    binary=True,
+                ).fetchone()
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc
         return b"" if row is None else bytes(row[0])
 
     def read_payload(
