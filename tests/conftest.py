@@ -10,19 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from _backends import THREADS, Backend
-from pg_cluster import TempPostgres, temp_postgres
+from pg_cluster import STORES, TempPostgres, database_for, temp_postgres
 
 from headwater_runtime.embedded import PROCESS_CACHE
 
 if TYPE_CHECKING:
     # OpenTelemetry is an extra: `make test-oldest` runs without it.
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-
-#: The stores the server and end-to-end tests run against: both, unless
-#: HEADWATER_TEST_STORES names fewer (``make test-oldest`` runs SQLite only: the
-#: ``postgres`` extra is not installed in that venv).
-STORES = [s for s in os.environ.get("HEADWATER_TEST_STORES", "sqlite,postgres").split(",") if s]
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +46,8 @@ def postgres() -> Iterator[TempPostgres]:
 
 @pytest.fixture(params=STORES)
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The ``--db`` of a server under test: a SQLite file, or a PostgreSQL URL whose
-    tables live in a fresh schema of the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return str(tmp_path / "hw.db")
-    server: TempPostgres = request.getfixturevalue("postgres")
-    return server.schema_url()
+    """The ``--db`` of a server under test, once per store (SQLite, PostgreSQL)."""
+    return database_for(request, request.param, tmp_path)
 
 
 @pytest.fixture(autouse=True)

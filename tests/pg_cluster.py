@@ -18,6 +18,12 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+#: The stores the server and end-to-end tests run against: both, unless
+#: HEADWATER_TEST_STORES names fewer (``make test-oldest`` runs SQLite only: the
+#: ``postgres`` extra is not installed in that venv).
+STORES = [s for s in os.environ.get("HEADWATER_TEST_STORES", "sqlite,postgres").split(",") if s]
 
 
 class PostgresMissing(RuntimeError):
@@ -124,6 +130,16 @@ class TempPostgres:
         with contextlib.suppress(Exception):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def database_for(request: Any, store: str, folder: Path) -> str:
+    """A fresh ``--db`` of the given kind for a test: a SQLite file in ``folder``, or
+    a PostgreSQL URL whose tables live in a new schema of the session's PostgreSQL
+    server (the ``postgres`` fixture, got through the pytest ``request``)."""
+    if store == "sqlite":
+        return str(folder / "hw.db")
+    server: TempPostgres = request.getfixturevalue("postgres")
+    return server.schema_url()
 
 
 @contextlib.contextmanager

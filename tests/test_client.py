@@ -30,7 +30,7 @@ def greet(text: str = "hi") -> str:
 class ServerThread:
     """A real server on its own event loop in a background thread."""
 
-    def __init__(self, db: Path, token: str | None) -> None:
+    def __init__(self, db: str | Path, token: str | None) -> None:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.running: RunningServer | None = None
@@ -61,8 +61,8 @@ class ServerThread:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    s = ServerThread(tmp_path / "hw.db", token="tok")
+def server(db: str) -> Iterator[ServerThread]:
+    s = ServerThread(db, token="tok")
     yield s
     s.stop()
 

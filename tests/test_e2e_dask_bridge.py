@@ -88,10 +88,10 @@ def dask_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 
 
 def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
-    tmp_path: Path, cluster: Callable[..., Proc], dask_cluster: str
+    tmp_path: Path, db: str, cluster: Callable[..., Proc], dask_cluster: str
 ) -> None:
     (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     bridge = cluster(
         "worker",
         *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),

@@ -75,8 +75,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_parameters_are_values_on_a_server(tmp_path: Path, cluster: Cluster) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+def test_parameters_are_values_on_a_server(tmp_path: Path, db: str, cluster: Cluster) -> None:
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "w1", module="vflows")
     script = str(tmp_path / "vflows.py")
 

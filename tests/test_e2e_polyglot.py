@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from e2e_helpers import BOUND, NODE_WORKER, Proc, node_worker_args, poll, start_server
+from pg_cluster import STORES, database_for
 
 from headwater import Client, ParameterError
 from headwater._loader import load_file
@@ -110,8 +111,9 @@ def sensor(path: str) -> str:
 class Cluster:
     """A server plus one Python and one Node worker, all subprocesses."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, db: str) -> None:
         self.root = root
+        self.db = db
         self.procs: list[Proc] = []
         self.env = {
             **os.environ,
@@ -132,7 +134,7 @@ class Cluster:
         return self.start([sys.executable, "-m", "headwater._cli", *args], stream)
 
     def start_server(self, port: int = 0) -> None:
-        self.server, self.address = start_server(self.headwater, self.root / "hw.db", port)
+        self.server, self.address = start_server(self.headwater, self.db, port)
 
     def start_workers(self) -> None:
         python = self.headwater(
@@ -148,11 +150,14 @@ class Cluster:
             proc.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=STORES)
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """One server (on each store in turn) with a Python and a Node worker."""
     root = tmp_path_factory.mktemp("polyglot")
     (root / "polyglot_flows.py").write_text(textwrap.dedent(FLOWS))
-    running = Cluster(root)
+    running = Cluster(root, database_for(request, request.param, root))
     try:
         running.start_server()
         running.start_workers()

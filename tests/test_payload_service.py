@@ -5,28 +5,29 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from test_store import count
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
 from headwater_runtime.server import MAX_CHUNK, PayloadServicer, TokenAuthInterceptor
-from headwater_runtime.store import SQLiteStore
+from headwater_runtime.store import open_store
 
 TOKEN = "s3cret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 def serve(
-    tmp_path: Path,
-    body: Callable[[payload_pb2_grpc.PayloadServiceStub, SQLiteStore], Awaitable[Any]],
+    db: str,
+    body: Callable[[payload_pb2_grpc.PayloadServiceStub, Any], Awaitable[Any]],
 ) -> Any:
-    """Start a server on 127.0.0.1:0 with token auth, run ``body`` against it, stop it."""
+    """Start a server on 127.0.0.1:0 with token auth (on ``db``: SQLite or PostgreSQL),
+    run ``body`` against it, stop it."""
 
     async def main() -> Any:
-        store = SQLiteStore(tmp_path / "hw.db")
+        store = open_store(db)
         server = grpc.aio.server(interceptors=[TokenAuthInterceptor(TOKEN)])
         payload_pb2_grpc.add_PayloadServiceServicer_to_server(
             PayloadServicer(store, max_payload_bytes=64 << 20), server
@@ -57,12 +58,12 @@ async def requests(
 
 
 def test_a_large_value_goes_up_and_down_without_any_message_over_the_limit(
-    tmp_path: Path,
+    db: str,
 ) -> None:
     data = bytes(range(256)) * (40 * 4096)  # 40 MiB: ten times gRPC's 4 MiB limit
     sha = hashlib.sha256(data).hexdigest()
 
-    async def body(stub: payload_pb2_grpc.PayloadServiceStub, _: SQLiteStore) -> None:
+    async def body(stub: payload_pb2_grpc.PayloadServiceStub, _: Any) -> None:
         response = await stub.UploadPayload(requests(data, sha=sha), metadata=AUTH)
         ref = response.ref
         assert (ref.size_bytes, ref.sha256, dict(ref.metadata)) == (
@@ -86,7 +87,7 @@ def test_a_large_value_goes_up_and_down_without_any_message_over_the_limit(
             tail += part.chunk
         assert bytes(tail) == data[-10:]
 
-    serve(tmp_path, body)
+    serve(db, body)
 
 
 async def _status_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
@@ -133,20 +134,20 @@ async def _no_encoding() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
     ],
 )
 def test_bad_uploads_get_a_clear_status_and_store_nothing(
-    tmp_path: Path, make_requests: Callable[[], Any], code: grpc.StatusCode, fragment: str
+    db: str, make_requests: Callable[[], Any], code: grpc.StatusCode, fragment: str
 ) -> None:
-    async def body(stub: payload_pb2_grpc.PayloadServiceStub, store: SQLiteStore) -> None:
+    async def body(stub: payload_pb2_grpc.PayloadServiceStub, store: Any) -> None:
         got, details = await _status_of(stub.UploadPayload(make_requests(), metadata=AUTH))
         assert got == code, details
         assert fragment in details
-        assert store._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 0
-        assert store._db.execute("SELECT COUNT(*) FROM payloads").fetchone()[0] == 0
+        assert count(store, "payload_chunks") == 0
+        assert count(store, "payloads") == 0
 
-    serve(tmp_path, body)
+    serve(db, body)
 
 
-def test_bad_downloads_get_not_found_or_out_of_range(tmp_path: Path) -> None:
-    async def body(stub: payload_pb2_grpc.PayloadServiceStub, _: SQLiteStore) -> None:
+def test_bad_downloads_get_not_found_or_out_of_range(db: str) -> None:
+    async def body(stub: payload_pb2_grpc.PayloadServiceStub, _: Any) -> None:
         ref = (await stub.UploadPayload(requests(b"hello"), metadata=AUTH)).ref
 
         async def first(request: payload_pb2.DownloadPayloadRequest) -> None:
@@ -162,7 +163,7 @@ def test_bad_downloads_get_not_found_or_out_of_range(tmp_path: Path) -> None:
         )
         assert code == grpc.StatusCode.OUT_OF_RANGE and "offset 6" in details
 
-    serve(tmp_path, body)
+    serve(db, body)
 
 
 @pytest.mark.parametrize(
@@ -170,9 +171,9 @@ def test_bad_downloads_get_not_found_or_out_of_range(tmp_path: Path) -> None:
     [((), "missing token"), ((("authorization", "Bearer wrong"),), "invalid token")],
 )
 def test_calls_without_the_right_token_are_unauthenticated(
-    tmp_path: Path, metadata: tuple[tuple[str, str], ...], fragment: str
+    db: str, metadata: tuple[tuple[str, str], ...], fragment: str
 ) -> None:
-    async def body(stub: payload_pb2_grpc.PayloadServiceStub, store: SQLiteStore) -> None:
+    async def body(stub: payload_pb2_grpc.PayloadServiceStub, store: Any) -> None:
         code, details = await _status_of(stub.UploadPayload(requests(b"x"), metadata=metadata))
         assert code == grpc.StatusCode.UNAUTHENTICATED and fragment in details
 
@@ -184,6 +185,6 @@ def test_calls_without_the_right_token_are_unauthenticated(
 
         code, _ = await _status_of(download())
         assert code == grpc.StatusCode.UNAUTHENTICATED
-        assert store._db.execute("SELECT COUNT(*) FROM payloads").fetchone()[0] == 0
+        assert count(store, "payloads") == 0
 
-    serve(tmp_path, body)
+    serve(db, body)

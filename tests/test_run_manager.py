@@ -7,7 +7,7 @@ these tests exercise the manager, the journal and the store without a network.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,7 +28,7 @@ from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarte
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
-from headwater_runtime.store import NotFound, SQLiteStore
+from headwater_runtime.store import NotFound, Store, open_store
 
 
 @task
@@ -131,13 +131,14 @@ def drain(manager: RunManager, dispatch: FakeDispatch, fail_first: set[str] = fr
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(tmp_path / "hw.db")
+def store(db: str) -> Iterator[Store]:
+    """The run manager's store: SQLite and PostgreSQL (every test runs on both)."""
+    s = open_store(db)
     yield s
     s.close()
 
 
-def test_a_flow_runs_to_success_and_its_result_is_stored(store: SQLiteStore) -> None:
+def test_a_flow_runs_to_success_and_its_result_is_stored(store: Store) -> None:
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     version, created = manager.register_flow(pipeline.compile())
@@ -159,7 +160,7 @@ def test_a_flow_runs_to_success_and_its_result_is_stored(store: SQLiteStore) -> 
     assert row.id not in manager.runs  # finished runs leave memory
 
 
-def test_mapping_needs_split_results_and_asks_for_them(store: SQLiteStore) -> None:
+def test_mapping_needs_split_results_and_asks_for_them(store: Store) -> None:
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(pipeline.compile())
@@ -191,7 +192,7 @@ def over_rows_and_cols(n: int = 3) -> list[Any]:
     return [scale.map(t["rows"], unmapped(2)), scale.map(t["cols"], unmapped(2))]
 
 
-def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: SQLiteStore) -> None:
+def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: Store) -> None:
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(over_rows.compile())
@@ -219,7 +220,7 @@ def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: SQLiteSto
     assert result == {"scaled": [0, 2, 4], "rows": 3}
 
 
-def test_mapping_over_two_parts_of_one_result_is_refused_everywhere(store: SQLiteStore) -> None:
+def test_mapping_over_two_parts_of_one_result_is_refused_everywhere(store: Store) -> None:
     """One graph rule, one message: refused when compiled (embedded) and when a
     hand-written FlowGraph that breaks it is registered on a server."""
     message = r"only one part of a result can be mapped over"
@@ -239,7 +240,7 @@ def test_mapping_over_two_parts_of_one_result_is_refused_everywhere(store: SQLit
         store.get_flow("over_rows", "")
 
 
-def test_idempotency_key_and_bad_parameters(store: SQLiteStore) -> None:
+def test_idempotency_key_and_bad_parameters(store: Store) -> None:
     manager = RunManager(store, FakeDispatch(), Clock())
     manager.register_flow(pipeline.compile())
     a, created_a = manager.create_run("pipeline", "", {}, idempotency_key="nightly-1")
@@ -251,14 +252,11 @@ def test_idempotency_key_and_bad_parameters(store: SQLiteStore) -> None:
         manager.create_run("missing", "", {})
 
 
-def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(
-    tmp_path: Path,
-) -> None:
+def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(db: str) -> None:
     """After a restart, attempts a worker was handed wait for it (and are lost only if
     nobody claims them); attempts that never reached a worker are sent again at once,
     as the same attempt: no loss is counted against them."""
-    path = tmp_path / "hw.db"
-    store = SQLiteStore(path)
+    store = open_store(db)
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(pipeline.compile())
@@ -276,7 +274,7 @@ def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(
     work(manager, in_flight["scale[1]"])  # scale[1] succeeds but is never committed
     store.close()  # the server dies here (no flush)
 
-    store = SQLiteStore(path)
+    store = open_store(db)
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     found = manager.recover()
@@ -301,7 +299,7 @@ def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(
     store.close()
 
 
-def test_cancel_cancels_in_flight_attempts_after_commit(store: SQLiteStore) -> None:
+def test_cancel_cancels_in_flight_attempts_after_commit(store: Store) -> None:
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(pipeline.compile())
@@ -324,7 +322,7 @@ def slow_flow() -> int:
     return slow()
 
 
-def test_a_report_after_the_run_ended_names_the_stale_attempt(store: SQLiteStore) -> None:
+def test_a_report_after_the_run_ended_names_the_stale_attempt(store: Store) -> None:
     """The Ack reason of a late report: the same words whether the run's engine is
     still in memory or the run has ended and left it (then the store answers)."""
     dispatch, clock = FakeDispatch(), Clock()
@@ -353,7 +351,7 @@ def test_a_report_after_the_run_ended_names_the_stale_attempt(store: SQLiteStore
     assert gone.reason == "unknown flow run 'no-such-run'"
 
 
-def test_a_report_after_a_cancel_names_the_stale_attempt(store: SQLiteStore) -> None:
+def test_a_report_after_a_cancel_names_the_stale_attempt(store: Store) -> None:
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
     manager.register_flow(pipeline.compile())
@@ -389,7 +387,7 @@ def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> No
         assert row.value_id in stored and event.value.SerializeToString() not in row.body
 
 
-def test_an_assignment_with_too_many_inline_inputs_gets_references(store: SQLiteStore) -> None:
+def test_an_assignment_with_too_many_inline_inputs_gets_references(store: Store) -> None:
     """Five 1 MiB inline results feed one reduce: more than a 4 MiB message can carry, so
     the server stores the largest ones and sends references to their identical bytes."""
     dispatch = FakeDispatch()

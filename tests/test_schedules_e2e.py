@@ -26,9 +26,9 @@ def _fire_ms(key: str) -> int:
 
 def test_a_catchup_schedule_fires_every_time_once_across_a_server_sigkill(
     tmp_path: Path,
+    db: str,
     cluster: Callable[..., Proc],  # noqa: F811
 ) -> None:
-    db = tmp_path / "hw.db"
     server, address = start_server(cluster, db)
     port = address.rsplit(":", 1)[1]
     module = flows(tmp_path)

@@ -24,7 +24,7 @@ from headwater.v1 import control_plane_pb2_grpc, run_pb2, worker_pb2
 from headwater.wire import decode_value
 
 
-def test_a_short_interval_schedule_fires_runs_a_worker_completes(tmp_path: Path) -> None:
+def test_a_short_interval_schedule_fires_runs_a_worker_completes(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         await client.RegisterFlow(
@@ -71,7 +71,7 @@ def test_a_short_interval_schedule_fires_runs_a_worker_completes(tmp_path: Path)
         listed_after = await client.ListSchedules(cp.ListSchedulesRequest(), metadata=AUTH)
         assert list(listed_after.schedules) == []
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
 def _schedule(**fields: object) -> run_pb2.Schedule:
@@ -85,7 +85,7 @@ def _every(seconds: float, **fields: object) -> run_pb2.Schedule:
     return msg
 
 
-def test_bad_schedule_requests_get_clear_status_codes(tmp_path: Path) -> None:
+def test_bad_schedule_requests_get_clear_status_codes(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         await client.RegisterFlow(
@@ -121,12 +121,12 @@ def test_bad_schedule_requests_get_clear_status_codes(tmp_path: Path) -> None:
         listed = await client.ListSchedules(cp.ListSchedulesRequest(), metadata=AUTH)
         assert list(listed.schedules) == []
 
-    run_against_server(tmp_path, body)
+    run_against_server(db, body)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerThread]:
-    s = ServerThread(tmp_path / "hw.db", token="tok")
+def server(db: str) -> Iterator[ServerThread]:
+    s = ServerThread(db, token="tok")
     yield s
     s.stop()
 

@@ -58,9 +58,7 @@ def run_against_server(
     async def main() -> Any:
         # The in-test worker sends no heartbeats: keep the loss window out of reach.
         async with (
-            serving(
-                db, token=token, heartbeat_interval=0.5, heartbeat_timeout=3600.0
-            ) as running,
+            serving(db, token=token, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             return await asyncio.wait_for(body(channel), 60)

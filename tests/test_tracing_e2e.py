@@ -112,9 +112,9 @@ def _field(span: ReceivedSpan, key: str) -> object:
 
 
 def test_one_trace_links_client_flow_attempts_and_worker_spans(
-    tmp_path: Path, cluster: Cluster, receiver: OTLPReceiver
+    tmp_path: Path, db: str, cluster: Cluster, receiver: OTLPReceiver
 ) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "w1", module="traced_tasks")
     module = load_file(str(tmp_path / "traced_tasks.py"))
 
@@ -188,9 +188,9 @@ _RPC = "/headwater.v1.ControlPlaneService/CreateFlowRun"
 
 
 def test_headwater_run_on_a_server_is_one_trace_from_the_cli_to_the_worker(
-    tmp_path: Path, cluster: Cluster, receiver: OTLPReceiver
+    tmp_path: Path, db: str, cluster: Cluster, receiver: OTLPReceiver
 ) -> None:
-    _, address = start_server(cluster, tmp_path / "hw.db")
+    _, address = start_server(cluster, db)
     start_worker(cluster, address, "w1", module="traced_tasks")
     script = f"{tmp_path / 'traced_tasks.py'}:traced"
     proc = subprocess.run(
@@ -274,13 +274,13 @@ SERVICES = {"server": "hw-server", "python": "hw-python-worker", "node": "hw-nod
 
 
 def test_one_trace_across_the_server_a_python_and_a_node_worker(
-    tmp_path: Path, cluster: Cluster, receiver: OTLPReceiver
+    tmp_path: Path, db: str, cluster: Cluster, receiver: OTLPReceiver
 ) -> None:
     """Python -> Node (mapped) -> Python, with a Node step that fails once: every
     process's spans form one tree, each worker span under its own attempt span."""
     (tmp_path / "polyglot_traced.py").write_text(textwrap.dedent(POLYGLOT))
     named = {key: {"OTEL_SERVICE_NAME": name} for key, name in SERVICES.items()}
-    _, address = start_server(partial(cluster, env=named["server"]), tmp_path / "hw.db")
+    _, address = start_server(partial(cluster, env=named["server"]), db)
     start_worker(partial(cluster, env=named["python"]), address, "py", module="polyglot_traced")
     node = cluster.spawn(node_worker_args(address, "js"), "stderr", named["node"])
     node.wait_line("connected to")

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from headwater.wire import ENV_DB, parse_duration
+from headwater.wire import ENV_DB, ENV_PAYLOAD_DIR, parse_duration
 
 from ._errors import UsageError
 
@@ -18,7 +18,7 @@ DEFAULT_GRACE = "1d"
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune the database and print what went (or would go)."""
-    from headwater_runtime.store import SQLiteStore
+    from headwater_runtime.store import MissingDriver, open_store
 
     db = args.db or os.environ.get(ENV_DB) or "~/.headwater/headwater.db"
     try:
@@ -29,7 +29,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         grace = parse_duration(args.payload_grace)
     except ValueError as exc:
         raise UsageError(f"--payload-grace {exc}") from None
-    store = SQLiteStore(db)
+    payload_dir = args.payload_dir or os.environ.get(ENV_PAYLOAD_DIR) or None
+    try:
+        store = open_store(db, payload_dir=payload_dir)
+    except MissingDriver as exc:
+        raise UsageError(str(exc)) from None
     try:
         now = time.time()
         before = None if older_than is None else now - older_than
@@ -44,7 +48,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"{report.cache_entries} expired cache entr{'y' if report.cache_entries == 1 else 'ies'}"
     )
     if not report.dry_run:
-        print(f"reclaimed {report.bytes_reclaimed} bytes of {db}")
+        print(f"reclaimed {report.bytes_reclaimed} bytes of {getattr(store, 'where', db)}")
     return EXIT_OK
 
 
@@ -56,13 +60,22 @@ def add_prune_command(sub: Any) -> None:
         description="Delete finished flow runs that ended more than --older-than ago, with "
         "their journal, task runs, logs and values; expired cache entries; and stored "
         "payloads and values no run, cache entry or schedule references. Then give the "
-        "space back to the file system. Safe while the server runs (it only touches "
-        "finished runs). A server started with --retention does this on its own.",
+        "space back to the file system (SQLite) or VACUUM it for reuse (PostgreSQL). Safe "
+        "while the server runs (it only touches finished runs). A server started with "
+        "--retention does this on its own.",
     )
     prune.add_argument(
         "--db",
         default=None,
-        help="the server's SQLite database (default ~/.headwater/headwater.db, or HEADWATER_DB)",
+        help="the server's database: a SQLite path or a postgresql:// URL (default "
+        "~/.headwater/headwater.db, or HEADWATER_DB)",
+    )
+    prune.add_argument(
+        "--payload-dir",
+        default=None,
+        metavar="DIR",
+        help="the server's --payload-dir, whose files of deleted payloads are removed too "
+        "(or HEADWATER_PAYLOAD_DIR)",
     )
     prune.add_argument(
         "--older-than",

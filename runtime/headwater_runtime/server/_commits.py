@@ -99,6 +99,7 @@ class Committer:
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._last = 0.0
         self._retry_at = 0.0
+        self._closed = False
 
     @property
     def busy(self) -> bool:
@@ -112,7 +113,7 @@ class Committer:
         """Commit soon: at the end of this loop tick when idle, after a short
         gathering window when a commit just finished (many worker reports per
         transaction when busy), or when a failing commit's backoff ends."""
-        if self._handle is not None or self._task is not None:
+        if self._handle is not None or self._task is not None or self._closed:
             return
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -187,6 +188,15 @@ class Committer:
         self.pending.waiters.append(waiter)
         self.request()
         await waiter
+
+    def close(self) -> None:
+        """Commit nothing more: the server has stopped (after ``drain``). Without this,
+        a retry timer of a failing commit outlives the server, which matters when the
+        process goes on (a leader that stepped down starts again as a standby)."""
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
     async def drain(self, attempts: int = 3) -> None:
         """Commit what is left (on shutdown); gives up after ``attempts`` failures,

@@ -157,6 +157,7 @@ class ServerCore:
             with contextlib.suppress(Exception):
                 await self._pruning
         await self.commits.drain()
+        self.commits.close()  # no retry timer may outlive the server (see Committer.close)
         self.runs.end_traces()
 
     def touch(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ._base import Store
@@ -19,10 +20,16 @@ class MissingDriver(ImportError):
     """A PostgreSQL URL was given, and the ``postgres`` extra is not installed."""
 
 
-def open_store(db: str, *, payload_dir: str | Path | None = None) -> Store:
+def open_store(
+    db: str,
+    *,
+    payload_dir: str | Path | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Store:
     """The store ``db`` names: ``postgresql://...`` opens (and migrates) a PostgreSQL
     database, anything else is a SQLite file. ``payload_dir`` keeps new payloads'
-    bytes in that directory instead of the database."""
+    bytes in that directory instead of the database; ``clock`` (seconds since the
+    epoch) dates payloads, for tests."""
     if is_postgres(db):
         try:
             from ._postgres import PostgresStore
@@ -32,7 +39,7 @@ def open_store(db: str, *, payload_dir: str | Path | None = None) -> Store:
                 "pip install 'headwater[postgres]'",
                 name=exc.name,
             ) from None
-        return PostgresStore(db, payload_dir=payload_dir)
+        return PostgresStore(db, payload_dir=payload_dir, clock=clock)
     from ._sqlite import SQLiteStore
 
-    return SQLiteStore(db, payload_dir=payload_dir)
+    return SQLiteStore(db, payload_dir=payload_dir, clock=clock)

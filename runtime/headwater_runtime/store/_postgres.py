@@ -19,6 +19,7 @@ try again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -560,7 +561,7 @@ class PostgresStore:
         try:
             report = self._write(work)
         except _DryRun as dry:
-            return PruneReport(**{**dry.report.__dict__, "dry_run": True})
+            return dataclasses.replace(dry.report, dry_run=True)
         if self._blobs is not None:  # the rows are gone: now their files
             self._blobs.delete(deleted)
             self._blobs.sweep(older_than=grace)
