@@ -1,0 +1,222 @@
+"""Dask across processes, end to end: a real ``dask scheduler`` and two ``dask worker``
+processes (only "gpu" declares ``GPU=1``), a ``headwater server`` and a Dask bridge
+``headwater worker --dask tcp://...``, every one its own OS process.
+
+- Tasks tagged ``resources={"GPU": 1}`` run only on the worker with the resource.
+- A large intermediate result stays in the cluster: the next task on the bridge gets
+  the future; the control plane stores no payload for it.
+- One Dask worker is SIGKILLed while tasks run on it: Dask itself runs them again on
+  the other worker (the scheduler reschedules what a dead worker was running, and
+  recomputes results that lived only there), so the Headwater attempt is still attempt
+  1 and the run succeeds. Headwater's own retries come in only when Dask gives up on a
+  task (``KilledWorker``: it took down too many workers), as a failed attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import BOUND, Cluster, Proc, poll, start_server
+
+from headwater import Client
+from headwater._loader import load_file
+from headwater.wire import FlowRunState
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "dask-cluster-token"
+DASK = str(Path(sys.executable).parent / "dask")
+
+TASKS = """
+import os, time
+from pathlib import Path
+from headwater import flow, task
+
+ROOT = Path(os.environ["HW_TEST_DIR"])
+ON_DASK = {"dask": "yes"}
+
+def effect(what):
+    from distributed import get_worker
+    with (ROOT / "effects.log").open("a") as f:
+        f.write(f"{what} {get_worker().name}\\n")
+
+@task(labels=ON_DASK)
+def produce(mb: int):
+    import numpy as np
+    effect("produce")
+    return np.ones(mb << 17, dtype=np.float64)  # mb MiB
+
+@task(labels=ON_DASK)
+def consume(array) -> int:
+    effect("consume")
+    return int(array.nbytes)
+
+@task(labels=ON_DASK, resources={"GPU": 1})
+def on_gpu(i: int) -> str:
+    from distributed import get_worker
+    effect(f"gpu-{i}")
+    return get_worker().name
+
+@task(labels=ON_DASK)
+def slow(i: int) -> int:
+    effect(f"slow-start-{i}")
+    deadline = time.monotonic() + 90
+    while not (ROOT / "release").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.02)
+    effect(f"slow-done-{i}")
+    return i
+
+@task(labels=ON_DASK)
+def total(values: list) -> int:
+    return sum(values)
+
+@flow
+def across(mb: int = 64) -> dict:
+    return {
+        "bytes": consume(produce(mb)),
+        "gpu": on_gpu.map([0, 1, 2]),
+        "slow": total(slow.map([0, 1, 2, 3, 4, 5])),
+    }
+"""
+
+
+@pytest.fixture
+def processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    (tmp_path / "cluster_tasks.py").write_text(textwrap.dedent(TASKS))
+    monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))
+    env = {
+        **os.environ,
+        "HW_TEST_DIR": str(tmp_path),
+        "HEADWATER_TOKEN": TOKEN,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = Cluster(env)
+    yield procs
+    procs.stop()
+
+
+def dask_scheduler(procs: Cluster, folder: Path) -> str:
+    """``dask scheduler`` on a free port; its address (from its scheduler file)."""
+    info = folder / "scheduler.json"
+    procs.spawn(
+        [
+            DASK,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(info),
+        ],
+        "stderr",
+    )
+    poll(info.exists, "the Dask scheduler to start")
+    deadline = time.monotonic() + BOUND
+    while True:  # the file is written in one go, but may be seen before it is complete
+        try:
+            return str(json.loads(info.read_text())["address"])
+        except (ValueError, KeyError):
+            assert time.monotonic() < deadline, "unreadable scheduler file"
+            time.sleep(0.05)
+
+
+def dask_worker(procs: Cluster, scheduler: str, name: str, *extra: str) -> Proc:
+    """``dask worker`` without a nanny (a SIGKILL kills the worker itself)."""
+    worker = procs.spawn(
+        [
+            DASK,
+            "worker",
+            scheduler,
+            "--name",
+            name,
+            "--nthreads",
+            "2",
+            "--no-nanny",
+            "--no-dashboard",
+            "--memory-limit",
+            "0",
+            *extra,
+        ],
+        "stderr",
+    )
+    worker.wait_line("Registered to")
+    return worker
+
+
+def effects(tmp_path: Path) -> list[tuple[str, str]]:
+    log = tmp_path / "effects.log"
+    if not log.exists():
+        return []
+    return [tuple(line.split(" ", 1)) for line in log.read_text().splitlines()]  # type: ignore[misc]
+
+
+def test_a_flow_on_a_dask_cluster_of_separate_processes_survives_losing_a_worker(
+    tmp_path: Path, db: str, processes: Cluster
+) -> None:
+    scheduler = dask_scheduler(processes, tmp_path)
+    cpu = dask_worker(processes, scheduler, "cpu")
+    dask_worker(processes, scheduler, "gpu", "--resources", "GPU=1")
+    _, address = start_server(processes, db)
+    bridge: Callable[..., Proc] = processes
+    proc = bridge(
+        "worker",
+        *("--server", address, "--module", "cluster_tasks", "--name", "bridge"),
+        *("--label", "dask=yes", "--dask", scheduler),
+        worker="bridge",
+    )
+    line = proc.wait_line("connected to")
+    assert "4 slots" in line and scheduler in line, line  # 2 workers x 2 threads
+    module: Any = load_file(str(tmp_path / "cluster_tasks.py"))
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.across, {"mb": 64})
+        poll(
+            lambda: any(
+                what.startswith("slow-start") and where == "cpu"
+                for what, where in effects(tmp_path)
+            ),
+            "a slow task to start on the cpu worker",
+        )
+        cpu.popen.send_signal(signal.SIGKILL)
+        cpu.popen.wait(BOUND)
+        (tmp_path / "release").write_text("go")
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == {"bytes": 64 << 20, "gpu": ["gpu", "gpu", "gpu"], "slow": 15}
+        # (a mapped task's parent run has no attempt of its own)
+        attempts = {t.key: t.attempts for t in final.task_runs if t.attempts}
+    ran = effects(tmp_path)
+    # GPU-tagged tasks ran only where the resource is.
+    assert sorted(w for what, w in ran if what.startswith("gpu-")) == ["gpu"] * 3
+    # A slow task that the dead worker was running ran again on the other one, and it
+    # was Dask that re-ran it: Headwater saw one attempt of every task.
+    lost = {
+        what[len("slow-start-") :]
+        for what, w in ran
+        if what.startswith("slow-start") and w == "cpu"
+    }
+    assert lost
+    for i in lost:
+        assert (f"slow-done-{i}", "gpu") in ran, ran
+    assert set(attempts.values()) == {1}, attempts
+    # The 64 MiB array never reached the control plane: no payload was stored.
+    from headwater_runtime.store import open_store
+
+    store = open_store(db)
+    try:
+        stats = store.stats()  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    assert stats["payloads"] == 0 and stats["payload_chunks"] == 0, stats
