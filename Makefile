@@ -14,7 +14,7 @@ NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
-.PHONY: setup demo test test-oldest lint proto bench docs clean
+.PHONY: setup postgres demo test test-oldest lint proto bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,20 @@ $(NODE_WORKER_STAMP): $(NODE_WORKER)/package.json $(NODE_WORKER)/package-lock.js
 	npm ci --prefix $(NODE_WORKER) --no-audit --no-fund --loglevel=error
 	touch $(NODE_WORKER_STAMP)
 
-setup: $(STAMP) $(OLDEST_STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP)
+# PostgreSQL for the PostgreSQL store's tests and benchmarks: Debian's package (initdb and
+# pg_ctl; the tests start their own server in a temporary directory, as the package's
+# postgres user when run as root). Installed with apt-get when missing and we are root
+# (CI); otherwise say how, and those tests are skipped (outside CI only).
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "installing PostgreSQL (apt-get install postgresql)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "make: PostgreSQL is not installed (sudo apt-get install postgresql); its tests are skipped" >&2; \
+	fi
+
+setup: $(STAMP) $(OLDEST_STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP) postgres
 
 ## demo: set up and run the main example embedded (no server needed)
 demo: $(STAMP)
@@ -64,8 +77,8 @@ test: setup
 # The part of the suite that covers the contract, the server (in-process and as a
 # subprocess), the worker, the client, schedules (croniter) and the compiler (cloudpickle),
 # run with exactly the oldest grpcio, protobuf, cloudpickle and croniter that
-# pyproject.toml allows. Not the Dask, OpenTelemetry or numpy tests: those extras are
-# not installed there.
+# pyproject.toml allows. Not the Dask, OpenTelemetry, PostgreSQL or numpy tests: those
+# extras are not installed there (the server tests run on SQLite only).
 OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload_service.py \
 	tests/test_client.py tests/test_server_protocol.py tests/test_worker.py \
 	tests/test_run_manager.py tests/test_compiler.py tests/test_remote_task.py \
@@ -75,7 +88,7 @@ OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload
 test-oldest: $(OLDEST_STAMP)
 	@$(OLDEST_PY) -c "import grpc, google.protobuf as p; \
 	print(f'oldest supported versions: grpcio {grpc.__version__}, protobuf {p.__version__}')"
-	$(OLDEST_PY) -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
+	HEADWATER_TEST_STORES=sqlite $(OLDEST_PY) -m pytest -q -p no:cacheprovider $(OLDEST_TESTS)
 
 ## proto: regenerate the Python code from proto/ into python_sdk/headwater/v1/
 proto: $(OLDEST_STAMP)

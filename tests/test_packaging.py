@@ -85,6 +85,21 @@ def test_a_bare_install_refuses_the_server_naming_the_extra() -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_server_without_the_postgres_extra_names_it_for_a_postgresql_db() -> None:
+    done = _bare(
+        "headwater",
+        "server",
+        "--port",
+        "0",
+        "--db",
+        "postgresql://hw@127.0.0.1:1/hw",
+        env={"HW_BARE_BLOCK": "psycopg,psycopg_pool"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'headwater[postgres]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_bare_install_asked_to_trace_names_the_extra() -> None:
     flow = ETL
     done = _bare("headwater", "run", flow, env={"OTEL_TRACES_EXPORTER": "console"})
