@@ -253,6 +253,16 @@ def _server_notes(row: Row) -> list[str]:
     cpu_text = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v is not None)
     peaks = ", ".join(f"{k} {v:.0f}" for k, v in d["peak_rss_mb"].items() if v is not None)
     slots = "/".join(str(s) for s in d["worker_slots"])
+    if d["kind"] == "failover":
+        times = ", ".join(f"{x:.2f}" for x in d["failover_s"])
+        took = ", ".join(f"{x:.2f}" for x in d["takeover_s"])
+        return [
+            f"{name}: leader SIGKILL -> first task dispatched by the new leader starts on "
+            f"the worker: median {statistics.median(d['failover_s']):.2f} s ({times}); "
+            f"SIGKILL -> the standby leads (its listening line): median "
+            f"{statistics.median(d['takeover_s']):.2f} s ({took}); 2 servers on one "
+            "PostgreSQL, default lease 10 s, 1 worker given both addresses"
+        ]
     if d["kind"] == "latency":
         s = d["stats_ms"]
         return [
@@ -342,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 "system": system,
                 "repeats": workload.repeats_for(system, args.quick),
                 "max_workers": args.max_workers if system.startswith("headwater") else None,
+                "store": workload.store,
             }
             t0 = time.perf_counter()
             print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)
@@ -363,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     if served:
         print()
         print(
-            "server workloads: `headwater server` (SQLite in a temporary directory) and "
+            "server workloads: `headwater server` (SQLite in a temporary directory, or a "
+            "PostgreSQL server started for the row: -pg, failover) and "
             "`headwater worker` processes on this machine; embedded s / dask-raw s: the "
             "same DAG in-process, measured in this run"
         )

@@ -7,7 +7,9 @@ pid). The harness also starts each measurement process in a process group of its
 own and kills that group if the measurement times out or is interrupted.
 
 * ``fanout``: one server, two workers (default slots), the ``_dags`` fan-out at N with
-  the server's durable SQLite state in a temporary directory. The timed part goes from
+  the server's durable state in SQLite in a temporary directory, or (``store:
+  postgres``) in a PostgreSQL server started for the measurement (Debian's package,
+  ``tests/pg_cluster.py``, with PostgreSQL's durable defaults: fsync on). The timed part goes from
   just before ``client.run`` to the run's ``ended_at`` as the server records it (same
   machine, same clock). Registering the flow (compile + RegisterFlow) is ``setup``.
 * ``latency``: one server, one worker, sequential runs of a one-task flow whose task
@@ -114,6 +116,17 @@ class _Proc:
                 pipe.close()
 
 
+def start_postgres() -> Any:
+    """A PostgreSQL server for one measurement (``tests/pg_cluster.py``), with its
+    durable defaults (fsync on): the figure is what a deployment would see."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from pg_cluster import TempPostgres
+
+    return TempPostgres(durable=True)
+
+
 def _proc_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a process so far (Linux only)."""
     try:
@@ -141,9 +154,15 @@ class Cluster:
     stopped on exit, whatever happened."""
 
     def __init__(
-        self, workers: int, slots: int | None = None, profile_to: str | None = None
+        self,
+        workers: int,
+        slots: int | None = None,
+        profile_to: str | None = None,
+        store: str = "sqlite",
     ) -> None:
         self.n_workers = workers
+        self.store = store
+        self.postgres: Any = None
         self.slots = slots
         self.profile_to = profile_to  # run the server under cProfile, stats to this file
         self.server: _Proc | None = None
@@ -170,8 +189,13 @@ class Cluster:
         cli = [sys.executable, "-m", "headwater._cli"]
         profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
         server = [sys.executable, *profiler, *cli[1:], "server", "--port", "0"]
-        self.server = _Proc([*server, "--db", str(Path(tmp) / "headwater.db")], env, tmp)
-        self.address = self.server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+        db = str(Path(tmp) / "headwater.db")
+        if self.store == "postgres":
+            self.postgres = start_postgres()
+            db = self.postgres.database()
+        self.server = _Proc([*server, "--db", db], env, tmp)
+        line = self.server.wait_line("headwater server listening on")
+        self.address = line.split("listening on ", 1)[1].split(" ", 1)[0]
         for i in range(self.n_workers):
             args = [*cli, "worker", "--server", self.address, "--module", TASKS_MODULE]
             args += ["--name", f"bench-w{i + 1}"]
@@ -190,6 +214,8 @@ class Cluster:
                 proc.stop()
             except Exception as exc:  # keep stopping the others
                 print(f"could not stop pid {proc.pid}: {exc}", file=sys.stderr)
+        if self.postgres is not None:
+            self.postgres.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -256,7 +282,10 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     n = spec["params"]["n"]
     dag = FanOut(n)
     flow = dag.flow()
-    with Cluster(workers=2) as cluster, Client(cluster.address) as client:
+    with (
+        Cluster(workers=2, store=spec.get("store", "sqlite")) as cluster,
+        Client(cluster.address) as client,
+    ):
         raw = _Raw(cluster.address)
         try:
             warm = client.run(FanOut(WARMUP_FANOUT).flow())  # imports, connections
@@ -337,7 +366,10 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         "called_to_start": [],  # client.run called (client) -> task starts (worker)
         "run_wall": [],  # client.run called -> the run's ended_at (server)
     }
-    with Cluster(workers=1) as cluster, Client(cluster.address) as client:
+    with (
+        Cluster(workers=1, store=spec.get("store", "sqlite")) as cluster,
+        Client(cluster.address) as client,
+    ):
         raw = _Raw(cluster.address)
         try:
             start = time.perf_counter()
@@ -433,4 +465,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         return measure_fanout(spec)
     if spec["kind"] == "latency":
         return measure_latency(spec)
+    if spec["kind"] == "failover":
+        from ._failover import measure_failover
+
+        return measure_failover(spec)
     raise ValueError(f"no server workload of kind {spec['kind']!r}")

@@ -148,6 +148,8 @@ class Row:
             parts.append(f"peak < {self.workload.max_peak_fraction:.0%} of the array")
         if self.workload.max_latency_ms is not None:
             parts.append(f"median < {self.workload.max_latency_ms:g} ms")
+        if self.workload.max_failover_s is not None:
+            parts.append(f"median <= {self.workload.max_failover_s:g} s")
         return ", ".join(parts)
 
     def met(self) -> bool | None:
@@ -170,6 +172,11 @@ class Row:
             if median is None:
                 return None
             checks.append(median < self.workload.max_latency_ms)
+        if self.workload.max_failover_s is not None:
+            server = self.get("server")
+            if server is None or server.wall is None:
+                return None
+            checks.append(server.wall <= self.workload.max_failover_s)
         for target, value in (
             (self.workload.max_ratio, self.cluster_ratio),
             (self.workload.max_peak_fraction, self.cluster_peak_fraction),
@@ -188,7 +195,7 @@ class Row:
         return [
             self.workload.name,
             data.get("label", "?"),
-            f"{self.tasks:,}" if self.tasks else "?",
+            f"{self.tasks:,}" if self.tasks else ("-" if self.tasks == 0 else "?"),
             _seconds(outcome),
             _num(statistics.median(raw) if raw else None, 3),
             _num(self.cluster_ratio, 2),
@@ -205,7 +212,7 @@ class Row:
         return [
             self.workload.name,
             label,
-            f"{self.tasks:,}" if self.tasks else "?",
+            f"{self.tasks:,}" if self.tasks else ("-" if self.tasks == 0 else "?"),
             _seconds(hw),
             _num(hw.compile if hw else None, 4 if hw and (hw.compile or 1) < 0.1 else 3),
             _seconds(self.get("plain")),
@@ -227,7 +234,7 @@ class Row:
         return [
             self.workload.name,
             data.get("label", "?"),
-            f"{self.tasks:,}" if self.tasks else "?",
+            f"{self.tasks:,}" if self.tasks else ("-" if self.tasks == 0 else "?"),
             _num(data.get("setup_s"), 3),
             wall,
             _num(self.tasks_per_s, 0),

@@ -29,6 +29,10 @@ class Workload:
         max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
         compile: the compile-cost workload (``_compile``): graph build and digest of a
             flow, symbolic and value-dependent; a table of its own.
+        store: the server workloads' store: "sqlite" (a file in a temporary directory)
+            or "postgres" (a PostgreSQL server started for the measurement).
+        max_failover_s: target of the failover workload's median (leader SIGKILL ->
+            first dispatch by the new leader).
     """
 
     name: str
@@ -50,6 +54,8 @@ class Workload:
     max_ratio: float | None = None
     max_peak_fraction: float | None = None
     compile: bool = False
+    store: str = "sqlite"
+    max_failover_s: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -167,6 +173,40 @@ WORKLOADS: tuple[Workload, ...] = (
         systems=("server",),
         server=True,
         max_latency_ms=2,
+    ),
+    Workload(
+        name="server-fanout-pg",
+        title="server throughput on PostgreSQL: fan-out + reduce, 2 workers",
+        kind="fanout",
+        full={"n": 10_000},
+        quick={"n": 1_000},
+        systems=("server",),
+        repeats=3,
+        server=True,
+        min_tasks_per_s=2_000,
+        store="postgres",
+    ),
+    Workload(
+        name="server-latency-pg",
+        title="server latency on PostgreSQL: ready -> task starts, 1 worker",
+        kind="latency",
+        full={"runs": 200},
+        quick={"runs": 50},
+        systems=("server",),
+        server=True,
+        max_latency_ms=2,
+        store="postgres",
+    ),
+    Workload(
+        name="server-failover",
+        title="failover: leader SIGKILL -> first dispatch by the new leader (2 servers)",
+        kind="failover",
+        full={"rounds": 5},
+        quick={"rounds": 2},
+        systems=("server",),
+        server=True,
+        store="postgres",
+        max_failover_s=10,
     ),
 )
 

@@ -221,7 +221,9 @@ class Worker:
                     self.addresses.advance(hint)
                 delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
                 if standby:
-                    delay = STANDBY_PAUSE
+                    # A standby answered: a takeover is due within its lease. Do not
+                    # let the dead leader's refusals grow the backoff meanwhile.
+                    delay, failures = STANDBY_PAUSE, 0
                 else:
                     failures += 1
                 self._stop.wait(delay * self._jitter.uniform(0.5, 1.0))
