@@ -337,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--server",
         default=None,
-        metavar="HOST:PORT",
-        help="run on this Headwater server instead of in this process (deploys the flow)",
+        metavar="HOST:PORT[,...]",
+        help="run on this Headwater server instead of in this process (deploys the flow); "
+        "several comma-separated: the one leading",
     )
     run.add_argument("--token", default=None, help="bearer token for --server (or HEADWATER_TOKEN)")
     run.set_defaults(func=cmd_run)

@@ -98,7 +98,9 @@ def add_runs_command(sub: Any) -> None:
     )
     runs.add_argument("action", choices=["list", "show", "watch", "cancel", "logs"])
     runs.add_argument("run_id", nargs="?", help="flow run id (all actions but list)")
-    runs.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
+    runs.add_argument(
+        "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
+    )
     runs.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
     runs.add_argument("--flow", help="list: only runs of this flow")
     runs.add_argument("--limit", type=int, default=20, help="list: how many (default 20)")

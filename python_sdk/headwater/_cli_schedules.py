@@ -63,7 +63,9 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
+    parser.add_argument(
+        "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
+    )
     parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
 
 
