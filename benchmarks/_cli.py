@@ -261,7 +261,7 @@ def _server_notes(row: Row) -> list[str]:
             f"the worker: median {statistics.median(d['failover_s']):.2f} s ({times}); "
             f"SIGKILL -> the standby leads (its listening line): median "
             f"{statistics.median(d['takeover_s']):.2f} s ({took}); 2 servers on one "
-            "PostgreSQL, default lease 10 s, 1 worker given both addresses"
+            f"PostgreSQL, lease {d['params']['lease']} s, 1 worker given both addresses"
         ]
     if d["kind"] == "latency":
         s = d["stats_ms"]
@@ -313,6 +313,32 @@ def _disagreements(rows: list[Row], quick: bool) -> list[str]:
     return problems
 
 
+def _measure(
+    workloads: list[Workload], args: argparse.Namespace, timeout: float, pg_url: str | None
+) -> list[Row]:
+    """Measure every workload on each of its systems, one child process at a time."""
+    rows: list[Row] = []
+    for workload in workloads:
+        outcomes: dict[str, Outcome] = {}
+        for system in workload.systems:
+            spec = {
+                "kind": workload.kind,
+                "params": workload.params_for(system, args.quick),
+                "system": system,
+                "repeats": workload.repeats_for(system, args.quick),
+                "max_workers": args.max_workers if system.startswith("headwater") else None,
+                "store": workload.store,
+                "pg_url": pg_url,
+            }
+            t0 = time.perf_counter()
+            print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)
+            outcomes[system] = _spawn(spec, timeout)
+            status = outcomes[system].error or "ok"
+            print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        rows.append(Row(workload, outcomes, args.quick))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     # SIGTERM unwinds like Ctrl-C, so a running measurement's process group is stopped.
@@ -320,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # "µs" on a non-UTF-8 terminal
     workloads = _select(args.only)
+    if args.quick and not args.only:
+        workloads = [w for w in workloads if w.in_quick]
     if args.profile:
         from ._profile import profile
 
@@ -342,24 +370,17 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     started = time.perf_counter()
-    rows: list[Row] = []
-    for workload in workloads:
-        outcomes: dict[str, Outcome] = {}
-        for system in workload.systems:
-            spec = {
-                "kind": workload.kind,
-                "params": workload.params_for(system, args.quick),
-                "system": system,
-                "repeats": workload.repeats_for(system, args.quick),
-                "max_workers": args.max_workers if system.startswith("headwater") else None,
-                "store": workload.store,
-            }
-            t0 = time.perf_counter()
-            print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)
-            outcomes[system] = _spawn(spec, timeout)
-            status = outcomes[system].error or "ok"
-            print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
-        rows.append(Row(workload, outcomes, args.quick))
+    # One PostgreSQL server for the run (initdb takes seconds); a database per row.
+    postgres = None
+    if any(w.store.startswith("postgres") for w in workloads):
+        from ._server import start_postgres
+
+        postgres = start_postgres()
+    try:
+        rows = _measure(workloads, args, timeout, None if postgres is None else postgres.url)
+    finally:
+        if postgres is not None:
+            postgres.stop()
     compiled = [r for r in rows if r.workload.compile]
     embedded = [
         r

@@ -1,8 +1,8 @@
 """``server-failover``: how long a leader's SIGKILL interrupts dispatching.
 
-Two ``headwater server`` processes on one PostgreSQL database (started for the
-measurement, fsync on) with the default lease (10 s), one ``headwater worker`` given
-both addresses. Each round:
+Two ``headwater server`` processes on one PostgreSQL database (fsync on) with the
+default lease (10 s; 2 s with ``--quick``), one ``headwater worker`` given both
+addresses. Each round:
 
 1. a run of ``handoff_flow`` starts; its first task (``held``) runs on the worker and
    waits for a file;
@@ -31,15 +31,16 @@ from typing import Any
 from headwater import Client
 from headwater.wire import ENV_DB, ENV_TOKEN, FlowRunState
 
-from ._server import ROOT, START_TIMEOUT, TASKS_MODULE, _Proc, start_postgres
+from ._server import ROOT, START_TIMEOUT, TASKS_MODULE, _Proc, new_database
 
 #: Longest a round may take (the lease is 10 s).
 ROUND_TIMEOUT = 120.0
 
 
-def _server(env: dict[str, str], tmp: str, db: str, port: int = 0) -> _Proc:
+def _server(env: dict[str, str], tmp: str, db: str, lease: int, port: int = 0) -> _Proc:
     cli = [sys.executable, "-m", "headwater._cli"]
-    return _Proc([*cli, "server", "--port", str(port), "--db", db], env, tmp)
+    args = ["server", "--port", str(port), "--db", db, "--lease", f"{lease}s"]
+    return _Proc([*cli, *args], env, tmp)
 
 
 def _address(proc: _Proc, fragment: str) -> str:
@@ -50,21 +51,20 @@ def _address(proc: _Proc, fragment: str) -> str:
 def measure_failover(spec: dict[str, Any]) -> dict[str, Any]:
     from ._server_tasks import handoff_flow
 
-    rounds = spec["params"]["rounds"]
+    rounds, lease = spec["params"]["rounds"], spec["params"]["lease"]
     failover: list[float] = []
     takeover: list[float] = []
-    postgres = start_postgres()
+    db, postgres = new_database(spec)
     procs: list[_Proc] = []
     with tempfile.TemporaryDirectory(prefix="headwater-bench-failover-") as tmp:
         try:
-            db = postgres.database()
             env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, ENV_DB)}
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
             env["HW_BENCH_DIR"] = tmp
-            leader = _server(env, tmp, db)
+            leader = _server(env, tmp, db, lease)
             procs.append(leader)
             lead_at = _address(leader, "headwater server listening on ")
-            standby = _server(env, tmp, db)
+            standby = _server(env, tmp, db, lease)
             procs.append(standby)
             stand_at = _address(standby, "headwater server standing by on ")
             both = f"{lead_at},{stand_at}"
@@ -97,7 +97,7 @@ def measure_failover(spec: dict[str, Any]) -> dict[str, Any]:
                     takeover.append(took - t_kill)
                     # The killed server comes back on its port, as the standby.
                     port = int(lead_at.rsplit(":", 1)[1])
-                    leader, standby = standby, _server(env, tmp, db, port)
+                    leader, standby = standby, _server(env, tmp, db, lease, port)
                     procs.append(standby)
                     lead_at, stand_at = stand_at, lead_at
                     _address(standby, "headwater server standing by on ")
@@ -107,13 +107,14 @@ def measure_failover(spec: dict[str, Any]) -> dict[str, Any]:
                     proc.stop()
                 except Exception as exc:
                     print(f"could not stop pid {proc.pid}: {exc}", file=sys.stderr)
-            postgres.stop()
+            if postgres is not None:
+                postgres.stop()
     return {
         "system": "server",
         "kind": "failover",
         "params": spec["params"],
         "tasks": 0,
-        "label": f"{rounds} rounds, lease 10 s",
+        "label": f"{rounds} rounds, lease {lease} s",
         "walls": failover,
         "compiles": [],
         "setup_s": None,

@@ -9,7 +9,9 @@ own and kills that group if the measurement times out or is interrupted.
 * ``fanout``: one server, two workers (default slots), the ``_dags`` fan-out at N with
   the server's durable state in SQLite in a temporary directory, or (``store:
   postgres``) in a PostgreSQL server started for the measurement (Debian's package,
-  ``tests/pg_cluster.py``, with PostgreSQL's durable defaults: fsync on). The timed part goes from
+  ``tests/pg_cluster.py``, with PostgreSQL's durable defaults: fsync on, each commit
+  waits for its WAL flush), or (``postgres-async``) the same server with the store's
+  sessions at ``synchronous_commit=off`` (docs/deployment.md, Durability). The timed part goes from
   just before ``client.run`` to the run's ``ended_at`` as the server records it (same
   machine, same clock). Registering the flow (compile + RegisterFlow) is ``setup``.
 * ``latency``: one server, one worker, sequential runs of a one-task flow whose task
@@ -116,15 +118,29 @@ class _Proc:
                 pipe.close()
 
 
-def start_postgres() -> Any:
-    """A PostgreSQL server for one measurement (``tests/pg_cluster.py``), with its
-    durable defaults (fsync on): the figure is what a deployment would see."""
+def _pg_cluster() -> Any:
     tests = str(ROOT / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    from pg_cluster import TempPostgres
+    import pg_cluster
 
-    return TempPostgres(durable=True)
+    return pg_cluster
+
+
+def start_postgres() -> Any:
+    """A PostgreSQL server for the server workloads (``tests/pg_cluster.py``), with its
+    durable defaults (fsync on): the figure is what a deployment would see. The
+    harness starts one per benchmark run; each measurement gets a database of its own."""
+    return _pg_cluster().TempPostgres(durable=True)
+
+
+def new_database(spec: dict[str, Any]) -> tuple[str, Any]:
+    """A fresh database on the run's PostgreSQL server (``spec["pg_url"]``), or on one
+    started for this measurement (returned, to stop); its URL."""
+    if spec.get("pg_url"):
+        return _pg_cluster().create_database(spec["pg_url"]), None
+    server = start_postgres()
+    return server.database(), server
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -159,9 +175,11 @@ class Cluster:
         slots: int | None = None,
         profile_to: str | None = None,
         store: str = "sqlite",
+        spec: dict[str, Any] | None = None,
     ) -> None:
         self.n_workers = workers
         self.store = store
+        self.spec = spec or {}
         self.postgres: Any = None
         self.slots = slots
         self.profile_to = profile_to  # run the server under cProfile, stats to this file
@@ -190,9 +208,10 @@ class Cluster:
         profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
         server = [sys.executable, *profiler, *cli[1:], "server", "--port", "0"]
         db = str(Path(tmp) / "headwater.db")
-        if self.store == "postgres":
-            self.postgres = start_postgres()
-            db = self.postgres.database()
+        if self.store.startswith("postgres"):
+            db, self.postgres = new_database(self.spec)
+            if self.store == "postgres-async":  # commits do not wait for the WAL flush
+                db += "?options=-csynchronous_commit%3Doff"
         self.server = _Proc([*server, "--db", db], env, tmp)
         line = self.server.wait_line("headwater server listening on")
         self.address = line.split("listening on ", 1)[1].split(" ", 1)[0]
@@ -283,7 +302,7 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     dag = FanOut(n)
     flow = dag.flow()
     with (
-        Cluster(workers=2, store=spec.get("store", "sqlite")) as cluster,
+        Cluster(workers=2, store=spec.get("store", "sqlite"), spec=spec) as cluster,
         Client(cluster.address) as client,
     ):
         raw = _Raw(cluster.address)
@@ -367,7 +386,7 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         "run_wall": [],  # client.run called -> the run's ended_at (server)
     }
     with (
-        Cluster(workers=1, store=spec.get("store", "sqlite")) as cluster,
+        Cluster(workers=1, store=spec.get("store", "sqlite"), spec=spec) as cluster,
         Client(cluster.address) as client,
     ):
         raw = _Raw(cluster.address)

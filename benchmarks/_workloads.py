@@ -29,10 +29,12 @@ class Workload:
         max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
         compile: the compile-cost workload (``_compile``): graph build and digest of a
             flow, symbolic and value-dependent; a table of its own.
-        store: the server workloads' store: "sqlite" (a file in a temporary directory)
-            or "postgres" (a PostgreSQL server started for the measurement).
+        store: the server workloads' store: "sqlite" (a file in a temporary directory),
+            "postgres" (a PostgreSQL server started for the measurement) or
+            "postgres-async" (the same, commits at synchronous_commit=off).
         max_failover_s: target of the failover workload's median (leader SIGKILL ->
             first dispatch by the new leader).
+        in_quick: part of a ``--quick`` run without ``--only`` (the smoke test's).
     """
 
     name: str
@@ -56,6 +58,7 @@ class Workload:
     compile: bool = False
     store: str = "sqlite"
     max_failover_s: float | None = None
+    in_quick: bool = True
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -198,11 +201,36 @@ WORKLOADS: tuple[Workload, ...] = (
         store="postgres",
     ),
     Workload(
+        name="server-fanout-pg-async",
+        title="server throughput on PostgreSQL, synchronous_commit=off",
+        kind="fanout",
+        full={"n": 10_000},
+        quick={"n": 1_000},
+        systems=("server",),
+        repeats=3,
+        server=True,
+        min_tasks_per_s=2_000,
+        store="postgres-async",
+        in_quick=False,
+    ),
+    Workload(
+        name="server-latency-pg-async",
+        title="server latency on PostgreSQL, synchronous_commit=off",
+        kind="latency",
+        full={"runs": 200},
+        quick={"runs": 50},
+        systems=("server",),
+        server=True,
+        max_latency_ms=2,
+        store="postgres-async",
+        in_quick=False,
+    ),
+    Workload(
         name="server-failover",
         title="failover: leader SIGKILL -> first dispatch by the new leader (2 servers)",
         kind="failover",
-        full={"rounds": 5},
-        quick={"rounds": 2},
+        full={"rounds": 5, "lease": 10},
+        quick={"rounds": 1, "lease": 2},
         systems=("server",),
         server=True,
         store="postgres",

@@ -108,12 +108,7 @@ class TempPostgres:
 
     def database(self, name: str | None = None) -> str:
         """A new, empty database; its URL."""
-        import psycopg
-
-        name = name or f"hw_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return create_database(self.url, name)
 
     def schema_url(self, name: str | None = None) -> str:
         """A URL whose tables live in a new, empty schema of the ``postgres`` database
@@ -130,6 +125,16 @@ class TempPostgres:
         with contextlib.suppress(Exception):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def create_database(admin_url: str, name: str | None = None) -> str:
+    """A new, empty database on the server ``admin_url`` connects to; its URL."""
+    import psycopg
+
+    name = name or f"hw_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def database_for(request: Any, store: str, folder: Path) -> str:
