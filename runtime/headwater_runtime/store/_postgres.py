@@ -50,15 +50,12 @@ from ._base import (
     WriteBatch,
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._postgres_rows import FLOW_RUN_COLS, flow_run_row, flow_run_values, write_batch
 from ._postgres_schema import TERMINAL, migrate
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
-_FLOW_RUN_COLS = (
-    "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
-    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version"
-)
 _FENCE = "SELECT epoch, address FROM leader_lease WHERE id = 1 FOR SHARE"
 
 
@@ -272,8 +269,8 @@ class PostgresStore:
                         )
                     return str(existing[0]), False
             conn.execute(
-                f"INSERT INTO flow_runs ({_FLOW_RUN_COLS}) VALUES ({', '.join(['%s'] * 14)})",
-                (row.id, *_flow_run_values(row)),
+                f"INSERT INTO flow_runs ({FLOW_RUN_COLS}) VALUES ({', '.join(['%s'] * 14)})",
+                (row.id, *flow_run_values(row)),
             )
             _add_refs(conn, f"run:{row.id}", row.payload_ids)
             return row.id, True
@@ -283,10 +280,10 @@ class PostgresStore:
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
         """A flow run's row; NotFound if it does not exist."""
-        found = self._one(f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE id=%s", (run_id,))
+        found = self._one(f"SELECT {FLOW_RUN_COLS} FROM flow_runs WHERE id=%s", (run_id,))
         if found is None:
             raise NotFound(f"flow run {run_id!r} does not exist")
-        return _flow_run_row(found)
+        return flow_run_row(found)
 
     def list_flow_runs(
         self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
@@ -306,18 +303,18 @@ class PostgresStore:
             args.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = self._read(
-            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs {clause} ORDER BY seq DESC LIMIT %s",
+            f"SELECT {FLOW_RUN_COLS} FROM flow_runs {clause} ORDER BY seq DESC LIMIT %s",
             (*args, limit),
         )
-        return [_flow_run_row(r) for r in rows]
+        return [flow_run_row(r) for r in rows]
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         """Runs not in a terminal state, oldest first (what a restart recovers)."""
         rows = self._read(
-            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE NOT (state = ANY(%s)) ORDER BY seq",
+            f"SELECT {FLOW_RUN_COLS} FROM flow_runs WHERE NOT (state = ANY(%s)) ORDER BY seq",
             (list(TERMINAL),),
         )
-        return [_flow_run_row(r) for r in rows]
+        return [flow_run_row(r) for r in rows]
 
     def events(self, flow_run_id: str) -> list[RunEvent]:
         """A run's journal, in order."""
@@ -377,7 +374,7 @@ class PostgresStore:
         """Write a tick's batch in one transaction (all or nothing), in one round trip
         (pipeline mode: a statement per table, rows passed as arrays)."""
         if batch:
-            self._write(lambda conn: _write_batch(conn, batch, self.epoch or 0), pipeline=True)
+            self._write(lambda conn: write_batch(conn, batch, self.epoch or 0), pipeline=True)
 
     # --------------------------------------------------------------- payloads
 
@@ -649,116 +646,6 @@ def _next_number(conn: Conn, name: str) -> str:
     return str(number)
 
 
-def _write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
-    """One statement per table, the rows as arrays (``unnest``): a 10k-row batch costs
-    a few statements, not 10k."""
-    values = list(batch.values.values())
-    if values:
-        conn.execute(
-            "INSERT INTO run_values SELECT * FROM unnest(%s::text[], %s::bytea[], %s::int8[]) "
-            "ON CONFLICT (id) DO NOTHING",
-            ([v.id for v in values], [v.data for v in values], [len(v.data) for v in values]),
-        )
-        refs = [(f"value:{v.id}", p) for v in values for p in v.payload_ids]
-        if refs:
-            conn.execute(
-                "INSERT INTO payload_refs SELECT * FROM unnest(%s::text[], %s::text[]) "
-                "ON CONFLICT DO NOTHING",
-                ([o for o, _ in refs], [p for _, p in refs]),
-            )
-    if batch.events:
-        e = batch.events
-        conn.execute(
-            "INSERT INTO run_events (flow_run_id, seq, at, kind, body, value_id, epoch) "
-            "SELECT *, %s FROM unnest(%s::text[], %s::int8[], %s::float8[], %s::text[], "
-            "%s::bytea[], %s::text[])",
-            (
-                epoch,
-                [x.flow_run_id for x in e],
-                [x.seq for x in e],
-                [x.at for x in e],
-                [x.kind for x in e],
-                [x.body for x in e],
-                [x.value_id for x in e],
-            ),
-        )
-    for r in batch.flow_runs.values():
-        conn.execute(
-            "UPDATE flow_runs SET flow_name=%s, flow_version=%s, state=%s, created_at=%s, "
-            "parameters=%s, idempotency_key=%s, started_at=%s, ended_at=%s, result=%s, "
-            "message=%s, trace_context=%s, schedule_id=%s, engine_version=%s WHERE id=%s",
-            (*_flow_run_values(r), r.id),
-        )
-    if batch.task_runs:
-        t = list(batch.task_runs.values())
-        conn.execute(
-            "INSERT INTO task_runs (flow_run_id, key, task_id, map_index, state, attempt, "
-            "updated_at, worker_id, cache_key, result_id, delivered) SELECT * FROM unnest("
-            "%s::text[], %s::text[], %s::text[], %s::int4[], %s::int4[], %s::int4[], "
-            "%s::float8[], %s::text[], %s::text[], %s::text[], %s::int4[]) "
-            "ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=EXCLUDED.task_id, "
-            "map_index=EXCLUDED.map_index, state=EXCLUDED.state, attempt=EXCLUDED.attempt, "
-            "updated_at=EXCLUDED.updated_at, worker_id=EXCLUDED.worker_id, "
-            "cache_key=EXCLUDED.cache_key, result_id=EXCLUDED.result_id, "
-            "delivered=EXCLUDED.delivered",
-            (
-                [x.flow_run_id for x in t],
-                [x.key for x in t],
-                [x.task_id for x in t],
-                [x.map_index for x in t],
-                [x.state for x in t],
-                [x.attempt for x in t],
-                [x.updated_at for x in t],
-                [x.worker_id for x in t],
-                [x.cache_key for x in t],
-                [x.result_id for x in t],
-                [x.delivered for x in t],
-            ),
-        )
-    if batch.states:
-        s = batch.states
-        conn.execute(
-            "INSERT INTO task_run_states (flow_run_id, key, seq, state, at, attempt, message, "
-            "failure) SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int4[], "
-            "%s::float8[], %s::int4[], %s::text[], %s::bytea[])",
-            (
-                [x.flow_run_id for x in s],
-                [x.key for x in s],
-                [x.seq for x in s],
-                [x.state for x in s],
-                [x.at for x in s],
-                [x.attempt for x in s],
-                [x.message for x in s],
-                [x.failure for x in s],
-            ),
-        )
-    if batch.logs:
-        g = batch.logs
-        conn.execute(
-            "INSERT INTO logs (flow_run_id, key, attempt, at, level, logger, message) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::float8[], "
-            "%s::text[], %s::text[], %s::text[])",
-            (
-                [x.flow_run_id for x in g],
-                [x.key for x in g],
-                [x.attempt for x in g],
-                [x.at for x in g],
-                [x.level for x in g],
-                [x.logger for x in g],
-                [x.message for x in g],
-            ),
-        )
-    if batch.cache:
-        latest = {c.key: c for c in batch.cache}  # one row per key in one statement
-        c = list(latest.values())
-        conn.execute(
-            "INSERT INTO cache_entries SELECT * FROM unnest(%s::text[], %s::text[], "
-            "%s::float8[]) ON CONFLICT (key) DO UPDATE SET value_id=EXCLUDED.value_id, "
-            "expires_at=EXCLUDED.expires_at",
-            ([x.key for x in c], [x.value_id for x in c], [x.expires_at for x in c]),
-        )
-
-
 def _add_refs(conn: Conn, owner: str, payload_ids: Iterable[str]) -> None:
     ids = list(payload_ids)
     if ids:
@@ -767,41 +654,3 @@ def _add_refs(conn: Conn, owner: str, payload_ids: Iterable[str]) -> None:
             "ON CONFLICT DO NOTHING",
             (owner, ids),
         )
-
-
-def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
-    return (
-        r.flow_name,
-        r.flow_version,
-        r.state,
-        r.created_at,
-        r.parameters,
-        r.idempotency_key or None,
-        r.started_at,
-        r.ended_at,
-        r.result,
-        r.message,
-        json.dumps(r.trace_context, sort_keys=True),
-        r.schedule_id,
-        r.engine_version,
-    )
-
-
-def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
-    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid, ev) = r
-    return FlowRunRow(
-        id=str(rid),
-        flow_name=str(name),
-        flow_version=str(version),
-        state=int(state),
-        created_at=float(created),
-        parameters=bytes(params),
-        idempotency_key=str(idem or ""),
-        started_at=None if started is None else float(started),
-        ended_at=None if ended is None else float(ended),
-        result=bytes(result),
-        message=str(msg),
-        trace_context=json.loads(str(tc)),
-        schedule_id=str(sid),
-        engine_version=str(ev),
-    )
