@@ -57,8 +57,10 @@ class Leadership:
     @classmethod
     def for_store(cls, store: Store, address: str, duration: float) -> Leadership:
         """A PostgreSQL store competes for its lease; any other store leads at once."""
-        from headwater_runtime.store import Lease, PostgresStore
-
+        try:
+            from headwater_runtime.store import Lease, PostgresStore
+        except ImportError:  # no psycopg (no `postgres` extra): not a PostgreSQL store
+            return cls(None)
         if not isinstance(store, PostgresStore):
             return cls(None)
         return cls(Lease(store, uuid.uuid4().hex, address, duration))
