@@ -96,6 +96,11 @@ class PostgresStore:
         #: The lease epoch this server leads with; None: unfenced (a single process
         #: such as ``headwater prune``, or a store used without the server).
         self.epoch: int | None = None
+        try:  # one direct connection first: an unreachable database fails at once
+            with psycopg.connect(url, autocommit=True) as conn:
+                migrate(conn, self.where)
+        except psycopg.Error as exc:
+            raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
             min_size=1,
@@ -109,12 +114,6 @@ class PostgresStore:
         except psycopg.Error as exc:
             self._pool.close()
             raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
-        try:
-            with self._pool.connection() as conn:
-                migrate(conn, self.where)
-        except BaseException:
-            self._pool.close()
-            raise
 
     def close(self) -> None:
         """Close every connection."""
@@ -612,7 +611,9 @@ class _DatabaseChunks:
     def put(self, index: int, data: bytes) -> None:
         self._store._write(
             lambda conn: conn.execute(
-                "INSERT INTO payload_chunks VALUES (%s, %s, %s)", (self._id, index, data)
+                # %b: the chunk travels as binary, not as text-escaped bytes
+                "INSERT INTO payload_chunks VALUES (%s, %s, %b)",
+                (self._id, index, data),
             )
         )
 

@@ -25,7 +25,7 @@ def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
     values = list(batch.values.values())
     if values:
         conn.execute(
-            "INSERT INTO run_values SELECT * FROM unnest(%s::text[], %s::bytea[], %s::int8[]) "
+            "INSERT INTO run_values SELECT * FROM unnest(%s::text[], %b::bytea[], %s::int8[]) "
             "ON CONFLICT (id) DO NOTHING",
             ([v.id for v in values], [v.data for v in values], [len(v.data) for v in values]),
         )
@@ -41,7 +41,7 @@ def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
         conn.execute(
             "INSERT INTO run_events (flow_run_id, seq, at, kind, body, value_id, epoch) "
             "SELECT *, %s FROM unnest(%s::text[], %s::int8[], %s::float8[], %s::text[], "
-            "%s::bytea[], %s::text[])",
+            "%b::bytea[], %s::text[])",
             (
                 epoch,
                 [x.flow_run_id for x in e],
@@ -90,7 +90,7 @@ def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
         conn.execute(
             "INSERT INTO task_run_states (flow_run_id, key, seq, state, at, attempt, message, "
             "failure) SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int4[], "
-            "%s::float8[], %s::int4[], %s::text[], %s::bytea[])",
+            "%s::float8[], %s::int4[], %s::text[], %b::bytea[])",
             (
                 [x.flow_run_id for x in s],
                 [x.key for x in s],
