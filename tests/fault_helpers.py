@@ -20,12 +20,17 @@ The rules (docs/durability.md, "Restarts: no loss, no stall"):
    sending an assignment and the next commit): then it is sent again at once, and
    another worker may start it too. An attempt whose delivery was recorded waits for
    its worker and is never started elsewhere.
-3. The delivery record is true. Proof from the outside: if worker W started X, and
-   afterwards W started and finished Y, and Y's success was recorded before the kill,
-   then X's delivery was recorded too (it was queued for the store before X's
-   assignment left the server, Y's result reached the server after that, and the
-   store writes batches in order). So X must show as delivered in the snapshot.
+3. The delivery record is true. Proof from the outside: if, while one server process
+   ran, worker W started X, then finished Y (started in that process's life too), and
+   Y's success was recorded before the kill, then X's delivery was recorded too: it
+   was queued for the store before X's assignment left the server (or, for an
+   assignment the previous process sent, when W's Hello named X; W reconnects before
+   it is given Y), Y's result reached the server after that, and the store writes
+   batches in order. So X, still in flight, must show as delivered in the snapshot.
 4. No loss is charged when no worker died: every task run ends at attempt 1.
+5. The store is whole at every kill and at the end: every value a journal entry, a
+   task run or a flow result refers to is stored, and each run's journal is numbered
+   1, 2, 3... without a gap.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ from pathlib import Path
 
 from fault_tasks import EFFECTS
 
+from headwater.v1 import journal_pb2
 from headwater.wire import TaskRunState
+from headwater_runtime.server._journal import stored_ids
 
 Key = tuple[str, str, int]  # (run tag, task id, map index)
 
@@ -91,6 +98,11 @@ class Snapshot:
 
     pos: int
     rows: dict[Key, Row]
+    #: What rule 5 found wrong with the store.
+    broken: list[str] = field(default_factory=list)
+    #: How many effect lines there were when the server process that this snapshot
+    #: outlived became ready (0 for the first one).
+    since: int = 0
 
     @property
     def succeeded(self) -> set[Key]:
@@ -110,7 +122,7 @@ class Snapshot:
         }
 
 
-def snapshot(db: Path, tags: Mapping[str, str], pos: int) -> Snapshot:
+def snapshot(db: Path, tags: Mapping[str, str], pos: int, since: int = 0) -> Snapshot:
     """The task runs of the runs in ``tags`` (flow run id -> tag), read-only."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -118,14 +130,44 @@ def snapshot(db: Path, tags: Mapping[str, str], pos: int) -> Snapshot:
             "SELECT flow_run_id, task_id, map_index, state, attempt, delivered, worker_id "
             "FROM task_runs"
         ).fetchall()
+        rows = {
+            (tags[run], task, index): Row(state, attempt, delivered, worker)
+            for run, task, index, state, attempt, delivered, worker in found
+            if run in tags
+        }
+        broken = _integrity(conn)
     finally:
         conn.close()
-    rows = {
-        (tags[run], task, index): Row(state, attempt, delivered, worker)
-        for run, task, index, state, attempt, delivered, worker in found
-        if run in tags
-    }
-    return Snapshot(pos, rows)
+    return Snapshot(pos, rows, broken, since)
+
+
+def _integrity(conn: sqlite3.Connection) -> list[str]:
+    """Rule 5: references to values that are not stored; gaps in journal numbers."""
+    stored = {v for (v,) in conn.execute("SELECT id FROM run_values")}
+    broken = [
+        f"journal entry {run} #{seq} refers to a value that is not stored"
+        for run, seq, value in conn.execute("SELECT flow_run_id, seq, value_id FROM run_events")
+        if value and value not in stored
+    ]
+    broken += [
+        f"task run {run}/{key}'s result is not stored"
+        for run, key, value in conn.execute("SELECT flow_run_id, key, result_id FROM task_runs")
+        if value and value not in stored
+    ]
+    for run, result in conn.execute("SELECT id, result FROM flow_runs"):
+        if result:
+            tree = journal_pb2.StoredValue.FromString(result)
+            if any(v not in stored for v in stored_ids(tree)):
+                broken.append(f"flow run {run}'s result refers to a value that is not stored")
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for run, seq in conn.execute("SELECT flow_run_id, seq FROM run_events ORDER BY 1, 2"):
+        seqs[run].append(seq)
+    broken += [
+        f"flow run {run}'s journal is numbered {found[:3]}...{found[-3:]}"
+        for run, found in seqs.items()
+        if found != list(range(1, len(found) + 1))
+    ]
+    return broken
 
 
 @dataclass
@@ -144,6 +186,7 @@ class Tally:
     false_deliveries: list[str] = field(default_factory=list)  # rule 3: violated
     losses: list[str] = field(default_factory=list)  # rule 4
     not_run: list[str] = field(default_factory=list)  # recorded success, never executed
+    broken_store: list[str] = field(default_factory=list)  # rule 5
 
     def problems(self) -> list[str]:
         out = []
@@ -154,6 +197,7 @@ class Tally:
             "false_deliveries",
             "losses",
             "not_run",
+            "broken_store",
         ):
             found = getattr(self, name)
             if found:
@@ -203,6 +247,8 @@ def judge(lines: list[Line], kills: list[Snapshot], final: Snapshot) -> Tally:
     tally.max_duplicates_per_kill = max(per_kill.values(), default=0)
     for i, kill in enumerate(kills):
         _check_deliveries(lines, kill, i, tally)
+        tally.broken_store += [f"at kill {i + 1}: {b}" for b in kill.broken]
+    tally.broken_store += [f"at the end: {b}" for b in final.broken]
     for key, row in final.rows.items():
         if key in starts and row.attempt != 1:
             tally.losses.append(f"{key} ended at attempt {row.attempt}")
@@ -218,22 +264,26 @@ def _last_kill_before(kills: list[Snapshot], pos: int) -> int | None:
 
 
 def _check_deliveries(lines: list[Line], kill: Snapshot, index: int, tally: Tally) -> None:
-    """Rule 3 at one kill."""
-    before = [x for x in lines if x.pos < kill.pos]
+    """Rule 3 at one kill, within the life of the server process it ended."""
     per_key: dict[Key, list[Line]] = defaultdict(list)
-    for line in before:
+    for line in lines[: kill.pos]:
         per_key[line.key].append(line)
-    # Y: recorded SUCCESS, exactly one execution before the kill, on one worker: the
-    # position of its END on that worker.
-    finished: dict[str, list[int]] = defaultdict(list)
+    # Y: recorded SUCCESS, run exactly once so far, in this life, START and END on one
+    # worker: the position of the latest such END per worker.
+    latest_end: dict[str, int] = {}
     for key in kill.succeeded:
         seen = per_key.get(key, [])
-        if [x.kind for x in seen] == ["START", "END"] and seen[0].worker == seen[1].worker:
-            finished[seen[1].worker].append(seen[1].pos)
-    latest_end = {w: max(ends) for w, ends in finished.items()}
+        if (
+            [x.kind for x in seen] == ["START", "END"]
+            and seen[0].worker == seen[1].worker
+            and seen[0].pos >= kill.since
+        ):
+            latest_end[seen[1].worker] = max(latest_end.get(seen[1].worker, -1), seen[1].pos)
     for key in kill.in_flight:
         for line in per_key.get(key, []):
-            if line.kind != "START" or latest_end.get(line.worker, -1) < line.pos:
+            if line.kind != "START" or line.pos < kill.since:
+                continue
+            if latest_end.get(line.worker, -1) < line.pos:
                 continue
             tally.proven_deliveries += 1
             if key not in kill.delivered:

@@ -22,7 +22,8 @@ from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 from headwater import flow, task
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, worker_pb2, worker_pb2_grpc
-from headwater.wire import FlowRunState, decode_value
+from headwater.wire import FlowRunState, decode_value, split_task_run_id
+from headwater_runtime.engine import TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
@@ -62,7 +63,13 @@ async def served(store: SQLiteStore, **settings: Any) -> AsyncIterator[RunningSe
 class StreamWorker:
     """A worker written against the protocol, driven step by step by a test."""
 
-    def __init__(self, channel: grpc.aio.Channel, name: str, slots: int = 4) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        name: str,
+        slots: int = 4,
+        running: list[worker_pb2.FencingToken] | None = None,
+    ) -> None:
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
         hello = worker_pb2.Hello(
             worker_id=name,
@@ -70,6 +77,7 @@ class StreamWorker:
             protocol_version=1,
             capabilities=list(FUNCTIONS),
             slots=slots,
+            running=running or [],
         )
         self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
 
@@ -221,6 +229,115 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
         reopened.close()
 
     asyncio.run(main())
+
+
+def test_a_batch_put_back_after_a_failed_commit_keeps_its_values(tmp_path: Path) -> None:
+    """A result that arrived while the store was failing is stored with the retried
+    batch: no journal entry refers to a value that is not stored."""
+    store = FailingStore(tmp_path / "hw.db")
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(one_task.compile())
+    manager.create_run("one_task", "", {"i": value_of(7)})
+    manager.flush()
+    (pending,) = dispatch.submitted
+    token = pending.assignment.token
+    run_id, key = split_task_run_id(token.task_run_id)
+    manager.handle(run_id, TaskSucceeded(key, token.attempt, value_of("a value of its own")))
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        manager.flush()
+    store.failing = False
+    manager.flush()
+    referenced = {e.value_id for e in store.events(run_id) if e.value_id}
+    assert referenced
+    assert set(store.get_values(referenced)) == referenced
+    store.close()
+
+
+def test_while_commits_fail_no_assignment_leaves(tmp_path: Path) -> None:
+    """Once a commit has failed, slots freed by results do not get the attempts that
+    wait: their deliveries could not be recorded. They go out when the store recovers."""
+
+    async def main() -> None:
+        store = FailingStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            await create(channel, n=3)
+            first = await worker.next("assignment")
+            worker.send(result=worker.result(first))
+            scale = await worker.next("assignment")  # three wait now; one slot
+            core = running.core
+            store.failing = True
+            worker.send(started=worker_pb2.TaskStarted(token=scale.token))
+            await _until(lambda: core.dispatcher.paused, "a commit to fail")
+            worker.send(result=worker.result(scale))
+            (session,) = core.dispatcher.sessions.values()
+            await _until(lambda: session.free == 1, "the result to free the slot")
+            assert core.dispatcher.pending_count == 2
+            assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
+            store.failing = False
+            assert (await worker.next("assignment")).token.task_run_id.endswith("]")
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_worker_keeps_every_resent_attempt_it_holds_even_beyond_its_slots(
+    tmp_path: Path,
+) -> None:
+    """After a restart, attempts whose delivery was not stored are sent again; a worker
+    that reconnects holding more of them than it has slots (finished, not yet
+    acknowledged) keeps them all: none runs a second time elsewhere."""
+    store = SQLiteStore(tmp_path / "hw.db")
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(proto_pipeline.compile())
+    manager.create_run("proto_pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    (numbers,) = dispatch.submitted
+    dispatch.submitted.clear()
+    token = numbers.assignment.token
+    run_id, key = split_task_run_id(token.task_run_id)
+    manager.handle(run_id, TaskSucceeded(key, token.attempt, value_of([0, 1, 2], True)))
+    manager.flush()
+    held = [p.assignment.token for p in dispatch.submitted]  # dispatched, never delivered
+    assert len(held) == 3
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1, running=held)
+            welcome = await worker.next("welcome")
+            kept = {(t.task_run_id, t.attempt) for t in welcome.keep_running}
+            assert kept == {(t.task_run_id, t.attempt) for t in held}
+            assert running.core.dispatcher.pending_count == 0
+            await worker.close()
+
+    asyncio.run(main())
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + BOUND
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _drain(worker: StreamWorker) -> list[worker_pb2.ConnectResponse]:
+    """What the server has sent the worker and nobody read yet."""
+    out = list(worker.backlog)
+    while not worker.inbox.empty():
+        item = worker.inbox.get_nowait()
+        if item is not None:
+            out.append(item)
+    return out
 
 
 def test_fencing_is_bound_to_the_session(tmp_path: Path) -> None:

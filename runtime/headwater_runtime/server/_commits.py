@@ -8,7 +8,9 @@ happens meanwhile waits for the next commit.
 
 A commit that fails (disk full, I/O error) loses nothing: its batch and release are
 put back in front of what happened since, and the commit is tried again with backoff
-(50 ms doubling to 2 s) until the store takes it. Callers of ``durable()`` are told
+(50 ms doubling to 2 s) until the store takes it. Meanwhile ``on_failing`` tells the
+server to hand out no more assignments: their deliveries could not be recorded, and
+after a crash every attempt sent without a recorded delivery may run twice. Callers of ``durable()`` are told
 at once, with the store's own words, so a client gets RESOURCE_EXHAUSTED naming the
 cause rather than a hang. Sequence numbers are assigned once, in order, so a retried
 batch never collides with what was stored.
@@ -78,6 +80,8 @@ class Committer:
         io: where store calls run.
         runs: whose batches to commit.
         deliver: carries out a release once its commit is stored.
+        on_failing: called with True when a commit fails after one succeeded (or none
+            was tried), with False when one succeeds again.
     """
 
     def __init__(
@@ -86,11 +90,13 @@ class Committer:
         io: StoreIO,
         runs: RunManager,
         deliver: Callable[[Release], None],
+        on_failing: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self.io = io
         self.runs = runs
         self.deliver = deliver
+        self.on_failing = on_failing
         self.pending = Release()
         self.error: BaseException | None = None  # the last commit's, until one succeeds
         self.failures = 0
@@ -140,10 +146,13 @@ class Committer:
         except Exception as exc:
             self._failed(exc, batch, release)
         else:
+            recovered = self.failures > 0
             self.failures = 0
             self.error = None
             self._retry_at = 0.0
             self.commits += 1
+            if recovered and self.on_failing is not None:
+                self.on_failing(False)  # before the release: its assignments may go out
             self._released(release)
         finally:
             self._task = None
@@ -154,6 +163,8 @@ class Committer:
     def _failed(self, exc: Exception, batch: Any, release: Release) -> None:
         self.failures += 1
         self.error = exc
+        if self.failures == 1 and self.on_failing is not None:
+            self.on_failing(True)
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self.failures - 1))
         self._retry_at = time.monotonic() + delay
         level = logging.WARNING if self.failures > 1 else logging.ERROR

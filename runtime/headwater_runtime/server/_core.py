@@ -105,7 +105,11 @@ class ServerCore:
         self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
-        self.commits = Committer(store, self.io, self.runs, self._deliver)
+        # While commits fail, no assignment leaves: its delivery could not be recorded,
+        # and after a crash an attempt sent without a recorded delivery may run twice.
+        self.commits = Committer(
+            store, self.io, self.runs, self._deliver, on_failing=self.dispatcher.pause
+        )
         self.schedules = Scheduler(store, self.runs, self.clock)
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
@@ -300,7 +304,10 @@ class ServerCore:
         Attempts the worker says it holds are kept (``Welcome.keep_running``) when the
         server was waiting for them after a restart, or when they are still queued here
         (sent again after a restart, not yet handed to anyone): the worker goes on and
-        nothing runs twice. Any other attempt it names is not kept: it must drop it."""
+        nothing runs twice. All of them, even beyond its slots: besides the attempts it
+        runs, a worker holds the outcomes the server has not acknowledged, which it
+        sends again at once; one not kept would run again elsewhere. Any other attempt
+        it names is not kept: it must drop it."""
         outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
         session = WorkerSession(
             session_id=uuid.uuid4().hex,
@@ -320,11 +327,9 @@ class ServerCore:
                 adopted[key] = orphan[0]
                 continue
             queued = self.dispatcher.take_pending(key)
-            if queued is not None and len(adopted) < hello.slots:
+            if queued is not None:
                 adopted[key] = queued.flow_run_id
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
-            elif queued is not None:
-                self.dispatcher.submit(queued)  # more than its slots: someone else takes it
         welcome = worker_pb2.Welcome(
             session_id=session.session_id,
             server_version=SERVER_VERSION,

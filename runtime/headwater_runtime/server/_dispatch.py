@@ -4,7 +4,8 @@ A pending attempt goes to a worker that has its task type as a capability and wh
 labels include the task's required labels, never beyond the worker's free slots
 (credit flow control), round-robin across flow runs so one large run cannot starve
 the others. An attempt no connected worker can take waits (its task run stays
-SCHEDULED) until a suitable worker connects or frees a slot.
+SCHEDULED) until a suitable worker connects or frees a slot. While ``paused`` (the
+store cannot record deliveries), nothing is handed out.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ class Dispatcher:
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        """Whether handing out attempts is suspended (see ``pause``)."""
+        return self._paused
+
+    def pause(self, paused: bool) -> None:
+        """Suspend (True) or resume (False) handing out attempts; resuming hands out
+        what waits."""
+        self._paused = paused
+        if not paused:
+            self.pump()
 
     # ------------------------------------------------------------ run manager side
 
@@ -163,7 +177,7 @@ class Dispatcher:
 
     def pump(self) -> None:
         """Hand out as many pending attempts as free slots allow."""
-        if not self._pending:
+        if not self._pending or self._paused:
             return
         for task_type in list(self._pending):
             runs = self._pending[task_type]

@@ -453,7 +453,8 @@ class RunManager:
         """What happened since the last detach: the writes to commit, and the effects
         to carry out once they are committed."""
         batch, self._batch = self._batch, WriteBatch()
-        batch.values = self._values.take()
+        # Update, not replace: a batch put back after a failed commit keeps its values.
+        batch.values.update(self._values.take())
         effects, self._effects = self._effects, []
         return batch, effects
 
