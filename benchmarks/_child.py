@@ -30,6 +30,7 @@ SYSTEMS = (
     "dask",
     "dask-raw",
     "server",
+    "server-base",
     "dask-cluster",
     "compile",
 )
@@ -75,7 +76,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     system: str = spec["system"]
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; use one of {', '.join(SYSTEMS)}")
-    if system == "server":
+    if system in ("server", "server-base"):  # server-base: in the baseline's interpreter
+        if spec["kind"] in ("restart", "growth"):
+            from ._durability import measure as measure_durability
+
+            return measure_durability(spec)
         from ._server import measure as measure_server
 
         return measure_server(spec)

@@ -57,6 +57,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "print the top Headwater functions by own time",
     )
     parser.add_argument("--top", type=int, default=15, help="rows to show with --profile")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the server and durability workloads on the Headwater checked out "
+        "in DIR (with its own DIR/.venv), as system server-base, in the same run: "
+        "e.g. `git worktree add /tmp/hw-base COMMIT`, then a venv there with "
+        "`pip install -e '.[server]'`",
+    )
     return parser.parse_args(argv)
 
 
@@ -74,7 +82,7 @@ def _select(only: list[str] | None) -> list[Workload]:
     return [w for w in WORKLOADS if w.name in names]
 
 
-def _spawn(spec: dict[str, Any], timeout: float) -> Outcome:
+def _spawn(spec: dict[str, Any], timeout: float, python: str = sys.executable) -> Outcome:
     env = dict(os.environ)
     # Run from the repo root so `benchmarks` imports the same way as under `make bench`.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -82,7 +90,7 @@ def _spawn(spec: dict[str, Any], timeout: float) -> Outcome:
     # and on a timeout or Ctrl-C the whole group (that process's id) is killed.
     group = hasattr(os, "killpg")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._child", json.dumps(spec)],
+        [python, "-m", "benchmarks._child", json.dumps(spec)],
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -126,15 +134,15 @@ def _kill_group(proc: subprocess.Popen[str], group: bool) -> None:
             time.sleep(0.5)  # let the group's other members finish stopping
 
 
-def _revision() -> str:
+def _revision(root: Path = ROOT) -> str:
     """The commit measured, marked ``+dirty`` when the tree has uncommitted changes."""
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
+            cwd=root,
             capture_output=True,
             text=True,
         ).stdout.strip()
@@ -160,8 +168,12 @@ def _machine() -> dict[str, Any]:
 def _notes(rows: list[Row]) -> list[str]:
     notes = []
     for row in rows:
+        if row.workload.durability:
+            continue  # its lines say it all
         if row.workload.server:
             notes.extend(_server_notes(row))
+            if row.get("server-base") is not None:
+                notes.extend(_server_notes(row, "server-base"))
             continue
         if row.workload.cluster:
             notes.append(_cluster_note(row))
@@ -238,11 +250,11 @@ def _ms(stats: dict[str, float]) -> str:
     return f"median {stats['median']:.2f} ms, p95 {stats['p95']:.2f} ms"
 
 
-def _server_notes(row: Row) -> list[str]:
-    name = row.workload.name
-    server = row.get("server")
+def _server_notes(row: Row, system: str = "server") -> list[str]:
+    name = row.workload.name if system == "server" else f"{row.workload.name} ({system})"
+    server = row.get(system)
     if server is None or server.data is None:
-        return [f"{name}: server {server.error if server else 'not run'}"]
+        return [f"{name}: {system} {server.error if server else 'not run'}"]
     d = server.data
     cpu: dict[str, Any] = {}
     if d["cpu_s"]:  # that of the median run
@@ -332,10 +344,24 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     started = time.perf_counter()
+    baseline_python = ""
+    revisions = {"server": machine["revision"]}
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        baseline_python = str(base / ".venv" / "bin" / "python")
+        if not os.path.exists(baseline_python):
+            print(f"--baseline: no {baseline_python} (make a venv there)", file=sys.stderr)
+            return 2
+        revisions["server-base"] = _revision(base)
+        machine["baseline_revision"] = revisions["server-base"]
+        print(f"baseline: {base} at commit {revisions['server-base']} (system server-base)")
     rows: list[Row] = []
     for workload in workloads:
         outcomes: dict[str, Outcome] = {}
-        for system in workload.systems:
+        systems = workload.systems
+        if baseline_python and (workload.server or workload.durability):
+            systems = (*systems, "server-base")
+        for system in systems:
             spec = {
                 "kind": workload.kind,
                 "params": workload.params_for(system, args.quick),
@@ -345,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             t0 = time.perf_counter()
             print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)
-            outcomes[system] = _spawn(spec, timeout)
+            python = baseline_python if system == "server-base" else sys.executable
+            outcomes[system] = _spawn(spec, timeout, python)
             status = outcomes[system].error or "ok"
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
@@ -353,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     embedded = [
         r
         for r in rows
-        if not r.workload.server and not r.workload.cluster and not r.workload.compile
+        if not (r.workload.server or r.workload.cluster or r.workload.compile)
+        and not r.workload.durability
     ]
+    durable = [r for r in rows if r.workload.durability]
     clustered = [r for r in rows if r.workload.cluster]
     served = [r for r in rows if r.workload.server]
     if embedded:
@@ -368,6 +397,18 @@ def main(argv: list[str] | None = None) -> int:
             "same DAG in-process, measured in this run"
         )
         print(format_table(served))
+        compared = [r for r in served if r.get("server-base") is not None]
+        if compared:
+            from ._durability import format_comparison
+
+            print()
+            print(format_comparison(compared, revisions))
+    if durable:
+        from ._durability import format_durability
+
+        print()
+        print("durability workloads (issue 12), same run:")
+        print(format_durability(durable, revisions))
     if compiled:
         from ._compile import format_compile
 

@@ -141,14 +141,21 @@ class Cluster:
     stopped on exit, whatever happened."""
 
     def __init__(
-        self, workers: int, slots: int | None = None, profile_to: str | None = None
+        self,
+        workers: int,
+        slots: int | None = None,
+        profile_to: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.n_workers = workers
         self.slots = slots
         self.profile_to = profile_to  # run the server under cProfile, stats to this file
+        self.extra_env = env or {}
         self.server: _Proc | None = None
         self.workers: list[_Proc] = []
         self.address = ""
+        self.tmp = ""  # the temporary directory (database, and HW_BENCH_DIR)
+        self._env: dict[str, str] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> Cluster:
@@ -162,16 +169,19 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def db(self) -> Path:
+        return Path(self.tmp) / "headwater.db"
+
     def _start(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="headwater-bench-")
-        tmp = self._tmp.name
+        tmp = self.tmp = self._tmp.name
         env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, ENV_DB)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.update(self.extra_env)
+        self._env = env
         cli = [sys.executable, "-m", "headwater._cli"]
-        profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
-        server = [sys.executable, *profiler, *cli[1:], "server", "--port", "0"]
-        self.server = _Proc([*server, "--db", str(Path(tmp) / "headwater.db")], env, tmp)
-        self.address = self.server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+        self.start_server("0")
         for i in range(self.n_workers):
             args = [*cli, "worker", "--server", self.address, "--module", TASKS_MODULE]
             args += ["--name", f"bench-w{i + 1}"]
@@ -182,6 +192,22 @@ class Cluster:
             int(w.wait_line("connected to").rsplit("capabilities, ", 1)[1].split()[0])
             for w in self.workers
         ]
+
+    def start_server(self, port: str) -> None:
+        """Start the server (on ``port``, "0": any) on the cluster's database and wait
+        until it listens."""
+        cli = [sys.executable, "-m", "headwater._cli"]
+        profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
+        server = [sys.executable, *profiler, *cli[1:], "server", "--port", port]
+        self.server = _Proc([*server, "--db", str(self.db)], self._env, self.tmp)
+        self.address = self.server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+
+    def kill_server(self) -> None:
+        """SIGKILL the server and wait until it is gone."""
+        assert self.server is not None
+        self.server.popen.kill()
+        self.server.popen.wait(START_TIMEOUT)
+        self.server.stop()  # joins its readers, closes its pipes
 
     def close(self) -> None:
         procs = [*self.workers, *([self.server] if self.server else [])]
@@ -291,7 +317,7 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             raw.close()
     return {
-        "system": "server",
+        "system": spec["system"],
         "kind": "fanout",
         "params": spec["params"],
         "tasks": dag.tasks,
@@ -367,7 +393,7 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             raw.close()
     return {
-        "system": "server",
+        "system": spec["system"],
         "kind": "latency",
         "params": spec["params"],
         "tasks": runs,

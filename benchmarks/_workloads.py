@@ -29,6 +29,8 @@ class Workload:
         max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
         compile: the compile-cost workload (``_compile``): graph build and digest of a
             flow, symbolic and value-dependent; a table of its own.
+        durability: a durability workload (``_durability``): a server SIGKILLed and
+            restarted, or the database size under retention; lines of their own.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Workload:
     max_ratio: float | None = None
     max_peak_fraction: float | None = None
     compile: bool = False
+    durability: bool = False
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -171,6 +174,24 @@ WORKLOADS: tuple[Workload, ...] = (
 )
 
 WORKLOADS += (
+    Workload(
+        name="server-restart",
+        title="restart: queued work after a server SIGKILL and restart on its database",
+        kind="restart",
+        full={"n": 400, "kills": 3},
+        quick={"n": 100, "kills": 1},
+        systems=("server",),
+        durability=True,
+    ),
+    Workload(
+        name="server-growth",
+        title="retention: database growth per finished one-task run",
+        kind="growth",
+        full={"batches": 5, "runs": 100},
+        quick={"batches": 3, "runs": 20},
+        systems=("server",),
+        durability=True,
+    ),
     Workload(
         name="dask-layered",
         title="Dask: a 1,000-task layered DAG, Headwater DaskExecutor vs client.submit",
