@@ -14,7 +14,7 @@ NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
-.PHONY: setup demo test test-oldest lint proto bench docs clean
+.PHONY: setup demo test test-oldest lint proto bench soak docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,20 @@ docs: $(STAMP)
 ## bench: run the benchmark harness and print its table
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+## soak: the fault suite (tests/test_faults.py, in `make test` at its small size) longer:
+## more rounds, runs, kills and faults, a new seed each time (printed with the figures).
+## Any HW_FAULT_* variable set in the environment wins, e.g.
+## `HW_FAULT_SEED=7 HW_FAULT_ROUNDS=20 make soak`. Not run by `make test` or CI.
+soak: $(STAMP)
+	HW_FAULT_SEED=$${HW_FAULT_SEED:-$$(date +%s)} \
+	HW_FAULT_ROUNDS=$${HW_FAULT_ROUNDS:-6} HW_FAULT_RUNS=$${HW_FAULT_RUNS:-3} \
+	HW_FAULT_KILLS=$${HW_FAULT_KILLS:-6} HW_FAULT_WIDTH=$${HW_FAULT_WIDTH:-200} \
+	HW_FAULT_WORKER_ROUNDS=$${HW_FAULT_WORKER_ROUNDS:-4} \
+	HW_FAULT_WORKER_TASKS=$${HW_FAULT_WORKER_TASKS:-120} \
+	HW_FAULT_DISK_ROUNDS=$${HW_FAULT_DISK_ROUNDS:-6} \
+	HW_FAULT_TIMEOUT=$${HW_FAULT_TIMEOUT:-3600} \
+	$(PY) -m pytest -p no:cacheprovider tests/test_faults.py
 
 lint: setup
 	node_modules/.bin/buf lint

@@ -10,7 +10,7 @@ on its database, and a database kept from growing by retention.
   how long queued work waited. Before issue 12 the server held every attempt that was
   in flight, queued ones included, for the heartbeat window (20 s).
 * ``growth``: B batches of R one-task runs, one after another; after each batch
-  ``headwater prune --older-than 0s`` (every finished run is past retention) runs
+  ``headwater prune --older-than 0.001s`` (every finished run is past retention) runs
   beside the server. Growth per run = (database bytes after the last batch - after
   the first) / runs in between. Measured without the prune too, in a fresh cluster in
   the same process: what a run costs when nothing is deleted (a server from before
@@ -26,6 +26,7 @@ import datetime
 import importlib.util
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -145,17 +146,27 @@ def _restart(
     }
 
 
-def _db_bytes(db: Path) -> int:
-    return sum(
+def _db_bytes(db: Path) -> tuple[int, int]:
+    """(bytes of the database and WAL files, bytes of the pages in use)."""
+    files = sum(
         os.path.getsize(f"{db}{suffix}")
         for suffix in ("", "-wal")
         if os.path.exists(f"{db}{suffix}")
     )
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    return files, (pages - free) * size
 
 
 def _growth(spec: dict[str, Any], prune: bool) -> dict[str, Any]:
     batches, runs = spec["params"]["batches"], spec["params"]["runs"]
-    sizes: list[int] = []
+    sizes: list[int] = []  # database + WAL files
+    used: list[int] = []  # pages in use
     with Cluster(workers=1) as cluster, Client(cluster.address) as client:
         raw = _Raw(cluster.address)
         try:
@@ -168,16 +179,23 @@ def _growth(spec: dict[str, Any], prune: bool) -> dict[str, Any]:
                 if prune:
                     cli = [sys.executable, "-m", "headwater._cli", "prune"]
                     subprocess.run(
-                        [*cli, "--db", str(cluster.db), "--older-than", "0s"],
+                        [*cli, "--db", str(cluster.db), "--older-than", "0.001s"],
                         check=True,
                         capture_output=True,
                         timeout=RUN_TIMEOUT,
                     )
-                sizes.append(_db_bytes(cluster.db))
+                files, in_use = _db_bytes(cluster.db)
+                sizes.append(files)
+                used.append(in_use)
         finally:
             raw.close()
-    between = runs * (batches - 1)
-    return {"sizes": sizes, "per_run": (sizes[-1] - sizes[0]) / between if between else 0.0}
+    between = runs * (batches - 1) or 1
+    return {
+        "sizes": sizes,
+        "used": used,
+        "per_run": (sizes[-1] - sizes[0]) / between,
+        "used_per_run": (used[-1] - used[0]) / between,
+    }
 
 
 def measure_growth(spec: dict[str, Any]) -> dict[str, Any]:
@@ -246,14 +264,16 @@ def format_durability(rows: list[Any], revisions: dict[str, str]) -> str:
                 kept, pruned = d["kept"], d["pruned"]
                 text = (
                     f"{row.workload.name} / {system} ({rev}), {d['label']}: without retention "
-                    f"{kept['per_run']:,.0f} bytes per finished run (database "
+                    f"{kept['used_per_run']:,.0f} bytes of pages in use per finished run "
+                    f"({kept['per_run']:,.0f} of database + WAL files: "
                     f"{kept['sizes'][0]:,} -> {kept['sizes'][-1]:,} bytes)"
                 )
                 if pruned is not None:
                     text += (
-                        f"; with `headwater prune --older-than 0s` after each batch "
-                        f"{pruned['per_run']:,.0f} bytes per run (target 0; database after "
-                        f"each batch: {', '.join(f'{x:,}' for x in pruned['sizes'])})"
+                        f"; with `headwater prune --older-than 0.001s` after each batch "
+                        f"{pruned['per_run']:,.0f} bytes of files per run (target 0; "
+                        f"{pruned['used_per_run']:,.0f} of pages in use; database + WAL after "
+                        f"each batch: {', '.join(f'{x:,}' for x in pruned['sizes'])} bytes)"
                     )
                 else:
                     text += "; no retention in this version"

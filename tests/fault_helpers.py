@@ -323,16 +323,16 @@ def format_figures(figures: list[Figures]) -> list[str]:
     head = (
         "scenario",
         "seed",
-        "kills",
+        "faults",
         "runs",
-        "failed",
+        "failed runs",
         "tasks",
         "executions",
         "re-executed",
-        "in-flight dup",
+        "duplicates",
         "max dup/kill",
         "slots",
-        "max restart->1st start s",
+        "max kill->1st start s",
     )
     rows = []
     for f in figures:
@@ -357,4 +357,11 @@ def format_figures(figures: list[Figures]) -> list[str]:
     out.append("-+-".join("-" * w for w in widths))
     out += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     out += [f"{f.scenario}: {f.extra}" for f in figures if f.extra]
+    out.append(
+        "faults: server SIGKILLs, worker signals or full-disk episodes; re-executed: "
+        "recorded successes or held attempts started again (must be 0); duplicates: "
+        "extra starts of attempts in flight at a fault (allowed: fault_helpers.py); "
+        "max kill->1st start: seconds from a server SIGKILL to the first task start "
+        "after its restart (a new process: imports, recovery, the workers' reconnect)"
+    )
     return out

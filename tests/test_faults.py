@@ -68,6 +68,7 @@ KILLS = _env_int("HW_FAULT_KILLS", 4)
 WIDTH = _env_int("HW_FAULT_WIDTH", 150)
 #: Worker faults: task runs per run; full disk: rounds of fill / free.
 WORKER_TASKS = _env_int("HW_FAULT_WORKER_TASKS", 60)
+WORKER_ROUNDS = _env_int("HW_FAULT_WORKER_ROUNDS", 1)
 DISK_ROUNDS = _env_int("HW_FAULT_DISK_ROUNDS", 2)
 WORKERS, SLOTS = 2, 4
 #: Each test's bound (seconds); pytest's default of 120 s is for ordinary tests.
@@ -280,9 +281,9 @@ class Fault:
 def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
     tmp_path: Path, cluster: Cluster
 ) -> None:
-    """Three runs of WORKER_TASKS tasks that return the name of the worker that ran
-    them: a worker SIGKILLed mid-run (a new one joins); one SIGSTOPped past the
-    heartbeat window and then continued; one SIGSTOPped for good."""
+    """WORKER_ROUNDS rounds of three runs of WORKER_TASKS tasks that return the name of
+    the worker that ran them: a worker SIGKILLed mid-run (a new one joins); one
+    SIGSTOPped past the heartbeat window and then continued; one SIGSTOPped for good."""
     rng = random.Random(f"{SEED}/worker-faults")
     db = tmp_path / "hw.db"
     script = [sys.executable, str(TESTS / "fault_server.py"), "--db", str(db)]
@@ -290,7 +291,6 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
     heartbeat += ["--heartbeat-timeout", str(HEARTBEAT_TIMEOUT)]
     server = cluster.spawn([*script, *heartbeat], "stdout")
     address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
-    a, b = _workers(cluster, address, ["a", "b"])
     faults: list[Fault] = []
     tags: dict[str, str] = {}
     ended: dict[str, FlowRunState] = {}
@@ -310,44 +310,51 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             ended.update(_wait_ended(client, [run_id]))
             results[tags[run_id]] = client.get(run_id).result
 
-        # 1. SIGKILL: the stream breaks, its attempts are lost and sent elsewhere.
-        run = start("kill")
-        fault = Fault("SIGKILL", a, "a", "kill")
-        fault.strike(tmp_path, point())
-        faults.append(fault)
-        (c,) = _workers(cluster, address, ["c"])
-        finish(run)
+        for r in range(WORKER_ROUNDS):
+            a, b = _workers(cluster, address, [f"a{r}", f"b{r}"])
 
-        # 2. SIGSTOP past the heartbeat window, then SIGCONT: the server has dropped
-        # the session and sent its attempts elsewhere; what it finishes late is not kept.
-        run = start("stop")
-        fault = Fault("SIGSTOP+SIGCONT", b, "b", "stop")
-        fault.strike(tmp_path, point())
-        faults.append(fault)
+            # 1. SIGKILL: the stream breaks, its attempts are lost and sent elsewhere.
+            run = start(f"kill{r}")
+            fault = Fault("SIGKILL", a, f"a{r}", f"kill{r}")
+            fault.strike(tmp_path, point())
+            faults.append(fault)
+            (c,) = _workers(cluster, address, [f"c{r}"])
+            finish(run)
 
-        def redispatched() -> bool:
-            others = {
-                x.key for x in read_effects(tmp_path) if x.kind == "START" and x.worker != "b"
-            }
-            return fault.caught <= others
+            # 2. SIGSTOP past the heartbeat window, then SIGCONT: the server has dropped
+            # the session and sent its attempts elsewhere; what it finishes late is
+            # not kept.
+            run = start(f"stop{r}")
+            stop = Fault("SIGSTOP+SIGCONT", b, f"b{r}", f"stop{r}")
+            stop.strike(tmp_path, point())
+            faults.append(stop)
 
-        poll(redispatched, "the stopped worker's attempts to start on another worker")
-        b.popen.send_signal(signal.SIGCONT)
-        b.wait_line("reconnected to")
-        fault.until = len(read_effects(tmp_path))
-        finish(run)
+            def redispatched(stop: Fault = stop) -> bool:
+                others = {
+                    x.key
+                    for x in read_effects(tmp_path)
+                    if x.kind == "START" and x.worker != stop.name
+                }
+                return stop.caught <= others
 
-        # 3. SIGSTOP for good: the run completes without it.
-        run = start("never")
-        fault = Fault("SIGSTOP", c, "c", "never")
-        fault.strike(tmp_path, point())
-        faults.append(fault)
-        finish(run)
-        c.popen.send_signal(signal.SIGKILL)
-        c.popen.wait(BOUND)
+            poll(redispatched, "the stopped worker's attempts to start on another worker")
+            b.popen.send_signal(signal.SIGCONT)
+            b.wait_line("reconnected to")
+            stop.until = len(read_effects(tmp_path))
+            finish(run)
+
+            # 3. SIGSTOP for good: the run completes without it.
+            run = start(f"never{r}")
+            fault = Fault("SIGSTOP", c, f"c{r}", f"never{r}")
+            fault.strike(tmp_path, point())
+            faults.append(fault)
+            finish(run)
+            c.popen.send_signal(signal.SIGKILL)
+            c.popen.wait(BOUND)
+            b.stop()  # the next round starts with fresh workers
     lines = read_effects(tmp_path)
     final = snapshot(db, tags, len(lines))
-    problems: list[str] = []
+    problems: list[str] = list(final.broken)
     starts: dict[tuple[str, str, int], list[Line]] = {}
     for line in lines:
         if line.kind == "START":
@@ -394,9 +401,10 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
         reexecuted=0,
         duplicates=duplicates,
         slots=3 * SLOTS,
-        extra="; ".join(
+        extra=f"{len(faults)} faults: "
+        + "; ".join(
             f"{f.kind} of {f.name}: {len(f.caught)} attempts in flight, all sent again"
-            for f in faults
+            for f in faults[:6]
         )
         + f"; late results of the continued worker: {late}, kept: 0",
     )
