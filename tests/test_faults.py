@@ -206,7 +206,9 @@ def _first_starts(
     out = []
     for i, (killed, ready, pos) in enumerate(restarts):
         end = kills[i + 1].pos if i + 1 < len(kills) else len(lines)
-        after = [x.t for x in lines[pos:end] if x.kind == "START"]
+        # A start stamped before the new server was ready ran an assignment the old
+        # one sent: not a dispatch after the restart.
+        after = [x.t for x in lines[pos:end] if x.kind == "START" and x.t > ready]
         if after:
             out.append((min(after) - killed, min(after) - ready))
     return out
