@@ -10,9 +10,9 @@ A commit that fails (disk full, I/O error) loses nothing: its batch and release 
 put back in front of what happened since, and the commit is tried again with backoff
 (50 ms doubling to 2 s) until the store takes it. Meanwhile ``on_failing`` tells the
 server to hand out no more assignments: their deliveries could not be recorded, and
-after a crash every attempt sent without a recorded delivery may run twice. Callers of ``durable()`` are told
-at once, with the store's own words, so a client gets RESOURCE_EXHAUSTED naming the
-cause rather than a hang. Sequence numbers are assigned once, in order, so a retried
+after a crash every attempt sent without a recorded delivery may run twice. Callers
+of ``durable()`` are told at once, with the store's own words, so a client gets
+RESOURCE_EXHAUSTED naming the cause rather than a hang. Sequence numbers are assigned once, in order, so a retried
 batch never collides with what was stored.
 """
 
