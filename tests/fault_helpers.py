@@ -187,6 +187,8 @@ class Tally:
     losses: list[str] = field(default_factory=list)  # rule 4
     not_run: list[str] = field(default_factory=list)  # recorded success, never executed
     broken_store: list[str] = field(default_factory=list)  # rule 5
+    #: Per kill: (attempts in flight, of them recorded delivered, started again after).
+    per_kill: list[tuple[int, int, int]] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
@@ -245,6 +247,10 @@ def judge(lines: list[Line], kills: list[Snapshot], final: Snapshot) -> Tally:
             else:
                 tally.unexplained.append(what + f" (not in flight at kill {k + 1})")
     tally.max_duplicates_per_kill = max(per_kill.values(), default=0)
+    tally.per_kill = [
+        (len(kill.in_flight), len(kill.delivered), per_kill.get(i, 0))
+        for i, kill in enumerate(kills)
+    ]
     for i, kill in enumerate(kills):
         _check_deliveries(lines, kill, i, tally)
         tally.broken_store += [f"at kill {i + 1}: {b}" for b in kill.broken]

@@ -184,7 +184,9 @@ def test_server_sigkills_lose_nothing_and_rerun_nothing_recorded(
         max_dup_per_kill=tally.max_duplicates_per_kill,
         slots=WORKERS * SLOTS,
         restart_s=[k for k, _ in waits],
-        extra=f"{tally.proven_deliveries} deliveries proven from the side effects, "
+        extra=f"worst kill (in flight, recorded delivered, started again): "
+        f"{max(tally.per_kill, key=lambda x: x[2], default=None)}; "
+        f"{tally.proven_deliveries} deliveries proven from the side effects, "
         f"{len(tally.false_deliveries)} of them not recorded; {len(tally.losses)} losses "
         "charged; kill -> first task start after the restart (server ready -> first "
         "start) s: " + ", ".join(f"{k:.2f} ({r:.2f})" for k, r in waits),

@@ -12,8 +12,8 @@ put back in front of what happened since, and the commit is tried again with bac
 server to hand out no more assignments: their deliveries could not be recorded, and
 after a crash every attempt sent without a recorded delivery may run twice. Callers
 of ``durable()`` are told at once, with the store's own words, so a client gets
-RESOURCE_EXHAUSTED naming the cause rather than a hang. Sequence numbers are assigned once, in order, so a retried
-batch never collides with what was stored.
+RESOURCE_EXHAUSTED naming the cause rather than a hang. Sequence numbers are assigned
+once, in order, so a retried batch never collides with what was stored.
 """
 
 from __future__ import annotations

@@ -538,14 +538,7 @@ class SQLiteStore:
                 "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?",
                 (now,),
             ).rowcount
-            orphans = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM run_values v WHERE NOT EXISTS "
-                    "(SELECT 1 FROM run_events e WHERE e.value_id = v.id) AND NOT EXISTS "
-                    "(SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
-                )
-            ]
+            orphans = [r[0] for r in db.execute(ORPHAN_VALUES)]
             counts["values"] = len(orphans)
             _delete_in(db, "DELETE FROM run_values WHERE id IN", orphans)
             _delete_in(
@@ -617,6 +610,16 @@ class _DryRun(Exception):
     def __init__(self, report: PruneReport) -> None:
         super().__init__("dry run")
         self.report = report
+
+
+#: Values no journal entry or cache entry refers to. "value_id != ''" lets SQLite use
+#: the partial index run_events_value: without it each value scans the whole journal
+#: (18 s for 7,000 values, on the writer thread, so every commit waited for it).
+ORPHAN_VALUES = (
+    "SELECT id FROM run_values v WHERE NOT EXISTS "
+    "(SELECT 1 FROM run_events e WHERE e.value_id = v.id AND e.value_id != '') "
+    "AND NOT EXISTS (SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
+)
 
 
 def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
