@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,59 @@ def test_while_commits_fail_no_assignment_leaves(tmp_path: Path) -> None:
             assert core.dispatcher.pending_count == 2
             assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
             store.failing = False
+            assert (await worker.next("assignment")).token.task_run_id.endswith("]")
+            await worker.close()
+
+    asyncio.run(main())
+
+
+class HeldStore(SQLiteStore):
+    """A SQLite store that holds the commit recording the delivery of one task run
+    until the test releases it (a store that has fallen behind)."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        super().__init__(path)
+        self.key = key
+        self.released = threading.Event()
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Wait for ``released`` if the batch records the delivery of ``key``."""
+        if any(r.key == self.key and r.delivered for r in batch.task_runs.values()):
+            assert self.released.wait(BOUND)
+        super().commit(batch)
+
+
+def test_a_worker_never_has_more_unrecorded_deliveries_than_twice_its_slots(
+    tmp_path: Path,
+) -> None:
+    """However far the store falls behind, a worker is not sent another attempt while
+    it has twice as many assignments whose delivery is not stored as it has slots:
+    after a crash each of those may run twice."""
+
+    async def main() -> None:
+        store = HeldStore(tmp_path / "hw.db", "scale[0]")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            await create(channel, n=3)
+            first = await worker.next("assignment")
+            worker.send(result=worker.result(first))
+            held = await worker.next("assignment")  # its delivery's commit is held
+            assert held.token.task_run_id.endswith("/scale[0]")
+            worker.send(result=worker.result(held))
+            second = await worker.next("assignment")  # 2 unrecorded for 1 slot
+            worker.send(result=worker.result(second))
+            (session,) = running.core.dispatcher.sessions.values()
+            token = (second.token.task_run_id, second.token.attempt)
+            try:
+                await _until(lambda: token not in session.running, "the result to arrive")
+                assert running.core.dispatcher.pending_count == 1
+                assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
+            finally:
+                store.released.set()  # or the server cannot stop
             assert (await worker.next("assignment")).token.task_run_id.endswith("]")
             await worker.close()
 

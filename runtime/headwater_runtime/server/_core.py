@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -49,7 +50,7 @@ from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
-from ._dispatch import Dispatcher, Token, WorkerSession
+from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
 from ._runs import RunManager
@@ -479,8 +480,17 @@ class ServerCore:
     def _before_send(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         task_run_id, attempt = pending.token
         self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
-        self.touch()  # the delivery is recorded with the next commit
+        # Recorded with the next commit; until then it counts against the session's
+        # unrecorded deliveries (WorkerSession.can_take).
+        session.unstored += 1
+        self.commits.pending.effects.append(functools.partial(self._delivery_stored, session))
+        self.touch()
         return self.exports.prepare(session, pending)
+
+    def _delivery_stored(self, session: WorkerSession) -> None:
+        session.unstored -= 1
+        if session.unstored == UNSTORED_PER_SLOT * session.slots - 1:  # it may take work
+            self.dispatcher.pump()
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         _, key = split_task_run_id(task_run_id)

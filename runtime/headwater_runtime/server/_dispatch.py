@@ -19,6 +19,9 @@ from headwater.v1 import worker_pb2
 from ._assignments import PendingAssignment
 
 Token = tuple[str, int]  # (task run id, attempt)
+#: A worker gets no more assignments while it has this many per slot whose delivery
+#: the store has not recorded yet (WorkerSession.can_take).
+UNSTORED_PER_SLOT = 2
 
 
 @dataclass(eq=False)
@@ -34,11 +37,21 @@ class WorkerSession:
     send: Callable[[worker_pb2.ConnectResponse | None], None]  # None ends the stream
     last_seen: float = 0.0
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
+    #: Assignments sent whose delivery the store has not recorded yet (kept by the host).
+    unstored: int = 0
 
     @property
     def free(self) -> int:
         """Slots not taken by an attempt the worker holds."""
         return self.slots - len(self.running)
+
+    @property
+    def can_take(self) -> bool:
+        """A free slot, and fewer unrecorded deliveries than twice the slots: after a
+        crash an attempt sent without a recorded delivery may run twice, so a worker
+        never has more of them than that, however far the store falls behind (twice:
+        one slot may turn over while one commit is written without waiting for it)."""
+        return self.free > 0 and self.unstored < UNSTORED_PER_SLOT * self.slots
 
     def accepts(self, pending: PendingAssignment) -> bool:
         """Whether the worker has the attempt's task type and every label it requires."""
@@ -182,7 +195,7 @@ class Dispatcher:
         for task_type in list(self._pending):
             runs = self._pending[task_type]
             candidates = [
-                s for s in self.sessions.values() if s.free > 0 and task_type in s.capabilities
+                s for s in self.sessions.values() if s.can_take and task_type in s.capabilities
             ]
             blocked: set[str] = set()
             while candidates and len(blocked) < len(runs):
@@ -200,7 +213,7 @@ class Dispatcher:
                 if not queue:
                     del runs[run_id]
                 self._assign(session, pending)
-                candidates = [s for s in candidates if s.free > 0]
+                candidates = [s for s in candidates if s.can_take]
             if not runs:
                 del self._pending[task_type]
 
