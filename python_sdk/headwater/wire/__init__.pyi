@@ -62,11 +62,17 @@ from ._limits import BATCH_BYTES as BATCH_BYTES
 from ._limits import CHUNK_SIZE as CHUNK_SIZE
 from ._limits import GRPC_MESSAGE_LIMIT as GRPC_MESSAGE_LIMIT
 from ._limits import INLINE_PAYLOAD_LIMIT as INLINE_PAYLOAD_LIMIT
+from ._limits import LIMIT_SPECS as LIMIT_SPECS
 from ._limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
 from ._limits import MESSAGE_BUDGET as MESSAGE_BUDGET
 from ._limits import MESSAGE_LIMIT as MESSAGE_LIMIT
 from ._limits import TEXT_LIMIT as TEXT_LIMIT
+from ._limits import LimitExceeded as LimitExceeded
+from ._limits import Limits as Limits
+from ._limits import LimitSpec as LimitSpec
 from ._limits import cut_text as cut_text
+from ._limits import limit_flag as limit_flag
+from ._limits import limit_variable as limit_variable
 from ._protocol import BATCH as BATCH
 from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grpc import StatusCode
@@ -27,6 +27,7 @@ from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
     FailureInfo,
+    Limits,
     duration,
     failure_from_proto,
     feature_names,
@@ -82,6 +83,8 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    #: The most the server accepts of each size a peer can state (docs/limits.md).
+    limits: Limits = field(default_factory=Limits)
 
 
 class ServerCore:
