@@ -27,7 +27,9 @@ from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
     FailureInfo,
+    LimitExceeded,
     Limits,
+    cut_text,
     duration,
     failure_from_proto,
     feature_names,
@@ -53,6 +55,7 @@ from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
+from ._limits import InvalidValue, check_value
 from ._runs import RunManager
 from ._schedules import Scheduler
 
@@ -61,6 +64,9 @@ log = logging.getLogger("headwater.server")
 SERVER_VERSION = "0.1.0"
 #: What a worker is told when it gives back an attempt nobody asked it to stop.
 GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
+#: The failure type of a task whose result the server refused (over a limit, or a
+#: value that contradicts itself).
+REFUSED_RESULT = "headwater.ResultRefused"
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ class ServerCore:
         self.io = io or StoreIO()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
         self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
-        self.runs = RunManager(store, self.dispatcher, self.clock)
+        self.runs = RunManager(store, self.dispatcher, self.clock, settings.limits)
         self.runs.listeners.append(self._notify)
         self.commits = Committer(store, self.io, self.runs, self._deliver)
         self.schedules = Scheduler(store, self.runs, self.clock)
@@ -400,8 +406,14 @@ class ServerCore:
                 self.runs.handle(flow_run_id, TaskLost(run_key, token.attempt, GIVEN_BACK))
             self.touch()
             return
+        refused: tuple[StatusCode, str] | None = None
         if kind == "started":
             event = TaskStarted(run_key, token.attempt)
+        elif kind == "result" and (refused := self._check_result(token, msg.result)):
+            # A result the server cannot take fails its task (not retryable: the same
+            # code would produce it again), and the worker is told why.
+            failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
+            event = TaskFailed(run_key, token.attempt, failure)
         elif kind == "result":
             cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
             event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
@@ -414,8 +426,21 @@ class ServerCore:
         ignored = self.runs.handle(flow_run_id, event)
         if kind != "started":
             self.dispatcher.finished(key)
-            self._ack(session, token, ignored)
+            self._ack(session, token, ignored, refused)
         self.touch()
+
+    def _check_result(
+        self, token: worker_pb2.FencingToken, result: worker_pb2.TaskResult
+    ) -> tuple[StatusCode, str] | None:
+        """Why a worker's result cannot be taken (its status and message), or None."""
+        what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
+        try:
+            check_value(result.result, self.settings.limits, what)
+        except LimitExceeded as exc:
+            return StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        except InvalidValue as exc:
+            return StatusCode.INVALID_ARGUMENT, str(exc)
+        return None
 
     def _cache_key(self, session: WorkerSession, report: worker_pb2.CacheKeyReport) -> None:
         token = report.token
@@ -435,12 +460,18 @@ class ServerCore:
             session.send(decision)
 
     def _ack(
-        self, session: WorkerSession, token: worker_pb2.FencingToken, ignored: list[EventIgnored]
+        self,
+        session: WorkerSession,
+        token: worker_pb2.FencingToken,
+        ignored: list[EventIgnored],
+        refused: tuple[StatusCode, str] | None = None,
     ) -> None:
-        ack = worker_pb2.Ack(token=token, accepted=not ignored)
+        ack = worker_pb2.Ack(token=token, accepted=not ignored and refused is None)
         if ignored:
             ack.reason = ignored[0].reason
             ack.code = StatusCode.FAILED_PRECONDITION.value[0]
+        elif refused is not None:
+            ack.code, ack.reason = refused[0].value[0], refused[1]
         self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
 
     def _refuse(self, session: WorkerSession, token: worker_pb2.FencingToken, why: str) -> None:
@@ -456,8 +487,9 @@ class ServerCore:
     def _log(self, log: worker_pb2.TaskLog) -> None:
         flow_run_id, key = split_task_run_id(log.token.task_run_id)
         at = seconds(log.timestamp) if log.HasField("timestamp") else self.clock.now()
+        message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
         self.runs.add_log(
-            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
+            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)
         )
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:

@@ -81,9 +81,11 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
     if deserialize is None:
         return handler
     parse, serialize = lenient(deserialize), handler.response_serializer
+    # The behaviours are coroutines and async generators here (grpc.aio), whatever the
+    # grpc stubs' synchronous signatures say: Any.
 
     if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+        inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: Any) -> Any:
             if isinstance(request, Malformed):
@@ -92,7 +94,7 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
     if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        inner_us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
             if isinstance(request, Malformed):
@@ -102,13 +104,13 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
     if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
+        inner_su: Any = handler.stream_unary
 
         async def stream_unary(requests: Any, context: Any) -> Any:
             return await inner_su(checked(requests, context, method), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, parse, serialize)
-    inner_ss = handler.stream_stream
+    inner_ss: Any = handler.stream_stream
     assert inner_ss is not None
 
     async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:

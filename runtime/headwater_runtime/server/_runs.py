@@ -27,6 +27,7 @@ from headwater.wire import (
     FlowRunState,
     GraphSpec,
     JsonConsumers,
+    Limits,
     TaskRunState,
     bind_params,
     build_version,
@@ -87,6 +88,7 @@ from ._journal import (
     stored_ids,
     to_stored,
 )
+from ._limits import check_graph
 from ._params import (
     check_built_for,
     check_json_params,
@@ -160,12 +162,16 @@ class RunManager:
         store: where runs are kept.
         dispatch: where ready attempts go (after their commit).
         clock: the time source.
+        limits: what the server accepts (graph sizes are checked by ``check_flow``).
     """
 
-    def __init__(self, store: Store, dispatch: Dispatch, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, dispatch: Dispatch, clock: Clock, limits: Limits | None = None
+    ) -> None:
         self.store = store
         self.dispatch = dispatch
         self.clock = clock
+        self.limits = limits or Limits()
         self.runs: dict[str, ActiveRun] = {}
         self._graphs: dict[tuple[str, str], GraphSpec] = {}
         self._batch = WriteBatch()
@@ -179,16 +185,16 @@ class RunManager:
 
     # ------------------------------------------------------------------- flows
 
-    @staticmethod
-    def check_flow(msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
-        """Validate a flow graph (GraphError names what is wrong); the graph, its
-        serialized form, digest and the version to store it as. Pure CPU: callable
-        from any thread.
+    def check_flow(self, msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
+        """Validate a flow graph (GraphError names what is wrong, LimitExceeded a size
+        over the server's limits); the graph, its serialized form, digest and the
+        version to store it as. Pure CPU: callable from any thread.
 
         A symbolic graph is a version of the flow (numbered unless named). A
         value-dependent one is one build: stored once per digest under
         ``VERSION@DIGEST12``, so runs with many parameter values add no numbered
         versions."""
+        check_graph(msg, self.limits)
         graph = graph_from_proto(msg)
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
