@@ -8,7 +8,7 @@ the run's first dispatch).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from headwater.v1 import worker_pb2
@@ -64,6 +64,16 @@ class Dispatch(Protocol):
         """Queue an attempt for a worker."""
         ...
 
+    def submit_many(
+        self, flow_run_id: str, by_type: Mapping[str, Sequence[PendingAssignment]]
+    ) -> None:
+        """Queue attempts of one flow run, grouped by task type (in order)."""
+        ...
+
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt (drop it if still queued, else ask its worker)."""
+        ...
+
+    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
+        """Stop attempts of one flow run: ``(task run id, attempt, reason)`` each."""
         ...

@@ -40,7 +40,7 @@ from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavail
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
 from ._limits import InvalidValue, check_parameter
-from ._runs import NoResult
+from ._results import NoResult, flow_result, task_result
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -168,7 +168,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         raise AssertionError("unreachable")
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
-        result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
+        result = await self.io.read(flow_result, self.store, row) if row.result else None
         return flow_run_message(row, result)
 
     async def GetFlowRun(
@@ -265,7 +265,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """A task run's result (a mapped task's whole list with map_index -1)."""
         async with refusals(context):
             value, state = await self.io.read(
-                self.core.runs.task_result, request.flow_run_id, request.task_id, request.map_index
+                task_result, self.store, request.flow_run_id, request.task_id, request.map_index
             )
         await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(

@@ -190,9 +190,11 @@ class ServerCore:
         idempotency_key: str = "",
         trace_context: Mapping[str, str] | None = None,
     ) -> tuple[FlowRunRow, bool]:
-        """Create and start a run: checked and built off the loop, its row stored on
-        the writer thread (durable when this returns), then started. The same
-        idempotency key returns the first run; with other parameters, Conflict."""
+        """Create and start a run: checked, built and started off the loop (on a
+        reader thread), its row and start stored in one transaction on the writer
+        thread (durable when this returns), then made live on the loop, which only
+        hands its ready attempts to the dispatcher. The same idempotency key returns
+        the first run; with other parameters, Conflict."""
         prepared = await self.io.read(
             self.runs.prepare_run,
             flow_name,
@@ -201,9 +203,11 @@ class ServerCore:
             idempotency_key,
             trace_context,
         )
-        row, created = await self.io.write(self.store.create_flow_run, prepared.row)
+        row, created = await self.io.write(
+            self.store.create_flow_run, prepared.row, None, prepared.batch
+        )
         if created:
-            self.runs.start_run(prepared)
+            self.runs.adopt(prepared)
             self.touch()
         return row, created
 

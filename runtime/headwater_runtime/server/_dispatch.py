@@ -10,7 +10,7 @@ SCHEDULED) until a suitable worker connects or frees a slot.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
@@ -78,22 +78,50 @@ class Dispatcher:
         runs.setdefault(pending.flow_run_id, deque()).append(pending)
         self.pump()
 
+    def submit_many(
+        self, flow_run_id: str, by_type: Mapping[str, Sequence[PendingAssignment]]
+    ) -> None:
+        """Queue many attempts of one flow run at once (a 100,000-task run starting):
+        one queue extension per task type, then one pump."""
+        for task_type, pendings in by_type.items():
+            runs = self._pending.setdefault(task_type, OrderedDict())
+            queue = runs.get(flow_run_id)
+            if queue is None:
+                runs[flow_run_id] = deque(pendings)
+            else:
+                queue.extend(pendings)
+        self.pump()
+
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""
-        token = (task_run_id, attempt)
-        for runs in self._pending.values():
+        self.cancel_many(flow_run_id, [(task_run_id, attempt, reason)])
+
+    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
+        """Stop attempts of one flow run, ``(task run id, attempt, reason)`` each:
+        those still pending are dropped (one pass over the run's queues, however many
+        there are), the others' workers are asked to stop."""
+        reasons = {(task_run_id, attempt): reason for task_run_id, attempt, reason in cancels}
+        for task_type in list(self._pending):
+            runs = self._pending[task_type]
             queue = runs.get(flow_run_id)
             if queue is None:
                 continue
-            for pending in queue:
-                if pending.token == token:
-                    queue.remove(pending)
-                    return
-        session = self._owner.get(token)
-        if session is not None:
+            kept = deque(p for p in queue if p.token not in reasons)
+            for dropped in [p for p in queue if p.token in reasons]:
+                reasons.pop(dropped.token, None)
+            if kept:
+                runs[flow_run_id] = kept
+            else:
+                del runs[flow_run_id]
+                if not runs:
+                    del self._pending[task_type]
+        for token, reason in reasons.items():
+            session = self._owner.get(token)
+            if session is None:
+                continue
             self._cancelling.add(token)
             msg = worker_pb2.CancelTaskRun(
-                token=worker_pb2.FencingToken(task_run_id=task_run_id, attempt=attempt),
+                token=worker_pb2.FencingToken(task_run_id=token[0], attempt=token[1]),
                 reason=reason,
             )
             session.send(worker_pb2.ConnectResponse(cancel=msg))
