@@ -203,12 +203,18 @@ class ServerCore:
             idempotency_key,
             trace_context,
         )
-        row, created = await self.io.write(
-            self.store.create_flow_run, prepared.row, None, prepared.batch
-        )
+        try:
+            row, created = await self.io.write(
+                self.store.create_flow_run, prepared.row, None, prepared.batch
+            )
+        except BaseException:
+            self.runs.discard(prepared)
+            raise
         if created:
             self.runs.adopt(prepared)
             self.touch()
+        else:
+            self.runs.discard(prepared)
         return row, created
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:

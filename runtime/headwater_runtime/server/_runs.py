@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
+from headwater.v1 import graph_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     FlowRunState,
     GraphSpec,
@@ -32,11 +32,9 @@ from headwater.wire import (
     TaskRunState,
     bind_params,
     build_version,
-    duration,
     failure_to_dict,
     graph_from_proto,
     json_consumers,
-    path_to_proto,
     split_task_run_id,
     task_run_id,
 )
@@ -79,7 +77,8 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
-from ._assignments import Dispatch, PendingAssignment
+from ._assignments import Dispatch, PendingAssignment, assignment_message
+from ._gc import Collector
 from ._journal import (
     decode_entry,
     encode_entry,
@@ -96,7 +95,6 @@ from ._params import (
 )
 from ._results import NoResult
 from ._sink import Effect, Sink
-from ._spill import spill_inputs
 from ._values import SERVER_VALUES, to_input_value
 
 if TYPE_CHECKING:
@@ -125,6 +123,8 @@ class ActiveRun:
     #: Where its writes go while it is started off the event loop (None: the shared
     #: sink of the run manager, once adopted).
     sink: Sink | None = None
+    #: Built as a large run (its objects frozen away from the cycle collector, _gc).
+    large: bool = False
 
 
 @dataclass
@@ -175,6 +175,7 @@ class RunManager:
         self.dispatch = dispatch
         self.clock = clock
         self.limits = limits or Limits()
+        self.collector = Collector()
         self.runs: dict[str, ActiveRun] = {}
         self._graphs: dict[tuple[str, str], GraphSpec] = {}
         self._sink = Sink()  # what waits for the commit pipeline
@@ -196,7 +197,8 @@ class RunManager:
         ``VERSION@DIGEST12``, so runs with many parameter values add no numbered
         versions."""
         check_graph(msg, self.limits)
-        graph = graph_from_proto(msg)
+        with self.collector.building(len(msg.tasks)):
+            graph = graph_from_proto(msg)
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
         label = build_version(msg.version, digest) if graph.value_dependent else msg.version
@@ -262,10 +264,12 @@ class RunManager:
             engine_version=ENGINE_VERSION,
             payload_ids=param_payload_ids(values),
         )
-        active = self._build(row, graph, params, journal=None)
-        active.trace = trace
-        active.sink = Sink()
-        self._process(active, active.journal.start())
+        with self.collector.building(len(graph.tasks)):
+            active = self._build(row, graph, params, journal=None)
+            active.trace = trace
+            active.large = len(graph.tasks) >= self.collector.large
+            active.sink = Sink()
+            self._process(active, active.journal.start())
         batch, effects = active.sink.take()
         active.sink.effects = effects  # carried out by adopt(), once the batch is stored
         return PreparedRun(row, active, batch)
@@ -278,8 +282,9 @@ class RunManager:
         active = prepared.active
         sink, active.sink = active.sink, None
         assert sink is not None, "adopt() takes a run from prepare_run() once"
-        if not active.engine.finished:
-            self.runs[active.row.id] = active
+        self.runs[active.row.id] = active  # one that ended at once leaves with _deactivate
+        if active.large:
+            self.collector.large_run_started()
         for effect in sink.effects:
             effect()
         self._arm_timer(active)
@@ -308,9 +313,15 @@ class RunManager:
             trace_context,
             schedule=schedule,
         )
-        row, created = self.store.create_flow_run(prepared.row, schedule, prepared.batch)
+        try:
+            row, created = self.store.create_flow_run(prepared.row, schedule, prepared.batch)
+        except BaseException:
+            self.discard(prepared)
+            raise
         if created:
             self.adopt(prepared)
+        else:
+            self.discard(prepared)
         return row, created
 
     @staticmethod
@@ -490,8 +501,12 @@ class RunManager:
             loaded = self.store.get_values(entry_value_ids(rows))
             journal = [decode_entry(e, loaded) for e in rows]
             seq = rows[-1].seq if rows else 0
-            active = self._build(row, graph, params, journal, seq)
+            with self.collector.building(len(graph.tasks)):
+                active = self._build(row, graph, params, journal, seq)
             self.runs[row.id] = active
+            if len(graph.tasks) >= self.collector.large:
+                active.large = True
+                self.collector.large_run_started()
             if self.tracer is not None:
                 from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
@@ -592,7 +607,16 @@ class RunManager:
         return trace, inject(trace.flow_span)
 
     def _deactivate(self, flow_run_id: str) -> None:
-        self.runs.pop(flow_run_id, None)
+        active = self.runs.pop(flow_run_id, None)
+        if active is not None and active.large:
+            self.collector.large_run_ended()
+
+    def discard(self, prepared: PreparedRun) -> None:
+        """Forget a prepared run that was not stored (its idempotency key named an
+        existing run, or the store refused it)."""
+        if prepared.active.large:
+            self.collector.large_run_started()
+            self.collector.large_run_ended()
 
     def _arm_timer(self, active: ActiveRun) -> None:
         due = active.engine.next_timer_at
@@ -715,46 +739,8 @@ class RunManager:
     def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
-        build = functools.partial(self._assignment_message, active, command)
+        build = functools.partial(assignment_message, active, command, self.store)
         return PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
-
-    def _assignment_message(self, active: ActiveRun, command: RunTask) -> worker_pb2.Assignment:
-        run = command.run
-        spec = run.spec
-        flow_run_id = active.row.id
-        consumer = active.consumers.producers.get(spec.id)
-        msg = worker_pb2.Assignment(
-            token=worker_pb2.FencingToken(
-                task_run_id=task_run_id(flow_run_id, run.key), attempt=command.attempt
-            ),
-            flow_run_id=flow_run_id,
-            task_id=spec.id,
-            task_type=spec.task_type,
-            task_name=run.name,
-            argument_order=list(spec.argument_order),
-            map_index=run.map_index,
-            result_encoding="json" if spec.portable or consumer else "",
-            result_consumer=f"task {consumer[0]!r}, argument {consumer[1]!r}" if consumer else "",
-            split_result=spec.id in active.split_nodes,
-            # The attempt span's context when tracing; else the client's, passed through.
-            trace_context=(
-                active.row.trace_context
-                if active.trace is None
-                else inject(active.trace.dispatched(run, command.attempt))
-            ),
-        )
-        split_path = active.split_nodes.get(spec.id)
-        if split_path:
-            msg.split_path.extend(path_to_proto(split_path))
-        for name, value in command.inputs.items():
-            msg.inputs[name].CopyFrom(to_input_value(value, elements=False))
-        if spec.timeout is not None:
-            msg.timeout.CopyFrom(duration(spec.timeout))
-        if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
-            msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
-            msg.cache.version = spec.cache.version
-        spill_inputs(msg, self.store)  # many inline inputs must not exceed 4 MiB
-        return msg
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
         row = active.row
