@@ -448,7 +448,9 @@ def test_cli_worker_says_hello_runs_tasks_with_logs_and_exits_0_on_sigterm(
     connected = [line for line in stderr.splitlines() if line.startswith("headwater worker")]
     capabilities = len(hello.capabilities)
     assert connected == [
-        f"headwater worker w1 connected to {server.address} ({capabilities} capabilities, 3 slots)"
+        f"headwater worker w1 connected to {server.address} ({capabilities} capabilities, 3 slots)",
+        "headwater worker w1: SIGTERM; stopping (running tasks are given back to the server), "
+        "at most 10s",
     ]
 
 
