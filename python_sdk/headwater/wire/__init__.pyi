@@ -64,10 +64,12 @@ from ._limits import CHUNK_SIZE as CHUNK_SIZE
 from ._limits import GRPC_MESSAGE_LIMIT as GRPC_MESSAGE_LIMIT
 from ._limits import INLINE_PAYLOAD_LIMIT as INLINE_PAYLOAD_LIMIT
 from ._limits import LIMIT_SPECS as LIMIT_SPECS
+from ._limits import MAX_DURATION as MAX_DURATION
 from ._limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
 from ._limits import MESSAGE_BUDGET as MESSAGE_BUDGET
 from ._limits import MESSAGE_LIMIT as MESSAGE_LIMIT
 from ._limits import TEXT_LIMIT as TEXT_LIMIT
+from ._limits import TIMESTAMP_RANGE as TIMESTAMP_RANGE
 from ._limits import LimitExceeded as LimitExceeded
 from ._limits import Limits as Limits
 from ._limits import LimitSpec as LimitSpec
@@ -96,6 +98,7 @@ from ._time import parse_duration as parse_duration
 from ._time import seconds as seconds
 from ._time import timestamp as timestamp
 from ._time import to_datetime as to_datetime
+from ._time import valid_timestamp as valid_timestamp
 from ._transfer import PayloadTransfer as PayloadTransfer
 from ._transfer import PayloadTransferError as PayloadTransferError
 from ._transfer import chunks as chunks

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._ids import TASK_RUN_ID_SEPARATOR, split_child_key
+from ._limits import MAX_DURATION
 
 
 class Trigger(enum.Enum):
@@ -331,21 +332,22 @@ def _check_numbers(t: TaskSpec) -> None:
     negative (an infinite backoff would hold a retry forever, a NaN disorder timers)."""
     retry = t.retry
 
-    def bad(what: str, value: float | None, *, low: float = 0.0, high: float = math.inf) -> None:
-        if value is not None and not (math.isfinite(value) and low <= value <= high):
-            raise GraphError(f"task {t.id!r}: {what} must be a finite number >= {low:g}")
+    def bad(what: str, value: float | None, *, high: float = math.inf) -> None:
+        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+            limit = "" if high == math.inf else f" and <= {high:g}"
+            raise GraphError(f"task {t.id!r}: {what} must be a finite number >= 0{limit}")
 
     if retry.max_retries < 0 or retry.delay < 0:
         raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
-    bad("retry delay", retry.delay)
+    bad("retry delay", retry.delay, high=MAX_DURATION)
     bad("retry backoff", retry.backoff)
-    bad("retry max delay", retry.max_delay)
+    bad("retry max delay", retry.max_delay, high=MAX_DURATION)
     if not (math.isfinite(retry.jitter) and 0 <= retry.jitter <= 1):
         raise GraphError(f"task {t.id!r}: retry jitter must be in [0, 1], got {retry.jitter!r}")
-    if t.timeout is not None and not (math.isfinite(t.timeout) and t.timeout > 0):
-        raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds")
+    if t.timeout is not None and not (math.isfinite(t.timeout) and 0 < t.timeout <= MAX_DURATION):
+        raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds (and <= {MAX_DURATION:g})")
     if t.cache is not None:
-        bad("cache expiry", t.cache.expiry)
+        bad("cache expiry", t.cache.expiry, high=MAX_DURATION)
     for name, amount in t.resources.items():
         bad(f"resource {name!r}", amount)
 

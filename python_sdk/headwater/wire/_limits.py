@@ -31,6 +31,10 @@ BATCH_BYTES = 1 * MiB
 TEXT_LIMIT = 64 * 1024
 #: Default largest payload a server accepts (a 300 MB array must pass; bound the disk).
 MAX_PAYLOAD_BYTES = 4 << 30
+#: Seconds since the epoch a protobuf Timestamp can hold: 0001-01-01 to 9999-12-31 UTC.
+TIMESTAMP_RANGE = (-62_135_596_800, 253_402_300_799)
+#: The longest protobuf Duration (about 10,000 years), in seconds.
+MAX_DURATION = 315_576_000_000
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:

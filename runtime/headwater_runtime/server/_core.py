@@ -35,6 +35,7 @@ from headwater.wire import (
     feature_names,
     seconds,
     split_task_run_id,
+    valid_timestamp,
 )
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
@@ -496,7 +497,10 @@ class ServerCore:
 
     def _log(self, log: worker_pb2.TaskLog) -> None:
         flow_run_id, key = split_task_run_id(log.token.task_run_id)
-        at = seconds(log.timestamp) if log.HasField("timestamp") else self.clock.now()
+        # A time no Timestamp can hold would make the run's logs unreadable: the
+        # server's own time stands in for it.
+        given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
+        at = seconds(log.timestamp) if given else self.clock.now()
         message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
         self.runs.add_log(
             LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)

@@ -12,6 +12,7 @@ upload), ends the call with INVALID_ARGUMENT naming the method and what was wron
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -54,14 +55,39 @@ async def refuse(context: grpc.aio.ServicerContext[Any, Any], method: str, bad: 
     await context.abort(MALFORMED, f"{method}: malformed request message ({bad.error})")
 
 
-async def checked(
-    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any], method: str
-) -> AsyncIterator[Any]:
-    """A request stream that ends the call at the first malformed message."""
-    async for request in requests:
-        if isinstance(request, Malformed):
-            await refuse(context, method, request)
-        yield request
+class _Stream:
+    """A request stream that stops at the first malformed message.
+
+    Read by the method's own task (an upload, a worker's first message), the malformed
+    message ends the call at once. Read by another task (the worker gateway reads a
+    stream on a task of its own while the method's task writes to it), the stream just
+    ends there: ending the call from that task could collide with a message being
+    written (gRPC refuses a status while a send is under way). The method then ends
+    as it does when a stream ends, and ``guard`` ends the call with the refusal.
+    """
+
+    def __init__(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> None:
+        self.requests = requests
+        self.context = context
+        self.method = method
+        self.owner = asyncio.current_task()
+        self.malformed: Malformed | None = None
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for request in self.requests:
+            if isinstance(request, Malformed):
+                if asyncio.current_task() is self.owner:
+                    await refuse(self.context, self.method, request)
+                self.malformed = request
+                return
+            yield request
+
+    async def refuse_late(self) -> None:
+        """End the call with the refusal the stream held back (if any)."""
+        if self.malformed is not None:
+            await refuse(self.context, self.method, self.malformed)
 
 
 async def _results(outcome: Any) -> AsyncIterator[Any]:
@@ -107,15 +133,20 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
         inner_su: Any = handler.stream_unary
 
         async def stream_unary(requests: Any, context: Any) -> Any:
-            return await inner_su(checked(requests, context, method), context)
+            stream = _Stream(requests, context, method)
+            response = await inner_su(aiter(stream), context)
+            await stream.refuse_late()
+            return response
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, parse, serialize)
     inner_ss: Any = handler.stream_stream
     assert inner_ss is not None
 
     async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-        async for response in _results(inner_ss(checked(requests, context, method), context)):
+        stream = _Stream(requests, context, method)
+        async for response in _results(inner_ss(aiter(stream), context)):
             yield response
+        await stream.refuse_late()
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
 

@@ -73,8 +73,6 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                                 core.on_worker_message(session, inner)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
                         core.on_worker_message(session, message)
-            except grpc.aio.AbortError:
-                raise  # a malformed message ended the call (_decoding): said so already
             except Exception:
                 # A bug handling one message must not end the stream silently.
                 log.exception(
