@@ -463,6 +463,12 @@ _TRUNCATED = b"\x0a\x7f\x01"
 _BAD_WIRE_TYPE = b"\xff" * 5
 #: Invalid UTF-8 in field 1 (a string in GetFlowRunRequest, the `id`).
 _INVALID_UTF8 = b"\x0a\x02\xff\xfe"
+#: The same, 512 KiB long; and a 512 KiB graph (RegisterFlowRequest field 1) whose last
+#: task's length runs past the end.
+_BIG_INVALID_UTF8 = b"\x0a\x80\x80\x20" + b"\xff" * (1 << 19)
+_BIG_TRUNCATED = cp.RegisterFlowRequest(
+    graph=graph_pb2.FlowGraph(name="x" * (1 << 19))
+).SerializeToString()[:-10]
 
 
 def _every_method() -> list[tuple[str, Any]]:
@@ -504,6 +510,9 @@ def test_undecodable_requests_get_invalid_argument_naming_the_method_for_every_r
         connect_method = worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"]
         for path, method, messages, fragment in [
             (f"{control}/GetFlowRun", None, [_INVALID_UTF8], "UTF-8"),
+            # Large: decoded off the event loop, in slices (server/_slices.py).
+            (f"{control}/GetFlowRun", None, [_BIG_INVALID_UTF8], "UTF-8"),
+            (f"{control}/RegisterFlow", None, [_BIG_TRUNCATED], "malformed"),
             (f"{control}/CreateFlowRun", None, [deep.SerializeToString()], "Depth"),
             (
                 connect,

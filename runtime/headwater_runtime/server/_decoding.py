@@ -8,6 +8,11 @@ DecodeError``, which tells a client nothing and looks like a server bug.
 ``Malformed`` marker instead of raising, and wraps the method so that the marker, as
 the request or as any message of a request stream (a worker's Connect stream, an
 upload), ends the call with INVALID_ARGUMENT naming the method and what was wrong.
+
+The same wrapper keeps large messages from stopping the event loop while they are
+decoded: one over ``LARGE`` bytes is not decoded by the deserializer (which gRPC calls
+on the loop) but handed over as ``Deferred`` and decoded on a worker thread, a slice
+at a time (``_slices``), before the method sees it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import grpc
 
 from ._auth import _Handler, _Req, _Resp
+from ._slices import LARGE, parse_in_slices
 
 #: The status of a call whose request (or one of whose messages) cannot be decoded.
 MALFORMED = grpc.StatusCode.INVALID_ARGUMENT
@@ -38,10 +44,38 @@ class Malformed:
         self.error = error
 
 
+class Deferred:
+    """A large message, to be decoded off the event loop (``decoded``).
+
+    Args:
+        cls: its message class.
+        data: its encoding.
+    """
+
+    __slots__ = ("cls", "data")
+
+    def __init__(self, cls: Any, data: bytes) -> None:
+        self.cls = cls
+        self.data = data
+
+    async def decoded(self) -> Any:
+        """The message, decoded in slices on a worker thread; Malformed when it is not
+        one."""
+        try:
+            return await asyncio.to_thread(parse_in_slices, self.cls, self.data)
+        except Exception as exc:
+            return Malformed(str(exc) or type(exc).__name__)
+
+
 def lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    """A deserializer that returns ``Malformed`` instead of raising."""
+    """A deserializer that returns ``Malformed`` instead of raising, and ``Deferred``
+    for a message too large to decode on the event loop."""
+    cls = getattr(deserialize, "__self__", None)  # the class of Message.FromString
+    sliceable = cls is not None and hasattr(cls, "DESCRIPTOR")
 
     def parse(data: bytes) -> Any:
+        if sliceable and len(data) > LARGE:
+            return Deferred(cls, data)
         try:
             return deserialize(data)
         except Exception as exc:  # DecodeError, or anything else a parser raises
@@ -76,7 +110,8 @@ class _Stream:
         self.malformed: Malformed | None = None
 
     async def __aiter__(self) -> AsyncIterator[Any]:
-        async for request in self.requests:
+        async for message in self.requests:
+            request = await message.decoded() if isinstance(message, Deferred) else message
             if isinstance(request, Malformed):
                 if asyncio.current_task() is self.owner:
                     await refuse(self.context, self.method, request)
@@ -114,6 +149,8 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
         inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Deferred):
+                request = await request.decoded()
             if isinstance(request, Malformed):
                 await refuse(context, method, request)
             return await inner_uu(request, context)
@@ -123,6 +160,8 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
         inner_us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Deferred):
+                request = await request.decoded()
             if isinstance(request, Malformed):
                 await refuse(context, method, request)
             async for response in _results(inner_us(request, context)):
