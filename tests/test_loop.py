@@ -147,6 +147,11 @@ def test_a_large_build_holds_off_full_collections_and_is_frozen_after() -> None:
         collector.large_run_started()
         collector.large_run_ended()  # the only large run: nothing stays frozen
         assert gc.get_freeze_count() == 0 and collector.collections == 1
+        with collector.building(10):  # a large graph, frozen
+            pass
+        assert gc.get_freeze_count() > 0
+        collector.close()  # the server stops: nothing stays frozen
+        assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

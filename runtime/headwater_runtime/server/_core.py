@@ -160,6 +160,7 @@ class ServerCore:
                 await self._pruning
         await self.commits.drain()
         self.runs.end_traces()
+        self.runs.collector.close()
 
     def touch(self) -> None:
         """Something changed: commit soon (see Committer.request), wake the loop."""

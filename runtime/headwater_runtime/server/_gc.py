@@ -55,6 +55,7 @@ class Collector:
         self._thresholds = gc.get_threshold()
         self.live_large_runs = 0
         self.collections = 0  # unfreeze-and-collect passes made
+        self.froze = False
 
     @contextlib.contextmanager
     def building(self, tasks: int) -> Iterator[None]:
@@ -76,6 +77,7 @@ class Collector:
                 self._building -= 1
                 if self._building == 0:
                     gc.freeze()
+                    self.froze = True
                     gc.set_threshold(*self._thresholds)
 
     def large_run_started(self) -> None:
@@ -100,3 +102,11 @@ class Collector:
             "collected the objects of a large finished run in %.0f ms",
             (time.perf_counter() - started) * 1e3,
         )
+
+    def close(self) -> None:
+        """The server stops: give everything frozen back to the collector (a process
+        that goes on, such as a test run, must not keep it forever)."""
+        with self._lock:
+            if self.froze:
+                gc.unfreeze()
+                self.froze = False
