@@ -33,6 +33,8 @@ SYSTEMS = (
     "server-base",
     "dask-cluster",
     "compile",
+    "server-loop",
+    "server-download",
 )
 #: Systems that are a Headwater embedded run (with tracing off, or on).
 HEADWATER = ("headwater", "headwater-traced")
@@ -92,6 +94,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._compile import measure as measure_compile
 
         return measure_compile(spec)
+    if system in ("server-loop", "server-download"):
+        from ._probes import measure as measure_probe
+
+        return measure_probe(spec)
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])

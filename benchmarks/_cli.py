@@ -178,7 +178,7 @@ def _notes(rows: list[Row]) -> list[str]:
         if row.workload.cluster:
             notes.append(_cluster_note(row))
             continue
-        if row.workload.compile:
+        if row.workload.compile or row.workload.probe:
             continue
         w = row.workload
         bits = []
@@ -377,10 +377,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
     compiled = [r for r in rows if r.workload.compile]
+    probes = [r for r in rows if r.workload.probe]
     embedded = [
         r
         for r in rows
-        if not (r.workload.server or r.workload.cluster or r.workload.compile)
+        if not r.workload.server
+        and not r.workload.cluster
+        and not r.workload.compile
+        and not r.workload.probe
         and not r.workload.durability
     ]
     durable = [r for r in rows if r.workload.durability]
@@ -416,6 +420,16 @@ def main(argv: list[str] | None = None) -> int:
             outcome = row.outcomes["compile"]
             print()
             print(format_compile(outcome.data) if outcome.data else f"compile: {outcome.error}")
+    if probes:
+        from ._probes import format_probe
+
+        for row in probes:
+            (outcome,) = row.outcomes.values()
+            print()
+            if outcome.data is None:
+                print(f"{row.workload.name}: {outcome.error}")
+            else:
+                print(format_probe(row.workload.name, outcome.data, row.workload.max_delay_ms))
     if clustered:
         print()
         print(

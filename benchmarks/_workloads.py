@@ -31,6 +31,9 @@ class Workload:
             flow, symbolic and value-dependent; a table of its own.
         durability: a durability workload (``_durability``): a server SIGKILLed and
             restarted, or the database size under retention; lines of their own.
+        probe: a server probe (``_probes``): event-loop responsiveness during a heavy
+            request, or the server's memory while it streams a download; a table of
+            its own. ``max_delay_ms`` is the responsiveness target.
     """
 
     name: str
@@ -53,6 +56,8 @@ class Workload:
     max_peak_fraction: float | None = None
     compile: bool = False
     durability: bool = False
+    probe: bool = False
+    max_delay_ms: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -212,6 +217,29 @@ WORKLOADS += (
         systems=("dask-cluster",),
         cluster=True,
         max_peak_fraction=0.25,
+    ),
+)
+
+WORKLOADS += (
+    Workload(
+        name="server-loop",
+        title="server responsiveness: other clients' round trips during a 100k-task "
+        "RegisterFlow, CreateFlowRun and CancelFlowRun",
+        kind="loop",
+        full={"n": 100_000},
+        quick={"n": 10_000},
+        systems=("server-loop",),
+        probe=True,
+        max_delay_ms=10,
+    ),
+    Workload(
+        name="server-download",
+        title="server memory while a 200 MB payload is downloaded",
+        kind="download",
+        full={"mb": 200},
+        quick={"mb": 50},
+        systems=("server-download",),
+        probe=True,
     ),
 )
 

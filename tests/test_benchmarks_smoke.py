@@ -57,3 +57,9 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     assert "compile cost of a 2,001-task flow" in proc.stdout, proc.stdout
     for flow_kind in ("symbolic ", "value-dependent "):
         assert any(line.startswith(flow_kind) for line in proc.stdout.splitlines())
+    # The server probes: other clients' round trips during a heavy request, and the
+    # server's memory while it streams a download.
+    assert "server-loop: GetServerInfo round trips" in proc.stdout, proc.stdout
+    for phase in ("idle ", "RegisterFlow ", "CreateFlowRun ", "CancelFlowRun "):
+        assert any(line.strip().startswith(phase) for line in proc.stdout.splitlines())
+    assert "server-download: downloading a 48 MiB payload" in proc.stdout, proc.stdout

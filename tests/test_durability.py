@@ -28,7 +28,13 @@ from headwater_runtime.engine import TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
-from headwater_runtime.store import SQLiteStore, StoreUnavailable, WriteBatch
+from headwater_runtime.store import (
+    FlowRunRow,
+    ScheduleRow,
+    SQLiteStore,
+    StoreUnavailable,
+    WriteBatch,
+)
 
 BOUND = 60.0
 
@@ -49,6 +55,17 @@ class FailingStore(SQLiteStore):
                 "cannot write to the database: database or disk is full", full=True
             )
         super().commit(batch)
+
+    def create_flow_run(
+        self, row: FlowRunRow, schedule: ScheduleRow | None = None, start: Any = None
+    ) -> tuple[FlowRunRow, bool]:
+        """Fail like a full disk while ``failing`` (a new run is stored with its start,
+        in one transaction); else insert."""
+        if self.failing:
+            raise StoreUnavailable(
+                "cannot write to the database: database or disk is full", full=True
+            )
+        return super().create_flow_run(row, schedule, start)
 
 
 @contextlib.asynccontextmanager
@@ -191,16 +208,28 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
         ):
             worker = StreamWorker(channel, "w1")
             await worker.next("welcome")
+            run_id = await create(channel, n=3)  # stored started: its row and its start
+            first = await worker.next("assignment")
             store.failing = True
-            run_id = await create(channel, n=3)  # the run's row is stored on its own
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            # A new run cannot be stored: the caller hears why, and nothing is kept.
+            code, details = await status_of(
+                client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline"), metadata=AUTH
+                )
+            )
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "disk is full" in details
             code, details = await status_of(
                 client.CancelFlowRun(cp.CancelFlowRunRequest(id="nope"), metadata=AUTH)
             )
             assert code == grpc.StatusCode.NOT_FOUND
-            # The run started in memory, but its first assignment waits for the commit.
+            # The result is applied in memory, but its Ack and the assignments it
+            # makes ready wait for the commit.
+            worker.send(result=worker.result(first))
             with pytest.raises(TimeoutError):
-                await worker.next("assignment", within=0.5)
+                await worker.next("ack", within=0.5)
+            with pytest.raises(TimeoutError):
+                await worker.next("assignment", within=0.1)
             assert FailingStore.attempts >= 2, "the failed commit was not retried"
             # A caller that needs durability hears why at once.
             code, details = await status_of(
@@ -209,6 +238,8 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "disk is full" in details
             store.failing = False  # space came back
+            ack = await worker.next("ack")  # the kept batch is stored: the Ack goes out
+            assert ack.accepted and ack.token == first.token
             # The cancel above was kept too (it is stored with the rest): start over
             # with a run nobody cancels.
             run_id = await create(channel, n=3)

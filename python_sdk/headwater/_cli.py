@@ -18,6 +18,7 @@ from headwater.wire import (
     FlowRunState,
     GraphError,
     ParameterError,
+    parse_duration,
 )
 from headwater_runtime.tracing import (
     Tracing,
@@ -34,6 +35,7 @@ from ._errors import FlowDefinitionError, UsageError
 from ._flow import Flow
 from ._loader import LoadError, load_flow
 from ._run import FlowRun
+from ._worker_stop import DEFAULT_GRACE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -162,10 +164,9 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``headwater worker``: run the given modules' tasks for a server until stopped."""
     import logging
-    import signal
-    import threading
 
     from ._worker import Worker, WorkerError
+    from ._worker_stop import StopOnSignal
 
     if not args.server:
         raise UsageError("--server HOST:PORT is required (or set HEADWATER_SERVER)")
@@ -175,6 +176,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError("give at least one --module with the tasks this worker runs")
     if args.slots is not None and args.slots < 1:
         raise UsageError(f"--slots must be at least 1, got {args.slots}")
+    try:
+        args.grace = parse_duration(args.grace)
+    except ValueError as exc:
+        raise UsageError(f"--grace {exc}") from None
     labels = parse_labels(args.label)
     # Like `python -m`, find modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -218,18 +223,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    def on_signal(signum: int, _frame: object) -> None:
-        # stop() cancels the gRPC call: do that off the interrupted main thread.
-        threading.Thread(target=worker.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGTERM / SIGINT stop the worker from a watcher thread, within the grace period
+    # whatever its task threads do (_worker_stop says why not from a signal handler).
+    stopper = StopOnSignal(worker.stop, args.grace, name=f"worker {worker.name}")
+    stopper.install()
     try:
         worker.run()
     except WorkerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        stopper.uninstall()
         tracing.shutdown()
     return EXIT_OK
 
@@ -241,7 +245,10 @@ def add_worker_command(sub: Any) -> None:
         help="run tasks for a Headwater server",
         description="Connect to a control plane and run the tasks defined in the given "
         "modules (plus the built-in headwater.case and headwater.merge). Reconnects on "
-        "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1. With "
+        "its own; SIGTERM or Ctrl-C stops it: running tasks are given back to the server "
+        "(it runs them again elsewhere) and the worker exits 0, or 1 with every thread's "
+        "stack if it could not stop within --grace; a second signal exits at once. A "
+        "refused token exits 1. With "
         "--dask it is a Dask bridge: tasks run on a Dask cluster and their results stay "
         "there. OTEL_TRACES_EXPORTER=otlp|console traces every task it runs "
         "(docs/tracing.md).",
@@ -282,6 +289,13 @@ def add_worker_command(sub: Any) -> None:
         "or a scheduler address tcp://HOST:PORT); results stay in the cluster",
     )
     worker.add_argument("--name", default=None, help="display name (default: HOSTNAME-PID)")
+    worker.add_argument(
+        "--grace",
+        default=f"{DEFAULT_GRACE:g}s",
+        metavar="DURATION",
+        help="longest the worker takes to stop after SIGTERM or Ctrl-C, e.g. 10s (default "
+        "%(default)s); past it the process exits with status 1 whatever its tasks are doing",
+    )
     worker.add_argument(
         "--token", default=None, help="bearer token for the server (default: $HEADWATER_TOKEN)"
     )

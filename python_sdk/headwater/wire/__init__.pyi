@@ -55,6 +55,7 @@ from ._graph_proto import path_from_proto as path_from_proto
 from ._graph_proto import path_to_proto as path_to_proto
 from ._ids import TASK_RUN_ID_SEPARATOR as TASK_RUN_ID_SEPARATOR
 from ._ids import child_key as child_key
+from ._ids import split_child_key as split_child_key
 from ._ids import split_task_run_id as split_task_run_id
 from ._ids import task_run_id as task_run_id
 from ._json_codec import JsonCodecError as JsonCodecError
@@ -62,11 +63,19 @@ from ._limits import BATCH_BYTES as BATCH_BYTES
 from ._limits import CHUNK_SIZE as CHUNK_SIZE
 from ._limits import GRPC_MESSAGE_LIMIT as GRPC_MESSAGE_LIMIT
 from ._limits import INLINE_PAYLOAD_LIMIT as INLINE_PAYLOAD_LIMIT
+from ._limits import LIMIT_SPECS as LIMIT_SPECS
+from ._limits import MAX_DURATION as MAX_DURATION
 from ._limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
 from ._limits import MESSAGE_BUDGET as MESSAGE_BUDGET
 from ._limits import MESSAGE_LIMIT as MESSAGE_LIMIT
 from ._limits import TEXT_LIMIT as TEXT_LIMIT
+from ._limits import TIMESTAMP_RANGE as TIMESTAMP_RANGE
+from ._limits import LimitExceeded as LimitExceeded
+from ._limits import Limits as Limits
+from ._limits import LimitSpec as LimitSpec
 from ._limits import cut_text as cut_text
+from ._limits import limit_flag as limit_flag
+from ._limits import limit_variable as limit_variable
 from ._protocol import BATCH as BATCH
 from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES
@@ -89,6 +98,7 @@ from ._time import parse_duration as parse_duration
 from ._time import seconds as seconds
 from ._time import timestamp as timestamp
 from ._time import to_datetime as to_datetime
+from ._time import valid_timestamp as valid_timestamp
 from ._transfer import PayloadTransfer as PayloadTransfer
 from ._transfer import PayloadTransferError as PayloadTransferError
 from ._transfer import chunks as chunks

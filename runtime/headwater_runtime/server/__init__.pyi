@@ -1,6 +1,7 @@
 # The public names of headwater_runtime.server (one list: read by type checkers, and
 # parsed at run time by headwater.wire.lazy.attach_stub to import each on first use).
 from ._app import RunningServer as RunningServer
+from ._app import limits_from_env as limits_from_env
 from ._app import serve_forever as serve_forever
 from ._app import settings_from_env as settings_from_env
 from ._app import start_server as start_server
@@ -9,6 +10,8 @@ from ._cli import add_server_command as add_server_command
 from ._core import SERVER_VERSION as SERVER_VERSION
 from ._core import ServerCore as ServerCore
 from ._core import ServerSettings as ServerSettings
+from ._decoding import DecodeInterceptor as DecodeInterceptor
+from ._io import StoreIO as StoreIO
 from ._payloads import MAX_CHUNK as MAX_CHUNK
 from ._payloads import PayloadServicer as PayloadServicer
 from ._runs import Dispatch as Dispatch

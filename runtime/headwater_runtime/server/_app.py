@@ -24,12 +24,21 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import ENV_DB, ENV_RETENTION, ENV_TOKEN, parse_duration
+from headwater.wire import (
+    ENV_DB,
+    ENV_RETENTION,
+    ENV_TOKEN,
+    LIMIT_SPECS,
+    Limits,
+    limit_variable,
+    parse_duration,
+)
 from headwater_runtime.store import SQLiteStore, Store
 
 from ._auth import TokenAuthInterceptor
 from ._control import ControlServicer
 from ._core import ServerCore, ServerSettings
+from ._decoding import DecodeInterceptor
 from ._gateway import GatewayServicer
 from ._payloads import PayloadServicer
 
@@ -62,12 +71,19 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     runs and start serving."""
     store = store if store is not None else SQLiteStore(settings.db)
     core = ServerCore(store, settings)
-    interceptors = [TokenAuthInterceptor(settings.token)] if settings.token else []
-    server = grpc.aio.server(interceptors=interceptors)
+    # Authentication first: a caller without the token learns nothing, not even
+    # whether its message was well formed.
+    interceptors: list[grpc.aio.ServerInterceptor] = [DecodeInterceptor()]
+    if settings.token:
+        interceptors.insert(0, TokenAuthInterceptor(settings.token))
+    limit = settings.limits.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=interceptors, options=[("grpc.max_receive_message_length", limit)]
+    )
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
     payload_pb2_grpc.add_PayloadServiceServicer_to_server(
-        PayloadServicer(store, io=core.io), server
+        PayloadServicer(store, limits=settings.limits, io=core.io), server
     )
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -91,12 +107,30 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     return RunningServer(server, core, store, port)
 
 
+def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
+    """Default limits, then HEADWATER_MAX_* variables, then explicit values (flags);
+    ValueError names a variable that is not a whole number, or a limit out of range."""
+    source = os.environ if environ is None else environ
+    values: dict[str, int] = {}
+    for spec in LIMIT_SPECS:
+        name = limit_variable(spec.name)
+        raw = source.get(name, "").strip()
+        if raw:
+            try:
+                values[spec.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Limits(**values)
+
+
 def settings_from_env(
     environ: Mapping[str, str] | None = None, **overrides: object
 ) -> ServerSettings:
-    """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
+    """Defaults, then HEADWATER_* environment variables, then explicit overrides
+    (``limits`` overrides the limits read from HEADWATER_MAX_* as a whole)."""
     source = os.environ if environ is None else environ
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"limits": limits_from_env(source)}
     if ENV_TOKEN in source:
         env["token"] = source[ENV_TOKEN]
     if ENV_DB in source:

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from headwater.wire import parse_duration
+from headwater.wire import LIMIT_SPECS, Limits, limit_flag, limit_variable, parse_duration
 
 
 def add_server_command(sub: Any) -> None:
@@ -41,6 +41,21 @@ def add_server_command(sub: Any) -> None:
         help="delete finished runs (with their journal, logs and values) this long after "
         "they end, e.g. 30d or 12h (or HEADWATER_RETENTION; default: keep forever)",
     )
+    limits = server.add_argument_group(
+        "limits",
+        "the most the server accepts of each size a peer can state; a request over one is "
+        "refused with RESOURCE_EXHAUSTED naming it (docs/limits.md)",
+    )
+    defaults = Limits()
+    for spec in LIMIT_SPECS:
+        limits.add_argument(
+            limit_flag(spec.name),
+            type=int,
+            default=None,
+            metavar="BYTES" if spec.unit == "bytes" else "N",
+            help=f"{spec.meaning} (or {limit_variable(spec.name)}; default "
+            f"{getattr(defaults, spec.name):,})",
+        )
     server.set_defaults(func=run_server)
 
 
@@ -54,7 +69,7 @@ def run_server(args: argparse.Namespace) -> int:
     )
 
     try:
-        from ._app import serve_forever, settings_from_env
+        from ._app import limits_from_env, serve_forever, settings_from_env
     except ImportError as exc:  # grpcio-health-checking, grpcio-reflection, croniter
         print(
             f"headwater: error: the server needs the 'server' extra ({exc.name} is not "
@@ -68,11 +83,21 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     try:
         retention = None if args.retention is None else parse_duration(args.retention)
-        settings = settings_from_env(
-            host=args.host, port=args.port, db=args.db, token=args.token, retention=retention
-        )
     except ValueError as exc:
         print(f"headwater: error: --retention (or HEADWATER_RETENTION) {exc}", file=sys.stderr)
+        return 2
+    try:
+        limits = limits_from_env(**{s.name: getattr(args, s.name) for s in LIMIT_SPECS})
+        settings = settings_from_env(
+            host=args.host,
+            port=args.port,
+            db=args.db,
+            token=args.token,
+            retention=retention,
+            limits=limits,
+        )
+    except ValueError as exc:
+        print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
     try:
         # Before the gRPC server exists: its instrumentation hooks server creation.

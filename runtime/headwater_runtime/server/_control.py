@@ -9,7 +9,7 @@ writes RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE, each with one line saying 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
@@ -23,11 +23,11 @@ from headwater.v1 import (
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
-    ENCODING_KEY,
     PROTOCOL_VERSION,
     TERMINAL_FLOW_STATES,
     GraphBuildNeeded,
     GraphError,
+    LimitExceeded,
     ParameterError,
     feature_names,
     is_build_version,
@@ -39,7 +39,8 @@ from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavail
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
-from ._runs import NoResult
+from ._limits import InvalidValue, check_parameter
+from ._results import NoResult, flow_result, task_result
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -58,6 +59,10 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
     """Turn the errors a request can meet into its status code and one clear line."""
     try:
         yield
+    except LimitExceeded as exc:
+        await _fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except InvalidValue as exc:
+        await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except NotFound as exc:
         await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
     except GraphBuildNeeded as exc:  # before ParameterError: it is one
@@ -71,16 +76,6 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
     except StoreUnavailable as exc:
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
         await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
-
-
-def _check_value(name: str, value: payload_pb2.Value) -> str | None:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return f"parameter {name!r} has no value"
-    metadata = value.inline.metadata if kind == "inline" else value.ref.metadata
-    if ENCODING_KEY not in metadata:
-        return f"parameter {name!r} has no 'encoding' metadata"
-    return None
 
 
 class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
@@ -144,10 +139,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Create and start a run; stored before the answer."""
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
-        for name, value in request.parameters.items():
-            problem = _check_value(name, value)
-            if problem:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await self._check_parameters(request.parameters, context)
         async with refusals(context):
             row, created = await self.core.create_run(
                 request.flow_name,
@@ -159,13 +151,24 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         message = await self._message(row)
         return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
 
+    async def _check_parameters(
+        self, parameters: Mapping[str, payload_pb2.Value], context: AnyContext
+    ) -> None:
+        """Refuse parameter values the server cannot take (see check_parameter)."""
+        limits = self.core.settings.limits
+        async with refusals(context):
+            for name, value in parameters.items():
+                problem = check_parameter(name, value, limits)
+                if problem:
+                    await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+
     async def _flow_run(self, run_id: str, context: Any) -> FlowRunRow:
         async with refusals(context):
             return await self.io.read(self.store.get_flow_run, run_id)
         raise AssertionError("unreachable")
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
-        result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
+        result = await self.io.read(flow_result, self.store, row) if row.result else None
         return flow_run_message(row, result)
 
     async def GetFlowRun(
@@ -262,7 +265,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """A task run's result (a mapped task's whole list with map_index -1)."""
         async with refusals(context):
             value, state = await self.io.read(
-                self.core.runs.task_result, request.flow_run_id, request.task_id, request.map_index
+                task_result, self.store, request.flow_run_id, request.task_id, request.map_index
             )
         await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(
@@ -304,10 +307,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Create a schedule (its flow must be registered)."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
-        for name, value in request.schedule.parameters.items():
-            problem = _check_value(name, value)
-            if problem:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await self._check_parameters(request.schedule.parameters, context)
         async with refusals(context):
             schedule = self.core.schedules.create(request.schedule)
         self.core.touch()  # the timer loop re-reads the next fire time

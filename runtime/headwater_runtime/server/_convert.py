@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from headwater.v1 import payload_pb2, run_pb2, state_pb2
-from headwater.wire import failure_to_proto, task_run_id, timestamp
+from headwater.wire import failure_from_dict, failure_to_proto, task_run_id, timestamp
 from headwater_runtime.engine import TaskRunRecord
 from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
 
@@ -59,6 +60,8 @@ def task_run_from_row(
     for entry in history:
         h = msg.history.add(state=entry.state, attempt=entry.attempt, message=entry.message)
         h.timestamp.CopyFrom(timestamp(entry.at))
+        if entry.failure:  # as a watcher saw it (task_run_from_record)
+            h.failure.CopyFrom(failure_to_proto(failure_from_dict(json.loads(entry.failure))))
     data = values.get(row.result_id) if row.result_id else None
     if data is not None and msg.history:
         msg.history[-1].result.CopyFrom(payload_pb2.Value.FromString(data))

@@ -18,7 +18,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grpc import StatusCode
@@ -28,11 +28,15 @@ from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
     FailureInfo,
+    LimitExceeded,
+    Limits,
+    cut_text,
     duration,
     failure_from_proto,
     feature_names,
     seconds,
     split_task_run_id,
+    valid_timestamp,
 )
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
@@ -53,6 +57,7 @@ from ._convert import task_run_from_record
 from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
+from ._limits import InvalidValue, check_value
 from ._runs import RunManager
 from ._schedules import Scheduler
 
@@ -61,6 +66,9 @@ log = logging.getLogger("headwater.server")
 SERVER_VERSION = "0.1.0"
 #: What a worker is told when it gives back an attempt nobody asked it to stop.
 GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
+#: The failure type of a task whose result the server refused (over a limit, or a
+#: value that contradicts itself).
+REFUSED_RESULT = "headwater.ResultRefused"
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    #: The most the server accepts of each size a peer can state (docs/limits.md).
+    limits: Limits = field(default_factory=Limits)
 
 
 class ServerCore:
@@ -104,7 +114,7 @@ class ServerCore:
         self.io = io or StoreIO()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
         self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
-        self.runs = RunManager(store, self.dispatcher, self.clock)
+        self.runs = RunManager(store, self.dispatcher, self.clock, settings.limits)
         self.runs.listeners.append(self._notify)
         # While commits fail, no assignment leaves: its delivery could not be recorded,
         # and after a crash an attempt sent without a recorded delivery may run twice.
@@ -155,6 +165,7 @@ class ServerCore:
                 await self._pruning
         await self.commits.drain()
         self.runs.end_traces()
+        self.runs.collector.close()
 
     def touch(self) -> None:
         """Something changed: commit soon (see Committer.request), wake the loop."""
@@ -186,9 +197,11 @@ class ServerCore:
         idempotency_key: str = "",
         trace_context: Mapping[str, str] | None = None,
     ) -> tuple[FlowRunRow, bool]:
-        """Create and start a run: checked and built off the loop, its row stored on
-        the writer thread (durable when this returns), then started. The same
-        idempotency key returns the first run; with other parameters, Conflict."""
+        """Create and start a run: checked, built and started off the loop (on a
+        reader thread), its row and start stored in one transaction on the writer
+        thread (durable when this returns), then made live on the loop, which only
+        hands its ready attempts to the dispatcher. The same idempotency key returns
+        the first run; with other parameters, Conflict."""
         prepared = await self.io.read(
             self.runs.prepare_run,
             flow_name,
@@ -197,10 +210,18 @@ class ServerCore:
             idempotency_key,
             trace_context,
         )
-        row, created = await self.io.write(self.store.create_flow_run, prepared.row)
+        try:
+            row, created = await self.io.write(
+                self.store.create_flow_run, prepared.row, None, prepared.batch
+            )
+        except BaseException:
+            self.runs.discard(prepared)
+            raise
         if created:
-            self.runs.start_run(prepared)
+            self.runs.adopt(prepared)
             self.touch()
+        else:
+            self.runs.discard(prepared)
         return row, created
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
@@ -403,8 +424,14 @@ class ServerCore:
                 self.runs.handle(flow_run_id, TaskLost(run_key, token.attempt, GIVEN_BACK))
             self.touch()
             return
+        refused: tuple[StatusCode, str] | None = None
         if kind == "started":
             event = TaskStarted(run_key, token.attempt)
+        elif kind == "result" and (refused := self._check_result(token, msg.result)):
+            # A result the server cannot take fails its task (not retryable: the same
+            # code would produce it again), and the worker is told why.
+            failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
+            event = TaskFailed(run_key, token.attempt, failure)
         elif kind == "result":
             cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
             event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
@@ -417,8 +444,21 @@ class ServerCore:
         ignored = self.runs.handle(flow_run_id, event)
         if kind != "started":
             self.dispatcher.finished(key)
-            self._ack(session, token, ignored)
+            self._ack(session, token, ignored, refused)
         self.touch()
+
+    def _check_result(
+        self, token: worker_pb2.FencingToken, result: worker_pb2.TaskResult
+    ) -> tuple[StatusCode, str] | None:
+        """Why a worker's result cannot be taken (its status and message), or None."""
+        what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
+        try:
+            check_value(result.result, self.settings.limits, what)
+        except LimitExceeded as exc:
+            return StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        except InvalidValue as exc:
+            return StatusCode.INVALID_ARGUMENT, str(exc)
+        return None
 
     def _cache_key(self, session: WorkerSession, report: worker_pb2.CacheKeyReport) -> None:
         token = report.token
@@ -438,12 +478,18 @@ class ServerCore:
             session.send(decision)
 
     def _ack(
-        self, session: WorkerSession, token: worker_pb2.FencingToken, ignored: list[EventIgnored]
+        self,
+        session: WorkerSession,
+        token: worker_pb2.FencingToken,
+        ignored: list[EventIgnored],
+        refused: tuple[StatusCode, str] | None = None,
     ) -> None:
-        ack = worker_pb2.Ack(token=token, accepted=not ignored)
+        ack = worker_pb2.Ack(token=token, accepted=not ignored and refused is None)
         if ignored:
             ack.reason = ignored[0].reason
             ack.code = StatusCode.FAILED_PRECONDITION.value[0]
+        elif refused is not None:
+            ack.code, ack.reason = refused[0].value[0], refused[1]
         self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
 
     def _refuse(self, session: WorkerSession, token: worker_pb2.FencingToken, why: str) -> None:
@@ -458,9 +504,13 @@ class ServerCore:
 
     def _log(self, log: worker_pb2.TaskLog) -> None:
         flow_run_id, key = split_task_run_id(log.token.task_run_id)
-        at = seconds(log.timestamp) if log.HasField("timestamp") else self.clock.now()
+        # A time no Timestamp can hold would make the run's logs unreadable: the
+        # server's own time stands in for it.
+        given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
+        at = seconds(log.timestamp) if given else self.clock.now()
+        message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
         self.runs.add_log(
-            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
+            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)
         )
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:

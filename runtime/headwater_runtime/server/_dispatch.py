@@ -10,8 +10,9 @@ store cannot record deliveries), nothing is handed out.
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
@@ -22,6 +23,7 @@ Token = tuple[str, int]  # (task run id, attempt)
 #: A worker gets no more assignments while it has this many per slot whose delivery
 #: the store has not recorded yet (WorkerSession.can_take).
 UNSTORED_PER_SLOT = 2
+_TOKEN = operator.attrgetter("token")
 
 
 @dataclass(eq=False)
@@ -81,6 +83,12 @@ class Dispatcher:
         self.sessions: dict[str, WorkerSession] = {}
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
+        # The attempts still queued, by token. One taken out of its queue early (a
+        # cancel, a reconnecting worker claiming it) leaves this index at once and is
+        # skipped when it reaches the head of its queue: no queue is ever searched.
+        self._queued: dict[Token, PendingAssignment] = {}
+        # How many queued attempts each (task type, flow run) queue still has.
+        self._live: dict[tuple[str, str], int] = {}
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
         self._paused = False
@@ -101,23 +109,43 @@ class Dispatcher:
 
     def submit(self, pending: PendingAssignment) -> None:
         """Queue an attempt, and assign it at once if a suitable worker has a free slot."""
-        runs = self._pending.setdefault(pending.task_type, OrderedDict())
-        runs.setdefault(pending.flow_run_id, deque()).append(pending)
+        self.submit_many(pending.flow_run_id, {pending.task_type: [pending]})
+
+    def submit_many(
+        self, flow_run_id: str, by_type: Mapping[str, Sequence[PendingAssignment]]
+    ) -> None:
+        """Queue many attempts of one flow run at once (a 100,000-task run starting):
+        a few calls per task type, whatever the number of attempts, then one pump."""
+        for task_type, pendings in by_type.items():
+            tokens = list(map(_TOKEN, pendings))
+            for again in self._queued.keys() & set(tokens):  # queued before: once only
+                self._unqueue(again)
+            runs = self._pending.setdefault(task_type, OrderedDict())
+            queue = runs.get(flow_run_id)
+            if queue is None:
+                runs[flow_run_id] = deque(pendings)
+            else:
+                queue.extend(pendings)
+            self._queued.update(zip(tokens, pendings, strict=True))
+            key = (task_type, flow_run_id)
+            self._live[key] = self._live.get(key, 0) + len(pendings)
         self.pump()
 
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""
-        token = (task_run_id, attempt)
-        for runs in self._pending.values():
-            queue = runs.get(flow_run_id)
-            if queue is None:
+        self.cancel_many(flow_run_id, [(task_run_id, attempt, reason)])
+
+    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
+        """Stop attempts of one flow run, ``(task run id, attempt, reason)`` each:
+        those still queued are dropped (a lookup each), the others' workers are asked
+        to stop."""
+        for task_run_id, attempt, reason in cancels:
+            token = (task_run_id, attempt)
+            if self._unqueue(token) is not None:
                 continue
-            for pending in queue:
-                if pending.token == token:
-                    queue.remove(pending)
-                    return
-        session = self._owner.get(token)
-        if session is not None:
+            session = self._owner.get(token)
+            if session is None:
+                continue
             self._cancelling.add(token)
             msg = worker_pb2.CancelTaskRun(
                 token=worker_pb2.FencingToken(task_run_id=task_run_id, attempt=attempt),
@@ -125,10 +153,29 @@ class Dispatcher:
             )
             session.send(worker_pb2.ConnectResponse(cancel=msg))
 
+    def _unqueue(self, token: Token) -> PendingAssignment | None:
+        """Take a queued attempt out of the index (its queue entry is skipped later;
+        a queue left with none is dropped now)."""
+        pending = self._queued.pop(token, None)
+        if pending is None:
+            return None
+        key = (pending.task_type, pending.flow_run_id)
+        left = self._live[key] - 1
+        if left:
+            self._live[key] = left
+            return pending
+        del self._live[key]
+        runs = self._pending.get(pending.task_type)
+        if runs is not None:
+            runs.pop(pending.flow_run_id, None)
+            if not runs:
+                del self._pending[pending.task_type]
+        return pending
+
     @property
     def pending_count(self) -> int:
         """Attempts waiting for a worker."""
-        return sum(len(q) for runs in self._pending.values() for q in runs.values())
+        return len(self._queued)
 
     # ---------------------------------------------------------------- worker side
 
@@ -166,17 +213,7 @@ class Dispatcher:
     def take_pending(self, token: Token) -> PendingAssignment | None:
         """Remove a queued (not yet assigned) attempt and return it, e.g. for a worker
         that reconnects already holding it."""
-        for task_type, runs in self._pending.items():
-            for run_id, queue in runs.items():
-                for pending in queue:
-                    if pending.token == token:
-                        queue.remove(pending)
-                        if not queue:
-                            del runs[run_id]
-                        if not runs:
-                            del self._pending[task_type]
-                        return pending
-        return None
+        return self._unqueue(token)
 
     def finished(self, token: Token) -> None:
         """An attempt ended (result, failure, skip, cancel ack): free its slot."""
@@ -198,24 +235,29 @@ class Dispatcher:
                 s for s in self.sessions.values() if s.can_take and task_type in s.capabilities
             ]
             blocked: set[str] = set()
-            while candidates and len(blocked) < len(runs):
+            while candidates and runs and len(blocked) < len(runs):
                 run_id, queue = next(iter(runs.items()))
                 runs.move_to_end(run_id)  # round robin across flow runs
                 if run_id in blocked:
                     continue
+                if not queue:  # only entries taken out early were left
+                    del runs[run_id]
+                    continue
                 pending = queue[0]
+                if self._queued.get(pending.token) is not pending:
+                    queue.popleft()  # taken out early (cancelled, claimed)
+                    continue
                 fits = [s for s in candidates if s.accepts(pending)]
                 if not fits:
                     blocked.add(run_id)  # its head needs labels no free worker has
                     continue
                 session = max(fits, key=lambda s: s.free)
                 queue.popleft()
-                if not queue:
-                    del runs[run_id]
+                self._unqueue(pending.token)
                 self._assign(session, pending)
                 candidates = [s for s in candidates if s.can_take]
             if not runs:
-                del self._pending[task_type]
+                self._pending.pop(task_type, None)
 
     def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
         session.running[pending.token] = pending.flow_run_id

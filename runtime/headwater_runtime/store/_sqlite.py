@@ -229,14 +229,18 @@ class SQLiteStore:
     # --------------------------------------------------------------- flow runs
 
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+        self,
+        row: FlowRunRow,
+        schedule: ScheduleRow | None = None,
+        start: WriteBatch | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, or return the existing run with the same idempotency key.
 
         The same key with another flow or other parameters raises Conflict naming the
         existing run. ``schedule`` (the schedule that fired the run, advanced past this
         fire) is updated in the same transaction: a crash cannot keep one without the
-        other."""
+        other. So is ``start``, the new run's first journal entries and projections:
+        a run is stored started, or not at all."""
         db = self._db
 
         def work() -> tuple[str, bool]:
@@ -266,6 +270,8 @@ class SQLiteStore:
                 (row.id, *_flow_run_values(row), seq),
             )
             _add_refs(db, f"run:{row.id}", row.payload_ids)
+            if start:
+                _write_batch(db, start)
             return row.id, True
 
         run_id, created = _transaction(db, work)
