@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -178,9 +178,30 @@ class Client:
 
         given = flow.validate(**(params or {}))
         values = flow.complete(given, required=complete)
-        return compile_graph(
-            flow, given, values, lambda value, portable: self.encode(value, portable=portable)
-        )
+        return compile_graph(flow, given, values, self._encoder, self._pinner())
+
+    def _encoder(self, value: Any, portable: bool) -> payload_pb2.Value:
+        return self.encode(value, portable=portable)
+
+    def _pinner(self) -> Callable[[Flow[..., Any]], str]:
+        """Registers the graphs of the subflows a flow calls (once each, recursively)
+        and gives the version each subflow node runs: its one graph when its structure
+        does not depend on its parameters, else "" (the server has a worker build one
+        for each child run's values)."""
+        from ._graphs import subflow_graph
+
+        pinned: dict[int, str] = {}
+
+        def pin(flow: Flow[..., Any]) -> str:
+            key = id(flow)
+            if key not in pinned:
+                pinned[key] = ""  # a flow that calls itself: its own call is not pinned
+                msg = subflow_graph(flow, self._encoder, pin)
+                if msg is not None:
+                    pinned[key] = self._register(msg)
+            return pinned[key]
+
+        return pin
 
     def run(
         self,

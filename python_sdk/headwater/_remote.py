@@ -51,6 +51,8 @@ class RemoteTask(Task[..., Any]):
         self.version = parsed.version
         self.portable = True
         self._remote_options: RemoteTaskOptions = options
+        self._digest = ""  # its code lives with the workers of another language
+        self._source = None
 
     @property
     def argument_order(self) -> tuple[str, ...]:

@@ -38,7 +38,9 @@ from ._graph import ListOf as ListOf
 from ._graph import Param as Param
 from ._graph import ParameterError as ParameterError
 from ._graph import ParamSpec as ParamSpec
+from ._graph import SUBFLOW_TASK_TYPE as SUBFLOW_TASK_TYPE
 from ._graph import RetrySpec as RetrySpec
+from ._graph import SubflowSpec as SubflowSpec
 from ._graph import TaskSpec as TaskSpec
 from ._graph import Trigger as Trigger
 from ._graph import bind_params as bind_params
@@ -68,6 +70,7 @@ from ._limits import MESSAGE_LIMIT as MESSAGE_LIMIT
 from ._limits import TEXT_LIMIT as TEXT_LIMIT
 from ._limits import cut_text as cut_text
 from ._protocol import BATCH as BATCH
+from ._protocol import GRAPH_BUILDS as GRAPH_BUILDS
 from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature
