@@ -69,6 +69,10 @@ class TaskRunInfo:
     states: list[TaskRunState] = field(default_factory=list)
     message: str = ""
     worker: str = ""  # the worker that runs (or ran) the current attempt
+    #: Child flow runs it started (a subflow node's, or flows the task called).
+    child_run_ids: list[str] = field(default_factory=list)
+    #: Why it is SCHEDULED and not running yet, when the server knows ("" otherwise).
+    waiting: str = ""
 
 
 @dataclass
@@ -86,6 +90,10 @@ class RemoteFlowRun:
     schedule_id: str = ""
     #: The key the run was created with (a scheduled run's names its fire time).
     idempotency_key: str = ""
+    #: For a child flow run (a subflow, or a flow a task started): the parent run.
+    parent_id: str = ""
+    #: For a child flow run: the parent's task run that stands for it (RUN_ID/KEY).
+    parent_task_run_id: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -210,11 +218,17 @@ class Client:
         *,
         version: str = "",
         idempotency_key: str = "",
+        parent_task_run: str = "",
+        parent_attempt: int = 0,
     ) -> RemoteFlowRun:
         """Create a flow run. A Flow object's parameters are checked against its
-        annotations here, and its graph for them is registered first (docs/flows.md);
-        a flow name runs a registered version, the server checking what it can. The
-        same idempotency key returns the run the first call created."""
+        annotations here, and its graph for them is registered first (docs/flows.md).
+        A flow name runs a registered version; when its graph depends on the values, a
+        worker that offers the flow builds one for them (the server says so when none
+        is connected). The same idempotency key returns the run the first call
+        created. ``parent_task_run`` (``RUN_ID/KEY``) and ``parent_attempt`` start the
+        run as a child of that running task attempt (cancelled when it ends); a flow
+        called inside a task on a worker does this by itself."""
         name, version, values = self._prepare(flow, params, version)
         response = self._call(
             self._control.CreateFlowRun,
@@ -225,6 +239,8 @@ class Client:
                 idempotency_key=idempotency_key,
                 # The caller's current span (if any) becomes the flow span's parent.
                 trace_context=inject(),
+                parent_task_run_id=parent_task_run,
+                parent_attempt=parent_attempt,
             ),
             f"run flow {name!r}",
         )
@@ -260,6 +276,8 @@ class Client:
                 states=[TaskRunState(h.state) for h in t.history],
                 message=t.history[-1].message if t.history else "",
                 worker=t.worker_id,
+                child_run_ids=list(t.child_flow_run_ids),
+                waiting=t.waiting,
             )
             for t in response.task_runs
         ]
@@ -442,6 +460,8 @@ class Client:
             message=msg.history[-1].message if msg.history else "",
             schedule_id=msg.schedule_id,
             idempotency_key=msg.idempotency_key,
+            parent_id=msg.parent_flow_run_id,
+            parent_task_run_id=msg.parent_task_run_id,
             _result=msg.result if msg.HasField("result") else None,
             _client=self,
         )

@@ -25,6 +25,7 @@ from ._failure import failure_to_dict as failure_to_dict
 from ._failure import failure_to_proto as failure_to_proto
 from ._graph import BUILD_SEPARATOR as BUILD_SEPARATOR
 from ._graph import NO_RETRY as NO_RETRY
+from ._graph import SUBFLOW_TASK_TYPE as SUBFLOW_TASK_TYPE
 from ._graph import CacheSpec as CacheSpec
 from ._graph import Const as Const
 from ._graph import DictOf as DictOf
@@ -38,7 +39,6 @@ from ._graph import ListOf as ListOf
 from ._graph import Param as Param
 from ._graph import ParameterError as ParameterError
 from ._graph import ParamSpec as ParamSpec
-from ._graph import SUBFLOW_TASK_TYPE as SUBFLOW_TASK_TYPE
 from ._graph import RetrySpec as RetrySpec
 from ._graph import SubflowSpec as SubflowSpec
 from ._graph import TaskSpec as TaskSpec

@@ -348,7 +348,9 @@ class EmbeddedRun:
 
     # --------------------------------------------------------------- child runs
 
-    def _child(self, graph: GraphSpec, params: Mapping[str, Any], key: str, trace: Any) -> EmbeddedRun:
+    def _child(
+        self, graph: GraphSpec, params: Mapping[str, Any], key: str, trace: Any
+    ) -> EmbeddedRun:
         child = EmbeddedRun(
             graph,
             params,
@@ -393,7 +395,9 @@ class EmbeddedRun:
             self._child_threads.append(thread)
         thread.start()
 
-    def _subflow(self, run: TaskRunRecord, attempt: int, inputs: dict[str, Any], trace: Any) -> Event:
+    def _subflow(
+        self, run: TaskRunRecord, attempt: int, inputs: dict[str, Any], trace: Any
+    ) -> Event:
         spec = run.spec
         assert spec.subflow is not None
         target: SubflowTarget | None = spec.subflow.flow

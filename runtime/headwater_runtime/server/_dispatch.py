@@ -1,14 +1,18 @@
 """The dispatcher: routes ready attempts to connected workers.
 
-A pending attempt goes to a worker that has its task type as a capability and whose
-labels include the task's required labels, never beyond the worker's free slots
-(credit flow control), round-robin across flow runs so one large run cannot starve
-the others. An attempt no connected worker can take waits (its task run stays
-SCHEDULED) until a suitable worker connects or frees a slot.
+A pending attempt goes to a worker that has its task type as a capability, whose
+labels include the task's required labels and whose code for the task is the code the
+run's graph was built with (``Hello.code_digests`` against ``TaskNode.code_digest``),
+never beyond the worker's free slots (credit flow control), round-robin across flow
+runs so one large run cannot starve the others. An attempt no connected worker can
+take waits (its task run stays SCHEDULED) until a suitable worker connects or frees a
+slot; ``waiting_reasons`` says why, where the dispatcher knows (a worker with other
+code for the task).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +22,8 @@ from headwater.v1 import worker_pb2
 from ._assignments import PendingAssignment
 
 Token = tuple[str, int]  # (task run id, attempt)
+
+log = logging.getLogger("headwater.server")
 
 
 @dataclass(eq=False)
@@ -33,16 +39,33 @@ class WorkerSession:
     send: Callable[[worker_pb2.ConnectResponse | None], None]  # None ends the stream
     last_seen: float = 0.0
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
+    #: Digest of the worker's code by task type (Hello.code_digests).
+    code_digests: dict[str, str] = field(default_factory=dict)
+    #: The flows it can build graphs of, with their code digests (Hello.flows).
+    flows: dict[str, str] = field(default_factory=dict)
+    #: Optional protocol features it listed (Hello.features).
+    features: frozenset[str] = frozenset()
+    #: Connection order: a higher number connected later.
+    serial: int = 0
 
     @property
     def free(self) -> int:
         """Slots not taken by an attempt the worker holds."""
         return self.slots - len(self.running)
 
+    def stale(self, pending: PendingAssignment) -> bool:
+        """Whether the worker's code for the attempt's task differs from the code the
+        run's graph was built with (either side not saying counts as the same)."""
+        mine = self.code_digests.get(pending.task_type, "")
+        return bool(mine and pending.code_digest and mine != pending.code_digest)
+
     def accepts(self, pending: PendingAssignment) -> bool:
-        """Whether the worker has the attempt's task type and every label it requires."""
-        return pending.task_type in self.capabilities and all(
-            self.labels.get(k) == v for k, v in pending.labels.items()
+        """Whether the worker has the attempt's task type, every label it requires and
+        the code the run's graph names for it."""
+        return (
+            pending.task_type in self.capabilities
+            and all(self.labels.get(k) == v for k, v in pending.labels.items())
+            and not self.stale(pending)
         )
 
 
@@ -69,6 +92,7 @@ class Dispatcher:
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
+        self._warned: set[tuple[str, str, str]] = set()  # (session, task type, digest)
 
     # ------------------------------------------------------------ run manager side
 
@@ -98,6 +122,39 @@ class Dispatcher:
             )
             session.send(worker_pb2.ConnectResponse(cancel=msg))
 
+    def waiting_reasons(self, flow_run_id: str) -> dict[str, str]:
+        """Why attempts of a run wait for a worker, by task run id, where the dispatcher
+        knows a reason: connected workers that have the task type but other code for it
+        (a worker started before the task was edited). Attempts without a known reason
+        are left out."""
+        reasons: dict[str, str] = {}
+        for runs in self._pending.values():
+            for pending in runs.get(flow_run_id, ()):
+                reason = self.waiting_reason(pending)
+                if reason:
+                    reasons[pending.token[0]] = reason
+        return reasons
+
+    def waiting_reason(self, pending: PendingAssignment) -> str:
+        """Why this attempt is not assigned, when the dispatcher can tell ("" if not)."""
+        stale = [
+            s
+            for s in self.sessions.values()
+            if pending.task_type in s.capabilities and s.stale(pending)
+        ]
+        if not stale or any(s.accepts(pending) for s in self.sessions.values()):
+            return ""
+        names = ", ".join(repr(s.name) for s in stale[:3])
+        names += " and others" if len(stale) > 3 else ""
+        worker = "worker" if len(stale) == 1 else "workers"
+        return (
+            f"{worker} {names} {'has' if len(stale) == 1 else 'have'} other code for task "
+            f"{pending.task_type!r} (digest {stale[0].code_digests[pending.task_type]}, the "
+            f"run's graph was built with {pending.code_digest}): start a worker with the "
+            "code the run was built with (restart it after editing the task), or one with "
+            "--allow-stale-code to run its own code"
+        )
+
     @property
     def pending_count(self) -> int:
         """Attempts waiting for a worker."""
@@ -118,6 +175,7 @@ class Dispatcher:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        self._warned = {w for w in self._warned if w[0] != session_id}
         lost = list(session.running.items())
         session.running.clear()
         for token, _ in lost:
@@ -179,7 +237,8 @@ class Dispatcher:
                 pending = queue[0]
                 fits = [s for s in candidates if s.accepts(pending)]
                 if not fits:
-                    blocked.add(run_id)  # its head needs labels no free worker has
+                    blocked.add(run_id)  # its head needs labels or code no free worker has
+                    self._warn_stale(candidates, pending)
                     continue
                 session = max(fits, key=lambda s: s.free)
                 queue.popleft()
@@ -189,6 +248,23 @@ class Dispatcher:
                 candidates = [s for s in candidates if s.free > 0]
             if not runs:
                 del self._pending[task_type]
+
+    def _warn_stale(self, candidates: list[WorkerSession], pending: PendingAssignment) -> None:
+        """Say once per worker and code in the server log that a worker is passed over
+        for having other code (the task run's ``waiting`` says it too)."""
+        for session in candidates:
+            key = (session.session_id, pending.task_type, pending.code_digest)
+            if session.stale(pending) and key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "worker %s has other code for task %s than the graph of flow run %s "
+                    "(digest %s, the graph has %s): it is not given that task",
+                    session.name,
+                    pending.task_type,
+                    pending.flow_run_id,
+                    session.code_digests.get(pending.task_type),
+                    pending.code_digest,
+                )
 
     def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
         session.running[pending.token] = pending.flow_run_id

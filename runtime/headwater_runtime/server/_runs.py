@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headwater.v1 import graph_pb2, journal_pb2, payload_pb2, run_pb2, worker_pb2
+from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
 from headwater.wire import (
     FlowRunState,
     GraphSpec,
@@ -39,10 +39,8 @@ from headwater.wire import (
     task_run_id,
 )
 from headwater_runtime.engine import (
-    ATTEMPT_EVENTS,
     ENGINE_VERSION,
     REPLAYS,
-    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -62,13 +60,12 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     replay,
-    stale_reason,
+    subflow_outcome,
 )
 from headwater_runtime.store import (
     CacheRow,
     FlowRunRow,
     LogRow,
-    NotFound,
     ScheduleRow,
     StateRow,
     Store,
@@ -78,13 +75,19 @@ from headwater_runtime.store import (
 from headwater_runtime.tracing import active_tracer, extract, inject
 
 from ._assignments import Dispatch, PendingAssignment
+from ._children import (
+    ChildRuns,
+    NotRunning,
+    SubflowStart,
+    parent_fields,
+    result_value,
+    subflow_start,
+)
 from ._journal import (
     Values,
     decode_entry,
     encode_entry,
     entry_value_ids,
-    from_stored,
-    stored_ids,
     to_stored,
 )
 from ._params import (
@@ -94,19 +97,24 @@ from ._params import (
     param_payload_ids,
     param_values,
 )
+from ._queries import NoResult, flow_result, refusal, task_result
 from ._spill import spill_inputs
-from ._values import SERVER_VALUES, Composite, to_input_value, to_result_value
+from ._values import SERVER_VALUES, to_input_value
 
 if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
 
 _RUNNING = FlowRunState.RUNNING.value
 
-__all__ = ["Dispatch", "NoResult", "PendingAssignment", "Recovery", "RunManager"]
-
-
-class NoResult(LookupError):
-    """A task run has no result to return (not finished, or it did not succeed)."""
+__all__ = [
+    "Dispatch",
+    "NoResult",
+    "NotRunning",
+    "PendingAssignment",
+    "Recovery",
+    "RunManager",
+    "SubflowStart",
+]
 
 
 @dataclass
@@ -176,6 +184,10 @@ class RunManager:
         self._workers: dict[tuple[str, str], str] = {}  # (flow run, key) -> worker name
         # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
         self.tracer = active_tracer()
+        self.children = ChildRuns()
+        #: Starts the child flow run of a dispatched subflow node (the server core sets
+        #: it; called after the commit, like an assignment is sent).
+        self.start_subflow: Callable[[SubflowStart], None] | None = None
 
     # ------------------------------------------------------------------- flows
 
@@ -228,10 +240,12 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> PreparedRun:
         """Check a new run (ParameterError for bad parameters, NotFound for an unknown
         flow), build its row and its engine; nothing is stored or started yet. Safe to
-        call from a reader thread (a 100k-task graph takes a while to build)."""
+        call from a reader thread (a 100k-task graph takes a while to build).
+        ``parent`` (flow run id, task run key, attempt) makes it a child run."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(graph, version, parameters)
         now = self.clock.now()
@@ -252,6 +266,7 @@ class RunManager:
             schedule_id=schedule.id if schedule is not None else "",
             engine_version=ENGINE_VERSION,
             payload_ids=param_payload_ids(values),
+            **parent_fields(parent),
         )
         active = self._build(row, graph, params, journal=None)
         active.trace = trace
@@ -262,7 +277,33 @@ class RunManager:
         event loop."""
         active = prepared.active
         self.runs[active.row.id] = active
+        self.children.link(active.row)
         self._process(active, active.journal.start())
+        row = active.row
+        if row.parent_flow_run_id and not self.parent_running(
+            row.parent_flow_run_id, row.parent_task_key, row.parent_attempt
+        ):
+            # The parent's attempt ended while the child was being created.
+            self.cancel(row.id, f"the parent task run {row.parent_task_key!r} is over")
+
+    def parent_running(self, parent_id: str, key: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of task run ``key`` of run ``parent_id`` runs."""
+        active = self.runs.get(parent_id)
+        return self.children.current(active.engine if active else None, key, attempt)
+
+    def check_parent(self, parent_task_run_id: str, attempt: int) -> tuple[str, str, int]:
+        """The parent link of a run a task starts while it runs: NotRunning unless that
+        attempt runs now."""
+        try:
+            parent_id, key = split_task_run_id(parent_task_run_id)
+        except ValueError as exc:
+            raise NotRunning(str(exc)) from None
+        if not self.parent_running(parent_id, key, attempt):
+            raise NotRunning(
+                f"attempt {attempt} of task run {parent_task_run_id!r} is not running: a "
+                "child flow run can only be started by a running task"
+            )
+        return parent_id, key, attempt
 
     def create_run(
         self,
@@ -299,9 +340,11 @@ class RunManager:
         can (server/_params.py): ParameterError, or GraphBuildNeeded when a
         value-dependent graph was built for other values."""
         params = bind_params(graph, dict(given))
+        # First: values a worker will build (and convert) a graph for are not refused
+        # here for not being converted yet ("5" for an int).
+        check_built_for(graph, version, params)
         check_json_params(graph, params)
         check_types(graph, given)
-        check_built_for(graph, version, params)
         return params
 
     def _build(
@@ -348,81 +391,34 @@ class RunManager:
         """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
         active = self.runs.get(flow_run_id)
         if active is None:
-            return [EventIgnored(event, self._refusal(flow_run_id, event))]
+            return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         return self._process(active, active.journal.handle(event))
-
-    def _refusal(self, flow_run_id: str, event: Event) -> str:
-        """Why an event for a flow run whose engine is gone is refused: the run has
-        ended, or never existed. A report about an attempt is worded as the engine
-        words it (``stale_reason``), from what the store kept of the task run."""
-        try:
-            flow = FlowRunState(self.store.get_flow_run(flow_run_id).state)
-        except NotFound:
-            return f"unknown flow run {flow_run_id!r}"
-        if not isinstance(event, ATTEMPT_EVENTS):
-            return f"flow run is {flow.name}"
-        history = self.store.task_run_history(flow_run_id, event.key)
-        if not history:
-            return f"unknown task run {event.key!r}"
-        last = history[-1]
-        ended, lost = None, False
-        if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
-            ended = TaskRunState(last.state)
-            lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
-        return stale_reason(
-            event.key,
-            event.attempt,
-            ended=ended,
-            lost=lost,
-            current=last.attempt,
-            flow=None if flow is FlowRunState.RUNNING else flow,
-        )
 
     def resend(self, flow_run_id: str, key: str) -> None:
         """Dispatch the in-flight attempt of a task run again, unchanged (it never
         reached a worker): no new attempt, no loss counted."""
         active = self.runs[flow_run_id]
-        command = active.engine.resend(key)
+        self._dispatch(active, active.engine.resend(key))
+
+    def _dispatch(self, active: ActiveRun, command: RunTask) -> None:
+        """After the commit: a task's attempt to a worker, a subflow node's to the core
+        (which starts its child flow run)."""
+        if command.run.spec.subflow is not None and self.start_subflow is not None:
+            start = subflow_start(active.row, command, active.trace)
+            self._effects.append(functools.partial(self.start_subflow, start))
+            return
         pending = self._assignment(active, command)
         self._effects.append(functools.partial(self.dispatch.submit, pending))
 
     def task_result(
         self, flow_run_id: str, task_id: str, map_index: int = -1
     ) -> tuple[payload_pb2.Value, TaskRunState]:
-        """A stored task run's result: one run's, or for a mapped task with
-        ``map_index`` -1 the list of its children's. NotFound for an unknown task or
-        element, NoResult when the run has none (not finished, or did not succeed)."""
-        self.store.get_flow_run(flow_run_id)
-        rows = [r for r in self.store.task_runs(flow_run_id) if r.task_id == task_id]
-        if not rows:
-            raise NotFound(f"flow run {flow_run_id!r} has no task {task_id!r}")
-        wanted = max(map_index, -1)
-        row = next((r for r in rows if r.map_index == wanted), None)
-        if row is None:
-            raise NotFound(f"task {task_id!r} has no element {wanted}")
-        state = TaskRunState(row.state)
-        children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
-        if wanted < 0 and children:
-            loaded = self.store.get_values(c.result_id for c in children)
-            handles = tuple(
-                payload_pb2.Value.FromString(loaded[c.result_id]) if c.result_id else None
-                for c in children
-            )
-            return to_result_value(Composite("list", handles)), state
-        if not row.result_id:
-            when = "" if state.is_terminal else " yet"
-            raise NoResult(f"task run {row.key!r} has no result{when} (state {state.name})")
-        data = self.store.get_values([row.result_id])[row.result_id]
-        return payload_pb2.Value.FromString(data), state
+        """A stored task run's result (see ``_queries.task_result``)."""
+        return task_result(self.store, flow_run_id, task_id, map_index)
 
     def flow_result(self, row: FlowRunRow) -> payload_pb2.Value | None:
-        """A finished flow run's result as one Value (structural encodings for what the
-        engine assembled), or None when it has none."""
-        if not row.result:
-            return None
-        stored = journal_pb2.StoredValue.FromString(row.result)
-        loaded = self.store.get_values(stored_ids(stored))
-        return to_result_value(from_stored(stored, loaded))
+        """A finished flow run's result as one Value, or None (``_queries.flow_result``)."""
+        return flow_result(self.store, row)
 
     def add_log(self, row: LogRow) -> None:
         """Keep a task run's log record (committed with the next batch)."""
@@ -514,6 +510,7 @@ class RunManager:
             seq = rows[-1].seq if rows else 0
             active = self._build(row, graph, params, journal, seq)
             self.runs[row.id] = active
+            self.children.link(row)
             if self.tracer is not None:
                 from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
@@ -570,6 +567,9 @@ class RunManager:
         if run.state.is_terminal:
             self._workers.pop((run_id, run.key), None)
             active.delivered.pop(run.key, None)
+        for child in self.children.orphaned(run_id, run):
+            # The attempt that started it is over (ended, lost, replaced): so is it.
+            self.cancel(child, f"the parent task run {run.key!r} ended {entry.state.name}")
         for listener in self.listeners:
             listener(run_id, run)
 
@@ -621,8 +621,7 @@ class RunManager:
         while queue:
             command = queue.pop(0)
             if isinstance(command, RunTask):
-                pending = self._assignment(active, command)
-                self._effects.append(functools.partial(self.dispatch.submit, pending))
+                self._dispatch(active, command)
             elif isinstance(command, CancelTask):
                 self._effects.append(
                     functools.partial(
@@ -647,6 +646,21 @@ class RunManager:
                 ignored.append(command)
         self._arm_timer(active)
         return ignored
+
+    def _report_to_parent(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        """A child of a subflow node ended: the node's attempt ends the same way, in
+        the same batch. (A flow a task started is waited for by the task itself.)"""
+        parent = self.runs.get(row.parent_flow_run_id)
+        key, attempt = row.parent_task_key, row.parent_attempt
+        node = parent.engine.runs.get(key) if parent is not None else None
+        if parent is None or node is None or node.spec.subflow is None:
+            return
+        if not self.children.current(parent.engine, key, attempt):
+            return  # the attempt is over already (it timed out, or the parent was cancelled)
+        state = FlowRunState(row.state)
+        result = result_value(engine) if state is FlowRunState.SUCCESS else None
+        event = subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message)
+        self._process(parent, parent.journal.handle(event))
 
     def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
         """An attempt was handed to this worker: recorded durably with the next commit
@@ -719,7 +733,9 @@ class RunManager:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
         build = functools.partial(self._assignment_message, active, command)
-        return PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
+        return PendingAssignment(
+            active.row.id, spec.task_type, spec.labels, build, token, spec.code_digest
+        )
 
     def _assignment_message(self, active: ActiveRun, command: RunTask) -> worker_pb2.Assignment:
         run = command.run
@@ -771,5 +787,8 @@ class RunManager:
         if active.trace is not None:
             active.trace.finish(state, row.message)
         self._effects.append(functools.partial(self._deactivate, row.id))
+        if row.parent_flow_run_id:
+            self.children.unlink(row)
+            self._report_to_parent(row, engine)
         for listener in self.listeners:
             listener(row.id, None)
