@@ -32,7 +32,11 @@ PARAMETER_ERROR = "headwater.ParameterError"
 
 class NoBuilder(GraphBuildNeeded):
     """No connected worker offers the flow: its graph for these values cannot be built
-    now (FAILED_PRECONDITION for a client; subflows and schedules wait for one)."""
+    now (FAILED_PRECONDITION for a client; subflows and schedules wait for one).
+
+    Args:
+        flow_name: the flow no worker offers.
+    """
 
     def __init__(self, flow_name: str) -> None:
         super().__init__(
