@@ -271,3 +271,62 @@ def test_cancelling_the_parent_or_a_subflow_timeout_cancels_the_children(
         assert node.state is TaskRunState.TIMED_OUT
         (only,) = _child_runs(client, timed.id).values()
         assert client.wait(only.id).state is FlowRunState.CANCELLED
+
+
+OUTER = """
+from headwater import flow, task
+import inner_flows
+
+@task
+def count(n: int) -> int:
+    return n + 1
+
+@flow
+def outer(n: int = 2) -> list:
+    return inner_flows.squares(count(n))
+"""
+
+INNER = """
+from headwater import flow, task
+
+@task
+def triple(x: int) -> int:
+    return 3 * x
+
+@flow
+def squares(n: int) -> list:
+    return [triple(i) for i in range(n)]
+"""
+
+
+def test_a_subflow_waits_for_a_worker_that_can_build_its_graph(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    (tmp_path / "outer_flows.py").write_text(textwrap.dedent(OUTER))
+    (tmp_path / "inner_flows.py").write_text(textwrap.dedent(INNER))
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    # This worker runs outer's tasks but offers no flow 'squares' (it is not in its
+    # module's namespace), and cannot run 'triple'.
+    start_worker(cluster, address, "outer", module=str(tmp_path / "outer_flows.py"))
+    module = load_file(str(tmp_path / "outer_flows.py"))
+    try:
+        with Client(address) as client:
+            run = client.run(module.outer, {"n": 2})
+            waiting: list[str] = []
+
+            def subflow_waits() -> bool:
+                runs = client.get(run.id, include_task_runs=True).task_runs
+                waiting[:] = [t.waiting for t in runs if t.key == "squares" and t.waiting]
+                return bool(waiting)
+
+            poll(subflow_waits, "the subflow to wait for a builder")
+            assert "waiting for a worker that offers flow 'squares'" in waiting[0]
+            start_worker(cluster, address, "inner", module=str(tmp_path / "inner_flows.py"))
+            final = client.wait(run.id)
+            assert final.state is FlowRunState.SUCCESS, final.message
+            assert final.result == [0, 3, 6]
+            (node,) = [t for t in final.task_runs if t.key == "squares"]
+            assert node.waiting == "" and len(node.child_run_ids) == 1
+    finally:
+        sys.modules.pop("outer_flows", None)
+        sys.modules.pop("inner_flows", None)
