@@ -157,7 +157,7 @@ def test_subflows_and_a_flow_started_by_a_task_run_alike_embedded_and_on_a_serve
     capsys.readouterr()
     assert main(["runs", "show", run.id, "--server", address]) == 0
     shown = capsys.readouterr().out
-    for key, c in children.items():
+    for c in children.values():
         assert f"child flow run {c.id}" in shown, shown
     assert main(["runs", "show", children["sum_squares"].id, "--server", address]) == 0
     shown = capsys.readouterr().out
@@ -249,8 +249,7 @@ def test_cancelling_the_parent_or_a_subflow_timeout_cancels_the_children(
         def both_children_running() -> bool:
             children = _child_runs(client, run.id)
             return len(children) == 2 and all(
-                any(t.state is TaskRunState.RUNNING for t in c.task_runs)
-                for c in children.values()
+                any(t.state is TaskRunState.RUNNING for t in c.task_runs) for c in children.values()
             )
 
         poll(both_children_running, "both children to run their task")

@@ -16,8 +16,7 @@ import pytest
 from headwater import flow, task
 from headwater._graphs import compile_graph
 from headwater.v1 import control_plane_pb2 as cp
-from headwater.v1 import control_plane_pb2_grpc, payload_pb2, state_pb2, worker_pb2
-from headwater.v1 import worker_pb2_grpc
+from headwater.v1 import control_plane_pb2_grpc, payload_pb2, state_pb2, worker_pb2, worker_pb2_grpc
 from headwater.wire import GRAPH_BUILDS, decode_value, encode
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings

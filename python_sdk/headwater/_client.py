@@ -382,8 +382,9 @@ class Client:
         ``version`` runs the latest version at each fire. After downtime only the
         most recent missed time fires, unless ``catchup`` (then every missed time
         does). A Flow object's parameters are checked and its graph for them is
-        registered and pinned; that is also how a flow whose graph depends on its
-        parameter values is scheduled (docs/flows.md). See docs/schedules.md."""
+        registered and pinned. A flow name whose graph depends on its parameter values
+        is checked (and its values converted) by a worker that offers the flow, which
+        also builds the graph for each fire (docs/flows.md). See docs/schedules.md."""
         name, version, values = self._prepare(flow, params, version)
         msg = schedule_message(name, version, every, cron, values, timezone, paused, catchup)
         response = self._call(

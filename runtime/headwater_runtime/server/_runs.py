@@ -314,11 +314,13 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Create and start a run in this thread (prepare, store, start). The same
         idempotency key returns the first run (Conflict when its parameters differ). A
         run fired by ``schedule`` records its id, and the schedule row (advanced past
-        this fire) is stored in the same transaction as the run."""
+        this fire) is stored in the same transaction as the run. ``parent`` (flow run
+        id, task run key, attempt) makes it a child run."""
         prepared = self.prepare_run(
             flow_name,
             flow_version,
@@ -326,6 +328,7 @@ class RunManager:
             idempotency_key,
             trace_context,
             schedule=schedule,
+            parent=parent,
         )
         row, created = self.store.create_flow_run(prepared.row, schedule)
         if created:
