@@ -416,6 +416,8 @@ class EmbeddedRun:
             return TaskFailed(run.key, attempt, failure_from_exception(exc))
         try:
             engine = child.run()
+        except BaseException as exc:  # a broken child run must not leave the node hanging
+            return TaskFailed(run.key, attempt, failure_from_exception(exc))
         finally:
             self._child_done(run.key, child)
         message = engine.flow_history[-1][2] if engine.flow_history else ""
