@@ -279,6 +279,9 @@ class EmbeddedRun:
                     engine.result_unavailable(exc)
         finally:
             self.executor.shutdown()
+            if isinstance(self.executor, ThreadExecutor) and self.executor.launcher is self:
+                # No cycle run <-> executor: the engine is freed as soon as it is unused.
+                self.executor.launcher = None
             # Children the run cancelled end promptly (their loops stop their tasks):
             # wait for them, so that every child's state is final when this returns.
             with self._lock:

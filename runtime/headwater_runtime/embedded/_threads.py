@@ -148,7 +148,6 @@ class ThreadExecutor:
         assert completions is not None
         lock = self._lock
         running = self._running
-        launcher = self.launcher
         while True:
             job = work.get()
             if job is None:
@@ -162,7 +161,9 @@ class ThreadExecutor:
                         continue
                     running[me] = (key, attempt)
                 try:
-                    event = execute(caller, inputs, key, attempt, no_retry_on, launcher)
+                    # Read per job, not kept: an idle thread must not keep a finished
+                    # run (and its engine) alive.
+                    event = execute(caller, inputs, key, attempt, no_retry_on, self.launcher)
                 finally:
                     with lock:
                         running.pop(me, None)
