@@ -241,9 +241,13 @@ class RunCreation:
             core.runs.create_run(
                 msg.flow_name, version, converted, fire_key(msg.id, fire_time), schedule=row
             )
-        except (NoBuilder, BuildUnavailable) as exc:
+        except NoBuilder as exc:
             log.warning("schedule %s waits to fire at %s: %s", msg.id, fire_time, exc)
             self._await_builder(msg.flow_name, lambda: self._fire(msg, fire_time, row))
+            return
+        except BuildUnavailable as exc:  # the worker left or was slow: ask again
+            log.warning("schedule %s: %s; asking again", msg.id, exc)
+            self._spawn(self._fire(msg, fire_time, row))
             return
         except (ParameterError, GraphError, NotFound, Conflict) as exc:
             scheduler.skip(row, f"its fire at {fire_time} cannot run: {exc}")
