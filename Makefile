@@ -69,7 +69,8 @@ test: setup
 OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload_service.py \
 	tests/test_client.py tests/test_server_protocol.py tests/test_worker.py \
 	tests/test_run_manager.py tests/test_compiler.py tests/test_remote_task.py \
-	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py
+	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py \
+	tests/test_graph_builds.py tests/test_subflows_server.py
 
 ## test-oldest: run the contract and server tests against the oldest supported versions
 test-oldest: $(OLDEST_STAMP)

@@ -522,7 +522,7 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
 
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 2"):
+    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 3"):
         SQLiteStore(path)
 
 

@@ -27,7 +27,7 @@ from headwater.wire import (
 )
 from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarted, TaskSucceeded
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
-from headwater_runtime.server._results import flow_result, task_result
+from headwater_runtime.server._queries import flow_result, task_result
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
 from headwater_runtime.store import NotFound, SQLiteStore

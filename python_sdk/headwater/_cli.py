@@ -206,6 +206,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "token": ConnectionSettings.from_env(token=args.token).token,
         "on_connect": connected,
     }
+    if args.allow_stale_code:
+        options["allow_stale_code"] = True
     if args.dask is not None:
         if not args.dask:
             raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
@@ -295,6 +297,13 @@ def add_worker_command(sub: Any) -> None:
         metavar="DURATION",
         help="longest the worker takes to stop after SIGTERM or Ctrl-C, e.g. 10s (default "
         "%(default)s); past it the process exits with status 1 whatever its tasks are doing",
+    )
+    worker.add_argument(
+        "--allow-stale-code",
+        action="store_true",
+        help="run tasks whatever code the run's graph was built with: report no code "
+        "digests (by default a task whose code here differs from the run's is not given "
+        "to this worker, and the run says why it waits)",
     )
     worker.add_argument(
         "--token", default=None, help="bearer token for the server (default: $HEADWATER_TOKEN)"

@@ -54,6 +54,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if args.action == "list":
             for run in client.list_runs(flow_name=args.flow or "", limit=args.limit):
                 origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
+                if run.parent_task_run_id:
+                    origin += f"  child of {run.parent_task_run_id}"
                 print(f"{run.id}  {run.state.name:9}  {run.flow_name} v{run.flow_version}{origin}")
             return EXIT_OK
         if not args.run_id:
@@ -61,6 +63,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if args.action == "show":
             run = client.get(args.run_id, include_task_runs=True)
             print(f"{run.id}  {run.state.name}  {run.flow_name} v{run.flow_version}  {run.message}")
+            if run.parent_task_run_id:
+                print(f"  parent: flow run {run.parent_id}, task run {run.parent_task_run_id}")
             for task in run.task_runs:
                 states = " > ".join(s.name for s in task.states)
                 worker = f"  on {task.worker}" if task.worker else ""
@@ -68,6 +72,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     f"  {task.key:30} {task.state.name:15} attempts={task.attempts}"
                     f"{worker}  {states}"
                 )
+                for child in task.child_run_ids:
+                    print(f"    child flow run {child}")
+                if task.waiting:
+                    print(f"    waiting: {task.waiting}")
             if run.state is FlowRunState.SUCCESS:
                 print(json.dumps(run.result, indent=2, default=repr))
             return EXIT_OK

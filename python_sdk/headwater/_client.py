@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -69,6 +69,10 @@ class TaskRunInfo:
     states: list[TaskRunState] = field(default_factory=list)
     message: str = ""
     worker: str = ""  # the worker that runs (or ran) the current attempt
+    #: Child flow runs it started (a subflow node's, or flows the task called).
+    child_run_ids: list[str] = field(default_factory=list)
+    #: Why it is SCHEDULED and not running yet, when the server knows ("" otherwise).
+    waiting: str = ""
 
 
 @dataclass
@@ -86,6 +90,10 @@ class RemoteFlowRun:
     schedule_id: str = ""
     #: The key the run was created with (a scheduled run's names its fire time).
     idempotency_key: str = ""
+    #: For a child flow run (a subflow, or a flow a task started): the parent run.
+    parent_id: str = ""
+    #: For a child flow run: the parent's task run that stands for it (RUN_ID/KEY).
+    parent_task_run_id: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -178,9 +186,30 @@ class Client:
 
         given = flow.validate(**(params or {}))
         values = flow.complete(given, required=complete)
-        return compile_graph(
-            flow, given, values, lambda value, portable: self.encode(value, portable=portable)
-        )
+        return compile_graph(flow, given, values, self._encoder, self._pinner())
+
+    def _encoder(self, value: Any, portable: bool) -> payload_pb2.Value:
+        return self.encode(value, portable=portable)
+
+    def _pinner(self) -> Callable[[Flow[..., Any]], str]:
+        """Registers the graphs of the subflows a flow calls (once each, recursively)
+        and gives the version each subflow node runs: its one graph when its structure
+        does not depend on its parameters, else "" (the server has a worker build one
+        for each child run's values)."""
+        from ._graphs import subflow_graph
+
+        pinned: dict[int, str] = {}
+
+        def pin(flow: Flow[..., Any]) -> str:
+            key = id(flow)
+            if key not in pinned:
+                pinned[key] = ""  # a flow that calls itself: its own call is not pinned
+                msg = subflow_graph(flow, self._encoder, pin)
+                if msg is not None:
+                    pinned[key] = self._register(msg)
+            return pinned[key]
+
+        return pin
 
     def run(
         self,
@@ -189,11 +218,17 @@ class Client:
         *,
         version: str = "",
         idempotency_key: str = "",
+        parent_task_run: str = "",
+        parent_attempt: int = 0,
     ) -> RemoteFlowRun:
         """Create a flow run. A Flow object's parameters are checked against its
-        annotations here, and its graph for them is registered first (docs/flows.md);
-        a flow name runs a registered version, the server checking what it can. The
-        same idempotency key returns the run the first call created."""
+        annotations here, and its graph for them is registered first (docs/flows.md).
+        A flow name runs a registered version; when its graph depends on the values, a
+        worker that offers the flow builds one for them (the server says so when none
+        is connected). The same idempotency key returns the run the first call
+        created. ``parent_task_run`` (``RUN_ID/KEY``) and ``parent_attempt`` start the
+        run as a child of that running task attempt (cancelled when it ends); a flow
+        called inside a task on a worker does this by itself."""
         name, version, values = self._prepare(flow, params, version)
         response = self._call(
             self._control.CreateFlowRun,
@@ -204,6 +239,8 @@ class Client:
                 idempotency_key=idempotency_key,
                 # The caller's current span (if any) becomes the flow span's parent.
                 trace_context=inject(),
+                parent_task_run_id=parent_task_run,
+                parent_attempt=parent_attempt,
             ),
             f"run flow {name!r}",
         )
@@ -239,6 +276,8 @@ class Client:
                 states=[TaskRunState(h.state) for h in t.history],
                 message=t.history[-1].message if t.history else "",
                 worker=t.worker_id,
+                child_run_ids=list(t.child_flow_run_ids),
+                waiting=t.waiting,
             )
             for t in response.task_runs
         ]
@@ -343,8 +382,9 @@ class Client:
         ``version`` runs the latest version at each fire. After downtime only the
         most recent missed time fires, unless ``catchup`` (then every missed time
         does). A Flow object's parameters are checked and its graph for them is
-        registered and pinned; that is also how a flow whose graph depends on its
-        parameter values is scheduled (docs/flows.md). See docs/schedules.md."""
+        registered and pinned. A flow name whose graph depends on its parameter values
+        is checked (and its values converted) by a worker that offers the flow, which
+        also builds the graph for each fire (docs/flows.md). See docs/schedules.md."""
         name, version, values = self._prepare(flow, params, version)
         msg = schedule_message(name, version, every, cron, values, timezone, paused, catchup)
         response = self._call(
@@ -421,6 +461,8 @@ class Client:
             message=msg.history[-1].message if msg.history else "",
             schedule_id=msg.schedule_id,
             idempotency_key=msg.idempotency_key,
+            parent_id=msg.parent_flow_run_id,
+            parent_task_run_id=msg.parent_task_run_id,
             _result=msg.result if msg.HasField("result") else None,
             _client=self,
         )

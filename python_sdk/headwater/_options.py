@@ -48,6 +48,20 @@ class TaskOptions(CommonOptions, total=False):
     cache_key_fn: Callable[[dict[str, Any]], str] | None
     resources: Mapping[str, float] | None
     portable: bool
+    code_version: str
+
+
+class FlowOptions(TypedDict, total=False):
+    """Options of a flow's calls inside other flows (subflows): as for a task."""
+
+    retries: int
+    retry_delay: float | timedelta
+    backoff: float
+    max_retry_delay: float | timedelta | None
+    retry_jitter: float
+    timeout: float | timedelta | None
+    trigger: str | Trigger
+    tags: Iterable[str]
 
 
 class RemoteTaskOptions(CommonOptions, total=False):

@@ -45,6 +45,7 @@ from ._loader import LoadError, load_file, load_module
 from ._task import Task
 from ._worker_attempts import Attempts, fencing, key_of
 from ._worker_codec import failure
+from ._worker_flows import FlowLauncher, GraphBuilder, collect_flows, offers
 
 log = logging.getLogger("headwater.worker")
 
@@ -134,6 +135,9 @@ class Worker:
         name: display name (default ``HOSTNAME-PID``).
         token: bearer token sent with every call.
         on_connect: called once, after the first Welcome.
+        allow_stale_code: report no code digests, so the server gives this worker
+            tasks whatever code the run's graph was built with (docs/flows.md, "No
+            stale code"); by default a task whose code here differs is not given to it.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class Worker:
         name: str | None = None,
         token: str | None = None,
         on_connect: Callable[[Worker], None] | None = None,
+        allow_stale_code: bool = False,
     ) -> None:
         if not server:
             raise ValueError("the server address must be HOST:PORT")
@@ -156,8 +161,14 @@ class Worker:
         self.labels = dict(labels or {})
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.worker_id = os.urandom(16).hex()
-        self.tasks = collect_tasks([import_module(m) for m in modules])
-        self.metadata = ConnectionSettings(server, token).metadata()
+        imported = [import_module(m) for m in modules]
+        self.tasks = collect_tasks(imported)
+        self.flows = collect_flows(imported)
+        self.allow_stale_code = allow_stale_code
+        # Taken now, as imported: the digests say which code this process runs.
+        self.code_digests = {} if allow_stale_code else _digests(self.tasks)
+        settings = ConnectionSettings(server, token)
+        self.metadata = settings.metadata()
         self._on_connect = on_connect
         self._stop = threading.Event()
         # Its own generator: the reconnect jitter must not touch the global random state
@@ -166,6 +177,8 @@ class Worker:
         self._session: _Session | None = None
         self._connected_once = False
         self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
+        self.attempts.launcher = FlowLauncher(settings)
+        self.builder = GraphBuilder(self.flows, self._send)
         self._lock = self.attempts.lock
 
     # Lifecycle ---------------------------------------------------------------------
@@ -174,6 +187,7 @@ class Worker:
         """Serve until stopped; raises WorkerError when the server refuses for good."""
         payload_channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
         self.attempts.transfer = PayloadTransfer(payload_channel, self.metadata)
+        self.builder.transfer = self.attempts.transfer
         logging.getLogger().addHandler(self.attempts.log_handler)
         try:
             failures = 0
@@ -255,7 +269,9 @@ class Worker:
                 pid=os.getpid(),
             ),
             running=[fencing(t) for t in self.attempts.held()],
-            features=[BATCH],
+            features=[BATCH, *self.builder.feature],
+            code_digests=self.code_digests,
+            flows=offers(self.flows),
         )
 
     def _requests(self, session: _Session) -> Iterator[worker_pb2.ConnectRequest]:
@@ -331,6 +347,8 @@ class Worker:
             self.attempts.cancel(key_of(response.cancel.token))
         elif kind == "export_value":
             self._export(response.export_value)
+        elif kind == "build_graph":
+            self.builder.request(response.build_graph)
         elif kind == "heartbeat_ack":
             for token in response.heartbeat_ack.cancel:
                 self.attempts.cancel(key_of(token))
@@ -366,6 +384,7 @@ class Worker:
             session.interval = interval if interval > 0 else DEFAULT_HEARTBEAT
             session.batching = BATCH in welcome.features
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
+            self.builder.inline_limit = self.attempts.inline_limit
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome
             for message in resend:
@@ -377,6 +396,12 @@ class Worker:
             self._on_connect(self)
         elif not first:
             log.info("reconnected to %s", self.server)
+
+
+def _digests(tasks: Mapping[str, Task[..., Any]]) -> dict[str, str]:
+    """The code digest of every task this worker runs that has one, by task type."""
+    digests = {task_type: task.code_digest for task_type, task in tasks.items()}
+    return {task_type: digest for task_type, digest in digests.items() if digest}
 
 
 def _sdk_version() -> str:

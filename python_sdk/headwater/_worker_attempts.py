@@ -220,6 +220,8 @@ class Attempts:
         self._idle = 0  # pooled threads waiting on _jobs
         self._closed = False
         self.tracer = active_tracer()  # None: tracing off, no per-attempt cost
+        #: Starts the flows a task calls as child runs (``execution.current_task``).
+        self.launcher: Any = None
 
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
@@ -469,7 +471,9 @@ class Attempts:
         cache_key = self._function_cache_key(attempt, inputs)
         if cache_key and self._cache_hit(attempt, cache_key):
             return None
-        event = execute(make_caller(task.fn), inputs, token[0], token[1], task.no_retry_on)
+        event = execute(
+            make_caller(task.fn), inputs, token[0], token[1], task.no_retry_on, self.launcher
+        )
         self._seal(attempt)  # encoding and uploading the result are not interrupted
         if isinstance(event, TaskSkipped):
             skipped = worker_pb2.TaskSkipped(token=assignment.token, reason=event.reason)

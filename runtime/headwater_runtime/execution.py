@@ -6,6 +6,7 @@ task behaves the same wherever it runs.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import traceback
 from collections.abc import Callable
@@ -54,6 +55,19 @@ def failure_from_exception(
 
 Caller = Callable[[dict[str, Any]], Any]
 
+#: The attempt this thread is executing: ``(launcher, key, attempt)``, where the
+#: launcher is the host's (an EmbeddedRun, the Python worker's) and ``key`` names the
+#: task run to that host. A flow called inside a task body reads it to start a child
+#: flow run linked to the task run (docs/flows.md, "Flows started by tasks").
+_TASK: contextvars.ContextVar[tuple[Any, str, int] | None] = contextvars.ContextVar(
+    "headwater_task", default=None
+)
+
+
+def current_task() -> tuple[Any, str, int] | None:
+    """``(launcher, key, attempt)`` of the task attempt running in this thread, if any."""
+    return _TASK.get()
+
 
 def make_caller(fn: Callable[..., Any]) -> Caller:
     """A function that calls ``fn`` with arguments given by parameter name.
@@ -95,8 +109,13 @@ def execute(
     key: str,
     attempt: int,
     no_retry_on: tuple[type[BaseException], ...] = (),
+    launcher: Any = None,
 ) -> TaskSucceeded | TaskFailed | TaskSkipped:
-    """Run a task function once and describe the outcome as an engine event."""
+    """Run a task function once and describe the outcome as an engine event.
+
+    ``launcher`` (the host) is what a flow called inside the task starts its child
+    flow run with (``current_task``)."""
+    token = _TASK.set((launcher, key, attempt)) if launcher is not None else None
     try:
         value = caller(inputs)
     except Skip as signal:
@@ -105,6 +124,9 @@ def execute(
         raise
     except BaseException as exc:  # a task's SystemExit must not kill the host
         return TaskFailed(key, attempt, failure_from_exception(exc, no_retry_on))
+    finally:
+        if token is not None:
+            _TASK.reset(token)
     if isinstance(value, Skip):
         return TaskSkipped(key, attempt, str(value))
     return TaskSucceeded(key, attempt, value)

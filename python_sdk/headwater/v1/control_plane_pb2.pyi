@@ -215,6 +215,8 @@ class CreateFlowRunRequest(google.protobuf.message.Message):
     PARAMETERS_FIELD_NUMBER: builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: builtins.int
+    PARENT_TASK_RUN_ID_FIELD_NUMBER: builtins.int
+    PARENT_ATTEMPT_FIELD_NUMBER: builtins.int
     flow_name: builtins.str
     """Flow name."""
     flow_version: builtins.str
@@ -223,6 +225,14 @@ class CreateFlowRunRequest(google.protobuf.message.Message):
     """Optional idempotency key: a second request with the same key returns the run the
     first one created instead of creating another.
     """
+    parent_task_run_id: builtins.str
+    """For a run started by a task while it runs (a flow called inside a task body): the
+    task run's id (FLOW_RUN_ID/KEY). The run is then a child of that task run, and is
+    cancelled when the attempt parent_attempt ends while it still runs. Empty for a
+    top-level run.
+    """
+    parent_attempt: builtins.int
+    """The attempt of parent_task_run_id that starts the run."""
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """Parameter values, by name."""
@@ -239,8 +249,10 @@ class CreateFlowRunRequest(google.protobuf.message.Message):
         parameters: collections.abc.Mapping[builtins.str, headwater.v1.payload_pb2.Value] | None = ...,
         idempotency_key: builtins.str = ...,
         trace_context: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        parent_task_run_id: builtins.str = ...,
+        parent_attempt: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "trace_context", b"trace_context"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "parent_attempt", b"parent_attempt", "parent_task_run_id", b"parent_task_run_id", "trace_context", b"trace_context"]) -> None: ...
 
 global___CreateFlowRunRequest = CreateFlowRunRequest
 

@@ -70,6 +70,8 @@ class FlowRun(google.protobuf.message.Message):
     FAILED_TASK_IDS_FIELD_NUMBER: builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: builtins.int
     SCHEDULE_ID_FIELD_NUMBER: builtins.int
+    PARENT_FLOW_RUN_ID_FIELD_NUMBER: builtins.int
+    PARENT_TASK_RUN_ID_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Run id, assigned by the control plane."""
     flow_name: builtins.str
@@ -82,6 +84,14 @@ class FlowRun(google.protobuf.message.Message):
     """Idempotency key it was created with, if any."""
     schedule_id: builtins.str
     """Schedule that created the run, if any."""
+    parent_flow_run_id: builtins.str
+    """For a child flow run (a subflow, or a flow started by a task while it ran): the
+    flow run it belongs to. Empty for a top-level run.
+    """
+    parent_task_run_id: builtins.str
+    """For a child flow run: the task run of the parent that stands for it (the subflow
+    node's run, or the task that started it), FLOW_RUN_ID/KEY.
+    """
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """Parameter values, by name (defaults filled in)."""
@@ -131,9 +141,11 @@ class FlowRun(google.protobuf.message.Message):
         failed_task_ids: collections.abc.Iterable[builtins.str] | None = ...,
         trace_context: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         schedule_id: builtins.str = ...,
+        parent_flow_run_id: builtins.str = ...,
+        parent_task_run_id: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "result", b"result", "started_at", b"started_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "result", b"result", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "parent_flow_run_id", b"parent_flow_run_id", "parent_task_run_id", b"parent_task_run_id", "result", b"result", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
 
 global___FlowRun = FlowRun
 
@@ -156,6 +168,8 @@ class TaskRun(google.protobuf.message.Message):
     ATTEMPTS_FIELD_NUMBER: builtins.int
     WORKER_ID_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
+    CHILD_FLOW_RUN_IDS_FIELD_NUMBER: builtins.int
+    WAITING_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Task run id."""
     flow_run_id: builtins.str
@@ -178,9 +192,20 @@ class TaskRun(google.protobuf.message.Message):
     """
     cache_key: builtins.str
     """Cache key, for cached tasks."""
+    waiting: builtins.str
+    """Why a SCHEDULED task run is not running yet, when the server knows a reason, e.g.
+    "worker 'w1' has other code for task 'etl.load' (...)"; empty otherwise. Filled in
+    by GetFlowRun.
+    """
     @property
     def history(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.state_pb2.TaskRunStateEntry]:
         """Full state history, oldest first."""
+
+    @property
+    def child_flow_run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Child flow runs this task run started, oldest first: one per attempt of a subflow
+        node, or the flows a task called while it ran.
+        """
 
     def __init__(
         self,
@@ -196,8 +221,10 @@ class TaskRun(google.protobuf.message.Message):
         attempts: builtins.int = ...,
         worker_id: builtins.str = ...,
         cache_key: builtins.str = ...,
+        child_flow_run_ids: collections.abc.Iterable[builtins.str] | None = ...,
+        waiting: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempts", b"attempts", "cache_key", b"cache_key", "flow_run_id", b"flow_run_id", "history", b"history", "id", b"id", "map_index", b"map_index", "name", b"name", "parent_task_run_id", b"parent_task_run_id", "state", b"state", "task_id", b"task_id", "worker_id", b"worker_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempts", b"attempts", "cache_key", b"cache_key", "child_flow_run_ids", b"child_flow_run_ids", "flow_run_id", b"flow_run_id", "history", b"history", "id", b"id", "map_index", b"map_index", "name", b"name", "parent_task_run_id", b"parent_task_run_id", "state", b"state", "task_id", b"task_id", "waiting", b"waiting", "worker_id", b"worker_id"]) -> None: ...
 
 global___TaskRun = TaskRun
 

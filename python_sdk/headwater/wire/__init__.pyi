@@ -25,6 +25,7 @@ from ._failure import failure_to_dict as failure_to_dict
 from ._failure import failure_to_proto as failure_to_proto
 from ._graph import BUILD_SEPARATOR as BUILD_SEPARATOR
 from ._graph import NO_RETRY as NO_RETRY
+from ._graph import SUBFLOW_TASK_TYPE as SUBFLOW_TASK_TYPE
 from ._graph import CacheSpec as CacheSpec
 from ._graph import Const as Const
 from ._graph import DictOf as DictOf
@@ -39,6 +40,7 @@ from ._graph import Param as Param
 from ._graph import ParameterError as ParameterError
 from ._graph import ParamSpec as ParamSpec
 from ._graph import RetrySpec as RetrySpec
+from ._graph import SubflowSpec as SubflowSpec
 from ._graph import TaskSpec as TaskSpec
 from ._graph import Trigger as Trigger
 from ._graph import bind_params as bind_params
@@ -77,6 +79,7 @@ from ._limits import cut_text as cut_text
 from ._limits import limit_flag as limit_flag
 from ._limits import limit_variable as limit_variable
 from ._protocol import BATCH as BATCH
+from ._protocol import GRAPH_BUILDS as GRAPH_BUILDS
 from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature

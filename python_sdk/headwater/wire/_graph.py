@@ -110,6 +110,23 @@ class RetrySpec:
 
 NO_RETRY = RetrySpec()
 
+#: The task type of a subflow node (a call of another flow inside a flow body).
+SUBFLOW_TASK_TYPE = "headwater.subflow"
+
+
+@dataclass(frozen=True, slots=True)
+class SubflowSpec:
+    """What a subflow node runs: a child flow run of ``flow_name``.
+
+    ``flow_version`` pins the child's registered version (empty: the latest, or a
+    graph built for the node's inputs); ``flow`` is the SDK's Flow object when the
+    graph was compiled in this process (an embedded host runs it directly).
+    """
+
+    flow_name: str
+    flow_version: str = ""
+    flow: Any = field(default=None, compare=False, repr=False)
+
 
 @dataclass(frozen=True, slots=True)
 class CacheSpec:
@@ -143,6 +160,10 @@ class TaskSpec:
     argument_order: tuple[str, ...] = ()
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     no_retry_on: tuple[type[BaseException], ...] = field(default=(), compare=False, repr=False)
+    #: The digest of the task's code (docs/flows.md, "No stale code"); "" unchecked.
+    code_digest: str = ""
+    #: Set on a subflow node (``task_type`` SUBFLOW_TASK_TYPE).
+    subflow: SubflowSpec | None = None
 
     @property
     def cache_key_prefix(self) -> str:
@@ -305,6 +326,13 @@ class GraphSpec:
                     if arg not in t.inputs:
                         raise GraphError(f"task {t.id!r} maps over unknown argument {arg!r}")
             _check_numbers(t)
+            if (t.subflow is not None) != (t.task_type == SUBFLOW_TASK_TYPE):
+                raise GraphError(
+                    f"task {t.id!r}: a subflow node (task type {SUBFLOW_TASK_TYPE!r}) must "
+                    "name its flow, and only a subflow node may"
+                )
+            if t.subflow is not None and (t.mapped is not None or t.cache is not None):
+                raise GraphError(f"task {t.id!r}: a subflow call cannot be mapped or cached")
         if self.result is not None:
             for ref in iter_task_refs(self.result):
                 if ref.task_id not in ids:

@@ -36,9 +36,18 @@ class PendingAssignment:
         labels: labels the worker must have.
         assignment: the Assignment message, or a function that builds it.
         token: ``(task run id, attempt)``; required when ``assignment`` is a function.
+        code_digest: the digest of the task's code in the run's graph ("": any code).
     """
 
-    __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
+    __slots__ = (
+        "_build",
+        "_message",
+        "code_digest",
+        "flow_run_id",
+        "labels",
+        "task_type",
+        "token",
+    )
 
     def __init__(
         self,
@@ -47,10 +56,12 @@ class PendingAssignment:
         labels: Mapping[str, str],
         assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
         token: tuple[str, int] | None = None,
+        code_digest: str = "",
     ) -> None:
         self.flow_run_id = flow_run_id
         self.task_type = task_type
         self.labels = labels
+        self.code_digest = code_digest
         if isinstance(assignment, worker_pb2.Assignment):
             self._message: worker_pb2.Assignment | None = assignment
             self._build: Callable[[], worker_pb2.Assignment] | None = None

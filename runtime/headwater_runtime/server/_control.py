@@ -29,6 +29,7 @@ from headwater.wire import (
     GraphError,
     LimitExceeded,
     ParameterError,
+    TaskRunState,
     feature_names,
     is_build_version,
     split_task_run_id,
@@ -37,10 +38,12 @@ from headwater.wire import (
 )
 from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavailable
 
+from ._builds import BuildUnavailable
+from ._children import NotRunning
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
 from ._limits import InvalidValue, check_parameter
-from ._results import NoResult, flow_result, task_result
+from ._queries import NoResult, flow_result, task_result
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -71,8 +74,10 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
         await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except Conflict as exc:
         await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-    except NoResult as exc:
+    except (NoResult, NotRunning) as exc:
         await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except BuildUnavailable as exc:
+        await _fail(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; try again")
     except StoreUnavailable as exc:
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
         await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
@@ -140,6 +145,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
         await self._check_parameters(request.parameters, context)
+        parent = None
+        if request.parent_task_run_id:
+            parent = (request.parent_task_run_id, request.parent_attempt)
         async with refusals(context):
             row, created = await self.core.create_run(
                 request.flow_name,
@@ -147,6 +155,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 dict(request.parameters),
                 request.idempotency_key,
                 dict(request.trace_context),
+                parent,
             )
         message = await self._message(row)
         return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
@@ -182,18 +191,30 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
+            waiting = self.core.waiting(row.id)
             for task_run in await self.io.read(self._task_runs, row.id):
+                if task_run.state == TaskRunState.SCHEDULED.value:
+                    task_run.waiting = waiting.get(task_run.name, "")
                 response.task_runs.append(task_run)
         return response
 
     def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
-        """A run's task runs with their history and results (on a reader thread)."""
+        """A run's task runs with their history, results and child flow runs (on a
+        reader thread)."""
         history: dict[str, list[Any]] = {}
         for entry in self.store.task_run_history(flow_run_id):
             history.setdefault(entry.key, []).append(entry)
+        children: dict[str, list[str]] = {}
+        for child in self.store.child_flow_runs(flow_run_id):
+            children.setdefault(child.parent_task_key, []).append(child.id)
         rows = self.store.task_runs(flow_run_id)
         values = self.store.get_values(r.result_id for r in rows if r.result_id)
-        return [task_run_from_row(r, history.get(r.key, []), values) for r in rows]
+        runs = []
+        for r in rows:
+            task_run = task_run_from_row(r, history.get(r.key, []), values)
+            task_run.child_flow_run_ids.extend(children.get(r.key, ()))
+            runs.append(task_run)
+        return runs
 
     async def ListFlowRuns(
         self,
@@ -309,7 +330,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         await self._check_parameters(request.schedule.parameters, context)
         async with refusals(context):
-            schedule = self.core.schedules.create(request.schedule)
+            schedule = await self.core.creation.create_schedule(request.schedule)
         self.core.touch()  # the timer loop re-reads the next fire time
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 

@@ -21,6 +21,12 @@ def flow_run_message(row: FlowRunRow, result: payload_pb2.Value | None = None) -
         idempotency_key=row.idempotency_key,
         trace_context=row.trace_context,
         schedule_id=row.schedule_id,
+        parent_flow_run_id=row.parent_flow_run_id,
+        parent_task_run_id=(
+            task_run_id(row.parent_flow_run_id, row.parent_task_key)
+            if row.parent_flow_run_id
+            else ""
+        ),
     )
     if row.parameters:
         for name, param in run_pb2.FlowRun.FromString(row.parameters).parameters.items():

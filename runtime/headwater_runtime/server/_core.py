@@ -54,6 +54,7 @@ from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
+from ._creation import RunCreation
 from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
@@ -93,6 +94,8 @@ class ServerSettings:
     payload_grace: float = 86400.0
     #: The most the server accepts of each size a peer can state (docs/limits.md).
     limits: Limits = field(default_factory=Limits)
+    #: Seconds a worker has to build a flow's graph for a run created without the code.
+    build_timeout: float = 60.0
 
 
 class ServerCore:
@@ -122,6 +125,10 @@ class ServerCore:
             store, self.io, self.runs, self._deliver, on_failing=self.dispatcher.pause
         )
         self.schedules = Scheduler(store, self.runs, self.clock)
+        self.creation = RunCreation(self, settings.build_timeout)
+        self.runs.start_subflow = self.creation.start_subflow
+        self.schedules.build = self.creation.build_fire
+        self._serial = 0  # connection order of worker sessions
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
@@ -163,6 +170,7 @@ class ServerCore:
         if self._pruning is not None:
             with contextlib.suppress(Exception):
                 await self._pruning
+        await self.creation.stop()
         await self.commits.drain()
         self.runs.end_traces()
         self.runs.collector.close()
@@ -196,33 +204,29 @@ class ServerCore:
         parameters: Mapping[str, payload_pb2.Value],
         idempotency_key: str = "",
         trace_context: Mapping[str, str] | None = None,
+        parent: tuple[str, int] | None = None,
     ) -> tuple[FlowRunRow, bool]:
-        """Create and start a run: checked, built and started off the loop (on a
-        reader thread), its row and start stored in one transaction on the writer
-        thread (durable when this returns), then made live on the loop, which only
-        hands its ready attempts to the dispatcher. The same idempotency key returns
-        the first run; with other parameters, Conflict."""
-        prepared = await self.io.read(
-            self.runs.prepare_run,
-            flow_name,
-            flow_version,
-            parameters,
-            idempotency_key,
-            trace_context,
+        """Create and start a run: checked and built off the loop (its graph built by a
+        worker when the stored one cannot serve its values, ``_creation``), its row
+        stored on the writer thread (durable when this returns), then started. The same
+        idempotency key returns the first run; with other parameters, Conflict.
+        ``parent`` (task run id, attempt): a run a task starts while it runs
+        (NotRunning unless that attempt runs)."""
+        link = None if parent is None else self.runs.check_parent(*parent)
+        return await self.creation.create(
+            flow_name, flow_version, parameters, idempotency_key, trace_context, parent=link
         )
-        try:
-            row, created = await self.io.write(
-                self.store.create_flow_run, prepared.row, None, prepared.batch
-            )
-        except BaseException:
-            self.runs.discard(prepared)
-            raise
-        if created:
-            self.runs.adopt(prepared)
-            self.touch()
-        else:
-            self.runs.discard(prepared)
-        return row, created
+
+    def waiting(self, flow_run_id: str) -> dict[str, str]:
+        """Why task runs of a run wait, by task run key, where the server knows: a
+        worker with other code for the task, a subflow waiting for a worker to build
+        its child's graph."""
+        reasons = {
+            split_task_run_id(tid)[1]: why
+            for tid, why in self.dispatcher.waiting_reasons(flow_run_id).items()
+        }
+        reasons.update(self.creation.reasons(flow_run_id))
+        return reasons
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
@@ -340,7 +344,12 @@ class ServerCore:
             slots=hello.slots,
             send=outbox.put_nowait,
             last_seen=self.clock.now(),
+            code_digests=dict(hello.code_digests),
+            flows={f.name: f.code_digest for f in hello.flows},
+            features=frozenset(hello.features),
+            serial=self._serial,
         )
+        self._serial += 1
         adopted: dict[Token, str] = {}
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
@@ -365,6 +374,7 @@ class ServerCore:
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
+        self.creation.connected(session)
         self.touch()
         return session, welcome, outbox
 
@@ -372,6 +382,7 @@ class ServerCore:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
+        self.creation.builds.forget(session)
         self.touch()
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
@@ -397,6 +408,9 @@ class ServerCore:
             return
         if kind == "value_exported":
             self.exports.on_exported(session, msg.value_exported)
+            return
+        if kind == "graph_built":
+            self.creation.builds.on_built(session, msg.graph_built)
             return
         if kind == "cache_key":
             self._cache_key(session, msg.cache_key)

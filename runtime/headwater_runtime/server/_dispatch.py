@@ -1,15 +1,19 @@
 """The dispatcher: routes ready attempts to connected workers.
 
-A pending attempt goes to a worker that has its task type as a capability and whose
-labels include the task's required labels, never beyond the worker's free slots
-(credit flow control), round-robin across flow runs so one large run cannot starve
-the others. An attempt no connected worker can take waits (its task run stays
-SCHEDULED) until a suitable worker connects or frees a slot. While ``paused`` (the
-store cannot record deliveries), nothing is handed out.
+A pending attempt goes to a worker that has its task type as a capability, whose
+labels include the task's required labels and whose code for the task is the code the
+run's graph was built with (``Hello.code_digests`` against ``TaskNode.code_digest``),
+never beyond the worker's free slots (credit flow control), round-robin across flow
+runs so one large run cannot starve the others. An attempt no connected worker can
+take waits (its task run stays SCHEDULED) until a suitable worker connects or frees a
+slot; ``waiting_reasons`` says why, where the dispatcher knows (a worker with other
+code for the task).
+While ``paused`` (the store cannot record deliveries), nothing is handed out.
 """
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +28,8 @@ Token = tuple[str, int]  # (task run id, attempt)
 #: the store has not recorded yet (WorkerSession.can_take).
 UNSTORED_PER_SLOT = 2
 _TOKEN = operator.attrgetter("token")
+
+log = logging.getLogger("headwater.server")
 
 
 @dataclass(eq=False)
@@ -41,6 +47,14 @@ class WorkerSession:
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
     #: Assignments sent whose delivery the store has not recorded yet (kept by the host).
     unstored: int = 0
+    #: Digest of the worker's code by task type (Hello.code_digests).
+    code_digests: dict[str, str] = field(default_factory=dict)
+    #: The flows it can build graphs of, with their code digests (Hello.flows).
+    flows: dict[str, str] = field(default_factory=dict)
+    #: Optional protocol features it listed (Hello.features).
+    features: frozenset[str] = frozenset()
+    #: Connection order: a higher number connected later.
+    serial: int = 0
 
     @property
     def free(self) -> int:
@@ -55,10 +69,19 @@ class WorkerSession:
         one slot may turn over while one commit is written without waiting for it)."""
         return self.free > 0 and self.unstored < UNSTORED_PER_SLOT * self.slots
 
+    def stale(self, pending: PendingAssignment) -> bool:
+        """Whether the worker's code for the attempt's task differs from the code the
+        run's graph was built with (either side not saying counts as the same)."""
+        mine = self.code_digests.get(pending.task_type, "")
+        return bool(mine and pending.code_digest and mine != pending.code_digest)
+
     def accepts(self, pending: PendingAssignment) -> bool:
-        """Whether the worker has the attempt's task type and every label it requires."""
-        return pending.task_type in self.capabilities and all(
-            self.labels.get(k) == v for k, v in pending.labels.items()
+        """Whether the worker has the attempt's task type, every label it requires and
+        the code the run's graph names for it."""
+        return (
+            pending.task_type in self.capabilities
+            and all(self.labels.get(k) == v for k, v in pending.labels.items())
+            and not self.stale(pending)
         )
 
 
@@ -92,6 +115,7 @@ class Dispatcher:
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
         self._paused = False
+        self._warned: set[tuple[str, str, str]] = set()  # (session, task type, digest)
 
     @property
     def paused(self) -> bool:
@@ -172,6 +196,41 @@ class Dispatcher:
                 del self._pending[pending.task_type]
         return pending
 
+    def waiting_reasons(self, flow_run_id: str) -> dict[str, str]:
+        """Why attempts of a run wait for a worker, by task run id, where the dispatcher
+        knows a reason: connected workers that have the task type but other code for it
+        (a worker started before the task was edited). Attempts without a known reason
+        are left out."""
+        reasons: dict[str, str] = {}
+        for runs in self._pending.values():
+            for pending in runs.get(flow_run_id, ()):
+                if self._queued.get(pending.token) is not pending:
+                    continue  # taken out early (cancelled, claimed)
+                reason = self.waiting_reason(pending)
+                if reason:
+                    reasons[pending.token[0]] = reason
+        return reasons
+
+    def waiting_reason(self, pending: PendingAssignment) -> str:
+        """Why this attempt is not assigned, when the dispatcher can tell ("" if not)."""
+        stale = [
+            s
+            for s in self.sessions.values()
+            if pending.task_type in s.capabilities and s.stale(pending)
+        ]
+        if not stale or any(s.accepts(pending) for s in self.sessions.values()):
+            return ""
+        names = ", ".join(repr(s.name) for s in stale[:3])
+        names += " and others" if len(stale) > 3 else ""
+        worker = "worker" if len(stale) == 1 else "workers"
+        return (
+            f"{worker} {names} {'has' if len(stale) == 1 else 'have'} other code for task "
+            f"{pending.task_type!r} (digest {stale[0].code_digests[pending.task_type]}, the "
+            f"run's graph was built with {pending.code_digest}): start a worker with the "
+            "code the run was built with (restart it after editing the task), or one with "
+            "--allow-stale-code to run its own code"
+        )
+
     @property
     def pending_count(self) -> int:
         """Attempts waiting for a worker."""
@@ -192,6 +251,7 @@ class Dispatcher:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        self._warned = {w for w in self._warned if w[0] != session_id}
         lost = list(session.running.items())
         session.running.clear()
         for token, _ in lost:
@@ -249,7 +309,8 @@ class Dispatcher:
                     continue
                 fits = [s for s in candidates if s.accepts(pending)]
                 if not fits:
-                    blocked.add(run_id)  # its head needs labels no free worker has
+                    blocked.add(run_id)  # its head needs labels or code no free worker has
+                    self._warn_stale(candidates, pending)
                     continue
                 session = max(fits, key=lambda s: s.free)
                 queue.popleft()
@@ -258,6 +319,23 @@ class Dispatcher:
                 candidates = [s for s in candidates if s.can_take]
             if not runs:
                 self._pending.pop(task_type, None)
+
+    def _warn_stale(self, candidates: list[WorkerSession], pending: PendingAssignment) -> None:
+        """Say once per worker and code in the server log that a worker is passed over
+        for having other code (the task run's ``waiting`` says it too)."""
+        for session in candidates:
+            key = (session.session_id, pending.task_type, pending.code_digest)
+            if session.stale(pending) and key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "worker %s has other code for task %s than the graph of flow run %s "
+                    "(digest %s, the graph has %s): it is not given that task",
+                    session.name,
+                    pending.task_type,
+                    pending.flow_run_id,
+                    session.code_digests.get(pending.task_type),
+                    pending.code_digest,
+                )
 
     def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
         session.running[pending.token] = pending.flow_run_id

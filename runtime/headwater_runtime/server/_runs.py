@@ -29,7 +29,6 @@ from headwater.wire import (
     GraphSpec,
     JsonConsumers,
     Limits,
-    TaskRunState,
     bind_params,
     build_version,
     failure_to_dict,
@@ -39,10 +38,8 @@ from headwater.wire import (
     task_run_id,
 )
 from headwater_runtime.engine import (
-    ATTEMPT_EVENTS,
     ENGINE_VERSION,
     REPLAYS,
-    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -62,13 +59,12 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     replay,
-    stale_reason,
+    subflow_outcome,
 )
 from headwater_runtime.store import (
     CacheRow,
     FlowRunRow,
     LogRow,
-    NotFound,
     ScheduleRow,
     StateRow,
     Store,
@@ -78,6 +74,14 @@ from headwater_runtime.store import (
 from headwater_runtime.tracing import active_tracer, extract, inject
 
 from ._assignments import Dispatch, PendingAssignment, assignment_message
+from ._children import (
+    ChildRuns,
+    NotRunning,
+    SubflowStart,
+    parent_fields,
+    result_value,
+    subflow_start,
+)
 from ._gc import Collector
 from ._journal import (
     decode_entry,
@@ -93,7 +97,7 @@ from ._params import (
     param_payload_ids,
     param_values,
 )
-from ._results import NoResult
+from ._queries import NoResult, refusal
 from ._sink import Effect, Sink
 from ._values import SERVER_VALUES, to_input_value
 
@@ -102,7 +106,15 @@ if TYPE_CHECKING:
 
 _RUNNING = FlowRunState.RUNNING.value
 
-__all__ = ["Dispatch", "NoResult", "PendingAssignment", "Recovery", "RunManager"]
+__all__ = [
+    "Dispatch",
+    "NoResult",
+    "NotRunning",
+    "PendingAssignment",
+    "Recovery",
+    "RunManager",
+    "SubflowStart",
+]
 
 
 @dataclass
@@ -184,6 +196,10 @@ class RunManager:
         self._workers: dict[tuple[str, str], str] = {}  # (flow run, key) -> worker name
         # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
         self.tracer = active_tracer()
+        self.children = ChildRuns()
+        #: Starts the child flow run of a dispatched subflow node (the server core sets
+        #: it; called after the commit, like an assignment is sent).
+        self.start_subflow: Callable[[SubflowStart], None] | None = None
 
     # ------------------------------------------------------------------- flows
 
@@ -237,12 +253,14 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> PreparedRun:
         """Check a new run (ParameterError for bad parameters, NotFound for an unknown
         flow), build its row and its engine and start it into a sink of its own;
         nothing is stored and nothing leaves yet. Safe to call from a reader thread: a
         100k-task graph takes a while to build and start, and the event loop must not
-        wait for it."""
+        wait for it.
+        ``parent`` (flow run id, task run key, attempt) makes it a child run."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(graph, version, parameters)
         now = self.clock.now()
@@ -263,6 +281,7 @@ class RunManager:
             schedule_id=schedule.id if schedule is not None else "",
             engine_version=ENGINE_VERSION,
             payload_ids=param_payload_ids(values),
+            **parent_fields(parent),
         )
         with self.collector.building(len(graph.tasks)):
             active = self._build(row, graph, params, journal=None)
@@ -283,6 +302,7 @@ class RunManager:
         sink, active.sink = active.sink, None
         assert sink is not None, "adopt() takes a run from prepare_run() once"
         self.runs[active.row.id] = active  # one that ended at once leaves with _deactivate
+        self.children.link(active.row)
         if active.large:
             self.collector.large_run_started()
         for effect in sink.effects:
@@ -290,6 +310,31 @@ class RunManager:
         self._arm_timer(active)
         for listener in self.listeners:
             listener(active.row.id, None)
+        row = active.row
+        if row.parent_flow_run_id and not self.parent_running(
+            row.parent_flow_run_id, row.parent_task_key, row.parent_attempt
+        ):
+            # The parent's attempt ended while the child was being created.
+            self.cancel(row.id, f"the parent task run {row.parent_task_key!r} is over")
+
+    def parent_running(self, parent_id: str, key: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of task run ``key`` of run ``parent_id`` runs."""
+        active = self.runs.get(parent_id)
+        return self.children.current(active.engine if active else None, key, attempt)
+
+    def check_parent(self, parent_task_run_id: str, attempt: int) -> tuple[str, str, int]:
+        """The parent link of a run a task starts while it runs: NotRunning unless that
+        attempt runs now."""
+        try:
+            parent_id, key = split_task_run_id(parent_task_run_id)
+        except ValueError as exc:
+            raise NotRunning(str(exc)) from None
+        if not self.parent_running(parent_id, key, attempt):
+            raise NotRunning(
+                f"attempt {attempt} of task run {parent_task_run_id!r} is not running: a "
+                "child flow run can only be started by a running task"
+            )
+        return parent_id, key, attempt
 
     def create_run(
         self,
@@ -300,11 +345,13 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Create and start a run in this thread (prepare, store, start). The same
         idempotency key returns the first run (Conflict when its parameters differ). A
         run fired by ``schedule`` records its id, and the schedule row (advanced past
-        this fire) is stored in the same transaction as the run."""
+        this fire) is stored in the same transaction as the run. ``parent`` (flow run
+        id, task run key, attempt) makes it a child run."""
         prepared = self.prepare_run(
             flow_name,
             flow_version,
@@ -312,6 +359,7 @@ class RunManager:
             idempotency_key,
             trace_context,
             schedule=schedule,
+            parent=parent,
         )
         try:
             row, created = self.store.create_flow_run(prepared.row, schedule, prepared.batch)
@@ -332,9 +380,11 @@ class RunManager:
         can (server/_params.py): ParameterError, or GraphBuildNeeded when a
         value-dependent graph was built for other values."""
         params = bind_params(graph, dict(given))
+        # First: values a worker will build (and convert) a graph for are not refused
+        # here for not being converted yet ("5" for an int).
+        check_built_for(graph, version, params)
         check_json_params(graph, params)
         check_types(graph, given)
-        check_built_for(graph, version, params)
         return params
 
     def _build(
@@ -381,43 +431,24 @@ class RunManager:
         """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
         active = self.runs.get(flow_run_id)
         if active is None:
-            return [EventIgnored(event, self._refusal(flow_run_id, event))]
+            return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         return self._process(active, active.journal.handle(event))
-
-    def _refusal(self, flow_run_id: str, event: Event) -> str:
-        """Why an event for a flow run whose engine is gone is refused: the run has
-        ended, or never existed. A report about an attempt is worded as the engine
-        words it (``stale_reason``), from what the store kept of the task run."""
-        try:
-            flow = FlowRunState(self.store.get_flow_run(flow_run_id).state)
-        except NotFound:
-            return f"unknown flow run {flow_run_id!r}"
-        if not isinstance(event, ATTEMPT_EVENTS):
-            return f"flow run is {flow.name}"
-        history = self.store.task_run_history(flow_run_id, event.key)
-        if not history:
-            return f"unknown task run {event.key!r}"
-        last = history[-1]
-        ended, lost = None, False
-        if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
-            ended = TaskRunState(last.state)
-            lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
-        return stale_reason(
-            event.key,
-            event.attempt,
-            ended=ended,
-            lost=lost,
-            current=last.attempt,
-            flow=None if flow is FlowRunState.RUNNING else flow,
-        )
 
     def resend(self, flow_run_id: str, key: str) -> None:
         """Dispatch the in-flight attempt of a task run again, unchanged (it never
         reached a worker): no new attempt, no loss counted."""
         active = self.runs[flow_run_id]
-        command = active.engine.resend(key)
+        self._dispatch(active, active.engine.resend(key))
+
+    def _dispatch(self, active: ActiveRun, command: RunTask) -> None:
+        """After the commit: a task's attempt to a worker, a subflow node's to the core
+        (which starts its child flow run)."""
+        if command.run.spec.subflow is not None and self.start_subflow is not None:
+            start = subflow_start(active.row, command, active.trace)
+            self._sink_of(active).effects.append(functools.partial(self.start_subflow, start))
+            return
         pending = self._assignment(active, command)
-        self._sink.effects.append(functools.partial(self.dispatch.submit, pending))
+        self._sink_of(active).effects.append(functools.partial(self.dispatch.submit, pending))
 
     def add_log(self, row: LogRow) -> None:
         """Keep a task run's log record (committed with the next batch)."""
@@ -507,6 +538,7 @@ class RunManager:
             if len(graph.tasks) >= self.collector.large:
                 active.large = True
                 self.collector.large_run_started()
+            self.children.link(row)
             if self.tracer is not None:
                 from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
@@ -568,6 +600,9 @@ class RunManager:
         if run.state.is_terminal:
             self._workers.pop((run_id, run.key), None)
             active.delivered.pop(run.key, None)
+        for child in self.children.orphaned(run_id, run):
+            # The attempt that started it is over (ended, lost, replaced): so is it.
+            self.cancel(child, f"the parent task run {run.key!r} ended {entry.state.name}")
         if active.sink is None:  # a run being started privately has no watchers yet
             for listener in self.listeners:
                 listener(run_id, run)
@@ -640,6 +675,10 @@ class RunManager:
         while queue:
             command = queue.popleft()
             if isinstance(command, RunTask):
+                if command.run.spec.subflow is not None and self.start_subflow is not None:
+                    start = subflow_start(active.row, command, active.trace)
+                    sink.effects.append(functools.partial(self.start_subflow, start))
+                    continue
                 if ready is None:
                     ready, cancels = {}, None
                     sink.effects.append(functools.partial(self.dispatch.submit_many, run_id, ready))
@@ -668,6 +707,26 @@ class RunManager:
                 ignored.append(command)
         self._arm_timer(active)
         return ignored
+
+    def _child_ended(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        """A child run ended: unlink it from its parent and report to a subflow node."""
+        self.children.unlink(row)
+        self._report_to_parent(row, engine)
+
+    def _report_to_parent(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        """A child of a subflow node ended: the node's attempt ends the same way, in
+        the same batch. (A flow a task started is waited for by the task itself.)"""
+        parent = self.runs.get(row.parent_flow_run_id)
+        key, attempt = row.parent_task_key, row.parent_attempt
+        node = parent.engine.runs.get(key) if parent is not None else None
+        if parent is None or node is None or node.spec.subflow is None:
+            return
+        if not self.children.current(parent.engine, key, attempt):
+            return  # the attempt is over already (it timed out, or the parent was cancelled)
+        state = FlowRunState(row.state)
+        result = result_value(engine) if state is FlowRunState.SUCCESS else None
+        event = subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message)
+        self._process(parent, parent.journal.handle(event))
 
     def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
         """An attempt was handed to this worker: recorded durably with the next commit
@@ -740,7 +799,9 @@ class RunManager:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
         build = functools.partial(assignment_message, active, command, self.store)
-        return PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
+        return PendingAssignment(
+            active.row.id, spec.task_type, spec.labels, build, token, spec.code_digest
+        )
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
         row = active.row
@@ -755,6 +816,11 @@ class RunManager:
         if active.trace is not None:
             active.trace.finish(state, row.message)
         sink.effects.append(functools.partial(self._deactivate, row.id))
+        if row.parent_flow_run_id:
+            if active.sink is None:
+                self._child_ended(row, engine)
+            else:  # started privately, off the loop: the parent is told once it is adopted
+                sink.effects.append(functools.partial(self._child_ended, row, engine))
         if active.sink is None:
             for listener in self.listeners:
                 listener(row.id, None)

@@ -66,6 +66,8 @@ class FlowRunRow:
     ``result`` is the flow's result as a serialized ``StoredValue`` (value ids);
     ``engine_version`` the version of the engine whose journal this run has;
     ``payload_ids`` the stored payloads its parameters reference (kept while the run is).
+    A child flow run (a subflow, or a flow a task started) names its parent run, the
+    key of the parent's task run that stands for it, and that task run's attempt.
     """
 
     id: str
@@ -83,6 +85,9 @@ class FlowRunRow:
     schedule_id: str = ""
     engine_version: str = ""
     payload_ids: tuple[str, ...] = ()
+    parent_flow_run_id: str = ""
+    parent_task_key: str = ""
+    parent_attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +310,10 @@ class Store(Protocol):
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         """Every run not in a terminal state, oldest first (recovered at start)."""
+        ...
+
+    def child_flow_runs(self, parent_flow_run_id: str) -> list[FlowRunRow]:
+        """The child flow runs of a run (``FlowRunRow.parent_flow_run_id``), oldest first."""
         ...
 
     def events(self, flow_run_id: str) -> list[RunEvent]:

@@ -46,6 +46,7 @@ from ._sqlite_schema import (
     _IN_TERMINAL,
     _SCHEMA,
     _TERMINAL_FLOW_STATES,
+    MIGRATIONS,
     SCHEMA_VERSION,
     _transaction,
 )
@@ -85,6 +86,8 @@ class SQLiteStore:
         try:
             db = self._db
             version = self._schema_version(db)
+            while version in MIGRATIONS:
+                version = self._migrate(db, version)
             if version not in (None, SCHEMA_VERSION):
                 raise RuntimeError(
                     f"database {self.path} has schema version {version}, and this server "
@@ -106,6 +109,21 @@ class SQLiteStore:
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, version: int) -> int:
+        """Bring the database from ``version`` to the next schema version, in one
+        transaction (MIGRATIONS says how)."""
+
+        def work() -> int:
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version + 1),)
+            )
+            return version + 1
+
+        return _transaction(db, work)
 
     @staticmethod
     def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -305,6 +323,15 @@ class SQLiteStore:
         rows = self._db.execute(
             f"SELECT {_FLOW_RUN_COLS} FROM flow_runs {clause} ORDER BY seq DESC LIMIT ?",
             (*args, limit),
+        )
+        return [_flow_run_row(r) for r in rows]
+
+    def child_flow_runs(self, parent_flow_run_id: str) -> list[FlowRunRow]:
+        """The child flow runs of a flow run (subflows, flows its tasks started), oldest
+        first."""
+        rows = self._db.execute(
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE parent_flow_run_id=? ORDER BY seq",
+            (parent_flow_run_id,),
         )
         return [_flow_run_row(r) for r in rows]
 
@@ -702,7 +729,8 @@ def _delete_for_runs(db: sqlite3.Connection, table: str, runs: Sequence[str]) ->
 
 _FLOW_RUN_COLS = (
     "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
-    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version"
+    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version, "
+    "parent_flow_run_id, parent_task_key, parent_attempt"
 )
 _FLOW_RUN_NCOLS = len(_FLOW_RUN_COLS.split(", "))
 
@@ -722,11 +750,15 @@ def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
         json.dumps(r.trace_context, sort_keys=True),
         r.schedule_id,
         r.engine_version,
+        r.parent_flow_run_id,
+        r.parent_task_key,
+        r.parent_attempt,
     )
 
 
 def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
-    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid, ev) = r
+    (rid, name, version, state, created, params, idem, started, ended, result, msg) = r[:11]
+    tc, sid, ev, parent_id, parent_key, parent_attempt = r[11:]
     return FlowRunRow(
         id=str(rid),
         flow_name=str(name),
@@ -742,4 +774,7 @@ def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
         trace_context=json.loads(str(tc)),
         schedule_id=str(sid),
         engine_version=str(ev),
+        parent_flow_run_id=str(parent_id),
+        parent_task_key=str(parent_key),
+        parent_attempt=int(parent_attempt),
     )

@@ -1,10 +1,13 @@
-"""Reading stored results: a task run's, a flow run's (ControlPlane queries; on a
-reader thread, never the event loop)."""
+"""Answers read from the store: task run and flow run results, and why an event for a
+run whose engine is gone is refused. Called on reader threads; nothing here writes."""
 
 from __future__ import annotations
 
+import json
+
 from headwater.v1 import journal_pb2, payload_pb2
-from headwater.wire import TaskRunState
+from headwater.wire import FlowRunState, TaskRunState
+from headwater_runtime.engine import ATTEMPT_EVENTS, WORKER_LOST, Event, stale_reason
 from headwater_runtime.store import FlowRunRow, NotFound, Store
 
 from ._journal import from_stored, stored_ids
@@ -13,6 +16,34 @@ from ._values import Composite, to_result_value
 
 class NoResult(LookupError):
     """A task run has no result to return (not finished, or it did not succeed)."""
+
+
+def refusal(store: Store, flow_run_id: str, event: Event) -> str:
+    """Why an event for a flow run whose engine is gone is refused: the run has
+    ended, or never existed. A report about an attempt is worded as the engine
+    words it (``stale_reason``), from what the store kept of the task run."""
+    try:
+        flow = FlowRunState(store.get_flow_run(flow_run_id).state)
+    except NotFound:
+        return f"unknown flow run {flow_run_id!r}"
+    if not isinstance(event, ATTEMPT_EVENTS):
+        return f"flow run is {flow.name}"
+    history = store.task_run_history(flow_run_id, event.key)
+    if not history:
+        return f"unknown task run {event.key!r}"
+    last = history[-1]
+    ended, lost = None, False
+    if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
+        ended = TaskRunState(last.state)
+        lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
+    return stale_reason(
+        event.key,
+        event.attempt,
+        ended=ended,
+        lost=lost,
+        current=last.attempt,
+        flow=None if flow is FlowRunState.RUNNING else flow,
+    )
 
 
 def task_result(
@@ -53,3 +84,6 @@ def flow_result(store: Store, row: FlowRunRow) -> payload_pb2.Value | None:
     stored = journal_pb2.StoredValue.FromString(row.result)
     loaded = store.get_values(stored_ids(stored))
     return to_result_value(from_stored(stored, loaded))
+
+
+__all__ = ["NoResult", "flow_result", "refusal", "task_result"]
