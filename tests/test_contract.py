@@ -143,6 +143,7 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         version="1.2.3",
         portable=True,
         argument_order=["from_task", "const", "param", "nested_list", "nested_map"],
+        schedule_to_start_timeout=dur(90),
     )
     extract = graph_pb2.TaskNode(id="extract", name="extract", task_type="etl.extract")
     return graph_pb2.FlowGraph(

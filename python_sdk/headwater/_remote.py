@@ -44,6 +44,7 @@ class RemoteTask(Task[..., Any]):
         self.parameters = params
         self.retry = parsed.retry
         self.timeout = parsed.timeout
+        self.schedule_to_start_timeout = parsed.schedule_to_start_timeout
         self.trigger = parsed.trigger
         self.cache = parsed.cache
         self.tags = parsed.tags

@@ -52,8 +52,10 @@ from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
+from ._notices import Notices
 from ._runs import RunManager
 from ._schedules import Scheduler
+from ._waiting import start_timeout_failure
 
 log = logging.getLogger("headwater.server")
 
@@ -107,6 +109,8 @@ class ServerCore:
         self.runs.listeners.append(self._notify)
         self.commits = Committer(store, self.io, self.runs, self._deliver)
         self.schedules = Scheduler(store, self.runs, self.clock)
+        # Live views (the HTTP UI): what each commit changed, workers coming and going.
+        self.notices = Notices()
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
@@ -240,6 +244,7 @@ class ServerCore:
 
     def _deliver(self, release: Release) -> None:
         """Carry out what a stored commit covers."""
+        changed_runs = set(release.changed)  # (the loop below takes ids out of it)
         for effect in release.effects:
             effect()
         for send, message in release.acks:
@@ -255,6 +260,8 @@ class ServerCore:
         for flow_run_id in release.flow_changed:
             for queue in self._flow_watchers.get(flow_run_id, ()):
                 queue.put_nowait(None)
+        self.notices.runs_changed(changed_runs)  # the HTTP UI's live views
+        self.notices.logs_stored(release.logged)
 
     async def _loop(self) -> None:
         # The flag, not only the cancellation, ends the loop: a cancel that arrives just
@@ -264,6 +271,7 @@ class ServerCore:
             now = self.clock.now()
             try:
                 self.runs.fire_timers()
+                self._expire_start_timeouts(now)
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
@@ -279,6 +287,8 @@ class ServerCore:
             due = [now + 0.5]
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
+            if self.dispatcher.next_start_by is not None:
+                due.append(self.dispatcher.next_start_by)
             due.extend(d for _, d in self._orphans.values())
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
@@ -338,6 +348,7 @@ class ServerCore:
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
+        self.notices.worker_connected(session, self.clock.now())
         self.touch()
         return session, welcome, outbox
 
@@ -345,6 +356,7 @@ class ServerCore:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
+        self.notices.worker_disconnected(session, self.clock.now())
         self.touch()
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
@@ -456,6 +468,7 @@ class ServerCore:
         self.runs.add_log(
             LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
         )
+        self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:
         self.dispatcher.send_assignment(session, pending)
@@ -481,6 +494,12 @@ class ServerCore:
         _, key = split_task_run_id(task_run_id)
         self.runs.handle(flow_run_id, TaskLost(key, attempt))
 
+    def _expire_start_timeouts(self, now: float) -> None:
+        """Fail attempts no worker took within their schedule_to_start_timeout."""
+        for pending in self.dispatcher.overdue(now):
+            failure = start_timeout_failure(self.dispatcher, pending)
+            self._fail_attempt(pending, failure)
+
     def _expire_orphans(self, now: float) -> None:
         for token, (flow_run_id, deadline) in list(self._orphans.items()):
             if deadline <= now:
@@ -492,6 +511,7 @@ class ServerCore:
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
+                self.notices.worker_disconnected(session, now)
                 session.send(None)  # ends the stream
 
     # ------------------------------------------------------------------- watchers

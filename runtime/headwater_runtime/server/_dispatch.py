@@ -9,8 +9,9 @@ SCHEDULED) until a suitable worker connects or frees a slot.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
@@ -69,6 +70,8 @@ class Dispatcher:
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
+        # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
+        self._start_by: list[tuple[float, int, PendingAssignment]] = []
 
     # ------------------------------------------------------------ run manager side
 
@@ -76,7 +79,29 @@ class Dispatcher:
         """Queue an attempt, and assign it at once if a suitable worker has a free slot."""
         runs = self._pending.setdefault(pending.task_type, OrderedDict())
         runs.setdefault(pending.flow_run_id, deque()).append(pending)
+        if pending.start_by is not None:
+            heapq.heappush(self._start_by, (pending.start_by, id(pending), pending))
         self.pump()
+
+    def queued(self, flow_run_id: str) -> Iterator[PendingAssignment]:
+        """The attempts of a flow run waiting for a worker (nothing is removed)."""
+        for runs in self._pending.values():
+            yield from runs.get(flow_run_id, ())
+
+    @property
+    def next_start_by(self) -> float | None:
+        """When the earliest schedule_to_start_timeout may expire."""
+        return self._start_by[0][0] if self._start_by else None
+
+    def overdue(self, now: float) -> list[PendingAssignment]:
+        """Remove and return the attempts still waiting for a worker past their
+        ``start_by`` (those a worker took meanwhile are forgotten)."""
+        expired = []
+        while self._start_by and self._start_by[0][0] <= now:
+            _, _, pending = heapq.heappop(self._start_by)
+            if self.take_pending(pending.token) is pending:
+                expired.append(pending)
+        return expired
 
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""

@@ -719,7 +719,11 @@ class RunManager:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
         build = functools.partial(self._assignment_message, active, command)
-        return PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
+        pending = PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
+        if spec.schedule_to_start_timeout is not None:  # see _waiting.py
+            pending.start_timeout = spec.schedule_to_start_timeout
+            pending.start_by = self.clock.now() + spec.schedule_to_start_timeout
+        return pending
 
     def _assignment_message(self, active: ActiveRun, command: RunTask) -> worker_pb2.Assignment:
         run = command.run
