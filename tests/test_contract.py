@@ -558,7 +558,8 @@ def test_control_plane_service_rpcs() -> None:
     for name, method in methods.items():
         _assert_own_request_response(name, method)
         assert not method.client_streaming, name  # type: ignore[attr-defined]
-        assert method.server_streaming == (name == "WatchFlowRun"), name  # type: ignore[attr-defined]
+        streams = name in ("WatchFlowRun", "WatchTaskRunLogs")
+        assert method.server_streaming == streams, name  # type: ignore[attr-defined]
     assert (
         control_plane_pb2.RegisterFlowRequest.DESCRIPTOR.fields_by_name["graph"].message_type
         is graph_pb2.FlowGraph.DESCRIPTOR

@@ -84,6 +84,17 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    #: The web UI and HTTP API (server/http): on unless False; its port, None for the
+    #: default: the gRPC port + 1 (50052), or a free port when ``port`` is 0.
+    http: bool = True
+    http_port: int | None = None
+
+    @property
+    def http_bind_port(self) -> int:
+        """The port the HTTP server binds (see ``http_port``)."""
+        if self.http_port is not None:
+            return self.http_port
+        return 0 if self.port == 0 else self.port + 1
 
 
 class ServerCore:
