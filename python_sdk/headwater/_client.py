@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -24,6 +24,7 @@ from headwater.wire import (
 )
 from headwater_runtime.tracing import inject
 
+from ._logs import LogEntry
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
@@ -44,18 +45,6 @@ class ServerError(Exception):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """A log record a task run wrote (``print`` and ``logging`` inside the task)."""
-
-    task_run_id: str
-    attempt: int
-    at: datetime
-    level: str
-    logger: str
-    message: str
 
 
 @dataclass

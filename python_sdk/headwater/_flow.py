@@ -179,7 +179,7 @@ class Flow(Generic[P, R]):
             on_transition=on_transition,
         )
         engine = embedded.run()
-        return FlowRun.from_engine(embedded.id, engine)
+        return FlowRun.from_engine(embedded.id, engine, embedded.logs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run embedded; return the flow's result or raise FlowRunFailed."""

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.wire import FlowRunState
 from headwater_runtime.engine import FlowRunEngine, FlowRunFailure, TaskRunRecord
+from headwater_runtime.execution import TaskLogLine
 
+from ._logs import LogEntry, from_seconds
 from ._signals import FlowRunCancelled, FlowRunFailed
 
 
@@ -27,6 +29,8 @@ class FlowRun:
         message: why the run ended as it did.
         started_at: when the run started (seconds since the epoch).
         ended_at: when it ended (None while it has not).
+        logs: what the tasks printed and logged, in order (tasks run on this
+            process's threads; a Dask cluster's workers keep their own output).
     """
 
     id: str
@@ -39,10 +43,14 @@ class FlowRun:
     message: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    logs: list[LogEntry] = field(default_factory=list, repr=False)
 
     @classmethod
-    def from_engine(cls, run_id: str, engine: FlowRunEngine) -> FlowRun:
-        """The outcome of the run an engine drove (the result only if it succeeded)."""
+    def from_engine(
+        cls, run_id: str, engine: FlowRunEngine, logs: Sequence[TaskLogLine] = ()
+    ) -> FlowRun:
+        """The outcome of the run an engine drove (the result only if it succeeded),
+        with the log lines its tasks wrote."""
         history = engine.flow_history
         return cls(
             id=run_id,
@@ -55,6 +63,17 @@ class FlowRun:
             message=history[-1][2] if history else "",
             started_at=history[0][1] if history else None,
             ended_at=history[-1][1] if engine.state.is_terminal else None,
+            logs=[
+                LogEntry(
+                    f"{run_id}/{line.key}",
+                    line.attempt,
+                    from_seconds(line.at),
+                    line.level,
+                    line.logger,
+                    line.message,
+                )
+                for line in logs
+            ],
         )
 
     @property
