@@ -19,6 +19,7 @@ from ._client import Client as Client
 from ._client import RemoteFlowRun as RemoteFlowRun
 from ._client import ServerError as ServerError
 from ._client import TaskRunInfo as TaskRunInfo
+from ._client import ValueInfo as ValueInfo
 from ._compiler import case as case
 from ._compiler import merge as merge
 from ._errors import FlowDefinitionError as FlowDefinitionError
