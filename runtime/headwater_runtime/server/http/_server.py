@@ -94,7 +94,7 @@ async def start_http(core: ServerCore, host: str, port: int, token: str | None) 
     app, api = build_app(core, Access(token))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+    site = web.TCPSite(runner, host, port)
     try:
         await site.start()
     except OSError as exc:
