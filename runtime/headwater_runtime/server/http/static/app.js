@@ -314,11 +314,12 @@ function groupNodes(nodes) {
       }
     }
   }
+  const byId = {};
+  for (const n of nodes) byId[n.id] = n;
   for (const box of boxes) {
     const ups = new Set();
     for (const id of box.members) {
-      const node = nodes.find((n) => n.id === id);
-      for (const u of node.upstream) if (boxOf[u] && boxOf[u] !== box.id) ups.add(boxOf[u]);
+      for (const u of byId[id].upstream) if (boxOf[u] && boxOf[u] !== box.id) ups.add(boxOf[u]);
     }
     box.upstream = [...ups];
   }
@@ -446,7 +447,8 @@ async function drawSide(state, waitingOnly = false) {
     taskRuns = body.task_runs; total = body.total;
   } else {
     const body = await api(`/api/runs/${runId}/tasks?limit=500`);
-    taskRuns = members ? body.task_runs.filter((t) => members.includes(t.task_id)) : body.task_runs;
+    const wanted = new Set(members || []);
+    taskRuns = members ? body.task_runs.filter((t) => wanted.has(t.task_id)) : body.task_runs;
     total = members ? taskRuns.length : body.total;
   }
   const parents = taskRuns.filter((t) => t.state === "MAPPED").length;
