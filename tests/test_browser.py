@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,7 +116,9 @@ fanout_10k = fanout(10_000)
 
 
 def _browser_or_skip() -> None:
-    missing = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", DRIVER)) if not path]
+    missing = [
+        name for name, path in (("chromium", CHROMIUM), ("chromedriver", DRIVER)) if not path
+    ]
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -238,7 +239,9 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
     url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
     start_worker(cluster, address, "worker-a", "--slots", "4", module="ui_tasks")
-    start_worker(cluster, address, "worker-b", "--slots", "2", "--label", "zone=eu", module="ui_tasks")
+    start_worker(
+        cluster, address, "worker-b", "--slots", "2", "--label", "zone=eu", module="ui_tasks"
+    )
     module: Any = load_file(str(tmp_path / "ui_tasks.py"))
     with Client(address) as client:
         run = client.run(module.ui_demo, {"n": 5})
@@ -248,7 +251,9 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
 
     # ---- runs: the run, its state and duration
     browser.get(url + "runs")
-    wait(browser, lambda d: attr(d, f'tr[data-run="{run.id}"]', "data-state") == "FAILED", "runs row")
+    wait(
+        browser, lambda d: attr(d, f'tr[data-run="{run.id}"]', "data-state") == "FAILED", "runs row"
+    )
     row = text(browser, f'tr[data-run="{run.id}"]')
     assert "ui_demo" in row and run.id[:8] in row and "ms" in row
     shot(browser, "runs")
@@ -273,7 +278,11 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     assert "fetched 5 prices" in logs and "writing the report" in logs  # print() on workers
     shot(browser, "run")
     click(browser, 'tr[data-key="enrich[2]"]')
-    wait(browser, lambda d: css(d, "#task-detail pre.traceback, #attempts pre.traceback"), "the traceback")
+    wait(
+        browser,
+        lambda d: css(d, "#task-detail pre.traceback, #attempts pre.traceback"),
+        "the traceback",
+    )
     detail = text(browser, "#side")
     assert "Task run enrich[2]" in text(browser, "#side-title")
     assert 'raise ConnectionError("pricing API timed out")' in detail
@@ -299,13 +308,21 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
         live = client.run(module.held, {"name": "go-live"})
         to_cancel = client.run(module.held, {"name": "never"})
     browser.get(url + f"runs/{live.id}")
-    wait(browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "RUNNING")
+    wait(
+        browser,
+        lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING",
+        "RUNNING",
+    )
     (tmp_path / "go-live").write_text("go")  # the page must change without a reload
     wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the live update")
-    wait(browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "SUCCESS", "DAG")
+    wait(
+        browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "SUCCESS", "DAG"
+    )
     wait(browser, lambda d: "released go-live" in text(d, "#logs"), "live logs")
     browser.get(url + f"runs/{to_cancel.id}")
-    wait(browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "run")
+    wait(
+        browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "run"
+    )
     click(browser, "#cancel")
     browser.switch_to.alert.accept()
     wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the cancel")
@@ -366,20 +383,29 @@ def test_a_10k_task_run_page_renders_and_its_first_render_is_reported(
     browser.get(url + f"runs/{run.id}")
     wait(
         browser,
-        lambda d: attr(d, "#timeline", "data-rows") == "10001"
-        and attr(d, '#dag .node[data-node="group:noop"]', "data-counts"),
+        lambda d: (
+            attr(d, "#timeline", "data-rows") == "10001"
+            and attr(d, '#dag .node[data-node="group:noop"]', "data-counts")
+        ),
         "the 10k run's page",
     )
-    rendered_ms = browser.execute_script(
-        "const n = performance.getEntriesByType('navigation')[0]; return performance.now() - n.startTime;"
+    # Milliseconds from the start of the navigation to the page's own marks.
+    marks = browser.execute_script(
+        "const m = {}; for (const e of performance.getEntriesByType('mark')) "
+        "m[e.name] = m[e.name] || e.startTime; return m;"
     )
+    first = marks["headwater:run-drawn"]
+    timeline = marks["headwater:timeline-drawn"]
     counts = json.loads(attr(browser, '#dag .node[data-node="group:noop"]', "data-counts") or "{}")
     assert counts == {"SUCCESS": 10_000}
     assert "10001 of 10001 task runs done" in text(browser, "#totals")
-    assert "noop ×10000" in text(browser, '#dag .node[data-node="group:noop"]')
+    assert "noop \u00d710000" in text(browser, '#dag .node[data-node="group:noop"]')
     shot(browser, "run-10k")
     SHOTS.mkdir(parents=True, exist_ok=True)
-    report = f"first render of a 10,001-task run's page: {rendered_ms:.0f} ms (target < 2000 ms)\n"
+    report = (
+        f"10,001-task run's page: first render (run, totals, DAG with counts) {first:.0f} ms "
+        f"after navigation start (target < 2000 ms); timeline of every task run drawn at "
+        f"{timeline:.0f} ms\n"
+    )
     (SHOTS / "first-render.txt").write_text(report)
-    print(report, end="")
-    time.sleep(0)  # (nothing to wait for: the figure is reported, not asserted)
+    print(report, end="")  # reported, not asserted: wall-clock time on a shared machine

@@ -142,9 +142,12 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
         cli(env, "runs", "list", "--server", address, "--state", "failed", "--json").stdout
     )
     assert [r["id"] for r in listed] == [run_id] and listed[0]["duration"] is not None
-    assert json.loads(
-        cli(env, "runs", "list", "--server", address, "--state", "success", "--json").stdout
-    ) == []
+    assert (
+        json.loads(
+            cli(env, "runs", "list", "--server", address, "--state", "success", "--json").stdout
+        )
+        == []
+    )
     plain = cli(env, "runs", "list", "--server", address, "--since", "1h").stdout
     assert plain.startswith(run_id[:8]) and "FAILED" in plain
     # runs logs: every record, one task's, one task run's
@@ -184,8 +187,15 @@ def test_a_task_no_worker_offers_says_why_it_waits(
     _, address = start_server(cluster, tmp_path / "hw.db")
     start_worker(cluster, address, "w1", module="cli_tasks")
     run = cluster.spawn(
-        [sys.executable, "-m", "headwater._cli", "run", str(tmp_path / "cli_tasks.py:unservable"),
-         "--server", address],
+        [
+            sys.executable,
+            "-m",
+            "headwater._cli",
+            "run",
+            str(tmp_path / "cli_tasks.py:unservable"),
+            "--server",
+            address,
+        ],
         "stderr",
     )
     reason = "waiting: no connected worker offers pricing.enrichh"
@@ -204,8 +214,16 @@ def test_ctrl_c_on_run_server_cancels_or_detaches_and_exits_130(
 ) -> None:
     _, address = start_server(cluster, tmp_path / "hw.db")
     start_worker(cluster, address, "w1", module="cli_tasks")
-    args = [sys.executable, "-m", "headwater._cli", "run", str(tmp_path / "cli_tasks.py:slow"),
-            "--server", address, *(["--detach"] if detach else [])]
+    args = [
+        sys.executable,
+        "-m",
+        "headwater._cli",
+        "run",
+        str(tmp_path / "cli_tasks.py:slow"),
+        "--server",
+        address,
+        *(["--detach"] if detach else []),
+    ]
     run = cluster.spawn(args, "stderr")
     run.wait_line("wait_a_while: RUNNING")
     run.popen.send_signal(signal.SIGINT)

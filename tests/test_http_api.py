@@ -87,7 +87,11 @@ class Http:
             with urllib.request.urlopen(request, timeout=BOUND) as response:
                 raw = response.read()
                 kind = response.headers.get_content_type()
-                return response.status, json.loads(raw) if kind == "application/json" else raw, response
+                return (
+                    response.status,
+                    json.loads(raw) if kind == "application/json" else raw,
+                    response,
+                )
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             if exc.headers.get_content_type() != "application/json":
@@ -195,15 +199,14 @@ def test_a_token_server_needs_the_token_or_the_session_cookie(http: Http) -> Non
     assert status == 200 and body["runs"] == []
 
 
-def test_a_waiting_run_says_why_and_is_cancelled_by_post(
-    server: ServerThread, http: Http
-) -> None:
+def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, http: Http) -> None:
     with Client(server.address, token=TOKEN) as client:
         run = client.run(loud, {"text": "hey"})
     prefix = run.id[:6]
-    body = wait_for(lambda: http.get(f"/api/runs/{prefix}")["waiting"] and http.get(
-        f"/api/runs/{prefix}"
-    ), "the task to wait")
+    body = wait_for(
+        lambda: http.get(f"/api/runs/{prefix}")["waiting"] and http.get(f"/api/runs/{prefix}"),
+        "the task to wait",
+    )
     assert body["run"]["id"] == run.id and body["run"]["state"] == "RUNNING"
     assert [n["id"] for n in body["graph"]["nodes"]] == ["shout"]
     assert body["counts"] == {"shout": {"SCHEDULED": 1}}
@@ -262,9 +265,7 @@ def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(
     assert {n["id"]: n["upstream"] for n in graph["nodes"]} == {"shout": [], "explode": ["shout"]}
 
 
-def test_a_run_page_stream_follows_the_run_to_its_end(
-    server: ServerThread, http: Http
-) -> None:
+def test_a_run_page_stream_follows_the_run_to_its_end(server: ServerThread, http: Http) -> None:
     with Client(server.address, token=TOKEN) as client:
         run = client.run(loud, {"text": "hey"})
     request = urllib.request.Request(f"{http.base}/api/runs/{run.id}/events")
@@ -317,7 +318,10 @@ def test_large_results_are_described_and_fetched_on_demand(
         children = [t for t in final.task_runs if t.map_index >= 0]
         assert len(children) == 12
         assert children[0].result is not None and children[0].result.size_bytes == 400_002
-        assert children[0].result.preview.startswith('"xxxx') and len(children[0].result.preview) <= 200
+        assert (
+            children[0].result.preview.startswith('"xxxx')
+            and len(children[0].result.preview) <= 200
+        )
         assert client.task_result(run.id, "big") == ["x" * 400_000] * 12
         assert [r.id for r in client.list_runs()] == [run.id]
     body = http.get(f"/api/runs/{run.id}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
@@ -29,6 +30,8 @@ from ._sse import EventStream, next_of, take_all
 _TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
 #: Most runs or task runs one listing returns.
 PAGE_MAX = 1000
+#: Flow graphs kept as JSON.
+GRAPHS_KEPT = 32
 #: Most log records one page returns.
 LOG_PAGE_MAX = 5000
 #: The content types of the UI's assets.
@@ -97,6 +100,8 @@ class HttpApi:
         self.io = core.io
         self.reads = RunReads(core)
         self._assets: dict[str, bytes] = {}
+        # Graphs as JSON by (flow, version): immutable, and slow to build for 10k tasks.
+        self._graphs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
         #: Open event streams, ended when the server stops.
         self.streams: set[asyncio.Task[Any]] = set()
 
@@ -184,37 +189,65 @@ class HttpApi:
         next_page = rows[limit - 1].id if len(rows) > limit else ""
         return web.json_response({"runs": runs, "next": next_page, "now": time.time()})
 
+    async def _graph(self, name: str, version: str) -> dict[str, Any]:
+        """A flow version's graph as JSON (kept for the next reader)."""
+        key = (name, version)
+        graph = self._graphs.get(key)
+        if graph is None:
+            # The run manager keeps the graphs of runs it started or recovered parsed.
+            _, spec = await self.io.read(self.core.runs.graph, name, version)
+            graph = _data.graph_json(spec)
+            if version:  # "" means the latest, which may change
+                self._graphs[key] = graph
+                while len(self._graphs) > GRAPHS_KEPT:
+                    self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        return graph
+
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         """A run (by id or unique prefix) with its graph and counts per task node."""
         row = await self.reads.flow_run(request.match_info["run_id"])
         result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
         body = await self.io.read(_data.run_rows, self.store, row)
+        body["graph"] = await self._graph(row.flow_name, row.flow_version)
         body["run"] = _data.flow_run_json(row, result)
         body["waiting"] = waiting_reasons(self.core.dispatcher, row.id)
         body["now"] = time.time()
         return web.json_response(body)
 
     async def list_tasks(self, request: web.Request) -> web.StreamResponse:
-        """A run's task runs (``task``: one node's, mapped children included),
-        ``offset``/``limit`` paged (limit default 200, at most 1000)."""
+        """A run's task runs (``task``: one node's, mapped children included; ``state``:
+        only those in these states), ``offset``/``limit`` paged (limit default 200, at
+        most 1000)."""
         row = await self.reads.flow_run(request.match_info["run_id"])
         offset = _int(request, "offset", 0, 0, 1 << 40)
         limit = _int(request, "limit", 200, 1, PAGE_MAX)
-        rows = await self.io.read(
-            _data.task_runs_rows, self.store, row.id, task_id=request.query.get("task", "")
+        states = frozenset(
+            s.strip().upper() for part in request.query.getall("state", []) for s in part.split(",")
+        ) - {""}
+        page, total = await self.io.read(
+            _data.task_runs_rows,
+            self.store,
+            row.id,
+            task_id=request.query.get("task", ""),
+            states=states,
+            offset=offset,
+            limit=limit,
         )
-        page = rows[offset : offset + limit]
         waiting = waiting_reasons(self.core.dispatcher, row.id)
         for task_run in page:
             task_run["waiting"] = waiting.get(f"{row.id}/{task_run['key']}", "")
-        return web.json_response({"task_runs": page, "total": len(rows), "offset": offset})
+        return web.json_response({"task_runs": page, "total": total, "offset": offset})
 
     async def get_task(self, request: web.Request) -> web.StreamResponse:
         """One task run with its history, attempts, failure (traceback included) and
         result summary."""
         row = await self.reads.flow_run(request.match_info["run_id"])
         key = request.match_info["key"]
-        found = await self.io.read(_data.task_runs_rows, self.store, row.id, key=key, detail=True)
+        found, _ = await self.io.read(
+            _data.task_runs_rows, self.store, row.id, key=key, detail=True
+        )
         if not found:
             raise NotFound(f"flow run {row.id!r} has no task run {key!r}")
         task_run = found[0]
@@ -283,10 +316,8 @@ class HttpApi:
     async def get_flow(self, request: web.Request) -> web.StreamResponse:
         """A flow version's graph (``version``; default the latest)."""
         name = request.match_info["name"]
-        graph = await self.io.read(
-            _data.stored_graph, self.store, name, request.query.get("version", "")
-        )
-        return web.json_response({"graph": _data.graph_json(graph)})
+        graph = await self._graph(name, request.query.get("version", ""))
+        return web.json_response({"graph": graph})
 
     async def list_schedules(self, request: web.Request) -> web.StreamResponse:
         """Every schedule (``flow``: of one flow)."""

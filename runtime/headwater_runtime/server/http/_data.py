@@ -147,21 +147,44 @@ def task_run_json(
     return out
 
 
+#: Up to this many task runs, their histories are read one by one (an indexed lookup
+#: each); more, and the whole run's history is read at once.
+_HISTORY_BY_KEY = 300
+
+
 def task_runs_rows(
-    store: Store, flow_run_id: str, *, task_id: str = "", key: str = "", detail: bool = False
-) -> list[JSON]:
-    """A run's task runs as JSON (only one task node's, with its mapped children, or
-    one task run's, when given); reader thread."""
-    history: dict[str, list[StateRow]] = {}
-    for entry in store.task_run_history(flow_run_id, key):
-        history.setdefault(entry.key, []).append(entry)
+    store: Store,
+    flow_run_id: str,
+    *,
+    task_id: str = "",
+    key: str = "",
+    states: frozenset[str] = frozenset(),
+    offset: int = 0,
+    limit: int | None = None,
+    detail: bool = False,
+) -> tuple[list[JSON], int]:
+    """A page of a run's task runs as JSON (only one task node's, with its mapped
+    children, one task run's, or those in ``states``, when given), and how many match;
+    reader thread. Only the page's histories and results are read."""
     rows = [
         r
         for r in store.task_runs(flow_run_id)
-        if (not task_id or r.task_id == task_id) and (not key or r.key == key)
+        if (not task_id or r.task_id == task_id)
+        and (not key or r.key == key)
+        and (not states or TaskRunState(r.state).name in states)
     ]
-    values = store.get_values(r.result_id for r in rows if r.result_id)
-    return [task_run_json(r, history.get(r.key, []), values, detail=detail) for r in rows]
+    page = rows[offset : None if limit is None else offset + limit]
+    history: dict[str, list[StateRow]] = {}
+    if len(page) <= _HISTORY_BY_KEY:
+        for r in page:
+            history[r.key] = store.task_run_history(flow_run_id, r.key)
+    else:
+        for entry in store.task_run_history(flow_run_id):
+            history.setdefault(entry.key, []).append(entry)
+    values = store.get_values(r.result_id for r in page if r.result_id)
+    return [task_run_json(r, history.get(r.key, []), values, detail=detail) for r in page], len(
+        rows
+    )
 
 
 def timeline_rows(store: Store, flow_run_id: str) -> JSON:
@@ -249,16 +272,15 @@ def stored_graph(store: Store, name: str, version: str) -> GraphSpec:
 
 
 def run_rows(store: Store, row: FlowRunRow) -> JSON:
-    """What the run page draws first: the run, its graph, task runs per state per
-    node, and the totals; reader thread (large runs: no per-task-run objects)."""
-    graph = stored_graph(store, row.flow_name, row.flow_version)
+    """What the run page draws first, but the graph: task runs per state per node, and
+    the totals; reader thread (large runs: no per-task-run objects)."""
     rows = store.task_runs(row.id)
     totals: dict[str, int] = {}
     for r in rows:
         if r.state != TaskRunState.MAPPED.value:
             name = TaskRunState(r.state).name
             totals[name] = totals.get(name, 0) + 1
-    return {"graph": graph_json(graph), "counts": node_counts(rows), "totals": totals}
+    return {"counts": node_counts(rows), "totals": totals}
 
 
 def log_json(log: LogRow) -> JSON:

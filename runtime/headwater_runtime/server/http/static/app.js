@@ -9,6 +9,8 @@ const TERMINAL = new Set(["SUCCESS", "FAILED", "CANCELLED"]);
 const BAD = new Set(["FAILED", "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED"]);
 const GROUP_MIN = 10;       // identical sibling tasks drawn as one box from this many on
 const DAGRE_MAX = 400;      // boxes laid out by dagre; more get a plain layered layout
+const BIG_RUN = 1000;       // from this many task runs, the side panel lists only those
+const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
 const main = () => document.getElementById("main");
 let page = { cleanup: [] };  // what the current page must close when leaving it
 
@@ -242,6 +244,7 @@ async function runPage(runId) {
   };
   drawRunHead(state);
   drawDag(state, (node) => { state.selectedNode = node; state.selectedKey = null; drawSide(state); });
+  performance.mark("headwater:run-drawn");  // the first render: head, totals, DAG
   drawSide(state);
   const timeline = await loadTimeline(runId, state);
   await loadLogs(runId, state, true);
@@ -442,11 +445,14 @@ async function drawSide(state, waitingOnly = false) {
   const members = box ? box.members : null;
   let taskRuns = [];
   let total = 0;
+  const runSize = Object.values(state.data.totals).reduce((a, n) => a + n, 0);
+  // A large run (or a large group of tasks): list what needs a look, not 10,000 rows.
+  const notable = runSize >= BIG_RUN && !(members && members.length === 1);
   if (members && members.length === 1) {
-    const body = await api(`/api/runs/${runId}/tasks?task=${encodeURIComponent(members[0])}&limit=500`);
+    const body = await api(`/api/runs/${runId}/tasks?task=${encodeURIComponent(members[0])}&limit=200`);
     taskRuns = body.task_runs; total = body.total;
   } else {
-    const body = await api(`/api/runs/${runId}/tasks?limit=500`);
+    const body = await api(`/api/runs/${runId}/tasks?limit=200${notable ? "&state=" + NOTABLE : ""}`);
     const wanted = new Set(members || []);
     taskRuns = members ? body.task_runs.filter((t) => wanted.has(t.task_id)) : body.task_runs;
     total = members ? taskRuns.length : body.total;
@@ -457,6 +463,7 @@ async function drawSide(state, waitingOnly = false) {
   for (const t of taskRuns) t.waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
   title.textContent = box ? `Task runs of ${box.name}` : "Task runs";
   side.innerHTML = `${box ? `<p><a href="#" id="all-tasks">all task runs</a></p>` : ""}
+    ${notable ? `<p class="muted">${runSize} task runs: failed, running and waiting ones are listed; select a task in the graph for its runs.</p>` : ""}
     <table id="task-runs"><thead><tr><th>Task run</th><th>State</th><th>Tries</th><th>Duration</th><th>Worker</th></tr></thead>
     <tbody>${taskRuns.map((t) => `<tr class="clickable" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
       <td>${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
@@ -535,15 +542,17 @@ async function loadTimeline(runId, state) {
     ctx.fillStyle = "#6a7383";
     ctx.fillText(`${fmtDur(span)} from ${fmtClock(t0)}`, label + 2, height - 6);
     canvas.dataset.rows = String(rows.length);
+    if (rows.length) performance.mark("headwater:timeline-drawn");
   };
-  const reload = debounce(async () => {
+  const load = async () => {
     const body = await api(`/api/runs/${runId}/timeline`);
     rows = body.rows.filter((r) => r[3] !== null).sort((a, b) => a[3] - b[3]);
     t0 = rows.length ? rows[0][3] : 0;
     const ends = rows.map((r) => r[4] ?? body.now);
-    t1 = ends.length ? Math.max(...ends) : 1;
+    t1 = ends.reduce((a, b) => Math.max(a, b), t0 + 1e-3);
     draw();
-  }, 500);
+  };
+  const reload = debounce(load, 500);
   canvas.addEventListener("mousemove", (e) => {
     const i = Math.floor((e.offsetY - 4) / rowH);
     const r = rows[i];
@@ -557,7 +566,7 @@ async function loadTimeline(runId, state) {
     const r = rows[Math.floor((e.offsetY - 4) / rowH)];
     if (r) { state.selectedKey = r[0]; drawSide(state); loadLogs(runId, state, true); }
   });
-  reload();
+  load();
   return { reload };
 }
 
