@@ -125,7 +125,10 @@ def _browser_or_skip() -> None:
         missing.append("selenium (pip install -e '.[dev]')")
     if not missing:
         return
-    why = f"the browser test needs {', '.join(missing)}: `make browser` installs Debian's chromium and chromium-driver"
+    why = (
+        f"the browser test needs {', '.join(missing)}: `make browser` installs Debian's "
+        "chromium and chromium-driver"
+    )
     if os.environ.get("CI"):
         pytest.fail(f"in CI {why}")  # CI must run it, never skip it
     pytest.skip(why)
