@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -33,6 +34,8 @@ from ._core import ServerCore, ServerSettings
 from ._gateway import GatewayServicer
 from ._payloads import PayloadServicer
 from .http import HttpServer, start_http
+
+log = logging.getLogger("headwater.server")
 
 SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
@@ -93,7 +96,7 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     http = None
     if settings.http:
         try:
-            http = await start_http(core, settings.host, settings.http_bind_port, settings.token)
+            http = await _start_http(core, settings)
         except OSError:
             await core.stop()
             core.io.close()
@@ -103,6 +106,19 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, core, store, port, http)
+
+
+async def _start_http(core: ServerCore, settings: ServerSettings) -> HttpServer:
+    """The web UI on its port; when the default port (gRPC + 1) is taken, on a free one
+    instead (the line the server prints says where). A port asked for must be free."""
+    port = settings.http_bind_port
+    try:
+        return await start_http(core, settings.host, port, settings.token)
+    except OSError as exc:
+        if settings.http_port is not None or port == 0:
+            raise
+        log.warning("%s; serving the web UI on a free port instead", exc)
+        return await start_http(core, settings.host, 0, settings.token)
 
 
 def settings_from_env(
