@@ -185,12 +185,18 @@ def css(driver: Any, selector: str) -> list[Any]:
 
 
 def shot(driver: Any, name: str) -> None:
+    """Save the whole page (not only the window) as build/screenshots/NAME.png."""
+    import base64
+
     SHOTS.mkdir(parents=True, exist_ok=True)
-    # The whole page, not only the window: widen the window to the page's height.
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(1000, min(int(height) + 40, 6000)))
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
-    driver.set_window_size(1400, 1000)
+    width, height = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+    )
+    clip = {"x": 0, "y": 0, "width": width, "height": min(height, 8000), "scale": 1}
+    image = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip}
+    )
+    (SHOTS / f"{name}.png").write_bytes(base64.b64decode(image["data"]))
 
 
 def attr(driver: Any, selector: str, name: str) -> str | None:

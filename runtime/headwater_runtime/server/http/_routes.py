@@ -61,6 +61,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/runs/{run_id}/timeline", "timeline", VIEWER, "every task run's bar"),
     Route("GET", "/api/runs/{run_id}/logs", "logs", VIEWER, "a run's log records, paged"),
     Route("POST", "/api/runs/{run_id}/cancel", "cancel_run", OPERATOR, "cancel a run"),
+    # Retry from failure (the operations work) goes here: POST .../retry, OPERATOR.
     # Flows, schedules, workers.
     Route("GET", "/api/flows", "list_flows", VIEWER, "registered flows and versions"),
     Route("GET", "/api/flows/{name}", "get_flow", VIEWER, "a flow version's graph"),
@@ -69,6 +70,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/schedules/{id}/resume", "resume_schedule", OPERATOR, "resume it"),
     Route("GET", "/api/workers", "list_workers", VIEWER, "workers, online and recently gone"),
     Route("GET", "/api/workers/events", "workers_events", VIEWER, "SSE: workers changed"),
+    # Draining a worker (POST, OPERATOR) and /metrics (Prometheus) go here too.
 )
 
 
