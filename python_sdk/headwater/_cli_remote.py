@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
 import queue
@@ -67,7 +68,9 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
         except ServerError as exc:
             changes.put(("error", exc))
 
-    threading.Thread(target=watch, name="headwater-watch", daemon=True).start()
+    # In this context (a copy): the watch call is part of the CLI's trace when tracing.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(watch,), name="headwater-watch", daemon=True).start()
     with Progress(f"flow run {run.id[:8]} of {run.flow_name!r}") as progress:
         while True:
             try:
