@@ -517,7 +517,9 @@ async function loadTimeline(runId, state) {
   let rows = [], t0 = 0, t1 = 1, rowH = 14;
   const draw = () => {
     const width = canvas.clientWidth || 600;
-    rowH = rows.length ? Math.max(1, Math.min(16, Math.floor(400 / rows.length))) : 16;
+    // At most 400 px: many task runs share a pixel row (a dense band shows the shape).
+    rowH = rows.length ? Math.min(16, 400 / rows.length) : 16;
+    if (rowH >= 1) rowH = Math.floor(rowH);
     const height = Math.max(60, rows.length * rowH + 22);
     const ratio = window.devicePixelRatio || 1;
     canvas.width = width * ratio; canvas.height = height * ratio;
@@ -535,7 +537,7 @@ async function loadTimeline(runId, state) {
       ctx.fillStyle = color(st);
       if (start !== null) {
         const x0 = x(start), x1 = Math.max(x0 + 2, x(end ?? t1));
-        ctx.fillRect(x0, y, x1 - x0, Math.max(1, rowH - 2));
+        ctx.fillRect(x0, y, x1 - x0, rowH >= 4 ? rowH - 2 : Math.max(rowH, 0.5));
       }
       if (label) { ctx.fillStyle = "#1d2430"; ctx.fillText(key.length > 22 ? key.slice(0, 21) + "…" : key, 4, y + rowH - 3); }
     });
