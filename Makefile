@@ -14,7 +14,7 @@ NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
-.PHONY: setup demo test test-oldest lint proto bench soak docs clean
+.PHONY: setup demo test test-oldest lint proto bench soak docs clean ui-vendor browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,12 +43,36 @@ $(NODE_WORKER_STAMP): $(NODE_WORKER)/package.json $(NODE_WORKER)/package-lock.js
 
 setup: $(STAMP) $(OLDEST_STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP)
 
+## ui-vendor: copy the web UI's front-end libraries from node_modules (package-lock.json
+## pins them) into the package; the copies are committed, so installing Headwater needs
+## no npm and the UI fetches nothing at run time. tests/test_http_api.py checks they match.
+UI_VENDOR := runtime/headwater_runtime/server/http/static/vendor
+ui-vendor: $(NODE_STAMP)
+	mkdir -p $(UI_VENDOR)
+	cp node_modules/@dagrejs/dagre/dist/dagre.min.js $(UI_VENDOR)/dagre.min.js
+	cp node_modules/@dagrejs/dagre/LICENSE $(UI_VENDOR)/dagre.LICENSE
+
+## browser: Debian's chromium and chromium-driver, for the web UI's browser test
+## (tests/test_browser.py); installed with apt-get when missing (CI runs as root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; \
+	else \
+		echo "make browser: run as root, or: sudo apt-get install chromium chromium-driver" >&2; \
+		exit 1; \
+	fi
+
 ## demo: set up and run the main example embedded (no server needed)
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
 
-## test: set up and run lint, the proto checks and the whole test suite
+## test: set up and run lint, the proto checks and the whole test suite (in CI, with
+## CI set, the browser is installed first: the browser test must run there, not skip)
 test: setup
+	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory browser; fi
 	node_modules/.bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -144,6 +144,7 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         portable=True,
         argument_order=["from_task", "const", "param", "nested_list", "nested_map"],
         code_digest="0123456789abcdef",
+        schedule_to_start_timeout=dur(90),
     )
     extract = graph_pb2.TaskNode(id="extract", name="extract", task_type="etl.extract")
     report = graph_pb2.TaskNode(
@@ -578,7 +579,8 @@ def test_control_plane_service_rpcs() -> None:
     for name, method in methods.items():
         _assert_own_request_response(name, method)
         assert not method.client_streaming, name  # type: ignore[attr-defined]
-        assert method.server_streaming == (name == "WatchFlowRun"), name  # type: ignore[attr-defined]
+        streams = name in ("WatchFlowRun", "WatchTaskRunLogs")
+        assert method.server_streaming == streams, name  # type: ignore[attr-defined]
     assert (
         control_plane_pb2.RegisterFlowRequest.DESCRIPTOR.fields_by_name["graph"].message_type
         is graph_pb2.FlowGraph.DESCRIPTOR

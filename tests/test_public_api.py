@@ -39,6 +39,7 @@ EXPECTED_ALL = [
     "TaskRunState",
     "ThreadExecutor",
     "Trigger",
+    "ValueInfo",
     "__version__",
     "case",
     "flow",

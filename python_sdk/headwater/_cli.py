@@ -67,6 +67,25 @@ def _summary(run: FlowRun) -> str:
     return f"flow run {run.id[:8]} of {run.flow_name!r}: {run.state.name}{duration} ({parts})"
 
 
+def _show_embedded(run: FlowRun, *, full: bool) -> None:
+    """The summary table and each failed task run's error and traceback (stderr)."""
+    from ._cli_render import console, failure_lines, summary_table
+
+    err = console(sys.stderr)
+    rows = []
+    for record in run.task_runs.values():
+        started, ended = record.started_at, record.ended_at
+        took = ended - started if started is not None and ended is not None else None
+        rows.append((record.task_id, record.key, record.state.name, record.attempt, took, ""))
+    if rows:
+        err.print(summary_table(rows))
+    for record in run.task_runs.values():
+        if record.state.is_failure and record.failure is not None:
+            err.print(f"{record.key}: {record.state.name}", markup=False)
+            for line in failure_lines(record.failure, full=full):
+                err.print(f"  {line}", markup=False)
+
+
 def traced(service_name: str) -> Tracing:
     """Install tracing from the OTEL_* variables for this command (shut it down on
     exit so buffered spans are exported)."""
@@ -92,7 +111,11 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             )
         from ._cli_remote import run_on_server
 
-        return run_on_server(flow, params, args.server, args.token)
+        return run_on_server(
+            flow, params, args.server, args.token, detach=args.detach, full=args.full
+        )
+    if args.detach:
+        raise UsageError("--detach leaves a run on a server; it needs --server")
     executor = None
     if args.dask is not None:
         if args.workers is not None:
@@ -105,23 +128,37 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             import cloudpickle
 
             cloudpickle.register_pickle_by_value(module)
+    from ._cli_render import Progress
+
+    _log_tasks_at_info()
     try:
-        run = flow.run(
-            executor=executor,
-            max_workers=args.workers,
-            max_concurrency=args.max_concurrency,
-            **params,
-        )
+        with Progress(f"flow {flow.name!r}") as progress:
+            run = flow.run(
+                executor=executor,
+                max_workers=args.workers,
+                max_concurrency=args.max_concurrency,
+                on_transition=lambda r, e: progress.update(r.key, r.task_id, e.state.name),
+                **params,
+            )
     except ConnectionError as exc:  # the Dask scheduler could not be reached
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    _show_embedded(run, full=args.full)
     print(_summary(run), file=sys.stderr)
-    for failure in run.failures:
-        print(f"  {failure.key}: {failure.state.name}: {failure.failure}", file=sys.stderr)
     if run.state is FlowRunState.SUCCESS:
         print(_render(run.result))
         return EXIT_OK
     return EXIT_CANCELLED if run.state is FlowRunState.CANCELLED else EXIT_FAILED
+
+
+def _log_tasks_at_info() -> None:
+    """Let tasks' INFO records reach FlowRun.logs (logging's default drops them below
+    WARNING) unless the application configured logging itself."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers and root.level == logging.WARNING:
+        root.setLevel(logging.INFO)
 
 
 def dask_executor(where: str) -> Any:
@@ -141,12 +178,12 @@ def _render(value: Any) -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    """``headwater graph``: print a flow's compiled FlowGraph as JSON."""
-    from google.protobuf import json_format
+    """``headwater graph``: print a flow's compiled graph (text, DOT, Mermaid or JSON)."""
+    from ._cli_graph import render
 
     flow = load_flow(args.target)
     graph = flow.compile(**flow_params(flow, args.param))
-    print(json_format.MessageToJson(graph, indent=2))
+    print(render(graph, args.format))
     return EXIT_OK
 
 
@@ -327,8 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a flow (in this process, or on a server with --server); print its result",
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
-        "thread pool) by default, or on a server with --server. Exit code 0 when the run "
-        "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C). With --dask the "
+        "thread pool) by default, or on a server with --server. Progress is shown live on a "
+        "terminal (plain lines otherwise), then a summary and each failed task's error "
+        "and traceback. Exit code 0 when the run succeeds, 1 when it fails, 130 when it "
+        "is cancelled (Ctrl-C cancels it; with --server --detach it is left running). "
+        "With --dask the "
         "tasks run on a Dask cluster (the flow is still driven from this process). "
         "OTEL_TRACES_EXPORTER=otlp|console exports the run as a trace (docs/tracing.md).",
     )
@@ -360,14 +400,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on this Headwater server instead of in this process (deploys the flow)",
     )
     run.add_argument("--token", default=None, help="bearer token for --server (or HEADWATER_TOKEN)")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="with --server: Ctrl-C leaves the run running on the server (default: cancel it)",
+    )
+    run.add_argument(
+        "--full", action="store_true", help="print failed tasks' whole tracebacks (not trimmed)"
+    )
     run.set_defaults(func=cmd_run)
 
     graph = sub.add_parser(
         "graph",
-        help="print a flow's compiled graph as JSON",
-        description="Compile a flow and print its FlowGraph message as JSON. A flow whose "
-        "body uses its parameters as values (range(n), if n > 8) has a graph per set of "
-        "values: give them with --param (docs/flows.md).",
+        help="print a flow's compiled graph (text, DOT, Mermaid or JSON)",
+        description="Compile a flow and print its graph: as text (the default: one line per "
+        "task with what it takes its inputs from), Graphviz DOT, a Mermaid flowchart, or "
+        "the FlowGraph message as JSON. A flow whose body uses its parameters as values "
+        "(range(n), if n > 8) has a graph per set of values: give them with --param "
+        "(docs/flows.md).",
+    )
+    graph.add_argument(
+        "--format",
+        choices=["text", "dot", "mermaid", "json"],
+        default="text",
+        help="(default text)",
     )
     graph.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     graph.add_argument(
@@ -415,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
             grpc.StatusCode.FAILED_PRECONDITION,
         )
         return EXIT_USAGE if refused else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("headwater: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
     except BrokenPipeError:
         # `headwater runs show ID | head`: the reader left; no traceback, and none
         # again when Python flushes stdout at exit.

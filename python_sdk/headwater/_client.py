@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -14,16 +14,19 @@ from headwater.v1 import control_plane_pb2_grpc, graph_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     ConnectionSettings,
+    FailureInfo,
     FlowRunState,
     PayloadTransfer,
     PayloadTransferError,
     TaskRunState,
     decode_value,
     encode,
+    failure_from_proto,
     to_datetime,
 )
 from headwater_runtime.tracing import inject
 
+from ._logs import LogEntry
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
@@ -47,20 +50,36 @@ class ServerError(Exception):
 
 
 @dataclass(frozen=True)
-class LogEntry:
-    """A log record a task run wrote (``print`` and ``logging`` inside the task)."""
+class ValueInfo:
+    """A result described without carrying it: its size, encoding and a short preview
+    (what the server shows of a value it never decodes; empty for pickles)."""
 
-    task_run_id: str
-    attempt: int
-    at: datetime
-    level: str
-    logger: str
-    message: str
+    size_bytes: int
+    encoding: str
+    preview: str
 
 
 @dataclass
 class TaskRunInfo:
-    """A task run as the server reports it."""
+    """A task run as the server reports it.
+
+    Attributes:
+        key: its key in the flow run (``task`` or ``task[i]`` for mapped child i).
+        task_id: the task node it runs.
+        state: its current state.
+        attempts: attempts started.
+        states: every state it went through, in order.
+        message: why it is in its state, for people.
+        worker: the worker that runs (or ran) the current attempt.
+        child_run_ids: child flow runs it started (a subflow node's, or flows the
+            task called), oldest first.
+        failure: its last failure (type, message, traceback), if any attempt failed.
+        waiting: why it waits for a worker (e.g. ``waiting: no connected worker offers
+            etl.load``), when it does.
+        result: its result described (fetch the value with ``Client.task_result``).
+        started_at: when its first attempt started running.
+        ended_at: when it reached its final state.
+    """
 
     key: str
     task_id: str
@@ -68,11 +87,21 @@ class TaskRunInfo:
     attempts: int
     states: list[TaskRunState] = field(default_factory=list)
     message: str = ""
-    worker: str = ""  # the worker that runs (or ran) the current attempt
-    #: Child flow runs it started (a subflow node's, or flows the task called).
+    worker: str = ""
     child_run_ids: list[str] = field(default_factory=list)
-    #: Why it is SCHEDULED and not running yet, when the server knows ("" otherwise).
     waiting: str = ""
+    failure: FailureInfo | None = None
+    result: ValueInfo | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    map_index: int = -1
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from its first start to its end; None when not both are known."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
 
 
 @dataclass
@@ -94,15 +123,35 @@ class RemoteFlowRun:
     parent_id: str = ""
     #: For a child flow run: the parent's task run that stands for it (RUN_ID/KEY).
     parent_task_run_id: str = ""
+    #: When the run was created, started and ended (None until it has).
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    #: The flow's result described (size, encoding, preview), once it succeeded.
+    result_info: ValueInfo | None = None
     _result: payload_pb2.Value | None = field(default=None, repr=False)
+    _result_omitted: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
     @property
     def result(self) -> Any:
-        """The flow's return value (decoded) once the run succeeded, else None."""
-        if self._result is None or self._client is None:
+        """The flow's return value (decoded) once the run succeeded, else None. A
+        result too large to come with the run is fetched now (GetFlowRunResult), its
+        large parts downloaded in chunks."""
+        if self._client is None:
+            return None
+        if self._result is None and self._result_omitted:
+            self._result = self._client._flow_result(self.id)
+        if self._result is None:
             return None
         return self._client.decode(self._result)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end; None until the run has ended."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
 
 
 class Client:
@@ -267,30 +316,33 @@ class Client:
             f"get flow run {run_id!r}",
         )
         run = self._remote(response.flow_run)
-        run.task_runs = [
-            TaskRunInfo(
-                key=t.name,
-                task_id=t.task_id,
-                state=TaskRunState(t.state),
-                attempts=t.attempts,
-                states=[TaskRunState(h.state) for h in t.history],
-                message=t.history[-1].message if t.history else "",
-                worker=t.worker_id,
-                child_run_ids=list(t.child_flow_run_ids),
-                waiting=t.waiting,
-            )
-            for t in response.task_runs
-        ]
+        run.task_runs = [task_run_info(t) for t in response.task_runs]
         return run
 
-    def list_runs(self, flow_name: str = "", limit: int = 50) -> list[RemoteFlowRun]:
+    def list_runs(
+        self,
+        flow_name: str = "",
+        limit: int = 50,
+        *,
+        states: Iterable[FlowRunState] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        schedule_id: str = "",
+    ) -> list[RemoteFlowRun]:
         """The most recent flow runs, newest first: at most ``limit`` (1..1000), only
-        those of ``flow_name`` if given. Task runs are not included (see ``get``)."""
-        response = self._call(
-            self._control.ListFlowRuns,
-            cp.ListFlowRunsRequest(flow_name=flow_name, page_size=limit),
-            "list flow runs",
+        those of ``flow_name``, in ``states``, created in [``since``, ``until``) and by
+        ``schedule_id`` when given. Task runs are not included (see ``get``)."""
+        request = cp.ListFlowRunsRequest(
+            flow_name=flow_name,
+            page_size=limit,
+            states=[s.value for s in states],  # type: ignore[misc]
+            schedule_id=schedule_id,
         )
+        if since is not None:
+            request.created_after.FromDatetime(since.astimezone(UTC))
+        if until is not None:
+            request.created_before.FromDatetime(until.astimezone(UTC))
+        response = self._call(self._control.ListFlowRuns, request, "list flow runs")
         return [self._remote(r) for r in response.flow_runs]
 
     def watch(
@@ -303,14 +355,7 @@ class Client:
             for change in self._control.WatchFlowRun(request, metadata=self._metadata):
                 task = None
                 if change.HasField("task_run"):
-                    t = change.task_run
-                    task = TaskRunInfo(
-                        t.name,
-                        t.task_id,
-                        TaskRunState(t.state),
-                        t.attempts,
-                        message=t.history[-1].message if t.history else "",
-                    )
+                    task = task_run_info(change.task_run)
                 yield self._remote(change.flow_run), task
         except grpc.RpcError as exc:
             raise _server_error(exc, self.address, f"watch flow run {run_id!r}") from None
@@ -333,6 +378,15 @@ class Client:
         )
         return self._remote(response.flow_run)
 
+    def _flow_result(self, run_id: str) -> payload_pb2.Value:
+        """A finished run's result Value (large parts by reference)."""
+        response = self._call(
+            self._control.GetFlowRunResult,
+            cp.GetFlowRunResultRequest(id=run_id),
+            f"get the result of flow run {run_id!r}",
+        )
+        return response.result
+
     def task_result(self, run_id: str, task_id: str, map_index: int = -1) -> Any:
         """A task run's result, decoded (a mapped task's whole list with map_index -1)."""
         response = self._call(
@@ -342,25 +396,50 @@ class Client:
         )
         return self.decode(response.result)
 
-    def logs(self, run_id: str, task_run_id: str = "") -> list[LogEntry]:
+    def logs(self, run_id: str, task_run_id: str = "", *, task_id: str = "") -> list[LogEntry]:
         """The log records task runs of a flow run wrote (one task run's, if given as
-        ``FLOW_RUN_ID/KEY``), oldest first."""
-        response = self._call(
-            self._control.ListTaskRunLogs,
-            cp.ListTaskRunLogsRequest(flow_run_id=run_id, task_run_id=task_run_id),
-            f"logs of flow run {run_id!r}",
-        )
-        return [
-            LogEntry(
-                task_run_id=e.task_run_id,
-                attempt=e.attempt,
-                at=to_datetime(e.timestamp),
-                level=e.level,
-                logger=e.logger,
-                message=e.message,
+        ``FLOW_RUN_ID/KEY``; one task's with its mapped children, given ``task_id``),
+        oldest first. Large runs: ``iter_logs`` reads them a page at a time."""
+        return list(self.iter_logs(run_id, task_run_id, task_id=task_id))
+
+    def iter_logs(
+        self,
+        run_id: str,
+        task_run_id: str = "",
+        *,
+        task_id: str = "",
+        follow: bool = False,
+        page_size: int = 1000,
+    ) -> Iterator[LogEntry]:
+        """A flow run's log records, oldest first, read ``page_size`` at a time; with
+        ``follow``, then the new ones as the server stores them, until the run has
+        ended (``task_run_id`` is not followed: use ``task_id``)."""
+        what = f"logs of flow run {run_id!r}"
+        if follow:
+            request = cp.WatchTaskRunLogsRequest(flow_run_id=run_id, task_id=task_id)
+            try:
+                for page in self._control.WatchTaskRunLogs(request, metadata=self._metadata):
+                    yield from (_log_entry(e) for e in page.entries)
+            except grpc.RpcError as exc:
+                raise _server_error(exc, self.address, what) from None
+            return
+        token = ""
+        while True:
+            response = self._call(
+                self._control.ListTaskRunLogs,
+                cp.ListTaskRunLogsRequest(
+                    flow_run_id=run_id,
+                    task_run_id=task_run_id,
+                    task_id=task_id,
+                    page_size=page_size,
+                    page_token=token,
+                ),
+                what,
             )
-            for e in response.entries
-        ]
+            yield from (_log_entry(e) for e in response.entries)
+            token = response.next_page_token
+            if not token:
+                return
 
     # -------------------------------------------------------------- schedules
 
@@ -453,6 +532,7 @@ class Client:
         return decode_value(value, self.fetch)
 
     def _remote(self, msg: run_pb2.FlowRun) -> RemoteFlowRun:
+        summary = msg.result_summary if msg.HasField("result_summary") else None
         return RemoteFlowRun(
             id=msg.id,
             flow_name=msg.flow_name,
@@ -463,9 +543,63 @@ class Client:
             idempotency_key=msg.idempotency_key,
             parent_id=msg.parent_flow_run_id,
             parent_task_run_id=msg.parent_task_run_id,
+            created_at=_when(msg, "created_at"),
+            started_at=_when(msg, "started_at"),
+            ended_at=_when(msg, "ended_at"),
+            result_info=_value_info(summary) if summary is not None else None,
             _result=msg.result if msg.HasField("result") else None,
+            _result_omitted=summary is not None and summary.omitted,
             _client=self,
         )
+
+
+def _when(msg: Any, name: str) -> datetime | None:
+    return to_datetime(getattr(msg, name)) if msg.HasField(name) else None
+
+
+def _value_info(summary: run_pb2.ValueSummary) -> ValueInfo:
+    return ValueInfo(summary.size_bytes, summary.encoding, summary.preview)
+
+
+def _log_entry(e: run_pb2.LogEntry) -> LogEntry:
+    return LogEntry(
+        task_run_id=e.task_run_id,
+        attempt=e.attempt,
+        at=to_datetime(e.timestamp),
+        level=e.level,
+        logger=e.logger,
+        message=e.message,
+    )
+
+
+def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
+    """A TaskRun message as a TaskRunInfo."""
+    failure = None
+    for entry in reversed(t.history):
+        if entry.HasField("failure"):
+            failure = failure_from_proto(entry.failure)
+            break
+    running = TaskRunState.RUNNING.value
+    started = next((h for h in t.history if h.state == running), None)
+    state = TaskRunState(t.state)
+    return TaskRunInfo(
+        key=t.id.split("/", 1)[-1] if "/" in t.id else t.name,
+        task_id=t.task_id,
+        state=state,
+        attempts=t.attempts,
+        states=[TaskRunState(h.state) for h in t.history],
+        message=t.history[-1].message if t.history else "",
+        worker=t.worker_id,
+        failure=failure,
+        waiting=t.waiting,
+        child_run_ids=list(t.child_flow_run_ids),
+        result=_value_info(t.result_summary) if t.HasField("result_summary") else None,
+        started_at=to_datetime(started.timestamp) if started is not None else None,
+        ended_at=(
+            to_datetime(t.history[-1].timestamp) if t.history and state.is_terminal else None
+        ),
+        map_index=t.map_index,
+    )
 
 
 def _server_error(exc: grpc.RpcError, address: str, what: str) -> ServerError:

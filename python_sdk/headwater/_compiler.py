@@ -181,6 +181,7 @@ class _Context:
             wait_for=tuple(deps),
             retry=task.retry,
             timeout=task.timeout,
+            schedule_to_start_timeout=task.schedule_to_start_timeout,
             trigger=task.trigger,
             cache=task.cache,
             mapped=tuple(mapped_args) if mapped else None,

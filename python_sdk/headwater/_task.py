@@ -72,6 +72,7 @@ class Task(Generic[P, R]):
         self.retry = parsed.retry
         self.no_retry_on = parsed.no_retry_on
         self.timeout = parsed.timeout
+        self.schedule_to_start_timeout = parsed.schedule_to_start_timeout
         self.trigger = parsed.trigger
         self.cache = parsed.cache
         self.tags = parsed.tags
@@ -168,6 +169,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         retry_jitter: random share in [0, 1] taken off each delay.
         no_retry_on: exception classes that are never retried.
         timeout: seconds (or a timedelta) an attempt may run.
+        schedule_to_start_timeout: seconds (or a timedelta) a ready attempt may wait for
+            a worker on a server before it fails (``headwater.ScheduleToStartTimeout``,
+            not retried); default: it waits until a worker can take it.
         trigger: when the task runs given its upstreams' final states:
             all_successful (default), all_finished, all_failed, any_successful,
             any_failed, none_failed.

@@ -6,11 +6,17 @@ task behaves the same wherever it runs.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
+import io
+import logging
+import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from headwater.wire import FailureInfo
 from headwater_runtime.engine import TaskFailed, TaskSkipped, TaskSucceeded
@@ -130,3 +136,154 @@ def execute(
     if isinstance(value, Skip):
         return TaskSkipped(key, attempt, str(value))
     return TaskSucceeded(key, attempt, value)
+
+
+# ------------------------------------------------------------- task output capture
+#
+# print() and logging inside a task belong to its task run: hosts register the thread
+# running an attempt with a sink, and its output lines and log records go there (as well
+# as where they would have gone: output is teed, not swallowed). Threads are told apart
+# by their ident, so concurrent attempts on a thread pool keep their own output.
+
+#: A sink gets (level, logger name, message, time) for each line or record.
+LogSink = Callable[[str, str, str, float], None]
+
+
+class TaskLogLine(NamedTuple):
+    """A line a task printed or a record it logged, in an embedded run."""
+
+    key: str
+    attempt: int
+    at: float
+    level: str
+    logger: str
+    message: str
+
+
+_sinks: dict[int, LogSink] = {}
+_partial: dict[tuple[int, str], str] = {}
+_install_lock = threading.Lock()
+
+
+class _Tee(io.TextIOBase):
+    """Stands in for sys.stdout / sys.stderr: lines written by a registered thread go
+    to its sink too."""
+
+    def __init__(self, original: Any, name: str, level: str) -> None:
+        self.original = original
+        self.stream_name = name
+        self.level = level
+
+    def write(self, text: str) -> int:
+        sink = _sinks.get(threading.get_ident())
+        # A logging handler writing a record here already reached the sink as a record.
+        if sink is not None and text and sys._getframe(1).f_globals.get("__name__") != "logging":
+            key = (threading.get_ident(), self.stream_name)
+            pending = _partial.pop(key, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                _partial[key] = rest
+            for line in lines:
+                sink(self.level, self.stream_name, line, time.time())
+        written: int = self.original.write(text)
+        return written
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.original.isatty())
+
+    def fileno(self) -> int:
+        return int(self.original.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.original, "encoding", "utf-8"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+class _RecordRouter(logging.Handler):
+    """A root-logger handler passing registered threads' records to their sinks."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        _last_resort(record)
+        sink = _sinks.get(record.thread or 0)
+        if sink is None:
+            return False
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+        except Exception:
+            message = str(record.msg)
+        sink(record.levelname, record.name, message, record.created)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
+
+
+_ROUTER = _RecordRouter()
+
+
+def _last_resort(record: logging.LogRecord) -> None:
+    """What logging does when no handler takes a record (print WARNING and up to
+    stderr): being a root handler, the router must not silence that."""
+    resort = logging.lastResort
+    if resort is None or record.levelno < resort.level:
+        return
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:
+        if any(h is not _ROUTER for h in logger.handlers):
+            return  # another handler took it
+        logger = logger.parent if logger.propagate else None
+    resort.handle(record)
+
+
+def _install(records: bool) -> None:
+    """Put the tees in place (again, if something replaced sys.stdout since) and, with
+    ``records``, the root logger's router."""
+    root = logging.getLogger()
+    if (
+        isinstance(sys.stdout, _Tee)
+        and isinstance(sys.stderr, _Tee)
+        and (not records or _ROUTER in root.handlers)
+    ):
+        return  # the common case, without the lock
+    with _install_lock:
+        if not isinstance(sys.stdout, _Tee):
+            sys.stdout = _Tee(sys.stdout, "stdout", "INFO")
+        if not isinstance(sys.stderr, _Tee):
+            sys.stderr = _Tee(sys.stderr, "stderr", "WARNING")
+        if records and _ROUTER not in root.handlers:
+            root.addHandler(_ROUTER)
+
+
+@contextlib.contextmanager
+def task_output(sink: LogSink, *, records: bool = True) -> Iterator[None]:
+    """While the block runs, lines this thread prints (stdout as INFO, stderr as
+    WARNING) and, with ``records``, log records it emits go to ``sink`` too."""
+    _install(records)
+    ident = threading.get_ident()
+    _sinks[ident] = sink
+    try:
+        yield
+    finally:
+        del _sinks[ident]
+        for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
+            rest = _partial.pop((ident, name), "")
+            if rest:
+                sink(level, name, rest, time.time())
+
+
+def capturing(caller: Caller, sink: LogSink, *, records: bool = True) -> Caller:
+    """``caller`` with its output and log records sent to ``sink`` (see task_output)."""
+
+    def call(inputs: dict[str, Any]) -> Any:
+        with task_output(sink, records=records):
+            return caller(inputs)
+
+    return call

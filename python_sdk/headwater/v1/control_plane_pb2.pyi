@@ -8,6 +8,7 @@ import collections.abc
 import google.protobuf.descriptor
 import google.protobuf.internal.containers
 import google.protobuf.message
+import google.protobuf.timestamp_pb2
 import headwater.v1.graph_pb2
 import headwater.v1.payload_pb2
 import headwater.v1.run_pb2
@@ -290,7 +291,7 @@ class GetFlowRunRequest(google.protobuf.message.Message):
     ID_FIELD_NUMBER: builtins.int
     INCLUDE_TASK_RUNS_FIELD_NUMBER: builtins.int
     id: builtins.str
-    """Flow run id."""
+    """Flow run id, or a prefix of it that only one run has."""
     include_task_runs: builtins.bool
     """Whether to include the task runs."""
     def __init__(
@@ -340,15 +341,28 @@ class ListFlowRunsRequest(google.protobuf.message.Message):
     STATES_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: builtins.int
+    CREATED_AFTER_FIELD_NUMBER: builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: builtins.int
     flow_name: builtins.str
     """Only runs of this flow (optional)."""
     page_size: builtins.int
     """Maximum runs to return (default 50, at most 1000)."""
     page_token: builtins.str
     """Token from a previous response, to continue."""
+    schedule_id: builtins.str
+    """Only runs created by this schedule (optional)."""
     @property
     def states(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[headwater.v1.state_pb2.FlowRunState.ValueType]:
         """Only runs in these states (optional)."""
+
+    @property
+    def created_after(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """Only runs created at or after this time (optional)."""
+
+    @property
+    def created_before(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """Only runs created before this time (optional)."""
 
     def __init__(
         self,
@@ -357,8 +371,12 @@ class ListFlowRunsRequest(google.protobuf.message.Message):
         states: collections.abc.Iterable[headwater.v1.state_pb2.FlowRunState.ValueType] | None = ...,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
+        schedule_id: builtins.str = ...,
+        created_after: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        created_before: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["created_after", b"created_after", "created_before", b"created_before"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["created_after", b"created_after", "created_before", b"created_before", "flow_name", b"flow_name", "page_size", b"page_size", "page_token", b"page_token", "schedule_id", b"schedule_id", "states", b"states"]) -> None: ...
 
 global___ListFlowRunsRequest = ListFlowRunsRequest
 
@@ -539,17 +557,29 @@ class ListTaskRunLogsRequest(google.protobuf.message.Message):
 
     FLOW_RUN_ID_FIELD_NUMBER: builtins.int
     TASK_RUN_ID_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    TASK_ID_FIELD_NUMBER: builtins.int
     flow_run_id: builtins.str
     """Flow run id."""
     task_run_id: builtins.str
     """Only this task run (optional)."""
+    page_size: builtins.int
+    """Most records to return; 0 means all of them."""
+    page_token: builtins.str
+    """Token from a previous response, to continue after its last record."""
+    task_id: builtins.str
+    """Only the task runs of this task node, mapped children included (optional)."""
     def __init__(
         self,
         *,
         flow_run_id: builtins.str = ...,
         task_run_id: builtins.str = ...,
+        page_size: builtins.int = ...,
+        page_token: builtins.str = ...,
+        task_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_run_id", b"flow_run_id", "task_run_id", b"task_run_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_run_id", b"flow_run_id", "page_size", b"page_size", "page_token", b"page_token", "task_id", b"task_id", "task_run_id", b"task_run_id"]) -> None: ...
 
 global___ListTaskRunLogsRequest = ListTaskRunLogsRequest
 
@@ -560,6 +590,9 @@ class ListTaskRunLogsResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Token for the next page; empty when no more records are stored yet."""
     @property
     def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.run_pb2.LogEntry]:
         """The records, oldest first."""
@@ -568,10 +601,102 @@ class ListTaskRunLogsResponse(google.protobuf.message.Message):
         self,
         *,
         entries: collections.abc.Iterable[headwater.v1.run_pb2.LogEntry] | None = ...,
+        next_page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entries", b"entries"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]) -> None: ...
 
 global___ListTaskRunLogsResponse = ListTaskRunLogsResponse
+
+@typing.final
+class GetFlowRunResultRequest(google.protobuf.message.Message):
+    """GetFlowRunResultRequest names a flow run."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ID_FIELD_NUMBER: builtins.int
+    id: builtins.str
+    """Flow run id."""
+    def __init__(
+        self,
+        *,
+        id: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["id", b"id"]) -> None: ...
+
+global___GetFlowRunResultRequest = GetFlowRunResultRequest
+
+@typing.final
+class GetFlowRunResultResponse(google.protobuf.message.Message):
+    """GetFlowRunResultResponse carries the flow's result."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: builtins.int
+    @property
+    def result(self) -> headwater.v1.payload_pb2.Value:
+        """The result value (structural encodings for what the engine assembled)."""
+
+    def __init__(
+        self,
+        *,
+        result: headwater.v1.payload_pb2.Value | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["result", b"result"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["result", b"result"]) -> None: ...
+
+global___GetFlowRunResultResponse = GetFlowRunResultResponse
+
+@typing.final
+class WatchTaskRunLogsRequest(google.protobuf.message.Message):
+    """WatchTaskRunLogsRequest names the logs to follow."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FLOW_RUN_ID_FIELD_NUMBER: builtins.int
+    TASK_ID_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    flow_run_id: builtins.str
+    """Flow run id."""
+    task_id: builtins.str
+    """Only the task runs of this task node, mapped children included (optional)."""
+    page_token: builtins.str
+    """Start after this position (a next_page_token of ListTaskRunLogs); empty: from the
+    first record.
+    """
+    def __init__(
+        self,
+        *,
+        flow_run_id: builtins.str = ...,
+        task_id: builtins.str = ...,
+        page_token: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_run_id", b"flow_run_id", "page_token", b"page_token", "task_id", b"task_id"]) -> None: ...
+
+global___WatchTaskRunLogsRequest = WatchTaskRunLogsRequest
+
+@typing.final
+class WatchTaskRunLogsResponse(google.protobuf.message.Message):
+    """WatchTaskRunLogsResponse is one group of new log records."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Position after the last record, to resume from."""
+    @property
+    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.run_pb2.LogEntry]:
+        """The records, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: collections.abc.Iterable[headwater.v1.run_pb2.LogEntry] | None = ...,
+        next_page_token: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]) -> None: ...
+
+global___WatchTaskRunLogsResponse = WatchTaskRunLogsResponse
 
 @typing.final
 class CreateScheduleRequest(google.protobuf.message.Message):

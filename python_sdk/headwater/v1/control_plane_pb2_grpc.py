@@ -65,6 +65,16 @@ class ControlPlaneServiceStub(object):
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsResponse.FromString,
                 )
+        self.GetFlowRunResult = channel.unary_unary(
+                '/headwater.v1.ControlPlaneService/GetFlowRunResult',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultResponse.FromString,
+                )
+        self.WatchTaskRunLogs = channel.unary_stream(
+                '/headwater.v1.ControlPlaneService/WatchTaskRunLogs',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsResponse.FromString,
+                )
         self.CreateSchedule = channel.unary_unary(
                 '/headwater.v1.ControlPlaneService/CreateSchedule',
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.CreateScheduleRequest.SerializeToString,
@@ -160,14 +170,31 @@ class ControlPlaneServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetTaskRunResult(self, request, context):
-        """GetTaskRunResult returns a finished task run's result.
+        """GetTaskRunResult returns a finished task run's result (large parts as payload
+        references, so the answer always fits in a message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTaskRunLogs(self, request, context):
-        """ListTaskRunLogs returns the log records of a task run.
+        """ListTaskRunLogs returns the log records of a flow run's task runs, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlowRunResult(self, request, context):
+        """GetFlowRunResult returns a finished flow run's result (large parts as payload
+        references, so the answer always fits in a message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTaskRunLogs(self, request, context):
+        """WatchTaskRunLogs streams a flow run's log records: those stored, then new ones as
+        they are stored, until the run has ended and every record was sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +295,16 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.ListTaskRunLogs,
                     request_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsResponse.SerializeToString,
+            ),
+            'GetFlowRunResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlowRunResult,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultResponse.SerializeToString,
+            ),
+            'WatchTaskRunLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTaskRunLogs,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsResponse.SerializeToString,
             ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
@@ -477,6 +514,40 @@ class ControlPlaneService(object):
         return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/ListTaskRunLogs',
             headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsRequest.SerializeToString,
             headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def GetFlowRunResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/GetFlowRunResult',
+            headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WatchTaskRunLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/headwater.v1.ControlPlaneService/WatchTaskRunLogs',
+            headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 

@@ -85,6 +85,7 @@ from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature
 from ._protocol import feature_names as feature_names
 from ._settings import ENV_DB as ENV_DB
+from ._settings import ENV_HTTP_PORT as ENV_HTTP_PORT
 from ._settings import ENV_RETENTION as ENV_RETENTION
 from ._settings import ENV_SERVER as ENV_SERVER
 from ._settings import ENV_TOKEN as ENV_TOKEN

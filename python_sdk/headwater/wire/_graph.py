@@ -159,6 +159,8 @@ class TaskSpec:
     portable: bool = False
     argument_order: tuple[str, ...] = ()
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    #: Seconds a ready attempt may wait for a worker before it fails (server only).
+    schedule_to_start_timeout: float | None = None
     no_retry_on: tuple[type[BaseException], ...] = field(default=(), compare=False, repr=False)
     #: The digest of the task's code (docs/flows.md, "No stale code"); "" unchecked.
     code_digest: str = ""

@@ -160,6 +160,8 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
             node.retry.non_retryable_errors.extend(r.non_retryable)
         if t.timeout is not None:
             node.timeout.CopyFrom(duration(t.timeout))
+        if t.schedule_to_start_timeout is not None:
+            node.schedule_to_start_timeout.CopyFrom(duration(t.schedule_to_start_timeout))
         if t.cache is not None:
             node.cache.key_source = (
                 graph_pb2.CACHE_KEY_SOURCE_FUNCTION
@@ -264,9 +266,16 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
                 portable=n.portable,
                 argument_order=tuple(n.argument_order),
                 code_digest=n.code_digest,
-                subflow=SubflowSpec(n.subflow.flow_name, n.subflow.flow_version)
-                if n.HasField("subflow")
-                else None,
+                subflow=(
+                    SubflowSpec(n.subflow.flow_name, n.subflow.flow_version)
+                    if n.HasField("subflow")
+                    else None
+                ),
+                schedule_to_start_timeout=(
+                    seconds(n.schedule_to_start_timeout)
+                    if n.HasField("schedule_to_start_timeout")
+                    else None
+                ),
             )
         )
     params = tuple(_param_from_proto(msg.name, p) for p in msg.parameters)

@@ -19,6 +19,8 @@ ENV_TOKEN = "HEADWATER_TOKEN"
 ENV_DB = "HEADWATER_DB"
 #: How long the server keeps finished runs (a duration such as 30d; unset: forever).
 ENV_RETENTION = "HEADWATER_RETENTION"
+#: The server's HTTP port (web UI and JSON API), or ``off``.
+ENV_HTTP_PORT = "HEADWATER_HTTP_PORT"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
@@ -26,6 +28,7 @@ VARIABLES: dict[str, str] = {
     ENV_TOKEN: "bearer token the server requires and clients and workers send",
     ENV_DB: "the server's SQLite database path",
     ENV_RETENTION: "how long the server keeps finished runs, e.g. 30d (default: forever)",
+    ENV_HTTP_PORT: "the server's web UI port, or off (default: the gRPC port + 1)",
 }
 
 

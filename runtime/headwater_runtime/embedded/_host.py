@@ -49,6 +49,8 @@ from headwater_runtime.engine import (
 from headwater_runtime.execution import (
     Caller,
     TaskInterrupted,
+    TaskLogLine,
+    capturing,
     failure_from_exception,
     make_caller,
 )
@@ -226,6 +228,10 @@ class EmbeddedRun:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run
             raise
         self._callers: dict[Any, Caller] = {}
+        #: What the tasks printed and logged (on this process's threads), in order.
+        self.logs: list[TaskLogLine] = []
+        # Tasks run on this process's threads (not a Dask cluster): capture their output.
+        self._capture = isinstance(self.executor, ThreadExecutor)
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
@@ -312,6 +318,8 @@ class EmbeddedRun:
                             "embedded runs need flows compiled here"
                         )
                     caller = self._callers[spec.fn] = make_caller(spec.fn)
+                if self._capture:
+                    caller = capturing(caller, self._sink(command.run.key, command.attempt))
                 if self._trace is not None:
                     span = self._trace.dispatched(command.run, command.attempt)
                     caller = self._trace.in_span(caller, span)
@@ -330,6 +338,14 @@ class EmbeddedRun:
                 executor.cache_put(self.cache, command.cache_key, command.value, command.expires_at)
         if batch:
             executor.submit(batch)
+
+    def _sink(self, key: str, attempt: int) -> Callable[[str, str, str, float], None]:
+        logs = self.logs
+
+        def sink(level: str, logger: str, message: str, at: float) -> None:
+            logs.append(TaskLogLine(key, attempt, at, level, logger, message))
+
+        return sink
 
     def _check_cache(self, command: CheckCache) -> CacheChecked:
         run = command.run

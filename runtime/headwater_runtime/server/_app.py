@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ from headwater.v1 import (
 )
 from headwater.wire import (
     ENV_DB,
+    ENV_HTTP_PORT,
     ENV_RETENTION,
     ENV_TOKEN,
     LIMIT_SPECS,
@@ -41,6 +43,9 @@ from ._core import ServerCore, ServerSettings
 from ._decoding import DecodeInterceptor
 from ._gateway import GatewayServicer
 from ._payloads import PayloadServicer
+from .http import HttpServer, start_http
+
+log = logging.getLogger("headwater.server")
 
 SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
@@ -57,9 +62,13 @@ class RunningServer:
     core: ServerCore
     store: Store
     port: int
+    #: The web UI and HTTP API (None when ``ServerSettings.http`` is off).
+    http: HttpServer | None = None
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, store what is left, close the store."""
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace)
         await self.core.stop()
         self.core.io.close()
@@ -101,10 +110,32 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         store.close()
         raise OSError(f"cannot listen on {settings.host}:{settings.port} ({exc})") from None
     await core.start()
+    http = None
+    if settings.http:
+        try:
+            http = await _start_http(core, settings)
+        except OSError:
+            await core.stop()
+            core.io.close()
+            store.close()
+            raise
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, core, store, port)
+    return RunningServer(server, core, store, port, http)
+
+
+async def _start_http(core: ServerCore, settings: ServerSettings) -> HttpServer:
+    """The web UI on its port; when the default port (gRPC + 1) is taken, on a free one
+    instead (the line the server prints says where). A port asked for must be free."""
+    port = settings.http_bind_port
+    try:
+        return await start_http(core, settings.host, port, settings.token)
+    except OSError as exc:
+        if settings.http_port is not None or port == 0:
+            raise
+        log.warning("%s; serving the web UI on a free port instead", exc)
+        return await start_http(core, settings.host, 0, settings.token)
 
 
 def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
@@ -136,7 +167,19 @@ def settings_from_env(
     if ENV_DB in source:
         env["db"] = source[ENV_DB]
     if source.get(ENV_RETENTION):
-        env["retention"] = parse_duration(source[ENV_RETENTION])
+        try:
+            env["retention"] = parse_duration(source[ENV_RETENTION])
+        except ValueError as exc:
+            raise ValueError(f"{ENV_RETENTION} {exc}") from None
+    if source.get(ENV_HTTP_PORT):
+        raw = source[ENV_HTTP_PORT]
+        if raw.lower() == "off":
+            env["http"] = False
+        else:
+            try:
+                env["http_port"] = int(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_HTTP_PORT} must be a port or 'off', got {raw!r}") from None
     # Any: each value is meant for the ServerSettings field of its name (the CLI parses
     # flags into the fields' types); a wrong name still fails loudly in replace().
     values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
@@ -147,6 +190,8 @@ async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once bound."""
     running = await start_server(settings)
     print(f"headwater server listening on {settings.host}:{running.port}", flush=True)
+    if running.http is not None:
+        print(f"headwater web UI on {running.http.url}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

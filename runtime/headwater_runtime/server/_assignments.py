@@ -45,6 +45,8 @@ class PendingAssignment:
         "code_digest",
         "flow_run_id",
         "labels",
+        "start_by",
+        "start_timeout",
         "task_type",
         "token",
     )
@@ -70,6 +72,9 @@ class PendingAssignment:
             self._message, self._build = None, assignment
         assert token is not None, "a lazily built assignment needs its token"
         self.token: tuple[str, int] = token
+        #: When the attempt fails if no worker has taken it (schedule_to_start_timeout).
+        self.start_by: float | None = None
+        self.start_timeout: float = 0.0
 
     @property
     def assignment(self) -> worker_pb2.Assignment:

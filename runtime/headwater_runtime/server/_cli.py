@@ -16,13 +16,27 @@ def add_server_command(sub: Any) -> None:
         "server",
         help="run the control plane (gRPC API, worker gateway, SQLite store)",
         description="Run the Headwater control plane. Prints 'headwater server listening on "
-        "HOST:PORT' once bound. Unfinished flow runs in the database are resumed. "
+        "HOST:PORT' once bound, then 'headwater web UI on http://HOST:PORT/': the web UI "
+        "and its JSON API (docs/http-api.md) on the HTTP port. Unfinished flow runs in "
+        "the database are resumed. "
         "OTEL_TRACES_EXPORTER=otlp|console exports every flow run as a trace, with the "
         "standard OTEL_* variables (docs/tracing.md).",
     )
     server.add_argument("--host", default=None, help="interface to bind (default 127.0.0.1)")
     server.add_argument(
         "--port", type=int, default=None, help="port (default 50051; 0 picks a free port)"
+    )
+    server.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="port of the web UI and JSON API (default: the gRPC port + 1, 50052; a free "
+        "port when --port is 0; or HEADWATER_HTTP_PORT)",
+    )
+    server.add_argument(
+        "--no-http",
+        action="store_true",
+        help="serve no web UI and HTTP API (or HEADWATER_HTTP_PORT=off)",
     )
     server.add_argument(
         "--db",
@@ -78,9 +92,10 @@ def run_server(args: argparse.Namespace) -> int:
         )
         return 2
 
-    if args.port is not None and not 0 <= args.port <= 65535:
-        print(f"headwater: error: --port must be 0..65535, got {args.port}", file=sys.stderr)
-        return 2
+    for flag, value in (("--port", args.port), ("--http-port", args.http_port)):
+        if value is not None and not 0 <= value <= 65535:
+            print(f"headwater: error: {flag} must be 0..65535, got {value}", file=sys.stderr)
+            return 2
     try:
         retention = None if args.retention is None else parse_duration(args.retention)
     except ValueError as exc:
@@ -95,6 +110,8 @@ def run_server(args: argparse.Namespace) -> int:
             token=args.token,
             retention=retention,
             limits=limits,
+            http_port=args.http_port,
+            http=False if args.no_http else None,
         )
     except ValueError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)

@@ -51,6 +51,8 @@ class Release:
     changed: set[str] = field(default_factory=set)
     flow_changed: set[str] = field(default_factory=set)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: Flow runs that stored new log records (their log followers are told).
+    logged: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(
@@ -60,6 +62,7 @@ class Release:
             or self.changed
             or self.flow_changed
             or self.waiters
+            or self.logged
         )
 
     def absorb(self, newer: Release) -> None:
@@ -70,6 +73,7 @@ class Release:
         self.changed |= newer.changed
         self.flow_changed |= newer.flow_changed
         self.waiters.extend(newer.waiters)
+        self.logged |= newer.logged
 
 
 class Committer:

@@ -29,21 +29,19 @@ from headwater.wire import (
     GraphError,
     LimitExceeded,
     ParameterError,
-    TaskRunState,
     feature_names,
     is_build_version,
-    split_task_run_id,
-    task_run_id,
-    timestamp,
+    seconds,
 )
 from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavailable
 
 from ._builds import BuildUnavailable
 from ._children import NotRunning
-from ._convert import flow_run_message, task_run_from_row
+from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
 from ._limits import InvalidValue, check_parameter
-from ._queries import NoResult, flow_result, task_result
+from ._queries import NoResult, task_result
+from ._reads import AmbiguousRunId, RunReads
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -70,7 +68,7 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
         await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
     except GraphBuildNeeded as exc:  # before ParameterError: it is one
         await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    except (GraphError, ParameterError, ScheduleError) as exc:
+    except (GraphError, ParameterError, ScheduleError, AmbiguousRunId) as exc:
         await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except Conflict as exc:
         await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
@@ -83,9 +81,9 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
         await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
 
 
-class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
+class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceServicer):
     """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
-    in proto/headwater/v1/control_plane.proto.
+    in proto/headwater/v1/control_plane.proto (the reading ones in _control_reads.py).
 
     Args:
         core: the server's state.
@@ -95,6 +93,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         self.core = core
         self.store = core.store
         self.io = core.io
+        self.reads = RunReads(core)  # shared with the HTTP API
 
     async def RegisterFlow(
         self,
@@ -177,44 +176,24 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         raise AssertionError("unreachable")
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
-        result = await self.io.read(flow_result, self.store, row) if row.result else None
-        return flow_run_message(row, result)
+        # A large result is described, not carried (GetFlowRunResult returns it).
+        return await self.reads.message(row)
 
     async def GetFlowRun(
         self,
         request: cp.GetFlowRunRequest,
         context: grpc.aio.ServicerContext[cp.GetFlowRunRequest, cp.GetFlowRunResponse],
     ) -> cp.GetFlowRunResponse:
-        """A flow run, with its task runs when asked."""
-        row = await self._flow_run(request.id, context)
+        """A flow run (by id or unique id prefix), with its task runs when asked: their
+        failures, why they wait, and their results (large ones described)."""
+        async with refusals(context):
+            row = await self.reads.flow_run(request.id)
         response = control_plane_pb2.GetFlowRunResponse(flow_run=await self._message(row))
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
-            waiting = self.core.waiting(row.id)
-            for task_run in await self.io.read(self._task_runs, row.id):
-                if task_run.state == TaskRunState.SCHEDULED.value:
-                    task_run.waiting = waiting.get(task_run.name, "")
-                response.task_runs.append(task_run)
+            response.task_runs.extend(await self.reads.task_runs(row.id))
         return response
-
-    def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
-        """A run's task runs with their history, results and child flow runs (on a
-        reader thread)."""
-        history: dict[str, list[Any]] = {}
-        for entry in self.store.task_run_history(flow_run_id):
-            history.setdefault(entry.key, []).append(entry)
-        children: dict[str, list[str]] = {}
-        for child in self.store.child_flow_runs(flow_run_id):
-            children.setdefault(child.parent_task_key, []).append(child.id)
-        rows = self.store.task_runs(flow_run_id)
-        values = self.store.get_values(r.result_id for r in rows if r.result_id)
-        runs = []
-        for r in rows:
-            task_run = task_run_from_row(r, history.get(r.key, []), values)
-            task_run.child_flow_run_ids.extend(children.get(r.key, ()))
-            runs.append(task_run)
-        return runs
 
     async def ListFlowRuns(
         self,
@@ -233,6 +212,13 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             [int(s) for s in request.states],
             size + 1,
             request.page_token,
+            schedule_id=request.schedule_id,
+            created_after=(
+                seconds(request.created_after) if request.HasField("created_after") else None
+            ),
+            created_before=(
+                seconds(request.created_before) if request.HasField("created_before") else None
+            ),
         )
         response = control_plane_pb2.ListFlowRunsResponse(
             flow_runs=[await self._message(r) for r in rows[:size]]
@@ -290,35 +276,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             )
         await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(
-            result=value,
+            result=await self.reads.answer(value),  # large parts by reference
             state=state.value,  # type: ignore[arg-type]
         )
-
-    async def ListTaskRunLogs(
-        self,
-        request: cp.ListTaskRunLogsRequest,
-        context: grpc.aio.ServicerContext[cp.ListTaskRunLogsRequest, cp.ListTaskRunLogsResponse],
-    ) -> cp.ListTaskRunLogsResponse:
-        """Log records of a run's task runs (of one task run, if named)."""
-        await self._flow_run(request.flow_run_id, context)
-        key = ""
-        if request.task_run_id:
-            try:
-                key = split_task_run_id(request.task_run_id)[1]
-            except ValueError as exc:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        entries = []
-        for log in await self.io.read(self.store.logs, request.flow_run_id, key):
-            entry = run_pb2.LogEntry(
-                task_run_id=task_run_id(log.flow_run_id, log.key),
-                attempt=log.attempt,
-                level=log.level,
-                logger=log.logger,
-                message=log.message,
-            )
-            entry.timestamp.CopyFrom(timestamp(log.at))
-            entries.append(entry)
-        return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
     async def CreateSchedule(
         self,

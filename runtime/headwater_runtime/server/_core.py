@@ -36,6 +36,7 @@ from headwater.wire import (
     feature_names,
     seconds,
     split_task_run_id,
+    task_run_id,
     valid_timestamp,
 )
 from headwater_runtime.embedded import SystemClock
@@ -59,8 +60,10 @@ from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
 from ._limits import InvalidValue, check_value
+from ._notices import Notices
 from ._runs import RunManager
 from ._schedules import Scheduler
+from ._waiting import start_timeout_failure, waiting_reasons
 
 log = logging.getLogger("headwater.server")
 
@@ -96,6 +99,17 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     #: Seconds a worker has to build a flow's graph for a run created without the code.
     build_timeout: float = 60.0
+    #: The web UI and HTTP API (server/http): on unless False; its port, None for the
+    #: default: the gRPC port + 1 (50052), or a free port when ``port`` is 0.
+    http: bool = True
+    http_port: int | None = None
+
+    @property
+    def http_bind_port(self) -> int:
+        """The port the HTTP server binds (see ``http_port``)."""
+        if self.http_port is not None:
+            return self.http_port
+        return 0 if self.port == 0 else self.port + 1
 
 
 class ServerCore:
@@ -129,6 +143,8 @@ class ServerCore:
         self.runs.start_subflow = self.creation.start_subflow
         self.schedules.build = self.creation.build_fire
         self._serial = 0  # connection order of worker sessions
+        # Live views (the HTTP UI): what each commit changed, workers coming and going.
+        self.notices = Notices()
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
@@ -150,8 +166,8 @@ class ServerCore:
         worker held wait for it to reconnect (up to the heartbeat timeout)."""
         deadline = self.clock.now() + self.settings.heartbeat_timeout
         found = self.runs.recover()
-        for flow_run_id, task_run_id, attempt in found.held:
-            self._orphans[(task_run_id, attempt)] = (flow_run_id, deadline)
+        for flow_run_id, tid, attempt in found.held:
+            self._orphans[(tid, attempt)] = (flow_run_id, deadline)
         for run_id, why in found.refused:
             log.error("not resuming flow run %s: %s", run_id, why)
         self.refused_runs = found.refused
@@ -218,14 +234,14 @@ class ServerCore:
         )
 
     def waiting(self, flow_run_id: str) -> dict[str, str]:
-        """Why task runs of a run wait, by task run key, where the server knows: a
-        worker with other code for the task, a subflow waiting for a worker to build
-        its child's graph."""
-        reasons = {
-            split_task_run_id(tid)[1]: why
-            for tid, why in self.dispatcher.waiting_reasons(flow_run_id).items()
-        }
-        reasons.update(self.creation.reasons(flow_run_id))
+        """Why task runs of a run wait, by task run id (on the loop): no connected
+        worker offers the task or all are busy (``_waiting``), a worker with other code
+        for the task (the dispatcher), a subflow waiting for a worker to build its
+        child's graph (``_creation``); the more precise reason wins."""
+        reasons = waiting_reasons(self.dispatcher, flow_run_id)
+        reasons.update(self.dispatcher.waiting_reasons(flow_run_id))
+        for key, why in self.creation.reasons(flow_run_id).items():
+            reasons[task_run_id(flow_run_id, key)] = why
         return reasons
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
@@ -270,6 +286,7 @@ class ServerCore:
 
     def _deliver(self, release: Release) -> None:
         """Carry out what a stored commit covers."""
+        changed_runs = set(release.changed)  # (the loop below takes ids out of it)
         for effect in release.effects:
             effect()
         for send, message in release.acks:
@@ -285,6 +302,8 @@ class ServerCore:
         for flow_run_id in release.flow_changed:
             for queue in self._flow_watchers.get(flow_run_id, ()):
                 queue.put_nowait(None)
+        self.notices.runs_changed(changed_runs)  # the HTTP UI's live views
+        self.notices.logs_stored(release.logged)
 
     async def _loop(self) -> None:
         # The flag, not only the cancellation, ends the loop: a cancel that arrives just
@@ -294,6 +313,7 @@ class ServerCore:
             now = self.clock.now()
             try:
                 self.runs.fire_timers()
+                self._expire_start_timeouts(now)
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
@@ -309,6 +329,8 @@ class ServerCore:
             due = [now + 0.5]
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
+            if self.dispatcher.next_start_by is not None:
+                due.append(self.dispatcher.next_start_by)
             due.extend(d for _, d in self._orphans.values())
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
@@ -375,6 +397,7 @@ class ServerCore:
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
         self.creation.connected(session)
+        self.notices.worker_connected(session, self.clock.now())
         self.touch()
         return session, welcome, outbox
 
@@ -383,6 +406,7 @@ class ServerCore:
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
         self.creation.builds.forget(session)
+        self.notices.worker_disconnected(session, self.clock.now())
         self.touch()
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
@@ -526,6 +550,7 @@ class ServerCore:
         self.runs.add_log(
             LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)
         )
+        self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:
         self.dispatcher.send_assignment(session, pending)
@@ -560,6 +585,12 @@ class ServerCore:
         _, key = split_task_run_id(task_run_id)
         self.runs.handle(flow_run_id, TaskLost(key, attempt))
 
+    def _expire_start_timeouts(self, now: float) -> None:
+        """Fail attempts no worker took within their schedule_to_start_timeout."""
+        for pending in self.dispatcher.overdue(now):
+            failure = start_timeout_failure(self.dispatcher, pending)
+            self._fail_attempt(pending, failure)
+
     def _expire_orphans(self, now: float) -> None:
         for token, (flow_run_id, deadline) in list(self._orphans.items()):
             if deadline <= now:
@@ -571,6 +602,7 @@ class ServerCore:
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
+                self.notices.worker_disconnected(session, now)
                 session.send(None)  # ends the stream
 
     # ------------------------------------------------------------------- watchers

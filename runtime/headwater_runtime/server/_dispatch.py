@@ -13,10 +13,11 @@ While ``paused`` (the store cannot record deliveries), nothing is handed out.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
@@ -128,6 +129,8 @@ class Dispatcher:
         self._paused = paused
         if not paused:
             self.pump()
+        # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
+        self._start_by: list[tuple[float, int, PendingAssignment]] = []
 
     # ------------------------------------------------------------ run manager side
 
@@ -153,7 +156,33 @@ class Dispatcher:
             self._queued.update(zip(tokens, pendings, strict=True))
             key = (task_type, flow_run_id)
             self._live[key] = self._live.get(key, 0) + len(pendings)
+            for pending in pendings:
+                if pending.start_by is not None:
+                    heapq.heappush(self._start_by, (pending.start_by, id(pending), pending))
         self.pump()
+
+    def queued(self, flow_run_id: str) -> Iterator[PendingAssignment]:
+        """The attempts of a flow run waiting for a worker (nothing is removed)."""
+        queued = self._queued
+        for runs in self._pending.values():
+            for pending in runs.get(flow_run_id, ()):
+                if queued.get(pending.token) is pending:  # not taken out early
+                    yield pending
+
+    @property
+    def next_start_by(self) -> float | None:
+        """When the earliest schedule_to_start_timeout may expire."""
+        return self._start_by[0][0] if self._start_by else None
+
+    def overdue(self, now: float) -> list[PendingAssignment]:
+        """Remove and return the attempts still waiting for a worker past their
+        ``start_by`` (those a worker took meanwhile are forgotten)."""
+        expired = []
+        while self._start_by and self._start_by[0][0] <= now:
+            _, _, pending = heapq.heappop(self._start_by)
+            if self.take_pending(pending.token) is pending:
+                expired.append(pending)
+        return expired
 
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""

@@ -799,9 +799,13 @@ class RunManager:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
         build = functools.partial(assignment_message, active, command, self.store)
-        return PendingAssignment(
+        pending = PendingAssignment(
             active.row.id, spec.task_type, spec.labels, build, token, spec.code_digest
         )
+        if spec.schedule_to_start_timeout is not None:  # see _waiting.py
+            pending.start_timeout = spec.schedule_to_start_timeout
+            pending.start_by = self.clock.now() + spec.schedule_to_start_timeout
+        return pending
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
         row = active.row

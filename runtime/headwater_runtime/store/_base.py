@@ -139,7 +139,8 @@ class StateRow:
 
 @dataclass(frozen=True, slots=True)
 class LogRow:
-    """A log record written by a task run."""
+    """A log record written by a task run. ``seq`` is its position among the stored
+    records (increasing; 0 for a record not read from a store), for paging."""
 
     flow_run_id: str
     key: str
@@ -148,6 +149,7 @@ class LogRow:
     level: str
     logger: str
     message: str
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,10 +304,24 @@ class Store(Protocol):
         ...
 
     def list_flow_runs(
-        self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
+        self,
+        flow_name: str = "",
+        states: Sequence[int] = (),
+        limit: int = 50,
+        before: str = "",
+        *,
+        schedule_id: str = "",
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[FlowRunRow]:
-        """Flow runs, newest first: at most ``limit``, only of ``flow_name`` and in
-        ``states`` when given, and only older than run ``before`` (paging)."""
+        """Flow runs, newest first: at most ``limit``, only of ``flow_name``, in
+        ``states``, created by ``schedule_id`` and created in [``created_after``,
+        ``created_before``) when given, and only older than run ``before`` (paging)."""
+        ...
+
+    def flow_run_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of flow runs that start with ``prefix`` (at most ``limit``), so that a
+        short id printed by the CLI can name a run."""
         ...
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
@@ -328,8 +344,18 @@ class Store(Protocol):
         """A run's task run state changes in order (only task run ``key``'s if given)."""
         ...
 
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
-        """A run's task run log records in order (only task run ``key``'s if given)."""
+    def logs(
+        self,
+        flow_run_id: str,
+        key: str = "",
+        *,
+        after: int = 0,
+        limit: int = 0,
+        task_id: str = "",
+    ) -> list[LogRow]:
+        """A run's task run log records in order (only task run ``key``'s, or those of
+        task node ``task_id`` and its mapped children, if given): those whose ``seq``
+        is above ``after``, at most ``limit`` of them (0: all)."""
         ...
 
     # values

@@ -304,10 +304,18 @@ class SQLiteStore:
         return _flow_run_row(found)
 
     def list_flow_runs(
-        self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
+        self,
+        flow_name: str = "",
+        states: Sequence[int] = (),
+        limit: int = 50,
+        before: str = "",
+        *,
+        schedule_id: str = "",
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[FlowRunRow]:
-        """Flow runs, newest first, optionally of one flow, in some states, and older
-        than the run ``before`` (paging)."""
+        """Flow runs, newest first, optionally of one flow, in some states, of one
+        schedule, created in a time range, and older than the run ``before`` (paging)."""
         where: list[str] = []
         args: list[object] = []
         if flow_name:
@@ -316,6 +324,15 @@ class SQLiteStore:
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args.extend(states)
+        if schedule_id:
+            where.append("schedule_id=?")
+            args.append(schedule_id)
+        if created_after is not None:
+            where.append("created_at>=?")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at<?")
+            args.append(created_before)
         if before:
             where.append("seq < (SELECT seq FROM flow_runs WHERE id=?)")
             args.append(before)
@@ -334,6 +351,15 @@ class SQLiteStore:
             (parent_flow_run_id,),
         )
         return [_flow_run_row(r) for r in rows]
+
+    def flow_run_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of flow runs starting with ``prefix`` (at most ``limit``)."""
+        # Run ids are hex: a range query on the primary key, no LIKE escaping needed.
+        rows = self._db.execute(
+            "SELECT id FROM flow_runs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         """Runs not in a terminal state, oldest first (what a restart recovers)."""
@@ -374,14 +400,35 @@ class SQLiteStore:
         rows = self._db.execute(sql + " ORDER BY rowid", args)
         return [StateRow(flow_run_id, *r) for r in rows]
 
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
-        """Log records of a run's task runs (of one, with ``key``), in order."""
-        sql = "SELECT key, attempt, at, level, logger, message FROM logs WHERE flow_run_id=?"
-        args: tuple[str, ...] = (flow_run_id,)
+    def logs(
+        self,
+        flow_run_id: str,
+        key: str = "",
+        *,
+        after: int = 0,
+        limit: int = 0,
+        task_id: str = "",
+    ) -> list[LogRow]:
+        """Log records of a run's task runs (of one, with ``key``; of a task node and
+        its mapped children, with ``task_id``), in order, after ``seq`` ``after``, at
+        most ``limit`` (0: all). ``seq`` is the row id."""
+        sql = (
+            "SELECT key, attempt, at, level, logger, message, rowid FROM logs "
+            "WHERE flow_run_id=? AND rowid>?"
+        )
+        args: tuple[object, ...] = (flow_run_id, after)
         if key:
             sql += " AND key=?"
             args += (key,)
-        return [LogRow(flow_run_id, *r) for r in self._db.execute(sql + " ORDER BY rowid", args)]
+        if task_id:
+            # A mapped child's key is the node id with [i]: "id" or "id[...]".
+            sql += " AND (key=? OR (key>=? AND key<?))"
+            args += (task_id, task_id + "[", task_id + "\\")
+        sql += " ORDER BY rowid"
+        if limit > 0:
+            sql += " LIMIT ?"
+            args += (limit,)
+        return [LogRow(flow_run_id, *r) for r in self._db.execute(sql, args)]
 
     # ----------------------------------------------------------------- values
 
