@@ -320,8 +320,31 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
 
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 2"):
+    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 3"):
         SQLiteStore(path)
+
+
+def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 3 only added the credentials and audit tables: a version 2 database
+    gets them, keeps its runs, and says version 3 from then on."""
+    import sqlite3
+
+    from headwater_runtime.store import SCHEMA_VERSION, AuditRow
+
+    path = tmp_path / "v2.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE credentials")
+        db.execute("DROP TABLE audit")
+        db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    store = SQLiteStore(path)
+    store.add_audit(AuditRow(1.0, "alice", "run", "flow_run", "r1"))
+    assert [a.actor for a in store.audit_entries("flow_run", "r1")] == ["alice"]
+    assert store.list_credentials() == []
+    store.close()
+    with sqlite3.connect(path) as db:
+        (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert int(version) == SCHEMA_VERSION == 3
 
 
 @task

@@ -1,9 +1,18 @@
 # The public names of headwater_runtime.server (one list: read by type checkers, and
 # parsed at run time by headwater.wire.lazy.attach_stub to import each on first use).
+from ._access import CALLER as CALLER
+from ._access import AccessControl as AccessControl
+from ._access import Caller as Caller
+from ._access import Refused as Refused
+from ._access import hash_token as hash_token
+from ._access import new_credential as new_credential
+from ._access_service import AccessServicer as AccessServicer
+from ._access_service import credential_message as credential_message
 from ._app import RunningServer as RunningServer
 from ._app import serve_forever as serve_forever
 from ._app import settings_from_env as settings_from_env
 from ._app import start_server as start_server
+from ._auth import AuthInterceptor as AuthInterceptor
 from ._auth import TokenAuthInterceptor as TokenAuthInterceptor
 from ._cli import add_server_command as add_server_command
 from ._core import SERVER_VERSION as SERVER_VERSION
@@ -11,9 +20,17 @@ from ._core import ServerCore as ServerCore
 from ._core import ServerSettings as ServerSettings
 from ._payloads import MAX_CHUNK as MAX_CHUNK
 from ._payloads import PayloadServicer as PayloadServicer
+from ._roles import HTTP_ROUTES as HTTP_ROUTES
+from ._roles import REQUIRED_ROLES as REQUIRED_ROLES
+from ._roles import Route as Route
+from ._roles import allows as allows
+from ._roles import describe as describe
+from ._roles import http_route as http_route
 from ._runs import Dispatch as Dispatch
 from ._runs import NoResult as NoResult
 from ._runs import PendingAssignment as PendingAssignment
 from ._runs import RunManager as RunManager
+from ._tls import ServerTLS as ServerTLS
+from ._tls import ServerTLSFiles as ServerTLSFiles
 from ._values import SERVER_VALUES as SERVER_VALUES
 from ._values import ServerValues as ServerValues

@@ -35,7 +35,7 @@ from headwater.wire import (
     task_run_id,
     timestamp,
 )
-from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavailable
+from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, StoreUnavailable
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
@@ -83,6 +83,19 @@ def _check_value(name: str, value: payload_pb2.Value) -> str | None:
     return None
 
 
+def audit_message(row: AuditRow) -> cp.AuditEntry:
+    """A stored audit entry as the API shows it."""
+    entry = cp.AuditEntry(
+        actor=row.actor,
+        action=row.action,
+        object_kind=row.object_kind,
+        object_id=row.object_id,
+        detail=row.detail,
+    )
+    entry.at.CopyFrom(timestamp(row.at))
+    return entry
+
+
 class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
     """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
     in proto/headwater/v1/control_plane.proto.
@@ -106,6 +119,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
         async with refusals(context):
             version, created = await self.core.register_flow(request.graph)
+            await self.core.audit(
+                "deploy", "flow", f"{request.graph.name}:{version}", "" if created else "unchanged"
+            )
         return control_plane_pb2.RegisterFlowResponse(
             name=request.graph.name, version=version, created=created
         )
@@ -156,6 +172,10 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 request.idempotency_key,
                 dict(request.trace_context),
             )
+            if created:
+                await self.core.audit(
+                    "run", "flow_run", row.id, f"{row.flow_name}:{row.flow_version}"
+                )
         message = await self._message(row)
         return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
 
@@ -181,6 +201,8 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         if request.include_task_runs:
             for task_run in await self.io.read(self._task_runs, row.id):
                 response.task_runs.append(task_run)
+        entries = await self.io.read(self.store.audit_entries, "flow_run", row.id, 1000)
+        response.audit.extend(audit_message(e) for e in reversed(entries))
         return response
 
     def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
@@ -251,6 +273,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         if row.state not in _TERMINAL:
             async with refusals(context):
                 await self.core.cancel_run(row.id, request.reason)
+                await self.core.audit("cancel", "flow_run", row.id, request.reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
         return control_plane_pb2.CancelFlowRunResponse(flow_run=await self._message(row))
 
@@ -310,6 +333,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         async with refusals(context):
             schedule = self.core.schedules.create(request.schedule)
+            await self.core.audit(
+                "schedule.create", "schedule", schedule.id, request.schedule.flow_name
+            )
         self.core.touch()  # the timer loop re-reads the next fire time
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
@@ -331,11 +357,14 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Delete a schedule (its runs stay)."""
         async with refusals(context):
             self.core.schedules.delete(request.id)
+            await self.core.audit("schedule.delete", "schedule", request.id)
         return control_plane_pb2.DeleteScheduleResponse()
 
     async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
         async with refusals(context):
             schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+            action = "schedule.resume" if enabled else "schedule.pause"
+            await self.core.audit(action, "schedule", schedule_id)
         self.core.touch()
         return schedule
 
@@ -356,6 +385,22 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Resume a paused schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
         return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
+
+    async def ListAuditEntries(
+        self,
+        request: cp.ListAuditEntriesRequest,
+        context: grpc.aio.ServicerContext[cp.ListAuditEntriesRequest, cp.ListAuditEntriesResponse],
+    ) -> cp.ListAuditEntriesResponse:
+        """Who did what, newest first (about one kind of object or one object)."""
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
+        entries = await self.io.read(
+            self.store.audit_entries, request.object_kind, request.object_id, size
+        )
+        return control_plane_pb2.ListAuditEntriesResponse(
+            entries=[audit_message(e) for e in entries]
+        )
 
     async def GetServerInfo(
         self,

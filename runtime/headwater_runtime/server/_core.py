@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
     FailureInfo,
+    Role,
     duration,
     failure_from_proto,
     feature_names,
@@ -44,8 +46,9 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
+from headwater_runtime.store import AuditRow, FlowRunRow, LogRow, PruneReport, Store
 
+from ._access import CALLER, Caller
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
@@ -58,6 +61,8 @@ from ._schedules import Scheduler
 log = logging.getLogger("headwater.server")
 
 SERVER_VERSION = "0.1.0"
+#: Uploads remembered per credential for its downloads (older ones are forgotten).
+UPLOADS_KEPT = 10_000
 #: What a worker is told when it gives back an attempt nobody asked it to stop.
 GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
 
@@ -82,6 +87,11 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    #: The server's certificate and key (PEM files): serve TLS. Both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Require client certificates signed by this CA (mutual TLS).
+    tls_client_ca: str | None = None
 
 
 class ServerCore:
@@ -118,6 +128,9 @@ class ServerCore:
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
+        # Payloads each credential uploaded (the newest UPLOADS_KEPT): a worker-only
+        # credential may download these besides its attempts' inputs.
+        self._uploads: dict[str, OrderedDict[str, None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,7 +307,9 @@ class ServerCore:
 
     # ------------------------------------------------------------------- workers
 
-    def connect(self, hello: worker_pb2.Hello) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
+    def connect(
+        self, hello: worker_pb2.Hello, caller: Caller | None = None
+    ) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
         """Register a worker stream; returns its session, the Welcome and its outbox.
 
         Attempts the worker says it holds are kept (``Welcome.keep_running``) when the
@@ -312,6 +327,10 @@ class ServerCore:
             send=outbox.put_nowait,
             last_seen=self.clock.now(),
         )
+        caller = caller or CALLER.get()
+        session.credential = caller.name
+        # A worker-only credential reads only its attempts' inputs: remember them.
+        session.restricted = not caller.role.grants & {Role.VIEWER}
         adopted: dict[Token, str] = {}
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
@@ -493,6 +512,50 @@ class ServerCore:
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
                 session.send(None)  # ends the stream
+
+    # ------------------------------------------------------------ audit, access
+
+    async def audit(self, action: str, kind: str, object_id: str, detail: str = "") -> None:
+        """Record that the current caller did ``action`` to an object (stored before
+        the call is answered)."""
+        row = AuditRow(self.clock.now(), CALLER.get().name, action, kind, object_id, detail)
+        await self.io.write(self.store.add_audit, row)
+
+    def drop_revoked(self, valid: frozenset[str]) -> None:
+        """End the streams of workers whose credential is no longer valid (they
+        reconnect, and are refused)."""
+        for session in list(self.dispatcher.sessions.values()):
+            if session.credential and session.credential not in valid:
+                log.warning(
+                    "ending the stream of worker %s: credential %r was revoked",
+                    session.name,
+                    session.credential,
+                )
+                self.dispatcher.disconnect(session.session_id)
+                session.send(None)
+        self.touch()
+
+    def uploaded(self, caller: Caller, payload_id: str) -> None:
+        """Remember that ``caller`` uploaded a payload (it may download it again)."""
+        kept = self._uploads.setdefault(caller.name, OrderedDict())
+        kept[payload_id] = None
+        if len(kept) > UPLOADS_KEPT:
+            kept.popitem(last=False)
+
+    def may_download(self, caller: Caller, payload_id: str) -> bool:
+        """Whether ``caller`` may read a payload: any reader may; a worker-only
+        credential only what an attempt held by one of its sessions takes as input,
+        or what it uploaded itself."""
+        if Role.VIEWER in caller.role.grants:
+            return True
+        if payload_id in self._uploads.get(caller.name, ()):
+            return True
+        return any(
+            payload_id in ids
+            for session in self.dispatcher.sessions.values()
+            if session.credential == caller.name
+            for ids in session.reads.values()
+        )
 
     # ------------------------------------------------------------------- watchers
 

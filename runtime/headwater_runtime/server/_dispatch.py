@@ -33,6 +33,12 @@ class WorkerSession:
     send: Callable[[worker_pb2.ConnectResponse | None], None]  # None ends the stream
     last_seen: float = 0.0
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
+    #: The credential the worker connected with.
+    credential: str = ""
+    #: Whether that credential may read only its attempts' inputs (then ``reads``
+    #: holds the payload ids each held attempt takes as input).
+    restricted: bool = False
+    reads: dict[Token, frozenset[str]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -120,6 +126,7 @@ class Dispatcher:
             return
         lost = list(session.running.items())
         session.running.clear()
+        session.reads.clear()
         for token, _ in lost:
             self._cancelling.discard(token)
             if self._owner.get(token) is session:
@@ -157,6 +164,7 @@ class Dispatcher:
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)
+            session.reads.pop(token, None)
             self.pump()
 
     # -------------------------------------------------------------------- matching
@@ -200,4 +208,28 @@ class Dispatcher:
         """Send an assignment held back by ``before_send``, unless the attempt was lost
         or cancelled meanwhile."""
         if self._owner.get(pending.token) is session:  # not lost or cancelled meanwhile
-            session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))
+            assignment = pending.assignment
+            if session.restricted:
+                session.reads[pending.token] = input_payloads(assignment)
+            session.send(worker_pb2.ConnectResponse(assignment=assignment))
+
+
+def input_payloads(assignment: worker_pb2.Assignment) -> frozenset[str]:
+    """The ids of the stored payloads an assignment's inputs reference."""
+    found: set[str] = set()
+    todo: list[worker_pb2.InputValue] = list(assignment.inputs.values())
+    while todo:
+        node = todo.pop()
+        kind = node.WhichOneof("kind")
+        if kind == "value":
+            values = [node.value]
+            while values:
+                value = values.pop()
+                if value.WhichOneof("kind") == "ref" and value.ref.payload_id:
+                    found.add(value.ref.payload_id)
+                values.extend(value.items)
+        elif kind == "list":
+            todo.extend(node.list.items)
+        elif kind == "map":
+            todo.extend(entry.value for entry in node.map.entries)
+    return frozenset(found)

@@ -41,17 +41,19 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
+from ._sqlite_access import AccessTables
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import (
     _IN_TERMINAL,
     _SCHEMA,
     _TERMINAL_FLOW_STATES,
     SCHEMA_VERSION,
+    UPGRADABLE,
     _transaction,
 )
 
 
-class SQLiteStore:
+class SQLiteStore(AccessTables):
     """The default store: one SQLite file in WAL mode.
 
     Args:
@@ -85,7 +87,7 @@ class SQLiteStore:
         try:
             db = self._db
             version = self._schema_version(db)
-            if version not in (None, SCHEMA_VERSION):
+            if version not in (None, SCHEMA_VERSION, *UPGRADABLE):
                 raise RuntimeError(
                     f"database {self.path} has schema version {version}, and this server "
                     f"needs version {SCHEMA_VERSION}: it was written by another version of "
@@ -93,7 +95,7 @@ class SQLiteStore:
                     "with a new --db"
                 )
             db.executescript(_SCHEMA)
-            if version is None:
+            if version != SCHEMA_VERSION:  # new, or upgraded by the tables just added
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -533,6 +535,7 @@ class SQLiteStore:
                 if key:
                     counts[key] = removed
             _delete_in(db, "DELETE FROM payload_refs WHERE owner IN", [f"run:{r}" for r in runs])
+            _delete_in(db, "DELETE FROM audit WHERE object_kind='flow_run' AND object_id IN", runs)
             _delete_in(db, "DELETE FROM flow_runs WHERE id IN", runs)
             counts["cache_entries"] = db.execute(
                 "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?",

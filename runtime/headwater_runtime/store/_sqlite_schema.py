@@ -11,7 +11,10 @@ from headwater.wire import TERMINAL_FLOW_STATES
 
 from ._base import StoreUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Older schema versions this code upgrades in place when it opens the database (each
+#: only added tables: version 3 added ``credentials`` and ``audit``).
+UPGRADABLE = (2,)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -62,6 +65,18 @@ CREATE INDEX IF NOT EXISTS cache_entries_value ON cache_entries (value_id);
 CREATE TABLE IF NOT EXISTS schedules (
     id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, body BLOB NOT NULL, next_run_at REAL,
     enabled INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS credentials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, role TEXT NOT NULL,
+    secret_hash TEXT NOT NULL, subject TEXT NOT NULL, created_at REAL NOT NULL,
+    created_by TEXT NOT NULL, revoked_at REAL);
+CREATE UNIQUE INDEX IF NOT EXISTS credentials_name ON credentials (name)
+    WHERE revoked_at IS NULL;
+CREATE INDEX IF NOT EXISTS credentials_hash ON credentials (secret_hash);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, object_kind TEXT NOT NULL, object_id TEXT NOT NULL,
+    detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_object ON audit (object_kind, object_id);
 """
 
 _TERMINAL_FLOW_STATES = tuple(s.value for s in TERMINAL_FLOW_STATES)
