@@ -18,6 +18,7 @@ from headwater.wire import (
     FlowRunState,
     GraphError,
     ParameterError,
+    TLSConfigError,
 )
 from headwater_runtime.tracing import (
     Tracing,
@@ -26,9 +27,11 @@ from headwater_runtime.tracing import (
     tracing_settings_from_env,
 )
 
+from ._cli_connect import add_tls_args, tls_from_args
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
+from ._cli_tokens import add_tokens_command
 from ._client import ServerError
 from ._errors import FlowDefinitionError, UsageError
 from ._flow import Flow
@@ -90,7 +93,7 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             )
         from ._cli_remote import run_on_server
 
-        return run_on_server(flow, params, args.server, args.token)
+        return run_on_server(flow, params, args.server, args)
     executor = None
     if args.dask is not None:
         if args.workers is not None:
@@ -199,6 +202,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "slots": args.slots,
         "name": args.name,
         "token": ConnectionSettings.from_env(token=args.token).token,
+        "tls": tls_from_args(args),
         "on_connect": connected,
     }
     if args.dask is not None:
@@ -285,6 +289,7 @@ def add_worker_command(sub: Any) -> None:
     worker.add_argument(
         "--token", default=None, help="bearer token for the server (default: $HEADWATER_TOKEN)"
     )
+    add_tls_args(worker)
     worker.set_defaults(func=cmd_worker)
 
 
@@ -337,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on this Headwater server instead of in this process (deploys the flow)",
     )
     run.add_argument("--token", default=None, help="bearer token for --server (or HEADWATER_TOKEN)")
+    add_tls_args(run)
     run.set_defaults(func=cmd_run)
 
     graph = sub.add_parser(
@@ -363,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(sub)
     add_schedules_command(sub)
     add_prune_command(sub)
+    add_tokens_command(sub)
     return parser
 
 
@@ -381,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         FlowDefinitionError,
         ParameterError,
         TracingConfigError,
+        TLSConfigError,
     ) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,7 +11,7 @@ from typing import Any
 from headwater.wire import ENV_SERVER, FlowRunState
 from headwater_runtime.tracing import cli_span
 
-from ._client import Client
+from ._cli_connect import add_tls_args, connect
 from ._errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
@@ -31,10 +31,10 @@ def _exit_code(state: FlowRunState) -> int:
     return EXIT_CANCELLED if state is FlowRunState.CANCELLED else EXIT_FAILED
 
 
-def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | None) -> int:
+def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argparse.Namespace) -> int:
     """Deploy, run and wait; prints the result as JSON like an embedded run."""
     # The CLI's own span (when tracing): the flow span on the server becomes its child.
-    with Client(address, token=token) as client, cli_span(f"run {flow.name}"):
+    with connect(args, address) as client, cli_span(f"run {flow.name}"):
         run = client.run(flow, params)
         print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
         for _, change in client.watch(run.id):
@@ -50,7 +50,7 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``headwater runs list|show|watch|cancel|logs``; ``watch`` exits like ``run``."""
     address = server_address(args)
-    with Client(address, token=args.token) as client:
+    with connect(args, address) as client:
         if args.action == "list":
             for run in client.list_runs(flow_name=args.flow or "", limit=args.limit):
                 origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
@@ -68,6 +68,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     f"  {task.key:30} {task.state.name:15} attempts={task.attempts}"
                     f"{worker}  {states}"
                 )
+            for note in run.audit:
+                detail = f" ({note.detail})" if note.detail else ""
+                print(f"  {note.at:%Y-%m-%d %H:%M:%S}Z  {note.action} by {note.actor}{detail}")
             if run.state is FlowRunState.SUCCESS:
                 print(json.dumps(run.result, indent=2, default=repr))
             return EXIT_OK
@@ -100,6 +103,7 @@ def add_runs_command(sub: Any) -> None:
     runs.add_argument("run_id", nargs="?", help="flow run id (all actions but list)")
     runs.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
     runs.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(runs)
     runs.add_argument("--flow", help="list: only runs of this flow")
     runs.add_argument("--limit", type=int, default=20, help="list: how many (default 20)")
     runs.add_argument("--reason", default="cancelled from the CLI", help="cancel: why")

@@ -35,7 +35,10 @@ from headwater.wire import (
     PROTOCOL_VERSION,
     ConnectionSettings,
     PayloadTransfer,
+    TLSSettings,
+    explain_unreachable,
     gather,
+    open_channel,
     seconds,
 )
 from headwater_runtime.embedded import default_thread_count
@@ -134,6 +137,8 @@ class Worker:
         name: display name (default ``HOSTNAME-PID``).
         token: bearer token sent with every call.
         on_connect: called once, after the first Welcome.
+        tls: how to secure the connection (default: HEADWATER_TLS, HEADWATER_TLS_CA,
+            HEADWATER_TLS_CERT and HEADWATER_TLS_KEY; plaintext when none is set).
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class Worker:
         name: str | None = None,
         token: str | None = None,
         on_connect: Callable[[Worker], None] | None = None,
+        tls: TLSSettings | None = None,
     ) -> None:
         if not server:
             raise ValueError("the server address must be HOST:PORT")
@@ -157,7 +163,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.worker_id = os.urandom(16).hex()
         self.tasks = collect_tasks([import_module(m) for m in modules])
-        self.metadata = ConnectionSettings(server, token).metadata()
+        self.tls = tls if tls is not None else TLSSettings.from_env()
+        self.metadata = ConnectionSettings(server, token, self.tls).metadata()
         self._on_connect = on_connect
         self._stop = threading.Event()
         # Its own generator: the reconnect jitter must not touch the global random state
@@ -172,7 +179,7 @@ class Worker:
 
     def run(self) -> None:
         """Serve until stopped; raises WorkerError when the server refuses for good."""
-        payload_channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        payload_channel = open_channel(self.server, self.tls, _CHANNEL_OPTIONS)
         self.attempts.transfer = PayloadTransfer(payload_channel, self.metadata)
         logging.getLogger().addHandler(self.attempts.log_handler)
         try:
@@ -185,6 +192,8 @@ class Worker:
                     failures = 0
                     log.warning("lost the connection to %s (%s); reconnecting", self.server, why)
                 elif failures % 10 == 0:
+                    if why.startswith("UNAVAILABLE"):  # a TLS mismatch says so, with the fix
+                        why = explain_unreachable(self.server, self.tls) or why
                     log.warning("cannot connect to %s (%s); retrying", self.server, why)
                 delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
                 failures += 1
@@ -209,7 +218,7 @@ class Worker:
     def _session_once(self) -> tuple[bool, str]:
         """Connect and serve until the stream ends: whether the server welcomed us, and
         why the stream ended."""
-        channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        channel = open_channel(self.server, self.tls, _CHANNEL_OPTIONS)
         with self._lock:
             session = _Session(self._hello())
             self._session = session

@@ -172,10 +172,10 @@ async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once bound. SIGHUP reloads
     the TLS certificate."""
     running = await start_server(settings)
-    secured = ""
+    print(f"headwater server listening on {settings.host}:{running.port}", flush=True)
     if running.tls is not None:
-        secured = " (TLS, client certificates required)" if settings.tls_client_ca else " (TLS)"
-    print(f"headwater server listening on {settings.host}:{running.port}{secured}", flush=True)
+        mutual = "; client certificates required" if settings.tls_client_ca else ""
+        print(f"headwater server speaks TLS{mutual}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -69,7 +69,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"credential {caller.name!r} (role {caller.role.value}) may not call "
-                    f"{short}: it needs {roles}",
+                    f"{short}: it needs one of the roles {roles}",
                 )
             CALLER.set(caller)
             return caller
