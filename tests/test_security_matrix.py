@@ -282,8 +282,15 @@ def _table(found: dict[tuple[str, str, str], grpc.StatusCode]) -> str:
         needed = REQUIRED_ROLES[method]
         return ", ".join(r.value for r in Role if allows(r, needed)) if needed else "open"
 
+    cells = {
+        method: [
+            " / ".join(_SHORT.get(found[method, c, s], found[method, c, s].name) for s in STATES)
+            for c in COLUMNS
+        ]
+        for method in CALLS
+    }
     head = max(len(f"{name(m)} ({roles(m)})") for m in CALLS) + 2
-    cell = max(len(" / ".join(_SHORT.get(v, v.name) for v in (DENIED,) * 4)), 32) + 2
+    cell = max(len(x) for row in cells.values() for x in row) + 2
     lines = [
         "security matrix: the status for no credential / a wrong one / a revoked one / the "
         "right one (ok, UNAUTH = UNAUTHENTICATED, DENIED = PERMISSION_DENIED, invalid = "
@@ -291,10 +298,6 @@ def _table(found: dict[tuple[str, str, str], grpc.StatusCode]) -> str:
         f"{'RPC (roles that may call it)':{head}}" + "".join(f"{c:{cell}}" for c in COLUMNS),
     ]
     for method in CALLS:
-        cells = [
-            " / ".join(_SHORT.get(found[method, c, s], found[method, c, s].name) for s in STATES)
-            for c in COLUMNS
-        ]
         label = f"{name(method)} ({roles(method)})"
-        lines.append(f"{label:{head}}" + "".join(f"{x:{cell}}" for x in cells).rstrip())
+        lines.append(f"{label:{head}}" + "".join(f"{x:{cell}}" for x in cells[method]).rstrip())
     return "\n".join(lines)

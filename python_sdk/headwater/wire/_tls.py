@@ -125,12 +125,16 @@ def _probe_tls(
 ) -> str | None:
     try:
         with context.wrap_socket(raw, server_hostname=host) as secure:
-            # TLS 1.3 servers refuse a client certificate after the handshake: read once.
-            secure.settimeout(0.5)
+            # Under TLS 1.3 a server refuses a client certificate (or its absence) after
+            # the handshake: gRPC's closes the connection at once, where it would
+            # otherwise start HTTP/2 by sending its settings.
+            secure.settimeout(PROBE_TIMEOUT)
             try:
-                secure.recv(1)
+                if secure.recv(1):
+                    return None
             except TimeoutError:
                 return None
+            return _refused_certificate(address, tls)
     except ssl.SSLCertVerificationError as exc:
         return (
             f"the certificate of the server at {address} failed verification "
@@ -140,19 +144,26 @@ def _probe_tls(
         reason = (exc.reason or str(exc)).lower()
         if "wrong_version_number" in reason or "record_layer" in reason or "http" in reason:
             return _plaintext_server(address)
-        if "certificate_required" in reason or ("handshake_failure" in reason and not tls.cert):
-            return (
-                f"the server at {address} requires a client certificate (mutual TLS): "
-                "pass --tls-cert and --tls-key"
-            )
-        if "certificate" in reason or "unknown_ca" in reason:
-            return f"the server at {address} refused this client certificate ({exc.reason})"
+        if "certificate" in reason or "unknown_ca" in reason or "handshake_failure" in reason:
+            return _refused_certificate(address, tls)
         return f"the TLS handshake with {address} failed: {exc.reason or exc}"
     except (ConnectionResetError, BrokenPipeError, EOFError):
         return _plaintext_server(address)
     except OSError:
         return None
     return None
+
+
+def _refused_certificate(address: str, tls: TLSSettings) -> str:
+    if not tls.cert:
+        return (
+            f"the server at {address} requires a client certificate (mutual TLS): pass "
+            "--tls-cert and --tls-key"
+        )
+    return (
+        f"the server at {address} refused this client certificate ({tls.cert}): it is "
+        "expired, or not signed by a CA the server trusts (--tls-client-ca)"
+    )
 
 
 def _plaintext_server(address: str) -> str:
