@@ -78,7 +78,8 @@ def _created(info: CredentialInfo, token: str) -> int:
     else:
         print(
             f"created credential {info.name!r} (role {info.role}) for client certificates "
-            f"with subject {info.subject!r}"
+            f"with subject {info.subject!r}",
+            file=sys.stderr,  # stdout carries only a token, for TOKEN=$(headwater tokens ...)
         )
     return EXIT_OK
 
