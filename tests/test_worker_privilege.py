@@ -72,10 +72,9 @@ def test_a_worker_reads_only_its_attempts_inputs_and_its_own_uploads(tmp_path: P
             with Client(address, token=tokens["operator"]) as client:
                 run = client.run(carry, {"blob": BLOB})
                 # Another payload the operator uploads, which no attempt takes.
-                transfer = PayloadTransfer(
-                    grpc.insecure_channel(address), _auth(tokens["operator"])
-                )
-                other = transfer.upload(EncodedValue(b"y" * 10, {"encoding": "json"}))
+                with grpc.insecure_channel(address) as plain:
+                    transfer = PayloadTransfer(plain, _auth(tokens["operator"]))
+                    other = transfer.upload(EncodedValue(b"y" * 10, {"encoding": "json"}))
                 return run.id, other.payload_id
 
         run_id, other = await asyncio.to_thread(operator_run)
