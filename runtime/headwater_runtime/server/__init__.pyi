@@ -18,6 +18,13 @@ from ._cli import add_server_command as add_server_command
 from ._core import SERVER_VERSION as SERVER_VERSION
 from ._core import ServerCore as ServerCore
 from ._core import ServerSettings as ServerSettings
+from ._http_security import CSRF_FIELD as CSRF_FIELD
+from ._http_security import CSRF_HEADER as CSRF_HEADER
+from ._http_security import SESSION_COOKIE as SESSION_COOKIE
+from ._http_security import HttpDecision as HttpDecision
+from ._http_security import HttpGuard as HttpGuard
+from ._http_security import login_page as login_page
+from ._http_security import session_token as session_token
 from ._payloads import MAX_CHUNK as MAX_CHUNK
 from ._payloads import PayloadServicer as PayloadServicer
 from ._roles import HTTP_ROUTES as HTTP_ROUTES
