@@ -30,6 +30,7 @@ SYSTEMS = (
     "dask",
     "dask-raw",
     "server",
+    "server-tls",
     "dask-cluster",
     "compile",
 )
@@ -75,10 +76,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     system: str = spec["system"]
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; use one of {', '.join(SYSTEMS)}")
-    if system == "server":
+    if system in ("server", "server-tls"):
         from ._server import measure as measure_server
 
-        return measure_server(spec)
+        return measure_server({**spec, "tls": system == "server-tls"})
     if system == "dask-cluster":
         from ._dask_cluster import measure as measure_cluster
 

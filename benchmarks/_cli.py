@@ -286,7 +286,26 @@ def _server_notes(row: Row) -> list[str]:
         )
     if raw and raw.wall and server.wall:
         bits.append(f"dask-raw {raw.wall:.3f} s (server/dask-raw = {server.wall / raw.wall:.0f}x)")
-    return [f"{name}: " + "; ".join(bits)]
+    notes = [f"{name}: " + "; ".join(bits)]
+    tls = row.get("server-tls")
+    if tls is not None:
+        if tls.wall and server.wall and tls.data:
+            cost = 1 - server.wall / tls.wall  # 1 - (tasks/s with TLS) / (tasks/s without)
+            target = row.workload.max_tls_cost
+            verdict = (
+                ""
+                if target is None
+                else f" (target <= {target:.0%}: {'met' if cost <= target else 'MISSED'})"
+            )
+            tls_walls = ", ".join(f"{w:.3f}" for w in tls.data["walls"])
+            notes.append(
+                f"{name} with TLS: {tls.wall:.3f} s (median of {tls_walls}) against "
+                f"{server.wall:.3f} s without, in this run: TLS costs {cost:.1%} of server "
+                f"throughput{verdict}"
+            )
+        else:
+            notes.append(f"{name} with TLS: {tls.error or 'not run'}")
+    return notes
 
 
 def _disagreements(rows: list[Row], quick: bool) -> list[str]:

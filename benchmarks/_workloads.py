@@ -29,6 +29,8 @@ class Workload:
         max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
         compile: the compile-cost workload (``_compile``): graph build and digest of a
             flow, symbolic and value-dependent; a table of its own.
+        max_tls_cost: target of the throughput lost to TLS, 1 - (server-tls tasks/s) /
+            (server tasks/s), both measured in the same run.
     """
 
     name: str
@@ -50,6 +52,7 @@ class Workload:
     max_ratio: float | None = None
     max_peak_fraction: float | None = None
     compile: bool = False
+    max_tls_cost: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -152,11 +155,13 @@ WORKLOADS: tuple[Workload, ...] = (
         full={"n": 10_000},
         quick={"n": 1_000},
         # "headwater" is the embedded run of the very same DAG, measured again here so
-        # the row compares within one run even with --only.
-        systems=("server", "headwater", "dask-raw"),
+        # the row compares within one run even with --only; "server-tls" is the same
+        # server run with TLS on every connection (target: at most 15% slower).
+        systems=("server", "server-tls", "headwater", "dask-raw"),
         repeats=3,
         server=True,
         min_tasks_per_s=2_000,
+        max_tls_cost=0.15,
     ),
     Workload(
         name="server-latency",
