@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from headwater.wire import (
     Const,
     DictOf,
+    EncodingError,
     FromTask,
     GraphError,
     GraphSpec,
@@ -35,9 +36,9 @@ from headwater.wire import (
     ParamSpec,
     TaskSpec,
     Trigger,
+    encode,
     iter_task_refs,
 )
-from headwater.wire._json_codec import JsonCodecError, dumps
 
 from ._errors import FlowDefinitionError
 from ._refs import NeedsValues, ParamRef, Ref, TaskRef, contains_ref, unmapped
@@ -257,8 +258,8 @@ def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: boo
         if mapped and isinstance(value, tuple | range):
             value = list(value)  # mapped over element by element
         try:
-            dumps(value)
-        except JsonCodecError as exc:
+            encode(value, portable=True)  # tagged json, or EncodingError saying why not
+        except EncodingError as exc:
             raise FlowDefinitionError(
                 f"task {task_name!r}, argument {arg!r}: {exc}; the task reads only json "
                 "(it is portable or implemented in another language)"

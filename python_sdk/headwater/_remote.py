@@ -42,14 +42,7 @@ class RemoteTask(Task[..., Any]):
         shared: TaskOptions = {"name": label, "task_type": task_type}
         super().__init__(_placeholder(task_type, label, params), **shared)
         self.parameters = params
-        self.retry = parsed.retry
-        self.timeout = parsed.timeout
-        self.trigger = parsed.trigger
-        self.cache = parsed.cache
-        self.tags = parsed.tags
-        self.labels = parsed.labels
-        self.version = parsed.version
-        self.portable = True
+        self._apply(parsed)  # portable, no resources, error types by name
         self._remote_options: RemoteTaskOptions = options
 
     @property

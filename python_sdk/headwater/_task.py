@@ -11,7 +11,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from . import _compiler
 from ._errors import FlowDefinitionError
-from ._options import TaskOptions, check_names, parse_options
+from ._options import ParsedOptions, TaskOptions, check_names, parse_options
 from ._refs import contains_ref
 
 P = ParamSpec("P")
@@ -46,17 +46,7 @@ class Task(Generic[P, R]):
         self.task_type = options.get("task_type") or (
             f"{module_name(fn)}.{getattr(fn, '__qualname__', self.name)}"
         )
-        parsed = parse_options(options, self.name, remote=False)
-        self.retry = parsed.retry
-        self.no_retry_on = parsed.no_retry_on
-        self.timeout = parsed.timeout
-        self.trigger = parsed.trigger
-        self.cache = parsed.cache
-        self.tags = parsed.tags
-        self.labels = parsed.labels
-        self.resources = parsed.resources
-        self.version = parsed.version
-        self.portable = parsed.portable
+        self._apply(parse_options(options, self.name, remote=False))
         self.signature = _signature(fn, self.name)
         params = list(self.signature.parameters.values())
         # Fast argument binding for the common case (plain named parameters); anything
@@ -68,6 +58,19 @@ class Task(Generic[P, R]):
             self._required = tuple(p.name for p in params if p.default is p.empty)
         self._options: TaskOptions = options
         functools.update_wrapper(self, fn)
+
+    def _apply(self, parsed: ParsedOptions) -> None:
+        """Take the policies of validated options."""
+        self.retry = parsed.retry
+        self.no_retry_on = parsed.no_retry_on
+        self.timeout = parsed.timeout
+        self.trigger = parsed.trigger
+        self.cache = parsed.cache
+        self.tags = parsed.tags
+        self.labels = parsed.labels
+        self.resources = parsed.resources
+        self.version = parsed.version
+        self.portable = parsed.portable
 
     @property
     def argument_order(self) -> tuple[str, ...]:
