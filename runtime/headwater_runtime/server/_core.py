@@ -52,7 +52,7 @@ from ._access import CALLER, Caller
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
-from ._dispatch import Dispatcher, Token, WorkerSession
+from ._dispatch import Dispatcher, Token, WorkerSession, input_payloads
 from ._exports import DaskExports
 from ._io import StoreIO
 from ._runs import RunManager
@@ -342,6 +342,8 @@ class ServerCore:
             if queued is not None and len(adopted) < hello.slots:
                 adopted[key] = queued.flow_run_id
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
+                if session.restricted:  # it may still need to read the inputs
+                    session.reads[key] = input_payloads(queued.assignment)
             elif queued is not None:
                 self.dispatcher.submit(queued)  # more than its slots: someone else takes it
         welcome = worker_pb2.Welcome(
