@@ -57,11 +57,12 @@ class AccessTables:
                 (row.name, row.subject),
             ).fetchone()
             if taken is not None:
-                what = "name" if taken[0] == row.name else f"subject {row.subject!r}"
-                raise Conflict(
-                    f"a valid credential already has the {what} ({taken[0]!r}): revoke it "
-                    "first, or choose another"
+                what = (
+                    f"is already called {row.name!r}"
+                    if taken[0] == row.name
+                    else f"({taken[0]!r}) already has the subject {row.subject!r}"
                 )
+                raise Conflict(f"a valid credential {what}: revoke it first, or choose another")
             db.execute(
                 f"INSERT INTO credentials ({_CRED_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
