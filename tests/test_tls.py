@@ -95,6 +95,20 @@ def test_a_certificate_from_another_ca_is_refused(tmp_path: Path, certs: Certs) 
     serve(tmp_path, body, **tls_server(certs))
 
 
+def test_tls_without_a_ca_verifies_the_server_with_the_system_roots(
+    tmp_path: Path, certs: Certs
+) -> None:
+    # The test CA is in no system store: --tls alone must refuse this server.
+    def body(address: str) -> None:
+        with Client(address, token=ADMIN, tls=True) as client:
+            assert client.tls.on and client.tls.ca is None
+            error = refusal(client.server_info)
+        assert error.code == grpc.StatusCode.UNAVAILABLE
+        assert "certificate verify failed" in str(error)
+
+    serve(tmp_path, body, **tls_server(certs))
+
+
 def test_an_expired_server_certificate_is_refused(tmp_path: Path, certs: Certs) -> None:
     def body(address: str) -> None:
         with Client(address, token=ADMIN, tls_ca=certs.ca) as client:
