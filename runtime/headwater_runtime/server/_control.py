@@ -172,10 +172,6 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 request.idempotency_key,
                 dict(request.trace_context),
             )
-            if created:
-                await self.core.audit(
-                    "run", "flow_run", row.id, f"{row.flow_name}:{row.flow_version}"
-                )
         message = await self._message(row)
         return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
 

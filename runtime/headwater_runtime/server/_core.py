@@ -205,7 +205,16 @@ class ServerCore:
             idempotency_key,
             trace_context,
         )
-        row, created = await self.io.write(self.store.create_flow_run, prepared.row)
+        # Who created the run is stored with it, in the same transaction.
+        audit = AuditRow(
+            self.clock.now(),
+            CALLER.get().name,
+            "run",
+            "flow_run",
+            prepared.row.id,
+            f"{prepared.row.flow_name}:{prepared.row.flow_version}",
+        )
+        row, created = await self.io.write(self.store.create_flow_run, prepared.row, None, audit)
         if created:
             self.runs.start_run(prepared)
             self.touch()

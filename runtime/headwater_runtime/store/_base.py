@@ -307,11 +307,12 @@ class Store(Protocol):
 
     # flow runs
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+        self, row: FlowRunRow, schedule: ScheduleRow | None = None, audit: AuditRow | None = None
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, and whether it is new: a run with the same idempotency key
         and parameters is returned instead (other parameters: Conflict naming it).
-        ``schedule`` (advanced past this fire) is updated in the same transaction."""
+        ``schedule`` (advanced past this fire) is updated, and ``audit`` (who created
+        the run) recorded when the run is new, in the same transaction."""
         ...
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:

@@ -27,6 +27,7 @@ from typing import Any
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
 from ._base import (
+    AuditRow,
     CacheRow,
     Conflict,
     FlowRunRow,
@@ -41,7 +42,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
-from ._sqlite_access import AccessTables
+from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import (
     _IN_TERMINAL,
@@ -231,7 +232,7 @@ class SQLiteStore(AccessTables):
     # --------------------------------------------------------------- flow runs
 
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+        self, row: FlowRunRow, schedule: ScheduleRow | None = None, audit: AuditRow | None = None
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, or return the existing run with the same idempotency key.
 
@@ -268,6 +269,8 @@ class SQLiteStore(AccessTables):
                 (row.id, *_flow_run_values(row), seq),
             )
             _add_refs(db, f"run:{row.id}", row.payload_ids)
+            if audit is not None:
+                insert_audit(db, audit)
             return row.id, True
 
         run_id, created = _transaction(db, work)

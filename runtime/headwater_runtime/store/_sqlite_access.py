@@ -39,6 +39,15 @@ def _bump(db: sqlite3.Connection) -> None:
     )
 
 
+def insert_audit(db: sqlite3.Connection, row: AuditRow) -> None:
+    """Insert an audit entry (inside the caller's transaction)."""
+    db.execute(
+        "INSERT INTO audit (at, actor, action, object_kind, object_id, detail) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (row.at, row.actor, row.action, row.object_kind, row.object_id, row.detail),
+    )
+
+
 class AccessTables:
     """Credentials and audit entries (see the Store protocol for each method)."""
 
@@ -110,14 +119,7 @@ class AccessTables:
     def add_audit(self, row: AuditRow) -> None:
         """Record who did what."""
         db = self._db
-        _transaction(
-            db,
-            lambda: db.execute(
-                "INSERT INTO audit (at, actor, action, object_kind, object_id, detail) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (row.at, row.actor, row.action, row.object_kind, row.object_id, row.detail),
-            ),
-        )
+        _transaction(db, lambda: insert_audit(db, row))
 
     def audit_entries(
         self, object_kind: str = "", object_id: str = "", limit: int = 100
