@@ -86,7 +86,8 @@ test: setup
 	exit $$rc
 
 # The part of the suite that covers the contract, the server (in-process and as a
-# subprocess), the worker, the client, schedules (croniter) and the compiler (cloudpickle),
+# subprocess), the worker, the client, schedules (croniter), the compiler (cloudpickle)
+# and TLS, credentials and roles (gRPC's TLS and auth context at the oldest grpcio),
 # run with exactly the oldest grpcio, protobuf, cloudpickle and croniter that
 # pyproject.toml allows. Not the Dask, OpenTelemetry or numpy tests: those extras are
 # not installed there.
@@ -94,7 +95,9 @@ OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload
 	tests/test_client.py tests/test_server_protocol.py tests/test_worker.py \
 	tests/test_run_manager.py tests/test_compiler.py tests/test_remote_task.py \
 	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py \
-	tests/test_graph_builds.py tests/test_subflows_server.py
+	tests/test_graph_builds.py tests/test_subflows_server.py \
+	tests/test_tls.py tests/test_security_matrix.py tests/test_worker_privilege.py \
+	tests/test_http_security.py
 
 ## test-oldest: run the contract and server tests against the oldest supported versions
 test-oldest: $(OLDEST_STAMP)

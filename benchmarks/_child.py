@@ -31,6 +31,7 @@ SYSTEMS = (
     "dask-raw",
     "server",
     "server-base",
+    "server-tls",
     "dask-cluster",
     "compile",
     "server-loop",
@@ -78,14 +79,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     system: str = spec["system"]
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; use one of {', '.join(SYSTEMS)}")
-    if system in ("server", "server-base"):  # server-base: in the baseline's interpreter
+    if system in (
+        "server",
+        "server-base",
+        "server-tls",
+    ):  # server-base: in the baseline's interpreter
         if spec["kind"] in ("restart", "growth"):
             from ._durability import measure as measure_durability
 
             return measure_durability(spec)
         from ._server import measure as measure_server
 
-        return measure_server(spec)
+        return measure_server({**spec, "tls": system == "server-tls"})
     if system == "dask-cluster":
         from ._dask_cluster import measure as measure_cluster
 

@@ -250,6 +250,19 @@ def _ms(stats: dict[str, float]) -> str:
     return f"median {stats['median']:.2f} ms, p95 {stats['p95']:.2f} ms"
 
 
+def _median_cpu(data: dict[str, Any]) -> dict[str, Any]:
+    """The CPU seconds of the run whose wall time was the median one."""
+    if not data.get("cpu_s"):
+        return {}
+    walls = data.get("walls") or [0] * len(data["cpu_s"])
+    order = sorted(range(len(data["cpu_s"])), key=lambda i: walls[i])
+    return dict(data["cpu_s"][order[len(order) // 2]])
+
+
+def _workers_cpu(cpu: dict[str, Any]) -> float:
+    return sum(v for k, v in cpu.items() if k.startswith("worker") and v is not None)
+
+
 def _server_notes(row: Row, system: str = "server") -> list[str]:
     name = row.workload.name if system == "server" else f"{row.workload.name} ({system})"
     server = row.get(system)
@@ -298,7 +311,35 @@ def _server_notes(row: Row, system: str = "server") -> list[str]:
         )
     if raw and raw.wall and server.wall:
         bits.append(f"dask-raw {raw.wall:.3f} s (server/dask-raw = {server.wall / raw.wall:.0f}x)")
-    return [f"{name}: " + "; ".join(bits)]
+    notes = [f"{name}: " + "; ".join(bits)]
+    tls = row.get("server-tls")
+    if tls is not None:
+        if tls.wall and server.wall and tls.data:
+            cost = 1 - server.wall / tls.wall  # 1 - (tasks/s with TLS) / (tasks/s without)
+            target = row.workload.max_tls_cost
+            verdict = (
+                ""
+                if target is None
+                else f" (target <= {target:.0%}: {'met' if cost <= target else 'MISSED'})"
+            )
+            tls_walls = ", ".join(f"{w:.3f}" for w in tls.data["walls"])
+            cpu_text = ""
+            plain_cpu, tls_cpu = _median_cpu(d), _median_cpu(tls.data)
+            if plain_cpu.get("server") and tls_cpu.get("server"):
+                more = tls_cpu["server"] / plain_cpu["server"] - 1
+                cpu_text = (
+                    f"; server CPU in the median run {tls_cpu['server']:.2f} s against "
+                    f"{plain_cpu['server']:.2f} s ({more:+.1%}), workers "
+                    f"{_workers_cpu(tls_cpu):.2f} s against {_workers_cpu(plain_cpu):.2f} s"
+                )
+            notes.append(
+                f"{name} with TLS: {tls.wall:.3f} s (median of {tls_walls}) against "
+                f"{server.wall:.3f} s without, in this run: TLS costs {cost:.1%} of server "
+                f"throughput{verdict}{cpu_text}"
+            )
+        else:
+            notes.append(f"{name} with TLS: {tls.error or 'not run'}")
+    return notes
 
 
 def _disagreements(rows: list[Row], quick: bool) -> list[str]:

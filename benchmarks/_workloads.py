@@ -34,6 +34,8 @@ class Workload:
         probe: a server probe (``_probes``): event-loop responsiveness during a heavy
             request, or the server's memory while it streams a download; a table of
             its own. ``max_delay_ms`` is the responsiveness target.
+        max_tls_cost: target of the throughput lost to TLS, 1 - (server-tls tasks/s) /
+            (server tasks/s), both measured in the same run.
     """
 
     name: str
@@ -58,6 +60,7 @@ class Workload:
     durability: bool = False
     probe: bool = False
     max_delay_ms: float | None = None
+    max_tls_cost: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -160,11 +163,13 @@ WORKLOADS: tuple[Workload, ...] = (
         full={"n": 10_000},
         quick={"n": 1_000},
         # "headwater" is the embedded run of the very same DAG, measured again here so
-        # the row compares within one run even with --only.
-        systems=("server", "headwater", "dask-raw"),
+        # the row compares within one run even with --only; "server-tls" is the same
+        # server run with TLS on every connection (target: at most 15% slower).
+        systems=("server", "server-tls", "headwater", "dask-raw"),
         repeats=3,
         server=True,
         min_tasks_per_s=2_000,
+        max_tls_cost=0.15,
     ),
     Workload(
         name="server-latency",

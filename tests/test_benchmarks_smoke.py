@@ -45,6 +45,8 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         assert column in headers[1], proc.stdout
     for workload in ("server-fanout", "server-latency"):
         assert f"| {workload} " in proc.stdout, proc.stdout
+    # The same fan-out with TLS, against the plaintext one of the same run.
+    assert "server-fanout with TLS: " in proc.stdout and "TLS costs " in proc.stdout, proc.stdout
     # The Dask cluster workloads' table (a real LocalCluster, Headwater vs raw futures).
     for column in ("headwater s", "client.submit s", "ratio", "array MB", "peak MB"):
         assert column in headers[2], proc.stdout

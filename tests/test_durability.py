@@ -57,7 +57,11 @@ class FailingStore(SQLiteStore):
         super().commit(batch)
 
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None, start: Any = None
+        self,
+        row: FlowRunRow,
+        schedule: ScheduleRow | None = None,
+        start: Any = None,
+        audit: Any = None,
     ) -> tuple[FlowRunRow, bool]:
         """Fail like a full disk while ``failing`` (a new run is stored with its start,
         in one transaction); else insert."""
@@ -65,7 +69,7 @@ class FailingStore(SQLiteStore):
             raise StoreUnavailable(
                 "cannot write to the database: database or disk is full", full=True
             )
-        return super().create_flow_run(row, schedule, start)
+        return super().create_flow_run(row, schedule, start, audit)
 
 
 @contextlib.asynccontextmanager
@@ -524,6 +528,36 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 3"):
         SQLiteStore(path)
+
+
+def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 3 added the links of child flow runs (three columns of flow_runs) and
+    the credentials and audit tables: a version 2 database gets them in place, keeps
+    its runs, and says version 3 from then on."""
+    import sqlite3
+
+    from headwater_runtime.store import SCHEMA_VERSION, AuditRow
+
+    path = tmp_path / "v2.db"
+    store = SQLiteStore(path)
+    store.create_flow_run(FlowRunRow("r0", "f", "1", FlowRunState.RUNNING.value, 1.0, b"{}"))
+    store.close()
+    with sqlite3.connect(path) as db:  # what version 2 had
+        db.execute("DROP TABLE credentials")
+        db.execute("DROP TABLE audit")
+        db.execute("DROP INDEX flow_runs_parent")
+        for column in ("parent_flow_run_id", "parent_task_key", "parent_attempt"):
+            db.execute(f"ALTER TABLE flow_runs DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    store = SQLiteStore(path)
+    assert store.get_flow_run("r0").parent_flow_run_id == ""
+    store.add_audit(AuditRow(1.0, "alice", "run", "flow_run", "r1"))
+    assert [a.actor for a in store.audit_entries("flow_run", "r1")] == ["alice"]
+    assert store.list_credentials() == []
+    store.close()
+    with sqlite3.connect(path) as db:
+        (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert int(version) == SCHEMA_VERSION == 3
 
 
 @task

@@ -12,7 +12,9 @@ import headwater
 
 EXPECTED_ALL = [
     "AttemptRecord",
+    "AuditEntry",
     "Client",
+    "CredentialInfo",
     "DaskExecutor",
     "EncodingError",
     "FailureInfo",

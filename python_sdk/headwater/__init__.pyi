@@ -15,6 +15,8 @@ from headwater_runtime.engine import StateEntry as StateEntry
 from headwater_runtime.engine import TaskRunRecord as TaskRunRecord
 from headwater_runtime.execution import Skip as Skip
 
+from ._access_info import AuditEntry as AuditEntry
+from ._access_info import CredentialInfo as CredentialInfo
 from ._client import Client as Client
 from ._client import RemoteFlowRun as RemoteFlowRun
 from ._client import ServerError as ServerError

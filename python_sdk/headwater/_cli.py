@@ -18,6 +18,7 @@ from headwater.wire import (
     FlowRunState,
     GraphError,
     ParameterError,
+    TLSConfigError,
     parse_duration,
 )
 from headwater_runtime.tracing import (
@@ -27,9 +28,11 @@ from headwater_runtime.tracing import (
     tracing_settings_from_env,
 )
 
+from ._cli_connect import add_tls_args, tls_from_args
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
+from ._cli_tokens import add_tokens_command
 from ._client import ServerError
 from ._errors import FlowDefinitionError, UsageError
 from ._flow import Flow
@@ -111,9 +114,7 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             )
         from ._cli_remote import run_on_server
 
-        return run_on_server(
-            flow, params, args.server, args.token, detach=args.detach, full=args.full
-        )
+        return run_on_server(flow, params, args.server, args)
     if args.detach:
         raise UsageError("--detach leaves a run on a server; it needs --server")
     executor = None
@@ -241,6 +242,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "slots": args.slots,
         "name": args.name,
         "token": ConnectionSettings.from_env(token=args.token).token,
+        "tls": tls_from_args(args),
         "on_connect": connected,
     }
     if args.allow_stale_code:
@@ -345,6 +347,7 @@ def add_worker_command(sub: Any) -> None:
     worker.add_argument(
         "--token", default=None, help="bearer token for the server (default: $HEADWATER_TOKEN)"
     )
+    add_tls_args(worker)
     worker.set_defaults(func=cmd_worker)
 
 
@@ -408,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--full", action="store_true", help="print failed tasks' whole tracebacks (not trimmed)"
     )
+    add_tls_args(run)
     run.set_defaults(func=cmd_run)
 
     graph = sub.add_parser(
@@ -442,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(sub)
     add_schedules_command(sub)
     add_prune_command(sub)
+    add_tokens_command(sub)
     return parser
 
 
@@ -460,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         FlowDefinitionError,
         ParameterError,
         TracingConfigError,
+        TLSConfigError,
     ) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

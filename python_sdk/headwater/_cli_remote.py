@@ -17,6 +17,7 @@ from rich.text import Text
 from headwater.wire import ENV_SERVER, FlowRunState, TaskRunState, parse_duration
 from headwater_runtime.tracing import cli_span
 
+from ._cli_connect import add_tls_args, connect
 from ._cli_render import (
     Progress,
     console,
@@ -121,19 +122,12 @@ def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False)
             out.print(f"{task.key}: {task.waiting}", style="yellow", markup=False)
 
 
-def run_on_server(
-    flow: Any,
-    params: dict[str, Any],
-    address: str,
-    token: str | None,
-    *,
-    detach: bool = False,
-    full: bool = False,
-) -> int:
+def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argparse.Namespace) -> int:
     """Deploy, run and follow; prints the result as JSON like an embedded run. Ctrl-C
-    cancels the run (``detach``: leaves it running) and returns 130."""
+    cancels the run (``--detach``: leaves it running) and returns 130."""
+    detach, full = getattr(args, "detach", False), getattr(args, "full", False)
     # The CLI's own span (when tracing): the flow span on the server becomes its child.
-    with Client(address, token=token) as client, cli_span(f"run {flow.name}"):
+    with connect(args, address) as client, cli_span(f"run {flow.name}"):
         run = client.run(flow, params)
         print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
         try:
@@ -300,6 +294,13 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
         if task.waiting:
             out.print(f"  {task.key}: waiting: {task.waiting}", highlight=False)
     show_failures(out, run.task_runs, full=args.full)
+    for note in run.audit:
+        detail = f" ({note.detail})" if note.detail else ""
+        out.print(
+            f"  {note.at:%Y-%m-%d %H:%M:%S}Z  {note.action} by {note.actor}{detail}",
+            markup=False,
+            highlight=False,
+        )
     if run.state is FlowRunState.SUCCESS:
         print(_json(run.result))
     return EXIT_OK
@@ -322,7 +323,7 @@ def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     """``headwater runs list|show|watch|cancel|logs``; ``watch`` exits like ``run``."""
     address = server_address(args)
-    with Client(address, token=args.token) as client:
+    with connect(args, address) as client:
         if args.action == "list":
             return _list(client, args)
         if not args.run_id:
@@ -361,6 +362,7 @@ def add_runs_command(sub: Any) -> None:
     runs.add_argument("run_id", nargs="?", help="flow run id or unique prefix (not for list)")
     runs.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
     runs.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(runs)
     runs.add_argument("--flow", help="list: only runs of this flow")
     runs.add_argument(
         "--state",

@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from headwater.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    control_plane_pb2_grpc,
+    graph_pb2,
+    payload_pb2,
+    run_pb2,
+)
 from headwater.v1 import control_plane_pb2 as cp
-from headwater.v1 import control_plane_pb2_grpc, graph_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     ConnectionSettings,
@@ -19,13 +26,17 @@ from headwater.wire import (
     PayloadTransfer,
     PayloadTransferError,
     TaskRunState,
+    TLSSettings,
     decode_value,
     encode,
+    explain_unreachable,
     failure_from_proto,
+    open_channel,
     to_datetime,
 )
 from headwater_runtime.tracing import inject
 
+from ._access_info import AuditEntry, CredentialInfo, audit_entry, credential_info
 from ._logs import LogEntry
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
@@ -129,6 +140,8 @@ class RemoteFlowRun:
     ended_at: datetime | None = None
     #: The flow's result described (size, encoding, preview), once it succeeded.
     result_info: ValueInfo | None = None
+    #: Who created, cancelled or retried the run, oldest first (filled by ``get``).
+    audit: list[AuditEntry] = field(default_factory=list)
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _result_omitted: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
@@ -161,19 +174,37 @@ class Client:
         address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER).
         token: bearer token (default: the HEADWATER_TOKEN environment variable).
         timeout: seconds each call may take.
+        tls: speak TLS, verifying the server with the system's roots (default:
+            HEADWATER_TLS; implied by ``tls_ca`` or ``tls_cert``).
+        tls_ca: the CA certificate (PEM file) that signed the server's certificate
+            (default: HEADWATER_TLS_CA).
+        tls_cert: a client certificate (PEM file) for a server that requires one
+            (mutual TLS; default: HEADWATER_TLS_CERT).
+        tls_key: the client certificate's private key (default: HEADWATER_TLS_KEY).
     """
 
     def __init__(
-        self, address: str | None = None, token: str | None = None, timeout: float = 30.0
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        *,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
-        settings = ConnectionSettings.from_env(server=address, token=token)
+        secure = TLSSettings.from_env(enabled=tls, ca=tls_ca, cert=tls_cert, key=tls_key)
+        settings = ConnectionSettings.from_env(server=address, token=token, tls=secure)
         if not settings.server:
             raise ValueError("no server given: pass Client('HOST:PORT') or set HEADWATER_SERVER")
         self.address: str = settings.server
         self.timeout = timeout
+        self.tls = settings.tls
         self._metadata = settings.metadata()
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = open_channel(self.address, self.tls)
         self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(self._channel)
+        self._access = access_pb2_grpc.AccessServiceStub(self._channel)
         self._transfer = PayloadTransfer(self._channel, self._metadata, patient=False)
 
     def close(self) -> None:
@@ -198,7 +229,7 @@ class Client:
         try:
             return method(request, metadata=self._metadata, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
-            raise _server_error(exc, self.address, what) from None
+            raise _server_error(exc, self.address, what, self.tls) from None
 
     def server_info(self) -> dict[str, Any]:
         """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
@@ -317,7 +348,57 @@ class Client:
         )
         run = self._remote(response.flow_run)
         run.task_runs = [task_run_info(t) for t in response.task_runs]
+
+        run.audit = [audit_entry(e) for e in response.audit]
         return run
+
+    def audit(
+        self, object_kind: str = "", object_id: str = "", limit: int = 100
+    ) -> list[AuditEntry]:
+        """Who did what, newest first: about one kind of object ("flow", "flow_run",
+        "schedule", "credential") or one object (a run id, a schedule id, a flow's
+        "NAME:VERSION") when given."""
+        response = self._call(
+            self._control.ListAuditEntries,
+            cp.ListAuditEntriesRequest(
+                object_kind=object_kind, object_id=object_id, page_size=limit
+            ),
+            "list audit entries",
+        )
+        return [audit_entry(e) for e in response.entries]
+
+    # ------------------------------------------------------------ credentials
+
+    def create_token(
+        self, name: str, role: str, *, subject: str = ""
+    ) -> tuple[CredentialInfo, str]:
+        """Create a named credential with a role (admin only) and return it with its
+        token, which the server shows only this once. With ``subject``, a client
+        certificate with that subject stands in for a token, and the token is ""."""
+        response = self._call(
+            self._access.CreateCredential,
+            access_pb2.CreateCredentialRequest(name=name, role=role, subject=subject),
+            f"create credential {name!r}",
+        )
+        return credential_info(response.credential), response.token
+
+    def list_tokens(self, include_revoked: bool = False) -> list[CredentialInfo]:
+        """The server's credentials, oldest first (admin only)."""
+        response = self._call(
+            self._access.ListCredentials,
+            access_pb2.ListCredentialsRequest(include_revoked=include_revoked),
+            "list credentials",
+        )
+        return [credential_info(c) for c in response.credentials]
+
+    def revoke_token(self, name: str) -> CredentialInfo:
+        """Revoke a credential (admin only): calls with it fail from now on."""
+        response = self._call(
+            self._access.RevokeCredential,
+            access_pb2.RevokeCredentialRequest(name=name),
+            f"revoke credential {name!r}",
+        )
+        return credential_info(response.credential)
 
     def list_runs(
         self,
@@ -602,13 +683,22 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
     )
 
 
-def _server_error(exc: grpc.RpcError, address: str, what: str) -> ServerError:
+def _server_error(
+    exc: grpc.RpcError, address: str, what: str, tls: TLSSettings | None = None
+) -> ServerError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE:
+        why = explain_unreachable(address, tls or TLSSettings())
+        if why:
+            return ServerError(f"{why} ({what})", code)
         return ServerError(f"cannot reach the Headwater server at {address} ({what})", code)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return ServerError(
-            f"the server at {address} refused the token: {details} (set HEADWATER_TOKEN)", code
+            f"the server at {address} refused the credential: {details} (pass --token or "
+            "set HEADWATER_TOKEN)",
+            code,
         )
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return ServerError(f"the server at {address} refused to {what}: {details}", code)
     return ServerError(f"{what}: {details}", code)

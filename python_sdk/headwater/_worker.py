@@ -35,7 +35,10 @@ from headwater.wire import (
     PROTOCOL_VERSION,
     ConnectionSettings,
     PayloadTransfer,
+    TLSSettings,
+    explain_unreachable,
     gather,
+    open_channel,
     seconds,
 )
 from headwater_runtime.embedded import default_thread_count
@@ -138,6 +141,8 @@ class Worker:
         allow_stale_code: report no code digests, so the server gives this worker
             tasks whatever code the run's graph was built with (docs/flows.md, "No
             stale code"); by default a task whose code here differs is not given to it.
+        tls: how to secure the connection (default: HEADWATER_TLS, HEADWATER_TLS_CA,
+            HEADWATER_TLS_CERT and HEADWATER_TLS_KEY; plaintext when none is set).
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class Worker:
         token: str | None = None,
         on_connect: Callable[[Worker], None] | None = None,
         allow_stale_code: bool = False,
+        tls: TLSSettings | None = None,
     ) -> None:
         if not server:
             raise ValueError("the server address must be HOST:PORT")
@@ -167,7 +173,8 @@ class Worker:
         self.allow_stale_code = allow_stale_code
         # Taken now, as imported: the digests say which code this process runs.
         self.code_digests = {} if allow_stale_code else _digests(self.tasks)
-        settings = ConnectionSettings(server, token)
+        self.tls = tls if tls is not None else TLSSettings.from_env()
+        settings = ConnectionSettings(server, token, self.tls)
         self.metadata = settings.metadata()
         self._on_connect = on_connect
         self._stop = threading.Event()
@@ -185,7 +192,7 @@ class Worker:
 
     def run(self) -> None:
         """Serve until stopped; raises WorkerError when the server refuses for good."""
-        payload_channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        payload_channel = open_channel(self.server, self.tls, _CHANNEL_OPTIONS)
         self.attempts.transfer = PayloadTransfer(payload_channel, self.metadata)
         self.builder.transfer = self.attempts.transfer
         logging.getLogger().addHandler(self.attempts.log_handler)
@@ -199,6 +206,8 @@ class Worker:
                     failures = 0
                     log.warning("lost the connection to %s (%s); reconnecting", self.server, why)
                 elif failures % 10 == 0:
+                    if why.startswith("UNAVAILABLE"):  # a TLS mismatch says so, with the fix
+                        why = explain_unreachable(self.server, self.tls) or why
                     log.warning("cannot connect to %s (%s); retrying", self.server, why)
                 delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
                 failures += 1
@@ -223,7 +232,7 @@ class Worker:
     def _session_once(self) -> tuple[bool, str]:
         """Connect and serve until the stream ends: whether the server welcomed us, and
         why the stream ended."""
-        channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        channel = open_channel(self.server, self.tls, _CHANNEL_OPTIONS)
         with self._lock:
             session = _Session(self._hello())
             self._session = session

@@ -312,6 +312,7 @@ class GetFlowRunResponse(google.protobuf.message.Message):
 
     FLOW_RUN_FIELD_NUMBER: builtins.int
     TASK_RUNS_FIELD_NUMBER: builtins.int
+    AUDIT_FIELD_NUMBER: builtins.int
     @property
     def flow_run(self) -> headwater.v1.run_pb2.FlowRun:
         """The flow run."""
@@ -320,14 +321,19 @@ class GetFlowRunResponse(google.protobuf.message.Message):
     def task_runs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.run_pb2.TaskRun]:
         """Its task runs, when asked for."""
 
+    @property
+    def audit(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AuditEntry]:
+        """Who created, cancelled or retried the run, oldest first."""
+
     def __init__(
         self,
         *,
         flow_run: headwater.v1.run_pb2.FlowRun | None = ...,
         task_runs: collections.abc.Iterable[headwater.v1.run_pb2.TaskRun] | None = ...,
+        audit: collections.abc.Iterable[global___AuditEntry] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["flow_run", b"flow_run"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["flow_run", b"flow_run", "task_runs", b"task_runs"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["audit", b"audit", "flow_run", b"flow_run", "task_runs", b"task_runs"]) -> None: ...
 
 global___GetFlowRunResponse = GetFlowRunResponse
 
@@ -929,3 +935,93 @@ class GetServerInfoResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["features", b"features", "protocol_version", b"protocol_version", "server_version", b"server_version"]) -> None: ...
 
 global___GetServerInfoResponse = GetServerInfoResponse
+
+@typing.final
+class AuditEntry(google.protobuf.message.Message):
+    """AuditEntry records who (a credential name) did what to which object."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    AT_FIELD_NUMBER: builtins.int
+    ACTOR_FIELD_NUMBER: builtins.int
+    ACTION_FIELD_NUMBER: builtins.int
+    OBJECT_KIND_FIELD_NUMBER: builtins.int
+    OBJECT_ID_FIELD_NUMBER: builtins.int
+    DETAIL_FIELD_NUMBER: builtins.int
+    actor: builtins.str
+    """The credential name of the caller ("anonymous" on a server without credentials)."""
+    action: builtins.str
+    """What was done: "deploy", "run", "cancel", "retry", "schedule.create",
+    "schedule.delete", "schedule.pause", "schedule.resume", "limit.set",
+    "credential.create", "credential.revoke".
+    """
+    object_kind: builtins.str
+    """The kind of object: "flow", "flow_run", "schedule", "limit" or "credential"."""
+    object_id: builtins.str
+    """The object's id (a flow's "NAME:VERSION", a run id, a schedule id, a name)."""
+    detail: builtins.str
+    """Details (the cancel reason, a flow run's flow, ...)."""
+    @property
+    def at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        actor: builtins.str = ...,
+        action: builtins.str = ...,
+        object_kind: builtins.str = ...,
+        object_id: builtins.str = ...,
+        detail: builtins.str = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["at", b"at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail", b"detail", "object_id", b"object_id", "object_kind", b"object_kind"]) -> None: ...
+
+global___AuditEntry = AuditEntry
+
+@typing.final
+class ListAuditEntriesRequest(google.protobuf.message.Message):
+    """ListAuditEntriesRequest filters audit entries."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    OBJECT_KIND_FIELD_NUMBER: builtins.int
+    OBJECT_ID_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    object_kind: builtins.str
+    """Only entries about this kind of object (optional)."""
+    object_id: builtins.str
+    """Only entries about this object (optional)."""
+    page_size: builtins.int
+    """Maximum entries to return, newest first (default 100, at most 1000)."""
+    def __init__(
+        self,
+        *,
+        object_kind: builtins.str = ...,
+        object_id: builtins.str = ...,
+        page_size: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["object_id", b"object_id", "object_kind", b"object_kind", "page_size", b"page_size"]) -> None: ...
+
+global___ListAuditEntriesRequest = ListAuditEntriesRequest
+
+@typing.final
+class ListAuditEntriesResponse(google.protobuf.message.Message):
+    """ListAuditEntriesResponse lists audit entries."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    @property
+    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AuditEntry]:
+        """The entries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: collections.abc.Iterable[global___AuditEntry] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries"]) -> None: ...
+
+global___ListAuditEntriesResponse = ListAuditEntriesResponse

@@ -105,6 +105,11 @@ class ControlPlaneServiceStub(object):
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoResponse.FromString,
                 )
+        self.ListAuditEntries = channel.unary_unary(
+                '/headwater.v1.ControlPlaneService/ListAuditEntries',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.FromString,
+                )
 
 
 class ControlPlaneServiceServicer(object):
@@ -243,6 +248,13 @@ class ControlPlaneServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEntries(self, request, context):
+        """ListAuditEntries returns who did what to a flow, run or schedule (or everything).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -335,6 +347,11 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -650,5 +667,22 @@ class ControlPlaneService(object):
         return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/GetServerInfo',
             headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.SerializeToString,
             headwater_dot_v1_dot_control__plane__pb2.GetServerInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/ListAuditEntries',
+            headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

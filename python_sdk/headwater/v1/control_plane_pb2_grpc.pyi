@@ -141,6 +141,12 @@ class ControlPlaneServiceStub:
     ]
     """GetServerInfo returns the server's version and features."""
 
+    ListAuditEntries: grpc.UnaryUnaryMultiCallable[
+        headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
+        headwater.v1.control_plane_pb2.ListAuditEntriesResponse,
+    ]
+    """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
+
 class ControlPlaneServiceAsyncStub:
     """ControlPlaneService is the API clients use: register flows, run them, watch them."""
 
@@ -263,6 +269,12 @@ class ControlPlaneServiceAsyncStub:
         headwater.v1.control_plane_pb2.GetServerInfoResponse,
     ]
     """GetServerInfo returns the server's version and features."""
+
+    ListAuditEntries: grpc.aio.UnaryUnaryMultiCallable[
+        headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
+        headwater.v1.control_plane_pb2.ListAuditEntriesResponse,
+    ]
+    """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
 
 class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
     """ControlPlaneService is the API clients use: register flows, run them, watch them."""
@@ -422,5 +434,13 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[headwater.v1.control_plane_pb2.GetServerInfoResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.GetServerInfoResponse]]:
         """GetServerInfo returns the server's version and features."""
+
+    @abc.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[headwater.v1.control_plane_pb2.ListAuditEntriesResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.ListAuditEntriesResponse]]:
+        """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
 
 def add_ControlPlaneServiceServicer_to_server(servicer: ControlPlaneServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -18,7 +18,9 @@ def add_server_command(sub: Any) -> None:
         description="Run the Headwater control plane. Prints 'headwater server listening on "
         "HOST:PORT' once bound, then 'headwater web UI on http://HOST:PORT/': the web UI "
         "and its JSON API (docs/http-api.md) on the HTTP port. Unfinished flow runs in "
-        "the database are resumed. "
+        "the database are resumed. Calls need a credential once --token is given, client "
+        "certificates are required, or any credential exists in the database "
+        "(docs/security.md). SIGHUP re-reads the TLS certificate without dropping workers. "
         "OTEL_TRACES_EXPORTER=otlp|console exports every flow run as a trace, with the "
         "standard OTEL_* variables (docs/tracing.md).",
     )
@@ -46,7 +48,28 @@ def add_server_command(sub: Any) -> None:
     server.add_argument(
         "--token",
         default=None,
-        help="require 'authorization: Bearer TOKEN' on every call (or HEADWATER_TOKEN)",
+        help="an admin credential: calls may send 'authorization: Bearer TOKEN' (or "
+        "HEADWATER_TOKEN); more credentials, with roles: headwater tokens create",
+    )
+    server.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="serve TLS with this certificate (PEM; or HEADWATER_TLS_CERT); re-read on SIGHUP",
+    )
+    server.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="the certificate's private key (PEM; or HEADWATER_TLS_KEY)",
+    )
+    server.add_argument(
+        "--tls-client-ca",
+        default=None,
+        metavar="FILE",
+        help="mutual TLS: require client certificates signed by this CA (PEM; or "
+        "HEADWATER_TLS_CLIENT_CA); a certificate's subject can stand in for a token "
+        "(headwater tokens create --subject)",
     )
     server.add_argument(
         "--retention",
@@ -112,6 +135,9 @@ def run_server(args: argparse.Namespace) -> int:
             limits=limits,
             http_port=args.http_port,
             http=False if args.no_http else None,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
         )
     except ValueError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
@@ -124,6 +150,9 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(serve_forever(settings))
+    except ValueError as exc:  # TLSConfigError: a certificate file that cannot be used
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 1

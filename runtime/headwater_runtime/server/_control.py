@@ -32,8 +32,9 @@ from headwater.wire import (
     feature_names,
     is_build_version,
     seconds,
+    timestamp,
 )
-from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavailable
+from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, StoreUnavailable
 
 from ._builds import BuildUnavailable
 from ._children import NotRunning
@@ -81,6 +82,19 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
         await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
 
 
+def audit_message(row: AuditRow) -> cp.AuditEntry:
+    """A stored audit entry as the API shows it."""
+    entry = cp.AuditEntry(
+        actor=row.actor,
+        action=row.action,
+        object_kind=row.object_kind,
+        object_id=row.object_id,
+        detail=row.detail,
+    )
+    entry.at.CopyFrom(timestamp(row.at))
+    return entry
+
+
 class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceServicer):
     """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
     in proto/headwater/v1/control_plane.proto (the reading ones in _control_reads.py).
@@ -105,6 +119,9 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
         async with refusals(context):
             version, created = await self.core.register_flow(request.graph)
+            await self.core.audit(
+                "deploy", "flow", f"{request.graph.name}:{version}", "" if created else "unchanged"
+            )
         return control_plane_pb2.RegisterFlowResponse(
             name=request.graph.name, version=version, created=created
         )
@@ -193,6 +210,8 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
             response.task_runs.extend(await self.reads.task_runs(row.id))
+        entries = await self.io.read(self.store.audit_entries, "flow_run", row.id, 1000)
+        response.audit.extend(audit_message(e) for e in reversed(entries))
         return response
 
     async def ListFlowRuns(
@@ -261,6 +280,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         if row.state not in _TERMINAL:
             async with refusals(context):
                 await self.core.cancel_run(row.id, request.reason)
+                await self.core.audit("cancel", "flow_run", row.id, request.reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
         return control_plane_pb2.CancelFlowRunResponse(flow_run=await self._message(row))
 
@@ -291,6 +311,9 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         await self._check_parameters(request.schedule.parameters, context)
         async with refusals(context):
             schedule = await self.core.creation.create_schedule(request.schedule)
+            await self.core.audit(
+                "schedule.create", "schedule", schedule.id, request.schedule.flow_name
+            )
         self.core.touch()  # the timer loop re-reads the next fire time
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
@@ -312,11 +335,14 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         """Delete a schedule (its runs stay)."""
         async with refusals(context):
             self.core.schedules.delete(request.id)
+            await self.core.audit("schedule.delete", "schedule", request.id)
         return control_plane_pb2.DeleteScheduleResponse()
 
     async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
         async with refusals(context):
             schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+            action = "schedule.resume" if enabled else "schedule.pause"
+            await self.core.audit(action, "schedule", schedule_id)
         self.core.touch()
         return schedule
 
@@ -337,6 +363,22 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         """Resume a paused schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
         return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
+
+    async def ListAuditEntries(
+        self,
+        request: cp.ListAuditEntriesRequest,
+        context: grpc.aio.ServicerContext[cp.ListAuditEntriesRequest, cp.ListAuditEntriesResponse],
+    ) -> cp.ListAuditEntriesResponse:
+        """Who did what, newest first (about one kind of object or one object)."""
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
+        entries = await self.io.read(
+            self.store.audit_entries, request.object_kind, request.object_id, size
+        )
+        return control_plane_pb2.ListAuditEntriesResponse(
+            entries=[audit_message(e) for e in entries]
+        )
 
     async def GetServerInfo(
         self,

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from headwater.wire import (
     FailureInfo,
     LimitExceeded,
     Limits,
+    Role,
     cut_text,
     duration,
     failure_from_proto,
@@ -50,13 +52,14 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
+from headwater_runtime.store import AuditRow, FlowRunRow, LogRow, PruneReport, Store
 
+from ._access import CALLER, Caller
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
 from ._creation import RunCreation
-from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession
+from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession, input_payloads
 from ._exports import DaskExports
 from ._io import StoreIO
 from ._limits import InvalidValue, check_value
@@ -68,6 +71,8 @@ from ._waiting import start_timeout_failure, waiting_reasons
 log = logging.getLogger("headwater.server")
 
 SERVER_VERSION = "0.1.0"
+#: Uploads remembered per credential for its downloads (older ones are forgotten).
+UPLOADS_KEPT = 10_000
 #: What a worker is told when it gives back an attempt nobody asked it to stop.
 GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
 #: The failure type of a task whose result the server refused (over a limit, or a
@@ -110,6 +115,12 @@ class ServerSettings:
         if self.http_port is not None:
             return self.http_port
         return 0 if self.port == 0 else self.port + 1
+
+    #: The server's certificate and key (PEM files): serve TLS. Both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Require client certificates signed by this CA (mutual TLS).
+    tls_client_ca: str | None = None
 
 
 class ServerCore:
@@ -156,6 +167,9 @@ class ServerCore:
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
+        # Payloads each credential uploaded (the newest UPLOADS_KEPT): a worker-only
+        # credential may download these besides its attempts' inputs.
+        self._uploads: dict[str, OrderedDict[str, None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -346,7 +360,9 @@ class ServerCore:
 
     # ------------------------------------------------------------------- workers
 
-    def connect(self, hello: worker_pb2.Hello) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
+    def connect(
+        self, hello: worker_pb2.Hello, caller: Caller | None = None
+    ) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
         """Register a worker stream; returns its session, the Welcome and its outbox.
 
         Attempts the worker says it holds are kept (``Welcome.keep_running``) when the
@@ -372,6 +388,10 @@ class ServerCore:
             serial=self._serial,
         )
         self._serial += 1
+        caller = caller or CALLER.get()
+        session.credential = caller.name
+        # A worker-only credential reads only its attempts' inputs: remember them.
+        session.restricted = not caller.role.grants & {Role.VIEWER}
         adopted: dict[Token, str] = {}
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
@@ -380,9 +400,11 @@ class ServerCore:
                 adopted[key] = orphan[0]
                 continue
             queued = self.dispatcher.take_pending(key)
-            if queued is not None:
+            if queued is not None:  # kept even beyond its slots: it runs them already
                 adopted[key] = queued.flow_run_id
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
+                if session.restricted:  # it may still need to read the inputs
+                    session.reads[key] = input_payloads(queued.assignment)
         welcome = worker_pb2.Welcome(
             session_id=session.session_id,
             server_version=SERVER_VERSION,
@@ -604,6 +626,50 @@ class ServerCore:
                 self.dispatcher.disconnect(session.session_id)
                 self.notices.worker_disconnected(session, now)
                 session.send(None)  # ends the stream
+
+    # ------------------------------------------------------------ audit, access
+
+    async def audit(self, action: str, kind: str, object_id: str, detail: str = "") -> None:
+        """Record that the current caller did ``action`` to an object (stored before
+        the call is answered)."""
+        row = AuditRow(self.clock.now(), CALLER.get().name, action, kind, object_id, detail)
+        await self.io.write(self.store.add_audit, row)
+
+    def drop_revoked(self, valid: frozenset[str]) -> None:
+        """End the streams of workers whose credential is no longer valid (they
+        reconnect, and are refused)."""
+        for session in list(self.dispatcher.sessions.values()):
+            if session.credential and session.credential not in valid:
+                log.warning(
+                    "ending the stream of worker %s: credential %r was revoked",
+                    session.name,
+                    session.credential,
+                )
+                self.dispatcher.disconnect(session.session_id)
+                session.send(None)
+        self.touch()
+
+    def uploaded(self, caller: Caller, payload_id: str) -> None:
+        """Remember that ``caller`` uploaded a payload (it may download it again)."""
+        kept = self._uploads.setdefault(caller.name, OrderedDict())
+        kept[payload_id] = None
+        if len(kept) > UPLOADS_KEPT:
+            kept.popitem(last=False)
+
+    def may_download(self, caller: Caller, payload_id: str) -> bool:
+        """Whether ``caller`` may read a payload: any reader may; a worker-only
+        credential only what an attempt held by one of its sessions takes as input,
+        or what it uploaded itself."""
+        if Role.VIEWER in caller.role.grants:
+            return True
+        if payload_id in self._uploads.get(caller.name, ()):
+            return True
+        return any(
+            payload_id in ids
+            for session in self.dispatcher.sessions.values()
+            if session.credential == caller.name
+            for ids in session.reads.values()
+        )
 
     # ------------------------------------------------------------------- watchers
 

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import FailureInfo, FlowRunState, GraphBuildNeeded, GraphError, ParameterError
 from headwater_runtime.engine import TaskFailed, TaskStarted, subflow_outcome
-from headwater_runtime.store import Conflict, FlowRunRow, NotFound, ScheduleRow
+from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow
 
+from ._access import CALLER
 from ._builds import BuildUnavailable, GraphBuilds, NoBuilder
 from ._children import SubflowStart
 from ._queries import flow_result
@@ -86,9 +87,18 @@ class RunCreation:
             parent,
             build_missing or self.has_builder(flow_name),
         )
+        # Who created the run is stored with it, in the same transaction.
+        audit = AuditRow(
+            core.clock.now(),
+            CALLER.get().name,
+            "run",
+            "flow_run",
+            prepared.row.id,
+            f"{prepared.row.flow_name}:{prepared.row.flow_version}",
+        )
         try:
             row, created = await core.io.write(
-                core.store.create_flow_run, prepared.row, None, prepared.batch
+                core.store.create_flow_run, prepared.row, None, prepared.batch, audit
             )
         except BaseException:
             core.runs.discard(prepared)

@@ -56,6 +56,12 @@ class WorkerSession:
     features: frozenset[str] = frozenset()
     #: Connection order: a higher number connected later.
     serial: int = 0
+    #: The credential the worker connected with.
+    credential: str = ""
+    #: Whether that credential may read only its attempts' inputs (then ``reads``
+    #: holds the payload ids each held attempt takes as input).
+    restricted: bool = False
+    reads: dict[Token, frozenset[str]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -117,6 +123,8 @@ class Dispatcher:
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
         self._paused = False
         self._warned: set[tuple[str, str, str]] = set()  # (session, task type, digest)
+        # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
+        self._start_by: list[tuple[float, int, PendingAssignment]] = []
 
     @property
     def paused(self) -> bool:
@@ -129,8 +137,6 @@ class Dispatcher:
         self._paused = paused
         if not paused:
             self.pump()
-        # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
-        self._start_by: list[tuple[float, int, PendingAssignment]] = []
 
     # ------------------------------------------------------------ run manager side
 
@@ -283,6 +289,7 @@ class Dispatcher:
         self._warned = {w for w in self._warned if w[0] != session_id}
         lost = list(session.running.items())
         session.running.clear()
+        session.reads.clear()
         for token, _ in lost:
             self._cancelling.discard(token)
             if self._owner.get(token) is session:
@@ -310,6 +317,7 @@ class Dispatcher:
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)
+            session.reads.pop(token, None)
             self.pump()
 
     # -------------------------------------------------------------------- matching
@@ -376,4 +384,28 @@ class Dispatcher:
         """Send an assignment held back by ``before_send``, unless the attempt was lost
         or cancelled meanwhile."""
         if self._owner.get(pending.token) is session:  # not lost or cancelled meanwhile
-            session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))
+            assignment = pending.assignment
+            if session.restricted:
+                session.reads[pending.token] = input_payloads(assignment)
+            session.send(worker_pb2.ConnectResponse(assignment=assignment))
+
+
+def input_payloads(assignment: worker_pb2.Assignment) -> frozenset[str]:
+    """The ids of the stored payloads an assignment's inputs reference."""
+    found: set[str] = set()
+    todo: list[worker_pb2.InputValue] = list(assignment.inputs.values())
+    while todo:
+        node = todo.pop()
+        kind = node.WhichOneof("kind")
+        if kind == "value":
+            values = [node.value]
+            while values:
+                value = values.pop()
+                if value.WhichOneof("kind") == "ref" and value.ref.payload_id:
+                    found.add(value.ref.payload_id)
+                values.extend(value.items)
+        elif kind == "list":
+            todo.extend(node.list.items)
+        elif kind == "map":
+            todo.extend(entry.value for entry in node.map.entries)
+    return frozenset(found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -12,7 +12,21 @@ from headwater.v1 import payload_pb2, payload_pb2_grpc
 from headwater.wire import CHUNK_SIZE, Limits
 from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavailable
 
+from ._access import CALLER, Caller
 from ._io import StoreIO
+
+
+class PayloadAccess(Protocol):
+    """Who may read which payload (the server core)."""
+
+    def uploaded(self, caller: Caller, payload_id: str) -> None:
+        """``caller`` uploaded this payload."""
+        ...
+
+    def may_download(self, caller: Caller, payload_id: str) -> bool:
+        """Whether ``caller`` may read this payload."""
+        ...
+
 
 #: Largest chunk accepted in one upload message by default (the wire's chunk size).
 MAX_CHUNK = CHUNK_SIZE
@@ -34,14 +48,20 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         store: where payloads are kept.
         limits: the server's limits (default: ``Limits()``).
         io: the threads store calls run on (default: new ones).
+        access: who may download what (default: any caller anything).
     """
 
     def __init__(
-        self, store: Store, limits: Limits | None = None, io: StoreIO | None = None
+        self,
+        store: Store,
+        limits: Limits | None = None,
+        io: StoreIO | None = None,
+        access: PayloadAccess | None = None,
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.io = io or StoreIO()
+        self.access = access
 
     async def UploadPayload(
         self,
@@ -121,6 +141,8 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
             if upload is not None:
                 await asyncio.shield(self.io.write(upload.abort))
             raise
+        if self.access is not None:
+            self.access.uploaded(CALLER.get(), meta.id)
         ref = payload_pb2.PayloadRef(
             payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
         )
@@ -147,6 +169,14 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         ],
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
         """Stream a stored payload from an offset, one stored chunk at a time."""
+        caller = CALLER.get()
+        if self.access is not None and not self.access.may_download(caller, request.payload_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential {caller.name!r} (role {caller.role.value}) may download only "
+                f"the inputs of attempts it holds and what it uploaded, and payload "
+                f"{request.payload_id!r} is neither",
+            )
         try:
             meta = await self.io.read(self.store.payload_meta, request.payload_id)
         except NotFound as exc:

@@ -209,6 +209,33 @@ class PruneReport:
     dry_run: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CredentialRow:
+    """A named credential: a token (stored as ``secret_hash``, the SHA-256 of the
+    token; the token itself is never stored) or a client certificate ``subject`` that
+    stands in for one. ``revoked_at`` is None while it is valid."""
+
+    name: str
+    role: str
+    secret_hash: str
+    subject: str
+    created_at: float
+    created_by: str
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """Who (a credential name) did what (``action``) to which object, and when."""
+
+    at: float
+    actor: str
+    action: str
+    object_kind: str
+    object_id: str
+    detail: str = ""
+
+
 @dataclass(slots=True)
 class WriteBatch:
     """Writes gathered during one event-loop tick and committed in one transaction."""
@@ -291,12 +318,13 @@ class Store(Protocol):
         row: FlowRunRow,
         schedule: ScheduleRow | None = None,
         start: WriteBatch | None = None,
+        audit: AuditRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, and whether it is new: a run with the same idempotency key
         and parameters is returned instead (other parameters: Conflict naming it).
-        ``schedule`` (advanced past this fire) is updated in the same transaction, and
-        ``start`` (the run's first journal entries and projections) is written in it
-        when the run is new."""
+        ``schedule`` (advanced past this fire) is updated in the same transaction;
+        ``start`` (the run's first journal entries and projections) and ``audit`` (who
+        created the run) are written in it when the run is new."""
         ...
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
@@ -419,12 +447,46 @@ class Store(Protocol):
         """Remove a schedule; NotFound if none."""
         ...
 
+    # credentials (written on the writer thread, or by `headwater tokens --db` from
+    # another process: a server notices through credentials_generation)
+    def add_credential(self, row: CredentialRow) -> None:
+        """Store a new credential; Conflict when a valid (unrevoked) credential already
+        has its name, or its subject."""
+        ...
+
+    def list_credentials(self, include_revoked: bool = False) -> list[CredentialRow]:
+        """Credentials, oldest first (valid ones only unless ``include_revoked``)."""
+        ...
+
+    def revoke_credential(self, name: str, now: float) -> CredentialRow:
+        """Revoke the valid credential called ``name`` and return it revoked; NotFound
+        when there is none."""
+        ...
+
+    def credentials_generation(self) -> int:
+        """A number that grows with every credential change (a cheap read a server
+        polls to see changes made by another process)."""
+        ...
+
+    # audit
+    def add_audit(self, row: AuditRow) -> None:
+        """Record who did what (kept with the object: a flow run's entries go when the
+        run is pruned)."""
+        ...
+
+    def audit_entries(
+        self, object_kind: str = "", object_id: str = "", limit: int = 100
+    ) -> list[AuditRow]:
+        """Audit entries, newest first: at most ``limit``, only about ``object_kind``
+        and ``object_id`` when given."""
+        ...
+
     # retention
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
     ) -> PruneReport:
         """Delete finished runs that ended before ``ended_before`` (none when None)
-        with their journal, projections and logs, expired cache entries, values
+        with their journal, projections, logs and audit entries, expired cache entries, values
         nothing references, and payloads nothing references older than ``grace``
         seconds; give the space back. ``dry_run`` counts without deleting."""
         ...

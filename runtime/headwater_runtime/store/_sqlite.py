@@ -27,6 +27,7 @@ from typing import Any
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
 from ._base import (
+    AuditRow,
     CacheRow,
     Conflict,
     FlowRunRow,
@@ -41,6 +42,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
+from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import (
     _IN_TERMINAL,
@@ -52,7 +54,7 @@ from ._sqlite_schema import (
 )
 
 
-class SQLiteStore:
+class SQLiteStore(AccessTables):
     """The default store: one SQLite file in WAL mode.
 
     Args:
@@ -96,7 +98,7 @@ class SQLiteStore:
                     "with a new --db"
                 )
             db.executescript(_SCHEMA)
-            if version is None:
+            if version != SCHEMA_VERSION:  # new, or upgraded by the tables just added
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -251,6 +253,7 @@ class SQLiteStore:
         row: FlowRunRow,
         schedule: ScheduleRow | None = None,
         start: WriteBatch | None = None,
+        audit: AuditRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, or return the existing run with the same idempotency key.
 
@@ -290,6 +293,8 @@ class SQLiteStore:
             _add_refs(db, f"run:{row.id}", row.payload_ids)
             if start:
                 _write_batch(db, start)
+            if audit is not None:
+                insert_audit(db, audit)
             return row.id, True
 
         run_id, created = _transaction(db, work)
@@ -613,6 +618,7 @@ class SQLiteStore:
                 if key:
                     counts[key] = removed
             _delete_in(db, "DELETE FROM payload_refs WHERE owner IN", [f"run:{r}" for r in runs])
+            _delete_in(db, "DELETE FROM audit WHERE object_kind='flow_run' AND object_id IN", runs)
             _delete_in(db, "DELETE FROM flow_runs WHERE id IN", runs)
             counts["cache_entries"] = db.execute(
                 "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?",

@@ -14,7 +14,9 @@ from ._base import StoreUnavailable
 SCHEMA_VERSION = 3
 
 #: Statements that bring a database of an older schema version to the next one, by
-#: the version they start from. 2 -> 3: the links of child flow runs to their parent.
+#: the version they start from. 2 -> 3: the links of child flow runs to their parent
+#: (version 3 also has the ``credentials`` and ``audit`` tables, which the schema script
+#: creates when they are missing).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE flow_runs ADD COLUMN parent_flow_run_id TEXT NOT NULL DEFAULT ''",
@@ -76,6 +78,18 @@ CREATE INDEX IF NOT EXISTS cache_entries_value ON cache_entries (value_id);
 CREATE TABLE IF NOT EXISTS schedules (
     id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, body BLOB NOT NULL, next_run_at REAL,
     enabled INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS credentials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, role TEXT NOT NULL,
+    secret_hash TEXT NOT NULL, subject TEXT NOT NULL, created_at REAL NOT NULL,
+    created_by TEXT NOT NULL, revoked_at REAL);
+CREATE UNIQUE INDEX IF NOT EXISTS credentials_name ON credentials (name)
+    WHERE revoked_at IS NULL;
+CREATE INDEX IF NOT EXISTS credentials_hash ON credentials (secret_hash);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, object_kind TEXT NOT NULL, object_id TEXT NOT NULL,
+    detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_object ON audit (object_kind, object_id);
 """
 
 _TERMINAL_FLOW_STATES = tuple(s.value for s in TERMINAL_FLOW_STATES)
