@@ -2,10 +2,13 @@
 
 The fan-out reuses ``_dags``'s task objects, so the server runs the very same task
 types as the embedded ``fanout`` workload (a worker collects every Task in a module's
-namespace, imported ones included). ``stamp`` is for ``server-latency``: it returns the
-wall clock at the moment its function starts on the worker. ``handoff_flow`` is for
-``server-failover`` (``_failover``): ``held`` waits for a file in HW_BENCH_DIR, then
-``stamp_after`` returns the wall clock when it starts.
+namespace, imported ones included). ``stamp`` is for ``server-latency`` and
+``server-growth``: it returns the wall clock at the moment its function starts on the
+worker. ``nap`` is for ``server-restart``: it appends the wall clock at its start to
+``$HW_BENCH_DIR/starts.log`` (one ``os.write``, so lines from all threads land whole),
+then sleeps 20 ms. ``handoff_flow`` is for ``server-failover`` (``_failover``): ``held``
+waits for a file in HW_BENCH_DIR, then ``stamp_after`` returns the wall clock when it
+starts.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from pathlib import Path
 
 from headwater import flow, task
 
-from ._dags import noop_task, total_task
+from ._dags import noop_task, source_task, total_task
+
+#: Where ``nap`` records its starts (in ``$HW_BENCH_DIR``).
+STARTS = "starts.log"
 
 
 @task
@@ -27,6 +33,24 @@ def stamp() -> float:
 @flow(name="bench_latency")
 def latency_flow() -> float:
     return stamp()
+
+
+@task
+def nap(i: int) -> int:
+    directory = os.environ.get("HW_BENCH_DIR")
+    if directory:
+        fd = os.open(os.path.join(directory, STARTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{time.time():.6f} {i}\n".encode())
+        finally:
+            os.close(fd)
+    time.sleep(0.02)
+    return i
+
+
+@flow(name="bench_restart")
+def restart_flow(n: int = 400) -> int:
+    return total_task(nap.map(source_task(n)))
 
 
 @task
@@ -53,7 +77,10 @@ __all__ = [
     "handoff_flow",
     "held",
     "latency_flow",
+    "nap",
     "noop_task",
+    "restart_flow",
+    "source_task",
     "stamp",
     "stamp_after",
     "total_task",

@@ -122,7 +122,10 @@ def start_server(
     """A server on ``db`` (a SQLite path or a PostgreSQL URL, the ``db`` fixture);
     the server and its ``HOST:PORT`` once it serves (leads)."""
     lease = ("--lease", TEST_LEASE) if str(db).startswith("postgresql://") else ()
-    server = start("server", "--port", str(port), "--db", str(db), *lease, *extra)
+    # A free HTTP port each time: a restarted server keeps its gRPC port, and the one
+    # after it may have been taken meanwhile.
+    http = ("--http-port", "0")
+    server = start("server", "--port", str(port), "--db", str(db), *lease, *http, *extra)
     line = server.wait_line("headwater server listening on")
     return server, line.split("listening on ", 1)[1].split(" ", 1)[0]
 

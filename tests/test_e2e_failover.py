@@ -147,6 +147,30 @@ def test_a_standby_refuses_calls_naming_the_leader_and_clients_find_the_leader(
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"the leader is {leader}" in (refused.value.details() or "")
     assert (LEADER_METADATA, leader) in tuple(refused.value.trailing_metadata() or ())
+    # The credentials are the database's: one created through the leader is known to
+    # the standby (within its poll), which refuses a streaming call with it the same
+    # way; a caller without a credential learns nothing about the leader.
+    with Client(leader, token=TOKEN) as client:
+        _, viewer = client.create_token("viewer-1", "viewer")
+
+    def streaming_refusal(token: str) -> grpc.RpcError:
+        with grpc.insecure_channel(spare) as channel:
+            stub = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            metadata = (("authorization", f"Bearer {token}"),) if token else ()
+            with pytest.raises(grpc.RpcError) as error:
+                for _ in stub.WatchFlowRun(
+                    cp.WatchFlowRunRequest(id="nope"), metadata=metadata, timeout=10
+                ):
+                    pass
+        return error.value
+
+    assert streaming_refusal("").code() == grpc.StatusCode.UNAUTHENTICATED
+    assert LEADER_METADATA not in dict(streaming_refusal("").trailing_metadata() or ())
+    poll(
+        lambda: streaming_refusal(viewer).code() == grpc.StatusCode.UNAVAILABLE,
+        "the standby to know the new credential",
+    )
+    assert f"the leader is {leader}" in (streaming_refusal(viewer).details() or "")
     # A client given only the standby says so; given both (standby first), it is
     # redirected to the leader.
     with Client(spare, token=TOKEN) as client, pytest.raises(ServerError, match="standby"):

@@ -239,6 +239,31 @@ def test_parts_of_results_are_taken_where_the_value_lives(backend: Backend) -> N
     }
 
 
+def test_mapping_over_a_result_that_is_not_a_sequence_fails_the_mapped_task(
+    backend: Backend,
+) -> None:
+    """The mapped task fails with a message naming what it got (on Dask, the value
+    stays in the cluster and is described without being fetched)."""
+
+    @task
+    def one() -> int:
+        return 1
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def f() -> list[int]:
+        return double.map(one())
+
+    run = f.run(executor=backend.executor())
+    assert run.state is FlowRunState.FAILED
+    record = run.task_run("double")
+    assert record.state is S.FAILED
+    assert record.failure is not None and "is not a sequence" in record.failure.message
+
+
 def test_a_missing_part_of_a_result_fails_the_run(backend: Backend) -> None:
     @task
     def load() -> dict[str, int]:

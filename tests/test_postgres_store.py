@@ -64,6 +64,27 @@ def test_an_older_database_is_migrated_forward_keeping_its_rows(url: str) -> Non
     store.close()
 
 
+def test_a_version_2_database_gets_child_links_credentials_and_audit(url: str) -> None:
+    """Migration 3 (issues 13 and 17): a run stored before it reads back as a run with
+    no parent, and the new tables work at once."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrate(conn, "test", MIGRATIONS[:2]) == [1, 2]
+        conn.execute(
+            "INSERT INTO flow_runs (id, flow_name, flow_version, state, created_at, "
+            "parameters, result, message, trace_context, schedule_id, engine_version) "
+            "VALUES ('old', 'etl', '1', 3, 1.0, '', '', '', '{}', '', '')"
+        )
+    store = PostgresStore(url)
+    assert versions(store) == list(range(1, PG_SCHEMA_VERSION + 1))
+    old = store.get_flow_run("old")
+    assert (old.parent_flow_run_id, old.parent_task_key, old.parent_attempt) == ("", "", 0)
+    assert store.child_flow_runs("old") == [] and store.flow_run_ids("ol") == ["old"]
+    assert store.credentials_generation() == 0 and store.audit_entries() == []
+    store.close()
+
+
 def test_a_database_newer_than_the_server_is_refused_and_left_alone(url: str) -> None:
     PostgresStore(url).close()
     import psycopg

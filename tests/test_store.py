@@ -3,6 +3,7 @@ batched commits, payload chunks (in the database or a directory), cache, schedul
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from headwater.wire import CHUNK_SIZE
 from headwater_runtime.store import (
+    AuditRow,
     CacheRow,
     Conflict,
     FlowRunRow,
@@ -114,6 +116,95 @@ def test_list_flow_runs_filters_and_pages_newest_first(store: Store) -> None:
     assert [r.id for r in store.list_flow_runs(flow_name="a")] == ["r3", "r1"]
     assert [r.id for r in store.list_flow_runs(states=[4])] == ["r1", "r0"]
     assert [r.id for r in store.list_flow_runs(limit=2, before="r3")] == ["r2", "r1"]
+
+
+def test_list_flow_runs_by_schedule_and_creation_time(store: Store) -> None:
+    for i in range(5):
+        row = FlowRunRow(f"r{i}", "a", "1", 3, 10.0 * i, schedule_id="s" if i % 2 else "")
+        store.create_flow_run(row)
+    assert [r.id for r in store.list_flow_runs(schedule_id="s")] == ["r3", "r1"]
+    window = store.list_flow_runs(created_after=10.0, created_before=30.0)
+    assert [r.id for r in window] == ["r2", "r1"]  # [after, before)
+    assert [r.id for r in store.list_flow_runs(states=[3], created_after=35.0)] == ["r4"]
+
+
+def test_flow_run_ids_by_prefix(store: Store) -> None:
+    for run_id in ("ab12", "ab34", "ac56", "a%_x"):
+        store.create_flow_run(FlowRunRow(run_id, "a", "1", 3, 1.0))
+    assert store.flow_run_ids("ab") == ["ab12", "ab34"]
+    assert store.flow_run_ids("ab", limit=1) == ["ab12"]
+    assert store.flow_run_ids("ac5") == ["ac56"]
+    assert store.flow_run_ids("zz") == []
+    assert store.flow_run_ids("a%") == ["a%_x"]  # no wildcards in a prefix
+    assert store.flow_run_ids("a_") == []
+
+
+def test_child_runs_name_their_parent_and_survive_reopen(db: str) -> None:
+    store = open_store(db)
+    store.create_flow_run(FlowRunRow("p", "parent", "1", 3, 1.0))
+    for i in range(2):
+        child = FlowRunRow(
+            f"c{i}",
+            "child",
+            "1",
+            3,
+            2.0 + i,
+            parent_flow_run_id="p",
+            parent_task_key=f"child[{i}]",
+            parent_attempt=1,
+        )
+        store.create_flow_run(child)
+    store.create_flow_run(FlowRunRow("other", "child", "1", 3, 5.0))
+    # A commit that rewrites the run's row keeps its link to the parent.
+    row = store.get_flow_run("c0")
+    store.commit(WriteBatch(flow_runs={"c0": dataclasses.replace(row, state=4, ended_at=9.0)}))
+    store.close()
+    store = open_store(db)
+    children = store.child_flow_runs("p")
+    assert [(c.id, c.parent_task_key, c.parent_attempt) for c in children] == [
+        ("c0", "child[0]", 1),
+        ("c1", "child[1]", 1),
+    ]
+    assert children[0].state == 4 and children[0].parent_flow_run_id == "p"
+    assert store.child_flow_runs("other") == []
+    assert store.get_flow_run("other").parent_flow_run_id == ""
+    store.close()
+
+
+def test_a_new_run_is_stored_with_its_start_and_audit_entry_or_not_at_all(store: Store) -> None:
+    row = FlowRunRow("r1", "a", "1", 3, 1.0, idempotency_key="k")
+    start = WriteBatch(
+        events=[RunEvent("r1", 1, 1.0, "start", b"{}", "")],
+        task_runs={("r1", "t"): TaskRunRow("r1", "t", "t", -1, 2, 0, 1.0, "", "", "", 0)},
+    )
+    audit = AuditRow(1.0, "op", "flow_run.create", "flow_run", "r1", "a:1")
+    stored, created = store.create_flow_run(row, start=start, audit=audit)
+    assert created and stored.id == "r1"
+    assert [e.kind for e in store.events("r1")] == ["start"]
+    assert [t.key for t in store.task_runs("r1")] == ["t"]
+    assert store.audit_entries("flow_run", "r1") == [audit]
+    # The same idempotency key: the first run, and nothing of the second start.
+    again = dataclasses.replace(row, id="r2")
+    other_start = WriteBatch(events=[RunEvent("r2", 1, 2.0, "start", b"{}", "")])
+    first, created = store.create_flow_run(again, start=other_start, audit=audit)
+    assert not created and first.id == "r1"
+    assert store.events("r2") == [] and len(store.audit_entries("flow_run")) == 1
+
+
+def test_logs_page_by_sequence_and_select_a_task_with_its_mapped_children(store: Store) -> None:
+    store.create_flow_run(FlowRunRow("r1", "a", "1", 3, 1.0))
+    keys = ["t", "t[0]", "t[1]", "tx", "u", "t[2]"]
+    logs = [LogRow("r1", k, 1, float(i), "INFO", "x", f"m{i}") for i, k in enumerate(keys)]
+    store.commit(WriteBatch(logs=logs))
+    every = store.logs("r1")
+    assert [g.message for g in every] == [f"m{i}" for i in range(6)]
+    seqs = [g.seq for g in every]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 6 and seqs[0] > 0
+    page = store.logs("r1", after=seqs[1], limit=2)
+    assert [g.message for g in page] == ["m2", "m3"]
+    assert [g.key for g in store.logs("r1", task_id="t")] == ["t", "t[0]", "t[1]", "t[2]"]
+    assert [g.key for g in store.logs("r1", "u")] == ["u"]
+    assert store.logs("r1", after=seqs[-1]) == []
 
 
 @pytest.fixture(params=["database", "directory"])

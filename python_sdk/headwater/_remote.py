@@ -42,15 +42,10 @@ class RemoteTask(Task[..., Any]):
         shared: TaskOptions = {"name": label, "task_type": task_type}
         super().__init__(_placeholder(task_type, label, params), **shared)
         self.parameters = params
-        self.retry = parsed.retry
-        self.timeout = parsed.timeout
-        self.trigger = parsed.trigger
-        self.cache = parsed.cache
-        self.tags = parsed.tags
-        self.labels = parsed.labels
-        self.version = parsed.version
-        self.portable = True
+        self._apply(parsed)  # portable, no resources, error types by name
         self._remote_options: RemoteTaskOptions = options
+        self._digest = ""  # its code lives with the workers of another language
+        self._source = None
 
     @property
     def argument_order(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from distributed import Client, Future
 
-from headwater_runtime.engine import PYTHON_VALUES
+from headwater_runtime.engine import PYTHON_VALUES, ValueOps
 
 from ._remote import length_of
 
@@ -96,3 +96,18 @@ class DaskValues:
     def make_dict(self, entries: dict[str, Any]) -> Any:
         """The entries themselves (Dask resolves futures inside them on the worker)."""
         return entries
+
+    def describe(self, value: Any) -> str:
+        """What a value is, for messages: a value held in the cluster is not fetched
+        to find out."""
+        where = locate(value)
+        if where is None:
+            return PYTHON_VALUES.describe(value)
+        _, path = where
+        part = "".join(f"[{p!r}]" for p in path)
+        return f"the result{part} held in the Dask cluster"
+
+
+def _dask_values_implement_value_ops(values: DaskValues) -> ValueOps:
+    """Never called: mypy checks here that DaskValues has every ValueOps method."""
+    return values

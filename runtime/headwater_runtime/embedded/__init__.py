@@ -1,7 +1,7 @@
 """The embedded host: run a flow in this process, on threads (or Dask)."""
 
 from ._cache import PROCESS_CACHE, ResultCache, cache_key, make_cache_key, stable_hash
-from ._host import EmbeddedRun, Executor, SystemClock
+from ._host import EmbeddedRun, Executor, SubflowTarget, SystemClock, child_executor
 from ._threads import ThreadExecutor, default_thread_count
 
 __all__ = [
@@ -9,9 +9,11 @@ __all__ = [
     "EmbeddedRun",
     "Executor",
     "ResultCache",
+    "SubflowTarget",
     "SystemClock",
     "ThreadExecutor",
     "cache_key",
+    "child_executor",
     "default_thread_count",
     "make_cache_key",
     "stable_hash",

@@ -50,6 +50,13 @@ class ThreadExecutor:
         self._retired: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.interrupted = 0
+        #: The run whose attempts run here (set by EmbeddedRun): a flow a task calls
+        #: starts as a child of that run (``execution.current_task``).
+        self.launcher: Any = None
+
+    def for_child(self) -> ThreadExecutor:
+        """A pool of the same size for a child flow run."""
+        return ThreadExecutor(self.max_workers)
 
     @property
     def slots(self) -> int:
@@ -154,7 +161,9 @@ class ThreadExecutor:
                         continue
                     running[me] = (key, attempt)
                 try:
-                    event = execute(caller, inputs, key, attempt, no_retry_on)
+                    # Read per job, not kept: an idle thread must not keep a finished
+                    # run (and its engine) alive.
+                    event = execute(caller, inputs, key, attempt, no_retry_on, self.launcher)
                 finally:
                     with lock:
                         running.pop(me, None)

@@ -41,6 +41,7 @@ from ._nodes import Clock, FlowRunFailure
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
 from ._states import TRANSITIONS, IllegalTransition
+from ._subflows import SUBFLOW_CANCELLED, SUBFLOW_FAILED, subflow_outcome
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "PYTHON_VALUES",
     "REPLAYS",
     "START",
+    "SUBFLOW_CANCELLED",
+    "SUBFLOW_FAILED",
     "TIMERS",
     "TRANSITIONS",
     "WORKER_LOST",
@@ -85,4 +88,5 @@ __all__ = [
     "replay",
     "retry_delay",
     "stale_reason",
+    "subflow_outcome",
 ]

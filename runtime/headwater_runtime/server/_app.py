@@ -24,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from headwater.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     control_plane_pb2,
     control_plane_pb2_grpc,
     payload_pb2,
@@ -33,20 +35,33 @@ from headwater.v1 import (
 )
 from headwater.wire import (
     ENV_DB,
+    ENV_HTTP_PORT,
     ENV_LEASE,
     ENV_PAYLOAD_DIR,
     ENV_RETENTION,
+    ENV_TLS_CERT,
+    ENV_TLS_CLIENT_CA,
+    ENV_TLS_KEY,
     ENV_TOKEN,
+    LIMIT_SPECS,
+    Limits,
+    TLSConfigError,
+    limit_variable,
     parse_duration,
 )
 from headwater_runtime.store import Store, open_store
 
-from ._auth import TokenAuthInterceptor
+from ._access import AccessControl
+from ._access_service import AccessServicer
+from ._auth import AuthInterceptor
 from ._control import ControlServicer
 from ._core import ServerCore, ServerSettings
+from ._decoding import DecodeInterceptor
 from ._gateway import GatewayServicer
 from ._leader import LeaderGate, Leadership, is_fenced
 from ._payloads import PayloadServicer
+from ._tls import ServerTLS, ServerTLSFiles
+from .http import HttpServer, start_http
 
 log = logging.getLogger("headwater.server")
 
@@ -54,6 +69,7 @@ SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name,
     payload_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name,
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
 )
 
 
@@ -69,6 +85,13 @@ class RunningServer:
     core: ServerCore
     store: Store
     port: int
+    access: AccessControl
+    #: The server's certificate (None: plaintext).
+    tls: ServerTLS | None = None
+    #: The web UI and HTTP API (None when ``ServerSettings.http`` is off, and while
+    #: the server stands by: it starts with the lead).
+    http: HttpServer | None = None
+    settings: ServerSettings = field(default_factory=ServerSettings)
     leadership: Leadership = field(default_factory=lambda: Leadership(None))
     health: Any = None
     leading: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,13 +106,28 @@ class RunningServer:
         lease = self.leadership.lease
         return lease.address if lease is not None else f"127.0.0.1:{self.port}"
 
+    def reload_tls(self) -> None:
+        """Re-read the certificate files (SIGHUP): new connections use them, open ones
+        (workers' streams) stay. A file that cannot be used is logged, and the old
+        certificate stays in use."""
+        if self.tls is None:
+            log.warning("SIGHUP: this server has no TLS certificate to reload")
+            return
+        try:
+            self.tls.reload()
+        except TLSConfigError as exc:
+            log.error("SIGHUP: keeping the current TLS certificate: %s", exc)
+
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, store what is left, give up the lease, close the store."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace)
+        await self.access.stop()
         if self._core_started:
             await self.core.stop()
         if not self.lost.is_set():
@@ -104,6 +142,8 @@ class RunningServer:
             await asyncio.to_thread(sweep)
         await self.core.start()
         self._core_started = True
+        if self.settings.http:
+            self.http = await _start_http(self.core, self.settings)
         self.leadership.leading = True
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -134,20 +174,40 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     """Open the store (``settings.db``, unless a store is given), recover unfinished
     runs and start serving. With a PostgreSQL store whose lease another server holds,
     return at once as a standby (``RunningServer.leading`` is set when it leads)."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise TLSConfigError("TLS needs both --tls-cert and --tls-key")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise TLSConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    tls = (
+        ServerTLS(ServerTLSFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
+        if settings.tls_cert and settings.tls_key
+        else None
+    )
     if store is None:
         store = open_store(settings.db, payload_dir=settings.payload_dir)
     core = ServerCore(store, settings)
     leadership = Leadership.for_store(store, settings.advertise, settings.lease)
-    interceptors: list[grpc.aio.ServerInterceptor] = []
-    if settings.token:
-        interceptors.append(TokenAuthInterceptor(settings.token))
-    interceptors.append(LeaderGate(leadership))
-    server = grpc.aio.server(interceptors=interceptors)
+    access = AccessControl(
+        store, core.io, settings.token, client_certificates=bool(settings.tls_client_ca)
+    )
+    access.on_change = core.drop_revoked
+    # Authentication first: a caller without a credential learns nothing, not
+    # even whether its message was well formed, or which server leads.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        AuthInterceptor(access),
+        LeaderGate(leadership),
+        DecodeInterceptor(),
+    ]
+    limit = settings.limits.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=interceptors, options=[("grpc.max_receive_message_length", limit)]
+    )
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
     payload_pb2_grpc.add_PayloadServiceServicer_to_server(
-        PayloadServicer(store, io=core.io), server
+        PayloadServicer(store, limits=settings.limits, io=core.io, access=core), server
     )
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(core, access), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -158,15 +218,25 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         ),
         server,
     )
+    address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError as exc:
         store.close()
         raise OSError(f"cannot listen on {settings.host}:{settings.port} ({exc})") from None
     if leadership.lease is not None and not leadership.lease.address:
         leadership.lease.address = f"{settings.host}:{port}"
-    running = RunningServer(server, core, store, port, leadership, health)
+    running = RunningServer(
+        server, core, store, port, access, tls, settings=settings, leadership=leadership
+    )
+    running.health = health
     try:
+        # Credentials are read on a standby too (reads need no lead), so that it
+        # tells an authenticated caller who leads.
+        await access.start()
         leading = await leadership.try_lead()
         if leading:
             await running._lead()  # recover before the first call is answered
@@ -176,6 +246,11 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         await server.start()
     except BaseException:
         await server.stop(None)
+        if running.http is not None:
+            await running.http.stop()
+        await access.stop()
+        if running._core_started:
+            await core.stop()
         core.io.close()
         store.close()
         raise
@@ -184,24 +259,70 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     return running
 
 
+async def _start_http(core: ServerCore, settings: ServerSettings) -> HttpServer:
+    """The web UI on its port; when the default port (gRPC + 1) is taken, on a free one
+    instead (the line the server prints says where). A port asked for must be free."""
+    port = settings.http_bind_port
+    try:
+        return await start_http(core, settings.host, port, settings.token)
+    except OSError as exc:
+        if settings.http_port is not None or port == 0:
+            raise
+        log.warning("%s; serving the web UI on a free port instead", exc)
+        return await start_http(core, settings.host, 0, settings.token)
+
+
+def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
+    """Default limits, then HEADWATER_MAX_* variables, then explicit values (flags);
+    ValueError names a variable that is not a whole number, or a limit out of range."""
+    source = os.environ if environ is None else environ
+    values: dict[str, int] = {}
+    for spec in LIMIT_SPECS:
+        name = limit_variable(spec.name)
+        raw = source.get(name, "").strip()
+        if raw:
+            try:
+                values[spec.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Limits(**values)
+
+
 def settings_from_env(
     environ: Mapping[str, str] | None = None, **overrides: object
 ) -> ServerSettings:
-    """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
+    """Defaults, then HEADWATER_* environment variables, then explicit overrides
+    (``limits`` overrides the limits read from HEADWATER_MAX_* as a whole)."""
     source = os.environ if environ is None else environ
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"limits": limits_from_env(source)}
     if ENV_TOKEN in source:
         env["token"] = source[ENV_TOKEN]
     if ENV_DB in source:
         env["db"] = source[ENV_DB]
+    for name, key in (
+        (ENV_TLS_CERT, "tls_cert"),
+        (ENV_TLS_KEY, "tls_key"),
+        (ENV_TLS_CLIENT_CA, "tls_client_ca"),
+        (ENV_PAYLOAD_DIR, "payload_dir"),
+    ):
+        if source.get(name):
+            env[key] = source[name]
     for name, key in ((ENV_RETENTION, "retention"), (ENV_LEASE, "lease")):
         if source.get(name):
             try:
                 env[key] = parse_duration(source[name])
             except ValueError as exc:
                 raise ValueError(f"{name} {exc}") from None
-    if source.get(ENV_PAYLOAD_DIR):
-        env["payload_dir"] = source[ENV_PAYLOAD_DIR]
+    if source.get(ENV_HTTP_PORT):
+        raw = source[ENV_HTTP_PORT]
+        if raw.lower() == "off":
+            env["http"] = False
+        else:
+            try:
+                env["http_port"] = int(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_HTTP_PORT} must be a port or 'off', got {raw!r}") from None
     # Any: each value is meant for the ServerSettings field of its name (the CLI parses
     # flags into the fields' types); a wrong name still fails loudly in replace().
     values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
@@ -221,14 +342,23 @@ async def _first(*events: asyncio.Event) -> None:
 async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once it serves. A standby
     says so (and whom it waits for) first; a leader that loses the lead starts again
-    as a standby on the same port."""
+    as a standby on the same port. SIGHUP reloads the TLS certificate."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    current: list[RunningServer] = []
+
+    def reload_tls() -> None:
+        if current:
+            current[-1].reload_tls()
+
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, reload_tls)
     while True:
         running = await start_server(settings)
+        current[:] = [running]
         settings = replace(settings, port=running.port)  # a restart keeps the port
         where = f"{settings.host}:{running.port}"
         if not running.leading.is_set():
@@ -239,6 +369,11 @@ async def serve_forever(settings: ServerSettings) -> None:
             lease = running.leadership.lease
             lead = f" (leader, lease epoch {running.leadership.epoch})" if lease else ""
             print(f"headwater server listening on {where}{lead}", flush=True)
+            if running.http is not None:
+                print(f"headwater web UI on {running.http.url}", flush=True)
+            if running.tls is not None:
+                mutual = "; client certificates required" if settings.tls_client_ca else ""
+                print(f"headwater server speaks TLS{mutual}", file=sys.stderr, flush=True)
             await _first(stop, running.lost)
         if stop.is_set():
             print("headwater server stopping", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -176,11 +176,19 @@ def _refuse(handler: _Handler[Any, Any], leadership: Leadership) -> _Handler[Any
             context.set_trailing_metadata(((LEADER_METADATA, leadership.leader),))
         await context.abort(grpc.StatusCode.UNAVAILABLE, leadership.refusal())
 
+    async def abort_stream(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        # An async generator, like the streaming servicers: an interceptor in front
+        # (authentication) iterates what the handler returns.
+        await abort(request, context)
+        yield  # never reached: abort raises
+
     deserialize, serialize = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(abort, deserialize, serialize)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort, deserialize, serialize)
+        return grpc.unary_stream_rpc_method_handler(abort_stream, deserialize, serialize)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(abort, deserialize, serialize)
-    return grpc.stream_stream_rpc_method_handler(abort, deserialize, serialize)
+    return grpc.stream_stream_rpc_method_handler(abort_stream, deserialize, serialize)

@@ -7,8 +7,10 @@ importing the store does not need the ``postgres`` extra."""
 from typing import TYPE_CHECKING, Any
 
 from ._base import (
+    AuditRow,
     CacheRow,
     Conflict,
+    CredentialRow,
     Fenced,
     FlowRunRow,
     FlowVersion,
@@ -34,9 +36,11 @@ from ._sqlite_schema import SCHEMA_VERSION
 __all__ = [
     "PG_SCHEMA_VERSION",
     "SCHEMA_VERSION",
+    "AuditRow",
     "CacheRow",
     "ChunkSink",
     "Conflict",
+    "CredentialRow",
     "DirectoryBlobs",
     "Fenced",
     "FlowRunRow",

@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
 from ._base import (
+    AuditRow,
     CacheRow,
     Conflict,
     Fenced,
@@ -50,7 +51,14 @@ from ._base import (
     WriteBatch,
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
-from ._postgres_rows import FLOW_RUN_COLS, flow_run_row, flow_run_values, write_batch
+from ._postgres_access import PostgresAccessTables, insert_audit
+from ._postgres_rows import (
+    FLOW_RUN_COLS,
+    FLOW_RUN_NCOLS,
+    flow_run_row,
+    flow_run_values,
+    write_batch,
+)
 from ._postgres_schema import TERMINAL, migrate
 
 T = TypeVar("T")
@@ -69,7 +77,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore:
+class PostgresStore(PostgresAccessTables):
     """The store in a PostgreSQL database: several servers can share one, one leading.
 
     Args:
@@ -240,12 +248,18 @@ class PostgresStore:
     # --------------------------------------------------------------- flow runs
 
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+        self,
+        row: FlowRunRow,
+        schedule: ScheduleRow | None = None,
+        start: WriteBatch | None = None,
+        audit: AuditRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, or return the existing run with the same idempotency key.
 
         The same key with another flow or other parameters raises Conflict naming the
-        existing run; ``schedule`` is updated in the same transaction."""
+        existing run; ``schedule`` is updated in the same transaction. So are, for a
+        new run, ``start`` (its first journal entries and projections: a run is stored
+        started, or not at all) and ``audit`` (who created it)."""
 
         def work(conn: Conn) -> tuple[str, bool]:
             if schedule is not None:
@@ -268,10 +282,15 @@ class PostgresStore:
                         )
                     return str(existing[0]), False
             conn.execute(
-                f"INSERT INTO flow_runs ({FLOW_RUN_COLS}) VALUES ({', '.join(['%s'] * 14)})",
+                f"INSERT INTO flow_runs ({FLOW_RUN_COLS}) "
+                f"VALUES ({', '.join(['%s'] * FLOW_RUN_NCOLS)})",
                 (row.id, *flow_run_values(row)),
             )
             _add_refs(conn, f"run:{row.id}", row.payload_ids)
+            if start:
+                write_batch(conn, start, self.epoch or 0)
+            if audit is not None:
+                insert_audit(conn, audit)
             return row.id, True
 
         run_id, created = self._write(work)
@@ -285,10 +304,18 @@ class PostgresStore:
         return flow_run_row(found)
 
     def list_flow_runs(
-        self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
+        self,
+        flow_name: str = "",
+        states: Sequence[int] = (),
+        limit: int = 50,
+        before: str = "",
+        *,
+        schedule_id: str = "",
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[FlowRunRow]:
-        """Flow runs, newest first, optionally of one flow, in some states, and older
-        than the run ``before`` (paging)."""
+        """Flow runs, newest first, optionally of one flow, in some states, of one
+        schedule, created in a time range, and older than the run ``before`` (paging)."""
         where: list[str] = []
         args: list[object] = []
         if flow_name:
@@ -297,6 +324,15 @@ class PostgresStore:
         if states:
             where.append("state = ANY(%s)")
             args.append(list(states))
+        if schedule_id:
+            where.append("schedule_id=%s")
+            args.append(schedule_id)
+        if created_after is not None:
+            where.append("created_at>=%s")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at<%s")
+            args.append(created_before)
         if before:
             where.append("seq < (SELECT seq FROM flow_runs WHERE id=%s)")
             args.append(before)
@@ -306,6 +342,23 @@ class PostgresStore:
             (*args, limit),
         )
         return [flow_run_row(r) for r in rows]
+
+    def child_flow_runs(self, parent_flow_run_id: str) -> list[FlowRunRow]:
+        """The child flow runs of a flow run (subflows, flows its tasks started), oldest
+        first."""
+        rows = self._read(
+            f"SELECT {FLOW_RUN_COLS} FROM flow_runs WHERE parent_flow_run_id=%s ORDER BY seq",
+            (parent_flow_run_id,),
+        )
+        return [flow_run_row(r) for r in rows]
+
+    def flow_run_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of flow runs starting with ``prefix`` (at most ``limit``)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._read(
+            "SELECT id FROM flow_runs WHERE id LIKE %s ORDER BY id LIMIT %s", (pattern, limit)
+        )
+        return [str(r[0]) for r in rows]
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         """Runs not in a terminal state, oldest first (what a restart recovers)."""
@@ -348,14 +401,36 @@ class PostgresStore:
             StateRow(flow_run_id, k, s, st, at, a, m, bytes(f)) for k, s, st, at, a, m, f in rows
         ]
 
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
-        """Log records of a run's task runs (of one, with ``key``), in order."""
-        sql = "SELECT key, attempt, at, level, logger, message FROM logs WHERE flow_run_id=%s"
-        args: tuple[str, ...] = (flow_run_id,)
+    def logs(
+        self,
+        flow_run_id: str,
+        key: str = "",
+        *,
+        after: int = 0,
+        limit: int = 0,
+        task_id: str = "",
+    ) -> list[LogRow]:
+        """Log records of a run's task runs (of one, with ``key``; of a task node and
+        its mapped children, with ``task_id``), in order, after ``seq`` ``after``, at
+        most ``limit`` (0: all). ``seq`` is the row's ``ord``."""
+        sql = (
+            "SELECT key, attempt, at, level, logger, message, ord FROM logs "
+            "WHERE flow_run_id=%s AND ord>%s"
+        )
+        args: tuple[object, ...] = (flow_run_id, after)
         if key:
             sql += " AND key=%s"
             args += (key,)
-        return [LogRow(flow_run_id, *r) for r in self._read(sql + " ORDER BY ord", args)]
+        if task_id:
+            # A mapped child's key is the node id with [i]: "id" or "id[...]" (by
+            # starts_with, not a range: a range would depend on the collation).
+            sql += " AND (key=%s OR starts_with(key, %s))"
+            args += (task_id, task_id + "[")
+        sql += " ORDER BY ord"
+        if limit > 0:
+            sql += " LIMIT %s"
+            args += (limit,)
+        return [LogRow(flow_run_id, *r) for r in self._read(sql, args)]
 
     # ----------------------------------------------------------------- values
 

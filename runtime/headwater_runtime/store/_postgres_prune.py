@@ -25,6 +25,7 @@ PRUNED_TABLES = (
     "payloads",
     "payload_chunks",
     "cache_entries",
+    "audit",
 )
 
 
@@ -32,8 +33,9 @@ def prune(
     conn: Conn, ended_before: float | None, now: float, grace: float, deleted: list[str]
 ) -> PruneReport:
     """Delete, in the caller's transaction, finished runs that ended before
-    ``ended_before`` with their journal, projections and logs; expired cache entries;
-    values nothing references; payloads nothing references older than ``grace``.
+    ``ended_before`` with their journal, projections, logs and audit entries; expired
+    cache entries; values nothing references; payloads nothing references older than
+    ``grace``.
     ``deleted`` receives the ids of the payloads deleted (their files, if any, go
     after the commit). ``bytes_reclaimed``: the bytes of the values and payloads."""
     runs: list[str] = []
@@ -57,13 +59,19 @@ def prune(
         if key:
             counts[key] = removed
     conn.execute("DELETE FROM payload_refs WHERE owner = ANY(%s)", ([f"run:{r}" for r in runs],))
+    conn.execute(
+        "DELETE FROM audit WHERE object_kind = 'flow_run' AND object_id = ANY(%s)", (runs,)
+    )
     conn.execute("DELETE FROM flow_runs WHERE id = ANY(%s)", (runs,))
     counts["cache_entries"] = conn.execute(
         "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= %s", (now,)
     ).rowcount
     orphans = conn.execute(
         "DELETE FROM run_values v WHERE NOT EXISTS "
-        "(SELECT 1 FROM run_events e WHERE e.value_id = v.id) AND NOT EXISTS "
+        # "value_id <> ''" matches the partial index run_events_value, so each value
+        # is an index probe, not a scan of the journal.
+        "(SELECT 1 FROM run_events e WHERE e.value_id = v.id AND e.value_id <> '') "
+        "AND NOT EXISTS "
         "(SELECT 1 FROM cache_entries c WHERE c.value_id = v.id) RETURNING id, size"
     ).fetchall()
     counts["values"] = len(orphans)

@@ -15,8 +15,14 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 #: The flow_runs columns, in the order ``flow_run_values`` gives them (after ``id``).
 FLOW_RUN_COLS = (
     "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
-    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version"
+    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version, "
+    "parent_flow_run_id, parent_task_key, parent_attempt"
 )
+#: How many columns ``FLOW_RUN_COLS`` names.
+FLOW_RUN_NCOLS = len(FLOW_RUN_COLS.split(", "))
+
+
+_FLOW_RUN_SET = ", ".join(f"{c}=%s" for c in FLOW_RUN_COLS.split(", ")[1:])
 
 
 def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
@@ -54,9 +60,7 @@ def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
         )
     for r in batch.flow_runs.values():
         conn.execute(
-            "UPDATE flow_runs SET flow_name=%s, flow_version=%s, state=%s, created_at=%s, "
-            "parameters=%s, idempotency_key=%s, started_at=%s, ended_at=%s, result=%s, "
-            "message=%s, trace_context=%s, schedule_id=%s, engine_version=%s WHERE id=%s",
+            f"UPDATE flow_runs SET {_FLOW_RUN_SET} WHERE id=%s",
             (*flow_run_values(r), r.id),
         )
     if batch.task_runs:
@@ -145,12 +149,16 @@ def flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
         json.dumps(r.trace_context, sort_keys=True),
         r.schedule_id,
         r.engine_version,
+        r.parent_flow_run_id,
+        r.parent_task_key,
+        r.parent_attempt,
     )
 
 
 def flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
     """A FlowRunRow from a row of ``FLOW_RUN_COLS``."""
-    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid, ev) = r
+    (rid, name, version, state, created, params, idem, started, ended, result, msg) = r[:11]
+    tc, sid, ev, parent_id, parent_key, parent_attempt = r[11:]
     return FlowRunRow(
         id=str(rid),
         flow_name=str(name),
@@ -166,4 +174,7 @@ def flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
         trace_context=json.loads(str(tc)),
         schedule_id=str(sid),
         engine_version=str(ev),
+        parent_flow_run_id=str(parent_id),
+        parent_task_key=str(parent_key),
+        parent_attempt=int(parent_attempt),
     )

@@ -102,6 +102,39 @@ INSERT INTO leader_lease VALUES (1, '', '', 0, '-infinity');
 ALTER TABLE run_events ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
 """,
     ),
+    Migration(
+        3,
+        "child flow runs linked to their parent; credentials and the audit log; log paging",
+        """
+ALTER TABLE flow_runs ADD COLUMN parent_flow_run_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE flow_runs ADD COLUMN parent_task_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE flow_runs ADD COLUMN parent_attempt INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX flow_runs_parent ON flow_runs (parent_flow_run_id)
+    WHERE parent_flow_run_id <> '';
+-- Run ids by prefix (the CLI's short ids): a range scan whatever the collation.
+CREATE INDEX flow_runs_id_prefix ON flow_runs (id text_pattern_ops);
+CREATE INDEX logs_run_ord ON logs (flow_run_id, ord);
+CREATE TABLE credentials (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT NOT NULL,
+    role TEXT NOT NULL, secret_hash TEXT NOT NULL, subject TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, created_by TEXT NOT NULL,
+    revoked_at DOUBLE PRECISION);
+CREATE UNIQUE INDEX credentials_name ON credentials (name) WHERE revoked_at IS NULL;
+CREATE UNIQUE INDEX credentials_subject ON credentials (subject)
+    WHERE revoked_at IS NULL AND subject <> '';
+CREATE INDEX credentials_hash ON credentials (secret_hash);
+-- A number every credential change increments: a server polls it (a cheap read) to
+-- notice changes made by another server or by `headwater tokens --db`.
+CREATE TABLE credentials_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1), generation BIGINT NOT NULL);
+INSERT INTO credentials_generation VALUES (1, 0);
+CREATE TABLE audit (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION NOT NULL,
+    actor TEXT NOT NULL, action TEXT NOT NULL, object_kind TEXT NOT NULL,
+    object_id TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX audit_object ON audit (object_kind, object_id);
+""",
+    ),
 )
 
 #: The schema version this server writes (the last migration's).
