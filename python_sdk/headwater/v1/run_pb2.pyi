@@ -70,6 +70,10 @@ class FlowRun(google.protobuf.message.Message):
     FAILED_TASK_IDS_FIELD_NUMBER: builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: builtins.int
     SCHEDULE_ID_FIELD_NUMBER: builtins.int
+    ATTEMPT_FIELD_NUMBER: builtins.int
+    LATE_FIELD_NUMBER: builtins.int
+    LATE_REASON_FIELD_NUMBER: builtins.int
+    LATE_AT_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Run id, assigned by the control plane."""
     flow_name: builtins.str
@@ -82,6 +86,17 @@ class FlowRun(google.protobuf.message.Message):
     """Idempotency key it was created with, if any."""
     schedule_id: builtins.str
     """Schedule that created the run, if any."""
+    attempt: builtins.int
+    """(Numbered from 41: fields added by the operations work.)
+    The run attempt: 1, and one more each time the run is retried from its failure
+    (RetryFlowRun). history has an entry for each attempt's start and end.
+    """
+    late: builtins.bool
+    """Whether the run did not start within the server's late threshold (no task run
+    started yet): late_reason says why (no worker, a limit, drained workers).
+    """
+    late_reason: builtins.str
+    """Why the run was late, e.g. "waiting on limit db (3/3)"."""
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """Parameter values, by name (defaults filled in)."""
@@ -114,6 +129,10 @@ class FlowRun(google.protobuf.message.Message):
     def trace_context(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
         """W3C trace context of the run's span (traceparent, tracestate)."""
 
+    @property
+    def late_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the run was marked late."""
+
     def __init__(
         self,
         *,
@@ -131,9 +150,13 @@ class FlowRun(google.protobuf.message.Message):
         failed_task_ids: collections.abc.Iterable[builtins.str] | None = ...,
         trace_context: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         schedule_id: builtins.str = ...,
+        attempt: builtins.int = ...,
+        late: builtins.bool = ...,
+        late_reason: builtins.str = ...,
+        late_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "result", b"result", "started_at", b"started_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "result", b"result", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "late_at", b"late_at", "result", b"result", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "late", b"late", "late_at", b"late_at", "late_reason", b"late_reason", "parameters", b"parameters", "result", b"result", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
 
 global___FlowRun = FlowRun
 
@@ -156,6 +179,7 @@ class TaskRun(google.protobuf.message.Message):
     ATTEMPTS_FIELD_NUMBER: builtins.int
     WORKER_ID_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
+    WAITING_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Task run id."""
     flow_run_id: builtins.str
@@ -178,6 +202,10 @@ class TaskRun(google.protobuf.message.Message):
     """
     cache_key: builtins.str
     """Cache key, for cached tasks."""
+    waiting: builtins.str
+    """Why a SCHEDULED task run is not running yet, when the server knows a reason, e.g.
+    "waiting on limit db (3/3)"; empty otherwise. Filled in by GetFlowRun.
+    """
     @property
     def history(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.state_pb2.TaskRunStateEntry]:
         """Full state history, oldest first."""
@@ -196,8 +224,9 @@ class TaskRun(google.protobuf.message.Message):
         attempts: builtins.int = ...,
         worker_id: builtins.str = ...,
         cache_key: builtins.str = ...,
+        waiting: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempts", b"attempts", "cache_key", b"cache_key", "flow_run_id", b"flow_run_id", "history", b"history", "id", b"id", "map_index", b"map_index", "name", b"name", "parent_task_run_id", b"parent_task_run_id", "state", b"state", "task_id", b"task_id", "worker_id", b"worker_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempts", b"attempts", "cache_key", b"cache_key", "flow_run_id", b"flow_run_id", "history", b"history", "id", b"id", "map_index", b"map_index", "name", b"name", "parent_task_run_id", b"parent_task_run_id", "state", b"state", "task_id", b"task_id", "waiting", b"waiting", "worker_id", b"worker_id"]) -> None: ...
 
 global___TaskRun = TaskRun
 

@@ -86,6 +86,7 @@ from ._states import FlowRunState as FlowRunState
 from ._states import TaskRunState as TaskRunState
 from ._time import duration as duration
 from ._time import parse_duration as parse_duration
+from ._time import parse_rate as parse_rate
 from ._time import seconds as seconds
 from ._time import timestamp as timestamp
 from ._time import to_datetime as to_datetime

@@ -60,6 +60,7 @@ from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
+from ._rerun import carry_over, reopen
 from ._states import REOPENED, TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, ValueOps
 
@@ -126,10 +127,10 @@ class FlowRunEngine:
         self._timer_seq = 0
         self._in_flight = 0
         self._unfinished = 0
-        # Mapped children dropped by a flow run retry, by key: (attempt counter, attempt
-        # records), carried over to their successors so attempt numbers (the fencing
-        # tokens) never repeat (engine/_rerun.py).
-        self._prior: dict[str, tuple[int, list[AttemptRecord]]] = {}
+        # Mapped children dropped by a flow run retry, by key: their successors take over
+        # their attempts and history, so attempt numbers (the fencing tokens) never
+        # repeat (engine/_rerun.py).
+        self._prior: dict[str, TaskRunRecord] = {}
         self._build()
 
     # ------------------------------------------------------------------ public API
@@ -343,9 +344,7 @@ class FlowRunEngine:
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, RunRetried):
-            from ._rerun import reopen  # a module of its own: this one is large enough
-
-            reopen(self, event)
+            reopen(self, event)  # engine/_rerun.py: this module is large enough
             return
         if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
             self.cancel_reason = event.reason  # applied by start()
@@ -639,8 +638,7 @@ class FlowRunEngine:
             TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now) for i in range(length)
         ]
         if self._prior:  # expanded again after a flow run retry: attempt numbers go on
-            for child in children:
-                child.attempt, child.attempts = self._prior.pop(child.key, (0, []))
+            carry_over(self._prior, children)
         run.children = children
         node.unfinished_children = length
         self._unfinished += length

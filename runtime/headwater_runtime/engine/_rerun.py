@@ -122,13 +122,26 @@ def _reset_node(engine: FlowRunEngine, node: Node, message: str) -> None:
     attempt counters carried to their successors: ``FlowRunEngine._prior``)."""
     run = node.run
     for child in run.children or ():
-        engine._prior[child.key] = (child.attempt, child.attempts)
+        engine._prior[child.key] = child
         del engine.runs[child.key]
     run.children = None
     node.unfinished_children = 0
     node.shared_inputs = None
     node.complete = False
     _reset_run(engine, run, message)
+
+
+def carry_over(prior: dict[str, TaskRunRecord], children: list[TaskRunRecord]) -> None:
+    """Children of an expansion made again take over the attempt counter, attempt
+    records and history of the children of the same key that a retry dropped (so a
+    host's history of each key goes on, and attempt numbers never repeat)."""
+    for child in children:
+        old = prior.pop(child.key, None)
+        if old is None:
+            continue
+        child.attempt = old.attempt
+        child.attempts = old.attempts
+        child.history = [*old.history, child.history[-1]]
 
 
 def _shared_inputs(engine: FlowRunEngine, node: Node) -> dict[str, object]:

@@ -19,6 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from headwater.v1 import (
     control_plane_pb2,
     control_plane_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
     payload_pb2,
     payload_pb2_grpc,
     worker_pb2,
@@ -31,12 +33,14 @@ from ._auth import TokenAuthInterceptor
 from ._control import ControlServicer
 from ._core import ServerCore, ServerSettings
 from ._gateway import GatewayServicer
+from ._operations import OperationsServicer
 from ._payloads import PayloadServicer
 
 SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name,
     payload_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name,
+    operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name,
 )
 
 
@@ -64,7 +68,11 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     core = ServerCore(store, settings)
     interceptors = [TokenAuthInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(interceptors=interceptors)
-    control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
+    control = ControlServicer(core)
+    control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(control, server)
+    operations_pb2_grpc.add_OperationsServiceServicer_to_server(
+        OperationsServicer(core, control), server
+    )
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
     payload_pb2_grpc.add_PayloadServiceServicer_to_server(
         PayloadServicer(store, io=core.io), server

@@ -24,9 +24,10 @@ class PendingAssignment:
         labels: labels the worker must have.
         assignment: the Assignment message, or a function that builds it.
         token: ``(task run id, attempt)``; required when ``assignment`` is a function.
+        tags: the task's tags (concurrency limits: _limits.py).
     """
 
-    __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
+    __slots__ = ("_build", "_message", "flow_run_id", "labels", "tags", "task_type", "token")
 
     def __init__(
         self,
@@ -35,8 +36,10 @@ class PendingAssignment:
         labels: Mapping[str, str],
         assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
         token: tuple[str, int] | None = None,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.flow_run_id = flow_run_id
+        self.tags = tags
         self.task_type = task_type
         self.labels = labels
         if isinstance(assignment, worker_pb2.Assignment):

@@ -99,6 +99,8 @@ class Committer:
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._last = 0.0
         self._retry_at = 0.0
+        #: Called with the seconds each stored commit took (metrics).
+        self.on_commit: Callable[[float], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -135,6 +137,7 @@ class Committer:
         self._task = asyncio.get_running_loop().create_task(self._commit(batch, release))
 
     async def _commit(self, batch: Any, release: Release) -> None:
+        began = time.monotonic()
         try:
             await self.io.write(self.store.commit, batch)
         except Exception as exc:
@@ -144,6 +147,8 @@ class Committer:
             self.error = None
             self._retry_at = 0.0
             self.commits += 1
+            if self.on_commit is not None:
+                self.on_commit(time.monotonic() - began)
             self._released(release)
         finally:
             self._task = None

@@ -39,6 +39,7 @@ from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavail
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import SERVER_VERSION, ServerCore
+from ._ops_core import flow_run_extras, run_facts
 from ._runs import NoResult
 from ._schedule_times import ScheduleError
 
@@ -166,7 +167,11 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
-        return flow_run_message(row, result)
+        message = flow_run_message(row, result)
+        # Run attempts (retries from failure) and the late mark: _ops_core.py.
+        attempts, late = await self.io.read(run_facts, self.store, row.id)
+        flow_run_extras(message, attempts, late)
+        return message
 
     async def GetFlowRun(
         self,
@@ -179,7 +184,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
+            waiting = self.core.ops.waiting(row.id)  # why ready task runs are not running
             for task_run in await self.io.read(self._task_runs, row.id):
+                task_run.waiting = waiting.get(task_run.name, "")
                 response.task_runs.append(task_run)
         return response
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -44,7 +45,14 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
+from headwater_runtime.store import (
+    FlowRunRow,
+    LimitRow,
+    LogRow,
+    PruneReport,
+    Store,
+    WebhookRow,
+)
 
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
@@ -52,6 +60,7 @@ from ._convert import task_run_from_record
 from ._dispatch import Dispatcher, Token, WorkerSession
 from ._exports import DaskExports
 from ._io import StoreIO
+from ._limits import TagLimits
 from ._runs import RunManager
 from ._schedules import Scheduler
 
@@ -82,6 +91,24 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    # Day-two operations (docs/operations.md; _ops_core.py).
+    #: Serve /metrics (Prometheus) on this port (0 picks one); None: not served.
+    metrics_port: int | None = None
+    #: A run with no task run started this many seconds after it was created (or
+    #: retried) is marked late; None: never.
+    late_after: float | None = 60.0
+    #: The web UI's base URL, for links to runs in webhook bodies ("" for none).
+    ui_url: str = ""
+    #: Webhook deliveries: tries before giving up, first retry delay (doubling up to
+    #: the max), and the timeout of one POST (seconds).
+    webhook_max_attempts: int = 10
+    webhook_backoff: float = 1.0
+    webhook_backoff_max: float = 300.0
+    webhook_timeout: float = 10.0
+    #: Limits set at every start (the configuration file's [limits.TAG] tables).
+    limits: tuple[LimitRow, ...] = ()
+    #: Webhooks created at start unless an identical one exists ([[webhooks]]).
+    webhooks: tuple[WebhookRow, ...] = ()
 
 
 class ServerCore:
@@ -102,11 +129,20 @@ class ServerCore:
         self.clock = clock or SystemClock()
         self.io = io or StoreIO()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
-        self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
+        self.dispatcher = Dispatcher(
+            on_lost=self._lost,
+            before_send=self._before_send,
+            limits=TagLimits(self.clock.now),
+        )
         self.runs = RunManager(store, self.dispatcher, self.clock)
         self.runs.listeners.append(self._notify)
         self.commits = Committer(store, self.io, self.runs, self._deliver)
         self.schedules = Scheduler(store, self.runs, self.clock)
+        from ._ops_core import Operations  # it imports this module (for types)
+
+        #: Retries from failure, limits, workers, late runs, webhooks, metrics.
+        self.ops = Operations(self)
+        self._ops_due: float | None = None
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
@@ -134,6 +170,7 @@ class ServerCore:
             log.error("not resuming flow run %s: %s", run_id, why)
         self.refused_runs = found.refused
         self.schedules.load()
+        await self.ops.start(found)  # before the recovered attempts are dispatched
         await self.commits.drain()
         self._background = asyncio.get_running_loop().create_task(self._loop())
 
@@ -149,6 +186,7 @@ class ServerCore:
             with contextlib.suppress(Exception):
                 await self._pruning
         await self.commits.drain()
+        await self.ops.stop()
         self.runs.end_traces()
 
     def touch(self) -> None:
@@ -267,6 +305,7 @@ class ServerCore:
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
+                self._ops_due = self.ops.tick(now)
                 if now >= self._next_prune and self._pruning is None:
                     self._next_prune = now + self.settings.prune_interval
                     self._pruning = asyncio.get_running_loop().create_task(self._auto_prune())
@@ -283,6 +322,8 @@ class ServerCore:
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
             due.append(self._next_prune)
+            if self._ops_due is not None:
+                due.append(self._ops_due)
             if self._stopping:
                 return
             self._wake.clear()
@@ -313,6 +354,7 @@ class ServerCore:
             last_seen=self.clock.now(),
         )
         adopted: dict[Token, str] = {}
+        taken: list[PendingAssignment] = []
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
             orphan = self._orphans.pop(key, None)
@@ -322,6 +364,7 @@ class ServerCore:
             queued = self.dispatcher.take_pending(key)
             if queued is not None and len(adopted) < hello.slots:
                 adopted[key] = queued.flow_run_id
+                taken.append(queued)
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
             elif queued is not None:
                 self.dispatcher.submit(queued)  # more than its slots: someone else takes it
@@ -336,6 +379,7 @@ class ServerCore:
         welcome.heartbeat_interval.CopyFrom(duration(self.settings.heartbeat_interval))
         welcome.heartbeat_timeout.CopyFrom(duration(self.settings.heartbeat_timeout))
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
+        self.ops.connected(session, hello, taken)  # drains, leases, the worker's record
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
         self.touch()
@@ -345,6 +389,7 @@ class ServerCore:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
+        self.ops.disconnected(session)
         self.touch()
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
@@ -458,7 +503,15 @@ class ServerCore:
         )
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:
-        self.dispatcher.send_assignment(session, pending)
+        if self.ops.limited(pending):  # after its delivery is stored, as _before_send says
+            self._send_after_commit(session, pending)
+        else:
+            self.dispatcher.send_assignment(session, pending)
+
+    def _send_after_commit(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        send = functools.partial(self.dispatcher.send_assignment, session, pending)
+        self.commits.pending.effects.append(send)
+        self.touch()
 
     def _fail_held(self, pending: PendingAssignment, failure: FailureInfo) -> None:
         # Called while the dispatcher assigns: fail the attempt once it is done.
@@ -475,7 +528,14 @@ class ServerCore:
         task_run_id, attempt = pending.token
         self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
         self.touch()  # the delivery is recorded with the next commit
-        return self.exports.prepare(session, pending)
+        ready = self.exports.prepare(session, pending)
+        if ready and self.ops.limited(pending):
+            # An attempt under a concurrency limit is sent only once its delivery is
+            # stored: a restarted server then knows a worker may run it and keeps its
+            # lease until the worker reclaims it (docs/operations.md).
+            self._send_after_commit(session, pending)
+            return False
+        return ready
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         _, key = split_task_run_id(task_run_id)
@@ -486,6 +546,7 @@ class ServerCore:
             if deadline <= now:
                 del self._orphans[token]
                 self._lost(flow_run_id, token[0], token[1])
+                self.ops.orphan_lost(token)
 
     def _check_heartbeats(self, now: float) -> None:
         limit = self.settings.heartbeat_timeout

@@ -19,6 +19,18 @@ from ._base import (
     ValueRow,
     WriteBatch,
 )
+from ._ops import (
+    DeliveryCounts,
+    DeliveryRow,
+    DrainRow,
+    LateRow,
+    LimitRow,
+    OpsStore,
+    OpsWrites,
+    RunAttemptRow,
+    WebhookRow,
+    WorkerRow,
+)
 from ._sqlite import SQLiteStore
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import SCHEMA_VERSION
@@ -27,14 +39,22 @@ __all__ = [
     "SCHEMA_VERSION",
     "CacheRow",
     "Conflict",
+    "DeliveryCounts",
+    "DeliveryRow",
+    "DrainRow",
     "FlowRunRow",
     "FlowVersion",
+    "LateRow",
+    "LimitRow",
     "LogRow",
     "NotFound",
+    "OpsStore",
+    "OpsWrites",
     "PayloadMeta",
     "PayloadUpload",
     "PayloadWriter",
     "PruneReport",
+    "RunAttemptRow",
     "RunEvent",
     "SQLiteStore",
     "ScheduleRow",
@@ -43,6 +63,8 @@ __all__ = [
     "StoreUnavailable",
     "TaskRunRow",
     "ValueRow",
+    "WebhookRow",
+    "WorkerRow",
     "WriteBatch",
 ]
 

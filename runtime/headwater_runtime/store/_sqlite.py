@@ -41,6 +41,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
+from ._sqlite_ops import OPS_SCHEMA, PER_RUN_TABLES, SQLiteOps, write_ops
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import (
     _IN_TERMINAL,
@@ -51,8 +52,9 @@ from ._sqlite_schema import (
 )
 
 
-class SQLiteStore:
-    """The default store: one SQLite file in WAL mode.
+class SQLiteStore(SQLiteOps):
+    """The default store: one SQLite file in WAL mode (the tables and methods of
+    day-two operations are in store/_sqlite_ops.py).
 
     Args:
         path: database file (parent folders are created); ":memory:" for a private
@@ -93,6 +95,7 @@ class SQLiteStore:
                     "with a new --db"
                 )
             db.executescript(_SCHEMA)
+            db.executescript(OPS_SCHEMA)
             if version is None:
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
@@ -528,6 +531,7 @@ class SQLiteStore:
                 ("task_runs", "task_runs"),
                 ("task_run_states", ""),
                 ("logs", "logs"),
+                *((table, "") for table in PER_RUN_TABLES),
             ):
                 removed = _delete_for_runs(db, table, runs)
                 if key:
@@ -671,6 +675,7 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
         "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?)",
         [(c.key, c.value_id, c.expires_at) for c in batch.cache],
     )
+    write_ops(db, batch)
 
 
 def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) -> None:
