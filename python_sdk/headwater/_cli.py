@@ -26,6 +26,7 @@ from headwater_runtime.tracing import (
     tracing_settings_from_env,
 )
 
+from ._cli_ops import add_ops_commands
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(sub)
     add_schedules_command(sub)
     add_prune_command(sub)
+    add_ops_commands(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from headwater.wire import (
 )
 from headwater_runtime.tracing import inject
 
+from ._client_ops import OperationsClient
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class TaskRunInfo:
     states: list[TaskRunState] = field(default_factory=list)
     message: str = ""
     worker: str = ""  # the worker that runs (or ran) the current attempt
+    #: Why a SCHEDULED task run is not running yet, e.g. "waiting on limit db (3/3)".
+    waiting: str = ""
 
 
 @dataclass
@@ -86,6 +89,11 @@ class RemoteFlowRun:
     schedule_id: str = ""
     #: The key the run was created with (a scheduled run's names its fire time).
     idempotency_key: str = ""
+    #: The run attempt: 1, and one more each time it was retried from its failure.
+    attempt: int = 1
+    #: Why the run was late (it had not started within the server's late threshold);
+    #: "" when it was not.
+    late_reason: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -97,8 +105,9 @@ class RemoteFlowRun:
         return self._client.decode(self._result)
 
 
-class Client:
-    """A connection to a Headwater control plane.
+class Client(OperationsClient):
+    """A connection to a Headwater control plane (the operations methods, from
+    ``retry`` to ``list_webhooks``, are described in docs/operations.md).
 
     Args:
         address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER).
@@ -239,6 +248,7 @@ class Client:
                 states=[TaskRunState(h.state) for h in t.history],
                 message=t.history[-1].message if t.history else "",
                 worker=t.worker_id,
+                waiting=t.waiting,
             )
             for t in response.task_runs
         ]
@@ -421,6 +431,8 @@ class Client:
             message=msg.history[-1].message if msg.history else "",
             schedule_id=msg.schedule_id,
             idempotency_key=msg.idempotency_key,
+            attempt=msg.attempt or 1,
+            late_reason=msg.late_reason if msg.late else "",
             _result=msg.result if msg.HasField("result") else None,
             _client=self,
         )

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.wire import FlowRunState
-from headwater_runtime.engine import FlowRunEngine, FlowRunFailure, TaskRunRecord
+from headwater_runtime.engine import (
+    FlowRunEngine,
+    FlowRunFailure,
+    StateEntry,
+    TaskRunRecord,
+    not_retryable,
+)
+
+if TYPE_CHECKING:
+    from headwater_runtime.embedded import Executor
 
 from ._signals import FlowRunCancelled, FlowRunFailed
 
@@ -27,6 +36,8 @@ class FlowRun:
         message: why the run ended as it did.
         started_at: when the run started (seconds since the epoch).
         ended_at: when it ended (None while it has not).
+        attempt: the run attempt: 1, and one more each time it was retried from its
+            failure (``retry``).
     """
 
     id: str
@@ -39,6 +50,8 @@ class FlowRun:
     message: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    attempt: int = 1
+    _engine: FlowRunEngine | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_engine(cls, run_id: str, engine: FlowRunEngine) -> FlowRun:
@@ -55,7 +68,45 @@ class FlowRun:
             message=history[-1][2] if history else "",
             started_at=history[0][1] if history else None,
             ended_at=history[-1][1] if engine.state.is_terminal else None,
+            attempt=engine.run_attempt,
+            _engine=engine,
         )
+
+    def retry(
+        self,
+        *,
+        executor: Executor | None = None,
+        max_workers: int | None = None,
+        reason: str = "",
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
+    ) -> FlowRun:
+        """Run this FAILED or CANCELLED run again from its failure, in this process,
+        and return it when it ends (the same id, its next ``attempt``).
+
+        Task runs that succeeded are kept with their results (still in memory); failed,
+        timed out, cancelled and not-run ones run again, and a mapped task reruns only
+        its failed children (docs/semantics.md). ``executor``/``max_workers`` as for
+        ``Flow.run``: the executor must be of the kind the run used (a thread pool by
+        default). RuntimeError for a run in another state; on a server, use
+        ``Client.retry``.
+        """
+        from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, ThreadExecutor
+
+        engine = self._engine
+        why = not_retryable(self.state) if engine is not None else "it was not run here"
+        if engine is None or why is not None:
+            raise RuntimeError(f"cannot retry flow run {self.id}: {why}")
+        if executor is not None and max_workers is not None:
+            raise ValueError("pass either executor= or max_workers=, not both")
+        embedded = EmbeddedRun(
+            engine.graph,
+            executor=executor or ThreadExecutor(max_workers),
+            cache=PROCESS_CACHE,
+            on_transition=on_transition,
+            engine=engine,
+            run_id=self.id,
+        )
+        return FlowRun.from_engine(self.id, embedded.run(retry=reason))
 
     @property
     def ok(self) -> bool:

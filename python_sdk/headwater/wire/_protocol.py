@@ -21,6 +21,8 @@ class Feature:
 
 #: Several stream messages in one (``ConnectRequestBatch``/``ConnectResponseBatch``).
 BATCH = "batch"
+#: ``ConnectResponse.drain``: the server assigns no new attempts (DrainWorker).
+DRAIN = "drain"
 
 #: Every feature a Headwater server lists in ``Welcome.features`` and
 #: ``GetServerInfoResponse.features``, in that order.
@@ -31,6 +33,7 @@ SERVER_FEATURES: tuple[Feature, ...] = (
     Feature("heartbeat-cancel", "HeartbeatAck.cancel names attempts the worker must stop"),
     Feature(BATCH, "several stream messages in one batch message", negotiated=True),
     Feature("schedules", "the server creates runs from interval and cron schedules"),
+    Feature(DRAIN, "ConnectResponse.drain: no new attempts; exit once idle if asked", True),
 )
 
 

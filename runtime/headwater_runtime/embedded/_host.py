@@ -24,6 +24,7 @@ from headwater_runtime.engine import (
     Command,
     Event,
     FlowRunEngine,
+    RunRetried,
     RunTask,
     StateEntry,
     TaskRunRecord,
@@ -123,6 +124,10 @@ class EmbeddedRun:
         clock: the time source (default: the system clock).
         on_transition: called with (task run, state entry) on every state change, in
             the thread that calls ``run()``.
+        engine: the engine of an ended run of this process to drive again (``run(retry=
+            ...)``: a retry from its failure) instead of a new one; ``graph``, ``params``
+            and ``clock`` are then not used.
+        run_id: the run's id (default: a new one).
     """
 
     def __init__(
@@ -135,8 +140,10 @@ class EmbeddedRun:
         cache: ResultCache = PROCESS_CACHE,
         clock: Any = None,
         on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
+        engine: FlowRunEngine | None = None,
+        run_id: str | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = run_id or uuid.uuid4().hex
         # Tracing is decided once per run: when off, the loop tests one None per task.
         self._tracer = active_tracer()
         self._trace: RunTracer | None = None
@@ -152,15 +159,21 @@ class EmbeddedRun:
             hook = self._on_transition
             self._user_on_transition = on_transition
         try:
-            self.engine = FlowRunEngine(
-                graph,
-                params,
-                clock=clock or SystemClock(),
-                values=self.executor.values,
-                max_concurrency=limit,
-                auto_start=not self.executor.reports_starts,
-                on_transition=hook,
-            )
+            if engine is not None:
+                _check_same_kind(engine, self.executor)
+                engine.on_transition = hook
+                engine.max_concurrency = min(limit, engine.max_concurrency or limit)
+                self.engine = engine
+            else:
+                self.engine = FlowRunEngine(
+                    graph,
+                    params,
+                    clock=clock or SystemClock(),
+                    values=self.executor.values,
+                    max_concurrency=limit,
+                    auto_start=not self.executor.reports_starts,
+                    on_transition=hook,
+                )
         except BaseException:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run
             raise
@@ -176,11 +189,13 @@ class EmbeddedRun:
         if self._user_on_transition is not None:
             self._user_on_transition(run, entry)
 
-    def run(self) -> FlowRunEngine:
+    def run(self, *, retry: str | None = None) -> FlowRunEngine:
         """Drive the run to its end and return the engine (states, results, history).
 
         A task failure does not raise; Ctrl-C cancels the run. A successful run's
-        result is resolved by the executor (e.g. gathered from a Dask cluster).
+        result is resolved by the executor (e.g. gathered from a Dask cluster). With
+        ``retry`` (the reason), the ended run of ``engine`` runs again from its failure
+        (engine/_rerun.py) instead of starting.
         """
         engine = self.engine
         completions = self._completions
@@ -188,11 +203,13 @@ class EmbeddedRun:
             from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
             # Parent: the caller's current span, if any (flow.run() inside traced code).
-            self._trace = RunTracer(self._tracer, engine.graph.name, self.id)
+            attempt = engine.run_attempt + (retry is not None)
+            self._trace = RunTracer(self._tracer, engine.graph.name, self.id, attempt=attempt)
         self.executor.start(completions)
         try:
             try:
-                self._execute(engine.start())
+                first = engine.start() if retry is None else engine.handle(RunRetried(retry))
+                self._execute(first)
                 while not engine.finished:
                     timeout = _MAX_WAIT
                     due = engine.next_timer_at
@@ -273,3 +290,16 @@ class EmbeddedRun:
         if entry is not None:
             entry = self.executor.cache_hit(entry)
         return CacheChecked(run.key, key, entry)
+
+
+def _check_same_kind(engine: FlowRunEngine, executor: Executor) -> None:
+    """An engine's values must be the executor's kind (a thread pool's live objects
+    cannot stand in for futures of a Dask cluster, nor the other way round)."""
+    if type(engine.values) is not type(executor.values):
+        raise ValueError(
+            "this run's results are held by another kind of executor "
+            f"({type(engine.values).__name__}); retry it with the same kind "
+            f"({type(executor.values).__name__} given)"
+        )
+    if engine.auto_start == executor.reports_starts:
+        raise ValueError("this run was driven by another kind of executor; retry it with the same")

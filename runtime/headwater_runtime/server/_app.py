@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import _async as health_async
@@ -26,7 +24,6 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import ENV_DB, ENV_RETENTION, ENV_TOKEN, parse_duration
 from headwater_runtime.store import SQLiteStore, Store
 
 from ._auth import TokenAuthInterceptor
@@ -100,27 +97,23 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
 
 
 def settings_from_env(
-    environ: Mapping[str, str] | None = None, **overrides: object
+    environ: Mapping[str, str] | None = None, *, config: str | None = None, **overrides: object
 ) -> ServerSettings:
-    """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
-    source = os.environ if environ is None else environ
-    env: dict[str, Any] = {}
-    if ENV_TOKEN in source:
-        env["token"] = source[ENV_TOKEN]
-    if ENV_DB in source:
-        env["db"] = source[ENV_DB]
-    if source.get(ENV_RETENTION):
-        env["retention"] = parse_duration(source[ENV_RETENTION])
-    # Any: each value is meant for the ServerSettings field of its name (the CLI parses
-    # flags into the fields' types); a wrong name still fails loudly in replace().
-    values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
-    return replace(ServerSettings(), **values)
+    """Defaults, then the configuration file (``config``, else HEADWATER_CONFIG), then
+    HEADWATER_* environment variables, then explicit overrides (_config.py;
+    ConfigError names what is wrong)."""
+    from ._config import settings
+
+    return settings(overrides, environ, config)
 
 
 async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once bound."""
     running = await start_server(settings)
     print(f"headwater server listening on {settings.host}:{running.port}", flush=True)
+    metrics = running.core.ops.metrics_server
+    if metrics is not None:
+        print(f"headwater metrics on http://{settings.host}:{metrics.port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -95,7 +95,7 @@ class ServerSettings:
     #: Serve /metrics (Prometheus) on this port (0 picks one); None: not served.
     metrics_port: int | None = None
     #: A run with no task run started this many seconds after it was created (or
-    #: retried) is marked late; None: never.
+    #: retried) is marked late; 0 or None: never.
     late_after: float | None = 60.0
     #: The web UI's base URL, for links to runs in webhook bodies ("" for none).
     ui_url: str = ""

@@ -355,9 +355,9 @@ class Operations:
 def flow_run_extras(
     msg: run_pb2.FlowRun, attempts: list[RunAttemptRow], late: LateRow | None
 ) -> None:
-    """Add a run's attempts (``attempt``, and a history entry for each attempt's start
-    and end) and its late mark to its FlowRun message."""
-    if attempts:
+    """Add a run's attempts (``attempt``, and for a retried run a history entry for each
+    attempt's start and end) and its late mark to its FlowRun message."""
+    if len(attempts) > 1:
         del msg.history[:]
         for attempt in attempts:
             start = msg.history.add(
@@ -371,9 +371,7 @@ def flow_run_extras(
                     message=attempt.message,
                 )
                 end.timestamp.CopyFrom(timestamp(attempt.ended_at))
-        msg.attempt = attempts[-1].attempt
-    else:
-        msg.attempt = 1
+    msg.attempt = attempts[-1].attempt if attempts else 1
     if late is not None:
         msg.late = True
         msg.late_reason = late.reason

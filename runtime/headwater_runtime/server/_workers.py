@@ -21,15 +21,12 @@ import logging
 from collections.abc import Callable, Iterable
 
 from headwater.v1 import operations_pb2, worker_pb2
-from headwater.wire import timestamp
+from headwater.wire import DRAIN, timestamp
 from headwater_runtime.store import DrainRow, Store, WorkerRow
 
 from ._dispatch import Dispatcher, WorkerSession
 
 log = logging.getLogger("headwater.server")
-
-#: The protocol feature of workers that understand ``ConnectResponse.drain``.
-DRAIN = "drain"
 
 
 def _version(hello: worker_pb2.Hello) -> str:
