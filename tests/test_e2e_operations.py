@@ -406,10 +406,6 @@ def test_metrics_are_served_in_the_prometheus_format(tmp_path: Path, cluster: Cl
     srv = cluster("server", "--port", "0", "--db", str(tmp_path / "hw.db"), "--metrics-port", "0")
     address = srv.wait_line("listening on").rsplit(" ", 1)[1]
     url = srv.wait_line("headwater metrics on").rsplit(" ", 1)[1]
-    worker(cluster, address, "w1")
-    with Client(address) as client:
-        run = client.run(module(tmp_path).pipeline, {"n": 3})  # type: ignore[attr-defined]
-        assert client.wait(run.id).state is FlowRunState.SUCCESS
 
     def scrape() -> dict[str, float]:
         with urllib.request.urlopen(url, timeout=BOUND) as answer:
@@ -422,6 +418,13 @@ def test_metrics_are_served_in_the_prometheus_format(tmp_path: Path, cluster: Cl
                 values[name] = float(value)
         return values
 
+    depth = 'headwater_queue_depth{capability="ops_tasks.numbers"}'
+    with Client(address) as client:
+        run = client.run(module(tmp_path).pipeline, {"n": 3})  # type: ignore[attr-defined]
+        poll(lambda: scrape().get(depth) == 1.0, "the queue depth of a task with no worker")
+        assert scrape()["headwater_workers_online"] == 0.0
+        worker(cluster, address, "w1")
+        assert client.wait(run.id).state is FlowRunState.SUCCESS
     poll(lambda: scrape().get("headwater_workers_online") == 1.0, "the worker gauge")
     values = scrape()
     assert values['headwater_flow_runs{state="SUCCESS"}'] == 1.0
@@ -430,7 +433,7 @@ def test_metrics_are_served_in_the_prometheus_format(tmp_path: Path, cluster: Cl
     assert values['headwater_task_runs_finished_total{state="MAPPED"}'] == 2
     assert values["headwater_ready_to_start_seconds_count"] == 8
     assert values["headwater_commit_seconds_count"] >= 1
-    assert 'headwater_queue_depth{capability="ops_tasks.square"}' in values
+    poll(lambda: scrape()[depth] == 0.0, "the queue to empty")
 
 
 def test_the_server_reads_a_configuration_file_below_env_and_flags(
