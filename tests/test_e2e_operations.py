@@ -236,8 +236,7 @@ def test_a_concurrency_limit_holds_under_contention_a_worker_kill_and_a_server_k
     with Client(address) as client:
         runs = [client.run(flows.queries, {"n": 15}) for _ in range(2)]  # type: ignore[attr-defined]
         poll(lambda: len(effects(tmp_path)) >= 5, "some queries to finish")
-        shown = client.get(runs[1].id, include_task_runs=True)
-        waiting = {t.waiting for t in shown.task_runs if t.waiting}
+        waiting = {t.waiting for r in runs for t in client.get(r.id, True).task_runs if t.waiting}
         assert "waiting on limit db (3/3)" in waiting, waiting
         assert client.list_limits()[0].running == 3
     doomed.kill()
@@ -284,8 +283,8 @@ def test_workers_are_listed_drained_and_exit_when_idle(tmp_path: Path, cluster: 
         (tmp_path / "release").touch()
         assert client.wait(run.id).state is FlowRunState.SUCCESS
         assert busy.popen.wait(BOUND) == 0, "the drained worker exits once idle"
-        offline = client.list_workers()
-        assert [(w.name, w.online) for w in offline] == [("busy", False)]
+        poll(lambda: not client.list_workers()[0].online, "the server to see it leave")
+        assert [(w.name, w.online) for w in client.list_workers()] == [("busy", False)]
         fresh = worker(cluster, address, "fresh")
         assert client.wait(second.id).result == 2
         fresh.stop()

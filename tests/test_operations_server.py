@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -268,3 +269,55 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         settings({}, {"HEADWATER_PORT": "x"})
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
         settings({}, {}, str(tmp_path / "missing.toml"))
+
+
+def test_a_scheduled_run_is_late_with_its_reason_also_when_it_fired_during_downtime(
+    tmp_path: Path,
+) -> None:
+    """A fire whose run no worker can start is marked late (no worker); a fire missed
+    while the server was down is created late on restart and says so."""
+    from headwater.v1 import control_plane_pb2 as cp
+    from headwater.v1 import control_plane_pb2_grpc, run_pb2
+
+    async def runs(channel: grpc.aio.Channel) -> list[Any]:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        return list((await client.ListFlowRuns(cp.ListFlowRunsRequest())).flow_runs)
+
+    async def first(stub: Any, running: Any) -> float:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        schedule = run_pb2.Schedule(flow_name="pipeline", enabled=True)
+        schedule.interval.FromSeconds(2)
+        created = core.schedules.create(schedule)
+        core.touch()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            while True:  # bounded by call()'s wait_for
+                marked = [r for r in await runs(channel) if r.late]
+                if marked:
+                    break
+                await asyncio.sleep(0.05)
+            (late,) = marked
+        assert late.schedule_id == created.id
+        assert late.late_reason == "waiting: no connected worker offers test_run_manager.numbers"
+        core.schedules.set_enabled(created.id, False)  # no more fires while it runs
+        core.schedules.set_enabled(created.id, True)
+        return float(core.store.get_schedule(created.id).next_run_at or 0)
+
+    options = {"late_after": 0.3}
+    next_fire = call(tmp_path, first, **options)
+    # The server is down when the next fire is due, and longer than late_after after it.
+    deadline = time.monotonic() + 10
+    while time.time() < next_fire + 0.5:  # the fire is at most 2 s away
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    async def second(stub: Any, running: Any) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            while True:
+                late = [r for r in await runs(channel) if "not running" in r.late_reason]
+                if late:
+                    break
+                await asyncio.sleep(0.05)
+        assert "after its schedule's fire time (the server was not running)" in late[0].late_reason
+
+    call(tmp_path, second, **options)

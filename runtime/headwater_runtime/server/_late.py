@@ -18,6 +18,7 @@ runs are told. Pure bookkeeping: the caller gives it the time and the reasons.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 
 from headwater.wire import TaskRunState
@@ -35,11 +36,16 @@ class LateRuns:
     def __init__(self, late_after: float | None) -> None:
         self.late_after = late_after
         self._due: dict[str, float] = {}
+        # (due, run id), oldest first; entries no longer in _due are skipped (a cheap
+        # check on every turn of the server's loop, however many runs wait).
+        self._heap: list[tuple[float, str]] = []
 
     def created(self, flow_run_id: str, at: float) -> None:
         """A run (or a retry of it) began at ``at`` and no task run of it has started."""
         if self.late_after is not None and self.late_after > 0:
-            self._due[flow_run_id] = at + self.late_after
+            due = at + self.late_after
+            self._due[flow_run_id] = due
+            heapq.heappush(self._heap, (due, flow_run_id))
 
     def started(self, flow_run_id: str, state: TaskRunState | None) -> None:
         """A task run of the run changed to ``state`` (None: the run itself ended)."""
@@ -48,15 +54,22 @@ class LateRuns:
 
     def due(self, now: float) -> list[str]:
         """Runs that became late by ``now`` (each returned once)."""
-        late = [run_id for run_id, at in self._due.items() if at <= now]
-        for run_id in late:
-            del self._due[run_id]
+        late = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            at, run_id = heapq.heappop(heap)
+            if self._due.get(run_id) == at:
+                del self._due[run_id]
+                late.append(run_id)
         return late
 
     @property
     def next_at(self) -> float | None:
         """When the next run becomes late, if none starts before."""
-        return min(self._due.values(), default=None)
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
 
 def late_reason(waiting: list[str], fallback: Callable[[], str] | None = None) -> str:

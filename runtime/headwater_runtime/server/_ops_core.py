@@ -34,6 +34,7 @@ from ._dispatch import WorkerSession
 from ._late import LateRuns, late_reason
 from ._metrics import MetricsServer, ServerMetrics
 from ._runs import ActiveRun, Recovery
+from ._schedule_times import fire_time_of
 from ._webhooks import Deliverer, DeliverySettings, Webhooks
 from ._workers import WorkerRegistry
 
@@ -46,6 +47,8 @@ log = logging.getLogger("headwater.server")
 
 #: How often worker records (their last message time) are written back.
 WORKER_FLUSH = 5.0
+#: How often the gauges of in-memory state are set (the loop turns far more often).
+SAMPLE_EVERY = 0.5
 
 
 class RetryRefused(Exception):
@@ -85,6 +88,7 @@ class Operations:
         self.metrics_server: MetricsServer | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._next_flush = 0.0
+        self._next_sample = 0.0
         core.runs.listeners.append(self._task_changed)
         core.runs.flow_listeners.append(self._flow_changed)
         core.commits.on_commit = self.metrics.commit_seconds.observe
@@ -151,16 +155,18 @@ class Operations:
             dispatcher.requeue(freed)
         for run_id in self.late.due(now):
             self._mark_late(run_id, now)
-        self.metrics.sample(
-            dispatcher.queue_depth(), self.limits.waiting_by_tag(), len(dispatcher.sessions)
-        )
+        if now >= self._next_sample:
+            self._next_sample = now + SAMPLE_EVERY
+            self.metrics.sample(
+                dispatcher.queue_depth(), self.limits.waiting_by_tag(), len(dispatcher.sessions)
+            )
         if now >= self._next_flush:
             self._next_flush = now + WORKER_FLUSH
             self.workers.seen()
             rows = self.workers.take_dirty()
             if rows:
                 self._spawn(self.core.io.write(_put_workers, self.core.store, rows))
-        due = [self._next_flush]
+        due = [self._next_flush, self._next_sample]
         for at in (self.limits.next_wake_at, self.late.next_at):
             if at is not None:
                 due.append(at)
@@ -188,26 +194,40 @@ class Operations:
 
     def _flow_changed(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
         if row.state == FlowRunState.RUNNING.value:
+            now = self.core.clock.now()
+            fired = fire_time_of(row.idempotency_key) if row.schedule_id else None
+            if fired is not None and engine.run_attempt == 1:
+                late_after = self.late.late_after or 0.0
+                if 0 < late_after < now - fired:  # fired after downtime, say so
+                    why = f"it was created {now - fired:.0f}s after its schedule's fire time"
+                    self._mark_late(row.id, now, f"{why} (the server was not running)", row)
+                    return
             if not _started(engine):
-                self.late.created(row.id, self.core.clock.now())
+                self.late.created(row.id, now if fired is None else min(now, fired))
         else:
             self.late.started(row.id, None)
         if self.webhooks.enqueue(self.core.runs.ops, row, engine.run_attempt):
             self.core.commits.pending.effects.append(self.deliverer.wake)
 
-    def _mark_late(self, flow_run_id: str, now: float) -> None:
+    def _mark_late(
+        self, flow_run_id: str, now: float, reason: str = "", row: FlowRunRow | None = None
+    ) -> None:
+        """Mark a run late (stored with the next commit), with the reason its waiting
+        task runs give unless ``reason`` says it."""
         active = self.core.runs.runs.get(flow_run_id)
-        if active is None:
+        row = row or (active.row if active is not None else None)
+        if row is None:
             return
-        dispatcher = self.core.dispatcher
-        reasons = [dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)]
-        reason = late_reason(reasons)
+        if not reason:
+            dispatcher = self.core.dispatcher
+            reasons = [dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)]
+            reason = late_reason(reasons)
         self.core.runs.ops.late.append(LateRow(flow_run_id, now, reason))
-        attempt = active.engine.run_attempt
-        if self.webhooks.enqueue(self.core.runs.ops, active.row, attempt, late_reason=reason):
+        attempt = active.engine.run_attempt if active is not None else 1
+        if self.webhooks.enqueue(self.core.runs.ops, row, attempt, late_reason=reason):
             self.core.commits.pending.effects.append(self.deliverer.wake)
         self.metrics.late_runs.inc()
-        log.warning("flow run %s (%s) is late: %s", flow_run_id, active.row.flow_name, reason)
+        log.warning("flow run %s (%s) is late: %s", flow_run_id, row.flow_name, reason)
         self.core.touch()
 
     def _delivery_outcome(self, ok: bool) -> None:
