@@ -98,6 +98,11 @@ def query(x: int) -> int:
         with (DIR / "concurrency.log").open("a") as log:
             log.write(f"{len(live) + 1}\\n")
     time.sleep(0.4)  # the work
+    deadline = time.monotonic() + 60
+    while (DIR / "pause").exists():  # the test holds the running attempts here
+        if time.monotonic() > deadline:
+            raise TimeoutError("paused for too long")
+        time.sleep(0.02)
     with open(DIR / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         me.unlink()
@@ -146,6 +151,22 @@ def worker(cluster: Cluster, address: str, name: str, *extra: str) -> Proc:
 def effects(tmp_path: Path) -> list[str]:
     log = tmp_path / "effects.log"
     return [line.split(" ", 1)[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def running_pids(tmp_path: Path) -> list[int]:
+    """The processes of the queries running now (markers of live processes)."""
+    pids = []
+    for marker in (tmp_path / "running").glob("*"):
+        pid = int(marker.name.split("-")[0])
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            continue
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split(") ")[-1][:1] == "Z":
+            continue
+        pids.append(pid)
+    return pids
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -221,9 +242,10 @@ def test_a_concurrency_limit_holds_under_contention_a_worker_kill_and_a_server_k
     tmp_path: Path, cluster: Cluster
 ) -> None:
     """Three workers with 12 slots between them run 30 tasks tagged db under `limits set
-    db --concurrency 3`, while one worker and then the server are SIGKILLed. The tasks
-    themselves count how many of them run at once (a marker per running attempt of a
-    live process, under a file lock): the count never exceeds 3."""
+    db --concurrency 3`. A worker is SIGKILLed while it runs one of them; then, with
+    three of them held running (a pause file), the server is SIGKILLed and restarted.
+    The tasks themselves count how many of them run at once (a marker per running
+    attempt of a live process, under a file lock): the count never exceeds 3."""
     db = tmp_path / "hw.db"
     srv, address = server(cluster, db)
     port = int(address.rsplit(":", 1)[1])
@@ -239,19 +261,29 @@ def test_a_concurrency_limit_holds_under_contention_a_worker_kill_and_a_server_k
         waiting = {t.waiting for r in runs for t in client.get(r.id, True).task_runs if t.waiting}
         assert "waiting on limit db (3/3)" in waiting, waiting
         assert client.list_limits()[0].running == 3
+    # Kill the worker while it runs a query; hold the others where they run (pause).
+    poll(lambda: doomed.popen.pid in running_pids(tmp_path), "the doomed worker to run one")
+    on_doomed = running_pids(tmp_path).count(doomed.popen.pid)
     doomed.kill()
+    (tmp_path / "pause").touch()
     worker(cluster, address, "replacement", "--slots", "4")
-    done = len(effects(tmp_path))
-    poll(lambda: len(effects(tmp_path)) >= done + 5, "more queries after the worker kill")
-    srv.kill()
+    poll(lambda: len(running_pids(tmp_path)) == 3, "three queries to run after the kill")
+    srv.kill()  # with three attempts held by workers and the rest waiting
     srv, address = server(cluster, db, port=port)
+    (tmp_path / "pause").unlink()
     with Client(address) as client:
         for run in runs:
             final = client.wait(run.id)
             assert final.state is FlowRunState.SUCCESS, final.message
         assert client.list_limits()[0].concurrency == 3, "the limit survived the restart"
     observed = [int(n) for n in (tmp_path / "concurrency.log").read_text().split()]
-    figures = {"max_observed": max(observed), "limit": 3, "starts": len(observed)}
+    figures = {
+        "max_observed": max(observed),
+        "limit": 3,
+        "starts": len(observed),
+        "running_on_the_killed_worker": on_doomed,
+        "running_at_the_server_kill": 3,
+    }
     (tmp_path / "figures.json").write_text(json.dumps(figures))
     print("limit figures:", figures)
     assert max(observed) <= 3, figures
