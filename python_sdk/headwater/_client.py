@@ -37,6 +37,7 @@ from headwater.wire import (
 from headwater_runtime.tracing import inject
 
 from ._access_info import AuditEntry, CredentialInfo, audit_entry, credential_info
+from ._client_ops import OperationsClient
 from ._logs import LogEntry
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
@@ -142,6 +143,11 @@ class RemoteFlowRun:
     result_info: ValueInfo | None = None
     #: Who created, cancelled or retried the run, oldest first (filled by ``get``).
     audit: list[AuditEntry] = field(default_factory=list)
+    #: The run attempt: 1, and one more each time it was retried from its failure.
+    attempt: int = 1
+    #: Why the run was late (it had not started within the server's late threshold);
+    #: "" when it was not.
+    late_reason: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _result_omitted: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
@@ -167,8 +173,9 @@ class RemoteFlowRun:
         return (self.ended_at - self.started_at).total_seconds()
 
 
-class Client:
-    """A connection to a Headwater control plane.
+class Client(OperationsClient):
+    """A connection to a Headwater control plane (the operations methods, from
+    ``retry`` to ``list_webhooks``, are described in docs/operations.md).
 
     Args:
         address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER).
@@ -628,6 +635,8 @@ class Client:
             started_at=_when(msg, "started_at"),
             ended_at=_when(msg, "ended_at"),
             result_info=_value_info(summary) if summary is not None else None,
+            attempt=msg.attempt or 1,
+            late_reason=msg.late_reason if msg.late else "",
             _result=msg.result if msg.HasField("result") else None,
             _result_omitted=summary is not None and summary.omitted,
             _client=self,

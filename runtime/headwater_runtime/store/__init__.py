@@ -21,6 +21,18 @@ from ._base import (
     ValueRow,
     WriteBatch,
 )
+from ._ops import (
+    DeliveryCounts,
+    DeliveryRow,
+    DrainRow,
+    LateRow,
+    LimitRow,
+    OpsStore,
+    OpsWrites,
+    RunAttemptRow,
+    WebhookRow,
+    WorkerRow,
+)
 from ._sqlite import SQLiteStore
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import SCHEMA_VERSION
@@ -31,14 +43,22 @@ __all__ = [
     "CacheRow",
     "Conflict",
     "CredentialRow",
+    "DeliveryCounts",
+    "DeliveryRow",
+    "DrainRow",
     "FlowRunRow",
     "FlowVersion",
+    "LateRow",
+    "LimitRow",
     "LogRow",
     "NotFound",
+    "OpsStore",
+    "OpsWrites",
     "PayloadMeta",
     "PayloadUpload",
     "PayloadWriter",
     "PruneReport",
+    "RunAttemptRow",
     "RunEvent",
     "SQLiteStore",
     "ScheduleRow",
@@ -47,6 +67,8 @@ __all__ = [
     "StoreUnavailable",
     "TaskRunRow",
     "ValueRow",
+    "WebhookRow",
+    "WorkerRow",
     "WriteBatch",
 ]
 
