@@ -117,16 +117,16 @@ def test_a_worker_with_other_code_for_a_task_is_not_given_it_and_the_run_says_wh
     d.submit(coded("r", "u", "uuuu", "m.u"))  # the same code for m.u
     d.submit(coded("r", "v", "", "m.u"))  # a graph that names no code: not checked
     assert old.assigned() == ["r/u", "r/v"]
-    (reason,) = d.waiting_reasons("r").values()
+    (reason,) = d.stale_reasons("r").values()
     assert reason.startswith("worker 'old' has other code for task 'm.t' (digest aaaa, the")
     assert "built with bbbb" in reason and "--allow-stale-code" in reason
-    assert d.waiting_reasons("other run") == {}
+    assert d.stale_reasons("other run") == {}
 
     # A worker that reports no digest for the type (--allow-stale-code, or another
     # language) takes it; so does one with the same code.
     anything = Worker("anything", 1, {"m.t"})
     d.connect(anything.session)
-    assert anything.assigned() == ["r/t"] and d.waiting_reasons("r") == {}
+    assert anything.assigned() == ["r/t"] and d.stale_reasons("r") == {}
     d.submit(coded("r", "t2", "bbbb"))
     new = Worker("new", 1, {"m.t"})
     new.session.code_digests = {"m.t": "bbbb"}
@@ -146,6 +146,6 @@ def test_the_reason_is_given_only_while_no_connected_worker_could_take_the_task(
     d.submit(coded("r", "second", "bbbb"))
     assert busy.assigned() == ["r/first"] and stale.assigned() == []
     # The second waits for a free slot of a worker with its code, not for new code.
-    assert d.waiting_reasons("r") == {}
+    assert d.stale_reasons("r") == {}
     d.disconnect(busy.session.session_id)
-    assert "worker 'stale' has other code" in d.waiting_reasons("r")["r/second"]
+    assert "worker 'stale' has other code" in d.stale_reasons("r")["r/second"]

@@ -280,7 +280,9 @@ def test_the_node_worker_survives_a_server_restart_and_keeps_its_running_task(
     port = int(cluster.address.rsplit(":", 1)[1])
     cluster.start_server(port)
     poll(lambda: any("reconnected" in line for line in cluster.node.lines), "Node to reconnect")
-    release.write_text("released")
+    # Atomically: the Node task polls for the file and reads it as soon as it exists.
+    (cluster.root / "release.tmp").write_text("released")
+    (cluster.root / "release.tmp").replace(release)
     with Client(cluster.address, token=TOKEN) as client:
         poll(lambda: client.get(created.id).state.is_terminal, "the resumed run to finish")
         final = client.get(created.id, include_task_runs=True)

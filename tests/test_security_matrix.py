@@ -23,6 +23,7 @@ from tls_certs import make_certs
 
 from headwater.v1 import access_pb2, payload_pb2, worker_pb2
 from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import operations_pb2 as ops
 from headwater.wire import Role, TLSSettings, open_aio_channel
 from headwater_runtime.server import REQUIRED_ROLES, allows, new_credential, start_server
 from headwater_runtime.server._app import SERVICE_NAMES
@@ -39,9 +40,15 @@ SERVER_TOKEN = "the-server-token"
 #: The credentials of the matrix's columns: the four roles and the --token shortcut.
 COLUMNS = ["admin", "operator", "viewer", "worker", "--token"]
 STATES = ["none", "wrong", "revoked", "right"]
-CP, GW, PL, AC = (
+CP, GW, PL, AC, OP = (
     f"/headwater.v1.{s}"
-    for s in ("ControlPlaneService", "WorkerGatewayService", "PayloadService", "AccessService")
+    for s in (
+        "ControlPlaneService",
+        "WorkerGatewayService",
+        "PayloadService",
+        "AccessService",
+        "OperationsService",
+    )
 )
 
 
@@ -142,6 +149,40 @@ CALLS: dict[str, Call] = {
     ),
     f"{AC}/ListCredentials": Call(
         "unary_unary", access_pb2.ListCredentialsRequest(), access_pb2.ListCredentialsResponse, OK
+    ),
+    f"{OP}/RetryFlowRun": Call(
+        "unary_unary", ops.RetryFlowRunRequest(id="nope"), ops.RetryFlowRunResponse, NOT_FOUND
+    ),
+    f"{OP}/SetConcurrencyLimit": Call(
+        "unary_unary",
+        ops.SetConcurrencyLimitRequest(),
+        ops.SetConcurrencyLimitResponse,
+        INVALID,
+    ),
+    f"{OP}/ListConcurrencyLimits": Call(
+        "unary_unary", ops.ListConcurrencyLimitsRequest(), ops.ListConcurrencyLimitsResponse, OK
+    ),
+    f"{OP}/DeleteConcurrencyLimit": Call(
+        "unary_unary",
+        ops.DeleteConcurrencyLimitRequest(tag="nope"),
+        ops.DeleteConcurrencyLimitResponse,
+        NOT_FOUND,
+    ),
+    f"{OP}/ListWorkers": Call("unary_unary", ops.ListWorkersRequest(), ops.ListWorkersResponse, OK),
+    f"{OP}/DrainWorker": Call(
+        "unary_unary", ops.DrainWorkerRequest(name="nope"), ops.DrainWorkerResponse, NOT_FOUND
+    ),
+    f"{OP}/ResumeWorker": Call(
+        "unary_unary", ops.ResumeWorkerRequest(name="nope"), ops.ResumeWorkerResponse, NOT_FOUND
+    ),
+    f"{OP}/CreateWebhook": Call(
+        "unary_unary", ops.CreateWebhookRequest(), ops.CreateWebhookResponse, INVALID
+    ),
+    f"{OP}/ListWebhooks": Call(
+        "unary_unary", ops.ListWebhooksRequest(), ops.ListWebhooksResponse, OK
+    ),
+    f"{OP}/DeleteWebhook": Call(
+        "unary_unary", ops.DeleteWebhookRequest(id="nope"), ops.DeleteWebhookResponse, NOT_FOUND
     ),
     f"{AC}/RevokeCredential": Call(
         "unary_unary",

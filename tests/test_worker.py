@@ -695,7 +695,7 @@ def test_batched_assignments_run_and_attempt_threads_are_reused(
     try:
         with worker_thread(fake.address, tasks_file, slots=2):
             hello = gateway.wait_for("hello")
-            assert list(hello.features) == ["batch"]
+            assert list(hello.features) == ["batch", "drain"]
             tokens = [token(f"b{i}") for i in range(40)]
             for pair in zip(tokens[::2], tokens[1::2], strict=True):
                 # Two assignments in one message, as a server sends what is ready at once.
@@ -841,3 +841,36 @@ def test_a_silent_server_is_dropped_and_dialled_again(tmp_path: Path, tasks_file
             assert again.worker_id == first.worker_id
     finally:
         fake.stop()
+
+
+def test_a_drain_that_asks_to_exit_lets_running_work_finish_then_stops(
+    tasks_file: Path, server: FakeServer
+) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=2) as worker:
+        assert "drain" in gateway.wait_for("hello").features
+        tok = assign(gateway, "slow", "block", inputs=inputs(seconds=0.3))
+        gateway.wait_for("started", about(tok))
+        gateway.send(drain=worker_pb2.Drain(exit_when_idle=True))
+        gateway.wait_for("result", about(tok))
+        assert not worker.drained, "an outcome not acknowledged yet is still held"
+        gateway.send(ack=worker_pb2.Ack(token=tok, accepted=True))
+        deadline = time.monotonic() + WAIT
+        while not worker.drained:
+            assert time.monotonic() < deadline, "the drained worker did not stop once idle"
+            time.sleep(0.02)
+
+
+def test_a_lifted_drain_keeps_the_worker_running(tasks_file: Path, server: FakeServer) -> None:
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=1) as worker:
+        gateway.wait_for("hello")
+        tok = assign(gateway, "slow", "block", inputs=inputs(seconds=0.3))
+        gateway.wait_for("started", about(tok))
+        gateway.send(drain=worker_pb2.Drain(exit_when_idle=True))
+        gateway.send(drain=worker_pb2.Drain(cancelled=True))
+        gateway.wait_for("result", about(tok))
+        gateway.send(ack=worker_pb2.Ack(token=tok, accepted=True))
+        after = assign(gateway, "after", "add", inputs=inputs(a=1, b=2))
+        assert decode_value(gateway.wait_for("result", about(after)).result) == 3
+        assert not worker.drained and not worker.exit_when_idle

@@ -22,6 +22,9 @@ from ._client import RemoteFlowRun as RemoteFlowRun
 from ._client import ServerError as ServerError
 from ._client import TaskRunInfo as TaskRunInfo
 from ._client import ValueInfo as ValueInfo
+from ._client_ops import LimitInfo as LimitInfo
+from ._client_ops import WebhookInfo as WebhookInfo
+from ._client_ops import WorkerInfo as WorkerInfo
 from ._compiler import case as case
 from ._compiler import merge as merge
 from ._errors import FlowDefinitionError as FlowDefinitionError

@@ -30,6 +30,7 @@ from headwater_runtime.tracing import (
 )
 
 from ._cli_connect import add_tls_args, tls_from_args
+from ._cli_ops import add_ops_commands
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
@@ -452,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedules_command(sub)
     add_prune_command(sub)
     add_tokens_command(sub)
+    add_ops_commands(sub)
     return parser
 
 

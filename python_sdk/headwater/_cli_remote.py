@@ -234,7 +234,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             print(
                 f"{run.id[:8]}  {run.state.name:9}  {run.flow_name} v{run.flow_version}  "
                 f"{_local(run.started_at or run.created_at)}  "
-                f"{duration_text(run.duration) or '-'}{origin}"
+                f"{duration_text(run.duration) or '-'}{origin}{_attempt_and_late(run)}"
             )
         return EXIT_OK
     from rich.table import Table
@@ -268,6 +268,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
     out = console()
     took = f"  {duration_text(run.duration)}" if run.duration is not None else ""
     head = f"  {run.flow_name} v{run.flow_version}{took}  {run.message}".rstrip()
+    head += _attempt_and_late(run)
     out.print(Text.assemble(f"{run.id}  ", state_text(run.state.name), head))
     if run.parent_task_run_id:
         out.print(f"  parent: flow run {run.parent_id}, task run {run.parent_task_run_id}")
@@ -321,7 +322,8 @@ def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """``headwater runs list|show|watch|cancel|logs``; ``watch`` exits like ``run``."""
+    """``headwater runs list|show|watch|cancel|retry|logs``; ``watch`` (and ``retry
+    --wait``) exits like ``run``."""
     address = server_address(args)
     with connect(args, address) as client:
         if args.action == "list":
@@ -342,6 +344,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
             run = client.cancel(run_id, args.reason)
             print(f"{run.id}  {run.state.name}")
             return EXIT_OK
+        if args.action == "retry":
+            reason = "" if args.reason == _CANCEL_REASON else args.reason
+            run = client.retry(run_id, reason)
+            print(f"{run.id}  {run.state.name}  run attempt {run.attempt}")
+            if not args.wait:
+                return EXIT_OK
+            try:
+                final = follow_run(client, run)
+            except KeyboardInterrupt:
+                return EXIT_CANCELLED
+            show_outcome(final, full=args.full)
+            return _exit_code(final.state)
         if args.action == "logs":
             try:
                 return _logs(client, run_id, args)
@@ -350,15 +364,27 @@ def cmd_runs(args: argparse.Namespace) -> int:
     raise UsageError(f"unknown action {args.action!r}")
 
 
+_CANCEL_REASON = "cancelled from the CLI"
+
+
+def _attempt_and_late(run: Any) -> str:
+    attempt = f"  run attempt {run.attempt}" if run.attempt > 1 else ""
+    late = f"  LATE ({run.late_reason})" if run.late_reason else ""
+    return attempt + late
+
+
 def add_runs_command(sub: Any) -> None:
     """Add ``headwater runs`` and its flags to the CLI's subcommands."""
     runs = sub.add_parser(
         "runs",
-        help="list, show, watch, cancel flow runs on a server, or read their logs",
+        help="list, show, watch, cancel or retry flow runs on a server, or read their logs",
         description="Inspect and control flow runs on a Headwater server. A run id may be "
-        "shortened to any prefix only one run has (the 8 characters the CLI prints).",
+        "shortened to any prefix only one run has (the 8 characters the CLI prints). "
+        "'retry' runs a FAILED or CANCELLED run again from its failure (same run id, next "
+        "run attempt): task runs that succeeded are kept with their results, the others "
+        "run again.",
     )
-    runs.add_argument("action", choices=["list", "show", "watch", "cancel", "logs"])
+    runs.add_argument("action", choices=["list", "show", "watch", "cancel", "retry", "logs"])
     runs.add_argument("run_id", nargs="?", help="flow run id or unique prefix (not for list)")
     runs.add_argument(
         "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
@@ -381,7 +407,12 @@ def add_runs_command(sub: Any) -> None:
     runs.add_argument(
         "--full", action="store_true", help="show, watch: print whole tracebacks (not trimmed)"
     )
-    runs.add_argument("--reason", default="cancelled from the CLI", help="cancel: why")
+    runs.add_argument("--reason", default=_CANCEL_REASON, help="cancel, retry: why")
+    runs.add_argument(
+        "--wait",
+        action="store_true",
+        help="retry: watch the run to its end (exit code as for 'run')",
+    )
     runs.add_argument(
         "--task",
         metavar="NAME",

@@ -16,6 +16,7 @@ from headwater.v1 import (
     access_pb2_grpc,
     control_plane_pb2_grpc,
     graph_pb2,
+    operations_pb2_grpc,
     payload_pb2,
     run_pb2,
 )
@@ -42,6 +43,7 @@ from headwater.wire import (
 from headwater_runtime.tracing import inject
 
 from ._access_info import AuditEntry, CredentialInfo, audit_entry, credential_info
+from ._client_ops import OperationsClient
 from ._logs import LogEntry
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
@@ -151,6 +153,11 @@ class RemoteFlowRun:
     result_info: ValueInfo | None = None
     #: Who created, cancelled or retried the run, oldest first (filled by ``get``).
     audit: list[AuditEntry] = field(default_factory=list)
+    #: The run attempt: 1, and one more each time it was retried from its failure.
+    attempt: int = 1
+    #: Why the run was late (it had not started within the server's late threshold);
+    #: "" when it was not.
+    late_reason: str = ""
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _result_omitted: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
@@ -176,8 +183,9 @@ class RemoteFlowRun:
         return (self.ended_at - self.started_at).total_seconds()
 
 
-class Client:
-    """A connection to a Headwater control plane.
+class Client(OperationsClient):
+    """A connection to a Headwater control plane (the operations methods, from
+    ``retry`` to ``list_webhooks``, are described in docs/operations.md).
 
     Args:
         address: ``HOST:PORT`` of ``headwater server`` (default: HEADWATER_SERVER), or
@@ -231,6 +239,7 @@ class Client:
         self._channel = channel
         self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         self._access = access_pb2_grpc.AccessServiceStub(channel)
+        self._operations = operations_pb2_grpc.OperationsServiceStub(channel)
         self._transfer = PayloadTransfer(channel, self._metadata, patient=False)
 
     def close(self) -> None:
@@ -283,12 +292,36 @@ class Client:
         what: str,
         timeout: float | None = None,
     ) -> _Resp:
+        """A ControlPlaneService call (``method`` picks it from the stub of the server
+        in use, so that a call tried again goes to the next server)."""
+        return self._invoke(lambda: method(self._control), request, what, timeout)
+
+    def _ops_call(
+        self,
+        method: Callable[
+            [operations_pb2_grpc.OperationsServiceStub],
+            grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        ],
+        request: _Req,
+        what: str,
+        timeout: float | None = None,
+    ) -> _Resp:
+        """An OperationsService call (as ``_call``)."""
+        return self._invoke(lambda: method(self._operations), request, what, timeout)
+
+    def _invoke(
+        self,
+        method: Callable[[], grpc.UnaryUnaryMultiCallable[_Req, _Resp]],
+        request: _Req,
+        what: str,
+        timeout: float | None,
+    ) -> _Resp:
         limit = timeout or self.timeout
         deadline = time.monotonic() + limit
 
         def attempt() -> _Resp:
             remaining = max(0.1, deadline - time.monotonic())
-            return method(self._control)(request, metadata=self._metadata, timeout=remaining)
+            return method()(request, metadata=self._metadata, timeout=remaining)
 
         try:
             return self._retrying(attempt, deadline)
@@ -709,6 +742,8 @@ class Client:
             started_at=_when(msg, "started_at"),
             ended_at=_when(msg, "ended_at"),
             result_info=_value_info(summary) if summary is not None else None,
+            attempt=msg.attempt or 1,
+            late_reason=msg.late_reason if msg.late else "",
             _result=msg.result if msg.HasField("result") else None,
             _result_omitted=summary is not None and summary.omitted,
             _client=self,

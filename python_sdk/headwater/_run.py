@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headwater.wire import FlowRunState
-from headwater_runtime.engine import FlowRunEngine, FlowRunFailure, TaskRunRecord
+from headwater_runtime.engine import (
+    FlowRunEngine,
+    FlowRunFailure,
+    StateEntry,
+    TaskRunRecord,
+    not_retryable,
+)
 from headwater_runtime.execution import TaskLogLine
 
 if TYPE_CHECKING:
-    from headwater_runtime.embedded import EmbeddedRun
+    from headwater_runtime.embedded import EmbeddedRun, Executor
 
 from ._logs import LogEntry, from_seconds
 from ._signals import FlowRunCancelled, FlowRunFailed
@@ -40,6 +46,8 @@ class FlowRun:
             (each attempt of a subflow node, and flows its tasks called).
         logs: what the tasks printed and logged, in order (tasks run on this
             process's threads; a Dask cluster's workers keep their own output).
+        attempt: the run attempt: 1, and one more each time it was retried from its
+            failure (``retry``).
     """
 
     id: str
@@ -55,6 +63,8 @@ class FlowRun:
     parent_id: str = ""
     parent_task_run: str = ""
     children: list[FlowRun] = field(default_factory=list, repr=False)
+    attempt: int = 1
+    _engine: FlowRunEngine | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_embedded(cls, run: EmbeddedRun) -> FlowRun:
@@ -100,7 +110,46 @@ class FlowRun:
                 )
                 for line in logs
             ],
+            attempt=engine.run_attempt,
+            _engine=engine,
         )
+
+    def retry(
+        self,
+        *,
+        executor: Executor | None = None,
+        max_workers: int | None = None,
+        reason: str = "",
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
+    ) -> FlowRun:
+        """Run this FAILED or CANCELLED run again from its failure, in this process,
+        and return it when it ends (the same id, its next ``attempt``).
+
+        Task runs that succeeded are kept with their results (still in memory); failed,
+        timed out, cancelled and not-run ones run again, and a mapped task reruns only
+        its failed children (docs/semantics.md). ``executor``/``max_workers`` as for
+        ``Flow.run``: the executor must be of the kind the run used (a thread pool by
+        default). RuntimeError for a run in another state; on a server, use
+        ``Client.retry``.
+        """
+        from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, ThreadExecutor
+
+        engine = self._engine
+        why = not_retryable(self.state) if engine is not None else "it was not run here"
+        if engine is None or why is not None:
+            raise RuntimeError(f"cannot retry flow run {self.id}: {why}")
+        if executor is not None and max_workers is not None:
+            raise ValueError("pass either executor= or max_workers=, not both")
+        embedded = EmbeddedRun(
+            engine.graph,
+            executor=executor or ThreadExecutor(max_workers),
+            cache=PROCESS_CACHE,
+            on_transition=on_transition,
+            engine=engine,
+            run_id=self.id,
+        )
+        engine = embedded.run(retry=reason)
+        return FlowRun.from_engine(self.id, engine, embedded.logs)
 
     @property
     def ok(self) -> bool:

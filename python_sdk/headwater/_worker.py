@@ -36,6 +36,7 @@ import grpc
 from headwater.v1 import worker_pb2, worker_pb2_grpc
 from headwater.wire import (
     BATCH,
+    DRAIN,
     NOT_READY,
     PROTOCOL_VERSION,
     STANDBY_REFUSAL,
@@ -197,6 +198,10 @@ class Worker:
         self._connected_once = False
         self._payload_channel: grpc.Channel | None = None
         self._payload_address = ""
+        #: The server drained this worker and asked it to exit once idle (Drain).
+        self.exit_when_idle = False
+        #: Set when the worker stopped because a drain asked it to.
+        self.drained = False
         self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
         self.attempts.launcher = FlowLauncher(settings)
         self.builder = GraphBuilder(self.flows, self._send)
@@ -289,6 +294,7 @@ class Worker:
                     self._handle(session, response)
                 except Exception:
                     log.exception("could not handle a %s", response.WhichOneof("message"))
+                self._exit_if_drained()
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
             hint = leader_hint(exc)
@@ -319,7 +325,7 @@ class Worker:
                 pid=os.getpid(),
             ),
             running=[fencing(t) for t in self.attempts.held()],
-            features=[BATCH, *self.builder.feature],
+            features=[BATCH, DRAIN, *self.builder.feature],
             code_digests=self.code_digests,
             flows=offers(self.flows),
         )
@@ -350,6 +356,7 @@ class Worker:
             if message is None:
                 return
             if message is _BEAT:
+                self._exit_if_drained()
                 if self._server_silent(session):
                     session.call.cancel()
                     return
@@ -360,6 +367,14 @@ class Worker:
                     yield message
                     return
             yield message
+
+    def _exit_if_drained(self) -> None:
+        """A drain asked this worker to exit once idle: stop when it holds no attempt
+        and every outcome was acknowledged."""
+        if self.exit_when_idle and not self._stop.is_set() and not self.attempts.held():
+            log.warning("drained and idle: exiting")
+            self.drained = True
+            threading.Thread(target=self.stop, daemon=True).start()
 
     def _server_silent(self, session: _Session) -> bool:
         """Whether the server has said nothing (not even a HeartbeatAck) for longer
@@ -387,6 +402,7 @@ class Worker:
             for inner in response.batch.messages:
                 if inner.WhichOneof("message") not in ("batch", "welcome"):
                     self._handle(session, inner)
+            return
         elif kind == "welcome":
             self._welcome(session, response.welcome)
         elif session.welcome is None:
@@ -405,6 +421,13 @@ class Worker:
         elif kind == "cache_decision":
             decision = response.cache_decision
             self.attempts.decided(key_of(decision.token), decision.hit)
+        elif kind == "drain":
+            self.exit_when_idle = response.drain.exit_when_idle and not response.drain.cancelled
+            log.warning(
+                "the server %s this worker%s",
+                "resumed" if response.drain.cancelled else "drained",
+                "; exiting once idle" if self.exit_when_idle else "",
+            )
         elif kind == "ack":
             ack = response.ack
             self.attempts.acked(key_of(ack.token))

@@ -38,6 +38,7 @@ class JournalEntry(google.protobuf.message.Message):
     ATTEMPT_LOST_FIELD_NUMBER: builtins.int
     CACHE_CHECKED_FIELD_NUMBER: builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: builtins.int
+    RUN_RETRIED_FIELD_NUMBER: builtins.int
     format: builtins.int
     """Format of this entry (1 today). A server refuses to replay a format it does not
     know, naming the run and the format.
@@ -80,6 +81,12 @@ class JournalEntry(google.protobuf.message.Message):
     def cancel_requested(self) -> global___CancelRequested:
         """Someone asked to cancel the run."""
 
+    @property
+    def run_retried(self) -> global___RunRetried:
+        """Someone retried the ended run from its failure (engine/_rerun.py).
+        (Numbered from 41: inputs added by the operations work.)
+        """
+
     def __init__(
         self,
         *,
@@ -94,10 +101,11 @@ class JournalEntry(google.protobuf.message.Message):
         attempt_lost: global___AttemptLost | None = ...,
         cache_checked: global___CacheChecked | None = ...,
         cancel_requested: global___CancelRequested | None = ...,
+        run_retried: global___RunRetried | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["attempt_failed", b"attempt_failed", "attempt_lost", b"attempt_lost", "attempt_skipped", b"attempt_skipped", "attempt_started", b"attempt_started", "attempt_succeeded", b"attempt_succeeded", "cache_checked", b"cache_checked", "cancel_requested", b"cancel_requested", "input", b"input", "run_started", b"run_started", "timers_fired", b"timers_fired"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["at", b"at", "attempt_failed", b"attempt_failed", "attempt_lost", b"attempt_lost", "attempt_skipped", b"attempt_skipped", "attempt_started", b"attempt_started", "attempt_succeeded", b"attempt_succeeded", "cache_checked", b"cache_checked", "cancel_requested", b"cancel_requested", "format", b"format", "input", b"input", "run_started", b"run_started", "timers_fired", b"timers_fired"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["input", b"input"]) -> typing.Literal["run_started", "timers_fired", "attempt_started", "attempt_succeeded", "attempt_failed", "attempt_skipped", "attempt_lost", "cache_checked", "cancel_requested"] | None: ...
+    def HasField(self, field_name: typing.Literal["attempt_failed", b"attempt_failed", "attempt_lost", b"attempt_lost", "attempt_skipped", b"attempt_skipped", "attempt_started", b"attempt_started", "attempt_succeeded", b"attempt_succeeded", "cache_checked", b"cache_checked", "cancel_requested", b"cancel_requested", "input", b"input", "run_retried", b"run_retried", "run_started", b"run_started", "timers_fired", b"timers_fired"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["at", b"at", "attempt_failed", b"attempt_failed", "attempt_lost", b"attempt_lost", "attempt_skipped", b"attempt_skipped", "attempt_started", b"attempt_started", "attempt_succeeded", b"attempt_succeeded", "cache_checked", b"cache_checked", "cancel_requested", b"cancel_requested", "format", b"format", "input", b"input", "run_retried", b"run_retried", "run_started", b"run_started", "timers_fired", b"timers_fired"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["input", b"input"]) -> typing.Literal["run_started", "timers_fired", "attempt_started", "attempt_succeeded", "attempt_failed", "attempt_skipped", "attempt_lost", "cache_checked", "cancel_requested", "run_retried"] | None: ...
 
 global___JournalEntry = JournalEntry
 
@@ -455,3 +463,23 @@ class StoredSelect(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["base", b"base", "path", b"path"]) -> None: ...
 
 global___StoredSelect = StoredSelect
+
+@typing.final
+class RunRetried(google.protobuf.message.Message):
+    """RunRetried reopens a FAILED or CANCELLED run as its next run attempt: task runs that
+    succeeded are kept, the others run again.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: builtins.int
+    reason: builtins.str
+    """Why, as the caller gave it."""
+    def __init__(
+        self,
+        *,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason"]) -> None: ...
+
+global___RunRetried = RunRetried

@@ -73,6 +73,10 @@ class FlowRun(google.protobuf.message.Message):
     PARENT_FLOW_RUN_ID_FIELD_NUMBER: builtins.int
     PARENT_TASK_RUN_ID_FIELD_NUMBER: builtins.int
     RESULT_SUMMARY_FIELD_NUMBER: builtins.int
+    ATTEMPT_FIELD_NUMBER: builtins.int
+    LATE_FIELD_NUMBER: builtins.int
+    LATE_REASON_FIELD_NUMBER: builtins.int
+    LATE_AT_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Run id, assigned by the control plane."""
     flow_name: builtins.str
@@ -93,6 +97,17 @@ class FlowRun(google.protobuf.message.Message):
     """For a child flow run: the task run of the parent that stands for it (the subflow
     node's run, or the task that started it), FLOW_RUN_ID/KEY.
     """
+    attempt: builtins.int
+    """(Numbered from 41: fields added by the operations work.)
+    The run attempt: 1, and one more each time the run is retried from its failure
+    (RetryFlowRun). history has an entry for each attempt's start and end.
+    """
+    late: builtins.bool
+    """Whether the run did not start within the server's late threshold (no task run
+    started yet): late_reason says why (no worker, a limit, drained workers).
+    """
+    late_reason: builtins.str
+    """Why the run was late, e.g. "waiting on limit db (3/3)"."""
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """Parameter values, by name (defaults filled in)."""
@@ -133,6 +148,10 @@ class FlowRun(google.protobuf.message.Message):
         (Numbered from 31: fields added by the UI work, kept apart from other additions.)
         """
 
+    @property
+    def late_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the run was marked late."""
+
     def __init__(
         self,
         *,
@@ -153,9 +172,13 @@ class FlowRun(google.protobuf.message.Message):
         parent_flow_run_id: builtins.str = ...,
         parent_task_run_id: builtins.str = ...,
         result_summary: global___ValueSummary | None = ...,
+        attempt: builtins.int = ...,
+        late: builtins.bool = ...,
+        late_reason: builtins.str = ...,
+        late_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "result", b"result", "result_summary", b"result_summary", "started_at", b"started_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "parent_flow_run_id", b"parent_flow_run_id", "parent_task_run_id", b"parent_task_run_id", "result", b"result", "result_summary", b"result_summary", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "late_at", b"late_at", "result", b"result", "result_summary", b"result_summary", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "late", b"late", "late_at", b"late_at", "late_reason", b"late_reason", "parameters", b"parameters", "parent_flow_run_id", b"parent_flow_run_id", "parent_task_run_id", b"parent_task_run_id", "result", b"result", "result_summary", b"result_summary", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
 
 global___FlowRun = FlowRun
 
@@ -205,8 +228,9 @@ class TaskRun(google.protobuf.message.Message):
     """Cache key, for cached tasks."""
     waiting: builtins.str
     """Why a SCHEDULED task run is not running yet, when the server knows a reason, e.g.
-    "no connected worker offers etl.load (labels gpu=true)" or "worker 'w1' has other
-    code for task 'etl.load' (...)"; empty otherwise. Filled in by GetFlowRun.
+    "no connected worker offers etl.load (labels gpu=true)", "waiting on limit db (3/3)"
+    or "worker 'w1' has other code for task 'etl.load' (...)"; empty otherwise. Filled
+    in by GetFlowRun.
     """
     @property
     def history(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.state_pb2.TaskRunStateEntry]:

@@ -1087,6 +1087,7 @@ class ConnectResponse(google.protobuf.message.Message):
     EXPORT_VALUE_FIELD_NUMBER: builtins.int
     BUILD_GRAPH_FIELD_NUMBER: builtins.int
     BATCH_FIELD_NUMBER: builtins.int
+    DRAIN_FIELD_NUMBER: builtins.int
     @property
     def welcome(self) -> global___Welcome:
         """Answer to Hello."""
@@ -1127,6 +1128,12 @@ class ConnectResponse(google.protobuf.message.Message):
         "batch" feature; never nested, never a Welcome).
         """
 
+    @property
+    def drain(self) -> global___Drain:
+        """Take no new attempts (only to workers whose Hello lists the "drain" feature).
+        (Numbered from 41: messages added by the operations work.)
+        """
+
     def __init__(
         self,
         *,
@@ -1139,12 +1146,40 @@ class ConnectResponse(google.protobuf.message.Message):
         export_value: global___ExportValue | None = ...,
         build_graph: global___BuildGraph | None = ...,
         batch: global___ConnectResponseBatch | None = ...,
+        drain: global___Drain | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "build_graph", "batch"] | None: ...
+    def HasField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "drain", b"drain", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "drain", b"drain", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "build_graph", "batch", "drain"] | None: ...
 
 global___ConnectResponse = ConnectResponse
+
+@typing.final
+class Drain(google.protobuf.message.Message):
+    """Drain tells a worker that the server assigns it no new attempts (DrainWorker): it
+    finishes those it runs. Sent after the Welcome and again on each reconnect while
+    the drain lasts, and with cancelled set when it is lifted (ResumeWorker).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    EXIT_WHEN_IDLE_FIELD_NUMBER: builtins.int
+    CANCELLED_FIELD_NUMBER: builtins.int
+    exit_when_idle: builtins.bool
+    """Exit (end the session and stop) once it holds no attempt and every outcome is
+    acknowledged.
+    """
+    cancelled: builtins.bool
+    """The drain was lifted: take attempts again, and do not exit."""
+    def __init__(
+        self,
+        *,
+        exit_when_idle: builtins.bool = ...,
+        cancelled: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cancelled", b"cancelled", "exit_when_idle", b"exit_when_idle"]) -> None: ...
+
+global___Drain = Drain
 
 @typing.final
 class ConnectResponseBatch(google.protobuf.message.Message):

@@ -79,6 +79,7 @@ from ._limits import cut_text as cut_text
 from ._limits import limit_flag as limit_flag
 from ._limits import limit_variable as limit_variable
 from ._protocol import BATCH as BATCH
+from ._protocol import DRAIN as DRAIN
 from ._protocol import GRAPH_BUILDS as GRAPH_BUILDS
 from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES
@@ -90,10 +91,17 @@ from ._servers import STANDBY_REFUSAL as STANDBY_REFUSAL
 from ._servers import Addresses as Addresses
 from ._servers import leader_hint as leader_hint
 from ._servers import parse_addresses as parse_addresses
+from ._settings import ENV_CONFIG as ENV_CONFIG
 from ._settings import ENV_DB as ENV_DB
+from ._settings import ENV_HEARTBEAT_INTERVAL as ENV_HEARTBEAT_INTERVAL
+from ._settings import ENV_HEARTBEAT_TIMEOUT as ENV_HEARTBEAT_TIMEOUT
+from ._settings import ENV_HOST as ENV_HOST
 from ._settings import ENV_HTTP_PORT as ENV_HTTP_PORT
+from ._settings import ENV_LATE_AFTER as ENV_LATE_AFTER
 from ._settings import ENV_LEASE as ENV_LEASE
+from ._settings import ENV_METRICS_PORT as ENV_METRICS_PORT
 from ._settings import ENV_PAYLOAD_DIR as ENV_PAYLOAD_DIR
+from ._settings import ENV_PORT as ENV_PORT
 from ._settings import ENV_RETENTION as ENV_RETENTION
 from ._settings import ENV_SERVER as ENV_SERVER
 from ._settings import ENV_TLS as ENV_TLS
@@ -102,6 +110,7 @@ from ._settings import ENV_TLS_CERT as ENV_TLS_CERT
 from ._settings import ENV_TLS_CLIENT_CA as ENV_TLS_CLIENT_CA
 from ._settings import ENV_TLS_KEY as ENV_TLS_KEY
 from ._settings import ENV_TOKEN as ENV_TOKEN
+from ._settings import ENV_UI_URL as ENV_UI_URL
 from ._settings import VARIABLES as VARIABLES
 from ._settings import ConnectionSettings as ConnectionSettings
 from ._settings import TLSSettings as TLSSettings
@@ -113,6 +122,7 @@ from ._states import FlowRunState as FlowRunState
 from ._states import TaskRunState as TaskRunState
 from ._time import duration as duration
 from ._time import parse_duration as parse_duration
+from ._time import parse_rate as parse_rate
 from ._time import seconds as seconds
 from ._time import timestamp as timestamp
 from ._time import to_datetime as to_datetime

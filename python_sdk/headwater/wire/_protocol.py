@@ -23,6 +23,8 @@ class Feature:
 BATCH = "batch"
 #: The server may ask the worker to build a flow's graph (``BuildGraph``/``GraphBuilt``).
 GRAPH_BUILDS = "graph-builds"
+#: ``ConnectResponse.drain``: the server assigns no new attempts (DrainWorker).
+DRAIN = "drain"
 
 #: Every feature a Headwater server lists in ``Welcome.features`` and
 #: ``GetServerInfoResponse.features``, in that order.
@@ -36,6 +38,7 @@ SERVER_FEATURES: tuple[Feature, ...] = (
     Feature("code-digests", "tasks go only to workers whose Hello.code_digests match the graph"),
     Feature(GRAPH_BUILDS, "BuildGraph: a worker offering a flow builds its graph", negotiated=True),
     Feature("subflows", "subflow nodes and flows started by tasks run as child flow runs"),
+    Feature(DRAIN, "ConnectResponse.drain: no new attempts; exit once idle if asked", True),
 )
 
 

@@ -36,6 +36,23 @@ ENV_TLS_CERT = "HEADWATER_TLS_CERT"
 ENV_TLS_KEY = "HEADWATER_TLS_KEY"
 #: The server: require client certificates signed by this CA (mutual TLS).
 ENV_TLS_CLIENT_CA = "HEADWATER_TLS_CLIENT_CA"
+# The server's other settings (runtime/headwater_runtime/server/_config.py reads them).
+#: The server's TOML configuration file.
+ENV_CONFIG = "HEADWATER_CONFIG"
+#: The interface the server binds.
+ENV_HOST = "HEADWATER_HOST"
+#: The server's gRPC port.
+ENV_PORT = "HEADWATER_PORT"
+#: The port of the server's /metrics (Prometheus).
+ENV_METRICS_PORT = "HEADWATER_METRICS_PORT"
+#: How often workers send heartbeats.
+ENV_HEARTBEAT_INTERVAL = "HEADWATER_HEARTBEAT_INTERVAL"
+#: How long the server waits for a silent worker before its attempts count as lost.
+ENV_HEARTBEAT_TIMEOUT = "HEADWATER_HEARTBEAT_TIMEOUT"
+#: When a run that has not started counts as late.
+ENV_LATE_AFTER = "HEADWATER_LATE_AFTER"
+#: The web UI's base URL (links in webhook bodies).
+ENV_UI_URL = "HEADWATER_UI_URL"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
@@ -56,6 +73,14 @@ VARIABLES: dict[str, str] = {
     "workers: the certificate they present for mutual TLS",
     ENV_TLS_KEY: "the private key (PEM file) of `HEADWATER_TLS_CERT`",
     ENV_TLS_CLIENT_CA: "the server: require client certificates signed by this CA (mutual TLS)",
+    ENV_CONFIG: "the server's TOML configuration file (docs/operations.md)",
+    ENV_HOST: "the interface the server binds (default 127.0.0.1)",
+    ENV_PORT: "the server's gRPC port (default 50051)",
+    ENV_METRICS_PORT: "the port of the server's /metrics for Prometheus (default: not served)",
+    ENV_HEARTBEAT_INTERVAL: "how often workers send heartbeats (default 5s)",
+    ENV_HEARTBEAT_TIMEOUT: "how long a silent worker keeps its attempts (default 20s)",
+    ENV_LATE_AFTER: "when a run that has not started is marked late (default 1m; 0: never)",
+    ENV_UI_URL: "the web UI's base URL, for links to runs in webhook bodies",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -45,6 +45,21 @@ def valid_timestamp(message: _SecondsNanos) -> bool:
     return low <= message.seconds <= high and 0 <= message.nanos < 1_000_000_000
 
 
+def parse_rate(text: str) -> tuple[int, float]:
+    """``10/s``, ``100/m``, ``5/10s``, ``1000/h`` -> (count, period in seconds): a rate
+    limit's form; ValueError naming what a rate looks like."""
+    count, sep, per = text.strip().partition("/")
+    per = per.strip()
+    try:
+        n = int(count)
+        period = parse_duration(per if per[:1].isdigit() else f"1{per}")
+    except ValueError:
+        n, period = 0, 0.0
+    if not sep or not per or n < 1 or period <= 0:
+        raise ValueError(f"expects a rate COUNT/PERIOD such as 10/s, 100/m or 5/10s, got {text!r}")
+    return n, period
+
+
 def duration(seconds: float) -> duration_pb2.Duration:
     """A Duration message for a number of seconds."""
     d = duration_pb2.Duration()

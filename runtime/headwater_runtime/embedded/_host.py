@@ -38,6 +38,7 @@ from headwater_runtime.engine import (
     Command,
     Event,
     FlowRunEngine,
+    RunRetried,
     RunTask,
     StateEntry,
     TaskFailed,
@@ -167,6 +168,10 @@ class EmbeddedRun:
             stands for it (the subflow node, or the task that started it).
         trace_parent: the OpenTelemetry context the flow span is a child of (default:
             the context current where the run is created).
+        engine: the engine of an ended run of this process to drive again (``run(retry=
+            ...)``: a retry from its failure) instead of a new one; ``graph``, ``params``
+            and ``clock`` are then not used.
+        run_id: the run's id (default: a new one).
     """
 
     def __init__(
@@ -182,8 +187,10 @@ class EmbeddedRun:
         parent_id: str = "",
         parent_task_run: str = "",
         trace_parent: Any = None,
+        engine: FlowRunEngine | None = None,
+        run_id: str | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = run_id or uuid.uuid4().hex
         self.parent_id = parent_id
         self.parent_task_run = parent_task_run
         #: Child flow runs, in the order they were started.
@@ -215,15 +222,21 @@ class EmbeddedRun:
             hook = self._on_transition
             self._user_on_transition = on_transition
         try:
-            self.engine = FlowRunEngine(
-                graph,
-                params,
-                clock=clock or SystemClock(),
-                values=self.executor.values,
-                max_concurrency=limit,
-                auto_start=not self.executor.reports_starts,
-                on_transition=hook,
-            )
+            if engine is not None:
+                _check_same_kind(engine, self.executor)
+                engine.on_transition = hook
+                engine.max_concurrency = min(limit, engine.max_concurrency or limit)
+                self.engine = engine
+            else:
+                self.engine = FlowRunEngine(
+                    graph,
+                    params,
+                    clock=clock or SystemClock(),
+                    values=self.executor.values,
+                    max_concurrency=limit,
+                    auto_start=not self.executor.reports_starts,
+                    on_transition=hook,
+                )
         except BaseException:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run
             raise
@@ -243,11 +256,13 @@ class EmbeddedRun:
         if self._user_on_transition is not None:
             self._user_on_transition(run, entry)
 
-    def run(self) -> FlowRunEngine:
+    def run(self, *, retry: str | None = None) -> FlowRunEngine:
         """Drive the run to its end and return the engine (states, results, history).
 
         A task failure does not raise; Ctrl-C cancels the run. A successful run's
-        result is resolved by the executor (e.g. gathered from a Dask cluster).
+        result is resolved by the executor (e.g. gathered from a Dask cluster). With
+        ``retry`` (the reason), the ended run of ``engine`` runs again from its failure
+        (engine/_rerun.py) instead of starting.
         """
         engine = self.engine
         completions = self._completions
@@ -255,11 +270,15 @@ class EmbeddedRun:
             from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
             # Parent: the caller's current span, if any (flow.run() inside traced code).
-            self._trace = RunTracer(self._tracer, engine.graph.name, self.id, self._trace_parent)
+            attempt = engine.run_attempt + (retry is not None)
+            self._trace = RunTracer(
+                self._tracer, engine.graph.name, self.id, self._trace_parent, attempt=attempt
+            )
         self.executor.start(completions)
         try:
             try:
-                self._execute(engine.start())
+                first = engine.start() if retry is None else engine.handle(RunRetried(retry))
+                self._execute(first)
                 while not engine.finished:
                     timeout = _MAX_WAIT
                     due = engine.next_timer_at
@@ -471,3 +490,16 @@ class EmbeddedRun:
         finally:
             self._child_done(key, child)
         return child
+
+
+def _check_same_kind(engine: FlowRunEngine, executor: Executor) -> None:
+    """An engine's values must be the executor's kind (a thread pool's live objects
+    cannot stand in for futures of a Dask cluster, nor the other way round)."""
+    if type(engine.values) is not type(executor.values):
+        raise ValueError(
+            "this run's results are held by another kind of executor "
+            f"({type(engine.values).__name__}); retry it with the same kind "
+            f"({type(executor.values).__name__} given)"
+        )
+    if engine.auto_start == executor.reports_starts:
+        raise ValueError("this run was driven by another kind of executor; retry it with the same")

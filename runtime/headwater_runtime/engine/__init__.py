@@ -17,6 +17,7 @@ from ._events import (
     Event,
     EventIgnored,
     FlowFinished,
+    RunRetried,
     RunTask,
     TaskFailed,
     TaskLost,
@@ -40,6 +41,7 @@ from ._machine import FlowRunEngine
 from ._nodes import Clock, FlowRunFailure
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
+from ._rerun import not_retryable
 from ._states import TRANSITIONS, IllegalTransition
 from ._subflows import SUBFLOW_CANCELLED, SUBFLOW_FAILED, subflow_outcome
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
@@ -73,6 +75,7 @@ __all__ = [
     "JournalEntry",
     "JournaledEngine",
     "PythonValues",
+    "RunRetried",
     "RunTask",
     "StateEntry",
     "TaskFailed",
@@ -85,6 +88,7 @@ __all__ = [
     "Verdict",
     "WriteCache",
     "evaluate_trigger",
+    "not_retryable",
     "replay",
     "retry_delay",
     "stale_reason",

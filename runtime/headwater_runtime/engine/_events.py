@@ -91,11 +91,20 @@ class CancelRequested:
     reason: str = "cancelled"
 
 
+@dataclass(frozen=True, slots=True)
+class RunRetried:
+    """Retry a FAILED or CANCELLED flow run from its failure (engine/_rerun.py): the
+    same run goes on as its next run attempt, keeping every task run that succeeded
+    and re-running the others."""
+
+    reason: str = ""
+
+
 #: The events about one attempt of a task run (fenced by its attempt number).
 AttemptEvent = TaskStarted | TaskSucceeded | TaskFailed | TaskSkipped | TaskLost
 ATTEMPT_EVENTS = (TaskStarted, TaskSucceeded, TaskFailed, TaskSkipped, TaskLost)
 
-Event = AttemptEvent | CacheChecked | CancelRequested
+Event = AttemptEvent | CacheChecked | CancelRequested | RunRetried
 
 # ------------------------------------------------------------- commands (engine -> host)
 

@@ -46,6 +46,7 @@ from ._events import (
     Event,
     EventIgnored,
     FlowFinished,
+    RunRetried,
     RunTask,
     TaskFailed,
     TaskLost,
@@ -59,7 +60,8 @@ from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
-from ._states import TRANSITIONS, IllegalTransition
+from ._rerun import carry_over, reopen
+from ._states import REOPENED, TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, ValueOps
 
 S = TaskRunState
@@ -111,6 +113,8 @@ class FlowRunEngine:
         self.on_transition = on_transition
         self.params = bind_params(graph, params or {})
         self.state = FlowRunState.PENDING
+        #: The run attempt: 1, then one more each time the run is retried (RunRetried).
+        self.run_attempt = 1
         self.flow_history: list[tuple[FlowRunState, float, str]] = []
         self.result: Any = None
         self.cancel_reason: str | None = None
@@ -123,6 +127,10 @@ class FlowRunEngine:
         self._timer_seq = 0
         self._in_flight = 0
         self._unfinished = 0
+        # Mapped children dropped by a flow run retry, by key: their successors take over
+        # their attempts and history, so attempt numbers (the fencing tokens) never
+        # repeat (engine/_rerun.py).
+        self._prior: dict[str, TaskRunRecord] = {}
         self._build()
 
     # ------------------------------------------------------------------ public API
@@ -231,7 +239,8 @@ class FlowRunEngine:
         for run in self.runs.values():
             assert run.history[-1].state is run.state, f"{run.key}: history/state mismatch"
             for before, after in zip(run.history, run.history[1:], strict=False):
-                assert after.state in TRANSITIONS[before.state], (
+                reopened = before.state.is_terminal and after.state is REOPENED
+                assert reopened or after.state in TRANSITIONS[before.state], (
                     f"{run.key}: illegal {before.state.name} -> {after.state.name} in history"
                 )
             if not run.state.is_terminal:
@@ -309,8 +318,12 @@ class FlowRunEngine:
         state: TaskRunState,
         message: str = "",
         failure: FailureInfo | None = None,
+        *,
+        reopen: bool = False,
     ) -> None:
-        if state not in TRANSITIONS[run.state]:
+        # ``reopen``: a flow run retry sends a terminal run back to PENDING (_rerun.py).
+        allowed = reopen and run.state.is_terminal and state is REOPENED
+        if not allowed and state not in TRANSITIONS[run.state]:
             history = ", ".join(f"{e.state.name}@{e.attempt}" for e in run.history)
             raise IllegalTransition(
                 f"task run {run.key!r}: {run.state.name} -> {state.name} is not allowed "
@@ -330,6 +343,9 @@ class FlowRunEngine:
     # ------------------------------------------------------------------- events
 
     def _apply(self, event: Event) -> None:
+        if isinstance(event, RunRetried):
+            reopen(self, event)  # engine/_rerun.py: this module is large enough
+            return
         if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
             self.cancel_reason = event.reason  # applied by start()
             return
@@ -621,6 +637,8 @@ class FlowRunEngine:
         children = [
             TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now) for i in range(length)
         ]
+        if self._prior:  # expanded again after a flow run retry: attempt numbers go on
+            carry_over(self._prior, children)
         run.children = children
         node.unfinished_children = length
         self._unfinished += length

@@ -35,5 +35,10 @@ TRANSITIONS: dict[TaskRunState, frozenset[TaskRunState]] = {
 }
 
 
+#: The one way out of a terminal state: a flow run retried from its failure sends the
+#: task runs it re-runs back to PENDING (engine/_rerun.py), and only then.
+REOPENED = S.PENDING
+
+
 class IllegalTransition(RuntimeError):
     """An engine bug: a task run was asked to move between states the table forbids."""

@@ -9,13 +9,13 @@ from ._access import new_credential as new_credential
 from ._access_service import AccessServicer as AccessServicer
 from ._access_service import credential_message as credential_message
 from ._app import RunningServer as RunningServer
-from ._app import limits_from_env as limits_from_env
 from ._app import serve_forever as serve_forever
 from ._app import settings_from_env as settings_from_env
 from ._app import start_server as start_server
 from ._auth import AuthInterceptor as AuthInterceptor
 from ._auth import TokenAuthInterceptor as TokenAuthInterceptor
 from ._cli import add_server_command as add_server_command
+from ._config import limits_from_env as limits_from_env
 from ._core import SERVER_VERSION as SERVER_VERSION
 from ._core import ServerCore as ServerCore
 from ._core import ServerSettings as ServerSettings

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -28,26 +27,15 @@ from headwater.v1 import (
     access_pb2_grpc,
     control_plane_pb2,
     control_plane_pb2_grpc,
+    operations_pb2,
+    operations_pb2_grpc,
     payload_pb2,
     payload_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
 from headwater.wire import (
-    ENV_DB,
-    ENV_HTTP_PORT,
-    ENV_LEASE,
-    ENV_PAYLOAD_DIR,
-    ENV_RETENTION,
-    ENV_TLS_CERT,
-    ENV_TLS_CLIENT_CA,
-    ENV_TLS_KEY,
-    ENV_TOKEN,
-    LIMIT_SPECS,
-    Limits,
     TLSConfigError,
-    limit_variable,
-    parse_duration,
 )
 from headwater_runtime.store import Store, open_store
 
@@ -59,6 +47,7 @@ from ._core import ServerCore, ServerSettings
 from ._decoding import DecodeInterceptor
 from ._gateway import GatewayServicer
 from ._leader import LeaderGate, Leadership, is_fenced
+from ._operations import OperationsServicer
 from ._payloads import PayloadServicer
 from ._tls import ServerTLS, ServerTLSFiles
 from .http import HttpServer, start_http
@@ -70,6 +59,7 @@ SERVICE_NAMES = (
     worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name,
     payload_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name,
     access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+    operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name,
 )
 
 
@@ -202,7 +192,11 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     server = grpc.aio.server(
         interceptors=interceptors, options=[("grpc.max_receive_message_length", limit)]
     )
-    control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
+    control = ControlServicer(core)
+    control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(control, server)
+    operations_pb2_grpc.add_OperationsServiceServicer_to_server(
+        OperationsServicer(core, control), server
+    )
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
     payload_pb2_grpc.add_PayloadServiceServicer_to_server(
         PayloadServicer(store, limits=settings.limits, io=core.io, access=core), server
@@ -272,61 +266,15 @@ async def _start_http(core: ServerCore, settings: ServerSettings) -> HttpServer:
         return await start_http(core, settings.host, 0, settings.token)
 
 
-def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
-    """Default limits, then HEADWATER_MAX_* variables, then explicit values (flags);
-    ValueError names a variable that is not a whole number, or a limit out of range."""
-    source = os.environ if environ is None else environ
-    values: dict[str, int] = {}
-    for spec in LIMIT_SPECS:
-        name = limit_variable(spec.name)
-        raw = source.get(name, "").strip()
-        if raw:
-            try:
-                values[spec.name] = int(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return Limits(**values)
-
-
 def settings_from_env(
-    environ: Mapping[str, str] | None = None, **overrides: object
+    environ: Mapping[str, str] | None = None, *, config: str | None = None, **overrides: object
 ) -> ServerSettings:
-    """Defaults, then HEADWATER_* environment variables, then explicit overrides
-    (``limits`` overrides the limits read from HEADWATER_MAX_* as a whole)."""
-    source = os.environ if environ is None else environ
-    env: dict[str, Any] = {"limits": limits_from_env(source)}
-    if ENV_TOKEN in source:
-        env["token"] = source[ENV_TOKEN]
-    if ENV_DB in source:
-        env["db"] = source[ENV_DB]
-    for name, key in (
-        (ENV_TLS_CERT, "tls_cert"),
-        (ENV_TLS_KEY, "tls_key"),
-        (ENV_TLS_CLIENT_CA, "tls_client_ca"),
-        (ENV_PAYLOAD_DIR, "payload_dir"),
-    ):
-        if source.get(name):
-            env[key] = source[name]
-    for name, key in ((ENV_RETENTION, "retention"), (ENV_LEASE, "lease")):
-        if source.get(name):
-            try:
-                env[key] = parse_duration(source[name])
-            except ValueError as exc:
-                raise ValueError(f"{name} {exc}") from None
-    if source.get(ENV_HTTP_PORT):
-        raw = source[ENV_HTTP_PORT]
-        if raw.lower() == "off":
-            env["http"] = False
-        else:
-            try:
-                env["http_port"] = int(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_HTTP_PORT} must be a port or 'off', got {raw!r}") from None
-    # Any: each value is meant for the ServerSettings field of its name (the CLI parses
-    # flags into the fields' types); a wrong name still fails loudly in replace().
-    values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
-    return replace(ServerSettings(), **values)
+    """Defaults, then the configuration file (``config``, else HEADWATER_CONFIG), then
+    HEADWATER_* environment variables, then explicit overrides (_config.py;
+    ConfigError names what is wrong)."""
+    from ._config import settings
+
+    return settings(overrides, environ, config)
 
 
 async def _first(*events: asyncio.Event) -> None:
@@ -374,6 +322,12 @@ async def serve_forever(settings: ServerSettings) -> None:
             if running.tls is not None:
                 mutual = "; client certificates required" if settings.tls_client_ca else ""
                 print(f"headwater server speaks TLS{mutual}", file=sys.stderr, flush=True)
+            metrics = running.core.ops.metrics_server
+            if metrics is not None:
+                print(
+                    f"headwater metrics on http://{settings.host}:{metrics.port}/metrics",
+                    flush=True,
+                )
             await _first(stop, running.lost)
         if stop.is_set():
             print("headwater server stopping", file=sys.stderr, flush=True)

@@ -37,6 +37,7 @@ class PendingAssignment:
         assignment: the Assignment message, or a function that builds it.
         token: ``(task run id, attempt)``; required when ``assignment`` is a function.
         code_digest: the digest of the task's code in the run's graph ("": any code).
+        tags: the task's tags (concurrency limits: _tag_limits.py).
     """
 
     __slots__ = (
@@ -47,6 +48,7 @@ class PendingAssignment:
         "labels",
         "start_by",
         "start_timeout",
+        "tags",
         "task_type",
         "token",
     )
@@ -59,8 +61,10 @@ class PendingAssignment:
         assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
         token: tuple[str, int] | None = None,
         code_digest: str = "",
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.flow_run_id = flow_run_id
+        self.tags = tags
         self.task_type = task_type
         self.labels = labels
         self.code_digest = code_digest

@@ -119,7 +119,63 @@ def add_server_command(sub: Any) -> None:
             help=f"{spec.meaning} (or {limit_variable(spec.name)}; default "
             f"{getattr(defaults, spec.name):,})",
         )
+    server.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="TOML configuration file (or HEADWATER_CONFIG): settings, limits, webhooks; "
+        "flags win over environment variables, which win over the file (docs/operations.md)",
+    )
+    server.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (or HEADWATER_METRICS_PORT; "
+        "0 picks a free port; default: not served)",
+    )
+    server.add_argument(
+        "--heartbeat-interval",
+        default=None,
+        metavar="DURATION",
+        help="how often workers send heartbeats (or HEADWATER_HEARTBEAT_INTERVAL; default 5s)",
+    )
+    server.add_argument(
+        "--heartbeat-timeout",
+        default=None,
+        metavar="DURATION",
+        help="how long a silent worker keeps its attempts before they are dispatched again "
+        "(or HEADWATER_HEARTBEAT_TIMEOUT; default 20s)",
+    )
+    server.add_argument(
+        "--late-after",
+        default=None,
+        metavar="DURATION",
+        help="mark a run late when no task run of it started this long after it was created "
+        "(or HEADWATER_LATE_AFTER; default 1m; 0: never)",
+    )
+    server.add_argument(
+        "--ui-url",
+        default=None,
+        metavar="URL",
+        help="the web UI's base URL, for links to runs in webhook bodies (or HEADWATER_UI_URL)",
+    )
     server.set_defaults(func=run_server)
+
+
+_UNSET: Any = object()
+
+
+def _duration(flag: str, text: str | None, *, optional: bool) -> Any:
+    """A duration flag's seconds (_UNSET when not given; 0 for "0" if ``optional``);
+    ValueError naming the flag."""
+    if text is None:
+        return _UNSET
+    if optional and text.strip().lower() in ("0", "off", "never"):
+        return 0.0
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {exc}") from None
 
 
 def run_server(args: argparse.Namespace) -> int:
@@ -132,7 +188,8 @@ def run_server(args: argparse.Namespace) -> int:
     )
 
     try:
-        from ._app import limits_from_env, serve_forever, settings_from_env
+        from ._app import serve_forever, settings_from_env
+        from ._config import ConfigError, limits_from_env
     except ImportError as exc:  # grpcio-health-checking, grpcio-reflection, croniter
         print(
             f"headwater: error: the server needs the 'server' extra ({exc.name} is not "
@@ -141,36 +198,44 @@ def run_server(args: argparse.Namespace) -> int:
         )
         return 2
 
-    for flag, value in (("--port", args.port), ("--http-port", args.http_port)):
-        if value is not None and not 0 <= value <= 65535:
-            print(f"headwater: error: {flag} must be 0..65535, got {value}", file=sys.stderr)
-            return 2
-    durations: dict[str, float | None] = {}
-    for flag, text in (("retention", args.retention), ("lease", args.lease)):
-        try:
-            durations[flag] = None if text is None else parse_duration(text)
-        except ValueError as exc:
-            print(f"headwater: error: --{flag} {exc}", file=sys.stderr)
+    for flag, port in (
+        ("--port", args.port),
+        ("--http-port", args.http_port),
+        ("--metrics-port", args.metrics_port),
+    ):
+        if port is not None and not 0 <= port <= 65535:
+            print(f"headwater: error: {flag} must be 0..65535, got {port}", file=sys.stderr)
             return 2
     try:
-        limits = limits_from_env(**{s.name: getattr(args, s.name) for s in LIMIT_SPECS})
+        durations = {
+            field: _duration(flag, getattr(args, field), optional=optional)
+            for field, flag, optional in (
+                ("retention", "--retention", False),
+                ("heartbeat_interval", "--heartbeat-interval", False),
+                ("heartbeat_timeout", "--heartbeat-timeout", False),
+                ("late_after", "--late-after", True),
+                ("lease", "--lease", False),
+            )
+        }
         settings = settings_from_env(
+            config=args.config,
             host=args.host,
             port=args.port,
             db=args.db,
             token=args.token,
-            retention=durations["retention"],
             payload_dir=args.payload_dir,
-            lease=durations["lease"],
             advertise=args.advertise,
-            limits=limits,
+            metrics_port=args.metrics_port,
+            ui_url=args.ui_url,
+            limits=limits_from_env(**{s.name: getattr(args, s.name) for s in LIMIT_SPECS}),
             http_port=args.http_port,
             http=False if args.no_http else None,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            **{k: v for k, v in durations.items() if v is not _UNSET},
         )
-    except ValueError as exc:  # HEADWATER_RETENTION, HEADWATER_LEASE, HEADWATER_MAX_*
+    except (ConfigError, ValueError) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
     from headwater_runtime.store import is_postgres

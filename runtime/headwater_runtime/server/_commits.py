@@ -110,6 +110,8 @@ class Committer:
         self._last = 0.0
         self._retry_at = 0.0
         self._closed = False
+        #: Called with the seconds each stored commit took (metrics).
+        self.on_commit: Callable[[float], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -146,6 +148,7 @@ class Committer:
         self._task = asyncio.get_running_loop().create_task(self._commit(batch, release))
 
     async def _commit(self, batch: Any, release: Release) -> None:
+        began = time.monotonic()
         try:
             await self.io.write(self.store.commit, batch)
         except Exception as exc:
@@ -158,6 +161,8 @@ class Committer:
             self.commits += 1
             if recovered and self.on_failing is not None:
                 self.on_failing(False)  # before the release: its assignments may go out
+            if self.on_commit is not None:
+                self.on_commit(time.monotonic() - began)
             self._released(release)
         finally:
             self._task = None

@@ -41,6 +41,7 @@ from ._children import NotRunning
 from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
 from ._limits import InvalidValue, check_parameter
+from ._ops_core import flow_run_extras, run_facts
 from ._queries import NoResult, task_result
 from ._reads import AmbiguousRunId, RunReads
 from ._schedule_times import ScheduleError
@@ -194,7 +195,11 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         # A large result is described, not carried (GetFlowRunResult returns it).
-        return await self.reads.message(row)
+        message = await self.reads.message(row)
+        # Run attempts (retries from failure) and the late mark: _ops_core.py.
+        attempts, late = await self.io.read(run_facts, self.store, row.id)
+        flow_run_extras(message, attempts, late)
+        return message
 
     async def GetFlowRun(
         self,

@@ -52,7 +52,15 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import AuditRow, FlowRunRow, LogRow, PruneReport, Store
+from headwater_runtime.store import (
+    AuditRow,
+    FlowRunRow,
+    LimitRow,
+    LogRow,
+    PruneReport,
+    Store,
+    WebhookRow,
+)
 
 from ._access import CALLER, Caller
 from ._assignments import PendingAssignment
@@ -66,6 +74,7 @@ from ._limits import InvalidValue, check_value
 from ._notices import Notices
 from ._runs import RunManager
 from ._schedules import Scheduler
+from ._tag_limits import TagLimits
 from ._waiting import start_timeout_failure, waiting_reasons
 
 log = logging.getLogger("headwater.server")
@@ -129,6 +138,25 @@ class ServerSettings:
     tls_key: str | None = None
     #: Require client certificates signed by this CA (mutual TLS).
     tls_client_ca: str | None = None
+    # Day-two operations (docs/operations.md; _ops_core.py).
+    #: Serve /metrics (Prometheus) on this port (0 picks one); None: not served.
+    metrics_port: int | None = None
+    #: A run with no task run started this many seconds after it was created (or
+    #: retried) is marked late; 0 or None: never.
+    late_after: float | None = 60.0
+    #: The web UI's base URL, for links to runs in webhook bodies ("" for none).
+    ui_url: str = ""
+    #: Webhook deliveries: tries before giving up, first retry delay (doubling up to
+    #: the max), and the timeout of one POST (seconds).
+    webhook_max_attempts: int = 10
+    webhook_backoff: float = 1.0
+    webhook_backoff_max: float = 300.0
+    webhook_timeout: float = 10.0
+    #: Concurrency and rate limits by tag set at every start (the configuration
+    #: file's [limits.TAG] tables).
+    tag_limits: tuple[LimitRow, ...] = ()
+    #: Webhooks created at start unless an identical one exists ([[webhooks]]).
+    webhooks: tuple[WebhookRow, ...] = ()
 
 
 class ServerCore:
@@ -149,7 +177,11 @@ class ServerCore:
         self.clock = clock or SystemClock()
         self.io = io or StoreIO()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
-        self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
+        self.dispatcher = Dispatcher(
+            on_lost=self._lost,
+            before_send=self._before_send,
+            limits=TagLimits(self.clock.now),
+        )
         self.runs = RunManager(store, self.dispatcher, self.clock, settings.limits)
         self.runs.listeners.append(self._notify)
         # While commits fail, no assignment leaves: its delivery could not be recorded,
@@ -164,6 +196,11 @@ class ServerCore:
         self._serial = 0  # connection order of worker sessions
         # Live views (the HTTP UI): what each commit changed, workers coming and going.
         self.notices = Notices()
+        from ._ops_core import Operations  # it imports this module (for types)
+
+        #: Retries from failure, limits, workers, late runs, webhooks, metrics.
+        self.ops = Operations(self)
+        self._ops_due: float | None = None
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
@@ -194,6 +231,7 @@ class ServerCore:
             log.error("not resuming flow run %s: %s", run_id, why)
         self.refused_runs = found.refused
         self.schedules.load()
+        await self.ops.start(found)  # before the recovered attempts are dispatched
         await self.commits.drain()
         self._background = asyncio.get_running_loop().create_task(self._loop())
 
@@ -210,6 +248,7 @@ class ServerCore:
                 await self._pruning
         await self.creation.stop()
         await self.commits.drain()
+        await self.ops.stop()
         self.commits.close()  # no retry timer may outlive the server (see Committer.close)
         self.runs.end_traces()
         self.runs.collector.close()
@@ -257,12 +296,11 @@ class ServerCore:
         )
 
     def waiting(self, flow_run_id: str) -> dict[str, str]:
-        """Why task runs of a run wait, by task run id (on the loop): no connected
-        worker offers the task or all are busy (``_waiting``), a worker with other code
-        for the task (the dispatcher), a subflow waiting for a worker to build its
-        child's graph (``_creation``); the more precise reason wins."""
+        """Why task runs of a run wait, by task run id (on the loop): a limit on its
+        tags, a worker with other code for the task, no connected worker offers it or
+        all are drained or busy (``Dispatcher.waiting_reason``), a subflow waiting for a
+        worker to build its child's graph (``_creation``)."""
         reasons = waiting_reasons(self.dispatcher, flow_run_id)
-        reasons.update(self.dispatcher.waiting_reasons(flow_run_id))
         for key, why in self.creation.reasons(flow_run_id).items():
             reasons[task_run_id(flow_run_id, key)] = why
         return reasons
@@ -340,6 +378,7 @@ class ServerCore:
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
+                self._ops_due = self.ops.tick(now)
                 if now >= self._next_prune and self._pruning is None:
                     self._next_prune = now + self.settings.prune_interval
                     self._pruning = asyncio.get_running_loop().create_task(self._auto_prune())
@@ -358,6 +397,8 @@ class ServerCore:
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
             due.append(self._next_prune)
+            if self._ops_due is not None:
+                due.append(self._ops_due)
             if self._stopping:
                 return
             self._wake.clear()
@@ -402,6 +443,7 @@ class ServerCore:
         # A worker-only credential reads only its attempts' inputs: remember them.
         session.restricted = not caller.role.grants & {Role.VIEWER}
         adopted: dict[Token, str] = {}
+        taken: list[PendingAssignment] = []
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
             orphan = self._orphans.pop(key, None)
@@ -411,6 +453,7 @@ class ServerCore:
             queued = self.dispatcher.take_pending(key)
             if queued is not None:  # kept even beyond its slots: it runs them already
                 adopted[key] = queued.flow_run_id
+                taken.append(queued)
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
                 if session.restricted:  # it may still need to read the inputs
                     session.reads[key] = input_payloads(queued.assignment)
@@ -425,6 +468,7 @@ class ServerCore:
         welcome.heartbeat_interval.CopyFrom(duration(self.settings.heartbeat_interval))
         welcome.heartbeat_timeout.CopyFrom(duration(self.settings.heartbeat_timeout))
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
+        self.ops.connected(session, hello, taken)  # drains, leases, the worker's record
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
         self.creation.connected(session)
@@ -438,6 +482,7 @@ class ServerCore:
         self.exports.forget(session)
         self.creation.builds.forget(session)
         self.notices.worker_disconnected(session, self.clock.now())
+        self.ops.disconnected(session)
         self.touch()
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
@@ -584,7 +629,15 @@ class ServerCore:
         self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:
-        self.dispatcher.send_assignment(session, pending)
+        if self.ops.limited(pending):  # after its delivery is stored, as _before_send says
+            self._send_after_commit(session, pending)
+        else:
+            self.dispatcher.send_assignment(session, pending)
+
+    def _send_after_commit(self, session: WorkerSession, pending: PendingAssignment) -> None:
+        send = functools.partial(self.dispatcher.send_assignment, session, pending)
+        self.commits.pending.effects.append(send)
+        self.touch()
 
     def _fail_held(self, pending: PendingAssignment, failure: FailureInfo) -> None:
         # Called while the dispatcher assigns: fail the attempt once it is done.
@@ -605,7 +658,14 @@ class ServerCore:
         session.unstored += 1
         self.commits.pending.effects.append(functools.partial(self._delivery_stored, session))
         self.touch()
-        return self.exports.prepare(session, pending)
+        ready = self.exports.prepare(session, pending)
+        if ready and self.ops.limited(pending):
+            # An attempt under a concurrency limit is sent only once its delivery is
+            # stored: a restarted server then knows a worker may run it and keeps its
+            # lease until the worker reclaims it (docs/operations.md).
+            self._send_after_commit(session, pending)
+            return False
+        return ready
 
     def _delivery_stored(self, session: WorkerSession) -> None:
         session.unstored -= 1
@@ -627,6 +687,7 @@ class ServerCore:
             if deadline <= now:
                 del self._orphans[token]
                 self._lost(flow_run_id, token[0], token[1])
+                self.ops.orphan_lost(token)
 
     def _check_heartbeats(self, now: float) -> None:
         limit = self.settings.heartbeat_timeout

@@ -6,9 +6,14 @@ run's graph was built with (``Hello.code_digests`` against ``TaskNode.code_diges
 never beyond the worker's free slots (credit flow control), round-robin across flow
 runs so one large run cannot starve the others. An attempt no connected worker can
 take waits (its task run stays SCHEDULED) until a suitable worker connects or frees a
-slot; ``waiting_reasons`` says why, where the dispatcher knows (a worker with other
-code for the task).
-While ``paused`` (the store cannot record deliveries), nothing is handed out.
+slot; ``waiting_reason`` says why (a limit, workers' other code for the task, or
+the workers). While ``paused`` (the store cannot record deliveries), nothing
+is handed out.
+
+Two operations features hook in here: an attempt whose task tag is at its concurrency
+or rate limit waits in ``TagLimits`` (_tag_limits.py) instead, and gets a lease on its
+tags when it is assigned, released when it ends; a drained worker (``draining``) gets
+no new attempts.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from __future__ import annotations
 import heapq
 import logging
 import operator
+import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
 
 from ._assignments import PendingAssignment
+from ._tag_limits import TagLimits
+from ._waiting import waiting_reason
 
 Token = tuple[str, int]  # (task run id, attempt)
 #: A worker gets no more assignments while it has this many per slot whose delivery
@@ -62,11 +70,16 @@ class WorkerSession:
     #: holds the payload ids each held attempt takes as input).
     restricted: bool = False
     reads: dict[Token, frozenset[str]] = field(default_factory=dict)
+    #: Drained (DrainWorker): it gets no new attempts.
+    draining: bool = False
+    #: Its Hello (runtime, features), and when the session began (ListWorkers).
+    hello: worker_pb2.Hello | None = None
+    connected_at: float = 0.0
 
     @property
     def free(self) -> int:
-        """Slots not taken by an attempt the worker holds."""
-        return self.slots - len(self.running)
+        """Slots not taken by an attempt the worker holds (none while drained)."""
+        return 0 if self.draining else self.slots - len(self.running)
 
     @property
     def can_take(self) -> bool:
@@ -101,15 +114,18 @@ class Dispatcher:
         before_send: called with (session, pending) when an attempt is assigned; False
             holds the assignment back (it keeps its slot): the caller sends it later
             with ``send_assignment``, or fails it (values to export first, see _exports).
+        limits: the concurrency and rate limits by tag (default: none set).
     """
 
     def __init__(
         self,
         on_lost: Callable[[str, str, int], None],
         before_send: Callable[[WorkerSession, PendingAssignment], bool] | None = None,
+        limits: TagLimits | None = None,
     ) -> None:
         self.on_lost = on_lost
         self.before_send = before_send
+        self.limits = limits if limits is not None else TagLimits(time.time)
         self.sessions: dict[str, WorkerSession] = {}
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
@@ -167,13 +183,18 @@ class Dispatcher:
                     heapq.heappush(self._start_by, (pending.start_by, id(pending), pending))
         self.pump()
 
-    def queued(self, flow_run_id: str) -> Iterator[PendingAssignment]:
-        """The attempts of a flow run waiting for a worker (nothing is removed)."""
+    def queued(self, flow_run_id: str) -> list[PendingAssignment]:
+        """The attempts of a flow run not yet handed to a worker: waiting for one, or
+        on a limit (nothing is removed)."""
         queued = self._queued
-        for runs in self._pending.values():
-            for pending in runs.get(flow_run_id, ()):
-                if queued.get(pending.token) is pending:  # not taken out early
-                    yield pending
+        found = [
+            pending
+            for runs in self._pending.values()
+            for pending in runs.get(flow_run_id, ())
+            if queued.get(pending.token) is pending  # not taken out early
+        ]
+        found.extend(p for p in self.limits.waiting_attempts() if p.flow_run_id == flow_run_id)
+        return found
 
     @property
     def next_start_by(self) -> float | None:
@@ -200,7 +221,7 @@ class Dispatcher:
         to stop."""
         for task_run_id, attempt, reason in cancels:
             token = (task_run_id, attempt)
-            if self._unqueue(token) is not None:
+            if self._unqueue(token) is not None or self.limits.take(token) is not None:
                 continue
             session = self._owner.get(token)
             if session is None:
@@ -231,7 +252,7 @@ class Dispatcher:
                 del self._pending[pending.task_type]
         return pending
 
-    def waiting_reasons(self, flow_run_id: str) -> dict[str, str]:
+    def stale_reasons(self, flow_run_id: str) -> dict[str, str]:
         """Why attempts of a run wait for a worker, by task run id, where the dispatcher
         knows a reason: connected workers that have the task type but other code for it
         (a worker started before the task was edited). Attempts without a known reason
@@ -241,13 +262,14 @@ class Dispatcher:
             for pending in runs.get(flow_run_id, ()):
                 if self._queued.get(pending.token) is not pending:
                     continue  # taken out early (cancelled, claimed)
-                reason = self.waiting_reason(pending)
+                reason = self.stale_reason(pending)
                 if reason:
                     reasons[pending.token[0]] = reason
         return reasons
 
-    def waiting_reason(self, pending: PendingAssignment) -> str:
-        """Why this attempt is not assigned, when the dispatcher can tell ("" if not)."""
+    def stale_reason(self, pending: PendingAssignment) -> str:
+        """Why this attempt is not assigned when that is workers' other code for it
+        ("" if not)."""
         stale = [
             s
             for s in self.sessions.values()
@@ -266,10 +288,50 @@ class Dispatcher:
             "--allow-stale-code to run its own code"
         )
 
+    def waiting_reason(self, pending: PendingAssignment) -> str:
+        """Why an attempt not yet handed to a worker waits, in one line: a limit on its
+        tags, connected workers' other code for it, or the workers (none offers it, all
+        are drained or busy)."""
+        return (
+            self.limits.reason(pending.token)
+            or self.stale_reason(pending)
+            or waiting_reason(self.sessions.values(), pending.task_type, pending.labels)
+        )
+
     @property
     def pending_count(self) -> int:
         """Attempts waiting for a worker."""
         return len(self._queued)
+
+    def queue_depth(self) -> dict[str, int]:
+        """Attempts ready to run and not yet handed to a worker (waiting for one, or on
+        a limit), by task type."""
+        depth: dict[str, int] = {}
+        for (task_type, _), count in self._live.items():
+            depth[task_type] = depth.get(task_type, 0) + count
+        for pending in self.limits.waiting_attempts():
+            depth[pending.task_type] = depth.get(pending.task_type, 0) + 1
+        return depth
+
+    def release(self, token: Token) -> None:
+        """An attempt's leases end (it ended, or its worker is gone): attempts waiting
+        on its tags may run."""
+        freed = self.limits.release(token)
+        if freed:
+            self.requeue(freed)
+
+    def requeue(self, attempts: Iterable[PendingAssignment]) -> None:
+        """Put attempts a limit let go back in front of their flow runs' queues."""
+        for pending in reversed(list(attempts)):
+            runs = self._pending.setdefault(pending.task_type, OrderedDict())
+            queue = runs.get(pending.flow_run_id)
+            if queue is None:
+                runs[pending.flow_run_id] = queue = deque()
+            queue.appendleft(pending)
+            self._queued[pending.token] = pending
+            key = (pending.task_type, pending.flow_run_id)
+            self._live[key] = self._live.get(key, 0) + 1
+        self.pump()
 
     # ---------------------------------------------------------------- worker side
 
@@ -290,12 +352,16 @@ class Dispatcher:
         lost = list(session.running.items())
         session.running.clear()
         session.reads.clear()
+        freed: list[PendingAssignment] = []
         for token, _ in lost:
             self._cancelling.discard(token)
             if self._owner.get(token) is session:
                 del self._owner[token]
+            freed.extend(self.limits.release(token))  # the worker is gone: leases end
         for (task_run_id, attempt), flow_run_id in lost:
             self.on_lost(flow_run_id, task_run_id, attempt)
+        if freed:
+            self.requeue(freed)
         self.pump()
 
     def owner(self, token: Token) -> WorkerSession | None:
@@ -309,15 +375,22 @@ class Dispatcher:
     def take_pending(self, token: Token) -> PendingAssignment | None:
         """Remove a queued (not yet assigned) attempt and return it, e.g. for a worker
         that reconnects already holding it."""
+        waiting = self.limits.take(token)
+        if waiting is not None:
+            return waiting
         return self._unqueue(token)
 
     def finished(self, token: Token) -> None:
         """An attempt ended (result, failure, skip, cancel ack): free its slot."""
         self._cancelling.discard(token)
+        freed = self.limits.release(token)
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)
             session.reads.pop(token, None)
+        if freed:
+            self.requeue(freed)
+        elif session is not None:
             self.pump()
 
     # -------------------------------------------------------------------- matching
@@ -343,6 +416,12 @@ class Dispatcher:
                 pending = queue[0]
                 if self._queued.get(pending.token) is not pending:
                     queue.popleft()  # taken out early (cancelled, claimed)
+                    continue
+                tag = self.limits.blocking(pending.tags) if pending.tags else None
+                if tag is not None:  # its tag is at its limit: it waits there
+                    queue.popleft()
+                    self._unqueue(pending.token)
+                    self.limits.wait(pending, tag)
                     continue
                 fits = [s for s in candidates if s.accepts(pending)]
                 if not fits:
@@ -377,6 +456,8 @@ class Dispatcher:
     def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
         session.running[pending.token] = pending.flow_run_id
         self._owner[pending.token] = session
+        if pending.tags:
+            self.limits.acquire(pending.token, pending.tags)
         if self.before_send is None or self.before_send(session, pending):
             self.send_assignment(session, pending)
 

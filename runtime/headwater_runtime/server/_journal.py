@@ -29,6 +29,7 @@ from headwater_runtime.engine import (
     CacheEntry,
     CancelRequested,
     JournalEntry,
+    RunRetried,
     TaskFailed,
     TaskLost,
     TaskSkipped,
@@ -197,6 +198,8 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
         msg.cache_checked.CopyFrom(checked)
     elif isinstance(event, CancelRequested):
         msg.cancel_requested.CopyFrom(journal_pb2.CancelRequested(reason=event.reason))
+    elif isinstance(event, RunRetried):
+        msg.run_retried.CopyFrom(journal_pb2.RunRetried(reason=event.reason))
     else:
         raise TypeError(f"cannot journal {entry!r}")
     kind = msg.WhichOneof("input") or ""
@@ -252,6 +255,8 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
         event = CacheChecked(c.key, c.cache_key, entry)
     elif which == "cancel_requested":
         event = CancelRequested(msg.cancel_requested.reason)
+    elif which == "run_retried":
+        event = RunRetried(msg.run_retried.reason)
     else:
         raise JournalFormatError(
             f"journal entry {row.seq} of flow run {row.flow_run_id} has no input"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from headwater.v1 import access_pb2, control_plane_pb2, payload_pb2, worker_pb2
+from headwater.v1 import access_pb2, control_plane_pb2, operations_pb2, payload_pb2, worker_pb2
 from headwater.wire import Role
 
 ADMIN, OPERATOR, VIEWER, WORKER = Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.WORKER
@@ -24,6 +24,7 @@ _CP = control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_
 _GW = worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name
 _PL = payload_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name
 _AC = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+_OP = operations_pb2.DESCRIPTOR.services_by_name["OperationsService"].full_name
 
 #: gRPC method (``/package.Service/Method``) -> roles of which the caller needs one.
 REQUIRED_ROLES: dict[str, tuple[Role, ...]] = {
@@ -52,6 +53,17 @@ REQUIRED_ROLES: dict[str, tuple[Role, ...]] = {
     # A worker-only credential is further limited to the payloads of the attempts it
     # holds or that it uploaded (server/_payloads.py).
     f"/{_PL}/DownloadPayload": (VIEWER, WORKER),
+    f"/{_OP}/RetryFlowRun": (OPERATOR,),
+    f"/{_OP}/SetConcurrencyLimit": (OPERATOR,),
+    f"/{_OP}/ListConcurrencyLimits": (VIEWER,),
+    f"/{_OP}/DeleteConcurrencyLimit": (OPERATOR,),
+    f"/{_OP}/ListWorkers": (VIEWER,),
+    f"/{_OP}/DrainWorker": (OPERATOR,),
+    f"/{_OP}/ResumeWorker": (OPERATOR,),
+    # Webhooks send run data to any URL, with a signing secret: administrators only.
+    f"/{_OP}/CreateWebhook": (ADMIN,),
+    f"/{_OP}/ListWebhooks": (ADMIN,),
+    f"/{_OP}/DeleteWebhook": (ADMIN,),
     f"/{_AC}/CreateCredential": (ADMIN,),
     f"/{_AC}/ListCredentials": (ADMIN,),
     f"/{_AC}/RevokeCredential": (ADMIN,),

@@ -40,8 +40,6 @@ from headwater.wire import (
 from headwater_runtime.engine import (
     ENGINE_VERSION,
     REPLAYS,
-    CacheChecked,
-    CacheEntry,
     CancelRequested,
     CancelTask,
     CheckCache,
@@ -53,10 +51,10 @@ from headwater_runtime.engine import (
     FlowRunEngine,
     JournaledEngine,
     JournalEntry,
+    RunRetried,
     RunTask,
     StateEntry,
     TaskRunRecord,
-    TaskSucceeded,
     WriteCache,
     replay,
     subflow_outcome,
@@ -65,6 +63,8 @@ from headwater_runtime.store import (
     CacheRow,
     FlowRunRow,
     LogRow,
+    OpsWrites,
+    RunAttemptRow,
     ScheduleRow,
     StateRow,
     Store,
@@ -98,8 +98,9 @@ from ._params import (
     param_values,
 )
 from ._queries import NoResult, refusal
+from ._run_cache import RunCacheLookups
 from ._sink import Effect, Sink
-from ._values import SERVER_VALUES, to_input_value
+from ._values import SERVER_VALUES
 
 if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
@@ -170,8 +171,8 @@ class PreparedRun:
     batch: WriteBatch
 
 
-class RunManager:
-    """Creates, drives, persists and recovers flow runs.
+class RunManager(RunCacheLookups):
+    """Creates, drives, persists and recovers flow runs (cache lookups: _run_cache.py).
 
     Args:
         store: where runs are kept.
@@ -193,6 +194,10 @@ class RunManager:
         self._sink = Sink()  # what waits for the commit pipeline
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
+        #: Called with a flow run's row (and its engine) whenever the run's own state
+        #: changes (started, retried, ended), while the batch that stores it is open:
+        #: webhooks add their deliveries to it (``ops``), metrics count.
+        self.flow_listeners: list[Callable[[FlowRunRow, FlowRunEngine], None]] = []
         self._workers: dict[tuple[str, str], str] = {}  # (flow run, key) -> worker name
         # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
         self.tracer = active_tracer()
@@ -288,6 +293,7 @@ class RunManager:
             active.trace = trace
             active.large = len(graph.tasks) >= self.collector.large
             active.sink = Sink()
+            self._run_attempt(active)
             self._process(active, active.journal.start())
         batch, effects = active.sink.take()
         active.sink.effects = effects  # carried out by adopt(), once the batch is stored
@@ -525,17 +531,9 @@ class RunManager:
                     )
                 )
                 continue
-            _, graph = self.graph(row.flow_name, row.flow_version)
-            stored = run_pb2.FlowRun.FromString(row.parameters)
-            params = {name: stored.parameters[name] for name in stored.parameters}
-            rows = self.store.events(row.id)
-            loaded = self.store.get_values(entry_value_ids(rows))
-            journal = [decode_entry(e, loaded) for e in rows]
-            seq = rows[-1].seq if rows else 0
-            with self.collector.building(len(graph.tasks)):
-                active = self._build(row, graph, params, journal, seq)
+            active = self.rebuild(row)
             self.runs[row.id] = active
-            if len(graph.tasks) >= self.collector.large:
+            if len(active.engine.graph.tasks) >= self.collector.large:
                 active.large = True
                 self.collector.large_run_started()
             self.children.link(row)
@@ -544,10 +542,18 @@ class RunManager:
 
                 # A child of the flow span of the process that started the run.
                 parent = extract(row.trace_context)
-                active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, resumed=True)
-            if not journal:
+                active.trace = RunTracer(
+                    self.tracer,
+                    row.flow_name,
+                    row.id,
+                    parent,
+                    resumed=True,
+                    attempt=active.engine.run_attempt,
+                )
+            if active.seq == 0:
                 # Created, then the server died before the tick that journals its start
                 # was committed: start it now, or it would never run.
+                self._run_attempt(active)
                 self._process(active, active.journal.start())
                 continue
             delivered = {t.key: t.delivered for t in self.store.task_runs(row.id)}
@@ -565,6 +571,68 @@ class RunManager:
                     found.resent.append(token)
             self._arm_timer(active)
         return found
+
+    def rebuild(self, row: FlowRunRow) -> ActiveRun:
+        """A stored run's engine, replayed from its journal (not registered in ``runs``;
+        may run on a reader thread)."""
+        _, graph = self.graph(row.flow_name, row.flow_version)
+        stored = run_pb2.FlowRun.FromString(row.parameters)
+        params = {name: stored.parameters[name] for name in stored.parameters}
+        rows = self.store.events(row.id)
+        loaded = self.store.get_values(entry_value_ids(rows))
+        journal = [decode_entry(e, loaded) for e in rows]
+        with self.collector.building(len(graph.tasks)):
+            return self._build(row, graph, params, journal, rows[-1].seq if rows else 0)
+
+    def retry(self, active: ActiveRun, reason: str) -> None:
+        """Run an ended run (just rebuilt: ``rebuild``) again from its failure, as its
+        next run attempt (engine/_rerun.py); on the event loop. The caller checked that
+        the run may be retried and is not active."""
+        row = active.row
+        row.state = _RUNNING
+        row.ended_at = None
+        row.message = ""
+        row.result = b""
+        # The journal now holds an input older engines cannot read.
+        row.engine_version = ENGINE_VERSION
+        self.runs[row.id] = active
+        if self.tracer is not None:
+            from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
+
+            # A new flow span for the new run attempt, in the run's trace.
+            attempt = active.engine.run_attempt + 1
+            parent = extract(row.trace_context)
+            active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, attempt=attempt)
+        self._process(active, active.journal.handle(RunRetried(reason)))
+        if active.engine.state is FlowRunState.RUNNING:  # (it may have ended at once)
+            self._sink.batch.flow_runs[row.id] = row
+            self._run_attempt(active)
+            for listener in self.listeners:
+                listener(row.id, None)
+
+    @property
+    def ops(self) -> OpsWrites:
+        """The operations rows of the batch being gathered (stored with the run state
+        changes made in this same loop turn)."""
+        return self._sink.batch.ops
+
+    def _run_attempt(self, active: ActiveRun) -> None:
+        """Record the run attempt the engine is in (started, or ended), and tell the
+        flow listeners."""
+        engine, row = active.engine, active.row
+        started = next(
+            (at for state, at, _ in reversed(engine.flow_history) if state is FlowRunState.RUNNING),
+            row.started_at or row.created_at,
+        )
+        sink = self._sink_of(active)
+        sink.batch.ops.run_attempts.append(
+            RunAttemptRow(row.id, engine.run_attempt, started, row.state, row.ended_at, row.message)
+        )
+        for listener in self.flow_listeners:
+            if active.sink is None:
+                listener(row, engine)
+            else:  # a run started off the loop: its listeners are told once it is adopted
+                sink.effects.append(functools.partial(listener, row, engine))
 
     # ------------------------------------------------------------------ internals
 
@@ -741,66 +809,18 @@ class RunManager:
         active.delivered[key] = attempt
         self._project_row(active, run, self.clock.now())
 
-    def function_cache_key(self, flow_run_id: str, run_key: str, reported: str) -> str:
-        """The cache key for a key a worker derived with the task's key function ("" if
-        the task does not cache by function: workers cannot write arbitrary keys)."""
-        if not reported:  # the common case: every result of an uncached task
-            return ""
-        active = self.runs.get(flow_run_id)
-        run = active.engine.runs.get(run_key) if active is not None else None
-        if run is None:
-            return ""
-        spec, cache = run.spec, run.spec.cache
-        if cache is None or not cache.by_function:
-            return ""
-        return f"{spec.cache_key_prefix}key={reported}"
-
-    def _cached(self, key: str) -> CacheEntry | None:
-        """The valid cache entry under ``key`` (None when missing or expired)."""
-        row = self.store.get_cache(key)
-        if row is None or (row.expires_at is not None and row.expires_at <= self.clock.now()):
-            return None
-        data = self.store.get_values([row.value_id]).get(row.value_id)
-        if data is None:
-            return None
-        return CacheEntry(payload_pb2.Value.FromString(data), row.expires_at)
-
-    def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
-        """A worker derived a cache key with the task's key function (CacheKeyReport).
-        On a valid hit the attempt ends CACHED with the stored value, and True tells
-        the worker not to run the task."""
-        key = self.function_cache_key(flow_run_id, run_key, reported)
-        entry = self._cached(key) if key else None
-        if entry is None:
-            return False
-        hit = TaskSucceeded(run_key, attempt, entry.value, cache_key=key, cached=True)
-        return not self.handle(flow_run_id, hit)
-
-    def _check_cache(self, command: CheckCache) -> CacheChecked:
-        spec = command.run.spec
-        cache = spec.cache
-        assert cache is not None
-        if cache.by_function:
-            # The key function lives in the worker: the assignment asks it for the key
-            # (CacheKeyReport), answered by cache_lookup before the task runs.
-            return CacheChecked(command.run.key, "", None)
-        digest = hashlib.sha256()
-        for name in sorted(command.inputs):
-            digest.update(name.encode() + b"\0")
-            digest.update(
-                to_input_value(command.inputs[name], elements=False).SerializeToString(
-                    deterministic=True
-                )
-            )
-        key = spec.cache_key_prefix + digest.hexdigest()
-        return CacheChecked(command.run.key, key, self._cached(key))
-
     def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
         build = functools.partial(assignment_message, active, command, self.store)
         pending = PendingAssignment(
-            active.row.id, spec.task_type, spec.labels, build, token, spec.code_digest
+            active.row.id,
+            spec.task_type,
+            spec.labels,
+            build,
+            token,
+            spec.code_digest,
+            tags=spec.tags,
         )
         if spec.schedule_to_start_timeout is not None:  # see _waiting.py
             pending.start_timeout = spec.schedule_to_start_timeout
@@ -817,6 +837,7 @@ class RunManager:
         if state is FlowRunState.SUCCESS and engine.graph.result is not None:
             row.result = to_stored(engine.result, sink.values).SerializeToString()
         sink.batch.flow_runs[row.id] = row
+        self._run_attempt(active)
         if active.trace is not None:
             active.trace.finish(state, row.message)
         sink.effects.append(functools.partial(self._deactivate, row.id))

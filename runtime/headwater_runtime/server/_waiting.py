@@ -17,11 +17,13 @@ A task's ``schedule_to_start_timeout`` bounds that wait: the attempt then fails 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from headwater.wire import FailureInfo
 
-from ._assignments import PendingAssignment
-from ._dispatch import Dispatcher, WorkerSession
+if TYPE_CHECKING:
+    from ._assignments import PendingAssignment
+    from ._dispatch import Dispatcher, WorkerSession
 
 #: The error type of an attempt no worker took within its schedule_to_start_timeout.
 SCHEDULE_TO_START_TIMEOUT = "headwater.ScheduleToStartTimeout"
@@ -41,23 +43,17 @@ def waiting_reason(
     if not fitting:
         wanted = f" (labels {_labels(labels)})" if labels else ""
         return f"waiting: no connected worker offers {task_type}{wanted}"
+    if all(s.draining for s in fitting):
+        return f"waiting: every worker offering {task_type} is drained"
     count = len(fitting)
     workers = "worker offers" if count == 1 else "workers offer"
     return f"waiting for a free slot: {count} connected {workers} {task_type}, all busy"
 
 
 def waiting_reasons(dispatcher: Dispatcher, flow_run_id: str) -> dict[str, str]:
-    """Why each attempt of a flow run that waits for a worker waits, by task run id."""
-    sessions = list(dispatcher.sessions.values())
-    memo: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-    reasons: dict[str, str] = {}
-    for pending in dispatcher.queued(flow_run_id):
-        key = (pending.task_type, tuple(sorted(pending.labels.items())))
-        reason = memo.get(key)
-        if reason is None:
-            reason = memo[key] = waiting_reason(sessions, pending.task_type, pending.labels)
-        reasons[pending.token[0]] = reason
-    return reasons
+    """Why each attempt of a flow run not yet handed to a worker waits, by task run id
+    (``Dispatcher.waiting_reason``: a limit, workers' other code, or the workers)."""
+    return {p.token[0]: dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)}
 
 
 def start_timeout_failure(dispatcher: Dispatcher, pending: PendingAssignment) -> FailureInfo:

@@ -26,6 +26,8 @@ from typing import Protocol
 
 from headwater.wire import CHUNK_SIZE
 
+from ._ops import OpsStore, OpsWrites
+
 
 class NotFound(LookupError):
     """The named flow, run, payload or schedule does not exist."""
@@ -260,10 +262,13 @@ class WriteBatch:
     logs: list[LogRow] = field(default_factory=list)
     cache: list[CacheRow] = field(default_factory=list)
     values: dict[str, ValueRow] = field(default_factory=dict)
+    #: Operations rows (run attempts, late marks, webhook deliveries): store/_ops.py.
+    ops: OpsWrites = field(default_factory=OpsWrites)
 
     def __bool__(self) -> bool:
         return bool(
-            self.events
+            self.ops
+            or self.events
             or self.flow_runs
             or self.task_runs
             or self.states
@@ -283,6 +288,7 @@ class WriteBatch:
         self.logs.extend(newer.logs)
         self.cache.extend(newer.cache)
         self.values.update(newer.values)
+        self.ops.absorb(newer.ops)
 
 
 class PayloadUpload(Protocol):
@@ -304,8 +310,10 @@ class PayloadUpload(Protocol):
         ...
 
 
-class Store(Protocol):
-    """Durable state of a control plane (see the module docstring for threads)."""
+class Store(OpsStore, Protocol):
+    """Durable state of a control plane (see the module docstring for threads). The
+    methods of day-two operations (run attempts, limits, workers, webhooks) are
+    declared in ``OpsStore`` (store/_ops.py)."""
 
     # flows
     def put_flow(

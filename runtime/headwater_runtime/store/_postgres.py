@@ -52,6 +52,7 @@ from ._base import (
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._postgres_access import PostgresAccessTables, insert_audit
+from ._postgres_ops import PostgresOps
 from ._postgres_rows import (
     FLOW_RUN_COLS,
     FLOW_RUN_NCOLS,
@@ -77,8 +78,10 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresStore(PostgresAccessTables):
-    """The store in a PostgreSQL database: several servers can share one, one leading.
+class PostgresStore(PostgresOps, PostgresAccessTables):
+    """The store in a PostgreSQL database: several servers can share one, one leading
+    (the tables and methods of day-two operations are in store/_postgres_ops.py, those
+    of credentials and the audit log in store/_postgres_access.py).
 
     Args:
         url: a libpq connection URL, ``postgresql://user@host:port/dbname`` (a

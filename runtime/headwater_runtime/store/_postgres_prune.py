@@ -9,6 +9,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ._base import PruneReport
+from ._ops import PER_RUN_TABLES
 from ._postgres_schema import TERMINAL
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -26,6 +27,7 @@ PRUNED_TABLES = (
     "payload_chunks",
     "cache_entries",
     "audit",
+    *PER_RUN_TABLES,
 )
 
 
@@ -54,6 +56,7 @@ def prune(
         ("task_runs", "task_runs"),
         ("task_run_states", ""),
         ("logs", "logs"),
+        *((table, "") for table in PER_RUN_TABLES),
     ):
         removed = conn.execute(f"DELETE FROM {table} WHERE flow_run_id = ANY(%s)", (runs,)).rowcount
         if key:

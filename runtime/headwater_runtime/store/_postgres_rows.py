@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from ._base import FlowRunRow, WriteBatch
+from ._postgres_ops import write_ops
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -131,6 +132,7 @@ def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
             "expires_at=EXCLUDED.expires_at",
             ([x.key for x in c], [x.value_id for x in c], [x.expires_at for x in c]),
         )
+    write_ops(conn, batch)
 
 
 def flow_run_values(r: FlowRunRow) -> tuple[object, ...]:

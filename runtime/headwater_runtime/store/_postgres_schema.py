@@ -135,6 +135,40 @@ CREATE TABLE audit (
 CREATE INDEX audit_object ON audit (object_kind, object_id);
 """,
     ),
+    Migration(
+        4,
+        "day-two operations: flow run attempts, late runs, tag limits, workers and drains, "
+        "webhooks and their delivery outbox",
+        """
+CREATE TABLE run_attempts (
+    flow_run_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL, state INTEGER NOT NULL,
+    ended_at DOUBLE PRECISION, message TEXT NOT NULL, PRIMARY KEY (flow_run_id, attempt));
+CREATE TABLE late_runs (
+    flow_run_id TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE concurrency_limits (
+    tag TEXT PRIMARY KEY, concurrency INTEGER NOT NULL, rate INTEGER NOT NULL,
+    rate_period DOUBLE PRECISION NOT NULL);
+-- capabilities and labels: JSON text, as the SQLite store keeps them.
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY, worker_id TEXT NOT NULL, capabilities TEXT NOT NULL,
+    labels TEXT NOT NULL, slots INTEGER NOT NULL, version TEXT NOT NULL,
+    language TEXT NOT NULL, hostname TEXT NOT NULL,
+    connected_at DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL);
+CREATE TABLE worker_drains (
+    name TEXT PRIMARY KEY, exit_when_idle BOOLEAN NOT NULL, at DOUBLE PRECISION NOT NULL);
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY, url TEXT NOT NULL, flow_names TEXT NOT NULL, states TEXT NOT NULL,
+    late BOOLEAN NOT NULL, secret TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL);
+-- next_at NULL: given up (kept, counted as failed).
+CREATE TABLE webhook_outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, webhook_id TEXT NOT NULL,
+    body BYTEA NOT NULL, attempts INTEGER NOT NULL, next_at DOUBLE PRECISION,
+    created_at DOUBLE PRECISION NOT NULL, last_error TEXT NOT NULL);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE next_at IS NOT NULL;
+CREATE INDEX webhook_outbox_webhook ON webhook_outbox (webhook_id);
+""",
+    ),
 )
 
 #: The schema version this server writes (the last migration's).

@@ -42,8 +42,10 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
+from ._ops import PER_RUN_TABLES
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._sqlite_access import AccessTables, insert_audit
+from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
 from ._sqlite_payloads import SQLiteChunks, publish_payload
 from ._sqlite_schema import (
     _IN_TERMINAL,
@@ -55,8 +57,10 @@ from ._sqlite_schema import (
 )
 
 
-class SQLiteStore(AccessTables):
-    """The default store: one SQLite file in WAL mode.
+class SQLiteStore(SQLiteOps, AccessTables):
+    """The default store: one SQLite file in WAL mode (the tables and methods of
+    day-two operations are in store/_sqlite_ops.py, those of credentials and the
+    audit log in store/_sqlite_access.py).
 
     Args:
         path: database file (parent folders are created); ":memory:" for a private
@@ -103,6 +107,7 @@ class SQLiteStore(AccessTables):
                     "with a new --db"
                 )
             db.executescript(_SCHEMA)
+            db.executescript(OPS_SCHEMA)
             if version != SCHEMA_VERSION:  # new, or upgraded by the tables just added
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
@@ -639,6 +644,7 @@ class SQLiteStore(AccessTables):
                 ("task_runs", "task_runs"),
                 ("task_run_states", ""),
                 ("logs", "logs"),
+                *((table, "") for table in PER_RUN_TABLES),
             ):
                 removed = _delete_for_runs(db, table, runs)
                 if key:
@@ -793,6 +799,7 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
         "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?)",
         [(c.key, c.value_id, c.expires_at) for c in batch.cache],
     )
+    write_ops(db, batch)
 
 
 def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) -> None:

@@ -44,6 +44,8 @@ class RunTracer:
             embedded run called from traced code), an empty Context means a root.
         resumed: the run was recovered after a server restart (its first flow span
             was lost with the old process).
+        attempt: the run attempt this span covers; a run retried from its failure gets
+            a new flow span per attempt, in the same trace.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class RunTracer:
         parent: Context | None = None,
         *,
         resumed: bool = False,
+        attempt: int = 1,
     ) -> None:
         self.tracer = tracer
         self.flow_name = flow_name
@@ -61,6 +64,8 @@ class RunTracer:
         attributes: dict[str, Any] = {n.FLOW_NAME: flow_name, n.FLOW_RUN_ID: flow_run_id}
         if resumed:
             attributes[n.RESUMED] = True
+        if attempt > 1:
+            attributes[n.FLOW_RUN_ATTEMPT] = attempt
         self.flow_span = tracer.start_span(
             n.flow_span_name(flow_name), context=parent, attributes=attributes
         )

@@ -21,6 +21,8 @@ MESSAGE = "headwater.message"
 CACHE_HIT = "headwater.cache_hit"
 CACHE_KEY = "headwater.cache_key"
 RESUMED = "headwater.resumed"
+#: The run attempt of a flow span: 2 and up for a run retried from its failure.
+FLOW_RUN_ATTEMPT = "headwater.flow_run.attempt"
 WORKER_NAME = "headwater.worker.name"
 RETRY_DELAY = "headwater.retry.delay"
 RETRY_NUMBER = "headwater.retry.number"

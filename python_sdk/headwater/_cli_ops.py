@@ -1,0 +1,225 @@
+"""``headwater limits|workers|webhooks ...`` against a server (docs/operations.md)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+from headwater.wire import FlowRunState, parse_rate
+
+from ._cli_remote import EXIT_OK, server_address
+from ._client import Client
+from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
+from ._errors import UsageError
+
+
+def _common(parser: Any) -> None:
+    parser.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
+    parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+
+
+# ------------------------------------------------------------------------- limits
+
+
+def limit_line(limit: LimitInfo) -> str:
+    """``db  concurrency 3  rate 10/1s  running 3  waiting 5``."""
+    parts = [limit.tag]
+    if limit.concurrency:
+        parts.append(f"concurrency {limit.concurrency}")
+    if limit.rate:
+        parts.append(f"rate {limit.rate}/{limit.rate_period:g}s")
+    parts.append(f"running {limit.running}")
+    parts.append(f"waiting {limit.waiting}")
+    return "  ".join(parts)
+
+
+def cmd_limits(args: argparse.Namespace) -> int:
+    """``headwater limits set|list|delete``."""
+    with Client(server_address(args), token=args.token) as client:
+        if args.action == "list":
+            for limit in client.list_limits():
+                print(limit_line(limit))
+            return EXIT_OK
+        if not args.tag:
+            raise UsageError(f"'limits {args.action}' needs a TAG")
+        if args.action == "delete":
+            client.delete_limit(args.tag)
+            print(f"limit of tag {args.tag} deleted")
+            return EXIT_OK
+        if args.concurrency is None and args.rate is None:
+            raise UsageError("'limits set' needs --concurrency N, --rate COUNT/PERIOD or both")
+        if args.concurrency is not None and args.concurrency < 1:
+            raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
+        rate = None
+        if args.rate is not None:
+            try:
+                rate = parse_rate(args.rate)
+            except ValueError as exc:
+                raise UsageError(f"--rate {exc}") from None
+        limit = client.set_limit(args.tag, concurrency=args.concurrency or 0, rate=rate)
+        print(limit_line(limit))
+        return EXIT_OK
+
+
+def add_limits_command(sub: Any) -> None:
+    """Add ``headwater limits``."""
+    limits = sub.add_parser(
+        "limits",
+        help="concurrency and rate limits by task tag, across all runs and workers",
+        description="Limit the task runs of tasks tagged TAG (@task(tags=[...])) on the whole "
+        "server: at most N running at once (--concurrency) and/or at most COUNT started per "
+        "PERIOD (--rate 10/s, 100/m, 5/10s). A task run waiting for a limit shows 'waiting on "
+        "limit TAG (N/N)' in 'headwater runs show'. Limits survive server restarts.",
+    )
+    limits.add_argument("action", choices=["set", "list", "delete"])
+    limits.add_argument("tag", nargs="?", help="the tag (set, delete)")
+    limits.add_argument("--concurrency", type=int, default=None, help="set: most running at once")
+    limits.add_argument(
+        "--rate", default=None, metavar="COUNT/PERIOD", help="set: most started per period"
+    )
+    _common(limits)
+    limits.set_defaults(func=cmd_limits)
+
+
+# ------------------------------------------------------------------------ workers
+
+
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0.0, (datetime.now(UTC) - when).total_seconds())
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{when:%Y-%m-%d %H:%M:%S}Z"
+
+
+def worker_line(worker: WorkerInfo) -> str:
+    """One worker: name, online/offline (drained), slots, heartbeat, version, what it
+    runs."""
+    status = "online" if worker.online else "offline"
+    if worker.draining:
+        status += ", draining" + (" (exit when idle)" if worker.exit_when_idle else "")
+    labels = ",".join(f"{k}={v}" for k, v in sorted(worker.labels.items())) or "-"
+    version = f"{worker.language} {worker.version}".strip() or "-"
+    slots = f"{worker.slots_used}/{worker.slots}" if worker.online else f"-/{worker.slots}"
+    return (
+        f"{worker.name}  {status}  slots {slots}  heartbeat {_ago(worker.last_heartbeat)}  "
+        f"version {version}  labels {labels}  capabilities {','.join(worker.capabilities)}"
+    )
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """``headwater workers list|drain|resume``."""
+    with Client(server_address(args), token=args.token) as client:
+        if args.action == "list":
+            for worker in client.list_workers(online_only=args.online):
+                print(worker_line(worker))
+            return EXIT_OK
+        if not args.name:
+            raise UsageError(f"'workers {args.action}' needs a worker NAME")
+        if args.action == "drain":
+            workers = client.drain_worker(args.name, exit_when_idle=args.exit)
+        else:
+            workers = client.resume_worker(args.name)
+        for worker in workers:
+            print(worker_line(worker))
+        return EXIT_OK
+
+
+def add_workers_command(sub: Any) -> None:
+    """Add ``headwater workers``."""
+    workers = sub.add_parser(
+        "workers",
+        help="list the workers of a server; drain one for maintenance",
+        description="List the workers a server knows (online or offline, capabilities, "
+        "labels, slots used/total, last heartbeat, version), or drain the workers of a "
+        "name: they finish the attempts they run and take no new ones until resumed "
+        "(--exit: they exit once idle).",
+    )
+    workers.add_argument("action", choices=["list", "drain", "resume"])
+    workers.add_argument("name", nargs="?", help="worker name (drain, resume)")
+    workers.add_argument("--online", action="store_true", help="list: only connected workers")
+    workers.add_argument(
+        "--exit", action="store_true", help="drain: ask the worker to exit once idle"
+    )
+    _common(workers)
+    workers.set_defaults(func=cmd_workers)
+
+
+# ----------------------------------------------------------------------- webhooks
+
+
+def webhook_line(hook: WebhookInfo) -> str:
+    """One webhook: id, URL, filters, deliveries."""
+    flows = ",".join(hook.flows) or "every flow"
+    states = ",".join(s.name for s in hook.states) or "every state"
+    late = " + late runs" if hook.late else ""
+    error = f"  last error: {hook.last_error}" if hook.last_error else ""
+    return (
+        f"{hook.id}  {hook.url}  {flows}  {states}{late}  pending {hook.pending}  "
+        f"failed {hook.failed}{error}"
+    )
+
+
+def _state(name: str) -> FlowRunState:
+    try:
+        return FlowRunState[name.strip().upper()]
+    except KeyError:
+        names = ", ".join(s.name for s in FlowRunState)
+        raise UsageError(f"--state {name!r} is not a flow run state ({names})") from None
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """``headwater webhooks create|list|delete``."""
+    with Client(server_address(args), token=args.token) as client:
+        if args.action == "list":
+            for hook in client.list_webhooks():
+                print(webhook_line(hook))
+            return EXIT_OK
+        if not args.target:
+            what = "URL" if args.action == "create" else "webhook ID"
+            raise UsageError(f"'webhooks {args.action}' needs a {what}")
+        if args.action == "delete":
+            client.delete_webhook(args.target)
+            print(f"webhook {args.target} deleted")
+            return EXIT_OK
+        hook = client.create_webhook(
+            args.target,
+            flows=args.flow or (),
+            states=[_state(s) for s in args.state or ()],
+            late=args.late,
+            secret=args.secret or "",
+        )
+        print(webhook_line(hook))
+        return EXIT_OK
+
+
+def add_webhooks_command(sub: Any) -> None:
+    """Add ``headwater webhooks``."""
+    hooks = sub.add_parser(
+        "webhooks",
+        help="POST flow run state changes to a URL",
+        description="Tell a URL (a JSON POST) when a flow run changes state, optionally only "
+        "for some flows and states, and when a run is late. Deliveries are made at least "
+        "once, retried with backoff, and survive server restarts (docs/operations.md).",
+    )
+    hooks.add_argument("action", choices=["create", "list", "delete"])
+    hooks.add_argument("target", nargs="?", help="create: the URL; delete: the webhook id")
+    hooks.add_argument(
+        "--flow", action="append", help="create: only runs of this flow (repeatable)"
+    )
+    hooks.add_argument(
+        "--state",
+        action="append",
+        help="create: only changes to this state, e.g. FAILED (repeatable)",
+    )
+    hooks.add_argument("--late", action="store_true", help="create: also when a run is late")
+    hooks.add_argument("--secret", default=None, help="create: sign each body (HMAC-SHA256)")
+    _common(hooks)
+    hooks.set_defaults(func=cmd_webhooks)
+
+
+def add_ops_commands(sub: Any) -> None:
+    """Add ``headwater limits``, ``workers`` and ``webhooks``."""
+    add_limits_command(sub)
+    add_workers_command(sub)
+    add_webhooks_command(sub)

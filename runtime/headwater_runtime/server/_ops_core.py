@@ -1,0 +1,423 @@
+"""Day-two operations on a running server, on the server's event loop: retrying runs
+from their failure, concurrency limits, workers, late runs, webhooks and metrics
+(docs/operations.md).
+
+``Operations`` is owned by the ServerCore, which calls its hooks (start, stop, each
+timer loop turn, worker sessions beginning and ending); it listens to the run manager
+for task and flow run changes. The OperationsService servicer calls its methods.
+Each concern lives in a module of its own: _limits.py, _workers.py, _late.py,
+_webhooks.py, _metrics.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
+
+from headwater.v1 import operations_pb2, run_pb2, state_pb2
+from headwater.wire import FlowRunState, TaskRunState, duration, split_task_run_id, timestamp
+from headwater_runtime.engine import REPLAYS, FlowRunEngine, TaskRunRecord, not_retryable
+from headwater_runtime.store import (
+    DeliveryCounts,
+    FlowRunRow,
+    LateRow,
+    LimitRow,
+    RunAttemptRow,
+    Store,
+    WebhookRow,
+)
+
+from ._assignments import PendingAssignment
+from ._dispatch import WorkerSession
+from ._late import LateRuns, late_reason
+from ._metrics import MetricsServer, ServerMetrics
+from ._runs import ActiveRun, Recovery
+from ._schedule_times import fire_time_of
+from ._webhooks import Deliverer, DeliverySettings, Webhooks
+from ._workers import WorkerRegistry
+
+if TYPE_CHECKING:
+    from headwater.v1 import worker_pb2
+
+    from ._core import ServerCore
+
+log = logging.getLogger("headwater.server")
+
+#: How often worker records (their last message time) are written back.
+WORKER_FLUSH = 5.0
+#: How often the gauges of in-memory state are set (the loop turns far more often).
+SAMPLE_EVERY = 0.5
+
+
+class RetryRefused(Exception):
+    """A run that cannot be retried now (FAILED_PRECONDITION), with why."""
+
+
+class UnknownWorker(LookupError):
+    """No worker of that name is known (NOT_FOUND)."""
+
+
+class Operations:
+    """The server's operations features (see the module docstring).
+
+    Args:
+        core: the server.
+    """
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        settings = core.settings
+        now = core.clock.now
+        self.limits = core.dispatcher.limits
+        self.workers = WorkerRegistry(core.store, core.dispatcher, now)
+        self.webhooks = Webhooks(core.store, core.io, now, settings.ui_url)
+        self.deliverer = Deliverer(
+            self.webhooks,
+            DeliverySettings(
+                settings.webhook_max_attempts,
+                settings.webhook_backoff,
+                settings.webhook_backoff_max,
+                settings.webhook_timeout,
+            ),
+            on_outcome=self._delivery_outcome,
+        )
+        self.late = LateRuns(settings.late_after)
+        self.metrics = ServerMetrics(core.store.count_flow_runs)
+        self.metrics_server: MetricsServer | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._next_flush = 0.0
+        self._next_sample = 0.0
+        core.runs.listeners.append(self._task_changed)
+        core.runs.flow_listeners.append(self._flow_changed)
+        core.commits.on_commit = self.metrics.commit_seconds.observe
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, found: Recovery) -> None:
+        """Load limits, workers, drains and webhooks; apply those of the settings; give
+        attempts a worker held at the crash their leases back; start delivering webhooks
+        and serving /metrics. Called after recovery, before anything is dispatched."""
+        core = self.core
+        marked = await core.io.read(self._load, list(core.runs.runs))
+        for row in core.settings.tag_limits:
+            await self.set_limit(row)
+        await self._configured_webhooks()
+        for flow_run_id, task_run_id, attempt in found.held:
+            self.limits.acquire((task_run_id, attempt), self._tags(flow_run_id, task_run_id))
+        now = core.clock.now()
+        for run_id, active in core.runs.runs.items():
+            if run_id not in marked and not _started(active.engine):
+                self.late.created(run_id, active.row.started_at or active.row.created_at)
+        self.deliverer.start()
+        port = core.settings.metrics_port
+        if port is not None:
+            self.metrics_server = MetricsServer(self.metrics, core.settings.host, port)
+        self._next_flush = now + WORKER_FLUSH
+
+    def _load(self, run_ids: list[str]) -> set[str]:
+        store = self.core.store
+        for row in store.list_limits():
+            self.limits.limits[row.tag] = row
+        self.workers.load()
+        self.webhooks.load()
+        return set(store.late_runs(run_ids))
+
+    async def _configured_webhooks(self) -> None:
+        """Create the webhooks of the settings (config file) not stored yet."""
+        have = {(w.url, w.flow_names, w.states, w.late) for w in self.webhooks.hooks.values()}
+        for hook in self.core.settings.webhooks:
+            if (hook.url, hook.flow_names, hook.states, hook.late) not in have:
+                await self.webhooks.create(
+                    hook.url, hook.flow_names, hook.states, hook.late, hook.secret
+                )
+
+    async def stop(self) -> None:
+        """Stop delivering and serving; write the workers' last messages."""
+        await self.deliverer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        for task in list(self._background):
+            task.cancel()
+        rows = self.workers.take_dirty()
+        if rows:
+            try:
+                await self.core.io.write(_put_workers, self.core.store, rows)
+            except Exception:
+                log.exception("could not record the workers' last messages")
+
+    def tick(self, now: float) -> float | None:
+        """One turn of the server's timer loop; when the next turn is needed."""
+        dispatcher = self.core.dispatcher
+        freed = self.limits.due()
+        if freed:
+            dispatcher.requeue(freed)
+        for run_id in self.late.due(now):
+            self._mark_late(run_id, now)
+        if now >= self._next_sample:
+            self._next_sample = now + SAMPLE_EVERY
+            self.metrics.sample(
+                dispatcher.queue_depth(), self.limits.waiting_by_tag(), len(dispatcher.sessions)
+            )
+        if now >= self._next_flush:
+            self._next_flush = now + WORKER_FLUSH
+            self.workers.seen()
+            rows = self.workers.take_dirty()
+            if rows:
+                self._spawn(self.core.io.write(_put_workers, self.core.store, rows))
+        due = [self._next_flush, self._next_sample]
+        for at in (self.limits.next_wake_at, self.late.next_at):
+            if at is not None:
+                due.append(at)
+        return min(due)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background store write failed: %s", task.exception())
+
+    # --------------------------------------------------------------- run changes
+
+    def _task_changed(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
+        if run is None:
+            return
+        entry = run.history[-1]
+        previous = run.history[-2] if len(run.history) > 1 else entry
+        self.metrics.transition(entry.state, previous.state, entry.timestamp - previous.timestamp)
+        self.late.started(flow_run_id, entry.state)
+
+    def _flow_changed(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        if row.state == FlowRunState.RUNNING.value:
+            now = self.core.clock.now()
+            fired = fire_time_of(row.idempotency_key) if row.schedule_id else None
+            if fired is not None and engine.run_attempt == 1:
+                late_after = self.late.late_after or 0.0
+                if 0 < late_after < now - fired:  # fired after downtime, say so
+                    why = f"it was created {now - fired:.0f}s after its schedule's fire time"
+                    self._mark_late(row.id, now, f"{why} (the server was not running)", row)
+                    return
+            if not _started(engine):
+                self.late.created(row.id, now if fired is None else min(now, fired))
+        else:
+            self.late.started(row.id, None)
+        if self.webhooks.enqueue(self.core.runs.ops, row, engine.run_attempt):
+            self.core.commits.pending.effects.append(self.deliverer.wake)
+
+    def _mark_late(
+        self, flow_run_id: str, now: float, reason: str = "", row: FlowRunRow | None = None
+    ) -> None:
+        """Mark a run late (stored with the next commit), with the reason its waiting
+        task runs give unless ``reason`` says it."""
+        active = self.core.runs.runs.get(flow_run_id)
+        row = row or (active.row if active is not None else None)
+        if row is None:
+            return
+        if not reason:
+            dispatcher = self.core.dispatcher
+            reasons = [dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)]
+            reason = late_reason(reasons)
+        self.core.runs.ops.late.append(LateRow(flow_run_id, now, reason))
+        attempt = active.engine.run_attempt if active is not None else 1
+        if self.webhooks.enqueue(self.core.runs.ops, row, attempt, late_reason=reason):
+            self.core.commits.pending.effects.append(self.deliverer.wake)
+        self.metrics.late_runs.inc()
+        log.warning("flow run %s (%s) is late: %s", flow_run_id, row.flow_name, reason)
+        self.core.touch()
+
+    def _delivery_outcome(self, ok: bool) -> None:
+        self.metrics.webhook_deliveries.labels("ok" if ok else "failed").inc()
+
+    # ------------------------------------------------------------------ workers
+
+    def connected(
+        self, session: WorkerSession, hello: worker_pb2.Hello, queued: Iterable[PendingAssignment]
+    ) -> None:
+        """A worker session began; ``queued`` are attempts it adopted from the queue
+        (they hold their tags from now)."""
+        for pending in queued:
+            self.limits.acquire(pending.token, pending.tags)
+        self.workers.connected(session, hello)
+
+    def disconnected(self, session: WorkerSession) -> None:
+        """A worker session ended."""
+        lifted = self.workers.disconnected(session)
+        if lifted is not None:
+            self._spawn(self.core.io.write(self.core.store.delete_drain, lifted.name))
+
+    def limited(self, pending: PendingAssignment) -> bool:
+        """Whether any of an attempt's tags has a limit (its delivery is then stored
+        before it is sent: _core.ServerCore._before_send)."""
+        return any(tag in self.limits.limits for tag in pending.tags)
+
+    def orphan_lost(self, token: tuple[str, int]) -> None:
+        """An attempt held at the crash was not reclaimed in time: its leases end."""
+        self.core.dispatcher.release(token)
+
+    def _tags(self, flow_run_id: str, task_run_id: str) -> tuple[str, ...]:
+        active = self.core.runs.runs.get(flow_run_id)
+        run = active.engine.runs.get(split_task_run_id(task_run_id)[1]) if active else None
+        return run.spec.tags if run is not None else ()
+
+    # --------------------------------------------------------------------- API
+
+    async def retry(self, flow_run_id: str, reason: str) -> None:
+        """Retry an ended run from its failure; durable when this returns (RetryRefused,
+        NotFound, StoreUnavailable)."""
+        core = self.core
+        if flow_run_id in core.runs.runs:
+            raise RetryRefused(f"flow run {flow_run_id} is running; it can be retried once it ends")
+        active = await core.io.read(self._rebuild, flow_run_id)
+        if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
+            raise RetryRefused(f"flow run {flow_run_id} is running again already")
+        core.runs.retry(active, reason)
+        core.touch()
+        await core.durable()
+
+    def _rebuild(self, flow_run_id: str) -> ActiveRun:
+        runs = self.core.runs
+        row = runs.store.get_flow_run(flow_run_id)
+        why = not_retryable(FlowRunState(row.state))
+        if why is not None:
+            raise RetryRefused(f"cannot retry flow run {flow_run_id}: {why}")
+        if row.engine_version not in REPLAYS:
+            raise RetryRefused(
+                f"cannot retry flow run {flow_run_id}: its journal is of engine version "
+                f"{row.engine_version or '(none)'}, and this server replays only "
+                f"{', '.join(sorted(REPLAYS))}"
+            )
+        return runs.rebuild(row)
+
+    async def set_limit(self, row: LimitRow) -> operations_pb2.ConcurrencyLimit:
+        """Store a tag's limit and apply it at once."""
+        if not row.tag:
+            raise ValueError("a limit needs a tag")
+        if not row.concurrency and not row.rate:
+            raise ValueError(f"limit of {row.tag!r}: give a concurrency, a rate or both")
+        if row.rate and row.rate_period <= 0:
+            raise ValueError(f"limit of {row.tag!r}: a rate needs a period above zero")
+        await self.core.io.write(self.core.store.put_limit, row)
+        self.core.dispatcher.requeue(self.limits.set(row))
+        return self.limit_message(row)
+
+    async def delete_limit(self, tag: str) -> None:
+        """Remove a tag's limit (NotFound); what waited on it runs."""
+        await self.core.io.write(self.core.store.delete_limit, tag)
+        self.core.dispatcher.requeue(self.limits.delete(tag))
+
+    def limit_message(self, row: LimitRow) -> operations_pb2.ConcurrencyLimit:
+        """A limit with its current use."""
+        msg = operations_pb2.ConcurrencyLimit(
+            tag=row.tag,
+            concurrency=row.concurrency,
+            rate=row.rate,
+            running=self.limits.running(row.tag),
+            waiting=self.limits.waiting(row.tag),
+        )
+        if row.rate:
+            msg.rate_period.CopyFrom(duration(row.rate_period))
+        return msg
+
+    def limit_messages(self) -> list[operations_pb2.ConcurrencyLimit]:
+        """Every limit with its current use, by tag."""
+        return [self.limit_message(self.limits.limits[t]) for t in sorted(self.limits.limits)]
+
+    async def drain(self, name: str, exit_when_idle: bool) -> list[operations_pb2.WorkerInfo]:
+        """Drain the workers of a name (UnknownWorker), durably."""
+        try:
+            row = self.workers.drain(name, exit_when_idle)
+        except KeyError:
+            raise UnknownWorker(f"no worker named {name!r} is known") from None
+        await self.core.io.write(self.core.store.put_drain, row)
+        return self.workers.infos([name])
+
+    async def resume(self, name: str) -> list[operations_pb2.WorkerInfo]:
+        """Lift the drain of a name (UnknownWorker), durably."""
+        try:
+            self.workers.resume(name)
+        except KeyError:
+            raise UnknownWorker(f"no worker named {name!r} is known") from None
+        await self.core.io.write(self.core.store.delete_drain, name)
+        return self.workers.infos([name])
+
+    def waiting(self, flow_run_id: str) -> dict[str, str]:
+        """Why each attempt of a run not yet handed to a worker waits, by task run key."""
+        dispatcher = self.core.dispatcher
+        return {
+            split_task_run_id(p.token[0])[1]: dispatcher.waiting_reason(p)
+            for p in dispatcher.queued(flow_run_id)
+        }
+
+    def webhook_message(
+        self, row: WebhookRow, counts: DeliveryCounts | None = None
+    ) -> operations_pb2.Webhook:
+        """A webhook as the API shows it (never its secret)."""
+        counts = counts or DeliveryCounts()
+        msg = operations_pb2.Webhook(
+            id=row.id,
+            url=row.url,
+            flow_names=list(row.flow_names),
+            states=[state_pb2.FlowRunState.ValueType(s) for s in row.states],
+            late=row.late,
+            pending=counts.pending,
+            failed=counts.failed,
+            last_error=counts.last_error,
+        )
+        msg.created_at.CopyFrom(timestamp(row.created_at))
+        return msg
+
+
+def flow_run_extras(
+    msg: run_pb2.FlowRun, attempts: list[RunAttemptRow], late: LateRow | None
+) -> None:
+    """Add a run's attempts (``attempt``, and for a retried run a history entry for each
+    attempt's start and end) and its late mark to its FlowRun message."""
+    if len(attempts) > 1:
+        del msg.history[:]
+        for attempt in attempts:
+            start = msg.history.add(
+                state=FlowRunState.RUNNING.value,
+                message=f"run attempt {attempt.attempt}",
+            )
+            start.timestamp.CopyFrom(timestamp(attempt.started_at))
+            if attempt.ended_at is not None:
+                end = msg.history.add(
+                    state=attempt.state,
+                    message=attempt.message,
+                )
+                end.timestamp.CopyFrom(timestamp(attempt.ended_at))
+    msg.attempt = attempts[-1].attempt if attempts else 1
+    if late is not None:
+        msg.late = True
+        msg.late_reason = late.reason
+        msg.late_at.CopyFrom(timestamp(late.at))
+
+
+def run_facts(store: Store, flow_run_id: str) -> tuple[list[RunAttemptRow], LateRow | None]:
+    """A run's attempts and late mark (on a reader thread)."""
+    return store.run_attempts(flow_run_id), store.late_runs([flow_run_id]).get(flow_run_id)
+
+
+def _started(engine: FlowRunEngine) -> bool:
+    """Whether a task run of the current run attempt has left the queue."""
+    attempt_start = next(
+        (at for s, at, _ in reversed(engine.flow_history) if s is FlowRunState.RUNNING), 0.0
+    )
+    for run in engine.runs.values():
+        last = run.history[-1]
+        if last.timestamp >= attempt_start and last.state not in _WAITING:
+            return True
+    return False
+
+
+_WAITING = frozenset({TaskRunState.PENDING, TaskRunState.SCHEDULED})
+
+
+def _put_workers(store: Any, rows: list[Any]) -> None:
+    for row in rows:
+        store.put_worker(row)

@@ -1,0 +1,95 @@
+"""The run manager's cache lookups (a part of ``RunManager``, kept apart for size).
+
+Keys are derived here from a task's cache spec and the encoded inputs (the control plane
+never decodes them), or taken from a worker that ran the task's key function; entries
+are read from the store and checked for expiry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from headwater.v1 import payload_pb2
+from headwater_runtime.engine import (
+    CacheChecked,
+    CacheEntry,
+    CheckCache,
+    Clock,
+    Event,
+    EventIgnored,
+    TaskSucceeded,
+)
+from headwater_runtime.store import Store
+
+from ._values import to_input_value
+
+if TYPE_CHECKING:
+    from ._runs import ActiveRun
+
+
+class RunCacheLookups:
+    """Cache lookups of the run manager (a mixin of ``RunManager``)."""
+
+    store: Store
+    clock: Clock
+    runs: Mapping[str, ActiveRun]
+
+    def handle(self, flow_run_id: str, event: Event) -> list[EventIgnored]:
+        """(RunManager.handle.)"""
+        raise NotImplementedError
+
+    def function_cache_key(self, flow_run_id: str, run_key: str, reported: str) -> str:
+        """The cache key for a key a worker derived with the task's key function ("" if
+        the task does not cache by function: workers cannot write arbitrary keys)."""
+        if not reported:  # the common case: every result of an uncached task
+            return ""
+        active = self.runs.get(flow_run_id)
+        run = active.engine.runs.get(run_key) if active is not None else None
+        if run is None:
+            return ""
+        spec, cache = run.spec, run.spec.cache
+        if cache is None or not cache.by_function:
+            return ""
+        return f"{spec.cache_key_prefix}key={reported}"
+
+    def _cached(self, key: str) -> CacheEntry | None:
+        """The valid cache entry under ``key`` (None when missing or expired)."""
+        row = self.store.get_cache(key)
+        if row is None or (row.expires_at is not None and row.expires_at <= self.clock.now()):
+            return None
+        data = self.store.get_values([row.value_id]).get(row.value_id)
+        if data is None:
+            return None
+        return CacheEntry(payload_pb2.Value.FromString(data), row.expires_at)
+
+    def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
+        """A worker derived a cache key with the task's key function (CacheKeyReport).
+        On a valid hit the attempt ends CACHED with the stored value, and True tells
+        the worker not to run the task."""
+        key = self.function_cache_key(flow_run_id, run_key, reported)
+        entry = self._cached(key) if key else None
+        if entry is None:
+            return False
+        hit = TaskSucceeded(run_key, attempt, entry.value, cache_key=key, cached=True)
+        return not self.handle(flow_run_id, hit)
+
+    def _check_cache(self, command: CheckCache) -> CacheChecked:
+        spec = command.run.spec
+        cache = spec.cache
+        assert cache is not None
+        if cache.by_function:
+            # The key function lives in the worker: the assignment asks it for the key
+            # (CacheKeyReport), answered by cache_lookup before the task runs.
+            return CacheChecked(command.run.key, "", None)
+        digest = hashlib.sha256()
+        for name in sorted(command.inputs):
+            digest.update(name.encode() + b"\0")
+            digest.update(
+                to_input_value(command.inputs[name], elements=False).SerializeToString(
+                    deterministic=True
+                )
+            )
+        key = spec.cache_key_prefix + digest.hexdigest()
+        return CacheChecked(command.run.key, key, self._cached(key))

@@ -1,0 +1,102 @@
+"""FlowRun.retry(): an embedded run retried from its failure, in this process, with
+the results of the task runs that succeeded still in memory (side effects counted)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from headwater import FlowRunState, TaskRunState, flow, task
+
+calls: Counter[str] = Counter()
+broken: set[int] = set()
+#: The object ``numbers`` returned, to check the retry reuses it rather than a copy.
+made: list[Any] = []
+
+
+@task
+def numbers(n: int) -> list[int]:
+    calls["numbers"] += 1
+    made.append(list(range(n)))
+    return made[-1]
+
+
+@task
+def square(x: int) -> int:
+    calls[f"square-{x}"] += 1
+    if x in broken:
+        raise ValueError(f"element {x} is broken")
+    return x * x
+
+
+@task
+def plus_one(x: int) -> int:
+    calls[f"plus_one-{x}"] += 1
+    return x + 1
+
+
+@task
+def total(xs: list[int]) -> int:
+    calls["total"] += 1
+    return sum(xs)
+
+
+@task
+def first(xs: list[int]) -> int:
+    calls["first"] += 1
+    return xs[0]
+
+
+@flow
+def pipeline(n: int = 4) -> dict[str, int]:
+    xs = numbers(n)
+    return {"total": total(plus_one.map(square.map(xs))), "first": first(xs)}
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> None:
+    calls.clear()
+    broken.clear()
+    made.clear()
+
+
+def test_retry_reruns_only_the_failed_mapped_child_and_its_downstream() -> None:
+    broken.add(2)
+    run = pipeline.run(n=4)
+    assert run.state is FlowRunState.FAILED and run.attempt == 1
+    assert run.task_run("plus_one[2]").state is TaskRunState.TRIGGER_FAILED
+    before = Counter(calls)
+
+    broken.clear()
+    seen: list[str] = []
+    again = run.retry(reason="fixed", on_transition=lambda r, e: seen.append(r.key))
+    assert again.state is FlowRunState.SUCCESS and again.id == run.id and again.attempt == 2
+    assert again.result == {"total": 1 + 2 + 5 + 10, "first": 0}
+    assert calls - before == Counter({"square-2": 1, "plus_one-4": 1, "total": 1})
+    assert again.task_run("numbers").result is made[0], "the kept result, not a copy"
+    states = again.task_run("square[2]").states
+    assert states[-5:] == [
+        TaskRunState.FAILED,
+        TaskRunState.PENDING,
+        TaskRunState.SCHEDULED,
+        TaskRunState.RUNNING,
+        TaskRunState.SUCCESS,
+    ]
+    assert "square[2]" in seen and "square[1]" not in seen
+    with pytest.raises(RuntimeError, match="only a FAILED or CANCELLED run can be retried"):
+        again.retry()
+
+
+def test_a_run_that_fails_again_can_be_retried_again() -> None:
+    broken.update({1, 2})
+    run = pipeline.run(n=3)
+    broken.discard(1)
+    second = run.retry()
+    assert second.state is FlowRunState.FAILED and second.attempt == 2
+    broken.clear()
+    third = second.retry(max_workers=2)
+    assert third.state is FlowRunState.SUCCESS and third.attempt == 3
+    assert (calls["square-0"], calls["square-1"], calls["square-2"]) == (1, 2, 3)
+    assert third.task_run("square[2]").attempt == 3

@@ -1,0 +1,330 @@
+"""Day-two operations in the control plane, in process: retry from failure in the run
+manager (across a restart, traced as a new attempt), the OperationsService's answers to
+bad input, webhook deliveries that give up, and the configuration's precedence. The
+tests that keep state run on both stores (the db fixture: SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from test_run_manager import Clock, FakeDispatch, drain, pipeline, value_of, work
+from test_server_protocol import serving
+
+from headwater.v1 import operations_pb2 as ops
+from headwater.v1 import operations_pb2_grpc
+from headwater.wire import FlowRunState, TaskRunState, duration
+from headwater_runtime.server._config import ConfigError, settings
+from headwater_runtime.server._ops_core import RetryRefused
+from headwater_runtime.server._runs import RunManager
+from headwater_runtime.store import LimitRow, open_store
+
+
+def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+def test_a_run_retried_after_a_restart_reruns_only_what_failed_as_a_new_traced_attempt(
+    db: str, span_exporter: InMemorySpanExporter
+) -> None:
+    store = open_store(db)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    # scale[1] fails on every attempt (it has one retry): the run FAILS, total never runs.
+    while dispatch.submitted:
+        pending = dispatch.submitted.pop(0)
+        work(manager, pending, fail=pending.assignment.task_name == "scale[1]")
+        manager.flush()
+    assert store.get_flow_run(row.id).state == FlowRunState.FAILED.value
+
+    restarted = RunManager(store, dispatch, Clock())  # a new server on the same store
+    assert restarted.recover().held == []
+    active = restarted.rebuild(store.get_flow_run(row.id))
+    restarted.retry(active, "the disk is back")
+    restarted.flush()
+    assert [p.assignment.task_name for p in dispatch.submitted] == ["scale[1]"]
+    assert dispatch.submitted[0].assignment.token.attempt == 3  # attempt numbers go on
+    drain(restarted, dispatch)
+    stored = store.get_flow_run(row.id)
+    assert stored.state == FlowRunState.SUCCESS.value
+    assert [(a.attempt, FlowRunState(a.state).name) for a in store.run_attempts(row.id)] == [
+        (1, "FAILED"),
+        (2, "SUCCESS"),
+    ]
+    states = {t.key: TaskRunState(t.state).name for t in store.task_runs(row.id)}
+    assert set(states.values()) == {"SUCCESS", "MAPPED"}
+    history = [TaskRunState(h.state).name for h in store.task_run_history(row.id, "scale[1]")]
+    assert history[-5:] == ["FAILED", "PENDING", "SCHEDULED", "RUNNING", "SUCCESS"]
+    store.close()
+
+    flows = named(span_exporter.get_finished_spans(), "flow pipeline")
+    assert [dict(s.attributes or {}).get("headwater.flow_run.attempt") for s in flows] == [
+        None,
+        2,
+    ]
+    assert flows[0].context.trace_id == flows[1].context.trace_id, "one trace per run"
+
+
+def call(db: str, body: Any, **options: Any) -> Any:
+    """``body(stub, running)`` against an in-process server on ``db`` (the db fixture:
+    SQLite or PostgreSQL)."""
+
+    async def main() -> Any:
+        async with (
+            serving(db, **options) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            stub = operations_pb2_grpc.OperationsServiceStub(channel)
+            return await asyncio.wait_for(body(stub, running), 60)
+
+    return asyncio.run(main())
+
+
+async def refused(request: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await request
+    return caught.value.code(), caught.value.details() or ""
+
+
+def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> None:
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        code = grpc.StatusCode
+        cases = [
+            (stub.RetryFlowRun(ops.RetryFlowRunRequest(id="nope")), code.NOT_FOUND, "'nope'"),
+            (stub.RetryFlowRun(ops.RetryFlowRunRequest()), code.INVALID_ARGUMENT, "id"),
+            (
+                stub.SetConcurrencyLimit(ops.SetConcurrencyLimitRequest()),
+                code.INVALID_ARGUMENT,
+                "needs a tag",
+            ),
+            (
+                stub.SetConcurrencyLimit(
+                    ops.SetConcurrencyLimitRequest(limit=ops.ConcurrencyLimit(tag="db"))
+                ),
+                code.INVALID_ARGUMENT,
+                "give a concurrency, a rate or both",
+            ),
+            (
+                stub.SetConcurrencyLimit(
+                    ops.SetConcurrencyLimitRequest(limit=ops.ConcurrencyLimit(tag="db", rate=5))
+                ),
+                code.INVALID_ARGUMENT,
+                "period above zero",
+            ),
+            (
+                stub.DeleteConcurrencyLimit(ops.DeleteConcurrencyLimitRequest(tag="db")),
+                code.NOT_FOUND,
+                "tag 'db' has no limit",
+            ),
+            (stub.DrainWorker(ops.DrainWorkerRequest(name="w")), code.NOT_FOUND, "'w'"),
+            (stub.ResumeWorker(ops.ResumeWorkerRequest(name="w")), code.NOT_FOUND, "'w'"),
+            (
+                stub.CreateWebhook(ops.CreateWebhookRequest(webhook=ops.Webhook(url="ftp://x"))),
+                code.INVALID_ARGUMENT,
+                "http:// or https://",
+            ),
+            (
+                stub.DeleteWebhook(ops.DeleteWebhookRequest(id="nope")),
+                code.NOT_FOUND,
+                "'nope'",
+            ),
+        ]
+        for request, expected, fragment in cases:
+            got, details = await refused(request)
+            assert (got, fragment in details, "\n" in details) == (expected, True, False), (
+                got,
+                details,
+            )
+        limit = ops.ConcurrencyLimit(tag="db", concurrency=2, rate=10)
+        limit.rate_period.CopyFrom(duration(1.0))
+        stored = await stub.SetConcurrencyLimit(ops.SetConcurrencyLimitRequest(limit=limit))
+        assert (stored.limit.tag, stored.limit.concurrency, stored.limit.rate) == ("db", 2, 10)
+        listed = await stub.ListConcurrencyLimits(ops.ListConcurrencyLimitsRequest())
+        assert [m.tag for m in listed.limits] == ["db"]
+        assert running.core.store.list_limits() == [LimitRow("db", 2, 10, 1.0)]
+
+    call(db, body)
+
+
+def test_retrying_a_run_that_is_not_over_is_refused(db: str) -> None:
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+        got, details = await refused(stub.RetryFlowRun(ops.RetryFlowRunRequest(id=row.id)))
+        assert got is grpc.StatusCode.FAILED_PRECONDITION
+        assert details == f"flow run {row.id} is running; it can be retried once it ends"
+        await core.cancel_run(row.id, "stop")
+        retried = await stub.RetryFlowRun(ops.RetryFlowRunRequest(id=row.id, reason="go"))
+        assert retried.flow_run.state == FlowRunState.RUNNING.value
+        assert retried.flow_run.attempt == 2
+        with pytest.raises(RetryRefused):
+            await core.ops.retry(row.id, "twice")
+
+    call(db, body)
+
+
+class AlwaysFailing:
+    """A local HTTP receiver that answers every POST with 503 (and counts them)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.tries += 1
+                self.send_response(503)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_delivery_that_keeps_failing_is_retried_with_backoff_then_given_up(
+    db: str,
+) -> None:
+    receiver = AlwaysFailing()
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        hook = ops.Webhook(url=receiver.url, states=[FlowRunState.CANCELLED.value])
+        await stub.CreateWebhook(ops.CreateWebhookRequest(webhook=hook))
+        await core.register_flow(pipeline.compile())
+        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+        await core.cancel_run(row.id, "stop")
+        while True:  # bounded by the test's wait_for
+            (listed,) = (await stub.ListWebhooks(ops.ListWebhooksRequest())).webhooks
+            if listed.failed:
+                break
+            await asyncio.sleep(0.05)
+        assert (listed.pending, listed.failed, listed.last_error) == (0, 1, "HTTP 503")
+        assert receiver.tries == 3
+        assert listed.secret == "", "a secret is never returned"
+
+    try:
+        call(
+            db,
+            body,
+            webhook_max_attempts=3,
+            webhook_backoff=0.05,
+            webhook_backoff_max=0.1,
+        )
+    finally:
+        receiver.close()
+
+
+def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "headwater.toml"
+    config.write_text(
+        '[server]\nport = 1111\nhost = "0.0.0.0"\nheartbeat_timeout = "30s"\n'
+        'late_after = "off"\n[limits.db]\nconcurrency = 3\n'
+        '[[webhooks]]\nurl = "http://x/h"\nstates = ["failed"]\nlate = true\n'
+        "[webhook_delivery]\nmax_attempts = 4\n"
+    )
+    env = {"HEADWATER_CONFIG": str(config), "HEADWATER_PORT": "2222", "HEADWATER_DB": "env.db"}
+    got = settings({"db": "flag.db", "host": None}, env)
+    assert (got.port, got.db, got.host) == (2222, "flag.db", "0.0.0.0")
+    assert (got.heartbeat_timeout, got.heartbeat_interval, got.late_after) == (30.0, 5.0, 0.0)
+    assert got.tag_limits == (LimitRow("db", 3, 0, 0.0),)
+    assert [(w.url, w.states, w.late) for w in got.webhooks] == [
+        ("http://x/h", (FlowRunState.FAILED.value,), True)
+    ]
+    assert got.webhook_max_attempts == 4
+    assert settings({}, {}).port == 50051  # the default
+    config.write_text('[server]\nlease = "4s"\npayload_dir = "/file"\n')
+    several = settings({}, {"HEADWATER_CONFIG": str(config), "HEADWATER_PAYLOAD_DIR": "/env"})
+    assert (several.lease, several.payload_dir) == (4.0, "/env")
+    bad = [
+        ("[server]\nport = 70000\n", "[server] port: must be a port 0..65535"),
+        ('[server]\nlate_after = "soon"\n', "[server] late_after: expects a duration"),
+        ('[limits.db]\nrate = "fast"\n', "[limits.db] rate: expects a rate"),
+        ("[[webhooks]]\nflows = []\n", "takes url (required)"),
+        ("[webhooks]\nurl = 1\n", "webhooks must be an array of tables"),
+        ("[extra]\n", "unknown table [extra]"),
+        ("server = [", "is not valid TOML"),
+    ]
+    for text, fragment in bad:
+        config.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            settings({}, {}, str(config))
+        assert fragment in str(caught.value) and str(config) in str(caught.value)
+    with pytest.raises(ConfigError, match="environment variable HEADWATER_PORT"):
+        settings({}, {"HEADWATER_PORT": "x"})
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        settings({}, {}, str(tmp_path / "missing.toml"))
+
+
+def test_a_scheduled_run_is_late_with_its_reason_also_when_it_fired_during_downtime(
+    db: str,
+) -> None:
+    """A fire whose run no worker can start is marked late (no worker); a fire missed
+    while the server was down is created late on restart and says so."""
+    from headwater.v1 import control_plane_pb2 as cp
+    from headwater.v1 import control_plane_pb2_grpc, run_pb2
+
+    async def runs(channel: grpc.aio.Channel) -> list[Any]:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        return list((await client.ListFlowRuns(cp.ListFlowRunsRequest())).flow_runs)
+
+    async def first(stub: Any, running: Any) -> float:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        schedule = run_pb2.Schedule(flow_name="pipeline", enabled=True)
+        schedule.interval.FromSeconds(2)
+        created = core.schedules.create(schedule)
+        core.touch()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            while True:  # bounded by call()'s wait_for
+                marked = [r for r in await runs(channel) if r.late]
+                if marked:
+                    break
+                await asyncio.sleep(0.05)
+            (late,) = marked
+        assert late.schedule_id == created.id
+        assert late.late_reason == "waiting: no connected worker offers test_run_manager.numbers"
+        core.schedules.set_enabled(created.id, False)  # no more fires while it runs
+        core.schedules.set_enabled(created.id, True)
+        return float(core.store.get_schedule(created.id).next_run_at or 0)
+
+    options = {"late_after": 0.3}
+    next_fire = call(db, first, **options)
+    # The server is down when the next fire is due, and longer than late_after after it.
+    deadline = time.monotonic() + 10
+    while time.time() < next_fire + 0.5:  # the fire is at most 2 s away
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    async def second(stub: Any, running: Any) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            while True:
+                late = [r for r in await runs(channel) if "not running" in r.late_reason]
+                if late:
+                    break
+                await asyncio.sleep(0.05)
+        assert "after its schedule's fire time (the server was not running)" in late[0].late_reason
+
+    call(db, second, **options)

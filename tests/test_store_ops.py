@@ -1,0 +1,147 @@
+"""The stores' day-two operations tables (store/_ops.py), the same tests on SQLite and
+PostgreSQL: run attempts and late marks written with a commit, limits, workers and
+drains, webhooks and their delivery outbox, and prune of the per-run rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from headwater.wire import FlowRunState
+from headwater_runtime.store import (
+    DeliveryCounts,
+    DeliveryRow,
+    DrainRow,
+    FlowRunRow,
+    LateRow,
+    LimitRow,
+    NotFound,
+    RunAttemptRow,
+    Store,
+    WebhookRow,
+    WorkerRow,
+    WriteBatch,
+    open_store,
+)
+
+FAILED = FlowRunState.FAILED.value
+RUNNING = FlowRunState.RUNNING.value
+SUCCESS = FlowRunState.SUCCESS.value
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[Any]:
+    s = open_store(db)
+    yield s
+    s.close()
+
+
+def test_attempts_and_late_marks_are_written_with_the_commit_the_last_given_winning(
+    db: str,
+) -> None:
+    store = open_store(db)
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", RUNNING, 1.0))
+    batch = WriteBatch()
+    # One tick can start an attempt and end it: the row is written once, as last given.
+    batch.ops.run_attempts += [
+        RunAttemptRow("r1", 1, 1.0, RUNNING),
+        RunAttemptRow("r1", 1, 1.0, FAILED, 2.0, "boom"),
+    ]
+    batch.ops.late += [LateRow("r1", 1.5, "no worker"), LateRow("r1", 1.6, "waiting")]
+    assert batch
+    store.commit(batch)
+    later = WriteBatch()
+    later.ops.run_attempts.append(RunAttemptRow("r1", 2, 3.0, RUNNING))
+    store.commit(later)
+    store.close()
+
+    store = open_store(db)  # it survives a reopen
+    assert store.run_attempts("r1") == [
+        RunAttemptRow("r1", 1, 1.0, FAILED, 2.0, "boom"),
+        RunAttemptRow("r1", 2, 3.0, RUNNING),
+    ]
+    assert store.run_attempts("nope") == []
+    assert store.late_runs(["r1", "nope"]) == {"r1": LateRow("r1", 1.6, "waiting")}
+    assert store.late_runs([]) == {}
+    assert store.count_flow_runs() == {RUNNING: 1}
+    store.close()
+
+
+def test_limits_are_set_replaced_listed_and_deleted(store: Store) -> None:
+    store.put_limit(LimitRow("web", 0, 10, 1.0))
+    store.put_limit(LimitRow("db", 3))
+    store.put_limit(LimitRow("db", 2, 5, 60.0))
+    assert store.list_limits() == [LimitRow("db", 2, 5, 60.0), LimitRow("web", 0, 10, 1.0)]
+    store.delete_limit("db")
+    assert store.list_limits() == [LimitRow("web", 0, 10, 1.0)]
+    with pytest.raises(NotFound, match="tag 'db' has no limit"):
+        store.delete_limit("db")
+
+
+def test_workers_and_drains_are_kept_by_name(store: Store) -> None:
+    first = WorkerRow("w", "id1", ("m.a", "m.b"), {"zone": "eu"}, 4, "1.0", "python", "h", 1.0, 2.0)
+    store.put_worker(first)
+    later = dataclasses.replace(first, worker_id="id2", labels={}, last_seen=9.0)
+    store.put_worker(later)
+    store.put_worker(dataclasses.replace(first, name="a"))
+    assert store.list_workers() == [dataclasses.replace(first, name="a"), later]
+    store.put_drain(DrainRow("w", False, 1.0))
+    store.put_drain(DrainRow("w", True, 2.0))
+    store.put_drain(DrainRow("v", False, 3.0))
+    assert store.list_drains() == [DrainRow("v", False, 3.0), DrainRow("w", True, 2.0)]
+    store.delete_drain("w")
+    store.delete_drain("nobody")  # nothing happens
+    assert store.list_drains() == [DrainRow("v", False, 3.0)]
+
+
+def test_webhook_deliveries_wait_in_the_outbox_are_retried_and_given_up(store: Store) -> None:
+    hook = WebhookRow("h1", "http://x/h", ("etl",), (FAILED, SUCCESS), True, "s", 5.0)
+    store.put_webhook(hook)
+    store.put_webhook(WebhookRow("h0", "http://y/h", created_at=1.0))
+    assert store.list_webhooks() == [WebhookRow("h0", "http://y/h", created_at=1.0), hook]
+    batch = WriteBatch()
+    batch.ops.deliveries += [
+        DeliveryRow("h1", b'{"n": 1}', 10.0, 1.0),
+        DeliveryRow("h1", b'{"n": 2}', 10.0, 2.0),
+        DeliveryRow("gone", b"{}", 10.0, 3.0),  # its webhook was deleted: not stored
+        DeliveryRow("h0", b"{}", 20.0, 4.0),
+    ]
+    store.commit(batch)
+    assert store.next_delivery_at() == 10.0
+    due = store.due_deliveries(15.0, 10)
+    assert [(d.webhook_id, d.body) for d in due] == [("h1", b'{"n": 1}'), ("h1", b'{"n": 2}')]
+    assert due[0].id < due[1].id
+    assert store.due_deliveries(15.0, 1) == due[:1]
+    store.delivery_done(due[0].id)
+    store.delivery_failed(due[1].id, 1, 30.0, "HTTP 500")
+    assert store.due_deliveries(25.0, 10)[0].webhook_id == "h0"
+    assert store.delivery_counts() == {
+        "h1": DeliveryCounts(1, 0, "HTTP 500"),
+        "h0": DeliveryCounts(1, 0, ""),
+    }
+    store.delivery_failed(due[1].id, 2, None, "HTTP 503")  # given up: kept, counted
+    assert store.delivery_counts()["h1"] == DeliveryCounts(0, 1, "HTTP 503")
+    assert [d.webhook_id for d in store.due_deliveries(1e9, 10)] == ["h0"]
+    store.delete_webhook("h0")
+    assert store.next_delivery_at() is None
+    assert store.delivery_counts() == {"h1": DeliveryCounts(0, 1, "HTTP 503")}
+    with pytest.raises(NotFound, match="'h0' does not exist"):
+        store.delete_webhook("h0")
+
+
+def test_prune_deletes_a_runs_attempts_and_late_mark_with_it(store: Store) -> None:
+    for run_id, state, ended in (("old", SUCCESS, 1.0), ("live", RUNNING, None)):
+        store.create_flow_run(FlowRunRow(run_id, "etl", "1", RUNNING, 0.5))
+        batch = WriteBatch()
+        batch.flow_runs[run_id] = FlowRunRow(run_id, "etl", "1", state, 0.5, ended_at=ended)
+        batch.ops.run_attempts.append(RunAttemptRow(run_id, 1, 0.5, state, ended))
+        batch.ops.late.append(LateRow(run_id, 0.7, "no worker"))
+        store.commit(batch)
+    assert store.prune(10.0, now=10.0, grace=0, dry_run=True).runs == 1
+    assert store.run_attempts("old") != []
+    assert store.prune(10.0, now=10.0, grace=0).runs == 1
+    assert store.run_attempts("old") == [] and store.late_runs(["old"]) == {}
+    assert len(store.run_attempts("live")) == 1 and set(store.late_runs(["live"])) == {"live"}
