@@ -15,6 +15,7 @@ from headwater_runtime.store import (
     Fenced,
     FlowRunRow,
     Lease,
+    LimitRow,
     PostgresStore,
     RunEvent,
     SchemaTooNew,
@@ -82,6 +83,27 @@ def test_a_version_2_database_gets_child_links_credentials_and_audit(url: str) -
     assert (old.parent_flow_run_id, old.parent_task_key, old.parent_attempt) == ("", "", 0)
     assert store.child_flow_runs("old") == [] and store.flow_run_ids("ol") == ["old"]
     assert store.credentials_generation() == 0 and store.audit_entries() == []
+    store.close()
+
+
+def test_a_version_3_database_gets_the_operations_tables(url: str) -> None:
+    """Migration 4 (issue 15): a run stored before it (state 4: SUCCESS) has no attempts
+    and no late mark, is pruned like any other, and the new tables work at once."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrate(conn, "test", MIGRATIONS[:3]) == [1, 2, 3]
+        conn.execute(
+            "INSERT INTO flow_runs (id, flow_name, flow_version, state, created_at, "
+            "parameters, result, message, trace_context, schedule_id, engine_version, "
+            "ended_at) VALUES ('old', 'etl', '1', 4, 1.0, '', '', '', '{}', '', '1', 2.0)"
+        )
+    store = PostgresStore(url)
+    assert versions(store) == list(range(1, PG_SCHEMA_VERSION + 1))
+    assert store.run_attempts("old") == [] and store.late_runs(["old"]) == {}
+    store.put_limit(LimitRow("db", 3))
+    assert store.list_limits() == [LimitRow("db", 3)]
+    assert store.prune(10.0, now=10.0, grace=0).runs == 1
     store.close()
 
 
