@@ -74,7 +74,7 @@ class _Context:
     def _new_id(self, name: str) -> str:
         count = self.name_counts.get(name, 0) + 1
         self.name_counts[name] = count
-        node_id = name if count == 1 else f"{name}-{count}"
+        node_id = name if count == 1 else name + "-" + str(count)
         while node_id in self.node_ids:  # e.g. a task literally named "load-2"
             count += 1
             self.name_counts[name] = count
@@ -142,7 +142,10 @@ class _Context:
     def add_call(
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, mapped: bool
     ) -> TaskRef:
-        wait_for = kwargs.pop("wait_for", None)
+        # The hot path of every compile (once per task call): the common argument kinds
+        # (a task result, a plain scalar constant) are turned into inputs here directly,
+        # everything else goes through ``to_input``, which gives the same answer.
+        wait_for = kwargs.pop("wait_for", None) if kwargs else None
         existing = self.task_types_by_name.setdefault(task.name, task.task_type)
         if existing != task.task_type:
             raise ValueError(
@@ -152,50 +155,71 @@ class _Context:
         arguments = task.bind_arguments(args, kwargs)
         mapped_args: list[str] = []
         inputs: dict[str, InputSpec] = {}
+        node_ids = self.node_ids
         for arg, value in arguments.items():
-            if type(value) is unmapped:
+            kind = type(value)
+            if kind is unmapped:
                 if not mapped:
                     raise FlowDefinitionError(
                         f"task {task.name!r}, argument {arg!r}: unmapped() only applies "
                         "to arguments of task.map(...)"
                     )
                 value = value.value
+                kind = type(value)
             elif mapped:
                 mapped_args.append(arg)
-            inputs[arg] = self.to_input(value, task.name, arg)
+            spec: InputSpec
+            if kind is TaskRef:
+                if value._node_id not in node_ids:
+                    raise ValueError(
+                        f"task {task.name!r} got the result of task {value._node_id!r}, "
+                        f"which is not part of flow {self.flow_name!r}"
+                    )
+                spec = FromTask(value._node_id, value._path)
+            elif kind in _SCALAR_TYPES:
+                spec = Const(value)
+            else:
+                spec = self.to_input(value, task.name, arg)
+                if not isinstance(spec, Const | Param | FromTask):
+                    for ref in iter_task_refs(spec):
+                        if ref.task_id not in node_ids:
+                            raise ValueError(
+                                f"task {task.name!r} got the result of task {ref.task_id!r}, "
+                                f"which is not part of flow {self.flow_name!r}"
+                            )
+                elif type(spec) is FromTask and spec.task_id not in node_ids:
+                    raise ValueError(
+                        f"task {task.name!r} got the result of task {spec.task_id!r}, "
+                        f"which is not part of flow {self.flow_name!r}"
+                    )
+            inputs[arg] = spec
             if task.portable:
-                _check_json_constants(inputs[arg], task.name, arg, arg in mapped_args)
+                _check_json_constants(spec, task.name, arg, arg in mapped_args)
         if mapped and not mapped_args:
             raise FlowDefinitionError(
                 f"task {task.name!r}: .map() needs at least one argument that is not unmapped()"
             )
-        deps: dict[str, None] = dict.fromkeys(self.case_stack)
-        for item in _as_list(wait_for, task.name):
-            if type(item) is not TaskRef:
-                raise FlowDefinitionError(
-                    f"task {task.name!r}: wait_for takes task results from this flow, "
-                    f"got {type(item).__name__}"
-                )
-            deps[item._node_id] = None
-        for spec in inputs.values():
-            if isinstance(spec, Const | Param):
-                continue
-            for ref in (spec,) if isinstance(spec, FromTask) else iter_task_refs(spec):
-                if ref.task_id not in self.node_ids:
-                    raise ValueError(
-                        f"task {task.name!r} got the result of task {ref.task_id!r}, "
-                        f"which is not part of flow {self.flow_name!r}"
+        wait: tuple[str, ...] = ()
+        if self.case_stack or wait_for is not None:
+            deps: dict[str, None] = dict.fromkeys(self.case_stack)
+            for item in _as_list(wait_for, task.name):
+                if type(item) is not TaskRef:
+                    raise FlowDefinitionError(
+                        f"task {task.name!r}: wait_for takes task results from this flow, "
+                        f"got {type(item).__name__}"
                     )
-        for dep in deps:
-            if dep not in self.node_ids:
-                raise ValueError(f"task {task.name!r} waits for unknown task {dep!r}")
+                deps[item._node_id] = None
+            for dep in deps:
+                if dep not in node_ids:
+                    raise ValueError(f"task {task.name!r} waits for unknown task {dep!r}")
+            wait = tuple(deps)
         node_id = self._new_id(task.name)
         node = TaskSpec(
             id=node_id,
             name=task.name,
             task_type=task.task_type,
             inputs=inputs,
-            wait_for=tuple(deps),
+            wait_for=wait,
             retry=task.retry,
             timeout=task.timeout,
             trigger=task.trigger,
@@ -211,10 +235,12 @@ class _Context:
             no_retry_on=task.no_retry_on,
         )
         self.nodes.append(node)
-        self.node_ids[node_id] = node
+        node_ids[node_id] = node
         return TaskRef(node_id, mapped)
 
 
+#: Constants that can hold no reference: an input of one is a Const without a look inside.
+_SCALAR_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None)})
 _PLAIN_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None), list, tuple, dict})
 
 

@@ -8,7 +8,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from headwater.wire import GraphSpec, ParameterError, bind_params
-from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, Executor, ThreadExecutor
+from headwater_runtime.embedded import (
+    PROCESS_CACHE,
+    EmbeddedRun,
+    Executor,
+    ThreadExecutor,
+    relaxed_gc,
+)
 from headwater_runtime.engine import StateEntry, TaskRunRecord
 
 from . import _compiler
@@ -162,6 +168,17 @@ class Flow(Generic[P, R]):
             raise FlowDefinitionError("pass either executor= or max_workers=, not both")
         values = self.complete(self.validate(*args, **params))
         assert values is not None
+        with relaxed_gc():  # compiling allocates a few objects per task too
+            return self._run(values, executor, max_workers, max_concurrency, on_transition)
+
+    def _run(
+        self,
+        values: dict[str, Any],
+        executor: Executor | None,
+        max_workers: int | None,
+        max_concurrency: int | None,
+        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None,
+    ) -> FlowRun:
         graph = _compiler.build_graph(self, values)
         remote = [t for t in graph.tasks if t.fn is None]
         if remote:

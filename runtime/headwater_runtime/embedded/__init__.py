@@ -1,11 +1,13 @@
 """The embedded host: run a flow in this process, on threads (or Dask)."""
 
 from ._cache import PROCESS_CACHE, ResultCache, cache_key, make_cache_key, stable_hash
+from ._gc import RUN_GC_THRESHOLD, relaxed_gc
 from ._host import EmbeddedRun, Executor, SystemClock
 from ._threads import ThreadExecutor, default_thread_count
 
 __all__ = [
     "PROCESS_CACHE",
+    "RUN_GC_THRESHOLD",
     "EmbeddedRun",
     "Executor",
     "ResultCache",
@@ -14,5 +16,6 @@ __all__ = [
     "cache_key",
     "default_thread_count",
     "make_cache_key",
+    "relaxed_gc",
     "stable_hash",
 ]

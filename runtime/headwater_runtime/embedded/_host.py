@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
 
 from ._cache import PROCESS_CACHE, ResultCache
+from ._gc import relaxed_gc
 from ._threads import ThreadExecutor
 
 # Upper bound on one wait, so Ctrl-C is seen promptly even on platforms where a
@@ -182,6 +183,10 @@ class EmbeddedRun:
         A task failure does not raise; Ctrl-C cancels the run. A successful run's
         result is resolved by the executor (e.g. gathered from a Dask cluster).
         """
+        with relaxed_gc():
+            return self._run()
+
+    def _run(self) -> FlowRunEngine:
         engine = self.engine
         completions = self._completions
         if self._tracer is not None:

@@ -68,6 +68,11 @@ S = TaskRunState
 _TIMEOUT = 0
 _RETRY = 1
 
+#: A StateEntry made without its Python-level ``__new__`` (a named tuple's): four
+#: per task run, on the engine's hottest path.
+_new_entry = tuple.__new__
+_RUNNING = FlowRunState.RUNNING
+
 
 class FlowRunEngine:
     """Drives one flow run of a validated GraphSpec.
@@ -263,8 +268,19 @@ class FlowRunEngine:
             self.runs[spec.id] = node.run
             self._nodes[spec.id] = node
         self._unfinished = len(self._nodes)
-        for node in self._nodes.values():
+        upstreams = self.graph.upstreams()
+        nodes = self._nodes
+        for node in nodes.values():
             spec = node.spec
+            if spec.mapped is None:
+                # The common case: every upstream is a whole one (computed by validate()).
+                sources = node.whole_sources
+                for dep_id in upstreams[spec.id]:
+                    upstream = nodes[dep_id]
+                    sources.append(upstream)
+                    upstream.whole_dependents.append(node)
+                node.whole_remaining = len(sources)
+                continue
             elementwise: set[str] = set()
             if spec.mapped is not None:
                 for arg in spec.mapped:
@@ -316,7 +332,7 @@ class FlowRunEngine:
                 f"task run {run.key!r}: {run.state.name} -> {state.name} is not allowed "
                 f"(history: {history})"
             )
-        entry = StateEntry(state, self.clock.now(), run.attempt, message, failure)
+        entry = _new_entry(StateEntry, (state, self.clock.now(), run.attempt, message, failure))
         run.state = state
         run.history.append(entry)
         if state in TERMINAL_TASK_STATES:
@@ -330,6 +346,23 @@ class FlowRunEngine:
     # ------------------------------------------------------------------- events
 
     def _apply(self, event: Event) -> None:
+        if type(event) is TaskSucceeded and self.state is _RUNNING:
+            # The common report, in short: the current attempt of a dispatched run
+            # succeeded (anything unusual takes the general path below).
+            run = self.runs.get(event.key)
+            if (
+                run is not None
+                and run.dispatched
+                and run.attempt == event.attempt
+                and run.state is S.RUNNING
+                and not event.cached
+                and not event.cache_key
+                and run.spec.cache is None
+            ):
+                self._attempt_done(run)
+                run.result = event.value
+                self._transition(run, S.SUCCESS)
+                return
         if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
             self.cancel_reason = event.reason  # applied by start()
             return
@@ -519,12 +552,15 @@ class FlowRunEngine:
     def _pump(self) -> None:
         limit = self.max_concurrency
         ready = self._ready
+        out = self._out
+        auto_start = self.auto_start
+        nodes, params, values = self._nodes, self.params, self.values
         while ready and (limit is None or self._in_flight < limit):
             run = ready.popleft()
             if run.state is not S.SCHEDULED or run.dispatched:
                 continue
             try:
-                inputs = self._inputs(run)
+                inputs = attempt_inputs(run, nodes, params, values)
             except Exception as exc:
                 self._input_error(run, exc)
                 continue
@@ -533,8 +569,8 @@ class FlowRunEngine:
             self._in_flight += 1
             # Without auto_start the timeout clock starts at TaskStarted, and the worker
             # enforces its own deadline from the assignment's timeout.
-            deadline = self._start_attempt(run) if self.auto_start else None
-            self._out.append(RunTask(run, run.attempt, inputs, deadline))
+            deadline = self._start_attempt(run) if auto_start else None
+            out.append(RunTask(run, run.attempt, inputs, deadline))
 
     def _evaluate_node(self, node: Node) -> None:
         """All of a node's upstream requirements are met: decide what it does."""
