@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from headwater.wire import (
     Const,
     DictOf,
-    EncodingError,
     FromTask,
     GraphError,
     GraphSpec,
@@ -36,7 +35,6 @@ from headwater.wire import (
     ParamSpec,
     TaskSpec,
     Trigger,
-    encode,
     iter_task_refs,
 )
 
@@ -283,6 +281,8 @@ def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: boo
         value = spec.value
         if mapped and isinstance(value, tuple | range):
             value = list(value)  # mapped over element by element
+        from headwater.wire import EncodingError, encode  # the codecs: portable tasks only
+
         try:
             encode(value, portable=True)  # tagged json, or EncodingError saying why not
         except EncodingError as exc:

@@ -21,7 +21,6 @@ every task on the pool threads.
 from __future__ import annotations
 
 import contextvars
-import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -177,6 +176,8 @@ class ThreadExecutor:
 
     def cancel(self, key: str, attempt: int) -> None:
         """Interrupt the thread running this attempt, and replace it in the pool."""
+        import ctypes  # only to interrupt a thread: not part of every import
+
         with self._lock:
             for ident, job in self._running.items():
                 if job == (key, attempt):
