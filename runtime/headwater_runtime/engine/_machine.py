@@ -262,9 +262,10 @@ class FlowRunEngine:
 
     def _build(self) -> None:
         now = self.clock.now()
+        pending = _new_entry(StateEntry, (S.PENDING, now, 0, "", None))  # shared: immutable
         for index, spec in enumerate(self.graph.tasks):
             node = Node(spec, index)
-            node.run = TaskRunRecord(spec.id, spec, node, -1, None, now)
+            node.run = TaskRunRecord(spec.id, spec, node, -1, None, now, pending)
             self.runs[spec.id] = node.run
             self._nodes[spec.id] = node
         self._unfinished = len(self._nodes)
@@ -334,7 +335,7 @@ class FlowRunEngine:
             )
         entry = _new_entry(StateEntry, (state, self.clock.now(), run.attempt, message, failure))
         run.state = state
-        run.history.append(entry)
+        run._history.append(entry)
         if state in TERMINAL_TASK_STATES:
             self._unfinished -= 1
             if failure is not None:
@@ -362,6 +363,7 @@ class FlowRunEngine:
                 self._attempt_done(run)
                 run.result = event.value
                 self._transition(run, S.SUCCESS)
+                run.compact()
                 return
         if self.state is FlowRunState.PENDING and isinstance(event, CancelRequested):
             self.cancel_reason = event.reason  # applied by start()
@@ -399,6 +401,7 @@ class FlowRunEngine:
                 self._transition(run, S.CACHED, f"cache hit for key {run.cache_key}")
                 return
             self._transition(run, S.SUCCESS)
+            run.compact()
             cache = run.spec.cache
             if cache is not None and run.cache_key:  # "" = no key could be derived
                 expires = None if cache.expiry is None else self.clock.now() + cache.expiry
@@ -434,8 +437,8 @@ class FlowRunEngine:
     def _start_attempt(self, run: TaskRunRecord) -> float | None:
         """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
         self._transition(run, S.RUNNING)
-        now = self.clock.now()
-        run.attempts.append(AttemptRecord(run.attempt, now))
+        now = run._history[-1].timestamp  # the same moment, and one float less per run
+        run._attempts.append(AttemptRecord(run.attempt, now))
         timeout = run.spec.timeout
         if timeout is None:
             return None
@@ -654,8 +657,11 @@ class FlowRunEngine:
         length = next(iter(lengths.values()), 0)
         node.shared_inputs = shared
         now = self.clock.now()
+        # One PENDING entry for every child (a tuple: immutable, so it can be shared).
+        created = _new_entry(StateEntry, (S.PENDING, now, 0, "", None))
         children = [
-            TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now) for i in range(length)
+            TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now, created)
+            for i in range(length)
         ]
         run.children = children
         node.unfinished_children = length
