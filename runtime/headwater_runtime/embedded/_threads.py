@@ -16,6 +16,9 @@ inside ``submit``, in a context of its own (as a pool thread would: it neither s
 changes the caller's context variables). Its first run always goes to the pool, so a
 function is never run inline before it was seen to be short. ``inline=False`` keeps
 every task on the pool threads.
+
+Threads start on demand, when an attempt goes to the pool and no started thread is
+free for it, up to ``max_workers``: a run of short tasks starts one or two.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class ThreadExecutor:
         self._durations: dict[Any, float] = {}
         self._context = contextvars.Context()
         self.ran_inline = 0
+        self._free = 0  # started threads not committed to a queued job (under _lock)
         self._lock = threading.Lock()
         self._work: SimpleQueue[_Job | None] = SimpleQueue()
         self._completions: SimpleQueue[Event] | None = None
@@ -97,8 +101,9 @@ class ThreadExecutor:
         self._retired.clear()
         self._cancelled.clear()
         self._threads = []
-        for _ in range(self.max_workers):
-            self._spawn()
+        self._free = 0
+        # Threads start on demand (``submit``): a run whose tasks all run inline, or
+        # a short chain, does not pay for starting a whole pool.
 
     def _spawn(self) -> None:
         thread = threading.Thread(target=self._worker, name="headwater-task", daemon=True)
@@ -128,6 +133,14 @@ class ThreadExecutor:
             ):
                 self._run_inline(command, caller)
                 continue
+            with self._lock:
+                if self._free > 0:
+                    self._free -= 1  # a started thread will take it
+                    spawn = False
+                else:
+                    spawn = len(self._threads) < self.max_workers
+            if spawn:
+                self._spawn()  # a new thread for it (else it waits for one to finish)
             put(
                 (
                     command.run.key,
@@ -191,7 +204,9 @@ class ThreadExecutor:
                 # Not picked up by a thread yet: make sure it never starts.
                 self._cancelled.add((key, attempt))
                 return
-        self._spawn()
+        self._spawn()  # the replacement takes the next job that waits
+        with self._lock:
+            self._free += 1
 
     def shutdown(self) -> None:
         """Let idle threads exit; busy ones exit after their current task."""
@@ -216,6 +231,7 @@ class ThreadExecutor:
                 with lock:
                     if (key, attempt) in self._cancelled:
                         self._cancelled.discard((key, attempt))
+                        self._free += 1
                         continue
                     running[me] = (key, attempt)
                 try:
@@ -231,3 +247,5 @@ class ThreadExecutor:
                 completions.put(event)
             if me in self._retired:
                 return
+            with lock:
+                self._free += 1
