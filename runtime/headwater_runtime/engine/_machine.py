@@ -454,8 +454,9 @@ class FlowRunEngine:
         """Close the current attempt's record and free its slot."""
         run.dispatched = False
         self._in_flight -= 1
-        if run.attempts and run.attempts[-1].ended_at is None:
-            record = run.attempts[-1]
+        attempts = run._attempts  # in progress: the list itself (never compacted yet)
+        if attempts and attempts[-1].ended_at is None:
+            record = attempts[-1]
             record.ended_at = self.clock.now()
             record.outcome = outcome
             record.failure = failure

@@ -167,13 +167,24 @@ class TaskRunRecord:
             return
         pending, scheduled, running, succeeded = history
         record = attempts[0]
+        # Index and identity tests only: this runs once per task run.
         if (
-            pending[:3] == (_S.PENDING, pending[1], 0)
-            and scheduled[:3] == (_S.SCHEDULED, scheduled[1], 0)
-            and running[:3] == (_S.RUNNING, running[1], 1)
-            and succeeded[:3] == (_S.SUCCESS, succeeded[1], 1)
-            and not (pending[3] or scheduled[3] or running[3] or succeeded[3])
-            and pending[4] is scheduled[4] is running[4] is succeeded[4] is None
+            pending[0] is _S.PENDING
+            and scheduled[0] is _S.SCHEDULED
+            and running[0] is _S.RUNNING
+            and succeeded[0] is _S.SUCCESS
+            and pending[2] == 0
+            and scheduled[2] == 0
+            and running[2] == 1
+            and succeeded[2] == 1
+            and pending[3] == ""
+            and scheduled[3] == ""
+            and running[3] == ""
+            and succeeded[3] == ""
+            and pending[4] is None
+            and scheduled[4] is None
+            and running[4] is None
+            and succeeded[4] is None
             and record.number == 1
             and record.started_at == running[1]
             and record.outcome is _S.SUCCESS
