@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(660)
 def test_quick_benchmarks_run_and_print_the_table() -> None:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run(
@@ -27,7 +27,7 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         capture_output=True,
         text=True,
         encoding="utf-8",
-        timeout=420,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     header = next((line for line in proc.stdout.splitlines() if line.startswith("| workload")), "")

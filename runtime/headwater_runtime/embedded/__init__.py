@@ -3,9 +3,10 @@
 from ._cache import PROCESS_CACHE, ResultCache, cache_key, make_cache_key, stable_hash
 from ._gc import RUN_GC_THRESHOLD, relaxed_gc
 from ._host import EmbeddedRun, Executor, SystemClock
-from ._threads import ThreadExecutor, default_thread_count
+from ._threads import INLINE_LIMIT, ThreadExecutor, default_thread_count
 
 __all__ = [
+    "INLINE_LIMIT",
     "PROCESS_CACHE",
     "RUN_GC_THRESHOLD",
     "EmbeddedRun",
