@@ -14,7 +14,7 @@ NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
 
-.PHONY: setup demo test test-oldest lint proto bench docs clean
+.PHONY: setup demo test test-oldest lint proto bench soak docs clean ui-vendor browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,12 +43,36 @@ $(NODE_WORKER_STAMP): $(NODE_WORKER)/package.json $(NODE_WORKER)/package-lock.js
 
 setup: $(STAMP) $(OLDEST_STAMP) $(NODE_STAMP) $(NODE_WORKER_STAMP)
 
+## ui-vendor: copy the web UI's front-end libraries from node_modules (package-lock.json
+## pins them) into the package; the copies are committed, so installing Headwater needs
+## no npm and the UI fetches nothing at run time. tests/test_http_api.py checks they match.
+UI_VENDOR := runtime/headwater_runtime/server/http/static/vendor
+ui-vendor: $(NODE_STAMP)
+	mkdir -p $(UI_VENDOR)
+	cp node_modules/@dagrejs/dagre/dist/dagre.min.js $(UI_VENDOR)/dagre.min.js
+	cp node_modules/@dagrejs/dagre/LICENSE $(UI_VENDOR)/dagre.LICENSE
+
+## browser: Debian's chromium and chromium-driver, for the web UI's browser test
+## (tests/test_browser.py); installed with apt-get when missing (CI runs as root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+		echo "chromium and chromedriver are installed"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; \
+	else \
+		echo "make browser: run as root, or: sudo apt-get install chromium chromium-driver" >&2; \
+		exit 1; \
+	fi
+
 ## demo: set up and run the main example embedded (no server needed)
 demo: $(STAMP)
 	$(PY) examples/quickstart.py
 
-## test: set up and run lint, the proto checks and the whole test suite
+## test: set up and run lint, the proto checks and the whole test suite (in CI, with
+## CI set, the browser is installed first: the browser test must run there, not skip)
 test: setup
+	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory browser; fi
 	node_modules/.bin/buf lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -62,14 +86,18 @@ test: setup
 	exit $$rc
 
 # The part of the suite that covers the contract, the server (in-process and as a
-# subprocess), the worker, the client, schedules (croniter) and the compiler (cloudpickle),
+# subprocess), the worker, the client, schedules (croniter), the compiler (cloudpickle)
+# and TLS, credentials and roles (gRPC's TLS and auth context at the oldest grpcio),
 # run with exactly the oldest grpcio, protobuf, cloudpickle and croniter that
 # pyproject.toml allows. Not the Dask, OpenTelemetry or numpy tests: those extras are
 # not installed there.
 OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload_service.py \
 	tests/test_client.py tests/test_server_protocol.py tests/test_worker.py \
 	tests/test_run_manager.py tests/test_compiler.py tests/test_remote_task.py \
-	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py
+	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py \
+	tests/test_graph_builds.py tests/test_subflows_server.py \
+	tests/test_tls.py tests/test_security_matrix.py tests/test_worker_privilege.py \
+	tests/test_http_security.py
 
 ## test-oldest: run the contract and server tests against the oldest supported versions
 test-oldest: $(OLDEST_STAMP)
@@ -93,6 +121,20 @@ docs: $(STAMP)
 ## bench: run the benchmark harness and print its table
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+## soak: the fault suite (tests/test_faults.py, in `make test` at its small size) longer:
+## more rounds, runs, kills and faults, a new seed each time (printed with the figures).
+## Any HW_FAULT_* variable set in the environment wins, e.g.
+## `HW_FAULT_SEED=7 HW_FAULT_ROUNDS=20 make soak`. Not run by `make test` or CI.
+soak: $(STAMP)
+	HW_FAULT_SEED=$${HW_FAULT_SEED:-$$(date +%s)} \
+	HW_FAULT_ROUNDS=$${HW_FAULT_ROUNDS:-6} HW_FAULT_RUNS=$${HW_FAULT_RUNS:-3} \
+	HW_FAULT_KILLS=$${HW_FAULT_KILLS:-6} HW_FAULT_WIDTH=$${HW_FAULT_WIDTH:-200} \
+	HW_FAULT_WORKER_ROUNDS=$${HW_FAULT_WORKER_ROUNDS:-4} \
+	HW_FAULT_WORKER_TASKS=$${HW_FAULT_WORKER_TASKS:-120} \
+	HW_FAULT_DISK_ROUNDS=$${HW_FAULT_DISK_ROUNDS:-6} \
+	HW_FAULT_TIMEOUT=$${HW_FAULT_TIMEOUT:-3600} \
+	$(PY) -m pytest -p no:cacheprovider tests/test_faults.py
 
 lint: setup
 	node_modules/.bin/buf lint

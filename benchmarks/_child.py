@@ -31,9 +31,13 @@ SYSTEMS = (
     "dask-raw",
     "distributed",
     "server",
+    "server-base",
+    "server-tls",
     "dask-cluster",
     "compile",
     "import",
+    "server-loop",
+    "server-download",
 )
 #: Systems that are a Headwater embedded run (with tracing off, or on).
 HEADWATER = ("headwater", "headwater-traced")
@@ -98,10 +102,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     system: str = spec["system"]
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}; use one of {', '.join(SYSTEMS)}")
-    if system == "server":
+    if system in (
+        "server",
+        "server-base",
+        "server-tls",
+    ):  # server-base: in the baseline's interpreter
+        if spec["kind"] in ("restart", "growth"):
+            from ._durability import measure as measure_durability
+
+            return measure_durability(spec)
         from ._server import measure as measure_server
 
-        return measure_server(spec)
+        return measure_server({**spec, "tls": system == "server-tls"})
     if system == "dask-cluster":
         from ._dask_cluster import measure as measure_cluster
 
@@ -114,6 +126,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._compile import measure as measure_compile
 
         return measure_compile(spec)
+    if system in ("server-loop", "server-download"):
+        from ._probes import measure as measure_probe
+
+        return measure_probe(spec)
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])

@@ -10,6 +10,10 @@ own and kills that group if the measurement times out or is interrupted.
   the server's durable SQLite state in a temporary directory. The timed part goes from
   just before ``client.run`` to the run's ``ended_at`` as the server records it (same
   machine, same clock). Registering the flow (compile + RegisterFlow) is ``setup``.
+* ``fanout`` with ``tls``: the same, with the server speaking TLS (``--tls-cert``,
+  ``--tls-key``; certificates made with trustme in the temporary directory) and the
+  workers and the client verifying it with ``--tls-ca``: the ``server-tls`` system,
+  measured in the same run as ``server`` so that the cost of TLS is a same-run ratio.
 * ``latency``: one server, one worker, sequential runs of a one-task flow whose task
   returns ``time.time()`` at its first line. Per run, ``ready_to_start`` is that value
   minus the SCHEDULED timestamp the server gave the task run (the moment its engine
@@ -31,12 +35,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from headwater import Client
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, run_pb2
-from headwater.wire import ENV_DB, ENV_TOKEN, FlowRunState, TaskRunState, seconds
+from headwater.wire import (
+    ENV_DB,
+    ENV_TLS,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_CLIENT_CA,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
+    FlowRunState,
+    TaskRunState,
+    TLSSettings,
+    open_channel,
+    seconds,
+)
 
 from ._dags import FanOut
 
@@ -141,14 +156,25 @@ class Cluster:
     stopped on exit, whatever happened."""
 
     def __init__(
-        self, workers: int, slots: int | None = None, profile_to: str | None = None
+        self,
+        workers: int,
+        slots: int | None = None,
+        profile_to: str | None = None,
+        env: dict[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         self.n_workers = workers
+        self.tls = tls
+        self.ca: str | None = None
         self.slots = slots
         self.profile_to = profile_to  # run the server under cProfile, stats to this file
+        self.extra_env = env or {}
         self.server: _Proc | None = None
         self.workers: list[_Proc] = []
         self.address = ""
+        self.tmp = ""  # the temporary directory (database, and HW_BENCH_DIR)
+        self._env: dict[str, str] = {}
+        self._secure_server: list[str] = []  # --tls-cert/--tls-key when tls
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> Cluster:
@@ -162,18 +188,35 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def db(self) -> Path:
+        return Path(self.tmp) / "headwater.db"
+
     def _start(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="headwater-bench-")
-        tmp = self._tmp.name
-        env = {k: v for k, v in os.environ.items() if k not in (ENV_TOKEN, ENV_DB)}
+        tmp = self.tmp = self._tmp.name
+        ours = (
+            ENV_TOKEN,
+            ENV_DB,
+            ENV_TLS,
+            ENV_TLS_CA,
+            ENV_TLS_CERT,
+            ENV_TLS_KEY,
+            ENV_TLS_CLIENT_CA,
+        )
+        env = {k: v for k, v in os.environ.items() if k not in ours}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.update(self.extra_env)
+        self._env = env
         cli = [sys.executable, "-m", "headwater._cli"]
-        profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
-        server = [sys.executable, *profiler, *cli[1:], "server", "--port", "0"]
-        self.server = _Proc([*server, "--db", str(Path(tmp) / "headwater.db")], env, tmp)
-        self.address = self.server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+        secure: list[str] = []
+        if self.tls:
+            cert, key, self.ca = _certificates(Path(tmp))
+            self._secure_server = ["--tls-cert", cert, "--tls-key", key]
+            secure = ["--tls-ca", self.ca]
+        self.start_server("0")
         for i in range(self.n_workers):
-            args = [*cli, "worker", "--server", self.address, "--module", TASKS_MODULE]
+            args = [*cli, "worker", "--server", self.address, "--module", TASKS_MODULE, *secure]
             args += ["--name", f"bench-w{i + 1}"]
             if self.slots is not None:
                 args += ["--slots", str(self.slots)]
@@ -182,6 +225,27 @@ class Cluster:
             int(w.wait_line("connected to").rsplit("capabilities, ", 1)[1].split()[0])
             for w in self.workers
         ]
+
+    def start_server(self, port: str) -> None:
+        """Start the server (on ``port``, "0": any) on the cluster's database and wait
+        until it listens."""
+        cli = [sys.executable, "-m", "headwater._cli"]
+        profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
+        server = [sys.executable, *profiler, *cli[1:], "server", "--port", port]
+        server += self._secure_server
+        self.server = _Proc([*server, "--db", str(self.db)], self._env, self.tmp)
+        self.address = self.server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+
+    def kill_server(self) -> None:
+        """SIGKILL the server and wait until it is gone."""
+        assert self.server is not None
+        self.server.popen.kill()
+        self.server.popen.wait(START_TIMEOUT)
+        self.server.stop()  # joins its readers, closes its pipes
+
+    def client(self) -> Client:
+        """A Client of this server (verifying its certificate when it speaks TLS)."""
+        return Client(self.address, tls_ca=self.ca)
 
     def close(self) -> None:
         procs = [*self.workers, *([self.server] if self.server else [])]
@@ -216,11 +280,25 @@ def _seconds(ts: Any) -> float:
     return seconds(ts)
 
 
+def _certificates(folder: Path) -> tuple[str, str, str]:
+    """A CA and a server certificate for 127.0.0.1 (trustme, a development dependency):
+    the certificate, key and CA files."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca_file = (str(folder / n) for n in ("server.crt", "server.key", "ca.pem"))
+    leaf.cert_chain_pems[0].write_to_path(cert)
+    leaf.private_key_pem.write_to_path(key)
+    ca.cert_pem.write_to_path(ca_file)
+    return cert, key, ca_file
+
+
 class _Raw:
     """GetFlowRun through the generated stub: the Client does not expose timestamps."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, ca: str | None = None) -> None:
+        self.channel = open_channel(address, TLSSettings(ca=ca))
         self.stub = control_plane_pb2_grpc.ControlPlaneServiceStub(self.channel)
 
     def get(self, run_id: str, task_runs: bool = False) -> cp.GetFlowRunResponse:
@@ -256,8 +334,8 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     n = spec["params"]["n"]
     dag = FanOut(n)
     flow = dag.flow()
-    with Cluster(workers=2) as cluster, Client(cluster.address) as client:
-        raw = _Raw(cluster.address)
+    with Cluster(workers=2, tls=spec.get("tls", False)) as cluster, cluster.client() as client:
+        raw = _Raw(cluster.address, cluster.ca)
         try:
             warm = client.run(FanOut(WARMUP_FANOUT).flow())  # imports, connections
             if raw.wait_end(warm.id, 0.01).state != FlowRunState.SUCCESS.value:
@@ -291,7 +369,7 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             raw.close()
     return {
-        "system": "server",
+        "system": spec["system"],
         "kind": "fanout",
         "params": spec["params"],
         "tasks": dag.tasks,
@@ -307,6 +385,7 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": peaks,
         "workers": cluster.n_workers,
         "worker_slots": cluster.worker_slots,
+        "tls": cluster.tls,
     }
 
 
@@ -367,7 +446,7 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         finally:
             raw.close()
     return {
-        "system": "server",
+        "system": spec["system"],
         "kind": "latency",
         "params": spec["params"],
         "tasks": runs,

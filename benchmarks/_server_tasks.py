@@ -2,17 +2,24 @@
 
 The fan-out reuses ``_dags``'s task objects, so the server runs the very same task
 types as the embedded ``fanout`` workload (a worker collects every Task in a module's
-namespace, imported ones included). ``stamp`` is for ``server-latency``: it returns the
-wall clock at the moment its function starts on the worker.
+namespace, imported ones included). ``stamp`` is for ``server-latency`` and
+``server-growth``: it returns the wall clock at the moment its function starts on the
+worker. ``nap`` is for ``server-restart``: it appends the wall clock at its start to
+``$HW_BENCH_DIR/starts.log`` (one ``os.write``, so lines from all threads land whole),
+then sleeps 20 ms.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from headwater import flow, task
 
-from ._dags import noop_task, total_task
+from ._dags import noop_task, source_task, total_task
+
+#: Where ``nap`` records its starts (in ``$HW_BENCH_DIR``).
+STARTS = "starts.log"
 
 
 @task
@@ -25,4 +32,30 @@ def latency_flow() -> float:
     return stamp()
 
 
-__all__ = ["latency_flow", "noop_task", "stamp", "total_task"]
+@task
+def nap(i: int) -> int:
+    directory = os.environ.get("HW_BENCH_DIR")
+    if directory:
+        fd = os.open(os.path.join(directory, STARTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, f"{time.time():.6f} {i}\n".encode())
+        finally:
+            os.close(fd)
+    time.sleep(0.02)
+    return i
+
+
+@flow(name="bench_restart")
+def restart_flow(n: int = 400) -> int:
+    return total_task(nap.map(source_task(n)))
+
+
+__all__ = [
+    "latency_flow",
+    "nap",
+    "noop_task",
+    "restart_flow",
+    "source_task",
+    "stamp",
+    "total_task",
+]

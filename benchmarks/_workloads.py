@@ -29,6 +29,13 @@ class Workload:
         max_peak_fraction: target of the orchestrator's peak RSS increase / array size.
         compile: the compile-cost workload (``_compile``): graph build and digest of a
             flow, symbolic and value-dependent; a table of its own.
+        durability: a durability workload (``_durability``): a server SIGKILLed and
+            restarted, or the database size under retention; lines of their own.
+        probe: a server probe (``_probes``): event-loop responsiveness during a heavy
+            request, or the server's memory while it streams a download; a table of
+            its own. ``max_delay_ms`` is the responsiveness target.
+        max_tls_cost: target of the throughput lost to TLS, 1 - (server-tls tasks/s) /
+            (server tasks/s), both measured in the same run.
     """
 
     name: str
@@ -58,6 +65,10 @@ class Workload:
     max_import_ms: float | None = None
     #: this workload's measurement processes may take this long (default: --timeout).
     timeout_s: float | None = None
+    durability: bool = False
+    probe: bool = False
+    max_delay_ms: float | None = None
+    max_tls_cost: float | None = None
 
     def params(self, quick: bool) -> dict[str, int]:
         return self.quick if quick else self.full
@@ -204,11 +215,13 @@ WORKLOADS: tuple[Workload, ...] = (
         full={"n": 10_000},
         quick={"n": 1_000},
         # "headwater" is the embedded run of the very same DAG, measured again here so
-        # the row compares within one run even with --only.
-        systems=("server", "headwater", "dask-raw"),
+        # the row compares within one run even with --only; "server-tls" is the same
+        # server run with TLS on every connection (target: at most 15% slower).
+        systems=("server", "server-tls", "headwater", "dask-raw"),
         repeats=3,
         server=True,
         min_tasks_per_s=2_000,
+        max_tls_cost=0.15,
     ),
     Workload(
         name="server-latency",
@@ -223,6 +236,24 @@ WORKLOADS: tuple[Workload, ...] = (
 )
 
 WORKLOADS += (
+    Workload(
+        name="server-restart",
+        title="restart: queued work after a server SIGKILL and restart on its database",
+        kind="restart",
+        full={"n": 400, "kills": 3},
+        quick={"n": 60, "kills": 1},
+        systems=("server",),
+        durability=True,
+    ),
+    Workload(
+        name="server-growth",
+        title="retention: database growth per finished one-task run",
+        kind="growth",
+        full={"batches": 5, "runs": 100},
+        quick={"batches": 2, "runs": 10},
+        systems=("server",),
+        durability=True,
+    ),
     Workload(
         name="dask-layered",
         title="Dask: a 1,000-task layered DAG, Headwater DaskExecutor vs client.submit",
@@ -243,6 +274,29 @@ WORKLOADS += (
         systems=("dask-cluster",),
         cluster=True,
         max_peak_fraction=0.25,
+    ),
+)
+
+WORKLOADS += (
+    Workload(
+        name="server-loop",
+        title="server responsiveness: other clients' round trips during a 100k-task "
+        "RegisterFlow, CreateFlowRun and CancelFlowRun",
+        kind="loop",
+        full={"n": 100_000},
+        quick={"n": 10_000},
+        systems=("server-loop",),
+        probe=True,
+        max_delay_ms=10,
+    ),
+    Workload(
+        name="server-download",
+        title="server memory while a 200 MB payload is downloaded",
+        kind="download",
+        full={"mb": 200},
+        quick={"mb": 50},
+        systems=("server-download",),
+        probe=True,
     ),
 )
 

@@ -84,3 +84,13 @@ def span_exporter() -> Iterator[InMemorySpanExporter]:
     yield exporter
     provider.shutdown()
     reset_trace_globals()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault suite's figures (tests/test_faults.py), when it ran."""
+    from fault_helpers import FIGURES, format_figures
+
+    if FIGURES:
+        terminalreporter.section("fault suite figures")
+        for line in format_figures(FIGURES):
+            terminalreporter.write_line(line)

@@ -112,7 +112,9 @@ class Cluster:
 
 
 def start_server(start: Callable[..., Proc], db: Path, port: int = 0) -> tuple[Proc, str]:
-    server = start("server", "--port", str(port), "--db", str(db))
+    # A free HTTP port each time: a restarted server keeps its gRPC port, and the one
+    # after it may have been taken meanwhile.
+    server = start("server", "--port", str(port), "--db", str(db), "--http-port", "0")
     line = server.wait_line("headwater server listening on")
     return server, line.rsplit(" ", 1)[1]
 

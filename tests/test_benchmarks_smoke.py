@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(660)
+# A bound, not a target: --quick took ~1 min on a quiet 2-core machine and ~3.5 min
+# when half a dozen other test runs shared it, before the import, chain, map-1m and
+# dask.distributed measurements of issue 18 were added (about a minute more).
+@pytest.mark.timeout(780)
 def test_quick_benchmarks_run_and_print_the_table() -> None:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     proc = subprocess.run(
@@ -27,7 +30,7 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         capture_output=True,
         text=True,
         encoding="utf-8",
-        timeout=600,
+        timeout=720,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     header = next((line for line in proc.stdout.splitlines() if line.startswith("| workload")), "")
@@ -62,12 +65,23 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
         assert column in headers[1], proc.stdout
     for workload in ("server-fanout", "server-latency"):
         assert f"| {workload} " in proc.stdout, proc.stdout
+    # The same fan-out with TLS, against the plaintext one of the same run.
+    assert "server-fanout with TLS: " in proc.stdout and "TLS costs " in proc.stdout, proc.stdout
     # The Dask cluster workloads' table (a real LocalCluster, Headwater vs raw futures).
     for column in ("headwater s", "client.submit s", "ratio", "array MB", "peak MB"):
         assert column in headers[2], proc.stdout
     for workload in ("dask-layered", "dask-handoff"):
         assert f"| {workload} " in proc.stdout, proc.stdout
+    # The durability workloads' lines (a server SIGKILLed and restarted; retention).
+    assert "server-restart / server " in proc.stdout and "ready -> first start" in proc.stdout
+    assert "server-growth / server " in proc.stdout and "bytes of files per run" in proc.stdout
     # The compile-cost table: a symbolic and a value-dependent flow.
     assert "compile cost of a 2,001-task flow" in proc.stdout, proc.stdout
     for flow_kind in ("symbolic ", "value-dependent "):
         assert any(line.startswith(flow_kind) for line in proc.stdout.splitlines())
+    # The server probes: other clients' round trips during a heavy request, and the
+    # server's memory while it streams a download.
+    assert "server-loop: GetServerInfo round trips" in proc.stdout, proc.stdout
+    for phase in ("idle ", "RegisterFlow ", "CreateFlowRun ", "CancelFlowRun "):
+        assert any(line.strip().startswith(phase) for line in proc.stdout.splitlines())
+    assert "server-download: downloading a 48 MiB payload" in proc.stdout, proc.stdout

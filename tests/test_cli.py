@@ -268,7 +268,7 @@ def test_flow_definition_error_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_graph_prints_the_flow_graph_as_json(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
-    proc = headwater_cli("graph", path)
+    proc = headwater_cli("graph", path, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     graph = json.loads(proc.stdout)
     assert graph["name"] == "pipeline"
@@ -289,7 +289,7 @@ def test_graph_json_parses_back_into_a_flow_graph(tmp_path: Path) -> None:
     from headwater.wire import graph_from_proto
 
     path = write(tmp_path, "good.py", GOOD)
-    proc = headwater_cli("graph", path)
+    proc = headwater_cli("graph", path, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     msg = json_format.Parse(proc.stdout, graph_pb2.FlowGraph())
     graph = graph_from_proto(msg)
@@ -399,11 +399,11 @@ def test_run_builds_the_graph_for_the_values_and_refuses_bad_ones(tmp_path: Path
 
 def test_graph_takes_parameter_values(tmp_path: Path) -> None:
     path = write(tmp_path, "values.py", VALUES)
-    proc = headwater_cli("graph", path, "-p", "n=9")
+    proc = headwater_cli("graph", path, "-p", "n=9", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     graph = json.loads(proc.stdout)
     assert graph["valueDependent"] is True and len(graph["parametersDigest"]) == 64
     assert [t["id"] for t in graph["tasks"]] == ["write"]
-    proc = headwater_cli("graph", path, "-p", "n=3")
+    proc = headwater_cli("graph", path, "-p", "n=3", "--format", "json")
     graph = json.loads(proc.stdout)
     assert [t["id"] for t in graph["tasks"]] == ["write", "write-2", "write-3"]

@@ -105,7 +105,7 @@ def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None
 def test_errors_are_one_clear_line(server: ServerThread, tmp_path: Path) -> None:
     with (
         Client(server.address, token="wrong") as client,
-        pytest.raises(ServerError, match="refused the token"),
+        pytest.raises(ServerError, match="refused the credential"),
     ):
         client.list_runs()
     with (

@@ -143,8 +143,17 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         version="1.2.3",
         portable=True,
         argument_order=["from_task", "const", "param", "nested_list", "nested_map"],
+        code_digest="0123456789abcdef",
+        schedule_to_start_timeout=dur(90),
     )
     extract = graph_pb2.TaskNode(id="extract", name="extract", task_type="etl.extract")
+    report = graph_pb2.TaskNode(
+        id="report",
+        name="report",
+        task_type="headwater.subflow",
+        inputs={"rows": graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id="transform"))},
+        subflow=graph_pb2.SubflowCall(flow_name="report", flow_version="3"),
+    )
     return graph_pb2.FlowGraph(
         name="etl",
         version="7",
@@ -158,7 +167,7 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
             ),
             graph_pb2.ParameterSpec(name="source", required=True),
         ],
-        tasks=[extract, transform],
+        tasks=[extract, transform, report],
         result=graph_pb2.Input(
             map=imap(
                 entries={
@@ -179,7 +188,9 @@ def test_flow_graph_with_every_field_round_trips() -> None:
     # without a round-trip check makes this test fail.
     assert set_field_names(graph) == all_field_names(graph)
     node = graph.tasks[1]
-    assert set_field_names(node) == all_field_names(node)
+    # A subflow node cannot be mapped or cached: the two nodes set every field together.
+    assert set_field_names(node) | set_field_names(graph.tasks[2]) == all_field_names(node)
+    assert set_field_names(graph.tasks[2].subflow) == all_field_names(graph.tasks[2].subflow)
     assert set_field_names(node.retry) == all_field_names(node.retry)
     assert set_field_names(node.cache) == all_field_names(node.cache)
     param_fields = set_field_names(graph.parameters[0]) | set_field_names(graph.parameters[1])
@@ -195,7 +206,13 @@ def test_flow_graph_with_every_field_round_trips() -> None:
     assert back.version == "7"
     assert back.description == "Extract and transform."
     assert list(back.reference_task_ids) == ["transform"]
-    assert [t.id for t in back.tasks] == ["extract", "transform"]
+    assert [t.id for t in back.tasks] == ["extract", "transform", "report"]
+    sub = back.tasks[2].subflow
+    assert (back.tasks[2].task_type, sub.flow_name, sub.flow_version) == (
+        "headwater.subflow",
+        "report",
+        "3",
+    )
     assert back.value_dependent is True
     assert back.parameters_digest == "ab" * 32
     assert (back.parameters[0].type, back.parameters[0].json_schema) == (
@@ -231,6 +248,7 @@ def test_flow_graph_with_every_field_round_trips() -> None:
     assert t.version == "1.2.3"
     assert t.portable is True
     assert list(t.argument_order) == ["from_task", "const", "param", "nested_list", "nested_map"]
+    assert t.code_digest == "0123456789abcdef"
 
     from_task = t.inputs["from_task"].task_output
     assert from_task.task_id == "extract"
@@ -276,7 +294,9 @@ def test_hello_envelope_round_trips() -> None:
         ),
         running=[worker_pb2.FencingToken(task_run_id="tr-9", attempt=2)],
         resources={"GPU": 2.0},
-        features=["batch"],
+        features=["batch", "graph-builds"],
+        code_digests={"etl.extract": "0123456789abcdef"},
+        flows=[worker_pb2.FlowOffer(name="etl", code_digest="fedcba9876543210")],
     )
     assert set_field_names(hello) == all_field_names(hello)
     back = roundtrip(worker_pb2.ConnectRequest(hello=hello))
@@ -290,7 +310,9 @@ def test_hello_envelope_round_trips() -> None:
     assert (h.runtime.sdk_version, h.runtime.hostname, h.runtime.pid) == ("0.1.0", "host-a", 4242)
     assert (h.running[0].task_run_id, h.running[0].attempt) == ("tr-9", 2)
     assert dict(h.resources) == {"GPU": 2.0}
-    assert list(h.features) == ["batch"]
+    assert list(h.features) == ["batch", "graph-builds"]
+    assert dict(h.code_digests) == {"etl.extract": "0123456789abcdef"}
+    assert [(f.name, f.code_digest) for f in h.flows] == [("etl", "fedcba9876543210")]
 
 
 def test_assignment_envelope_round_trips() -> None:
@@ -557,7 +579,8 @@ def test_control_plane_service_rpcs() -> None:
     for name, method in methods.items():
         _assert_own_request_response(name, method)
         assert not method.client_streaming, name  # type: ignore[attr-defined]
-        assert method.server_streaming == (name == "WatchFlowRun"), name  # type: ignore[attr-defined]
+        streams = name in ("WatchFlowRun", "WatchTaskRunLogs")
+        assert method.server_streaming == streams, name  # type: ignore[attr-defined]
     assert (
         control_plane_pb2.RegisterFlowRequest.DESCRIPTOR.fields_by_name["graph"].message_type
         is graph_pb2.FlowGraph.DESCRIPTOR

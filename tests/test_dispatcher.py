@@ -100,3 +100,52 @@ def test_reconnecting_worker_keeps_adopted_attempts_in_its_slots() -> None:
     assert w.assigned() == []  # its only slot is taken by the adopted attempt
     d.finished(("r/a", 1))
     assert w.assigned() == ["r/b"]
+
+
+def coded(run: str, key: str, digest: str, task_type: str = "m.t") -> PendingAssignment:
+    token = worker_pb2.FencingToken(task_run_id=f"{run}/{key}", attempt=1)
+    assignment = worker_pb2.Assignment(token=token)
+    return PendingAssignment(run, task_type, {}, assignment, code_digest=digest)
+
+
+def test_a_worker_with_other_code_for_a_task_is_not_given_it_and_the_run_says_why() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    old = Worker("old", 4, {"m.t", "m.u"})
+    old.session.code_digests = {"m.t": "aaaa", "m.u": "uuuu"}
+    d.connect(old.session)
+    d.submit(coded("r", "t", "bbbb"))  # the graph was built with other code for m.t
+    d.submit(coded("r", "u", "uuuu", "m.u"))  # the same code for m.u
+    d.submit(coded("r", "v", "", "m.u"))  # a graph that names no code: not checked
+    assert old.assigned() == ["r/u", "r/v"]
+    (reason,) = d.waiting_reasons("r").values()
+    assert reason.startswith("worker 'old' has other code for task 'm.t' (digest aaaa, the")
+    assert "built with bbbb" in reason and "--allow-stale-code" in reason
+    assert d.waiting_reasons("other run") == {}
+
+    # A worker that reports no digest for the type (--allow-stale-code, or another
+    # language) takes it; so does one with the same code.
+    anything = Worker("anything", 1, {"m.t"})
+    d.connect(anything.session)
+    assert anything.assigned() == ["r/t"] and d.waiting_reasons("r") == {}
+    d.submit(coded("r", "t2", "bbbb"))
+    new = Worker("new", 1, {"m.t"})
+    new.session.code_digests = {"m.t": "bbbb"}
+    d.connect(new.session)
+    assert new.assigned() == ["r/t2"]
+
+
+def test_the_reason_is_given_only_while_no_connected_worker_could_take_the_task() -> None:
+    d = Dispatcher(on_lost=lambda *a: None)
+    busy = Worker("busy", 1, {"m.t"})
+    busy.session.code_digests = {"m.t": "bbbb"}
+    stale = Worker("stale", 1, {"m.t"})
+    stale.session.code_digests = {"m.t": "aaaa"}
+    d.connect(busy.session)
+    d.connect(stale.session)
+    d.submit(coded("r", "first", "bbbb"))
+    d.submit(coded("r", "second", "bbbb"))
+    assert busy.assigned() == ["r/first"] and stale.assigned() == []
+    # The second waits for a free slot of a worker with its code, not for new code.
+    assert d.waiting_reasons("r") == {}
+    d.disconnect(busy.session.session_id)
+    assert "worker 'stale' has other code" in d.waiting_reasons("r")["r/second"]

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,18 @@ from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 from headwater import flow, task
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, worker_pb2, worker_pb2_grpc
-from headwater.wire import FlowRunState, decode_value
+from headwater.wire import FlowRunState, decode_value, split_task_run_id
+from headwater_runtime.engine import TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
-from headwater_runtime.store import SQLiteStore, StoreUnavailable, WriteBatch
+from headwater_runtime.store import (
+    FlowRunRow,
+    ScheduleRow,
+    SQLiteStore,
+    StoreUnavailable,
+    WriteBatch,
+)
 
 BOUND = 60.0
 
@@ -48,6 +56,21 @@ class FailingStore(SQLiteStore):
             )
         super().commit(batch)
 
+    def create_flow_run(
+        self,
+        row: FlowRunRow,
+        schedule: ScheduleRow | None = None,
+        start: Any = None,
+        audit: Any = None,
+    ) -> tuple[FlowRunRow, bool]:
+        """Fail like a full disk while ``failing`` (a new run is stored with its start,
+        in one transaction); else insert."""
+        if self.failing:
+            raise StoreUnavailable(
+                "cannot write to the database: database or disk is full", full=True
+            )
+        return super().create_flow_run(row, schedule, start, audit)
+
 
 @contextlib.asynccontextmanager
 async def served(store: SQLiteStore, **settings: Any) -> AsyncIterator[RunningServer]:
@@ -62,7 +85,13 @@ async def served(store: SQLiteStore, **settings: Any) -> AsyncIterator[RunningSe
 class StreamWorker:
     """A worker written against the protocol, driven step by step by a test."""
 
-    def __init__(self, channel: grpc.aio.Channel, name: str, slots: int = 4) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        name: str,
+        slots: int = 4,
+        running: list[worker_pb2.FencingToken] | None = None,
+    ) -> None:
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
         hello = worker_pb2.Hello(
             worker_id=name,
@@ -70,6 +99,7 @@ class StreamWorker:
             protocol_version=1,
             capabilities=list(FUNCTIONS),
             slots=slots,
+            running=running or [],
         )
         self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
 
@@ -182,16 +212,28 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
         ):
             worker = StreamWorker(channel, "w1")
             await worker.next("welcome")
+            run_id = await create(channel, n=3)  # stored started: its row and its start
+            first = await worker.next("assignment")
             store.failing = True
-            run_id = await create(channel, n=3)  # the run's row is stored on its own
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            # A new run cannot be stored: the caller hears why, and nothing is kept.
+            code, details = await status_of(
+                client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline"), metadata=AUTH
+                )
+            )
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "disk is full" in details
             code, details = await status_of(
                 client.CancelFlowRun(cp.CancelFlowRunRequest(id="nope"), metadata=AUTH)
             )
             assert code == grpc.StatusCode.NOT_FOUND
-            # The run started in memory, but its first assignment waits for the commit.
+            # The result is applied in memory, but its Ack and the assignments it
+            # makes ready wait for the commit.
+            worker.send(result=worker.result(first))
             with pytest.raises(TimeoutError):
-                await worker.next("assignment", within=0.5)
+                await worker.next("ack", within=0.5)
+            with pytest.raises(TimeoutError):
+                await worker.next("assignment", within=0.1)
             assert FailingStore.attempts >= 2, "the failed commit was not retried"
             # A caller that needs durability hears why at once.
             code, details = await status_of(
@@ -200,6 +242,8 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "disk is full" in details
             store.failing = False  # space came back
+            ack = await worker.next("ack")  # the kept batch is stored: the Ack goes out
+            assert ack.accepted and ack.token == first.token
             # The cancel above was kept too (it is stored with the rest): start over
             # with a run nobody cancels.
             run_id = await create(channel, n=3)
@@ -221,6 +265,168 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
         reopened.close()
 
     asyncio.run(main())
+
+
+def test_a_batch_put_back_after_a_failed_commit_keeps_its_values(tmp_path: Path) -> None:
+    """A result that arrived while the store was failing is stored with the retried
+    batch: no journal entry refers to a value that is not stored."""
+    store = FailingStore(tmp_path / "hw.db")
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(one_task.compile())
+    manager.create_run("one_task", "", {"i": value_of(7)})
+    manager.flush()
+    (pending,) = dispatch.submitted
+    token = pending.assignment.token
+    run_id, key = split_task_run_id(token.task_run_id)
+    manager.handle(run_id, TaskSucceeded(key, token.attempt, value_of("a value of its own")))
+    store.failing = True
+    with pytest.raises(StoreUnavailable):
+        manager.flush()
+    store.failing = False
+    manager.flush()
+    referenced = {e.value_id for e in store.events(run_id) if e.value_id}
+    assert referenced
+    assert set(store.get_values(referenced)) == referenced
+    store.close()
+
+
+def test_while_commits_fail_no_assignment_leaves(tmp_path: Path) -> None:
+    """Once a commit has failed, slots freed by results do not get the attempts that
+    wait: their deliveries could not be recorded. They go out when the store recovers."""
+
+    async def main() -> None:
+        store = FailingStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            await create(channel, n=3)
+            first = await worker.next("assignment")
+            worker.send(result=worker.result(first))
+            scale = await worker.next("assignment")  # three wait now; one slot
+            core = running.core
+            store.failing = True
+            worker.send(started=worker_pb2.TaskStarted(token=scale.token))
+            await _until(lambda: core.dispatcher.paused, "a commit to fail")
+            worker.send(result=worker.result(scale))
+            (session,) = core.dispatcher.sessions.values()
+            await _until(lambda: session.free == 1, "the result to free the slot")
+            assert core.dispatcher.pending_count == 2
+            assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
+            store.failing = False
+            assert (await worker.next("assignment")).token.task_run_id.endswith("]")
+            await worker.close()
+
+    asyncio.run(main())
+
+
+class HeldStore(SQLiteStore):
+    """A SQLite store that holds the commit recording the delivery of one task run
+    until the test releases it (a store that has fallen behind)."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        super().__init__(path)
+        self.key = key
+        self.released = threading.Event()
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Wait for ``released`` if the batch records the delivery of ``key``."""
+        if any(r.key == self.key and r.delivered for r in batch.task_runs.values()):
+            assert self.released.wait(BOUND)
+        super().commit(batch)
+
+
+def test_a_worker_never_has_more_unrecorded_deliveries_than_twice_its_slots(
+    tmp_path: Path,
+) -> None:
+    """However far the store falls behind, a worker is not sent another attempt while
+    it has twice as many assignments whose delivery is not stored as it has slots:
+    after a crash each of those may run twice."""
+
+    async def main() -> None:
+        store = HeldStore(tmp_path / "hw.db", "scale[0]")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            await create(channel, n=3)
+            first = await worker.next("assignment")
+            worker.send(result=worker.result(first))
+            held = await worker.next("assignment")  # its delivery's commit is held
+            assert held.token.task_run_id.endswith("/scale[0]")
+            worker.send(result=worker.result(held))
+            second = await worker.next("assignment")  # 2 unrecorded for 1 slot
+            worker.send(result=worker.result(second))
+            (session,) = running.core.dispatcher.sessions.values()
+            token = (second.token.task_run_id, second.token.attempt)
+            try:
+                await _until(lambda: token not in session.running, "the result to arrive")
+                assert running.core.dispatcher.pending_count == 1
+                assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
+            finally:
+                store.released.set()  # or the server cannot stop
+            assert (await worker.next("assignment")).token.task_run_id.endswith("]")
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_worker_keeps_every_resent_attempt_it_holds_even_beyond_its_slots(
+    tmp_path: Path,
+) -> None:
+    """After a restart, attempts whose delivery was not stored are sent again; a worker
+    that reconnects holding more of them than it has slots (finished, not yet
+    acknowledged) keeps them all: none runs a second time elsewhere."""
+    store = SQLiteStore(tmp_path / "hw.db")
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(proto_pipeline.compile())
+    manager.create_run("proto_pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    (numbers,) = dispatch.submitted
+    dispatch.submitted.clear()
+    token = numbers.assignment.token
+    run_id, key = split_task_run_id(token.task_run_id)
+    manager.handle(run_id, TaskSucceeded(key, token.attempt, value_of([0, 1, 2], True)))
+    manager.flush()
+    held = [p.assignment.token for p in dispatch.submitted]  # dispatched, never delivered
+    assert len(held) == 3
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1, running=held)
+            welcome = await worker.next("welcome")
+            kept = {(t.task_run_id, t.attempt) for t in welcome.keep_running}
+            assert kept == {(t.task_run_id, t.attempt) for t in held}
+            assert running.core.dispatcher.pending_count == 0
+            await worker.close()
+
+    asyncio.run(main())
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + BOUND
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def _drain(worker: StreamWorker) -> list[worker_pb2.ConnectResponse]:
+    """What the server has sent the worker and nobody read yet."""
+    out = list(worker.backlog)
+    while not worker.inbox.empty():
+        item = worker.inbox.get_nowait()
+        if item is not None:
+            out.append(item)
+    return out
 
 
 def test_fencing_is_bound_to_the_session(tmp_path: Path) -> None:
@@ -320,8 +526,38 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
 
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 2"):
+    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 3"):
         SQLiteStore(path)
+
+
+def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Version 3 added the links of child flow runs (three columns of flow_runs) and
+    the credentials and audit tables: a version 2 database gets them in place, keeps
+    its runs, and says version 3 from then on."""
+    import sqlite3
+
+    from headwater_runtime.store import SCHEMA_VERSION, AuditRow
+
+    path = tmp_path / "v2.db"
+    store = SQLiteStore(path)
+    store.create_flow_run(FlowRunRow("r0", "f", "1", FlowRunState.RUNNING.value, 1.0, b"{}"))
+    store.close()
+    with sqlite3.connect(path) as db:  # what version 2 had
+        db.execute("DROP TABLE credentials")
+        db.execute("DROP TABLE audit")
+        db.execute("DROP INDEX flow_runs_parent")
+        for column in ("parent_flow_run_id", "parent_task_key", "parent_attempt"):
+            db.execute(f"ALTER TABLE flow_runs DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    store = SQLiteStore(path)
+    assert store.get_flow_run("r0").parent_flow_run_id == ""
+    store.add_audit(AuditRow(1.0, "alice", "run", "flow_run", "r1"))
+    assert [a.actor for a in store.audit_entries("flow_run", "r1")] == ["alice"]
+    assert store.list_credentials() == []
+    store.close()
+    with sqlite3.connect(path) as db:
+        (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert int(version) == SCHEMA_VERSION == 3
 
 
 @task
@@ -380,6 +616,19 @@ def test_retention_gives_every_byte_of_finished_runs_back(tmp_path: Path) -> Non
     assert after["page_count"] <= baseline["page_count"], (baseline, after)
     assert after["flow_runs"] == after["run_values"] == after["payloads"] == 0
     store.close()
+
+
+def test_prune_finds_unreferenced_values_through_indexes(tmp_path: Path) -> None:
+    """Finding the values nothing refers to searches the journal by index, never scans
+    it once per value: that was quadratic, and the server prunes on its writer thread
+    at every start, so every commit waited (18 s for 7,000 values)."""
+    from headwater_runtime.store._sqlite import ORPHAN_VALUES
+
+    store = SQLiteStore(tmp_path / "hw.db")
+    plan = [row[-1] for row in store._db.execute(f"EXPLAIN QUERY PLAN {ORPHAN_VALUES}")]
+    store.close()
+    assert not [step for step in plan if step.startswith("SCAN") and " v " not in f" {step} "]
+    assert any("run_events_value" in step for step in plan), plan
 
 
 def test_prune_keeps_what_is_referenced(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def test_parameters_are_values_on_a_server(tmp_path: Path, cluster: Cluster) -> 
             assert done.state is FlowRunState.SUCCESS, done.message
             assert done.result == ["wrote /s/small-0.sqlite", "wrote /s/small-1.sqlite"]
 
-    ran = cli("graph", f"{script}:paths", "-p", "n=9", cwd=tmp_path)
+    ran = cli("graph", f"{script}:paths", "-p", "n=9", "--format", "json", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     graph = json.loads(ran.stdout)
     assert graph["valueDependent"] is True

@@ -32,14 +32,15 @@ def _bare(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
-def test_the_bare_requirements_are_grpc_protobuf_cloudpickle_and_pydantic() -> None:
-    """pydantic checks flow parameters (docs/flows.md); nothing else joins the bare set."""
+def test_the_bare_requirements_are_grpc_protobuf_cloudpickle_pydantic_and_rich() -> None:
+    """pydantic checks flow parameters (docs/flows.md), rich draws the CLI's progress and
+    tables; nothing else joins the bare set."""
     bare = sorted(
         r.split(">")[0].split("=")[0].split("<")[0].strip()
         for r in requires("headwater") or []
         if "extra ==" not in r
     )
-    assert bare == ["cloudpickle", "grpcio", "protobuf", "pydantic"]
+    assert bare == ["cloudpickle", "grpcio", "protobuf", "pydantic", "rich"]
 
 
 def test_the_oldest_versions_venv_installs_exactly_the_declared_floors() -> None:

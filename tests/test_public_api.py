@@ -12,7 +12,9 @@ import headwater
 
 EXPECTED_ALL = [
     "AttemptRecord",
+    "AuditEntry",
     "Client",
+    "CredentialInfo",
     "DaskExecutor",
     "EncodingError",
     "FailureInfo",
@@ -39,6 +41,7 @@ EXPECTED_ALL = [
     "TaskRunState",
     "ThreadExecutor",
     "Trigger",
+    "ValueInfo",
     "__version__",
     "case",
     "flow",

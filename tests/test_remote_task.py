@@ -186,7 +186,14 @@ class _Dispatch:
     def submit(self, pending: Any) -> None:
         self.submitted.append(pending)
 
+    def submit_many(self, flow_run_id: str, by_type: dict[str, list[Any]]) -> None:
+        for pendings in by_type.values():
+            self.submitted.extend(pendings)
+
     def cancel(self, *args: Any) -> None:
+        pass
+
+    def cancel_many(self, *args: Any) -> None:
         pass
 
 

@@ -20,12 +20,14 @@ from headwater.wire import (
     FlowRunState,
     GraphError,
     ParameterError,
+    TaskRunState,
     decode,
     decode_value,
     encode,
 )
 from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarted, TaskSucceeded
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
+from headwater_runtime.server._queries import flow_result, task_result
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
 from headwater_runtime.store import NotFound, SQLiteStore
@@ -73,6 +75,13 @@ class FakeDispatch:
 
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         self.cancelled.append((flow_run_id, task_run_id, attempt, reason))
+
+    def submit_many(self, flow_run_id: str, by_type: dict[str, list[PendingAssignment]]) -> None:
+        for pendings in by_type.values():
+            self.submitted.extend(pendings)
+
+    def cancel_many(self, flow_run_id: str, cancels: list[tuple[str, int, str]]) -> None:
+        self.cancelled.extend((flow_run_id, *c) for c in cancels)
 
 
 def value_of(obj: Any, split: bool = False) -> payload_pb2.Value:
@@ -146,12 +155,14 @@ def test_a_flow_runs_to_success_and_its_result_is_stored(store: SQLiteStore) -> 
 
     row, created = manager.create_run("pipeline", "", {"n": value_of(4)})
     assert created and row.state == FlowRunState.RUNNING.value
-    assert dispatch.submitted == []  # nothing leaves before the commit
+    # The run's start was stored with its row, before its first attempt left.
+    assert [e.kind for e in store.events(row.id)] == ["run_started"]
+    assert [p.assignment.task_type for p in dispatch.submitted] == [numbers.task_type]
     drain(manager, dispatch, fail_first={"scale[2]"})
 
     stored = store.get_flow_run(row.id)
     assert stored.state == FlowRunState.SUCCESS.value
-    result = decode_value(manager.flow_result(stored))
+    result = decode_value(flow_result(store, stored))
     assert result == {"scaled": [0, 10, 20, 30], "total": 60}
     states = [r.state for r in store.task_run_history(row.id, "scale[2]")]
     assert states[-3:] == [2, 3, 5]  # SCHEDULED, RUNNING, SUCCESS
@@ -215,7 +226,7 @@ def test_mapping_over_a_part_asks_the_worker_to_split_that_part(store: SQLiteSto
     rows = reducer.assignment.inputs["values"]
     assert not rows.value.items and decode_input(rows) == [0, 1, 2]
     drain(manager, dispatch)
-    result = decode_value(manager.flow_result(store.get_flow_run(row.id)))
+    result = decode_value(flow_result(store, store.get_flow_run(row.id)))
     assert result == {"scaled": [0, 2, 4], "rows": 3}
 
 
@@ -296,7 +307,7 @@ def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(
     assert attempts["scale[0]"] == 1  # never run again
     assert attempts["scale[1]"] == 1 and attempts["scale[2]"] == 1  # resent, not lost
     assert attempts["scale[3]"] == 2
-    result = decode_value(manager.flow_result(store.get_flow_run(row.id)))
+    result = decode_value(flow_result(store, store.get_flow_run(row.id)))
     assert result == {"scaled": [0, 10, 20, 30], "total": 60}
     store.close()
 
@@ -312,6 +323,26 @@ def test_cancel_cancels_in_flight_attempts_after_commit(store: SQLiteStore) -> N
     manager.flush()
     assert [c[1].split("/")[1] for c in dispatch.cancelled] == ["numbers"]
     assert store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
+
+
+def test_a_batch_put_back_after_a_failed_commit_keeps_the_values_it_references(
+    store: SQLiteStore,
+) -> None:
+    """A batch whose commit failed is put back in front of what happens next; the
+    values its journal entries reference must be committed with it (they were once
+    dropped at the next detach, leaving entries that point at no value)."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(2)})
+    work(manager, dispatch.submitted.pop(0))  # numbers: a result with its elements
+    batch, effects = manager.detach()
+    assert batch.values, "the result's value is in the batch"
+    manager.reattach(batch, effects)  # as the commit pipeline does when a commit fails
+    manager.cancel(row.id, "something else happened before the retry")
+    manager.flush()
+    value, state = task_result(store, row.id, "numbers")
+    assert (decode_value(value), state) == ([0, 1], TaskRunState.SUCCESS)
 
 
 @task(timeout=5)

@@ -363,3 +363,60 @@ STATE = "headwater.state"
 
 def _attempt_key(span: ReceivedSpan) -> tuple[str, int]:
     return span.attributes["headwater.task_run.id"], int(span.attributes[ATTEMPT])
+
+
+NESTED = """
+from headwater import flow, task
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+@flow
+def inner(x: int) -> int:
+    return double(x)
+
+@task
+def calls_inner(x: int) -> int:
+    return inner(x) + 1
+
+@flow
+def nested(x: int = 1) -> list:
+    return [inner(x), calls_inner(x)]
+"""
+
+
+def test_child_flow_runs_are_spans_under_the_parents_task_spans(
+    tmp_path: Path, cluster: Cluster, receiver: OTLPReceiver
+) -> None:
+    """A subflow's flow span is the child of its node's task span (server); a flow a
+    task starts is the child of the worker's execute span of that task."""
+    (tmp_path / "nested_traced.py").write_text(textwrap.dedent(NESTED))
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", module="nested_traced")
+    module = load_file(str(tmp_path / "nested_traced.py"))
+    with client_span(receiver), Client(address) as client:
+        run = client.run(module.nested, {"x": 2})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+    assert final.state is FlowRunState.SUCCESS, final.message
+    assert final.result == [4, 5]
+    cluster.stop()
+
+    def complete(spans: list[ReceivedSpan]) -> bool:
+        names = [s.name for s in spans]
+        return names.count("flow inner") == 2 and names.count("execute double") == 2
+
+    spans = receiver.wait_for(complete, "the spans of the nested runs")
+    assert len({s.trace_id for s in spans}) == 1
+    parent = _one(spans, name="flow nested", service="headwater-server")
+    node = _one(spans, name="task inner", parent_id=parent.span_id)
+    assert node.attributes["headwater.task_run.id"] == f"{run.id}/inner"
+    subflow = _one(spans, name="flow inner", parent_id=node.span_id)
+    assert subflow.service == "headwater-server" and not subflow.error
+    caller = _one(spans, name="task calls_inner", parent_id=parent.span_id)
+    execute = _one(spans, name="execute calls_inner", parent_id=caller.span_id)
+    started = _one(spans, name="flow inner", parent_id=execute.span_id)
+    assert started.service == "headwater-server"
+    for child in (subflow, started):
+        task = _one(spans, name="task double", parent_id=child.span_id)
+        _one(spans, name="execute double", parent_id=task.span_id, service="headwater-worker")

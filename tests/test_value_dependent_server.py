@@ -49,7 +49,13 @@ class Dispatch:
     def submit(self, pending: PendingAssignment) -> None:
         pass
 
+    def submit_many(self, *args: Any) -> None:
+        pass
+
     def cancel(self, *args: Any) -> None:
+        pass
+
+    def cancel_many(self, *args: Any) -> None:
         pass
 
 

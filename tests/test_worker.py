@@ -28,7 +28,7 @@ import headwater
 from headwater._worker import Worker, WorkerError
 from headwater.v1 import graph_pb2, payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
 from headwater.wire import decode_value, encode
-from headwater_runtime.server import MAX_CHUNK, PayloadServicer, TokenAuthInterceptor
+from headwater_runtime.server import MAX_CHUNK, PayloadServicer, StoreIO, TokenAuthInterceptor
 from headwater_runtime.store import SQLiteStore
 
 TOKEN = "s3cret"
@@ -236,6 +236,7 @@ class FakeServer:
     ) -> None:
         self.gateway = gateway
         self.store = SQLiteStore(db)
+        self.io = StoreIO()
         self.loop = asyncio.new_event_loop()
         gateway.loop = self.loop
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -253,7 +254,7 @@ class FakeServer:
         self._server = grpc.aio.server(interceptors=interceptors)
         worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(self.gateway, self._server)
         payload_pb2_grpc.add_PayloadServiceServicer_to_server(
-            PayloadServicer(self.store), self._server
+            PayloadServicer(self.store, io=self.io), self._server
         )
         bound = self._server.add_insecure_port(f"127.0.0.1:{port}")
         await self._server.start()
@@ -272,6 +273,8 @@ class FakeServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(WAIT)
         self.loop.close()
+        # Store calls still under way (an upload's abort) finish before the store closes.
+        self.io.close()
         self.store.close()
 
     def download(self, ref: payload_pb2.PayloadRef) -> bytes:
@@ -445,7 +448,9 @@ def test_cli_worker_says_hello_runs_tasks_with_logs_and_exits_0_on_sigterm(
     connected = [line for line in stderr.splitlines() if line.startswith("headwater worker")]
     capabilities = len(hello.capabilities)
     assert connected == [
-        f"headwater worker w1 connected to {server.address} ({capabilities} capabilities, 3 slots)"
+        f"headwater worker w1 connected to {server.address} ({capabilities} capabilities, 3 slots)",
+        "headwater worker w1: SIGTERM; stopping (running tasks are given back to the server), "
+        "at most 10s",
     ]
 
 

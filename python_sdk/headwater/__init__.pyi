@@ -15,16 +15,19 @@ from headwater_runtime.engine import StateEntry as StateEntry
 from headwater_runtime.engine import TaskRunRecord as TaskRunRecord
 from headwater_runtime.execution import Skip as Skip
 
+from ._access_info import AuditEntry as AuditEntry
+from ._access_info import CredentialInfo as CredentialInfo
 from ._client import Client as Client
-from ._client import LogEntry as LogEntry
 from ._client import RemoteFlowRun as RemoteFlowRun
 from ._client import ServerError as ServerError
 from ._client import TaskRunInfo as TaskRunInfo
+from ._client import ValueInfo as ValueInfo
 from ._compiler import case as case
 from ._compiler import merge as merge
 from ._errors import FlowDefinitionError as FlowDefinitionError
 from ._flow import Flow as Flow
 from ._flow import flow as flow
+from ._logs import LogEntry as LogEntry
 from ._refs import TaskRef as TaskRef
 from ._refs import unmapped as unmapped
 from ._remote import RemoteTask as RemoteTask

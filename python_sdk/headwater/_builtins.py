@@ -25,3 +25,6 @@ def merge_task(branches: list[Any]) -> Any:
 
 
 BUILTIN_TASKS = (case_check, merge_task)
+for _builtin in BUILTIN_TASKS:
+    # Part of Headwater itself, not of the user's code: never compared.
+    _builtin._digest = ""

@@ -18,6 +18,8 @@ from headwater.wire import (
     FlowRunState,
     GraphError,
     ParameterError,
+    TLSConfigError,
+    parse_duration,
 )
 from headwater_runtime.tracing import (
     Tracing,
@@ -26,14 +28,17 @@ from headwater_runtime.tracing import (
     tracing_settings_from_env,
 )
 
+from ._cli_connect import add_tls_args, tls_from_args
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
+from ._cli_tokens import add_tokens_command
 from ._client import ServerError
 from ._errors import FlowDefinitionError, UsageError
 from ._flow import Flow
 from ._loader import LoadError, load_flow
 from ._run import FlowRun
+from ._worker_stop import DEFAULT_GRACE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -65,6 +70,25 @@ def _summary(run: FlowRun) -> str:
     return f"flow run {run.id[:8]} of {run.flow_name!r}: {run.state.name}{duration} ({parts})"
 
 
+def _show_embedded(run: FlowRun, *, full: bool) -> None:
+    """The summary table and each failed task run's error and traceback (stderr)."""
+    from ._cli_render import console, failure_lines, summary_table
+
+    err = console(sys.stderr)
+    rows = []
+    for record in run.task_runs.values():
+        started, ended = record.started_at, record.ended_at
+        took = ended - started if started is not None and ended is not None else None
+        rows.append((record.task_id, record.key, record.state.name, record.attempt, took, ""))
+    if rows:
+        err.print(summary_table(rows))
+    for record in run.task_runs.values():
+        if record.state.is_failure and record.failure is not None:
+            err.print(f"{record.key}: {record.state.name}", markup=False)
+            for line in failure_lines(record.failure, full=full):
+                err.print(f"  {line}", markup=False)
+
+
 def traced(service_name: str) -> Tracing:
     """Install tracing from the OTEL_* variables for this command (shut it down on
     exit so buffered spans are exported)."""
@@ -90,7 +114,9 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             )
         from ._cli_remote import run_on_server
 
-        return run_on_server(flow, params, args.server, args.token)
+        return run_on_server(flow, params, args.server, args)
+    if args.detach:
+        raise UsageError("--detach leaves a run on a server; it needs --server")
     executor = None
     if args.dask is not None:
         if args.workers is not None:
@@ -103,23 +129,37 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             import cloudpickle
 
             cloudpickle.register_pickle_by_value(module)
+    from ._cli_render import Progress
+
+    _log_tasks_at_info()
     try:
-        run = flow.run(
-            executor=executor,
-            max_workers=args.workers,
-            max_concurrency=args.max_concurrency,
-            **params,
-        )
+        with Progress(f"flow {flow.name!r}") as progress:
+            run = flow.run(
+                executor=executor,
+                max_workers=args.workers,
+                max_concurrency=args.max_concurrency,
+                on_transition=lambda r, e: progress.update(r.key, r.task_id, e.state.name),
+                **params,
+            )
     except ConnectionError as exc:  # the Dask scheduler could not be reached
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    _show_embedded(run, full=args.full)
     print(_summary(run), file=sys.stderr)
-    for failure in run.failures:
-        print(f"  {failure.key}: {failure.state.name}: {failure.failure}", file=sys.stderr)
     if run.state is FlowRunState.SUCCESS:
         print(_render(run.result))
         return EXIT_OK
     return EXIT_CANCELLED if run.state is FlowRunState.CANCELLED else EXIT_FAILED
+
+
+def _log_tasks_at_info() -> None:
+    """Let tasks' INFO records reach FlowRun.logs (logging's default drops them below
+    WARNING) unless the application configured logging itself."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers and root.level == logging.WARNING:
+        root.setLevel(logging.INFO)
 
 
 def dask_executor(where: str) -> Any:
@@ -139,12 +179,12 @@ def _render(value: Any) -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    """``headwater graph``: print a flow's compiled FlowGraph as JSON."""
-    from google.protobuf import json_format
+    """``headwater graph``: print a flow's compiled graph (text, DOT, Mermaid or JSON)."""
+    from ._cli_graph import render
 
     flow = load_flow(args.target)
     graph = flow.compile(**flow_params(flow, args.param))
-    print(json_format.MessageToJson(graph, indent=2))
+    print(render(graph, args.format))
     return EXIT_OK
 
 
@@ -162,10 +202,9 @@ def parse_labels(items: list[str]) -> dict[str, str]:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``headwater worker``: run the given modules' tasks for a server until stopped."""
     import logging
-    import signal
-    import threading
 
     from ._worker import Worker, WorkerError
+    from ._worker_stop import StopOnSignal
 
     if not args.server:
         raise UsageError("--server HOST:PORT is required (or set HEADWATER_SERVER)")
@@ -175,6 +214,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError("give at least one --module with the tasks this worker runs")
     if args.slots is not None and args.slots < 1:
         raise UsageError(f"--slots must be at least 1, got {args.slots}")
+    try:
+        args.grace = parse_duration(args.grace)
+    except ValueError as exc:
+        raise UsageError(f"--grace {exc}") from None
     labels = parse_labels(args.label)
     # Like `python -m`, find modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -199,8 +242,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "slots": args.slots,
         "name": args.name,
         "token": ConnectionSettings.from_env(token=args.token).token,
+        "tls": tls_from_args(args),
         "on_connect": connected,
     }
+    if args.allow_stale_code:
+        options["allow_stale_code"] = True
     if args.dask is not None:
         if not args.dask:
             raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
@@ -218,18 +264,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    def on_signal(signum: int, _frame: object) -> None:
-        # stop() cancels the gRPC call: do that off the interrupted main thread.
-        threading.Thread(target=worker.stop, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGTERM / SIGINT stop the worker from a watcher thread, within the grace period
+    # whatever its task threads do (_worker_stop says why not from a signal handler).
+    stopper = StopOnSignal(worker.stop, args.grace, name=f"worker {worker.name}")
+    stopper.install()
     try:
         worker.run()
     except WorkerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        stopper.uninstall()
         tracing.shutdown()
     return EXIT_OK
 
@@ -241,7 +286,10 @@ def add_worker_command(sub: Any) -> None:
         help="run tasks for a Headwater server",
         description="Connect to a control plane and run the tasks defined in the given "
         "modules (plus the built-in headwater.case and headwater.merge). Reconnects on "
-        "its own; SIGTERM or Ctrl-C stops it (exit 0); a refused token exits 1. With "
+        "its own; SIGTERM or Ctrl-C stops it: running tasks are given back to the server "
+        "(it runs them again elsewhere) and the worker exits 0, or 1 with every thread's "
+        "stack if it could not stop within --grace; a second signal exits at once. A "
+        "refused token exits 1. With "
         "--dask it is a Dask bridge: tasks run on a Dask cluster and their results stay "
         "there. OTEL_TRACES_EXPORTER=otlp|console traces every task it runs "
         "(docs/tracing.md).",
@@ -283,8 +331,23 @@ def add_worker_command(sub: Any) -> None:
     )
     worker.add_argument("--name", default=None, help="display name (default: HOSTNAME-PID)")
     worker.add_argument(
+        "--grace",
+        default=f"{DEFAULT_GRACE:g}s",
+        metavar="DURATION",
+        help="longest the worker takes to stop after SIGTERM or Ctrl-C, e.g. 10s (default "
+        "%(default)s); past it the process exits with status 1 whatever its tasks are doing",
+    )
+    worker.add_argument(
+        "--allow-stale-code",
+        action="store_true",
+        help="run tasks whatever code the run's graph was built with: report no code "
+        "digests (by default a task whose code here differs from the run's is not given "
+        "to this worker, and the run says why it waits)",
+    )
+    worker.add_argument(
         "--token", default=None, help="bearer token for the server (default: $HEADWATER_TOKEN)"
     )
+    add_tls_args(worker)
     worker.set_defaults(func=cmd_worker)
 
 
@@ -304,8 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a flow (in this process, or on a server with --server); print its result",
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
-        "thread pool) by default, or on a server with --server. Exit code 0 when the run "
-        "succeeds, 1 when it fails, 130 when it is cancelled (Ctrl-C). With --dask the "
+        "thread pool) by default, or on a server with --server. Progress is shown live on a "
+        "terminal (plain lines otherwise), then a summary and each failed task's error "
+        "and traceback. Exit code 0 when the run succeeds, 1 when it fails, 130 when it "
+        "is cancelled (Ctrl-C cancels it; with --server --detach it is left running). "
+        "With --dask the "
         "tasks run on a Dask cluster (the flow is still driven from this process). "
         "OTEL_TRACES_EXPORTER=otlp|console exports the run as a trace (docs/tracing.md).",
     )
@@ -337,14 +403,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on this Headwater server instead of in this process (deploys the flow)",
     )
     run.add_argument("--token", default=None, help="bearer token for --server (or HEADWATER_TOKEN)")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="with --server: Ctrl-C leaves the run running on the server (default: cancel it)",
+    )
+    run.add_argument(
+        "--full", action="store_true", help="print failed tasks' whole tracebacks (not trimmed)"
+    )
+    add_tls_args(run)
     run.set_defaults(func=cmd_run)
 
     graph = sub.add_parser(
         "graph",
-        help="print a flow's compiled graph as JSON",
-        description="Compile a flow and print its FlowGraph message as JSON. A flow whose "
-        "body uses its parameters as values (range(n), if n > 8) has a graph per set of "
-        "values: give them with --param (docs/flows.md).",
+        help="print a flow's compiled graph (text, DOT, Mermaid or JSON)",
+        description="Compile a flow and print its graph: as text (the default: one line per "
+        "task with what it takes its inputs from), Graphviz DOT, a Mermaid flowchart, or "
+        "the FlowGraph message as JSON. A flow whose body uses its parameters as values "
+        "(range(n), if n > 8) has a graph per set of values: give them with --param "
+        "(docs/flows.md).",
+    )
+    graph.add_argument(
+        "--format",
+        choices=["text", "dot", "mermaid", "json"],
+        default="text",
+        help="(default text)",
     )
     graph.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
     graph.add_argument(
@@ -363,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runs_command(sub)
     add_schedules_command(sub)
     add_prune_command(sub)
+    add_tokens_command(sub)
     return parser
 
 
@@ -381,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         FlowDefinitionError,
         ParameterError,
         TracingConfigError,
+        TLSConfigError,
     ) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -392,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
             grpc.StatusCode.FAILED_PRECONDITION,
         )
         return EXIT_USAGE if refused else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("headwater: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
     except BrokenPipeError:
         # `headwater runs show ID | head`: the reader left; no traceback, and none
         # again when Python flushes stdout at exit.

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
+import queue
 import sys
+import threading
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from headwater.wire import ENV_SERVER, FlowRunState
+from rich.text import Text
+
+from headwater.wire import ENV_SERVER, FlowRunState, TaskRunState, parse_duration
 from headwater_runtime.tracing import cli_span
 
-from ._client import Client
+from ._cli_connect import add_tls_args, connect
+from ._cli_render import (
+    Progress,
+    console,
+    duration_text,
+    failure_lines,
+    state_text,
+    summary_table,
+)
+from ._client import Client, RemoteFlowRun, ServerError, TaskRunInfo
 from ._errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
+#: Seconds without any change after which ``run --server`` asks why task runs wait.
+QUIET = 2.0
 
 
 def server_address(args: argparse.Namespace) -> str:
@@ -31,61 +48,305 @@ def _exit_code(state: FlowRunState) -> int:
     return EXIT_CANCELLED if state is FlowRunState.CANCELLED else EXIT_FAILED
 
 
-def run_on_server(flow: Any, params: dict[str, Any], address: str, token: str | None) -> int:
-    """Deploy, run and wait; prints the result as JSON like an embedded run."""
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, default=repr)
+
+
+def _local(at: datetime | None) -> str:
+    return at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
+
+
+def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
+    """Show a run's progress until it ends (task run changes; why task runs wait when
+    nothing changes for a while); the run as it ended."""
+    changes: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def watch() -> None:
+        try:
+            for _, change in client.watch(run.id):
+                changes.put(("change", change))
+            changes.put(("end", None))
+        except ServerError as exc:
+            changes.put(("error", exc))
+
+    # In this context (a copy): the watch call is part of the CLI's trace when tracing.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(watch,), name="headwater-watch", daemon=True).start()
+    with Progress(f"flow run {run.id[:8]} of {run.flow_name!r}") as progress:
+        while True:
+            try:
+                kind, item = changes.get(timeout=QUIET)
+            except queue.Empty:
+                current = client.get(run.id, include_task_runs=True)
+                progress.waits({t.key: t.waiting for t in current.task_runs if t.waiting})
+                continue
+            if kind == "end":
+                break
+            if kind == "error":
+                raise item
+            if item is not None:
+                progress.update(item.key, item.task_id, item.state.name, item.message)
+    return client.get(run.id, include_task_runs=True)
+
+
+def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
+    """The summary table, each failed task run's error and traceback, the final line
+    (stderr), and a successful run's result as JSON (stdout)."""
+    err = console(sys.stderr)
+    rows = [
+        (t.task_id, t.key, t.state.name, t.attempts, t.duration, t.worker) for t in run.task_runs
+    ]
+    if rows:
+        err.print(summary_table(rows))
+    show_failures(err, run.task_runs, full=full)
+    took = f" in {duration_text(run.duration)}" if run.duration is not None else ""
+    line = state_text(run.state.name)
+    err.print(
+        Text.assemble(
+            f"flow run {run.id[:8]} of {run.flow_name!r}: ", line, took, f" {run.message}"
+        )
+    )
+    if run.state is FlowRunState.SUCCESS:
+        print(_json(run.result))
+
+
+def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False) -> None:
+    """Each failed task run's error type, message and traceback; each waiting one's
+    reason."""
+    for task in task_runs:
+        if task.failure is not None and task.state.is_failure:
+            out.print(Text.assemble(f"{task.key}: ", state_text(task.state.name)))
+            for line in failure_lines(task.failure, full=full):
+                out.print(f"  {line}", markup=False)
+        elif task.waiting:
+            out.print(f"{task.key}: {task.waiting}", style="yellow", markup=False)
+
+
+def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argparse.Namespace) -> int:
+    """Deploy, run and follow; prints the result as JSON like an embedded run. Ctrl-C
+    cancels the run (``--detach``: leaves it running) and returns 130."""
+    detach, full = getattr(args, "detach", False), getattr(args, "full", False)
     # The CLI's own span (when tracing): the flow span on the server becomes its child.
-    with Client(address, token=token) as client, cli_span(f"run {flow.name}"):
+    with connect(args, address) as client, cli_span(f"run {flow.name}"):
         run = client.run(flow, params)
         print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
-        for _, change in client.watch(run.id):
-            if change is not None:
-                print(f"  {change.key}: {change.state.name}", file=sys.stderr)
-        final = client.get(run.id, include_task_runs=True)
-        print(f"flow run {final.id[:8]}: {final.state.name} {final.message}", file=sys.stderr)
-        if final.state is FlowRunState.SUCCESS:
-            print(json.dumps(final.result, indent=2, default=repr))
+        try:
+            final = follow_run(client, run)
+        except KeyboardInterrupt:
+            return _interrupted(client, run, detach)
+        show_outcome(final, full=full)
         return _exit_code(final.state)
+
+
+def _interrupted(client: Client, run: RemoteFlowRun, detach: bool) -> int:
+    try:
+        if detach:
+            print(
+                f"\nleft flow run {run.id} running on the server; follow it with: "
+                f"headwater runs watch {run.id[:8]}",
+                file=sys.stderr,
+            )
+        else:
+            client.cancel(run.id, "cancelled from the CLI (Ctrl-C)")
+            print(f"\ncancelled flow run {run.id}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nstopped; flow run {run.id} may still be running", file=sys.stderr)
+    return EXIT_CANCELLED
+
+
+def _run_json(run: RemoteFlowRun) -> dict[str, Any]:
+    def when(at: datetime | None) -> str | None:
+        return at.isoformat() if at is not None else None
+
+    out: dict[str, Any] = {
+        "id": run.id,
+        "flow_name": run.flow_name,
+        "flow_version": run.flow_version,
+        "state": run.state.name,
+        "message": run.message,
+        "created_at": when(run.created_at),
+        "started_at": when(run.started_at),
+        "ended_at": when(run.ended_at),
+        "duration": run.duration,
+        "schedule_id": run.schedule_id,
+    }
+    if run.task_runs:
+        out["task_runs"] = [
+            {
+                "key": t.key,
+                "task_id": t.task_id,
+                "state": t.state.name,
+                "attempts": t.attempts,
+                "worker": t.worker,
+                "duration": t.duration,
+                "waiting": t.waiting,
+                "failure": None
+                if t.failure is None
+                else {
+                    "type": t.failure.type,
+                    "message": t.failure.message,
+                    "traceback": t.failure.traceback,
+                },
+                "result": None
+                if t.result is None
+                else {
+                    "size_bytes": t.result.size_bytes,
+                    "encoding": t.result.encoding,
+                    "preview": t.result.preview,
+                },
+            }
+            for t in run.task_runs
+        ]
+    return out
+
+
+def _states(names: list[str]) -> list[FlowRunState]:
+    states = []
+    for part in names:
+        for name in part.split(","):
+            try:
+                states.append(FlowRunState[name.strip().upper()])
+            except KeyError:
+                known = ", ".join(s.name.lower() for s in FlowRunState)
+                raise UsageError(f"--state {name!r} is not a state; use one of {known}") from None
+    return states
+
+
+def _list(client: Client, args: argparse.Namespace) -> int:
+    since = None
+    if args.since:
+        try:
+            since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
+        except ValueError as exc:
+            raise UsageError(f"--since {exc}") from None
+    runs = client.list_runs(
+        flow_name=args.flow or "", limit=args.limit, states=_states(args.state), since=since
+    )
+    if args.json:
+        print(_json([_run_json(r) for r in runs]))
+        return EXIT_OK
+    out = console()
+    if not out.is_terminal:  # plain, one run a line: easy to grep and cut
+        for run in runs:
+            origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
+            if run.parent_task_run_id:
+                origin += f"  child of {run.parent_task_run_id}"
+            print(
+                f"{run.id[:8]}  {run.state.name:9}  {run.flow_name} v{run.flow_version}  "
+                f"{_local(run.started_at or run.created_at)}  "
+                f"{duration_text(run.duration) or '-'}{origin}"
+            )
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("run", "flow", "state", "started", "duration", "origin"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.id[:8],
+            f"{run.flow_name} v{run.flow_version}",
+            state_text(run.state.name),
+            _local(run.started_at or run.created_at),
+            duration_text(run.duration),
+            f"schedule {run.schedule_id[:8]}"
+            if run.schedule_id
+            else (f"child of {run.parent_task_run_id}" if run.parent_task_run_id else ""),
+        )
+    out.print(table)
+    return EXIT_OK
+
+
+def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
+    run = client.get(run_id, include_task_runs=True)
+    if args.json:
+        payload = _run_json(run)
+        if run.state is FlowRunState.SUCCESS:
+            payload["result"] = run.result
+        print(_json(payload))
+        return EXIT_OK
+    out = console()
+    took = f"  {duration_text(run.duration)}" if run.duration is not None else ""
+    head = f"  {run.flow_name} v{run.flow_version}{took}  {run.message}".rstrip()
+    out.print(Text.assemble(f"{run.id}  ", state_text(run.state.name), head))
+    if run.parent_task_run_id:
+        out.print(f"  parent: flow run {run.parent_id}, task run {run.parent_task_run_id}")
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("task run", "state", "attempts", "time", "worker", "states"):
+        table.add_column(column)
+    for task in run.task_runs:
+        if task.state is TaskRunState.MAPPED:
+            continue
+        table.add_row(
+            task.key,
+            state_text(task.state.name),
+            str(task.attempts),
+            duration_text(task.duration),
+            task.worker,
+            " > ".join(s.name for s in task.states),
+        )
+    out.print(table)
+    for task in run.task_runs:
+        for child in task.child_run_ids:
+            out.print(f"  {task.key}: child flow run {child}")
+        if task.waiting:
+            out.print(f"  {task.key}: waiting: {task.waiting}", highlight=False)
+    show_failures(out, run.task_runs, full=args.full)
+    for note in run.audit:
+        detail = f" ({note.detail})" if note.detail else ""
+        out.print(
+            f"  {note.at:%Y-%m-%d %H:%M:%S}Z  {note.action} by {note.actor}{detail}",
+            markup=False,
+            highlight=False,
+        )
+    if run.state is FlowRunState.SUCCESS:
+        print(_json(run.result))
+    return EXIT_OK
+
+
+def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
+    task = args.task or ""
+    task_run_id = f"{run_id}/{task}" if "[" in task else ""
+    task_id = "" if "[" in task else task
+    entries = client.iter_logs(
+        run_id, task_run_id, task_id=task_id, follow=args.follow, page_size=args.page_size
+    )
+    for entry in entries:
+        at = entry.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
+        attempt = f"#{entry.attempt}" if entry.attempt > 1 else ""
+        print(f"{at} {entry.level:8} {entry.key}{attempt}  {entry.message}", flush=args.follow)
+    return EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``headwater runs list|show|watch|cancel|logs``; ``watch`` exits like ``run``."""
     address = server_address(args)
-    with Client(address, token=args.token) as client:
+    with connect(args, address) as client:
         if args.action == "list":
-            for run in client.list_runs(flow_name=args.flow or "", limit=args.limit):
-                origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
-                print(f"{run.id}  {run.state.name:9}  {run.flow_name} v{run.flow_version}{origin}")
-            return EXIT_OK
+            return _list(client, args)
         if not args.run_id:
-            raise UsageError(f"'runs {args.action}' needs a flow run id")
+            raise UsageError(f"'runs {args.action}' needs a flow run id (or a unique prefix)")
+        run_id = client.get(args.run_id).id  # a unique prefix names the run
         if args.action == "show":
-            run = client.get(args.run_id, include_task_runs=True)
-            print(f"{run.id}  {run.state.name}  {run.flow_name} v{run.flow_version}  {run.message}")
-            for task in run.task_runs:
-                states = " > ".join(s.name for s in task.states)
-                worker = f"  on {task.worker}" if task.worker else ""
-                print(
-                    f"  {task.key:30} {task.state.name:15} attempts={task.attempts}"
-                    f"{worker}  {states}"
-                )
-            if run.state is FlowRunState.SUCCESS:
-                print(json.dumps(run.result, indent=2, default=repr))
-            return EXIT_OK
+            return _show(client, run_id, args)
         if args.action == "watch":
-            current = client.get(args.run_id)
-            for current, change in client.watch(args.run_id):  # noqa: B007
-                if change is not None:
-                    print(f"{change.key}: {change.state.name} {change.message}".rstrip())
-            print(f"flow run: {current.state.name}")
-            return _exit_code(current.state)
+            try:
+                final = follow_run(client, client.get(run_id))
+            except KeyboardInterrupt:
+                return EXIT_CANCELLED
+            show_outcome(final, full=args.full)
+            return _exit_code(final.state)
         if args.action == "cancel":
-            run = client.cancel(args.run_id, args.reason)
+            run = client.cancel(run_id, args.reason)
             print(f"{run.id}  {run.state.name}")
             return EXIT_OK
         if args.action == "logs":
-            for entry in client.logs(args.run_id, args.task_run or ""):
-                print(f"{entry.at:%H:%M:%S} {entry.level:8} {entry.task_run_id} {entry.message}")
-            return EXIT_OK
+            try:
+                return _logs(client, run_id, args)
+            except KeyboardInterrupt:
+                return EXIT_CANCELLED
     raise UsageError(f"unknown action {args.action!r}")
 
 
@@ -94,14 +355,46 @@ def add_runs_command(sub: Any) -> None:
     runs = sub.add_parser(
         "runs",
         help="list, show, watch, cancel flow runs on a server, or read their logs",
-        description="Inspect and control flow runs on a Headwater server.",
+        description="Inspect and control flow runs on a Headwater server. A run id may be "
+        "shortened to any prefix only one run has (the 8 characters the CLI prints).",
     )
     runs.add_argument("action", choices=["list", "show", "watch", "cancel", "logs"])
-    runs.add_argument("run_id", nargs="?", help="flow run id (all actions but list)")
+    runs.add_argument("run_id", nargs="?", help="flow run id or unique prefix (not for list)")
     runs.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
     runs.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(runs)
     runs.add_argument("--flow", help="list: only runs of this flow")
+    runs.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        metavar="STATE",
+        help="list: only runs in this state (running, success, failed, cancelled; repeatable)",
+    )
+    runs.add_argument(
+        "--since", metavar="DURATION", help="list: only runs created this recently, e.g. 1h, 2d"
+    )
     runs.add_argument("--limit", type=int, default=20, help="list: how many (default 20)")
+    runs.add_argument("--json", action="store_true", help="list, show: print JSON")
+    runs.add_argument(
+        "--full", action="store_true", help="show, watch: print whole tracebacks (not trimmed)"
+    )
     runs.add_argument("--reason", default="cancelled from the CLI", help="cancel: why")
-    runs.add_argument("--task-run", help="logs: only this task run id")
+    runs.add_argument(
+        "--task",
+        metavar="NAME",
+        help="logs: only this task (its mapped children too) or task run (name[i])",
+    )
+    runs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="logs: keep printing new records until the run ends",
+    )
+    runs.add_argument(
+        "--page-size",
+        type=int,
+        default=1000,
+        help="logs: records read per request (default 1000)",
+    )
     runs.set_defaults(func=cmd_runs)

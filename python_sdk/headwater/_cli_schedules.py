@@ -7,8 +7,8 @@ from typing import Any
 
 from headwater.wire import parse_duration
 
+from ._cli_connect import add_tls_args, connect
 from ._cli_remote import EXIT_OK, server_address
-from ._client import Client
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -32,7 +32,7 @@ def _line(s: ScheduleInfo) -> str:
 def cmd_schedules(args: argparse.Namespace) -> int:
     """``headwater schedules create|list|delete|pause|resume``; prints one line each."""
     address = server_address(args)
-    with Client(address, token=args.token) as client:
+    with connect(args, address) as client:
         if args.action == "create":
             from ._cli import flow_params
 
@@ -65,6 +65,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
     parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(parser)
 
 
 def add_schedules_command(sub: Any) -> None:

@@ -23,6 +23,7 @@ from types import CodeType
 from typing import TYPE_CHECKING, Any
 
 from headwater.wire import (
+    SUBFLOW_TASK_TYPE,
     Const,
     DictOf,
     FromTask,
@@ -33,6 +34,7 @@ from headwater.wire import (
     Param,
     ParameterError,
     ParamSpec,
+    SubflowSpec,
     TaskSpec,
     Trigger,
     iter_task_refs,
@@ -197,20 +199,7 @@ class _Context:
             raise FlowDefinitionError(
                 f"task {task.name!r}: .map() needs at least one argument that is not unmapped()"
             )
-        wait: tuple[str, ...] = ()
-        if self.case_stack or wait_for is not None:
-            deps: dict[str, None] = dict.fromkeys(self.case_stack)
-            for item in _as_list(wait_for, task.name):
-                if type(item) is not TaskRef:
-                    raise FlowDefinitionError(
-                        f"task {task.name!r}: wait_for takes task results from this flow, "
-                        f"got {type(item).__name__}"
-                    )
-                deps[item._node_id] = None
-            for dep in deps:
-                if dep not in node_ids:
-                    raise ValueError(f"task {task.name!r} waits for unknown task {dep!r}")
-            wait = tuple(deps)
+        wait = self._wait_for(task.name, wait_for)
         node_id = self._new_id(task.name)
         node = TaskSpec(
             id=node_id,
@@ -220,6 +209,7 @@ class _Context:
             wait_for=wait,
             retry=task.retry,
             timeout=task.timeout,
+            schedule_to_start_timeout=task.schedule_to_start_timeout,
             trigger=task.trigger,
             cache=task.cache,
             mapped=tuple(mapped_args) if mapped else None,
@@ -231,10 +221,90 @@ class _Context:
             argument_order=task.argument_order,
             fn=task.fn if task.has_function else None,
             no_retry_on=task.no_retry_on,
+            code_digest=task.code_digest,
         )
         self.nodes.append(node)
         node_ids[node_id] = node
         return TaskRef(node_id, mapped)
+
+    def _wait_for(self, name: str, wait_for: Any) -> tuple[str, ...]:
+        """The node's order-only dependencies (enclosing ``case`` blocks, wait_for),
+        each checked to belong to this flow."""
+        if not self.case_stack and wait_for is None:
+            return ()  # the common case, once per task call
+        deps: dict[str, None] = dict.fromkeys(self.case_stack)
+        for item in _as_list(wait_for, name):
+            if type(item) is not TaskRef:
+                raise FlowDefinitionError(
+                    f"task {name!r}: wait_for takes task results from this flow, "
+                    f"got {type(item).__name__}"
+                )
+            deps[item._node_id] = None
+        for dep in deps:
+            if dep not in self.node_ids:
+                raise ValueError(f"task {name!r} waits for unknown task {dep!r}")
+        return tuple(deps)
+
+    def _check_upstream(self, name: str, inputs: dict[str, InputSpec]) -> None:
+        """Every task result the inputs refer to belongs to this flow."""
+        for spec in inputs.values():
+            if isinstance(spec, Const | Param):
+                continue
+            for ref in (spec,) if isinstance(spec, FromTask) else iter_task_refs(spec):
+                if ref.task_id not in self.node_ids:
+                    raise ValueError(
+                        f"task {name!r} got the result of task {ref.task_id!r}, "
+                        f"which is not part of flow {self.flow_name!r}"
+                    )
+
+    def add_subflow(
+        self, flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> TaskRef:
+        """A call of another flow in this flow's body: a subflow node whose inputs are
+        the child's parameters (docs/flows.md, "Subflows")."""
+        wait_for = kwargs.pop("wait_for", None)
+        label = f"flow {flow.name}"
+        existing = self.task_types_by_name.setdefault(flow.name, label)
+        if existing != label:
+            raise ValueError(
+                f"flow {self.flow_name!r}: a task and a flow are both named {flow.name!r} "
+                f"({existing} and {label}); give one of them another name="
+            )
+        try:
+            arguments = flow.bind(*args, **kwargs)
+        except ParameterError as exc:
+            raise FlowDefinitionError(f"subflow call: {exc}") from None
+        missing = [p.name for p in flow.parameters if p.required and p.name not in arguments]
+        if missing:
+            raise FlowDefinitionError(
+                f"subflow {flow.name!r} is missing required parameter(s) "
+                f"{', '.join(map(repr, missing))}"
+            )
+        inputs = {name: self.to_input(value, flow.name, name) for name, value in arguments.items()}
+        constants = {n: arguments[n] for n, spec in inputs.items() if isinstance(spec, Const)}
+        if constants:  # checked (and converted) now, before anything runs
+            for name, value in flow.types.validate(constants).items():
+                inputs[name] = Const(value)
+        self._check_upstream(flow.name, inputs)
+        wait = self._wait_for(flow.name, wait_for)
+        options = flow.call_options
+        node_id = self._new_id(flow.name)
+        node = TaskSpec(
+            id=node_id,
+            name=flow.name,
+            task_type=SUBFLOW_TASK_TYPE,
+            inputs=inputs,
+            wait_for=wait,
+            retry=options.retry,
+            timeout=options.timeout,
+            trigger=options.trigger,
+            tags=options.tags,
+            argument_order=tuple(p.name for p in flow.parameters),
+            subflow=SubflowSpec(flow.name, "", flow),
+        )
+        self.nodes.append(node)
+        self.node_ids[node_id] = node
+        return TaskRef(node_id, False)
 
 
 #: Constants that can hold no reference: an input of one is a Const without a look inside.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from headwater.wire import GraphSpec, ParameterError, bind_params
 from headwater_runtime.embedded import (
@@ -16,9 +16,12 @@ from headwater_runtime.embedded import (
     relaxed_gc,
 )
 from headwater_runtime.engine import StateEntry, TaskRunRecord
+from headwater_runtime.execution import current_task
 
 from . import _compiler
+from ._code import SourceSnapshot
 from ._errors import FlowDefinitionError
+from ._options import FlowOptions, ParsedOptions, check_names, parse_options
 from ._params import ParameterTypes
 from ._run import FlowRun
 
@@ -40,10 +43,16 @@ class Flow(Generic[P, R]):
     graph for those parameter values (the same graph for all values unless the body
     uses a parameter as a value: docs/flows.md).
 
+    Called inside another flow's body, a flow is a *subflow*: a node of that flow's
+    graph that runs as a child flow run (docs/flows.md); called inside a task while it
+    runs, it starts a child flow run of that task run and returns its result.
+
     Args:
         fn: the flow function; its parameters are the flow's parameters.
         name: the flow's name on a server (default: the function's name).
         version: the version to register it as (default: numbered by the server).
+        **options: how its calls as a subflow are retried, timed out and triggered, as
+            for a task (see ``flow``).
     """
 
     def __init__(
@@ -52,6 +61,7 @@ class Flow(Generic[P, R]):
         *,
         name: str | None = None,
         version: str = "",
+        **options: Unpack[FlowOptions],
     ) -> None:
         if not callable(fn):
             raise FlowDefinitionError(f"@flow needs a function, got {type(fn).__name__}")
@@ -60,6 +70,12 @@ class Flow(Generic[P, R]):
         self.fn = fn
         self.name = name or fn.__name__
         self.version = version
+        check_names(options, FlowOptions, self.name)
+        self._options: FlowOptions = options
+        #: Retries, timeout, trigger and tags of the node a call inside a flow adds.
+        self.call_options: ParsedOptions = parse_options(options, self.name, remote=False)
+        self._source = SourceSnapshot(fn)
+        self._digest: str | None = None
         self.description = inspect.getdoc(fn) or ""
         self.signature = inspect.signature(fn)
         self.parameters = _compiler.param_specs(self.name, self.signature)
@@ -73,6 +89,20 @@ class Flow(Generic[P, R]):
         self._value_use: tuple[str, str, str] | None = None
         self._types: ParameterTypes | None = None
         functools.update_wrapper(self, fn)
+
+    @property
+    def code_digest(self) -> str:
+        """The digest of the flow function's code (as for tasks): what a worker reports
+        for the flows it can build graphs of."""
+        if self._digest is None:
+            self._digest = self._source.digest()
+        return self._digest
+
+    def with_options(self, **overrides: Unpack[FlowOptions]) -> Flow[P, R]:
+        """A copy of this flow whose calls as a subflow use these options."""
+        check_names(overrides, FlowOptions, self.name)
+        merged: FlowOptions = {**self._options, **overrides}
+        return Flow(self.fn, name=self.name, version=self.version, **merged)
 
     @property
     def types(self) -> ParameterTypes:
@@ -102,6 +132,21 @@ class Flow(Generic[P, R]):
             if required:
                 raise
             return None
+
+    def prepare_run(self, params: dict[str, Any]) -> tuple[GraphSpec, dict[str, Any]]:
+        """The graph and the checked, converted parameters (defaults filled in) of a
+        run with these parameter values (as a subflow's child run is started)."""
+        values = self.complete(self.validate(**params))
+        assert values is not None
+        graph = _compiler.build_graph(self, values)
+        remote = [t for t in graph.tasks if t.fn is None and t.subflow is None]
+        if remote:
+            raise FlowDefinitionError(
+                f"flow {self.name!r} uses task {remote[0].name!r} ({remote[0].task_type}), "
+                "which is implemented in another language and runs only on a server: use "
+                "`headwater run FILE:FLOW --server HOST:PORT` or Client.run(...)"
+            )
+        return graph, values
 
     def graph(self, *args: Any, **params: Any) -> GraphSpec:
         """The engine's graph for these parameter values (live Python constants,
@@ -161,45 +206,50 @@ class Flow(Generic[P, R]):
         """
         if _compiler.current_context() is not None:
             raise FlowDefinitionError(
-                f"flow {self.name!r} was called inside another flow; subflows are not "
-                "supported yet: call its tasks directly, or run it from a task"
+                f"flow {self.name!r}: inside a flow, call it ({self.name}(...)) to run it "
+                "as a subflow; .run() starts a flow run of its own"
             )
         if executor is not None and max_workers is not None:
             raise FlowDefinitionError("pass either executor= or max_workers=, not both")
-        values = self.complete(self.validate(*args, **params))
-        assert values is not None
+        running = current_task()
+        if running is not None and running[0] is not None:
+            if executor is not None or max_workers is not None:
+                raise FlowDefinitionError(
+                    f"flow {self.name!r} was called inside a task: it runs as a child of "
+                    "that task run, where the task runs; executor= and max_workers= "
+                    "choose where a top-level run runs"
+                )
+            return self._run_in_task(running, self.bind(*args, **params))
         with relaxed_gc():  # compiling allocates a few objects per task too
-            return self._run(values, executor, max_workers, max_concurrency, on_transition)
-
-    def _run(
-        self,
-        values: dict[str, Any],
-        executor: Executor | None,
-        max_workers: int | None,
-        max_concurrency: int | None,
-        on_transition: Callable[[TaskRunRecord, StateEntry], None] | None,
-    ) -> FlowRun:
-        graph = _compiler.build_graph(self, values)
-        remote = [t for t in graph.tasks if t.fn is None]
-        if remote:
-            raise FlowDefinitionError(
-                f"flow {self.name!r} uses task {remote[0].name!r} ({remote[0].task_type}), "
-                "which is implemented in another language and runs only on a server: use "
-                "`headwater run FILE:FLOW --server HOST:PORT` or Client.run(...)"
+            graph, values = self.prepare_run(self.bind(*args, **params))
+            embedded = EmbeddedRun(
+                graph,
+                values,
+                executor=executor or ThreadExecutor(max_workers),
+                max_concurrency=max_concurrency,
+                cache=PROCESS_CACHE,
+                on_transition=on_transition,
             )
-        embedded = EmbeddedRun(
-            graph,
-            values,
-            executor=executor or ThreadExecutor(max_workers),
-            max_concurrency=max_concurrency,
-            cache=PROCESS_CACHE,
-            on_transition=on_transition,
-        )
-        engine = embedded.run()
-        return FlowRun.from_engine(embedded.id, engine)
+            embedded.run()
+        return FlowRun.from_embedded(embedded)
+
+    def _run_in_task(self, running: tuple[Any, str, int], given: dict[str, Any]) -> FlowRun:
+        """A flow called by a task while it runs: a child flow run of that task run, in
+        the task's host (this process, or the server the worker serves)."""
+        launcher, key, attempt = running
+        if isinstance(launcher, EmbeddedRun):
+            graph, values = self.prepare_run(given)
+            return FlowRun.from_embedded(launcher.run_child(graph, values, key))
+        run: FlowRun = launcher.run_flow(self, self.validate(**given), key, attempt)
+        return run
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run embedded; return the flow's result or raise FlowRunFailed."""
+        """Run embedded; return the flow's result or raise FlowRunFailed. Inside a flow
+        body, add a subflow node instead (its result is a reference, as a task's)."""
+        ctx = _compiler.current_context()
+        if ctx is not None:
+            # A TaskRef to the child's result stands in for R, as for a task call.
+            return ctx.add_subflow(self, args, dict(kwargs))  # type: ignore[return-value]
         # The keywords mix the flow's parameters with run()'s options (executor=...).
         keywords: dict[str, Any] = kwargs
         flow_run = self.run(*args, **keywords)
@@ -215,10 +265,19 @@ class Flow(Generic[P, R]):
 def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
 @overload
 def flow(
-    *, name: str | None = ..., version: str = ...
+    *, name: str | None = ..., version: str = ..., **options: Unpack[FlowOptions]
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 def flow(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Declare a flow: ``@flow`` or ``@flow(name=..., version=...)``."""
+    """Declare a flow: ``@flow`` or ``@flow(name=..., version=..., retries=...)``.
+
+    Options:
+        name: the flow's name on a server (default: the function's name).
+        version: the version to register it as (default: numbered by the server).
+        retries, retry_delay, backoff, max_retry_delay, retry_jitter, timeout, trigger,
+            tags: how a call of this flow inside another flow (a subflow node) is
+            retried, timed out and triggered, exactly as for a task (see ``task``). A
+            retry runs a new child flow run; a timeout cancels the child.
+    """
     if fn is not None:
         return Flow(fn, **options)
     return lambda f: Flow(f, **options)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from headwater.v1 import graph_pb2, payload_pb2
 from headwater.wire import (
     EncodingError,
+    GraphError,
     GraphSpec,
     ParameterError,
     encode,
@@ -24,12 +25,16 @@ from headwater.wire import (
 )
 
 from ._compiler import build_graph
+from ._errors import FlowDefinitionError
 
 if TYPE_CHECKING:
     from ._flow import Flow
 
 #: Encodes one parameter value (``portable``: json only) as a Value message.
 Encoder = Callable[[Any, bool], payload_pb2.Value]
+#: Registers a subflow's graph and returns the version to pin ("" leaves it to the
+#: server: the latest, or a graph built for the node's inputs).
+Pin = Callable[["Flow[..., Any]"], str]
 
 
 def inline_value(value: Any, portable: bool) -> payload_pb2.Value:
@@ -54,6 +59,7 @@ def compile_graph(
     given: Mapping[str, Any],
     values: Mapping[str, Any] | None,
     encoder: Encoder = inline_value,
+    pin: Pin | None = None,
 ) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
     """(the FlowGraph for a run, the run's given parameters encoded).
 
@@ -61,7 +67,8 @@ def compile_graph(
     defaults filled in (None when a required one is missing: only a symbolic graph can
     be built then). For a value-dependent graph, ``parameters_digest`` is computed from
     the encoded ``given`` values and the defaults as encoded in the message, which is
-    what a control plane computes for the run.
+    what a control plane computes for the run. ``pin`` registers the graphs of the
+    subflows the flow calls and gives the version each node runs.
     """
     graph = with_types(flow, build_graph(flow, values))
     readers = json_consumers(graph).params
@@ -77,6 +84,10 @@ def compile_graph(
                 f"json (the task is portable or implemented in another language), but {exc}"
             ) from None
     msg = graph_to_proto(graph)
+    if pin is not None:
+        for spec, node in zip(graph.tasks, msg.tasks, strict=True):
+            if spec.subflow is not None and spec.subflow.flow is not None:
+                node.subflow.flow_version = pin(spec.subflow.flow)
     if graph.value_dependent:
         bound: dict[str, Any] = dict(encoded)
         for p in msg.parameters:
@@ -86,4 +97,21 @@ def compile_graph(
     return msg, encoded
 
 
-__all__ = ["Encoder", "compile_graph", "inline_value", "with_types"]
+def subflow_graph(
+    flow: Flow[..., Any], encoder: Encoder = inline_value, pin: Pin | None = None
+) -> graph_pb2.FlowGraph | None:
+    """The one graph of a flow called as a subflow, when its structure does not depend
+    on its parameters (registered with the parent and pinned); None when it does (the
+    server then has a worker build it for each child run's values)."""
+    try:
+        graph = build_graph(flow, None)
+    except (FlowDefinitionError, GraphError):
+        raise
+    except Exception:  # needs values (ParameterError), or fails on placeholders
+        return None
+    if graph.value_dependent:
+        return None
+    return compile_graph(flow, {}, None, encoder, pin)[0]
+
+
+__all__ = ["Encoder", "Pin", "compile_graph", "inline_value", "subflow_graph", "with_types"]

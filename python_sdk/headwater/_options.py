@@ -32,6 +32,7 @@ class CommonOptions(TypedDict, total=False):
     max_retry_delay: float | timedelta | None
     retry_jitter: float
     timeout: float | timedelta | None
+    schedule_to_start_timeout: float | timedelta | None
     trigger: str | Trigger
     cache_for: float | timedelta | None
     cache_version: str
@@ -48,6 +49,20 @@ class TaskOptions(CommonOptions, total=False):
     cache_key_fn: Callable[[dict[str, Any]], str] | None
     resources: Mapping[str, float] | None
     portable: bool
+    code_version: str
+
+
+class FlowOptions(TypedDict, total=False):
+    """Options of a flow's calls inside other flows (subflows): as for a task."""
+
+    retries: int
+    retry_delay: float | timedelta
+    backoff: float
+    max_retry_delay: float | timedelta | None
+    retry_jitter: float
+    timeout: float | timedelta | None
+    trigger: str | Trigger
+    tags: Iterable[str]
 
 
 class RemoteTaskOptions(CommonOptions, total=False):
@@ -72,6 +87,7 @@ class ParsedOptions:
     version: str = ""
     portable: bool = False
     no_retry_on: tuple[type[BaseException], ...] = ()
+    schedule_to_start_timeout: float | None = None
 
 
 def option_names(typed_dict: Any) -> frozenset[str]:
@@ -175,4 +191,9 @@ def parse_options(options: Mapping[str, Any], label: str, *, remote: bool) -> Pa
         version=options.get("version", ""),
         portable=remote or bool(options.get("portable", False)),
         no_retry_on=() if remote else errors,
+        schedule_to_start_timeout=to_seconds(
+            options.get("schedule_to_start_timeout"),
+            f"task {label!r}: schedule_to_start_timeout",
+            positive=True,
+        ),
     )

@@ -44,6 +44,8 @@ class RemoteTask(Task[..., Any]):
         self.parameters = params
         self._apply(parsed)  # portable, no resources, error types by name
         self._remote_options: RemoteTaskOptions = options
+        self._digest = ""  # its code lives with the workers of another language
+        self._source = None
 
     @property
     def argument_order(self) -> tuple[str, ...]:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.wire import FlowRunState
 from headwater_runtime.engine import FlowRunEngine, FlowRunFailure, TaskRunRecord
+from headwater_runtime.execution import TaskLogLine
 
+if TYPE_CHECKING:
+    from headwater_runtime.embedded import EmbeddedRun
+
+from ._logs import LogEntry, from_seconds
 from ._signals import FlowRunCancelled, FlowRunFailed
 
 
@@ -27,6 +32,14 @@ class FlowRun:
         message: why the run ended as it did.
         started_at: when the run started (seconds since the epoch).
         ended_at: when it ended (None while it has not).
+        parent_id: for a child flow run (a subflow, or a flow a task called), the id
+            of the flow run it belongs to; "" for a top-level run.
+        parent_task_run: for a child flow run, the key of the parent's task run that
+            stands for it (the subflow node, or the task that called the flow).
+        children: the child flow runs this run started, in the order they started
+            (each attempt of a subflow node, and flows its tasks called).
+        logs: what the tasks printed and logged, in order (tasks run on this
+            process's threads; a Dask cluster's workers keep their own output).
     """
 
     id: str
@@ -39,10 +52,31 @@ class FlowRun:
     message: str = ""
     started_at: float | None = None
     ended_at: float | None = None
+    parent_id: str = ""
+    parent_task_run: str = ""
+    children: list[FlowRun] = field(default_factory=list, repr=False)
 
     @classmethod
-    def from_engine(cls, run_id: str, engine: FlowRunEngine) -> FlowRun:
-        """The outcome of the run an engine drove (the result only if it succeeded)."""
+    def from_embedded(cls, run: EmbeddedRun) -> FlowRun:
+        """The outcome of an embedded run, with its links and its child runs."""
+        flow_run = cls.from_engine(run.id, run.engine, run.logs)
+        flow_run.parent_id = run.parent_id
+        flow_run.parent_task_run = run.parent_task_run
+        flow_run.children = [cls.from_embedded(child) for child in list(run.children)]
+        return flow_run
+
+    def child_runs(self, task_run: str) -> list[FlowRun]:
+        """The child flow runs the task run ``task_run`` (a key) started, oldest first."""
+        return [c for c in self.children if c.parent_task_run == task_run]
+
+    logs: list[LogEntry] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_engine(
+        cls, run_id: str, engine: FlowRunEngine, logs: Sequence[TaskLogLine] = ()
+    ) -> FlowRun:
+        """The outcome of the run an engine drove (the result only if it succeeded),
+        with the log lines its tasks wrote."""
         history = engine.flow_history
         return cls(
             id=run_id,
@@ -55,6 +89,17 @@ class FlowRun:
             message=history[-1][2] if history else "",
             started_at=history[0][1] if history else None,
             ended_at=history[-1][1] if engine.state.is_terminal else None,
+            logs=[
+                LogEntry(
+                    f"{run_id}/{line.key}",
+                    line.attempt,
+                    from_seconds(line.at),
+                    line.level,
+                    line.logger,
+                    line.message,
+                )
+                for line in logs
+            ],
         )
 
     @property

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from . import _compiler
+from ._code import VERSION_PREFIX, SourceSnapshot
 from ._errors import FlowDefinitionError
 from ._options import ParsedOptions, TaskOptions, check_names, parse_options
 from ._refs import contains_ref
@@ -58,6 +59,13 @@ class Task(Generic[P, R]):
             self._plain_set = frozenset(self._plain_names)
             self._required = tuple(p.name for p in params if p.default is p.empty)
         self._options: TaskOptions = options
+        code_version = options.get("code_version", "")
+        if not isinstance(code_version, str):
+            raise FlowDefinitionError(f"task {self.name!r}: code_version must be a str")
+        self._digest: str | None = VERSION_PREFIX + code_version if code_version else None
+        # The source as imported, so that a file edited later does not change the
+        # digest of the code this process runs (see _code).
+        self._source = SourceSnapshot(fn) if self._digest is None else None
         functools.update_wrapper(self, fn)
 
     def _apply(self, parsed: ParsedOptions) -> None:
@@ -65,6 +73,7 @@ class Task(Generic[P, R]):
         self.retry = parsed.retry
         self.no_retry_on = parsed.no_retry_on
         self.timeout = parsed.timeout
+        self.schedule_to_start_timeout = parsed.schedule_to_start_timeout
         self.trigger = parsed.trigger
         self.cache = parsed.cache
         self.tags = parsed.tags
@@ -72,6 +81,15 @@ class Task(Generic[P, R]):
         self.resources = parsed.resources
         self.version = parsed.version
         self.portable = parsed.portable
+
+    @property
+    def code_digest(self) -> str:
+        """The digest of this task's code (docs/flows.md, "No stale code"): graphs
+        carry it, workers report it, and a server gives the task only to workers whose
+        digest is the same. ``"v:" + code_version`` when the task names its version."""
+        if self._digest is None:
+            self._digest = self._source.digest() if self._source is not None else ""
+        return self._digest
 
     @property
     def argument_order(self) -> tuple[str, ...]:
@@ -152,6 +170,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         retry_jitter: random share in [0, 1] taken off each delay.
         no_retry_on: exception classes that are never retried.
         timeout: seconds (or a timedelta) an attempt may run.
+        schedule_to_start_timeout: seconds (or a timedelta) a ready attempt may wait for
+            a worker on a server before it fails (``headwater.ScheduleToStartTimeout``,
+            not retried); default: it waits until a worker can take it.
         trigger: when the task runs given its upstreams' final states:
             all_successful (default), all_finished, all_failed, any_successful,
             any_failed, none_failed.
@@ -163,6 +184,10 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         resources: Dask worker resources, e.g. ``{"GPU": 1}``.
         version: the task's version (part of cache keys).
         portable: inputs and result must be json (read by any language).
+        code_version: the version of the task's code, chosen by you: workers whose code
+            for the task has the same code_version run it, whatever its source. Without
+            it, the task's source (and what it reads of its module) is compared, and a
+            worker with other code is not given the task (docs/flows.md).
     """
     if fn is not None:
         return Task(fn, **options)

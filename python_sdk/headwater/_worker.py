@@ -35,7 +35,10 @@ from headwater.wire import (
     PROTOCOL_VERSION,
     ConnectionSettings,
     PayloadTransfer,
+    TLSSettings,
+    explain_unreachable,
     gather,
+    open_channel,
     seconds,
 )
 from headwater_runtime.embedded import default_thread_count
@@ -45,6 +48,7 @@ from ._loader import LoadError, load_file, load_module
 from ._task import Task
 from ._worker_attempts import Attempts, fencing, key_of
 from ._worker_codec import failure
+from ._worker_flows import FlowLauncher, GraphBuilder, collect_flows, offers
 
 log = logging.getLogger("headwater.worker")
 
@@ -134,6 +138,11 @@ class Worker:
         name: display name (default ``HOSTNAME-PID``).
         token: bearer token sent with every call.
         on_connect: called once, after the first Welcome.
+        allow_stale_code: report no code digests, so the server gives this worker
+            tasks whatever code the run's graph was built with (docs/flows.md, "No
+            stale code"); by default a task whose code here differs is not given to it.
+        tls: how to secure the connection (default: HEADWATER_TLS, HEADWATER_TLS_CA,
+            HEADWATER_TLS_CERT and HEADWATER_TLS_KEY; plaintext when none is set).
     """
 
     def __init__(
@@ -146,6 +155,8 @@ class Worker:
         name: str | None = None,
         token: str | None = None,
         on_connect: Callable[[Worker], None] | None = None,
+        allow_stale_code: bool = False,
+        tls: TLSSettings | None = None,
     ) -> None:
         if not server:
             raise ValueError("the server address must be HOST:PORT")
@@ -156,8 +167,15 @@ class Worker:
         self.labels = dict(labels or {})
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.worker_id = os.urandom(16).hex()
-        self.tasks = collect_tasks([import_module(m) for m in modules])
-        self.metadata = ConnectionSettings(server, token).metadata()
+        imported = [import_module(m) for m in modules]
+        self.tasks = collect_tasks(imported)
+        self.flows = collect_flows(imported)
+        self.allow_stale_code = allow_stale_code
+        # Taken now, as imported: the digests say which code this process runs.
+        self.code_digests = {} if allow_stale_code else _digests(self.tasks)
+        self.tls = tls if tls is not None else TLSSettings.from_env()
+        settings = ConnectionSettings(server, token, self.tls)
+        self.metadata = settings.metadata()
         self._on_connect = on_connect
         self._stop = threading.Event()
         # Its own generator: the reconnect jitter must not touch the global random state
@@ -166,14 +184,17 @@ class Worker:
         self._session: _Session | None = None
         self._connected_once = False
         self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
+        self.attempts.launcher = FlowLauncher(settings)
+        self.builder = GraphBuilder(self.flows, self._send)
         self._lock = self.attempts.lock
 
     # Lifecycle ---------------------------------------------------------------------
 
     def run(self) -> None:
         """Serve until stopped; raises WorkerError when the server refuses for good."""
-        payload_channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        payload_channel = open_channel(self.server, self.tls, _CHANNEL_OPTIONS)
         self.attempts.transfer = PayloadTransfer(payload_channel, self.metadata)
+        self.builder.transfer = self.attempts.transfer
         logging.getLogger().addHandler(self.attempts.log_handler)
         try:
             failures = 0
@@ -185,6 +206,8 @@ class Worker:
                     failures = 0
                     log.warning("lost the connection to %s (%s); reconnecting", self.server, why)
                 elif failures % 10 == 0:
+                    if why.startswith("UNAVAILABLE"):  # a TLS mismatch says so, with the fix
+                        why = explain_unreachable(self.server, self.tls) or why
                     log.warning("cannot connect to %s (%s); retrying", self.server, why)
                 delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
                 failures += 1
@@ -209,7 +232,7 @@ class Worker:
     def _session_once(self) -> tuple[bool, str]:
         """Connect and serve until the stream ends: whether the server welcomed us, and
         why the stream ended."""
-        channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        channel = open_channel(self.server, self.tls, _CHANNEL_OPTIONS)
         with self._lock:
             session = _Session(self._hello())
             self._session = session
@@ -255,7 +278,9 @@ class Worker:
                 pid=os.getpid(),
             ),
             running=[fencing(t) for t in self.attempts.held()],
-            features=[BATCH],
+            features=[BATCH, *self.builder.feature],
+            code_digests=self.code_digests,
+            flows=offers(self.flows),
         )
 
     def _requests(self, session: _Session) -> Iterator[worker_pb2.ConnectRequest]:
@@ -331,6 +356,8 @@ class Worker:
             self.attempts.cancel(key_of(response.cancel.token))
         elif kind == "export_value":
             self._export(response.export_value)
+        elif kind == "build_graph":
+            self.builder.request(response.build_graph)
         elif kind == "heartbeat_ack":
             for token in response.heartbeat_ack.cancel:
                 self.attempts.cancel(key_of(token))
@@ -366,6 +393,7 @@ class Worker:
             session.interval = interval if interval > 0 else DEFAULT_HEARTBEAT
             session.batching = BATCH in welcome.features
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
+            self.builder.inline_limit = self.attempts.inline_limit
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome
             for message in resend:
@@ -377,6 +405,12 @@ class Worker:
             self._on_connect(self)
         elif not first:
             log.info("reconnected to %s", self.server)
+
+
+def _digests(tasks: Mapping[str, Task[..., Any]]) -> dict[str, str]:
+    """The code digest of every task this worker runs that has one, by task type."""
+    digests = {task_type: task.code_digest for task_type, task in tasks.items()}
+    return {task_type: digest for task_type, digest in digests.items() if digest}
 
 
 def _sdk_version() -> str:

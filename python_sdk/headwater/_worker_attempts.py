@@ -38,10 +38,12 @@ from headwater.wire import (
 )
 from headwater_runtime.engine import TaskSkipped, TaskSucceeded
 from headwater_runtime.execution import (
+    LogSink,
     TaskInterrupted,
     execute,
     failure_from_exception,
     make_caller,
+    task_output,
 )
 from headwater_runtime.tracing import active_tracer
 
@@ -220,6 +222,8 @@ class Attempts:
         self._idle = 0  # pooled threads waiting on _jobs
         self._closed = False
         self.tracer = active_tracer()  # None: tracing off, no per-attempt cost
+        #: Starts the flows a task calls as child runs (``execution.current_task``).
+        self.launcher: Any = None
 
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
@@ -365,13 +369,16 @@ class Attempts:
                 attempt.ident = threading.get_ident()
                 self.log_handler.threads[attempt.ident] = attempt.assignment.token
             self.started.add(attempt)
-            if self.tracer is None:
-                outcome = self._execute(attempt)
-            else:
-                from ._worker_tracing import execute_traced  # OpenTelemetry: only when on
+            # print() in the task goes to the server as its log lines (logging records
+            # go there through log_handler).
+            with task_output(self._printed(attempt.assignment.token), records=False):
+                if self.tracer is None:
+                    outcome = self._execute(attempt)
+                else:
+                    from ._worker_tracing import execute_traced  # OpenTelemetry: only when on
 
-                run = functools.partial(self._execute, attempt)
-                outcome = execute_traced(self.tracer, attempt.assignment, self.worker_name, run)
+                    run = functools.partial(self._execute, attempt)
+                    outcome = execute_traced(self.tracer, attempt.assignment, self.worker_name, run)
             self._seal(attempt)
             with self.lock:
                 if self.running.get(attempt.token) is attempt:
@@ -387,6 +394,18 @@ class Attempts:
                 return
             except TaskInterrupted:
                 continue
+
+    def _printed(self, token: worker_pb2.FencingToken) -> LogSink:
+        """Sends the lines an attempt prints as its TaskLog records."""
+
+        def sink(level: str, logger: str, message: str, at: float) -> None:
+            entry = worker_pb2.TaskLog(
+                token=token, level=level, logger=logger, message=cut_text(message, TEXT_LIMIT)
+            )
+            entry.timestamp.CopyFrom(timestamp(at))
+            self.send(worker_pb2.ConnectRequest(log=entry))
+
+        return sink
 
     def _seal(self, attempt: _Attempt) -> None:
         """From here on the attempt's thread is not interrupted."""
@@ -469,7 +488,9 @@ class Attempts:
         cache_key = self._function_cache_key(attempt, inputs)
         if cache_key and self._cache_hit(attempt, cache_key):
             return None
-        event = execute(make_caller(task.fn), inputs, token[0], token[1], task.no_retry_on)
+        event = execute(
+            make_caller(task.fn), inputs, token[0], token[1], task.no_retry_on, self.launcher
+        )
         self._seal(attempt)  # encoding and uploading the result are not interrupted
         if isinstance(event, TaskSkipped):
             skipped = worker_pb2.TaskSkipped(token=assignment.token, reason=event.reason)

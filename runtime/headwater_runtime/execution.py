@@ -6,10 +6,17 @@ task behaves the same wherever it runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
+import io
+import logging
+import sys
+import threading
+import time
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from headwater.wire import FailureInfo
 from headwater_runtime.engine import TaskFailed, TaskSkipped, TaskSucceeded
@@ -54,6 +61,19 @@ def failure_from_exception(
 
 Caller = Callable[[dict[str, Any]], Any]
 
+#: The attempt this thread is executing: ``(launcher, key, attempt)``, where the
+#: launcher is the host's (an EmbeddedRun, the Python worker's) and ``key`` names the
+#: task run to that host. A flow called inside a task body reads it to start a child
+#: flow run linked to the task run (docs/flows.md, "Flows started by tasks").
+_TASK: contextvars.ContextVar[tuple[Any, str, int] | None] = contextvars.ContextVar(
+    "headwater_task", default=None
+)
+
+
+def current_task() -> tuple[Any, str, int] | None:
+    """``(launcher, key, attempt)`` of the task attempt running in this thread, if any."""
+    return _TASK.get()
+
 
 def make_caller(fn: Callable[..., Any]) -> Caller:
     """A function that calls ``fn`` with arguments given by parameter name.
@@ -95,8 +115,13 @@ def execute(
     key: str,
     attempt: int,
     no_retry_on: tuple[type[BaseException], ...] = (),
+    launcher: Any = None,
 ) -> TaskSucceeded | TaskFailed | TaskSkipped:
-    """Run a task function once and describe the outcome as an engine event."""
+    """Run a task function once and describe the outcome as an engine event.
+
+    ``launcher`` (the host) is what a flow called inside the task starts its child
+    flow run with (``current_task``)."""
+    token = _TASK.set((launcher, key, attempt)) if launcher is not None else None
     try:
         value = caller(inputs)
     except Skip as signal:
@@ -105,6 +130,177 @@ def execute(
         raise
     except BaseException as exc:  # a task's SystemExit must not kill the host
         return TaskFailed(key, attempt, failure_from_exception(exc, no_retry_on))
+    finally:
+        if token is not None:
+            _TASK.reset(token)
     if isinstance(value, Skip):
         return TaskSkipped(key, attempt, str(value))
     return TaskSucceeded(key, attempt, value)
+
+
+# ------------------------------------------------------------- task output capture
+#
+# print() and logging inside a task belong to its task run: hosts register the thread
+# running an attempt with a sink, and its output lines and log records go there (as well
+# as where they would have gone: output is teed, not swallowed). Threads are told apart
+# by their ident, so concurrent attempts on a thread pool keep their own output.
+
+#: A sink gets (level, logger name, message, time) for each line or record.
+LogSink = Callable[[str, str, str, float], None]
+
+
+class TaskLogLine(NamedTuple):
+    """A line a task printed or a record it logged, in an embedded run."""
+
+    key: str
+    attempt: int
+    at: float
+    level: str
+    logger: str
+    message: str
+
+
+_sinks: dict[int, LogSink] = {}
+_partial: dict[tuple[int, str], str] = {}
+_install_lock = threading.Lock()
+
+
+class _Tee(io.TextIOBase):
+    """Stands in for sys.stdout / sys.stderr: lines written by a registered thread go
+    to its sink too."""
+
+    def __init__(self, original: Any, name: str, level: str) -> None:
+        self.original = original
+        self.stream_name = name
+        self.level = level
+
+    def write(self, text: str) -> int:
+        sink = _sinks.get(threading.get_ident())
+        # A logging handler writing a record here already reached the sink as a record.
+        if sink is not None and text and sys._getframe(1).f_globals.get("__name__") != "logging":
+            key = (threading.get_ident(), self.stream_name)
+            pending = _partial.pop(key, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                _partial[key] = rest
+            for line in lines:
+                sink(self.level, self.stream_name, line, time.time())
+        written: int = self.original.write(text)
+        return written
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.original.isatty())
+
+    def fileno(self) -> int:
+        return int(self.original.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.original, "encoding", "utf-8"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+class _RecordRouter(logging.Handler):
+    """A root-logger handler passing registered threads' records to their sinks."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        _last_resort(record)
+        sink = _sinks.get(record.thread or 0)
+        if sink is None:
+            return False
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+        except Exception:
+            message = str(record.msg)
+        sink(record.levelname, record.name, message, record.created)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handle(record)
+
+
+_ROUTER = _RecordRouter()
+
+
+def _last_resort(record: logging.LogRecord) -> None:
+    """What logging does when no handler takes a record (print WARNING and up to
+    stderr): being a root handler, the router must not silence that."""
+    resort = logging.lastResort
+    if resort is None or record.levelno < resort.level:
+        return
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:
+        if any(h is not _ROUTER for h in logger.handlers):
+            return  # another handler took it
+        logger = logger.parent if logger.propagate else None
+    resort.handle(record)
+
+
+def _install(records: bool) -> None:
+    """Put the tees in place (again, if something replaced sys.stdout since) and, with
+    ``records``, the root logger's router."""
+    root = logging.getLogger()
+    if (
+        isinstance(sys.stdout, _Tee)
+        and isinstance(sys.stderr, _Tee)
+        and (not records or _ROUTER in root.handlers)
+    ):
+        return  # the common case, without the lock
+    with _install_lock:
+        if not isinstance(sys.stdout, _Tee):
+            sys.stdout = _Tee(sys.stdout, "stdout", "INFO")
+        if not isinstance(sys.stderr, _Tee):
+            sys.stderr = _Tee(sys.stderr, "stderr", "WARNING")
+        if records and _ROUTER not in root.handlers:
+            root.addHandler(_ROUTER)
+
+
+@contextlib.contextmanager
+def task_output(sink: LogSink, *, records: bool = True) -> Iterator[None]:
+    """While the block runs, lines this thread prints (stdout as INFO, stderr as
+    WARNING) and, with ``records``, log records it emits go to ``sink`` too."""
+    ident = _register(sink, records)
+    try:
+        yield
+    finally:
+        _unregister(ident, sink)
+
+
+def _register(sink: LogSink, records: bool) -> int:
+    _install(records)
+    ident = threading.get_ident()
+    _sinks[ident] = sink
+    return ident
+
+
+def _unregister(ident: int, sink: LogSink) -> None:
+    del _sinks[ident]
+    if _partial:  # a line without its newline: kept, at the end
+        for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
+            rest = _partial.pop((ident, name), "")
+            if rest:
+                sink(level, name, rest, time.time())
+
+
+def capturing(caller: Caller, sink: LogSink, *, records: bool = True) -> Caller:
+    """``caller`` with its output and log records sent to ``sink`` (see task_output).
+
+    Called once per task attempt of an embedded run: written out rather than through
+    ``task_output``, whose generator-based context manager costs a few microseconds.
+    """
+
+    def call(inputs: dict[str, Any]) -> Any:
+        ident = _register(sink, records)
+        try:
+            return caller(inputs)
+        finally:
+            _unregister(ident, sink)
+
+    return call

@@ -6,9 +6,11 @@ const path = require('node:path');
 const { parseArgs } = require('node:util');
 const { Worker, WorkerError } = require('../lib');
 const tracing = require('../lib/tracing');
+const { tlsOptions } = require('../lib/tls');
 
 const HELP = `usage: worker.js --server HOST:PORT [--token T] [--label K=V ...] [--slots N]
-                 [--name NAME] [--handlers FILE]
+                 [--name NAME] [--handlers FILE] [--tls] [--tls-ca FILE]
+                 [--tls-cert FILE --tls-key FILE]
 
 Run a Headwater task worker in Node.js. It dials the server's WorkerGatewayService,
 offers the task types its handlers module exports, and runs up to --slots attempts
@@ -22,6 +24,13 @@ options:
   --name NAME          display name (default: HOSTNAME-PID)
   --handlers FILE      module exporting {taskType: async (inputs, context) => result}
                        (default: handlers.js next to this package)
+  --tls                speak TLS, verifying the server with the system's roots
+                       (default: HEADWATER_TLS=1)
+  --tls-ca FILE        speak TLS, verifying the server with this CA certificate (PEM;
+                       default: HEADWATER_TLS_CA)
+  --tls-cert FILE      client certificate (PEM) for a server that requires one (mutual
+                       TLS; default: HEADWATER_TLS_CERT)
+  --tls-key FILE       its private key (PEM; default: HEADWATER_TLS_KEY)
   -h, --help           show this help
 
 Tracing: set OTEL_TRACES_EXPORTER=otlp or console (see README).`;
@@ -42,6 +51,10 @@ function main() {
         slots: { type: 'string', default: '4' },
         name: { type: 'string' },
         handlers: { type: 'string' },
+        tls: { type: 'boolean' },
+        'tls-ca': { type: 'string' },
+        'tls-cert': { type: 'string' },
+        'tls-key': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -71,7 +84,9 @@ function main() {
   let worker;
   try {
     const tracer = tracing.fromEnvironment();
+    const secure = tlsOptions({ tls: args.tls, tlsCa: args['tls-ca'], tlsCert: args['tls-cert'], tlsKey: args['tls-key'] });
     worker = new Worker({
+      ...secure,
       server: args.server,
       token: args.token ?? process.env.HEADWATER_TOKEN,
       labels,

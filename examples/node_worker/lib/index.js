@@ -5,6 +5,7 @@ const codec = require('./codec');
 const { PROTOCOL_VERSION, Skip, Worker, WorkerError } = require('./worker');
 const { PayloadTransfer, PayloadTransferError } = require('./payloads');
 const { loadContract } = require('./proto');
+const { channelCredentials, tlsOptions } = require('./tls');
 
 module.exports = {
   CodecError: codec.CodecError,
@@ -15,7 +16,9 @@ module.exports = {
   Skip,
   Worker,
   WorkerError,
+  channelCredentials,
   decode: codec.decode,
   encode: codec.encode,
   loadContract,
+  tlsOptions,
 };

@@ -27,9 +27,10 @@ class PayloadTransfer {
    * @param {object} contract the loaded headwater.v1 package
    * @param {string} address HOST:PORT
    * @param {() => grpc.Metadata} metadata call metadata (the bearer token)
+   * @param {grpc.ChannelCredentials} [credentials] TLS (default: plaintext)
    */
-  constructor(contract, address, metadata) {
-    this.stub = new contract.PayloadService(address, grpc.credentials.createInsecure());
+  constructor(contract, address, metadata, credentials = grpc.credentials.createInsecure()) {
+    this.stub = new contract.PayloadService(address, credentials);
     this.metadata = metadata;
   }
 

@@ -15,6 +15,7 @@ const grpc = require('@grpc/grpc-js');
 
 const { loadContract } = require('./proto');
 const { PayloadTransfer, PayloadTransferError } = require('./payloads');
+const { channelCredentials, tlsOptions } = require('./tls');
 const { UnreadableInput, decodeInputs, encodeResult } = require('./values');
 const { CodecError } = require('./codec');
 
@@ -91,13 +92,17 @@ class Worker extends EventEmitter {
    * @param {string} options.server HOST:PORT of the control plane
    * @param {Record<string, Function>} options.handlers task type -> async (inputs, ctx) => result
    * @param {string} [options.token] bearer token
+   * @param {boolean} [options.tls] speak TLS, verifying the server with the system roots
+   * @param {string} [options.tlsCa] CA certificate file (PEM) that signed the server's
+   * @param {string} [options.tlsCert] client certificate file (PEM) for mutual TLS
+   * @param {string} [options.tlsKey] its private key file (PEM)
    * @param {Record<string, string>} [options.labels] affinity labels
    * @param {number} [options.slots] most attempts running at once (default 4)
    * @param {string} [options.name] display name (default HOSTNAME-PID)
    * @param {(message: string) => void} [options.log] diagnostics (default: stderr)
    * @param {object} [options.tracing] hooks from lib/tracing.js (optional)
    */
-  constructor({ server, handlers, token, labels = {}, slots = 4, name, log, tracing, protoDir } = {}) {
+  constructor({ server, handlers, token, labels = {}, slots = 4, name, log, tracing, protoDir, tls, tlsCa, tlsCert, tlsKey } = {}) {
     super();
     if (!server) throw new Error('the server address must be HOST:PORT');
     if (!Number.isInteger(slots) || slots < 1) throw new Error(`slots must be an integer >= 1, got ${slots}`);
@@ -112,6 +117,9 @@ class Worker extends EventEmitter {
     this.name = name || `${os.hostname()}-${process.pid}`;
     this.workerId = crypto.randomBytes(16).toString('hex');
     this.token = token || '';
+    // Read now: a missing or wrong file is an error at start, not at each reconnect.
+    // Unset options fall back to HEADWATER_TLS, _CA, _CERT and _KEY, as in Python.
+    this.credentials = channelCredentials(tlsOptions({ tls, tlsCa, tlsCert, tlsKey }));
     this.log = log ?? ((message) => process.stderr.write(`${message}\n`));
     this.tracing = tracing ?? null;
     this.contract = loadContract(protoDir);
@@ -134,7 +142,7 @@ class Worker extends EventEmitter {
 
   /** Serve until stop(); rejects with WorkerError when the server refuses for good. */
   async run() {
-    this.transfer = new PayloadTransfer(this.contract, this.server, () => this.metadata());
+    this.transfer = new PayloadTransfer(this.contract, this.server, () => this.metadata(), this.credentials);
     let failures = 0;
     try {
       while (!this.stopped) {
@@ -172,7 +180,7 @@ class Worker extends EventEmitter {
 
   #sessionOnce() {
     return new Promise((resolve) => {
-      const stub = new this.contract.WorkerGatewayService(this.server, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+      const stub = new this.contract.WorkerGatewayService(this.server, this.credentials, CHANNEL_OPTIONS);
       const hello = this.#hello();
       const call = stub.Connect(this.metadata());
       const session = { call, hello, welcome: null, lastReceived: Date.now(), intervalMs: DEFAULT_HEARTBEAT_MS, timer: null };

@@ -8,6 +8,7 @@ import collections.abc
 import google.protobuf.descriptor
 import google.protobuf.internal.containers
 import google.protobuf.message
+import google.protobuf.timestamp_pb2
 import headwater.v1.graph_pb2
 import headwater.v1.payload_pb2
 import headwater.v1.run_pb2
@@ -215,6 +216,8 @@ class CreateFlowRunRequest(google.protobuf.message.Message):
     PARAMETERS_FIELD_NUMBER: builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: builtins.int
+    PARENT_TASK_RUN_ID_FIELD_NUMBER: builtins.int
+    PARENT_ATTEMPT_FIELD_NUMBER: builtins.int
     flow_name: builtins.str
     """Flow name."""
     flow_version: builtins.str
@@ -223,6 +226,14 @@ class CreateFlowRunRequest(google.protobuf.message.Message):
     """Optional idempotency key: a second request with the same key returns the run the
     first one created instead of creating another.
     """
+    parent_task_run_id: builtins.str
+    """For a run started by a task while it runs (a flow called inside a task body): the
+    task run's id (FLOW_RUN_ID/KEY). The run is then a child of that task run, and is
+    cancelled when the attempt parent_attempt ends while it still runs. Empty for a
+    top-level run.
+    """
+    parent_attempt: builtins.int
+    """The attempt of parent_task_run_id that starts the run."""
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """Parameter values, by name."""
@@ -239,8 +250,10 @@ class CreateFlowRunRequest(google.protobuf.message.Message):
         parameters: collections.abc.Mapping[builtins.str, headwater.v1.payload_pb2.Value] | None = ...,
         idempotency_key: builtins.str = ...,
         trace_context: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        parent_task_run_id: builtins.str = ...,
+        parent_attempt: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "trace_context", b"trace_context"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "parent_attempt", b"parent_attempt", "parent_task_run_id", b"parent_task_run_id", "trace_context", b"trace_context"]) -> None: ...
 
 global___CreateFlowRunRequest = CreateFlowRunRequest
 
@@ -278,7 +291,7 @@ class GetFlowRunRequest(google.protobuf.message.Message):
     ID_FIELD_NUMBER: builtins.int
     INCLUDE_TASK_RUNS_FIELD_NUMBER: builtins.int
     id: builtins.str
-    """Flow run id."""
+    """Flow run id, or a prefix of it that only one run has."""
     include_task_runs: builtins.bool
     """Whether to include the task runs."""
     def __init__(
@@ -299,6 +312,7 @@ class GetFlowRunResponse(google.protobuf.message.Message):
 
     FLOW_RUN_FIELD_NUMBER: builtins.int
     TASK_RUNS_FIELD_NUMBER: builtins.int
+    AUDIT_FIELD_NUMBER: builtins.int
     @property
     def flow_run(self) -> headwater.v1.run_pb2.FlowRun:
         """The flow run."""
@@ -307,14 +321,19 @@ class GetFlowRunResponse(google.protobuf.message.Message):
     def task_runs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.run_pb2.TaskRun]:
         """Its task runs, when asked for."""
 
+    @property
+    def audit(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AuditEntry]:
+        """Who created, cancelled or retried the run, oldest first."""
+
     def __init__(
         self,
         *,
         flow_run: headwater.v1.run_pb2.FlowRun | None = ...,
         task_runs: collections.abc.Iterable[headwater.v1.run_pb2.TaskRun] | None = ...,
+        audit: collections.abc.Iterable[global___AuditEntry] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["flow_run", b"flow_run"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["flow_run", b"flow_run", "task_runs", b"task_runs"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["audit", b"audit", "flow_run", b"flow_run", "task_runs", b"task_runs"]) -> None: ...
 
 global___GetFlowRunResponse = GetFlowRunResponse
 
@@ -328,15 +347,28 @@ class ListFlowRunsRequest(google.protobuf.message.Message):
     STATES_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: builtins.int
+    CREATED_AFTER_FIELD_NUMBER: builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: builtins.int
     flow_name: builtins.str
     """Only runs of this flow (optional)."""
     page_size: builtins.int
     """Maximum runs to return (default 50, at most 1000)."""
     page_token: builtins.str
     """Token from a previous response, to continue."""
+    schedule_id: builtins.str
+    """Only runs created by this schedule (optional)."""
     @property
     def states(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[headwater.v1.state_pb2.FlowRunState.ValueType]:
         """Only runs in these states (optional)."""
+
+    @property
+    def created_after(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """Only runs created at or after this time (optional)."""
+
+    @property
+    def created_before(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """Only runs created before this time (optional)."""
 
     def __init__(
         self,
@@ -345,8 +377,12 @@ class ListFlowRunsRequest(google.protobuf.message.Message):
         states: collections.abc.Iterable[headwater.v1.state_pb2.FlowRunState.ValueType] | None = ...,
         page_size: builtins.int = ...,
         page_token: builtins.str = ...,
+        schedule_id: builtins.str = ...,
+        created_after: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        created_before: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "page_size", b"page_size", "page_token", b"page_token", "states", b"states"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["created_after", b"created_after", "created_before", b"created_before"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["created_after", b"created_after", "created_before", b"created_before", "flow_name", b"flow_name", "page_size", b"page_size", "page_token", b"page_token", "schedule_id", b"schedule_id", "states", b"states"]) -> None: ...
 
 global___ListFlowRunsRequest = ListFlowRunsRequest
 
@@ -527,17 +563,29 @@ class ListTaskRunLogsRequest(google.protobuf.message.Message):
 
     FLOW_RUN_ID_FIELD_NUMBER: builtins.int
     TASK_RUN_ID_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    TASK_ID_FIELD_NUMBER: builtins.int
     flow_run_id: builtins.str
     """Flow run id."""
     task_run_id: builtins.str
     """Only this task run (optional)."""
+    page_size: builtins.int
+    """Most records to return; 0 means all of them."""
+    page_token: builtins.str
+    """Token from a previous response, to continue after its last record."""
+    task_id: builtins.str
+    """Only the task runs of this task node, mapped children included (optional)."""
     def __init__(
         self,
         *,
         flow_run_id: builtins.str = ...,
         task_run_id: builtins.str = ...,
+        page_size: builtins.int = ...,
+        page_token: builtins.str = ...,
+        task_id: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_run_id", b"flow_run_id", "task_run_id", b"task_run_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_run_id", b"flow_run_id", "page_size", b"page_size", "page_token", b"page_token", "task_id", b"task_id", "task_run_id", b"task_run_id"]) -> None: ...
 
 global___ListTaskRunLogsRequest = ListTaskRunLogsRequest
 
@@ -548,6 +596,9 @@ class ListTaskRunLogsResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Token for the next page; empty when no more records are stored yet."""
     @property
     def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.run_pb2.LogEntry]:
         """The records, oldest first."""
@@ -556,10 +607,102 @@ class ListTaskRunLogsResponse(google.protobuf.message.Message):
         self,
         *,
         entries: collections.abc.Iterable[headwater.v1.run_pb2.LogEntry] | None = ...,
+        next_page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["entries", b"entries"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]) -> None: ...
 
 global___ListTaskRunLogsResponse = ListTaskRunLogsResponse
+
+@typing.final
+class GetFlowRunResultRequest(google.protobuf.message.Message):
+    """GetFlowRunResultRequest names a flow run."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ID_FIELD_NUMBER: builtins.int
+    id: builtins.str
+    """Flow run id."""
+    def __init__(
+        self,
+        *,
+        id: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["id", b"id"]) -> None: ...
+
+global___GetFlowRunResultRequest = GetFlowRunResultRequest
+
+@typing.final
+class GetFlowRunResultResponse(google.protobuf.message.Message):
+    """GetFlowRunResultResponse carries the flow's result."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: builtins.int
+    @property
+    def result(self) -> headwater.v1.payload_pb2.Value:
+        """The result value (structural encodings for what the engine assembled)."""
+
+    def __init__(
+        self,
+        *,
+        result: headwater.v1.payload_pb2.Value | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["result", b"result"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["result", b"result"]) -> None: ...
+
+global___GetFlowRunResultResponse = GetFlowRunResultResponse
+
+@typing.final
+class WatchTaskRunLogsRequest(google.protobuf.message.Message):
+    """WatchTaskRunLogsRequest names the logs to follow."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FLOW_RUN_ID_FIELD_NUMBER: builtins.int
+    TASK_ID_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    flow_run_id: builtins.str
+    """Flow run id."""
+    task_id: builtins.str
+    """Only the task runs of this task node, mapped children included (optional)."""
+    page_token: builtins.str
+    """Start after this position (a next_page_token of ListTaskRunLogs); empty: from the
+    first record.
+    """
+    def __init__(
+        self,
+        *,
+        flow_run_id: builtins.str = ...,
+        task_id: builtins.str = ...,
+        page_token: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_run_id", b"flow_run_id", "page_token", b"page_token", "task_id", b"task_id"]) -> None: ...
+
+global___WatchTaskRunLogsRequest = WatchTaskRunLogsRequest
+
+@typing.final
+class WatchTaskRunLogsResponse(google.protobuf.message.Message):
+    """WatchTaskRunLogsResponse is one group of new log records."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Position after the last record, to resume from."""
+    @property
+    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.run_pb2.LogEntry]:
+        """The records, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: collections.abc.Iterable[headwater.v1.run_pb2.LogEntry] | None = ...,
+        next_page_token: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]) -> None: ...
+
+global___WatchTaskRunLogsResponse = WatchTaskRunLogsResponse
 
 @typing.final
 class CreateScheduleRequest(google.protobuf.message.Message):
@@ -792,3 +935,93 @@ class GetServerInfoResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["features", b"features", "protocol_version", b"protocol_version", "server_version", b"server_version"]) -> None: ...
 
 global___GetServerInfoResponse = GetServerInfoResponse
+
+@typing.final
+class AuditEntry(google.protobuf.message.Message):
+    """AuditEntry records who (a credential name) did what to which object."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    AT_FIELD_NUMBER: builtins.int
+    ACTOR_FIELD_NUMBER: builtins.int
+    ACTION_FIELD_NUMBER: builtins.int
+    OBJECT_KIND_FIELD_NUMBER: builtins.int
+    OBJECT_ID_FIELD_NUMBER: builtins.int
+    DETAIL_FIELD_NUMBER: builtins.int
+    actor: builtins.str
+    """The credential name of the caller ("anonymous" on a server without credentials)."""
+    action: builtins.str
+    """What was done: "deploy", "run", "cancel", "retry", "schedule.create",
+    "schedule.delete", "schedule.pause", "schedule.resume", "limit.set",
+    "credential.create", "credential.revoke".
+    """
+    object_kind: builtins.str
+    """The kind of object: "flow", "flow_run", "schedule", "limit" or "credential"."""
+    object_id: builtins.str
+    """The object's id (a flow's "NAME:VERSION", a run id, a schedule id, a name)."""
+    detail: builtins.str
+    """Details (the cancel reason, a flow run's flow, ...)."""
+    @property
+    def at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When it happened."""
+
+    def __init__(
+        self,
+        *,
+        at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        actor: builtins.str = ...,
+        action: builtins.str = ...,
+        object_kind: builtins.str = ...,
+        object_id: builtins.str = ...,
+        detail: builtins.str = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["at", b"at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["action", b"action", "actor", b"actor", "at", b"at", "detail", b"detail", "object_id", b"object_id", "object_kind", b"object_kind"]) -> None: ...
+
+global___AuditEntry = AuditEntry
+
+@typing.final
+class ListAuditEntriesRequest(google.protobuf.message.Message):
+    """ListAuditEntriesRequest filters audit entries."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    OBJECT_KIND_FIELD_NUMBER: builtins.int
+    OBJECT_ID_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    object_kind: builtins.str
+    """Only entries about this kind of object (optional)."""
+    object_id: builtins.str
+    """Only entries about this object (optional)."""
+    page_size: builtins.int
+    """Maximum entries to return, newest first (default 100, at most 1000)."""
+    def __init__(
+        self,
+        *,
+        object_kind: builtins.str = ...,
+        object_id: builtins.str = ...,
+        page_size: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["object_id", b"object_id", "object_kind", b"object_kind", "page_size", b"page_size"]) -> None: ...
+
+global___ListAuditEntriesRequest = ListAuditEntriesRequest
+
+@typing.final
+class ListAuditEntriesResponse(google.protobuf.message.Message):
+    """ListAuditEntriesResponse lists audit entries."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: builtins.int
+    @property
+    def entries(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AuditEntry]:
+        """The entries, newest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: collections.abc.Iterable[global___AuditEntry] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["entries", b"entries"]) -> None: ...
+
+global___ListAuditEntriesResponse = ListAuditEntriesResponse

@@ -65,6 +65,16 @@ class ControlPlaneServiceStub(object):
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsResponse.FromString,
                 )
+        self.GetFlowRunResult = channel.unary_unary(
+                '/headwater.v1.ControlPlaneService/GetFlowRunResult',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultResponse.FromString,
+                )
+        self.WatchTaskRunLogs = channel.unary_stream(
+                '/headwater.v1.ControlPlaneService/WatchTaskRunLogs',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsResponse.FromString,
+                )
         self.CreateSchedule = channel.unary_unary(
                 '/headwater.v1.ControlPlaneService/CreateSchedule',
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.CreateScheduleRequest.SerializeToString,
@@ -94,6 +104,11 @@ class ControlPlaneServiceStub(object):
                 '/headwater.v1.ControlPlaneService/GetServerInfo',
                 request_serializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoResponse.FromString,
+                )
+        self.ListAuditEntries = channel.unary_unary(
+                '/headwater.v1.ControlPlaneService/ListAuditEntries',
+                request_serializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.FromString,
                 )
 
 
@@ -160,14 +175,31 @@ class ControlPlaneServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def GetTaskRunResult(self, request, context):
-        """GetTaskRunResult returns a finished task run's result.
+        """GetTaskRunResult returns a finished task run's result (large parts as payload
+        references, so the answer always fits in a message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTaskRunLogs(self, request, context):
-        """ListTaskRunLogs returns the log records of a task run.
+        """ListTaskRunLogs returns the log records of a flow run's task runs, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlowRunResult(self, request, context):
+        """GetFlowRunResult returns a finished flow run's result (large parts as payload
+        references, so the answer always fits in a message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTaskRunLogs(self, request, context):
+        """WatchTaskRunLogs streams a flow run's log records: those stored, then new ones as
+        they are stored, until the run has ended and every record was sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -211,6 +243,13 @@ class ControlPlaneServiceServicer(object):
 
     def GetServerInfo(self, request, context):
         """GetServerInfo returns the server's version and features.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """ListAuditEntries returns who did what to a flow, run or schedule (or everything).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,6 +308,16 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     request_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_control__plane__pb2.ListTaskRunLogsResponse.SerializeToString,
             ),
+            'GetFlowRunResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlowRunResult,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultResponse.SerializeToString,
+            ),
+            'WatchTaskRunLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTaskRunLogs,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsResponse.SerializeToString,
+            ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
                     request_deserializer=headwater_dot_v1_dot_control__plane__pb2.CreateScheduleRequest.FromString,
@@ -298,6 +347,11 @@ def add_ControlPlaneServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.FromString,
                     response_serializer=headwater_dot_v1_dot_control__plane__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -481,6 +535,40 @@ class ControlPlaneService(object):
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
     @staticmethod
+    def GetFlowRunResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/GetFlowRunResult',
+            headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.GetFlowRunResultResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def WatchTaskRunLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/headwater.v1.ControlPlaneService/WatchTaskRunLogs',
+            headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.WatchTaskRunLogsResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
     def CreateSchedule(request,
             target,
             options=(),
@@ -579,5 +667,22 @@ class ControlPlaneService(object):
         return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/GetServerInfo',
             headwater_dot_v1_dot_control__plane__pb2.GetServerInfoRequest.SerializeToString,
             headwater_dot_v1_dot_control__plane__pb2.GetServerInfoResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/headwater.v1.ControlPlaneService/ListAuditEntries',
+            headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesRequest.SerializeToString,
+            headwater_dot_v1_dot_control__plane__pb2.ListAuditEntriesResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -77,13 +77,31 @@ class ControlPlaneServiceStub:
         headwater.v1.control_plane_pb2.GetTaskRunResultRequest,
         headwater.v1.control_plane_pb2.GetTaskRunResultResponse,
     ]
-    """GetTaskRunResult returns a finished task run's result."""
+    """GetTaskRunResult returns a finished task run's result (large parts as payload
+    references, so the answer always fits in a message).
+    """
 
     ListTaskRunLogs: grpc.UnaryUnaryMultiCallable[
         headwater.v1.control_plane_pb2.ListTaskRunLogsRequest,
         headwater.v1.control_plane_pb2.ListTaskRunLogsResponse,
     ]
-    """ListTaskRunLogs returns the log records of a task run."""
+    """ListTaskRunLogs returns the log records of a flow run's task runs, paged."""
+
+    GetFlowRunResult: grpc.UnaryUnaryMultiCallable[
+        headwater.v1.control_plane_pb2.GetFlowRunResultRequest,
+        headwater.v1.control_plane_pb2.GetFlowRunResultResponse,
+    ]
+    """GetFlowRunResult returns a finished flow run's result (large parts as payload
+    references, so the answer always fits in a message).
+    """
+
+    WatchTaskRunLogs: grpc.UnaryStreamMultiCallable[
+        headwater.v1.control_plane_pb2.WatchTaskRunLogsRequest,
+        headwater.v1.control_plane_pb2.WatchTaskRunLogsResponse,
+    ]
+    """WatchTaskRunLogs streams a flow run's log records: those stored, then new ones as
+    they are stored, until the run has ended and every record was sent.
+    """
 
     CreateSchedule: grpc.UnaryUnaryMultiCallable[
         headwater.v1.control_plane_pb2.CreateScheduleRequest,
@@ -122,6 +140,12 @@ class ControlPlaneServiceStub:
         headwater.v1.control_plane_pb2.GetServerInfoResponse,
     ]
     """GetServerInfo returns the server's version and features."""
+
+    ListAuditEntries: grpc.UnaryUnaryMultiCallable[
+        headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
+        headwater.v1.control_plane_pb2.ListAuditEntriesResponse,
+    ]
+    """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
 
 class ControlPlaneServiceAsyncStub:
     """ControlPlaneService is the API clients use: register flows, run them, watch them."""
@@ -182,13 +206,31 @@ class ControlPlaneServiceAsyncStub:
         headwater.v1.control_plane_pb2.GetTaskRunResultRequest,
         headwater.v1.control_plane_pb2.GetTaskRunResultResponse,
     ]
-    """GetTaskRunResult returns a finished task run's result."""
+    """GetTaskRunResult returns a finished task run's result (large parts as payload
+    references, so the answer always fits in a message).
+    """
 
     ListTaskRunLogs: grpc.aio.UnaryUnaryMultiCallable[
         headwater.v1.control_plane_pb2.ListTaskRunLogsRequest,
         headwater.v1.control_plane_pb2.ListTaskRunLogsResponse,
     ]
-    """ListTaskRunLogs returns the log records of a task run."""
+    """ListTaskRunLogs returns the log records of a flow run's task runs, paged."""
+
+    GetFlowRunResult: grpc.aio.UnaryUnaryMultiCallable[
+        headwater.v1.control_plane_pb2.GetFlowRunResultRequest,
+        headwater.v1.control_plane_pb2.GetFlowRunResultResponse,
+    ]
+    """GetFlowRunResult returns a finished flow run's result (large parts as payload
+    references, so the answer always fits in a message).
+    """
+
+    WatchTaskRunLogs: grpc.aio.UnaryStreamMultiCallable[
+        headwater.v1.control_plane_pb2.WatchTaskRunLogsRequest,
+        headwater.v1.control_plane_pb2.WatchTaskRunLogsResponse,
+    ]
+    """WatchTaskRunLogs streams a flow run's log records: those stored, then new ones as
+    they are stored, until the run has ended and every record was sent.
+    """
 
     CreateSchedule: grpc.aio.UnaryUnaryMultiCallable[
         headwater.v1.control_plane_pb2.CreateScheduleRequest,
@@ -227,6 +269,12 @@ class ControlPlaneServiceAsyncStub:
         headwater.v1.control_plane_pb2.GetServerInfoResponse,
     ]
     """GetServerInfo returns the server's version and features."""
+
+    ListAuditEntries: grpc.aio.UnaryUnaryMultiCallable[
+        headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
+        headwater.v1.control_plane_pb2.ListAuditEntriesResponse,
+    ]
+    """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
 
 class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
     """ControlPlaneService is the API clients use: register flows, run them, watch them."""
@@ -305,7 +353,9 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         request: headwater.v1.control_plane_pb2.GetTaskRunResultRequest,
         context: _ServicerContext,
     ) -> typing.Union[headwater.v1.control_plane_pb2.GetTaskRunResultResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.GetTaskRunResultResponse]]:
-        """GetTaskRunResult returns a finished task run's result."""
+        """GetTaskRunResult returns a finished task run's result (large parts as payload
+        references, so the answer always fits in a message).
+        """
 
     @abc.abstractmethod
     def ListTaskRunLogs(
@@ -313,7 +363,27 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         request: headwater.v1.control_plane_pb2.ListTaskRunLogsRequest,
         context: _ServicerContext,
     ) -> typing.Union[headwater.v1.control_plane_pb2.ListTaskRunLogsResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.ListTaskRunLogsResponse]]:
-        """ListTaskRunLogs returns the log records of a task run."""
+        """ListTaskRunLogs returns the log records of a flow run's task runs, paged."""
+
+    @abc.abstractmethod
+    def GetFlowRunResult(
+        self,
+        request: headwater.v1.control_plane_pb2.GetFlowRunResultRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[headwater.v1.control_plane_pb2.GetFlowRunResultResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.GetFlowRunResultResponse]]:
+        """GetFlowRunResult returns a finished flow run's result (large parts as payload
+        references, so the answer always fits in a message).
+        """
+
+    @abc.abstractmethod
+    def WatchTaskRunLogs(
+        self,
+        request: headwater.v1.control_plane_pb2.WatchTaskRunLogsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[collections.abc.Iterator[headwater.v1.control_plane_pb2.WatchTaskRunLogsResponse], collections.abc.AsyncIterator[headwater.v1.control_plane_pb2.WatchTaskRunLogsResponse]]:
+        """WatchTaskRunLogs streams a flow run's log records: those stored, then new ones as
+        they are stored, until the run has ended and every record was sent.
+        """
 
     @abc.abstractmethod
     def CreateSchedule(
@@ -364,5 +434,13 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[headwater.v1.control_plane_pb2.GetServerInfoResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.GetServerInfoResponse]]:
         """GetServerInfo returns the server's version and features."""
+
+    @abc.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[headwater.v1.control_plane_pb2.ListAuditEntriesResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.ListAuditEntriesResponse]]:
+        """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
 
 def add_ControlPlaneServiceServicer_to_server(servicer: ControlPlaneServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

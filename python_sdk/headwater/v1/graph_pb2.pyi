@@ -280,6 +280,9 @@ class TaskNode(google.protobuf.message.Message):
     VERSION_FIELD_NUMBER: builtins.int
     PORTABLE_FIELD_NUMBER: builtins.int
     ARGUMENT_ORDER_FIELD_NUMBER: builtins.int
+    CODE_DIGEST_FIELD_NUMBER: builtins.int
+    SUBFLOW_FIELD_NUMBER: builtins.int
+    SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Stable id, unique in the graph (the name, suffixed -2, -3, ... for repeat calls)."""
     name: builtins.str
@@ -293,6 +296,13 @@ class TaskNode(google.protobuf.message.Message):
     portable: builtins.bool
     """Whether the task's inputs and result must use the json encoding (tasks
     implemented in other languages).
+    """
+    code_digest: builtins.str
+    """Digest of the task's code as the SDK that built the graph had it (a hash of the
+    function's source and of the module-level constants it reads, or "v:" and the
+    task's code_version; docs/flows.md, "No stale code"). The control plane assigns the
+    task only to workers whose Hello.code_digests give the same digest for task_type,
+    or none. Empty: not checked (built-in tasks, tasks implemented in other languages).
     """
     @property
     def inputs(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___Input]:
@@ -334,6 +344,21 @@ class TaskNode(google.protobuf.message.Message):
     def argument_order(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Positional order of the task function's arguments, so a worker can call it."""
 
+    @property
+    def subflow(self) -> global___SubflowCall:
+        """Set when the node calls another flow (a subflow): running it creates a child flow
+        run of that flow, with the node's inputs as the child's parameters, and the child's
+        result becomes the node's result. No worker runs the node; its task_type is
+        "headwater.subflow". Retries, timeout and trigger apply to it as to any task.
+        """
+
+    @property
+    def schedule_to_start_timeout(self) -> google.protobuf.duration_pb2.Duration:
+        """How long a ready attempt may wait for a worker to take it before it fails
+        (headwater.ScheduleToStartTimeout, not retried); unset means it waits forever.
+        (Numbered from 31: fields added by the UI work, kept apart from other additions.)
+        """
+
     def __init__(
         self,
         *,
@@ -353,11 +378,39 @@ class TaskNode(google.protobuf.message.Message):
         version: builtins.str = ...,
         portable: builtins.bool = ...,
         argument_order: collections.abc.Iterable[builtins.str] | None = ...,
+        code_digest: builtins.str = ...,
+        subflow: global___SubflowCall | None = ...,
+        schedule_to_start_timeout: google.protobuf.duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["cache", b"cache", "map", b"map", "retry", b"retry", "timeout", b"timeout"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["argument_order", b"argument_order", "cache", b"cache", "id", b"id", "inputs", b"inputs", "map", b"map", "name", b"name", "portable", b"portable", "required_labels", b"required_labels", "resources", b"resources", "retry", b"retry", "tags", b"tags", "task_type", b"task_type", "timeout", b"timeout", "trigger", b"trigger", "version", b"version", "wait_for", b"wait_for"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["cache", b"cache", "map", b"map", "retry", b"retry", "schedule_to_start_timeout", b"schedule_to_start_timeout", "subflow", b"subflow", "timeout", b"timeout"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["argument_order", b"argument_order", "cache", b"cache", "code_digest", b"code_digest", "id", b"id", "inputs", b"inputs", "map", b"map", "name", b"name", "portable", b"portable", "required_labels", b"required_labels", "resources", b"resources", "retry", b"retry", "schedule_to_start_timeout", b"schedule_to_start_timeout", "subflow", b"subflow", "tags", b"tags", "task_type", b"task_type", "timeout", b"timeout", "trigger", b"trigger", "version", b"version", "wait_for", b"wait_for"]) -> None: ...
 
 global___TaskNode = TaskNode
+
+@typing.final
+class SubflowCall(google.protobuf.message.Message):
+    """SubflowCall names the flow a subflow node runs."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    FLOW_NAME_FIELD_NUMBER: builtins.int
+    FLOW_VERSION_FIELD_NUMBER: builtins.int
+    flow_name: builtins.str
+    """The child flow's name."""
+    flow_version: builtins.str
+    """The child's registered version. Empty: the latest version whose graph serves the
+    node's inputs, or, for a flow whose graph depends on its parameter values, a graph
+    built for them by a worker that serves the flow (docs/flows.md).
+    """
+    def __init__(
+        self,
+        *,
+        flow_name: builtins.str = ...,
+        flow_version: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version"]) -> None: ...
+
+global___SubflowCall = SubflowCall
 
 @typing.final
 class Input(google.protobuf.message.Message):

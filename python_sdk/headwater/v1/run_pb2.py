@@ -18,7 +18,7 @@ from headwater.v1 import payload_pb2 as headwater_dot_v1_dot_payload__pb2
 from headwater.v1 import state_pb2 as headwater_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16headwater/v1/run.proto\x12\x0cheadwater.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aheadwater/v1/payload.proto\x1a\x18headwater/v1/state.proto\"\x8d\x05\n\x07\x46lowRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_name\x18\x02 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x03 \x01(\t\x12\x39\n\nparameters\x18\x04 \x03(\x0b\x32%.headwater.v1.FlowRun.ParametersEntry\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.headwater.v1.FlowRunState\x12\x30\n\x07history\x18\x06 \x03(\x0b\x32\x1f.headwater.v1.FlowRunStateEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12#\n\x06result\x18\x0b \x01(\x0b\x32\x13.headwater.v1.Value\x12\x17\n\x0f\x66\x61iled_task_ids\x18\x0c \x03(\t\x12>\n\rtrace_context\x18\r \x03(\x0b\x32\'.headwater.v1.FlowRun.TraceContextEntry\x12\x13\n\x0bschedule_id\x18\x0e \x01(\t\x1a\x46\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Value:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x02\n\x07TaskRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66low_run_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tmap_index\x18\x05 \x01(\x03\x12\x1a\n\x12parent_task_run_id\x18\x06 \x01(\t\x12)\n\x05state\x18\x07 \x01(\x0e\x32\x1a.headwater.v1.TaskRunState\x12\x30\n\x07history\x18\x08 \x03(\x0b\x32\x1f.headwater.v1.TaskRunStateEntry\x12\x10\n\x08\x61ttempts\x18\t \x01(\r\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x11\n\tcache_key\x18\x0b \x01(\t\"\x9f\x03\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_name\x18\x02 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x03 \x01(\t\x12-\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x0e\n\x04\x63ron\x18\x05 \x01(\tH\x00\x12:\n\nparameters\x18\x06 \x03(\x0b\x32&.headwater.v1.Schedule.ParametersEntry\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12/\n\x0bnext_run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08timezone\x18\t \x01(\t\x12\x0f\n\x07\x63\x61tchup\x18\n \x01(\x08\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x46\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Value:\x02\x38\x01\x42\x06\n\x04spec\"\x8f\x01\n\x08LogEntry\x12\x13\n\x0btask_run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x04 \x01(\t\x12\x0e\n\x06logger\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16headwater/v1/run.proto\x12\x0cheadwater.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aheadwater/v1/payload.proto\x1a\x18headwater/v1/state.proto\"\xf9\x05\n\x07\x46lowRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_name\x18\x02 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x03 \x01(\t\x12\x39\n\nparameters\x18\x04 \x03(\x0b\x32%.headwater.v1.FlowRun.ParametersEntry\x12)\n\x05state\x18\x05 \x01(\x0e\x32\x1a.headwater.v1.FlowRunState\x12\x30\n\x07history\x18\x06 \x03(\x0b\x32\x1f.headwater.v1.FlowRunStateEntry\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\n \x01(\t\x12#\n\x06result\x18\x0b \x01(\x0b\x32\x13.headwater.v1.Value\x12\x17\n\x0f\x66\x61iled_task_ids\x18\x0c \x03(\t\x12>\n\rtrace_context\x18\r \x03(\x0b\x32\'.headwater.v1.FlowRun.TraceContextEntry\x12\x13\n\x0bschedule_id\x18\x0e \x01(\t\x12\x1a\n\x12parent_flow_run_id\x18\x0f \x01(\t\x12\x1a\n\x12parent_task_run_id\x18\x10 \x01(\t\x12\x32\n\x0eresult_summary\x18\x1f \x01(\x0b\x32\x1a.headwater.v1.ValueSummary\x1a\x46\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Value:\x02\x38\x01\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xee\x02\n\x07TaskRun\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x66low_run_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x11\n\tmap_index\x18\x05 \x01(\x03\x12\x1a\n\x12parent_task_run_id\x18\x06 \x01(\t\x12)\n\x05state\x18\x07 \x01(\x0e\x32\x1a.headwater.v1.TaskRunState\x12\x30\n\x07history\x18\x08 \x03(\x0b\x32\x1f.headwater.v1.TaskRunStateEntry\x12\x10\n\x08\x61ttempts\x18\t \x01(\r\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x11\n\tcache_key\x18\x0b \x01(\t\x12\x1a\n\x12\x63hild_flow_run_ids\x18\x0c \x03(\t\x12\x0f\n\x07waiting\x18\r \x01(\t\x12\x32\n\x0eresult_summary\x18  \x01(\x0b\x32\x1a.headwater.v1.ValueSummary\"V\n\x0cValueSummary\x12\x12\n\nsize_bytes\x18\x01 \x01(\x03\x12\x10\n\x08\x65ncoding\x18\x02 \x01(\t\x12\x0f\n\x07preview\x18\x03 \x01(\t\x12\x0f\n\x07omitted\x18\x04 \x01(\x08\"\x9f\x03\n\x08Schedule\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tflow_name\x18\x02 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x03 \x01(\t\x12-\n\x08interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x0e\n\x04\x63ron\x18\x05 \x01(\tH\x00\x12:\n\nparameters\x18\x06 \x03(\x0b\x32&.headwater.v1.Schedule.ParametersEntry\x12\x0f\n\x07\x65nabled\x18\x07 \x01(\x08\x12/\n\x0bnext_run_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08timezone\x18\t \x01(\t\x12\x0f\n\x07\x63\x61tchup\x18\n \x01(\x08\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x46\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Value:\x02\x38\x01\x42\x06\n\x04spec\"\x8f\x01\n\x08LogEntry\x12\x13\n\x0btask_run_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05level\x18\x04 \x01(\t\x12\x0e\n\x06logger\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,19 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_SCHEDULE_PARAMETERSENTRY']._options = None
   _globals['_SCHEDULE_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_FLOWRUN']._serialized_start=160
-  _globals['_FLOWRUN']._serialized_end=813
-  _globals['_FLOWRUN_PARAMETERSENTRY']._serialized_start=690
-  _globals['_FLOWRUN_PARAMETERSENTRY']._serialized_end=760
-  _globals['_FLOWRUN_TRACECONTEXTENTRY']._serialized_start=762
-  _globals['_FLOWRUN_TRACECONTEXTENTRY']._serialized_end=813
-  _globals['_TASKRUN']._serialized_start=816
-  _globals['_TASKRUN']._serialized_end=1085
-  _globals['_SCHEDULE']._serialized_start=1088
-  _globals['_SCHEDULE']._serialized_end=1503
-  _globals['_SCHEDULE_PARAMETERSENTRY']._serialized_start=690
-  _globals['_SCHEDULE_PARAMETERSENTRY']._serialized_end=760
-  _globals['_LOGENTRY']._serialized_start=1506
-  _globals['_LOGENTRY']._serialized_end=1649
+  _globals['_FLOWRUN']._serialized_end=921
+  _globals['_FLOWRUN_PARAMETERSENTRY']._serialized_start=798
+  _globals['_FLOWRUN_PARAMETERSENTRY']._serialized_end=868
+  _globals['_FLOWRUN_TRACECONTEXTENTRY']._serialized_start=870
+  _globals['_FLOWRUN_TRACECONTEXTENTRY']._serialized_end=921
+  _globals['_TASKRUN']._serialized_start=924
+  _globals['_TASKRUN']._serialized_end=1290
+  _globals['_VALUESUMMARY']._serialized_start=1292
+  _globals['_VALUESUMMARY']._serialized_end=1378
+  _globals['_SCHEDULE']._serialized_start=1381
+  _globals['_SCHEDULE']._serialized_end=1796
+  _globals['_SCHEDULE_PARAMETERSENTRY']._serialized_start=798
+  _globals['_SCHEDULE_PARAMETERSENTRY']._serialized_end=868
+  _globals['_LOGENTRY']._serialized_start=1799
+  _globals['_LOGENTRY']._serialized_end=1942
 # @@protoc_insertion_point(module_scope)

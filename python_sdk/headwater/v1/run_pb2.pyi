@@ -70,6 +70,9 @@ class FlowRun(google.protobuf.message.Message):
     FAILED_TASK_IDS_FIELD_NUMBER: builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: builtins.int
     SCHEDULE_ID_FIELD_NUMBER: builtins.int
+    PARENT_FLOW_RUN_ID_FIELD_NUMBER: builtins.int
+    PARENT_TASK_RUN_ID_FIELD_NUMBER: builtins.int
+    RESULT_SUMMARY_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Run id, assigned by the control plane."""
     flow_name: builtins.str
@@ -82,6 +85,14 @@ class FlowRun(google.protobuf.message.Message):
     """Idempotency key it was created with, if any."""
     schedule_id: builtins.str
     """Schedule that created the run, if any."""
+    parent_flow_run_id: builtins.str
+    """For a child flow run (a subflow, or a flow started by a task while it ran): the
+    flow run it belongs to. Empty for a top-level run.
+    """
+    parent_task_run_id: builtins.str
+    """For a child flow run: the task run of the parent that stands for it (the subflow
+    node's run, or the task that started it), FLOW_RUN_ID/KEY.
+    """
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """Parameter values, by name (defaults filled in)."""
@@ -114,6 +125,14 @@ class FlowRun(google.protobuf.message.Message):
     def trace_context(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
         """W3C trace context of the run's span (traceparent, tracestate)."""
 
+    @property
+    def result_summary(self) -> global___ValueSummary:
+        """The flow's return value described (size, encoding, a short preview). Set with
+        result; when the value is larger than a listing may carry, result is left out
+        (result_summary.omitted) and GetFlowRunResult returns it.
+        (Numbered from 31: fields added by the UI work, kept apart from other additions.)
+        """
+
     def __init__(
         self,
         *,
@@ -131,9 +150,12 @@ class FlowRun(google.protobuf.message.Message):
         failed_task_ids: collections.abc.Iterable[builtins.str] | None = ...,
         trace_context: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         schedule_id: builtins.str = ...,
+        parent_flow_run_id: builtins.str = ...,
+        parent_task_run_id: builtins.str = ...,
+        result_summary: global___ValueSummary | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "result", b"result", "started_at", b"started_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "result", b"result", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "result", b"result", "result_summary", b"result_summary", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "failed_task_ids", b"failed_task_ids", "flow_name", b"flow_name", "flow_version", b"flow_version", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "parameters", b"parameters", "parent_flow_run_id", b"parent_flow_run_id", "parent_task_run_id", b"parent_task_run_id", "result", b"result", "result_summary", b"result_summary", "schedule_id", b"schedule_id", "started_at", b"started_at", "state", b"state", "trace_context", b"trace_context"]) -> None: ...
 
 global___FlowRun = FlowRun
 
@@ -156,6 +178,9 @@ class TaskRun(google.protobuf.message.Message):
     ATTEMPTS_FIELD_NUMBER: builtins.int
     WORKER_ID_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
+    CHILD_FLOW_RUN_IDS_FIELD_NUMBER: builtins.int
+    WAITING_FIELD_NUMBER: builtins.int
+    RESULT_SUMMARY_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Task run id."""
     flow_run_id: builtins.str
@@ -178,9 +203,27 @@ class TaskRun(google.protobuf.message.Message):
     """
     cache_key: builtins.str
     """Cache key, for cached tasks."""
+    waiting: builtins.str
+    """Why a SCHEDULED task run is not running yet, when the server knows a reason, e.g.
+    "no connected worker offers etl.load (labels gpu=true)" or "worker 'w1' has other
+    code for task 'etl.load' (...)"; empty otherwise. Filled in by GetFlowRun.
+    """
     @property
     def history(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[headwater.v1.state_pb2.TaskRunStateEntry]:
         """Full state history, oldest first."""
+
+    @property
+    def child_flow_run_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Child flow runs this task run started, oldest first: one per attempt of a subflow
+        node, or the flows a task called while it ran.
+        """
+
+    @property
+    def result_summary(self) -> global___ValueSummary:
+        """The result of the last state entry described (size, encoding, a short preview).
+        When the value is larger than a listing may carry, history[-1].result is left
+        out (result_summary.omitted) and GetTaskRunResult returns it.
+        """
 
     def __init__(
         self,
@@ -196,10 +239,49 @@ class TaskRun(google.protobuf.message.Message):
         attempts: builtins.int = ...,
         worker_id: builtins.str = ...,
         cache_key: builtins.str = ...,
+        child_flow_run_ids: collections.abc.Iterable[builtins.str] | None = ...,
+        waiting: builtins.str = ...,
+        result_summary: global___ValueSummary | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempts", b"attempts", "cache_key", b"cache_key", "flow_run_id", b"flow_run_id", "history", b"history", "id", b"id", "map_index", b"map_index", "name", b"name", "parent_task_run_id", b"parent_task_run_id", "state", b"state", "task_id", b"task_id", "worker_id", b"worker_id"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["result_summary", b"result_summary"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["attempts", b"attempts", "cache_key", b"cache_key", "child_flow_run_ids", b"child_flow_run_ids", "flow_run_id", b"flow_run_id", "history", b"history", "id", b"id", "map_index", b"map_index", "name", b"name", "parent_task_run_id", b"parent_task_run_id", "result_summary", b"result_summary", "state", b"state", "task_id", b"task_id", "waiting", b"waiting", "worker_id", b"worker_id"]) -> None: ...
 
 global___TaskRun = TaskRun
+
+@typing.final
+class ValueSummary(google.protobuf.message.Message):
+    """ValueSummary describes a value without carrying it: what a listing shows of a
+    result, and what stands in for a result too large to list.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SIZE_BYTES_FIELD_NUMBER: builtins.int
+    ENCODING_FIELD_NUMBER: builtins.int
+    PREVIEW_FIELD_NUMBER: builtins.int
+    OMITTED_FIELD_NUMBER: builtins.int
+    size_bytes: builtins.int
+    """Size of the value's encoded bytes, its elements included."""
+    encoding: builtins.str
+    """The value's encoding ("json", "pickle", "headwater.list", ...)."""
+    preview: builtins.str
+    """A short human-readable preview: the start of a json text, the shape of a list or
+    dict assembled by the engine; empty for encodings the server cannot show
+    (pickle: the control plane never decodes it).
+    """
+    omitted: builtins.bool
+    """Whether the value itself was left out of the message it describes."""
+    def __init__(
+        self,
+        *,
+        size_bytes: builtins.int = ...,
+        encoding: builtins.str = ...,
+        preview: builtins.str = ...,
+        omitted: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["encoding", b"encoding", "omitted", b"omitted", "preview", b"preview", "size_bytes", b"size_bytes"]) -> None: ...
+
+global___ValueSummary = ValueSummary
 
 @typing.final
 class Schedule(google.protobuf.message.Message):

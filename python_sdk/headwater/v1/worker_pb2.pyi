@@ -117,6 +117,22 @@ class Hello(google.protobuf.message.Message):
         ) -> None: ...
         def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
+    @typing.final
+    class CodeDigestsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.str
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
     WORKER_ID_FIELD_NUMBER: builtins.int
     NAME_FIELD_NUMBER: builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: builtins.int
@@ -126,6 +142,8 @@ class Hello(google.protobuf.message.Message):
     RUNTIME_FIELD_NUMBER: builtins.int
     RUNNING_FIELD_NUMBER: builtins.int
     RESOURCES_FIELD_NUMBER: builtins.int
+    CODE_DIGESTS_FIELD_NUMBER: builtins.int
+    FLOWS_FIELD_NUMBER: builtins.int
     FEATURES_FIELD_NUMBER: builtins.int
     worker_id: builtins.str
     """Stable worker id chosen by the worker (kept across reconnects)."""
@@ -163,6 +181,20 @@ class Hello(google.protobuf.message.Message):
         """
 
     @property
+    def code_digests(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:
+        """The digest of this worker's code for each task type it runs (as in
+        TaskNode.code_digest), by task type. The server does not assign a task whose graph
+        names another digest for its type (the worker runs other code than the graph was
+        built with). A task type without an entry is not checked.
+        """
+
+    @property
+    def flows(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___FlowOffer]:
+        """The flows this worker can build graphs of (the flows of its modules). The server
+        asks it for graphs (BuildGraph) only if features lists "graph-builds".
+        """
+
+    @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Optional protocol features the worker understands. The server acts only on
         "batch" (it then may send ConnectResponse.batch) and ignores other names.
@@ -180,12 +212,36 @@ class Hello(google.protobuf.message.Message):
         runtime: global___RuntimeInfo | None = ...,
         running: collections.abc.Iterable[global___FencingToken] | None = ...,
         resources: collections.abc.Mapping[builtins.str, builtins.float] | None = ...,
+        code_digests: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
+        flows: collections.abc.Iterable[global___FlowOffer] | None = ...,
         features: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["runtime", b"runtime"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["capabilities", b"capabilities", "features", b"features", "labels", b"labels", "name", b"name", "protocol_version", b"protocol_version", "resources", b"resources", "running", b"running", "runtime", b"runtime", "slots", b"slots", "worker_id", b"worker_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["capabilities", b"capabilities", "code_digests", b"code_digests", "features", b"features", "flows", b"flows", "labels", b"labels", "name", b"name", "protocol_version", b"protocol_version", "resources", b"resources", "running", b"running", "runtime", b"runtime", "slots", b"slots", "worker_id", b"worker_id"]) -> None: ...
 
 global___Hello = Hello
+
+@typing.final
+class FlowOffer(google.protobuf.message.Message):
+    """FlowOffer names a flow a worker can build graphs of."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    CODE_DIGEST_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    """The flow's name (FlowGraph.name)."""
+    code_digest: builtins.str
+    """Digest of the flow function's code, computed as TaskNode.code_digest."""
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        code_digest: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["code_digest", b"code_digest", "name", b"name"]) -> None: ...
+
+global___FlowOffer = FlowOffer
 
 @typing.final
 class TaskStarted(google.protobuf.message.Message):
@@ -439,6 +495,7 @@ class ConnectRequest(google.protobuf.message.Message):
     CANCELLED_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
     VALUE_EXPORTED_FIELD_NUMBER: builtins.int
+    GRAPH_BUILT_FIELD_NUMBER: builtins.int
     BATCH_FIELD_NUMBER: builtins.int
     @property
     def hello(self) -> global___Hello:
@@ -481,6 +538,10 @@ class ConnectRequest(google.protobuf.message.Message):
         """Answer to ExportValue: a value this worker holds, now readable by any worker."""
 
     @property
+    def graph_built(self) -> global___GraphBuilt:
+        """Answer to BuildGraph."""
+
+    @property
     def batch(self) -> global___ConnectRequestBatch:
         """Several messages in one, in order (only after a Welcome listing the "batch"
         feature; never nested, never a Hello).
@@ -499,11 +560,12 @@ class ConnectRequest(google.protobuf.message.Message):
         cancelled: global___TaskCancelled | None = ...,
         cache_key: global___CacheKeyReport | None = ...,
         value_exported: global___ValueExported | None = ...,
+        graph_built: global___GraphBuilt | None = ...,
         batch: global___ConnectRequestBatch | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "value_exported", b"value_exported"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "value_exported", b"value_exported"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "value_exported", "batch"] | None: ...
+    def HasField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "graph_built", b"graph_built", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "value_exported", b"value_exported"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "graph_built", b"graph_built", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "value_exported", b"value_exported"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "value_exported", "graph_built", "batch"] | None: ...
 
 global___ConnectRequest = ConnectRequest
 
@@ -1023,6 +1085,7 @@ class ConnectResponse(google.protobuf.message.Message):
     ACK_FIELD_NUMBER: builtins.int
     CACHE_DECISION_FIELD_NUMBER: builtins.int
     EXPORT_VALUE_FIELD_NUMBER: builtins.int
+    BUILD_GRAPH_FIELD_NUMBER: builtins.int
     BATCH_FIELD_NUMBER: builtins.int
     @property
     def welcome(self) -> global___Welcome:
@@ -1053,6 +1116,12 @@ class ConnectResponse(google.protobuf.message.Message):
         """Make a value this worker holds readable by other workers."""
 
     @property
+    def build_graph(self) -> global___BuildGraph:
+        """Build a flow's graph for parameter values (only to workers whose Hello lists the
+        "graph-builds" feature and offers the flow).
+        """
+
+    @property
     def batch(self) -> global___ConnectResponseBatch:
         """Several messages in one, in order (only to workers whose Hello lists the
         "batch" feature; never nested, never a Welcome).
@@ -1068,11 +1137,12 @@ class ConnectResponse(google.protobuf.message.Message):
         ack: global___Ack | None = ...,
         cache_decision: global___CacheDecision | None = ...,
         export_value: global___ExportValue | None = ...,
+        build_graph: global___BuildGraph | None = ...,
         batch: global___ConnectResponseBatch | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "cache_decision", b"cache_decision", "cancel", b"cancel", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "cache_decision", b"cache_decision", "cancel", b"cancel", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "batch"] | None: ...
+    def HasField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "build_graph", "batch"] | None: ...
 
 global___ConnectResponse = ConnectResponse
 
@@ -1117,3 +1187,113 @@ class ExportValue(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["payload_id", b"payload_id"]) -> None: ...
 
 global___ExportValue = ExportValue
+
+@typing.final
+class BuildGraph(google.protobuf.message.Message):
+    """BuildGraph asks a worker that offers a flow (Hello.flows) to build the flow's graph
+    for parameter values, for a run created without the flow's code (by name, by a
+    schedule, or as a subflow). The worker checks and converts the values against the
+    flow function's annotations, runs the flow body with them, and answers with
+    GraphBuilt. A build takes no slot.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class ParametersEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> headwater.v1.payload_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: headwater.v1.payload_pb2.Value | None = ...,
+        ) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    BUILD_ID_FIELD_NUMBER: builtins.int
+    FLOW_NAME_FIELD_NUMBER: builtins.int
+    PARAMETERS_FIELD_NUMBER: builtins.int
+    build_id: builtins.str
+    """Echoed in GraphBuilt."""
+    flow_name: builtins.str
+    """The flow to build (one of Hello.flows)."""
+    @property
+    def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
+        """The run's parameter values as given (defaults not filled in)."""
+
+    def __init__(
+        self,
+        *,
+        build_id: builtins.str = ...,
+        flow_name: builtins.str = ...,
+        parameters: collections.abc.Mapping[builtins.str, headwater.v1.payload_pb2.Value] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["build_id", b"build_id", "flow_name", b"flow_name", "parameters", b"parameters"]) -> None: ...
+
+global___BuildGraph = BuildGraph
+
+@typing.final
+class GraphBuilt(google.protobuf.message.Message):
+    """GraphBuilt answers BuildGraph: a graph, or why there is none."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class ParametersEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> headwater.v1.payload_pb2.Value: ...
+        def __init__(
+            self,
+            *,
+            key: builtins.str = ...,
+            value: headwater.v1.payload_pb2.Value | None = ...,
+        ) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
+
+    BUILD_ID_FIELD_NUMBER: builtins.int
+    GRAPH_FIELD_NUMBER: builtins.int
+    PARAMETERS_FIELD_NUMBER: builtins.int
+    ERROR_FIELD_NUMBER: builtins.int
+    build_id: builtins.str
+    """The BuildGraph's build_id."""
+    @property
+    def graph(self) -> headwater.v1.graph_pb2.FlowGraph:
+        """The flow's graph for the parameters (value-dependent or not); unset when error is."""
+
+    @property
+    def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
+        """The given parameters, converted to their annotations and encoded: the server
+        creates the run with these (a value-dependent graph's parameters_digest is theirs).
+        """
+
+    @property
+    def error(self) -> headwater.v1.state_pb2.Failure:
+        """Why no graph was built. Type "headwater.ParameterError": a value does not fit its
+        parameter (the run is refused as INVALID_ARGUMENT with the message).
+        """
+
+    def __init__(
+        self,
+        *,
+        build_id: builtins.str = ...,
+        graph: headwater.v1.graph_pb2.FlowGraph | None = ...,
+        parameters: collections.abc.Mapping[builtins.str, headwater.v1.payload_pb2.Value] | None = ...,
+        error: headwater.v1.state_pb2.Failure | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["error", b"error", "graph", b"graph"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["build_id", b"build_id", "error", b"error", "graph", b"graph", "parameters", b"parameters"]) -> None: ...
+
+global___GraphBuilt = GraphBuilt

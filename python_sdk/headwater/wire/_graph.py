@@ -12,9 +12,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from ._ids import TASK_RUN_ID_SEPARATOR, split_child_key
+from ._limits import MAX_DURATION
 
 
 class Trigger(enum.Enum):
@@ -106,6 +110,23 @@ class RetrySpec:
 
 NO_RETRY = RetrySpec()
 
+#: The task type of a subflow node (a call of another flow inside a flow body).
+SUBFLOW_TASK_TYPE = "headwater.subflow"
+
+
+@dataclass(frozen=True, slots=True)
+class SubflowSpec:
+    """What a subflow node runs: a child flow run of ``flow_name``.
+
+    ``flow_version`` pins the child's registered version (empty: the latest, or a
+    graph built for the node's inputs); ``flow`` is the SDK's Flow object when the
+    graph was compiled in this process (an embedded host runs it directly).
+    """
+
+    flow_name: str
+    flow_version: str = ""
+    flow: Any = field(default=None, compare=False, repr=False)
+
 
 @dataclass(frozen=True, slots=True)
 class CacheSpec:
@@ -138,7 +159,13 @@ class TaskSpec:
     portable: bool = False
     argument_order: tuple[str, ...] = ()
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    #: Seconds a ready attempt may wait for a worker before it fails (server only).
+    schedule_to_start_timeout: float | None = None
     no_retry_on: tuple[type[BaseException], ...] = field(default=(), compare=False, repr=False)
+    #: The digest of the task's code (docs/flows.md, "No stale code"); "" unchecked.
+    code_digest: str = ""
+    #: Set on a subflow node (``task_type`` SUBFLOW_TASK_TYPE).
+    subflow: SubflowSpec | None = None
 
     @property
     def cache_key_prefix(self) -> str:
@@ -270,9 +297,22 @@ class GraphSpec:
         for t in self.tasks:
             if not t.id:
                 raise GraphError(f"flow {self.name!r}: a task has an empty id")
+            if TASK_RUN_ID_SEPARATOR in t.id:
+                raise GraphError(
+                    f"task id {t.id!r} contains {TASK_RUN_ID_SEPARATOR!r}, which separates a "
+                    "flow run's id from its task runs' keys: rename the task"
+                )
             if t.id in ids:
                 raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
             ids[t.id] = t
+        for t in self.tasks:
+            child = split_child_key(t.id)
+            parent = ids.get(child[0]) if child else None
+            if parent is not None and parent.mapped is not None:
+                raise GraphError(
+                    f"task id {t.id!r} is the key of an element of mapped task "
+                    f"{parent.id!r}: rename the task"
+                )
         params = {p.name for p in self.params}
         if len(params) != len(self.params):
             raise GraphError(f"flow {self.name!r}: duplicate parameter names")
@@ -302,10 +342,14 @@ class GraphSpec:
                 for arg in t.mapped:
                     if arg not in t.inputs:
                         raise GraphError(f"task {t.id!r} maps over unknown argument {arg!r}")
-            if t.retry.max_retries < 0 or t.retry.delay < 0:
-                raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
-            if t.timeout is not None and t.timeout <= 0:
-                raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds")
+            _check_numbers(t)
+            if (t.subflow is not None) != (t.task_type == SUBFLOW_TASK_TYPE):
+                raise GraphError(
+                    f"task {t.id!r}: a subflow node (task type {SUBFLOW_TASK_TYPE!r}) must "
+                    "name its flow, and only a subflow node may"
+                )
+            if t.subflow is not None and (t.mapped is not None or t.cache is not None):
+                raise GraphError(f"task {t.id!r}: a subflow call cannot be mapped or cached")
         if self.result is not None:
             for ref in iter_task_refs(self.result):
                 if ref.task_id not in ids:
@@ -331,6 +375,31 @@ class GraphSpec:
         graph = dataclasses.replace(self, tasks=tuple(order))
         graph.validate()
         return graph
+
+
+def _check_numbers(t: TaskSpec) -> None:
+    """Retry, timeout, cache and resource numbers a run can live with: finite, and not
+    negative (an infinite backoff would hold a retry forever, a NaN disorder timers)."""
+    retry = t.retry
+
+    def bad(what: str, value: float | None, *, high: float = math.inf) -> None:
+        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+            limit = "" if high == math.inf else f" and <= {high:g}"
+            raise GraphError(f"task {t.id!r}: {what} must be a finite number >= 0{limit}")
+
+    if retry.max_retries < 0 or retry.delay < 0:
+        raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
+    bad("retry delay", retry.delay, high=MAX_DURATION)
+    bad("retry backoff", retry.backoff)
+    bad("retry max delay", retry.max_delay, high=MAX_DURATION)
+    if not (math.isfinite(retry.jitter) and 0 <= retry.jitter <= 1):
+        raise GraphError(f"task {t.id!r}: retry jitter must be in [0, 1], got {retry.jitter!r}")
+    if t.timeout is not None and not (math.isfinite(t.timeout) and 0 < t.timeout <= MAX_DURATION):
+        raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds (and <= {MAX_DURATION:g})")
+    if t.cache is not None:
+        bad("cache expiry", t.cache.expiry, high=MAX_DURATION)
+    for name, amount in t.resources.items():
+        bad(f"resource {name!r}", amount)
 
 
 def _toposort(tasks: tuple[TaskSpec, ...], upstreams: dict[str, list[str]]) -> list[TaskSpec]:

@@ -28,6 +28,7 @@ from ._graph import (
     Param,
     ParamSpec,
     RetrySpec,
+    SubflowSpec,
     TaskSpec,
     Trigger,
     json_consumers,
@@ -131,7 +132,11 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
             version=t.version,
             portable=t.portable,
             argument_order=list(t.argument_order),
+            code_digest=t.code_digest,
         )
+        if t.subflow is not None:
+            node.subflow.flow_name = t.subflow.flow_name
+            node.subflow.flow_version = t.subflow.flow_version
         for arg, spec in t.inputs.items():
             where = f"task {t.id!r}, argument {arg!r}"
             if (
@@ -155,6 +160,8 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
             node.retry.non_retryable_errors.extend(r.non_retryable)
         if t.timeout is not None:
             node.timeout.CopyFrom(duration(t.timeout))
+        if t.schedule_to_start_timeout is not None:
+            node.schedule_to_start_timeout.CopyFrom(duration(t.schedule_to_start_timeout))
         if t.cache is not None:
             node.cache.key_source = (
                 graph_pb2.CACHE_KEY_SOURCE_FUNCTION
@@ -258,6 +265,17 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
                 version=n.version,
                 portable=n.portable,
                 argument_order=tuple(n.argument_order),
+                code_digest=n.code_digest,
+                subflow=(
+                    SubflowSpec(n.subflow.flow_name, n.subflow.flow_version)
+                    if n.HasField("subflow")
+                    else None
+                ),
+                schedule_to_start_timeout=(
+                    seconds(n.schedule_to_start_timeout)
+                    if n.HasField("schedule_to_start_timeout")
+                    else None
+                ),
             )
         )
     params = tuple(_param_from_proto(msg.name, p) for p in msg.parameters)

@@ -6,6 +6,8 @@ A task run's id is ``"{flow run id}/{key}"``: the key is unique within its flow 
 
 from __future__ import annotations
 
+import re
+
 #: Separates the flow run id from the task run's key in a task run id.
 TASK_RUN_ID_SEPARATOR = "/"
 
@@ -26,3 +28,13 @@ def split_task_run_id(value: str) -> tuple[str, str]:
 def child_key(task_id: str, index: int) -> str:
     """The key of child ``index`` of a mapped task."""
     return f"{task_id}[{index}]"
+
+
+_CHILD_KEY = re.compile(r"(.+)\[(\d+)\]")
+
+
+def split_child_key(key: str) -> tuple[str, int] | None:
+    """``(task id, index)`` when ``key`` has the form of a mapped task's child key
+    (``child_key``), else None."""
+    match = _CHILD_KEY.fullmatch(key)
+    return (match.group(1), int(match.group(2))) if match else None

@@ -1,10 +1,13 @@
-"""Sizes every side of the wire agrees on (one definition each).
+"""Sizes every side of the wire agrees on (one definition each), and the limits a
+server puts on what its peers send (``Limits``, configurable; docs/limits.md).
 
 gRPC refuses messages above 4 MiB by default; Headwater keeps every message it builds
 well under that and moves larger values through PayloadService in chunks.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 MiB = 1 << 20
 
@@ -28,6 +31,10 @@ BATCH_BYTES = 1 * MiB
 TEXT_LIMIT = 64 * 1024
 #: Default largest payload a server accepts (a 300 MB array must pass; bound the disk).
 MAX_PAYLOAD_BYTES = 4 << 30
+#: Seconds since the epoch a protobuf Timestamp can hold: 0001-01-01 to 9999-12-31 UTC.
+TIMESTAMP_RANGE = (-62_135_596_800, 253_402_300_799)
+#: The longest protobuf Duration (about 10,000 years), in seconds.
+MAX_DURATION = 315_576_000_000
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -36,3 +43,117 @@ def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
         return text
     half = limit // 2
     return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
+
+
+# -------------------------------------------------------------- configurable limits
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    """What one configurable limit bounds, for people (flags, docs, messages)."""
+
+    name: str
+    meaning: str
+    #: "bytes" or "count" (how its value reads).
+    unit: str
+
+
+#: Every configurable limit of a server, in the order docs/limits.md lists them. The
+#: defaults are the fields of ``Limits``; each has a ``--max-...`` flag and a
+#: ``HEADWATER_MAX_...`` variable (``limit_flag``, ``limit_variable``).
+LIMIT_SPECS: tuple[LimitSpec, ...] = (
+    LimitSpec(
+        "max_message_bytes",
+        "largest gRPC message the server receives: a request, or one message of a stream",
+        "bytes",
+    ),
+    LimitSpec("max_payload_bytes", "largest payload one upload may declare", "bytes"),
+    LimitSpec("max_chunk_bytes", "largest chunk in one upload message", "bytes"),
+    LimitSpec("max_upload_chunks", "most chunk messages in one upload", "count"),
+    LimitSpec("max_graph_tasks", "most tasks in one flow graph", "count"),
+    LimitSpec(
+        "max_graph_edges",
+        "most upstream references (data and wait_for) in one flow graph, all tasks together",
+        "count",
+    ),
+    LimitSpec(
+        "max_nesting",
+        "deepest nesting of a graph input (lists and dicts in lists and dicts) or of a "
+        "value's elements (items of items)",
+        "count",
+    ),
+    LimitSpec(
+        "max_map_width",
+        "most elements a value may declare or carry (headwater.length, items): the "
+        "children a mapped task may expand into",
+        "count",
+    ),
+    LimitSpec(
+        "max_parameter_bytes",
+        "largest parameter value sent inline in a request (larger ones go by reference)",
+        "bytes",
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The most a server accepts of every size a peer can state (docs/limits.md).
+
+    A request over a limit is refused with RESOURCE_EXHAUSTED, a worker's result over
+    one fails its task (``headwater.LimitExceeded``); either way the message names the
+    limit, its value and how to raise it. ``LIMIT_SPECS`` says what each bounds.
+    """
+
+    max_message_bytes: int = GRPC_MESSAGE_LIMIT
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_chunk_bytes: int = CHUNK_SIZE
+    max_upload_chunks: int = 1 << 16
+    max_graph_tasks: int = 200_000
+    max_graph_edges: int = 1_000_000
+    max_nesting: int = 32
+    max_map_width: int = 100_000
+    max_parameter_bytes: int = INLINE_PAYLOAD_LIMIT
+
+    def __post_init__(self) -> None:
+        for spec in LIMIT_SPECS:
+            value = getattr(self, spec.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{spec.name} must be a whole number >= 1, got {value!r}")
+        if self.max_chunk_bytes > self.max_message_bytes - 1024:
+            raise ValueError(
+                f"max_chunk_bytes ({self.max_chunk_bytes}) must leave room for the message "
+                f"around it within max_message_bytes ({self.max_message_bytes})"
+            )
+
+    def exceeded(self, name: str, what: str) -> LimitExceeded:
+        """The error for ``what`` (a phrase ending in a number) over limit ``name``."""
+        return LimitExceeded(name, getattr(self, name), what)
+
+
+def limit_flag(name: str) -> str:
+    """The ``headwater server`` flag that sets a limit: ``--max-map-width``."""
+    return "--" + name.replace("_", "-")
+
+
+def limit_variable(name: str) -> str:
+    """The environment variable that sets a limit: ``HEADWATER_MAX_MAP_WIDTH``."""
+    return "HEADWATER_" + name.upper()
+
+
+class LimitExceeded(ValueError):
+    """A request or report states a size over one of the server's limits.
+
+    Args:
+        limit: the limit's name (a field of ``Limits``).
+        value: the limit's value on this server.
+        what: what was too large, ending in its size ("graph 'etl' has 250000 tasks").
+    """
+
+    def __init__(self, limit: str, value: int, what: str) -> None:
+        self.limit = limit
+        self.value = value
+        super().__init__(
+            f"{what}, over this server's limit {limit} = {value} (raise it with "
+            f"{limit_flag(limit)} or {limit_variable(limit)})"
+        )

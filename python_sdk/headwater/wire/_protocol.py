@@ -21,6 +21,8 @@ class Feature:
 
 #: Several stream messages in one (``ConnectRequestBatch``/``ConnectResponseBatch``).
 BATCH = "batch"
+#: The server may ask the worker to build a flow's graph (``BuildGraph``/``GraphBuilt``).
+GRAPH_BUILDS = "graph-builds"
 
 #: Every feature a Headwater server lists in ``Welcome.features`` and
 #: ``GetServerInfoResponse.features``, in that order.
@@ -31,6 +33,9 @@ SERVER_FEATURES: tuple[Feature, ...] = (
     Feature("heartbeat-cancel", "HeartbeatAck.cancel names attempts the worker must stop"),
     Feature(BATCH, "several stream messages in one batch message", negotiated=True),
     Feature("schedules", "the server creates runs from interval and cron schedules"),
+    Feature("code-digests", "tasks go only to workers whose Hello.code_digests match the graph"),
+    Feature(GRAPH_BUILDS, "BuildGraph: a worker offering a flow builds its graph", negotiated=True),
+    Feature("subflows", "subflow nodes and flows started by tasks run as child flow runs"),
 )
 
 

@@ -19,22 +19,85 @@ ENV_TOKEN = "HEADWATER_TOKEN"
 ENV_DB = "HEADWATER_DB"
 #: How long the server keeps finished runs (a duration such as 30d; unset: forever).
 ENV_RETENTION = "HEADWATER_RETENTION"
+#: The server's HTTP port (web UI and JSON API), or ``off``.
+ENV_HTTP_PORT = "HEADWATER_HTTP_PORT"
+#: Clients and workers: "1" to speak TLS and verify the server with the system roots.
+ENV_TLS = "HEADWATER_TLS"
+#: Clients and workers: the CA certificate (PEM) that signed the server's certificate.
+ENV_TLS_CA = "HEADWATER_TLS_CA"
+#: The certificate (PEM) a process presents: the server's own, or a client's for mTLS.
+ENV_TLS_CERT = "HEADWATER_TLS_CERT"
+#: The private key (PEM) of HEADWATER_TLS_CERT.
+ENV_TLS_KEY = "HEADWATER_TLS_KEY"
+#: The server: require client certificates signed by this CA (mutual TLS).
+ENV_TLS_CLIENT_CA = "HEADWATER_TLS_CLIENT_CA"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
     ENV_SERVER: "HOST:PORT of the control plane, for clients, workers and the CLI",
-    ENV_TOKEN: "bearer token the server requires and clients and workers send",
+    ENV_TOKEN: "bearer token the server requires (an admin credential) and clients and "
+    "workers send",
     ENV_DB: "the server's SQLite database path",
     ENV_RETENTION: "how long the server keeps finished runs, e.g. 30d (default: forever)",
+    ENV_HTTP_PORT: "the server's web UI port, or off (default: the gRPC port + 1)",
+    ENV_TLS: "clients and workers: `1` to speak TLS, verifying the server with the "
+    "system's root certificates",
+    ENV_TLS_CA: "clients and workers: speak TLS, verifying the server with this CA "
+    "certificate (PEM file)",
+    ENV_TLS_CERT: "the server: its certificate (PEM file; serves TLS); clients and "
+    "workers: the certificate they present for mutual TLS",
+    ENV_TLS_KEY: "the private key (PEM file) of `HEADWATER_TLS_CERT`",
+    ENV_TLS_CLIENT_CA: "the server: require client certificates signed by this CA (mutual TLS)",
 }
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """How a client or worker secures its connection (all None/False: plaintext).
+
+    ``enabled`` with no ``ca`` verifies the server against the system's roots; ``cert``
+    and ``key`` are the client certificate presented to a server that requires one.
+    """
+
+    enabled: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def on(self) -> bool:
+        """Whether to speak TLS (asked for, or implied by a CA or a client certificate)."""
+        return self.enabled or bool(self.ca or self.cert)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        enabled: bool | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> TLSSettings:
+        """Explicit values first, then HEADWATER_TLS, _CA, _CERT and _KEY."""
+        env = os.environ if environ is None else environ
+        return cls(
+            enabled=enabled if enabled is not None else env.get(ENV_TLS, "").lower() in _TRUE,
+            ca=ca or env.get(ENV_TLS_CA) or None,
+            cert=cert or env.get(ENV_TLS_CERT) or None,
+            key=key or env.get(ENV_TLS_KEY) or None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
-    """Where a client or worker connects, and with which credential."""
+    """Where a client or worker connects, with which credential, and how (TLS)."""
 
     server: str | None = None
     token: str | None = None
+    tls: TLSSettings = TLSSettings()
 
     @classmethod
     def from_env(
@@ -43,12 +106,14 @@ class ConnectionSettings:
         *,
         server: str | None = None,
         token: str | None = None,
+        tls: TLSSettings | None = None,
     ) -> ConnectionSettings:
-        """Explicit values first, then HEADWATER_SERVER / HEADWATER_TOKEN."""
+        """Explicit values first, then HEADWATER_SERVER / HEADWATER_TOKEN / HEADWATER_TLS*."""
         env = os.environ if environ is None else environ
         return cls(
             server=server or env.get(ENV_SERVER) or None,
             token=token if token is not None else (env.get(ENV_TOKEN) or None),
+            tls=tls if tls is not None else TLSSettings.from_env(env),
         )
 
     def metadata(self) -> tuple[tuple[str, str], ...]:

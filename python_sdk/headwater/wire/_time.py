@@ -8,6 +8,8 @@ from typing import Protocol
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from ._limits import TIMESTAMP_RANGE
+
 
 class _SecondsNanos(Protocol):
     seconds: int
@@ -34,6 +36,13 @@ def parse_duration(text: str) -> float:
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"must be a positive duration, got {text!r}")
     return seconds
+
+
+def valid_timestamp(message: _SecondsNanos) -> bool:
+    """Whether a Timestamp a peer sent is one (a time converting it back would not
+    refuse): seconds within TIMESTAMP_RANGE, nanos within a second."""
+    low, high = TIMESTAMP_RANGE
+    return low <= message.seconds <= high and 0 <= message.nanos < 1_000_000_000
 
 
 def duration(seconds: float) -> duration_pb2.Duration:

@@ -109,6 +109,10 @@ class DaskExecutor:
         self._topic: str | None = None
         self.interrupted = 0
 
+    def for_child(self) -> DaskExecutor:
+        """An executor on the same cluster (same client) for a child flow run."""
+        return DaskExecutor(client=self.client, slots=self._slots)
+
     # ------------------------------------------------------------- connection
 
     @property

@@ -2,7 +2,7 @@
 
 from ._cache import PROCESS_CACHE, ResultCache, cache_key, make_cache_key, stable_hash
 from ._gc import RUN_GC_THRESHOLD, relaxed_gc
-from ._host import EmbeddedRun, Executor, SystemClock
+from ._host import EmbeddedRun, Executor, SubflowTarget, SystemClock, child_executor
 from ._threads import INLINE_LIMIT, ThreadExecutor, default_thread_count
 
 __all__ = [
@@ -12,9 +12,11 @@ __all__ = [
     "EmbeddedRun",
     "Executor",
     "ResultCache",
+    "SubflowTarget",
     "SystemClock",
     "ThreadExecutor",
     "cache_key",
+    "child_executor",
     "default_thread_count",
     "make_cache_key",
     "relaxed_gc",

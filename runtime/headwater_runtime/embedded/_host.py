@@ -2,11 +2,18 @@
 
 Values pass between tasks as the Python objects the tasks returned (no serialisation,
 no copies). The loop is single-threaded; executors report outcomes through one queue.
+
+Child flow runs run in the same process, each driven by its own EmbeddedRun on a thread
+of its own: a subflow node's child (started by the loop when the engine dispatches the
+node; its end is reported to the engine like a task's) and a flow a task calls while it
+runs (``run_child``, from the task's thread, which waits for it). When the parent's
+attempt is cancelled or times out, its children are cancelled.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from collections import deque
@@ -14,7 +21,14 @@ from collections.abc import Callable, Mapping
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Protocol
 
-from headwater.wire import FlowRunState, GraphSpec, TaskSpec
+from headwater.wire import (
+    FailureInfo,
+    FlowRunState,
+    GraphError,
+    GraphSpec,
+    ParameterError,
+    TaskSpec,
+)
 from headwater_runtime.engine import (
     CacheChecked,
     CacheEntry,
@@ -26,11 +40,20 @@ from headwater_runtime.engine import (
     FlowRunEngine,
     RunTask,
     StateEntry,
+    TaskFailed,
     TaskRunRecord,
     ValueOps,
     WriteCache,
+    subflow_outcome,
 )
-from headwater_runtime.execution import Caller, make_caller
+from headwater_runtime.execution import (
+    Caller,
+    TaskInterrupted,
+    TaskLogLine,
+    capturing,
+    failure_from_exception,
+    make_caller,
+)
 from headwater_runtime.tracing import active_tracer
 
 if TYPE_CHECKING:
@@ -109,6 +132,22 @@ class Executor(Protocol):
         ...
 
 
+class SubflowTarget(Protocol):
+    """What a subflow node runs embedded (``SubflowSpec.flow``: the SDK's Flow)."""
+
+    def prepare_run(self, params: dict[str, Any]) -> tuple[GraphSpec, dict[str, Any]]:
+        """The graph and the checked, converted parameters (defaults filled in) of a
+        run with these parameter values; ParameterError for a value that does not fit."""
+        ...
+
+
+def child_executor(executor: Executor) -> Executor:
+    """Where a child flow run's tasks run: ``executor.for_child()`` when it has one
+    (the same kind of executor, e.g. the same Dask cluster), else a thread pool."""
+    make = getattr(executor, "for_child", None)
+    return make() if callable(make) else ThreadExecutor()
+
+
 class EmbeddedRun:
     """One flow run in this process. ``run()`` blocks until it ends; ``cancel()`` may be
     called from any thread.
@@ -124,6 +163,11 @@ class EmbeddedRun:
         clock: the time source (default: the system clock).
         on_transition: called with (task run, state entry) on every state change, in
             the thread that calls ``run()``.
+        parent_id: for a child flow run, the id of the run it belongs to.
+        parent_task_run: for a child flow run, the key of the parent's task run that
+            stands for it (the subflow node, or the task that started it).
+        trace_parent: the OpenTelemetry context the flow span is a child of (default:
+            the context current where the run is created).
     """
 
     def __init__(
@@ -136,14 +180,33 @@ class EmbeddedRun:
         cache: ResultCache = PROCESS_CACHE,
         clock: Any = None,
         on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
+        parent_id: str = "",
+        parent_task_run: str = "",
+        trace_parent: Any = None,
     ) -> None:
         # 32 random hex digits, like uuid4().hex (uuid imports platform: ~10 ms).
         self.id = os.urandom(16).hex()
+        self.parent_id = parent_id
+        self.parent_task_run = parent_task_run
+        #: Child flow runs, in the order they were started.
+        self.children: list[EmbeddedRun] = []
+        self._live: dict[str, list[EmbeddedRun]] = {}  # task run key -> running children
+        self._child_threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
         # Tracing is decided once per run: when off, the loop tests one None per task.
         self._tracer = active_tracer()
         self._trace: RunTracer | None = None
+        self._trace_parent = trace_parent
+        if self._tracer is not None and trace_parent is None:
+            from headwater_runtime.tracing import current_context
+
+            # The caller's current span (flow.run() in traced code, a task's span for a
+            # flow the task calls): captured here, as run() may be on another thread.
+            self._trace_parent = current_context()
         self._user_on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None
         self.executor: Executor = executor or ThreadExecutor()
+        if isinstance(self.executor, ThreadExecutor):
+            self.executor.launcher = self  # tasks' threads start child runs through it
         self.cache = cache
         self._completions: SimpleQueue[Event] = SimpleQueue()
         limit = self.executor.slots
@@ -167,6 +230,10 @@ class EmbeddedRun:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run
             raise
         self._callers: dict[Any, Caller] = {}
+        #: What the tasks printed and logged (on this process's threads), in order.
+        self.logs: list[TaskLogLine] = []
+        # Tasks run on this process's threads (not a Dask cluster): capture their output.
+        self._capture = isinstance(self.executor, ThreadExecutor)
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
@@ -194,7 +261,7 @@ class EmbeddedRun:
             from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
             # Parent: the caller's current span, if any (flow.run() inside traced code).
-            self._trace = RunTracer(self._tracer, engine.graph.name, self.id)
+            self._trace = RunTracer(self._tracer, engine.graph.name, self.id, self._trace_parent)
         self.executor.start(completions)
         try:
             try:
@@ -224,6 +291,15 @@ class EmbeddedRun:
                     engine.result_unavailable(exc)
         finally:
             self.executor.shutdown()
+            if isinstance(self.executor, ThreadExecutor) and self.executor.launcher is self:
+                # No cycle run <-> executor: the engine is freed as soon as it is unused.
+                self.executor.launcher = None
+            # Children the run cancelled end promptly (their loops stop their tasks):
+            # wait for them, so that every child's state is final when this returns.
+            with self._lock:
+                threads = list(self._child_threads)
+            for thread in threads:
+                thread.join()
             if self._trace is not None:
                 message = engine.flow_history[-1][2] if engine.flow_history else ""
                 self._trace.finish(engine.state, message)
@@ -237,6 +313,9 @@ class EmbeddedRun:
             command = queue.popleft()
             if type(command) is RunTask:
                 spec = command.run.spec
+                if spec.subflow is not None:
+                    self._start_subflow(command)
+                    continue
                 caller = self._callers.get(spec.fn)
                 if caller is None:
                     if spec.fn is None:
@@ -245,6 +324,8 @@ class EmbeddedRun:
                             "embedded runs need flows compiled here"
                         )
                     caller = self._callers[spec.fn] = make_caller(spec.fn)
+                if self._capture:
+                    caller = capturing(caller, self._sink(command.run.key, command.attempt))
                 if self._trace is not None:
                     span = self._trace.dispatched(command.run, command.attempt)
                     caller = self._trace.in_span(caller, span)
@@ -254,13 +335,23 @@ class EmbeddedRun:
                 executor.submit(batch)
                 batch = []
             if isinstance(command, CancelTask):
-                executor.cancel(command.run.key, command.attempt)
+                if command.run.spec.subflow is None:
+                    executor.cancel(command.run.key, command.attempt)
+                self._cancel_children(command.run.key, command.reason)
             elif isinstance(command, CheckCache):
                 queue.extend(self.engine.handle(self._check_cache(command)))
             elif isinstance(command, WriteCache):
                 executor.cache_put(self.cache, command.cache_key, command.value, command.expires_at)
         if batch:
             executor.submit(batch)
+
+    def _sink(self, key: str, attempt: int) -> Callable[[str, str, str, float], None]:
+        logs = self.logs
+
+        def sink(level: str, logger: str, message: str, at: float) -> None:
+            logs.append(TaskLogLine(key, attempt, at, level, logger, message))
+
+        return sink
 
     def _check_cache(self, command: CheckCache) -> CacheChecked:
         run = command.run
@@ -279,3 +370,110 @@ class EmbeddedRun:
         if entry is not None:
             entry = self.executor.cache_hit(entry)
         return CacheChecked(run.key, key, entry)
+
+    # --------------------------------------------------------------- child runs
+
+    def _child(
+        self, graph: GraphSpec, params: Mapping[str, Any], key: str, trace: Any
+    ) -> EmbeddedRun:
+        child = EmbeddedRun(
+            graph,
+            params,
+            executor=child_executor(self.executor),
+            cache=self.cache,
+            parent_id=self.id,
+            parent_task_run=key,
+            trace_parent=trace,
+        )
+        with self._lock:
+            self.children.append(child)
+            self._live.setdefault(key, []).append(child)
+        return child
+
+    def _child_done(self, key: str, child: EmbeddedRun) -> None:
+        with self._lock:
+            live = self._live.get(key, [])
+            if child in live:
+                live.remove(child)
+
+    def _cancel_children(self, key: str, reason: str) -> None:
+        """The attempt of task run ``key`` ended (cancelled, timed out): so do the child
+        flow runs it started."""
+        with self._lock:
+            children = list(self._live.get(key, ()))
+        for child in children:
+            child.cancel(f"{reason} (the parent task run {key!r} ended)")
+
+    def _start_subflow(self, command: RunTask) -> None:
+        """Run a subflow node's child flow run on a thread of its own; its end is
+        reported to the engine as the node's outcome."""
+        run, attempt = command.run, command.attempt
+        trace = None
+        if self._trace is not None:
+            trace = self._trace.span_context(self._trace.dispatched(run, attempt))
+
+        def launch() -> None:
+            self._completions.put(self._subflow(run, attempt, command.inputs, trace))
+
+        thread = threading.Thread(target=launch, name=f"headwater-subflow-{run.key}", daemon=True)
+        with self._lock:
+            self._child_threads.append(thread)
+        thread.start()
+
+    def _subflow(
+        self, run: TaskRunRecord, attempt: int, inputs: dict[str, Any], trace: Any
+    ) -> Event:
+        spec = run.spec
+        assert spec.subflow is not None
+        target: SubflowTarget | None = spec.subflow.flow
+        try:
+            if target is None:
+                raise RuntimeError(
+                    f"subflow {spec.subflow.flow_name!r} has no flow in this process; "
+                    "embedded runs need flows compiled here"
+                )
+            graph, params = target.prepare_run(inputs)
+            child = self._child(graph, params, run.key, trace)
+        except (ParameterError, GraphError) as exc:
+            failure = FailureInfo(type=type(exc).__name__, message=str(exc), retryable=False)
+            return TaskFailed(run.key, attempt, failure)
+        except Exception as exc:
+            return TaskFailed(run.key, attempt, failure_from_exception(exc))
+        try:
+            engine = child.run()
+        except BaseException as exc:  # a broken child run must not leave the node hanging
+            return TaskFailed(run.key, attempt, failure_from_exception(exc))
+        finally:
+            self._child_done(run.key, child)
+        message = engine.flow_history[-1][2] if engine.flow_history else ""
+        return subflow_outcome(
+            run.key, attempt, child.id, graph.name, engine.state, engine.result, message
+        )
+
+    def run_child(self, graph: GraphSpec, params: Mapping[str, Any], key: str) -> EmbeddedRun:
+        """Run a flow that the task ``key`` calls while it runs, as a child of that
+        task run, and wait for it to end (from the task's thread). When the task is
+        cancelled or times out, the child is cancelled."""
+        child = self._child(graph, params, key, None)
+        done = threading.Event()
+
+        def drive() -> None:
+            try:
+                child.run()
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=drive, name=f"headwater-child-{key}", daemon=True)
+        with self._lock:
+            self._child_threads.append(thread)
+        thread.start()
+        try:
+            # Short waits: a cancelled task's thread is interrupted between bytecodes.
+            while not done.wait(0.05):
+                pass
+        except TaskInterrupted:
+            child.cancel(f"the task run {key!r} that started it was stopped")
+            raise
+        finally:
+            self._child_done(key, child)
+        return child

@@ -88,6 +88,13 @@ class ThreadExecutor:
         self._retired: set[int] = set()
         self._threads: list[threading.Thread] = []
         self.interrupted = 0
+        #: The run whose attempts run here (set by EmbeddedRun): a flow a task calls
+        #: starts as a child of that run (``execution.current_task``).
+        self.launcher: Any = None
+
+    def for_child(self) -> ThreadExecutor:
+        """A pool of the same size (and inlining) for a child flow run."""
+        return ThreadExecutor(self.max_workers, inline=self.inline)
 
     @property
     def slots(self) -> int:
@@ -158,7 +165,13 @@ class ThreadExecutor:
         spec = command.run.spec
         start = perf_counter()
         event = self._context.run(
-            execute, caller, command.inputs, command.run.key, command.attempt, spec.no_retry_on
+            execute,
+            caller,
+            command.inputs,
+            command.run.key,
+            command.attempt,
+            spec.no_retry_on,
+            self.launcher,
         )
         self._timed(spec.fn, perf_counter() - start)
         self.ran_inline += 1
@@ -235,8 +248,10 @@ class ThreadExecutor:
                         continue
                     running[me] = (key, attempt)
                 try:
+                    # The launcher is read per job, not kept: an idle thread must not
+                    # keep a finished run (and its engine) alive.
                     start = perf_counter()
-                    event = execute(caller, inputs, key, attempt, no_retry_on)
+                    event = execute(caller, inputs, key, attempt, no_retry_on, self.launcher)
                     self._timed(fn, perf_counter() - start)
                 finally:
                     with lock:

@@ -36,6 +36,7 @@ from ._nodes import Clock, FlowRunFailure
 from ._policies import Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
 from ._states import TRANSITIONS, IllegalTransition
+from ._subflows import SUBFLOW_CANCELLED, SUBFLOW_FAILED, subflow_outcome
 from ._values import PYTHON_VALUES, PythonValues, ValueOps
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ def __getattr__(name: str) -> Any:
     if name in _JOURNAL:
         from . import _journal
 
-        return getattr(_journal, name)
+        value = getattr(_journal, name)
+        globals()[name] = value  # once: as the lazy packages do (headwater.wire.lazy)
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -79,6 +82,8 @@ __all__ = [
     "PYTHON_VALUES",
     "REPLAYS",
     "START",
+    "SUBFLOW_CANCELLED",
+    "SUBFLOW_FAILED",
     "TIMERS",
     "TRANSITIONS",
     "WORKER_LOST",
@@ -114,4 +119,5 @@ __all__ = [
     "replay",
     "retry_delay",
     "stale_reason",
+    "subflow_outcome",
 ]

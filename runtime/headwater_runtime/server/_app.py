@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from headwater.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     control_plane_pb2,
     control_plane_pb2_grpc,
     payload_pb2,
@@ -24,19 +27,40 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import ENV_DB, ENV_RETENTION, ENV_TOKEN, parse_duration
+from headwater.wire import (
+    ENV_DB,
+    ENV_HTTP_PORT,
+    ENV_RETENTION,
+    ENV_TLS_CERT,
+    ENV_TLS_CLIENT_CA,
+    ENV_TLS_KEY,
+    ENV_TOKEN,
+    LIMIT_SPECS,
+    Limits,
+    TLSConfigError,
+    limit_variable,
+    parse_duration,
+)
 from headwater_runtime.store import SQLiteStore, Store
 
-from ._auth import TokenAuthInterceptor
+from ._access import AccessControl
+from ._access_service import AccessServicer
+from ._auth import AuthInterceptor
 from ._control import ControlServicer
 from ._core import ServerCore, ServerSettings
+from ._decoding import DecodeInterceptor
 from ._gateway import GatewayServicer
 from ._payloads import PayloadServicer
+from ._tls import ServerTLS, ServerTLSFiles
+from .http import HttpServer, start_http
+
+log = logging.getLogger("headwater.server")
 
 SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name,
     payload_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name,
+    access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
 )
 
 
@@ -48,10 +72,30 @@ class RunningServer:
     core: ServerCore
     store: Store
     port: int
+    access: AccessControl
+    #: The server's certificate (None: plaintext).
+    tls: ServerTLS | None = None
+    #: The web UI and HTTP API (None when ``ServerSettings.http`` is off).
+    http: HttpServer | None = None
+
+    def reload_tls(self) -> None:
+        """Re-read the certificate files (SIGHUP): new connections use them, open ones
+        (workers' streams) stay. A file that cannot be used is logged, and the old
+        certificate stays in use."""
+        if self.tls is None:
+            log.warning("SIGHUP: this server has no TLS certificate to reload")
+            return
+        try:
+            self.tls.reload()
+        except TLSConfigError as exc:
+            log.error("SIGHUP: keeping the current TLS certificate: %s", exc)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, store what is left, close the store."""
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(grace)
+        await self.access.stop()
         await self.core.stop()
         self.core.io.close()
         self.store.close()
@@ -60,15 +104,37 @@ class RunningServer:
 async def start_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
     """Open the store (``settings.db``, unless a store is given), recover unfinished
     runs and start serving."""
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise TLSConfigError("TLS needs both --tls-cert and --tls-key")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise TLSConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    tls = (
+        ServerTLS(ServerTLSFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
+        if settings.tls_cert and settings.tls_key
+        else None
+    )
     store = store if store is not None else SQLiteStore(settings.db)
     core = ServerCore(store, settings)
-    interceptors = [TokenAuthInterceptor(settings.token)] if settings.token else []
-    server = grpc.aio.server(interceptors=interceptors)
+    access = AccessControl(
+        store, core.io, settings.token, client_certificates=bool(settings.tls_client_ca)
+    )
+    access.on_change = core.drop_revoked
+    # Authentication first: a caller without a credential learns nothing, not
+    # even whether its message was well formed.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        AuthInterceptor(access),
+        DecodeInterceptor(),
+    ]
+    limit = settings.limits.max_message_bytes
+    server = grpc.aio.server(
+        interceptors=interceptors, options=[("grpc.max_receive_message_length", limit)]
+    )
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(ControlServicer(core), server)
     worker_pb2_grpc.add_WorkerGatewayServiceServicer_to_server(GatewayServicer(core), server)
     payload_pb2_grpc.add_PayloadServiceServicer_to_server(
-        PayloadServicer(store, io=core.io), server
+        PayloadServicer(store, limits=settings.limits, io=core.io, access=core), server
     )
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(core, access), server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -79,30 +145,94 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         ),
         server,
     )
+    address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.credentials())
     except RuntimeError as exc:
         store.close()
         raise OSError(f"cannot listen on {settings.host}:{settings.port} ({exc})") from None
+    await access.start()
     await core.start()
+    http = None
+    if settings.http:
+        try:
+            http = await _start_http(core, settings)
+        except OSError:
+            await core.stop()
+            core.io.close()
+            store.close()
+            raise
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, core, store, port)
+    return RunningServer(server, core, store, port, access, tls, http)
+
+
+async def _start_http(core: ServerCore, settings: ServerSettings) -> HttpServer:
+    """The web UI on its port; when the default port (gRPC + 1) is taken, on a free one
+    instead (the line the server prints says where). A port asked for must be free."""
+    port = settings.http_bind_port
+    try:
+        return await start_http(core, settings.host, port, settings.token)
+    except OSError as exc:
+        if settings.http_port is not None or port == 0:
+            raise
+        log.warning("%s; serving the web UI on a free port instead", exc)
+        return await start_http(core, settings.host, 0, settings.token)
+
+
+def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
+    """Default limits, then HEADWATER_MAX_* variables, then explicit values (flags);
+    ValueError names a variable that is not a whole number, or a limit out of range."""
+    source = os.environ if environ is None else environ
+    values: dict[str, int] = {}
+    for spec in LIMIT_SPECS:
+        name = limit_variable(spec.name)
+        raw = source.get(name, "").strip()
+        if raw:
+            try:
+                values[spec.name] = int(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Limits(**values)
 
 
 def settings_from_env(
     environ: Mapping[str, str] | None = None, **overrides: object
 ) -> ServerSettings:
-    """Defaults, then HEADWATER_* environment variables, then explicit overrides."""
+    """Defaults, then HEADWATER_* environment variables, then explicit overrides
+    (``limits`` overrides the limits read from HEADWATER_MAX_* as a whole)."""
     source = os.environ if environ is None else environ
-    env: dict[str, Any] = {}
+    env: dict[str, Any] = {"limits": limits_from_env(source)}
     if ENV_TOKEN in source:
         env["token"] = source[ENV_TOKEN]
     if ENV_DB in source:
         env["db"] = source[ENV_DB]
+    for name, field in (
+        (ENV_TLS_CERT, "tls_cert"),
+        (ENV_TLS_KEY, "tls_key"),
+        (ENV_TLS_CLIENT_CA, "tls_client_ca"),
+    ):
+        if source.get(name):
+            env[field] = source[name]
     if source.get(ENV_RETENTION):
-        env["retention"] = parse_duration(source[ENV_RETENTION])
+        try:
+            env["retention"] = parse_duration(source[ENV_RETENTION])
+        except ValueError as exc:
+            raise ValueError(f"{ENV_RETENTION} {exc}") from None
+    if source.get(ENV_HTTP_PORT):
+        raw = source[ENV_HTTP_PORT]
+        if raw.lower() == "off":
+            env["http"] = False
+        else:
+            try:
+                env["http_port"] = int(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_HTTP_PORT} must be a port or 'off', got {raw!r}") from None
     # Any: each value is meant for the ServerSettings field of its name (the CLI parses
     # flags into the fields' types); a wrong name still fails loudly in replace().
     values: dict[str, Any] = {**env, **{k: v for k, v in overrides.items() if v is not None}}
@@ -110,14 +240,22 @@ def settings_from_env(
 
 
 async def serve_forever(settings: ServerSettings) -> None:
-    """Run until SIGINT/SIGTERM; prints the listening line once bound."""
+    """Run until SIGINT/SIGTERM; prints the listening line once bound. SIGHUP reloads
+    the TLS certificate."""
     running = await start_server(settings)
     print(f"headwater server listening on {settings.host}:{running.port}", flush=True)
+    if running.http is not None:
+        print(f"headwater web UI on {running.http.url}", flush=True)
+    if running.tls is not None:
+        mutual = "; client certificates required" if settings.tls_client_ca else ""
+        print(f"headwater server speaks TLS{mutual}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, running.reload_tls)
     await stop.wait()
     print("headwater server stopping", file=sys.stderr, flush=True)
     await running.stop()

@@ -1,4 +1,5 @@
-"""Attempts ready for a worker: ``PendingAssignment`` and how its message is built.
+"""Attempts ready for a worker: ``PendingAssignment`` and how its message is built
+(``assignment_message``).
 
 The run manager hands the dispatcher a PendingAssignment per RunTask; the Assignment
 message is built only when the attempt is actually dispatched (a 10,000-task fan-out
@@ -8,10 +9,21 @@ the run's first dispatch).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
-from headwater.v1 import worker_pb2
+from headwater.v1 import graph_pb2, worker_pb2
+from headwater.wire import duration, path_to_proto, task_run_id
+from headwater_runtime.tracing import inject
+
+from ._spill import spill_inputs
+from ._values import to_input_value
+
+if TYPE_CHECKING:
+    from headwater_runtime.engine import RunTask
+    from headwater_runtime.store import Store
+
+    from ._runs import ActiveRun
 
 
 class PendingAssignment:
@@ -24,9 +36,20 @@ class PendingAssignment:
         labels: labels the worker must have.
         assignment: the Assignment message, or a function that builds it.
         token: ``(task run id, attempt)``; required when ``assignment`` is a function.
+        code_digest: the digest of the task's code in the run's graph ("": any code).
     """
 
-    __slots__ = ("_build", "_message", "flow_run_id", "labels", "task_type", "token")
+    __slots__ = (
+        "_build",
+        "_message",
+        "code_digest",
+        "flow_run_id",
+        "labels",
+        "start_by",
+        "start_timeout",
+        "task_type",
+        "token",
+    )
 
     def __init__(
         self,
@@ -35,10 +58,12 @@ class PendingAssignment:
         labels: Mapping[str, str],
         assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
         token: tuple[str, int] | None = None,
+        code_digest: str = "",
     ) -> None:
         self.flow_run_id = flow_run_id
         self.task_type = task_type
         self.labels = labels
+        self.code_digest = code_digest
         if isinstance(assignment, worker_pb2.Assignment):
             self._message: worker_pb2.Assignment | None = assignment
             self._build: Callable[[], worker_pb2.Assignment] | None = None
@@ -47,6 +72,9 @@ class PendingAssignment:
             self._message, self._build = None, assignment
         assert token is not None, "a lazily built assignment needs its token"
         self.token: tuple[str, int] = token
+        #: When the attempt fails if no worker has taken it (schedule_to_start_timeout).
+        self.start_by: float | None = None
+        self.start_timeout: float = 0.0
 
     @property
     def assignment(self) -> worker_pb2.Assignment:
@@ -64,6 +92,57 @@ class Dispatch(Protocol):
         """Queue an attempt for a worker."""
         ...
 
+    def submit_many(
+        self, flow_run_id: str, by_type: Mapping[str, Sequence[PendingAssignment]]
+    ) -> None:
+        """Queue attempts of one flow run, grouped by task type (in order)."""
+        ...
+
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt (drop it if still queued, else ask its worker)."""
         ...
+
+    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
+        """Stop attempts of one flow run: ``(task run id, attempt, reason)`` each."""
+        ...
+
+
+def assignment_message(active: ActiveRun, command: RunTask, store: Store) -> worker_pb2.Assignment:
+    """The Assignment message of an attempt of a live run (built when it is dispatched;
+    inline inputs that would not fit one message are spilled to ``store``)."""
+    run = command.run
+    spec = run.spec
+    flow_run_id = active.row.id
+    consumer = active.consumers.producers.get(spec.id)
+    msg = worker_pb2.Assignment(
+        token=worker_pb2.FencingToken(
+            task_run_id=task_run_id(flow_run_id, run.key), attempt=command.attempt
+        ),
+        flow_run_id=flow_run_id,
+        task_id=spec.id,
+        task_type=spec.task_type,
+        task_name=run.name,
+        argument_order=list(spec.argument_order),
+        map_index=run.map_index,
+        result_encoding="json" if spec.portable or consumer else "",
+        result_consumer=f"task {consumer[0]!r}, argument {consumer[1]!r}" if consumer else "",
+        split_result=spec.id in active.split_nodes,
+        # The attempt span's context when tracing; else the client's, passed through.
+        trace_context=(
+            active.row.trace_context
+            if active.trace is None
+            else inject(active.trace.dispatched(run, command.attempt))
+        ),
+    )
+    split_path = active.split_nodes.get(spec.id)
+    if split_path:
+        msg.split_path.extend(path_to_proto(split_path))
+    for name, value in command.inputs.items():
+        msg.inputs[name].CopyFrom(to_input_value(value, elements=False))
+    if spec.timeout is not None:
+        msg.timeout.CopyFrom(duration(spec.timeout))
+    if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
+        msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
+        msg.cache.version = spec.cache.version
+    spill_inputs(msg, store)  # many inline inputs must not exceed 4 MiB
+    return msg

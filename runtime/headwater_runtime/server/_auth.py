@@ -1,12 +1,22 @@
-"""Bearer-token authentication for every RPC (except the standard health service)."""
+"""Authentication and authorization of every RPC: who calls (``AccessControl``) and
+whether their role may (``REQUIRED_ROLES``).
+
+The interceptor wraps each call's handler: the wrapper reads the call's metadata and
+its TLS peer (a client certificate's subject), refuses it with ``UNAUTHENTICATED`` (no,
+an unknown or a revoked credential) or ``PERMISSION_DENIED`` (a role that may not make
+this call), and otherwise serves it with ``CALLER`` set to the credential, so that
+servicers can record who did what and limit what a worker reads.
+"""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import grpc
+
+from ._access import CALLER, AccessControl, Caller, Refused
+from ._roles import REQUIRED_ROLES, allows, describe
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -21,52 +31,93 @@ else:
         """Stands for ``grpc.RpcMethodHandler`` in annotations read at run time."""
 
 
-# Load balancers and orchestrators probe health without credentials.
-_OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
-
-
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuse calls whose ``authorization`` metadata is not ``Bearer <token>``.
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Check every call's credential and role (open methods and an open server pass).
 
     Args:
-        token: the token every call must carry (not empty).
+        access: the server's credentials.
     """
 
-    def __init__(self, token: str) -> None:
-        if not token:
-            raise ValueError("the server token must not be empty")
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, access: AccessControl) -> None:
+        self.access = access
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler[_Req, _Resp] | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler[_Req, _Resp] | None:
-        """The call's handler when its token matches (or it is a health check); else
-        a handler that fails the call with UNAUTHENTICATED."""
+        """The call's handler, wrapped to check its caller first."""
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
+        method = handler_call_details.method
+        needed = REQUIRED_ROLES.get(method)
+        if handler is None or needed == ():
             return handler
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else bytes(value)
-                if hmac.compare_digest(given, self._expected):
-                    return handler
-                return _deny(handler, "invalid token")
-        return _deny(handler, "missing token: send metadata 'authorization: Bearer <token>'")
+        if not self.access.enabled:
+            return handler
+        access = self.access
+        metadata = handler_call_details.invocation_metadata
+        short = method.rsplit(".", 1)[-1]
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+            try:
+                caller = access.authenticate(metadata, context.auth_context())
+            except Refused as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                raise AssertionError("unreachable") from None
+            if needed is None or not allows(caller.role, needed):
+                roles = describe(needed) if needed is not None else "a role nobody has"
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"credential {caller.name!r} (role {caller.role.value}) may not call "
+                    f"{short}: it needs one of the roles {roles}",
+                )
+            CALLER.set(caller)
+            return caller
+
+        return _wrap(handler, check)
 
 
-def _deny(handler: _Handler[_Req, _Resp], message: str) -> _Handler[_Req, _Resp]:
-    """A handler of the same streaming kind that fails with UNAUTHENTICATED."""
+class TokenAuthInterceptor(AuthInterceptor):
+    """Require one admin token on every call (a server's ``--token`` alone; for
+    servers assembled by hand, as tests do).
 
-    async def abort(_request: Any, context: grpc.aio.ServicerContext[_Req, _Resp]) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    Args:
+        token: the token every call must carry (not empty).
+    """
 
+    def __init__(self, token: str) -> None:
+        super().__init__(AccessControl(admin_token=token))
+
+
+def _wrap(
+    handler: _Handler[_Req, _Resp],
+    check: Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[Caller]],
+) -> _Handler[_Req, _Resp]:
+    """A handler of the same streaming kind that runs ``check`` before the real one."""
     deserialize, serialize = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(abort, deserialize, serialize)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(abort, deserialize, serialize)
+        inner_uu: Any = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            await check(context)
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, deserialize, serialize)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(abort, deserialize, serialize)
-    return grpc.stream_stream_rpc_method_handler(abort, deserialize, serialize)
+        inner_su: Any = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: Any) -> Any:
+            await check(context)
+            return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
+    inner: Any = handler.unary_stream or handler.stream_stream
+
+    async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        await check(context)
+        async for response in inner(request, context):
+            yield response
+
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(streaming, deserialize, serialize)
+    return grpc.stream_stream_rpc_method_handler(streaming, deserialize, serialize)

@@ -8,10 +8,12 @@ happens meanwhile waits for the next commit.
 
 A commit that fails (disk full, I/O error) loses nothing: its batch and release are
 put back in front of what happened since, and the commit is tried again with backoff
-(50 ms doubling to 2 s) until the store takes it. Callers of ``durable()`` are told
-at once, with the store's own words, so a client gets RESOURCE_EXHAUSTED naming the
-cause rather than a hang. Sequence numbers are assigned once, in order, so a retried
-batch never collides with what was stored.
+(50 ms doubling to 2 s) until the store takes it. Meanwhile ``on_failing`` tells the
+server to hand out no more assignments: their deliveries could not be recorded, and
+after a crash every attempt sent without a recorded delivery may run twice. Callers
+of ``durable()`` are told at once, with the store's own words, so a client gets
+RESOURCE_EXHAUSTED naming the cause rather than a hang. Sequence numbers are assigned
+once, in order, so a retried batch never collides with what was stored.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Release:
     changed: set[str] = field(default_factory=set)
     flow_changed: set[str] = field(default_factory=set)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: Flow runs that stored new log records (their log followers are told).
+    logged: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(
@@ -58,6 +62,7 @@ class Release:
             or self.changed
             or self.flow_changed
             or self.waiters
+            or self.logged
         )
 
     def absorb(self, newer: Release) -> None:
@@ -68,6 +73,7 @@ class Release:
         self.changed |= newer.changed
         self.flow_changed |= newer.flow_changed
         self.waiters.extend(newer.waiters)
+        self.logged |= newer.logged
 
 
 class Committer:
@@ -78,6 +84,8 @@ class Committer:
         io: where store calls run.
         runs: whose batches to commit.
         deliver: carries out a release once its commit is stored.
+        on_failing: called with True when a commit fails after one succeeded (or none
+            was tried), with False when one succeeds again.
     """
 
     def __init__(
@@ -86,11 +94,13 @@ class Committer:
         io: StoreIO,
         runs: RunManager,
         deliver: Callable[[Release], None],
+        on_failing: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self.io = io
         self.runs = runs
         self.deliver = deliver
+        self.on_failing = on_failing
         self.pending = Release()
         self.error: BaseException | None = None  # the last commit's, until one succeeds
         self.failures = 0
@@ -140,10 +150,13 @@ class Committer:
         except Exception as exc:
             self._failed(exc, batch, release)
         else:
+            recovered = self.failures > 0
             self.failures = 0
             self.error = None
             self._retry_at = 0.0
             self.commits += 1
+            if recovered and self.on_failing is not None:
+                self.on_failing(False)  # before the release: its assignments may go out
             self._released(release)
         finally:
             self._task = None
@@ -154,6 +167,8 @@ class Committer:
     def _failed(self, exc: Exception, batch: Any, release: Release) -> None:
         self.failures += 1
         self.error = exc
+        if self.failures == 1 and self.on_failing is not None:
+            self.on_failing(True)
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self.failures - 1))
         self._retry_at = time.monotonic() + delay
         level = logging.WARNING if self.failures > 1 else logging.ERROR

@@ -9,7 +9,7 @@ writes RESOURCE_EXHAUSTED (disk full) or UNAVAILABLE, each with one line saying 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
@@ -23,23 +23,26 @@ from headwater.v1 import (
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
-    ENCODING_KEY,
     PROTOCOL_VERSION,
     TERMINAL_FLOW_STATES,
     GraphBuildNeeded,
     GraphError,
+    LimitExceeded,
     ParameterError,
     feature_names,
     is_build_version,
-    split_task_run_id,
-    task_run_id,
+    seconds,
     timestamp,
 )
-from headwater_runtime.store import Conflict, FlowRunRow, NotFound, StoreUnavailable
+from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, StoreUnavailable
 
-from ._convert import flow_run_message, task_run_from_row
+from ._builds import BuildUnavailable
+from ._children import NotRunning
+from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
-from ._runs import NoResult
+from ._limits import InvalidValue, check_parameter
+from ._queries import NoResult, task_result
+from ._reads import AmbiguousRunId, RunReads
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -58,34 +61,43 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
     """Turn the errors a request can meet into its status code and one clear line."""
     try:
         yield
+    except LimitExceeded as exc:
+        await _fail(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except InvalidValue as exc:
+        await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except NotFound as exc:
         await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
     except GraphBuildNeeded as exc:  # before ParameterError: it is one
         await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    except (GraphError, ParameterError, ScheduleError) as exc:
+    except (GraphError, ParameterError, ScheduleError, AmbiguousRunId) as exc:
         await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except Conflict as exc:
         await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
-    except NoResult as exc:
+    except (NoResult, NotRunning) as exc:
         await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except BuildUnavailable as exc:
+        await _fail(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; try again")
     except StoreUnavailable as exc:
         code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
         await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
 
 
-def _check_value(name: str, value: payload_pb2.Value) -> str | None:
-    kind = value.WhichOneof("kind")
-    if kind is None:
-        return f"parameter {name!r} has no value"
-    metadata = value.inline.metadata if kind == "inline" else value.ref.metadata
-    if ENCODING_KEY not in metadata:
-        return f"parameter {name!r} has no 'encoding' metadata"
-    return None
+def audit_message(row: AuditRow) -> cp.AuditEntry:
+    """A stored audit entry as the API shows it."""
+    entry = cp.AuditEntry(
+        actor=row.actor,
+        action=row.action,
+        object_kind=row.object_kind,
+        object_id=row.object_id,
+        detail=row.detail,
+    )
+    entry.at.CopyFrom(timestamp(row.at))
+    return entry
 
 
-class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
+class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceServicer):
     """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
-    in proto/headwater/v1/control_plane.proto.
+    in proto/headwater/v1/control_plane.proto (the reading ones in _control_reads.py).
 
     Args:
         core: the server's state.
@@ -95,6 +107,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         self.core = core
         self.store = core.store
         self.io = core.io
+        self.reads = RunReads(core)  # shared with the HTTP API
 
     async def RegisterFlow(
         self,
@@ -106,6 +119,9 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
         async with refusals(context):
             version, created = await self.core.register_flow(request.graph)
+            await self.core.audit(
+                "deploy", "flow", f"{request.graph.name}:{version}", "" if created else "unchanged"
+            )
         return control_plane_pb2.RegisterFlowResponse(
             name=request.graph.name, version=version, created=created
         )
@@ -144,10 +160,10 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Create and start a run; stored before the answer."""
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
-        for name, value in request.parameters.items():
-            problem = _check_value(name, value)
-            if problem:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await self._check_parameters(request.parameters, context)
+        parent = None
+        if request.parent_task_run_id:
+            parent = (request.parent_task_run_id, request.parent_attempt)
         async with refusals(context):
             row, created = await self.core.create_run(
                 request.flow_name,
@@ -155,9 +171,21 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
                 dict(request.parameters),
                 request.idempotency_key,
                 dict(request.trace_context),
+                parent,
             )
         message = await self._message(row)
         return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
+
+    async def _check_parameters(
+        self, parameters: Mapping[str, payload_pb2.Value], context: AnyContext
+    ) -> None:
+        """Refuse parameter values the server cannot take (see check_parameter)."""
+        limits = self.core.settings.limits
+        async with refusals(context):
+            for name, value in parameters.items():
+                problem = check_parameter(name, value, limits)
+                if problem:
+                    await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     async def _flow_run(self, run_id: str, context: Any) -> FlowRunRow:
         async with refusals(context):
@@ -165,32 +193,26 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         raise AssertionError("unreachable")
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
-        result = await self.io.read(self.core.runs.flow_result, row) if row.result else None
-        return flow_run_message(row, result)
+        # A large result is described, not carried (GetFlowRunResult returns it).
+        return await self.reads.message(row)
 
     async def GetFlowRun(
         self,
         request: cp.GetFlowRunRequest,
         context: grpc.aio.ServicerContext[cp.GetFlowRunRequest, cp.GetFlowRunResponse],
     ) -> cp.GetFlowRunResponse:
-        """A flow run, with its task runs when asked."""
-        row = await self._flow_run(request.id, context)
+        """A flow run (by id or unique id prefix), with its task runs when asked: their
+        failures, why they wait, and their results (large ones described)."""
+        async with refusals(context):
+            row = await self.reads.flow_run(request.id)
         response = control_plane_pb2.GetFlowRunResponse(flow_run=await self._message(row))
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
-            for task_run in await self.io.read(self._task_runs, row.id):
-                response.task_runs.append(task_run)
+            response.task_runs.extend(await self.reads.task_runs(row.id))
+        entries = await self.io.read(self.store.audit_entries, "flow_run", row.id, 1000)
+        response.audit.extend(audit_message(e) for e in reversed(entries))
         return response
-
-    def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
-        """A run's task runs with their history and results (on a reader thread)."""
-        history: dict[str, list[Any]] = {}
-        for entry in self.store.task_run_history(flow_run_id):
-            history.setdefault(entry.key, []).append(entry)
-        rows = self.store.task_runs(flow_run_id)
-        values = self.store.get_values(r.result_id for r in rows if r.result_id)
-        return [task_run_from_row(r, history.get(r.key, []), values) for r in rows]
 
     async def ListFlowRuns(
         self,
@@ -209,6 +231,13 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
             [int(s) for s in request.states],
             size + 1,
             request.page_token,
+            schedule_id=request.schedule_id,
+            created_after=(
+                seconds(request.created_after) if request.HasField("created_after") else None
+            ),
+            created_before=(
+                seconds(request.created_before) if request.HasField("created_before") else None
+            ),
         )
         response = control_plane_pb2.ListFlowRunsResponse(
             flow_runs=[await self._message(r) for r in rows[:size]]
@@ -251,6 +280,7 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         if row.state not in _TERMINAL:
             async with refusals(context):
                 await self.core.cancel_run(row.id, request.reason)
+                await self.core.audit("cancel", "flow_run", row.id, request.reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
         return control_plane_pb2.CancelFlowRunResponse(flow_run=await self._message(row))
 
@@ -262,39 +292,13 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """A task run's result (a mapped task's whole list with map_index -1)."""
         async with refusals(context):
             value, state = await self.io.read(
-                self.core.runs.task_result, request.flow_run_id, request.task_id, request.map_index
+                task_result, self.store, request.flow_run_id, request.task_id, request.map_index
             )
         await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(
-            result=value,
+            result=await self.reads.answer(value),  # large parts by reference
             state=state.value,  # type: ignore[arg-type]
         )
-
-    async def ListTaskRunLogs(
-        self,
-        request: cp.ListTaskRunLogsRequest,
-        context: grpc.aio.ServicerContext[cp.ListTaskRunLogsRequest, cp.ListTaskRunLogsResponse],
-    ) -> cp.ListTaskRunLogsResponse:
-        """Log records of a run's task runs (of one task run, if named)."""
-        await self._flow_run(request.flow_run_id, context)
-        key = ""
-        if request.task_run_id:
-            try:
-                key = split_task_run_id(request.task_run_id)[1]
-            except ValueError as exc:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        entries = []
-        for log in await self.io.read(self.store.logs, request.flow_run_id, key):
-            entry = run_pb2.LogEntry(
-                task_run_id=task_run_id(log.flow_run_id, log.key),
-                attempt=log.attempt,
-                level=log.level,
-                logger=log.logger,
-                message=log.message,
-            )
-            entry.timestamp.CopyFrom(timestamp(log.at))
-            entries.append(entry)
-        return control_plane_pb2.ListTaskRunLogsResponse(entries=entries)
 
     async def CreateSchedule(
         self,
@@ -304,12 +308,12 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Create a schedule (its flow must be registered)."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
-        for name, value in request.schedule.parameters.items():
-            problem = _check_value(name, value)
-            if problem:
-                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await self._check_parameters(request.schedule.parameters, context)
         async with refusals(context):
-            schedule = self.core.schedules.create(request.schedule)
+            schedule = await self.core.creation.create_schedule(request.schedule)
+            await self.core.audit(
+                "schedule.create", "schedule", schedule.id, request.schedule.flow_name
+            )
         self.core.touch()  # the timer loop re-reads the next fire time
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
@@ -331,11 +335,14 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Delete a schedule (its runs stay)."""
         async with refusals(context):
             self.core.schedules.delete(request.id)
+            await self.core.audit("schedule.delete", "schedule", request.id)
         return control_plane_pb2.DeleteScheduleResponse()
 
     async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
         async with refusals(context):
             schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+            action = "schedule.resume" if enabled else "schedule.pause"
+            await self.core.audit(action, "schedule", schedule_id)
         self.core.touch()
         return schedule
 
@@ -356,6 +363,22 @@ class ControlServicer(control_plane_pb2_grpc.ControlPlaneServiceServicer):
         """Resume a paused schedule from its next fire time after now."""
         schedule = await self._set_enabled(request.id, True, context)
         return control_plane_pb2.ResumeScheduleResponse(schedule=schedule)
+
+    async def ListAuditEntries(
+        self,
+        request: cp.ListAuditEntriesRequest,
+        context: grpc.aio.ServicerContext[cp.ListAuditEntriesRequest, cp.ListAuditEntriesResponse],
+    ) -> cp.ListAuditEntriesResponse:
+        """Who did what, newest first (about one kind of object or one object)."""
+        size = request.page_size or 100
+        if not 1 <= size <= 1000:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
+        entries = await self.io.read(
+            self.store.audit_entries, request.object_kind, request.object_id, size
+        )
+        return control_plane_pb2.ListAuditEntriesResponse(
+            entries=[audit_message(e) for e in entries]
+        )
 
     async def GetServerInfo(
         self,

@@ -1,13 +1,20 @@
-"""Stored rows and engine records as contract messages (for the ControlPlane API)."""
+"""Stored rows and engine records as contract messages (for the ControlPlane API).
+
+Results larger than a listing may carry are left out and described instead
+(``_previews``): reading a run never fails on its size.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from headwater.v1 import payload_pb2, run_pb2, state_pb2
-from headwater.wire import failure_to_proto, task_run_id, timestamp
+from headwater.wire import failure_from_dict, failure_to_proto, task_run_id, timestamp
 from headwater_runtime.engine import TaskRunRecord
 from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow
+
+from ._previews import bounded
 
 
 def flow_run_message(row: FlowRunRow, result: payload_pb2.Value | None = None) -> run_pb2.FlowRun:
@@ -20,6 +27,12 @@ def flow_run_message(row: FlowRunRow, result: payload_pb2.Value | None = None) -
         idempotency_key=row.idempotency_key,
         trace_context=row.trace_context,
         schedule_id=row.schedule_id,
+        parent_flow_run_id=row.parent_flow_run_id,
+        parent_task_run_id=(
+            task_run_id(row.parent_flow_run_id, row.parent_task_key)
+            if row.parent_flow_run_id
+            else ""
+        ),
     )
     if row.parameters:
         for name, param in run_pb2.FlowRun.FromString(row.parameters).parameters.items():
@@ -32,7 +45,10 @@ def flow_run_message(row: FlowRunRow, result: payload_pb2.Value | None = None) -
         if value is not None:
             getattr(msg, field).CopyFrom(timestamp(value))
     if result is not None:
-        msg.result.CopyFrom(result)
+        listed, summary = bounded(result)
+        if listed is not None:
+            msg.result.CopyFrom(listed)
+        msg.result_summary.CopyFrom(summary)
     if row.message:
         msg.history.add(state=row.state, message=row.message)
     return msg
@@ -59,9 +75,14 @@ def task_run_from_row(
     for entry in history:
         h = msg.history.add(state=entry.state, attempt=entry.attempt, message=entry.message)
         h.timestamp.CopyFrom(timestamp(entry.at))
+        if entry.failure:  # as a watcher saw it (task_run_from_record)
+            h.failure.CopyFrom(failure_to_proto(failure_from_dict(json.loads(entry.failure))))
     data = values.get(row.result_id) if row.result_id else None
     if data is not None and msg.history:
-        msg.history[-1].result.CopyFrom(payload_pb2.Value.FromString(data))
+        listed, summary = bounded(payload_pb2.Value.FromString(data))
+        if listed is not None:
+            msg.history[-1].result.CopyFrom(listed)
+        msg.result_summary.CopyFrom(summary)
     return msg
 
 

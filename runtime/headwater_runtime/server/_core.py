@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from grpc import StatusCode
@@ -27,11 +29,17 @@ from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
     FailureInfo,
+    LimitExceeded,
+    Limits,
+    Role,
+    cut_text,
     duration,
     failure_from_proto,
     feature_names,
     seconds,
     split_task_run_id,
+    task_run_id,
+    valid_timestamp,
 )
 from headwater_runtime.embedded import SystemClock
 from headwater_runtime.engine import (
@@ -44,22 +52,32 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, PruneReport, Store
+from headwater_runtime.store import AuditRow, FlowRunRow, LogRow, PruneReport, Store
 
+from ._access import CALLER, Caller
 from ._assignments import PendingAssignment
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
-from ._dispatch import Dispatcher, Token, WorkerSession
+from ._creation import RunCreation
+from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession, input_payloads
 from ._exports import DaskExports
 from ._io import StoreIO
+from ._limits import InvalidValue, check_value
+from ._notices import Notices
 from ._runs import RunManager
 from ._schedules import Scheduler
+from ._waiting import start_timeout_failure, waiting_reasons
 
 log = logging.getLogger("headwater.server")
 
 SERVER_VERSION = "0.1.0"
+#: Uploads remembered per credential for its downloads (older ones are forgotten).
+UPLOADS_KEPT = 10_000
 #: What a worker is told when it gives back an attempt nobody asked it to stop.
 GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
+#: The failure type of a task whose result the server refused (over a limit, or a
+#: value that contradicts itself).
+REFUSED_RESULT = "headwater.ResultRefused"
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,27 @@ class ServerSettings:
     #: Payloads nothing references are kept this long first (an upload on its way to
     #: being referenced by a result must not be collected).
     payload_grace: float = 86400.0
+    #: The most the server accepts of each size a peer can state (docs/limits.md).
+    limits: Limits = field(default_factory=Limits)
+    #: Seconds a worker has to build a flow's graph for a run created without the code.
+    build_timeout: float = 60.0
+    #: The web UI and HTTP API (server/http): on unless False; its port, None for the
+    #: default: the gRPC port + 1 (50052), or a free port when ``port`` is 0.
+    http: bool = True
+    http_port: int | None = None
+
+    @property
+    def http_bind_port(self) -> int:
+        """The port the HTTP server binds (see ``http_port``)."""
+        if self.http_port is not None:
+            return self.http_port
+        return 0 if self.port == 0 else self.port + 1
+
+    #: The server's certificate and key (PEM files): serve TLS. Both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Require client certificates signed by this CA (mutual TLS).
+    tls_client_ca: str | None = None
 
 
 class ServerCore:
@@ -103,10 +142,20 @@ class ServerCore:
         self.io = io or StoreIO()
         self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
         self.dispatcher = Dispatcher(on_lost=self._lost, before_send=self._before_send)
-        self.runs = RunManager(store, self.dispatcher, self.clock)
+        self.runs = RunManager(store, self.dispatcher, self.clock, settings.limits)
         self.runs.listeners.append(self._notify)
-        self.commits = Committer(store, self.io, self.runs, self._deliver)
+        # While commits fail, no assignment leaves: its delivery could not be recorded,
+        # and after a crash an attempt sent without a recorded delivery may run twice.
+        self.commits = Committer(
+            store, self.io, self.runs, self._deliver, on_failing=self.dispatcher.pause
+        )
         self.schedules = Scheduler(store, self.runs, self.clock)
+        self.creation = RunCreation(self, settings.build_timeout)
+        self.runs.start_subflow = self.creation.start_subflow
+        self.schedules.build = self.creation.build_fire
+        self._serial = 0  # connection order of worker sessions
+        # Live views (the HTTP UI): what each commit changed, workers coming and going.
+        self.notices = Notices()
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
@@ -118,6 +167,9 @@ class ServerCore:
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
+        # Payloads each credential uploaded (the newest UPLOADS_KEPT): a worker-only
+        # credential may download these besides its attempts' inputs.
+        self._uploads: dict[str, OrderedDict[str, None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -128,8 +180,8 @@ class ServerCore:
         worker held wait for it to reconnect (up to the heartbeat timeout)."""
         deadline = self.clock.now() + self.settings.heartbeat_timeout
         found = self.runs.recover()
-        for flow_run_id, task_run_id, attempt in found.held:
-            self._orphans[(task_run_id, attempt)] = (flow_run_id, deadline)
+        for flow_run_id, tid, attempt in found.held:
+            self._orphans[(tid, attempt)] = (flow_run_id, deadline)
         for run_id, why in found.refused:
             log.error("not resuming flow run %s: %s", run_id, why)
         self.refused_runs = found.refused
@@ -148,8 +200,10 @@ class ServerCore:
         if self._pruning is not None:
             with contextlib.suppress(Exception):
                 await self._pruning
+        await self.creation.stop()
         await self.commits.drain()
         self.runs.end_traces()
+        self.runs.collector.close()
 
     def touch(self) -> None:
         """Something changed: commit soon (see Committer.request), wake the loop."""
@@ -180,23 +234,29 @@ class ServerCore:
         parameters: Mapping[str, payload_pb2.Value],
         idempotency_key: str = "",
         trace_context: Mapping[str, str] | None = None,
+        parent: tuple[str, int] | None = None,
     ) -> tuple[FlowRunRow, bool]:
-        """Create and start a run: checked and built off the loop, its row stored on
-        the writer thread (durable when this returns), then started. The same
-        idempotency key returns the first run; with other parameters, Conflict."""
-        prepared = await self.io.read(
-            self.runs.prepare_run,
-            flow_name,
-            flow_version,
-            parameters,
-            idempotency_key,
-            trace_context,
+        """Create and start a run: checked and built off the loop (its graph built by a
+        worker when the stored one cannot serve its values, ``_creation``), its row
+        stored on the writer thread (durable when this returns), then started. The same
+        idempotency key returns the first run; with other parameters, Conflict.
+        ``parent`` (task run id, attempt): a run a task starts while it runs
+        (NotRunning unless that attempt runs)."""
+        link = None if parent is None else self.runs.check_parent(*parent)
+        return await self.creation.create(
+            flow_name, flow_version, parameters, idempotency_key, trace_context, parent=link
         )
-        row, created = await self.io.write(self.store.create_flow_run, prepared.row)
-        if created:
-            self.runs.start_run(prepared)
-            self.touch()
-        return row, created
+
+    def waiting(self, flow_run_id: str) -> dict[str, str]:
+        """Why task runs of a run wait, by task run id (on the loop): no connected
+        worker offers the task or all are busy (``_waiting``), a worker with other code
+        for the task (the dispatcher), a subflow waiting for a worker to build its
+        child's graph (``_creation``); the more precise reason wins."""
+        reasons = waiting_reasons(self.dispatcher, flow_run_id)
+        reasons.update(self.dispatcher.waiting_reasons(flow_run_id))
+        for key, why in self.creation.reasons(flow_run_id).items():
+            reasons[task_run_id(flow_run_id, key)] = why
+        return reasons
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
@@ -240,6 +300,7 @@ class ServerCore:
 
     def _deliver(self, release: Release) -> None:
         """Carry out what a stored commit covers."""
+        changed_runs = set(release.changed)  # (the loop below takes ids out of it)
         for effect in release.effects:
             effect()
         for send, message in release.acks:
@@ -255,6 +316,8 @@ class ServerCore:
         for flow_run_id in release.flow_changed:
             for queue in self._flow_watchers.get(flow_run_id, ()):
                 queue.put_nowait(None)
+        self.notices.runs_changed(changed_runs)  # the HTTP UI's live views
+        self.notices.logs_stored(release.logged)
 
     async def _loop(self) -> None:
         # The flag, not only the cancellation, ends the loop: a cancel that arrives just
@@ -264,6 +327,7 @@ class ServerCore:
             now = self.clock.now()
             try:
                 self.runs.fire_timers()
+                self._expire_start_timeouts(now)
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
@@ -279,6 +343,8 @@ class ServerCore:
             due = [now + 0.5]
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
+            if self.dispatcher.next_start_by is not None:
+                due.append(self.dispatcher.next_start_by)
             due.extend(d for _, d in self._orphans.values())
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
@@ -294,13 +360,18 @@ class ServerCore:
 
     # ------------------------------------------------------------------- workers
 
-    def connect(self, hello: worker_pb2.Hello) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
+    def connect(
+        self, hello: worker_pb2.Hello, caller: Caller | None = None
+    ) -> tuple[WorkerSession, worker_pb2.Welcome, Any]:
         """Register a worker stream; returns its session, the Welcome and its outbox.
 
         Attempts the worker says it holds are kept (``Welcome.keep_running``) when the
         server was waiting for them after a restart, or when they are still queued here
         (sent again after a restart, not yet handed to anyone): the worker goes on and
-        nothing runs twice. Any other attempt it names is not kept: it must drop it."""
+        nothing runs twice. All of them, even beyond its slots: besides the attempts it
+        runs, a worker holds the outcomes the server has not acknowledged, which it
+        sends again at once; one not kept would run again elsewhere. Any other attempt
+        it names is not kept: it must drop it."""
         outbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()
         session = WorkerSession(
             session_id=uuid.uuid4().hex,
@@ -311,7 +382,16 @@ class ServerCore:
             slots=hello.slots,
             send=outbox.put_nowait,
             last_seen=self.clock.now(),
+            code_digests=dict(hello.code_digests),
+            flows={f.name: f.code_digest for f in hello.flows},
+            features=frozenset(hello.features),
+            serial=self._serial,
         )
+        self._serial += 1
+        caller = caller or CALLER.get()
+        session.credential = caller.name
+        # A worker-only credential reads only its attempts' inputs: remember them.
+        session.restricted = not caller.role.grants & {Role.VIEWER}
         adopted: dict[Token, str] = {}
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
@@ -320,11 +400,11 @@ class ServerCore:
                 adopted[key] = orphan[0]
                 continue
             queued = self.dispatcher.take_pending(key)
-            if queued is not None and len(adopted) < hello.slots:
+            if queued is not None:  # kept even beyond its slots: it runs them already
                 adopted[key] = queued.flow_run_id
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
-            elif queued is not None:
-                self.dispatcher.submit(queued)  # more than its slots: someone else takes it
+                if session.restricted:  # it may still need to read the inputs
+                    session.reads[key] = input_payloads(queued.assignment)
         welcome = worker_pb2.Welcome(
             session_id=session.session_id,
             server_version=SERVER_VERSION,
@@ -338,6 +418,8 @@ class ServerCore:
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.dispatcher.connect(session, adopted)
         self.exports.connected(session)
+        self.creation.connected(session)
+        self.notices.worker_connected(session, self.clock.now())
         self.touch()
         return session, welcome, outbox
 
@@ -345,6 +427,8 @@ class ServerCore:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
         self.dispatcher.disconnect(session.session_id)
         self.exports.forget(session)
+        self.creation.builds.forget(session)
+        self.notices.worker_disconnected(session, self.clock.now())
         self.touch()
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
@@ -370,6 +454,9 @@ class ServerCore:
             return
         if kind == "value_exported":
             self.exports.on_exported(session, msg.value_exported)
+            return
+        if kind == "graph_built":
+            self.creation.builds.on_built(session, msg.graph_built)
             return
         if kind == "cache_key":
             self._cache_key(session, msg.cache_key)
@@ -397,8 +484,14 @@ class ServerCore:
                 self.runs.handle(flow_run_id, TaskLost(run_key, token.attempt, GIVEN_BACK))
             self.touch()
             return
+        refused: tuple[StatusCode, str] | None = None
         if kind == "started":
             event = TaskStarted(run_key, token.attempt)
+        elif kind == "result" and (refused := self._check_result(token, msg.result)):
+            # A result the server cannot take fails its task (not retryable: the same
+            # code would produce it again), and the worker is told why.
+            failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
+            event = TaskFailed(run_key, token.attempt, failure)
         elif kind == "result":
             cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
             event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
@@ -411,8 +504,21 @@ class ServerCore:
         ignored = self.runs.handle(flow_run_id, event)
         if kind != "started":
             self.dispatcher.finished(key)
-            self._ack(session, token, ignored)
+            self._ack(session, token, ignored, refused)
         self.touch()
+
+    def _check_result(
+        self, token: worker_pb2.FencingToken, result: worker_pb2.TaskResult
+    ) -> tuple[StatusCode, str] | None:
+        """Why a worker's result cannot be taken (its status and message), or None."""
+        what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
+        try:
+            check_value(result.result, self.settings.limits, what)
+        except LimitExceeded as exc:
+            return StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        except InvalidValue as exc:
+            return StatusCode.INVALID_ARGUMENT, str(exc)
+        return None
 
     def _cache_key(self, session: WorkerSession, report: worker_pb2.CacheKeyReport) -> None:
         token = report.token
@@ -432,12 +538,18 @@ class ServerCore:
             session.send(decision)
 
     def _ack(
-        self, session: WorkerSession, token: worker_pb2.FencingToken, ignored: list[EventIgnored]
+        self,
+        session: WorkerSession,
+        token: worker_pb2.FencingToken,
+        ignored: list[EventIgnored],
+        refused: tuple[StatusCode, str] | None = None,
     ) -> None:
-        ack = worker_pb2.Ack(token=token, accepted=not ignored)
+        ack = worker_pb2.Ack(token=token, accepted=not ignored and refused is None)
         if ignored:
             ack.reason = ignored[0].reason
             ack.code = StatusCode.FAILED_PRECONDITION.value[0]
+        elif refused is not None:
+            ack.code, ack.reason = refused[0].value[0], refused[1]
         self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
 
     def _refuse(self, session: WorkerSession, token: worker_pb2.FencingToken, why: str) -> None:
@@ -452,10 +564,15 @@ class ServerCore:
 
     def _log(self, log: worker_pb2.TaskLog) -> None:
         flow_run_id, key = split_task_run_id(log.token.task_run_id)
-        at = seconds(log.timestamp) if log.HasField("timestamp") else self.clock.now()
+        # A time no Timestamp can hold would make the run's logs unreadable: the
+        # server's own time stands in for it.
+        given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
+        at = seconds(log.timestamp) if given else self.clock.now()
+        message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
         self.runs.add_log(
-            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, log.message)
+            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)
         )
+        self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
 
     def _send_held(self, session: WorkerSession, pending: PendingAssignment) -> None:
         self.dispatcher.send_assignment(session, pending)
@@ -474,12 +591,27 @@ class ServerCore:
     def _before_send(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         task_run_id, attempt = pending.token
         self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
-        self.touch()  # the delivery is recorded with the next commit
+        # Recorded with the next commit; until then it counts against the session's
+        # unrecorded deliveries (WorkerSession.can_take).
+        session.unstored += 1
+        self.commits.pending.effects.append(functools.partial(self._delivery_stored, session))
+        self.touch()
         return self.exports.prepare(session, pending)
+
+    def _delivery_stored(self, session: WorkerSession) -> None:
+        session.unstored -= 1
+        if session.unstored == UNSTORED_PER_SLOT * session.slots - 1:  # it may take work
+            self.dispatcher.pump()
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         _, key = split_task_run_id(task_run_id)
         self.runs.handle(flow_run_id, TaskLost(key, attempt))
+
+    def _expire_start_timeouts(self, now: float) -> None:
+        """Fail attempts no worker took within their schedule_to_start_timeout."""
+        for pending in self.dispatcher.overdue(now):
+            failure = start_timeout_failure(self.dispatcher, pending)
+            self._fail_attempt(pending, failure)
 
     def _expire_orphans(self, now: float) -> None:
         for token, (flow_run_id, deadline) in list(self._orphans.items()):
@@ -492,7 +624,52 @@ class ServerCore:
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
                 self.dispatcher.disconnect(session.session_id)
+                self.notices.worker_disconnected(session, now)
                 session.send(None)  # ends the stream
+
+    # ------------------------------------------------------------ audit, access
+
+    async def audit(self, action: str, kind: str, object_id: str, detail: str = "") -> None:
+        """Record that the current caller did ``action`` to an object (stored before
+        the call is answered)."""
+        row = AuditRow(self.clock.now(), CALLER.get().name, action, kind, object_id, detail)
+        await self.io.write(self.store.add_audit, row)
+
+    def drop_revoked(self, valid: frozenset[str]) -> None:
+        """End the streams of workers whose credential is no longer valid (they
+        reconnect, and are refused)."""
+        for session in list(self.dispatcher.sessions.values()):
+            if session.credential and session.credential not in valid:
+                log.warning(
+                    "ending the stream of worker %s: credential %r was revoked",
+                    session.name,
+                    session.credential,
+                )
+                self.dispatcher.disconnect(session.session_id)
+                session.send(None)
+        self.touch()
+
+    def uploaded(self, caller: Caller, payload_id: str) -> None:
+        """Remember that ``caller`` uploaded a payload (it may download it again)."""
+        kept = self._uploads.setdefault(caller.name, OrderedDict())
+        kept[payload_id] = None
+        if len(kept) > UPLOADS_KEPT:
+            kept.popitem(last=False)
+
+    def may_download(self, caller: Caller, payload_id: str) -> bool:
+        """Whether ``caller`` may read a payload: any reader may; a worker-only
+        credential only what an attempt held by one of its sessions takes as input,
+        or what it uploaded itself."""
+        if Role.VIEWER in caller.role.grants:
+            return True
+        if payload_id in self._uploads.get(caller.name, ()):
+            return True
+        return any(
+            payload_id in ids
+            for session in self.dispatcher.sessions.values()
+            if session.credential == caller.name
+            for ids in session.reads.values()
+        )
 
     # ------------------------------------------------------------------- watchers
 

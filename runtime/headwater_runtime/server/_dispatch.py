@@ -1,16 +1,23 @@
 """The dispatcher: routes ready attempts to connected workers.
 
-A pending attempt goes to a worker that has its task type as a capability and whose
-labels include the task's required labels, never beyond the worker's free slots
-(credit flow control), round-robin across flow runs so one large run cannot starve
-the others. An attempt no connected worker can take waits (its task run stays
-SCHEDULED) until a suitable worker connects or frees a slot.
+A pending attempt goes to a worker that has its task type as a capability, whose
+labels include the task's required labels and whose code for the task is the code the
+run's graph was built with (``Hello.code_digests`` against ``TaskNode.code_digest``),
+never beyond the worker's free slots (credit flow control), round-robin across flow
+runs so one large run cannot starve the others. An attempt no connected worker can
+take waits (its task run stays SCHEDULED) until a suitable worker connects or frees a
+slot; ``waiting_reasons`` says why, where the dispatcher knows (a worker with other
+code for the task).
+While ``paused`` (the store cannot record deliveries), nothing is handed out.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
+import operator
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from headwater.v1 import worker_pb2
@@ -18,6 +25,12 @@ from headwater.v1 import worker_pb2
 from ._assignments import PendingAssignment
 
 Token = tuple[str, int]  # (task run id, attempt)
+#: A worker gets no more assignments while it has this many per slot whose delivery
+#: the store has not recorded yet (WorkerSession.can_take).
+UNSTORED_PER_SLOT = 2
+_TOKEN = operator.attrgetter("token")
+
+log = logging.getLogger("headwater.server")
 
 
 @dataclass(eq=False)
@@ -33,16 +46,49 @@ class WorkerSession:
     send: Callable[[worker_pb2.ConnectResponse | None], None]  # None ends the stream
     last_seen: float = 0.0
     running: dict[Token, str] = field(default_factory=dict)  # token -> flow run id
+    #: Assignments sent whose delivery the store has not recorded yet (kept by the host).
+    unstored: int = 0
+    #: Digest of the worker's code by task type (Hello.code_digests).
+    code_digests: dict[str, str] = field(default_factory=dict)
+    #: The flows it can build graphs of, with their code digests (Hello.flows).
+    flows: dict[str, str] = field(default_factory=dict)
+    #: Optional protocol features it listed (Hello.features).
+    features: frozenset[str] = frozenset()
+    #: Connection order: a higher number connected later.
+    serial: int = 0
+    #: The credential the worker connected with.
+    credential: str = ""
+    #: Whether that credential may read only its attempts' inputs (then ``reads``
+    #: holds the payload ids each held attempt takes as input).
+    restricted: bool = False
+    reads: dict[Token, frozenset[str]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
         """Slots not taken by an attempt the worker holds."""
         return self.slots - len(self.running)
 
+    @property
+    def can_take(self) -> bool:
+        """A free slot, and fewer unrecorded deliveries than twice the slots: after a
+        crash an attempt sent without a recorded delivery may run twice, so a worker
+        never has more of them than that, however far the store falls behind (twice:
+        one slot may turn over while one commit is written without waiting for it)."""
+        return self.free > 0 and self.unstored < UNSTORED_PER_SLOT * self.slots
+
+    def stale(self, pending: PendingAssignment) -> bool:
+        """Whether the worker's code for the attempt's task differs from the code the
+        run's graph was built with (either side not saying counts as the same)."""
+        mine = self.code_digests.get(pending.task_type, "")
+        return bool(mine and pending.code_digest and mine != pending.code_digest)
+
     def accepts(self, pending: PendingAssignment) -> bool:
-        """Whether the worker has the attempt's task type and every label it requires."""
-        return pending.task_type in self.capabilities and all(
-            self.labels.get(k) == v for k, v in pending.labels.items()
+        """Whether the worker has the attempt's task type, every label it requires and
+        the code the run's graph names for it."""
+        return (
+            pending.task_type in self.capabilities
+            and all(self.labels.get(k) == v for k, v in pending.labels.items())
+            and not self.stale(pending)
         )
 
 
@@ -67,30 +113,98 @@ class Dispatcher:
         self.sessions: dict[str, WorkerSession] = {}
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
+        # The attempts still queued, by token. One taken out of its queue early (a
+        # cancel, a reconnecting worker claiming it) leaves this index at once and is
+        # skipped when it reaches the head of its queue: no queue is ever searched.
+        self._queued: dict[Token, PendingAssignment] = {}
+        # How many queued attempts each (task type, flow run) queue still has.
+        self._live: dict[tuple[str, str], int] = {}
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
+        self._paused = False
+        self._warned: set[tuple[str, str, str]] = set()  # (session, task type, digest)
+        # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
+        self._start_by: list[tuple[float, int, PendingAssignment]] = []
+
+    @property
+    def paused(self) -> bool:
+        """Whether handing out attempts is suspended (see ``pause``)."""
+        return self._paused
+
+    def pause(self, paused: bool) -> None:
+        """Suspend (True) or resume (False) handing out attempts; resuming hands out
+        what waits."""
+        self._paused = paused
+        if not paused:
+            self.pump()
 
     # ------------------------------------------------------------ run manager side
 
     def submit(self, pending: PendingAssignment) -> None:
         """Queue an attempt, and assign it at once if a suitable worker has a free slot."""
-        runs = self._pending.setdefault(pending.task_type, OrderedDict())
-        runs.setdefault(pending.flow_run_id, deque()).append(pending)
+        self.submit_many(pending.flow_run_id, {pending.task_type: [pending]})
+
+    def submit_many(
+        self, flow_run_id: str, by_type: Mapping[str, Sequence[PendingAssignment]]
+    ) -> None:
+        """Queue many attempts of one flow run at once (a 100,000-task run starting):
+        a few calls per task type, whatever the number of attempts, then one pump."""
+        for task_type, pendings in by_type.items():
+            tokens = list(map(_TOKEN, pendings))
+            for again in self._queued.keys() & set(tokens):  # queued before: once only
+                self._unqueue(again)
+            runs = self._pending.setdefault(task_type, OrderedDict())
+            queue = runs.get(flow_run_id)
+            if queue is None:
+                runs[flow_run_id] = deque(pendings)
+            else:
+                queue.extend(pendings)
+            self._queued.update(zip(tokens, pendings, strict=True))
+            key = (task_type, flow_run_id)
+            self._live[key] = self._live.get(key, 0) + len(pendings)
+            for pending in pendings:
+                if pending.start_by is not None:
+                    heapq.heappush(self._start_by, (pending.start_by, id(pending), pending))
         self.pump()
+
+    def queued(self, flow_run_id: str) -> Iterator[PendingAssignment]:
+        """The attempts of a flow run waiting for a worker (nothing is removed)."""
+        queued = self._queued
+        for runs in self._pending.values():
+            for pending in runs.get(flow_run_id, ()):
+                if queued.get(pending.token) is pending:  # not taken out early
+                    yield pending
+
+    @property
+    def next_start_by(self) -> float | None:
+        """When the earliest schedule_to_start_timeout may expire."""
+        return self._start_by[0][0] if self._start_by else None
+
+    def overdue(self, now: float) -> list[PendingAssignment]:
+        """Remove and return the attempts still waiting for a worker past their
+        ``start_by`` (those a worker took meanwhile are forgotten)."""
+        expired = []
+        while self._start_by and self._start_by[0][0] <= now:
+            _, _, pending = heapq.heappop(self._start_by)
+            if self.take_pending(pending.token) is pending:
+                expired.append(pending)
+        return expired
 
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""
-        token = (task_run_id, attempt)
-        for runs in self._pending.values():
-            queue = runs.get(flow_run_id)
-            if queue is None:
+        self.cancel_many(flow_run_id, [(task_run_id, attempt, reason)])
+
+    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
+        """Stop attempts of one flow run, ``(task run id, attempt, reason)`` each:
+        those still queued are dropped (a lookup each), the others' workers are asked
+        to stop."""
+        for task_run_id, attempt, reason in cancels:
+            token = (task_run_id, attempt)
+            if self._unqueue(token) is not None:
                 continue
-            for pending in queue:
-                if pending.token == token:
-                    queue.remove(pending)
-                    return
-        session = self._owner.get(token)
-        if session is not None:
+            session = self._owner.get(token)
+            if session is None:
+                continue
             self._cancelling.add(token)
             msg = worker_pb2.CancelTaskRun(
                 token=worker_pb2.FencingToken(task_run_id=task_run_id, attempt=attempt),
@@ -98,10 +212,64 @@ class Dispatcher:
             )
             session.send(worker_pb2.ConnectResponse(cancel=msg))
 
+    def _unqueue(self, token: Token) -> PendingAssignment | None:
+        """Take a queued attempt out of the index (its queue entry is skipped later;
+        a queue left with none is dropped now)."""
+        pending = self._queued.pop(token, None)
+        if pending is None:
+            return None
+        key = (pending.task_type, pending.flow_run_id)
+        left = self._live[key] - 1
+        if left:
+            self._live[key] = left
+            return pending
+        del self._live[key]
+        runs = self._pending.get(pending.task_type)
+        if runs is not None:
+            runs.pop(pending.flow_run_id, None)
+            if not runs:
+                del self._pending[pending.task_type]
+        return pending
+
+    def waiting_reasons(self, flow_run_id: str) -> dict[str, str]:
+        """Why attempts of a run wait for a worker, by task run id, where the dispatcher
+        knows a reason: connected workers that have the task type but other code for it
+        (a worker started before the task was edited). Attempts without a known reason
+        are left out."""
+        reasons: dict[str, str] = {}
+        for runs in self._pending.values():
+            for pending in runs.get(flow_run_id, ()):
+                if self._queued.get(pending.token) is not pending:
+                    continue  # taken out early (cancelled, claimed)
+                reason = self.waiting_reason(pending)
+                if reason:
+                    reasons[pending.token[0]] = reason
+        return reasons
+
+    def waiting_reason(self, pending: PendingAssignment) -> str:
+        """Why this attempt is not assigned, when the dispatcher can tell ("" if not)."""
+        stale = [
+            s
+            for s in self.sessions.values()
+            if pending.task_type in s.capabilities and s.stale(pending)
+        ]
+        if not stale or any(s.accepts(pending) for s in self.sessions.values()):
+            return ""
+        names = ", ".join(repr(s.name) for s in stale[:3])
+        names += " and others" if len(stale) > 3 else ""
+        worker = "worker" if len(stale) == 1 else "workers"
+        return (
+            f"{worker} {names} {'has' if len(stale) == 1 else 'have'} other code for task "
+            f"{pending.task_type!r} (digest {stale[0].code_digests[pending.task_type]}, the "
+            f"run's graph was built with {pending.code_digest}): start a worker with the "
+            "code the run was built with (restart it after editing the task), or one with "
+            "--allow-stale-code to run its own code"
+        )
+
     @property
     def pending_count(self) -> int:
         """Attempts waiting for a worker."""
-        return sum(len(q) for runs in self._pending.values() for q in runs.values())
+        return len(self._queued)
 
     # ---------------------------------------------------------------- worker side
 
@@ -118,8 +286,10 @@ class Dispatcher:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        self._warned = {w for w in self._warned if w[0] != session_id}
         lost = list(session.running.items())
         session.running.clear()
+        session.reads.clear()
         for token, _ in lost:
             self._cancelling.discard(token)
             if self._owner.get(token) is session:
@@ -139,17 +309,7 @@ class Dispatcher:
     def take_pending(self, token: Token) -> PendingAssignment | None:
         """Remove a queued (not yet assigned) attempt and return it, e.g. for a worker
         that reconnects already holding it."""
-        for task_type, runs in self._pending.items():
-            for run_id, queue in runs.items():
-                for pending in queue:
-                    if pending.token == token:
-                        queue.remove(pending)
-                        if not queue:
-                            del runs[run_id]
-                        if not runs:
-                            del self._pending[task_type]
-                        return pending
-        return None
+        return self._unqueue(token)
 
     def finished(self, token: Token) -> None:
         """An attempt ended (result, failure, skip, cancel ack): free its slot."""
@@ -157,38 +317,62 @@ class Dispatcher:
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)
+            session.reads.pop(token, None)
             self.pump()
 
     # -------------------------------------------------------------------- matching
 
     def pump(self) -> None:
         """Hand out as many pending attempts as free slots allow."""
-        if not self._pending:
+        if not self._pending or self._paused:
             return
         for task_type in list(self._pending):
             runs = self._pending[task_type]
             candidates = [
-                s for s in self.sessions.values() if s.free > 0 and task_type in s.capabilities
+                s for s in self.sessions.values() if s.can_take and task_type in s.capabilities
             ]
             blocked: set[str] = set()
-            while candidates and len(blocked) < len(runs):
+            while candidates and runs and len(blocked) < len(runs):
                 run_id, queue = next(iter(runs.items()))
                 runs.move_to_end(run_id)  # round robin across flow runs
                 if run_id in blocked:
                     continue
+                if not queue:  # only entries taken out early were left
+                    del runs[run_id]
+                    continue
                 pending = queue[0]
+                if self._queued.get(pending.token) is not pending:
+                    queue.popleft()  # taken out early (cancelled, claimed)
+                    continue
                 fits = [s for s in candidates if s.accepts(pending)]
                 if not fits:
-                    blocked.add(run_id)  # its head needs labels no free worker has
+                    blocked.add(run_id)  # its head needs labels or code no free worker has
+                    self._warn_stale(candidates, pending)
                     continue
                 session = max(fits, key=lambda s: s.free)
                 queue.popleft()
-                if not queue:
-                    del runs[run_id]
+                self._unqueue(pending.token)
                 self._assign(session, pending)
-                candidates = [s for s in candidates if s.free > 0]
+                candidates = [s for s in candidates if s.can_take]
             if not runs:
-                del self._pending[task_type]
+                self._pending.pop(task_type, None)
+
+    def _warn_stale(self, candidates: list[WorkerSession], pending: PendingAssignment) -> None:
+        """Say once per worker and code in the server log that a worker is passed over
+        for having other code (the task run's ``waiting`` says it too)."""
+        for session in candidates:
+            key = (session.session_id, pending.task_type, pending.code_digest)
+            if session.stale(pending) and key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "worker %s has other code for task %s than the graph of flow run %s "
+                    "(digest %s, the graph has %s): it is not given that task",
+                    session.name,
+                    pending.task_type,
+                    pending.flow_run_id,
+                    session.code_digests.get(pending.task_type),
+                    pending.code_digest,
+                )
 
     def _assign(self, session: WorkerSession, pending: PendingAssignment) -> None:
         session.running[pending.token] = pending.flow_run_id
@@ -200,4 +384,28 @@ class Dispatcher:
         """Send an assignment held back by ``before_send``, unless the attempt was lost
         or cancelled meanwhile."""
         if self._owner.get(pending.token) is session:  # not lost or cancelled meanwhile
-            session.send(worker_pb2.ConnectResponse(assignment=pending.assignment))
+            assignment = pending.assignment
+            if session.restricted:
+                session.reads[pending.token] = input_payloads(assignment)
+            session.send(worker_pb2.ConnectResponse(assignment=assignment))
+
+
+def input_payloads(assignment: worker_pb2.Assignment) -> frozenset[str]:
+    """The ids of the stored payloads an assignment's inputs reference."""
+    found: set[str] = set()
+    todo: list[worker_pb2.InputValue] = list(assignment.inputs.values())
+    while todo:
+        node = todo.pop()
+        kind = node.WhichOneof("kind")
+        if kind == "value":
+            values = [node.value]
+            while values:
+                value = values.pop()
+                if value.WhichOneof("kind") == "ref" and value.ref.payload_id:
+                    found.add(value.ref.payload_id)
+                values.extend(value.items)
+        elif kind == "list":
+            todo.extend(node.list.items)
+        elif kind == "map":
+            todo.extend(entry.value for entry in node.map.entries)
+    return frozenset(found)

@@ -13,7 +13,7 @@ so the server checks what it can from the stored graph (docs/flows.md):
   unpickles).
 - a value-dependent graph runs only with the values it was built for (the digest in
   the graph); other values need the graph built from the flow's code
-  (``GraphBuildNeeded``).
+  (``GraphBuildNeeded``: a worker that offers the flow builds it, ``_creation``).
 - parameters a portable task reads must be json.
 """
 
@@ -99,9 +99,9 @@ def check_built_for(graph: GraphSpec, version: str, params: Mapping[str, Any]) -
     raise GraphBuildNeeded(
         f"flow {graph.name!r} version {version!r} was built for other parameter values: "
         "its body uses parameters as values, so its graph depends on them (docs/flows.md). "
-        "Start the run from the flow's code (Client.run(flow, params), `headwater run FILE "
-        "--server`), which registers the graph for these values; the server cannot build "
-        "it by name yet"
+        "Run the latest version by name with a worker that offers the flow connected (it "
+        "builds the graph for these values), or start the run from the flow's code "
+        "(Client.run(flow, params), `headwater run FILE --server`)"
     )
 
 

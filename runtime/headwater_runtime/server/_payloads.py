@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
-from headwater.wire import CHUNK_SIZE, MAX_PAYLOAD_BYTES
+from headwater.wire import CHUNK_SIZE, Limits
 from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavailable
 
+from ._access import CALLER, Caller
 from ._io import StoreIO
 
-#: Largest chunk accepted in one upload message (the wire's chunk size).
+
+class PayloadAccess(Protocol):
+    """Who may read which payload (the server core)."""
+
+    def uploaded(self, caller: Caller, payload_id: str) -> None:
+        """``caller`` uploaded this payload."""
+        ...
+
+    def may_download(self, caller: Caller, payload_id: str) -> bool:
+        """Whether ``caller`` may read this payload."""
+        ...
+
+
+#: Largest chunk accepted in one upload message by default (the wire's chunk size).
 MAX_CHUNK = CHUNK_SIZE
 
 
@@ -22,18 +37,31 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     call runs on the store's threads (writes in order on the writer thread), and a
     download reads one stored chunk at a time, so a payload is never loaded whole.
 
+    An upload is bounded by ``limits``: its declared size (``max_payload_bytes``), each
+    chunk's size (``max_chunk_bytes``) and how many chunks it sends
+    (``max_upload_chunks``), all refused with RESOURCE_EXHAUSTED; an empty chunk, or
+    more bytes than declared, with INVALID_ARGUMENT. Small chunks are gathered here
+    into stored-chunk-sized writes, so a stream of tiny messages costs the writer
+    thread no more than one of full chunks.
+
     Args:
         store: where payloads are kept.
-        max_payload_bytes: largest upload accepted (RESOURCE_EXHAUSTED above it).
+        limits: the server's limits (default: ``Limits()``).
         io: the threads store calls run on (default: new ones).
+        access: who may download what (default: any caller anything).
     """
 
     def __init__(
-        self, store: Store, max_payload_bytes: int = MAX_PAYLOAD_BYTES, io: StoreIO | None = None
+        self,
+        store: Store,
+        limits: Limits | None = None,
+        io: StoreIO | None = None,
+        access: PayloadAccess | None = None,
     ) -> None:
         self.store = store
-        self.max_payload_bytes = max_payload_bytes
+        self.limits = limits or Limits()
         self.io = io or StoreIO()
+        self.access = access
 
     async def UploadPayload(
         self,
@@ -45,6 +73,11 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         """Store a payload sent as a header, then chunks."""
         upload: PayloadUpload | None = None
         invalid = grpc.StatusCode.INVALID_ARGUMENT
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+        limits = self.limits
+        pending = bytearray()  # received, not yet handed to the writer thread
+        received = chunks = 0
+        declared = 0
         try:
             async for request in request_iterator:
                 part = request.WhichOneof("part")
@@ -52,33 +85,49 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                     if part != "header":
                         await context.abort(invalid, "an upload must start with its header")
                     header = request.header
-                    if header.size_bytes > self.max_payload_bytes:
-                        await context.abort(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"payload of {header.size_bytes} bytes exceeds the server's "
-                            f"limit of {self.max_payload_bytes}",
+                    declared = header.size_bytes
+                    if declared > limits.max_payload_bytes:
+                        error = limits.exceeded(
+                            "max_payload_bytes", f"the upload declares {declared} bytes"
                         )
+                        await context.abort(exhausted, str(error))
                     try:
                         upload = await self.io.write(
-                            self.store.begin_payload,
-                            dict(header.metadata),
-                            header.size_bytes,
-                            header.sha256,
+                            self.store.begin_payload, dict(header.metadata), declared, header.sha256
                         )
                     except ValueError as exc:
                         await context.abort(invalid, str(exc))
                 elif part == "chunk":
-                    if len(request.chunk) > MAX_CHUNK:
-                        await context.abort(invalid, f"chunks must be at most {MAX_CHUNK} bytes")
-                    try:
-                        await self.io.write(upload.write, request.chunk)
-                    except ValueError as exc:
-                        await context.abort(invalid, str(exc))
+                    chunk = request.chunk
+                    chunks += 1
+                    received += len(chunk)
+                    if not chunk:
+                        await context.abort(invalid, f"chunk {chunks} of the upload is empty")
+                    if len(chunk) > limits.max_chunk_bytes:
+                        error = limits.exceeded(
+                            "max_chunk_bytes", f"chunk {chunks} has {len(chunk)} bytes"
+                        )
+                        await context.abort(exhausted, str(error))
+                    if chunks > limits.max_upload_chunks:
+                        error = limits.exceeded(
+                            "max_upload_chunks", f"the upload sent {chunks} chunks"
+                        )
+                        await context.abort(exhausted, str(error))
+                    if received > declared:
+                        await context.abort(
+                            invalid,
+                            f"the upload sent {received} bytes, more than the {declared} it "
+                            "declared",
+                        )
+                    pending += chunk
+                    if len(pending) >= CHUNK_SIZE:
+                        await self._write(upload, pending, context)
                 else:
                     await context.abort(invalid, "only one header per upload, then chunks")
             if upload is None:
                 await context.abort(invalid, "empty upload: no header was sent")
             assert upload is not None
+            await self._write(upload, pending, context)
             try:
                 meta = await self.io.write(upload.finish)
             except ValueError as exc:
@@ -92,10 +141,25 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
             if upload is not None:
                 await asyncio.shield(self.io.write(upload.abort))
             raise
+        if self.access is not None:
+            self.access.uploaded(CALLER.get(), meta.id)
         ref = payload_pb2.PayloadRef(
             payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
         )
         return payload_pb2.UploadPayloadResponse(ref=ref)
+
+    async def _write(
+        self, upload: PayloadUpload, pending: bytearray, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """Hand the gathered bytes to the upload on the writer thread."""
+        if not pending:
+            return
+        data = bytes(pending)
+        pending.clear()
+        try:
+            await self.io.write(upload.write, data)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def DownloadPayload(
         self,
@@ -105,6 +169,14 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         ],
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
         """Stream a stored payload from an offset, one stored chunk at a time."""
+        caller = CALLER.get()
+        if self.access is not None and not self.access.may_download(caller, request.payload_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"credential {caller.name!r} (role {caller.role.value}) may download only "
+                f"the inputs of attempts it holds and what it uploaded, and payload "
+                f"{request.payload_id!r} is neither",
+            )
         try:
             meta = await self.io.read(self.store.payload_meta, request.payload_id)
         except NotFound as exc:

@@ -23,27 +23,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headwater.v1 import graph_pb2, journal_pb2, payload_pb2, run_pb2, worker_pb2
+from headwater.v1 import graph_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     FlowRunState,
     GraphSpec,
     JsonConsumers,
+    Limits,
     TaskRunState,
     bind_params,
     build_version,
-    duration,
     failure_to_dict,
     graph_from_proto,
     json_consumers,
-    path_to_proto,
     split_task_run_id,
     task_run_id,
 )
 from headwater_runtime.engine import (
-    ATTEMPT_EVENTS,
     ENGINE_VERSION,
     REPLAYS,
-    WORKER_LOST,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -63,13 +60,12 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     replay,
-    stale_reason,
+    subflow_outcome,
 )
 from headwater_runtime.store import (
     CacheRow,
     FlowRunRow,
     LogRow,
-    NotFound,
     ScheduleRow,
     StateRow,
     Store,
@@ -78,16 +74,23 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
-from ._assignments import Dispatch, PendingAssignment
+from ._assignments import Dispatch, PendingAssignment, assignment_message
+from ._children import (
+    ChildRuns,
+    NotRunning,
+    SubflowStart,
+    parent_fields,
+    result_value,
+    subflow_start,
+)
+from ._gc import Collector
 from ._journal import (
-    Values,
     decode_entry,
     encode_entry,
     entry_value_ids,
-    from_stored,
-    stored_ids,
     to_stored,
 )
+from ._limits import check_graph
 from ._params import (
     check_built_for,
     check_json_params,
@@ -95,8 +98,9 @@ from ._params import (
     param_payload_ids,
     param_values,
 )
-from ._spill import spill_inputs
-from ._values import SERVER_VALUES, Composite, to_input_value, to_result_value
+from ._queries import NoResult, refusal
+from ._sink import Effect, Sink
+from ._values import SERVER_VALUES, to_input_value
 
 if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
@@ -108,11 +112,15 @@ _NUMBER = {state: state.value for state in TaskRunState}
 _TERMINAL = frozenset(state for state in TaskRunState if state.is_terminal)
 _SUCCESS = frozenset(state for state in TaskRunState if state.is_success)
 
-__all__ = ["Dispatch", "NoResult", "PendingAssignment", "Recovery", "RunManager"]
-
-
-class NoResult(LookupError):
-    """A task run has no result to return (not finished, or it did not succeed)."""
+__all__ = [
+    "Dispatch",
+    "NoResult",
+    "NotRunning",
+    "PendingAssignment",
+    "Recovery",
+    "RunManager",
+    "SubflowStart",
+]
 
 
 @dataclass
@@ -130,6 +138,11 @@ class ActiveRun:
     state_seqs: dict[str, int] = field(default_factory=dict)
     trace: RunTracer | None = None
     delivered: dict[str, int] = field(default_factory=dict)  # key -> attempt delivered
+    #: Where its writes go while it is started off the event loop (None: the shared
+    #: sink of the run manager, once adopted).
+    sink: Sink | None = None
+    #: Built as a large run (its objects frozen away from the cycle collector, _gc).
+    large: bool = False
 
 
 @dataclass
@@ -152,11 +165,15 @@ class Recovery:
 
 @dataclass(frozen=True)
 class PreparedRun:
-    """A run checked, its engine built, ready to be stored and started
-    (``RunManager.prepare_run``, which may run off the event loop)."""
+    """A run checked, its engine built and started, ready to be stored
+    (``RunManager.prepare_run``, which may run off the event loop): ``batch`` holds its
+    start (journal, projections), written with ``row`` in one transaction
+    (``store.create_flow_run(row, schedule, batch)``), then ``RunManager.adopt`` makes
+    it live."""
 
     row: FlowRunRow
     active: ActiveRun
+    batch: WriteBatch
 
 
 class RunManager:
@@ -166,36 +183,44 @@ class RunManager:
         store: where runs are kept.
         dispatch: where ready attempts go (after their commit).
         clock: the time source.
+        limits: what the server accepts (graph sizes are checked by ``check_flow``).
     """
 
-    def __init__(self, store: Store, dispatch: Dispatch, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, dispatch: Dispatch, clock: Clock, limits: Limits | None = None
+    ) -> None:
         self.store = store
         self.dispatch = dispatch
         self.clock = clock
+        self.limits = limits or Limits()
+        self.collector = Collector()
         self.runs: dict[str, ActiveRun] = {}
         self._graphs: dict[tuple[str, str], GraphSpec] = {}
-        self._batch = WriteBatch()
-        self._values = Values()
-        self._effects: list[Callable[[], None]] = []
+        self._sink = Sink()  # what waits for the commit pipeline
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
         self._workers: dict[tuple[str, str], str] = {}  # (flow run, key) -> worker name
         # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
         self.tracer = active_tracer()
+        self.children = ChildRuns()
+        #: Starts the child flow run of a dispatched subflow node (the server core sets
+        #: it; called after the commit, like an assignment is sent).
+        self.start_subflow: Callable[[SubflowStart], None] | None = None
 
     # ------------------------------------------------------------------- flows
 
-    @staticmethod
-    def check_flow(msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
-        """Validate a flow graph (GraphError names what is wrong); the graph, its
-        serialized form, digest and the version to store it as. Pure CPU: callable
-        from any thread.
+    def check_flow(self, msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
+        """Validate a flow graph (GraphError names what is wrong, LimitExceeded a size
+        over the server's limits); the graph, its serialized form, digest and the
+        version to store it as. Pure CPU: callable from any thread.
 
         A symbolic graph is a version of the flow (numbered unless named). A
         value-dependent one is one build: stored once per digest under
         ``VERSION@DIGEST12``, so runs with many parameter values add no numbered
         versions."""
-        graph = graph_from_proto(msg)
+        check_graph(msg, self.limits)
+        with self.collector.building(len(msg.tasks)):
+            graph = graph_from_proto(msg)
         data = msg.SerializeToString(deterministic=True)
         digest = hashlib.sha256(data).hexdigest()
         label = build_version(msg.version, digest) if graph.value_dependent else msg.version
@@ -234,10 +259,14 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> PreparedRun:
         """Check a new run (ParameterError for bad parameters, NotFound for an unknown
-        flow), build its row and its engine; nothing is stored or started yet. Safe to
-        call from a reader thread (a 100k-task graph takes a while to build)."""
+        flow), build its row and its engine and start it into a sink of its own;
+        nothing is stored and nothing leaves yet. Safe to call from a reader thread: a
+        100k-task graph takes a while to build and start, and the event loop must not
+        wait for it.
+        ``parent`` (flow run id, task run key, attempt) makes it a child run."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(graph, version, parameters)
         now = self.clock.now()
@@ -258,17 +287,60 @@ class RunManager:
             schedule_id=schedule.id if schedule is not None else "",
             engine_version=ENGINE_VERSION,
             payload_ids=param_payload_ids(values),
+            **parent_fields(parent),
         )
-        active = self._build(row, graph, params, journal=None)
-        active.trace = trace
-        return PreparedRun(row, active)
+        with self.collector.building(len(graph.tasks)):
+            active = self._build(row, graph, params, journal=None)
+            active.trace = trace
+            active.large = len(graph.tasks) >= self.collector.large
+            active.sink = Sink()
+            self._process(active, active.journal.start())
+        batch, effects = active.sink.take()
+        active.sink.effects = effects  # carried out by adopt(), once the batch is stored
+        return PreparedRun(row, active, batch)
 
-    def start_run(self, prepared: PreparedRun) -> None:
-        """Start a run whose row was just stored (``store.create_flow_run``); on the
-        event loop."""
+    def adopt(self, prepared: PreparedRun) -> None:
+        """Make a run live whose row and start were just stored together
+        (``store.create_flow_run(row, schedule, prepared.batch)``): carry out what its
+        start decided (hand its ready attempts to the dispatcher, a few calls however
+        many they are) and arm its timers. On the event loop."""
         active = prepared.active
-        self.runs[active.row.id] = active
-        self._process(active, active.journal.start())
+        sink, active.sink = active.sink, None
+        assert sink is not None, "adopt() takes a run from prepare_run() once"
+        self.runs[active.row.id] = active  # one that ended at once leaves with _deactivate
+        self.children.link(active.row)
+        if active.large:
+            self.collector.large_run_started()
+        for effect in sink.effects:
+            effect()
+        self._arm_timer(active)
+        for listener in self.listeners:
+            listener(active.row.id, None)
+        row = active.row
+        if row.parent_flow_run_id and not self.parent_running(
+            row.parent_flow_run_id, row.parent_task_key, row.parent_attempt
+        ):
+            # The parent's attempt ended while the child was being created.
+            self.cancel(row.id, f"the parent task run {row.parent_task_key!r} is over")
+
+    def parent_running(self, parent_id: str, key: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of task run ``key`` of run ``parent_id`` runs."""
+        active = self.runs.get(parent_id)
+        return self.children.current(active.engine if active else None, key, attempt)
+
+    def check_parent(self, parent_task_run_id: str, attempt: int) -> tuple[str, str, int]:
+        """The parent link of a run a task starts while it runs: NotRunning unless that
+        attempt runs now."""
+        try:
+            parent_id, key = split_task_run_id(parent_task_run_id)
+        except ValueError as exc:
+            raise NotRunning(str(exc)) from None
+        if not self.parent_running(parent_id, key, attempt):
+            raise NotRunning(
+                f"attempt {attempt} of task run {parent_task_run_id!r} is not running: a "
+                "child flow run can only be started by a running task"
+            )
+        return parent_id, key, attempt
 
     def create_run(
         self,
@@ -279,11 +351,13 @@ class RunManager:
         trace_context: Mapping[str, str] | None = None,
         *,
         schedule: ScheduleRow | None = None,
+        parent: tuple[str, str, int] | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Create and start a run in this thread (prepare, store, start). The same
         idempotency key returns the first run (Conflict when its parameters differ). A
         run fired by ``schedule`` records its id, and the schedule row (advanced past
-        this fire) is stored in the same transaction as the run."""
+        this fire) is stored in the same transaction as the run. ``parent`` (flow run
+        id, task run key, attempt) makes it a child run."""
         prepared = self.prepare_run(
             flow_name,
             flow_version,
@@ -291,10 +365,17 @@ class RunManager:
             idempotency_key,
             trace_context,
             schedule=schedule,
+            parent=parent,
         )
-        row, created = self.store.create_flow_run(prepared.row, schedule)
+        try:
+            row, created = self.store.create_flow_run(prepared.row, schedule, prepared.batch)
+        except BaseException:
+            self.discard(prepared)
+            raise
         if created:
-            self.start_run(prepared)
+            self.adopt(prepared)
+        else:
+            self.discard(prepared)
         return row, created
 
     @staticmethod
@@ -305,9 +386,11 @@ class RunManager:
         can (server/_params.py): ParameterError, or GraphBuildNeeded when a
         value-dependent graph was built for other values."""
         params = bind_params(graph, dict(given))
+        # First: values a worker will build (and convert) a graph for are not refused
+        # here for not being converted yet ("5" for an int).
+        check_built_for(graph, version, params)
         check_json_params(graph, params)
         check_types(graph, given)
-        check_built_for(graph, version, params)
         return params
 
     def _build(
@@ -354,85 +437,28 @@ class RunManager:
         """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
         active = self.runs.get(flow_run_id)
         if active is None:
-            return [EventIgnored(event, self._refusal(flow_run_id, event))]
+            return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         return self._process(active, active.journal.handle(event))
-
-    def _refusal(self, flow_run_id: str, event: Event) -> str:
-        """Why an event for a flow run whose engine is gone is refused: the run has
-        ended, or never existed. A report about an attempt is worded as the engine
-        words it (``stale_reason``), from what the store kept of the task run."""
-        try:
-            flow = FlowRunState(self.store.get_flow_run(flow_run_id).state)
-        except NotFound:
-            return f"unknown flow run {flow_run_id!r}"
-        if not isinstance(event, ATTEMPT_EVENTS):
-            return f"flow run is {flow.name}"
-        history = self.store.task_run_history(flow_run_id, event.key)
-        if not history:
-            return f"unknown task run {event.key!r}"
-        last = history[-1]
-        ended, lost = None, False
-        if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
-            ended = TaskRunState(last.state)
-            lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
-        return stale_reason(
-            event.key,
-            event.attempt,
-            ended=ended,
-            lost=lost,
-            current=last.attempt,
-            flow=None if flow is FlowRunState.RUNNING else flow,
-        )
 
     def resend(self, flow_run_id: str, key: str) -> None:
         """Dispatch the in-flight attempt of a task run again, unchanged (it never
         reached a worker): no new attempt, no loss counted."""
         active = self.runs[flow_run_id]
-        command = active.engine.resend(key)
+        self._dispatch(active, active.engine.resend(key))
+
+    def _dispatch(self, active: ActiveRun, command: RunTask) -> None:
+        """After the commit: a task's attempt to a worker, a subflow node's to the core
+        (which starts its child flow run)."""
+        if command.run.spec.subflow is not None and self.start_subflow is not None:
+            start = subflow_start(active.row, command, active.trace)
+            self._sink_of(active).effects.append(functools.partial(self.start_subflow, start))
+            return
         pending = self._assignment(active, command)
-        self._effects.append(functools.partial(self.dispatch.submit, pending))
-
-    def task_result(
-        self, flow_run_id: str, task_id: str, map_index: int = -1
-    ) -> tuple[payload_pb2.Value, TaskRunState]:
-        """A stored task run's result: one run's, or for a mapped task with
-        ``map_index`` -1 the list of its children's. NotFound for an unknown task or
-        element, NoResult when the run has none (not finished, or did not succeed)."""
-        self.store.get_flow_run(flow_run_id)
-        rows = [r for r in self.store.task_runs(flow_run_id) if r.task_id == task_id]
-        if not rows:
-            raise NotFound(f"flow run {flow_run_id!r} has no task {task_id!r}")
-        wanted = max(map_index, -1)
-        row = next((r for r in rows if r.map_index == wanted), None)
-        if row is None:
-            raise NotFound(f"task {task_id!r} has no element {wanted}")
-        state = TaskRunState(row.state)
-        children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
-        if wanted < 0 and children:
-            loaded = self.store.get_values(c.result_id for c in children)
-            handles = tuple(
-                payload_pb2.Value.FromString(loaded[c.result_id]) if c.result_id else None
-                for c in children
-            )
-            return to_result_value(Composite("list", handles)), state
-        if not row.result_id:
-            when = "" if state.is_terminal else " yet"
-            raise NoResult(f"task run {row.key!r} has no result{when} (state {state.name})")
-        data = self.store.get_values([row.result_id])[row.result_id]
-        return payload_pb2.Value.FromString(data), state
-
-    def flow_result(self, row: FlowRunRow) -> payload_pb2.Value | None:
-        """A finished flow run's result as one Value (structural encodings for what the
-        engine assembled), or None when it has none."""
-        if not row.result:
-            return None
-        stored = journal_pb2.StoredValue.FromString(row.result)
-        loaded = self.store.get_values(stored_ids(stored))
-        return to_result_value(from_stored(stored, loaded))
+        self._sink_of(active).effects.append(functools.partial(self.dispatch.submit, pending))
 
     def add_log(self, row: LogRow) -> None:
         """Keep a task run's log record (committed with the next batch)."""
-        self._batch.logs.append(row)
+        self._sink.batch.logs.append(row)
 
     def cancel(self, flow_run_id: str, reason: str) -> None:
         """Ask a run to stop (its running attempts are cancelled)."""
@@ -455,26 +481,20 @@ class RunManager:
 
     # ------------------------------------------------------------------ commit
 
-    def detach(self) -> tuple[WriteBatch, list[Callable[[], None]]]:
+    def detach(self) -> tuple[WriteBatch, list[Effect]]:
         """What happened since the last detach: the writes to commit, and the effects
         to carry out once they are committed."""
-        batch, self._batch = self._batch, WriteBatch()
-        batch.values = self._values.take()
-        effects, self._effects = self._effects, []
-        return batch, effects
+        return self._sink.take()
 
-    def reattach(self, batch: WriteBatch, effects: list[Callable[[], None]]) -> None:
+    def reattach(self, batch: WriteBatch, effects: list[Effect]) -> None:
         """Put back a batch whose commit failed, in front of what happened since, so
         the next commit writes both in order (and carries out both effects after)."""
-        batch.absorb(self._batch)
-        batch.values.update(self._values.take())
-        self._batch = batch
-        self._effects = effects + self._effects
+        self._sink.put_back(batch, effects)
 
     @property
     def has_writes(self) -> bool:
         """Whether anything waits to be committed."""
-        return bool(self._batch) or bool(self._values.rows) or bool(self._effects)
+        return bool(self._sink)
 
     def flush(self) -> None:
         """Commit in this thread, then carry out the effects (tests and recovery; the
@@ -518,8 +538,13 @@ class RunManager:
             loaded = self.store.get_values(entry_value_ids(rows))
             journal = [decode_entry(e, loaded) for e in rows]
             seq = rows[-1].seq if rows else 0
-            active = self._build(row, graph, params, journal, seq)
+            with self.collector.building(len(graph.tasks)):
+                active = self._build(row, graph, params, journal, seq)
             self.runs[row.id] = active
+            if len(graph.tasks) >= self.collector.large:
+                active.large = True
+                self.collector.large_run_started()
+            self.children.link(row)
             if self.tracer is not None:
                 from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 
@@ -549,9 +574,14 @@ class RunManager:
 
     # ------------------------------------------------------------------ internals
 
+    def _sink_of(self, active: ActiveRun) -> Sink:
+        """Where a run's writes and effects go now."""
+        return self._sink if active.sink is None else active.sink
+
     def _record(self, active: ActiveRun, entry: JournalEntry) -> None:
         active.seq += 1
-        self._batch.events.append(encode_entry(active.row.id, active.seq, entry, self._values))
+        sink = self._sink_of(active)
+        sink.batch.events.append(encode_entry(active.row.id, active.seq, entry, sink.values))
 
     def _project(self, active: ActiveRun, run: TaskRunRecord, entry: StateEntry) -> None:
         run_id = active.row.id
@@ -560,7 +590,7 @@ class RunManager:
         failure = b""
         if entry.failure is not None:
             failure = json.dumps(failure_to_dict(entry.failure)).encode()
-        self._batch.states.append(
+        self._sink_of(active).batch.states.append(
             StateRow(
                 run_id,
                 run.key,
@@ -576,15 +606,20 @@ class RunManager:
         if run.state in _TERMINAL:
             self._workers.pop((run_id, run.key), None)
             active.delivered.pop(run.key, None)
-        for listener in self.listeners:
-            listener(run_id, run)
+        for child in self.children.orphaned(run_id, run):
+            # The attempt that started it is over (ended, lost, replaced): so is it.
+            self.cancel(child, f"the parent task run {run.key!r} ended {entry.state.name}")
+        if active.sink is None:  # a run being started privately has no watchers yet
+            for listener in self.listeners:
+                listener(run_id, run)
 
     def _project_row(self, active: ActiveRun, run: TaskRunRecord, at: float) -> None:
         run_id = active.row.id
+        sink = self._sink_of(active)
         result_id = ""
         if run.state in _SUCCESS and isinstance(run.result, payload_pb2.Value):
-            result_id = self._values.add(run.result)
-        self._batch.task_runs[(run_id, run.key)] = TaskRunRow(
+            result_id = sink.values.add(run.result)
+        sink.batch.task_runs[(run_id, run.key)] = TaskRunRow(
             run_id,
             run.key,
             run.spec.id,
@@ -613,46 +648,91 @@ class RunManager:
         return trace, inject(trace.flow_span)
 
     def _deactivate(self, flow_run_id: str) -> None:
-        self.runs.pop(flow_run_id, None)
+        active = self.runs.pop(flow_run_id, None)
+        if active is not None and active.large:
+            self.collector.large_run_ended()
+
+    def discard(self, prepared: PreparedRun) -> None:
+        """Forget a prepared run that was not stored (its idempotency key named an
+        existing run, or the store refused it)."""
+        if prepared.active.large:
+            self.collector.large_run_started()
+            self.collector.large_run_ended()
 
     def _arm_timer(self, active: ActiveRun) -> None:
         due = active.engine.next_timer_at
+        if active.sink is not None:
+            return  # armed when adopted: the timer heap belongs to the event loop
         if due is not None and due != active.armed_at:
             active.armed_at = due
             heapq.heappush(self._timers, (due, active.row.id))
 
     def _process(self, active: ActiveRun, commands: list[Command]) -> list[EventIgnored]:
+        """Carry out an engine's decisions: writes into its sink, effects after the
+        commit. Ready attempts are handed over in groups (one effect per run of
+        consecutive RunTasks, grouped by task type) and cancels likewise, so that a
+        run making 100,000 attempts ready costs the event loop a few calls."""
+        sink = self._sink_of(active)
+        run_id = active.row.id
         ignored: list[EventIgnored] = []
+        ready: dict[str, list[PendingAssignment]] | None = None
+        cancels: list[tuple[str, int, str]] | None = None
         queue = deque(commands)  # a 10,000-task fan-out starts with 10,000 commands
         while queue:
             command = queue.popleft()
             if type(command) is RunTask:
+                if command.run.spec.subflow is not None and self.start_subflow is not None:
+                    start = subflow_start(active.row, command, active.trace)
+                    sink.effects.append(functools.partial(self.start_subflow, start))
+                    continue
+                if ready is None:
+                    ready, cancels = {}, None
+                    sink.effects.append(functools.partial(self.dispatch.submit_many, run_id, ready))
                 pending = self._assignment(active, command)
-                self._effects.append(functools.partial(self.dispatch.submit, pending))
+                ready.setdefault(pending.task_type, []).append(pending)
             elif isinstance(command, CancelTask):
-                self._effects.append(
-                    functools.partial(
-                        self.dispatch.cancel,
-                        active.row.id,
-                        task_run_id(active.row.id, command.run.key),
-                        command.attempt,
-                        command.reason,
+                if cancels is None:
+                    ready, cancels = None, []
+                    sink.effects.append(
+                        functools.partial(self.dispatch.cancel_many, run_id, cancels)
                     )
-                )
+                token = task_run_id(run_id, command.run.key)
+                cancels.append((token, command.attempt, command.reason))
             elif isinstance(command, CheckCache):
                 queue.extend(active.journal.handle(self._check_cache(command)))
             elif isinstance(command, WriteCache):
-                value_id = to_stored(command.value, self._values).value_id
+                value_id = to_stored(command.value, sink.values).value_id
                 if value_id:
-                    self._batch.cache.append(
+                    sink.batch.cache.append(
                         CacheRow(command.cache_key, value_id, command.expires_at)
                     )
             elif isinstance(command, FlowFinished):
+                ready = cancels = None  # what follows comes after the run's end
                 self._finish(active, command.state)
             elif isinstance(command, EventIgnored):
                 ignored.append(command)
         self._arm_timer(active)
         return ignored
+
+    def _child_ended(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        """A child run ended: unlink it from its parent and report to a subflow node."""
+        self.children.unlink(row)
+        self._report_to_parent(row, engine)
+
+    def _report_to_parent(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        """A child of a subflow node ended: the node's attempt ends the same way, in
+        the same batch. (A flow a task started is waited for by the task itself.)"""
+        parent = self.runs.get(row.parent_flow_run_id)
+        key, attempt = row.parent_task_key, row.parent_attempt
+        node = parent.engine.runs.get(key) if parent is not None else None
+        if parent is None or node is None or node.spec.subflow is None:
+            return
+        if not self.children.current(parent.engine, key, attempt):
+            return  # the attempt is over already (it timed out, or the parent was cancelled)
+        state = FlowRunState(row.state)
+        result = result_value(engine) if state is FlowRunState.SUCCESS else None
+        event = subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message)
+        self._process(parent, parent.journal.handle(event))
 
     def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
         """An attempt was handed to this worker: recorded durably with the next commit
@@ -724,46 +804,14 @@ class RunManager:
     def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
-        build = functools.partial(self._assignment_message, active, command)
-        return PendingAssignment(active.row.id, spec.task_type, spec.labels, build, token)
-
-    def _assignment_message(self, active: ActiveRun, command: RunTask) -> worker_pb2.Assignment:
-        run = command.run
-        spec = run.spec
-        flow_run_id = active.row.id
-        consumer = active.consumers.producers.get(spec.id)
-        msg = worker_pb2.Assignment(
-            token=worker_pb2.FencingToken(
-                task_run_id=task_run_id(flow_run_id, run.key), attempt=command.attempt
-            ),
-            flow_run_id=flow_run_id,
-            task_id=spec.id,
-            task_type=spec.task_type,
-            task_name=run.name,
-            argument_order=list(spec.argument_order),
-            map_index=run.map_index,
-            result_encoding="json" if spec.portable or consumer else "",
-            result_consumer=f"task {consumer[0]!r}, argument {consumer[1]!r}" if consumer else "",
-            split_result=spec.id in active.split_nodes,
-            # The attempt span's context when tracing; else the client's, passed through.
-            trace_context=(
-                active.row.trace_context
-                if active.trace is None
-                else inject(active.trace.dispatched(run, command.attempt))
-            ),
+        build = functools.partial(assignment_message, active, command, self.store)
+        pending = PendingAssignment(
+            active.row.id, spec.task_type, spec.labels, build, token, spec.code_digest
         )
-        split_path = active.split_nodes.get(spec.id)
-        if split_path:
-            msg.split_path.extend(path_to_proto(split_path))
-        for name, value in command.inputs.items():
-            msg.inputs[name].CopyFrom(to_input_value(value, elements=False))
-        if spec.timeout is not None:
-            msg.timeout.CopyFrom(duration(spec.timeout))
-        if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
-            msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
-            msg.cache.version = spec.cache.version
-        spill_inputs(msg, self.store)  # many inline inputs must not exceed 4 MiB
-        return msg
+        if spec.schedule_to_start_timeout is not None:  # see _waiting.py
+            pending.start_timeout = spec.schedule_to_start_timeout
+            pending.start_by = self.clock.now() + spec.schedule_to_start_timeout
+        return pending
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
         row = active.row
@@ -771,11 +819,18 @@ class RunManager:
         row.state = state.value
         row.ended_at = self.clock.now()
         row.message = engine.flow_history[-1][2] if engine.flow_history else ""
+        sink = self._sink_of(active)
         if state is FlowRunState.SUCCESS and engine.graph.result is not None:
-            row.result = to_stored(engine.result, self._values).SerializeToString()
-        self._batch.flow_runs[row.id] = row
+            row.result = to_stored(engine.result, sink.values).SerializeToString()
+        sink.batch.flow_runs[row.id] = row
         if active.trace is not None:
             active.trace.finish(state, row.message)
-        self._effects.append(functools.partial(self._deactivate, row.id))
-        for listener in self.listeners:
-            listener(row.id, None)
+        sink.effects.append(functools.partial(self._deactivate, row.id))
+        if row.parent_flow_run_id:
+            if active.sink is None:
+                self._child_ended(row, engine)
+            else:  # started privately, off the loop: the parent is told once it is adopted
+                sink.effects.append(functools.partial(self._child_ended, row, engine))
+        if active.sink is None:
+            for listener in self.listeners:
+                listener(row.id, None)

@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
+from headwater.wire import MAX_DURATION
+
 #: Most fire times one ``due_fires`` call returns (catch-up stays bounded per tick).
 MAX_FIRES_PER_TICK = 100
 
@@ -60,6 +62,10 @@ def make_timing(
     if every is not None:
         if not math.isfinite(every) or every <= 0:
             raise ScheduleError(f"schedule interval must be positive, got {every} seconds")
+        if every > MAX_DURATION:
+            raise ScheduleError(
+                f"schedule interval must be at most {MAX_DURATION} seconds, got {every:g}"
+            )
         if round(every, 3) <= 0:
             raise ScheduleError(f"schedule interval must be at least 1 ms, got {every} seconds")
         # Milliseconds, like fire times (see _snap).

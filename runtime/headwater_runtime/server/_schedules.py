@@ -9,16 +9,21 @@ a stale ``next_run_at`` would only find the existing run under the same key.
 
 ServerCore calls ``fire_due()`` from its timer loop; this module holds no gRPC code.
 Fire-time arithmetic lives in ``_schedule_times``.
+
+A fire whose flow needs its graph built for the schedule's values (a value-dependent
+flow, docs/flows.md) is handed to ``build`` (the server core, which has a worker build
+it and then calls ``fired``); the schedule does not fire again meanwhile, and waits,
+not skips, while no worker can build it.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from headwater.v1 import payload_pb2, run_pb2
-from headwater.wire import ParameterError, seconds, timestamp
+from headwater.wire import GraphBuildNeeded, ParameterError, seconds, timestamp
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import NotFound, ScheduleRow, Store
 
@@ -67,6 +72,11 @@ class Scheduler:
         # server), so an idle answer costs neither a query nor a scan.
         self._active: dict[str, tuple[run_pb2.Schedule, Timing]] = {}
         self._next_at: float | None = None
+        #: Schedules whose due fire waits for a graph to be built (not fired meanwhile).
+        self.building: set[str] = set()
+        #: Has a worker build the graph of a fire, then calls ``fired`` (the core sets it):
+        #: (schedule, fire time, the schedule row advanced past that fire).
+        self.build: Callable[[run_pb2.Schedule, float, ScheduleRow], None] | None = None
 
     def load(self) -> None:
         """Read the enabled schedules from the store (at server start)."""
@@ -83,18 +93,20 @@ class Scheduler:
         return self._next_at
 
     def _update_next(self) -> None:
-        times = (_next_at(m) for m, _ in self._active.values())
+        times = (_next_at(m) for m, _ in self._active.values() if m.id not in self.building)
         self._next_at = min(times, default=None)
 
     # ------------------------------------------------------------------ requests
 
-    def create(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
+    def create(self, request: run_pb2.Schedule, built_version: str = "") -> run_pb2.Schedule:
         """Validate and store a new schedule. NotFound for an unknown flow (or
-        version), ScheduleError for bad timing, ParameterError for bad parameters."""
+        version), ScheduleError for bad timing, ParameterError for bad parameters,
+        GraphBuildNeeded when its values need a graph built (the core then has a worker
+        build one and checks against it: ``built_version``)."""
         if not request.flow_name:
             raise ScheduleError("flow_name is required")
         timing = timing_of(request)
-        version, graph = self.runs.graph(request.flow_name, request.flow_version)
+        version, graph = self.runs.graph(request.flow_name, built_version or request.flow_version)
         self.runs.check_params(graph, version, request.parameters)
         now = round(self.clock.now(), 3)  # the anchor, on the millisecond grid of fires
         msg = run_pb2.Schedule()
@@ -155,19 +167,21 @@ class Scheduler:
         handled = 0
         for msg, timing in list(self._active.values()):
             next_at = _next_at(msg)
-            if next_at > now:
+            if next_at > now or msg.id in self.building:
                 continue
             fires, after = due_fires(timing, next_at, now)
             for i, fire_time in enumerate(fires):
                 upcoming = fires[i + 1] if i + 1 < len(fires) else after
-                self._fire(msg, fire_time, upcoming)
                 handled += 1
+                if not self._fire(msg, fire_time, upcoming):
+                    break  # waits for its graph: later fires come after this one
         self._update_next()
         return handled
 
-    def _fire(self, msg: run_pb2.Schedule, fire_time: float, upcoming: float) -> None:
+    def _fire(self, msg: run_pb2.Schedule, fire_time: float, upcoming: float) -> bool:
         """Create the run of one fire time, storing ``upcoming`` as the next fire time
-        in the same transaction; the cached message advances only once that is done."""
+        in the same transaction; the cached message advances only once that is done.
+        False: the fire waits for its graph to be built (``build``)."""
         advanced = run_pb2.Schedule()
         advanced.CopyFrom(msg)
         _set_time(advanced, "next_run_at", upcoming)
@@ -180,6 +194,13 @@ class Scheduler:
                 fire_key(msg.id, fire_time),
                 schedule=row,
             )
+        except GraphBuildNeeded as exc:
+            if self.build is not None:
+                self.building.add(msg.id)
+                self.build(msg, fire_time, row)
+                return False
+            log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
+            self.store.put_schedule(row)
         except (NotFound, ParameterError) as exc:
             # The latest version of the flow no longer accepts these parameters (or
             # the pinned version vanished): this fire cannot run. Skip it rather than
@@ -187,6 +208,23 @@ class Scheduler:
             log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
             self.store.put_schedule(row)
         msg.next_run_at.CopyFrom(advanced.next_run_at)
+        return True
+
+    def fired(self, schedule_id: str, row: ScheduleRow) -> None:
+        """A fire handed to ``build`` is done (its run created with ``row``, the
+        schedule advanced past it, in one transaction; or skipped): fire again."""
+        self.building.discard(schedule_id)
+        active = self._active.get(schedule_id)
+        if active is not None:
+            active[0].next_run_at.CopyFrom(run_pb2.Schedule.FromString(row.body).next_run_at)
+        self._update_next()
+
+    def skip(self, row: ScheduleRow, why: str) -> None:
+        """A fire handed to ``build`` cannot run (its values do not fit the flow): store
+        the schedule advanced past it, and say why in the server log."""
+        log.warning("schedule %s skipped a fire: %s", row.id, why)
+        self.store.put_schedule(row)
+        self.fired(row.id, row)
 
 
 def _next_at(msg: run_pb2.Schedule) -> float:

@@ -64,3 +64,30 @@ def spill_inputs(
         size -= before - value.ByteSize()
         moved += 1
     return moved
+
+
+def spill_value(value: payload_pb2.Value, store: Store, budget: int = ASSIGNMENT_BUDGET) -> int:
+    """Move the largest inline parts of a value (a flow or task result an answer
+    carries) to the store until it fits in ``budget`` bytes; returns how many moved.
+    On the writer thread: it stores payloads."""
+    size = value.ByteSize()
+    if size <= budget:
+        return 0
+    values: list[payload_pb2.Value] = []
+    _inline_values(value, values)
+    values.sort(key=lambda v: len(v.inline.data), reverse=True)
+    moved = 0
+    for part in values:
+        if size <= budget:
+            break
+        data = bytes(part.inline.data)
+        meta = store.put_payload(chunks(data), dict(part.inline.metadata), len(data))
+        before = part.ByteSize()
+        part.ref.CopyFrom(
+            payload_pb2.PayloadRef(
+                payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
+            )
+        )
+        size -= before - part.ByteSize()
+        moved += 1
+    return moved

@@ -1,8 +1,10 @@
 """Durable state of the control plane, behind a narrow interface (SQLite by default)."""
 
 from ._base import (
+    AuditRow,
     CacheRow,
     Conflict,
+    CredentialRow,
     FlowRunRow,
     FlowVersion,
     LogRow,
@@ -25,8 +27,10 @@ from ._sqlite_schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AuditRow",
     "CacheRow",
     "Conflict",
+    "CredentialRow",
     "FlowRunRow",
     "FlowVersion",
     "LogRow",

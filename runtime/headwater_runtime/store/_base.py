@@ -66,6 +66,8 @@ class FlowRunRow:
     ``result`` is the flow's result as a serialized ``StoredValue`` (value ids);
     ``engine_version`` the version of the engine whose journal this run has;
     ``payload_ids`` the stored payloads its parameters reference (kept while the run is).
+    A child flow run (a subflow, or a flow a task started) names its parent run, the
+    key of the parent's task run that stands for it, and that task run's attempt.
     """
 
     id: str
@@ -83,6 +85,9 @@ class FlowRunRow:
     schedule_id: str = ""
     engine_version: str = ""
     payload_ids: tuple[str, ...] = ()
+    parent_flow_run_id: str = ""
+    parent_task_key: str = ""
+    parent_attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +139,8 @@ class StateRow:
 
 @dataclass(frozen=True, slots=True)
 class LogRow:
-    """A log record written by a task run."""
+    """A log record written by a task run. ``seq`` is its position among the stored
+    records (increasing; 0 for a record not read from a store), for paging."""
 
     flow_run_id: str
     key: str
@@ -143,6 +149,7 @@ class LogRow:
     level: str
     logger: str
     message: str
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,33 @@ class PruneReport:
     cache_entries: int = 0
     bytes_reclaimed: int = 0
     dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRow:
+    """A named credential: a token (stored as ``secret_hash``, the SHA-256 of the
+    token; the token itself is never stored) or a client certificate ``subject`` that
+    stands in for one. ``revoked_at`` is None while it is valid."""
+
+    name: str
+    role: str
+    secret_hash: str
+    subject: str
+    created_at: float
+    created_by: str
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """Who (a credential name) did what (``action``) to which object, and when."""
+
+    at: float
+    actor: str
+    action: str
+    object_kind: str
+    object_id: str
+    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -280,11 +314,17 @@ class Store(Protocol):
 
     # flow runs
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+        self,
+        row: FlowRunRow,
+        schedule: ScheduleRow | None = None,
+        start: WriteBatch | None = None,
+        audit: AuditRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, and whether it is new: a run with the same idempotency key
         and parameters is returned instead (other parameters: Conflict naming it).
-        ``schedule`` (advanced past this fire) is updated in the same transaction."""
+        ``schedule`` (advanced past this fire) is updated in the same transaction;
+        ``start`` (the run's first journal entries and projections) and ``audit`` (who
+        created the run) are written in it when the run is new."""
         ...
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
@@ -292,14 +332,32 @@ class Store(Protocol):
         ...
 
     def list_flow_runs(
-        self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
+        self,
+        flow_name: str = "",
+        states: Sequence[int] = (),
+        limit: int = 50,
+        before: str = "",
+        *,
+        schedule_id: str = "",
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[FlowRunRow]:
-        """Flow runs, newest first: at most ``limit``, only of ``flow_name`` and in
-        ``states`` when given, and only older than run ``before`` (paging)."""
+        """Flow runs, newest first: at most ``limit``, only of ``flow_name``, in
+        ``states``, created by ``schedule_id`` and created in [``created_after``,
+        ``created_before``) when given, and only older than run ``before`` (paging)."""
+        ...
+
+    def flow_run_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of flow runs that start with ``prefix`` (at most ``limit``), so that a
+        short id printed by the CLI can name a run."""
         ...
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         """Every run not in a terminal state, oldest first (recovered at start)."""
+        ...
+
+    def child_flow_runs(self, parent_flow_run_id: str) -> list[FlowRunRow]:
+        """The child flow runs of a run (``FlowRunRow.parent_flow_run_id``), oldest first."""
         ...
 
     def events(self, flow_run_id: str) -> list[RunEvent]:
@@ -314,8 +372,18 @@ class Store(Protocol):
         """A run's task run state changes in order (only task run ``key``'s if given)."""
         ...
 
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
-        """A run's task run log records in order (only task run ``key``'s if given)."""
+    def logs(
+        self,
+        flow_run_id: str,
+        key: str = "",
+        *,
+        after: int = 0,
+        limit: int = 0,
+        task_id: str = "",
+    ) -> list[LogRow]:
+        """A run's task run log records in order (only task run ``key``'s, or those of
+        task node ``task_id`` and its mapped children, if given): those whose ``seq``
+        is above ``after``, at most ``limit`` of them (0: all)."""
         ...
 
     # values
@@ -379,12 +447,46 @@ class Store(Protocol):
         """Remove a schedule; NotFound if none."""
         ...
 
+    # credentials (written on the writer thread, or by `headwater tokens --db` from
+    # another process: a server notices through credentials_generation)
+    def add_credential(self, row: CredentialRow) -> None:
+        """Store a new credential; Conflict when a valid (unrevoked) credential already
+        has its name, or its subject."""
+        ...
+
+    def list_credentials(self, include_revoked: bool = False) -> list[CredentialRow]:
+        """Credentials, oldest first (valid ones only unless ``include_revoked``)."""
+        ...
+
+    def revoke_credential(self, name: str, now: float) -> CredentialRow:
+        """Revoke the valid credential called ``name`` and return it revoked; NotFound
+        when there is none."""
+        ...
+
+    def credentials_generation(self) -> int:
+        """A number that grows with every credential change (a cheap read a server
+        polls to see changes made by another process)."""
+        ...
+
+    # audit
+    def add_audit(self, row: AuditRow) -> None:
+        """Record who did what (kept with the object: a flow run's entries go when the
+        run is pruned)."""
+        ...
+
+    def audit_entries(
+        self, object_kind: str = "", object_id: str = "", limit: int = 100
+    ) -> list[AuditRow]:
+        """Audit entries, newest first: at most ``limit``, only about ``object_kind``
+        and ``object_id`` when given."""
+        ...
+
     # retention
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
     ) -> PruneReport:
         """Delete finished runs that ended before ``ended_before`` (none when None)
-        with their journal, projections and logs, expired cache entries, values
+        with their journal, projections, logs and audit entries, expired cache entries, values
         nothing references, and payloads nothing references older than ``grace``
         seconds; give the space back. ``dry_run`` counts without deleting."""
         ...

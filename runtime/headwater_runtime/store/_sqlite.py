@@ -27,6 +27,7 @@ from typing import Any
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
 from ._base import (
+    AuditRow,
     CacheRow,
     Conflict,
     FlowRunRow,
@@ -41,17 +42,19 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
+from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_payloads import PayloadWriter
 from ._sqlite_schema import (
     _IN_TERMINAL,
     _SCHEMA,
     _TERMINAL_FLOW_STATES,
+    MIGRATIONS,
     SCHEMA_VERSION,
     _transaction,
 )
 
 
-class SQLiteStore:
+class SQLiteStore(AccessTables):
     """The default store: one SQLite file in WAL mode.
 
     Args:
@@ -85,6 +88,8 @@ class SQLiteStore:
         try:
             db = self._db
             version = self._schema_version(db)
+            while version in MIGRATIONS:
+                version = self._migrate(db, version)
             if version not in (None, SCHEMA_VERSION):
                 raise RuntimeError(
                     f"database {self.path} has schema version {version}, and this server "
@@ -93,7 +98,7 @@ class SQLiteStore:
                     "with a new --db"
                 )
             db.executescript(_SCHEMA)
-            if version is None:
+            if version != SCHEMA_VERSION:  # new, or upgraded by the tables just added
                 db.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -106,6 +111,21 @@ class SQLiteStore:
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, version: int) -> int:
+        """Bring the database from ``version`` to the next schema version, in one
+        transaction (MIGRATIONS says how)."""
+
+        def work() -> int:
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version + 1),)
+            )
+            return version + 1
+
+        return _transaction(db, work)
 
     @staticmethod
     def _schema_version(db: sqlite3.Connection) -> int | None:
@@ -229,14 +249,19 @@ class SQLiteStore:
     # --------------------------------------------------------------- flow runs
 
     def create_flow_run(
-        self, row: FlowRunRow, schedule: ScheduleRow | None = None
+        self,
+        row: FlowRunRow,
+        schedule: ScheduleRow | None = None,
+        start: WriteBatch | None = None,
+        audit: AuditRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, or return the existing run with the same idempotency key.
 
         The same key with another flow or other parameters raises Conflict naming the
         existing run. ``schedule`` (the schedule that fired the run, advanced past this
         fire) is updated in the same transaction: a crash cannot keep one without the
-        other."""
+        other. So is ``start``, the new run's first journal entries and projections:
+        a run is stored started, or not at all."""
         db = self._db
 
         def work() -> tuple[str, bool]:
@@ -266,6 +291,10 @@ class SQLiteStore:
                 (row.id, *_flow_run_values(row), seq),
             )
             _add_refs(db, f"run:{row.id}", row.payload_ids)
+            if start:
+                _write_batch(db, start)
+            if audit is not None:
+                insert_audit(db, audit)
             return row.id, True
 
         run_id, created = _transaction(db, work)
@@ -280,10 +309,18 @@ class SQLiteStore:
         return _flow_run_row(found)
 
     def list_flow_runs(
-        self, flow_name: str = "", states: Sequence[int] = (), limit: int = 50, before: str = ""
+        self,
+        flow_name: str = "",
+        states: Sequence[int] = (),
+        limit: int = 50,
+        before: str = "",
+        *,
+        schedule_id: str = "",
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> list[FlowRunRow]:
-        """Flow runs, newest first, optionally of one flow, in some states, and older
-        than the run ``before`` (paging)."""
+        """Flow runs, newest first, optionally of one flow, in some states, of one
+        schedule, created in a time range, and older than the run ``before`` (paging)."""
         where: list[str] = []
         args: list[object] = []
         if flow_name:
@@ -292,6 +329,15 @@ class SQLiteStore:
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args.extend(states)
+        if schedule_id:
+            where.append("schedule_id=?")
+            args.append(schedule_id)
+        if created_after is not None:
+            where.append("created_at>=?")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at<?")
+            args.append(created_before)
         if before:
             where.append("seq < (SELECT seq FROM flow_runs WHERE id=?)")
             args.append(before)
@@ -301,6 +347,24 @@ class SQLiteStore:
             (*args, limit),
         )
         return [_flow_run_row(r) for r in rows]
+
+    def child_flow_runs(self, parent_flow_run_id: str) -> list[FlowRunRow]:
+        """The child flow runs of a flow run (subflows, flows its tasks started), oldest
+        first."""
+        rows = self._db.execute(
+            f"SELECT {_FLOW_RUN_COLS} FROM flow_runs WHERE parent_flow_run_id=? ORDER BY seq",
+            (parent_flow_run_id,),
+        )
+        return [_flow_run_row(r) for r in rows]
+
+    def flow_run_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids of flow runs starting with ``prefix`` (at most ``limit``)."""
+        # Run ids are hex: a range query on the primary key, no LIKE escaping needed.
+        rows = self._db.execute(
+            "SELECT id FROM flow_runs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [r[0] for r in rows]
 
     def unfinished_flow_runs(self) -> list[FlowRunRow]:
         """Runs not in a terminal state, oldest first (what a restart recovers)."""
@@ -341,14 +405,35 @@ class SQLiteStore:
         rows = self._db.execute(sql + " ORDER BY rowid", args)
         return [StateRow(flow_run_id, *r) for r in rows]
 
-    def logs(self, flow_run_id: str, key: str = "") -> list[LogRow]:
-        """Log records of a run's task runs (of one, with ``key``), in order."""
-        sql = "SELECT key, attempt, at, level, logger, message FROM logs WHERE flow_run_id=?"
-        args: tuple[str, ...] = (flow_run_id,)
+    def logs(
+        self,
+        flow_run_id: str,
+        key: str = "",
+        *,
+        after: int = 0,
+        limit: int = 0,
+        task_id: str = "",
+    ) -> list[LogRow]:
+        """Log records of a run's task runs (of one, with ``key``; of a task node and
+        its mapped children, with ``task_id``), in order, after ``seq`` ``after``, at
+        most ``limit`` (0: all). ``seq`` is the row id."""
+        sql = (
+            "SELECT key, attempt, at, level, logger, message, rowid FROM logs "
+            "WHERE flow_run_id=? AND rowid>?"
+        )
+        args: tuple[object, ...] = (flow_run_id, after)
         if key:
             sql += " AND key=?"
             args += (key,)
-        return [LogRow(flow_run_id, *r) for r in self._db.execute(sql + " ORDER BY rowid", args)]
+        if task_id:
+            # A mapped child's key is the node id with [i]: "id" or "id[...]".
+            sql += " AND (key=? OR (key>=? AND key<?))"
+            args += (task_id, task_id + "[", task_id + "\\")
+        sql += " ORDER BY rowid"
+        if limit > 0:
+            sql += " LIMIT ?"
+            args += (limit,)
+        return [LogRow(flow_run_id, *r) for r in self._db.execute(sql, args)]
 
     # ----------------------------------------------------------------- values
 
@@ -533,19 +618,13 @@ class SQLiteStore:
                 if key:
                     counts[key] = removed
             _delete_in(db, "DELETE FROM payload_refs WHERE owner IN", [f"run:{r}" for r in runs])
+            _delete_in(db, "DELETE FROM audit WHERE object_kind='flow_run' AND object_id IN", runs)
             _delete_in(db, "DELETE FROM flow_runs WHERE id IN", runs)
             counts["cache_entries"] = db.execute(
                 "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?",
                 (now,),
             ).rowcount
-            orphans = [
-                r[0]
-                for r in db.execute(
-                    "SELECT id FROM run_values v WHERE NOT EXISTS "
-                    "(SELECT 1 FROM run_events e WHERE e.value_id = v.id) AND NOT EXISTS "
-                    "(SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
-                )
-            ]
+            orphans = [r[0] for r in db.execute(ORPHAN_VALUES)]
             counts["values"] = len(orphans)
             _delete_in(db, "DELETE FROM run_values WHERE id IN", orphans)
             _delete_in(
@@ -617,6 +696,16 @@ class _DryRun(Exception):
     def __init__(self, report: PruneReport) -> None:
         super().__init__("dry run")
         self.report = report
+
+
+#: Values no journal entry or cache entry refers to. "value_id != ''" lets SQLite use
+#: the partial index run_events_value: without it each value scans the whole journal
+#: (18 s for 7,000 values, on the writer thread, so every commit waited for it).
+ORPHAN_VALUES = (
+    "SELECT id FROM run_values v WHERE NOT EXISTS "
+    "(SELECT 1 FROM run_events e WHERE e.value_id = v.id AND e.value_id != '') "
+    "AND NOT EXISTS (SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
+)
 
 
 def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
@@ -693,7 +782,8 @@ def _delete_for_runs(db: sqlite3.Connection, table: str, runs: Sequence[str]) ->
 
 _FLOW_RUN_COLS = (
     "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
-    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version"
+    "started_at, ended_at, result, message, trace_context, schedule_id, engine_version, "
+    "parent_flow_run_id, parent_task_key, parent_attempt"
 )
 _FLOW_RUN_NCOLS = len(_FLOW_RUN_COLS.split(", "))
 
@@ -713,11 +803,15 @@ def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
         json.dumps(r.trace_context, sort_keys=True),
         r.schedule_id,
         r.engine_version,
+        r.parent_flow_run_id,
+        r.parent_task_key,
+        r.parent_attempt,
     )
 
 
 def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
-    (rid, name, version, state, created, params, idem, started, ended, result, msg, tc, sid, ev) = r
+    (rid, name, version, state, created, params, idem, started, ended, result, msg) = r[:11]
+    tc, sid, ev, parent_id, parent_key, parent_attempt = r[11:]
     return FlowRunRow(
         id=str(rid),
         flow_name=str(name),
@@ -733,4 +827,7 @@ def _flow_run_row(r: tuple[Any, ...]) -> FlowRunRow:
         trace_context=json.loads(str(tc)),
         schedule_id=str(sid),
         engine_version=str(ev),
+        parent_flow_run_id=str(parent_id),
+        parent_task_key=str(parent_key),
+        parent_attempt=int(parent_attempt),
     )

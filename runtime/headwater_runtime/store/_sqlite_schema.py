@@ -11,7 +11,19 @@ from headwater.wire import TERMINAL_FLOW_STATES
 
 from ._base import StoreUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: Statements that bring a database of an older schema version to the next one, by
+#: the version they start from. 2 -> 3: the links of child flow runs to their parent
+#: (version 3 also has the ``credentials`` and ``audit`` tables, which the schema script
+#: creates when they are missing).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE flow_runs ADD COLUMN parent_flow_run_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE flow_runs ADD COLUMN parent_task_key TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE flow_runs ADD COLUMN parent_attempt INTEGER NOT NULL DEFAULT 0",
+    ),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -24,11 +36,15 @@ CREATE TABLE IF NOT EXISTS flow_runs (
     flow_version TEXT NOT NULL, state INTEGER NOT NULL, created_at REAL NOT NULL,
     parameters BLOB NOT NULL, idempotency_key TEXT, started_at REAL, ended_at REAL,
     result BLOB NOT NULL, message TEXT NOT NULL, trace_context TEXT NOT NULL,
-    schedule_id TEXT NOT NULL, engine_version TEXT NOT NULL);
+    schedule_id TEXT NOT NULL, engine_version TEXT NOT NULL,
+    parent_flow_run_id TEXT NOT NULL DEFAULT '', parent_task_key TEXT NOT NULL DEFAULT '',
+    parent_attempt INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS flow_runs_idem ON flow_runs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS flow_runs_state ON flow_runs (state);
 CREATE INDEX IF NOT EXISTS flow_runs_ended ON flow_runs (ended_at);
+CREATE INDEX IF NOT EXISTS flow_runs_parent ON flow_runs (parent_flow_run_id)
+    WHERE parent_flow_run_id != '';
 CREATE TABLE IF NOT EXISTS run_events (
     flow_run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL,
     body BLOB NOT NULL, value_id TEXT NOT NULL, PRIMARY KEY (flow_run_id, seq));
@@ -62,6 +78,18 @@ CREATE INDEX IF NOT EXISTS cache_entries_value ON cache_entries (value_id);
 CREATE TABLE IF NOT EXISTS schedules (
     id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, body BLOB NOT NULL, next_run_at REAL,
     enabled INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS credentials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, role TEXT NOT NULL,
+    secret_hash TEXT NOT NULL, subject TEXT NOT NULL, created_at REAL NOT NULL,
+    created_by TEXT NOT NULL, revoked_at REAL);
+CREATE UNIQUE INDEX IF NOT EXISTS credentials_name ON credentials (name)
+    WHERE revoked_at IS NULL;
+CREATE INDEX IF NOT EXISTS credentials_hash ON credentials (secret_hash);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+    action TEXT NOT NULL, object_kind TEXT NOT NULL, object_id TEXT NOT NULL,
+    detail TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_object ON audit (object_kind, object_id);
 """
 
 _TERMINAL_FLOW_STATES = tuple(s.value for s in TERMINAL_FLOW_STATES)

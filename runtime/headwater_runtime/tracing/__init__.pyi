@@ -11,6 +11,7 @@ from ._runs import RunTracer as RunTracer
 from ._runs import in_span as in_span
 from ._spans import active_tracer as active_tracer
 from ._spans import cli_span as cli_span
+from ._spans import current_context as current_context
 from ._spans import extract as extract
 from ._spans import inject as inject
 from ._spans import record_failure as record_failure

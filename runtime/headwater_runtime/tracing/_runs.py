@@ -76,6 +76,12 @@ class RunTracer:
         """``caller`` run with ``span`` current (see ``in_span``)."""
         return in_span(caller, span)
 
+    @staticmethod
+    def span_context(span: Span) -> Context:
+        """A context whose current span is ``span`` (the parent of a child flow run's
+        flow span: the span of the task run that stands for it)."""
+        return trace.set_span_in_context(span)
+
     def dispatched(self, run: TaskRunRecord, attempt: int, *, resumed: bool = False) -> Span:
         """Open the span of attempt ``attempt`` of ``run`` (a RunTask command)."""
         attributes = self._task_attributes(run, attempt)

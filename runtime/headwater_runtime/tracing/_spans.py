@@ -108,3 +108,11 @@ def cli_span(name: str) -> Iterator[None]:
         return
     with tracer.start_as_current_span(name):
         yield
+
+
+def current_context() -> Context:
+    """The OpenTelemetry context current in this thread (call only when tracing is on:
+    it imports OpenTelemetry)."""
+    from opentelemetry import context
+
+    return context.get_current()

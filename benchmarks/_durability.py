@@ -1,0 +1,316 @@
+"""Durability workloads (issue 12): a real ``headwater server`` SIGKILLed and restarted
+on its database, and a database kept from growing by retention.
+
+* ``restart``: one worker (2 slots) works through ``bench_restart`` (N tasks of 20 ms,
+  so almost all of them wait queued in the server at any moment). K times, after a
+  share of the tasks started, the server is SIGKILLed and at once started again on the
+  same database and port. Per restart: kill -> the new server listens (``ready``),
+  ready -> the worker has reconnected (its own log line), and ready -> the first task
+  start after that (the task's first line writes the wall clock to a file), that is,
+  how long queued work waited. Before issue 12 the server held every attempt that was
+  in flight, queued ones included, for the heartbeat window (20 s).
+* ``growth``: B batches of R one-task runs, one after another; after each batch
+  ``headwater prune --older-than 0.001s`` (every finished run is past retention) runs
+  beside the server. Growth per run = (database bytes after the last batch - after
+  the first) / runs in between. Measured without the prune too, in a fresh cluster in
+  the same process: what a run costs when nothing is deleted (a server from before
+  issue 12 has no prune at all).
+
+``server-base`` runs the very same code in the baseline checkout's interpreter (``python
+-m benchmarks --baseline DIR``): its server, worker and client.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from headwater import Client
+from headwater.wire import FlowRunState
+
+from ._server import RUN_TIMEOUT, Cluster, _Raw
+from ._server_tasks import STARTS, latency_flow, restart_flow
+
+#: How long queued work may wait after a restart before the measurement gives up.
+FIRST_START_TIMEOUT = 90.0
+
+
+def _starts(directory: str) -> list[float]:
+    path = Path(directory) / STARTS
+    if not path.exists():
+        return []
+    return [float(line.split(" ", 1)[0]) for line in path.read_text().splitlines()]
+
+
+def _wait(condition: Any, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def _reconnected_at(lines: list[str], after: float) -> float | None:
+    """When the worker logged that it reconnected (after ``after``), from its log line's
+    timestamp (``%(asctime)s``: local time, milliseconds)."""
+    for line in lines:
+        if "reconnected to" not in line:
+            continue
+        stamp = " ".join(line.split(" ", 2)[:2])
+        try:
+            at = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if at >= after - 0.001:
+            return at
+    return None
+
+
+def measure_restart(spec: dict[str, Any]) -> dict[str, Any]:
+    n, kills = spec["params"]["n"], spec["params"]["kills"]
+    points = [n * (i + 1) // (kills + 2) for i in range(kills)]
+    series: dict[str, list[float]] = {
+        "kill_to_ready": [],
+        "ready_to_reconnect": [],
+        "reconnect_to_first": [],
+        "ready_to_first": [],
+        "kill_to_first": [],
+    }
+    directory = tempfile.mkdtemp(prefix="headwater-bench-starts-")
+    try:
+        return _restart(spec, n, points, series, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _restart(
+    spec: dict[str, Any],
+    n: int,
+    points: list[int],
+    series: dict[str, list[float]],
+    directory: str,
+) -> dict[str, Any]:
+    with Cluster(workers=1, slots=2, env={"HW_BENCH_DIR": directory}) as cluster:
+        port = cluster.address.rsplit(":", 1)[1]
+        with Client(cluster.address) as client:
+            run_id = client.run(restart_flow, {"n": n}).id
+        for point in points:
+            _wait(lambda p=point: len(_starts(directory)) >= p, f"{point} task starts", 120)
+            cluster.kill_server()
+            killed = time.time()
+            cluster.start_server(port)
+            ready = time.time()
+            worker = cluster.workers[0]
+            _wait(
+                lambda r=ready: any(t > r for t in _starts(directory)),
+                "a task to start after the restart",
+                FIRST_START_TIMEOUT,
+            )
+            first = min(t for t in _starts(directory) if t > ready)
+            back = _reconnected_at(list(worker.lines), killed)
+            series["kill_to_ready"].append(ready - killed)
+            series["ready_to_first"].append(first - ready)
+            series["kill_to_first"].append(first - killed)
+            if back is not None:
+                series["ready_to_reconnect"].append(back - ready)
+                series["reconnect_to_first"].append(first - back)
+        raw = _Raw(cluster.address)
+        try:
+            ended = raw.wait_end(run_id, 0.05)
+            final = raw.get(run_id, task_runs=True)
+        finally:
+            raw.close()
+    attempts = sum(t.attempts for t in final.task_runs if t.name.startswith("nap["))
+    return {
+        "system": spec["system"],
+        "kind": "restart",
+        "params": spec["params"],
+        "tasks": n,
+        "label": f"{n} tasks, {len(points)} kills",
+        "walls": [],
+        "compiles": [],
+        "series": series,
+        "state": FlowRunState(ended.state).name,
+        "attempts": attempts,
+        "check": n,
+    }
+
+
+def _db_bytes(db: Path) -> tuple[int, int]:
+    """(bytes of the database and WAL files, bytes of the pages in use)."""
+    files = sum(
+        os.path.getsize(f"{db}{suffix}")
+        for suffix in ("", "-wal")
+        if os.path.exists(f"{db}{suffix}")
+    )
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    return files, (pages - free) * size
+
+
+def _growth(spec: dict[str, Any], prune: bool) -> dict[str, Any]:
+    batches, runs = spec["params"]["batches"], spec["params"]["runs"]
+    sizes: list[int] = []  # database + WAL files
+    used: list[int] = []  # pages in use
+    with Cluster(workers=1) as cluster, Client(cluster.address) as client:
+        raw = _Raw(cluster.address)
+        try:
+            version = client.deploy(latency_flow)
+            for _ in range(batches):
+                for _ in range(runs):
+                    run_id = client.run(latency_flow.name, version=version).id
+                    if raw.wait_end(run_id, 0.002).state != FlowRunState.SUCCESS.value:
+                        raise RuntimeError("a one-task run did not succeed")
+                if prune:
+                    cli = [sys.executable, "-m", "headwater._cli", "prune"]
+                    subprocess.run(
+                        [*cli, "--db", str(cluster.db), "--older-than", "0.001s"],
+                        check=True,
+                        capture_output=True,
+                        timeout=RUN_TIMEOUT,
+                    )
+                files, in_use = _db_bytes(cluster.db)
+                sizes.append(files)
+                used.append(in_use)
+        finally:
+            raw.close()
+    between = runs * (batches - 1) or 1
+    return {
+        "sizes": sizes,
+        "used": used,
+        "per_run": (sizes[-1] - sizes[0]) / between,
+        "used_per_run": (used[-1] - used[0]) / between,
+    }
+
+
+def measure_growth(spec: dict[str, Any]) -> dict[str, Any]:
+    kept = _growth(spec, prune=False)
+    # A Headwater from before issue 12 has no `headwater prune`.
+    has_prune = importlib.util.find_spec("headwater._cli_prune") is not None
+    pruned = _growth(spec, prune=True) if has_prune else None
+    batches, runs = spec["params"]["batches"], spec["params"]["runs"]
+    return {
+        "system": spec["system"],
+        "kind": "growth",
+        "params": spec["params"],
+        "tasks": batches * runs,
+        "label": f"{batches} x {runs} runs",
+        "walls": [],
+        "compiles": [],
+        "kept": kept,
+        "pruned": pruned,
+        "check": batches * runs,
+    }
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["kind"] == "restart":
+        return measure_restart(spec)
+    if spec["kind"] == "growth":
+        return measure_growth(spec)
+    raise ValueError(f"no durability workload of kind {spec['kind']!r}")
+
+
+# ------------------------------------------------------------------ the tables
+
+
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}" if values else "-"
+
+
+def _max(values: list[float]) -> str:
+    return f"{max(values):.2f}" if values else "-"
+
+
+def format_durability(rows: list[Any], revisions: dict[str, str]) -> str:
+    """One table per durability workload, a line per system (this tree, the baseline)."""
+    out: list[str] = []
+    for row in rows:
+        for system, outcome in row.outcomes.items():
+            rev = revisions.get(system, "?")
+            if outcome.data is None:
+                out.append(f"{row.workload.name} / {system} ({rev}): {outcome.error}")
+                continue
+            d = outcome.data
+            if d["kind"] == "restart":
+                s = d["series"]
+                out.append(
+                    f"{row.workload.name} / {system} ({rev}), {d['label']}: ready -> first "
+                    f"start of queued work median {_median(s['ready_to_first'])} s, max "
+                    f"{_max(s['ready_to_first'])} s (target < 1 s); kill -> ready median "
+                    f"{_median(s['kill_to_ready'])} s; ready -> worker reconnected median "
+                    f"{_median(s['ready_to_reconnect'])} s; reconnected -> first start "
+                    f"median {_median(s['reconnect_to_first'])} s; kill -> first start "
+                    f"median {_median(s['kill_to_first'])} s, max {_max(s['kill_to_first'])} "
+                    f"s; the run ended {d['state']} after {d['attempts']} attempts of "
+                    f"{d['tasks']} tasks"
+                )
+            else:
+                kept, pruned = d["kept"], d["pruned"]
+                text = (
+                    f"{row.workload.name} / {system} ({rev}), {d['label']}: without retention "
+                    f"{kept['used_per_run']:,.0f} bytes of pages in use per finished run "
+                    f"({kept['per_run']:,.0f} of database + WAL files: "
+                    f"{kept['sizes'][0]:,} -> {kept['sizes'][-1]:,} bytes)"
+                )
+                if pruned is not None:
+                    text += (
+                        f"; with `headwater prune --older-than 0.001s` after each batch "
+                        f"{pruned['per_run']:,.0f} bytes of files per run (target 0; "
+                        f"{pruned['used_per_run']:,.0f} of pages in use; database + WAL after "
+                        f"each batch: {', '.join(f'{x:,}' for x in pruned['sizes'])} bytes)"
+                    )
+                else:
+                    text += "; no retention in this version"
+                out.append(text)
+    return "\n".join(out)
+
+
+def format_comparison(rows: list[Any], revisions: dict[str, str]) -> str:
+    """The server workloads on this tree and on the baseline, measured in this run."""
+    lines = [
+        "server workloads before (server-base) and after (server), same run:",
+        f"{'workload':15} {'system':12} {'commit':10} {'tasks/s':>8} {'server CPU µs/task':>19} "
+        f"{'latency median ms':>18} {'p95 ms':>7}",
+    ]
+    for row in rows:
+        for system in ("server-base", "server"):
+            outcome = row.get(system)
+            if outcome is None:
+                continue
+            rev = revisions.get(system, "?")
+            if outcome.data is None:
+                lines.append(f"{row.workload.name:15} {system:12} {rev:10} {outcome.error}")
+                continue
+            d = outcome.data
+            rate = cpu = median = p95 = "-"
+            if d["kind"] == "fanout":
+                wall = statistics.median(d["walls"])
+                rate = f"{d['tasks'] / wall:,.0f}"
+                order = sorted(range(len(d["walls"])), key=lambda i: d["walls"][i])
+                server_cpu = d["cpu_s"][order[len(order) // 2]].get("server")
+                if server_cpu is not None:
+                    cpu = f"{server_cpu / d['tasks'] * 1e6:,.0f}"
+            else:
+                stats = d["stats_ms"]["ready_to_start"]
+                median, p95 = f"{stats['median']:.2f}", f"{stats['p95']:.2f}"
+            lines.append(
+                f"{row.workload.name:15} {system:12} {rev:10} {rate:>8} {cpu:>19} "
+                f"{median:>18} {p95:>7}"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""How the CLI shows runs: live progress, summary tables, failures (rich).
+
+On a terminal, progress is a live panel (done / running / failed / total, per task,
+elapsed) and tables are drawn; piped into a file or another program, the same facts
+come out as plain lines, one per change, with no colour or cursor movement.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from headwater.wire import FailureInfo, TaskRunState
+
+#: Traceback lines shown without --full (the last ones: where it failed).
+TRACEBACK_LINES = 12
+_COLOURS = {
+    "SUCCESS": "green",
+    "CACHED": "cyan",
+    "FAILED": "red",
+    "TIMED_OUT": "red",
+    "TRIGGER_FAILED": "magenta",
+    "CANCELLED": "bright_black",
+    "SKIPPED": "bright_black",
+    "RUNNING": "blue",
+    "RETRYING": "yellow",
+    "SCHEDULED": "bright_black",
+    "PENDING": "bright_black",
+}
+_ACTIVE = {TaskRunState.RUNNING, TaskRunState.RETRYING}
+
+
+def console(file: TextIO | None = None) -> Console:
+    """A rich Console on ``file`` (stdout), plain text when it is not a terminal."""
+    return Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+
+
+def state_text(name: str) -> Text:
+    """A state name in its colour."""
+    return Text(name, style=_COLOURS.get(name, ""))
+
+
+def duration_text(seconds: float | None) -> str:
+    """``0.42s``, ``12.3s``, ``4m 05s``, ``1h 02m``; "" when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def failure_lines(failure: FailureInfo, *, full: bool = False) -> list[str]:
+    """A failure as text: ``type: message``, then its traceback (its last
+    TRACEBACK_LINES lines unless ``full``) and causes."""
+    lines = [f"{failure.type}: {failure.message}"]
+    trace = failure.traceback.rstrip().splitlines()
+    if trace:
+        if not full and len(trace) > TRACEBACK_LINES:
+            cut = len(trace) - TRACEBACK_LINES
+            lines.append(f"  ... {cut} traceback lines cut (--full shows them)")
+            trace = trace[-TRACEBACK_LINES:]
+        lines.extend(f"  {line}" for line in trace)
+    if failure.cause is not None:
+        lines.append("caused by:")
+        lines.extend(f"  {line}" for line in failure_lines(failure.cause, full=full))
+    return lines
+
+
+@dataclass
+class TaskSummary:
+    """What the summary table shows of one task node (its mapped children together)."""
+
+    task_id: str
+    states: Counter[str] = field(default_factory=Counter)
+    attempts: int = 0
+    duration: float = 0.0
+    workers: set[str] = field(default_factory=set)
+
+
+def summary_table(
+    rows: Iterable[tuple[str, str, str, int, float | None, str]], title: str = ""
+) -> Table:
+    """A table of task nodes: (task id, key, state, attempts, duration, worker) per task
+    run, grouped by task node (a mapped node shows its children's counts)."""
+    nodes: dict[str, TaskSummary] = {}
+    for task_id, _key, state, attempts, duration, worker in rows:
+        if state == "MAPPED":
+            nodes.setdefault(task_id, TaskSummary(task_id))
+            continue
+        node = nodes.setdefault(task_id, TaskSummary(task_id))
+        node.states[state] += 1
+        node.attempts += attempts
+        node.duration += duration or 0.0
+        if worker:
+            node.workers.add(worker)
+    table = Table(title=title or None, title_justify="left", show_edge=False, pad_edge=False)
+    for column in ("task", "runs", "states", "attempts", "time", "workers"):
+        table.add_column(column, justify="right" if column in ("runs", "attempts") else "left")
+    for node in nodes.values():
+        states = Text(", ").join(state_text(f"{n} {s}") for s, n in sorted(node.states.items()))
+        table.add_row(
+            node.task_id,
+            str(sum(node.states.values())),
+            states,
+            str(node.attempts),
+            duration_text(node.duration) if node.duration else "",
+            ", ".join(sorted(node.workers)),
+        )
+    return table
+
+
+class Progress:
+    """Live progress of a run: done / running / failed / total, per task, elapsed.
+
+    On a terminal a rich Live panel (redrawn a few times a second); otherwise one plain
+    line per task run change, to ``out`` (stderr).
+
+    Args:
+        title: what runs, e.g. ``flow run 1a2b3c4d of 'etl'``.
+        out: where progress goes.
+    """
+
+    def __init__(self, title: str, out: TextIO | None = None) -> None:
+        self.title = title
+        self.out = out or sys.stderr
+        self.console = console(self.out)
+        self.started = time.monotonic()
+        self.states: dict[str, tuple[str, str]] = {}  # key -> (task id, state)
+        self.waiting: dict[str, str] = {}
+        self.live: Live | None = None
+        if self.console.is_terminal:
+            self.live = Live(
+                console=self.console, refresh_per_second=4, transient=True, get_renderable=self
+            )
+
+    def __enter__(self) -> Progress:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def update(self, key: str, task_id: str, state: str, message: str = "") -> None:
+        """A task run changed state."""
+        self.states[key] = (task_id, state)
+        self.waiting.pop(key, None)
+        if self.live is None:
+            detail = f" {message}" if message and state != "SUCCESS" else ""
+            print(f"  {key}: {state}{detail}", file=self.out, flush=True)
+
+    def waits(self, reasons: dict[str, str]) -> None:
+        """Task runs that wait for a worker, and why (shown until they change)."""
+        fresh = {k: v for k, v in reasons.items() if self.waiting.get(k) != v}
+        self.waiting.update(reasons)
+        if self.live is None:
+            for key, why in fresh.items():
+                print(f"  {key}: {why}", file=self.out, flush=True)
+
+    def counts(self) -> Counter[str]:
+        """Task runs per state (mapped parents left out)."""
+        return Counter(state for _, state in self.states.values() if state != "MAPPED")
+
+    def __call__(self) -> Any:
+        """The live panel (rich calls this to redraw)."""
+        counts = self.counts()
+        done = sum(n for s, n in counts.items() if TaskRunState[s].is_terminal)
+        failed = sum(n for s, n in counts.items() if TaskRunState[s].is_failure)
+        running = sum(n for s, n in counts.items() if TaskRunState[s] in _ACTIVE)
+        elapsed = duration_text(time.monotonic() - self.started)
+        head = Text.assemble(
+            (self.title, "bold"),
+            f"  {done}/{sum(counts.values())} done, ",
+            (f"{running} running", "blue"),
+            ", ",
+            (f"{failed} failed", "red" if failed else ""),
+            f"  {elapsed}",
+        )
+        per_task: dict[str, Counter[str]] = {}
+        for task_id, state in self.states.values():
+            if state != "MAPPED":
+                per_task.setdefault(task_id, Counter())[state] += 1
+        table = Table.grid(padding=(0, 2))
+        for task_id, states in list(per_task.items())[-12:]:
+            table.add_row(
+                task_id, Text(", ").join(state_text(f"{n} {s}") for s, n in states.items())
+            )
+        reasons = [Text(f"{k}: {v}", style="yellow") for k, v in list(self.waiting.items())[:5]]
+        return Group(head, table, *reasons)
+
+
+__all__ = [
+    "TRACEBACK_LINES",
+    "Progress",
+    "console",
+    "duration_text",
+    "failure_lines",
+    "state_text",
+    "summary_table",
+]

@@ -1,0 +1,152 @@
+"""What a Python worker does with flows: it offers the flows of its modules, builds
+their graphs when the server asks (``BuildGraph``), and runs the flows its tasks call
+as child flow runs on the server it serves.
+
+Builds run on a thread of their own and take no slot: the server waits for the answer
+to create a run (by name, by a schedule, as a subflow) and the flow body is usually
+quick. The graph records this worker's task code, so the run's tasks go to workers
+with the same code (docs/flows.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+from headwater.v1 import worker_pb2
+from headwater.wire import (
+    GRAPH_BUILDS,
+    ConnectionSettings,
+    FlowRunState,
+    ParameterError,
+    PayloadTransfer,
+    decode_value,
+    encode,
+    split_task_run_id,
+)
+
+from ._flow import Flow
+from ._run import FlowRun
+from ._worker_codec import failure
+
+log = logging.getLogger("headwater.worker")
+
+#: The failure type of a build refused for its parameter values (the server answers
+#: the run's creator INVALID_ARGUMENT with the message).
+PARAMETER_ERROR = "headwater.ParameterError"
+
+Send = Callable[[worker_pb2.ConnectRequest], None]
+
+
+def collect_flows(modules: Iterable[ModuleType]) -> dict[str, Flow[..., Any]]:
+    """Every Flow in the modules' namespaces, by flow name (the first of a name wins)."""
+    flows: dict[str, Flow[..., Any]] = {}
+    for module in modules:
+        for obj in vars(module).values():
+            if isinstance(obj, Flow):
+                flows.setdefault(obj.name, obj)
+    return flows
+
+
+def offers(flows: Mapping[str, Flow[..., Any]]) -> list[worker_pb2.FlowOffer]:
+    """The Hello's list of flows this worker can build."""
+    return [worker_pb2.FlowOffer(name=n, code_digest=f.code_digest) for n, f in flows.items()]
+
+
+class GraphBuilder:
+    """Answers BuildGraph requests, each on a thread of its own.
+
+    Args:
+        flows: the flows this worker offers, by name.
+        send: queues a message on the worker's stream.
+    """
+
+    def __init__(self, flows: Mapping[str, Flow[..., Any]], send: Send) -> None:
+        self.flows = flows
+        self.send = send
+        self.transfer: PayloadTransfer | None = None
+        self.inline_limit = 0
+
+    @property
+    def feature(self) -> list[str]:
+        """The Hello feature that lets the server ask for builds (none without flows)."""
+        return [GRAPH_BUILDS] if self.flows else []
+
+    def request(self, request: worker_pb2.BuildGraph) -> None:
+        """Build in the background; the answer goes on the stream."""
+        thread = threading.Thread(
+            target=self._answer, args=(request,), name="headwater-build", daemon=True
+        )
+        thread.start()
+
+    def _answer(self, request: worker_pb2.BuildGraph) -> None:
+        answer = worker_pb2.GraphBuilt(build_id=request.build_id)
+        try:
+            graph, params = self.build(request.flow_name, dict(request.parameters))
+            answer.graph.CopyFrom(graph)
+            for name, value in params.items():
+                answer.parameters[name].CopyFrom(value)
+        except ParameterError as exc:
+            answer.error.CopyFrom(failure(PARAMETER_ERROR, str(exc), retryable=False))
+        except Exception as exc:
+            log.warning("could not build the graph of flow %s: %r", request.flow_name, exc)
+            kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            answer.error.CopyFrom(failure(kind, str(exc), retryable=False))
+        self.send(worker_pb2.ConnectRequest(graph_built=answer))
+
+    def build(self, flow_name: str, parameters: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """(FlowGraph, converted parameters encoded) of a flow for encoded values."""
+        from ._graphs import compile_graph
+
+        flow = self.flows.get(flow_name)
+        if flow is None:
+            raise LookupError(f"this worker offers no flow {flow_name!r}")
+        transfer = self.transfer
+        assert transfer is not None
+        values = {name: decode_value(v, transfer.download) for name, v in parameters.items()}
+        given = flow.validate(**values)
+
+        def upload(value: Any, portable: bool) -> Any:
+            return transfer.value(encode(value, portable=portable), self.inline_limit)
+
+        return compile_graph(flow, given, flow.complete(given), upload)
+
+
+class FlowLauncher:
+    """Starts the flows a task calls while it runs, as child runs of that task run on
+    the server the worker serves, with the worker's connection settings.
+
+    Args:
+        settings: the worker's server address and token.
+    """
+
+    def __init__(self, settings: ConnectionSettings) -> None:
+        self.settings = settings
+
+    def run_flow(
+        self, flow: Flow[..., Any], given: dict[str, Any], task_run_id: str, attempt: int
+    ) -> FlowRun:
+        """Run ``flow`` on the server as a child of attempt ``attempt`` of the task run
+        ``task_run_id``; wait for it. The server cancels it if the attempt ends first."""
+        from ._client import Client
+
+        with Client(self.settings.server, token=self.settings.token) as client:
+            created = client.run(flow, given, parent_task_run=task_run_id, parent_attempt=attempt)
+            final = client.wait(created.id)
+            return FlowRun(
+                id=final.id,
+                flow_name=final.flow_name,
+                state=final.state,
+                result=final.result if final.state is FlowRunState.SUCCESS else None,
+                parameters=dict(given),
+                task_runs={},  # on the server: Client.get(id, include_task_runs=True)
+                message=final.message,
+                parent_id=final.parent_id,
+                parent_task_run=split_task_run_id(task_run_id)[1],
+            )
+
+
+__all__ = ["PARAMETER_ERROR", "FlowLauncher", "GraphBuilder", "collect_flows", "offers"]

@@ -1,0 +1,118 @@
+"""Stopping ``headwater worker`` on SIGTERM or SIGINT, within its grace period, every time.
+
+A Python-level signal handler runs on the main thread between two bytecodes of
+whatever it interrupted: inside the gRPC stream iterator, a logging call, or
+``Thread.start()`` while it holds the threading module's internal lock. Starting a
+thread or taking a lock from there can deadlock (a stop was seen to hang inside the
+handler, which started a thread). So the Python handlers here do nothing at all:
+CPython's C-level handler also writes the signal's number to a pipe
+(``signal.set_wakeup_fd``), and a watcher thread, started before any signal can
+arrive, reads it and stops the worker from an ordinary thread.
+
+On the first signal the watcher arms a hard deadline, then asks the worker to stop
+(the stream is cancelled; running attempts are interrupted and abandoned, and the
+server dispatches them again). The deadline is ``faulthandler``'s watchdog: a C
+thread that needs neither the GIL nor a healthy interpreter; if the process is still
+alive ``grace`` seconds later (a task thread that will not let the interpreter exit)
+it writes every thread's stack to stderr and ends the process with status 1. A second
+signal ends it at once (status 128 + the signal's number). docs/worker-protocol.md
+(§16) says why this is how a stuck task is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+#: Default seconds ``headwater worker`` may take to stop after SIGTERM or SIGINT.
+DEFAULT_GRACE = 10.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """The Python-level handler: nothing (the watcher thread acts; module docstring)."""
+
+
+class StopOnSignal:
+    """Stops a worker when the process gets SIGTERM or SIGINT (module docstring).
+
+    Args:
+        stop: asks the worker to stop (``Worker.stop``); called on the watcher thread.
+        grace: seconds the process may take to end after the first signal.
+        name: who is stopping, for the line written to stderr.
+    """
+
+    def __init__(self, stop: Callable[[], None], grace: float, name: str = "worker") -> None:
+        self.stop = stop
+        self.grace = grace
+        self.name = name
+        self.received: list[int] = []
+        self._read_fd = self._write_fd = -1
+        self._previous_fd = -1
+        self._thread: threading.Thread | None = None
+
+    def install(self) -> None:
+        """Route SIGTERM and SIGINT to the watcher thread (main thread only)."""
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # the C handler must never block
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for signum in SIGNALS:
+            signal.signal(signum, _ignore)
+        self._thread = threading.Thread(target=self._watch, name="headwater-stop", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = os.read(self._read_fd, 64)
+            except OSError:
+                return  # closed: the worker ended on its own
+            if not data or 0 in data:
+                return  # uninstall() woke it: the worker ended on its own
+            for signum in data:
+                if signum in {int(s) for s in SIGNALS}:
+                    self._on_signal(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        self.received.append(signum)
+        name = signal.Signals(signum).name
+        if len(self.received) > 1:
+            _say(f"headwater {self.name}: {name} again; exiting now\n")
+            os._exit(128 + signum)
+        # Armed first: whatever happens next, the process ends within the grace.
+        faulthandler.dump_traceback_later(self.grace, exit=True, file=sys.stderr)
+        _say(
+            f"headwater {self.name}: {name}; stopping (running tasks are given back to "
+            f"the server), at most {self.grace:g}s\n"
+        )
+        self.stop()
+
+    def uninstall(self) -> None:
+        """Restore the default handlers and close the pipe when the worker ended on its
+        own. After a signal nothing changes: the deadline stays armed and a second
+        signal still exits at once, until the process is gone."""
+        if self.received:
+            return
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(self._previous_fd)
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"\0")  # ends the watcher
+        if self._thread is not None:
+            self._thread.join(1.0)
+        for fd in (self._write_fd, self._read_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _say(text: str) -> None:
+    """Write to stderr without Python's stream locks (another thread may hold them)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode(errors="replace"))

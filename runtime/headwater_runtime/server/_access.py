@@ -1,0 +1,222 @@
+"""Who is calling: named credentials (tokens or certificate subjects) and their roles.
+
+The server keeps every credential in memory (token hashes and certificate subjects to
+names and roles) and checks each call against it. Changes made through the server
+(``AccessService``) apply at once; changes made by another process (``headwater
+tokens revoke --db``) are seen within ``POLL_INTERVAL`` (the store's credentials
+generation is read that often). Tokens are 256 random bits, so a plain SHA-256 is an
+adequate hash: a slow password hash protects guessable secrets, and these are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from headwater.wire import Role
+from headwater_runtime.store import CredentialRow, Store
+
+from ._io import StoreIO
+
+log = logging.getLogger("headwater.server")
+
+#: How often a server looks for credential changes made by another process.
+POLL_INTERVAL = 1.0
+#: Prefix of generated tokens (lets secret scanners recognise them).
+TOKEN_PREFIX = "hwt_"
+#: The name audit entries give the ``--token`` shortcut credential.
+SERVER_TOKEN_NAME = "server-token"
+#: Who calls on a server with no credentials at all (everything is open).
+ANONYMOUS_NAME = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The credential a call was made with."""
+
+    name: str
+    role: Role
+
+
+#: The caller of the RPC being served (set by the auth interceptor for the call's task).
+#: Caller is frozen, so one shared default is safe.
+ANONYMOUS = Caller(ANONYMOUS_NAME, Role.ADMIN)
+CALLER: ContextVar[Caller] = ContextVar("headwater_caller", default=ANONYMOUS)
+
+
+class Refused(Exception):
+    """A call's credential is missing, unknown or revoked (UNAUTHENTICATED)."""
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_credential(
+    name: str, role: Role | str, *, subject: str = "", created_by: str, now: float
+) -> tuple[CredentialRow, str]:
+    """A credential row and its token ("" for a certificate credential)."""
+    role = role if isinstance(role, Role) else Role.parse(role)
+    name = name.strip()
+    if not name:
+        raise ValueError("a credential needs a --name")
+    token = "" if subject else TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = CredentialRow(
+        name=name,
+        role=role.value,
+        secret_hash=hash_token(token) if token else "",
+        subject=subject.strip(),
+        created_at=now,
+        created_by=created_by,
+    )
+    return row, token
+
+
+def _first(values: Mapping[str, Iterable[bytes]], key: str) -> str:
+    for value in values.get(key, ()):
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+class AccessControl:
+    """The server's credentials in memory, and the check of one call's credential.
+
+    Args:
+        store: where credentials are kept (None: only ``admin_token``).
+        io: the store's threads (required with a store).
+        admin_token: the ``--token`` shortcut: one admin credential, not stored.
+        client_certificates: the server requires client certificates (mutual TLS), so
+            credentials are always checked even when none are stored.
+    """
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        io: StoreIO | None = None,
+        admin_token: str | None = None,
+        *,
+        client_certificates: bool = False,
+    ) -> None:
+        if admin_token is not None and not admin_token:
+            raise ValueError("the server token must not be empty")
+        self.store = store
+        self.io = io
+        self._admin = f"Bearer {admin_token}".encode() if admin_token else None
+        self._client_certificates = client_certificates
+        self._tokens: dict[str, CredentialRow] = {}
+        self._subjects: dict[str, CredentialRow] = {}
+        self._revoked: dict[str, CredentialRow] = {}
+        self._generation = -1
+        self._poller: asyncio.Task[None] | None = None
+        #: Called on the event loop after every reload with the names of the valid
+        #: credentials (the server ends worker streams of revoked ones).
+        self.on_change: Callable[[frozenset[str]], None] | None = None
+
+    def valid_names(self) -> frozenset[str]:
+        """Names of the credentials that are valid now (the built-in ones too)."""
+        names = {row.name for row in (*self._tokens.values(), *self._subjects.values())}
+        return frozenset({*names, SERVER_TOKEN_NAME, ANONYMOUS_NAME})
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls need a credential: a --token, client certificates, or any
+        stored credential (a server with none of these is open, as before roles)."""
+        return bool(self._admin or self._client_certificates or self._tokens or self._subjects)
+
+    def load(self) -> None:
+        """Read every credential from the store (on a store thread)."""
+        if self.store is None:
+            return
+        generation = self.store.credentials_generation()
+        tokens: dict[str, CredentialRow] = {}
+        subjects: dict[str, CredentialRow] = {}
+        revoked: dict[str, CredentialRow] = {}
+        for row in self.store.list_credentials(include_revoked=True):
+            if row.revoked_at is not None:
+                if row.secret_hash:
+                    revoked[row.secret_hash] = row
+            elif row.subject:
+                subjects[row.subject] = row
+            else:
+                tokens[row.secret_hash] = row
+        self._tokens, self._subjects, self._revoked = tokens, subjects, revoked
+        self._generation = generation
+
+    async def start(self) -> None:
+        """Load the credentials and start watching for changes by other processes."""
+        if self.store is None or self.io is None:
+            return
+        await self.io.read(self.load)
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        """Stop watching for changes."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+    async def _poll(self) -> None:
+        assert self.store is not None and self.io is not None
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            try:
+                if await self.io.read(self.store.credentials_generation) != self._generation:
+                    await self.reload()
+            except Exception:
+                log.exception("could not re-read credentials; trying again")
+
+    async def reload(self) -> None:
+        """Re-read the credentials now (after a change made through this server)."""
+        if self.io is not None:
+            await self.io.read(self.load)
+        if self.on_change is not None:
+            self.on_change(self.valid_names())
+
+    def authenticate(
+        self,
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        peer: Mapping[str, Iterable[bytes]],
+    ) -> Caller:
+        """The caller of a call with this metadata and TLS peer (``auth_context()``);
+        Refused (with the reason) when it has no valid credential."""
+        for key, value in metadata or ():
+            if key == "authorization":
+                return self._token(value.encode() if isinstance(value, str) else bytes(value))
+        subject = _first(peer, "x509_subject")
+        if subject:
+            common_name = _first(peer, "x509_common_name")
+            row = self._subjects.get(subject) or self._subjects.get(f"CN={common_name}")
+            if row is None:
+                raise Refused(
+                    f"client certificate subject {subject!r} is not mapped to a credential "
+                    f"(headwater tokens create --subject {subject!r} --role ROLE --name NAME)"
+                )
+            return Caller(row.name, Role(row.role))
+        raise Refused(
+            "missing token: send metadata 'authorization: Bearer <token>' "
+            "(or a client certificate mapped to a role)"
+        )
+
+    def _token(self, given: bytes) -> Caller:
+        if self._admin is not None and hmac.compare_digest(given, self._admin):
+            return Caller(SERVER_TOKEN_NAME, Role.ADMIN)
+        scheme, _, token = given.partition(b" ")
+        if scheme != b"Bearer" or not token:
+            raise Refused("invalid authorization metadata: expected 'Bearer <token>'")
+        digest = hashlib.sha256(token).hexdigest()
+        row = self._tokens.get(digest)
+        if row is not None:
+            return Caller(row.name, Role(row.role))
+        revoked = self._revoked.get(digest)
+        if revoked is not None:
+            raise Refused(f"the token of credential {revoked.name!r} was revoked")
+        raise Refused("invalid token")

@@ -1,0 +1,303 @@
+"""Creating runs whose graph a worker may have to build, and starting subflow children.
+
+Every path that creates a run on the server goes through ``RunCreation.create``: a
+client's CreateFlowRun (by name or after registering the graph), a schedule's fire and
+a subflow node's child. When the stored graph cannot serve the run's values (a
+value-dependent flow built for other values, or a flow never registered), a worker
+that offers the flow builds one (``_builds``), which is registered and run with the
+values as the worker converted them. Without such a worker:
+
+- a client's request fails at once (FAILED_PRECONDITION, saying which worker to start);
+- a subflow node's attempt waits, with the reason in its task run's ``waiting``, and
+  a schedule's fire waits, until a worker that offers the flow connects.
+
+A pinned version (``flow_version``) is never replaced by a build: other values for a
+pinned value-dependent graph are refused as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from headwater.v1 import payload_pb2, run_pb2
+from headwater.wire import FailureInfo, FlowRunState, GraphBuildNeeded, GraphError, ParameterError
+from headwater_runtime.engine import TaskFailed, TaskStarted, subflow_outcome
+from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow
+
+from ._access import CALLER
+from ._builds import BuildUnavailable, GraphBuilds, NoBuilder
+from ._children import SubflowStart
+from ._queries import flow_result
+from ._schedule_times import fire_key
+
+if TYPE_CHECKING:
+    from ._core import ServerCore
+    from ._dispatch import WorkerSession
+    from ._runs import PreparedRun
+
+log = logging.getLogger("headwater.server")
+
+#: Work to do again once a worker that offers the flow connects.
+Retry = Callable[[], Coroutine[Any, Any, None]]
+
+
+class RunCreation:
+    """Creates runs (building graphs on workers when needed) for a ServerCore.
+
+    Args:
+        core: the server.
+        build_timeout: seconds a worker has to build a graph.
+    """
+
+    def __init__(self, core: ServerCore, build_timeout: float) -> None:
+        self.core = core
+        self.builds = GraphBuilds(build_timeout)
+        #: Why a subflow node's attempt waits, by (parent run id, task run key).
+        self.waiting: dict[tuple[str, str], str] = {}
+        # Work that waits for a worker offering a flow, by flow name.
+        self._awaiting: dict[str, list[Retry]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- creating
+
+    async def create(
+        self,
+        flow_name: str,
+        flow_version: str,
+        parameters: Mapping[str, payload_pb2.Value],
+        idempotency_key: str = "",
+        trace_context: Mapping[str, str] | None = None,
+        *,
+        parent: tuple[str, str, int] | None = None,
+        build_missing: bool = False,
+    ) -> tuple[FlowRunRow, bool]:
+        """Create and start a run (see the module docstring); durable when it returns.
+        ``build_missing``: a flow that is not registered is built by a worker that
+        offers it (NoBuilder when none does) rather than NOT_FOUND."""
+        core = self.core
+        prepared = await self._prepare(
+            flow_name,
+            flow_version,
+            parameters,
+            idempotency_key,
+            trace_context,
+            parent,
+            build_missing or self.has_builder(flow_name),
+        )
+        # Who created the run is stored with it, in the same transaction.
+        audit = AuditRow(
+            core.clock.now(),
+            CALLER.get().name,
+            "run",
+            "flow_run",
+            prepared.row.id,
+            f"{prepared.row.flow_name}:{prepared.row.flow_version}",
+        )
+        try:
+            row, created = await core.io.write(
+                core.store.create_flow_run, prepared.row, None, prepared.batch, audit
+            )
+        except BaseException:
+            core.runs.discard(prepared)
+            raise
+        if created:
+            core.runs.adopt(prepared)
+            core.touch()
+        else:
+            core.runs.discard(prepared)
+        return row, created
+
+    async def _prepare(
+        self,
+        flow_name: str,
+        flow_version: str,
+        parameters: Mapping[str, payload_pb2.Value],
+        idempotency_key: str,
+        trace_context: Mapping[str, str] | None,
+        parent: tuple[str, str, int] | None,
+        build_missing: bool,
+    ) -> PreparedRun:
+        core = self.core
+        prepare = core.runs.prepare_run
+        try:
+            return await core.io.read(
+                prepare, flow_name, flow_version, parameters, idempotency_key, trace_context,
+                parent=parent,
+            )  # fmt: skip
+        except GraphBuildNeeded:
+            if flow_version:
+                raise
+        except NotFound:
+            if flow_version or not build_missing:
+                raise
+        version, converted = await self.build(flow_name, parameters)
+        return await core.io.read(
+            prepare, flow_name, version, converted, idempotency_key, trace_context, parent=parent
+        )
+
+    def has_builder(self, flow_name: str) -> bool:
+        """Whether a connected worker can build the flow's graph now."""
+        return bool(self.builds.builders(self.core.dispatcher.sessions.values(), flow_name))
+
+    async def build(
+        self, flow_name: str, parameters: Mapping[str, payload_pb2.Value]
+    ) -> tuple[str, dict[str, payload_pb2.Value]]:
+        """Have a worker build the flow's graph for these values and register it: the
+        stored version and the values as the worker converted them."""
+        sessions = self.core.dispatcher.sessions.values()
+        built = await self.builds.build(sessions, flow_name, parameters)
+        version, _ = await self.core.register_flow(built.graph)
+        log.info("worker %s built flow %s as version %s", built.worker, flow_name, version)
+        return version, built.parameters
+
+    # ---------------------------------------------------------------- waiting
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _await_builder(self, flow_name: str, retry: Retry) -> None:
+        self._awaiting.setdefault(flow_name, []).append(retry)
+
+    def connected(self, session: WorkerSession) -> None:
+        """A worker connected: what waited for a worker offering its flows goes on."""
+        for flow_name in session.flows:
+            if not self.builds.builders([session], flow_name):
+                continue
+            for retry in self._awaiting.pop(flow_name, []):
+                self._spawn(retry())
+
+    async def stop(self) -> None:
+        """Cancel the builds and starts under way (the server stops)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---------------------------------------------------------------- subflows
+
+    def start_subflow(self, start: SubflowStart) -> None:
+        """Start the child flow run of a dispatched subflow node (after the commit)."""
+        self._spawn(self._start_subflow(start))
+
+    async def _start_subflow(self, start: SubflowStart) -> None:
+        core, runs = self.core, self.core.runs
+        where = (start.parent_id, start.key)
+        if not runs.parent_running(start.parent_id, start.key, start.attempt):
+            self.waiting.pop(where, None)
+            return
+        try:
+            row, created = await self._child(start)
+        except NoBuilder as exc:
+            self.waiting[where] = (
+                f"waiting for a worker that offers flow {start.flow_name!r} to build its "
+                f"graph for the subflow's parameter values ({exc.flow_name!r} is not offered "
+                "by any connected worker: start one with the flow's module)"
+            )
+            self._await_builder(start.flow_name, lambda: self._start_subflow(start))
+            return
+        except (ParameterError, GraphError, NotFound, Conflict, BuildUnavailable) as exc:
+            self.waiting.pop(where, None)
+            failure = FailureInfo(
+                type=f"headwater.{type(exc).__name__}",
+                message=f"could not start subflow {start.flow_name!r}: {exc}",
+                retryable=isinstance(exc, BuildUnavailable),
+            )
+            runs.handle(start.parent_id, TaskFailed(start.key, start.attempt, failure))
+            core.touch()
+            return
+        self.waiting.pop(where, None)
+        if runs.parent_running(start.parent_id, start.key, start.attempt):
+            runs.handle(start.parent_id, TaskStarted(start.key, start.attempt))
+            if not created and FlowRunState(row.state).is_terminal:
+                # Started before a restart and ended since: report how it ended.
+                result = await core.io.read(flow_result, core.store, row)
+                event = subflow_outcome(
+                    start.key,
+                    start.attempt,
+                    row.id,
+                    row.flow_name,
+                    FlowRunState(row.state),
+                    result,
+                    row.message,
+                )
+                runs.handle(start.parent_id, event)
+        core.touch()
+
+    async def _child(self, start: SubflowStart) -> tuple[FlowRunRow, bool]:
+        """The child run of a subflow node's attempt: the one created before (a
+        restart repeats the start), or a new one."""
+        core = self.core
+        for row in await core.io.read(core.store.child_flow_runs, start.parent_id):
+            if row.idempotency_key == start.idempotency_key:
+                return row, False
+        return await self.create(
+            start.flow_name,
+            start.flow_version,
+            start.parameters,
+            start.idempotency_key,
+            start.trace_context,
+            parent=(start.parent_id, start.key, start.attempt),
+            build_missing=True,
+        )
+
+    # --------------------------------------------------------------- schedules
+
+    def build_fire(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
+        """A schedule's fire needs its graph built (Scheduler.build)."""
+        self._spawn(self._fire(msg, fire_time, row))
+
+    async def _fire(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
+        core = self.core
+        scheduler = core.schedules
+        params = {name: msg.parameters[name] for name in msg.parameters}
+        try:
+            version, converted = await self.build(msg.flow_name, params)
+            core.runs.create_run(
+                msg.flow_name, version, converted, fire_key(msg.id, fire_time), schedule=row
+            )
+        except NoBuilder as exc:
+            log.warning("schedule %s waits to fire at %s: %s", msg.id, fire_time, exc)
+            self._await_builder(msg.flow_name, lambda: self._fire(msg, fire_time, row))
+            return
+        except BuildUnavailable as exc:  # the worker left or was slow: ask again
+            log.warning("schedule %s: %s; asking again", msg.id, exc)
+            self._spawn(self._fire(msg, fire_time, row))
+            return
+        except (ParameterError, GraphError, NotFound, Conflict) as exc:
+            scheduler.skip(row, f"its fire at {fire_time} cannot run: {exc}")
+            core.touch()
+            return
+        scheduler.fired(msg.id, row)
+        core.touch()
+
+    async def create_schedule(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
+        """Create a schedule; one whose values need a graph built (a value-dependent
+        flow) is checked by having a worker build it, and keeps the converted values."""
+        scheduler = self.core.schedules
+        try:
+            return scheduler.create(request)
+        except GraphBuildNeeded:
+            if request.flow_version:
+                raise
+        except NotFound:
+            if request.flow_version or not self.has_builder(request.flow_name):
+                raise
+        given = {name: request.parameters[name] for name in request.parameters}
+        version, converted = await self.build(request.flow_name, given)
+        checked = run_pb2.Schedule()
+        checked.CopyFrom(request)
+        checked.ClearField("parameters")
+        for name, value in converted.items():
+            checked.parameters[name].CopyFrom(value)
+        return scheduler.create(checked, built_version=version)
+
+    def reasons(self, flow_run_id: str) -> dict[str, Any]:
+        """Why subflow nodes of a run wait, by task run key."""
+        return {key: why for (run_id, key), why in self.waiting.items() if run_id == flow_run_id}
+
+
+__all__ = ["RunCreation"]

@@ -1,0 +1,112 @@
+"""Garbage collection around large graphs and runs, so that building one does not stop
+the event loop.
+
+CPython's cycle collector stops every thread while it runs, for a time proportional
+to the objects it scans. Building a 100,000-task graph and its run creates about two
+million objects, and while they are created the collector runs again and again over
+the growing heap (seconds each on a loaded machine): every other client waits, though
+the building itself happens on a reader thread. So:
+
+* while a large graph is parsed and validated, or a large run is built and started,
+  full collections are held off (``Collector.building``: the oldest generation's
+  threshold is raised; young collections go on and free the build's transient
+  garbage at little cost; a count, since builds may overlap on reader threads);
+* at the end of such a build, everything alive is frozen (``gc.freeze``): the
+  collector no longer scans it, so later collections stay as short as they were
+  before the run existed. A graph is freed by reference counting once unused, frozen
+  or not (it holds no reference cycles);
+* frozen objects are never collected, so when a large run ends its engine would be
+  kept forever: the run manager says so (``large_run_ended``), and the collector
+  unfreezes, collects once (a pause proportional to the heap, paid once per large run
+  and never while one is being built) and freezes again what is still alive if other
+  large runs are.
+
+Small graphs and runs (below ``LARGE``) change nothing: the collector runs as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+log = logging.getLogger("headwater.server")
+
+#: Tasks from which a graph or a run counts as large.
+LARGE = 10_000
+#: An oldest-generation threshold no build reaches (young collections go on).
+_NEVER = 1 << 30
+
+
+class Collector:
+    """Pauses and freezes the cycle collector around large builds (module docstring).
+
+    Args:
+        large: tasks from which a graph or a run counts as large.
+    """
+
+    def __init__(self, large: int = LARGE) -> None:
+        self.large = large
+        self._lock = threading.Lock()
+        self._building = 0
+        self._thresholds = gc.get_threshold()
+        self.live_large_runs = 0
+        self.collections = 0  # unfreeze-and-collect passes made
+        self.froze = False
+
+    @contextlib.contextmanager
+    def building(self, tasks: int) -> Iterator[None]:
+        """Around building a graph or run of ``tasks`` tasks: no full collection
+        meanwhile, and what was built frozen afterwards, when it is large."""
+        if tasks < self.large:
+            yield
+            return
+        with self._lock:
+            if self._building == 0:
+                self._thresholds = gc.get_threshold()
+                young, middle, _ = self._thresholds
+                gc.set_threshold(young, middle, _NEVER)
+            self._building += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._building -= 1
+                if self._building == 0:
+                    gc.freeze()
+                    self.froze = True
+                    gc.set_threshold(*self._thresholds)
+
+    def large_run_started(self) -> None:
+        """A large run built under ``building`` is live."""
+        with self._lock:
+            self.live_large_runs += 1
+
+    def large_run_ended(self) -> None:
+        """A large run ended: give its objects back to the collector (see the module
+        docstring); frozen again is whatever other large runs still need."""
+        with self._lock:
+            self.live_large_runs = max(0, self.live_large_runs - 1)
+            if self._building:
+                return  # the build under way freezes everything when it ends
+            started = time.perf_counter()
+            gc.unfreeze()
+            gc.collect()
+            if self.live_large_runs:
+                gc.freeze()
+            self.collections += 1
+        log.info(
+            "collected the objects of a large finished run in %.0f ms",
+            (time.perf_counter() - started) * 1e3,
+        )
+
+    def close(self) -> None:
+        """The server stops: give everything frozen back to the collector (a process
+        that goes on, such as a test run, must not keep it forever)."""
+        with self._lock:
+            if self.froze:
+                gc.unfreeze()
+                self.froze = False

@@ -1,0 +1,124 @@
+"""Checking what peers send against the server's limits (``headwater.wire.Limits``).
+
+Every size a peer states is checked where it enters the server, before anything is
+built from it: a flow graph's tasks, edges and input nesting (RegisterFlow), a
+parameter's size and a value's elements (CreateFlowRun, CreateSchedule), a worker's
+result (its elements become child task runs of a mapped task). Upload sizes are
+checked by the PayloadService itself, message sizes by gRPC.
+
+A size over a limit raises ``LimitExceeded`` (RESOURCE_EXHAUSTED; a worker's result
+fails its task); a value that contradicts itself raises ``InvalidValue``
+(INVALID_ARGUMENT). Both name what was wrong. docs/limits.md lists the limits.
+"""
+
+from __future__ import annotations
+
+from headwater.v1 import graph_pb2, payload_pb2
+from headwater.wire import ENCODING_KEY, LENGTH_KEY, LimitExceeded, Limits
+
+__all__ = ["InvalidValue", "LimitExceeded", "check_graph", "check_parameter", "check_value"]
+
+#: Longest ``headwater.length`` text read as a number (a longer one is refused before
+#: ``int()`` spends time on it).
+_LENGTH_DIGITS = 18
+
+
+class InvalidValue(ValueError):
+    """A value contradicts itself (its declared length is not its element count)."""
+
+
+def check_graph(msg: graph_pb2.FlowGraph, limits: Limits) -> None:
+    """Refuse a flow graph with too many tasks or edges, or inputs nested too deep
+    (``LimitExceeded``), before it is decoded into a GraphSpec."""
+    flow = f"flow {msg.name!r}"
+    tasks = len(msg.tasks)
+    if tasks > limits.max_graph_tasks:
+        raise limits.exceeded("max_graph_tasks", f"{flow} has {tasks} tasks")
+    edges = 0
+    for node in msg.tasks:
+        edges += len(node.wait_for)
+        for arg, source in node.inputs.items():
+            edges += _references(source, limits, f"task {node.id!r}, argument {arg!r}", 1)
+        if edges > limits.max_graph_edges:
+            raise limits.exceeded(
+                "max_graph_edges", f"{flow} has over {limits.max_graph_edges} upstream references"
+            )
+    if msg.HasField("result"):
+        _references(msg.result, limits, f"{flow}'s result", 1)
+
+
+def _references(source: graph_pb2.Input, limits: Limits, where: str, depth: int) -> int:
+    """How many upstream references an input holds; LimitExceeded when it nests lists
+    and maps deeper than ``max_nesting``."""
+    if depth > limits.max_nesting:
+        raise limits.exceeded("max_nesting", f"{where} nests inputs {depth} deep")
+    kind = source.WhichOneof("source")
+    if kind == "task_output":
+        return 1
+    if kind == "list":
+        return sum(_references(i, limits, where, depth + 1) for i in source.list.items)
+    if kind == "map":
+        return sum(_references(e.value, limits, where, depth + 1) for e in source.map.entries)
+    return 0
+
+
+def check_value(value: payload_pb2.Value, limits: Limits, what: str) -> None:
+    """Refuse a value whose elements (``items``, and ``headwater.length`` declaring
+    their number) exceed ``max_map_width``, that nests elements deeper than
+    ``max_nesting`` (LimitExceeded), or whose declared length is not a whole number
+    matching its elements (InvalidValue). ``what`` names the value in messages."""
+    stack = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        items = current.items
+        count = len(items)
+        if count > limits.max_map_width:
+            raise limits.exceeded("max_map_width", f"{what} has {count} elements")
+        kind = current.WhichOneof("kind")
+        metadata = (
+            current.inline.metadata
+            if kind == "inline"
+            else current.ref.metadata
+            if kind == "ref"
+            else None
+        )
+        raw = metadata.get(LENGTH_KEY) if metadata is not None else None
+        if raw is not None:
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > _LENGTH_DIGITS:
+                raise InvalidValue(
+                    f"{what} declares {LENGTH_KEY} {raw[:40]!r}, which is not a whole number"
+                )
+            length = int(raw)
+            if length > limits.max_map_width:
+                raise limits.exceeded("max_map_width", f"{what} declares {length} elements")
+            if length != count:
+                raise InvalidValue(
+                    f"{what} declares {length} elements ({LENGTH_KEY}) but carries {count}"
+                )
+        if count:
+            if depth + 1 > limits.max_nesting:
+                raise limits.exceeded("max_nesting", f"{what} nests elements {depth + 1} deep")
+            # Elements rarely have elements of their own: only those are walked further.
+            stack.extend((item, depth + 1) for item in items if item.items)
+
+
+def check_parameter(name: str, value: payload_pb2.Value, limits: Limits) -> str | None:
+    """Why a parameter value sent in a request cannot be accepted as it is: a message
+    for INVALID_ARGUMENT (no value, no encoding), None when fine; raises LimitExceeded
+    for a value too large to send inline (it should go by reference) or with too many
+    elements, InvalidValue for one that contradicts itself."""
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return f"parameter {name!r} has no value"
+    metadata = value.inline.metadata if kind == "inline" else value.ref.metadata
+    if ENCODING_KEY not in metadata:
+        return f"parameter {name!r} has no 'encoding' metadata"
+    size = value.ByteSize()
+    if size > limits.max_parameter_bytes:
+        raise limits.exceeded(
+            "max_parameter_bytes",
+            f"parameter {name!r} is {size} bytes inline (upload a value this large with "
+            "PayloadService and send its reference)",
+        )
+    check_value(value, limits, f"parameter {name!r}")
+    return None

@@ -1,0 +1,161 @@
+"""What changed, for live views: runs, logs and workers (the HTTP UI's event streams).
+
+The commit pipeline tells the core what each stored commit changed; the core passes
+that on here (``runs_changed``, ``logs_stored``), and worker sessions coming and going
+(``worker_connected``, ``worker_disconnected``). Subscribers get asyncio queues of
+notes, on the event loop, only after the commit: a view never shows a state a crash
+could take back. Notes are coalesced by the reader (``drain``), so a busy server
+wakes a slow browser once per batch rather than once per task run.
+
+The worker directory remembers workers that have left (offline) so that the UI can
+show them, up to ``OFFLINE_KEPT`` of them; it lives in memory (a restarted server
+starts with the workers that reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._dispatch import WorkerSession
+
+#: Offline workers remembered (the oldest are forgotten first).
+OFFLINE_KEPT = 200
+
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerRecord:
+    """A worker the server has seen: its Hello, and its session while connected."""
+
+    worker_id: str
+    name: str
+    capabilities: tuple[str, ...]
+    labels: dict[str, str]
+    slots: int
+    connected_at: float
+    last_seen: float
+    session: WorkerSession | None = field(default=None, repr=False)
+    disconnected_at: float | None = None
+
+    @property
+    def online(self) -> bool:
+        """Whether a session of this worker is connected."""
+        return self.session is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON-able data (the HTTP API's worker object)."""
+        session = self.session
+        return {
+            "worker_id": self.worker_id,
+            "name": self.name,
+            "online": session is not None,
+            "capabilities": list(self.capabilities),
+            "labels": dict(self.labels),
+            "slots": self.slots,
+            "slots_used": len(session.running) if session is not None else 0,
+            "connected_at": self.connected_at,
+            "last_seen": session.last_seen if session is not None else self.last_seen,
+            "disconnected_at": self.disconnected_at,
+        }
+
+
+def drain(queue: asyncio.Queue[set[T]], first: set[T]) -> set[T]:
+    """``first`` with every note already queued behind it (one wake-up for many)."""
+    merged = set(first)
+    while not queue.empty():
+        merged |= queue.get_nowait()
+    return merged
+
+
+class Notices:
+    """Fan-out of stored changes to the queues of live views (see module docstring)."""
+
+    def __init__(self) -> None:
+        self._runs: set[asyncio.Queue[set[str]]] = set()
+        self._logs: dict[str, set[asyncio.Queue[set[str]]]] = {}
+        self._workers: set[asyncio.Queue[set[str]]] = set()
+        self.workers: OrderedDict[str, WorkerRecord] = OrderedDict()
+
+    # ------------------------------------------------------------ subscriptions
+
+    def subscribe_runs(self) -> asyncio.Queue[set[str]]:
+        """A queue of sets of flow run ids whose state or task runs a commit changed."""
+        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        self._runs.add(queue)
+        return queue
+
+    def subscribe_logs(self, flow_run_id: str) -> asyncio.Queue[set[str]]:
+        """A queue noted (with ``{flow_run_id}``) whenever the run's new log records
+        have been stored."""
+        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        self._logs.setdefault(flow_run_id, set()).add(queue)
+        return queue
+
+    def subscribe_workers(self) -> asyncio.Queue[set[str]]:
+        """A queue of sets of worker ids that connected or disconnected."""
+        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        self._workers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[set[str]]) -> None:
+        """Stop noting on a queue any ``subscribe_*`` returned."""
+        self._runs.discard(queue)
+        self._workers.discard(queue)
+        for run_id, queues in list(self._logs.items()):
+            queues.discard(queue)
+            if not queues:
+                del self._logs[run_id]
+
+    # -------------------------------------------------------------- the server
+
+    def runs_changed(self, flow_run_ids: set[str]) -> None:
+        """A commit changed these runs (called after it was stored)."""
+        if flow_run_ids:
+            for queue in self._runs:
+                queue.put_nowait(set(flow_run_ids))
+
+    def logs_stored(self, flow_run_ids: set[str]) -> None:
+        """A commit stored log records of these runs."""
+        for run_id in flow_run_ids:
+            for queue in self._logs.get(run_id, ()):
+                queue.put_nowait({run_id})
+
+    def worker_connected(self, session: WorkerSession, now: float) -> None:
+        """A worker session began."""
+        record = WorkerRecord(
+            worker_id=session.worker_id,
+            name=session.name,
+            capabilities=tuple(sorted(session.capabilities)),
+            labels=dict(session.labels),
+            slots=session.slots,
+            connected_at=now,
+            last_seen=now,
+            session=session,
+        )
+        self.workers.pop(session.worker_id, None)
+        self.workers[session.worker_id] = record
+        self._workers_changed(session.worker_id)
+
+    def worker_disconnected(self, session: WorkerSession, now: float) -> None:
+        """A worker session ended (the worker left, or missed its heartbeats)."""
+        record = self.workers.get(session.worker_id)
+        if record is None or record.session is not session:
+            return  # a newer session of the same worker replaced it
+        record.session = None
+        record.last_seen = session.last_seen
+        record.disconnected_at = now
+        offline = [w for w, r in self.workers.items() if r.session is None]
+        for worker_id in offline[: max(0, len(offline) - OFFLINE_KEPT)]:
+            del self.workers[worker_id]
+        self._workers_changed(session.worker_id)
+
+    def _workers_changed(self, worker_id: str) -> None:
+        for queue in self._workers:
+            queue.put_nowait({worker_id})
+
+
+__all__ = ["OFFLINE_KEPT", "Notices", "WorkerRecord", "drain"]

@@ -1,0 +1,89 @@
+"""Answers read from the store: task run and flow run results, and why an event for a
+run whose engine is gone is refused. Called on reader threads; nothing here writes."""
+
+from __future__ import annotations
+
+import json
+
+from headwater.v1 import journal_pb2, payload_pb2
+from headwater.wire import FlowRunState, TaskRunState
+from headwater_runtime.engine import ATTEMPT_EVENTS, WORKER_LOST, Event, stale_reason
+from headwater_runtime.store import FlowRunRow, NotFound, Store
+
+from ._journal import from_stored, stored_ids
+from ._values import Composite, to_result_value
+
+
+class NoResult(LookupError):
+    """A task run has no result to return (not finished, or it did not succeed)."""
+
+
+def refusal(store: Store, flow_run_id: str, event: Event) -> str:
+    """Why an event for a flow run whose engine is gone is refused: the run has
+    ended, or never existed. A report about an attempt is worded as the engine
+    words it (``stale_reason``), from what the store kept of the task run."""
+    try:
+        flow = FlowRunState(store.get_flow_run(flow_run_id).state)
+    except NotFound:
+        return f"unknown flow run {flow_run_id!r}"
+    if not isinstance(event, ATTEMPT_EVENTS):
+        return f"flow run is {flow.name}"
+    history = store.task_run_history(flow_run_id, event.key)
+    if not history:
+        return f"unknown task run {event.key!r}"
+    last = history[-1]
+    ended, lost = None, False
+    if last.attempt == event.attempt and TaskRunState(last.state).is_terminal:
+        ended = TaskRunState(last.state)
+        lost = bool(last.failure) and json.loads(last.failure).get("type") == WORKER_LOST
+    return stale_reason(
+        event.key,
+        event.attempt,
+        ended=ended,
+        lost=lost,
+        current=last.attempt,
+        flow=None if flow is FlowRunState.RUNNING else flow,
+    )
+
+
+def task_result(
+    store: Store, flow_run_id: str, task_id: str, map_index: int = -1
+) -> tuple[payload_pb2.Value, TaskRunState]:
+    """A stored task run's result: one run's, or for a mapped task with
+    ``map_index`` -1 the list of its children's. NotFound for an unknown task or
+    element, NoResult when the run has none (not finished, or did not succeed)."""
+    store.get_flow_run(flow_run_id)
+    rows = [r for r in store.task_runs(flow_run_id) if r.task_id == task_id]
+    if not rows:
+        raise NotFound(f"flow run {flow_run_id!r} has no task {task_id!r}")
+    wanted = max(map_index, -1)
+    row = next((r for r in rows if r.map_index == wanted), None)
+    if row is None:
+        raise NotFound(f"task {task_id!r} has no element {wanted}")
+    state = TaskRunState(row.state)
+    children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
+    if wanted < 0 and children:
+        loaded = store.get_values(c.result_id for c in children)
+        handles = tuple(
+            payload_pb2.Value.FromString(loaded[c.result_id]) if c.result_id else None
+            for c in children
+        )
+        return to_result_value(Composite("list", handles)), state
+    if not row.result_id:
+        when = "" if state.is_terminal else " yet"
+        raise NoResult(f"task run {row.key!r} has no result{when} (state {state.name})")
+    data = store.get_values([row.result_id])[row.result_id]
+    return payload_pb2.Value.FromString(data), state
+
+
+def flow_result(store: Store, row: FlowRunRow) -> payload_pb2.Value | None:
+    """A finished flow run's result as one Value (structural encodings for what the
+    engine assembled), or None when it has none."""
+    if not row.result:
+        return None
+    stored = journal_pb2.StoredValue.FromString(row.result)
+    loaded = store.get_values(stored_ids(stored))
+    return to_result_value(from_stored(stored, loaded))
+
+
+__all__ = ["NoResult", "flow_result", "refusal", "task_result"]

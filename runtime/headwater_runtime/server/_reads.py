@@ -1,0 +1,254 @@
+"""Reading runs for people and scripts: shared by the gRPC API and the HTTP API.
+
+Store queries run on reader threads, payload writes (results moved out of an answer
+to fit) on the writer thread; what only the event loop knows (why a task run waits)
+is added on the loop. Every answer fits in one message, however large the run's
+results: listings describe large results (``_previews``), and a result asked for on
+its own has its large parts stored as payloads and sent by reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+from headwater.v1 import payload_pb2, run_pb2
+from headwater.wire import (
+    ENCODING_KEY,
+    MESSAGE_BUDGET,
+    STRUCTURAL,
+    TERMINAL_FLOW_STATES,
+    split_task_run_id,
+    task_run_id,
+    timestamp,
+)
+from headwater_runtime.store import FlowRunRow, LogRow, NotFound
+
+from ._convert import flow_run_message, task_run_from_row
+from ._core import ServerCore
+from ._notices import drain
+from ._queries import flow_result
+from ._spill import spill_value
+
+_TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
+#: Largest answer carrying one result; larger parts go by reference.
+ANSWER_BUDGET = MESSAGE_BUDGET
+#: Log records per page when the caller does not say.
+LOG_PAGE = 1000
+#: Results moved to the store for an answer, remembered so that asking again stores
+#: nothing new (by the serialized value's bytes' identity: its stored value id).
+_SPILLED_KEPT = 64
+
+
+class AmbiguousRunId(ValueError):
+    """A run id prefix that several runs share."""
+
+
+def _without_elements(value: payload_pb2.Value) -> payload_pb2.Value:
+    """A result as a client decodes it: a split result's separately sent elements
+    are copies of the value's parts, so an answer leaves them out."""
+    copy = payload_pb2.Value()
+    copy.CopyFrom(value)
+    stack = [copy]
+    while stack:
+        item = stack.pop()
+        kind = item.WhichOneof("kind")
+        encoding = (
+            item.inline.metadata.get(ENCODING_KEY, "")
+            if kind == "inline"
+            else item.ref.metadata.get(ENCODING_KEY, "")
+        )
+        if encoding in STRUCTURAL and kind == "inline":
+            stack.extend(item.items)
+        else:
+            del item.items[:]
+    return copy
+
+
+def log_entry(log: LogRow) -> run_pb2.LogEntry:
+    """A stored log record as the contract's LogEntry."""
+    entry = run_pb2.LogEntry(
+        task_run_id=task_run_id(log.flow_run_id, log.key),
+        attempt=log.attempt,
+        level=log.level,
+        logger=log.logger,
+        message=log.message,
+    )
+    entry.timestamp.CopyFrom(timestamp(log.at))
+    return entry
+
+
+class RunReads:
+    """Queries of runs, task runs, results and logs over a ServerCore.
+
+    Args:
+        core: the server's state.
+    """
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        self.store = core.store
+        self.io = core.io
+        self._spilled: OrderedDict[bytes, payload_pb2.Value] = OrderedDict()
+
+    # ------------------------------------------------------------------ runs
+
+    def _resolve(self, run_id: str) -> FlowRunRow:
+        """A run by id, or by a prefix of its id that no other run has (reader thread)."""
+        try:
+            return self.store.get_flow_run(run_id)
+        except NotFound:
+            if not run_id:
+                raise
+            found = self.store.flow_run_ids(run_id, limit=4)
+            if not found:
+                raise
+            if len(found) > 1:
+                shown = ", ".join(found[:3])
+                raise AmbiguousRunId(
+                    f"flow run id prefix {run_id!r} matches several runs ({shown}"
+                    f"{', ...' if len(found) > 3 else ''}): give more of the id"
+                ) from None
+            return self.store.get_flow_run(found[0])
+
+    async def flow_run(self, run_id: str) -> FlowRunRow:
+        """A run's row by id or unique id prefix (NotFound, AmbiguousRunId)."""
+        return await self.io.read(self._resolve, run_id)
+
+    async def message(self, row: FlowRunRow) -> run_pb2.FlowRun:
+        """A run as the contract's FlowRun (a large result described, not carried)."""
+        result = await self.io.read(flow_result, self.store, row) if row.result else None
+        return flow_run_message(row, result)
+
+    def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
+        """A run's task runs with their history (failures included) and results
+        (large ones described), on a reader thread."""
+        history: dict[str, list[Any]] = {}
+        for entry in self.store.task_run_history(flow_run_id):
+            history.setdefault(entry.key, []).append(entry)
+        children: dict[str, list[str]] = {}
+        for child in self.store.child_flow_runs(flow_run_id):
+            children.setdefault(child.parent_task_key, []).append(child.id)
+        rows = self.store.task_runs(flow_run_id)
+        values = self.store.get_values(r.result_id for r in rows if r.result_id)
+        runs = []
+        for r in rows:
+            task_run = task_run_from_row(r, history.get(r.key, []), values)
+            task_run.child_flow_run_ids.extend(children.get(r.key, ()))
+            runs.append(task_run)
+        return runs
+
+    async def task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
+        """A run's task runs, each waiting one saying why it waits (``waiting``)."""
+        task_runs = await self.io.read(self._task_runs, flow_run_id)
+        reasons = self.core.waiting(flow_run_id)  # on the loop
+        for task_run in task_runs:
+            reason = reasons.get(task_run.id)
+            if reason:
+                task_run.waiting = reason
+        return task_runs
+
+    # --------------------------------------------------------------- results
+
+    async def answer(self, value: payload_pb2.Value) -> payload_pb2.Value:
+        """A result as one answer may carry it: its large parts stored as payloads and
+        sent by reference (remembered, so asking again stores nothing new)."""
+        value = _without_elements(value)
+        if value.ByteSize() <= ANSWER_BUDGET:
+            return value
+        key = value.SerializeToString(deterministic=True)
+        known = self._spilled.get(key)
+        if known is not None:
+            self._spilled.move_to_end(key)
+            return known
+        await self.io.write(spill_value, value, self.store, ANSWER_BUDGET)
+        self._spilled[key] = value
+        while len(self._spilled) > _SPILLED_KEPT:
+            self._spilled.popitem(last=False)
+        return value
+
+    async def flow_result(self, run_id: str) -> payload_pb2.Value:
+        """A finished run's result, fitting in one answer (NotFound when it has none)."""
+        row = await self.flow_run(run_id)
+        value = await self.io.read(flow_result, self.store, row) if row.result else None
+        if value is None:
+            raise NotFound(f"flow run {row.id!r} has no result (state {_state_name(row)})")
+        await self.core.exports.readable(value)  # values still held in a Dask cluster
+        return await self.answer(value)
+
+    # ------------------------------------------------------------------ logs
+
+    async def logs(
+        self,
+        flow_run_id: str,
+        *,
+        task_run: str = "",
+        task_id: str = "",
+        after: int = 0,
+        limit: int = 0,
+    ) -> list[LogRow]:
+        """A page of a run's log records (one task run's, given its id or key; one task
+        node's with its mapped children, given ``task_id``) after position ``after``."""
+        key = ""
+        if task_run:
+            key = split_task_run_id(task_run)[1] if "/" in task_run else task_run
+        return await self.io.read(
+            self.store.logs, flow_run_id, key, after=after, limit=limit, task_id=task_id
+        )
+
+    async def follow_logs(
+        self, flow_run_id: str, *, task_id: str = "", after: int = 0
+    ) -> AsyncIterator[list[LogRow]]:
+        """Pages of a run's log records: those stored after ``after``, then new ones as
+        commits store them, until the run has ended and every record was read."""
+        notices = self.core.notices
+        logged = notices.subscribe_logs(flow_run_id)  # before the first read
+        changed = notices.subscribe_runs()
+        try:
+            while True:
+                row = await self.io.read(self.store.get_flow_run, flow_run_id)
+                ended = row.state in _TERMINAL
+                while True:
+                    page = await self.logs(
+                        flow_run_id, task_id=task_id, after=after, limit=LOG_PAGE
+                    )
+                    if not page:
+                        break
+                    after = page[-1].seq
+                    yield page
+                if ended:
+                    return
+                # Wake on new records, or on a change of the run (its last records are
+                # stored with or before the commit that ends it).
+                while flow_run_id not in await _first(logged, changed):
+                    pass
+                drain(logged, set())
+        finally:
+            notices.unsubscribe(logged)
+            notices.unsubscribe(changed)
+
+
+async def _first(*queues: asyncio.Queue[set[str]]) -> set[str]:
+    """The next note of any of the queues (the others are left as they are)."""
+    getters = [asyncio.ensure_future(q.get()) for q in queues]
+    try:
+        done, _ = await asyncio.wait(getters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for getter in getters:
+            getter.cancel()
+    merged: set[str] = set()
+    for getter in done:
+        if not getter.cancelled():
+            merged |= getter.result()
+    return merged
+
+
+def _state_name(row: FlowRunRow) -> str:
+    from headwater.wire import FlowRunState
+
+    return FlowRunState(row.state).name
+
+
+__all__ = ["ANSWER_BUDGET", "LOG_PAGE", "AmbiguousRunId", "RunReads", "log_entry"]

@@ -1,0 +1,125 @@
+"""Which role each RPC and HTTP route requires: the one table (docs/security.md).
+
+A call is allowed when the caller's role grants any of the listed roles (``Role.grants``:
+admin grants every role, operator grants viewer). ``OPEN`` entries need no credential.
+``tests/test_security_matrix.py`` checks that every method the server registers has an
+entry here, and that docs/security.md prints this table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from headwater.v1 import access_pb2, control_plane_pb2, payload_pb2, worker_pb2
+from headwater.wire import Role
+
+ADMIN, OPERATOR, VIEWER, WORKER = Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.WORKER
+#: No credential needed.
+OPEN: tuple[Role, ...] = ()
+#: Any valid credential.
+ANY: tuple[Role, ...] = (VIEWER, WORKER)
+
+_CP = control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name
+_GW = worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name
+_PL = payload_pb2.DESCRIPTOR.services_by_name["PayloadService"].full_name
+_AC = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+
+#: gRPC method (``/package.Service/Method``) -> roles of which the caller needs one.
+REQUIRED_ROLES: dict[str, tuple[Role, ...]] = {
+    f"/{_CP}/RegisterFlow": (OPERATOR,),
+    f"/{_CP}/GetFlow": (VIEWER,),
+    f"/{_CP}/ListFlows": (VIEWER,),
+    f"/{_CP}/CreateFlowRun": (OPERATOR,),
+    f"/{_CP}/GetFlowRun": (VIEWER,),
+    f"/{_CP}/ListFlowRuns": (VIEWER,),
+    f"/{_CP}/WatchFlowRun": (VIEWER,),
+    f"/{_CP}/CancelFlowRun": (OPERATOR,),
+    f"/{_CP}/GetTaskRunResult": (VIEWER,),
+    f"/{_CP}/ListTaskRunLogs": (VIEWER,),
+    f"/{_CP}/GetFlowRunResult": (VIEWER,),
+    f"/{_CP}/WatchTaskRunLogs": (VIEWER,),
+    f"/{_CP}/CreateSchedule": (OPERATOR,),
+    f"/{_CP}/ListSchedules": (VIEWER,),
+    f"/{_CP}/DeleteSchedule": (OPERATOR,),
+    f"/{_CP}/PauseSchedule": (OPERATOR,),
+    f"/{_CP}/ResumeSchedule": (OPERATOR,),
+    f"/{_CP}/GetServerInfo": ANY,
+    f"/{_CP}/ListAuditEntries": (VIEWER,),
+    f"/{_GW}/Connect": (WORKER,),
+    # Clients upload large parameters; workers upload results.
+    f"/{_PL}/UploadPayload": (OPERATOR, WORKER),
+    # A worker-only credential is further limited to the payloads of the attempts it
+    # holds or that it uploaded (server/_payloads.py).
+    f"/{_PL}/DownloadPayload": (VIEWER, WORKER),
+    f"/{_AC}/CreateCredential": (ADMIN,),
+    f"/{_AC}/ListCredentials": (ADMIN,),
+    f"/{_AC}/RevokeCredential": (ADMIN,),
+    "/grpc.health.v1.Health/Check": OPEN,
+    "/grpc.health.v1.Health/Watch": OPEN,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": ANY,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    """An HTTP route: its method, a path pattern (``{name}`` matches one segment, a
+    trailing ``*`` anything), and the roles of which the caller needs one."""
+
+    method: str
+    pattern: str
+    roles: tuple[Role, ...]
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether this route serves ``method`` ``path``."""
+        return method.upper() == self.method and _compiled(self.pattern).fullmatch(path) is not None
+
+
+def _compiled(pattern: str) -> re.Pattern[str]:
+    regex = re.escape(pattern).replace(r"\{", "{").replace(r"\}", "}")
+    regex = re.sub(r"\{[a-z_]+\}", "[^/]+", regex)
+    if regex.endswith(r"\*"):
+        regex = regex[:-2] + ".*"
+    return re.compile(regex)
+
+
+#: HTTP routes of the web UI and its JSON API, first match wins. Every state-changing
+#: route is a POST (CSRF-checked: server/_http_security.py); anything not listed is
+#: refused (404), so a new route must be added here with its role.
+HTTP_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/login", OPEN),
+    Route("POST", "/login", OPEN),
+    Route("POST", "/logout", OPEN),
+    Route("GET", "/healthz", OPEN),
+    Route("GET", "/static/*", OPEN),
+    Route("GET", "/metrics", (VIEWER,)),
+    Route("POST", "/api/runs/{run_id}/cancel", (OPERATOR,)),
+    Route("POST", "/api/runs/{run_id}/retry", (OPERATOR,)),
+    Route("POST", "/api/runs", (OPERATOR,)),
+    Route("POST", "/api/schedules/{schedule_id}/pause", (OPERATOR,)),
+    Route("POST", "/api/schedules/{schedule_id}/resume", (OPERATOR,)),
+    Route("POST", "/api/limits/*", (OPERATOR,)),
+    Route("GET", "/api/credentials", (ADMIN,)),
+    Route("POST", "/api/credentials", (ADMIN,)),
+    Route("POST", "/api/credentials/{name}/revoke", (ADMIN,)),
+    Route("GET", "/api/*", (VIEWER,)),
+    Route("GET", "/*", (VIEWER,)),
+)
+
+
+def http_route(method: str, path: str) -> Route | None:
+    """The first route serving ``method`` ``path`` (None: no such route)."""
+    return next((r for r in HTTP_ROUTES if r.matches(method, path)), None)
+
+
+def allows(role: Role, needed: tuple[Role, ...]) -> bool:
+    """Whether a caller with ``role`` may make a call that needs one of ``needed``."""
+    return not needed or not role.grants.isdisjoint(needed)
+
+
+def describe(needed: tuple[Role, ...]) -> str:
+    """The roles that may make a call needing ``needed``, for messages and the docs."""
+    if not needed:
+        return "none (open)"
+    roles = [r for r in Role if allows(r, needed)]
+    return ", ".join(r.value for r in roles)

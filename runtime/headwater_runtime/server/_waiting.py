@@ -1,0 +1,81 @@
+"""Why a ready task run waits, in words, and failing it when it waits too long.
+
+The dispatcher holds attempts no connected worker can take (section "Slots" of
+docs/worker-protocol.md). A user sees such a task run as SCHEDULED; this module says
+why, the same way for the API (``TaskRun.waiting``), the CLI and the UI:
+
+- ``waiting: no connected worker offers CAPABILITY`` (a typo in a remote task's name,
+  a worker started without the module);
+- ``waiting: no connected worker offers CAPABILITY (labels gpu=true)`` when workers
+  offer it but none has every required label;
+- ``waiting for a free slot: N connected workers offer CAPABILITY, all busy``.
+
+A task's ``schedule_to_start_timeout`` bounds that wait: the attempt then fails with
+``headwater.ScheduleToStartTimeout`` (not retried), naming the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from headwater.wire import FailureInfo
+
+from ._assignments import PendingAssignment
+from ._dispatch import Dispatcher, WorkerSession
+
+#: The error type of an attempt no worker took within its schedule_to_start_timeout.
+SCHEDULE_TO_START_TIMEOUT = "headwater.ScheduleToStartTimeout"
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def waiting_reason(
+    sessions: Iterable[WorkerSession], task_type: str, labels: Mapping[str, str]
+) -> str:
+    """Why an attempt of ``task_type`` needing ``labels`` is not running, given the
+    connected worker sessions."""
+    offering = [s for s in sessions if task_type in s.capabilities]
+    fitting = [s for s in offering if all(s.labels.get(k) == v for k, v in labels.items())]
+    if not fitting:
+        wanted = f" (labels {_labels(labels)})" if labels else ""
+        return f"waiting: no connected worker offers {task_type}{wanted}"
+    count = len(fitting)
+    workers = "worker offers" if count == 1 else "workers offer"
+    return f"waiting for a free slot: {count} connected {workers} {task_type}, all busy"
+
+
+def waiting_reasons(dispatcher: Dispatcher, flow_run_id: str) -> dict[str, str]:
+    """Why each attempt of a flow run that waits for a worker waits, by task run id."""
+    sessions = list(dispatcher.sessions.values())
+    memo: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+    reasons: dict[str, str] = {}
+    for pending in dispatcher.queued(flow_run_id):
+        key = (pending.task_type, tuple(sorted(pending.labels.items())))
+        reason = memo.get(key)
+        if reason is None:
+            reason = memo[key] = waiting_reason(sessions, pending.task_type, pending.labels)
+        reasons[pending.token[0]] = reason
+    return reasons
+
+
+def start_timeout_failure(dispatcher: Dispatcher, pending: PendingAssignment) -> FailureInfo:
+    """The failure of an attempt nobody took within its schedule_to_start_timeout."""
+    timeout = pending.start_timeout
+    reason = waiting_reason(dispatcher.sessions.values(), pending.task_type, pending.labels)
+    return FailureInfo(
+        type=SCHEDULE_TO_START_TIMEOUT,
+        message=f"no worker started it within its schedule_to_start_timeout of {timeout:g}s "
+        f"({reason})",
+        retryable=False,
+        language="",
+    )
+
+
+__all__ = [
+    "SCHEDULE_TO_START_TIMEOUT",
+    "start_timeout_failure",
+    "waiting_reason",
+    "waiting_reasons",
+]

@@ -1,0 +1,495 @@
+"""The HTTP API's handlers (docs/http-api.md); each a method named in ``ROUTES``.
+
+Thin, like the gRPC servicers: store queries run on reader threads (``core.io``),
+shared reads come from ``RunReads`` (the same code as the gRPC API), and live streams
+from the server's watch machinery. Nothing here decides anything about runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from headwater.wire import FlowRunState, is_build_version
+from headwater_runtime.store import NotFound
+
+from .._core import SERVER_VERSION, ServerCore
+from .._notices import drain
+from .._queries import flow_result
+from .._reads import AmbiguousRunId, RunReads
+from . import _data
+from ._access import Access
+from ._sse import EventStream, next_of, take_all
+
+_TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
+#: Most runs or task runs one listing returns.
+PAGE_MAX = 1000
+#: Flow graphs kept as JSON.
+GRAPHS_KEPT = 32
+#: Most log records one page returns.
+LOG_PAGE_MAX = 5000
+#: The content types of the UI's assets.
+_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".svg": "image/svg+xml",
+}
+
+
+class BadRequest(ValueError):
+    """A query parameter that cannot be used (400)."""
+
+
+def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
+def _float(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be seconds since the epoch, got {raw!r}") from None
+
+
+def _states(request: web.Request) -> list[int]:
+    states = []
+    for part in request.query.getall("state", []):
+        for name in part.split(","):
+            name = name.strip().upper()
+            if not name:
+                continue
+            try:
+                states.append(FlowRunState[name].value)
+            except KeyError:
+                known = ", ".join(s.name for s in FlowRunState)
+                raise BadRequest(f"unknown state {name!r}; use one of {known}") from None
+    return states
+
+
+class HttpApi:
+    """The handlers of the HTTP API over a ServerCore.
+
+    Args:
+        core: the server's state.
+        access: who may call what.
+    """
+
+    def __init__(self, core: ServerCore, access: Access) -> None:
+        self.core = core
+        self.access = access
+        self.store = core.store
+        self.io = core.io
+        self.reads = RunReads(core)
+        self._assets: dict[str, bytes] = {}
+        # Graphs as JSON by (flow, version): immutable, and slow to build for 10k tasks.
+        self._graphs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        #: Open event streams, ended when the server stops.
+        self.streams: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ the UI
+
+    def _asset(self, name: str) -> bytes:
+        data = self._assets.get(name)
+        if data is None:
+            files = resources.files("headwater_runtime.server.http") / "static"
+            data = (files / name).read_bytes()
+            self._assets[name] = data
+        return data
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        """The single page of the UI (it routes /runs/ID and friends itself)."""
+        return web.Response(body=self._asset("index.html"), content_type="text/html")
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        """An asset of the UI, shipped in the package (never fetched from elsewhere)."""
+        path = request.match_info["path"]
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts) or len(parts) > 2:
+            raise web.HTTPNotFound()
+        suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
+        try:
+            data = self._asset(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise web.HTTPNotFound() from None
+        return web.Response(
+            body=data,
+            content_type=_TYPES.get(suffix, "application/octet-stream"),
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    # ----------------------------------------------------------------- session
+
+    async def info(self, request: web.Request) -> web.StreamResponse:
+        """The server's version, and whether this caller must log in."""
+        return web.json_response(
+            {
+                "server_version": SERVER_VERSION,
+                "auth_required": self.access.required,
+                "authenticated": self.access.authenticated(request),
+            }
+        )
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """Trade the token (JSON ``{"token": ...}``) for the session cookie."""
+        try:
+            body = await request.json()
+            token = str(body["token"])
+        except (ValueError, KeyError, TypeError):
+            raise BadRequest('send JSON {"token": "..."}') from None
+        return self.access.login(token, secure=request.secure)
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        """Forget the session cookie."""
+        from ._access import COOKIE
+
+        response = web.json_response({"authenticated": False})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    # -------------------------------------------------------------------- runs
+
+    async def list_runs(self, request: web.Request) -> web.StreamResponse:
+        """Runs, newest first; ``flow``, ``state`` (repeatable or comma-separated),
+        ``schedule``, ``since``/``until`` (seconds since the epoch, created time),
+        ``limit`` (1..1000, default 50), ``before`` (a run id: the next page)."""
+        limit = _int(request, "limit", 50, 1, PAGE_MAX)
+        before = request.query.get("before", "")
+        if before:
+            await self.reads.flow_run(before)
+        rows = await self.io.read(
+            self.store.list_flow_runs,
+            request.query.get("flow", ""),
+            _states(request),
+            limit + 1,
+            before,
+            schedule_id=request.query.get("schedule", ""),
+            created_after=_float(request, "since"),
+            created_before=_float(request, "until"),
+        )
+        runs = [_data.flow_run_json(r) for r in rows[:limit]]
+        next_page = rows[limit - 1].id if len(rows) > limit else ""
+        return web.json_response({"runs": runs, "next": next_page, "now": time.time()})
+
+    async def _graph(self, name: str, version: str) -> dict[str, Any]:
+        """A flow version's graph as JSON (kept for the next reader)."""
+        key = (name, version)
+        graph = self._graphs.get(key)
+        if graph is None:
+            # The run manager keeps the graphs of runs it started or recovered parsed.
+            _, spec = await self.io.read(self.core.runs.graph, name, version)
+            graph = _data.graph_json(spec)
+            if version:  # "" means the latest, which may change
+                self._graphs[key] = graph
+                while len(self._graphs) > GRAPHS_KEPT:
+                    self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        return graph
+
+    async def get_run(self, request: web.Request) -> web.StreamResponse:
+        """A run (by id or unique prefix) with its graph and counts per task node."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        result = await self.io.read(flow_result, self.store, row) if row.result else None
+        body = await self.io.read(_data.run_rows, self.store, row)
+        body["graph"] = await self._graph(row.flow_name, row.flow_version)
+        body["run"] = _data.flow_run_json(row, result)
+        body["waiting"] = self.core.waiting(row.id)
+        body["now"] = time.time()
+        return web.json_response(body)
+
+    async def list_tasks(self, request: web.Request) -> web.StreamResponse:
+        """A run's task runs (``task``: one node's, mapped children included; ``state``:
+        only those in these states), ``offset``/``limit`` paged (limit default 200, at
+        most 1000)."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        offset = _int(request, "offset", 0, 0, 1 << 40)
+        limit = _int(request, "limit", 200, 1, PAGE_MAX)
+        states = frozenset(
+            s.strip().upper() for part in request.query.getall("state", []) for s in part.split(",")
+        ) - {""}
+        page, total = await self.io.read(
+            _data.task_runs_rows,
+            self.store,
+            row.id,
+            task_id=request.query.get("task", ""),
+            states=states,
+            offset=offset,
+            limit=limit,
+        )
+        waiting = self.core.waiting(row.id)
+        for task_run in page:
+            task_run["waiting"] = waiting.get(f"{row.id}/{task_run['key']}", "")
+        return web.json_response({"task_runs": page, "total": total, "offset": offset})
+
+    async def get_task(self, request: web.Request) -> web.StreamResponse:
+        """One task run with its history, attempts, failure (traceback included) and
+        result summary."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        key = request.match_info["key"]
+        found, _ = await self.io.read(
+            _data.task_runs_rows, self.store, row.id, key=key, detail=True
+        )
+        if not found:
+            raise NotFound(f"flow run {row.id!r} has no task run {key!r}")
+        task_run = found[0]
+        task_run["waiting"] = self.core.waiting(row.id).get(f"{row.id}/{key}", "")
+        return web.json_response(task_run)
+
+    async def timeline(self, request: web.Request) -> web.StreamResponse:
+        """Every task run's start and end, for the Gantt chart."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        body = await self.io.read(_data.timeline_rows, self.store, row.id)
+        body["now"] = time.time()
+        return web.json_response(body)
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        """A page of a run's log records: ``task`` (a task node, with its mapped
+        children) or ``key`` (one task run), ``after`` (a record's seq), ``limit``."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        after = _int(request, "after", 0, 0, 1 << 62)
+        limit = _int(request, "limit", 1000, 1, LOG_PAGE_MAX)
+        rows = await self.reads.logs(
+            row.id,
+            task_run=request.query.get("key", ""),
+            task_id=request.query.get("task", ""),
+            after=after,
+            limit=limit,
+        )
+        entries = [_data.log_json(r) for r in rows]
+        return web.json_response(
+            {
+                "entries": entries,
+                "next": rows[-1].seq if rows else after,
+                "more": len(rows) == limit,
+            }
+        )
+
+    async def cancel_run(self, request: web.Request) -> web.StreamResponse:
+        """Cancel a run (stored before the answer); an ended run is left as it is."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        reason = "cancelled from the web UI"
+        if request.can_read_body:
+            try:
+                reason = str((await request.json()).get("reason") or reason)
+            except (ValueError, AttributeError):
+                raise BadRequest('send JSON {"reason": "..."} or nothing') from None
+        if row.state not in _TERMINAL:
+            await self.core.cancel_run(row.id, reason)
+            row = await self.io.read(self.store.get_flow_run, row.id)
+        return web.json_response({"run": _data.flow_run_json(row)})
+
+    # ------------------------------------------------- flows, schedules, workers
+
+    async def list_flows(self, request: web.Request) -> web.StreamResponse:
+        """Registered flows with their versions (value-dependent builds counted)."""
+        flows = [
+            {
+                "name": name,
+                "versions": [v for v in versions if not is_build_version(v)],
+                "value_dependent_graphs": sum(map(is_build_version, versions)),
+            }
+            for name, versions in await self.io.read(self.store.list_flows)
+        ]
+        return web.json_response({"flows": flows})
+
+    async def get_flow(self, request: web.Request) -> web.StreamResponse:
+        """A flow version's graph (``version``; default the latest)."""
+        name = request.match_info["name"]
+        graph = await self._graph(name, request.query.get("version", ""))
+        return web.json_response({"graph": graph})
+
+    async def list_schedules(self, request: web.Request) -> web.StreamResponse:
+        """Every schedule (``flow``: of one flow)."""
+        schedules = self.core.schedules.list(request.query.get("flow", ""))
+        return web.json_response({"schedules": [_data.schedule_json(s) for s in schedules]})
+
+    async def _set_enabled(self, request: web.Request, enabled: bool) -> web.StreamResponse:
+        schedule = self.core.schedules.set_enabled(request.match_info["id"], enabled)
+        self.core.touch()  # the timer loop re-reads the next fire time
+        return web.json_response({"schedule": _data.schedule_json(schedule)})
+
+    async def pause_schedule(self, request: web.Request) -> web.StreamResponse:
+        """Stop a schedule from creating runs."""
+        return await self._set_enabled(request, False)
+
+    async def resume_schedule(self, request: web.Request) -> web.StreamResponse:
+        """Let a paused schedule create runs again (from its next time after now)."""
+        return await self._set_enabled(request, True)
+
+    async def list_workers(self, request: web.Request) -> web.StreamResponse:
+        """Workers: connected ones and those that left recently (offline)."""
+        workers = [w.as_dict() for w in self.core.notices.workers.values()]
+        workers.sort(key=lambda w: (not w["online"], w["name"]))
+        return web.json_response({"workers": workers, "now": time.time()})
+
+    # ------------------------------------------------------------ live streams
+
+    async def _stream(
+        self, request: web.Request, body: Callable[[EventStream], Awaitable[None]]
+    ) -> web.StreamResponse:
+        stream = EventStream(request)
+        await stream.open()
+        task = asyncio.current_task()
+        assert task is not None
+        self.streams.add(task)
+        try:
+            await body(stream)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the browser left, or the server stops
+        finally:
+            self.streams.discard(task)
+        return stream.response
+
+    async def runs_events(self, request: web.Request) -> web.StreamResponse:
+        """SSE ``runs``: ids of runs a commit changed (the runs page re-reads)."""
+        notices = self.core.notices
+        queue = notices.subscribe_runs()
+
+        async def body(stream: EventStream) -> None:
+            await stream.send("hello", {})
+            while True:
+                got = await next_of({"runs": queue.get})
+                if not got:
+                    await stream.comment()
+                    continue
+                await stream.send("runs", sorted(drain(queue, got[0][1])))
+
+        try:
+            return await self._stream(request, body)
+        finally:
+            notices.unsubscribe(queue)
+
+    async def workers_events(self, request: web.Request) -> web.StreamResponse:
+        """SSE ``workers``: workers connected or left, or their slots changed."""
+        notices = self.core.notices
+        workers, runs = notices.subscribe_workers(), notices.subscribe_runs()
+
+        async def body(stream: EventStream) -> None:
+            await stream.send("hello", {})
+            while True:
+                got = await next_of({"workers": workers.get, "runs": runs.get})
+                if not got:
+                    await stream.comment()
+                    continue
+                drain(workers, set())
+                drain(runs, set())
+                await stream.send("workers", {})
+
+        try:
+            return await self._stream(request, body)
+        finally:
+            notices.unsubscribe(workers)
+            notices.unsubscribe(runs)
+
+    async def run_events(self, request: web.Request) -> web.StreamResponse:
+        """SSE of one run: ``tasks`` (task runs that changed), ``run`` (the run after a
+        change of its own), ``logs`` (new records stored), ``waiting`` (why task runs
+        wait, whenever workers come or go), then ``end`` once it has ended."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        run_id = row.id
+        notes = self.core.watch(run_id)  # subscribe before reading: nothing is missed
+        notices = self.core.notices
+        logged, workers = notices.subscribe_logs(run_id), notices.subscribe_workers()
+
+        async def body(stream: EventStream) -> None:
+            current = await self.io.read(self.store.get_flow_run, run_id)
+            await stream.send("run", _data.flow_run_json(current))
+            await stream.send("waiting", self.core.waiting(run_id))
+            while current.state not in _TERMINAL or not notes.empty():
+                got = await next_of(
+                    {"notes": notes.get, "logs": logged.get, "workers": workers.get}
+                )
+                if not got:
+                    await stream.comment()
+                    continue
+                kinds = dict(got)
+                if "notes" in kinds:
+                    changes = take_all(notes, kinds["notes"])
+                    tasks = [_task_note(t) for t in changes if t is not None]
+                    if tasks:
+                        await stream.send("tasks", tasks)
+                    if any(t is None for t in changes) or not tasks:
+                        current = await self.io.read(self.store.get_flow_run, run_id)
+                        result = None
+                        if current.result:
+                            result = await self.io.read(flow_result, self.store, current)
+                        await stream.send("run", _data.flow_run_json(current, result))
+                    await stream.send("waiting", self.core.waiting(run_id))
+                if "logs" in kinds:
+                    drain(logged, set())
+                    await stream.send("logs", {})
+                if "workers" in kinds:
+                    drain(workers, set())
+                    await stream.send("waiting", self.core.waiting(run_id))
+            await stream.send("logs", {})
+            await stream.send("end", {"state": FlowRunState(current.state).name})
+
+        try:
+            return await self._stream(request, body)
+        finally:
+            self.core.unwatch(run_id, notes)
+            notices.unsubscribe(logged)
+            notices.unsubscribe(workers)
+
+
+def _task_note(task_run: Any) -> dict[str, Any]:
+    """A watch note (a TaskRun message of the engine's latest state) as JSON."""
+    entry = task_run.history[-1] if task_run.history else None
+    failure = None
+    if entry is not None and entry.HasField("failure"):
+        f = entry.failure
+        failure = {"type": f.type, "message": f.message, "traceback": f.stack_trace}
+    return {
+        "key": task_run.id.split("/", 1)[1],  # FLOW_RUN_ID/KEY
+        "task_id": task_run.task_id,
+        "map_index": task_run.map_index,
+        "state": _STATE_NAMES.get(task_run.state, str(task_run.state)),
+        "attempts": task_run.attempts,
+        "at": entry.timestamp.seconds + entry.timestamp.nanos / 1e9 if entry else None,
+        "message": entry.message if entry else "",
+        "failure": failure,
+    }
+
+
+def _state_names() -> dict[int, str]:
+    from headwater.wire import TaskRunState
+
+    return {s.value: s.name for s in TaskRunState}
+
+
+_STATE_NAMES = _state_names()
+
+
+def error_response(exc: Exception) -> web.Response | None:
+    """The JSON error answer for an exception a handler may raise (None: a bug)."""
+    if isinstance(exc, NotFound):
+        return web.json_response({"error": str(exc)}, status=404)
+    if isinstance(exc, BadRequest | AmbiguousRunId):
+        return web.json_response({"error": str(exc)}, status=400)
+    from headwater_runtime.store import StoreUnavailable
+
+    if isinstance(exc, StoreUnavailable):
+        return web.json_response({"error": f"{exc}; try again later"}, status=503)
+    return None
+
+
+__all__ = ["HttpApi", "error_response"]

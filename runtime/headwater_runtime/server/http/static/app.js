@@ -1,0 +1,685 @@
+// Headwater web UI: one page, routed in the browser, reading the JSON API
+// (docs/http-api.md) and following server-sent events. No framework; dagre lays out
+// the DAG. Nothing is fetched from anywhere but this server.
+"use strict";
+
+const STATES = ["SUCCESS", "CACHED", "RUNNING", "RETRYING", "SCHEDULED", "PENDING", "FAILED",
+  "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED", "SKIPPED", "MAPPED"];
+const TERMINAL = new Set(["SUCCESS", "FAILED", "CANCELLED"]);
+const BAD = new Set(["FAILED", "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED"]);
+const GROUP_MIN = 10;       // identical sibling tasks drawn as one box from this many on
+const DAGRE_MAX = 400;      // boxes laid out by dagre; more get a plain layered layout
+const BIG_RUN = 1000;       // from this many task runs, the side panel lists only those
+const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
+const main = () => document.getElementById("main");
+let page = { cleanup: [] };  // what the current page must close when leaving it
+
+// ------------------------------------------------------------------ helpers
+
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => (
+    { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+function color(state) {
+  return getComputedStyle(document.documentElement).getPropertyValue("--" + state).trim() || "#999";
+}
+function badge(state) { return `<span class="st st-${esc(state)}">${esc(state)}</span>`; }
+function fmtTime(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
+function fmtClock(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
+function fmtDur(s) {
+  if (s === null || s === undefined) return "";
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 60) return `${s.toFixed(s < 10 ? 2 : 1)} s`;
+  const m = Math.floor(s / 60), r = Math.round(s % 60);
+  if (m < 60) return `${m}m ${r}s`;
+  return `${Math.floor(m / 60)}h ${m % 60}m`;
+}
+function ago(t) {
+  if (!t) return "";
+  const s = Math.max(0, Date.now() / 1000 - t);
+  return s < 60 ? `${Math.round(s)}s ago` : s < 3600 ? `${Math.round(s / 60)}m ago`
+    : `${Math.round(s / 3600)}h ago`;
+}
+function fmtBytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1 << 20)).toFixed(1)} MiB`;
+}
+function runDuration(r) {
+  if (r.duration !== null && r.duration !== undefined) return r.duration;
+  return r.started_at && !TERMINAL.has(r.state) ? Date.now() / 1000 - r.started_at : null;
+}
+function debounce(fn, ms) {
+  let timer = null;
+  return () => { if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms); };
+}
+
+class ApiError extends Error {}
+
+async function api(path, options = {}) {
+  const init = { credentials: "same-origin", headers: {} };
+  if (options.method === "POST") {
+    init.method = "POST";
+    init.headers["X-Headwater-Request"] = "1";
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(options.body || {});
+  }
+  const response = await fetch(path, init);
+  const body = await response.json().catch(() => ({}));
+  if (response.status === 401) { showLogin(); throw new ApiError(body.error || "log in"); }
+  if (!response.ok) throw new ApiError(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+// Server-sent events: the EventSource is closed when the page changes.
+function follow(path, handlers) {
+  const source = new EventSource(path);
+  const live = document.getElementById("live");
+  source.onopen = () => { live.className = "on"; live.textContent = "live"; };
+  source.onerror = () => { live.className = ""; live.textContent = "reconnecting…"; };
+  for (const [name, fn] of Object.entries(handlers)) {
+    source.addEventListener(name, (e) => fn(JSON.parse(e.data)));
+  }
+  source.addEventListener("end", () => {
+    source.close();
+    live.className = ""; live.textContent = "ended";
+  });
+  page.cleanup.push(() => source.close());
+  return source;
+}
+function every(ms, fn) { const id = setInterval(fn, ms); page.cleanup.push(() => clearInterval(id)); }
+
+// ------------------------------------------------------------------- router
+
+function navigate(url, replace = false) {
+  if (replace) history.replaceState(null, "", url); else history.pushState(null, "", url);
+  route();
+}
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a");
+  if (!a || a.target || e.ctrlKey || e.metaKey || e.shiftKey) return;
+  const url = new URL(a.href, location.href);
+  if (url.origin !== location.origin || url.pathname.startsWith("/api/")) return;
+  e.preventDefault();
+  navigate(url.pathname + url.search);
+});
+window.addEventListener("popstate", route);
+
+function route() {
+  for (const fn of page.cleanup) fn();
+  page = { cleanup: [] };
+  document.getElementById("live").textContent = "";
+  const path = location.pathname.replace(/\/+$/, "") || "/runs";
+  const section = path.split("/")[1];
+  for (const a of document.querySelectorAll("header nav a")) {
+    a.classList.toggle("active", a.dataset.section === section);
+  }
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let render;
+  if (parts[0] === "runs" && parts[1]) render = () => runPage(parts[1]);
+  else if (parts[0] === "flows" && parts[1]) render = () => flowPage(parts[1]);
+  else if (parts[0] === "flows") render = flowsPage;
+  else if (parts[0] === "schedules") render = schedulesPage;
+  else if (parts[0] === "workers") render = workersPage;
+  else render = runsPage;
+  render().catch((err) => {
+    if (err instanceof ApiError && document.querySelector(".login")) return;
+    main().innerHTML = `<p class="error">${esc(err.message)}</p>`;
+  });
+}
+
+function showLogin() {
+  main().innerHTML = `<form class="panel login"><h1>Log in</h1>
+    <p class="muted">This server needs its token.</p>
+    <p><input type="password" name="token" placeholder="token" autocomplete="current-password" required></p>
+    <p><button type="submit">Log in</button> <span class="error"></span></p></form>`;
+  const form = main().querySelector("form");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await api("/api/login", { method: "POST", body: { token: form.token.value } });
+      route();
+    } catch (err) { form.querySelector(".error").textContent = err.message; }
+  });
+}
+
+// --------------------------------------------------------------------- runs
+
+async function runsPage() {
+  const q = new URLSearchParams(location.search);
+  const flows = (await api("/api/flows")).flows;
+  const since = q.get("since") || "";
+  main().innerHTML = `<h1>Flow runs</h1>
+    <form class="filters" id="filters">
+      <label>Flow<select name="flow"><option value="">any</option>${flows.map((f) =>
+        `<option ${f.name === q.get("flow") ? "selected" : ""}>${esc(f.name)}</option>`).join("")}
+      </select></label>
+      <label>State<select name="state"><option value="">any</option>${
+        ["RUNNING", "SUCCESS", "FAILED", "CANCELLED"].map((s) =>
+          `<option ${s === q.get("state") ? "selected" : ""}>${s}</option>`).join("")}</select></label>
+      <label>Created<select name="since"><option value="">any time</option>${
+        [["3600", "last hour"], ["86400", "last day"], ["604800", "last week"]].map(([v, l]) =>
+          `<option value="${v}" ${v === since ? "selected" : ""}>${l}</option>`).join("")}</select></label>
+      <label>Schedule<input name="schedule" value="${esc(q.get("schedule") || "")}" placeholder="schedule id"></label>
+    </form>
+    <table id="runs"><thead><tr><th>Run</th><th>Flow</th><th>State</th><th>Created</th>
+      <th>Duration</th><th>Origin</th><th>Message</th></tr></thead><tbody></tbody></table>
+    <p><button id="more" hidden>Load more</button></p>`;
+  const form = document.getElementById("filters");
+  form.addEventListener("change", () => {
+    const params = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) params.set(k, v);
+    navigate("/runs" + (params.toString() ? "?" + params : ""), true);
+  });
+  let shown = [];
+  let next = "";
+  const query = (before) => {
+    const params = new URLSearchParams();
+    for (const k of ["flow", "state", "schedule"]) if (q.get(k)) params.set(k, q.get(k));
+    if (since) params.set("since", String(Date.now() / 1000 - Number(since)));
+    params.set("limit", "50");
+    if (before) params.set("before", before);
+    return "/api/runs?" + params;
+  };
+  const draw = () => {
+    document.querySelector("#runs tbody").innerHTML = shown.map((r) => `
+      <tr data-run="${esc(r.id)}" data-state="${esc(r.state)}">
+        <td class="mono"><a href="/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td>
+        <td>${esc(r.flow_name)} <span class="muted">v${esc(r.flow_version)}</span></td>
+        <td>${badge(r.state)}</td><td>${esc(fmtTime(r.created_at))}</td>
+        <td data-duration>${esc(fmtDur(runDuration(r)))}</td>
+        <td>${r.schedule_id ? `schedule <a href="/runs?schedule=${esc(r.schedule_id)}">${esc(r.schedule_id.slice(0, 8))}</a>` : ""}</td>
+        <td class="muted">${esc(r.message)}</td></tr>`).join("")
+      || `<tr><td colspan="7" class="muted">No runs.</td></tr>`;
+    const more = document.getElementById("more");
+    more.hidden = !next;
+  };
+  const load = async () => {
+    const body = await api(query(""));
+    shown = body.runs; next = body.next; draw();
+  };
+  document.getElementById("more").onclick = async () => {
+    const body = await api(query(next));
+    shown = shown.concat(body.runs); next = body.next; draw();
+  };
+  await load();
+  follow("/api/runs/events", { runs: debounce(load, 300) });
+  every(1000, () => { if (shown.some((r) => !TERMINAL.has(r.state))) draw(); });
+}
+
+// ---------------------------------------------------------------------- run
+
+async function runPage(runId) {
+  const state = { data: null, selectedNode: null, selectedKey: null, waiting: {},
+    logsAfter: 0, logsEnded: false };
+  state.data = await api(`/api/runs/${encodeURIComponent(runId)}`);
+  const run = state.data.run;
+  if (run.id !== runId) history.replaceState(null, "", `/runs/${run.id}`);
+  runId = run.id;
+  main().innerHTML = `
+    <div class="run-head"><h1 id="run-title"></h1><span id="run-state"></span>
+      <button id="cancel" class="danger" hidden>Cancel run</button></div>
+    <div class="run-head meta" id="run-meta"></div>
+    <div id="run-links"></div>
+    <div class="chips" id="totals"></div>
+    <div class="cols">
+      <div>
+        <h2>Graph</h2><div id="dag"></div>
+        <div class="legend">${STATES.filter((s) => s !== "MAPPED").map((s) =>
+          `<span><i style="background:${color(s)}"></i>${s}</span>`).join("")}</div>
+        <h2>Timeline</h2>
+        <div id="timeline-wrap"><canvas id="timeline" height="160"></canvas><div id="tip"></div></div>
+      </div>
+      <div>
+        <h2 id="side-title">Task runs</h2>
+        <div id="side" class="panel"></div>
+      </div>
+    </div>
+    <h2>Logs <span class="muted" id="logs-scope"></span></h2>
+    <div class="logs" id="logs"><table><tbody></tbody></table></div>
+    <p><button id="logs-more" hidden>Load more</button></p>`;
+  document.getElementById("cancel").onclick = async () => {
+    if (!confirm("Cancel this run?")) return;
+    await api(`/api/runs/${runId}/cancel`, { method: "POST", body: {} });
+  };
+  drawRunHead(state);
+  drawDag(state, (node) => { state.selectedNode = node; state.selectedKey = null; drawSide(state); });
+  performance.mark("headwater:run-drawn");  // the first render: head, totals, DAG
+  drawSide(state);
+  const timeline = await loadTimeline(runId, state);
+  await loadLogs(runId, state, true);
+
+  const refresh = debounce(async () => {
+    state.data = await api(`/api/runs/${runId}`);
+    state.waiting = state.data.waiting;
+    drawRunHead(state);
+    updateDag(state);
+    drawSide(state);
+    timeline.reload();
+  }, 250);
+  follow(`/api/runs/${runId}/events`, {
+    run: (r) => { state.data.run = r; drawRunHead(state); },
+    tasks: refresh,
+    waiting: (w) => { state.waiting = w; drawSide(state, true); },
+    logs: () => loadLogs(runId, state, false),
+    end: refresh,
+  });
+  every(1000, () => { if (!TERMINAL.has(state.data.run.state)) drawRunHead(state); });
+}
+
+function drawRunHead(state) {
+  const { run, totals } = state.data;
+  document.getElementById("run-title").textContent = `${run.flow_name} v${run.flow_version}`;
+  document.getElementById("run-state").innerHTML = badge(run.state);
+  document.getElementById("run-state").dataset.state = run.state;
+  document.getElementById("cancel").hidden = TERMINAL.has(run.state);
+  const result = run.result ? ` · result ${esc(fmtBytes(run.result.size_bytes))}: <code>${
+    esc(run.result.preview || run.result.encoding)}</code>` : "";
+  document.getElementById("run-meta").innerHTML = `<span class="mono">${esc(run.id)}</span>
+    <span>created ${esc(fmtTime(run.created_at))}</span>
+    <span>duration ${esc(fmtDur(runDuration(run)))}</span>
+    ${run.message ? `<span>${esc(run.message)}</span>` : ""}${result}`;
+  const links = [];
+  if (run.schedule_id) links.push(`created by schedule <a href="/runs?schedule=${esc(run.schedule_id)}">${esc(run.schedule_id)}</a>`);
+  if (run.parent_run_id) links.push(`subflow of <a href="/runs/${esc(run.parent_run_id)}">${esc(run.parent_run_id.slice(0, 8))}</a>`);
+  for (const child of run.child_runs || []) {
+    links.push(`subflow <a href="/runs/${esc(child.id)}" data-child="${esc(child.id)}">${esc(child.flow_name)} ${esc(child.id.slice(0, 8))}</a> ${badge(child.state)}`);
+  }
+  document.getElementById("run-links").innerHTML = links.map((l) => `<div>${l}</div>`).join("");
+  const total = Object.values(totals).reduce((a, b) => a + b, 0);
+  const done = Object.entries(totals).filter(([s]) => !["RUNNING", "RETRYING", "SCHEDULED", "PENDING"].includes(s))
+    .reduce((a, [, n]) => a + n, 0);
+  document.getElementById("totals").innerHTML = `<span data-total="${total}">${done} of ${total} task runs done</span>` +
+    Object.entries(totals).map(([s, n]) => `<span class="st st-${s}" data-count="${s}">${n} ${s}</span>`).join("");
+}
+
+// ---------------------------------------------------------------------- DAG
+
+// Identical siblings (same name, same upstream and downstream tasks: a loop of calls)
+// become one box with counts; mapped tasks are one box with their children's counts.
+function groupNodes(nodes) {
+  const down = {};
+  for (const n of nodes) for (const u of n.upstream) (down[u] = down[u] || []).push(n.id);
+  const sig = (n) => `${n.name}|${[...n.upstream].sort().join(",")}|${(down[n.id] || []).slice().sort().join(",")}`;
+  const bySig = {};
+  for (const n of nodes) (bySig[sig(n)] = bySig[sig(n)] || []).push(n);
+  const boxOf = {}, boxes = [];
+  for (const members of Object.values(bySig)) {
+    if (members.length >= GROUP_MIN) {
+      const id = "group:" + members[0].id;
+      boxes.push({ id, name: members[0].name, members: members.map((m) => m.id), mapped: true,
+        group: true, upstream: [] });
+      for (const m of members) boxOf[m.id] = id;
+    } else {
+      for (const m of members) {
+        boxes.push({ ...m, members: [m.id] });
+        boxOf[m.id] = m.id;
+      }
+    }
+  }
+  const byId = {};
+  for (const n of nodes) byId[n.id] = n;
+  for (const box of boxes) {
+    const ups = new Set();
+    for (const id of box.members) {
+      for (const u of byId[id].upstream) if (boxOf[u] && boxOf[u] !== box.id) ups.add(boxOf[u]);
+    }
+    box.upstream = [...ups];
+  }
+  return boxes;
+}
+
+function boxCounts(box, counts) {
+  const out = {};
+  for (const id of box.members) for (const [s, n] of Object.entries(counts[id] || {})) out[s] = (out[s] || 0) + n;
+  return out;
+}
+function mainState(c) {
+  for (const s of ["FAILED", "TIMED_OUT", "TRIGGER_FAILED", "RUNNING", "RETRYING", "SCHEDULED",
+    "PENDING", "CANCELLED", "SUCCESS", "CACHED", "SKIPPED"]) if (c[s]) return s;
+  return "PENDING";
+}
+
+function layout(boxes, width, height) {
+  if (boxes.length <= DAGRE_MAX && window.dagre) {
+    const g = new dagre.graphlib.Graph();
+    g.setGraph({ rankdir: "LR", nodesep: 18, ranksep: 50, marginx: 12, marginy: 12 });
+    g.setDefaultEdgeLabel(() => ({}));
+    for (const b of boxes) g.setNode(b.id, { width, height });
+    for (const b of boxes) for (const u of b.upstream) g.setEdge(u, b.id);
+    dagre.layout(g);
+    const pos = {};
+    for (const b of boxes) pos[b.id] = g.node(b.id);
+    const edges = g.edges().map((e) => ({ from: e.v, to: e.w, points: g.edge(e).points }));
+    return { pos, edges, w: g.graph().width, h: g.graph().height };
+  }
+  // Large graphs: longest-path layers, in order (linear time; dagre would take seconds).
+  const rank = {}, byId = {};
+  for (const b of boxes) byId[b.id] = b;
+  const rankOf = (b) => {
+    if (rank[b.id] !== undefined) return rank[b.id];
+    rank[b.id] = 0;
+    rank[b.id] = b.upstream.reduce((m, u) => Math.max(m, rankOf(byId[u]) + 1), 0);
+    return rank[b.id];
+  };
+  const layers = [];
+  for (const b of boxes) (layers[rankOf(b)] = layers[rankOf(b)] || []).push(b);
+  const pos = {};
+  let maxRows = 0;
+  layers.forEach((layer, x) => layer.forEach((b, y) => {
+    pos[b.id] = { x: 12 + width / 2 + x * (width + 50), y: 12 + height / 2 + y * (height + 12) };
+    maxRows = Math.max(maxRows, y + 1);
+  }));
+  const edges = [];
+  if (boxes.length < 3000) for (const b of boxes) for (const u of b.upstream) edges.push({ from: u, to: b.id });
+  return { pos, edges, w: 24 + layers.length * (width + 50), h: 24 + maxRows * (height + 12) };
+}
+
+function drawDag(state, onSelect) {
+  const el = document.getElementById("dag");
+  const boxes = groupNodes(state.data.graph.nodes);
+  state.boxes = boxes;
+  const W = 170, H = 46;
+  const { pos, edges, w, h } = layout(boxes, W, H);
+  const line = (e) => {
+    if (e.points) return e.points.map((p, i) => `${i ? "L" : "M"}${p.x},${p.y}`).join(" ");
+    const a = pos[e.from], b = pos[e.to];
+    return `M${a.x + W / 2},${a.y} L${b.x - W / 2},${b.y}`;
+  };
+  el.innerHTML = `<svg width="${w}" height="${h}" xmlns="http://www.w3.org/2000/svg">
+    <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto">
+      <path d="M0,0 L10,5 L0,10 z" fill="#94a3b8"/></marker></defs>
+    ${edges.map((e) => `<path class="edge" d="${line(e)}" marker-end="url(#arrow)"/>`).join("")}
+    ${boxes.map((b) => {
+      const p = pos[b.id];
+      return `<g class="node" data-node="${esc(b.id)}" transform="translate(${p.x - W / 2},${p.y - H / 2})">
+        <rect class="box" width="${W}" height="${H}"/><g class="bar"></g>
+        <text x="8" y="17">${esc(b.name.length > 22 ? b.name.slice(0, 21) + "…" : b.name)}${b.group ? ` ×${b.members.length}` : ""}</text>
+        <text class="sub" x="8" y="33"></text></g>`;
+    }).join("")}</svg>`;
+  el.querySelector("svg").addEventListener("click", (e) => {
+    const g = e.target.closest(".node");
+    if (g) onSelect(g.dataset.node);
+  });
+  updateDag(state);
+}
+
+function updateDag(state) {
+  const W = 170;
+  for (const b of state.boxes) {
+    const g = document.querySelector(`#dag .node[data-node="${CSS.escape(b.id)}"]`);
+    if (!g) continue;
+    const c = boxCounts(b, state.data.counts);
+    const total = Object.values(c).reduce((a, n) => a + n, 0);
+    const s = total ? mainState(c) : "PENDING";
+    g.dataset.state = s;
+    g.classList.toggle("selected", state.selectedNode === b.id);
+    g.querySelector("rect.box").style.stroke = color(s);
+    const many = b.mapped || b.group || total > 1;
+    g.querySelector("text.sub").textContent = !total ? "not started"
+      : many ? Object.entries(c).map(([k, n]) => `${n} ${k.toLowerCase()}`).join(", ")
+        : s.toLowerCase();
+    g.dataset.counts = JSON.stringify(c);
+    let x = 0, bars = "";
+    for (const st of STATES) {
+      if (!c[st]) continue;
+      const wd = (W * c[st]) / total;
+      bars += `<rect x="${x}" y="40" width="${wd}" height="6" fill="${color(st)}"/>`;
+      x += wd;
+    }
+    g.querySelector(".bar").innerHTML = total ? bars : "";
+  }
+}
+
+// ----------------------------------------------------------- side: task runs
+
+async function drawSide(state, waitingOnly = false) {
+  const side = document.getElementById("side");
+  const title = document.getElementById("side-title");
+  if (state.selectedKey) {
+    if (!waitingOnly) return drawTask(state, side, title);
+    return;
+  }
+  const runId = state.data.run.id;
+  const box = state.boxes.find((b) => b.id === state.selectedNode);
+  const members = box ? box.members : null;
+  let taskRuns = [];
+  let total = 0;
+  const runSize = Object.values(state.data.totals).reduce((a, n) => a + n, 0);
+  // A large run (or a large group of tasks): list what needs a look, not 10,000 rows.
+  const notable = runSize >= BIG_RUN && !(members && members.length === 1);
+  if (members && members.length === 1) {
+    const body = await api(`/api/runs/${runId}/tasks?task=${encodeURIComponent(members[0])}&limit=200`);
+    taskRuns = body.task_runs; total = body.total;
+  } else {
+    const body = await api(`/api/runs/${runId}/tasks?limit=200${notable ? "&state=" + NOTABLE : ""}`);
+    const wanted = new Set(members || []);
+    taskRuns = members ? body.task_runs.filter((t) => wanted.has(t.task_id)) : body.task_runs;
+    total = members ? taskRuns.length : body.total;
+  }
+  const parents = taskRuns.filter((t) => t.state === "MAPPED").length;
+  taskRuns = taskRuns.filter((t) => t.state !== "MAPPED");
+  total -= parents;
+  for (const t of taskRuns) t.waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
+  title.textContent = box ? `Task runs of ${box.name}` : "Task runs";
+  side.innerHTML = `${box ? `<p><a href="#" id="all-tasks">all task runs</a></p>` : ""}
+    ${notable ? `<p class="muted">${runSize} task runs: failed, running and waiting ones are listed; select a task in the graph for its runs.</p>` : ""}
+    <table id="task-runs"><thead><tr><th>Task run</th><th>State</th><th>Tries</th><th>Duration</th><th>Worker</th></tr></thead>
+    <tbody>${taskRuns.map((t) => `<tr class="clickable" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
+      <td>${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
+        ${t.waiting ? `<div class="waiting">${esc(t.waiting)}</div>` : ""}</td>
+      <td>${badge(t.state)}</td><td>${t.attempts}</td><td>${esc(fmtDur(t.duration))}</td>
+      <td>${esc(t.worker)}</td></tr>`).join("")}</tbody></table>
+    ${total > taskRuns.length ? `<p class="muted">${taskRuns.length} of ${total} shown</p>` : ""}`;
+  side.querySelector("tbody").addEventListener("click", (e) => {
+    const tr = e.target.closest("tr");
+    if (tr) { state.selectedKey = tr.dataset.key; drawSide(state); loadLogs(runId, state, true); }
+  });
+  const all = document.getElementById("all-tasks");
+  if (all) all.onclick = (e) => { e.preventDefault(); state.selectedNode = null; updateDag(state); drawSide(state); };
+  updateDag(state);
+}
+
+async function drawTask(state, side, title) {
+  const runId = state.data.run.id;
+  const t = await api(`/api/runs/${runId}/tasks/${encodeURIComponent(state.selectedKey)}`);
+  title.textContent = `Task run ${t.key}`;
+  const waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
+  const failure = (f) => f ? `<div class="failure"><p class="error"><b>${esc(f.type)}</b>: ${esc(f.message)}</p>
+      ${f.traceback ? `<pre class="traceback">${esc(f.traceback)}</pre>` : ""}</div>` : "";
+  side.innerHTML = `<p><a href="#" id="back">← ${state.selectedNode ? "task runs of this task" : "all task runs"}</a></p>
+    <dl class="kv" id="task-detail" data-state="${esc(t.state)}">
+      <dt>State</dt><dd>${badge(t.state)}</dd>
+      <dt>Attempts</dt><dd>${t.attempts}</dd>
+      <dt>Worker</dt><dd>${esc(t.worker) || "—"}</dd>
+      <dt>Duration</dt><dd>${esc(fmtDur(t.duration))}</dd>
+      ${waiting ? `<dt>Waiting</dt><dd class="waiting">${esc(waiting)}</dd>` : ""}
+      ${t.message ? `<dt>Message</dt><dd>${esc(t.message)}</dd>` : ""}
+      ${t.result ? `<dt>Result</dt><dd><span class="muted">${esc(t.result.encoding)}, ${esc(fmtBytes(t.result.size_bytes))}</span>
+        <pre class="result">${esc(t.result.preview || "(not shown: the server does not decode " + t.result.encoding + ")")}</pre></dd>` : ""}
+    </dl>
+    <h2>Attempts</h2>
+    <table id="attempts"><thead><tr><th>#</th><th>State</th><th>Started</th><th>Duration</th></tr></thead><tbody>
+      ${t.attempt_list.map((a) => `<tr data-attempt="${a.number}"><td>${a.number}</td><td>${badge(a.state)}</td>
+        <td>${esc(fmtClock(a.started_at || a.scheduled_at))}</td><td>${esc(fmtDur(a.duration))}</td></tr>
+        ${a.failure ? `<tr><td></td><td colspan="3">${failure(a.failure)}</td></tr>` : ""}`).join("")}
+    </tbody></table>`;
+  document.getElementById("back").onclick = (e) => {
+    e.preventDefault(); state.selectedKey = null; drawSide(state); loadLogs(runId, state, true);
+  };
+}
+
+// ------------------------------------------------------------------ timeline
+
+async function loadTimeline(runId, state) {
+  const canvas = document.getElementById("timeline");
+  const tip = document.getElementById("tip");
+  let rows = [], t0 = 0, t1 = 1, rowH = 14;
+  const draw = () => {
+    const width = canvas.clientWidth || 600;
+    // At most 400 px: many task runs share a pixel row (a dense band shows the shape).
+    rowH = rows.length ? Math.min(16, 400 / rows.length) : 16;
+    if (rowH >= 1) rowH = Math.floor(rowH);
+    const height = Math.max(60, rows.length * rowH + 22);
+    const ratio = window.devicePixelRatio || 1;
+    canvas.width = width * ratio; canvas.height = height * ratio;
+    canvas.style.height = height + "px";
+    const ctx = canvas.getContext("2d");
+    ctx.scale(ratio, ratio);
+    ctx.clearRect(0, 0, width, height);
+    const label = rowH >= 12 ? 140 : 0;
+    const span = Math.max(1e-3, t1 - t0);
+    const x = (t) => label + ((t - t0) / span) * (width - label - 8);
+    ctx.font = "11px system-ui";
+    rows.forEach((r, i) => {
+      const [key, , st, start, end] = r;
+      const y = 4 + i * rowH;
+      ctx.fillStyle = color(st);
+      if (start !== null) {
+        const x0 = x(start), x1 = Math.max(x0 + 2, x(end ?? t1));
+        ctx.fillRect(x0, y, x1 - x0, rowH >= 4 ? rowH - 2 : Math.max(rowH, 0.5));
+      }
+      if (label) { ctx.fillStyle = "#1d2430"; ctx.fillText(key.length > 22 ? key.slice(0, 21) + "…" : key, 4, y + rowH - 3); }
+    });
+    ctx.fillStyle = "#6a7383";
+    ctx.fillText(`${fmtDur(span)} from ${fmtClock(t0)}`, label + 2, height - 6);
+    canvas.dataset.rows = String(rows.length);
+    if (rows.length) performance.mark("headwater:timeline-drawn");
+  };
+  const load = async () => {
+    const body = await api(`/api/runs/${runId}/timeline`);
+    rows = body.rows.filter((r) => r[3] !== null).sort((a, b) => a[3] - b[3]);
+    t0 = rows.length ? rows[0][3] : 0;
+    const ends = rows.map((r) => r[4] ?? body.now);
+    t1 = ends.reduce((a, b) => Math.max(a, b), t0 + 1e-3);
+    draw();
+  };
+  const reload = debounce(load, 500);
+  canvas.addEventListener("mousemove", (e) => {
+    const i = Math.floor((e.offsetY - 4) / rowH);
+    const r = rows[i];
+    if (!r) { tip.style.display = "none"; return; }
+    tip.style.display = "block";
+    tip.style.left = e.offsetX + 12 + "px"; tip.style.top = e.offsetY + 8 + "px";
+    tip.textContent = `${r[0]}: ${r[2]}, ${fmtDur((r[4] ?? Date.now() / 1000) - r[3])}${r[6] ? " on " + r[6] : ""}`;
+  });
+  canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+  canvas.addEventListener("click", (e) => {
+    const r = rows[Math.floor((e.offsetY - 4) / rowH)];
+    if (r) { state.selectedKey = r[0]; drawSide(state); loadLogs(runId, state, true); }
+  });
+  load();
+  return { reload };
+}
+
+// ---------------------------------------------------------------------- logs
+
+async function loadLogs(runId, state, reset) {
+  const body = document.querySelector("#logs tbody");
+  if (!body) return;
+  if (reset) { state.logsAfter = 0; body.innerHTML = ""; }
+  const scope = state.selectedKey ? `key=${encodeURIComponent(state.selectedKey)}` : "";
+  document.getElementById("logs-scope").textContent = state.selectedKey ? `of ${state.selectedKey}` : "of every task run";
+  const page = await api(`/api/runs/${runId}/logs?after=${state.logsAfter}&limit=1000&${scope}`);
+  const box = document.getElementById("logs");
+  const atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+  body.insertAdjacentHTML("beforeend", page.entries.map((e) => `<tr data-seq="${e.seq}">
+    <td class="mono muted">${esc(fmtClock(e.at))}</td><td class="lvl-${esc(e.level)}">${esc(e.level)}</td>
+    <td class="mono">${esc(e.key)}${e.attempt > 1 ? ` #${e.attempt}` : ""}</td><td><pre>${esc(e.message)}</pre></td></tr>`).join(""));
+  state.logsAfter = page.next;
+  if (atEnd) box.scrollTop = box.scrollHeight;
+  const more = document.getElementById("logs-more");
+  more.hidden = !page.more;
+  more.onclick = () => loadLogs(runId, state, false);
+  if (!body.children.length) body.innerHTML = `<tr class="empty"><td class="muted">No log records yet.</td></tr>`;
+  else body.querySelector("tr.empty")?.remove();
+}
+
+// --------------------------------------------------------------------- flows
+
+async function flowsPage() {
+  const { flows } = await api("/api/flows");
+  main().innerHTML = `<h1>Flows</h1><table id="flows"><thead><tr><th>Flow</th><th>Versions</th><th>Value-dependent builds</th><th>Runs</th></tr></thead><tbody>
+    ${flows.map((f) => `<tr data-flow="${esc(f.name)}"><td><a href="/flows/${encodeURIComponent(f.name)}">${esc(f.name)}</a></td>
+      <td>${f.versions.map((v) => `<a href="/flows/${encodeURIComponent(f.name)}?version=${encodeURIComponent(v)}">v${esc(v)}</a>`).join(" ")}</td>
+      <td>${f.value_dependent_graphs}</td><td><a href="/runs?flow=${encodeURIComponent(f.name)}">runs</a></td></tr>`).join("")
+      || `<tr><td colspan="4" class="muted">No flows registered.</td></tr>`}</tbody></table>`;
+}
+
+async function flowPage(name) {
+  const version = new URLSearchParams(location.search).get("version") || "";
+  const [{ graph }, { flows }] = await Promise.all([
+    api(`/api/flows/${encodeURIComponent(name)}?version=${encodeURIComponent(version)}`), api("/api/flows")]);
+  const versions = (flows.find((f) => f.name === name) || { versions: [] }).versions;
+  main().innerHTML = `<h1>${esc(graph.name)} v${esc(graph.version)}</h1>
+    <p>${versions.map((v) => `<a href="/flows/${encodeURIComponent(name)}?version=${encodeURIComponent(v)}">v${esc(v)}</a>`).join(" · ")}
+     · <a href="/runs?flow=${encodeURIComponent(name)}">runs of this flow</a></p>
+    ${graph.description ? `<p class="muted">${esc(graph.description)}</p>` : ""}
+    <div id="dag"></div>
+    <h2>Tasks</h2><table id="flow-tasks"><thead><tr><th>Task</th><th>Type</th><th>Mapped</th><th>Retries</th><th>Timeout</th><th>Labels</th><th>Upstream</th></tr></thead><tbody>
+    ${graph.nodes.map((n) => `<tr><td>${esc(n.id)}</td><td class="mono">${esc(n.task_type)}</td><td>${n.mapped ? "yes" : ""}</td>
+      <td>${n.retries || ""}</td><td>${n.timeout ? esc(fmtDur(n.timeout)) : ""}</td>
+      <td>${esc(Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td><td>${esc(n.upstream.join(", "))}</td></tr>`).join("")}
+    </tbody></table>`;
+  const state = { data: { graph, counts: {} }, selectedNode: null };
+  drawDag(state, () => {});
+}
+
+// ----------------------------------------------------------------- schedules
+
+async function schedulesPage() {
+  const load = async () => {
+    const { schedules } = await api("/api/schedules");
+    main().innerHTML = `<h1>Schedules</h1><table id="schedules"><thead><tr><th>Schedule</th><th>Flow</th><th>When</th>
+      <th>Next run</th><th>State</th><th></th></tr></thead><tbody>
+      ${schedules.map((s) => `<tr data-schedule="${esc(s.id)}" data-paused="${s.paused}">
+        <td class="mono"><a href="/runs?schedule=${esc(s.id)}">${esc(s.id.slice(0, 8))}</a></td>
+        <td>${esc(s.flow_name)}${s.flow_version ? ` v${esc(s.flow_version)}` : ""}</td>
+        <td>${s.every ? `every ${esc(fmtDur(s.every))}` : `cron <code>${esc(s.cron)}</code> ${esc(s.timezone)}`}</td>
+        <td>${s.paused ? "—" : esc(fmtTime(s.next_run_at))}</td>
+        <td>${s.paused ? `<span class="st st-CANCELLED">paused</span>` : `<span class="st st-SUCCESS">active</span>`}</td>
+        <td><button data-action="${s.paused ? "resume" : "pause"}">${s.paused ? "Resume" : "Pause"}</button></td></tr>`).join("")
+        || `<tr><td colspan="6" class="muted">No schedules.</td></tr>`}</tbody></table>`;
+    main().querySelector("tbody").addEventListener("click", async (e) => {
+      const button = e.target.closest("button");
+      if (!button) return;
+      button.disabled = true;
+      const id = button.closest("tr").dataset.schedule;
+      await api(`/api/schedules/${id}/${button.dataset.action}`, { method: "POST" });
+      await load();
+    });
+  };
+  await load();
+}
+
+// ------------------------------------------------------------------- workers
+
+async function workersPage() {
+  let workers = [];
+  const draw = () => {
+    main().innerHTML = `<h1>Workers</h1><table id="workers"><thead><tr><th>Worker</th><th>State</th>
+      <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th></tr></thead><tbody>
+      ${workers.map((w) => `<tr data-worker="${esc(w.name)}" data-online="${w.online}">
+        <td>${esc(w.name)}<div class="muted mono">${esc(w.worker_id.slice(0, 12))}</div></td>
+        <td><span class="st st-${w.online ? "online" : "offline"}">${w.online ? "online" : "offline"}</span></td>
+        <td class="mono">${w.capabilities.map(esc).join("<br>")}</td>
+        <td>${esc(Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td>
+        <td data-slots>${w.slots_used} / ${w.slots}</td>
+        <td>${esc(ago(w.last_seen))}</td><td>${esc(fmtTime(w.connected_at))}</td></tr>`).join("")
+        || `<tr><td colspan="7" class="muted">No worker has connected.</td></tr>`}</tbody></table>`;
+  };
+  const load = async () => { workers = (await api("/api/workers")).workers; draw(); };
+  await load();
+  follow("/api/workers/events", { workers: debounce(load, 500) });
+  every(1000, draw);
+}
+
+// ---------------------------------------------------------------------- start
+
+(async () => {
+  try {
+    const info = await api("/api/info");
+    if (info.auth_required && !info.authenticated) return showLogin();
+  } catch (err) { /* route() shows errors */ }
+  route();
+})();

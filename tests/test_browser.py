@@ -1,0 +1,420 @@
+"""The web UI in a real browser: Debian's Chromium, driven through chromium-driver by
+Selenium, against a real `headwater server` and two `headwater worker` processes.
+
+A flow with a retry, a mapped step with one failing element, printed and logged lines;
+a run followed live; a cancel; a schedule paused from the page; the workers. Each page
+is saved as a screenshot under build/screenshots/ (a test artefact). The first render
+of a 10,000-task run's page is measured and reported (not asserted: it is wall-clock
+time on a shared machine), in build/screenshots/first-render.txt.
+
+In CI (``CI`` set) a missing browser fails the test: `make test` installs it there
+(`make browser`). Elsewhere the test skips, saying what to install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import BOUND, Cluster, start_worker
+
+from headwater import Client
+from headwater._loader import load_file
+from headwater.wire import FlowRunState
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "build" / "screenshots"
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+#: Chromium on this closed network: no sandbox (root in CI), no GPU, no QUIC, nothing
+#: fetched in the background (those connections are refused here and slow it down).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
+
+TASKS = """
+import logging, os, time
+from pathlib import Path
+from headwater import flow, task
+
+log = logging.getLogger("ui_tasks")
+STATE = Path(os.environ["HW_TEST_DIR"])
+
+@task(retries=2, retry_delay=0.1)
+def fetch_prices(n: int) -> list[int]:
+    marker = STATE / "fetch_prices.tried"
+    if not marker.exists():
+        marker.write_text("1")
+        raise ConnectionError("price feed not ready yet")
+    print(f"fetched {n} prices")
+    return list(range(1, n + 1))
+
+@task
+def enrich(price: int) -> dict:
+    log.info("enriching price %d", price)
+    if price == 3:
+        raise ConnectionError("pricing API timed out")
+    return {"price": price, "with_tax": round(price * 1.2, 2)}
+
+@task(trigger="all_finished")
+def report(rows: list) -> str:
+    print("writing the report")
+    return f"{len([r for r in rows if r])} rows"
+
+@flow
+def ui_demo(n: int = 5) -> dict:
+    rows = enrich.map(fetch_prices(n))
+    return {"report": report(rows), "rows": rows}
+
+@task
+def hold(name: str) -> str:
+    release = STATE / name
+    deadline = time.monotonic() + 60
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(f"released {name}")
+    return name
+
+@flow
+def held(name: str = "release") -> str:
+    return hold(name)
+
+@task
+def noop(i: int) -> int:
+    return i
+
+@task
+def total(values: list) -> int:
+    return sum(values)
+
+def fanout(n):
+    @flow(name="fanout")
+    def build() -> int:
+        return total([noop(i) for i in range(n)])
+    return build
+
+fanout_10k = fanout(10_000)
+"""
+
+
+def _browser_or_skip() -> None:
+    missing = [
+        name for name, path in (("chromium", CHROMIUM), ("chromedriver", DRIVER)) if not path
+    ]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip install -e '.[dev]')")
+    if not missing:
+        return
+    why = (
+        f"the browser test needs {', '.join(missing)}: `make browser` installs Debian's "
+        "chromium and chromium-driver"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(f"in CI {why}")  # CI must run it, never skip it
+    pytest.skip(why)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="headwater-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.set_page_load_timeout(BOUND)
+    driver.set_script_timeout(BOUND)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    (tmp_path / "ui_tasks.py").write_text(textwrap.dedent(TASKS))
+    monkeypatch.setenv("HW_TEST_DIR", str(tmp_path))
+    env = {
+        **os.environ,
+        "HW_TEST_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = Cluster(env)
+    yield procs
+    procs.stop()
+
+
+def wait(driver: Any, condition: Any, what: str, timeout: float = BOUND) -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: condition(d), message=f"timed out waiting for {what}"
+    )
+
+
+def css(driver: Any, selector: str) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def shot(driver: Any, name: str) -> None:
+    """Save the whole page (not only the window) as build/screenshots/NAME.png."""
+    import base64
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    width, height = driver.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+    )
+    clip = {"x": 0, "y": 0, "width": width, "height": min(height, 8000), "scale": 1}
+    image = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"captureBeyondViewport": True, "clip": clip}
+    )
+    (SHOTS / f"{name}.png").write_bytes(base64.b64decode(image["data"]))
+
+
+def attr(driver: Any, selector: str, name: str) -> str | None:
+    """An attribute of the first match (None: no match, or it was just redrawn)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        found = css(driver, selector)
+        return found[0].get_attribute(name) if found else None
+    except StaleElementReferenceException:
+        return None
+
+
+def text(driver: Any, selector: str) -> str:
+    """The text of the first match, once there is one (live pages redraw parts)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def read(d: Any) -> str | None:
+        try:
+            found = css(d, selector)
+            return found[0].text if found else None
+        except StaleElementReferenceException:
+            return None
+
+    return str(wait(driver, read, selector))
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click the first match, once there is one."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def go(d: Any) -> bool:
+        try:
+            found = css(d, selector)
+            if found:
+                found[0].click()
+                return True
+        except StaleElementReferenceException:
+            pass
+        return False
+
+    wait(driver, go, f"a click on {selector}")
+
+
+def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
+    tmp_path: Path, cluster: Cluster, browser: Any
+) -> None:
+    server = cluster("server", "--port", "0", "--db", str(tmp_path / "hw.db"))
+    address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+    url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    start_worker(cluster, address, "worker-a", "--slots", "4", module="ui_tasks")
+    start_worker(
+        cluster, address, "worker-b", "--slots", "2", "--label", "zone=eu", module="ui_tasks"
+    )
+    module: Any = load_file(str(tmp_path / "ui_tasks.py"))
+    with Client(address) as client:
+        run = client.run(module.ui_demo, {"n": 5})
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.FAILED
+        schedule = client.create_schedule(module.ui_demo, every=3600, params={"n": 2})
+
+    # ---- runs: the run, its state and duration
+    browser.get(url + "runs")
+    wait(
+        browser, lambda d: attr(d, f'tr[data-run="{run.id}"]', "data-state") == "FAILED", "runs row"
+    )
+    row = text(browser, f'tr[data-run="{run.id}"]')
+    assert "ui_demo" in row and run.id[:8] in row and "ms" in row
+    shot(browser, "runs")
+
+    # ---- run: DAG with state colours and mapped counts, timeline, failures, logs
+    browser.get(url + f"runs/{run.id[:8]}")  # a unique prefix is enough
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "FAILED", "the run page")
+    assert browser.current_url.endswith(f"/runs/{run.id}")
+    wait(browser, lambda d: attr(d, '#dag .node[data-node="enrich"]', "data-counts"), "the DAG")
+    counts = json.loads(attr(browser, '#dag .node[data-node="enrich"]', "data-counts") or "{}")
+    assert counts == {"SUCCESS": 4, "FAILED": 1}
+    assert attr(browser, '#dag .node[data-node="enrich"]', "data-state") == "FAILED"
+    assert attr(browser, '#dag .node[data-node="fetch_prices"]', "data-state") == "SUCCESS"
+    assert "4 success, 1 failed" in text(browser, '#dag .node[data-node="enrich"]')
+    assert "7 of 7 task runs done" in text(browser, "#totals")
+    wait(browser, lambda d: attr(d, "#timeline", "data-rows") == "7", "the timeline")
+    failed_row = text(browser, 'tr[data-key="enrich[2]"]')
+    assert "builtins.ConnectionError: pricing API timed out" in failed_row
+    assert "worker-" in failed_row
+    wait(browser, lambda d: "enriching price 3" in text(d, "#logs"), "the run's logs")
+    logs = text(browser, "#logs")
+    assert "fetched 5 prices" in logs and "writing the report" in logs  # print() on workers
+    shot(browser, "run")
+    click(browser, 'tr[data-key="enrich[2]"]')
+    wait(
+        browser,
+        lambda d: css(d, "#task-detail pre.traceback, #attempts pre.traceback"),
+        "the traceback",
+    )
+    detail = text(browser, "#side")
+    assert "Task run enrich[2]" in text(browser, "#side-title")
+    assert 'raise ConnectionError("pricing API timed out")' in detail
+    wait(browser, lambda d: "of enrich[2]" in text(d, "#logs-scope"), "the task's logs")
+    wait(browser, lambda d: "enriching price 3" in text(d, "#logs"), "the task's logs")
+    assert "enriching price 1" not in text(browser, "#logs")
+    shot(browser, "task-failed")
+    click(browser, "#back")
+    click(browser, 'tr[data-key="fetch_prices"]')
+    wait(browser, lambda d: len(css(d, "#attempts tr[data-attempt]")) == 2, "two attempts")
+    attempts = text(browser, "#attempts")
+    assert "RETRYING" in attempts and "price feed not ready yet" in attempts
+    assert "SUCCESS" in attempts
+    assert "[1,2,3,4,5]" in text(browser, "#task-detail")  # the result preview (json text)
+    shot(browser, "task-retried")
+    # the mapped node: clicking it lists its children
+    click(browser, '#dag .node[data-node="enrich"]')
+    wait(browser, lambda d: "Task runs of enrich" in text(d, "#side-title"), "node list")
+    assert len(css(browser, "#task-runs tbody tr")) == 5
+
+    # ---- live: a run followed through the server's event stream, then cancelled
+    with Client(address) as client:
+        live = client.run(module.held, {"name": "go-live"})
+        to_cancel = client.run(module.held, {"name": "never"})
+    browser.get(url + f"runs/{live.id}")
+    wait(
+        browser,
+        lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING",
+        "RUNNING",
+    )
+    (tmp_path / "go-live").write_text("go")  # the page must change without a reload
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the live update")
+    wait(
+        browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "SUCCESS", "DAG"
+    )
+    wait(browser, lambda d: "released go-live" in text(d, "#logs"), "live logs")
+    browser.get(url + f"runs/{to_cancel.id}")
+    wait(
+        browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "run"
+    )
+    click(browser, "#cancel")
+    browser.switch_to.alert.accept()
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the cancel")
+    with Client(address) as client:
+        assert client.get(to_cancel.id).state is FlowRunState.CANCELLED
+        assert client.get(to_cancel.id).message == "cancelled from the web UI"
+    shot(browser, "run-cancelled")
+
+    # ---- flows and their graph
+    browser.get(url + "flows")
+    wait(browser, lambda d: css(d, 'tr[data-flow="ui_demo"]'), "the flows")
+    shot(browser, "flows")
+    browser.get(url + "flows/ui_demo")
+    wait(browser, lambda d: len(css(d, "#dag .node")) == 3, "the flow's graph")
+    assert "ui_tasks.enrich" in text(browser, "#flow-tasks")
+    shot(browser, "flow")
+
+    # ---- schedules: pause and resume from the page
+    browser.get(url + "schedules")
+    selector = f'tr[data-schedule="{schedule.id}"]'
+    wait(browser, lambda d: attr(d, selector, "data-paused") == "false", "the schedule")
+    click(browser, f"{selector} button")
+    wait(browser, lambda d: attr(d, selector, "data-paused") == "true", "the pause")
+    with Client(address) as client:
+        assert client.list_schedules()[0].paused
+    shot(browser, "schedules")
+    click(browser, f"{selector} button")
+    wait(browser, lambda d: attr(d, selector, "data-paused") == "false", "the resume")
+
+    # ---- workers: online, capabilities, labels, slots
+    browser.get(url + "workers")
+    wait(browser, lambda d: len(css(d, 'tr[data-online="true"]')) == 2, "two workers online")
+    table = text(browser, "#workers")
+    assert "worker-a" in table and "worker-b" in table and "zone=eu" in table
+    assert "ui_tasks.enrich" in table and "0 / 4" in table and "0 / 2" in table
+    shot(browser, "workers")
+
+    # Subflows (parent/child links on the run page) are built in another branch. When
+    # they are on main: give ui_demo a subflow and assert `#run-links a[data-child]`
+    # here (the page draws `run.parent_run_id` and `run.child_runs` when the API sends
+    # them: server/http/_data.py flow_run_json needs the two fields).
+
+
+def test_a_10k_task_run_page_renders_and_its_first_render_is_reported(
+    tmp_path: Path, cluster: Cluster, browser: Any
+) -> None:
+    server = cluster("server", "--port", "0", "--db", str(tmp_path / "hw.db"))
+    address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+    url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    start_worker(cluster, address, "w1", "--slots", "8", module="ui_tasks")
+    start_worker(cluster, address, "w2", "--slots", "8", module="ui_tasks")
+    module: Any = load_file(str(tmp_path / "ui_tasks.py"))
+    with Client(address, timeout=120) as client:
+        run = client.run(module.fanout_10k)
+        assert client.wait(run.id).state is FlowRunState.SUCCESS
+    browser.get(url + "workers")  # warm the browser's cache of the scripts
+    wait(browser, lambda d: css(d, "#workers"), "a page")
+    browser.get(url + f"runs/{run.id}")
+    wait(
+        browser,
+        lambda d: (
+            attr(d, "#timeline", "data-rows") == "10001"
+            and attr(d, '#dag .node[data-node="group:noop"]', "data-counts")
+        ),
+        "the 10k run's page",
+    )
+    # Milliseconds from the start of the navigation to the page's own marks.
+    marks = browser.execute_script(
+        "const m = {}; for (const e of performance.getEntriesByType('mark')) "
+        "m[e.name] = m[e.name] || e.startTime; return m;"
+    )
+    first = marks["headwater:run-drawn"]
+    timeline = marks["headwater:timeline-drawn"]
+    counts = json.loads(attr(browser, '#dag .node[data-node="group:noop"]', "data-counts") or "{}")
+    assert counts == {"SUCCESS": 10_000}
+    assert "10001 of 10001 task runs done" in text(browser, "#totals")
+    assert "noop \u00d710000" in text(browser, '#dag .node[data-node="group:noop"]')
+    shot(browser, "run-10k")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    report = (
+        f"10,001-task run's page: first render (run, totals, DAG with counts) {first:.0f} ms "
+        f"after navigation start (target < 2000 ms); timeline of every task run drawn at "
+        f"{timeline:.0f} ms\n"
+    )
+    (SHOTS / "first-render.txt").write_text(report)
+    print(report, end="")  # reported, not asserted: wall-clock time on a shared machine

@@ -1,0 +1,195 @@
+"""Graph builds over the worker protocol (docs/worker-protocol.md §16), against an
+in-process server and in-test workers: who is asked, what is sent, and what each
+answer (a graph, an error, silence, leaving) means for the run's creator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from headwater import flow, task
+from headwater._graphs import compile_graph
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import control_plane_pb2_grpc, payload_pb2, state_pb2, worker_pb2, worker_pb2_grpc
+from headwater.wire import GRAPH_BUILDS, decode_value, encode
+from headwater_runtime.server._app import RunningServer, start_server
+from headwater_runtime.server._core import ServerSettings
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow
+def doubled(n: int) -> list[int]:
+    return [double(i) for i in range(n)]
+
+
+def value(obj: Any) -> payload_pb2.Value:
+    encoded = encode(obj)
+    return payload_pb2.Value(
+        inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+    )
+
+
+def built(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt:
+    """What the Python worker answers: the graph for the converted values."""
+    given = doubled.validate(**{k: decode_value(v) for k, v in request.parameters.items()})
+    graph, params = compile_graph(doubled, given, doubled.complete(given))
+    return worker_pb2.GraphBuilt(build_id=request.build_id, graph=graph, parameters=params)
+
+
+Answer = Callable[[worker_pb2.BuildGraph], worker_pb2.GraphBuilt | None]
+
+
+class Builder:
+    """An in-test worker that offers flow 'doubled' and answers BuildGraph with
+    ``answer`` (None: never answers)."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, name: str, answer: Answer, *, feature: bool = True
+    ):
+        self.requests: list[worker_pb2.BuildGraph] = []
+        self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+        self.welcomed = asyncio.Event()
+        hello = worker_pb2.Hello(
+            worker_id=name,
+            name=name,
+            protocol_version=1,
+            capabilities=[double.task_type],
+            slots=1,
+            features=[GRAPH_BUILDS] if feature else [],
+            flows=[worker_pb2.FlowOffer(name="doubled", code_digest=doubled.code_digest)],
+        )
+        self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
+        self.call = worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(self._requests())
+        self.task = asyncio.get_running_loop().create_task(self._serve(answer))
+
+    async def _requests(self) -> AsyncIterator[worker_pb2.ConnectRequest]:
+        while (item := await self.outbox.get()) is not None:
+            yield item
+
+    async def _serve(self, answer: Answer) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for response in self.call:
+                if response.HasField("welcome"):
+                    self.welcomed.set()
+                if response.HasField("build_graph"):
+                    self.requests.append(response.build_graph)
+                    reply = answer(response.build_graph)
+                    if reply is not None:
+                        await self.outbox.put(worker_pb2.ConnectRequest(graph_built=reply))
+
+    async def leave(self) -> None:
+        await self.outbox.put(None)
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def server(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[RunningServer, Any, Any]]:
+    running = await start_server(
+        ServerSettings(port=0, db=str(tmp_path / "hw.db"), heartbeat_timeout=3600, **settings)
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield running, channel, control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+    finally:
+        await asyncio.wait_for(running.stop(None), 30)
+
+
+def run(body: Callable[[], Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def create(n: Any) -> cp.CreateFlowRunRequest:
+    return cp.CreateFlowRunRequest(flow_name="doubled", parameters={"n": value(n)})
+
+
+async def refused(control: Any, request: cp.CreateFlowRunRequest) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await control.CreateFlowRun(request)
+    return info.value
+
+
+def test_a_run_by_name_gets_its_graph_built_by_the_newest_worker_offering_the_flow(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        async with server(tmp_path) as (_, channel, control):
+            older = Builder(channel, "older", built)
+            await older.welcomed.wait()
+            newer = Builder(channel, "newer", built)
+            await newer.welcomed.wait()
+            response = await control.CreateFlowRun(create("3"))
+            assert older.requests == []
+            (request,) = newer.requests
+            assert request.flow_name == "doubled"
+            assert decode_value(request.parameters["n"]) == "3"  # as given
+            run = response.flow_run
+            assert run.flow_version.startswith("@")
+            assert decode_value(run.parameters["n"]) == 3  # as the worker converted it
+            graph = await control.GetFlow(
+                cp.GetFlowRequest(name="doubled", version=run.flow_version)
+            )
+            assert len(graph.graph.tasks) == 3 and graph.graph.value_dependent
+            # The same values again: the stored build serves them, no new request.
+            again = await control.CreateFlowRun(create(3))
+            assert again.flow_run.flow_version == run.flow_version
+            assert len(newer.requests) == 1
+            await older.leave()
+            await newer.leave()
+
+    run(body)
+
+
+def test_what_each_answer_means_for_the_runs_creator(tmp_path: Path) -> None:
+    def refuse(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt:
+        error = state_pb2.Failure(
+            type="headwater.ParameterError", message="flow 'doubled': parameter 'n' expects int"
+        )
+        return worker_pb2.GraphBuilt(build_id=request.build_id, error=error)
+
+    def crash(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt:
+        error = state_pb2.Failure(type="builtins.KeyError", message="'oops'")
+        return worker_pb2.GraphBuilt(build_id=request.build_id, error=error)
+
+    async def body() -> None:
+        async with server(tmp_path, build_timeout=0.5) as (_, channel, control):
+            # No worker at all: the flow is not registered.
+            assert (await refused(control, create(1))).code() == grpc.StatusCode.NOT_FOUND
+            # A worker that offers the flow but does not list the feature is not asked.
+            mute = Builder(channel, "no-feature", built, feature=False)
+            await mute.welcomed.wait()
+            assert (await refused(control, create(1))).code() == grpc.StatusCode.NOT_FOUND
+            await mute.leave()
+
+            for answer, code, text in (
+                (refuse, grpc.StatusCode.INVALID_ARGUMENT, "parameter 'n' expects int"),
+                (crash, grpc.StatusCode.INVALID_ARGUMENT, "builtins.KeyError: 'oops'"),
+                (lambda r: None, grpc.StatusCode.UNAVAILABLE, "did not build flow 'doubled'"),
+            ):
+                worker = Builder(channel, "w", answer)
+                await worker.welcomed.wait()
+                error = await refused(control, create(1))
+                assert (error.code(), text in (error.details() or "")) == (code, True), error
+                await worker.leave()
+
+            # A build for other values of a registered value-dependent flow, no worker:
+            good = Builder(channel, "good", built)
+            await good.welcomed.wait()
+            await control.CreateFlowRun(create(2))
+            await good.leave()
+            error = await refused(control, create(5))
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no connected worker offers it" in (error.details() or "")
+
+    run(body)

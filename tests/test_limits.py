@@ -1,0 +1,605 @@
+"""Bounded, validated input: every size a peer can state is checked against the
+server's limits (docs/limits.md), over real gRPC channels to an in-process server.
+
+A request over a limit gets RESOURCE_EXHAUSTED naming the limit and its value; a
+malformed one INVALID_ARGUMENT; a worker's result over a limit fails its task (the
+server goes on). Nothing refused is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from test_run_manager import FUNCTIONS, numbers, value_of
+from test_server_protocol import proto_pipeline
+
+from headwater import task
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import (
+    control_plane_pb2_grpc,
+    graph_pb2,
+    payload_pb2,
+    run_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from headwater.wire import (
+    LENGTH_KEY,
+    LIMIT_SPECS,
+    FlowRunState,
+    FromTask,
+    GraphError,
+    GraphSpec,
+    Limits,
+    TaskRunState,
+    TaskSpec,
+    graph_from_proto,
+    limit_flag,
+    limit_variable,
+)
+from headwater_runtime.server import limits_from_env, settings_from_env
+from headwater_runtime.server._app import RunningServer, start_server
+from headwater_runtime.server._core import REFUSED_RESULT, ServerSettings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+SERVICES = {
+    "ControlPlaneService": cp.DESCRIPTOR,
+    "WorkerGatewayService": worker_pb2.DESCRIPTOR,
+    "PayloadService": payload_pb2.DESCRIPTOR,
+}
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, limits: Limits | None = None) -> AsyncIterator[RunningServer]:
+    settings = ServerSettings(
+        port=0,
+        db=str(tmp_path / "hw.db"),
+        heartbeat_interval=0.5,
+        heartbeat_timeout=3600.0,
+        limits=limits or Limits(),
+    )
+    running = await start_server(settings)
+    try:
+        yield running
+    finally:
+        await asyncio.wait_for(running.stop(None), 30)
+
+
+def against_server(tmp_path: Path, body: Any, limits: Limits | None = None) -> Any:
+    async def main() -> Any:
+        async with (
+            serving(tmp_path, limits) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            return await asyncio.wait_for(body(channel, running), 60)
+
+    return asyncio.run(main())
+
+
+async def status_of(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value.code(), info.value.details() or ""
+
+
+# ------------------------------------------------------------- the limits themselves
+
+
+def test_every_limit_is_documented_with_its_default_flag_and_variable() -> None:
+    """docs/limits.md has one table row per limit, with what Limits() and the CLI use."""
+    text = (DOCS / "limits.md").read_text()
+    defaults = Limits()
+    rows = [line for line in text.splitlines() if line.startswith("| `max_")]
+    assert len(rows) == len(LIMIT_SPECS)
+    for spec, row in zip(LIMIT_SPECS, rows, strict=True):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == f"`{spec.name}`", row
+        assert cells[1] == f"{getattr(defaults, spec.name):,}", row
+        assert cells[2] == f"`{limit_flag(spec.name)}`, `{limit_variable(spec.name)}`", row
+    assert "(docs/limits.md)" in (DOCS.parent / "README.md").read_text()
+
+
+def test_limits_come_from_defaults_then_variables_then_flags() -> None:
+    env = {"HEADWATER_MAX_MAP_WIDTH": "50", "HEADWATER_MAX_GRAPH_TASKS": "7"}
+    limits = limits_from_env(env, max_graph_tasks=9)
+    assert (limits.max_map_width, limits.max_graph_tasks, limits.max_nesting) == (50, 9, 32)
+    assert settings_from_env(env).limits.max_map_width == 50
+    with pytest.raises(ValueError, match="HEADWATER_MAX_NESTING must be a whole number"):
+        limits_from_env({"HEADWATER_MAX_NESTING": "lots"})
+    with pytest.raises(ValueError, match="max_map_width must be a whole number >= 1"):
+        Limits(max_map_width=0)
+
+
+def test_a_bad_limit_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from headwater._cli import main
+
+    assert main(["server", "--port", "0", "--max-map-width", "0"]) == 2
+    assert "max_map_width must be a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- graphs
+
+
+def _chain(n: int, name: str = "wide") -> graph_pb2.FlowGraph:
+    graph = graph_pb2.FlowGraph(name=name)
+    for i in range(n):
+        node = graph.tasks.add(id=f"t{i}", task_type="m.t")
+        if i:
+            node.wait_for.append(f"t{i - 1}")
+    return graph
+
+
+def _nested(depth: int) -> graph_pb2.Input:
+    nested = graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id="a"))
+    for _ in range(depth - 1):
+        nested = graph_pb2.Input(list=graph_pb2.InputList(items=[nested]))
+    return nested
+
+
+def test_graphs_over_the_size_limits_are_refused_naming_the_limit(tmp_path: Path) -> None:
+    limits = Limits(max_graph_tasks=10, max_graph_edges=5, max_nesting=4)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        deep = graph_pb2.FlowGraph(
+            name="deep",
+            tasks=[
+                graph_pb2.TaskNode(id="a", task_type="m.a"),
+                graph_pb2.TaskNode(id="b", task_type="m.b", inputs={"x": _nested(5)}),
+            ],
+        )
+        cases = [
+            (_chain(11), "flow 'wide' has 11 tasks, over this server's limit max_graph_tasks = 10"),
+            (_chain(7), "over this server's limit max_graph_edges = 5"),
+            (
+                deep,
+                "task 'b', argument 'x' nests inputs 5 deep, over this server's limit "
+                "max_nesting = 4 (raise it with --max-nesting or HEADWATER_MAX_NESTING)",
+            ),
+        ]
+        for graph, message in cases:
+            code, details = await status_of(
+                client.RegisterFlow(cp.RegisterFlowRequest(graph=graph))
+            )
+            assert (code, message in details) == (grpc.StatusCode.RESOURCE_EXHAUSTED, True), details
+        # At the limits, the same shapes are taken.
+        deep.tasks[1].inputs["x"].CopyFrom(_nested(4))
+        for graph in (_chain(6), deep):
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph))
+        assert [name for name, _ in running.store.list_flows()] == ["deep", "wide"]
+
+    against_server(tmp_path, body, limits)
+
+
+def test_a_message_over_the_size_limit_is_refused_by_grpc_and_the_limit_can_be_raised(
+    tmp_path: Path,
+) -> None:
+    big = graph_pb2.FlowGraph(name="big")
+    node = big.tasks.add(id="a", task_type="m.a")
+    node.inputs["x"].constant.data = b"x" * (5 << 20)
+    node.inputs["x"].constant.metadata["encoding"] = "pickle"
+
+    async def refused(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        code, details = await status_of(client.RegisterFlow(cp.RegisterFlowRequest(graph=big)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "4194304" in details, details
+
+    async def taken(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=big))
+
+    against_server(tmp_path / "a", refused)
+    against_server(tmp_path / "b", taken, Limits(max_message_bytes=8 << 20))
+
+
+@task(name="a/b")
+def slashed() -> int:
+    return 1
+
+
+def test_task_ids_that_clash_with_task_run_keys_are_refused_alike_everywhere(
+    tmp_path: Path,
+) -> None:
+    """A task id with "/" (the task run id separator), or of the form "x[0]" beside a
+    mapped "x" (its element's key), is refused by GraphSpec.validate: the compiler,
+    the embedded host and a server say the same."""
+    mapped = graph_pb2.FlowGraph(
+        name="clash",
+        tasks=[
+            graph_pb2.TaskNode(id="src", task_type="m.s"),
+            graph_pb2.TaskNode(
+                id="x",
+                task_type="m.x",
+                inputs={"v": graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id="src"))},
+                map=graph_pb2.MapSpec(mapped_inputs=["v"]),
+            ),
+            graph_pb2.TaskNode(id="x[0]", task_type="m.y"),
+        ],
+    )
+    slash = graph_pb2.FlowGraph(name="slash", tasks=[graph_pb2.TaskNode(id="a/b", task_type="m")])
+    expected = {
+        "clash": "task id 'x[0]' is the key of an element of mapped task 'x': rename the task",
+        "slash": "task id 'a/b' contains '/', which separates a flow run's id from its task "
+        "runs' keys: rename the task",
+    }
+    for graph in (mapped, slash):
+        with pytest.raises(GraphError) as info:
+            graph_from_proto(graph)
+        assert str(info.value) == expected[graph.name]
+    # Beside a task that is not mapped, "x[0]" is an ordinary id.
+    GraphSpec("ok", (TaskSpec("x", "x", "t"), TaskSpec("x[0]", "y", "t"))).validate()
+    with pytest.raises(GraphError) as info:
+        GraphSpec(
+            "f",
+            (
+                TaskSpec("s", "s", "t"),
+                TaskSpec("x", "x", "t", inputs={"v": FromTask("s")}, mapped=("v",)),
+                TaskSpec("x[12]", "y", "t"),
+            ),
+        ).validate()
+    assert "'x[12]' is the key of an element of mapped task 'x'" in str(info.value)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        for graph in (mapped, slash):
+            code, details = await status_of(
+                client.RegisterFlow(cp.RegisterFlowRequest(graph=graph))
+            )
+            assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, expected[graph.name])
+        assert running.store.list_flows() == []
+
+    against_server(tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("backoff", float("inf"), "retry backoff must be a finite number >= 0"),
+        ("jitter", float("nan"), "retry jitter must be in [0, 1]"),
+        ("jitter", 2.0, "retry jitter must be in [0, 1]"),
+        ("backoff", -1.0, "retry backoff must be a finite number >= 0"),
+    ],
+)
+def test_retry_numbers_a_run_cannot_live_with_are_refused(
+    field: str, value: float, fragment: str
+) -> None:
+    node = graph_pb2.TaskNode(id="a", task_type="m")
+    setattr(node.retry, "backoff_factor" if field == "backoff" else field, value)
+    with pytest.raises(GraphError, match=re.escape(f"task 'a': {fragment}")):
+        graph_from_proto(graph_pb2.FlowGraph(name="f", tasks=[node]))
+
+
+# ---------------------------------------------------------------------- parameters
+
+
+def _deep_value(depth: int, into: payload_pb2.Value | None = None) -> payload_pb2.Value:
+    """A value nesting one element ``depth`` levels deep, built in place (in ``into``
+    if given): protobuf copies a message by parsing it, which stops at 100 levels, so a
+    message deeper than that must be built from the outside in."""
+    value = current = into if into is not None else payload_pb2.Value()
+    for level in range(1, depth + 1):
+        current.inline.CopyFrom(value_of([1] if level < depth else 1).inline)
+        if level < depth:
+            current.inline.metadata[LENGTH_KEY] = "1"
+            current = current.items.add()
+    return value
+
+
+def test_parameters_over_the_limits_or_contradicting_themselves_are_refused(
+    tmp_path: Path,
+) -> None:
+    limits = Limits(max_parameter_bytes=2_000, max_map_width=50, max_nesting=5)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+        lying = value_of(3)
+        lying.inline.metadata[LENGTH_KEY] = "100000000"
+        not_a_number = value_of(3)
+        not_a_number.inline.metadata[LENGTH_KEY] = "1e9"
+        cases = [
+            (
+                value_of("x" * 3_000),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "limit max_parameter_bytes = 2000",
+            ),
+            (
+                value_of(list(range(60)), split=True),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "parameter 'n' has 60 elements, over this server's limit max_map_width = 50",
+            ),
+            (
+                lying,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "parameter 'n' declares 100000000 elements, over this server's limit max_map_width",
+            ),
+            (not_a_number, grpc.StatusCode.INVALID_ARGUMENT, "'1e9', which is not a whole number"),
+            (_deep_value(6), grpc.StatusCode.RESOURCE_EXHAUSTED, "nests elements 6 deep"),
+        ]
+        for value, code, fragment in cases:
+            for call in (
+                client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline", parameters={"n": value})
+                ),
+                client.CreateSchedule(
+                    cp.CreateScheduleRequest(
+                        schedule=run_pb2.Schedule(
+                            flow_name="proto_pipeline", parameters={"n": value}, cron="* * * * *"
+                        )
+                    )
+                ),
+            ):
+                got, details = await status_of(call)
+                assert (got, fragment in details) == (code, True), details
+        assert running.store.list_flow_runs() == []
+        assert running.store.list_schedules() == []
+
+    against_server(tmp_path, body, limits)
+
+
+# ------------------------------------------------------------------ worker results
+
+
+async def _report_hostile_results(
+    channel: grpc.aio.Channel, results: list[payload_pb2.Value]
+) -> list[worker_pb2.Ack]:
+    """A worker that answers each `numbers` assignment with the next of ``results``
+    (and nothing else); the Acks it got."""
+    stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+    outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
+    hello = worker_pb2.Hello(
+        worker_id="hostile", protocol_version=1, capabilities=[numbers.task_type], slots=1
+    )
+    await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+    async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+        while True:
+            yield await outbox.get()
+
+    acks: list[worker_pb2.Ack] = []
+    call = stub.Connect(requests())
+    pending = list(results)
+    async for response in call:
+        if response.HasField("assignment"):
+            assert response.assignment.split_result  # a mapped task maps over it
+            report = worker_pb2.TaskResult(token=response.assignment.token, result=pending.pop(0))
+            await outbox.put(worker_pb2.ConnectRequest(result=report))
+        elif response.HasField("ack"):
+            acks.append(response.ack)
+            if len(acks) == len(results):
+                break
+    call.cancel()
+    return acks
+
+
+def test_a_result_declaring_a_huge_map_width_fails_its_task_and_the_server_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The issue's attack: a result whose metadata says headwater.length "100000000"
+    once made the server create 10^8 child task runs. Now the task fails, naming the
+    limit; the worker's Ack says why; other clients are served meanwhile."""
+    lying = value_of([0, 1, 2], split=True)
+    lying.inline.metadata[LENGTH_KEY] = "100000000"
+    mismatch = value_of([0, 1, 2], split=True)
+    mismatch.inline.metadata[LENGTH_KEY] = "2"
+    too_many = value_of(list(range(101)), split=True)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+        runs = []
+        for _ in range(3):
+            created = await client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="proto_pipeline")
+            )
+            runs.append(created.flow_run.id)
+        acks = await _report_hostile_results(channel, [lying, mismatch, too_many])
+        expected = [
+            (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "declares 100000000 elements, over this "
+                "server's limit max_map_width = 100 (raise it with --max-map-width or "
+                "HEADWATER_MAX_MAP_WIDTH)",
+            ),
+            (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "declares 2 elements (headwater.length) but carries 3",
+            ),
+            (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "has 101 elements, over this server's limit max_map_width = 100",
+            ),
+        ]
+        assert len(acks) == 3
+        for ack, (code, fragment) in zip(acks, expected, strict=True):
+            assert (ack.accepted, ack.code) == (False, code.value[0])
+            assert fragment in ack.reason, ack.reason
+        for run_id, (_, fragment) in zip(runs, expected, strict=True):
+            final = None
+            async for change in client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id)):
+                final = change.flow_run
+            assert final is not None and final.state == FlowRunState.FAILED.value
+            got = await client.GetFlowRun(cp.GetFlowRunRequest(id=run_id, include_task_runs=True))
+            source = next(t for t in got.task_runs if t.name == "numbers")
+            assert source.state == TaskRunState.FAILED.value
+            failure = source.history[-1].failure
+            assert failure.type == REFUSED_RESULT and fragment in failure.message
+            assert not failure.retryable
+            # No child task run was created for the mapped task.
+            assert [t.name for t in got.task_runs if t.name.startswith("scale[")] == []
+        info = await client.GetServerInfo(cp.GetServerInfoRequest())
+        assert info.protocol_version == 1
+
+    against_server(tmp_path, body, Limits(max_map_width=100))
+
+
+def test_a_result_at_the_map_width_limit_is_taken(tmp_path: Path) -> None:
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+        created = await client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="proto_pipeline"))
+        (ack,) = await _report_hostile_results(channel, [value_of(list(range(100)), split=True)])
+        assert ack.accepted, ack.reason
+        got = await client.GetFlowRun(
+            cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True)
+        )
+        assert len([t for t in got.task_runs if t.name.startswith("scale[")]) == 100
+
+    against_server(tmp_path, body, Limits(max_map_width=100))
+
+
+# ------------------------------------------------------------------ malformed bytes
+
+#: Bytes no request message decodes from: field 1 with a length running past the end,
+#: and an invalid wire type (7).
+_TRUNCATED = b"\x0a\x7f\x01"
+_BAD_WIRE_TYPE = b"\xff" * 5
+#: Invalid UTF-8 in field 1 (a string in GetFlowRunRequest, the `id`).
+_INVALID_UTF8 = b"\x0a\x02\xff\xfe"
+#: The same, 512 KiB long; and a 512 KiB graph (RegisterFlowRequest field 1) whose last
+#: task's length runs past the end.
+_BIG_INVALID_UTF8 = b"\x0a\x80\x80\x20" + b"\xff" * (1 << 19)
+_BIG_TRUNCATED = cp.RegisterFlowRequest(
+    graph=graph_pb2.FlowGraph(name="x" * (1 << 19))
+).SerializeToString()[:-10]
+
+
+def _every_method() -> list[tuple[str, Any]]:
+    return [
+        (f"/headwater.v1.{service}/{method.name}", method)
+        for service, descriptor in SERVICES.items()
+        for method in descriptor.services_by_name[service].methods
+    ]
+
+
+def test_undecodable_requests_get_invalid_argument_naming_the_method_for_every_rpc(
+    tmp_path: Path,
+) -> None:
+    """Garbage, a truncated field and nesting deeper than 100 once answered UNKNOWN
+    "Unexpected DecodeError"; now every RPC, unary or streaming (a worker's Connect
+    stream, an upload), answers INVALID_ARGUMENT naming the method."""
+    hello = worker_pb2.ConnectRequest(
+        hello=worker_pb2.Hello(worker_id="w", protocol_version=1, capabilities=["x"], slots=1)
+    ).SerializeToString()
+
+    deep = cp.CreateFlowRunRequest(flow_name="f")
+    _deep_value(120, deep.parameters["n"])
+    deep_result = worker_pb2.ConnectRequest()
+    _deep_value(120, deep_result.result.result)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        seen = 0
+        for path, method in _every_method():
+            for junk in (_TRUNCATED, _BAD_WIRE_TYPE):
+                # On the worker stream: as the first message, and after a good Hello.
+                prefix = [hello] if method.name == "Connect" and junk == _TRUNCATED else []
+                code, details = await _send(channel, path, method, [*prefix, junk])
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, (path, code, details)
+                assert details.startswith(f"{path}: malformed request message"), details
+                seen += 1
+        assert seen == 2 * len(_every_method())
+        control = "/headwater.v1.ControlPlaneService"
+        connect = "/headwater.v1.WorkerGatewayService/Connect"
+        connect_method = worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"]
+        for path, method, messages, fragment in [
+            (f"{control}/GetFlowRun", None, [_INVALID_UTF8], "UTF-8"),
+            # Large: decoded off the event loop, in slices (server/_slices.py).
+            (f"{control}/GetFlowRun", None, [_BIG_INVALID_UTF8], "UTF-8"),
+            (f"{control}/RegisterFlow", None, [_BIG_TRUNCATED], "malformed"),
+            (f"{control}/CreateFlowRun", None, [deep.SerializeToString()], "Depth"),
+            (
+                connect,
+                connect_method.methods_by_name["Connect"],
+                [hello, deep_result.SerializeToString()],
+                "Depth",
+            ),
+        ]:
+            code, details = await _send(channel, path, method, messages)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, details
+        # The server is unharmed.
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        assert (await client.GetServerInfo(cp.GetServerInfoRequest())).protocol_version == 1
+
+    against_server(tmp_path, body)
+
+
+async def _send(
+    channel: grpc.aio.Channel, path: str, method: Any, messages: list[bytes]
+) -> tuple[grpc.StatusCode, str]:
+    """Send raw request bytes to a method of any kind; its status and details."""
+    raw = {"request_serializer": None, "response_deserializer": None}
+    client_streaming = method is not None and method.client_streaming
+    server_streaming = method is not None and method.server_streaming
+    try:
+        if not client_streaming:
+            if server_streaming:
+                async for _ in channel.unary_stream(path, **raw)(messages[0], timeout=10):
+                    pass
+            else:
+                await channel.unary_unary(path, **raw)(messages[0], timeout=10)
+        else:
+
+            async def stream() -> AsyncIterator[bytes]:
+                for message in messages:
+                    yield message
+                await asyncio.sleep(30)  # the server must end the call, not the client
+
+            if server_streaming:
+                async for _ in channel.stream_stream(path, **raw)(stream(), timeout=10):
+                    pass
+            else:
+                await channel.stream_unary(path, **raw)(stream(), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def test_a_well_formed_worker_stream_with_a_malformed_message_later_is_ended(
+    tmp_path: Path,
+) -> None:
+    """A message of the worker stream that cannot be decoded ends the stream with
+    INVALID_ARGUMENT (after the Welcome): the session's attempts are lost and sent
+    again, like any broken stream."""
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        path = "/headwater.v1.WorkerGatewayService/Connect"
+        hello = worker_pb2.ConnectRequest(
+            hello=worker_pb2.Hello(
+                worker_id="w", protocol_version=1, capabilities=list(FUNCTIONS), slots=1
+            )
+        ).SerializeToString()
+        beat = worker_pb2.ConnectRequest(heartbeat=worker_pb2.Heartbeat()).SerializeToString()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        for message in (hello, beat):
+            queue.put_nowait(message)
+
+        async def stream() -> AsyncIterator[bytes]:
+            while True:
+                yield await queue.get()
+
+        call = channel.stream_stream(path, request_serializer=None, response_deserializer=None)(
+            stream()
+        )
+        kinds = []
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for raw in call:
+                response = worker_pb2.ConnectResponse.FromString(raw)
+                kinds.append(response.WhichOneof("message"))
+                if kinds == ["welcome", "heartbeat_ack"]:
+                    queue.put_nowait(_TRUNCATED)
+        assert kinds == ["welcome", "heartbeat_ack"]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed request message" in (info.value.details() or "")
+        deadline = asyncio.get_running_loop().time() + 10
+        while running.core.dispatcher.sessions:  # the session is gone
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+
+    against_server(tmp_path, body)

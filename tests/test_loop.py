@@ -1,0 +1,204 @@
+"""Heavy requests stay off the server's event loop, and downloads stream.
+
+The loop's share of a large CreateFlowRun is asserted structurally (where the engine
+starts, how attempts reach the dispatcher), never by timing it: how long other
+clients wait meanwhile is measured by ``python -m benchmarks --only server-loop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import (
+    control_plane_pb2_grpc,
+    graph_pb2,
+    payload_pb2,
+    payload_pb2_grpc,
+    worker_pb2,
+)
+from headwater.wire import CHUNK_SIZE, TaskRunState
+from headwater_runtime.engine import JournaledEngine
+from headwater_runtime.server import PayloadServicer, StoreIO
+from headwater_runtime.server._app import start_server
+from headwater_runtime.server._assignments import PendingAssignment
+from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.server._dispatch import Dispatcher, WorkerSession
+from headwater_runtime.server._gc import Collector
+from headwater_runtime.store import SQLiteStore
+
+TASKS = 2_000
+
+
+def _graph(n: int) -> graph_pb2.FlowGraph:
+    graph = graph_pb2.FlowGraph(name="wide")
+    for i in range(n):
+        graph.tasks.add(id=f"t{i}", task_type="bench.noop")
+    return graph
+
+
+def test_a_new_run_is_started_off_the_loop_stored_started_and_handed_over_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CreateFlowRun builds and starts the run on a reader thread; its row and its
+    start (every ready task run SCHEDULED) are stored together before the answer; the
+    loop hands all its attempts to the dispatcher in one call."""
+    started_on: list[threading.Thread] = []
+    real_start = JournaledEngine.start
+
+    def start(self: JournaledEngine) -> Any:
+        started_on.append(threading.current_thread())
+        return real_start(self)
+
+    monkeypatch.setattr(JournaledEngine, "start", start)
+
+    async def main() -> None:
+        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
+        loop_thread = threading.current_thread()
+        dispatcher = running.core.dispatcher
+        calls: list[tuple[str, int]] = []
+        submit, submit_many = dispatcher.submit, dispatcher.submit_many
+
+        def one(pending: PendingAssignment) -> None:
+            calls.append(("submit", 1))
+            submit(pending)
+
+        def many(flow_run_id: str, by_type: Any) -> None:
+            calls.append(("submit_many", sum(map(len, by_type.values()))))
+            submit_many(flow_run_id, by_type)
+
+        dispatcher.submit, dispatcher.submit_many = one, many  # type: ignore[method-assign]
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+                version = (
+                    await client.RegisterFlow(cp.RegisterFlowRequest(graph=_graph(TASKS)))
+                ).version
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="wide", flow_version=version)
+                )
+                run_id = created.flow_run.id
+                # Stored started, before the answer: no commit was needed after it.
+                rows = running.store.task_runs(run_id)
+                assert len(rows) == TASKS
+                assert {r.state for r in rows} == {TaskRunState.SCHEDULED.value}
+                assert [e.kind for e in running.store.events(run_id)] == ["run_started"]
+        finally:
+            await running.stop(None)
+        assert len(started_on) == 1 and started_on[0] is not loop_thread
+        assert started_on[0].name.startswith("headwater-store-reader")
+        assert calls == [("submit_many", TASKS)]
+        assert dispatcher.pending_count == TASKS
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def _pending(run: str, i: int, task_type: str = "t") -> PendingAssignment:
+    token = worker_pb2.FencingToken(task_run_id=f"{run}/t{i}", attempt=1)
+    return PendingAssignment(run, task_type, {}, worker_pb2.Assignment(token=token))
+
+
+def test_cancelling_queued_attempts_drops_them_and_leaves_no_empty_queue() -> None:
+    """Cancels are grouped like submissions; a run whose last queued attempt was
+    cancelled leaves no empty queue behind (the next worker to connect once made the
+    dispatcher index an empty queue)."""
+    lost: list[Any] = []
+    dispatcher = Dispatcher(on_lost=lambda *a: lost.append(a))
+    dispatcher.submit_many("r1", {"t": [_pending("r1", i) for i in range(10_000)]})
+    dispatcher.submit_many("r2", {"t": [_pending("r2", 0)], "u": [_pending("r2", 1, "u")]})
+    dispatcher.cancel_many("r1", [(f"r1/t{i}", 1, "stop") for i in range(10_000)])
+    dispatcher.cancel("r2", "r2/t0", 1, "stop")
+    assert dispatcher.pending_count == 1
+    # A reconnecting worker claims a queued attempt by its token: a lookup, not a
+    # search of every queue (a Hello may name 100,000 tokens), and it is not sent again.
+    dispatcher.submit_many("r3", {"t": [_pending("r3", i) for i in range(3)]})
+    claimed = dispatcher.take_pending(("r3/t1", 1))
+    assert claimed is not None and claimed.token == ("r3/t1", 1)
+    assert dispatcher.take_pending(("r3/t1", 1)) is None
+    dispatcher.cancel_many("r3", [("r3/t0", 1, "stop"), ("r3/t2", 1, "stop")])
+    sent: list[Any] = []
+    session = WorkerSession("s", "w", "w", frozenset({"t", "u"}), {}, 4, sent.append)
+    dispatcher.connect(session)  # pumps
+    # The one left: r2's "u" attempt.
+    assert [m.assignment.token.task_run_id for m in sent] == ["r2/t1"]
+    assert dispatcher.pending_count == 0 and not lost
+
+
+def test_a_large_build_holds_off_full_collections_and_is_frozen_after() -> None:
+    collector = Collector(large=10)
+    before = gc.get_threshold()
+    try:
+        with collector.building(5):  # small: nothing changes
+            assert gc.get_threshold() == before
+        with collector.building(10):
+            assert gc.get_threshold()[:2] == before[:2]
+            assert gc.get_threshold()[2] > 10**6  # no full collection meanwhile
+            built = [[i] for i in range(1_000)]
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() >= len(built)  # out of the collector's sight
+        collector.large_run_started()
+        collector.large_run_ended()  # the only large run: nothing stays frozen
+        assert gc.get_freeze_count() == 0 and collector.collections == 1
+        with collector.building(10):  # a large graph, frozen
+            pass
+        assert gc.get_freeze_count() > 0
+        collector.close()  # the server stops: nothing stays frozen
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+class _WatchedStore(SQLiteStore):
+    """Serves chunk 3 and later only once the client has received chunks 0 to 2: a
+    server that read a payload whole before sending any of it would wait forever."""
+
+    received = threading.Event()
+    whole_reads = 0
+
+    def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
+        if index >= 3 and not self.received.wait(60):
+            raise AssertionError("chunk 3 was read before chunks 0-2 reached the client")
+        return super().read_payload_chunk(payload_id, index)
+
+    def read_payload(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        type(self).whole_reads += 1
+        return super().read_payload(*args, **kwargs)
+
+
+def test_a_download_streams_one_stored_chunk_at_a_time(tmp_path: Path) -> None:
+    data = bytes(range(256)) * (8 * CHUNK_SIZE // 256)  # 8 stored chunks
+
+    async def main() -> None:
+        store = _WatchedStore(tmp_path / "hw.db")
+        io = StoreIO()
+        server = grpc.aio.server()
+        payload_pb2_grpc.add_PayloadServiceServicer_to_server(PayloadServicer(store, io=io), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            meta = store.put_payload(iter([data]), {"encoding": "pickle"}, len(data))
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = payload_pb2_grpc.PayloadServiceStub(channel)
+                parts = []
+                request = payload_pb2.DownloadPayloadRequest(payload_id=meta.id)
+                async for part in stub.DownloadPayload(request):
+                    parts.append(part.chunk)
+                    if len(parts) == 3:
+                        store.received.set()
+            assert b"".join(parts) == data and len(parts) == 8
+            assert _WatchedStore.whole_reads == 0
+        finally:
+            await server.stop(None)
+            io.close()
+            store.close()
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -1,0 +1,131 @@
+"""The pieces that let people see runs, tested alone: value summaries, waiting
+reasons, task output capture, and paging through a run's logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from headwater.v1 import payload_pb2
+from headwater.wire import ENCODING_KEY
+from headwater_runtime.execution import task_output
+from headwater_runtime.server._dispatch import WorkerSession
+from headwater_runtime.server._previews import bounded, preview, summarize, value_size
+from headwater_runtime.server._waiting import waiting_reason
+from headwater_runtime.store import LogRow, SQLiteStore, WriteBatch
+
+
+def inline(
+    data: bytes, encoding: str = "json", items: list[payload_pb2.Value] = ()
+) -> payload_pb2.Value:  # type: ignore[assignment]
+    payload = payload_pb2.Payload(data=data, metadata={ENCODING_KEY: encoding})
+    return payload_pb2.Value(inline=payload, items=items)
+
+
+def test_values_are_described_without_being_decoded() -> None:
+    text = inline(json.dumps("x" * 1000).encode())
+    assert value_size(text) == 1002
+    assert preview(text).startswith('"xxx') and len(preview(text)) == 200
+    assert preview(inline(b"\x80\x04pickled", "pickle")) == ""  # never unpickled
+    listed = inline(
+        b"", "headwater.list", [inline(b"1"), inline(b'{"a": 2}'), inline(b"3"), inline(b"4")]
+    )
+    assert preview(listed) == '[1, {"a": 2}, 3, … 1 more]'
+    assert value_size(listed) == 1 + 8 + 1 + 1
+    keyed = inline(b'["rows", "name"]', "headwater.dict", [inline(b"[1, 2]"), inline(b'"t"')])
+    assert preview(keyed) == '{"rows": [1, 2], "name": "t"}'
+    ref = payload_pb2.Value(
+        ref=payload_pb2.PayloadRef(
+            payload_id="p", size_bytes=5 << 20, metadata={ENCODING_KEY: "json"}
+        )
+    )
+    assert summarize(ref).size_bytes == 5 << 20 and summarize(ref).preview == ""
+    small, summary = bounded(inline(b"42"))
+    assert small is not None and not summary.omitted
+    large, summary = bounded(inline(json.dumps("y" * 20_000).encode()))
+    assert large is None and summary.omitted and summary.size_bytes == 20_002
+
+
+def session(
+    name: str, capabilities: set[str], labels: dict[str, str], slots: int = 1
+) -> WorkerSession:
+    return WorkerSession(name, name, name, frozenset(capabilities), labels, slots, lambda _: None)
+
+
+def test_a_waiting_task_says_which_capability_or_label_is_missing() -> None:
+    assert waiting_reason([], "etl.load", {}) == "waiting: no connected worker offers etl.load"
+    cpu = session("cpu", {"etl.load"}, {"gpu": "false"})
+    assert (
+        waiting_reason([cpu], "etl.load", {"gpu": "true", "zone": "eu"})
+        == "waiting: no connected worker offers etl.load (labels gpu=true, zone=eu)"
+    )
+    gpu = session("gpu", {"etl.load"}, {"gpu": "true", "zone": "eu"})
+    assert (
+        waiting_reason([cpu, gpu], "etl.load", {"gpu": "true"})
+        == "waiting for a free slot: 1 connected worker offers etl.load, all busy"
+    )
+    assert "2 connected workers offer" in waiting_reason([cpu, gpu], "etl.load", {})
+
+
+def test_task_output_is_captured_per_thread_and_still_printed(capsys: object) -> None:
+    captured: dict[str, list[tuple[str, str, str]]] = {"a": [], "b": []}
+    barrier = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        sink = lambda level, logger, message, at: captured[name].append((level, logger, message))  # noqa: E731
+        with task_output(sink):
+            barrier.wait(5)
+            print(f"hello from {name}")
+            print("partial", end="")  # a line without its newline: kept at the end
+            sys.stderr.write(f"careful {name}\n")
+            logging.getLogger("job").warning("logged by %s", name)
+            barrier.wait(5)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    print("not a task's line")
+    for name in "ab":
+        assert captured[name] == [
+            ("INFO", "stdout", f"hello from {name}"),
+            ("WARNING", "stderr", f"careful {name}"),
+            ("WARNING", "job", f"logged by {name}"),
+            ("INFO", "stdout", "partial"),
+        ]
+    out = capsys.readouterr()  # type: ignore[attr-defined]
+    assert "hello from a" in out.out and "not a task's line" in out.out  # teed, not swallowed
+    assert "careful b" in out.err
+
+
+def test_a_run_with_100k_log_lines_pages_through_them(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "hw.db"))
+    try:
+        batch = WriteBatch()
+        batch.logs = [
+            LogRow(
+                "run", f"step[{i % 7}]" if i % 3 else "load", 1, float(i), "INFO", "t", f"line {i}"
+            )
+            for i in range(100_000)
+        ]
+        store.commit(batch)
+        seen, after, pages = [], 0, 0
+        while True:
+            page = store.logs("run", after=after, limit=5000)
+            if not page:
+                break
+            pages += 1
+            assert len(page) <= 5000
+            seen.extend(r.message for r in page)
+            after = page[-1].seq
+        assert pages == 20 and seen == [f"line {i}" for i in range(100_000)]
+        mapped = store.logs("run", task_id="step", limit=10)
+        assert [r.key for r in mapped][:3] == ["step[1]", "step[2]", "step[4]"]
+        assert all(r.key == "load" for r in store.logs("run", key="load", limit=100))
+        assert store.logs("other") == []
+    finally:
+        store.close()

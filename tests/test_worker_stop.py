@@ -1,0 +1,149 @@
+"""A worker stops within its grace period on SIGTERM, whatever its task is doing, and
+the server runs the abandoned attempt again (docs/worker-protocol.md §16).
+
+Real processes: a `headwater server`, `headwater worker --grace 2s` subprocesses, and
+tasks that get stuck the ways tasks do: sleeping in C code, spinning in Python,
+swallowing the interruption, or keeping the interpreter from exiting. Each task is
+stuck on its first attempt only (a marker file says so), so the attempt the server
+dispatches again, to a second worker, finishes and the run succeeds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import BOUND, Cluster, poll, start_server, start_worker
+
+from headwater import Client
+
+TASKS = '''
+import os, threading, time
+from pathlib import Path
+from headwater import flow, task
+
+def first_time(name):
+    """True the first time a task of this name starts (in any worker)."""
+    marker = Path(os.environ["HW_TEST_DIR"]) / f"{name}.started"
+    if marker.exists():
+        return False
+    marker.touch()
+    return True
+
+@task
+def c_sleep():
+    if first_time("c_sleep"):
+        time.sleep(3600)  # in C, without the GIL: no bytecode to interrupt
+    return "c_sleep"
+
+@task
+def py_spin():
+    if first_time("py_spin"):
+        while True:  # pure Python: interrupted at its next bytecode
+            pass
+    return "py_spin"
+
+@task
+def swallow():
+    if first_time("swallow"):
+        while True:  # catches the interruption, and everything else
+            try:
+                time.sleep(0.01)
+            except BaseException:
+                pass
+    return "swallow"
+
+@task
+def keeps_process():
+    if first_time("keeps_process"):
+        # A thread that is not a daemon (as a task thread's would be by default): the
+        # interpreter waits for it before exiting.
+        threading.Thread(
+            target=time.sleep, args=(3600,), name="user-thread", daemon=False
+        ).start()
+        time.sleep(3600)
+    return "keeps_process"
+
+@flow
+def stuck(which: str) -> str:
+    return {"c_sleep": c_sleep, "py_spin": py_spin, "swallow": swallow,
+            "keeps_process": keeps_process}[which]()
+'''
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str, Any]]:
+    (tmp_path / "stuck_tasks.py").write_text(textwrap.dedent(TASKS))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+        "HW_TEST_DIR": str(tmp_path),
+    }
+    env.pop("HEADWATER_TOKEN", None)
+    start = Cluster(env)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module("stuck_tasks")
+        _, address = start_server(start, tmp_path / "hw.db")
+        yield start, address, module
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("stuck_tasks", None)
+        start.stop()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("which", "status"),
+    [("c_sleep", 0), ("py_spin", 0), ("swallow", 0), ("keeps_process", 1)],
+)
+def test_sigterm_stops_a_worker_within_grace_and_its_attempt_runs_again(
+    cluster: tuple[Cluster, str, Any], tmp_path: Path, which: str, status: int
+) -> None:
+    start, address, module = cluster
+    first = start_worker(start, address, "first", "--grace", "2s", module="stuck_tasks")
+    with Client(address) as client:
+        run_id = client.run(module.stuck, {"which": which}).id
+        marker = tmp_path / f"{which}.started"
+        poll(marker.exists, f"the first attempt of {which} to start")  # now it is stuck
+        first.popen.send_signal(signal.SIGTERM)
+        code = first.popen.wait(BOUND)  # ended by the worker, not by this bound
+        first._close()
+        stderr = "\n".join(first.lines)
+        assert code == status, stderr
+        assert "SIGTERM; stopping" in stderr
+        if status == 1:
+            # The grace ran out (a thread kept the interpreter alive): the watchdog
+            # wrote every thread's stack and ended the process.
+            assert "Timeout (0:00:02)!" in stderr and "in _shutdown" in stderr, stderr
+        start_worker(start, address, "second", module="stuck_tasks")
+        run = client.wait(run_id)
+        assert run.state.name == "SUCCESS", run
+        assert run.result == which
+        (task_run,) = client.get(run_id, include_task_runs=True).task_runs
+        assert task_run.attempts == 2  # the abandoned attempt, then the one that ran
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_second_sigterm_exits_at_once(cluster: tuple[Cluster, str, Any], tmp_path: Path) -> None:
+    start, address, module = cluster
+    first = start_worker(start, address, "first", "--grace", "60s", module="stuck_tasks")
+    with Client(address) as client:
+        client.run(module.stuck, {"which": "keeps_process"})
+        poll((tmp_path / "keeps_process.started").exists, "the task to start")
+    first.popen.send_signal(signal.SIGTERM)
+    first.wait_line("SIGTERM; stopping")
+    first.popen.send_signal(signal.SIGTERM)
+    code = first.popen.wait(BOUND)  # long before the 60 s grace
+    first._close()
+    assert code == 128 + signal.SIGTERM, first.lines
+    assert "SIGTERM again; exiting now" in "\n".join(first.lines)
