@@ -246,7 +246,7 @@ def _last_resort(record: logging.LogRecord) -> None:
 def _install(records: bool) -> None:
     """Put the tees in place (again, if something replaced sys.stdout since) and, with
     ``records``, the root logger's router."""
-    root = logging.getLogger()
+    root = logging.root  # what getLogger() returns, without the call (once per attempt)
     if (
         isinstance(sys.stdout, _Tee)
         and isinstance(sys.stderr, _Tee)

@@ -306,7 +306,8 @@ class GraphSpec:
                 raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
             ids[t.id] = t
         for t in self.tasks:
-            child = split_child_key(t.id)
+            # Only an id ending in "]" can be a child key: most skip the pattern match.
+            child = split_child_key(t.id) if t.id[-1] == "]" else None
             parent = ids.get(child[0]) if child else None
             if parent is not None and parent.mapped is not None:
                 raise GraphError(
@@ -322,6 +323,7 @@ class GraphSpec:
         # search nor a sort is needed.
         earlier: set[str] = set()
         ordered = True
+        retries: set[int] = set()  # ids of the retry policies checked (one per task function)
         for t in self.tasks:
             for dep in upstreams[t.id]:
                 if dep not in earlier:
@@ -342,7 +344,7 @@ class GraphSpec:
                 for arg in t.mapped:
                     if arg not in t.inputs:
                         raise GraphError(f"task {t.id!r} maps over unknown argument {arg!r}")
-            _check_numbers(t)
+            _check_numbers(t, retries)
             if (t.subflow is not None) != (t.task_type == SUBFLOW_TASK_TYPE):
                 raise GraphError(
                     f"task {t.id!r}: a subflow node (task type {SUBFLOW_TASK_TYPE!r}) must "
@@ -377,29 +379,35 @@ class GraphSpec:
         return graph
 
 
-def _check_numbers(t: TaskSpec) -> None:
+def _check_numbers(t: TaskSpec, retries: set[int]) -> None:
     """Retry, timeout, cache and resource numbers a run can live with: finite, and not
-    negative (an infinite backoff would hold a retry forever, a NaN disorder timers)."""
+    negative (an infinite backoff would hold a retry forever, a NaN disorder timers).
+
+    A retry policy object is checked once (``retries`` holds the ids of those checked):
+    the calls of one task share their task's, and this runs for every node."""
     retry = t.retry
-
-    def bad(what: str, value: float | None, *, high: float = math.inf) -> None:
-        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
-            limit = "" if high == math.inf else f" and <= {high:g}"
-            raise GraphError(f"task {t.id!r}: {what} must be a finite number >= 0{limit}")
-
-    if retry.max_retries < 0 or retry.delay < 0:
-        raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
-    bad("retry delay", retry.delay, high=MAX_DURATION)
-    bad("retry backoff", retry.backoff)
-    bad("retry max delay", retry.max_delay, high=MAX_DURATION)
-    if not (math.isfinite(retry.jitter) and 0 <= retry.jitter <= 1):
-        raise GraphError(f"task {t.id!r}: retry jitter must be in [0, 1], got {retry.jitter!r}")
+    if id(retry) not in retries:
+        if retry.max_retries < 0 or retry.delay < 0:
+            raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
+        _bad_number(t, "retry delay", retry.delay, high=MAX_DURATION)
+        _bad_number(t, "retry backoff", retry.backoff)
+        _bad_number(t, "retry max delay", retry.max_delay, high=MAX_DURATION)
+        if not (math.isfinite(retry.jitter) and 0 <= retry.jitter <= 1):
+            raise GraphError(f"task {t.id!r}: retry jitter must be in [0, 1], got {retry.jitter!r}")
+        retries.add(id(retry))
     if t.timeout is not None and not (math.isfinite(t.timeout) and 0 < t.timeout <= MAX_DURATION):
         raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds (and <= {MAX_DURATION:g})")
     if t.cache is not None:
-        bad("cache expiry", t.cache.expiry, high=MAX_DURATION)
-    for name, amount in t.resources.items():
-        bad(f"resource {name!r}", amount)
+        _bad_number(t, "cache expiry", t.cache.expiry, high=MAX_DURATION)
+    if t.resources:
+        for name, amount in t.resources.items():
+            _bad_number(t, f"resource {name!r}", amount)
+
+
+def _bad_number(t: TaskSpec, what: str, value: float | None, *, high: float = math.inf) -> None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+        limit = "" if high == math.inf else f" and <= {high:g}"
+        raise GraphError(f"task {t.id!r}: {what} must be a finite number >= 0{limit}")
 
 
 def _toposort(tasks: tuple[TaskSpec, ...], upstreams: dict[str, list[str]]) -> list[TaskSpec]:
