@@ -29,11 +29,13 @@ SYSTEMS = (
     "plain",
     "dask",
     "dask-raw",
+    "distributed",
     "server",
     "server-base",
     "server-tls",
     "dask-cluster",
     "compile",
+    "import",
     "server-loop",
     "server-download",
 )
@@ -54,9 +56,28 @@ def _run_headwater(dag: Dag, max_workers: int | None) -> tuple[Any, float, float
     return flow_run.result, compiled - start, finished - compiled
 
 
+_DISTRIBUTED: Any = None
+
+
+def _distributed_get() -> Any:
+    """``client.get`` of an in-process dask.distributed cluster (threads, no worker
+    processes), started once per measurement process, before anything is timed."""
+    global _DISTRIBUTED
+    if _DISTRIBUTED is None:
+        from distributed import Client
+
+        _DISTRIBUTED = Client(processes=False, dashboard_address=None)
+    return _DISTRIBUTED.get
+
+
 def _run_once(system: str, dag: Dag, max_workers: int | None) -> tuple[Any, float | None, float]:
     if system in HEADWATER:
         return _run_headwater(dag, max_workers)
+    if system == "distributed":
+        get = _distributed_get()
+        start = time.perf_counter()
+        result = dag.dask_graph(get)
+        return result, None, time.perf_counter() - start
     fn = {"plain": dag.plain, "dask": dag.dask_delayed, "dask-raw": dag.dask_graph}[system]
     start = time.perf_counter()
     result = fn()
@@ -72,6 +93,8 @@ def _pool_size(system: str, max_workers: int | None) -> int:
         from dask.system import CPU_COUNT  # the threaded scheduler's default pool size
 
         return CPU_COUNT
+    if system == "distributed":
+        return sum(_DISTRIBUTED.nthreads().values()) if _DISTRIBUTED is not None else 0
     return 1
 
 
@@ -95,6 +118,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._dask_cluster import measure as measure_cluster
 
         return measure_cluster(spec)
+    if system == "import":
+        from ._imports import measure as measure_import
+
+        return measure_import(spec)
     if system == "compile":
         from ._compile import measure as measure_compile
 

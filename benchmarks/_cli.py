@@ -178,7 +178,7 @@ def _notes(rows: list[Row]) -> list[str]:
         if row.workload.cluster:
             notes.append(_cluster_note(row))
             continue
-        if row.workload.compile or row.workload.probe:
+        if row.workload.compile or row.workload.imports or row.workload.probe:
             continue
         w = row.workload
         bits = []
@@ -189,7 +189,7 @@ def _notes(rows: list[Row]) -> list[str]:
             d = outcome.data
             per_task = outcome.wall / d["tasks"] * 1e6 if outcome.wall is not None else 0
             size = ""
-            if system == "dask" and row.dask_capped:
+            if system in ("dask", "distributed") and row.capped(system):
                 size = f" at {d['label']} ({d['tasks']:,} tasks)"
             bits.append(
                 f"{system}{size} {per_task:.1f} µs/task, peak +{d['peak_mb']:.0f} MB, "
@@ -222,7 +222,28 @@ def _notes(rows: list[Row]) -> list[str]:
             "values is quadratic in N in current Dask (graph culls per layer); dask-raw "
             "is the full size on the same threaded scheduler."
         )
+    if any(r.capped("distributed") for r in rows):
+        notes.append(
+            "* distributed (dask.distributed, an in-process Client(processes=False) running "
+            "the dask-raw graph) ran at a smaller size there (its size is in the note): "
+            "at 1-5 ms per task the full size would take minutes."
+        )
     return notes
+
+
+def _import_line(row: Row) -> str:
+    outcome = row.get("import")
+    if outcome is None or outcome.data is None:
+        return f"import: {outcome.error if outcome else 'not run'}"
+    d = outcome.data
+    ms = d["walls"][0] * 1000
+    target = row.workload.max_import_ms
+    met = "" if target is None else f"; target < {target:g} ms: {'yes' if ms < target else 'NO'}"
+    return (
+        f"import: `from headwater import flow, task` takes {ms:.0f} ms in a new process "
+        f"(beyond a bare interpreter start of {d['bare_s'] * 1000:.0f} ms; "
+        f"{d['label']}, bytecode compiled as installed; gRPC and protobuf not loaded){met}"
+    )
 
 
 def _cluster_note(row: Row) -> str:
@@ -397,7 +418,7 @@ def _measure(
             t0 = time.perf_counter()
             print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)
             python = baseline_python if system == "server-base" else sys.executable
-            outcomes[system] = _spawn(spec, timeout, python)
+            outcomes[system] = _spawn(spec, max(timeout, workload.timeout_s or 0), python)
             status = outcomes[system].error or "ok"
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
@@ -471,10 +492,15 @@ def main(argv: list[str] | None = None) -> int:
         if not r.workload.server
         and not r.workload.cluster
         and not r.workload.compile
+        and not r.workload.imports
         and not r.workload.probe
         and not r.workload.durability
     ]
     durable = [r for r in rows if r.workload.durability]
+    for row in rows:
+        if row.workload.imports:
+            print()
+            print(_import_line(row))
     clustered = [r for r in rows if r.workload.cluster]
     served = [r for r in rows if r.workload.server]
     if embedded:

@@ -6,7 +6,9 @@
 * ``dask_delayed()``: ``dask.delayed`` calls, run by ``dask.compute(scheduler="threads")``;
 * ``dask_graph()``: the same graph as a raw dict on ``dask.threaded.get`` (the same
   threaded scheduler without the delayed API, whose graph building is slow for wide
-  graphs in current Dask, see README.md).
+  graphs in current Dask, see README.md); ``dask_graph(get=client.get)`` runs that
+  dict on dask.distributed instead (the ``distributed`` system: an in-process
+  ``Client(processes=False)``, started before the timed runs).
 
 Every way returns the DAG's result; ``check()`` reduces it to one int so the harness can
 confirm all systems computed the same thing. The Dask variants are timed including
@@ -68,7 +70,7 @@ class Dag:
     def dask_delayed(self) -> Any:
         raise NotImplementedError
 
-    def dask_graph(self) -> Any:
+    def dask_graph(self, get: Any = None) -> Any:
         raise NotImplementedError
 
     def check(self, result: Any) -> int:
@@ -103,9 +105,8 @@ class FanOut(Dag):
         (result,) = dask.compute(total_d([noop_d(i) for i in range(self.n)]), scheduler="threads")
         return int(result)
 
-    def dask_graph(self) -> int:
-        from dask.threaded import get
-
+    def dask_graph(self, get: Any = None) -> int:
+        get = get or _threaded_get()
         dsk: dict[Any, Any] = {("noop", i): (noop, i) for i in range(self.n)}
         dsk["total"] = (total, [("noop", i) for i in range(self.n)])
         return int(get(dsk, "total"))
@@ -157,9 +158,8 @@ class Layered(Dag):
         (result,) = dask.compute(prev, scheduler="threads")
         return list(result)
 
-    def dask_graph(self) -> list[int]:
-        from dask.threaded import get
-
+    def dask_graph(self, get: Any = None) -> list[int]:
+        get = get or _threaded_get()
         dsk: dict[Any, Any] = {(0, j): (noop, j) for j in range(self.width)}
         for level, layer in enumerate(self.parents, start=1):
             for j, ps in enumerate(layer):
@@ -169,6 +169,52 @@ class Layered(Dag):
 
     def check(self, result: Any) -> int:
         return sum(result)
+
+
+class Chain(Dag):
+    """``n`` tasks in a line, each adding one to the result of the one before: every
+    step waits for the previous one, so this measures the cost per dependent step."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.tasks = n
+        self.label = f"{n:,} steps"
+
+    def flow(self) -> Flow[[], Any]:
+        n = self.n
+
+        @flow(name=f"chain_{n}")
+        def chain() -> int:
+            value = noop_task(0)
+            for _ in range(n - 1):
+                value = inc_task(value)
+            return value
+
+        return chain
+
+    def plain(self) -> int:
+        value = noop(0)
+        for _ in range(self.n - 1):
+            value = inc(value)
+        return value
+
+    def dask_delayed(self) -> int:
+        import dask
+        from dask import delayed
+
+        inc_d = delayed(inc)
+        value = delayed(noop)(0)
+        for _ in range(self.n - 1):
+            value = inc_d(value)
+        (result,) = dask.compute(value, scheduler="threads")
+        return int(result)
+
+    def dask_graph(self, get: Any = None) -> int:
+        get = get or _threaded_get()
+        dsk: dict[Any, Any] = {("step", 0): (noop, 0)}
+        for i in range(1, self.n):
+            dsk[("step", i)] = (inc, ("step", i - 1))
+        return int(get(dsk, ("step", self.n - 1)))
 
 
 class MapChain(Dag):
@@ -208,9 +254,8 @@ class MapChain(Dag):
         (result,) = dask.compute(total_d(b), scheduler="threads")
         return int(result)
 
-    def dask_graph(self) -> int:
-        from dask.threaded import get
-
+    def dask_graph(self, get: Any = None) -> int:
+        get = get or _threaded_get()
         dsk: dict[Any, Any] = {}
         for i, x in enumerate(source(self.n)):
             dsk[("a", i)] = (inc, x)
@@ -219,8 +264,16 @@ class MapChain(Dag):
         return int(get(dsk, "total"))
 
 
+def _threaded_get() -> Any:
+    from dask.threaded import get
+
+    return get
+
+
 def make_dag(kind: str, params: dict[str, int]) -> Dag:
-    """The DAG of a kind (``fanout``, ``layered``, ``map``) at the given size."""
+    """The DAG of a kind (``fanout``, ``layered``, ``chain``, ``map``) at the given size."""
+    if kind == "chain":
+        return Chain(params["n"])
     if kind == "fanout":
         return FanOut(params["n"])
     if kind == "layered":
@@ -233,6 +286,7 @@ def make_dag(kind: str, params: dict[str, int]) -> Dag:
 #: A tiny instance of each kind, run once before measuring to pay one-off costs
 #: (lazy imports, first-call caches) outside the timed region.
 WARMUP = {
+    "chain": {"n": 20},
     "fanout": {"n": 50},
     "layered": {"layers": 3, "width": 20},
     "map": {"n": 50},

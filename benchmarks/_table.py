@@ -17,6 +17,7 @@ COLUMNS = (
     "plain s",
     "dask s",
     "dask-raw s",
+    "distributed s",
     "overhead µs/task",
     "peak MB",
     "target",
@@ -134,12 +135,18 @@ class Row:
     def dask_capped(self) -> bool:
         return self.workload.params_for("dask", self.quick) != self.workload.params(self.quick)
 
+    def capped(self, system: str) -> bool:
+        """Whether ``system`` ran this workload at a smaller size (see the notes)."""
+        return self.workload.params_for(system, self.quick) != self.workload.params(self.quick)
+
     def target(self) -> str:
         parts = []
         if self.workload.max_overhead_us is not None:
             parts.append(f"<= {self.workload.max_overhead_us:g} µs/task")
         if self.workload.max_peak_mb is not None:
             parts.append(f"< {self.workload.max_peak_mb:g} MB")
+        if self.workload.max_wall_s is not None:
+            parts.append(f"< {self.workload.max_wall_s:g} s")
         if self.workload.min_tasks_per_s is not None:
             parts.append(f">= {self.workload.min_tasks_per_s:,g} tasks/s")
         if self.workload.max_ratio is not None:
@@ -162,6 +169,11 @@ class Row:
             if self.peak_mb is None:
                 return None
             checks.append(self.peak_mb < self.workload.max_peak_mb)
+        if self.workload.max_wall_s is not None and not self.quick:
+            hw = self.get("headwater")
+            if hw is None or hw.wall is None:
+                return None
+            checks.append(hw.wall < self.workload.max_wall_s)
         if self.workload.min_tasks_per_s is not None:
             rate = self.tasks_per_s
             if rate is None:
@@ -218,6 +230,8 @@ class Row:
             _seconds(self.get("plain")),
             _seconds(self.get("dask")) + ("*" if self.dask_capped and self.get("dask") else ""),
             _seconds(self.get("dask-raw")),
+            _seconds(self.get("distributed"))
+            + ("*" if self.capped("distributed") and self.get("distributed") else ""),
             _num(self.overhead_us, 1),
             _num(self.peak_mb, 0),
             self.target(),
@@ -272,7 +286,7 @@ def format_table(rows: list[Row]) -> str:
     else:
         columns = SERVER_COLUMNS if server else COLUMNS
         body = [list(columns), *(row.server_cells() if server else row.cells() for row in rows)]
-        numeric = set(range(2, 10))
+        numeric = set(range(2, 10 if server else 11))
     widths = [max(len(r[i]) for r in body) for i in range(len(columns))]
 
     def line(cells: list[str]) -> str:

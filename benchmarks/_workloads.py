@@ -66,6 +66,14 @@ class Workload:
     store: str = "sqlite"
     max_failover_s: float | None = None
     in_quick: bool = True
+    distributed_params: dict[str, int] | None = None
+    distributed_quick_params: dict[str, int] | None = None
+    max_wall_s: float | None = None
+    #: the import-cost workload (``_imports``): printed as a line of its own.
+    imports: bool = False
+    max_import_ms: float | None = None
+    #: this workload's measurement processes may take this long (default: --timeout).
+    timeout_s: float | None = None
     durability: bool = False
     probe: bool = False
     max_delay_ms: float | None = None
@@ -75,7 +83,7 @@ class Workload:
         return self.quick if quick else self.full
 
     def repeats_for(self, system: str, quick: bool) -> int:
-        if quick or system == "dask":
+        if quick or system in CAPPED:
             return self.quick_repeats
         return self.repeats
 
@@ -84,12 +92,28 @@ class Workload:
             capped = self.dask_quick_params if quick else self.dask_params
             if capped is not None:
                 return capped
+        if system == "distributed":
+            capped = self.distributed_quick_params if quick else self.distributed_params
+            if capped is not None:
+                return capped
         return self.params(quick)
 
 
-ALL_SYSTEMS = ("headwater", "plain", "dask", "dask-raw")
+ALL_SYSTEMS = ("headwater", "plain", "dask", "dask-raw", "distributed")
+#: Systems that run once (and may run a smaller size): one run takes seconds there.
+CAPPED = ("dask", "distributed")
 
 WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        name="import",
+        title="4 import: from headwater import flow, task in a new process",
+        kind="import",
+        full={"runs": 15},
+        quick={"runs": 5},
+        systems=("import",),
+        imports=True,
+        max_import_ms=100,
+    ),
     Workload(
         name="compile",
         title="compile cost per run: graph build + digest of a 10k-task flow",
@@ -108,7 +132,10 @@ WORKLOADS: tuple[Workload, ...] = (
         quick={"n": 2_000},
         systems=ALL_SYSTEMS,
         repeats=5,
-        max_overhead_us=50,
+        # dask.distributed costs ~1-5 ms per task here: 10,000 would take a minute.
+        distributed_params={"n": 2_000},
+        distributed_quick_params={"n": 500},
+        max_overhead_us=20,
     ),
     Workload(
         name="layered",
@@ -116,6 +143,18 @@ WORKLOADS: tuple[Workload, ...] = (
         kind="layered",
         full={"layers": 20, "width": 500},
         quick={"layers": 10, "width": 200},
+        systems=ALL_SYSTEMS,
+        repeats=5,
+        distributed_params={"layers": 4, "width": 500},
+        distributed_quick_params={"layers": 4, "width": 100},
+        max_overhead_us=20,
+    ),
+    Workload(
+        name="chain",
+        title="1c overhead per dependent step: a chain",
+        kind="chain",
+        full={"n": 200},
+        quick={"n": 100},
         systems=ALL_SYSTEMS,
         repeats=5,
         max_overhead_us=50,
@@ -163,7 +202,20 @@ WORKLOADS: tuple[Workload, ...] = (
         # same threaded scheduler.
         dask_params={"n": 10_000},
         dask_quick_params={"n": 2_000},
+        distributed_params={"n": 1_000},
+        distributed_quick_params={"n": 250},
         max_peak_mb=1024,
+    ),
+    Workload(
+        name="map-1m",
+        title="3 scale: map -> map -> reduce over a million elements (2M task runs)",
+        kind="map",
+        full={"n": 1_000_000},
+        quick={"n": 20_000},
+        systems=("headwater", "plain"),
+        max_peak_mb=2048,
+        max_wall_s=60,
+        timeout_s=1200,
     ),
     Workload(
         name="server-fanout",

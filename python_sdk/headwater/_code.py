@@ -25,7 +25,6 @@ then counts as unchanged as long as the name is.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import linecache
 import marshal
@@ -69,6 +68,8 @@ class SourceSnapshot:
         """The function's code digest ("" for a callable without Python code)."""
         if self.code is None:
             return ""
+        import hashlib  # on first digest, not at import: ~4 ms of OpenSSL (issue 18)
+
         h = hashlib.sha256()
         _add_function(h, self.fn, self.code, self.lines, set())
         return h.hexdigest()[:DIGEST_LENGTH]

@@ -26,7 +26,6 @@ from headwater.wire import (
     SUBFLOW_TASK_TYPE,
     Const,
     DictOf,
-    EncodingError,
     FromTask,
     GraphError,
     GraphSpec,
@@ -38,7 +37,6 @@ from headwater.wire import (
     SubflowSpec,
     TaskSpec,
     Trigger,
-    encode,
     iter_task_refs,
 )
 
@@ -76,7 +74,7 @@ class _Context:
     def _new_id(self, name: str) -> str:
         count = self.name_counts.get(name, 0) + 1
         self.name_counts[name] = count
-        node_id = name if count == 1 else f"{name}-{count}"
+        node_id = name if count == 1 else name + "-" + str(count)
         while node_id in self.node_ids:  # e.g. a task literally named "load-2"
             count += 1
             self.name_counts[name] = count
@@ -144,7 +142,10 @@ class _Context:
     def add_call(
         self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, mapped: bool
     ) -> TaskRef:
-        wait_for = kwargs.pop("wait_for", None)
+        # The hot path of every compile (once per task call): the common argument kinds
+        # (a task result, a plain scalar constant) are turned into inputs here directly,
+        # everything else goes through ``to_input``, which gives the same answer.
+        wait_for = kwargs.pop("wait_for", None) if kwargs else None
         existing = self.task_types_by_name.setdefault(task.name, task.task_type)
         if existing != task.task_type:
             raise ValueError(
@@ -154,31 +155,58 @@ class _Context:
         arguments = task.bind_arguments(args, kwargs)
         mapped_args: list[str] = []
         inputs: dict[str, InputSpec] = {}
+        node_ids = self.node_ids
         for arg, value in arguments.items():
-            if type(value) is unmapped:
+            kind = type(value)
+            if kind is unmapped:
                 if not mapped:
                     raise FlowDefinitionError(
                         f"task {task.name!r}, argument {arg!r}: unmapped() only applies "
                         "to arguments of task.map(...)"
                     )
                 value = value.value
+                kind = type(value)
             elif mapped:
                 mapped_args.append(arg)
-            inputs[arg] = self.to_input(value, task.name, arg)
+            spec: InputSpec
+            if kind is TaskRef:
+                if value._node_id not in node_ids:
+                    raise ValueError(
+                        f"task {task.name!r} got the result of task {value._node_id!r}, "
+                        f"which is not part of flow {self.flow_name!r}"
+                    )
+                spec = FromTask(value._node_id, value._path)
+            elif kind in _SCALAR_TYPES:
+                spec = Const(value)
+            else:
+                spec = self.to_input(value, task.name, arg)
+                if not isinstance(spec, Const | Param | FromTask):
+                    for ref in iter_task_refs(spec):
+                        if ref.task_id not in node_ids:
+                            raise ValueError(
+                                f"task {task.name!r} got the result of task {ref.task_id!r}, "
+                                f"which is not part of flow {self.flow_name!r}"
+                            )
+                elif type(spec) is FromTask and spec.task_id not in node_ids:
+                    raise ValueError(
+                        f"task {task.name!r} got the result of task {spec.task_id!r}, "
+                        f"which is not part of flow {self.flow_name!r}"
+                    )
+            inputs[arg] = spec
             if task.portable:
-                _check_json_constants(inputs[arg], task.name, arg, arg in mapped_args)
+                _check_json_constants(spec, task.name, arg, arg in mapped_args)
         if mapped and not mapped_args:
             raise FlowDefinitionError(
                 f"task {task.name!r}: .map() needs at least one argument that is not unmapped()"
             )
-        deps = self._dependencies(task.name, inputs, wait_for)
+        wait = self._wait_for(task.name, wait_for)
         node_id = self._new_id(task.name)
         node = TaskSpec(
             id=node_id,
             name=task.name,
             task_type=task.task_type,
             inputs=inputs,
-            wait_for=tuple(deps),
+            wait_for=wait,
             retry=task.retry,
             timeout=task.timeout,
             schedule_to_start_timeout=task.schedule_to_start_timeout,
@@ -196,14 +224,14 @@ class _Context:
             code_digest=task.code_digest,
         )
         self.nodes.append(node)
-        self.node_ids[node_id] = node
+        node_ids[node_id] = node
         return TaskRef(node_id, mapped)
 
-    def _dependencies(
-        self, name: str, inputs: dict[str, InputSpec], wait_for: Any
-    ) -> dict[str, None]:
+    def _wait_for(self, name: str, wait_for: Any) -> tuple[str, ...]:
         """The node's order-only dependencies (enclosing ``case`` blocks, wait_for),
-        every upstream checked to belong to this flow."""
+        each checked to belong to this flow."""
+        if not self.case_stack and wait_for is None:
+            return ()  # the common case, once per task call
         deps: dict[str, None] = dict.fromkeys(self.case_stack)
         for item in _as_list(wait_for, name):
             if type(item) is not TaskRef:
@@ -212,6 +240,13 @@ class _Context:
                     f"got {type(item).__name__}"
                 )
             deps[item._node_id] = None
+        for dep in deps:
+            if dep not in self.node_ids:
+                raise ValueError(f"task {name!r} waits for unknown task {dep!r}")
+        return tuple(deps)
+
+    def _check_upstream(self, name: str, inputs: dict[str, InputSpec]) -> None:
+        """Every task result the inputs refer to belongs to this flow."""
         for spec in inputs.values():
             if isinstance(spec, Const | Param):
                 continue
@@ -221,10 +256,6 @@ class _Context:
                         f"task {name!r} got the result of task {ref.task_id!r}, "
                         f"which is not part of flow {self.flow_name!r}"
                     )
-        for dep in deps:
-            if dep not in self.node_ids:
-                raise ValueError(f"task {name!r} waits for unknown task {dep!r}")
-        return deps
 
     def add_subflow(
         self, flow: Flow[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -254,7 +285,8 @@ class _Context:
         if constants:  # checked (and converted) now, before anything runs
             for name, value in flow.types.validate(constants).items():
                 inputs[name] = Const(value)
-        deps = self._dependencies(flow.name, inputs, wait_for)
+        self._check_upstream(flow.name, inputs)
+        wait = self._wait_for(flow.name, wait_for)
         options = flow.call_options
         node_id = self._new_id(flow.name)
         node = TaskSpec(
@@ -262,7 +294,7 @@ class _Context:
             name=flow.name,
             task_type=SUBFLOW_TASK_TYPE,
             inputs=inputs,
-            wait_for=tuple(deps),
+            wait_for=wait,
             retry=options.retry,
             timeout=options.timeout,
             trigger=options.trigger,
@@ -275,6 +307,8 @@ class _Context:
         return TaskRef(node_id, False)
 
 
+#: Constants that can hold no reference: an input of one is a Const without a look inside.
+_SCALAR_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None)})
 _PLAIN_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None), list, tuple, dict})
 
 
@@ -317,6 +351,8 @@ def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: boo
         value = spec.value
         if mapped and isinstance(value, tuple | range):
             value = list(value)  # mapped over element by element
+        from headwater.wire import EncodingError, encode  # the codecs: portable tasks only
+
         try:
             encode(value, portable=True)  # tagged json, or EncodingError saying why not
         except EncodingError as exc:

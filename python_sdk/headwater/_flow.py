@@ -8,7 +8,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from headwater.wire import GraphSpec, ParameterError, bind_params
-from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, Executor, ThreadExecutor
+from headwater_runtime.embedded import (
+    PROCESS_CACHE,
+    EmbeddedRun,
+    Executor,
+    ThreadExecutor,
+    relaxed_gc,
+)
 from headwater_runtime.engine import StateEntry, TaskRunRecord
 from headwater_runtime.execution import current_task
 
@@ -214,16 +220,17 @@ class Flow(Generic[P, R]):
                     "choose where a top-level run runs"
                 )
             return self._run_in_task(running, self.bind(*args, **params))
-        graph, values = self.prepare_run(self.bind(*args, **params))
-        embedded = EmbeddedRun(
-            graph,
-            values,
-            executor=executor or ThreadExecutor(max_workers),
-            max_concurrency=max_concurrency,
-            cache=PROCESS_CACHE,
-            on_transition=on_transition,
-        )
-        embedded.run()
+        with relaxed_gc():  # compiling allocates a few objects per task too
+            graph, values = self.prepare_run(self.bind(*args, **params))
+            embedded = EmbeddedRun(
+                graph,
+                values,
+                executor=executor or ThreadExecutor(max_workers),
+                max_concurrency=max_concurrency,
+                cache=PROCESS_CACHE,
+                on_transition=on_transition,
+            )
+            embedded.run()
         return FlowRun.from_embedded(embedded)
 
     def _run_in_task(self, running: tuple[Any, str, int], given: dict[str, Any]) -> FlowRun:

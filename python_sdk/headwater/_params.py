@@ -12,7 +12,6 @@ expected type and the value (docs/flows.md).
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -107,6 +106,8 @@ class ParameterTypes:
         Unannotated: JSON when it is valid JSON, else the text."""
         annotation = self.annotations.get(name, Any)
         if annotation in _ANY:
+            import json  # only for values given as text (not part of every import)
+
             try:
                 return json.loads(raw)
             except json.JSONDecodeError:
@@ -135,6 +136,8 @@ class ParameterTypes:
         annotation = self.annotations.get(name, Any)
         if annotation in _ANY:
             return "", ""
+        import json
+
         from pydantic import PydanticUserError
 
         try:

@@ -49,6 +49,7 @@ class Task(Generic[P, R]):
         )
         self._apply(parse_options(options, self.name, remote=False))
         self.signature = _signature(fn, self.name)
+        self._argument_order = tuple(self.signature.parameters)  # read once per task call
         params = list(self.signature.parameters.values())
         # Fast argument binding for the common case (plain named parameters); anything
         # else, and every error message, goes through inspect.Signature.bind.
@@ -93,7 +94,7 @@ class Task(Generic[P, R]):
     @property
     def argument_order(self) -> tuple[str, ...]:
         """Parameter names in positional order (sent to workers with each assignment)."""
-        return tuple(self.signature.parameters)
+        return self._argument_order
 
     @property
     def has_function(self) -> bool:

@@ -10,7 +10,6 @@ import contextlib
 import contextvars
 import inspect
 import io
-import logging
 import sys
 import threading
 import time
@@ -205,39 +204,48 @@ class _Tee(io.TextIOBase):
         return getattr(self.original, name)
 
 
-class _RecordRouter(logging.Handler):
-    """A root-logger handler passing registered threads' records to their sinks."""
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        _last_resort(record)
-        sink = _sinks.get(record.thread or 0)
-        if sink is None:
-            return False
-        try:
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-        except Exception:
-            message = str(record.msg)
-        sink(record.levelname, record.name, message, record.created)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.handle(record)
+# ``logging`` (and the root logger's router) load when a run first captures log
+# records, not at import: ``from headwater import flow, task`` stays light (issue 18).
+_logging: Any = None  # the logging module, once the router exists
+_router: Any = None  # the root logger's handler passing records to sinks
 
 
-_ROUTER = _RecordRouter()
+def _make_router() -> Any:
+    import logging
+
+    class _RecordRouter(logging.Handler):
+        """A root-logger handler passing registered threads' records to their sinks."""
+
+        def handle(self, record: logging.LogRecord) -> bool:
+            _last_resort(record)
+            sink = _sinks.get(record.thread or 0)
+            if sink is None:
+                return False
+            try:
+                message = record.getMessage()
+                if record.exc_info:
+                    message += "\n" + logging.Formatter().formatException(record.exc_info)
+            except Exception:
+                message = str(record.msg)
+            sink(record.levelname, record.name, message, record.created)
+            return True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.handle(record)
+
+    return _RecordRouter()
 
 
-def _last_resort(record: logging.LogRecord) -> None:
+def _last_resort(record: Any) -> None:
     """What logging does when no handler takes a record (print WARNING and up to
     stderr): being a root handler, the router must not silence that."""
+    logging = _logging
     resort = logging.lastResort
     if resort is None or record.levelno < resort.level:
         return
-    logger: logging.Logger | None = logging.getLogger(record.name)
+    logger = logging.getLogger(record.name)
     while logger is not None:
-        if any(h is not _ROUTER for h in logger.handlers):
+        if any(h is not _router for h in logger.handlers):
             return  # another handler took it
         logger = logger.parent if logger.propagate else None
     resort.handle(record)
@@ -246,11 +254,12 @@ def _last_resort(record: logging.LogRecord) -> None:
 def _install(records: bool) -> None:
     """Put the tees in place (again, if something replaced sys.stdout since) and, with
     ``records``, the root logger's router."""
-    root = logging.getLogger()
+    global _logging, _router
     if (
         isinstance(sys.stdout, _Tee)
         and isinstance(sys.stderr, _Tee)
-        and (not records or _ROUTER in root.handlers)
+        # logging.root is what getLogger() returns, without the call (once per attempt)
+        and (not records or (_router is not None and _router in _logging.root.handlers))
     ):
         return  # the common case, without the lock
     with _install_lock:
@@ -258,21 +267,38 @@ def _install(records: bool) -> None:
             sys.stdout = _Tee(sys.stdout, "stdout", "INFO")
         if not isinstance(sys.stderr, _Tee):
             sys.stderr = _Tee(sys.stderr, "stderr", "WARNING")
-        if records and _ROUTER not in root.handlers:
-            root.addHandler(_ROUTER)
+        if records:
+            if _router is None:
+                import logging
+
+                _logging = logging  # first: the unlocked test above reads it after _router
+                _router = _make_router()
+            root = _logging.root
+            if _router not in root.handlers:
+                root.addHandler(_router)
 
 
 @contextlib.contextmanager
 def task_output(sink: LogSink, *, records: bool = True) -> Iterator[None]:
     """While the block runs, lines this thread prints (stdout as INFO, stderr as
     WARNING) and, with ``records``, log records it emits go to ``sink`` too."""
-    _install(records)
-    ident = threading.get_ident()
-    _sinks[ident] = sink
+    ident = _register(sink, records)
     try:
         yield
     finally:
-        del _sinks[ident]
+        _unregister(ident, sink)
+
+
+def _register(sink: LogSink, records: bool) -> int:
+    _install(records)
+    ident = threading.get_ident()
+    _sinks[ident] = sink
+    return ident
+
+
+def _unregister(ident: int, sink: LogSink) -> None:
+    del _sinks[ident]
+    if _partial:  # a line without its newline: kept, at the end
         for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
             rest = _partial.pop((ident, name), "")
             if rest:
@@ -280,10 +306,17 @@ def task_output(sink: LogSink, *, records: bool = True) -> Iterator[None]:
 
 
 def capturing(caller: Caller, sink: LogSink, *, records: bool = True) -> Caller:
-    """``caller`` with its output and log records sent to ``sink`` (see task_output)."""
+    """``caller`` with its output and log records sent to ``sink`` (see task_output).
+
+    Called once per task attempt of an embedded run: written out rather than through
+    ``task_output``, whose generator-based context manager costs a few microseconds.
+    """
 
     def call(inputs: dict[str, Any]) -> Any:
-        with task_output(sink, records=records):
+        ident = _register(sink, records)
+        try:
             return caller(inputs)
+        finally:
+            _unregister(ident, sink)
 
     return call

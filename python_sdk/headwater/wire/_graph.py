@@ -178,8 +178,12 @@ class TaskSpec:
         """Ids of every upstream task (data and order-only), deduplicated, in order."""
         seen: dict[str, None] = {}
         for spec in self.inputs.values():
-            for ref in iter_task_refs(spec):
-                seen[ref.task_id] = None
+            kind = type(spec)
+            if kind is FromTask:  # the common kinds without a generator
+                seen[spec.task_id] = None  # type: ignore[union-attr]
+            elif kind is not Const and kind is not Param:
+                for ref in iter_task_refs(spec):
+                    seen[ref.task_id] = None
         for dep in self.wait_for:
             seen[dep] = None
         return list(seen)
@@ -302,7 +306,8 @@ class GraphSpec:
                 raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
             ids[t.id] = t
         for t in self.tasks:
-            child = split_child_key(t.id)
+            # Only an id ending in "]" can be a child key: most skip the pattern match.
+            child = split_child_key(t.id) if t.id[-1] == "]" else None
             parent = ids.get(child[0]) if child else None
             if parent is not None and parent.mapped is not None:
                 raise GraphError(
@@ -313,13 +318,25 @@ class GraphSpec:
         if len(params) != len(self.params):
             raise GraphError(f"flow {self.name!r}: duplicate parameter names")
         upstreams = self.upstreams()
+        # A graph whose every task follows its upstreams (every traced flow) is acyclic
+        # and already in topological order: one pass proves it, and neither the cycle
+        # search nor a sort is needed.
+        earlier: set[str] = set()
+        ordered = True
+        retries: set[int] = set()  # ids of the retry policies checked (one per task function)
         for t in self.tasks:
             for dep in upstreams[t.id]:
-                if dep not in ids:
-                    raise GraphError(f"task {t.id!r} depends on unknown task {dep!r}")
-                if dep == t.id:
-                    raise GraphError(f"task {t.id!r} depends on itself (a cycle)")
+                if dep not in earlier:
+                    if dep not in ids:
+                        raise GraphError(f"task {t.id!r} depends on unknown task {dep!r}")
+                    if dep == t.id:
+                        raise GraphError(f"task {t.id!r} depends on itself (a cycle)")
+                    ordered = False
+            earlier.add(t.id)
             for spec in t.inputs.values():
+                kind = type(spec)
+                if kind is FromTask or kind is Const:
+                    continue
                 for name in iter_params(spec):
                     if name not in params:
                         raise GraphError(f"task {t.id!r} uses unknown flow parameter {name!r}")
@@ -327,7 +344,7 @@ class GraphSpec:
                 for arg in t.mapped:
                     if arg not in t.inputs:
                         raise GraphError(f"task {t.id!r} maps over unknown argument {arg!r}")
-            _check_numbers(t)
+            _check_numbers(t, retries)
             if (t.subflow is not None) != (t.task_type == SUBFLOW_TASK_TYPE):
                 raise GraphError(
                     f"task {t.id!r}: a subflow node (task type {SUBFLOW_TASK_TYPE!r}) must "
@@ -342,13 +359,18 @@ class GraphSpec:
         for rid in self.reference_task_ids:
             if rid not in ids:
                 raise GraphError(f"flow {self.name!r}: unknown reference task {rid!r}")
-        cycle = _find_cycle(upstreams)
-        if cycle:
-            raise GraphError(f"task {cycle[0]!r} is part of a cycle: {' -> '.join(cycle)}")
+        if not ordered:
+            cycle = _find_cycle(upstreams)
+            if cycle:
+                raise GraphError(f"task {cycle[0]!r} is part of a cycle: {' -> '.join(cycle)}")
+        object.__setattr__(self, "_ordered", ordered)
         self.split_nodes()
 
     def topological(self) -> GraphSpec:
         """The same graph with tasks sorted so every task follows its upstreams."""
+        self.validate()
+        if self.__dict__.get("_ordered"):
+            return self
         order = _toposort(self.tasks, self.upstreams())
         if all(a is b for a, b in zip(order, self.tasks, strict=True)):
             return self
@@ -357,29 +379,35 @@ class GraphSpec:
         return graph
 
 
-def _check_numbers(t: TaskSpec) -> None:
+def _check_numbers(t: TaskSpec, retries: set[int]) -> None:
     """Retry, timeout, cache and resource numbers a run can live with: finite, and not
-    negative (an infinite backoff would hold a retry forever, a NaN disorder timers)."""
+    negative (an infinite backoff would hold a retry forever, a NaN disorder timers).
+
+    A retry policy object is checked once (``retries`` holds the ids of those checked):
+    the calls of one task share their task's, and this runs for every node."""
     retry = t.retry
-
-    def bad(what: str, value: float | None, *, high: float = math.inf) -> None:
-        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
-            limit = "" if high == math.inf else f" and <= {high:g}"
-            raise GraphError(f"task {t.id!r}: {what} must be a finite number >= 0{limit}")
-
-    if retry.max_retries < 0 or retry.delay < 0:
-        raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
-    bad("retry delay", retry.delay, high=MAX_DURATION)
-    bad("retry backoff", retry.backoff)
-    bad("retry max delay", retry.max_delay, high=MAX_DURATION)
-    if not (math.isfinite(retry.jitter) and 0 <= retry.jitter <= 1):
-        raise GraphError(f"task {t.id!r}: retry jitter must be in [0, 1], got {retry.jitter!r}")
+    if id(retry) not in retries:
+        if retry.max_retries < 0 or retry.delay < 0:
+            raise GraphError(f"task {t.id!r}: retries and retry delay must be >= 0")
+        _bad_number(t, "retry delay", retry.delay, high=MAX_DURATION)
+        _bad_number(t, "retry backoff", retry.backoff)
+        _bad_number(t, "retry max delay", retry.max_delay, high=MAX_DURATION)
+        if not (math.isfinite(retry.jitter) and 0 <= retry.jitter <= 1):
+            raise GraphError(f"task {t.id!r}: retry jitter must be in [0, 1], got {retry.jitter!r}")
+        retries.add(id(retry))
     if t.timeout is not None and not (math.isfinite(t.timeout) and 0 < t.timeout <= MAX_DURATION):
         raise GraphError(f"task {t.id!r}: timeout must be > 0 seconds (and <= {MAX_DURATION:g})")
     if t.cache is not None:
-        bad("cache expiry", t.cache.expiry, high=MAX_DURATION)
-    for name, amount in t.resources.items():
-        bad(f"resource {name!r}", amount)
+        _bad_number(t, "cache expiry", t.cache.expiry, high=MAX_DURATION)
+    if t.resources:
+        for name, amount in t.resources.items():
+            _bad_number(t, f"resource {name!r}", amount)
+
+
+def _bad_number(t: TaskSpec, what: str, value: float | None, *, high: float = math.inf) -> None:
+    if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+        limit = "" if high == math.inf else f" and <= {high:g}"
+        raise GraphError(f"task {t.id!r}: {what} must be a finite number >= 0{limit}")
 
 
 def _toposort(tasks: tuple[TaskSpec, ...], upstreams: dict[str, list[str]]) -> list[TaskSpec]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 import threading
@@ -70,6 +69,8 @@ def stable_hash(value: Any) -> str:
     Containers are hashed structurally (dict and set order do not matter), numpy-like
     arrays by dtype, shape and bytes; anything else by its cloudpickle bytes.
     """
+    import hashlib  # only once a task caches: ~10 ms of OpenSSL at import
+
     h = hashlib.blake2b(digest_size=20)
     _feed(h, value, 0)
     return h.hexdigest()
@@ -111,6 +112,8 @@ def _feed(h: Any, value: Any, depth: int) -> None:
 
 
 def _sub_hash(value: Any) -> str:
+    import hashlib
+
     h = hashlib.blake2b(digest_size=16)
     _feed(h, value, 0)
     return h.hexdigest()

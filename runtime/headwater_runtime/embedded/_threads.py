@@ -7,23 +7,52 @@ TaskInterrupted inside the thread (PyThreadState_SetAsyncExc), which stops Pytho
 at its next bytecode, and retires the thread: a replacement thread is started so the
 pool keeps its size. A thread blocked inside a C call (a socket read, time.sleep) only
 sees the exception when the call returns; being a daemon, it never blocks exit.
+
+Short tasks run inline. Handing an attempt to a pool thread and its outcome back costs
+tens of microseconds (two queue hand-offs and GIL switches), more than many task
+functions take. The executor times every task function's runs; one whose recent runs
+all took less than ``INLINE_LIMIT`` and that has no timeout runs on the engine's thread,
+inside ``submit``, in a context of its own (as a pool thread would: it neither sees nor
+changes the caller's context variables). Its first run always goes to the pool, so a
+function is never run inline before it was seen to be short. ``inline=False`` keeps
+every task on the pool threads.
+
+Threads start on demand, when an attempt goes to the pool and no started thread is
+free for it, up to ``max_workers``: a run of short tasks starts one or two.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextvars
 import os
 import threading
+from collections.abc import Callable
 from queue import SimpleQueue
+from time import perf_counter
 from typing import Any
 
 from headwater.wire import TaskSpec
-from headwater_runtime.engine import PYTHON_VALUES, CacheEntry, Event, RunTask, ValueOps
+from headwater_runtime.engine import (
+    PYTHON_VALUES,
+    CacheEntry,
+    Event,
+    RunTask,
+    TaskFailed,
+    ValueOps,
+)
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
 from ._cache import ResultCache, cache_key
 
-_Job = tuple[str, int, Caller, dict[str, Any], tuple[type[BaseException], ...]]
+_Job = tuple[
+    str, int, Caller, dict[str, Any], tuple[type[BaseException], ...], Callable[..., Any] | None
+]
+
+#: A task function runs inline (on the engine's thread) while its recent runs took
+#: less than this many seconds: about what a hand-off to a pool thread costs, so a
+#: task this short gains nothing from a thread, and one inline run delays the
+#: engine's other work by no more than a hand-off would.
+INLINE_LIMIT = 0.0002
 
 
 def default_thread_count() -> int:
@@ -36,12 +65,21 @@ class ThreadExecutor:
 
     Args:
         max_workers: threads in the pool (default: min(32, CPUs + 4)).
+        inline: run short tasks on the engine's thread (see the module docstring).
     """
 
-    def __init__(self, max_workers: int | None = None) -> None:
+    def __init__(self, max_workers: int | None = None, *, inline: bool = True) -> None:
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers or default_thread_count()
+        self.inline = inline
+        #: Task function -> a decaying maximum of its run times (seconds): the larger
+        #: of the last run and half the previous figure, so one slow run keeps the
+        #: function off the engine's thread for a few runs.
+        self._durations: dict[Any, float] = {}
+        self._context = contextvars.Context()
+        self.ran_inline = 0
+        self._free = 0  # started threads not committed to a queued job (under _lock)
         self._lock = threading.Lock()
         self._work: SimpleQueue[_Job | None] = SimpleQueue()
         self._completions: SimpleQueue[Event] | None = None
@@ -55,8 +93,8 @@ class ThreadExecutor:
         self.launcher: Any = None
 
     def for_child(self) -> ThreadExecutor:
-        """A pool of the same size for a child flow run."""
-        return ThreadExecutor(self.max_workers)
+        """A pool of the same size (and inlining) for a child flow run."""
+        return ThreadExecutor(self.max_workers, inline=self.inline)
 
     @property
     def slots(self) -> int:
@@ -70,8 +108,9 @@ class ThreadExecutor:
         self._retired.clear()
         self._cancelled.clear()
         self._threads = []
-        for _ in range(self.max_workers):
-            self._spawn()
+        self._free = 0
+        # Threads start on demand (``submit``): a run whose tasks all run inline, or
+        # a short chain, does not pay for starting a whole pool.
 
     def _spawn(self) -> None:
         thread = threading.Thread(target=self._worker, name="headwater-task", daemon=True)
@@ -89,18 +128,61 @@ class ThreadExecutor:
         return False  # a job waits for a thread only while the engine's slots allow
 
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
-        """Queue the attempts for the pool's threads."""
+        """Queue the attempts for the pool's threads; run short ones now, inline."""
         put = self._work.put
+        durations = self._durations if self.inline else None
         for command, caller in tasks:
+            spec = command.run.spec
+            if (
+                durations
+                and spec.timeout is None
+                and durations.get(spec.fn, INLINE_LIMIT) < INLINE_LIMIT
+            ):
+                self._run_inline(command, caller)
+                continue
+            with self._lock:
+                if self._free > 0:
+                    self._free -= 1  # a started thread will take it
+                    spawn = False
+                else:
+                    spawn = len(self._threads) < self.max_workers
+            if spawn:
+                self._spawn()  # a new thread for it (else it waits for one to finish)
             put(
                 (
                     command.run.key,
                     command.attempt,
                     caller,
                     command.inputs,
-                    command.run.spec.no_retry_on,
+                    spec.no_retry_on,
+                    spec.fn,
                 )
             )
+
+    def _run_inline(self, command: RunTask, caller: Caller) -> None:
+        """Run an attempt on this (the engine's) thread; its outcome is queued like a
+        pool thread's. Ctrl-C stops the run, as it does while tasks run on the pool."""
+        spec = command.run.spec
+        start = perf_counter()
+        event = self._context.run(
+            execute,
+            caller,
+            command.inputs,
+            command.run.key,
+            command.attempt,
+            spec.no_retry_on,
+            self.launcher,
+        )
+        self._timed(spec.fn, perf_counter() - start)
+        self.ran_inline += 1
+        if type(event) is TaskFailed and isinstance(event.failure.exception, KeyboardInterrupt):
+            raise event.failure.exception
+        assert self._completions is not None
+        self._completions.put(event)
+
+    def _timed(self, fn: Any, seconds: float) -> None:
+        last = self._durations.get(fn)
+        self._durations[fn] = seconds if last is None or seconds > last else max(seconds, last / 2)
 
     def resolve(self, value: Any) -> Any:
         """The value itself (it is already live)."""
@@ -120,6 +202,8 @@ class ThreadExecutor:
 
     def cancel(self, key: str, attempt: int) -> None:
         """Interrupt the thread running this attempt, and replace it in the pool."""
+        import ctypes  # only to interrupt a thread: not part of every import
+
         with self._lock:
             for ident, job in self._running.items():
                 if job == (key, attempt):
@@ -133,7 +217,9 @@ class ThreadExecutor:
                 # Not picked up by a thread yet: make sure it never starts.
                 self._cancelled.add((key, attempt))
                 return
-        self._spawn()
+        self._spawn()  # the replacement takes the next job that waits
+        with self._lock:
+            self._free += 1
 
     def shutdown(self) -> None:
         """Let idle threads exit; busy ones exit after their current task."""
@@ -152,18 +238,21 @@ class ThreadExecutor:
             job = work.get()
             if job is None:
                 return
-            key, attempt, caller, inputs, no_retry_on = job
+            key, attempt, caller, inputs, no_retry_on, fn = job
             event: Event | None = None
             try:
                 with lock:
                     if (key, attempt) in self._cancelled:
                         self._cancelled.discard((key, attempt))
+                        self._free += 1
                         continue
                     running[me] = (key, attempt)
                 try:
-                    # Read per job, not kept: an idle thread must not keep a finished
-                    # run (and its engine) alive.
+                    # The launcher is read per job, not kept: an idle thread must not
+                    # keep a finished run (and its engine) alive.
+                    start = perf_counter()
                     event = execute(caller, inputs, key, attempt, no_retry_on, self.launcher)
+                    self._timed(fn, perf_counter() - start)
                 finally:
                     with lock:
                         running.pop(me, None)
@@ -173,3 +262,5 @@ class ThreadExecutor:
                 completions.put(event)
             if me in self._retired:
                 return
+            with lock:
+                self._free += 1

@@ -22,7 +22,7 @@ def attempt_inputs(
     """The arguments of an attempt of ``run`` by name (element i for mapped child i)."""
     spec = run.spec
     if run.map_index < 0:
-        return {arg: resolve(src, nodes, params, values) for arg, src in spec.inputs.items()}
+        return _plain_inputs(spec.inputs, nodes, params, values)
     node: Node = run._node
     shared = node.shared_inputs
     assert shared is not None and spec.mapped is not None
@@ -38,6 +38,28 @@ def attempt_inputs(
             assert upstream is not None
             value = upstream[i].result
             inputs[arg] = values.select(value, src.path) if src.path else value
+    return inputs
+
+
+def _plain_inputs(
+    specs: Mapping[str, InputSpec],
+    nodes: Mapping[str, Node],
+    params: Mapping[str, Any],
+    values: ValueOps,
+) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for arg, src in specs.items():
+        kind = type(src)
+        # The common inputs in short (``resolve`` gives the same values).
+        if kind is FromTask and not src.path:  # type: ignore[union-attr]
+            upstream = nodes[src.task_id].run  # type: ignore[union-attr]
+            if upstream.state is not TaskRunState.MAPPED:
+                inputs[arg] = upstream.result
+                continue
+        elif kind is Const:
+            inputs[arg] = src.value  # type: ignore[union-attr]
+            continue
+        inputs[arg] = resolve(src, nodes, params, values)
     return inputs
 
 

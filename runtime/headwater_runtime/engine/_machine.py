@@ -70,6 +70,11 @@ S = TaskRunState
 _TIMEOUT = 0
 _RETRY = 1
 
+#: A StateEntry made without its Python-level ``__new__`` (a named tuple's): four
+#: per task run, on the engine's hottest path.
+_new_entry = tuple.__new__
+_RUNNING = FlowRunState.RUNNING
+
 
 class FlowRunEngine:
     """Drives one flow run of a validated GraphSpec.
@@ -266,14 +271,26 @@ class FlowRunEngine:
 
     def _build(self) -> None:
         now = self.clock.now()
+        pending = _new_entry(StateEntry, (S.PENDING, now, 0, "", None))  # shared: immutable
         for index, spec in enumerate(self.graph.tasks):
             node = Node(spec, index)
-            node.run = TaskRunRecord(spec.id, spec, node, -1, None, now)
+            node.run = TaskRunRecord(spec.id, spec, node, -1, None, now, pending)
             self.runs[spec.id] = node.run
             self._nodes[spec.id] = node
         self._unfinished = len(self._nodes)
-        for node in self._nodes.values():
+        upstreams = self.graph.upstreams()
+        nodes = self._nodes
+        for node in nodes.values():
             spec = node.spec
+            if spec.mapped is None:
+                # The common case: every upstream is a whole one (computed by validate()).
+                sources = node.whole_sources
+                for dep_id in upstreams[spec.id]:
+                    upstream = nodes[dep_id]
+                    sources.append(upstream)
+                    upstream.whole_dependents.append(node)
+                node.whole_remaining = len(sources)
+                continue
             elementwise: set[str] = set()
             if spec.mapped is not None:
                 for arg in spec.mapped:
@@ -329,9 +346,9 @@ class FlowRunEngine:
                 f"task run {run.key!r}: {run.state.name} -> {state.name} is not allowed "
                 f"(history: {history})"
             )
-        entry = StateEntry(state, self.clock.now(), run.attempt, message, failure)
+        entry = _new_entry(StateEntry, (state, self.clock.now(), run.attempt, message, failure))
         run.state = state
-        run.history.append(entry)
+        run._history.append(entry)
         if state in TERMINAL_TASK_STATES:
             self._unfinished -= 1
             if failure is not None:
@@ -343,6 +360,24 @@ class FlowRunEngine:
     # ------------------------------------------------------------------- events
 
     def _apply(self, event: Event) -> None:
+        if type(event) is TaskSucceeded and self.state is _RUNNING:
+            # The common report, in short: the current attempt of a dispatched run
+            # succeeded (anything unusual takes the general path below).
+            run = self.runs.get(event.key)
+            if (
+                run is not None
+                and run.dispatched
+                and run.attempt == event.attempt
+                and run.state is S.RUNNING
+                and not event.cached
+                and not event.cache_key
+                and run.spec.cache is None
+            ):
+                self._attempt_done(run)
+                run.result = event.value
+                self._transition(run, S.SUCCESS)
+                run.compact()
+                return
         if isinstance(event, RunRetried):
             reopen(self, event)  # engine/_rerun.py: this module is large enough
             return
@@ -382,6 +417,7 @@ class FlowRunEngine:
                 self._transition(run, S.CACHED, f"cache hit for key {run.cache_key}")
                 return
             self._transition(run, S.SUCCESS)
+            run.compact()
             cache = run.spec.cache
             if cache is not None and run.cache_key:  # "" = no key could be derived
                 expires = None if cache.expiry is None else self.clock.now() + cache.expiry
@@ -417,8 +453,8 @@ class FlowRunEngine:
     def _start_attempt(self, run: TaskRunRecord) -> float | None:
         """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
         self._transition(run, S.RUNNING)
-        now = self.clock.now()
-        run.attempts.append(AttemptRecord(run.attempt, now))
+        now = run._history[-1].timestamp  # the same moment, and one float less per run
+        run._attempts.append(AttemptRecord(run.attempt, now))
         timeout = run.spec.timeout
         if timeout is None:
             return None
@@ -434,8 +470,9 @@ class FlowRunEngine:
         """Close the current attempt's record and free its slot."""
         run.dispatched = False
         self._in_flight -= 1
-        if run.attempts and run.attempts[-1].ended_at is None:
-            record = run.attempts[-1]
+        attempts = run._attempts  # in progress: the list itself (never compacted yet)
+        if attempts and attempts[-1].ended_at is None:
+            record = attempts[-1]
             record.ended_at = self.clock.now()
             record.outcome = outcome
             record.failure = failure
@@ -535,12 +572,15 @@ class FlowRunEngine:
     def _pump(self) -> None:
         limit = self.max_concurrency
         ready = self._ready
+        out = self._out
+        auto_start = self.auto_start
+        nodes, params, values = self._nodes, self.params, self.values
         while ready and (limit is None or self._in_flight < limit):
             run = ready.popleft()
             if run.state is not S.SCHEDULED or run.dispatched:
                 continue
             try:
-                inputs = self._inputs(run)
+                inputs = attempt_inputs(run, nodes, params, values)
             except Exception as exc:
                 self._input_error(run, exc)
                 continue
@@ -549,8 +589,8 @@ class FlowRunEngine:
             self._in_flight += 1
             # Without auto_start the timeout clock starts at TaskStarted, and the worker
             # enforces its own deadline from the assignment's timeout.
-            deadline = self._start_attempt(run) if self.auto_start else None
-            self._out.append(RunTask(run, run.attempt, inputs, deadline))
+            deadline = self._start_attempt(run) if auto_start else None
+            out.append(RunTask(run, run.attempt, inputs, deadline))
 
     def _evaluate_node(self, node: Node) -> None:
         """All of a node's upstream requirements are met: decide what it does."""
@@ -634,8 +674,11 @@ class FlowRunEngine:
         length = next(iter(lengths.values()), 0)
         node.shared_inputs = shared
         now = self.clock.now()
+        # One PENDING entry for every child (a tuple: immutable, so it can be shared).
+        created = _new_entry(StateEntry, (S.PENDING, now, 0, "", None))
         children = [
-            TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now) for i in range(length)
+            TaskRunRecord(child_key(spec.id, i), spec, node, i, run, now, created)
+            for i in range(length)
         ]
         if self._prior:  # expanded again after a flow run retry: attempt numbers go on
             carry_over(self._prior, children)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from headwater.wire import FailureInfo, TaskRunState
 
+_S = TaskRunState
+
 if TYPE_CHECKING:
     from headwater.wire import TaskSpec
 
@@ -37,6 +39,11 @@ class AttemptRecord:
         return None if self.ended_at is None else self.ended_at - self.started_at
 
 
+#: What a compacted run's lists are (empty and shared; see TaskRunRecord.compact).
+_COMPACTED_HISTORY: list[StateEntry] = []
+_COMPACTED_ATTEMPTS: list[AttemptRecord] = []
+
+
 class TaskRunRecord:
     """Everything known about one task run. Owned and mutated by the engine only.
 
@@ -46,6 +53,14 @@ class TaskRunRecord:
         state: the current TaskRunState.
         history: every state change (state, timestamp, attempt, message, failure).
         attempts: every attempt (start, end, outcome, failure).
+
+    A run that succeeded at its first attempt without anything unusual (PENDING,
+    SCHEDULED, RUNNING, SUCCESS; no message, no failure) keeps its history and its
+    attempt compactly (``compact``): its first and last entries as they are, the
+    times of the two in between and the attempt's end; ``history`` and ``attempts``
+    rebuild the same entries from them when read. That is most task runs, and it
+    takes a run's memory from about 1 KB to about 0.55 KB (a million-element map
+    holds two million of them). The history is complete either way.
         attempt: the current attempt's number (0 before the first).
         result: the result once the run succeeded (a live object embedded, a payload
             handle on a server).
@@ -57,14 +72,15 @@ class TaskRunRecord:
     """
 
     __slots__ = (
+        "_attempts",
+        "_compact",
+        "_history",
         "_node",
         "attempt",
-        "attempts",
         "cache_key",
         "children",
         "dispatched",
         "failure",
-        "history",
         "key",
         "lost_count",
         "map_index",
@@ -85,6 +101,7 @@ class TaskRunRecord:
         map_index: int,
         parent: TaskRunRecord | None,
         now: float,
+        created: StateEntry | None = None,
     ) -> None:
         """Create the run PENDING at time ``now`` (the engine does this, never users).
 
@@ -95,6 +112,8 @@ class TaskRunRecord:
             map_index: the element index of a mapped child; -1 otherwise.
             parent: a mapped child's parent run.
             now: the clock reading at creation.
+            created: the PENDING entry at ``now`` to start the history with (the
+                engine shares one among the runs it creates at once).
         """
         self.key = key
         self.spec = spec
@@ -102,8 +121,11 @@ class TaskRunRecord:
         self.map_index = map_index
         self.parent = parent
         self.state = TaskRunState.PENDING
-        self.history: list[StateEntry] = [StateEntry(TaskRunState.PENDING, now, 0)]
-        self.attempts: list[AttemptRecord] = []
+        self._history: list[StateEntry] = [created or StateEntry(TaskRunState.PENDING, now, 0)]
+        self._attempts: list[AttemptRecord] = []
+        # After ``compact``: (PENDING entry, scheduled at, running at, SUCCESS entry,
+        # attempt ended at), and the two lists above are the shared empty _COMPACTED_*.
+        self._compact: tuple[StateEntry, float, float, StateEntry, float] | None = None
         self.attempt = 0
         self.retries_used = 0
         self.lost_count = 0
@@ -115,6 +137,82 @@ class TaskRunRecord:
         self.pending = 0
         # Terminal and its consequences propagated (engine bookkeeping).
         self.settled = False
+
+    @property
+    def history(self) -> list[StateEntry]:
+        """Every state change, oldest first."""
+        if self._compact is None:
+            return self._history
+        created, scheduled, running, succeeded, _ = self._compact
+        return [
+            created,
+            StateEntry(_S.SCHEDULED, scheduled, 0),
+            StateEntry(_S.RUNNING, running, 1),
+            succeeded,
+        ]
+
+    @history.setter
+    def history(self, value: list[StateEntry]) -> None:
+        self.expand()
+        self._history = value
+
+    @property
+    def attempts(self) -> list[AttemptRecord]:
+        """Every attempt, oldest first."""
+        if self._compact is None:
+            return self._attempts
+        _, _, running, _, ended = self._compact
+        return [AttemptRecord(1, running, ended, _S.SUCCESS)]
+
+    @attempts.setter
+    def attempts(self, value: list[AttemptRecord]) -> None:
+        self.expand()
+        self._attempts = value
+
+    def expand(self) -> None:
+        """Keep a compacted history as lists again, before it changes (a retry from
+        failure runs a succeeded task run again: engine/_rerun.py)."""
+        if self._compact is not None:
+            history, attempts = self.history, self.attempts
+            self._compact = None
+            self._history, self._attempts = history, attempts
+
+    def compact(self) -> None:
+        """Keep a plain first-attempt success as timestamps (see the class docstring);
+        any other history stays as it is."""
+        history, attempts = self._history, self._attempts
+        if len(history) != 4 or len(attempts) != 1 or self._compact is not None:
+            return
+        pending, scheduled, running, succeeded = history
+        record = attempts[0]
+        # Index and identity tests only: this runs once per task run.
+        if (
+            pending[0] is _S.PENDING
+            and scheduled[0] is _S.SCHEDULED
+            and running[0] is _S.RUNNING
+            and succeeded[0] is _S.SUCCESS
+            and pending[2] == 0
+            and scheduled[2] == 0
+            and running[2] == 1
+            and succeeded[2] == 1
+            and pending[3] == ""
+            and scheduled[3] == ""
+            and running[3] == ""
+            and succeeded[3] == ""
+            and pending[4] is None
+            and scheduled[4] is None
+            and running[4] is None
+            and succeeded[4] is None
+            and record.number == 1
+            and record.started_at == running[1]
+            and record.outcome is _S.SUCCESS
+            and record.failure is None
+            and record.ended_at is not None
+        ):
+            self._compact = (pending, scheduled[1], running[1], succeeded, record.ended_at)
+            # Never appended to: a SUCCESS run makes no further transition.
+            self._history = _COMPACTED_HISTORY
+            self._attempts = _COMPACTED_ATTEMPTS
 
     @property
     def task_id(self) -> str:
@@ -129,11 +227,15 @@ class TaskRunRecord:
     @property
     def started_at(self) -> float | None:
         """When the first attempt started; None if none did."""
-        return self.attempts[0].started_at if self.attempts else None
+        if self._compact is not None:
+            return self._compact[2]
+        return self._attempts[0].started_at if self._attempts else None
 
     @property
     def ended_at(self) -> float | None:
         """When the run reached its terminal state; None until then."""
+        if self._compact is not None:
+            return self._compact[3].timestamp
         return self.history[-1].timestamp if self.state.is_terminal else None
 
     @property

@@ -105,6 +105,7 @@ def _plan(engine: FlowRunEngine) -> tuple[list[Node], dict[Node, set[int]]]:
 
 def _reset_run(engine: FlowRunEngine, run: TaskRunRecord, message: str) -> None:
     """One task run back to PENDING, its attempt counter and records kept."""
+    run.expand()  # a succeeded run's history may be compacted: it changes again now
     if run.state is not S.PENDING:
         engine._transition(run, REOPENED, message, reopen=True)
     run.retries_used = 0

@@ -49,12 +49,14 @@ def _values_in_input(msg: worker_pb2.InputValue) -> Iterator[payload_pb2.Value]:
             yield from _values_in_input(entry.value)
 
 
-def _dask_values(assignment: worker_pb2.Assignment) -> Iterator[payload_pb2.Value]:
+def _dask_values(assignment: worker_pb2.Assignment) -> list[payload_pb2.Value]:
     """Every Value of an assignment's inputs that is (or holds) a Dask ref."""
+    found = []
     for name in assignment.inputs:
         for value in _values_in_input(assignment.inputs[name]):
             if any(True for _ in _refs_in_value(value)):
-                yield value
+                found.append(value)
+    return found
 
 
 @dataclass(eq=False)
@@ -106,6 +108,8 @@ class DaskExports:
 
     def record(self, session: WorkerSession, result: payload_pb2.Value) -> None:
         """A worker reported a result: remember which Dask refs in it it holds."""
+        if not result.items and result.WhichOneof("kind") != "ref":
+            return  # the common case, an inline value: nothing to look into
         for ref in _refs_in_value(result):
             self.owners[ref.payload_id] = session.worker_id
             self._live.setdefault(session.worker_id, session)
@@ -113,12 +117,15 @@ class DaskExports:
     def prepare(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         """Before ``pending`` goes to ``session``: True to send it now; False when it is
         held until its inputs are exported (or was failed: an input is lost)."""
-        lost = self._lost_input(session, pending)
+        values = _dask_values(pending.assignment)
+        if not values:
+            return True  # the common case: no input is held in a Dask cluster
+        lost = self._lost_input(values)
         if lost is not None:
             self._fail(pending, _unavailable(f"no connected worker holds value {lost!r}"))
             return False
         waiting: set[str] = set()
-        for value in _dask_values(pending.assignment):
+        for value in values:
             self._substitute(session, value, waiting)
         if not waiting:
             return True
@@ -131,8 +138,8 @@ class DaskExports:
         self._held.append(_Held(session, pending, waiting))
         return False
 
-    def _lost_input(self, session: WorkerSession, pending: PendingAssignment) -> str | None:
-        for value in _dask_values(pending.assignment):
+    def _lost_input(self, values: list[payload_pb2.Value]) -> str | None:
+        for value in values:
             for ref in _refs_in_value(value):
                 pid = ref.payload_id
                 if pid not in self.exported and self._owner(pid) is None:

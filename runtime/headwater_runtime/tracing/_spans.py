@@ -11,7 +11,6 @@ import contextlib
 import functools
 import sys
 from collections.abc import Iterator, Mapping
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from .names import TRACER_NAME
@@ -44,6 +43,8 @@ def active_tracer() -> Tracer | None:
 
 @functools.cache
 def _version() -> str:
+    from importlib import metadata  # ~20 ms of imports (email, zipfile): only when tracing
+
     try:
         return metadata.version("headwater")
     except metadata.PackageNotFoundError:
