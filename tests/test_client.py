@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,11 +31,11 @@ def greet(text: str = "hi") -> str:
 class ServerThread:
     """A real server on its own event loop in a background thread."""
 
-    def __init__(self, db: Path, token: str | None) -> None:
+    def __init__(self, db: Path, token: str | None, **settings_: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.running: RunningServer | None = None
-        settings = ServerSettings(port=0, db=str(db), token=token)
+        settings = ServerSettings(port=0, db=str(db), token=token, **settings_)
 
         def main() -> None:
             asyncio.set_event_loop(self.loop)
