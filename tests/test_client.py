@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -16,6 +16,8 @@ from headwater import Client, ServerError, flow, task
 from headwater.wire import FlowRunState, TaskRunState
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
+
+T = TypeVar("T")
 
 
 @task
@@ -51,6 +53,10 @@ class ServerThread:
     def address(self) -> str:
         assert self.running is not None
         return f"127.0.0.1:{self.running.port}"
+
+    def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the server's event loop; its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(30)
 
     def stop(self) -> None:
         assert self.running is not None
