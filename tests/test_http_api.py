@@ -351,7 +351,7 @@ def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) 
     assert http.post(f"/api/schedules/{schedule.id}/pause")["schedule"]["paused"] is True
     assert http.get("/api/schedules")["schedules"][0]["next_run_at"] is not None
     assert http.post(f"/api/schedules/{schedule.id}/resume")["schedule"]["paused"] is False
-    status, _, _ = http.call("POST", "/api/schedules/nope/pause", {}, {"X-Headwater-Request": "1"})
+    status, _, _ = http.call("POST", "/api/schedules/nope/pause", {})
     assert status == 404
 
 
