@@ -334,9 +334,29 @@ def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(
         headers={CSRF_HEADER: csrf},
     )  # fmt: skip
     assert status == 403 and "(role viewer) may not POST" in json.loads(body)["error"]
-    # Revoked through the gRPC API (as `headwater tokens revoke` does): logged out at once.
-    with site.client() as client:
-        client.revoke_token("viewer-1")
+    # A live page's event stream, open when the credential is revoked, is ended.
+    context = ssl.create_default_context(cafile=site.certs.ca)
+    live = http.client.HTTPSConnection("127.0.0.1", site.port, context=context, timeout=BOUND)
+    try:
+        live.request(
+            "GET",
+            f"/api/runs/{site.running_run}/events",
+            headers={"Cookie": f"{SESSION_COOKIE}={viewer}"},
+        )
+        stream = live.getresponse()
+        assert stream.status == 200 and stream.readline() == b"event: run\n"
+        # Revoked through the gRPC API (as `headwater tokens revoke` does): logged out
+        # at once.
+        with site.client() as client:
+            client.revoke_token("viewer-1")
+        # The run never ends (no worker): only the revocation ends its stream (without
+        # it, a comment line every 15 s keeps it open past the deadline).
+        deadline = time.monotonic() + BOUND
+        while line := stream.readline():
+            assert line != b"event: end\n"
+            assert time.monotonic() < deadline, "the revoked credential's stream is open"
+    finally:
+        live.close()
     status, answer, body = call(site, "GET", "/api/runs", cookie=viewer)
     assert status == 401 and json.loads(body)["error"] == (
         "the token of credential 'viewer-1' was revoked"

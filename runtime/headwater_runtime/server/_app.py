@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -159,10 +159,23 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
             core.io.close()
             store.close()
             raise
+    if http is not None:
+        access.on_change = _revoked_everywhere(core, http)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, core, store, port, access, tls, http)
+
+
+def _revoked_everywhere(core: ServerCore, http: HttpServer) -> Callable[[frozenset[str]], None]:
+    """What a credential change ends: the worker streams and the web UI's event streams
+    of credentials no longer valid."""
+
+    def changed(valid: frozenset[str]) -> None:
+        core.drop_revoked(valid)
+        http.api.drop_revoked(valid)
+
+    return changed
 
 
 async def _start_http(

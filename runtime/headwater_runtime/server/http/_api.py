@@ -18,6 +18,7 @@ from aiohttp import web
 from headwater.wire import FlowRunState, is_build_version
 from headwater_runtime.store import NotFound
 
+from .._access import CALLER
 from .._core import ServerCore
 from .._http_security import HttpGuard
 from .._notices import drain
@@ -106,8 +107,9 @@ class HttpApi(PageHandlers):
         self.reads = RunReads(core)
         # Graphs as JSON by (flow, version): immutable, and slow to build for 10k tasks.
         self._graphs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
-        #: Open event streams, ended when the server stops.
-        self.streams: set[asyncio.Task[Any]] = set()
+        #: Open event streams and the credential each was opened with; ended when the
+        #: server stops, or when that credential is revoked (``drop_revoked``).
+        self.streams: dict[asyncio.Task[Any], str] = {}
 
     # -------------------------------------------------------------------- runs
 
@@ -326,6 +328,14 @@ class HttpApi(PageHandlers):
 
     # ------------------------------------------------------------ live streams
 
+    def drop_revoked(self, valid: frozenset[str]) -> None:
+        """End the event streams opened with a credential no longer valid (revoked):
+        the browser's reconnect is then refused, as the worker streams of a revoked
+        credential are (``ServerCore.drop_revoked``)."""
+        for task, name in list(self.streams.items()):
+            if name not in valid:
+                task.cancel()
+
     async def _stream(
         self, request: web.Request, body: Callable[[EventStream], Awaitable[None]]
     ) -> web.StreamResponse:
@@ -333,13 +343,13 @@ class HttpApi(PageHandlers):
         await stream.open()
         task = asyncio.current_task()
         assert task is not None
-        self.streams.add(task)
+        self.streams[task] = CALLER.get().name
         try:
             await body(stream)
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the browser left, or the server stops
         finally:
-            self.streams.discard(task)
+            self.streams.pop(task, None)
         return stream.response
 
     async def runs_events(self, request: web.Request) -> web.StreamResponse:
