@@ -272,7 +272,7 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
     )
     status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", "not an object")
     assert status == 400 and body["error"] == (
-        'send a JSON object such as {"reason": "..."}, or nothing'
+        'send a JSON object such as {"reason": "..."} (Content-Type: application/json), or nothing'
     )
     assert http.call("GET", "/api/runs/nosuchrun")[0] == 404
     assert http.call("GET", "/api/runs?state=sleepy")[0] == 400
@@ -478,6 +478,15 @@ def test_workers_are_drained_and_resumed_over_http(
     assert status == 404 and body["error"] == "no worker named 'nobody' is known"
     status, body, _ = http.call("POST", f"/api/workers/{name}/drain", {"exit_when_idle": "yes"})
     assert status == 400 and body["error"] == "exit_when_idle must be true or false, got 'yes'"
+    # A form post (curl -d) works the same as JSON.
+    form = urllib.request.Request(
+        f"{http.base}/api/workers/{name}/drain", data=b"exit_when_idle=false", method="POST"
+    )
+    form.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(form, timeout=BOUND) as answer:
+        drained = json.loads(answer.read())["workers"]
+    assert [(w["draining"], w["exit_when_idle"]) for w in drained] == [(True, False)]
+    assert http.post(f"/api/workers/{name}/resume")["workers"][0]["draining"] is False
 
 
 def test_a_task_run_waiting_on_a_limit_says_so(

@@ -25,6 +25,7 @@ from .._notices import drain
 from .._ops_core import RetryRefused, UnknownWorker
 from .._reads import AmbiguousRunId, RunReads
 from . import _data
+from ._access import FORM_TYPES, form_of
 from ._pages import PageHandlers
 from ._sse import EventStream, next_of, take_all
 
@@ -80,15 +81,21 @@ def _states(request: web.Request) -> list[int]:
 
 
 async def _body(request: web.Request, example: str) -> dict[str, Any]:
-    """A POST's JSON object body ({} when there is none; BadRequest when it is not one)."""
-    if not request.can_read_body or request.content_type != "application/json":
+    """A POST's fields: a JSON object body, or form fields ({} without a body;
+    BadRequest for anything else)."""
+    if not request.can_read_body:
         return {}
+    if request.content_type in FORM_TYPES:
+        return await form_of(request)
+    wrong = f"send a JSON object such as {example} (Content-Type: application/json), or nothing"
+    if request.content_type != "application/json":
+        raise BadRequest(wrong)
     try:
         body = await request.json()
     except ValueError:
-        raise BadRequest(f"send a JSON object such as {example}, or nothing") from None
+        raise BadRequest(wrong) from None
     if not isinstance(body, dict):
-        raise BadRequest(f"send a JSON object such as {example}, or nothing")
+        raise BadRequest(wrong)
     return body
 
 
@@ -315,6 +322,8 @@ class HttpApi(PageHandlers):
         name = request.match_info["name"]
         body = await _body(request, '{"exit_when_idle": true}')
         exit_when_idle = body.get("exit_when_idle", False)
+        if exit_when_idle in ("true", "false"):  # a form field
+            exit_when_idle = exit_when_idle == "true"
         if not isinstance(exit_when_idle, bool):
             raise BadRequest(f"exit_when_idle must be true or false, got {exit_when_idle!r}")
         await self.core.ops.drain(name, exit_when_idle)  # audited there
