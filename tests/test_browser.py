@@ -4,7 +4,8 @@ Selenium, against a real `headwater server` and two `headwater worker` processes
 A flow with a retry, a mapped step with one failing element, printed and logged lines;
 a run followed live; a cancel; a schedule paused from the page; the workers. On a server
 that needs a token: logging in through the login page, a failed run retried with its
-Retry button, a worker drained and resumed, logging out. Each page
+Retry button, a worker drained and resumed (a run waiting meanwhile says why and is
+marked late), logging out. Each page
 is saved as a screenshot under build/screenshots/ (a test artefact). The first render
 of a 10,000-task run's page is measured and reported (not asserted: it is wall-clock
 time on a shared machine), in build/screenshots/first-render.txt.
@@ -437,7 +438,10 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     tmp_path: Path, cluster: Cluster, browser: Any
 ) -> None:
     token = "browser-test-token"
-    server = cluster("server", "--port", "0", "--db", str(tmp_path / "hw.db"), "--token", token)
+    server = cluster(
+        "server", "--port", "0", "--db", str(tmp_path / "hw.db"), "--token", token,
+        "--late-after", "1s",
+    )  # fmt: skip
     address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
     url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
     start_worker(cluster, address, "worker-a", "--token", token, module="ui_tasks")
@@ -482,7 +486,7 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
             ("retry", "server-token")
         ]
 
-    # ---- workers: drain and resume from the page
+    # ---- workers: drain from the page; a run then waits, says why, and is marked late
     browser.get(url + "workers")
     row = 'tr[data-worker="worker-a"]'
     wait(browser, lambda d: attr(d, row, "data-draining") == "false", "the worker")
@@ -491,9 +495,20 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     assert "drained" in text(browser, row)
     with Client(address, token=token) as client:
         assert [(w.name, w.draining) for w in client.list_workers()] == [("worker-a", True)]
+        stuck = client.run(module.ledger, {"n": 4})
     shot(browser, "workers-drained")
+    browser.get(url + f"runs/{stuck.id}")
+    reason = "waiting: every worker offering ui_tasks.noop is drained"
+    wait(browser, lambda d: reason in text(d, 'tr[data-key="noop"]'), "the waiting reason")
+    wait(browser, lambda d: css(d, "#run-late .st-late"), "the late mark")
+    assert reason in text(browser, "#run-late")
+    shot(browser, "run-late")
+    browser.get(url + "workers")
+    wait(browser, lambda d: attr(d, row, "data-draining") == "true", "the drained worker")
     click(browser, f"{row} button[data-action=resume]")
     wait(browser, lambda d: attr(d, row, "data-draining") == "false", "the resume")
+    with Client(address, token=token) as client:
+        assert client.wait(stuck.id).state is FlowRunState.SUCCESS
 
     # ---- logging out: the pages send the browser to the login page again
     click(browser, "#logout")

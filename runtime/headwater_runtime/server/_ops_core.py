@@ -223,6 +223,8 @@ class Operations:
             reasons = [dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)]
             reason = late_reason(reasons)
         self.core.runs.ops.late.append(LateRow(flow_run_id, now, reason))
+        # Once stored, live views (WatchFlowRun, the web UI) re-read the run: it is late.
+        self.core.commits.pending.changed.add(flow_run_id)
         attempt = active.engine.run_attempt if active is not None else 1
         if self.webhooks.enqueue(self.core.runs.ops, row, attempt, late_reason=reason):
             self.core.commits.pending.effects.append(self.deliverer.wake)
