@@ -59,8 +59,10 @@ def large(n: int = 4, size: int = 400_000) -> list[str]:
     return big.map([size] * n)
 
 
-#: Whether ``flaky`` fails (the worker runs in this process).
+#: Whether ``flaky`` fails (the worker runs in this process); when it does not, it
+#: waits for FLAKY_GO (so a test sees its run RUNNING).
 FLAKY = {"fail": True}
+FLAKY_GO = threading.Event()
 #: Released by the test: ``hold_db`` waits for it.
 RELEASE = threading.Event()
 
@@ -69,6 +71,7 @@ RELEASE = threading.Event()
 def flaky(text: str) -> str:
     if FLAKY["fail"]:
         raise RuntimeError("the disk is full")
+    assert FLAKY_GO.wait(BOUND), "never let go"
     return text + "!"
 
 
@@ -400,6 +403,7 @@ def test_a_failed_run_is_retried_over_http_and_shows_its_attempt(
     server: ServerThread, http: Http, worker: Worker
 ) -> None:
     FLAKY["fail"] = True
+    FLAKY_GO.clear()
     with Client(server.address, token=TOKEN) as client:
         run = client.run(wobbly, {"text": "hey"})
         assert client.wait(run.id).state is FlowRunState.FAILED
@@ -409,6 +413,7 @@ def test_a_failed_run_is_retried_over_http_and_shows_its_attempt(
     retried = http.post(f"/api/runs/{run.id[:8]}/retry", {"reason": "disk replaced"})["run"]
     assert retried["id"] == run.id and retried["state"] == "RUNNING"
     assert retried["attempt"] == 2
+    FLAKY_GO.set()
     with Client(server.address, token=TOKEN) as client:
         final = client.wait(run.id)
         assert final.state is FlowRunState.SUCCESS and final.result == "HEY!"
@@ -493,19 +498,20 @@ def test_a_task_run_waiting_on_a_limit_says_so(
     server: ServerThread, http: Http, worker: Worker
 ) -> None:
     RELEASE.clear()
+    wait_for(lambda: http.get("/api/workers")["workers"], "the worker to connect")
+
+    def reasons() -> list[str]:
+        tasks = http.get(f"/api/runs/{run.id}/tasks")["task_runs"]
+        return [t["waiting"] for t in tasks if t["waiting"]]
+
     with Client(server.address, token=TOKEN) as client:
         client.set_limit("db", concurrency=1)
         run = client.run(queries, {"n": 2})
         try:
-            waiting = wait_for(
-                lambda: [
-                    t["waiting"]
-                    for t in http.get(f"/api/runs/{run.id}/tasks")["task_runs"]
-                    if t["waiting"]
-                ],
-                "a task run to wait on the limit",
-            )
-            assert waiting == ["waiting on limit db (1/1)"]
+            wait_for(lambda: "waiting on limit db (1/1)" in reasons(), "the limit's reason")
+            assert reasons() == ["waiting on limit db (1/1)"]  # the other one runs
+            (limit,) = client.list_limits()
+            assert (limit.running, limit.waiting) == (1, 1)
         finally:
             RELEASE.set()
         assert client.wait(run.id).state is FlowRunState.SUCCESS
