@@ -318,7 +318,13 @@ def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(
     for attribute in ("HttpOnly", "SameSite=Strict", "Secure", "Path=/"):
         assert attribute in cookie
     # Never on to another site after logging in.
-    for elsewhere in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+    for elsewhere in (
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/login",
+    ):
         assert login(site, viewer, elsewhere)[1]["Location"] == "/"
     # The page carries the session's CSRF token, name and role; the API says the same.
     status, _, page = call(site, "GET", "/runs", cookie=viewer)

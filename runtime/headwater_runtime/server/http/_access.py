@@ -44,6 +44,8 @@ def local_path(target: str | None) -> str:
     else ``/``: never another site (an open redirect), nor the login page itself."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
+    if any(c <= " " or c == "\x7f" for c in target):  # browsers drop tabs: "/\t/evil.example"
+        return "/"
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or parts.path in ("/login", "/logout"):
         return "/"
