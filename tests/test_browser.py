@@ -515,3 +515,20 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     wait(browser, lambda d: d.current_url == url + "login", "the login page after logout")
     browser.get(url + "runs")
     wait(browser, lambda d: d.current_url == url + "login?next=/runs", "the login redirect")
+
+    # ---- a viewer's token: the same pages, without the buttons its role may not press
+    with Client(address, token=token) as client:
+        _, viewer = client.create_token("reader", "viewer")
+        cancelled = client.run(module.held, {"name": "let-go"}).id
+        client.cancel(cancelled, "for the viewer")  # an operator would see Retry on it
+    (tmp_path / "let-go").write_text("go")  # the worker's task ends too
+    css(browser, "#token")[0].send_keys(viewer)
+    click(browser, "button[type=submit]")
+    wait(browser, lambda d: "reader (viewer)" in text(d, "#user-name"), "the viewer's session")
+    browser.get(url + "workers")
+    wait(browser, lambda d: attr(d, row, "data-online") == "true", "the workers page")
+    assert css(browser, f"{row} button") == []
+    browser.get(url + f"runs/{cancelled}")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the run page")
+    assert not css(browser, "#retry")[0].is_displayed()
+    assert not css(browser, "#cancel")[0].is_displayed()
