@@ -443,7 +443,8 @@ function updateDag(state) {
     g.querySelector("rect.box").style.stroke = color(s);
     const many = b.mapped || b.group || total > 1;
     g.querySelector("text.sub").textContent = !total ? "not started"
-      : many ? Object.entries(c).map(([k, n]) => `${n} ${k.toLowerCase()}`).join(", ")
+      // In the legend's order, not the order the store returned the task runs in.
+      : many ? STATES.filter((k) => c[k]).map((k) => `${c[k]} ${k.toLowerCase()}`).join(", ")
         : s.toLowerCase();
     g.dataset.counts = JSON.stringify(c);
     let x = 0, bars = "";
