@@ -108,6 +108,7 @@ OLDEST_TESTS := tests/test_contract.py tests/test_payloads.py tests/test_payload
 	tests/test_client.py tests/test_server_protocol.py tests/test_worker.py \
 	tests/test_run_manager.py tests/test_compiler.py tests/test_remote_task.py \
 	tests/test_schedule_times.py tests/test_schedules_server.py tests/test_schedules_e2e.py \
+	tests/test_slices.py tests/test_limits.py \
 	tests/test_graph_builds.py tests/test_subflows_server.py \
 	tests/test_tls.py tests/test_security_matrix.py tests/test_worker_privilege.py \
 	tests/test_http_security.py

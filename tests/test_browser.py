@@ -2,7 +2,10 @@
 Selenium, against a real `headwater server` and two `headwater worker` processes.
 
 A flow with a retry, a mapped step with one failing element, printed and logged lines;
-a run followed live; a cancel; a schedule paused from the page; the workers. Each page
+a run followed live; a cancel; a schedule paused from the page; the workers. On a server
+that needs a token: logging in through the login page, a failed run retried with its
+Retry button, a worker drained and resumed (a run waiting meanwhile says why and is
+marked late), logging out. Each page
 is saved as a screenshot under build/screenshots/ (a test artefact). The first render
 of a 10,000-task run's page is measured and reported (not asserted: it is wall-clock
 time on a shared machine), in build/screenshots/first-render.txt.
@@ -112,6 +115,17 @@ def fanout(n):
     return build
 
 fanout_10k = fanout(10_000)
+
+@task
+def settle(n: int) -> int:
+    if not (STATE / "fixed").exists():
+        raise RuntimeError("the ledger is locked")
+    print(f"settled {n}")
+    return n * 2
+
+@flow
+def ledger(n: int = 3) -> int:
+    return settle(noop(n))
 """
 
 
@@ -418,3 +432,103 @@ def test_a_10k_task_run_page_renders_and_its_first_render_is_reported(
     )
     (SHOTS / "first-render.txt").write_text(report)
     print(report, end="")  # reported, not asserted: wall-clock time on a shared machine
+
+
+def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worker(
+    tmp_path: Path, cluster: Cluster, browser: Any
+) -> None:
+    token = "browser-test-token"
+    server = cluster(
+        "server", "--port", "0", "--db", str(tmp_path / "hw.db"), "--token", token,
+        "--late-after", "1s",
+    )  # fmt: skip
+    address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+    url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    start_worker(cluster, address, "worker-a", "--token", token, module="ui_tasks")
+    module: Any = load_file(str(tmp_path / "ui_tasks.py"))
+    with Client(address, token=token) as client:
+        run = client.run(module.ledger, {"n": 3})
+        assert client.wait(run.id).state is FlowRunState.FAILED
+
+    # ---- a page without a credential: the login page, which comes back to it
+    browser.get(url + f"runs/{run.id}")
+    wait(browser, lambda d: "/login?next=" in d.current_url, "the login page")
+    css(browser, "#token")[0].send_keys("not-the-token")
+    click(browser, "button[type=submit]")
+    wait(browser, lambda d: "invalid token" in text(d, "p.error"), "the refusal")
+    shot(browser, "login-refused")
+    css(browser, "#token")[0].send_keys(token)
+    click(browser, "button[type=submit]")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "FAILED", "the run page")
+    assert browser.current_url == url + f"runs/{run.id}"
+    assert "server-token (admin)" in text(browser, "#user-name")
+    # The session cookie: HttpOnly (page scripts cannot read it), SameSite=Strict.
+    (session,) = [c for c in browser.get_cookies() if c["name"] == "headwater_session"]
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert "headwater_session" not in browser.execute_script("return document.cookie")
+
+    # ---- Retry on the failed run: it runs again, as attempt 2, and succeeds
+    assert attr(browser, "#run-attempt", "data-attempt") == "1"
+    assert "builtins.RuntimeError: the ledger is locked" in text(browser, 'tr[data-key="settle"]')
+    shot(browser, "run-failed-retry")
+    (tmp_path / "fixed").write_text("yes")
+    click(browser, "#retry")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the retried run")
+    wait(browser, lambda d: attr(d, "#run-attempt", "data-attempt") == "2", "attempt 2")
+    assert "attempt 2 of 2" in text(browser, "#run-attempt")
+    wait(browser, lambda d: "settled 3" in text(d, "#logs"), "the retried task's logs")
+    assert css(browser, "#retry")[0].is_displayed() is False
+    shot(browser, "run-retried")
+    with Client(address, token=token) as client:
+        retried = client.get(run.id)
+        assert retried.state is FlowRunState.SUCCESS and retried.result == 6
+        assert [(e.action, e.actor) for e in retried.audit if e.action == "retry"] == [
+            ("retry", "server-token")
+        ]
+
+    # ---- workers: drain from the page; a run then waits, says why, and is marked late
+    browser.get(url + "workers")
+    row = 'tr[data-worker="worker-a"]'
+    wait(browser, lambda d: attr(d, row, "data-draining") == "false", "the worker")
+    click(browser, f"{row} button[data-action=drain]")
+    wait(browser, lambda d: attr(d, row, "data-draining") == "true", "the drain")
+    assert "drained" in text(browser, row)
+    with Client(address, token=token) as client:
+        assert [(w.name, w.draining) for w in client.list_workers()] == [("worker-a", True)]
+        stuck = client.run(module.ledger, {"n": 4})
+    shot(browser, "workers-drained")
+    browser.get(url + f"runs/{stuck.id}")
+    reason = "waiting: every worker offering ui_tasks.noop is drained"
+    wait(browser, lambda d: reason in text(d, 'tr[data-key="noop"]'), "the waiting reason")
+    wait(browser, lambda d: css(d, "#run-late .st-late"), "the late mark")
+    assert reason in text(browser, "#run-late")
+    shot(browser, "run-late")
+    browser.get(url + "workers")
+    wait(browser, lambda d: attr(d, row, "data-draining") == "true", "the drained worker")
+    click(browser, f"{row} button[data-action=resume]")
+    wait(browser, lambda d: attr(d, row, "data-draining") == "false", "the resume")
+    with Client(address, token=token) as client:
+        assert client.wait(stuck.id).state is FlowRunState.SUCCESS
+
+    # ---- logging out: the pages send the browser to the login page again
+    click(browser, "#logout")
+    wait(browser, lambda d: d.current_url == url + "login", "the login page after logout")
+    browser.get(url + "runs")
+    wait(browser, lambda d: d.current_url == url + "login?next=/runs", "the login redirect")
+
+    # ---- a viewer's token: the same pages, without the buttons its role may not press
+    with Client(address, token=token) as client:
+        _, viewer = client.create_token("reader", "viewer")
+        cancelled = client.run(module.held, {"name": "let-go"}).id
+        client.cancel(cancelled, "for the viewer")  # an operator would see Retry on it
+    (tmp_path / "let-go").write_text("go")  # the worker's task ends too
+    css(browser, "#token")[0].send_keys(viewer)
+    click(browser, "button[type=submit]")
+    wait(browser, lambda d: "reader (viewer)" in text(d, "#user-name"), "the viewer's session")
+    browser.get(url + "workers")
+    wait(browser, lambda d: attr(d, row, "data-online") == "true", "the workers page")
+    assert css(browser, f"{row} button") == []
+    browser.get(url + f"runs/{cancelled}")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the run page")
+    assert not css(browser, "#retry")[0].is_displayed()
+    assert not css(browser, "#cancel")[0].is_displayed()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -15,6 +16,8 @@ from headwater import Client, ServerError, flow, task
 from headwater.wire import FlowRunState, TaskRunState
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
+
+T = TypeVar("T")
 
 
 @task
@@ -30,11 +33,11 @@ def greet(text: str = "hi") -> str:
 class ServerThread:
     """A real server on its own event loop in a background thread."""
 
-    def __init__(self, db: str | Path, token: str | None) -> None:
+    def __init__(self, db: str | Path, token: str | None, **settings_: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.running: RunningServer | None = None
-        settings = ServerSettings(port=0, db=str(db), token=token)
+        settings = ServerSettings(port=0, db=str(db), token=token, **settings_)
 
         def main() -> None:
             asyncio.set_event_loop(self.loop)
@@ -50,6 +53,10 @@ class ServerThread:
     def address(self) -> str:
         assert self.running is not None
         return f"127.0.0.1:{self.running.port}"
+
+    def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the server's event loop; its result."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(30)
 
     def stop(self) -> None:
         assert self.running is not None

@@ -18,7 +18,8 @@ from test_client import ServerThread
 
 from headwater import Client, flow, remote_task, task
 from headwater._worker import Worker
-from headwater.wire import FlowRunState
+from headwater.wire import FlowRunState, Role
+from headwater_runtime.server import allows, describe
 from headwater_runtime.server.http import ROUTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +59,38 @@ def large(n: int = 4, size: int = 400_000) -> list[str]:
     return big.map([size] * n)
 
 
+#: Whether ``flaky`` fails (the worker runs in this process); when it does not, it
+#: waits for FLAKY_GO (so a test sees its run RUNNING).
+FLAKY = {"fail": True}
+FLAKY_GO = threading.Event()
+#: Released by the test: ``hold_db`` waits for it.
+RELEASE = threading.Event()
+
+
+@task
+def flaky(text: str) -> str:
+    if FLAKY["fail"]:
+        raise RuntimeError("the disk is full")
+    assert FLAKY_GO.wait(BOUND), "never let go"
+    return text + "!"
+
+
+@flow
+def wobbly(text: str = "hi") -> str:
+    return flaky(shout(text))
+
+
+@task(tags=["db"])
+def hold_db(i: int) -> int:
+    assert RELEASE.wait(BOUND), "never released"
+    return i
+
+
+@flow
+def queries(n: int = 2) -> list[int]:
+    return hold_db.map(list(range(n)))
+
+
 # A typo in a remote task's name: no worker will ever offer it.
 orphan = remote_task("nobody.offers.this", schedule_to_start_timeout=0.5)
 
@@ -65,6 +98,13 @@ orphan = remote_task("nobody.offers.this", schedule_to_start_timeout=0.5)
 @flow
 def unservable() -> int:
     return orphan()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answers 3xx as they are (to look at a redirect instead of following it)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class Http:
@@ -79,6 +119,8 @@ class Http:
     ) -> tuple[int, Any, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         for name, value in (headers or {}).items():
@@ -104,7 +146,7 @@ class Http:
         return body
 
     def post(self, path: str, body: Any = None) -> Any:
-        status, answer, _ = self.call("POST", path, body or {}, {"X-Headwater-Request": "1"})
+        status, answer, _ = self.call("POST", path, body or {})
         assert status == 200, (path, status, answer)
         return answer
 
@@ -166,37 +208,39 @@ def test_the_vendored_layout_library_is_the_locked_one() -> None:
         assert installed.read_bytes() == (STATIC / "vendor" / "dagre.min.js").read_bytes()
 
 
-def test_every_route_is_documented_with_its_role() -> None:
+def test_every_route_is_documented_with_its_roles() -> None:
+    """docs/http-api.md's route table is ROUTES, each row with the roles HTTP_ROUTES
+    gives the route; nothing that changes state is open to viewers."""
     doc = (ROOT / "docs" / "http-api.md").read_text()
+    table = doc.split("| route | roles that may call it | answers |\n| --- | --- | --- |\n", 1)[1]
+    rows = [line for line in table.split("\n\n", 1)[0].splitlines()]
+    documented = [row.split(" | ")[:2] for row in rows]
+    expected = [[f"| `{r.method} {r.path}`", describe(r.roles)] for r in ROUTES]
+    assert documented == expected
     for route in ROUTES:
-        if route.path.startswith("/api/"):
-            assert f"`{route.method} {route.path}`" in doc, route.path
-            assert route.role in doc
-        if route.method == "POST":
-            assert route.role != "viewer", route.path  # changing something needs more
+        if route.method == "POST" and route.roles:
+            assert not allows(Role.VIEWER, route.roles), route.path
     assert {r.method for r in ROUTES} == {"GET", "POST"}
 
 
-def test_a_token_server_needs_the_token_or_the_session_cookie(http: Http) -> None:
+def test_a_token_server_needs_a_credential(http: Http) -> None:
     anonymous = Http(http.base, token=None)
-    status, body, _ = anonymous.call("GET", "/api/runs")
-    assert status == 401 and "token" in body["error"]
-    assert anonymous.call("GET", "/api/info")[1] == {
-        "server_version": "0.1.0",
-        "auth_required": True,
-        "authenticated": False,
-    }
-    csrf = {"X-Headwater-Request": "1"}
-    status, body, _ = anonymous.call("POST", "/api/login", {"token": "wrong"}, csrf)
-    assert status == 401
-    status, body, response = anonymous.call("POST", "/api/login", {"token": TOKEN})
-    assert status == 403 and "X-Headwater-Request" in body["error"]  # the CSRF guard
-    status, body, response = anonymous.call("POST", "/api/login", {"token": TOKEN}, csrf)
-    cookie = response.headers["Set-Cookie"]
-    assert status == 200 and "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    session = cookie.split(";", 1)[0]
-    status, body, _ = anonymous.call("GET", "/api/runs", headers={"Cookie": session})
-    assert status == 200 and body["runs"] == []
+    status, body, answer = anonymous.call("GET", "/api/runs")
+    assert status == 401 and body["error"] == "not logged in: log in with a token at /login"
+    assert answer.headers["WWW-Authenticate"] == 'Bearer realm="headwater"'
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as page:
+        opener.open(f"{http.base}/runs?flow=loud", timeout=BOUND)
+    page.value.close()
+    assert page.value.code == 303
+    assert page.value.headers["Location"] == "/login?next=/runs%3Fflow%3Dloud"
+    session = http.get("/api/session")
+    assert (session["name"], session["role"], session["auth_required"]) == (
+        "server-token",
+        "admin",
+        True,
+    )
+    assert http.get("/healthz") == {"status": "ok"}
 
 
 def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, http: Http) -> None:
@@ -218,11 +262,21 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
     listed = http.get("/api/runs?state=running&flow=loud")["runs"]
     assert [r["id"] for r in listed] == [run.id]
     assert http.get("/api/runs?state=success")["runs"] == []
-    status, _, _ = http.call("POST", f"/api/runs/{run.id}/cancel", {})
-    assert status == 403  # no CSRF header
+    # A script's POST: the Bearer header, no CSRF token (browsers never add the header).
     cancelled = http.post(f"/api/runs/{run.id}/cancel", {"reason": "from the test"})
     assert cancelled["run"]["state"] == "CANCELLED"
     assert cancelled["run"]["message"] == "from the test"
+    with Client(server.address, token=TOKEN) as client:
+        audit = client.get(run.id).audit
+    assert [(e.action, e.actor, e.detail) for e in audit][-1] == (
+        "cancel",
+        "server-token",
+        "from the test",
+    )
+    status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", "not an object")
+    assert status == 400 and body["error"] == (
+        'send a JSON object such as {"reason": "..."} (Content-Type: application/json), or nothing'
+    )
     assert http.call("GET", "/api/runs/nosuchrun")[0] == 404
     assert http.call("GET", "/api/runs?state=sleepy")[0] == 400
 
@@ -300,7 +354,7 @@ def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) 
     assert http.post(f"/api/schedules/{schedule.id}/pause")["schedule"]["paused"] is True
     assert http.get("/api/schedules")["schedules"][0]["next_run_at"] is not None
     assert http.post(f"/api/schedules/{schedule.id}/resume")["schedule"]["paused"] is False
-    status, _, _ = http.call("POST", "/api/schedules/nope/pause", {}, {"X-Headwater-Request": "1"})
+    status, _, _ = http.call("POST", "/api/schedules/nope/pause", {})
     assert status == 404
 
 
@@ -343,3 +397,138 @@ def test_a_task_no_worker_takes_fails_after_its_schedule_to_start_timeout(
         "(waiting: no connected worker offers nobody.offers.this)"
     )
     assert orphaned.attempts == 1  # not retried
+
+
+def test_a_failed_run_is_retried_over_http_and_shows_its_attempt(
+    server: ServerThread, http: Http, worker: Worker
+) -> None:
+    FLAKY["fail"] = True
+    FLAKY_GO.clear()
+    with Client(server.address, token=TOKEN) as client:
+        run = client.run(wobbly, {"text": "hey"})
+        assert client.wait(run.id).state is FlowRunState.FAILED
+    first = http.get(f"/api/runs/{run.id}")["run"]
+    assert (first["state"], first["attempt"], first["late"]) == ("FAILED", 1, False)
+    FLAKY["fail"] = False
+    retried = http.post(f"/api/runs/{run.id[:8]}/retry", {"reason": "disk replaced"})["run"]
+    assert retried["id"] == run.id and retried["state"] == "RUNNING"
+    assert retried["attempt"] == 2
+    FLAKY_GO.set()
+    with Client(server.address, token=TOKEN) as client:
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS and final.result == "HEY!"
+        audit = [(e.action, e.actor, e.detail) for e in client.get(run.id).audit]
+    assert ("retry", "server-token", "disk replaced") in audit
+    shown = http.get(f"/api/runs/{run.id}")["run"]
+    assert shown["attempt"] == 2
+    assert [(a["attempt"], a["state"]) for a in shown["attempts"]] == [
+        (1, "FAILED"),
+        (2, "SUCCESS"),
+    ]
+    assert http.get("/api/runs")["runs"][0]["attempt"] == 2
+    # Only an ended run that did not succeed may be retried: one line says why.
+    status, body, _ = http.call("POST", f"/api/runs/{run.id}/retry", {})
+    assert status == 409
+    assert body["error"].startswith(f"cannot retry flow run {run.id}: ")
+    assert "only a FAILED or CANCELLED run" in body["error"]
+    assert http.call("POST", "/api/runs/nosuchrun/retry", {})[0] == 404
+
+
+def test_metrics_are_served_on_the_ui_port_and_on_their_own(tmp_path: Path) -> None:
+    server = ServerThread(tmp_path / "hw.db", token=TOKEN, metrics_port=0)
+    try:
+        assert server.running is not None and server.running.http is not None
+        http = Http(server.running.http.url)
+        with Client(server.address, token=TOKEN) as client:
+            client.run(loud, {"text": "hey"})
+        status, text, answer = http.call("GET", "/metrics")
+        assert status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        assert b'headwater_flow_runs{state="RUNNING"} 1.0' in text
+        assert Http(http.base, token=None).call("GET", "/metrics")[0] == 401
+        own = server.running.core.ops.metrics_server
+        assert own is not None  # --metrics-port: no credential asked there, as before
+        with urllib.request.urlopen(f"http://127.0.0.1:{own.port}/metrics", timeout=BOUND) as r:
+            assert b'headwater_flow_runs{state="RUNNING"} 1.0' in r.read()
+    finally:
+        server.stop()
+
+
+def test_workers_are_drained_and_resumed_over_http(
+    server: ServerThread, http: Http, worker: Worker
+) -> None:
+    name = "http-test-worker"
+    wait_for(lambda: http.get("/api/workers")["workers"], "the worker")
+    workers = http.post(f"/api/workers/{name}/drain")["workers"]
+    assert [(w["name"], w["draining"], w["exit_when_idle"]) for w in workers] == [
+        (name, True, False)
+    ]
+    with Client(server.address, token=TOKEN) as client:
+        assert [(w.name, w.draining) for w in client.list_workers()] == [(name, True)]
+        run = client.run(loud, {"text": "later"})
+        reason = f"waiting: every worker offering {__name__}.shout is drained"
+        wait_for(
+            lambda: http.get(f"/api/runs/{run.id}/tasks")["task_runs"][0]["waiting"] == reason,
+            "the drained worker's waiting reason",
+        )
+        workers = http.post(f"/api/workers/{name}/resume")["workers"]
+        assert [(w["name"], w["draining"]) for w in workers] == [(name, False)]
+        assert client.wait(run.id).state is FlowRunState.SUCCESS
+        audit = client.audit("worker", name)  # newest first
+    assert [(e.action, e.actor) for e in audit] == [
+        ("worker.resume", "server-token"),
+        ("worker.drain", "server-token"),
+    ]
+    status, body, _ = http.call("POST", "/api/workers/nobody/drain", {})
+    assert status == 404 and body["error"] == "no worker named 'nobody' is known"
+    status, body, _ = http.call("POST", f"/api/workers/{name}/drain", {"exit_when_idle": "yes"})
+    assert status == 400 and body["error"] == "exit_when_idle must be true or false, got 'yes'"
+    # A form post (curl -d) works the same as JSON.
+    form = urllib.request.Request(
+        f"{http.base}/api/workers/{name}/drain", data=b"exit_when_idle=false", method="POST"
+    )
+    form.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(form, timeout=BOUND) as answer:
+        drained = json.loads(answer.read())["workers"]
+    assert [(w["draining"], w["exit_when_idle"]) for w in drained] == [(True, False)]
+    assert http.post(f"/api/workers/{name}/resume")["workers"][0]["draining"] is False
+
+
+def test_a_task_run_waiting_on_a_limit_says_so(
+    server: ServerThread, http: Http, worker: Worker
+) -> None:
+    RELEASE.clear()
+    wait_for(lambda: http.get("/api/workers")["workers"], "the worker to connect")
+
+    def reasons() -> list[str]:
+        tasks = http.get(f"/api/runs/{run.id}/tasks")["task_runs"]
+        return [t["waiting"] for t in tasks if t["waiting"]]
+
+    with Client(server.address, token=TOKEN) as client:
+        client.set_limit("db", concurrency=1)
+        run = client.run(queries, {"n": 2})
+        try:
+            wait_for(lambda: "waiting on limit db (1/1)" in reasons(), "the limit's reason")
+            assert reasons() == ["waiting on limit db (1/1)"]  # the other one runs
+            (limit,) = client.list_limits()
+            assert (limit.running, limit.waiting) == (1, 1)
+        finally:
+            RELEASE.set()
+        assert client.wait(run.id).state is FlowRunState.SUCCESS
+
+
+def test_a_late_run_is_marked_with_why(tmp_path: Path) -> None:
+    server = ServerThread(tmp_path / "hw.db", token=TOKEN, late_after=0.2)
+    try:
+        assert server.running is not None and server.running.http is not None
+        http = Http(server.running.http.url)
+        with Client(server.address, token=TOKEN) as client:
+            run = client.run(loud, {"text": "nobody takes it"})
+        shown = wait_for(
+            lambda: (r := http.get(f"/api/runs/{run.id}")["run"])["late"] and r, "the late mark"
+        )
+        assert shown["late_reason"] == f"waiting: no connected worker offers {__name__}.shout"
+        assert shown["late_at"] >= shown["created_at"]
+        assert http.get("/api/runs")["runs"][0]["late"] is True
+    finally:
+        server.stop()

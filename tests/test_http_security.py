@@ -1,11 +1,14 @@
-"""The HTTP security pieces on a real HTTPS server (the standard library's, with the
-gRPC port's certificate from ServerTLS): every HTTP route x every role x {no
-credential, wrong, revoked, right} gets the exact status (the table is printed); the
-login page sets an HttpOnly, SameSite=Strict, Secure cookie; POSTs need the CSRF
-token; a revoked token logs the browser out; SIGHUP's reload reaches HTTPS too.
+"""The web UI's HTTP port, secured: the real server (``start_server`` with its HTTP
+port on, over TLS), its credentials stored hashed in its database, one per role and a
+revoked one per role, plus the ``--token`` admin shortcut.
 
-The web UI's own server (another issue) calls HttpGuard the same way; this test's
-handler stands in for it, serving every route in HTTP_ROUTES."""
+Every HTTP route x every role x {no credential, wrong, revoked, right} gets the exact
+status (the table is printed); the routes aiohttp serves are exactly ``HTTP_ROUTES``;
+the login page sets an HttpOnly, SameSite=Strict, Secure cookie; POSTs made with the
+cookie need the page's CSRF token and this server's Origin; a revoked token logs the
+browser out; SIGHUP's certificate reload reaches HTTPS too; a server without
+credentials stays open.
+"""
 
 from __future__ import annotations
 
@@ -14,98 +17,83 @@ import json
 import re
 import shutil
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
+from test_client import ServerThread
 from tls_certs import Certs, make_certs
 
+from headwater import Client, flow, task
 from headwater.wire import Role
 from headwater_runtime.server import (
     CSRF_HEADER,
     HTTP_ROUTES,
     SESSION_COOKIE,
-    AccessControl,
     HttpGuard,
-    Refused,
-    ServerTLS,
-    ServerTLSFiles,
     allows,
-    login_page,
+    http_route,
     new_credential,
 )
+from headwater_runtime.server._roles import Route as RoleRoute
+from headwater_runtime.server.http import ROUTES
+from headwater_runtime.server.http._access import is_page
 from headwater_runtime.store import SQLiteStore
 
 SERVER_TOKEN = "http-server-token"
 COLUMNS = ["admin", "operator", "viewer", "worker", "--token"]
 STATES = ["none", "wrong", "revoked", "right"]
+BOUND = 30.0
+
+
+@task
+def shout(text: str) -> str:
+    return text.upper()
+
+
+@flow
+def loud(text: str = "hi") -> str:
+    return shout(text)
 
 
 @dataclass
 class Site:
+    server: ServerThread
     port: int
     guard: HttpGuard
-    access: AccessControl
-    store: SQLiteStore
-    tls: ServerTLS
     tokens: dict[str, dict[str, str]]
     certs: Certs
     served: Path
+    ended_run: str  # CANCELLED
+    running_run: str  # RUNNING: no worker takes its task
+    schedule: str
+
+    def client(self) -> Client:
+        return Client(self.server.address, token=SERVER_TOKEN, tls_ca=self.certs.ca)
 
 
-def _handler(guard: HttpGuard) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:  # quiet
-            pass
-
-        def _answer(self, status: int, body: str, headers: dict[str, str] | None = None) -> None:
-            data = body.encode()
-            self.send_response(status)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
-            headers = dict(self.headers.items())
-            path = self.path.split("?", 1)[0]
-            if path == "/login" and method == "GET":
-                return self._answer(200, login_page())
-            if path == "/login" and method == "POST" and "token" in form:
-                try:
-                    _, cookie = guard.login(form["token"])
-                except Refused as exc:
-                    return self._answer(401, login_page(str(exc)))
-                return self._answer(303, "", {"Location": "/", "Set-Cookie": cookie})
-            decision = guard.check(method, path, headers, form)
-            if decision.status != 200:
-                return self._answer(decision.status, decision.reason)
-            if path == "/api/session":
-                caller = decision.caller
-                assert caller is not None
-                body = {
-                    "name": caller.name,
-                    "role": caller.role.value,
-                    "csrf": guard.csrf_token(headers),
-                }
-                return self._answer(200, json.dumps(body))
-            return self._answer(200, f"ok {decision.caller.name if decision.caller else '-'}")
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-    return Handler
+def _credentials(db: Path) -> dict[str, dict[str, str]]:
+    """One valid and one revoked credential per role, stored before the server starts."""
+    store = SQLiteStore(db)
+    tokens: dict[str, dict[str, str]] = {}
+    try:
+        for role in Role:
+            now = time.time()
+            right, token = new_credential(f"{role.value}-1", role, created_by="test", now=now)
+            revoked, old = new_credential(f"{role.value}-old", role, created_by="test", now=now)
+            store.add_credential(right)
+            store.add_credential(revoked)
+            store.revoke_credential(revoked.name, now)
+            tokens[role.value] = {"right": token, "revoked": old}
+    finally:
+        store.close()
+    tokens["--token"] = {"right": SERVER_TOKEN, "revoked": tokens["admin"]["revoked"]}
+    return tokens
 
 
 @pytest.fixture
@@ -115,69 +103,118 @@ def site(tmp_path: Path) -> Iterator[Site]:
     served.mkdir()
     shutil.copy(certs.server.cert, served / "server.crt")
     shutil.copy(certs.server.key, served / "server.key")
-    store = SQLiteStore(tmp_path / "hw.db")
-    tokens: dict[str, dict[str, str]] = {}
-    for role in Role:
-        right, token = new_credential(f"{role.value}-1", role, created_by="test", now=time.time())
-        revoked, old = new_credential(f"{role.value}-old", role, created_by="test", now=time.time())
-        store.add_credential(right)
-        store.add_credential(revoked)
-        store.revoke_credential(revoked.name, time.time())
-        tokens[role.value] = {"right": token, "revoked": old}
-    tokens["--token"] = {"right": SERVER_TOKEN, "revoked": tokens["admin"]["revoked"]}
-    access = AccessControl(store, admin_token=SERVER_TOKEN)
-    access.load()
-    tls = ServerTLS(ServerTLSFiles(str(served / "server.crt"), str(served / "server.key")))
-    guard = HttpGuard(access, secure=True)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(guard))
-    server.socket = tls.ssl_context().wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    db = tmp_path / "hw.db"
+    tokens = _credentials(db)
+    server = ServerThread(
+        db,
+        token=SERVER_TOKEN,
+        tls_cert=str(served / "server.crt"),
+        tls_key=str(served / "server.key"),
+    )
     try:
-        yield Site(server.server_address[1], guard, access, store, tls, tokens, certs, served)
+        running = server.running
+        assert running is not None and running.http is not None
+        assert running.http.url.startswith("https://")
+        with Client(server.address, token=SERVER_TOKEN, tls_ca=certs.ca) as client:
+            ended = client.run(loud, {"text": "a"}).id
+            client.cancel(ended, "ended for the test")
+            running_run = client.run(loud, {"text": "b"}).id
+            schedule = client.create_schedule(loud, every=3600).id
+        guard = running.http.api.guard
+        yield Site(
+            server,
+            running.http.port,
+            guard,
+            tokens,
+            certs,
+            served,
+            ended,
+            running_run,
+            schedule,
+        )
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-        store.close()
+        server.stop()
 
 
 def request(
-    site: Site,
+    port: int,
     method: str,
     path: str,
     *,
+    ca: str | None,
     cookie: str | None = None,
     headers: dict[str, str] | None = None,
-    body: str = "",
-    ca: str | None = None,
+    form: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], str]:
-    context = ssl.create_default_context(cafile=ca or site.certs.ca)
-    conn = http.client.HTTPSConnection("127.0.0.1", site.port, context=context, timeout=30)
+    """One request on a new connection (HTTPS when ``ca``): status, headers, body."""
+    if ca is None:
+        conn: http.client.HTTPConnection = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=BOUND
+        )
+    else:
+        context = ssl.create_default_context(cafile=ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=BOUND)
     sent = dict(headers or {})
     if cookie is not None:
         sent["Cookie"] = f"{SESSION_COOKIE}={cookie}"
-    if body:
+    body = b""
+    if form is not None:
         sent["Content-Type"] = "application/x-www-form-urlencoded"
+        body = urlencode(form).encode()
     try:
-        conn.request(method, path, body=body.encode(), headers=sent)
+        conn.request(method, path, body=body, headers=sent)
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read().decode()
+        status, answer = response.status, dict(response.getheaders())
+        if answer.get("Content-Type", "").startswith("text/event-stream"):
+            return status, answer, ""  # a live stream: its status is the answer
+        return status, answer, response.read().decode()
     finally:
         conn.close()
 
 
-def concrete(pattern: str) -> str:
-    return re.sub(r"\{[a-z_]+\}", "r1", pattern).replace("*", "x")
+def call(site: Site, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, str], str]:
+    return request(site.port, method, path, ca=kwargs.pop("ca", site.certs.ca), **kwargs)
 
 
-def expected(roles: tuple[Role, ...], column: str, state: str) -> int:
-    if not roles:
-        return 200
+def csrf_for(site: Site, cookie: str | None) -> str:
+    """The CSRF token the server puts in the page of this session."""
+    return site.guard.csrf_token({"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {})
+
+
+def concrete(site: Site, route: RoleRoute) -> str:
+    """A path of the route naming real objects (the run ids, the schedule)."""
+    run = site.running_run if route.pattern.endswith("/retry") else site.ended_run
+    values = {
+        "run_id": run,
+        "key": "shout",
+        "name": "loud" if "/flows/" in route.pattern else "nobody",
+        "schedule_id": site.schedule,
+    }
+    path = re.sub(r"\{([a-z_]+)\}", lambda m: values[m.group(1)], route.pattern)
+    return path.replace("*", "app.js")
+
+
+#: The status of each route once the guard let the call through (a route's own answer:
+#: a page, a redirect, or a known refusal that tells which check answered).
+PASSED = {
+    ("POST", "/login"): 303,  # the form carries the server token: logged in, to /
+    ("POST", "/logout"): 303,  # to /login
+    ("POST", "/api/runs/{run_id}/retry"): 409,  # the run is still running
+    ("POST", "/api/workers/{name}/drain"): 404,  # no worker named 'nobody'
+    ("POST", "/api/workers/{name}/resume"): 404,
+}
+
+
+def expected(route: RoleRoute, column: str, state: str) -> int:
+    passed = PASSED.get((route.method, route.pattern), 200)
+    if not route.roles:
+        return passed
     if state != "right":
-        return 401
+        return (
+            303 if is_page(route.method, route.pattern) else 401
+        )  # a page sends the browser to /login
     role = Role.ADMIN if column == "--token" else Role(column)
-    return 200 if allows(role, roles) else 403
+    return passed if allows(role, route.roles) else 403
 
 
 def test_every_http_route_and_role_gets_the_exact_status(
@@ -185,21 +222,27 @@ def test_every_http_route_and_role_gets_the_exact_status(
 ) -> None:
     found: dict[tuple[str, str, str], int] = {}
     for route in HTTP_ROUTES:
-        path = concrete(route.pattern)
+        path = concrete(site, route)
         for column in COLUMNS:
             for state in STATES:
                 cookie = {"none": None, "wrong": "hwt_wrong"}.get(
                     state, site.tokens[column].get(state)
                 )
-                headers = {}
+                headers, form = {}, None
                 if route.method == "POST":  # the page's CSRF token for this session
-                    jar = {"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {}
-                    headers[CSRF_HEADER] = site.guard.csrf_token(jar)
-                status, _, _ = request(site, route.method, path, cookie=cookie, headers=headers)
+                    headers[CSRF_HEADER] = csrf_for(site, cookie)
+                if (route.method, route.pattern) == ("POST", "/login"):
+                    form = {"token": SERVER_TOKEN, "next": "/"}
+                status, answer, body = call(
+                    site, route.method, path, cookie=cookie, headers=headers, form=form
+                )
                 found[f"{route.method} {route.pattern}", column, state] = status
+                if status == 303 and route.roles:
+                    assert answer["Location"] == f"/login?next={quote(path, safe='/')}"
     lines = [
-        "HTTP security matrix: the status for no credential / a wrong one / a revoked one / "
-        "the right one (session cookie; POSTs carry the page's CSRF token)",
+        "HTTP security matrix of the real web UI server: the status for no credential / a "
+        "wrong one / a revoked one / the right one (session cookie; POSTs carry the page's "
+        "CSRF token; 303 on a page: to /login)",
         f"{'route (roles that may call it)':60}" + "".join(f"{c:22}" for c in COLUMNS),
     ]
     for route in HTTP_ROUTES:
@@ -216,65 +259,195 @@ def test_every_http_route_and_role_gets_the_exact_status(
         for route in HTTP_ROUTES
         for c in COLUMNS
         for s in STATES
-        if (status := found[f"{route.method} {route.pattern}", c, s]) != expected(route.roles, c, s)
+        if (status := found[f"{route.method} {route.pattern}", c, s]) != expected(route, c, s)
     ]
     assert not wrong, "\n".join(wrong)
     # A route missing from the table is refused, whoever asks.
-    assert request(site, "DELETE", "/api/runs/r1", cookie=site.tokens["admin"]["right"])[0] == 501
-    assert request(site, "POST", "/api/unknown", cookie=site.tokens["admin"]["right"])[0] == 404
+    admin = site.tokens["admin"]["right"]
+    status, _, body = call(site, "DELETE", f"/api/runs/{site.ended_run}", cookie=admin)
+    assert status == 404 and json.loads(body)["error"].startswith("no route DELETE /api/runs/")
+    assert call(site, "POST", "/api/unknown", cookie=admin)[0] == 404
 
 
-def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(site: Site) -> None:
-    status, _, page = request(site, "GET", "/login")
+def _pattern(canonical: str) -> str:
+    """An aiohttp route's path as HTTP_ROUTES writes it ({tail} is the trailing *)."""
+    return canonical[: -len("{tail}")] + "*" if canonical.endswith("{tail}") else canonical
+
+
+def test_the_served_routes_are_exactly_http_routes(site: Site) -> None:
+    running = site.server.running
+    assert running is not None and running.http is not None
+    app = running.http.runner.app
+    served = {(r.method, _pattern(r.resource.canonical)) for r in app.router.routes() if r.resource}
+    listed = {(r.method, r.pattern) for r in HTTP_ROUTES}
+    assert served == listed
+    assert len(HTTP_ROUTES) == len(listed) == len(ROUTES)
+
+    async def resolve(method: str, path: str) -> Any:
+        return await app.router.resolve(make_mocked_request(method, path, app=app))
+
+    for route in HTTP_ROUTES:  # each listed route: aiohttp serves it, the guard finds it
+        path = concrete(site, route)
+        assert http_route(route.method, path) == route, f"{route} is shadowed"
+        match = site.server.call(resolve(route.method, path))
+        assert match.http_exception is None, f"{route.method} {path} is not served"
+        assert _pattern(match.route.resource.canonical) == route.pattern
+
+
+def login(site: Site, token: str, next_path: str = "/") -> tuple[int, dict[str, str], str]:
+    return call(site, "POST", "/login", form={"token": token, "next": next_path})
+
+
+def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(
+    site: Site,
+) -> None:
+    status, answer, _ = call(site, "GET", f"/runs/{site.ended_run}")
+    assert status == 303 and answer["Location"] == f"/login?next=/runs/{site.ended_run}"
+    status, _, page = call(site, "GET", f"/login?next=/runs/{site.ended_run}")
     assert status == 200 and 'name="token" type="password"' in page and "<script" not in page
-    status, _, page = request(site, "POST", "/login", body="token=hwt_nope")
+    assert f'name="next" value="/runs/{site.ended_run}"' in page
+    status, _, page = login(site, "hwt_nope")
     assert status == 401 and "invalid token" in page
+    status, _, page = login(site, "")
+    assert status == 401 and "enter a token" in page
     viewer = site.tokens["viewer"]["right"]
-    status, headers, _ = request(site, "POST", "/login", body=f"token={viewer}")
-    assert status == 303
-    cookie = headers["Set-Cookie"]
+    status, answer, _ = login(site, viewer, f"/runs/{site.ended_run}")
+    assert status == 303 and answer["Location"] == f"/runs/{site.ended_run}"
+    cookie = answer["Set-Cookie"]
     assert cookie.startswith(f"{SESSION_COOKIE}={viewer};")
     for attribute in ("HttpOnly", "SameSite=Strict", "Secure", "Path=/"):
         assert attribute in cookie
-    status, _, body = request(site, "GET", "/api/session", cookie=viewer)
-    assert status == 200 and json.loads(body)["role"] == "viewer"
-    site.store.revoke_credential("viewer-1", time.time())
-    site.access.load()  # what the server's poller does within a second
-    status, _, body = request(site, "GET", "/api/runs", cookie=viewer)
-    assert status == 401 and "the token of credential 'viewer-1' was revoked" in body
-    assert "Max-Age=0" in site.guard.logout_cookie()
-
-
-def test_posts_need_the_csrf_token_and_this_origin(site: Site) -> None:
-    operator = site.tokens["operator"]["right"]
-    _, _, body = request(site, "GET", "/api/session", cookie=operator)
-    csrf = json.loads(body)["csrf"]
-    cancel = "/api/runs/r1/cancel"
-    status, _, body = request(site, "POST", cancel, cookie=operator)
-    assert status == 403 and "CSRF check failed: a POST needs the page's CSRF token" in body
-    status, _, body = request(
-        site, "POST", cancel, cookie=operator, headers={CSRF_HEADER: "f" * 64}
+    # Never on to another site after logging in.
+    for elsewhere in (
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/login",
+    ):
+        assert login(site, viewer, elsewhere)[1]["Location"] == "/"
+    # The page carries the session's CSRF token, name and role; the API says the same.
+    status, _, page = call(site, "GET", "/runs", cookie=viewer)
+    csrf = csrf_for(site, viewer)
+    assert status == 200 and f'data-csrf="{csrf}"' in page and 'data-role="viewer"' in page
+    status, _, body = call(site, "GET", "/api/session", cookie=viewer)
+    session = json.loads(body)
+    assert (session["name"], session["role"], session["csrf_token"]) == ("viewer-1", "viewer", csrf)
+    # A viewer reads, and may not change anything.
+    assert call(site, "GET", f"/api/runs/{site.ended_run}", cookie=viewer)[0] == 200
+    status, _, body = call(
+        site, "POST", f"/api/runs/{site.running_run}/cancel", cookie=viewer,
+        headers={CSRF_HEADER: csrf},
+    )  # fmt: skip
+    assert status == 403 and "(role viewer) may not POST" in json.loads(body)["error"]
+    # A live page's event stream, open when the credential is revoked, is ended.
+    context = ssl.create_default_context(cafile=site.certs.ca)
+    live = http.client.HTTPSConnection("127.0.0.1", site.port, context=context, timeout=BOUND)
+    try:
+        live.request(
+            "GET",
+            f"/api/runs/{site.running_run}/events",
+            headers={"Cookie": f"{SESSION_COOKIE}={viewer}"},
+        )
+        stream = live.getresponse()
+        assert stream.status == 200 and stream.readline() == b"event: run\n"
+        # Revoked through the gRPC API (as `headwater tokens revoke` does): logged out
+        # at once.
+        with site.client() as client:
+            client.revoke_token("viewer-1")
+        # The run never ends (no worker): only the revocation ends its stream (without
+        # it, a comment line every 15 s keeps it open past the deadline).
+        deadline = time.monotonic() + BOUND
+        while line := stream.readline():
+            assert line != b"event: end\n"
+            assert time.monotonic() < deadline, "the revoked credential's stream is open"
+    finally:
+        live.close()
+    status, answer, body = call(site, "GET", "/api/runs", cookie=viewer)
+    assert status == 401 and json.loads(body)["error"] == (
+        "the token of credential 'viewer-1' was revoked"
     )
+    assert answer["Set-Cookie"].startswith(f'{SESSION_COOKIE}="";')  # the cookie is cleared
+    assert "Max-Age=0" in answer["Set-Cookie"]
+    status, answer, _ = call(site, "GET", "/runs", cookie=viewer)
+    assert status == 303 and answer["Location"] == "/login?next=/runs"
+    # Logging out clears the cookie too.
+    operator = site.tokens["operator"]["right"]
+    status, answer, _ = call(
+        site, "POST", "/logout", cookie=operator, form={"csrf_token": csrf_for(site, operator)}
+    )
+    assert status == 303 and answer["Location"] == "/login"
+    assert "Max-Age=0" in answer["Set-Cookie"]
+
+
+def test_posts_with_the_cookie_need_the_csrf_token_and_this_origin(site: Site) -> None:
+    operator = site.tokens["operator"]["right"]
+    _, _, body = call(site, "GET", "/api/session", cookie=operator)
+    csrf = json.loads(body)["csrf_token"]
+    pause = f"/api/schedules/{site.schedule}/pause"
+    status, _, body = call(site, "POST", pause, cookie=operator)
+    assert status == 403 and "CSRF check failed: a POST needs the page's CSRF token" in body
+    status, _, body = call(site, "POST", pause, cookie=operator, headers={CSRF_HEADER: "f" * 64})
     assert status == 403 and "CSRF" in body
     evil = {CSRF_HEADER: csrf, "Origin": "https://evil.example"}
-    status, _, body = request(site, "POST", cancel, cookie=operator, headers=evil)
+    status, _, body = call(site, "POST", pause, cookie=operator, headers=evil)
     assert status == 403 and "comes from https://evil.example" in body
-    here = {CSRF_HEADER: csrf, "Origin": f"https://127.0.0.1:{site.port}"}
-    assert request(site, "POST", cancel, cookie=operator, headers=here)[0] == 200
-    assert request(site, "POST", cancel, body=f"csrf_token={csrf}", cookie=operator)[0] == 200
     # Another session's token does not fit this one.
-    other = site.tokens["admin"]["right"]
-    assert request(site, "POST", cancel, cookie=other, headers={CSRF_HEADER: csrf})[0] == 403
+    admin = site.tokens["admin"]["right"]
+    assert call(site, "POST", pause, cookie=admin, headers={CSRF_HEADER: csrf})[0] == 403
+    with site.client() as client:
+        assert not client.list_schedules()[0].paused  # nothing refused got through
+    here = {CSRF_HEADER: csrf, "Origin": f"https://127.0.0.1:{site.port}"}
+    status, _, body = call(site, "POST", pause, cookie=operator, headers=here)
+    assert status == 200 and json.loads(body)["schedule"]["paused"] is True
+    resume = f"/api/schedules/{site.schedule}/resume"
+    assert call(site, "POST", resume, cookie=operator, form={"csrf_token": csrf})[0] == 200
     # Scripts send the token in a header, which browsers never add on their own: no CSRF.
     bearer = {"Authorization": f"Bearer {operator}"}
-    assert request(site, "POST", cancel, headers=bearer)[0] == 200
+    assert call(site, "POST", pause, headers=bearer)[0] == 200
+    with site.client() as client:
+        audit = client.audit("schedule", site.schedule)  # newest first
+    assert [(e.action, e.actor) for e in audit[:3]] == [
+        ("schedule.pause", "operator-1"),
+        ("schedule.resume", "operator-1"),
+        ("schedule.pause", "operator-1"),
+    ]
 
 
-def test_https_serves_the_grpc_certificate_and_reloads_it_with_it(site: Site) -> None:
-    assert request(site, "GET", "/healthz")[0] == 200
+def test_https_serves_the_grpc_certificate_and_sighup_reloads_it(site: Site) -> None:
+    assert call(site, "GET", "/healthz")[0] == 200
+    with pytest.raises((http.client.HTTPException, ConnectionError)):  # no plaintext
+        call(site, "GET", "/healthz", ca=None)
     shutil.copy(site.certs.other_server.cert, site.served / "server.crt")
     shutil.copy(site.certs.other_server.key, site.served / "server.key")
-    site.tls.reload()  # what SIGHUP does
-    assert request(site, "GET", "/healthz", ca=site.certs.other_ca)[0] == 200
+    running = site.server.running
+    assert running is not None
+    running.reload_tls()  # what SIGHUP does
+    assert call(site, "GET", "/healthz", ca=site.certs.other_ca)[0] == 200
     with pytest.raises(ssl.SSLCertVerificationError):
-        request(site, "GET", "/healthz")
+        call(site, "GET", "/healthz")
+    with Client(site.server.address, token=SERVER_TOKEN, tls_ca=site.certs.other_ca) as client:
+        assert client.get(site.ended_run).id == site.ended_run  # gRPC reloaded with it
+
+
+def test_a_server_without_credentials_stays_open_but_checks_csrf(tmp_path: Path) -> None:
+    server = ServerThread(tmp_path / "hw.db", token=None)
+    try:
+        running = server.running
+        assert running is not None and running.http is not None
+        port = running.http.port
+        with Client(server.address) as client:
+            run = client.run(loud, {"text": "open"}).id
+        status, _, page = request(port, "GET", f"/runs/{run}", ca=None)
+        assert status == 200 and 'data-auth="false"' in page and 'data-role="admin"' in page
+        csrf = re.search(r'data-csrf="([0-9a-f]+)"', page)
+        assert csrf is not None
+        status, answer, _ = request(port, "GET", "/login?next=/workers", ca=None)
+        assert status == 303 and answer["Location"] == "/workers"  # nothing to log in to
+        cancel = f"/api/runs/{run}/cancel"
+        status, _, body = request(port, "POST", cancel, ca=None)
+        assert status == 403 and "CSRF check failed" in body
+        status, _, body = request(port, "POST", cancel, ca=None, headers={CSRF_HEADER: csrf[1]})
+        assert status == 200 and json.loads(body)["run"]["state"] == "CANCELLED"
+    finally:
+        server.stop()

@@ -1,14 +1,17 @@
 """Security end to end with real subprocesses: a server with mutual TLS, a Python and a
 Node.js worker that authenticate with a client certificate mapped to the worker role,
 large values moving through the payload service under worker least privilege, the
-certificate renewed with SIGHUP while the workers stay connected, and named tokens
+certificate renewed with SIGHUP while the workers stay connected (the web UI's HTTPS
+port, mutual TLS too, takes the new certificate with it), and named tokens
 created, used and revoked with ``headwater tokens`` (offline and online)."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -87,6 +90,22 @@ def create_token(db: str | Path, role: str, name: str, env: dict[str, str], *ext
     return done.stdout.strip()
 
 
+def https_status(port: int, path: str, ca: str, client: Any, token: str | None = None) -> int:
+    """GET ``path`` on the web UI's HTTPS port (with a client certificate when given)."""
+    context = ssl.create_default_context(cafile=ca)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=BOUND)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
 def test_mutual_tls_workers_large_values_and_a_certificate_renewed_on_sighup(
     tmp_path: Path, env: dict[str, str], cluster: Cluster
 ) -> None:
@@ -108,6 +127,14 @@ def test_mutual_tls_workers_large_values_and_a_certificate_renewed_on_sighup(
         "--tls-client-ca", certs.client_ca,
     )  # fmt: skip
     address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+    ui = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    assert ui.startswith("https://127.0.0.1:")  # the same certificate serves the web UI
+    ui_port = int(ui.rstrip("/").rsplit(":", 1)[1])
+    assert https_status(ui_port, "/healthz", certs.ca, certs.viewer_client) == 200
+    with pytest.raises((ssl.SSLError, OSError)):  # mutual TLS on the HTTP port too
+        https_status(ui_port, "/healthz", certs.ca, None)
+    assert https_status(ui_port, "/api/runs", certs.ca, certs.viewer_client, admin) == 200
+    assert https_status(ui_port, "/api/runs", certs.ca, certs.viewer_client) == 401
     tls_flags = [
         "--tls-ca",
         certs.ca,
@@ -163,6 +190,10 @@ def test_mutual_tls_workers_large_values_and_a_certificate_renewed_on_sighup(
             return False
 
     poll(renewed, "new connections to see the renewed certificate")
+    # The web UI's HTTPS port took the new certificate with the same SIGHUP.
+    assert https_status(ui_port, "/healthz", certs.other_ca, certs.viewer_client) == 200
+    with pytest.raises(ssl.SSLCertVerificationError):
+        https_status(ui_port, "/healthz", certs.ca, certs.viewer_client)
     with client(certs.ca) as stale, pytest.raises(ServerError, match="certificate verify failed"):
         stale.server_info()
     # The workers kept their streams (they trust only the old CA: a reconnect would fail)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -97,9 +97,9 @@ class RunningServer:
         return lease.address if lease is not None else f"127.0.0.1:{self.port}"
 
     def reload_tls(self) -> None:
-        """Re-read the certificate files (SIGHUP): new connections use them, open ones
-        (workers' streams) stay. A file that cannot be used is logged, and the old
-        certificate stays in use."""
+        """Re-read the certificate files (SIGHUP): new connections (gRPC and the web UI's
+        HTTPS) use them, open ones (workers' streams) stay. A file that cannot be used
+        is logged, and the old certificate stays in use."""
         if self.tls is None:
             log.warning("SIGHUP: this server has no TLS certificate to reload")
             return
@@ -133,7 +133,8 @@ class RunningServer:
         await self.core.start()
         self._core_started = True
         if self.settings.http:
-            self.http = await _start_http(self.core, self.settings)
+            self.http = await _start_http(self.core, self.settings, self.access, self.tls)
+            self.access.on_change = _revoked_everywhere(self.core, self.http)
         self.leadership.leading = True
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -253,17 +254,31 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     return running
 
 
-async def _start_http(core: ServerCore, settings: ServerSettings) -> HttpServer:
-    """The web UI on its port; when the default port (gRPC + 1) is taken, on a free one
-    instead (the line the server prints says where). A port asked for must be free."""
+def _revoked_everywhere(core: ServerCore, http: HttpServer) -> Callable[[frozenset[str]], None]:
+    """What a credential change ends: the worker streams and the web UI's event streams
+    of credentials no longer valid."""
+
+    def changed(valid: frozenset[str]) -> None:
+        core.drop_revoked(valid)
+        http.api.drop_revoked(valid)
+
+    return changed
+
+
+async def _start_http(
+    core: ServerCore, settings: ServerSettings, access: AccessControl, tls: ServerTLS | None
+) -> HttpServer:
+    """The web UI on its port, with the gRPC port's credentials and certificate (HTTPS
+    when it has one); when the default port (gRPC + 1) is taken, on a free one instead
+    (the line the server prints says where). A port asked for must be free."""
     port = settings.http_bind_port
     try:
-        return await start_http(core, settings.host, port, settings.token)
+        return await start_http(core, settings.host, port, access, tls)
     except OSError as exc:
         if settings.http_port is not None or port == 0:
             raise
         log.warning("%s; serving the web UI on a free port instead", exc)
-        return await start_http(core, settings.host, 0, settings.token)
+        return await start_http(core, settings.host, 0, access, tls)
 
 
 def settings_from_env(

@@ -21,11 +21,12 @@ Each server has its own registry (several servers may share a process in tests):
 
 Counters and histograms are updated on the event loop as things happen; gauges of
 in-memory state are set by the server's timer loop (at least twice a second), and the
-flow run counts are read from the store by the scrape itself, on the HTTP thread.
+flow run counts are read from the store by the scrape itself (on the metrics port's
+thread, or a store reader thread for the web UI's).
 
-``/metrics`` is served on ``metrics_port`` by a small HTTP server of its own
-(``MetricsServer``), until the web UI's HTTP server serves it (``render`` is all a
-route needs).
+``/metrics`` is served by the web UI's HTTP server (to a viewer's credential, HTTPS
+with TLS: server/http/_pages.py), and on ``metrics_port`` by a small HTTP server of its
+own without credentials (``MetricsServer``), for scrapers that cannot send a token.
 """
 
 from __future__ import annotations

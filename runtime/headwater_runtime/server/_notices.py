@@ -153,6 +153,10 @@ class Notices:
             del self.workers[worker_id]
         self._workers_changed(session.worker_id)
 
+    def drain_changed(self, name: str) -> None:
+        """The workers of ``name`` were drained or resumed."""
+        self._workers_changed(name)
+
     def _workers_changed(self, worker_id: str) -> None:
         for queue in self._workers:
             queue.put_nowait({worker_id})

@@ -223,6 +223,8 @@ class Operations:
             reasons = [dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)]
             reason = late_reason(reasons)
         self.core.runs.ops.late.append(LateRow(flow_run_id, now, reason))
+        # Once stored, live views (WatchFlowRun, the web UI) re-read the run: it is late.
+        self.core.commits.pending.changed.add(flow_run_id)
         attempt = active.engine.run_attempt if active is not None else 1
         if self.webhooks.enqueue(self.core.runs.ops, row, attempt, late_reason=reason):
             self.core.commits.pending.effects.append(self.deliverer.wake)
@@ -267,8 +269,9 @@ class Operations:
     # --------------------------------------------------------------------- API
 
     async def retry(self, flow_run_id: str, reason: str) -> None:
-        """Retry an ended run from its failure; durable when this returns (RetryRefused,
-        NotFound, StoreUnavailable)."""
+        """Retry an ended run from its failure; durable, and audited as the current
+        caller's ``retry``, when this returns (RetryRefused, NotFound,
+        StoreUnavailable). OperationsService/RetryFlowRun and the web UI both call it."""
         core = self.core
         if flow_run_id in core.runs.runs:
             raise RetryRefused(f"flow run {flow_run_id} is running; it can be retried once it ends")
@@ -278,6 +281,7 @@ class Operations:
         core.runs.retry(active, reason)
         core.touch()
         await core.durable()
+        await core.audit("retry", "flow_run", flow_run_id, reason)
 
     def _rebuild(self, flow_run_id: str) -> ActiveRun:
         runs = self.core.runs
@@ -328,21 +332,27 @@ class Operations:
         return [self.limit_message(self.limits.limits[t]) for t in sorted(self.limits.limits)]
 
     async def drain(self, name: str, exit_when_idle: bool) -> list[operations_pb2.WorkerInfo]:
-        """Drain the workers of a name (UnknownWorker), durably."""
+        """Drain the workers of a name (UnknownWorker), durably; audited as
+        ``worker.drain``."""
         try:
             row = self.workers.drain(name, exit_when_idle)
         except KeyError:
             raise UnknownWorker(f"no worker named {name!r} is known") from None
         await self.core.io.write(self.core.store.put_drain, row)
+        self.core.notices.drain_changed(name)
+        await self.core.audit("worker.drain", "worker", name, "exit when idle" * exit_when_idle)
         return self.workers.infos([name])
 
     async def resume(self, name: str) -> list[operations_pb2.WorkerInfo]:
-        """Lift the drain of a name (UnknownWorker), durably."""
+        """Lift the drain of a name (UnknownWorker), durably; audited as
+        ``worker.resume``."""
         try:
             self.workers.resume(name)
         except KeyError:
             raise UnknownWorker(f"no worker named {name!r} is known") from None
         await self.core.io.write(self.core.store.delete_drain, name)
+        self.core.notices.drain_changed(name)
+        await self.core.audit("worker.resume", "worker", name)
         return self.workers.infos([name])
 
     def waiting(self, flow_run_id: str) -> dict[str, str]:

@@ -95,27 +95,49 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-#: HTTP routes of the web UI and its JSON API, first match wins. Every state-changing
-#: route is a POST (CSRF-checked: server/_http_security.py); anything not listed is
-#: refused (404), so a new route must be added here with its role.
+#: Every HTTP route the web UI's server serves (server/http/_routes.py gives each its
+#: handler), with the roles of which the caller needs one; first match wins. Every
+#: state-changing route is a POST (CSRF-checked: server/_http_security.py); anything not
+#: listed is refused (404). ``tests/test_http_security.py`` checks that this table and
+#: the routes the aiohttp application registers are the same.
 HTTP_ROUTES: tuple[Route, ...] = (
+    # Logging in and out, the load balancer's check, the UI's scripts and styles.
     Route("GET", "/login", OPEN),
     Route("POST", "/login", OPEN),
     Route("POST", "/logout", OPEN),
     Route("GET", "/healthz", OPEN),
     Route("GET", "/static/*", OPEN),
+    # Prometheus scrapes (also on --metrics-port, without credentials).
     Route("GET", "/metrics", (VIEWER,)),
+    # The UI's pages (one page; the browser routes /runs/ID and friends itself).
+    Route("GET", "/", (VIEWER,)),
+    Route("GET", "/runs", (VIEWER,)),
+    Route("GET", "/runs/{run_id}", (VIEWER,)),
+    Route("GET", "/flows", (VIEWER,)),
+    Route("GET", "/flows/{name}", (VIEWER,)),
+    Route("GET", "/schedules", (VIEWER,)),
+    Route("GET", "/workers", (VIEWER,)),
+    # The JSON API.
+    Route("GET", "/api/session", (VIEWER,)),
+    Route("GET", "/api/runs", (VIEWER,)),
+    Route("GET", "/api/runs/events", (VIEWER,)),
+    Route("GET", "/api/runs/{run_id}", (VIEWER,)),
+    Route("GET", "/api/runs/{run_id}/events", (VIEWER,)),
+    Route("GET", "/api/runs/{run_id}/tasks", (VIEWER,)),
+    Route("GET", "/api/runs/{run_id}/tasks/{key}", (VIEWER,)),
+    Route("GET", "/api/runs/{run_id}/timeline", (VIEWER,)),
+    Route("GET", "/api/runs/{run_id}/logs", (VIEWER,)),
     Route("POST", "/api/runs/{run_id}/cancel", (OPERATOR,)),
     Route("POST", "/api/runs/{run_id}/retry", (OPERATOR,)),
-    Route("POST", "/api/runs", (OPERATOR,)),
+    Route("GET", "/api/flows", (VIEWER,)),
+    Route("GET", "/api/flows/{name}", (VIEWER,)),
+    Route("GET", "/api/schedules", (VIEWER,)),
     Route("POST", "/api/schedules/{schedule_id}/pause", (OPERATOR,)),
     Route("POST", "/api/schedules/{schedule_id}/resume", (OPERATOR,)),
-    Route("POST", "/api/limits/*", (OPERATOR,)),
-    Route("GET", "/api/credentials", (ADMIN,)),
-    Route("POST", "/api/credentials", (ADMIN,)),
-    Route("POST", "/api/credentials/{name}/revoke", (ADMIN,)),
-    Route("GET", "/api/*", (VIEWER,)),
-    Route("GET", "/*", (VIEWER,)),
+    Route("GET", "/api/workers", (VIEWER,)),
+    Route("GET", "/api/workers/events", (VIEWER,)),
+    Route("POST", "/api/workers/{name}/drain", (OPERATOR,)),
+    Route("POST", "/api/workers/{name}/resume", (OPERATOR,)),
 )
 
 

@@ -81,6 +81,15 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, int, int, int, int]]:
         pos = end
 
 
+def _repeated(field: Any) -> bool:
+    """Whether a field is repeated: ``is_repeated`` where protobuf has it (5.x and
+    newer), ``label`` on the oldest supported protobuf (4.25), which lacks it."""
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return bool(field.label == field.LABEL_REPEATED)
+
+
 def slices(descriptor: Any, data: bytes, size: int = SLICE) -> Iterator[bytes]:
     """``data`` (an encoded message of type ``descriptor``) as encodings of about
     ``size`` bytes whose merge is the message."""
@@ -93,7 +102,7 @@ def slices(descriptor: Any, data: bytes, size: int = SLICE) -> Iterator[bytes]:
             and end - value > size
             and field is not None
             and field.type == field.TYPE_MESSAGE
-            and not field.is_repeated
+            and not _repeated(field)
         ):
             if pending:
                 yield b"".join(pending)

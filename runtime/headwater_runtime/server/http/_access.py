@@ -1,82 +1,106 @@
-"""Who may call a route: the server's token, a session cookie, and a CSRF guard.
+"""Who may call a route, for aiohttp: ``HttpGuard`` (server/_http_security.py) decides
+every request against ``HTTP_ROUTES`` with the server's ``AccessControl`` (the same
+credentials as the gRPC port); this module turns its decisions into answers.
 
-With no token configured (``headwater server`` without ``--token``, listening on
-loopback by default) every route is open. With a token, every non-public route needs
-``Authorization: Bearer TOKEN`` (scripts) or the session cookie that ``POST
-/api/login`` sets (the browser): HttpOnly, so page scripts cannot read it, and
-SameSite=Strict, so other sites' pages cannot send it. Every POST, logged in or not,
-also needs the header ``X-Headwater-Request: 1``: a cross-site form cannot set it and
-a cross-site script cannot send it without a CORS preflight the server never grants
-(the CSRF guard). Roles per route are recorded in ``_routes.ROUTES``; one token grants
-every role until named credentials exist.
+- Allowed: the handler runs with ``CALLER`` set to the credential, so the audit log
+  names who cancelled or retried a run from the browser, as it does for gRPC.
+- 401 (no valid credential): a page is redirected to ``/login?next=PAGE``; anything
+  else gets ``{"error": ...}`` JSON. A session cookie that no longer works (its token
+  was revoked) is cleared in the same answer.
+- 403 (the role does not allow it, or the CSRF check failed) and 404 (no such route):
+  JSON, or a short HTML page for a page.
+
+A server with no ``--token`` and no stored credentials is open, as before roles: the
+guard lets every request through as the anonymous admin (POSTs still need the page's
+CSRF token).
 """
 
 from __future__ import annotations
 
-import hmac
+import contextlib
+import html
+from collections.abc import Iterator
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from ._routes import PUBLIC, Route
+from .._access import CALLER, Caller
+from .._http_security import HttpDecision, HttpGuard, session_token
 
-#: The session cookie's name.
-COOKIE = "headwater_session"
-#: The header every POST must carry (CSRF guard).
-CSRF_HEADER = "X-Headwater-Request"
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+#: Body types whose fields may carry the CSRF token (``csrf_token``).
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
-class Access:
-    """Decides whether a request may reach its route.
+def is_page(method: str, path: str) -> bool:
+    """Whether a request is for one of the UI's HTML pages (not the API, assets,
+    metrics or the health check): those get redirects and HTML, not JSON."""
+    if method != "GET" or path in ("/metrics", "/healthz", "/login"):
+        return False
+    return not path.startswith(("/api/", "/static/"))
 
-    Args:
-        token: the server's token (None: everything is open).
-    """
 
-    def __init__(self, token: str | None) -> None:
-        self.token = token
+def local_path(target: str | None) -> str:
+    """``target`` when it is a path on this server (where to go after logging in),
+    else ``/``: never another site (an open redirect), nor the login page itself."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if any(c <= " " or c == "\x7f" for c in target):  # browsers drop tabs: "/\t/evil.example"
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or parts.path in ("/login", "/logout"):
+        return "/"
+    return target
 
-    @property
-    def required(self) -> bool:
-        """Whether callers must present the token."""
-        return bool(self.token)
 
-    def _matches(self, presented: str | None) -> bool:
-        if not presented or not self.token:
-            return False
-        return hmac.compare_digest(presented.encode(), self.token.encode())
+async def form_of(request: web.Request) -> dict[str, str]:
+    """A POST's form fields (empty for other bodies, e.g. JSON); aiohttp keeps them for
+    the handler."""
+    if request.method != "POST" or request.content_type not in FORM_TYPES:
+        return {}
+    try:
+        posted = await request.post()
+    except ValueError:  # a malformed body: no fields (the CSRF check then refuses it)
+        return {}
+    return {k: v for k, v in posted.items() if isinstance(v, str)}
 
-    def authenticated(self, request: web.Request) -> bool:
-        """Whether the request carries the token (header or session cookie)."""
-        if not self.token:
-            return True
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and self._matches(header[len("Bearer ") :]):
-            return True
-        return self._matches(request.cookies.get(COOKIE))
 
-    def refusal(self, request: web.Request, route: Route) -> web.Response | None:
-        """The answer refusing the request, or None when it may go on."""
-        if request.method == "POST" and request.headers.get(CSRF_HEADER) != "1":
-            return _error(403, f"POST requests need the header '{CSRF_HEADER}: 1'")
-        if route.role == PUBLIC or self.authenticated(request):
-            return None
-        return _error(401, "this server needs its token: 'Authorization: Bearer TOKEN', or log in")
-
-    def login(self, token: str, *, secure: bool = False) -> web.Response:
-        """The answer to a login: the session cookie for a right token, else 401."""
-        if not self.token:
-            return web.json_response({"authenticated": True})
-        if not self._matches(token):
-            return _error(401, "wrong token")
-        response = web.json_response({"authenticated": True})
-        response.set_cookie(
-            COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/"
+def refusal(guard: HttpGuard, request: web.Request, decision: HttpDecision) -> web.Response:
+    """The answer to a request the guard refused."""
+    path = request.path
+    page = is_page(request.method, path)
+    if decision.status == 401 and page:
+        target = local_path(request.rel_url.raw_path_qs)
+        location = f"/login?next={quote(target, safe='/')}"
+        response = web.Response(status=303, headers={"Location": location})
+    elif page:
+        body = (
+            f"<!doctype html><title>Headwater: {decision.status}</title>"
+            f"<p>{html.escape(decision.reason)}</p>"
+            '<form method="post" action="/logout"><input type="hidden" name="csrf_token" '
+            f'value="{guard.csrf_token(request.headers)}"><button>Log out</button></form>'
         )
-        return response
+        response = web.Response(status=decision.status, text=body, content_type="text/html")
+    else:
+        response = web.json_response({"error": decision.reason}, status=decision.status)
+        if decision.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="headwater"'
+    if decision.status == 401 and session_token(request.headers):
+        response.headers["Set-Cookie"] = guard.logout_cookie()  # it no longer works
+    return response
 
 
-__all__ = ["COOKIE", "CSRF_HEADER", "Access"]
+@contextlib.contextmanager
+def calling_as(caller: Caller | None) -> Iterator[None]:
+    """Make ``caller`` the one the handler (and the audit log) sees, for this request
+    only (a keep-alive connection serves the next request in the same task)."""
+    if caller is None:
+        yield
+        return
+    token = CALLER.set(caller)
+    try:
+        yield
+    finally:
+        CALLER.reset(token)
+
+
+__all__ = ["FORM_TYPES", "calling_as", "form_of", "is_page", "local_path", "refusal"]

@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -19,12 +18,15 @@ from aiohttp import web
 from headwater.wire import FlowRunState, is_build_version
 from headwater_runtime.store import NotFound
 
-from .._core import SERVER_VERSION, ServerCore
+from .._access import CALLER
+from .._core import ServerCore
+from .._http_security import HttpGuard
 from .._notices import drain
-from .._queries import flow_result
+from .._ops_core import RetryRefused, UnknownWorker
 from .._reads import AmbiguousRunId, RunReads
 from . import _data
-from ._access import Access
+from ._access import FORM_TYPES, form_of
+from ._pages import PageHandlers
 from ._sse import EventStream, next_of, take_all
 
 _TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
@@ -34,13 +36,6 @@ PAGE_MAX = 1000
 GRAPHS_KEPT = 32
 #: Most log records one page returns.
 LOG_PAGE_MAX = 5000
-#: The content types of the UI's assets.
-_TYPES = {
-    ".js": "text/javascript",
-    ".css": "text/css",
-    ".html": "text/html",
-    ".svg": "image/svg+xml",
-}
 
 
 class BadRequest(ValueError):
@@ -85,85 +80,43 @@ def _states(request: web.Request) -> list[int]:
     return states
 
 
-class HttpApi:
+async def _body(request: web.Request, example: str) -> dict[str, Any]:
+    """A POST's fields: a JSON object body, or form fields ({} without a body;
+    BadRequest for anything else)."""
+    if not request.can_read_body:
+        return {}
+    if request.content_type in FORM_TYPES:
+        return await form_of(request)
+    wrong = f"send a JSON object such as {example} (Content-Type: application/json), or nothing"
+    if request.content_type != "application/json":
+        raise BadRequest(wrong)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest(wrong) from None
+    if not isinstance(body, dict):
+        raise BadRequest(wrong)
+    return body
+
+
+class HttpApi(PageHandlers):
     """The handlers of the HTTP API over a ServerCore.
 
     Args:
         core: the server's state.
-        access: who may call what.
+        guard: who may call what (the server's credentials).
     """
 
-    def __init__(self, core: ServerCore, access: Access) -> None:
-        self.core = core
-        self.access = access
+    def __init__(self, core: ServerCore, guard: HttpGuard) -> None:
+        super().__init__(core, guard)
         self.store = core.store
         self.io = core.io
         self.reads = RunReads(core)
-        self._assets: dict[str, bytes] = {}
         # Graphs as JSON by (flow, version): immutable, and slow to build for 10k tasks.
         self._graphs: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
-        #: Open event streams, ended when the server stops.
-        self.streams: set[asyncio.Task[Any]] = set()
-
-    # ------------------------------------------------------------------ the UI
-
-    def _asset(self, name: str) -> bytes:
-        data = self._assets.get(name)
-        if data is None:
-            files = resources.files("headwater_runtime.server.http") / "static"
-            data = (files / name).read_bytes()
-            self._assets[name] = data
-        return data
-
-    async def page(self, request: web.Request) -> web.StreamResponse:
-        """The single page of the UI (it routes /runs/ID and friends itself)."""
-        return web.Response(body=self._asset("index.html"), content_type="text/html")
-
-    async def static(self, request: web.Request) -> web.StreamResponse:
-        """An asset of the UI, shipped in the package (never fetched from elsewhere)."""
-        path = request.match_info["path"]
-        parts = path.split("/")
-        if any(p in ("", ".", "..") for p in parts) or len(parts) > 2:
-            raise web.HTTPNotFound()
-        suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
-        try:
-            data = self._asset(path)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise web.HTTPNotFound() from None
-        return web.Response(
-            body=data,
-            content_type=_TYPES.get(suffix, "application/octet-stream"),
-            headers={"Cache-Control": "no-cache"},
-        )
-
-    # ----------------------------------------------------------------- session
-
-    async def info(self, request: web.Request) -> web.StreamResponse:
-        """The server's version, and whether this caller must log in."""
-        return web.json_response(
-            {
-                "server_version": SERVER_VERSION,
-                "auth_required": self.access.required,
-                "authenticated": self.access.authenticated(request),
-            }
-        )
-
-    async def login(self, request: web.Request) -> web.StreamResponse:
-        """Trade the token (JSON ``{"token": ...}``) for the session cookie."""
-        try:
-            body = await request.json()
-            token = str(body["token"])
-        except (ValueError, KeyError, TypeError):
-            raise BadRequest('send JSON {"token": "..."}') from None
-        return self.access.login(token, secure=request.secure)
-
-    async def logout(self, request: web.Request) -> web.StreamResponse:
-        """Forget the session cookie."""
-        from ._access import COOKIE
-
-        response = web.json_response({"authenticated": False})
-        response.del_cookie(COOKIE, path="/")
-        return response
+        #: Open event streams and the credential each was opened with; ended when the
+        #: server stops, or when that credential is revoked (``drop_revoked``).
+        self.streams: dict[asyncio.Task[Any], str] = {}
 
     # -------------------------------------------------------------------- runs
 
@@ -185,7 +138,7 @@ class HttpApi:
             created_after=_float(request, "since"),
             created_before=_float(request, "until"),
         )
-        runs = [_data.flow_run_json(r) for r in rows[:limit]]
+        runs = await self.io.read(_data.flow_runs_rows, self.store, rows[:limit])
         next_page = rows[limit - 1].id if len(rows) > limit else ""
         return web.json_response({"runs": runs, "next": next_page, "now": time.time()})
 
@@ -208,10 +161,9 @@ class HttpApi:
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         """A run (by id or unique prefix) with its graph and counts per task node."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        result = await self.io.read(flow_result, self.store, row) if row.result else None
         body = await self.io.read(_data.run_rows, self.store, row)
         body["graph"] = await self._graph(row.flow_name, row.flow_version)
-        body["run"] = _data.flow_run_json(row, result)
+        body["run"] = await self.io.read(_data.flow_run_rows, self.store, row)
         body["waiting"] = self.core.waiting(row.id)
         body["now"] = time.time()
         return web.json_response(body)
@@ -286,16 +238,27 @@ class HttpApi:
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         """Cancel a run (stored before the answer); an ended run is left as it is."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        reason = "cancelled from the web UI"
-        if request.can_read_body:
-            try:
-                reason = str((await request.json()).get("reason") or reason)
-            except (ValueError, AttributeError):
-                raise BadRequest('send JSON {"reason": "..."} or nothing') from None
+        body = await _body(request, '{"reason": "..."}')
+        reason = str(body.get("reason") or "cancelled from the web UI")
         if row.state not in _TERMINAL:
             await self.core.cancel_run(row.id, reason)
+            await self.core.audit("cancel", "flow_run", row.id, reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
-        return web.json_response({"run": _data.flow_run_json(row)})
+        return web.json_response({"run": await self._run(row)})
+
+    async def retry_run(self, request: web.Request) -> web.StreamResponse:
+        """Retry a FAILED or CANCELLED run from its failure, as its next run attempt
+        (the path of OperationsService/RetryFlowRun); stored before the answer. 409 when
+        it cannot be retried now."""
+        row = await self.reads.flow_run(request.match_info["run_id"])
+        body = await _body(request, '{"reason": "..."}')
+        reason = str(body.get("reason") or "retried from the web UI")
+        await self.core.ops.retry(row.id, reason)  # audited there
+        row = await self.io.read(self.store.get_flow_run, row.id)
+        return web.json_response({"run": await self._run(row)})
+
+    async def _run(self, row: Any) -> dict[str, Any]:
+        return await self.io.read(_data.flow_run_rows, self.store, row, with_result=False)
 
     # ------------------------------------------------- flows, schedules, workers
 
@@ -323,7 +286,10 @@ class HttpApi:
         return web.json_response({"schedules": [_data.schedule_json(s) for s in schedules]})
 
     async def _set_enabled(self, request: web.Request, enabled: bool) -> web.StreamResponse:
-        schedule = self.core.schedules.set_enabled(request.match_info["id"], enabled)
+        schedule_id = request.match_info["schedule_id"]
+        schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+        action = "schedule.resume" if enabled else "schedule.pause"
+        await self.core.audit(action, "schedule", schedule_id)
         self.core.touch()  # the timer loop re-reads the next fire time
         return web.json_response({"schedule": _data.schedule_json(schedule)})
 
@@ -336,12 +302,48 @@ class HttpApi:
         return await self._set_enabled(request, True)
 
     async def list_workers(self, request: web.Request) -> web.StreamResponse:
-        """Workers: connected ones and those that left recently (offline)."""
-        workers = [w.as_dict() for w in self.core.notices.workers.values()]
+        """Workers: connected ones and those that left recently (offline), each with
+        its drain (``draining``, ``exit_when_idle``)."""
+        drains = self.core.ops.workers.drains
+        workers = []
+        for record in self.core.notices.workers.values():
+            worker = record.as_dict()
+            drain = drains.get(worker["name"])
+            worker["draining"] = drain is not None
+            worker["exit_when_idle"] = drain is not None and drain.exit_when_idle
+            workers.append(worker)
         workers.sort(key=lambda w: (not w["online"], w["name"]))
         return web.json_response({"workers": workers, "now": time.time()})
 
+    async def drain_worker(self, request: web.Request) -> web.StreamResponse:
+        """Stop giving attempts to the workers of a name (``exit_when_idle``: and ask
+        them to exit once idle); what they run finishes. Stored; 404 for an unknown
+        name."""
+        name = request.match_info["name"]
+        body = await _body(request, '{"exit_when_idle": true}')
+        exit_when_idle = body.get("exit_when_idle", False)
+        if exit_when_idle in ("true", "false"):  # a form field
+            exit_when_idle = exit_when_idle == "true"
+        if not isinstance(exit_when_idle, bool):
+            raise BadRequest(f"exit_when_idle must be true or false, got {exit_when_idle!r}")
+        await self.core.ops.drain(name, exit_when_idle)  # audited there
+        return await self.list_workers(request)
+
+    async def resume_worker(self, request: web.Request) -> web.StreamResponse:
+        """Let the drained workers of a name take attempts again (404: unknown name)."""
+        name = request.match_info["name"]
+        await self.core.ops.resume(name)  # audited there
+        return await self.list_workers(request)
+
     # ------------------------------------------------------------ live streams
+
+    def drop_revoked(self, valid: frozenset[str]) -> None:
+        """End the event streams opened with a credential no longer valid (revoked):
+        the browser's reconnect is then refused, as the worker streams of a revoked
+        credential are (``ServerCore.drop_revoked``)."""
+        for task, name in list(self.streams.items()):
+            if name not in valid:
+                task.cancel()
 
     async def _stream(
         self, request: web.Request, body: Callable[[EventStream], Awaitable[None]]
@@ -350,13 +352,13 @@ class HttpApi:
         await stream.open()
         task = asyncio.current_task()
         assert task is not None
-        self.streams.add(task)
+        self.streams[task] = CALLER.get().name
         try:
             await body(stream)
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the browser left, or the server stops
         finally:
-            self.streams.discard(task)
+            self.streams.pop(task, None)
         return stream.response
 
     async def runs_events(self, request: web.Request) -> web.StreamResponse:
@@ -412,7 +414,7 @@ class HttpApi:
 
         async def body(stream: EventStream) -> None:
             current = await self.io.read(self.store.get_flow_run, run_id)
-            await stream.send("run", _data.flow_run_json(current))
+            await stream.send("run", await self._run(current))
             await stream.send("waiting", self.core.waiting(run_id))
             while current.state not in _TERMINAL or not notes.empty():
                 got = await next_of(
@@ -429,10 +431,8 @@ class HttpApi:
                         await stream.send("tasks", tasks)
                     if any(t is None for t in changes) or not tasks:
                         current = await self.io.read(self.store.get_flow_run, run_id)
-                        result = None
-                        if current.result:
-                            result = await self.io.read(flow_result, self.store, current)
-                        await stream.send("run", _data.flow_run_json(current, result))
+                        run = await self.io.read(_data.flow_run_rows, self.store, current)
+                        await stream.send("run", run)
                     await stream.send("waiting", self.core.waiting(run_id))
                 if "logs" in kinds:
                     drain(logged, set())
@@ -483,8 +483,12 @@ def error_response(exc: Exception) -> web.Response | None:
     """The JSON error answer for an exception a handler may raise (None: a bug)."""
     if isinstance(exc, NotFound):
         return web.json_response({"error": str(exc)}, status=404)
+    if isinstance(exc, UnknownWorker):
+        return web.json_response({"error": str(exc)}, status=404)
     if isinstance(exc, BadRequest | AmbiguousRunId):
         return web.json_response({"error": str(exc)}, status=400)
+    if isinstance(exc, RetryRefused):
+        return web.json_response({"error": str(exc)}, status=409)
     from headwater_runtime.store import StoreUnavailable
 
     if isinstance(exc, StoreUnavailable):

@@ -21,9 +21,18 @@ from headwater.wire import (
     iter_task_refs,
     seconds,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, StateRow, Store, TaskRunRow
+from headwater_runtime.store import (
+    FlowRunRow,
+    LateRow,
+    LogRow,
+    RunAttemptRow,
+    StateRow,
+    Store,
+    TaskRunRow,
+)
 
 from .._previews import summarize
+from .._queries import flow_result
 
 _RUNNING = TaskRunState.RUNNING.value
 _ATTEMPT_ENDS = {
@@ -43,8 +52,14 @@ def _duration(start: float | None, end: float | None) -> float | None:
     return None if start is None or end is None else max(0.0, end - start)
 
 
-def flow_run_json(row: FlowRunRow, result: payload_pb2.Value | None = None) -> JSON:
-    """A flow run (its parameters and result as summaries)."""
+def flow_run_json(
+    row: FlowRunRow,
+    result: payload_pb2.Value | None = None,
+    attempts: list[RunAttemptRow] | None = None,
+    late: LateRow | None = None,
+) -> JSON:
+    """A flow run (its parameters and result as summaries), with its run attempts (1
+    for its first run, one more per retry from failure) and its late mark."""
     params: JSON = {}
     if row.parameters:
         stored = run_pb2.FlowRun.FromString(row.parameters)
@@ -63,7 +78,35 @@ def flow_run_json(row: FlowRunRow, result: payload_pb2.Value | None = None) -> J
         "idempotency_key": row.idempotency_key,
         "parameters": params,
         "result": summary(result) if result is not None else None,
+        "attempt": attempts[-1].attempt if attempts else 1,
+        "attempts": [_run_attempt_json(a) for a in attempts or ()],
+        "late": late is not None,
+        "late_reason": late.reason if late is not None else "",
+        "late_at": late.at if late is not None else None,
     }
+
+
+def _run_attempt_json(a: RunAttemptRow) -> JSON:
+    return {
+        "attempt": a.attempt,
+        "state": FlowRunState(a.state).name,
+        "started_at": a.started_at,
+        "ended_at": a.ended_at,
+        "message": a.message,
+    }
+
+
+def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) -> JSON:
+    """A flow run with its result summary, run attempts and late mark (reads the store)."""
+    result = flow_result(store, row) if with_result and row.result else None
+    late = store.late_runs([row.id]).get(row.id)
+    return flow_run_json(row, result, store.run_attempts(row.id), late)
+
+
+def flow_runs_rows(store: Store, rows: list[FlowRunRow]) -> list[JSON]:
+    """Flow runs as a listing shows them: no result, with attempts and late marks."""
+    late = store.late_runs([r.id for r in rows])
+    return [flow_run_json(r, None, store.run_attempts(r.id), late.get(r.id)) for r in rows]
 
 
 def _failure(raw: bytes) -> JSON | None:

@@ -1,21 +1,23 @@
-"""Every HTTP route in one table: method, path, handler, the role it requires.
+"""Every HTTP route with the handler that answers it and what it does.
 
-The table is the place where access is decided (``_access.py`` reads ``role``) and
-what docs/http-api.md lists; a test checks the two agree. Reading is ``viewer``,
-changing something ``operator``; every state-changing route is a POST (so the CSRF
-check of ``_access.py`` covers it). Roles other than "a valid token, or none
-configured" are not enforced yet: the table records what each route will need.
+Who may call a route is not decided here: ``HTTP_ROUTES`` (server/_roles.py) gives
+each route (same method, same path pattern) the roles it needs, beside the gRPC
+methods' roles, and ``HttpGuard`` checks every request against it. ``build_app``
+refuses to start when the two tables list different routes, and
+``tests/test_http_security.py`` checks the routes aiohttp registers against
+``HTTP_ROUTES`` both ways. docs/http-api.md lists these routes.
+
+Path patterns are those of ``HTTP_ROUTES``: ``{name}`` is one path segment, a trailing
+``*`` anything (aiohttp gets ``{tail:.+}`` for it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: Roles, weakest first.
-VIEWER, OPERATOR, ADMIN = "viewer", "operator", "admin"
-ROLES = (VIEWER, OPERATOR, ADMIN)
-#: Routes anyone may call (the page shell, its assets, logging in).
-PUBLIC = "public"
+from headwater.wire import Role
+
+from .._roles import HTTP_ROUTES
 
 
 @dataclass(frozen=True)
@@ -24,54 +26,82 @@ class Route:
 
     Attributes:
         method: GET or POST.
-        path: aiohttp path pattern, e.g. ``/api/runs/{run_id}``.
+        path: path pattern, e.g. ``/api/runs/{run_id}`` (as in ``HTTP_ROUTES``).
         handler: name of the ``HttpApi`` method that answers it.
-        role: the role a caller needs (``PUBLIC`` for none).
         summary: what it returns or does, one line (docs/http-api.md has the details).
     """
 
     method: str
     path: str
     handler: str
-    role: str
     summary: str
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        """The roles of which a caller needs one (from ``HTTP_ROUTES``; () is open)."""
+        for route in HTTP_ROUTES:
+            if route.method == self.method and route.pattern == self.path:
+                return route.roles
+        raise LookupError(f"HTTP route {self.method} {self.path} is not in HTTP_ROUTES")
+
+    @property
+    def aiohttp_path(self) -> str:
+        """The path as aiohttp's router takes it."""
+        return self.path[:-1] + "{tail:.+}" if self.path.endswith("*") else self.path
 
 
 ROUTES: tuple[Route, ...] = (
+    # Session and plumbing.
+    Route("GET", "/login", "login_form", "the login page (a token field)"),
+    Route("POST", "/login", "login", "check the token; set the session cookie"),
+    Route("POST", "/logout", "logout", "clear the session cookie"),
+    Route("GET", "/healthz", "healthz", "200 while the server runs"),
+    Route("GET", "/static/*", "static", "the UI's scripts and styles"),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics (docs/operations.md)"),
     # The UI: one page; the browser routes /runs/ID and friends itself.
-    Route("GET", "/", "page", PUBLIC, "the web UI"),
-    Route("GET", "/runs", "page", PUBLIC, "the web UI: runs"),
-    Route("GET", "/runs/{run_id}", "page", PUBLIC, "the web UI: one run"),
-    Route("GET", "/flows", "page", PUBLIC, "the web UI: flows"),
-    Route("GET", "/flows/{name}", "page", PUBLIC, "the web UI: one flow"),
-    Route("GET", "/schedules", "page", PUBLIC, "the web UI: schedules"),
-    Route("GET", "/workers", "page", PUBLIC, "the web UI: workers"),
-    Route("GET", "/static/{path:.+}", "static", PUBLIC, "the UI's scripts and styles"),
-    # Session.
-    Route("GET", "/api/info", "info", PUBLIC, "server version; whether a token is needed"),
-    Route("POST", "/api/login", "login", PUBLIC, "exchange a token for a session cookie"),
-    Route("POST", "/api/logout", "logout", PUBLIC, "forget the session cookie"),
-    # Runs.
-    Route("GET", "/api/runs", "list_runs", VIEWER, "flow runs, newest first, filtered"),
-    Route("GET", "/api/runs/events", "runs_events", VIEWER, "SSE: which runs changed"),
-    Route("GET", "/api/runs/{run_id}", "get_run", VIEWER, "a run, its graph, counts per task"),
-    Route("GET", "/api/runs/{run_id}/events", "run_events", VIEWER, "SSE: a run's changes"),
-    Route("GET", "/api/runs/{run_id}/tasks", "list_tasks", VIEWER, "a run's task runs, paged"),
-    Route("GET", "/api/runs/{run_id}/tasks/{key}", "get_task", VIEWER, "one task run in full"),
-    Route("GET", "/api/runs/{run_id}/timeline", "timeline", VIEWER, "every task run's bar"),
-    Route("GET", "/api/runs/{run_id}/logs", "logs", VIEWER, "a run's log records, paged"),
-    Route("POST", "/api/runs/{run_id}/cancel", "cancel_run", OPERATOR, "cancel a run"),
-    # Retry from failure (the operations work) goes here: POST .../retry, OPERATOR.
-    # Flows, schedules, workers.
-    Route("GET", "/api/flows", "list_flows", VIEWER, "registered flows and versions"),
-    Route("GET", "/api/flows/{name}", "get_flow", VIEWER, "a flow version's graph"),
-    Route("GET", "/api/schedules", "list_schedules", VIEWER, "schedules"),
-    Route("POST", "/api/schedules/{id}/pause", "pause_schedule", OPERATOR, "pause a schedule"),
-    Route("POST", "/api/schedules/{id}/resume", "resume_schedule", OPERATOR, "resume it"),
-    Route("GET", "/api/workers", "list_workers", VIEWER, "workers, online and recently gone"),
-    Route("GET", "/api/workers/events", "workers_events", VIEWER, "SSE: workers changed"),
-    # Draining a worker (POST, OPERATOR) and /metrics (Prometheus) go here too.
+    Route("GET", "/", "page", "the web UI"),
+    Route("GET", "/runs", "page", "the web UI: runs"),
+    Route("GET", "/runs/{run_id}", "page", "the web UI: one run"),
+    Route("GET", "/flows", "page", "the web UI: flows"),
+    Route("GET", "/flows/{name}", "page", "the web UI: one flow"),
+    Route("GET", "/schedules", "page", "the web UI: schedules"),
+    Route("GET", "/workers", "page", "the web UI: workers"),
+    # The JSON API.
+    Route("GET", "/api/session", "session", "who is calling, their role, the CSRF token"),
+    Route("GET", "/api/runs", "list_runs", "flow runs, newest first, filtered"),
+    Route("GET", "/api/runs/events", "runs_events", "SSE: which runs changed"),
+    Route("GET", "/api/runs/{run_id}", "get_run", "a run, its graph, counts per task"),
+    Route("GET", "/api/runs/{run_id}/events", "run_events", "SSE: a run's changes"),
+    Route("GET", "/api/runs/{run_id}/tasks", "list_tasks", "a run's task runs, paged"),
+    Route("GET", "/api/runs/{run_id}/tasks/{key}", "get_task", "one task run in full"),
+    Route("GET", "/api/runs/{run_id}/timeline", "timeline", "every task run's bar"),
+    Route("GET", "/api/runs/{run_id}/logs", "logs", "a run's log records, paged"),
+    Route("POST", "/api/runs/{run_id}/cancel", "cancel_run", "cancel a run"),
+    Route("POST", "/api/runs/{run_id}/retry", "retry_run", "retry an ended run from its failure"),
+    Route("GET", "/api/flows", "list_flows", "registered flows and versions"),
+    Route("GET", "/api/flows/{name}", "get_flow", "a flow version's graph"),
+    Route("GET", "/api/schedules", "list_schedules", "schedules"),
+    Route("POST", "/api/schedules/{schedule_id}/pause", "pause_schedule", "pause a schedule"),
+    Route("POST", "/api/schedules/{schedule_id}/resume", "resume_schedule", "resume it"),
+    Route("GET", "/api/workers", "list_workers", "workers, online and recently gone, drains"),
+    Route("GET", "/api/workers/events", "workers_events", "SSE: workers changed"),
+    Route("POST", "/api/workers/{name}/drain", "drain_worker", "stop giving a worker work"),
+    Route("POST", "/api/workers/{name}/resume", "resume_worker", "lift a worker's drain"),
 )
 
 
-__all__ = ["ADMIN", "OPERATOR", "PUBLIC", "ROLES", "ROUTES", "VIEWER", "Route"]
+def check_tables() -> None:
+    """Raise when ``ROUTES`` and ``HTTP_ROUTES`` do not list the same routes (a bug:
+    a route without a role, or a role for a route nobody serves)."""
+    served = [(r.method, r.path) for r in ROUTES]
+    guarded = [(r.method, r.pattern) for r in HTTP_ROUTES]
+    if sorted(served) != sorted(guarded) or len(set(served)) != len(served):
+        only_served = sorted(set(served) - set(guarded))
+        only_guarded = sorted(set(guarded) - set(served))
+        raise RuntimeError(
+            f"HTTP routes without a role in HTTP_ROUTES: {only_served}; roles for routes "
+            f"nobody serves: {only_guarded}"
+        )
+
+
+__all__ = ["ROUTES", "Route", "check_tables"]

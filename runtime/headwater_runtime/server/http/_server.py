@@ -1,9 +1,12 @@
 """The HTTP server: the web UI and its JSON API, on the gRPC server's event loop.
 
-aiohttp serves ``ROUTES``; a middleware applies ``Access`` (token, CSRF guard) and
+aiohttp serves ``ROUTES``; a middleware asks ``HttpGuard`` about every request (the
+credential, the route's role in ``HTTP_ROUTES``, CSRF on POSTs; http/_access.py) and
 turns the errors handlers may raise into JSON answers. It runs in the same process and
-on the same event loop as the gRPC services, so it reads the same in-memory state
-(workers, why task runs wait) and follows runs through the same watch machinery.
+on the same event loop as the gRPC services, with the same credentials
+(``AccessControl``) and the same certificate (``ServerTLS``: HTTPS, reloaded with the
+gRPC port's on SIGHUP), so it reads the same in-memory state (workers, why task runs
+wait) and follows runs through the same watch machinery.
 """
 
 from __future__ import annotations
@@ -16,32 +19,39 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from .._access import AccessControl
 from .._core import ServerCore
-from ._access import Access
+from .._http_security import HttpGuard
+from .._tls import ServerTLS
+from ._access import calling_as, form_of, refusal
 from ._api import HttpApi, error_response
-from ._routes import ROUTES, Route
+from ._routes import ROUTES, check_tables
 
 log = logging.getLogger("headwater.server.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_ROUTE_KEY = web.AppKey("route", dict)
 
 
-def build_app(core: ServerCore, access: Access) -> tuple[web.Application, HttpApi]:
-    """The aiohttp application serving every route of ``ROUTES``."""
-    api = HttpApi(core, access)
+def build_app(
+    core: ServerCore, access: AccessControl, *, secure: bool = False
+) -> tuple[web.Application, HttpApi]:
+    """The aiohttp application serving every route of ``ROUTES``, each request checked
+    by an ``HttpGuard`` over ``access`` (``secure``: served over HTTPS, so the session
+    cookie gets ``Secure``)."""
+    check_tables()
+    guard = HttpGuard(access, secure=secure)
+    api = HttpApi(core, guard)
 
     @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        info = request.match_info.route.resource
-        route = request.app[_ROUTE_KEY].get((request.method, info.canonical if info else ""))
-        if route is None:  # 404 / 405 from aiohttp itself
-            return await handler(request)
-        refused = access.refusal(request, route)
-        if refused is not None:
-            return refused
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        form = await form_of(request)
+        # The raw path: the one aiohttp's router matched, before percent-decoding.
+        decision = guard.check(request.method, request.rel_url.raw_path, request.headers, form)
+        if decision.status != 200:
+            return refusal(guard, request, decision)
         try:
-            return await handler(request)
+            with calling_as(decision.caller):
+                return await handler(request)
         except web.HTTPException:
             raise
         except Exception as exc:
@@ -53,13 +63,9 @@ def build_app(core: ServerCore, access: Access) -> tuple[web.Application, HttpAp
                 )
             return answer
 
-    app = web.Application(middlewares=[guard])
-    table: dict[tuple[str, str], Route] = {}
+    app = web.Application(middlewares=[guarded])
     for route in ROUTES:
-        handler: Handler = getattr(api, route.handler)
-        added = app.router.add_route(route.method, route.path, handler)
-        table[(route.method, added.resource.canonical if added.resource else route.path)] = route
-    app[_ROUTE_KEY] = table
+        app.router.add_route(route.method, route.aiohttp_path, getattr(api, route.handler))
     return app, api
 
 
@@ -71,12 +77,14 @@ class HttpServer:
     api: HttpApi
     host: str
     port: int
+    #: Served over HTTPS.
+    secure: bool = False
 
     @property
     def url(self) -> str:
         """Where the UI is, e.g. ``http://127.0.0.1:50052/``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"{'https' if self.secure else 'http'}://{host}:{self.port}/"
 
     async def stop(self) -> None:
         """End the open event streams (browsers reconnect later), then close."""
@@ -88,13 +96,21 @@ class HttpServer:
         await self.runner.cleanup()
 
 
-async def start_http(core: ServerCore, host: str, port: int, token: str | None) -> HttpServer:
-    """Serve the UI and the HTTP API on ``host:port`` (0: a free port) on this loop;
-    OSError when the address cannot be bound."""
-    app, api = build_app(core, Access(token))
+async def start_http(
+    core: ServerCore,
+    host: str,
+    port: int,
+    access: AccessControl,
+    tls: ServerTLS | None = None,
+) -> HttpServer:
+    """Serve the UI and the HTTP API on ``host:port`` (0: a free port) on this loop,
+    checking callers against ``access`` (the gRPC port's credentials), over HTTPS with
+    ``tls`` (the gRPC port's certificate) when given; OSError when the address cannot
+    be bound."""
+    app, api = build_app(core, access, secure=tls is not None)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls.ssl_context() if tls else None)
     try:
         await site.start()
     except OSError as exc:
@@ -104,7 +120,7 @@ async def start_http(core: ServerCore, host: str, port: int, token: str | None) 
     bound = port
     if sockets:
         bound = int(sockets[0][1])
-    return HttpServer(runner, api, host, bound)
+    return HttpServer(runner, api, host, bound, secure=tls is not None)
 
 
 __all__ = ["HttpServer", "build_app", "start_http"]

@@ -6,6 +6,7 @@
 const STATES = ["SUCCESS", "CACHED", "RUNNING", "RETRYING", "SCHEDULED", "PENDING", "FAILED",
   "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED", "SKIPPED", "MAPPED"];
 const TERMINAL = new Set(["SUCCESS", "FAILED", "CANCELLED"]);
+const RETRYABLE = new Set(["FAILED", "CANCELLED"]);  // OperationsService/RetryFlowRun's rule
 const BAD = new Set(["FAILED", "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED"]);
 const GROUP_MIN = 10;       // identical sibling tasks drawn as one box from this many on
 const DAGRE_MAX = 400;      // boxes laid out by dagre; more get a plain layered layout
@@ -13,6 +14,15 @@ const BIG_RUN = 1000;       // from this many task runs, the side panel lists on
 const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
 const main = () => document.getElementById("main");
 let page = { cleanup: [] };  // what the current page must close when leaving it
+// Who is looking, and the CSRF token every POST sends back (the server put them in the
+// page: <meta name="headwater-session">).
+const SESSION = (() => {
+  const meta = document.querySelector('meta[name="headwater-session"]');
+  const d = meta ? meta.dataset : {};
+  return { csrf: d.csrf || "", name: d.name || "", role: d.role || "viewer", auth: d.auth === "true" };
+})();
+// Operators and admins may change things; viewers see no buttons that would be refused.
+const CAN_OPERATE = SESSION.role === "operator" || SESSION.role === "admin";
 
 // ------------------------------------------------------------------ helpers
 
@@ -56,17 +66,21 @@ function debounce(fn, ms) {
 
 class ApiError extends Error {}
 
+function toLogin() {
+  location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+}
+
 async function api(path, options = {}) {
   const init = { credentials: "same-origin", headers: {} };
   if (options.method === "POST") {
     init.method = "POST";
-    init.headers["X-Headwater-Request"] = "1";
+    init.headers["X-CSRF-Token"] = SESSION.csrf;
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(options.body || {});
   }
   const response = await fetch(path, init);
   const body = await response.json().catch(() => ({}));
-  if (response.status === 401) { showLogin(); throw new ApiError(body.error || "log in"); }
+  if (response.status === 401) { toLogin(); throw new ApiError(body.error || "log in"); }
   if (!response.ok) throw new ApiError(body.error || `${response.status} ${response.statusText}`);
   return body;
 }
@@ -123,24 +137,19 @@ function route() {
   else if (parts[0] === "workers") render = workersPage;
   else render = runsPage;
   render().catch((err) => {
-    if (err instanceof ApiError && document.querySelector(".login")) return;
     main().innerHTML = `<p class="error">${esc(err.message)}</p>`;
   });
 }
 
-function showLogin() {
-  main().innerHTML = `<form class="panel login"><h1>Log in</h1>
-    <p class="muted">This server needs its token.</p>
-    <p><input type="password" name="token" placeholder="token" autocomplete="current-password" required></p>
-    <p><button type="submit">Log in</button> <span class="error"></span></p></form>`;
-  const form = main().querySelector("form");
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    try {
-      await api("/api/login", { method: "POST", body: { token: form.token.value } });
-      route();
-    } catch (err) { form.querySelector(".error").textContent = err.message; }
-  });
+// A failed button press: said next to the button, not in a dialog.
+function failed(where, err) {
+  let note = where.parentElement.querySelector(".action-error");
+  if (!note) {
+    note = document.createElement("span");
+    note.className = "error action-error";
+    where.after(note);
+  }
+  note.textContent = " " + err.message;
 }
 
 // --------------------------------------------------------------------- runs
@@ -186,7 +195,8 @@ async function runsPage() {
       <tr data-run="${esc(r.id)}" data-state="${esc(r.state)}">
         <td class="mono"><a href="/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td>
         <td>${esc(r.flow_name)} <span class="muted">v${esc(r.flow_version)}</span></td>
-        <td>${badge(r.state)}</td><td>${esc(fmtTime(r.created_at))}</td>
+        <td>${badge(r.state)}${r.late ? ` <span class="st st-late" title="${esc(r.late_reason)}">late</span>` : ""}${
+          r.attempt > 1 ? ` <span class="muted">attempt ${r.attempt}</span>` : ""}</td><td>${esc(fmtTime(r.created_at))}</td>
         <td data-duration>${esc(fmtDur(runDuration(r)))}</td>
         <td>${r.schedule_id ? `schedule <a href="/runs?schedule=${esc(r.schedule_id)}">${esc(r.schedule_id.slice(0, 8))}</a>` : ""}</td>
         <td class="muted">${esc(r.message)}</td></tr>`).join("")
@@ -218,7 +228,9 @@ async function runPage(runId) {
   runId = run.id;
   main().innerHTML = `
     <div class="run-head"><h1 id="run-title"></h1><span id="run-state"></span>
-      <button id="cancel" class="danger" hidden>Cancel run</button></div>
+      <span id="run-late" hidden></span>
+      <button id="cancel" class="danger" hidden>Cancel run</button>
+      <button id="retry" hidden title="run it again from its failure: what succeeded is kept">Retry</button></div>
     <div class="run-head meta" id="run-meta"></div>
     <div id="run-links"></div>
     <div class="chips" id="totals"></div>
@@ -238,9 +250,17 @@ async function runPage(runId) {
     <h2>Logs <span class="muted" id="logs-scope"></span></h2>
     <div class="logs" id="logs"><table><tbody></tbody></table></div>
     <p><button id="logs-more" hidden>Load more</button></p>`;
-  document.getElementById("cancel").onclick = async () => {
+  document.getElementById("cancel").onclick = async (e) => {
     if (!confirm("Cancel this run?")) return;
-    await api(`/api/runs/${runId}/cancel`, { method: "POST", body: {} });
+    try { await api(`/api/runs/${runId}/cancel`, { method: "POST", body: {} }); }
+    catch (err) { failed(e.target, err); }
+  };
+  document.getElementById("retry").onclick = async (e) => {
+    e.target.disabled = true;
+    try {
+      await api(`/api/runs/${runId}/retry`, { method: "POST", body: {} });
+      route();  // the run runs again: read it anew and follow its new attempt live
+    } catch (err) { e.target.disabled = false; failed(e.target, err); }
   };
   drawRunHead(state);
   drawDag(state, (node) => { state.selectedNode = node; state.selectedKey = null; drawSide(state); });
@@ -272,10 +292,16 @@ function drawRunHead(state) {
   document.getElementById("run-title").textContent = `${run.flow_name} v${run.flow_version}`;
   document.getElementById("run-state").innerHTML = badge(run.state);
   document.getElementById("run-state").dataset.state = run.state;
-  document.getElementById("cancel").hidden = TERMINAL.has(run.state);
+  document.getElementById("cancel").hidden = !CAN_OPERATE || TERMINAL.has(run.state);
+  document.getElementById("retry").hidden = !CAN_OPERATE || !RETRYABLE.has(run.state);
+  const late = document.getElementById("run-late");
+  late.hidden = !run.late;
+  late.innerHTML = run.late ? `<span class="st st-late" title="${esc(fmtTime(run.late_at))}">late</span> ${esc(run.late_reason)}` : "";
   const result = run.result ? ` · result ${esc(fmtBytes(run.result.size_bytes))}: <code>${
     esc(run.result.preview || run.result.encoding)}</code>` : "";
   document.getElementById("run-meta").innerHTML = `<span class="mono">${esc(run.id)}</span>
+    <span id="run-attempt" data-attempt="${run.attempt}">attempt ${run.attempt}${
+      run.attempts.length > 1 ? ` of ${run.attempts.length}` : ""}</span>
     <span>created ${esc(fmtTime(run.created_at))}</span>
     <span>duration ${esc(fmtDur(runDuration(run)))}</span>
     ${run.message ? `<span>${esc(run.message)}</span>` : ""}${result}`;
@@ -417,7 +443,8 @@ function updateDag(state) {
     g.querySelector("rect.box").style.stroke = color(s);
     const many = b.mapped || b.group || total > 1;
     g.querySelector("text.sub").textContent = !total ? "not started"
-      : many ? Object.entries(c).map(([k, n]) => `${n} ${k.toLowerCase()}`).join(", ")
+      // In the legend's order, not the order the store returned the task runs in.
+      : many ? STATES.filter((k) => c[k]).map((k) => `${c[k]} ${k.toLowerCase()}`).join(", ")
         : s.toLowerCase();
     g.dataset.counts = JSON.stringify(c);
     let x = 0, bars = "";
@@ -638,15 +665,17 @@ async function schedulesPage() {
         <td>${s.every ? `every ${esc(fmtDur(s.every))}` : `cron <code>${esc(s.cron)}</code> ${esc(s.timezone)}`}</td>
         <td>${s.paused ? "—" : esc(fmtTime(s.next_run_at))}</td>
         <td>${s.paused ? `<span class="st st-CANCELLED">paused</span>` : `<span class="st st-SUCCESS">active</span>`}</td>
-        <td><button data-action="${s.paused ? "resume" : "pause"}">${s.paused ? "Resume" : "Pause"}</button></td></tr>`).join("")
+        <td>${CAN_OPERATE ? `<button data-action="${s.paused ? "resume" : "pause"}">${s.paused ? "Resume" : "Pause"}</button>` : ""}</td></tr>`).join("")
         || `<tr><td colspan="6" class="muted">No schedules.</td></tr>`}</tbody></table>`;
     main().querySelector("tbody").addEventListener("click", async (e) => {
       const button = e.target.closest("button");
       if (!button) return;
       button.disabled = true;
       const id = button.closest("tr").dataset.schedule;
-      await api(`/api/schedules/${id}/${button.dataset.action}`, { method: "POST" });
-      await load();
+      try {
+        await api(`/api/schedules/${id}/${button.dataset.action}`, { method: "POST" });
+        await load();
+      } catch (err) { button.disabled = false; failed(button, err); }
     });
   };
   await load();
@@ -658,15 +687,28 @@ async function workersPage() {
   let workers = [];
   const draw = () => {
     main().innerHTML = `<h1>Workers</h1><table id="workers"><thead><tr><th>Worker</th><th>State</th>
-      <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th></tr></thead><tbody>
-      ${workers.map((w) => `<tr data-worker="${esc(w.name)}" data-online="${w.online}">
+      <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th><th></th></tr></thead><tbody>
+      ${workers.map((w) => `<tr data-worker="${esc(w.name)}" data-online="${w.online}" data-draining="${w.draining}">
         <td>${esc(w.name)}<div class="muted mono">${esc(w.worker_id.slice(0, 12))}</div></td>
-        <td><span class="st st-${w.online ? "online" : "offline"}">${w.online ? "online" : "offline"}</span></td>
+        <td><span class="st st-${w.online ? "online" : "offline"}">${w.online ? "online" : "offline"}</span>${
+          w.draining ? ` <span class="st st-draining" title="takes no new work${w.exit_when_idle ? "; exits once idle" : ""}">drained</span>` : ""}</td>
         <td class="mono">${w.capabilities.map(esc).join("<br>")}</td>
         <td>${esc(Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td>
         <td data-slots>${w.slots_used} / ${w.slots}</td>
-        <td>${esc(ago(w.last_seen))}</td><td>${esc(fmtTime(w.connected_at))}</td></tr>`).join("")
-        || `<tr><td colspan="7" class="muted">No worker has connected.</td></tr>`}</tbody></table>`;
+        <td>${esc(ago(w.last_seen))}</td><td>${esc(fmtTime(w.connected_at))}</td>
+        <td>${CAN_OPERATE ? `<button data-action="${w.draining ? "resume" : "drain"}" title="${w.draining
+          ? "let it take work again" : "give it no new work; what it runs finishes"}">${w.draining ? "Resume" : "Drain"}</button>` : ""}</td></tr>`).join("")
+        || `<tr><td colspan="8" class="muted">No worker has connected.</td></tr>`}</tbody></table>`;
+    main().querySelector("tbody").addEventListener("click", async (e) => {
+      const button = e.target.closest("button");
+      if (!button) return;
+      button.disabled = true;
+      const name = button.closest("tr").dataset.worker;
+      try {
+        const body = await api(`/api/workers/${encodeURIComponent(name)}/${button.dataset.action}`, { method: "POST" });
+        workers = body.workers; draw();
+      } catch (err) { button.disabled = false; failed(button, err); }
+    });
   };
   const load = async () => { workers = (await api("/api/workers")).workers; draw(); };
   await load();
@@ -676,10 +718,10 @@ async function workersPage() {
 
 // ---------------------------------------------------------------------- start
 
-(async () => {
-  try {
-    const info = await api("/api/info");
-    if (info.auth_required && !info.authenticated) return showLogin();
-  } catch (err) { /* route() shows errors */ }
-  route();
-})();
+if (SESSION.auth) {
+  const user = document.getElementById("user");
+  user.hidden = false;
+  user.csrf_token.value = SESSION.csrf;
+  document.getElementById("user-name").textContent = `${SESSION.name} (${SESSION.role})`;
+}
+route();
