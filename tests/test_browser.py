@@ -88,6 +88,18 @@ def ui_demo(n: int = 5) -> dict:
     return {"report": report(rows), "rows": rows}
 
 @task
+def double(x: int) -> int:
+    return 2 * x
+
+@flow
+def ui_child(x: int = 1) -> int:
+    return double(x)
+
+@flow
+def ui_parent(n: int = 2) -> int:
+    return double(ui_child(n))
+
+@task
 def hold(name: str) -> str:
     release = STATE / name
     deadline = time.monotonic() + 60
@@ -383,10 +395,19 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     assert "ui_tasks.enrich" in table and "0 / 4" in table and "0 / 2" in table
     shot(browser, "workers")
 
-    # Subflows (parent/child links on the run page) are built in another branch. When
-    # they are on main: give ui_demo a subflow and assert `#run-links a[data-child]`
-    # here (the page draws `run.parent_run_id` and `run.child_runs` when the API sends
-    # them: server/http/_data.py flow_run_json needs the two fields).
+    # ---- subflows: the parent's page links its child, the child's page its parent
+    with Client(address) as client:
+        parent = client.wait(client.run(module.ui_parent, {"n": 4}).id)
+        assert parent.state is FlowRunState.SUCCESS and parent.result == 16
+    browser.get(url + f"runs/{parent.id}")
+    wait(browser, lambda d: css(d, "#run-links a[data-child]"), "the link to the child run")
+    child_id = attr(browser, "#run-links a[data-child]", "data-child")
+    assert "ui_child" in text(browser, "#run-links")
+    shot(browser, "run-subflow")
+    click(browser, "#run-links a[data-child]")
+    wait(browser, lambda d: child_id in d.current_url, "the child run's page")
+    wait(browser, lambda d: "subflow of" in text(d, "#run-links"), "the link to the parent")
+    assert parent.id[:8] in text(browser, "#run-links")
 
 
 def test_a_10k_task_run_page_renders_and_its_first_render_is_reported(

@@ -83,6 +83,9 @@ def flow_run_json(
         "late": late is not None,
         "late_reason": late.reason if late is not None else "",
         "late_at": late.at if late is not None else None,
+        # A child flow run (a subflow, or a flow a task started): its parent.
+        "parent_run_id": row.parent_flow_run_id,
+        "parent_task_run": row.parent_task_key,
     }
 
 
@@ -97,10 +100,21 @@ def _run_attempt_json(a: RunAttemptRow) -> JSON:
 
 
 def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) -> JSON:
-    """A flow run with its result summary, run attempts and late mark (reads the store)."""
+    """A flow run with its result summary, run attempts, late mark and child flow runs
+    (reads the store)."""
     result = flow_result(store, row) if with_result and row.result else None
     late = store.late_runs([row.id]).get(row.id)
-    return flow_run_json(row, result, store.run_attempts(row.id), late)
+    body = flow_run_json(row, result, store.run_attempts(row.id), late)
+    body["child_runs"] = [
+        {
+            "id": child.id,
+            "flow_name": child.flow_name,
+            "state": FlowRunState(child.state).name,
+            "parent_task_run": child.parent_task_key,
+        }
+        for child in store.child_flow_runs(row.id)
+    ]
+    return body
 
 
 def flow_runs_rows(store: Store, rows: list[FlowRunRow]) -> list[JSON]:
