@@ -39,25 +39,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from headwater import Client
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, run_pb2
-from headwater.wire import (
-    ENV_DB,
-    ENV_TLS,
-    ENV_TLS_CA,
-    ENV_TLS_CERT,
-    ENV_TLS_CLIENT_CA,
-    ENV_TLS_KEY,
-    ENV_TOKEN,
-    FlowRunState,
-    TaskRunState,
-    TLSSettings,
-    open_channel,
-    seconds,
-)
+from headwater.wire import FlowRunState, TaskRunState, seconds
 
 from ._dags import FanOut
+
+# The harness also measures an older checkout's server in that checkout's interpreter
+# (--baseline): only names every version has are imported at module level; the
+# variables a cluster must not inherit are spelled out for the same reason.
+_OUR_VARIABLES = (
+    "HEADWATER_TOKEN",
+    "HEADWATER_DB",
+    "HEADWATER_TLS",
+    "HEADWATER_TLS_CA",
+    "HEADWATER_TLS_CERT",
+    "HEADWATER_TLS_KEY",
+    "HEADWATER_TLS_CLIENT_CA",
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS_MODULE = "benchmarks._server_tasks"
@@ -230,16 +232,7 @@ class Cluster:
     def _start(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="headwater-bench-")
         tmp = self.tmp = self._tmp.name
-        ours = (
-            ENV_TOKEN,
-            ENV_DB,
-            ENV_TLS,
-            ENV_TLS_CA,
-            ENV_TLS_CERT,
-            ENV_TLS_KEY,
-            ENV_TLS_CLIENT_CA,
-        )
-        env = {k: v for k, v in os.environ.items() if k not in ours}
+        env = {k: v for k, v in os.environ.items() if k not in _OUR_VARIABLES}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.update(self.extra_env)
         self._env = env
@@ -286,6 +279,8 @@ class Cluster:
 
     def client(self) -> Client:
         """A Client of this server (verifying its certificate when it speaks TLS)."""
+        if self.ca is None:  # a baseline's Client may not take tls_ca
+            return Client(self.address)
         return Client(self.address, tls_ca=self.ca)
 
     def close(self) -> None:
@@ -341,7 +336,12 @@ class _Raw:
     """GetFlowRun through the generated stub: the Client does not expose timestamps."""
 
     def __init__(self, address: str, ca: str | None = None) -> None:
-        self.channel = open_channel(address, TLSSettings(ca=ca))
+        if ca is None:  # a baseline's wire may have no TLS helpers
+            self.channel = grpc.insecure_channel(address)
+        else:
+            from headwater.wire import TLSSettings, open_channel
+
+            self.channel = open_channel(address, TLSSettings(ca=ca))
         self.stub = control_plane_pb2_grpc.ControlPlaneServiceStub(self.channel)
 
     def get(self, run_id: str, task_runs: bool = False) -> cp.GetFlowRunResponse:
