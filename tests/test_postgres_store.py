@@ -257,6 +257,32 @@ def test_a_takeover_waits_for_a_commit_under_way_then_fences_the_next(url: str) 
     new.close()
 
 
+def test_a_leader_stalled_in_a_commit_cannot_block_a_takeover(url: str) -> None:
+    """A leader paused mid-commit (SIGSTOP, a frozen VM) holds the lease row FOR SHARE:
+    PostgreSQL ends its idle transaction after ``stalled_transaction_timeout``, the
+    standby takes over, and nothing the stalled commit wrote is stored."""
+    import psycopg
+
+    old = PostgresStore(url, stalled_transaction_timeout=0.5)
+    new = PostgresStore(url)
+    Lease(old, "old", "h:1", 0.01).acquire()
+    old.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    expired(Lease(new, "new", "h:2", 30))
+    result: list[int | None] = []
+    taker = Lease(new, "new", "h:2", 30)
+    with pytest.raises(psycopg.Error), old.connection() as conn, conn.transaction():
+        conn.execute("SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE")
+        conn.execute("UPDATE flow_runs SET message = 'stalled' WHERE id = 'r1'")
+        # The leader stalls here: it sends nothing more on this transaction.
+        thread = threading.Thread(target=lambda: result.append(taker.acquire()))
+        thread.start()
+        thread.join(30)
+        assert result == [2], "the standby took over while the leader was stalled"
+    assert new.get_flow_run("r1").message == ""
+    old.close()
+    new.close()
+
+
 def test_taking_the_lead_sweeps_uploads_a_dead_leader_left(url: str) -> None:
     from headwater.wire import CHUNK_SIZE
 

@@ -20,6 +20,7 @@ try again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -78,6 +79,15 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _configure(stalled: float, conn: Conn) -> None:
+    """A new pool connection: PostgreSQL ends its transaction (and the session) when
+    the transaction waits ``stalled`` seconds for this process between statements. A
+    leader paused mid-commit (SIGSTOP, a frozen VM) would otherwise hold its lock on the
+    lease row until it resumed, and no standby could take over; its commit fails
+    instead (nothing of it is stored) and the batch is tried again, fenced."""
+    conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(stalled * 1000))}")
+
+
 class PostgresStore(PostgresOps, PostgresAccessTables):
     """The store in a PostgreSQL database: several servers can share one, one leading
     (the tables and methods of day-two operations are in store/_postgres_ops.py, those
@@ -90,6 +100,8 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         payload_dir: keep the bytes of new payloads as files in this directory (a
             mount every server sees) instead of the database.
         pool_size: most connections open at once (the writer, readers, the lease).
+        stalled_transaction_timeout: seconds a transaction may wait for this process
+            between statements before PostgreSQL ends it (``_configure``).
     """
 
     def __init__(
@@ -99,6 +111,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         clock: Callable[[], float] | None = None,
         payload_dir: str | Path | None = None,
         pool_size: int = 10,
+        stalled_transaction_timeout: float = 2.0,
     ) -> None:
         self.url = url
         self.where = redact(url)
@@ -119,6 +132,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             kwargs={"autocommit": True},
             open=False,
             name="headwater",
+            configure=functools.partial(_configure, stalled_transaction_timeout),
         )
         try:
             self._pool.open(wait=True, timeout=30)
