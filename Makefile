@@ -13,6 +13,8 @@ OLDEST_STAMP := $(OLDEST)/.installed
 NODE_STAMP := node_modules/.installed
 NODE_WORKER := examples/node_worker
 NODE_WORKER_STAMP := $(NODE_WORKER)/node_modules/.installed
+# Test processes for the suite (pytest-xdist; each test file stays on one of them).
+TEST_PROCESSES ?= 2
 
 .PHONY: setup postgres demo test test-oldest lint proto bench soak docs clean ui-vendor browser
 
@@ -94,7 +96,7 @@ test: setup
 	npm --prefix $(NODE_WORKER) test --silent
 	$(MAKE) --no-print-directory test-oldest
 	@# pytest exits 5 when it collected no test: fail loudly rather than pass quietly.
-	@$(PY) -m pytest; rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_PROCESSES) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
