@@ -147,3 +147,24 @@ def test_a_second_sigterm_exits_at_once(cluster: tuple[Cluster, str, Any], tmp_p
     first._close()
     assert code == 128 + signal.SIGTERM, first.lines
     assert "SIGTERM again; exiting now" in "\n".join(first.lines)
+
+
+def test_a_worker_that_ends_on_its_own_gives_ctrl_c_back_to_the_process() -> None:
+    """After ``headwater worker`` run in-process ends without a signal (an application
+    or a test run that goes on), SIGINT raises KeyboardInterrupt again: the handlers
+    from before are restored, not SIG_DFL (which would kill the process on Ctrl-C and
+    make ``_thread.interrupt_main`` do nothing)."""
+    import _thread
+    import signal
+    import time
+
+    from headwater._worker_stop import StopOnSignal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopper = StopOnSignal(lambda: None, grace=5.0)
+    stopper.install()
+    stopper.uninstall()
+    assert {s: signal.getsignal(s) for s in before} == before
+    with pytest.raises(KeyboardInterrupt):
+        _thread.interrupt_main()
+        time.sleep(1)  # the interrupt is raised at the next bytecode boundary

@@ -29,6 +29,7 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 #: Default seconds ``headwater worker`` may take to stop after SIGTERM or SIGINT.
 DEFAULT_GRACE = 10.0
@@ -55,6 +56,7 @@ class StopOnSignal:
         self.received: list[int] = []
         self._read_fd = self._write_fd = -1
         self._previous_fd = -1
+        self._previous_handlers: dict[int, Any] = {}
         self._thread: threading.Thread | None = None
 
     def install(self) -> None:
@@ -63,6 +65,7 @@ class StopOnSignal:
         os.set_blocking(self._write_fd, False)  # the C handler must never block
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for signum in SIGNALS:
+            self._previous_handlers[signum] = signal.getsignal(signum)
             signal.signal(signum, _ignore)
         self._thread = threading.Thread(target=self._watch, name="headwater-stop", daemon=True)
         self._thread.start()
@@ -94,13 +97,17 @@ class StopOnSignal:
         self.stop()
 
     def uninstall(self) -> None:
-        """Restore the default handlers and close the pipe when the worker ended on its
-        own. After a signal nothing changes: the deadline stays armed and a second
-        signal still exits at once, until the process is gone."""
+        """Restore the handlers from before ``install`` and close the pipe when the
+        worker ended on its own. After a signal nothing changes: the deadline stays
+        armed and a second signal still exits at once, until the process is gone."""
         if self.received:
             return
         for signum in SIGNALS:
-            signal.signal(signum, signal.SIG_DFL)
+            # The handlers from before (Python's KeyboardInterrupt for SIGINT), not
+            # SIG_DFL: a process that goes on after its worker ended (an application,
+            # a test run) keeps Ctrl-C working.
+            previous = self._previous_handlers.pop(signum, None)
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(self._previous_fd)
         with contextlib.suppress(OSError):
