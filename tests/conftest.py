@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,17 @@ from _backends import THREADS, Backend
 from pg_cluster import STORES, TempPostgres, database_for, temp_postgres
 
 from headwater_runtime.embedded import PROCESS_CACHE
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A test run launched as a background job of a shell without job control (``cmd
+    &`` in a script or a CI step) starts with SIGINT ignored, and so does every process
+    it starts: the Ctrl-C tests then interrupt nothing. Each test process (pytest-xdist
+    workers too) takes Python's usual handler instead, and the processes the tests start
+    get the default disposition, as from a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 if TYPE_CHECKING:
     # OpenTelemetry is an extra: `make test-oldest` runs without it.
