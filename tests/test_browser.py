@@ -400,8 +400,12 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
         parent = client.wait(client.run(module.ui_parent, {"n": 4}).id)
         assert parent.state is FlowRunState.SUCCESS and parent.result == 16
     browser.get(url + f"runs/{parent.id}")
-    wait(browser, lambda d: css(d, "#run-links a[data-child]"), "the link to the child run")
-    child_id = attr(browser, "#run-links a[data-child]", "data-child")
+    # The live page redraws its links: read the child's id once a drawing is stable.
+    child_id: str = wait(
+        browser,
+        lambda d: attr(d, "#run-links a[data-child]", "data-child"),
+        "the link to the child run",
+    )
     assert "ui_child" in text(browser, "#run-links")
     shot(browser, "run-subflow")
     click(browser, "#run-links a[data-child]")
