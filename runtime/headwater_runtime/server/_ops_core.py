@@ -219,9 +219,8 @@ class Operations:
         if row is None:
             return
         if not reason:
-            dispatcher = self.core.dispatcher
-            reasons = [dispatcher.waiting_reason(p) for p in dispatcher.queued(flow_run_id)]
-            reason = late_reason(reasons)
+            # The same reasons the API shows for its waiting task runs (ServerCore.waiting).
+            reason = late_reason(list(self.core.waiting(flow_run_id).values()))
         self.core.runs.ops.late.append(LateRow(flow_run_id, now, reason))
         # Once stored, live views (WatchFlowRun, the web UI) re-read the run: it is late.
         self.core.commits.pending.changed.add(flow_run_id)
@@ -354,14 +353,6 @@ class Operations:
         self.core.notices.drain_changed(name)
         await self.core.audit("worker.resume", "worker", name)
         return self.workers.infos([name])
-
-    def waiting(self, flow_run_id: str) -> dict[str, str]:
-        """Why each attempt of a run not yet handed to a worker waits, by task run key."""
-        dispatcher = self.core.dispatcher
-        return {
-            split_task_run_id(p.token[0])[1]: dispatcher.waiting_reason(p)
-            for p in dispatcher.queued(flow_run_id)
-        }
 
     def webhook_message(
         self, row: WebhookRow, counts: DeliveryCounts | None = None
