@@ -251,8 +251,13 @@ class Fault:
         self.pos = 0  # effect lines when the fault took hold
         self.caught: set[tuple[str, str, int]] = set()  # in flight on the victim then
         self.until: int | None = None  # the victim's lines from here on are a new session
+        #: Executions the victim had finished but whose success the store did not have
+        #: when the fault took hold: the result was still on its way (in the worker, a
+        #: socket or the server's next commit) and may be lost with the worker, so the
+        #: task may rightly run again elsewhere.
+        self.unrecorded: set[tuple[str, str, int]] = set()
 
-    def strike(self, tmp_path: Path, point: int) -> None:
+    def strike(self, tmp_path: Path, point: int, db: Path, tags: dict[str, str]) -> None:
         """Wait for ``point`` task starts of the run with the victim running something,
         then send the signal; retried at later points (SIGSTOP only) while the victim
         turned out to be idle at that instant."""
@@ -276,6 +281,15 @@ class Fault:
             self.pos = len(lines)
             self.caught = _victim_in_flight(lines, self.name, self.tag, self.pos)
             if self.caught or sig == signal.SIGKILL:
+                recorded = snapshot(db, tags, self.pos).succeeded
+                self.unrecorded = {
+                    x.key
+                    for x in lines
+                    if x.kind == "END"
+                    and x.worker == self.name
+                    and x.key[0] == self.tag
+                    and x.key not in recorded
+                }
                 return
             self.victim.popen.send_signal(signal.SIGCONT)
             point = count_effects(tmp_path, "START", [self.tag]) + 2
@@ -321,7 +335,7 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             # 1. SIGKILL: the stream breaks, its attempts are lost and sent elsewhere.
             run = start(f"kill{r}")
             fault = Fault("SIGKILL", a, f"a{r}", f"kill{r}")
-            fault.strike(tmp_path, point())
+            fault.strike(tmp_path, point(), db, tags)
             faults.append(fault)
             (c,) = _workers(cluster, address, [f"c{r}"])
             finish(run)
@@ -331,7 +345,7 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             # not kept.
             run = start(f"stop{r}")
             stop = Fault("SIGSTOP+SIGCONT", b, f"b{r}", f"stop{r}")
-            stop.strike(tmp_path, point())
+            stop.strike(tmp_path, point(), db, tags)
             faults.append(stop)
 
             def redispatched(stop: Fault = stop) -> bool:
@@ -351,7 +365,7 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             # 3. SIGSTOP for good: the run completes without it.
             run = start(f"never{r}")
             fault = Fault("SIGSTOP", c, f"c{r}", f"never{r}")
-            fault.strike(tmp_path, point())
+            fault.strike(tmp_path, point(), db, tags)
             faults.append(fault)
             finish(run)
             c.popen.send_signal(signal.SIGKILL)
@@ -389,7 +403,7 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
         explained = any(
             x.worker == f.name
             and x.key[0] == f.tag
-            and (key in f.caught or (x.pos >= f.pos and (f.until is None or x.pos < f.until)))
+            and (key in f.caught or key in f.unrecorded or (x.pos >= f.pos and (f.until is None or x.pos < f.until)))
             for f in faults
             for x in runs
         )
