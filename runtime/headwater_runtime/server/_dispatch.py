@@ -169,15 +169,7 @@ class Dispatcher:
             tokens = list(map(_TOKEN, pendings))
             for again in self._queued.keys() & set(tokens):  # queued before: once only
                 self._unqueue(again)
-            runs = self._pending.setdefault(task_type, OrderedDict())
-            queue = runs.get(flow_run_id)
-            if queue is None:
-                runs[flow_run_id] = deque(pendings)
-            else:
-                queue.extend(pendings)
-            self._queued.update(zip(tokens, pendings, strict=True))
-            key = (task_type, flow_run_id)
-            self._live[key] = self._live.get(key, 0) + len(pendings)
+            self._enqueue(task_type, flow_run_id, pendings)
             for pending in pendings:
                 if pending.start_by is not None:
                     heapq.heappush(self._start_by, (pending.start_by, id(pending), pending))
@@ -323,15 +315,30 @@ class Dispatcher:
     def requeue(self, attempts: Iterable[PendingAssignment]) -> None:
         """Put attempts a limit let go back in front of their flow runs' queues."""
         for pending in reversed(list(attempts)):
-            runs = self._pending.setdefault(pending.task_type, OrderedDict())
-            queue = runs.get(pending.flow_run_id)
-            if queue is None:
-                runs[pending.flow_run_id] = queue = deque()
-            queue.appendleft(pending)
-            self._queued[pending.token] = pending
-            key = (pending.task_type, pending.flow_run_id)
-            self._live[key] = self._live.get(key, 0) + 1
+            self._enqueue(pending.task_type, pending.flow_run_id, [pending], front=True)
         self.pump()
+
+    def _enqueue(
+        self,
+        task_type: str,
+        flow_run_id: str,
+        pendings: Sequence[PendingAssignment],
+        *,
+        front: bool = False,
+    ) -> None:
+        """Put attempts in their (task type, flow run) queue, at its end or in front,
+        and in the index of queued attempts."""
+        runs = self._pending.setdefault(task_type, OrderedDict())
+        queue = runs.get(flow_run_id)
+        if queue is None:
+            runs[flow_run_id] = queue = deque()
+        if front:
+            queue.extendleft(reversed(pendings))
+        else:
+            queue.extend(pendings)
+        self._queued.update(zip(map(_TOKEN, pendings), pendings, strict=True))
+        key = (task_type, flow_run_id)
+        self._live[key] = self._live.get(key, 0) + len(pendings)
 
     # ---------------------------------------------------------------- worker side
 
