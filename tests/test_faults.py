@@ -403,7 +403,11 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
         explained = any(
             x.worker == f.name
             and x.key[0] == f.tag
-            and (key in f.caught or key in f.unrecorded or (x.pos >= f.pos and (f.until is None or x.pos < f.until)))
+            and (
+                key in f.caught
+                or key in f.unrecorded
+                or (x.pos >= f.pos and (f.until is None or x.pos < f.until))
+            )
             for f in faults
             for x in runs
         )

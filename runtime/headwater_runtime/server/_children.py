@@ -112,6 +112,8 @@ class ChildRuns:
     def orphaned(self, parent_id: str, run: TaskRunRecord) -> list[str]:
         """Children of task run ``run`` whose attempt is no longer the one running (it
         ended, or a newer one replaced it): to be cancelled."""
+        if not self._links:  # no child runs at all: the common case, on a hot path
+            return []
         children = self._links.get((parent_id, run.key))
         if not children:
             return []

@@ -178,6 +178,10 @@ def _duration(flag: str, text: str | None, *, optional: bool) -> Any:
         raise ValueError(f"{flag} {exc}") from None
 
 
+#: Seconds a thread holds the GIL before another that waits for it gets it (sys).
+SWITCH_INTERVAL = 0.001
+
+
 def run_server(args: argparse.Namespace) -> int:
     """``headwater server``: serve until SIGINT/SIGTERM; the exit code (2 when the
     ``server`` extra is missing or a flag or OTEL_* variable is wrong)."""
@@ -187,6 +191,10 @@ def run_server(args: argparse.Namespace) -> int:
         tracing_settings_from_env,
     )
 
+    # Heavy requests (a 100,000-task graph to check, a run to build) run on reader and
+    # writer threads; the event loop serving everyone else gets the GIL back from them
+    # after this long, rather than after CPython's default 5 ms.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         from ._app import serve_forever, settings_from_env
         from ._config import ConfigError, limits_from_env

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.v1 import run_pb2, worker_pb2
-from headwater_runtime.store import Store
+from headwater_runtime.store import Store, WriteBatch
 
 from ._io import StoreIO
 from ._runs import RunManager
@@ -150,7 +150,7 @@ class Committer:
     async def _commit(self, batch: Any, release: Release) -> None:
         began = time.monotonic()
         try:
-            await self.io.write(self.store.commit, batch)
+            await self.io.write(_commit, self.store, batch)
         except Exception as exc:
             self._failed(exc, batch, release)
         else:
@@ -240,3 +240,10 @@ class Committer:
             "last stored state",
             self.error,
         )
+
+
+def _commit(store: Store, batch: WriteBatch) -> None:
+    """Commit a batch and let go of its rows on the writer thread (a failed one is
+    kept: it is put back and retried)."""
+    store.commit(batch)
+    batch.release()

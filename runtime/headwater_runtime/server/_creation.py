@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import FailureInfo, FlowRunState, GraphBuildNeeded, GraphError, ParameterError
 from headwater_runtime.engine import TaskFailed, TaskStarted, subflow_outcome
-from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow
+from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow, Store
 
 from ._access import CALLER
 from ._builds import BuildUnavailable, GraphBuilds, NoBuilder
@@ -97,9 +97,7 @@ class RunCreation:
             f"{prepared.row.flow_name}:{prepared.row.flow_version}",
         )
         try:
-            row, created = await core.io.write(
-                core.store.create_flow_run, prepared.row, None, prepared.batch, audit
-            )
+            row, created = await core.io.write(_store_run, core.store, prepared, audit)
         except BaseException:
             core.runs.discard(prepared)
             raise
@@ -301,3 +299,12 @@ class RunCreation:
 
 
 __all__ = ["RunCreation"]
+
+
+def _store_run(store: Store, prepared: PreparedRun, audit: AuditRow) -> tuple[FlowRunRow, bool]:
+    """Store a prepared run (its row, start and audit entry in one transaction), then
+    let go of its batch here, on the writer thread."""
+    try:
+        return store.create_flow_run(prepared.row, None, prepared.batch, audit)
+    finally:
+        prepared.batch.release()

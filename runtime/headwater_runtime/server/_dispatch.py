@@ -166,9 +166,10 @@ class Dispatcher:
         """Queue many attempts of one flow run at once (a 100,000-task run starting):
         a few calls per task type, whatever the number of attempts, then one pump."""
         for task_type, pendings in by_type.items():
-            tokens = list(map(_TOKEN, pendings))
-            for again in self._queued.keys() & set(tokens):  # queued before: once only
-                self._unqueue(again)
+            if (task_type, flow_run_id) in self._live:  # none can be queued twice
+                tokens = set(map(_TOKEN, pendings))
+                for again in self._queued.keys() & tokens:  # queued before: once only
+                    self._unqueue(again)
             self._enqueue(task_type, flow_run_id, pendings)
             for pending in pendings:
                 if pending.start_by is not None:

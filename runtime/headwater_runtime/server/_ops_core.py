@@ -154,7 +154,12 @@ class Operations:
         if freed:
             dispatcher.requeue(freed)
         for run_id in self.late.due(now):
-            self._mark_late(run_id, now)
+            active = self.core.runs.runs.get(run_id)
+            # Checked here, once, rather than when the run began: a run started off the
+            # loop may have had task runs end at once (cache hits) unseen by _task_changed,
+            # and scanning a 100,000-task run as it is adopted would stall the loop.
+            if active is not None and not _started(active.engine):
+                self._mark_late(run_id, now)
         if now >= self._next_sample:
             self._next_sample = now + SAMPLE_EVERY
             self.metrics.sample(
@@ -202,8 +207,7 @@ class Operations:
                     why = f"it was created {now - fired:.0f}s after its schedule's fire time"
                     self._mark_late(row.id, now, f"{why} (the server was not running)", row)
                     return
-            if not _started(engine):
-                self.late.created(row.id, now if fired is None else min(now, fired))
+            self.late.created(row.id, now if fired is None else min(now, fired))
         else:
             self.late.started(row.id, None)
         if self.webhooks.enqueue(self.core.runs.ops, row, engine.run_attempt):

@@ -277,6 +277,13 @@ class WriteBatch:
             or self.values
         )
 
+    def release(self) -> None:
+        """Let go of every row (after the commit, on the thread that made it: freeing
+        the 100,000 rows of a large run's start is not work for the event loop)."""
+        self.events, self.states, self.logs, self.cache = [], [], [], []
+        self.flow_runs, self.task_runs, self.values = {}, {}, {}
+        self.ops = OpsWrites()
+
     def absorb(self, newer: WriteBatch) -> None:
         """Add the writes of a later batch after this one's (a failed commit is retried
         together with what happened since): appended rows keep their order, and a
