@@ -212,9 +212,21 @@ class Dispatcher:
         """Stop attempts of one flow run, ``(task run id, attempt, reason)`` each:
         those still queued are dropped (a lookup each), the others' workers are asked
         to stop."""
-        for task_run_id, attempt, reason in cancels:
+        queued = self._queued
+        dropped: dict[tuple[str, str], int] = {}
+        rest: list[tuple[str, int, str]] = []
+        for cancel in cancels:  # a cancelled 100,000-task run: one pass, no call each
+            pending = queued.pop((cancel[0], cancel[1]), None)
+            if pending is None:
+                rest.append(cancel)
+            else:
+                key = (pending.task_type, pending.flow_run_id)
+                dropped[key] = dropped.get(key, 0) + 1
+        for key, count in dropped.items():
+            self._uncount(key, count)
+        for task_run_id, attempt, reason in rest:
             token = (task_run_id, attempt)
-            if self._unqueue(token) is not None or self.limits.take(token) is not None:
+            if self.limits.take(token) is not None:
                 continue
             session = self._owner.get(token)
             if session is None:
@@ -230,20 +242,24 @@ class Dispatcher:
         """Take a queued attempt out of the index (its queue entry is skipped later;
         a queue left with none is dropped now)."""
         pending = self._queued.pop(token, None)
-        if pending is None:
-            return None
-        key = (pending.task_type, pending.flow_run_id)
-        left = self._live[key] - 1
+        if pending is not None:
+            self._uncount((pending.task_type, pending.flow_run_id), 1)
+        return pending
+
+    def _uncount(self, key: tuple[str, str], taken: int) -> None:
+        """``taken`` attempts of a (task type, flow run) queue left the index; a queue
+        left with none is dropped."""
+        left = self._live[key] - taken
         if left:
             self._live[key] = left
-            return pending
+            return
         del self._live[key]
-        runs = self._pending.get(pending.task_type)
+        task_type, flow_run_id = key
+        runs = self._pending.get(task_type)
         if runs is not None:
-            runs.pop(pending.flow_run_id, None)
+            runs.pop(flow_run_id, None)
             if not runs:
-                del self._pending[pending.task_type]
-        return pending
+                del self._pending[task_type]
 
     def stale_reasons(self, flow_run_id: str) -> dict[str, str]:
         """Why attempts of a run wait for a worker, by task run id, where the dispatcher
