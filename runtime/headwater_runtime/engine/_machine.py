@@ -176,6 +176,24 @@ class FlowRunEngine:
             deadline = run.attempts[-1].started_at + run.spec.timeout
         return RunTask(run, run.attempt, self._inputs(run), deadline)
 
+    def release(self) -> None:
+        """Break the references that tie this run's nodes and task runs into cycles
+        (node <-> task run, upstream <-> downstream node, mapped parent <-> child), so
+        that reference counting frees them as soon as the engine is dropped, without
+        the cycle collector (which scans the whole heap: ~0.4 s for a 100,000-task
+        run). For a host done with a finished run; the engine is unusable afterwards
+        (the records keep their state, history and result)."""
+        self.on_transition = None
+        for node in self._nodes.values():
+            node.whole_sources = node.elem_sources = []
+            node.whole_dependents = node.elem_dependents = []
+            node.shared_inputs = None
+        for run in self.runs.values():
+            run.release()
+        self._ready.clear()
+        self._settle.clear()
+        self._prior = {}
+
     @property
     def next_timer_at(self) -> float | None:
         """When the earliest retry or timeout timer is due (None: no timers)."""

@@ -138,6 +138,13 @@ class TaskRunRecord:
         # Terminal and its consequences propagated (engine bookkeeping).
         self.settled = False
 
+    def release(self) -> None:
+        """Drop the links to the engine's node, the mapped parent and the children
+        (``FlowRunEngine.release``)."""
+        self._node = None
+        self.parent = None
+        self.children = None
+
     @property
     def history(self) -> list[StateEntry]:
         """Every state change, oldest first."""

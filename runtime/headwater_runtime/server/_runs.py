@@ -718,12 +718,14 @@ class RunManager(RunCacheLookups):
     def _deactivate(self, flow_run_id: str) -> None:
         active = self.runs.pop(flow_run_id, None)
         if active is not None and active.large:
+            _release(active)
             self.collector.large_run_ended()
 
     def discard(self, prepared: PreparedRun) -> None:
         """Forget a prepared run that was not stored (its idempotency key named an
         existing run, or the store refused it)."""
         if prepared.active.large:
+            _release(prepared.active)
             self.collector.large_run_started()
             self.collector.large_run_ended()
 
@@ -855,3 +857,16 @@ class RunManager(RunCacheLookups):
         if active.sink is None:
             for listener in self.listeners:
                 listener(row.id, None)
+
+
+def _release(active: ActiveRun) -> None:
+    """Break the reference cycles of a large run the manager is done with (its
+    engine's, and the journal and observer closures that point back at the ActiveRun),
+    so that reference counting frees it at once, although it is frozen out of the cycle
+    collector's sight (_gc.py)."""
+    active.engine.release()
+    active.journal.record = _forget
+
+
+def _forget(entry: JournalEntry) -> None:
+    """The journal of a released run records nothing."""
