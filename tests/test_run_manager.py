@@ -7,6 +7,7 @@ these tests exercise the manager, the journal and the store without a network.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -321,6 +322,48 @@ def test_cancel_cancels_in_flight_attempts_after_commit(store: Store) -> None:
     manager.flush()
     assert [c[1].split("/")[1] for c in dispatch.cancelled] == ["numbers"]
     assert store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
+
+
+def test_a_large_run_is_cancelled_aside_and_calls_for_it_wait_until_it_rejoins(
+    store: Store,
+) -> None:
+    """The server cancels a large run on a reader thread (set_aside, cancel_aside,
+    rejoin): meanwhile nothing of it is visible or sent, and calls for it wait; once it
+    rejoins, its writes join the open batch, listeners are told, and the calls that
+    waited are carried out in order."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.collector.large = 1  # every run counts as large
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {})
+    manager.flush()
+    assert [p.task_type for p in dispatch.submitted] == ["test_run_manager.numbers"]
+    journal = len(store.events(row.id))
+    told: list[tuple[str, Any]] = []
+    ended: list[dict[TaskRunState, int]] = []
+    manager.listeners.append(lambda run_id, run: told.append((run_id, run)))
+    manager.ended_listeners.append(lambda counts: ended.append(dict(counts)))
+    active = manager.set_aside(row.id)
+    assert active is not None
+    assert manager.set_aside(row.id) is None  # aside already
+    thread = threading.Thread(target=manager.cancel_aside, args=(active, "user asked"))
+    thread.start()
+    thread.join(30)
+    late = TaskSucceeded("numbers", 1, value_of([1, 2, 3]))
+    assert manager.handle(row.id, late) == []  # waits for the run to rejoin
+    manager.flush()
+    assert dispatch.cancelled == [] and told == [] and ended == []
+    assert store.get_flow_run(row.id).state == FlowRunState.RUNNING.value
+    manager.rejoin(active)
+    assert told[0] == (row.id, None)
+    manager.flush()
+    assert [c[1].split("/")[1] for c in dispatch.cancelled] == ["numbers"]
+    assert store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
+    cancelled = [r for r in store.task_runs(row.id) if r.state == TaskRunState.CANCELLED.value]
+    assert ended == [{TaskRunState.CANCELLED: len(cancelled)}] and cancelled
+    # The cancel, then the report that waited (refused by then: the run is over).
+    assert len(store.events(row.id)) == journal + 2
+    assert manager.handle(row.id, late)[0].reason.endswith("the flow run ended CANCELLED")
 
 
 def test_a_batch_put_back_after_a_failed_commit_keeps_the_values_it_references(

@@ -181,8 +181,11 @@ class FlowRunEngine:
         (node <-> task run, upstream <-> downstream node, mapped parent <-> child), so
         that reference counting frees them as soon as the engine is dropped, without
         the cycle collector (which scans the whole heap: ~0.4 s for a 100,000-task
-        run). For a host done with a finished run; the engine is unusable afterwards
-        (the records keep their state, history and result)."""
+        run). For a host done with a finished run; the engine is unusable afterwards:
+        its task runs and nodes are let go of one at a time (``runs`` ends empty; a
+        record someone else holds keeps its state, history and result), so that a host
+        can free a 100,000-task run on a thread of its own without holding the GIL for
+        the whole cascade. ``result`` and ``flow_history`` stay."""
         self.on_transition = None
         for node in self._nodes.values():
             node.whole_sources = node.elem_sources = []
@@ -193,6 +196,11 @@ class FlowRunEngine:
         self._ready.clear()
         self._settle.clear()
         self._prior = {}
+        runs, nodes = self.runs, self._nodes
+        while runs:
+            runs.popitem()
+        while nodes:
+            nodes.popitem()
 
     @property
     def next_timer_at(self) -> float | None:

@@ -307,8 +307,16 @@ class ServerCore:
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
-        yet: it stays queued)."""
-        self.runs.cancel(flow_run_id, reason)
+        yet: it stays queued). A large run is cancelled on a reader thread
+        (``RunManager.set_aside``): the loop goes on serving everyone else."""
+        active = self.runs.set_aside(flow_run_id)
+        if active is None:
+            self.runs.cancel(flow_run_id, reason)
+        else:
+            job = asyncio.ensure_future(self.io.read(self.runs.cancel_aside, active, reason))
+            # Rejoins when the thread is done, even if this call is cancelled meanwhile.
+            job.add_done_callback(lambda _: self.runs.rejoin(active))
+            await asyncio.shield(job)
         self.touch()
         await self.durable()
 

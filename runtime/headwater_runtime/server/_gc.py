@@ -16,11 +16,12 @@ the building itself happens on a reader thread. So:
   before the run existed. A graph is freed by reference counting once unused, frozen
   or not (it holds no reference cycles);
 * frozen objects are never collected by the cycle collector, though reference
-  counting still frees them. When a large run ends, the run manager breaks its
-  reference cycles (``FlowRunEngine.release``: node <-> task run, upstream <->
-  downstream, the observer closures), so its million objects are freed at once by
-  reference counting, with no collection: a full collection after a 100,000-task run
-  stopped the loop ~0.4 s. When the last large run has ended and nothing is being
+  counting still frees them. When a large run ends, the run manager hands it to the
+  collector's own thread (``retire``), which breaks its reference cycles
+  (``FlowRunEngine.release``: node <-> task run, upstream <-> downstream, the
+  observer closures) and lets go of its task runs one at a time, so its million
+  objects are freed by reference counting, with no collection and off the event
+  loop: a full collection after a 100,000-task run stopped the loop ~0.4 s. When the last large run has ended and nothing is being
   built, the collector unfreezes (no collection): whatever else was frozen with the
   builds (little, and garbage cycles of that moment) is the collector's again.
 
@@ -32,7 +33,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 #: Tasks from which a graph or a run counts as large.
 LARGE = 10_000
@@ -54,6 +56,7 @@ class Collector:
         self._thresholds = gc.get_threshold()
         self.live_large_runs = 0
         self.unfrozen = 0  # times everything frozen was given back to the collector
+        self._retiring: ThreadPoolExecutor | None = None  # releases ended large runs
         self.froze = False
 
     @contextlib.contextmanager
@@ -84,6 +87,20 @@ class Collector:
         with self._lock:
             self.live_large_runs += 1
 
+    def retire(self, release: Callable[[], None]) -> None:
+        """A large run ended: ``release`` (which breaks its cycles and lets go of its
+        task runs one at a time) runs on a thread of the collector's, then
+        ``large_run_ended``; the event loop only hands it over."""
+        if self._retiring is None:
+            self._retiring = ThreadPoolExecutor(1, thread_name_prefix="headwater-release")
+        self._retiring.submit(self._retire, release)
+
+    def _retire(self, release: Callable[[], None]) -> None:
+        try:
+            release()
+        finally:
+            self.large_run_ended()
+
     def large_run_ended(self) -> None:
         """A large run ended, its reference cycles broken (see the module docstring):
         once no large run is left and nothing is being built, everything frozen is the
@@ -99,6 +116,9 @@ class Collector:
     def close(self) -> None:
         """The server stops: give everything frozen back to the collector (a process
         that goes on, such as a test run, must not keep it forever)."""
+        if self._retiring is not None:
+            self._retiring.shutdown(wait=True)
+            self._retiring = None
         with self._lock:
             if self.froze:
                 gc.unfreeze()

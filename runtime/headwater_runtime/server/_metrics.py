@@ -139,6 +139,11 @@ class ServerMetrics:
         elif state.is_terminal:
             self.finished_in(state).inc()
 
+    def ended(self, counts: Mapping[TaskRunState, int]) -> None:
+        """Task runs ended in bulk (a run started or cancelled off the event loop)."""
+        for state, count in counts.items():
+            self.finished_in(state).inc(count)
+
     def finished_in(self, state: TaskRunState) -> Any:
         """The ``finished`` counter of one terminal state (looked up once: ``labels()``
         costs more than the increment, and cancelling a large run counts 100,000)."""

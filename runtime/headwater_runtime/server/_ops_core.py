@@ -90,6 +90,7 @@ class Operations:
         self._next_flush = 0.0
         self._next_sample = 0.0
         core.runs.listeners.append(self._task_changed)
+        core.runs.ended_listeners.append(self.metrics.ended)
         core.runs.flow_listeners.append(self._flow_changed)
         core.commits.on_commit = self.metrics.commit_seconds.observe
 

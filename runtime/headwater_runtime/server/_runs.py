@@ -211,6 +211,12 @@ class RunManager(RunCacheLookups):
         #: Starts the child flow run of a dispatched subflow node (the server core sets
         #: it; called after the commit, like an assignment is sent).
         self.start_subflow: Callable[[SubflowStart], None] | None = None
+        #: Called with how many task runs ended in each terminal state where the
+        #: per-task ``listeners`` were not told (a run started or cancelled off the loop).
+        self.ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]] = []
+        # Runs being cancelled on a reader thread (cancel_aside), with the calls for
+        # them that came meanwhile, in order: carried out once they rejoin.
+        self._aside: dict[str, list[Callable[[], object]]] = {}
 
     # ------------------------------------------------------------------- flows
 
@@ -320,6 +326,7 @@ class RunManager(RunCacheLookups):
         for effect in sink.effects:
             effect()
         self._arm_timer(active)
+        self._tell_ended(sink.ended)
         for listener in self.listeners:
             listener(active.row.id, None)
         row = active.row
@@ -440,15 +447,24 @@ class RunManager(RunCacheLookups):
         return active
 
     def handle(self, flow_run_id: str, event: Event) -> list[EventIgnored]:
-        """Apply an event to a run; returns the refusals (stale or unknown attempts)."""
+        """Apply an event to a run; returns the refusals (stale or unknown attempts).
+        An event for a run being cancelled off the loop is applied once it rejoins."""
         active = self.runs.get(flow_run_id)
         if active is None:
             return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
+        later = self._aside.get(flow_run_id)
+        if later is not None:
+            later.append(functools.partial(self.handle, flow_run_id, event))
+            return []
         return self._process(active, active.journal.handle(event))
 
     def resend(self, flow_run_id: str, key: str) -> None:
         """Dispatch the in-flight attempt of a task run again, unchanged (it never
         reached a worker): no new attempt, no loss counted."""
+        later = self._aside.get(flow_run_id)
+        if later is not None:
+            later.append(functools.partial(self.resend, flow_run_id, key))
+            return
         active = self.runs[flow_run_id]
         self._dispatch(active, active.engine.resend(key))
 
@@ -470,6 +486,54 @@ class RunManager(RunCacheLookups):
         """Ask a run to stop (its running attempts are cancelled)."""
         self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))
 
+    def set_aside(self, flow_run_id: str) -> ActiveRun | None:
+        """Take a large live run aside, to be cancelled off the loop (``cancel_aside``
+        on a reader thread, then ``rejoin`` on the loop): cancelling 100,000 queued
+        attempts takes seconds. Until it rejoins, its writes go to a sink of its own
+        and calls for it wait. None (cancel it on the loop) for a small run, one not
+        live, or one aside already."""
+        active = self.runs.get(flow_run_id)
+        if (
+            active is None
+            or not active.large
+            or active.sink is not None
+            or flow_run_id in self._aside
+        ):
+            return None
+        self._aside[flow_run_id] = []
+        active.sink = Sink()
+        return active
+
+    def cancel_aside(self, active: ActiveRun, reason: str) -> None:
+        """Cancel a run set aside (``set_aside``): on a reader thread."""
+        self._process(
+            active, active.journal.handle(CancelRequested(reason or "cancelled by request"))
+        )
+
+    def rejoin(self, active: ActiveRun) -> None:
+        """A run set aside is live again (on the loop, whether or not its cancel
+        raised): what it wrote joins the open batch, after everything gathered
+        meanwhile (none of it this run's: its calls waited); then the calls for it that
+        waited are carried out, in order."""
+        sink, active.sink = active.sink, None
+        assert sink is not None, "rejoin() takes a run set aside once"
+        run_id = active.row.id
+        ended, sink.ended = sink.ended, {}
+        batch, effects = sink.take()
+        self._sink.batch.absorb(batch)
+        self._sink.effects.extend(effects)
+        self._tell_ended(ended)
+        for listener in self.listeners:
+            listener(run_id, None)
+        self._arm_timer(active)
+        for call in self._aside.pop(run_id, []):
+            call()
+
+    def _tell_ended(self, ended: Mapping[TaskRunState, int]) -> None:
+        if ended:
+            for listener in self.ended_listeners:
+                listener(ended)
+
     def fire_timers(self) -> None:
         """Fire due retry and timeout timers of every run."""
         now = self.clock.now()
@@ -478,7 +542,8 @@ class RunManager(RunCacheLookups):
             active = self.runs.get(run_id)
             if active is not None:
                 active.armed_at = None
-                self._process(active, active.journal.fire_due_timers())
+                if run_id not in self._aside:  # else re-armed when it rejoins
+                    self._process(active, active.journal.fire_due_timers())
 
     @property
     def next_timer_at(self) -> float | None:
@@ -676,10 +741,17 @@ class RunManager(RunCacheLookups):
             active.delivered.pop(run.key, None)
         for child in self.children.orphaned(run_id, run):
             # The attempt that started it is over (ended, lost, replaced): so is it.
-            self.cancel(child, f"the parent task run {run.key!r} ended {entry.state.name}")
-        if active.sink is None:  # a run being started privately has no watchers yet
+            why = f"the parent task run {run.key!r} ended {entry.state.name}"
+            if active.sink is None:
+                self.cancel(child, why)
+            else:  # off the loop: the child is another run, cancelled once this is stored
+                active.sink.effects.append(functools.partial(self.cancel, child, why))
+        if active.sink is None:
             for listener in self.listeners:
                 listener(run_id, run)
+        elif run.state in _TERMINAL:  # off the loop: counted for ended_listeners
+            ended = active.sink.ended
+            ended[run.state] = ended.get(run.state, 0) + 1
 
     def _project_row(self, active: ActiveRun, run: TaskRunRecord, at: float) -> None:
         run_id = active.row.id
@@ -718,16 +790,14 @@ class RunManager(RunCacheLookups):
     def _deactivate(self, flow_run_id: str) -> None:
         active = self.runs.pop(flow_run_id, None)
         if active is not None and active.large:
-            _release(active)
-            self.collector.large_run_ended()
+            self.collector.retire(functools.partial(_release, active))
 
     def discard(self, prepared: PreparedRun) -> None:
         """Forget a prepared run that was not stored (its idempotency key named an
         existing run, or the store refused it)."""
         if prepared.active.large:
-            _release(prepared.active)
             self.collector.large_run_started()
-            self.collector.large_run_ended()
+            self.collector.retire(functools.partial(_release, prepared.active))
 
     def _arm_timer(self, active: ActiveRun) -> None:
         due = active.engine.next_timer_at
@@ -792,6 +862,10 @@ class RunManager(RunCacheLookups):
     def _report_to_parent(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
         """A child of a subflow node ended: the node's attempt ends the same way, in
         the same batch. (A flow a task started is waited for by the task itself.)"""
+        later = self._aside.get(row.parent_flow_run_id)
+        if later is not None:
+            later.append(functools.partial(self._report_to_parent, row, engine))
+            return
         parent = self.runs.get(row.parent_flow_run_id)
         key, attempt = row.parent_task_key, row.parent_attempt
         node = parent.engine.runs.get(key) if parent is not None else None
@@ -808,6 +882,12 @@ class RunManager(RunCacheLookups):
         """An attempt was handed to this worker: recorded durably with the next commit
         (a restarted server then waits for the worker rather than sending it again),
         and shown with the task run."""
+        later = self._aside.get(flow_run_id)
+        if later is not None:
+            later.append(
+                functools.partial(self.delivered, flow_run_id, task_run_id_, attempt, worker)
+            )
+            return
         key = split_task_run_id(task_run_id_)[1]
         self._workers[(flow_run_id, key)] = worker
         active = self.runs.get(flow_run_id)

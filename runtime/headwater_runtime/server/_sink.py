@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from headwater.wire import TaskRunState
 from headwater_runtime.store import WriteBatch
 
 from ._journal import Values
@@ -29,6 +30,9 @@ class Sink:
     batch: WriteBatch = field(default_factory=WriteBatch)
     values: Values = field(default_factory=Values)
     effects: list[Effect] = field(default_factory=list)
+    #: Task runs that ended, by state, where no per-task listener was told (a run
+    #: started or cancelled off the loop, RunManager.ended_listeners).
+    ended: dict[TaskRunState, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.batch) or bool(self.values.rows) or bool(self.effects)
