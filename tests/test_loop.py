@@ -114,7 +114,7 @@ def test_cancelling_queued_attempts_drops_them_and_leaves_no_empty_queue() -> No
     dispatcher = Dispatcher(on_lost=lambda *a: lost.append(a))
     dispatcher.submit_many("r1", {"t": [_pending("r1", i) for i in range(10_000)]})
     dispatcher.submit_many("r2", {"t": [_pending("r2", 0)], "u": [_pending("r2", 1, "u")]})
-    dispatcher.cancel_many("r1", [(f"r1/t{i}", 1, "stop") for i in range(10_000)])
+    dispatcher.cancel_many("r1", {(f"r1/t{i}", 1): "stop" for i in range(10_000)})
     dispatcher.cancel("r2", "r2/t0", 1, "stop")
     assert dispatcher.pending_count == 1
     # A reconnecting worker claims a queued attempt by its token: a lookup, not a
@@ -123,7 +123,7 @@ def test_cancelling_queued_attempts_drops_them_and_leaves_no_empty_queue() -> No
     claimed = dispatcher.take_pending(("r3/t1", 1))
     assert claimed is not None and claimed.token == ("r3/t1", 1)
     assert dispatcher.take_pending(("r3/t1", 1)) is None
-    dispatcher.cancel_many("r3", [("r3/t0", 1, "stop"), ("r3/t2", 1, "stop")])
+    dispatcher.cancel_many("r3", {("r3/t0", 1): "stop", ("r3/t2", 1): "stop"})
     sent: list[Any] = []
     session = WorkerSession("s", "w", "w", frozenset({"t", "u"}), {}, 4, sent.append)
     dispatcher.connect(session)  # pumps

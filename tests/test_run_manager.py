@@ -81,8 +81,8 @@ class FakeDispatch:
         for pendings in by_type.values():
             self.submitted.extend(pendings)
 
-    def cancel_many(self, flow_run_id: str, cancels: list[tuple[str, int, str]]) -> None:
-        self.cancelled.extend((flow_run_id, *c) for c in cancels)
+    def cancel_many(self, flow_run_id: str, cancels: dict[tuple[str, int], str]) -> None:
+        self.cancelled.extend((flow_run_id, *t, why) for t, why in cancels.items())
 
 
 def value_of(obj: Any, split: bool = False) -> payload_pb2.Value:

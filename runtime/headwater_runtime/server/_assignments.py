@@ -106,8 +106,8 @@ class Dispatch(Protocol):
         """Stop an attempt (drop it if still queued, else ask its worker)."""
         ...
 
-    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
-        """Stop attempts of one flow run: ``(task run id, attempt, reason)`` each."""
+    def cancel_many(self, flow_run_id: str, cancels: Mapping[tuple[str, int], str]) -> None:
+        """Stop attempts of one flow run: the reason by ``(task run id, attempt)``."""
         ...
 
 

@@ -25,10 +25,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from headwater.v1 import worker_pb2
+from headwater.wire import split_task_run_id
 
 from ._assignments import PendingAssignment
+from ._gc import release_later
 from ._tag_limits import TagLimits
 from ._waiting import waiting_reason
 
@@ -37,6 +40,7 @@ Token = tuple[str, int]  # (task run id, attempt)
 #: the store has not recorded yet (WorkerSession.can_take).
 UNSTORED_PER_SLOT = 2
 _TOKEN = operator.attrgetter("token")
+_NONE: dict[Token, PendingAssignment] = {}  # no attempt of that run is queued
 
 log = logging.getLogger("headwater.server")
 
@@ -129,10 +133,11 @@ class Dispatcher:
         self.sessions: dict[str, WorkerSession] = {}
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
         self._pending: dict[str, OrderedDict[str, deque[PendingAssignment]]] = {}
-        # The attempts still queued, by token. One taken out of its queue early (a
-        # cancel, a reconnecting worker claiming it) leaves this index at once and is
-        # skipped when it reaches the head of its queue: no queue is ever searched.
-        self._queued: dict[Token, PendingAssignment] = {}
+        # The attempts still queued, by flow run, then token. One taken out of its
+        # queue early (a cancel, a reconnecting worker claiming it) leaves this index
+        # at once and is skipped when it reaches the head of its queue: no queue is
+        # ever searched; a whole run's leave at once when it is cancelled.
+        self._queued: dict[str, dict[Token, PendingAssignment]] = {}
         # How many queued attempts each (task type, flow run) queue still has.
         self._live: dict[tuple[str, str], int] = {}
         self._owner: dict[Token, WorkerSession] = {}
@@ -168,8 +173,8 @@ class Dispatcher:
         for task_type, pendings in by_type.items():
             if (task_type, flow_run_id) in self._live:  # none can be queued twice
                 tokens = set(map(_TOKEN, pendings))
-                for again in self._queued.keys() & tokens:  # queued before: once only
-                    self._unqueue(again)
+                for again in self._queued.get(flow_run_id, {}).keys() & tokens:  # once
+                    self._unqueue(again, flow_run_id)
             self._enqueue(task_type, flow_run_id, pendings)
             for pending in pendings:
                 if pending.start_by is not None:
@@ -179,7 +184,7 @@ class Dispatcher:
     def queued(self, flow_run_id: str) -> list[PendingAssignment]:
         """The attempts of a flow run not yet handed to a worker: waiting for one, or
         on a limit (nothing is removed)."""
-        queued = self._queued
+        queued = self._queued.get(flow_run_id, {})
         found = [
             pending
             for runs in self._pending.values()
@@ -206,26 +211,33 @@ class Dispatcher:
 
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""
-        self.cancel_many(flow_run_id, [(task_run_id, attempt, reason)])
+        self.cancel_many(flow_run_id, {(task_run_id, attempt): reason})
 
-    def cancel_many(self, flow_run_id: str, cancels: Sequence[tuple[str, int, str]]) -> None:
-        """Stop attempts of one flow run, ``(task run id, attempt, reason)`` each:
-        those still queued are dropped (a lookup each), the others' workers are asked
-        to stop."""
-        queued = self._queued
-        dropped: dict[tuple[str, str], int] = {}
-        rest: list[tuple[str, int, str]] = []
-        for cancel in cancels:  # a cancelled 100,000-task run: one pass, no call each
-            pending = queued.pop((cancel[0], cancel[1]), None)
-            if pending is None:
-                rest.append(cancel)
-            else:
-                key = (pending.task_type, pending.flow_run_id)
-                dropped[key] = dropped.get(key, 0) + 1
-        for key, count in dropped.items():
-            self._uncount(key, count)
-        for task_run_id, attempt, reason in rest:
-            token = (task_run_id, attempt)
+    def cancel_many(self, flow_run_id: str, wanted: Mapping[Token, str]) -> None:
+        """Stop attempts of one flow run (the reason by token): those still queued are
+        dropped (all at once when they are all the run's queued attempts: a cancelled
+        100,000-task run, whose attempts are then freed on another thread), the
+        others' workers are asked to stop."""
+        queued = self._queued.get(flow_run_id)
+        rest: Iterable[Token]
+        if not queued:
+            rest = wanted.keys()
+        elif queued.keys() <= wanted.keys():  # every queued attempt of the run
+            del self._queued[flow_run_id]
+            dropped: list[Any] = [queued]
+            for key in [k for k in self._live if k[1] == flow_run_id]:
+                dropped.append(self._pending[key[0]].get(flow_run_id))
+                self._uncount(key, self._live[key])
+            rest = wanted.keys() - queued.keys()
+            release_later(dropped)
+        else:
+            hit = queued.keys() & wanted.keys()
+            for token in hit:
+                self._unqueue(token, flow_run_id)
+            rest = wanted.keys() - hit
+        for token in rest:
+            task_run_id, attempt = token
+            reason = wanted[token]
             if self.limits.take(token) is not None:
                 continue
             session = self._owner.get(token)
@@ -238,11 +250,16 @@ class Dispatcher:
             )
             session.send(worker_pb2.ConnectResponse(cancel=msg))
 
-    def _unqueue(self, token: Token) -> PendingAssignment | None:
+    def _unqueue(self, token: Token, flow_run_id: str | None = None) -> PendingAssignment | None:
         """Take a queued attempt out of the index (its queue entry is skipped later;
         a queue left with none is dropped now)."""
-        pending = self._queued.pop(token, None)
+        if flow_run_id is None:
+            flow_run_id = split_task_run_id(token[0])[0]
+        queued = self._queued.get(flow_run_id)
+        pending = queued.pop(token, None) if queued is not None else None
         if pending is not None:
+            if not queued:
+                del self._queued[flow_run_id]
             self._uncount((pending.task_type, pending.flow_run_id), 1)
         return pending
 
@@ -267,9 +284,10 @@ class Dispatcher:
         (a worker started before the task was edited). Attempts without a known reason
         are left out."""
         reasons: dict[str, str] = {}
+        queued = self._queued.get(flow_run_id, {})
         for runs in self._pending.values():
             for pending in runs.get(flow_run_id, ()):
-                if self._queued.get(pending.token) is not pending:
+                if queued.get(pending.token) is not pending:
                     continue  # taken out early (cancelled, claimed)
                 reason = self.stale_reason(pending)
                 if reason:
@@ -310,7 +328,7 @@ class Dispatcher:
     @property
     def pending_count(self) -> int:
         """Attempts waiting for a worker."""
-        return len(self._queued)
+        return sum(map(len, self._queued.values()))
 
     def queue_depth(self) -> dict[str, int]:
         """Attempts ready to run and not yet handed to a worker (waiting for one, or on
@@ -353,7 +371,11 @@ class Dispatcher:
             queue.extendleft(reversed(pendings))
         else:
             queue.extend(pendings)
-        self._queued.update(zip(map(_TOKEN, pendings), pendings, strict=True))
+        queued = self._queued.get(flow_run_id)
+        if queued is None:
+            self._queued[flow_run_id] = dict(zip(map(_TOKEN, pendings), pendings, strict=True))
+        else:
+            queued.update(zip(map(_TOKEN, pendings), pendings, strict=True))
         key = (task_type, flow_run_id)
         self._live[key] = self._live.get(key, 0) + len(pendings)
 
@@ -438,13 +460,13 @@ class Dispatcher:
                     del runs[run_id]
                     continue
                 pending = queue[0]
-                if self._queued.get(pending.token) is not pending:
+                if self._queued.get(run_id, _NONE).get(pending.token) is not pending:
                     queue.popleft()  # taken out early (cancelled, claimed)
                     continue
                 tag = self.limits.blocking(pending.tags) if pending.tags else None
                 if tag is not None:  # its tag is at its limit: it waits there
                     queue.popleft()
-                    self._unqueue(pending.token)
+                    self._unqueue(pending.token, run_id)
                     self.limits.wait(pending, tag)
                     continue
                 fits = [s for s in candidates if s.accepts(pending)]
@@ -454,7 +476,7 @@ class Dispatcher:
                     continue
                 session = max(fits, key=lambda s: s.free)
                 queue.popleft()
-                self._unqueue(pending.token)
+                self._unqueue(pending.token, run_id)
                 self._assign(session, pending)
                 candidates = [s for s in candidates if s.can_take]
             if not runs:

@@ -21,9 +21,10 @@ the building itself happens on a reader thread. So:
   (``FlowRunEngine.release``: node <-> task run, upstream <-> downstream, the
   observer closures) and lets go of its task runs one at a time, so its million
   objects are freed by reference counting, with no collection and off the event
-  loop: a full collection after a 100,000-task run stopped the loop ~0.4 s. When the last large run has ended and nothing is being
-  built, the collector unfreezes (no collection): whatever else was frozen with the
-  builds (little, and garbage cycles of that moment) is the collector's again.
+  loop: a full collection after a 100,000-task run stopped the loop ~0.4 s. When
+  the last large run has ended and nothing is being built, the collector unfreezes
+  (no collection): whatever else was frozen with the builds (little, and garbage
+  cycles of that moment) is the collector's again.
 
 Small graphs and runs (below ``LARGE``) change nothing: the collector runs as usual.
 """
@@ -35,6 +36,7 @@ import gc
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 #: Tasks from which a graph or a run counts as large.
 LARGE = 10_000
@@ -56,7 +58,6 @@ class Collector:
         self._thresholds = gc.get_threshold()
         self.live_large_runs = 0
         self.unfrozen = 0  # times everything frozen was given back to the collector
-        self._retiring: ThreadPoolExecutor | None = None  # releases ended large runs
         self.froze = False
 
     @contextlib.contextmanager
@@ -89,11 +90,9 @@ class Collector:
 
     def retire(self, release: Callable[[], None]) -> None:
         """A large run ended: ``release`` (which breaks its cycles and lets go of its
-        task runs one at a time) runs on a thread of the collector's, then
+        task runs one at a time) runs on the releasing thread, then
         ``large_run_ended``; the event loop only hands it over."""
-        if self._retiring is None:
-            self._retiring = ThreadPoolExecutor(1, thread_name_prefix="headwater-release")
-        self._retiring.submit(self._retire, release)
+        _releaser().submit(self._retire, release)
 
     def _retire(self, release: Callable[[], None]) -> None:
         try:
@@ -116,10 +115,38 @@ class Collector:
     def close(self) -> None:
         """The server stops: give everything frozen back to the collector (a process
         that goes on, such as a test run, must not keep it forever)."""
-        if self._retiring is not None:
-            self._retiring.shutdown(wait=True)
-            self._retiring = None
         with self._lock:
             if self.froze:
                 gc.unfreeze()
                 self.froze = False
+
+
+_RELEASER: list[ThreadPoolExecutor] = []
+_RELEASER_LOCK = threading.Lock()
+
+
+def _releaser() -> ThreadPoolExecutor:
+    """The process's one releasing thread (started when first needed)."""
+    with _RELEASER_LOCK:
+        if not _RELEASER:
+            _RELEASER.append(ThreadPoolExecutor(1, thread_name_prefix="headwater-release"))
+        return _RELEASER[0]
+
+
+def release_later(containers: list[Any]) -> None:
+    """Let go of large containers (dicts, deques, lists; None is skipped) on the
+    releasing thread, one item at a time: freeing 100,000 queued attempts at once holds
+    the GIL, and so the event loop, for tens of milliseconds; item by item, the loop
+    gets it back every switch interval. The caller must hold no other reference."""
+    _releaser().submit(_empty, containers)
+
+
+def _empty(containers: list[Any]) -> None:
+    while containers:
+        container = containers.pop()
+        if isinstance(container, dict):
+            while container:
+                container.popitem()
+        elif container is not None:
+            while container:
+                container.pop()

@@ -816,7 +816,7 @@ class RunManager(RunCacheLookups):
         run_id = active.row.id
         ignored: list[EventIgnored] = []
         ready: dict[str, list[PendingAssignment]] | None = None
-        cancels: list[tuple[str, int, str]] | None = None
+        cancels: dict[tuple[str, int], str] | None = None
         queue = deque(commands)  # a 10,000-task fan-out starts with 10,000 commands
         while queue:
             command = queue.popleft()
@@ -832,12 +832,11 @@ class RunManager(RunCacheLookups):
                 ready.setdefault(pending.task_type, []).append(pending)
             elif isinstance(command, CancelTask):
                 if cancels is None:
-                    ready, cancels = None, []
+                    ready, cancels = None, {}
                     sink.effects.append(
                         functools.partial(self.dispatch.cancel_many, run_id, cancels)
                     )
-                token = task_run_id(run_id, command.run.key)
-                cancels.append((token, command.attempt, command.reason))
+                cancels[(task_run_id(run_id, command.run.key), command.attempt)] = command.reason
             elif isinstance(command, CheckCache):
                 queue.extend(active.journal.handle(self._check_cache(command)))
             elif isinstance(command, WriteCache):
