@@ -283,6 +283,36 @@ def test_a_leader_stalled_in_a_commit_cannot_block_a_takeover(url: str) -> None:
     new.close()
 
 
+def test_a_leader_stuck_inside_a_statement_is_ended_once_its_lease_runs_out(url: str) -> None:
+    """A leader paused between two messages of one statement batch is not idle in
+    transaction, so PostgreSQL's timeout never ends it (modelled by a session without
+    that timeout): the standby's takeover waits a bounded time for the lease row, ends
+    the sessions that lock it once the lease has run out, and leads at the next try.
+    A leader whose lease has not run out is never touched."""
+    import psycopg
+
+    old, new = PostgresStore(url), PostgresStore(url)
+    # 5 s: the first takeover below waits 1 s for the lock well within the lease.
+    assert Lease(old, "old", "h:1", 5).acquire() == 1
+    taker = Lease(new, "new", "h:2", 30)
+    stuck = psycopg.connect(url)  # no idle-in-transaction timeout, like mid-pipeline
+    try:
+        stuck.execute("SELECT epoch FROM leader_lease WHERE id = 1 FOR SHARE")
+        assert taker.acquire() is None  # the lease runs: the lock holder is left alone
+        assert stuck.execute("SELECT 1").fetchone() == (1,)
+        expired(taker)  # the leader renews no more
+        assert taker.acquire() is None  # waited for the lock, then ended its holder
+        with pytest.raises(psycopg.OperationalError):
+            stuck.execute("SELECT 1")
+        assert taker.acquire() == 2
+    finally:
+        stuck.close()
+    with pytest.raises(Fenced):
+        old.commit(batch("r1", 1))
+    old.close()
+    new.close()
+
+
 def test_taking_the_lead_sweeps_uploads_a_dead_leader_left(url: str) -> None:
     from headwater.wire import CHUNK_SIZE
 

@@ -15,10 +15,16 @@ The epoch taken is what the store fences every write with (``PostgresStore.epoch
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from ._postgres import PostgresStore
+
+log = logging.getLogger("headwater.server")
 
 
 @dataclass(frozen=True)
@@ -70,18 +76,59 @@ class Lease:
 
     def acquire(self) -> int | None:
         """Take the lead if the lease has expired: the new epoch (also set as the
-        store's fence), or None when another server holds it."""
+        store's fence), or None when another server holds it.
+
+        The lease row is locked (shared) by every fenced write of the leader. A leader
+        paused in the middle of one (SIGSTOP, a frozen VM, a stalled network) holds
+        that lock until it resumes, and PostgreSQL's idle-in-transaction timeout does
+        not end it when the pause came between two messages of one statement batch.
+        So the UPDATE waits at most ``lock_wait`` seconds; if the lock is still held
+        and the lease has run out, the sessions holding it are ended
+        (``pg_terminate_backend``: their transactions roll back, nothing of them is
+        stored) and the lead is taken at the next try."""
         with self.store.connection() as conn:
-            row = conn.execute(
-                "UPDATE leader_lease SET holder = %s, address = %s, epoch = epoch + 1, "
-                "expires_at = clock_timestamp() + make_interval(secs => %s) "
-                "WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch",
-                (self.holder, self.address, self.duration),
-            ).fetchone()
+            try:
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL lock_timeout = {self._lock_wait_ms()}")
+                    row = conn.execute(
+                        "UPDATE leader_lease SET holder = %s, address = %s, "
+                        "epoch = epoch + 1, "
+                        "expires_at = clock_timestamp() + make_interval(secs => %s) "
+                        "WHERE id = 1 AND expires_at < clock_timestamp() RETURNING epoch",
+                        (self.holder, self.address, self.duration),
+                    ).fetchone()
+            except psycopg.errors.LockNotAvailable:
+                self._end_stalled_writers(conn)
+                return None
         if row is None:
             return None
         self.store.epoch = int(row[0])
         return self.store.epoch
+
+    def _lock_wait_ms(self) -> int:
+        """How long a takeover waits for the lease row's lock (ms): a quarter of the
+        lease, at most a second."""
+        return max(1, int(min(1.0, self.duration / 4) * 1000))
+
+    def _end_stalled_writers(self, conn: Any) -> None:
+        """End the sessions that lock the lease row, if the lease has run out (see
+        ``acquire``); a leader that renews in time is never touched."""
+        try:
+            ended = conn.execute(
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                "WHERE l.relation = 'leader_lease'::regclass AND l.granted "
+                "AND l.mode = 'RowShareLock' AND l.pid <> pg_backend_pid() "
+                "AND (SELECT expires_at < clock_timestamp() FROM leader_lease WHERE id = 1)"
+            ).fetchall()
+        except psycopg.Error as exc:  # e.g. not allowed: wait for the leader instead
+            log.warning("cannot end the stalled leader's sessions (%s)", exc)
+            return
+        if ended:
+            log.warning(
+                "the lease ran out while its holder kept a write open (paused?): "
+                "ended %d of its database sessions to take over",
+                len(ended),
+            )
 
     def renew(self) -> bool:
         """Extend the lease this server holds; False when another server took over
