@@ -138,6 +138,8 @@ class FakeGateway(worker_pb2_grpc.WorkerGatewayServiceServicer):
         self.reject = reject
         self.keep_running = keep_running
         self.answer_heartbeats = answer_heartbeats
+        #: Acknowledge every outcome at once (False: the test sends the Ack itself).
+        self.ack_outcomes = True
         self.loop: asyncio.AbstractEventLoop | None = None
         self.received: list[worker_pb2.ConnectRequest] = []
         self.batches: list[int] = []  # sizes of the batches received (their messages are
@@ -166,7 +168,7 @@ class FakeGateway(worker_pb2_grpc.WorkerGatewayServiceServicer):
                     out.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
                 elif kind == "heartbeat" and self.answer_heartbeats:
                     out.put_nowait(worker_pb2.ConnectResponse(heartbeat_ack={}))
-                elif kind in ("result", "failure", "skipped"):
+                elif kind in ("result", "failure", "skipped") and self.ack_outcomes:
                     token = getattr(request, kind).token
                     ack = worker_pb2.Ack(token=token, accepted=True)
                     out.put_nowait(worker_pb2.ConnectResponse(ack=ack))
@@ -847,6 +849,7 @@ def test_a_drain_that_asks_to_exit_lets_running_work_finish_then_stops(
     tasks_file: Path, server: FakeServer
 ) -> None:
     gateway = server.gateway
+    gateway.ack_outcomes = False  # the outcome stays unacknowledged until the test acks
     with worker_thread(server.address, tasks_file, slots=2) as worker:
         assert "drain" in gateway.wait_for("hello").features
         tok = assign(gateway, "slow", "block", inputs=inputs(seconds=0.3))
