@@ -125,6 +125,20 @@ def consume(array) -> list:
 @flow
 def big(mb: int = 300) -> list:
     return consume(produce(mb))
+
+@task
+def tick(i: int) -> int:
+    if i % 1000 == 0:
+        effect("tick")
+    return i
+
+@task
+def tally(values: list[int]) -> int:
+    return len(values)
+
+@flow
+def wide(n: int = 12_000) -> int:
+    return tally([tick(i) for i in range(n)])
 """
 
 
@@ -334,3 +348,30 @@ def test_a_300_mb_array_flows_between_workers_by_reference(
     if on_postgres:
         stored = [p for p in folder.rglob("*") if p.is_file()]
         assert stored and sum(p.stat().st_size for p in stored) >= 300 << 20
+
+
+def test_a_large_run_cancelled_mid_run_ends_cancelled_and_the_server_goes_on(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """A run of 12,001 tasks (large: cancelled off the event loop, with workers
+    reporting meanwhile) is cancelled while workers run it: it ends CANCELLED, what
+    finished before stays SUCCESS, everything else is CANCELLED, and the next run on
+    the same server and workers succeeds."""
+    _, address = start_server(cluster, db)
+    start_worker(cluster, address, "w1", "--slots", "4")
+    start_worker(cluster, address, "w2", "--slots", "4")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.wide, {"n": 12_000})  # type: ignore[attr-defined]
+        poll(lambda: any(what == "tick" for what, _ in effects(tmp_path)), "ticks to run")
+        client.cancel(run.id, "enough")
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.CANCELLED, final.message
+        states = [t.state for t in client.get(run.id, include_task_runs=True).task_runs]
+        assert len(states) == 12_001
+        assert {s.name for s in states} == {"SUCCESS", "CANCELLED"}
+        assert sum(1 for s in states if s.name == "CANCELLED") > 1_000
+        again = client.run(module.etl, {"n": 3})  # type: ignore[attr-defined]
+        done = client.wait(again.id)
+        assert done.state is FlowRunState.SUCCESS, done.message
+        assert done.result == sum(x * 10 for x in range(3))
