@@ -168,12 +168,18 @@ def flows(tmp_path: Path) -> object:
     return load_file(str(tmp_path / "e2e_tasks.py"))
 
 
+def two_workers(cluster: Callable[..., Proc], db: str, slots: int) -> str:
+    """A server on ``db`` and two workers (w1, w2) of ``slots`` slots; its address."""
+    _, address = start_server(cluster, db)
+    for name in ("w1", "w2"):
+        start_worker(cluster, address, name, "--slots", str(slots))
+    return address
+
+
 def test_etl_through_the_server_with_two_workers(
     tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
-    _, address = start_server(cluster, db)
-    start_worker(cluster, address, "w1", "--slots", "2")
-    start_worker(cluster, address, "w2", "--slots", "2")
+    address = two_workers(cluster, db, slots=2)
     module = flows(tmp_path)
     with Client(address, token=TOKEN) as client:
         run = client.run(module.etl, {"n": 6})  # type: ignore[attr-defined]
@@ -357,9 +363,7 @@ def test_a_large_run_cancelled_mid_run_ends_cancelled_and_the_server_goes_on(
     reporting meanwhile) is cancelled while workers run it: it ends CANCELLED, what
     finished before stays SUCCESS, everything else is CANCELLED, and the next run on
     the same server and workers succeeds."""
-    _, address = start_server(cluster, db)
-    start_worker(cluster, address, "w1", "--slots", "4")
-    start_worker(cluster, address, "w2", "--slots", "4")
+    address = two_workers(cluster, db, slots=4)
     module = flows(tmp_path)
     with Client(address, token=TOKEN) as client:
         run = client.run(module.wide, {"n": 12_000})  # type: ignore[attr-defined]
