@@ -343,7 +343,9 @@ def _server_notes(row: Row, system: str = "server") -> list[str]:
     if raw and raw.wall and server.wall:
         bits.append(f"dask-raw {raw.wall:.3f} s (server/dask-raw = {server.wall / raw.wall:.0f}x)")
     notes = [f"{name}: " + "; ".join(bits)]
-    tls = row.get("server-tls")
+    # The TLS run is made with this checkout only: it is compared with this checkout's
+    # plaintext run, never with the baseline's.
+    tls = row.get("server-tls") if system == "server" else None
     if tls is not None:
         if tls.wall and server.wall and tls.data:
             cost = 1 - server.wall / tls.wall  # 1 - (tasks/s with TLS) / (tasks/s without)
