@@ -55,7 +55,10 @@ from headwater_runtime.engine import (
     RunRetried,
     RunTask,
     StateEntry,
+    TaskFailed,
     TaskRunRecord,
+    TaskSkipped,
+    TaskSucceeded,
     WriteCache,
     replay,
     subflow_outcome,
@@ -111,6 +114,8 @@ _RUNNING = FlowRunState.RUNNING.value
 # descriptor call): read for every row the projections write, three per task run.
 _NUMBER = {state: state.value for state in TaskRunState}
 _TERMINAL = frozenset(state for state in TaskRunState if state.is_terminal)
+#: Worker reports that end an attempt (refused at once for a run being cancelled).
+_OUTCOMES = (TaskSucceeded, TaskFailed, TaskSkipped)
 _SUCCESS = frozenset(state for state in TaskRunState if state.is_success)
 
 __all__ = [
@@ -454,6 +459,9 @@ class RunManager(RunCacheLookups):
             return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         later = self._aside.get(flow_run_id)
         if later is not None:
+            if isinstance(event, _OUTCOMES):  # the cancel under way ends every attempt
+                why = f"stale attempt {event.attempt} of task run {event.key!r}"
+                return [EventIgnored(event, f"{why}: the flow run is being cancelled")]
             later.append(functools.partial(self.handle, flow_run_id, event))
             return []
         return self._process(active, active.journal.handle(event))
@@ -489,9 +497,10 @@ class RunManager(RunCacheLookups):
     def set_aside(self, flow_run_id: str) -> ActiveRun | None:
         """Take a large live run aside, to be cancelled off the loop (``cancel_aside``
         on a reader thread, then ``rejoin`` on the loop): cancelling 100,000 queued
-        attempts takes seconds. Until it rejoins, its writes go to a sink of its own
-        and calls for it wait. None (cancel it on the loop) for a small run, one not
-        live, or one aside already."""
+        attempts takes seconds. Until it rejoins, its writes go to a sink of its own,
+        calls for it wait, and attempt outcomes are refused as stale (``handle``).
+        None (cancel it on the loop) for a small run, one not live, or one aside
+        already."""
         active = self.runs.get(flow_run_id)
         if (
             active is None
