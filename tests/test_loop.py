@@ -132,6 +132,25 @@ def test_cancelling_queued_attempts_drops_them_and_leaves_no_empty_queue() -> No
     assert dispatcher.pending_count == 0 and not lost
 
 
+def test_cancelling_a_whole_run_drops_its_queue_and_stops_what_workers_hold() -> None:
+    """The run manager cancels a run set aside as a whole (whole_run): its queued
+    attempts leave at once, the attempt a worker holds is asked to stop, other runs'
+    attempts stay."""
+    dispatcher = Dispatcher(on_lost=lambda *a: None)
+    dispatcher.submit_many("r1", {"t": [_pending("r1", i) for i in range(10)]})
+    sent: list[Any] = []
+    session = WorkerSession("s", "w", "w", frozenset({"t"}), {}, 1, sent.append)
+    dispatcher.connect(session)  # takes r1/t0
+    dispatcher.submit_many("r2", {"t": [_pending("r2", 0)]})
+    assert dispatcher.pending_count == 10
+    dispatcher.cancel_many("r1", {(f"r1/t{i}", 1): "stop" for i in range(10)}, whole_run=True)
+    assert dispatcher.pending_count == 1  # r2's
+    assert dispatcher.queued("r1") == [] and len(dispatcher.queued("r2")) == 1
+    kinds = [m.WhichOneof("message") for m in sent]
+    assert kinds == ["assignment", "cancel"]
+    assert sent[1].cancel.token.task_run_id == "r1/t0" and sent[1].cancel.reason == "stop"
+
+
 def test_a_large_build_holds_off_full_collections_and_is_frozen_after() -> None:
     collector = Collector(large=10)
     before = gc.get_threshold()

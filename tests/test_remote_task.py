@@ -193,7 +193,7 @@ class _Dispatch:
     def cancel(self, *args: Any) -> None:
         pass
 
-    def cancel_many(self, *args: Any) -> None:
+    def cancel_many(self, *args: Any, **options: Any) -> None:
         pass
 
 

@@ -81,7 +81,9 @@ class FakeDispatch:
         for pendings in by_type.values():
             self.submitted.extend(pendings)
 
-    def cancel_many(self, flow_run_id: str, cancels: dict[tuple[str, int], str]) -> None:
+    def cancel_many(
+        self, flow_run_id: str, cancels: dict[tuple[str, int], str], *, whole_run: bool = False
+    ) -> None:
         self.cancelled.extend((flow_run_id, *t, why) for t, why in cancels.items())
 
 

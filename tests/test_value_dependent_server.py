@@ -55,7 +55,7 @@ class Dispatch:
     def cancel(self, *args: Any) -> None:
         pass
 
-    def cancel_many(self, *args: Any) -> None:
+    def cancel_many(self, *args: Any, **options: Any) -> None:
         pass
 
 

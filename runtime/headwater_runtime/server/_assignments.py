@@ -106,8 +106,11 @@ class Dispatch(Protocol):
         """Stop an attempt (drop it if still queued, else ask its worker)."""
         ...
 
-    def cancel_many(self, flow_run_id: str, cancels: Mapping[tuple[str, int], str]) -> None:
-        """Stop attempts of one flow run: the reason by ``(task run id, attempt)``."""
+    def cancel_many(
+        self, flow_run_id: str, cancels: Mapping[tuple[str, int], str], *, whole_run: bool = False
+    ) -> None:
+        """Stop attempts of one flow run: the reason by ``(task run id, attempt)``;
+        ``whole_run``: they are every attempt of the run (the run is cancelled)."""
         ...
 
 

@@ -213,23 +213,31 @@ class Dispatcher:
         """Stop an attempt: drop it if still pending, else ask its worker to stop."""
         self.cancel_many(flow_run_id, {(task_run_id, attempt): reason})
 
-    def cancel_many(self, flow_run_id: str, wanted: Mapping[Token, str]) -> None:
+    def cancel_many(
+        self, flow_run_id: str, wanted: Mapping[Token, str], *, whole_run: bool = False
+    ) -> None:
         """Stop attempts of one flow run (the reason by token): those still queued are
         dropped (all at once when they are all the run's queued attempts: a cancelled
         100,000-task run, whose attempts are then freed on another thread), the
-        others' workers are asked to stop."""
+        others' workers are asked to stop. ``whole_run``: ``wanted`` is every attempt
+        of the run (the run is cancelled), so only the attempts workers hold or that
+        wait on a limit are looked up, not each of ``wanted``."""
         queued = self._queued.get(flow_run_id)
         rest: Iterable[Token]
-        if not queued:
+        if whole_run:
+            if queued:
+                self._drop_run(flow_run_id, queued)
+            rest = [t for t in self._owner if t in wanted]
+            rest += [
+                p.token
+                for p in self.limits.waiting_attempts()
+                if p.flow_run_id == flow_run_id and p.token in wanted
+            ]
+        elif not queued:
             rest = wanted.keys()
         elif queued.keys() <= wanted.keys():  # every queued attempt of the run
-            del self._queued[flow_run_id]
-            dropped: list[Any] = [queued]
-            for key in [k for k in self._live if k[1] == flow_run_id]:
-                dropped.append(self._pending[key[0]].get(flow_run_id))
-                self._uncount(key, self._live[key])
+            self._drop_run(flow_run_id, queued)
             rest = wanted.keys() - queued.keys()
-            release_later(dropped)
         else:
             hit = queued.keys() & wanted.keys()
             for token in hit:
@@ -249,6 +257,16 @@ class Dispatcher:
                 reason=reason,
             )
             session.send(worker_pb2.ConnectResponse(cancel=msg))
+
+    def _drop_run(self, flow_run_id: str, queued: dict[Token, PendingAssignment]) -> None:
+        """Take every queued attempt of a run out at once (its index and queues go to
+        the releasing thread to be freed item by item)."""
+        del self._queued[flow_run_id]
+        dropped: list[Any] = [queued]
+        for key in [k for k in self._live if k[1] == flow_run_id]:
+            dropped.append(self._pending[key[0]].get(flow_run_id))
+            self._uncount(key, self._live[key])
+        release_later(dropped)
 
     def _unqueue(self, token: Token, flow_run_id: str | None = None) -> PendingAssignment | None:
         """Take a queued attempt out of the index (its queue entry is skipped later;

@@ -515,9 +515,10 @@ class RunManager(RunCacheLookups):
 
     def cancel_aside(self, active: ActiveRun, reason: str) -> None:
         """Cancel a run set aside (``set_aside``): on a reader thread."""
-        self._process(
-            active, active.journal.handle(CancelRequested(reason or "cancelled by request"))
-        )
+        cancel = CancelRequested(reason or "cancelled by request")
+        # It makes a few rows per task run: no full collection meanwhile (_gc.py).
+        with self.collector.building(len(active.graph.tasks)):
+            self._process(active, active.journal.handle(cancel), whole_run=True)
 
     def rejoin(self, active: ActiveRun) -> None:
         """A run set aside is live again (on the loop, whether or not its cancel
@@ -816,7 +817,9 @@ class RunManager(RunCacheLookups):
             active.armed_at = due
             heapq.heappush(self._timers, (due, active.row.id))
 
-    def _process(self, active: ActiveRun, commands: list[Command]) -> list[EventIgnored]:
+    def _process(
+        self, active: ActiveRun, commands: list[Command], *, whole_run: bool = False
+    ) -> list[EventIgnored]:
         """Carry out an engine's decisions: writes into its sink, effects after the
         commit. Ready attempts are handed over in groups (one effect per run of
         consecutive RunTasks, grouped by task type) and cancels likewise, so that a
@@ -842,8 +845,10 @@ class RunManager(RunCacheLookups):
             elif isinstance(command, CancelTask):
                 if cancels is None:
                     ready, cancels = None, {}
+                    cancel = functools.partial(self.dispatch.cancel_many, run_id, cancels)
+                    # The whole run's attempts (a run cancelled aside): no lookup each.
                     sink.effects.append(
-                        functools.partial(self.dispatch.cancel_many, run_id, cancels)
+                        functools.partial(cancel, whole_run=True) if whole_run else cancel
                     )
                 cancels[(task_run_id(run_id, command.run.key), command.attempt)] = command.reason
             elif isinstance(command, CheckCache):
