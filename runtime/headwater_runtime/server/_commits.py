@@ -28,6 +28,7 @@ from typing import Any
 from headwater.v1 import run_pb2, worker_pb2
 from headwater_runtime.store import Store, WriteBatch
 
+from ._gc import release_later
 from ._io import StoreIO
 from ._runs import RunManager
 
@@ -243,7 +244,7 @@ class Committer:
 
 
 def _commit(store: Store, batch: WriteBatch) -> None:
-    """Commit a batch and let go of its rows on the writer thread (a failed one is
+    """Commit a batch, then hand its rows to the releasing thread (a failed one is
     kept: it is put back and retried)."""
     store.commit(batch)
-    batch.release()
+    release_later(batch.take_rows())

@@ -30,6 +30,7 @@ from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, Sc
 from ._access import CALLER
 from ._builds import BuildUnavailable, GraphBuilds, NoBuilder
 from ._children import SubflowStart
+from ._gc import release_later
 from ._queries import flow_result
 from ._schedule_times import fire_key
 
@@ -303,8 +304,8 @@ __all__ = ["RunCreation"]
 
 def _store_run(store: Store, prepared: PreparedRun, audit: AuditRow) -> tuple[FlowRunRow, bool]:
     """Store a prepared run (its row, start and audit entry in one transaction), then
-    let go of its batch here, on the writer thread."""
+    hand its batch's rows to the releasing thread (not the event loop's to free)."""
     try:
         return store.create_flow_run(prepared.row, None, prepared.batch, audit)
     finally:
-        prepared.batch.release()
+        release_later(prepared.batch.take_rows())

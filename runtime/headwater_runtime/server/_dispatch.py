@@ -217,12 +217,11 @@ class Dispatcher:
         self, flow_run_id: str, wanted: Mapping[Token, str], *, whole_run: bool = False
     ) -> None:
         """Stop attempts of one flow run (the reason by token): those still queued are
-        dropped (all at once when they are all the run's queued attempts: a cancelled
-        100,000-task run, whose attempts are then freed on another thread), the
-        others' workers are asked to stop. ``whole_run``: ``wanted`` is every attempt
-        of the run (the run is cancelled), so only the attempts workers hold or that
-        wait on a limit are looked up, not each of ``wanted``."""
-        queued = self._queued.get(flow_run_id)
+        dropped, the others' workers are asked to stop. ``whole_run``: ``wanted`` is
+        every attempt of the run (a cancelled 100,000-task run): its queue leaves at
+        once (freed on the releasing thread), and only the attempts workers hold or
+        that wait on a limit are looked up, not each of ``wanted``."""
+        queued = self._queued.get(flow_run_id, _NONE)
         rest: Iterable[Token]
         if whole_run:
             if queued:
@@ -233,11 +232,6 @@ class Dispatcher:
                 for p in self.limits.waiting_attempts()
                 if p.flow_run_id == flow_run_id and p.token in wanted
             ]
-        elif not queued:
-            rest = wanted.keys()
-        elif queued.keys() <= wanted.keys():  # every queued attempt of the run
-            self._drop_run(flow_run_id, queued)
-            rest = wanted.keys() - queued.keys()
         else:
             hit = queued.keys() & wanted.keys()
             for token in hit:
