@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from headwater.v1 import worker_pb2
+from headwater_runtime.server._assignments import queued_attempts
 from headwater_runtime.server._dispatch import Dispatcher, WorkerSession
 from headwater_runtime.server._runs import PendingAssignment
 
@@ -149,3 +150,26 @@ def test_the_reason_is_given_only_while_no_connected_worker_could_take_the_task(
     assert d.stale_reasons("r") == {}
     d.disconnect(busy.session.session_id)
     assert "worker 'stale' has other code" in d.stale_reasons("r")["r/second"]
+
+
+def test_attempts_laid_out_off_the_loop_queue_as_submit_many_would() -> None:
+    """A run starting hands its ready attempts over laid out (queued_attempts, built
+    on a reader thread): same order, same index, deadlines kept; and a run that
+    already has attempts queued gets them queued one by one, none lost or doubled."""
+    d = Dispatcher(on_lost=lambda *a: None)
+    first = [pending("r", f"a[{i}]") for i in range(3)]
+    other = [pending("r", "g", "m.gpu")]
+    first[1].start_by = 5.0
+    d.submit_queued(queued_attempts("r", {"m.t": first, "m.gpu": other}))
+    assert d.pending_count == 4
+    assert d.queue_depth() == {"m.t": 3, "m.gpu": 1}
+    assert d.next_start_by == 5.0
+    later = [pending("r", f"b[{i}]") for i in range(2)]
+    d.submit_queued(queued_attempts("r", {"m.t": later}))  # the run is queued: merged
+    assert d.pending_count == 6
+    d.cancel("r", "r/a[0]", 1, "no")
+    assert [p.token[0] for p in d.overdue(10.0)] == ["r/a[1]"]
+    w = Worker("w", 10, {"m.t"})
+    d.connect(w.session)
+    assert w.assigned() == ["r/a[2]", "r/b[0]", "r/b[1]"]
+    assert d.pending_count == 1  # the gpu attempt waits for a worker that has m.gpu

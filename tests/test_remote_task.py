@@ -190,6 +190,9 @@ class _Dispatch:
         for pendings in by_type.values():
             self.submitted.extend(pendings)
 
+    def submit_queued(self, queued: Any) -> None:
+        self.submit_many(queued.flow_run_id, queued.by_type)
+
     def cancel(self, *args: Any) -> None:
         pass
 

@@ -27,6 +27,7 @@ from headwater.wire import (
     encode,
 )
 from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarted, TaskSucceeded
+from headwater_runtime.server._assignments import QueuedAttempts
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._queries import flow_result, task_result
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
@@ -80,6 +81,9 @@ class FakeDispatch:
     def submit_many(self, flow_run_id: str, by_type: dict[str, list[PendingAssignment]]) -> None:
         for pendings in by_type.values():
             self.submitted.extend(pendings)
+
+    def submit_queued(self, queued: QueuedAttempts) -> None:
+        self.submit_many(queued.flow_run_id, dict(queued.by_type))
 
     def cancel_many(
         self, flow_run_id: str, cancels: dict[tuple[str, int], str], *, whole_run: bool = False

@@ -52,6 +52,9 @@ class Dispatch:
     def submit_many(self, *args: Any) -> None:
         pass
 
+    def submit_queued(self, queued: Any) -> None:
+        pass
+
     def cancel(self, *args: Any) -> None:
         pass
 

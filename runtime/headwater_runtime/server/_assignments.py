@@ -9,7 +9,10 @@ the run's first dispatch).
 
 from __future__ import annotations
 
+import operator
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from headwater.v1 import graph_pb2, worker_pb2
@@ -18,6 +21,12 @@ from headwater_runtime.tracing import inject
 
 from ._spill import spill_inputs
 from ._values import to_input_value
+
+#: An attempt's fencing token, ``(task run id, attempt)``.
+Token = tuple[str, int]
+#: A PendingAssignment's token.
+TOKEN_OF = operator.attrgetter("token")
+_SLICE = 2_000  # attempts laid out per C call (queued_attempts)
 
 if TYPE_CHECKING:
     from headwater_runtime.engine import RunTask
@@ -102,6 +111,10 @@ class Dispatch(Protocol):
         """Queue attempts of one flow run, grouped by task type (in order)."""
         ...
 
+    def submit_queued(self, queued: QueuedAttempts) -> None:
+        """Queue attempts of one flow run laid out off the event loop (a run starting)."""
+        ...
+
     def cancel(self, flow_run_id: str, task_run_id: str, attempt: int, reason: str) -> None:
         """Stop an attempt (drop it if still queued, else ask its worker)."""
         ...
@@ -112,6 +125,74 @@ class Dispatch(Protocol):
         """Stop attempts of one flow run: the reason by ``(task run id, attempt)``;
         ``whole_run``: they are every attempt of the run (the run is cancelled)."""
         ...
+
+
+@dataclass(frozen=True, eq=False)
+class QueuedAttempts:
+    """The ready attempts of one flow run laid out as the dispatcher keeps them (its
+    queues by task type, its index by token, those with a start deadline), built by
+    ``queued_attempts`` on any thread, so that a 100,000-task run starting costs the
+    event loop a few dict operations (``Dispatch.submit_queued``), not a pass over
+    every attempt."""
+
+    flow_run_id: str
+    by_type: Mapping[str, Sequence[PendingAssignment]]
+    queues: dict[str, deque[PendingAssignment]]
+    index: dict[Token, PendingAssignment]
+    start_by: list[tuple[float, int, PendingAssignment]]  # as the dispatcher's heap holds them
+
+
+def queued_attempts(
+    flow_run_id: str, by_type: Mapping[str, Sequence[PendingAssignment]]
+) -> QueuedAttempts:
+    """Lay out ready attempts of one flow run for ``Dispatch.submit_queued``. Pure:
+    touches no dispatcher, so it runs on the reader thread that prepares a run."""
+    index: dict[Token, PendingAssignment] = {}
+    for pendings in by_type.values():
+        # In slices: one C call over 100,000 attempts would hold the GIL (and so the
+        # event loop) for tens of ms; between slices the interpreter can switch.
+        for at in range(0, len(pendings), _SLICE):
+            part = pendings[at : at + _SLICE]
+            index.update(zip(map(TOKEN_OF, part), part, strict=True))
+    return QueuedAttempts(
+        flow_run_id,
+        by_type,
+        {task_type: deque(pendings) for task_type, pendings in by_type.items()},
+        index,
+        [
+            (p.start_by, id(p), p)
+            for pendings in by_type.values()
+            for p in pendings
+            if p.start_by is not None
+        ],
+    )
+
+
+class ReadyAttempts:
+    """The effect that hands a group of ready attempts of one run to the dispatcher
+    (after their commit). ``lay_out`` prepares them for it beforehand, off the event
+    loop, when the run was started on a reader thread."""
+
+    __slots__ = ("by_type", "dispatch", "flow_run_id", "queued")
+
+    def __init__(
+        self, dispatch: Dispatch, flow_run_id: str, by_type: dict[str, list[PendingAssignment]]
+    ) -> None:
+        self.dispatch = dispatch
+        self.flow_run_id = flow_run_id
+        self.by_type = by_type  # filled in while the engine's commands are carried out
+        self.queued: QueuedAttempts | None = None
+
+    def lay_out(self) -> None:
+        """Lay the attempts out as the dispatcher keeps them (any thread; once the
+        group is complete)."""
+        self.queued = queued_attempts(self.flow_run_id, self.by_type)
+
+    def __call__(self) -> None:
+        if self.queued is not None:
+            self.dispatch.submit_queued(self.queued)
+        else:
+            self.dispatch.submit_many(self.flow_run_id, self.by_type)
 
 
 def assignment_message(active: ActiveRun, command: RunTask, store: Store) -> worker_pb2.Assignment:

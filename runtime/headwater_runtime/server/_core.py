@@ -63,11 +63,11 @@ from headwater_runtime.store import (
 )
 
 from ._access import CALLER, Caller
-from ._assignments import PendingAssignment
+from ._assignments import PendingAssignment, Token
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
 from ._creation import RunCreation
-from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, Token, WorkerSession, input_payloads
+from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, WorkerSession, input_payloads
 from ._exports import DaskExports
 from ._io import StoreIO
 from ._limits import InvalidValue, check_value

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import operator
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,16 +29,14 @@ from typing import Any
 from headwater.v1 import worker_pb2
 from headwater.wire import split_task_run_id
 
-from ._assignments import PendingAssignment
+from ._assignments import TOKEN_OF, PendingAssignment, QueuedAttempts, Token
 from ._gc import release_later
 from ._tag_limits import TagLimits
 from ._waiting import waiting_reason
 
-Token = tuple[str, int]  # (task run id, attempt)
 #: A worker gets no more assignments while it has this many per slot whose delivery
 #: the store has not recorded yet (WorkerSession.can_take).
 UNSTORED_PER_SLOT = 2
-_TOKEN = operator.attrgetter("token")
 _NONE: dict[Token, PendingAssignment] = {}  # no attempt of that run is queued
 
 log = logging.getLogger("headwater.server")
@@ -172,13 +169,33 @@ class Dispatcher:
         a few calls per task type, whatever the number of attempts, then one pump."""
         for task_type, pendings in by_type.items():
             if (task_type, flow_run_id) in self._live:  # none can be queued twice
-                tokens = set(map(_TOKEN, pendings))
+                tokens = set(map(TOKEN_OF, pendings))
                 for again in self._queued.get(flow_run_id, {}).keys() & tokens:  # once
                     self._unqueue(again, flow_run_id)
             self._enqueue(task_type, flow_run_id, pendings)
             for pending in pendings:
                 if pending.start_by is not None:
                     heapq.heappush(self._start_by, (pending.start_by, id(pending), pending))
+        self.pump()
+
+    def submit_queued(self, queued: QueuedAttempts) -> None:
+        """Queue attempts laid out off the event loop (``queued_attempts``): their
+        queues and index are taken over as they are when the run has nothing queued
+        yet (a run starting), else they are queued one by one like ``submit_many``."""
+        run_id = queued.flow_run_id
+        if run_id in self._queued or len(queued.index) != sum(map(len, queued.queues.values())):
+            self.submit_many(run_id, queued.by_type)
+            return
+        for task_type, queue in queued.queues.items():
+            if not queue:
+                continue
+            runs = self._pending.setdefault(task_type, OrderedDict())
+            runs[run_id] = queue  # none of its attempts was queued: no queue to join
+            self._live[(task_type, run_id)] = len(queue)
+        if queued.index:
+            self._queued[run_id] = queued.index
+        for entry in queued.start_by:
+            heapq.heappush(self._start_by, entry)
         self.pump()
 
     def queued(self, flow_run_id: str) -> list[PendingAssignment]:
@@ -385,9 +402,9 @@ class Dispatcher:
             queue.extend(pendings)
         queued = self._queued.get(flow_run_id)
         if queued is None:
-            self._queued[flow_run_id] = dict(zip(map(_TOKEN, pendings), pendings, strict=True))
+            self._queued[flow_run_id] = dict(zip(map(TOKEN_OF, pendings), pendings, strict=True))
         else:
-            queued.update(zip(map(_TOKEN, pendings), pendings, strict=True))
+            queued.update(zip(map(TOKEN_OF, pendings), pendings, strict=True))
         key = (task_type, flow_run_id)
         self._live[key] = self._live.get(key, 0) + len(pendings)
 

@@ -77,7 +77,7 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
-from ._assignments import Dispatch, PendingAssignment, assignment_message
+from ._assignments import Dispatch, PendingAssignment, ReadyAttempts, assignment_message
 from ._children import (
     ChildRuns,
     NotRunning,
@@ -312,7 +312,10 @@ class RunManager(RunCacheLookups):
             active.sink = Sink()
             self._run_attempt(active)
             self._process(active, active.journal.start())
-        batch, effects = active.sink.take()
+            batch, effects = active.sink.take()
+            for effect in effects:  # laid out here, so that adopt() costs the loop little
+                if type(effect) is ReadyAttempts:
+                    effect.lay_out()
         active.sink.effects = effects  # carried out by adopt(), once the batch is stored
         return PreparedRun(row, active, batch)
 
@@ -839,7 +842,7 @@ class RunManager(RunCacheLookups):
                     continue
                 if ready is None:
                     ready, cancels = {}, None
-                    sink.effects.append(functools.partial(self.dispatch.submit_many, run_id, ready))
+                    sink.effects.append(ReadyAttempts(self.dispatch, run_id, ready))
                 pending = self._assignment(active, command)
                 ready.setdefault(pending.task_type, []).append(pending)
             elif isinstance(command, CancelTask):
