@@ -27,7 +27,7 @@ from headwater.v1 import (
 )
 from headwater.wire import CHUNK_SIZE, TaskRunState
 from headwater_runtime.engine import JournaledEngine
-from headwater_runtime.server import PayloadServicer, StoreIO
+from headwater_runtime.server import PayloadServicer, StoreIO, _assignments
 from headwater_runtime.server._app import start_server
 from headwater_runtime.server._assignments import PendingAssignment
 from headwater_runtime.server._core import ServerSettings
@@ -49,16 +49,24 @@ def test_a_new_run_is_started_off_the_loop_stored_started_and_handed_over_at_onc
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CreateFlowRun builds and starts the run on a reader thread; its row and its
-    start (every ready task run SCHEDULED) are stored together before the answer; the
-    loop hands all its attempts to the dispatcher in one call."""
+    start (every ready task run SCHEDULED) are stored together before the answer; its
+    attempts are laid out for the dispatcher on that thread too, and the loop hands
+    them over in one call."""
     started_on: list[threading.Thread] = []
+    laid_out_on: list[threading.Thread] = []
     real_start = JournaledEngine.start
+    real_lay_out = _assignments.queued_attempts
 
     def start(self: JournaledEngine) -> Any:
         started_on.append(threading.current_thread())
         return real_start(self)
 
+    def lay_out(*args: Any) -> Any:
+        laid_out_on.append(threading.current_thread())
+        return real_lay_out(*args)
+
     monkeypatch.setattr(JournaledEngine, "start", start)
+    monkeypatch.setattr(_assignments, "queued_attempts", lay_out)
 
     async def main() -> None:
         running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
@@ -66,6 +74,7 @@ def test_a_new_run_is_started_off_the_loop_stored_started_and_handed_over_at_onc
         dispatcher = running.core.dispatcher
         calls: list[tuple[str, int]] = []
         submit, submit_many = dispatcher.submit, dispatcher.submit_many
+        submit_queued = dispatcher.submit_queued
 
         def one(pending: PendingAssignment) -> None:
             calls.append(("submit", 1))
@@ -75,7 +84,12 @@ def test_a_new_run_is_started_off_the_loop_stored_started_and_handed_over_at_onc
             calls.append(("submit_many", sum(map(len, by_type.values()))))
             submit_many(flow_run_id, by_type)
 
+        def laid_out(queued: Any) -> None:
+            calls.append(("submit_queued", len(queued.index)))
+            submit_queued(queued)
+
         dispatcher.submit, dispatcher.submit_many = one, many  # type: ignore[method-assign]
+        dispatcher.submit_queued = laid_out  # type: ignore[method-assign]
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
                 client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
@@ -95,7 +109,8 @@ def test_a_new_run_is_started_off_the_loop_stored_started_and_handed_over_at_onc
             await running.stop(None)
         assert len(started_on) == 1 and started_on[0] is not loop_thread
         assert started_on[0].name.startswith("headwater-store-reader")
-        assert calls == [("submit_many", TASKS)]
+        assert laid_out_on == started_on
+        assert calls == [("submit_queued", TASKS)]
         assert dispatcher.pending_count == TASKS
 
     asyncio.run(asyncio.wait_for(main(), 120))
