@@ -503,6 +503,9 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     assert "attempt 2 of 2" in text(browser, "#run-attempt")
     wait(browser, lambda d: "settled 3" in text(d, "#logs"), "the retried task's logs")
     assert css(browser, "#retry")[0].is_displayed() is False
+    # The run's audit entries: who created it and who retried it, from the web UI.
+    wait(browser, lambda d: "retry by server-token" in text(d, "#run-audit"), "the audit")
+    assert "run by server-token" in text(browser, '#run-audit [data-audit="run"]')
     shot(browser, "run-retried")
     with Client(address, token=token) as client:
         retried = client.get(run.id)

@@ -273,6 +273,11 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
         "server-token",
         "from the test",
     )
+    # The UI's run page shows the same entries, oldest first (the run's creator first).
+    shown = [(a["action"], a["actor"], a["detail"]) for a in cancelled["run"]["audit"]]
+    assert shown == [(e.action, e.actor, e.detail) for e in audit]
+    assert shown[0][:2] == ("run", "server-token") and shown[-1][0] == "cancel"
+    assert http.get(f"/api/runs/{run.id}")["run"]["audit"] == cancelled["run"]["audit"]
     status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", "not an object")
     assert status == 400 and body["error"] == (
         'send a JSON object such as {"reason": "..."} (Content-Type: application/json), or nothing'

@@ -5,6 +5,7 @@ certificate's subject stands in for a token, with its role."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ import pytest
 from tls_certs import Certs, make_certs
 
 from headwater import Client, ServerError
+from headwater._cli import build_parser, main
 from headwater.wire import TLSConfigError
 from headwater_runtime.server import new_credential, start_server
 from headwater_runtime.server._core import ServerSettings
@@ -206,3 +208,45 @@ def test_a_certificate_subject_stands_in_for_a_token_with_its_role(
             assert admin.list_runs() == []
 
     serve(tmp_path, body, **mutual(tmp_path, certs))
+
+
+def _commands(parser: argparse.ArgumentParser, path: str = "headwater") -> Any:
+    """Every command and subcommand of the CLI, with its name."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, f"{path} {name}")
+
+
+def test_every_command_that_talks_to_a_server_takes_the_tls_flags() -> None:
+    tls_flags = {"--tls", "--tls-ca", "--tls-cert", "--tls-key"}
+    missing = [
+        name
+        for name, parser in _commands(build_parser())
+        if "--server" in parser._option_string_actions
+        and not tls_flags <= set(parser._option_string_actions)
+    ]
+    assert not missing, f"commands with --server but without the TLS flags: {missing}"
+
+
+def test_the_operations_commands_speak_tls_with_tls_ca(
+    tmp_path: Path, certs: Certs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def cli(*argv: str) -> object:
+        try:
+            return main(list(argv))
+        except SystemExit as exit_:  # a flag argparse does not know
+            return exit_.code
+
+    def body(address: str) -> list[object]:
+        common = ["--server", address, "--token", ADMIN, "--tls-ca", certs.ca]
+        return [
+            cli("limits", "set", "db", "--concurrency", "2", *common),
+            cli("limits", "list", *common),
+            cli("workers", "list", *common),
+            cli("webhooks", "list", *common),
+        ]
+
+    assert serve(tmp_path, body, **tls_server(certs)) == [0, 0, 0, 0]
+    assert "db  concurrency 2" in capsys.readouterr().out

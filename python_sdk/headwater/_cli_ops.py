@@ -8,8 +8,8 @@ from typing import Any
 
 from headwater.wire import FlowRunState, parse_rate
 
+from ._cli_connect import add_tls_args, connect
 from ._cli_remote import EXIT_OK, server_address
-from ._client import Client
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
 
@@ -17,6 +17,7 @@ from ._errors import UsageError
 def _common(parser: Any) -> None:
     parser.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
     parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(parser)
 
 
 # ------------------------------------------------------------------------- limits
@@ -36,7 +37,7 @@ def limit_line(limit: LimitInfo) -> str:
 
 def cmd_limits(args: argparse.Namespace) -> int:
     """``headwater limits set|list|delete``."""
-    with Client(server_address(args), token=args.token) as client:
+    with connect(args, server_address(args)) as client:
         if args.action == "list":
             for limit in client.list_limits():
                 print(limit_line(limit))
@@ -109,7 +110,7 @@ def worker_line(worker: WorkerInfo) -> str:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     """``headwater workers list|drain|resume``."""
-    with Client(server_address(args), token=args.token) as client:
+    with connect(args, server_address(args)) as client:
         if args.action == "list":
             for worker in client.list_workers(online_only=args.online):
                 print(worker_line(worker))
@@ -170,7 +171,7 @@ def _state(name: str) -> FlowRunState:
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     """``headwater webhooks create|list|delete``."""
-    with Client(server_address(args), token=args.token) as client:
+    with connect(args, server_address(args)) as client:
         if args.action == "list":
             for hook in client.list_webhooks():
                 print(webhook_line(hook))

@@ -100,8 +100,8 @@ def _run_attempt_json(a: RunAttemptRow) -> JSON:
 
 
 def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) -> JSON:
-    """A flow run with its result summary, run attempts, late mark and child flow runs
-    (reads the store)."""
+    """A flow run with its result summary, run attempts, late mark, child flow runs and
+    audit entries (reads the store)."""
     result = flow_result(store, row) if with_result and row.result else None
     late = store.late_runs([row.id]).get(row.id)
     body = flow_run_json(row, result, store.run_attempts(row.id), late)
@@ -113,6 +113,11 @@ def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) ->
             "parent_task_run": child.parent_task_key,
         }
         for child in store.child_flow_runs(row.id)
+    ]
+    # Who created, cancelled and retried it (docs/security.md#audit), oldest first.
+    body["audit"] = [
+        {"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}
+        for e in reversed(store.audit_entries("flow_run", row.id, 1000))
     ]
     return body
 

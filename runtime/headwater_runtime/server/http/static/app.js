@@ -233,6 +233,7 @@ async function runPage(runId) {
       <button id="retry" hidden title="run it again from its failure: what succeeded is kept">Retry</button></div>
     <div class="run-head meta" id="run-meta"></div>
     <div id="run-links"></div>
+    <div class="meta" id="run-audit"></div>
     <div class="chips" id="totals"></div>
     <div class="cols">
       <div>
@@ -312,6 +313,10 @@ function drawRunHead(state) {
     links.push(`subflow <a href="/runs/${esc(child.id)}" data-child="${esc(child.id)}">${esc(child.flow_name)} ${esc(child.id.slice(0, 8))}</a> ${badge(child.state)}`);
   }
   document.getElementById("run-links").innerHTML = links.map((l) => `<div>${l}</div>`).join("");
+  // Who did what to this run (the audit log: created, cancelled, retried), oldest first.
+  document.getElementById("run-audit").innerHTML = (run.audit || []).map((a) =>
+    `<div data-audit="${esc(a.action)}">${esc(fmtTime(a.at))} · ${esc(a.action)} by <b>${esc(a.actor)}</b>${
+      a.detail ? ` <span class="muted">(${esc(a.detail)})</span>` : ""}</div>`).join("");
   const total = Object.values(totals).reduce((a, b) => a + b, 0);
   const done = Object.entries(totals).filter(([s]) => !["RUNNING", "RETRYING", "SCHEDULED", "PENDING"].includes(s))
     .reduce((a, [, n]) => a + n, 0);
