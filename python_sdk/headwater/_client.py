@@ -24,6 +24,7 @@ from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     STANDBY_REFUSAL,
+    TASK_RUN_ID_SEPARATOR,
     Addresses,
     ConnectionSettings,
     FailureInfo,
@@ -38,6 +39,7 @@ from headwater.wire import (
     failure_from_proto,
     leader_hint,
     open_channel,
+    split_task_run_id,
     to_datetime,
 )
 from headwater_runtime.tracing import inject
@@ -780,7 +782,7 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
     started = next((h for h in t.history if h.state == running), None)
     state = TaskRunState(t.state)
     return TaskRunInfo(
-        key=t.id.split("/", 1)[-1] if "/" in t.id else t.name,
+        key=split_task_run_id(t.id)[1] if TASK_RUN_ID_SEPARATOR in t.id else t.name,
         task_id=t.task_id,
         state=state,
         attempts=t.attempts,
