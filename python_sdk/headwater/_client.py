@@ -19,6 +19,7 @@ from headwater.v1 import (
     operations_pb2_grpc,
     payload_pb2,
     run_pb2,
+    state_pb2,
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
@@ -518,7 +519,7 @@ class Client(OperationsClient):
         request = cp.ListFlowRunsRequest(
             flow_name=flow_name,
             page_size=limit,
-            states=[s.value for s in states],  # type: ignore[misc]
+            states=[state_pb2.FlowRunState.ValueType(s.value) for s in states],
             schedule_id=schedule_id,
         )
         if since is not None:
