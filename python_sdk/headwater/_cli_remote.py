@@ -15,6 +15,7 @@ from typing import Any
 from rich.text import Text
 
 from headwater.wire import ENV_SERVER, FlowRunState, TaskRunState, parse_duration
+from headwater.wire import task_run_id as make_task_run_id
 from headwater_runtime.tracing import cli_span
 
 from ._cli_connect import add_tls_args, connect
@@ -309,7 +310,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
 
 def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
     task = args.task or ""
-    task_run_id = f"{run_id}/{task}" if "[" in task else ""
+    task_run_id = make_task_run_id(run_id, task) if "[" in task else ""
     task_id = "" if "[" in task else task
     entries = client.iter_logs(
         run_id, task_run_id, task_id=task_id, follow=args.follow, page_size=args.page_size

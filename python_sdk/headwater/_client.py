@@ -19,11 +19,13 @@ from headwater.v1 import (
     operations_pb2_grpc,
     payload_pb2,
     run_pb2,
+    state_pb2,
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     STANDBY_REFUSAL,
+    TASK_RUN_ID_SEPARATOR,
     Addresses,
     ConnectionSettings,
     FailureInfo,
@@ -38,6 +40,7 @@ from headwater.wire import (
     failure_from_proto,
     leader_hint,
     open_channel,
+    split_task_run_id,
     to_datetime,
 )
 from headwater_runtime.tracing import inject
@@ -516,7 +519,7 @@ class Client(OperationsClient):
         request = cp.ListFlowRunsRequest(
             flow_name=flow_name,
             page_size=limit,
-            states=[s.value for s in states],  # type: ignore[misc]
+            states=[state_pb2.FlowRunState.ValueType(s.value) for s in states],
             schedule_id=schedule_id,
         )
         if since is not None:
@@ -780,7 +783,7 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
     started = next((h for h in t.history if h.state == running), None)
     state = TaskRunState(t.state)
     return TaskRunInfo(
-        key=t.id.split("/", 1)[-1] if "/" in t.id else t.name,
+        key=split_task_run_id(t.id)[1] if TASK_RUN_ID_SEPARATOR in t.id else t.name,
         task_id=t.task_id,
         state=state,
         attempts=t.attempts,

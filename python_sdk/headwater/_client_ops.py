@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from headwater.v1 import operations_pb2 as ops
-from headwater.v1 import operations_pb2_grpc, run_pb2
+from headwater.v1 import operations_pb2_grpc, run_pb2, state_pb2
 from headwater.wire import FlowRunState, duration, parse_rate, seconds, to_datetime
 
 if TYPE_CHECKING:
@@ -217,7 +217,7 @@ class OperationsClient:
         hook = ops.Webhook(
             url=url,
             flow_names=list(flows),
-            states=[s.value for s in wanted],  # type: ignore[misc]
+            states=[state_pb2.FlowRunState.ValueType(s.value) for s in wanted],
             late=late,
             secret=secret,
         )

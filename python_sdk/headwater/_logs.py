@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from headwater.wire import split_task_run_id
+
 
 @dataclass(frozen=True)
 class LogEntry:
@@ -30,7 +32,7 @@ class LogEntry:
     @property
     def key(self) -> str:
         """The task run's key within its flow run (``task`` or ``task[i]``)."""
-        return self.task_run_id.split("/", 1)[-1]
+        return split_task_run_id(self.task_run_id)[1]
 
 
 def from_seconds(at: float) -> datetime:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headwater.wire import FlowRunState
+from headwater.wire import FlowRunState, task_run_id
 from headwater_runtime.engine import (
     FlowRunEngine,
     FlowRunFailure,
@@ -101,7 +101,7 @@ class FlowRun:
             ended_at=history[-1][1] if engine.state.is_terminal else None,
             logs=[
                 LogEntry(
-                    f"{run_id}/{line.key}",
+                    task_run_id(run_id, line.key),
                     line.attempt,
                     from_seconds(line.at),
                     line.level,

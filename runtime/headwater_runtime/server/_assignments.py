@@ -171,7 +171,14 @@ def queued_attempts(
 class ReadyAttempts:
     """The effect that hands a group of ready attempts of one run to the dispatcher
     (after their commit). ``lay_out`` prepares them for it beforehand, off the event
-    loop, when the run was started on a reader thread."""
+    loop, when the run was started on a reader thread.
+
+    Args:
+        dispatch: the dispatcher the attempts go to.
+        flow_run_id: the run they belong to.
+        by_type: the attempts by task type (filled in while the engine's commands are
+            carried out).
+    """
 
     __slots__ = ("by_type", "dispatch", "flow_run_id", "queued")
 

@@ -20,6 +20,7 @@ from headwater.v1 import (
     graph_pb2,
     payload_pb2,
     run_pb2,
+    state_pb2,
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
@@ -302,7 +303,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         await self.core.exports.readable(value)  # values still held in a Dask cluster
         return control_plane_pb2.GetTaskRunResultResponse(
             result=await self.reads.answer(value),  # large parts by reference
-            state=state.value,  # type: ignore[arg-type]
+            state=state_pb2.TaskRunState.ValueType(state.value),
         )
 
     async def CreateSchedule(

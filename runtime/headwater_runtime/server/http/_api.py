@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from headwater.wire import FlowRunState, is_build_version
+from headwater.wire import FlowRunState, is_build_version, seconds, split_task_run_id, task_run_id
 from headwater_runtime.store import NotFound
 
 from .._access import CALLER
@@ -189,7 +189,7 @@ class HttpApi(PageHandlers):
         )
         waiting = self.core.waiting(row.id)
         for task_run in page:
-            task_run["waiting"] = waiting.get(f"{row.id}/{task_run['key']}", "")
+            task_run["waiting"] = waiting.get(task_run_id(row.id, task_run["key"]), "")
         return web.json_response({"task_runs": page, "total": total, "offset": offset})
 
     async def get_task(self, request: web.Request) -> web.StreamResponse:
@@ -203,7 +203,7 @@ class HttpApi(PageHandlers):
         if not found:
             raise NotFound(f"flow run {row.id!r} has no task run {key!r}")
         task_run = found[0]
-        task_run["waiting"] = self.core.waiting(row.id).get(f"{row.id}/{key}", "")
+        task_run["waiting"] = self.core.waiting(row.id).get(task_run_id(row.id, key), "")
         return web.json_response(task_run)
 
     async def timeline(self, request: web.Request) -> web.StreamResponse:
@@ -459,12 +459,12 @@ def _task_note(task_run: Any) -> dict[str, Any]:
         f = entry.failure
         failure = {"type": f.type, "message": f.message, "traceback": f.stack_trace}
     return {
-        "key": task_run.id.split("/", 1)[1],  # FLOW_RUN_ID/KEY
+        "key": split_task_run_id(task_run.id)[1],
         "task_id": task_run.task_id,
         "map_index": task_run.map_index,
         "state": _STATE_NAMES.get(task_run.state, str(task_run.state)),
         "attempts": task_run.attempts,
-        "at": entry.timestamp.seconds + entry.timestamp.nanos / 1e9 if entry else None,
+        "at": seconds(entry.timestamp) if entry else None,
         "message": entry.message if entry else "",
         "failure": failure,
     }
