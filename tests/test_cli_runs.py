@@ -204,6 +204,8 @@ def test_a_task_no_worker_offers_says_why_it_waits(
         (waiting,) = client.list_runs()
         shown = cli(env, "runs", "show", waiting.id[:8], "--server", address)
         assert f"pricing.enrichh: {reason}" in shown.stdout
+        # Said once, as the server words it (it printed twice, once as "waiting: waiting").
+        assert shown.stdout.count(reason) == 1, shown.stdout
         client.cancel(waiting.id)
     assert run.popen.wait(BOUND) == 130
 

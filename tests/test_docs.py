@@ -12,6 +12,11 @@ The blocks of one document run in order in one namespace, like a script (named
   ``HEADWATER_SERVER`` set to its address;
 - ``skip``: a deliberate fragment, not run. Each one is reported as a skipped test
   (``-ra`` lists them) and pinned in ``SKIPPED`` below, so they stay rare.
+
+A ``print(...)  # TEXT`` line promises what it prints, and the reader believes it: its
+first output must be TEXT, or TEXT with an explanation after a colon (``# [7, 8]: the
+second run ...``) or before one (``# runs embedded: 30``); ``...`` in TEXT stands for
+anything (``# SUCCESS 12 @...``).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from e2e_helpers import Cluster, start_server, start_worker
@@ -29,6 +35,8 @@ from e2e_helpers import Cluster, start_server, start_worker
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python([^\n]*)\n(.*?)^```", re.S | re.M)
+#: A line that prints and says in a comment what it prints.
+PRINTS = re.compile(r"^\s*print\(.*\)\s+#\s*(?P<said>.+?)\s*$")
 
 #: The deliberate fragments (document, index of the block in it): keep this short.
 SKIPPED = {("docs/dask.md", 1)}
@@ -102,9 +110,36 @@ def server_env(
         procs.stop()
 
 
+def says(comment: str, printed: str) -> bool:
+    """Whether ``printed`` is what the comment after a ``print(...)`` says it prints."""
+    pattern = ".*".join(re.escape(part) for part in comment.split("..."))
+    return bool(
+        re.fullmatch(pattern, printed)
+        or comment.startswith(f"{printed}:")
+        or comment.endswith(f": {printed}")
+    )
+
+
+def test_says_is_strict() -> None:
+    assert says("SUCCESS 30", "SUCCESS 30") and says("[7, 8]: reused", "[7, 8]")
+    assert says("runs embedded: 30", "30") and says("SUCCESS 12 @...", "SUCCESS 12 @3f2a")
+    assert not says("SUCCESS 615.0", "SUCCESS 609.0") and not says("runs embedded: 30", "3")
+
+
 @pytest.mark.parametrize("doc", RUNNABLE_DOCS)
 def test_doc_runs(doc: str, server_env: Cluster | None) -> None:
-    namespace: dict[str, object] = {"__name__": "__main__"}
+    printed: dict[int, list[str]] = {}  # by line of the document
+    lock = threading.Lock()
+
+    def recording_print(*args: Any, **kwargs: Any) -> None:
+        frame = sys._getframe(1)
+        if frame.f_code.co_filename == str(ROOT / doc):
+            text = kwargs.get("sep", " ").join(str(a) for a in args)
+            with lock:
+                printed.setdefault(frame.f_lineno, []).append(text)
+        print(*args, **kwargs)
+
+    namespace: dict[str, object] = {"__name__": "__main__", "print": recording_print}
     modules_before = set(sys.modules)
     try:
         for b in (b for b in ALL if b.doc == doc):
@@ -112,6 +147,17 @@ def test_doc_runs(doc: str, server_env: Cluster | None) -> None:
                 continue
             code = compile("\n" * (b.line - 1) + b.code, str(ROOT / b.doc), "exec")
             exec(code, namespace)
+            for offset, source in enumerate(b.code.splitlines()):
+                said = PRINTS.match(source)
+                if said is None:
+                    continue
+                line = b.line + offset
+                out = printed.get(line, [])
+                assert out, f"{doc}:{line}: this print(...) did not run"
+                assert says(said["said"], out[0]), (
+                    f"{doc}:{line}: the comment says it prints {said['said']!r}, "
+                    f"it printed {out[0]!r}"
+                )
     finally:
         # Modules a document wrote (shop.py) must not leak into the next document.
         for name in set(sys.modules) - modules_before:

@@ -120,7 +120,10 @@ def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False)
             for line in failure_lines(task.failure, full=full):
                 out.print(f"  {line}", markup=False)
         elif task.waiting:
-            out.print(f"{task.key}: {task.waiting}", style="yellow", markup=False)
+            # Most reasons start with "waiting" (the server's words); say it once.
+            said = task.waiting
+            said = said if said.startswith("waiting") else f"waiting: {said}"
+            out.print(f"{task.key}: {said}", style="yellow", markup=False)
 
 
 def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argparse.Namespace) -> int:
@@ -293,9 +296,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
     for task in run.task_runs:
         for child in task.child_run_ids:
             out.print(f"  {task.key}: child flow run {child}")
-        if task.waiting:
-            out.print(f"  {task.key}: waiting: {task.waiting}", highlight=False)
-    show_failures(out, run.task_runs, full=args.full)
+    show_failures(out, run.task_runs, full=args.full)  # with why each waiting one waits
     for note in run.audit:
         detail = f" ({note.detail})" if note.detail else ""
         out.print(
