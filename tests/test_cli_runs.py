@@ -204,8 +204,9 @@ def test_a_task_no_worker_offers_says_why_it_waits(
         (waiting,) = client.list_runs()
         shown = cli(env, "runs", "show", waiting.id[:8], "--server", address)
         assert f"pricing.enrichh: {reason}" in shown.stdout
-        # Said once, as the server words it (it printed twice, once as "waiting: waiting").
+        # Said once, as the reason reads (it already starts with "waiting").
         assert shown.stdout.count(reason) == 1, shown.stdout
+        assert "waiting: waiting" not in shown.stdout, shown.stdout
         client.cancel(waiting.id)
     assert run.popen.wait(BOUND) == 130
 

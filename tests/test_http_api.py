@@ -537,3 +537,40 @@ def test_a_late_run_is_marked_with_why(tmp_path: Path) -> None:
         assert http.get("/api/runs")["runs"][0]["late"] is True
     finally:
         server.stop()
+
+
+def test_a_run_of_a_mapped_task_waiting_on_a_limit_is_late_with_the_limit(
+    tmp_path: Path,
+) -> None:
+    """A run whose first task is a map over a literal list starts only when a child runs:
+    the map's expansion (MAPPED) does not count, so a run whose children all wait on a
+    limit is marked late, with the limit as the reason."""
+    RELEASE.clear()
+    server = ServerThread(tmp_path / "hw.db", token=TOKEN, late_after=2.0)
+    w = Worker(server.address, [__name__], name="late-worker", token=TOKEN, slots=4)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        assert server.running is not None and server.running.http is not None
+        http = Http(server.running.http.url)
+        with Client(server.address, token=TOKEN) as client:
+            wait_for(lambda: client.list_workers(), "the worker to connect")
+            client.set_limit("db", concurrency=1)
+            holding = client.run(queries, {"n": 1})
+            wait_for(lambda: client.list_limits()[0].running == 1, "the first run to start")
+            blocked = client.run(queries, {"n": 1})
+            try:
+                shown = wait_for(
+                    lambda: (r := http.get(f"/api/runs/{blocked.id}")["run"])["late"] and r,
+                    "the late mark",
+                )
+                assert shown["late_reason"] == "waiting on limit db (1/1)"
+                assert client.get(blocked.id).late_reason == "waiting on limit db (1/1)"
+                assert client.get(holding.id).late_reason == ""  # it started in time
+            finally:
+                RELEASE.set()
+            assert client.wait(blocked.id).state is FlowRunState.SUCCESS
+    finally:
+        w.stop()
+        thread.join(BOUND)
+        server.stop()

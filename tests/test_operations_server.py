@@ -260,6 +260,11 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
     assert (several.lease, several.payload_dir) == (4.0, "/env")
     bad = [
         ("[server]\nport = 70000\n", "[server] port: must be a port 0..65535"),
+        ('[server]\nport = "x"\n', "[server] port: must be a port 0..65535, got 'x'"),
+        (
+            '[webhook_delivery]\nmax_attempts = "x"\n',
+            "[webhook_delivery] max_attempts: must be a whole number >= 1, got 'x'",
+        ),
         ('[server]\nlate_after = "soon"\n', "[server] late_after: expects a duration"),
         ('[limits.db]\nrate = "fast"\n', "[limits.db] rate: expects a rate"),
         ("[[webhooks]]\nflows = []\n", "takes url (required)"),

@@ -123,6 +123,7 @@ def test_late_runs_are_due_once_unless_a_task_starts_first() -> None:
     late.started("b", TaskRunState.SCHEDULED)  # ready is not started
     late.created("c", 101.0)
     late.started("c", TaskRunState.RUNNING)
+    late.started("a", TaskRunState.MAPPED)  # a map's expansion is not a start either
     assert late.next_at == 105.0
     assert late.due(104.9) == []
     assert sorted(late.due(105.0)) == ["a", "b"]

@@ -88,9 +88,19 @@ class ConfigError(ValueError):
     """A configuration file, variable or flag that cannot be used; one line naming it."""
 
 
+def _whole(value: Any) -> int | None:
+    """``value`` as an int (a TOML integer or its text), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _port(text: Any) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
+    port = _whole(text)
+    if port is None or not 0 <= port <= 65535:
         raise ValueError(f"must be a port 0..65535, got {text!r}")
     return port
 
@@ -116,9 +126,10 @@ def _text(value: Any) -> str:
 
 
 def _count(value: Any) -> int:
-    if isinstance(value, bool) or int(value) < 1:
+    count = _whole(value)
+    if count is None or count < 1:
         raise ValueError(f"must be a whole number >= 1, got {value!r}")
-    return int(value)
+    return count
 
 
 #: Settings with an environment variable: (ServerSettings field, variable, parser).

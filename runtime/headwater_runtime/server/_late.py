@@ -23,7 +23,10 @@ from collections.abc import Callable
 
 from headwater.wire import TaskRunState
 
-_NOT_STARTED = frozenset({TaskRunState.PENDING, TaskRunState.SCHEDULED})
+#: Task run states that do not start a run. MAPPED is among them: a mapped task over a
+#: parameter or a literal list expands as the run begins, before any child runs, so a
+#: run whose first task is such a map must not count as started by it.
+NOT_STARTED = frozenset({TaskRunState.PENDING, TaskRunState.SCHEDULED, TaskRunState.MAPPED})
 
 
 class LateRuns:
@@ -49,7 +52,7 @@ class LateRuns:
 
     def started(self, flow_run_id: str, state: TaskRunState | None) -> None:
         """A task run of the run changed to ``state`` (None: the run itself ended)."""
-        if state is None or state not in _NOT_STARTED:
+        if state is None or state not in NOT_STARTED:
             self._due.pop(flow_run_id, None)
 
     def due(self, now: float) -> list[str]:

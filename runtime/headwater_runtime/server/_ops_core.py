@@ -17,7 +17,7 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import operations_pb2, run_pb2, state_pb2
-from headwater.wire import FlowRunState, TaskRunState, duration, split_task_run_id, timestamp
+from headwater.wire import FlowRunState, duration, split_task_run_id, timestamp
 from headwater_runtime.engine import REPLAYS, FlowRunEngine, TaskRunRecord, not_retryable
 from headwater_runtime.store import (
     DeliveryCounts,
@@ -31,7 +31,7 @@ from headwater_runtime.store import (
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
-from ._late import LateRuns, late_reason
+from ._late import NOT_STARTED, LateRuns, late_reason
 from ._metrics import MetricsServer, ServerMetrics
 from ._runs import ActiveRun, Recovery
 from ._schedule_times import fire_time_of
@@ -416,12 +416,9 @@ def _started(engine: FlowRunEngine) -> bool:
     )
     for run in engine.runs.values():
         last = run.history[-1]
-        if last.timestamp >= attempt_start and last.state not in _WAITING:
+        if last.timestamp >= attempt_start and last.state not in NOT_STARTED:
             return True
     return False
-
-
-_WAITING = frozenset({TaskRunState.PENDING, TaskRunState.SCHEDULED})
 
 
 def _put_workers(store: Any, rows: list[Any]) -> None:
