@@ -25,7 +25,15 @@ import grpc
 import pytest
 
 import headwater
-from headwater._worker import Worker, WorkerError
+from headwater._worker import (
+    BACKOFF_INITIAL,
+    BACKOFF_MAX,
+    BACKOFF_SOON,
+    SOON_WINDOW,
+    Worker,
+    WorkerError,
+    reconnect_delay,
+)
 from headwater.v1 import graph_pb2, payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
 from headwater.wire import decode_value, encode
 from headwater_runtime.server import MAX_CHUNK, PayloadServicer, StoreIO, TokenAuthInterceptor
@@ -877,3 +885,14 @@ def test_a_lifted_drain_keeps_the_worker_running(tasks_file: Path, server: FakeS
         after = assign(gateway, "after", "add", inputs=inputs(a=1, b=2))
         assert decode_value(gateway.wait_for("result", about(after)).result) == 3
         assert not worker.drained and not worker.exit_when_idle
+
+
+def test_reconnect_tries_stay_close_together_for_a_while_after_a_connection_broke() -> None:
+    """A restarted server's queued work waits for the workers' next try: for the first
+    SOON_WINDOW seconds after a welcomed connection broke, tries are at most
+    BACKOFF_SOON apart; later (or a server never reached) the backoff grows to MAX."""
+    assert reconnect_delay(0, 0.0) == BACKOFF_INITIAL
+    assert [reconnect_delay(n, 1.0) for n in range(3, 12)] == [BACKOFF_SOON] * 9
+    assert reconnect_delay(20, SOON_WINDOW - 0.1) == BACKOFF_SOON
+    assert reconnect_delay(20, SOON_WINDOW) == BACKOFF_MAX
+    assert reconnect_delay(2, SOON_WINDOW + 5) == BACKOFF_INITIAL * 4

@@ -4,7 +4,9 @@ Threads: ``run()`` reads the server's messages; gRPC drains a request generator 
 from a queue (which also sends the heartbeats); attempts run on threads of their own
 (``_worker_attempts``). Values cross the wire through ``_worker_codec``.
 
-Reconnects: a broken stream is dialled again with exponential backoff. ``Hello.running``
+Reconnects: a broken stream is dialled again with exponential backoff, capped at half a
+second for the first 30 s after a connection that worked broke (a restarting server is
+usually back by then, and its queued work should not wait for our backoff). ``Hello.running``
 names the attempts still executing *and* those whose outcome the server has not
 acknowledged; the ones the Welcome keeps go on (their outcomes are sent again), the
 others are abandoned. A bad token, or a refusal before any Welcome (protocol, a
@@ -63,6 +65,10 @@ log = logging.getLogger("headwater.worker")
 
 #: Reconnect backoff: INITIAL doubling up to MAX, times a random factor in [0.5, 1].
 BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
+#: For this long after a connection that had been welcomed broke, tries are at most
+#: BACKOFF_SOON apart: a restarting server is usually back within seconds, and queued
+#: work should start at most about that long after it listens again.
+SOON_WINDOW, BACKOFF_SOON = 30.0, 0.5
 #: Pause before trying again after a standby refused the worker (a takeover is near).
 STANDBY_PAUSE = 0.25
 #: Heartbeat interval used when the Welcome gives none.
@@ -83,6 +89,13 @@ _CHANNEL_OPTIONS = [
 ]
 #: Marker put on a session's queue to make the request generator send a heartbeat.
 _BEAT = worker_pb2.ConnectRequest()
+
+
+def reconnect_delay(failures: int, since_lost: float) -> float:
+    """How long to wait before the next try (before jitter), after ``failures`` failed
+    tries, ``since_lost`` seconds after a welcomed connection broke."""
+    cap = BACKOFF_SOON if since_lost < SOON_WINDOW else BACKOFF_MAX
+    return min(cap, BACKOFF_INITIAL * 2**failures)
 
 
 class WorkerError(Exception):
@@ -232,6 +245,7 @@ class Worker:
         logging.getLogger().addHandler(self.attempts.log_handler)
         try:
             failures = 0
+            lost_at = -SOON_WINDOW  # when a welcomed connection last broke (monotonic)
             while not self._stop.is_set():
                 address = self.address
                 welcomed, why, hint = self._session_once()
@@ -239,7 +253,7 @@ class Worker:
                     break
                 standby = STANDBY_REFUSAL in why
                 if welcomed:
-                    failures = 0
+                    failures, lost_at = 0, time.monotonic()
                     log.warning("lost the connection to %s (%s); reconnecting", address, why)
                 elif failures % 10 == 0 and not standby:
                     if why.startswith("UNAVAILABLE"):  # a TLS mismatch says so, with the fix
@@ -247,7 +261,7 @@ class Worker:
                     log.warning("cannot connect to %s (%s); retrying", address, why)
                 if not welcomed and self.addresses.several:
                     self.addresses.advance(hint)
-                delay = min(BACKOFF_MAX, BACKOFF_INITIAL * 2**failures)
+                delay = reconnect_delay(failures, time.monotonic() - lost_at)
                 if standby:
                     # A standby answered: a takeover is due within its lease. Do not
                     # let the dead leader's refusals grow the backoff meanwhile.

@@ -23,6 +23,10 @@ const PROTOCOL_VERSION = 1;
 const SDK_VERSION = require('../package.json').version;
 const BACKOFF_INITIAL_MS = 100;
 const BACKOFF_MAX_MS = 5000;
+// For this long after a welcomed connection broke, tries are at most BACKOFF_SOON_MS
+// apart: a restarting server is usually back within seconds (docs/worker-protocol.md §11).
+const SOON_WINDOW_MS = 30000;
+const BACKOFF_SOON_MS = 500;
 const DEFAULT_HEARTBEAT_MS = 10000;
 /** Longest message, stack trace or log line sent (a huge trace must not break the stream). */
 const TEXT_LIMIT = 64 << 10;
@@ -144,6 +148,7 @@ class Worker extends EventEmitter {
   async run() {
     this.transfer = new PayloadTransfer(this.contract, this.server, () => this.metadata(), this.credentials);
     let failures = 0;
+    let lostAt = -SOON_WINDOW_MS; // when a welcomed connection last broke
     try {
       while (!this.stopped) {
         const { welcomed, why, fatal } = await this.#sessionOnce();
@@ -151,11 +156,13 @@ class Worker extends EventEmitter {
         if (fatal) throw new WorkerError(`the server at ${this.server} refused this worker: ${why}`);
         if (welcomed) {
           failures = 0;
+          lostAt = Date.now();
           this.log(`lost the connection to ${this.server} (${why}); reconnecting`);
         } else if (failures % 10 === 0) {
           this.log(`cannot connect to ${this.server} (${why}); retrying`);
         }
-        const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_INITIAL_MS * 2 ** failures) * (0.5 + Math.random() / 2);
+        const cap = Date.now() - lostAt < SOON_WINDOW_MS ? BACKOFF_SOON_MS : BACKOFF_MAX_MS;
+        const delay = Math.min(cap, BACKOFF_INITIAL_MS * 2 ** failures) * (0.5 + Math.random() / 2);
         failures += 1;
         await new Promise((resolve) => {
           this.wake = resolve;
