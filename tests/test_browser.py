@@ -2,11 +2,11 @@
 Selenium, against a real `headwater server` and two `headwater worker` processes.
 
 A flow with a retry, a mapped step with one failing element, printed and logged lines;
-a run followed live; a cancel; a schedule paused from the page; the workers. On a server
-that needs a token: logging in through the login page, a failed run retried with its
-Retry button, a worker drained and resumed (a run waiting meanwhile says why and is
-marked late), logging out. Each page
-is saved as a screenshot under build/screenshots/ (a test artefact). The first render
+a run followed live; a cancel; a schedule paused from the page; the audit log; the
+workers. On a server that needs a token: logging in through the login page, a failed
+run retried with its Retry button, a worker drained and resumed (a run waiting meanwhile
+says why and is marked late), logging out. Each page is saved as a screenshot under
+build/screenshots/ (a test artefact). The first render
 of a 10,000-task run's page is measured and reported (not asserted: it is wall-clock
 time on a shared machine), in build/screenshots/first-render.txt.
 
@@ -386,6 +386,26 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     shot(browser, "schedules")
     click(browser, f"{selector} button")
     wait(browser, lambda d: attr(d, selector, "data-paused") == "false", "the resume")
+
+    # ---- audit: the resume and pause just made, newest first; filtered by kind, a run
+    # links to its page
+    click(browser, 'header nav a[data-section="audit"]')
+    newest = "#audit tbody tr"
+    wait(browser, lambda d: attr(d, newest, "data-action") == "schedule.resume", "the audit log")
+    actions = [row.get_attribute("data-action") for row in css(browser, newest)]
+    assert actions[:2] == ["schedule.resume", "schedule.pause"], actions
+    assert "anonymous" in text(browser, newest) and schedule.id in text(browser, newest)
+    shot(browser, "audit")
+    browser.execute_script(
+        "const kind = document.querySelector('#filters select[name=kind]');"
+        "kind.value = 'flow_run'; kind.dispatchEvent(new Event('change', {bubbles: true}));"
+    )
+    wait(browser, lambda d: d.current_url.endswith("/audit?kind=flow_run"), "the kind filter")
+    wait(browser, lambda d: attr(d, newest, "data-kind") == "flow_run", "the filtered log")
+    assert {row.get_attribute("data-kind") for row in css(browser, newest)} == {"flow_run"}
+    click(browser, f'#audit tr[data-object="{run.id}"] a')
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "FAILED", "the run's page")
+    assert browser.current_url.endswith(f"/runs/{run.id}")
 
     # ---- workers: online, capabilities, labels, slots
     browser.get(url + "workers")

@@ -185,7 +185,7 @@ def wait_for(condition: Any, what: str) -> Any:
 
 
 def test_the_ui_and_its_assets_are_served_from_the_package(http: Http) -> None:
-    for path in ("/", "/runs", "/runs/abc", "/flows", "/schedules", "/workers"):
+    for path in ("/", "/runs", "/runs/abc", "/flows", "/schedules", "/workers", "/audit"):
         status, page, _ = http.call("GET", path)
         assert status == 200 and b"/static/app.js" in page, path
     status, script, _ = http.call("GET", "/static/app.js")
@@ -361,6 +361,39 @@ def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) 
     assert http.post(f"/api/schedules/{schedule.id}/resume")["schedule"]["paused"] is False
     status, _, _ = http.call("POST", "/api/schedules/nope/pause", {})
     assert status == 404
+
+
+def test_the_audit_log_is_listed_newest_first_and_filtered(
+    server: ServerThread, http: Http
+) -> None:
+    with Client(server.address, token=TOKEN) as client:
+        schedule = client.create_schedule(loud, every=3600)
+        client.set_limit("db", concurrency=2)
+        run = client.run(loud, {"text": "audited"})
+    http.post(f"/api/schedules/{schedule.id}/pause")
+    body = http.get("/api/audit")
+    assert body["kinds"] == ["flow", "flow_run", "schedule", "limit", "worker", "credential"]
+    entries = body["entries"]
+    assert [(e["actor"], e["action"], e["object_kind"]) for e in entries] == [
+        ("server-token", "schedule.pause", "schedule"),
+        ("server-token", "run", "flow_run"),
+        ("server-token", "deploy", "flow"),  # client.run deploys: the same version
+        ("server-token", "limit.set", "limit"),
+        ("server-token", "schedule.create", "schedule"),
+        ("server-token", "deploy", "flow"),
+    ]
+    assert entries[0]["object_id"] == schedule.id and entries[1]["object_id"] == run.id
+    assert (entries[2]["object_id"], entries[2]["detail"]) == ("loud:1", "unchanged")
+    assert entries[3]["detail"] == "concurrency 2"
+    assert [e["at"] for e in entries] == sorted((e["at"] for e in entries), reverse=True)
+    limits = http.get("/api/audit?kind=limit")["entries"]
+    assert [(e["action"], e["object_id"]) for e in limits] == [("limit.set", "db")]
+    one = http.get(f"/api/audit?object={schedule.id}&limit=1")["entries"]
+    assert [e["action"] for e in one] == ["schedule.pause"]
+    status, answer, _ = http.call("GET", "/api/audit?kind=webhok")
+    assert status == 400 and answer["error"].startswith("unknown audit object kind 'webhok'")
+    status, answer, _ = http.call("GET", "/api/audit?limit=0")
+    assert status == 400 and answer["error"] == "limit must be in 1..1000, got 0"
 
 
 def test_large_results_are_described_and_fetched_on_demand(

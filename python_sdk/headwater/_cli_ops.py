@@ -1,4 +1,5 @@
-"""``headwater limits|workers|webhooks ...`` against a server (docs/operations.md)."""
+"""``headwater limits|workers|webhooks|audit ...`` against a server (docs/operations.md,
+docs/security.md#audit)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from headwater.wire import FlowRunState, parse_rate
+from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, FlowRunState, parse_rate
 
+from ._access_info import AuditEntry
 from ._cli_connect import add_tls_args, connect
-from ._cli_remote import EXIT_OK, server_address
+from ._cli_remote import EXIT_OK, local_time, server_address
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
 
@@ -219,8 +221,64 @@ def add_webhooks_command(sub: Any) -> None:
     hooks.set_defaults(func=cmd_webhooks)
 
 
+# -------------------------------------------------------------------------- audit
+
+
+def audit_line(entry: AuditEntry) -> str:
+    """``2026-01-02 03:04:05  ops  limit.set  limit db  concurrency 3`` (local time)."""
+    line = f"{local_time(entry.at)}  {entry.actor}  {entry.action}  "
+    line += f"{entry.object_kind} {entry.object_id}"
+    return f"{line}  {entry.detail}" if entry.detail else line
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """``headwater audit [--kind KIND] [--object ID] [--limit N]``."""
+    if not 1 <= args.limit <= AUDIT_PAGE_MAX:
+        raise UsageError(f"--limit must be in 1..{AUDIT_PAGE_MAX}, got {args.limit}")
+    with connect(args, server_address(args)) as client:
+        for entry in client.audit(args.kind or "", args.object or "", args.limit):
+            print(audit_line(entry))
+    return EXIT_OK
+
+
+def add_audit_command(sub: Any) -> None:
+    """Add ``headwater audit``."""
+    audit = sub.add_parser(
+        "audit",
+        help="who (credential name) deployed, ran, cancelled, paused or changed what",
+        description="Print a server's audit log, newest first, one line per entry: the "
+        "time (local), the credential, the action, the object's kind and id, and details. "
+        "Entries record flows deployed, runs created, cancelled and retried, schedules "
+        "created, paused, resumed and deleted, limits set and deleted, workers drained "
+        "and resumed, credentials created and revoked (docs/security.md#audit).",
+    )
+    audit.add_argument(
+        "--kind",
+        default=None,
+        metavar="KIND",
+        help=f"only entries about this kind of object: {', '.join(AUDIT_KINDS)}",
+    )
+    audit.add_argument(
+        "--object",
+        default=None,
+        metavar="ID",
+        help="only entries about this object (a run id, a schedule id, a flow's "
+        "NAME:VERSION, a limit's tag, a worker or credential name)",
+    )
+    audit.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        metavar="N",
+        help=f"print at most N entries, the newest (1..{AUDIT_PAGE_MAX}, default 100)",
+    )
+    _common(audit)
+    audit.set_defaults(func=cmd_audit)
+
+
 def add_ops_commands(sub: Any) -> None:
-    """Add ``headwater limits``, ``workers`` and ``webhooks``."""
+    """Add ``headwater limits``, ``workers``, ``webhooks`` and ``audit``."""
     add_limits_command(sub)
     add_workers_command(sub)
     add_webhooks_command(sub)
+    add_audit_command(sub)

@@ -53,7 +53,8 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=2, default=repr)
 
 
-def _local(at: datetime | None) -> str:
+def local_time(at: datetime | None) -> str:
+    """``at`` in local time, as the CLI prints times (``2026-01-02 03:04:05``)."""
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
 
 
@@ -237,7 +238,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
                 origin += f"  child of {run.parent_task_run_id}"
             print(
                 f"{run.id[:8]}  {run.state.name:9}  {run.flow_name} v{run.flow_version}  "
-                f"{_local(run.started_at or run.created_at)}  "
+                f"{local_time(run.started_at or run.created_at)}  "
                 f"{duration_text(run.duration) or '-'}{origin}{_attempt_and_late(run)}"
             )
         return EXIT_OK
@@ -251,7 +252,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             run.id[:8],
             f"{run.flow_name} v{run.flow_version}",
             state_text(run.state.name),
-            _local(run.started_at or run.created_at),
+            local_time(run.started_at or run.created_at),
             duration_text(run.duration),
             f"schedule {run.schedule_id[:8]}"
             if run.schedule_id

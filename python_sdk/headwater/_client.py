@@ -458,9 +458,11 @@ class Client(OperationsClient):
     def audit(
         self, object_kind: str = "", object_id: str = "", limit: int = 100
     ) -> list[AuditEntry]:
-        """Who did what, newest first: about one kind of object ("flow", "flow_run",
-        "schedule", "credential") or one object (a run id, a schedule id, a flow's
-        "NAME:VERSION") when given."""
+        """Who did what, newest first: about one kind of object (one of
+        ``headwater.wire.AUDIT_KINDS``: "flow", "flow_run", "schedule", "limit",
+        "worker", "credential"; the server refuses any other) or one object (a run id, a
+        schedule id, a flow's "NAME:VERSION", a limit's tag, a name) when given; at most
+        ``limit`` entries (1..1000)."""
         response = self._call(
             lambda c: c.ListAuditEntries,
             cp.ListAuditEntriesRequest(

@@ -953,12 +953,17 @@ class AuditEntry(google.protobuf.message.Message):
     action: builtins.str
     """What was done: "deploy", "run", "cancel", "retry", "schedule.create",
     "schedule.delete", "schedule.pause", "schedule.resume", "limit.set",
-    "credential.create", "credential.revoke".
+    "limit.delete", "worker.drain", "worker.resume", "credential.create",
+    "credential.revoke".
     """
     object_kind: builtins.str
-    """The kind of object: "flow", "flow_run", "schedule", "limit" or "credential"."""
+    """The kind of object: "flow", "flow_run", "schedule", "limit", "worker" or
+    "credential".
+    """
     object_id: builtins.str
-    """The object's id (a flow's "NAME:VERSION", a run id, a schedule id, a name)."""
+    """The object's id (a flow's "NAME:VERSION", a run id, a schedule id, a limit's tag,
+    a worker or credential name).
+    """
     detail: builtins.str
     """Details (the cancel reason, a flow run's flow, ...)."""
     @property
@@ -990,7 +995,9 @@ class ListAuditEntriesRequest(google.protobuf.message.Message):
     OBJECT_ID_FIELD_NUMBER: builtins.int
     PAGE_SIZE_FIELD_NUMBER: builtins.int
     object_kind: builtins.str
-    """Only entries about this kind of object (optional)."""
+    """Only entries about this kind of object (optional; one of AuditEntry.object_kind's
+    kinds, any other is INVALID_ARGUMENT).
+    """
     object_id: builtins.str
     """Only entries about this object (optional)."""
     page_size: builtins.int

@@ -249,7 +249,8 @@ class ControlPlaneServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListAuditEntries(self, request, context):
-        """ListAuditEntries returns who did what to a flow, run or schedule (or everything).
+        """ListAuditEntries returns who did what to a flow, run, schedule, limit, worker or
+        credential (or everything).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

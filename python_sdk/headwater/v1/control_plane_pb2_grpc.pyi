@@ -145,7 +145,9 @@ class ControlPlaneServiceStub:
         headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
         headwater.v1.control_plane_pb2.ListAuditEntriesResponse,
     ]
-    """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
+    """ListAuditEntries returns who did what to a flow, run, schedule, limit, worker or
+    credential (or everything).
+    """
 
 class ControlPlaneServiceAsyncStub:
     """ControlPlaneService is the API clients use: register flows, run them, watch them."""
@@ -274,7 +276,9 @@ class ControlPlaneServiceAsyncStub:
         headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
         headwater.v1.control_plane_pb2.ListAuditEntriesResponse,
     ]
-    """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
+    """ListAuditEntries returns who did what to a flow, run, schedule, limit, worker or
+    credential (or everything).
+    """
 
 class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
     """ControlPlaneService is the API clients use: register flows, run them, watch them."""
@@ -441,6 +445,8 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         request: headwater.v1.control_plane_pb2.ListAuditEntriesRequest,
         context: _ServicerContext,
     ) -> typing.Union[headwater.v1.control_plane_pb2.ListAuditEntriesResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.ListAuditEntriesResponse]]:
-        """ListAuditEntries returns who did what to a flow, run or schedule (or everything)."""
+        """ListAuditEntries returns who did what to a flow, run, schedule, limit, worker or
+        credential (or everything).
+        """
 
 def add_ControlPlaneServiceServicer_to_server(servicer: ControlPlaneServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -1,5 +1,8 @@
 # The public names of headwater.wire (one list: read by type checkers, and parsed at
 # run time by .lazy.attach_stub to import each name on first use).
+from ._audit import AUDIT_KINDS as AUDIT_KINDS
+from ._audit import AUDIT_PAGE_MAX as AUDIT_PAGE_MAX
+from ._audit import audit_kind as audit_kind
 from ._batching import NOT_READY as NOT_READY
 from ._batching import gather as gather
 from ._codec import DASK_LOCATION as DASK_LOCATION

@@ -24,12 +24,14 @@ from headwater.v1 import (
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
+    AUDIT_PAGE_MAX,
     PROTOCOL_VERSION,
     TERMINAL_FLOW_STATES,
     GraphBuildNeeded,
     GraphError,
     LimitExceeded,
     ParameterError,
+    audit_kind,
     feature_names,
     is_build_version,
     seconds,
@@ -377,8 +379,14 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
     ) -> cp.ListAuditEntriesResponse:
         """Who did what, newest first (about one kind of object or one object)."""
         size = request.page_size or 100
-        if not 1 <= size <= 1000:
-            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
+        if not 1 <= size <= AUDIT_PAGE_MAX:
+            await _fail(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"page_size must be 1..{AUDIT_PAGE_MAX}"
+            )
+        try:
+            audit_kind(request.object_kind)
+        except ValueError as exc:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         entries = await self.io.read(
             self.store.audit_entries, request.object_kind, request.object_id, size
         )

@@ -117,6 +117,7 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("GET", "/flows/{name}", (VIEWER,)),
     Route("GET", "/schedules", (VIEWER,)),
     Route("GET", "/workers", (VIEWER,)),
+    Route("GET", "/audit", (VIEWER,)),
     # The JSON API.
     Route("GET", "/api/session", (VIEWER,)),
     Route("GET", "/api/runs", (VIEWER,)),
@@ -138,6 +139,8 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/workers/events", (VIEWER,)),
     Route("POST", "/api/workers/{name}/drain", (OPERATOR,)),
     Route("POST", "/api/workers/{name}/resume", (OPERATOR,)),
+    # The audit log: as ListAuditEntries.
+    Route("GET", "/api/audit", (VIEWER,)),
 )
 
 

@@ -15,7 +15,16 @@ from typing import Any
 
 from aiohttp import web
 
-from headwater.wire import FlowRunState, is_build_version, seconds, split_task_run_id, task_run_id
+from headwater.wire import (
+    AUDIT_KINDS,
+    AUDIT_PAGE_MAX,
+    FlowRunState,
+    audit_kind,
+    is_build_version,
+    seconds,
+    split_task_run_id,
+    task_run_id,
+)
 from headwater_runtime.store import NotFound
 
 from .._access import CALLER
@@ -334,6 +343,23 @@ class HttpApi(PageHandlers):
         name = request.match_info["name"]
         await self.core.ops.resume(name)  # audited there
         return await self.list_workers(request)
+
+    # --------------------------------------------------------------------- audit
+
+    async def list_audit(self, request: web.Request) -> web.StreamResponse:
+        """Audit entries, newest first; ``kind`` (one of ``kinds``), ``object`` (an
+        object's id), ``limit`` (1..1000, default 100)."""
+        try:
+            kind = audit_kind(request.query.get("kind", ""))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        limit = _int(request, "limit", 100, 1, AUDIT_PAGE_MAX)
+        rows = await self.io.read(
+            self.store.audit_entries, kind, request.query.get("object", ""), limit
+        )
+        return web.json_response(
+            {"entries": [_data.audit_json(r) for r in rows], "kinds": list(AUDIT_KINDS)}
+        )
 
     # ------------------------------------------------------------ live streams
 

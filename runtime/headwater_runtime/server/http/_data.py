@@ -22,6 +22,7 @@ from headwater.wire import (
     seconds,
 )
 from headwater_runtime.store import (
+    AuditRow,
     FlowRunRow,
     LateRow,
     LogRow,
@@ -115,11 +116,20 @@ def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) ->
         for child in store.child_flow_runs(row.id)
     ]
     # Who created, cancelled and retried it (docs/security.md#audit), oldest first.
-    body["audit"] = [
-        {"at": e.at, "actor": e.actor, "action": e.action, "detail": e.detail}
-        for e in reversed(store.audit_entries("flow_run", row.id, 1000))
-    ]
+    body["audit"] = [audit_json(e) for e in reversed(store.audit_entries("flow_run", row.id, 1000))]
     return body
+
+
+def audit_json(row: AuditRow) -> JSON:
+    """An audit entry: who (a credential name) did what to which object, and when."""
+    return {
+        "at": row.at,
+        "actor": row.actor,
+        "action": row.action,
+        "object_kind": row.object_kind,
+        "object_id": row.object_id,
+        "detail": row.detail,
+    }
 
 
 def flow_runs_rows(store: Store, rows: list[FlowRunRow]) -> list[JSON]:
@@ -378,6 +388,7 @@ def schedule_json(msg: run_pb2.Schedule) -> JSON:
 
 __all__ = [
     "attempts",
+    "audit_json",
     "flow_run_json",
     "graph_json",
     "log_json",

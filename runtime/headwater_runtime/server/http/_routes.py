@@ -66,6 +66,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/flows/{name}", "page", "the web UI: one flow"),
     Route("GET", "/schedules", "page", "the web UI: schedules"),
     Route("GET", "/workers", "page", "the web UI: workers"),
+    Route("GET", "/audit", "page", "the web UI: the audit log"),
     # The JSON API.
     Route("GET", "/api/session", "session", "who is calling, their role, the CSRF token"),
     Route("GET", "/api/runs", "list_runs", "flow runs, newest first, filtered"),
@@ -87,6 +88,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/workers/events", "workers_events", "SSE: workers changed"),
     Route("POST", "/api/workers/{name}/drain", "drain_worker", "stop giving a worker work"),
     Route("POST", "/api/workers/{name}/resume", "resume_worker", "lift a worker's drain"),
+    Route("GET", "/api/audit", "list_audit", "who did what, newest first, filtered"),
 )
 
 

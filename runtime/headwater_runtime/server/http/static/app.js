@@ -135,6 +135,7 @@ function route() {
   else if (parts[0] === "flows") render = flowsPage;
   else if (parts[0] === "schedules") render = schedulesPage;
   else if (parts[0] === "workers") render = workersPage;
+  else if (parts[0] === "audit") render = auditPage;
   else render = runsPage;
   render().catch((err) => {
     main().innerHTML = `<p class="error">${esc(err.message)}</p>`;
@@ -719,6 +720,55 @@ async function workersPage() {
   await load();
   follow("/api/workers/events", { workers: debounce(load, 500) });
   every(1000, draw);
+}
+
+// --------------------------------------------------------------------- audit
+
+const AUDIT_SHOWN = 200;  // entries the page lists (the newest; filters reach older ones)
+
+// Where the UI shows an audit entry's object ("": nowhere): a run's page, a flow
+// version's graph, a schedule's runs.
+function auditHref(a) {
+  const id = a.object_id;
+  if (a.object_kind === "flow_run") return `/runs/${encodeURIComponent(id)}`;
+  if (a.object_kind === "schedule") return `/runs?schedule=${encodeURIComponent(id)}`;
+  const colon = id.lastIndexOf(":");  // a flow version is NAME:VERSION
+  if (a.object_kind === "flow" && colon > 0) {
+    return `/flows/${encodeURIComponent(id.slice(0, colon))}?version=${encodeURIComponent(id.slice(colon + 1))}`;
+  }
+  return "";
+}
+
+async function auditPage() {
+  const q = new URLSearchParams(location.search);
+  const params = new URLSearchParams();
+  for (const k of ["kind", "object"]) if (q.get(k)) params.set(k, q.get(k));
+  params.set("limit", String(AUDIT_SHOWN));
+  const { entries, kinds } = await api("/api/audit?" + params);
+  main().innerHTML = `<h1>Audit log</h1>
+    <p class="muted">Who (a credential name) did what, newest first.</p>
+    <form class="filters" id="filters">
+      <label>Kind<select name="kind"><option value="">any</option>${kinds.map((k) =>
+        `<option ${k === q.get("kind") ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></label>
+      <label>Object<input name="object" value="${esc(q.get("object") || "")}" placeholder="id or name"></label>
+    </form>
+    <table id="audit"><thead><tr><th>Time</th><th>Credential</th><th>Action</th><th>Object</th>
+      <th>Detail</th></tr></thead><tbody>
+      ${entries.map((a) => {
+        const href = auditHref(a);
+        const shown = a.object_kind === "flow_run" ? a.object_id.slice(0, 8) : a.object_id;
+        const object = href ? `<a href="${esc(href)}" title="${esc(a.object_id)}">${esc(shown)}</a>` : esc(shown);
+        return `<tr data-action="${esc(a.action)}" data-kind="${esc(a.object_kind)}" data-object="${esc(a.object_id)}">
+          <td>${esc(fmtTime(a.at))}</td><td><b>${esc(a.actor)}</b></td><td class="mono">${esc(a.action)}</td>
+          <td>${esc(a.object_kind)} <span class="mono">${object}</span></td><td class="muted">${esc(a.detail)}</td></tr>`;
+      }).join("") || `<tr><td colspan="5" class="muted">No entries.</td></tr>`}</tbody></table>
+    ${entries.length === AUDIT_SHOWN ? `<p class="muted">The newest ${AUDIT_SHOWN} entries: filter by kind or object for older ones.</p>` : ""}`;
+  const form = document.getElementById("filters");
+  form.addEventListener("change", () => {
+    const chosen = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) chosen.set(k, v);
+    navigate("/audit" + (chosen.toString() ? "?" + chosen : ""), true);
+  });
 }
 
 // ---------------------------------------------------------------------- start

@@ -1,0 +1,107 @@
+"""``headwater audit``: who (credential name) did what, newest first, against a real
+server (in-process, on SQLite), with operator and viewer credentials of their own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from e2e_helpers import BOUND
+from test_client import ServerThread
+
+from headwater import Client, flow, task
+from headwater._cli import main
+
+ADMIN_TOKEN = "tok"
+
+
+@task
+def shout(text: str) -> str:
+    return text.upper()
+
+
+@flow
+def audited(text: str = "hi") -> str:
+    return shout(text)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    s = ServerThread(tmp_path / "hw.db", token=ADMIN_TOKEN)
+    yield s
+    s.stop()
+
+
+def test_audit_lists_who_set_a_limit_and_paused_a_schedule_newest_first(
+    server: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(server.address, token=ADMIN_TOKEN) as admin:
+        _, ops_token = admin.create_token("ops", "operator")
+        _, eyes_token = admin.create_token("eyes", "viewer")
+    with Client(server.address, token=ops_token) as ops:
+        schedule = ops.create_schedule(audited, every=3600)
+
+    def cli(token: str, *args: str) -> tuple[int, str, str]:
+        code = main([*args, "--server", server.address, "--token", token])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # The operator changes things with the CLI; a viewer reads the log.
+    assert cli(ops_token, "limits", "set", "db", "--concurrency", "3")[0] == 0
+    assert cli(ops_token, "schedules", "pause", schedule.id)[0] == 0
+    code, out, err = cli(eyes_token, "audit")
+    assert code == 0, err
+    # time (2 words), credential, action, object kind, object id, detail
+    lines = [line.split(None, 6)[2:] for line in out.splitlines()]
+    assert lines[:2] == [
+        ["ops", "schedule.pause", "schedule", schedule.id],
+        ["ops", "limit.set", "limit", "db", "concurrency 3"],
+    ]
+    actions = [(actor, action) for actor, action, *_ in lines]
+    assert ("ops", "schedule.create") in actions and ("ops", "deploy") in actions
+    assert actions[-2:] == [("server-token", "credential.create")] * 2
+
+    code, out, _ = cli(eyes_token, "audit", "--kind", "limit")
+    assert code == 0 and [line.split()[2:5] for line in out.splitlines()] == [
+        ["ops", "limit.set", "limit"]
+    ]
+    code, out, _ = cli(eyes_token, "audit", "--object", schedule.id)
+    assert [line.split()[3] for line in out.splitlines()] == ["schedule.pause", "schedule.create"]
+    code, out, _ = cli(eyes_token, "audit", "--limit", "1")
+    assert code == 0 and len(out.splitlines()) == 1 and "schedule.pause" in out
+
+    # A kind the server does not know, and a page size out of range: one line, exit 2.
+    code, out, err = cli(eyes_token, "audit", "--kind", "webhok")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1, err
+    assert "unknown audit object kind 'webhok': use one of flow, flow_run, schedule" in err
+    code, _, err = cli(eyes_token, "audit", "--limit", "0")
+    assert code == 2 and err == "headwater: error: --limit must be in 1..1000, got 0\n"
+
+
+def test_the_audit_command_prints_local_time(server: ServerThread) -> None:
+    """The real command, in a time zone 5 h 45 min east of UTC: the printed time is
+    that zone's."""
+    with Client(server.address, token=ADMIN_TOKEN) as admin:
+        admin.set_limit("db", concurrency=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
+    shown = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "audit", "--server", server.address],
+        env={**env, "HEADWATER_TOKEN": ADMIN_TOKEN, "TZ": "XYZ-05:45"},
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    (line,) = shown.stdout.splitlines()
+    day, clock, rest = line.split(None, 2)
+    assert rest == "server-token  limit.set  limit db  concurrency 2"
+    printed = datetime.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S")
+    there = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=5, minutes=45)
+    assert abs(there - printed) < timedelta(minutes=5), (printed, there)
