@@ -204,6 +204,7 @@ def test_a_task_no_worker_offers_says_why_it_waits(
         (waiting,) = client.list_runs()
         shown = cli(env, "runs", "show", waiting.id[:8], "--server", address)
         assert f"pricing.enrichh: {reason}" in shown.stdout
+        assert shown.stdout.count(reason) == 1, shown.stdout  # said once, not "waiting: waiting:"
         client.cancel(waiting.id)
     assert run.popen.wait(BOUND) == 130
 

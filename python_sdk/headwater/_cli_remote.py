@@ -292,8 +292,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
     for task in run.task_runs:
         for child in task.child_run_ids:
             out.print(f"  {task.key}: child flow run {child}")
-        if task.waiting:
-            out.print(f"  {task.key}: waiting: {task.waiting}", highlight=False)
+    # show_failures prints each waiting task run's reason (once: it starts "waiting: ").
     show_failures(out, run.task_runs, full=args.full)
     for note in run.audit:
         detail = f" ({note.detail})" if note.detail else ""
