@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 from headwater.wire import FlowRunState, parse_rate
 
-from ._cli_remote import EXIT_OK, server_address
+from ._cli_remote import EXIT_OK, _json, server_address
 from ._client import Client
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
@@ -107,11 +108,21 @@ def worker_line(worker: WorkerInfo) -> str:
     )
 
 
+def worker_json(worker: WorkerInfo) -> dict[str, Any]:
+    """A worker as JSON (``workers list --json``): its last heartbeat in ISO 8601."""
+    body = dataclasses.asdict(worker)
+    body["last_heartbeat"] = worker.last_heartbeat.isoformat() if worker.last_heartbeat else None
+    return body
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     """``headwater workers list|drain|resume``."""
     with Client(server_address(args), token=args.token) as client:
         if args.action == "list":
-            for worker in client.list_workers(online_only=args.online):
+            listed = client.list_workers(online_only=args.online)
+            if args.json:
+                print(_json([worker_json(worker) for worker in listed]))
+            for worker in [] if args.json else listed:
                 print(worker_line(worker))
             return EXIT_OK
         if not args.name:
@@ -138,6 +149,7 @@ def add_workers_command(sub: Any) -> None:
     workers.add_argument("action", choices=["list", "drain", "resume"])
     workers.add_argument("name", nargs="?", help="worker name (drain, resume)")
     workers.add_argument("--online", action="store_true", help="list: only connected workers")
+    workers.add_argument("--json", action="store_true", help="list: print JSON")
     workers.add_argument(
         "--exit", action="store_true", help="drain: ask the worker to exit once idle"
     )
