@@ -106,6 +106,9 @@ def hold(name: str) -> str:
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     print(f"released {name}")
+    for i in range(40):  # records arriving while the page reads the last ones
+        print(f"{name} line {i}")
+        time.sleep(0.02)
     return name
 
 @flow
@@ -353,7 +356,11 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     wait(
         browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "SUCCESS", "DAG"
     )
-    wait(browser, lambda d: "released go-live" in text(d, "#logs"), "live logs")
+    wait(browser, lambda d: "go-live line 39" in text(d, "#logs"), "live logs")
+    # Each record once: "logs" events came faster than pages were read, and two reads
+    # from the same cursor showed the same records twice.
+    seqs = [row.get_attribute("data-seq") for row in css(browser, "#logs tbody tr")]
+    assert len(seqs) == 41 and len(set(seqs)) == 41, sorted(seqs)
     browser.get(url + f"runs/{to_cancel.id}")
     wait(
         browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "run"

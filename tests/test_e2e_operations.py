@@ -306,6 +306,14 @@ def test_workers_are_listed_drained_and_exit_when_idle(
         line = listed.stdout.strip()
         assert line.startswith("busy  online  slots 1/2  heartbeat "), line
         assert "labels zone=eu" in line and "ops_tasks.query" in line and "python" in line
+        listed = cli("workers", "list", "--json", "--server", address)
+        (busy_json,) = json.loads(listed.stdout)
+        assert (busy_json["name"], busy_json["online"], busy_json["slots_used"]) == (
+            "busy",
+            True,
+            1,
+        )
+        assert busy_json["labels"] == {"zone": "eu"} and busy_json["last_heartbeat"]
         drained = cli("workers", "drain", "busy", "--exit", "--server", address)
         assert "draining (exit when idle)" in drained.stdout, drained.stderr
         second = client.run(flows.held, {"x": 2})  # type: ignore[attr-defined]

@@ -322,6 +322,9 @@ def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(
     assert flows["boom"]["versions"] == ["1"]
     graph = http.get("/api/flows/boom")["graph"]
     assert {n["id"]: n["upstream"] for n in graph["nodes"]} == {"shout": [], "explode": ["shout"]}
+    # The version registered, latest or asked for (the flow page's heading: "boom v1").
+    assert graph["version"] == "1"
+    assert http.get("/api/flows/boom?version=1")["graph"]["version"] == "1"
 
 
 def test_a_run_page_stream_follows_the_run_to_its_end(server: ServerThread, http: Http) -> None:

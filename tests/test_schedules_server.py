@@ -4,6 +4,7 @@ in-test worker completes; bad schedules get clear status codes; Client and CLI."
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -229,6 +230,13 @@ def test_cli_schedules_create_list_pause_delete(
     assert code == 0 and " paused " in out
     code, out, _ = cli("list")
     assert code == 0 and len(out.splitlines()) == 2
+    code, out, _ = cli("list", "--json")
+    listed = {s["id"]: s for s in json.loads(out)}
+    assert code == 0 and len(listed) == 2
+    assert listed[schedule_id]["every"] == 5400 and listed[schedule_id]["parameters"] == {
+        "text": "yo"
+    }
+    assert [s["cron"] for s in listed.values() if s["paused"]] == ["*/5 * * * *"]
     code, out, _ = cli("pause", schedule_id)
     assert code == 0 and " paused " in out
     code, out, _ = cli("delete", schedule_id)

@@ -4,6 +4,7 @@ docs/security.md#audit)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, FlowRunState, parse_rate
 
 from ._access_info import AuditEntry
 from ._cli_connect import add_tls_args, connect
-from ._cli_remote import EXIT_OK, local_time, server_address
+from ._cli_remote import EXIT_OK, _json, local_time, server_address
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
 
@@ -110,12 +111,23 @@ def worker_line(worker: WorkerInfo) -> str:
     )
 
 
+def worker_json(worker: WorkerInfo) -> dict[str, Any]:
+    """A worker as JSON (``workers list --json``): its last heartbeat in ISO 8601."""
+    body = dataclasses.asdict(worker)
+    body["last_heartbeat"] = worker.last_heartbeat.isoformat() if worker.last_heartbeat else None
+    return body
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     """``headwater workers list|drain|resume``."""
     with connect(args, server_address(args)) as client:
         if args.action == "list":
-            for worker in client.list_workers(online_only=args.online):
-                print(worker_line(worker))
+            listed = client.list_workers(online_only=args.online)
+            if args.json:
+                print(_json([worker_json(worker) for worker in listed]))
+            else:
+                for worker in listed:
+                    print(worker_line(worker))
             return EXIT_OK
         if not args.name:
             raise UsageError(f"'workers {args.action}' needs a worker NAME")
@@ -141,6 +153,7 @@ def add_workers_command(sub: Any) -> None:
     workers.add_argument("action", choices=["list", "drain", "resume"])
     workers.add_argument("name", nargs="?", help="worker name (drain, resume)")
     workers.add_argument("--online", action="store_true", help="list: only connected workers")
+    workers.add_argument("--json", action="store_true", help="list: print JSON")
     workers.add_argument(
         "--exit", action="store_true", help="drain: ask the worker to exit once idle"
     )

@@ -8,7 +8,7 @@ from typing import Any
 from headwater.wire import parse_duration
 
 from ._cli_connect import add_tls_args, connect
-from ._cli_remote import EXIT_OK, server_address
+from ._cli_remote import EXIT_OK, _json, server_address
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -27,6 +27,24 @@ def _line(s: ScheduleInfo) -> str:
     version = f" v{s.flow_version}" if s.flow_version else " (latest)"
     nxt = f"next {s.next_run_at:%Y-%m-%d %H:%M:%S}Z" if s.next_run_at and not s.paused else ""
     return f"{s.id}  {state:6}  {s.flow_name}{version}  {s.spec}  {nxt}".rstrip()
+
+
+def schedule_json(s: ScheduleInfo) -> dict[str, Any]:
+    """A schedule as JSON (``schedules list --json``): times in ISO 8601, ``every`` in
+    seconds."""
+    return {
+        "id": s.id,
+        "flow_name": s.flow_name,
+        "flow_version": s.flow_version,
+        "every": s.every.total_seconds() if s.every is not None else None,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "paused": s.paused,
+        "catchup": s.catchup,
+        "next_run_at": s.next_run_at.isoformat() if s.next_run_at else None,
+        "created_at": s.created_at.isoformat() if s.created_at else None,
+        "parameters": s.parameters,
+    }
 
 
 def cmd_schedules(args: argparse.Namespace) -> int:
@@ -50,8 +68,12 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             )
             print(_line(created))
         elif args.action == "list":
-            for schedule in client.list_schedules(args.flow or ""):
-                print(_line(schedule))
+            listed = client.list_schedules(args.flow or "")
+            if args.json:
+                print(_json([schedule_json(schedule) for schedule in listed]))
+            else:
+                for schedule in listed:
+                    print(_line(schedule))
         elif args.action == "delete":
             client.delete_schedule(args.schedule_id)
             print(f"schedule {args.schedule_id} deleted")
@@ -106,6 +128,7 @@ def add_schedules_command(sub: Any) -> None:
     _common(create)
     listing = actions.add_parser("list", help="list schedules")
     listing.add_argument("--flow", help="only schedules of this flow")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     _common(listing)
     for name, what in [
         ("delete", "delete a schedule (its runs are kept)"),

@@ -157,8 +157,8 @@ class HttpApi(PageHandlers):
         graph = self._graphs.get(key)
         if graph is None:
             # The run manager keeps the graphs of runs it started or recovered parsed.
-            _, spec = await self.io.read(self.core.runs.graph, name, version)
-            graph = _data.graph_json(spec)
+            found, spec = await self.io.read(self.core.runs.graph, name, version)
+            graph = _data.graph_json(spec, found)
             if version:  # "" means the latest, which may change
                 self._graphs[key] = graph
                 while len(self._graphs) > GRAPHS_KEPT:

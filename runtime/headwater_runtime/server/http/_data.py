@@ -306,8 +306,9 @@ def node_counts(rows: Iterable[TaskRunRow]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def graph_json(graph: GraphSpec) -> JSON:
-    """A flow graph's nodes and edges, for drawing it."""
+def graph_json(graph: GraphSpec, version: str = "") -> JSON:
+    """A flow graph's nodes and edges, for drawing it; ``version`` is the version it is
+    registered as (the compiled graph's own may be empty: the server names versions)."""
     nodes = []
     for t in graph.tasks:
         upstream: list[str] = []
@@ -330,7 +331,7 @@ def graph_json(graph: GraphSpec) -> JSON:
         )
     return {
         "name": graph.name,
-        "version": graph.version,
+        "version": version or graph.version,
         "description": graph.description,
         "parameters": [p.name for p in graph.params],
         "nodes": nodes,

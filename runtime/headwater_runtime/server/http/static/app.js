@@ -607,7 +607,15 @@ async function loadTimeline(runId, state) {
 
 // ---------------------------------------------------------------------- logs
 
-async function loadLogs(runId, state, reset) {
+function loadLogs(runId, state, reset) {
+  // One read at a time, in order: "logs" events come faster than a page is read, and
+  // two reads from the same cursor showed the same records twice.
+  const read = (state.logsRead || Promise.resolve()).then(() => readLogs(runId, state, reset));
+  state.logsRead = read.catch(() => {});
+  return read;
+}
+
+async function readLogs(runId, state, reset) {
   const body = document.querySelector("#logs tbody");
   if (!body) return;
   if (reset) { state.logsAfter = 0; body.innerHTML = ""; }
