@@ -21,6 +21,7 @@ from headwater._worker import Worker
 from headwater.wire import FlowRunState, Role
 from headwater_runtime.server import allows, describe
 from headwater_runtime.server.http import ROUTES
+from headwater_runtime.server.http import _api as http_api
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "runtime" / "headwater_runtime" / "server" / "http" / "static"
@@ -533,6 +534,31 @@ def test_workers_are_drained_and_resumed_over_http(
         drained = json.loads(answer.read())["workers"]
     assert [(w["draining"], w["exit_when_idle"]) for w in drained] == [(True, False)]
     assert http.post(f"/api/workers/{name}/resume")["workers"][0]["draining"] is False
+
+
+def test_the_workers_stream_pushes_each_online_workers_last_message_time(
+    server: ServerThread, http: Http, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers page's "last heartbeat" stays true: with nothing else to say, the
+    stream sends ``seen`` (name -> last message time) of the online workers."""
+    monkeypatch.setattr(http_api, "SEEN_EVERY", 0.2)
+    name = "http-test-worker"
+    wait_for(lambda: http.get("/api/workers")["workers"], "the worker")
+    request = urllib.request.Request(f"{http.base}/api/workers/events")
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    seen: dict[str, float] = {}
+    with urllib.request.urlopen(request, timeout=BOUND) as stream:
+        event = ""
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("data: ") and event == "seen":
+                seen = json.loads(line[len("data: ") :])
+                break
+    (listed,) = http.get("/api/workers")["workers"]
+    assert list(seen) == [name]
+    assert time.time() - 60 < seen[name] <= listed["last_seen"]
 
 
 def test_a_task_run_waiting_on_a_limit_says_so(

@@ -45,6 +45,8 @@ PAGE_MAX = 1000
 GRAPHS_KEPT = 32
 #: Most log records one page returns.
 LOG_PAGE_MAX = 5000
+#: Seconds between ``seen`` events of the workers stream (workers' last message times).
+SEEN_EVERY = 5.0
 
 
 class BadRequest(ValueError):
@@ -407,16 +409,24 @@ class HttpApi(PageHandlers):
             notices.unsubscribe(queue)
 
     async def workers_events(self, request: web.Request) -> web.StreamResponse:
-        """SSE ``workers``: workers connected or left, or their slots changed."""
+        """SSE ``workers``: workers connected or left, or their slots changed; ``seen``
+        (every ``SEEN_EVERY`` seconds of nothing else, while workers are online): each
+        online worker's last message time, by name, so that "last heartbeat" stays
+        true without reloading the list."""
         notices = self.core.notices
         workers, runs = notices.subscribe_workers(), notices.subscribe_runs()
 
         async def body(stream: EventStream) -> None:
             await stream.send("hello", {})
             while True:
-                got = await next_of({"workers": workers.get, "runs": runs.get})
+                got = await next_of({"workers": workers.get, "runs": runs.get}, SEEN_EVERY)
                 if not got:
-                    await stream.comment()
+                    seen = {
+                        record.name: record.session.last_seen
+                        for record in notices.workers.values()
+                        if record.session is not None
+                    }
+                    await (stream.send("seen", seen) if seen else stream.comment())
                     continue
                 drain(workers, set())
                 drain(runs, set())

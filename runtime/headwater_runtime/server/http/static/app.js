@@ -726,7 +726,9 @@ async function workersPage() {
   };
   const load = async () => { workers = (await api("/api/workers")).workers; draw(); };
   await load();
-  follow("/api/workers/events", { workers: debounce(load, 500) });
+  // "seen": the online workers' last message times (pushed every few seconds).
+  const seen = (times) => { for (const w of workers) if (w.name in times) w.last_seen = times[w.name]; };
+  follow("/api/workers/events", { workers: debounce(load, 500), seen });
   every(1000, draw);
 }
 
