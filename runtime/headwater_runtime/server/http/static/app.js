@@ -547,8 +547,13 @@ async function drawTask(state, side, title) {
 async function loadTimeline(runId, state) {
   const canvas = document.getElementById("timeline");
   const tip = document.getElementById("tip");
-  let rows = [], t0 = 0, t1 = 1, rowH = 14;
+  let rows = [], t0 = 0, t1 = 1, rowH = 14, skew = 0;  // skew: server clock - ours
+  const running = () => rows.some((r) => r[4] === null);
   const draw = () => {
+    if (running()) {  // bars of running task runs (and the axis) grow until now
+      const now = Date.now() / 1000 + skew;
+      t1 = rows.reduce((a, r) => Math.max(a, r[4] ?? now), t0 + 1e-3);
+    }
     const width = canvas.clientWidth || 600;
     // At most 400 px: many task runs share a pixel row (a dense band shows the shape).
     rowH = rows.length ? Math.min(16, 400 / rows.length) : 16;
@@ -582,19 +587,21 @@ async function loadTimeline(runId, state) {
   const load = async () => {
     const body = await api(`/api/runs/${runId}/timeline`);
     rows = body.rows.filter((r) => r[3] !== null).sort((a, b) => a[3] - b[3]);
+    skew = body.now - Date.now() / 1000;
     t0 = rows.length ? rows[0][3] : 0;
     const ends = rows.map((r) => r[4] ?? body.now);
     t1 = ends.reduce((a, b) => Math.max(a, b), t0 + 1e-3);
     draw();
   };
   const reload = debounce(load, 500);
+  every(1000, () => { if (running()) draw(); });
   canvas.addEventListener("mousemove", (e) => {
     const i = Math.floor((e.offsetY - 4) / rowH);
     const r = rows[i];
     if (!r) { tip.style.display = "none"; return; }
     tip.style.display = "block";
     tip.style.left = e.offsetX + 12 + "px"; tip.style.top = e.offsetY + 8 + "px";
-    tip.textContent = `${r[0]}: ${r[2]}, ${fmtDur((r[4] ?? Date.now() / 1000) - r[3])}${r[6] ? " on " + r[6] : ""}`;
+    tip.textContent = `${r[0]}: ${r[2]}, ${fmtDur((r[4] ?? Date.now() / 1000 + skew) - r[3])}${r[6] ? " on " + r[6] : ""}`;
   });
   canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; });
   canvas.addEventListener("click", (e) => {
