@@ -317,6 +317,15 @@ def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(
     assert cookie.startswith(f"{SESSION_COOKIE}={viewer};")
     for attribute in ("HttpOnly", "SameSite=Strict", "Secure", "Path=/"):
         assert attribute in cookie
+    # Another site's page cannot log a browser in (login CSRF); this server's own can.
+    form = {"token": viewer, "next": "/"}
+    status, answer, page = call(
+        site, "POST", "/login", form=form, headers={"Origin": "https://evil.example"}
+    )
+    assert status == 403 and "Set-Cookie" not in answer
+    assert "the request comes from https://evil.example, not this server" in page
+    own = {"Origin": f"https://127.0.0.1:{site.port}"}
+    assert call(site, "POST", "/login", form=form, headers=own)[0] == 303
     # Never on to another site after logging in.
     for elsewhere in (
         "//evil.example/x",

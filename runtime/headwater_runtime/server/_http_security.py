@@ -133,17 +133,21 @@ class HttpGuard:
                     f"credential {caller.name!r} (role {caller.role.value}) may not "
                     f"{method} {path}: it needs one of the roles {describe(route.roles)}",
                 )
-        if method.upper() == "POST" and by_cookie and path != "/login":
+        if method.upper() == "POST" and path == "/login":
+            # Another site must not log a browser in (with a token of its own choosing).
+            problem = _origin_problem(headers)
+            if problem:
+                return HttpDecision(403, caller, problem)
+        elif method.upper() == "POST" and by_cookie:
             problem = self._csrf_problem(headers, form or {})
             if problem:
                 return HttpDecision(403, caller, problem)
         return HttpDecision(200, caller)
 
     def _csrf_problem(self, headers: Mapping[str, str], form: Mapping[str, str]) -> str:
-        origin = _header(headers, "origin")
-        host = _header(headers, "host")
-        if origin and origin != "null" and urlsplit(origin).netloc != host:
-            return f"CSRF check failed: the request comes from {origin}, not this server"
+        problem = _origin_problem(headers)
+        if problem:
+            return problem
         given = _header(headers, CSRF_HEADER) or form.get(CSRF_FIELD, "")
         if not given or not hmac.compare_digest(given, self.csrf_token(headers)):
             return (
@@ -176,6 +180,16 @@ class HttpGuard:
     def logout_cookie(self) -> str:
         """A Set-Cookie value that removes the session cookie."""
         return self.session_cookie("", max_age=0)
+
+
+def _origin_problem(headers: Mapping[str, str]) -> str:
+    """Why a POST is refused for coming from another site's page ("" when it does
+    not: no Origin, or this server's own)."""
+    origin = _header(headers, "origin")
+    host = _header(headers, "host")
+    if origin and origin != "null" and urlsplit(origin).netloc != host:
+        return f"CSRF check failed: the request comes from {origin}, not this server"
+    return ""
 
 
 def login_page(error: str = "", next_path: str = "/") -> str:
