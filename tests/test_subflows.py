@@ -65,14 +65,19 @@ def test_subflows_and_a_run_time_flow_run_as_linked_child_runs() -> None:
         "child-2": TaskRunState.SUCCESS,
         "sum_squares": TaskRunState.SUCCESS,
     }
-    assert [(c.flow_name, c.parent_task_run) for c in run.children] == [
-        ("child", "child"),
-        ("child", "child-2"),
-        ("squares", "sum_squares"),
-    ]
+    # In the order they started: child-2 and sum_squares both wait for child only,
+    # so either may start first.
+    by_task = {c.parent_task_run: c for c in run.children}
+    assert len(by_task) == len(run.children) == 3
+    assert run.children[0].parent_task_run == "child"
+    assert {k: c.flow_name for k, c in by_task.items()} == {
+        "child": "child",
+        "child-2": "child",
+        "sum_squares": "squares",
+    }
     for c in run.children:
         assert c.parent_id == run.id and c.state is FlowRunState.SUCCESS
-    first, second, runtime = run.children
+    first, second, runtime = by_task["child"], by_task["child-2"], by_task["sum_squares"]
     assert first.result == 8 and second.result == 36
     assert set(first.task_runs) == {"add", "double"}
     assert len(runtime.task_runs) == 8  # squares' graph for n=8
