@@ -95,7 +95,7 @@ def reconnect_delay(failures: int, since_lost: float) -> float:
     """How long to wait before the next try (before jitter), after ``failures`` failed
     tries, ``since_lost`` seconds after a welcomed connection broke."""
     cap = BACKOFF_SOON if since_lost < SOON_WINDOW else BACKOFF_MAX
-    return min(cap, BACKOFF_INITIAL * 2**failures)
+    return min(cap, BACKOFF_INITIAL * 2.0**failures)
 
 
 class WorkerError(Exception):
