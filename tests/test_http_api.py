@@ -425,6 +425,34 @@ def test_large_results_are_described_and_fetched_on_demand(
     assert len(json.dumps(body)) < 100_000
 
 
+def test_results_stored_by_reference_have_a_bounded_preview(
+    server: ServerThread, http: Http, worker: Worker
+) -> None:
+    """A result above the 1 MiB inline limit (kept in the payload store) is previewed
+    like an inline one: the start of its json text, cut short and marked so."""
+    size = 1_100_000
+    with Client(server.address, token=TOKEN) as client:
+        run = client.run(large, {"n": 2, "size": size})
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        fetched = client.get(run.id, include_task_runs=True)
+    children = [t for t in fetched.task_runs if t.map_index >= 0]
+    assert len(children) == 2
+    for child in children:
+        info = child.result
+        assert info is not None and info.size_bytes == size + 2
+        assert info.preview.startswith('"xxxx') and info.preview.endswith("…")
+        assert len(info.preview) == 200
+    assert fetched.result_info is not None
+    assert fetched.result_info.preview.startswith('["xxx'), fetched.result_info.preview
+    body = http.get(f"/api/runs/{run.id}")
+    assert body["run"]["result"]["preview"].startswith('["xxx')
+    tasks = http.get(f"/api/runs/{run.id}/tasks?task=big")["task_runs"]
+    previews = [t["result"]["preview"] for t in tasks if t["map_index"] >= 0]
+    assert len(previews) == 2
+    assert all(p.startswith('"xxxx') and p.endswith("…") and len(p) == 200 for p in previews)
+
+
 def test_a_task_no_worker_takes_fails_after_its_schedule_to_start_timeout(
     server: ServerThread, worker: Worker
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -95,6 +96,27 @@ def test_a_large_value_goes_up_and_down_without_any_message_over_the_limit(
         ):
             tail += part.chunk
         assert bytes(tail) == data[-10:]
+
+    serve(db, body)
+
+
+def test_a_json_upload_gets_its_preview_in_its_reference(db: str) -> None:
+    data = b'"' + b"x" * 1_200_000 + b'"'
+
+    async def upload() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
+        header = payload_pb2.UploadPayloadHeader(
+            size_bytes=len(data), metadata={"encoding": "json", "headwater.preview": "forged"}
+        )
+        yield payload_pb2.UploadPayloadRequest(header=header)
+        cuts = [*range(0, 3000, 300), *range(3000, len(data), MAX_CHUNK), len(data)]
+        for start, end in itertools.pairwise(cuts):  # the preview spans chunks
+            yield payload_pb2.UploadPayloadRequest(chunk=data[start:end])
+
+    async def body(stub: payload_pb2_grpc.PayloadServiceStub, _: Any) -> None:
+        ref = (await stub.UploadPayload(upload(), metadata=AUTH)).ref
+        assert ref.size_bytes == len(data)
+        preview = '"' + "x" * 198 + "…"  # bounded, marked as cut; the forged one dropped
+        assert dict(ref.metadata) == {"encoding": "json", "headwater.preview": preview}
 
     serve(db, body)
 

@@ -13,7 +13,14 @@ from headwater.v1 import payload_pb2
 from headwater.wire import ENCODING_KEY
 from headwater_runtime.execution import task_output
 from headwater_runtime.server._dispatch import WorkerSession
-from headwater_runtime.server._previews import bounded, preview, summarize, value_size
+from headwater_runtime.server._previews import (
+    PREVIEW_KEY,
+    bounded,
+    preview,
+    summarize,
+    upload_metadata,
+    value_size,
+)
 from headwater_runtime.server._waiting import waiting_reason
 from headwater_runtime.store import LogRow, SQLiteStore, WriteBatch
 
@@ -43,10 +50,35 @@ def test_values_are_described_without_being_decoded() -> None:
         )
     )
     assert summarize(ref).size_bytes == 5 << 20 and summarize(ref).preview == ""
+    spaced = inline(b"[1," + b" " * 1000 + b"2]")  # cut, though short once collapsed
+    assert preview(spaced) == "[1,…"
+    assert preview(inline(b"[1, 2]")) == "[1, 2]"
     small, summary = bounded(inline(b"42"))
     assert small is not None and not summary.omitted
     large, summary = bounded(inline(json.dumps("y" * 20_000).encode()))
     assert large is None and summary.omitted and summary.size_bytes == 20_002
+
+
+def test_a_value_stored_by_reference_keeps_the_preview_made_at_upload() -> None:
+    # 2-byte characters: the 799 bytes end in the middle of one
+    data = json.dumps(["é" * 300_000], ensure_ascii=False).encode()
+    metadata = upload_metadata({ENCODING_KEY: "json", PREVIEW_KEY: "forged"}, data[:799], len(data))
+    made = metadata[PREVIEW_KEY]
+    assert made == '["' + "é" * 197 + "…"  # no U+FFFD for the half character
+    ref = payload_pb2.Value(
+        ref=payload_pb2.PayloadRef(payload_id="p", size_bytes=len(data), metadata=metadata)
+    )
+    assert summarize(ref).preview == made
+    listed = inline(b"", "headwater.list", [ref, ref])  # elements cut again, still marked
+    assert preview(listed) == "[" + ", ".join(['["' + "é" * 63 + "…"] * 2) + "]"
+    whole = upload_metadata({ENCODING_KEY: "json"}, b"[1, 2]", 6)
+    assert whole[PREVIEW_KEY] == "[1, 2]"  # all of it: not marked as cut
+    assert upload_metadata({ENCODING_KEY: "pickle", PREVIEW_KEY: "x"}, b"\x80", 1) == {
+        ENCODING_KEY: "pickle"
+    }
+    unbounded = ref.ref.metadata
+    unbounded[PREVIEW_KEY] = "y" * 10_000  # whatever an uploader claims, it stays bounded
+    assert len(preview(ref)) == 200 and preview(ref).endswith("…")
 
 
 def session(

@@ -14,6 +14,7 @@ from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavail
 
 from ._access import CALLER, Caller
 from ._io import StoreIO
+from ._previews import PREVIEW_BYTES, upload_metadata
 
 
 class PayloadAccess(Protocol):
@@ -42,7 +43,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     (``max_upload_chunks``), all refused with RESOURCE_EXHAUSTED; an empty chunk, or
     more bytes than declared, with INVALID_ARGUMENT. Small chunks are gathered here
     into stored-chunk-sized writes, so a stream of tiny messages costs the writer
-    thread no more than one of full chunks.
+    thread no more than one of full chunks. The first ``PREVIEW_BYTES`` received are
+    kept to make a json text's preview, returned in the reference's metadata
+    (``_previews``: listings then preview the value without reading it back).
 
     Args:
         store: where payloads are kept.
@@ -76,6 +79,7 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
         limits = self.limits
         pending = bytearray()  # received, not yet handed to the writer thread
+        head = bytearray()  # the first PREVIEW_BYTES received (for the preview)
         received = chunks = 0
         declared = 0
         try:
@@ -120,6 +124,8 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                             "declared",
                         )
                     pending += chunk
+                    if len(head) < PREVIEW_BYTES:
+                        head += chunk[: PREVIEW_BYTES - len(head)]
                     if len(pending) >= CHUNK_SIZE:
                         await self._write(upload, pending, context)
                 else:
@@ -144,7 +150,12 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         if self.access is not None:
             self.access.uploaded(CALLER.get(), meta.id)
         ref = payload_pb2.PayloadRef(
-            payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
+            payload_id=meta.id,
+            size_bytes=meta.size,
+            # Only the reference carries the preview, not the payload's row: results,
+            # parameters and listings hold the reference (the row serves downloads).
+            metadata=upload_metadata(meta.metadata, bytes(head), meta.size),
+            sha256=meta.sha256,
         )
         return payload_pb2.UploadPayloadResponse(ref=ref)
 

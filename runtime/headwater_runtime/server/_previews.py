@@ -7,11 +7,22 @@ its encoding and a preview. The server never decodes user payloads: a json text 
 shown as the text it is (cut short), a list or dict the engine assembled by its
 shape, and a pickle not at all. The value itself is fetched on demand
 (``GetTaskRunResult``, ``GetFlowRunResult``), its large parts by reference.
+
+A value stored by reference (above the 1 MiB inline limit) is previewed as an inline
+one is, but its preview is made once, when its bytes are uploaded: PayloadService
+keeps the first ``PREVIEW_BYTES`` that stream past anyway and puts the preview in the
+reference's metadata (``PREVIEW_KEY``). The results, parameters and listings that hold
+the reference then carry their preview with them, and reading a run costs no payload
+read at all (reading even one stored chunk per listed value would cost a listing of
+many large results up to a chunk, 1 MiB, each). A reference made before this (or by a
+Dask bridge, whose bytes the server never sees) has no preview.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+from collections.abc import Mapping
 
 from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import DICT, ENCODING_KEY, JSON, LIST, SELECT, STRUCTURAL, TUPLE
@@ -23,6 +34,12 @@ LISTED_VALUE_LIMIT = 16 * 1024
 PREVIEW_CHARS = 200
 #: Elements of an assembled list or dict shown in its preview.
 PREVIEW_ITEMS = 3
+#: Bytes of a json text read for its preview (a character is at most 4 bytes).
+PREVIEW_BYTES = PREVIEW_CHARS * 4
+#: PayloadRef metadata key: the preview the server made when the bytes were uploaded.
+PREVIEW_KEY = "headwater.preview"
+#: Marks a preview cut short.
+_MORE = "…"
 
 
 def _encoding(value: payload_pb2.Value) -> str:
@@ -47,20 +64,51 @@ def value_size(value: payload_pb2.Value) -> int:
     return len(value.inline.data)
 
 
-def _cut(text: str, limit: int) -> str:
+def _cut(text: str, limit: int, truncated: bool = False) -> str:
+    """``text`` with its whitespace collapsed, at most ``limit`` characters, ending with
+    "…" when cut here or when it is only the start of the value (``truncated``)."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) > limit:
+        return text[: limit - 1] + _MORE
+    if truncated and not text.endswith(_MORE):
+        return text[: limit - 1] + _MORE if len(text) >= limit else text + _MORE
+    return text
+
+
+def json_text_preview(head: bytes, size: int, limit: int = PREVIEW_CHARS) -> str:
+    """The preview of a json text of ``size`` bytes from its first bytes ``head``
+    (``limit * 4`` are enough): the text as it starts, marked "…" when cut short."""
+    # A character cut in two at the end of ``head`` is dropped, not shown as U+FFFD.
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(head, final=len(head) >= size)
+    return _cut(text, limit, truncated=len(head) < size)
+
+
+def upload_metadata(metadata: Mapping[str, str], head: bytes, size: int) -> dict[str, str]:
+    """The metadata of an uploaded payload's reference: a json text's preview made from
+    its first bytes ``head`` (``PREVIEW_BYTES`` of them) under ``PREVIEW_KEY``; any
+    ``PREVIEW_KEY`` the uploader sent is dropped (only the server makes previews)."""
+    out = {k: v for k, v in metadata.items() if k != PREVIEW_KEY}
+    if out.get(ENCODING_KEY, "") == JSON:
+        out[PREVIEW_KEY] = json_text_preview(head[:PREVIEW_BYTES], size)
+    return out
 
 
 def preview(value: payload_pb2.Value, limit: int = PREVIEW_CHARS) -> str:
     """A short text showing what a value is, without decoding user payloads beyond
-    reading a json text as text ("" for pickles and values stored by reference)."""
+    reading a json text as text ("" for pickles, and for references stored without a
+    preview: see the module docstring)."""
     encoding = _encoding(value)
-    if value.WhichOneof("kind") != "inline":
+    kind = value.WhichOneof("kind")
+    if kind == "ref":
+        # Made at upload (at most PREVIEW_CHARS, "…" marked); cut again for a smaller
+        # limit, and bounded whatever a worker put there.
+        made = value.ref.metadata.get(PREVIEW_KEY, "") if encoding == JSON else ""
+        return _cut(made, limit)
+    if kind != "inline":
         return ""
-    data = bytes(value.inline.data)
+    data = value.inline.data
     if encoding == JSON:
-        return _cut(data[: limit * 4].decode("utf-8", "replace"), limit)
+        return json_text_preview(data[: limit * 4], len(data), limit)
     if encoding in (LIST, TUPLE):
         shown = [preview(v, limit // PREVIEW_ITEMS) or "…" for v in value.items[:PREVIEW_ITEMS]]
         more = len(value.items) - len(shown)
@@ -102,4 +150,14 @@ def bounded(
     return None, summarize(value, omitted=True)
 
 
-__all__ = ["LISTED_VALUE_LIMIT", "bounded", "preview", "summarize", "value_size"]
+__all__ = [
+    "LISTED_VALUE_LIMIT",
+    "PREVIEW_BYTES",
+    "PREVIEW_KEY",
+    "bounded",
+    "json_text_preview",
+    "preview",
+    "summarize",
+    "upload_metadata",
+    "value_size",
+]
