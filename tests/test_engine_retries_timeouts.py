@@ -294,6 +294,68 @@ def test_without_auto_start_a_retryable_failure_without_started_is_retried() -> 
     assert d.state("a") is S.SUCCESS
 
 
+# --------------------------------------------- attempts no worker ever started
+
+
+def _start_timeout(retryable: bool = False) -> TaskFailed:
+    info = failure("headwater.ScheduleToStartTimeout", "no worker started it", retryable=retryable)
+    return TaskFailed("a", 1, info, never_started=True)
+
+
+def test_an_attempt_no_worker_started_fails_from_scheduled_without_running() -> None:
+    """A schedule_to_start_timeout: the host fails an attempt no worker took. The run
+    never ran, so its history has no RUNNING and it has no attempt record (no start
+    time, no duration); the attempt number stays used, as the host dispatched it."""
+    d = Driver(flow(task("a", timeout=5), task("b", "a")), auto_start=False)
+    d.clock.advance(30)
+    event = _start_timeout()
+    d.send(event)
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, S.FAILED]
+    assert run.attempts == [] and run.attempt == 1
+    assert run.failure is event.failure and run.history[-1].failure is event.failure
+    assert run.history[-1].attempt == 1
+    assert d.engine.next_timer_at is None, "no task timeout armed for what never ran"
+    assert d.engine.in_flight == 0
+    assert d.state("b") is S.TRIGGER_FAILED
+    assert d.engine.state is FlowRunState.FAILED
+    (late,) = d.ignored(d.send(TaskSucceeded("a", 1, "late")))
+    assert late.reason == (
+        "stale attempt 1 of task run 'a': the attempt already ended FAILED; "
+        "the flow run ended FAILED"
+    )
+
+
+def test_an_attempt_no_worker_started_is_not_retried_when_its_failure_is_not() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=2))), auto_start=False)
+    d.send(_start_timeout(retryable=False))
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, S.FAILED]
+    assert run.retries_used == 0 and d.dispatched() == []
+
+
+def test_an_attempt_no_worker_started_is_retried_when_its_failure_may_be() -> None:
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=1))), auto_start=False)
+    d.send(_start_timeout(retryable=True))
+    assert d.dispatched() == ["a"] and d.attempt("a") == 2
+    d.started("a")
+    d.succeed("a", "ok")
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, S.RETRYING, S.SCHEDULED, S.RUNNING, S.SUCCESS]
+    assert [a.number for a in run.attempts] == [2] and run.retries_used == 1
+    assert "attempt 1 failed" in run.history[2].message
+
+
+def test_never_started_changes_nothing_for_an_attempt_that_started() -> None:
+    """A host whose report crossed the worker's start: the attempt did run."""
+    d = Driver(flow(task("a")), auto_start=False)
+    d.started("a")
+    d.send(_start_timeout())
+    run = d.runs["a"]
+    assert run.states == [S.PENDING, S.SCHEDULED, S.RUNNING, S.FAILED]
+    assert [a.outcome for a in run.attempts] == [S.FAILED]
+
+
 # ------------------------------------------------------------------ lost workers
 
 

@@ -85,6 +85,14 @@ def _scheduled_failed() -> Driver:
     return d
 
 
+def _scheduled_retrying() -> Driver:
+    # No worker took the attempt in time (schedule_to_start_timeout), and the host's
+    # failure may be retried.
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=1, delay=10))), auto_start=False)
+    d.send(TaskFailed("a", 1, failure(), never_started=True))
+    return d
+
+
 def _running_success() -> Driver:
     d = Driver(flow(task("a")))
     d.succeed("a")
@@ -158,6 +166,7 @@ SCENARIOS: dict[tuple[S, S], Scenario] = {
     (S.SCHEDULED, S.CACHED): _scheduled_cached,
     (S.SCHEDULED, S.CANCELLED): _scheduled_cancelled,
     (S.SCHEDULED, S.FAILED): _scheduled_failed,
+    (S.SCHEDULED, S.RETRYING): _scheduled_retrying,
     (S.RUNNING, S.SUCCESS): _running_success,
     (S.RUNNING, S.CACHED): _running_cached,
     (S.RUNNING, S.FAILED): _running_failed,

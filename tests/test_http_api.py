@@ -18,7 +18,7 @@ from test_client import ServerThread
 
 from headwater import Client, flow, remote_task, task
 from headwater._worker import Worker
-from headwater.wire import FlowRunState, Role
+from headwater.wire import FlowRunState, Role, TaskRunState
 from headwater_runtime.server import allows, describe
 from headwater_runtime.server.http import ROUTES
 from headwater_runtime.server.http import _api as http_api
@@ -454,10 +454,10 @@ def test_results_stored_by_reference_have_a_bounded_preview(
 
 
 def test_a_task_no_worker_takes_fails_after_its_schedule_to_start_timeout(
-    server: ServerThread, worker: Worker
+    server: ServerThread, http: Http, worker: Worker
 ) -> None:
     with Client(server.address, token=TOKEN) as client:
-        final = client.wait(client.run(unservable).id)
+        final = client.wait(client.run(unservable).id)  # GetFlowRun
     assert final.state is FlowRunState.FAILED
     (orphaned,) = final.task_runs
     assert orphaned.failure is not None
@@ -467,6 +467,15 @@ def test_a_task_no_worker_takes_fails_after_its_schedule_to_start_timeout(
         "(waiting: no connected worker offers nobody.offers.this)"
     )
     assert orphaned.attempts == 1  # not retried
+    # It never ran: no RUNNING in its history, no start, no duration (API and UI alike).
+    assert orphaned.states == [TaskRunState.SCHEDULED, TaskRunState.FAILED]
+    assert orphaned.started_at is None and orphaned.duration is None
+    detail = http.get(f"/api/runs/{final.id}/tasks/{orphaned.key}")
+    assert [h["state"] for h in detail["history"]] == ["SCHEDULED", "FAILED"]
+    assert detail["started_at"] is None and detail["duration"] is None
+    (attempt,) = detail["attempt_list"]
+    assert attempt["started_at"] is None and attempt["state"] == "FAILED"
+    assert attempt["failure"]["type"] == "headwater.ScheduleToStartTimeout"
 
 
 def test_a_failed_run_is_retried_over_http_and_shows_its_attempt(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from headwater import flow, task, unmapped
-from headwater.v1 import payload_pb2, worker_pb2
+from headwater.v1 import journal_pb2, payload_pb2, worker_pb2
 from headwater.wire import (
     EncodedValue,
     FailureInfo,
@@ -25,14 +25,22 @@ from headwater.wire import (
     decode,
     decode_value,
     encode,
+    failure_to_proto,
 )
-from headwater_runtime.engine import EVENT, JournalEntry, TaskFailed, TaskStarted, TaskSucceeded
+from headwater_runtime.engine import (
+    ENGINE_VERSION,
+    EVENT,
+    JournalEntry,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+)
 from headwater_runtime.server._assignments import QueuedAttempts
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._queries import flow_result, task_result
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
 from headwater_runtime.server._values import LENGTH_KEY
-from headwater_runtime.store import NotFound, Store, open_store
+from headwater_runtime.store import NotFound, RunEvent, Store, open_store
 
 
 @task
@@ -450,9 +458,132 @@ def test_a_report_after_a_cancel_names_the_stale_attempt(store: Store) -> None:
     assert [i.reason for i in manager.handle(row.id, late)] == [expected]
 
 
+# A task no worker offers, beside one that runs: the run goes on after the first fails.
+@task(schedule_to_start_timeout=5)
+def unserved() -> int:
+    return 1
+
+
+@task
+def served() -> int:
+    return 2
+
+
+@flow
+def half_served() -> list[int]:
+    return [unserved(), served()]
+
+
+FUNCTIONS[served.task_type] = served.fn
+
+
+START_TIMEOUT = FailureInfo(
+    "headwater.ScheduleToStartTimeout", "no worker started it", retryable=False
+)
+
+
+def _start_half_served(manager: RunManager, dispatch: FakeDispatch) -> tuple[str, int]:
+    manager.register_flow(half_served.compile())
+    row, _ = manager.create_run("half_served", "", {})
+    manager.flush()
+    (pending,) = [p for p in dispatch.submitted if p.assignment.task_type == unserved.task_type]
+    dispatch.submitted.remove(pending)
+    assert pending.start_timeout == 5  # the server fails it once that has passed
+    return row.id, pending.token[1]
+
+
+def _stored_states(store: Store, run_id: str, key: str) -> list[str]:
+    return [TaskRunState(r.state).name for r in store.task_run_history(run_id, key)]
+
+
+def test_an_attempt_no_worker_started_fails_from_scheduled_and_replays_so(db: str) -> None:
+    """What the server does when a schedule_to_start_timeout expires: the history reads
+    SCHEDULED > FAILED (no RUNNING), in the store and after a restart's replay."""
+    store = open_store(db)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    run_id, attempt = _start_half_served(manager, dispatch)
+    event = TaskFailed("unserved", attempt, START_TIMEOUT, never_started=True)
+    assert manager.handle(run_id, event) == []
+    manager.flush()
+    assert _stored_states(store, run_id, "unserved") == ["SCHEDULED", "FAILED"]
+    (stored,) = [r for r in store.task_runs(run_id) if r.key == "unserved"]
+    assert stored.attempt == 1
+    assert store.events(run_id)[-1].kind == "attempt_failed"
+    store.close()  # a restart, with "served" still in flight
+
+    store = open_store(db)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.recover()
+    engine = manager.runs[run_id].engine
+    run = engine.runs["unserved"]
+    assert run.states == [TaskRunState.PENDING, TaskRunState.SCHEDULED, TaskRunState.FAILED]
+    assert run.attempts == [] and run.failure == START_TIMEOUT
+    engine.validate()
+    drain(manager, dispatch)
+    assert store.get_flow_run(run_id).state == FlowRunState.FAILED.value
+    assert _stored_states(store, run_id, "unserved") == ["SCHEDULED", "FAILED"]
+    store.close()
+
+
+def test_a_journal_of_the_older_engine_replays_its_start_timeout_as_it_was(db: str) -> None:
+    """Before engine version 3 the server reported the timeout as an ordinary failure
+    (the engine then marked the attempt RUNNING first): such a journal replays to the
+    history it stored, and the run goes on."""
+    store = open_store(db)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    run_id, attempt = _start_half_served(manager, dispatch)
+    manager.handle(run_id, TaskFailed("unserved", attempt, START_TIMEOUT))  # as it was
+    manager.flush()
+    assert _stored_states(store, run_id, "unserved") == ["SCHEDULED", "RUNNING", "FAILED"]
+    store.close()
+
+    store = open_store(db)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.recover()
+    run = manager.runs[run_id].engine.runs["unserved"]
+    assert [s.name for s in run.states] == ["PENDING", "SCHEDULED", "RUNNING", "FAILED"]
+    drain(manager, dispatch)
+    assert store.get_flow_run(run_id).state == FlowRunState.FAILED.value
+    assert _stored_states(store, run_id, "unserved") == ["SCHEDULED", "RUNNING", "FAILED"]
+    store.close()
+
+
+def test_a_start_timeout_marks_a_run_of_an_older_engine_with_the_current_one(
+    store: Store,
+) -> None:
+    """An older server could not replay the new entry to the same history, so the run
+    takes the current engine version (as a retry does)."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    run_id, attempt = _start_half_served(manager, dispatch)
+    manager.runs[run_id].row.engine_version = "2"  # resumed from a version 2 journal
+    manager.handle(run_id, TaskFailed("unserved", attempt, START_TIMEOUT, never_started=True))
+    manager.flush()
+    assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION
+
+
+def test_an_entry_written_before_never_started_existed_reads_as_started() -> None:
+    old = journal_pb2.JournalEntry(format=1, at=3.0)
+    old.attempt_failed.CopyFrom(
+        journal_pb2.AttemptFailed(
+            key="a", attempt=1, failure=failure_to_proto(START_TIMEOUT), timed_out=False
+        )
+    )
+    row = RunEvent("run-1", 4, 3.0, "attempt_failed", old.SerializeToString(), "")
+    entry = decode_entry(row, {})
+    assert isinstance(entry.event, TaskFailed)
+    assert entry.event.never_started is False
+    assert entry.event.failure.type == START_TIMEOUT.type
+
+
 @pytest.mark.parametrize(
     "event",
     [
+        TaskFailed("a", 1, START_TIMEOUT, never_started=True),
         TaskSucceeded("a", 2, value_of([1, 2], split=True)),
         TaskSucceeded("a", 1, value_of("v"), cache_key="t|v=|c=|key=day=1", cached=True),
         TaskSucceeded("a", 1, value_of("v"), cache_key="t|v=|c=|key=day=1"),

@@ -202,12 +202,18 @@ class AttemptFailed(google.protobuf.message.Message):
     ATTEMPT_FIELD_NUMBER: builtins.int
     FAILURE_FIELD_NUMBER: builtins.int
     TIMED_OUT_FIELD_NUMBER: builtins.int
+    NEVER_STARTED_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
     """The attempt number."""
     timed_out: builtins.bool
     """The attempt was stopped for exceeding its timeout."""
+    never_started: builtins.bool
+    """No worker ever started the attempt (its schedule_to_start_timeout expired): the
+    task run fails from SCHEDULED, without a RUNNING state. Absent in entries written
+    before engine version 3, which replay as before.
+    """
     @property
     def failure(self) -> headwater.v1.state_pb2.Failure:
         """What went wrong."""
@@ -219,9 +225,10 @@ class AttemptFailed(google.protobuf.message.Message):
         attempt: builtins.int = ...,
         failure: headwater.v1.state_pb2.Failure | None = ...,
         timed_out: builtins.bool = ...,
+        never_started: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["failure", b"failure"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "failure", b"failure", "key", b"key", "timed_out", b"timed_out"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "failure", b"failure", "key", b"key", "never_started", b"never_started", "timed_out", b"timed_out"]) -> None: ...
 
 global___AttemptFailed = AttemptFailed
 

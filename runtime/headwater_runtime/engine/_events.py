@@ -41,11 +41,20 @@ class TaskSucceeded:
 
 @dataclass(frozen=True, slots=True)
 class TaskFailed:
-    """An attempt raised, or was stopped for exceeding its deadline."""
+    """An attempt raised, or was stopped for exceeding its deadline.
+
+    ``never_started``: the host failed a dispatched attempt that no worker ever took
+    (its ``schedule_to_start_timeout`` expired). The run goes SCHEDULED -> FAILED (or
+    RETRYING, when the failure may be retried) without a RUNNING state or an attempt
+    record; the attempt number stays used. Without it, an outcome for a SCHEDULED
+    attempt means the attempt started (its TaskStarted was lost or never sent). An
+    attempt already RUNNING has started, and the flag changes nothing.
+    """
 
     key: str
     attempt: int
     failure: FailureInfo
+    never_started: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -429,6 +429,11 @@ class FlowRunEngine:
             self._out.append(self._stale(run, event))
             return
         if run.state is S.SCHEDULED:
+            if type(event) is TaskFailed and event.never_started:
+                # No worker took the attempt (a schedule_to_start_timeout): it fails
+                # from SCHEDULED, with no RUNNING state and no attempt record.
+                self._attempt_failed(run, event.failure)
+                return
             # An outcome may arrive without its TaskStarted (lost, or never sent by a
             # minimal worker): the attempt evidently started.
             self._start_attempt(run)
@@ -467,7 +472,8 @@ class FlowRunEngine:
             ended, failure = run.state, last.failure
         else:
             # An attempt that ended while the flow ran has a record (an outcome without
-            # TaskStarted, a loss included, starts it first).
+            # TaskStarted, a loss included, starts it first), unless it failed before
+            # any worker started it (TaskFailed.never_started).
             record = next((a for a in run.attempts if a.number == event.attempt), None)
             ended, failure = (record.outcome, record.failure) if record else (None, None)
         lost = failure is not None and failure.type == WORKER_LOST

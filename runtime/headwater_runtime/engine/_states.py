@@ -13,8 +13,11 @@ TRANSITIONS: dict[TaskRunState, frozenset[TaskRunState]] = {
     S.PENDING: frozenset(
         {S.SCHEDULED, S.SKIPPED, S.TRIGGER_FAILED, S.CANCELLED, S.MAPPED, S.FAILED}
     ),
-    # SCHEDULED -> FAILED: the inputs could not be assembled (e.g. a bad path).
-    S.SCHEDULED: frozenset({S.RUNNING, S.CACHED, S.CANCELLED, S.FAILED}),
+    # SCHEDULED -> FAILED: the inputs could not be assembled (e.g. a bad path), or no
+    # worker started the attempt in time (TaskFailed.never_started: a
+    # schedule_to_start_timeout); SCHEDULED -> RETRYING: such a failure that the task's
+    # retry policy retries.
+    S.SCHEDULED: frozenset({S.RUNNING, S.CACHED, S.CANCELLED, S.FAILED, S.RETRYING}),
     # RUNNING -> SCHEDULED: the worker holding the attempt was lost; dispatch again.
     # RUNNING -> CACHED: a worker computed the cache key (the task's key function) and
     # the host found it, so the function itself never ran.

@@ -651,10 +651,13 @@ class ServerCore:
         # Called while the dispatcher assigns: fail the attempt once it is done.
         asyncio.get_running_loop().call_soon(self._fail_attempt, pending, failure)
 
-    def _fail_attempt(self, pending: PendingAssignment, failure: FailureInfo) -> None:
+    def _fail_attempt(
+        self, pending: PendingAssignment, failure: FailureInfo, *, never_started: bool = False
+    ) -> None:
         task_run_id, attempt = pending.token
         _, key = split_task_run_id(task_run_id)
-        self.runs.handle(pending.flow_run_id, TaskFailed(key, attempt, failure))
+        event = TaskFailed(key, attempt, failure, never_started=never_started)
+        self.runs.handle(pending.flow_run_id, event)
         self.dispatcher.finished(pending.token)
         self.touch()
 
@@ -688,7 +691,8 @@ class ServerCore:
         """Fail attempts no worker took within their schedule_to_start_timeout."""
         for pending in self.dispatcher.overdue(now):
             failure = start_timeout_failure(self.dispatcher, pending)
-            self._fail_attempt(pending, failure)
+            # No worker took it: SCHEDULED -> FAILED, not a RUNNING it never was.
+            self._fail_attempt(pending, failure, never_started=True)
 
     def _expire_orphans(self, now: float) -> None:
         for token, (flow_run_id, deadline) in list(self._orphans.items()):

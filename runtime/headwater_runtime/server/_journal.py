@@ -177,6 +177,7 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
                 attempt=event.attempt,
                 failure=failure_to_proto(event.failure),
                 timed_out=event.failure.timed_out,
+                never_started=event.never_started,
             )
         )
     elif isinstance(event, TaskSkipped):
@@ -239,7 +240,10 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
         event = TaskSucceeded(s.key, s.attempt, value, s.cache_key, s.cached)
     elif which == "attempt_failed":
         f = msg.attempt_failed
-        event = TaskFailed(f.key, f.attempt, failure_from_proto(f.failure, f.timed_out))
+        failure = failure_from_proto(f.failure, f.timed_out)
+        # An entry written before engine version 3 has no never_started (False): it
+        # replays as it was decided then (the attempt started).
+        event = TaskFailed(f.key, f.attempt, failure, never_started=f.never_started)
     elif which == "attempt_skipped":
         k = msg.attempt_skipped
         event = TaskSkipped(k.key, k.attempt, k.reason)

@@ -467,6 +467,13 @@ class RunManager(RunCacheLookups):
                 return [EventIgnored(event, f"{why}: the flow run is being cancelled")]
             later.append(functools.partial(self.handle, flow_run_id, event))
             return []
+        if type(event) is TaskFailed and event.never_started:
+            row = active.row
+            if row.engine_version != ENGINE_VERSION:
+                # A run started by an older engine: its journal now holds an input that
+                # engine would replay differently (as retry() says).
+                row.engine_version = ENGINE_VERSION
+                self._sink_of(active).batch.flow_runs[row.id] = row
         return self._process(active, active.journal.handle(event))
 
     def resend(self, flow_run_id: str, key: str) -> None:

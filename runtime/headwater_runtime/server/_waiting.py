@@ -11,7 +11,8 @@ why, the same way for the API (``TaskRun.waiting``), the CLI and the UI:
 - ``waiting for a free slot: N connected workers offer CAPABILITY, all busy``.
 
 A task's ``schedule_to_start_timeout`` bounds that wait: the attempt then fails with
-``headwater.ScheduleToStartTimeout`` (not retried), naming the reason.
+``headwater.ScheduleToStartTimeout`` (not retried), naming the reason, reported to the
+engine as never started (``TaskFailed.never_started``: SCHEDULED -> FAILED, no RUNNING).
 """
 
 from __future__ import annotations
