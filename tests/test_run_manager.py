@@ -35,6 +35,7 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
+from headwater_runtime.server import _runs as run_manager_module
 from headwater_runtime.server._assignments import QueuedAttempts
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._queries import flow_result, task_result
@@ -160,6 +161,29 @@ def store(db: str) -> Iterator[Store]:
     s = open_store(db)
     yield s
     s.close()
+
+
+def test_a_graph_not_cached_is_read_back_a_slice_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart the graph of a registered flow is decoded from the store in
+    slices (a large one in one C call would hold the GIL, and so the event loop), into
+    the same graph the registering server built."""
+    registered = RunManager(store, FakeDispatch(), Clock())
+    version, _ = registered.register_flow(pipeline.compile())
+    sliced: list[int] = []
+    real = run_manager_module.parse_in_slices
+
+    def spy(cls: Any, data: bytes) -> Any:
+        sliced.append(len(data))
+        return real(cls, data)
+
+    monkeypatch.setattr(run_manager_module, "parse_in_slices", spy)
+    restarted = RunManager(store, FakeDispatch(), Clock())  # nothing cached
+    assert restarted.graph("pipeline", version) == registered.graph("pipeline", version)
+    assert sliced == [len(store.get_flow("pipeline", version).graph)]
+    restarted.graph("pipeline", version)
+    assert len(sliced) == 1  # cached from then on
 
 
 def test_a_flow_runs_to_success_and_its_result_is_stored(store: Store) -> None:

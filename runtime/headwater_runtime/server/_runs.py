@@ -104,6 +104,7 @@ from ._params import (
 from ._queries import NoResult, refusal
 from ._run_cache import RunCacheLookups
 from ._sink import Effect, Sink
+from ._slices import parse_in_slices
 from ._values import SERVER_VALUES
 
 if TYPE_CHECKING:
@@ -260,7 +261,11 @@ class RunManager(RunCacheLookups):
         key = (name, stored.version)
         graph = self._graphs.get(key)
         if graph is None:
-            graph = graph_from_proto(graph_pb2.FlowGraph.FromString(stored.graph))
+            # Not cached (after a restart): decoded a slice at a time, and built with
+            # full collections held off when large, as when it was registered.
+            msg = parse_in_slices(graph_pb2.FlowGraph, stored.graph)
+            with self.collector.building(len(msg.tasks)):
+                graph = graph_from_proto(msg)
             self._graphs[key] = graph
         return stored.version, graph
 
