@@ -37,6 +37,7 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.server import _runs as run_manager_module
 from headwater_runtime.server._assignments import QueuedAttempts
+from headwater_runtime.server._gc import _releaser as releasing
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._queries import flow_result, task_result
 from headwater_runtime.server._runs import PendingAssignment, RunManager, split_task_run_id
@@ -404,6 +405,26 @@ def test_a_large_run_is_cancelled_aside_and_calls_for_it_wait_until_it_rejoins(
     # The cancel, then the report that waited (ignored by then: the run is over).
     assert len(store.events(row.id)) == journal + 2
     assert manager.handle(row.id, late)[0].reason.endswith("the flow run ended CANCELLED")
+
+
+def test_when_the_last_large_run_ends_its_large_graph_leaves_the_cache(store: Store) -> None:
+    """Once no large run is live, large graphs leave the cache on the releasing thread
+    (everything frozen then goes back to the collector, which would otherwise scan a
+    100,000-task graph at every full collection); the next run reads it back."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.collector.large = 1  # every run and graph counts as large
+    version, _ = manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(2)})
+    assert ("pipeline", version) in manager._graphs
+    drain(manager, dispatch)
+    assert store.get_flow_run(row.id).state == FlowRunState.SUCCESS.value
+    releasing().submit(lambda: None).result(30)  # what it was given is done
+    assert ("pipeline", version) not in manager._graphs
+    assert manager.collector.unfrozen == 1
+    again, _ = manager.create_run("pipeline", "", {"n": value_of(3)})
+    drain(manager, dispatch)
+    assert decode_value(flow_result(store, store.get_flow_run(again.id)))["total"] == 30
 
 
 def test_a_batch_put_back_after_a_failed_commit_keeps_the_values_it_references(

@@ -86,7 +86,7 @@ from ._children import (
     result_value,
     subflow_start,
 )
-from ._gc import Collector
+from ._gc import Collector, release_now
 from ._journal import (
     decode_entry,
     encode_entry,
@@ -201,6 +201,7 @@ class RunManager(RunCacheLookups):
         self.clock = clock
         self.limits = limits or Limits()
         self.collector = Collector()
+        self.collector.last_large_run_ended.append(self._drop_large_graphs)
         self.runs: dict[str, ActiveRun] = {}
         self._graphs: dict[tuple[str, str], GraphSpec] = {}
         self._sink = Sink()  # what waits for the commit pipeline
@@ -254,6 +255,23 @@ class RunManager(RunCacheLookups):
         version, created = self.store.put_flow(msg.name, digest, data, label, self.clock.now())
         self.remember_graph(msg.name, version.version, graph)
         return version.version, created
+
+    def _drop_large_graphs(self) -> None:
+        """The last large run ended (on the releasing thread): large graphs leave the
+        cache, freed a task at a time; the next run of one reads it back from the store
+        (``graph``, in slices). Kept, a 100,000-task graph made every full collection
+        cost ~100 ms once the collector had it back."""
+        for key in list(self._graphs):  # a copy: reader threads may add graphs
+            graph = self._graphs.get(key)
+            if graph is None or len(graph.tasks) < self.collector.large:
+                continue
+            if self._graphs.pop(key, None) is graph:
+                # Its tasks are let go of one at a time, so that dropping the graph
+                # itself frees little at once. Nothing of the graph is changed: a run
+                # being built meanwhile may still use it (it then lives on with it).
+                tasks: list[Any] = [list(graph.tasks)]
+                del graph
+                release_now(tasks)
 
     def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
         """A registered flow's version and graph (NotFound when not registered)."""
