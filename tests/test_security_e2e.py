@@ -190,6 +190,12 @@ def test_mutual_tls_workers_large_values_and_a_certificate_renewed_on_sighup(
             return False
 
     poll(renewed, "new connections to see the renewed certificate")
+    poll(
+        lambda: any(
+            "SIGHUP: reloaded the TLS certificate" in x for x in server.other + server.lines
+        ),
+        "the server to say it reloaded the certificate",
+    )
     # The web UI's HTTPS port took the new certificate with the same SIGHUP.
     assert https_status(ui_port, "/healthz", certs.other_ca, certs.viewer_client) == 200
     with pytest.raises(ssl.SSLCertVerificationError):

@@ -107,6 +107,9 @@ class RunningServer:
             self.tls.reload()
         except TLSConfigError as exc:
             log.error("SIGHUP: keeping the current TLS certificate: %s", exc)
+            return
+        # At WARNING, like the server's other notices (the default level shows it).
+        log.warning("SIGHUP: reloaded the TLS certificate from %s", self.tls.files.cert)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, store what is left, give up the lease, close the store."""

@@ -10,7 +10,6 @@ negotiated, so renewing a certificate drops no worker. The HTTP side gets an
 
 from __future__ import annotations
 
-import logging
 import ssl
 import threading
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ from pathlib import Path
 import grpc
 
 from headwater.wire import TLSConfigError, read_pem
-
-log = logging.getLogger("headwater.server")
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,6 @@ class ServerTLS:
             contexts = list(self._contexts)
         for context in contexts:
             self._load(context)
-        log.info("reloaded the TLS certificate from %s", self.files.cert)
 
     def ssl_context(self) -> ssl.SSLContext:
         """An SSLContext for the HTTP port with the same certificate (and client CA),
