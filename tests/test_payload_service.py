@@ -57,14 +57,23 @@ def serve(
 
 
 async def requests(
-    data: bytes, *, size: int | None = None, sha: str = "", chunk: int = MAX_CHUNK
+    data: bytes,
+    *,
+    size: int | None = None,
+    sha: str = "",
+    chunk: int = MAX_CHUNK,
+    then_wait: bool = False,
 ) -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
+    """An upload of ``data``; ``then_wait``: the stream stays open after it (for a
+    refusal that must come before the end: see ``_empty_chunks``)."""
     header = payload_pb2.UploadPayloadHeader(
         size_bytes=len(data) if size is None else size, metadata={"encoding": "pickle"}, sha256=sha
     )
     yield payload_pb2.UploadPayloadRequest(header=header)
     for start in range(0, len(data), chunk):
         yield payload_pb2.UploadPayloadRequest(chunk=data[start : start + chunk])
+    if then_wait:
+        await asyncio.Event().wait()  # until the call ends (the request stream is cancelled)
 
 
 def test_a_large_value_goes_up_and_down_without_any_message_over_the_limit(
@@ -143,11 +152,15 @@ async def _two_headers() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
 
 
 async def _empty_chunks() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
-    """What once took the server 18 s and was accepted: 200,000 empty chunks."""
+    """Empty chunks (200,000 of them once took the server 18 s and were accepted): the
+    first is refused. The stream then waits instead of sending the rest: writing on
+    after the server ended the call sometimes made the gRPC client report its own
+    INTERNAL ("Internal error from Core") instead of the server's status. A server
+    that waited for more would time the test out."""
     header = payload_pb2.UploadPayloadHeader(size_bytes=0, metadata={"encoding": "json"})
     yield payload_pb2.UploadPayloadRequest(header=header)
-    for _ in range(200_000):
-        yield payload_pb2.UploadPayloadRequest(chunk=b"")
+    yield payload_pb2.UploadPayloadRequest(chunk=b"")
+    await asyncio.Event().wait()  # until the call ends (the request stream is cancelled)
 
 
 async def _no_encoding() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
@@ -172,7 +185,7 @@ async def _no_encoding() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
         ),
         (_empty_chunks, grpc.StatusCode.INVALID_ARGUMENT, "chunk 1 of the upload is empty"),
         (
-            lambda: requests(b"x" * 2_000, chunk=1),
+            lambda: requests(b"x" * 1_001, size=2_000, chunk=1, then_wait=True),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "sent 1001 chunks, over this server's limit max_upload_chunks = 1000",
         ),
