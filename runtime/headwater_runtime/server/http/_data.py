@@ -8,6 +8,7 @@ carries a value larger than ``LISTED_VALUE_LIMIT`` (docs/http-api.md, Results).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -121,15 +122,9 @@ def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) ->
 
 
 def audit_json(row: AuditRow) -> JSON:
-    """An audit entry: who (a credential name) did what to which object, and when."""
-    return {
-        "at": row.at,
-        "actor": row.actor,
-        "action": row.action,
-        "object_kind": row.object_kind,
-        "object_id": row.object_id,
-        "detail": row.detail,
-    }
+    """An audit entry: who (a credential name) did what to which object, and when (the
+    row's fields as they are)."""
+    return dataclasses.asdict(row)
 
 
 def flow_runs_rows(store: Store, rows: list[FlowRunRow]) -> list[JSON]:
