@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,55 @@ def test_a_new_run_is_stored_with_its_start_and_audit_entry_or_not_at_all(store:
     first, created = store.create_flow_run(again, start=other_start, audit=audit)
     assert not created and first.id == "r1"
     assert store.events("r2") == [] and len(store.audit_entries("flow_run")) == 1
+
+
+def test_a_new_run_without_a_key_is_stored_as_its_first_batch_left_it(store: Store) -> None:
+    """The common creation (no idempotency key, no schedule): the run, its start, its
+    payload references and its audit entry land together, and a run that changed in
+    its first batch (it ended at once) is stored as it ended."""
+    payload = store.put_payload(iter([b"[1]"]), {"encoding": "json"}, 3)
+    row = FlowRunRow("r1", "a", "1", 3, 1.0, payload_ids=(payload.id,))
+    start = WriteBatch(
+        events=[RunEvent("r1", 1, 1.0, "start", b"{}", "")],
+        flow_runs={"r1": dataclasses.replace(row, state=4, ended_at=1.5, result=b"\x00r")},
+        task_runs={("r1", "t"): TaskRunRow("r1", "t", "t", -1, 5, 1, 1.5, "", "", "", 0)},
+        states=[StateRow("r1", "t", 1, 5, 1.5, 1, "done", b"\x01\x02")],
+    )
+    audit = AuditRow(1.0, "op", "flow_run.create", "flow_run", "r1", "a:1")
+    assert store.create_flow_run(row, start=start, audit=audit) == (row, True)
+    stored = store.get_flow_run("r1")
+    assert (stored.state, stored.ended_at, stored.result) == (4, 1.5, b"\x00r")
+    assert [e.kind for e in store.events("r1")] == ["start"]
+    assert [(t.key, t.state) for t in store.task_runs("r1")] == [("t", 5)]
+    assert [(h.message, h.failure) for h in store.task_run_history("r1", "t")] == [
+        ("done", b"\x01\x02")
+    ]
+    assert store.audit_entries("flow_run", "r1") == [audit]
+    # The run holds its parameter payload: nothing to collect even an hour later.
+    assert store.prune(None, time.time() + 3600, grace=0, dry_run=True).payloads == 0
+    # The same id again is refused, and nothing of the second start lands.
+    again = WriteBatch(events=[RunEvent("r1", 2, 2.0, "start", b"{}", "")])
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        store.create_flow_run(FlowRunRow("r1", "a", "1", 3, 2.0), start=again, audit=audit)
+    assert len(store.events("r1")) == 1 and len(store.audit_entries("flow_run")) == 1
+
+
+def test_text_with_nul_characters_does_not_fail_a_commit(store: Store) -> None:
+    """A log line or failure message with binary garbage in it is stored; PostgreSQL
+    text cannot hold NUL, so there it reads U+FFFD (a failing commit would hold back
+    every run behind it)."""
+    store.create_flow_run(FlowRunRow("r1", "a", "1", 3, 1.0))
+    store.commit(
+        WriteBatch(
+            logs=[LogRow("r1", "t", 1, 1.0, "INFO", "x", "a\x00b \\u0000 c")],
+            states=[StateRow("r1", "t", 1, 6, 1.0, 1, "bad\x00", b"\x00")],
+        )
+    )
+    nul = "\x00" if isinstance(store, SQLiteStore) else "\ufffd"
+    assert [g.message for g in store.logs("r1")] == [f"a{nul}b \\u0000 c"]
+    assert [(h.message, h.failure) for h in store.task_run_history("r1", "t")] == [
+        (f"bad{nul}", b"\x00")
+    ]
 
 
 def test_logs_page_by_sequence_and_select_a_task_with_its_mapped_children(store: Store) -> None:

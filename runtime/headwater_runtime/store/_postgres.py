@@ -2,13 +2,14 @@
 
 Driver: psycopg 3 with psycopg-pool (the ``postgres`` extra). A synchronous driver
 fits the store's threads (one writer thread, reader threads) without an event loop of
-its own; its pipeline mode sends a whole commit in one round trip, and the binary
-wheel needs no compiler or libpq on the host. Connections come from a pool: each
+its own, and the binary wheel needs no compiler or libpq on the host. A commit, and
+the creation of a run without an idempotency key, is one statement and one round
+trip (store/_postgres_batch.py). Connections come from a pool: each
 call takes one for its duration, so reader threads run side by side with the writer;
 a connection that broke is dropped by the pool and replaced.
 
-Every write transaction of a leading server first reads the lease row ``FOR SHARE``
-and compares its epoch with the one this server holds (``Fenced`` otherwise). A
+Every write of a leading server first reads the lease row ``FOR SHARE`` and compares
+its epoch with the one this server holds (``Fenced`` otherwise, nothing written). A
 takeover updates that row, so it waits for a commit under way to finish, and every
 commit after it sees the new epoch: nothing the old leader writes lands after the
 takeover. The schema is migrated when the store opens (``_postgres_schema``).
@@ -37,7 +38,6 @@ from ._base import (
     AuditRow,
     CacheRow,
     Conflict,
-    Fenced,
     FlowRunRow,
     FlowVersion,
     LogRow,
@@ -53,14 +53,9 @@ from ._base import (
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._postgres_access import PostgresAccessTables, insert_audit
+from ._postgres_batch import check_lease, write_batch
 from ._postgres_ops import PostgresOps
-from ._postgres_rows import (
-    FLOW_RUN_COLS,
-    FLOW_RUN_NCOLS,
-    flow_run_row,
-    flow_run_values,
-    write_batch,
-)
+from ._postgres_rows import FLOW_RUN_COLS, FLOW_RUN_NCOLS, flow_run_row, flow_run_values
 from ._postgres_schema import TERMINAL, migrate
 
 T = TypeVar("T")
@@ -146,11 +141,16 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
     # ------------------------------------------------------------------ plumbing
 
-    def _write(self, work: Callable[[Conn], T], *, pipeline: bool = False) -> T:
-        """Run ``work`` in one transaction, fenced by this server's epoch; errors that
+    def _write(
+        self, work: Callable[[Conn], T], *, pipeline: bool = False, fenced: bool = True
+    ) -> T:
+        """Run ``work`` in one transaction, fenced by this server's epoch (or, with
+        ``fenced=False``, as it is: one statement that fences itself); errors that
         mean "cannot write now" become StoreUnavailable (nothing of it is stored)."""
         try:
             with self._pool.connection() as conn:
+                if not fenced:
+                    return work(conn)
                 if pipeline:
                     with conn.pipeline(), conn.transaction():
                         fence = conn.execute(_FENCE) if self.epoch is not None else None
@@ -171,15 +171,8 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             raise
 
     def _check(self, fence: psycopg.Cursor[tuple[Any, ...]] | None) -> None:
-        if fence is None:
-            return
-        row = fence.fetchone()
-        if row is None or int(row[0]) != self.epoch:
-            current, leader = (0, "") if row is None else (int(row[0]), str(row[1]))
-            raise Fenced(
-                f"this server led with lease epoch {self.epoch}, and the lease is now at "
-                f"epoch {current} (leader {leader or 'unknown'}): its writes are refused"
-            )
+        if fence is not None:
+            check_lease(self.epoch, fence.fetchone())
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -278,6 +271,12 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         new run, ``start`` (its first journal entries and projections: a run is stored
         started, or not at all) and ``audit`` (who created it)."""
 
+        if schedule is None and not row.idempotency_key:
+            # The common case, in one statement and one round trip.
+            batch = start or WriteBatch()
+            self._write(lambda conn: write_batch(conn, batch, self.epoch, row, audit), fenced=False)
+            return row, True
+
         def work(conn: Conn) -> tuple[str, bool]:
             if schedule is not None:
                 # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted.
@@ -305,7 +304,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             )
             _add_refs(conn, f"run:{row.id}", row.payload_ids)
             if start:
-                write_batch(conn, start, self.epoch or 0)
+                write_batch(conn, start, self.epoch)
             if audit is not None:
                 insert_audit(conn, audit)
             return row.id, True
@@ -462,10 +461,10 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
     # ----------------------------------------------------------------- commit
 
     def commit(self, batch: WriteBatch) -> None:
-        """Write a tick's batch in one transaction (all or nothing), in one round trip
-        (pipeline mode: a statement per table, rows passed as arrays)."""
+        """Write a tick's batch, all or nothing, as one statement that fences itself
+        (store/_postgres_batch.py): one round trip, no transaction around it."""
         if batch:
-            self._write(lambda conn: write_batch(conn, batch, self.epoch or 0), pipeline=True)
+            self._write(lambda conn: write_batch(conn, batch, self.epoch), fenced=False)
 
     # --------------------------------------------------------------- payloads
 

@@ -52,7 +52,9 @@ class PostgresAccessTables:
     """Credentials and audit entries (see the Store protocol for each method)."""
 
     # Provided by PostgresStore.
-    def _write(self, work: Callable[[Conn], T], *, pipeline: bool = False) -> T:
+    def _write(
+        self, work: Callable[[Conn], T], *, pipeline: bool = False, fenced: bool = True
+    ) -> T:
         raise NotImplementedError
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

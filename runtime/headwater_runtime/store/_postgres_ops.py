@@ -3,8 +3,8 @@
 The same behaviour as ``_sqlite_ops`` (store/_ops.py says what each method does); the
 tables are created by migration 4 (``_postgres_schema``). Every write goes through
 ``PostgresStore._write``, so it is fenced by the leader's lease epoch like the rest;
-the rows of a ``WriteBatch`` (run attempts, late marks, deliveries) are written by
-``write_ops`` inside the commit's own transaction.
+the rows of a ``WriteBatch`` (run attempts, late marks, deliveries) are written by the
+commit's own statement (store/_postgres_batch.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from ._base import NotFound, WriteBatch
+from ._base import NotFound
 from ._ops import (
     DeliveryCounts,
     DeliveryRow,
@@ -37,61 +37,13 @@ _WORKER_COLS = (
 _WEBHOOK_COLS = "id, url, flow_names, states, late, secret, created_at"
 
 
-def write_ops(conn: Conn, batch: WriteBatch) -> None:
-    """Write a batch's operations rows (inside its transaction, one statement per
-    table). A row given twice in a batch (an attempt that started and ended in one
-    tick) is written once, as last given: one statement cannot update a row twice."""
-    ops = batch.ops
-    if ops.run_attempts:
-        attempts = list({(a.flow_run_id, a.attempt): a for a in ops.run_attempts}.values())
-        conn.execute(
-            "INSERT INTO run_attempts SELECT * FROM unnest(%s::text[], %s::int4[], "
-            "%s::float8[], %s::int4[], %s::float8[], %s::text[]) "
-            "ON CONFLICT (flow_run_id, attempt) DO UPDATE SET started_at=EXCLUDED.started_at, "
-            "state=EXCLUDED.state, ended_at=EXCLUDED.ended_at, message=EXCLUDED.message",
-            (
-                [a.flow_run_id for a in attempts],
-                [a.attempt for a in attempts],
-                [a.started_at for a in attempts],
-                [a.state for a in attempts],
-                [a.ended_at for a in attempts],
-                [a.message for a in attempts],
-            ),
-        )
-    if ops.late:
-        late = list({m.flow_run_id: m for m in ops.late}.values())
-        conn.execute(
-            "INSERT INTO late_runs SELECT * FROM unnest(%s::text[], %s::float8[], %s::text[]) "
-            "ON CONFLICT (flow_run_id) DO UPDATE SET at=EXCLUDED.at, reason=EXCLUDED.reason",
-            ([m.flow_run_id for m in late], [m.at for m in late], [m.reason for m in late]),
-        )
-    if ops.deliveries:
-        d = ops.deliveries
-        # Only for webhooks that still exist (one may be deleted while its deliveries
-        # wait in a batch); in the order given, so ids follow it.
-        conn.execute(
-            "INSERT INTO webhook_outbox (webhook_id, body, attempts, next_at, created_at, "
-            "last_error) SELECT u.webhook_id, u.body, u.attempts, u.next_at, u.created_at, "
-            "u.last_error FROM unnest(%s::text[], %b::bytea[], %s::int4[], %s::float8[], "
-            "%s::float8[], %s::text[]) WITH ORDINALITY "
-            "AS u(webhook_id, body, attempts, next_at, created_at, last_error, ord) "
-            "WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id) ORDER BY u.ord",
-            (
-                [x.webhook_id for x in d],
-                [x.body for x in d],
-                [x.attempts for x in d],
-                [x.next_at for x in d],
-                [x.created_at for x in d],
-                [x.last_error for x in d],
-            ),
-        )
-
-
 class PostgresOps:
     """The OpsStore methods of PostgresStore (see store/_ops.py for each)."""
 
     # Provided by PostgresStore.
-    def _write(self, work: Callable[[Conn], T], *, pipeline: bool = False) -> T:
+    def _write(
+        self, work: Callable[[Conn], T], *, pipeline: bool = False, fenced: bool = True
+    ) -> T:
         raise NotImplementedError
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -1,5 +1,4 @@
-"""Rows of the PostgreSQL store: a commit's batch as a few statements, and flow run
-rows to and from their columns."""
+"""Flow run rows of the PostgreSQL store to and from their columns."""
 
 from __future__ import annotations
 
@@ -8,8 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ._base import FlowRunRow, WriteBatch
-from ._postgres_ops import write_ops
+from ._base import FlowRunRow
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -24,115 +22,6 @@ FLOW_RUN_NCOLS = len(FLOW_RUN_COLS.split(", "))
 
 
 _FLOW_RUN_SET = ", ".join(f"{c}=%s" for c in FLOW_RUN_COLS.split(", ")[1:])
-
-
-def write_batch(conn: Conn, batch: WriteBatch, epoch: int) -> None:
-    """One statement per table, the rows as arrays (``unnest``): a 10k-row batch costs
-    a few statements, not 10k."""
-    values = list(batch.values.values())
-    if values:
-        conn.execute(
-            "INSERT INTO run_values SELECT * FROM unnest(%s::text[], %b::bytea[], %s::int8[]) "
-            "ON CONFLICT (id) DO NOTHING",
-            ([v.id for v in values], [v.data for v in values], [len(v.data) for v in values]),
-        )
-        refs = [(f"value:{v.id}", p) for v in values for p in v.payload_ids]
-        if refs:
-            conn.execute(
-                "INSERT INTO payload_refs SELECT * FROM unnest(%s::text[], %s::text[]) "
-                "ON CONFLICT DO NOTHING",
-                ([o for o, _ in refs], [p for _, p in refs]),
-            )
-    if batch.events:
-        e = batch.events
-        conn.execute(
-            "INSERT INTO run_events (flow_run_id, seq, at, kind, body, value_id, epoch) "
-            "SELECT *, %s FROM unnest(%s::text[], %s::int8[], %s::float8[], %s::text[], "
-            "%b::bytea[], %s::text[])",
-            (
-                epoch,
-                [x.flow_run_id for x in e],
-                [x.seq for x in e],
-                [x.at for x in e],
-                [x.kind for x in e],
-                [x.body for x in e],
-                [x.value_id for x in e],
-            ),
-        )
-    for r in batch.flow_runs.values():
-        conn.execute(
-            f"UPDATE flow_runs SET {_FLOW_RUN_SET} WHERE id=%s",
-            (*flow_run_values(r), r.id),
-        )
-    if batch.task_runs:
-        t = list(batch.task_runs.values())
-        conn.execute(
-            "INSERT INTO task_runs (flow_run_id, key, task_id, map_index, state, attempt, "
-            "updated_at, worker_id, cache_key, result_id, delivered) SELECT * FROM unnest("
-            "%s::text[], %s::text[], %s::text[], %s::int4[], %s::int4[], %s::int4[], "
-            "%s::float8[], %s::text[], %s::text[], %s::text[], %s::int4[]) "
-            "ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=EXCLUDED.task_id, "
-            "map_index=EXCLUDED.map_index, state=EXCLUDED.state, attempt=EXCLUDED.attempt, "
-            "updated_at=EXCLUDED.updated_at, worker_id=EXCLUDED.worker_id, "
-            "cache_key=EXCLUDED.cache_key, result_id=EXCLUDED.result_id, "
-            "delivered=EXCLUDED.delivered",
-            (
-                [x.flow_run_id for x in t],
-                [x.key for x in t],
-                [x.task_id for x in t],
-                [x.map_index for x in t],
-                [x.state for x in t],
-                [x.attempt for x in t],
-                [x.updated_at for x in t],
-                [x.worker_id for x in t],
-                [x.cache_key for x in t],
-                [x.result_id for x in t],
-                [x.delivered for x in t],
-            ),
-        )
-    if batch.states:
-        s = batch.states
-        conn.execute(
-            "INSERT INTO task_run_states (flow_run_id, key, seq, state, at, attempt, message, "
-            "failure) SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int4[], "
-            "%s::float8[], %s::int4[], %s::text[], %b::bytea[])",
-            (
-                [x.flow_run_id for x in s],
-                [x.key for x in s],
-                [x.seq for x in s],
-                [x.state for x in s],
-                [x.at for x in s],
-                [x.attempt for x in s],
-                [x.message for x in s],
-                [x.failure for x in s],
-            ),
-        )
-    if batch.logs:
-        g = batch.logs
-        conn.execute(
-            "INSERT INTO logs (flow_run_id, key, attempt, at, level, logger, message) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::float8[], "
-            "%s::text[], %s::text[], %s::text[])",
-            (
-                [x.flow_run_id for x in g],
-                [x.key for x in g],
-                [x.attempt for x in g],
-                [x.at for x in g],
-                [x.level for x in g],
-                [x.logger for x in g],
-                [x.message for x in g],
-            ),
-        )
-    if batch.cache:
-        latest = {c.key: c for c in batch.cache}  # one row per key in one statement
-        c = list(latest.values())
-        conn.execute(
-            "INSERT INTO cache_entries SELECT * FROM unnest(%s::text[], %s::text[], "
-            "%s::float8[]) ON CONFLICT (key) DO UPDATE SET value_id=EXCLUDED.value_id, "
-            "expires_at=EXCLUDED.expires_at",
-            ([x.key for x in c], [x.value_id for x in c], [x.expires_at for x in c]),
-        )
-    write_ops(conn, batch)
 
 
 def flow_run_values(r: FlowRunRow) -> tuple[object, ...]:
