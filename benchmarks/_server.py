@@ -195,8 +195,10 @@ class Cluster:
         tls: bool = False,
         store: str = "sqlite",
         spec: dict[str, Any] | None = None,
+        server_args: tuple[str, ...] = (),
     ) -> None:
         self.n_workers = workers
+        self.server_args = server_args  # more flags for ``headwater server``
         self.tls = tls
         self.ca: str | None = None
         self.store = store
@@ -265,7 +267,7 @@ class Cluster:
         cli = [sys.executable, "-m", "headwater._cli"]
         profiler = ["-m", "cProfile", "-o", self.profile_to] if self.profile_to else []
         server = [sys.executable, *profiler, *cli[1:], "server", "--port", port]
-        server += self._secure_server
+        server += [*self._secure_server, *self.server_args]
         self.server = _Proc([*server, "--db", self._db_arg], self._env, self.tmp)
         line = self.server.wait_line("headwater server listening on")
         self.address = line.split("listening on ", 1)[1].split(" ", 1)[0]
@@ -348,15 +350,15 @@ class _Raw:
         request = cp.GetFlowRunRequest(id=run_id, include_task_runs=task_runs)
         return self.stub.GetFlowRun(request, timeout=60)
 
-    def wait_end(self, run_id: str, poll: float) -> run_pb2.FlowRun:
+    def wait_end(self, run_id: str, poll: float, timeout: float = RUN_TIMEOUT) -> run_pb2.FlowRun:
         """Poll until the run is terminal; returns it."""
-        deadline = time.monotonic() + RUN_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             run = self.get(run_id).flow_run
             if FlowRunState(run.state).is_terminal:
                 return run
             if time.monotonic() > deadline:
-                raise RuntimeError(f"flow run {run_id} not finished after {RUN_TIMEOUT:g} s")
+                raise RuntimeError(f"flow run {run_id} not finished after {timeout:g} s")
             time.sleep(poll)
 
     def close(self) -> None:
@@ -558,9 +560,68 @@ def profile_fanout(n: int, top: int) -> int:
     return 0 if state == "SUCCESS" else 1
 
 
+def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run of ``src(n) -> noop.map -> total`` (n + 2 task runs) on a server whose
+    map width limit is ``n``: that a large run completes, how long it takes and how
+    much memory the server holds (issue 18's "1M-task server run": a map that wide
+    cannot run yet, see README.md)."""
+    from ._server_tasks import map_flow
+
+    n = spec["params"]["n"]
+    width = ("--max-map-width", str(n))
+    with (
+        Cluster(
+            workers=2, store=spec.get("store", "sqlite"), spec=spec, server_args=width
+        ) as cluster,
+        cluster.client() as client,
+    ):
+        raw = _Raw(cluster.address)
+        try:
+            start = time.perf_counter()
+            version = client.deploy(map_flow)
+            setup = time.perf_counter() - start
+            cpu_before = cluster.cpu()
+            t0 = time.time()
+            run_id = client.run(map_flow.name, {"n": n}, version=version).id
+            returned = time.time() - t0
+            ended = raw.wait_end(run_id, 0.5, timeout=1200)
+            seen = time.time() - t0
+            cpu = _deltas(cluster.cpu(), cpu_before)
+            if ended.state != FlowRunState.SUCCESS.value:
+                raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
+            wall = _seconds(ended.ended_at) - t0
+            check = int(client.decode(ended.result))
+            if check != n * (n - 1) // 2:
+                raise RuntimeError(f"the run's result is {check}, not the sum of range({n})")
+            peaks = cluster.peaks()
+        finally:
+            raw.close()
+    return {
+        "system": spec["system"],
+        "kind": "fanout",  # the same row and notes as the fan-out
+        "params": spec["params"],
+        "tasks": n + 2,
+        "label": f"map of {n:,}",
+        "walls": [wall],
+        "compiles": [],
+        "setup_s": setup,
+        "client_run_s": [returned],
+        "client_seen_s": [seen],
+        "check": check,
+        "attempts": n + 2,
+        "cpu_s": [cpu],
+        "peak_rss_mb": peaks,
+        "workers": cluster.n_workers,
+        "worker_slots": cluster.worker_slots,
+        "tls": False,
+    }
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "fanout":
         return measure_fanout(spec)
+    if spec["kind"] == "server-map":
+        return measure_map(spec)
     if spec["kind"] == "latency":
         return measure_latency(spec)
     if spec["kind"] == "failover":

@@ -6,9 +6,9 @@ namespace, imported ones included). ``stamp`` is for ``server-latency`` and
 ``server-growth``: it returns the wall clock at the moment its function starts on the
 worker. ``nap`` is for ``server-restart``: it appends the wall clock at its start to
 ``$HW_BENCH_DIR/starts.log`` (one ``os.write``, so lines from all threads land whole),
-then sleeps 20 ms. ``handoff_flow`` is for ``server-failover`` (``_failover``): ``held``
-waits for a file in HW_BENCH_DIR, then ``stamp_after`` returns the wall clock when it
-starts.
+then sleeps 20 ms. ``map_flow`` is for ``server-map``: one map over ``n`` elements.
+``handoff_flow`` is for ``server-failover`` (``_failover``): ``held`` waits for a file
+in HW_BENCH_DIR, then ``stamp_after`` returns the wall clock when it starts.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ def stamp() -> float:
 @flow(name="bench_latency")
 def latency_flow() -> float:
     return stamp()
+
+
+@flow(name="bench_map")
+def map_flow(n: int = 1_000) -> int:
+    return total_task(noop_task.map(source_task(n)))
 
 
 @task

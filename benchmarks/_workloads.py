@@ -233,6 +233,16 @@ WORKLOADS: tuple[Workload, ...] = (
         max_tls_cost=0.15,
     ),
     Workload(
+        name="server-map",
+        title="server scale: one map over 100,000 elements (100,002 task runs)",
+        kind="server-map",
+        full={"n": 100_000},
+        quick={"n": 2_000},
+        systems=("server",),
+        server=True,
+        timeout_s=1200,
+    ),
+    Workload(
         name="server-latency",
         title="server latency: ready -> task starts on an idle server with 1 worker",
         kind="latency",

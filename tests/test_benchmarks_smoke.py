@@ -68,7 +68,7 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     assert len(headers) == 3, proc.stdout
     for column in ("setup s", "server s", "tasks/s", "embedded s", "latency median ms", "met?"):
         assert column in headers[1], proc.stdout
-    for workload in ("server-fanout", "server-latency"):
+    for workload in ("server-fanout", "server-map", "server-latency"):
         assert f"| {workload} " in proc.stdout, proc.stdout
     # The same on PostgreSQL (one server for the run), and the failover time.
     for workload in ("server-fanout-pg", "server-latency-pg", "server-failover"):
