@@ -194,6 +194,29 @@ def test_a_large_build_holds_off_full_collections_and_is_frozen_after() -> None:
         gc.set_threshold(*before)
 
 
+def test_during_a_large_build_what_survives_a_young_collection_is_frozen() -> None:
+    """A build's growing containers must not stay young: every young collection would
+    traverse all their entries again (3-4 ms each with a 100,000-task run's dicts)."""
+    collector = Collector(large=10)
+    before = gc.get_threshold()
+    gc.unfreeze()  # whatever an earlier test or import left frozen
+    try:
+        with collector.building(5):  # small: the collector is left alone
+            growing_small: dict[int, list[int]] = {i: [i] for i in range(100)}
+            gc.collect(0)
+            assert gc.get_freeze_count() == 0
+        with collector.building(10):
+            growing: dict[int, list[int]] = {i: [i] for i in range(1_000)}
+            gc.collect(0)  # a young collection: its survivors leave the collector's sight
+            assert gc.get_freeze_count() >= len(growing)
+        assert not any(getattr(cb, "__name__", "") == "_freeze_survivors" for cb in gc.callbacks)
+        collector.close()
+        assert gc.get_freeze_count() == 0 and len(growing_small) == 100
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 class _WatchedStore(SQLiteStore):
     """Serves chunk 3 and later only once the client has received chunks 0 to 2: a
     server that read a payload whole before sending any of it would wait forever."""
