@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -403,9 +404,10 @@ def _measure(
         outcomes: dict[str, Outcome] = {}
         systems = workload.systems
         # The baseline is an older checkout: it may not know PostgreSQL, so it is
-        # measured on the SQLite rows only (a PostgreSQL row would silently be SQLite).
+        # measured on the PostgreSQL rows only when it has the PostgreSQL store.
         server_row = workload.server or workload.durability
-        if baseline_python and server_row and workload.store == "sqlite":
+        on_base = workload.store == "sqlite" or _knows_postgres(baseline_python)
+        if baseline_python and server_row and on_base:
             systems = (*systems, "server-base")
         for system in systems:
             spec = {
@@ -425,6 +427,15 @@ def _measure(
             print(f" {status} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
         rows.append(Row(workload, outcomes, args.quick))
     return rows
+
+
+@functools.cache
+def _knows_postgres(python: str) -> bool:
+    """Whether the checkout of ``python`` (a baseline's venv) has the PostgreSQL store."""
+    if not python:
+        return False
+    check = [python, "-c", "import psycopg, headwater_runtime.store._postgres"]
+    return subprocess.run(check, capture_output=True, timeout=120).returncode == 0
 
 
 def main(argv: list[str] | None = None) -> int:
