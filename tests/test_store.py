@@ -241,6 +241,28 @@ def test_text_with_nul_characters_does_not_fail_a_commit(store: Store) -> None:
     ]
 
 
+def test_a_batch_of_thousands_of_rows_lands_whole_and_in_order(store: Store) -> None:
+    """Large batches are encoded a slice at a time (PostgreSQL): every row lands, in
+    the order given, a NUL in one of them included."""
+    store.create_flow_run(FlowRunRow("r1", "a", "1", 3, 1.0))
+    n = 2_500
+    store.commit(
+        WriteBatch(
+            logs=[
+                LogRow("r1", f"t{i}", 1, float(i), "INFO", "x", "\x00" if i == 1_234 else f"m{i}")
+                for i in range(n)
+            ],
+            task_runs={
+                ("r1", f"t{i}"): TaskRunRow("r1", f"t{i}", "t", i, 2, 0, float(i)) for i in range(n)
+            },
+        )
+    )
+    messages = [g.message for g in store.logs("r1", limit=n)]
+    assert len(messages) == n and messages[:3] == ["m0", "m1", "m2"] and messages[-1] == f"m{n - 1}"
+    assert messages[1_234] in ("\x00", "\ufffd")
+    assert [t.key for t in store.task_runs("r1")] == [f"t{i}" for i in range(n)]
+
+
 def test_logs_page_by_sequence_and_select_a_task_with_its_mapped_children(store: Store) -> None:
     store.create_flow_run(FlowRunRow("r1", "a", "1", 3, 1.0))
     keys = ["t", "t[0]", "t[1]", "tx", "u", "t[2]"]
