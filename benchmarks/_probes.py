@@ -89,10 +89,12 @@ class _Server:
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="headwater-probe-")
-        db = str(Path(self._tmp.name) / "headwater.db")
+        # BENCH_LOOP_DB: another database (a PostgreSQL URL) instead of a new SQLite file.
+        db = os.environ.get("BENCH_LOOP_DB") or str(Path(self._tmp.name) / "headwater.db")
         args = [sys.executable, "-m", "headwater._cli", "server", "--port", "0", "--db", db]
         self.proc = _Proc(args, _env(), self._tmp.name)
-        self.address = self.proc.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+        line = self.proc.wait_line("headwater server listening on")
+        self.address = line.split("listening on ", 1)[1].split(" ", 1)[0]
 
     def close(self) -> None:
         try:

@@ -159,11 +159,11 @@ def _json(rows: Sequence[Any], get: Callable[[Any], Any] | None = None) -> str:
     parts = []
     for start in range(0, len(rows), SLICE):
         chunk = rows[start : start + SLICE]
-        parts.append(_dumps(list(map(get, chunk)) if get is not None else list(chunk))[1:-1])
-    text = "[" + ",".join(parts) + "]"
-    if "\\u0000" in text:  # rare: encode again with the NULs replaced
-        text = _dumps([[_no_nul(v) for v in row] for row in json.loads(text)])
-    return text
+        part = _dumps(list(map(get, chunk)) if get is not None else list(chunk))
+        if "\\u0000" in part:  # rare: encode again with the NULs replaced
+            part = _dumps([[_no_nul(v) for v in row] for row in json.loads(part)])
+        parts.append(part[1:-1])
+    return "[" + ",".join(parts) + "]"
 
 
 def _no_nul(value: Any) -> Any:
