@@ -1134,3 +1134,37 @@ def test_task_map_outside_a_flow_is_a_plain_loop() -> None:
     assert double.map([]) == []
     with pytest.raises(ValueError, match="'add'"):
         add.map([1, 2], [1])
+
+
+def test_the_fast_node_constructor_makes_the_same_node_as_the_dataclass() -> None:
+    """The compiler builds each node with ``make_task_spec`` (the hot path); it must
+    set every TaskSpec field, and to the value a plain TaskSpec(...) would have."""
+    import dataclasses
+
+    from headwater.wire import TASK_FIELDS, FromTask, RetrySpec, TaskSpec, make_task_spec
+
+    names = {f.name for f in dataclasses.fields(TaskSpec)}
+    assert names == {"id", "inputs", "wait_for", "mapped", *TASK_FIELDS}
+    values = {
+        "id": "b-2",
+        "inputs": {"x": FromTask("a", ("rows",))},
+        "wait_for": ("c",),
+        "mapped": ("x",),
+        **{name: f"<{name}>" for name in TASK_FIELDS},
+        "retry": RetrySpec(max_retries=2, delay=0.5),
+    }
+    task_fields = tuple(values[name] for name in TASK_FIELDS)
+    made = make_task_spec("b-2", values["inputs"], ("c",), ("x",), task_fields)
+    assert made == TaskSpec(**values)
+    assert all(getattr(made, name) == values[name] for name in names)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.id = "other"  # type: ignore[misc]
+
+    @flow
+    def f() -> int:
+        return add(add(1, 2), 3)
+
+    graph = f.graph()
+    assert [t.id for t in graph.tasks] == ["add", "add-2"]
+    assert graph.tasks[1].inputs["a"] == FromTask("add", ())
+    assert graph.tasks[0].fn is add.fn and graph.tasks[0].code_digest == add.code_digest

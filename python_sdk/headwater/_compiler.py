@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.wire import (
     SUBFLOW_TASK_TYPE,
+    TASK_FIELDS,
     Const,
     DictOf,
     FromTask,
@@ -38,6 +39,7 @@ from headwater.wire import (
     TaskSpec,
     Trigger,
     iter_task_refs,
+    make_task_spec,
 )
 
 from ._errors import FlowDefinitionError
@@ -70,6 +72,8 @@ class _Context:
         self.task_types_by_name: dict[str, str] = {}
         self.mapped_nodes: set[str] = set()
         self.case_stack: list[str] = []
+        #: Each task's TaskSpec fields that are the same for all its calls (TASK_FIELDS).
+        self.task_fields: dict[Task[Any, Any], tuple[Any, ...]] = {}
 
     def _new_id(self, name: str) -> str:
         count = self.name_counts.get(name, 0) + 1
@@ -201,28 +205,10 @@ class _Context:
             )
         wait = self._wait_for(task.name, wait_for)
         node_id = self._new_id(task.name)
-        node = TaskSpec(
-            id=node_id,
-            name=task.name,
-            task_type=task.task_type,
-            inputs=inputs,
-            wait_for=wait,
-            retry=task.retry,
-            timeout=task.timeout,
-            schedule_to_start_timeout=task.schedule_to_start_timeout,
-            trigger=task.trigger,
-            cache=task.cache,
-            mapped=tuple(mapped_args) if mapped else None,
-            tags=task.tags,
-            labels=task.labels,
-            resources=task.resources,
-            version=task.version,
-            portable=task.portable,
-            argument_order=task.argument_order,
-            fn=task.fn if task.has_function else None,
-            no_retry_on=task.no_retry_on,
-            code_digest=task.code_digest,
-        )
+        fields = self.task_fields.get(task)
+        if fields is None:
+            fields = self.task_fields[task] = _task_fields(task)
+        node = make_task_spec(node_id, inputs, wait, tuple(mapped_args) if mapped else None, fields)
         self.nodes.append(node)
         node_ids[node_id] = node
         return TaskRef(node_id, mapped)
@@ -305,6 +291,31 @@ class _Context:
         self.nodes.append(node)
         self.node_ids[node_id] = node
         return TaskRef(node_id, False)
+
+
+def _task_fields(task: Task[Any, Any]) -> tuple[Any, ...]:
+    """The values of a task's calls' TaskSpec fields that come from the task, in
+    ``TASK_FIELDS`` order (a KeyError here: a TaskSpec field this misses)."""
+    values = {
+        "name": task.name,
+        "task_type": task.task_type,
+        "retry": task.retry,
+        "timeout": task.timeout,
+        "schedule_to_start_timeout": task.schedule_to_start_timeout,
+        "trigger": task.trigger,
+        "cache": task.cache,
+        "tags": task.tags,
+        "labels": task.labels,
+        "resources": task.resources,
+        "version": task.version,
+        "portable": task.portable,
+        "argument_order": task.argument_order,
+        "fn": task.fn if task.has_function else None,
+        "no_retry_on": task.no_retry_on,
+        "code_digest": task.code_digest,
+        "subflow": None,
+    }
+    return tuple(values[name] for name in TASK_FIELDS)
 
 
 #: Constants that can hold no reference: an input of one is a Const without a look inside.

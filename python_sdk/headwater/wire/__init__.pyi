@@ -29,6 +29,7 @@ from ._failure import failure_to_proto as failure_to_proto
 from ._graph import BUILD_SEPARATOR as BUILD_SEPARATOR
 from ._graph import NO_RETRY as NO_RETRY
 from ._graph import SUBFLOW_TASK_TYPE as SUBFLOW_TASK_TYPE
+from ._graph import TASK_FIELDS as TASK_FIELDS
 from ._graph import CacheSpec as CacheSpec
 from ._graph import Const as Const
 from ._graph import DictOf as DictOf
@@ -52,6 +53,7 @@ from ._graph import is_build_version as is_build_version
 from ._graph import iter_params as iter_params
 from ._graph import iter_task_refs as iter_task_refs
 from ._graph import json_consumers as json_consumers
+from ._graph import make_task_spec as make_task_spec
 from ._graph_proto import encode_payload as encode_payload
 from ._graph_proto import graph_from_proto as graph_from_proto
 from ._graph_proto import graph_to_proto as graph_to_proto
