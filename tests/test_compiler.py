@@ -1141,7 +1141,14 @@ def test_the_fast_node_constructor_makes_the_same_node_as_the_dataclass() -> Non
     set every TaskSpec field, and to the value a plain TaskSpec(...) would have."""
     import dataclasses
 
-    from headwater.wire import TASK_FIELDS, FromTask, RetrySpec, TaskSpec, make_task_spec
+    from headwater.wire import (
+        TASK_FIELDS,
+        FromTask,
+        RetrySpec,
+        TaskSpec,
+        make_from_task,
+        make_task_spec,
+    )
 
     names = {f.name for f in dataclasses.fields(TaskSpec)}
     assert names == {"id", "inputs", "wait_for", "mapped", *TASK_FIELDS}
@@ -1159,6 +1166,8 @@ def test_the_fast_node_constructor_makes_the_same_node_as_the_dataclass() -> Non
     assert all(getattr(made, name) == values[name] for name in names)
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.id = "other"  # type: ignore[misc]
+    ref = make_from_task("a", ("rows", 0))
+    assert ref == FromTask("a", ("rows", 0)) and hash(ref) == hash(FromTask("a", ("rows", 0)))
 
     @flow
     def f() -> int:

@@ -39,6 +39,7 @@ from headwater.wire import (
     TaskSpec,
     Trigger,
     iter_task_refs,
+    make_from_task,
     make_task_spec,
 )
 
@@ -179,7 +180,7 @@ class _Context:
                         f"task {task.name!r} got the result of task {value._node_id!r}, "
                         f"which is not part of flow {self.flow_name!r}"
                     )
-                spec = FromTask(value._node_id, value._path)
+                spec = make_from_task(value._node_id, value._path)
             elif kind in _SCALAR_TYPES:
                 spec = Const(value)
             else:

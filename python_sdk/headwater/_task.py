@@ -105,6 +105,9 @@ class Task(Generic[P, R]):
         """Arguments by parameter name, as given (defaults are left to the function)."""
         names = self._plain_names
         if names is not None and len(args) <= len(names):
+            if not kwargs and len(args) >= len(self._required):
+                # Positional only, every required one given (they come first).
+                return dict(zip(names, args, strict=False))
             bound = dict(zip(names, args, strict=False))
             ok = True
             for key, value in kwargs.items():

@@ -385,6 +385,25 @@ CALL_FIELDS = ("id", "inputs", "wait_for", "mapped")
 TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec) if f.name not in CALL_FIELDS)
 
 
+def _from_task_maker() -> Callable[[str, tuple[str | int, ...]], FromTask]:
+    """``make_from_task(task_id, path)``: ``FromTask(task_id, path)`` without the
+    frozen dataclass's ``__init__`` (once per task result passed in a compiled flow)."""
+    slots: dict[str, Any] = dict(vars(FromTask))  # the slots' member descriptors
+    set_id, set_path = slots["task_id"].__set__, slots["path"].__set__
+    new = object.__new__
+
+    def make_from_task(task_id: str, path: tuple[str | int, ...]) -> FromTask:
+        ref = new(FromTask)
+        set_id(ref, task_id)
+        set_path(ref, path)
+        return ref
+
+    return make_from_task
+
+
+make_from_task = _from_task_maker()
+
+
 def _task_spec_maker() -> Callable[..., TaskSpec]:
     """``make_task_spec(id, inputs, wait_for, mapped, task_fields)``: the TaskSpec with
     those call fields and the ``TASK_FIELDS`` values in that order; equal to
