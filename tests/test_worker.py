@@ -896,3 +896,45 @@ def test_reconnect_tries_stay_close_together_for_a_while_after_a_connection_brok
     assert reconnect_delay(20, SOON_WINDOW - 0.1) == BACKOFF_SOON
     assert reconnect_delay(20, SOON_WINDOW) == BACKOFF_MAX
     assert reconnect_delay(2, SOON_WINDOW + 5) == BACKOFF_INITIAL * 4
+
+
+class _CountingTransfer:
+    """Stands in for PayloadTransfer: counts uploads, stores nothing."""
+
+    def __init__(self) -> None:
+        self.uploads = 0
+
+    def upload(self, encoded: Any) -> payload_pb2.PayloadRef:
+        self.uploads += 1
+        return payload_pb2.PayloadRef(
+            payload_id=f"{self.uploads:032x}", size_bytes=len(encoded.data), sha256="0" * 64
+        )
+
+
+def test_a_split_result_too_large_for_one_message_is_refused_before_any_upload() -> None:
+    """A million-element split cannot fit one message even with every element by
+    reference: the worker says so at once, instead of uploading elements one by one
+    for many minutes and failing at the end."""
+    from headwater._worker_codec import encode_result
+    from headwater.wire import EncodingError
+
+    transfer = _CountingTransfer()
+    with pytest.raises(EncodingError, match=r"split into 1,000,000 elements does not fit"):
+        encode_result(
+            list(range(1_000_000)),
+            result_encoding="json",
+            split=True,
+            inline_limit=0,
+            transfer=transfer,  # type: ignore[arg-type]
+        )
+    assert transfer.uploads == 0
+    # 100,000 small elements fit inline: no upload, every element there.
+    value = encode_result(
+        list(range(100_000)),
+        result_encoding="json",
+        split=True,
+        inline_limit=0,
+        transfer=transfer,  # type: ignore[arg-type]
+    )
+    assert transfer.uploads == 0 and len(value.items) == 100_000
+    assert decode_value(value.items[99_999]) == 99_999

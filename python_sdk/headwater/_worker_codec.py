@@ -122,14 +122,16 @@ def encode_result(
     encoded = encode(value, portable=portable)
     elements = _elements(_part(value, split_path)) if split else None
     packer = _Packer(transfer, inline_limit)
+    encoded_items: list[EncodedValue] = []
     if elements is not None:
         meta = {**encoded.metadata, LENGTH_KEY: str(len(elements))}
         if split_path:
             meta[SPLIT_PATH_KEY] = json.dumps(list(split_path))
         encoded = EncodedValue(encoded.data, meta)
+        encoded_items = [encode(e, portable=portable) for e in elements]
+        _check_split_fits(encoded_items, len(encoded.data), packer.limit)
     result = packer.value(encoded)
     if elements is not None:
-        encoded_items = [encode(e, portable=portable) for e in elements]
         # Smallest first, so as many as possible stay inline; then back in order.
         order = sorted(range(len(encoded_items)), key=lambda i: len(encoded_items[i].data))
         packed: dict[int, payload_pb2.Value] = {i: packer.value(encoded_items[i]) for i in order}
@@ -140,6 +142,40 @@ def encode_result(
             "message, even with every element sent by reference"
         )
     return result
+
+
+#: The least a split element sent by reference adds to the result message: its
+#: PayloadRef (a 32-hex id, a 64-hex SHA-256, size, metadata) and framing.
+REF_ITEM_BYTES = 120
+#: What an inline element adds beyond its encoded bytes (its metadata and framing).
+INLINE_ITEM_BYTES = 24
+
+
+def _check_split_fits(items: list[EncodedValue], whole: int, limit: int) -> None:
+    """Refuse, before anything is uploaded, a split result whose elements cannot fit
+    in one message even with every element that is not inline sent by reference
+    (each reference still takes ~``REF_ITEM_BYTES``): uploading a million elements one
+    by one, only to fail at the end, took many minutes. ``whole``: the size of the
+    whole result's encoding; ``limit``: the largest value sent inline. The estimate
+    is a lower bound of the message's size: what passes may still be refused after."""
+    budget = MESSAGE_BUDGET
+    if whole <= limit:  # the whole result inline
+        budget -= whole
+        size = whole + INLINE_ITEM_BYTES
+    else:
+        size = REF_ITEM_BYTES
+    for item in sorted(len(i.data) for i in items):
+        if item <= limit and item <= budget:
+            budget -= item
+            size += item + INLINE_ITEM_BYTES
+        else:
+            size += REF_ITEM_BYTES
+        if size > MESSAGE_LIMIT:
+            raise EncodingError(
+                f"the result split into {len(items):,} elements does not fit in one "
+                f"message ({MESSAGE_LIMIT // 1024:,} KiB), even with elements sent by "
+                "reference: map over fewer, larger elements (chunks of the list)"
+            )
 
 
 # Failures ------------------------------------------------------------------------------
