@@ -234,6 +234,8 @@ def test_text_with_nul_characters_does_not_fail_a_commit(store: Store) -> None:
             states=[StateRow("r1", "t", 1, 6, 1.0, 1, "bad\x00", b"\x00")],
         )
     )
+    store.commit(WriteBatch(cache=[CacheRow("forever", "v", float("inf"))]))
+    assert store.get_cache("forever") == CacheRow("forever", "v", float("inf"))
     nul = "\x00" if isinstance(store, SQLiteStore) else "\ufffd"
     assert [g.message for g in store.logs("r1")] == [f"a{nul}b \\u0000 c"]
     assert [(h.message, h.failure) for h in store.task_run_history("r1", "t")] == [

@@ -22,6 +22,7 @@ whole commit, which would hold back every run behind it.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
@@ -153,21 +154,27 @@ def _dumps(rows: list[Any]) -> str:
 def _json(rows: Sequence[Any], get: Callable[[Any], Any] | None = None) -> str:
     """Rows (tuples, or objects turned into tuples by ``get``) as one JSON array,
     bytes as hex, encoded a slice at a time; NUL characters in text become U+FFFD
-    (PostgreSQL text cannot hold them)."""
+    (PostgreSQL text cannot hold them), floats without a JSON number strings."""
     if not rows:
         return _EMPTY
     parts = []
     for start in range(0, len(rows), SLICE):
         chunk = rows[start : start + SLICE]
         part = _dumps(list(map(get, chunk)) if get is not None else list(chunk))
-        if "\\u0000" in part:  # rare: encode again with the NULs replaced
-            part = _dumps([[_no_nul(v) for v in row] for row in json.loads(part)])
+        if "\\u0000" in part or "Infinity" in part or "NaN" in part:
+            # Rare: NULs (PostgreSQL text cannot hold them) or a float JSON has no
+            # number for (PostgreSQL reads "Infinity" as a float8, not as JSON).
+            part = _dumps([[_cleaned(v) for v in row] for row in json.loads(part)])
         parts.append(part[1:-1])
     return "[" + ",".join(parts) + "]"
 
 
-def _no_nul(value: Any) -> Any:
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+def _cleaned(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def parameters(
