@@ -8,6 +8,12 @@ const codec = require('./codec');
 const DEFAULT_INLINE_LIMIT = 1 << 20;
 /** Inline bytes allowed in one message, all values together (gRPC refuses > 4 MiB). */
 const MESSAGE_BUDGET = 3 << 20;
+/** The largest message the worker sends (gRPC's 4 MiB default, less headroom). */
+const MESSAGE_LIMIT = (4 << 20) - (64 << 10);
+/** The least an element sent by reference adds to a split result's message. */
+const REF_ITEM_BYTES = 120;
+/** What an inline element adds beyond its encoded bytes (metadata and framing). */
+const INLINE_ITEM_BYTES = 24;
 /** Metadata key on a split result: its number of elements (read by the control plane). */
 const LENGTH_KEY = 'headwater.length';
 
@@ -125,6 +131,7 @@ async function encodeResult(result, { split, inlineLimit, transfer }) {
   const metadata = { encoding: 'json' };
   if (elements) metadata[LENGTH_KEY] = String(elements.length);
   const packer = new Packer(transfer, inlineLimit);
+  if (elements) checkSplitFits(elements, data.length, packer.limit);
   const value = await packer.value(data, metadata);
   if (elements) {
     // Smallest first, so as many as possible stay inline; then back in order.
@@ -134,6 +141,38 @@ async function encodeResult(result, { split, inlineLimit, transfer }) {
     value.items = packed;
   }
   return value;
+}
+
+/**
+ * Refuse, before anything is uploaded, a split result that cannot fit in one message
+ * even with every element that is not inline sent by reference (a lower bound of its
+ * size; the Python worker does the same). Throws CodecError.
+ */
+function checkSplitFits(elements, whole, limit) {
+  let budget = MESSAGE_BUDGET;
+  let size;
+  if (whole <= limit) {
+    budget -= whole;
+    size = whole + INLINE_ITEM_BYTES;
+  } else {
+    size = REF_ITEM_BYTES;
+  }
+  const lengths = elements.map((e) => e.length).sort((a, b) => a - b);
+  for (const length of lengths) {
+    if (length <= limit && length <= budget) {
+      budget -= length;
+      size += length + INLINE_ITEM_BYTES;
+    } else {
+      size += REF_ITEM_BYTES;
+    }
+    if (size > MESSAGE_LIMIT) {
+      throw new codec.CodecError(
+        `the result split into ${elements.length.toLocaleString('en-US')} elements does not ` +
+          `fit in one message (${(MESSAGE_LIMIT >> 10).toLocaleString('en-US')} KiB), even with ` +
+          'elements sent by reference: map over fewer, larger elements (chunks of the list)',
+      );
+    }
+  }
 }
 
 module.exports = { LENGTH_KEY, UnreadableInput, decodeInputs, decodeValue, encodeResult, select };
