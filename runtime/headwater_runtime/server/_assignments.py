@@ -20,7 +20,7 @@ from headwater.wire import duration, path_to_proto, task_run_id
 from headwater_runtime.tracing import inject
 
 from ._spill import spill_inputs
-from ._values import to_input_value
+from ._values import fill_input_value
 
 #: An attempt's fencing token, ``(task run id, attempt)``.
 Token = tuple[str, int]
@@ -233,7 +233,7 @@ def assignment_message(active: ActiveRun, command: RunTask, store: Store) -> wor
     if split_path:
         msg.split_path.extend(path_to_proto(split_path))
     for name, value in command.inputs.items():
-        msg.inputs[name].CopyFrom(to_input_value(value, elements=False))
+        fill_input_value(msg.inputs[name], value, elements=False)
     if spec.timeout is not None:
         msg.timeout.CopyFrom(duration(spec.timeout))
     if spec.cache is not None and spec.cache.by_function and command.attempt == 1:

@@ -153,28 +153,47 @@ def to_input_value(handle: Any, *, elements: bool = True) -> worker_pb2.InputVal
 
     ``elements=False`` drops the separately sent elements of split results (for
     assignments); journals, projections and the cache keep them."""
+    msg = worker_pb2.InputValue()
+    fill_input_value(msg, handle, elements=elements)
+    return msg
+
+
+def fill_input_value(msg: worker_pb2.InputValue, handle: Any, *, elements: bool = True) -> None:
+    """``to_input_value`` written into ``msg`` (an empty InputValue, usually a field of
+    the assignment being built): every part is made in place, in the message's own
+    memory. A reduce over 100,000 results made 100,000 standalone messages that were
+    then copied, and copied again into the assignment (~200 MB at the peak)."""
     if handle is None:
-        return worker_pb2.InputValue(value=NULL)
-    if isinstance(handle, payload_pb2.Value):
-        return worker_pb2.InputValue(value=handle if elements else _without_elements(handle))
-    if isinstance(handle, EncodedValue):  # a graph constant or parameter default
-        return worker_pb2.InputValue(value=_encoded(handle))
-    if isinstance(handle, Selected):
-        inner = to_input_value(handle.base, elements=elements)
-        inner.path.extend(path_to_proto(handle.path))
-        return inner
-    if isinstance(handle, Composite):
+        msg.value.CopyFrom(NULL)
+    elif isinstance(handle, payload_pb2.Value):
+        if elements or not handle.items:
+            msg.value.CopyFrom(handle)
+        else:
+            msg.value.CopyFrom(_without_elements(handle))
+    elif isinstance(handle, EncodedValue):  # a graph constant or parameter default
+        payload = msg.value.inline
+        payload.data = handle.data
+        payload.metadata.update(handle.metadata)
+    elif isinstance(handle, Selected):
+        fill_input_value(msg, handle.base, elements=elements)
+        msg.path.extend(path_to_proto(handle.path))
+    elif isinstance(handle, Composite):
         if handle.kind == "dict":
-            entries = [
-                worker_pb2.InputValueMapEntry(key=k, value=to_input_value(v, elements=elements))
-                for k, v in zip(handle.keys, handle.items, strict=True)
-            ]
-            return worker_pb2.InputValue(map=worker_pb2.InputValueMap(entries=entries))
-        items = [to_input_value(v, elements=elements) for v in handle.items]
-        return worker_pb2.InputValue(
-            list=worker_pb2.InputValueList(items=items, tuple=handle.kind == "tuple")
-        )
-    raise TypeError(f"not a value handle: {type(handle).__name__}")
+            entries = msg.map.entries
+            msg.map.SetInParent()  # an empty dict is still a map
+            for key, item in zip(handle.keys, handle.items, strict=True):
+                entry = entries.add()
+                entry.key = key
+                fill_input_value(entry.value, item, elements=elements)
+        else:
+            sequence = msg.list
+            sequence.SetInParent()  # an empty list is still a list
+            sequence.tuple = handle.kind == "tuple"
+            add = sequence.items.add
+            for item in handle.items:
+                fill_input_value(add(), item, elements=elements)
+    else:
+        raise TypeError(f"not a value handle: {type(handle).__name__}")
 
 
 def to_result_value(handle: Any) -> payload_pb2.Value:

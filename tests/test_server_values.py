@@ -1,0 +1,91 @@
+"""How the server turns the engine's value handles into an assignment's InputValue
+trees (server/_values.py): built in place, the same tree whatever the nesting."""
+
+from __future__ import annotations
+
+from headwater.v1 import payload_pb2, worker_pb2
+from headwater.wire import EncodedValue
+from headwater_runtime.server._values import (
+    NULL,
+    Composite,
+    Selected,
+    fill_input_value,
+    to_input_value,
+)
+
+
+def _inline(data: bytes, **metadata: str) -> payload_pb2.Value:
+    return payload_pb2.Value(
+        inline=payload_pb2.Payload(data=data, metadata={"encoding": "json", **metadata})
+    )
+
+
+def _split_result() -> payload_pb2.Value:
+    value = _inline(b"[1,2]", **{"headwater.length": "2"})
+    value.items.extend([_inline(b"1"), _inline(b"2")])
+    return value
+
+
+def _expected(elements: bool) -> worker_pb2.InputValue:
+    whole = _split_result() if elements else payload_pb2.Value(inline=_split_result().inline)
+    selected = worker_pb2.InputValue(value=whole)
+    selected.path.add(key="rows")
+    selected.path.add(index=0)
+    tree = worker_pb2.InputValue(
+        list=worker_pb2.InputValueList(
+            items=[
+                worker_pb2.InputValue(value=NULL),
+                worker_pb2.InputValue(value=_inline(b"7")),
+                selected,
+                worker_pb2.InputValue(
+                    map=worker_pb2.InputValueMap(
+                        entries=[
+                            worker_pb2.InputValueMapEntry(
+                                key="a", value=worker_pb2.InputValue(value=whole)
+                            ),
+                            worker_pb2.InputValueMapEntry(
+                                key="empty",
+                                value=worker_pb2.InputValue(map=worker_pb2.InputValueMap()),
+                            ),
+                        ]
+                    )
+                ),
+                worker_pb2.InputValue(list=worker_pb2.InputValueList(tuple=True)),
+            ]
+        )
+    )
+    return tree
+
+
+def _handle() -> Composite:
+    return Composite(
+        "list",
+        (
+            None,
+            EncodedValue(b"7", {"encoding": "json"}),
+            Selected(_split_result(), ("rows", 0)),
+            Composite("dict", (_split_result(), Composite("dict", ())), ("a", "empty")),
+            Composite("tuple", ()),
+        ),
+    )
+
+
+def test_an_input_tree_is_the_same_built_alone_or_in_place() -> None:
+    for elements in (True, False):
+        expected = _expected(elements)
+        assert to_input_value(_handle(), elements=elements) == expected
+        assignment = worker_pb2.Assignment()
+        fill_input_value(assignment.inputs["x"], _handle(), elements=elements)
+        assert assignment.inputs["x"] == expected
+        # Empty containers stay what they are (the oneof is set).
+        last = assignment.inputs["x"].list.items[4]
+        assert last.WhichOneof("kind") == "list" and last.list.tuple
+        assert assignment.inputs["x"].list.items[3].map.entries[1].value.WhichOneof("kind") == "map"
+
+
+def test_a_reduce_over_many_results_is_one_list_in_the_assignment() -> None:
+    results = tuple(_inline(str(i).encode()) for i in range(10_000))
+    assignment = worker_pb2.Assignment()
+    fill_input_value(assignment.inputs["values"], Composite("list", results), elements=False)
+    items = assignment.inputs["values"].list.items
+    assert len(items) == 10_000 and items[9_999].value.inline.data == b"9999"
