@@ -217,6 +217,36 @@ def test_during_a_large_build_what_survives_a_young_collection_is_frozen() -> No
         gc.set_threshold(*before)
 
 
+def test_a_large_commit_holds_off_full_collections_and_freezes_nothing() -> None:
+    """While a large batch is committed, no full collection runs; the thresholds come
+    back afterwards however commits and builds overlap."""
+    collector = Collector(large=10)
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        with collector.committing(5):  # small: nothing changes
+            assert gc.get_threshold() == before
+        with collector.committing(10):
+            assert gc.get_threshold()[2] > 10**6 and gc.get_threshold()[:2] == before[:2]
+            gc.collect(0)
+            assert gc.get_freeze_count() == 0  # nothing frozen
+            with collector.building(10):  # a build starts during the commit ...
+                pass
+            assert gc.get_threshold()[2] > 10**6  # ... and ends before it
+        assert gc.get_threshold() == before
+        building = collector.building(10)
+        building.__enter__()
+        with collector.committing(10):  # a commit inside a build
+            pass
+        assert gc.get_threshold()[2] > 10**6
+        building.__exit__(None, None, None)
+        assert gc.get_threshold() == before
+        collector.close()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 class _WatchedStore(SQLiteStore):
     """Serves chunk 3 and later only once the client has received chunks 0 to 2: a
     server that read a payload whole before sending any of it would wait forever."""

@@ -20,6 +20,7 @@ from headwater_runtime.store import (
     RunEvent,
     SchemaTooNew,
     WriteBatch,
+    _postgres_batch,
 )
 from headwater_runtime.store._postgres_schema import MIGRATIONS, PG_SCHEMA_VERSION, migrate
 
@@ -224,6 +225,12 @@ def test_writes_of_a_server_that_lost_the_lead_are_refused_and_nothing_lands(url
         old.put_payload(iter([b"x"]), {"encoding": "json"}, 1)
     with pytest.raises(Fenced):
         old.put_flow("f", "d", b"g", "", 1.0)
+    # A batch large enough to be several statements (one transaction) is refused whole.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_postgres_batch, "STATEMENT_ROWS", 2)
+        large = WriteBatch(events=[RunEvent("r1", s, 2.0, "e", b"") for s in range(10, 17)])
+        with pytest.raises(Fenced):
+            old.commit(large)
     assert [e.seq for e in new.events("r1")] == [1]
     assert [r.id for r in new.list_flow_runs()] == ["r1"]
     # The new leader writes, and its journal rows carry its epoch.

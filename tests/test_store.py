@@ -243,10 +243,24 @@ def test_text_with_nul_characters_does_not_fail_a_commit(store: Store) -> None:
     ]
 
 
-def test_a_batch_of_thousands_of_rows_lands_whole_and_in_order(store: Store) -> None:
-    """Large batches are encoded a slice at a time (PostgreSQL): every row lands, in
-    the order given, a NUL in one of them included."""
+def test_a_batch_of_thousands_of_rows_lands_whole_and_in_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large batches are encoded a slice at a time, and written as several statements
+    in one transaction (PostgreSQL; here 1,000 rows a statement): every row lands, in
+    the order given, a NUL in one of them included; a failure anywhere writes nothing."""
+    from headwater_runtime.store import _postgres_batch
+
+    monkeypatch.setattr(_postgres_batch, "STATEMENT_ROWS", 1_000)
     store.create_flow_run(FlowRunRow("r1", "a", "1", 3, 1.0))
+    # All or nothing: the duplicate journal entry is in the third statement.
+    events = [RunEvent("r1", i, 1.0, "e", b"") for i in range(2_500)] + [
+        RunEvent("r1", 2_100, 1.0, "dup", b"")
+    ]
+    bad = WriteBatch(events=events, logs=[LogRow("r1", "t", 1, 1.0, "INFO", "x", "no")])
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        store.commit(bad)
+    assert store.events("r1") == [] and store.logs("r1") == []
     n = 2_500
     store.commit(
         WriteBatch(

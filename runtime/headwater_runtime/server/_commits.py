@@ -28,7 +28,7 @@ from typing import Any
 from headwater.v1 import run_pb2, worker_pb2
 from headwater_runtime.store import Store, WriteBatch
 
-from ._gc import release_later
+from ._gc import Collector, release_later
 from ._io import StoreIO
 from ._runs import RunManager
 
@@ -151,7 +151,7 @@ class Committer:
     async def _commit(self, batch: Any, release: Release) -> None:
         began = time.monotonic()
         try:
-            await self.io.write(_commit, self.store, batch)
+            await self.io.write(_commit, self.store, batch, self.runs.collector)
         except Exception as exc:
             self._failed(exc, batch, release)
         else:
@@ -243,8 +243,11 @@ class Committer:
         )
 
 
-def _commit(store: Store, batch: WriteBatch) -> None:
+def _commit(store: Store, batch: WriteBatch, collector: Collector) -> None:
     """Commit a batch, then hand its rows to the releasing thread (a failed one is
-    kept: it is put back and retried)."""
-    store.commit(batch)
+    kept: it is put back and retried). While a large batch is committed, no full
+    collection runs (``Collector.committing``)."""
+    rows = len(batch.events) + len(batch.task_runs) + len(batch.states) + len(batch.logs)
+    with collector.committing(rows):
+        store.commit(batch)
     release_later(batch.take_rows())
