@@ -12,6 +12,7 @@ import pytest
 from pg_cluster import TempPostgres
 
 from headwater_runtime.store import (
+    Conflict,
     Fenced,
     FlowRunRow,
     Lease,
@@ -332,3 +333,53 @@ def test_taking_the_lead_sweeps_uploads_a_dead_leader_left(url: str) -> None:
     new.sweep_uploads()
     assert new.stats()["payload_chunks"] == 0
     new.close()
+
+
+def test_a_run_created_meanwhile_with_the_same_idempotency_key_is_returned(url: str) -> None:
+    """Creations run concurrently on PostgreSQL (``concurrent_writes``): a run with the
+    same key inserted between this creation's lookup and its insert is returned (or
+    refused as a Conflict with other parameters), not a unique-key error."""
+    import psycopg
+
+    store = PostgresStore(url)
+    assert store.concurrent_writes
+    for key, parameters, expect_conflict in (("k1", b"", False), ("k2", b"x", True)):
+        other = psycopg.connect(url)  # a transaction of its own, left open for now
+        other.execute(
+            "INSERT INTO flow_runs (id, flow_name, flow_version, state, created_at, "
+            "parameters, idempotency_key, result, message, trace_context, schedule_id, "
+            "engine_version) VALUES (%s, 'etl', '1', 1, 1.0, %s, %s, '', '', '{}', '', '')",
+            (f"first-{key}", parameters, key),
+        )
+        outcome: dict[str, Any] = {}
+
+        def create(key: str = key, outcome: dict[str, Any] = outcome) -> None:
+            try:
+                outcome["value"] = store.create_flow_run(
+                    FlowRunRow(f"second-{key}", "etl", "1", 1, 2.0, idempotency_key=key)
+                )
+            except Exception as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=create)
+        thread.start()
+        # The creation's lookup missed the uncommitted run; its insert now waits on the
+        # key's index until that transaction ends.
+        deadline = time.monotonic() + 30
+        with psycopg.connect(url, autocommit=True) as watcher:
+            while not watcher.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchone():
+                assert time.monotonic() < deadline, "the creation never waited on the key"
+                time.sleep(0.01)
+        other.commit()
+        other.close()
+        thread.join(30)
+        if expect_conflict:
+            assert isinstance(outcome.get("error"), Conflict), outcome
+            assert f"first-{key}" in str(outcome["error"])
+        else:
+            row, created = outcome["value"]
+            assert (row.id, created) == (f"first-{key}", False)
+        assert [r.id for r in store.list_flow_runs() if r.idempotency_key == key] == [
+            f"first-{key}"
+        ]
+    store.close()

@@ -18,6 +18,7 @@ pinned value-dependent graph are refused as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,23 @@ class RunCreation:
         ``build_missing``: a flow that is not registered is built by a worker that
         offers it (NoBuilder when none does) rather than NOT_FOUND."""
         core = self.core
+        if core.store.concurrent_writes and parent is None:
+            # Built and stored by one reader thread (one hop fewer than building there
+            # and storing on the writer thread); when the graph must be built or
+            # looked up first, the general path below does it.
+            with contextlib.suppress(GraphBuildNeeded, NotFound):
+                caller = CALLER.get().name
+                return await self._adopt(
+                    await core.io.read(
+                        self._prepare_and_store,
+                        caller,
+                        flow_name,
+                        flow_version,
+                        parameters,
+                        idempotency_key,
+                        trace_context,
+                    )
+                )
         prepared = await self._prepare(
             flow_name,
             flow_version,
@@ -88,25 +106,43 @@ class RunCreation:
             parent,
             build_missing or self.has_builder(flow_name),
         )
-        # Who created the run is stored with it, in the same transaction.
-        audit = AuditRow(
-            core.clock.now(),
-            CALLER.get().name,
-            "run",
-            "flow_run",
-            prepared.row.id,
-            f"{prepared.row.flow_name}:{prepared.row.flow_version}",
-        )
+        audit = _audit(core, CALLER.get().name, prepared)
         try:
             row, created = await core.io.write(_store_run, core.store, prepared, audit)
         except BaseException:
             core.runs.discard(prepared)
             raise
-        if created:
-            core.runs.adopt(prepared)
-            core.touch()
-        else:
+        return await self._adopt((prepared, row, created))
+
+    def _prepare_and_store(
+        self,
+        caller: str,
+        flow_name: str,
+        flow_version: str,
+        parameters: Mapping[str, payload_pb2.Value],
+        idempotency_key: str,
+        trace_context: Mapping[str, str] | None,
+    ) -> tuple[PreparedRun, FlowRunRow, bool]:
+        """On a reader thread (a store with ``concurrent_writes``): build a run and
+        store it; GraphBuildNeeded or NotFound before anything is stored."""
+        core = self.core
+        prepared = core.runs.prepare_run(
+            flow_name, flow_version, parameters, idempotency_key, trace_context
+        )
+        try:
+            row, created = _store_run(core.store, prepared, _audit(core, caller, prepared))
+        except BaseException:
             core.runs.discard(prepared)
+            raise
+        return prepared, row, created
+
+    async def _adopt(self, stored: tuple[PreparedRun, FlowRunRow, bool]) -> tuple[FlowRunRow, bool]:
+        prepared, row, created = stored
+        if created:
+            self.core.runs.adopt(prepared)
+            self.core.touch()
+        else:
+            self.core.runs.discard(prepared)
         return row, created
 
     async def _prepare(
@@ -300,6 +336,13 @@ class RunCreation:
 
 
 __all__ = ["RunCreation"]
+
+
+def _audit(core: ServerCore, caller: str, prepared: PreparedRun) -> AuditRow:
+    """Who created the run: stored with it, in the same transaction."""
+    row = prepared.row
+    detail = f"{row.flow_name}:{row.flow_version}"
+    return AuditRow(core.clock.now(), caller, "run", "flow_run", row.id, detail)
 
 
 def _store_run(store: Store, prepared: PreparedRun, audit: AuditRow) -> tuple[FlowRunRow, bool]:

@@ -15,7 +15,9 @@ that lost the lead cannot write anything (``Fenced``), whatever it still believe
 Threads: a server calls the write methods (``commit``, ``create_flow_run``,
 ``put_*``, payload uploads, ``prune``) from one writer thread, and the read methods
 from any number of reader threads at once; an implementation gives each thread what
-it needs (SQLite: a connection per thread).
+it needs (SQLite: a connection per thread). A store whose ``concurrent_writes`` is
+True (PostgreSQL) also takes ``create_flow_run`` from reader threads while the writer
+commits: a new run is stored by the thread that built it, one hop fewer.
 """
 
 from __future__ import annotations
@@ -325,6 +327,10 @@ class Store(OpsStore, Protocol):
     """Durable state of a control plane (see the module docstring for threads). The
     methods of day-two operations (run attempts, limits, workers, webhooks) are
     declared in ``OpsStore`` (store/_ops.py)."""
+
+    #: Whether ``create_flow_run`` may be called from any thread while the writer
+    #: thread commits (see the module docstring).
+    concurrent_writes: bool
 
     # flows
     def put_flow(

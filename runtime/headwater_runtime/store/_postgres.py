@@ -62,6 +62,8 @@ T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
 
 _FENCE = "SELECT epoch, address FROM leader_lease WHERE id = 1 FOR SHARE"
+#: The unique constraint on flow_runs.idempotency_key (PostgreSQL's default name).
+_IDEMPOTENCY_KEY = "flow_runs_idempotency_key_key"
 
 
 def redact(url: str) -> str:
@@ -98,6 +100,9 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         stalled_transaction_timeout: seconds a transaction may wait for this process
             between statements before PostgreSQL ends it (``_configure``).
     """
+
+    #: Each call takes a pooled connection: a run may be created from any thread.
+    concurrent_writes = True
 
     def __init__(
         self,
@@ -309,7 +314,14 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                 insert_audit(conn, audit)
             return row.id, True
 
-        run_id, created = self._write(work)
+        try:
+            run_id, created = self._write(work)
+        except psycopg.errors.UniqueViolation as exc:
+            # Another thread created a run with this key between the lookup and the
+            # insert (creations run concurrently here): the key names that run.
+            if exc.diag.constraint_name != _IDEMPOTENCY_KEY or not row.idempotency_key:
+                raise
+            run_id, created = self._write(work)  # it finds that run now (or Conflict)
         return (row, True) if created else (self.get_flow_run(run_id), False)
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:

@@ -71,6 +71,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
             instead of the database (``_payloads.DirectoryBlobs``).
     """
 
+    #: One connection writes: every write comes from the writer thread.
+    concurrent_writes = False
+
     def __init__(
         self,
         path: str | Path,
