@@ -123,17 +123,19 @@ def encode_result(
     elements = _elements(_part(value, split_path)) if split else None
     packer = _Packer(transfer, inline_limit)
     encoded_items: list[EncodedValue] = []
+    order: list[int] = []
     if elements is not None:
         meta = {**encoded.metadata, LENGTH_KEY: str(len(elements))}
         if split_path:
             meta[SPLIT_PATH_KEY] = json.dumps(list(split_path))
         encoded = EncodedValue(encoded.data, meta)
         encoded_items = [encode(e, portable=portable) for e in elements]
-        _check_split_fits(encoded_items, len(encoded.data), packer.limit)
-    result = packer.value(encoded)
-    if elements is not None:
         # Smallest first, so as many as possible stay inline; then back in order.
         order = sorted(range(len(encoded_items)), key=lambda i: len(encoded_items[i].data))
+        sizes = [len(encoded_items[i].data) for i in order]
+        _check_split_fits(sizes, len(encoded.data), packer.limit)
+    result = packer.value(encoded)
+    if elements is not None:
         packed: dict[int, payload_pb2.Value] = {i: packer.value(encoded_items[i]) for i in order}
         result.items.extend(packed[i] for i in range(len(encoded_items)))
     if result.ByteSize() > MESSAGE_LIMIT:
@@ -151,12 +153,13 @@ REF_ITEM_BYTES = 120
 INLINE_ITEM_BYTES = 24
 
 
-def _check_split_fits(items: list[EncodedValue], whole: int, limit: int) -> None:
+def _check_split_fits(sizes: list[int], whole: int, limit: int) -> None:
     """Refuse, before anything is uploaded, a split result whose elements cannot fit
     in one message even with every element that is not inline sent by reference
     (each reference still takes ~``REF_ITEM_BYTES``): uploading a million elements one
     by one, only to fail at the end, took many minutes. ``whole``: the size of the
-    whole result's encoding; ``limit``: the largest value sent inline. The estimate
+    whole result's encoding; ``sizes``: the elements' encoded sizes, smallest first;
+    ``limit``: the largest value sent inline. The estimate
     is a lower bound of the message's size: what passes may still be refused after."""
     budget = MESSAGE_BUDGET
     if whole <= limit:  # the whole result inline
@@ -164,7 +167,7 @@ def _check_split_fits(items: list[EncodedValue], whole: int, limit: int) -> None
         size = whole + INLINE_ITEM_BYTES
     else:
         size = REF_ITEM_BYTES
-    for item in sorted(len(i.data) for i in items):
+    for item in sizes:
         if item <= limit and item <= budget:
             budget -= item
             size += item + INLINE_ITEM_BYTES
@@ -172,7 +175,7 @@ def _check_split_fits(items: list[EncodedValue], whole: int, limit: int) -> None
             size += REF_ITEM_BYTES
         if size > MESSAGE_LIMIT:
             raise EncodingError(
-                f"the result split into {len(items):,} elements does not fit in one "
+                f"the result split into {len(sizes):,} elements does not fit in one "
                 f"message ({MESSAGE_LIMIT // 1024:,} KiB), even with elements sent by "
                 "reference: map over fewer, larger elements (chunks of the list)"
             )

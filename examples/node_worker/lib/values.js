@@ -131,11 +131,13 @@ async function encodeResult(result, { split, inlineLimit, transfer }) {
   const metadata = { encoding: 'json' };
   if (elements) metadata[LENGTH_KEY] = String(elements.length);
   const packer = new Packer(transfer, inlineLimit);
-  if (elements) checkSplitFits(elements, data.length, packer.limit);
+  // Smallest first, so as many as possible stay inline; then back in order.
+  const order = elements
+    ? elements.map((_, i) => i).sort((a, b) => elements[a].length - elements[b].length)
+    : [];
+  if (elements) checkSplitFits(order.map((i) => elements[i].length), data.length, packer.limit);
   const value = await packer.value(data, metadata);
   if (elements) {
-    // Smallest first, so as many as possible stay inline; then back in order.
-    const order = elements.map((_, i) => i).sort((a, b) => elements[a].length - elements[b].length);
     const packed = new Array(elements.length);
     for (const i of order) packed[i] = await packer.value(elements[i], { encoding: 'json' });
     value.items = packed;
@@ -146,9 +148,10 @@ async function encodeResult(result, { split, inlineLimit, transfer }) {
 /**
  * Refuse, before anything is uploaded, a split result that cannot fit in one message
  * even with every element that is not inline sent by reference (a lower bound of its
- * size; the Python worker does the same). Throws CodecError.
+ * size; the Python worker does the same). `lengths`: the elements' encoded sizes,
+ * smallest first. Throws CodecError.
  */
-function checkSplitFits(elements, whole, limit) {
+function checkSplitFits(lengths, whole, limit) {
   let budget = MESSAGE_BUDGET;
   let size;
   if (whole <= limit) {
@@ -157,7 +160,6 @@ function checkSplitFits(elements, whole, limit) {
   } else {
     size = REF_ITEM_BYTES;
   }
-  const lengths = elements.map((e) => e.length).sort((a, b) => a - b);
   for (const length of lengths) {
     if (length <= limit && length <= budget) {
       budget -= length;
@@ -167,7 +169,7 @@ function checkSplitFits(elements, whole, limit) {
     }
     if (size > MESSAGE_LIMIT) {
       throw new codec.CodecError(
-        `the result split into ${elements.length.toLocaleString('en-US')} elements does not ` +
+        `the result split into ${lengths.length.toLocaleString('en-US')} elements does not ` +
           `fit in one message (${(MESSAGE_LIMIT >> 10).toLocaleString('en-US')} KiB), even with ` +
           'elements sent by reference: map over fewer, larger elements (chunks of the list)',
       );

@@ -21,6 +21,7 @@ whole commit, which would hold back every run behind it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -189,7 +190,7 @@ def parameters(
     values = list(batch.values.values())
     refs = [(f"value:{v.id}", p) for v in values for p in v.payload_ids]
     runs = list(batch.flow_runs.values())
-    new = "[]"
+    new = _EMPTY
     if new_run is not None:
         refs += [(f"run:{new_run.id}", p) for p in new_run.payload_ids]
         # The new row and an update of it cannot both be in one statement (its parts
@@ -243,17 +244,12 @@ def write_batch(
     written) when the lease has moved on."""
     cursor = psycopg.RawCursor(conn)
     parts = _split(batch)
-    if len(parts) == 1:
-        params = parameters(batch, fence, fence or 0, new_run, audit)
-        check_lease(fence, cursor.execute(STATEMENT, params).fetchone())
-        return
-    with conn.transaction():
-        for i, part in enumerate(parts):
-            first = i == 0
-            params = parameters(
-                part, fence, fence or 0, new_run if first else None, audit if first else None
-            )
+    # One statement is its own transaction; several share one.
+    with conn.transaction() if len(parts) > 1 else contextlib.nullcontext():
+        for part in parts:
+            params = parameters(part, fence, fence or 0, new_run, audit)
             check_lease(fence, cursor.execute(STATEMENT, params).fetchone())
+            new_run = audit = None  # with the first statement only
 
 
 def _split(batch: WriteBatch) -> list[WriteBatch]:
