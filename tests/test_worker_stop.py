@@ -62,12 +62,16 @@ def swallow():
 
 @task
 def keeps_process():
-    if first_time("keeps_process"):
+    marker = Path(os.environ["HW_TEST_DIR"]) / "keeps_process.started"
+    if not marker.exists():
         # A thread that is not a daemon (as a task thread's would be by default): the
-        # interpreter waits for it before exiting.
+        # interpreter waits for it before exiting. Started before the marker says the
+        # task started: a stop that came in between would find no such thread, and
+        # the process would end before the test's second signal.
         threading.Thread(
             target=time.sleep, args=(3600,), name="user-thread", daemon=False
         ).start()
+        marker.touch()
         time.sleep(3600)
     return "keeps_process"
 
