@@ -418,6 +418,7 @@ def _measure(
                 "max_workers": args.max_workers if system.startswith("headwater") else None,
                 "store": workload.store,
                 "pg_url": pg_url,
+                "timeout_s": workload.timeout_s,
             }
             t0 = time.perf_counter()
             print(f"  {workload.name} / {system} ...", end="", file=sys.stderr, flush=True)

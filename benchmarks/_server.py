@@ -196,9 +196,11 @@ class Cluster:
         store: str = "sqlite",
         spec: dict[str, Any] | None = None,
         server_args: tuple[str, ...] = (),
+        worker_args: tuple[str, ...] = (),
     ) -> None:
         self.n_workers = workers
         self.server_args = server_args  # more flags for ``headwater server``
+        self.worker_args = worker_args  # more flags for each ``headwater worker``
         self.tls = tls
         self.ca: str | None = None
         self.store = store
@@ -252,7 +254,7 @@ class Cluster:
         self.start_server("0")
         for i in range(self.n_workers):
             args = [*cli, "worker", "--server", self.address, "--module", TASKS_MODULE, *secure]
-            args += ["--name", f"bench-w{i + 1}"]
+            args += ["--name", f"bench-w{i + 1}", *self.worker_args]
             if self.slots is not None:
                 args += ["--slots", str(self.slots)]
             self.workers.append(_Proc(args, env, tmp))
@@ -560,6 +562,10 @@ def profile_fanout(n: int, top: int) -> int:
     return 0 if state == "SUCCESS" else 1
 
 
+#: The widest map that runs at the default message limit (4 MiB); wider ones raise it.
+MAP_AT_DEFAULT_MESSAGE = 100_000
+
+
 def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
     """One run of ``src(n) -> noop.map -> total`` (n + 2 task runs) on a server whose
     map width limit is ``n``: that a large run completes, how long it takes and how
@@ -568,10 +574,21 @@ def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
     from ._server_tasks import map_flow
 
     n = spec["params"]["n"]
-    width = ("--max-map-width", str(n))
+    server_args: tuple[str, ...] = ("--max-map-width", str(n))
+    worker_args: tuple[str, ...] = ()
+    if n > MAP_AT_DEFAULT_MESSAGE:
+        # The source's elements travel in one result, and the reduce's inputs in one
+        # assignment: ~30 bytes each, over gRPC's 4 MiB past ~100,000 (docs/limits.md).
+        message = ("--max-message-bytes", str(max(64 << 20, n * 64)))
+        server_args += message
+        worker_args += message
     with (
         Cluster(
-            workers=2, store=spec.get("store", "sqlite"), spec=spec, server_args=width
+            workers=2,
+            store=spec.get("store", "sqlite"),
+            spec=spec,
+            server_args=server_args,
+            worker_args=worker_args,
         ) as cluster,
         cluster.client() as client,
     ):
@@ -584,7 +601,7 @@ def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.time()
             run_id = client.run(map_flow.name, {"n": n}, version=version).id
             returned = time.time() - t0
-            ended = raw.wait_end(run_id, 0.5, timeout=1200)
+            ended = raw.wait_end(run_id, 0.5, timeout=spec.get("timeout_s") or 1200)
             seen = time.time() - t0
             cpu = _deltas(cluster.cpu(), cpu_before)
             if ended.state != FlowRunState.SUCCESS.value:

@@ -243,6 +243,18 @@ WORKLOADS: tuple[Workload, ...] = (
         timeout_s=1200,
     ),
     Workload(
+        name="server-map-1m",
+        title="server scale: one map over 1,000,000 elements (1,000,002 task runs)",
+        kind="server-map",
+        full={"n": 1_000_000},
+        # Still over gRPC's 4 MiB: the raised message limit is what this run checks.
+        quick={"n": 150_000},
+        systems=("server",),
+        server=True,
+        in_quick=False,
+        timeout_s=3600,
+    ),
+    Workload(
         name="server-latency",
         title="server latency: ready -> task starts on an idle server with 1 worker",
         kind="latency",

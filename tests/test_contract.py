@@ -297,6 +297,7 @@ def test_hello_envelope_round_trips() -> None:
         features=["batch", "graph-builds"],
         code_digests={"etl.extract": "0123456789abcdef"},
         flows=[worker_pb2.FlowOffer(name="etl", code_digest="fedcba9876543210")],
+        max_message_bytes=64 << 20,
     )
     assert set_field_names(hello) == all_field_names(hello)
     back = roundtrip(worker_pb2.ConnectRequest(hello=hello))

@@ -200,6 +200,43 @@ def test_a_message_over_the_size_limit_is_refused_by_grpc_and_the_limit_can_be_r
     against_server(tmp_path / "b", taken, Limits(max_message_bytes=8 << 20))
 
 
+def test_a_server_names_its_message_limit_and_refuses_a_worker_that_accepts_less(
+    tmp_path: Path,
+) -> None:
+    """A server may send workers messages up to its max_message_bytes: a worker that
+    accepts less (0 says gRPC's 4 MiB) is refused with FAILED_PRECONDITION naming the
+    flag; one that accepts as much is welcomed with the server's limit."""
+
+    async def connect(channel: grpc.aio.Channel, accepts: int) -> worker_pb2.ConnectResponse:
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        hello = worker_pb2.Hello(
+            worker_id="w",
+            protocol_version=1,
+            capabilities=["m.t"],
+            slots=1,
+            max_message_bytes=accepts,
+        )
+
+        async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+            yield worker_pb2.ConnectRequest(hello=hello)
+            await asyncio.sleep(3600)
+
+        call = stub.Connect(requests())
+        try:
+            return await anext(aiter(call))
+        finally:
+            call.cancel()
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        code, details = await status_of(connect(channel, 0))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "--max-message-bytes 8388608" in details and "accepts 4194304" in details
+        first = await connect(channel, 8 << 20)
+        assert first.welcome.max_message_bytes == 8 << 20
+
+    against_server(tmp_path, body, Limits(max_message_bytes=8 << 20))
+
+
 @task(name="a/b")
 def slashed() -> int:
     return 1

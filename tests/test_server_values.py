@@ -89,3 +89,41 @@ def test_a_reduce_over_many_results_is_one_list_in_the_assignment() -> None:
     fill_input_value(assignment.inputs["values"], Composite("list", results), elements=False)
     items = assignment.inputs["values"].list.items
     assert len(items) == 10_000 and items[9_999].value.inline.data == b"9999"
+
+
+class _Payloads:
+    """The store's put_payload, counting what is stored."""
+
+    def __init__(self) -> None:
+        self.stored: list[bytes] = []
+
+    def put_payload(self, chunks: object, metadata: dict[str, str], size: int) -> object:
+        from headwater_runtime.store import PayloadMeta
+
+        data = b"".join(chunks)  # type: ignore[call-overload]
+        self.stored.append(data)
+        return PayloadMeta(f"{len(self.stored):032x}", size, metadata, "0" * 64)
+
+
+def test_spilling_moves_only_values_larger_than_a_reference() -> None:
+    """An assignment over its budget has its large inline inputs moved to the store,
+    largest first, until it fits; tiny ones (a reduce over a wide map) stay inline,
+    since a reference would be larger and each would cost a stored payload."""
+    from headwater_runtime.server._spill import SPILL_MIN_BYTES, spill_inputs
+
+    tiny = worker_pb2.Assignment()
+    items = tiny.inputs["values"].list.items
+    for i in range(20_000):
+        items.add().value.CopyFrom(_inline(str(i).encode(), encoding="json"))
+    store = _Payloads()
+    assert spill_inputs(tiny, store, budget=50_000) == 0  # type: ignore[arg-type]
+    assert store.stored == [] and tiny.ByteSize() > 50_000
+    mixed = worker_pb2.Assignment()
+    items = mixed.inputs["values"].list.items
+    for size in (100, 5_000, SPILL_MIN_BYTES, 20_000, 10_000):
+        items.add().value.CopyFrom(_inline(b"x" * size, encoding="json"))
+    assert spill_inputs(mixed, store, budget=12_000) == 2  # type: ignore[arg-type]
+    assert [len(data) for data in store.stored] == [20_000, 10_000]
+    kinds = [item.value.WhichOneof("kind") for item in mixed.inputs["values"].list.items]
+    assert kinds == ["inline", "inline", "inline", "ref", "ref"]
+    assert mixed.ByteSize() <= 12_000

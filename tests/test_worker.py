@@ -938,3 +938,61 @@ def test_a_split_result_too_large_for_one_message_is_refused_before_any_upload()
     )
     assert transfer.uploads == 0 and len(value.items) == 100_000
     assert decode_value(value.items[99_999]) == 99_999
+
+
+def test_the_server_s_message_limit_from_welcome_bounds_a_split_result(tmp_path: Path) -> None:
+    """The worker keeps what it sends under the server's max_message_bytes, which the
+    Welcome names (a server may accept less, or more, than gRPC's 4 MiB), and says in
+    its Hello how large a message it accepts itself."""
+    small = FakeGateway(welcome(max_message_bytes=1 << 20))
+    fake = FakeServer(tmp_path / "hw.db", small)
+    tasks = tmp_path / "hw_tasks.py"
+    tasks.write_text(TASKS)
+    try:
+        with worker_thread(fake.address, tasks, max_message_bytes=8 << 20) as worker:
+            hello = small.wait_for("hello")
+            tok = assign(small, "sq", "squares", inputs=inputs(n=60_000), split_result=True)
+            refused = small.wait_for("failure", about(tok)).failure
+            fits = assign(small, "ok", "squares", inputs=inputs(n=20_000), split_result=True)
+            result = small.wait_for("result", about(fits)).result
+            assert worker.attempts.max_message_bytes == 1 << 20
+    finally:
+        fake.stop()
+    assert hello.max_message_bytes == 8 << 20
+    assert (refused.type, refused.retryable) == ("headwater.EncodingError", False)
+    assert "split into 60,000 elements does not fit in one message (960 KiB" in refused.message
+    assert len(result.items) == 20_000
+
+
+def test_a_larger_message_limit_lets_a_wider_split_stay_inline() -> None:
+    """At 16 MiB (a server and workers started with --max-message-bytes) 300,000
+    small elements fit one message, every one inline (~9 MB, over gRPC's 4 MiB); at
+    8 MiB they do not, and nothing is uploaded before the worker says so."""
+    from headwater._worker_codec import encode_result
+    from headwater.wire import EncodingError
+
+    transfer = _CountingTransfer()
+    value = encode_result(
+        list(range(300_000)),
+        result_encoding="json",
+        split=True,
+        inline_limit=0,
+        transfer=transfer,  # type: ignore[arg-type]
+        max_message_bytes=16 << 20,
+    )
+    # The whole list (2 MB of JSON) is uploaded once; the elements are all inline.
+    assert transfer.uploads == 1 and value.WhichOneof("kind") == "ref"
+    assert len(value.items) == 300_000
+    assert all(item.WhichOneof("kind") == "inline" for item in value.items)
+    assert decode_value(value.items[299_999]) == 299_999
+    assert 4 << 20 < value.ByteSize() < 16 << 20
+    with pytest.raises(EncodingError, match=r"\(8,128 KiB under the server's max_message"):
+        encode_result(
+            list(range(300_000)),
+            result_encoding="json",
+            split=True,
+            inline_limit=0,
+            transfer=transfer,  # type: ignore[arg-type]
+            max_message_bytes=8 << 20,
+        )
+    assert transfer.uploads == 1

@@ -205,7 +205,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """``headwater worker``: run the given modules' tasks for a server until stopped."""
     import logging
 
-    from ._worker import Worker, WorkerError
+    from ._worker import Worker, WorkerError, message_bytes
     from ._worker_stop import StopOnSignal
 
     if not args.server:
@@ -222,6 +222,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         args.grace = parse_duration(args.grace)
     except ValueError as exc:
         raise UsageError(f"--grace {exc}") from None
+    try:
+        args.max_message_bytes = message_bytes(args.max_message_bytes)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     labels = parse_labels(args.label)
     # Like `python -m`, find modules in the current directory.
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -251,6 +255,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     }
     if args.allow_stale_code:
         options["allow_stale_code"] = True
+    options["max_message_bytes"] = args.max_message_bytes
     if args.dask is not None:
         if not args.dask:
             raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
@@ -348,6 +353,15 @@ def add_worker_command(sub: Any) -> None:
         help="run tasks whatever code the run's graph was built with: report no code "
         "digests (by default a task whose code here differs from the run's is not given "
         "to this worker, and the run says why it waits)",
+    )
+    worker.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest message the worker accepts; a server started with a larger "
+        "--max-message-bytes refuses the worker (default: $HEADWATER_MAX_MESSAGE_BYTES, "
+        "else 4194304)",
     )
     worker.add_argument(
         "--token", default=None, help="bearer token for the server (default: $HEADWATER_TOKEN)"

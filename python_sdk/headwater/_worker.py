@@ -39,6 +39,7 @@ from headwater.v1 import worker_pb2, worker_pb2_grpc
 from headwater.wire import (
     BATCH,
     DRAIN,
+    GRPC_MESSAGE_LIMIT,
     NOT_READY,
     PROTOCOL_VERSION,
     STANDBY_REFUSAL,
@@ -49,6 +50,8 @@ from headwater.wire import (
     explain_unreachable,
     gather,
     leader_hint,
+    limit_variable,
+    message_limit,
     open_channel,
     seconds,
 )
@@ -168,6 +171,9 @@ class Worker:
             stale code"); by default a task whose code here differs is not given to it.
         tls: how to secure the connection (default: HEADWATER_TLS, HEADWATER_TLS_CA,
             HEADWATER_TLS_CERT and HEADWATER_TLS_KEY; plaintext when none is set).
+        max_message_bytes: the largest message the worker accepts (default:
+            HEADWATER_MAX_MESSAGE_BYTES, else gRPC's 4 MiB). A server started with a
+            larger ``--max-message-bytes`` refuses a worker below it (docs/limits.md).
     """
 
     def __init__(
@@ -182,9 +188,15 @@ class Worker:
         on_connect: Callable[[Worker], None] | None = None,
         allow_stale_code: bool = False,
         tls: TLSSettings | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if not server:
             raise ValueError("the server address must be HOST:PORT")
+        self.max_message_bytes = message_bytes(max_message_bytes)
+        self._channel_options = [
+            *_CHANNEL_OPTIONS,
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+        ]
         self.addresses = Addresses(server)
         self.slots = default_thread_count() if slots is None else slots
         if self.slots < 1:
@@ -232,7 +244,7 @@ class Worker:
         old = self._payload_channel
         if old is not None and self._payload_address == self.address:
             return
-        channel = open_channel(self.address, self.tls, _CHANNEL_OPTIONS)
+        channel = open_channel(self.address, self.tls, self._channel_options)
         self._payload_channel, self._payload_address = channel, self.address
         self.attempts.transfer = PayloadTransfer(channel, self.metadata)
         self.builder.transfer = self.attempts.transfer
@@ -290,7 +302,7 @@ class Worker:
     def _session_once(self) -> tuple[bool, str, str]:
         """Connect and serve until the stream ends: whether the server welcomed us, why
         the stream ended, and the leader a standby named ("" if none)."""
-        channel = open_channel(self.address, self.tls, _CHANNEL_OPTIONS)
+        channel = open_channel(self.address, self.tls, self._channel_options)
         with self._lock:
             session = _Session(self._hello())
             self._session = session
@@ -342,6 +354,7 @@ class Worker:
             features=[BATCH, DRAIN, *self.builder.feature],
             code_digests=self.code_digests,
             flows=offers(self.flows),
+            max_message_bytes=self.max_message_bytes,
         )
 
     def _requests(self, session: _Session) -> Iterator[worker_pb2.ConnectRequest]:
@@ -472,6 +485,7 @@ class Worker:
             session.batching = BATCH in welcome.features
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
             self.builder.inline_limit = self.attempts.inline_limit
+            self.attempts.max_message_bytes = message_limit(welcome.max_message_bytes)
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome
             self._use_payload_channel()
@@ -484,6 +498,26 @@ class Worker:
             self._on_connect(self)
         elif not first:
             log.info("reconnected to %s", self.address)
+
+
+def message_bytes(given: int | None) -> int:
+    """The worker's largest accepted message: ``given``, else the environment's, else
+    gRPC's default; ValueError naming the setting when it is not a size in bytes."""
+    variable = limit_variable("max_message_bytes")
+    if given is None:
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            return GRPC_MESSAGE_LIMIT
+        try:
+            given = int(text)
+        except ValueError:
+            raise ValueError(f"{variable} must be a number of bytes, got {text!r}") from None
+    if given < GRPC_MESSAGE_LIMIT:
+        raise ValueError(
+            f"the worker's --max-message-bytes must be at least {GRPC_MESSAGE_LIMIT} "
+            f"(gRPC's default), got {given}"
+        )
+    return given
 
 
 def _digests(tasks: Mapping[str, Task[..., Any]]) -> dict[str, str]:

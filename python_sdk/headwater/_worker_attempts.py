@@ -26,6 +26,7 @@ from typing import Any
 
 from headwater.v1 import graph_pb2, state_pb2, worker_pb2
 from headwater.wire import (
+    GRPC_MESSAGE_LIMIT,
     TEXT_LIMIT,
     EncodingError,
     PayloadTransfer,
@@ -216,6 +217,7 @@ class Attempts:
         self.log_handler = TaskLogHandler(send)
         self.transfer: PayloadTransfer | None = None
         self.inline_limit = 0  # the last Welcome's, so results encode as asked offline too
+        self.max_message_bytes = GRPC_MESSAGE_LIMIT  # the last Welcome's, likewise
         self._decisions: dict[Token, tuple[threading.Event, list[bool]]] = {}
         self.started = StartedReports(self)
         self._jobs: SimpleQueue[_Attempt | None] = SimpleQueue()
@@ -505,6 +507,7 @@ class Attempts:
                 split_path=path_from_proto(assignment.split_path),
                 inline_limit=self.inline_limit,
                 transfer=transfer,
+                max_message_bytes=self.max_message_bytes,
             )
         except EncodingError as exc:
             bad = failure(

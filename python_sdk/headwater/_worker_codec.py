@@ -13,10 +13,10 @@ from typing import Any
 
 from headwater.v1 import payload_pb2, state_pb2, worker_pb2
 from headwater.wire import (
+    GRPC_MESSAGE_LIMIT,
     INLINE_PAYLOAD_LIMIT,
     LENGTH_KEY,
     MESSAGE_BUDGET,
-    MESSAGE_LIMIT,
     SPLIT_PATH_KEY,
     EncodedValue,
     EncodingError,
@@ -25,6 +25,8 @@ from headwater.wire import (
     decode_value,
     encode,
     failure_to_proto,
+    message_budget,
+    message_ceiling,
 )
 
 # Inputs --------------------------------------------------------------------------------
@@ -89,14 +91,17 @@ def _part(value: Any, path: Sequence[str | int]) -> Any:
 class _Packer:
     """Turns encoded values into Value messages, inline while the budget allows."""
 
-    def __init__(self, transfer: PayloadTransfer, inline_limit: int) -> None:
+    def __init__(
+        self, transfer: PayloadTransfer, inline_limit: int, budget: int = MESSAGE_BUDGET
+    ) -> None:
         self.transfer = transfer
-        self.limit = min(inline_limit if inline_limit > 0 else INLINE_PAYLOAD_LIMIT, MESSAGE_BUDGET)
+        self.budget = budget
+        self.limit = min(inline_limit if inline_limit > 0 else INLINE_PAYLOAD_LIMIT, budget)
         self.inline_total = 0
 
     def value(self, encoded: EncodedValue) -> payload_pb2.Value:
         size = len(encoded.data)
-        if size <= self.limit and self.inline_total + size <= MESSAGE_BUDGET:
+        if size <= self.limit and self.inline_total + size <= self.budget:
             self.inline_total += size
             return payload_pb2.Value(
                 inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
@@ -112,16 +117,19 @@ def encode_result(
     inline_limit: int,
     transfer: PayloadTransfer,
     split_path: Sequence[str | int] = (),
+    max_message_bytes: int = GRPC_MESSAGE_LIMIT,
 ) -> payload_pb2.Value:
     """A task's result as a Value: inline when small, else uploaded; with each element
     (of the whole result, or of the part at ``split_path``) in ``items`` when the
-    result is to be split. Raises EncodingError."""
+    result is to be split. ``max_message_bytes``: the largest message the server
+    accepts (``Welcome.max_message_bytes``). Raises EncodingError."""
     portable = result_encoding == "json"
     if result_encoding not in ("", "json", "pickle"):
         raise EncodingError(f"unknown result encoding {result_encoding!r}")
     encoded = encode(value, portable=portable)
     elements = _elements(_part(value, split_path)) if split else None
-    packer = _Packer(transfer, inline_limit)
+    ceiling = message_ceiling(max_message_bytes)
+    packer = _Packer(transfer, inline_limit, message_budget(max_message_bytes))
     encoded_items: list[EncodedValue] = []
     order: list[int] = []
     if elements is not None:
@@ -133,12 +141,12 @@ def encode_result(
         # Smallest first, so as many as possible stay inline; then back in order.
         order = sorted(range(len(encoded_items)), key=lambda i: len(encoded_items[i].data))
         sizes = [len(encoded_items[i].data) for i in order]
-        _check_split_fits(sizes, len(encoded.data), packer.limit)
+        _check_split_fits(sizes, len(encoded.data), packer, ceiling)
     result = packer.value(encoded)
     if elements is not None:
         packed: dict[int, payload_pb2.Value] = {i: packer.value(encoded_items[i]) for i in order}
         result.items.extend(packed[i] for i in range(len(encoded_items)))
-    if result.ByteSize() > MESSAGE_LIMIT:
+    if result.ByteSize() > ceiling:
         raise EncodingError(
             f"the result split into {len(elements or ())} elements does not fit in one "
             "message, even with every element sent by reference"
@@ -153,15 +161,17 @@ REF_ITEM_BYTES = 120
 INLINE_ITEM_BYTES = 24
 
 
-def _check_split_fits(sizes: list[int], whole: int, limit: int) -> None:
+def _check_split_fits(sizes: list[int], whole: int, packer: _Packer, ceiling: int) -> None:
     """Refuse, before anything is uploaded, a split result whose elements cannot fit
     in one message even with every element that is not inline sent by reference
     (each reference still takes ~``REF_ITEM_BYTES``): uploading a million elements one
     by one, only to fail at the end, took many minutes. ``whole``: the size of the
     whole result's encoding; ``sizes``: the elements' encoded sizes, smallest first;
-    ``limit``: the largest value sent inline. The estimate
-    is a lower bound of the message's size: what passes may still be refused after."""
-    budget = MESSAGE_BUDGET
+    ``packer``: its largest inline value and inline budget; ``ceiling``: the largest
+    message. The estimate is a lower bound of the message's size: what passes may
+    still be refused after."""
+    limit = packer.limit
+    budget = packer.budget
     if whole <= limit:  # the whole result inline
         budget -= whole
         size = whole + INLINE_ITEM_BYTES
@@ -173,11 +183,13 @@ def _check_split_fits(sizes: list[int], whole: int, limit: int) -> None:
             size += item + INLINE_ITEM_BYTES
         else:
             size += REF_ITEM_BYTES
-        if size > MESSAGE_LIMIT:
+        if size > ceiling:
             raise EncodingError(
                 f"the result split into {len(sizes):,} elements does not fit in one "
-                f"message ({MESSAGE_LIMIT // 1024:,} KiB), even with elements sent by "
-                "reference: map over fewer, larger elements (chunks of the list)"
+                f"message ({ceiling // 1024:,} KiB under the server's max_message_bytes), "
+                "even with elements sent by reference: map over fewer, larger elements "
+                "(chunks of the list), or raise max_message_bytes on the server and its "
+                "workers (docs/limits.md)"
             )
 
 

@@ -6,10 +6,12 @@ const codec = require('./codec');
 
 /** Used when the Welcome gives no inline limit. */
 const DEFAULT_INLINE_LIMIT = 1 << 20;
-/** Inline bytes allowed in one message, all values together (gRPC refuses > 4 MiB). */
-const MESSAGE_BUDGET = 3 << 20;
-/** The largest message the worker sends (gRPC's 4 MiB default, less headroom). */
-const MESSAGE_LIMIT = (4 << 20) - (64 << 10);
+/** gRPC's default largest message: what a server accepts when its Welcome says nothing. */
+const GRPC_MESSAGE_LIMIT = 4 << 20;
+/** Room kept, below the server's limit, for the rest of a message around inline values. */
+const ENVELOPE_BYTES = 1 << 20;
+/** Headroom kept below the server's limit in a message the worker builds. */
+const HEADROOM_BYTES = 64 << 10;
 /** The least an element sent by reference adds to a split result's message. */
 const REF_ITEM_BYTES = 120;
 /** What an inline element adds beyond its encoded bytes (metadata and framing). */
@@ -106,14 +108,15 @@ async function decodeInputs(assignment, transfer) {
 
 /** Turns encoded bytes into Value messages, inline while the budget allows. */
 class Packer {
-  constructor(transfer, inlineLimit) {
+  constructor(transfer, inlineLimit, budget) {
     this.transfer = transfer;
-    this.limit = Math.min(inlineLimit > 0 ? inlineLimit : DEFAULT_INLINE_LIMIT, MESSAGE_BUDGET);
+    this.budget = budget;
+    this.limit = Math.min(inlineLimit > 0 ? inlineLimit : DEFAULT_INLINE_LIMIT, budget);
     this.inlineTotal = 0;
   }
 
   async value(data, metadata) {
-    if (data.length <= this.limit && this.inlineTotal + data.length <= MESSAGE_BUDGET) {
+    if (data.length <= this.limit && this.inlineTotal + data.length <= this.budget) {
       this.inlineTotal += data.length;
       return { inline: { data, metadata }, items: [] };
     }
@@ -123,19 +126,24 @@ class Packer {
 
 /**
  * A result as a Value message: json, inline when small, else uploaded; with each
- * element in `items` when the result must be split (an array). Throws CodecError.
+ * element in `items` when the result must be split (an array). `maxMessageBytes`: the
+ * largest message the server accepts (Welcome.max_message_bytes; 0: gRPC's 4 MiB).
+ * Throws CodecError.
  */
-async function encodeResult(result, { split, inlineLimit, transfer }) {
+async function encodeResult(result, { split, inlineLimit, transfer, maxMessageBytes = 0 }) {
   const data = codec.encode(result);
   const elements = split && Array.isArray(result) ? result.map((e) => codec.encode(e)) : null;
   const metadata = { encoding: 'json' };
   if (elements) metadata[LENGTH_KEY] = String(elements.length);
-  const packer = new Packer(transfer, inlineLimit);
+  const accepted = maxMessageBytes > 0 ? maxMessageBytes : GRPC_MESSAGE_LIMIT;
+  const budget = Math.max(accepted - ENVELOPE_BYTES, Math.floor(accepted / 2));
+  const ceiling = Math.max(accepted - HEADROOM_BYTES, Math.floor(accepted / 2));
+  const packer = new Packer(transfer, inlineLimit, budget);
   // Smallest first, so as many as possible stay inline; then back in order.
   const order = elements
     ? elements.map((_, i) => i).sort((a, b) => elements[a].length - elements[b].length)
     : [];
-  if (elements) checkSplitFits(order.map((i) => elements[i].length), data.length, packer.limit);
+  if (elements) checkSplitFits(order.map((i) => elements[i].length), data.length, packer, ceiling);
   const value = await packer.value(data, metadata);
   if (elements) {
     const packed = new Array(elements.length);
@@ -151,8 +159,9 @@ async function encodeResult(result, { split, inlineLimit, transfer }) {
  * size; the Python worker does the same). `lengths`: the elements' encoded sizes,
  * smallest first. Throws CodecError.
  */
-function checkSplitFits(lengths, whole, limit) {
-  let budget = MESSAGE_BUDGET;
+function checkSplitFits(lengths, whole, packer, ceiling) {
+  const limit = packer.limit;
+  let budget = packer.budget;
   let size;
   if (whole <= limit) {
     budget -= whole;
@@ -167,11 +176,13 @@ function checkSplitFits(lengths, whole, limit) {
     } else {
       size += REF_ITEM_BYTES;
     }
-    if (size > MESSAGE_LIMIT) {
+    if (size > ceiling) {
       throw new codec.CodecError(
         `the result split into ${lengths.length.toLocaleString('en-US')} elements does not ` +
-          `fit in one message (${(MESSAGE_LIMIT >> 10).toLocaleString('en-US')} KiB), even with ` +
-          'elements sent by reference: map over fewer, larger elements (chunks of the list)',
+          `fit in one message (${Math.floor(ceiling / 1024).toLocaleString('en-US')} KiB under ` +
+          "the server's max_message_bytes), even with elements sent by reference: map over " +
+          'fewer, larger elements (chunks of the list), or raise max_message_bytes on the ' +
+          'server and its workers (docs/limits.md)',
       );
     }
   }

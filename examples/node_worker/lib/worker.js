@@ -45,6 +45,8 @@ const CHANNEL_OPTIONS = {
   // The server does not limit what it sends (an assignment may carry many inline inputs).
   'grpc.max_receive_message_length': -1,
 };
+/** What Hello.max_message_bytes says: gRPC's largest message (the channel sets no limit). */
+const ACCEPTED_MESSAGE_BYTES = 2 ** 31 - 1;
 
 /** Thrown by a handler to skip its task run (the run becomes SKIPPED). */
 class Skip extends Error {
@@ -132,6 +134,7 @@ class Worker extends EventEmitter {
     this.session = null;
     this.stopped = false;
     this.inlineLimit = 0;
+    this.maxMessageBytes = 0; // the last Welcome's (0: gRPC's 4 MiB)
     this.transfer = null;
     this.connectedOnce = false;
   }
@@ -239,6 +242,7 @@ class Worker extends EventEmitter {
         pid: process.pid,
       },
       running: this.#held().map((key) => this.#tokenOf(key)),
+      max_message_bytes: ACCEPTED_MESSAGE_BYTES,
     };
   }
 
@@ -306,6 +310,7 @@ class Worker extends EventEmitter {
     const interval = seconds(welcome.heartbeat_interval);
     session.intervalMs = interval > 0 ? interval * 1000 : DEFAULT_HEARTBEAT_MS;
     this.inlineLimit = Number(welcome.inline_payload_limit);
+    this.maxMessageBytes = Number(welcome.max_message_bytes);
     const keep = new Set(welcome.keep_running.map(keyOf));
     for (const token of session.hello.running) {
       const key = keyOf(token);
@@ -427,6 +432,7 @@ class Worker extends EventEmitter {
         split: assignment.split_result,
         inlineLimit: this.inlineLimit,
         transfer: this.transfer,
+        maxMessageBytes: this.maxMessageBytes,
       });
       span?.end();
       this.#finish(attempt, { result: { token, result: value } });

@@ -144,6 +144,7 @@ class Hello(google.protobuf.message.Message):
     RESOURCES_FIELD_NUMBER: builtins.int
     CODE_DIGESTS_FIELD_NUMBER: builtins.int
     FLOWS_FIELD_NUMBER: builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: builtins.int
     FEATURES_FIELD_NUMBER: builtins.int
     worker_id: builtins.str
     """Stable worker id chosen by the worker (kept across reconnects)."""
@@ -156,6 +157,12 @@ class Hello(google.protobuf.message.Message):
     """
     slots: builtins.int
     """Maximum concurrent task runs."""
+    max_message_bytes: builtins.int
+    """The largest message the worker accepts, in bytes (its gRPC receive limit); 0
+    means gRPC's default, 4 MiB. A server whose max_message_bytes is larger may send
+    assignments that large (a reduce over a very wide map), so it refuses this Hello
+    with FAILED_PRECONDITION naming both limits.
+    """
     @property
     def capabilities(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Task types the worker can run."""
@@ -214,10 +221,11 @@ class Hello(google.protobuf.message.Message):
         resources: collections.abc.Mapping[builtins.str, builtins.float] | None = ...,
         code_digests: collections.abc.Mapping[builtins.str, builtins.str] | None = ...,
         flows: collections.abc.Iterable[global___FlowOffer] | None = ...,
+        max_message_bytes: builtins.int = ...,
         features: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["runtime", b"runtime"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["capabilities", b"capabilities", "code_digests", b"code_digests", "features", b"features", "flows", b"flows", "labels", b"labels", "name", b"name", "protocol_version", b"protocol_version", "resources", b"resources", "running", b"running", "runtime", b"runtime", "slots", b"slots", "worker_id", b"worker_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["capabilities", b"capabilities", "code_digests", b"code_digests", "features", b"features", "flows", b"flows", "labels", b"labels", "max_message_bytes", b"max_message_bytes", "name", b"name", "protocol_version", b"protocol_version", "resources", b"resources", "running", b"running", "runtime", b"runtime", "slots", b"slots", "worker_id", b"worker_id"]) -> None: ...
 
 global___Hello = Hello
 
@@ -642,6 +650,7 @@ class Welcome(google.protobuf.message.Message):
     HEARTBEAT_TIMEOUT_FIELD_NUMBER: builtins.int
     INLINE_PAYLOAD_LIMIT_FIELD_NUMBER: builtins.int
     KEEP_RUNNING_FIELD_NUMBER: builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: builtins.int
     session_id: builtins.str
     """Session id of this connection."""
     server_version: builtins.str
@@ -654,6 +663,11 @@ class Welcome(google.protobuf.message.Message):
     inline_payload_limit: builtins.int
     """Values larger than this must be uploaded through PayloadService and sent by
     reference.
+    """
+    max_message_bytes: builtins.int
+    """The largest message the server accepts from this worker, in bytes (0 from an
+    older server: 4 MiB). A worker keeps every message it sends under it; a split
+    result whose elements cannot fit is refused before anything is uploaded.
     """
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
@@ -690,9 +704,10 @@ class Welcome(google.protobuf.message.Message):
         heartbeat_timeout: google.protobuf.duration_pb2.Duration | None = ...,
         inline_payload_limit: builtins.int = ...,
         keep_running: collections.abc.Iterable[global___FencingToken] | None = ...,
+        max_message_bytes: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["features", b"features", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "inline_payload_limit", b"inline_payload_limit", "keep_running", b"keep_running", "protocol_version", b"protocol_version", "server_version", b"server_version", "session_id", b"session_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["features", b"features", "heartbeat_interval", b"heartbeat_interval", "heartbeat_timeout", b"heartbeat_timeout", "inline_payload_limit", b"inline_payload_limit", "keep_running", b"keep_running", "max_message_bytes", b"max_message_bytes", "protocol_version", b"protocol_version", "server_version", b"server_version", "session_id", b"session_id"]) -> None: ...
 
 global___Welcome = Welcome
 

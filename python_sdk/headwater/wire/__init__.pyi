@@ -84,6 +84,9 @@ from ._limits import LimitSpec as LimitSpec
 from ._limits import cut_text as cut_text
 from ._limits import limit_flag as limit_flag
 from ._limits import limit_variable as limit_variable
+from ._limits import message_budget as message_budget
+from ._limits import message_ceiling as message_ceiling
+from ._limits import message_limit as message_limit
 from ._protocol import BATCH as BATCH
 from ._protocol import DRAIN as DRAIN
 from ._protocol import GRAPH_BUILDS as GRAPH_BUILDS

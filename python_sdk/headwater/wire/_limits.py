@@ -45,6 +45,24 @@ def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
     return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
 
 
+def message_limit(announced: int) -> int:
+    """The largest message a peer accepts, from what it announced (``Hello`` or
+    ``Welcome.max_message_bytes``; 0 from a peer that says nothing: gRPC's default)."""
+    return announced if announced > 0 else GRPC_MESSAGE_LIMIT
+
+
+def message_ceiling(limit: int) -> int:
+    """The most a message Headwater builds for a peer that accepts ``limit`` bytes may
+    hold: ``MESSAGE_LIMIT`` at gRPC's default, the same headroom below a larger one."""
+    return max(limit - (GRPC_MESSAGE_LIMIT - MESSAGE_LIMIT), limit // 2)
+
+
+def message_budget(limit: int) -> int:
+    """Inline value bytes one message for a peer that accepts ``limit`` bytes may carry:
+    ``MESSAGE_BUDGET`` at gRPC's default, the same room left for the rest above it."""
+    return max(limit - (GRPC_MESSAGE_LIMIT - MESSAGE_BUDGET), limit // 2)
+
+
 # -------------------------------------------------------------- configurable limits
 
 
@@ -64,7 +82,9 @@ class LimitSpec:
 LIMIT_SPECS: tuple[LimitSpec, ...] = (
     LimitSpec(
         "max_message_bytes",
-        "largest gRPC message the server receives: a request, or one message of a stream",
+        "largest gRPC message the server receives (a request, or one message of a "
+        "stream) and sends to a worker; its workers must accept as much (headwater "
+        "worker --max-message-bytes)",
         "bytes",
     ),
     LimitSpec("max_payload_bytes", "largest payload one upload may declare", "bytes"),

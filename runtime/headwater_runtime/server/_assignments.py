@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from headwater.v1 import graph_pb2, worker_pb2
-from headwater.wire import duration, path_to_proto, task_run_id
+from headwater.wire import FailureInfo, Limits, duration, path_to_proto, task_run_id
 from headwater_runtime.tracing import inject
 
-from ._spill import spill_inputs
+from ._spill import ASSIGNMENT_BUDGET, spill_inputs
 from ._values import fill_input_value
 
 #: An attempt's fencing token, ``(task run id, attempt)``.
@@ -202,9 +202,11 @@ class ReadyAttempts:
             self.dispatch.submit_many(self.flow_run_id, self.by_type)
 
 
-def assignment_message(active: ActiveRun, command: RunTask, store: Store) -> worker_pb2.Assignment:
+def assignment_message(
+    active: ActiveRun, command: RunTask, store: Store, budget: int = ASSIGNMENT_BUDGET
+) -> worker_pb2.Assignment:
     """The Assignment message of an attempt of a live run (built when it is dispatched;
-    inline inputs that would not fit one message are spilled to ``store``)."""
+    inline inputs that would make it larger than ``budget`` are spilled to ``store``)."""
     run = command.run
     spec = run.spec
     flow_run_id = active.row.id
@@ -239,5 +241,26 @@ def assignment_message(active: ActiveRun, command: RunTask, store: Store) -> wor
     if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
         msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
         msg.cache.version = spec.cache.version
-    spill_inputs(msg, store)  # many inline inputs must not exceed 4 MiB
+    spill_inputs(msg, store, budget)  # many inline inputs must not exceed 4 MiB
     return msg
+
+
+#: The failure of an attempt whose inputs cannot be sent in one message.
+INPUTS_TOO_LARGE = "headwater.InputsTooLarge"
+
+
+def oversize_failure(pending: PendingAssignment, limits: Limits) -> FailureInfo | None:
+    """Why an assignment cannot be sent, when it is larger than the workers accept even
+    after its large inline inputs were spilled (many small ones, a reduce over a map
+    wider than the message limit was set for); None when it fits. Not retryable: the
+    same inputs make the same message."""
+    size = pending.assignment.ByteSize()
+    if size <= limits.max_message_bytes:
+        return None
+    task_run, attempt = pending.token
+    what = f"the inputs of task run {task_run} (attempt {attempt}) make a {size}-byte message"
+    return FailureInfo(
+        type=INPUTS_TOO_LARGE,
+        message=str(limits.exceeded("max_message_bytes", what)),
+        retryable=False,
+    )

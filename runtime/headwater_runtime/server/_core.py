@@ -63,7 +63,7 @@ from headwater_runtime.store import (
 )
 
 from ._access import CALLER, Caller
-from ._assignments import PendingAssignment, Token
+from ._assignments import PendingAssignment, Token, oversize_failure
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
 from ._creation import RunCreation
@@ -471,6 +471,7 @@ class ServerCore:
             protocol_version=PROTOCOL_VERSION,
             features=feature_names(),
             inline_payload_limit=self.settings.inline_payload_limit,
+            max_message_bytes=self.settings.limits.max_message_bytes,
             keep_running=[worker_pb2.FencingToken(task_run_id=t, attempt=a) for t, a in adopted],
         )
         welcome.heartbeat_interval.CopyFrom(duration(self.settings.heartbeat_interval))
@@ -662,6 +663,10 @@ class ServerCore:
         self.touch()
 
     def _before_send(self, session: WorkerSession, pending: PendingAssignment) -> bool:
+        oversize = oversize_failure(pending, self.settings.limits)
+        if oversize is not None:
+            self._fail_held(pending, oversize)
+            return False
         task_run_id, attempt = pending.token
         self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
         # Recorded with the next commit; until then it counts against the session's

@@ -11,7 +11,14 @@ from typing import Any
 import grpc
 
 from headwater.v1 import worker_pb2, worker_pb2_grpc
-from headwater.wire import BATCH, NOT_READY, PROTOCOL_VERSION, gather
+from headwater.wire import (
+    BATCH,
+    NOT_READY,
+    PROTOCOL_VERSION,
+    gather,
+    limit_variable,
+    message_limit,
+)
 
 from ._core import ServerCore
 
@@ -59,6 +66,15 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
         if not hello.worker_id or hello.slots < 1 or not hello.capabilities:
             await context.abort(
                 invalid, "Hello needs a worker_id, slots >= 1 and at least one capability"
+            )
+        sends = self.core.settings.limits.max_message_bytes
+        accepts = message_limit(hello.max_message_bytes)
+        if accepts < sends:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this server sends workers messages of up to {sends} bytes (its "
+                f"max_message_bytes) and the worker accepts {accepts}: start the worker "
+                f"with --max-message-bytes {sends} (or {limit_variable('max_message_bytes')})",
             )
         session, _, outbox = self.core.connect(hello)
         core = self.core

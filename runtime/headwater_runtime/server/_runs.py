@@ -35,6 +35,7 @@ from headwater.wire import (
     failure_to_dict,
     graph_from_proto,
     json_consumers,
+    message_budget,
     split_task_run_id,
     task_run_id,
 )
@@ -200,6 +201,8 @@ class RunManager(RunCacheLookups):
         self.dispatch = dispatch
         self.clock = clock
         self.limits = limits or Limits()
+        # Workers accept messages up to the server's limit (the gateway checks).
+        self._assignment_budget = message_budget(self.limits.max_message_bytes)
         self.collector = Collector()
         self.collector.last_large_run_ended.append(self._drop_large_graphs)
         self.runs: dict[str, ActiveRun] = {}
@@ -946,7 +949,9 @@ class RunManager(RunCacheLookups):
     def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
         spec = command.run.spec
         token = (task_run_id(active.row.id, command.run.key), command.attempt)
-        build = functools.partial(assignment_message, active, command, self.store)
+        build = functools.partial(
+            assignment_message, active, command, self.store, self._assignment_budget
+        )
         pending = PendingAssignment(
             active.row.id,
             spec.task_type,

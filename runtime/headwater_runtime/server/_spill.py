@@ -15,6 +15,8 @@ from headwater_runtime.store import Store
 
 #: Largest assignment sent as it is; above it, inline values move to the store.
 ASSIGNMENT_BUDGET = MESSAGE_BUDGET
+#: Inline values this small stay inline: a reference to a stored copy is no smaller.
+SPILL_MIN_BYTES = 256
 
 
 def _inline_values(value: payload_pb2.Value, out: list[payload_pb2.Value]) -> None:
@@ -48,22 +50,7 @@ def spill_inputs(
     values: list[payload_pb2.Value] = []
     for argument in assignment.inputs.values():
         _input_values(argument, values)
-    values.sort(key=lambda v: len(v.inline.data), reverse=True)
-    moved = 0
-    for value in values:
-        if size <= budget:
-            break
-        data = bytes(value.inline.data)
-        meta = store.put_payload(chunks(data), dict(value.inline.metadata), len(data))
-        before = value.ByteSize()
-        value.ref.CopyFrom(  # replaces the inline payload (one of the two)
-            payload_pb2.PayloadRef(
-                payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
-            )
-        )
-        size -= before - value.ByteSize()
-        moved += 1
-    return moved
+    return _spill(values, size, budget, store)
 
 
 def spill_value(value: payload_pb2.Value, store: Store, budget: int = ASSIGNMENT_BUDGET) -> int:
@@ -75,6 +62,16 @@ def spill_value(value: payload_pb2.Value, store: Store, budget: int = ASSIGNMENT
         return 0
     values: list[payload_pb2.Value] = []
     _inline_values(value, values)
+    return _spill(values, size, budget, store)
+
+
+def _spill(values: list[payload_pb2.Value], size: int, budget: int, store: Store) -> int:
+    """Replace the largest of ``values`` by references to stored copies until ``size``
+    is within ``budget``. Only values larger than a reference move: a million tiny
+    inputs (a reduce over a wide map) would each grow, and each cost a stored payload.
+    What is still over the budget then is sent as it is: the worker accepts up to the
+    server's max_message_bytes, which the budget stays under by its headroom."""
+    values = [v for v in values if len(v.inline.data) > SPILL_MIN_BYTES]
     values.sort(key=lambda v: len(v.inline.data), reverse=True)
     moved = 0
     for part in values:
@@ -83,7 +80,7 @@ def spill_value(value: payload_pb2.Value, store: Store, budget: int = ASSIGNMENT
         data = bytes(part.inline.data)
         meta = store.put_payload(chunks(data), dict(part.inline.metadata), len(data))
         before = part.ByteSize()
-        part.ref.CopyFrom(
+        part.ref.CopyFrom(  # replaces the inline payload (one of the two)
             payload_pb2.PayloadRef(
                 payload_id=meta.id, size_bytes=meta.size, metadata=meta.metadata, sha256=meta.sha256
             )
