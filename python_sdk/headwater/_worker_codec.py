@@ -99,10 +99,16 @@ class _Packer:
         self.limit = min(inline_limit if inline_limit > 0 else INLINE_PAYLOAD_LIMIT, budget)
         self.inline_total = 0
 
-    def value(self, encoded: EncodedValue) -> payload_pb2.Value:
-        size = len(encoded.data)
+    def inline(self, size: int) -> bool:
+        """Whether a value of ``size`` bytes travels inline (it then counts against the
+        budget)."""
         if size <= self.limit and self.inline_total + size <= self.budget:
             self.inline_total += size
+            return True
+        return False
+
+    def value(self, encoded: EncodedValue) -> payload_pb2.Value:
+        if self.inline(len(encoded.data)):
             return payload_pb2.Value(
                 inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
             )
@@ -144,8 +150,25 @@ def encode_result(
         _check_split_fits(sizes, len(encoded.data), packer, ceiling)
     result = packer.value(encoded)
     if elements is not None:
-        packed: dict[int, payload_pb2.Value] = {i: packer.value(encoded_items[i]) for i in order}
-        result.items.extend(packed[i] for i in range(len(encoded_items)))
+        # Which elements go by reference (uploaded smallest first), then every element
+        # built in place, in order: a million standalone Values copied into the result
+        # cost ~2 KB and ~10 µs each.
+        refs = {
+            i: transfer.upload(encoded_items[i])
+            for i in order
+            if not packer.inline(len(encoded_items[i].data))
+        }
+        add = result.items.add
+        for i, item in enumerate(encoded_items):
+            element = add()
+            ref = refs.get(i)
+            if ref is None:
+                payload = element.inline
+                payload.data = item.data
+                for key, text in item.metadata.items():
+                    payload.metadata[key] = text
+            else:
+                element.ref.CopyFrom(ref)
     if result.ByteSize() > ceiling:
         raise EncodingError(
             f"the result split into {len(elements or ())} elements does not fit in one "
