@@ -356,12 +356,12 @@ class _Raw:
         """Poll until the run is terminal; returns it."""
         deadline = time.monotonic() + timeout
         while True:
+            time.sleep(poll)  # not at once: a poll must not race the run it waits for
             run = self.get(run_id).flow_run
             if FlowRunState(run.state).is_terminal:
                 return run
             if time.monotonic() > deadline:
                 raise RuntimeError(f"flow run {run_id} not finished after {timeout:g} s")
-            time.sleep(poll)
 
     def close(self) -> None:
         self.channel.close()

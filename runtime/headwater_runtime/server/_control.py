@@ -44,9 +44,8 @@ from ._children import NotRunning
 from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
 from ._limits import InvalidValue, check_parameter
-from ._ops_core import flow_run_extras, run_facts
 from ._queries import NoResult, task_result
-from ._reads import AmbiguousRunId, RunReads
+from ._reads import AmbiguousRunId, RunReads, new_run_message
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -177,7 +176,8 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
                 dict(request.trace_context),
                 parent,
             )
-        message = await self._message(row)
+        fresh = created and not row.result  # nothing stored about it beyond its row yet
+        message = new_run_message(row) if fresh else await self.reads.message(row)
         return control_plane_pb2.CreateFlowRunResponse(flow_run=message, created=created)
 
     async def _check_parameters(
@@ -198,11 +198,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
 
     async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         # A large result is described, not carried (GetFlowRunResult returns it).
-        message = await self.reads.message(row)
-        # Run attempts (retries from failure) and the late mark: _ops_core.py.
-        attempts, late = await self.io.read(run_facts, self.store, row.id)
-        flow_run_extras(message, attempts, late)
-        return message
+        return await self.reads.message(row)
 
     async def GetFlowRun(
         self,
@@ -212,13 +208,12 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         """A flow run (by id or unique id prefix), with its task runs when asked: their
         failures, why they wait, and their results (large ones described)."""
         async with refusals(context):
-            row = await self.reads.flow_run(request.id)
-        response = control_plane_pb2.GetFlowRunResponse(flow_run=await self._message(row))
+            row, message, entries = await self.reads.view(request.id)
+        response = control_plane_pb2.GetFlowRunResponse(flow_run=message)
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         if request.include_task_runs:
             response.task_runs.extend(await self.reads.task_runs(row.id))
-        entries = await self.io.read(self.store.audit_entries, "flow_run", row.id, 1000)
         response.audit.extend(audit_message(e) for e in reversed(entries))
         return response
 
@@ -248,7 +243,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
             ),
         )
         response = control_plane_pb2.ListFlowRunsResponse(
-            flow_runs=[await self._message(r) for r in rows[:size]]
+            flow_runs=await self.reads.messages(rows[:size])
         )
         if len(rows) > size:
             response.next_page_token = rows[size - 1].id

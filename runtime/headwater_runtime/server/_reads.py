@@ -24,11 +24,19 @@ from headwater.wire import (
     task_run_id,
     timestamp,
 )
-from headwater_runtime.store import FlowRunRow, LogRow, NotFound
+from headwater_runtime.store import (
+    AuditRow,
+    FlowRunRow,
+    LateRow,
+    LogRow,
+    NotFound,
+    RunAttemptRow,
+)
 
 from ._convert import flow_run_message, task_run_from_row
 from ._core import ServerCore
 from ._notices import drain
+from ._ops_core import flow_run_extras, run_facts
 from ._queries import flow_result
 from ._spill import spill_value
 
@@ -80,6 +88,25 @@ def log_entry(log: LogRow) -> run_pb2.LogEntry:
     return entry
 
 
+#: Audit entries GetFlowRun shows with a run (the latest).
+AUDIT_SHOWN = 1000
+
+_Parts = tuple[payload_pb2.Value | None, list[RunAttemptRow], LateRow | None]
+
+
+def _assemble(row: FlowRunRow, parts: _Parts) -> run_pb2.FlowRun:
+    result, attempts, late = parts
+    message = flow_run_message(row, result)
+    flow_run_extras(message, attempts, late)  # run attempts, the late mark: _ops_core.py
+    return message
+
+
+def new_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
+    """The FlowRun of a run this call has just created: no result, its first run
+    attempt, not late; nothing to read."""
+    return _assemble(row, (None, [], None))
+
+
 class RunReads:
     """Queries of runs, task runs, results and logs over a ServerCore.
 
@@ -117,10 +144,33 @@ class RunReads:
         """A run's row by id or unique id prefix (NotFound, AmbiguousRunId)."""
         return await self.io.read(self._resolve, run_id)
 
+    def _parts(self, row: FlowRunRow) -> _Parts:
+        """What a run's FlowRun needs besides its row (reader thread): its result, run
+        attempts and late mark."""
+        result = flow_result(self.store, row) if row.result else None
+        return (result, *run_facts(self.store, row.id))
+
     async def message(self, row: FlowRunRow) -> run_pb2.FlowRun:
-        """A run as the contract's FlowRun (a large result described, not carried)."""
-        result = await self.io.read(flow_result, self.store, row) if row.result else None
-        return flow_run_message(row, result)
+        """A run as the contract's FlowRun (a large result described, not carried;
+        its run attempts and late mark), read in one reader-thread call."""
+        return _assemble(row, await self.io.read(self._parts, row))
+
+    async def messages(self, rows: list[FlowRunRow]) -> list[run_pb2.FlowRun]:
+        """``message`` of several runs (a page of ListFlowRuns), in one reader call."""
+        parts = await self.io.read(lambda: [self._parts(row) for row in rows])
+        return [_assemble(row, part) for row, part in zip(rows, parts, strict=True)]
+
+    async def view(self, run_id: str) -> tuple[FlowRunRow, run_pb2.FlowRun, list[AuditRow]]:
+        """A run by id or unique id prefix, its FlowRun and its latest audit entries
+        (newest first), in one reader-thread call: a client polling GetFlowRun costs
+        one thread hand-off per poll, not four."""
+
+        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow]]:
+            row = self._resolve(run_id)
+            return row, self._parts(row), self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
+
+        row, parts, entries = await self.io.read(read)
+        return row, _assemble(row, parts), entries
 
     def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
         """A run's task runs with their history (failures included) and results
