@@ -44,7 +44,7 @@ import grpc
 from headwater import Client
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, run_pb2
-from headwater.wire import FlowRunState, TaskRunState, seconds
+from headwater.wire import FlowRunState, TaskRunState, decode_value, seconds
 
 from ._dags import FanOut
 
@@ -486,7 +486,7 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
                 ended = raw.wait_end(run_id, 0.002)
                 if ended.state != FlowRunState.SUCCESS.value:
                     raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
-                started = float(client.decode(ended.result))
+                started = float(decode_value(ended.result))
                 (task_run,) = raw.get(run_id, task_runs=True).task_runs
                 history = {h.state: _seconds(h.timestamp) for h in task_run.history}
                 if i < WARMUP_LATENCY_RUNS:
@@ -607,7 +607,7 @@ def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
             if ended.state != FlowRunState.SUCCESS.value:
                 raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
             wall = _seconds(ended.ended_at) - t0
-            check = int(client.decode(ended.result))
+            check = int(decode_value(ended.result))
             if check != n * (n - 1) // 2:
                 raise RuntimeError(f"the run's result is {check}, not the sum of range({n})")
             peaks = cluster.peaks()

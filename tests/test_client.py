@@ -102,9 +102,9 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
 def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None:
     big = "x" * (3 << 20)
     with Client(server.address, token="tok") as client:
-        value = client.encode(big)
+        value = client._encode(big)
         assert value.WhichOneof("kind") == "ref"
-        assert client.decode(value) == big
+        assert client._decode(value) == big
         run = client.run(greet, {"text": big})
         assert run.state is FlowRunState.RUNNING
 

@@ -140,3 +140,28 @@ def test_importing_headwater_does_not_import_dask() -> None:
         "headwater.DaskExecutor; assert 'distributed' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_no_public_method_takes_or_returns_generated_protobuf_types() -> None:
+    """Users pass and get Python values and the SDK's dataclasses: no public method or
+    property of a public class names a ``_pb2`` type in its signature, except
+    ``Flow.compile``, whose point is the wire form (the FlowGraph, to inspect or send;
+    ``Flow.graph`` is the same graph as a dataclass)."""
+    wire_on_purpose = {"Flow.compile"}
+    offenders = []
+    for name in headwater.__all__:
+        obj = getattr(headwater, name)
+        if not inspect.isclass(obj):
+            continue
+        for attr, member in vars(obj).items():
+            if attr.startswith("_"):
+                continue
+            function = member.fget if isinstance(member, property) else member
+            annotations = getattr(function, "__annotations__", None)
+            if not isinstance(annotations, dict):
+                continue
+            if any("_pb2" in str(hint) for hint in annotations.values()):
+                offenders.append(f"{name}.{attr}")
+    assert wire_on_purpose <= set(offenders), "the test no longer sees annotations"
+    offenders = [o for o in offenders if o not in wire_on_purpose]
+    assert offenders == []

@@ -176,7 +176,7 @@ class RemoteFlowRun:
             self._result = self._client._flow_result(self.id)
         if self._result is None:
             return None
-        return self._client.decode(self._result)
+        return self._client._decode(self._result)
 
     @property
     def duration(self) -> float | None:
@@ -369,7 +369,7 @@ class Client(OperationsClient):
         return compile_graph(flow, given, values, self._encoder, self._pinner())
 
     def _encoder(self, value: Any, portable: bool) -> payload_pb2.Value:
-        return self.encode(value, portable=portable)
+        return self._encode(value, portable=portable)
 
     def _pinner(self) -> Callable[[Flow[..., Any]], str]:
         """Registers the graphs of the subflows a flow calls (once each, recursively)
@@ -437,7 +437,7 @@ class Client(OperationsClient):
         """(name, version, encoded parameters) for a run or a schedule: a Flow object's
         graph for these parameters is registered unless a version is given."""
         if isinstance(flow, str):
-            return flow, version, {k: self.encode(v) for k, v in (params or {}).items()}
+            return flow, version, {k: self._encode(v) for k, v in (params or {}).items()}
         msg, values = self._compile(flow, params, complete=True)
         return flow.name, version or self._register(msg), values
 
@@ -590,7 +590,7 @@ class Client(OperationsClient):
             cp.GetTaskRunResultRequest(flow_run_id=run_id, task_id=task_id, map_index=map_index),
             f"get the result of {task_id!r}",
         )
-        return self.decode(response.result)
+        return self._decode(response.result)
 
     def logs(self, run_id: str, task_run_id: str = "", *, task_id: str = "") -> list[LogEntry]:
         """The log records task runs of a flow run wrote (one task run's, if given as
@@ -667,7 +667,7 @@ class Client(OperationsClient):
             cp.CreateScheduleRequest(schedule=msg),
             f"create a schedule for flow {name!r}",
         )
-        return schedule_info(response.schedule, self.decode)
+        return schedule_info(response.schedule, self._decode)
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
         """Every schedule on the server (only those of ``flow_name`` if given)."""
@@ -676,7 +676,7 @@ class Client(OperationsClient):
             cp.ListSchedulesRequest(flow_name=flow_name),
             "list schedules",
         )
-        return [schedule_info(s, self.decode) for s in response.schedules]
+        return [schedule_info(s, self._decode) for s in response.schedules]
 
     def delete_schedule(self, schedule_id: str) -> None:
         """Remove a schedule; the runs it already created are kept."""
@@ -693,7 +693,7 @@ class Client(OperationsClient):
             cp.PauseScheduleRequest(id=schedule_id),
             f"pause schedule {schedule_id!r}",
         )
-        return schedule_info(response.schedule, self.decode)
+        return schedule_info(response.schedule, self._decode)
 
     def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
         """Resume a paused schedule from its next fire time after now (the times missed
@@ -703,11 +703,12 @@ class Client(OperationsClient):
             cp.ResumeScheduleRequest(id=schedule_id),
             f"resume schedule {schedule_id!r}",
         )
-        return schedule_info(response.schedule, self.decode)
+        return schedule_info(response.schedule, self._decode)
 
     # ----------------------------------------------------------------- values
+    # Internal: users pass and get Python values; Value messages stay inside the SDK.
 
-    def encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
+    def _encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
         """A Value for a parameter: inline when small, uploaded in chunks when large;
         tagged json (or EncodingError) when ``portable``."""
         encoded = encode(value, portable=portable)
@@ -719,7 +720,7 @@ class Client(OperationsClient):
         except PayloadTransferError as exc:
             raise ServerError(f"{exc} (server {self._addresses.current})") from None
 
-    def fetch(self, ref: payload_pb2.PayloadRef) -> bytes:
+    def _fetch(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload, downloaded in chunks and checked."""
         deadline = time.monotonic() + self.timeout
         try:
@@ -727,9 +728,9 @@ class Client(OperationsClient):
         except PayloadTransferError as exc:
             raise ServerError(f"{exc} (server {self._addresses.current})") from None
 
-    def decode(self, value: payload_pb2.Value) -> Any:
+    def _decode(self, value: payload_pb2.Value) -> Any:
         """The Python value of a Value message (large values are downloaded)."""
-        return decode_value(value, self.fetch)
+        return decode_value(value, self._fetch)
 
     def _remote(self, msg: run_pb2.FlowRun) -> RemoteFlowRun:
         summary = msg.result_summary if msg.HasField("result_summary") else None
