@@ -116,6 +116,29 @@ def test_results_stay_in_the_cluster_and_feed_the_next_task_as_futures(
     assert "does not hold" in unknown.error.message
 
 
+def test_a_split_too_wide_for_one_message_fails_before_a_task_per_element(
+    bridge_for: Callable[..., Bridge],
+) -> None:
+    """Each element of a split result travels as a reference in the one result
+    message: a result whose elements cannot fit under the server's limit (from its
+    Welcome) fails at once, naming the limit, with no selection task submitted per
+    element."""
+
+    @task
+    def rows(n: int) -> list[int]:
+        return list(range(n))
+
+    bridge = bridge_for(rows)
+    bridge.attempts.max_message_bytes = 1 << 20  # from a server's Welcome
+    bridge.attempts.assign(
+        assignment(rows.task_type, "r/wide", {"n": inline(10_000)}, split_result=True)
+    )
+    failure = bridge.outcome("r/wide").failure.failure
+    assert (failure.type, failure.retryable) == ("headwater.EncodingError", False)
+    assert "its 10,000 elements do not fit in one message (960 KiB" in failure.message
+    assert len(bridge.attempts.values) == 0, "no element was selected in the cluster"
+
+
 def test_skips_and_failures_are_reported_like_a_plain_worker(
     bridge_for: Callable[..., Bridge],
 ) -> None:

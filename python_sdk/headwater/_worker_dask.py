@@ -25,8 +25,10 @@ from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import (
     DASK_LOCATION,
     LENGTH_KEY,
+    EncodingError,
     decode_value,
     failure_to_proto,
+    message_ceiling,
     seconds,
 )
 from headwater_runtime.execution import failure_from_exception, make_caller
@@ -34,7 +36,7 @@ from headwater_runtime.execution import failure_from_exception, make_caller
 from ._task import Task
 from ._worker import Worker
 from ._worker_attempts import Attempts, Send, Token, _Attempt, failure_report
-from ._worker_codec import encode_result, failure
+from ._worker_codec import REF_ITEM_BYTES, encode_result, failure
 
 log = logging.getLogger("headwater.worker")
 
@@ -172,7 +174,8 @@ class DaskAttempts(Attempts):
         try:
             value = self._ref(future, split=assignment.split_result)
         except Exception as exc:
-            why = f"cannot split the result of {task.name!r} into elements: {exc!r}"
+            detail = str(exc) if isinstance(exc, EncodingError) else repr(exc)
+            why = f"cannot split the result of {task.name!r} into elements: {detail}"
             return failure_report(token, failure("headwater.EncodingError", why, retryable=False))
         result = worker_pb2.TaskResult(token=assignment.token, result=value)
         return worker_pb2.ConnectRequest(result=result)
@@ -186,6 +189,15 @@ class DaskAttempts(Attempts):
         if split:
             n = self.client.submit(length_of, future, (), pure=False).result()
             if n is not None:
+                # Each element travels as a reference in the one result message: refuse
+                # what cannot fit before submitting a selection task per element.
+                ceiling = message_ceiling(self.max_message_bytes)
+                if n * REF_ITEM_BYTES > ceiling:
+                    raise EncodingError(
+                        f"its {n:,} elements do not fit in one message ({ceiling // 1024:,} "
+                        "KiB under the server's max_message_bytes) even as references: "
+                        "map over fewer, larger elements (chunks of the list)"
+                    )
                 metadata[LENGTH_KEY] = str(n)
                 for i in range(n):
                     part = self.client.submit(select, future, (i,), pure=False)
