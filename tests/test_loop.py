@@ -292,3 +292,56 @@ def test_a_download_streams_one_stored_chunk_at_a_time(tmp_path: Path) -> None:
             store.close()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_result_with_many_elements_is_applied_off_the_loop_and_acked_once_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mapped-over result of 12,000 elements makes 12,000 child task runs: that is
+    done on a reader thread with the run set aside (it once stopped every other call
+    for seconds), the run counts as large from then on (retired off the loop when it
+    ends), and the worker's Ack comes only once the children are stored."""
+    from test_limits import _report_hostile_results
+    from test_run_manager import value_of
+    from test_server_protocol import proto_pipeline
+
+    from headwater_runtime.server._runs import RunManager
+
+    applied_on: list[threading.Thread] = []
+    real = RunManager.handle_aside
+
+    def handle_aside(self: RunManager, *args: Any) -> Any:
+        applied_on.append(threading.current_thread())
+        return real(self, *args)
+
+    monkeypatch.setattr(RunManager, "handle_aside", handle_aside)
+    width = 12_000
+
+    async def main() -> None:
+        settings = ServerSettings(port=0, db=str(tmp_path / "hw.db"))
+        running = await start_server(settings)
+        loop_thread = threading.current_thread()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+                await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline")
+                )
+                run_id = created.flow_run.id
+                (ack,) = await _report_hostile_results(
+                    channel, [value_of(list(range(width)), split=True)]
+                )
+                assert ack.accepted, ack.reason
+                # The Ack follows the commit: the children are stored, ready.
+                rows = running.store.task_runs(run_id)
+                children = [r for r in rows if r.key.startswith("scale[")]
+                assert len(children) == width
+                assert {r.state for r in children} == {TaskRunState.SCHEDULED.value}
+                assert running.core.runs.runs[run_id].large
+        finally:
+            await running.stop(None)
+        assert len(applied_on) == 1 and applied_on[0] is not loop_thread
+        assert applied_on[0].name.startswith("headwater-store-reader")
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -407,6 +407,48 @@ def test_a_large_run_is_cancelled_aside_and_calls_for_it_wait_until_it_rejoins(
     assert manager.handle(row.id, late)[0].reason.endswith("the flow run ended CANCELLED")
 
 
+def test_a_wide_result_is_applied_aside_and_outcomes_that_come_meanwhile_wait(
+    store: Store,
+) -> None:
+    """A result with many elements is applied on a reader thread (set_aside with
+    expanding, handle_aside, rejoin): the run becomes large; an outcome of another
+    attempt that comes meanwhile is not refused (nothing is being cancelled) but waits,
+    and is applied once the run rejoins; the children are written with the rejoin."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(4)})
+    manager.flush()
+    assert len(dispatch.submitted) == 1  # numbers
+    dispatch.submitted.clear()
+    active = manager.set_aside(row.id, expanding=True)
+    assert active is not None and active.large, "a small graph, large once it expands"
+    assert manager.set_aside(row.id, expanding=True) is None  # aside already
+    result = TaskSucceeded("numbers", 1, value_of([0, 1, 2, 3], split=True))
+    ignored: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: ignored.extend(manager.handle_aside(active, result, 4))
+    )
+    thread.start()
+    thread.join(30)
+    assert ignored == []
+    # A second report of the same attempt meanwhile: it waits (and is then stale).
+    assert manager.handle(row.id, TaskSucceeded("numbers", 1, value_of([9], split=True))) == []
+    manager.flush()
+    assert dispatch.submitted == [], "nothing of it leaves before it rejoins"
+    assert not [r for r in store.task_runs(row.id) if r.key.startswith("scale[")]
+    manager.rejoin(active)
+    manager.flush()
+    assert sorted(p.token[0].split("/")[1] for p in dispatch.submitted) == [
+        f"scale[{i}]" for i in range(4)
+    ]
+    children = [r for r in store.task_runs(row.id) if r.key.startswith("scale[")]
+    assert len(children) == 4
+    drain(manager, dispatch)
+    assert store.get_flow_run(row.id).state == FlowRunState.SUCCESS.value
+    assert decode_value(flow_result(store, store.get_flow_run(row.id)))["total"] == 60
+
+
 def test_when_the_last_large_run_ends_its_large_graph_leaves_the_cache(store: Store) -> None:
     """Once no large run is live, large graphs leave the cache on the releasing thread
     (everything frozen then goes back to the collector, which would otherwise scan a

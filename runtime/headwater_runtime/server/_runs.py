@@ -227,6 +227,7 @@ class RunManager(RunCacheLookups):
         # Runs being cancelled on a reader thread (cancel_aside), with the calls for
         # them that came meanwhile, in order: carried out once they rejoin.
         self._aside: dict[str, list[Callable[[], object]]] = {}
+        self._cancelling: set[str] = set()  # of those, the runs being cancelled
 
     # ------------------------------------------------------------------- flows
 
@@ -488,7 +489,8 @@ class RunManager(RunCacheLookups):
             return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         later = self._aside.get(flow_run_id)
         if later is not None:
-            if isinstance(event, _OUTCOMES):  # the cancel under way ends every attempt
+            # The cancel under way ends every attempt; another outcome waits its turn.
+            if flow_run_id in self._cancelling and isinstance(event, _OUTCOMES):
                 why = f"stale attempt {event.attempt} of task run {event.key!r}"
                 return [EventIgnored(event, f"{why}: the flow run is being cancelled")]
             later.append(functools.partial(self.handle, flow_run_id, event))
@@ -530,24 +532,38 @@ class RunManager(RunCacheLookups):
         """Ask a run to stop (its running attempts are cancelled)."""
         self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))
 
-    def set_aside(self, flow_run_id: str) -> ActiveRun | None:
-        """Take a large live run aside, to be cancelled off the loop (``cancel_aside``
-        on a reader thread, then ``rejoin`` on the loop): cancelling 100,000 queued
-        attempts takes seconds. Until it rejoins, its writes go to a sink of its own,
-        calls for it wait, and attempt outcomes are refused as stale (``handle``).
-        None (cancel it on the loop) for a small run, one not live, or one aside
-        already."""
+    def set_aside(self, flow_run_id: str, *, expanding: bool = False) -> ActiveRun | None:
+        """Take a live run aside, to be worked on off the loop (``cancel_aside`` or
+        ``handle_aside`` on a reader thread, then ``rejoin`` on the loop): cancelling
+        100,000 queued attempts, or making 100,000 mapped children of one result,
+        takes seconds. Until it rejoins, its writes go to a sink of its own and calls
+        for it wait; while it is cancelled, attempt outcomes are refused as stale
+        (``handle``). ``expanding``: for a result with that many elements (the run is
+        large from then on, whatever its graph's size). None (do it on the loop) for a
+        small run, one not live, or one aside already."""
         active = self.runs.get(flow_run_id)
         if (
             active is None
-            or not active.large
+            or not (active.large or expanding)
             or active.sink is not None
             or flow_run_id in self._aside
         ):
             return None
+        if not active.large:  # retired off the loop when it ends, like any large run
+            active.large = True
+            self.collector.large_run_started()
         self._aside[flow_run_id] = []
+        if not expanding:
+            self._cancelling.add(flow_run_id)
         active.sink = Sink()
         return active
+
+    def handle_aside(self, active: ActiveRun, event: Event, width: int) -> list[EventIgnored]:
+        """Apply an event to a run set aside (``set_aside(expanding=True)``): on a
+        reader thread. ``width``: about how many task runs it makes (no full collection
+        meanwhile, and what it builds frozen, as for a large run's build: _gc.py)."""
+        with self.collector.building(width):
+            return self._process(active, active.journal.handle(event))
 
     def cancel_aside(self, active: ActiveRun, reason: str) -> None:
         """Cancel a run set aside (``set_aside``): on a reader thread."""
@@ -564,6 +580,7 @@ class RunManager(RunCacheLookups):
         sink, active.sink = active.sink, None
         assert sink is not None, "rejoin() takes a run set aside once"
         run_id = active.row.id
+        self._cancelling.discard(run_id)
         ended, sink.ended = sink.ended, {}
         batch, effects = sink.take()
         self._sink.batch.absorb(batch)
