@@ -345,3 +345,57 @@ def test_a_result_with_many_elements_is_applied_off_the_loop_and_acked_once_stor
         assert applied_on[0].name.startswith("headwater-store-reader")
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_reduce_over_a_wide_map_is_built_off_the_loop_and_the_run_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a real worker: a result wide enough (here the threshold is lowered to 3)
+    is applied aside, and the reduce over its mapped children gets its Assignment
+    built on a reader thread (with its Dask-held inputs looked for there), then
+    submitted; the run ends with the right result."""
+    from test_server_protocol import proto_pipeline
+
+    from headwater._worker import Worker
+    from headwater.wire import FlowRunState, decode_value
+    from headwater_runtime.server import _exports, _wide
+
+    built_on: list[tuple[str, threading.Thread]] = []
+    real = _exports.prebuild
+
+    def prebuild(pending: PendingAssignment) -> None:
+        built_on.append((pending.task_type, threading.current_thread()))
+        real(pending)
+
+    monkeypatch.setattr(_wide, "prebuild", prebuild)
+
+    async def main() -> None:
+        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
+        running.core.runs.collector.large = 3
+        loop_thread = threading.current_thread()
+        worker = Worker(f"127.0.0.1:{running.port}", ["test_run_manager"], slots=2)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+                await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name="proto_pipeline")
+                )
+                request = cp.GetFlowRunRequest(id=created.flow_run.id)
+                while True:
+                    got = (await client.GetFlowRun(request)).flow_run
+                    if got.state in (FlowRunState.SUCCESS.value, FlowRunState.FAILED.value):
+                        break
+                    await asyncio.sleep(0.05)
+                assert got.state == FlowRunState.SUCCESS.value, got.message
+                assert decode_value(got.result) == {"scaled": [0, 10, 20], "total": 30}
+        finally:
+            worker.stop()
+            await asyncio.to_thread(thread.join, 30)
+            await running.stop(None)
+        assert [t for t, _ in built_on] == ["test_run_manager.total"]
+        assert built_on[0][1] is not loop_thread
+
+    asyncio.run(asyncio.wait_for(main(), 120))

@@ -13,14 +13,14 @@ import operator
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from headwater.v1 import graph_pb2, worker_pb2
 from headwater.wire import FailureInfo, Limits, duration, path_to_proto, task_run_id
 from headwater_runtime.tracing import inject
 
 from ._spill import ASSIGNMENT_BUDGET, spill_inputs
-from ._values import fill_input_value
+from ._values import Composite, fill_input_value
 
 #: An attempt's fencing token, ``(task run id, attempt)``.
 Token = tuple[str, int]
@@ -53,6 +53,7 @@ class PendingAssignment:
         "_build",
         "_message",
         "code_digest",
+        "dask_values",
         "flow_run_id",
         "labels",
         "start_by",
@@ -85,6 +86,9 @@ class PendingAssignment:
             self._message, self._build = None, assignment
         assert token is not None, "a lazily built assignment needs its token"
         self.token: tuple[str, int] = token
+        #: Its inputs' Values that hold Dask refs, when found ahead of time (``prebuild``;
+        #: None: not looked for yet).
+        self.dask_values: list[Any] | None = None
         #: When the attempt fails if no worker has taken it (schedule_to_start_timeout).
         self.start_by: float | None = None
         self.start_timeout: float = 0.0
@@ -264,3 +268,17 @@ def oversize_failure(pending: PendingAssignment, limits: Limits) -> FailureInfo 
         message=str(limits.exceeded("max_message_bytes", what)),
         retryable=False,
     )
+
+
+def input_width(inputs: Mapping[str, Any]) -> int:
+    """About how many values an attempt's inputs hold (the length of each list or dict
+    argument, 1 for any other): a reduce over a 100,000-element map has 100,000."""
+    width = 0
+    for value in inputs.values():
+        if type(value) is Composite:
+            width += len(value.items)
+        elif isinstance(value, list | tuple | dict):
+            width += len(value)
+        else:
+            width += 1
+    return width

@@ -76,6 +76,7 @@ from ._runs import RunManager
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
 from ._waiting import start_timeout_failure, waiting_reasons
+from ._wide import WideWork
 
 log = logging.getLogger("headwater.server")
 
@@ -192,6 +193,8 @@ class ServerCore:
         self.schedules = Scheduler(store, self.runs, self.clock)
         self.creation = RunCreation(self, settings.build_timeout)
         self.runs.start_subflow = self.creation.start_subflow
+        self.wide = WideWork(self.runs, self.dispatcher, self.io, self._ack, self.touch)
+        self.runs.submit_wide = self.wide.submit
         self.schedules.build = self.creation.build_fire
         self._serial = 0  # connection order of worker sessions
         # Live views (the HTTP UI): what each commit changed, workers coming and going.
@@ -560,7 +563,7 @@ class ServerCore:
             event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
             self.exports.record(session, msg.result.result)
             width = len(msg.result.result.items)
-            if width >= self.runs.collector.large and self._expand_aside(
+            if width >= self.runs.collector.large and self.wide.expand(
                 session, token, flow_run_id, event, width
             ):
                 return
@@ -574,41 +577,6 @@ class ServerCore:
             self.dispatcher.finished(key)
             self._ack(session, token, ignored, refused)
         self.touch()
-
-    def _expand_aside(
-        self,
-        session: WorkerSession,
-        token: worker_pb2.FencingToken,
-        flow_run_id: str,
-        event: TaskSucceeded,
-        width: int,
-    ) -> bool:
-        """A result with many elements (a map over it makes as many child task runs)
-        is applied on a reader thread, the run set aside meanwhile: making 100,000
-        children on the event loop stopped every other call for ~2.5 s. The worker's
-        slot is freed now; its Ack goes out with the commit that stores the result
-        once the run has rejoined. False when the run cannot be set aside."""
-        active = self.runs.set_aside(flow_run_id, expanding=True)
-        if active is None:
-            return False
-        self.dispatcher.finished((token.task_run_id, token.attempt))
-        job = asyncio.ensure_future(self.io.read(self.runs.handle_aside, active, event, width))
-
-        def rejoin(done: asyncio.Future[list[EventIgnored]]) -> None:
-            self.runs.rejoin(active)
-            if done.cancelled() or done.exception() is not None:
-                # A bug: the result was not applied. Unacknowledged, the worker sends it
-                # again when it reconnects.
-                log.error(
-                    "applying the result of %s failed", token.task_run_id, exc_info=done.exception()
-                )
-            else:
-                self._ack(session, token, done.result(), None)
-            self.touch()
-
-        job.add_done_callback(rejoin)  # even if the server stops meanwhile
-        self.touch()
-        return True
 
     def _check_result(
         self, token: worker_pb2.FencingToken, result: worker_pb2.TaskResult

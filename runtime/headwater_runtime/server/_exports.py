@@ -108,8 +108,12 @@ class DaskExports:
 
     def record(self, session: WorkerSession, result: payload_pb2.Value) -> None:
         """A worker reported a result: remember which Dask refs in it it holds."""
-        if not result.items and result.WhichOneof("kind") != "ref":
-            return  # the common case, an inline value: nothing to look into
+        if result.WhichOneof("kind") != "ref" or result.ref.location != DASK_LOCATION:
+            # Only a Dask bridge holds Dask values, and what it reports is itself a
+            # held ref: nothing to look into (a 100,000-element inline result took
+            # ~70 ms of the event loop to walk). A Dask ref inside anything else has
+            # no holder, and an attempt that needs it fails as unavailable.
+            return
         for ref in _refs_in_value(result):
             self.owners[ref.payload_id] = session.worker_id
             self._live.setdefault(session.worker_id, session)
@@ -117,7 +121,9 @@ class DaskExports:
     def prepare(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         """Before ``pending`` goes to ``session``: True to send it now; False when it is
         held until its inputs are exported (or was failed: an input is lost)."""
-        values = _dask_values(pending.assignment)
+        values = pending.dask_values
+        if values is None:
+            values = _dask_values(pending.assignment)
         if not values:
             return True  # the common case: no input is held in a Dask cluster
         lost = self._lost_input(values)
@@ -255,3 +261,10 @@ def _unavailable(why: str) -> FailureInfo:
         "(re-running the task that produced it is not implemented)",
         retryable=False,
     )
+
+
+def prebuild(pending: PendingAssignment) -> None:
+    """Build an attempt's Assignment and find the inputs that hold Dask refs now (on a
+    reader thread): for a reduce over a wide map both walk every input, ~0.4 s on the
+    event loop at 100,000."""
+    pending.dask_values = _dask_values(pending.assignment)

@@ -78,7 +78,13 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
-from ._assignments import Dispatch, PendingAssignment, ReadyAttempts, assignment_message
+from ._assignments import (
+    Dispatch,
+    PendingAssignment,
+    ReadyAttempts,
+    assignment_message,
+    input_width,
+)
 from ._children import (
     ChildRuns,
     NotRunning,
@@ -221,6 +227,10 @@ class RunManager(RunCacheLookups):
         #: Starts the child flow run of a dispatched subflow node (the server core sets
         #: it; called after the commit, like an assignment is sent).
         self.start_subflow: Callable[[SubflowStart], None] | None = None
+        #: Submits an attempt with wide inputs once its Assignment is built off the
+        #: loop (the server core sets it; called after the commit). Unset: submitted as
+        #: any other, its Assignment built when sent.
+        self.submit_wide: Callable[[PendingAssignment], None] | None = None
         #: Called with how many task runs ended in each terminal state where the
         #: per-task ``listeners`` were not told (a run started or cancelled off the loop).
         self.ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]] = []
@@ -890,10 +900,18 @@ class RunManager(RunCacheLookups):
                     start = subflow_start(active.row, command, active.trace)
                     sink.effects.append(functools.partial(self.start_subflow, start))
                     continue
+                pending = self._assignment(active, command)
+                wide = self.submit_wide is not None and (
+                    input_width(command.inputs) >= self.collector.large
+                )
+                if wide:  # a reduce over a wide map: its own effect, in order
+                    assert self.submit_wide is not None
+                    ready = cancels = None
+                    sink.effects.append(functools.partial(self.submit_wide, pending))
+                    continue
                 if ready is None:
                     ready, cancels = {}, None
                     sink.effects.append(ReadyAttempts(self.dispatch, run_id, ready))
-                pending = self._assignment(active, command)
                 ready.setdefault(pending.task_type, []).append(pending)
             elif isinstance(command, CancelTask):
                 if cancels is None:
@@ -943,6 +961,14 @@ class RunManager(RunCacheLookups):
         result = result_value(engine) if state is FlowRunState.SUCCESS else None
         event = subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message)
         self._process(parent, parent.journal.handle(event))
+
+    def due(self, pending: PendingAssignment) -> bool:
+        """Whether the attempt is still to be run (not cancelled, lost or replaced
+        since it was made ready)."""
+        flow_run_id, key = split_task_run_id(pending.token[0])
+        active = self.runs.get(flow_run_id)
+        run = active.engine.runs.get(key) if active is not None else None
+        return run is not None and run.attempt == pending.token[1] and run.dispatched
 
     def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
         """An attempt was handed to this worker: recorded durably with the next commit
