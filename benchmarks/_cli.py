@@ -336,6 +336,12 @@ def _server_notes(row: Row, system: str = "server") -> list[str]:
             f"({cpu['server'] / row.tasks * 1e6:.0f} µs of server CPU per task)"
         )
     bits.append(f"peak RSS MB: {peaks}; {d['attempts']:,} attempts")
+    pings = d.get("pings_ms")
+    if pings and pings["n"]:
+        bits.append(
+            f"another client's GetServerInfo every 10 ms meanwhile: median {pings['p50']:.1f} "
+            f"ms, p99 {pings['p99']:.1f} ms, worst {pings['max']:.0f} ms"
+        )
     embedded, raw = row.get("headwater"), row.get("dask-raw")
     if embedded and embedded.wall and server.wall:
         bits.append(

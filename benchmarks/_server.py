@@ -562,6 +562,42 @@ def profile_fanout(n: int, top: int) -> int:
     return 0 if state == "SUCCESS" else 1
 
 
+class _Pinger:
+    """Another client's GetServerInfo round trips, every 10 ms on a thread of its own:
+    how long the server keeps everyone else waiting while it runs a wide map."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = control_plane_pb2_grpc.ControlPlaneServiceStub(self.channel)
+        self.rtts: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            t = time.perf_counter()
+            self.stub.GetServerInfo(cp.GetServerInfoRequest(), timeout=600)
+            self.rtts.append((time.perf_counter() - t) * 1e3)
+
+    def stop(self) -> dict[str, float]:
+        """Stop; the round trips' median, p99 and max (ms)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            if self._thread.is_alive():
+                self._thread.join(600)
+            self.channel.close()
+        rtts = sorted(self.rtts) or [0.0]
+        return {
+            "n": len(self.rtts),
+            "p50": rtts[len(rtts) // 2],
+            "p99": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))],
+            "max": rtts[-1],
+        }
+
+
 #: The widest map that runs at the default message limit (4 MiB); wider ones raise it.
 MAP_AT_DEFAULT_MESSAGE = 100_000
 
@@ -593,16 +629,19 @@ def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
         cluster.client() as client,
     ):
         raw = _Raw(cluster.address)
+        pinger = _Pinger(cluster.address)
         try:
             start = time.perf_counter()
             version = client.deploy(map_flow)
             setup = time.perf_counter() - start
             cpu_before = cluster.cpu()
+            pinger.start()
             t0 = time.time()
             run_id = client.run(map_flow.name, {"n": n}, version=version).id
             returned = time.time() - t0
             ended = raw.wait_end(run_id, 0.5, timeout=spec.get("timeout_s") or 1200)
             seen = time.time() - t0
+            pings = pinger.stop()
             cpu = _deltas(cluster.cpu(), cpu_before)
             if ended.state != FlowRunState.SUCCESS.value:
                 raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
@@ -612,10 +651,12 @@ def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
                 raise RuntimeError(f"the run's result is {check}, not the sum of range({n})")
             peaks = cluster.peaks()
         finally:
+            pinger.stop()
             raw.close()
     return {
         "system": spec["system"],
         "kind": "fanout",  # the same row and notes as the fan-out
+        "pings_ms": pings,
         "params": spec["params"],
         "tasks": n + 2,
         "label": f"map of {n:,}",
