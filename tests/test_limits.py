@@ -481,6 +481,47 @@ def test_a_result_declaring_a_huge_map_width_fails_its_task_and_the_server_goes_
     against_server(tmp_path, body, Limits(max_map_width=100))
 
 
+def test_a_wide_result_over_the_limit_is_refused_on_the_path_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A result of 10,000 elements or more is checked and applied on a reader thread
+    (server/_wide.py): over the map width limit it is refused all the same, naming the
+    limit, and its task fails; one within the limit is taken."""
+    too_wide = value_of(list(range(12_001)), split=True)
+    fits = value_of(list(range(12_000)), split=True)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+        runs = [
+            (
+                await client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="proto_pipeline"))
+            ).flow_run.id
+            for _ in range(2)
+        ]
+        refused, taken = await _report_hostile_results(channel, [too_wide, fits])
+        assert (refused.accepted, refused.code) == (
+            False,
+            grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        )
+        assert "has 12001 elements, over this server's limit max_map_width = 12000" in (
+            refused.reason
+        )
+        assert taken.accepted, taken.reason
+        # Whichever run got which result: one source failed, the other has children.
+        sources = {}
+        for run_id in runs:
+            got = await client.GetFlowRun(cp.GetFlowRunRequest(id=run_id, include_task_runs=True))
+            source = next(t for t in got.task_runs if t.name == "numbers")
+            children = [r for r in running.store.task_runs(run_id) if r.key.startswith("scale[")]
+            sources[TaskRunState(source.state)] = (source, len(children))
+        failed, none = sources[TaskRunState.FAILED]
+        assert failed.history[-1].failure.type == REFUSED_RESULT and none == 0
+        assert sources[TaskRunState.SUCCESS][1] == 12_000
+
+    against_server(tmp_path, body, Limits(max_map_width=12_000))
+
+
 def test_a_result_at_the_map_width_limit_is_taken(tmp_path: Path) -> None:
     async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)

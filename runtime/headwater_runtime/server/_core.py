@@ -553,20 +553,15 @@ class ServerCore:
         refused: tuple[StatusCode, str] | None = None
         if kind == "started":
             event = TaskStarted(run_key, token.attempt)
-        elif kind == "result" and (refused := self._check_result(token, msg.result)):
-            # A result the server cannot take fails its task (not retryable: the same
-            # code would produce it again), and the worker is told why.
-            failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
-            event = TaskFailed(run_key, token.attempt, failure)
         elif kind == "result":
-            cache_key = self.runs.function_cache_key(flow_run_id, run_key, msg.result.cache_key)
-            event = TaskSucceeded(run_key, token.attempt, msg.result.result, cache_key)
             self.exports.record(session, msg.result.result)
             width = len(msg.result.result.items)
+            decide = functools.partial(self._result_event, token, flow_run_id, run_key, msg.result)
             if width >= self.runs.collector.large and self.wide.expand(
-                session, token, flow_run_id, event, width
+                session, token, flow_run_id, decide, width
             ):
                 return
+            event, refused = decide()
         elif kind == "failure":
             failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
             event = TaskFailed(run_key, token.attempt, failure)
@@ -577,6 +572,23 @@ class ServerCore:
             self.dispatcher.finished(key)
             self._ack(session, token, ignored, refused)
         self.touch()
+
+    def _result_event(
+        self,
+        token: worker_pb2.FencingToken,
+        flow_run_id: str,
+        run_key: str,
+        result: worker_pb2.TaskResult,
+    ) -> tuple[Event, tuple[StatusCode, str] | None]:
+        """What a worker's result does: it succeeds, or, when the server cannot take it,
+        fails its task (not retryable: the same code would produce it again) and the
+        worker is told why (the refusal)."""
+        refused = self._check_result(token, result)
+        if refused is not None:
+            failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
+            return TaskFailed(run_key, token.attempt, failure), refused
+        cache_key = self.runs.function_cache_key(flow_run_id, run_key, result.cache_key)
+        return TaskSucceeded(run_key, token.attempt, result.result, cache_key), None
 
     def _check_result(
         self, token: worker_pb2.FencingToken, result: worker_pb2.TaskResult

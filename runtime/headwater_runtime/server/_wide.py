@@ -19,8 +19,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from grpc import StatusCode
+
 from headwater.v1 import worker_pb2
-from headwater_runtime.engine import EventIgnored, TaskSucceeded
+from headwater_runtime.engine import Event, EventIgnored
 
 from ._assignments import PendingAssignment
 from ._dispatch import Dispatcher, WorkerSession
@@ -30,9 +32,14 @@ from ._runs import RunManager
 
 log = logging.getLogger("headwater.server")
 
+#: Why the server refuses a report: its status and message.
+Refusal = tuple[StatusCode, str]
 #: Acknowledges a worker's report with the next commit: (session, token, ignored,
 #: refused), as ``ServerCore._ack``.
-Ack = Callable[[WorkerSession, worker_pb2.FencingToken, list[EventIgnored], None], None]
+Ack = Callable[[WorkerSession, worker_pb2.FencingToken, list[EventIgnored], Refusal | None], None]
+#: The event a worker's result makes, and the refusal when the server cannot take it
+#: (a limit, a value that contradicts itself): ``ServerCore._result_event``.
+Decide = Callable[[], tuple[Event, Refusal | None]]
 
 
 class WideWork:
@@ -65,18 +72,25 @@ class WideWork:
         session: WorkerSession,
         token: worker_pb2.FencingToken,
         flow_run_id: str,
-        event: TaskSucceeded,
+        decide: Decide,
         width: int,
     ) -> bool:
-        """Apply a result of ``width`` elements off the loop; False when its run
-        cannot be set aside (apply it on the loop). The worker's slot is freed now."""
+        """Check and apply a result of ``width`` elements off the loop (``decide``
+        checks it against the limits, walking every element, and makes its event);
+        False when its run cannot be set aside (do it all on the loop). The worker's
+        slot is freed now."""
         active = self.runs.set_aside(flow_run_id, expanding=True)
         if active is None:
             return False
         self.dispatcher.finished((token.task_run_id, token.attempt))
-        job = asyncio.ensure_future(self.io.read(self.runs.handle_aside, active, event, width))
 
-        def rejoin(done: asyncio.Future[list[EventIgnored]]) -> None:
+        def apply() -> tuple[list[EventIgnored], Refusal | None]:  # on a reader thread
+            event, refused = decide()
+            return self.runs.handle_aside(active, event, width), refused
+
+        job = asyncio.ensure_future(self.io.read(apply))
+
+        def rejoin(done: asyncio.Future[tuple[list[EventIgnored], Refusal | None]]) -> None:
             self.runs.rejoin(active)
             if done.cancelled() or done.exception() is not None:
                 # A bug: the result was not applied. Unacknowledged, the worker sends it
@@ -85,7 +99,7 @@ class WideWork:
                     "applying the result of %s failed", token.task_run_id, exc_info=done.exception()
                 )
             else:
-                self.ack(session, token, done.result(), None)
+                self.ack(session, token, *done.result())
             self.touch()
 
         job.add_done_callback(rejoin)  # even if the server stops meanwhile
