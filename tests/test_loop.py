@@ -247,6 +247,37 @@ def test_a_large_commit_holds_off_full_collections_and_freezes_nothing() -> None
         gc.set_threshold(*before)
 
 
+def test_upkeep_collects_the_young_generations_only_when_cpython_has_not() -> None:
+    """Freeing old objects keeps CPython's young count down, so a long release can
+    leave the young generations uncollected for minutes: the timer loop's upkeep
+    collects them when no young collection happened since its last call, and leaves
+    things alone when one did. Never the oldest generation."""
+
+    def young() -> tuple[int, int, int]:
+        stats = gc.get_stats()
+        return stats[0]["collections"], stats[1]["collections"], stats[2]["collections"]
+
+    collector = Collector()
+    enabled = gc.isenabled()
+    gc.disable()  # no automatic collection in this process meanwhile: counts are exact
+    try:
+        collector.upkeep()  # the first call only takes note
+        start = young()
+        collector.upkeep()  # none since: one young collection
+        assert young() == (start[0] + 1, start[1], start[2])
+        gc.collect(0)  # one happened on its own: upkeep leaves it at that
+        collector.upkeep()
+        assert young() == (start[0] + 2, start[1], start[2])
+        for _ in range(20):  # every tenth of its own takes the middle generation too
+            collector.upkeep()
+        after = young()
+        assert after[1] == start[1] + 2 and after[2] == start[2]
+        assert after[0] == start[0] + 2 + 18
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _WatchedStore(SQLiteStore):
     """Serves chunk 3 and later only once the client has received chunks 0 to 2: a
     server that read a payload whole before sending any of it would wait forever."""

@@ -389,6 +389,7 @@ class ServerCore:
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
+                self.runs.collector.upkeep()
                 self._ops_due = self.ops.tick(now)
                 if now >= self._next_prune and self._pruning is None:
                     self._next_prune = now + self.settings.prune_interval
