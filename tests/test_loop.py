@@ -27,7 +27,7 @@ from headwater.v1 import (
 )
 from headwater.wire import CHUNK_SIZE, TaskRunState
 from headwater_runtime.engine import JournaledEngine
-from headwater_runtime.server import PayloadServicer, StoreIO, _assignments
+from headwater_runtime.server import PayloadServicer, StoreIO, _assignments, _gc
 from headwater_runtime.server._app import start_server
 from headwater_runtime.server._assignments import PendingAssignment
 from headwater_runtime.server._core import ServerSettings
@@ -247,7 +247,9 @@ def test_a_large_commit_holds_off_full_collections_and_freezes_nothing() -> None
         gc.set_threshold(*before)
 
 
-def test_upkeep_collects_the_young_generations_only_when_cpython_has_not() -> None:
+def test_upkeep_collects_the_young_generations_only_when_cpython_has_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Freeing old objects keeps CPython's young count down, so a long release can
     leave the young generations uncollected for minutes: the timer loop's upkeep
     collects them when no young collection happened since its last call, and leaves
@@ -258,18 +260,27 @@ def test_upkeep_collects_the_young_generations_only_when_cpython_has_not() -> No
         return stats[0]["collections"], stats[1]["collections"], stats[2]["collections"]
 
     collector = Collector()
+    now = [1000.0]
+    monkeypatch.setattr(_gc.time, "monotonic", lambda: now[0])
+
+    def upkeep(after: float = 0.5) -> None:
+        now[0] += after
+        collector.upkeep()
+
     enabled = gc.isenabled()
     gc.disable()  # no automatic collection in this process meanwhile: counts are exact
     try:
-        collector.upkeep()  # the first call only takes note
+        upkeep()  # the first call only takes note
         start = young()
-        collector.upkeep()  # none since: one young collection
+        upkeep(0.1)  # too soon after the last one: nothing
+        assert young() == start
+        upkeep()  # none since: one young collection
         assert young() == (start[0] + 1, start[1], start[2])
         gc.collect(0)  # one happened on its own: upkeep leaves it at that
-        collector.upkeep()
+        upkeep()
         assert young() == (start[0] + 2, start[1], start[2])
         for _ in range(20):  # every tenth of its own takes the middle generation too
-            collector.upkeep()
+            upkeep()
         after = young()
         assert after[1] == start[1] + 2 and after[2] == start[2]
         assert after[0] == start[0] + 2 + 18

@@ -44,12 +44,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 #: Tasks from which a graph or a run counts as large.
 LARGE = 10_000
+#: Seconds between two upkeeps (``Collector.upkeep``) at the most.
+UPKEEP_INTERVAL = 0.5
 #: An oldest-generation threshold no build reaches (young collections go on).
 _NEVER = 1 << 30
 
@@ -69,6 +72,7 @@ class Collector:
         self._thresholds = gc.get_threshold()
         self.live_large_runs = 0
         self._young_seen = -1  # young collections counted at the last upkeep
+        self._upkept_at = -UPKEEP_INTERVAL  # time.monotonic() of the last upkeep
         self._upkeeps = 0  # young collections upkeep made
         self.unfrozen = 0  # times everything frozen was given back to the collector
         self.froze = False
@@ -133,8 +137,9 @@ class Collector:
                 self._unhold()
 
     def upkeep(self) -> None:
-        """Collect the young generations when CPython has not since the last call (the
-        timer loop calls this every half second or so). CPython starts a young
+        """Collect the young generations when CPython has not since the last upkeep, at
+        most every ``UPKEEP_INTERVAL`` seconds (the timer loop calls this at each of
+        its wake-ups). CPython starts a young
         collection when allocations outnumber deallocations by its threshold; while
         the releasing thread frees old objects (a committed batch's rows, a finished
         run's task runs), deallocations keep that count down and no young collection
@@ -143,6 +148,10 @@ class Collector:
         came stopped the event loop ~0.5 s (1.8 s over a million). Every tenth one
         takes the middle generation too, as CPython would; never the oldest (a full
         collection walks the whole heap)."""
+        now = time.monotonic()
+        if now - self._upkept_at < UPKEEP_INTERVAL:  # the timer loop runs at every wake-up
+            return
+        self._upkept_at = now
         seen = sum(s["collections"] for s in gc.get_stats()[:2])
         if seen == self._young_seen:
             self._upkeeps += 1
