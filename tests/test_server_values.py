@@ -127,3 +127,50 @@ def test_spilling_moves_only_values_larger_than_a_reference() -> None:
     kinds = [item.value.WhichOneof("kind") for item in mixed.inputs["values"].list.items]
     assert kinds == ["inline", "inline", "inline", "ref", "ref"]
     assert mixed.ByteSize() <= 12_000
+
+
+def test_sizes_summed_a_part_at_a_time_are_exactly_what_protobuf_encodes() -> None:
+    """A wide Assignment is sized a part at a time (one ByteSize() of a 30 MB message
+    holds the GIL ~0.5 s): lists, maps with empty keys and entries without a value,
+    split values with paths, the tuple flag and every other field count exactly."""
+    from headwater_runtime.server._sizes import MANY, assignment_size, input_size, value_size
+
+    msg = worker_pb2.Assignment(
+        token=worker_pb2.FencingToken(task_run_id="r/t", attempt=2),
+        flow_run_id="r",
+        task_id="t",
+        task_type="m.t",
+        task_name="t",
+        argument_order=["xs", "m", "w", "one"],
+        map_index=-1,
+        result_encoding="json",
+        split_result=True,
+        result_consumer="task 'x', argument 'y'",
+    )
+    msg.trace_context["traceparent"] = "00-abc"
+    msg.timeout.FromSeconds(5)
+    msg.split_path.add(index=3)
+    listed = msg.inputs["xs"].list
+    for i in range(MANY + 500):
+        listed.items.add().value.CopyFrom(_inline(str(i).encode(), encoding="json"))
+    listed.tuple = True
+    mapped = msg.inputs["m"].map
+    for i in range(MANY + 200):
+        entry = mapped.entries.add(key=f"k{i}")
+        entry.value.value.CopyFrom(_inline(b"v" * (i % 300), encoding="json"))
+    mapped.entries.add(key="").value.value.CopyFrom(_inline(b"1", encoding="json"))
+    mapped.entries.add(key="no value")
+    split = msg.inputs["w"].value
+    split.CopyFrom(_inline(b"[...]", encoding="json"))
+    for i in range(MANY):
+        split.items.append(_inline(str(i).encode(), encoding="json"))
+    msg.inputs["w"].path.add(key="rows")
+    msg.inputs["one"].value.CopyFrom(_inline(b"7", encoding="json"))
+    msg.inputs[""].value.CopyFrom(_inline(b"8", encoding="json"))
+    assert input_size(msg.inputs["xs"]) == msg.inputs["xs"].ByteSize()
+    assert input_size(msg.inputs["m"]) == msg.inputs["m"].ByteSize()
+    assert value_size(split) == split.ByteSize()
+    assert assignment_size(msg) == msg.ByteSize()
+    small = worker_pb2.Assignment(task_id="t")
+    small.inputs["x"].value.CopyFrom(_inline(b"1", encoding="json"))
+    assert assignment_size(small) == small.ByteSize()

@@ -56,6 +56,7 @@ class PendingAssignment:
         "dask_values",
         "flow_run_id",
         "labels",
+        "size",
         "start_by",
         "start_timeout",
         "tags",
@@ -89,6 +90,8 @@ class PendingAssignment:
         #: Its inputs' Values that hold Dask refs, when found ahead of time (``prebuild``;
         #: None: not looked for yet).
         self.dask_values: list[Any] | None = None
+        #: The Assignment's encoded size, when found ahead of time (``prebuild``).
+        self.size: int | None = None
         #: When the attempt fails if no worker has taken it (schedule_to_start_timeout).
         self.start_by: float | None = None
         self.start_timeout: float = 0.0
@@ -258,7 +261,7 @@ def oversize_failure(pending: PendingAssignment, limits: Limits) -> FailureInfo 
     after its large inline inputs were spilled (many small ones, a reduce over a map
     wider than the message limit was set for); None when it fits. Not retryable: the
     same inputs make the same message."""
-    size = pending.assignment.ByteSize()
+    size = pending.size if pending.size is not None else pending.assignment.ByteSize()
     if size <= limits.max_message_bytes:
         return None
     task_run, attempt = pending.token

@@ -13,6 +13,8 @@ from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import ENCODING_KEY, MESSAGE_BUDGET, STRUCTURAL, chunks
 from headwater_runtime.store import Store
 
+from ._sizes import assignment_size, value_size
+
 #: Largest assignment sent as it is; above it, inline values move to the store.
 ASSIGNMENT_BUDGET = MESSAGE_BUDGET
 #: Inline values this small stay inline: a reference to a stored copy is no smaller.
@@ -44,7 +46,7 @@ def spill_inputs(
 ) -> int:
     """Move the largest inline input values to the store until the assignment fits in
     ``budget`` bytes; returns how many were moved."""
-    size = assignment.ByteSize()
+    size = assignment_size(assignment)  # not one long C call for a wide reduce
     if size <= budget:
         return 0
     values: list[payload_pb2.Value] = []
@@ -57,7 +59,7 @@ def spill_value(value: payload_pb2.Value, store: Store, budget: int = ASSIGNMENT
     """Move the largest inline parts of a value (a flow or task result an answer
     carries) to the store until it fits in ``budget`` bytes; returns how many moved.
     On the writer thread: it stores payloads."""
-    size = value.ByteSize()
+    size = value_size(value)
     if size <= budget:
         return 0
     values: list[payload_pb2.Value] = []
