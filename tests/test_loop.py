@@ -341,8 +341,9 @@ def test_a_result_with_many_elements_is_applied_off_the_loop_and_acked_once_stor
 ) -> None:
     """A mapped-over result of 12,000 elements makes 12,000 child task runs: that is
     done on a reader thread with the run set aside (it once stopped every other call
-    for seconds), the run counts as large from then on (retired off the loop when it
-    ends), and the worker's Ack comes only once the children are stored."""
+    for seconds), their attempts laid out for the dispatcher there too, the run counts
+    as large from then on (retired off the loop when it ends), and the worker's Ack
+    comes only once the children are stored."""
     from test_limits import _report_hostile_results
     from test_run_manager import value_of
     from test_server_protocol import proto_pipeline
@@ -357,6 +358,14 @@ def test_a_result_with_many_elements_is_applied_off_the_loop_and_acked_once_stor
         return real(self, *args)
 
     monkeypatch.setattr(RunManager, "handle_aside", handle_aside)
+    laid_out: list[tuple[threading.Thread, int]] = []  # (where, how many attempts)
+    real_lay_out = _assignments.queued_attempts
+
+    def lay_out(flow_run_id: str, by_type: dict[str, list[Any]]) -> Any:
+        laid_out.append((threading.current_thread(), sum(map(len, by_type.values()))))
+        return real_lay_out(flow_run_id, by_type)
+
+    monkeypatch.setattr(_assignments, "queued_attempts", lay_out)
     width = 12_000
 
     async def main() -> None:
@@ -385,6 +394,8 @@ def test_a_result_with_many_elements_is_applied_off_the_loop_and_acked_once_stor
             await running.stop(None)
         assert len(applied_on) == 1 and applied_on[0] is not loop_thread
         assert applied_on[0].name.startswith("headwater-store-reader")
+        # The children's attempts were laid out for the dispatcher there too.
+        assert (applied_on[0], width) in laid_out
 
     asyncio.run(asyncio.wait_for(main(), 120))
 

@@ -573,7 +573,12 @@ class RunManager(RunCacheLookups):
         reader thread. ``width``: about how many task runs it makes (no full collection
         meanwhile, and what it builds frozen, as for a large run's build: _gc.py)."""
         with self.collector.building(width):
-            return self._process(active, active.journal.handle(event))
+            ignored = self._process(active, active.journal.handle(event))
+            assert active.sink is not None
+            for effect in active.sink.effects:  # laid out here: the loop only hands over
+                if type(effect) is ReadyAttempts:
+                    effect.lay_out()
+        return ignored
 
     def cancel_aside(self, active: ActiveRun, reason: str) -> None:
         """Cancel a run set aside (``set_aside``): on a reader thread."""
