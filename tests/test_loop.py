@@ -411,10 +411,10 @@ def test_a_reduce_over_a_wide_map_is_built_off_the_loop_and_the_run_completes(
 
     from headwater._worker import Worker
     from headwater.wire import FlowRunState, decode_value
-    from headwater_runtime.server import _exports, _wide
+    from headwater_runtime.server import _wide
 
     built_on: list[tuple[str, threading.Thread]] = []
-    real = _exports.prebuild
+    real = _wide.prebuild
 
     def prebuild(pending: PendingAssignment) -> None:
         built_on.append((pending.task_type, threading.current_thread()))

@@ -19,7 +19,7 @@ from headwater.v1 import graph_pb2, worker_pb2
 from headwater.wire import FailureInfo, Limits, duration, path_to_proto, task_run_id
 from headwater_runtime.tracing import inject
 
-from ._spill import ASSIGNMENT_BUDGET, spill_inputs
+from ._spill import ASSIGNMENT_BUDGET, fit_inputs
 from ._values import Composite, fill_input_value
 
 #: An attempt's fencing token, ``(task run id, attempt)``.
@@ -43,7 +43,8 @@ class PendingAssignment:
         flow_run_id: the flow run the attempt belongs to.
         task_type: the capability a worker needs to run it.
         labels: labels the worker must have.
-        assignment: the Assignment message, or a function that builds it.
+        assignment: the Assignment message, or a function that builds it and says its
+            encoded size.
         token: ``(task run id, attempt)``; required when ``assignment`` is a function.
         code_digest: the digest of the task's code in the run's graph ("": any code).
         tags: the task's tags (concurrency limits: _tag_limits.py).
@@ -69,7 +70,7 @@ class PendingAssignment:
         flow_run_id: str,
         task_type: str,
         labels: Mapping[str, str],
-        assignment: worker_pb2.Assignment | Callable[[], worker_pb2.Assignment],
+        assignment: worker_pb2.Assignment | Callable[[], tuple[worker_pb2.Assignment, int]],
         token: tuple[str, int] | None = None,
         code_digest: str = "",
         tags: tuple[str, ...] = (),
@@ -81,16 +82,17 @@ class PendingAssignment:
         self.code_digest = code_digest
         if isinstance(assignment, worker_pb2.Assignment):
             self._message: worker_pb2.Assignment | None = assignment
-            self._build: Callable[[], worker_pb2.Assignment] | None = None
+            self._build: Callable[[], tuple[worker_pb2.Assignment, int]] | None = None
             token = (assignment.token.task_run_id, assignment.token.attempt)
         else:
             self._message, self._build = None, assignment
         assert token is not None, "a lazily built assignment needs its token"
         self.token: tuple[str, int] = token
-        #: Its inputs' Values that hold Dask refs, when found ahead of time (``prebuild``;
-        #: None: not looked for yet).
+        #: Its inputs' Values that hold Dask refs, when found ahead of time (``prebuild``
+        #: in _wide.py; None: not looked for yet).
         self.dask_values: list[Any] | None = None
-        #: The Assignment's encoded size, when found ahead of time (``prebuild``).
+        #: The Assignment's encoded size, as its builder found it (None: not built, or
+        #: given ready-made).
         self.size: int | None = None
         #: When the attempt fails if no worker has taken it (schedule_to_start_timeout).
         self.start_by: float | None = None
@@ -101,7 +103,9 @@ class PendingAssignment:
         """The Assignment message (built now if it was not given)."""
         if self._message is None:
             assert self._build is not None
-            self._message, self._build = self._build(), None
+            message, self.size = self._build()
+            self._message, self._build = message, None
+            return message
         return self._message
 
 
@@ -211,9 +215,10 @@ class ReadyAttempts:
 
 def assignment_message(
     active: ActiveRun, command: RunTask, store: Store, budget: int = ASSIGNMENT_BUDGET
-) -> worker_pb2.Assignment:
+) -> tuple[worker_pb2.Assignment, int]:
     """The Assignment message of an attempt of a live run (built when it is dispatched;
-    inline inputs that would make it larger than ``budget`` are spilled to ``store``)."""
+    inline inputs that would make it larger than ``budget`` are spilled to ``store``),
+    and its encoded size."""
     run = command.run
     spec = run.spec
     flow_run_id = active.row.id
@@ -248,8 +253,8 @@ def assignment_message(
     if spec.cache is not None and spec.cache.by_function and command.attempt == 1:
         msg.cache.key_source = graph_pb2.CACHE_KEY_SOURCE_FUNCTION
         msg.cache.version = spec.cache.version
-    spill_inputs(msg, store, budget)  # many inline inputs must not exceed 4 MiB
-    return msg
+    _, size = fit_inputs(msg, store, budget)  # many inline inputs must not exceed 4 MiB
+    return msg, size
 
 
 #: The failure of an attempt whose inputs cannot be sent in one message.
@@ -261,7 +266,8 @@ def oversize_failure(pending: PendingAssignment, limits: Limits) -> FailureInfo 
     after its large inline inputs were spilled (many small ones, a reduce over a map
     wider than the message limit was set for); None when it fits. Not retryable: the
     same inputs make the same message."""
-    size = pending.size if pending.size is not None else pending.assignment.ByteSize()
+    message = pending.assignment  # built now if it was not: that sizes it
+    size = pending.size if pending.size is not None else message.ByteSize()
     if size <= limits.max_message_bytes:
         return None
     task_run, attempt = pending.token

@@ -19,7 +19,6 @@ from headwater.v1 import (
     control_plane_pb2_grpc,
     graph_pb2,
     payload_pb2,
-    run_pb2,
     state_pb2,
 )
 from headwater.v1 import control_plane_pb2 as cp
@@ -196,10 +195,6 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
             return await self.io.read(self.store.get_flow_run, run_id)
         raise AssertionError("unreachable")
 
-    async def _message(self, row: FlowRunRow) -> run_pb2.FlowRun:
-        # A large result is described, not carried (GetFlowRunResult returns it).
-        return await self.reads.message(row)
-
     async def GetFlowRun(
         self,
         request: cp.GetFlowRunRequest,
@@ -260,13 +255,15 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         queue = self.core.watch(request.id, task_runs=not request.flow_run_only)
         try:
             row = await self._flow_run(request.id, context)
-            yield control_plane_pb2.WatchFlowRunResponse(flow_run=await self._message(row))
+            yield control_plane_pb2.WatchFlowRunResponse(flow_run=await self.reads.message(row))
             # The commit that ends the run may carry several task run changes (all
             # queued by the same commit): deliver every one before ending the stream.
             while row.state not in _TERMINAL or not queue.empty():
                 run = await queue.get()
                 row = await self.io.read(self.store.get_flow_run, row.id)
-                response = control_plane_pb2.WatchFlowRunResponse(flow_run=await self._message(row))
+                response = control_plane_pb2.WatchFlowRunResponse(
+                    flow_run=await self.reads.message(row)
+                )
                 if run is not None:
                     response.task_run.CopyFrom(run)
                 yield response
@@ -285,7 +282,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
                 await self.core.cancel_run(row.id, request.reason)
                 await self.core.audit("cancel", "flow_run", row.id, request.reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
-        return control_plane_pb2.CancelFlowRunResponse(flow_run=await self._message(row))
+        return control_plane_pb2.CancelFlowRunResponse(flow_run=await self.reads.message(row))
 
     async def GetTaskRunResult(
         self,

@@ -25,7 +25,6 @@ from headwater.wire import DASK_LOCATION, FailureInfo
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
-from ._sizes import assignment_size
 
 #: Longest a client's request waits for a bridge to export a result (seconds).
 READ_TIMEOUT = 60.0
@@ -50,7 +49,7 @@ def _values_in_input(msg: worker_pb2.InputValue) -> Iterator[payload_pb2.Value]:
             yield from _values_in_input(entry.value)
 
 
-def _dask_values(assignment: worker_pb2.Assignment) -> list[payload_pb2.Value]:
+def dask_values(assignment: worker_pb2.Assignment) -> list[payload_pb2.Value]:
     """Every Value of an assignment's inputs that is (or holds) a Dask ref."""
     found = []
     for name in assignment.inputs:
@@ -124,7 +123,7 @@ class DaskExports:
         held until its inputs are exported (or was failed: an input is lost)."""
         values = pending.dask_values
         if values is None:
-            values = _dask_values(pending.assignment)
+            values = dask_values(pending.assignment)
         if not values:
             return True  # the common case: no input is held in a Dask cluster
         lost = self._lost_input(values)
@@ -262,11 +261,3 @@ def _unavailable(why: str) -> FailureInfo:
         "(re-running the task that produced it is not implemented)",
         retryable=False,
     )
-
-
-def prebuild(pending: PendingAssignment) -> None:
-    """Build an attempt's Assignment, find the inputs that hold Dask refs and size it
-    now (on a reader thread): for a reduce over a wide map each walks every input,
-    ~0.4 s on the event loop at 100,000 (the size a part at a time: ``_sizes``)."""
-    pending.dask_values = _dask_values(pending.assignment)
-    pending.size = assignment_size(pending.assignment)

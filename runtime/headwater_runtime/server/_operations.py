@@ -61,7 +61,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         async with _ops_refusals(context):
             await self.ops.retry(request.id, request.reason)
         row = await self.core.io.read(self.core.store.get_flow_run, request.id)
-        return ops.RetryFlowRunResponse(flow_run=await self.control._message(row))
+        return ops.RetryFlowRunResponse(flow_run=await self.control.reads.message(row))
 
     async def SetConcurrencyLimit(
         self,

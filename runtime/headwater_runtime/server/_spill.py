@@ -46,9 +46,17 @@ def spill_inputs(
 ) -> int:
     """Move the largest inline input values to the store until the assignment fits in
     ``budget`` bytes; returns how many were moved."""
-    size = assignment_size(assignment)  # not one long C call for a wide reduce
+    return fit_inputs(assignment, store, budget)[0]
+
+
+def fit_inputs(
+    assignment: worker_pb2.Assignment, store: Store, budget: int = ASSIGNMENT_BUDGET
+) -> tuple[int, int]:
+    """``spill_inputs``: how many values moved, and the assignment's encoded size
+    afterwards (sized a part at a time, not in one long C call for a wide reduce)."""
+    size = assignment_size(assignment)
     if size <= budget:
-        return 0
+        return 0, size
     values: list[payload_pb2.Value] = []
     for argument in assignment.inputs.values():
         _input_values(argument, values)
@@ -64,15 +72,17 @@ def spill_value(value: payload_pb2.Value, store: Store, budget: int = ASSIGNMENT
         return 0
     values: list[payload_pb2.Value] = []
     _inline_values(value, values)
-    return _spill(values, size, budget, store)
+    return _spill(values, size, budget, store)[0]
 
 
-def _spill(values: list[payload_pb2.Value], size: int, budget: int, store: Store) -> int:
+def _spill(
+    values: list[payload_pb2.Value], size: int, budget: int, store: Store
+) -> tuple[int, int]:
     """Replace the largest of ``values`` by references to stored copies until ``size``
-    is within ``budget``. Only values larger than a reference move: a million tiny
-    inputs (a reduce over a wide map) would each grow, and each cost a stored payload.
-    What is still over the budget then is sent as it is: the worker accepts up to the
-    server's max_message_bytes, which the budget stays under by its headroom."""
+    is within ``budget``; how many moved, and the size then. Only values larger than a
+    reference move: a million tiny inputs (a reduce over a wide map) would each grow,
+    and each cost a stored payload. An assignment still over the workers' limit then
+    is not sent (``_assignments.oversize_failure``)."""
     values = [v for v in values if len(v.inline.data) > SPILL_MIN_BYTES]
     values.sort(key=lambda v: len(v.inline.data), reverse=True)
     moved = 0
@@ -89,4 +99,4 @@ def _spill(values: list[payload_pb2.Value], size: int, budget: int, store: Store
         )
         size -= before - part.ByteSize()
         moved += 1
-    return moved
+    return moved, size
