@@ -17,6 +17,7 @@ from headwater_runtime.store import (
     FlowRunRow,
     Lease,
     LimitRow,
+    LogRow,
     PostgresStore,
     RunEvent,
     SchemaTooNew,
@@ -239,6 +240,37 @@ def test_writes_of_a_server_that_lost_the_lead_are_refused_and_nothing_lands(url
     with new.connection() as conn:
         rows = conn.execute("SELECT seq, epoch FROM run_events ORDER BY seq").fetchall()
     assert rows == [(1, 1), (2, 2)]
+    old.close()
+    new.close()
+
+
+def test_a_commit_statement_names_only_the_tables_its_batch_writes_and_still_fences(
+    url: str,
+) -> None:
+    log = LogRow("r1", "t", 1, 1.0, "INFO", "user", "hello")
+    query, args = _postgres_batch.statement(
+        _postgres_batch.parameters(WriteBatch(logs=[log]), 1, 1)
+    )
+    assert "INSERT INTO logs" in query and "run_events" not in query and "task_runs" not in query
+    assert args[0] == 1 and len(args) == 2 and "$2::json" in query and "$3" not in query
+    # A batch with rows for several tables numbers its placeholders in order.
+    both = WriteBatch(logs=[log], events=[RunEvent("r1", 1, 1.0, "e", b"")])
+    query, args = _postgres_batch.statement(_postgres_batch.parameters(both, 1, 7))
+    assert len(args) == 4 and args[3] == 7 and "$3::json" in query and "$4::int8" in query
+    old, new = PostgresStore(url), PostgresStore(url)
+    lease_old, lease_new = Lease(old, "old", "h:1", 0.05), Lease(new, "new", "h:2", 30)
+    assert lease_old.acquire() == 1
+    old.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    old.commit(WriteBatch(logs=[log]))
+    assert [r.message for r in new.logs("r1")] == ["hello"]
+    expired(lease_new)
+    assert lease_new.acquire() == 2
+    # The old leader's writes are refused whichever tables they touch.
+    for refused in (WriteBatch(logs=[log]), both):
+        with pytest.raises(Fenced):
+            old.commit(refused)
+    assert [r.message for r in new.logs("r1")] == ["hello"]
+    assert new.events("r1") == []
     old.close()
     new.close()
 

@@ -187,6 +187,31 @@ def test_a_graph_not_cached_is_read_back_a_slice_at_a_time(
     assert len(sliced) == 1  # cached from then on
 
 
+def test_a_flow_version_known_already_is_not_read_from_the_store_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered version never changes: a run of one this server has seen costs no
+    store read; the latest version, or one unknown here, is looked up."""
+    manager = RunManager(store, FakeDispatch(), Clock())
+    version, _ = manager.register_flow(pipeline.compile())
+    reads: list[str] = []
+    real = store.get_flow
+
+    def counted(name: str, version: str = "") -> Any:
+        reads.append(version)
+        return real(name, version)
+
+    monkeypatch.setattr(store, "get_flow", counted)
+    manager.create_run("pipeline", version, {})
+    manager.create_run("pipeline", version, {})
+    assert reads == []
+    manager.create_run("pipeline", "", {})  # the latest: only the store knows it
+    assert reads == [""]
+    with pytest.raises(NotFound):
+        manager.graph("pipeline", "9")
+    assert reads == ["", "9"]
+
+
 def test_a_flow_runs_to_success_and_its_result_is_stored(store: Store) -> None:
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())

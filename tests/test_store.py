@@ -110,6 +110,31 @@ def test_commit_writes_a_batch_atomically_and_survives_reopen(db: str) -> None:
     reopened.close()
 
 
+@pytest.mark.parametrize("older_rows, newer_rows", [(1, 5), (5, 1), (3, 3)])
+def test_a_batch_absorbing_a_later_one_keeps_order_and_the_later_rows(
+    older_rows: int, newer_rows: int
+) -> None:
+    """Whichever batch is larger (absorb works in the larger one's containers), the
+    result holds the earlier batch's rows first and a row both wrote as the later
+    one wrote it."""
+
+    def made(seqs: range, state: int) -> WriteBatch:
+        b = WriteBatch()
+        for seq in seqs:
+            b.events.append(RunEvent("r", seq, 1.0, "e", b""))
+            b.task_runs[("r", f"t{seq}")] = TaskRunRow("r", f"t{seq}", "t", -1, state, 1, 1.0)
+        b.task_runs[("r", "shared")] = TaskRunRow("r", "shared", "t", -1, state, 1, 1.0)
+        return b
+
+    older = made(range(0, older_rows), 1)
+    newer = made(range(older_rows, older_rows + newer_rows), 2)
+    older.absorb(newer)
+    assert [e.seq for e in older.events] == list(range(older_rows + newer_rows))
+    assert len(older.task_runs) == older_rows + newer_rows + 1
+    assert older.task_runs[("r", "shared")].state == 2
+    assert older.task_runs[("r", "t0")].state == 1
+
+
 def test_list_flow_runs_filters_and_pages_newest_first(store: Store) -> None:
     for i in range(5):
         store.create_flow_run(FlowRunRow(f"r{i}", "a" if i % 2 else "b", "1", 4 if i < 2 else 3, i))
