@@ -7,6 +7,7 @@ often, including across a worker SIGKILL and a server SIGKILL + restart.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -276,6 +277,11 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
     server.kill()
     server, address = start_server(cluster, db, int(port))
+    # It says what it resumed: the run, with its one attempt in flight either sent
+    # again or awaited from the worker that holds it.
+    resumed = server.wait_line("headwater server resumed")
+    found = re.search(r"resumed 1 unfinished flow run in [\d.]+s: (\d+) .*, (\d+) held", resumed)
+    assert found is not None and int(found[1]) + int(found[2]) == 1, resumed
     (tmp_path / "release").write_text("go")
     with Client(address, token=TOKEN) as client:
         poll(lambda: client.get(run.id).state.is_terminal, "the resumed run to finish")

@@ -135,6 +135,18 @@ def test_a_batch_absorbing_a_later_one_keeps_order_and_the_later_rows(
     assert older.task_runs[("r", "t0")].state == 1
 
 
+def test_delivered_lists_the_attempts_delivered_to_workers_by_key(store: Store) -> None:
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    store.create_flow_run(FlowRunRow("r2", "etl", "1", 1, 1.0))
+    b = WriteBatch()
+    for run, key, delivered in (("r1", "a", 2), ("r1", "b", 0), ("r1", "c", 1), ("r2", "a", 3)):
+        b.task_runs[(run, key)] = TaskRunRow(run, key, key, -1, 3, 2, 1.0, delivered=delivered)
+    store.commit(b)
+    assert store.delivered("r1") == {"a": 2, "c": 1}
+    assert store.delivered("r2") == {"a": 3}
+    assert store.delivered("nope") == {}
+
+
 def test_list_flow_runs_filters_and_pages_newest_first(store: Store) -> None:
     for i in range(5):
         store.create_flow_run(FlowRunRow(f"r{i}", "a" if i % 2 else "b", "1", 4 if i < 2 else 3, i))

@@ -335,6 +335,8 @@ async def serve_forever(settings: ServerSettings) -> None:
             lease = running.leadership.lease
             lead = f" (leader, lease epoch {running.leadership.epoch})" if lease else ""
             print(f"headwater server listening on {where}{lead}", flush=True)
+            if running.core.resumed:
+                print(f"headwater server {running.core.resumed}", flush=True)
             if running.http is not None:
                 print(f"headwater web UI on {running.http.url}", flush=True)
             if running.tls is not None:

@@ -430,6 +430,12 @@ class Store(OpsStore, Protocol):
         """A run's task runs as they are now, in the order they were first stored."""
         ...
 
+    def delivered(self, flow_run_id: str) -> dict[str, int]:
+        """The attempt last delivered to a worker of each of a run's task runs that had
+        one delivered (``TaskRunRow.delivered``), by key: what a restarted server needs
+        of a 100,000-task run's projection, read without building its rows."""
+        ...
+
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
         """A run's task run state changes in order (only task run ``key``'s if given)."""
         ...

@@ -407,6 +407,14 @@ class SQLiteStore(SQLiteOps, AccessTables):
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
 
+    def delivered(self, flow_run_id: str) -> dict[str, int]:
+        """Each task run's attempt last delivered to a worker (none: not listed)."""
+        rows = self._db.execute(
+            "SELECT key, delivered FROM task_runs WHERE flow_run_id=? AND delivered > 0",
+            (flow_run_id,),
+        )
+        return dict(rows)
+
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
         """State history of a run's task runs (of one, with ``key``)."""
         sql = (
