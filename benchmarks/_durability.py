@@ -9,6 +9,11 @@ on its database, and a database kept from growing by retention.
   start after that (the task's first line writes the wall clock to a file), that is,
   how long queued work waited. Before issue 12 the server held every attempt that was
   in flight, queued ones included, for the heartbeat window (20 s).
+* ``restart-wide`` (``server-restart-wide``): the same with a 100,000-element map of
+  tasks that do not sleep, on 6 slots, killed once a third of them started: how long a
+  run in the middle of a wide map takes to replay (~20,000-30,000 journal entries and
+  its 100,000 children) before the server listens again. Its row also quotes what the
+  restarted server printed it resumed.
 * ``growth``: B batches of R one-task runs, one after another; after each batch
   ``headwater prune --older-than 0.001s`` (every finished run is past retention) runs
   beside the server. Growth per run = (database bytes after the last batch - after
@@ -45,11 +50,27 @@ from ._server_tasks import STARTS, latency_flow, restart_flow
 FIRST_START_TIMEOUT = 90.0
 
 
-def _starts(directory: str) -> list[float]:
+def _starts(directory: str, offset: int = 0) -> list[float]:
+    """Task start times logged (from byte ``offset`` of the log on)."""
     path = Path(directory) / STARTS
     if not path.exists():
         return []
-    return [float(line.split(" ", 1)[0]) for line in path.read_text().splitlines()]
+    with path.open("rb") as f:
+        f.seek(offset)
+        lines = f.read().decode().splitlines()
+    return [float(line.split(" ", 1)[0]) for line in lines if line]
+
+
+def _started(directory: str) -> int:
+    """How many task starts are logged (without parsing them: the log of a 100,000-task
+    run is read at every poll)."""
+    path = Path(directory) / STARTS
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _log_size(directory: str) -> int:
+    path = Path(directory) / STARTS
+    return path.stat().st_size if path.exists() else 0
 
 
 def _wait(condition: Any, what: str, timeout: float) -> None:
@@ -100,23 +121,29 @@ def _restart(
     series: dict[str, list[float]],
     directory: str,
 ) -> dict[str, Any]:
-    with Cluster(workers=1, slots=2, env={"HW_BENCH_DIR": directory}) as cluster:
+    params = spec["params"]
+    env = {"HW_BENCH_DIR": directory, "HW_BENCH_NAP": str(params.get("nap", 0.02))}
+    resumed: list[str] = []
+    with Cluster(workers=1, slots=params.get("slots", 2), env=env) as cluster:
         port = cluster.address.rsplit(":", 1)[1]
         with Client(cluster.address) as client:
             run_id = client.run(restart_flow, {"n": n}).id
         for point in points:
-            _wait(lambda p=point: len(_starts(directory)) >= p, f"{point} task starts", 120)
+            _wait(lambda p=point: _started(directory) >= p, f"{point} task starts", 300)
             cluster.kill_server()
             killed = time.time()
+            offset = _log_size(directory)
             cluster.start_server(port)
             ready = time.time()
             worker = cluster.workers[0]
             _wait(
-                lambda r=ready: any(t > r for t in _starts(directory)),
+                lambda r=ready, o=offset: any(t > r for t in _starts(directory, o)),
                 "a task to start after the restart",
                 FIRST_START_TIMEOUT,
             )
-            first = min(t for t in _starts(directory) if t > ready)
+            first = min(t for t in _starts(directory, offset) if t > ready)
+            assert cluster.server is not None  # its line follows "listening on"
+            resumed += [line for line in cluster.server.lines if " resumed " in line]
             back = _reconnected_at(list(worker.lines), killed)
             series["kill_to_ready"].append(ready - killed)
             series["ready_to_first"].append(first - ready)
@@ -143,6 +170,7 @@ def _restart(
         "state": FlowRunState(ended.state).name,
         "attempts": attempts,
         "check": n,
+        "resumed": resumed,  # what each restarted server printed it resumed
     }
 
 
@@ -259,6 +287,10 @@ def format_durability(rows: list[Any], revisions: dict[str, str]) -> str:
                     f"median {_median(s['kill_to_first'])} s, max {_max(s['kill_to_first'])} "
                     f"s; the run ended {d['state']} after {d['attempts']} attempts of "
                     f"{d['tasks']} tasks"
+                    + "".join(
+                        f"; {line.split('headwater server ', 1)[-1]}"
+                        for line in d.get("resumed", [])
+                    )
                 )
             else:
                 kept, pruned = d["kept"], d["pruned"]

@@ -336,6 +336,15 @@ WORKLOADS += (
         durability=True,
     ),
     Workload(
+        name="server-restart-wide",
+        title="restart with a wide map in flight: a SIGKILL a third into a 100,000-element map",
+        kind="restart",
+        full={"n": 100_000, "kills": 1, "nap": 0, "slots": 6},
+        quick={"n": 5_000, "kills": 1, "nap": 0, "slots": 6},
+        systems=("server",),
+        durability=True,
+    ),
+    Workload(
         name="server-growth",
         title="retention: database growth per finished one-task run",
         kind="growth",
