@@ -229,9 +229,32 @@ def expected(method: str, column: str, state: str) -> grpc.StatusCode:
     return call.passed
 
 
+def _core_write_race(exc: grpc.aio.AioRpcError) -> bool:
+    """grpcio's asyncio client reports INTERNAL "Internal error from Core" instead of the
+    server's status when the server ends a request-streaming call (here: refuses it)
+    while the client is still writing its requests (grpc/grpc#36066): a client-side
+    artifact, seen now and then under load, not the server's answer."""
+    return exc.code() == grpc.StatusCode.INTERNAL and (
+        "execute_batch" in (exc.debug_error_string() or "")
+        or exc.details() == "Internal error from Core"
+    )
+
+
 async def _status(
     channel: grpc.aio.Channel, method: str, metadata: tuple[tuple[str, str], ...]
 ) -> grpc.StatusCode:
+    """The status the server answers the call with (the client's own write race,
+    ``_core_write_race``, is asked again: a few tries at most)."""
+    for _ in range(5):
+        code = await _status_once(channel, method, metadata)
+        if code is not None:
+            return code
+    raise AssertionError(f"{method}: INTERNAL from the client's write race five times")
+
+
+async def _status_once(
+    channel: grpc.aio.Channel, method: str, metadata: tuple[tuple[str, str], ...]
+) -> grpc.StatusCode | None:
     call = CALLS[method]
     make: Callable[..., Any] = getattr(channel, call.kind)
     stub = make(
@@ -252,6 +275,8 @@ async def _status(
                 stream.cancel()
                 break
     except grpc.aio.AioRpcError as exc:
+        if call.kind in ("stream_unary", "stream_stream") and _core_write_race(exc):
+            return None
         return exc.code()
     return OK
 
