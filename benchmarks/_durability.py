@@ -50,27 +50,27 @@ from ._server_tasks import STARTS, latency_flow, restart_flow
 FIRST_START_TIMEOUT = 90.0
 
 
-def _starts(directory: str, offset: int = 0) -> list[float]:
-    """Task start times logged (from byte ``offset`` of the log on)."""
-    path = Path(directory) / STARTS
-    if not path.exists():
-        return []
-    with path.open("rb") as f:
-        f.seek(offset)
-        lines = f.read().decode().splitlines()
-    return [float(line.split(" ", 1)[0]) for line in lines if line]
+class _StartLog:
+    """The task start times the tasks append to ``STARTS``, read as they come: each
+    call reads only what was appended since the last (the log of a 100,000-task run,
+    read whole at every 5 ms poll, would load the machine being measured)."""
 
+    def __init__(self, directory: str) -> None:
+        self.path = Path(directory) / STARTS
+        self.times: list[float] = []
+        self._offset = 0
+        self._partial = b""
 
-def _started(directory: str) -> int:
-    """How many task starts are logged (without parsing them: the log of a 100,000-task
-    run is read at every poll)."""
-    path = Path(directory) / STARTS
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-def _log_size(directory: str) -> int:
-    path = Path(directory) / STARTS
-    return path.stat().st_size if path.exists() else 0
+    def read(self) -> list[float]:
+        """Every start logged so far, oldest first."""
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                data = self._partial + f.read()
+            self._offset += len(data) - len(self._partial)
+            *lines, self._partial = data.split(b"\n")
+            self.times += [float(line.split(b" ", 1)[0]) for line in lines if line]
+        return self.times
 
 
 def _wait(condition: Any, what: str, timeout: float) -> None:
@@ -124,24 +124,25 @@ def _restart(
     params = spec["params"]
     env = {"HW_BENCH_DIR": directory, "HW_BENCH_NAP": str(params.get("nap", 0.02))}
     resumed: list[str] = []
+    log = _StartLog(directory)
     with Cluster(workers=1, slots=params.get("slots", 2), env=env) as cluster:
         port = cluster.address.rsplit(":", 1)[1]
         with Client(cluster.address) as client:
             run_id = client.run(restart_flow, {"n": n}).id
         for point in points:
-            _wait(lambda p=point: _started(directory) >= p, f"{point} task starts", 300)
+            _wait(lambda p=point: len(log.read()) >= p, f"{point} task starts", 300)
             cluster.kill_server()
             killed = time.time()
-            offset = _log_size(directory)
+            seen = len(log.read())
             cluster.start_server(port)
             ready = time.time()
             worker = cluster.workers[0]
             _wait(
-                lambda r=ready, o=offset: any(t > r for t in _starts(directory, o)),
+                lambda r=ready, k=seen: any(t > r for t in log.read()[k:]),
                 "a task to start after the restart",
                 FIRST_START_TIMEOUT,
             )
-            first = min(t for t in _starts(directory, offset) if t > ready)
+            first = min(t for t in log.read()[seen:] if t > ready)
             assert cluster.server is not None  # its line follows "listening on"
             resumed += [line for line in cluster.server.lines if " resumed " in line]
             back = _reconnected_at(list(worker.lines), killed)

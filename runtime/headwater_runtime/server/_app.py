@@ -335,8 +335,15 @@ async def serve_forever(settings: ServerSettings) -> None:
             lease = running.leadership.lease
             lead = f" (leader, lease epoch {running.leadership.epoch})" if lease else ""
             print(f"headwater server listening on {where}{lead}", flush=True)
-            if running.core.resumed:
-                print(f"headwater server {running.core.resumed}", flush=True)
+            found = running.core.recovery
+            if found is not None and found.resumed:
+                runs = f"{found.resumed} unfinished flow run{'s' * (found.resumed > 1)}"
+                print(
+                    f"headwater server resumed {runs} in {found.seconds:.2f}s: "
+                    f"{len(found.resent)} attempts sent again (no worker had them), "
+                    f"{len(found.held)} held by workers (awaiting them)",
+                    flush=True,
+                )
             if running.http is not None:
                 print(f"headwater web UI on {running.http.url}", flush=True)
             if running.tls is not None:

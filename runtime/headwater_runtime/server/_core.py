@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -73,7 +72,7 @@ from ._exports import DaskExports
 from ._io import StoreIO
 from ._limits import InvalidValue, check_value
 from ._notices import Notices
-from ._runs import RunManager
+from ._runs import Recovery, RunManager
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
 from ._waiting import start_timeout_failure, waiting_reasons
@@ -213,8 +212,8 @@ class ServerCore:
         self._wake = asyncio.Event()
         self._stopping = False
         self.refused_runs: list[tuple[str, str]] = []
-        #: What ``start`` resumed, for the server's start-up lines ("" when nothing).
-        self.resumed = ""
+        #: What ``start`` resumed (None until it has run), for the start-up lines.
+        self.recovery: Recovery | None = None
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
@@ -230,15 +229,7 @@ class ServerCore:
         Attempts that never reached a worker are dispatched again at once; attempts a
         worker held wait for it to reconnect (up to the heartbeat timeout)."""
         deadline = self.clock.now() + self.settings.heartbeat_timeout
-        began = time.monotonic()
-        found = self.runs.recover()
-        if self.runs.runs:
-            self.resumed = (
-                f"resumed {len(self.runs.runs)} unfinished flow "
-                f"run{'s' if len(self.runs.runs) > 1 else ''} in "
-                f"{time.monotonic() - began:.2f}s: {len(found.resent)} attempts sent again "
-                f"(no worker had them), {len(found.held)} held by workers (awaiting them)"
-            )
+        found = self.recovery = self.runs.recover()
         for flow_run_id, tid, attempt in found.held:
             self._orphans[(tid, attempt)] = (flow_run_id, deadline)
         for run_id, why in found.refused:

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import heapq
 import json
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -170,11 +171,15 @@ class Recovery:
         resent: attempts that never reached a worker, dispatched again at once
             (flow run id, task run id, attempt); they are not a loss.
         refused: runs not resumed, with why (a journal this server cannot replay).
+        resumed: how many runs were resumed.
+        seconds: how long replaying them took.
     """
 
     held: list[tuple[str, str, int]] = field(default_factory=list)
     resent: list[tuple[str, str, int]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
+    resumed: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -674,6 +679,7 @@ class RunManager(RunCacheLookups):
 
     def recover(self) -> Recovery:
         """Rebuild every unfinished run from its journal (see ``Recovery``)."""
+        began = time.monotonic()
         found = Recovery()
         for row in self.store.unfinished_flow_runs():
             if row.engine_version not in REPLAYS:
@@ -730,6 +736,8 @@ class RunManager(RunCacheLookups):
             # run's attempts are: 78,000 queued attempts of a wide map took ~1.9 s one
             # by one.
             self._process(active, resent)
+        found.resumed = len(self.runs)
+        found.seconds = time.monotonic() - began
         return found
 
     def rebuild(self, row: FlowRunRow) -> ActiveRun:
