@@ -12,8 +12,9 @@ on its database, and a database kept from growing by retention.
 * ``restart-wide`` (``server-restart-wide``): the same with a 100,000-element map of
   tasks that do not sleep, on 6 slots, killed once a third of them started: how long a
   run in the middle of a wide map takes to replay (~20,000-30,000 journal entries and
-  its 100,000 children) before the server listens again. Its row also quotes what the
-  restarted server printed it resumed.
+  its 100,000 children; the server listens first, since 2026-12-01, and the run's
+  queued work starts once it is replayed). Its row also quotes what the restarted
+  server printed it resumed.
 * ``growth``: B batches of R one-task runs, one after another; after each batch
   ``headwater prune --older-than 0.001s`` (every finished run is past retention) runs
   beside the server. Growth per run = (database bytes after the last batch - after
@@ -143,8 +144,14 @@ def _restart(
                 FIRST_START_TIMEOUT,
             )
             first = min(t for t in log.read()[seen:] if t > ready)
-            assert cluster.server is not None  # its line follows "listening on"
-            resumed += [line for line in cluster.server.lines if " resumed " in line]
+            server = cluster.server
+            assert server is not None  # it prints the line once the run is live again
+            _wait(
+                lambda s=server: any(" resumed " in line for line in s.lines),
+                "the server's resumed line",
+                FIRST_START_TIMEOUT,
+            )
+            resumed += [line for line in server.lines if " resumed " in line]
             back = _reconnected_at(list(worker.lines), killed)
             series["kill_to_ready"].append(ready - killed)
             series["ready_to_first"].append(first - ready)

@@ -30,6 +30,7 @@ from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.store import (
     FlowRunRow,
+    RunEvent,
     ScheduleRow,
     SQLiteStore,
     Store,
@@ -411,6 +412,140 @@ def test_a_worker_keeps_every_resent_attempt_it_holds_even_beyond_its_slots(
             assert kept == {(t.task_run_id, t.attempt) for t in held}
             assert running.core.dispatcher.pending_count == 0
             await worker.close()
+
+    asyncio.run(main())
+
+
+class SlowReplayStore(SQLiteStore):
+    """A SQLite store whose reading of a run's journal waits for ``released``: a run
+    whose replay takes long (a 100,000-element map in flight takes seconds)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.reading = threading.Event()
+        self.released = threading.Event()
+
+    def events(self, flow_run_id: str) -> list[RunEvent]:
+        """Wait for ``released``, then read the journal."""
+        self.reading.set()
+        assert self.released.wait(BOUND)
+        return super().events(flow_run_id)
+
+
+def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
+    tmp_path: Path,
+) -> None:
+    """A restarted server listens before it has replayed its unfinished runs. Until a
+    run is replayed: a worker reconnecting with its attempts keeps them (the one it
+    was known to hold, and one whose delivery was never stored), its reports on the
+    run wait (no ack before the report is stored), and a cancel waits too. Then
+    nothing is sent twice, the attempt nobody holds is sent again, and the run
+    finishes."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    store.released.set()
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    (numbers,) = dispatch.submitted
+    dispatch.submitted.clear()
+    token = numbers.assignment.token
+    key = split_task_run_id(token.task_run_id)[1]
+    manager.handle(row.id, TaskSucceeded(key, token.attempt, value_of([0, 1, 2], True)))
+    manager.flush()
+    scales = [p.assignment for p in dispatch.submitted]
+    assert len(scales) == 3
+    held, unrecorded, lost = scales  # delivered to "w" (stored); sent (not stored); neither
+    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w")
+    manager.flush()
+    store.released.clear()
+    store.reading.clear()
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            assert await asyncio.to_thread(store.reading.wait, BOUND)
+            assert not running.core.recovered.is_set()  # listening, still replaying
+            claims = [held.token, unrecorded.token]
+            worker = StreamWorker(channel, "w", slots=2, running=claims)  # both busy
+            welcome = await worker.next("welcome")
+            assert {t.task_run_id for t in welcome.keep_running} == {
+                held.token.task_run_id,
+                unrecorded.token.task_run_id,
+            }
+            # Reads are answered meanwhile, from the store.
+            running_state = FlowRunState.RUNNING.value
+            assert (await run_state(channel, row.id)).flow_run.state == running_state
+            worker.send(result=worker.result(held))
+            waiting = running.core.runs._aside[row.id]
+
+            def report_waits() -> bool:
+                calls = [getattr(c, "func", None) for c in waiting]
+                return running.core._held_report in calls
+
+            await _until(report_waits, "the report to wait for the replay")
+            assert not [m for m in _drain(worker) if m.WhichOneof("message") == "ack"]
+            other = StreamWorker(channel, "other", slots=4)
+            await other.next("welcome")
+            store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            ack = await worker.next("ack")
+            assert ack.accepted and ack.token.task_run_id == held.token.task_run_id
+            found = running.core.recovery
+            assert found is not None and found.resumed == 1
+            assert {t for _, t, _ in found.held} == {held.token.task_run_id}
+            # The attempt nobody holds is sent again (to the worker with the most free
+            # slots); the one "w" reclaimed is not.
+            again = await other.next("assignment")
+            assert again.token.task_run_id == lost.token.task_run_id
+            other.send(result=other.result(again))
+            worker.send(result=worker.result(unrecorded))
+            assert (await worker.next("ack")).accepted
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(other, done))
+            assert await finished(channel, row.id) == FlowRunState.SUCCESS.value
+            done.set()
+            assert await serving == 1  # the total; no scale attempt was sent twice
+            await other.close()
+            await worker.close()
+            got = await run_state(channel, row.id)
+            attempts = {t.name: t.attempts for t in got.task_runs if t.name != "scale"}
+            assert set(attempts.values()) == {1}, attempts  # ("scale" is the map itself)
+            assert decode_value(got.flow_run.result)["total"] == 30
+
+    asyncio.run(main())
+
+
+def test_a_cancel_of_a_run_being_resumed_waits_for_its_replay(tmp_path: Path) -> None:
+    store = SlowReplayStore(tmp_path / "hw.db")
+    store.released.set()
+    manager = RunManager(store, FakeDispatch(), Clock())
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    store.released.clear()
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            assert await asyncio.to_thread(store.reading.wait, BOUND)
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            cancel = asyncio.ensure_future(
+                client.CancelFlowRun(
+                    cp.CancelFlowRunRequest(id=row.id, reason="no longer needed"), metadata=AUTH
+                )
+            )
+            assert running.core.runs.replaying(row.id)
+            store.released.set()
+            cancelled = await asyncio.wait_for(cancel, BOUND)
+            # Answered once the cancel is applied and stored, not before.
+            assert cancelled.flow_run.state == FlowRunState.CANCELLED.value
+            assert "no longer needed" in cancelled.flow_run.history[-1].message
 
     asyncio.run(main())
 

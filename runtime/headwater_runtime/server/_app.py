@@ -305,6 +305,20 @@ async def _first(*events: asyncio.Event) -> None:
             waiting.cancel()
 
 
+async def _print_resumed(core: ServerCore) -> None:
+    """Say what the server resumed, once every unfinished run is live again."""
+    await core.recovered.wait()
+    found = core.recovery
+    if found is not None and found.resumed:
+        runs = f"{found.resumed} unfinished flow run{'s' * (found.resumed > 1)}"
+        print(
+            f"headwater server resumed {runs} in {found.seconds:.2f}s: "
+            f"{len(found.resent)} attempts sent again (no worker had them), "
+            f"{len(found.held)} held by workers (awaiting them)",
+            flush=True,
+        )
+
+
 async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once it serves. A standby
     says so (and whom it waits for) first; a leader that loses the lead starts again
@@ -335,15 +349,7 @@ async def serve_forever(settings: ServerSettings) -> None:
             lease = running.leadership.lease
             lead = f" (leader, lease epoch {running.leadership.epoch})" if lease else ""
             print(f"headwater server listening on {where}{lead}", flush=True)
-            found = running.core.recovery
-            if found is not None and found.resumed:
-                runs = f"{found.resumed} unfinished flow run{'s' * (found.resumed > 1)}"
-                print(
-                    f"headwater server resumed {runs} in {found.seconds:.2f}s: "
-                    f"{len(found.resent)} attempts sent again (no worker had them), "
-                    f"{len(found.held)} held by workers (awaiting them)",
-                    flush=True,
-                )
+            resumed_line = asyncio.ensure_future(_print_resumed(running.core))
             if running.http is not None:
                 print(f"headwater web UI on {running.http.url}", flush=True)
             if running.tls is not None:
@@ -356,6 +362,7 @@ async def serve_forever(settings: ServerSettings) -> None:
                     flush=True,
                 )
             await _first(stop, running.lost)
+            resumed_line.cancel()
         if stop.is_set():
             print("headwater server stopping", file=sys.stderr, flush=True)
             await running.stop()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -211,9 +212,11 @@ class ServerCore:
         self._background: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self.refused_runs: list[tuple[str, str]] = []
-        #: What ``start`` resumed (None until it has run), for the start-up lines.
+        #: What ``start`` resumed (None until all are live), for the start-up lines.
         self.recovery: Recovery | None = None
+        #: Set once every unfinished run ``start`` found is live again.
+        self.recovered = asyncio.Event()
+        self._resuming: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
@@ -224,26 +227,59 @@ class ServerCore:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Recover unfinished runs, then start the timer/heartbeat loop.
+        """Start the timer/heartbeat loop, and resume unfinished runs in the background
+        (``recovered`` is set once all are live again).
 
-        Attempts that never reached a worker are dispatched again at once; attempts a
-        worker held wait for it to reconnect (up to the heartbeat timeout)."""
-        deadline = self.clock.now() + self.settings.heartbeat_timeout
-        found = self.recovery = self.runs.recover()
-        for flow_run_id, tid, attempt in found.held:
-            self._orphans[(tid, attempt)] = (flow_run_id, deadline)
-        for run_id, why in found.refused:
+        Until its journal is replayed, the calls for a run wait (a worker's reports on
+        it, a cancel), and a worker that reconnects holding its attempts keeps them.
+        Then attempts that never reached a worker are dispatched again at once;
+        attempts a worker held wait for it to reconnect (up to the heartbeat timeout)."""
+        began = time.monotonic()
+        rows, refused = self.runs.unfinished()
+        for run_id, why in refused:
             log.error("not resuming flow run %s: %s", run_id, why)
-        self.refused_runs = found.refused
         self.schedules.load()
-        await self.ops.start(found)  # before the recovered attempts are dispatched
-        await self.commits.drain()
-        self._background = asyncio.get_running_loop().create_task(self._loop())
+        await self.ops.start([row.id for row in rows])
+        loop = asyncio.get_running_loop()
+        self._background = loop.create_task(self._loop())
+        self._resuming = loop.create_task(self._resume(rows, Recovery(refused=refused), began))
+
+    async def _resume(self, rows: list[FlowRunRow], found: Recovery, began: float) -> None:
+        """Replay unfinished runs one by one on a reader thread (a run with a
+        100,000-element map in flight takes seconds), each made live on the loop. A run
+        that cannot be replayed is left unfinished in the store, and said so."""
+        try:
+            for row in rows:
+                try:
+                    resumed = await self.io.read(self.runs.replay, row)
+                except Exception as exc:
+                    log.exception("cannot resume flow run %s", row.id)
+                    self.runs.abandon(row.id)
+                    found.refused.append((row.id, f"its journal could not be replayed: {exc}"))
+                    continue
+                deadline = self.clock.now() + self.settings.heartbeat_timeout
+                for flow_run_id, tid, attempt in resumed.held:
+                    if self.dispatcher.owner((tid, attempt)) is None:  # not reclaimed yet
+                        self._orphans[(tid, attempt)] = (flow_run_id, deadline)
+                self.ops.resumed(resumed)  # before its attempts are dispatched again
+                self.runs.resume(resumed)
+                found.held.extend(resumed.held)
+                found.resent.extend(resumed.resent)
+                found.resumed += 1
+                self.touch()
+        finally:  # (also when the server stops meanwhile: nothing waits for it then)
+            found.seconds = time.monotonic() - began
+            self.recovery = found
+            self.recovered.set()
 
     async def stop(self) -> None:
         """Stop the timer loop, store what is left, end the traces."""
         self._stopping = True
         self._wake.set()
+        if self._resuming is not None:
+            self._resuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resuming
         if self._background is not None:
             self._background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -314,6 +350,8 @@ class ServerCore:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
         yet: it stays queued). A large run is cancelled on a reader thread
         (``RunManager.set_aside``): the loop goes on serving everyone else."""
+        if self.runs.replaying(flow_run_id):  # cancelled once its journal is replayed
+            await self.recovered.wait()
         active = self.runs.set_aside(flow_run_id)
         if active is None:
             self.runs.cancel(flow_run_id, reason)
@@ -471,6 +509,14 @@ class ServerCore:
                 self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
                 if session.restricted:  # it may still need to read the inputs
                     session.reads[key] = input_payloads(queued.assignment)
+                continue
+            flow_run_id = _run_of(token.task_run_id)
+            if self.dispatcher.owner(key) is None and self.runs.replaying(flow_run_id):
+                # Its run is being resumed: kept, and delivered to this worker (recorded
+                # once the run is live); the run then waits for it rather than sending
+                # it again (Dispatcher.pump skips an attempt a worker holds).
+                adopted[key] = flow_run_id
+                self.runs.delivered(flow_run_id, key[0], key[1], session.name)
         welcome = worker_pb2.Welcome(
             session_id=session.session_id,
             server_version=SERVER_VERSION,
@@ -532,9 +578,7 @@ class ServerCore:
 
     def _report(self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest) -> None:
         """An attempt's start or outcome, from the session that holds it."""
-        report = getattr(msg, kind)
-        token: worker_pb2.FencingToken = report.token
-        key: Token = (token.task_run_id, token.attempt)
+        token: worker_pb2.FencingToken = getattr(msg, kind).token
         if not self._holds(session, token):
             if kind != "started":
                 self._refuse(
@@ -544,7 +588,23 @@ class ServerCore:
                     "by this worker session",
                 )
             return
-        flow_run_id, run_key = split_task_run_id(token.task_run_id)  # held: well formed
+        flow_run_id = split_task_run_id(token.task_run_id)[0]  # held: well formed
+        if self.runs.waiting(flow_run_id):
+            # Being resumed or worked on off the loop: the report, and its ack, once the
+            # run is live again (no ack leaves before its event is stored).
+            report_later = functools.partial(self._held_report, session, kind, msg)
+            self.runs.later(flow_run_id, report_later)
+            return
+        self._held_report(session, kind, msg)
+
+    def _held_report(
+        self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest
+    ) -> None:
+        """A report from the session holding its attempt (``_report``) takes effect."""
+        report = getattr(msg, kind)
+        token: worker_pb2.FencingToken = report.token
+        key: Token = (token.task_run_id, token.attempt)
+        flow_run_id, run_key = split_task_run_id(token.task_run_id)
         event: Event
         if kind == "cancelled":
             requested = self.dispatcher.cancel_requested(key)
@@ -810,3 +870,11 @@ class ServerCore:
             # Snapshot now: the record keeps changing before the commit.
             snapshot = None if run is None else task_run_from_record(flow_run_id, run)
             pending.notes.append((flow_run_id, snapshot))
+
+
+def _run_of(task_run_id_: str) -> str:
+    """The flow run id of a task run id a peer named ("" if malformed)."""
+    try:
+        return split_task_run_id(task_run_id_)[0]
+    except ValueError:
+        return ""

@@ -492,6 +492,12 @@ class Dispatcher:
                 if self._queued.get(run_id, _NONE).get(pending.token) is not pending:
                     queue.popleft()  # taken out early (cancelled, claimed)
                     continue
+                if pending.token in self._owner:
+                    # A worker holds it already: it reconnected holding it while its
+                    # run was being resumed (ServerCore.connect). Never sent twice.
+                    queue.popleft()
+                    self._unqueue(pending.token, run_id)
+                    continue
                 tag = self.limits.blocking(pending.tags) if pending.tags else None
                 if tag is not None:  # its tag is at its limit: it waits there
                     queue.popleft()

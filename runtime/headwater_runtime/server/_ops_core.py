@@ -33,7 +33,7 @@ from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
 from ._late import NOT_STARTED, LateRuns, late_reason
 from ._metrics import MetricsServer, ServerMetrics
-from ._runs import ActiveRun, Recovery
+from ._runs import ActiveRun, Resumed
 from ._schedule_times import fire_time_of
 from ._webhooks import Deliverer, DeliverySettings, Webhooks
 from ._workers import WorkerRegistry
@@ -68,6 +68,7 @@ class Operations:
 
     def __init__(self, core: ServerCore) -> None:
         self.core = core
+        self._marked_late: set[str] = set()  # unfinished runs marked late already
         settings = core.settings
         now = core.clock.now
         self.limits = core.dispatcher.limits
@@ -96,26 +97,33 @@ class Operations:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, found: Recovery) -> None:
-        """Load limits, workers, drains and webhooks; apply those of the settings; give
-        attempts a worker held at the crash their leases back; start delivering webhooks
-        and serving /metrics. Called after recovery, before anything is dispatched."""
+    async def start(self, unfinished: list[str]) -> None:
+        """Load limits, workers, drains and webhooks; apply those of the settings;
+        start delivering webhooks and serving /metrics. Called before anything is
+        dispatched; ``unfinished``: the runs being resumed (``resumed``)."""
         core = self.core
-        marked = await core.io.read(self._load, list(core.runs.runs))
+        self._marked_late = await core.io.read(self._load, unfinished)
         for row in core.settings.tag_limits:
             await self.set_limit(row)
         await self._configured_webhooks()
-        for flow_run_id, task_run_id, attempt in found.held:
-            self.limits.acquire((task_run_id, attempt), self._tags(flow_run_id, task_run_id))
         now = core.clock.now()
-        for run_id, active in core.runs.runs.items():
-            if run_id not in marked and not _started(active.engine):
-                self.late.created(run_id, active.row.started_at or active.row.created_at)
         self.deliverer.start()
         port = core.settings.metrics_port
         if port is not None:
             self.metrics_server = MetricsServer(self.metrics, core.settings.host, port)
         self._next_flush = now + WORKER_FLUSH
+
+    def resumed(self, resumed: Resumed) -> None:
+        """A run was replayed after a restart, before it is live: the attempts a worker
+        held at the crash get their leases back, and a run none of whose task runs had
+        started is watched for lateness again (unless marked late already)."""
+        active = resumed.active
+        for _, task_run_id, attempt in resumed.held:
+            run = active.engine.runs.get(split_task_run_id(task_run_id)[1])
+            self.limits.acquire((task_run_id, attempt), run.spec.tags if run else ())
+        run_id = active.row.id
+        if run_id not in self._marked_late and not _started(active.engine):
+            self.late.created(run_id, active.row.started_at or active.row.created_at)
 
     def _load(self, run_ids: list[str]) -> set[str]:
         store = self.core.store

@@ -133,6 +133,7 @@ __all__ = [
     "NotRunning",
     "PendingAssignment",
     "Recovery",
+    "Resumed",
     "RunManager",
     "SubflowStart",
 ]
@@ -180,6 +181,16 @@ class Recovery:
     refused: list[tuple[str, str]] = field(default_factory=list)
     resumed: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class Resumed:
+    """A stored run replayed by ``RunManager.replay``, not live yet: the attempts a
+    worker held (waiting for it) and those sent again, as in ``Recovery``."""
+
+    active: ActiveRun
+    held: list[tuple[str, str, int]] = field(default_factory=list)
+    resent: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -506,10 +517,10 @@ class RunManager(RunCacheLookups):
     def handle(self, flow_run_id: str, event: Event) -> list[EventIgnored]:
         """Apply an event to a run; returns the refusals (stale or unknown attempts).
         An event for a run being cancelled off the loop is applied once it rejoins."""
-        active = self.runs.get(flow_run_id)
-        if active is None:
-            return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         later = self._aside.get(flow_run_id)
+        active = self.runs.get(flow_run_id)
+        if active is None and later is None:
+            return [EventIgnored(event, refusal(self.store, flow_run_id, event))]
         if later is not None:
             # The cancel under way ends every attempt; another outcome waits its turn.
             if flow_run_id in self._cancelling and isinstance(event, _OUTCOMES):
@@ -517,6 +528,7 @@ class RunManager(RunCacheLookups):
                 return [EventIgnored(event, f"{why}: the flow run is being cancelled")]
             later.append(functools.partial(self.handle, flow_run_id, event))
             return []
+        assert active is not None
         if type(event) is TaskFailed and event.never_started:
             row = active.row
             if row.engine_version != ENGINE_VERSION:
@@ -678,12 +690,30 @@ class RunManager(RunCacheLookups):
                 active.trace = None
 
     def recover(self) -> Recovery:
-        """Rebuild every unfinished run from its journal (see ``Recovery``)."""
+        """Rebuild every unfinished run from its journal, here and now (see
+        ``Recovery``). The server does the same run by run after it listens
+        (``unfinished``, ``replay`` on a reader thread, ``resume``)."""
         began = time.monotonic()
-        found = Recovery()
+        rows, refused = self.unfinished()
+        found = Recovery(refused=refused)
+        for row in rows:
+            resumed = self.replay(row)
+            found.held.extend(resumed.held)
+            found.resent.extend(resumed.resent)
+            self.resume(resumed)
+        found.resumed = len(rows)
+        found.seconds = time.monotonic() - began
+        return found
+
+    def unfinished(self) -> tuple[list[FlowRunRow], list[tuple[str, str]]]:
+        """The stored runs to resume, and those this server cannot (with why: a journal
+        of an engine it cannot replay). Each run to resume waits for its ``resume`` as
+        a run set aside does: the calls for it are held, in order."""
+        rows: list[FlowRunRow] = []
+        refused: list[tuple[str, str]] = []
         for row in self.store.unfinished_flow_runs():
             if row.engine_version not in REPLAYS:
-                found.refused.append(
+                refused.append(
                     (
                         row.id,
                         f"flow run {row.id} has a journal of engine version "
@@ -693,31 +723,53 @@ class RunManager(RunCacheLookups):
                     )
                 )
                 continue
-            active = self.rebuild(row)
-            self.runs[row.id] = active
-            if len(active.engine.graph.tasks) >= self.collector.large:
-                active.large = True
-                self.collector.large_run_started()
+            self._aside[row.id] = []
             self.children.link(row)
-            if self.tracer is not None:
-                from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
+            rows.append(row)
+        return rows, refused
 
-                # A child of the flow span of the process that started the run.
-                parent = extract(row.trace_context)
-                active.trace = RunTracer(
-                    self.tracer,
-                    row.flow_name,
-                    row.id,
-                    parent,
-                    resumed=True,
-                    attempt=active.engine.run_attempt,
-                )
-            if active.seq == 0:
-                # Created, then the server died before the tick that journals its start
-                # was committed: start it now, or it would never run.
-                self._run_attempt(active)
-                self._process(active, active.journal.start())
-                continue
+    def replaying(self, flow_run_id: str) -> bool:
+        """Whether a stored unfinished run waits for its ``resume``."""
+        return flow_run_id in self._aside and flow_run_id not in self.runs
+
+    def waiting(self, flow_run_id: str) -> bool:
+        """Whether calls for a run wait (``later``): it is being resumed, or worked on
+        off the loop."""
+        return flow_run_id in self._aside
+
+    def later(self, flow_run_id: str, call: Callable[[], object]) -> None:
+        """Carry out ``call`` once a waiting run (``waiting``) is live again, in order."""
+        self._aside[flow_run_id].append(call)
+
+    def replay(self, row: FlowRunRow) -> Resumed:
+        """An unfinished run (``unfinished``) rebuilt from its journal, with its
+        attempts in flight sorted out: those a worker had been handed wait for it, the
+        others are sent again, unchanged. Its writes and effects go to a sink of its
+        own, for ``resume``. May run on a reader thread: a run with a 100,000-element
+        map in flight takes seconds."""
+        active = self.rebuild(row)
+        active.sink = Sink()
+        active.large = len(active.engine.graph.tasks) >= self.collector.large
+        if self.tracer is not None:
+            from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
+
+            # A child of the flow span of the process that started the run.
+            parent = extract(row.trace_context)
+            active.trace = RunTracer(
+                self.tracer,
+                row.flow_name,
+                row.id,
+                parent,
+                resumed=True,
+                attempt=active.engine.run_attempt,
+            )
+        resumed = Resumed(active)
+        if active.seq == 0:
+            # Created, then the server died before the tick that journals its start
+            # was committed: start it now, or it would never run.
+            self._run_attempt(active)
+            self._process(active, active.journal.start())
+        else:
             delivered = self.store.delivered(row.id)
             resent: list[Command] = []
             for run in active.engine.runs.values():
@@ -728,17 +780,32 @@ class RunManager(RunCacheLookups):
                     active.trace.dispatched(run, run.attempt, resumed=True)
                 if delivered.get(run.key, 0) == run.attempt:
                     active.delivered[run.key] = run.attempt
-                    found.held.append(token)
+                    resumed.held.append(token)
                 else:
                     resent.append(active.engine.resend(run.key))
-                    found.resent.append(token)
+                    resumed.resent.append(token)
             # Handed to the dispatcher together (one effect per task type), as a new
             # run's attempts are: 78,000 queued attempts of a wide map took ~1.9 s one
             # by one.
             self._process(active, resent)
-        found.resumed = len(self.runs)
-        found.seconds = time.monotonic() - began
-        return found
+        for effect in active.sink.effects:  # laid out here: the loop only hands over
+            if type(effect) is ReadyAttempts:
+                effect.lay_out()
+        return resumed
+
+    def resume(self, resumed: Resumed) -> None:
+        """A replayed run (``replay``) is live: on the event loop. Its writes join the
+        open batch, then the calls for it that waited are carried out (``rejoin``)."""
+        active = resumed.active
+        self.runs[active.row.id] = active
+        if active.large:
+            self.collector.large_run_started()
+        self.rejoin(active)
+
+    def abandon(self, flow_run_id: str) -> None:
+        """A run that could not be replayed is not resumed; the calls that waited for
+        it are dropped (it stays unfinished in the store)."""
+        self._aside.pop(flow_run_id, None)
 
     def rebuild(self, row: FlowRunRow) -> ActiveRun:
         """A stored run's engine, replayed from its journal (not registered in ``runs``;
