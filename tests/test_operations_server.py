@@ -6,6 +6,10 @@ tests that keep state run on both stores (the db fixture: SQLite, PostgreSQL).""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -23,6 +27,7 @@ from test_server_protocol import serving
 from headwater.v1 import operations_pb2 as ops
 from headwater.v1 import operations_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, duration
+from headwater_runtime.server._cli import configure_logging
 from headwater_runtime.server._config import ConfigError, settings
 from headwater_runtime.server._ops_core import RetryRefused
 from headwater_runtime.server._runs import RunManager
@@ -281,6 +286,47 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         settings({}, {"HEADWATER_PORT": "x"})
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
         settings({}, {}, str(tmp_path / "missing.toml"))
+
+
+def test_the_server_log_level_comes_from_the_flag_environment_or_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "headwater.toml"
+    config.write_text('[server]\nlog_level = "warning"\n')
+    assert settings({}, {}).log_level == "info"  # the default
+    assert settings({}, {}, str(config)).log_level == "warning"
+    assert settings({}, {"HEADWATER_LOG_LEVEL": "DEBUG"}, str(config)).log_level == "debug"
+    assert settings({"log_level": "error"}, {"HEADWATER_LOG_LEVEL": "debug"}).log_level == "error"
+    with pytest.raises(ConfigError, match="HEADWATER_LOG_LEVEL: must be one of debug, info"):
+        settings({}, {"HEADWATER_LOG_LEVEL": "loud"})
+    ran = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "server", "--log-level", "loud"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 2 and "--log-level: invalid choice: 'loud'" in ran.stderr
+    # Records carry their time, level and logger; Headwater's from the level up,
+    # other libraries' from warning up.
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logging.getLogger("headwater").level
+    try:
+        configure_logging("info")
+        logging.getLogger("headwater.server").info("pruned 3 finished runs")
+        logging.getLogger("headwater.server").debug("not shown at info")
+        logging.getLogger("aiohttp.access").info("GET / 200")
+        logging.getLogger("aiohttp.access").warning("a library warning")
+    finally:
+        root.handlers[:], level, ours = saved
+        root.setLevel(level)
+        logging.getLogger("headwater").setLevel(ours)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d [\d:,]+ INFO headwater.server: pruned 3 finished runs", lines[0]
+    )
+    assert lines[1].endswith("WARNING aiohttp.access: a library warning")
 
 
 def test_a_scheduled_run_is_late_with_its_reason_also_when_it_fired_during_downtime(

@@ -108,6 +108,7 @@ from ._settings import ENV_HOST as ENV_HOST
 from ._settings import ENV_HTTP_PORT as ENV_HTTP_PORT
 from ._settings import ENV_LATE_AFTER as ENV_LATE_AFTER
 from ._settings import ENV_LEASE as ENV_LEASE
+from ._settings import ENV_LOG_LEVEL as ENV_LOG_LEVEL
 from ._settings import ENV_METRICS_PORT as ENV_METRICS_PORT
 from ._settings import ENV_PAYLOAD_DIR as ENV_PAYLOAD_DIR
 from ._settings import ENV_PORT as ENV_PORT

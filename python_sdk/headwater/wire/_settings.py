@@ -53,6 +53,8 @@ ENV_HEARTBEAT_TIMEOUT = "HEADWATER_HEARTBEAT_TIMEOUT"
 ENV_LATE_AFTER = "HEADWATER_LATE_AFTER"
 #: The web UI's base URL (links in webhook bodies).
 ENV_UI_URL = "HEADWATER_UI_URL"
+#: What the server logs: debug, info, warning or error.
+ENV_LOG_LEVEL = "HEADWATER_LOG_LEVEL"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
@@ -81,6 +83,7 @@ VARIABLES: dict[str, str] = {
     ENV_HEARTBEAT_TIMEOUT: "how long a silent worker keeps its attempts (default 20s)",
     ENV_LATE_AFTER: "when a run that has not started is marked late (default 1m; 0: never)",
     ENV_UI_URL: "the web UI's base URL, for links to runs in webhook bodies",
+    ENV_LOG_LEVEL: "what the server logs (stderr): debug, info, warning or error (default info)",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

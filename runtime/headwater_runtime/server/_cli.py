@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from typing import Any
 
@@ -122,6 +123,14 @@ def add_server_command(sub: Any) -> None:
             help=f"{spec.meaning} (or {limit_variable(spec.name)}; default "
             f"{getattr(defaults, spec.name):,})",
         )
+    server.add_argument(
+        "--log-level",
+        default=None,
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        help="what the server logs on stderr, each record with its time, level and "
+        "logger (or HEADWATER_LOG_LEVEL; default info)",
+    )
     server.add_argument(
         "--config",
         default=None,
@@ -249,11 +258,13 @@ def run_server(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
+            log_level=args.log_level,
             **{k: v for k, v in durations.items() if v is not _UNSET},
         )
     except (ConfigError, ValueError) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(settings.log_level)
     from headwater_runtime.store import is_postgres
 
     if is_postgres(settings.db):
@@ -284,3 +295,14 @@ def run_server(args: argparse.Namespace) -> int:
     finally:
         tracing.shutdown()  # SIGTERM ends serve_forever normally: spans are flushed
     return 0
+
+
+def configure_logging(level: str) -> None:
+    """Log records on stderr with their time, level and logger: Headwater's from
+    ``level`` up (debug, info, warning, error), other libraries' from warning up."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("headwater").setLevel(level.upper())

@@ -23,6 +23,7 @@ error naming the file, the key and what it expects.
     tls_client_ca = "/etc/headwater/ca.pem"   # HEADWATER_TLS_CLIENT_CA, --tls-client-ca
     payload_dir = "/var/lib/headwater/payloads"  # HEADWATER_PAYLOAD_DIR, --payload-dir
     lease = "10s"               # HEADWATER_LEASE, --lease (with PostgreSQL)
+    log_level = "info"          # HEADWATER_LOG_LEVEL, --log-level
 
 The size limits on what peers send (docs/limits.md) come from ``HEADWATER_MAX_*``
 variables and ``--max-*`` flags (``limits_from_env``), not from the file.
@@ -63,6 +64,7 @@ from headwater.wire import (
     ENV_HTTP_PORT,
     ENV_LATE_AFTER,
     ENV_LEASE,
+    ENV_LOG_LEVEL,
     ENV_METRICS_PORT,
     ENV_PAYLOAD_DIR,
     ENV_PORT,
@@ -125,6 +127,17 @@ def _text(value: Any) -> str:
     return value
 
 
+#: The levels ``log_level`` accepts.
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _log_level(value: Any) -> str:
+    level = str(value).strip().lower()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
 def _count(value: Any) -> int:
     count = _whole(value)
     if count is None or count < 1:
@@ -150,6 +163,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("tls_client_ca", ENV_TLS_CLIENT_CA, _text),
     ("payload_dir", ENV_PAYLOAD_DIR, _text),
     ("lease", ENV_LEASE, _seconds),
+    ("log_level", ENV_LOG_LEVEL, _log_level),
 )
 _SERVER_KEYS = {field: parse for field, _, parse in ENVIRONMENT}
 _DELIVERY_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

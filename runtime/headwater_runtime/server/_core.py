@@ -116,6 +116,9 @@ class ServerSettings:
     #: Servers sharing a PostgreSQL database: how long the leader's lease lasts
     #: (seconds); a standby takes over at most this long after the leader stopped.
     lease: float = 10.0
+    #: What the server logs on stderr (``headwater server`` configures it): debug,
+    #: info, warning or error; other libraries' records from warning up.
+    log_level: str = "info"
     #: ``HOST:PORT`` standbys name as the leader when this server leads (default:
     #: host and bound port; set it when clients reach the server by another name).
     advertise: str = ""
