@@ -6,7 +6,6 @@ tests that keep state run on both stores (the db fixture: SQLite, PostgreSQL).""
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from test_server_protocol import serving
 from headwater.v1 import operations_pb2 as ops
 from headwater.v1 import operations_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, duration
-from headwater_runtime.server._cli import configure_logging
 from headwater_runtime.server._config import ConfigError, settings
 from headwater_runtime.server._ops_core import RetryRefused
 from headwater_runtime.server._runs import RunManager
@@ -288,9 +286,7 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         settings({}, {}, str(tmp_path / "missing.toml"))
 
 
-def test_the_server_log_level_comes_from_the_flag_environment_or_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_server_log_level_comes_from_the_flag_environment_or_file(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
     config.write_text('[server]\nlog_level = "warning"\n')
     assert settings({}, {}).log_level == "info"  # the default
@@ -308,25 +304,24 @@ def test_the_server_log_level_comes_from_the_flag_environment_or_file(
     )
     assert ran.returncode == 2 and "--log-level: invalid choice: 'loud'" in ran.stderr
     # Records carry their time, level and logger; Headwater's from the level up,
-    # other libraries' from warning up.
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, logging.getLogger("headwater").level
-    try:
-        configure_logging("info")
-        logging.getLogger("headwater.server").info("pruned 3 finished runs")
-        logging.getLogger("headwater.server").debug("not shown at info")
-        logging.getLogger("aiohttp.access").info("GET / 200")
-        logging.getLogger("aiohttp.access").warning("a library warning")
-    finally:
-        root.handlers[:], level, ours = saved
-        root.setLevel(level)
-        logging.getLogger("headwater").setLevel(ours)
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2, lines
-    assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d [\d:,]+ INFO headwater.server: pruned 3 finished runs", lines[0]
+    # other libraries' from warning up (in a process of its own: logging is global).
+    script = (
+        "import logging\n"
+        "from headwater_runtime.server._cli import configure_logging\n"
+        "configure_logging('info')\n"
+        "logging.getLogger('headwater.server').info('pruned 3 finished runs')\n"
+        "logging.getLogger('headwater.server').debug('not shown at info')\n"
+        "logging.getLogger('aiohttp.access').info('GET / 200')\n"
+        "logging.getLogger('aiohttp.access').warning('a library warning')\n"
     )
-    assert lines[1].endswith("WARNING aiohttp.access: a library warning")
+    logged = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = logged.stderr.splitlines()
+    assert len(lines) == 2, lines
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(stamp + " INFO headwater.server: pruned 3 finished runs", lines[0])
+    assert re.fullmatch(stamp + " WARNING aiohttp.access: a library warning", lines[1])
 
 
 def test_a_scheduled_run_is_late_with_its_reason_also_when_it_fired_during_downtime(

@@ -264,7 +264,6 @@ def run_server(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
     from headwater_runtime.store import is_postgres
 
     if is_postgres(settings.db):
@@ -284,6 +283,9 @@ def run_server(args: argparse.Namespace) -> int:
     except TracingConfigError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
+    # Only now, every setting checked: a refused start leaves the process's logging as
+    # it found it (the CLI's own tests call it in-process).
+    configure_logging(settings.log_level)
     try:
         asyncio.run(serve_forever(settings))
     except ValueError as exc:  # TLSConfigError: a certificate file that cannot be used
