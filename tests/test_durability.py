@@ -479,36 +479,42 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
             # Reads are answered meanwhile, from the store.
             running_state = FlowRunState.RUNNING.value
             assert (await run_state(channel, row.id)).flow_run.state == running_state
+            # Both reclaimed attempts report while the run is replayed: the reports
+            # wait, and so do their acks.
             worker.send(result=worker.result(held))
+            worker.send(result=worker.result(unrecorded))
             waiting = running.core.runs._aside[row.id]
 
-            def report_waits() -> bool:
+            def reports_wait() -> bool:
                 calls = [getattr(c, "func", None) for c in waiting]
-                return running.core._held_report in calls
+                return calls.count(running.core._held_report) == 2
 
-            await _until(report_waits, "the report to wait for the replay")
+            await _until(reports_wait, "the reports to wait for the replay")
             assert not [m for m in _drain(worker) if m.WhichOneof("message") == "ack"]
             other = StreamWorker(channel, "other", slots=4)
             await other.next("welcome")
             store.released.set()
             await asyncio.wait_for(running.core.recovered.wait(), BOUND)
-            ack = await worker.next("ack")
-            assert ack.accepted and ack.token.task_run_id == held.token.task_run_id
+            acks = [await worker.next("ack"), await worker.next("ack")]
+            assert all(a.accepted for a in acks)
+            assert {a.token.task_run_id for a in acks} == {
+                held.token.task_run_id,
+                unrecorded.token.task_run_id,
+            }
             found = running.core.recovery
             assert found is not None and found.resumed == 1
             assert {t for _, t, _ in found.held} == {held.token.task_run_id}
-            # The attempt nobody holds is sent again (to the worker with the most free
-            # slots); the one "w" reclaimed is not.
+            # Only the attempt nobody held is sent again; the two "w" reported are not,
+            # to anyone (the one never recorded as delivered was due to be sent again).
             again = await other.next("assignment")
             assert again.token.task_run_id == lost.token.task_run_id
             other.send(result=other.result(again))
-            worker.send(result=worker.result(unrecorded))
-            assert (await worker.next("ack")).accepted
             done = asyncio.Event()
             serving = asyncio.create_task(serve_all(other, done))
             assert await finished(channel, row.id) == FlowRunState.SUCCESS.value
             done.set()
             assert await serving == 1  # the total; no scale attempt was sent twice
+            assert not [m for m in _drain(worker) if m.WhichOneof("message") == "assignment"]
             await other.close()
             await worker.close()
             got = await run_state(channel, row.id)

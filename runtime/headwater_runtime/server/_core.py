@@ -188,6 +188,7 @@ class ServerCore:
             limits=TagLimits(self.clock.now),
         )
         self.runs = RunManager(store, self.dispatcher, self.clock, settings.limits)
+        self.dispatcher.due = self.runs.due
         self.runs.listeners.append(self._notify)
         # While commits fail, no assignment leaves: its delivery could not be recorded,
         # and after a crash an attempt sent without a recorded delivery may run twice.

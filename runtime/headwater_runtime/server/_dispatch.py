@@ -126,6 +126,10 @@ class Dispatcher:
     ) -> None:
         self.on_lost = on_lost
         self.before_send = before_send
+        #: Whether a queued attempt is still to be run (its engine's view: not ended,
+        #: lost or replaced since it was queued); one that is not is dropped unsent.
+        #: Unset: every queued attempt is.
+        self.due: Callable[[PendingAssignment], bool] | None = None
         self.limits = limits if limits is not None else TagLimits(time.time)
         self.sessions: dict[str, WorkerSession] = {}
         # task type -> flow run id -> FIFO of attempts; runs rotate for fairness.
@@ -492,9 +496,10 @@ class Dispatcher:
                 if self._queued.get(run_id, _NONE).get(pending.token) is not pending:
                     queue.popleft()  # taken out early (cancelled, claimed)
                     continue
-                if pending.token in self._owner:
-                    # A worker holds it already: it reconnected holding it while its
-                    # run was being resumed (ServerCore.connect). Never sent twice.
+                if pending.token in self._owner or (self.due is not None and not self.due(pending)):
+                    # A worker holds it already, or it ended meanwhile: a worker
+                    # reconnected holding it while its run was being resumed, and
+                    # reported it (ServerCore.connect). Never sent twice.
                     queue.popleft()
                     self._unqueue(pending.token, run_id)
                     continue
