@@ -35,7 +35,7 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.server import _runs as run_manager_module
+from headwater_runtime.server import _flows as flows_module
 from headwater_runtime.server._assignments import QueuedAttempts
 from headwater_runtime.server._gc import _releaser as releasing
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
@@ -173,13 +173,13 @@ def test_a_graph_not_cached_is_read_back_a_slice_at_a_time(
     registered = RunManager(store, FakeDispatch(), Clock())
     version, _ = registered.register_flow(pipeline.compile())
     sliced: list[int] = []
-    real = run_manager_module.parse_in_slices
+    real = flows_module.parse_in_slices
 
     def spy(cls: Any, data: bytes) -> Any:
         sliced.append(len(data))
         return real(cls, data)
 
-    monkeypatch.setattr(run_manager_module, "parse_in_slices", spy)
+    monkeypatch.setattr(flows_module, "parse_in_slices", spy)
     restarted = RunManager(store, FakeDispatch(), Clock())  # nothing cached
     assert restarted.graph("pipeline", version) == registered.graph("pipeline", version)
     assert sliced == [len(store.get_flow("pipeline", version).graph)]

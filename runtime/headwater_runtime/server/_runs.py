@@ -5,8 +5,8 @@ both go into one WriteBatch that the server commits in one transaction. Effects 
 the outside world (assignments to send, attempts to cancel) are held until the batch
 that caused them is committed, so nothing is acknowledged that a crash could lose; a
 batch whose commit failed is put back in front of what happened since and committed
-again later (``detach``/``reattach``). After a restart ``recover()`` replays each
-unfinished run's journal (docs/durability.md).
+again later (``detach``/``reattach``). After a restart each unfinished run's journal
+is replayed (_recovery.py, docs/durability.md).
 
 This module holds no gRPC code: servicers translate requests into calls here.
 """
@@ -14,17 +14,15 @@ This module holds no gRPC code: servicers translate requests into calls here.
 from __future__ import annotations
 
 import functools
-import hashlib
 import heapq
 import json
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headwater.v1 import graph_pb2, payload_pb2, run_pb2
+from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import (
     FlowRunState,
     GraphSpec,
@@ -32,9 +30,7 @@ from headwater.wire import (
     Limits,
     TaskRunState,
     bind_params,
-    build_version,
     failure_to_dict,
-    graph_from_proto,
     json_consumers,
     message_budget,
     split_task_run_id,
@@ -42,7 +38,6 @@ from headwater.wire import (
 )
 from headwater_runtime.engine import (
     ENGINE_VERSION,
-    REPLAYS,
     CancelRequested,
     CancelTask,
     CheckCache,
@@ -79,6 +74,7 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
+from ._aside import RunsAside
 from ._assignments import (
     Dispatch,
     PendingAssignment,
@@ -94,14 +90,12 @@ from ._children import (
     result_value,
     subflow_start,
 )
-from ._gc import Collector, release_now
+from ._flows import FlowGraphs
+from ._gc import Collector
 from ._journal import (
-    decode_entry,
     encode_entry,
-    entry_value_ids,
     to_stored,
 )
-from ._limits import check_graph
 from ._params import (
     check_built_for,
     check_json_params,
@@ -110,9 +104,9 @@ from ._params import (
     param_values,
 )
 from ._queries import NoResult, refusal
+from ._recovery import Recovery, Resumed, RunRecovery
 from ._run_cache import RunCacheLookups
 from ._sink import Effect, Sink
-from ._slices import parse_in_slices
 from ._values import SERVER_VALUES
 
 if TYPE_CHECKING:
@@ -161,38 +155,6 @@ class ActiveRun:
     large: bool = False
 
 
-@dataclass
-class Recovery:
-    """What ``recover()`` found in flight.
-
-    Attributes:
-        held: attempts a worker had been handed (flow run id, task run id, attempt):
-            they wait for that worker to reconnect and claim them, and count as lost
-            only if nobody does within the heartbeat window.
-        resent: attempts that never reached a worker, dispatched again at once
-            (flow run id, task run id, attempt); they are not a loss.
-        refused: runs not resumed, with why (a journal this server cannot replay).
-        resumed: how many runs were resumed.
-        seconds: how long replaying them took.
-    """
-
-    held: list[tuple[str, str, int]] = field(default_factory=list)
-    resent: list[tuple[str, str, int]] = field(default_factory=list)
-    refused: list[tuple[str, str]] = field(default_factory=list)
-    resumed: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class Resumed:
-    """A stored run replayed by ``RunManager.replay``, not live yet: the attempts a
-    worker held (waiting for it) and those sent again, as in ``Recovery``."""
-
-    active: ActiveRun
-    held: list[tuple[str, str, int]] = field(default_factory=list)
-    resent: list[tuple[str, str, int]] = field(default_factory=list)
-
-
 @dataclass(frozen=True)
 class PreparedRun:
     """A run checked, its engine built and started, ready to be stored
@@ -206,8 +168,10 @@ class PreparedRun:
     batch: WriteBatch
 
 
-class RunManager(RunCacheLookups):
-    """Creates, drives, persists and recovers flow runs (cache lookups: _run_cache.py).
+class RunManager(FlowGraphs, RunCacheLookups, RunRecovery, RunsAside):
+    """Creates, drives, persists and recovers flow runs (flow graphs:
+    _flows.py; cache lookups: _run_cache.py; resuming after a restart: _recovery.py;
+    runs worked on off the loop: _aside.py).
 
     Args:
         store: where runs are kept.
@@ -254,75 +218,6 @@ class RunManager(RunCacheLookups):
         # them that came meanwhile, in order: carried out once they rejoin.
         self._aside: dict[str, list[Callable[[], object]]] = {}
         self._cancelling: set[str] = set()  # of those, the runs being cancelled
-
-    # ------------------------------------------------------------------- flows
-
-    def check_flow(self, msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
-        """Validate a flow graph (GraphError names what is wrong, LimitExceeded a size
-        over the server's limits); the graph, its serialized form, digest and the
-        version to store it as. Pure CPU: callable from any thread.
-
-        A symbolic graph is a version of the flow (numbered unless named). A
-        value-dependent one is one build: stored once per digest under
-        ``VERSION@DIGEST12``, so runs with many parameter values add no numbered
-        versions."""
-        check_graph(msg, self.limits)
-        with self.collector.building(len(msg.tasks)):
-            graph = graph_from_proto(msg)
-        data = msg.SerializeToString(deterministic=True)
-        digest = hashlib.sha256(data).hexdigest()
-        label = build_version(msg.version, digest) if graph.value_dependent else msg.version
-        return graph, data, digest, label
-
-    def remember_graph(self, name: str, version: str, graph: GraphSpec) -> None:
-        """Keep a graph just validated: the run that usually follows needs it."""
-        self._graphs.setdefault((name, version), graph)
-
-    def register_flow(self, msg: graph_pb2.FlowGraph) -> tuple[str, bool]:
-        """Validate and store a flow graph in this thread; GraphError names what is
-        wrong."""
-        graph, data, digest, label = self.check_flow(msg)
-        version, created = self.store.put_flow(msg.name, digest, data, label, self.clock.now())
-        self.remember_graph(msg.name, version.version, graph)
-        return version.version, created
-
-    def _drop_large_graphs(self) -> None:
-        """The last large run ended (on the releasing thread): large graphs leave the
-        cache, freed a task at a time; the next run of one reads it back from the store
-        (``graph``, in slices). Kept, a 100,000-task graph made every full collection
-        cost ~100 ms once the collector had it back."""
-        for key in list(self._graphs):  # a copy: reader threads may add graphs
-            graph = self._graphs.get(key)
-            if graph is None or len(graph.tasks) < self.collector.large:
-                continue
-            if self._graphs.pop(key, None) is graph:
-                # Its tasks are let go of one at a time, so that dropping the graph
-                # itself frees little at once. Nothing of the graph is changed: a run
-                # being built meanwhile may still use it (it then lives on with it).
-                tasks: list[Any] = [list(graph.tasks)]
-                del graph
-                release_now(tasks)
-
-    def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
-        """A registered flow's version and graph (NotFound when not registered)."""
-        if version:
-            # A flow version never changes once registered and is never deleted: one
-            # seen already needs no round trip to the store (a run's creation waited
-            # ~0.3 ms for it on PostgreSQL).
-            cached = self._graphs.get((name, version))
-            if cached is not None:
-                return version, cached
-        stored = self.store.get_flow(name, version)
-        key = (name, stored.version)
-        graph = self._graphs.get(key)
-        if graph is None:
-            # Not cached (after a restart): decoded a slice at a time, and built with
-            # full collections held off when large, as when it was registered.
-            msg = parse_in_slices(graph_pb2.FlowGraph, stored.graph)
-            with self.collector.building(len(msg.tasks)):
-                graph = graph_from_proto(msg)
-            self._graphs[key] = graph
-        return stored.version, graph
 
     # -------------------------------------------------------------------- runs
 
@@ -566,76 +461,6 @@ class RunManager(RunCacheLookups):
         """Ask a run to stop (its running attempts are cancelled)."""
         self.handle(flow_run_id, CancelRequested(reason or "cancelled by request"))
 
-    def set_aside(self, flow_run_id: str, *, expanding: bool = False) -> ActiveRun | None:
-        """Take a live run aside, to be worked on off the loop (``cancel_aside`` or
-        ``handle_aside`` on a reader thread, then ``rejoin`` on the loop): cancelling
-        100,000 queued attempts, or making 100,000 mapped children of one result,
-        takes seconds. Until it rejoins, its writes go to a sink of its own and calls
-        for it wait; while it is cancelled, attempt outcomes are refused as stale
-        (``handle``). ``expanding``: for a result with that many elements (the run is
-        large from then on, whatever its graph's size). None (do it on the loop) for a
-        small run, one not live, or one aside already."""
-        active = self.runs.get(flow_run_id)
-        if (
-            active is None
-            or not (active.large or expanding)
-            or active.sink is not None
-            or flow_run_id in self._aside
-        ):
-            return None
-        if not active.large:  # retired off the loop when it ends, like any large run
-            active.large = True
-            self.collector.large_run_started()
-        self._aside[flow_run_id] = []
-        if not expanding:
-            self._cancelling.add(flow_run_id)
-        active.sink = Sink()
-        return active
-
-    def handle_aside(self, active: ActiveRun, event: Event, width: int) -> list[EventIgnored]:
-        """Apply an event to a run set aside (``set_aside(expanding=True)``): on a
-        reader thread. ``width``: about how many task runs it makes (no full collection
-        meanwhile, and what it builds frozen, as for a large run's build: _gc.py)."""
-        with self.collector.building(width):
-            ignored = self._process(active, active.journal.handle(event))
-            assert active.sink is not None
-            for effect in active.sink.effects:  # laid out here: the loop only hands over
-                if type(effect) is ReadyAttempts:
-                    effect.lay_out()
-        return ignored
-
-    def cancel_aside(self, active: ActiveRun, reason: str) -> None:
-        """Cancel a run set aside (``set_aside``): on a reader thread."""
-        cancel = CancelRequested(reason or "cancelled by request")
-        # It makes a few rows per task run: no full collection meanwhile (_gc.py).
-        with self.collector.building(len(active.graph.tasks)):
-            self._process(active, active.journal.handle(cancel), whole_run=True)
-
-    def rejoin(self, active: ActiveRun) -> None:
-        """A run set aside is live again (on the loop, whether or not its cancel
-        raised): what it wrote joins the open batch, after everything gathered
-        meanwhile (none of it this run's: its calls waited); then the calls for it that
-        waited are carried out, in order."""
-        sink, active.sink = active.sink, None
-        assert sink is not None, "rejoin() takes a run set aside once"
-        run_id = active.row.id
-        self._cancelling.discard(run_id)
-        ended, sink.ended = sink.ended, {}
-        batch, effects = sink.take()
-        self._sink.batch.absorb(batch)
-        self._sink.effects.extend(effects)
-        self._tell_ended(ended)
-        for listener in self.listeners:
-            listener(run_id, None)
-        self._arm_timer(active)
-        for call in self._aside.pop(run_id, []):
-            call()
-
-    def _tell_ended(self, ended: Mapping[TaskRunState, int]) -> None:
-        if ended:
-            for listener in self.ended_listeners:
-                listener(ended)
-
     def fire_timers(self) -> None:
         """Fire due retry and timeout timers of every run."""
         now = self.clock.now()
@@ -688,136 +513,6 @@ class RunManager(RunCacheLookups):
             if active.trace is not None:
                 active.trace.finish(active.engine.state, reason)
                 active.trace = None
-
-    def recover(self) -> Recovery:
-        """Rebuild every unfinished run from its journal, here and now (see
-        ``Recovery``). The server does the same run by run after it listens
-        (``unfinished``, ``replay`` on a reader thread, ``resume``)."""
-        began = time.monotonic()
-        rows, refused = self.unfinished()
-        found = Recovery(refused=refused)
-        for row in rows:
-            resumed = self.replay(row)
-            found.held.extend(resumed.held)
-            found.resent.extend(resumed.resent)
-            self.resume(resumed)
-        found.resumed = len(rows)
-        found.seconds = time.monotonic() - began
-        return found
-
-    def unfinished(self) -> tuple[list[FlowRunRow], list[tuple[str, str]]]:
-        """The stored runs to resume, and those this server cannot (with why: a journal
-        of an engine it cannot replay). Each run to resume waits for its ``resume`` as
-        a run set aside does: the calls for it are held, in order."""
-        rows: list[FlowRunRow] = []
-        refused: list[tuple[str, str]] = []
-        for row in self.store.unfinished_flow_runs():
-            if row.engine_version not in REPLAYS:
-                refused.append(
-                    (
-                        row.id,
-                        f"flow run {row.id} has a journal of engine version "
-                        f"{row.engine_version or '(none)'}, and this server replays only "
-                        f"{', '.join(sorted(REPLAYS))}: finish it with the Headwater that "
-                        "started it",
-                    )
-                )
-                continue
-            self._aside[row.id] = []
-            self.children.link(row)
-            rows.append(row)
-        return rows, refused
-
-    def replaying(self, flow_run_id: str) -> bool:
-        """Whether a stored unfinished run waits for its ``resume``."""
-        return flow_run_id in self._aside and flow_run_id not in self.runs
-
-    def waiting(self, flow_run_id: str) -> bool:
-        """Whether calls for a run wait (``later``): it is being resumed, or worked on
-        off the loop."""
-        return flow_run_id in self._aside
-
-    def later(self, flow_run_id: str, call: Callable[[], object]) -> None:
-        """Carry out ``call`` once a waiting run (``waiting``) is live again, in order."""
-        self._aside[flow_run_id].append(call)
-
-    def replay(self, row: FlowRunRow) -> Resumed:
-        """An unfinished run (``unfinished``) rebuilt from its journal, with its
-        attempts in flight sorted out: those a worker had been handed wait for it, the
-        others are sent again, unchanged. Its writes and effects go to a sink of its
-        own, for ``resume``. May run on a reader thread: a run with a 100,000-element
-        map in flight takes seconds."""
-        active = self.rebuild(row)
-        active.sink = Sink()
-        active.large = len(active.engine.graph.tasks) >= self.collector.large
-        if self.tracer is not None:
-            from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
-
-            # A child of the flow span of the process that started the run.
-            parent = extract(row.trace_context)
-            active.trace = RunTracer(
-                self.tracer,
-                row.flow_name,
-                row.id,
-                parent,
-                resumed=True,
-                attempt=active.engine.run_attempt,
-            )
-        resumed = Resumed(active)
-        if active.seq == 0:
-            # Created, then the server died before the tick that journals its start
-            # was committed: start it now, or it would never run.
-            self._run_attempt(active)
-            self._process(active, active.journal.start())
-        else:
-            delivered = self.store.delivered(row.id)
-            resent: list[Command] = []
-            for run in active.engine.runs.values():
-                if not run.dispatched:
-                    continue
-                token = (row.id, task_run_id(row.id, run.key), run.attempt)
-                if active.trace is not None:
-                    active.trace.dispatched(run, run.attempt, resumed=True)
-                if delivered.get(run.key, 0) == run.attempt:
-                    active.delivered[run.key] = run.attempt
-                    resumed.held.append(token)
-                else:
-                    resent.append(active.engine.resend(run.key))
-                    resumed.resent.append(token)
-            # Handed to the dispatcher together (one effect per task type), as a new
-            # run's attempts are: 78,000 queued attempts of a wide map took ~1.9 s one
-            # by one.
-            self._process(active, resent)
-        for effect in active.sink.effects:  # laid out here: the loop only hands over
-            if type(effect) is ReadyAttempts:
-                effect.lay_out()
-        return resumed
-
-    def resume(self, resumed: Resumed) -> None:
-        """A replayed run (``replay``) is live: on the event loop. Its writes join the
-        open batch, then the calls for it that waited are carried out (``rejoin``)."""
-        active = resumed.active
-        self.runs[active.row.id] = active
-        if active.large:
-            self.collector.large_run_started()
-        self.rejoin(active)
-
-    def abandon(self, flow_run_id: str) -> None:
-        """A run that could not be replayed is not resumed; the calls that waited for
-        it are dropped (it stays unfinished in the store)."""
-        self._aside.pop(flow_run_id, None)
-
-    def rebuild(self, row: FlowRunRow) -> ActiveRun:
-        """A stored run's engine, replayed from its journal (not registered in ``runs``;
-        may run on a reader thread)."""
-        _, graph = self.graph(row.flow_name, row.flow_version)
-        stored = run_pb2.FlowRun.FromString(row.parameters)
-        params = {name: stored.parameters[name] for name in stored.parameters}
-        rows = self.store.events(row.id)
-        loaded = self.store.get_values(entry_value_ids(rows))
-        journal = [decode_entry(e, loaded) for e in rows]
-        with self.collector.building(len(graph.tasks)):
-            return self._build(row, graph, params, journal, rows[-1].seq if rows else 0)
 
     def retry(self, active: ActiveRun, reason: str) -> None:
         """Run an ended run (just rebuilt: ``rebuild``) again from its failure, as its

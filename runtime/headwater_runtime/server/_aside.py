@@ -1,0 +1,122 @@
+"""Runs worked on off the event loop (a part of ``RunManager``, kept apart for size).
+
+A run is set aside while a reader thread cancels it (100,000 queued attempts) or makes
+the children of a wide result, and held the same way while it is resumed after a
+restart (_recovery.py). Meanwhile its writes go to a sink of its own and the calls
+for it wait in order (``later``); ``rejoin`` makes it live again on the loop and
+carries them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from headwater.wire import TaskRunState
+from headwater_runtime.engine import CancelRequested, Command, Event, EventIgnored, TaskRunRecord
+
+from ._assignments import ReadyAttempts
+from ._gc import Collector
+from ._sink import Sink
+
+if TYPE_CHECKING:
+    from ._runs import ActiveRun
+
+
+class RunsAside:
+    """Runs set aside and the calls waiting for them (a mixin of ``RunManager``)."""
+
+    runs: dict[str, ActiveRun]
+    collector: Collector
+    listeners: list[Callable[[str, TaskRunRecord | None], None]]
+    ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]]
+    _sink: Sink
+    _aside: dict[str, list[Callable[[], object]]]
+    _cancelling: set[str]
+
+    if TYPE_CHECKING:  # RunManager's
+
+        def _process(
+            self, active: ActiveRun, commands: list[Command], *, whole_run: bool = False
+        ) -> list[EventIgnored]: ...
+
+        def _arm_timer(self, active: ActiveRun) -> None: ...
+
+    def set_aside(self, flow_run_id: str, *, expanding: bool = False) -> ActiveRun | None:
+        """Take a live run aside, to be worked on off the loop (``cancel_aside`` or
+        ``handle_aside`` on a reader thread, then ``rejoin`` on the loop): cancelling
+        100,000 queued attempts, or making 100,000 mapped children of one result,
+        takes seconds. Until it rejoins, its writes go to a sink of its own and calls
+        for it wait; while it is cancelled, attempt outcomes are refused as stale
+        (``handle``). ``expanding``: for a result with that many elements (the run is
+        large from then on, whatever its graph's size). None (do it on the loop) for a
+        small run, one not live, or one aside already."""
+        active = self.runs.get(flow_run_id)
+        if (
+            active is None
+            or not (active.large or expanding)
+            or active.sink is not None
+            or flow_run_id in self._aside
+        ):
+            return None
+        if not active.large:  # retired off the loop when it ends, like any large run
+            active.large = True
+            self.collector.large_run_started()
+        self._aside[flow_run_id] = []
+        if not expanding:
+            self._cancelling.add(flow_run_id)
+        active.sink = Sink()
+        return active
+
+    def handle_aside(self, active: ActiveRun, event: Event, width: int) -> list[EventIgnored]:
+        """Apply an event to a run set aside (``set_aside(expanding=True)``): on a
+        reader thread. ``width``: about how many task runs it makes (no full collection
+        meanwhile, and what it builds frozen, as for a large run's build: _gc.py)."""
+        with self.collector.building(width):
+            ignored = self._process(active, active.journal.handle(event))
+            assert active.sink is not None
+            for effect in active.sink.effects:  # laid out here: the loop only hands over
+                if type(effect) is ReadyAttempts:
+                    effect.lay_out()
+        return ignored
+
+    def cancel_aside(self, active: ActiveRun, reason: str) -> None:
+        """Cancel a run set aside (``set_aside``): on a reader thread."""
+        cancel = CancelRequested(reason or "cancelled by request")
+        # It makes a few rows per task run: no full collection meanwhile (_gc.py).
+        with self.collector.building(len(active.graph.tasks)):
+            self._process(active, active.journal.handle(cancel), whole_run=True)
+
+    def rejoin(self, active: ActiveRun) -> None:
+        """A run set aside is live again (on the loop, whether or not its cancel
+        raised): what it wrote joins the open batch, after everything gathered
+        meanwhile (none of it this run's: its calls waited); then the calls for it that
+        waited are carried out, in order."""
+        sink, active.sink = active.sink, None
+        assert sink is not None, "rejoin() takes a run set aside once"
+        run_id = active.row.id
+        self._cancelling.discard(run_id)
+        ended, sink.ended = sink.ended, {}
+        batch, effects = sink.take()
+        self._sink.batch.absorb(batch)
+        self._sink.effects.extend(effects)
+        self._tell_ended(ended)
+        for listener in self.listeners:
+            listener(run_id, None)
+        self._arm_timer(active)
+        for call in self._aside.pop(run_id, []):
+            call()
+
+    def _tell_ended(self, ended: Mapping[TaskRunState, int]) -> None:
+        if ended:
+            for listener in self.ended_listeners:
+                listener(ended)
+
+    def waiting(self, flow_run_id: str) -> bool:
+        """Whether calls for a run wait (``later``): it is being resumed, or worked on
+        off the loop."""
+        return flow_run_id in self._aside
+
+    def later(self, flow_run_id: str, call: Callable[[], object]) -> None:
+        """Carry out ``call`` once a waiting run (``waiting``) is live again, in order."""
+        self._aside[flow_run_id].append(call)
