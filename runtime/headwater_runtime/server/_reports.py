@@ -1,0 +1,248 @@
+"""What a worker's stream says, taken in by the server core (a part of ``ServerCore``,
+kept apart for size): heartbeats, log lines, attempts' starts and outcomes, cache
+keys, exported values and built graphs.
+
+Only the session that holds an attempt reports on it or logs into it (fencing bound to
+the session, docs/durability.md). A report on a run that is being resumed or worked on
+off the loop waits, with its ack, until the run is live again; an ack leaves only after
+the commit that stores its event.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from grpc import StatusCode
+
+from headwater.v1 import worker_pb2
+from headwater.wire import (
+    FailureInfo,
+    cut_text,
+    failure_from_proto,
+    seconds,
+    split_task_run_id,
+    valid_timestamp,
+)
+from headwater_runtime.engine import (
+    Clock,
+    Event,
+    EventIgnored,
+    TaskFailed,
+    TaskLost,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
+from headwater_runtime.store import LogRow
+
+from ._assignments import Token
+from ._dispatch import Dispatcher, WorkerSession
+from ._limits import InvalidValue, LimitExceeded, check_value
+
+if TYPE_CHECKING:
+    from ._commits import Committer
+    from ._core import ServerSettings
+    from ._creation import RunCreation
+    from ._exports import DaskExports
+    from ._runs import RunManager
+    from ._wide import WideWork
+
+#: What a worker is told when it gives back an attempt nobody asked it to stop.
+GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
+#: The failure type of a task whose result the server refused (over a limit, or a
+#: value that contradicts itself).
+REFUSED_RESULT = "headwater.ResultRefused"
+
+
+class WorkerReports:
+    """A worker stream's messages (a mixin of ``ServerCore``)."""
+
+    settings: ServerSettings
+    clock: Clock
+    dispatcher: Dispatcher
+    runs: RunManager
+    commits: Committer
+    exports: DaskExports
+    creation: RunCreation
+    wide: WideWork
+
+    if TYPE_CHECKING:  # ServerCore's
+
+        def touch(self) -> None:
+            """(ServerCore.touch.)"""
+            ...
+
+    def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
+        return self.dispatcher.owner((token.task_run_id, token.attempt)) is session
+
+    def on_worker_message(self, session: WorkerSession, msg: worker_pb2.ConnectRequest) -> None:
+        """Apply one message of a worker's stream."""
+        session.last_seen = self.clock.now()
+        kind = msg.WhichOneof("message")
+        if kind == "heartbeat":
+            stale = [t for t in msg.heartbeat.running if not self._holds(session, t)]
+            session.send(
+                worker_pb2.ConnectResponse(heartbeat_ack=worker_pb2.HeartbeatAck(cancel=stale))
+            )
+            return
+        if kind == "log":
+            if self._holds(session, msg.log.token):  # only the holder writes into a run
+                self._log(msg.log)
+                self.touch()
+            return
+        if kind in ("started", "result", "failure", "skipped", "cancelled"):
+            self._report(session, kind, msg)
+            return
+        if kind == "value_exported":
+            self.exports.on_exported(session, msg.value_exported)
+            return
+        if kind == "graph_built":
+            self.creation.builds.on_built(session, msg.graph_built)
+            return
+        if kind == "cache_key":
+            self._cache_key(session, msg.cache_key)
+
+    def _report(self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest) -> None:
+        """An attempt's start or outcome, from the session that holds it."""
+        token: worker_pb2.FencingToken = getattr(msg, kind).token
+        if not self._holds(session, token):
+            if kind != "started":
+                self._refuse(
+                    session,
+                    token,
+                    f"attempt {token.attempt} of task run {token.task_run_id!r} is not held "
+                    "by this worker session",
+                )
+            return
+        flow_run_id = split_task_run_id(token.task_run_id)[0]  # held: well formed
+        if self.runs.waiting(flow_run_id):
+            # Being resumed or worked on off the loop: the report, and its ack, once the
+            # run is live again (no ack leaves before its event is stored).
+            report_later = functools.partial(self._held_report, session, kind, msg)
+            self.runs.later(flow_run_id, report_later)
+            return
+        self._held_report(session, kind, msg)
+
+    def _held_report(
+        self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest
+    ) -> None:
+        """A report from the session holding its attempt (``_report``) takes effect."""
+        report = getattr(msg, kind)
+        token: worker_pb2.FencingToken = report.token
+        key: Token = (token.task_run_id, token.attempt)
+        flow_run_id, run_key = split_task_run_id(token.task_run_id)
+        event: Event
+        if kind == "cancelled":
+            requested = self.dispatcher.cancel_requested(key)
+            self.dispatcher.finished(key)
+            if not requested:  # given back unasked: dispatch it again (not a failure)
+                self.runs.handle(flow_run_id, TaskLost(run_key, token.attempt, GIVEN_BACK))
+            self.touch()
+            return
+        refused: tuple[StatusCode, str] | None = None
+        if kind == "started":
+            event = TaskStarted(run_key, token.attempt)
+        elif kind == "result":
+            self.exports.record(session, msg.result.result)
+            width = len(msg.result.result.items)
+            decide = functools.partial(self._result_event, token, flow_run_id, run_key, msg.result)
+            if width >= self.runs.collector.large and self.wide.expand(
+                session, token, flow_run_id, decide, width
+            ):
+                return
+            event, refused = decide()
+        elif kind == "failure":
+            failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
+            event = TaskFailed(run_key, token.attempt, failure)
+        else:
+            event = TaskSkipped(run_key, token.attempt, msg.skipped.reason)
+        ignored = self.runs.handle(flow_run_id, event)
+        if kind != "started":
+            self.dispatcher.finished(key)
+            self._ack(session, token, ignored, refused)
+        self.touch()
+
+    def _result_event(
+        self,
+        token: worker_pb2.FencingToken,
+        flow_run_id: str,
+        run_key: str,
+        result: worker_pb2.TaskResult,
+    ) -> tuple[Event, tuple[StatusCode, str] | None]:
+        """What a worker's result does: it succeeds, or, when the server cannot take it,
+        fails its task (not retryable: the same code would produce it again) and the
+        worker is told why (the refusal)."""
+        refused = self._check_result(token, result)
+        if refused is not None:
+            failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
+            return TaskFailed(run_key, token.attempt, failure), refused
+        cache_key = self.runs.function_cache_key(flow_run_id, run_key, result.cache_key)
+        return TaskSucceeded(run_key, token.attempt, result.result, cache_key), None
+
+    def _check_result(
+        self, token: worker_pb2.FencingToken, result: worker_pb2.TaskResult
+    ) -> tuple[StatusCode, str] | None:
+        """Why a worker's result cannot be taken (its status and message), or None."""
+        what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
+        try:
+            check_value(result.result, self.settings.limits, what)
+        except LimitExceeded as exc:
+            return StatusCode.RESOURCE_EXHAUSTED, str(exc)
+        except InvalidValue as exc:
+            return StatusCode.INVALID_ARGUMENT, str(exc)
+        return None
+
+    def _cache_key(self, session: WorkerSession, report: worker_pb2.CacheKeyReport) -> None:
+        token = report.token
+        hit = False
+        if self._holds(session, token):
+            flow_run_id, run_key = split_task_run_id(token.task_run_id)
+            hit = self.runs.cache_lookup(flow_run_id, run_key, token.attempt, report.cache_key)
+        decision = worker_pb2.ConnectResponse(
+            cache_decision=worker_pb2.CacheDecision(token=token, hit=hit)
+        )
+        if hit:
+            # The attempt is over (CACHED): free its slot, and answer after the commit.
+            self.dispatcher.finished((token.task_run_id, token.attempt))
+            self.commits.pending.acks.append((session.send, decision))
+            self.touch()
+        else:
+            session.send(decision)
+
+    def _ack(
+        self,
+        session: WorkerSession,
+        token: worker_pb2.FencingToken,
+        ignored: list[EventIgnored],
+        refused: tuple[StatusCode, str] | None = None,
+    ) -> None:
+        ack = worker_pb2.Ack(token=token, accepted=not ignored and refused is None)
+        if ignored:
+            ack.reason = ignored[0].reason
+            ack.code = StatusCode.FAILED_PRECONDITION.value[0]
+        elif refused is not None:
+            ack.code, ack.reason = refused[0].value[0], refused[1]
+        self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
+
+    def _refuse(self, session: WorkerSession, token: worker_pb2.FencingToken, why: str) -> None:
+        """Refuse a report at once (it changed nothing, so there is nothing to store)."""
+        ack = worker_pb2.Ack(
+            token=token,
+            accepted=False,
+            reason=why,
+            code=StatusCode.FAILED_PRECONDITION.value[0],
+        )
+        session.send(worker_pb2.ConnectResponse(ack=ack))
+
+    def _log(self, log: worker_pb2.TaskLog) -> None:
+        flow_run_id, key = split_task_run_id(log.token.task_run_id)
+        # A time no Timestamp can hold would make the run's logs unreadable: the
+        # server's own time stands in for it.
+        given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
+        at = seconds(log.timestamp) if given else self.clock.now()
+        message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
+        self.runs.add_log(
+            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)
+        )
+        self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
