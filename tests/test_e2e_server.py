@@ -6,6 +6,7 @@ often, including across a worker SIGKILL and a server SIGKILL + restart.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -275,6 +276,10 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     with Client(address, token=TOKEN) as client:
         run = client.run(module.slow, {"n": 2})  # type: ignore[attr-defined]
     poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
+    # A client waiting for the run keeps waiting across the restart (it watches again).
+    watcher = Client(address, token=TOKEN)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    waited = pool.submit(watcher.wait, run.id)
     server.kill()
     server, address = start_server(cluster, db, int(port))
     # It says what it resumed: the run, with its one attempt in flight either sent
@@ -283,6 +288,11 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     found = re.search(r"resumed 1 unfinished flow run in [\d.]+s: (\d+) .*, (\d+) held", resumed)
     assert found is not None and int(found[1]) + int(found[2]) == 1, resumed
     (tmp_path / "release").write_text("go")
+    try:
+        assert waited.result(timeout=BOUND).state is FlowRunState.SUCCESS
+    finally:
+        pool.shutdown(wait=False)
+        watcher.close()
     with Client(address, token=TOKEN) as client:
         poll(lambda: client.get(run.id).state.is_terminal, "the resumed run to finish")
         final = client.get(run.id, include_task_runs=True)

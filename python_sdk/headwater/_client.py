@@ -59,6 +59,8 @@ _T = TypeVar("_T")
 
 #: Pause between rounds over every address while none leads (a takeover under way).
 FAILOVER_PAUSE = 0.2
+#: Pause between attempts to watch again a run whose one server went away (restarts).
+REWATCH_PAUSE = 0.5
 
 
 class ServerError(Exception):
@@ -208,7 +210,8 @@ class Client(OperationsClient):
     is tried again on the leader the standby named or the next address, until the
     call's ``timeout`` runs out (a takeover takes up to the servers' lease time). A
     run created without an idempotency key gets one made by the client, so that a
-    retried ``run`` cannot create the run twice.
+    retried ``run`` cannot create the run twice. A watch (``watch``, ``wait``) also
+    rides out a restart of a single server, for up to ``timeout``.
     """
 
     def __init__(
@@ -535,7 +538,11 @@ class Client(OperationsClient):
         self, run_id: str, *, task_runs: bool = True
     ) -> Iterator[tuple[RemoteFlowRun, TaskRunInfo | None]]:
         """Yield the run after every state change until it ends: with the task run that
-        changed, or (``task_runs=False``) only when the flow run's own state changes."""
+        changed, or (``task_runs=False``) only when the flow run's own state changes.
+
+        A server that goes away (a restart: runs survive it) is watched again, every
+        ``REWATCH_PAUSE`` seconds for up to ``timeout``; the watch then starts over from
+        the run's current state, so a change may be yielded twice."""
         request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=not task_runs)
         tried: list[str] = []
         deadline = 0.0
@@ -551,7 +558,9 @@ class Client(OperationsClient):
             except grpc.RpcError as exc:
                 if not tried:  # a watch outlives calls: each failover gets the timeout
                     deadline = time.monotonic() + self.timeout
-                if not self._failover(exc, deadline, tried):
+                if not self._failover(exc, deadline, tried) and not _rewatch(
+                    exc, deadline, tried, self._addresses.current
+                ):
                     where = self._addresses.current
                     what = f"watch flow run {run_id!r}"
                     raise _server_error(exc, where, what, self.tls) from None
@@ -803,6 +812,19 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
         ),
         map_index=t.map_index,
     )
+
+
+def _rewatch(error: grpc.RpcError, deadline: float, tried: list[str], address: str) -> bool:
+    """After a watch broke with ``error``: whether to watch again on the same server
+    (it is unreachable, as while it restarts, and ``deadline`` is not past); waits
+    ``REWATCH_PAUSE`` first. ``tried`` keeps the deadline of this outage."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE or STANDBY_REFUSAL in (error.details() or ""):
+        return False
+    if time.monotonic() + REWATCH_PAUSE >= deadline:
+        return False
+    tried.append(address)
+    time.sleep(REWATCH_PAUSE)
+    return True
 
 
 def _server_error(
