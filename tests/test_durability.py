@@ -432,6 +432,20 @@ class SlowReplayStore(SQLiteStore):
         return super().events(flow_run_id)
 
 
+@contextlib.asynccontextmanager
+async def replaying(
+    store: SlowReplayStore,
+) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel]]:
+    """A server on ``store``, and a channel to it, once it listens and is replaying
+    the store's unfinished run (held until ``store.released``)."""
+    async with (
+        served(store) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        assert await asyncio.to_thread(store.reading.wait, BOUND)
+        yield running, channel
+
+
 def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     tmp_path: Path,
 ) -> None:
@@ -463,11 +477,7 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     store.reading.clear()
 
     async def main() -> None:
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            assert await asyncio.to_thread(store.reading.wait, BOUND)
+        async with replaying(store) as (running, channel):
             assert not running.core.recovered.is_set()  # listening, still replaying
             claims = [held.token, unrecorded.token]
             worker = StreamWorker(channel, "w", slots=2, running=claims)  # both busy
@@ -535,11 +545,7 @@ def test_a_cancel_of_a_run_being_resumed_waits_for_its_replay(tmp_path: Path) ->
     store.released.clear()
 
     async def main() -> None:
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            assert await asyncio.to_thread(store.reading.wait, BOUND)
+        async with replaying(store) as (running, channel):
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             cancel = asyncio.ensure_future(
                 client.CancelFlowRun(
