@@ -47,7 +47,8 @@ from headwater.wire import (
 )
 from headwater_runtime.server import limits_from_env, settings_from_env
 from headwater_runtime.server._app import RunningServer, start_server
-from headwater_runtime.server._core import REFUSED_RESULT, ServerSettings
+from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.server._reports import REFUSED_RESULT
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SERVICES = {
