@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,24 +195,39 @@ def test_a_large_build_holds_off_full_collections_and_is_frozen_after() -> None:
         gc.set_threshold(*before)
 
 
-def test_during_a_large_build_what_survives_a_young_collection_is_frozen() -> None:
-    """A build's growing containers must not stay young: every young collection would
-    traverse all their entries again (3-4 ms each with a 100,000-task run's dicts)."""
+def test_during_a_large_build_a_young_collection_has_nothing_young_to_traverse() -> None:
+    """A young collection traverses every young container: a build's fresh list of
+    100,000 nodes took it 3-7 ms, with the GIL held. During a large build everything is
+    frozen before each young collection; a garbage cycle dropped meanwhile is
+    collected once things are unfrozen."""
     collector = Collector(large=10)
     before = gc.get_threshold()
     gc.unfreeze()  # whatever an earlier test or import left frozen
+    gc.collect()
+
+    class Cycle:
+        partner: object = None
+
+    def dropped_cycle() -> weakref.ref[Cycle]:
+        a, b = Cycle(), Cycle()
+        a.partner, b.partner = b, a
+        return weakref.ref(a)
+
     try:
         with collector.building(5):  # small: the collector is left alone
-            growing_small: dict[int, list[int]] = {i: [i] for i in range(100)}
+            small = dropped_cycle()
             gc.collect(0)
-            assert gc.get_freeze_count() == 0
+            assert small() is None and gc.get_freeze_count() == 0
         with collector.building(10):
             growing: dict[int, list[int]] = {i: [i] for i in range(1_000)}
-            gc.collect(0)  # a young collection: its survivors leave the collector's sight
-            assert gc.get_freeze_count() >= len(growing)
-        assert not any(getattr(cb, "__name__", "") == "_freeze_survivors" for cb in gc.callbacks)
-        collector.close()
-        assert gc.get_freeze_count() == 0 and len(growing_small) == 100
+            cycle = dropped_cycle()
+            assert gc.collect(0) == 0  # everything young was frozen first
+            assert gc.get_freeze_count() >= len(growing) and cycle() is not None
+        assert not any(getattr(cb, "__name__", "") == "_freeze_young" for cb in gc.callbacks)
+        collector.close()  # unfrozen: the cycle is the collector's again
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert cycle() is None and len(growing) == 1_000
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
