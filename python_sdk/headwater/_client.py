@@ -816,9 +816,10 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
 
 def _rewatch(error: grpc.RpcError, deadline: float, tried: list[str], address: str) -> bool:
     """After a watch broke with ``error``: whether to watch again on the same server
-    (it is unreachable, as while it restarts, and ``deadline`` is not past); waits
-    ``REWATCH_PAUSE`` first. ``tried`` keeps the deadline of this outage."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE or STANDBY_REFUSAL in (error.details() or ""):
+    (it is unreachable, as while it restarts, or a standby there waits out the lease
+    of the leader that died, and ``deadline`` is not past); waits ``REWATCH_PAUSE``
+    first. ``tried`` keeps the deadline of this outage."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
         return False
     if time.monotonic() + REWATCH_PAUSE >= deadline:
         return False
