@@ -203,6 +203,8 @@ class ServerCore(WorkerReports):
         self.recovery: Recovery | None = None
         #: Set once every unfinished run ``start`` found is live again.
         self.recovered = asyncio.Event()
+        # Unfinished runs not replayed yet: set when one is live (or given up).
+        self._replays: dict[str, asyncio.Event] = {}
         self._resuming: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
@@ -227,6 +229,7 @@ class ServerCore(WorkerReports):
             log.error("not resuming flow run %s: %s", run_id, why)
         self.schedules.load()
         await self.ops.start([row.id for row in rows])
+        self._replays = {row.id: asyncio.Event() for row in rows}
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self._loop())
         self._resuming = loop.create_task(self._resume(rows, Recovery(refused=refused), began))
@@ -242,6 +245,7 @@ class ServerCore(WorkerReports):
                 except Exception as exc:
                     log.exception("cannot resume flow run %s", row.id)
                     self.runs.abandon(row.id)
+                    self._replays.pop(row.id).set()
                     found.refused.append((row.id, f"its journal could not be replayed: {exc}"))
                     continue
                 deadline = self.clock.now() + self.settings.heartbeat_timeout
@@ -250,6 +254,7 @@ class ServerCore(WorkerReports):
                         self._orphans[(tid, attempt)] = (flow_run_id, deadline)
                 self.ops.resumed(resumed)  # before its attempts are dispatched again
                 self.runs.resume(resumed)
+                self._replays.pop(row.id).set()
                 found.held.extend(resumed.held)
                 found.resent.extend(resumed.resent)
                 found.resumed += 1
@@ -257,6 +262,9 @@ class ServerCore(WorkerReports):
         finally:  # (also when the server stops meanwhile: nothing waits for it then)
             found.seconds = time.monotonic() - began
             self.recovery = found
+            for waiting in self._replays.values():
+                waiting.set()
+            self._replays.clear()
             self.recovered.set()
 
     async def stop(self) -> None:
@@ -337,8 +345,9 @@ class ServerCore(WorkerReports):
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
         yet: it stays queued). A large run is cancelled on a reader thread
         (``RunManager.set_aside``): the loop goes on serving everyone else."""
-        if self.runs.replaying(flow_run_id):  # cancelled once its journal is replayed
-            await self.recovered.wait()
+        replayed = self._replays.get(flow_run_id)
+        if replayed is not None:  # cancelled once its journal is replayed
+            await replayed.wait()
         active = self.runs.set_aside(flow_run_id)
         if active is None:
             self.runs.cancel(flow_run_id, reason)
