@@ -273,11 +273,6 @@ class Operations:
         """An attempt held at the crash was not reclaimed in time: its leases end."""
         self.core.dispatcher.release(token)
 
-    def _tags(self, flow_run_id: str, task_run_id: str) -> tuple[str, ...]:
-        active = self.core.runs.runs.get(flow_run_id)
-        run = active.engine.runs.get(split_task_run_id(task_run_id)[1]) if active else None
-        return run.spec.tags if run is not None else ()
-
     # --------------------------------------------------------------------- API
 
     async def retry(self, flow_run_id: str, reason: str) -> None:

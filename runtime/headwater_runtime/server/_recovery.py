@@ -13,18 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from headwater.v1 import run_pb2
-from headwater.wire import GraphSpec, task_run_id
-from headwater_runtime.engine import REPLAYS, Command, EventIgnored, JournalEntry
+from headwater.wire import task_run_id
+from headwater_runtime.engine import REPLAYS, Command, EventIgnored
 from headwater_runtime.store import FlowRunRow, Store
 from headwater_runtime.tracing import extract
 
 from ._assignments import ReadyAttempts
 from ._children import ChildRuns
 from ._gc import Collector
-from ._journal import decode_entry, entry_value_ids
 from ._sink import Sink
 
 if TYPE_CHECKING:
@@ -77,18 +75,9 @@ class RunRecovery:
 
     if TYPE_CHECKING:  # RunManager's
 
-        def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
-            """(FlowGraphs.graph.)"""
+        def rebuild(self, row: FlowRunRow) -> ActiveRun:
+            """(RunManager.rebuild.)"""
             ...
-
-        def _build(
-            self,
-            row: FlowRunRow,
-            graph: GraphSpec,
-            params: dict[str, Any],
-            journal: list[JournalEntry] | None,
-            seq: int = 0,
-        ) -> ActiveRun: ...
 
         def _run_attempt(self, active: ActiveRun) -> None: ...
 
@@ -208,15 +197,3 @@ class RunRecovery:
         """A run that could not be replayed is not resumed; the calls that waited for
         it are dropped (it stays unfinished in the store)."""
         self._aside.pop(flow_run_id, None)
-
-    def rebuild(self, row: FlowRunRow) -> ActiveRun:
-        """A stored run's engine, replayed from its journal (not registered in ``runs``;
-        may run on a reader thread)."""
-        _, graph = self.graph(row.flow_name, row.flow_version)
-        stored = run_pb2.FlowRun.FromString(row.parameters)
-        params = {name: stored.parameters[name] for name in stored.parameters}
-        rows = self.store.events(row.id)
-        loaded = self.store.get_values(entry_value_ids(rows))
-        journal = [decode_entry(e, loaded) for e in rows]
-        with self.collector.building(len(graph.tasks)):
-            return self._build(row, graph, params, journal, rows[-1].seq if rows else 0)

@@ -115,23 +115,28 @@ class WorkerReports:
                     "by this worker session",
                 )
             return
-        flow_run_id = split_task_run_id(token.task_run_id)[0]  # held: well formed
+        flow_run_id, run_key = split_task_run_id(token.task_run_id)  # held: well formed
         if self.runs.waiting(flow_run_id):
             # Being resumed or worked on off the loop: the report, and its ack, once the
             # run is live again (no ack leaves before its event is stored).
-            report_later = functools.partial(self._held_report, session, kind, msg)
+            report_later = functools.partial(
+                self._held_report, session, kind, msg, token, flow_run_id, run_key
+            )
             self.runs.later(flow_run_id, report_later)
             return
-        self._held_report(session, kind, msg)
+        self._held_report(session, kind, msg, token, flow_run_id, run_key)
 
     def _held_report(
-        self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest
+        self,
+        session: WorkerSession,
+        kind: str,
+        msg: worker_pb2.ConnectRequest,
+        token: worker_pb2.FencingToken,
+        flow_run_id: str,
+        run_key: str,
     ) -> None:
         """A report from the session holding its attempt (``_report``) takes effect."""
-        report = getattr(msg, kind)
-        token: worker_pb2.FencingToken = report.token
         key: Token = (token.task_run_id, token.attempt)
-        flow_run_id, run_key = split_task_run_id(token.task_run_id)
         event: Event
         if kind == "cancelled":
             requested = self.dispatcher.cancel_requested(key)

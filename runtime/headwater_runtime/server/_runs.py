@@ -93,7 +93,9 @@ from ._children import (
 from ._flows import FlowGraphs
 from ._gc import Collector
 from ._journal import (
+    decode_entry,
     encode_entry,
+    entry_value_ids,
     to_stored,
 )
 from ._params import (
@@ -513,6 +515,18 @@ class RunManager(FlowGraphs, RunCacheLookups, RunRecovery, RunsAside):
             if active.trace is not None:
                 active.trace.finish(active.engine.state, reason)
                 active.trace = None
+
+    def rebuild(self, row: FlowRunRow) -> ActiveRun:
+        """A stored run's engine, replayed from its journal (not registered in ``runs``;
+        may run on a reader thread)."""
+        _, graph = self.graph(row.flow_name, row.flow_version)
+        stored = run_pb2.FlowRun.FromString(row.parameters)
+        params = {name: stored.parameters[name] for name in stored.parameters}
+        rows = self.store.events(row.id)
+        loaded = self.store.get_values(entry_value_ids(rows))
+        journal = [decode_entry(e, loaded) for e in rows]
+        with self.collector.building(len(graph.tasks)):
+            return self._build(row, graph, params, journal, rows[-1].seq if rows else 0)
 
     def retry(self, active: ActiveRun, reason: str) -> None:
         """Run an ended run (just rebuilt: ``rebuild``) again from its failure, as its
