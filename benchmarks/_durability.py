@@ -14,7 +14,10 @@ on its database, and a database kept from growing by retention.
   run in the middle of a wide map takes to replay (~20,000-30,000 journal entries and
   its 100,000 children; the server listens first, since 2026-12-01, and the run's
   queued work starts once it is replayed). Its row also quotes what the restarted
-  server printed it resumed.
+  server printed it resumed. A small run beside it (``beside_flow``, 200 tasks of
+  50 ms, started just before the kill): how long its queued work waits after the
+  restart (since 2026-12-01 the smallest runs are replayed first, and a worker's
+  report on a run still replayed frees its slot at once).
 * ``growth``: B batches of R one-task runs, one after another; after each batch
   ``headwater prune --older-than 0.001s`` (every finished run is past retention) runs
   beside the server. Growth per run = (database bytes after the last batch - after
@@ -45,10 +48,12 @@ from headwater import Client
 from headwater.wire import FlowRunState
 
 from ._server import RUN_TIMEOUT, Cluster, _Raw
-from ._server_tasks import STARTS, latency_flow, restart_flow
+from ._server_tasks import BESIDE_STARTS, STARTS, beside_flow, latency_flow, restart_flow
 
 #: How long queued work may wait after a restart before the measurement gives up.
 FIRST_START_TIMEOUT = 90.0
+#: How long the small run beside the wide one has to start before the kill.
+BESIDE_WAIT = 10.0
 
 
 class _StartLog:
@@ -56,8 +61,8 @@ class _StartLog:
     call reads only what was appended since the last (the log of a 100,000-task run,
     read whole at every 5 ms poll, would load the machine being measured)."""
 
-    def __init__(self, directory: str) -> None:
-        self.path = Path(directory) / STARTS
+    def __init__(self, directory: str, name: str = STARTS) -> None:
+        self.path = Path(directory) / name
         self.times: list[float] = []
         self._offset = 0
         self._partial = b""
@@ -74,12 +79,19 @@ class _StartLog:
         return self.times
 
 
-def _wait(condition: Any, what: str, timeout: float) -> None:
+def _within(condition: Any, timeout: float) -> bool:
+    """Whether ``condition()`` came true within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+            return False
         time.sleep(0.005)
+    return True
+
+
+def _wait(condition: Any, what: str, timeout: float) -> None:
+    if not _within(condition, timeout):
+        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _reconnected_at(lines: list[str], after: float) -> float | None:
@@ -107,6 +119,7 @@ def measure_restart(spec: dict[str, Any]) -> dict[str, Any]:
         "reconnect_to_first": [],
         "ready_to_first": [],
         "kill_to_first": [],
+        "ready_to_beside": [],
     }
     directory = tempfile.mkdtemp(prefix="headwater-bench-starts-")
     try:
@@ -126,15 +139,30 @@ def _restart(
     env = {"HW_BENCH_DIR": directory, "HW_BENCH_NAP": str(params.get("nap", 0.02))}
     resumed: list[str] = []
     log = _StartLog(directory)
+    starved = 0  # small runs beside that did not start before the kill
+    beside, beside_log, beside_runs = (
+        params.get("beside", 0),
+        _StartLog(directory, BESIDE_STARTS),
+        [],
+    )
     with Cluster(workers=1, slots=params.get("slots", 2), env=env) as cluster:
         port = cluster.address.rsplit(":", 1)[1]
         with Client(cluster.address) as client:
             run_id = client.run(restart_flow, {"n": n}).id
         for point in points:
             _wait(lambda p=point: len(log.read()) >= p, f"{point} task starts", 300)
+            if beside:  # a small run beside, under way when the server is killed
+                with Client(cluster.address) as client:
+                    beside_runs.append(client.run(beside_flow, {"n": beside}).id)
+                began = len(beside_log.read())
+                # Before 2026-12-01 a run of another task type got no slot while a wide
+                # map had attempts queued: it did not start at all (starved).
+                if not _within(lambda b=began: len(beside_log.read()) > b, BESIDE_WAIT):
+                    starved += 1
             cluster.kill_server()
             killed = time.time()
             seen = len(log.read())
+            seen_beside = len(beside_log.read())
             cluster.start_server(port)
             ready = time.time()
             worker = cluster.workers[0]
@@ -144,6 +172,14 @@ def _restart(
                 FIRST_START_TIMEOUT,
             )
             first = min(t for t in log.read()[seen:] if t > ready)
+            if beside and not starved:
+                _wait(
+                    lambda r=ready, k=seen_beside: any(t > r for t in beside_log.read()[k:]),
+                    "a task of the small run to start after the restart",
+                    FIRST_START_TIMEOUT,
+                )
+                started = min(t for t in beside_log.read()[seen_beside:] if t > ready)
+                series["ready_to_beside"].append(started - ready)
             server = cluster.server
             assert server is not None  # it prints the line once the run is live again
             _wait(
@@ -163,6 +199,12 @@ def _restart(
         try:
             ended = raw.wait_end(run_id, 0.05)
             final = raw.get(run_id, task_runs=True)
+            besides = []  # (state, attempts of its tasks) of each small run
+            for beside_id in beside_runs:
+                state = FlowRunState(raw.wait_end(beside_id, 0.05).state).name
+                got = raw.get(beside_id, task_runs=True)
+                tried = sum(t.attempts for t in got.task_runs if t.name.startswith("beside["))
+                besides.append((state, tried))
         finally:
             raw.close()
     attempts = sum(t.attempts for t in final.task_runs if t.name.startswith("nap["))
@@ -171,7 +213,8 @@ def _restart(
         "kind": "restart",
         "params": spec["params"],
         "tasks": n,
-        "label": f"{n} tasks, {len(points)} kills",
+        "label": f"{n} tasks, {len(points)} kills"
+        + (f", a {beside}-task run beside" if beside else ""),
         "walls": [],
         "compiles": [],
         "series": series,
@@ -179,6 +222,8 @@ def _restart(
         "attempts": attempts,
         "check": n,
         "resumed": resumed,  # what each restarted server printed it resumed
+        "beside": besides,
+        "starved": starved,
     }
 
 
@@ -295,6 +340,19 @@ def format_durability(rows: list[Any], revisions: dict[str, str]) -> str:
                     f"median {_median(s['kill_to_first'])} s, max {_max(s['kill_to_first'])} "
                     f"s; the run ended {d['state']} after {d['attempts']} attempts of "
                     f"{d['tasks']} tasks"
+                    + "".join(
+                        f"; ready -> first start of the {d['params']['beside']}-task run "
+                        f"beside median {_median(s['ready_to_beside'])} s, max "
+                        f"{_max(s['ready_to_beside'])} s, it ended {state} after {tried} "
+                        "attempts"
+                        + (
+                            f" (it had not started {BESIDE_WAIT:g} s after it was created, "
+                            "before the kill: starved by the wide map)"
+                            if d.get("starved")
+                            else ""
+                        )
+                        for state, tried in d.get("beside", [])[:1]
+                    )
                     + "".join(
                         f"; {line.split('headwater server ', 1)[-1]}"
                         for line in d.get("resumed", [])

@@ -6,9 +6,11 @@ namespace, imported ones included). ``stamp`` is for ``server-latency`` and
 ``server-growth``: it returns the wall clock at the moment its function starts on the
 worker. ``nap`` is for ``server-restart``: it appends the wall clock at its start to
 ``$HW_BENCH_DIR/starts.log`` (one ``os.write``, so lines from all threads land whole),
-then sleeps 20 ms. ``map_flow`` is for ``server-map``: one map over ``n`` elements.
-``handoff_flow`` is for ``server-failover`` (``_failover``): ``held`` waits for a file
-in HW_BENCH_DIR, then ``stamp_after`` returns the wall clock when it starts.
+then sleeps 20 ms; ``beside`` does the same in ``beside.log`` and sleeps 50 ms (the
+small run beside ``server-restart-wide``'s wide one). ``map_flow`` is for
+``server-map``: one map over ``n`` elements. ``handoff_flow`` is for
+``server-failover`` (``_failover``): ``held`` waits for a file in HW_BENCH_DIR, then
+``stamp_after`` returns the wall clock when it starts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ._dags import noop_task, source_task, total_task
 
 #: Where ``nap`` records its starts (in ``$HW_BENCH_DIR``).
 STARTS = "starts.log"
+#: Where ``beside`` records its starts, and how long it sleeps (seconds).
+BESIDE_STARTS, BESIDE_NAP = "beside.log", 0.05
 
 
 @task
@@ -40,15 +44,19 @@ def map_flow(n: int = 1_000) -> int:
     return total_task(noop_task.map(source_task(n)))
 
 
-@task
-def nap(i: int) -> int:
+def _log_start(name: str, i: int) -> None:
     directory = os.environ.get("HW_BENCH_DIR")
     if directory:
-        fd = os.open(os.path.join(directory, STARTS), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, f"{time.time():.6f} {i}\n".encode())
         finally:
             os.close(fd)
+
+
+@task
+def nap(i: int) -> int:
+    _log_start(STARTS, i)
     time.sleep(float(os.environ.get("HW_BENCH_NAP", "0.02")))
     return i
 
@@ -56,6 +64,18 @@ def nap(i: int) -> int:
 @flow(name="bench_restart")
 def restart_flow(n: int = 400) -> int:
     return total_task(nap.map(source_task(n)))
+
+
+@task
+def beside(i: int) -> int:
+    _log_start(BESIDE_STARTS, i)
+    time.sleep(BESIDE_NAP)
+    return i
+
+
+@flow(name="bench_beside")
+def beside_flow(n: int = 200) -> int:
+    return total_task(beside.map(source_task(n)))
 
 
 @task
@@ -79,6 +99,8 @@ def handoff_flow() -> float:
 
 
 __all__ = [
+    "beside",
+    "beside_flow",
     "handoff_flow",
     "held",
     "latency_flow",

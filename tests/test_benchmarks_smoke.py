@@ -84,11 +84,14 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     # The durability workloads' lines (a server SIGKILLed and restarted; retention).
     assert "server-restart / server " in proc.stdout and "ready -> first start" in proc.stdout
     assert "server-growth / server " in proc.stdout and "bytes of files per run" in proc.stdout
-    # A restart mid-way through a wide map: it ends, no task twice, and the restarted
-    # server said what it resumed.
+    # A restart mid-way through a wide map, with a small run beside it: both end, no
+    # task twice, the small run's work started again, and the restarted server said
+    # what it resumed.
     (wide,) = [line for line in proc.stdout.splitlines() if "server-restart-wide / server " in line]
     assert "ended SUCCESS after 5000 attempts of 5000 tasks" in wide, wide
-    assert "resumed 1 unfinished flow run in" in wide, wide
+    assert "ready -> first start of the 200-task run beside median" in wide, wide
+    assert "it ended SUCCESS after 200 attempts" in wide and "starved" not in wide, wide
+    assert "resumed 2 unfinished flow runs in" in wide, wide
     # The compile-cost table: a symbolic and a value-dependent flow.
     assert "compile cost of a 2,001-task flow" in proc.stdout, proc.stdout
     for flow_kind in ("symbolic ", "value-dependent "):

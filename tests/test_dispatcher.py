@@ -69,6 +69,25 @@ def test_flow_runs_are_served_round_robin() -> None:
     assert sorted(w.assigned()) == ["big/t[0]", "small/t"]
 
 
+def test_task_types_take_turns_on_a_shared_worker() -> None:
+    """A wide map of one task type does not keep a worker's slots from another run's
+    task of another type: each freed slot goes to the types in turn."""
+    d = Dispatcher(on_lost=lambda *a: None)
+    w = Worker("w", 2, {"m.wide", "m.other"})
+    d.connect(w.session)
+    for i in range(100):
+        d.submit(pending("wide", f"t[{i}]", "m.wide"))
+    assert w.assigned() == ["wide/t[0]", "wide/t[1]"]
+    for i in range(3):
+        d.submit(pending("small", f"s[{i}]", "m.other"))
+    d.finished(("wide/t[0]", 1))
+    d.finished(("wide/t[1]", 1))
+    assert sorted(w.assigned()[2:]) == ["small/s[0]", "wide/t[2]"]
+    d.finished(("small/s[0]", 1))
+    d.finished(("wide/t[2]", 1))
+    assert sorted(w.assigned()[4:]) == ["small/s[1]", "wide/t[3]"]
+
+
 def test_a_lost_worker_reports_its_attempts_and_others_take_over() -> None:
     lost: list[tuple[str, str, int]] = []
     d = Dispatcher(on_lost=lambda *a: lost.append(a))

@@ -424,11 +424,13 @@ class SlowReplayStore(SQLiteStore):
         super().__init__(path)
         self.reading = threading.Event()
         self.released = threading.Event()
+        self.slow: str | None = None  # only this run's journal waits (None: every run's)
 
     def events(self, flow_run_id: str) -> list[RunEvent]:
         """Wait for ``released``, then read the journal."""
-        self.reading.set()
-        assert self.released.wait(BOUND)
+        if self.slow in (None, flow_run_id):
+            self.reading.set()
+            assert self.released.wait(BOUND)
         return super().events(flow_run_id)
 
 
@@ -558,6 +560,60 @@ def test_a_cancel_of_a_run_being_resumed_waits_for_its_replay(tmp_path: Path) ->
             # Answered once the cancel is applied and stored, not before.
             assert cancelled.flow_run.state == FlowRunState.CANCELLED.value
             assert "no longer needed" in cancelled.flow_run.history[-1].message
+
+    asyncio.run(main())
+
+
+def test_a_small_run_is_resumed_while_a_large_one_is_still_replayed(tmp_path: Path) -> None:
+    """A restarted server replays its unfinished runs smallest first: a run that
+    takes long to replay (a wide map in flight) does not hold up the queued work of
+    the others, although it is older. A worker that reports an attempt of the run
+    still replayed has its slot back at once, for that other work."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    store.released.set()
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(proto_pipeline.compile())
+    large, _ = manager.create_run("proto_pipeline", "", {"n": value_of(40)})
+    manager.flush()
+    (numbers,) = dispatch.submitted
+    dispatch.submitted.clear()
+    token = numbers.assignment.token
+    key = split_task_run_id(token.task_run_id)[1]
+    manager.handle(large.id, TaskSucceeded(key, token.attempt, value_of(list(range(40)), True)))
+    manager.flush()
+    held = dispatch.submitted[0].assignment  # delivered to "w" (stored)
+    manager.delivered(large.id, held.token.task_run_id, held.token.attempt, "w")
+    small, _ = manager.create_run("proto_pipeline", "", {"n": value_of(2)})
+    manager.flush()
+    store.released.clear()
+    store.reading.clear()
+    store.slow = large.id
+
+    async def main() -> None:
+        async with replaying(store) as (running, channel):
+            # The large run's journal is being read; the small one is live already.
+            assert running.core.runs.replaying(large.id)
+            assert not running.core.runs.replaying(small.id)
+            worker = StreamWorker(channel, "w", slots=1, running=[held.token])  # busy
+            await worker.next("welcome")
+            worker.send(result=worker.result(held))  # waits for the replay, with its ack
+            first = await worker.next("assignment")  # the slot is free again meanwhile
+            assert split_task_run_id(first.token.task_run_id)[0] == small.id
+            assert running.core.runs.replaying(large.id)
+            store.released.set()
+            ack = await worker.next("ack")
+            assert ack.accepted and ack.token.task_run_id == held.token.task_run_id
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(worker, done))
+            worker.send(result=worker.result(first))
+            assert await finished(channel, small.id) == FlowRunState.SUCCESS.value
+            assert await finished(channel, large.id) == FlowRunState.SUCCESS.value
+            done.set()
+            assert await serving == 39 + 1 + 3  # scales and totals: none sent twice
+            await worker.close()
+            found = running.core.recovery
+            assert found is not None and found.resumed == 2
 
     asyncio.run(main())
 

@@ -147,6 +147,20 @@ def test_delivered_lists_the_attempts_delivered_to_workers_by_key(store: Store) 
     assert store.delivered("nope") == {}
 
 
+def test_run_sizes_count_journal_entries_and_task_runs(store: Store) -> None:
+    store.create_flow_run(FlowRunRow("big", "etl", "1", 1, 1.0))
+    store.create_flow_run(FlowRunRow("small", "etl", "1", 1, 1.0))
+    b = WriteBatch()
+    for seq in range(3):
+        b.events.append(RunEvent("big", seq, 1.0, "event", b"x", ""))
+    b.events.append(RunEvent("small", 0, 1.0, "start", b"x", ""))
+    for key in ("a", "b"):
+        b.task_runs[("big", key)] = TaskRunRow("big", key, key, -1, 3, 1, 1.0)
+    store.commit(b)
+    assert store.run_sizes(["small", "big", "none"]) == {"small": 1, "big": 5, "none": 0}
+    assert store.run_sizes([]) == {}
+
+
 def test_list_flow_runs_filters_and_pages_newest_first(store: Store) -> None:
     for i in range(5):
         store.create_flow_run(FlowRunRow(f"r{i}", "a" if i % 2 else "b", "1", 4 if i < 2 else 3, i))

@@ -459,6 +459,15 @@ class Dispatcher:
             return waiting
         return self._unqueue(token)
 
+    def reported(self, token: Token) -> None:
+        """The holder reported an attempt's outcome that takes effect later (its run
+        is being resumed or worked on off the loop): the worker is done with it, so
+        its slot is free now; the attempt stays the session's (fenced, leases held)
+        until ``finished``."""
+        session = self._owner.get(token)
+        if session is not None and session.running.pop(token, None) is not None:
+            self.pump()
+
     def finished(self, token: Token) -> None:
         """An attempt ended (result, failure, skip, cancel ack): free its slot."""
         self._cancelling.discard(token)
@@ -475,52 +484,71 @@ class Dispatcher:
     # -------------------------------------------------------------------- matching
 
     def pump(self) -> None:
-        """Hand out as many pending attempts as free slots allow."""
+        """Hand out as many pending attempts as free slots allow: one attempt per task
+        type in turn, and within a task type one per flow run in turn, so that neither
+        a wide map's flow run nor its task type keeps a shared worker's slots from the
+        others (a 100,000-element map of one task type would otherwise take every slot
+        freed until it is done)."""
         if not self._pending or self._paused:
             return
-        for task_type in list(self._pending):
-            runs = self._pending[task_type]
-            candidates = [
-                s for s in self.sessions.values() if s.can_take and task_type in s.capabilities
-            ]
-            blocked: set[str] = set()
-            while candidates and runs and len(blocked) < len(runs):
-                run_id, queue = next(iter(runs.items()))
-                runs.move_to_end(run_id)  # round robin across flow runs
-                if run_id in blocked:
-                    continue
-                if not queue:  # only entries taken out early were left
-                    del runs[run_id]
-                    continue
-                pending = queue[0]
-                if self._queued.get(run_id, _NONE).get(pending.token) is not pending:
-                    queue.popleft()  # taken out early (cancelled, claimed)
-                    continue
-                if pending.token in self._owner or (self.due is not None and not self.due(pending)):
-                    # A worker holds it already, or it ended meanwhile: a worker
-                    # reconnected holding it while its run was being resumed, and
-                    # reported it (ServerCore.connect). Never sent twice.
-                    queue.popleft()
-                    self._unqueue(pending.token, run_id)
-                    continue
-                tag = self.limits.blocking(pending.tags) if pending.tags else None
-                if tag is not None:  # its tag is at its limit: it waits there
-                    queue.popleft()
-                    self._unqueue(pending.token, run_id)
-                    self.limits.wait(pending, tag)
-                    continue
-                fits = [s for s in candidates if s.accepts(pending)]
-                if not fits:
-                    blocked.add(run_id)  # its head needs labels or code no free worker has
-                    self._warn_stale(candidates, pending)
-                    continue
-                session = max(fits, key=lambda s: s.free)
+        turn = list(self._pending)
+        while turn:
+            served = [task_type for task_type in turn if self._assign_next(task_type)]
+            for task_type in served:  # the next pump starts with a type not served last
+                if task_type in self._pending:
+                    self._pending[task_type] = self._pending.pop(task_type)
+            turn = served
+
+    def _assign_next(self, task_type: str) -> bool:
+        """Hand one attempt of this task type to a free worker, taking its flow runs in
+        turn; False when none can go now (no free worker for it, or nothing queued)."""
+        runs = self._pending.get(task_type)
+        if runs is None:
+            return False
+        candidates = [
+            s for s in self.sessions.values() if s.can_take and task_type in s.capabilities
+        ]
+        blocked: set[str] = set()
+        assigned = False
+        while candidates and runs and len(blocked) < len(runs):
+            run_id, queue = next(iter(runs.items()))
+            runs.move_to_end(run_id)  # round robin across flow runs
+            if run_id in blocked:
+                continue
+            if not queue:  # only entries taken out early were left
+                del runs[run_id]
+                continue
+            pending = queue[0]
+            if self._queued.get(run_id, _NONE).get(pending.token) is not pending:
+                queue.popleft()  # taken out early (cancelled, claimed)
+                continue
+            if pending.token in self._owner or (self.due is not None and not self.due(pending)):
+                # A worker holds it already, or it ended meanwhile: a worker
+                # reconnected holding it while its run was being resumed, and
+                # reported it (ServerCore.connect). Never sent twice.
                 queue.popleft()
                 self._unqueue(pending.token, run_id)
-                self._assign(session, pending)
-                candidates = [s for s in candidates if s.can_take]
-            if not runs:
-                self._pending.pop(task_type, None)
+                continue
+            tag = self.limits.blocking(pending.tags) if pending.tags else None
+            if tag is not None:  # its tag is at its limit: it waits there
+                queue.popleft()
+                self._unqueue(pending.token, run_id)
+                self.limits.wait(pending, tag)
+                continue
+            fits = [s for s in candidates if s.accepts(pending)]
+            if not fits:
+                blocked.add(run_id)  # its head needs labels or code no free worker has
+                self._warn_stale(candidates, pending)
+                continue
+            session = max(fits, key=lambda s: s.free)
+            queue.popleft()
+            self._unqueue(pending.token, run_id)
+            self._assign(session, pending)
+            assigned = True
+            break
+        if not runs:
+            self._pending.pop(task_type, None)
+        return assigned
 
     def _warn_stale(self, candidates: list[WorkerSession], pending: PendingAssignment) -> None:
         """Say once per worker and code in the server log that a worker is passed over

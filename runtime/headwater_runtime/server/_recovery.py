@@ -106,9 +106,11 @@ class RunRecovery:
         return found
 
     def unfinished(self) -> tuple[list[FlowRunRow], list[tuple[str, str]]]:
-        """The stored runs to resume, and those this server cannot (with why: a journal
-        of an engine it cannot replay). Each run to resume waits for its ``resume`` as
-        a run set aside does: the calls for it are held, in order."""
+        """The stored runs to resume, smallest first, and those this server cannot
+        (with why: a journal of an engine it cannot replay). Each run to resume waits
+        for its ``resume`` as a run set aside does: the calls for it are held, in
+        order. Smallest first: a run with a 100,000-element map in flight takes
+        seconds to replay, and the queued work of the other runs does not wait for it."""
         rows: list[FlowRunRow] = []
         refused: list[tuple[str, str]] = []
         for row in self.store.unfinished_flow_runs():
@@ -126,6 +128,8 @@ class RunRecovery:
             self._aside[row.id] = []
             self.children.link(row)
             rows.append(row)
+        sizes = self.store.run_sizes([row.id for row in rows]) if len(rows) > 1 else {}
+        rows.sort(key=lambda row: sizes.get(row.id, 0))  # stable: oldest first if alike
         return rows, refused
 
     def replaying(self, flow_run_id: str) -> bool:

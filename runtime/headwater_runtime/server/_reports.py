@@ -118,11 +118,14 @@ class WorkerReports:
         flow_run_id, run_key = split_task_run_id(token.task_run_id)  # held: well formed
         if self.runs.waiting(flow_run_id):
             # Being resumed or worked on off the loop: the report, and its ack, once the
-            # run is live again (no ack leaves before its event is stored).
+            # run is live again (no ack leaves before its event is stored). An outcome
+            # frees the worker's slot now, for other runs' work.
             report_later = functools.partial(
                 self._held_report, session, kind, msg, token, flow_run_id, run_key
             )
             self.runs.later(flow_run_id, report_later)
+            if kind != "started":
+                self.dispatcher.reported((token.task_run_id, token.attempt))
             return
         self._held_report(session, kind, msg, token, flow_run_id, run_key)
 

@@ -418,6 +418,12 @@ class Store(OpsStore, Protocol):
         """Every run not in a terminal state, oldest first (recovered at start)."""
         ...
 
+    def run_sizes(self, flow_run_ids: Sequence[str]) -> dict[str, int]:
+        """How much of each run is stored, by id: its journal entries plus its task
+        runs (roughly what replaying it costs a restarted server; a run with neither
+        has 0)."""
+        ...
+
     def child_flow_runs(self, parent_flow_run_id: str) -> list[FlowRunRow]:
         """The child flow runs of a run (``FlowRunRow.parent_flow_run_id``), oldest first."""
         ...

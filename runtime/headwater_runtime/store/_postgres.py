@@ -396,6 +396,16 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         )
         return [flow_run_row(r) for r in rows]
 
+    def run_sizes(self, flow_run_ids: Sequence[str]) -> dict[str, int]:
+        """Each run's journal entries plus task runs (what replaying it costs)."""
+        rows = self._read(
+            "SELECT i.id, (SELECT COUNT(*) FROM run_events e WHERE e.flow_run_id = i.id) + "
+            "(SELECT COUNT(*) FROM task_runs t WHERE t.flow_run_id = i.id) "
+            "FROM unnest(%s::text[]) AS i(id)",
+            (list(flow_run_ids),),
+        )
+        return {str(i): int(n) for i, n in rows}
+
     def events(self, flow_run_id: str) -> list[RunEvent]:
         """A run's journal, in order."""
         rows = self._read(

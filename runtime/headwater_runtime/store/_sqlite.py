@@ -390,6 +390,18 @@ class SQLiteStore(SQLiteOps, AccessTables):
         )
         return [_flow_run_row(r) for r in rows]
 
+    def run_sizes(self, flow_run_ids: Sequence[str]) -> dict[str, int]:
+        """Each run's journal entries plus task runs (what replaying it costs)."""
+        sizes: dict[str, int] = {}
+        for flow_run_id in flow_run_ids:
+            (size,) = self._db.execute(
+                "SELECT (SELECT COUNT(*) FROM run_events WHERE flow_run_id=?) + "
+                "(SELECT COUNT(*) FROM task_runs WHERE flow_run_id=?)",
+                (flow_run_id, flow_run_id),
+            ).fetchone()
+            sizes[flow_run_id] = size
+        return sizes
+
     def events(self, flow_run_id: str) -> list[RunEvent]:
         """A run's journal, in order."""
         rows = self._db.execute(
