@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import _async as health_async
@@ -50,7 +51,9 @@ from ._leader import LeaderGate, Leadership, is_fenced
 from ._operations import OperationsServicer
 from ._payloads import PayloadServicer
 from ._tls import ServerTLS, ServerTLSFiles
-from .http import HttpServer, start_http
+
+if TYPE_CHECKING:
+    from .http import HttpServer
 
 log = logging.getLogger("headwater.server")
 
@@ -129,18 +132,24 @@ class RunningServer:
         self.store.close()
 
     async def _lead(self) -> None:
-        """Start serving: sweep what a dead leader left, recover runs, open the gate."""
+        """Start serving: sweep what a dead leader left, recover runs, open the gate.
+        Then ``_open``, once the gRPC port listens."""
         sweep = getattr(self.store, "sweep_uploads", None)
         if self.leadership.lease is not None and sweep is not None:
             await asyncio.to_thread(sweep)
         await self.core.start()
         self._core_started = True
-        if self.settings.http:
-            self.http = await _start_http(self.core, self.settings, self.access, self.tls)
-            self.access.on_change = _revoked_everywhere(self.core, self.http)
         self.leadership.leading = True
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _open(self) -> None:
+        """The web UI, after the gRPC port listens: workers reconnecting to a restarted
+        server need not wait for it (importing aiohttp alone takes ~0.1-0.2 s). Then
+        the server says it leads (``leading``)."""
+        if self.settings.http:
+            self.http = await _start_http(self.core, self.settings, self.access, self.tls)
+            self.access.on_change = _revoked_everywhere(self.core, self.http)
         self.leading.set()
 
     async def _run_leadership(self, leading: bool) -> None:
@@ -152,6 +161,7 @@ class RunningServer:
                 await leadership.wait_to_lead()
                 log.warning("taking the lead (lease epoch %d)", leadership.epoch)
                 await self._lead()
+                await self._open()
             reason = await leadership.keep(lambda: is_fenced(self.core.commits.error))
         except Exception as exc:  # e.g. recovery failed: stand by again, from scratch
             log.exception("leading failed")
@@ -242,6 +252,8 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
             for name in ("", *SERVICE_NAMES):
                 await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
+        if leading:
+            await running._open()
     except BaseException:
         await server.stop(None)
         if running.http is not None:
@@ -274,6 +286,11 @@ async def _start_http(
     """The web UI on its port, with the gRPC port's credentials and certificate (HTTPS
     when it has one); when the default port (gRPC + 1) is taken, on a free one instead
     (the line the server prints says where). A port asked for must be free."""
+    # aiohttp, imported only now and on a thread: the gRPC port already answers, and
+    # the import (~0.1-0.2 s) must not hold up the event loop meanwhile.
+    await asyncio.to_thread(importlib.import_module, f"{__package__}.http")
+    from .http import start_http  # (imported by now)
+
     port = settings.http_bind_port
     try:
         return await start_http(core, settings.host, port, access, tls)
