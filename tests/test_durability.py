@@ -448,6 +448,24 @@ async def replaying(
         yield running, channel
 
 
+def _expanded_run(store: SlowReplayStore, n: int) -> tuple[RunManager, FakeDispatch, FlowRunRow]:
+    """A ``proto_pipeline`` run stored with its map over ``n`` numbers expanded, on a
+    manager whose dispatch holds the map's attempts (not yet delivered)."""
+    store.released.set()
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(n)})
+    manager.flush()
+    (numbers,) = dispatch.submitted
+    dispatch.submitted.clear()
+    token = numbers.assignment.token
+    key = split_task_run_id(token.task_run_id)[1]
+    manager.handle(row.id, TaskSucceeded(key, token.attempt, value_of(list(range(n)), True)))
+    manager.flush()
+    return manager, dispatch, row
+
+
 def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     tmp_path: Path,
 ) -> None:
@@ -458,18 +476,7 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     nothing is sent twice, the attempt nobody holds is sent again, and the run
     finishes."""
     store = SlowReplayStore(tmp_path / "hw.db")
-    store.released.set()
-    dispatch = FakeDispatch()
-    manager = RunManager(store, dispatch, Clock())
-    manager.register_flow(proto_pipeline.compile())
-    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(3)})
-    manager.flush()
-    (numbers,) = dispatch.submitted
-    dispatch.submitted.clear()
-    token = numbers.assignment.token
-    key = split_task_run_id(token.task_run_id)[1]
-    manager.handle(row.id, TaskSucceeded(key, token.attempt, value_of([0, 1, 2], True)))
-    manager.flush()
+    manager, dispatch, row = _expanded_run(store, 3)
     scales = [p.assignment for p in dispatch.submitted]
     assert len(scales) == 3
     held, unrecorded, lost = scales  # delivered to "w" (stored); sent (not stored); neither
@@ -570,18 +577,7 @@ def test_a_small_run_is_resumed_while_a_large_one_is_still_replayed(tmp_path: Pa
     the others, although it is older. A worker that reports an attempt of the run
     still replayed has its slot back at once, for that other work."""
     store = SlowReplayStore(tmp_path / "hw.db")
-    store.released.set()
-    dispatch = FakeDispatch()
-    manager = RunManager(store, dispatch, Clock())
-    manager.register_flow(proto_pipeline.compile())
-    large, _ = manager.create_run("proto_pipeline", "", {"n": value_of(40)})
-    manager.flush()
-    (numbers,) = dispatch.submitted
-    dispatch.submitted.clear()
-    token = numbers.assignment.token
-    key = split_task_run_id(token.task_run_id)[1]
-    manager.handle(large.id, TaskSucceeded(key, token.attempt, value_of(list(range(40)), True)))
-    manager.flush()
+    manager, dispatch, large = _expanded_run(store, 40)
     held = dispatch.submitted[0].assignment  # delivered to "w" (stored)
     manager.delivered(large.id, held.token.task_run_id, held.token.attempt, "w")
     small, _ = manager.create_run("proto_pipeline", "", {"n": value_of(2)})
