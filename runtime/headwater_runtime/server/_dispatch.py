@@ -493,15 +493,19 @@ class Dispatcher:
             return
         turn = list(self._pending)
         while turn:
+            if len(turn) == 1:  # no other type to take turns with: as many as fit
+                self._assign_next(turn[0], many=True)
+                return
             served = [task_type for task_type in turn if self._assign_next(task_type)]
             for task_type in served:  # the next pump starts with a type not served last
                 if task_type in self._pending:
                     self._pending[task_type] = self._pending.pop(task_type)
             turn = served
 
-    def _assign_next(self, task_type: str) -> bool:
-        """Hand one attempt of this task type to a free worker, taking its flow runs in
-        turn; False when none can go now (no free worker for it, or nothing queued)."""
+    def _assign_next(self, task_type: str, *, many: bool = False) -> bool:
+        """Hand one attempt of this task type (``many``: as many as fit) to free
+        workers, taking its flow runs in turn; False when none can go now (no free
+        worker for it, or nothing queued)."""
         runs = self._pending.get(task_type)
         if runs is None:
             return False
@@ -545,7 +549,9 @@ class Dispatcher:
             self._unqueue(pending.token, run_id)
             self._assign(session, pending)
             assigned = True
-            break
+            if not many:
+                break
+            candidates = [s for s in candidates if s.can_take]
         if not runs:
             self._pending.pop(task_type, None)
         return assigned
