@@ -614,6 +614,47 @@ def test_a_small_run_is_resumed_while_a_large_one_is_still_replayed(tmp_path: Pa
     asyncio.run(main())
 
 
+def test_a_task_of_a_run_being_resumed_can_start_a_child_flow_run(tmp_path: Path) -> None:
+    """A task a reconnected worker runs may start a child flow run while a restarted
+    server is still replaying the task's own run: the call waits for that replay and
+    is checked then (before, it was refused: the attempt was not running yet)."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    manager, dispatch, row = _expanded_run(store, 3)
+    held = dispatch.submitted[0].assignment
+    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w")
+    manager.flush()
+    store.released.clear()
+    store.reading.clear()
+
+    async def main() -> None:
+        async with replaying(store) as (running, channel):
+            worker = StreamWorker(channel, "w", slots=4, running=[held.token])
+            await worker.next("welcome")
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            child = asyncio.ensure_future(
+                client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(
+                        flow_name="proto_pipeline",
+                        parameters={"n": value_of(1)},
+                        parent_task_run_id=held.token.task_run_id,
+                        parent_attempt=held.token.attempt,
+                    ),
+                    metadata=AUTH,
+                )
+            )
+            # Not answered while the parent run is replayed (a refusal would be at once).
+            done, _ = await asyncio.wait([child], timeout=0.5)
+            assert not done and running.core.runs.replaying(row.id)
+            store.released.set()
+            created = await asyncio.wait_for(child, BOUND)
+            got = await run_state(channel, created.flow_run.id)
+            assert got.flow_run.parent_flow_run_id == row.id
+            assert got.flow_run.parent_task_run_id == held.token.task_run_id
+            await worker.close()
+
+    asyncio.run(main())
+
+
 async def _until(condition: Any, what: str) -> None:
     deadline = asyncio.get_running_loop().time() + BOUND
     while not condition():

@@ -27,6 +27,7 @@ from headwater.v1 import graph_pb2, payload_pb2, worker_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
+    TASK_RUN_ID_SEPARATOR,
     FailureInfo,
     Limits,
     Role,
@@ -325,7 +326,10 @@ class ServerCore(WorkerReports):
         stored on the writer thread (durable when this returns), then started. The same
         idempotency key returns the first run; with other parameters, Conflict.
         ``parent`` (task run id, attempt): a run a task starts while it runs
-        (NotRunning unless that attempt runs)."""
+        (NotRunning unless that attempt runs; checked once the parent run is live, when
+        a restarted server is still resuming it)."""
+        if parent is not None:
+            await self._replayed(parent[0].partition(TASK_RUN_ID_SEPARATOR)[0])
         link = None if parent is None else self.runs.check_parent(*parent)
         return await self.creation.create(
             flow_name, flow_version, parameters, idempotency_key, trace_context, parent=link
@@ -345,9 +349,7 @@ class ServerCore(WorkerReports):
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
         yet: it stays queued). A large run is cancelled on a reader thread
         (``RunManager.set_aside``): the loop goes on serving everyone else."""
-        replayed = self._replays.get(flow_run_id)
-        if replayed is not None:  # cancelled once its journal is replayed
-            await replayed.wait()
+        await self._replayed(flow_run_id)  # cancelled once its journal is replayed
         active = self.runs.set_aside(flow_run_id)
         if active is None:
             self.runs.cancel(flow_run_id, reason)
@@ -358,6 +360,13 @@ class ServerCore(WorkerReports):
             await asyncio.shield(job)
         self.touch()
         await self.durable()
+
+    async def _replayed(self, flow_run_id: str) -> None:
+        """Wait until a run this restarted server is resuming is live (at once for any
+        other run)."""
+        replayed = self._replays.get(flow_run_id)
+        if replayed is not None:
+            await replayed.wait()
 
     async def prune(
         self, older_than: float | None, *, dry_run: bool = False, grace: float | None = None
