@@ -79,7 +79,6 @@ from ._assignments import (
     Dispatch,
     PendingAssignment,
     ReadyAttempts,
-    assignment_message,
     input_width,
 )
 from ._children import (
@@ -108,6 +107,7 @@ from ._params import (
 from ._queries import NoResult, refusal
 from ._recovery import Recovery, Resumed, RunRecovery
 from ._run_cache import RunCacheLookups
+from ._run_dispatch import RunDispatching
 from ._sink import Effect, Sink
 from ._values import SERVER_VALUES
 
@@ -170,7 +170,7 @@ class PreparedRun:
     batch: WriteBatch
 
 
-class RunManager(FlowGraphs, RunCacheLookups, RunRecovery, RunsAside):
+class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsAside):
     """Creates, drives, persists and recovers flow runs (flow graphs:
     _flows.py; cache lookups: _run_cache.py; resuming after a restart: _recovery.py;
     runs worked on off the loop: _aside.py).
@@ -434,26 +434,6 @@ class RunManager(FlowGraphs, RunCacheLookups, RunRecovery, RunsAside):
                 row.engine_version = ENGINE_VERSION
                 self._sink_of(active).batch.flow_runs[row.id] = row
         return self._process(active, active.journal.handle(event))
-
-    def resend(self, flow_run_id: str, key: str) -> None:
-        """Dispatch the in-flight attempt of a task run again, unchanged (it never
-        reached a worker): no new attempt, no loss counted."""
-        later = self._aside.get(flow_run_id)
-        if later is not None:
-            later.append(functools.partial(self.resend, flow_run_id, key))
-            return
-        active = self.runs[flow_run_id]
-        self._dispatch(active, active.engine.resend(key))
-
-    def _dispatch(self, active: ActiveRun, command: RunTask) -> None:
-        """After the commit: a task's attempt to a worker, a subflow node's to the core
-        (which starts its child flow run)."""
-        if command.run.spec.subflow is not None and self.start_subflow is not None:
-            start = subflow_start(active.row, command, active.trace)
-            self._sink_of(active).effects.append(functools.partial(self.start_subflow, start))
-            return
-        pending = self._assignment(active, command)
-        self._sink_of(active).effects.append(functools.partial(self.dispatch.submit, pending))
 
     def add_log(self, row: LogRow) -> None:
         """Keep a task run's log record (committed with the next batch)."""
@@ -761,53 +741,6 @@ class RunManager(FlowGraphs, RunCacheLookups, RunRecovery, RunsAside):
         result = result_value(engine) if state is FlowRunState.SUCCESS else None
         event = subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message)
         self._process(parent, parent.journal.handle(event))
-
-    def due(self, pending: PendingAssignment) -> bool:
-        """Whether the attempt is still to be run (not cancelled, lost or replaced
-        since it was made ready)."""
-        flow_run_id, key = split_task_run_id(pending.token[0])
-        active = self.runs.get(flow_run_id)
-        run = active.engine.runs.get(key) if active is not None else None
-        return run is not None and run.attempt == pending.token[1] and run.dispatched
-
-    def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
-        """An attempt was handed to this worker: recorded durably with the next commit
-        (a restarted server then waits for the worker rather than sending it again),
-        and shown with the task run."""
-        later = self._aside.get(flow_run_id)
-        if later is not None:
-            later.append(
-                functools.partial(self.delivered, flow_run_id, task_run_id_, attempt, worker)
-            )
-            return
-        key = split_task_run_id(task_run_id_)[1]
-        self._workers[(flow_run_id, key)] = worker
-        active = self.runs.get(flow_run_id)
-        run = active.engine.runs.get(key) if active is not None else None
-        if active is None or run is None or run.attempt != attempt or not run.dispatched:
-            return
-        active.delivered[key] = attempt
-        self._project_row(active, run, self.clock.now())
-
-    def _assignment(self, active: ActiveRun, command: RunTask) -> PendingAssignment:
-        spec = command.run.spec
-        token = (task_run_id(active.row.id, command.run.key), command.attempt)
-        build = functools.partial(
-            assignment_message, active, command, self.store, self._assignment_budget
-        )
-        pending = PendingAssignment(
-            active.row.id,
-            spec.task_type,
-            spec.labels,
-            build,
-            token,
-            spec.code_digest,
-            tags=spec.tags,
-        )
-        if spec.schedule_to_start_timeout is not None:  # see _waiting.py
-            pending.start_timeout = spec.schedule_to_start_timeout
-            pending.start_by = self.clock.now() + spec.schedule_to_start_timeout
-        return pending
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
         row = active.row
