@@ -466,6 +466,17 @@ def _expanded_run(store: SlowReplayStore, n: int) -> tuple[RunManager, FakeDispa
     return manager, dispatch, row
 
 
+def _delivered_then_restarting(
+    store: SlowReplayStore, manager: RunManager, row: FlowRunRow, held: worker_pb2.Assignment
+) -> None:
+    """``held`` is stored as delivered to worker "w"; the next server on ``store`` holds
+    its replay until ``store.released``."""
+    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w")
+    manager.flush()
+    store.released.clear()
+    store.reading.clear()
+
+
 def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     tmp_path: Path,
 ) -> None:
@@ -480,10 +491,7 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     scales = [p.assignment for p in dispatch.submitted]
     assert len(scales) == 3
     held, unrecorded, lost = scales  # delivered to "w" (stored); sent (not stored); neither
-    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w")
-    manager.flush()
-    store.released.clear()
-    store.reading.clear()
+    _delivered_then_restarting(store, manager, row, held)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):
@@ -621,10 +629,7 @@ def test_a_task_of_a_run_being_resumed_can_start_a_child_flow_run(tmp_path: Path
     store = SlowReplayStore(tmp_path / "hw.db")
     manager, dispatch, row = _expanded_run(store, 3)
     held = dispatch.submitted[0].assignment
-    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w")
-    manager.flush()
-    store.released.clear()
-    store.reading.clear()
+    _delivered_then_restarting(store, manager, row, held)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):
