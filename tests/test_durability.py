@@ -622,6 +622,41 @@ def test_a_small_run_is_resumed_while_a_large_one_is_still_replayed(tmp_path: Pa
     asyncio.run(main())
 
 
+def test_a_run_replayed_with_a_wide_map_in_flight_is_a_large_run(tmp_path: Path) -> None:
+    """Whether a replayed run is large (rebuilt with the cycle collector paused and
+    what it built frozen; cancelled off the loop; released off the loop when it ends)
+    goes by its task runs, mapped children included, not by its graph's three tasks."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    _, _, row = _expanded_run(store, 40)
+    manager = RunManager(store, FakeDispatch(), Clock())
+    manager.collector.large = 20  # 40 mapped children: large here; a 3-task graph: not
+    try:
+        (stored,), _ = manager.unfinished()
+        resumed = manager.replay(stored)
+        assert resumed.active.large and manager.collector.froze
+        manager.resume(resumed)
+        assert manager.set_aside(row.id) is resumed.active  # a cancel goes off the loop
+    finally:
+        manager.collector.close()  # the test process's objects back to the collector
+
+
+@flow
+def over_items(items: list[int]) -> list[str]:
+    return payload.map(items)
+
+
+def test_a_run_mapping_over_a_long_parameter_is_a_large_run(tmp_path: Path) -> None:
+    """A map over a parameter makes its children when the run starts: with that many
+    task runs the run is large (cancelled off the loop), whatever its graph's size."""
+    manager = RunManager(open_store(str(tmp_path / "hw.db")), FakeDispatch(), Clock())
+    manager.collector.large = 20
+    manager.register_flow(over_items.compile())
+    wide, _ = manager.create_run("over_items", "", {"items": value_of(list(range(40)), True)})
+    narrow, _ = manager.create_run("over_items", "", {"items": value_of([1, 2], True)})
+    assert manager.runs[wide.id].large and not manager.runs[narrow.id].large
+    assert manager.set_aside(wide.id) is manager.runs[wide.id]
+
+
 def test_a_task_of_a_run_being_resumed_can_start_a_child_flow_run(tmp_path: Path) -> None:
     """A task a reconnected worker runs may start a child flow run while a restarted
     server is still replaying the task's own run: the call waits for that replay and

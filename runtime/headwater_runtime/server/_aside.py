@@ -84,7 +84,7 @@ class RunsAside:
         """Cancel a run set aside (``set_aside``): on a reader thread."""
         cancel = CancelRequested(reason or "cancelled by request")
         # It makes a few rows per task run: no full collection meanwhile (_gc.py).
-        with self.collector.building(len(active.graph.tasks)):
+        with self.collector.building(len(active.engine.runs)):  # mapped ones too
             self._process(active, active.journal.handle(cancel), whole_run=True)
 
     def rejoin(self, active: ActiveRun) -> None:

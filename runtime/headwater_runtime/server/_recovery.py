@@ -144,7 +144,7 @@ class RunRecovery:
         map in flight takes seconds."""
         active = self.rebuild(row)
         active.sink = Sink()
-        active.large = len(active.engine.graph.tasks) >= self.collector.large
+        active.large = len(active.engine.runs) >= self.collector.large  # mapped ones too
         if self.tracer is not None:
             from headwater_runtime.tracing import RunTracer  # OpenTelemetry: only when on
 

@@ -269,6 +269,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             active.sink = Sink()
             self._run_attempt(active)
             self._process(active, active.journal.start())
+            # A map over a long parameter makes its children at the start: large too
+            # (a cancel is then worked on off the loop, the end retired off it).
+            active.large = active.large or len(active.engine.runs) >= self.collector.large
             batch, effects = active.sink.take()
             for effect in effects:  # laid out here, so that adopt() costs the loop little
                 if type(effect) is ReadyAttempts:
@@ -505,7 +508,12 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         rows = self.store.events(row.id)
         loaded = self.store.get_values(entry_value_ids(rows))
         journal = [decode_entry(e, loaded) for e in rows]
-        with self.collector.building(len(graph.tasks)):
+        # Large by what it stored too: a three-task graph with a 100,000-element map in
+        # flight rebuilds 100,000 task runs.
+        size = len(graph.tasks)
+        if size < self.collector.large:
+            size = max(size, self.store.run_sizes([row.id]).get(row.id, 0))
+        with self.collector.building(size):
             return self._build(row, graph, params, journal, rows[-1].seq if rows else 0)
 
     def retry(self, active: ActiveRun, reason: str) -> None:
