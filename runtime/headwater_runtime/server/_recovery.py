@@ -159,6 +159,16 @@ class RunRecovery:
                 attempt=active.engine.run_attempt,
             )
         resumed = Resumed(active)
+        with self.collector.building(len(active.engine.runs)):  # 100,000 resends too
+            self._sort_out(row, active, resumed)
+            for effect in active.sink.effects:  # laid out here: the loop only hands over
+                if type(effect) is ReadyAttempts:
+                    effect.lay_out()
+        return resumed
+
+    def _sort_out(self, row: FlowRunRow, active: ActiveRun, resumed: Resumed) -> None:
+        """A replayed run's attempts in flight: held for the worker it was delivered
+        to, or sent again (``replay``)."""
         if active.seq == 0:
             # Created, then the server died before the tick that journals its start
             # was committed: start it now, or it would never run.
@@ -183,10 +193,6 @@ class RunRecovery:
             # run's attempts are: 78,000 queued attempts of a wide map took ~1.9 s one
             # by one.
             self._process(active, resent)
-        for effect in active.sink.effects:  # laid out here: the loop only hands over
-            if type(effect) is ReadyAttempts:
-                effect.lay_out()
-        return resumed
 
     def resume(self, resumed: Resumed) -> None:
         """A replayed run (``replay``) is live: on the event loop. Its writes join the
