@@ -647,14 +647,21 @@ def over_items(items: list[int]) -> list[str]:
 
 def test_a_run_mapping_over_a_long_parameter_is_a_large_run(tmp_path: Path) -> None:
     """A map over a parameter makes its children when the run starts: with that many
-    task runs the run is large (cancelled off the loop), whatever its graph's size."""
+    task runs the run is large (built with the cycle collector paused, cancelled off
+    the loop), whatever its graph's size."""
     manager = RunManager(open_store(str(tmp_path / "hw.db")), FakeDispatch(), Clock())
     manager.collector.large = 20
     manager.register_flow(over_items.compile())
-    wide, _ = manager.create_run("over_items", "", {"items": value_of(list(range(40)), True)})
-    narrow, _ = manager.create_run("over_items", "", {"items": value_of([1, 2], True)})
-    assert manager.runs[wide.id].large and not manager.runs[narrow.id].large
-    assert manager.set_aside(wide.id) is manager.runs[wide.id]
+    try:
+        narrow, _ = manager.create_run("over_items", "", {"items": value_of([1, 2], True)})
+        assert not manager.runs[narrow.id].large and not manager.collector.froze
+        items = value_of(list(range(40)), True)
+        wide, _ = manager.create_run("over_items", "", {"items": items})
+        # Built with the cycle collector paused, what it built frozen (_gc.py).
+        assert manager.runs[wide.id].large and manager.collector.froze
+        assert manager.set_aside(wide.id) is manager.runs[wide.id]  # cancelled off the loop
+    finally:
+        manager.collector.close()
 
 
 def test_a_task_of_a_run_being_resumed_can_start_a_child_flow_run(tmp_path: Path) -> None:

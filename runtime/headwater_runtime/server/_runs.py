@@ -262,7 +262,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             payload_ids=param_payload_ids(values),
             **parent_fields(parent),
         )
-        with self.collector.building(len(graph.tasks)):
+        # A map over a long parameter makes its children at the start: count them in.
+        size = len(graph.tasks) + sum(len(value.items) for value in parameters.values())
+        with self.collector.building(size):
             active = self._build(row, graph, params, journal=None)
             active.trace = trace
             active.large = len(graph.tasks) >= self.collector.large
