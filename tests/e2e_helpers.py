@@ -57,6 +57,18 @@ class Proc:
             time.sleep(0.02)
         raise AssertionError(f"no line with {fragment!r}; got {self.lines} / {self.other}")
 
+    def wait_lines(self, fragment: str, count: int, timeout: float = BOUND) -> list[str]:
+        """The lines with ``fragment`` once there are ``count`` of them, or those there
+        are when the process ends or ``timeout`` passes (a process logs a step a little
+        after its effect shows elsewhere)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.lines if fragment in line]
+            if len(found) >= count or self.popen.poll() is not None:
+                return found
+            time.sleep(0.02)
+        return [line for line in self.lines if fragment in line]
+
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGKILL)

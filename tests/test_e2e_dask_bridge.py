@@ -127,5 +127,5 @@ def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
     # make -> double_all -> on_gpu stayed in the cluster (futures passed on the same
     # bridge); the two inputs of the plain worker's report task were exported, and
     # make's result when the client asked (double_all's export was reused).
-    exported = [x for x in bridge.lines if "exported value" in x]
+    exported = bridge.wait_lines("exported value", 3)  # logged just after it is sent
     assert len(exported) == 3, bridge.lines

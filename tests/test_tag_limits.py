@@ -56,6 +56,24 @@ def test_at_most_n_attempts_with_a_tag_run_and_a_released_lease_lets_the_next_on
     assert w2.assigned() == ["r/q[3]", "r/q[4]"]
 
 
+def test_while_a_restarted_server_resumes_its_runs_limited_attempts_wait() -> None:
+    """Attempts workers held at a crash get their leases back only as their own run is
+    resumed: until every run is, attempts under a concurrency limit wait (others go),
+    and then as many as the limit allows go."""
+    d, w, _ = setup(LimitRow("db", concurrency=2))
+    d.limits.resuming = True
+    for i in range(3):
+        d.submit(tagged("small", f"q[{i}]", "db"))
+    d.submit(tagged("small", "free"))
+    assert w.assigned() == ["small/free"]
+    reason = "waiting on limit db: the server is resuming its runs after a restart"
+    assert {d.waiting_reason(p) for p in d.queued("small")} == {reason}
+    d.limits.acquire(("large/held", 1), ("db",))  # a held attempt's lease comes back
+    d.requeue(d.limits.resumed_all())
+    assert w.assigned() == ["small/free", "small/q[0]"]  # 2 at once: held + one
+    assert d.waiting_reason(d.queued("small")[0]) == "waiting on limit db (2/2)"
+
+
 def test_the_limit_counts_across_flow_runs_and_every_tag_of_a_task() -> None:
     d, w, _ = setup(LimitRow("db", concurrency=1), LimitRow("api", concurrency=2))
     d.submit(tagged("a", "x", "db", "api"))

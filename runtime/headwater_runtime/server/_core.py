@@ -231,6 +231,8 @@ class ServerCore(WorkerReports):
         self.schedules.load()
         await self.ops.start([row.id for row in rows])
         self._replays = {row.id: asyncio.Event() for row in rows}
+        # Limited attempts wait until every run's held attempts have their leases back.
+        self.dispatcher.limits.resuming = bool(rows)
         loop = asyncio.get_running_loop()
         self._background = loop.create_task(self._loop())
         self._resuming = loop.create_task(self._resume(rows, Recovery(refused=refused), began))
@@ -263,6 +265,9 @@ class ServerCore(WorkerReports):
         finally:  # (also when the server stops meanwhile: nothing waits for it then)
             found.seconds = time.monotonic() - began
             self.recovery = found
+            freed = self.dispatcher.limits.resumed_all()
+            if freed:
+                self.dispatcher.requeue(freed)
             for waiting in self._replays.values():
                 waiting.set()
             self._replays.clear()

@@ -58,6 +58,11 @@ class TagLimits:
         self._starts: dict[str, deque[float]] = {}
         self._waiting: dict[str, deque[PendingAssignment]] = {}
         self._waiting_on: dict[Token, str] = {}
+        #: A restarted server is resuming its unfinished runs: the attempts workers held
+        #: at the crash get their leases back only as their own run is resumed, so the
+        #: counts are short until every run is; meanwhile attempts under a concurrency
+        #: limit wait (``resumed_all``).
+        self.resuming = False
 
     # ------------------------------------------------------------------ limits
 
@@ -91,7 +96,7 @@ class TagLimits:
             row = self.limits.get(tag)
             if row is None:
                 continue
-            if row.concurrency and self.running(tag) >= row.concurrency:
+            if row.concurrency and (self.resuming or self.running(tag) >= row.concurrency):
                 return tag
             if row.rate:
                 now = self.clock() if now is None else now
@@ -172,6 +177,15 @@ class TagLimits:
             self._waiting_on.pop(pending.token, None)
         return freed
 
+    def resumed_all(self) -> list[PendingAssignment]:
+        """Every unfinished run is resumed, the held attempts' leases are back: the
+        attempts that may run now (``resuming``)."""
+        self.resuming = False
+        freed: list[PendingAssignment] = []
+        for tag in list(self._waiting):
+            freed.extend(self.release_waiting(tag))
+        return freed
+
     def due(self) -> list[PendingAssignment]:
         """Attempts waiting on a rate limit whose window has room now."""
         freed: list[PendingAssignment] = []
@@ -198,6 +212,8 @@ class TagLimits:
         if tag is None:
             return ""
         row = self.limits.get(tag, _NONE)
+        if row.concurrency and self.resuming:
+            return f"waiting on limit {tag}: the server is resuming its runs after a restart"
         if row.concurrency and self.running(tag) >= row.concurrency:
             return f"waiting on limit {tag} ({self.running(tag)}/{row.concurrency})"
         if row.rate:
