@@ -605,7 +605,12 @@ def test_a_small_run_is_resumed_while_a_large_one_is_still_replayed(tmp_path: Pa
             first = await worker.next("assignment")  # the slot is free again meanwhile
             assert split_task_run_id(first.token.task_run_id)[0] == small.id
             assert running.core.runs.replaying(large.id)
+            # Until every run is resumed, attempts under a concurrency limit wait (the
+            # large run's held attempts have no lease yet): test_tag_limits.py.
+            assert running.core.dispatcher.limits.resuming
             store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            assert not running.core.dispatcher.limits.resuming
             ack = await worker.next("ack")
             assert ack.accepted and ack.token.task_run_id == held.token.task_run_id
             done = asyncio.Event()
