@@ -23,7 +23,7 @@ from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 from headwater import flow, task
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, worker_pb2, worker_pb2_grpc
-from headwater.wire import FlowRunState, decode_value, split_task_run_id
+from headwater.wire import FlowRunState, TaskRunState, decode_value, split_task_run_id
 from headwater_runtime.engine import TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
@@ -667,6 +667,21 @@ def test_a_run_mapping_over_a_long_parameter_is_a_large_run(tmp_path: Path) -> N
         assert manager.set_aside(wide.id) is manager.runs[wide.id]  # cancelled off the loop
     finally:
         manager.collector.close()
+
+
+def test_a_parameter_sent_whole_cannot_be_mapped_over_and_the_failure_names_it(
+    tmp_path: Path,
+) -> None:
+    """The server does not decode values: a list parameter a task maps over must come
+    with its elements (``items``, as the Python client sends a list). Sent as one JSON
+    value, the mapped task fails, naming the parameter."""
+    manager = RunManager(open_store(str(tmp_path / "hw.db")), FakeDispatch(), Clock())
+    manager.register_flow(over_items.compile())
+    row, _ = manager.create_run("over_items", "", {"items": value_of([1, 2])})
+    assert row.state == FlowRunState.FAILED.value
+    failed = TaskRunState.FAILED.value
+    (history,) = [h for h in manager.store.task_run_history(row.id, "payload") if h.state == failed]
+    assert "cannot map over argument 'i': parameter 'items' is not a sequence" in history.message
 
 
 def test_a_task_of_a_run_being_resumed_can_start_a_child_flow_run(tmp_path: Path) -> None:

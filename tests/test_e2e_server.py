@@ -141,6 +141,10 @@ def tally(values: list[int]) -> int:
 @flow
 def wide(n: int = 12_000) -> int:
     return tally([tick(i) for i in range(n)])
+
+@flow
+def over_items(items: list[int], factor: int = 10) -> int:
+    return load(transform.map(items, unmapped(factor)))
 """
 
 
@@ -217,6 +221,27 @@ def test_etl_through_the_server_with_two_workers(
         ]
     )
     assert {worker for _, worker in ran} <= {"w1", "w2"}
+
+
+def test_a_flow_maps_over_a_list_parameter_on_the_server(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """A task mapped over a flow's list parameter runs once per element on the server,
+    whether the run is started with the Flow object or by name (the client sends a
+    list split into its elements; the server does not decode values)."""
+    address = two_workers(cluster, db, slots=2)
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.over_items, {"items": [1, 2, 3]})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == 60
+        client.deploy(module.over_items)  # type: ignore[attr-defined]
+        run = client.run("over_items", {"items": (4, 5), "factor": 2})
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == 18
+        assert client.task_result(run.id, "transform") == [8, 10]
 
 
 def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(

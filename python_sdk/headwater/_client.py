@@ -35,7 +35,6 @@ from headwater.wire import (
     TaskRunState,
     TLSSettings,
     decode_value,
-    encode,
     explain_unreachable,
     failure_from_proto,
     leader_hint,
@@ -719,13 +718,23 @@ class Client(OperationsClient):
 
     def _encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
         """A Value for a parameter: inline when small, uploaded in chunks when large;
-        tagged json (or EncodingError) when ``portable``."""
-        encoded = encode(value, portable=portable)
+        tagged json (or EncodingError) when ``portable``. A list or tuple is sent split
+        into its elements too, as a worker sends a split result: the server does not
+        decode values, and a task maps over a parameter by its elements."""
+        from ._worker_codec import encode_result
+
+        def send() -> payload_pb2.Value:
+            return encode_result(
+                value,
+                result_encoding="json" if portable else "",
+                split=isinstance(value, list | tuple),
+                inline_limit=INLINE_PAYLOAD_LIMIT,
+                transfer=self._transfer,
+            )
+
         deadline = time.monotonic() + self.timeout
         try:
-            return self._retrying(
-                lambda: self._transfer.value(encoded, INLINE_PAYLOAD_LIMIT), deadline
-            )
+            return self._retrying(send, deadline)
         except PayloadTransferError as exc:
             raise ServerError(f"{exc} (server {self._addresses.current})") from None
 

@@ -28,6 +28,7 @@ from headwater.wire import (
     FromTask,
     GraphSpec,
     InputSpec,
+    Param,
     TaskRunState,
     bind_params,
     child_key,
@@ -685,9 +686,13 @@ class FlowRunEngine:
                             raise ValueError(unmappable(arg, upstream))
                     maybe = self.values.length(value)
                     if maybe is None:
+                        what = (
+                            f"parameter {src.name!r}"
+                            if isinstance(src, Param)
+                            else self.values.describe(value)
+                        )
                         raise TypeError(
-                            f"cannot map over argument {arg!r}: {self.values.describe(value)} "
-                            "is not a sequence"
+                            f"cannot map over argument {arg!r}: {what} is not a sequence"
                         )
                     n = maybe
                 lengths[arg] = n
