@@ -1177,3 +1177,46 @@ def test_the_fast_node_constructor_makes_the_same_node_as_the_dataclass() -> Non
     assert [t.id for t in graph.tasks] == ["add", "add-2"]
     assert graph.tasks[1].inputs["a"] == FromTask("add", ())
     assert graph.tasks[0].fn is add.fn and graph.tasks[0].code_digest == add.code_digest
+
+
+@task
+def _times_two(x: int) -> int:
+    return 2 * x
+
+
+@task
+def _count(xs: list[int]) -> int:
+    return len(xs)
+
+
+@flow
+def _maps_a_parameter(items: list[int], other: list[int]) -> dict[str, int]:
+    return {"mapped": _count(_times_two.map(items)), "whole": _count(other)}
+
+
+def test_a_list_parameter_a_task_maps_over_is_encoded_with_its_elements() -> None:
+    """The server maps over a value's elements (it never decodes values), so a
+    parameter some task maps over goes with them, as a worker's split result does;
+    a list parameter nothing maps over goes whole."""
+    from headwater._graphs import compile_graph, mapped_params
+    from headwater.wire import LENGTH_KEY, graph_from_proto
+
+    given = {"items": [1, 2, 3], "other": [4, 5]}
+    msg, encoded = compile_graph(_maps_a_parameter, given, given)
+    assert mapped_params(graph_from_proto(msg)) == {"items"}
+    items = encoded["items"]
+    assert items.inline.metadata[LENGTH_KEY] == "3"
+    assert [json.loads(i.inline.data) for i in items.items] == [1, 2, 3]
+    assert not encoded["other"].items and LENGTH_KEY not in encoded["other"].inline.metadata
+
+
+def test_a_list_parameter_of_a_run_by_name_goes_with_its_elements_only_when_small() -> None:
+    """A run by name: the client does not know whether a task maps over a list, so
+    it adds the elements inline when they are small together (up to 1 MiB)."""
+    from headwater._graphs import ELEMENTS_INLINE, inline_value, with_elements_inline
+
+    small = [1, 2]
+    split = with_elements_inline(inline_value(small, False), small)
+    assert split is not None and len(split.items) == 2
+    big = ["x" * 1024] * (ELEMENTS_INLINE // 1024 + 1)
+    assert with_elements_inline(inline_value(big, False), big) is None

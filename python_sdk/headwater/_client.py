@@ -35,6 +35,7 @@ from headwater.wire import (
     TaskRunState,
     TLSSettings,
     decode_value,
+    encode,
     explain_unreachable,
     failure_from_proto,
     leader_hint,
@@ -46,6 +47,7 @@ from headwater_runtime.tracing import inject
 
 from ._access_info import AuditEntry, CredentialInfo, audit_entry, credential_info
 from ._client_ops import OperationsClient
+from ._graphs import with_elements_inline
 from ._logs import LogEntry
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
@@ -439,7 +441,7 @@ class Client(OperationsClient):
         """(name, version, encoded parameters) for a run or a schedule: a Flow object's
         graph for these parameters is registered unless a version is given."""
         if isinstance(flow, str):
-            return flow, version, {k: self._encode(v) for k, v in (params or {}).items()}
+            return flow, version, {k: self._encode_by_name(v) for k, v in (params or {}).items()}
         msg, values = self._compile(flow, params, complete=True)
         return flow.name, version or self._register(msg), values
 
@@ -718,25 +720,24 @@ class Client(OperationsClient):
 
     def _encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
         """A Value for a parameter: inline when small, uploaded in chunks when large;
-        tagged json (or EncodingError) when ``portable``. A list or tuple is sent split
-        into its elements too, as a worker sends a split result: the server does not
-        decode values, and a task maps over a parameter by its elements."""
-        from ._worker_codec import encode_result
-
-        def send() -> payload_pb2.Value:
-            return encode_result(
-                value,
-                result_encoding="json" if portable else "",
-                split=isinstance(value, list | tuple),
-                inline_limit=INLINE_PAYLOAD_LIMIT,
-                transfer=self._transfer,
-            )
-
+        tagged json (or EncodingError) when ``portable``."""
+        encoded = encode(value, portable=portable)
         deadline = time.monotonic() + self.timeout
         try:
-            return self._retrying(send, deadline)
+            return self._retrying(
+                lambda: self._transfer.value(encoded, INLINE_PAYLOAD_LIMIT), deadline
+            )
         except PayloadTransferError as exc:
             raise ServerError(f"{exc} (server {self._addresses.current})") from None
+
+    def _encode_by_name(self, value: Any) -> payload_pb2.Value:
+        """A parameter of a run by flow name (whose graph the client does not have): a
+        list or tuple is sent with its elements too when they fit inline beside it, in
+        case a task maps over it (the server does not decode values); else whole."""
+        whole = self._encode(value)
+        if isinstance(value, list | tuple):
+            return with_elements_inline(whole, value) or whole
+        return whole
 
     def _fetch(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload, downloaded in chunks and checked."""

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import graph_pb2, payload_pb2
 from headwater.wire import (
+    LENGTH_KEY,
     EncodingError,
     GraphError,
     GraphSpec,
+    Param,
     ParameterError,
     encode,
     graph_to_proto,
@@ -72,11 +74,17 @@ def compile_graph(
     """
     graph = with_types(flow, build_graph(flow, values))
     readers = json_consumers(graph).params
+    mapped = mapped_params(graph)
     encoded: dict[str, payload_pb2.Value] = {}
     for name, value in given.items():
         reader = readers.get(name)
+        portable = reader is not None
         try:
-            encoded[name] = encoder(value, reader is not None)
+            encoded[name] = encoder(value, portable)
+            if name in mapped and isinstance(value, list | tuple):
+                # A task maps over it: the server maps over a value's elements.
+                items = [encoder(element, portable) for element in value]
+                encoded[name] = with_elements(encoded[name], items)
         except EncodingError as exc:
             assert reader is not None
             raise ParameterError(
@@ -95,6 +103,52 @@ def compile_graph(
                 bound[p.name] = p.default_value
         msg.parameters_digest = parameters_digest(bound)
     return msg, encoded
+
+
+def mapped_params(graph: GraphSpec) -> set[str]:
+    """The parameters some task maps over directly (``task.map(param)``)."""
+    return {
+        src.name
+        for spec in graph.tasks
+        for arg, src in spec.inputs.items()
+        if spec.mapped and arg in spec.mapped and isinstance(src, Param)
+    }
+
+
+def with_elements(whole: payload_pb2.Value, items: list[payload_pb2.Value]) -> payload_pb2.Value:
+    """``whole`` with its elements in ``items`` and their number in its metadata, as a
+    worker sends a split result (docs/payloads.md): the control plane, which never
+    decodes a value, maps over its elements."""
+    value = payload_pb2.Value()
+    value.CopyFrom(whole)
+    metadata = value.ref.metadata if value.HasField("ref") else value.inline.metadata
+    metadata[LENGTH_KEY] = str(len(items))
+    value.items.extend(items)
+    return value
+
+
+#: At most this many bytes of elements go inline beside a list parameter of a run by
+#: name (``with_elements_inline``).
+ELEMENTS_INLINE = 1024 * 1024
+
+
+def with_elements_inline(
+    whole: payload_pb2.Value, elements: list[Any] | tuple[Any, ...]
+) -> payload_pb2.Value | None:
+    """``with_elements`` with every element inline, when they take at most
+    ``ELEMENTS_INLINE`` bytes together; else None (the list is sent whole)."""
+    items: list[payload_pb2.Value] = []
+    size = 0
+    for element in elements:
+        try:
+            item = inline_value(element, False)
+        except EncodingError:
+            return None
+        size += item.inline.ByteSize()
+        if size > ELEMENTS_INLINE:
+            return None
+        items.append(item)
+    return with_elements(whole, items)
 
 
 def subflow_graph(
