@@ -1212,11 +1212,12 @@ def test_a_list_parameter_a_task_maps_over_is_encoded_with_its_elements() -> Non
 
 def test_a_list_parameter_of_a_run_by_name_goes_with_its_elements_only_when_small() -> None:
     """A run by name: the client does not know whether a task maps over a list, so
-    it adds the elements inline when they are small together (up to 1 MiB)."""
+    it adds the elements inline when they and the list are small together (up to 512
+    KiB, within the server's default max_parameter_bytes, which counts both)."""
     from headwater._graphs import ELEMENTS_INLINE, inline_value, with_elements_inline
 
     small = [1, 2]
     split = with_elements_inline(inline_value(small, False), small)
     assert split is not None and len(split.items) == 2
-    big = ["x" * 1024] * (ELEMENTS_INLINE // 1024 + 1)
+    big = ["x" * 1024] * (ELEMENTS_INLINE // 2048 + 1)  # the list and its elements: over
     assert with_elements_inline(inline_value(big, False), big) is None

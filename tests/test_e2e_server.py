@@ -145,6 +145,10 @@ def wide(n: int = 12_000) -> int:
 @flow
 def over_items(items: list[int], factor: int = 10) -> int:
     return load(transform.map(items, unmapped(factor)))
+
+@flow
+def summed(values: list[int]) -> int:
+    return load(values)
 """
 
 
@@ -242,6 +246,13 @@ def test_a_flow_maps_over_a_list_parameter_on_the_server(
         assert final.state is FlowRunState.SUCCESS, final.message
         assert final.result == 18
         assert client.task_result(run.id, "transform") == [8, 10]
+        # A long list nothing maps over, by name: sent whole, as before (with its
+        # elements, 1.1 MB in all, it would be over the server's max_parameter_bytes).
+        client.deploy(module.summed)  # type: ignore[attr-defined]
+        values = list(range(10**8, 10**8 + 29_000))
+        final = client.wait(client.run("summed", {"values": values}).id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == sum(values)
 
 
 def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(

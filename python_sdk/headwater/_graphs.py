@@ -127,18 +127,20 @@ def with_elements(whole: payload_pb2.Value, items: list[payload_pb2.Value]) -> p
     return value
 
 
-#: At most this many bytes of elements go inline beside a list parameter of a run by
-#: name (``with_elements_inline``).
-ELEMENTS_INLINE = 1024 * 1024
+#: A list parameter of a run by name goes with its elements inline only when the
+#: whole and its elements take at most this many bytes (``with_elements_inline``): half
+#: the server's default ``max_parameter_bytes``, which counts both.
+ELEMENTS_INLINE = 512 * 1024
 
 
 def with_elements_inline(
     whole: payload_pb2.Value, elements: list[Any] | tuple[Any, ...]
 ) -> payload_pb2.Value | None:
-    """``with_elements`` with every element inline, when they take at most
-    ``ELEMENTS_INLINE`` bytes together; else None (the list is sent whole)."""
+    """``with_elements`` with every element inline, when the value and its elements
+    take at most ``ELEMENTS_INLINE`` bytes together; else None (sent whole, as
+    before: a parameter nothing maps over is never refused for its elements)."""
     items: list[payload_pb2.Value] = []
-    size = 0
+    size = whole.ByteSize()
     for element in elements:
         try:
             item = inline_value(element, False)
