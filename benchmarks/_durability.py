@@ -140,11 +140,9 @@ def _restart(
     resumed: list[str] = []
     log = _StartLog(directory)
     starved = 0  # small runs beside that did not start before the kill
-    beside, beside_log, beside_runs = (
-        params.get("beside", 0),
-        _StartLog(directory, BESIDE_STARTS),
-        [],
-    )
+    beside = params.get("beside", 0)  # tasks of a small run beside (restart-wide)
+    beside_log = _StartLog(directory, BESIDE_STARTS)
+    beside_runs: list[str] = []
     with Cluster(workers=1, slots=params.get("slots", 2), env=env) as cluster:
         port = cluster.address.rsplit(":", 1)[1]
         with Client(cluster.address) as client:

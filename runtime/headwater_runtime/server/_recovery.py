@@ -72,10 +72,12 @@ class RunRecovery:
     children: ChildRuns
     tracer: Tracer | None
     _aside: dict[str, list[Callable[[], object]]]
+    #: What each run to resume stored (``Store.run_sizes``), read once by ``unfinished``.
+    _stored: dict[str, int]
 
     if TYPE_CHECKING:  # RunManager's
 
-        def rebuild(self, row: FlowRunRow) -> ActiveRun:
+        def rebuild(self, row: FlowRunRow, stored_size: int | None = None) -> ActiveRun:
             """(RunManager.rebuild.)"""
             ...
 
@@ -128,8 +130,8 @@ class RunRecovery:
             self._aside[row.id] = []
             self.children.link(row)
             rows.append(row)
-        sizes = self.store.run_sizes([row.id for row in rows]) if len(rows) > 1 else {}
-        rows.sort(key=lambda row: sizes.get(row.id, 0))  # stable: oldest first if alike
+        self._stored = self.store.run_sizes([row.id for row in rows]) if rows else {}
+        rows.sort(key=lambda row: self._stored.get(row.id, 0))  # stable: oldest first if alike
         return rows, refused
 
     def replaying(self, flow_run_id: str) -> bool:
@@ -142,7 +144,7 @@ class RunRecovery:
         others are sent again, unchanged. Its writes and effects go to a sink of its
         own, for ``resume``. May run on a reader thread: a run with a 100,000-element
         map in flight takes seconds."""
-        active = self.rebuild(row)
+        active = self.rebuild(row, self._stored.pop(row.id, None))
         active.sink = Sink()
         active.large = len(active.engine.runs) >= self.collector.large  # mapped ones too
         if self.tracer is not None:
@@ -207,3 +209,4 @@ class RunRecovery:
         """A run that could not be replayed is not resumed; the calls that waited for
         it are dropped (it stays unfinished in the store)."""
         self._aside.pop(flow_run_id, None)
+        self._stored.pop(flow_run_id, None)

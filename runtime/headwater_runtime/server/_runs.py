@@ -219,6 +219,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         # Runs being cancelled on a reader thread (cancel_aside), with the calls for
         # them that came meanwhile, in order: carried out once they rejoin.
         self._aside: dict[str, list[Callable[[], object]]] = {}
+        self._stored: dict[str, int] = {}  # runs to resume: what each stored (_recovery)
         self._cancelling: set[str] = set()  # of those, the runs being cancelled
 
     # -------------------------------------------------------------------- runs
@@ -267,13 +268,12 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         with self.collector.building(size):
             active = self._build(row, graph, params, journal=None)
             active.trace = trace
-            active.large = len(graph.tasks) >= self.collector.large
             active.sink = Sink()
             self._run_attempt(active)
             self._process(active, active.journal.start())
-            # A map over a long parameter makes its children at the start: large too
-            # (a cancel is then worked on off the loop, the end retired off it).
-            active.large = active.large or len(active.engine.runs) >= self.collector.large
+            # By its task runs: a map over a long parameter makes its children at the
+            # start (a cancel is then worked on off the loop, the end retired off it).
+            active.large = len(active.engine.runs) >= self.collector.large
             batch, effects = active.sink.take()
             for effect in effects:  # laid out here, so that adopt() costs the loop little
                 if type(effect) is ReadyAttempts:
@@ -501,9 +501,10 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
                 active.trace.finish(active.engine.state, reason)
                 active.trace = None
 
-    def rebuild(self, row: FlowRunRow) -> ActiveRun:
+    def rebuild(self, row: FlowRunRow, stored_size: int | None = None) -> ActiveRun:
         """A stored run's engine, replayed from its journal (not registered in ``runs``;
-        may run on a reader thread)."""
+        may run on a reader thread). ``stored_size``: the run's ``Store.run_sizes``,
+        when already read."""
         _, graph = self.graph(row.flow_name, row.flow_version)
         stored = run_pb2.FlowRun.FromString(row.parameters)
         params = {name: stored.parameters[name] for name in stored.parameters}
@@ -514,7 +515,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         # flight rebuilds 100,000 task runs.
         size = len(graph.tasks)
         if size < self.collector.large:
-            size = max(size, self.store.run_sizes([row.id]).get(row.id, 0))
+            if stored_size is None:
+                stored_size = self.store.run_sizes([row.id]).get(row.id, 0)
+            size = max(size, stored_size)
         with self.collector.building(size):
             return self._build(row, graph, params, journal, rows[-1].seq if rows else 0)
 
