@@ -17,10 +17,18 @@ from typing import Any
 
 import grpc
 import pytest
-from test_run_manager import FUNCTIONS, Clock, FakeDispatch, decode_input, value_of
+from test_run_manager import (
+    FUNCTIONS,
+    Clock,
+    FakeDispatch,
+    decode_input,
+    numbers,
+    total,
+    value_of,
+)
 from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 
-from headwater import flow, task
+from headwater import flow, task, unmapped
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, worker_pb2, worker_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, decode_value, split_task_run_id
@@ -30,6 +38,7 @@ from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.store import (
     FlowRunRow,
+    LimitRow,
     RunEvent,
     ScheduleRow,
     SQLiteStore,
@@ -548,6 +557,79 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
             attempts = {t.name: t.attempts for t in got.task_runs if t.name != "scale"}
             assert set(attempts.values()) == {1}, attempts  # ("scale" is the map itself)
             assert decode_value(got.flow_run.result)["total"] == 30
+
+    asyncio.run(main())
+
+
+@task(tags=["db"], retries=1)
+def db_scale(x: int, factor: int) -> int:
+    return x * factor
+
+
+FUNCTIONS[db_scale.task_type] = db_scale.fn
+
+
+@flow
+def db_pipeline(n: int = 2, factor: int = 10) -> dict[str, Any]:
+    scaled = db_scale.map(numbers(n), unmapped(factor))
+    return {"scaled": scaled, "total": total(scaled)}
+
+
+def test_an_attempt_reclaimed_during_a_replay_by_a_worker_that_goes_is_lost_with_its_lease(
+    tmp_path: Path,
+) -> None:
+    """A worker reclaims an attempt it held at the crash while its run is still being
+    replayed, then goes away before the run is live: the attempt is lost at once (its
+    retry is sent), and its lease on a limited tag ends with it. It was kept as an
+    orphan instead, holding the tag's only slot until the heartbeat window ended."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    store.released.set()
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(db_pipeline.compile())
+    row, _ = manager.create_run("db_pipeline", "", {"n": value_of(2)})
+    manager.flush()
+    (producer,) = dispatch.submitted
+    dispatch.submitted.clear()
+    token = producer.assignment.token
+    key = split_task_run_id(token.task_run_id)[1]
+    manager.handle(row.id, TaskSucceeded(key, token.attempt, value_of([0, 1], True)))
+    manager.flush()
+    held, queued = (p.assignment for p in dispatch.submitted)
+    _delivered_then_restarting(store, manager, row, held)
+
+    async def main() -> None:
+        # The tag's only slot; no heartbeat loss within the test (served's settings).
+        limit = (LimitRow("db", concurrency=1),)
+        async with served(store, tag_limits=limit) as running:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+            assert await asyncio.to_thread(store.reading.wait, BOUND)
+            gone = StreamWorker(channel, "w", slots=1, running=[held.token])
+            welcome = await gone.next("welcome")
+            assert [t.task_run_id for t in welcome.keep_running] == [held.token.task_run_id]
+            await gone.close()  # before its run is live
+            other = StreamWorker(channel, "other", slots=4)
+            await other.next("welcome")
+            store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            # One at a time under the limit: the queued attempt and the lost one's retry.
+            sent = []
+            for _ in range(2):
+                assignment = await other.next("assignment", within=10.0)
+                sent.append((assignment.token.task_run_id, assignment.token.attempt))
+                other.send(result=other.result(assignment))
+            assert sorted(sent) == [
+                (held.token.task_run_id, 2),
+                (queued.token.task_run_id, queued.token.attempt),
+            ]
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(other, done))
+            assert await finished(channel, row.id) == FlowRunState.SUCCESS.value
+            done.set()
+            assert await serving == 1  # the total
+            assert not running.core._orphans  # nothing waits for "w" any more
+            await other.close()
+            await channel.close()
 
     asyncio.run(main())
 

@@ -195,6 +195,9 @@ class ServerCore(WorkerReports):
         self._ops_due: float | None = None
         # Attempts a worker held when the server stopped: (flow run id, claim deadline).
         self._orphans: dict[Token, tuple[str, float]] = {}
+        # Attempts a worker reclaimed while their run was being replayed, and lost (the
+        # worker went) before the run was live: neither orphans nor lease holders then.
+        self._lost_in_replay: set[Token] = set()
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._flow_watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
@@ -252,10 +255,17 @@ class ServerCore(WorkerReports):
                     found.refused.append((row.id, f"its journal could not be replayed: {exc}"))
                     continue
                 deadline = self.clock.now() + self.settings.heartbeat_timeout
+                gone = self._lost_in_replay
+                still_held = []
                 for flow_run_id, tid, attempt in resumed.held:
-                    if self.dispatcher.owner((tid, attempt)) is None:  # not reclaimed yet
-                        self._orphans[(tid, attempt)] = (flow_run_id, deadline)
-                self.ops.resumed(resumed)  # before its attempts are dispatched again
+                    token = (tid, attempt)
+                    if token in gone:  # reclaimed, then lost with its worker: no lease
+                        gone.discard(token)
+                        continue
+                    still_held.append(token)
+                    if self.dispatcher.owner(token) is None:  # not reclaimed yet
+                        self._orphans[token] = (flow_run_id, deadline)
+                self.ops.resumed(resumed, still_held)  # before its attempts are sent again
                 self.runs.resume(resumed)
                 self._replays.pop(row.id).set()
                 found.held.extend(resumed.held)
@@ -522,6 +532,7 @@ class ServerCore(WorkerReports):
                 continue
             flow_run_id = _run_of(token.task_run_id)
             if self.dispatcher.owner(key) is None and self.runs.replaying(flow_run_id):
+                self._lost_in_replay.discard(key)  # reclaimed again
                 # Its run is being resumed: kept, and delivered to this worker (recorded
                 # once the run is live); the run then waits for it rather than sending
                 # it again (Dispatcher.pump skips an attempt a worker holds).
@@ -609,6 +620,8 @@ class ServerCore(WorkerReports):
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         _, key = split_task_run_id(task_run_id)
+        if self.runs.replaying(flow_run_id):  # the loss waits for the replay (_resume)
+            self._lost_in_replay.add((task_run_id, attempt))
         self.runs.handle(flow_run_id, TaskLost(key, attempt))
 
     def _expire_start_timeouts(self, now: float) -> None:

@@ -113,12 +113,13 @@ class Operations:
             self.metrics_server = MetricsServer(self.metrics, core.settings.host, port)
         self._next_flush = now + WORKER_FLUSH
 
-    def resumed(self, resumed: Resumed) -> None:
+    def resumed(self, resumed: Resumed, held: list[tuple[str, int]]) -> None:
         """A run was replayed after a restart, before it is live: the attempts a worker
-        held at the crash get their leases back, and a run none of whose task runs had
-        started is watched for lateness again (unless marked late already)."""
+        held at the crash, and may still hold (``held``), get their leases back, and a
+        run none of whose task runs had started is watched for lateness again (unless
+        marked late already)."""
         active = resumed.active
-        for _, task_run_id, attempt in resumed.held:
+        for task_run_id, attempt in held:
             run = active.engine.runs.get(split_task_run_id(task_run_id)[1])
             self.limits.acquire((task_run_id, attempt), run.spec.tags if run else ())
         run_id = active.row.id
