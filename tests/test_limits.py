@@ -353,6 +353,11 @@ def test_parameters_over_the_limits_or_contradicting_themselves_are_refused(
                 "limit max_parameter_bytes = 2000",
             ),
             (
+                value_of(["x" * 40] * 40, split=True),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "with its 40 elements (a task maps over it, so every element goes in the request",
+            ),
+            (
                 value_of(list(range(60)), split=True),
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "parameter 'n' has 60 elements, over this server's limit max_map_width = 50",

@@ -115,10 +115,15 @@ def check_parameter(name: str, value: payload_pb2.Value, limits: Limits) -> str 
         return f"parameter {name!r} has no 'encoding' metadata"
     size = value.ByteSize()
     if size > limits.max_parameter_bytes:
-        raise limits.exceeded(
-            "max_parameter_bytes",
-            f"parameter {name!r} is {size} bytes inline (upload a value this large with "
-            "PayloadService and send its reference)",
-        )
+        if value.items:
+            # A list a task maps over goes with every element in the request (payloads.md).
+            how = (
+                f"with its {len(value.items)} elements (a task maps over it, so every "
+                "element goes in the request: return the list from a task and map over "
+                "that instead)"
+            )
+        else:
+            how = "inline (upload a value this large with PayloadService and send its reference)"
+        raise limits.exceeded("max_parameter_bytes", f"parameter {name!r} is {size} bytes {how}")
     check_value(value, limits, f"parameter {name!r}")
     return None
