@@ -1198,12 +1198,12 @@ def test_a_list_parameter_a_task_maps_over_is_encoded_with_its_elements() -> Non
     """The server maps over a value's elements (it never decodes values), so a
     parameter some task maps over goes with them, as a worker's split result does;
     a list parameter nothing maps over goes whole."""
-    from headwater._graphs import compile_graph, mapped_params
+    from headwater._graphs import compile_graph
     from headwater.wire import LENGTH_KEY, graph_from_proto
 
     given = {"items": [1, 2, 3], "other": [4, 5]}
     msg, encoded = compile_graph(_maps_a_parameter, given, given)
-    assert mapped_params(graph_from_proto(msg)) == {"items"}
+    assert graph_from_proto(msg).mapped_params() == {"items"}
     items = encoded["items"]
     assert items.inline.metadata[LENGTH_KEY] == "3"
     assert [json.loads(i.inline.data) for i in items.items] == [1, 2, 3]
@@ -1221,3 +1221,57 @@ def test_a_list_parameter_of_a_run_by_name_goes_with_its_elements_only_when_smal
     assert split is not None and len(split.items) == 2
     big = ["x" * 1024] * (ELEMENTS_INLINE // 2048 + 1)  # the list and its elements: over
     assert with_elements_inline(inline_value(big, False), big) is None
+
+
+@flow
+def _maps_its_items(items: list[int], label: str = "") -> int:
+    return _count(_times_two.map(items))
+
+
+@flow
+def _grows_with_n(n: int) -> list[int]:
+    return [_times_two(i) for i in range(n)]  # value-dependent: no graph without n
+
+
+@task
+def _rows(n: int) -> dict[str, list[int]]:
+    return {"rows": list(range(n))}
+
+
+@flow
+def _hands_lists_to_children(n: int, given: list[int]) -> list[int]:
+    return [
+        _maps_its_items(_rows(n)["rows"]),
+        _maps_its_items([1, 2], label="constant"),
+        _maps_its_items(given),
+        _grows_with_n(n),
+    ]
+
+
+def test_a_subflow_node_names_the_parameters_its_child_maps_over() -> None:
+    """A server maps over a value's elements without decoding it: a subflow node says
+    which of its child's parameters a task of the child maps over, so the producer of
+    such an input is split, a constant list goes element by element and a parameter of
+    the parent passed on goes with its elements. A child whose graph needs values
+    names none."""
+    from headwater._graphs import compile_graph
+    from headwater.wire import LENGTH_KEY, graph_from_proto
+
+    given = {"n": 2, "given": [5, 6]}
+    msg, encoded = compile_graph(_hands_lists_to_children, given, given)
+    nodes = {t.id: t for t in msg.tasks if t.HasField("subflow")}
+    assert {i: list(t.subflow.mapped_parameters) for i, t in nodes.items()} == {
+        "_maps_its_items": ["items"],
+        "_maps_its_items-2": ["items"],
+        "_maps_its_items-3": ["items"],
+        "_grows_with_n": [],
+    }
+    constant = nodes["_maps_its_items-2"]
+    assert [json.loads(i.constant.data) for i in constant.inputs["items"].list.items] == [1, 2]
+    assert constant.inputs["label"].WhichOneof("source") == "constant"  # not mapped over
+    graph = graph_from_proto(msg)
+    assert graph.split_nodes() == {"_rows": ("rows",)}
+    assert graph.mapped_params() == {"given"}
+    assert encoded["given"].inline.metadata[LENGTH_KEY] == "2"
+    assert graph.tasks[1].subflow is not None
+    assert graph.tasks[1].subflow.mapped_parameters == ("items",)  # read back

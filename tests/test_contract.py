@@ -152,7 +152,9 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         name="report",
         task_type="headwater.subflow",
         inputs={"rows": graph_pb2.Input(task_output=graph_pb2.TaskOutput(task_id="transform"))},
-        subflow=graph_pb2.SubflowCall(flow_name="report", flow_version="3"),
+        subflow=graph_pb2.SubflowCall(
+            flow_name="report", flow_version="3", mapped_parameters=["rows"]
+        ),
     )
     return graph_pb2.FlowGraph(
         name="etl",
@@ -213,6 +215,7 @@ def test_flow_graph_with_every_field_round_trips() -> None:
         "report",
         "3",
     )
+    assert list(sub.mapped_parameters) == ["rows"]
     assert back.value_dependent is True
     assert back.parameters_digest == "ab" * 32
     assert (back.parameters[0].type, back.parameters[0].json_schema) == (

@@ -81,6 +81,28 @@ def holding() -> list:
 @flow
 def impatient() -> str:
     return blocked.with_options(timeout=1)()
+
+@flow
+def each_doubled(items: list) -> list:
+    return double.map(items)
+
+@task
+def numbers(n: int) -> list:
+    return list(range(n))
+
+@task
+def table(n: int) -> dict:
+    return {"rows": list(range(n)), "name": "t"}
+
+@flow
+def mapping_children(n: int, given: list) -> dict:
+    return {
+        "result": each_doubled(numbers(n)),
+        "part": each_doubled(table(n)["rows"]),
+        "constant": each_doubled([1, 2]),
+        "parameter": each_doubled(given),
+        "empty": each_doubled([]),
+    }
 """
 
 
@@ -164,6 +186,31 @@ def test_subflows_and_a_flow_started_by_a_task_run_alike_embedded_and_on_a_serve
     assert f"parent: flow run {run.id}, task run {run.id}/sum_squares" in shown
     assert main(["runs", "list", "--server", address]) == 0
     assert f"child of {run.id}/child-2" in capsys.readouterr().out
+
+
+def test_a_subflow_maps_over_its_parameter_on_a_server_as_embedded(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """A child flow whose task maps over its parameter, given a task's result, a part
+    of one, a constant list, the parent's own parameter or an empty list. The server
+    maps over a value's elements without decoding it, so the parent's graph names the
+    child's mapped parameters (SubflowCall.mapped_parameters) and their inputs come
+    with their elements. On a server each child failed with "parameter 'items' is not
+    a sequence"; embedded they always ran."""
+    module = load_file(str(tmp_path / "nested_flows.py"))
+    expected = {"result": [0, 2, 4], "part": [0, 2, 4], "constant": [2, 4], "parameter": [14, 16]}
+    assert module.mapping_children(n=3, given=[7, 8]) == {**expected, "empty": []}
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", module=str(tmp_path / "nested_flows.py"))
+    with Client(address) as client:
+        run = client.run(module.mapping_children, {"n": 3, "given": [7, 8]})
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == {**expected, "empty": []}
+        children = _child_runs(client, run.id)
+        assert {c.state for c in children.values()} == {FlowRunState.SUCCESS}
+        mapped = children["each_doubled"].task_runs  # each element ran as its own task run
+        assert sorted(t.key for t in mapped) == ["double", "double[0]", "double[1]", "double[2]"]
 
 
 BY_NAME = """

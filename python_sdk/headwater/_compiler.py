@@ -287,7 +287,7 @@ class _Context:
             trigger=options.trigger,
             tags=options.tags,
             argument_order=tuple(p.name for p in flow.parameters),
-            subflow=SubflowSpec(flow.name, "", flow),
+            subflow=SubflowSpec(flow.name, "", flow, mapped_parameters(flow)),
         )
         self.nodes.append(node)
         self.node_ids[node_id] = node
@@ -447,6 +447,21 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
             f"`headwater graph FILE:{flow.name} -p {name}=...`"
         )
     return _trace(flow, values)
+
+
+def mapped_parameters(flow: Flow[..., Any]) -> tuple[str, ...]:
+    """The parameters of ``flow`` one of its tasks maps over directly, from its
+    symbolic graph (built once per Flow object); () when the graph cannot be built
+    without values. A flow calling it as a subflow gives these with their elements."""
+    known = flow._mapped_parameters
+    if known is None:
+        flow._mapped_parameters = ()  # (while it is built: a flow that calls itself)
+        try:
+            known = tuple(sorted(build_graph(flow, None).mapped_params()))
+        except Exception:  # value-dependent, or failing: its own compile says why
+            known = ()
+        flow._mapped_parameters = known
+    return known
 
 
 def _remember(flow: Flow[..., Any], use: tuple[str, str, str]) -> None:

@@ -87,6 +87,8 @@ class Flow(Generic[P, R]):
             )
         #: Set once the body is seen using a parameter as a value: (name, use, line).
         self._value_use: tuple[str, str, str] | None = None
+        #: The parameters a task of it maps over (``_compiler.mapped_parameters``).
+        self._mapped_parameters: tuple[str, ...] | None = None
         self._types: ParameterTypes | None = None
         functools.update_wrapper(self, fn)
 

@@ -18,7 +18,6 @@ from headwater.wire import (
     EncodingError,
     GraphError,
     GraphSpec,
-    Param,
     ParameterError,
     encode,
     graph_to_proto,
@@ -74,7 +73,7 @@ def compile_graph(
     """
     graph = with_types(flow, build_graph(flow, values))
     readers = json_consumers(graph).params
-    mapped = mapped_params(graph)
+    mapped = graph.mapped_params()
     encoded: dict[str, payload_pb2.Value] = {}
     for name, value in given.items():
         reader = readers.get(name)
@@ -103,16 +102,6 @@ def compile_graph(
                 bound[p.name] = p.default_value
         msg.parameters_digest = parameters_digest(bound)
     return msg, encoded
-
-
-def mapped_params(graph: GraphSpec) -> set[str]:
-    """The parameters some task maps over directly (``task.map(param)``)."""
-    return {
-        src.name
-        for spec in graph.tasks
-        for arg, src in spec.inputs.items()
-        if spec.mapped and arg in spec.mapped and isinstance(src, Param)
-    }
 
 
 def with_elements(whole: payload_pb2.Value, items: list[payload_pb2.Value]) -> payload_pb2.Value:

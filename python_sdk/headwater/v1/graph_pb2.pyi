@@ -395,6 +395,7 @@ class SubflowCall(google.protobuf.message.Message):
 
     FLOW_NAME_FIELD_NUMBER: builtins.int
     FLOW_VERSION_FIELD_NUMBER: builtins.int
+    MAPPED_PARAMETERS_FIELD_NUMBER: builtins.int
     flow_name: builtins.str
     """The child flow's name."""
     flow_version: builtins.str
@@ -402,13 +403,23 @@ class SubflowCall(google.protobuf.message.Message):
     node's inputs, or, for a flow whose graph depends on its parameter values, a graph
     built for them by a worker that serves the flow (docs/flows.md).
     """
+    @property
+    def mapped_parameters(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The child flow's parameters that one of its tasks maps over directly
+        (`task.map(param)`). The control plane maps over a value's elements without
+        decoding it (docs/payloads.md, "Split results"), so the node's inputs for these
+        parameters must carry their elements: an upstream task feeding one is asked for a
+        split result (as for a mapped task), and a constant list is given as an InputList.
+        """
+
     def __init__(
         self,
         *,
         flow_name: builtins.str = ...,
         flow_version: builtins.str = ...,
+        mapped_parameters: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["flow_name", b"flow_name", "flow_version", b"flow_version", "mapped_parameters", b"mapped_parameters"]) -> None: ...
 
 global___SubflowCall = SubflowCall
 

@@ -120,12 +120,15 @@ class SubflowSpec:
 
     ``flow_version`` pins the child's registered version (empty: the latest, or a
     graph built for the node's inputs); ``flow`` is the SDK's Flow object when the
-    graph was compiled in this process (an embedded host runs it directly).
+    graph was compiled in this process (an embedded host runs it directly);
+    ``mapped_parameters`` are the child's parameters one of its tasks maps over
+    directly, whose inputs a server needs with their elements (``split_nodes``).
     """
 
     flow_name: str
     flow_version: str = ""
     flow: Any = field(default=None, compare=False, repr=False)
+    mapped_parameters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +270,19 @@ class GraphSpec:
             return
         self._check()
         object.__setattr__(self, "_valid", True)
+
+    def mapped_params(self) -> set[str]:
+        """The parameters a task maps over directly (``task.map(param)``), or that a
+        subflow node passes to a parameter its child maps over: a server needs their
+        values with their elements (docs/payloads.md)."""
+        names = set()
+        for t in self.tasks:
+            over = t.subflow.mapped_parameters if t.subflow is not None else ()
+            for arg in t.mapped or over:
+                src = t.inputs.get(arg)
+                if isinstance(src, Param):
+                    names.add(src.name)
+        return names
 
     def split_nodes(self) -> dict[str, tuple[str | int, ...]]:
         """Tasks whose result (or a part of it, ``b.map(a["rows"])``) a mapped task maps
@@ -513,8 +529,10 @@ def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
     nodes: dict[str, tuple[str | int, ...]] = {}
     mapped = {t.id for t in graph.tasks if t.mapped is not None}
     for t in graph.tasks:
-        for arg in t.mapped or ():
-            src = t.inputs[arg]
+        # A subflow's child maps over these of its parameters: the same for its inputs.
+        over = t.subflow.mapped_parameters if t.subflow is not None else ()
+        for arg in t.mapped or over:
+            src = t.inputs.get(arg)
             if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
                 continue
             # A mapped producer's own path selects among its children, not inside one.

@@ -134,20 +134,21 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
             argument_order=list(t.argument_order),
             code_digest=t.code_digest,
         )
-        if t.subflow is not None:
-            node.subflow.flow_name = t.subflow.flow_name
-            node.subflow.flow_version = t.subflow.flow_version
+        subflow = t.subflow
+        if subflow is not None:
+            node.subflow.flow_name = subflow.flow_name
+            node.subflow.flow_version = subflow.flow_version
+            node.subflow.mapped_parameters.extend(subflow.mapped_parameters)
         for arg, spec in t.inputs.items():
             where = f"task {t.id!r}, argument {arg!r}"
-            if (
-                t.mapped is not None
-                and arg in t.mapped
-                and isinstance(spec, Const)
-                and isinstance(spec.value, list | tuple | range)
-            ):
+            if isinstance(spec, Const) and isinstance(spec.value, list | tuple | range):
                 # Element by element, so a control plane can hand element i to child i
                 # without decoding anything.
-                spec = ListOf(tuple(Const(v) for v in spec.value))
+                if t.mapped is not None and arg in t.mapped:
+                    spec = ListOf(tuple(Const(v) for v in spec.value))
+                elif subflow is not None and arg in subflow.mapped_parameters:
+                    # (the child's other uses of it see the same sequence type)
+                    spec = ListOf(tuple(Const(v) for v in spec.value), type(spec.value) is tuple)
             node.inputs[arg].CopyFrom(_input_to_proto(spec, t.portable, where))
         r = t.retry
         if r != NO_RETRY:
@@ -267,7 +268,11 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
                 argument_order=tuple(n.argument_order),
                 code_digest=n.code_digest,
                 subflow=(
-                    SubflowSpec(n.subflow.flow_name, n.subflow.flow_version)
+                    SubflowSpec(
+                        n.subflow.flow_name,
+                        n.subflow.flow_version,
+                        mapped_parameters=tuple(n.subflow.mapped_parameters),
+                    )
                     if n.HasField("subflow")
                     else None
                 ),

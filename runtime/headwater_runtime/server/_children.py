@@ -28,7 +28,7 @@ from headwater_runtime.engine import FlowRunEngine, RunTask, TaskRunRecord
 from headwater_runtime.store import FlowRunRow
 from headwater_runtime.tracing import inject
 
-from ._values import to_result_value
+from ._values import split_part, to_result_value
 
 if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
@@ -82,7 +82,11 @@ def subflow_start(parent: FlowRunRow, command: RunTask, trace: RunTracer | None)
         attempt=command.attempt,
         flow_name=spec.flow_name,
         flow_version=spec.flow_version,
-        parameters={name: to_result_value(v) for name, v in command.inputs.items()},
+        parameters={
+            # The child maps over these: with their elements (a split part as a list).
+            name: to_result_value(split_part(v) if name in spec.mapped_parameters else v)
+            for name, v in command.inputs.items()
+        },
         trace_context=dict(context),
     )
 

@@ -84,7 +84,9 @@ class ServerValues:
             raw = metadata.get(LENGTH_KEY)
             if raw is not None:
                 return int(raw)
-            return len(value.items) if value.items else None
+            if value.items or metadata.get(ENCODING_KEY) in (LIST, TUPLE):
+                return len(value.items)  # (an assembled list may be empty)
+            return None
         return None
 
     def item(self, value: Any, index: int) -> Any:
@@ -128,6 +130,15 @@ class ServerValues:
 
 
 SERVER_VALUES = ServerValues()
+
+
+def split_part(handle: Any) -> Any:
+    """A part of a result that its worker split (``result["rows"]``, mapped over) as
+    the list of its elements, which a child flow run can map over; any other handle
+    unchanged."""
+    if isinstance(handle, Selected) and _split_at(handle.base, handle.path):
+        return Composite("list", tuple(handle.base.items))
+    return handle
 
 
 def _encoded(value: EncodedValue) -> payload_pb2.Value:
