@@ -1275,3 +1275,32 @@ def test_a_subflow_node_names_the_parameters_its_child_maps_over() -> None:
     assert encoded["given"].inline.metadata[LENGTH_KEY] == "2"
     assert graph.tasks[1].subflow is not None
     assert graph.tasks[1].subflow.mapped_parameters == ("items",)  # read back
+
+
+@flow
+def _returns_parts(n: int) -> dict[str, Any]:
+    rows = _rows(n)
+    return {"table": rows, "pair": [rows, _times_two(n)], "n": n, "mapped": _times_two.map(rows)}
+
+
+def test_a_flow_whose_parent_maps_over_its_result_splits_where_the_result_comes_from() -> None:
+    """result_split: which task a child run has its worker split when the parent maps
+    over (a part of) the child's result: the task the part comes from, at the rest of
+    the path; nothing for a mapped task's list, a parameter or a path that leads
+    nowhere."""
+    from headwater.wire import graph_from_proto, result_split
+
+    graph = graph_from_proto(_returns_parts.compile())
+    own = graph.split_nodes()
+    assert own == {"_rows": ()}  # (_times_two maps over it)
+    # Another part of _rows is split already (the whole): one part per task.
+    assert result_split(graph, ("table", "rows")) == own
+    nested = graph_from_proto(_hands_lists_to_children.compile(n=1, given=[]))
+    # A subflow node: its own child then splits its result in turn.
+    assert result_split(nested, (0,)) == {**nested.split_nodes(), "_maps_its_items": ()}
+    assert result_split(graph, ("pair", 1)) == {**own, "_times_two": ()}
+    assert result_split(graph, ("pair", 1, "x")) == {**own, "_times_two": ("x",)}
+    assert result_split(graph, ("mapped",)) == own  # a list of its children's results
+    assert result_split(graph, ("n",)) == own
+    assert result_split(graph, ("missing",)) == own
+    assert result_split(graph, ("pair", 5)) == own

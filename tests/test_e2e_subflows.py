@@ -103,6 +103,22 @@ def mapping_children(n: int, given: list) -> dict:
         "parameter": each_doubled(given),
         "empty": each_doubled([]),
     }
+
+@flow
+def produced(n: int) -> list:
+    return numbers(n)
+
+@flow
+def produced_table(n: int) -> dict:
+    return {"table": table(n), "n": n}
+
+@flow
+def over_children(n: int) -> dict:
+    return {
+        "whole": double.map(produced(n)),
+        "part": double.map(produced_table(n)["table"]["rows"]),
+        "mapped": double.map(each_doubled(numbers(n))),
+    }
 """
 
 
@@ -211,6 +227,24 @@ def test_a_subflow_maps_over_its_parameter_on_a_server_as_embedded(
         assert {c.state for c in children.values()} == {FlowRunState.SUCCESS}
         mapped = children["each_doubled"].task_runs  # each element ran as its own task run
         assert sorted(t.key for t in mapped) == ["double", "double[0]", "double[1]", "double[2]"]
+
+
+def test_a_flow_maps_over_a_subflow_result_on_a_server_as_embedded(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """A parent mapping over a child flow's result, or a part of it: the child's task
+    that the result comes from is split by its worker, as for a task the parent maps
+    over. On a server the parent's map failed with "the result is not a sequence"
+    unless the child's result was a mapped task's list."""
+    module = load_file(str(tmp_path / "nested_flows.py"))
+    expected = {"whole": [0, 2, 4], "part": [0, 2, 4], "mapped": [0, 4, 8]}
+    assert module.over_children(n=3) == expected
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", module=str(tmp_path / "nested_flows.py"))
+    with Client(address) as client:
+        final = client.wait(client.run(module.over_children, {"n": 3}).id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == expected
 
 
 BY_NAME = """

@@ -139,3 +139,49 @@ def test_a_child_can_be_started_only_by_a_running_attempt(store: Store) -> None:
         manager.check_parent(f"{row.id}/inc", 1)
     with pytest.raises(NotRunning, match=r"malformed task run id"):
         manager.check_parent("no-slash", 1)
+
+
+@task
+def upto(n: int) -> list[int]:
+    return list(range(n))
+
+
+FUNCTIONS[upto.task_type] = upto.fn
+
+
+@flow
+def listed(n: int) -> list[int]:
+    return upto(n)
+
+
+@flow
+def over_listed(n: int = 2) -> list[int]:
+    return inc.map(listed(n))
+
+
+def test_a_child_whose_result_the_parent_maps_over_splits_it_also_after_a_restart(
+    store: Store,
+) -> None:
+    """The server maps over a value's elements without decoding it: when a parent maps
+    over a subflow's result, the child's run has the task its result comes from split
+    by its worker, also when a restart replays the child before its parent is live."""
+    manager, dispatch, starts = setup(store)
+    version, _ = manager.register_flow(listed.compile())
+    message = over_listed.compile()
+    (node,) = [t for t in message.tasks if t.HasField("subflow")]
+    node.subflow.flow_version = version
+    manager.register_flow(message)
+    row, _ = manager.create_run("over_listed", "", {"n": value_of(2)})
+    drain(manager, dispatch)
+    child_id = start_child(manager, starts.pop())
+    manager.flush()
+    (producer,) = dispatch.submitted
+    assert producer.assignment.task_type == upto.task_type
+    assert producer.assignment.split_result
+
+    fresh = RunManager(store, FakeDispatch(), Clock())  # the server died
+    assert fresh.rebuild(store.get_flow_run(child_id)).split_nodes == {"upto": ()}
+    drain(manager, dispatch)  # upto, then the parent maps over the child's two elements
+    final = store.get_flow_run(row.id)
+    assert FlowRunState(final.state) is FlowRunState.SUCCESS, final.message
+    assert decode_value(flow_result(store, final)) == [1, 2]

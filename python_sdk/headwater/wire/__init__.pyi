@@ -55,6 +55,7 @@ from ._graph import iter_task_refs as iter_task_refs
 from ._graph import json_consumers as json_consumers
 from ._graph import make_from_task as make_from_task
 from ._graph import make_task_spec as make_task_spec
+from ._graph import result_split as result_split
 from ._graph_proto import encode_payload as encode_payload
 from ._graph_proto import graph_from_proto as graph_from_proto
 from ._graph_proto import graph_to_proto as graph_to_proto

@@ -547,6 +547,33 @@ def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
     return nodes
 
 
+def result_split(graph: GraphSpec, path: tuple[str | int, ...]) -> dict[str, tuple[str | int, ...]]:
+    """``graph.split_nodes()`` plus what splits the flow's result at ``path``: the run
+    is a subflow whose parent maps over its result (or that part of it). The task the
+    result (part) comes from is split at the matching path, unless the result is a list
+    the engine assembles (a mapped task's results) or another part of that task is
+    split already (then the parent's map fails as it would have)."""
+    nodes = graph.split_nodes()
+    spec, rest = graph.result, path
+    while rest and isinstance(spec, ListOf | DictOf):
+        head, rest = rest[0], rest[1:]
+        if isinstance(spec, ListOf) and isinstance(head, int) and -len(spec.items) <= head:
+            spec = spec.items[head] if head < len(spec.items) else None
+        elif isinstance(spec, DictOf) and isinstance(head, str):
+            spec = dict(spec.entries).get(head)
+        else:
+            return nodes
+    if not isinstance(spec, FromTask):
+        return nodes
+    if any(t.id == spec.task_id and t.mapped is not None for t in graph.tasks):
+        return nodes  # the list of its children's results: its elements are known
+    want = (*spec.path, *rest)
+    known = nodes.get(spec.task_id)
+    if known is None:
+        return {**nodes, spec.task_id: want}
+    return nodes
+
+
 def _describe(task_id: str, path: tuple[str | int, ...]) -> str:
     return task_id + "".join(f"[{p!r}]" for p in path)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import payload_pb2
-from headwater.wire import task_run_id
+from headwater.wire import GraphSpec, result_split, split_child_key, task_run_id
 from headwater_runtime.engine import FlowRunEngine, RunTask, TaskRunRecord
 from headwater_runtime.store import FlowRunRow
 from headwater_runtime.tracing import inject
@@ -89,6 +89,22 @@ def subflow_start(parent: FlowRunRow, command: RunTask, trace: RunTracer | None)
         },
         trace_context=dict(context),
     )
+
+
+def child_split_nodes(
+    row: FlowRunRow, graph: GraphSpec, parent_graph: GraphSpec
+) -> dict[str, tuple[str | int, ...]]:
+    """The tasks a child run (``row``, of ``graph``) has its workers split: its
+    graph's, plus, when it is a subflow node's child and the parent maps over that
+    node's result (or a part of it), the task its result comes from (``result_split``):
+    the server maps over a value's elements without decoding it."""
+    key = row.parent_task_key
+    child = split_child_key(key) if key.endswith("]") else None
+    node_id = child[0] if child else key
+    path = parent_graph.split_nodes().get(node_id)
+    if path is None or not any(t.id == node_id and t.subflow for t in parent_graph.tasks):
+        return graph.split_nodes()  # (a flow a task starts: the task's own result)
+    return result_split(graph, path)
 
 
 class ChildRuns:

@@ -6,16 +6,20 @@ runs that follow; large ones leave the cache when the last large run ends (_gc.p
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import graph_pb2
 from headwater.wire import GraphSpec, Limits, build_version, graph_from_proto
 from headwater_runtime.engine import Clock
-from headwater_runtime.store import Store
+from headwater_runtime.store import FlowRunRow, Store
 
+from ._children import child_split_nodes
 from ._gc import Collector, release_now
 from ._limits import check_graph
 from ._slices import parse_in_slices, serialize_in_slices
+
+if TYPE_CHECKING:
+    from ._runs import ActiveRun
 
 
 class FlowGraphs:
@@ -25,6 +29,7 @@ class FlowGraphs:
     clock: Clock
     limits: Limits
     collector: Collector
+    runs: dict[str, ActiveRun]
     _graphs: dict[tuple[str, str], GraphSpec]
 
     def check_flow(self, msg: graph_pb2.FlowGraph) -> tuple[GraphSpec, bytes, str, str]:
@@ -97,3 +102,14 @@ class FlowGraphs:
                 graph = graph_from_proto(msg)
             self._graphs[key] = graph
         return stored.version, graph
+
+    def split_nodes(self, row: FlowRunRow, graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
+        """The tasks whose results a run's workers split (``child_split_nodes`` for a
+        child run, whose parent's graph says whether it maps over the child's result)."""
+        if not row.parent_flow_run_id:
+            return graph.split_nodes()
+        parent = self.runs.get(row.parent_flow_run_id)
+        if parent is not None:
+            return child_split_nodes(row, graph, parent.graph)
+        stored = self.store.get_flow_run(row.parent_flow_run_id)  # (a restart: not live yet)
+        return child_split_nodes(row, graph, self.graph(stored.flow_name, stored.flow_version)[1])

@@ -406,7 +406,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             graph=graph,
             engine=engine,
             journal=JournaledEngine(engine, lambda e: self._record(active, e)),
-            split_nodes=graph.split_nodes(),
+            split_nodes=self.split_nodes(row, graph),
             consumers=json_consumers(graph),
             seq=seq,
         )

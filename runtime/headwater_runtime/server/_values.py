@@ -65,6 +65,20 @@ def _split_at(value: Any, path: tuple[str | int, ...]) -> bool:
     return raw is not None and json.loads(raw) == list(path)
 
 
+def _structural_part(value: payload_pb2.Value, head: str | int) -> payload_pb2.Value | None:
+    """Entry ``head`` of a value in a structural encoding (a list, tuple or dict the
+    engine assembled, as ``to_result_value`` stores it); None for any other value."""
+    if value.WhichOneof("kind") != "inline":
+        return None
+    encoding = value.inline.metadata.get(ENCODING_KEY)
+    if encoding == DICT and isinstance(head, str):
+        keys = json.loads(value.inline.data)
+        return value.items[keys.index(head)] if head in keys else None
+    if encoding in (LIST, TUPLE) and isinstance(head, int) and -len(value.items) <= head:
+        return value.items[head] if head < len(value.items) else None
+    return None
+
+
 class ServerValues:
     """ValueOps over payload handles (see headwater_runtime.engine.ValueOps)."""
 
@@ -108,6 +122,10 @@ class ServerValues:
                 return self.select(picked, rest) if rest else picked
         if isinstance(value, Selected):
             return Selected(value.base, (*value.path, *path))
+        if path and isinstance(value, payload_pb2.Value) and value.items:
+            picked = _structural_part(value, path[0])
+            if picked is not None:  # (a child flow's result: assembled, then stored)
+                return self.select(picked, path[1:]) if len(path) > 1 else picked
         return Selected(value, path)
 
     def make_list(self, items: list[Any], is_tuple: bool) -> Any:
