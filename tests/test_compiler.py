@@ -1208,6 +1208,10 @@ def test_a_list_parameter_a_task_maps_over_is_encoded_with_its_elements() -> Non
     assert items.inline.metadata[LENGTH_KEY] == "3"
     assert [json.loads(i.inline.data) for i in items.items] == [1, 2, 3]
     assert not encoded["other"].items and LENGTH_KEY not in encoded["other"].inline.metadata
+    # Not given, a mapped parameter's default goes too, with its elements (the graph
+    # holds a default as one value); an unmapped one is left to the graph's default.
+    _, encoded = compile_graph(_maps_its_items, {}, {"items": [7, 8], "label": ""})
+    assert list(encoded) == ["items"] and encoded["items"].inline.metadata[LENGTH_KEY] == "2"
 
 
 def test_a_list_parameter_of_a_run_by_name_goes_with_its_elements_only_when_small() -> None:

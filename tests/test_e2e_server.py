@@ -149,6 +149,10 @@ def over_items(items: list[int], factor: int = 10) -> int:
 @flow
 def summed(values: list[int]) -> int:
     return load(values)
+
+@flow
+def over_defaults(items: tuple[int, ...] = (1, 2), factor: int = 10) -> int:
+    return load(transform.map(items, unmapped(factor)))
 """
 
 
@@ -253,6 +257,10 @@ def test_a_flow_maps_over_a_list_parameter_on_the_server(
         final = client.wait(client.run("summed", {"values": values}).id)
         assert final.state is FlowRunState.SUCCESS, final.message
         assert final.result == sum(values)
+        # Not given: its default (a pickled tuple in the graph) goes with its elements.
+        final = client.wait(client.run(module.over_defaults).id)  # type: ignore[attr-defined]
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == 30
 
 
 def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(

@@ -66,16 +66,23 @@ def compile_graph(
 
     ``given`` are the validated values the caller passes, ``values`` the same with
     defaults filled in (None when a required one is missing: only a symbolic graph can
-    be built then). For a value-dependent graph, ``parameters_digest`` is computed from
-    the encoded ``given`` values and the defaults as encoded in the message, which is
-    what a control plane computes for the run. ``pin`` registers the graphs of the
+    be built then). A list or tuple parameter a task maps over is encoded with its
+    elements, its default too when it is not given (a graph's default is one value).
+    For a value-dependent graph, ``parameters_digest`` is computed from the encoded
+    ``given`` values and the defaults as encoded in the message, which is what a
+    control plane computes for the run. ``pin`` registers the graphs of the
     subflows the flow calls and gives the version each node runs.
     """
     graph = with_types(flow, build_graph(flow, values))
     readers = json_consumers(graph).params
     mapped = graph.mapped_params()
     encoded: dict[str, payload_pb2.Value] = {}
-    for name, value in given.items():
+    sent = dict(given)
+    defaults = values or {}
+    for name in mapped - given.keys():
+        if isinstance(defaults.get(name), list | tuple):
+            sent[name] = defaults[name]
+    for name, value in sent.items():
         reader = readers.get(name)
         portable = reader is not None
         try:
