@@ -750,3 +750,49 @@ def test_an_assignment_with_too_many_inline_inputs_gets_references(store: Store)
         assert data == big[f"scale[{i}]"]
         if value.WhichOneof("kind") == "ref":
             assert value.ref.metadata["encoding"] == "json" and value.ref.size_bytes == len(data)
+
+
+@task(cache_for=3600)
+def cached_rows(n: int) -> list[int]:
+    return list(range(n))
+
+
+FUNCTIONS[cached_rows.task_type] = cached_rows.fn
+
+
+@flow
+def rows_whole(n: int = 3) -> int:
+    return total(cached_rows(n))
+
+
+@flow
+def rows_mapped(n: int = 3) -> list[int]:
+    return scale.map(cached_rows(n), unmapped(2))
+
+
+def test_a_cached_result_stored_whole_is_no_hit_for_a_run_that_maps_over_it(
+    store: Store,
+) -> None:
+    """The server maps over a value's elements: a result cached by a run that used it
+    whole has none, so a run mapping over the same task runs it again, and its split
+    result, cached in turn, serves both kinds of run. A hit on the whole one failed
+    the map ("the result is not a sequence")."""
+    manager = RunManager(store, dispatch := FakeDispatch(), Clock())
+    manager.register_flow(rows_whole.compile())
+    manager.register_flow(rows_mapped.compile())
+
+    def run(flow_name: str) -> tuple[Any, dict[str, TaskRunState]]:
+        row, _ = manager.create_run(flow_name, "", {})
+        drain(manager, dispatch)
+        final = store.get_flow_run(row.id)
+        assert FlowRunState(final.state) is FlowRunState.SUCCESS, final.message
+        states = {t.key: TaskRunState(t.state) for t in store.task_runs(row.id)}
+        return decode_value(flow_result(store, final)), states
+
+    result, states = run("rows_whole")
+    assert (result, states["cached_rows"]) == (3, TaskRunState.SUCCESS)
+    result, states = run("rows_mapped")
+    assert (result, states["cached_rows"]) == ([0, 2, 4], TaskRunState.SUCCESS)  # ran again
+    result, states = run("rows_mapped")
+    assert (result, states["cached_rows"]) == ([0, 2, 4], TaskRunState.CACHED)
+    assert run("rows_whole")[1]["cached_rows"] is TaskRunState.CACHED

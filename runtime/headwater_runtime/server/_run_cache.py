@@ -23,10 +23,13 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.store import Store
 
-from ._values import to_input_value
+from ._values import split_as, to_input_value
 
 if TYPE_CHECKING:
     from ._runs import ActiveRun
+
+#: Where a run's consumers map over a task's result (None: nowhere).
+Split = tuple[str | int, ...] | None
 
 
 class RunCacheLookups:
@@ -54,28 +57,39 @@ class RunCacheLookups:
             return ""
         return f"{spec.cache_key_prefix}key={reported}"
 
-    def _cached(self, key: str) -> CacheEntry | None:
-        """The valid cache entry under ``key`` (None when missing or expired)."""
+    def _cached(self, key: str, split: Split = None) -> CacheEntry | None:
+        """The valid cache entry under ``key`` (None when missing or expired, or not
+        split at ``split``, the path where this run's consumers map over the result:
+        an entry a run that used the result whole stored cannot serve them, so the task
+        runs again and its split result replaces the entry)."""
         row = self.store.get_cache(key)
         if row is None or (row.expires_at is not None and row.expires_at <= self.clock.now()):
             return None
         data = self.store.get_values([row.value_id]).get(row.value_id)
         if data is None:
             return None
-        return CacheEntry(payload_pb2.Value.FromString(data), row.expires_at)
+        value = payload_pb2.Value.FromString(data)
+        if split is not None and not split_as(value, split):
+            return None
+        return CacheEntry(value, row.expires_at)
 
     def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
         """A worker derived a cache key with the task's key function (CacheKeyReport).
         On a valid hit the attempt ends CACHED with the stored value, and True tells
         the worker not to run the task."""
         key = self.function_cache_key(flow_run_id, run_key, reported)
-        entry = self._cached(key) if key else None
+        if not key:
+            return False
+        active = self.runs[flow_run_id]  # (function_cache_key found it)
+        entry = self._cached(key, active.split_nodes.get(active.engine.runs[run_key].spec.id))
         if entry is None:
             return False
         hit = TaskSucceeded(run_key, attempt, entry.value, cache_key=key, cached=True)
         return not self.handle(flow_run_id, hit)
 
-    def _check_cache(self, command: CheckCache) -> CacheChecked:
+    def _check_cache(self, command: CheckCache, split: Split = None) -> CacheChecked:
+        """The cache lookup of a task run about to be scheduled; ``split``: where the
+        run's consumers map over its result (``ActiveRun.split_nodes``)."""
         spec = command.run.spec
         cache = spec.cache
         assert cache is not None
@@ -92,4 +106,4 @@ class RunCacheLookups:
                 )
             )
         key = spec.cache_key_prefix + digest.hexdigest()
-        return CacheChecked(command.run.key, key, self._cached(key))
+        return CacheChecked(command.run.key, key, self._cached(key, split))

@@ -716,7 +716,8 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
                     )
                 cancels[(task_run_id(run_id, command.run.key), command.attempt)] = command.reason
             elif isinstance(command, CheckCache):
-                queue.extend(active.journal.handle(self._check_cache(command)))
+                split = active.split_nodes.get(command.run.spec.id)
+                queue.extend(active.journal.handle(self._check_cache(command, split)))
             elif isinstance(command, WriteCache):
                 value_id = to_stored(command.value, sink.values).value_id
                 if value_id:
