@@ -102,6 +102,7 @@ def mapping_children(n: int, given: list) -> dict:
         "constant": each_doubled([1, 2]),
         "parameter": each_doubled(given),
         "empty": each_doubled([]),
+        "built": each_doubled_and_more(numbers(n), 1),
     }
 
 @flow
@@ -111,6 +112,11 @@ def produced(n: int) -> list:
 @flow
 def produced_table(n: int) -> dict:
     return {"table": table(n), "n": n}
+
+@flow
+def each_doubled_and_more(items: list, k: int) -> list:
+    more = [double(i) for i in range(k)]  # value-dependent: built for each run's values
+    return [double.map(items), more]
 
 @flow
 def over_children(n: int) -> dict:
@@ -212,17 +218,19 @@ def test_a_subflow_maps_over_its_parameter_on_a_server_as_embedded(
     maps over a value's elements without decoding it, so the parent's graph names the
     child's mapped parameters (SubflowCall.mapped_parameters) and their inputs come
     with their elements. On a server each child failed with "parameter 'items' is not
-    a sequence"; embedded they always ran."""
+    a sequence"; embedded they always ran. A value-dependent child ("built") needs
+    none of it: its graph, built for the child run's values, holds them as constants."""
     module = load_file(str(tmp_path / "nested_flows.py"))
     expected = {"result": [0, 2, 4], "part": [0, 2, 4], "constant": [2, 4], "parameter": [14, 16]}
-    assert module.mapping_children(n=3, given=[7, 8]) == {**expected, "empty": []}
+    expected |= {"empty": [], "built": [[0, 2, 4], [0]]}
+    assert module.mapping_children(n=3, given=[7, 8]) == expected
     _, address = start_server(cluster, tmp_path / "hw.db")
     start_worker(cluster, address, "w1", module=str(tmp_path / "nested_flows.py"))
     with Client(address) as client:
         run = client.run(module.mapping_children, {"n": 3, "given": [7, 8]})
         final = client.wait(run.id)
         assert final.state is FlowRunState.SUCCESS, final.message
-        assert final.result == {**expected, "empty": []}
+        assert final.result == expected
         children = _child_runs(client, run.id)
         assert {c.state for c in children.values()} == {FlowRunState.SUCCESS}
         mapped = children["each_doubled"].task_runs  # each element ran as its own task run
