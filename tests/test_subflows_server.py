@@ -5,6 +5,7 @@ nor doubles a child (docs/worker-protocol.md §18). On both stores."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -185,3 +186,32 @@ def test_a_child_whose_result_the_parent_maps_over_splits_it_also_after_a_restar
     final = store.get_flow_run(row.id)
     assert FlowRunState(final.state) is FlowRunState.SUCCESS, final.message
     assert decode_value(flow_result(store, final)) == [1, 2]
+
+
+@flow
+def failing_parent() -> int:
+    return child(1)
+
+
+def test_a_failed_child_says_why_in_the_parent(store: Store) -> None:
+    """The node's failure names the child's first failed task and has its failure as
+    cause, so the parent says why without opening the child run (as embedded)."""
+    manager, dispatch, starts = setup(store)
+    version, _ = manager.register_flow(child.compile())
+    message = failing_parent.compile()
+    (node,) = message.tasks
+    node.subflow.flow_version = version
+    manager.register_flow(message)
+    row, _ = manager.create_run("failing_parent", "", {})
+    manager.flush()
+    start_child(manager, starts.pop())
+    drain(manager, dispatch, fail_first={"inc"})  # the child's only task fails
+    assert FlowRunState(store.get_flow_run(row.id).state) is FlowRunState.FAILED
+    last = store.task_run_history(row.id, "child")[-1]
+    assert TaskRunState(last.state) is TaskRunState.FAILED
+    assert last.message.endswith("(task 'inc': builtins.OSError: flaky)"), last.message
+    failure = json.loads(last.failure)  # (the projection's form)
+    assert (failure["type"], failure["cause"]["type"]) == (
+        "headwater.SubflowFailed",
+        "builtins.OSError",
+    )

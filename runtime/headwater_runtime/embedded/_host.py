@@ -466,7 +466,7 @@ class EmbeddedRun:
             self._child_done(run.key, child)
         message = engine.flow_history[-1][2] if engine.flow_history else ""
         return subflow_outcome(
-            run.key, attempt, child.id, graph.name, engine.state, engine.result, message
+            run.key, attempt, child.id, graph.name, engine.state, engine.result, message, engine
         )
 
     def run_child(self, graph: GraphSpec, params: Mapping[str, Any], key: str) -> EmbeddedRun:

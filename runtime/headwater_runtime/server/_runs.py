@@ -753,7 +753,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             return  # the attempt is over already (it timed out, or the parent was cancelled)
         state = FlowRunState(row.state)
         result = result_value(engine) if state is FlowRunState.SUCCESS else None
-        event = subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message)
+        event = subflow_outcome(
+            key, attempt, row.id, row.flow_name, state, result, row.message, engine
+        )
         self._process(parent, parent.journal.handle(event))
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
