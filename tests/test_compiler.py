@@ -1308,3 +1308,25 @@ def test_a_flow_whose_parent_maps_over_its_result_splits_where_the_result_comes_
     assert result_split(graph, ("n",)) == own
     assert result_split(graph, ("missing",)) == own
     assert result_split(graph, ("pair", 5)) == own
+
+
+@task
+def _table(n: int) -> dict[str, list[int]]:
+    return {"rows": list(range(n)), "ids": list(range(10, 10 + n))}
+
+
+@flow
+def _two_parts(n: int) -> list[Any]:
+    t = _table(n)
+    return [_maps_its_items(t["rows"]), _times_two.map(t["ids"])]
+
+
+def test_a_task_mapping_over_a_part_wins_the_one_split_over_a_subflow() -> None:
+    """A result is split at one part only. A task mapping over one part is what its
+    worker splits; a subflow whose child maps over another part gets it whole (on a
+    server the child's map then fails), and the flow is not refused for it: it runs
+    embedded as before."""
+    from headwater.wire import graph_from_proto
+
+    assert graph_from_proto(_two_parts.compile()).split_nodes() == {"_table": ("ids",)}
+    assert _two_parts(2) == [2, [20, 22]]

@@ -16,6 +16,8 @@ from headwater.wire import FlowRunState, TaskRunState, decode_value
 from headwater_runtime.engine import TaskStarted
 from headwater_runtime.server._queries import flow_result
 from headwater_runtime.server._runs import NotRunning, RunManager, SubflowStart
+from headwater_runtime.server._values import SERVER_VALUES, Composite, Selected
+from headwater_runtime.server._values import to_result_value as stored
 from headwater_runtime.store import Store, open_store
 
 
@@ -215,3 +217,14 @@ def test_a_failed_child_says_why_in_the_parent(store: Store) -> None:
         "headwater.SubflowFailed",
         "builtins.OSError",
     )
+
+
+def test_the_server_maps_over_the_elements_of_a_list_but_not_of_a_dict_or_a_part() -> None:
+    """A value's items are its elements only for a split result or an assembled list;
+    an assembled dict's items are its values, and a part its consumer selects holds
+    the value it is selected from: neither can be mapped over without decoding."""
+    element = value_of(1)
+    assert SERVER_VALUES.length(stored(Composite("list", (element, element)))) == 2
+    assert SERVER_VALUES.length(stored(Composite("list", ()))) == 0
+    assert SERVER_VALUES.length(stored(Composite("dict", (element,), ("a",)))) is None
+    assert SERVER_VALUES.length(stored(Selected(element, ("rows",)))) is None

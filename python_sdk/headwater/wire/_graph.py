@@ -529,22 +529,38 @@ def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
     nodes: dict[str, tuple[str | int, ...]] = {}
     mapped = {t.id for t in graph.tasks if t.mapped is not None}
     for t in graph.tasks:
-        # A subflow's child maps over these of its parameters: the same for its inputs.
-        over = t.subflow.mapped_parameters if t.subflow is not None else ()
-        for arg in t.mapped or over:
-            src = t.inputs.get(arg)
-            if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
-                continue
-            # A mapped producer's own path selects among its children, not inside one.
-            path = () if src.task_id in mapped else src.path
-            known = nodes.setdefault(src.task_id, path)
-            if known != path:
+        for arg in t.mapped or ():
+            known = _split_for(nodes, t.inputs[arg], mapped)
+            if known is not None:
+                src = t.inputs[arg]
+                assert isinstance(src, FromTask)
+                path = () if src.task_id in mapped else src.path
                 raise GraphError(
-                    f"task {t.name!r} maps over {_describe(src.task_id, path)} but another "
-                    f"task maps over {_describe(src.task_id, known)}: only one part of a "
-                    "result can be mapped over; return the parts from separate tasks"
+                    f"task {t.name!r} maps over {_describe(src.task_id, path)} but "
+                    f"another task maps over {_describe(src.task_id, known)}: only one part "
+                    "of a result can be mapped over; return the parts from separate tasks"
                 )
+    # Then what subflows pass to a parameter their child maps over, where it does not
+    # clash with the tasks' (the child then gets that part whole, unsplit).
+    for t in graph.tasks:
+        if t.subflow is not None and t.mapped is None:
+            for arg in t.subflow.mapped_parameters:
+                _split_for(nodes, t.inputs.get(arg), mapped)
     return nodes
+
+
+def _split_for(
+    nodes: dict[str, tuple[str | int, ...]], src: InputSpec | None, mapped: set[str]
+) -> tuple[str | int, ...] | None:
+    """Record in ``nodes`` that ``src`` is mapped over, when it is an upstream task's
+    result (part); the part recorded before when that is another one (a clash), else
+    None."""
+    if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
+        return None
+    # A mapped producer's own path selects among its children, not inside one.
+    path = () if src.task_id in mapped else src.path
+    known = nodes.setdefault(src.task_id, path)
+    return known if known != path else None
 
 
 def result_split(graph: GraphSpec, path: tuple[str | int, ...]) -> dict[str, tuple[str | int, ...]]:

@@ -98,9 +98,12 @@ class ServerValues:
             raw = metadata.get(LENGTH_KEY)
             if raw is not None:
                 return int(raw)
-            if value.items or metadata.get(ENCODING_KEY) in (LIST, TUPLE):
+            encoding = metadata.get(ENCODING_KEY)
+            if encoding in (LIST, TUPLE):
                 return len(value.items)  # (an assembled list may be empty)
-            return None
+            if encoding in STRUCTURAL:  # a dict, or a part its consumer selects: its
+                return None  # items are not its elements
+            return len(value.items) if value.items else None
         return None
 
     def item(self, value: Any, index: int) -> Any:
