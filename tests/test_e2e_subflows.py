@@ -119,9 +119,14 @@ def each_doubled_and_more(items: list, k: int) -> list:
     return [double.map(items), more]
 
 @flow
+def produced_by_a_child(n: int) -> list:
+    return produced(n)
+
+@flow
 def over_children(n: int) -> dict:
     return {
         "whole": double.map(produced(n)),
+        "grandchild": double.map(produced_by_a_child(n)),
         "part": double.map(produced_table(n)["table"]["rows"]),
         "mapped": double.map(each_doubled(numbers(n))),
     }
@@ -245,7 +250,7 @@ def test_a_flow_maps_over_a_subflow_result_on_a_server_as_embedded(
     over. On a server the parent's map failed with "the result is not a sequence"
     unless the child's result was a mapped task's list."""
     module = load_file(str(tmp_path / "nested_flows.py"))
-    expected = {"whole": [0, 2, 4], "part": [0, 2, 4], "mapped": [0, 4, 8]}
+    expected = {"whole": [0, 2, 4], "part": [0, 2, 4], "mapped": [0, 4, 8], "grandchild": [0, 2, 4]}
     assert module.over_children(n=3) == expected
     _, address = start_server(cluster, tmp_path / "hw.db")
     start_worker(cluster, address, "w1", module=str(tmp_path / "nested_flows.py"))

@@ -92,16 +92,20 @@ def subflow_start(parent: FlowRunRow, command: RunTask, trace: RunTracer | None)
 
 
 def child_split_nodes(
-    row: FlowRunRow, graph: GraphSpec, parent_graph: GraphSpec
+    row: FlowRunRow,
+    graph: GraphSpec,
+    parent_graph: GraphSpec,
+    parent_split: Mapping[str, tuple[str | int, ...]],
 ) -> dict[str, tuple[str | int, ...]]:
     """The tasks a child run (``row``, of ``graph``) has its workers split: its
     graph's, plus, when it is a subflow node's child and the parent maps over that
-    node's result (or a part of it), the task its result comes from (``result_split``):
-    the server maps over a value's elements without decoding it."""
+    node's result or a part of it (the node is in ``parent_split``, the parent run's
+    own), the task its result comes from (``result_split``): the server maps over a
+    value's elements without decoding it."""
     key = row.parent_task_key
     child = split_child_key(key) if key.endswith("]") else None
     node_id = child[0] if child else key
-    path = parent_graph.split_nodes().get(node_id)
+    path = parent_split.get(node_id)
     if path is None or not any(t.id == node_id and t.subflow for t in parent_graph.tasks):
         return graph.split_nodes()  # (a flow a task starts: the task's own result)
     return result_split(graph, path)

@@ -110,6 +110,9 @@ class FlowGraphs:
             return graph.split_nodes()
         parent = self.runs.get(row.parent_flow_run_id)
         if parent is not None:
-            return child_split_nodes(row, graph, parent.graph)
-        stored = self.store.get_flow_run(row.parent_flow_run_id)  # (a restart: not live yet)
-        return child_split_nodes(row, graph, self.graph(stored.flow_name, stored.flow_version)[1])
+            return child_split_nodes(row, graph, parent.graph, parent.split_nodes)
+        # A restart replays a child before its parent: the parent's, as it would be.
+        stored = self.store.get_flow_run(row.parent_flow_run_id)
+        parent_graph = self.graph(stored.flow_name, stored.flow_version)[1]
+        parent_split = self.split_nodes(stored, parent_graph)
+        return child_split_nodes(row, graph, parent_graph, parent_split)
