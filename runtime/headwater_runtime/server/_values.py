@@ -73,7 +73,8 @@ def _structural_part(value: payload_pb2.Value, head: str | int) -> payload_pb2.V
     encoding = value.inline.metadata.get(ENCODING_KEY)
     if encoding == DICT and isinstance(head, str):
         keys = json.loads(value.inline.data)
-        return value.items[keys.index(head)] if head in keys else None
+        at = keys.index(head) if isinstance(keys, list) and head in keys else len(value.items)
+        return value.items[at] if at < len(value.items) else None
     if encoding in (LIST, TUPLE) and isinstance(head, int) and -len(value.items) <= head:
         return value.items[head] if head < len(value.items) else None
     return None
