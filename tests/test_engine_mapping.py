@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -273,6 +274,15 @@ def test_zipped_mapped_arguments_of_different_lengths_fail_clearly() -> None:
     assert d.state("r") is S.TRIGGER_FAILED
     assert d.engine.state is FlowRunState.FAILED
     assert d.engine.failed_runs()[0].key == "m"
+
+
+def test_a_length_mismatch_names_the_arguments_in_the_functions_order() -> None:
+    """Inputs read back from a FlowGraph come in the protobuf map's order: the message
+    is the same embedded and on a server all the same."""
+    spec = task("m", inputs={"y": Const([1, 2, 3]), "x": Const([1, 2])}, mapped=["y", "x"])
+    d = Driver(flow(dataclasses.replace(spec, argument_order=("x", "y"))))
+    failure = d.runs["m"].failure
+    assert failure is not None and failure.message.endswith("different lengths: x=2, y=3")
 
 
 def test_zip_of_element_wise_and_constant_lengths_must_match() -> None:

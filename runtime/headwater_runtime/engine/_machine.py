@@ -700,7 +700,9 @@ class FlowRunEngine:
             self._input_error(run, exc)
             return
         if len(set(lengths.values())) > 1:
-            detail = ", ".join(f"{a}={n}" for a, n in lengths.items())
+            order = {arg: i for i, arg in enumerate(spec.argument_order)}  # (not map order)
+            named = sorted(lengths.items(), key=lambda item: order.get(item[0], len(order)))
+            detail = ", ".join(f"{a}={n}" for a, n in named)
             failure = FailureInfo(
                 type="headwater.MapLengthMismatch",
                 message=f"mapped arguments of {spec.name!r} have different lengths: {detail}",
