@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import BOUND, Cluster, Proc, poll, start_server, start_worker
 
-from headwater import Client
+from headwater import Client, ServerError
 from headwater._loader import load_file
 from headwater.wire import FlowRunState
 
@@ -261,6 +261,11 @@ def test_a_flow_maps_over_a_list_parameter_on_the_server(
         final = client.wait(client.run(module.over_defaults).id)  # type: ignore[attr-defined]
         assert final.state is FlowRunState.SUCCESS, final.message
         assert final.result == 30
+        # By name, the client cannot send the default: the run is refused, saying why,
+        # rather than failing at the map.
+        client.deploy(module.over_defaults)  # type: ignore[attr-defined]
+        with pytest.raises(ServerError, match="a task maps over parameter 'items', so the run"):
+            client.run("over_defaults")
 
 
 def test_a_task_that_needs_a_label_runs_only_on_a_labelled_worker(

@@ -105,6 +105,20 @@ def check_built_for(graph: GraphSpec, version: str, params: Mapping[str, Any]) -
     )
 
 
+def check_mapped_given(graph: GraphSpec, given: Mapping[str, Any]) -> None:
+    """ParameterError for a parameter a task maps over that the run leaves out: its
+    default is one value in the graph, without elements, and the server maps over a
+    value's elements without decoding it, so the run would fail at that task."""
+    missing = sorted(graph.mapped_params() - given.keys())
+    if missing:
+        raise ParameterError(
+            f"flow {graph.name!r}: a task maps over parameter {missing[0]!r}, so the run "
+            "must give it, with its elements: its default in the graph is one value that "
+            "the server cannot map over (the Python client sends it when it runs the flow "
+            "object; by flow name, pass it: docs/payloads.md)"
+        )
+
+
 def param_values(params: Mapping[str, Any]) -> dict[str, payload_pb2.Value]:
     """Bound parameters (payloads or encoded defaults) as Value messages to store."""
     return {name: to_result_value(value) for name, value in params.items()}

@@ -100,6 +100,7 @@ from ._journal import (
 from ._params import (
     check_built_for,
     check_json_params,
+    check_mapped_given,
     check_types,
     param_payload_ids,
     param_values,
@@ -372,6 +373,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         # First: values a worker will build (and convert) a graph for are not refused
         # here for not being converted yet ("5" for an int).
         check_built_for(graph, version, params)
+        check_mapped_given(graph, given)
         check_json_params(graph, params)
         check_types(graph, given)
         return params
