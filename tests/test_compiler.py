@@ -1330,3 +1330,23 @@ def test_a_task_mapping_over_a_part_wins_the_one_split_over_a_subflow() -> None:
 
     assert graph_from_proto(_two_parts.compile()).split_nodes() == {"_table": ("ids",)}
     assert _two_parts(2) == [2, [20, 22]]
+
+
+@flow
+def _maps_its_default(items: tuple[int, ...] = (1, 2)) -> int:
+    return _count(_times_two.map(items))
+
+
+@flow
+def _leaves_the_default() -> int:
+    return _maps_its_default()
+
+
+def test_a_subflow_passes_the_default_its_child_maps_over_element_by_element() -> None:
+    """A server cannot map over a default held in the child's graph (one value): the
+    parent's node passes it, as a constant stored element by element."""
+    (node,) = _leaves_the_default.compile().tasks
+    items = node.inputs["items"]
+    assert [json.loads(i.constant.data) for i in items.list.items] == [1, 2]
+    assert items.list.tuple
+    assert _leaves_the_default() == 2

@@ -95,6 +95,10 @@ def table(n: int) -> dict:
     return {"rows": list(range(n)), "name": "t"}
 
 @flow
+def doubled_defaults(items: tuple = (5, 6)) -> list:
+    return double.map(items)
+
+@flow
 def mapping_children(n: int, given: list) -> dict:
     return {
         "result": each_doubled(numbers(n)),
@@ -103,6 +107,7 @@ def mapping_children(n: int, given: list) -> dict:
         "parameter": each_doubled(given),
         "empty": each_doubled([]),
         "built": each_doubled_and_more(numbers(n), 1),
+        "default": doubled_defaults(),
     }
 
 @flow
@@ -219,7 +224,8 @@ def test_a_subflow_maps_over_its_parameter_on_a_server_as_embedded(
     tmp_path: Path, cluster: Cluster
 ) -> None:
     """A child flow whose task maps over its parameter, given a task's result, a part
-    of one, a constant list, the parent's own parameter or an empty list. The server
+    of one, a constant list, the parent's own parameter, an empty list or its own
+    default (which the parent's node then passes). The server
     maps over a value's elements without decoding it, so the parent's graph names the
     child's mapped parameters (SubflowCall.mapped_parameters) and their inputs come
     with their elements. On a server each child failed with "parameter 'items' is not
@@ -227,7 +233,7 @@ def test_a_subflow_maps_over_its_parameter_on_a_server_as_embedded(
     none of it: its graph, built for the child run's values, holds them as constants."""
     module = load_file(str(tmp_path / "nested_flows.py"))
     expected = {"result": [0, 2, 4], "part": [0, 2, 4], "constant": [2, 4], "parameter": [14, 16]}
-    expected |= {"empty": [], "built": [[0, 2, 4], [0]]}
+    expected |= {"empty": [], "built": [[0, 2, 4], [0]], "default": [10, 12]}
     assert module.mapping_children(n=3, given=[7, 8]) == expected
     _, address = start_server(cluster, tmp_path / "hw.db")
     start_worker(cluster, address, "w1", module=str(tmp_path / "nested_flows.py"))

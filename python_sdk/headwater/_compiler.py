@@ -268,6 +268,13 @@ class _Context:
                 f"{', '.join(map(repr, missing))}"
             )
         inputs = {name: self.to_input(value, flow.name, name) for name, value in arguments.items()}
+        mapped = mapped_parameters(flow)
+        for p in flow.parameters:
+            if p.name in mapped and p.name not in inputs:
+                # A default the child maps over goes in the node, element by element: a
+                # server cannot map over the default in the child's graph (one value).
+                arguments[p.name] = p.default
+                inputs[p.name] = Const(p.default)
         constants = {n: arguments[n] for n, spec in inputs.items() if isinstance(spec, Const)}
         if constants:  # checked (and converted) now, before anything runs
             for name, value in flow.types.validate(constants).items():
@@ -287,7 +294,7 @@ class _Context:
             trigger=options.trigger,
             tags=options.tags,
             argument_order=tuple(p.name for p in flow.parameters),
-            subflow=SubflowSpec(flow.name, "", flow, mapped_parameters(flow)),
+            subflow=SubflowSpec(flow.name, "", flow, mapped),
         )
         self.nodes.append(node)
         self.node_ids[node_id] = node
