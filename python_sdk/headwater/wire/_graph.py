@@ -271,17 +271,22 @@ class GraphSpec:
         self._check()
         object.__setattr__(self, "_valid", True)
 
-    def mapped_params(self) -> set[str]:
+    def mapped_params(self) -> frozenset[str]:
         """The parameters a task maps over directly (``task.map(param)``), or that a
         subflow node passes to a parameter its child maps over: a server needs their
-        values with their elements (docs/payloads.md)."""
-        names = set()
-        for t in self.tasks:
-            over = t.subflow.mapped_parameters if t.subflow is not None else ()
-            for arg in t.mapped or over:
-                src = t.inputs.get(arg)
-                if isinstance(src, Param):
-                    names.add(src.name)
+        values with their elements (docs/payloads.md). Computed once per graph (a
+        server checks every run's parameters against them)."""
+        names = self.__dict__.get("_mapped_params")
+        if names is None:
+            found = set()
+            for t in self.tasks:
+                over = t.subflow.mapped_parameters if t.subflow is not None else ()
+                for arg in t.mapped or over:
+                    src = t.inputs.get(arg)
+                    if isinstance(src, Param):
+                        found.add(src.name)
+            names = frozenset(found)
+            object.__setattr__(self, "_mapped_params", names)
         return names
 
     def split_nodes(self) -> dict[str, tuple[str | int, ...]]:
