@@ -278,14 +278,9 @@ class GraphSpec:
         server checks every run's parameters against them)."""
         names = self.__dict__.get("_mapped_params")
         if names is None:
-            found = set()
-            for t in self.tasks:
-                over = t.subflow.mapped_parameters if t.subflow is not None else ()
-                for arg in t.mapped or over:
-                    src = t.inputs.get(arg)
-                    if isinstance(src, Param):
-                        found.add(src.name)
-            names = frozenset(found)
+            names = frozenset(
+                src.name for _, src, _ in _mapped_inputs(self) if isinstance(src, Param)
+            )
             object.__setattr__(self, "_mapped_params", names)
         return names
 
@@ -530,42 +525,37 @@ def _find_cycle(deps: dict[str, list[str]]) -> list[str]:
     return []
 
 
-def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
-    nodes: dict[str, tuple[str | int, ...]] = {}
-    mapped = {t.id for t in graph.tasks if t.mapped is not None}
+def _mapped_inputs(graph: GraphSpec) -> Iterator[tuple[TaskSpec, InputSpec | None, bool]]:
+    """Every input something maps over, as (node, input, by a subflow): the mapped
+    arguments of mapped tasks, then what subflow nodes pass to a parameter their child
+    maps over (None when the call leaves it out)."""
     for t in graph.tasks:
         for arg in t.mapped or ():
-            known = _split_for(nodes, t.inputs[arg], mapped)
-            if known is not None:
-                src = t.inputs[arg]
-                assert isinstance(src, FromTask)
-                path = () if src.task_id in mapped else src.path
-                raise GraphError(
-                    f"task {t.name!r} maps over {_describe(src.task_id, path)} but "
-                    f"another task maps over {_describe(src.task_id, known)}: only one part "
-                    "of a result can be mapped over; return the parts from separate tasks"
-                )
-    # Then what subflows pass to a parameter their child maps over, where it does not
-    # clash with the tasks' (the child then gets that part whole, unsplit).
+            yield t, t.inputs[arg], False
     for t in graph.tasks:
         if t.subflow is not None and t.mapped is None:
             for arg in t.subflow.mapped_parameters:
-                _split_for(nodes, t.inputs.get(arg), mapped)
+                yield t, t.inputs.get(arg), True
+
+
+def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
+    nodes: dict[str, tuple[str | int, ...]] = {}
+    mapped = {t.id for t in graph.tasks if t.mapped is not None}
+    # The tasks' maps claim a part first; a subflow's child whose part clashes with
+    # theirs gets it whole, unsplit (a server then cannot map over it).
+    for t, src, by_subflow in _mapped_inputs(graph):
+        if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
+            continue
+        # A mapped producer's own path selects among its children, not inside one.
+        path = () if src.task_id in mapped else src.path
+        known = nodes.setdefault(src.task_id, path)
+        if known != path and not by_subflow:
+            raise GraphError(
+                f"task {t.name!r} maps over {_describe(src.task_id, path)} but "
+                f"another task maps over {_describe(src.task_id, known)}: only one part "
+                "of a result can be mapped over; return the parts from separate tasks"
+            )
     return nodes
-
-
-def _split_for(
-    nodes: dict[str, tuple[str | int, ...]], src: InputSpec | None, mapped: set[str]
-) -> tuple[str | int, ...] | None:
-    """Record in ``nodes`` that ``src`` is mapped over, when it is an upstream task's
-    result (part); the part recorded before when that is another one (a clash), else
-    None."""
-    if not isinstance(src, FromTask) or (src.task_id in mapped and not src.path):
-        return None
-    # A mapped producer's own path selects among its children, not inside one.
-    path = () if src.task_id in mapped else src.path
-    known = nodes.setdefault(src.task_id, path)
-    return known if known != path else None
 
 
 def result_split(graph: GraphSpec, path: tuple[str | int, ...]) -> dict[str, tuple[str | int, ...]]:

@@ -23,7 +23,7 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.store import Store
 
-from ._values import split_as, to_input_value
+from ._values import SERVER_VALUES, to_input_value
 
 if TYPE_CHECKING:
     from ._runs import ActiveRun
@@ -69,8 +69,10 @@ class RunCacheLookups:
         if data is None:
             return None
         value = payload_pb2.Value.FromString(data)
-        if split is not None and not split_as(value, split):
-            return None
+        if split is not None:  # can that part of it be mapped over?
+            part = SERVER_VALUES.select(value, split) if split else value
+            if SERVER_VALUES.length(part) is None:
+                return None
         return CacheEntry(value, row.expires_at)
 
     def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:

@@ -154,15 +154,6 @@ class ServerValues:
 SERVER_VALUES = ServerValues()
 
 
-def split_as(value: payload_pb2.Value, path: tuple[str | int, ...]) -> bool:
-    """Whether a stored result was split by its worker at ``path`` (``()``: the whole
-    result), as a consumer mapping over that part needs it."""
-    if path:
-        return _split_at(value, path)
-    metadata = _metadata(value)
-    return SPLIT_PATH_KEY not in metadata and (LENGTH_KEY in metadata or bool(value.items))
-
-
 def split_part(handle: Any) -> Any:
     """A part of a result that its worker split (``result["rows"]``, mapped over) as
     the list of its elements, which a child flow run can map over; any other handle
