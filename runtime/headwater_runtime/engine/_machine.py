@@ -59,7 +59,7 @@ from ._events import (
 )
 from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
-from ._policies import Verdict, evaluate_trigger, retry_delay
+from ._policies import Tally, Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
 from ._rerun import carry_over, reopen
 from ._states import REOPENED, TRANSITIONS, IllegalTransition
@@ -191,7 +191,7 @@ class FlowRunEngine:
         for node in self._nodes.values():
             node.whole_sources = node.elem_sources = []
             node.whole_dependents = node.elem_dependents = []
-            node.shared_inputs = None
+            node.shared_inputs = node.whole_tally = None
         for run in self.runs.values():
             run.release()
         self._ready.clear()
@@ -636,22 +636,22 @@ class FlowRunEngine:
         for src in node.elem_sources:
             if src.run.state is not S.MAPPED:
                 states.append(src.run.state)
-        if not self._apply_trigger(run, states):
+        if not self._apply_trigger(run, Tally.of(states)):
             return
         if node.spec.mapped is None:
             self._schedule(run)
         else:
             self._expand(node)
 
-    def _apply_trigger(self, run: TaskRunRecord, states: list[TaskRunState]) -> bool:
-        verdict = evaluate_trigger(run.spec.trigger, states)
+    def _apply_trigger(self, run: TaskRunRecord, tally: Tally) -> bool:
+        verdict = evaluate_trigger(run.spec.trigger, tally)
         if verdict is Verdict.RUN:
             return True
         if verdict is Verdict.SKIP:
             self._transition(run, S.SKIPPED, "an upstream task was skipped")
         else:
             trigger = run.spec.trigger.value
-            bad = sorted({s.name for s in states if s.is_failure}) or ["none failed"]
+            bad = sorted(s.name for s in tally.failures) or ["none failed"]
             failure = FailureInfo(
                 type="headwater.TriggerFailed",
                 message=f"trigger {trigger} did not pass (upstream states: {', '.join(bad)})",
@@ -712,6 +712,7 @@ class FlowRunEngine:
             return
         length = next(iter(lengths.values()), 0)
         node.shared_inputs = shared
+        node.whole_tally = None  # counted again for this expansion (_whole_tally)
         now = self.clock.now()
         # One PENDING entry for every child (a tuple: immutable, so it can be shared).
         created = _new_entry(StateEntry, (S.PENDING, now, 0, "", None))
@@ -751,16 +752,30 @@ class FlowRunEngine:
         if child.state is not S.PENDING:
             return
         node: Node = child._node
-        states: list[TaskRunState] = []
-        for src in node.whole_sources:
-            final_states(src, states)
-        i = child.map_index
-        for src in node.elem_sources:
-            src_children = src.run.children
-            assert src_children is not None
-            states.append(src_children[i].state)
-        if self._apply_trigger(child, states):
+        tally = self._whole_tally(node)
+        if node.elem_sources:
+            i = child.map_index
+            own: list[TaskRunState] = []
+            for src in node.elem_sources:
+                src_children = src.run.children
+                assert src_children is not None
+                own.append(src_children[i].state)
+            tally = tally.plus(own)
+        if self._apply_trigger(child, tally):
             self._schedule(child)
+
+    def _whole_tally(self, node: Node) -> Tally:
+        """The final states of a mapped node's whole upstreams, counted once for all its
+        children (they are complete, and stay so, while the node is expanded): a child
+        adds its own element-wise ones. Counting them per child took quadratic time
+        when a whole upstream is itself a wide map."""
+        tally = node.whole_tally
+        if tally is None:
+            states: list[TaskRunState] = []
+            for src in node.whole_sources:
+                final_states(src, states)
+            tally = node.whole_tally = Tally.of(states)
+        return tally
 
     # --------------------------------------------------------------- propagation
 
@@ -805,6 +820,7 @@ class FlowRunEngine:
             return
         node.complete = True
         node.shared_inputs = None if node.spec.mapped is not None else node.shared_inputs
+        node.whole_tally = None
         for dep in node.whole_dependents:
             dep.whole_remaining -= 1
             if dep.whole_remaining == 0 and dep.elem_remaining == 0:

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from headwater.wire import FailureInfo, TaskRunState, TaskSpec
 
+from ._policies import Tally
 from ._records import TaskRunRecord
 
 
@@ -48,6 +49,7 @@ class Node:
         "whole_dependents",
         "whole_remaining",
         "whole_sources",
+        "whole_tally",
     )
 
     def __init__(self, spec: TaskSpec, index: int) -> None:
@@ -63,6 +65,8 @@ class Node:
         self.unfinished_children = 0
         self.complete = False
         self.shared_inputs: dict[str, Any] | None = None
+        #: A mapped node's whole upstreams' final states, counted (``_whole_tally``).
+        self.whole_tally: Tally | None = None
 
 
 def unmappable(arg: str, upstream: TaskRunRecord) -> str:

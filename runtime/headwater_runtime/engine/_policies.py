@@ -21,22 +21,60 @@ _SUCCESS = frozenset({TaskRunState.SUCCESS, TaskRunState.CACHED, TaskRunState.MA
 _SKIPPED = TaskRunState.SKIPPED
 
 
-def evaluate_trigger(trigger: Trigger, states: Iterable[TaskRunState]) -> Verdict:
-    """Apply a trigger to the final states of a task's upstream runs.
+class Tally:
+    """The final states of a task's upstream runs, counted: what a trigger looks at.
+
+    A mapped task's children share their whole upstreams: the engine counts those once
+    per expansion and adds each child's own element-wise upstreams to a copy
+    (``plus``), so that 100,000 children of a task with a mapped whole upstream do not
+    each go over that upstream's 100,000 states.
+    """
+
+    __slots__ = ("failed", "failures", "skipped", "succeeded", "total")
+
+    def __init__(self) -> None:
+        self.failed = self.skipped = self.succeeded = self.total = 0
+        #: The failure states seen (for the message of a trigger that did not pass).
+        self.failures: set[TaskRunState] = set()
+
+    @classmethod
+    def of(cls, states: Iterable[TaskRunState]) -> Tally:
+        """The tally of these states."""
+        tally = cls()
+        tally.add(states)
+        return tally
+
+    def add(self, states: Iterable[TaskRunState]) -> None:
+        """Count these states too."""
+        for state in states:
+            self.total += 1
+            if state in FAILURE_STATES:
+                self.failed += 1
+                self.failures.add(state)
+            elif state is _SKIPPED:
+                self.skipped += 1
+            else:
+                self.succeeded += 1
+
+    def plus(self, states: Iterable[TaskRunState]) -> Tally:
+        """A new tally: this one and these states."""
+        tally = Tally()
+        tally.failed, tally.skipped = self.failed, self.skipped
+        tally.succeeded, tally.total = self.succeeded, self.total
+        tally.failures = set(self.failures)
+        tally.add(states)
+        return tally
+
+
+def evaluate_trigger(trigger: Trigger, states: Iterable[TaskRunState] | Tally) -> Verdict:
+    """Apply a trigger to the final states of a task's upstream runs (or their tally).
 
     SKIPPED counts as success, except that the default trigger (all_successful) skips
     a task when an upstream was skipped: skips propagate down a branch unless a
     trigger says otherwise. A task with no upstreams always runs.
     """
-    failed = skipped = succeeded = total = 0
-    for state in states:
-        total += 1
-        if state in FAILURE_STATES:
-            failed += 1
-        elif state is _SKIPPED:
-            skipped += 1
-        else:
-            succeeded += 1
+    tally = states if isinstance(states, Tally) else Tally.of(states)
+    failed, skipped, succeeded, total = tally.failed, tally.skipped, tally.succeeded, tally.total
     if total == 0 or trigger is Trigger.ALL_FINISHED:
         return Verdict.RUN
     if trigger is Trigger.ALL_SUCCESSFUL:

@@ -71,6 +71,7 @@ def reopen(engine: FlowRunEngine, event: RunRetried) -> None:
             _reset_run(engine, children[i], message)
         node.complete = False
         node.shared_inputs = _shared_inputs(engine, node)
+        node.whole_tally = None
     _recount(engine)
     engine.cancel_reason = None
     engine.result = None
@@ -127,7 +128,7 @@ def _reset_node(engine: FlowRunEngine, node: Node, message: str) -> None:
         del engine.runs[child.key]
     run.children = None
     node.unfinished_children = 0
-    node.shared_inputs = None
+    node.shared_inputs = node.whole_tally = None
     node.complete = False
     _reset_run(engine, run, message)
 
