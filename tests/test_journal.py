@@ -116,6 +116,30 @@ def test_replaying_a_prefix_rebuilds_the_engine_exactly(cut: int) -> None:
     rebuilt.validate()
 
 
+@pytest.mark.parametrize("cut", [1, 2, 5, 9, 14, 20, -1])
+def test_a_replay_hands_over_the_attempts_in_flight_as_it_made_them(cut: int) -> None:
+    """``in_flight`` holds exactly the attempts in flight at the journal's end, each the
+    RunTask ``resend`` would give (same attempt, same inputs), retried and timed-out
+    attempts replaced by their successors."""
+    journal, _ = _drive()
+    cut = len(journal) if cut == -1 else min(cut, len(journal))
+    in_flight: dict[str, RunTask] = {}
+    rebuilt = replay(
+        _graph(), {}, journal[:cut], clock=Clock(), auto_start=False, in_flight=in_flight
+    )
+    dispatched = {key: run.attempt for key, run in rebuilt.runs.items() if run.dispatched}
+    assert dispatched or cut == len(journal), "a cut mid-run has attempts in flight"
+    assert {key: c.attempt for key, c in in_flight.items()} == dispatched
+    for key, command in in_flight.items():
+        again = rebuilt.resend(key)
+        assert command.run is rebuilt.runs[key]
+        assert (command.attempt, command.inputs, command.deadline) == (
+            again.attempt,
+            again.inputs,
+            again.deadline,
+        )
+
+
 def test_replayed_engine_continues_with_the_live_clock() -> None:
     journal, _ = _drive()
     # Cut right after the first dispatch of "slow" started; the rebuilt engine must

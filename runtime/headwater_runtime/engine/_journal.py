@@ -15,7 +15,7 @@ from typing import Any
 
 from headwater.wire import GraphSpec
 
-from ._events import Command, Event
+from ._events import Command, Event, RunTask
 from ._machine import FlowRunEngine
 from ._values import PYTHON_VALUES, ValueOps
 
@@ -93,12 +93,18 @@ def replay(
     *,
     clock: Any,
     values: ValueOps = PYTHON_VALUES,
+    in_flight: dict[str, RunTask] | None = None,
     **engine_options: Any,
 ) -> FlowRunEngine:
     """Rebuild an engine from its journal, then hand it ``clock`` for what follows.
 
     Commands produced while replaying are dropped: they were carried out before. The
     journal must come from an engine that was started right after it was built.
+    ``in_flight``, when given, is filled with the RunTask of every attempt still in
+    flight at the journal's end, as the replay made it (task run key -> RunTask): a
+    host sending those attempts again uses them as they are, where ``resend`` would
+    assemble their inputs a second time (~5 µs each: 80,000 queued children of a wide
+    map took 0.5 s).
     """
     entries = list(entries)
     replay_clock = _ReplayClock()
@@ -106,16 +112,27 @@ def replay(
     # time the run's task records were created.
     replay_clock.at = entries[0].at if entries else clock.now()
     engine = FlowRunEngine(graph, params, clock=replay_clock, values=values, **engine_options)
+    made: dict[str, RunTask] = {}
     for entry in entries:
         replay_clock.at = entry.at
         if entry.kind == START:
-            engine.start()
+            commands = engine.start()
         elif entry.kind == EVENT:
             assert entry.event is not None
-            engine.handle(entry.event)
+            commands = engine.handle(entry.event)
         elif entry.kind == TIMERS:
-            engine.fire_due_timers()
+            commands = engine.fire_due_timers()
         else:
             raise ValueError(f"unknown journal entry kind {entry.kind!r}")
+        if in_flight is not None:
+            for command in commands:
+                if type(command) is RunTask:
+                    made[command.run.key] = command
     engine.clock = clock
+    if in_flight is not None:
+        runs = engine.runs
+        for key, command in made.items():
+            run = command.run
+            if runs.get(key) is run and run.dispatched and run.attempt == command.attempt:
+                in_flight[key] = command
     return engine

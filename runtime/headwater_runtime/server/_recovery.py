@@ -179,6 +179,8 @@ class RunRecovery:
         else:
             delivered = self.store.delivered(row.id)
             resent: list[Command] = []
+            # As the replay made them: their inputs are not assembled a second time.
+            replayed, active.replayed = active.replayed, {}
             for run in active.engine.runs.values():
                 if not run.dispatched:
                     continue
@@ -189,7 +191,10 @@ class RunRecovery:
                     active.delivered[run.key] = run.attempt
                     resumed.held.append(token)
                 else:
-                    resent.append(active.engine.resend(run.key))
+                    command = replayed.get(run.key)
+                    if command is None or command.run is not run or command.attempt != run.attempt:
+                        command = active.engine.resend(run.key)
+                    resent.append(command)
                     resumed.resent.append(token)
             # Handed to the dispatcher together (one effect per task type), as a new
             # run's attempts are: 78,000 queued attempts of a wide map took ~1.9 s one

@@ -151,6 +151,9 @@ class ActiveRun:
     state_seqs: dict[str, int] = field(default_factory=dict)
     trace: RunTracer | None = None
     delivered: dict[str, int] = field(default_factory=dict)  # key -> attempt delivered
+    #: Its attempts in flight as the replay of its journal made them (engine ``replay``),
+    #: until recovery has sent them again or left them to their workers (_recovery.py).
+    replayed: dict[str, RunTask] = field(default_factory=dict)
     #: Where its writes go while it is started off the event loop (None: the shared
     #: sink of the run manager, once adopted).
     sink: Sink | None = None
@@ -397,11 +400,18 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
                     holder[0].trace.on_transition(run, entry)
 
         options: dict[str, Any] = {"auto_start": False, "on_transition": on_transition}
+        in_flight: dict[str, RunTask] = {}
         if journal is None:
             engine = FlowRunEngine(graph, params, clock=self.clock, values=SERVER_VALUES, **options)
         else:
             engine = replay(
-                graph, params, journal, clock=self.clock, values=SERVER_VALUES, **options
+                graph,
+                params,
+                journal,
+                clock=self.clock,
+                values=SERVER_VALUES,
+                in_flight=in_flight,
+                **options,
             )
         active = ActiveRun(
             row=row,
@@ -411,6 +421,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             split_nodes=self.split_nodes(row, graph),
             consumers=json_consumers(graph),
             seq=seq,
+            replayed=in_flight,
         )
         if journal is not None:
             for run in engine.runs.values():
