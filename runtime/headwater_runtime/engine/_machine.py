@@ -66,6 +66,7 @@ from ._states import REOPENED, TRANSITIONS, IllegalTransition
 from ._values import PYTHON_VALUES, ValueOps
 
 S = TaskRunState
+_RUN = Verdict.RUN
 
 
 _TIMEOUT = 0
@@ -739,6 +740,11 @@ class FlowRunEngine:
                     pending += 1
             child.pending = pending
         self._transition(run, S.MAPPED, f"{length} child runs")
+        # Children with only whole upstreams have the same ones: one verdict for all.
+        if not elem_sources and evaluate_trigger(spec.trigger, self._whole_tally(node)) is _RUN:
+            for child in children:
+                self._schedule(child)
+            return
         for child in children:
             if child.pending == 0:
                 self._evaluate_child(child)
