@@ -31,7 +31,7 @@ from headwater.wire import (
     message_ceiling,
     seconds,
 )
-from headwater_runtime.execution import failure_from_exception, make_caller
+from headwater_runtime.execution import failure_from_exception
 
 from ._task import Task
 from ._worker import Worker
@@ -132,7 +132,7 @@ class DaskAttempts(Attempts):
         key = f"{task.name}-{token[0]}-{token[1]}"
         future = self.client.submit(
             run_attempt,
-            make_caller(task.fn),
+            self.caller(task),
             plain,
             selections,
             key,
