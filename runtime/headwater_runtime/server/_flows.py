@@ -15,7 +15,7 @@ from headwater_runtime.store import FlowRunRow, Store
 
 from ._children import child_split_nodes
 from ._gc import Collector, release_now
-from ._limits import check_graph
+from ._limits import check_graph, graph_weight
 from ._slices import parse_in_slices, serialize_in_slices
 
 if TYPE_CHECKING:
@@ -41,8 +41,10 @@ class FlowGraphs:
         value-dependent one is one build: stored once per digest under
         ``VERSION@DIGEST12``, so runs with many parameter values add no numbered
         versions."""
-        check_graph(msg, self.limits)
-        with self.collector.building(len(msg.tasks)):
+        # Checked and built with full collections held off when heavy: walking the
+        # items of a 100,000-item constant list set one off (~50 ms, GIL held).
+        with self.collector.building(graph_weight(msg, self.collector.large)):
+            check_graph(msg, self.limits)
             graph = graph_from_proto(msg)
         if len(msg.tasks) >= self.collector.large:
             # In pieces: one C call over a 100,000-task graph holds the GIL 11-50 ms.
@@ -72,7 +74,7 @@ class FlowGraphs:
         cost ~100 ms once the collector had it back."""
         for key in list(self._graphs):  # a copy: reader threads may add graphs
             graph = self._graphs.get(key)
-            if graph is None or len(graph.tasks) < self.collector.large:
+            if graph is None or graph.weight() < self.collector.large:
                 continue
             if self._graphs.pop(key, None) is graph:
                 # Its tasks are let go of one at a time, so that dropping the graph
@@ -98,7 +100,7 @@ class FlowGraphs:
             # Not cached (after a restart): decoded a slice at a time, and built with
             # full collections held off when large, as when it was registered.
             msg = parse_in_slices(graph_pb2.FlowGraph, stored.graph)
-            with self.collector.building(len(msg.tasks)):
+            with self.collector.building(graph_weight(msg, self.collector.large)):
                 graph = graph_from_proto(msg)
             self._graphs[key] = graph
         return stored.version, graph

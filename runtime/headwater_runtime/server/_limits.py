@@ -47,6 +47,25 @@ def check_graph(msg: graph_pb2.FlowGraph, limits: Limits) -> None:
         _references(msg.result, limits, f"{flow}'s result", 1)
 
 
+def graph_weight(msg: graph_pb2.FlowGraph, large: int) -> int:
+    """About what building a graph makes, and a run of it at its start: its tasks plus
+    the items of their list and dict inputs (top level; a map over a constant list of
+    100,000 items, in a three-task graph, makes 100,000 task runs). A server treats a
+    graph or run this heavy as large (_gc.py). A graph of ``large`` tasks or more is
+    not looked into (it is large either way)."""
+    weight = len(msg.tasks)
+    if weight >= large:
+        return weight
+    for node in msg.tasks:
+        for source in node.inputs.values():
+            kind = source.WhichOneof("source")
+            if kind == "list":
+                weight += len(source.list.items)
+            elif kind == "map":
+                weight += len(source.map.entries)
+    return weight
+
+
 def _references(source: graph_pb2.Input, limits: Limits, where: str, depth: int) -> int:
     """How many upstream references an input holds; LimitExceeded when it nests lists
     and maps deeper than ``max_nesting``."""

@@ -267,8 +267,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             payload_ids=param_payload_ids(values),
             **parent_fields(parent),
         )
-        # A map over a long parameter makes its children at the start: count them in.
-        size = len(graph.tasks) + sum(len(value.items) for value in parameters.values())
+        # A map over a long parameter or constant list makes its children at the
+        # start: count them in.
+        size = graph.weight() + sum(len(value.items) for value in parameters.values())
         with self.collector.building(size):
             active = self._build(row, graph, params, journal=None)
             active.trace = trace
@@ -526,7 +527,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         journal = [decode_entry(e, loaded) for e in rows]
         # Large by what it stored too: a three-task graph with a 100,000-element map in
         # flight rebuilds 100,000 task runs.
-        size = len(graph.tasks)
+        size = graph.weight()
         if size < self.collector.large:
             if stored_size is None:
                 stored_size = self.store.run_sizes([row.id]).get(row.id, 0)
