@@ -4,12 +4,13 @@ checked against the flow function's annotations."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import enum
 import subprocess
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pydantic
 import pytest
@@ -126,6 +127,120 @@ def test_a_second_flow_object_over_the_same_code_knows_it_is_value_dependent() -
     assert again.value_dependent
     again.graph(n=3)
     assert seen == [3]
+
+
+@dataclasses.dataclass
+class Holder:
+    value: Any
+
+
+class Span(NamedTuple):
+    start: int
+    end: int
+
+
+@task
+def width(w: Span) -> int:
+    return w.end - w.start
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["object", "object in a list", "object in a tuple", "object in a dict", "flow result"],
+)
+def test_a_task_result_inside_an_object_is_refused_wherever_the_object_is(shape: str) -> None:
+    """``Config(path=r)`` would reach the task with the reference still inside (it ran
+    with ``<TaskRef ...>`` as its data when the object sat in a list): refused when the
+    flow is built, naming the task, the argument and the object."""
+
+    @flow
+    def wrapped() -> Any:
+        held = Holder(name())
+        if shape == "flow result":
+            return [held]
+        arg = {
+            "object": held,
+            "object in a list": [held],
+            "object in a tuple": (1, held),
+            "object in a dict": {"h": held},
+        }[shape]
+        return echo(arg)
+
+    where = "'<result of wrapped>', argument 'return'" if shape == "flow result" else "'echo'"
+    with pytest.raises(
+        FlowDefinitionError,
+        match=rf"task {where}.*the result of task 'name' is inside a Holder object, where it "
+        "would stay a reference; pass it as its own argument",
+    ):
+        wrapped()
+
+
+def test_a_named_tuple_or_dict_subclass_holding_a_task_result_is_refused() -> None:
+    """Such a container would be rebuilt as a plain tuple or dict for the task (its
+    ``.end`` gone): refused, saying so. With constants, or a parameter's value, the
+    object reaches the task as it is."""
+
+    @flow
+    def windowed() -> int:
+        return width(Span(total([9]), 17))
+
+    @flow
+    def ordered() -> Any:
+        return echo(collections.OrderedDict(a=name()))
+
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"inside a Span object, which would arrive "
+        "rebuilt as a plain tuple; .* build the Span inside the task",
+    ):
+        windowed()
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"inside a OrderedDict object, which would "
+        "arrive rebuilt as a plain dict",
+    ):
+        ordered()
+
+    @flow
+    def from_param(start: int = 9) -> int:
+        return width(Span(start, 17))
+
+    assert from_param(start=10) == 7
+    assert from_param.value_dependent
+
+
+def test_a_parameter_inside_an_object_in_a_list_or_returned_is_a_use_of_its_value() -> None:
+    """As for an object given to a task directly: the graph is built with the value
+    (it failed saying the parameter was used outside the flow body, or with a bare
+    AssertionError when the object was the flow's result)."""
+
+    @flow
+    def listed(path: str = "/a") -> Any:
+        return echo([Holder(path)])
+
+    @flow
+    def returned(path: str = "/a") -> Holder:
+        return Holder(path)
+
+    assert listed(path="/b") == [Holder("/b")]
+    assert returned(path="/c") == Holder("/c")
+    assert listed.value_dependent and returned.value_dependent
+
+
+def test_a_value_dependent_graph_without_values_names_the_parameters_to_give() -> None:
+    """The parameter used as a value may have a default: the message names those
+    without one, which are what the call is missing."""
+
+    @flow
+    def tag(n: int, label: str = "c") -> Any:
+        return echo(f"{label}-{n}")
+
+    with pytest.raises(
+        ParameterError,
+        match=r"parameter 'label' turned into text.*: give 'n', "
+        r"e\.g\. tag\.graph\(n=\.\.\.\) or `headwater graph FILE:tag -p n=\.\.\.`",
+    ):
+        tag.graph()
 
 
 def test_a_body_that_swallows_the_signal_is_still_compiled_with_values() -> None:

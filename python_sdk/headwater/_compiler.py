@@ -103,6 +103,10 @@ class _Context:
                 f"task {task_name!r}, argument {arg!r}: unsupported reference"
             )
         if contains_ref(value):
+            if kind not in (list, tuple, dict, set, frozenset):
+                # A NamedTuple or dict subclass would arrive rebuilt as a plain tuple or
+                # dict: refused as for any object (or built with the parameter's value).
+                self._check_hidden(value, task_name, arg)
             if isinstance(value, set | frozenset):
                 raise FlowDefinitionError(
                     f"task {task_name!r}, argument {arg!r}: a set cannot hold task results "
@@ -122,26 +126,34 @@ class _Context:
                 return DictOf(
                     tuple((k, self.to_input(v, task_name, arg)) for k, v in value.items())
                 )
-        if kind not in _PLAIN_TYPES:
-            self._check_hidden(value, task_name, arg)
+        if kind not in _PLAIN_TYPES or (kind in _CONTAINERS and value):
+            self._check_hidden(value, task_name, arg)  # ``[Config(path=r)]`` too
         return Const(value)
 
     def _check_hidden(self, value: Any, task_name: str, arg: str) -> None:
         """A reference stored inside an object (``Config(path=out_dir)``) would reach
         the task as a reference: a parameter there is a use of its value, and a task
         result there is refused."""
-        ref = _hidden_ref(value, 0)
-        if ref is None:
+        found = _hidden_ref(value, 0)
+        if found is None:
             return
+        ref, holder = found
+        kind = type(holder if holder is not None else value).__name__
         if type(ref) is ParamRef:
             if self.value_use is None:
-                where = f"inside a {type(value).__name__} given to task {task_name!r}"
+                where = f"inside a {kind} given to task {task_name!r}"
                 self.value_use = (ref._param, f"stored {where}", "")
             raise NeedsValues(ref._param)
+        shape = next((b for b in (tuple, list, dict) if isinstance(holder, b)), None)
+        fate = (
+            f"which would arrive rebuilt as a plain {shape.__name__}"
+            if shape is not None
+            else "where it would stay a reference"
+        )
         raise FlowDefinitionError(
-            f"task {task_name!r}, argument {arg!r}: {ref._describe()} is inside a "
-            f"{type(value).__name__} object, where it would stay a reference; pass it as "
-            "its own argument (or in a list or dict) and build the object inside the task"
+            f"task {task_name!r}, argument {arg!r}: {ref._describe()} is inside a {kind} "
+            f"object, {fate}; pass it as its own argument (or in a list or dict) and "
+            f"build the {kind} inside the task"
         )
 
     def add_call(
@@ -329,19 +341,27 @@ def _task_fields(task: Task[Any, Any]) -> tuple[Any, ...]:
 #: Constants that can hold no reference: an input of one is a Const without a look inside.
 _SCALAR_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None)})
 _PLAIN_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None), list, tuple, dict})
+_CONTAINERS = (list, tuple, dict)
 
 
-def _hidden_ref(value: Any, depth: int) -> Any:
-    """A reference inside an object's attributes (a few levels deep), or None."""
-    if depth > 3 or (depth == 0 and type(value) in _PLAIN_TYPES):
+def _hidden_ref(value: Any, depth: int, holder: Any = None) -> tuple[Any, Any] | None:
+    """A reference inside an object's attributes (a few levels deep, through lists,
+    tuples, sets and dicts too: ``[Config(path=r)]``), with the object holding it; or
+    None."""
+    if depth > 3 or (depth == 0 and type(value) in _SCALAR_TYPES):
         return None
     if isinstance(value, Ref):
-        return value
-    if type(value) in (list, tuple, set, frozenset):
+        return value, holder
+    if isinstance(value, list | tuple | set | frozenset):
         items: Any = value
-    elif type(value) is dict:
+        if type(value) not in (list, tuple, set, frozenset):
+            holder = value  # a NamedTuple: it would arrive as a plain tuple
+    elif isinstance(value, dict):
         items = value.values()
+        if type(value) is not dict:
+            holder = value  # an OrderedDict, a defaultdict: it would arrive as a dict
     else:
+        holder = value
         try:
             attrs = vars(value)
         except TypeError:  # no __dict__
@@ -351,8 +371,8 @@ def _hidden_ref(value: Any, depth: int) -> Any:
             if isinstance(slot, str) and hasattr(value, slot):
                 items.append(getattr(value, slot))
     for item in items:
-        if type(item) not in _PLAIN_TYPES or type(item) in (list, tuple, dict):
-            found = _hidden_ref(item, depth + 1)
+        if type(item) not in _SCALAR_TYPES:
+            found = _hidden_ref(item, depth + 1, holder)
             if found is not None:
                 return found
     return None
@@ -447,11 +467,15 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
         assert known is not None
     if values is None:
         name, use, where = known
+        # Values were not given for every parameter without a default: those are what
+        # the user has to add (the parameter used as a value may have a default).
+        needed = [p.name for p in flow.parameters if p.required] or [name]
         raise ParameterError(
-            f"flow {flow.name!r} builds its graph from the value of parameter {name!r} "
-            f"({use}{' at ' + where if where else ''}): give its value, e.g. "
-            f"{flow.name}.graph({name}=...) or "
-            f"`headwater graph FILE:{flow.name} -p {name}=...`"
+            f"flow {flow.name!r} builds its graph from its parameters' values (parameter "
+            f"{name!r} {use}{' at ' + where if where else ''}): give "
+            f"{', '.join(repr(n) for n in needed)}, e.g. "
+            f"{flow.name}.graph({', '.join(f'{n}=...' for n in needed)}) or "
+            f"`headwater graph FILE:{flow.name} {' '.join(f'-p {n}=...' for n in needed)}`"
         )
     return _trace(flow, values)
 
@@ -507,6 +531,10 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
             if returned is None
             else ctx.to_input(returned, f"<result of {flow.name}>", "return")
         )
+    except NeedsValues:  # a parameter inside a returned object (``Config(path=day)``)
+        assert ctx.value_use is not None
+        _remember(flow, ctx.value_use)
+        raise
     finally:
         _current.reset(token)
     if ctx.value_use is not None:
