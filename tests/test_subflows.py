@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from headwater import FlowDefinitionError, ParameterError, flow, task
+from headwater import FlowDefinitionError, FlowRunFailed, ParameterError, flow, task
 from headwater.wire import SUBFLOW_TASK_TYPE, FlowRunState, TaskRunState
 
 if TYPE_CHECKING:
@@ -151,6 +151,31 @@ def test_a_subflow_node_is_retried_with_a_new_child_run() -> None:
     ]
 
 
+@task
+def refuse(label: str) -> str:
+    raise ValueError(f"bad source {label}")
+
+
+@flow
+def failing_child(label: str) -> str:
+    return refuse(label)
+
+
+@flow
+def failing_parent() -> str:
+    return failing_child("s3")
+
+
+def test_a_failed_subflow_fails_its_parent_from_the_childs_original_exception() -> None:
+    """``flow()`` raises FlowRunFailed chained to the first original exception: for a
+    failed subflow, the exception of the child's first failed task (the node's own
+    failure has none: its cause is that task's failure)."""
+    with pytest.raises(FlowRunFailed) as info:
+        failing_parent()
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError) and str(cause) == "bad source s3"
+
+
 @pytest.fixture
 def gate() -> Iterator[threading.Event]:
     event = threading.Event()
@@ -242,6 +267,23 @@ def test_a_subflow_node_after_a_failure_is_trigger_failed_and_never_starts() -> 
     run = skipped_downstream.run()
     assert run.task_run("child").state is TaskRunState.TRIGGER_FAILED
     assert run.children == []
+
+
+def test_a_misspelled_flow_option_is_refused_naming_the_flow_and_its_options() -> None:
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"^flow 'myflow': unknown option\(s\) \['retires'\]; known: backoff, .*name, "
+        r"retries, .*version$",
+    ):
+
+        @flow(retires=2)  # type: ignore[call-overload]
+        def myflow() -> None:
+            pass
+
+    with pytest.raises(
+        FlowDefinitionError, match=r"^flow 'child': unknown option\(s\) \['tries'\]"
+    ):
+        child.with_options(tries=1)  # type: ignore[call-arg]
 
 
 def test_subflow_calls_are_checked_when_the_parent_is_built() -> None:

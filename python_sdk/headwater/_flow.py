@@ -70,7 +70,7 @@ class Flow(Generic[P, R]):
         self.fn = fn
         self.name = name or fn.__name__
         self.version = version
-        check_names(options, FlowOptions, self.name)
+        check_names(options, FlowOptions, self.name, kind="flow", also=("name", "version"))
         self._options: FlowOptions = options
         #: Retries, timeout, trigger and tags of the node a call inside a flow adds.
         self.call_options: ParsedOptions = parse_options(options, self.name, remote=False)
@@ -102,7 +102,7 @@ class Flow(Generic[P, R]):
 
     def with_options(self, **overrides: Unpack[FlowOptions]) -> Flow[P, R]:
         """A copy of this flow whose calls as a subflow use these options."""
-        check_names(overrides, FlowOptions, self.name)
+        check_names(overrides, FlowOptions, self.name, kind="flow")
         merged: FlowOptions = {**self._options, **overrides}
         return Flow(self.fn, name=self.name, version=self.version, **merged)
 

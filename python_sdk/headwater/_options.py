@@ -95,14 +95,22 @@ def option_names(typed_dict: Any) -> frozenset[str]:
     return frozenset(typed_dict.__required_keys__ | typed_dict.__optional_keys__)
 
 
-def check_names(given: Mapping[str, Any], allowed: Any, label: str) -> None:
-    """FlowDefinitionError naming any option ``allowed`` (a TypedDict) does not list."""
+def check_names(
+    given: Mapping[str, Any],
+    allowed: Any,
+    label: str,
+    *,
+    kind: str = "task",
+    also: tuple[str, ...] = (),
+) -> None:
+    """FlowDefinitionError naming any option ``allowed`` (a TypedDict) does not list;
+    ``kind``: what ``label`` names ("task", "flow"); ``also``: options taken besides
+    the TypedDict's (listed as known)."""
     known = option_names(allowed)
     unknown = sorted(set(given) - known)
     if unknown:
-        raise FlowDefinitionError(
-            f"task {label!r}: unknown option(s) {unknown}; known: {', '.join(sorted(known))}"
-        )
+        listed = ", ".join(sorted(known | set(also)))
+        raise FlowDefinitionError(f"{kind} {label!r}: unknown option(s) {unknown}; known: {listed}")
 
 
 def parse_trigger(value: str | Trigger, label: str) -> Trigger:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from headwater.wire import FlowRunState, task_run_id
+from headwater.wire import FailureInfo, FlowRunState, task_run_id
 from headwater_runtime.engine import (
     FlowRunEngine,
     FlowRunFailure,
@@ -178,8 +178,7 @@ class FlowRun:
         if self.state is not FlowRunState.SUCCESS:
             error = FlowRunFailed(self)
             first = next(
-                (f.failure.exception for f in self.failures if f.failure and f.failure.exception),
-                None,
+                (e for f in self.failures if (e := _original(f.failure)) is not None), None
             )
             raise error from first
 
@@ -188,3 +187,14 @@ class FlowRun:
             f"<FlowRun {self.flow_name} {self.state.name} tasks={len(self.task_runs)} "
             f"id={self.id[:8]}>"
         )
+
+
+def _original(failure: FailureInfo | None) -> BaseException | None:
+    """The exception a failure was raised with, or that of its cause, and so on (a
+    failed subflow's failure has none of its own: its cause is the child's first
+    failed task's)."""
+    while failure is not None:
+        if failure.exception is not None:
+            return failure.exception
+        failure = failure.cause
+    return None
