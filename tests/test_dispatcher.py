@@ -36,6 +36,34 @@ def test_never_more_than_the_free_slots_and_freed_slots_are_refilled() -> None:
     assert d.pending_count == 2
 
 
+def test_an_attempt_waiting_for_its_child_flow_run_lends_its_slot() -> None:
+    """A task that calls a flow waits for the child run, whose tasks may need this
+    very worker: its slot is lent while the child runs (ChildRuns tells, ``lend``),
+    taken back when it ends; a worker reconnecting with such an attempt lends it too."""
+    d = Dispatcher(on_lost=lambda *a: None)
+    w = Worker("w", 1, {"m.t"})
+    d.connect(w.session)
+    d.submit(pending("r", "parent"))
+    d.submit(pending("c", "child[0]"))
+    d.submit(pending("c", "child[1]"))
+    assert w.assigned() == ["r/parent"]
+    d.lend(("r/parent", 1), True)
+    assert w.assigned() == ["r/parent", "c/child[0]"], "the lent slot is used at once"
+    d.finished(("c/child[0]", 1))
+    assert w.assigned()[-1] == "c/child[1]"
+    d.lend(("r/parent", 1), False)  # the child ended: the parent's slot is its own again
+    d.finished(("c/child[1]", 1))
+    d.submit(pending("r", "next"))
+    assert w.assigned()[-1] == "c/child[1]", "one slot, held by the parent"
+    d.lend(("elsewhere/x", 1), True)  # an attempt no worker holds: nothing happens
+    d.disconnect(w.session.session_id)
+
+    again = Worker("w2", 1, {"m.t"})
+    d.waits = lambda token: token == ("r/parent", 1)
+    d.connect(again.session, {("r/parent", 1): "r"})
+    assert again.assigned() == ["r/next"], "a reclaimed waiting attempt lends its slot"
+
+
 def test_capabilities_and_labels_route_tasks() -> None:
     d = Dispatcher(on_lost=lambda *a: None)
     cpu = Worker("cpu", 4, {"m.t", "m.gpu"})

@@ -54,6 +54,10 @@ def sum_squares(n: int) -> int:
     return sum(squares(n))
 
 @flow
+def flows_in_every_slot(k: int = 4, n: int = 3) -> list[int]:
+    return sum_squares.map([n] * k)
+
+@flow
 def parent(a: int = 3) -> dict:
     first = child(a)
     second = child(first, y=10)
@@ -218,6 +222,30 @@ def test_subflows_and_a_flow_started_by_a_task_run_alike_embedded_and_on_a_serve
     assert f"parent: flow run {run.id}, task run {run.id}/sum_squares" in shown
     assert main(["runs", "list", "--server", address]) == 0
     assert f"child of {run.id}/child-2" in capsys.readouterr().out
+
+
+def test_tasks_that_call_flows_in_every_slot_of_a_worker_lend_their_slots(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """Four tasks that each call a flow, on a worker with two slots: each waits for its
+    child run, whose tasks need a slot of that same worker. The waiting tasks lend
+    their slots (the server's count and the worker's), so the children run; before,
+    the run hung forever with the children's tasks "waiting for a free slot"."""
+    module = load_file(str(tmp_path / "nested_flows.py"))
+    embedded = module.flows_in_every_slot(k=4, n=3)
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", "--slots", "2", module=str(tmp_path / "nested_flows.py"))
+    with Client(address) as client:
+        run = client.run(module.flows_in_every_slot, {"k": 4, "n": 3})
+        poll(lambda: client.get(run.id).state.is_terminal, "the run to end")
+        final = client.get(run.id, include_task_runs=True)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == embedded == [6, 6, 6, 6]
+        children = _child_runs(client, run.id)
+        assert len(children) == 4
+        assert all(c.state is FlowRunState.SUCCESS for c in children.values())
+        (worker,) = client.list_workers()
+        assert worker.slots == 2
 
 
 def test_a_subflow_maps_over_its_parameter_on_a_server_as_embedded(

@@ -696,6 +696,29 @@ def test_slots_are_reported_and_an_extra_assignment_is_refused(
     assert not gateway.all("result")
 
 
+def test_an_attempt_waiting_for_a_flow_it_started_lends_its_slot() -> None:
+    """While a task waits for a flow run it started (``FlowLauncher`` around
+    CreateFlowRun and the wait), its slot is free for another assignment, as the server
+    counts it; taken back after, also when it started two flows at once."""
+    from headwater._worker_attempts import Attempts
+
+    sent: list[worker_pb2.ConnectRequest] = []
+    attempts = Attempts({}, 1, "w", sent.append)
+    token = ("run1/parent", 1)
+    attempts.running[token] = object()  # type: ignore[assignment]
+    assert (attempts.heartbeat().used_slots, attempts.heartbeat().free_slots) == (1, 0)
+    with attempts.lending(token):
+        assert (attempts.heartbeat().used_slots, attempts.heartbeat().free_slots) == (0, 1)
+        with attempts.lending(token):  # a second flow started from the same task
+            assert attempts.heartbeat().used_slots == 0
+        assert attempts.heartbeat().used_slots == 0, "lent while any child runs"
+    assert (attempts.heartbeat().used_slots, attempts.heartbeat().free_slots) == (1, 0)
+    with attempts.lending(token):
+        del attempts.running[token]  # the attempt ended while waiting
+        assert attempts.heartbeat().used_slots == 0
+    assert not sent
+
+
 def test_batched_assignments_run_and_attempt_threads_are_reused(
     tmp_path: Path, tasks_file: Path
 ) -> None:

@@ -228,7 +228,7 @@ class Worker:
         #: Set when the worker stopped because a drain asked it to.
         self.drained = False
         self.attempts = Attempts(self.tasks, self.slots, self.name, self._send)
-        self.attempts.launcher = FlowLauncher(settings)
+        self.attempts.launcher = FlowLauncher(settings, self.attempts.lending)
         self.builder = GraphBuilder(self.flows, self._send)
         self._lock = self.attempts.lock
 

@@ -13,13 +13,14 @@ they survive a reconnect.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from queue import SimpleQueue
 from typing import Any
@@ -229,6 +230,8 @@ class Attempts:
         #: Starts the flows a task calls as child runs (``execution.current_task``).
         self.launcher: Any = None
         self._callers: dict[Any, Caller] = {}
+        #: Attempts waiting for flow runs they started, with how many (``lending``).
+        self._lent: dict[Token, int] = {}
 
     def caller(self, task: Task[..., Any]) -> Caller:
         """How to call ``task``'s function with its inputs by name, made once per
@@ -242,6 +245,26 @@ class Attempts:
             caller = self._callers[fn] = make_caller(fn)
         return caller
 
+    def _busy(self) -> int:  # with the lock held
+        """Slots in use: attempts running, less those waiting for a flow they started."""
+        return len(self.running) - sum(1 for t in self._lent if t in self.running)
+
+    @contextlib.contextmanager
+    def lending(self, token: Token) -> Iterator[None]:
+        """Around an attempt starting a flow run and waiting for it: its slot is lent,
+        so that another attempt (the child's tasks among them) may take it meanwhile.
+        The server lends it from the child's creation to its end, within this span,
+        so it never sends an attempt this worker would refuse as full."""
+        with self.lock:
+            self._lent[token] = self._lent.get(token, 0) + 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                left = self._lent.pop(token, 1) - 1
+                if left:
+                    self._lent[token] = left
+
     def held(self) -> list[Token]:
         """Attempts the server should know about: running or not acknowledged."""
         with self.lock:
@@ -251,7 +274,7 @@ class Attempts:
         """A Heartbeat with the slots in use and the attempts running now."""
         with self.lock:
             running = [fencing(t) for t in self.running]
-        used = len(running)
+            used = self._busy()
         return worker_pb2.Heartbeat(
             used_slots=used, free_slots=max(0, self.slots - used), running=running
         )
@@ -293,7 +316,7 @@ class Attempts:
                 unknown = failure("headwater.UnknownTaskType", why, retryable=False)
                 self.send(failure_report(token, unknown))
                 return
-            if len(self.running) >= self.slots:
+            if self._busy() >= self.slots:
                 why = f"all {self.slots} slots of worker {self.worker_name!r} are busy"
                 full = failure("headwater.WorkerFull", why, retryable=True)
                 self.send(failure_report(token, full))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
 from typing import Any
 
@@ -123,17 +124,25 @@ class FlowLauncher:
         settings: the worker's server address and token.
     """
 
-    def __init__(self, settings: ConnectionSettings) -> None:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        lending: Callable[[tuple[str, int]], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Around the child run's creation and wait: the attempt's slot is lent.
+        self.lending = lending
 
     def run_flow(
         self, flow: Flow[..., Any], given: dict[str, Any], task_run_id: str, attempt: int
     ) -> FlowRun:
         """Run ``flow`` on the server as a child of attempt ``attempt`` of the task run
-        ``task_run_id``; wait for it. The server cancels it if the attempt ends first."""
+        ``task_run_id``; wait for it (the attempt's slot lent meanwhile). The server
+        cancels it if the attempt ends first."""
         from ._client import Client
 
-        with Client(self.settings.server, token=self.settings.token) as client:
+        lent = self.lending((task_run_id, attempt)) if self.lending else nullcontext()
+        with lent, Client(self.settings.server, token=self.settings.token) as client:
             created = client.run(flow, given, parent_task_run=task_run_id, parent_attempt=attempt)
             final = client.wait(created.id)
             return FlowRun(

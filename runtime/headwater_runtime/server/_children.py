@@ -18,12 +18,18 @@ failed, lost) while a child still runs, the child is cancelled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import payload_pb2
-from headwater.wire import GraphSpec, result_split, split_child_key, task_run_id
+from headwater.wire import (
+    GraphSpec,
+    result_split,
+    split_child_key,
+    split_task_run_id,
+    task_run_id,
+)
 from headwater_runtime.engine import FlowRunEngine, RunTask, TaskRunRecord
 from headwater_runtime.store import FlowRunRow
 from headwater_runtime.tracing import inject
@@ -112,26 +118,50 @@ def child_split_nodes(
 
 
 class ChildRuns:
-    """Which running child flow runs belong to which parent task run attempts."""
+    """Which running child flow runs belong to which parent task run attempts.
+
+    ``waiting`` listeners hear when an attempt gets its first running child and when
+    its last one ends, with the attempt's fencing token: a task that calls a flow
+    waits for it, and its worker's slot is lent meanwhile (_dispatch.py).
+    """
 
     def __init__(self) -> None:
         # (parent run id, task run key) -> {child run id: parent attempt}
         self._links: dict[tuple[str, str], dict[str, int]] = {}
+        #: Called with (parent attempt's token, whether it now waits for a child).
+        self.waiting: list[Callable[[tuple[str, int], bool], None]] = []
 
     def link(self, row: FlowRunRow) -> None:
         """A child run started (or was recovered)."""
         if row.parent_flow_run_id:
             key = (row.parent_flow_run_id, row.parent_task_key)
-            self._links.setdefault(key, {})[row.id] = row.parent_attempt
+            children = self._links.setdefault(key, {})
+            first = row.parent_attempt not in children.values()
+            children[row.id] = row.parent_attempt
+            if first:
+                self._tell(row, True)
 
     def unlink(self, row: FlowRunRow) -> None:
         """A child run ended."""
         key = (row.parent_flow_run_id, row.parent_task_key)
         children = self._links.get(key)
-        if children is not None:
-            children.pop(row.id, None)
+        if children is not None and children.pop(row.id, None) is not None:
             if not children:
                 del self._links[key]
+            if row.parent_attempt not in children.values():
+                self._tell(row, False)
+
+    def waits(self, token: tuple[str, int]) -> bool:
+        """Whether the attempt with this fencing token has a child run running."""
+        if not self._links:
+            return False
+        parent_id, key = split_task_run_id(token[0])
+        return token[1] in self._links.get((parent_id, key), {}).values()
+
+    def _tell(self, row: FlowRunRow, waiting: bool) -> None:
+        token = (task_run_id(row.parent_flow_run_id, row.parent_task_key), row.parent_attempt)
+        for listener in self.waiting:
+            listener(token, waiting)
 
     def orphaned(self, parent_id: str, run: TaskRunRecord) -> list[str]:
         """Children of task run ``run`` whose attempt is no longer the one running (it

@@ -173,6 +173,9 @@ class ServerCore(WorkerReports):
         )
         self.runs = RunManager(store, self.dispatcher, self.clock, settings.limits)
         self.dispatcher.due = self.runs.due
+        # A task waiting for a flow it started lends its worker's slot meanwhile.
+        self.dispatcher.waits = self.runs.children.waits
+        self.runs.children.waiting.append(self.dispatcher.lend)
         self.runs.listeners.append(self._notify)
         # While commits fail, no assignment leaves: its delivery could not be recorded,
         # and after a crash an attempt sent without a recorded delivery may run twice.

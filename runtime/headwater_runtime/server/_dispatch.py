@@ -76,11 +76,15 @@ class WorkerSession:
     #: Its Hello (runtime, features), and when the session began (ListWorkers).
     hello: worker_pb2.Hello | None = None
     connected_at: float = 0.0
+    #: Attempts it holds that wait for a flow run they started: their slots are lent
+    #: (``Dispatcher.lend``). Always a part of ``running``.
+    waiting: set[Token] = field(default_factory=set)
 
     @property
     def free(self) -> int:
-        """Slots not taken by an attempt the worker holds (none while drained)."""
-        return 0 if self.draining else self.slots - len(self.running)
+        """Slots not taken by an attempt the worker holds (none while drained); an
+        attempt waiting for its child flow run lends its slot."""
+        return 0 if self.draining else self.slots - len(self.running) + len(self.waiting)
 
     @property
     def can_take(self) -> bool:
@@ -126,6 +130,9 @@ class Dispatcher:
     ) -> None:
         self.on_lost = on_lost
         self.before_send = before_send
+        #: Whether an attempt waits for a flow run it started (its slot is lent, see
+        #: ``lend``); asked for the attempts a reconnecting worker still runs.
+        self.waits: Callable[[Token], bool] | None = None
         #: Whether a queued attempt is still to be run (its engine's view: not ended,
         #: lost or replaced since it was queued); one that is not is dropped unsent.
         #: Unset: every queued attempt is.
@@ -420,7 +427,24 @@ class Dispatcher:
         for token, flow_run_id in (adopted or {}).items():
             session.running[token] = flow_run_id
             self._owner[token] = session
+            if self.waits is not None and self.waits(token):
+                session.waiting.add(token)  # (its child run goes on across a restart)
         self.pump()
+
+    def lend(self, token: Token, waiting: bool) -> None:
+        """An attempt started a flow run and waits for it (``waiting``), or its last
+        such run ended: its worker's slot is lent meanwhile, so that the child's tasks
+        can run there too (tasks that call flows filling every slot deadlocked). The
+        worker lends it likewise, from before it creates the child run until after
+        it has seen its end (docs/worker-protocol.md)."""
+        session = self._owner.get(token)
+        if session is None or token not in session.running:
+            return
+        if waiting:
+            session.waiting.add(token)
+            self.pump()
+        else:
+            session.waiting.discard(token)
 
     def disconnect(self, session_id: str) -> None:
         """Forget a worker; every attempt it held is reported lost."""
@@ -430,6 +454,7 @@ class Dispatcher:
         self._warned = {w for w in self._warned if w[0] != session_id}
         lost = list(session.running.items())
         session.running.clear()
+        session.waiting.clear()
         session.reads.clear()
         freed: list[PendingAssignment] = []
         for token, _ in lost:
@@ -466,6 +491,7 @@ class Dispatcher:
         until ``finished``."""
         session = self._owner.get(token)
         if session is not None and session.running.pop(token, None) is not None:
+            session.waiting.discard(token)
             self.pump()
 
     def finished(self, token: Token) -> None:
@@ -475,6 +501,7 @@ class Dispatcher:
         session = self._owner.pop(token, None)
         if session is not None:
             session.running.pop(token, None)
+            session.waiting.discard(token)
             session.reads.pop(token, None)
         if freed:
             self.requeue(freed)
