@@ -650,8 +650,9 @@ def test_case_and_merge_nodes() -> None:
     assert t["case"].task_type == "headwater.case"
     assert t["case"].inputs == {"value": FromTask("is_big"), "expected": Const(True)}
     assert t["case-2"].inputs == {"value": FromTask("is_big"), "expected": Const(False)}
-    assert t["big"].wait_for == ("case",)
-    assert t["small"].wait_for == ("case-2",)
+    assert t["big"].wait_for == ("case",) and t["big"].gates == ("case",)
+    assert t["small"].wait_for == ("case-2",) and t["small"].gates == ("case-2",)
+    assert t["is_big"].gates == () and t["merge"].gates == ()
     assert t["merge"].task_type == "headwater.merge"
     assert t["merge"].inputs == {"branches": ListOf((FromTask("big"), FromTask("small")))}
     assert t["merge"].wait_for == ()
@@ -662,6 +663,7 @@ def test_case_and_merge_nodes() -> None:
     assert tasks["case"].task_type == "headwater.case"
     assert tasks["merge"].task_type == "headwater.merge"
     assert list(tasks["big"].wait_for) == ["case"]
+    assert list(tasks["big"].case_gates) == ["case"]
     assert list(tasks["small"].wait_for) == ["case-2"]
     assert tasks["merge"].trigger == graph_pb2.TRIGGER_ANY_SUCCESSFUL
     assert [i.task_output.task_id for i in tasks["merge"].inputs["branches"].list.items] == [
@@ -675,6 +677,50 @@ def test_case_and_merge_pick_the_branch_at_run_time() -> None:
     assert branchy(n=1) == "small 1"
     run = branchy.run(n=1)
     assert run.task_run("big").state.name == "SKIPPED"
+
+
+@task
+def log_line(text: str) -> str:
+    return text
+
+
+@flow
+def sub_echo(text: str) -> str:
+    return log_line(text)
+
+
+@pytest.mark.parametrize("trigger", ["all_successful", "none_failed", "all_finished"])
+def test_a_branch_of_a_case_that_did_not_match_never_runs_whatever_its_trigger(
+    trigger: str,
+) -> None:
+    """A task inside ``case`` whose trigger lets skipped upstreams through
+    (none_failed, all_finished) ran in the branch that did not match: the case check's
+    skip counts as success to them. It is a gate now: SKIPPED whatever the trigger.
+    Nested cases gate too, and a subflow inside a case."""
+    report = log_line.with_options(trigger=trigger)
+
+    @flow
+    def reports(n: int = 1) -> list[Any]:
+        flag = is_big(n)
+        with case(flag, True):
+            big_report = report("big")
+            with case(flag, True):
+                inner = report("inner")
+        with case(flag, False):
+            small_report = report("small")
+            child = sub_echo("small child")
+        return [big_report, inner, small_report, child]
+
+    assert reports(n=1) == [None, None, "small", "small child"]
+    assert reports(n=5) == ["big", "inner", None, None]
+    run = reports.run(n=1)
+    skipped = run.task_run("log_line")
+    assert skipped.state.name == "SKIPPED"
+    assert skipped.history[-1].message == "its case ('case') did not match"
+    assert run.task_run("sub_echo").state.name == "SUCCESS"
+    assert reports.run(n=5).task_run("sub_echo").state.name == "SKIPPED"
+    graph = reports.graph()
+    assert specs_by_id(graph)["log_line-2"].gates == ("case", "case-2")
 
 
 def test_case_outside_a_flow_is_an_error() -> None:
@@ -1151,17 +1197,18 @@ def test_the_fast_node_constructor_makes_the_same_node_as_the_dataclass() -> Non
     )
 
     names = {f.name for f in dataclasses.fields(TaskSpec)}
-    assert names == {"id", "inputs", "wait_for", "mapped", *TASK_FIELDS}
+    assert names == {"id", "inputs", "wait_for", "mapped", "gates", *TASK_FIELDS}
     values = {
         "id": "b-2",
         "inputs": {"x": FromTask("a", ("rows",))},
         "wait_for": ("c",),
         "mapped": ("x",),
+        "gates": ("c",),
         **{name: f"<{name}>" for name in TASK_FIELDS},
         "retry": RetrySpec(max_retries=2, delay=0.5),
     }
     task_fields = tuple(values[name] for name in TASK_FIELDS)
-    made = make_task_spec("b-2", values["inputs"], ("c",), ("x",), task_fields)
+    made = make_task_spec("b-2", values["inputs"], ("c",), ("x",), ("c",), task_fields)
     assert made == TaskSpec(**values)
     assert all(getattr(made, name) == values[name] for name in names)
     with pytest.raises(dataclasses.FrozenInstanceError):

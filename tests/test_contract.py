@@ -123,6 +123,7 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         task_type="etl.transform",
         inputs=inputs,
         wait_for=["extract"],
+        case_gates=["extract"],
         retry=graph_pb2.RetryPolicy(
             max_retries=3,
             delay=dur(1, 500_000_000),

@@ -221,7 +221,14 @@ class _Context:
         fields = self.task_fields.get(task)
         if fields is None:
             fields = self.task_fields[task] = _task_fields(task)
-        node = make_task_spec(node_id, inputs, wait, tuple(mapped_args) if mapped else None, fields)
+        node = make_task_spec(
+            node_id,
+            inputs,
+            wait,
+            tuple(mapped_args) if mapped else None,
+            tuple(self.case_stack),
+            fields,
+        )
         self.nodes.append(node)
         node_ids[node_id] = node
         return TaskRef(node_id, mapped)
@@ -307,6 +314,7 @@ class _Context:
             tags=options.tags,
             argument_order=tuple(p.name for p in flow.parameters),
             subflow=SubflowSpec(flow.name, "", flow, mapped),
+            gates=tuple(self.case_stack),
         )
         self.nodes.append(node)
         self.node_ids[node_id] = node

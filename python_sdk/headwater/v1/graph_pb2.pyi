@@ -282,6 +282,7 @@ class TaskNode(google.protobuf.message.Message):
     ARGUMENT_ORDER_FIELD_NUMBER: builtins.int
     CODE_DIGEST_FIELD_NUMBER: builtins.int
     SUBFLOW_FIELD_NUMBER: builtins.int
+    CASE_GATES_FIELD_NUMBER: builtins.int
     SCHEDULE_TO_START_TIMEOUT_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Stable id, unique in the graph (the name, suffixed -2, -3, ... for repeat calls)."""
@@ -353,6 +354,13 @@ class TaskNode(google.protobuf.message.Message):
         """
 
     @property
+    def case_gates(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Ids of the `case` checks the task was called inside (each also in wait_for): when
+        one of them ends SKIPPED (its case did not match), the task is SKIPPED whatever its
+        trigger, so a branch never runs for the other case. Empty outside case blocks.
+        """
+
+    @property
     def schedule_to_start_timeout(self) -> google.protobuf.duration_pb2.Duration:
         """How long a ready attempt may wait for a worker to take it before it fails
         (headwater.ScheduleToStartTimeout, not retried); unset means it waits forever.
@@ -380,10 +388,11 @@ class TaskNode(google.protobuf.message.Message):
         argument_order: collections.abc.Iterable[builtins.str] | None = ...,
         code_digest: builtins.str = ...,
         subflow: global___SubflowCall | None = ...,
+        case_gates: collections.abc.Iterable[builtins.str] | None = ...,
         schedule_to_start_timeout: google.protobuf.duration_pb2.Duration | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["cache", b"cache", "map", b"map", "retry", b"retry", "schedule_to_start_timeout", b"schedule_to_start_timeout", "subflow", b"subflow", "timeout", b"timeout"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["argument_order", b"argument_order", "cache", b"cache", "code_digest", b"code_digest", "id", b"id", "inputs", b"inputs", "map", b"map", "name", b"name", "portable", b"portable", "required_labels", b"required_labels", "resources", b"resources", "retry", b"retry", "schedule_to_start_timeout", b"schedule_to_start_timeout", "subflow", b"subflow", "tags", b"tags", "task_type", b"task_type", "timeout", b"timeout", "trigger", b"trigger", "version", b"version", "wait_for", b"wait_for"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["argument_order", b"argument_order", "cache", b"cache", "case_gates", b"case_gates", "code_digest", b"code_digest", "id", b"id", "inputs", b"inputs", "map", b"map", "name", b"name", "portable", b"portable", "required_labels", b"required_labels", "resources", b"resources", "retry", b"retry", "schedule_to_start_timeout", b"schedule_to_start_timeout", "subflow", b"subflow", "tags", b"tags", "task_type", b"task_type", "timeout", b"timeout", "trigger", b"trigger", "version", b"version", "wait_for", b"wait_for"]) -> None: ...
 
 global___TaskNode = TaskNode
 

@@ -169,6 +169,9 @@ class TaskSpec:
     code_digest: str = ""
     #: Set on a subflow node (``task_type`` SUBFLOW_TASK_TYPE).
     subflow: SubflowSpec | None = None
+    #: The ``case`` checks it was called inside (each also in ``wait_for``): one that
+    #: ended SKIPPED skips this task whatever its trigger.
+    gates: tuple[str, ...] = ()
 
     @property
     def cache_key_prefix(self) -> str:
@@ -378,6 +381,11 @@ class GraphSpec:
                     if arg not in t.inputs:
                         raise GraphError(f"task {t.id!r} maps over unknown argument {arg!r}")
             _check_numbers(t, retries)
+            for gate in t.gates:
+                if gate not in t.wait_for:
+                    raise GraphError(
+                        f"task {t.id!r}: case gate {gate!r} must also be in its wait_for"
+                    )
             if (t.subflow is not None) != (t.task_type == SUBFLOW_TASK_TYPE):
                 raise GraphError(
                     f"task {t.id!r}: a subflow node (task type {SUBFLOW_TASK_TYPE!r}) must "
@@ -414,7 +422,7 @@ class GraphSpec:
 
 #: The TaskSpec fields that differ between the calls of one task in a flow; the others
 #: (``TASK_FIELDS``) come from the task and are the same for each of its calls.
-CALL_FIELDS = ("id", "inputs", "wait_for", "mapped")
+CALL_FIELDS = ("id", "inputs", "wait_for", "mapped", "gates")
 TASK_FIELDS = tuple(f.name for f in dataclasses.fields(TaskSpec) if f.name not in CALL_FIELDS)
 
 
@@ -438,7 +446,7 @@ make_from_task = _from_task_maker()
 
 
 def _task_spec_maker() -> Callable[..., TaskSpec]:
-    """``make_task_spec(id, inputs, wait_for, mapped, task_fields)``: the TaskSpec with
+    """``make_task_spec(id, inputs, wait_for, mapped, gates, task_fields)``: the TaskSpec with
     those call fields and the ``TASK_FIELDS`` values in that order; equal to
     ``TaskSpec(...)`` with the same values. The compiler's hot path (once per task call
     in a flow): it sets the slots directly, where the frozen dataclass's ``__init__``

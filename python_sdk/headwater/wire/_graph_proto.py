@@ -125,6 +125,7 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
             name=t.name,
             task_type=t.task_type,
             wait_for=list(t.wait_for),
+            case_gates=list(t.gates),
             trigger=_TRIGGER_TO_PROTO[t.trigger],
             tags=list(t.tags),
             required_labels=dict(t.labels),
@@ -255,6 +256,7 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
                     for arg, i in n.inputs.items()
                 },
                 wait_for=tuple(n.wait_for),
+                gates=tuple(n.case_gates),
                 retry=retry,
                 timeout=seconds(n.timeout) if n.HasField("timeout") else None,
                 trigger=trigger,

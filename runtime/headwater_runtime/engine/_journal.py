@@ -27,12 +27,14 @@ TIMERS = "timers"
 #: the engine decide differently (a changed rule, a new event): a server records it
 #: with every run and refuses to replay a journal written by an engine it cannot
 #: reproduce (docs/durability.md).
-ENGINE_VERSION = "3"
+ENGINE_VERSION = "4"
 #: Engine versions whose journals this engine replays to the same decisions. Version 2
 #: added the flow run retry (RunRetried, engine/_rerun.py); version 3 the failure of an
-#: attempt no worker started (TaskFailed.never_started: SCHEDULED -> FAILED). Older
-#: journals have neither, so they replay the same.
-REPLAYS = frozenset({"1", "2", ENGINE_VERSION})
+#: attempt no worker started (TaskFailed.never_started: SCHEDULED -> FAILED); version 4
+#: case gates (TaskSpec.gates: a task inside a case that did not match is SKIPPED
+#: whatever its trigger). Older journals have none of them (their graphs no gates),
+#: so they replay the same.
+REPLAYS = frozenset({"1", "2", "3", ENGINE_VERSION})
 
 
 @dataclass(frozen=True, slots=True)

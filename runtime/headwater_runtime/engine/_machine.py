@@ -631,6 +631,12 @@ class FlowRunEngine:
         run = node.run
         if run.state is not S.PENDING:
             return
+        gates = node.spec.gates
+        if gates:  # called inside case blocks: a case that did not match skips it
+            closed = next((g for g in gates if self._nodes[g].run.state is S.SKIPPED), None)
+            if closed is not None:
+                self._transition(run, S.SKIPPED, f"its case ({closed!r}) did not match")
+                return
         states: list[TaskRunState] = []
         for src in node.whole_sources:
             final_states(src, states)
