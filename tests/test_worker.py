@@ -839,6 +839,37 @@ def test_load_errors_name_the_module() -> None:
         Worker("127.0.0.1:1", [], slots=0)
 
 
+def test_a_file_inside_a_package_is_loaded_under_its_dotted_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--module shop/jobs.py`` (a file of package ``shop``) offers ``shop.jobs.hello``,
+    the task type a client that imports ``shop.jobs`` sends: it offered
+    ``jobs.hello``, and runs waited forever for a worker. Relative imports work too;
+    a file outside any package keeps its stem."""
+    from headwater._loader import load_file
+
+    package = tmp_path / "shop"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def greet(n):\n    return 'hi ' + n\n")
+    (package / "jobs.py").write_text(
+        "from headwater import task\nfrom . import helpers\n\n"
+        "@task\ndef hello(n: str) -> str:\n    return helpers.greet(n)\n"
+    )
+    (tmp_path / "loose.py").write_text(
+        "from headwater import task\n\n@task\ndef solo() -> int:\n    return 1\n"
+    )
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("shop", "shop.jobs", "shop.helpers", "loose"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    module = load_file(str(package / "jobs.py"))
+    assert module.__name__ == "shop.jobs"
+    assert module.hello.task_type == "shop.jobs.hello"
+    assert module.hello.fn("x") == "hi x"
+    assert "shop.jobs.hello" in Worker("127.0.0.1:1", [str(package / "jobs.py")]).tasks
+    assert load_file(str(tmp_path / "loose.py")).solo.task_type == "loose.solo"
+
+
 def test_attempts_the_server_does_not_keep_are_abandoned(tmp_path: Path, tasks_file: Path) -> None:
     first = FakeServer(tmp_path / "hw.db", FakeGateway(welcome()))
     second: FakeServer | None = None

@@ -316,7 +316,8 @@ def add_worker_command(sub: Any) -> None:
         action="append",
         default=[],
         metavar="MODULE",
-        help="package.module or path/to/file.py whose @tasks to run (repeatable)",
+        help="package.module or path/to/file.py whose @tasks to run (repeatable; a file "
+        "inside a package is imported under its dotted name, pkg/jobs.py as pkg.jobs)",
     )
     worker.add_argument(
         "--label",

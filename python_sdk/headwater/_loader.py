@@ -18,12 +18,20 @@ class LoadError(Exception):
 
 def load_file(path: str) -> ModuleType:
     """Import a Python file under its file stem (so task types read ``stem.func``, the
-    same as ``--module stem`` on a worker). Its folder is put on sys.path first."""
+    same as ``--module stem`` on a worker). Its folder is put on sys.path first.
+
+    A file inside a package (its folder has an ``__init__.py``, and so on up) is
+    imported under its dotted name instead, from the folder above the top package:
+    ``pkg/jobs.py`` is ``pkg.jobs``, as ``from pkg.jobs import ...`` in a client names
+    its tasks, so a worker started with either form runs the tasks the client sends."""
     file = Path(path)
     if not file.is_file():
         raise LoadError(f"no such file: {path}")
     if file.suffix != ".py":
         raise LoadError(f"{path} is not a Python file (.py)")
+    dotted = _package_name(file.resolve())
+    if dotted is not None:
+        return _load_in_package(path, *dotted)
     folder = str(file.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -45,6 +53,28 @@ def load_file(path: str) -> ModuleType:
             raise LoadError(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
         raise
     return module
+
+
+def _package_name(file: Path) -> tuple[str, str] | None:
+    """(dotted module name, folder to import it from) of a file inside a package, or
+    None for a file that is not in one."""
+    parts = [] if file.stem == "__init__" else [file.stem]
+    folder = file.parent
+    while (folder / "__init__.py").is_file() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if folder == file.parent:
+        return None
+    return ".".join(parts), str(folder)
+
+
+def _load_in_package(path: str, name: str, root: str) -> ModuleType:
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise LoadError(f"cannot import {path} (as {name}): {type(exc).__name__}: {exc}") from exc
 
 
 def load_module(name: str) -> ModuleType:
