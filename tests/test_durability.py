@@ -1059,6 +1059,9 @@ def test_retention_gives_every_byte_of_finished_runs_back(db: str) -> None:
     assert dry.dry_run and dry.runs == 20 and store.stats()["flow_runs"] == 20  # type: ignore[attr-defined]
     second = store.prune(clock.now(), clock.now(), grace=0)
     assert second.runs == 20 and second.bytes_reclaimed > 0
+    if size == "page_count":  # every free page back to the file system, not one per prune
+        assert store.stats()["freelist_count"] == 0  # type: ignore[attr-defined]
+        assert second.bytes_reclaimed > 20 * 4096, second
     if size == "bytes":  # the second batch reused the space the first one freed
         batch_of_runs(20)
         again = store.stats()  # type: ignore[attr-defined]

@@ -710,7 +710,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
             files = self._blobs.size_of(report_ids)
             self._blobs.delete(report_ids)
             self._blobs.sweep(older_than=grace)
-        db.execute("PRAGMA incremental_vacuum")
+        # Through sqlite3_exec: a prepared statement's single step frees one page only.
+        db.executescript("PRAGMA incremental_vacuum;")
         with contextlib.suppress(sqlite3.Error):  # readers may hold the WAL: shrink later
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         after = db.execute("PRAGMA page_count").fetchone()[0]
