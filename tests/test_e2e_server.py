@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -325,11 +326,17 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     with Client(address, token=TOKEN) as client:
         run = client.run(module.slow, {"n": 2})  # type: ignore[attr-defined]
     poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
-    # A client waiting for the run keeps waiting across the restart (it watches again).
+    # A client waiting for the run keeps waiting across the restart (it watches again),
+    # and so does `headwater runs watch` (it exited 1 once the server had been away
+    # for 2 s: its look at why task runs wait did not ride out the restart).
     watcher = Client(address, token=TOKEN)
-    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
     waited = pool.submit(watcher.wait, run.id)
+    env = {**os.environ, "HEADWATER_TOKEN": TOKEN}
+    cli = pool.submit(headwater_cli, "runs", "watch", run.id, "--server", address, env=env)
+    time.sleep(0.5)  # the CLI is watching
     server.kill()
+    time.sleep(3.0)  # away longer than the CLI's 2 s without a change
     server, address = start_server(cluster, db, int(port))
     # It says what it resumed: the run, with its one attempt in flight either sent
     # again or awaited from the worker that holds it.
@@ -339,6 +346,9 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     (tmp_path / "release").write_text("go")
     try:
         assert waited.result(timeout=BOUND).state is FlowRunState.SUCCESS
+        watched = cli.result(timeout=BOUND)
+        assert watched.returncode == 0, watched.stderr
+        assert "SUCCESS" in watched.stderr.splitlines()[-1], watched.stderr
     finally:
         pool.shutdown(wait=False)
         watcher.close()

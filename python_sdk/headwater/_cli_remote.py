@@ -9,9 +9,11 @@ import os
 import queue
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 from rich.text import Text
 
 from headwater.wire import ENV_SERVER, FlowRunState, TaskRunState, parse_duration
@@ -79,7 +81,12 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
             try:
                 kind, item = changes.get(timeout=QUIET)
             except queue.Empty:
-                current = client.get(run.id, include_task_runs=True)
+                try:
+                    current = client.get(run.id, include_task_runs=True)
+                except ServerError as exc:
+                    if exc.code is not grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    continue  # a restart: the watch rides it out, or gives up, for us
                 progress.waits({t.key: t.waiting for t in current.task_runs if t.waiting})
                 continue
             if kind == "end":
@@ -88,7 +95,20 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
                 raise item
             if item is not None:
                 progress.update(item.key, item.task_id, item.state.name, item.message)
-    return client.get(run.id, include_task_runs=True)
+    return get_riding(client, run.id)
+
+
+def get_riding(client: Client, run_id: str) -> RemoteFlowRun:
+    """``client.get`` (with task runs), asked again every 0.5 s for up to the client's
+    timeout while the server is unavailable (restarting), as ``Client.watch`` does."""
+    deadline = time.monotonic() + client.timeout
+    while True:
+        try:
+            return client.get(run_id, include_task_runs=True)
+        except ServerError as exc:
+            if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.5)
 
 
 def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
