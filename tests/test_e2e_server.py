@@ -362,6 +362,33 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     assert ran.count("blocking-done") == 1
 
 
+def test_a_server_stopped_gracefully_keeps_the_attempts_workers_hold(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """SIGTERM stops the server cleanly, closing the workers' streams: that is no loss.
+    The attempt the worker runs is awaited by the restarted server, as after a crash,
+    and its result taken. It was counted lost at the stop, and run a second time."""
+    server, address = start_server(cluster, db)
+    port = address.rsplit(":", 1)[1]
+    start_worker(cluster, address, "w1")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.slow, {"n": 2})  # type: ignore[attr-defined]
+    poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
+    server.stop()  # SIGTERM, and it exits
+    server, address = start_server(cluster, db, int(port))
+    resumed = server.wait_line("headwater server resumed")
+    assert re.search(r": 0 attempts sent again .*, 1 held by workers", resumed), resumed
+    (tmp_path / "release").write_text("go")
+    with Client(address, token=TOKEN) as client:
+        poll(lambda: client.get(run.id).state.is_terminal, "the resumed run to finish")
+        final = client.get(run.id, include_task_runs=True)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert {t.key: t.attempts for t in final.task_runs}["blocking"] == 1
+    ran = [what for what, _ in effects(tmp_path)]
+    assert ran.count("blocking-start") == 1 and ran.count("blocking-done") == 1
+
+
 def headwater_cli(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -115,7 +115,9 @@ class RunningServer:
         log.warning("SIGHUP: reloaded the TLS certificate from %s", self.tls.files.cert)
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Stop serving, store what is left, give up the lease, close the store."""
+        """Stop serving, store what is left, give up the lease, close the store. The
+        attempts workers hold are kept for them (``ServerCore.closing``)."""
+        self.core.closing()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -206,6 +206,7 @@ class ServerCore(WorkerReports):
         self._background: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._closing = False  # (``closing``)
         #: What ``start`` resumed (None until all are live), for the start-up lines.
         self.recovery: Recovery | None = None
         #: Set once every unfinished run ``start`` found is live again.
@@ -621,7 +622,16 @@ class ServerCore(WorkerReports):
         if session.unstored == UNSTORED_PER_SLOT * session.slots - 1:  # it may take work
             self.dispatcher.pump()
 
+    def closing(self) -> None:
+        """The server is about to stop serving: the worker streams it ends are no
+        loss. Their attempts stay delivered in the store, and the next server waits for
+        the workers to reconnect with them, as after a crash; counted lost here, each
+        would be retried there, running twice (once on the worker that kept it)."""
+        self._closing = True
+
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
+        if self._closing:
+            return
         _, key = split_task_run_id(task_run_id)
         if self.runs.replaying(flow_run_id):  # the loss waits for the replay (_resume)
             self._lost_in_replay.add((task_run_id, attempt))
