@@ -98,6 +98,7 @@ def test_bad_schedule_requests_get_clear_status_codes(db: str) -> None:
             (_schedule(flow_name="nope", cron="* * * * *"), grpc.StatusCode.NOT_FOUND, "'nope'"),
             (_schedule(cron="not a cron"), invalid, "five fields"),
             (_schedule(cron="61 * * * *"), invalid, "invalid cron expression '61 * * * *'"),
+            (_schedule(cron="0 0 30 2 *"), invalid, "'0 0 30 2 *' never fires"),
             (_schedule(cron="0 9 * * *", timezone="Nowhere/Town"), invalid, "'Nowhere/Town'"),
             (_every(0), invalid, "interval must be positive"),
             (_every(-3), invalid, "interval must be positive"),

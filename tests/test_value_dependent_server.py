@@ -12,7 +12,7 @@ import pytest
 from headwater import flow, task, unmapped
 from headwater._graphs import compile_graph
 from headwater.v1 import graph_pb2, payload_pb2, run_pb2
-from headwater.wire import GraphBuildNeeded, ParameterError, encode, is_build_version
+from headwater.wire import GraphBuildNeeded, GraphError, ParameterError, encode, is_build_version
 from headwater_runtime.server._runs import PendingAssignment, RunManager
 from headwater_runtime.server._schedules import Scheduler
 from headwater_runtime.store import SQLiteStore
@@ -134,6 +134,45 @@ def test_a_schedule_of_a_value_dependent_graph_is_checked_when_created(
 @flow(name="typed")
 def typed(n: int, ids: list[int] | None = None, when: Any = None) -> int:
     return total([scale(n, 1)])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b'"\xff\xfe"', b"[" * 3000 + b"]" * 3000, b"1" * 5000],
+    ids=["malformed", "bad-utf8", "too-deep", "huge-int"],
+)
+def test_a_json_parameter_that_is_not_json_is_refused_naming_it(
+    manager: RunManager, data: bytes
+) -> None:
+    """Answered UNKNOWN (JSONDecodeError, UnicodeDecodeError, RecursionError,
+    ValueError) by a run by name; now a ParameterError (INVALID_ARGUMENT) in one line."""
+    version, _ = manager.register_flow(typed.compile())
+    bad = payload_pb2.Value(inline=payload_pb2.Payload(data=data, metadata={"encoding": "json"}))
+    with pytest.raises(ParameterError, match=r"^flow 'typed': parameter 'n' is not valid json \("):
+        manager.create_run("typed", version, {"n": bad})
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "{not json",
+        '{"type": "nosuchtype"}',
+        '{"$ref": "#"}',
+        '{"type": "string", "pattern": "("}',
+        "5",
+    ],
+)
+def test_a_parameter_schema_values_cannot_be_checked_against_is_refused_at_registration(
+    manager: RunManager, schema: str
+) -> None:
+    """Stored as given, it made every later run by name of that flow version answer
+    UNKNOWN; now RegisterFlow refuses it (GraphError: INVALID_ARGUMENT)."""
+    msg = typed.compile()
+    msg.parameters[0].json_schema = schema
+    with pytest.raises(
+        GraphError, match=r"parameter 'n' has a JSON Schema values cannot be checked"
+    ):
+        manager.register_flow(msg)
 
 
 def test_runs_by_name_are_checked_against_the_json_schema(manager: RunManager) -> None:

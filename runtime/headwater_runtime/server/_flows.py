@@ -16,6 +16,7 @@ from headwater_runtime.store import FlowRunRow, Store
 from ._children import child_split_nodes
 from ._gc import Collector, release_now
 from ._limits import check_graph, graph_weight
+from ._params import check_schemas
 from ._slices import parse_in_slices, serialize_in_slices
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class FlowGraphs:
         with self.collector.building(graph_weight(msg, self.collector.large)):
             check_graph(msg, self.limits)
             graph = graph_from_proto(msg)
+        check_schemas(graph)
         if len(msg.tasks) >= self.collector.large:
             # In pieces: one C call over a 100,000-task graph holds the GIL 11-50 ms.
             data = serialize_in_slices(msg, "tasks")

@@ -31,6 +31,7 @@ from headwater.wire import (
     STRUCTURAL,
     EncodedValue,
     GraphBuildNeeded,
+    GraphError,
     GraphSpec,
     ParameterError,
     parameters_digest,
@@ -77,12 +78,24 @@ def check_types(graph: GraphSpec, given: Mapping[str, Any]) -> None:
             continue
         if value.WhichOneof("kind") != "inline" or value.inline.metadata.get(ENCODING_KEY) != JSON:
             continue  # pickled, tagged or by reference: checked by the SDK that sent it
-        decoded = json.loads(value.inline.data)
+        try:
+            decoded = json.loads(value.inline.data)
+        except (ValueError, RecursionError) as exc:  # bad json, bad UTF-8, too deep
+            raise ParameterError(
+                f"flow {graph.name!r}: parameter {spec.name!r} is not valid json "
+                f"({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
         if _tagged(decoded):
             continue
         from jsonschema.exceptions import best_match
 
-        error = best_match(_validator(spec.json_schema).iter_errors(decoded))
+        try:
+            error = best_match(_validator(spec.json_schema).iter_errors(decoded))
+        except Exception as exc:  # a schema stored before registration checked them
+            raise ParameterError(
+                f"flow {graph.name!r}: parameter {spec.name!r} cannot be checked against "
+                f"its JSON Schema ({type(exc).__name__}); register the flow again"
+            ) from None
         if error is not None:
             where = "".join(f"[{p!r}]" for p in error.absolute_path)
             raise ParameterError(
@@ -90,6 +103,36 @@ def check_types(graph: GraphSpec, given: Mapping[str, Any]) -> None:
                 f"{spec.type_name or 'a value matching its schema'}, got {_short(decoded)} "
                 f"({where + ': ' if where else ''}{error.message})"
             )
+
+
+def check_schemas(graph: GraphSpec) -> None:
+    """GraphError for a parameter whose JSON Schema the server cannot check values
+    against (not JSON, not a schema, or one that recurses forever): refused when the
+    flow is registered, not at each run."""
+    for spec in graph.params:
+        problem = _schema_problem(spec.json_schema) if spec.json_schema else None
+        if problem is not None:
+            raise GraphError(
+                f"flow {graph.name!r}: parameter {spec.name!r} has a JSON Schema values "
+                f"cannot be checked against ({problem})"
+            )
+
+
+@functools.lru_cache(maxsize=256)
+def _schema_problem(schema: str) -> str | None:
+    """Why values cannot be checked against this schema, or None (once per schema: a
+    client registers its flow's graph with every run)."""
+    try:
+        import jsonschema
+
+        loaded = json.loads(schema)
+        cls = jsonschema.validators.validator_for(loaded)
+        cls.check_schema(loaded)
+        cls(loaded, format_checker=cls.FORMAT_CHECKER).is_valid(None)  # it terminates
+    except Exception as exc:  # SchemaError, JSONDecodeError, RecursionError, re.error
+        detail = getattr(exc, "message", None) or str(exc)
+        return f"{type(exc).__name__}: {detail[:200]}"
+    return None
 
 
 def check_built_for(graph: GraphSpec, version: str, params: Mapping[str, Any]) -> None:

@@ -79,9 +79,13 @@ def make_timing(
             "(minute hour day-of-month month day-of-week)"
         )
     try:
-        croniter(cron, datetime(2000, 1, 1, tzinfo=UTC))
+        it = croniter(cron, datetime(2000, 1, 1, tzinfo=UTC))
     except (CroniterError, ValueError, KeyError) as exc:
         raise ScheduleError(f"invalid cron expression {cron!r}: {exc}") from None
+    try:
+        it.get_next(datetime)
+    except CroniterError:  # e.g. "0 0 30 2 *": February 30th
+        raise ScheduleError(f"cron expression {cron!r} never fires (no such date)") from None
     return Timing(cron=" ".join(fields), timezone=zone_name, catchup=catchup)
 
 
