@@ -139,6 +139,29 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
                 "http:// or https://",
             ),
             (
+                stub.CreateWebhook(
+                    ops.CreateWebhookRequest(webhook=ops.Webhook(url="http://bad host/hook"))
+                ),
+                code.INVALID_ARGUMENT,
+                "must not contain spaces or control characters",
+            ),
+            (
+                stub.CreateWebhook(
+                    ops.CreateWebhookRequest(
+                        webhook=ops.Webhook(url="http://127.0.0.1:9/x\r\nX-Evil: 1")
+                    )
+                ),
+                code.INVALID_ARGUMENT,
+                "must not contain spaces or control characters",
+            ),
+            (
+                stub.CreateWebhook(
+                    ops.CreateWebhookRequest(webhook=ops.Webhook(url="http://h:99999/"))
+                ),
+                code.INVALID_ARGUMENT,
+                "bad port",
+            ),
+            (
                 stub.DeleteWebhook(ops.DeleteWebhookRequest(id="nope")),
                 code.NOT_FOUND,
                 "'nope'",
@@ -238,6 +261,22 @@ def test_a_delivery_that_keeps_failing_is_retried_with_backoff_then_given_up(
         receiver.close()
 
 
+def test_a_delivery_to_an_unusable_url_stored_earlier_is_a_failed_try() -> None:
+    """A URL stored before it was checked (``http://bad host/``) made urllib raise
+    InvalidURL, which the deliverer did not catch: its loop logged a traceback every
+    second, never counted the try, and held up the other webhooks' deliveries."""
+    from headwater_runtime.server._webhooks import Deliverer, DeliverySettings
+    from headwater_runtime.store import DeliveryRow, WebhookRow
+
+    deliverer = Deliverer(None, DeliverySettings())  # type: ignore[arg-type]
+    try:
+        for url in ("http://bad host/hook", "http://127.0.0.1:9/x\r\nX-Evil: 1"):
+            error = deliverer._post(WebhookRow("h", url), DeliveryRow("h", b"{}", 0.0, 0.0))
+            assert error is not None and "InvalidURL" in error, error
+    finally:
+        deliverer._threads.shutdown()
+
+
 def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
     tmp_path: Path,
 ) -> None:
@@ -271,6 +310,10 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         ('[server]\nlate_after = "soon"\n', "[server] late_after: expects a duration"),
         ('[limits.db]\nrate = "fast"\n', "[limits.db] rate: expects a rate"),
         ("[[webhooks]]\nflows = []\n", "takes url (required)"),
+        (
+            '[[webhooks]]\nurl = "http://a b/"\n',
+            "[[webhooks]] #1: webhook URL 'http://a b/' must not",
+        ),
         ("[webhooks]\nurl = 1\n", "webhooks must be an array of tables"),
         ("[extra]\n", "unknown table [extra]"),
         ("server = [", "is not valid TOML"),
@@ -282,6 +325,8 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         assert fragment in str(caught.value) and str(config) in str(caught.value)
     with pytest.raises(ConfigError, match="environment variable HEADWATER_PORT"):
         settings({}, {"HEADWATER_PORT": "x"})
+    with pytest.raises(ConfigError, match=r"heartbeat_interval \(30s\) must be shorter than"):
+        settings({"heartbeat_interval": 30.0, "heartbeat_timeout": 5.0}, {})
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
         settings({}, {}, str(tmp_path / "missing.toml"))
 

@@ -196,7 +196,16 @@ def settings(
         values["http"], values["http_port"] = False, None
     if "limits" not in values:
         values["limits"] = limits_from_env(env)
-    return dataclasses.replace(ServerSettings(), **values)
+    chosen = dataclasses.replace(ServerSettings(), **values)
+    if chosen.heartbeat_interval >= chosen.heartbeat_timeout:
+        # Workers beat at the interval: a timeout no longer than it drops every
+        # worker between two beats, and every task outliving it fails as lost.
+        raise ConfigError(
+            f"heartbeat_interval ({chosen.heartbeat_interval:g}s) must be shorter than "
+            f"heartbeat_timeout ({chosen.heartbeat_timeout:g}s): workers would be dropped "
+            "between two heartbeats"
+        )
+    return chosen
 
 
 def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int | None) -> Limits:
@@ -299,9 +308,16 @@ def _webhook(index: int, spec: Any, where: str) -> WebhookRow:
         except KeyError:
             names = ", ".join(s.name for s in FlowRunState)
             raise ConfigError(f"{here}: {name!r} is not a flow run state ({names})") from None
+    from ._webhooks import WebhookError, check_url
+
+    url = _parsed(_text, spec["url"], f"{here} url")
+    try:
+        check_url(url)
+    except WebhookError as exc:
+        raise ConfigError(f"{here}: {exc}") from None
     return WebhookRow(
         id="",
-        url=_parsed(_text, spec["url"], f"{here} url"),
+        url=url,
         flow_names=tuple(str(f) for f in spec.get("flows", [])),
         states=tuple(states),
         late=bool(spec.get("late", False)),

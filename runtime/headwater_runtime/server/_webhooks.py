@@ -36,6 +36,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import urllib.error
@@ -78,6 +79,14 @@ def check_url(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise WebhookError(f"webhook URL {url!r} must be an http:// or https:// URL")
+    if any(c <= " " or c == "\x7f" for c in url):
+        raise WebhookError(f"webhook URL {url!r} must not contain spaces or control characters")
+    try:
+        port = parsed.port  # (ValueError for a port that is not a number in range)
+    except ValueError as exc:
+        raise WebhookError(f"webhook URL {url!r} has a bad port: {exc}") from None
+    if not parsed.hostname or port == 0:
+        raise WebhookError(f"webhook URL {url!r} must name a host (and a port from 1)")
     return url
 
 
@@ -300,6 +309,6 @@ class Deliverer:
                 status = answer.status
         except urllib.error.HTTPError as exc:
             return f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # InvalidURL too
             return f"{type(exc).__name__}: {exc}"
         return None if 200 <= status < 300 else f"HTTP {status}"
