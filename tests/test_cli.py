@@ -296,6 +296,40 @@ def test_graph_json_parses_back_into_a_flow_graph(tmp_path: Path) -> None:
     assert [t.id for t in graph.tasks] == ["double", "label"]
 
 
+def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -> None:
+    """A mistyped --db is not a new, empty database (prune and tokens list made one;
+    tokens create, which makes the first admin of a new server, says it did); a file
+    that is not a database, or an unsupported URL, is one line, not a traceback."""
+    missing = tmp_path / "typo" / "headwatr.db"
+    assert_usage_error(
+        headwater_cli("prune", "--db", missing, "--dry-run"), "no Headwater database"
+    )
+    assert_usage_error(headwater_cli("tokens", "list", "--db", missing), "no Headwater database")
+    assert not missing.parent.exists()
+    assert_usage_error(
+        headwater_cli("prune", "--db", "mysql://x/y"), "mysql:// databases are not supported"
+    )
+    not_a_db = write(tmp_path, "notes.db", "just text, not SQLite\n" * 200)
+    proc = headwater_cli("prune", "--db", not_a_db, "--dry-run")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"headwater: error: cannot open the database {not_a_db}: file is not a database"
+    ]
+    made = headwater_cli("tokens", "create", "--db", missing, "--role", "admin", "--name", "me")
+    assert made.returncode == 0 and made.stdout.startswith("hwt_"), made.stderr
+    assert f"created a new database at {missing}" in made.stderr and missing.is_file()
+
+
+def test_bad_addresses_and_counts_are_usage_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "good.py", GOOD)
+    assert_usage_error(headwater_cli("runs", "list", "--server", "garbage"), "'garbage'")
+    assert_usage_error(headwater_cli("run", path, "--server", "h:x"), "'h:x' is not HOST:PORT")
+    for flag in ("--workers", "--max-concurrency"):
+        proc = headwater_cli("run", path, flag, "0")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"argument {flag}: must be at least 1, got 0" in proc.stderr
+
+
 def test_help_lists_the_commands() -> None:
     proc = headwater_cli("--help")
     assert proc.returncode == 0, proc.stderr

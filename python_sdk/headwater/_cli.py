@@ -36,7 +36,7 @@ from ._cli_remote import add_runs_command
 from ._cli_schedules import add_schedules_command
 from ._cli_tokens import add_tokens_command
 from ._client import ServerError
-from ._errors import FlowDefinitionError, UsageError
+from ._errors import CommandError, FlowDefinitionError, UsageError
 from ._flow import Flow
 from ._loader import LoadError, load_flow
 from ._run import FlowRun
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow parameter, converted to its annotation (n=3, day=2026-01-02, "
         "ids=[1,2]); unannotated: parsed as JSON when valid, else a string",
     )
-    run.add_argument("--workers", type=int, default=None, help="thread pool size")
+    run.add_argument("--workers", type=_at_least_one, default=None, help="thread pool size")
     run.add_argument(
         "--dask",
         default=None,
@@ -414,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
         "or give a scheduler address (tcp://HOST:PORT); results stay in the cluster",
     )
     run.add_argument(
-        "--max-concurrency", type=int, default=None, help="most task runs executing at once"
+        "--max-concurrency",
+        type=_at_least_one,
+        default=None,
+        help="most task runs executing at once",
     )
     run.add_argument(
         "--server",
@@ -472,6 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least_one(text: str) -> int:
+    """A whole number >= 1 (argparse type: a bad one exits 2 naming the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``headwater`` command; returns the exit code (2 for a usage error, with
     one line on stderr instead of a traceback)."""
@@ -491,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except CommandError as exc:
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ServerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         refused = exc.code in (

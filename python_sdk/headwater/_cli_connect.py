@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from headwater.wire import TLSConfigError, TLSSettings
 
 from ._client import Client
-from ._errors import UsageError
+
+if TYPE_CHECKING:
+    from headwater_runtime.store import Store
+from ._errors import CommandError, UsageError
 
 
 def add_tls_args(parser: Any) -> None:
@@ -53,6 +58,26 @@ def tls_from_args(args: argparse.Namespace) -> TLSSettings:
     return tls
 
 
+def open_database(db: str, payload_dir: str | None = None, *, create: bool = False) -> Store:
+    """The database of a server, for the commands that work on it directly (``prune``,
+    ``tokens``): a path that does not exist (unless ``create``: then it is created,
+    and stderr says so), or a URL scheme that is not supported, is a UsageError (a
+    typo must not silently make an empty database); one that cannot be opened or
+    reached, a CommandError. One line either way."""
+    from headwater_runtime.store import MissingDriver, StoreNotFound, is_postgres, open_store
+
+    new = create and not is_postgres(db) and not Path(db).expanduser().exists()
+    try:
+        store = open_store(db, payload_dir=payload_dir, existing=not create)
+    except (MissingDriver, StoreNotFound, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    except RuntimeError as exc:  # cannot open (not a database), cannot connect
+        raise CommandError(" ".join(line.strip() for line in str(exc).splitlines())) from None
+    if new:
+        print(f"headwater: created a new database at {db}", file=sys.stderr)
+    return store
+
+
 def connect(args: argparse.Namespace, address: str) -> Client:
     """A Client for a command's --server, --token and TLS flags."""
     tls = tls_from_args(args)
@@ -65,5 +90,5 @@ def connect(args: argparse.Namespace, address: str) -> Client:
             tls_cert=tls.cert,
             tls_key=tls.key,
         )
-    except TLSConfigError as exc:
+    except (TLSConfigError, ValueError) as exc:  # ValueError: an address not HOST:PORT
         raise UsageError(str(exc)) from None

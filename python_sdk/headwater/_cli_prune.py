@@ -18,7 +18,7 @@ DEFAULT_GRACE = "1d"
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune the database and print what went (or would go)."""
-    from headwater_runtime.store import MissingDriver, open_store
+    from ._cli_connect import open_database
 
     db = args.db or os.environ.get(ENV_DB) or "~/.headwater/headwater.db"
     try:
@@ -30,10 +30,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--payload-grace {exc}") from None
     payload_dir = args.payload_dir or os.environ.get(ENV_PAYLOAD_DIR) or None
-    try:
-        store = open_store(db, payload_dir=payload_dir)
-    except MissingDriver as exc:
-        raise UsageError(str(exc)) from None
+    store = open_database(db, payload_dir)
     try:
         now = time.time()
         before = None if older_than is None else now - older_than

@@ -16,7 +16,7 @@ from typing import Any
 from headwater.wire import ENV_DB, ENV_SERVER, Role
 
 from ._access_info import CredentialInfo
-from ._cli_connect import add_tls_args, connect
+from ._cli_connect import add_tls_args, connect, open_database
 from ._errors import UsageError
 
 EXIT_OK = 0
@@ -92,9 +92,7 @@ def _offline(args: argparse.Namespace, db: str) -> int:
         AuditRow,
         Conflict,
         CredentialRow,
-        MissingDriver,
         NotFound,
-        open_store,
     )
 
     def info(row: CredentialRow) -> CredentialInfo:
@@ -107,10 +105,7 @@ def _offline(args: argparse.Namespace, db: str) -> int:
             row.name, row.role, row.subject, created, row.created_by, when(row.revoked_at)
         )
 
-    try:
-        store = open_store(db)
-    except MissingDriver as exc:
-        raise UsageError(str(exc)) from None
+    store = open_database(db, create=args.action == "create")  # the first admin: a new db
     try:
         now = time.time()
         if args.action == "create":

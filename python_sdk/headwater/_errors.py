@@ -15,4 +15,9 @@ class UsageError(Exception):
     """A wrong command-line flag or argument: printed as one line, exit code 2."""
 
 
-__all__ = ["FlowDefinitionError", "UsageError"]
+class CommandError(Exception):
+    """A command that could not do its work (a database it cannot open): printed as
+    one line, exit code 1."""
+
+
+__all__ = ["CommandError", "FlowDefinitionError", "UsageError"]

@@ -28,7 +28,7 @@ from ._base import (
     ValueRow,
     WriteBatch,
 )
-from ._open import MissingDriver, is_postgres, open_store
+from ._open import MissingDriver, StoreNotFound, is_postgres, open_store
 from ._ops import (
     DeliveryCounts,
     DeliveryRow,
@@ -81,6 +81,7 @@ __all__ = [
     "SchemaTooNew",
     "StateRow",
     "Store",
+    "StoreNotFound",
     "StoreUnavailable",
     "TaskRunRow",
     "ValueRow",

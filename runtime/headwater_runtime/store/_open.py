@@ -20,16 +20,32 @@ class MissingDriver(ImportError):
     """A PostgreSQL URL was given, and the ``postgres`` extra is not installed."""
 
 
+class StoreNotFound(FileNotFoundError):
+    """``open_store(existing=True)`` of a SQLite file that does not exist."""
+
+
 def open_store(
     db: str,
     *,
     payload_dir: str | Path | None = None,
     clock: Callable[[], float] | None = None,
+    existing: bool = False,
 ) -> Store:
     """The store ``db`` names: ``postgresql://...`` opens (and migrates) a PostgreSQL
     database, anything else is a SQLite file. ``payload_dir`` keeps new payloads'
     bytes in that directory instead of the database; ``clock`` (seconds since the
-    epoch) dates payloads, for tests."""
+    epoch) dates payloads, for tests. ``existing``: a SQLite file that does not exist
+    is refused (StoreNotFound), not created (commands that work on a server's
+    database: a mistyped path is not a new, empty one). Another URL scheme than
+    postgresql:// is a ValueError."""
+    if "://" in db and not is_postgres(db):
+        scheme = db.split("://", 1)[0]
+        raise ValueError(
+            f"--db {db!r}: {scheme}:// databases are not supported (give a SQLite file "
+            "path or a postgresql:// URL)"
+        )
+    if existing and not is_postgres(db) and not Path(db).expanduser().is_file():
+        raise StoreNotFound(f"no Headwater database at {db} (check --db or $HEADWATER_DB)")
     if is_postgres(db):
         try:
             from ._postgres import PostgresStore
