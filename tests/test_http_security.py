@@ -460,3 +460,14 @@ def test_a_server_without_credentials_stays_open_but_checks_csrf(tmp_path: Path)
         assert status == 200 and json.loads(body)["run"]["state"] == "CANCELLED"
     finally:
         server.stop()
+
+
+def test_credential_names_are_checked_and_the_audit_names_reserved() -> None:
+    for name, fragment in [
+        ("me\nserver-token", "control characters"),
+        ("x" * 201, "at most 200"),
+        ("server-token", "reserved"),
+        ("anonymous", "reserved"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            new_credential(name, "admin", created_by="test", now=0.0)

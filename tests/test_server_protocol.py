@@ -280,6 +280,17 @@ def test_worker_streams_must_start_with_a_supported_hello(db: str) -> None:
         no_slots = worker_pb2.Hello(worker_id="w", protocol_version=1, capabilities=["x"])
         code, _ = await status_of(drain(worker_pb2.ConnectRequest(hello=no_slots)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
+        # A name is shown in `headwater workers list`: no escape sequence may forge
+        # what an operator reads, and no 3 MB name sits in the workers table.
+        for name, fragment in [
+            ("evil\x1b[2J\nw1  online  FAKE", "must not contain control characters"),
+            ("w" * 300, "300 characters long (at most 200)"),
+        ]:
+            hello = worker_pb2.Hello(
+                worker_id="w", name=name, protocol_version=1, capabilities=["x"], slots=1
+            )
+            code, details = await status_of(drain(worker_pb2.ConnectRequest(hello=hello)))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, details
 
     run_against_server(db, body)
 

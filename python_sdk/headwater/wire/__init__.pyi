@@ -62,7 +62,9 @@ from ._graph_proto import graph_to_proto as graph_to_proto
 from ._graph_proto import parameters_digest as parameters_digest
 from ._graph_proto import path_from_proto as path_from_proto
 from ._graph_proto import path_to_proto as path_to_proto
+from ._ids import MAX_NAME as MAX_NAME
 from ._ids import TASK_RUN_ID_SEPARATOR as TASK_RUN_ID_SEPARATOR
+from ._ids import check_name as check_name
 from ._ids import child_key as child_key
 from ._ids import split_child_key as split_child_key
 from ._ids import split_task_run_id as split_task_run_id

@@ -38,3 +38,22 @@ def split_child_key(key: str) -> tuple[str, int] | None:
     (``child_key``), else None."""
     match = _CHILD_KEY.fullmatch(key)
     return (match.group(1), int(match.group(2))) if match else None
+
+
+#: The longest name (of a worker, a credential) a server accepts.
+MAX_NAME = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def check_name(what: str, value: str) -> str:
+    """``value`` when it can serve as ``what``'s name (shown in lists, terminals and
+    audit lines): not empty, at most MAX_NAME characters, no control characters (an
+    escape sequence or a newline in a name could forge what an operator reads).
+    ValueError names the problem."""
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{what} is {len(value)} characters long (at most {MAX_NAME})")
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} {value[:40]!r} must not contain control characters")
+    return value

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from headwater.wire import Role
+from headwater.wire import Role, check_name
 from headwater_runtime.store import CredentialRow, Store
 
 from ._io import StoreIO
@@ -35,6 +35,8 @@ TOKEN_PREFIX = "hwt_"
 SERVER_TOKEN_NAME = "server-token"
 #: Who calls on a server with no credentials at all (everything is open).
 ANONYMOUS_NAME = "anonymous"
+#: Names audit lines give callers that are no credential: none may be called so.
+RESERVED_NAMES = frozenset({SERVER_TOKEN_NAME, ANONYMOUS_NAME, "offline"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,9 @@ def new_credential(
     name = name.strip()
     if not name:
         raise ValueError("a credential needs a --name")
+    check_name("a credential's name", name)
+    if name in RESERVED_NAMES:
+        raise ValueError(f"{name!r} is reserved (audit lines use it for the server): pick another")
     token = "" if subject else TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = CredentialRow(
         name=name,

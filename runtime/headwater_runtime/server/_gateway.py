@@ -15,6 +15,7 @@ from headwater.wire import (
     BATCH,
     NOT_READY,
     PROTOCOL_VERSION,
+    check_name,
     gather,
     limit_variable,
     message_limit,
@@ -67,6 +68,12 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
             await context.abort(
                 invalid, "Hello needs a worker_id, slots >= 1 and at least one capability"
             )
+        try:
+            check_name("Hello.worker_id", hello.worker_id)
+            if hello.name:
+                check_name("Hello.name", hello.name)
+        except ValueError as exc:
+            await context.abort(invalid, str(exc))
         sends = self.core.settings.limits.max_message_bytes
         accepts = message_limit(hello.max_message_bytes)
         if accepts < sends:
