@@ -285,6 +285,8 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
     )
     assert http.call("GET", "/api/runs/nosuchrun")[0] == 404
     assert http.call("GET", "/api/runs?state=sleepy")[0] == 400
+    status, body, _ = http.call("GET", "/api/runs?before=zzz")  # a bad parameter: 400
+    assert status == 400 and body["error"] == "before 'zzz' is not the id of a run"
 
 
 def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(

@@ -295,6 +295,26 @@ def test_worker_streams_must_start_with_a_supported_hello(db: str) -> None:
     run_against_server(db, body)
 
 
+def test_list_filters_that_match_nothing_by_mistake_are_refused(db: str) -> None:
+    """A state number that is no state, an out-of-range timestamp or a page token the
+    server never gave: INVALID_ARGUMENT naming it (OK with nothing, or NOT_FOUND)."""
+
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        after = cp.ListFlowRunsRequest(states=[99])
+        bad_time = cp.ListFlowRunsRequest()
+        bad_time.created_after.nanos = -5
+        for request, fragment in [
+            (after, "states: 99 is not a flow run state (1..6)"),
+            (bad_time, "created_after.nanos is out of range"),
+            (cp.ListFlowRunsRequest(page_token="junk"), "page_token 'junk' is not one"),
+        ]:
+            code, details = await status_of(client.ListFlowRuns(request, metadata=AUTH))
+            assert (code, fragment in details) == (grpc.StatusCode.INVALID_ARGUMENT, True), details
+
+    run_against_server(db, body)
+
+
 def test_token_is_required_but_health_is_open(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)

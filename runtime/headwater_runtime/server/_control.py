@@ -43,7 +43,7 @@ from ._children import NotRunning
 from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
 from ._limits import InvalidValue, check_parameter
-from ._queries import NoResult, task_result
+from ._queries import NoResult, list_problem, task_result
 from ._reads import AmbiguousRunId, RunReads, new_run_message
 from ._schedule_times import ScheduleError
 
@@ -221,8 +221,14 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         size = request.page_size or 50
         if not 1 <= size <= 1000:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "page_size must be 1..1000")
-        if request.page_token:
-            await self._flow_run(request.page_token, context)
+        problem = list_problem(request)
+        if problem is None and request.page_token:
+            try:
+                await self.io.read(self.store.get_flow_run, request.page_token)
+            except NotFound:
+                problem = f"page_token {request.page_token!r} is not one this server gave"
+        if problem is not None:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.flow_name,

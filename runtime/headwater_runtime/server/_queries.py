@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import json
 
-from headwater.v1 import journal_pb2, payload_pb2
+from headwater.v1 import control_plane_pb2, journal_pb2, payload_pb2
 from headwater.wire import FlowRunState, TaskRunState
 from headwater_runtime.engine import ATTEMPT_EVENTS, WORKER_LOST, Event, stale_reason
 from headwater_runtime.store import FlowRunRow, NotFound, Store
 
 from ._journal import from_stored, stored_ids
 from ._values import Composite, to_result_value
+
+
+def list_problem(request: control_plane_pb2.ListFlowRunsRequest) -> str | None:
+    """What is wrong with a ListFlowRuns request's filters (None: nothing): a state
+    that is no flow run state, a timestamp out of range (they matched nothing, or
+    anything, without a word)."""
+    known = {s.value for s in FlowRunState}
+    unknown = sorted(set(request.states) - known)
+    if unknown:
+        return f"states: {unknown[0]} is not a flow run state ({min(known)}..{max(known)})"
+    for field in ("created_after", "created_before"):
+        if request.HasField(field) and not 0 <= getattr(request, field).nanos < 1_000_000_000:
+            return f"{field}.nanos is out of range"
+    return None
 
 
 class NoResult(LookupError):

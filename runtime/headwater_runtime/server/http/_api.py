@@ -138,7 +138,10 @@ class HttpApi(PageHandlers):
         limit = _int(request, "limit", 50, 1, PAGE_MAX)
         before = request.query.get("before", "")
         if before:
-            await self.reads.flow_run(before)
+            try:
+                await self.reads.flow_run(before)
+            except (LookupError, ValueError):  # NotFound, AmbiguousRunId
+                raise BadRequest(f"before {before!r} is not the id of a run") from None
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.query.get("flow", ""),
