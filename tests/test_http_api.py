@@ -285,6 +285,8 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
     )
     assert http.call("GET", "/api/runs/nosuchrun")[0] == 404
     assert http.call("GET", "/api/runs?state=sleepy")[0] == 400
+    status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", {"reason": {"a": 1}})
+    assert status == 400 and body["error"] == "reason must be text, got dict"
     status, body, _ = http.call("GET", "/api/runs?before=zzz")  # a bad parameter: 400
     assert status == 400 and body["error"] == "before 'zzz' is not the id of a run"
 

@@ -353,16 +353,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return _list(client, args)
         if not args.run_id:
             raise UsageError(f"'runs {args.action}' needs a flow run id (or a unique prefix)")
-        run_id = client.get(args.run_id).id  # a unique prefix names the run
-        if args.action == "show":
-            return _show(client, run_id, args)
-        if args.action == "watch":
+        if args.action == "watch":  # (started while a server restarts: it waits for it)
             try:
-                final = follow_run(client, client.get(run_id))
+                final = follow_run(client, get_riding(client, args.run_id))
             except KeyboardInterrupt:
                 return EXIT_CANCELLED
             show_outcome(final, full=args.full)
             return _exit_code(final.state)
+        run_id = client.get(args.run_id).id  # a unique prefix names the run
+        if args.action == "show":
+            return _show(client, run_id, args)
         if args.action == "cancel":
             run = client.cancel(run_id, args.reason)
             print(f"{run.id}  {run.state.name}")

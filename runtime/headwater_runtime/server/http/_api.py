@@ -110,6 +110,14 @@ async def _body(request: web.Request, example: str) -> dict[str, Any]:
     return body
 
 
+def _reason(body: dict[str, Any], default: str) -> str:
+    """A POST's ``reason`` (text; BadRequest for anything else), or ``default``."""
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest(f"reason must be text, got {type(reason).__name__}")
+    return reason or default
+
+
 class HttpApi(PageHandlers):
     """The handlers of the HTTP API over a ServerCore.
 
@@ -252,8 +260,7 @@ class HttpApi(PageHandlers):
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         """Cancel a run (stored before the answer); an ended run is left as it is."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        body = await _body(request, '{"reason": "..."}')
-        reason = str(body.get("reason") or "cancelled from the web UI")
+        reason = _reason(await _body(request, '{"reason": "..."}'), "cancelled from the web UI")
         if row.state not in _TERMINAL:
             await self.core.cancel_run(row.id, reason)
             await self.core.audit("cancel", "flow_run", row.id, reason)
@@ -265,8 +272,7 @@ class HttpApi(PageHandlers):
         (the path of OperationsService/RetryFlowRun); stored before the answer. 409 when
         it cannot be retried now."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        body = await _body(request, '{"reason": "..."}')
-        reason = str(body.get("reason") or "retried from the web UI")
+        reason = _reason(await _body(request, '{"reason": "..."}'), "retried from the web UI")
         await self.core.ops.retry(row.id, reason)  # audited there
         row = await self.io.read(self.store.get_flow_run, row.id)
         return web.json_response({"run": await self._run(row)})
