@@ -324,6 +324,8 @@ def test_bad_addresses_and_counts_are_usage_errors(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     assert_usage_error(headwater_cli("runs", "list", "--server", "garbage"), "'garbage'")
     assert_usage_error(headwater_cli("run", path, "--server", "h:x"), "'h:x' is not HOST:PORT")
+    proc = headwater_cli("runs", "list", "--limit", "0", "--server", "127.0.0.1:1")
+    assert proc.returncode == 2 and "argument --limit: must be at least 1, got 0" in proc.stderr
     for flag in ("--workers", "--max-concurrency"):
         proc = headwater_cli("run", path, flag, "0")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

@@ -152,6 +152,29 @@ def test_a_json_parameter_that_is_not_json_is_refused_naming_it(
         manager.create_run("typed", version, {"n": bad})
 
 
+def test_a_parameter_referring_to_a_payload_the_server_lacks_is_refused(
+    manager: RunManager,
+) -> None:
+    """A reference to no stored payload, or with a wrong size, was accepted and the run
+    failed on its worker (PayloadTransferError); now the run is refused naming it."""
+    version, _ = manager.register_flow(typed.compile())
+    data = b"[1, 2]"
+    stored = manager.store.put_payload(iter([data]), {"encoding": "json"}, len(data)).id
+
+    def ref(payload_id: str, size: int) -> payload_pb2.Value:
+        return payload_pb2.Value(
+            ref=payload_pb2.PayloadRef(
+                payload_id=payload_id, size_bytes=size, metadata={"encoding": "json"}
+            )
+        )
+
+    with pytest.raises(ParameterError, match=r"parameter 'ids' refers to payload 'nope', which"):
+        manager.create_run("typed", version, {"n": value(1), "ids": ref("nope", 6)})
+    with pytest.raises(ParameterError, match=r"says payload '\w+' is 99 bytes; it is 6"):
+        manager.create_run("typed", version, {"n": value(1), "ids": ref(stored, 99)})
+    manager.create_run("typed", version, {"n": value(1), "ids": ref(stored, len(data))})
+
+
 @pytest.mark.parametrize(
     "schema",
     [

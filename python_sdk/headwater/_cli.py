@@ -29,7 +29,7 @@ from headwater_runtime.tracing import (
     tracing_settings_from_env,
 )
 
-from ._cli_connect import add_tls_args, tls_from_args
+from ._cli_connect import add_tls_args, at_least_one, tls_from_args
 from ._cli_ops import add_ops_commands
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
@@ -405,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow parameter, converted to its annotation (n=3, day=2026-01-02, "
         "ids=[1,2]); unannotated: parsed as JSON when valid, else a string",
     )
-    run.add_argument("--workers", type=_at_least_one, default=None, help="thread pool size")
+    run.add_argument("--workers", type=at_least_one, default=None, help="thread pool size")
     run.add_argument(
         "--dask",
         default=None,
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-concurrency",
-        type=_at_least_one,
+        type=at_least_one,
         default=None,
         help="most task runs executing at once",
     )
@@ -473,17 +473,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokens_command(sub)
     add_ops_commands(sub)
     return parser
-
-
-def _at_least_one(text: str) -> int:
-    """A whole number >= 1 (argparse type: a bad one exits 2 naming the flag)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

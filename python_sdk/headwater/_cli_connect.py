@@ -92,3 +92,14 @@ def connect(args: argparse.Namespace, address: str) -> Client:
         )
     except (TLSConfigError, ValueError) as exc:  # ValueError: an address not HOST:PORT
         raise UsageError(str(exc)) from None
+
+
+def at_least_one(text: str) -> int:
+    """A whole number >= 1 (argparse type: a bad one exits 2 naming the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

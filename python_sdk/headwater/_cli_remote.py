@@ -20,7 +20,7 @@ from headwater.wire import ENV_SERVER, FlowRunState, TaskRunState, parse_duratio
 from headwater.wire import task_run_id as make_task_run_id
 from headwater_runtime.tracing import cli_span
 
-from ._cli_connect import add_tls_args, connect
+from ._cli_connect import add_tls_args, at_least_one, connect
 from ._cli_render import (
     Progress,
     console,
@@ -425,7 +425,7 @@ def add_runs_command(sub: Any) -> None:
     runs.add_argument(
         "--since", metavar="DURATION", help="list: only runs created this recently, e.g. 1h, 2d"
     )
-    runs.add_argument("--limit", type=int, default=20, help="list: how many (default 20)")
+    runs.add_argument("--limit", type=at_least_one, default=20, help="list: how many (default 20)")
     runs.add_argument("--json", action="store_true", help="list, show: print JSON")
     runs.add_argument(
         "--full", action="store_true", help="show, watch: print whole tracebacks (not trimmed)"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from headwater.v1 import payload_pb2
@@ -37,6 +37,7 @@ from headwater.wire import (
     parameters_digest,
 )
 from headwater.wire import json_consumers as _json_consumers
+from headwater_runtime.store import NotFound, Store
 
 from ._journal import payload_ids
 from ._values import to_result_value
@@ -160,6 +161,33 @@ def check_mapped_given(graph: GraphSpec, given: Mapping[str, Any]) -> None:
             "the server cannot map over (the Python client sends it when it runs the flow "
             "object; by flow name, pass it: docs/payloads.md)"
         )
+
+
+def check_refs(store: Store, flow_name: str, given: Mapping[str, payload_pb2.Value]) -> None:
+    """ParameterError for a parameter that refers to a payload this server does not
+    have, or whose size it misstates: the run would fail on its worker, far from the
+    mistake. One store read per payload referenced (large parameters only)."""
+    for name, value in given.items():
+        for ref in _refs(value):
+            try:
+                size = store.payload_meta(ref.payload_id).size
+            except NotFound:
+                raise ParameterError(
+                    f"flow {flow_name!r}: parameter {name!r} refers to payload "
+                    f"{ref.payload_id!r}, which this server does not have (upload it first)"
+                ) from None
+            if ref.size_bytes != size:
+                raise ParameterError(
+                    f"flow {flow_name!r}: parameter {name!r} says payload {ref.payload_id!r} "
+                    f"is {ref.size_bytes} bytes; it is {size}"
+                )
+
+
+def _refs(value: payload_pb2.Value) -> Iterator[payload_pb2.PayloadRef]:
+    if value.WhichOneof("kind") == "ref" and not value.ref.location:
+        yield value.ref
+    for item in value.items:
+        yield from _refs(item)
 
 
 def param_values(params: Mapping[str, Any]) -> dict[str, payload_pb2.Value]:

@@ -101,6 +101,7 @@ from ._params import (
     check_built_for,
     check_json_params,
     check_mapped_given,
+    check_refs,
     check_types,
     param_payload_ids,
     param_values,
@@ -247,6 +248,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         ``parent`` (flow run id, task run key, attempt) makes it a child run."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(graph, version, parameters)
+        check_refs(self.store, flow_name, parameters)
         now = self.clock.now()
         values = param_values(params)
         stored_params = run_pb2.FlowRun(parameters=values)
