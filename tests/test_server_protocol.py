@@ -327,6 +327,32 @@ def test_token_is_required_but_health_is_open(db: str) -> None:
     run_against_server(db, body)
 
 
+def test_a_stream_that_never_says_hello_is_dropped(db: str) -> None:
+    """It stayed open as long as the client kept it; now it ends after the heartbeat
+    timeout, as a silent worker's does."""
+
+    async def main() -> None:
+        async with (
+            serving(db, heartbeat_interval=0.2, heartbeat_timeout=0.6) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+
+            async def nothing() -> AsyncIterator[worker_pb2.ConnectRequest]:
+                await asyncio.sleep(30)
+                yield worker_pb2.ConnectRequest()
+
+            async def drain() -> None:
+                async for _ in stub.Connect(nothing()):
+                    pass
+
+            code, details = await asyncio.wait_for(status_of(drain()), 20)
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
+            assert details == "no Hello within 0.6s of connecting"
+
+    asyncio.run(main())
+
+
 def test_a_silent_worker_is_dropped_and_its_attempt_dispatched_again(db: str) -> None:
     async def main() -> None:
         async with (

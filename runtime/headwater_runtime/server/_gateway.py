@@ -51,10 +51,15 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
         answer with a Welcome, then pass its messages to the core and send it what the
         core queues (batched when the worker lists the "batch" feature)."""
         invalid = grpc.StatusCode.INVALID_ARGUMENT
-        try:
-            first = await anext(aiter(request_iterator))
+        wait = self.core.settings.heartbeat_timeout
+        try:  # a stream that never says Hello is dropped, as a silent worker is
+            first = await asyncio.wait_for(anext(aiter(request_iterator)), wait)
         except StopAsyncIteration:
             await context.abort(invalid, "the stream ended before the worker's Hello")
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {wait:g}s of connecting"
+            )
         if first.WhichOneof("message") != "hello":
             await context.abort(invalid, "the first message of a worker stream must be Hello")
         hello = first.hello
