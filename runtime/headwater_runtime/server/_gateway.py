@@ -53,7 +53,8 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         wait = self.core.settings.heartbeat_timeout
         try:  # a stream that never says Hello is dropped, as a silent worker is
-            first = await asyncio.wait_for(anext(aiter(request_iterator)), wait)
+            async with asyncio.timeout(wait):  # (in this task: decoding aborts the call)
+                first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             await context.abort(invalid, "the stream ended before the worker's Hello")
         except TimeoutError:
