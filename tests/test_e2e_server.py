@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_helpers import BOUND, Cluster, Proc, poll, start_server, start_worker
@@ -316,9 +317,11 @@ def test_worker_killed_mid_task_is_replaced_and_the_flow_succeeds(
     assert done == ["rescuer"]
 
 
-def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
+def _slow_run_under_way(
     tmp_path: Path, db: str, cluster: Callable[..., Proc]
-) -> None:
+) -> tuple[Proc, str, str, Any]:
+    """A server and worker w1, and a run of ``slow`` whose blocking task has started
+    there: (server, address, port, run)."""
     server, address = start_server(cluster, db)
     port = address.rsplit(":", 1)[1]
     start_worker(cluster, address, "w1")
@@ -326,6 +329,13 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     with Client(address, token=TOKEN) as client:
         run = client.run(module.slow, {"n": 2})  # type: ignore[attr-defined]
     poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
+    return server, address, port, run
+
+
+def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    server, address, port, run = _slow_run_under_way(tmp_path, db, cluster)
     # A client waiting for the run keeps waiting across the restart (it watches again),
     # and so does `headwater runs watch` (it exited 1 once the server had been away
     # for 2 s: its look at why task runs wait did not ride out the restart).
@@ -368,13 +378,7 @@ def test_a_server_stopped_gracefully_keeps_the_attempts_workers_hold(
     """SIGTERM stops the server cleanly, closing the workers' streams: that is no loss.
     The attempt the worker runs is awaited by the restarted server, as after a crash,
     and its result taken. It was counted lost at the stop, and run a second time."""
-    server, address = start_server(cluster, db)
-    port = address.rsplit(":", 1)[1]
-    start_worker(cluster, address, "w1")
-    module = flows(tmp_path)
-    with Client(address, token=TOKEN) as client:
-        run = client.run(module.slow, {"n": 2})  # type: ignore[attr-defined]
-    poll(lambda: ("blocking-start", "w1") in effects(tmp_path), "the blocking task to start")
+    server, address, port, run = _slow_run_under_way(tmp_path, db, cluster)
     server.stop()  # SIGTERM, and it exits
     server, address = start_server(cluster, db, int(port))
     resumed = server.wait_line("headwater server resumed")
