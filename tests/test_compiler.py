@@ -723,6 +723,23 @@ def test_a_branch_of_a_case_that_did_not_match_never_runs_whatever_its_trigger(
     assert specs_by_id(graph)["log_line-2"].gates == ("case", "case-2")
 
 
+@pytest.mark.parametrize(
+    "constant", ["abc", {"a": 1}, {1, 2}, 5], ids=["str", "dict", "set", "int"]
+)
+def test_mapping_over_a_constant_without_elements_is_refused_when_the_flow_is_built(
+    constant: Any,
+) -> None:
+    """``double.map("abc")`` was refused only once the run reached the task (an
+    InputError at run time); the constant is known when the flow is built."""
+
+    @flow
+    def over() -> Any:
+        return double.map(constant)
+
+    with pytest.raises(FlowDefinitionError, match=r"task 'double', argument 'x': cannot map over"):
+        over.graph()
+
+
 def test_case_outside_a_flow_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="inside a @flow"), case(True):
         pass

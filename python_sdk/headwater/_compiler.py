@@ -210,6 +210,8 @@ class _Context:
                         f"which is not part of flow {self.flow_name!r}"
                     )
             inputs[arg] = spec
+            if mapped and type(spec) is Const and arg in mapped_args:
+                _check_mappable(spec.value, task.name, arg)
             if task.portable:
                 _check_json_constants(spec, task.name, arg, arg in mapped_args)
         if mapped and not mapped_args:
@@ -384,6 +386,19 @@ def _hidden_ref(value: Any, depth: int, holder: Any = None) -> tuple[Any, Any] |
             if found is not None:
                 return found
     return None
+
+
+def _check_mappable(value: Any, task_name: str, arg: str) -> None:
+    """A constant a task maps over must have elements, by the engine's rule
+    (``PythonValues.length``): refused when the flow is built, not at run time."""
+    if isinstance(value, str | bytes | Mapping) or not (
+        hasattr(value, "__len__") and hasattr(value, "__getitem__")
+    ):
+        raise FlowDefinitionError(
+            f"task {task_name!r}, argument {arg!r}: cannot map over a {type(value).__name__} "
+            "(strings, bytes, dicts, sets and single values have no elements to map over); "
+            "pass a list"
+        )
 
 
 def _check_json_constants(spec: InputSpec, task_name: str, arg: str, mapped: bool) -> None:
