@@ -842,13 +842,13 @@ def test_load_errors_name_the_module() -> None:
 def test_a_file_inside_a_package_is_loaded_under_its_dotted_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--module shop/jobs.py`` (a file of package ``shop``) offers ``shop.jobs.hello``,
-    the task type a client that imports ``shop.jobs`` sends: it offered
-    ``jobs.hello``, and runs waited forever for a worker. Relative imports work too;
-    a file outside any package keeps its stem."""
+    """``--module hwpkg/jobs.py`` (a file of package ``hwpkg``) offers
+    ``hwpkg.jobs.hello``, the task type a client that imports ``hwpkg.jobs`` sends: it
+    offered ``jobs.hello``, and runs waited forever for a worker. Relative imports work
+    too; a file outside any package keeps its stem."""
     from headwater._loader import load_file
 
-    package = tmp_path / "shop"
+    package = tmp_path / "hwpkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "helpers.py").write_text("def greet(n):\n    return 'hi ' + n\n")
@@ -856,18 +856,21 @@ def test_a_file_inside_a_package_is_loaded_under_its_dotted_name(
         "from headwater import task\nfrom . import helpers\n\n"
         "@task\ndef hello(n: str) -> str:\n    return helpers.greet(n)\n"
     )
-    (tmp_path / "loose.py").write_text(
+    (tmp_path / "hwloose.py").write_text(
         "from headwater import task\n\n@task\ndef solo() -> int:\n    return 1\n"
     )
     monkeypatch.setattr(sys, "path", list(sys.path))
-    for name in ("shop", "shop.jobs", "shop.helpers", "loose"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    module = load_file(str(package / "jobs.py"))
-    assert module.__name__ == "shop.jobs"
-    assert module.hello.task_type == "shop.jobs.hello"
-    assert module.hello.fn("x") == "hi x"
-    assert "shop.jobs.hello" in Worker("127.0.0.1:1", [str(package / "jobs.py")]).tasks
-    assert load_file(str(tmp_path / "loose.py")).solo.task_type == "loose.solo"
+    names = ("hwpkg", "hwpkg.jobs", "hwpkg.helpers", "hwloose")
+    try:
+        module = load_file(str(package / "jobs.py"))
+        assert module.__name__ == "hwpkg.jobs"
+        assert module.hello.task_type == "hwpkg.jobs.hello"
+        assert module.hello.fn("x") == "hi x"
+        assert "hwpkg.jobs.hello" in Worker("127.0.0.1:1", [str(package / "jobs.py")]).tasks
+        assert load_file(str(tmp_path / "hwloose.py")).solo.task_type == "hwloose.solo"
+    finally:
+        for name in names:  # imported here: not left for other tests of this process
+            sys.modules.pop(name, None)
 
 
 def test_attempts_the_server_does_not_keep_are_abandoned(tmp_path: Path, tasks_file: Path) -> None:
