@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -75,6 +79,37 @@ def test_a_plaintext_client_is_told_the_server_speaks_tls(tmp_path: Path, certs:
         assert f"the server at {address} speaks TLS: pass --tls-ca FILE" in str(error)
 
     serve(tmp_path, body, **tls_server(certs))
+
+
+def test_the_server_command_does_not_log_grpcs_own_lines_for_failed_handshakes(
+    tmp_path: Path, certs: Certs
+) -> None:
+    """gRPC's core printed ``I... Handshake failed`` on stderr for every plaintext
+    client, whatever --log-level said (the command now sets GRPC_VERBOSITY=ERROR
+    before grpc loads, unless the environment sets it)."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    tls = ["--tls-cert", certs.server.cert, "--tls-key", certs.server.key]
+    where = ["--port", "0", "--no-http", "--db", str(tmp_path / "hw.db")]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "headwater._cli", "server", *where, *tls],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # bounded: the test's timeout
+        address = line.split("listening on ", 1)[1].split()[0]
+        with (
+            grpc.insecure_channel(address) as channel,
+            contextlib.suppress(grpc.FutureTimeoutError),
+        ):
+            grpc.channel_ready_future(channel).result(timeout=1.0)
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    assert "Handshake failed" not in err, err
 
 
 def test_a_tls_client_is_told_the_server_is_plaintext(tmp_path: Path, certs: Certs) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from . import _grpc_env  # noqa: F401  (first: before anything imports grpc)
+
+# isort: split
 import argparse
 import json
 import os
