@@ -109,7 +109,9 @@ def test_the_server_command_does_not_log_grpcs_own_lines_for_failed_handshakes(
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)
-    assert "Handshake failed" not in err, err
+    # (The oldest supported grpcio logs the failure as an error, "E...": that stays.)
+    informational = [x for x in err.splitlines() if x.startswith("I") and "Handshake" in x]
+    assert not informational, err
 
 
 def test_a_tls_client_is_told_the_server_is_plaintext(tmp_path: Path, certs: Certs) -> None:
