@@ -29,7 +29,7 @@ from ._cli_render import (
     state_text,
     summary_table,
 )
-from ._client import Client, RemoteFlowRun, ServerError, TaskRunInfo
+from ._client import REWATCH_PAUSE, Client, RemoteFlowRun, ServerError, TaskRunInfo
 from ._errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
@@ -99,8 +99,9 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
 
 
 def get_riding(client: Client, run_id: str) -> RemoteFlowRun:
-    """``client.get`` (with task runs), asked again every 0.5 s for up to the client's
-    timeout while the server is unavailable (restarting), as ``Client.watch`` does."""
+    """``client.get`` (with task runs), asked again every ``REWATCH_PAUSE`` seconds for
+    up to the client's timeout while the server is unavailable (restarting), as
+    ``Client.watch`` does."""
     deadline = time.monotonic() + client.timeout
     while True:
         try:
@@ -108,7 +109,7 @@ def get_riding(client: Client, run_id: str) -> RemoteFlowRun:
         except ServerError as exc:
             if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
                 raise
-        time.sleep(0.5)
+        time.sleep(REWATCH_PAUSE)
 
 
 def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:

@@ -389,11 +389,11 @@ def _hidden_ref(value: Any, depth: int, holder: Any = None) -> tuple[Any, Any] |
 
 
 def _check_mappable(value: Any, task_name: str, arg: str) -> None:
-    """A constant a task maps over must have elements, by the engine's rule
-    (``PythonValues.length``): refused when the flow is built, not at run time."""
-    if isinstance(value, str | bytes | Mapping) or not (
-        hasattr(value, "__len__") and hasattr(value, "__getitem__")
-    ):
+    """A constant a task maps over must have elements, by the engine's own rule
+    (``PYTHON_VALUES.length``): refused when the flow is built, not at run time."""
+    from headwater_runtime.engine import PYTHON_VALUES  # (only for mapped constants)
+
+    if PYTHON_VALUES.length(value) is None:
         raise FlowDefinitionError(
             f"task {task_name!r}, argument {arg!r}: cannot map over a {type(value).__name__} "
             "(strings, bytes, dicts, sets and single values have no elements to map over); "

@@ -637,13 +637,10 @@ class FlowRunEngine:
             if closed is not None:
                 self._transition(run, S.SKIPPED, f"its case ({closed!r}) did not match")
                 return
-        states: list[TaskRunState] = []
-        for src in node.whole_sources:
-            final_states(src, states)
-        for src in node.elem_sources:
-            if src.run.state is not S.MAPPED:
-                states.append(src.run.state)
-        if not self._apply_trigger(run, Tally.of(states)):
+        node.whole_tally = None  # counted now, and kept for a mapped node's children
+        tally = self._whole_tally(node)
+        unmapped = [src.run.state for src in node.elem_sources if src.run.state is not S.MAPPED]
+        if not self._apply_trigger(run, tally.plus(unmapped) if unmapped else tally):
             return
         if node.spec.mapped is None:
             self._schedule(run)
@@ -719,7 +716,6 @@ class FlowRunEngine:
             return
         length = next(iter(lengths.values()), 0)
         node.shared_inputs = shared
-        node.whole_tally = None  # counted again for this expansion (_whole_tally)
         now = self.clock.now()
         # One PENDING entry for every child (a tuple: immutable, so it can be shared).
         created = _new_entry(StateEntry, (S.PENDING, now, 0, "", None))
@@ -777,10 +773,11 @@ class FlowRunEngine:
             self._schedule(child)
 
     def _whole_tally(self, node: Node) -> Tally:
-        """The final states of a mapped node's whole upstreams, counted once for all its
-        children (they are complete, and stay so, while the node is expanded): a child
-        adds its own element-wise ones. Counting them per child took quadratic time
-        when a whole upstream is itself a wide map."""
+        """The final states of a node's whole upstreams, counted once when the node is
+        evaluated and kept for a mapped node's children (the upstreams are complete,
+        and stay so, while the node is expanded): a child adds its own element-wise
+        ones. Counting them per child took quadratic time when a whole upstream is
+        itself a wide map."""
         tally = node.whole_tally
         if tally is None:
             states: list[TaskRunState] = []

@@ -65,7 +65,7 @@ class Node:
         self.unfinished_children = 0
         self.complete = False
         self.shared_inputs: dict[str, Any] | None = None
-        #: A mapped node's whole upstreams' final states, counted (``_whole_tally``).
+        #: Its whole upstreams' final states, counted (``_whole_tally``).
         self.whole_tally: Tally | None = None
 
 

@@ -53,12 +53,18 @@ def value_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def payload_refs(value: payload_pb2.Value) -> Iterator[payload_pb2.PayloadRef]:
+    """The references to stored payloads a value holds (not those a Dask cluster
+    holds), at any depth."""
+    if value.WhichOneof("kind") == "ref" and not value.ref.location:
+        yield value.ref
+    for item in value.items:
+        yield from payload_refs(item)
+
+
 def payload_ids(value: payload_pb2.Value) -> Iterator[str]:
     """Stored payloads a value references (kept while the value is)."""
-    if value.WhichOneof("kind") == "ref" and not value.ref.location:
-        yield value.ref.payload_id
-    for item in value.items:
-        yield from payload_ids(item)
+    return (ref.payload_id for ref in payload_refs(value))
 
 
 class Values:

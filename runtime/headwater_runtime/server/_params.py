@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from headwater.v1 import payload_pb2
@@ -39,7 +39,7 @@ from headwater.wire import (
 from headwater.wire import json_consumers as _json_consumers
 from headwater_runtime.store import NotFound, Store
 
-from ._journal import payload_ids
+from ._journal import payload_ids, payload_refs
 from ._values import to_result_value
 
 
@@ -168,7 +168,7 @@ def check_refs(store: Store, flow_name: str, given: Mapping[str, payload_pb2.Val
     have, or whose size it misstates: the run would fail on its worker, far from the
     mistake. One store read per payload referenced (large parameters only)."""
     for name, value in given.items():
-        for ref in _refs(value):
+        for ref in payload_refs(value):
             try:
                 size = store.payload_meta(ref.payload_id).size
             except NotFound:
@@ -181,13 +181,6 @@ def check_refs(store: Store, flow_name: str, given: Mapping[str, payload_pb2.Val
                     f"flow {flow_name!r}: parameter {name!r} says payload {ref.payload_id!r} "
                     f"is {ref.size_bytes} bytes; it is {size}"
                 )
-
-
-def _refs(value: payload_pb2.Value) -> Iterator[payload_pb2.PayloadRef]:
-    if value.WhichOneof("kind") == "ref" and not value.ref.location:
-        yield value.ref
-    for item in value.items:
-        yield from _refs(item)
 
 
 def param_values(params: Mapping[str, Any]) -> dict[str, payload_pb2.Value]:

@@ -248,7 +248,10 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         ``parent`` (flow run id, task run key, attempt) makes it a child run."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(graph, version, parameters)
-        check_refs(self.store, flow_name, parameters)
+        if parent is None and schedule is None:
+            # A client's own values (a subflow's child gets stored results, a schedule
+            # the values it was created with): a store read per payload referenced.
+            check_refs(self.store, flow_name, parameters)
         now = self.clock.now()
         values = param_values(params)
         stored_params = run_pb2.FlowRun(parameters=values)

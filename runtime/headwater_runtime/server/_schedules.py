@@ -27,6 +27,7 @@ from headwater.wire import GraphBuildNeeded, ParameterError, seconds, timestamp
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import NotFound, ScheduleRow, Store
 
+from ._params import check_refs
 from ._runs import RunManager
 from ._schedule_times import (
     ScheduleError,
@@ -108,6 +109,7 @@ class Scheduler:
         timing = timing_of(request)
         version, graph = self.runs.graph(request.flow_name, built_version or request.flow_version)
         self.runs.check_params(graph, version, request.parameters)
+        check_refs(self.store, request.flow_name, request.parameters)  # once, not per fire
         now = round(self.clock.now(), 3)  # the anchor, on the millisecond grid of fires
         msg = run_pb2.Schedule()
         msg.CopyFrom(request)
