@@ -28,6 +28,7 @@ LIMITS = Limits(max_payload_bytes=64 << 20, max_upload_chunks=1_000)
 def serve(
     db: str,
     body: Callable[[payload_pb2_grpc.PayloadServiceStub, Any], Awaitable[Any]],
+    idle_timeout: float = 60.0,
 ) -> Any:
     """Start a server on 127.0.0.1:0 with token auth (on ``db``: SQLite or PostgreSQL),
     run ``body`` against it, stop it."""
@@ -37,7 +38,7 @@ def serve(
         io = StoreIO()
         server = grpc.aio.server(interceptors=[TokenAuthInterceptor(TOKEN)])
         payload_pb2_grpc.add_PayloadServiceServicer_to_server(
-            PayloadServicer(store, limits=LIMITS, io=io), server
+            PayloadServicer(store, limits=LIMITS, io=io, idle_timeout=idle_timeout), server
         )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -207,6 +208,32 @@ def test_bad_uploads_get_a_clear_status_and_store_nothing(
         assert count(store, "payloads") == 0
 
     serve(db, body)
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_an_upload_that_stalls_is_ended_and_discarded(db: str, header: bool) -> None:
+    """A client that opens an upload (with its header and a chunk, or nothing at all)
+    and then sends nothing more is not waited for for ever: the call ends with
+    DEADLINE_EXCEEDED and nothing stays in the store."""
+
+    async def stalled() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
+        if header:
+            meta = payload_pb2.UploadPayloadHeader(size_bytes=10, metadata={"encoding": "json"})
+            yield payload_pb2.UploadPayloadRequest(header=meta)
+            yield payload_pb2.UploadPayloadRequest(chunk=b"12345")
+        await asyncio.Event().wait()  # until the call ends (the request stream is cancelled)
+        yield payload_pb2.UploadPayloadRequest()  # (never reached)
+
+    async def body(stub: payload_pb2_grpc.PayloadServiceStub, store: Any) -> None:
+        code, details = await _status_of(stub.UploadPayload(stalled(), metadata=AUTH))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED, details
+        assert details == "the upload sent nothing for 0.5s: it was discarded"
+        assert count(store, "payload_chunks") == 0
+        assert count(store, "payloads") == 0
+        ref = (await stub.UploadPayload(requests(b"hello"), metadata=AUTH)).ref
+        assert ref.size_bytes == 5  # the server serves the next upload as ever
+
+    serve(db, body, idle_timeout=0.5)
 
 
 def test_bad_downloads_get_not_found_or_out_of_range(db: str) -> None:

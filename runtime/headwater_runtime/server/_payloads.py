@@ -31,6 +31,25 @@ class PayloadAccess(Protocol):
 
 #: Largest chunk accepted in one upload message by default (the wire's chunk size).
 MAX_CHUNK = CHUNK_SIZE
+#: Seconds an upload may go without a message (its header, a chunk, or its end) before
+#: it is ended with DEADLINE_EXCEEDED and what it sent is thrown away: a client that
+#: stalls must not hold an open upload (and its buffer) for ever. Generous, as a whole
+#: chunk (1 MiB) must arrive within it over a slow link.
+UPLOAD_IDLE_TIMEOUT = 120.0
+
+
+async def _within(
+    messages: AsyncIterator[payload_pb2.UploadPayloadRequest], seconds: float
+) -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
+    """The messages of a stream, each awaited for at most ``seconds`` (TimeoutError)."""
+    iterator = aiter(messages)
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                message = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        yield message
 
 
 class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
@@ -52,6 +71,8 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         limits: the server's limits (default: ``Limits()``).
         io: the threads store calls run on (default: new ones).
         access: who may download what (default: any caller anything).
+        idle_timeout: seconds an upload may wait for its next message before it is
+            ended (DEADLINE_EXCEEDED) and discarded.
     """
 
     def __init__(
@@ -60,11 +81,13 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         limits: Limits | None = None,
         io: StoreIO | None = None,
         access: PayloadAccess | None = None,
+        idle_timeout: float = UPLOAD_IDLE_TIMEOUT,
     ) -> None:
         self.store = store
         self.limits = limits or Limits()
         self.io = io or StoreIO()
         self.access = access
+        self.idle_timeout = idle_timeout
 
     async def UploadPayload(
         self,
@@ -83,7 +106,7 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         received = chunks = 0
         declared = 0
         try:
-            async for request in request_iterator:
+            async for request in _within(request_iterator, self.idle_timeout):
                 part = request.WhichOneof("part")
                 if upload is None:
                     if part != "header":
@@ -143,6 +166,13 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                 await self.io.write(upload.abort)
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
             await context.abort(code, str(exc))
+        except TimeoutError:
+            if upload is not None:
+                await asyncio.shield(self.io.write(upload.abort))
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the upload sent nothing for {self.idle_timeout:g}s: it was discarded",
+            )
         except BaseException:
             if upload is not None:
                 await asyncio.shield(self.io.write(upload.abort))
