@@ -324,6 +324,10 @@ def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(
     )
     assert status == 403 and "Set-Cookie" not in answer
     assert "the request comes from https://evil.example, not this server" in page
+    # Nor a page with no origin (a sandboxed frame, a data: or file: page).
+    status, answer, page = call(site, "POST", "/login", form=form, headers={"Origin": "null"})
+    assert status == 403 and "Set-Cookie" not in answer
+    assert "the request comes from null, not this server" in page
     own = {"Origin": f"https://127.0.0.1:{site.port}"}
     assert call(site, "POST", "/login", form=form, headers=own)[0] == 303
     # Never on to another site after logging in.
@@ -401,6 +405,9 @@ def test_posts_with_the_cookie_need_the_csrf_token_and_this_origin(site: Site) -
     evil = {CSRF_HEADER: csrf, "Origin": "https://evil.example"}
     status, _, body = call(site, "POST", pause, cookie=operator, headers=evil)
     assert status == 403 and "comes from https://evil.example" in body
+    nowhere = {CSRF_HEADER: csrf, "Origin": "null"}
+    status, _, body = call(site, "POST", pause, cookie=operator, headers=nowhere)
+    assert status == 403 and "comes from null" in body
     # Another session's token does not fit this one.
     admin = site.tokens["admin"]["right"]
     assert call(site, "POST", pause, cookie=admin, headers={CSRF_HEADER: csrf})[0] == 403

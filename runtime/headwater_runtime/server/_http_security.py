@@ -184,10 +184,12 @@ class HttpGuard:
 
 def _origin_problem(headers: Mapping[str, str]) -> str:
     """Why a POST is refused for coming from another site's page ("" when it does
-    not: no Origin, or this server's own)."""
+    not: no Origin, or this server's own). ``Origin: null`` (a sandboxed frame, a
+    ``data:`` or ``file:`` page: no site a browser would name) is refused too; this
+    server's pages send their own origin."""
     origin = _header(headers, "origin")
     host = _header(headers, "host")
-    if origin and origin != "null" and urlsplit(origin).netloc != host:
+    if origin and (origin == "null" or urlsplit(origin).netloc != host):
         return f"CSRF check failed: the request comes from {origin}, not this server"
     return ""
 
