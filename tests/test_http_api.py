@@ -4,7 +4,9 @@ event loop) and a real Python worker in this process; plain HTTP from the test."
 from __future__ import annotations
 
 import json
+import logging
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -677,3 +679,30 @@ def test_a_run_of_a_mapped_task_waiting_on_a_limit_is_late_with_the_limit(
         w.stop()
         thread.join(BOUND)
         server.stop()
+
+
+def test_a_request_that_is_not_http_gets_400_and_no_traceback_in_the_log(
+    server: ServerThread, http: Http, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Raw bytes that are not ASCII in a request line or a header are answered 400
+    saying what is wrong, without aiohttp's ERROR traceback in the server's log (any
+    client could fill it); the server's own handlers' errors still log."""
+    port = int(http.base.rsplit(":", 1)[1])
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    for raw in (
+        b"GET /api/runs?state=\xc3\xa9\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /runs/\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost x\r\nConnection: close\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=BOUND) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.0 400 Bad Request") or answer.startswith(
+            b"HTTP/1.1 400 Bad Request"
+        ), answer[:200]
+        assert b"Invalid" in answer or b"Bad" in answer, answer[:200]
+    assert http.get("/api/runs")["runs"] == []  # it serves on
+    noisy = [r for r in caplog.records if r.name.startswith("aiohttp") and r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy]

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from .._access import AccessControl
 from .._core import ServerCore
@@ -28,6 +29,20 @@ from ._api import HttpApi, error_response
 from ._routes import ROUTES, check_tables
 
 log = logging.getLogger("headwater.server.http")
+
+
+class _QuietBadRequests(logging.Filter):
+    """Drops aiohttp's log record (an ERROR with a traceback) for a request that is not
+    well-formed HTTP (a raw byte that is not ASCII in its path, a broken header): the
+    client is answered 400 saying what is wrong, and any client could otherwise fill the
+    server's log with tracebacks. Errors of the server's own handlers still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, BadHttpMessage)
+
+
+logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
