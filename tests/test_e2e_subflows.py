@@ -65,6 +65,10 @@ def parent(a: int = 3) -> dict:
     return {"first": first, "second": second, "third": third}
 
 @task
+def ready() -> str:
+    return "ready"
+
+@task
 def wait_forever() -> str:
     for _ in range(6000):  # interrupted when cancelled; bounded either way
         time.sleep(0.01)
@@ -85,6 +89,10 @@ def holding() -> list:
 @flow
 def impatient() -> str:
     return blocked.with_options(timeout=1)()
+
+@flow(timeout=1)
+def hurried() -> list:
+    return [ready(), wait_forever()]
 
 @flow
 def each_doubled(items: list) -> list:
@@ -390,6 +398,13 @@ def test_cancelling_the_parent_or_a_subflow_timeout_cancels_the_children(
         assert node.state is TaskRunState.TIMED_OUT
         (only,) = _child_runs(client, timed.id).values()
         assert client.wait(only.id).state is FlowRunState.CANCELLED
+
+        # A top-level run of a flow with a timeout of its own: stopped at its deadline.
+        hurried = client.wait(client.run(module.hurried).id)
+        assert hurried.state is FlowRunState.FAILED
+        assert hurried.message == "the flow run exceeded its timeout of 1s"
+        states = {t.task_id: t.state for t in hurried.task_runs}
+        assert states == {"ready": TaskRunState.SUCCESS, "wait_forever": TaskRunState.CANCELLED}
 
 
 OUTER = """

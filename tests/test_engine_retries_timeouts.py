@@ -15,6 +15,7 @@ from engine_helpers import (
 from headwater.wire import FlowRunState, RetrySpec
 from headwater_runtime.engine import (
     CancelTask,
+    RunRetried,
     RunTask,
     TaskFailed,
     TaskSkipped,
@@ -432,3 +433,57 @@ def test_lost_and_failed_attempts_are_counted_separately() -> None:
     d.succeed("a", 3)
     outcomes = [a.outcome for a in d.runs["a"].attempts]
     assert outcomes == [S.CANCELLED, S.FAILED, S.SUCCESS]
+
+
+# ------------------------------------------------------------ the run's own timeout
+
+
+def test_a_run_over_its_timeout_cancels_what_is_unfinished_and_fails() -> None:
+    """A top-level run given ``timeout`` (GraphSpec.timeout, passed by its host): at
+    the deadline every unfinished task run is cancelled (running attempts told to
+    stop) and the run ends FAILED saying why; what succeeded stays."""
+    d = Driver(flow(task("a"), task("b"), task("c", "b")), timeout=30)
+    t0 = d.clock.now()
+    assert d.engine.next_timer_at == t0 + 30
+    d.succeed("a", 1)
+    assert d.tick(29.999) == []
+    commands = d.tick(0.001)
+    cancels = [c for c in commands if isinstance(c, CancelTask)]
+    assert [(c.run.key, c.reason) for c in cancels] == [
+        ("b", "the flow run exceeded its timeout of 30s")
+    ]
+    assert d.state("a") is S.SUCCESS
+    assert d.state("b") is S.CANCELLED and d.state("c") is S.CANCELLED
+    assert d.engine.state is FlowRunState.FAILED
+    assert d.engine.flow_history[-1][2] == "the flow run exceeded its timeout of 30s"
+    assert d.engine.timed_out == "the flow run exceeded its timeout of 30s"
+    assert d.engine.next_timer_at is None
+    assert d.ignored(d.succeed("b", "late"))  # the stopped attempt's result is not taken
+
+
+def test_a_run_that_ends_in_time_leaves_no_timer_and_a_child_run_has_none() -> None:
+    d = Driver(flow(task("a")), timeout=30)
+    d.succeed("a", 1)
+    assert d.engine.state is FlowRunState.SUCCESS
+    assert d.engine.next_timer_at is None
+    assert d.tick(60) == []
+    child = Driver(flow(task("a")))  # a host gives a child run no timeout of its own
+    assert child.engine.next_timer_at is None
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds, got 0"):
+        Driver(flow(task("a")), timeout=0, register=False)
+
+
+def test_a_retried_run_gets_its_whole_timeout_again() -> None:
+    d = Driver(flow(task("a"), task("b", "a")), timeout=10)
+    d.tick(10)
+    assert d.engine.state is FlowRunState.FAILED
+    d.clock.advance(100)
+    restart = d.send(RunRetried("again"))
+    assert d.dispatched(restart) == ["a"]
+    assert d.engine.timed_out is None
+    assert d.engine.next_timer_at == d.clock.now() + 10
+    d.succeed("a", 1)
+    d.tick(9)
+    d.succeed("b", 2)
+    assert d.engine.state is FlowRunState.SUCCESS
+    assert d.tick(10) == []

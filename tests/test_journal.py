@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from headwater.wire import Const, FailureInfo, FromTask, GraphSpec, RetrySpec
+from headwater.wire import Const, FailureInfo, FromTask, GraphSpec, RetrySpec, TaskSpec
 from headwater_runtime.engine import (
     CancelTask,
     FlowRunEngine,
@@ -158,3 +158,34 @@ def test_replayed_engine_continues_with_the_live_clock() -> None:
     commands = rebuilt.fire_due_timers()
     assert any(isinstance(c, CancelTask) for c in commands)
     assert rebuilt.runs["slow"].state.name in ("RETRYING", "SCHEDULED")
+
+
+def test_a_replayed_run_keeps_the_deadline_of_its_own_timeout() -> None:
+    """A run's own timeout counts from its start as journaled: a server that restarts
+    mid-run stops the run at the same moment it would have, and a replay of the whole
+    journal ends FAILED the same way."""
+    graph = GraphSpec("limited", (TaskSpec("slow", "slow", "t.slow"),), timeout=60.0)
+    clock = Clock()
+    journal: list[JournalEntry] = []
+    engine = FlowRunEngine(graph, {}, clock=clock, auto_start=False, timeout=60.0)
+    host = JournaledEngine(engine, journal.append)
+    host.start()
+    clock.t += 1
+    host.handle(TaskStarted("slow", 1))
+    live = Clock()
+    live.t = clock.t + 30  # the restarted server, half a minute later
+    rebuilt = replay(graph, {}, journal, clock=live, auto_start=False, timeout=60.0)
+    assert rebuilt.next_timer_at == 1060.0
+    live.t = 1060.0
+    cancels = [c for c in rebuilt.fire_due_timers() if isinstance(c, CancelTask)]
+    assert [c.run.key for c in cancels] == ["slow"]
+    assert rebuilt.state.name == "FAILED"
+    clock.t = 1060.0
+    host.fire_due_timers()
+    whole = replay(graph, {}, journal, clock=Clock(), auto_start=False, timeout=60.0)
+    assert _snapshot(whole) == _snapshot(engine) == _snapshot(rebuilt)
+    assert whole.flow_history[-1] == (
+        whole.state,
+        1060.0,
+        "the flow run exceeded its timeout of 60s",
+    )

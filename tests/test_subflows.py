@@ -214,6 +214,35 @@ def test_a_timed_out_subflow_node_cancels_its_child(gate: threading.Event) -> No
     assert "timed out" in only.message
 
 
+@flow(timeout=0.2)
+def hurried() -> list[Any]:
+    return [double(1), wait_for_gate()]
+
+
+def test_a_top_level_run_over_its_flows_timeout_is_stopped_and_fails(
+    gate: threading.Event,
+) -> None:
+    """``@flow(timeout=...)`` also bounds a top-level run (each run attempt): at the
+    deadline what is unfinished is cancelled and the run fails, saying why; a retry
+    gets the whole timeout again."""
+    GATES.append(gate)
+    with pytest.raises(FlowRunFailed) as raised:
+        hurried()
+    assert str(raised.value) == (
+        "flow run of 'hurried' ended FAILED: the flow run exceeded its timeout of 0.2s "
+        "(wait_for_gate CANCELLED)"
+    )
+    run = hurried.run()
+    assert run.state is FlowRunState.FAILED
+    assert run.message == "the flow run exceeded its timeout of 0.2s"
+    assert run.task_run("double").state is TaskRunState.SUCCESS
+    assert run.task_run("wait_for_gate").state is TaskRunState.CANCELLED
+    gate.set()  # the retried attempt is released at once: it ends within its timeout
+    again = run.retry()
+    assert again.state is FlowRunState.SUCCESS and again.result == [2, "released"]
+    assert again.attempt == 2
+
+
 @task(timeout=0.2)
 def starts_blocked() -> str:
     return blocked()

@@ -575,6 +575,7 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         reference_task_ids=reference_ids,
         description=flow.description,
         value_dependent=not symbolic,
+        timeout=flow.call_options.timeout,
     )
     graph.validate()
     return graph

@@ -279,6 +279,8 @@ def flow(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             tags: how a call of this flow inside another flow (a subflow node) is
             retried, timed out and triggered, exactly as for a task (see ``task``). A
             retry runs a new child flow run; a timeout cancels the child.
+        timeout: also bounds a top-level run of the flow (each run attempt): at the
+            deadline its unfinished task runs are cancelled and it fails.
     """
     if fn is not None:
         return Flow(fn, **options)

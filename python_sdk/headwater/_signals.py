@@ -23,6 +23,10 @@ class FlowRunFailed(Exception):
             for f in failures[:5]
         )
         more = f" and {len(failures) - 5} more" if len(failures) > 5 else ""
+        engine = flow_run._engine
+        if engine is not None and engine.timed_out is not None:  # what it says first
+            details = f"{engine.timed_out} ({details}{more})"
+            more = ""
         super().__init__(
             f"flow run of {flow_run.flow_name!r} ended {flow_run.state.name}: "
             f"{details or flow_run.message}{more}"

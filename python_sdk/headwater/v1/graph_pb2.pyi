@@ -110,6 +110,7 @@ class FlowGraph(google.protobuf.message.Message):
     DESCRIPTION_FIELD_NUMBER: builtins.int
     VALUE_DEPENDENT_FIELD_NUMBER: builtins.int
     PARAMETERS_DIGEST_FIELD_NUMBER: builtins.int
+    TIMEOUT_FIELD_NUMBER: builtins.int
     name: builtins.str
     """Flow name, unique per control plane; registering the same name adds a version."""
     version: builtins.str
@@ -148,6 +149,15 @@ class FlowGraph(google.protobuf.message.Message):
         skipped or cached). Empty means every task.
         """
 
+    @property
+    def timeout(self) -> google.protobuf.duration_pb2.Duration:
+        """Longest a top-level run of this flow may run, each run attempt from its start:
+        when it is exceeded, the run's unfinished task runs are cancelled (running attempts
+        told to stop) and the run ends FAILED, its message saying so. A child run (a
+        subflow node, or a flow a task started) is bounded by its node's own timeout
+        instead, and ignores this. Unset: no limit.
+        """
+
     def __init__(
         self,
         *,
@@ -160,9 +170,10 @@ class FlowGraph(google.protobuf.message.Message):
         description: builtins.str = ...,
         value_dependent: builtins.bool = ...,
         parameters_digest: builtins.str = ...,
+        timeout: google.protobuf.duration_pb2.Duration | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["result", b"result"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "parameters_digest", b"parameters_digest", "reference_task_ids", b"reference_task_ids", "result", b"result", "tasks", b"tasks", "value_dependent", b"value_dependent", "version", b"version"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["result", b"result", "timeout", b"timeout"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "parameters_digest", b"parameters_digest", "reference_task_ids", b"reference_task_ids", "result", b"result", "tasks", b"tasks", "timeout", b"timeout", "value_dependent", b"value_dependent", "version", b"version"]) -> None: ...
 
 global___FlowGraph = FlowGraph
 

@@ -262,6 +262,10 @@ class GraphSpec:
     description: str = ""
     value_dependent: bool = False
     parameters_digest: str = ""
+    #: Seconds a top-level run of it may run (each run attempt, from its start): then
+    #: its unfinished task runs are cancelled and it FAILS. None: no limit. A child run
+    #: is bounded by its node's timeout instead.
+    timeout: float | None = None
 
     def validate(self) -> None:
         """Raise GraphError naming the task and problem for any invalid graph.
@@ -328,6 +332,11 @@ class GraphSpec:
             raise GraphError(
                 f"flow {self.name!r}: a version may not contain {BUILD_SEPARATOR!r} "
                 f"(got {self.version!r}); it marks the graphs of value-dependent flows"
+            )
+        timeout = self.timeout
+        if timeout is not None and not (math.isfinite(timeout) and 0 < timeout <= MAX_DURATION):
+            raise GraphError(
+                f"flow {self.name!r}: timeout must be > 0 seconds (and <= {MAX_DURATION:g})"
             )
         ids: dict[str, TaskSpec] = {}
         for t in self.tasks:

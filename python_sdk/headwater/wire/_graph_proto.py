@@ -107,6 +107,8 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
         value_dependent=graph.value_dependent,
         parameters_digest=graph.parameters_digest,
     )
+    if graph.timeout is not None:
+        msg.timeout.CopyFrom(duration(graph.timeout))
     readers = json_consumers(graph).params
     for p in graph.params:
         param = msg.parameters.add(
@@ -298,6 +300,7 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
         description=msg.description,
         value_dependent=msg.value_dependent,
         parameters_digest=msg.parameters_digest,
+        timeout=seconds(msg.timeout) if msg.HasField("timeout") else None,
     )
     if graph.value_dependent and not graph.parameters_digest:
         raise GraphError(

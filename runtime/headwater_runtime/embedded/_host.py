@@ -238,6 +238,8 @@ class EmbeddedRun:
                     max_concurrency=limit,
                     auto_start=not self.executor.reports_starts,
                     on_transition=hook,
+                    # A child run is bounded by its node's timeout, not its flow's own.
+                    timeout=None if parent_id else graph.timeout,
                 )
         except BaseException:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run

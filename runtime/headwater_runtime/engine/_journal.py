@@ -27,14 +27,15 @@ TIMERS = "timers"
 #: the engine decide differently (a changed rule, a new event): a server records it
 #: with every run and refuses to replay a journal written by an engine it cannot
 #: reproduce (docs/durability.md).
-ENGINE_VERSION = "4"
+ENGINE_VERSION = "5"
 #: Engine versions whose journals this engine replays to the same decisions. Version 2
 #: added the flow run retry (RunRetried, engine/_rerun.py); version 3 the failure of an
 #: attempt no worker started (TaskFailed.never_started: SCHEDULED -> FAILED); version 4
 #: case gates (TaskSpec.gates: a task inside a case that did not match is SKIPPED
-#: whatever its trigger). Older journals have none of them (their graphs no gates),
-#: so they replay the same.
-REPLAYS = frozenset({"1", "2", "3", ENGINE_VERSION})
+#: whatever its trigger); version 5 a top-level run's own timeout (GraphSpec.timeout).
+#: Older journals have none of them (their graphs no gates and no run timeout), so
+#: they replay the same.
+REPLAYS = frozenset({"1", "2", "3", "4", ENGINE_VERSION})
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ _RUN = Verdict.RUN
 
 _TIMEOUT = 0
 _RETRY = 1
+_RUN_TIMEOUT = 2  # the run's own time limit (key "", attempt: the run attempt)
 
 #: A StateEntry made without its Python-level ``__new__`` (a named tuple's): four
 #: per task run, on the engine's hottest path.
@@ -93,6 +94,10 @@ class FlowRunEngine:
             work immediately); otherwise the host reports TaskStarted.
         max_lost: how many times a run may be re-dispatched after losing its worker.
         on_transition: observer called with (run, entry) for every state change.
+        timeout: seconds each run attempt may take from its start; then its unfinished
+            task runs are cancelled and it ends FAILED (None: no limit). A host passes
+            the graph's ``timeout`` for a top-level run, nothing for a child run (its
+            node's timeout bounds it).
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class FlowRunEngine:
         auto_start: bool = True,
         max_lost: int = 3,
         on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
+        timeout: float | None = None,
     ) -> None:
         graph.validate()
         graph = graph.topological()
@@ -118,6 +124,9 @@ class FlowRunEngine:
         self.auto_start = auto_start
         self.max_lost = max_lost
         self.on_transition = on_transition
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.timeout = timeout
         self.params = bind_params(graph, params or {})
         self.state = FlowRunState.PENDING
         #: The run attempt: 1, then one more each time the run is retried (RunRetried).
@@ -125,6 +134,8 @@ class FlowRunEngine:
         self.flow_history: list[tuple[FlowRunState, float, str]] = []
         self.result: Any = None
         self.cancel_reason: str | None = None
+        #: Why the run was stopped for taking longer than ``timeout`` (None: it was not).
+        self.timed_out: str | None = None
         self.runs: dict[str, TaskRunRecord] = {}
         self._nodes: dict[str, Node] = {}
         self._out: list[Command] = []
@@ -150,6 +161,7 @@ class FlowRunEngine:
         if self.cancel_reason is not None:
             self._cancel(self.cancel_reason)
             return self._flush()
+        self.arm_run_timeout()
         for node in self._nodes.values():
             if node.whole_remaining == 0 and node.elem_remaining == 0:
                 self._evaluate_node(node)
@@ -214,6 +226,10 @@ class FlowRunEngine:
         now = self.clock.now()
         while self._timers and self._timers[0][0] <= now:
             _, _, kind, key, attempt = heapq.heappop(self._timers)
+            if kind == _RUN_TIMEOUT:
+                if self.state is FlowRunState.RUNNING and attempt == self.run_attempt:
+                    self._time_out()
+                continue
             run = self.runs[key]
             if run.attempt != attempt:
                 continue
@@ -562,8 +578,26 @@ class FlowRunEngine:
         else:
             self._ready.append(run)
 
+    def arm_run_timeout(self) -> None:
+        """Start the clock of the run's ``timeout`` for its current run attempt (at its
+        start, and when it is retried)."""
+        if self.timeout is not None:
+            self._timer_seq += 1
+            at = self.clock.now() + self.timeout
+            heapq.heappush(self._timers, (at, self._timer_seq, _RUN_TIMEOUT, "", self.run_attempt))
+
+    def _time_out(self) -> None:
+        """The run took longer than its timeout: stop everything; it ends FAILED."""
+        assert self.timeout is not None
+        self.timed_out = f"the flow run exceeded its timeout of {self.timeout:g}s"
+        self._stop_all(self.timed_out)
+
     def _cancel(self, reason: str) -> None:
         self.cancel_reason = reason
+        self._stop_all(reason)
+
+    def _stop_all(self, reason: str) -> None:
+        """Cancel every unfinished task run (telling running attempts to stop)."""
         self._ready.clear()
         self._timers.clear()
         for run in list(self.runs.values()):
@@ -856,7 +890,10 @@ class FlowRunEngine:
         self._set_flow_state(FlowRunState.FAILED, f"could not assemble the result: {exc!r}")
 
     def _finish(self) -> None:
-        if self.cancel_reason is not None:
+        self._timers.clear()  # (all task runs have ended; and the run's own timeout)
+        if self.timed_out is not None:
+            state, message = FlowRunState.FAILED, self.timed_out
+        elif self.cancel_reason is not None:
             state, message = FlowRunState.CANCELLED, self.cancel_reason
         elif self._reference_failed():
             state = FlowRunState.FAILED

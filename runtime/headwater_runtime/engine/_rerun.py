@@ -73,10 +73,11 @@ def reopen(engine: FlowRunEngine, event: RunRetried) -> None:
         node.shared_inputs = _shared_inputs(engine, node)
         node.whole_tally = None
     _recount(engine)
-    engine.cancel_reason = None
+    engine.cancel_reason = engine.timed_out = None
     engine.result = None
     engine.state = FlowRunState.RUNNING
     engine.flow_history.append((FlowRunState.RUNNING, engine.clock.now(), message))
+    engine.arm_run_timeout()  # the run attempt gets the whole timeout again
     _start(engine)
 
 

@@ -405,7 +405,12 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
                 if holder[0].trace is not None:
                     holder[0].trace.on_transition(run, entry)
 
-        options: dict[str, Any] = {"auto_start": False, "on_transition": on_transition}
+        options: dict[str, Any] = {
+            "auto_start": False,
+            "on_transition": on_transition,
+            # A child run is bounded by its node's timeout, not its flow's own.
+            "timeout": None if row.parent_flow_run_id else graph.timeout,
+        }
         in_flight: dict[str, RunTask] = {}
         if journal is None:
             engine = FlowRunEngine(graph, params, clock=self.clock, values=SERVER_VALUES, **options)
