@@ -182,6 +182,7 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         description="Extract and transform.",
         value_dependent=True,
         parameters_digest="ab" * 32,
+        timeout=dur(3600, 500_000_000),
     )
 
 
