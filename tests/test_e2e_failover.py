@@ -261,3 +261,29 @@ def test_a_paused_leader_that_resumes_after_a_takeover_writes_nothing_and_stands
     ran = effects(tmp_path)
     assert ran.count("done-7-2") == 1 and ran.count("done-7-3") == 1, ran
     assert w.popen.poll() is None  # the worker followed the leader
+
+
+def test_a_leader_stopped_with_sigterm_hands_over_at_once(
+    url: str, tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    """A planned stop (SIGTERM) gives the lease up: the standby takes over without
+    waiting for it to run out, and the run goes on. The released lease once read as
+    an error on the standby ("cannot subtract infinite timestamps"), which then stood
+    by for ever."""
+    first, leader = start_server(cluster, url)
+    second, spare = standby(cluster, url)
+    both = f"{leader},{spare}"
+    worker(cluster, both, "w1")
+    module: Any = load_file(str(tmp_path / "failover_tasks.py"))
+    with Client(both, token=TOKEN) as client:
+        run_id = client.run(module.fan, {"run": 5}).id
+        poll(lambda: {"start-5-2", "start-5-3"} <= set(effects(tmp_path)), "steps to start")
+        first.popen.send_signal(signal.SIGTERM)
+        assert first.popen.wait(30) == 0
+        second.wait_line("headwater server listening on")  # took the lead
+        assert not any("cannot read the leader lease" in x for x in second.other), second.other
+        (tmp_path / "release").write_text("go")
+        final = client.wait(run_id)
+        assert final.state is FlowRunState.SUCCESS and final.result == 6, final.message
+    ran = effects(tmp_path)
+    assert ran.count("start-5-0") == 1 and ran.count("start-5-1") == 1, ran

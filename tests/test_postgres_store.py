@@ -3,6 +3,7 @@ epoch that fences every write. (tests/test_store.py runs the common tests on it.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -183,6 +184,7 @@ def test_one_server_leads_and_the_lease_names_it(url: str) -> None:
     assert 0 < state.remaining <= 30
     assert lease_a.renew()
     lease_a.release()  # a clean stop: B may take over at once
+    assert lease_b.read().remaining == -math.inf  # (it failed: -infinity - now)
     assert lease_b.acquire() == 2
     assert not lease_a.renew()  # A lost it
     a.close()

@@ -65,14 +65,17 @@ class Lease:
     def read(self) -> LeaseState:
         """The lease as it is now."""
         with self.store.connection() as conn:
+            # A released lease (and a new database's) expires at -infinity, which
+            # PostgreSQL cannot subtract a time from: it reads as NULL, long expired.
             row = conn.execute(
-                "SELECT holder, address, epoch, "
-                "EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 "
+                "SELECT holder, address, epoch, CASE WHEN isfinite(expires_at) "
+                "THEN EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 END "
                 "FROM leader_lease WHERE id = 1"
             ).fetchone()
         if row is None:  # pragma: no cover - migration 2 inserts the row
             return LeaseState("", "", 0, -math.inf)
-        return LeaseState(str(row[0]), str(row[1]), int(row[2]), float(row[3]))
+        remaining = -math.inf if row[3] is None else float(row[3])
+        return LeaseState(str(row[0]), str(row[1]), int(row[2]), remaining)
 
     def acquire(self) -> int | None:
         """Take the lead if the lease has expired: the new epoch (also set as the
