@@ -84,7 +84,7 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
                 try:
                     current = client.get(run.id, include_task_runs=True)
                 except ServerError as exc:
-                    if exc.code is not grpc.StatusCode.UNAVAILABLE:
+                    if exc.code not in _OUTAGE:
                         raise
                     continue  # a restart: the watch rides it out, or gives up, for us
                 progress.waits({t.key: t.waiting for t in current.task_runs if t.waiting})
@@ -98,6 +98,11 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
     return get_riding(client, run.id)
 
 
+#: What a server that is going away answers: unreachable, or it ended the call as it
+#: stopped (a restart, a leader stepping down).
+_OUTAGE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 def get_riding(client: Client, run_id: str) -> RemoteFlowRun:
     """``client.get`` (with task runs), asked again every ``REWATCH_PAUSE`` seconds for
     up to the client's timeout while the server is unavailable (restarting), as
@@ -107,7 +112,7 @@ def get_riding(client: Client, run_id: str) -> RemoteFlowRun:
         try:
             return client.get(run_id, include_task_runs=True)
         except ServerError as exc:
-            if exc.code is not grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+            if exc.code not in _OUTAGE or time.monotonic() >= deadline:
                 raise
         time.sleep(REWATCH_PAUSE)
 

@@ -60,6 +60,18 @@ _T = TypeVar("_T")
 
 #: Pause between rounds over every address while none leads (a takeover under way).
 FAILOVER_PAUSE = 0.2
+#: With several servers, the longest one attempt of a call may take before the next
+#: server is tried: a leader that froze (SIGSTOP, a stalled VM or network) would
+#: otherwise hold every call for the client's whole timeout while a standby takes
+#: over within its lease (10 s by default).
+ATTEMPT_TIMEOUT = 10.0
+#: Codes after which a call is tried again on another server (with several): it could
+#: not reach one (UNAVAILABLE), the server stopped serving in the middle of it (a
+#: leader stepping down ends its calls: CANCELLED), or one attempt took longer than
+#: ``ATTEMPT_TIMEOUT`` (DEADLINE_EXCEEDED, while the call's own timeout lasts).
+_FAILOVER_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
 #: Pause between attempts to watch again a run whose one server went away (restarts).
 REWATCH_PAUSE = 0.5
 
@@ -263,9 +275,10 @@ class Client(OperationsClient):
     def _failover(self, error: BaseException, deadline: float, tried: list[str]) -> bool:
         """After a call failed with ``error``: whether to try again, on the leader a
         standby named or the next address (only with several addresses, only for
-        UNAVAILABLE, and only until ``deadline``)."""
+        ``_FAILOVER_CODES``, and only until ``deadline``). Calls that create something
+        are safe to send again: a run carries its idempotency key, a flow its digest."""
         code = error.code() if isinstance(error, grpc.RpcError) else None
-        unreachable = code == grpc.StatusCode.UNAVAILABLE or (
+        unreachable = code in _FAILOVER_CODES or (
             isinstance(error, PayloadTransferError) and "UNAVAILABLE" in str(error)
         )
         if not (self._addresses.several and unreachable) or time.monotonic() >= deadline:
@@ -328,6 +341,8 @@ class Client(OperationsClient):
 
         def attempt() -> _Resp:
             remaining = max(0.1, deadline - time.monotonic())
+            if self._addresses.several:
+                remaining = min(remaining, ATTEMPT_TIMEOUT)
             return method()(request, metadata=self._metadata, timeout=remaining)
 
         try:
@@ -829,8 +844,8 @@ def _rewatch(error: grpc.RpcError, deadline: float, tried: list[str], address: s
     (it is unreachable, as while it restarts, or a standby there waits out the lease
     of the leader that died, and ``deadline`` is not past); waits ``REWATCH_PAUSE``
     first. ``tried`` keeps the deadline of this outage."""
-    if error.code() != grpc.StatusCode.UNAVAILABLE:
-        return False
+    if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        return False  # (CANCELLED: the server stopped serving, as a leader stepping down)
     if time.monotonic() + REWATCH_PAUSE >= deadline:
         return False
     tried.append(address)

@@ -1,0 +1,98 @@
+"""A Client given several servers tries the next one when a call cannot be answered
+where it went: a server that is unreachable, that ends the call as it stops serving
+(a leader stepping down: CANCELLED), or that does not answer within one attempt's
+bound (a frozen leader). Real gRPC servers in this process stand in for the leader
+and the standby."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from headwater import Client, ServerError
+from headwater import _client as client_module
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import control_plane_pb2_grpc
+
+Behaviour = Callable[[grpc.ServicerContext], cp.GetServerInfoResponse]
+
+
+class _Control(control_plane_pb2_grpc.ControlPlaneServiceServicer):
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.calls = 0
+
+    def GetServerInfo(
+        self, request: cp.GetServerInfoRequest, context: grpc.ServicerContext
+    ) -> cp.GetServerInfoResponse:
+        self.calls += 1
+        return self.behaviour(context)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Behaviour], tuple[str, _Control]]]:
+    servers: list[grpc.Server] = []
+
+    def start(behaviour: Behaviour) -> tuple[str, _Control]:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        control = _Control(behaviour)
+        control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(control, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return f"127.0.0.1:{port}", control
+
+    yield start
+    for server in servers:
+        server.stop(None)
+
+
+def answers(context: grpc.ServicerContext) -> cp.GetServerInfoResponse:
+    return cp.GetServerInfoResponse(server_version="standby-now-leader", protocol_version=1)
+
+
+def steps_down(context: grpc.ServicerContext) -> Any:
+    context.abort(grpc.StatusCode.CANCELLED, "the server is stopping")
+
+
+def frozen(release: threading.Event) -> Behaviour:
+    def behaviour(context: grpc.ServicerContext) -> Any:
+        release.wait(30)  # (bounded: the test sets it at its end)
+        return answers(context)
+
+    return behaviour
+
+
+def test_a_call_ended_by_a_server_stepping_down_is_tried_on_the_next(serve: Any) -> None:
+    old, old_control = serve(steps_down)
+    new, _ = serve(answers)
+    with Client(f"{old},{new}", timeout=10) as client:
+        assert client.server_info()["server_version"] == "standby-now-leader"
+    assert old_control.calls == 1
+    with Client(old, timeout=10) as alone, pytest.raises(ServerError) as raised:
+        alone.server_info()  # one server: nowhere else to go
+    assert raised.value.code is grpc.StatusCode.CANCELLED
+
+
+def test_a_frozen_server_holds_a_call_one_attempt_long_then_the_next_is_tried(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "ATTEMPT_TIMEOUT", 0.5)
+    release = threading.Event()
+    try:
+        old, old_control = serve(frozen(release))
+        new, _ = serve(answers)
+        with Client(f"{old},{new}", timeout=20) as client:
+            assert client.server_info()["server_version"] == "standby-now-leader"
+        assert old_control.calls == 1
+        # Alone, a slow server has the call's whole timeout (no attempt bound).
+        with Client(old, timeout=1.5) as alone, pytest.raises(ServerError) as raised:
+            alone.server_info()
+        assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()
