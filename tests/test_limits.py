@@ -487,6 +487,38 @@ def test_a_result_declaring_a_huge_map_width_fails_its_task_and_the_server_goes_
     against_server(tmp_path, body, Limits(max_map_width=100))
 
 
+def test_a_result_that_carries_no_value_fails_its_task_instead_of_its_readers(
+    tmp_path: Path,
+) -> None:
+    """A TaskResult with no value, or inline bytes with no encoding, was taken: the
+    run succeeded and its readers failed ("unknown payload encoding ''"). Now the
+    worker's Ack refuses it, saying why, and the task fails."""
+    no_encoding = value_of([0, 1, 2], split=True)
+    del no_encoding.inline.metadata["encoding"]
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+        for _ in range(2):
+            await client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="proto_pipeline"))
+        acks = await _report_hostile_results(channel, [payload_pb2.Value(), no_encoding])
+        expected = [
+            "carries no value (TaskResult.result needs",
+            "has no 'encoding' in its metadata",
+        ]
+        for ack, fragment in zip(acks, expected, strict=True):
+            assert (ack.accepted, ack.code) == (False, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+            assert fragment in ack.reason, ack.reason
+        listed = await client.ListFlowRuns(cp.ListFlowRunsRequest())
+        for run in listed.flow_runs:
+            final = None
+            async for change in client.WatchFlowRun(cp.WatchFlowRunRequest(id=run.id)):
+                final = change.flow_run
+            assert final is not None and final.state == FlowRunState.FAILED.value
+
+    against_server(tmp_path, body, Limits())
+
+
 def test_a_wide_result_over_the_limit_is_refused_on_the_path_off_the_loop(
     tmp_path: Path,
 ) -> None:

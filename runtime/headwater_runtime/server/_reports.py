@@ -17,6 +17,7 @@ from grpc import StatusCode
 
 from headwater.v1 import worker_pb2
 from headwater.wire import (
+    ENCODING_KEY,
     FailureInfo,
     cut_text,
     failure_from_proto,
@@ -193,8 +194,17 @@ class WorkerReports:
     ) -> tuple[StatusCode, str] | None:
         """Why a worker's result cannot be taken (its status and message), or None."""
         what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
+        value = result.result
+        kind = value.WhichOneof("kind")
+        if kind is None:  # (no result at all: no reader could decode it)
+            return StatusCode.INVALID_ARGUMENT, (
+                f"{what} carries no value (TaskResult.result needs inline bytes or a "
+                "payload reference; a task that returns nothing sends the encoding of None)"
+            )
+        if kind == "inline" and not value.inline.metadata.get(ENCODING_KEY):
+            return StatusCode.INVALID_ARGUMENT, f"{what} has no {ENCODING_KEY!r} in its metadata"
         try:
-            check_value(result.result, self.settings.limits, what)
+            check_value(value, self.settings.limits, what)
         except LimitExceeded as exc:
             return StatusCode.RESOURCE_EXHAUSTED, str(exc)
         except InvalidValue as exc:
