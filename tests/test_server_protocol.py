@@ -277,9 +277,25 @@ def test_worker_streams_must_start_with_a_supported_hello(db: str) -> None:
         future = worker_pb2.Hello(worker_id="w", protocol_version=99, capabilities=["x"], slots=1)
         code, details = await status_of(drain(worker_pb2.ConnectRequest(hello=future)))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "version 99" in details
-        no_slots = worker_pb2.Hello(worker_id="w", protocol_version=1, capabilities=["x"])
-        code, _ = await status_of(drain(worker_pb2.ConnectRequest(hello=no_slots)))
-        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        # Each field that is wrong is named (a worker the server cannot use is refused).
+        ok: dict[str, Any] = {"worker_id": "w", "protocol_version": 1, "slots": 1}
+        for fields, fragment in [
+            ({"capabilities": ["x"], "slots": 0}, "Hello.slots must be at least 1, got 0"),
+            ({"worker_id": "", "capabilities": ["x"]}, "Hello needs a worker_id"),
+            ({}, "Hello needs at least one capability (a task type the worker runs)"),
+            ({"capabilities": ["x", ""]}, "Hello.capabilities has an empty task type"),
+            (
+                {"capabilities": ["x"], "labels": {"": "gpu"}},
+                "Hello.labels has a label with an empty name",
+            ),
+            (
+                {"capabilities": ["x"], "max_message_bytes": -1},
+                "Hello.max_message_bytes must be 0 (gRPC's default) or more, got -1",
+            ),
+        ]:
+            bad = worker_pb2.Hello(**{**ok, **fields})
+            code, details = await status_of(drain(worker_pb2.ConnectRequest(hello=bad)))
+            assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, fragment), fields
         # A name is shown in `headwater workers list`: no escape sequence may forge
         # what an operator reads, and no 3 MB name sits in the workers table.
         for name, fragment in [

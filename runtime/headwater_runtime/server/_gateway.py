@@ -32,6 +32,24 @@ def _response_batch(messages: list[worker_pb2.ConnectResponse]) -> worker_pb2.Co
     return worker_pb2.ConnectResponse(batch=worker_pb2.ConnectResponseBatch(messages=messages))
 
 
+def _hello_problem(hello: worker_pb2.Hello) -> str:
+    """What is wrong with a Hello's numbers and lists ("" when nothing is), naming the
+    field: a server that took them would dispatch to a worker it cannot use."""
+    if not hello.worker_id:
+        return "Hello needs a worker_id"
+    if hello.slots < 1:
+        return f"Hello.slots must be at least 1, got {hello.slots}"
+    if not hello.capabilities:
+        return "Hello needs at least one capability (a task type the worker runs)"
+    if not all(hello.capabilities):
+        return "Hello.capabilities has an empty task type"
+    if "" in hello.labels:
+        return "Hello.labels has a label with an empty name"
+    if (limit := hello.max_message_bytes) < 0:
+        return f"Hello.max_message_bytes must be 0 (gRPC's default) or more, got {limit}"
+    return ""
+
+
 class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
     """WorkerGatewayService over a ServerCore.
 
@@ -70,10 +88,9 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 f"worker protocol version {hello.protocol_version} is not supported; "
                 f"this server speaks version {PROTOCOL_VERSION}",
             )
-        if not hello.worker_id or hello.slots < 1 or not hello.capabilities:
-            await context.abort(
-                invalid, "Hello needs a worker_id, slots >= 1 and at least one capability"
-            )
+        problem = _hello_problem(hello)
+        if problem:
+            await context.abort(invalid, problem)
         try:
             check_name("Hello.worker_id", hello.worker_id)
             if hello.name:
