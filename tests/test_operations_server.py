@@ -331,6 +331,20 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         settings({}, {}, str(tmp_path / "missing.toml"))
 
 
+def test_the_documented_configuration_file_is_one_the_server_takes(tmp_path: Path) -> None:
+    """docs/operations.md's example file, as it is: every key it shows is one the
+    server reads (a PostgreSQL server's --advertise among them)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    section = doc.split("## The configuration file", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "headwater.toml"
+    config.write_text(example)
+    got = settings({}, {}, str(config))
+    assert (got.advertise, got.http_port, got.lease) == ("cp1.internal:50051", 8080, 10.0)
+    assert got.tls_client_ca == "/etc/headwater/ca.crt"
+    assert settings({}, {"HEADWATER_ADVERTISE": "cp2:1"}, str(config)).advertise == "cp2:1"
+
+
 def test_the_server_log_level_comes_from_the_flag_environment_or_file(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
     config.write_text('[server]\nlog_level = "warning"\n')

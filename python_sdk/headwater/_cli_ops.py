@@ -18,7 +18,9 @@ from ._errors import UsageError
 
 
 def _common(parser: Any) -> None:
-    parser.add_argument("--server", help="HOST:PORT (or HEADWATER_SERVER)")
+    parser.add_argument(
+        "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
+    )
     parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
     add_tls_args(parser)
 

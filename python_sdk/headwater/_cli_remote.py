@@ -426,7 +426,8 @@ def add_runs_command(sub: Any) -> None:
         action="append",
         default=[],
         metavar="STATE",
-        help="list: only runs in this state (running, success, failed, cancelled; repeatable)",
+        help="list: only runs in this state (pending, scheduled, running, success, failed, "
+        "cancelled; repeatable)",
     )
     runs.add_argument(
         "--since", metavar="DURATION", help="list: only runs created this recently, e.g. 1h, 2d"

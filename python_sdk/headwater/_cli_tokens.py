@@ -162,7 +162,11 @@ def add_tokens_command(sub: Any) -> None:
         help="the server's database (a SQLite path or a postgresql:// URL): work "
         "offline (or HEADWATER_DB)",
     )
-    tokens.add_argument("--server", default=None, help="HOST:PORT (or HEADWATER_SERVER)")
+    tokens.add_argument(
+        "--server",
+        default=None,
+        help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)",
+    )
     tokens.add_argument("--token", default=None, help="an admin's token (or HEADWATER_TOKEN)")
     add_tls_args(tokens)
     tokens.set_defaults(func=_dispatch)

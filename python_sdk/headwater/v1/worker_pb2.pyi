@@ -203,8 +203,9 @@ class Hello(google.protobuf.message.Message):
 
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
-        """Optional protocol features the worker understands. The server acts only on
-        "batch" (it then may send ConnectResponse.batch) and ignores other names.
+        """Optional protocol features the worker understands: "batch" (the server then may
+        send ConnectResponse.batch), "drain" (it sends drain notices) and "graph-builds"
+        (it asks for graphs, BuildGraph). The server ignores other names.
         """
 
     def __init__(
@@ -672,8 +673,8 @@ class Welcome(google.protobuf.message.Message):
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """Optional features the server implements (docs/worker-protocol.md lists them).
-        Only "batch" changes the stream, and only if Hello.features lists it too. A
-        worker must ignore names it does not know.
+        The negotiated ones ("batch", "drain", "graph-builds") change the stream only if
+        Hello.features lists them too. A worker must ignore names it does not know.
         """
 
     @property

@@ -103,6 +103,7 @@ from ._servers import STANDBY_REFUSAL as STANDBY_REFUSAL
 from ._servers import Addresses as Addresses
 from ._servers import leader_hint as leader_hint
 from ._servers import parse_addresses as parse_addresses
+from ._settings import ENV_ADVERTISE as ENV_ADVERTISE
 from ._settings import ENV_CONFIG as ENV_CONFIG
 from ._settings import ENV_DB as ENV_DB
 from ._settings import ENV_HEARTBEAT_INTERVAL as ENV_HEARTBEAT_INTERVAL

@@ -24,6 +24,8 @@ ENV_RETENTION = "HEADWATER_RETENTION"
 ENV_PAYLOAD_DIR = "HEADWATER_PAYLOAD_DIR"
 #: How long a leader's lease lasts (servers sharing a PostgreSQL database), e.g. 10s.
 ENV_LEASE = "HEADWATER_LEASE"
+#: The address standbys name as the leader while this server leads (HOST:PORT).
+ENV_ADVERTISE = "HEADWATER_ADVERTISE"
 #: The server's HTTP port (web UI and JSON API), or ``off``.
 ENV_HTTP_PORT = "HEADWATER_HTTP_PORT"
 #: Clients and workers: "1" to speak TLS and verify the server with the system roots.
@@ -66,6 +68,8 @@ VARIABLES: dict[str, str] = {
     ENV_RETENTION: "how long the server keeps finished runs, e.g. 30d (default: forever)",
     ENV_PAYLOAD_DIR: "a directory for payload bytes instead of the database (default: none)",
     ENV_LEASE: "how long a leader's lease lasts with PostgreSQL, e.g. 10s (default 10s)",
+    ENV_ADVERTISE: "with PostgreSQL: the HOST:PORT standbys name as the leader while this "
+    "server leads (default: the host and the bound port)",
     ENV_HTTP_PORT: "the server's web UI port, or off (default: the gRPC port + 1)",
     ENV_TLS: "clients and workers: `1` to speak TLS, verifying the server with the "
     "system's root certificates",

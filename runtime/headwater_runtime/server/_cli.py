@@ -73,7 +73,7 @@ def add_server_command(sub: Any) -> None:
         default=None,
         metavar="HOST:PORT",
         help="the address standbys name as the leader while this server leads (default: "
-        "--host and the bound port)",
+        "--host and the bound port, or HEADWATER_ADVERTISE)",
     )
     server.add_argument(
         "--token",

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from headwater.wire import (
+    ENV_ADVERTISE,
     ENV_CONFIG,
     ENV_DB,
     ENV_HEARTBEAT_INTERVAL,
@@ -163,6 +164,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("tls_client_ca", ENV_TLS_CLIENT_CA, _text),
     ("payload_dir", ENV_PAYLOAD_DIR, _text),
     ("lease", ENV_LEASE, _seconds),
+    ("advertise", ENV_ADVERTISE, _text),
     ("log_level", ENV_LOG_LEVEL, _log_level),
 )
 _SERVER_KEYS = {field: parse for field, _, parse in ENVIRONMENT}
