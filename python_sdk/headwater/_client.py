@@ -69,6 +69,12 @@ ATTEMPT_TIMEOUT = 10.0
 #: not reach one (UNAVAILABLE), the server stopped serving in the middle of it (a
 #: leader stepping down ends its calls: CANCELLED), or one attempt took longer than
 #: ``ATTEMPT_TIMEOUT`` (DEADLINE_EXCEEDED, while the call's own timeout lasts).
+#: The largest answer a Client takes (gRPC's default is 4 MiB): a run's task runs come
+#: in one GetFlowRun answer, ~250 bytes each and more with failures and tracebacks, so
+#: a 40,000-task run, or 5,000 failed ones, is over 4 MiB. Results are not in it: large
+#: ones are described and fetched by reference. As large as Temporal's clients take.
+MAX_ANSWER_BYTES = 256 << 20
+_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
 _FAILOVER_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
@@ -254,7 +260,7 @@ class Client(OperationsClient):
         """Send calls to ``address`` from now on (its channel is kept for reuse)."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_channel(address, self.tls)
+            channel = self._channels[address] = open_channel(address, self.tls, _CHANNEL_OPTIONS)
         self._channel = channel
         self._control = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         self._access = access_pb2_grpc.AccessServiceStub(channel)
