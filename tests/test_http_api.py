@@ -103,6 +103,11 @@ def unservable() -> int:
     return orphan()
 
 
+@flow
+def many_loud(n: int = 250) -> list[str]:
+    return shout.map([str(i) for i in range(n)])
+
+
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     """Answers 3xx as they are (to look at a redirect instead of following it)."""
 
@@ -244,6 +249,27 @@ def test_a_token_server_needs_a_credential(http: Http) -> None:
         True,
     )
     assert http.get("/healthz") == {"status": "ok"}
+
+
+def test_a_run_page_is_sent_a_bounded_number_of_waiting_reasons(
+    server: ServerThread, http: Http
+) -> None:
+    """With 250 task runs waiting, the run and its event stream carry 200 reasons (what
+    the page lists at once); every listed task run still says why it waits. All of
+    them (~600 KB for 5,000) went with every change."""
+    with Client(server.address, token=TOKEN) as client:
+        run = client.run(many_loud, {"n": 250})
+    body = wait_for(
+        lambda: len(http.get(f"/api/runs/{run.id}")["waiting"]) == 200
+        and http.get(f"/api/runs/{run.id}"),
+        "the task runs to wait",
+    )
+    assert body["totals"] == {"SCHEDULED": 250}
+    reason = f"waiting: no connected worker offers {__name__}.shout"
+    assert set(body["waiting"].values()) == {reason}
+    page = http.get(f"/api/runs/{run.id}/tasks?offset=200&limit=60")["task_runs"]
+    assert len(page) == 51 and all(t["waiting"] == reason for t in page if t["key"] != "shout")
+    http.post(f"/api/runs/{run.id}/cancel", {"reason": "done"})
 
 
 def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, http: Http) -> None:

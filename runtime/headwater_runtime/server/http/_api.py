@@ -8,6 +8,7 @@ from the server's watch machinery. Nothing here decides anything about runs.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,22 @@ GRAPHS_KEPT = 32
 LOG_PAGE_MAX = 5000
 #: Seconds between ``seen`` events of the workers stream (workers' last message times).
 SEEN_EVERY = 5.0
+#: Most waiting reasons a run's page is sent at once (``waiting`` of the run and of its
+#: event stream): its side panel lists at most 200 task runs, and each listed task run
+#: carries its own reason. A run with 5,000 queued attempts sent all of theirs (~600 KB
+#: of JSON) with every change.
+WAITING_SHOWN = 200
+#: Seconds between two ``waiting`` events a run's stream sends while its task runs
+#: change (at once when workers come or go): working the reasons out walks every
+#: queued attempt of the run.
+WAITING_EVERY = 2.0
+
+
+def _waiting_shown(reasons: dict[str, str]) -> dict[str, str]:
+    """At most WAITING_SHOWN of a run's waiting reasons (by task run id)."""
+    if len(reasons) <= WAITING_SHOWN:
+        return reasons
+    return dict(itertools.islice(reasons.items(), WAITING_SHOWN))
 
 
 class BadRequest(ValueError):
@@ -186,7 +203,7 @@ class HttpApi(PageHandlers):
         body = await self.io.read(_data.run_rows, self.store, row)
         body["graph"] = await self._graph(row.flow_name, row.flow_version)
         body["run"] = await self.io.read(_data.flow_run_rows, self.store, row)
-        body["waiting"] = self.core.waiting(row.id)
+        body["waiting"] = _waiting_shown(self.core.waiting(row.id))
         body["now"] = time.time()
         return web.json_response(body)
 
@@ -460,7 +477,8 @@ class HttpApi(PageHandlers):
         async def body(stream: EventStream) -> None:
             current = await self.io.read(self.store.get_flow_run, run_id)
             await stream.send("run", await self._run(current))
-            await stream.send("waiting", self.core.waiting(run_id))
+            await stream.send("waiting", _waiting_shown(self.core.waiting(run_id)))
+            waited_at = time.monotonic()
             while current.state not in _TERMINAL or not notes.empty():
                 got = await next_of(
                     {"notes": notes.get, "logs": logged.get, "workers": workers.get}
@@ -478,13 +496,16 @@ class HttpApi(PageHandlers):
                         current = await self.io.read(self.store.get_flow_run, run_id)
                         run = await self.io.read(_data.flow_run_rows, self.store, current)
                         await stream.send("run", run)
-                    await stream.send("waiting", self.core.waiting(run_id))
+                    if time.monotonic() - waited_at >= WAITING_EVERY:
+                        await stream.send("waiting", _waiting_shown(self.core.waiting(run_id)))
+                        waited_at = time.monotonic()
                 if "logs" in kinds:
                     drain(logged, set())
                     await stream.send("logs", {})
                 if "workers" in kinds:
                     drain(workers, set())
-                    await stream.send("waiting", self.core.waiting(run_id))
+                    await stream.send("waiting", _waiting_shown(self.core.waiting(run_id)))
+                    waited_at = time.monotonic()
             await stream.send("logs", {})
             await stream.send("end", {"state": FlowRunState(current.state).name})
 
