@@ -141,6 +141,22 @@ def settle(n: int) -> int:
 @flow
 def ledger(n: int = 3) -> int:
     return settle(noop(n))
+
+@flow
+def many(n: int = 250) -> int:
+    return total(noop.map(list(range(n))))
+
+@task
+def parse_rows(x: int) -> int:
+    raise ValueError(f"row {x} is not a number")
+
+@flow
+def ui_broken_child(x: int = 1) -> int:
+    return parse_rows(x)
+
+@flow
+def ui_broken_parent(n: int = 2) -> int:
+    return double(ui_broken_child(n))
 """
 
 
@@ -439,6 +455,49 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     wait(browser, lambda d: child_id in d.current_url, "the child run's page")
     wait(browser, lambda d: "subflow of" in text(d, "#run-links"), "the link to the parent")
     assert parent.id[:8] in text(browser, "#run-links")
+
+
+def test_a_mapped_tasks_runs_page_past_200_and_a_failed_subflow_shows_its_cause(
+    tmp_path: Path, cluster: Cluster, browser: Any
+) -> None:
+    """A task mapped over 250 elements lists 200 of its runs, then the rest on "Show 50
+    more" (the first 200 were all the page could reach); a failed subflow node shows
+    the child's error, with its traceback, as its cause, and links the child run."""
+    server = cluster("server", "--port", "0", "--db", str(tmp_path / "hw.db"))
+    address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+    url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    start_worker(cluster, address, "worker-a", "--slots", "4", module="ui_tasks")
+    module: Any = load_file(str(tmp_path / "ui_tasks.py"))
+    with Client(address) as client:
+        wide = client.wait(client.run(module.many, {"n": 250}).id)
+        broken = client.wait(client.run(module.ui_broken_parent, {"n": 7}).id)
+    assert wide.state is FlowRunState.SUCCESS and broken.state is FlowRunState.FAILED
+
+    browser.get(url + f"runs/{wide.id}")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the run page")
+    click(browser, '#dag .node[data-node="noop"]')
+    wait(browser, lambda d: "Task runs of noop" in text(d, "#side-title"), "the node's list")
+    wait(browser, lambda d: len(css(d, "#task-runs tbody tr")) == 200, "the first 200")
+    assert "200 of 250 shown" in text(browser, "#shown")
+    click(browser, "#more-tasks")
+    wait(browser, lambda d: len(css(d, "#task-runs tbody tr")) == 250, "the other 50")
+    keys = {row.get_attribute("data-key") for row in css(browser, "#task-runs tbody tr")}
+    assert keys == {f"noop[{i}]" for i in range(250)}
+    assert not css(browser, "#more-tasks")
+    shot(browser, "run-mapped-more")
+
+    browser.get(url + f"runs/{broken.id}")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "FAILED", "the run page")
+    click(browser, 'tr[data-key="ui_broken_child"]')
+    wait(browser, lambda d: css(d, "#attempts .cause pre.traceback"), "the cause's traceback")
+    cause = text(browser, "#attempts .cause")
+    assert "ValueError: row 7 is not a number" in cause
+    assert 'raise ValueError(f"row {x} is not a number")' in cause
+    child = attr(browser, "#task-detail a[data-child]", "data-child")
+    with Client(address) as client:
+        (only,) = [r for r in client.list_runs("ui_broken_child") if r.parent_id == broken.id]
+    assert child == only.id
+    shot(browser, "task-subflow-cause")
 
 
 def test_a_10k_task_run_page_renders_and_its_first_render_is_reported(

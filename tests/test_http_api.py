@@ -260,8 +260,10 @@ def test_a_run_page_is_sent_a_bounded_number_of_waiting_reasons(
     with Client(server.address, token=TOKEN) as client:
         run = client.run(many_loud, {"n": 250})
     body = wait_for(
-        lambda: len(http.get(f"/api/runs/{run.id}")["waiting"]) == 200
-        and http.get(f"/api/runs/{run.id}"),
+        lambda: (
+            len(http.get(f"/api/runs/{run.id}")["waiting"]) == 200
+            and http.get(f"/api/runs/{run.id}")
+        ),
         "the task runs to wait",
     )
     assert body["totals"] == {"SCHEDULED": 250}

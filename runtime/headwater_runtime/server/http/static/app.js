@@ -10,6 +10,7 @@ const RETRYABLE = new Set(["FAILED", "CANCELLED"]);  // OperationsService/RetryF
 const BAD = new Set(["FAILED", "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED"]);
 const GROUP_MIN = 10;       // identical sibling tasks drawn as one box from this many on
 const DAGRE_MAX = 400;      // boxes laid out by dagre; more get a plain layered layout
+const SIDE_PAGE = 200;     // task runs the side panel lists at a time ("Show 200 more")
 const BIG_RUN = 1000;       // from this many task runs, the side panel lists only those
 const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
 const main = () => document.getElementById("main");
@@ -286,7 +287,7 @@ async function runPage(runId) {
     } catch (err) { e.target.disabled = false; failed(e.target, err); }
   };
   drawRunHead(state);
-  drawDag(state, (node) => { state.selectedNode = node; state.selectedKey = null; drawSide(state); });
+  drawDag(state, (node) => { state.selectedNode = node; state.selectedKey = null; state.sideShown = 0; drawSide(state); });
   performance.mark("headwater:run-drawn");  // the first render: head, totals, DAG
   drawSide(state);
   const timeline = await loadTimeline(runId, state);
@@ -502,35 +503,70 @@ async function drawSide(state, waitingOnly = false) {
   const runSize = Object.values(state.data.totals).reduce((a, n) => a + n, 0);
   // A large run (or a large group of tasks): list what needs a look, not 10,000 rows.
   const notable = runSize >= BIG_RUN && !(members && members.length === 1);
+  // One task's runs (a mapped task's children), or all of them, page by page; a box of
+  // several identical calls lists the first page of the run's, filtered to its own.
+  let base = null, fetched = 0;
   if (members && members.length === 1) {
-    const body = await api(`/api/runs/${runId}/tasks?task=${encodeURIComponent(members[0])}&limit=200`);
-    taskRuns = body.task_runs; total = body.total;
-  } else {
-    const body = await api(`/api/runs/${runId}/tasks?limit=200${notable ? "&state=" + NOTABLE : ""}`);
-    const wanted = new Set(members || []);
-    taskRuns = members ? body.task_runs.filter((t) => wanted.has(t.task_id)) : body.task_runs;
-    total = members ? taskRuns.length : body.total;
+    base = `/api/runs/${runId}/tasks?task=${encodeURIComponent(members[0])}`;
+  } else if (!members) {
+    base = `/api/runs/${runId}/tasks?${notable ? "state=" + NOTABLE : ""}`;
   }
-  const parents = taskRuns.filter((t) => t.state === "MAPPED").length;
-  taskRuns = taskRuns.filter((t) => t.state !== "MAPPED");
+  if (base) {  // as many as were shown before a reload (up to the API's 1000 at once)
+    // (+1: a mapped task's list holds its parent, which is not shown)
+    const limit = Math.min(1000, Math.max(SIDE_PAGE + 1, state.sideShown || 0));
+    const body = await api(`${base}&limit=${limit}`);
+    taskRuns = body.task_runs; total = body.total; fetched = taskRuns.length;
+  } else {
+    const body = await api(`/api/runs/${runId}/tasks?limit=${SIDE_PAGE}`);
+    const wanted = new Set(members);
+    taskRuns = body.task_runs.filter((t) => wanted.has(t.task_id));
+    total = taskRuns.length;
+  }
+  const isParent = (t) => t.state === "MAPPED";
+  const parents = taskRuns.filter(isParent).length;
+  taskRuns = taskRuns.filter((t) => !isParent(t));
   total -= parents;
-  for (const t of taskRuns) t.waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
+  const row = (t) => {
+    const waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
+    return `<tr class="clickable" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
+      <td>${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
+        ${waiting ? `<div class="waiting">${esc(waiting)}</div>` : ""}</td>
+      <td>${badge(t.state)}</td><td>${t.attempts}</td><td>${esc(fmtDur(t.duration))}</td>
+      <td>${esc(t.worker)}</td></tr>`;
+  };
   title.textContent = box ? `Task runs of ${box.name}` : "Task runs";
   side.innerHTML = `${box ? `<p><a href="#" id="all-tasks">all task runs</a></p>` : ""}
     ${notable ? `<p class="muted">${runSize} task runs: failed, running and waiting ones are listed; select a task in the graph for its runs.</p>` : ""}
     <table id="task-runs"><thead><tr><th>Task run</th><th>State</th><th>Tries</th><th>Duration</th><th>Worker</th></tr></thead>
-    <tbody>${taskRuns.map((t) => `<tr class="clickable" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
-      <td>${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
-        ${t.waiting ? `<div class="waiting">${esc(t.waiting)}</div>` : ""}</td>
-      <td>${badge(t.state)}</td><td>${t.attempts}</td><td>${esc(fmtDur(t.duration))}</td>
-      <td>${esc(t.worker)}</td></tr>`).join("")}</tbody></table>
-    ${total > taskRuns.length ? `<p class="muted">${taskRuns.length} of ${total} shown</p>` : ""}`;
+    <tbody>${taskRuns.map(row).join("")}</tbody></table>
+    <p class="muted" id="shown"></p>`;
+  let listed = taskRuns.length;
+  const shownLine = () => {
+    const more = base && listed < total;
+    document.getElementById("shown").innerHTML = listed < total
+      ? `${listed} of ${total} shown${more ? ` <button id="more-tasks">Show ${Math.min(SIDE_PAGE, total - listed)} more</button>` : ""}` : "";
+    const button = document.getElementById("more-tasks");
+    if (button) button.onclick = async () => {
+      button.disabled = true;
+      try {
+        const body = await api(`${base}&offset=${fetched}&limit=${SIDE_PAGE}`);
+        fetched += body.task_runs.length;
+        const rows = body.task_runs.filter((t) => !isParent(t));
+        side.querySelector("tbody").insertAdjacentHTML("beforeend", rows.map(row).join(""));
+        listed += rows.length;
+        state.sideShown = fetched;
+        if (!body.task_runs.length) total = listed;  // (the run changed meanwhile)
+        shownLine();
+      } catch (err) { button.disabled = false; failed(button, err); }
+    };
+  };
+  shownLine();
   side.querySelector("tbody").addEventListener("click", (e) => {
     const tr = e.target.closest("tr");
     if (tr) { state.selectedKey = tr.dataset.key; drawSide(state); loadLogs(runId, state, true); }
   });
   const all = document.getElementById("all-tasks");
-  if (all) all.onclick = (e) => { e.preventDefault(); state.selectedNode = null; updateDag(state); drawSide(state); };
+  if (all) all.onclick = (e) => { e.preventDefault(); state.selectedNode = null; state.sideShown = 0; updateDag(state); drawSide(state); };
   updateDag(state);
 }
 
@@ -539,8 +575,11 @@ async function drawTask(state, side, title) {
   const t = await api(`/api/runs/${runId}/tasks/${encodeURIComponent(state.selectedKey)}`);
   title.textContent = `Task run ${t.key}`;
   const waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
-  const failure = (f) => f ? `<div class="failure"><p class="error"><b>${esc(f.type)}</b>: ${esc(f.message)}</p>
-      ${f.traceback ? `<pre class="traceback">${esc(f.traceback)}</pre>` : ""}</div>` : "";
+  // A failure and what caused it (a failed subflow's: the child's task's error).
+  const failure = (f, depth = 0) => f ? `<div class="failure"><p class="error"><b>${esc(f.type)}</b>: ${esc(f.message)}</p>
+      ${f.traceback ? `<pre class="traceback">${esc(f.traceback)}</pre>` : ""}
+      ${f.cause && depth < 5 ? `<div class="cause"><p class="muted">caused by</p>${failure(f.cause, depth + 1)}</div>` : ""}</div>` : "";
+  const children = (state.data.run.child_runs || []).filter((c) => c.parent_task_run === t.key);
   side.innerHTML = `<p><a href="#" id="back">← ${state.selectedNode ? "task runs of this task" : "all task runs"}</a></p>
     <dl class="kv" id="task-detail" data-state="${esc(t.state)}">
       <dt>State</dt><dd>${badge(t.state)}</dd>
@@ -549,6 +588,8 @@ async function drawTask(state, side, title) {
       <dt>Duration</dt><dd>${esc(fmtDur(t.duration))}</dd>
       ${waiting ? `<dt>Waiting</dt><dd class="waiting">${esc(waiting)}</dd>` : ""}
       ${t.message ? `<dt>Message</dt><dd>${esc(t.message)}</dd>` : ""}
+      ${children.length ? `<dt>Child runs</dt><dd>${children.map((c) =>
+        `<div><a href="/runs/${esc(c.id)}" data-child="${esc(c.id)}">${esc(c.flow_name)} ${esc(c.id.slice(0, 8))}</a> ${badge(c.state)}</div>`).join("")}</dd>` : ""}
       ${t.result ? `<dt>Result</dt><dd><span class="muted">${esc(t.result.encoding)}, ${esc(fmtBytes(t.result.size_bytes))}</span>
         <pre class="result">${esc(t.result.preview || "(not shown: the server does not decode " + t.result.encoding + ")")}</pre></dd>` : ""}
     </dl>
