@@ -111,10 +111,10 @@ def _states(request: web.Request) -> list[int]:
 async def _body(request: web.Request, example: str) -> dict[str, Any]:
     """A POST's fields: a JSON object body, or form fields ({} without a body;
     BadRequest for anything else)."""
+    if request.content_type in FORM_TYPES:  # (first: the CSRF check may have read them,
+        return await form_of(request)  # and then the body reads as empty)
     if not request.can_read_body:
         return {}
-    if request.content_type in FORM_TYPES:
-        return await form_of(request)
     wrong = f"send a JSON object such as {example} (Content-Type: application/json), or nothing"
     if request.content_type != "application/json":
         raise BadRequest(wrong)
