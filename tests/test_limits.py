@@ -41,6 +41,7 @@ from headwater.wire import (
     Limits,
     TaskRunState,
     TaskSpec,
+    cut_text,
     graph_from_proto,
     limit_flag,
     limit_variable,
@@ -725,3 +726,16 @@ def test_a_well_formed_worker_stream_with_a_malformed_message_later_is_ended(
             await asyncio.sleep(0.01)
 
     against_server(tmp_path, body)
+
+
+def test_a_cut_text_says_how_much_was_cut_and_cutting_it_again_changes_nothing() -> None:
+    """A 200,000-character log line, cut by the SDK and again by the server: the note
+    says how many characters are gone (it said 33: the second cut's), and the result
+    fits the limit."""
+    text = "L" * 100_000 + "R" * 100_000
+    once = cut_text(text, 65_536)
+    assert len(once) <= 65_536 and cut_text(once, 65_536) == once
+    head, note, tail = once.split("\n")
+    assert note == f"... ({200_000 - len(head) - len(tail)} characters cut) ..."
+    assert set(head) == {"L"} and set(tail) == {"R"} and len(head) == len(tail)
+    assert cut_text("short", 65_536) == "short"

@@ -38,11 +38,15 @@ MAX_DURATION = 315_576_000_000
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
-    """``text`` shortened to about ``limit`` characters, keeping its head and tail."""
+    """``text`` shortened to at most ``limit`` characters, keeping its head and tail
+    around a note of how many were cut (so cutting it again changes nothing: a log
+    line the SDK cut was cut again by the server, whose note then said 33)."""
     if len(text) <= limit:
         return text
-    half = limit // 2
-    return f"{text[:half]}\n... ({len(text) - limit} characters cut) ...\n{text[-half:]}"
+    marker = f"\n... ({len(text)} characters cut) ...\n"  # (as long as the note, or longer)
+    half = max(0, (limit - len(marker)) // 2)
+    tail = text[len(text) - half :]
+    return f"{text[:half]}\n... ({len(text) - 2 * half} characters cut) ...\n{tail}"
 
 
 def message_limit(announced: int) -> int:
