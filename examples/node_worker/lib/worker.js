@@ -66,11 +66,13 @@ class WorkerError extends Error {
 
 const keyOf = (token) => `${token.task_run_id}#${Number(token.attempt)}`;
 const seconds = (d) => (d ? Number(d.seconds ?? 0) + Number(d.nanos ?? 0) / 1e9 : 0);
+// At most TEXT_LIMIT characters, the note included (the server's own cut then leaves it).
 const cut = (text) => {
   const s = String(text ?? '');
   if (s.length <= TEXT_LIMIT) return s;
-  const half = TEXT_LIMIT / 2;
-  return `${s.slice(0, half)}\n... (${s.length - TEXT_LIMIT} characters cut) ...\n${s.slice(-half)}`;
+  const marker = `\n... (${s.length} characters cut) ...\n`;
+  const half = Math.max(0, Math.floor((TEXT_LIMIT - marker.length) / 2));
+  return `${s.slice(0, half)}\n... (${s.length - 2 * half} characters cut) ...\n${s.slice(s.length - half)}`;
 };
 const timestamp = (ms = Date.now()) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
 
