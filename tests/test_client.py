@@ -90,8 +90,10 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         assert [r.id for r in client.list_runs()] == [run.id]
         with pytest.raises(ServerError, match="has no result yet"):
             client.task_result(run.id, "shout")
-        cancelled = client.cancel(run.id, "no workers today")
-        assert cancelled.state is FlowRunState.CANCELLED
+        # A unique prefix of the id does for cancel and wait, as for get.
+        cancelled = client.cancel(run.id[:8], "no workers today")
+        assert cancelled.state is FlowRunState.CANCELLED and cancelled.id == run.id
+        assert client.wait(run.id[:8]).state is FlowRunState.CANCELLED
         assert client.wait(run.id).state is FlowRunState.CANCELLED
         with pytest.raises(ServerError, match=r"has no result \(state CANCELLED\)"):
             client.task_result(run.id, "shout")

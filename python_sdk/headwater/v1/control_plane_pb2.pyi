@@ -419,7 +419,7 @@ class WatchFlowRunRequest(google.protobuf.message.Message):
     ID_FIELD_NUMBER: builtins.int
     FLOW_RUN_ONLY_FIELD_NUMBER: builtins.int
     id: builtins.str
-    """Flow run id."""
+    """Flow run id, or a prefix of it that only one run has."""
     flow_run_only: builtins.bool
     """Only stream changes of the flow run itself (its state), not every task run
     change: for callers that just wait for the end of a large run.
@@ -470,7 +470,7 @@ class CancelFlowRunRequest(google.protobuf.message.Message):
     ID_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     id: builtins.str
-    """Flow run id."""
+    """Flow run id, or a prefix of it that only one run has."""
     reason: builtins.str
     """Why, recorded in the history."""
     def __init__(

@@ -191,8 +191,9 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
                     await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
 
     async def _flow_run(self, run_id: str, context: Any) -> FlowRunRow:
+        """A run by id or unique id prefix (as GetFlowRun takes it)."""
         async with refusals(context):
-            return await self.io.read(self.store.get_flow_run, run_id)
+            return await self.reads.flow_run(run_id)
         raise AssertionError("unreachable")
 
     async def GetFlowRun(
@@ -255,12 +256,14 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         request: cp.WatchFlowRunRequest,
         context: grpc.aio.ServicerContext[cp.WatchFlowRunRequest, cp.WatchFlowRunResponse],
     ) -> AsyncIterator[cp.WatchFlowRunResponse]:
-        """The run now, then after every stored change, until it ends."""
+        """The run (by id or unique id prefix) now, then after every stored change,
+        until it ends."""
+        run_id = (await self._flow_run(request.id, context)).id  # (a prefix: its run)
         # Subscribe first (before any await), then read: a change made meanwhile, or
         # committed after the read, still reaches the queue.
-        queue = self.core.watch(request.id, task_runs=not request.flow_run_only)
+        queue = self.core.watch(run_id, task_runs=not request.flow_run_only)
         try:
-            row = await self._flow_run(request.id, context)
+            row = await self._flow_run(run_id, context)
             yield control_plane_pb2.WatchFlowRunResponse(flow_run=await self.reads.message(row))
             # The commit that ends the run may carry several task run changes (all
             # queued by the same commit): deliver every one before ending the stream.
@@ -274,7 +277,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
                     response.task_run.CopyFrom(run)
                 yield response
         finally:
-            self.core.unwatch(request.id, queue)
+            self.core.unwatch(run_id, queue)
 
     async def CancelFlowRun(
         self,
