@@ -99,6 +99,10 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
             client.task_result(run.id, "shout")
         with pytest.raises(ServerError, match="no task 'nope'"):
             client.task_result(run.id, "nope")
+        with pytest.raises(ServerError, match=r"has no task 'nope' \(its tasks: shout\)") as e:
+            client.logs(run.id, task_id="nope")
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+        assert client.logs(run.id, task_id="shout") == []
 
 
 def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None:

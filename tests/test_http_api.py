@@ -315,6 +315,13 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
         'send a JSON object such as {"reason": "..."} (Content-Type: application/json), or nothing'
     )
     assert http.call("GET", "/api/runs/nosuchrun")[0] == 404
+    # A misspelt task is named, not answered with nothing (as if it had no runs or logs).
+    for path in (f"/api/runs/{run.id}/tasks?task=shuot", f"/api/runs/{run.id}/logs?task=shuot"):
+        status, body, _ = http.call("GET", path)
+        assert (status, body["error"]) == (
+            404,
+            f"flow run {run.id!r} has no task 'shuot' (its tasks: shout)",
+        )
     assert http.call("GET", "/api/runs?state=sleepy")[0] == 400
     status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", {"reason": {"a": 1}})
     assert status == 400 and body["error"] == "reason must be text, got dict"

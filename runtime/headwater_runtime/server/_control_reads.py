@@ -72,7 +72,8 @@ class ReadsServicer:
         except ValueError:
             await self._bad_token(context, request.page_token)
         async with refusals(context):
-            await self.reads.flow_run(request.flow_run_id)
+            row = await self.reads.flow_run(request.flow_run_id)
+            await self.reads.check_task(row, request.task_id)
             try:
                 rows = await self.reads.logs(
                     request.flow_run_id,
@@ -102,6 +103,7 @@ class ReadsServicer:
             await self._bad_token(context, request.page_token)
         async with refusals(context):
             row = await self.reads.flow_run(request.flow_run_id)
+            await self.reads.check_task(row, request.task_id)
         async for page in self.reads.follow_logs(row.id, task_id=request.task_id, after=after):
             yield cp.WatchTaskRunLogsResponse(
                 entries=[log_entry(r) for r in page], next_page_token=str(page[-1].seq)

@@ -230,6 +230,17 @@ class RunReads:
 
     # ------------------------------------------------------------------ logs
 
+    async def check_task(self, row: FlowRunRow, task_id: str) -> None:
+        """NotFound unless ``task_id`` ("": any) is a task of the run's graph: a filter
+        by a misspelt task would answer nothing, as if it had no logs or runs."""
+        if not task_id:
+            return
+        _, graph = await self.io.read(self.core.runs.graph, row.flow_name, row.flow_version)
+        ids = [t.id for t in graph.tasks]
+        if task_id not in ids:
+            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+            raise NotFound(f"flow run {row.id!r} has no task {task_id!r} (its tasks: {shown})")
+
     async def logs(
         self,
         flow_run_id: str,

@@ -212,6 +212,7 @@ class HttpApi(PageHandlers):
         only those in these states), ``offset``/``limit`` paged (limit default 200, at
         most 1000)."""
         row = await self.reads.flow_run(request.match_info["run_id"])
+        await self.reads.check_task(row, request.query.get("task", ""))
         offset = _int(request, "offset", 0, 0, 1 << 40)
         limit = _int(request, "limit", 200, 1, PAGE_MAX)
         states = frozenset(
@@ -256,6 +257,7 @@ class HttpApi(PageHandlers):
         """A page of a run's log records: ``task`` (a task node, with its mapped
         children) or ``key`` (one task run), ``after`` (a record's seq), ``limit``."""
         row = await self.reads.flow_run(request.match_info["run_id"])
+        await self.reads.check_task(row, request.query.get("task", ""))
         after = _int(request, "after", 0, 0, 1 << 62)
         limit = _int(request, "limit", 1000, 1, LOG_PAGE_MAX)
         rows = await self.reads.logs(
