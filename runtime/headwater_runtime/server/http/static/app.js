@@ -701,7 +701,8 @@ async function readLogs(runId, state, reset) {
   const more = document.getElementById("logs-more");
   more.hidden = !page.more;
   more.onclick = () => loadLogs(runId, state, false);
-  if (!body.children.length) body.innerHTML = `<tr class="empty"><td class="muted">No log records yet.</td></tr>`;
+  const over = TERMINAL.has(state.data.run.state);  // (a finished run will have no more)
+  if (!body.children.length) body.innerHTML = `<tr class="empty"><td class="muted">No log records${over ? "" : " yet"}.</td></tr>`;
   else body.querySelector("tr.empty")?.remove();
 }
 
