@@ -389,6 +389,8 @@ def test_a_server_stopped_gracefully_keeps_the_attempts_workers_hold(
         final = client.get(run.id, include_task_runs=True)
         assert final.state is FlowRunState.SUCCESS, final.message
         assert {t.key: t.attempts for t in final.task_runs}["blocking"] == 1
+        # It still names the worker that ran it (it was stored without one).
+        assert {t.key: t.worker for t in final.task_runs}["blocking"] == "w1"
     ran = [what for what, _ in effects(tmp_path)]
     assert ran.count("blocking-start") == 1 and ran.count("blocking-done") == 1
 

@@ -525,6 +525,9 @@ class ServerCore(WorkerReports):
             orphan = self._orphans.pop(key, None)
             if orphan is not None:
                 adopted[key] = orphan[0]
+                # Its task run names this worker again (a restarted server knew only
+                # that some worker held it, and stored the run's row without a name).
+                self.runs.delivered(orphan[0], key[0], key[1], session.name)
                 continue
             queued = self.dispatcher.take_pending(key)
             if queued is not None:  # kept even beyond its slots: it runs them already
