@@ -16,6 +16,7 @@ import pydantic
 import pytest
 
 from headwater import FlowDefinitionError, ParameterError, case, flow, merge, task, unmapped
+from headwater._loader import load_file
 from headwater.wire import Const, FromTask, Param, graph_from_proto, parameters_digest
 
 LINE = __file__.rsplit("/", 1)[-1]
@@ -562,3 +563,95 @@ def test_a_plain_embedded_run_does_not_import_pydantic() -> None:
         "assert 'pydantic' not in sys.modules, 'pydantic imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------- identity and type checks
+
+
+@task
+def first_rows(rows: list[int], n: int | None) -> list[int]:
+    return rows if n is None else rows[:n]
+
+
+@task
+def how_many(rows: list[int]) -> int:
+    return len(rows)
+
+
+@flow
+def top_rows(limit: int | None = None) -> int:
+    if limit is None:
+        limit = 5
+    return how_many(first_rows(list(range(10)), limit))
+
+
+@flow
+def switch(flag: bool = True, mode: str = "a") -> list[str]:
+    out = [echo("on" if flag is True else "off")]
+    out.append(echo("int" if type(mode) is str and isinstance(flag, bool) else "other"))
+    match mode:
+        case "a":
+            out.append(echo("mode a"))
+        case _:
+            out.append(echo("another mode"))
+    return out
+
+
+def test_a_parameter_checked_with_is_or_isinstance_gets_its_value() -> None:
+    """`if limit is None:` on a parameter: the placeholder cannot answer an identity
+    check (it was simply not None), so the branch was lost and the run returned 10
+    instead of 5, silently. The check is found in the body's source: the flow is built
+    from its values."""
+    assert top_rows() == 5 and top_rows(limit=3) == 3
+    assert top_rows.graph(limit=None).value_dependent
+    assert switch() == ["on", "int", "mode a"]
+    assert switch(flag=False, mode="b") == ["off", "int", "another mode"]
+    assert top_rows.graph().value_dependent  # (its defaults are its values)
+
+
+@task
+def maybe_name(given: str = "") -> str | None:
+    return given or None
+
+
+@flow
+def checks_a_result() -> str:
+    name = maybe_name()
+    return echo("none") if name is None else echo("some")
+
+
+@flow
+def checks_a_call() -> str:
+    return echo("list") if isinstance(maybe_name("x"), str) else echo("other")
+
+
+def test_a_task_result_checked_with_is_or_isinstance_is_refused_naming_the_line() -> None:
+    """The check would always see the reference (never None, never a str) and take one
+    branch silently; it is refused while the flow is built, naming the task and line."""
+    with pytest.raises(FlowDefinitionError) as refused:
+        checks_a_result()
+    message = str(refused.value)
+    assert message.startswith("flow 'checks_a_result', ")
+    assert "test_flow_values.py:" in message
+    assert "the result of task 'maybe_name' (`name`) is compared with `is`" in message
+    assert "check it inside a task, or branch at run time with `with case(ref, value):`" in message
+    with pytest.raises(FlowDefinitionError, match=r"task 'maybe_name' is given to isinstance\(\)"):
+        checks_a_call.run()
+
+
+def test_a_modules_own_function_named_isinstance_is_not_a_type_check(tmp_path: Any) -> None:
+    source = (
+        "from headwater import flow, task\n"
+        "@task\n"
+        "def double(x: int) -> int:\n"
+        "    return 2 * x\n"
+        "def isinstance(value, kind):\n"
+        "    return True\n"
+        "@flow\n"
+        "def own(x: int = 1) -> int:\n"
+        "    return double(x) if isinstance(x, int) else double(0)\n"
+    )
+    path = tmp_path / "own_isinstance.py"
+    path.write_text(source)
+    module = load_file(str(path))
+    assert not module.own.graph().value_dependent  # its own function: no type check

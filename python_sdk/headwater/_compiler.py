@@ -44,7 +44,8 @@ from headwater.wire import (
 )
 
 from ._errors import FlowDefinitionError
-from ._refs import NeedsValues, ParamRef, Ref, TaskRef, contains_ref, unmapped
+from ._identity import identity_checks, resolve
+from ._refs import NeedsValues, ParamRef, Ref, TaskRef, _show, contains_ref, unmapped
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -471,6 +472,10 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
     """
     known = value_use(flow)
     if known is None:
+        known = _identity_use(flow)  # (a check no placeholder can answer: `n is None`)
+        if known is not None:
+            _remember(flow, known)
+    if known is None:
         try:
             return _trace(flow, None)
         except NeedsValues:
@@ -518,6 +523,45 @@ def mapped_parameters(flow: Flow[..., Any]) -> tuple[str, ...]:
     return known
 
 
+def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
+    """(parameter, use, file:line) of the first identity or type check of a parameter
+    in the flow's body (``if limit is None:``): the graph must then be built from the
+    values, as no placeholder can answer such a check (_identity.py)."""
+    from ._flow import Flow
+    from ._task import Task
+
+    fn = inspect.unwrap(flow.fn)
+    params = {p.name for p in flow.parameters}
+    for check in identity_checks(fn):
+        if check.name in params and not isinstance(resolve(fn, check.call), Task | Flow):
+            return check.name, check.how, _show(fn.__code__.co_filename, check.line)
+    return None
+
+
+def _check_identity_of_results(flow: Flow[..., Any]) -> None:
+    """FlowDefinitionError for a task or flow result checked by identity or type in
+    the flow's body (``if fetch() is None``, ``isinstance(rows, list)``): the check
+    would see the reference, never the value, and silently take one branch."""
+    from ._flow import Flow
+    from ._task import Task
+
+    fn = inspect.unwrap(flow.fn)
+    for check in identity_checks(fn):
+        target = resolve(fn, check.call)
+        if not isinstance(target, Task | Flow):
+            continue
+        kind = "flow" if isinstance(target, Flow) else "task"
+        what = f"the result of {kind} {target.name!r}"
+        if check.name is not None:
+            what += f" (`{check.name}`)"
+        raise FlowDefinitionError(
+            f"flow {flow.name!r}, {_show(fn.__code__.co_filename, check.line)}: {what} is "
+            f"{check.how} while the flow is being built, when it is not known yet: the "
+            "check would always see a placeholder. Instead, check it inside a task, or "
+            "branch at run time with `with case(ref, value):` blocks and merge()"
+        )
+
+
 def _remember(flow: Flow[..., Any], use: tuple[str, str, str]) -> None:
     flow._value_use = use
     code = body_code(flow)
@@ -529,6 +573,7 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
     """Run the flow body once: symbolically (``values`` None) or with values."""
     params = flow.parameters
     symbolic = values is None
+    _check_identity_of_results(flow)
     ctx = _Context(flow.name, body_code(flow), symbolic)
     args = {p.name: ParamRef(p.name) for p in params} if symbolic else dict(values or {})
     token = _current.set(ctx)

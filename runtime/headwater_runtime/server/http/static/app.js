@@ -92,7 +92,7 @@ function toLogin() {
   location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
 }
 
-async function api(path, options = {}) {
+async function api(path, options = {}, renewed = false) {
   const init = { credentials: "same-origin", headers: {} };
   if (options.method === "POST") {
     init.method = "POST";
@@ -103,6 +103,18 @@ async function api(path, options = {}) {
   const response = await fetch(path, init);
   const body = await response.json().catch(() => ({}));
   if (response.status === 401) { toLogin(); throw new ApiError(body.error || "log in"); }
+  // A server restarted since the page was loaded signs with a new secret: take its
+  // token for this session (the cookie still says who we are) and send it once more.
+  if (response.status === 403 && init.method === "POST" && !renewed &&
+      String(body.error || "").startsWith("CSRF check failed: a POST needs")) {
+    const session = await api("/api/session");
+    if (session.csrf_token) {
+      SESSION.csrf = session.csrf_token;
+      const form = document.getElementById("user");
+      if (form && form.csrf_token) form.csrf_token.value = session.csrf_token;
+      return api(path, options, true);
+    }
+  }
   if (!response.ok) throw new ApiError(body.error || `${response.status} ${response.statusText}`);
   return body;
 }

@@ -1,0 +1,143 @@
+"""Checks a flow body makes that no placeholder can answer: ``x is None``, ``x is not
+y``, ``isinstance(x, T)``, ``type(x)``, ``match x:`` (docs/flows.md).
+
+While a flow is built, its parameters are placeholders (``ParamRef``) and task calls
+return references (``TaskRef``). Every other use of one calls one of its methods, so
+the compiler hears of it: a parameter then builds the graph from its value, a task
+result is refused naming the line. An identity or type check calls nothing: ``limit is
+None`` was simply False for the placeholder, the branch was lost, and the run returned
+a wrong result without a word. So the compiler reads those checks from the body's
+source (once per function) and acts on them before running it:
+
+* a parameter checked that way: the graph is built from the parameters' values, as
+  for ``range(n)`` (value-dependent);
+* a task result checked that way (a name assigned from a task or flow call in the
+  body, or such a call itself): FlowDefinitionError naming the line and the fix.
+
+Only the flow function's own body is read: a check inside a helper function it calls
+is not seen (docs/flows.md says so). A body without source (typed at a bare
+interpreter prompt) is not read.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import inspect
+import textwrap
+from dataclasses import dataclass
+from types import CodeType
+from typing import Any
+
+#: Calls whose answer depends on the object itself, not on any method of it.
+_TYPE_CALLS = frozenset({"isinstance", "issubclass", "type", "id", "callable"})
+
+
+@dataclass(frozen=True)
+class IdentityCheck:
+    """One check of a flow body: what it checks, how, and where.
+
+    ``name`` is the variable checked (None when a call is checked directly:
+    ``fetch() is None``); ``call`` the dotted name of the function whose result is
+    checked (the call assigned to ``name``, or checked directly; "" when unknown).
+    """
+
+    name: str | None
+    call: str
+    how: str
+    line: int
+
+
+_CHECKS: dict[CodeType, tuple[IdentityCheck, ...]] = {}
+
+
+def identity_checks(fn: Any) -> tuple[IdentityCheck, ...]:
+    """The identity and type checks in the body of ``fn`` (read once per function;
+    () when its source cannot be read)."""
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, CodeType):
+        return ()
+    known = _CHECKS.get(code)
+    if known is None:
+        known = _CHECKS[code] = _read(fn, code)
+    return known
+
+
+def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return ()
+    body = next((n for n in tree.body if isinstance(n, ast.FunctionDef)), None)
+    if body is None:
+        return ()
+    offset = (first or code.co_firstlineno) - 1
+    assigned: dict[str, str] = {}  # variable -> the call assigned to it last
+    for node in ast.walk(body):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            call = _dotted(node.value.func)
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned[target.id] = call
+    found: list[IdentityCheck] = []
+
+    def check(operand: ast.expr, how: str, line: int) -> None:
+        if isinstance(operand, ast.Name):
+            found.append(IdentityCheck(operand.id, assigned.get(operand.id, ""), how, line))
+        elif isinstance(operand, ast.Call):
+            found.append(IdentityCheck(None, _dotted(operand.func), how, line))
+
+    for node in ast.walk(body):
+        line = offset + getattr(node, "lineno", 1)
+        if isinstance(node, ast.Compare):
+            ops = [op for op in node.ops if isinstance(op, ast.Is | ast.IsNot)]
+            if ops:
+                how = (
+                    "compared with `is not`"
+                    if isinstance(ops[0], ast.IsNot)
+                    else "compared with `is`"
+                )
+                for operand in (node.left, *node.comparators):
+                    check(operand, how, line)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in _TYPE_CALLS and node.args and _builtin(fn, node.func.id):
+                check(node.args[0], f"given to {node.func.id}()", line)
+        elif isinstance(node, ast.Match):
+            check(node.subject, "matched with `match`", line)
+    return tuple(found)
+
+
+def _builtin(fn: Any, name: str) -> bool:
+    """Whether ``name`` in ``fn``'s module is still the builtin of that name."""
+    return fn.__globals__.get(name, getattr(builtins, name, None)) is getattr(builtins, name)
+
+
+def _dotted(node: ast.expr) -> str:
+    """``a.b.c`` for a name or attribute chain ("" for anything else)."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return ""
+    parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def resolve(fn: Any, dotted: str) -> Any:
+    """The object ``dotted`` names in ``fn``'s module or closure (None if unknown)."""
+    if not dotted:
+        return None
+    fn = inspect.unwrap(fn)
+    head, *rest = dotted.split(".")
+    scope = dict(fn.__globals__)
+    if fn.__closure__:
+        with contextlib.suppress(TypeError, ValueError):  # (a cell not filled yet)
+            scope.update(inspect.getclosurevars(fn).nonlocals)
+    obj = scope.get(head)
+    for part in rest:
+        obj = getattr(obj, part, None)
+    return obj
