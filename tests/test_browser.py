@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -498,6 +499,39 @@ def test_a_mapped_tasks_runs_page_past_200_and_a_failed_subflow_shows_its_cause(
         (only,) = [r for r in client.list_runs("ui_broken_child") if r.parent_id == broken.id]
     assert child == only.id
     shot(browser, "task-subflow-cause")
+
+
+def test_a_page_open_across_a_server_restart_still_cancels_the_run(
+    tmp_path: Path, cluster: Cluster, browser: Any
+) -> None:
+    """The CSRF token is signed with a secret of the server process: after a restart a
+    page's POST failed ("reload the page"). The page takes the new token and sends it
+    once more."""
+    db = str(tmp_path / "hw.db")
+    with socket.socket() as probe:  # a free port for the web UI, kept across the restart
+        probe.bind(("127.0.0.1", 0))
+        http_port = str(probe.getsockname()[1])
+    server = cluster("server", "--port", "0", "--http-port", http_port, "--db", db)
+    address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+    url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    start_worker(cluster, address, "worker-a", module="ui_tasks")
+    module: Any = load_file(str(tmp_path / "ui_tasks.py"))
+    with Client(address) as client:
+        run = client.run(module.held, {"name": "never"})
+    browser.get(url + f"runs/{run.id}")
+    wait(
+        browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "run"
+    )
+    server.stop()
+    port = address.rsplit(":", 1)[1]
+    server = cluster("server", "--port", port, "--http-port", http_port, "--db", db)
+    assert server.wait_line("headwater web UI on").rsplit(" ", 1)[1] == url
+    wait(browser, lambda d: text(d, "#live") == "live", "the page to reconnect")
+    click(browser, "#cancel")
+    browser.switch_to.alert.accept()
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the cancel")
+    with Client(address) as client:
+        assert client.get(run.id).state is FlowRunState.CANCELLED
 
 
 def test_a_10k_task_run_page_renders_and_its_first_render_is_reported(
