@@ -1153,6 +1153,20 @@ def test_a_result_inside_a_set_is_never_passed_as_a_reference() -> None:
         f.graph()
 
 
+def test_an_async_task_is_refused_when_it_is_declared() -> None:
+    """It ran, returned a coroutine nobody awaited, and "succeeded" with it."""
+
+    async def fetch(x: int) -> int:
+        return x
+
+    async def stream(x: int) -> Any:
+        yield x
+
+    for fn in (fetch, stream):
+        with pytest.raises(FlowDefinitionError, match=rf"task '{fn.__name__}' is an async func"):
+            task(fn)
+
+
 def test_unknown_trigger_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"'double'.*'sometimes'"):
         task(trigger="sometimes")(double.fn)

@@ -41,6 +41,13 @@ class Task(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], **options: Unpack[TaskOptions]) -> None:
         if not callable(fn):
             raise FlowDefinitionError(f"@task needs a function, got {type(fn).__name__}")
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            # Called on a worker thread it would return a coroutine, never awaited, and
+            # the task would "succeed" with that object as its result.
+            raise FlowDefinitionError(
+                f"task {getattr(fn, '__name__', 'task')!r} is an async function: tasks "
+                "are plain functions (run the coroutine inside one: asyncio.run(...))"
+            )
         self.fn = fn
         self.name: str = options.get("name") or str(getattr(fn, "__name__", "task"))
         check_names(options, TaskOptions, self.name)
