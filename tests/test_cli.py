@@ -222,6 +222,30 @@ def test_failing_flow_exits_1_and_names_the_failed_task(tmp_path: Path) -> None:
     assert proc.stdout == ""
 
 
+def test_a_run_over_its_flows_timeout_exits_1_saying_so(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "bounded.py",
+        """
+        import time
+        from headwater import flow, task
+
+        @task
+        def nap() -> None:
+            for _ in range(1000):  # interrupted at the deadline; bounded either way
+                time.sleep(0.01)
+
+        @flow(timeout=0.3)
+        def bounded() -> None:
+            return nap()
+        """,
+    )
+    proc = headwater_cli("run", path)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "FAILED" in last and last.endswith(": the flow run exceeded its timeout of 0.3s")
+
+
 def test_unknown_param_is_a_usage_error(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     assert_usage_error(headwater_cli("run", path, "--param", "nope=1"), "'nope'")
