@@ -90,6 +90,8 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         assert [r.id for r in client.list_runs()] == [run.id]
         with pytest.raises(ServerError, match="has no result yet"):
             client.task_result(run.id, "shout")
+        with pytest.raises(TimeoutError, match=rf"flow run '{run.id}' has not ended after 0.3s"):
+            client.wait(run.id, timeout=0.3)  # (no worker: it would wait for ever)
         # A unique prefix of the id does for cancel and wait, as for get.
         cancelled = client.cancel(run.id[:8], "no workers today")
         assert cancelled.state is FlowRunState.CANCELLED and cancelled.id == run.id

@@ -557,20 +557,30 @@ class Client(OperationsClient):
         return [self._remote(r) for r in response.flow_runs]
 
     def watch(
-        self, run_id: str, *, task_runs: bool = True
+        self, run_id: str, *, task_runs: bool = True, timeout: float | None = None
     ) -> Iterator[tuple[RemoteFlowRun, TaskRunInfo | None]]:
         """Yield the run after every state change until it ends: with the task run that
         changed, or (``task_runs=False``) only when the flow run's own state changes.
 
         A server that goes away (a restart: runs survive it) is watched again, every
-        ``REWATCH_PAUSE`` seconds for up to ``timeout``; the watch then starts over from
-        the run's current state, so a change may be yielded twice."""
+        ``REWATCH_PAUSE`` seconds for up to the client's ``timeout``; the watch then
+        starts over from the run's current state, so a change may be yielded twice.
+
+        ``timeout``: seconds to watch at most (None: until the run ends); then
+        TimeoutError."""
         request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=not task_runs)
         tried: list[str] = []
         deadline = 0.0
+        until = None if timeout is None else time.monotonic() + timeout
         while True:
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"flow run {run_id!r} has not ended after {timeout:g}s")
             try:
-                for change in self._control.WatchFlowRun(request, metadata=self._metadata):
+                watching = self._control.WatchFlowRun(
+                    request, metadata=self._metadata, timeout=left
+                )
+                for change in watching:
                     tried.clear()
                     task = None
                     if change.HasField("task_run"):
@@ -578,6 +588,10 @@ class Client(OperationsClient):
                     yield self._remote(change.flow_run), task
                 return
             except grpc.RpcError as exc:
+                if until is not None and time.monotonic() >= until:
+                    raise TimeoutError(
+                        f"flow run {run_id!r} has not ended after {timeout:g}s"
+                    ) from None
                 if not tried:  # a watch outlives calls: each failover gets the timeout
                     deadline = time.monotonic() + self.timeout
                 if not self._failover(exc, deadline, tried) and not _rewatch(
@@ -587,9 +601,10 @@ class Client(OperationsClient):
                     what = f"watch flow run {run_id!r}"
                     raise _server_error(exc, where, what, self.tls) from None
 
-    def wait(self, run_id: str) -> RemoteFlowRun:
-        """Block until the run ends; returns it."""
-        for _change in self.watch(run_id, task_runs=False):
+    def wait(self, run_id: str, timeout: float | None = None) -> RemoteFlowRun:
+        """Block until the run ends (at most ``timeout`` seconds, else TimeoutError);
+        returns it."""
+        for _change in self.watch(run_id, task_runs=False, timeout=timeout):
             pass
         return self.get(run_id, include_task_runs=True)
 
