@@ -313,6 +313,9 @@ def test_a_misspelled_flow_option_is_refused_naming_the_flow_and_its_options() -
         FlowDefinitionError, match=r"^flow 'child': unknown option\(s\) \['tries'\]"
     ):
         child.with_options(tries=1)  # type: ignore[call-arg]
+    # A bad value of a known option names the flow too (it said "task 'child'").
+    with pytest.raises(TypeError, match=r"^flow 'child': timeout must be a number of seconds"):
+        child.with_options(timeout="10")  # type: ignore[arg-type]
 
 
 def test_subflow_calls_are_checked_when_the_parent_is_built() -> None:

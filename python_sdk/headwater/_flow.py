@@ -73,7 +73,7 @@ class Flow(Generic[P, R]):
         check_names(options, FlowOptions, self.name, kind="flow", also=("name", "version"))
         self._options: FlowOptions = options
         #: Retries, timeout, trigger and tags of the node a call inside a flow adds.
-        self.call_options: ParsedOptions = parse_options(options, self.name, remote=False)
+        self.call_options: ParsedOptions = _flow_options(options, self.name)
         self._source = SourceSnapshot(fn)
         self._digest: str | None = None
         self.description = inspect.getdoc(fn) or ""
@@ -261,6 +261,17 @@ class Flow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Flow {self.name}>"
+
+
+def _flow_options(options: FlowOptions, name: str) -> ParsedOptions:
+    """``parse_options`` for a flow: its errors say "flow", not "task"."""
+    try:
+        return parse_options(options, name, remote=False)
+    except (ValueError, TypeError) as exc:
+        text, said = str(exc), f"task {name!r}:"
+        if not text.startswith(said):
+            raise
+        raise type(exc)(f"flow {name!r}:{text[len(said) :]}") from None
 
 
 @overload
