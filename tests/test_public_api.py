@@ -36,6 +36,7 @@ EXPECTED_ALL = [
     "Skip",
     "StateEntry",
     "Task",
+    "TaskInterrupted",
     "TaskRef",
     "TaskRunInfo",
     "TaskRunRecord",

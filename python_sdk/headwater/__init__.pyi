@@ -14,6 +14,7 @@ from headwater_runtime.engine import AttemptRecord as AttemptRecord
 from headwater_runtime.engine import StateEntry as StateEntry
 from headwater_runtime.engine import TaskRunRecord as TaskRunRecord
 from headwater_runtime.execution import Skip as Skip
+from headwater_runtime.execution import TaskInterrupted as TaskInterrupted
 
 from ._access_info import AuditEntry as AuditEntry
 from ._access_info import CredentialInfo as CredentialInfo
