@@ -625,6 +625,12 @@ def checks_a_call() -> str:
     return echo("list") if isinstance(maybe_name("x"), str) else echo("other")
 
 
+@flow
+def checks_a_map() -> str:
+    names = maybe_name.map(["a", "b"])
+    return echo("none") if names is None else echo("some")
+
+
 def test_a_task_result_checked_with_is_or_isinstance_is_refused_naming_the_line() -> None:
     """The check would always see the reference (never None, never a str) and take one
     branch silently; it is refused while the flow is built, naming the task and line."""
@@ -637,6 +643,8 @@ def test_a_task_result_checked_with_is_or_isinstance_is_refused_naming_the_line(
     assert "check it inside a task, or branch at run time with `with case(ref, value):`" in message
     with pytest.raises(FlowDefinitionError, match=r"task 'maybe_name' is given to isinstance\(\)"):
         checks_a_call.run()
+    with pytest.raises(FlowDefinitionError, match=r"task 'maybe_name' \(`names`\) is compared"):
+        checks_a_map()
 
 
 def test_a_modules_own_function_named_isinstance_is_not_a_type_check(tmp_path: Any) -> None:

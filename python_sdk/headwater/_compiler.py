@@ -533,7 +533,9 @@ def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
     fn = inspect.unwrap(flow.fn)
     params = {p.name for p in flow.parameters}
     for check in identity_checks(fn):
-        if check.name in params and not isinstance(resolve(fn, check.call), Task | Flow):
+        target = resolve(fn, check.call)
+        target = getattr(target, "__self__", target)
+        if check.name in params and not isinstance(target, Task | Flow):
             return check.name, check.how, _show(fn.__code__.co_filename, check.line)
     return None
 
@@ -548,6 +550,7 @@ def _check_identity_of_results(flow: Flow[..., Any]) -> None:
     fn = inspect.unwrap(flow.fn)
     for check in identity_checks(fn):
         target = resolve(fn, check.call)
+        target = getattr(target, "__self__", target)  # (`fetch.map(...)`: fetch's)
         if not isinstance(target, Task | Flow):
             continue
         kind = "flow" if isinstance(target, Flow) else "task"
