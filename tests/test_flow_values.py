@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import datetime
 import enum
+import json
 import subprocess
 import sys
 from typing import Any, Literal, NamedTuple
@@ -663,3 +664,29 @@ def test_a_modules_own_function_named_isinstance_is_not_a_type_check(tmp_path: A
     path.write_text(source)
     module = load_file(str(path))
     assert not module.own.graph().value_dependent  # its own function: no type check
+
+
+@flow
+def joins_a_result() -> str:
+    return echo(",".join([maybe_name("a"), "x"]))  # type: ignore[list-item]
+
+
+@flow
+def dumps_a_result() -> str:
+    return echo(json.dumps({"a": maybe_name("a")}))
+
+
+def test_a_task_result_given_to_c_code_that_needs_its_value_names_the_line() -> None:
+    """str.join and json.dumps ask a reference nothing but its type: their raw
+    TypeError ("expected str instance, TaskRef found") said neither which flow nor
+    what to do."""
+    for built, raw in (
+        (joins_a_result, "sequence item 0: expected str instance, TaskRef found"),
+        (dumps_a_result, "Object of type TaskRef is not JSON serializable"),
+    ):
+        with pytest.raises(FlowDefinitionError) as refused:
+            built()
+        message = str(refused.value)
+        assert message.startswith(f"flow {built.name!r}, ")
+        assert "test_flow_values.py:" in message and raw in message
+        assert message.endswith("pass the result to a task and do this inside that task")

@@ -565,6 +565,23 @@ def _check_identity_of_results(flow: Flow[..., Any]) -> None:
         )
 
 
+def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
+    """The message for a task result that reached code needing its value, naming the
+    line of the flow body the error came through."""
+    code = body_code(flow)
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            where = f", {_show(tb.tb_frame.f_code.co_filename, tb.tb_lineno)}"
+        tb = tb.tb_next
+    return (
+        f"flow {flow.name!r}{where}: a task result was given to code that needs its value "
+        f"({type(exc).__name__}: {exc}) while the flow is being built: the task has not "
+        "run yet. Instead, pass the result to a task and do this inside that task"
+    )
+
+
 def _remember(flow: Flow[..., Any], use: tuple[str, str, str]) -> None:
     flow._value_use = use
     code = body_code(flow)
@@ -586,6 +603,12 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         assert ctx.value_use is not None
         _remember(flow, ctx.value_use)
         raise
+    except (TypeError, ValueError) as exc:
+        if "TaskRef" not in str(exc):
+            raise
+        # C code met a task result (",".join([ref]), json.dumps({"a": ref})): it asks
+        # nothing of the reference that could say so, only its type.
+        raise FlowDefinitionError(_c_misuse(flow, exc)) from exc
     finally:
         _current.reset(token)
     if ctx.value_use is not None:  # the body caught the signal and went on
