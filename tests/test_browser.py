@@ -324,6 +324,7 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     assert attr(browser, '#dag .node[data-node="fetch_prices"]', "data-state") == "SUCCESS"
     assert "4 success, 1 failed" in text(browser, '#dag .node[data-node="enrich"]')
     assert "7 of 7 task runs done" in text(browser, "#totals")
+    assert "parameters: n = 5" in text(browser, "#run-params")
     wait(browser, lambda d: attr(d, "#timeline", "data-rows") == "7", "the timeline")
     failed_row = text(browser, 'tr[data-key="enrich[2]"]')
     assert "builtins.ConnectionError: pricing API timed out" in failed_row

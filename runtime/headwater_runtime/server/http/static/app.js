@@ -323,6 +323,14 @@ async function runPage(runId) {
   every(1000, () => { if (!TERMINAL.has(state.data.run.state)) drawRunHead(state); });
 }
 
+// The run's parameters as the server describes them (a json value's preview, else its
+// encoding and size: the server never decodes a value).
+function params(run) {
+  const shown = Object.entries(run.parameters || {}).map(([name, v]) =>
+    `${esc(name)} = <code>${esc(v.preview || `${v.encoding}, ${fmtBytes(v.size_bytes)}`)}</code>`);
+  return shown.length ? ` <span id="run-params">parameters: ${shown.join(", ")}</span>` : "";
+}
+
 function drawRunHead(state) {
   const { run, totals } = state.data;
   document.getElementById("run-title").textContent = `${run.flow_name} v${run.flow_version}`;
@@ -340,7 +348,7 @@ function drawRunHead(state) {
       run.attempts.length > 1 ? ` of ${run.attempts.length}` : ""}</span>
     <span>created ${esc(fmtTime(run.created_at))}</span>
     <span>duration ${esc(fmtDur(runDuration(run)))}</span>
-    ${run.message ? `<span>${esc(run.message)}</span>` : ""}${result}`;
+    ${run.message ? `<span>${esc(run.message)}</span>` : ""}${result}${params(run)}`;
   const links = [];
   if (run.schedule_id) links.push(`created by schedule <a href="/runs?schedule=${esc(run.schedule_id)}">${esc(run.schedule_id)}</a>`);
   if (run.parent_run_id) links.push(`subflow of <a href="/runs/${esc(run.parent_run_id)}">${esc(run.parent_run_id.slice(0, 8))}</a>`);
