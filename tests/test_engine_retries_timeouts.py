@@ -457,6 +457,11 @@ def test_a_run_over_its_timeout_cancels_what_is_unfinished_and_fails() -> None:
     assert d.engine.state is FlowRunState.FAILED
     assert d.engine.flow_history[-1][2] == "the flow run exceeded its timeout of 30s"
     assert d.engine.timed_out == "the flow run exceeded its timeout of 30s"
+    # What failed it: the task run it stopped while it ran first, then what was left.
+    assert [(f.key, f.state) for f in d.engine.failed_runs()] == [
+        ("b", S.CANCELLED),
+        ("c", S.CANCELLED),
+    ]
     assert d.engine.next_timer_at is None
     assert d.ignored(d.succeed("b", "late"))  # the stopped attempt's result is not taken
 
@@ -480,10 +485,25 @@ def test_a_retried_run_gets_its_whole_timeout_again() -> None:
     d.clock.advance(100)
     restart = d.send(RunRetried("again"))
     assert d.dispatched(restart) == ["a"]
-    assert d.engine.timed_out is None
+    assert d.engine.timed_out is None and d.engine.interrupted == []
     assert d.engine.next_timer_at == d.clock.now() + 10
     d.succeed("a", 1)
     d.tick(9)
     d.succeed("b", 2)
     assert d.engine.state is FlowRunState.SUCCESS
     assert d.tick(10) == []
+
+
+def test_a_timed_out_run_names_what_was_running_before_its_reference_tasks() -> None:
+    """combine(quick(), slow()) over its timeout: the run was waiting for `slow`, which
+    is named first (it named only `combine`, the returned task, which never ran)."""
+    d = Driver(
+        flow(task("quick"), task("slow"), task("combine", "quick", "slow"), reference=["combine"]),
+        timeout=5,
+    )
+    d.succeed("quick", 1)
+    d.tick(5)
+    assert [(f.key, f.state) for f in d.engine.failed_runs()] == [
+        ("slow", S.CANCELLED),
+        ("combine", S.CANCELLED),
+    ]

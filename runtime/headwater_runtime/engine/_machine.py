@@ -136,6 +136,8 @@ class FlowRunEngine:
         self.cancel_reason: str | None = None
         #: Why the run was stopped for taking longer than ``timeout`` (None: it was not).
         self.timed_out: str | None = None
+        #: The task runs that were running when it was (what it was waiting for).
+        self.interrupted: list[str] = []
         self.runs: dict[str, TaskRunRecord] = {}
         self._nodes: dict[str, Node] = {}
         self._out: list[Command] = []
@@ -258,14 +260,20 @@ class FlowRunEngine:
 
     def failed_runs(self) -> list[FlowRunFailure]:
         """Why the run failed: every task run that raised or timed out (root causes),
-        then reference task runs that did not succeed for another reason (their
-        trigger failed, they were cancelled)."""
+        the task runs its own timeout stopped while they ran, then reference task runs
+        that did not succeed for another reason (their trigger failed, they were
+        cancelled)."""
         roots = [
             FlowRunFailure(r.key, r.state, r.failure)
             for r in self.runs.values()
             if r.state is S.FAILED or r.state is S.TIMED_OUT
         ]
         seen = {f.key for f in roots}
+        for key in self.interrupted:
+            run = self.runs.get(key)
+            if run is not None and run.state.is_failure and key not in seen:
+                roots.append(FlowRunFailure(key, run.state, run.failure))
+                seen.add(key)
         for node in self._reference_nodes():
             runs = node.run.children if node.run.state is S.MAPPED else [node.run]
             for run in runs or ():
@@ -590,6 +598,7 @@ class FlowRunEngine:
         """The run took longer than its timeout: stop everything; it ends FAILED."""
         assert self.timeout is not None
         self.timed_out = f"the flow run exceeded its timeout of {self.timeout:g}s"
+        self.interrupted = [k for k, r in self.runs.items() if r.dispatched]
         self._stop_all(self.timed_out)
 
     def _cancel(self, reason: str) -> None:

@@ -74,6 +74,7 @@ def reopen(engine: FlowRunEngine, event: RunRetried) -> None:
         node.whole_tally = None
     _recount(engine)
     engine.cancel_reason = engine.timed_out = None
+    engine.interrupted = []
     engine.result = None
     engine.state = FlowRunState.RUNNING
     engine.flow_history.append((FlowRunState.RUNNING, engine.clock.now(), message))
