@@ -147,10 +147,14 @@ def test_a_flow_runs_end_to_end_through_the_server(db: str) -> None:
             cp.WatchFlowRunRequest(id=run_id, flow_run_only=True), metadata=AUTH
         )
         assert (await only_flow.read()).flow_run.state == 3  # subscribed while RUNNING
+        # The full watch answers its first message once it is subscribed: only then
+        # may a worker change anything (else a change could come before it).
+        watch = client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH)
+        first = await watch.read()
         worker = asyncio.create_task(fake_worker(channel, stop))
-        states = []
+        states = [first.flow_run.state]
         task_states: dict[str, list[int]] = {}
-        async for change in client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH):
+        while (change := await watch.read()) is not grpc.aio.EOF:
             states.append(change.flow_run.state)
             if change.HasField("task_run"):
                 task_states.setdefault(change.task_run.name, []).append(change.task_run.state)

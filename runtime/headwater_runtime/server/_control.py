@@ -97,6 +97,10 @@ def audit_message(row: AuditRow) -> cp.AuditEntry:
     return entry
 
 
+#: The length of a flow run's id (32 hex digits); a shorter one is a prefix.
+_RUN_ID_LENGTH = 32
+
+
 class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceServicer):
     """ControlPlaneService (the client API) over a ServerCore; the RPCs are documented
     in proto/headwater/v1/control_plane.proto (the reading ones in _control_reads.py).
@@ -258,9 +262,11 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
     ) -> AsyncIterator[cp.WatchFlowRunResponse]:
         """The run (by id or unique id prefix) now, then after every stored change,
         until it ends."""
-        run_id = (await self._flow_run(request.id, context)).id  # (a prefix: its run)
-        # Subscribe first (before any await), then read: a change made meanwhile, or
-        # committed after the read, still reaches the queue.
+        run_id = request.id
+        if len(run_id) != _RUN_ID_LENGTH:  # a prefix: its run's id first
+            run_id = (await self._flow_run(request.id, context)).id
+        # Subscribe first (before any await, for a whole id), then read: a change made
+        # meanwhile, or committed after the read, still reaches the queue.
         queue = self.core.watch(run_id, task_runs=not request.flow_run_only)
         try:
             row = await self._flow_run(run_id, context)
