@@ -44,7 +44,7 @@ from headwater.wire import (
 )
 
 from ._errors import FlowDefinitionError
-from ._identity import identity_checks, resolve
+from ._identity import IdentityCheck, identity_checks, resolve
 from ._refs import NeedsValues, ParamRef, Ref, TaskRef, _show, contains_ref, unmapped
 
 if TYPE_CHECKING:
@@ -523,20 +523,38 @@ def mapped_parameters(flow: Flow[..., Any]) -> tuple[str, ...]:
     return known
 
 
-def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
-    """(parameter, use, file:line) of the first identity or type check of a parameter
-    in the flow's body (``if limit is None:``): the graph must then be built from the
-    values, as no placeholder can answer such a check (_identity.py)."""
+#: Each identity or type check of a flow body (``_identity.py``) with the task or flow
+#: whose result it checks (None: not one's), worked out once per body.
+_CHECKED: dict[CodeType, tuple[tuple[IdentityCheck, Any], ...]] = {}
+
+
+def _checked(flow: Flow[..., Any]) -> tuple[tuple[IdentityCheck, Any], ...]:
     from ._flow import Flow
     from ._task import Task
 
     fn = inspect.unwrap(flow.fn)
+    code = getattr(fn, "__code__", None)
+    known = _CHECKED.get(code) if isinstance(code, CodeType) else None
+    if known is None:
+        found = []
+        for check in identity_checks(fn):
+            target = resolve(fn, check.call)
+            target = getattr(target, "__self__", target)  # (`fetch.map(...)`: fetch's)
+            found.append((check, target if isinstance(target, Task | Flow) else None))
+        known = tuple(found)
+        if isinstance(code, CodeType):
+            _CHECKED[code] = known
+    return known
+
+
+def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
+    """(parameter, use, file:line) of the first identity or type check of a parameter
+    in the flow's body (``if limit is None:``): the graph must then be built from the
+    values, as no placeholder can answer such a check (_identity.py)."""
     params = {p.name for p in flow.parameters}
-    for check in identity_checks(fn):
-        target = resolve(fn, check.call)
-        target = getattr(target, "__self__", target)
-        if check.name in params and not isinstance(target, Task | Flow):
-            return check.name, check.how, _show(fn.__code__.co_filename, check.line)
+    for check, target in _checked(flow):
+        if check.name in params and target is None:
+            return check.name, check.how, _show(_file(flow), check.line)
     return None
 
 
@@ -545,24 +563,24 @@ def _check_identity_of_results(flow: Flow[..., Any]) -> None:
     the flow's body (``if fetch() is None``, ``isinstance(rows, list)``): the check
     would see the reference, never the value, and silently take one branch."""
     from ._flow import Flow
-    from ._task import Task
 
-    fn = inspect.unwrap(flow.fn)
-    for check in identity_checks(fn):
-        target = resolve(fn, check.call)
-        target = getattr(target, "__self__", target)  # (`fetch.map(...)`: fetch's)
-        if not isinstance(target, Task | Flow):
+    for check, target in _checked(flow):
+        if target is None:
             continue
         kind = "flow" if isinstance(target, Flow) else "task"
         what = f"the result of {kind} {target.name!r}"
         if check.name is not None:
             what += f" (`{check.name}`)"
         raise FlowDefinitionError(
-            f"flow {flow.name!r}, {_show(fn.__code__.co_filename, check.line)}: {what} is "
+            f"flow {flow.name!r}, {_show(_file(flow), check.line)}: {what} is "
             f"{check.how} while the flow is being built, when it is not known yet: the "
             "check would always see a placeholder. Instead, check it inside a task, or "
             "branch at run time with `with case(ref, value):` blocks and merge()"
         )
+
+
+def _file(flow: Flow[..., Any]) -> str:
+    return str(inspect.unwrap(flow.fn).__code__.co_filename)
 
 
 def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
