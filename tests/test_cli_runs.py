@@ -44,7 +44,7 @@ def deep(depth: int, price: int):
 
 @task
 def enrich(price: int) -> int:
-    log.warning("enriching %d", price)
+    log.warning("enriching %d \x1b]0;retitled\x07", price)  # a terminal escape
     if price == 3:
         deep(30, price)
     return price * 2
@@ -153,6 +153,9 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     # runs logs: every record, one task's, one task run's
     logs = cli(env, "runs", "logs", run_id[:8], "--server", address).stdout
     assert "fetched 4 prices" in logs and "enriching 3" in logs
+    # a task's escape sequence is shown, not sent to the operator's terminal
+    assert "\x1b" not in logs and "\x07" not in logs
+    assert "enriching 3 \\x1b]0;retitled\\x07" in logs
     only = cli(env, "runs", "logs", run_id[:8], "--server", address, "--task", "enrich").stdout
     assert "fetched" not in only and only.count("enriching") == 4
     one = cli(env, "runs", "logs", run_id, "--server", address, "--task", "enrich[1]").stdout
@@ -269,7 +272,7 @@ def test_embedded_run_prints_failures_and_keeps_task_logs(
     lines = out.stdout.splitlines()
     # the fetch marker exists from the run above: fetch succeeds at once here
     assert "fetch 1 INFO stdout fetched 2 prices" in lines
-    assert "enrich[0] 1 WARNING cli_tasks enriching 1" in lines
+    assert "enrich[0] 1 WARNING cli_tasks enriching 1 \x1b]0;retitled\x07" in lines
 
 
 def test_graph_as_text_dot_and_mermaid(tmp_path: Path, env: dict[str, str]) -> None:

@@ -13,6 +13,7 @@ from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, FlowRunState, parse_rate
 from ._access_info import AuditEntry
 from ._cli_connect import add_tls_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
+from ._cli_render import printable
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
 
@@ -107,7 +108,7 @@ def worker_line(worker: WorkerInfo) -> str:
     labels = ",".join(f"{k}={v}" for k, v in sorted(worker.labels.items())) or "-"
     version = f"{worker.language} {worker.version}".strip() or "-"
     slots = f"{worker.slots_used}/{worker.slots}" if worker.online else f"-/{worker.slots}"
-    return (
+    return printable(
         f"{worker.name}  {status}  slots {slots}  heartbeat {_ago(worker.last_heartbeat)}  "
         f"version {version}  labels {labels}  capabilities {','.join(worker.capabilities)}"
     )
@@ -243,7 +244,7 @@ def audit_line(entry: AuditEntry) -> str:
     """``2026-01-02 03:04:05  ops  limit.set  limit db  concurrency 3`` (local time)."""
     line = f"{local_time(entry.at)}  {entry.actor}  {entry.action}  "
     line += f"{entry.object_kind} {entry.object_id}"
-    return f"{line}  {entry.detail}" if entry.detail else line
+    return printable(f"{line}  {entry.detail}" if entry.detail else line)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

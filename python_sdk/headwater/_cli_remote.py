@@ -26,6 +26,7 @@ from ._cli_render import (
     console,
     duration_text,
     failure_lines,
+    printable,
     state_text,
     summary_table,
 )
@@ -131,7 +132,10 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
     line = state_text(run.state.name)
     err.print(
         Text.assemble(
-            f"flow run {run.id[:8]} of {run.flow_name!r}: ", line, took, f" {run.message}"
+            f"flow run {run.id[:8]} of {run.flow_name!r}: ",
+            line,
+            took,
+            f" {printable(run.message)}",
         )
     )
     if run.state is FlowRunState.SUCCESS:
@@ -298,7 +302,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
         return EXIT_OK
     out = console()
     took = f"  {duration_text(run.duration)}" if run.duration is not None else ""
-    head = f"  {run.flow_name} v{run.flow_version}{took}  {run.message}".rstrip()
+    head = f"  {run.flow_name} v{run.flow_version}{took}  {printable(run.message)}".rstrip()
     head += _attempt_and_late(run)
     out.print(Text.assemble(f"{run.id}  ", state_text(run.state.name), head))
     if run.parent_task_run_id:
@@ -325,7 +329,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
             out.print(f"  {task.key}: child flow run {child}")
     show_failures(out, run.task_runs, full=args.full)  # with why each waiting one waits
     for note in run.audit:
-        detail = f" ({note.detail})" if note.detail else ""
+        detail = f" ({printable(note.detail)})" if note.detail else ""
         out.print(
             f"  {note.at:%Y-%m-%d %H:%M:%S}Z  {note.action} by {note.actor}{detail}",
             markup=False,
@@ -346,7 +350,8 @@ def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
     for entry in entries:
         at = entry.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
         attempt = f"#{entry.attempt}" if entry.attempt > 1 else ""
-        print(f"{at} {entry.level:8} {entry.key}{attempt}  {entry.message}", flush=args.follow)
+        line = f"{at} {entry.level:8} {entry.key}{attempt}  {entry.message}"
+        print(printable(line), flush=args.follow)
     return EXIT_OK
 
 

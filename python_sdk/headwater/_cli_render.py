@@ -37,6 +37,20 @@ _COLOURS = {
     "PENDING": "bright_black",
 }
 _ACTIVE = {TaskRunState.RUNNING, TaskRunState.RETRYING}
+#: Control characters (C0 but tab and newline, DEL, C1) as Python escapes: text from
+#: tasks, workers and callers (log lines, error messages, worker names) is printed
+#: with them made visible, so an escape sequence in a task's output cannot recolour,
+#: retitle or rewrite the operator's terminal.
+_CONTROLS = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0))
+    if code not in (0x09, 0x0A)
+}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters but tab and newline written as ``\\xNN``."""
+    return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
 def console(file: TextIO | None = None) -> Console:
@@ -64,8 +78,8 @@ def duration_text(seconds: float | None) -> str:
 def failure_lines(failure: FailureInfo, *, full: bool = False) -> list[str]:
     """A failure as text: ``type: message``, then its traceback (its last
     TRACEBACK_LINES lines unless ``full``) and causes."""
-    lines = [f"{failure.type}: {failure.message}"]
-    trace = failure.traceback.rstrip().splitlines()
+    lines = [printable(f"{failure.type}: {failure.message}")]
+    trace = printable(failure.traceback).rstrip().splitlines()
     if trace:
         if not full and len(trace) > TRACEBACK_LINES:
             cut = len(trace) - TRACEBACK_LINES
@@ -159,7 +173,7 @@ class Progress:
         self.states[key] = (task_id, state)
         self.waiting.pop(key, None)
         if self.live is None:
-            detail = f" {message}" if message and state != "SUCCESS" else ""
+            detail = f" {printable(message)}" if message and state != "SUCCESS" else ""
             print(f"  {key}: {state}{detail}", file=self.out, flush=True)
 
     def waits(self, reasons: dict[str, str]) -> None:
@@ -168,7 +182,7 @@ class Progress:
         self.waiting.update(reasons)
         if self.live is None:
             for key, why in fresh.items():
-                print(f"  {key}: {why}", file=self.out, flush=True)
+                print(f"  {key}: {printable(why)}", file=self.out, flush=True)
 
     def counts(self) -> Counter[str]:
         """Task runs per state (mapped parents left out)."""

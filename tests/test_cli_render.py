@@ -1,0 +1,30 @@
+"""What the CLI prints of text it did not write (task errors, log lines, worker names):
+control characters are shown as escapes, never sent to the operator's terminal."""
+
+from __future__ import annotations
+
+from headwater._cli_render import failure_lines, printable
+from headwater.wire import FailureInfo
+
+
+def test_control_characters_are_written_as_escapes_but_tab_and_newline_stay() -> None:
+    text = "red \x1b[31mtext\x07\x08 tab\there\nnext line \x9b2J \x7f"
+    shown = printable(text)
+    assert shown == "red \\x1b[31mtext\\x07\\x08 tab\there\nnext line \\x9b2J \\x7f"
+    assert printable(shown) == shown  # nothing left to escape
+    assert printable("plain é ∑ 漢字") == "plain é ∑ 漢字"  # printable text as is
+
+
+def test_a_failure_with_escapes_in_its_message_and_traceback_prints_them_escaped() -> None:
+    cause = FailureInfo("builtins.OSError", "disk \x1b]0;pwned\x07 gone")
+    failure = FailureInfo(
+        "builtins.RuntimeError",
+        "step\r failed",
+        traceback='  File "x.py", line 1\n    \x1b[2J',
+        cause=cause,
+    )
+    lines = failure_lines(failure)
+    assert lines[0] == "builtins.RuntimeError: step\\x0d failed"
+    assert lines[2] == "      \\x1b[2J"
+    assert lines[-1] == "  builtins.OSError: disk \\x1b]0;pwned\\x07 gone"
+    assert not any(ch in "\x1b\x07\r" for line in lines for ch in line)
