@@ -904,6 +904,52 @@ def test_fencing_is_bound_to_the_session(db: str) -> None:
     asyncio.run(main())
 
 
+def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
+    """A worker's log level is stored upper case (WARN as WARNING, empty as INFO), a
+    level or logger name is cut and loses its control characters: a peer cannot
+    store a 1 MB "level" or escape sequences in it."""
+
+    async def main() -> None:
+        store = open_store(db)
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            run_id = await create(channel, n=2)
+            a = await worker.next("assignment")
+            sent = [
+                ("warn", "app"),
+                ("", "app\x1b[31m.red"),
+                ("trace", "x" * 5_000),
+                ("v" * 10_000, "app"),
+            ]
+            for level, logger in sent:
+                log = worker_pb2.TaskLog(token=a.token, level=level, logger=logger, message="m")
+                worker.send(log=log)
+            worker.send(result=worker.result(a))
+            assert (await worker.next("ack")).accepted
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(worker, done))
+            assert await finished(channel, run_id) == 4
+            done.set()
+            await serving
+            await worker.close()
+            logs = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
+                cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
+            )
+            got = [(e.level, e.logger) for e in logs.entries]
+            assert got == [
+                ("WARNING", "app"),
+                ("INFO", "app[31m.red"),
+                ("TRACE", "x" * 200),
+                ("V" * 16, "app"),
+            ]
+
+    asyncio.run(main())
+
+
 def test_an_unrequested_task_cancelled_gives_the_attempt_back(db: str) -> None:
     """A worker that drops an attempt nobody asked it to stop does not hang the run:
     the attempt is dispatched again."""

@@ -322,9 +322,14 @@ class TaskLog(google.protobuf.message.Message):
     LOGGER_FIELD_NUMBER: builtins.int
     MESSAGE_FIELD_NUMBER: builtins.int
     level: builtins.str
-    """Level name: DEBUG, INFO, WARNING, ERROR, CRITICAL."""
+    """Level name: DEBUG, INFO, WARNING, ERROR, CRITICAL. The server stores it upper
+    case (WARN as WARNING, FATAL as CRITICAL, empty as INFO); another name is kept,
+    cut to 16 characters.
+    """
     logger: builtins.str
-    """Logger name."""
+    """Logger name (the server keeps 200 characters; control characters are dropped
+    from both).
+    """
     message: builtins.str
     """The message."""
     @property

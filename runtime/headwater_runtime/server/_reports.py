@@ -260,7 +260,25 @@ class WorkerReports:
         given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
         at = seconds(log.timestamp) if given else self.clock.now()
         message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
-        self.runs.add_log(
-            LogRow(flow_run_id, key, log.token.attempt, at, log.level, log.logger, message)
-        )
+        level, logger = log_level(log.level), _label(log.logger, LOGGER_LIMIT)
+        self.runs.add_log(LogRow(flow_run_id, key, log.token.attempt, at, level, logger, message))
         self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
+
+
+#: A log record's level and logger name are labels, kept to this many characters.
+LEVEL_LIMIT, LOGGER_LIMIT = 16, 200
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+
+
+def _label(text: str, limit: int) -> str:
+    """``text`` without control characters, cut to ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    return text[:limit]
+
+
+def log_level(given: str) -> str:
+    """A log record's level as stored: upper case, ``WARN`` and ``FATAL`` as Python
+    names them, ``INFO`` when empty; any other name is kept (a peer's ``TRACE``)."""
+    level = _label(given, LEVEL_LIMIT).strip().upper() or "INFO"
+    return _LEVEL_ALIASES.get(level, level)
