@@ -419,6 +419,7 @@ def test_result_and_failure_envelopes_round_trip() -> None:
         cause=root,
         retryable=True,
         language="python",
+        timed_out=True,
     )
     assert set_field_names(failure) == all_field_names(failure)
     back = roundtrip(
@@ -430,6 +431,7 @@ def test_result_and_failure_envelopes_round_trip() -> None:
     f = back.failure.failure
     assert back.failure.timed_out is True
     assert (f.type, f.message, f.retryable) == ("etl.LoadError", "could not write batch 3", True)
+    assert f.timed_out and not f.cause.timed_out
     assert f.stack_trace.startswith("Traceback")
     assert f.HasField("cause")
     assert (f.cause.type, f.cause.message, f.cause.retryable) == (

@@ -396,6 +396,8 @@ def test_cancelling_the_parent_or_a_subflow_timeout_cancels_the_children(
         assert final.state is FlowRunState.FAILED
         (node,) = final.task_runs
         assert node.state is TaskRunState.TIMED_OUT
+        assert node.failure is not None and node.failure.timed_out, node.failure
+        assert node.failure.type == "headwater.TaskTimeout"
         (only,) = _child_runs(client, timed.id).values()
         assert client.wait(only.id).state is FlowRunState.CANCELLED
 

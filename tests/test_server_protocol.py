@@ -588,5 +588,11 @@ def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
             )
             (stored,) = running.store.task_runs(row.id)
             assert stored.state == TaskRunState.TIMED_OUT.value
+            # and a reader sees the failure as a timeout, not as any failure
+            got = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).GetFlowRun(
+                cp.GetFlowRunRequest(id=row.id, include_task_runs=True), metadata=AUTH
+            )
+            failure = got.task_runs[0].history[-1].failure
+            assert (failure.type, failure.timed_out) == ("headwater.TaskTimeout", True)
 
     asyncio.run(asyncio.wait_for(main(), 60))

@@ -208,6 +208,8 @@ def test_a_timed_out_subflow_node_cancels_its_child(gate: threading.Event) -> No
     assert run.state is FlowRunState.FAILED
     node = run.task_run("blocked")
     assert node.state is TaskRunState.TIMED_OUT
+    assert node.failure is not None and node.failure.timed_out, node.failure
+    assert node.failure.type == "headwater.TaskTimeout"
     (only,) = run.children
     assert only.state is FlowRunState.CANCELLED
     assert only.task_run("wait_for_gate").state is TaskRunState.CANCELLED

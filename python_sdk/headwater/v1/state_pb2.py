@@ -16,21 +16,21 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from headwater.v1 import payload_pb2 as headwater_dot_v1_dot_payload__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headwater/v1/state.proto\x12\x0cheadwater.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aheadwater/v1/payload.proto\"\x88\x01\n\x07\x46\x61ilure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bstack_trace\x18\x03 \x01(\t\x12$\n\x05\x63\x61use\x18\x04 \x01(\x0b\x32\x15.headwater.v1.Failure\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x10\n\x08language\x18\x06 \x01(\t\"\xdc\x01\n\x11TaskRunStateEntry\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.headwater.v1.TaskRunState\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12#\n\x06result\x18\x05 \x01(\x0b\x32\x13.headwater.v1.Value\x12&\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x15.headwater.v1.Failure\"~\n\x11\x46lowRunStateEntry\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.headwater.v1.FlowRunState\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t*\x89\x03\n\x0cTaskRunState\x12\x1e\n\x1aTASK_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18TASK_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16TASK_RUN_STATE_RUNNING\x10\x03\x12\x1b\n\x17TASK_RUN_STATE_RETRYING\x10\x04\x12\x1a\n\x16TASK_RUN_STATE_SUCCESS\x10\x05\x12\x19\n\x15TASK_RUN_STATE_FAILED\x10\x06\x12\x1c\n\x18TASK_RUN_STATE_TIMED_OUT\x10\x07\x12\x1c\n\x18TASK_RUN_STATE_CANCELLED\x10\x08\x12\x1a\n\x16TASK_RUN_STATE_SKIPPED\x10\t\x12\x19\n\x15TASK_RUN_STATE_CACHED\x10\n\x12!\n\x1dTASK_RUN_STATE_TRIGGER_FAILED\x10\x0b\x12\x19\n\x15TASK_RUN_STATE_MAPPED\x10\x0c*\xd9\x01\n\x0c\x46lowRunState\x12\x1e\n\x1a\x46LOW_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46LOW_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18\x46LOW_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16\x46LOW_RUN_STATE_RUNNING\x10\x03\x12\x1a\n\x16\x46LOW_RUN_STATE_SUCCESS\x10\x04\x12\x19\n\x15\x46LOW_RUN_STATE_FAILED\x10\x05\x12\x1c\n\x18\x46LOW_RUN_STATE_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headwater/v1/state.proto\x12\x0cheadwater.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1aheadwater/v1/payload.proto\"\x9b\x01\n\x07\x46\x61ilure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x13\n\x0bstack_trace\x18\x03 \x01(\t\x12$\n\x05\x63\x61use\x18\x04 \x01(\x0b\x32\x15.headwater.v1.Failure\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x10\n\x08language\x18\x06 \x01(\t\x12\x11\n\ttimed_out\x18\x07 \x01(\x08\"\xdc\x01\n\x11TaskRunStateEntry\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.headwater.v1.TaskRunState\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12#\n\x06result\x18\x05 \x01(\x0b\x32\x13.headwater.v1.Value\x12&\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32\x15.headwater.v1.Failure\"~\n\x11\x46lowRunStateEntry\x12)\n\x05state\x18\x01 \x01(\x0e\x32\x1a.headwater.v1.FlowRunState\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t*\x89\x03\n\x0cTaskRunState\x12\x1e\n\x1aTASK_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18TASK_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16TASK_RUN_STATE_RUNNING\x10\x03\x12\x1b\n\x17TASK_RUN_STATE_RETRYING\x10\x04\x12\x1a\n\x16TASK_RUN_STATE_SUCCESS\x10\x05\x12\x19\n\x15TASK_RUN_STATE_FAILED\x10\x06\x12\x1c\n\x18TASK_RUN_STATE_TIMED_OUT\x10\x07\x12\x1c\n\x18TASK_RUN_STATE_CANCELLED\x10\x08\x12\x1a\n\x16TASK_RUN_STATE_SKIPPED\x10\t\x12\x19\n\x15TASK_RUN_STATE_CACHED\x10\n\x12!\n\x1dTASK_RUN_STATE_TRIGGER_FAILED\x10\x0b\x12\x19\n\x15TASK_RUN_STATE_MAPPED\x10\x0c*\xd9\x01\n\x0c\x46lowRunState\x12\x1e\n\x1a\x46LOW_RUN_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46LOW_RUN_STATE_PENDING\x10\x01\x12\x1c\n\x18\x46LOW_RUN_STATE_SCHEDULED\x10\x02\x12\x1a\n\x16\x46LOW_RUN_STATE_RUNNING\x10\x03\x12\x1a\n\x16\x46LOW_RUN_STATE_SUCCESS\x10\x04\x12\x19\n\x15\x46LOW_RUN_STATE_FAILED\x10\x05\x12\x1c\n\x18\x46LOW_RUN_STATE_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'headwater.v1.state_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_TASKRUNSTATE']._serialized_start=594
-  _globals['_TASKRUNSTATE']._serialized_end=987
-  _globals['_FLOWRUNSTATE']._serialized_start=990
-  _globals['_FLOWRUNSTATE']._serialized_end=1207
+  _globals['_TASKRUNSTATE']._serialized_start=613
+  _globals['_TASKRUNSTATE']._serialized_end=1006
+  _globals['_FLOWRUNSTATE']._serialized_start=1009
+  _globals['_FLOWRUNSTATE']._serialized_end=1226
   _globals['_FAILURE']._serialized_start=104
-  _globals['_FAILURE']._serialized_end=240
-  _globals['_TASKRUNSTATEENTRY']._serialized_start=243
-  _globals['_TASKRUNSTATEENTRY']._serialized_end=463
-  _globals['_FLOWRUNSTATEENTRY']._serialized_start=465
-  _globals['_FLOWRUNSTATEENTRY']._serialized_end=591
+  _globals['_FAILURE']._serialized_end=259
+  _globals['_TASKRUNSTATEENTRY']._serialized_start=262
+  _globals['_TASKRUNSTATEENTRY']._serialized_end=482
+  _globals['_FLOWRUNSTATEENTRY']._serialized_start=484
+  _globals['_FLOWRUNSTATEENTRY']._serialized_end=610
 # @@protoc_insertion_point(module_scope)

@@ -135,6 +135,7 @@ class Failure(google.protobuf.message.Message):
     CAUSE_FIELD_NUMBER: builtins.int
     RETRYABLE_FIELD_NUMBER: builtins.int
     LANGUAGE_FIELD_NUMBER: builtins.int
+    TIMED_OUT_FIELD_NUMBER: builtins.int
     type: builtins.str
     """Error type, e.g. "builtins.ValueError" or "TypeError" (language's own naming)."""
     message: builtins.str
@@ -149,6 +150,12 @@ class Failure(google.protobuf.message.Message):
     """Language the error came from, e.g. "python", "javascript" (the Node.js worker).
     Empty becomes "unknown".
     """
+    timed_out: builtins.bool
+    """The attempt was stopped for exceeding its timeout (the task run's state is then
+    TIMED_OUT, or RETRYING when a retry follows). Set by the control plane on the
+    failures it reports; a worker says it with TaskFailure.timed_out, and the server
+    also takes it here.
+    """
     @property
     def cause(self) -> global___Failure:
         """The error that caused this one, if any."""
@@ -162,9 +169,10 @@ class Failure(google.protobuf.message.Message):
         cause: global___Failure | None = ...,
         retryable: builtins.bool = ...,
         language: builtins.str = ...,
+        timed_out: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["cause", b"cause"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["cause", b"cause", "language", b"language", "message", b"message", "retryable", b"retryable", "stack_trace", b"stack_trace", "type", b"type"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["cause", b"cause", "language", b"language", "message", b"message", "retryable", b"retryable", "stack_trace", b"stack_trace", "timed_out", b"timed_out", "type", b"type"]) -> None: ...
 
 global___Failure = Failure
 

@@ -57,6 +57,7 @@ def failure_to_proto(info: FailureInfo) -> state_pb2.Failure:
         stack_trace=cut_text(info.traceback),
         retryable=info.retryable,
         language=info.language,
+        timed_out=info.timed_out,
     )
     if info.cause is not None:
         msg.cause.CopyFrom(failure_to_proto(info.cause))
@@ -66,7 +67,8 @@ def failure_to_proto(info: FailureInfo) -> state_pb2.Failure:
 def failure_from_proto(
     msg: state_pb2.Failure, timed_out: bool = False, depth: int = 0
 ) -> FailureInfo:
-    """A FailureInfo for a Failure message (causes beyond MAX_CAUSE_DEPTH dropped)."""
+    """A FailureInfo for a Failure message (causes beyond MAX_CAUSE_DEPTH dropped);
+    ``timed_out`` when the message or the caller says so."""
     cause = None
     if msg.HasField("cause") and depth < MAX_CAUSE_DEPTH:
         cause = failure_from_proto(msg.cause, depth=depth + 1)
@@ -77,7 +79,7 @@ def failure_from_proto(
         retryable=msg.retryable,
         cause=cause,
         language=msg.language or "unknown",
-        timed_out=timed_out,
+        timed_out=timed_out or msg.timed_out,
     )
 
 
