@@ -253,6 +253,8 @@ def test_a_paused_leader_that_resumes_after_a_takeover_writes_nothing_and_stands
         line = first.wait_line(f"headwater server standing by on {leader}")
         assert f"the leader is {spare}" in line
         assert any("stepped down" in x for x in first.other), first.other
+        said = "\n".join(first.other)  # an expected hand-over, told without alarm
+        assert "Traceback" not in said and " ERROR " not in said, said
         assert journal_rows(url, old_epoch) == before  # nothing it wrote landed
         poll(lambda: health(leader) == health_pb2.HealthCheckResponse.NOT_SERVING, "standby")
         final = client.wait(run_id)

@@ -170,7 +170,7 @@ class RunningServer:
             reason = f"leading failed: {exc}"
         leadership.leading = False
         self.lost_reason = reason
-        log.error("stepping down: %s", reason)
+        log.warning("stepping down: %s", reason)
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.lost.set()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headwater.v1 import run_pb2, worker_pb2
-from headwater_runtime.store import Store, WriteBatch
+from headwater_runtime.store import Fenced, Store, WriteBatch
 
 from ._gc import Collector, release_later
 from ._io import StoreIO
@@ -178,15 +178,19 @@ class Committer:
             self.on_failing(True)
         delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self.failures - 1))
         self._retry_at = time.monotonic() + delay
-        level = logging.WARNING if self.failures > 1 else logging.ERROR
-        log.log(
-            level,
-            "could not store the server's state (%s); keeping it in memory and trying "
-            "again in %.2fs (attempt %d)",
-            exc,
-            delay,
-            self.failures,
-        )
+        if isinstance(exc, Fenced):  # no retry can help: this server steps down
+            if self.failures == 1:
+                log.warning("another server leads now: %s", exc)
+        else:
+            level = logging.WARNING if self.failures > 1 else logging.ERROR
+            log.log(
+                level,
+                "could not store the server's state (%s); keeping it in memory and trying "
+                "again in %.2fs (attempt %d)",
+                exc,
+                delay,
+                self.failures,
+            )
         waiters, release.waiters = release.waiters, []
         self.runs.reattach(batch, release.effects)
         release.effects = []
@@ -223,6 +227,8 @@ class Committer:
         """Commit what is left (on shutdown); gives up after ``attempts`` failures,
         saying what is lost (nothing a worker or client was told of)."""
         for _ in range(attempts):
+            if isinstance(self.error, Fenced):
+                break  # another server leads: it resumes the runs from the store
             if self._handle is not None:
                 self._handle.cancel()
                 self._handle = None
@@ -236,6 +242,13 @@ class Committer:
                 await asyncio.shield(self._task)
             if not self._has_work():
                 return
+        if isinstance(self.error, Fenced):
+            log.warning(
+                "stepping down with changes the new leader will not see: it resumes the "
+                "runs from their last stored state (nothing a worker or client was told of "
+                "is lost)"
+            )
+            return
         log.error(
             "stopping with state that could not be stored (%s): the runs resume from their "
             "last stored state",

@@ -21,6 +21,7 @@ from headwater.wire import FlowRunState, duration, split_task_run_id, timestamp
 from headwater_runtime.engine import REPLAYS, FlowRunEngine, TaskRunRecord, not_retryable
 from headwater_runtime.store import (
     DeliveryCounts,
+    Fenced,
     FlowRunRow,
     LateRow,
     LimitRow,
@@ -154,6 +155,8 @@ class Operations:
         if rows:
             try:
                 await self.core.io.write(_put_workers, self.core.store, rows)
+            except Fenced:  # the new leader keeps its own record of the workers
+                log.info("not recording the workers' last messages: another server leads")
             except Exception:
                 log.exception("could not record the workers' last messages")
 
