@@ -285,6 +285,36 @@ def test_map_over_a_constant_and_several_mapped_arguments() -> None:
     assert zipped() == [11, 22, 33]
 
 
+def test_mapping_lists_of_different_lengths_together_is_refused_when_the_flow_is_built() -> None:
+    """``add.map([1, 2, 3], [10, 20])`` failed only at run time (MapLengthMismatch);
+    lengths written in the flow are known when it is built. A task result's length is
+    not, and stays a run-time check."""
+
+    @flow
+    def uneven() -> list[int]:
+        return add.map([1, 2, 3], [10, 20])
+
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"^task 'add': \.map\(\) arguments have different lengths "
+        r"\(a=3, b=2\)",
+    ):
+        uneven.graph()
+
+    @flow
+    def uneven_refs() -> list[int]:
+        return add.map([double(1), double(2)], (7,))
+
+    with pytest.raises(FlowDefinitionError, match=r"\(a=2, b=1\)"):
+        uneven_refs.graph()
+
+    @flow
+    def with_a_result(n: int = 2) -> list[int]:
+        return add.map([1, 2], add.map([n, n], [1, 1]))
+
+    assert with_a_result() == [4, 5]
+
+
 def test_map_needs_a_mapped_argument() -> None:
     @flow
     def all_unmapped() -> list[int]:

@@ -219,6 +219,8 @@ class _Context:
             raise FlowDefinitionError(
                 f"task {task.name!r}: .map() needs at least one argument that is not unmapped()"
             )
+        if mapped and len(mapped_args) > 1:
+            _check_known_lengths(task.name, {arg: inputs[arg] for arg in mapped_args})
         wait = self._wait_for(task.name, wait_for)
         node_id = self._new_id(task.name)
         fields = self.task_fields.get(task)
@@ -399,6 +401,25 @@ def _check_mappable(value: Any, task_name: str, arg: str) -> None:
             f"task {task_name!r}, argument {arg!r}: cannot map over a {type(value).__name__} "
             "(strings, bytes, dicts, sets and single values have no elements to map over); "
             "pass a list"
+        )
+
+
+def _check_known_lengths(task_name: str, mapped: dict[str, InputSpec]) -> None:
+    """Arguments mapped together whose lengths are known when the flow is built (lists
+    written in it) must be as long as each other: refused then, not at run time."""
+    from headwater_runtime.engine import PYTHON_VALUES
+
+    lengths: dict[str, int] = {}
+    for arg, spec in mapped.items():
+        if isinstance(spec, ListOf):
+            lengths[arg] = len(spec.items)
+        elif isinstance(spec, Const) and (n := PYTHON_VALUES.length(spec.value)) is not None:
+            lengths[arg] = n
+    if len(set(lengths.values())) > 1:
+        told = ", ".join(f"{arg}={n}" for arg, n in lengths.items())
+        raise FlowDefinitionError(
+            f"task {task_name!r}: .map() arguments have different lengths ({told}); "
+            "map over lists of one length, or pass one whole with unmapped()"
         )
 
 
