@@ -13,7 +13,7 @@ import pytest
 from distributed import Client, Future, Nanny, Scheduler, SpecCluster, get_worker
 
 from headwater import DaskExecutor, FlowRunState, TaskRunState, flow, task
-from headwater_runtime.embedded import PROCESS_CACHE
+from headwater_runtime.embedded import PROCESS_CACHE, thaw
 
 S = TaskRunState
 
@@ -114,7 +114,7 @@ def test_a_local_cluster_is_started_for_the_run_and_closed_after() -> None:
     # The cached result was gathered before its cluster closed, so the next run (on a
     # new LocalCluster) uses it.
     (entry,) = [PROCESS_CACHE.get(run.task_run("load").cache_key)]
-    assert entry is not None and entry.value == list(range(10))
+    assert entry is not None and thaw(entry.value) == list(range(10))  # a pickled copy
     again = f.run(executor=executor)
     assert again.task_run("load").state is S.CACHED
     assert again.result == {"total": 45, "xs": list(range(10))}

@@ -20,7 +20,7 @@ from typing import Any
 from distributed import Client, Future, LocalCluster
 
 from headwater.wire import FailureInfo, TaskSpec
-from headwater_runtime.embedded import ResultCache, make_cache_key
+from headwater_runtime.embedded import ResultCache, cache_snapshot, make_cache_key, thaw
 from headwater_runtime.engine import (
     CacheEntry,
     Event,
@@ -306,16 +306,19 @@ class DaskExecutor:
         return key
 
     def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
-        """The entry, unless it holds futures this executor's cluster cannot serve."""
+        """The entry (a fresh copy of a value the cache holds here), unless it holds
+        futures this executor's cluster cannot serve."""
         where = locate(entry.value)
         if where is None:
-            return entry
+            return CacheEntry(thaw(entry.value), entry.expires_at)
         future = where[0]
         if future.client is not self.client or future.status in ("cancelled", "lost"):
             return None
         return entry
 
-    def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
+    def cache_put(
+        self, cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+    ) -> None:
         """Store the result (a future); gathered into the cache at ``shutdown`` when
         the cluster is this executor's own LocalCluster, which closes then."""
         cache.put(key, value, expires_at)
@@ -332,7 +335,7 @@ class DaskExecutor:
             return
         values = self.client.gather([entry.value for _, _, entry in entries])
         for (cache, key, entry), value in zip(entries, values, strict=True):
-            cache.put(key, value, entry.expires_at)
+            cache_snapshot(cache, key, value, entry.expires_at, key)
 
     # ------------------------------------------------------------------ helpers
 

@@ -12,6 +12,33 @@ from headwater.wire import TaskSpec
 from headwater_runtime.engine import CacheEntry
 
 
+class Snapshot:
+    """A cached value as pickled bytes: every cache hit unpickles its own copy, so a
+    task that changes its input in place cannot change what later runs get."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def snapshot(value: Any) -> Snapshot:
+    """``value`` frozen for the cache (cloudpickle: lambdas and local classes too);
+    raises what pickling raises for a value that cannot be copied."""
+    import cloudpickle  # only once a task caches
+
+    return Snapshot(cloudpickle.dumps(value))
+
+
+def thaw(value: Any) -> Any:
+    """A fresh copy of a snapshot; any other value as it is."""
+    if type(value) is Snapshot:
+        import pickle
+
+        return pickle.loads(value.data)
+    return value
+
+
 class ResultCache:
     """In-memory cache of task results, keyed by cache key (one per process by
     default, so it survives across runs in a notebook or a long-lived process)."""
@@ -40,6 +67,26 @@ class ResultCache:
 
 
 PROCESS_CACHE = ResultCache()
+
+
+def cache_snapshot(
+    cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+) -> None:
+    """Store a snapshot of ``value`` (a result of task ``task``); one that cannot be
+    pickled is left uncached, with a warning (a server could not cache it either)."""
+    try:
+        frozen = snapshot(value)
+    except Exception as exc:
+        import warnings
+
+        warnings.warn(
+            f"task {task!r}: its result ({type(value).__name__}) was not cached: it "
+            f"cannot be pickled ({exc})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return
+    cache.put(key, frozen, expires_at)
 
 
 def cache_key(spec: TaskSpec, inputs: dict[str, Any]) -> str:

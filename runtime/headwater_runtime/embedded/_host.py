@@ -128,8 +128,10 @@ class Executor(Protocol):
         """The entry if this executor can use its value, else None (a miss)."""
         ...
 
-    def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
-        """Store a result in ``cache`` under ``key``."""
+    def cache_put(
+        self, cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+    ) -> None:
+        """Store a result of task ``task`` in ``cache`` under ``key``."""
         ...
 
 
@@ -352,6 +354,15 @@ class EmbeddedRun:
                     caller = self._trace.in_span(caller, span)
                 batch.append((command, caller))
                 continue
+            if isinstance(command, WriteCache):  # (copied before the tasks after it start)
+                executor.cache_put(
+                    self.cache,
+                    command.cache_key,
+                    command.value,
+                    command.expires_at,
+                    command.run.name,
+                )
+                continue
             if batch:  # keep the order of submits and cancels
                 executor.submit(batch)
                 batch = []
@@ -361,8 +372,6 @@ class EmbeddedRun:
                 self._cancel_children(command.run.key, command.reason)
             elif isinstance(command, CheckCache):
                 queue.extend(self.engine.handle(self._check_cache(command)))
-            elif isinstance(command, WriteCache):
-                executor.cache_put(self.cache, command.cache_key, command.value, command.expires_at)
         if batch:
             executor.submit(batch)
 

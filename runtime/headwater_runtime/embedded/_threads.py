@@ -42,7 +42,7 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
-from ._cache import ResultCache, cache_key
+from ._cache import ResultCache, cache_key, cache_snapshot, thaw
 
 _Job = tuple[
     str, int, Caller, dict[str, Any], tuple[type[BaseException], ...], Callable[..., Any] | None
@@ -193,12 +193,15 @@ class ThreadExecutor:
         return cache_key(spec, inputs)
 
     def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
-        """The entry (any cached live value can be used)."""
-        return entry
+        """The entry, with a fresh copy of its value."""
+        return CacheEntry(thaw(entry.value), entry.expires_at)
 
-    def cache_put(self, cache: ResultCache, key: str, value: Any, expires_at: float | None) -> None:
-        """Store the live value."""
-        cache.put(key, value, expires_at)
+    def cache_put(
+        self, cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+    ) -> None:
+        """Store a copy of the value (pickled now, before a later task of the run can
+        change it in place); a value that cannot be pickled is not cached."""
+        cache_snapshot(cache, key, value, expires_at, task)
 
     def cancel(self, key: str, attempt: int) -> None:
         """Interrupt the thread running this attempt, and replace it in the pool."""
