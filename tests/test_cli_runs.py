@@ -61,6 +61,14 @@ def big(size: int) -> str:
 def large(n: int = 12, size: int = 400_000) -> list[str]:
     return big.map([size] * n)
 
+@task
+def counts() -> dict:
+    return {("eu", "2026-01-02"): 3}
+
+@flow
+def tuple_keys() -> dict:
+    return counts()
+
 typo = remote_task("pricing.enrichh")
 
 @flow
@@ -182,6 +190,25 @@ def test_a_run_whose_results_pass_4_mib_is_read_back_whole(
     shown = cli(env, "runs", "show", run_id[:8], "--server", address)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout[shown.stdout.index("\n[\n") :]) == ["x" * 400_000] * 12
+
+
+def test_a_result_json_cannot_hold_prints_as_embedded_and_json_output_stays_json(
+    tmp_path: Path, env: dict[str, str], cluster: Cluster
+) -> None:
+    """A dict with tuple keys: `headwater run --server` printed SUCCESS, then a
+    TypeError traceback, and exited 1; embedded it printed the repr."""
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", module="cli_tasks")
+    target = str(tmp_path / "cli_tasks.py:tuple_keys")
+    embedded = cli(env, "run", target)
+    done = cli(env, "run", target, "--server", address)
+    assert (embedded.returncode, done.returncode) == (0, 0), done.stderr
+    assert done.stdout == embedded.stdout == "{('eu', '2026-01-02'): 3}\n"
+    assert "Traceback" not in done.stderr
+    run_id = done.stderr.split("flow run ", 1)[1].split(" ", 1)[0]
+    shown = cli(env, "runs", "show", run_id, "--server", address, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["result"] == {"('eu', '2026-01-02')": 3}
 
 
 def test_a_task_no_worker_offers_says_why_it_waits(

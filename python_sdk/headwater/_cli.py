@@ -6,7 +6,6 @@ from . import _grpc_env  # noqa: F401  (first: before anything imports grpc)
 
 # isort: split
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -36,6 +35,7 @@ from ._cli_connect import add_tls_args, at_least_one, tls_from_args
 from ._cli_ops import add_ops_commands
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
+from ._cli_render import result_text
 from ._cli_schedules import add_schedules_command
 from ._cli_tokens import add_tokens_command
 from ._client import ServerError
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
     _show_embedded(run, full=args.full)
     print(_summary(run), file=sys.stderr)
     if run.state is FlowRunState.SUCCESS:
-        print(_render(run.result))
+        print(result_text(run.result))
         return EXIT_OK
     return EXIT_CANCELLED if run.state is FlowRunState.CANCELLED else EXIT_FAILED
 
@@ -178,13 +178,6 @@ def dask_executor(where: str) -> Any:
     from headwater_runtime.dask import DaskExecutor
 
     return DaskExecutor(None if where == "local" else where)
-
-
-def _render(value: Any) -> str:
-    try:
-        return json.dumps(value, indent=2, default=repr)
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import json
 import os
 import queue
 import sys
@@ -26,7 +25,9 @@ from ._cli_render import (
     console,
     duration_text,
     failure_lines,
+    json_text,
     printable,
+    result_text,
     state_text,
     summary_table,
 )
@@ -53,7 +54,7 @@ def _exit_code(state: FlowRunState) -> int:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, default=repr)
+    return json_text(value)
 
 
 def local_time(at: datetime | None) -> str:
@@ -139,7 +140,7 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
         )
     )
     if run.state is FlowRunState.SUCCESS:
-        print(_json(run.result))
+        print(result_text(run.result))
 
 
 def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False) -> None:
@@ -336,7 +337,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
             highlight=False,
         )
     if run.state is FlowRunState.SUCCESS:
-        print(_json(run.result))
+        print(result_text(run.result))
     return EXIT_OK
 
 

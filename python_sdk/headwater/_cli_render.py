@@ -53,6 +53,38 @@ def printable(text: str) -> str:
     return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
+def result_text(value: Any) -> str:
+    """A run's result as the CLI prints it: JSON (indented; values JSON has no form
+    for as their repr), or the whole value's repr when JSON cannot hold it (a dict
+    with tuple keys)."""
+    import json
+
+    try:
+        return json.dumps(value, indent=2, default=repr)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def json_text(value: Any) -> str:
+    """``--json`` output: always valid JSON (values JSON has no form for as their
+    repr, dict keys JSON cannot hold as theirs)."""
+    import json
+
+    try:
+        return json.dumps(value, indent=2, default=repr)
+    except (TypeError, ValueError):
+        return json.dumps(_json_safe(value), indent=2, default=repr)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        keys_ok = (str, int, float, bool, type(None))
+        return {(k if isinstance(k, keys_ok) else repr(k)): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def console(file: TextIO | None = None) -> Console:
     """A rich Console on ``file`` (stdout), plain text when it is not a terminal."""
     return Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
