@@ -164,3 +164,54 @@ def test_a_mapped_level_is_submitted_together(gpu_cluster: tuple[Client, str]) -
     run = f.run(executor=Recording(client=client))
     assert run.result == [x * x for x in range(12)]
     assert batches[:2] == [1, 12], "the source, then all 12 children in one client.map"
+
+
+@task
+def _numbers() -> list[int]:
+    return [1, 2, 3]
+
+
+@task
+def _total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@task
+def _stuck() -> int:
+    import time
+
+    for _ in range(600):  # 30 s at most; interrupted long before (between sleeps)
+        time.sleep(0.05)
+    return 1
+
+
+@flow
+def _summing_child(items: list[int]) -> int:
+    return _total(items)
+
+
+@flow
+def _stuck_child() -> int:
+    return _stuck()
+
+
+@flow
+def _parent() -> dict[str, int]:
+    return {"sum": _summing_child(_numbers()), "late": _stuck_child.with_options(timeout=0.5)()}
+
+
+def test_subflows_on_dask_get_values_and_their_timeouts_hold(
+    gpu_cluster: tuple[Client, str],
+) -> None:
+    """A child flow given a task result got the Dask future itself ("expects list[int],
+    got <Future ...>"), and a subflow node's timeout never fired on Dask (its clock
+    starts when the attempt is reported started, which a subflow never was)."""
+    client, _ = gpu_cluster
+    run = _parent.run(executor=DaskExecutor(client=client))
+    assert run.state is FlowRunState.FAILED
+    assert run.task_run("_summing_child").state is S.SUCCESS
+    children = {child.flow_name: child for child in run.children}
+    assert children["_summing_child"].result == 6
+    late = run.task_run("_stuck_child")
+    assert late.state is S.TIMED_OUT and late.failure is not None and late.failure.timed_out
+    assert run.duration is not None and run.duration < 20, "stopped at the timeout"

@@ -43,6 +43,7 @@ from headwater_runtime.engine import (
     StateEntry,
     TaskFailed,
     TaskRunRecord,
+    TaskStarted,
     ValueOps,
     WriteCache,
     subflow_outcome,
@@ -445,6 +446,9 @@ class EmbeddedRun:
         def launch() -> None:
             self._completions.put(self._subflow(run, attempt, command.inputs, trace))
 
+        if self.executor.reports_starts:  # (Dask) the node's timeout runs from its start
+            self._completions.put(TaskStarted(run.key, attempt))
+
         thread = threading.Thread(target=launch, name=f"headwater-subflow-{run.key}", daemon=True)
         with self._lock:
             self._child_threads.append(thread)
@@ -462,7 +466,10 @@ class EmbeddedRun:
                     f"subflow {spec.subflow.flow_name!r} has no flow in this process; "
                     "embedded runs need flows compiled here"
                 )
-            graph, params = target.prepare_run(inputs)
+            # A child checks, and may build its graph from, the values themselves:
+            # results held in a Dask cluster are gathered for it.
+            resolve = self.executor.resolve
+            graph, params = target.prepare_run({k: resolve(v) for k, v in inputs.items()})
             child = self._child(graph, params, run.key, trace)
         except (ParameterError, GraphError) as exc:
             failure = FailureInfo(type=type(exc).__name__, message=str(exc), retryable=False)
