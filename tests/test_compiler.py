@@ -1211,7 +1211,10 @@ def test_unknown_trigger_is_rejected() -> None:
         ({"timeout": 0}, "timeout"),
         ({"timeout": "soon"}, "timeout"),
         ({"retry_jitter": 2}, "retry_jitter"),
+        ({"retry_jitter": "0.5"}, "retry_jitter must be a number in"),
         ({"backoff": -1}, "backoff"),
+        ({"backoff": 0}, r"backoff must be a number > 0 \(1 keeps the delay constant\), got 0"),
+        ({"backoff": "2"}, "backoff must be a number"),
     ],
 )
 def test_invalid_task_options_are_rejected(options: dict[str, Any], pattern: str) -> None:

@@ -137,6 +137,19 @@ def test_jitter_is_deterministic_and_differs_between_runs() -> None:
     assert _observed_delays(spec, 3) == pytest.approx(expected, rel=1e-9)
 
 
+def test_jitter_spreads_the_retries_of_different_flow_runs_of_one_task() -> None:
+    """The same task in 20 runs of one flow: each run retries at its own moments (they
+    all retried in lockstep, hammering a flaky API together)."""
+    spec = RetrySpec(max_retries=3, delay=10, jitter=0.5)
+    runs = {
+        tuple(retry_delay(spec, n, "load[3]", f"run-{r}") for n in (1, 2, 3)) for r in range(20)
+    }
+    assert len(runs) == 20
+    seeded = Driver(flow(task("a", retry=spec)), seed="run-7")
+    seeded.fail("a")
+    assert seeded.engine.next_timer_at == seeded.clock.now() + retry_delay(spec, 1, "a", "run-7")
+
+
 def test_no_jitter_means_exact_delays() -> None:
     spec = RetrySpec(max_retries=3, delay=3, backoff=2)
     assert [retry_delay(spec, n, "x") for n in (1, 2, 3)] == [3, 6, 12]

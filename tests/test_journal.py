@@ -160,6 +160,27 @@ def test_replayed_engine_continues_with_the_live_clock() -> None:
     assert rebuilt.runs["slow"].state.name in ("RETRYING", "SCHEDULED")
 
 
+def test_a_replay_keeps_the_jitter_seed_its_journal_started_with() -> None:
+    """The seed that spreads retry delays is journaled with START: a replay retries at
+    the journaled moments whatever seed the host passes, and a journal from before
+    seeds ("") replays with the unseeded delays it was run with."""
+    for seed in ("run-1", ""):
+        clock = Clock()
+        journal: list[JournalEntry] = []
+        engine = FlowRunEngine(_graph(), {}, clock=clock, auto_start=False, seed=seed)
+        host = JournaledEngine(engine, journal.append)
+        host.start()
+        clock.t += 1
+        host.handle(TaskStarted("src", 1))
+        host.handle(TaskSucceeded("src", 1, [0, 1, 2]))
+        host.handle(TaskStarted("work[0]", 1))
+        host.handle(TaskFailed("work[0]", 1, FailureInfo("builtins.OSError", "flaky")))
+        assert journal[0].seed == seed
+        rebuilt = replay(_graph(), {}, journal, clock=Clock(), auto_start=False, seed="other")
+        assert rebuilt.seed == seed
+        assert rebuilt.next_timer_at == engine.next_timer_at
+
+
 def test_a_replayed_run_keeps_the_deadline_of_its_own_timeout() -> None:
     """A run's own timeout counts from its start as journaled: a server that restarts
     mid-run stops the run at the same moment it would have, and a replay of the whole

@@ -30,6 +30,7 @@ from headwater.wire import (
 from headwater_runtime.engine import (
     ENGINE_VERSION,
     EVENT,
+    START,
     JournalEntry,
     TaskFailed,
     TaskStarted,
@@ -710,6 +711,13 @@ def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> No
     assert decode_entry(row, stored) == entry
     if isinstance(event, TaskSucceeded):  # the value is stored once, by reference
         assert row.value_id in stored and event.value.SerializeToString() not in row.body
+
+
+@pytest.mark.parametrize("seed", ["0f3a9c", ""], ids=["seeded", "older-journal"])
+def test_a_run_start_keeps_its_jitter_seed_through_the_store_encoding(seed: str) -> None:
+    entry = JournalEntry(START, 3.0, seed=seed)
+    row = encode_entry("run-1", 0, entry, Values())
+    assert decode_entry(row, {}) == entry
 
 
 def test_an_assignment_with_too_many_inline_inputs_gets_references(store: Store) -> None:

@@ -147,17 +147,24 @@ def _error_types(values: Iterable[Any], label: str, *, remote: bool) -> tuple[An
     return found
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def parse_options(options: Mapping[str, Any], label: str, *, remote: bool) -> ParsedOptions:
     """Validate task options (already checked by name); errors name the task."""
     retries = options.get("retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"task {label!r}: retries must be an int >= 0, got {retries!r}")
     backoff = options.get("backoff", 1.0)
-    if backoff < 0:
-        raise ValueError(f"task {label!r}: backoff must be >= 0, got {backoff!r}")
+    if not _is_number(backoff) or not backoff > 0:
+        raise ValueError(
+            f"task {label!r}: backoff must be a number > 0 (1 keeps the delay constant), "
+            f"got {backoff!r}"
+        )
     jitter = options.get("retry_jitter", 0.0)
-    if not 0 <= jitter <= 1:
-        raise ValueError(f"task {label!r}: retry_jitter must be in [0, 1]")
+    if not _is_number(jitter) or not 0 <= jitter <= 1:
+        raise ValueError(f"task {label!r}: retry_jitter must be a number in [0, 1], got {jitter!r}")
     errors = _error_types(options.get("no_retry_on", ()), label, remote=remote)
     non_retryable = errors if remote else tuple(f"{t.__module__}.{t.__qualname__}" for t in errors)
     retry = RetrySpec(

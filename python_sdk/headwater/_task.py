@@ -177,7 +177,8 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         retry_delay: seconds (or a timedelta) before the first retry.
         backoff: factor the delay grows by on each further retry (default 1).
         max_retry_delay: upper bound of the delay.
-        retry_jitter: random share in [0, 1] taken off each delay.
+        retry_jitter: j in [0, 1]: each delay is multiplied by a factor in [1 - j, 1 + j],
+            its own for each flow run, task run and retry (a hash: deterministic).
         no_retry_on: exception classes that are never retried.
         timeout: seconds (or a timedelta) an attempt may run.
         schedule_to_start_timeout: seconds (or a timedelta) a ready attempt may wait for

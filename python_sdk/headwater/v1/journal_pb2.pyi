@@ -115,9 +115,18 @@ class RunStarted(google.protobuf.message.Message):
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
+    JITTER_SEED_FIELD_NUMBER: builtins.int
+    jitter_seed: builtins.str
+    """What spreads the run's retry delays (RetryPolicy.jitter) apart from other runs':
+    the flow run's id. Empty in journals written before it existed; their retries
+    replay with the delays they had.
+    """
     def __init__(
         self,
+        *,
+        jitter_seed: builtins.str = ...,
     ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["jitter_seed", b"jitter_seed"]) -> None: ...
 
 global___RunStarted = RunStarted
 

@@ -243,6 +243,7 @@ class EmbeddedRun:
                     on_transition=hook,
                     # A child run is bounded by its node's timeout, not its flow's own.
                     timeout=None if parent_id else graph.timeout,
+                    seed=self.id,
                 )
         except BaseException:
             self.executor.shutdown()  # e.g. a LocalCluster started for this run

@@ -45,6 +45,9 @@ class JournalEntry:
     kind: str
     at: float
     event: Event | None = None
+    #: START only: the engine's jitter seed (``FlowRunEngine.seed``; "" in journals
+    #: written before it existed, whose retries then replay with the old delays).
+    seed: str = ""
 
 
 class _ReplayClock:
@@ -70,7 +73,7 @@ class JournaledEngine:
 
     def start(self) -> list[Command]:
         """Journal START, then start the engine; its commands."""
-        self.record(JournalEntry(START, self.engine.clock.now()))
+        self.record(JournalEntry(START, self.engine.clock.now(), seed=self.engine.seed))
         return self.engine.start()
 
     def handle(self, event: Event) -> list[Command]:
@@ -119,6 +122,7 @@ def replay(
     for entry in entries:
         replay_clock.at = entry.at
         if entry.kind == START:
+            engine.seed = entry.seed
             commands = engine.start()
         elif entry.kind == EVENT:
             assert entry.event is not None

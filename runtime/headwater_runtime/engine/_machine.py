@@ -98,6 +98,9 @@ class FlowRunEngine:
             task runs are cancelled and it ends FAILED (None: no limit). A host passes
             the graph's ``timeout`` for a top-level run, nothing for a child run (its
             node's timeout bounds it).
+        seed: what spreads this run's retry delays (``RetryPolicy.jitter``) apart from
+            other runs': hosts pass the flow run's id (journaled with START, so a
+            replay keeps it).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class FlowRunEngine:
         max_lost: int = 3,
         on_transition: Callable[[TaskRunRecord, StateEntry], None] | None = None,
         timeout: float | None = None,
+        seed: str = "",
     ) -> None:
         graph.validate()
         graph = graph.topological()
@@ -127,6 +131,7 @@ class FlowRunEngine:
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = timeout
+        self.seed = seed
         self.params = bind_params(graph, params or {})
         self.state = FlowRunState.PENDING
         #: The run attempt: 1, then one more each time the run is retried (RunRetried).
@@ -542,7 +547,7 @@ class FlowRunEngine:
         retryable = failure.retryable and failure.type not in policy.non_retryable
         if retryable and run.retries_used < policy.max_retries:
             run.retries_used += 1
-            delay = retry_delay(policy, run.retries_used, run.key)
+            delay = retry_delay(policy, run.retries_used, run.key, self.seed)
             what = "timed out" if failure.timed_out else "failed"
             self._transition(
                 run,

@@ -94,18 +94,21 @@ def evaluate_trigger(trigger: Trigger, states: Iterable[TaskRunState] | Tally) -
     raise AssertionError(f"unknown trigger {trigger!r}")
 
 
-def retry_delay(policy: RetrySpec, retry_number: int, key: str) -> float:
+def retry_delay(policy: RetrySpec, retry_number: int, key: str, seed: str = "") -> float:
     """Seconds to wait before retry ``retry_number`` (1-based) of run ``key``.
 
     delay * backoff ** (n - 1), capped by max_delay, then spread by jitter. The jitter
-    factor is derived from a hash of (key, n) rather than a random generator, so the
-    engine stays deterministic: replaying the same events gives the same decisions.
+    factor is derived from a hash of (seed, key, n) rather than a random generator, so
+    the engine stays deterministic: replaying the same events gives the same decisions.
+    ``seed`` (the flow run's id) spreads the retries of different runs of one flow:
+    without it they all retried at the same moments.
     """
     base = policy.delay * (policy.backoff ** (retry_number - 1) if policy.backoff > 0 else 1.0)
     if policy.max_delay is not None:
         base = min(base, policy.max_delay)
     if policy.jitter > 0 and base > 0:
-        unit = zlib.crc32(f"{key}#{retry_number}".encode()) / 0xFFFFFFFF  # [0, 1]
+        text = f"{seed}/{key}#{retry_number}" if seed else f"{key}#{retry_number}"
+        unit = zlib.crc32(text.encode()) / 0xFFFFFFFF  # [0, 1]
         base *= 1.0 + policy.jitter * (2.0 * unit - 1.0)
         if policy.max_delay is not None:
             base = min(base, policy.max_delay)

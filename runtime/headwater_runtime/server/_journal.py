@@ -158,6 +158,7 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
     event = entry.event
     if entry.kind == START:
         msg.run_started.SetInParent()
+        msg.run_started.jitter_seed = entry.seed
     elif entry.kind == TIMERS:
         msg.timers_fired.SetInParent()
     elif isinstance(event, TaskSucceeded):
@@ -235,7 +236,7 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
     which = msg.WhichOneof("input")
     event: Any
     if which == "run_started":
-        return JournalEntry(START, msg.at)
+        return JournalEntry(START, msg.at, seed=msg.run_started.jitter_seed)
     if which == "timers_fired":
         return JournalEntry(TIMERS, msg.at)
     if which == "attempt_started":

@@ -410,6 +410,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             "on_transition": on_transition,
             # A child run is bounded by its node's timeout, not its flow's own.
             "timeout": None if row.parent_flow_run_id else graph.timeout,
+            "seed": row.id,  # (a replay takes the journal's, "" in older journals)
         }
         in_flight: dict[str, RunTask] = {}
         if journal is None:

@@ -61,6 +61,7 @@ class RunTracer:
         self.tracer = tracer
         self.flow_name = flow_name
         self.flow_run_id = flow_run_id
+        self.seed = flow_run_id  # the engine's jitter seed (hosts pass the run's id)
         attributes: dict[str, Any] = {n.FLOW_NAME: flow_name, n.FLOW_RUN_ID: flow_run_id}
         if resumed:
             attributes[n.RESUMED] = True
@@ -133,7 +134,7 @@ class RunTracer:
         elif failure is not None:
             _record(run_span, failure, error=error)
         if entry.state is S.RETRYING:
-            delay = retry_delay(run.spec.retry, run.retries_used, run.key)
+            delay = retry_delay(run.spec.retry, run.retries_used, run.key, self.seed)
             retry = {n.RETRY_DELAY: delay, n.RETRY_NUMBER: run.retries_used}
             run_span.add_event(n.EVENT_RETRY, retry)
         run_span.end()
