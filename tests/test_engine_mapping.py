@@ -250,7 +250,8 @@ def test_children_of_a_map_count_a_wide_whole_upstream_once(
     assert len(d.runs["b"].children or []) == n
     assert all(d.state(f"b[{i}]") is S.RUNNING for i in range(n)), "all_finished runs"
     assert d.state("c") is S.TRIGGER_FAILED, "the node's trigger sees the whole upstream"
-    assert "upstream states: FAILED" in d.runs["c"].history[-1].message
+    assert "(upstream task runs: " in d.runs["c"].history[-1].message
+    assert " 1 failed (FAILED))" in d.runs["c"].history[-1].message
     assert counted <= 8 * n, f"{counted} upstream states counted for {n} children"
 
 

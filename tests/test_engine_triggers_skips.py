@@ -150,11 +150,11 @@ def test_trigger_failed_chain_propagates_and_names_the_root_cause() -> None:
     assert [f.key for f in failed] == ["a", "b", "c", "d"]
 
 
-def test_any_failed_without_failures_reports_none_failed() -> None:
+def test_any_failed_without_failures_says_what_the_upstreams_did() -> None:
     d = Driver(flow(task("a"), task("alert", "a", trigger=Trigger.ANY_FAILED)))
     d.succeed("a")
     assert d.state("alert") is S.TRIGGER_FAILED
-    assert "none failed" in d.failure_message("alert")
+    assert "(upstream task runs: 1 succeeded)" in d.failure_message("alert")
 
 
 def test_all_failed_runs_after_failures_and_gets_none_inputs() -> None:
@@ -230,3 +230,25 @@ def test_skip_is_final_even_with_retries_left() -> None:
     d = Driver(flow(task("a", retry=RetrySpec(max_retries=3))))
     d.skip("a")
     assert d.states("a") == [S.PENDING, S.SCHEDULED, S.RUNNING, S.SKIPPED]
+
+
+def test_a_trigger_that_did_not_pass_counts_every_upstream_state() -> None:
+    """The message said "upstream states: none failed" for any_failed over successes,
+    and "FAILED" for all_failed over one success and one failure (as if all failed)."""
+    g = flow(
+        task("a"),
+        task("b"),
+        task("c"),
+        task("alert", "a", "b", trigger=Trigger.ANY_FAILED),
+        task("all", "a", "c", trigger=Trigger.ALL_FAILED),
+    )
+    d = Driver(g)
+    d.succeed("a", 1)
+    d.succeed("b", 2)
+    d.fail("c", failure(retryable=False))
+    alert, both = d.failure_message("alert"), d.failure_message("all")
+    assert alert == "trigger any_failed did not pass (upstream task runs: 2 succeeded)"
+    assert (
+        both
+        == "trigger all_failed did not pass (upstream task runs: 1 succeeded, 1 failed (FAILED))"
+    )

@@ -703,10 +703,9 @@ class FlowRunEngine:
             self._transition(run, S.SKIPPED, "an upstream task was skipped")
         else:
             trigger = run.spec.trigger.value
-            bad = sorted(s.name for s in tally.failures) or ["none failed"]
             failure = FailureInfo(
                 type="headwater.TriggerFailed",
-                message=f"trigger {trigger} did not pass (upstream states: {', '.join(bad)})",
+                message=f"trigger {trigger} did not pass (upstream task runs: {tally})",
                 retryable=False,
             )
             self._transition(run, S.TRIGGER_FAILED, failure.message, failure)

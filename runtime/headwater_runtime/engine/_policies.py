@@ -56,6 +56,16 @@ class Tally:
             else:
                 self.succeeded += 1
 
+    def __str__(self) -> str:
+        """``2 succeeded, 1 failed (TIMED_OUT)``: what a trigger message says."""
+        parts = [f"{self.succeeded} succeeded"] if self.succeeded else []
+        if self.failed:
+            names = ", ".join(sorted(s.name for s in self.failures))
+            parts.append(f"{self.failed} failed ({names})")
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped")
+        return ", ".join(parts) or "none"
+
     def plus(self, states: Iterable[TaskRunState]) -> Tally:
         """A new tally: this one and these states."""
         tally = Tally()
