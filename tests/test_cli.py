@@ -154,6 +154,10 @@ def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
         headwater_cli("run", path, "--dask", "local", "--server", "127.0.0.1:1"), "--server"
     )
     assert_usage_error(headwater_cli("run", path, "--dask", ""), "--dask expects")
+    # --workers and --max-concurrency size this process's pool: ignored on a server before
+    for flags in (["--workers", "2"], ["--max-concurrency", "2"]):
+        got = headwater_cli("run", path, *flags, "--server", "127.0.0.1:1")
+        assert_usage_error(got, flags[0], "cannot be used with --server")
 
 
 def test_worker_dask_needs_local_or_an_address() -> None:

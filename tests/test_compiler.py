@@ -1197,6 +1197,18 @@ def test_an_async_task_is_refused_when_it_is_declared() -> None:
             task(fn)
 
 
+def test_a_misspelt_keyword_is_named_not_the_argument_it_left_out() -> None:
+    @flow
+    def typo() -> int:
+        return add(1, z=2)
+
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"^task 'add': got an unexpected keyword argument 'z' \(its arguments: a, b\)$",
+    ):
+        typo.graph()
+
+
 def test_unknown_trigger_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"'double'.*'sometimes'"):
         task(trigger="sometimes")(double.fn)

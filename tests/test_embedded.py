@@ -113,6 +113,23 @@ def test_embedded_run_limits_to_the_smaller_of_pool_and_max_concurrency(
     assert limited.run().state is FlowRunState.SUCCESS
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_concurrency", "2"), ("max_concurrency", 0), ("max_workers", 1.5), ("max_workers", True)],
+)
+def test_a_bad_pool_or_concurrency_size_is_one_clear_error(option: str, value: Any) -> None:
+    @task
+    def one() -> int:
+        return 1
+
+    @flow
+    def sized() -> int:
+        return one()
+
+    with pytest.raises(ValueError, match=rf"^flow 'sized': {option} must be an int >= 1, got "):
+        sized.run(**{option: value})
+
+
 # --------------------------------------------------------------------- timeouts
 
 

@@ -117,9 +117,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
     if args.server:
-        if args.dask is not None:
+        local = [
+            flag
+            for flag, given in (
+                ("--dask", args.dask is not None),
+                ("--workers", args.workers is not None),
+                ("--max-concurrency", args.max_concurrency is not None),
+            )
+            if given
+        ]
+        if local:
             raise UsageError(
-                "--dask runs the flow in this process; it cannot be used with --server"
+                f"{' and '.join(local)} {'applies' if len(local) == 1 else 'apply'} to a run "
+                "in this process; it cannot be used with --server (a server's workers have "
+                "their --slots, and concurrency limits: headwater limits)"
             )
         from ._cli_remote import run_on_server
 
@@ -405,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="flow parameter, converted to its annotation (n=3, day=2026-01-02, "
         "ids=[1,2]); unannotated: parsed as JSON when valid, else a string",
     )
-    run.add_argument("--workers", type=at_least_one, default=None, help="thread pool size")
+    run.add_argument(
+        "--workers", type=at_least_one, default=None, help="thread pool size (not with --server)"
+    )
     run.add_argument(
         "--dask",
         default=None,
@@ -417,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrency",
         type=at_least_one,
         default=None,
-        help="most task runs executing at once",
+        help="most task runs executing at once (not with --server)",
     )
     run.add_argument(
         "--server",

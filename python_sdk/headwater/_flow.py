@@ -213,6 +213,11 @@ class Flow(Generic[P, R]):
             )
         if executor is not None and max_workers is not None:
             raise FlowDefinitionError("pass either executor= or max_workers=, not both")
+        for option, value in (("max_workers", max_workers), ("max_concurrency", max_concurrency)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"flow {self.name!r}: {option} must be an int >= 1, got {value!r}")
         running = current_task()
         if running is not None and running[0] is not None:
             if executor is not None or max_workers is not None:

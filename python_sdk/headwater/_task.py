@@ -127,7 +127,25 @@ class Task(Generic[P, R]):
         try:
             return dict(self.signature.bind(*args, **kwargs).arguments)
         except TypeError as exc:
-            raise FlowDefinitionError(f"task {self.name!r}: {exc}") from None
+            raise FlowDefinitionError(
+                f"task {self.name!r}: {self._call_problem(kwargs, exc)}"
+            ) from None
+
+    def _call_problem(self, kwargs: dict[str, Any], exc: TypeError) -> str:
+        """Why a call does not fit the signature: an unknown keyword first (Python names
+        the missing argument the typo left out, not the typo)."""
+        params = self.signature.parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            named = {
+                n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY
+            }
+            unknown = [k for k in kwargs if k not in named]
+            if unknown:
+                return (
+                    f"got an unexpected keyword argument {unknown[0]!r} "
+                    f"(its arguments: {', '.join(params) or 'none'})"
+                )
+        return str(exc)
 
     def with_options(self, **overrides: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy of this task with some options changed (same function)."""
