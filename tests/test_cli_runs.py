@@ -241,10 +241,16 @@ def test_a_task_no_worker_offers_says_why_it_waits(
     assert run.popen.wait(BOUND) == 130
 
 
-@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize(
+    ("stop", "detach"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["ctrl-c", "ctrl-c-detach", "sigterm"],
+)
 def test_ctrl_c_on_run_server_cancels_or_detaches_and_exits_130(
-    tmp_path: Path, env: dict[str, str], cluster: Cluster, detach: bool
+    tmp_path: Path, env: dict[str, str], cluster: Cluster, stop: signal.Signals, detach: bool
 ) -> None:
+    """SIGTERM (a supervisor, `timeout`) is Ctrl-C: it used to end the CLI at once and
+    leave the run RUNNING on the server."""
     _, address = start_server(cluster, tmp_path / "hw.db")
     start_worker(cluster, address, "w1", module="cli_tasks")
     args = [
@@ -259,7 +265,7 @@ def test_ctrl_c_on_run_server_cancels_or_detaches_and_exits_130(
     ]
     run = cluster.spawn(args, "stderr")
     run.wait_line("wait_a_while: RUNNING")
-    run.popen.send_signal(signal.SIGINT)
+    run.popen.send_signal(stop)
     assert run.popen.wait(BOUND) == 130
     poll(lambda: any("flow run" in line for line in run.lines[2:]), "the goodbye line")
     assert not any("Traceback" in line for line in run.lines + run.other)
@@ -273,6 +279,9 @@ def test_ctrl_c_on_run_server_cancels_or_detaches_and_exits_130(
         else:
             assert client.wait(left.id).state is FlowRunState.CANCELLED
             assert any(f"cancelled flow run {left.id}" in line for line in run.lines)
+            # and the summary an embedded run shows
+            summary = f"flow run {left.id[:8]} of 'slow': CANCELLED"
+            assert any(line.startswith(summary) for line in run.lines), run.lines
 
 
 def test_embedded_run_prints_failures_and_keeps_task_logs(

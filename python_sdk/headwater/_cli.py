@@ -7,6 +7,7 @@ from . import _grpc_env  # noqa: F401  (first: before anything imports grpc)
 # isort: split
 import argparse
 import os
+import signal
 import sys
 from collections import Counter
 from typing import Any
@@ -109,10 +110,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     flow = load_flow(args.target)
     params = flow_params(flow, args.param)
     tracing = traced("headwater")
+    # SIGTERM (a supervisor, `timeout`) stops the run as Ctrl-C does: cancelled (on a
+    # server too, unless --detach) rather than the process ending with the run left
+    # RUNNING, or its tasks killed mid-way with no summary.
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         return _run(args, flow, params)
     finally:
         tracing.shutdown()
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
@@ -401,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         "thread pool) by default, or on a server with --server. Progress is shown live on a "
         "terminal (plain lines otherwise), then a summary and each failed task's error "
         "and traceback. Exit code 0 when the run succeeds, 1 when it fails, 130 when it "
-        "is cancelled (Ctrl-C cancels it; with --server --detach it is left running). "
+        "is cancelled (Ctrl-C or SIGTERM cancels it; with --server --detach it is left "
+        "running). "
         "With --dask the "
         "tasks run on a Dask cluster (the flow is still driven from this process). "
         "OTEL_TRACES_EXPORTER=otlp|console exports the run as a trace (docs/tracing.md).",
@@ -443,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--detach",
         action="store_true",
-        help="with --server: Ctrl-C leaves the run running on the server (default: cancel it)",
+        help="with --server: Ctrl-C or SIGTERM leaves the run running on the server "
+        "(default: cancel it)",
     )
     run.add_argument(
         "--full", action="store_true", help="print failed tasks' whole tracebacks (not trimmed)"

@@ -174,6 +174,11 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
         return _exit_code(final.state)
 
 
+#: How long a cancelled ``headwater run --server`` waits for the run to end, to show
+#: its summary (a task that ignores its cancel keeps it RUNNING).
+CANCEL_SUMMARY_WAIT = 10.0
+
+
 def _interrupted(client: Client, run: RemoteFlowRun, detach: bool) -> int:
     try:
         if detach:
@@ -185,6 +190,11 @@ def _interrupted(client: Client, run: RemoteFlowRun, detach: bool) -> int:
         else:
             client.cancel(run.id, "cancelled from the CLI (Ctrl-C)")
             print(f"\ncancelled flow run {run.id}", file=sys.stderr)
+            try:  # the summary, as an embedded run shows it, once the run has ended
+                final = client.wait(run.id, timeout=CANCEL_SUMMARY_WAIT)
+            except (TimeoutError, ServerError):
+                return EXIT_CANCELLED
+            show_outcome(final)
     except KeyboardInterrupt:
         print(f"\nstopped; flow run {run.id} may still be running", file=sys.stderr)
     return EXIT_CANCELLED
