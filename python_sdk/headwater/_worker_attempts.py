@@ -353,7 +353,8 @@ class Attempts:
             if self.running.get(attempt.token) is not attempt:
                 return
             self._drop(attempt)
-            why = f"task {attempt.assignment.task_type} exceeded its timeout of {limit:g}s"
+            name = attempt.assignment.task_name or attempt.assignment.task_type
+            why = f"task {name!r} exceeded its timeout of {limit:g}s"
             timeout = failure("headwater.TaskTimeout", why, retryable=True)
             self._report(attempt.token, failure_report(attempt.token, timeout, timed_out=True))
 

@@ -370,7 +370,7 @@ class Worker extends EventEmitter {
 
   #expire(attempt, limit) {
     if (this.running.get(attempt.key) !== attempt) return;
-    const why = `task ${attempt.assignment.task_type} exceeded its timeout of ${limit}s`;
+    const why = `task '${attempt.assignment.task_name || attempt.assignment.task_type}' exceeded its timeout of ${limit}s`;
     this.#drop(attempt, 'timed out');
     this.#report(attempt.key, {
       failure: { token: attempt.token, failure: workerFailure('headwater.TaskTimeout', why, true), timed_out: true },

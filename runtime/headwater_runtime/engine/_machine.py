@@ -243,9 +243,10 @@ class FlowRunEngine:
             if kind == _TIMEOUT and run.state is S.RUNNING:
                 self._out.append(CancelTask(run, attempt, "timed out"))
                 timeout = run.spec.timeout
+                what = "subflow" if run.spec.subflow is not None else "task"
                 failure = FailureInfo(
                     type="headwater.TaskTimeout",
-                    message=f"task {run.name!r} exceeded its timeout of {timeout:g}s",
+                    message=f"{what} {run.name!r} exceeded its timeout of {timeout:g}s",
                     timed_out=True,
                 )
                 self._attempt_failed(run, failure)
