@@ -139,6 +139,20 @@ def test_run_prints_the_result_as_json_and_exits_0(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_run_that_fails_with_no_failed_task_says_why(tmp_path: Path) -> None:
+    """Every task succeeded but the flow's result could not be built: the summary line
+    said only "FAILED (1 SUCCESS)"."""
+    source = (
+        "from headwater import flow, task\n\n@task\ndef rows() -> dict:\n"
+        "    return {'a': 1}\n\n@flow\ndef partial() -> int:\n    return rows()['b']\n"
+    )
+    proc = headwater_cli("run", write(tmp_path, "partial.py", source))
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("flow run ") and " of 'partial': FAILED in " in last, last
+    assert last.endswith("(1 SUCCESS): could not assemble the result: KeyError('b')"), last
+
+
 def test_run_on_a_local_dask_cluster(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("run", path, "--dask", "local", "-p", "n=5")

@@ -77,6 +77,8 @@ def _summary(run: FlowRun) -> str:
     engine = run._engine
     if engine is not None and engine.timed_out is not None:  # (no task failed to say so)
         line += f": {engine.timed_out}"
+    elif run.state is FlowRunState.FAILED and not run.failures and run.message:
+        line += f": {run.message.splitlines()[0][:500]}"  # e.g. its result could not be built
     return line
 
 
