@@ -238,8 +238,10 @@ def test_cli_schedules_create_list_pause_delete(
         "text": "yo"
     }
     assert [s["cron"] for s in listed.values() if s["paused"]] == ["*/5 * * * *"]
-    code, out, _ = cli("pause", schedule_id)
-    assert code == 0 and " paused " in out
+    code, out, _ = cli("pause", schedule_id[:8])  # a unique prefix, as for run ids
+    assert code == 0 and out.startswith(f"{schedule_id}  paused ")
+    code, _, err = cli("resume", "")
+    assert code == 2 and "give a schedule id" in err
     code, out, _ = cli("delete", schedule_id)
     assert code == 0 and schedule_id in out
     for args, fragment in [

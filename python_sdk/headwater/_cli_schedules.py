@@ -9,6 +9,7 @@ from headwater.wire import parse_duration
 
 from ._cli_connect import add_tls_args, connect
 from ._cli_remote import EXIT_OK, _json, server_address
+from ._client import Client
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -74,14 +75,30 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             else:
                 for schedule in listed:
                     print(_line(schedule))
-        elif args.action == "delete":
-            client.delete_schedule(args.schedule_id)
-            print(f"schedule {args.schedule_id} deleted")
-        elif args.action == "pause":
-            print(_line(client.pause_schedule(args.schedule_id)))
         else:
-            print(_line(client.resume_schedule(args.schedule_id)))
+            schedule_id = _resolve(client, args.schedule_id)
+            if args.action == "delete":
+                client.delete_schedule(schedule_id)
+                print(f"schedule {schedule_id} deleted")
+            elif args.action == "pause":
+                print(_line(client.pause_schedule(schedule_id)))
+            else:
+                print(_line(client.resume_schedule(schedule_id)))
     return EXIT_OK
+
+
+def _resolve(client: Client, given: str) -> str:
+    """The id of the schedule ``given`` names: itself, or a unique prefix of one (as run
+    ids may be shortened). Not found: ``given`` as is, for the server to say so."""
+    if not given:
+        raise UsageError("give a schedule id (see 'schedules list')")
+    ids = [s.id for s in client.list_schedules()]
+    if given in ids:
+        return given
+    matching = [i for i in ids if i.startswith(given)]
+    if len(matching) > 1:
+        raise UsageError(f"schedule id prefix {given!r} is ambiguous: {len(matching)} match")
+    return matching[0] if matching else given
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +153,8 @@ def add_schedules_command(sub: Any) -> None:
         ("resume", "resume a paused schedule from its next fire time after now"),
     ]:
         action = actions.add_parser(name, help=what)
-        action.add_argument("schedule_id", help="schedule id (see 'schedules list')")
+        action.add_argument(
+            "schedule_id", help="schedule id, or a unique prefix of one (see 'schedules list')"
+        )
         _common(action)
     schedules.set_defaults(func=cmd_schedules)
