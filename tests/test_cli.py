@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -357,6 +358,17 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
     assert proc.stderr.strip().splitlines() == [
         f"headwater: error: cannot open the database {not_a_db}: file is not a database"
     ]
+    # Another program's SQLite database: refused, and left as it was (prune --dry-run
+    # wrote Headwater's 23 tables into it).
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE t (x)")
+    for command in (["prune", "--dry-run"], ["tokens", "list"]):
+        proc = headwater_cli(*command, "--db", foreign)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"headwater: error: {foreign} is not a Headwater database")
+    with sqlite3.connect(foreign) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
     made = headwater_cli("tokens", "create", "--db", missing, "--role", "admin", "--name", "me")
     assert made.returncode == 0 and made.stdout.startswith("hwt_"), made.stderr
     assert f"created a new database at {missing}" in made.stderr and missing.is_file()

@@ -487,3 +487,36 @@ def test_a_large_run_cancelled_mid_run_ends_cancelled_and_the_server_goes_on(
         done = client.wait(again.id)
         assert done.state is FlowRunState.SUCCESS, done.message
         assert done.result == sum(x * 10 for x in range(3))
+
+
+def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """gRPC's SO_REUSEPORT let a second server listen on the first one's port and take
+    half its calls; and two servers on one SQLite file each replayed and dispatched the
+    same runs (a stored success ran again). Both are refused now, in one line."""
+    first, address = start_server(cluster, tmp_path / "hw.db")
+    port = address.rsplit(":", 1)[1]
+    for args, expected in [
+        (
+            ["--port", port, "--db", str(tmp_path / "other.db")],
+            f"cannot listen on 127.0.0.1:{port}",
+        ),
+        (
+            ["--port", "0", "--db", str(tmp_path / "hw.db")],
+            f"the database {tmp_path / 'hw.db'} is in use by another headwater server (pid "
+            f"{first.popen.pid}, started ",
+        ),
+    ]:
+        second = cluster("server", *args, "--no-http")
+        assert second.popen.wait(BOUND) != 0
+        errors = [line for line in second.lines + second.other if line.startswith("headwater")]
+        assert len(errors) == 1 and expected in errors[0], second.lines + second.other
+    with Client(address, token=TOKEN) as client:  # the first one serves on
+        assert client.server_info()["server_version"]
+    first.popen.terminate()
+    assert first.popen.wait(BOUND) == 0
+    # Once the first server has stopped, the database is free again.
+    _, again = start_server(cluster, tmp_path / "hw.db")
+    with Client(again, token=TOKEN) as client:
+        assert client.list_runs() == []

@@ -19,6 +19,7 @@ class Snapshot:
     __slots__ = ("data",)
 
     def __init__(self, data: bytes) -> None:
+        """Hold ``data``, a value pickled by ``snapshot``."""
         self.data = data
 
 

@@ -14,6 +14,7 @@ import importlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,12 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     )
     if store is None:
         store = open_store(settings.db, payload_dir=settings.payload_dir)
+    try:
+        on_port = f", port {settings.port}" if settings.port else ""
+        store.claim(f"started {time.strftime('%Y-%m-%d %H:%M:%S')}{on_port}")
+    except BaseException:
+        store.close()
+        raise
     core = ServerCore(store, settings)
     leadership = Leadership.for_store(store, settings.advertise, settings.lease)
     access = AccessControl(
@@ -206,7 +213,13 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     ]
     limit = settings.limits.max_message_bytes
     server = grpc.aio.server(
-        interceptors=interceptors, options=[("grpc.max_receive_message_length", limit)]
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would
+            # listen beside the first and get half of its clients' calls.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     control = ControlServicer(core)
     control_plane_pb2_grpc.add_ControlPlaneServiceServicer_to_server(control, server)

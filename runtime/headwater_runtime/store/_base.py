@@ -565,6 +565,12 @@ class Store(OpsStore, Protocol):
         seconds; give the space back. ``dry_run`` counts without deleting."""
         ...
 
+    def claim(self, holder: str) -> None:
+        """Claim the storage for this server process (``holder`` describes it): raises
+        RuntimeError naming the holder when another server process has claimed a
+        storage only one server may use (SQLite)."""
+        ...
+
     def close(self) -> None:
         """Release the storage (no call may follow)."""
         ...

@@ -140,6 +140,10 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             self._pool.close()
             raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
 
+    def claim(self, holder: str) -> None:
+        """Nothing to claim: several servers share a PostgreSQL database, one leading
+        (the lease fences every write of the others)."""
+
     def close(self) -> None:
         """Close every connection."""
         self._pool.close()

@@ -97,9 +97,16 @@ class SQLiteStore(SQLiteOps, AccessTables):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._claim: Any = None  # the open lock file while a server holds the database
         try:
             db = self._db
             version = self._schema_version(db)
+            if version is None and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+                raise RuntimeError(
+                    f"{self.path} is not a Headwater database (it has tables of another "
+                    "program and no Headwater schema): give a new path, or a Headwater "
+                    "database"
+                )
             while version in MIGRATIONS:
                 version = self._migrate(db, version)
             if version not in (None, SCHEMA_VERSION):
@@ -171,8 +178,38 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 self._connections.append(db)
         return db
 
+    def claim(self, holder: str) -> None:
+        """Claim the database for one server process: an exclusive lock on
+        ``DB.server-lock`` (released when this process ends, however it ends). Two
+        servers on one SQLite file would each replay and dispatch the same runs; the
+        second is refused, naming the first. ``prune`` and ``tokens`` take no claim:
+        they run beside a server."""
+        import fcntl
+        import os
+
+        lock = open(f"{self.path}.server-lock", "a+")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            other = lock.read().strip() or "another process"
+            lock.close()
+            raise RuntimeError(
+                f"the database {self.path} is in use by another headwater server "
+                f"({other}); one SQLite database serves one server (several servers: "
+                "PostgreSQL, docs/deployment.md)"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, {holder}")
+        lock.flush()
+        self._claim = lock
+
     def close(self) -> None:
         """Close every thread's connection (and remove a temporary database)."""
+        if self._claim is not None:
+            self._claim.close()  # (the lock goes with the descriptor)
+            self._claim = None
         with self._lock:
             connections, self._connections = self._connections, []
         for db in connections:
