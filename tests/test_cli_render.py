@@ -3,7 +3,11 @@ control characters are shown as escapes, never sent to the operator's terminal."
 
 from __future__ import annotations
 
-from headwater._cli_render import failure_lines, printable
+import io
+
+from rich.console import Console
+
+from headwater._cli_render import failure_lines, printable, summary_table
 from headwater.wire import FailureInfo
 
 
@@ -28,3 +32,18 @@ def test_a_failure_with_escapes_in_its_message_and_traceback_prints_them_escaped
     assert lines[2] == "      \\x1b[2J"
     assert lines[-1] == "  builtins.OSError: disk \\x1b]0;pwned\\x07 gone"
     assert not any(ch in "\x1b\x07\r" for line in lines for ch in line)
+
+
+def test_names_with_brackets_are_shown_as_written_never_as_markup() -> None:
+    """A worker named 'pcli[/]w' made every table that showed it raise rich's
+    MarkupError (headwater run --server exited 1 after a good run); a task named
+    't[bold]x' was shown as 'tx'."""
+    rows = [
+        ("t[bold]x", "t[bold]x", "SUCCESS", 1, 0.5, "pcli[/]w"),
+        ("esc\x1b[2J", "esc\x1b[2J", "FAILED", 1, None, ""),
+    ]
+    out = io.StringIO()
+    Console(file=out, width=200, force_terminal=False).print(summary_table(rows))
+    text = out.getvalue()
+    assert "t[bold]x" in text and "pcli[/]w" in text
+    assert "esc\\x1b[2J" in text and "\x1b" not in text

@@ -84,7 +84,7 @@ def _summary(run: FlowRun) -> str:
 
 def _show_embedded(run: FlowRun, *, full: bool) -> None:
     """The summary table and each failed task run's error and traceback (stderr)."""
-    from ._cli_render import console, failure_lines, summary_table
+    from ._cli_render import console, failure_lines, printable, summary_table
 
     err = console(sys.stderr)
     rows = []
@@ -96,7 +96,7 @@ def _show_embedded(run: FlowRun, *, full: bool) -> None:
         err.print(summary_table(rows))
     for record in run.task_runs.values():
         if record.state.is_failure and record.failure is not None:
-            err.print(f"{record.key}: {record.state.name}", markup=False)
+            err.print(printable(f"{record.key}: {record.state.name}"), markup=False)
             for line in failure_lines(record.failure, full=full):
                 err.print(f"  {line}", markup=False)
 

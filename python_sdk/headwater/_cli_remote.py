@@ -26,6 +26,7 @@ from ._cli_render import (
     duration_text,
     failure_lines,
     json_text,
+    plain,
     printable,
     result_text,
     state_text,
@@ -133,10 +134,10 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
     line = state_text(run.state.name)
     err.print(
         Text.assemble(
-            f"flow run {run.id[:8]} of {run.flow_name!r}: ",
+            printable(f"flow run {run.id[:8]} of {run.flow_name!r}: "),
             line,
             took,
-            f" {printable(run.message)}",
+            f" {printable(run.message)}".rstrip(),
         )
     )
     if run.state is FlowRunState.SUCCESS:
@@ -148,14 +149,14 @@ def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False)
     reason."""
     for task in task_runs:
         if task.failure is not None and task.state.is_failure:
-            out.print(Text.assemble(f"{task.key}: ", state_text(task.state.name)))
+            out.print(Text.assemble(printable(f"{task.key}: "), state_text(task.state.name)))
             for line in failure_lines(task.failure, full=full):
                 out.print(f"  {line}", markup=False)
         elif task.waiting:
             # Most reasons start with "waiting" (the server's words); say it once.
             said = task.waiting
             said = said if said.startswith("waiting") else f"waiting: {said}"
-            out.print(f"{task.key}: {said}", style="yellow", markup=False)
+            out.print(printable(f"{task.key}: {said}"), style="yellow", markup=False)
 
 
 def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argparse.Namespace) -> int:
@@ -289,15 +290,16 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     for column in ("run", "flow", "state", "started", "duration", "origin"):
         table.add_column(column)
     for run in runs:
+        origin = f"schedule {run.schedule_id[:8]}" if run.schedule_id else ""
+        if run.parent_task_run_id:
+            origin = f"child of {run.parent_task_run_id}"
         table.add_row(
             run.id[:8],
-            f"{run.flow_name} v{run.flow_version}",
+            plain(f"{run.flow_name} v{run.flow_version}"),
             state_text(run.state.name),
             local_time(run.started_at or run.created_at),
             duration_text(run.duration),
-            f"schedule {run.schedule_id[:8]}"
-            if run.schedule_id
-            else (f"child of {run.parent_task_run_id}" if run.parent_task_run_id else ""),
+            plain(f"{origin}{_attempt_and_late(run)}".strip()),
         )
     out.print(table)
     return EXIT_OK
@@ -313,11 +315,12 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
         return EXIT_OK
     out = console()
     took = f"  {duration_text(run.duration)}" if run.duration is not None else ""
-    head = f"  {run.flow_name} v{run.flow_version}{took}  {printable(run.message)}".rstrip()
+    head = f"  {run.flow_name} v{run.flow_version}{took}  {run.message}".rstrip()
     head += _attempt_and_late(run)
-    out.print(Text.assemble(f"{run.id}  ", state_text(run.state.name), head))
+    out.print(Text.assemble(f"{run.id}  ", state_text(run.state.name), printable(head)))
     if run.parent_task_run_id:
-        out.print(f"  parent: flow run {run.parent_id}, task run {run.parent_task_run_id}")
+        parent = f"  parent: flow run {run.parent_id}, task run {run.parent_task_run_id}"
+        out.print(printable(parent), markup=False)
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False)
@@ -327,17 +330,17 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
         if task.state is TaskRunState.MAPPED:
             continue
         table.add_row(
-            task.key,
+            plain(task.key),
             state_text(task.state.name),
             str(task.attempts),
             duration_text(task.duration),
-            task.worker,
+            plain(task.worker),
             " > ".join(s.name for s in task.states),
         )
     out.print(table)
     for task in run.task_runs:
         for child in task.child_run_ids:
-            out.print(f"  {task.key}: child flow run {child}")
+            out.print(printable(f"  {task.key}: child flow run {child}"), markup=False)
     show_failures(out, run.task_runs, full=args.full)  # with why each waiting one waits
     for note in run.audit:
         detail = f" ({printable(note.detail)})" if note.detail else ""
@@ -413,7 +416,8 @@ _CANCEL_REASON = "cancelled from the CLI"
 
 
 def _attempt_and_late(run: Any) -> str:
-    attempt = f"  run attempt {run.attempt}" if run.attempt > 1 else ""
+    said = f"run attempt {run.attempt}"
+    attempt = f"  {said}" if run.attempt > 1 and said not in (run.message or "") else ""
     late = f"  LATE ({run.late_reason})" if run.late_reason else ""
     return attempt + late
 

@@ -53,6 +53,13 @@ def printable(text: str) -> str:
     return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
+def plain(text: str) -> Text:
+    """Text from outside (a task or flow name, a key, a worker's name) for a rich table
+    or line: never read as markup (``t[bold]x`` stays itself, ``a[/]b`` is no error),
+    control characters shown as escapes."""
+    return Text(printable(text))
+
+
 def result_text(value: Any) -> str:
     """A run's result as the CLI prints it: JSON (indented; values JSON has no form
     for as their repr), or the whole value's repr when JSON cannot hold it (a dict
@@ -157,12 +164,12 @@ def summary_table(
     for node in nodes.values():
         states = Text(", ").join(state_text(f"{n} {s}") for s, n in sorted(node.states.items()))
         table.add_row(
-            node.task_id,
+            plain(node.task_id),
             str(sum(node.states.values())),
             states,
             str(node.attempts),
             duration_text(node.duration) if node.duration else "",
-            ", ".join(sorted(node.workers)),
+            plain(", ".join(sorted(node.workers))),
         )
     return table
 
@@ -205,8 +212,8 @@ class Progress:
         self.states[key] = (task_id, state)
         self.waiting.pop(key, None)
         if self.live is None:
-            detail = f" {printable(message)}" if message and state != "SUCCESS" else ""
-            print(f"  {key}: {state}{detail}", file=self.out, flush=True)
+            detail = f" {message}" if message and state != "SUCCESS" else ""
+            print(printable(f"  {key}: {state}{detail}"), file=self.out, flush=True)
 
     def waits(self, reasons: dict[str, str]) -> None:
         """Task runs that wait for a worker, and why (shown until they change)."""
@@ -214,7 +221,7 @@ class Progress:
         self.waiting.update(reasons)
         if self.live is None:
             for key, why in fresh.items():
-                print(f"  {key}: {printable(why)}", file=self.out, flush=True)
+                print(printable(f"  {key}: {why}"), file=self.out, flush=True)
 
     def counts(self) -> Counter[str]:
         """Task runs per state (mapped parents left out)."""
@@ -242,9 +249,11 @@ class Progress:
         table = Table.grid(padding=(0, 2))
         for task_id, states in list(per_task.items())[-12:]:
             table.add_row(
-                task_id, Text(", ").join(state_text(f"{n} {s}") for s, n in states.items())
+                plain(task_id), Text(", ").join(state_text(f"{n} {s}") for s, n in states.items())
             )
-        reasons = [Text(f"{k}: {v}", style="yellow") for k, v in list(self.waiting.items())[:5]]
+        reasons = [
+            Text(printable(f"{k}: {v}"), style="yellow") for k, v in list(self.waiting.items())[:5]
+        ]
         return Group(head, table, *reasons)
 
 
