@@ -28,6 +28,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            errors="backslashreplace",  # a task may print bytes that are not UTF-8
             env=env,
         )
         self.lines: list[str] = []

@@ -40,7 +40,15 @@ MAX_DURATION = 315_576_000_000
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
     """``text`` shortened to at most ``limit`` characters, keeping its head and tail
     around a note of how many were cut (so cutting it again changes nothing: a log
-    line the SDK cut was cut again by the server, whose note then said 33)."""
+    line the SDK cut was cut again by the server, whose note then said 33), and fit
+    for a protobuf string: a lone surrogate (a file name os.listdir decoded from bytes
+    that are not UTF-8) is written as ``\\udcff``; protobuf refused the whole message,
+    and a task printing such a name failed on a worker."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) <= limit:
         return text
     marker = f"\n... ({len(text)} characters cut) ...\n"  # (as long as the note, or longer)
