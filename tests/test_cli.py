@@ -497,3 +497,24 @@ def test_graph_takes_parameter_values(tmp_path: Path) -> None:
     proc = headwater_cli("graph", path, "-p", "n=3", "--format", "json")
     graph = json.loads(proc.stdout)
     assert [t["id"] for t in graph["tasks"]] == ["write", "write-2", "write-3"]
+
+
+def test_ctrl_c_while_the_cli_is_imported_is_a_quiet_interrupt() -> None:
+    """Importing the CLI takes most of a second; a Ctrl-C then printed an import
+    traceback. A finder that raises KeyboardInterrupt for headwater._cli stands in for
+    the key press, at a known moment."""
+    script = (
+        "import sys\n"
+        "class Press:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'headwater._cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Press())\n"
+        "from headwater._entry import main\n"
+        "raise SystemExit(main())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 130
+    assert proc.stderr == "headwater: interrupted\n"

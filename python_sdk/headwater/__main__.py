@@ -1,5 +1,5 @@
 """``python -m headwater``: the ``headwater`` command."""
 
-from headwater._cli import main
+from headwater._entry import main
 
 raise SystemExit(main())
