@@ -380,6 +380,15 @@ def test_bad_addresses_and_counts_are_usage_errors(tmp_path: Path) -> None:
     assert_usage_error(headwater_cli("run", path, "--server", "h:x"), "'h:x' is not HOST:PORT")
     proc = headwater_cli("runs", "list", "--limit", "0", "--server", "127.0.0.1:1")
     assert proc.returncode == 2 and "argument --limit: must be at least 1, got 0" in proc.stderr
+    # Numbers too large for what they size: one line each (they were tracebacks).
+    for args, said in [
+        (["runs", "list", "--since", "1e300"], "--since must be at most 100 years"),
+        (["limits", "set", "t", "--concurrency", "99999999999999999999"], "--concurrency must"),
+        (["limits", "set", "t", "--rate", "1/1e300"], "--rate expects a rate"),
+    ]:
+        assert_usage_error(headwater_cli(*args, "--server", "127.0.0.1:1"), said)
+    proc = headwater_cli("runs", "list", "--limit", "99999999999999999999", "--server", "h:1")
+    assert proc.returncode == 2 and "--limit: must be at most 2,147,483,647" in proc.stderr
     for flag in ("--workers", "--max-concurrency"):
         proc = headwater_cli("run", path, flag, "0")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

@@ -107,6 +107,23 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         assert client.logs(run.id, task_id="shout") == []
 
 
+def test_list_runs_pages_past_what_one_call_returns(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server returns at most 1,000 runs a call; `runs list --limit 1001` said
+    'page_size must be 1..1000'. The Client pages (here 2 a page, to see it)."""
+    import headwater._client as client_module
+
+    monkeypatch.setattr(client_module, "LIST_PAGE", 2)
+    with Client(server.address, token="tok") as client:
+        made = [client.run(greet, {"text": str(i)}).id for i in range(5)]
+        newest_first = made[::-1]
+        assert [r.id for r in client.list_runs(limit=3)] == newest_first[:3]
+        assert [r.id for r in client.list_runs(limit=100)] == newest_first
+        with pytest.raises(ValueError, match="limit must be at least 1"):
+            client.list_runs(limit=0)
+
+
 def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None:
     big = "x" * (3 << 20)
     with Client(server.address, token="tok") as client:

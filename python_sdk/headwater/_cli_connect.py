@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from headwater.wire import TLSConfigError, TLSSettings
+from headwater.wire import MAX_COUNT, TLSConfigError, TLSSettings
 
 from ._client import Client
 
@@ -102,4 +102,6 @@ def at_least_one(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,}, got {value}")
     return value

@@ -8,7 +8,7 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, FlowRunState, parse_rate
+from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, MAX_COUNT, FlowRunState, parse_rate
 
 from ._access_info import AuditEntry
 from ._cli_connect import add_tls_args, connect
@@ -56,8 +56,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.concurrency is None and args.rate is None:
             raise UsageError("'limits set' needs --concurrency N, --rate COUNT/PERIOD or both")
-        if args.concurrency is not None and args.concurrency < 1:
-            raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
+        if args.concurrency is not None and not 1 <= args.concurrency <= MAX_COUNT:
+            raise UsageError(f"--concurrency must be 1 to {MAX_COUNT:,}, got {args.concurrency}")
         rate = None
         if args.rate is not None:
             try:
@@ -76,7 +76,8 @@ def add_limits_command(sub: Any) -> None:
         help="concurrency and rate limits by task tag, across all runs and workers",
         description="Limit the task runs of tasks tagged TAG (@task(tags=[...])) on the whole "
         "server: at most N running at once (--concurrency) and/or at most COUNT started per "
-        "PERIOD (--rate 10/s, 100/m, 5/10s). A task run waiting for a limit shows 'waiting on "
+        "PERIOD (--rate 10/s, 100/m, 5/10s). 'set' replaces the tag's whole limit: give both "
+        "flags to keep both. A task run waiting for a limit shows 'waiting on "
         "limit TAG (N/N)' in 'headwater runs show'. Limits survive server restarts.",
     )
     limits.add_argument("action", choices=["set", "list", "delete"])

@@ -74,6 +74,8 @@ ATTEMPT_TIMEOUT = 10.0
 #: a 40,000-task run, or 5,000 failed ones, is over 4 MiB. Results are not in it: large
 #: ones are described and fetched by reference. As large as Temporal's clients take.
 MAX_ANSWER_BYTES = 256 << 20
+#: Flow runs asked for per ListFlowRuns call (the most a server returns at once).
+LIST_PAGE = 1000
 _CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
 _FAILOVER_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -540,12 +542,14 @@ class Client(OperationsClient):
         until: datetime | None = None,
         schedule_id: str = "",
     ) -> list[RemoteFlowRun]:
-        """The most recent flow runs, newest first: at most ``limit`` (1..1000), only
-        those of ``flow_name``, in ``states``, created in [``since``, ``until``) and by
-        ``schedule_id`` when given. Task runs are not included (see ``get``)."""
+        """The most recent flow runs, newest first: at most ``limit`` (fetched 1,000 a
+        page), only those of ``flow_name``, in ``states``, created in [``since``,
+        ``until``) and by ``schedule_id`` when given. Task runs are not included (see
+        ``get``)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         request = cp.ListFlowRunsRequest(
             flow_name=flow_name,
-            page_size=limit,
             states=[state_pb2.FlowRunState.ValueType(s.value) for s in states],
             schedule_id=schedule_id,
         )
@@ -553,8 +557,14 @@ class Client(OperationsClient):
             request.created_after.FromDatetime(since.astimezone(UTC))
         if until is not None:
             request.created_before.FromDatetime(until.astimezone(UTC))
-        response = self._call(lambda c: c.ListFlowRuns, request, "list flow runs")
-        return [self._remote(r) for r in response.flow_runs]
+        runs: list[RemoteFlowRun] = []
+        while True:
+            request.page_size = min(LIST_PAGE, limit - len(runs))
+            response = self._call(lambda c: c.ListFlowRuns, request, "list flow runs")
+            runs.extend(self._remote(r) for r in response.flow_runs)
+            if len(runs) >= limit or not response.next_page_token:
+                return runs
+            request.page_token = response.next_page_token
 
     def watch(
         self, run_id: str, *, task_runs: bool = True, timeout: float | None = None

@@ -20,6 +20,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
+#: The longest duration a person may give (100 years): longer ones overflowed the
+#: times computed from them (``runs list --since 1e300`` was a traceback).
+MAX_GIVEN_DURATION = 100 * 365.25 * 86400
+#: The largest count a person may give (a protobuf int32).
+MAX_COUNT = 2**31 - 1
+
+
 def parse_duration(text: str) -> float:
     """``90``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds (> 0);
     ValueError naming what a duration looks like."""
@@ -35,6 +42,8 @@ def parse_duration(text: str) -> float:
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"must be a positive duration, got {text!r}")
+    if seconds > MAX_GIVEN_DURATION:
+        raise ValueError(f"must be at most 100 years, got {text!r}")
     return seconds
 
 
@@ -55,7 +64,7 @@ def parse_rate(text: str) -> tuple[int, float]:
         period = parse_duration(per if per[:1].isdigit() else f"1{per}")
     except ValueError:
         n, period = 0, 0.0
-    if not sep or not per or n < 1 or period <= 0:
+    if not sep or not per or not 1 <= n <= MAX_COUNT or period <= 0:
         raise ValueError(f"expects a rate COUNT/PERIOD such as 10/s, 100/m or 5/10s, got {text!r}")
     return n, period
 
