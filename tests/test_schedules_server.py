@@ -4,6 +4,7 @@ in-test worker completes; bad schedules get clear status codes; Client and CLI."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -204,6 +205,31 @@ def headwater_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_a_schedules_large_parameter_outlives_every_prune(server: ServerThread) -> None:
+    """A parameter too large to inline is uploaded and referenced by the schedule; the
+    schedule recorded no reference, so a prune (the server's own, every 10 minutes)
+    collected it a day later and every fire failed to download it."""
+    import time
+
+    from test_client import greet
+
+    big = "x" * (3 << 20)
+    with Client(server.address, token="tok") as client:
+        made = client.create_schedule(greet, every=timedelta(hours=1), params={"text": big})
+        assert server.running is not None
+        store = server.running.store
+        report = store.prune(None, time.time() + 86_400, grace=0.0)  # past any grace
+        assert report.payloads == 0, report
+        (listed,) = client.list_schedules()
+        assert listed.id == made.id and listed.parameters == {"text": big}  # downloadable
+        # A schedule an older server stored has no references: a server records them
+        # when it loads the schedules (at start).
+        row = store.get_schedule(made.id)
+        store.put_schedule(dataclasses.replace(row, payload_ids=()))
+        server.running.core.schedules.load()
+        assert store.prune(None, time.time() + 86_400, grace=0.0).payloads == 0
 
 
 def test_cli_schedules_create_list_pause_delete(

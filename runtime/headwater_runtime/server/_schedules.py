@@ -27,7 +27,7 @@ from headwater.wire import GraphBuildNeeded, ParameterError, seconds, timestamp
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import NotFound, ScheduleRow, Store
 
-from ._params import check_refs
+from ._params import check_refs, param_payload_ids
 from ._runs import RunManager
 from ._schedule_times import (
     ScheduleError,
@@ -84,6 +84,10 @@ class Scheduler:
         self._active.clear()
         for row in self.store.list_schedules():
             msg = run_pb2.Schedule.FromString(row.body)
+            if param_payload_ids(msg.parameters):
+                # Stored by a server that recorded no references for it: record them
+                # now, before a prune collects the payloads.
+                self.store.put_schedule(self._row(msg))
             if row.enabled and row.next_run_at is not None:
                 self._active[row.id] = (msg, timing_of(msg))
         self._update_next()
@@ -156,7 +160,10 @@ class Scheduler:
     @staticmethod
     def _row(msg: run_pb2.Schedule) -> ScheduleRow:
         body = msg.SerializeToString(deterministic=True)
-        return ScheduleRow(msg.id, msg.flow_name, body, _next_at(msg), msg.enabled)
+        # The payloads its parameters reference are the schedule's as long as it is
+        # (prune collected them: every fire after failed to download its parameter).
+        refs = param_payload_ids(msg.parameters)
+        return ScheduleRow(msg.id, msg.flow_name, body, _next_at(msg), msg.enabled, refs)
 
     # ------------------------------------------------------------------- firing
 
