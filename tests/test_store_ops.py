@@ -145,3 +145,32 @@ def test_prune_deletes_a_runs_attempts_and_late_mark_with_it(store: Store) -> No
     assert store.prune(10.0, now=10.0, grace=0).runs == 1
     assert store.run_attempts("old") == [] and store.late_runs(["old"]) == {}
     assert len(store.run_attempts("live")) == 1 and set(store.late_runs(["live"])) == {"live"}
+
+
+def test_prune_deletes_a_child_run_only_with_its_parent(store: Store) -> None:
+    """Retention deleted the finished children of a running parent (its subflow node
+    then named a run that no longer existed); a child goes with its parent, down the
+    generations."""
+    family = (
+        ("running", "", RUNNING, None),  # a parent still running...
+        ("child", "running", SUCCESS, 1.0),  # ...its finished child...
+        ("grandchild", "child", SUCCESS, 1.0),  # ...and that child's child
+        ("done", "", SUCCESS, 2.0),  # a finished parent
+        ("done.child", "done", SUCCESS, 1.0),  # goes with it
+        ("orphan", "gone", SUCCESS, 1.0),  # its parent was pruned before: goes
+    )
+    for run_id, parent, state, ended in family:
+        store.create_flow_run(
+            FlowRunRow(run_id, "etl", "1", RUNNING, 0.5, parent_flow_run_id=parent)
+        )
+        batch = WriteBatch()
+        batch.flow_runs[run_id] = FlowRunRow(
+            run_id, "etl", "1", state, 0.5, ended_at=ended, parent_flow_run_id=parent
+        )
+        store.commit(batch)
+    assert store.prune(10.0, now=10.0, grace=0).runs == 3
+    for kept in ("running", "child", "grandchild"):
+        assert store.get_flow_run(kept).id == kept
+    for gone in ("done", "done.child", "orphan"):
+        with pytest.raises(NotFound):
+            store.get_flow_run(gone)

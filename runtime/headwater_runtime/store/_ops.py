@@ -12,12 +12,33 @@ travel in the ``WriteBatch`` instead (``run_attempts``, ``late``, ``deliveries``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 #: Tables with a row per flow run, deleted with the run by ``prune`` (every store).
 PER_RUN_TABLES = ("run_attempts", "late_runs")
+
+
+def whole_families(
+    candidates: dict[str, str], existing: Callable[[list[str]], set[str]]
+) -> list[str]:
+    """The runs ``prune`` may delete, of ``candidates`` (finished long enough ago: run
+    id -> its parent run's id, "" for a top-level run): a child run goes only with its
+    parent, so a run whose parent (or an ancestor's parent) is still there and not a
+    candidate is kept. ``existing(ids)``: which of these run ids the store has. Prune
+    deleted the finished children of a running parent, whose subflow node then named a
+    run that no longer existed."""
+    outside = sorted({p for p in candidates.values() if p and p not in candidates})
+    kept = existing(outside) if outside else set()
+    changed = bool(kept)
+    while changed:  # a child of a kept run is kept, down the generations
+        changed = False
+        for run_id, parent in candidates.items():
+            if parent in kept and run_id not in kept:
+                kept.add(run_id)
+                changed = True
+    return [run_id for run_id in candidates if run_id not in kept]
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ._base import PruneReport
-from ._ops import PER_RUN_TABLES
+from ._ops import PER_RUN_TABLES, whole_families
 from ._postgres_schema import TERMINAL
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -42,14 +42,18 @@ def prune(
     after the commit). ``bytes_reclaimed``: the bytes of the values and payloads."""
     runs: list[str] = []
     if ended_before is not None:
-        runs = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM flow_runs WHERE state = ANY(%s) AND ended_at IS NOT NULL "
-                "AND ended_at < %s",
-                (list(TERMINAL), ended_before),
-            )
-        ]
+        rows = conn.execute(
+            "SELECT id, parent_flow_run_id FROM flow_runs WHERE state = ANY(%s) "
+            "AND ended_at IS NOT NULL AND ended_at < %s",
+            (list(TERMINAL), ended_before),
+        )
+        candidates = {r[0]: r[1] or "" for r in rows}
+
+        def existing(ids: list[str]) -> set[str]:
+            found = conn.execute("SELECT id FROM flow_runs WHERE id = ANY(%s)", (ids,))
+            return {r[0] for r in found}
+
+        runs = whole_families(candidates, existing)
     counts: dict[str, int] = {"runs": len(runs)}
     for table, key in (
         ("run_events", "journal_entries"),

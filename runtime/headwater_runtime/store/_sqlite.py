@@ -42,7 +42,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
-from ._ops import PER_RUN_TABLES
+from ._ops import PER_RUN_TABLES, whole_families
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
@@ -690,14 +690,14 @@ class SQLiteStore(SQLiteOps, AccessTables):
             counts: dict[str, int] = {}
             runs: list[str] = []
             if ended_before is not None:
-                runs = [
-                    r[0]
-                    for r in db.execute(
-                        f"SELECT id FROM flow_runs WHERE state IN {_IN_TERMINAL} "
-                        "AND ended_at IS NOT NULL AND ended_at < ?",
+                candidates = dict(
+                    db.execute(
+                        f"SELECT id, parent_flow_run_id FROM flow_runs WHERE state IN "
+                        f"{_IN_TERMINAL} AND ended_at IS NOT NULL AND ended_at < ?",
                         (*_TERMINAL_FLOW_STATES, ended_before),
                     )
-                ]
+                )
+                runs = whole_families(candidates, lambda ids: _existing_runs(db, ids))
             counts["runs"] = len(runs)
             for table, key in (
                 ("run_events", "journal_entries"),
@@ -879,6 +879,15 @@ def _delete_in(db: sqlite3.Connection, statement: str, ids: Sequence[str]) -> in
         part = ids[start : start + 500]
         removed += db.execute(f"{statement} ({','.join('?' * len(part))})", part).rowcount
     return removed
+
+
+def _existing_runs(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        sql = f"SELECT id FROM flow_runs WHERE id IN ({','.join('?' * len(part))})"
+        found.update(r[0] for r in db.execute(sql, part))
+    return found
 
 
 def _delete_for_runs(db: sqlite3.Connection, table: str, runs: Sequence[str]) -> int:
