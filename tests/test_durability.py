@@ -1007,6 +1007,37 @@ def test_journals_of_an_unknown_engine_version_are_not_replayed(db: str) -> None
     store.close()
 
 
+def test_a_run_not_resumed_can_be_cancelled(db: str) -> None:
+    """A run whose journal this server cannot replay stayed RUNNING for ever: a cancel
+    answered OK and changed nothing (so retention never deleted it either). Now the
+    cancel ends it, and its unfinished task runs, CANCELLED, saying why."""
+    store = open_store(db)
+    manager = RunManager(store, FakeDispatch(), Clock())
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {})
+    manager.flush()
+    execute(store, f"UPDATE flow_runs SET engine_version='99' WHERE id='{row.id}'")
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            answer = await client.CancelFlowRun(
+                cp.CancelFlowRunRequest(id=row.id, reason="downgraded"), metadata=AUTH
+            )
+            assert answer.flow_run.state == FlowRunState.CANCELLED.value
+            got = await run_state(channel, row.id)
+            assert got.flow_run.state == FlowRunState.CANCELLED.value
+            said = got.flow_run.history[-1].message
+            assert said.startswith("downgraded (not resumed by this server: "), said
+            assert "engine version 99" in said
+            assert {t.state for t in got.task_runs} == {TaskRunState.CANCELLED.value}
+
+    asyncio.run(main())
+
+
 def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     SQLiteStore(path).close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -29,8 +30,10 @@ from headwater.wire import (
     PROTOCOL_VERSION,
     TASK_RUN_ID_SEPARATOR,
     FailureInfo,
+    FlowRunState,
     Limits,
     Role,
+    TaskRunState,
     duration,
     feature_names,
     split_task_run_id,
@@ -49,6 +52,7 @@ from headwater_runtime.store import (
     PruneReport,
     Store,
     WebhookRow,
+    WriteBatch,
 )
 
 from ._access import CALLER, Caller
@@ -213,6 +217,9 @@ class ServerCore(WorkerReports):
         self.recovered = asyncio.Event()
         # Unfinished runs not replayed yet: set when one is live (or given up).
         self._replays: dict[str, asyncio.Event] = {}
+        #: Unfinished runs this server did not resume, with why (a journal of an engine
+        #: it cannot replay): a cancel ends them in the store (nothing else can).
+        self.not_resumed: dict[str, str] = {}
         self._resuming: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
@@ -235,6 +242,7 @@ class ServerCore(WorkerReports):
         rows, refused = self.runs.unfinished()
         for run_id, why in refused:
             log.error("not resuming flow run %s: %s", run_id, why)
+            self.not_resumed[run_id] = why
         self.schedules.load()
         await self.ops.start([row.id for row in rows])
         self._replays = {row.id: asyncio.Event() for row in rows}
@@ -256,7 +264,9 @@ class ServerCore(WorkerReports):
                     log.exception("cannot resume flow run %s", row.id)
                     self.runs.abandon(row.id)
                     self._replays.pop(row.id).set()
-                    found.refused.append((row.id, f"its journal could not be replayed: {exc}"))
+                    why = f"its journal could not be replayed: {exc}"
+                    found.refused.append((row.id, why))
+                    self.not_resumed[row.id] = why
                     continue
                 deadline = self.clock.now() + self.settings.heartbeat_timeout
                 gone = self._lost_in_replay
@@ -369,6 +379,12 @@ class ServerCore(WorkerReports):
         yet: it stays queued). A large run is cancelled on a reader thread
         (``RunManager.set_aside``): the loop goes on serving everyone else."""
         await self._replayed(flow_run_id)  # cancelled once its journal is replayed
+        why = self.not_resumed.get(flow_run_id)
+        if why is not None:  # no engine to cancel it: end it in the store
+            now = self.clock.now()
+            await self.io.write(_end_unresumed, self.store, flow_run_id, reason, why, now)
+            del self.not_resumed[flow_run_id]
+            return
         active = self.runs.set_aside(flow_run_id)
         if active is None:
             self.runs.cancel(flow_run_id, reason)
@@ -743,3 +759,23 @@ def _run_of(task_run_id_: str) -> str:
         return split_task_run_id(task_run_id_)[0]
     except ValueError:
         return ""
+
+
+def _end_unresumed(store: Store, flow_run_id: str, reason: str, why: str, now: float) -> None:
+    """End a run this server did not resume as CANCELLED, with its unfinished task runs
+    (on the writer thread)."""
+    row = store.get_flow_run(flow_run_id)
+    if FlowRunState(row.state).is_terminal:
+        return
+    batch = WriteBatch()
+    message = f"{reason or 'cancelled by request'} (not resumed by this server: {why})"
+    batch.flow_runs[row.id] = dataclasses.replace(
+        row, state=FlowRunState.CANCELLED.value, ended_at=now, message=message
+    )
+    for task in store.task_runs(flow_run_id):
+        if not TaskRunState(task.state).is_terminal:
+            cancelled = dataclasses.replace(
+                task, state=TaskRunState.CANCELLED.value, updated_at=now
+            )
+            batch.task_runs[(task.flow_run_id, task.key)] = cancelled
+    store.commit(batch)
