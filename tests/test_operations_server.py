@@ -27,6 +27,7 @@ from headwater.v1 import operations_pb2 as ops
 from headwater.v1 import operations_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, duration
 from headwater_runtime.server._config import ConfigError, settings
+from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.server._ops_core import RetryRefused
 from headwater_runtime.server._runs import RunManager
 from headwater_runtime.store import LimitRow, open_store
@@ -433,3 +434,50 @@ def test_a_scheduled_run_is_late_with_its_reason_also_when_it_fired_during_downt
         assert "after its schedule's fire time (the server was not running)" in late[0].late_reason
 
     call(db, second, **options)
+
+
+def test_a_server_that_stepped_down_waits_for_its_database_instead_of_exiting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A PostgreSQL leader whose database went down (or read-only) stepped down, then
+    exited when it could not open the store again: no server was left to take the lead
+    when the database came back. It now tries again, with a pause, until it can."""
+    import os
+    import signal
+    import types
+
+    from headwater_runtime.server import _app
+
+    class Fake:
+        def __init__(self, lost: bool) -> None:
+            self.port, self.http, self.tls = 4242, None, None
+            self.leading, self.lost = asyncio.Event(), asyncio.Event()
+            self.leading.set()
+            if lost:
+                self.lost.set()
+            self.lost_reason = "the lease could not be renewed for a whole period"
+            self.leadership = types.SimpleNamespace(lease=None, epoch=1)
+            ops = types.SimpleNamespace(metrics_server=None)
+            self.core = types.SimpleNamespace(ops=ops, recovered=asyncio.Event(), recovery=None)
+
+        async def stop(self, grace: float | None = None) -> None:
+            return None
+
+    starts: list[str] = []
+
+    async def start(settings: Any) -> Fake:
+        starts.append("start")
+        if len(starts) == 1:
+            return Fake(lost=True)  # leads, then steps down at once
+        if len(starts) in (2, 3):
+            raise RuntimeError("cannot connect to the database: connection refused")
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+        return Fake(lost=False)  # the database is back: it serves, until SIGTERM
+
+    monkeypatch.setattr(_app, "start_server", start)
+    monkeypatch.setattr(_app, "RESTART_PAUSE", 0.01)
+    asyncio.run(asyncio.wait_for(_app.serve_forever(ServerSettings(port=0)), 30))
+    assert starts == ["start"] * 4
+    err = capsys.readouterr()
+    assert "standing by again" in err.err
+    assert err.out.count("headwater server listening on 127.0.0.1:4242") == 2

@@ -351,6 +351,11 @@ async def _print_resumed(core: ServerCore) -> None:
         )
 
 
+#: After stepping down, how long a server waits before trying to start again when its
+#: database does not answer (doubling up to RESTART_PAUSE_MAX).
+RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 30.0
+
+
 async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once it serves. A standby
     says so (and whom it waits for) first; a leader that loses the lead starts again
@@ -368,8 +373,24 @@ async def serve_forever(settings: ServerSettings) -> None:
 
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, reload_tls)
+    restarting, pause = False, RESTART_PAUSE
     while True:
-        running = await start_server(settings)
+        try:
+            running = await start_server(settings)
+        except Exception as exc:
+            if not restarting:
+                raise  # a first start that fails says why and exits
+            # A leader that stepped down because its database went away (down, or
+            # read-only) starts again as a standby once the database answers: it
+            # used to exit, leaving no server to take the lead when it came back.
+            log.warning("cannot stand by yet (%s); trying again in %.0fs", exc, pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return
+            pause = min(pause * 2, RESTART_PAUSE_MAX)
+            continue
+        restarting, pause = True, RESTART_PAUSE
         current[:] = [running]
         settings = replace(settings, port=running.port)  # a restart keeps the port
         where = f"{settings.host}:{running.port}"
