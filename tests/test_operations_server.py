@@ -481,3 +481,33 @@ def test_a_server_that_stepped_down_waits_for_its_database_instead_of_exiting(
     err = capsys.readouterr()
     assert "standing by again" in err.err
     assert err.out.count("headwater server listening on 127.0.0.1:4242") == 2
+
+
+def test_a_leader_whose_renewal_hangs_steps_down_within_its_lease() -> None:
+    """A renewal waited for psycopg-pool's 30 s connection timeout: with the database
+    gone, a leader with a 10 s lease believed it led for ~33 s. A renewal that does not
+    answer now counts as failed once the lease would have run out."""
+    import threading
+
+    from headwater_runtime.server._leader import Leadership
+
+    released, answered = threading.Event(), threading.Event()
+
+    class HangingLease:
+        duration = 0.4
+
+        def renew(self) -> bool:
+            released.wait(60)  # a database that does not answer until the test says so
+            answered.set()
+            return True
+
+    async def kept() -> tuple[str, bool]:
+        try:
+            reason = await Leadership(HangingLease()).keep(lambda: False)  # type: ignore[arg-type]
+            return reason, answered.is_set()
+        finally:
+            released.set()  # (lets the renewal's thread end)
+
+    reason, renewal_answered = asyncio.run(asyncio.wait_for(kept(), 30))
+    assert reason.startswith("the lease could not be renewed for a whole period"), reason
+    assert not renewal_answered, "it stepped down while the renewal still hung"

@@ -121,14 +121,19 @@ class Leadership:
             if now < next_renewal:
                 continue
             next_renewal = now + renew_every
+            # A renewal that hangs (a network partition) counts as failed once the
+            # lease would have run out: the leader steps down within its lease.
+            left = max(tick, renewed + lease.duration - now)
             try:
-                if not await asyncio.to_thread(lease.renew):
+                renewal = asyncio.to_thread(lease.renew)
+                if not await asyncio.wait_for(renewal, left):
                     return "another server took the lead (the lease epoch moved on)"
                 renewed = loop.time()
             except Exception as exc:
-                if loop.time() - renewed > lease.duration:
-                    return f"the lease could not be renewed for a whole period ({exc})"
-                log.warning("cannot renew the leader lease (%s); trying again", exc)
+                why = str(exc) or "no answer from the database"
+                if loop.time() - renewed >= lease.duration:
+                    return f"the lease could not be renewed for a whole period ({why})"
+                log.warning("cannot renew the leader lease (%s); trying again", why)
 
     async def release(self) -> None:
         """Give the lease up (a clean stop): a standby takes over at once."""

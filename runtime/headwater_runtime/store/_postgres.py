@@ -194,10 +194,10 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         rows = self._read(sql, args)
         return rows[0] if rows else None
 
-    def connection(self) -> Any:
+    def connection(self, timeout: float | None = None) -> Any:
         """A pooled connection (``with store.connection() as conn``), for the lease
-        and for tests."""
-        return self._pool.connection()
+        and for tests; ``timeout``: seconds to wait for one (the pool's 30 s if None)."""
+        return self._pool.connection(timeout=timeout)
 
     # ------------------------------------------------------------------ flows
 

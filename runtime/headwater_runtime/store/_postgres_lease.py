@@ -139,7 +139,9 @@ class Lease:
         epoch = self.store.epoch
         if epoch is None:
             return False
-        with self.store.connection() as conn:
+        # Within the lease period: a pool waiting 30 s for a connection to a database
+        # that is gone kept the leader believing it led for three lease periods.
+        with self.store.connection(timeout=self.duration / 2) as conn:
             row = conn.execute(
                 "UPDATE leader_lease SET expires_at = clock_timestamp() + "
                 "make_interval(secs => %s) WHERE id = 1 AND epoch = %s RETURNING epoch",
