@@ -510,13 +510,17 @@ def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
     ]:
         second = cluster("server", *args, "--no-http")
         assert second.popen.wait(BOUND) != 0
-        errors = [line for line in second.lines + second.other if line.startswith("headwater")]
-        assert len(errors) == 1 and expected in errors[0], second.lines + second.other
+        said = second.lines + second.other
+        errors = [line for line in said if line.startswith("headwater: error")]
+        assert len(errors) == 1 and expected in errors[0], said
     with Client(address, token=TOKEN) as client:  # the first one serves on
         assert client.server_info()["server_version"]
     first.popen.terminate()
     assert first.popen.wait(BOUND) == 0
     # Once the first server has stopped, the database is free again.
-    _, again = start_server(cluster, tmp_path / "hw.db")
+    second, again = start_server(cluster, tmp_path / "hw.db")
     with Client(again, token=TOKEN) as client:
         assert client.list_runs() == []
+    # The first start said it made the database (a mistyped --db is seen); not again.
+    made = f"headwater server: created a new database at {tmp_path / 'hw.db'}"
+    assert made in first.other and made not in second.other

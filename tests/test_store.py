@@ -26,6 +26,7 @@ from headwater_runtime.store import (
     SQLiteStore,
     StateRow,
     Store,
+    StoreUnavailable,
     TaskRunRow,
     WriteBatch,
     open_store,
@@ -472,3 +473,26 @@ def test_payloads_stored_in_the_database_stay_readable_with_a_directory(
     store = open_store(db, payload_dir=tmp_path / "payloads")
     assert b"".join(store.read_payload(meta.id)) == b"old"
     store.close()
+
+
+def test_a_sqlite_file_deleted_under_the_store_refuses_commits_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """A server whose database file was deleted went on acknowledging commits into the
+    deleted file, all lost at its next start. Commits now fail (StoreUnavailable: the
+    server keeps them and retries) until the file is back."""
+    path = tmp_path / "hw.db"
+    store = SQLiteStore(path)
+    assert store.created
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    aside = tmp_path / "aside.db"
+    path.rename(aside)
+    batch = WriteBatch()
+    batch.flow_runs["r1"] = FlowRunRow("r1", "etl", "1", 5, 1.0, ended_at=2.0)
+    with pytest.raises(StoreUnavailable, match="was deleted or replaced while this server"):
+        store.commit(batch)
+    aside.rename(path)  # put back
+    store.commit(batch)
+    assert store.get_flow_run("r1").state == 5
+    store.close()
+    assert not SQLiteStore(path).created

@@ -192,6 +192,9 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
     )
     if store is None:
         store = open_store(settings.db, payload_dir=settings.payload_dir)
+        if store.created:
+            where = getattr(store, "where", settings.db)  # (a URL without its password)
+            print(f"headwater server: created a new database at {where}", file=sys.stderr)
     try:
         on_port = f", port {settings.port}" if settings.port else ""
         store.claim(f"started {time.strftime('%Y-%m-%d %H:%M:%S')}{on_port}")

@@ -565,6 +565,10 @@ class Store(OpsStore, Protocol):
         seconds; give the space back. ``dry_run`` counts without deleting."""
         ...
 
+    #: Whether opening the store made it (a new SQLite file, or an empty PostgreSQL
+    #: schema): a server says so, since a mistyped --db looks like a clean start.
+    created: bool
+
     def claim(self, holder: str) -> None:
         """Claim the storage for this server process (``holder`` describes it): raises
         RuntimeError naming the holder when another server process has claimed a

@@ -122,7 +122,8 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         self.epoch: int | None = None
         try:  # one direct connection first: an unreachable database fails at once
             with psycopg.connect(url, autocommit=True) as conn:
-                migrate(conn, self.where)
+                #: Whether opening made the schema (the first migration ran now).
+                self.created = 1 in migrate(conn, self.where)
         except psycopg.Error as exc:
             raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
         self._pool: ConnectionPool[Conn] = ConnectionPool(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import sqlite3
 import tempfile
 import threading
@@ -39,6 +40,7 @@ from ._base import (
     RunEvent,
     ScheduleRow,
     StateRow,
+    StoreUnavailable,
     TaskRunRow,
     WriteBatch,
 )
@@ -93,6 +95,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
             path = Path(self._temp.name) / "store.db"
         self.path = str(Path(path).expanduser())
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        #: Whether opening made the database (a server says so: a mistyped --db or an
+        #: unmounted volume looked like a clean start).
+        self.created = not Path(self.path).exists()
         self._synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -127,6 +132,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
             db.execute("DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)")
             if self._blobs is not None:
                 self._blobs.sweep()
+            self._identity = _file_identity(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise RuntimeError(f"cannot open the database {self.path}: {exc}") from exc
@@ -525,8 +531,15 @@ class SQLiteStore(SQLiteOps, AccessTables):
     # ----------------------------------------------------------------- commit
 
     def commit(self, batch: WriteBatch) -> None:
-        """Write a tick's batch in one transaction (all or nothing)."""
+        """Write a tick's batch in one transaction (all or nothing). StoreUnavailable
+        when the database file was deleted or replaced under this process: the writes
+        would go to a file nobody can open again (all lost at the next start)."""
         if batch:
+            if _file_identity(self.path) != self._identity:
+                raise StoreUnavailable(
+                    f"the database file {self.path} was deleted or replaced while this "
+                    "server used it: put it back, or restart the server on a good copy"
+                )
             db = self._db
             _transaction(db, lambda: _write_batch(db, batch))
 
@@ -879,6 +892,15 @@ def _delete_in(db: sqlite3.Connection, statement: str, ids: Sequence[str]) -> in
         part = ids[start : start + 500]
         removed += db.execute(f"{statement} ({','.join('?' * len(part))})", part).rowcount
     return removed
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """The file at ``path`` (device, inode), None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _existing_runs(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
