@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import headwater
+from headwater_runtime.store import SQLiteStore
 
 pytestmark = pytest.mark.e2e
 
@@ -369,6 +370,19 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
         assert proc.stderr.startswith(f"headwater: error: {foreign} is not a Headwater database")
     with sqlite3.connect(foreign) as db:
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+    # A database of an older schema (a server of the previous version runs on it): a
+    # prune (a dry run too) or tokens list refuse it instead of migrating it under
+    # that server, which would then refuse to start again.
+    older = tmp_path / "older.db"
+    SQLiteStore(older).close()
+    with sqlite3.connect(older) as db:
+        db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+    for command in (["prune", "--dry-run"], ["tokens", "list"]):
+        proc = headwater_cli(*command, "--db", older)
+        assert proc.returncode == 1, proc.stderr
+        assert f"database {older} has schema version 2, and this Headwater uses" in proc.stderr
+    with sqlite3.connect(older) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
     made = headwater_cli("tokens", "create", "--db", missing, "--role", "admin", "--name", "me")
     assert made.returncode == 0 and made.stdout.startswith("hwt_"), made.stderr
     assert f"created a new database at {missing}" in made.stderr and missing.is_file()

@@ -36,7 +36,8 @@ def open_store(
     bytes in that directory instead of the database; ``clock`` (seconds since the
     epoch) dates payloads, for tests. ``existing``: a SQLite file that does not exist
     is refused (StoreNotFound), not created (commands that work on a server's
-    database: a mistyped path is not a new, empty one). Another URL scheme than
+    database: a mistyped path is not a new, empty one), and a database of another
+    schema version is refused, not migrated (RuntimeError). Another URL scheme than
     postgresql:// is a ValueError."""
     if "://" in db and not is_postgres(db):
         scheme = db.split("://", 1)[0]
@@ -55,7 +56,7 @@ def open_store(
                 "pip install 'headwater[postgres]'",
                 name=exc.name,
             ) from None
-        return PostgresStore(db, payload_dir=payload_dir, clock=clock)
+        return PostgresStore(db, payload_dir=payload_dir, clock=clock, migrate_schema=not existing)
     from ._sqlite import SQLiteStore
 
-    return SQLiteStore(db, payload_dir=payload_dir, clock=clock)
+    return SQLiteStore(db, payload_dir=payload_dir, clock=clock, migrate_schema=not existing)

@@ -56,7 +56,7 @@ from ._postgres_access import PostgresAccessTables, insert_audit
 from ._postgres_batch import check_lease, write_batch
 from ._postgres_ops import PostgresOps
 from ._postgres_rows import FLOW_RUN_COLS, FLOW_RUN_NCOLS, flow_run_row, flow_run_values
-from ._postgres_schema import TERMINAL, migrate
+from ._postgres_schema import TERMINAL, check_current, migrate
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -112,6 +112,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         payload_dir: str | Path | None = None,
         pool_size: int = 10,
         stalled_transaction_timeout: float = 2.0,
+        migrate_schema: bool = True,
     ) -> None:
         self.url = url
         self.where = redact(url)
@@ -122,6 +123,8 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         self.epoch: int | None = None
         try:  # one direct connection first: an unreachable database fails at once
             with psycopg.connect(url, autocommit=True) as conn:
+                if not migrate_schema:
+                    check_current(conn, self.where)
                 #: Whether opening made the schema (the first migration ran now).
                 self.created = 1 in migrate(conn, self.where)
         except psycopg.Error as exc:

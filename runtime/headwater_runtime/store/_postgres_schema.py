@@ -190,6 +190,21 @@ def schema_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
     return int(row[0]) if row is not None else 0
 
 
+def check_current(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
+    """Refuse a database whose schema is not this version's (none, older or newer):
+    the commands beside a server (prune, tokens) never create or migrate one; a
+    dry run upgraded the database an older server still ran on."""
+    current, latest = schema_version(conn), MIGRATIONS[-1].version
+    if current == 0:
+        raise RuntimeError(f"no Headwater database at {where} (no Headwater schema in it)")
+    if current != latest:
+        raise RuntimeError(
+            f"database {where} has schema version {current}, and this Headwater uses "
+            f"{latest}: use the Headwater whose server runs on it (a server of this "
+            "version migrates it when it starts)"
+        )
+
+
 def migrate(
     conn: psycopg.Connection[tuple[Any, ...]],
     where: str,

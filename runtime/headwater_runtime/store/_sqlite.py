@@ -83,6 +83,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
         durable: bool = False,
         clock: Callable[[], float] | None = None,
         payload_dir: str | Path | None = None,
+        migrate_schema: bool = True,
     ) -> None:
         import time
 
@@ -111,6 +112,14 @@ class SQLiteStore(SQLiteOps, AccessTables):
                     f"{self.path} is not a Headwater database (it has tables of another "
                     "program and no Headwater schema): give a new path, or a Headwater "
                     "database"
+                )
+            if not migrate_schema and version != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"no Headwater database at {self.path} (no Headwater schema in it)"
+                    if version is None
+                    else f"database {self.path} has schema version {version}, and this "
+                    f"Headwater uses {SCHEMA_VERSION}: use the Headwater whose server runs "
+                    "on it (a server of this version migrates it when it starts)"
                 )
             while version in MIGRATIONS:
                 version = self._migrate(db, version)
