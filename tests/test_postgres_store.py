@@ -24,6 +24,7 @@ from headwater_runtime.store import (
     SchemaTooNew,
     WriteBatch,
     _postgres_batch,
+    open_store,
 )
 from headwater_runtime.store._postgres_schema import MIGRATIONS, PG_SCHEMA_VERSION, migrate
 
@@ -67,6 +68,23 @@ def test_an_older_database_is_migrated_forward_keeping_its_rows(url: str) -> Non
     assert versions(store) == list(range(1, PG_SCHEMA_VERSION + 1))
     assert [e.kind for e in store.events("r")] == ["run_started"]
     store.close()
+
+
+def test_commands_beside_a_server_neither_create_nor_migrate_a_schema(url: str) -> None:
+    """prune and tokens open with existing=True: an empty schema is no database (a dry
+    run made the whole schema), an older one is refused, not migrated."""
+    import psycopg
+
+    with pytest.raises(RuntimeError, match=r"no Headwater database at .*no Headwater schema"):
+        open_store(url, existing=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrate(conn, "test", MIGRATIONS[:1]) == [1]
+    with pytest.raises(RuntimeError, match=r"has schema version 1, and this Headwater uses"):
+        open_store(url, existing=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (1,)
+    open_store(url).close()  # a server migrates it
+    open_store(url, existing=True).close()
 
 
 def test_a_version_2_database_gets_child_links_credentials_and_audit(url: str) -> None:
