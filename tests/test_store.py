@@ -457,6 +457,14 @@ def test_payload_bytes_in_a_directory_are_files_not_rows(db: str, tmp_path: Path
     assert list((folder / ".uploads").iterdir()) and writer.id not in {p.name for p in files}
     writer.abort()
     assert not list((folder / ".uploads").iterdir())
+    # A prune that was not given the directory keeps the payload's row: deleting it
+    # would leave its file for ever (`headwater prune` without --payload-dir did).
+    store.close()
+    blind = open_store(db)
+    report = blind.prune(None, now=10**10, grace=0)
+    assert (report.payloads, report.payloads_kept) == (0, 1)
+    blind.close()
+    store = open_store(db, payload_dir=folder)
     # Retention removes the files of payloads nothing references.
     report = store.prune(None, now=10**10, grace=0)
     assert report.payloads == 1 and report.payload_bytes == len(data)

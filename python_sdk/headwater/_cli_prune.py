@@ -44,8 +44,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"value(s), {report.payloads} payload(s) ({report.payload_bytes} bytes), "
         f"{report.cache_entries} expired cache entr{'y' if report.cache_entries == 1 else 'ies'}"
     )
+    if report.payloads_kept:
+        print(
+            f"kept {report.payloads_kept} unreferenced payload(s) whose bytes are in a payload "
+            "directory: give the server's --payload-dir to delete them and their files"
+        )
     if not report.dry_run:
-        print(f"reclaimed {report.bytes_reclaimed} bytes of {getattr(store, 'where', db)}")
+        where = getattr(store, "where", db) + (f" and {payload_dir}" if payload_dir else "")
+        print(f"reclaimed {report.bytes_reclaimed} bytes of {where}")
     return EXIT_OK
 
 

@@ -224,6 +224,9 @@ class PruneReport:
     cache_entries: int = 0
     bytes_reclaimed: int = 0
     dry_run: bool = False
+    #: Unreferenced payloads kept because their bytes are in a payload directory this
+    #: store was not given (deleting the rows would leave the files for ever).
+    payloads_kept: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -678,7 +678,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         deleted: list[str] = []
 
         def work(conn: Conn) -> PruneReport:
-            report = prune(conn, ended_before, now, grace, deleted)
+            report = prune(conn, ended_before, now, grace, deleted, files=self._blobs is not None)
             if dry_run:
                 raise _DryRun(report)
             return report

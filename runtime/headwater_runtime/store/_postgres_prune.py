@@ -32,12 +32,19 @@ PRUNED_TABLES = (
 
 
 def prune(
-    conn: Conn, ended_before: float | None, now: float, grace: float, deleted: list[str]
+    conn: Conn,
+    ended_before: float | None,
+    now: float,
+    grace: float,
+    deleted: list[str],
+    *,
+    files: bool,
 ) -> PruneReport:
     """Delete, in the caller's transaction, finished runs that ended before
     ``ended_before`` with their journal, projections, logs and audit entries; expired
     cache entries; values nothing references; payloads nothing references older than
-    ``grace``.
+    ``grace`` (``files``: the store has the payload directory; without it, payloads
+    whose bytes are in one are kept, ``payloads_kept``).
     ``deleted`` receives the ids of the payloads deleted (their files, if any, go
     after the commit). ``bytes_reclaimed``: the bytes of the values and payloads."""
     runs: list[str] = []
@@ -86,11 +93,21 @@ def prune(
     conn.execute(
         "DELETE FROM payload_refs WHERE owner = ANY(%s)", ([f"value:{v}" for v, _ in orphans],)
     )
-    unused = conn.execute(
-        "DELETE FROM payloads p WHERE created_at < %s AND NOT EXISTS "
-        "(SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id) RETURNING id, size",
-        (now - grace,),
-    ).fetchall()
+    unreferenced = (
+        "FROM payloads p WHERE created_at < %s AND NOT EXISTS "
+        "(SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id)"
+    )
+    kept = 0
+    if not files:  # bytes in a directory this store cannot delete from: keep the rows
+        in_a_directory = (
+            "(p.size > 0 AND NOT EXISTS (SELECT 1 FROM payload_chunks c WHERE c.id = p.id))"
+        )
+        row = conn.execute(
+            f"SELECT count(*) {unreferenced} AND {in_a_directory}", (now - grace,)
+        ).fetchone()
+        kept = int(row[0]) if row is not None else 0
+        unreferenced += f" AND NOT {in_a_directory}"
+    unused = conn.execute(f"DELETE {unreferenced} RETURNING id, size", (now - grace,)).fetchall()
     ids = [str(i) for i, _ in unused]
     conn.execute("DELETE FROM payload_chunks WHERE id = ANY(%s)", (ids,))
     deleted.extend(ids)
@@ -105,6 +122,7 @@ def prune(
         payload_bytes=payload_bytes,
         cache_entries=counts["cache_entries"],
         bytes_reclaimed=payload_bytes + value_bytes,
+        payloads_kept=kept,
     )
 
 

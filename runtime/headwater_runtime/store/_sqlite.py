@@ -744,11 +744,16 @@ class SQLiteStore(SQLiteOps, AccessTables):
             _delete_in(
                 db, "DELETE FROM payload_refs WHERE owner IN", [f"value:{v}" for v in orphans]
             )
-            unused = db.execute(
-                "SELECT id, size FROM payloads p WHERE created_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id)",
-                (now - grace,),
-            ).fetchall()
+            unreferenced = (
+                "FROM payloads p WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id)"
+            )
+            if self._blobs is None:  # bytes in a directory this store cannot delete from
+                counts["payloads_kept"] = db.execute(
+                    f"SELECT count(*) {unreferenced} AND {_IN_A_DIRECTORY}", (now - grace,)
+                ).fetchone()[0]
+                unreferenced += f" AND NOT {_IN_A_DIRECTORY}"
+            unused = db.execute(f"SELECT id, size {unreferenced}", (now - grace,)).fetchall()
             counts["payloads"] = len(unused)
             counts["payload_bytes"] = sum(int(size) for _, size in unused)
             ids = [str(i) for i, _ in unused]
@@ -809,7 +814,12 @@ def _report(counts: dict[str, int], *, dry_run: bool = False) -> PruneReport:
         payload_bytes=counts["payload_bytes"],
         cache_entries=counts["cache_entries"],
         dry_run=dry_run,
+        payloads_kept=counts.get("payloads_kept", 0),
     )
+
+
+#: A payload whose bytes are not in the database: a directory's (``--payload-dir``).
+_IN_A_DIRECTORY = "(p.size > 0 AND NOT EXISTS (SELECT 1 FROM payload_chunks c WHERE c.id = p.id))"
 
 
 class _DryRun(Exception):
