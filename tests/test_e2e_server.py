@@ -507,6 +507,10 @@ def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
             f"the database {tmp_path / 'hw.db'} is in use by another headwater server (pid "
             f"{first.popen.pid}, started ",
         ),
+        (  # a taken metrics port: one line naming it (it was a traceback and errno 98)
+            ["--port", "0", "--db", str(tmp_path / "m.db"), "--metrics-port", port],
+            f"cannot serve metrics on 127.0.0.1:{port} (Address already in use)",
+        ),
     ]:
         second = cluster("server", *args, "--no-http")
         assert second.popen.wait(BOUND) != 0

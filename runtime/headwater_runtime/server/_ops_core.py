@@ -108,10 +108,14 @@ class Operations:
             await self.set_limit(row)
         await self._configured_webhooks()
         now = core.clock.now()
-        self.deliverer.start()
         port = core.settings.metrics_port
-        if port is not None:
-            self.metrics_server = MetricsServer(self.metrics, core.settings.host, port)
+        if port is not None:  # (before the deliveries start: a taken port stops the start)
+            try:
+                self.metrics_server = MetricsServer(self.metrics, core.settings.host, port)
+            except OSError as exc:
+                where = f"{core.settings.host}:{port}"
+                raise OSError(f"cannot serve metrics on {where} ({exc.strerror})") from None
+        self.deliverer.start()
         self._next_flush = now + WORKER_FLUSH
 
     def resumed(self, resumed: Resumed, held: list[tuple[str, int]]) -> None:
