@@ -316,6 +316,12 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
             "[[webhooks]] #1: webhook URL 'http://a b/' must not",
         ),
         ("[webhooks]\nurl = 1\n", "webhooks must be an array of tables"),
+        # A string where a list belongs was read letter by letter (flows e, t, l).
+        ('[[webhooks]]\nurl = "https://h/x"\nflows = "etl"\n', "flows must be a list of"),
+        ('[[webhooks]]\nurl = "https://h/x"\nstates = "FAILED"\n', "states must be a list"),
+        ('[[webhooks]]\nurl = "https://h/x"\nlate = "no"\n', "late must be true or false"),
+        ('[[webhooks]]\nurl = "https://h/x"\nsecret = 5\n', "secret must be a string"),
+        ("[server]\nport = 47171.9\n", "[server] port: must be a port 0..65535, got 47171.9"),
         ("[extra]\n", "unknown table [extra]"),
         ("server = [", "is not valid TOML"),
     ]

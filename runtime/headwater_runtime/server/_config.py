@@ -92,8 +92,9 @@ class ConfigError(ValueError):
 
 
 def _whole(value: Any) -> int | None:
-    """``value`` as an int (a TOML integer or its text), else None."""
-    if isinstance(value, bool):
+    """``value`` as an int (a TOML integer or its text), else None (a float too: 2.7
+    was read as 2)."""
+    if isinstance(value, bool | float):
         return None
     try:
         return int(value)
@@ -303,6 +304,14 @@ def _webhook(index: int, spec: Any, where: str) -> WebhookRow:
     known = {"url", "flows", "states", "late", "secret"}
     if not isinstance(spec, dict) or "url" not in spec or not set(spec) <= known:
         raise ConfigError(f"{here} takes url (required), flows, states, late and secret")
+    for key in ("flows", "states"):  # a string would be read letter by letter
+        value = spec.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{here}: {key} must be a list of strings, got {value!r}")
+    if not isinstance(spec.get("late", False), bool):
+        raise ConfigError(f"{here}: late must be true or false, got {spec['late']!r}")
+    if not isinstance(spec.get("secret", ""), str):
+        raise ConfigError(f"{here}: secret must be a string, got {spec['secret']!r}")
     states = []
     for name in spec.get("states", []):
         try:
