@@ -170,6 +170,12 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     assert "fetched" not in only and only.count("enriching") == 4
     one = cli(env, "runs", "logs", run_id, "--server", address, "--task", "enrich[1]").stdout
     assert one.count("enriching") == 1 and "enriching 2" in one
+    late = cli(env, "runs", "cancel", run_id[:8], "--server", address)
+    assert late.stdout == f"{run_id}  FAILED  (it had already ended: nothing to cancel)\n"
+    # fetch is not mapped: fetch[0] names no task run (it printed nothing, exit 0)
+    unmapped = cli(env, "runs", "logs", run_id, "--server", address, "--task", "fetch[0]")
+    assert unmapped.returncode == 2 and "task 'fetch' of flow run" in unmapped.stderr
+    assert "is not mapped: its task run is 'fetch', not 'fetch[0]'" in unmapped.stderr
     paged = cli(env, "runs", "logs", run_id, "--server", address, "--page-size", "1").stdout
     assert paged == logs
     followed = cli(env, "runs", "logs", run_id, "--server", address, "--follow").stdout

@@ -390,7 +390,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             return _show(client, run_id, args)
         if args.action == "cancel":
             run = client.cancel(run_id, args.reason)
-            print(f"{run.id}  {run.state.name}")
+            ended = run.state is not FlowRunState.CANCELLED and run.state.is_terminal
+            note = "  (it had already ended: nothing to cancel)" if ended else ""
+            print(f"{run.id}  {run.state.name}{note}")
             return EXIT_OK
         if args.action == "retry":
             reason = "" if args.reason == _CANCEL_REASON else args.reason

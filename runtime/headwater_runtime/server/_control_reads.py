@@ -73,7 +73,10 @@ class ReadsServicer:
             await self._bad_token(context, request.page_token)
         async with refusals(context):
             row = await self.reads.flow_run(request.flow_run_id)
-            await self.reads.check_task(row, request.task_id)
+            try:
+                await self.reads.check_task(row, request.task_id, request.task_run_id)
+            except ValueError as exc:  # a malformed task run id
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             try:
                 rows = await self.reads.logs(
                     request.flow_run_id,

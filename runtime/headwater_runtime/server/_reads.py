@@ -230,16 +230,27 @@ class RunReads:
 
     # ------------------------------------------------------------------ logs
 
-    async def check_task(self, row: FlowRunRow, task_id: str) -> None:
-        """NotFound unless ``task_id`` ("": any) is a task of the run's graph: a filter
-        by a misspelt task would answer nothing, as if it had no logs or runs."""
-        if not task_id:
+    async def check_task(self, row: FlowRunRow, task_id: str, task_run: str = "") -> None:
+        """NotFound unless ``task_id`` ("": any) is a task of the run's graph, and a
+        task run key ``task_run`` ("": any) names one of its tasks, with an index only
+        if that task is mapped: a filter by a misspelt task, or by ``noisy[0]`` of a task
+        that is not mapped, would answer nothing, as if it had no logs or runs."""
+        key = split_task_run_id(task_run)[1] if "/" in task_run else task_run
+        node, _, index = key.partition("[")
+        if not task_id and not key:
             return
         _, graph = await self.io.read(self.core.runs.graph, row.flow_name, row.flow_version)
-        ids = [t.id for t in graph.tasks]
-        if task_id not in ids:
-            shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
-            raise NotFound(f"flow run {row.id!r} has no task {task_id!r} (its tasks: {shown})")
+        tasks = {t.id: t for t in graph.tasks}
+        ids = list(tasks)
+        shown = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+        for wanted in (task_id, node):
+            if wanted and wanted not in tasks:
+                raise NotFound(f"flow run {row.id!r} has no task {wanted!r} (its tasks: {shown})")
+        if index and not tasks[node].mapped:
+            raise NotFound(
+                f"task {node!r} of flow run {row.id!r} is not mapped: its task run is "
+                f"{node!r}, not {key!r}"
+            )
 
     async def logs(
         self,
