@@ -47,3 +47,19 @@ def test_names_with_brackets_are_shown_as_written_never_as_markup() -> None:
     text = out.getvalue()
     assert "t[bold]x" in text and "pcli[/]w" in text
     assert "esc\\x1b[2J" in text and "\x1b" not in text
+
+
+def test_dot_keeps_letters_graphviz_would_show_as_escapes() -> None:
+    from headwater import flow, task
+    from headwater._cli_graph import as_dot
+
+    @task(name="café_load")
+    def load() -> int:
+        return 1
+
+    @flow(name="données")
+    def pipeline() -> int:
+        return load()
+
+    dot = as_dot(pipeline.graph())
+    assert 'digraph "données"' in dot and '"café_load"' in dot and "\\u00" not in dot

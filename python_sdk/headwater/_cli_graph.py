@@ -52,7 +52,9 @@ def as_text(graph: GraphSpec) -> str:
 
 
 def _quote(text: str) -> str:
-    return json.dumps(text)  # a valid DOT string: double quotes, backslash escapes
+    # A valid DOT string (double quotes, backslash escapes); other letters as they are:
+    # Graphviz does not read \uXXXX escapes, so "café" was drawn as caf\u00e9.
+    return json.dumps(text, ensure_ascii=False)
 
 
 def as_dot(graph: GraphSpec) -> str:
