@@ -212,10 +212,13 @@ async def serve_all(worker: StreamWorker, done: asyncio.Event) -> int:
     return sent
 
 
-def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> None:
+def test_a_failing_commit_releases_nothing_and_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """While commits fail (as on a full disk), no assignment, Ack or watch note leaves
     the server and callers get RESOURCE_EXHAUSTED naming the cause; when the store
-    recovers, the kept batch is stored in order and the run finishes."""
+    recovers, the kept batch is stored in order, the log says so, and the run
+    finishes."""
 
     async def main() -> None:
         store = FailingStore(tmp_path / "hw.db")
@@ -257,6 +260,7 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(tmp_path: Path) -> 
             store.failing = False  # space came back
             ack = await worker.next("ack")  # the kept batch is stored: the Ack goes out
             assert ack.accepted and ack.token == first.token
+            assert "the server's state is stored again (after " in caplog.text
             # The cancel above was kept too (it is stored with the rest): start over
             # with a run nobody cancels.
             run_id = await create(channel, n=3)

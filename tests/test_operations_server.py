@@ -517,3 +517,19 @@ def test_a_leader_whose_renewal_hangs_steps_down_within_its_lease() -> None:
     reason, renewal_answered = asyncio.run(asyncio.wait_for(kept(), 30))
     assert reason.startswith("the lease could not be renewed for a whole period"), reason
     assert not renewal_answered, "it stepped down while the renewal still hung"
+
+
+def test_a_standby_restarted_on_its_old_address_does_not_name_itself_the_leader() -> None:
+    """Killed and restarted on the same port, a server found the lease naming its own
+    address and said 'standing by on X: the leader is X'."""
+    import types
+
+    from headwater_runtime.server._leader import Leadership
+
+    leadership = Leadership(types.SimpleNamespace(address="h:1"))  # type: ignore[arg-type]
+    leadership.leader, leadership.epoch = "h:1", 4
+    said = leadership.refusal()
+    assert "a previous server at h:1 leads until its lease runs out" in said
+    assert "the leader is" not in said
+    leadership.leader = "h:2"
+    assert "the leader is h:2 (lease epoch 4)" in leadership.refusal()

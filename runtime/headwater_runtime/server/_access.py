@@ -171,13 +171,20 @@ class AccessControl:
 
     async def _poll(self) -> None:
         assert self.store is not None and self.io is not None
+        failing = False
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 if await self.io.read(self.store.credentials_generation) != self._generation:
                     await self.reload()
-            except Exception:
-                log.exception("could not re-read credentials; trying again")
+            except Exception as exc:  # the database is away: one line, not one a second
+                if not failing:
+                    log.warning("could not re-read credentials (%s); trying again", exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("credentials re-read again")
+                failing = False
 
     async def reload(self) -> None:
         """Re-read the credentials now (after a change made through this server)."""

@@ -156,6 +156,11 @@ class Committer:
             self._failed(exc, batch, release)
         else:
             recovered = self.failures > 0
+            if recovered:
+                log.warning(
+                    "the server's state is stored again (after %d failed attempts)",
+                    self.failures,
+                )
             self.failures = 0
             self.error = None
             self._retry_at = 0.0

@@ -70,6 +70,10 @@ class Leadership:
     def refusal(self) -> str:
         """What a standby answers calls with."""
         who = f"the leader is {self.leader}" if self.leader else "no server leads right now"
+        if self.leader and self.lease is not None and self.leader == self.lease.address:
+            # This address's previous server (killed, restarted on the same port): its
+            # lease still names it until it runs out, then this one takes the lead.
+            who = f"a previous server at {self.leader} leads until its lease runs out"
         return f"{STANDBY_REFUSAL}: {who} (lease epoch {self.epoch}); call the leader"
 
     async def try_lead(self) -> bool:
