@@ -60,8 +60,9 @@ ENV_LOG_LEVEL = "HEADWATER_LOG_LEVEL"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
-    ENV_SERVER: "HOST:PORT of the control plane, for clients, workers and the CLI "
-    "(several, comma-separated: the leader among them is found)",
+    ENV_SERVER: "HOST:PORT of the control plane, for clients, workers and the CLI's server "
+    "commands (several, comma-separated: the leader among them is found); `headwater run` "
+    "runs embedded unless given `--server`",
     ENV_TOKEN: "bearer token the server requires (an admin credential) and clients and "
     "workers send",
     ENV_DB: "the server's database: a SQLite path or a postgresql:// URL",

@@ -202,7 +202,11 @@ class Operations:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("a background store write failed: %s", task.exception())
+            error = task.exception()
+            if isinstance(error, Fenced):  # stepping down: the new leader has its own
+                log.info("a background store write was refused: another server leads")
+            else:
+                log.error("a background store write failed: %s", error)
 
     # --------------------------------------------------------------- run changes
 
