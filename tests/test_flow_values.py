@@ -610,6 +610,50 @@ def test_a_parameter_checked_with_is_or_isinstance_gets_its_value() -> None:
     assert top_rows.graph().value_dependent  # (its defaults are its values)
 
 
+@flow
+def through_a_dict(limit: int | None = None) -> str:
+    opts = {"limit": limit}
+    return echo("none" if opts["limit"] is None else "some")
+
+
+@flow
+def through_a_loop(a: int | None = None, b: int | None = None) -> str:
+    for v in (a, b):
+        if v is None:
+            return echo("some none")
+    return echo("all set")
+
+
+@flow
+def through_any(a: int | None = None, b: int | None = 1) -> str:
+    return echo("some none" if any(v is None for v in [a, b]) else "all set")
+
+
+def test_a_parameter_checked_through_another_name_gets_its_value() -> None:
+    """A parameter checked by identity through a dict, a loop variable or a generator
+    expression was as silently wrong as a direct check ("all set" with a None): any
+    such check in a body with parameters now builds the graph from the values."""
+    assert (through_a_dict(), through_a_dict(limit=3)) == ("none", "some")
+    assert (through_a_loop(), through_a_loop(a=1, b=2)) == ("some none", "all set")
+    assert (through_any(), through_any(a=1)) == ("some none", "all set")
+    assert through_a_loop.graph(a=1, b=2).value_dependent
+
+
+def test_a_body_without_source_is_built_from_values_when_it_checks_identity() -> None:
+    """Typed at a prompt, piped to python or exec'd, a body has no source to read:
+    `if limit is None:` returned None there; its bytecode shows the check."""
+    code = (
+        "from headwater import flow, task\n"
+        "@task\ndef ident(x):\n    return x\n"
+        "@flow\ndef direct(limit: int | None = None):\n"
+        "    if limit is None:\n        limit = 5\n    return ident(limit)\n"
+        "@flow\ndef plain(limit: int = 2):\n    return ident(limit)\n"
+        "assert direct() == 5 and direct(limit=2) == 2, direct()\n"
+        "assert not plain.graph().value_dependent  # (no check: symbolic as before)\n"
+    )
+    subprocess.run([sys.executable, "-"], input=code, text=True, check=True, timeout=60)
+
+
 @task
 def maybe_name(given: str = "") -> str | None:
     return given or None

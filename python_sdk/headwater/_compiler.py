@@ -44,7 +44,7 @@ from headwater.wire import (
 )
 
 from ._errors import FlowDefinitionError
-from ._identity import IdentityCheck, identity_checks, resolve
+from ._identity import IdentityCheck, identity_checks, resolve, unread_checks
 from ._refs import NeedsValues, ParamRef, Ref, TaskRef, _show, contains_ref, unmapped
 
 if TYPE_CHECKING:
@@ -569,13 +569,27 @@ def _checked(flow: Flow[..., Any]) -> tuple[tuple[IdentityCheck, Any], ...]:
 
 
 def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
-    """(parameter, use, file:line) of the first identity or type check of a parameter
-    in the flow's body (``if limit is None:``): the graph must then be built from the
-    values, as no placeholder can answer such a check (_identity.py)."""
-    params = {p.name for p in flow.parameters}
-    for check, target in _checked(flow):
-        if check.name in params and target is None:
-            return check.name, check.how, _show(_file(flow), check.line)
+    """(parameter, use, file:line) of the first identity or type check in the flow's
+    body that may see a parameter (``if limit is None:``, and as well through another
+    name, a container or a loop: ``for v in (a, b): if v is None``): the graph must
+    then be built from the values, as no placeholder can answer such a check
+    (_identity.py). Any check not of a task or flow result counts: which value it
+    checks is not followed. A body whose source cannot be read counts when its
+    bytecode makes such a check."""
+    params = [p.name for p in flow.parameters]
+    if not params:
+        return None
+    loose = [check for check, target in _checked(flow) if target is None]
+    direct = [check for check in loose if check.name in params]
+    if direct:
+        return direct[0].name or "", direct[0].how, _show(_file(flow), direct[0].line)
+    if loose:
+        seen = f"`{loose[0].name}`" if loose[0].name else "a value"
+        use = f"may be checked by identity or type ({seen} {loose[0].how})"
+        return params[0], use, _show(_file(flow), loose[0].line)
+    if unread_checks(flow.fn):
+        use = "may be checked by identity or type in a body whose source cannot be read"
+        return params[0], use, ""
     return None
 
 

@@ -39,8 +39,9 @@ class IdentityCheck:
     """One check of a flow body: what it checks, how, and where.
 
     ``name`` is the variable checked (None when a call is checked directly:
-    ``fetch() is None``); ``call`` the dotted name of the function whose result is
-    checked (the call assigned to ``name``, or checked directly; "" when unknown).
+    ``fetch() is None``; "" for another expression: ``opts["limit"] is None``);
+    ``call`` the dotted name of the function whose result is checked (the call
+    assigned to ``name``, or checked directly; "" when unknown).
     """
 
     name: str | None
@@ -65,11 +66,43 @@ def identity_checks(fn: Any) -> tuple[IdentityCheck, ...]:
     return known
 
 
+#: Bodies whose source could not be read (typed at a prompt, exec'd, piped to python).
+_UNREAD: set[CodeType] = set()
+
+
+def unread_checks(fn: Any) -> bool:
+    """Whether ``fn``'s source could not be read and its bytecode makes an identity or
+    type check (``is``, ``isinstance``, ``type``, ``match`` on a class or mapping...):
+    then which value it checks is unknown."""
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, CodeType):
+        return False
+    identity_checks(fn)
+    return code in _UNREAD and _identity_ops(code)
+
+
+def _identity_ops(code: CodeType) -> bool:
+    import dis
+
+    for instruction in dis.get_instructions(code):
+        name = instruction.opname
+        # (`x is None` in a branch compiles to a jump: POP_JUMP_*_IF_NONE / _NOT_NONE)
+        if name == "IS_OP" or name.startswith("MATCH_") or name.endswith("_NONE"):
+            return True
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and (
+            instruction.argval in _TYPE_CALLS
+        ):
+            return True
+    return any(isinstance(c, CodeType) and _identity_ops(c) for c in code.co_consts)
+
+
 def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
     try:
         lines, first = inspect.getsourcelines(fn)
         tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError, IndentationError):
+        _UNREAD.add(code)
         return ()
     body = next((n for n in tree.body if isinstance(n, ast.FunctionDef)), None)
     if body is None:
@@ -89,6 +122,8 @@ def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
             found.append(IdentityCheck(operand.id, assigned.get(operand.id, ""), how, line))
         elif isinstance(operand, ast.Call):
             found.append(IdentityCheck(None, _dotted(operand.func), how, line))
+        elif not isinstance(operand, ast.Constant):  # opts["limit"], self.x, ...
+            found.append(IdentityCheck("", "", how, line))
 
     for node in ast.walk(body):
         line = offset + getattr(node, "lineno", 1)
