@@ -57,6 +57,38 @@ def test_results_are_cached_across_runs_in_one_process(backend: Backend, probe: 
     assert len(PROCESS_CACHE) == 2
 
 
+def test_editing_a_cached_task_is_a_cache_miss(backend: Backend) -> None:
+    """A notebook cell redefining a cached task (same name, new body) got the old
+    body's cached result: the code's digest is part of the cache key now."""
+
+    def define(body: int) -> Any:
+        if body == 1:
+
+            @task(cache_for=3600, task_type="cells.sq")
+            def sq(x: int) -> int:
+                return x * x
+
+        else:
+
+            @task(cache_for=3600, task_type="cells.sq")
+            def sq(x: int) -> int:
+                return x * x * x
+
+        @flow
+        def csq(x: int = 3) -> int:
+            return sq(x)
+
+        return csq
+
+    executor = backend.executor()
+    first = define(1).run(executor=executor)
+    again = define(1).run(executor=executor)
+    edited = define(2).run(executor=executor)
+    assert (first.result, again.result, edited.result) == (9, 9, 27)
+    assert again.task_run("sq").state is S.CACHED
+    assert edited.task_run("sq").state is S.SUCCESS
+
+
 def test_a_task_changing_a_cached_value_in_place_changes_no_later_run(backend: Backend) -> None:
     """Threads: the cache keeps a copy taken as the task ends, and each hit gets its
     own, so a downstream task appending to its input changes neither the cache nor the

@@ -176,9 +176,12 @@ class TaskSpec:
     @property
     def cache_key_prefix(self) -> str:
         """The part of this task's cache keys that comes from the task, not its inputs:
-        results are reused only by the same task type, version and cache version."""
+        results are reused only by the same task type, version, cache version and code
+        (its digest: editing the function's body, or its code_version, is a miss; a
+        cached result of the old body was served after an edit)."""
         cache_version = self.cache.version if self.cache is not None else ""
-        return f"{self.task_type}|v={self.version}|c={cache_version}|"
+        code = f"code={self.code_digest}|" if self.code_digest else ""
+        return f"{self.task_type}|v={self.version}|c={cache_version}|{code}"
 
     def upstream_ids(self) -> list[str]:
         """Ids of every upstream task (data and order-only), deduplicated, in order."""
