@@ -566,6 +566,29 @@ def test_a_plain_embedded_run_does_not_import_pydantic() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@task
+def kind_of(x: Any) -> str:
+    return type(x).__name__
+
+
+@flow
+def written_defaults(
+    day: datetime.date = "2026-01-02",  # type: ignore[assignment]
+    ids: tuple[int, ...] = [1, 2],  # type: ignore[assignment]
+    ratio: float = 1,
+    limit: int = None,  # type: ignore[assignment]  # noqa: RUF013 (the shorthand users write)
+) -> list[str]:
+    return [kind_of(day), kind_of(ids), kind_of(ratio), kind_of(limit)]
+
+
+def test_defaults_are_converted_as_given_values_are() -> None:
+    """`day: date = "2026-01-02"` gave the body and its tasks a str (given, the same
+    text became a date). Defaults are converted too, leniently: one that does not fit
+    (`limit: int = None`) stays as written."""
+    assert written_defaults() == ["date", "tuple", "float", "NoneType"]
+    assert written_defaults(day="2026-02-03") == ["date", "tuple", "float", "NoneType"]
+
+
 # ------------------------------------------------- identity and type checks
 
 

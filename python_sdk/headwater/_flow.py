@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from headwater.wire import GraphSpec, ParameterError, bind_params
@@ -110,7 +111,15 @@ class Flow(Generic[P, R]):
     def types(self) -> ParameterTypes:
         """The parameters' annotations and their validators (read on first use)."""
         if self._types is None:
-            self._types = ParameterTypes(self.name, self.fn, [p.name for p in self.parameters])
+            types = ParameterTypes(self.name, self.fn, [p.name for p in self.parameters])
+            # Defaults are converted as given values are (`day: date = "2026-01-02"`
+            # gave the body a str), leniently: a default that does not fit stays as
+            # written (`limit: int = None`, a common shorthand).
+            self.parameters = [
+                p if p.required else replace(p, default=types.convert_default(p.name, p.default))
+                for p in self.parameters
+            ]
+            self._types = types
         return self._types
 
     @property

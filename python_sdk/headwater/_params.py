@@ -91,6 +91,19 @@ class ParameterTypes:
             out[name] = self._validate(name, value)
         return out
 
+    def convert_default(self, name: str, value: Any) -> Any:
+        """A default converted to its parameter's annotation, or as it is when it does
+        not fit or needs nothing (None, a value of the plain annotated type)."""
+        annotation = self.annotations.get(name, Any)
+        if value is None or annotation in _ANY:
+            return value
+        if isinstance(annotation, type) and type(value) is annotation:
+            return value
+        try:
+            return self._adapter(name).validate_python(value)
+        except Exception:  # (pydantic's ValidationError, or an annotation it cannot use)
+            return value
+
     def _validate(self, name: str, value: Any) -> Any:
         from pydantic import ValidationError
 
