@@ -8,6 +8,7 @@ import collections
 import dataclasses
 import datetime
 import enum
+import functools
 import json
 import subprocess
 import sys
@@ -175,6 +176,47 @@ def test_a_task_result_inside_an_object_is_refused_wherever_the_object_is(shape:
         "would stay a reference; pass it as its own argument",
     ):
         wrapped()
+
+
+@task
+def call_with(fn: Any, x: int) -> Any:
+    return fn(x)
+
+
+def test_a_task_result_in_an_array_a_partial_or_a_lambda_is_refused() -> None:
+    """np.array([five(), 1]), partial(max, r) and `lambda v: v * r` reached the task
+    with the reference inside (it ran on `<TaskRef ...>`): refused when the flow is
+    built, as for any object holding one."""
+    import functools
+
+    import numpy as np
+
+    shapes = {
+        "ndarray": lambda r: np.array([r, 1], dtype=object),
+        "partial": lambda r: functools.partial(max, r),
+        "function": lambda r: lambda v: v * r,
+    }
+    for kind, make in shapes.items():
+
+        @flow
+        def holds() -> Any:
+            return echo(make(name()))  # noqa: B023 (built and checked in this iteration)
+
+        with pytest.raises(FlowDefinitionError, match=rf"is inside a {kind} object"):
+            holds.graph()
+
+
+@flow
+def scaled_by(n: int = 3) -> list[int]:
+    return [call_with(lambda v: v * n, 2), call_with(functools.partial(max, n), 2)]
+
+
+def test_a_lambda_or_partial_holding_a_parameter_gets_its_value() -> None:
+    """`lambda v: v * n` failed at run time ("flow parameter 'n' was kept from a flow
+    body and used in arithmetic later"): a parameter held by a function is a use of its
+    value, so the graph is built from the values."""
+    assert scaled_by() == [6, 3] and scaled_by(n=5) == [10, 5]
+    assert scaled_by.graph(n=5).value_dependent
 
 
 def test_a_named_tuple_or_dict_subclass_holding_a_task_result_is_refused() -> None:

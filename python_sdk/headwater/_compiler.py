@@ -15,8 +15,10 @@ never copies them); ``graph_to_proto`` encodes them when a FlowGraph message is 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
+import itertools
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import CodeType
@@ -357,6 +359,48 @@ _PLAIN_TYPES = frozenset({int, float, str, bool, bytes, complex, type(None), lis
 _CONTAINERS = (list, tuple, dict)
 
 
+#: Elements of an object array looked at for a hidden reference (a bigger array's
+#: further elements are not).
+_ARRAY_SCAN = 100_000
+
+
+def _held(value: Any) -> list[Any]:
+    """What an object holds that could be a reference: its attributes and slots; a
+    function's captured variables and defaults (``lambda v: v * n``); a partial's
+    function and arguments; the elements of a numpy or pandas object array
+    (``np.array([five(), 1])``), which reached the task still a reference."""
+    import functools
+    import types
+
+    if isinstance(value, functools.partial):
+        return [value.func, *value.args, *value.keywords.values()]
+    if isinstance(value, types.FunctionType):
+        cells = []
+        for cell in value.__closure__ or ():
+            with contextlib.suppress(ValueError):  # (a cell not filled yet)
+                cells.append(cell.cell_contents)
+        return [*cells, *(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values()]
+    if isinstance(value, types.MethodType):
+        return [value.__self__]
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and getattr(dtype, "kind", "") == "O":  # numpy, pandas Series
+        flat = getattr(value, "to_numpy", lambda: value)()
+        return list(itertools.islice(getattr(flat, "flat", flat), _ARRAY_SCAN))
+    if type(value).__module__.startswith("pandas") and hasattr(value, "dtypes"):
+        to_numpy = getattr(value, "to_numpy", None)  # a DataFrame with object columns
+        if callable(to_numpy) and any(getattr(d, "kind", "") == "O" for d in value.dtypes):
+            return list(itertools.islice(to_numpy().flat, _ARRAY_SCAN))
+    try:
+        attrs = vars(value)
+    except TypeError:  # no __dict__
+        attrs = None
+    items = list(attrs.values()) if isinstance(attrs, dict) else []
+    for slot in getattr(type(value), "__slots__", ()):
+        if isinstance(slot, str) and hasattr(value, slot):
+            items.append(getattr(value, slot))
+    return items
+
+
 def _hidden_ref(value: Any, depth: int, holder: Any = None) -> tuple[Any, Any] | None:
     """A reference inside an object's attributes (a few levels deep, through lists,
     tuples, sets and dicts too: ``[Config(path=r)]``), with the object holding it; or
@@ -375,14 +419,7 @@ def _hidden_ref(value: Any, depth: int, holder: Any = None) -> tuple[Any, Any] |
             holder = value  # an OrderedDict, a defaultdict: it would arrive as a dict
     else:
         holder = value
-        try:
-            attrs = vars(value)
-        except TypeError:  # no __dict__
-            attrs = None
-        items = list(attrs.values()) if isinstance(attrs, dict) else []
-        for slot in getattr(type(value), "__slots__", ()):
-            if isinstance(slot, str) and hasattr(value, slot):
-                items.append(getattr(value, slot))
+        items = _held(value)
     for item in items:
         if type(item) not in _SCALAR_TYPES:
             found = _hidden_ref(item, depth + 1, holder)
