@@ -296,7 +296,7 @@ def test_mapping_lists_of_different_lengths_together_is_refused_when_the_flow_is
 
     with pytest.raises(
         FlowDefinitionError,
-        match=r"^task 'add': \.map\(\) arguments have different lengths "
+        match=r"^flow 'uneven', .*: task 'add': \.map\(\) arguments have different lengths "
         r"\(a=3, b=2\)",
     ):
         uneven.graph()
@@ -1204,7 +1204,8 @@ def test_a_misspelt_keyword_is_named_not_the_argument_it_left_out() -> None:
 
     with pytest.raises(
         FlowDefinitionError,
-        match=r"^task 'add': got an unexpected keyword argument 'z' \(its arguments: a, b\)$",
+        match=r"^flow 'typo', .*test_compiler.py:\d+: task 'add': got an unexpected keyword "
+        r"argument 'z' \(its arguments: a, b\)$",
     ):
         typo.graph()
 

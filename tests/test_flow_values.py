@@ -191,8 +191,13 @@ def test_a_task_result_in_an_array_a_partial_or_a_lambda_is_refused() -> None:
 
     import numpy as np
 
+    def array_of(r: Any) -> Any:
+        held = np.empty(2, dtype=object)  # (np.array([r]) would measure r: refused too)
+        held[0], held[1] = r, 1
+        return held
+
     shapes = {
-        "ndarray": lambda r: np.array([r, 1], dtype=object),
+        "ndarray": array_of,
         "partial": lambda r: functools.partial(max, r),
         "function": lambda r: lambda v: v * r,
     }
@@ -799,3 +804,41 @@ def test_a_task_result_given_to_c_code_that_needs_its_value_names_the_line() -> 
         assert message.startswith(f"flow {built.name!r}, ")
         assert "test_flow_values.py:" in message and raw in message
         assert message.endswith("pass the result to a task and do this inside that task")
+
+
+@flow
+def swallows() -> int:
+    r = name()
+    try:
+        v = int(r)  # type: ignore[call-overload]
+    except Exception:
+        v = 0
+    return echo(v)  # type: ignore[no-any-return]
+
+
+@flow
+def changes_a_result() -> Any:
+    r = name()
+    r["k"] = 1
+    return r
+
+
+@flow
+def misses_an_argument() -> Any:
+    return call_with(1)  # type: ignore[call-arg]
+
+
+def test_a_refusal_the_body_catches_still_stops_the_build_and_errors_name_the_line() -> None:
+    """`try: v = int(r) except Exception: v = 0` swallowed the refusal and built a graph
+    with the fallback; setting an item was called iterating; a task call's own errors
+    (a missing argument) named neither the flow nor the line."""
+    with pytest.raises(FlowDefinitionError, match=r"^flow 'swallows', .*: the result of task"):
+        swallows.graph()
+    with pytest.raises(FlowDefinitionError, match=r"cannot be changed in place \(an item"):
+        changes_a_result.graph()
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"^flow 'misses_an_argument', .*test_flow_values.py:\d+: task 'call_with': "
+        "missing a required argument: 'x'",
+    ):
+        misses_an_argument.graph()

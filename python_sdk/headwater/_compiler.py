@@ -78,6 +78,9 @@ class _Context:
         self.case_stack: list[str] = []
         #: Each task's TaskSpec fields that are the same for all its calls (TASK_FIELDS).
         self.task_fields: dict[Task[Any, Any], tuple[Any, ...]] = {}
+        #: The first misuse of a task result refused in the body: raised after it even
+        #: when the body caught it (`try: int(r) except Exception: v = 0` went on).
+        self.misuse: FlowDefinitionError | None = None
 
     def _new_id(self, name: str) -> str:
         count = self.name_counts.get(name, 0) + 1
@@ -672,6 +675,26 @@ def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
     )
 
 
+def _located(flow: Flow[..., Any], exc: Exception) -> Exception:
+    """``exc`` (a FlowDefinitionError or ParameterError raised in the flow body by a
+    task call: a missing argument, a dict with other keys...) with the flow and the
+    body's line in front, as the refusals of a result's use have them; one that has
+    them already, as it is."""
+    text = str(exc)
+    if text.startswith(f"flow {flow.name!r}"):
+        return exc
+    code = body_code(flow)
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            where = f", {_show(tb.tb_frame.f_code.co_filename, tb.tb_lineno)}"
+        tb = tb.tb_next
+    located = type(exc)(f"flow {flow.name!r}{where}: {text}")
+    located.__cause__ = exc.__cause__
+    return located
+
+
 def _remember(flow: Flow[..., Any], use: tuple[str, str, str]) -> None:
     flow._value_use = use
     code = body_code(flow)
@@ -694,6 +717,10 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         _remember(flow, ctx.value_use)
         raise
     except (TypeError, ValueError) as exc:
+        if ctx.misuse is not None:
+            raise ctx.misuse from None
+        if isinstance(exc, FlowDefinitionError | ParameterError):
+            raise _located(flow, exc) from None
         if "TaskRef" not in str(exc):
             raise
         # C code met a task result (",".join([ref]), json.dumps({"a": ref})): it asks
@@ -701,6 +728,8 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         raise FlowDefinitionError(_c_misuse(flow, exc)) from exc
     finally:
         _current.reset(token)
+    if ctx.misuse is not None:  # refused, caught by the body, and the body went on
+        raise ctx.misuse
     if ctx.value_use is not None:  # the body caught the signal and went on
         _remember(flow, ctx.value_use)
         raise NeedsValues(ctx.value_use[0])

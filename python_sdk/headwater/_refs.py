@@ -105,6 +105,10 @@ _HASH = (
     "hashed (a dict key or a set member)",
     "use task results as dict values or list items, or build the dict inside a task",
 )
+_CHANGE = (
+    "changed in place (an item or an attribute set or deleted)",
+    "pass it to a task that returns the changed value",
+)
 _ATTR = (
     "read as an attribute",
     "index it (ref['key']) or read the attribute inside a task",
@@ -163,8 +167,14 @@ class Ref:
     __abs__ = _unary(_MATH)
     __invert__ = _unary(_MATH)
     __call__ = _unary(_CALL)
-    __setitem__ = _unary(_ITER)
-    __delitem__ = _binary(_ITER)
+    __setitem__ = _unary(_CHANGE)
+    __delitem__ = _binary(_CHANGE)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):  # (its own slots)
+            object.__setattr__(self, name, value)
+        else:
+            self._misuse(_CHANGE)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
@@ -215,10 +225,13 @@ class TaskRef(Ref):
         ctx = _context()
         flow = f"flow {ctx.flow_name!r}, " if ctx is not None else ""
         what, fix = use
-        raise FlowDefinitionError(
+        error = FlowDefinitionError(
             f"{flow}{flow_location(ctx, 3)}: {self._describe()} cannot be {what} while the "
             f"flow is being built: the task has not run yet. Instead, {fix}"
         )
+        if ctx is not None and ctx.misuse is None:
+            ctx.misuse = error  # (raised after the body even if the body catches it)
+        raise error
 
     def __repr__(self) -> str:
         if _context() is not None:  # f"{ref!r}" would hand a task the reference's text
