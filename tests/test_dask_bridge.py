@@ -188,3 +188,35 @@ def test_timeouts_and_cancels_interrupt_the_task_on_its_dask_worker(
     bridge.attempts.cancel(("r/cancel", 1))
     assert bridge.outcome("r/cancel").HasField("cancelled")
     assert probe.wait("cancel-stopped") and probe.read("cancel-stopped") == "TaskInterrupted"
+
+
+def test_a_bridge_whose_dask_client_closed_stops_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scheduler died and did not come back within the client's reconnect time: the
+    bridge stayed connected to the server with every slot taken by attempts that could
+    never end, and its runs hung. It now stops (the CLI exits 1 with this line)."""
+    import threading
+    import types
+
+    from headwater import _worker_dask
+    from headwater._worker_dask import DaskBridgeWorker
+
+    monkeypatch.setattr(_worker_dask, "CLUSTER_CHECK", 0.01)
+    bridge = DaskBridgeWorker.__new__(DaskBridgeWorker)
+    client = types.SimpleNamespace(status="running")
+    bridge.executor = types.SimpleNamespace(client=client)  # type: ignore[assignment]
+    bridge.dask_address = "tcp://10.0.0.5:8786"
+    bridge._stop = threading.Event()
+    stopped: list[bool] = []
+    bridge.stop = lambda: stopped.append(True)  # type: ignore[method-assign]
+    gone: list[str] = []
+    watcher = threading.Thread(target=bridge._watch_cluster, args=(gone,))
+    watcher.start()
+    client.status = "closed"
+    watcher.join(30)
+    assert stopped == [True]
+    assert gone == [
+        "the Dask client closed: the scheduler at tcp://10.0.0.5:8786 went away (restart the "
+        "scheduler and its workers, then this worker; its attempts are dispatched again)"
+    ]

@@ -34,7 +34,7 @@ from headwater.wire import (
 from headwater_runtime.execution import failure_from_exception
 
 from ._task import Task
-from ._worker import Worker
+from ._worker import Worker, WorkerError
 from ._worker_attempts import Attempts, Send, Token, _Attempt, failure_report
 from ._worker_codec import REF_ITEM_BYTES, encode_result, failure
 
@@ -250,6 +250,10 @@ class DaskAttempts(Attempts):
         return worker_pb2.ConnectRequest(value_exported=answer)
 
 
+#: How often the bridge checks that its Dask client still has a scheduler (seconds).
+CLUSTER_CHECK = 1.0
+
+
 class DaskBridgeWorker(Worker):
     """A Worker whose attempts run on a Dask cluster (see the module docstring).
 
@@ -314,11 +318,35 @@ class DaskBridgeWorker(Worker):
 
     def run(self) -> None:
         """Serve like ``Worker.run``, then shut down the Dask client (and a LocalCluster
-        the bridge started)."""
+        the bridge started). WorkerError when the Dask client closed on its own (the
+        scheduler went away and did not come back within its reconnect time): the
+        bridge stopped there, where it stayed connected with every slot taken by
+        attempts that could never end, and its runs hung."""
+        gone: list[str] = []
+        watch = threading.Thread(
+            target=self._watch_cluster, args=(gone,), name="headwater-dask-watch", daemon=True
+        )
+        watch.start()
         try:
             super().run()
         finally:
+            self._stop.set()
             self.executor.shutdown()
+        if gone:
+            raise WorkerError(gone[0])
+
+    def _watch_cluster(self, gone: list[str]) -> None:
+        client = self.executor.client
+        while not self._stop.wait(CLUSTER_CHECK):
+            if getattr(client, "status", "running") in ("closed", "closing"):
+                gone.append(
+                    f"the Dask client closed: the scheduler at {self.dask_address} went away "
+                    "(restart the scheduler and its workers, then this worker; its attempts "
+                    "are dispatched again)"
+                )
+                log.error("%s; stopping", gone[0])
+                self.stop()
+                return
 
     def _export(self, request: worker_pb2.ExportValue) -> None:
         attempts = self.attempts
