@@ -170,6 +170,8 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     assert "fetched" not in only and only.count("enriching") == 4
     one = cli(env, "runs", "logs", run_id, "--server", address, "--task", "enrich[1]").stdout
     assert one.count("enriching") == 1 and "enriching 2" in one
+    with Client(address) as client:  # failures, as an embedded FlowRun lists them
+        assert [t.key for t in client.wait(run_id).failures] == ["enrich[2]"]
     late = cli(env, "runs", "cancel", run_id[:8], "--server", address)
     assert late.stdout == f"{run_id}  FAILED  (it had already ended: nothing to cancel)\n"
     # fetch is not mapped: fetch[0] names no task run (it printed nothing, exit 0)

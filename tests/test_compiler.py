@@ -1210,6 +1210,45 @@ def test_a_misspelt_keyword_is_named_not_the_argument_it_left_out() -> None:
         typo.graph()
 
 
+def test_tasks_that_cannot_work_are_refused_at_task() -> None:
+    """A generator function's result would be a generator object no server can store;
+    @task on a method took self as the first argument ("missing a required argument:
+    'x'"); an argument named wait_for was taken over by the task call's own."""
+    with pytest.raises(FlowDefinitionError, match="'numbers' is a generator function"):
+
+        @task
+        def numbers() -> Any:
+            yield 1
+
+    with pytest.raises(FlowDefinitionError, match="@task on a method is not supported"):
+
+        class Model:
+            @task
+            def predict(self, x: int) -> int:
+                return x
+
+    with pytest.raises(FlowDefinitionError, match="an argument named 'wait_for' is reserved"):
+
+        @task
+        def waits(wait_for: int) -> int:
+            return wait_for
+
+    class Scaler:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def scale(self, x: int) -> int:
+            return x * self.k
+
+    scale = task(Scaler(10).scale)  # a bound method is fine
+
+    @flow
+    def scaled(n: int = 2) -> int:
+        return scale(n)
+
+    assert scaled() == 20
+
+
 def test_unknown_trigger_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"'double'.*'sometimes'"):
         task(trigger="sometimes")(double.fn)

@@ -111,7 +111,8 @@ def test_a_constant_that_cannot_be_json_fails_compilation(value: Any, fragment: 
     with pytest.raises(FlowDefinitionError) as info:
         bad.graph()
     message = str(info.value)
-    assert message.startswith("task 'describe', argument 'image': ")
+    assert "test_remote_task.py:" in message  # the flow and the line first, then:
+    assert message.split(": ", 1)[1].startswith("task 'describe', argument 'image': ")
     assert fragment in message
 
 

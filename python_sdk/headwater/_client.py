@@ -189,6 +189,13 @@ class RemoteFlowRun:
     _client: Client | None = field(default=None, repr=False)
 
     @property
+    def failures(self) -> list[TaskRunInfo]:
+        """The task runs that failed (FAILED, TIMED_OUT, TRIGGER_FAILED...), as
+        ``FlowRun.failures`` lists them for an embedded run; [] when the run was read
+        without its task runs (``get(..., include_task_runs=True)``, ``wait``)."""
+        return [t for t in self.task_runs if t.state.is_failure]
+
+    @property
     def result(self) -> Any:
         """The flow's return value (decoded) once the run succeeded, else None. A
         result too large to come with the run is fetched now (GetFlowRunResult), its

@@ -48,6 +48,13 @@ class Task(Generic[P, R]):
                 f"task {getattr(fn, '__name__', 'task')!r} is an async function: tasks "
                 "are plain functions (run the coroutine inside one: asyncio.run(...))"
             )
+        if inspect.isgeneratorfunction(fn):
+            # Its result would be a generator object: no server can store or send it,
+            # and a reader would find it exhausted.
+            raise FlowDefinitionError(
+                f"task {getattr(fn, '__name__', 'task')!r} is a generator function: a task "
+                "returns its result (return list(...) of what it yields)"
+            )
         self.fn = fn
         self.name: str = options.get("name") or str(getattr(fn, "__name__", "task"))
         check_names(options, TaskOptions, self.name)
@@ -56,6 +63,18 @@ class Task(Generic[P, R]):
         )
         self._apply(parse_options(options, self.name, remote=False))
         self.signature = _signature(fn, self.name)
+        params = list(self.signature.parameters.values())
+        if params and params[0].name == "self" and _defined_in_a_class(fn):
+            raise FlowDefinitionError(
+                f"task {self.name!r}: @task on a method is not supported (self would be one "
+                "of its arguments); make the task from the bound method, task(obj.method), "
+                "or a plain function"
+            )
+        if "wait_for" in self.signature.parameters:
+            raise FlowDefinitionError(
+                f"task {self.name!r}: an argument named 'wait_for' is reserved (it orders "
+                "a task call after others: task(..., wait_for=[...])); rename it"
+            )
         self._argument_order = tuple(self.signature.parameters)  # read once per task call
         params = list(self.signature.parameters.values())
         # Fast argument binding for the common case (plain named parameters); anything
@@ -221,6 +240,17 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     if fn is not None:
         return Task(fn, **options)
     return lambda f: Task(f, **options)
+
+
+def _defined_in_a_class(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is a function written in a class body (its qualified name is
+    ``Class.method``), not a bound method."""
+    qualname = getattr(fn, "__qualname__", "")
+    return (
+        inspect.isfunction(fn)
+        and "." in qualname
+        and not qualname.endswith(">." + getattr(fn, "__name__", ""))
+    )
 
 
 def _signature(fn: Callable[..., Any], name: str) -> inspect.Signature:
