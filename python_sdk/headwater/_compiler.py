@@ -658,9 +658,8 @@ def _file(flow: Flow[..., Any]) -> str:
     return str(inspect.unwrap(flow.fn).__code__.co_filename)
 
 
-def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
-    """The message for a task result that reached code needing its value, naming the
-    line of the flow body the error came through."""
+def _body_line(flow: Flow[..., Any], exc: BaseException) -> str:
+    """``, file:line`` of the flow body's line ``exc`` came through ("" if none)."""
     code = body_code(flow)
     where = ""
     tb = exc.__traceback__
@@ -668,6 +667,13 @@ def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
         if tb.tb_frame.f_code is code:
             where = f", {_show(tb.tb_frame.f_code.co_filename, tb.tb_lineno)}"
         tb = tb.tb_next
+    return where
+
+
+def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
+    """The message for a task result that reached code needing its value, naming the
+    line of the flow body the error came through."""
+    where = _body_line(flow, exc)
     return (
         f"flow {flow.name!r}{where}: a task result was given to code that needs its value "
         f"({type(exc).__name__}: {exc}) while the flow is being built: the task has not "
@@ -683,14 +689,7 @@ def _located(flow: Flow[..., Any], exc: Exception) -> Exception:
     text = str(exc)
     if text.startswith(f"flow {flow.name!r}"):
         return exc
-    code = body_code(flow)
-    where = ""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is code:
-            where = f", {_show(tb.tb_frame.f_code.co_filename, tb.tb_lineno)}"
-        tb = tb.tb_next
-    located = type(exc)(f"flow {flow.name!r}{where}: {text}")
+    located = type(exc)(f"flow {flow.name!r}{_body_line(flow, exc)}: {text}")
     located.__cause__ = exc.__cause__
     return located
 
