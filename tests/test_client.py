@@ -101,6 +101,8 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
             client.task_result(run.id, "shout")
         with pytest.raises(ServerError, match="no task 'nope'"):
             client.task_result(run.id, "nope")
+        with pytest.raises(ServerError, match="no task 'nope'"):  # a prefix: that run's
+            client.task_result(run.id[:8], "nope")
         with pytest.raises(ServerError, match=r"has no task 'nope' \(its tasks: shout\)") as e:
             client.logs(run.id, task_id="nope")
         assert e.value.code == grpc.StatusCode.NOT_FOUND

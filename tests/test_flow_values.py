@@ -578,6 +578,10 @@ def test_text_from_the_command_line_is_converted() -> None:
         "window": Window(1, 2),
         "at": None,
     }
+    # Python's spelling of null, where the annotation takes None (it was refused)
+    assert typed.parse_params({"at": "None"}) == {"at": None}
+    with pytest.raises(ParameterError, match=r"'n' expects int, got 'None'"):
+        typed.parse_params({"n": "None"})
     with pytest.raises(ParameterError, match=r"'n' expects int, got 'abc'"):
         typed.parse_params({"n": "abc"})
     with pytest.raises(ParameterError, match=r"unknown parameter\(s\) 'nope'"):

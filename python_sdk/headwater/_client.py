@@ -74,6 +74,8 @@ ATTEMPT_TIMEOUT = 10.0
 #: a 40,000-task run, or 5,000 failed ones, is over 4 MiB. Results are not in it: large
 #: ones are described and fetched by reference. As large as Temporal's clients take.
 MAX_ANSWER_BYTES = 256 << 20
+#: The length of a whole flow run id (32 hex digits); a shorter one is a prefix.
+RUN_ID_LENGTH = 32
 #: Flow runs asked for per ListFlowRuns call (the most a server returns at once).
 LIST_PAGE = 1000
 _CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
@@ -647,7 +649,10 @@ class Client(OperationsClient):
         return response.result
 
     def task_result(self, run_id: str, task_id: str, map_index: int = -1) -> Any:
-        """A task run's result, decoded (a mapped task's whole list with map_index -1)."""
+        """A task run's result, decoded (a mapped task's whole list with map_index -1);
+        ``run_id`` may be a unique prefix, as for ``get``."""
+        if len(run_id) < RUN_ID_LENGTH:
+            run_id = self.get(run_id).id
         response = self._call(
             lambda c: c.GetTaskRunResult,
             cp.GetTaskRunResultRequest(flow_run_id=run_id, task_id=task_id, map_index=map_index),

@@ -11,6 +11,7 @@ expected type and the value (docs/flows.md).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import typing
@@ -115,7 +116,8 @@ class ParameterTypes:
     def from_text(self, name: str, raw: str) -> Any:
         """A value given as text (``headwater run -p name=raw``), converted to the
         annotation: tried as the text itself (``3`` for int, ``2026-01-02`` for a date,
-        ``red`` for an Enum), then as JSON (``[1, 2]``, ``{"x": 1}``, ``null``).
+        ``red`` for an Enum), then as JSON (``[1, 2]``, ``{"x": 1}``, ``null``; ``None``
+        too, where the annotation takes None).
         Unannotated: JSON when it is valid JSON, else the text."""
         annotation = self.annotations.get(name, Any)
         if annotation in _ANY:
@@ -136,6 +138,9 @@ class ParameterTypes:
             try:
                 return adapter.validate_json(raw)
             except ValidationError as as_json:
+                if raw.strip() == "None":  # Python's spelling of JSON's null
+                    with contextlib.suppress(ValidationError):
+                        return adapter.validate_python(None)
                 looks_json = raw.lstrip()[:1] in ("[", "{", '"')
                 detail = _first_error(as_json if looks_json else as_text)
                 raise self._refuse(name, raw, detail) from None
