@@ -1249,6 +1249,19 @@ def test_tasks_that_cannot_work_are_refused_at_task() -> None:
     assert scaled() == 20
 
 
+def test_mapping_a_subflow_says_what_to_do_instead() -> None:
+    @flow
+    def leaf(x: int) -> int:
+        return double(x)
+
+    @flow
+    def mapped() -> Any:
+        return leaf.map([1, 2])
+
+    with pytest.raises(FlowDefinitionError, match=r"'leaf': a subflow cannot be mapped"):
+        mapped.graph()  # (it was AttributeError: 'Flow' object has no attribute 'map')
+
+
 def test_unknown_trigger_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"'double'.*'sometimes'"):
         task(trigger="sometimes")(double.fn)

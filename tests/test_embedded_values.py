@@ -343,7 +343,7 @@ def test_mapping_over_a_result_that_is_not_a_sequence_fails_the_mapped_task(
     assert run.state is FlowRunState.FAILED
     record = run.task_run("double")
     assert record.state is S.FAILED
-    assert record.failure is not None and "is not a sequence" in record.failure.message
+    assert record.failure is not None and "has no elements to map over" in record.failure.message
 
 
 def test_a_missing_part_of_a_result_fails_the_run(backend: Backend) -> None:

@@ -359,7 +359,7 @@ def test_mapping_over_an_upstream_that_returned_a_non_sequence_fails() -> None:
     d = Driver(flow(task("src"), task("m", inputs={"x": up("src")}, mapped=["x"])))
     d.succeed("src", 42)
     assert d.state("m") is S.FAILED
-    assert "int is not a sequence" in d.failure_message("m")
+    assert "int has no elements to map over" in d.failure_message("m")
 
 
 def test_mapping_over_a_failed_upstream_with_a_permissive_trigger_fails() -> None:
@@ -451,3 +451,33 @@ def test_every_child_is_dispatched_exactly_once() -> None:
     keys = [c.run.key for c in d.log if isinstance(c, RunTask)]
     assert sorted(keys) == sorted([f"a[{i}]" for i in range(4)] + [f"b[{i}]" for i in range(4)])
     assert [d.inputs(f"b[{i}]")["x"] for i in range(4)] == [f"a[{i}]" for i in range(4)]
+
+
+def test_a_dataframe_is_not_mapped_over_and_a_series_by_position() -> None:
+    """Mapping over a DataFrame took its length from the rows and its elements from the
+    columns (KeyError per element); a Series with another index failed the same way."""
+    from headwater_runtime.engine import PYTHON_VALUES
+
+    class Frame:  # the two attributes a pandas DataFrame is told by
+        columns = ("a", "b")
+        iloc = ((1, 2), (3, 4))
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, key: str) -> Any:
+            return {"a": [1, 3], "b": [2, 4]}[key]
+
+    class Series:  # index labels 10, 20; positions 0, 1
+        iloc = ("x", "y")
+
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, label: int) -> str:
+            return {10: "x", 20: "y"}[label]
+
+    assert PYTHON_VALUES.length(Frame()) is None
+    assert PYTHON_VALUES.length(Series()) == 2
+    assert [PYTHON_VALUES.item(Series(), i) for i in range(2)] == ["x", "y"]
+    assert PYTHON_VALUES.item([5, 6], 1) == 6

@@ -439,8 +439,8 @@ def _check_mappable(value: Any, task_name: str, arg: str) -> None:
     if PYTHON_VALUES.length(value) is None:
         raise FlowDefinitionError(
             f"task {task_name!r}, argument {arg!r}: cannot map over a value of type "
-            f"{type(value).__name__} (strings, bytes, dicts, sets, generators and single "
-            "values have no elements to map over); pass a list"
+            f"{type(value).__name__} (strings, bytes, dicts, sets, generators, DataFrames and "
+            "single values have no elements to map over); pass a list"
         )
 
 

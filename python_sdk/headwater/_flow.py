@@ -101,6 +101,15 @@ class Flow(Generic[P, R]):
             self._digest = self._source.digest()
         return self._digest
 
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """Not supported: a subflow cannot be mapped (FlowDefinitionError saying what to
+        do instead)."""
+        raise FlowDefinitionError(
+            f"flow {self.name!r}: a subflow cannot be mapped (.map is for tasks); call it "
+            f"once per element of a list known while the flow is built ([{self.name}(x) "
+            "for x in items]), or map a task that does the child's work"
+        )
+
     def with_options(self, **overrides: Unpack[FlowOptions]) -> Flow[P, R]:
         """A copy of this flow whose calls as a subflow use these options."""
         check_names(overrides, FlowOptions, self.name, kind="flow")

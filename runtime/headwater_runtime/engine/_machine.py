@@ -739,12 +739,14 @@ class FlowRunEngine:
                     maybe = self.values.length(value)
                     if maybe is None:
                         what = (
-                            f"parameter {src.name!r}"
+                            f"parameter {src.name!r} ({self.values.describe(value)})"
                             if isinstance(src, Param)
                             else self.values.describe(value)
                         )
                         raise TypeError(
-                            f"cannot map over argument {arg!r}: {what} is not a sequence"
+                            f"cannot map over argument {arg!r}: {what} has no elements to "
+                            "map over (strings, bytes, dicts, sets, DataFrames and single "
+                            "values have none); pass a list"
                         )
                     n = maybe
                 lengths[arg] = n

@@ -51,13 +51,16 @@ class PythonValues:
         # numpy arrays); sets and generators do not, as they have no stable order.
         if isinstance(value, str | bytes | Mapping):
             return None
+        if hasattr(value, "columns") and hasattr(value, "iloc"):
+            return None  # a DataFrame: its length counts rows, its [i] picks a column
         if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
             return len(value)
         return None
 
     def item(self, value: Any, index: int) -> Any:
-        """``value[index]``."""
-        return value[index]
+        """``value[index]`` (by position for a pandas Series, whose [i] is a label)."""
+        iloc = getattr(value, "iloc", None)
+        return value[index] if iloc is None else iloc[index]
 
     def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
         """``value[path[0]][path[1]]...``."""
