@@ -9,7 +9,6 @@ from headwater.wire import parse_duration
 
 from ._cli_connect import add_tls_args, connect
 from ._cli_remote import EXIT_OK, _json, server_address
-from ._client import Client
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -76,29 +75,18 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 for schedule in listed:
                     print(_line(schedule))
         else:
-            schedule_id = _resolve(client, args.schedule_id)
-            if args.action == "delete":
-                client.delete_schedule(schedule_id)
-                print(f"schedule {schedule_id} deleted")
-            elif args.action == "pause":
-                print(_line(client.pause_schedule(schedule_id)))
-            else:
-                print(_line(client.resume_schedule(schedule_id)))
+            if not args.schedule_id:
+                raise UsageError("give a schedule id (see 'schedules list')")
+            try:  # (the Client takes a unique prefix of the id)
+                if args.action == "delete":
+                    print(f"schedule {client.delete_schedule(args.schedule_id)} deleted")
+                elif args.action == "pause":
+                    print(_line(client.pause_schedule(args.schedule_id)))
+                else:
+                    print(_line(client.resume_schedule(args.schedule_id)))
+            except ValueError as exc:  # an ambiguous prefix
+                raise UsageError(str(exc)) from None
     return EXIT_OK
-
-
-def _resolve(client: Client, given: str) -> str:
-    """The id of the schedule ``given`` names: itself, or a unique prefix of one (as run
-    ids may be shortened). Not found: ``given`` as is, for the server to say so."""
-    if not given:
-        raise UsageError("give a schedule id (see 'schedules list')")
-    ids = [s.id for s in client.list_schedules()]
-    if given in ids:
-        return given
-    matching = [i for i in ids if i.startswith(given)]
-    if len(matching) > 1:
-        raise UsageError(f"schedule id prefix {given!r} is ambiguous: {len(matching)} match")
-    return matching[0] if matching else given
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

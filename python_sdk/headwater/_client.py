@@ -746,16 +746,35 @@ class Client(OperationsClient):
         )
         return [schedule_info(s, self._decode) for s in response.schedules]
 
-    def delete_schedule(self, schedule_id: str) -> None:
-        """Remove a schedule; the runs it already created are kept."""
+    def _schedule_id(self, given: str) -> str:
+        """The whole id of the schedule ``given`` names: itself, or a unique prefix of
+        one (as run ids may be shortened); one that matches none is sent as it is, for
+        the server to say so. ValueError for a prefix several schedules have."""
+        if len(given) >= RUN_ID_LENGTH:  # (schedule ids are as long as run ids)
+            return given
+        ids = [s.id for s in self.list_schedules()]
+        matching = [i for i in ids if i.startswith(given)]
+        if given in ids or not matching:
+            return given
+        if len(matching) > 1:
+            raise ValueError(f"schedule id prefix {given!r} is ambiguous: {len(matching)} match")
+        return matching[0]
+
+    def delete_schedule(self, schedule_id: str) -> str:
+        """Remove a schedule (its id, or a unique prefix); the runs it already created
+        are kept. Returns its whole id."""
+        schedule_id = self._schedule_id(schedule_id)
         self._call(
             lambda c: c.DeleteSchedule,
             cp.DeleteScheduleRequest(id=schedule_id),
             f"delete schedule {schedule_id!r}",
         )
+        return schedule_id
 
     def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
-        """Stop a schedule from creating runs until it is resumed."""
+        """Stop a schedule (its id, or a unique prefix) from creating runs until it is
+        resumed."""
+        schedule_id = self._schedule_id(schedule_id)
         response = self._call(
             lambda c: c.PauseSchedule,
             cp.PauseScheduleRequest(id=schedule_id),
@@ -764,8 +783,9 @@ class Client(OperationsClient):
         return schedule_info(response.schedule, self._decode)
 
     def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
-        """Resume a paused schedule from its next fire time after now (the times missed
-        while paused do not fire)."""
+        """Resume a paused schedule (its id, or a unique prefix) from its next fire time
+        after now (the times missed while paused do not fire)."""
+        schedule_id = self._schedule_id(schedule_id)
         response = self._call(
             lambda c: c.ResumeSchedule,
             cp.ResumeScheduleRequest(id=schedule_id),

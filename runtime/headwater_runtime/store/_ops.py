@@ -18,6 +18,11 @@ from typing import Protocol
 
 #: Tables with a row per flow run, deleted with the run by ``prune`` (every store).
 PER_RUN_TABLES = ("run_attempts", "late_runs")
+#: SQL (both stores) for a payload ``p`` whose bytes are not in the database but in a
+#: payload directory (``--payload-dir``): a prune not given the directory keeps it.
+PAYLOAD_IN_A_DIRECTORY = (
+    "(p.size > 0 AND NOT EXISTS (SELECT 1 FROM payload_chunks c WHERE c.id = p.id))"
+)
 
 
 def whole_families(

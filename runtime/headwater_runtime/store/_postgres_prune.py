@@ -9,7 +9,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ._base import PruneReport
-from ._ops import PER_RUN_TABLES, whole_families
+from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._postgres_schema import TERMINAL
 
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -99,14 +99,11 @@ def prune(
     )
     kept = 0
     if not files:  # bytes in a directory this store cannot delete from: keep the rows
-        in_a_directory = (
-            "(p.size > 0 AND NOT EXISTS (SELECT 1 FROM payload_chunks c WHERE c.id = p.id))"
-        )
         row = conn.execute(
-            f"SELECT count(*) {unreferenced} AND {in_a_directory}", (now - grace,)
+            f"SELECT count(*) {unreferenced} AND {PAYLOAD_IN_A_DIRECTORY}", (now - grace,)
         ).fetchone()
         kept = int(row[0]) if row is not None else 0
-        unreferenced += f" AND NOT {in_a_directory}"
+        unreferenced += f" AND NOT {PAYLOAD_IN_A_DIRECTORY}"
     unused = conn.execute(f"DELETE {unreferenced} RETURNING id, size", (now - grace,)).fetchall()
     ids = [str(i) for i, _ in unused]
     conn.execute("DELETE FROM payload_chunks WHERE id = ANY(%s)", (ids,))

@@ -44,7 +44,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
 )
-from ._ops import PER_RUN_TABLES, whole_families
+from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
@@ -200,7 +200,6 @@ class SQLiteStore(SQLiteOps, AccessTables):
         second is refused, naming the first. ``prune`` and ``tokens`` take no claim:
         they run beside a server."""
         import fcntl
-        import os
 
         lock = open(f"{self.path}.server-lock", "a+")  # noqa: SIM115 (held until close)
         try:
@@ -750,9 +749,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
             )
             if self._blobs is None:  # bytes in a directory this store cannot delete from
                 counts["payloads_kept"] = db.execute(
-                    f"SELECT count(*) {unreferenced} AND {_IN_A_DIRECTORY}", (now - grace,)
+                    f"SELECT count(*) {unreferenced} AND {PAYLOAD_IN_A_DIRECTORY}", (now - grace,)
                 ).fetchone()[0]
-                unreferenced += f" AND NOT {_IN_A_DIRECTORY}"
+                unreferenced += f" AND NOT {PAYLOAD_IN_A_DIRECTORY}"
             unused = db.execute(f"SELECT id, size {unreferenced}", (now - grace,)).fetchall()
             counts["payloads"] = len(unused)
             counts["payload_bytes"] = sum(int(size) for _, size in unused)
@@ -816,10 +815,6 @@ def _report(counts: dict[str, int], *, dry_run: bool = False) -> PruneReport:
         dry_run=dry_run,
         payloads_kept=counts.get("payloads_kept", 0),
     )
-
-
-#: A payload whose bytes are not in the database: a directory's (``--payload-dir``).
-_IN_A_DIRECTORY = "(p.size > 0 AND NOT EXISTS (SELECT 1 FROM payload_chunks c WHERE c.id = p.id))"
 
 
 class _DryRun(Exception):
