@@ -272,11 +272,11 @@ def test_a_commit_statement_names_only_the_tables_its_batch_writes_and_still_fen
         _postgres_batch.parameters(WriteBatch(logs=[log]), 1, 1)
     )
     assert "INSERT INTO logs" in query and "run_events" not in query and "task_runs" not in query
-    assert args[0] == 1 and len(args) == 2 and "$2::json" in query and "$3" not in query
+    assert args[0] == 1 and len(args) == 2 and "$2::jsonb" in query and "$3" not in query
     # A batch with rows for several tables numbers its placeholders in order.
     both = WriteBatch(logs=[log], events=[RunEvent("r1", 1, 1.0, "e", b"")])
     query, args = _postgres_batch.statement(_postgres_batch.parameters(both, 1, 7))
-    assert len(args) == 4 and args[3] == 7 and "$3::json" in query and "$4::int8" in query
+    assert len(args) == 4 and args[3] == 7 and "$3::jsonb" in query and "$4::int8" in query
     old, new = PostgresStore(url), PostgresStore(url)
     lease_old, lease_new = Lease(old, "old", "h:1", 0.05), Lease(new, "new", "h:2", 30)
     assert lease_old.acquire() == 1
