@@ -713,6 +713,20 @@ def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> No
         assert row.value_id in stored and event.value.SerializeToString() not in row.body
 
 
+def test_a_value_added_again_after_a_batch_was_taken_is_written_with_the_next_batch() -> None:
+    """A result is added twice in a row (journal entry, task run row) and serialized
+    once; the next batch still gets its row when the same value comes again after the
+    last batch was taken (a retried commit, a cache hit handing out the same value)."""
+    values, value = Values(), value_of([1, 2])
+    first = values.add(value)
+    assert values.add(value) == first and len(values.rows) == 1
+    assert set(values.take()) == {first}
+    assert values.add(value) == first and set(values.take()) == {first}
+    other = value_of("v")
+    assert values.add(other) != first and values.add(value) == first
+    assert len(values.take()) == 2
+
+
 @pytest.mark.parametrize("seed", ["0f3a9c", ""], ids=["seeded", "older-journal"])
 def test_a_run_start_keeps_its_jitter_seed_through_the_store_encoding(seed: str) -> None:
     entry = JournalEntry(START, 3.0, seed=seed)

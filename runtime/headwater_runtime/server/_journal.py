@@ -72,18 +72,27 @@ class Values:
 
     def __init__(self) -> None:
         self.rows: dict[str, ValueRow] = {}
+        # The last value added and its id: a task's result is added twice in a row,
+        # by its journal entry and by its task run's row (serializing and hashing it
+        # once is enough).
+        self._last: tuple[payload_pb2.Value, str] | None = None
 
     def add(self, value: payload_pb2.Value) -> str:
         """Store ``value`` (once per id per batch); its id."""
+        last = self._last
+        if last is not None and last[0] is value:
+            return last[1]
         data = value.SerializeToString(deterministic=True)
         ident = value_id(data)
         if ident not in self.rows:
             self.rows[ident] = ValueRow(ident, data, tuple(dict.fromkeys(payload_ids(value))))
+        self._last = (value, ident)
         return ident
 
     def take(self) -> dict[str, ValueRow]:
         """The rows gathered since the last take."""
         rows, self.rows = self.rows, {}
+        self._last = None  # (its row is in those rows: the next batch adds it again)
         return rows
 
 
@@ -162,17 +171,19 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
     elif entry.kind == TIMERS:
         msg.timers_fired.SetInParent()
     elif isinstance(event, TaskSucceeded):
-        stored = to_stored(event.value, values)
-        value = stored.value_id
-        msg.attempt_succeeded.CopyFrom(
-            journal_pb2.AttemptSucceeded(
-                key=event.key,
-                attempt=event.attempt,
-                value=stored,
-                cache_key=event.cache_key,
-                cached=event.cached,
-            )
-        )
+        # Set in place (the hot path: one per task): building an AttemptSucceeded and
+        # a StoredValue to copy in cost as much as the rest of the entry.
+        succeeded = msg.attempt_succeeded
+        succeeded.key = event.key
+        succeeded.attempt = event.attempt
+        if isinstance(event.value, payload_pb2.Value):
+            value = succeeded.value.value_id = values.add(event.value)
+        else:
+            stored = to_stored(event.value, values)
+            value = stored.value_id
+            succeeded.value.CopyFrom(stored)
+        succeeded.cache_key = event.cache_key
+        succeeded.cached = event.cached
     elif isinstance(event, TaskStarted):
         msg.attempt_started.CopyFrom(
             journal_pb2.AttemptStarted(key=event.key, attempt=event.attempt)
