@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headwater.server")
 
+#: The most tasks (``GraphSpec.weight``) of a run built on the SQLite writer thread, in
+#: one hop with its storing (~35 µs each here: a few ms during which no commit runs).
+SMALL_RUN = 100
+
 #: Work to do again once a worker that offers the flow connects.
 Retry = Callable[[], Coroutine[Any, Any, None]]
 
@@ -80,14 +84,19 @@ class RunCreation:
         ``build_missing``: a flow that is not registered is built by a worker that
         offers it (NoBuilder when none does) rather than NOT_FOUND."""
         core = self.core
-        if core.store.concurrent_writes and parent is None:
-            # Built and stored by one reader thread (one hop fewer than building there
-            # and storing on the writer thread); when the graph must be built or
-            # looked up first, the general path below does it.
+        # Built and stored by one thread, one hop fewer than building on a reader thread
+        # and storing on the writer thread: a reader thread when the store takes
+        # concurrent writes (PostgreSQL); the writer thread for a small graph this
+        # server holds (SQLite), whose building holds up the commits only briefly. When
+        # the graph must be built or looked up first, the general path below does it.
+        if parent is None and (
+            core.store.concurrent_writes or self._small(flow_name, flow_version)
+        ):
+            on = core.io.read if core.store.concurrent_writes else core.io.write
             with contextlib.suppress(GraphBuildNeeded, NotFound):
                 caller = CALLER.get().name
                 return await self._adopt(
-                    await core.io.read(
+                    await on(
                         self._prepare_and_store,
                         caller,
                         flow_name,
@@ -114,6 +123,10 @@ class RunCreation:
             raise
         return await self._adopt((prepared, row, created))
 
+    def _small(self, flow_name: str, flow_version: str) -> bool:
+        graph = self.core.runs.cached_graph(flow_name, flow_version)
+        return graph is not None and graph.weight() <= SMALL_RUN
+
     def _prepare_and_store(
         self,
         caller: str,
@@ -123,8 +136,9 @@ class RunCreation:
         idempotency_key: str,
         trace_context: Mapping[str, str] | None,
     ) -> tuple[PreparedRun, FlowRunRow, bool]:
-        """On a reader thread (a store with ``concurrent_writes``): build a run and
-        store it; GraphBuildNeeded or NotFound before anything is stored."""
+        """On a reader thread (a store with ``concurrent_writes``) or the writer
+        thread (a small run): build a run and store it; GraphBuildNeeded or NotFound
+        before anything is stored."""
         core = self.core
         prepared = core.runs.prepare_run(
             flow_name, flow_version, parameters, idempotency_key, trace_context

@@ -86,6 +86,10 @@ class FlowGraphs:
                 del graph
                 release_now(tasks)
 
+    def cached_graph(self, name: str, version: str) -> GraphSpec | None:
+        """A flow version's graph if this server has it in memory (no store read)."""
+        return self._graphs.get((name, version)) if version else None
+
     def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
         """A registered flow's version and graph (NotFound when not registered)."""
         if version:
