@@ -340,6 +340,58 @@ def test_while_commits_fail_no_assignment_leaves(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_small_sqlite_run_is_built_and_stored_by_the_writer_thread_in_one_hop(
+    tmp_path: Path,
+) -> None:
+    """A run of a small flow version the server holds is built and stored by one call
+    on the writer thread (two thread hops fewer before its first assignment); without
+    a version the graph is looked up and the run built on a reader thread first."""
+
+    async def main() -> None:
+        async with (
+            served(SQLiteStore(tmp_path / "hw.db")) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = proto_pipeline.compile()
+            registered = await client.RegisterFlow(
+                cp.RegisterFlowRequest(graph=graph), metadata=AUTH
+            )
+            io, calls = running.core.io, []
+            read, write = io.read, io.write
+            creating = {"_prepare_and_store", "prepare_run", "_store_run"}  # (not commits)
+
+            async def on_reader(fn: Any, *args: Any, **kwargs: Any) -> Any:
+                if fn.__name__ in creating:
+                    calls.append(("read", fn.__name__))
+                return await read(fn, *args, **kwargs)
+
+            async def on_writer(fn: Any, *args: Any, **kwargs: Any) -> Any:
+                if fn.__name__ in creating:
+                    calls.append(("write", fn.__name__))
+                return await write(fn, *args, **kwargs)
+
+            io.read, io.write = on_reader, on_writer  # type: ignore[method-assign]
+            request = cp.CreateFlowRunRequest(
+                flow_name="proto_pipeline",
+                flow_version=registered.version,
+                parameters={"n": value_of(2)},
+            )
+            created = await client.CreateFlowRun(request, metadata=AUTH)
+            assert calls == [("write", "_prepare_and_store")]
+            first = await worker.next("assignment")
+            assert first.flow_run_id == created.flow_run.id
+            calls.clear()
+            request.flow_version = ""
+            await client.CreateFlowRun(request, metadata=AUTH)
+            assert calls == [("read", "prepare_run"), ("write", "_store_run")]
+            await worker.close()
+
+    asyncio.run(main())
+
+
 class HeldStore(SQLiteStore):
     """A SQLite store that holds the commit recording the delivery of one task run
     until the test releases it (a store that has fallen behind)."""
