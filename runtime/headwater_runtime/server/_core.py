@@ -439,8 +439,9 @@ class ServerCore(WorkerReports):
     def _deliver(self, release: Release) -> None:
         """Carry out what a stored commit covers."""
         changed_runs = set(release.changed)  # (the loop below takes ids out of it)
-        for effect in release.effects:
-            effect()
+        with self.dispatcher.deferred():  # deliveries stored free slots: one pump
+            for effect in release.effects:
+                effect()
         for send, message in release.acks:
             send(message)
         changed = release.changed

@@ -18,11 +18,12 @@ no new attempts.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,27 @@ class Dispatcher:
         self._warned: set[tuple[str, str, str]] = set()  # (session, task type, digest)
         # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
         self._start_by: list[tuple[float, int, PendingAssignment]] = []
+        # Inside ``deferred()``: pumps wait for its end (one pump for many outcomes).
+        self._deferring = False
+        self._pump_wanted = False
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold the pumps asked for meanwhile until the block ends, then pump once: a
+        worker's batch of outcomes (or a commit's release of many deliveries) frees
+        many slots, and one pump fills them at less cost than one pump per slot
+        (the candidates and queues are looked at once)."""
+        if self._deferring:  # nested: the outer block pumps
+            yield
+            return
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._pump_wanted:
+                self._pump_wanted = False
+                self.pump()
 
     @property
     def paused(self) -> bool:
@@ -517,6 +539,9 @@ class Dispatcher:
         others (a 100,000-element map of one task type would otherwise take every slot
         freed until it is done)."""
         if not self._pending or self._paused:
+            return
+        if self._deferring:
+            self._pump_wanted = True
             return
         turn = list(self._pending)
         while turn:

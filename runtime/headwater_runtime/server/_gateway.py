@@ -114,9 +114,10 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 async for message in request_iterator:
                     kind = message.WhichOneof("message")
                     if kind == "batch":
-                        for inner in message.batch.messages:
-                            if inner.WhichOneof("message") not in _NOT_IN_BATCH:
-                                core.on_worker_message(session, inner)
+                        with core.dispatcher.deferred():  # one pump for the whole batch
+                            for inner in message.batch.messages:
+                                if inner.WhichOneof("message") not in _NOT_IN_BATCH:
+                                    core.on_worker_message(session, inner)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
                         core.on_worker_message(session, message)
             except Exception:
