@@ -107,7 +107,13 @@ class FlowRunRow:
     parent_attempt: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+# The rows a server builds several times per task on its event loop (RunEvent,
+# TaskRunRow, StateRow, ValueRow) are not frozen, only hashable like the others, and
+# never changed once built: a frozen dataclass's ``__init__`` sets each field through
+# ``object.__setattr__`` (2.4 µs for 11 fields against 0.4 µs).
+
+
+@dataclass(slots=True, unsafe_hash=True)  # not frozen (above RunEvent)
 class RunEvent:
     """One journal entry of a flow run: ``body`` is a serialized ``JournalEntry``;
     ``kind`` names its input (for people reading the database); ``value_id`` is the
@@ -121,7 +127,7 @@ class RunEvent:
     value_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen (above RunEvent)
 class TaskRunRow:
     """A task run's current state (projection). ``result_id`` is its stored result's
     value id; ``delivered`` the attempt last delivered to a worker (0: none), which
@@ -140,7 +146,7 @@ class TaskRunRow:
     delivered: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen (above RunEvent)
 class StateRow:
     """One entry of a task run's state history (projection)."""
 
@@ -169,7 +175,7 @@ class LogRow:
     seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen (above RunEvent)
 class ValueRow:
     """A stored value: a serialized ``Value`` message, its id (the SHA-256 of ``data``)
     and the stored payloads it references (kept while the value is)."""
