@@ -1049,14 +1049,19 @@ def execute(store: Store, sql: str) -> None:
             conn.execute(sql)
 
 
-def test_journals_of_an_unknown_engine_version_are_not_replayed(db: str) -> None:
+def _run_of_a_future_engine(db: str) -> tuple[Store, FlowRunRow]:
+    """A store holding one run whose journal engine version 99 wrote."""
     store = open_store(db)
     manager = RunManager(store, FakeDispatch(), Clock())
     manager.register_flow(proto_pipeline.compile())
     row, _ = manager.create_run("proto_pipeline", "", {})
     manager.flush()
-    # A run written by a future engine:
     execute(store, f"UPDATE flow_runs SET engine_version='99' WHERE id='{row.id}'")
+    return store, row
+
+
+def test_journals_of_an_unknown_engine_version_are_not_replayed(db: str) -> None:
+    store, row = _run_of_a_future_engine(db)
     found = RunManager(store, FakeDispatch(), Clock()).recover()
     assert [r for r, _ in found.refused] == [row.id]
     (why,) = [w for _, w in found.refused]
@@ -1068,12 +1073,7 @@ def test_a_run_not_resumed_can_be_cancelled(db: str) -> None:
     """A run whose journal this server cannot replay stayed RUNNING for ever: a cancel
     answered OK and changed nothing (so retention never deleted it either). Now the
     cancel ends it, and its unfinished task runs, CANCELLED, saying why."""
-    store = open_store(db)
-    manager = RunManager(store, FakeDispatch(), Clock())
-    manager.register_flow(proto_pipeline.compile())
-    row, _ = manager.create_run("proto_pipeline", "", {})
-    manager.flush()
-    execute(store, f"UPDATE flow_runs SET engine_version='99' WHERE id='{row.id}'")
+    store, row = _run_of_a_future_engine(db)
 
     async def main() -> None:
         async with (
