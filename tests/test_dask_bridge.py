@@ -116,6 +116,49 @@ def test_results_stay_in_the_cluster_and_feed_the_next_task_as_futures(
     assert "does not hold" in unknown.error.message
 
 
+def scheduler_keys(client: Any) -> set[str]:
+    """The keys whose values the Dask cluster keeps in memory."""
+    keys = client.run_on_scheduler(
+        lambda dask_scheduler: [k for k, t in dask_scheduler.tasks.items() if t.state == "memory"]
+    )
+    return {str(k) for k in keys}
+
+
+def test_released_values_are_dropped_and_dask_frees_them(
+    bridge_for: Callable[..., Bridge], dask_client: Any
+) -> None:
+    @task
+    def rows(n: int) -> list[int]:
+        return list(range(n))
+
+    bridge = bridge_for(rows)
+    bridge.attempts.assign(assignment(rows.task_type, "rel/a", {"n": inline(3)}, split_result=True))
+    first = bridge.outcome("rel/a").result.result
+    bridge.attempts.assign(assignment(rows.task_type, "rel/b", {"n": inline(2)}))
+    second = bridge.outcome("rel/b").result.result
+    assert {first.ref.dask_key, second.ref.dask_key} <= scheduler_keys(dask_client)
+    ids = [first.ref.payload_id, *(i.ref.payload_id for i in first.items), "dask-unknown"]
+    release = worker_pb2.ReleaseValues(payload_ids=ids)
+    assert bridge.attempts.release(release) == 4, "the whole value and its 3 elements"
+    assert first.ref.payload_id not in bridge.attempts.values
+    poll(
+        lambda: first.ref.dask_key not in scheduler_keys(dask_client),
+        what="the scheduler forgetting a released value",
+    )
+    assert second.ref.dask_key in scheduler_keys(dask_client), "not released: still there"
+    # "all" (a server that has no record of these values): a result whose outcome the
+    # server has not acknowledged yet is kept, since it is resent after the Welcome.
+    everything = worker_pb2.ReleaseValues(all=True)
+    assert bridge.attempts.release(everything) == 0
+    bridge.attempts.acked(("rel/b", 1))
+    assert bridge.attempts.release(everything) == 1
+    assert bridge.attempts.values == {}
+    poll(
+        lambda: second.ref.dask_key not in scheduler_keys(dask_client),
+        what="the scheduler forgetting the last value",
+    )
+
+
 def test_a_split_too_wide_for_one_message_fails_before_a_task_per_element(
     bridge_for: Callable[..., Bridge],
 ) -> None:

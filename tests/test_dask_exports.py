@@ -62,7 +62,7 @@ def test_the_owner_gets_its_own_ref_and_others_wait_for_one_export() -> None:
     plain, _ = session("plain")
     result = dask_ref("p1")
     result.items.append(dask_ref("p1-0"))
-    h.exports.record(bridge, result)
+    h.exports.record(bridge, result, "run")
     assert h.exports.prepare(bridge, pending("r/a", dask_ref("p1"))) is True
     first, second = pending("r/b", dask_ref("p1")), pending("r/c", dask_ref("p1"))
     assert h.exports.prepare(plain, first) is False
@@ -85,7 +85,7 @@ def test_an_input_whose_owner_is_gone_fails_the_attempt() -> None:
     h = Harness()
     bridge, _ = session("bridge")
     plain, _ = session("plain")
-    h.exports.record(bridge, dask_ref("p1"))
+    h.exports.record(bridge, dask_ref("p1"), "run")
     waiting = pending("r/b", dask_ref("p1"))
     assert h.exports.prepare(plain, waiting) is False
     h.exports.forget(bridge)  # the bridge disconnected before answering
@@ -104,7 +104,7 @@ def test_a_bridge_that_reconnects_still_serves_its_values() -> None:
     first, _ = session("bridge-1", worker_id="bridge")
     plain, _ = session("plain")
     h.exports.connected(first)
-    h.exports.record(first, dask_ref("p1"))
+    h.exports.record(first, dask_ref("p1"), "run")
     h.exports.forget(first)  # the stream broke
     again, to_again = session("bridge-2", worker_id="bridge")
     h.exports.connected(again)  # the same worker, a new session
@@ -121,7 +121,7 @@ def test_an_export_error_fails_the_waiting_attempts() -> None:
     h = Harness()
     bridge, _ = session("bridge")
     plain, _ = session("plain")
-    h.exports.record(bridge, dask_ref("p1"))
+    h.exports.record(bridge, dask_ref("p1"), "run")
     waiting = pending("r/b", dask_ref("p1"), dask_ref("p1"))
     assert h.exports.prepare(plain, waiting) is False
     error = worker_pb2.ValueExported(payload_id="p1")
@@ -140,7 +140,7 @@ def test_a_result_a_client_reads_is_exported_then_substituted() -> None:
     async def scenario() -> payload_pb2.Value:
         h = Harness()
         bridge, to_bridge = session("bridge")
-        h.exports.record(bridge, dask_ref("p1"))
+        h.exports.record(bridge, dask_ref("p1"), "run")
         wanted = payload_pb2.Value(inline=payload_pb2.Payload(metadata={"encoding": "x"}))
         wanted.items.extend([dask_ref("p1"), dask_ref("gone")])
         reading = asyncio.ensure_future(h.exports.readable(wanted))
@@ -162,7 +162,7 @@ def test_exports_asked_on_a_stream_that_was_replaced_are_asked_again() -> None:
     first, to_first = session("bridge-1", worker_id="bridge")
     plain, _ = session("plain")
     h.exports.connected(first)
-    h.exports.record(first, dask_ref("p1"))
+    h.exports.record(first, dask_ref("p1"), "run")
     waiting = pending("r/b", dask_ref("p1"))
     assert h.exports.prepare(plain, waiting) is False
     assert len(to_first) == 1
@@ -172,3 +172,157 @@ def test_exports_asked_on_a_stream_that_was_replaced_are_asked_again() -> None:
     assert [m.export_value.payload_id for m in to_again] == ["p1"]
     h.exports.on_exported(again, exported("p1"))
     assert [p for _, p in h.sent] == [waiting] and h.failed == []
+
+
+# Releasing (feature "release-values") ------------------------------------------------
+
+
+def releasing(name: str) -> tuple[WorkerSession, list[worker_pb2.ConnectResponse]]:
+    """A bridge session whose Hello lists "release-values"."""
+    s, sent = session(name)
+    s.features = frozenset({"release-values"})
+    return s, sent
+
+
+def released(sent: list[worker_pb2.ConnectResponse]) -> list[list[str] | str]:
+    """The ReleaseValues a session got, in order ("all" for ReleaseValues.all)."""
+    out: list[list[str] | str] = []
+    for msg in sent:
+        if msg.HasField("release_values"):
+            r = msg.release_values
+            out.append("all" if r.all else sorted(r.payload_ids))
+    return out
+
+
+def split_result(base: str, n: int) -> payload_pb2.Value:
+    value = dask_ref(base)
+    value.items.extend(dask_ref(f"{base}-{i}") for i in range(n))
+    return value
+
+
+def test_a_bridge_new_to_the_server_lets_go_of_everything_and_one_back_gets_what_it_missed() -> (
+    None
+):
+    h = Harness()
+    h.exports.release_after = 0.0
+    bridge, sent = releasing("bridge")
+    h.exports.connected(bridge)
+    assert released(sent) == ["all"], "this server has no record of what it held before"
+    h.exports.record(bridge, dask_ref("p1"), "r1")
+    h.exports.forget(bridge)  # the stream broke
+    h.exports.run_ended("r1", None, now=10.0)
+    h.exports.expire(10.0)
+    assert released(sent) == ["all"], "not sent to a session that is gone"
+    again, sent_again = releasing("bridge")
+    h.exports.connected(again)
+    assert released(sent_again) == [["p1"]], "what was released meanwhile, not 'all'"
+    h.exports.forget(again)
+    third, sent_third = releasing("bridge")
+    h.exports.connected(third)
+    assert released(sent_third) == [], "told once"
+
+
+def test_a_runs_values_go_after_the_release_time_and_its_result_when_the_run_is_pruned() -> None:
+    h = Harness()
+    h.exports.release_after = 60.0
+    bridge, sent = releasing("bridge")
+    plain, _ = session("plain")
+    h.exports.connected(bridge)
+    sent.clear()
+    h.exports.record(bridge, split_result("rows", 2), "r1")
+    h.exports.record(bridge, dask_ref("total"), "r1")
+    h.exports.record(bridge, dask_ref("other"), "r2")  # another run, still going
+    h.exports.run_ended("r1", dask_ref("total"), now=100.0)
+    assert h.exports.next_release_at == 160.0
+    h.exports.expire(159.9)
+    assert released(sent) == []
+    assert h.exports.prepare(plain, pending("r1/late", dask_ref("rows"))) is False, "still held"
+    h.exports.expire(160.0)
+    assert released(sent) == [["rows", "rows-0", "rows-1"]]
+    assert not h.exports.available(dask_ref("rows"))
+    assert h.exports.available(dask_ref("total")), "the run's result stays"
+    assert h.exports.available(dask_ref("other"))
+    # A consumer of a released value fails as unavailable rather than waiting.
+    gone = pending("r1/retry", dask_ref("rows-1"))
+    assert h.exports.prepare(plain, gone) is False
+    assert h.failed[-1][0] is gone and h.failed[-1][1].type == "headwater.ValueUnavailable"
+    h.exports.pruned(ended_before=100.0)
+    assert released(sent) == [["rows", "rows-0", "rows-1"]], "ended at 100: not before it"
+    h.exports.pruned(ended_before=100.5)
+    assert released(sent)[-1] == ["total"]
+    assert h.exports.next_release_at is None
+    assert set(h.exports.owners) == {"other"}, "the server forgets released values too"
+
+
+def test_a_retried_run_keeps_its_values_until_it_ends_again() -> None:
+    h = Harness()
+    h.exports.release_after = 5.0
+    bridge, sent = releasing("bridge")
+    h.exports.connected(bridge)
+    sent.clear()
+    h.exports.record(bridge, dask_ref("a"), "r1")
+    h.exports.run_ended("r1", None, now=0.0)  # FAILED
+    h.exports.run_reopened("r1")  # runs retry, within the release time
+    h.exports.expire(100.0)
+    assert released(sent) == [], "the retry still needs them"
+    h.exports.record(bridge, dask_ref("b"), "r1")
+    h.exports.run_ended("r1", None, now=200.0)
+    h.exports.expire(205.0)
+    assert released(sent) == [["a", "b"]]
+
+
+def test_a_value_a_cache_entry_names_stays_until_the_entry_expires() -> None:
+    h = Harness()
+    h.exports.release_after = 0.0
+    bridge, sent = releasing("bridge")
+    h.exports.connected(bridge)
+    sent.clear()
+    h.exports.record(bridge, dask_ref("cached"), "r1")
+    h.exports.record(bridge, dask_ref("plain"), "r1")
+    h.exports.pin("key-1", dask_ref("cached"), expires_at=50.0)
+    h.exports.run_ended("r1", None, now=10.0)
+    h.exports.expire(10.0)
+    assert released(sent) == [["plain"]]
+    assert h.exports.available(dask_ref("cached"))
+    assert h.exports.next_release_at == 50.0
+    h.exports.expire(50.0)
+    assert released(sent)[-1] == ["cached"]
+    assert not h.exports.available(dask_ref("cached")), "a later lookup is a miss"
+    # A pin replaced by another value under the same key lets go of the first value.
+    h.exports.record(bridge, dask_ref("v1"), "r2")
+    h.exports.record(bridge, dask_ref("v2"), "r2")
+    h.exports.pin("key-2", dask_ref("v1"), expires_at=None)
+    h.exports.run_ended("r2", None, now=60.0)
+    h.exports.expire(60.0)
+    assert released(sent)[-1] == ["v2"]
+    h.exports.pin("key-2", dask_ref("v2"), expires_at=None)  # (v2 is gone: nothing kept)
+    assert released(sent)[-1] == ["v1"]
+
+
+def test_a_worker_without_the_feature_is_sent_nothing_but_the_server_forgets() -> None:
+    h = Harness()
+    h.exports.release_after = 0.0
+    bridge, sent = session("old-bridge")  # its Hello does not list release-values
+    h.exports.connected(bridge)
+    h.exports.record(bridge, dask_ref("p1"), "r1")
+    h.exports.run_ended("r1", None, now=0.0)
+    h.exports.expire(0.0)
+    assert released(sent) == []
+    assert h.exports.owners == {}
+
+
+def test_releases_to_a_bridge_that_stays_away_are_bounded() -> None:
+    import headwater_runtime.server._exports as exports_module
+
+    h = Harness()
+    h.exports.release_after = 0.0
+    bridge, _ = releasing("bridge")
+    h.exports.connected(bridge)
+    limit = exports_module.UNSENT_LIMIT
+    h.exports.record(bridge, split_result("big", limit), "r1")
+    h.exports.forget(bridge)
+    h.exports.run_ended("r1", None, now=0.0)
+    h.exports.expire(0.0)
+    back, sent = releasing("bridge")
+    h.exports.connected(back)
+    assert released(sent) == ["all"], "too many to list: it lets go of everything instead"

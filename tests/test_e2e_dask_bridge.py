@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _backends import BOUND, poll
 from test_e2e_server import TOKEN, Proc, cluster, effects, start_server
 
 from headwater import Client
+from headwater._client import ServerError
 from headwater._loader import load_file
 from headwater.wire import FlowRunState
 
@@ -62,6 +64,10 @@ def report(xs: list, gpu: str) -> dict:
 def bridged(n: int = 5) -> dict:
     doubled = double_all(make(n))
     return report(doubled, on_gpu(doubled))
+
+@flow
+def in_cluster(n: int = 5) -> list:
+    return double_all(make(n))
 """
 
 
@@ -129,3 +135,61 @@ def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
     # make's result when the client asked (double_all's export was reused).
     exported = bridge.wait_lines("exported value", 3)  # logged just after it is sent
     assert len(exported) == 3, bridge.lines
+
+
+def scheduler_keys(dask: Any) -> set[str]:
+    """The keys whose values the Dask cluster keeps in memory (a value no client
+    wants stays known to the scheduler without its data while a task that used it
+    is in memory: Dask keeps the lineage)."""
+    keys = dask.run_on_scheduler(
+        lambda dask_scheduler: [k for k, t in dask_scheduler.tasks.items() if t.state == "memory"]
+    )
+    return {str(k) for k in keys}
+
+
+def test_the_server_tells_the_bridge_to_let_go_of_a_runs_values(
+    tmp_path: Path,
+    db: str,
+    cluster: Callable[..., Proc],
+    dask_cluster: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Without releases the bridge kept every result future, so each run's values
+    stayed in the Dask workers' memory as long as the bridge ran. With
+    --dask-release-after 0 a finished run's task results go at once, its result when
+    the run is pruned, and everything when the bridge meets a restarted server."""
+    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
+    server, address = start_server(cluster, db, 0, "--dask-release-after", "0")
+    port = int(address.rsplit(":", 1)[1])
+    bridge = cluster(
+        "worker",
+        *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),
+        *("--label", "dask=yes", "--dask", dask_cluster),
+        worker="bridge",
+    )
+    bridge.wait_line("connected to")
+    module = load_file(str(tmp_path / "bridge_tasks.py"))
+    from distributed import Client as DaskClient
+
+    dask = DaskClient(dask_cluster, timeout=BOUND)
+    request.addfinalizer(dask.close)
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.in_cluster, {"n": 4})  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+
+        def held(task: str) -> bool:
+            return any(k.startswith(f"{task}-{run.id}/") for k in scheduler_keys(dask))
+
+        poll(lambda: not held("make"), what="make's result leaving the cluster's memory")
+        assert held("double_all"), "the run's result stays until the run is pruned"
+        assert client.wait(run.id).result == [0, 2, 4, 6]
+        with pytest.raises(ServerError, match="no longer available") as caught:
+            client.task_result(run.id, "make")
+        assert "--dask-release-after" in str(caught.value)
+    # A restarted server has no record of the values the bridge held: it tells the
+    # bridge to let go of all of them when it comes back.
+    server.kill()
+    start_server(cluster, db, port, "--dask-release-after", "0")
+    bridge.wait_line("reconnected to")
+    poll(lambda: not held("double_all"), what="the result leaving the cluster after a restart")

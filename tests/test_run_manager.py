@@ -818,3 +818,63 @@ def test_a_cached_result_stored_whole_is_no_hit_for_a_run_that_maps_over_it(
     result, states = run("rows_mapped")
     assert (result, states["cached_rows"]) == ([0, 2, 4], TaskRunState.CACHED)
     assert run("rows_whole")[1]["cached_rows"] is TaskRunState.CACHED
+
+
+def test_a_cached_value_held_by_a_dask_bridge_stays_held_and_is_a_miss_once_gone(
+    store: Store,
+) -> None:
+    """A bridge's result that a cache entry names is not released with its run (the
+    entry would serve a value no one holds); once nothing holds it (the bridge went
+    away, or the entry expired and it was released), a lookup is a miss and the task
+    runs again, where a hit failed every consumer with ValueUnavailable."""
+    from headwater_runtime.server._dispatch import WorkerSession
+    from headwater_runtime.server._exports import DaskExports
+
+    clock = Clock()
+    manager = RunManager(store, dispatch := FakeDispatch(), clock)
+    manager.register_flow(rows_whole.compile())
+    exports = DaskExports(send=lambda s, p: None, fail=lambda p, f: None, release_after=0.0)
+    exports.watch(manager)
+    sent: list[worker_pb2.ConnectResponse] = []
+    bridge = WorkerSession("b", "bridge", "bridge", frozenset(), {}, 2, sent.append)
+    bridge.features = frozenset({"release-values"})
+    exports.connected(bridge)
+    refs = iter(f"dask-{i}" for i in range(10))
+
+    def run() -> dict[str, TaskRunState]:
+        row, _ = manager.create_run("rows_whole", "", {})
+        for _ in range(10):
+            manager.flush()
+            if not dispatch.submitted:
+                break
+            a = dispatch.submitted.pop(0).assignment
+            run_id, key = split_task_run_id(a.token.task_run_id)
+            manager.handle(run_id, TaskStarted(key, a.token.attempt))
+            if key == "cached_rows":  # the bridge keeps the rows in its cluster
+                held = payload_pb2.PayloadRef(payload_id=next(refs), location="dask")
+                value = payload_pb2.Value(ref=held)
+                exports.record(bridge, value, run_id)
+            else:
+                value = value_of(3)
+            manager.handle(run_id, TaskSucceeded(key, a.token.attempt, value))
+        manager.flush()
+        assert FlowRunState(store.get_flow_run(row.id).state) is FlowRunState.SUCCESS
+        return {t.key: TaskRunState(t.state) for t in store.task_runs(row.id)}
+
+    def released() -> list[str]:
+        return [
+            i for m in sent if m.HasField("release_values") for i in m.release_values.payload_ids
+        ]
+
+    assert run()["cached_rows"] is TaskRunState.SUCCESS
+    exports.expire(clock.now())
+    assert released() == [], "the cache entry names dask-0: kept"
+    assert run()["cached_rows"] is TaskRunState.CACHED
+    exports.forget(bridge)  # the bridge went away: nobody holds dask-0
+    assert run()["cached_rows"] is TaskRunState.SUCCESS, "a miss: it ran again"
+    exports.connected(bridge)
+    # dask-1 replaced dask-0 in the entry: dask-0 went (told once the bridge is back).
+    assert released() == ["dask-0"]
+    clock.t += 3600  # the entry naming dask-1 expires
+    exports.expire(clock.now())
+    assert released() == ["dask-0", "dask-1"]

@@ -176,6 +176,9 @@ class Worker:
             larger ``--max-message-bytes`` refuses a worker below it (docs/limits.md).
     """
 
+    #: Optional protocol features a kind of worker adds to its Hello.
+    extra_features: tuple[str, ...] = ()
+
     def __init__(
         self,
         server: str,
@@ -351,7 +354,7 @@ class Worker:
                 pid=os.getpid(),
             ),
             running=[fencing(t) for t in self.attempts.held()],
-            features=[BATCH, DRAIN, *self.builder.feature],
+            features=[BATCH, DRAIN, *self.builder.feature, *self.extra_features],
             code_digests=self.code_digests,
             flows=offers(self.flows),
             max_message_bytes=self.max_message_bytes,
@@ -442,6 +445,8 @@ class Worker:
             self._export(response.export_value)
         elif kind == "build_graph":
             self.builder.request(response.build_graph)
+        elif kind == "release_values":
+            self._release(response.release_values)
         elif kind == "heartbeat_ack":
             for token in response.heartbeat_ack.cancel:
                 self.attempts.cancel(key_of(token))
@@ -465,6 +470,9 @@ class Worker:
                     ack.token.attempt,
                     ack.reason or "no reason given",
                 )
+
+    def _release(self, request: worker_pb2.ReleaseValues) -> None:
+        """Only a Dask bridge worker holds values (and lists the feature that asks)."""
 
     def _export(self, request: worker_pb2.ExportValue) -> None:
         """Only a Dask bridge worker holds values outside the control plane."""

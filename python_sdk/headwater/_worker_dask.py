@@ -9,8 +9,11 @@ assignment to this bridge that carries such a ref gets the future itself (Dask m
 the data between its workers). When another worker needs the value, the control plane
 sends ``ExportValue`` and the bridge fetches, encodes and uploads it (``ValueExported``).
 
-Known limit: the bridge keeps every result future until it exits (no release protocol
-yet), so long-lived bridges hold all results in cluster memory.
+It lists the "release-values" feature: the server says which values nothing needs any
+more (``ReleaseValues``, a while after their run ended), and the bridge drops its futures,
+so that Dask frees them. After a Welcome from a server that has no record of its values
+(restarted, or a new leader), it drops all but those of attempts it still runs or
+reports.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import (
     DASK_LOCATION,
     LENGTH_KEY,
+    RELEASE_VALUES,
     EncodingError,
     decode_value,
     failure_to_proto,
@@ -63,6 +67,7 @@ class DaskAttempts(Attempts):
         super().__init__(tasks, slots, worker_name, send)
         self.client = client
         self.values: dict[str, Any] = {}  # payload id -> future, kept alive here
+        self._made_by: dict[str, Token] = {}  # payload id -> the attempt it is a result of
         self._futures: dict[Token, tuple[Any, str]] = {}
 
     # Inputs: refs this bridge holds become futures ------------------------------------
@@ -172,7 +177,7 @@ class DaskAttempts(Attempts):
             why = f"the attempt was interrupted on its Dask worker ({outcome.reason})"
             return failure_report(token, failure("headwater.Interrupted", why, retryable=True))
         try:
-            value = self._ref(future, split=assignment.split_result)
+            value = self._ref(future, token, split=assignment.split_result)
         except Exception as exc:
             detail = str(exc) if isinstance(exc, EncodingError) else repr(exc)
             why = f"cannot split the result of {task.name!r} into elements: {detail}"
@@ -180,7 +185,7 @@ class DaskAttempts(Attempts):
         result = worker_pb2.TaskResult(token=assignment.token, result=value)
         return worker_pb2.ConnectRequest(result=result)
 
-    def _ref(self, future: Any, split: bool) -> payload_pb2.Value:
+    def _ref(self, future: Any, token: Token, split: bool) -> payload_pb2.Value:
         """A Value referring to a future this bridge keeps (elements too when split)."""
         from headwater_runtime.dask import length_of, select
 
@@ -201,14 +206,16 @@ class DaskAttempts(Attempts):
                 metadata[LENGTH_KEY] = str(n)
                 for i in range(n):
                     part = self.client.submit(select, future, (i,), pure=False)
-                    items.append(self._hold(part, {}))
-        value = self._hold(future, metadata)
+                    items.append(self._hold(part, token, {}))
+        value = self._hold(future, token, metadata)
         value.items.extend(items)
         return value
 
-    def _hold(self, future: Any, metadata: dict[str, str]) -> payload_pb2.Value:
+    def _hold(self, future: Any, token: Token, metadata: dict[str, str]) -> payload_pb2.Value:
         payload_id = f"dask-{uuid.uuid4().hex}"
-        self.values[payload_id] = future
+        with self.lock:
+            self.values[payload_id] = future
+            self._made_by[payload_id] = token
         ref = payload_pb2.PayloadRef(
             payload_id=payload_id,
             location=DASK_LOCATION,
@@ -226,6 +233,24 @@ class DaskAttempts(Attempts):
             future, key = entry
             future.cancel()
             interrupt_everywhere(self.client, [key])
+
+    # Releasing ----------------------------------------------------------------------
+
+    def release(self, request: worker_pb2.ReleaseValues) -> int:
+        """Drop the futures of values the server no longer needs (Dask frees a value
+        once no client holds a future of it and no task waits for it); how many."""
+        with self.lock:
+            if request.all:
+                # What the server may still learn of: results of attempts running now
+                # or whose outcome it has not acknowledged (resent after a Welcome).
+                live = set(self.running) | set(self.unacked)
+                gone = [pid for pid, token in self._made_by.items() if token not in live]
+            else:
+                gone = [pid for pid in request.payload_ids if pid in self.values]
+            for payload_id in gone:
+                del self.values[payload_id]
+                del self._made_by[payload_id]
+        return len(gone)
 
     # Exports ------------------------------------------------------------------------
 
@@ -263,6 +288,8 @@ class DaskBridgeWorker(Worker):
         n_workers / threads_per_worker: the LocalCluster's size (``dask="local"``).
         Other arguments as for Worker.
     """
+
+    extra_features = (RELEASE_VALUES,)
 
     def __init__(
         self,
@@ -347,6 +374,12 @@ class DaskBridgeWorker(Worker):
                 log.error("%s; stopping", gone[0])
                 self.stop()
                 return
+
+    def _release(self, request: worker_pb2.ReleaseValues) -> None:
+        attempts = self.attempts
+        assert isinstance(attempts, DaskAttempts)
+        released = attempts.release(request)
+        log.debug("released %d values held in the Dask cluster", released)
 
     def _export(self, request: worker_pb2.ExportValue) -> None:
         attempts = self.attempts

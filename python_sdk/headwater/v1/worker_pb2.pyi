@@ -1107,6 +1107,7 @@ class ConnectResponse(google.protobuf.message.Message):
     CACHE_DECISION_FIELD_NUMBER: builtins.int
     EXPORT_VALUE_FIELD_NUMBER: builtins.int
     BUILD_GRAPH_FIELD_NUMBER: builtins.int
+    RELEASE_VALUES_FIELD_NUMBER: builtins.int
     BATCH_FIELD_NUMBER: builtins.int
     DRAIN_FIELD_NUMBER: builtins.int
     @property
@@ -1144,6 +1145,12 @@ class ConnectResponse(google.protobuf.message.Message):
         """
 
     @property
+    def release_values(self) -> global___ReleaseValues:
+        """Values this worker holds that the server no longer needs (only to workers whose
+        Hello lists the "release-values" feature).
+        """
+
+    @property
     def batch(self) -> global___ConnectResponseBatch:
         """Several messages in one, in order (only to workers whose Hello lists the
         "batch" feature; never nested, never a Welcome).
@@ -1166,12 +1173,13 @@ class ConnectResponse(google.protobuf.message.Message):
         cache_decision: global___CacheDecision | None = ...,
         export_value: global___ExportValue | None = ...,
         build_graph: global___BuildGraph | None = ...,
+        release_values: global___ReleaseValues | None = ...,
         batch: global___ConnectResponseBatch | None = ...,
         drain: global___Drain | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "drain", b"drain", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "drain", b"drain", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "welcome", b"welcome"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "build_graph", "batch", "drain"] | None: ...
+    def HasField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "drain", b"drain", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "release_values", b"release_values", "welcome", b"welcome"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["ack", b"ack", "assignment", b"assignment", "batch", b"batch", "build_graph", b"build_graph", "cache_decision", b"cache_decision", "cancel", b"cancel", "drain", b"drain", "export_value", b"export_value", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "release_values", b"release_values", "welcome", b"welcome"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["welcome", "assignment", "cancel", "heartbeat_ack", "ack", "cache_decision", "export_value", "build_graph", "release_values", "batch", "drain"] | None: ...
 
 global___ConnectResponse = ConnectResponse
 
@@ -1243,6 +1251,37 @@ class ExportValue(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["payload_id", b"payload_id"]) -> None: ...
 
 global___ExportValue = ExportValue
+
+@typing.final
+class ReleaseValues(google.protobuf.message.Message):
+    """ReleaseValues tells a worker holding values outside the control plane (a Dask bridge
+    worker) which of them no run, cache entry or client can ask for any more: it lets go
+    of them. Sent only to workers whose Hello lists the "release-values" feature.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PAYLOAD_IDS_FIELD_NUMBER: builtins.int
+    ALL_FIELD_NUMBER: builtins.int
+    all: builtins.bool
+    """Let go of every value held, except those an attempt that is still running or whose
+    outcome is not acknowledged yet reports (payload_ids is then empty). Sent right
+    after the Welcome of a server that has no record of the worker's values (a
+    restarted server or a new leader: ownership is not stored).
+    """
+    @property
+    def payload_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The payload_ids (of PayloadRefs the worker reported in TaskResults) to let go of."""
+
+    def __init__(
+        self,
+        *,
+        payload_ids: collections.abc.Iterable[builtins.str] | None = ...,
+        all: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["all", b"all", "payload_ids", b"payload_ids"]) -> None: ...
+
+global___ReleaseValues = ReleaseValues
 
 @typing.final
 class BuildGraph(google.protobuf.message.Message):

@@ -94,6 +94,7 @@ from ._protocol import BATCH as BATCH
 from ._protocol import DRAIN as DRAIN
 from ._protocol import GRAPH_BUILDS as GRAPH_BUILDS
 from ._protocol import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._protocol import RELEASE_VALUES as RELEASE_VALUES
 from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature
 from ._protocol import feature_names as feature_names
@@ -105,6 +106,7 @@ from ._servers import leader_hint as leader_hint
 from ._servers import parse_addresses as parse_addresses
 from ._settings import ENV_ADVERTISE as ENV_ADVERTISE
 from ._settings import ENV_CONFIG as ENV_CONFIG
+from ._settings import ENV_DASK_RELEASE_AFTER as ENV_DASK_RELEASE_AFTER
 from ._settings import ENV_DB as ENV_DB
 from ._settings import ENV_HEARTBEAT_INTERVAL as ENV_HEARTBEAT_INTERVAL
 from ._settings import ENV_HEARTBEAT_TIMEOUT as ENV_HEARTBEAT_TIMEOUT

@@ -25,6 +25,8 @@ BATCH = "batch"
 GRAPH_BUILDS = "graph-builds"
 #: ``ConnectResponse.drain``: the server assigns no new attempts (DrainWorker).
 DRAIN = "drain"
+#: ``ConnectResponse.release_values``: values a Dask bridge holds that nothing needs.
+RELEASE_VALUES = "release-values"
 
 #: Every feature a Headwater server lists in ``Welcome.features`` and
 #: ``GetServerInfoResponse.features``, in that order.
@@ -39,6 +41,7 @@ SERVER_FEATURES: tuple[Feature, ...] = (
     Feature(GRAPH_BUILDS, "BuildGraph: a worker offering a flow builds its graph", negotiated=True),
     Feature("subflows", "subflow nodes and flows started by tasks run as child flow runs"),
     Feature(DRAIN, "ConnectResponse.drain: no new attempts; exit once idle if asked", True),
+    Feature(RELEASE_VALUES, "ReleaseValues: let go of held values nothing needs", True),
 )
 
 

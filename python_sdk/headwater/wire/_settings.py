@@ -57,6 +57,8 @@ ENV_LATE_AFTER = "HEADWATER_LATE_AFTER"
 ENV_UI_URL = "HEADWATER_UI_URL"
 #: What the server logs: debug, info, warning or error.
 ENV_LOG_LEVEL = "HEADWATER_LOG_LEVEL"
+#: How long a finished run's values stay held by Dask bridge workers.
+ENV_DASK_RELEASE_AFTER = "HEADWATER_DASK_RELEASE_AFTER"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
@@ -89,6 +91,8 @@ VARIABLES: dict[str, str] = {
     ENV_LATE_AFTER: "when a run that has not started is marked late (default 1m; 0: never)",
     ENV_UI_URL: "the web UI's base URL, for links to runs in webhook bodies",
     ENV_LOG_LEVEL: "what the server logs (stderr): debug, info, warning or error (default info)",
+    ENV_DASK_RELEASE_AFTER: "how long a finished run's values stay held by Dask bridge "
+    "workers, e.g. 10m or 0 (default 5m; its result's: until the run is pruned)",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

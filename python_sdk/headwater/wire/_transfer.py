@@ -16,7 +16,7 @@ import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
 
-from ._codec import EncodedValue
+from ._codec import DASK_LOCATION, EncodedValue
 from ._limits import CHUNK_SIZE
 
 #: Tries of an upload or download the server did not answer (UNAVAILABLE).
@@ -96,6 +96,12 @@ class PayloadTransfer:
     def download(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload; resumes from where it stopped on UNAVAILABLE,
         and checks size and SHA-256."""
+        if ref.location == DASK_LOCATION:  # the server exports those it still can
+            raise PayloadTransferError(
+                f"value {ref.payload_id!r} was held in a Dask cluster and is no longer "
+                "available: the Dask bridge worker that held it is gone, or the server "
+                "released it after its run ended (headwater server --dask-release-after)"
+            )
         if ref.location:
             raise PayloadTransferError(
                 f"payload {ref.payload_id!r} is held in {ref.location!r}, which this process "

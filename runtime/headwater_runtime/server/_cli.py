@@ -108,6 +108,15 @@ def add_server_command(sub: Any) -> None:
         help="delete finished runs (with their journal, logs and values) this long after "
         "they end, e.g. 30d or 12h (or HEADWATER_RETENTION; default: keep forever)",
     )
+    server.add_argument(
+        "--dask-release-after",
+        default=None,
+        metavar="DURATION",
+        help="how long a finished run's values held by Dask bridge workers stay in their "
+        "clusters (clients can read them, a retry reuses them), e.g. 10m or 0 (or "
+        "HEADWATER_DASK_RELEASE_AFTER; default 5m); a run's result stays until the run "
+        "is pruned",
+    )
     limits = server.add_argument_group(
         "limits",
         "the most the server accepts of each size a peer can state; a request over one is "
@@ -240,6 +249,7 @@ def run_server(args: argparse.Namespace) -> int:
                 ("heartbeat_timeout", "--heartbeat-timeout", False),
                 ("late_after", "--late-after", True),
                 ("lease", "--lease", False),
+                ("dask_release_after", "--dask-release-after", True),
             )
         }
         settings = settings_from_env(

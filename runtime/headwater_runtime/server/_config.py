@@ -24,6 +24,7 @@ error naming the file, the key and what it expects.
     payload_dir = "/var/lib/headwater/payloads"  # HEADWATER_PAYLOAD_DIR, --payload-dir
     lease = "10s"               # HEADWATER_LEASE, --lease (with PostgreSQL)
     log_level = "info"          # HEADWATER_LOG_LEVEL, --log-level
+    dask_release_after = "5m"   # HEADWATER_DASK_RELEASE_AFTER, --dask-release-after
 
 The size limits on what peers send (docs/limits.md) come from ``HEADWATER_MAX_*``
 variables and ``--max-*`` flags (``limits_from_env``), not from the file.
@@ -58,6 +59,7 @@ from typing import Any
 from headwater.wire import (
     ENV_ADVERTISE,
     ENV_CONFIG,
+    ENV_DASK_RELEASE_AFTER,
     ENV_DB,
     ENV_HEARTBEAT_INTERVAL,
     ENV_HEARTBEAT_TIMEOUT,
@@ -167,6 +169,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("lease", ENV_LEASE, _seconds),
     ("advertise", ENV_ADVERTISE, _text),
     ("log_level", ENV_LOG_LEVEL, _log_level),
+    ("dask_release_after", ENV_DASK_RELEASE_AFTER, _optional_seconds),
 )
 _SERVER_KEYS = {field: parse for field, _, parse in ENVIRONMENT}
 _DELIVERY_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

@@ -61,7 +61,7 @@ from ._commits import Committer, Release
 from ._convert import task_run_from_record
 from ._creation import RunCreation
 from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, WorkerSession, input_payloads
-from ._exports import DaskExports
+from ._exports import RELEASE_AFTER, DaskExports
 from ._io import StoreIO
 from ._notices import Notices
 from ._reports import WorkerReports
@@ -113,6 +113,9 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     #: Seconds a worker has to build a flow's graph for a run created without the code.
     build_timeout: float = 60.0
+    #: Seconds a finished run's values held by Dask bridge workers stay there (clients
+    #: can read them, a retry reuses them); its result's stay until the run is pruned.
+    dask_release_after: float = RELEASE_AFTER
     #: The web UI and HTTP API (server/http): on unless False; its port, None for the
     #: default: the gRPC port + 1 (50052), or a free port when ``port`` is 0.
     http: bool = True
@@ -169,7 +172,9 @@ class ServerCore(WorkerReports):
         self.settings = settings
         self.clock = clock or SystemClock()
         self.io = io or StoreIO()
-        self.exports = DaskExports(send=self._send_held, fail=self._fail_held)
+        self.exports = DaskExports(
+            send=self._send_held, fail=self._fail_held, release_after=settings.dask_release_after
+        )
         self.dispatcher = Dispatcher(
             on_lost=self._lost,
             before_send=self._before_send,
@@ -181,6 +186,7 @@ class ServerCore(WorkerReports):
         self.dispatcher.waits = self.runs.children.waits
         self.runs.children.waiting.append(self.dispatcher.lend)
         self.runs.listeners.append(self._notify)
+        self.exports.watch(self.runs)  # releases a run's Dask-held values once done
         # While commits fail, no assignment leaves: its delivery could not be recorded,
         # and after a crash an attempt sent without a recorded delivery may run twice.
         self.commits = Committer(
@@ -411,13 +417,16 @@ class ServerCore(WorkerReports):
         on the writer thread; then give the space back to the file system."""
         now = self.clock.now()
         ended_before = None if older_than is None else now - older_than
-        return await self.io.write(
+        report = await self.io.write(
             self.store.prune,
             ended_before,
             now,
             grace=self.settings.payload_grace if grace is None else grace,
             dry_run=dry_run,
         )
+        if ended_before is not None and not dry_run:
+            self.exports.pruned(ended_before)  # Dask bridges let go of their results
+        return report
 
     async def _auto_prune(self) -> None:
         try:
@@ -470,6 +479,7 @@ class ServerCore(WorkerReports):
                 self.schedules.fire_due()
                 self._expire_orphans(now)
                 self._check_heartbeats(now)
+                self.exports.expire(now)
                 self.runs.collector.upkeep()
                 self._ops_due = self.ops.tick(now)
                 if now >= self._next_prune and self._pruning is None:
@@ -487,6 +497,8 @@ class ServerCore(WorkerReports):
             if self.dispatcher.next_start_by is not None:
                 due.append(self.dispatcher.next_start_by)
             due.extend(d for _, d in self._orphans.values())
+            if self.exports.next_release_at is not None:
+                due.append(self.exports.next_release_at)
             if self.schedules.next_fire_at is not None:
                 due.append(self.schedules.next_fire_at)
             due.append(self._next_prune)

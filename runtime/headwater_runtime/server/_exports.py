@@ -10,6 +10,13 @@ is sent. Results a client asks for (``readable``) are exported the same way. If 
 owner is gone (or cannot export), the attempt fails: re-running the upstream task to
 rebuild the value is not implemented.
 
+Releasing (to bridges whose Hello lists "release-values"): a run's values are let go
+of ``release_after`` seconds after the run ends (a retry in that time keeps them),
+except the values in its result, which go when the run is pruned; a value a cache
+entry points at stays until the entry expires. A bridge's first session with this
+server process is told to let go of everything it held before (``ReleaseValues.all``):
+ownership is not stored, so a restarted server or a new leader can never ask for those.
+
 Bookkeeping only: sending and failing go through the callbacks given.
 """
 
@@ -17,17 +24,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater.wire import DASK_LOCATION, FailureInfo
+from headwater.wire import DASK_LOCATION, RELEASE_VALUES, FailureInfo, FlowRunState
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
+from ._values import to_result_value
+
+if TYPE_CHECKING:
+    from headwater_runtime.engine import FlowRunEngine
+    from headwater_runtime.store import FlowRunRow
+
+    from ._runs import RunManager
 
 #: Longest a client's request waits for a bridge to export a result (seconds).
 READ_TIMEOUT = 60.0
+#: Default for how long a finished run's values stay held (``ServerSettings``).
+RELEASE_AFTER = 300.0
+#: Most payload ids in one ReleaseValues message (~40 bytes each).
+RELEASE_CHUNK = 10_000
+#: Most releases kept for a bridge that is away; beyond, it is told to let go of
+#: everything when it comes back (a bridge that never does costs no more than this).
+UNSENT_LIMIT = 100_000
 
 
 def _refs_in_value(value: payload_pb2.Value) -> Iterator[payload_pb2.PayloadRef]:
@@ -47,6 +71,16 @@ def _values_in_input(msg: worker_pb2.InputValue) -> Iterator[payload_pb2.Value]:
     elif kind == "map":
         for entry in msg.map.entries:
             yield from _values_in_input(entry.value)
+
+
+def dask_ids(value: object) -> set[str]:
+    """The payload ids of the Dask refs in a value (none when it is not a Value whose
+    top is a Dask ref: only a bridge's own results hold them)."""
+    if not isinstance(value, payload_pb2.Value) or value.WhichOneof("kind") != "ref":
+        return set()
+    if value.ref.location != DASK_LOCATION:
+        return set()
+    return {ref.payload_id for ref in _refs_in_value(value)}
 
 
 def dask_values(assignment: worker_pb2.Assignment) -> list[payload_pb2.Value]:
@@ -73,16 +107,30 @@ class DaskExports:
     Args:
         send: send an assignment to its session now (it already counts against slots).
         fail: fail a held attempt (the dispatcher must also free its slot).
+        release_after: seconds a finished run's values stay held (see the module
+            docstring).
     """
 
     def __init__(
         self,
         send: Callable[[WorkerSession, PendingAssignment], None],
         fail: Callable[[PendingAssignment, FailureInfo], None],
+        release_after: float = RELEASE_AFTER,
     ) -> None:
         self._send = send
         self._fail = fail
+        self.release_after = release_after
         self.owners: dict[str, str] = {}  # payload id -> worker id of its holder
+        self._run_of: dict[str, str] = {}  # payload id -> the flow run that made it
+        self._of_run: dict[str, set[str]] = {}  # flow run id -> payload ids still held
+        self._kept: dict[str, tuple[set[str], float]] = {}  # ended run -> result ids, end
+        self._due: list[tuple[float, str]] = []  # (release at, flow run id), a heap
+        self._ending: dict[str, float] = {}  # ended run -> when its values go
+        self._pins: dict[str, tuple[set[str], float | None]] = {}  # cache key -> ids, expiry
+        self._pinned: Counter[str] = Counter()  # payload id -> cache entries naming it
+        self._releasing: set[str] = set()  # worker ids whose Hello lists release-values
+        self._known: set[str] = set()  # worker ids that had a session with this server
+        self._unsent: dict[str, list[str]] = {}  # worker id -> releases for its return
         self._live: dict[str, WorkerSession] = {}  # worker id -> its current session
         self.exported: dict[str, payload_pb2.Value] = {}
         self._held: list[_Held] = []
@@ -94,6 +142,7 @@ class DaskExports:
         asked on its previous stream (if that one has not ended yet) are asked again."""
         previous = self._live.get(session.worker_id)
         self._live[session.worker_id] = session
+        self._greet(session)
         if previous is None or previous is session:
             return
         for payload_id in sorted(self._asked):
@@ -106,17 +155,158 @@ class DaskExports:
         worker_id = self.owners.get(payload_id)
         return None if worker_id is None else self._live.get(worker_id)
 
-    def record(self, session: WorkerSession, result: payload_pb2.Value) -> None:
-        """A worker reported a result: remember which Dask refs in it it holds."""
+    def _greet(self, session: WorkerSession) -> None:
+        """After a session's Welcome: a bridge new to this server process lets go of
+        what it held before; one coming back gets the releases made while it was away."""
+        worker_id = session.worker_id
+        if RELEASE_VALUES not in session.features:
+            return
+        self._releasing.add(worker_id)
+        if worker_id not in self._known:
+            self._known.add(worker_id)
+            release = worker_pb2.ReleaseValues(all=True)
+            session.send(worker_pb2.ConnectResponse(release_values=release))
+            return
+        self._tell(session, self._unsent.pop(worker_id, []))
+
+    def record(self, session: WorkerSession, result: payload_pb2.Value, flow_run_id: str) -> None:
+        """A worker reported a result for a task of ``flow_run_id``: remember which
+        Dask refs in it it holds, and for which run."""
         if result.WhichOneof("kind") != "ref" or result.ref.location != DASK_LOCATION:
             # Only a Dask bridge holds Dask values, and what it reports is itself a
             # held ref: nothing to look into (a 100,000-element inline result took
             # ~70 ms of the event loop to walk). A Dask ref inside anything else has
             # no holder, and an attempt that needs it fails as unavailable.
             return
+        self._known.add(session.worker_id)
+        held = self._of_run.setdefault(flow_run_id, set())
         for ref in _refs_in_value(result):
             self.owners[ref.payload_id] = session.worker_id
+            self._run_of[ref.payload_id] = flow_run_id
+            held.add(ref.payload_id)
             self._live.setdefault(session.worker_id, session)
+
+    # Releasing ----------------------------------------------------------------------
+
+    def watch(self, runs: RunManager) -> None:
+        """Follow ``runs``: ended and retried runs, cache writes, cache lookups."""
+        runs.flow_listeners.append(self._flow_changed)
+        runs.cache_written = self.pin
+        runs.value_available = self.available
+
+    def _flow_changed(self, row: FlowRunRow, engine: FlowRunEngine) -> None:
+        if row.id not in self._of_run:
+            return  # the common case: no value of the run is held by a bridge
+        state = FlowRunState(row.state)
+        if not state.is_terminal:
+            self.run_reopened(row.id)
+            return
+        result = None
+        if state is FlowRunState.SUCCESS and engine.result is not None:
+            result = to_result_value(engine.result)
+        self.run_ended(row.id, result, row.ended_at or 0.0)
+
+    def run_ended(self, flow_run_id: str, result: object, now: float) -> None:
+        """A run ended (``result``: its result value, None unless it succeeded): its
+        values go ``release_after`` seconds from ``now``, those in its result when the
+        run is pruned."""
+        if flow_run_id not in self._of_run:
+            return
+        self._kept[flow_run_id] = (dask_ids(result) if result is not None else set(), now)
+        due = now + self.release_after
+        self._ending[flow_run_id] = due
+        heapq.heappush(self._due, (due, flow_run_id))
+
+    def run_reopened(self, flow_run_id: str) -> None:
+        """An ended run was retried: its values stay until it ends again."""
+        self._ending.pop(flow_run_id, None)
+        self._kept.pop(flow_run_id, None)
+
+    @property
+    def next_release_at(self) -> float | None:
+        """When ``expire`` next has something to release (None: nothing is due)."""
+        due = [self._due[0][0]] if self._due else []
+        due += [at for _, at in self._pins.values() if at is not None]
+        return min(due, default=None)
+
+    def expire(self, now: float) -> None:
+        """Release the values of runs whose time is up and of expired cache entries."""
+        while self._due and self._due[0][0] <= now:
+            due, flow_run_id = heapq.heappop(self._due)
+            if self._ending.get(flow_run_id) != due:
+                continue  # retried since (or released already)
+            del self._ending[flow_run_id]
+            kept = self._kept.get(flow_run_id, (set(), now))[0]
+            held = self._of_run.pop(flow_run_id, set())
+            if held & kept:
+                self._of_run[flow_run_id] = held & kept  # released when the run is pruned
+            else:
+                self._kept.pop(flow_run_id, None)
+            self._release(held - kept)
+        for key in [k for k, (_, at) in self._pins.items() if at is not None and at <= now]:
+            self._unpin(key)
+
+    def pruned(self, ended_before: float) -> None:
+        """Runs that ended before ``ended_before`` were deleted: release what they hold."""
+        gone = [run for run, (_, ended) in self._kept.items() if ended < ended_before]
+        for flow_run_id in gone:
+            del self._kept[flow_run_id]
+            self._ending.pop(flow_run_id, None)
+            self._release(self._of_run.pop(flow_run_id, set()))
+
+    def pin(self, cache_key: str, value: object, expires_at: float | None) -> None:
+        """A cache entry now points at ``value``: the Dask values in it stay until the
+        entry expires (or another value replaces it)."""
+        ids = dask_ids(value)
+        if cache_key in self._pins:
+            self._unpin(cache_key)
+        if ids:
+            self._pins[cache_key] = (ids, expires_at)
+            self._pinned.update(ids)
+
+    def _unpin(self, cache_key: str) -> None:
+        ids, _ = self._pins.pop(cache_key)
+        self._pinned.subtract(ids)
+        free = set()
+        for payload_id in ids:
+            if self._pinned[payload_id] <= 0:
+                del self._pinned[payload_id]
+                run = self._run_of.get(payload_id)
+                if run is None or payload_id not in self._of_run.get(run, ()):
+                    free.add(payload_id)  # its run let go of it already
+        self._release(free)
+
+    def available(self, value: object) -> bool:
+        """Whether every Dask value in ``value`` can still be read (a cache entry
+        naming one that is not is a miss)."""
+        return all(pid in self.exported or self._owner(pid) is not None for pid in dask_ids(value))
+
+    def _release(self, payload_ids: Iterable[str]) -> None:
+        by_worker: dict[str, list[str]] = {}
+        for payload_id in payload_ids:
+            if self._pinned.get(payload_id, 0) > 0:
+                continue  # a cache entry still names it (released when it expires)
+            self._run_of.pop(payload_id, None)
+            self.exported.pop(payload_id, None)
+            worker_id = self.owners.pop(payload_id, None)
+            if worker_id is not None and worker_id in self._releasing:
+                by_worker.setdefault(worker_id, []).append(payload_id)
+        for worker_id, ids in by_worker.items():
+            session = self._live.get(worker_id)
+            if session is None:  # told when it comes back (same server process)
+                unsent = self._unsent.setdefault(worker_id, [])
+                unsent.extend(ids)
+                if len(unsent) > UNSENT_LIMIT:
+                    del self._unsent[worker_id]
+                    self._known.discard(worker_id)  # ReleaseValues.all when it is back
+            else:
+                self._tell(session, ids)
+
+    @staticmethod
+    def _tell(session: WorkerSession, payload_ids: list[str]) -> None:
+        for i in range(0, len(payload_ids), RELEASE_CHUNK):
+            release = worker_pb2.ReleaseValues(payload_ids=payload_ids[i : i + RELEASE_CHUNK])
+            session.send(worker_pb2.ConnectResponse(release_values=release))
 
     def prepare(self, session: WorkerSession, pending: PendingAssignment) -> bool:
         """Before ``pending`` goes to ``session``: True to send it now; False when it is

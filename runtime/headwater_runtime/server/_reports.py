@@ -153,7 +153,7 @@ class WorkerReports:
         if kind == "started":
             event = TaskStarted(run_key, token.attempt)
         elif kind == "result":
-            self.exports.record(session, msg.result.result)
+            self.exports.record(session, msg.result.result, flow_run_id)
             width = len(msg.result.result.items)
             decide = functools.partial(self._result_event, token, flow_run_id, run_key, msg.result)
             if width >= self.runs.collector.large and self.wide.expand(

@@ -8,7 +8,7 @@ are read from the store and checked for expiry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from headwater.v1 import payload_pb2
@@ -38,6 +38,9 @@ class RunCacheLookups:
     store: Store
     clock: Clock
     runs: Mapping[str, ActiveRun]
+    #: Whether the values a stored result holds outside the control plane can still
+    #: be read (held by a Dask bridge): an entry whose value cannot is a miss.
+    value_available: Callable[[object], bool] | None
 
     def handle(self, flow_run_id: str, event: Event) -> list[EventIgnored]:
         """(RunManager.handle.)"""
@@ -69,6 +72,8 @@ class RunCacheLookups:
         if data is None:
             return None
         value = payload_pb2.Value.FromString(data)
+        if self.value_available is not None and not self.value_available(value):
+            return None  # held by a Dask bridge that let go of it, or is gone
         if split is not None:  # can that part of it be mapped over?
             part = SERVER_VALUES.select(value, split) if split else value
             if SERVER_VALUES.length(part) is None:

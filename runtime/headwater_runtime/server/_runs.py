@@ -221,6 +221,10 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         #: Called with how many task runs ended in each terminal state where the
         #: per-task ``listeners`` were not told (a run started or cancelled off the loop).
         self.ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]] = []
+        #: Called with (cache key, value, expiry) when a task's result is written to
+        #: the cache (the server core keeps a Dask bridge's value held meanwhile).
+        self.cache_written: Callable[[str, object, float | None], None] | None = None
+        self.value_available: Callable[[object], bool] | None = None  # (RunCacheLookups)
         # Runs being cancelled on a reader thread (cancel_aside), with the calls for
         # them that came meanwhile, in order: carried out once they rejoin.
         self._aside: dict[str, list[Callable[[], object]]] = {}
@@ -749,6 +753,14 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
                     sink.batch.cache.append(
                         CacheRow(command.cache_key, value_id, command.expires_at)
                     )
+                    if self.cache_written is not None:
+                        written = functools.partial(
+                            self.cache_written, command.cache_key, command.value, command.expires_at
+                        )
+                        if active.sink is None:
+                            written()
+                        else:  # off the loop (a run set aside): on it, with the effects
+                            sink.effects.append(written)
             elif isinstance(command, FlowFinished):
                 ready = cancels = None  # what follows comes after the run's end
                 self._finish(active, command.state)
