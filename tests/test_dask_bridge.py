@@ -151,6 +151,11 @@ def test_released_values_are_dropped_and_dask_frees_them(
     everything = worker_pb2.ReleaseValues(all=True)
     assert bridge.attempts.release(everything) == 0
     bridge.attempts.acked(("rel/b", 1))
+    # A keep list (the values a restarted server's resumed runs still need) is
+    # honoured by the next "all", and only by it.
+    keep = worker_pb2.ReleaseValues(keep=[second.ref.payload_id])
+    assert bridge.attempts.release(keep) == 0
+    assert bridge.attempts.release(everything) == 0
     assert bridge.attempts.release(everything) == 1
     assert bridge.attempts.values == {}
     poll(

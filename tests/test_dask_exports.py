@@ -326,3 +326,69 @@ def test_releases_to_a_bridge_that_stays_away_are_bounded() -> None:
     back, sent = releasing("bridge")
     h.exports.connected(back)
     assert released(sent) == ["all"], "too many to list: it lets go of everything instead"
+
+
+def test_a_restarted_server_knows_who_holds_the_values_of_the_runs_it_resumes() -> None:
+    """Each Dask ref is stored with its holder; a restarted server rebuilds ownership
+    from the runs it resumes, waits for the holder to reconnect (rather than failing
+    their consumers at once), and tells the bridge to keep exactly those values."""
+    before = Harness()
+    bridge, _ = releasing("bridge")
+    result = split_result("rows", 2)
+    before.exports.record(bridge, result, "r1")
+    assert {
+        r.metadata["headwater.holder"] for r in [result.ref, *(i.ref for i in result.items)]
+    } == {"bridge"}, "the holder is written into the refs the server stores"
+    # The server restarts: a new DaskExports resumes r1 from its stored results.
+    h = Harness()
+    h.exports.recovering = True
+    h.exports.await_holders_until = 20.0
+    h.exports.recover("r1", [result, INLINE, None])
+    h.exports.recover("r2", [INLINE])  # a run without Dask values
+    plain, _ = session("plain")
+    consumer = pending("r1/use", dask_ref("rows-1"))
+    assert h.exports.prepare(plain, consumer) is False, "waits for the holder"
+    assert h.failed == []
+    back, sent = releasing("bridge")
+    h.exports.connected(back)
+    assert [m.export_value.payload_id for m in sent if m.HasField("export_value")] == ["rows-1"]
+    assert released(sent) == [], "told what to keep once every run is resumed"
+    h.exports.recovered()
+    ((keep,),) = [[m.release_values] for m in sent if m.HasField("release_values")]
+    assert keep.all and sorted(keep.keep) == ["rows", "rows-0", "rows-1"]
+    h.exports.on_exported(back, exported("rows-1"))
+    assert [p for _, p in h.sent] == [consumer]
+    # A holder that never comes back: its consumers fail once the window closes.
+    h.exports.recover("r3", [dask_ref_held("gone", "other-bridge")])
+    stuck = pending("r3/use", dask_ref("gone"))
+    assert h.exports.prepare(plain, stuck) is False
+    h.exports.expire(19.0)
+    assert h.failed == []
+    h.exports.expire(20.0)
+    assert h.failed[-1][0] is stuck and "did not reconnect" in h.failed[-1][1].message
+    late = pending("r3/late", dask_ref("gone"))
+    assert h.exports.prepare(plain, late) is False and h.failed[-1][0] is late
+
+
+def dask_ref_held(payload_id: str, holder: str) -> payload_pb2.Value:
+    value = dask_ref(payload_id)
+    value.ref.metadata["headwater.holder"] = holder
+    return value
+
+
+def test_a_long_keep_list_comes_in_several_messages_the_last_with_all(
+    monkeypatch: Any,
+) -> None:
+    import headwater_runtime.server._exports as exports_module
+
+    monkeypatch.setattr(exports_module, "RELEASE_CHUNK", 2)
+    h = Harness()
+    h.exports.recover("r1", [dask_ref_held(f"v{i}", "bridge") for i in range(5)])
+    bridge, sent = releasing("bridge")
+    h.exports.connected(bridge)
+    messages = [m.release_values for m in sent if m.HasField("release_values")]
+    assert [(m.all, list(m.keep)) for m in messages] == [
+        (False, ["v0", "v1"]),
+        (False, ["v2", "v3"]),
+        (True, ["v4"]),
+    ]

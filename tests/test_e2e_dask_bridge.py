@@ -68,6 +68,26 @@ def bridged(n: int = 5) -> dict:
 @flow
 def in_cluster(n: int = 5) -> list:
     return double_all(make(n))
+
+GATE = Path(os.environ["HW_TEST_DIR"]) / "gate"
+
+@task(labels=ON_DASK)
+def held_up(xs: list) -> int:
+    import time
+    effect("held_up")
+    while not GATE.exists():  # until the test opens it
+        time.sleep(0.05)
+    return len(xs)
+
+@task(labels={"plain": "yes"})
+def summary(xs: list, n: int) -> str:
+    effect("summary")
+    return f"{sum(xs)}/{n}"
+
+@flow
+def across_restart(n: int = 4) -> str:
+    rows = make(n)
+    return summary(rows, held_up(rows))
 """
 
 
@@ -193,3 +213,47 @@ def test_the_server_tells_the_bridge_to_let_go_of_a_runs_values(
     start_server(cluster, db, port, "--dask-release-after", "0")
     bridge.wait_line("reconnected to")
     poll(lambda: not held("double_all"), what="the result leaving the cluster after a restart")
+
+
+def test_a_run_passing_bridge_values_survives_a_server_restart(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc], dask_cluster: str
+) -> None:
+    """The server is SIGKILLed while a run has a value in the Dask cluster that a task
+    on another worker still needs. Each Dask ref is stored with its holder, so the
+    restarted server knows who holds it, waits for the bridge to reconnect and has it
+    exported: the run completes, and nothing runs twice. Before, ownership was in the
+    server's memory only, and the consumer failed with headwater.ValueUnavailable."""
+    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
+    server, address = start_server(cluster, db)
+    port = int(address.rsplit(":", 1)[1])
+    bridge = cluster(
+        "worker",
+        *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),
+        *("--label", "dask=yes", "--dask", dask_cluster),
+        worker="bridge",
+    )
+    bridge.wait_line("connected to")
+    plain = cluster(
+        "worker",
+        *("--server", address, "--module", "bridge_tasks", "--name", "plain"),
+        *("--label", "plain=yes"),
+        worker="plain",
+    )
+    plain.wait_line("connected to")
+    module = load_file(str(tmp_path / "bridge_tasks.py"))
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.across_restart, {"n": 4})  # type: ignore[attr-defined]
+    poll(lambda: ("held_up", "bridge") in effects(tmp_path), what="held_up to start")
+    server.kill()
+    start_server(cluster, db, port)
+    bridge.wait_line("reconnected to")
+    (tmp_path / "gate").write_text("open")
+    with Client(address, token=TOKEN) as client:
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == "6/4"
+    assert sorted(effects(tmp_path)) == [
+        ("held_up", "bridge"),
+        ("make", "bridge"),
+        ("summary", "plain"),
+    ]

@@ -11,9 +11,9 @@ sends ``ExportValue`` and the bridge fetches, encodes and uploads it (``ValueExp
 
 It lists the "release-values" feature: the server says which values nothing needs any
 more (``ReleaseValues``, a while after their run ended), and the bridge drops its futures,
-so that Dask frees them. After a Welcome from a server that has no record of its values
-(restarted, or a new leader), it drops all but those of attempts it still runs or
-reports.
+so that Dask frees them. After its first Welcome from a server process (restarted, or
+a new leader), it drops all but those the server's resumed runs still need (``keep``)
+and those of attempts it still runs or reports.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class DaskAttempts(Attempts):
         self.client = client
         self.values: dict[str, Any] = {}  # payload id -> future, kept alive here
         self._made_by: dict[str, Token] = {}  # payload id -> the attempt it is a result of
+        self._keep: set[str] = set()  # ReleaseValues.keep until the one with all set
         self._futures: dict[Token, tuple[Any, str]] = {}
 
     # Inputs: refs this bridge holds become futures ------------------------------------
@@ -240,11 +241,20 @@ class DaskAttempts(Attempts):
         """Drop the futures of values the server no longer needs (Dask frees a value
         once no client holds a future of it and no task waits for it); how many."""
         with self.lock:
+            if request.keep and not request.all:  # more of a long keep list follows
+                self._keep.update(request.keep)
+                return 0
             if request.all:
-                # What the server may still learn of: results of attempts running now
-                # or whose outcome it has not acknowledged (resent after a Welcome).
+                # Keep what the server names, and what it may still learn of: results
+                # of attempts running now or whose outcome it has not acknowledged
+                # (resent after a Welcome).
+                keep, self._keep = self._keep | set(request.keep), set()
                 live = set(self.running) | set(self.unacked)
-                gone = [pid for pid, token in self._made_by.items() if token not in live]
+                gone = [
+                    pid
+                    for pid, token in self._made_by.items()
+                    if pid not in keep and token not in live
+                ]
             else:
                 gone = [pid for pid in request.payload_ids if pid in self.values]
             for payload_id in gone:

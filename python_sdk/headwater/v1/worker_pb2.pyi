@@ -1263,23 +1263,32 @@ class ReleaseValues(google.protobuf.message.Message):
 
     PAYLOAD_IDS_FIELD_NUMBER: builtins.int
     ALL_FIELD_NUMBER: builtins.int
+    KEEP_FIELD_NUMBER: builtins.int
     all: builtins.bool
-    """Let go of every value held, except those an attempt that is still running or whose
-    outcome is not acknowledged yet reports (payload_ids is then empty). Sent right
-    after the Welcome of a server that has no record of the worker's values (a
-    restarted server or a new leader: ownership is not stored).
+    """Let go of every value held (payload_ids is then empty), except those named in keep
+    and those an attempt that is still running, or whose outcome is not acknowledged
+    yet, reports. Sent after the Welcome of a worker's first session with a server
+    process (a restarted server or a new leader), once it has resumed its runs: keep
+    then names what those runs still need.
     """
     @property
     def payload_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """The payload_ids (of PayloadRefs the worker reported in TaskResults) to let go of."""
+
+    @property
+    def keep(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """Values to keep through the next ReleaseValues with all set. A list too long for one
+        message comes in several: ReleaseValues{keep} without all, then the last with all.
+        """
 
     def __init__(
         self,
         *,
         payload_ids: collections.abc.Iterable[builtins.str] | None = ...,
         all: builtins.bool = ...,
+        keep: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["all", b"all", "payload_ids", b"payload_ids"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["all", b"all", "keep", b"keep", "payload_ids", b"payload_ids"]) -> None: ...
 
 global___ReleaseValues = ReleaseValues
 

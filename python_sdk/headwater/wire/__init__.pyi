@@ -8,6 +8,7 @@ from ._batching import gather as gather
 from ._codec import DASK_LOCATION as DASK_LOCATION
 from ._codec import DICT as DICT
 from ._codec import ENCODING_KEY as ENCODING_KEY
+from ._codec import HOLDER_KEY as HOLDER_KEY
 from ._codec import JSON as JSON
 from ._codec import LENGTH_KEY as LENGTH_KEY
 from ._codec import LIST as LIST

@@ -32,6 +32,9 @@ LIST, TUPLE, DICT, SELECT = (
 STRUCTURAL = (LIST, TUPLE, DICT, SELECT)
 #: Metadata key on a result split into elements: how many (read by the control plane).
 LENGTH_KEY = "headwater.length"
+#: PayloadRef metadata a server adds to a Dask ref: the ``worker_id`` of the bridge that
+#: reported it (a restarted server knows who holds the values of the runs it resumes).
+HOLDER_KEY = "headwater.holder"
 #: Metadata key on a result whose part at a path was split: the path as JSON.
 SPLIT_PATH_KEY = "headwater.split_path"
 #: ``PayloadRef.location`` of a value held in a Dask bridge worker's cluster.

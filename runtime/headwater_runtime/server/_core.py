@@ -255,6 +255,9 @@ class ServerCore(WorkerReports):
         # Limited attempts wait until every run's held attempts have their leases back.
         self.dispatcher.limits.resuming = bool(rows)
         loop = asyncio.get_running_loop()
+        self.exports.recovering = True  # until _resume is done
+        if rows:  # inputs held by bridges wait for them as held attempts do
+            self.exports.await_holders_until = self.clock.now() + self.settings.heartbeat_timeout
         self._background = loop.create_task(self._loop())
         self._resuming = loop.create_task(self._resume(rows, Recovery(refused=refused), began))
 
@@ -287,6 +290,8 @@ class ServerCore(WorkerReports):
                         self._orphans[token] = (flow_run_id, deadline)
                 self.ops.resumed(resumed, still_held)  # before its attempts are sent again
                 self.runs.resume(resumed)
+                engine = resumed.active.engine
+                self.exports.recover(row.id, (run.result for run in engine.runs.values()))
                 self._replays.pop(row.id).set()
                 found.held.extend(resumed.held)
                 found.resent.extend(resumed.resent)
@@ -301,6 +306,7 @@ class ServerCore(WorkerReports):
             for waiting in self._replays.values():
                 waiting.set()
             self._replays.clear()
+            self.exports.recovered()
             self.recovered.set()
 
     async def stop(self) -> None:

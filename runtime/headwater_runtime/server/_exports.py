@@ -13,9 +13,15 @@ rebuild the value is not implemented.
 Releasing (to bridges whose Hello lists "release-values"): a run's values are let go
 of ``release_after`` seconds after the run ends (a retry in that time keeps them),
 except the values in its result, which go when the run is pruned; a value a cache
-entry points at stays until the entry expires. A bridge's first session with this
-server process is told to let go of everything it held before (``ReleaseValues.all``):
-ownership is not stored, so a restarted server or a new leader can never ask for those.
+entry points at stays until the entry expires.
+
+Across a restart (or a change of leader): each Dask ref a bridge reports is stored with
+its holder (``headwater.holder``, the bridge's worker id, added here), so the runs a
+restarted server resumes know who holds their values (``recover``), and use them once
+the bridge (the same process) reconnects. A bridge's first session with a server
+process is told, once the runs are resumed, to let go of everything else it held
+(``ReleaseValues.all`` with ``keep``): values of finished runs, results included, which
+this server has no record of.
 
 Bookkeeping only: sending and failing go through the callbacks given.
 """
@@ -31,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater.wire import DASK_LOCATION, RELEASE_VALUES, FailureInfo, FlowRunState
+from headwater.wire import DASK_LOCATION, HOLDER_KEY, RELEASE_VALUES, FailureInfo, FlowRunState
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
@@ -131,6 +137,14 @@ class DaskExports:
         self._releasing: set[str] = set()  # worker ids whose Hello lists release-values
         self._known: set[str] = set()  # worker ids that had a session with this server
         self._unsent: dict[str, list[str]] = {}  # worker id -> releases for its return
+        #: While the server resumes its runs: bridges new to it wait to be told what to
+        #: keep until every run's values are known (``recovered``).
+        self.recovering = False
+        self._greet_later: list[WorkerSession] = []
+        #: Until then (a restarted server: its heartbeat timeout), an input whose
+        #: holder has not reconnected yet waits for it instead of failing.
+        self.await_holders_until: float | None = None
+        self._ask_later: dict[str, set[str]] = {}  # away worker id -> exports to ask
         self._live: dict[str, WorkerSession] = {}  # worker id -> its current session
         self.exported: dict[str, payload_pb2.Value] = {}
         self._held: list[_Held] = []
@@ -143,6 +157,9 @@ class DaskExports:
         previous = self._live.get(session.worker_id)
         self._live[session.worker_id] = session
         self._greet(session)
+        for payload_id in sorted(self._ask_later.pop(session.worker_id, ())):
+            request = worker_pb2.ExportValue(payload_id=payload_id)  # waited for it
+            session.send(worker_pb2.ConnectResponse(export_value=request))
         if previous is None or previous is session:
             return
         for payload_id in sorted(self._asked):
@@ -162,12 +179,43 @@ class DaskExports:
         if RELEASE_VALUES not in session.features:
             return
         self._releasing.add(worker_id)
-        if worker_id not in self._known:
+        if worker_id in self._known:
+            self._tell(session, self._unsent.pop(worker_id, []))
+        elif self.recovering:
+            self._greet_later.append(session)
+        else:
             self._known.add(worker_id)
-            release = worker_pb2.ReleaseValues(all=True)
-            session.send(worker_pb2.ConnectResponse(release_values=release))
-            return
-        self._tell(session, self._unsent.pop(worker_id, []))
+            keep = sorted(pid for pid, holder in self.owners.items() if holder == worker_id)
+            chunks = [keep[i : i + RELEASE_CHUNK] for i in range(0, len(keep), RELEASE_CHUNK)]
+            for i, chunk in enumerate(chunks or [[]]):
+                last = i == max(len(chunks) - 1, 0)
+                release = worker_pb2.ReleaseValues(all=last, keep=chunk)
+                session.send(worker_pb2.ConnectResponse(release_values=release))
+
+    def recover(self, flow_run_id: str, values: Iterable[object]) -> None:
+        """A resumed run's task results: the Dask values among them (each stored with
+        its holder) are held for it again, by the same bridges."""
+        held = self._of_run.setdefault(flow_run_id, set())
+        for value in values:
+            if not dask_ids(value):
+                continue
+            assert isinstance(value, payload_pb2.Value)
+            for ref in _refs_in_value(value):
+                holder = ref.metadata.get(HOLDER_KEY)
+                if holder:
+                    self.owners[ref.payload_id] = holder
+                    self._run_of[ref.payload_id] = flow_run_id
+                    held.add(ref.payload_id)
+        if not held:
+            del self._of_run[flow_run_id]
+
+    def recovered(self) -> None:
+        """Every run is resumed: bridges that came meanwhile are told what to keep."""
+        self.recovering = False
+        waiting, self._greet_later = self._greet_later, []
+        for session in waiting:
+            if self._live.get(session.worker_id) is session:  # (still connected)
+                self._greet(session)
 
     def record(self, session: WorkerSession, result: payload_pb2.Value, flow_run_id: str) -> None:
         """A worker reported a result for a task of ``flow_run_id``: remember which
@@ -181,6 +229,7 @@ class DaskExports:
         self._known.add(session.worker_id)
         held = self._of_run.setdefault(flow_run_id, set())
         for ref in _refs_in_value(result):
+            ref.metadata[HOLDER_KEY] = session.worker_id  # stored with the result
             self.owners[ref.payload_id] = session.worker_id
             self._run_of[ref.payload_id] = flow_run_id
             held.add(ref.payload_id)
@@ -227,10 +276,20 @@ class DaskExports:
         """When ``expire`` next has something to release (None: nothing is due)."""
         due = [self._due[0][0]] if self._due else []
         due += [at for _, at in self._pins.values() if at is not None]
+        if self.await_holders_until is not None:
+            due.append(self.await_holders_until)
         return min(due, default=None)
 
     def expire(self, now: float) -> None:
-        """Release the values of runs whose time is up and of expired cache entries."""
+        """Release the values of runs whose time is up and of expired cache entries;
+        fail what waits for holders that did not come back to a restarted server."""
+        if self.await_holders_until is not None and self.await_holders_until <= now:
+            self.await_holders_until = None
+            away, self._ask_later = self._ask_later, {}
+            for payload_ids in away.values():
+                self._asked -= payload_ids
+                why = "the Dask bridge worker holding it did not reconnect after a restart"
+                self._fail_waiting(payload_ids, why)
         while self._due and self._due[0][0] <= now:
             due, flow_run_id = heapq.heappop(self._due)
             if self._ending.get(flow_run_id) != due:
@@ -329,16 +388,21 @@ class DaskExports:
             self._asked.add(payload_id)
             request = worker_pb2.ExportValue(payload_id=payload_id)
             owner = self._owner(payload_id)
-            assert owner is not None  # checked by _lost_input
-            owner.send(worker_pb2.ConnectResponse(export_value=request))
+            if owner is None:  # a restarted server: asked once its holder is back
+                self._ask_later.setdefault(self.owners[payload_id], set()).add(payload_id)
+            else:
+                owner.send(worker_pb2.ConnectResponse(export_value=request))
         self._held.append(_Held(session, pending, waiting))
         return False
 
     def _lost_input(self, values: list[payload_pb2.Value]) -> str | None:
+        awaiting = self.await_holders_until is not None
         for value in values:
             for ref in _refs_in_value(value):
                 pid = ref.payload_id
                 if pid not in self.exported and self._owner(pid) is None:
+                    if awaiting and pid in self.owners:
+                        continue  # its holder may still reconnect to this restarted server
                     return pid
         return None
 
