@@ -187,6 +187,50 @@ def test_a_split_too_wide_for_one_message_fails_before_a_task_per_element(
     assert len(bridge.attempts.values) == 0, "no element was selected in the cluster"
 
 
+def test_an_unserialisable_result_fails_the_attempt_rather_than_succeeding(
+    bridge_for: Callable[..., Bridge],
+) -> None:
+    """A generator result stayed in the cluster and the run succeeded with a result no
+    one could read; a plain worker fails the attempt when it encodes it."""
+
+    @task
+    def lazy(n: int) -> Any:
+        return (i for i in range(n))
+
+    bridge = bridge_for(lazy)
+    bridge.attempts.assign(assignment(lazy.task_type, "r/lazy", {"n": inline(3)}))
+    failure = bridge.outcome("r/lazy").failure.failure
+    assert (failure.type, failure.retryable) == ("headwater.EncodingError", False)
+    assert "cannot be serialised: a generator" in failure.message
+    assert bridge.attempts.values == {}
+
+
+def test_an_attempt_the_cluster_dropped_is_given_back_not_failed(
+    bridge_for: Callable[..., Bridge], dask_client: Any, tmp_path: Path
+) -> None:
+    """A Dask future the cluster cancelled (its scheduler went away) is no failure of
+    the task: the attempt is given back (TaskCancelled unasked), dispatched again
+    without using up a retry. It was reported as a retryable failure."""
+    probe = Probe(tmp_path)
+
+    @task
+    def spin(name: str) -> None:
+        probe.set(f"{name}-started")
+        while True:
+            time.sleep(0.01)
+
+    bridge = bridge_for(spin)
+    bridge.attempts.assign(assignment(spin.task_type, "r/dropped", {"name": inline("dropped")}))
+    assert probe.wait("dropped-started")
+    future, key = bridge.attempts._futures[("r/dropped", 1)]
+    dask_client.cancel(future)  # as the client does for every future when it loses the scheduler
+    assert bridge.outcome("r/dropped").HasField("cancelled")
+    assert ("r/dropped", 1) not in bridge.attempts.unacked, "no answer is owed to a give-back"
+    from headwater_runtime.dask import interrupt_everywhere
+
+    interrupt_everywhere(dask_client, [key])  # stop the spinning thread on its Dask worker
+
+
 def test_skips_and_failures_are_reported_like_a_plain_worker(
     bridge_for: Callable[..., Bridge],
 ) -> None:

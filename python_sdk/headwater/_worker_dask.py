@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -46,6 +47,14 @@ log = logging.getLogger("headwater.worker")
 
 # How often a waiting attempt thread wakes up, so an interruption lands promptly.
 _POLL = 0.1
+#: Result types no worker or client could ever read (pickle refuses them): a plain
+#: worker fails such an attempt when it encodes the result; the bridge, which keeps
+#: results in the cluster, by the type Dask records for it.
+_UNSERIALISABLE = (
+    types.GeneratorType,
+    types.AsyncGeneratorType,
+    types.CoroutineType,
+)
 
 
 class DaskAttempts(Attempts):
@@ -109,7 +118,7 @@ class DaskAttempts(Attempts):
 
     # Running ------------------------------------------------------------------------
 
-    def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest:
+    def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest | None:
         from headwater_runtime.dask import Outcome, cluster_declares, run_attempt, split_inputs
 
         assignment, token = attempt.assignment, attempt.token
@@ -159,6 +168,20 @@ class DaskAttempts(Attempts):
         self._seal(attempt)
         with self.lock:
             self._futures.pop(token, None)
+        if future.status in ("cancelled", "lost"):
+            # The cluster dropped it (its scheduler went away, or restarted): no failure
+            # of the task, so give the attempt back (dispatched again, no retry used).
+            log.warning(
+                "the Dask cluster dropped %s attempt %d (%s); giving it back",
+                token[0],
+                token[1],
+                future.status,
+            )
+            with self.lock:
+                if self.running.get(token) is attempt:
+                    given_back = worker_pb2.TaskCancelled(token=assignment.token)
+                    self.send(worker_pb2.ConnectRequest(cancelled=given_back))
+            return None
         if future.status != "finished":
             why = f"the Dask task ended {future.status}"
             if future.status == "error":
@@ -177,12 +200,22 @@ class DaskAttempts(Attempts):
                 )
             why = f"the attempt was interrupted on its Dask worker ({outcome.reason})"
             return failure_report(token, failure("headwater.Interrupted", why, retryable=True))
+        if future.type in _UNSERIALISABLE:  # (known without moving the value)
+            why = (
+                f"the result of {task.name!r} cannot be serialised: a "
+                f"{future.type.__name__} (return a list or another value instead)"
+            )
+            return failure_report(token, failure("headwater.EncodingError", why, retryable=False))
         try:
             value = self._ref(future, token, split=assignment.split_result)
         except Exception as exc:
             detail = str(exc) if isinstance(exc, EncodingError) else repr(exc)
             why = f"cannot split the result of {task.name!r} into elements: {detail}"
             return failure_report(token, failure("headwater.EncodingError", why, retryable=False))
+        with self.lock:
+            if self.running.get(token) is not attempt:  # cancelled meanwhile: never reported
+                for payload_id in [p for p, t in self._made_by.items() if t == token]:
+                    del self.values[payload_id], self._made_by[payload_id]
         result = worker_pb2.TaskResult(token=assignment.token, result=value)
         return worker_pb2.ConnectRequest(result=result)
 
