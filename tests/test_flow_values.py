@@ -766,6 +766,34 @@ def test_a_task_result_checked_with_is_or_isinstance_is_refused_naming_the_line(
         checks_a_map()
 
 
+@flow
+def filters_results() -> list:
+    return [x for x in [maybe_name("a"), maybe_name()] if x is not None]
+
+
+@flow
+def loops_over_results(n: int = 2) -> list:
+    found = [maybe_name("a"), None]
+    kept = []
+    for value in found:
+        if value is None:
+            continue
+        kept.append(value)
+    return [echo(str(i)) for i in range(n) if i is not None] + kept
+
+
+def test_a_task_result_checked_through_a_loop_or_a_comprehension_is_refused() -> None:
+    """A loop or comprehension variable that takes task results was not followed:
+    `[x for x in [a(), b()] if x is not None]` kept both references, so a task that
+    returned None passed None on, where plain Python would have dropped it."""
+    with pytest.raises(
+        FlowDefinitionError, match=r"task 'maybe_name' \(`x`\) is compared with `is not`"
+    ):
+        filters_results()
+    with pytest.raises(FlowDefinitionError, match=r"task 'maybe_name' \(`value`\) is compared"):
+        loops_over_results()
+
+
 def test_a_modules_own_function_named_isinstance_is_not_a_type_check(tmp_path: Any) -> None:
     source = (
         "from headwater import flow, task\n"

@@ -599,9 +599,14 @@ def _checked(flow: Flow[..., Any]) -> tuple[tuple[IdentityCheck, Any], ...]:
     if known is None:
         found = []
         for check in identity_checks(fn):
-            target = resolve(fn, check.call)
-            target = getattr(target, "__self__", target)  # (`fetch.map(...)`: fetch's)
-            found.append((check, target if isinstance(target, Task | Flow) else None))
+            result_of: Task[..., Any] | Flow[..., Any] | None = None
+            for call in check.calls:
+                target = resolve(fn, call)
+                target = getattr(target, "__self__", target)  # (`fetch.map(...)`: fetch's)
+                if isinstance(target, Task | Flow):
+                    result_of = target
+                    break
+            found.append((check, result_of))
         known = tuple(found)
         if isinstance(code, CodeType):
             _CHECKED[code] = known

@@ -40,12 +40,14 @@ class IdentityCheck:
 
     ``name`` is the variable checked (None when a call is checked directly:
     ``fetch() is None``; "" for another expression: ``opts["limit"] is None``);
-    ``call`` the dotted name of the function whose result is checked (the call
-    assigned to ``name``, or checked directly; "" when unknown).
+    ``calls`` the dotted names of the functions whose result it may be (the calls in
+    what was assigned to ``name``, or in what a loop or comprehension giving ``name``
+    iterates over: ``for x in [fetch(), None]``; the call checked directly; none when
+    unknown).
     """
 
     name: str | None
-    call: str
+    calls: tuple[str, ...]
     how: str
     line: int
 
@@ -108,22 +110,33 @@ def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
     if body is None:
         return ()
     offset = (first or code.co_firstlineno) - 1
-    assigned: dict[str, str] = {}  # variable -> the call assigned to it last
-    for node in ast.walk(body):
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
-            call = _dotted(node.value.func)
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    assigned[target.id] = call
+    # variable -> the calls whose result it may hold: assigned from an expression
+    # with calls in it (the last such assignment), or given by a loop or comprehension
+    # over one (``for x in [fetch(), None]``, ``for x in rows`` with ``rows = [...]``).
+    assigned: dict[str, tuple[str, ...]] = {}
+    for _ in range(2):  # a second pass follows names assigned later in the walk's order
+        for node in ast.walk(body):
+            if isinstance(node, ast.Assign):
+                calls = _calls_in(node.value, assigned)
+                targets: list[ast.expr] = list(node.targets)
+            elif isinstance(node, ast.For | ast.AsyncFor | ast.comprehension):
+                calls, targets = _calls_in(node.iter, assigned), [node.target]
+            else:
+                continue
+            if calls:
+                for target in targets:
+                    for name in ast.walk(target):
+                        if isinstance(name, ast.Name):
+                            assigned[name.id] = calls
     found: list[IdentityCheck] = []
 
     def check(operand: ast.expr, how: str, line: int) -> None:
         if isinstance(operand, ast.Name):
-            found.append(IdentityCheck(operand.id, assigned.get(operand.id, ""), how, line))
+            found.append(IdentityCheck(operand.id, assigned.get(operand.id, ()), how, line))
         elif isinstance(operand, ast.Call):
-            found.append(IdentityCheck(None, _dotted(operand.func), how, line))
+            found.append(IdentityCheck(None, (_dotted(operand.func),), how, line))
         elif not isinstance(operand, ast.Constant):  # opts["limit"], self.x, ...
-            found.append(IdentityCheck("", "", how, line))
+            found.append(IdentityCheck("", (), how, line))
 
     for node in ast.walk(body):
         line = offset + getattr(node, "lineno", 1)
@@ -142,6 +155,19 @@ def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
                 check(node.args[0], f"given to {node.func.id}()", line)
         elif isinstance(node, ast.Match):
             check(node.subject, "matched with `match`", line)
+    return tuple(found)
+
+
+def _calls_in(expr: ast.expr, assigned: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The dotted names of the calls in ``expr``, and of those ``assigned`` to the
+    names it reads, in order, without repeats."""
+    found: dict[str, None] = {}
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Call):
+            found[_dotted(node.func)] = None
+        elif isinstance(node, ast.Name):
+            found.update(dict.fromkeys(assigned.get(node.id, ())))
+    found.pop("", None)
     return tuple(found)
 
 
