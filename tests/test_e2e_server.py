@@ -426,7 +426,7 @@ def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
     # One clear line, no traceback, for the usual mistakes.
     for args, code, fragment in [
         (("runs", "show", "nope", "--server", address), 2, "'nope'"),
-        (("runs", "list", "--server", "127.0.0.1:1"), 1, "cannot reach"),
+        (("runs", "list", "--server", "127.0.0.1:1"), 3, "cannot reach"),  # (3: try again)
         (("run", f"{script}:etl", "--server", address, "--param", "zzz=1"), 2, "zzz"),
     ]:
         proc = headwater_cli(*args, env=env)

@@ -46,7 +46,14 @@ from ._loader import LoadError, load_flow
 from ._run import FlowRun
 from ._worker_stop import DEFAULT_GRACE
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
+#: What each exit status means (``headwater --help`` lists it).
+EXIT_STATUSES = (
+    "exit status: 0 success; 1 the flow run failed, or the command did; 2 a usage error, or "
+    "a request the server refused as invalid (bad input, not found, not in that state); "
+    "3 the server could not be reached or is unavailable (restarting, a standby, its "
+    "database away): try again; 130 cancelled or interrupted"
+)
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -401,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="headwater",
         description="Headwater workflow runtime: run flows embedded or on a server, run the "
         "server and its workers, inspect flow runs, and schedule flows on a server.",
+        epilog=EXIT_STATUSES,
     )
     parser.add_argument("--version", action="version", version=f"headwater {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -411,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
         "thread pool) by default, or on a server with --server. Progress is shown live on a "
         "terminal (plain lines otherwise), then a summary and each failed task's error "
-        "and traceback. Exit code 0 when the run succeeds, 1 when it fails, 130 when it "
+        "and traceback. Exit code 0 when the run succeeds, 1 when it fails, 3 when the "
+        "server cannot be reached, 130 when it "
         "is cancelled (Ctrl-C or SIGTERM cancels it; with --server --detach it is left "
         "running). "
         "With --dask the "
@@ -525,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except ServerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
+        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return EXIT_UNAVAILABLE  # (a script may try again; the run may be fine)
         refused = exc.code in (
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
