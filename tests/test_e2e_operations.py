@@ -234,6 +234,13 @@ def test_a_failed_mapped_child_is_retried_from_the_cli_across_restarts(
     assert attempts["square[2]"] == 2 and attempts["square[1]"] == 1
     shown = cli("runs", "show", run.id, "--server", address)
     assert "run attempt 2" in shown.stdout.splitlines()[0], shown.stdout
+    # How long the retried attempt took, not the time since the first attempt started.
+    assert final.attempt_started_at is not None and final.started_at is not None
+    assert final.attempt_started_at > final.started_at
+    assert final.attempt_duration is not None and final.duration is not None
+    assert final.attempt_duration < final.duration
+    watched = cli("runs", "watch", run.id, "--server", address)
+    assert "(run attempt 2; " in watched.stderr and "since the first started)" in watched.stderr
     refused = cli("runs", "retry", run.id, "--server", address)
     assert refused.returncode == 2 and "only a FAILED or CANCELLED run" in refused.stderr
 

@@ -130,6 +130,11 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
         err.print(summary_table(rows))
     show_failures(err, run.task_runs, full=full)
     took = f" in {duration_text(run.duration)}" if run.duration is not None else ""
+    if run.attempt > 1 and run.attempt_duration is not None and run.duration is not None:
+        took = (
+            f" in {duration_text(run.attempt_duration)} (run attempt {run.attempt}; "
+            f"{duration_text(run.duration)} since the first started)"
+        )
     line = state_text(run.state.name)
     err.print(
         Text.assemble(

@@ -183,6 +183,9 @@ class RemoteFlowRun:
     audit: list[AuditEntry] = field(default_factory=list)
     #: The run attempt: 1, and one more each time it was retried from its failure.
     attempt: int = 1
+    #: When the current run attempt started (``started_at`` for the first; None until
+    #: it has).
+    attempt_started_at: datetime | None = None
     #: Why the run was late (it had not started within the server's late threshold);
     #: "" when it was not.
     late_reason: str = ""
@@ -216,6 +219,14 @@ class RemoteFlowRun:
         if self.started_at is None or self.ended_at is None:
             return None
         return (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def attempt_duration(self) -> float | None:
+        """Seconds from the current run attempt's start to the end (``duration`` for a
+        run never retried); None until the run has ended."""
+        if self.attempt_started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.attempt_started_at).total_seconds()
 
 
 class Client(OperationsClient):
@@ -846,11 +857,21 @@ class Client(OperationsClient):
             ended_at=_when(msg, "ended_at"),
             result_info=_value_info(summary) if summary is not None else None,
             attempt=msg.attempt or 1,
+            attempt_started_at=_attempt_start(msg),
             late_reason=msg.late_reason if msg.late else "",
             _result=msg.result if msg.HasField("result") else None,
             _result_omitted=summary is not None and summary.omitted,
             _client=self,
         )
+
+
+def _attempt_start(msg: run_pb2.FlowRun) -> datetime | None:
+    """When the run's current attempt started: its last RUNNING entry."""
+    running = FlowRunState.RUNNING.value
+    for entry in reversed(msg.history):
+        if entry.state == running:
+            return to_datetime(entry.timestamp)
+    return _when(msg, "started_at")
 
 
 def _when(msg: Any, name: str) -> datetime | None:
