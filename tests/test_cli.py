@@ -541,3 +541,27 @@ def test_ctrl_c_while_the_cli_is_imported_is_a_quiet_interrupt() -> None:
     )
     assert proc.returncode == 130
     assert proc.stderr == "headwater: interrupted\n"
+
+
+def test_listings_print_local_time_like_runs_list_and_audit(tmp_path: Path) -> None:
+    """`tokens list` printed UTC with a Z (as did `schedules list` and `workers list`)
+    where `runs list`, `runs logs` and `audit` print local time: one convention now,
+    local time (UTC in --json)."""
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    db = tmp_path / "hw.db"
+    made = headwater_cli("tokens", "create", "--db", db, "--role", "admin", "--name", "me")
+    assert made.returncode == 0, made.stderr
+    env = {**os.environ, "TZ": "XYZ-05:45"}  # 5 h 45 min east of UTC
+    proc = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "tokens", "list", "--db", str(db)],
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    stamp = line.split("created ", 1)[1][:19]
+    printed = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    now_there = datetime.now(UTC) + timedelta(hours=5, minutes=45)
+    assert abs(printed - now_there) < timedelta(minutes=5), (stamp, line)
+    assert "Z " not in line

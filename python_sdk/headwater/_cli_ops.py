@@ -97,7 +97,7 @@ def _ago(when: datetime | None) -> str:
     if when is None:
         return "never"
     seconds = max(0.0, (datetime.now(UTC) - when).total_seconds())
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{when:%Y-%m-%d %H:%M:%S}Z"
+    return f"{seconds:.0f}s ago" if seconds < 120 else local_time(when)
 
 
 def worker_line(worker: WorkerInfo) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from headwater.wire import parse_duration
 
 from ._cli_connect import add_tls_args, connect
-from ._cli_remote import EXIT_OK, _json, server_address
+from ._cli_remote import EXIT_OK, _json, local_time, server_address
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -25,7 +25,7 @@ def parse_every(text: str) -> float:
 def _line(s: ScheduleInfo) -> str:
     state = "paused" if s.paused else "active"
     version = f" v{s.flow_version}" if s.flow_version else " (latest)"
-    nxt = f"next {s.next_run_at:%Y-%m-%d %H:%M:%S}Z" if s.next_run_at and not s.paused else ""
+    nxt = f"next {local_time(s.next_run_at)}" if s.next_run_at and not s.paused else ""
     return f"{s.id}  {state:6}  {s.flow_name}{version}  {s.spec}  {nxt}".rstrip()
 
 

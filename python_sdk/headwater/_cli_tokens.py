@@ -17,6 +17,7 @@ from headwater.wire import ENV_DB, ENV_SERVER, Role
 
 from ._access_info import CredentialInfo
 from ._cli_connect import add_tls_args, connect, open_database
+from ._cli_remote import local_time
 from ._errors import UsageError
 
 EXIT_OK = 0
@@ -26,9 +27,9 @@ OFFLINE = "offline"
 
 def _line(c: CredentialInfo) -> str:
     what = f"subject {c.subject!r}" if c.subject else "token"
-    revoked = f"  REVOKED {c.revoked_at:%Y-%m-%d %H:%M:%S}Z" if c.revoked_at else ""
+    revoked = f"  REVOKED {local_time(c.revoked_at)}" if c.revoked_at else ""
     return (
-        f"{c.name:20} {c.role:8} {what}  created {c.created_at:%Y-%m-%d %H:%M:%S}Z "
+        f"{c.name:20} {c.role:8} {what}  created {local_time(c.created_at)} "
         f"by {c.created_by}{revoked}"
     )
 
