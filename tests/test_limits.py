@@ -739,3 +739,17 @@ def test_a_cut_text_says_how_much_was_cut_and_cutting_it_again_changes_nothing()
     assert note == f"... ({200_000 - len(head) - len(tail)} characters cut) ..."
     assert set(head) == {"L"} and set(tail) == {"R"} and len(head) == len(tail)
     assert cut_text("short", 65_536) == "short"
+
+
+def test_a_workers_too_small_message_limit_names_where_it_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set through HEADWATER_MAX_MESSAGE_BYTES, the error named the flag, which the
+    user had not given."""
+    from headwater._worker import message_bytes
+
+    with pytest.raises(ValueError, match=r"^the worker's --max-message-bytes must be at least"):
+        message_bytes(100)
+    monkeypatch.setenv("HEADWATER_MAX_MESSAGE_BYTES", "100")
+    with pytest.raises(ValueError, match=r"^HEADWATER_MAX_MESSAGE_BYTES must be at least 4194304"):
+        message_bytes(None)

@@ -512,6 +512,7 @@ def message_bytes(given: int | None) -> int:
     """The worker's largest accepted message: ``given``, else the environment's, else
     gRPC's default; ValueError naming the setting when it is not a size in bytes."""
     variable = limit_variable("max_message_bytes")
+    source = "the worker's --max-message-bytes"
     if given is None:
         text = os.environ.get(variable, "").strip()
         if not text:
@@ -520,10 +521,10 @@ def message_bytes(given: int | None) -> int:
             given = int(text)
         except ValueError:
             raise ValueError(f"{variable} must be a number of bytes, got {text!r}") from None
+        source = variable  # (the setting came from there: name it, not the flag)
     if given < GRPC_MESSAGE_LIMIT:
         raise ValueError(
-            f"the worker's --max-message-bytes must be at least {GRPC_MESSAGE_LIMIT} "
-            f"(gRPC's default), got {given}"
+            f"{source} must be at least {GRPC_MESSAGE_LIMIT} (gRPC's default), got {given}"
         )
     return given
 

@@ -439,7 +439,9 @@ class DaskBridgeWorker(Worker):
             else:
                 size = answer.value_exported.value.ByteSize()
                 log.info(
-                    "exported value %s for another worker (%d bytes)", request.payload_id, size
+                    "exported value %s (%d bytes) for another worker or a client",
+                    request.payload_id,
+                    size,
                 )
             self._send(answer)
 
