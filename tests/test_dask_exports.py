@@ -184,6 +184,19 @@ def releasing(name: str) -> tuple[WorkerSession, list[worker_pb2.ConnectResponse
     return s, sent
 
 
+def releasing_harness(
+    release_after: float,
+) -> tuple[Harness, WorkerSession, list[worker_pb2.ConnectResponse]]:
+    """A Harness releasing ``release_after`` seconds after a run ends, with a bridge
+    connected (its first greeting already taken from what it was sent)."""
+    h = Harness()
+    h.exports.release_after = release_after
+    bridge, sent = releasing("bridge")
+    h.exports.connected(bridge)
+    sent.clear()
+    return h, bridge, sent
+
+
 def released(sent: list[worker_pb2.ConnectResponse]) -> list[list[str] | str]:
     """The ReleaseValues a session got, in order ("all" for ReleaseValues.all)."""
     out: list[list[str] | str] = []
@@ -223,12 +236,8 @@ def test_a_bridge_new_to_the_server_lets_go_of_everything_and_one_back_gets_what
 
 
 def test_a_runs_values_go_after_the_release_time_and_its_result_when_the_run_is_pruned() -> None:
-    h = Harness()
-    h.exports.release_after = 60.0
-    bridge, sent = releasing("bridge")
+    h, bridge, sent = releasing_harness(60.0)
     plain, _ = session("plain")
-    h.exports.connected(bridge)
-    sent.clear()
     h.exports.record(bridge, split_result("rows", 2), "r1")
     h.exports.record(bridge, dask_ref("total"), "r1")
     h.exports.record(bridge, dask_ref("other"), "r2")  # another run, still going
@@ -255,11 +264,7 @@ def test_a_runs_values_go_after_the_release_time_and_its_result_when_the_run_is_
 
 
 def test_a_retried_run_keeps_its_values_until_it_ends_again() -> None:
-    h = Harness()
-    h.exports.release_after = 5.0
-    bridge, sent = releasing("bridge")
-    h.exports.connected(bridge)
-    sent.clear()
+    h, bridge, sent = releasing_harness(5.0)
     h.exports.record(bridge, dask_ref("a"), "r1")
     h.exports.run_ended("r1", None, now=0.0)  # FAILED
     h.exports.run_reopened("r1")  # runs retry, within the release time
@@ -272,11 +277,7 @@ def test_a_retried_run_keeps_its_values_until_it_ends_again() -> None:
 
 
 def test_a_value_a_cache_entry_names_stays_until_the_entry_expires() -> None:
-    h = Harness()
-    h.exports.release_after = 0.0
-    bridge, sent = releasing("bridge")
-    h.exports.connected(bridge)
-    sent.clear()
+    h, bridge, sent = releasing_harness(0.0)
     h.exports.record(bridge, dask_ref("cached"), "r1")
     h.exports.record(bridge, dask_ref("plain"), "r1")
     h.exports.pin("key-1", dask_ref("cached"), expires_at=50.0)

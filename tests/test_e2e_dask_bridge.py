@@ -113,19 +113,16 @@ def dask_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
         spec.close()
 
 
-def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
-    tmp_path: Path, db: str, cluster: Callable[..., Proc], dask_cluster: str
-) -> None:
-    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
-    _, address = start_server(cluster, db)
+def bridge_and_plain(cluster: Callable[..., Proc], address: str, dask: str) -> tuple[Proc, Proc]:
+    """The Dask bridge worker ("bridge", label dask=yes, on the cluster at ``dask``) and
+    a plain worker ("plain", label plain=yes), both connected to ``address``."""
     bridge = cluster(
         "worker",
         *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),
-        *("--label", "dask=yes", "--dask", dask_cluster),
+        *("--label", "dask=yes", "--dask", dask),
         worker="bridge",
     )
-    line = bridge.wait_line("connected to")
-    assert "2 slots" in line and "Dask cluster" in line, line  # slots: the cluster's threads
+    bridge.wait_line("connected to")
     plain = cluster(
         "worker",
         *("--server", address, "--module", "bridge_tasks", "--name", "plain"),
@@ -133,6 +130,17 @@ def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
         worker="plain",
     )
     plain.wait_line("connected to")
+    return bridge, plain
+
+
+def test_bridge_passes_futures_exports_across_workers_and_honours_resources(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc], dask_cluster: str
+) -> None:
+    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
+    _, address = start_server(cluster, db)
+    bridge, _ = bridge_and_plain(cluster, address, dask_cluster)
+    line = bridge.wait_line("connected to")
+    assert "2 slots" in line and "Dask cluster" in line, line  # slots: the cluster's threads
     module = load_file(str(tmp_path / "bridge_tasks.py"))
     with Client(address, token=TOKEN) as client:
         run = client.run(module.bridged, {"n": 5})  # type: ignore[attr-defined]
@@ -226,20 +234,7 @@ def test_a_run_passing_bridge_values_survives_a_server_restart(
     (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
     server, address = start_server(cluster, db)
     port = int(address.rsplit(":", 1)[1])
-    bridge = cluster(
-        "worker",
-        *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),
-        *("--label", "dask=yes", "--dask", dask_cluster),
-        worker="bridge",
-    )
-    bridge.wait_line("connected to")
-    plain = cluster(
-        "worker",
-        *("--server", address, "--module", "bridge_tasks", "--name", "plain"),
-        *("--label", "plain=yes"),
-        worker="plain",
-    )
-    plain.wait_line("connected to")
+    bridge, _ = bridge_and_plain(cluster, address, dask_cluster)
     module = load_file(str(tmp_path / "bridge_tasks.py"))
     with Client(address, token=TOKEN) as client:
         run = client.run(module.across_restart, {"n": 4})  # type: ignore[attr-defined]

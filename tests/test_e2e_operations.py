@@ -280,7 +280,9 @@ def test_a_concurrency_limit_holds_under_contention_a_worker_kill_and_a_server_k
     with Client(address) as client:
         for run in runs:
             final = client.wait(run.id)
-            assert final.state is FlowRunState.SUCCESS, final.message
+            failed = client.get(run.id, include_task_runs=True).failures
+            why = [(t.key, t.failure.message if t.failure else t.message) for t in failed]
+            assert final.state is FlowRunState.SUCCESS, (final.message, why)
         assert client.list_limits()[0].concurrency == 3, "the limit survived the restart"
     observed = [int(n) for n in (tmp_path / "concurrency.log").read_text().split()]
     figures = {
