@@ -7,6 +7,7 @@ import io
 
 from rich.console import Console
 
+from headwater import flow, task
 from headwater._cli_render import failure_lines, printable, summary_table
 from headwater.wire import FailureInfo
 
@@ -63,3 +64,22 @@ def test_dot_keeps_letters_graphviz_would_show_as_escapes() -> None:
 
     dot = as_dot(pipeline.graph())
     assert 'digraph "données"' in dot and '"café_load"' in dot and "\\u00" not in dot
+
+
+@task(resources={"GPU": 1, "MEMORY": 8e9}, tags=["db", "nightly"], labels={"pool": "gpu"})
+def trains(x: int) -> int:
+    return x
+
+
+@flow
+def training(n: int = 1) -> int:
+    return trains(n)
+
+
+def test_graph_text_shows_where_a_task_can_run() -> None:
+    """`headwater graph` showed labels but not resources or tags: the options that
+    decide where (a Dask worker with a GPU) and under which limits a task runs."""
+    from headwater._cli_graph import as_text
+
+    (line,) = [t for t in as_text(training.graph()).splitlines() if t.startswith("  trains")]
+    assert line.endswith("[labels pool=gpu; resources GPU=1,MEMORY=8e+09; tags db,nightly]")

@@ -34,6 +34,10 @@ def _options(task: TaskSpec) -> str:
         parts.append(f"trigger={task.trigger.value}")
     if task.labels:
         parts.append("labels " + ",".join(f"{k}={v}" for k, v in task.labels.items()))
+    if task.resources:
+        parts.append("resources " + ",".join(f"{k}={v:g}" for k, v in task.resources.items()))
+    if task.tags:
+        parts.append("tags " + ",".join(task.tags))
     return f"  [{'; '.join(parts)}]" if parts else ""
 
 
