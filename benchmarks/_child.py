@@ -38,6 +38,7 @@ SYSTEMS = (
     "import",
     "server-loop",
     "server-download",
+    "server-bridge",
 )
 #: Systems that are a Headwater embedded run (with tracing off, or on).
 HEADWATER = ("headwater", "headwater-traced")
@@ -130,6 +131,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._probes import measure as measure_probe
 
         return measure_probe(spec)
+    if system == "server-bridge":
+        from ._bridge import measure as measure_bridge
+
+        return measure_bridge(spec)
     max_workers: int | None = spec.get("max_workers")
     kind: str = spec["kind"]
     dag = make_dag(kind, spec["params"])

@@ -562,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
             print()
             if outcome.data is None:
                 print(f"{row.workload.name}: {outcome.error}")
+            elif outcome.data["system"] == "server-bridge":
+                from ._bridge import format_bridge
+
+                print(format_bridge(row.workload.name, outcome.data))
             else:
                 print(format_probe(row.workload.name, outcome.data, row.workload.max_delay_ms))
     if clustered:

@@ -397,6 +397,15 @@ WORKLOADS += (
         systems=("server-download",),
         probe=True,
     ),
+    Workload(
+        name="server-bridge-memory",
+        title="Dask bridge: cluster memory across runs (a run's values released at its end)",
+        kind="bridge",
+        full={"runs": 30, "mb": 8},
+        quick={"runs": 4, "mb": 1},
+        systems=("server-bridge",),
+        probe=True,
+    ),
 )
 
 BY_NAME = {w.name: w for w in WORKLOADS}

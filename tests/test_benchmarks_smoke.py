@@ -102,3 +102,6 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     for phase in ("idle ", "RegisterFlow ", "CreateFlowRun ", "CancelFlowRun "):
         assert any(line.strip().startswith(phase) for line in proc.stdout.splitlines())
     assert "server-download: downloading a 48 MiB payload" in proc.stdout, proc.stdout
+    # The Dask bridge's cluster memory across runs.
+    assert "server-bridge-memory: 4 runs, each passing 1 MiB" in proc.stdout, proc.stdout
+    assert "cluster memory held after each run (MiB):" in proc.stdout, proc.stdout
