@@ -30,7 +30,7 @@ from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 
 from headwater import flow, task, unmapped
 from headwater.v1 import control_plane_pb2 as cp
-from headwater.v1 import control_plane_pb2_grpc, worker_pb2, worker_pb2_grpc
+from headwater.v1 import control_plane_pb2_grpc, payload_pb2, worker_pb2, worker_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, decode_value, split_task_run_id
 from headwater_runtime.engine import TaskSucceeded
 from headwater_runtime.server import RunManager
@@ -104,6 +104,7 @@ class StreamWorker:
         name: str,
         slots: int = 4,
         running: list[worker_pb2.FencingToken] | None = None,
+        features: tuple[str, ...] = (),
     ) -> None:
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
         hello = worker_pb2.Hello(
@@ -113,6 +114,7 @@ class StreamWorker:
             capabilities=list(FUNCTIONS),
             slots=slots,
             running=running or [],
+            features=features,
         )
         self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
 
@@ -613,6 +615,75 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
             attempts = {t.name: t.attempts for t in got.task_runs if t.name != "scale"}
             assert set(attempts.values()) == {1}, attempts  # ("scale" is the map itself)
             assert decode_value(got.flow_run.result)["total"] == 30
+
+    asyncio.run(main())
+
+
+def test_consumers_of_bridge_values_sent_again_at_a_restart_wait_for_the_bridge(
+    tmp_path: Path,
+) -> None:
+    """A run whose mapped tasks take the elements of a result a Dask bridge holds is
+    resumed by a restarted server, and its queued attempts go to a plain worker that
+    reconnected before the bridge did. The server knows the holder from the stored refs
+    (``headwater.holder``): the attempts wait for the bridge, get the values it exports
+    once it is back, and the run succeeds. (They failed with ValueUnavailable: ownership
+    was in the old server's memory.) The bridge is told to keep exactly those values."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    store.released.set()
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(proto_pipeline.compile())
+    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    (first,) = dispatch.submitted
+    dispatch.submitted.clear()
+
+    def held(payload_id: str, **meta: str) -> Any:
+        ref = payload_pb2.PayloadRef(payload_id=payload_id, location="dask", dask_key="k")
+        ref.metadata.update({"headwater.holder": "bridge", **meta})
+        return payload_pb2.Value(ref=ref)
+
+    rows = held("rows", **{"headwater.length": "3"})
+    rows.items.extend(held(f"rows-{i}") for i in range(3))
+    token = first.assignment.token
+    key = split_task_run_id(token.task_run_id)[1]
+    manager.handle(row.id, TaskSucceeded(key, token.attempt, rows))
+    manager.flush()
+    assert len(dispatch.submitted) == 3  # the scale attempts: queued, never delivered
+    store.released.clear()
+    store.reading.clear()
+
+    async def main() -> None:
+        async with replaying(store) as (running, channel):
+            plain = StreamWorker(channel, "plain", slots=3)
+            await plain.next("welcome")
+            store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            await asyncio.sleep(0.3)  # (room for a wrong failure to be stored)
+            got = await run_state(channel, row.id)
+            states = {t.name: TaskRunState(t.state) for t in got.task_runs}
+            assert not any(s.is_failure for s in states.values()), states
+            bridge = StreamWorker(channel, "bridge", slots=1, features=("release-values",))
+            await bridge.next("welcome")
+            asked = sorted([(await bridge.next("export_value")).payload_id for _ in range(3)])
+            assert asked == ["rows-0", "rows-1", "rows-2"]
+            release = await bridge.next("release_values")
+            assert release.all and sorted(release.keep) == ["rows", "rows-0", "rows-1", "rows-2"]
+            for i, payload_id in enumerate(asked):
+                exported = worker_pb2.ValueExported(payload_id=payload_id, value=value_of(i))
+                bridge.send(value_exported=exported)
+            done = asyncio.Event()
+            serving = [
+                asyncio.create_task(serve_all(plain, done)),
+                asyncio.create_task(serve_all(bridge, done)),
+            ]
+            assert await finished(channel, row.id) == FlowRunState.SUCCESS.value
+            done.set()
+            assert sum([await s for s in serving]) == 4  # three scales and the total
+            got = await run_state(channel, row.id)
+            assert decode_value(got.flow_run.result)["total"] == (0 + 1 + 2) * 10
+            await plain.close()
+            await bridge.close()
 
     asyncio.run(main())
 

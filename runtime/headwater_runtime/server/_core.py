@@ -289,9 +289,10 @@ class ServerCore(WorkerReports):
                     if self.dispatcher.owner(token) is None:  # not reclaimed yet
                         self._orphans[token] = (flow_run_id, deadline)
                 self.ops.resumed(resumed, still_held)  # before its attempts are sent again
-                self.runs.resume(resumed)
+                # Who holds its Dask values, before its consumers are sent again.
                 engine = resumed.active.engine
                 self.exports.recover(row.id, (run.result for run in engine.runs.values()))
+                self.runs.resume(resumed)
                 self._replays.pop(row.id).set()
                 found.held.extend(resumed.held)
                 found.resent.extend(resumed.resent)
