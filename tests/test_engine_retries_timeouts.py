@@ -14,10 +14,12 @@ from engine_helpers import (
 
 from headwater.wire import FlowRunState, RetrySpec
 from headwater_runtime.engine import (
+    MAX_GIVEN_BACK,
     CancelTask,
     RunRetried,
     RunTask,
     TaskFailed,
+    TaskLost,
     TaskSkipped,
     TaskSucceeded,
     retry_delay,
@@ -520,3 +522,32 @@ def test_a_timed_out_run_names_what_was_running_before_its_reference_tasks() -> 
         ("slow", S.CANCELLED),
         ("combine", S.CANCELLED),
     ]
+
+
+def test_attempts_given_back_count_no_loss_up_to_their_own_bound() -> None:
+    """A worker stopping on purpose gives its attempts back (TaskCancelled unasked).
+    Those counted as losses: a long task caught by four rolling restarts of the
+    workers failed with headwater.WorkerLost. Give-backs now count on their own, up
+    to MAX_GIVEN_BACK (a worker that gives back whatever it gets); losses still count
+    towards max_lost, and a retry of the run starts both counts again."""
+    d = Driver(flow(task("a")), max_lost=1)
+    for _ in range(5):  # five rolling restarts
+        d.send(TaskLost("a", d.attempt("a"), "the worker stopped", given_back=True))
+    run = d.runs["a"]
+    assert d.state("a") is S.RUNNING and d.attempt("a") == 6
+    assert run.lost_count == 0
+    assert run.attempts[-2].failure is not None
+    assert run.attempts[-2].failure.message == "the worker stopped (5 time(s))"
+    d.lose("a")  # a real loss still counts (max_lost=1: one is allowed)
+    assert d.state("a") is S.RUNNING
+    d.succeed("a", "ok")
+    assert d.engine.state is FlowRunState.SUCCESS
+    bounded = Driver(flow(task("b")), max_lost=0)
+    for _ in range(MAX_GIVEN_BACK):
+        bounded.send(TaskLost("b", bounded.attempt("b"), given_back=True))
+    assert bounded.state("b") is S.RUNNING
+    bounded.send(TaskLost("b", bounded.attempt("b"), given_back=True))
+    failed = bounded.runs["b"]
+    assert failed.state is S.FAILED and failed.failure is not None
+    assert failed.failure.type == "headwater.WorkerLost"
+    assert f"gave it back ({MAX_GIVEN_BACK + 1} time(s))" in failed.failure.message

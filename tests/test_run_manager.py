@@ -33,6 +33,7 @@ from headwater_runtime.engine import (
     START,
     JournalEntry,
     TaskFailed,
+    TaskLost,
     TaskStarted,
     TaskSucceeded,
 )
@@ -679,6 +680,27 @@ def test_a_start_timeout_marks_a_run_of_an_older_engine_with_the_current_one(
     assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION
 
 
+def test_a_give_back_marks_a_run_of_an_older_engine_with_the_current_one(
+    store: Store,
+) -> None:
+    """Engine 5 counted a give-back as a loss: it would replay such a journal to
+    another history, so the run takes the current engine version."""
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    run_id, attempt = _start_half_served(manager, dispatch)
+    manager.runs[run_id].row.engine_version = "5"  # resumed from a version 5 journal
+    manager.handle(run_id, TaskLost("unserved", attempt, "stopping", given_back=True))
+    manager.flush()
+    assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "6"
+
+
+def test_an_entry_written_before_give_backs_existed_reads_as_a_loss() -> None:
+    old = journal_pb2.JournalEntry(format=1, at=3.0)
+    old.attempt_lost.CopyFrom(journal_pb2.AttemptLost(key="a", attempt=2, reason="gone"))
+    row = RunEvent("run-1", 4, 3.0, "attempt_lost", old.SerializeToString(), "")
+    assert decode_entry(row, {}).event == TaskLost("a", 2, "gone", given_back=False)
+
+
 def test_an_entry_written_before_never_started_existed_reads_as_started() -> None:
     old = journal_pb2.JournalEntry(format=1, at=3.0)
     old.attempt_failed.CopyFrom(
@@ -701,6 +723,8 @@ def test_an_entry_written_before_never_started_existed_reads_as_started() -> Non
         TaskSucceeded("a", 1, value_of("v"), cache_key="t|v=|c=|key=day=1", cached=True),
         TaskSucceeded("a", 1, value_of("v"), cache_key="t|v=|c=|key=day=1"),
         TaskFailed("a", 3, FailureInfo("builtins.OSError", "flaky", retryable=False)),
+        TaskLost("a", 2, "the worker stopped", given_back=True),
+        TaskLost("a", 2),
     ],
 )
 def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> None:

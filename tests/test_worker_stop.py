@@ -75,6 +75,19 @@ def keeps_process():
         time.sleep(3600)
     return "keeps_process"
 
+@task
+def long_haul():
+    here = Path(os.environ["HW_TEST_DIR"])
+    with (here / "long_haul.starts").open("a") as starts:
+        starts.write("started\\n")
+    while not (here / "finish").exists():  # until the test says so
+        time.sleep(0.01)
+    return "hauled"
+
+@flow
+def haul() -> str:
+    return long_haul()
+
 @flow
 def stuck(which: str) -> str:
     return {"c_sleep": c_sleep, "py_spin": py_spin, "swallow": swallow,
@@ -172,3 +185,40 @@ def test_a_worker_that_ends_on_its_own_gives_ctrl_c_back_to_the_process() -> Non
     with pytest.raises(KeyboardInterrupt):
         _thread.interrupt_main()
         time.sleep(1)  # the interrupt is raised at the next bytecode boundary
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_rolling_restarts_of_the_workers_never_fail_a_long_task(
+    cluster: tuple[Cluster, str, Any], tmp_path: Path
+) -> None:
+    """Four rolling restarts (a new worker up, then SIGTERM to the old one) while one
+    long task runs: each stopping worker says so and gives the attempt back, which
+    counts no loss. The fourth restart failed the task with headwater.WorkerLost (a
+    task run may be lost 3 times), although no worker had crashed."""
+    start, address, module = cluster
+    starts = tmp_path / "long_haul.starts"
+
+    def started() -> int:
+        return len(starts.read_text().splitlines()) if starts.exists() else 0
+
+    current = start_worker(start, address, "w0", "--grace", "5s", module="stuck_tasks")
+    with Client(address) as client:
+        run_id = client.run(module.haul).id
+        for restart in range(1, 5):
+            poll(lambda n=restart: started() == n, f"attempt {restart} to start")
+            successor = start_worker(
+                start, address, f"w{restart}", "--grace", "5s", module="stuck_tasks"
+            )
+            current.popen.send_signal(signal.SIGTERM)
+            assert current.popen.wait(BOUND) == 0, current.lines
+            current._close()
+            current = successor
+        poll(lambda: started() == 5, "the fifth attempt to start")
+        (tmp_path / "finish").touch()
+        run = client.wait(run_id)
+        assert run.state.name == "SUCCESS", run.message
+        assert run.result == "hauled"
+        (task_run,) = client.get(run_id, include_task_runs=True).task_runs
+        assert task_run.attempts == 5  # four given back, one that finished
+        assert task_run.failure is None or "gave" in task_run.failure.message

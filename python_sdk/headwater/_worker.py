@@ -92,6 +92,9 @@ _CHANNEL_OPTIONS = [
 ]
 #: Marker put on a session's queue to make the request generator send a heartbeat.
 _BEAT = worker_pb2.ConnectRequest()
+#: Seconds a stopping worker waits for the server to close its stream after giving
+#: its attempts back (then it cancels the stream: the server counts them lost).
+GIVE_BACK_WAIT = 2.0
 
 
 def reconnect_delay(failures: int, since_lost: float) -> float:
@@ -292,13 +295,26 @@ class Worker:
                 self._payload_channel.close()
 
     def stop(self) -> None:
-        """Stop taking work and make ``run()`` return (running attempts are abandoned:
-        the server dispatches them again)."""
+        """Stop taking work and make ``run()`` return. The worker says it is stopping
+        (``Stopping``: the server assigns it nothing more), the attempts running now are
+        interrupted and given back (``TaskCancelled`` the server did not ask for: it
+        dispatches them again and counts no loss), then the stream is ended; one the
+        server has not closed within ``GIVE_BACK_WAIT`` seconds is cancelled."""
         self._stop.set()
         with self._lock:
             session = self._session
-        if session is not None and session.call is not None:
+        if session is None or session.call is None:
+            return
+        if session.welcome is None:
             session.call.cancel()
+            return
+        session.outbox.put(worker_pb2.ConnectRequest(stopping=worker_pb2.Stopping()))
+        for message in self.attempts.give_back_all():
+            session.outbox.put(message)
+        session.outbox.put(None)  # the end of the stream, once they are sent
+        cancel = threading.Timer(GIVE_BACK_WAIT, session.call.cancel)
+        cancel.daemon = True
+        cancel.start()
 
     # One session -------------------------------------------------------------------
 

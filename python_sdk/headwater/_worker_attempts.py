@@ -294,6 +294,17 @@ class Attempts:
         with self.lock:
             self.unacked.pop(token, None)
 
+    def give_back_all(self) -> list[worker_pb2.ConnectRequest]:
+        """Interrupt every running attempt; the TaskCancelled reports that give them
+        back to the server (the worker is stopping: no loss to count)."""
+        with self.lock:
+            given: list[worker_pb2.ConnectRequest] = []
+            for attempt in list(self.running.values()):
+                self._drop(attempt)
+                back = worker_pb2.TaskCancelled(token=attempt.assignment.token)
+                given.append(worker_pb2.ConnectRequest(cancelled=back))
+            return given
+
     def abandon_all(self) -> None:
         """Interrupt every running attempt and forget every unacknowledged outcome (the
         worker is stopping)."""

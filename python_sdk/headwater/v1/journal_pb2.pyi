@@ -278,20 +278,26 @@ class AttemptLost(google.protobuf.message.Message):
     KEY_FIELD_NUMBER: builtins.int
     ATTEMPT_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
+    GIVEN_BACK_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
     """The attempt number."""
     reason: builtins.str
     """Why the attempt was lost ("" for a worker that disappeared)."""
+    given_back: builtins.bool
+    """The worker gave the attempt back on purpose (it was stopping): no loss counted
+    towards the run's max_lost (engine version 6; false in older journals).
+    """
     def __init__(
         self,
         *,
         key: builtins.str = ...,
         attempt: builtins.int = ...,
         reason: builtins.str = ...,
+        given_back: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "key", b"key", "reason", b"reason"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "given_back", b"given_back", "key", b"key", "reason", b"reason"]) -> None: ...
 
 global___AttemptLost = AttemptLost
 

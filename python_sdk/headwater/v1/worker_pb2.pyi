@@ -510,6 +510,7 @@ class ConnectRequest(google.protobuf.message.Message):
     CACHE_KEY_FIELD_NUMBER: builtins.int
     VALUE_EXPORTED_FIELD_NUMBER: builtins.int
     GRAPH_BUILT_FIELD_NUMBER: builtins.int
+    STOPPING_FIELD_NUMBER: builtins.int
     BATCH_FIELD_NUMBER: builtins.int
     @property
     def hello(self) -> global___Hello:
@@ -556,6 +557,10 @@ class ConnectRequest(google.protobuf.message.Message):
         """Answer to BuildGraph."""
 
     @property
+    def stopping(self) -> global___Stopping:
+        """The worker is stopping: assign it nothing more."""
+
+    @property
     def batch(self) -> global___ConnectRequestBatch:
         """Several messages in one, in order (only after a Welcome listing the "batch"
         feature; never nested, never a Hello).
@@ -575,13 +580,30 @@ class ConnectRequest(google.protobuf.message.Message):
         cache_key: global___CacheKeyReport | None = ...,
         value_exported: global___ValueExported | None = ...,
         graph_built: global___GraphBuilt | None = ...,
+        stopping: global___Stopping | None = ...,
         batch: global___ConnectRequestBatch | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "graph_built", b"graph_built", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "value_exported", b"value_exported"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "graph_built", b"graph_built", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "value_exported", b"value_exported"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "value_exported", "graph_built", "batch"] | None: ...
+    def HasField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "graph_built", b"graph_built", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "stopping", b"stopping", "value_exported", b"value_exported"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["batch", b"batch", "cache_key", b"cache_key", "cancelled", b"cancelled", "failure", b"failure", "graph_built", b"graph_built", "heartbeat", b"heartbeat", "hello", b"hello", "log", b"log", "message", b"message", "result", b"result", "skipped", b"skipped", "started", b"started", "stopping", b"stopping", "value_exported", b"value_exported"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["message", b"message"]) -> typing.Literal["hello", "started", "heartbeat", "log", "result", "failure", "skipped", "cancelled", "cache_key", "value_exported", "graph_built", "stopping", "batch"] | None: ...
 
 global___ConnectRequest = ConnectRequest
+
+@typing.final
+class Stopping(google.protobuf.message.Message):
+    """Stopping tells the server that the worker is stopping on purpose (a SIGTERM, a
+    deploy): the server assigns it nothing more. The worker then gives back the attempts
+    it runs (TaskCancelled the server did not ask for: dispatched again, counting no
+    loss) and ends its stream. A server that does not know this message ignores it.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+global___Stopping = Stopping
 
 @typing.final
 class ConnectRequestBatch(google.protobuf.message.Message):

@@ -42,6 +42,7 @@ SERVER_FEATURES: tuple[Feature, ...] = (
     Feature("subflows", "subflow nodes and flows started by tasks run as child flow runs"),
     Feature(DRAIN, "ConnectResponse.drain: no new attempts; exit once idle if asked", True),
     Feature(RELEASE_VALUES, "ReleaseValues: let go of held values nothing needs", True),
+    Feature("worker-stop", "ConnectRequest.stopping: no new attempts; give-backs count no loss"),
 )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._events import (
     ATTEMPT_EVENTS,
+    MAX_GIVEN_BACK,
     WORKER_LOST,
     CacheChecked,
     CacheEntry,
@@ -81,6 +82,7 @@ __all__ = [
     "ATTEMPT_EVENTS",
     "ENGINE_VERSION",
     "EVENT",
+    "MAX_GIVEN_BACK",
     "PYTHON_VALUES",
     "REPLAYS",
     "START",

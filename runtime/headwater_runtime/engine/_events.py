@@ -11,6 +11,9 @@ from ._records import TaskRunRecord
 
 #: The failure type of an attempt whose worker vanished (``TaskLost``).
 WORKER_LOST = "headwater.WorkerLost"
+#: How many times a task run's attempts may be given back (``TaskLost.given_back``)
+#: before it fails: a bound for a worker that gives back whatever it gets.
+MAX_GIVEN_BACK = 100
 
 # ---------------------------------------------------------------- events (host -> engine)
 
@@ -68,12 +71,15 @@ class TaskSkipped:
 
 @dataclass(frozen=True, slots=True)
 class TaskLost:
-    """The worker holding an attempt disappeared (or gave the attempt back: ``reason``
-    says so); dispatch it again."""
+    """The worker holding an attempt disappeared, or gave the attempt back
+    (``given_back``: a worker stopping on purpose; ``reason`` says so); dispatch it
+    again. A loss counts towards ``max_lost``; a give-back does not (up to
+    ``MAX_GIVEN_BACK``), so rolling restarts of workers never fail a long task."""
 
     key: str
     attempt: int
     reason: str = ""
+    given_back: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from headwater.wire import (
 
 from ._events import (
     ATTEMPT_EVENTS,
+    MAX_GIVEN_BACK,
     WORKER_LOST,
     AttemptEvent,
     CacheChecked,
@@ -150,6 +151,8 @@ class FlowRunEngine:
         self._settle: deque[TaskRunRecord] = deque()
         self._timers: list[tuple[float, int, int, str, int]] = []
         self._timer_seq = 0
+        # Task runs given back by their workers, how many times (TaskLost.given_back).
+        self._given_back: dict[str, int] = {}
         self._in_flight = 0
         self._unfinished = 0
         # Mapped children dropped by a flow run retry, by key: their successors take over
@@ -491,7 +494,7 @@ class FlowRunEngine:
             self._attempt_done(run, S.SKIPPED)
             self._transition(run, S.SKIPPED, event.reason)
         elif isinstance(event, TaskLost):
-            self._lost(run, event.reason)
+            self._lost(run, event.reason, given_back=event.given_back)
 
     def _stale(self, run: TaskRunRecord, event: AttemptEvent) -> EventIgnored:
         """Refuse a report about an attempt that is not the current, dispatched one,
@@ -563,17 +566,25 @@ class FlowRunEngine:
         else:
             self._transition(run, outcome, str(failure), failure)
 
-    def _lost(self, run: TaskRunRecord, reason: str = "") -> None:
-        """Re-dispatch an attempt whose worker vanished, without using up a retry."""
-        run.lost_count += 1
-        why = reason or f"the worker running {run.name!r} was lost"
+    def _lost(self, run: TaskRunRecord, reason: str = "", *, given_back: bool = False) -> None:
+        """Re-dispatch an attempt whose worker vanished (or gave it back), without
+        using up a retry. Losses count towards ``max_lost``; give-backs only towards
+        ``MAX_GIVEN_BACK`` (a worker that gives back whatever it gets)."""
+        if given_back:
+            count = self._given_back[run.key] = self._given_back.get(run.key, 0) + 1
+            why = reason or f"the worker running {run.name!r} gave it back"
+            over = count > MAX_GIVEN_BACK
+        else:
+            count = run.lost_count = run.lost_count + 1
+            why = reason or f"the worker running {run.name!r} was lost"
+            over = count > self.max_lost
         failure = FailureInfo(
             type=WORKER_LOST,
-            message=f"{why} ({run.lost_count} time(s))",
+            message=f"{why} ({count} time(s))",
             retryable=False,
         )
         self._attempt_done(run, S.CANCELLED, failure)
-        if run.lost_count > self.max_lost:
+        if over:
             self._transition(run, S.FAILED, str(failure), failure)
             return
         if run.state is S.RUNNING:

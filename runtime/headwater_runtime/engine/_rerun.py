@@ -113,6 +113,7 @@ def _reset_run(engine: FlowRunEngine, run: TaskRunRecord, message: str) -> None:
         engine._transition(run, REOPENED, message, reopen=True)
     run.retries_used = 0
     run.lost_count = 0
+    engine._given_back.pop(run.key, None)
     run.result = None
     run.failure = None
     run.cache_key = None

@@ -74,6 +74,8 @@ class WorkerSession:
     reads: dict[Token, frozenset[str]] = field(default_factory=dict)
     #: Drained (DrainWorker): it gets no new attempts.
     draining: bool = False
+    #: Said it is stopping (ConnectRequest.stopping): it gets no new attempts.
+    stopping: bool = False
     #: Its Hello (runtime, features), and when the session began (ListWorkers).
     hello: worker_pb2.Hello | None = None
     connected_at: float = 0.0
@@ -85,7 +87,9 @@ class WorkerSession:
     def free(self) -> int:
         """Slots not taken by an attempt the worker holds (none while drained); an
         attempt waiting for its child flow run lends its slot."""
-        return 0 if self.draining else self.slots - len(self.running) + len(self.waiting)
+        if self.draining or self.stopping:
+            return 0
+        return self.slots - len(self.running) + len(self.waiting)
 
     @property
     def can_take(self) -> bool:

@@ -204,7 +204,12 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
         )
     elif isinstance(event, TaskLost):
         msg.attempt_lost.CopyFrom(
-            journal_pb2.AttemptLost(key=event.key, attempt=event.attempt, reason=event.reason)
+            journal_pb2.AttemptLost(
+                key=event.key,
+                attempt=event.attempt,
+                reason=event.reason,
+                given_back=event.given_back,
+            )
         )
     elif isinstance(event, CacheChecked):
         checked = journal_pb2.CacheChecked(key=event.key, cache_key=event.cache_key)
@@ -267,7 +272,7 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
         event = TaskSkipped(k.key, k.attempt, k.reason)
     elif which == "attempt_lost":
         lost = msg.attempt_lost
-        event = TaskLost(lost.key, lost.attempt, lost.reason)
+        event = TaskLost(lost.key, lost.attempt, lost.reason, given_back=lost.given_back)
     elif which == "cache_checked":
         c = msg.cache_checked
         entry = None

@@ -103,6 +103,9 @@ class WorkerReports:
             return
         if kind == "cache_key":
             self._cache_key(session, msg.cache_key)
+            return
+        if kind == "stopping":  # its give-backs follow; nothing more goes to it
+            session.stopping = True
 
     def _report(self, session: WorkerSession, kind: str, msg: worker_pb2.ConnectRequest) -> None:
         """An attempt's start or outcome, from the session that holds it."""
@@ -146,7 +149,8 @@ class WorkerReports:
             requested = self.dispatcher.cancel_requested(key)
             self.dispatcher.finished(key)
             if not requested:  # given back unasked: dispatch it again (not a failure)
-                self.runs.handle(flow_run_id, TaskLost(run_key, token.attempt, GIVEN_BACK))
+                lost = TaskLost(run_key, token.attempt, GIVEN_BACK, given_back=True)
+                self.runs.handle(flow_run_id, lost)
             self.touch()
             return
         refused: tuple[StatusCode, str] | None = None

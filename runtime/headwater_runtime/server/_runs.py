@@ -53,6 +53,7 @@ from headwater_runtime.engine import (
     RunTask,
     StateEntry,
     TaskFailed,
+    TaskLost,
     TaskRunRecord,
     TaskSkipped,
     TaskSucceeded,
@@ -460,7 +461,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             later.append(functools.partial(self.handle, flow_run_id, event))
             return []
         assert active is not None
-        if type(event) is TaskFailed and event.never_started:
+        if (type(event) is TaskFailed and event.never_started) or (
+            isinstance(event, TaskLost) and event.given_back
+        ):
             row = active.row
             if row.engine_version != ENGINE_VERSION:
                 # A run started by an older engine: its journal now holds an input that
