@@ -36,6 +36,7 @@ from headwater_runtime.engine import ENGINE_VERSION, TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.server._runs import PendingAssignment
 from headwater_runtime.store import (
     FlowRunRow,
     LimitRow,
@@ -515,17 +516,26 @@ async def replaying(
         yield running, channel
 
 
-def _expanded_run(store: SlowReplayStore, n: int) -> tuple[RunManager, FakeDispatch, FlowRunRow]:
-    """A ``proto_pipeline`` run stored with its map over ``n`` numbers expanded, on a
-    manager whose dispatch holds the map's attempts (not yet delivered)."""
+def _started_run(
+    store: SlowReplayStore, pipeline: Any, n: int
+) -> tuple[RunManager, FakeDispatch, FlowRunRow, PendingAssignment]:
+    """A run of ``pipeline`` (its parameter ``n``) stored and started on a manager of
+    its own; the attempt of its first task, taken from the manager's dispatch."""
     store.released.set()
     dispatch = FakeDispatch()
     manager = RunManager(store, dispatch, Clock())
-    manager.register_flow(proto_pipeline.compile())
-    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(n)})
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run(pipeline.name, "", {"n": value_of(n)})
     manager.flush()
-    (numbers,) = dispatch.submitted
+    (first,) = dispatch.submitted
     dispatch.submitted.clear()
+    return manager, dispatch, row, first
+
+
+def _expanded_run(store: SlowReplayStore, n: int) -> tuple[RunManager, FakeDispatch, FlowRunRow]:
+    """A ``proto_pipeline`` run stored with its map over ``n`` numbers expanded, on a
+    manager whose dispatch holds the map's attempts (not yet delivered)."""
+    manager, dispatch, row, numbers = _started_run(store, proto_pipeline, n)
     token = numbers.assignment.token
     key = split_task_run_id(token.task_run_id)[1]
     manager.handle(row.id, TaskSucceeded(key, token.attempt, value_of(list(range(n)), True)))
@@ -629,14 +639,7 @@ def test_consumers_of_bridge_values_sent_again_at_a_restart_wait_for_the_bridge(
     once it is back, and the run succeeds. (They failed with ValueUnavailable: ownership
     was in the old server's memory.) The bridge is told to keep exactly those values."""
     store = SlowReplayStore(tmp_path / "hw.db")
-    store.released.set()
-    dispatch = FakeDispatch()
-    manager = RunManager(store, dispatch, Clock())
-    manager.register_flow(proto_pipeline.compile())
-    row, _ = manager.create_run("proto_pipeline", "", {"n": value_of(3)})
-    manager.flush()
-    (first,) = dispatch.submitted
-    dispatch.submitted.clear()
+    manager, dispatch, row, first = _started_run(store, proto_pipeline, 3)
 
     def held(payload_id: str, **meta: str) -> Any:
         ref = payload_pb2.PayloadRef(payload_id=payload_id, location="dask", dask_key="k")
@@ -710,14 +713,7 @@ def test_an_attempt_reclaimed_during_a_replay_by_a_worker_that_goes_is_lost_with
     retry is sent), and its lease on a limited tag ends with it. It was kept as an
     orphan instead, holding the tag's only slot until the heartbeat window ended."""
     store = SlowReplayStore(tmp_path / "hw.db")
-    store.released.set()
-    dispatch = FakeDispatch()
-    manager = RunManager(store, dispatch, Clock())
-    manager.register_flow(db_pipeline.compile())
-    row, _ = manager.create_run("db_pipeline", "", {"n": value_of(2)})
-    manager.flush()
-    (producer,) = dispatch.submitted
-    dispatch.submitted.clear()
+    manager, dispatch, row, producer = _started_run(store, db_pipeline, 2)
     token = producer.assignment.token
     key = split_task_run_id(token.task_run_id)[1]
     manager.handle(row.id, TaskSucceeded(key, token.attempt, value_of([0, 1], True)))
