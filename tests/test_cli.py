@@ -565,3 +565,20 @@ def test_listings_print_local_time_like_runs_list_and_audit(tmp_path: Path) -> N
     now_there = datetime.now(UTC) + timedelta(hours=5, minutes=45)
     assert abs(printed - now_there) < timedelta(minutes=5), (stamp, line)
     assert "Z " not in line
+
+
+def test_a_negative_duration_gets_the_flags_own_message() -> None:
+    """argparse took `-5s` for an option and answered "expected one argument"; the
+    value now reaches the flag, which says what it expects."""
+    from headwater._cli import _negative_values
+
+    proc = headwater_cli("runs", "list", "--since", "-1h", "--server", "127.0.0.1:1")
+    assert_usage_error(proc, "--since expects a duration", "got '-1h'")
+    assert "expected one argument" not in proc.stderr
+    assert _negative_values(["--every", "-5s", "--limit", "-1", "--", "-5s"]) == [
+        "--every=-5s",
+        "--limit",
+        "-1",
+        "--",
+        "-5s",
+    ]

@@ -7,6 +7,7 @@ from . import _grpc_env  # noqa: F401  (first: before anything imports grpc)
 # isort: split
 import argparse
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -510,11 +511,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """``--every -5s`` as ``--every=-5s``: argparse takes a value that starts with a
+    dash and is not a plain number for an option, and answers "expected one argument"
+    instead of the flag's own message about the value."""
+    out: list[str] = []
+    for arg in argv:
+        flag = out[-1] if out else ""
+        if flag.startswith("--") and flag != "--" and "=" not in flag and _DASHED.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+#: A value that starts with a dash and a digit but is not a plain number (``-5s``).
+_DASHED = re.compile(r"-\d+(\.\d+)?[^\d.]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``headwater`` command; returns the exit code (2 for a usage error, with
     one line on stderr instead of a traceback)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except (
