@@ -61,7 +61,20 @@ class ServerThread:
     def stop(self) -> None:
         assert self.running is not None
         future = asyncio.run_coroutine_threadsafe(self.running.stop(None), self.loop)
-        future.result(30)
+        try:
+            future.result(30)
+        except TimeoutError:
+            # A stop that hangs is a bug: say where every thread and task is.
+            import faulthandler
+            import sys
+
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+            try:  # (read from another thread: best effort)
+                for task in list(asyncio.all_tasks(self.loop)):
+                    task.print_stack(file=sys.stderr)
+            except RuntimeError:
+                pass
+            raise
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()
