@@ -79,6 +79,11 @@ def _values_in_input(msg: worker_pb2.InputValue) -> Iterator[payload_pb2.Value]:
             yield from _values_in_input(entry.value)
 
 
+def _chunks(payload_ids: list[str]) -> list[list[str]]:
+    """``payload_ids`` in lists of at most RELEASE_CHUNK (one ReleaseValues each)."""
+    return [payload_ids[i : i + RELEASE_CHUNK] for i in range(0, len(payload_ids), RELEASE_CHUNK)]
+
+
 def dask_ids(value: object) -> set[str]:
     """The payload ids of the Dask refs in a value (none when it is not a Value whose
     top is a Dask ref: only a bridge's own results hold them)."""
@@ -133,6 +138,7 @@ class DaskExports:
         self._due: list[tuple[float, str]] = []  # (release at, flow run id), a heap
         self._ending: dict[str, float] = {}  # ended run -> when its values go
         self._pins: dict[str, tuple[set[str], float | None]] = {}  # cache key -> ids, expiry
+        self._pin_due: list[tuple[float, str]] = []  # (expiry, cache key), a heap
         self._pinned: Counter[str] = Counter()  # payload id -> cache entries naming it
         self._releasing: set[str] = set()  # worker ids whose Hello lists release-values
         self._known: set[str] = set()  # worker ids that had a session with this server
@@ -186,9 +192,9 @@ class DaskExports:
         else:
             self._known.add(worker_id)
             keep = sorted(pid for pid, holder in self.owners.items() if holder == worker_id)
-            chunks = [keep[i : i + RELEASE_CHUNK] for i in range(0, len(keep), RELEASE_CHUNK)]
-            for i, chunk in enumerate(chunks or [[]]):
-                last = i == max(len(chunks) - 1, 0)
+            chunks = _chunks(keep) or [[]]
+            for i, chunk in enumerate(chunks):
+                last = i == len(chunks) - 1
                 release = worker_pb2.ReleaseValues(all=last, keep=chunk)
                 session.send(worker_pb2.ConnectResponse(release_values=release))
 
@@ -274,8 +280,7 @@ class DaskExports:
     @property
     def next_release_at(self) -> float | None:
         """When ``expire`` next has something to release (None: nothing is due)."""
-        due = [self._due[0][0]] if self._due else []
-        due += [at for _, at in self._pins.values() if at is not None]
+        due = [heap[0][0] for heap in (self._due, self._pin_due) if heap]
         if self.await_holders_until is not None:
             due.append(self.await_holders_until)
         return min(due, default=None)
@@ -302,8 +307,11 @@ class DaskExports:
             else:
                 self._kept.pop(flow_run_id, None)
             self._release(held - kept)
-        for key in [k for k, (_, at) in self._pins.items() if at is not None and at <= now]:
-            self._unpin(key)
+        while self._pin_due and self._pin_due[0][0] <= now:
+            at, key = heapq.heappop(self._pin_due)
+            pinned = self._pins.get(key)
+            if pinned is not None and pinned[1] == at:  # (not replaced since)
+                self._unpin(key)
 
     def pruned(self, ended_before: float) -> None:
         """Runs that ended before ``ended_before`` were deleted: release what they hold."""
@@ -322,6 +330,8 @@ class DaskExports:
         if ids:
             self._pins[cache_key] = (ids, expires_at)
             self._pinned.update(ids)
+            if expires_at is not None:
+                heapq.heappush(self._pin_due, (expires_at, cache_key))
 
     def _unpin(self, cache_key: str) -> None:
         ids, _ = self._pins.pop(cache_key)
@@ -363,8 +373,8 @@ class DaskExports:
 
     @staticmethod
     def _tell(session: WorkerSession, payload_ids: list[str]) -> None:
-        for i in range(0, len(payload_ids), RELEASE_CHUNK):
-            release = worker_pb2.ReleaseValues(payload_ids=payload_ids[i : i + RELEASE_CHUNK])
+        for chunk in _chunks(payload_ids):
+            release = worker_pb2.ReleaseValues(payload_ids=chunk)
             session.send(worker_pb2.ConnectResponse(release_values=release))
 
     def prepare(self, session: WorkerSession, pending: PendingAssignment) -> bool:

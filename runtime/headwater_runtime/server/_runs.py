@@ -462,7 +462,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             return []
         assert active is not None
         if (type(event) is TaskFailed and event.never_started) or (
-            isinstance(event, TaskLost) and event.given_back
+            type(event) is TaskLost and event.given_back
         ):
             row = active.row
             if row.engine_version != ENGINE_VERSION:
