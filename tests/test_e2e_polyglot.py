@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -265,6 +266,56 @@ def test_cancelling_a_running_node_task_aborts_it_and_frees_its_slot(
     # The Node worker has one slot: this runs only if TaskCancelled gave it back.
     after, _ = run(cluster, flows.scaled, {"n": 3})
     assert after.state is FlowRunState.SUCCESS and after.result == [0, 3, 6]
+
+
+@pytest.mark.timeout(240)
+def test_rolling_restarts_of_node_workers_never_fail_a_long_node_task(tmp_path: Path) -> None:
+    """Four rolling restarts of Node workers (a new one up, then SIGTERM to the old
+    one) while one long Node task runs: each stopping worker says so and gives the
+    attempt back, which counts no loss. Before, a stopping Node worker cancelled its
+    stream: four stops were four losses, and the task failed with headwater.WorkerLost
+    (a task run may be lost 3 times). A server of its own, with Node workers only."""
+    env = {**os.environ, "HEADWATER_TOKEN": TOKEN}
+    procs: list[Proc] = []
+
+    def start(args: list[str], stream: str) -> Proc:
+        procs.append(Proc(args, env, stream))
+        return procs[-1]
+
+    def node(name: str) -> Proc:
+        worker = start(node_worker_args(address, name, "--slots", "1"), "stderr")
+        worker.wait_line("connected to")
+        return worker
+
+    (tmp_path / "rolling_flows.py").write_text(textwrap.dedent(FLOWS))
+    flows = load_file(str(tmp_path / "rolling_flows.py"))
+    release = tmp_path / "release.txt"
+    try:
+        _, address = start_server(
+            lambda *args, **_: start([sys.executable, "-m", "headwater._cli", *args], "stdout"),
+            tmp_path / "rolling.db",
+        )
+        starts: list[Proc] = []
+        current = node("node-0")
+        with Client(address, token=TOKEN) as client:
+            run_id = client.run(flows.sensor, {"path": str(release)}).id
+            for restart in range(1, 5):
+                current.wait_line(f"attempt {restart}")
+                starts.append(current)
+                successor = node(f"node-{restart}")
+                current.popen.send_signal(signal.SIGTERM)
+                assert current.popen.wait(BOUND) == 0, current.lines
+                current = successor
+            current.wait_line("attempt 5")
+            release.write_text("hauled")
+            final = client.wait(run_id)
+            assert final.state is FlowRunState.SUCCESS, final.message
+            assert final.result == "hauled"
+            (task_run,) = client.get(run_id, include_task_runs=True).task_runs
+            assert task_run.attempts == 5  # four given back, one that finished
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 def test_the_node_worker_survives_a_server_restart_and_keeps_its_running_task(

@@ -2,6 +2,7 @@
 'use strict';
 // headwater-node-worker: connect to a Headwater server and run the handlers of a module.
 
+const os = require('node:os');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const { Worker, WorkerError } = require('../lib');
@@ -32,6 +33,10 @@ options:
                        TLS; default: HEADWATER_TLS_CERT)
   --tls-key FILE       its private key (PEM; default: HEADWATER_TLS_KEY)
   -h, --help           show this help
+
+SIGTERM or SIGINT stops the worker: it tells the server, gives back the attempts it
+runs (dispatched again elsewhere, no loss counted) and exits with status 0; a second
+signal exits at once (status 128 + the signal's number).
 
 Tracing: set OTEL_TRACES_EXPORTER=otlp or console (see README).`;
 
@@ -103,7 +108,16 @@ function main() {
     process.stderr.write(`headwater-node-worker ${worker.name} connected to ${args.server} (${types})\n`);
   });
   worker.on('reconnected', () => process.stderr.write(`reconnected to ${args.server}\n`));
-  for (const signal of ['SIGINT', 'SIGTERM']) process.once(signal, () => worker.stop());
+  // The first SIGTERM or SIGINT stops the worker (its attempts are given back); a second
+  // one ends the process at once, with status 128 + the signal's number.
+  let stopping = false;
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.on(signal, () => {
+      if (stopping) process.exit(128 + os.constants.signals[signal]);
+      stopping = true;
+      worker.stop();
+    });
+  }
   // Either way, the spans still batched are exported before the process exits (SIGTERM
   // included): process.exit() would drop them.
   const exit = async (code) => {

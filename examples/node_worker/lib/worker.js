@@ -28,6 +28,9 @@ const BACKOFF_MAX_MS = 5000;
 const SOON_WINDOW_MS = 30000;
 const BACKOFF_SOON_MS = 500;
 const DEFAULT_HEARTBEAT_MS = 10000;
+// A stopping worker waits this long for the server to close its stream after giving
+// its attempts back; then it cancels the stream (the server counts them lost).
+const GIVE_BACK_WAIT_MS = 2000;
 /** Longest message, stack trace or log line sent (a huge trace must not break the stream). */
 const TEXT_LIMIT = 64 << 10;
 const MAX_CAUSES = 5;
@@ -181,10 +184,28 @@ class Worker extends EventEmitter {
     }
   }
 
-  /** Stop taking work; running attempts are abandoned (the server dispatches them again). */
+  /**
+   * Stop taking work and make run() resolve. A welcomed worker says it is stopping
+   * (`stopping`: the server assigns it nothing more), aborts the attempts it runs and
+   * gives them back (a TaskCancelled the server did not ask for: it dispatches them
+   * again at once and counts no loss), then ends its stream; one the server has not
+   * closed within GIVE_BACK_WAIT_MS is cancelled (and those attempts count as lost).
+   */
   stop() {
+    if (this.stopped) return;
     this.stopped = true;
-    if (this.session) this.session.call.cancel();
+    const session = this.session;
+    if (session && session.welcome && !session.ended) {
+      session.call.write({ stopping: {} });
+      for (const attempt of [...this.running.values()]) {
+        this.#drop(attempt, 'the worker is stopping');
+        session.call.write({ cancelled: { token: attempt.token } });
+      }
+      session.call.end();
+      setTimeout(() => session.call.cancel(), GIVE_BACK_WAIT_MS).unref();
+    } else if (session) {
+      session.call.cancel();
+    }
     if (this.wake) this.wake();
   }
 

@@ -264,3 +264,43 @@ test('a server that stops answering is presumed dead after timeout + interval; t
   await server.waitFor('hello', () => true, 1);
   assert.ok(server.count('hello') >= 2);
 });
+
+test('stop() says stopping, gives every running attempt back as TaskCancelled, then ends its stream', async () => {
+  const server = await new FakeServer({ token: 'secret' }).start();
+  const aborted = [];
+  const worker = new Worker({
+    server: server.address,
+    token: 'secret',
+    slots: 2,
+    name: 'stopping-worker',
+    log: () => {},
+    handlers: {
+      hold: async (_inputs, ctx) => {
+        await untilAborted(ctx.signal);
+        aborted.push(ctx.signal.reason.message);
+        return 'never reported';
+      },
+    },
+  });
+  const running = worker.run();
+  try {
+    await server.waitFor('hello');
+    server.send({ assignment: assignment('a', 'hold') });
+    server.send({ assignment: assignment('b', 'hold') });
+    await server.waitFor('started', (s) => s.token.task_run_id === 'run/b');
+    worker.stop();
+    await running; // the server closed the stream once the worker ended its side
+    const kinds = server.received.map((m) => m.message);
+    const stopping = kinds.indexOf('stopping');
+    assert.ok(stopping > 0, `no stopping in ${kinds}`);
+    const given = server.received.filter((m) => m.message === 'cancelled').map((m) => m.cancelled.token.task_run_id);
+    assert.deepEqual(given.sort(), ['run/a', 'run/b']);
+    assert.ok(kinds.indexOf('cancelled') > stopping, 'the give-backs follow the stopping message');
+    assert.deepEqual(aborted, ['the worker is stopping', 'the worker is stopping']);
+    assert.equal(server.count('result'), 0);
+    assert.equal(server.count('hello'), 1); // it does not dial again
+  } finally {
+    worker.stop();
+    server.stop();
+  }
+});
