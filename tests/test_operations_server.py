@@ -352,6 +352,25 @@ def test_the_documented_configuration_file_is_one_the_server_takes(tmp_path: Pat
     assert settings({}, {"HEADWATER_ADVERTISE": "cp2:1"}, str(config)).advertise == "cp2:1"
 
 
+def test_the_stop_timeout_comes_from_the_flag_environment_or_file(tmp_path: Path) -> None:
+    config = tmp_path / "headwater.toml"
+    config.write_text('[server]\nstop_timeout = "45s"\n')
+    assert settings({}, {}).stop_timeout == 30.0  # the default
+    assert settings({}, {}, str(config)).stop_timeout == 45.0
+    assert settings({}, {"HEADWATER_STOP_TIMEOUT": "2m"}, str(config)).stop_timeout == 120.0
+    assert settings({"stop_timeout": 5.0}, {"HEADWATER_STOP_TIMEOUT": "2m"}).stop_timeout == 5.0
+    with pytest.raises(ConfigError, match="HEADWATER_STOP_TIMEOUT"):
+        settings({}, {"HEADWATER_STOP_TIMEOUT": "soon"})
+    ran = subprocess.run(
+        [sys.executable, "-m", "headwater._cli", "server", "--stop-timeout", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 2 and "--stop-timeout" in ran.stderr, ran.stderr
+
+
 def test_the_server_log_level_comes_from_the_flag_environment_or_file(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
     config.write_text('[server]\nlog_level = "warning"\n')

@@ -121,6 +121,7 @@ from ._settings import ENV_PAYLOAD_DIR as ENV_PAYLOAD_DIR
 from ._settings import ENV_PORT as ENV_PORT
 from ._settings import ENV_RETENTION as ENV_RETENTION
 from ._settings import ENV_SERVER as ENV_SERVER
+from ._settings import ENV_STOP_TIMEOUT as ENV_STOP_TIMEOUT
 from ._settings import ENV_TLS as ENV_TLS
 from ._settings import ENV_TLS_CA as ENV_TLS_CA
 from ._settings import ENV_TLS_CERT as ENV_TLS_CERT

@@ -59,6 +59,8 @@ ENV_UI_URL = "HEADWATER_UI_URL"
 ENV_LOG_LEVEL = "HEADWATER_LOG_LEVEL"
 #: How long a finished run's values stay held by Dask bridge workers.
 ENV_DASK_RELEASE_AFTER = "HEADWATER_DASK_RELEASE_AFTER"
+#: How long ``headwater server`` may take to stop after SIGTERM or SIGINT.
+ENV_STOP_TIMEOUT = "HEADWATER_STOP_TIMEOUT"
 
 #: Every variable above with what it sets (the README's table is checked against it).
 VARIABLES: dict[str, str] = {
@@ -93,6 +95,8 @@ VARIABLES: dict[str, str] = {
     ENV_LOG_LEVEL: "what the server logs (stderr): debug, info, warning or error (default info)",
     ENV_DASK_RELEASE_AFTER: "how long a finished run's values stay held by Dask bridge "
     "workers, e.g. 10m or 0 (default 5m; its result's: until the run is pruned)",
+    ENV_STOP_TIMEOUT: "the longest the server takes to stop after SIGTERM or SIGINT; then it "
+    "exits with status 1, writing every thread's stack (default 30s)",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

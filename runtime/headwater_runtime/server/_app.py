@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import logging
 import signal
@@ -330,6 +331,23 @@ def settings_from_env(
     return settings(overrides, environ, config)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _bound_the_stop(loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    """After the first SIGTERM or SIGINT: a second one ends the process at once (the
+    signal's default action: status 128 + its number), and a stop still under way
+    ``timeout`` seconds later ends it with status 1, every thread's stack on stderr
+    first. The deadline is faulthandler's watchdog, a C thread: it fires even when the
+    event loop is stuck in a call that never returns (a database that stopped
+    answering mid-stop), where nothing scheduled on the loop could. The runs resume
+    from their last stored state, as after a crash."""
+    for sig in _STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_DFL)
+    faulthandler.dump_traceback_later(timeout, exit=True)
+
+
 async def _first(*events: asyncio.Event) -> None:
     """Wait until any of the events is set."""
     waits = [asyncio.ensure_future(e.wait()) for e in events]
@@ -365,9 +383,14 @@ async def serve_forever(settings: ServerSettings) -> None:
     as a standby on the same port. SIGHUP reloads the TLS certificate."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+
+    def stop_on_signal() -> None:
+        stop.set()
+        _bound_the_stop(loop, settings.stop_timeout)
+
+    for sig in _STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop_on_signal)
     current: list[RunningServer] = []
 
     def reload_tls() -> None:
@@ -420,7 +443,12 @@ async def serve_forever(settings: ServerSettings) -> None:
             await _first(stop, running.lost)
             resumed_line.cancel()
         if stop.is_set():
-            print("headwater server stopping", file=sys.stderr, flush=True)
+            print(
+                f"headwater server stopping (at most {settings.stop_timeout:g}s; a second "
+                "signal exits at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             await running.stop()
             return
         print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import sys
 from typing import Any
@@ -116,6 +117,14 @@ def add_server_command(sub: Any) -> None:
         "clusters (clients can read them, a retry reuses them), e.g. 10m or 0 (or "
         "HEADWATER_DASK_RELEASE_AFTER; default 5m); a run's result stays until the run "
         "is pruned",
+    )
+    server.add_argument(
+        "--stop-timeout",
+        default=None,
+        metavar="DURATION",
+        help="the longest a stop may take after SIGTERM or SIGINT (a database that does not "
+        "answer): then the server writes every thread's stack and exits with status 1; a "
+        "second signal exits at once (or HEADWATER_STOP_TIMEOUT; default 30s)",
     )
     limits = server.add_argument_group(
         "limits",
@@ -250,6 +259,7 @@ def run_server(args: argparse.Namespace) -> int:
                 ("late_after", "--late-after", True),
                 ("lease", "--lease", False),
                 ("dask_release_after", "--dask-release-after", True),
+                ("stop_timeout", "--stop-timeout", False),
             )
         }
         settings = settings_from_env(
@@ -306,6 +316,9 @@ def run_server(args: argparse.Namespace) -> int:
         return 1
     finally:
         tracing.shutdown()  # SIGTERM ends serve_forever normally: spans are flushed
+        # The stop is over: its deadline (armed by the first signal) must not outlive
+        # it in a process that goes on (the CLI's own tests run it in-process).
+        faulthandler.cancel_dump_traceback_later()
     return 0
 
 

@@ -25,6 +25,7 @@ error naming the file, the key and what it expects.
     lease = "10s"               # HEADWATER_LEASE, --lease (with PostgreSQL)
     log_level = "info"          # HEADWATER_LOG_LEVEL, --log-level
     dask_release_after = "5m"   # HEADWATER_DASK_RELEASE_AFTER, --dask-release-after
+    stop_timeout = "30s"        # HEADWATER_STOP_TIMEOUT, --stop-timeout
 
 The size limits on what peers send (docs/limits.md) come from ``HEADWATER_MAX_*``
 variables and ``--max-*`` flags (``limits_from_env``), not from the file.
@@ -72,6 +73,7 @@ from headwater.wire import (
     ENV_PAYLOAD_DIR,
     ENV_PORT,
     ENV_RETENTION,
+    ENV_STOP_TIMEOUT,
     ENV_TLS_CERT,
     ENV_TLS_CLIENT_CA,
     ENV_TLS_KEY,
@@ -170,6 +172,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("advertise", ENV_ADVERTISE, _text),
     ("log_level", ENV_LOG_LEVEL, _log_level),
     ("dask_release_after", ENV_DASK_RELEASE_AFTER, _optional_seconds),
+    ("stop_timeout", ENV_STOP_TIMEOUT, _seconds),
 )
 _SERVER_KEYS = {field: parse for field, _, parse in ENVIRONMENT}
 _DELIVERY_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {

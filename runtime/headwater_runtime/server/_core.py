@@ -116,6 +116,9 @@ class ServerSettings:
     #: Seconds a finished run's values held by Dask bridge workers stay there (clients
     #: can read them, a retry reuses them); its result's stay until the run is pruned.
     dask_release_after: float = RELEASE_AFTER
+    #: ``headwater server``: the longest a stop (SIGTERM or SIGINT) may take; then the
+    #: process writes every thread's stack and exits with status 1 (``serve_forever``).
+    stop_timeout: float = 30.0
     #: The web UI and HTTP API (server/http): on unless False; its port, None for the
     #: default: the gRPC port + 1 (50052), or a free port when ``port`` is 0.
     http: bool = True
