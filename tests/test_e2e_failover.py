@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from e2e_helpers import Cluster, Proc, poll, start_server
+from e2e_helpers import BOUND, Cluster, Proc, poll, start_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pg_cluster import TempPostgres
 
@@ -263,6 +264,42 @@ def test_a_paused_leader_that_resumes_after_a_takeover_writes_nothing_and_stands
     ran = effects(tmp_path)
     assert ran.count("done-7-2") == 1 and ran.count("done-7-3") == 1, ran
     assert w.popen.poll() is None  # the worker followed the leader
+
+
+@pytest.mark.timeout(240)
+def test_a_client_waiting_on_a_frozen_leader_follows_the_new_one(
+    url: str, tmp_path: Path, cluster: Callable[..., Proc]
+) -> None:
+    """``Client.wait`` (and so ``runs watch`` and ``headwater run``) on a leader that
+    froze (SIGSTOP: its connections stay open, nothing answers) waited until it
+    resumed, although the standby took over and finished the run: the watch's stream
+    never failed. gRPC keepalive pings now end it, and the watch goes on on the new
+    leader while the old one is still frozen."""
+    quick = ("--heartbeat-interval", "1s", "--heartbeat-timeout", "4s")  # the worker moves on
+    first, leader = start_server(cluster, url, 0, *quick)
+    second = cluster("server", "--port", "0", "--db", url, "--lease", LEASE, *quick)
+    spare = second.wait_line("headwater server standing by on").split("standing by on ", 1)[1]
+    spare = spare.split(": ", 1)[0]
+    both = f"{leader},{spare}"
+    worker(cluster, both, "w1")
+    module: Any = load_file(str(tmp_path / "failover_tasks.py"))
+    with Client(both, token=TOKEN) as client:
+        run_id = client.run(module.fan, {"run": 9}).id
+        poll(lambda: {"start-9-2", "start-9-3"} <= set(effects(tmp_path)), "steps to start")
+        waited: dict[str, Any] = {}
+        waiter = threading.Thread(target=lambda: waited.update(run=client.wait(run_id)))
+        waiter.start()  # its stream opens before or after the freeze: it hangs either way
+        first.popen.send_signal(signal.SIGSTOP)
+        try:
+            second.wait_line("headwater server listening on")  # took the lead
+            (tmp_path / "release").write_text("go")
+            waiter.join(BOUND)
+            assert not waiter.is_alive(), "Client.wait still waits on the frozen leader"
+        finally:
+            first.popen.send_signal(signal.SIGCONT)
+            waiter.join(BOUND)
+    final = waited["run"]
+    assert final.state is FlowRunState.SUCCESS and final.result == 6, final.message
 
 
 def test_a_leader_stopped_with_sigterm_hands_over_at_once(

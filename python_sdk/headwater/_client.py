@@ -78,7 +78,23 @@ MAX_ANSWER_BYTES = 256 << 20
 RUN_ID_LENGTH = 32
 #: Flow runs asked for per ListFlowRuns call (the most a server returns at once).
 LIST_PAGE = 1000
-_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
+#: A call that streams from a server that stopped answering ends after at most
+#: KEEPALIVE_TIME + KEEPALIVE_TIMEOUT: a frozen leader (SIGSTOP, a stalled VM) keeps its
+#: connections open and silent, and a watch on it (``wait``, ``runs watch``) waited
+#: until it resumed. While a call is open, gRPC pings the server every KEEPALIVE_TIME
+#: ms, and a ping not answered within KEEPALIVE_TIMEOUT ms ends the connection's calls
+#: with UNAVAILABLE, which a watch follows to the next server (or watches again). The
+#: server lets clients ping that often (``min_ping_interval_without_data_ms``).
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 5_000
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    # Recent gRPC cores time a keepalive ping out by this one (default 1 minute).
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.max_pings_without_data", 0),  # a quiet watch is checked all along
+)
 _FAILOVER_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )

@@ -223,6 +223,10 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would
             # listen beside the first and get half of its clients' calls.
             ("grpc.so_reuseport", 0),
+            # Clients ping every 10 s while a call is open (headwater._client
+            # KEEPALIVE_TIME_MS: how a watch notices a frozen server); gRPC's default
+            # would answer a quiet watch's pings with GOAWAY "too_many_pings".
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ],
     )
     control = ControlServicer(core)
