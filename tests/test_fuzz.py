@@ -48,7 +48,7 @@ from headwater.v1 import (
     state_pb2,
     worker_pb2,
 )
-from headwater.wire import LENGTH_KEY, Limits
+from headwater.wire import LENGTH_KEY, FlowRunState, Limits
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -657,4 +657,33 @@ def test_fuzz_many_empty_chunks_are_refused_at_the_first(served: Served) -> None
     parts += [payload_pb2.UploadPayloadRequest(chunk=b"").SerializeToString()] * 200_000
     code = served.call(f"{PAYLOAD}/UploadPayload", "stream_unary", iter(parts))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    served.alive()
+
+
+def test_a_huge_list_of_one_state_is_one_state(served: Served) -> None:
+    """ListFlowRuns with the same state 250,000 times (1 MB, under the message limit)
+    answered UNKNOWN: SQLite has no room for 250,000 query parameters."""
+    control = control_plane_pb2_grpc.ControlPlaneServiceStub(served.channel)
+    request = cp.ListFlowRunsRequest(states=[FlowRunState.RUNNING.value] * 250_000, page_size=5)
+    listed = control.ListFlowRuns(request, timeout=CALL_TIMEOUT)
+    assert all(r.state == FlowRunState.RUNNING.value for r in listed.flow_runs)
+    served.alive()
+
+
+@pytest.mark.parametrize("size", [300, 17_000, 1_000_000])
+def test_a_refusal_quoting_a_huge_id_still_reaches_the_client(served: Served, size: int) -> None:
+    """A status's details travel as HTTP/2 metadata, which a peer refuses over 16 KiB:
+    GetFlowRun of a 17,000-character id answered RESOURCE_EXHAUSTED ("received metadata
+    size exceeds hard limit") instead of NOT_FOUND. Overlong words are shortened."""
+    control = control_plane_pb2_grpc.ControlPlaneServiceStub(served.channel)
+    for call, request in (
+        (control.GetFlowRun, cp.GetFlowRunRequest(id="x" * size)),
+        (control.CreateFlowRun, cp.CreateFlowRunRequest(flow_name="y" * size)),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=CALL_TIMEOUT)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        said = caught.value.details()
+        assert len(said) < 1_000 and f"({size:,} characters)" in said, said
+        assert "\n" not in said
     served.alive()

@@ -10,6 +10,7 @@ from headwater_runtime.store import Conflict, CredentialRow, NotFound
 
 from ._access import CALLER, AccessControl, new_credential
 from ._core import ServerCore
+from ._details import detail
 
 
 def credential_message(row: CredentialRow) -> access_pb2.Credential:
@@ -53,9 +54,9 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
             )
             await self.core.io.write(self.core.store.add_credential, row)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
         except Conflict as exc:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, detail(str(exc)))
         await self.access.reload()
         await self.core.audit("credential.create", "credential", row.name, row.role)
         return access_pb2.CreateCredentialResponse(credential=credential_message(row), token=token)
@@ -84,7 +85,7 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
                 self.core.store.revoke_credential, request.name, self.core.clock.now()
             )
         except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, detail(str(exc)))
         await self.access.reload()
         await self.core.audit("credential.revoke", "credential", row.name, row.role)
         return access_pb2.RevokeCredentialResponse(credential=credential_message(row))

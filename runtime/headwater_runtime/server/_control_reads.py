@@ -13,6 +13,7 @@ import grpc
 
 from headwater.v1 import control_plane_pb2 as cp
 
+from ._details import detail
 from ._reads import RunReads, log_entry
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class ReadsServicer:
 
     async def _bad_token(self, context: Any, token: str) -> None:
         await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"page_token {token!r} is not a log position"
+            grpc.StatusCode.INVALID_ARGUMENT, detail(f"page_token {token!r} is not a log position")
         )
 
     async def GetFlowRunResult(
@@ -76,7 +77,7 @@ class ReadsServicer:
             try:
                 await self.reads.check_task(row, request.task_id, request.task_run_id)
             except ValueError as exc:  # a malformed task run id
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
             try:
                 rows = await self.reads.logs(
                     request.flow_run_id,
@@ -86,7 +87,7 @@ class ReadsServicer:
                     limit=request.page_size,
                 )
             except ValueError as exc:  # a malformed task run id
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
         response = cp.ListTaskRunLogsResponse(entries=[log_entry(r) for r in rows])
         if request.page_size and len(rows) == request.page_size:
             response.next_page_token = str(rows[-1].seq)

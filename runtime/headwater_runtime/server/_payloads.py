@@ -13,6 +13,7 @@ from headwater.wire import CHUNK_SIZE, Limits
 from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavailable
 
 from ._access import CALLER, Caller
+from ._details import detail
 from ._io import StoreIO
 from ._previews import PREVIEW_BYTES, upload_metadata
 
@@ -117,13 +118,13 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                         error = limits.exceeded(
                             "max_payload_bytes", f"the upload declares {declared} bytes"
                         )
-                        await context.abort(exhausted, str(error))
+                        await context.abort(exhausted, detail(str(error)))
                     try:
                         upload = await self.io.write(
                             self.store.begin_payload, dict(header.metadata), declared, header.sha256
                         )
                     except ValueError as exc:
-                        await context.abort(invalid, str(exc))
+                        await context.abort(invalid, detail(str(exc)))
                 elif part == "chunk":
                     chunk = request.chunk
                     chunks += 1
@@ -134,12 +135,12 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                         error = limits.exceeded(
                             "max_chunk_bytes", f"chunk {chunks} has {len(chunk)} bytes"
                         )
-                        await context.abort(exhausted, str(error))
+                        await context.abort(exhausted, detail(str(error)))
                     if chunks > limits.max_upload_chunks:
                         error = limits.exceeded(
                             "max_upload_chunks", f"the upload sent {chunks} chunks"
                         )
-                        await context.abort(exhausted, str(error))
+                        await context.abort(exhausted, detail(str(error)))
                     if received > declared:
                         await context.abort(
                             invalid,
@@ -160,12 +161,12 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
             try:
                 meta = await self.io.write(upload.finish)
             except ValueError as exc:
-                await context.abort(invalid, str(exc))
+                await context.abort(invalid, detail(str(exc)))
         except StoreUnavailable as exc:
             if upload is not None:
                 await self.io.write(upload.abort)
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, str(exc))
+            await context.abort(code, detail(str(exc)))
         except TimeoutError:
             if upload is not None:
                 await asyncio.shield(self.io.write(upload.abort))
@@ -200,7 +201,7 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         try:
             await self.io.write(upload.write, data)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
 
     async def DownloadPayload(
         self,
@@ -214,14 +215,16 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         if self.access is not None and not self.access.may_download(caller, request.payload_id):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"credential {caller.name!r} (role {caller.role.value}) may download only "
-                f"the inputs of attempts it holds and what it uploaded, and payload "
-                f"{request.payload_id!r} is neither",
+                detail(
+                    f"credential {caller.name!r} (role {caller.role.value}) may download only "
+                    f"the inputs of attempts it holds and what it uploaded, and payload "
+                    f"{request.payload_id!r} is neither"
+                ),
             )
         try:
             meta = await self.io.read(self.store.payload_meta, request.payload_id)
         except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await context.abort(grpc.StatusCode.NOT_FOUND, detail(str(exc)))
         if not 0 <= request.offset <= meta.size:
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE,
