@@ -20,6 +20,14 @@ def test_control_characters_are_written_as_escapes_but_tab_and_newline_stay() ->
     assert printable("plain é ∑ 漢字") == "plain é ∑ 漢字"  # printable text as is
 
 
+def test_bidirectional_controls_are_written_as_escapes() -> None:
+    """U+202E in a name would show "report\u202eexe.txt" as "reporttxt.exe" (a user
+    trial); every embedding, override and isolate is shown as its escape."""
+    shown = printable("report\u202eexe.txt \u2066x\u2069 \u202a")
+    assert shown == "report\\u202eexe.txt \\u2066x\\u2069 \\u202a"
+    assert printable(shown) == shown
+
+
 def test_a_failure_with_escapes_in_its_message_and_traceback_prints_them_escaped() -> None:
     cause = FailureInfo("builtins.OSError", "disk \x1b]0;pwned\x07 gone")
     failure = FailureInfo(

@@ -753,3 +753,33 @@ def test_a_workers_too_small_message_limit_names_where_it_came_from(
     monkeypatch.setenv("HEADWATER_MAX_MESSAGE_BYTES", "100")
     with pytest.raises(ValueError, match=r"^HEADWATER_MAX_MESSAGE_BYTES must be at least 4194304"):
         message_bytes(None)
+
+
+@pytest.mark.parametrize(
+    ("flow_name", "task_id", "said"),
+    [
+        ("ok", "new\nline", "task id 'new\\nline' contains the control character '\\n'"),
+        ("ok", "tab\there", "task id 'tab\\there' contains the control character '\\t'"),
+        ("ok", "esc\x1b[31m", "task id 'esc\\x1b[31m' contains the control character '\\x1b'"),
+        ("bell\x07", "t", "flow name 'bell\\x07' contains the control character '\\x07'"),
+    ],
+)
+def test_names_and_ids_with_control_characters_are_refused(
+    tmp_path: Path, flow_name: str, task_id: str, said: str
+) -> None:
+    """A task id with a newline split the rows of `runs show`, and an escape sequence
+    could recolour an operator's terminal: refused like a "/" (a user trial)."""
+    graph = graph_pb2.FlowGraph(
+        name=flow_name, tasks=[graph_pb2.TaskNode(id=task_id, task_type="m")]
+    )
+    with pytest.raises(GraphError) as info:
+        graph_from_proto(graph)
+    assert str(info.value).startswith(said), str(info.value)
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        code, details = await status_of(client.RegisterFlow(cp.RegisterFlowRequest(graph=graph)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(said), details
+        assert running.store.list_flows() == []
+
+    against_server(tmp_path, body)

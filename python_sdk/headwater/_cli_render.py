@@ -46,10 +46,17 @@ _CONTROLS = {
     for code in (*range(0x20), *range(0x7F, 0xA0))
     if code not in (0x09, 0x0A)
 }
+#: Unicode's bidirectional controls (embeddings, overrides, isolates) as ``\\uNNNN``:
+#: one in a name or a log line reorders what the terminal shows after it (U+202E
+#: prints "exe.txt" for "txt.exe").
+_CONTROLS.update(
+    {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+)
 
 
 def printable(text: str) -> str:
-    """``text`` with its control characters but tab and newline written as ``\\xNN``."""
+    """``text`` with its control characters but tab and newline written as ``\\xNN``,
+    and bidirectional controls as ``\\uNNNN``."""
     return text.translate(_CONTROLS) if not text.isprintable() else text
 
 

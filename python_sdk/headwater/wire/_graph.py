@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._ids import TASK_RUN_ID_SEPARATOR, split_child_key
+from ._ids import TASK_RUN_ID_SEPARATOR, control_character, split_child_key
 from ._limits import MAX_DURATION
 
 
@@ -353,6 +353,17 @@ class GraphSpec:
             if t.id in ids:
                 raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
             ids[t.id] = t
+        # One scan of every id (joined by "/", which none contains) for a control
+        # character (a newline split `runs show` rows): per-id scans of a 100,000-task
+        # graph would hold the server's loop longer.
+        if control_character(self.name) or control_character(TASK_RUN_ID_SEPARATOR.join(ids)):
+            for what, name in (("flow name", self.name), *(("task id", i) for i in ids)):
+                bad = control_character(name)
+                if bad is not None:
+                    raise GraphError(
+                        f"{what} {name!r} contains the control character {bad!r}: names and "
+                        "ids are shown in terminals and listings; rename it"
+                    )
         for t in self.tasks:
             # Only an id ending in "]" can be a child key: most skip the pattern match.
             child = split_child_key(t.id) if t.id[-1] == "]" else None

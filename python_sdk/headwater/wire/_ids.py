@@ -45,6 +45,14 @@ MAX_NAME = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def control_character(value: str) -> str | None:
+    """The first control character in ``value`` (None: it has none): names and ids
+    are shown in terminals, where one (a newline, an escape sequence) could forge
+    what an operator reads."""
+    found = _CONTROL.search(value)
+    return None if found is None else found.group()
+
+
 def check_name(what: str, value: str) -> str:
     """``value`` when it can serve as ``what``'s name (shown in lists, terminals and
     audit lines): not empty, at most MAX_NAME characters, no control characters (an
