@@ -79,6 +79,20 @@ def test_idempotency_key_returns_the_first_run(store: Store) -> None:
     assert not created and second.id == "r1"
     with pytest.raises(NotFound):
         store.get_flow_run("r2")
+    # Reused for another flow, or other parameters: refused, naming the run and why.
+    with pytest.raises(Conflict) as other_flow:
+        store.create_flow_run(FlowRunRow("r3", "load", "1", 1, 12.0, idempotency_key="k"))
+    assert str(other_flow.value) == (
+        "idempotency key 'k' was already used for flow run r1 of flow 'etl', not 'load'; "
+        "use a new key"
+    )
+    with pytest.raises(Conflict) as other_values:
+        store.create_flow_run(
+            FlowRunRow("r4", "etl", "1", 1, 12.0, parameters=b"{}", idempotency_key="k")
+        )
+    assert "flow run r1 of flow 'etl' with other parameters; use a new key" in str(
+        other_values.value
+    )
 
 
 def test_commit_writes_a_batch_atomically_and_survives_reopen(db: str) -> None:

@@ -40,6 +40,19 @@ class Conflict(Exception):
     parameters, or a flow version re-registered with another graph)."""
 
 
+def key_reused(key: str, run_id: str, flow_name: str, row: FlowRunRow) -> Conflict:
+    """The refusal of ``row``'s idempotency ``key``, which names the stored run
+    ``run_id`` of ``flow_name`` for another flow or other parameters."""
+    if flow_name != row.flow_name:
+        why = f"flow run {run_id} of flow {flow_name!r}, not {row.flow_name!r}; use a new key"
+    else:
+        why = (
+            f"flow run {run_id} of flow {flow_name!r} with other parameters; use a new key, "
+            "or the same parameters to get that run"
+        )
+    return Conflict(f"idempotency key {key!r} was already used for {why}")
+
+
 class StoreUnavailable(Exception):
     """The store cannot take writes right now (disk full, I/O error, database locked).
 

@@ -50,6 +50,7 @@ from ._base import (
     StoreUnavailable,
     TaskRunRow,
     WriteBatch,
+    key_reused,
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._postgres_access import PostgresAccessTables, insert_audit
@@ -304,11 +305,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                 ).fetchone()
                 if existing is not None:
                     if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
-                        raise Conflict(
-                            f"idempotency key {row.idempotency_key!r} was already used for "
-                            f"flow run {existing[0]} (flow {existing[1]!r}) with other "
-                            "parameters; use a new key, or the same parameters to get that run"
-                        )
+                        raise key_reused(row.idempotency_key, existing[0], existing[1], row)
                     return str(existing[0]), False
             conn.execute(
                 f"INSERT INTO flow_runs ({FLOW_RUN_COLS}) "

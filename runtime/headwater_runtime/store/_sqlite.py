@@ -43,6 +43,7 @@ from ._base import (
     StoreUnavailable,
     TaskRunRow,
     WriteBatch,
+    key_reused,
 )
 from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
@@ -344,11 +345,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 ).fetchone()
                 if existing is not None:
                     if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
-                        raise Conflict(
-                            f"idempotency key {row.idempotency_key!r} was already used for "
-                            f"flow run {existing[0]} (flow {existing[1]!r}) with other "
-                            "parameters; use a new key, or the same parameters to get that run"
-                        )
+                        raise key_reused(row.idempotency_key, existing[0], existing[1], row)
                     return str(existing[0]), False
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM flow_runs").fetchone()[0]
             db.execute(
