@@ -115,6 +115,10 @@ function main() {
     process.on(signal, () => {
       if (stopping) process.exit(128 + os.constants.signals[signal]);
       stopping = true;
+      const held = worker.running.size;
+      process.stderr.write(
+        `headwater-node-worker ${worker.name}: ${signal}; stopping (${held} running attempt(s) given back to the server; a second signal exits at once)\n`,
+      );
       worker.stop();
     });
   }
