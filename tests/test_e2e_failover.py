@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
@@ -133,7 +135,7 @@ def worker(start: Callable[..., Proc], addresses: str, name: str) -> Proc:
 
 
 def test_a_standby_refuses_calls_naming_the_leader_and_clients_find_the_leader(
-    url: str, cluster: Callable[..., Proc]
+    url: str, tmp_path: Path, cluster: Callable[..., Proc]
 ) -> None:
     _, leader = start_server(cluster, url)
     _, spare = standby(cluster, url)
@@ -178,6 +180,21 @@ def test_a_standby_refuses_calls_naming_the_leader_and_clients_find_the_leader(
         client.server_info()
     with Client(f"{spare},{leader}", token=TOKEN) as client:
         assert client.server_info()["protocol_version"] == 1
+    # `headwater run` given both says which server took the run (it printed the list).
+    (tmp_path / "echo_flow.py").write_text(
+        "from headwater import flow\n\n@flow\ndef echo(x: int = 1) -> int:\n    return x\n"
+    )
+    command = [sys.executable, "-m", "headwater._cli", "run", str(tmp_path / "echo_flow.py")]
+    ran = subprocess.run(
+        [*command, "--server", f"{spare},{leader}", "-p", "x=7"],
+        env={**os.environ, "HEADWATER_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0 and ran.stdout.strip() == "7", (ran.stdout, ran.stderr)
+    assert f"created on {leader}\n" in ran.stderr, ran.stderr
 
 
 def test_sigkill_of_the_leader_mid_run_every_run_completes_and_no_stored_success_reruns(

@@ -170,7 +170,8 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
     # The CLI's own span (when tracing): the flow span on the server becomes its child.
     with connect(args, address) as client, cli_span(f"run {flow.name}"):
         run = client.run(flow, params)
-        print(f"flow run {run.id} of {run.flow_name!r} created on {address}", file=sys.stderr)
+        where = client._addresses.current  # the server that took it (of several given)
+        print(f"flow run {run.id} of {run.flow_name!r} created on {where}", file=sys.stderr)
         try:
             final = follow_run(client, run)
         except KeyboardInterrupt:
