@@ -312,3 +312,50 @@ def test_a_bridge_whose_dask_client_closed_stops_saying_why(
         "the Dask client closed: the scheduler at tcp://10.0.0.5:8786 went away (restart the "
         "scheduler and its workers, then this worker; its attempts are dispatched again)"
     ]
+
+
+@pytest.mark.timeout(120)
+def test_a_task_whose_resource_workers_left_fails_instead_of_waiting_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only worker declaring GPU=1 leaves while a GPU task runs: Dask puts the
+    task back to wait for such a worker, forever, and the attempt stayed RUNNING (a
+    user trial). Once no worker has declared the resources for RESOURCE_GRACE, the
+    attempt fails with headwater.ResourcesUnavailable, as one submitted then does."""
+    from distributed import Client, LocalCluster
+
+    import headwater._worker_dask as bridge_module
+
+    monkeypatch.setattr(bridge_module, "RESOURCE_CHECK", 0.1)
+    monkeypatch.setattr(bridge_module, "RESOURCE_GRACE", 0.5)
+    probe = Probe(tmp_path)
+
+    @task(resources={"GPU": 1})
+    def on_gpu() -> int:
+        probe.set("gpu-started")
+        time.sleep(1.0)  # (closing the worker waits for its running task)
+        return 1
+
+    cluster = LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        resources={"GPU": 1},
+        dashboard_address=None,
+    )
+    client = Client(cluster)
+    bridge = Bridge(client, [on_gpu])
+    try:
+        bridge.attempts.assign(assignment(on_gpu.task_type, "r/gpu", {}))
+        assert probe.wait("gpu-started")
+        (name,) = list(cluster.workers)
+        cluster.sync(cluster.workers[name].close)  # the GPU worker leaves
+        outcome = bridge.outcome("r/gpu")
+        assert outcome.HasField("failure"), outcome
+        failure = outcome.failure.failure
+        assert failure.type == "headwater.ResourcesUnavailable" and not failure.retryable
+        assert "left the cluster while it waited" in failure.message, failure.message
+    finally:
+        bridge.close()
+        client.close()
+        cluster.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -47,6 +48,12 @@ log = logging.getLogger("headwater.worker")
 
 # How often a waiting attempt thread wakes up, so an interruption lands promptly.
 _POLL = 0.1
+#: While a task with ``resources`` waits, how often the bridge asks the scheduler
+#: whether a worker still declares them, and how long none may (a worker restarting)
+#: before the attempt fails with headwater.ResourcesUnavailable: Dask itself would
+#: keep the task waiting for such a worker forever (seconds).
+RESOURCE_CHECK = 2.0
+RESOURCE_GRACE = 10.0
 #: Result types no worker or client could ever read (pickle refuses them): a plain
 #: worker fails such an attempt when it encodes the result; the bridge, which keeps
 #: results in the cluster, by the type Dask records for it.
@@ -163,11 +170,32 @@ class DaskAttempts(Attempts):
         future.add_done_callback(lambda _f: done.set())
         with self.lock:
             self._futures[token] = (future, key)
+        gone = False
+        checked, missing_since = time.monotonic(), None
         while not done.wait(_POLL):  # interruptible between waits (cancel, timeout)
-            pass
+            if not resources or time.monotonic() - checked < RESOURCE_CHECK:
+                continue
+            checked = time.monotonic()
+            if cluster_declares(self.client, resources):
+                missing_since = None
+            elif missing_since is None:
+                missing_since = checked
+            elif checked - missing_since >= RESOURCE_GRACE:
+                gone = True  # every worker that declared them left the cluster
+                self.client.cancel(future)
+                break
         self._seal(attempt)
         with self.lock:
             self._futures.pop(token, None)
+        if gone:
+            why = (
+                f"task {task.name!r} needs resources {resources}, and the Dask workers "
+                f"that declared them left the cluster while it waited (none for "
+                f"{RESOURCE_GRACE:g}s; Dask would wait for one forever)"
+            )
+            return failure_report(
+                token, failure("headwater.ResourcesUnavailable", why, retryable=False)
+            )
         if future.status in ("cancelled", "lost"):
             # The cluster dropped it (its scheduler went away, or restarted): no failure
             # of the task, so give the attempt back (dispatched again, no retry used).
