@@ -203,7 +203,7 @@ def test_sigkill_of_the_leader_mid_run_every_run_completes_and_no_stored_success
     first, leader = start_server(cluster, url)
     second, spare = standby(cluster, url)
     both = f"{leader},{spare}"
-    worker(cluster, both, "w1")
+    w1 = worker(cluster, both, "w1")
     worker(cluster, both, "w2")
     module: Any = load_file(str(tmp_path / "failover_tasks.py"))
     with Client(both, token=TOKEN) as client:
@@ -225,6 +225,11 @@ def test_sigkill_of_the_leader_mid_run_every_run_completes_and_no_stored_success
             final = client.wait(run_id)
             assert final.state is FlowRunState.SUCCESS, final.message
             assert final.result == 6
+    # The worker says at most every 10 s that the dead leader cannot be reached, not
+    # once per turn between it and the standby (6 lines in this takeover's ~2 s; about
+    # 40 in 10 s in a user trial).
+    said = [line for line in w1.other + w1.lines if f"cannot connect to {leader}" in line]
+    assert 1 <= len(said) <= 2, said
     ran = effects(tmp_path)
     assert stored, "some successes were stored before the kill"
     for run_id, key in stored:

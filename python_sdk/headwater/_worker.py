@@ -92,6 +92,8 @@ _CHANNEL_OPTIONS = [
 ]
 #: Marker put on a session's queue to make the request generator send a heartbeat.
 _BEAT = worker_pb2.ConnectRequest()
+#: Seconds between two lines saying that one address refuses or cannot be reached.
+SAY_EVERY = 10.0
 #: Seconds a stopping worker waits for the server to close its stream after giving
 #: its attempts back (then it cancels the stream: the server counts them lost).
 GIVE_BACK_WAIT = 2.0
@@ -264,6 +266,7 @@ class Worker:
         try:
             failures = 0
             lost_at = -SOON_WINDOW  # when a welcomed connection last broke (monotonic)
+            said: dict[str, float] = {}  # address -> when its refusal was last logged
             while not self._stop.is_set():
                 address = self.address
                 welcomed, why, hint = self._session_once()
@@ -273,10 +276,16 @@ class Worker:
                 if welcomed:
                     failures, lost_at = 0, time.monotonic()
                     log.warning("lost the connection to %s (%s); reconnecting", address, why)
-                elif failures % 10 == 0 and not standby:
-                    if why.startswith("UNAVAILABLE"):  # a TLS mismatch says so, with the fix
-                        why = explain_unreachable(address, self.tls) or why
-                    log.warning("cannot connect to %s (%s); retrying", address, why)
+                elif time.monotonic() - said.get(address, -SAY_EVERY) >= SAY_EVERY:
+                    # Once per address per SAY_EVERY: during a failover the dead leader
+                    # and the standby answer in turn, and each turn was a line.
+                    said[address] = time.monotonic()
+                    if standby:
+                        log.warning("%s stands by (%s); waiting for a leader", address, why)
+                    else:
+                        if why.startswith("UNAVAILABLE"):  # a TLS mismatch says so, with the fix
+                            why = explain_unreachable(address, self.tls) or why
+                        log.warning("cannot connect to %s (%s); retrying", address, why)
                 if not welcomed and self.addresses.several:
                     self.addresses.advance(hint)
                 delay = reconnect_delay(failures, time.monotonic() - lost_at)
