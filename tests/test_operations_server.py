@@ -501,8 +501,13 @@ def test_a_server_that_stepped_down_waits_for_its_database_instead_of_exiting(
 
     monkeypatch.setattr(_app, "start_server", start)
     monkeypatch.setattr(_app, "RESTART_PAUSE", 0.01)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     asyncio.run(asyncio.wait_for(_app.serve_forever(ServerSettings(port=0)), 30))
     assert starts == ["start"] * 4
+    # The SIGTERM gave both signals their default action (a second one exits at once)
+    # and armed the stop's deadline: a process that goes on gets its handlers back
+    # (this one's Ctrl-C was SIG_DFL for the rest of the test run).
+    assert {sig: signal.getsignal(sig) for sig in before} == before
     err = capsys.readouterr()
     assert "standing by again" in err.err
     assert err.out.count("headwater server listening on 127.0.0.1:4242") == 2

@@ -384,9 +384,24 @@ RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 30.0
 async def serve_forever(settings: ServerSettings) -> None:
     """Run until SIGINT/SIGTERM; prints the listening line once it serves. A standby
     says so (and whom it waits for) first; a leader that loses the lead starts again
-    as a standby on the same port. SIGHUP reloads the TLS certificate."""
-    stop = asyncio.Event()
+    as a standby on the same port. SIGHUP reloads the TLS certificate. When it
+    returns, the stop's deadline is cancelled and the signal handlers from before are
+    back (a process that goes on: the tests, an application)."""
     loop = asyncio.get_running_loop()
+    previous = {sig: signal.getsignal(sig) for sig in (*_STOP_SIGNALS, signal.SIGHUP)}
+    try:
+        await _serve(settings, loop)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        for sig, handler in previous.items():
+            with contextlib.suppress(NotImplementedError, ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+async def _serve(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> None:
+    stop = asyncio.Event()
 
     def stop_on_signal() -> None:
         stop.set()
