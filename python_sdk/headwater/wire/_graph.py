@@ -353,17 +353,7 @@ class GraphSpec:
             if t.id in ids:
                 raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
             ids[t.id] = t
-        # One scan of every id (joined by "/", which none contains) for a control
-        # character (a newline split `runs show` rows): per-id scans of a 100,000-task
-        # graph would hold the server's loop longer.
-        if control_character(self.name) or control_character(TASK_RUN_ID_SEPARATOR.join(ids)):
-            for what, name in (("flow name", self.name), *(("task id", i) for i in ids)):
-                bad = control_character(name)
-                if bad is not None:
-                    raise GraphError(
-                        f"{what} {name!r} contains the control character {bad!r}: names and "
-                        "ids are shown in terminals and listings; rename it"
-                    )
+        _check_printable(self.name, list(ids))
         for t in self.tasks:
             # Only an id ending in "]" can be a child key: most skip the pattern match.
             child = split_child_key(t.id) if t.id[-1] == "]" else None
@@ -584,6 +574,30 @@ def _mapped_inputs(graph: GraphSpec) -> Iterator[tuple[TaskSpec, InputSpec | Non
         if t.subflow is not None and t.mapped is None:
             for arg in t.subflow.mapped_parameters:
                 yield t, t.inputs.get(arg), True
+
+
+#: Ids checked per C call by ``_check_printable`` (each call holds the GIL: one over a
+#: 100,000-task graph's ids held it ~3 ms, which the server's event loop waited for).
+_PRINTABLE_SLICE = 10_000
+
+
+def _check_printable(flow_name: str, task_ids: list[str]) -> None:
+    """GraphError naming a flow name or task id with a control character (a newline
+    split the rows of `runs show`; an escape sequence could recolour a terminal). Ids
+    are checked joined, a slice at a time (``str.isprintable``, then the regex only
+    where that finds anything)."""
+    for what, names in (("flow name", [flow_name]), ("task id", task_ids)):
+        for start in range(0, len(names), _PRINTABLE_SLICE):
+            part = names[start : start + _PRINTABLE_SLICE]
+            if TASK_RUN_ID_SEPARATOR.join(part).isprintable():
+                continue
+            for name in part:
+                bad = control_character(name)
+                if bad is not None:
+                    raise GraphError(
+                        f"{what} {name!r} contains the control character {bad!r}: names and "
+                        "ids are shown in terminals and listings; rename it"
+                    )
 
 
 def _split_nodes(graph: GraphSpec) -> dict[str, tuple[str | int, ...]]:
