@@ -97,8 +97,8 @@ def effects(tmp_path: Path) -> list[str]:
     return [line.split(" ", 1)[0] for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def standby(start: Callable[..., Proc], url: str) -> tuple[Proc, str]:
-    proc = start("server", "--port", "0", "--db", url, "--lease", LEASE)
+def standby(start: Callable[..., Proc], url: str, *extra: str) -> tuple[Proc, str]:
+    proc = start("server", "--port", "0", "--db", url, "--lease", LEASE, *extra)
     line = proc.wait_line("headwater server standing by on")
     return proc, line.split("standing by on ", 1)[1].split(": ", 1)[0]
 
@@ -299,9 +299,7 @@ def test_a_client_waiting_on_a_frozen_leader_follows_the_new_one(
     leader while the old one is still frozen."""
     quick = ("--heartbeat-interval", "1s", "--heartbeat-timeout", "4s")  # the worker moves on
     first, leader = start_server(cluster, url, 0, *quick)
-    second = cluster("server", "--port", "0", "--db", url, "--lease", LEASE, *quick)
-    spare = second.wait_line("headwater server standing by on").split("standing by on ", 1)[1]
-    spare = spare.split(": ", 1)[0]
+    second, spare = standby(cluster, url, *quick)
     both = f"{leader},{spare}"
     worker(cluster, both, "w1")
     module: Any = load_file(str(tmp_path / "failover_tasks.py"))

@@ -48,6 +48,17 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+@contextlib.contextmanager
+def _frozen(server: TempPostgres) -> Iterator[None]:
+    """Every process of the PostgreSQL server stopped (SIGSTOP) for the block."""
+    frozen = _processes(server)
+    _signal_all(frozen, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        _signal_all(frozen, signal.SIGCONT)
+
+
 def _start(tmp_path: Path, url: str, *extra: str) -> Proc:
     procs: list[Proc] = []
 
@@ -65,13 +76,11 @@ def test_a_stop_its_database_never_answers_ends_at_the_stop_timeout(
     private_pg: TempPostgres, tmp_path: Path
 ) -> None:
     server = _start(tmp_path, private_pg.database(), "--stop-timeout", "2s")
-    frozen = _processes(private_pg)
-    _signal_all(frozen, signal.SIGSTOP)
     try:
-        server.popen.send_signal(signal.SIGTERM)
-        code = server.popen.wait(BOUND)  # it hung here, forever
+        with _frozen(private_pg):
+            server.popen.send_signal(signal.SIGTERM)
+            code = server.popen.wait(BOUND)  # it hung here, forever
     finally:
-        _signal_all(frozen, signal.SIGCONT)
         server.stop()
     stderr = "\n".join(server.other)
     assert code == 1, stderr
@@ -85,15 +94,13 @@ def test_a_second_signal_ends_a_stop_that_hangs_at_once(
     private_pg: TempPostgres, tmp_path: Path
 ) -> None:
     server = _start(tmp_path, private_pg.database(), "--stop-timeout", "10m")
-    frozen = _processes(private_pg)
-    _signal_all(frozen, signal.SIGSTOP)
     try:
-        server.popen.send_signal(signal.SIGTERM)
-        poll(lambda: any("server stopping" in x for x in server.other), "the stop to begin")
-        server.popen.send_signal(signal.SIGINT)
-        code = server.popen.wait(BOUND)
+        with _frozen(private_pg):
+            server.popen.send_signal(signal.SIGTERM)
+            poll(lambda: any("server stopping" in x for x in server.other), "the stop to begin")
+            server.popen.send_signal(signal.SIGINT)
+            code = server.popen.wait(BOUND)
     finally:
-        _signal_all(frozen, signal.SIGCONT)
         server.stop()
     # Killed by the signal (its default action): without the change, the second
     # signal only asked again for the stop that hung, and this waited in vain.
