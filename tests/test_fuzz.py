@@ -687,3 +687,16 @@ def test_a_refusal_quoting_a_huge_id_still_reaches_the_client(served: Served, si
         assert len(said) < 1_000 and f"({size:,} characters)" in said, said
         assert "\n" not in said
     served.alive()
+
+
+def test_an_overlong_idempotency_key_is_refused(served: Served) -> None:
+    """A 100,000-character idempotency key was stored and indexed with its run (a user
+    trial); keys are at most 1,000 characters, as Temporal's workflow ids."""
+    control = control_plane_pb2_grpc.ControlPlaneServiceStub(served.channel)
+    request = cp.CreateFlowRunRequest(flow_name="proto_pipeline", idempotency_key="k" * 1_001)
+    with pytest.raises(grpc.RpcError) as caught:
+        control.CreateFlowRun(request, timeout=CALL_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    said = caught.value.details() or ""
+    assert said == "idempotency_key is 1,001 characters long (at most 1,000)", said
+    served.alive()

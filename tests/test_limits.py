@@ -762,13 +762,16 @@ def test_a_workers_too_small_message_limit_names_where_it_came_from(
         ("ok", "tab\there", "task id 'tab\\there' contains the control character '\\t'"),
         ("ok", "esc\x1b[31m", "task id 'esc\\x1b[31m' contains the control character '\\x1b'"),
         ("bell\x07", "t", "flow name 'bell\\x07' contains the control character '\\x07'"),
+        ("ok", "t" * 201, f"task id {'t' * 40!r}... is 201 characters long (at most 200)"),
+        ("f" * 5_000, "t", f"flow name {'f' * 40!r}... is 5,000 characters long (at most 200)"),
     ],
 )
-def test_names_and_ids_with_control_characters_are_refused(
+def test_names_and_ids_that_are_too_long_or_hold_control_characters_are_refused(
     tmp_path: Path, flow_name: str, task_id: str, said: str
 ) -> None:
     """A task id with a newline split the rows of `runs show`, and an escape sequence
-    could recolour an operator's terminal: refused like a "/" (a user trial)."""
+    could recolour an operator's terminal: refused like a "/" (a user trial), and so is
+    a name longer than a worker's may be (200 characters; 10,000 were taken)."""
     graph = graph_pb2.FlowGraph(
         name=flow_name, tasks=[graph_pb2.TaskNode(id=task_id, task_type="m")]
     )

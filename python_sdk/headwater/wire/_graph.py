@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._ids import TASK_RUN_ID_SEPARATOR, control_character, split_child_key
+from ._ids import MAX_NAME, TASK_RUN_ID_SEPARATOR, control_character, split_child_key
 from ._limits import MAX_DURATION
 
 
@@ -353,7 +353,7 @@ class GraphSpec:
             if t.id in ids:
                 raise GraphError(f"flow {self.name!r}: duplicate task id {t.id!r}")
             ids[t.id] = t
-        _check_printable(self.name, list(ids))
+        _check_names(self.name, list(ids))
         for t in self.tasks:
             # Only an id ending in "]" can be a child key: most skip the pattern match.
             child = split_child_key(t.id) if t.id[-1] == "]" else None
@@ -576,19 +576,26 @@ def _mapped_inputs(graph: GraphSpec) -> Iterator[tuple[TaskSpec, InputSpec | Non
                 yield t, t.inputs.get(arg), True
 
 
-#: Ids checked per C call by ``_check_printable`` (each call holds the GIL: one over a
+#: Ids checked per C call by ``_check_names`` (each call holds the GIL: one over a
 #: 100,000-task graph's ids held it ~3 ms, which the server's event loop waited for).
 _PRINTABLE_SLICE = 10_000
 
 
-def _check_printable(flow_name: str, task_ids: list[str]) -> None:
-    """GraphError naming a flow name or task id with a control character (a newline
-    split the rows of `runs show`; an escape sequence could recolour a terminal). Ids
-    are checked joined, a slice at a time (``str.isprintable``, then the regex only
-    where that finds anything)."""
+def _check_names(flow_name: str, task_ids: list[str]) -> None:
+    """GraphError naming a flow name or task id longer than MAX_NAME characters, or
+    with a control character (a newline split the rows of `runs show`; an escape
+    sequence could recolour a terminal). Ids are checked a slice at a time: their
+    lengths, then joined (``str.isprintable``; the regex only where that finds
+    anything)."""
     for what, names in (("flow name", [flow_name]), ("task id", task_ids)):
         for start in range(0, len(names), _PRINTABLE_SLICE):
             part = names[start : start + _PRINTABLE_SLICE]
+            longest = max(part, key=len)
+            if len(longest) > MAX_NAME:
+                raise GraphError(
+                    f"{what} {longest[:40]!r}... is {len(longest):,} characters long (at "
+                    f"most {MAX_NAME}): names and ids are shown in listings; shorten it"
+                )
             if TASK_RUN_ID_SEPARATOR.join(part).isprintable():
                 continue
             for name in part:

@@ -100,6 +100,9 @@ def audit_message(row: AuditRow) -> cp.AuditEntry:
 
 #: The length of a flow run's id (32 hex digits); a shorter one is a prefix.
 _RUN_ID_LENGTH = 32
+#: The longest idempotency key a run may be created with (characters; Temporal takes
+#: workflow ids of up to 1,000 bytes): it is stored, indexed and shown with the run.
+MAX_IDEMPOTENCY_KEY = 1_000
 
 
 class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceServicer):
@@ -167,6 +170,13 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         """Create and start a run; stored before the answer."""
         if not request.flow_name:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "flow_name is required")
+        if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            await _fail(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"idempotency_key is {len(request.idempotency_key):,} characters long (at "
+                f"most {MAX_IDEMPOTENCY_KEY:,})",
+            )
         await self._check_parameters(request.parameters, context)
         parent = None
         if request.parent_task_run_id:
