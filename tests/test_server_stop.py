@@ -60,12 +60,8 @@ def _frozen(server: TempPostgres) -> Iterator[None]:
 
 
 def _start(tmp_path: Path, url: str, *extra: str) -> Proc:
-    procs: list[Proc] = []
-
     def start(*args: str) -> Proc:
-        command = [sys.executable, "-m", "headwater._cli", *args]
-        procs.append(Proc(command, dict(os.environ), "stdout"))
-        return procs[-1]
+        return Proc([sys.executable, "-m", "headwater._cli", *args], dict(os.environ), "stdout")
 
     server, _ = start_server(start, url, 0, *extra)
     return server

@@ -62,6 +62,6 @@ def check_name(what: str, value: str) -> str:
         raise ValueError(f"{what} must not be empty")
     if len(value) > MAX_NAME:
         raise ValueError(f"{what} is {len(value)} characters long (at most {MAX_NAME})")
-    if _CONTROL.search(value):
+    if control_character(value) is not None:
         raise ValueError(f"{what} {value[:40]!r} must not contain control characters")
     return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import faulthandler
 import logging
 import sys
 from typing import Any
@@ -316,9 +315,6 @@ def run_server(args: argparse.Namespace) -> int:
         return 1
     finally:
         tracing.shutdown()  # SIGTERM ends serve_forever normally: spans are flushed
-        # The stop is over: its deadline (armed by the first signal) must not outlive
-        # it in a process that goes on (the CLI's own tests run it in-process).
-        faulthandler.cancel_dump_traceback_later()
     return 0
 
 
