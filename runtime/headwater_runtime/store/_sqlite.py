@@ -48,6 +48,7 @@ from ._base import (
 from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._sqlite_access import AccessTables, insert_audit
+from ._sqlite_checkpoint import Checkpointer
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
 from ._sqlite_payloads import SQLiteChunks, publish_payload
 from ._sqlite_schema import (
@@ -105,6 +106,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._claim: Any = None  # the open lock file while a server holds the database
+        #: Checkpoints the WAL off the commit path once a server claimed the database.
+        self._checkpointer: Checkpointer | None = None
         try:
             db = self._db
             version = self._schema_version(db)
@@ -189,6 +192,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=10000")  # another process (headwater prune)
+            if self._checkpointer is not None:
+                db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -219,9 +224,18 @@ class SQLiteStore(SQLiteOps, AccessTables):
         lock.write(f"pid {os.getpid()}, {holder}")
         lock.flush()
         self._claim = lock
+        # The server's commits should not stop to copy the WAL back into the database
+        # file: a thread of its own does (store/_sqlite_checkpoint.py).
+        self._checkpointer = Checkpointer(self.path)
+        with self._lock:
+            for db in self._connections:
+                db.execute("PRAGMA wal_autocheckpoint=0")
 
     def close(self) -> None:
         """Close every thread's connection (and remove a temporary database)."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._claim is not None:
             self._claim.close()  # (the lock goes with the descriptor)
             self._claim = None
