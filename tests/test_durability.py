@@ -36,6 +36,7 @@ from headwater_runtime.engine import ENGINE_VERSION, TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.server._dispatch import UNSTORED_PER_SLOT
 from headwater_runtime.server._runs import PendingAssignment
 from headwater_runtime.store import (
     FlowRunRow,
@@ -411,12 +412,12 @@ class HeldStore(SQLiteStore):
         super().commit(batch)
 
 
-def test_a_worker_never_has_more_unrecorded_deliveries_than_twice_its_slots(
+def test_a_worker_never_has_more_unrecorded_deliveries_than_the_cap_per_slot(
     tmp_path: Path,
 ) -> None:
     """However far the store falls behind, a worker is not sent another attempt while
-    it has twice as many assignments whose delivery is not stored as it has slots:
-    after a crash each of those may run twice."""
+    it has UNSTORED_PER_SLOT times as many assignments whose delivery is not stored as
+    it has slots: after a crash each of those may run twice."""
 
     async def main() -> None:
         store = HeldStore(tmp_path / "hw.db", "scale[0]")
@@ -426,18 +427,20 @@ def test_a_worker_never_has_more_unrecorded_deliveries_than_twice_its_slots(
         ):
             worker = StreamWorker(channel, "w", slots=1)
             await worker.next("welcome")
-            await create(channel, n=3)
+            await create(channel, n=UNSTORED_PER_SLOT + 1)
             first = await worker.next("assignment")
             worker.send(result=worker.result(first))
             held = await worker.next("assignment")  # its delivery's commit is held
             assert held.token.task_run_id.endswith("/scale[0]")
             worker.send(result=worker.result(held))
-            second = await worker.next("assignment")  # 2 unrecorded for 1 slot
-            worker.send(result=worker.result(second))
+            for _ in range(UNSTORED_PER_SLOT - 1):  # up to the cap, for 1 slot
+                last = await worker.next("assignment")
+                worker.send(result=worker.result(last))
             (session,) = running.core.dispatcher.sessions.values()
-            token = (second.token.task_run_id, second.token.attempt)
+            token = (last.token.task_run_id, last.token.attempt)
             try:
                 await _until(lambda: token not in session.running, "the result to arrive")
+                assert session.unstored == UNSTORED_PER_SLOT
                 assert running.core.dispatcher.pending_count == 1
                 assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
             finally:

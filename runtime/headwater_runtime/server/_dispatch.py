@@ -36,8 +36,11 @@ from ._tag_limits import TagLimits
 from ._waiting import waiting_reason
 
 #: A worker gets no more assignments while it has this many per slot whose delivery
-#: the store has not recorded yet (WorkerSession.can_take).
-UNSTORED_PER_SLOT = 2
+#: the store has not recorded yet (WorkerSession.can_take). Only tasks shorter than a
+#: commit reach it: a slot then turns over several times while one commit is written
+#: and the next gathers (a few ms). At 2 the workers of a fan-out of no-op tasks
+#: waited for commits 6-12 % of the time (benchmarks/README.md, thirteenth session).
+UNSTORED_PER_SLOT = 4
 _NONE: dict[Token, PendingAssignment] = {}  # no attempt of that run is queued
 
 log = logging.getLogger("headwater.server")
@@ -93,10 +96,10 @@ class WorkerSession:
 
     @property
     def can_take(self) -> bool:
-        """A free slot, and fewer unrecorded deliveries than twice the slots: after a
-        crash an attempt sent without a recorded delivery may run twice, so a worker
-        never has more of them than that, however far the store falls behind (twice:
-        one slot may turn over while one commit is written without waiting for it)."""
+        """A free slot, and fewer unrecorded deliveries than ``UNSTORED_PER_SLOT``
+        times the slots: after a crash an attempt sent without a recorded delivery may
+        run twice, so a worker never has more of them than that, however far the store
+        falls behind."""
         return self.free > 0 and self.unstored < UNSTORED_PER_SLOT * self.slots
 
     def stale(self, pending: PendingAssignment) -> bool:
