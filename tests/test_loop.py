@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from e2e_helpers import BOUND
 
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import (
@@ -320,6 +321,40 @@ class _WatchedStore(SQLiteStore):
     def read_payload(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
         type(self).whole_reads += 1
         return super().read_payload(*args, **kwargs)
+
+
+def test_the_store_upkeep_runs_on_the_writer_thread_after_a_write_at_most_so_often() -> None:
+    """The store's upkeep (SQLite: the WAL checkpoint) runs on the writer thread after
+    the write that queued it, whose caller does not wait for it; then not again until
+    ``upkeep_every`` has passed."""
+    seen: list[tuple[str, str]] = []
+    upkeep_may_end = threading.Event()
+
+    def upkeep() -> None:
+        seen.append(("upkeep", threading.current_thread().name))
+        assert upkeep_may_end.wait(BOUND)
+
+    def write(tag: str) -> str:
+        seen.append((tag, threading.current_thread().name))
+        return tag
+
+    async def main() -> None:
+        io = StoreIO(upkeep=upkeep, upkeep_every=3600)
+        try:
+            assert await io.write(write, "first") == "first"  # not held by the upkeep
+            second = asyncio.ensure_future(io.write(write, "second"))
+            await asyncio.sleep(0.05)
+            assert not second.done(), "a write waits for the upkeep under way"
+            upkeep_may_end.set()
+            assert await second == "second"
+            await io.write(write, "third")
+        finally:
+            upkeep_may_end.set()
+            io.close()
+
+    asyncio.run(main())
+    assert [tag for tag, _ in seen] == ["first", "upkeep", "second", "third"]
+    assert {name for _, name in seen} == {"headwater-store-writer_0"}
 
 
 def test_a_download_streams_one_stored_chunk_at_a_time(tmp_path: Path) -> None:

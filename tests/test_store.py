@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import sqlite3
 import threading
 import time
@@ -67,20 +66,20 @@ def _wal_pages(path: Path) -> int:
     return wal.stat().st_size // 4096 if wal.exists() else 0
 
 
-def test_a_claimed_database_is_checkpointed_off_the_commit_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_claimed_database_is_checkpointed_between_writes_not_in_commits(
+    tmp_path: Path,
 ) -> None:
     # Unclaimed (prune, the CLI): SQLite checkpoints inside the commit that passes
-    # 1,000 pages, so 12 MiB of commits leave a log of about that size.
+    # 1,000 pages, so 12 MiB of commits leave a log of about that size, and
+    # checkpoint() has nothing to do.
     path = tmp_path / "a.db"
     plain = SQLiteStore(path)
     _fill(plain, 12)
     assert _wal_pages(path) < 2000
+    plain.checkpoint()
     plain.close()
     # Claimed by a server: no commit checkpoints (every connection, also one opened
-    # later on another thread, says 0), so until the checkpointer runs the log holds
-    # all 12 MiB; then it runs, and everything in the log is in the database file.
-    monkeypatch.setattr("headwater_runtime.store._sqlite_checkpoint.INTERVAL", 3600.0)
+    # later on another thread, says 0), so the log holds all 12 MiB ...
     path = tmp_path / "b.db"
     store = SQLiteStore(path)
     store.claim("test")
@@ -93,34 +92,15 @@ def test_a_claimed_database_is_checkpointed_off_the_commit_path(
     assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     assert other == [0]
     _fill(store, 12)
-    assert _wal_pages(path) >= 12 * 256
-    checkpointer = store._checkpointer
-    assert checkpointer is not None and checkpointer.checkpoints == 0
-    store.close()
-    assert not checkpointer._thread.is_alive(), "close() ends the checkpoint thread"
-
-    # Once something is committed (here one transaction of 4 MiB), the checkpointer
-    # copies the whole log into the database file.
-    monkeypatch.setattr("headwater_runtime.store._sqlite_checkpoint.INTERVAL", 0.01)
-    path = tmp_path / "c.db"
-    store = SQLiteStore(path)
-    store.claim("test")
-    checkpointer = store._checkpointer
-    assert checkpointer is not None
-    db = store._db
-    db.execute("BEGIN")
-    db.execute("CREATE TABLE filler (data BLOB)")
-    db.executemany("INSERT INTO filler VALUES (?)", ([os.urandom(4096)] for _ in range(1024)))
-    db.execute("COMMIT")
-    assert _wal_pages(path) >= 1024
-    deadline = time.monotonic() + 30
-    while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert checkpointer.checkpoints >= 1
-    busy, logged, copied = (
-        sqlite3.connect(path).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    )
-    assert (busy, logged) == (0, copied), "the checkpointer left frames in the log"
+    pages = _wal_pages(path)
+    assert pages >= 12 * 256
+    # ... until checkpoint() copies all of it into the database file; the next
+    # writes then start the log over instead of growing it.
+    store.checkpoint()
+    for _ in range(3):
+        _fill(store, 2)
+        store.checkpoint()
+    assert _wal_pages(path) == pages, "the log grew although it was copied back"
     store.close()
 
 

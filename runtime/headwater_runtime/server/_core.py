@@ -174,7 +174,7 @@ class ServerCore(WorkerReports):
         self.store = store
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.io = io or StoreIO()
+        self.io = io or StoreIO(upkeep=store.checkpoint)
         self.exports = DaskExports(
             send=self._send_held, fail=self._fail_held, release_after=settings.dask_release_after
         )

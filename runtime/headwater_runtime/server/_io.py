@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -19,6 +20,9 @@ T = TypeVar("T")
 
 #: Reader threads (queries of runs, task runs, logs, payload chunks).
 READERS = 4
+#: Seconds between two upkeeps of the store on the writer thread (SQLite: copying the
+#: write-ahead log back into the database file; at most a few MB under full load).
+UPKEEP_EVERY = 0.1
 
 
 class StoreIO:
@@ -26,16 +30,34 @@ class StoreIO:
 
     Args:
         readers: how many reader threads.
+        upkeep: the store's ``checkpoint`` (run on the writer thread between writes).
+        upkeep_every: seconds between upkeeps.
     """
 
-    def __init__(self, readers: int = READERS) -> None:
+    def __init__(
+        self,
+        readers: int = READERS,
+        upkeep: Callable[[], None] | None = None,
+        upkeep_every: float = UPKEEP_EVERY,
+    ) -> None:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="headwater-store-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="headwater-store-reader")
+        self._upkeep = upkeep
+        self._upkeep_every = upkeep_every
+        self._upkeep_at = 0.0  # when the last upkeep was queued (monotonic)
 
     async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``fn(*args, **kwargs)`` on the writer thread (after the writes before it)."""
+        """``fn(*args, **kwargs)`` on the writer thread (after the writes before it).
+        Then, at most every ``upkeep_every`` seconds, the store's upkeep runs there
+        too: after this write's result is on its way back, before the next write."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
+        done = loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
+        if self._upkeep is not None:
+            now = time.monotonic()
+            if now - self._upkeep_at >= self._upkeep_every:
+                self._upkeep_at = now
+                self._writer.submit(self._upkeep)  # (it reports its own failures)
+        return await done
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` on a reader thread."""

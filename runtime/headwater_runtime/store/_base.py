@@ -597,6 +597,12 @@ class Store(OpsStore, Protocol):
         storage only one server may use (SQLite)."""
         ...
 
+    def checkpoint(self) -> None:
+        """Upkeep a claimed store's writes need, done on the writer thread between
+        them rather than inside a commit (SQLite: copy the write-ahead log back into
+        the database file). Nothing for a store that needs none."""
+        ...
+
     def close(self) -> None:
         """Release the storage (no call may follow)."""
         ...

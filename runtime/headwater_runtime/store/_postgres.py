@@ -149,6 +149,9 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         """Nothing to claim: several servers share a PostgreSQL database, one leading
         (the lease fences every write of the others)."""
 
+    def checkpoint(self) -> None:
+        """Nothing: PostgreSQL checkpoints on its own, outside the server's commits."""
+
     def close(self) -> None:
         """Close every connection."""
         self._pool.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -48,7 +49,6 @@ from ._base import (
 from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
 from ._sqlite_access import AccessTables, insert_audit
-from ._sqlite_checkpoint import Checkpointer
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
 from ._sqlite_payloads import SQLiteChunks, publish_payload
 from ._sqlite_schema import (
@@ -59,6 +59,8 @@ from ._sqlite_schema import (
     SCHEMA_VERSION,
     _transaction,
 )
+
+log = logging.getLogger("headwater.store")
 
 
 class SQLiteStore(SQLiteOps, AccessTables):
@@ -106,8 +108,10 @@ class SQLiteStore(SQLiteOps, AccessTables):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._claim: Any = None  # the open lock file while a server holds the database
-        #: Checkpoints the WAL off the commit path once a server claimed the database.
-        self._checkpointer: Checkpointer | None = None
+        #: Whether ``checkpoint()`` copies the WAL back (a server claimed the database:
+        #: its commits then do not, see ``claim``).
+        self._checkpoints = False
+        self._checkpoint_failing = False
         try:
             db = self._db
             version = self._schema_version(db)
@@ -192,8 +196,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=10000")  # another process (headwater prune)
-            if self._checkpointer is not None:
-                db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's thread does
+            if self._checkpoints:
+                db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint() does, between writes
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -224,18 +228,41 @@ class SQLiteStore(SQLiteOps, AccessTables):
         lock.write(f"pid {os.getpid()}, {holder}")
         lock.flush()
         self._claim = lock
-        # The server's commits should not stop to copy the WAL back into the database
-        # file: a thread of its own does (store/_sqlite_checkpoint.py).
-        self._checkpointer = Checkpointer(self.path)
+        # SQLite copies the write-ahead log back into the database file inside the
+        # commit that makes the log pass 1,000 pages: that commit took several ms, and
+        # nothing it covers leaves the server before it is stored. The server's writer
+        # thread calls checkpoint() between writes instead.
         with self._lock:
+            self._checkpoints = True
             for db in self._connections:
                 db.execute("PRAGMA wal_autocheckpoint=0")
 
+    def checkpoint(self) -> None:
+        """A PASSIVE checkpoint on this thread's connection (the writer thread, between
+        writes: the whole log is copied, so the next write starts it over and it does
+        not grow), once the database is claimed. A failure (the disk is full: the file
+        cannot grow) is logged once and tried again at the next call; the log grows
+        meanwhile, as it would with SQLite's own checkpoints failing."""
+        if not self._checkpoints:
+            return
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            if not self._checkpoint_failing:
+                log.warning(
+                    "could not copy the write-ahead log into %s (%s); it grows until a "
+                    "checkpoint succeeds",
+                    self.path,
+                    exc,
+                )
+            self._checkpoint_failing = True
+        else:
+            if self._checkpoint_failing:
+                log.warning("the write-ahead log of %s is copied back again", self.path)
+            self._checkpoint_failing = False
+
     def close(self) -> None:
         """Close every thread's connection (and remove a temporary database)."""
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
-            self._checkpointer = None
         if self._claim is not None:
             self._claim.close()  # (the lock goes with the descriptor)
             self._claim = None
