@@ -62,6 +62,18 @@ from ._sqlite_schema import (
 
 log = logging.getLogger("headwater.store")
 
+#: A claimed database's log is copied back once it holds more than this (bytes; SQLite
+#: itself does at 1,000 pages, ~4 MB), by ``checkpoint()`` between writes.
+WAL_CHECKPOINT = 4 * 1024 * 1024
+
+
+def _no_checkpoints_in_commits(db: sqlite3.Connection) -> None:
+    """A server's connection: its commits leave the log to ``checkpoint()``, and a log
+    that starts over is cut back to WAL_CHECKPOINT bytes (its file then grows past
+    that only when that much was logged since: what ``checkpoint()`` looks at)."""
+    db.execute("PRAGMA wal_autocheckpoint=0")
+    db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT}")
+
 
 class SQLiteStore(SQLiteOps, AccessTables):
     """The default store: one SQLite file in WAL mode (the tables and methods of
@@ -197,7 +209,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=10000")  # another process (headwater prune)
             if self._checkpoints:
-                db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint() does, between writes
+                _no_checkpoints_in_commits(db)
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -235,16 +247,22 @@ class SQLiteStore(SQLiteOps, AccessTables):
         with self._lock:
             self._checkpoints = True
             for db in self._connections:
-                db.execute("PRAGMA wal_autocheckpoint=0")
+                _no_checkpoints_in_commits(db)
 
     def checkpoint(self) -> None:
-        """A PASSIVE checkpoint on this thread's connection (the writer thread, between
-        writes: the whole log is copied, so the next write starts it over and it does
-        not grow), once the database is claimed. A failure (the disk is full: the file
+        """Once the database is claimed, and the log holds more than WAL_CHECKPOINT
+        bytes: a PASSIVE checkpoint on this thread's connection (the writer thread,
+        between writes: the whole log is copied, so the next write starts it over, and
+        it is cut back to WAL_CHECKPOINT bytes). A failure (the disk is full: the file
         cannot grow) is logged once and tried again at the next call; the log grows
         meanwhile, as it would with SQLite's own checkpoints failing."""
         if not self._checkpoints:
             return
+        try:
+            if os.stat(f"{self.path}-wal").st_size <= WAL_CHECKPOINT:
+                return  # (over it only once that much was logged since it started over)
+        except OSError:
+            return  # no log: nothing to copy
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
