@@ -451,6 +451,49 @@ def test_a_worker_never_has_more_unrecorded_deliveries_than_the_cap_per_slot(
     asyncio.run(main())
 
 
+def test_a_stopping_server_hands_out_nothing_and_the_next_sends_it_at_once(
+    tmp_path: Path,
+) -> None:
+    """From the moment a server begins to stop it hands out no attempt: one handed out
+    then is recorded delivered, and the stop may end the worker's stream before it
+    arrives; the next server then waited a heartbeat window for a worker to claim it,
+    and ran it again as attempt 2 (seen after SIGTERMs under load). What the stopping
+    server stored is acked, and the next server sends the queued attempt at once."""
+
+    async def main() -> None:
+        store = SQLiteStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            run_id = await create(channel, n=2)
+            first = await worker.next("assignment")
+            running.core.closing()  # what stop() does first
+            worker.send(result=worker.result(first))
+            ack = await worker.next("ack")
+            assert ack.accepted and ack.token == first.token
+            await running.core.flush()
+            assert all(m.WhichOneof("message") != "assignment" for m in _drain(worker))
+            delivered = store.delivered(run_id)
+            assert not any(key.startswith("scale") for key in delivered), delivered
+            await worker.close()
+        again = SQLiteStore(tmp_path / "hw.db")
+        async with (
+            served(again) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w", slots=1)
+            await worker.next("welcome")
+            sent = await worker.next("assignment")
+            assert sent.token.task_run_id.endswith("/scale[0]")
+            assert sent.token.attempt == 1
+            await worker.close()
+
+    asyncio.run(main())
+
+
 def test_a_worker_keeps_every_resent_attempt_it_holds_even_beyond_its_slots(
     tmp_path: Path,
 ) -> None:

@@ -118,8 +118,14 @@ class RunningServer:
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop serving, store what is left, give up the lease, close the store. The
-        attempts workers hold are kept for them (``ServerCore.closing``)."""
+        attempts workers hold are kept for them (``ServerCore.closing``): nothing more
+        is assigned, and what is pending is stored and sent before the workers'
+        streams end (their reports' acks among it: not sent again after the restart)."""
         self.core.closing()
+        if self._core_started:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace if grace is not None else 1.0):
+                    await self.core.flush()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -668,8 +668,22 @@ class ServerCore(WorkerReports):
         """The server is about to stop serving: the worker streams it ends are no
         loss. Their attempts stay delivered in the store, and the next server waits for
         the workers to reconnect with them, as after a crash; counted lost here, each
-        would be retried there, running twice (once on the worker that kept it)."""
+        would be retried there, running twice (once on the worker that kept it).
+        Nothing is assigned from now on (``Dispatcher.close``)."""
         self._closing = True
+        self.dispatcher.close()
+
+    @property
+    def stopping(self) -> bool:
+        """``closing()`` was called: the worker streams are about to end."""
+        return self._closing
+
+    async def flush(self) -> None:
+        """Store what is pending and carry out what it covers (acks, assignments held
+        for their commit) while the workers' streams are still open; a store that
+        cannot take it now is left to ``stop`` (the caller bounds the wait)."""
+        with contextlib.suppress(Exception):
+            await self.commits.durable()
 
     def _lost(self, flow_run_id: str, task_run_id: str, attempt: int) -> None:
         if self._closing:

@@ -159,6 +159,7 @@ class Dispatcher:
         self._owner: dict[Token, WorkerSession] = {}
         self._cancelling: set[Token] = set()  # cancels sent, not yet acknowledged
         self._paused = False
+        self._closed = False  # the server stops: nothing is handed out any more
         self._warned: set[tuple[str, str, str]] = set()  # (session, task type, digest)
         # Attempts with a schedule_to_start_timeout: (start by, tie breaker, attempt).
         self._start_by: list[tuple[float, int, PendingAssignment]] = []
@@ -195,6 +196,13 @@ class Dispatcher:
         self._paused = paused
         if not paused:
             self.pump()
+
+    def close(self) -> None:
+        """Hand out nothing more (the server stops; ``pause(False)`` does not undo
+        it): an attempt assigned now would be recorded delivered, and the stop may end
+        its worker's stream before it arrives. The next server would then wait a
+        heartbeat window for a worker to claim it, and count it lost."""
+        self._closed = True
 
     # ------------------------------------------------------------ run manager side
 
@@ -545,7 +553,7 @@ class Dispatcher:
         a wide map's flow run nor its task type keeps a shared worker's slots from the
         others (a 100,000-element map of one task type would otherwise take every slot
         freed until it is done)."""
-        if not self._pending or self._paused:
+        if not self._pending or self._paused or self._closed:
             return
         if self._deferring:
             self._pump_wanted = True

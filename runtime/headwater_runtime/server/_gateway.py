@@ -121,10 +121,13 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
                         core.on_worker_message(session, message)
             except Exception:
-                # A bug handling one message must not end the stream silently.
-                log.exception(
-                    "ending the stream of worker %s: a message could not be handled", session.name
-                )
+                # A bug handling one message must not end the stream silently; a
+                # stopping server's streams end with an error of gRPC's, no bug.
+                if not core.stopping:
+                    log.exception(
+                        "ending the stream of worker %s: a message could not be handled",
+                        session.name,
+                    )
                 raise
             finally:
                 outbox.put_nowait(None)
