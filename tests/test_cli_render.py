@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
-from headwater import flow, task
-from headwater._cli_render import failure_lines, printable, summary_table
+from headwater import _cli_render, flow, task
+from headwater._cli_render import (
+    PLAIN_LINES,
+    Progress,
+    failure_lines,
+    printable,
+    summary_table,
+)
 from headwater.wire import FailureInfo
 
 
@@ -91,3 +98,31 @@ def test_graph_text_shows_where_a_task_can_run() -> None:
 
     (line,) = [t for t in as_text(training.graph()).splitlines() if t.startswith("  trains")]
     assert line.endswith("[labels pool=gpu; resources GPU=1,MEMORY=8e+09; tags db,nightly]")
+
+
+def test_plain_progress_prints_the_first_changes_then_failures_and_summaries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not on a terminal (CI logs, a pipe), progress is one line per task run change,
+    up to PLAIN_LINES of them; a wide map then gets a line per failure and a summary
+    every SUMMARY_EVERY seconds (30,000 elements printed 60,000 lines, and the command
+    ended half a minute after its run: a user trial)."""
+    monkeypatch.setattr(_cli_render, "SUMMARY_EVERY", 3600.0)
+    out = io.StringIO()
+    with Progress("flow run x", out=out) as progress:
+        for i in range(PLAIN_LINES + 50):
+            progress.update(f"t[{i}]", "t", "SUCCESS")
+        progress.update("bad", "b", "FAILED", "boom")
+    lines = out.getvalue().splitlines()
+    assert lines[:PLAIN_LINES] == [f"  t[{i}]: SUCCESS" for i in range(PLAIN_LINES)]
+    assert f"more than {PLAIN_LINES} task run changes" in lines[PLAIN_LINES]
+    assert lines[PLAIN_LINES + 1 :] == ["  bad: FAILED boom"]
+
+    monkeypatch.setattr(_cli_render, "SUMMARY_EVERY", 0.0)  # a summary at each change
+    out = io.StringIO()
+    with Progress("flow run y", out=out) as progress:
+        for i in range(PLAIN_LINES + 2):
+            progress.update(f"t[{i}]", "t", "SUCCESS")
+        progress.update("u", "u", "RUNNING")
+    *_, last = out.getvalue().splitlines()
+    assert last.startswith(f"  {PLAIN_LINES + 2}/{PLAIN_LINES + 3} done, 1 running, 0 failed, ")

@@ -181,11 +181,20 @@ def summary_table(
     return table
 
 
+#: Plain progress (not a terminal): task run changes printed one per line, at most.
+PLAIN_LINES = 200
+#: Then seconds between two summary lines.
+SUMMARY_EVERY = 5.0
+
+
 class Progress:
     """Live progress of a run: done / running / failed / total, per task, elapsed.
 
     On a terminal a rich Live panel (redrawn a few times a second); otherwise one plain
-    line per task run change, to ``out`` (stderr).
+    line per task run change, to ``out`` (stderr), for the first ``PLAIN_LINES``
+    changes; after that a line for each failure and a summary every ``SUMMARY_EVERY``
+    seconds (a map over 30,000 elements printed 60,000 lines, and the command ended
+    half a minute after its run).
 
     Args:
         title: what runs, e.g. ``flow run 1a2b3c4d of 'etl'``.
@@ -199,6 +208,8 @@ class Progress:
         self.started = time.monotonic()
         self.states: dict[str, tuple[str, str]] = {}  # key -> (task id, state)
         self.waiting: dict[str, str] = {}
+        self.changes = 0  # task run changes seen (plain output)
+        self.summarized = 0.0  # when the last summary line was printed (monotonic)
         self.live: Live | None = None
         if self.console.is_terminal:
             self.live = Live(
@@ -218,9 +229,37 @@ class Progress:
         """A task run changed state."""
         self.states[key] = (task_id, state)
         self.waiting.pop(key, None)
-        if self.live is None:
+        if self.live is not None:
+            return
+        self.changes += 1
+        if self.changes == PLAIN_LINES + 1:
+            print(
+                f"  (more than {PLAIN_LINES} task run changes: from now on a line for each "
+                f"failure and a summary every {SUMMARY_EVERY:g}s)",
+                file=self.out,
+                flush=True,
+            )
+            self.summarized = time.monotonic()
+        if self.changes <= PLAIN_LINES or TaskRunState[state].is_failure:
             detail = f" {message}" if message and state != "SUCCESS" else ""
             print(printable(f"  {key}: {state}{detail}"), file=self.out, flush=True)
+        elif time.monotonic() - self.summarized >= SUMMARY_EVERY:
+            self.summarized = time.monotonic()
+            print(f"  {self.summary()}", file=self.out, flush=True)
+
+    def tallies(self) -> tuple[int, int, int, int]:
+        """Task runs done, running, failed, and in all (mapped parents left out)."""
+        counts = self.counts()
+        done = sum(n for s, n in counts.items() if TaskRunState[s].is_terminal)
+        failed = sum(n for s, n in counts.items() if TaskRunState[s].is_failure)
+        running = sum(n for s, n in counts.items() if TaskRunState[s] in _ACTIVE)
+        return done, running, failed, sum(counts.values())
+
+    def summary(self) -> str:
+        """``done/total done, N running, N failed, elapsed``."""
+        done, running, failed, total = self.tallies()
+        elapsed = duration_text(time.monotonic() - self.started)
+        return f"{done:,}/{total:,} done, {running:,} running, {failed:,} failed, {elapsed}"
 
     def waits(self, reasons: dict[str, str]) -> None:
         """Task runs that wait for a worker, and why (shown until they change)."""
@@ -236,14 +275,11 @@ class Progress:
 
     def __call__(self) -> Any:
         """The live panel (rich calls this to redraw)."""
-        counts = self.counts()
-        done = sum(n for s, n in counts.items() if TaskRunState[s].is_terminal)
-        failed = sum(n for s, n in counts.items() if TaskRunState[s].is_failure)
-        running = sum(n for s, n in counts.items() if TaskRunState[s] in _ACTIVE)
+        done, running, failed, total = self.tallies()
         elapsed = duration_text(time.monotonic() - self.started)
         head = Text.assemble(
             (self.title, "bold"),
-            f"  {done}/{sum(counts.values())} done, ",
+            f"  {done}/{total} done, ",
             (f"{running} running", "blue"),
             ", ",
             (f"{failed} failed", "red" if failed else ""),
