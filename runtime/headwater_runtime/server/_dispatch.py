@@ -38,8 +38,9 @@ from ._waiting import waiting_reason
 #: A worker gets no more assignments while it has this many per slot whose delivery
 #: the store has not recorded yet (WorkerSession.can_take). Only tasks shorter than a
 #: commit reach it: a slot then turns over several times while one commit is written
-#: and the next gathers (a few ms). At 2 the workers of a fan-out of no-op tasks
-#: waited for commits 6-12 % of the time (benchmarks/README.md, thirteenth session).
+#: and the next gathers (a few ms). At 2, the workers of a fan-out of no-op tasks sat
+#: at it with free slots about a quarter of the time (benchmarks/README.md, thirteenth
+#: session).
 UNSTORED_PER_SLOT = 4
 _NONE: dict[Token, PendingAssignment] = {}  # no attempt of that run is queued
 
