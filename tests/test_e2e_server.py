@@ -340,12 +340,17 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     # and so does `headwater runs watch` (it exited 1 once the server had been away
     # for 2 s: its look at why task runs wait did not ride out the restart).
     watcher = Client(address, token=TOKEN)
-    pool = concurrent.futures.ThreadPoolExecutor(2)
+    pool = concurrent.futures.ThreadPoolExecutor(3)
     waited = pool.submit(watcher.wait, run.id)
     env = {**os.environ, "HEADWATER_TOKEN": TOKEN}
     cli = pool.submit(headwater_cli, "runs", "watch", run.id, "--server", address, env=env)
+    # A client that reached the server before waits out its restart in any call (a
+    # user trial: `get` right after a restart failed, "cannot reach the server").
+    getter = Client(address, token=TOKEN)
+    assert getter.get(run.id).state is FlowRunState.RUNNING
     time.sleep(0.5)  # the CLI is watching
     server.kill()
+    got = pool.submit(getter.get, run.id)
     time.sleep(3.0)  # away longer than the CLI's 2 s without a change
     server, address = start_server(cluster, db, int(port))
     # It says what it resumed: the run, with its one attempt in flight either sent
@@ -356,12 +361,14 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     (tmp_path / "release").write_text("go")
     try:
         assert waited.result(timeout=BOUND).state is FlowRunState.SUCCESS
+        assert got.result(timeout=BOUND).id == run.id
         watched = cli.result(timeout=BOUND)
         assert watched.returncode == 0, watched.stderr
         assert "SUCCESS" in watched.stderr.splitlines()[-1], watched.stderr
     finally:
         pool.shutdown(wait=False)
         watcher.close()
+        getter.close()
     with Client(address, token=TOKEN) as client:
         poll(lambda: client.get(run.id).state.is_terminal, "the resumed run to finish")
         final = client.get(run.id, include_task_runs=True)

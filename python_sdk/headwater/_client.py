@@ -292,6 +292,8 @@ class Client(OperationsClient):
         self.tls = settings.tls
         self._metadata = settings.metadata()
         self._channels: dict[str, grpc.Channel] = {}
+        #: A call has succeeded: an unreachable server is then ridden out (a restart).
+        self._reached = False
         self._use(self._addresses.current)
 
     def _use(self, address: str) -> None:
@@ -335,14 +337,26 @@ class Client(OperationsClient):
         return True
 
     def _retrying(self, attempt: Callable[[], _T], deadline: float) -> _T:
-        """``attempt()``, tried again on another server while ``_failover`` says so."""
+        """``attempt()``, tried again on another server while ``_failover`` says so, or
+        on the same one while it is away (a restart: ``_rewatch``) if this client has
+        reached it before; a client that never reached its server fails at once (a
+        wrong address should not wait out the timeout)."""
         tried: list[str] = []
         while True:
             try:
-                return attempt()
+                result = attempt()
             except (grpc.RpcError, PayloadTransferError) as exc:
-                if not self._failover(exc, deadline, tried):
+                if self._failover(exc, deadline, tried):
+                    continue
+                if not (
+                    self._reached
+                    and isinstance(exc, grpc.RpcError)
+                    and _rewatch(exc, deadline, tried, self._addresses.current)
+                ):
                     raise
+            else:
+                self._reached = True
+                return result
 
     # ------------------------------------------------------------------ calls
 
