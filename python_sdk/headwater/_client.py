@@ -268,7 +268,9 @@ class Client(OperationsClient):
     call's ``timeout`` runs out (a takeover takes up to the servers' lease time). A
     run created without an idempotency key gets one made by the client, so that a
     retried ``run`` cannot create the run twice. A watch (``watch``, ``wait``) also
-    rides out a restart of a single server, for up to ``timeout``.
+    rides out a restart of a single server, for up to ``timeout``, and so do the calls
+    that are safe to send again (reads, ``deploy``, ``run``, ``cancel``) once this
+    client has reached its server: one that never did fails at once.
     """
 
     def __init__(
@@ -336,11 +338,13 @@ class Client(OperationsClient):
             time.sleep(FAILOVER_PAUSE)
         return True
 
-    def _retrying(self, attempt: Callable[[], _T], deadline: float) -> _T:
-        """``attempt()``, tried again on another server while ``_failover`` says so, or
-        on the same one while it is away (a restart: ``_rewatch``) if this client has
-        reached it before; a client that never reached its server fails at once (a
-        wrong address should not wait out the timeout)."""
+    def _retrying(self, attempt: Callable[[], _T], deadline: float, ride: bool = False) -> _T:
+        """``attempt()``, tried again on another server while ``_failover`` says so.
+        ``ride`` (a call that is safe to send again: a read, a cancel, a create that
+        carries its key): also on the same server while it is away (a restart,
+        ``_rewatch``), if this client has reached it before; a client that never
+        reached its server fails at once (a wrong address should not wait out the
+        timeout)."""
         tried: list[str] = []
         while True:
             try:
@@ -349,7 +353,8 @@ class Client(OperationsClient):
                 if self._failover(exc, deadline, tried):
                     continue
                 if not (
-                    self._reached
+                    ride
+                    and self._reached
                     and isinstance(exc, grpc.RpcError)
                     and _rewatch(exc, deadline, tried, self._addresses.current)
                 ):
@@ -369,10 +374,13 @@ class Client(OperationsClient):
         request: _Req,
         what: str,
         timeout: float | None = None,
+        *,
+        ride: bool = False,
     ) -> _Resp:
         """A ControlPlaneService call (``method`` picks it from the stub of the server
-        in use, so that a call tried again goes to the next server)."""
-        return self._invoke(lambda: method(self._control), request, what, timeout)
+        in use, so that a call tried again goes to the next server); ``ride``: it is
+        safe to send again, so a restart of the server is waited out (``_retrying``)."""
+        return self._invoke(lambda: method(self._control), request, what, timeout, ride)
 
     def _ops_call(
         self,
@@ -393,6 +401,7 @@ class Client(OperationsClient):
         request: _Req,
         what: str,
         timeout: float | None,
+        ride: bool = False,
     ) -> _Resp:
         limit = timeout or self.timeout
         deadline = time.monotonic() + limit
@@ -404,14 +413,16 @@ class Client(OperationsClient):
             return method()(request, metadata=self._metadata, timeout=remaining)
 
         try:
-            return self._retrying(attempt, deadline)
+            return self._retrying(attempt, deadline, ride)
         except grpc.RpcError as exc:
             raise _server_error(exc, self._addresses.current, what, self.tls) from None
 
     def server_info(self) -> dict[str, Any]:
         """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
         call to check that the server is reachable and the token accepted."""
-        info = self._call(lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info")
+        info = self._call(
+            lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info", ride=True
+        )
         return {
             "server_version": info.server_version,
             "protocol_version": info.protocol_version,
@@ -431,6 +442,7 @@ class Client(OperationsClient):
             lambda c: c.RegisterFlow,
             cp.RegisterFlowRequest(graph=msg),
             f"register flow {msg.name!r}",
+            ride=True,
         )
         return str(response.version)
 
@@ -487,8 +499,9 @@ class Client(OperationsClient):
         run as a child of that running task attempt (cancelled when it ends); a flow
         called inside a task on a worker does this by itself."""
         name, version, values = self._prepare(flow, params, version)
-        if not idempotency_key and self._addresses.several:
-            # A create retried on another server must not make a second run.
+        if not idempotency_key:
+            # A create sent again (to another server, or to this one after a restart)
+            # must not make a second run.
             idempotency_key = f"client:{uuid.uuid4().hex}"
         response = self._call(
             lambda c: c.CreateFlowRun,
@@ -503,6 +516,7 @@ class Client(OperationsClient):
                 parent_attempt=parent_attempt,
             ),
             f"run flow {name!r}",
+            ride=True,
         )
         run = self._remote(response.flow_run)
         run.created = response.created
@@ -525,6 +539,7 @@ class Client(OperationsClient):
             lambda c: c.GetFlowRun,
             cp.GetFlowRunRequest(id=run_id, include_task_runs=include_task_runs),
             f"get flow run {run_id!r}",
+            ride=True,
         )
         run = self._remote(response.flow_run)
         run.task_runs = [task_run_info(t) for t in response.task_runs]
@@ -546,6 +561,7 @@ class Client(OperationsClient):
                 object_kind=object_kind, object_id=object_id, page_size=limit
             ),
             "list audit entries",
+            ride=True,
         )
         return [audit_entry(e) for e in response.entries]
 
@@ -610,7 +626,7 @@ class Client(OperationsClient):
         runs: list[RemoteFlowRun] = []
         while True:
             request.page_size = min(LIST_PAGE, limit - len(runs))
-            response = self._call(lambda c: c.ListFlowRuns, request, "list flow runs")
+            response = self._call(lambda c: c.ListFlowRuns, request, "list flow runs", ride=True)
             runs.extend(self._remote(r) for r in response.flow_runs)
             if len(runs) >= limit or not response.next_page_token:
                 return runs
@@ -677,6 +693,7 @@ class Client(OperationsClient):
             lambda c: c.CancelFlowRun,
             cp.CancelFlowRunRequest(id=run_id, reason=reason),
             f"cancel flow run {run_id!r}",
+            ride=True,
         )
         return self._remote(response.flow_run)
 
@@ -686,6 +703,7 @@ class Client(OperationsClient):
             lambda c: c.GetFlowRunResult,
             cp.GetFlowRunResultRequest(id=run_id),
             f"get the result of flow run {run_id!r}",
+            ride=True,
         )
         return response.result
 
@@ -698,6 +716,7 @@ class Client(OperationsClient):
             lambda c: c.GetTaskRunResult,
             cp.GetTaskRunResultRequest(flow_run_id=run_id, task_id=task_id, map_index=map_index),
             f"get the result of {task_id!r}",
+            ride=True,
         )
         return self._decode(response.result)
 
@@ -740,6 +759,7 @@ class Client(OperationsClient):
                     page_token=token,
                 ),
                 what,
+                ride=True,
             )
             yield from (_log_entry(e) for e in response.entries)
             token = response.next_page_token
@@ -784,6 +804,7 @@ class Client(OperationsClient):
             lambda c: c.ListSchedules,
             cp.ListSchedulesRequest(flow_name=flow_name),
             "list schedules",
+            ride=True,
         )
         return [schedule_info(s, self._decode) for s in response.schedules]
 
