@@ -97,6 +97,21 @@ async def served(store: Store, **settings: Any) -> AsyncIterator[RunningServer]:
         await asyncio.wait_for(running.stop(None), 30)
 
 
+@contextlib.asynccontextmanager
+async def one_slot_worker(
+    store: Store,
+) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel, StreamWorker]]:
+    """A server on ``store``, a channel to it, and a one-slot protocol worker ("w")
+    that has read its Welcome (the test closes the worker)."""
+    async with (
+        served(store) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        worker = StreamWorker(channel, "w", slots=1)
+        await worker.next("welcome")
+        yield running, channel, worker
+
+
 class StreamWorker:
     """A worker written against the protocol, driven step by step by a test."""
 
@@ -318,12 +333,7 @@ def test_while_commits_fail_no_assignment_leaves(tmp_path: Path) -> None:
 
     async def main() -> None:
         store = FailingStore(tmp_path / "hw.db")
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(store) as (running, channel, worker):
             await create(channel, n=3)
             first = await worker.next("assignment")
             worker.send(result=worker.result(first))
@@ -352,12 +362,7 @@ def test_a_small_sqlite_run_is_built_and_stored_by_the_writer_thread_in_one_hop(
     a version the graph is looked up and the run built on a reader thread first."""
 
     async def main() -> None:
-        async with (
-            served(SQLiteStore(tmp_path / "hw.db")) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(SQLiteStore(tmp_path / "hw.db")) as (running, channel, worker):
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             graph = proto_pipeline.compile()
             registered = await client.RegisterFlow(
@@ -421,12 +426,7 @@ def test_a_worker_never_has_more_unrecorded_deliveries_than_the_cap_per_slot(
 
     async def main() -> None:
         store = HeldStore(tmp_path / "hw.db", "scale[0]")
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(store) as (running, channel, worker):
             await create(channel, n=UNSTORED_PER_SLOT + 1)
             first = await worker.next("assignment")
             worker.send(result=worker.result(first))
@@ -462,12 +462,7 @@ def test_a_stopping_server_hands_out_nothing_and_the_next_sends_it_at_once(
 
     async def main() -> None:
         store = SQLiteStore(tmp_path / "hw.db")
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(store) as (running, channel, worker):
             run_id = await create(channel, n=2)
             first = await worker.next("assignment")
             running.core.closing()  # what stop() does first
@@ -480,12 +475,7 @@ def test_a_stopping_server_hands_out_nothing_and_the_next_sends_it_at_once(
             assert not any(key.startswith("scale") for key in delivered), delivered
             await worker.close()
         again = SQLiteStore(tmp_path / "hw.db")
-        async with (
-            served(again) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(again) as (running, channel, worker):
             sent = await worker.next("assignment")
             assert sent.token.task_run_id.endswith("/scale[0]")
             assert sent.token.attempt == 1
@@ -1081,12 +1071,7 @@ def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
 
     async def main() -> None:
         store = open_store(db)
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(store) as (_running, channel, worker):
             run_id = await create(channel, n=2)
             a = await worker.next("assignment")
             sent = [
@@ -1126,12 +1111,7 @@ def test_an_unrequested_task_cancelled_gives_the_attempt_back(db: str) -> None:
 
     async def main() -> None:
         store = open_store(db)
-        async with (
-            served(store) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            worker = StreamWorker(channel, "w", slots=1)
-            await worker.next("welcome")
+        async with one_slot_worker(store) as (_running, channel, worker):
             run_id = await create(channel, n=1)
             first = await worker.next("assignment")
             # Given back more often than a worker may be lost (max_lost 3): a worker
