@@ -21,6 +21,7 @@ from headwater.v1 import (
 from headwater.v1 import (
     control_plane_pb2_grpc,
     graph_pb2,
+    run_pb2,
     worker_pb2,
     worker_pb2_grpc,
 )
@@ -645,3 +646,107 @@ def test_a_watch_reads_the_flow_run_once_for_the_changes_of_one_commit(db: str) 
             assert len(reads) <= 3, len(reads)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_watcher_that_stops_reading_holds_about_one_note_per_task_run(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watcher that never reads (a client stalled behind flow control) makes the
+    server keep a bounded backlog, not every change: with a backlog of 50, 100 task
+    runs each scheduled, started and finished (300 changes) leave at most 2 x 101
+    notes, and what the watcher reads at last is each task run's final state once."""
+    from headwater_runtime.server import _core
+
+    monkeypatch.setattr(_core, "WATCH_BACKLOG", 50)
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            core = running.core
+            await core.register_flow(wide_flow.compile())
+            row, _ = await core.create_run("wide_flow", "", {})
+            queue = core.watch(row.id)
+            # Another watcher, over gRPC, reads to the end while this one stalls.
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            reader = client.WatchFlowRun(cp.WatchFlowRunRequest(id=row.id), metadata=AUTH)
+            stop = asyncio.Event()
+            worker = asyncio.create_task(fake_worker(channel, stop))
+            last = None
+            while (change := await reader.read()) is not grpc.aio.EOF:
+                last = change
+            assert last is not None and last.flow_run.state == FlowRunState.SUCCESS.value
+            stop.set()
+            worker.cancel()
+            notes = []
+            while not queue.empty():
+                notes.append(queue.get_nowait())
+            assert len(notes) <= 2 * 101, len(notes)
+            final = {n.id: n.state for n in notes if n is not None}  # (the newest wins)
+            assert len(final) == 100 and set(final.values()) == {TaskRunState.SUCCESS.value}
+            last_of = {n.id: i for i, n in enumerate(notes) if n is not None}
+            assert all(notes[i].state == TaskRunState.SUCCESS.value for i in last_of.values())
+
+            # However many changes a commit delivers, the backlog stays bounded.
+            from headwater_runtime.server._commits import Release
+
+            changes = [
+                (row.id, run_pb2.TaskRun(id=f"{row.id}/t{i % 10}", state=i % 7))
+                for i in range(5000)
+            ]
+            core._deliver(Release(notes=changes))
+            assert queue.qsize() <= max(50, 2 * 10), queue.qsize()
+            newest = {n.id: n.state for n in (queue.get_nowait() for _ in range(queue.qsize()))}
+            assert newest == {f"{row.id}/t{i}": (4990 + i) % 7 for i in range(10)}
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_coalescing_queues_collapse_a_backlog_to_the_newest_per_key_and_merge_sets() -> None:
+    from headwater_runtime.server._notices import LatestPerKey, MergedSets, Notices
+
+    def key(note: tuple[str, int] | None) -> str | None:
+        return None if note is None else note[0]
+
+    async def main() -> None:
+        # Within the backlog every item is kept, in order.
+        kept: LatestPerKey[tuple[str, int] | None] = LatestPerKey(key, backlog=10)
+        for note in [("a", 1), ("a", 2), None, None]:
+            kept.put_nowait(note)
+        assert [kept.get_nowait() for _ in range(4)] == [("a", 1), ("a", 2), None, None]
+        # Over it, the pending items collapse to the newest per key, in the order of
+        # each key's newest put.
+        latest: LatestPerKey[tuple[str, int] | None] = LatestPerKey(key, backlog=4)
+        for note in [("a", 1), ("b", 1), None, ("a", 2), None]:
+            latest.put_nowait(note)
+        assert [latest.get_nowait() for _ in range(3)] == [("b", 1), ("a", 2), None]
+        # However long the reader stalls, 3 keys never hold more than the backlog or
+        # twice their number; what it reads at last ends with each key's newest.
+        for i in range(1000):
+            latest.put_nowait((("x", "y", "z")[i % 3], i))
+            assert latest.qsize() <= max(4, 2 * 3)
+        drained = [latest.get_nowait() for _ in range(latest.qsize())]
+        assert drained[-3:] == [("y", 997), ("z", 998), ("x", 999)]
+        # A getter waiting is woken by a put.
+        waiting = asyncio.create_task(latest.get())
+        await asyncio.sleep(0)
+        latest.put_nowait(("d", 1))
+        assert await asyncio.wait_for(waiting, 5) == ("d", 1)
+
+        merged: MergedSets[str] = MergedSets()
+        given = {"r1"}
+        merged.put_nowait(given)
+        merged.put_nowait({"r2"})
+        merged.put_nowait({"r1", "r3"})
+        assert merged.qsize() == 1 and given == {"r1"}  # (the caller's set is not touched)
+        assert merged.get_nowait() == {"r1", "r2", "r3"}
+        assert merged.empty()
+        # The live views' subscriptions are such queues: a stalled browser costs one set.
+        notices = Notices()
+        runs = notices.subscribe_runs()
+        for i in range(1000):
+            notices.runs_changed({f"run{i % 5}"})
+        assert runs.qsize() == 1 and runs.get_nowait() == {f"run{i}" for i in range(5)}
+
+    asyncio.run(asyncio.wait_for(main(), 10))

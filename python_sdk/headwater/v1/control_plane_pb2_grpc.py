@@ -161,7 +161,9 @@ class ControlPlaneServiceServicer(object):
 
     def WatchFlowRun(self, request, context):
         """WatchFlowRun streams state changes of a flow run and its task runs until the run
-        ends.
+        ends. A watcher that falls far behind (thousands of unread changes) gets the
+        latest state of each task run that changed since it last read, skipping states
+        in between: the server's backlog per watcher stays about one change per task run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

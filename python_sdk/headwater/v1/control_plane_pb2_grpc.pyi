@@ -64,7 +64,9 @@ class ControlPlaneServiceStub:
         headwater.v1.control_plane_pb2.WatchFlowRunResponse,
     ]
     """WatchFlowRun streams state changes of a flow run and its task runs until the run
-    ends.
+    ends. A watcher that falls far behind (thousands of unread changes) gets the
+    latest state of each task run that changed since it last read, skipping states
+    in between: the server's backlog per watcher stays about one change per task run.
     """
 
     CancelFlowRun: grpc.UnaryUnaryMultiCallable[
@@ -195,7 +197,9 @@ class ControlPlaneServiceAsyncStub:
         headwater.v1.control_plane_pb2.WatchFlowRunResponse,
     ]
     """WatchFlowRun streams state changes of a flow run and its task runs until the run
-    ends.
+    ends. A watcher that falls far behind (thousands of unread changes) gets the
+    latest state of each task run that changed since it last read, skipping states
+    in between: the server's backlog per watcher stays about one change per task run.
     """
 
     CancelFlowRun: grpc.aio.UnaryUnaryMultiCallable[
@@ -340,7 +344,9 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         context: _ServicerContext,
     ) -> typing.Union[collections.abc.Iterator[headwater.v1.control_plane_pb2.WatchFlowRunResponse], collections.abc.AsyncIterator[headwater.v1.control_plane_pb2.WatchFlowRunResponse]]:
         """WatchFlowRun streams state changes of a flow run and its task runs until the run
-        ends.
+        ends. A watcher that falls far behind (thousands of unread changes) gets the
+        latest state of each task run that changed since it last read, skipping states
+        in between: the server's backlog per watcher stays about one change per task run.
         """
 
     @abc.abstractmethod

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from headwater.v1 import graph_pb2, payload_pb2, worker_pb2
+from headwater.v1 import graph_pb2, payload_pb2, run_pb2, worker_pb2
 from headwater.wire import (
     INLINE_PAYLOAD_LIMIT,
     PROTOCOL_VERSION,
@@ -63,7 +63,7 @@ from ._creation import RunCreation
 from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, WorkerSession, input_payloads
 from ._exports import RELEASE_AFTER, DaskExports
 from ._io import StoreIO
-from ._notices import Notices
+from ._notices import LatestPerKey, Notices
 from ._reports import WorkerReports
 from ._runs import Recovery, RunManager
 from ._schedules import Scheduler
@@ -76,6 +76,9 @@ log = logging.getLogger("headwater.server")
 SERVER_VERSION = "0.1.0"
 #: Uploads remembered per credential for its downloads (older ones are forgotten).
 UPLOADS_KEPT = 10_000
+#: Changes a watcher may have left unread, one by one, before they collapse to the
+#: newest state of each task run (a watcher that stalls: docs/limits.md).
+WATCH_BACKLOG = 10_000
 
 
 @dataclass(frozen=True)
@@ -764,8 +767,12 @@ class ServerCore(WorkerReports):
     def watch(self, flow_run_id: str, *, task_runs: bool = True) -> asyncio.Queue[Any]:
         """A queue that gets a note after each commit that changed the run: the task
         run that changed (a TaskRun message), or None for "re-read the flow run".
-        Without ``task_runs`` only changes of the flow run's own state are noted."""
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        Without ``task_runs`` only changes of the flow run's own state are noted.
+        A watcher that keeps up gets every change; once more than ``WATCH_BACKLOG``
+        notes wait, they collapse to the newest state of each task run (and one
+        None), so a watcher that stops reading costs about one note per task run of
+        the run, not one per change."""
+        queue: asyncio.Queue[Any] = LatestPerKey(_note_key, WATCH_BACKLOG)
         watchers = self._watchers if task_runs else self._flow_watchers
         watchers.setdefault(flow_run_id, set()).add(queue)
         return queue
@@ -788,6 +795,11 @@ class ServerCore(WorkerReports):
             # Snapshot now: the record keeps changing before the commit.
             snapshot = None if run is None else task_run_from_record(flow_run_id, run)
             pending.notes.append((flow_run_id, snapshot))
+
+
+def _note_key(note: run_pb2.TaskRun | None) -> str | None:
+    """What a watch note is about: a task run (its id), or the flow run (None)."""
+    return None if note is None else note.id
 
 
 def _run_of(task_run_id_: str) -> str:

@@ -4,8 +4,11 @@ The commit pipeline tells the core what each stored commit changed; the core pas
 that on here (``runs_changed``, ``logs_stored``), and worker sessions coming and going
 (``worker_connected``, ``worker_disconnected``). Subscribers get asyncio queues of
 notes, on the event loop, only after the commit: a view never shows a state a crash
-could take back. Notes are coalesced by the reader (``drain``), so a busy server
-wakes a slow browser once per batch rather than once per task run.
+could take back. Notes are coalesced by the queues themselves (``MergedSets``,
+``LatestPerKey``): a view that reads slowly, or not at all (a stalled client whose
+stream is held back by flow control), makes the server keep a bounded number of notes
+(about one per thing that changed), never one per change; the reader gets the newest
+state of each.
 
 The worker directory remembers workers that have left (offline) so that the UI can
 show them, up to ``OFFLINE_KEPT`` of them; it lives in memory (a restarted server
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,6 +67,57 @@ class WorkerRecord:
         }
 
 
+class MergedSets(asyncio.Queue[set[T]]):
+    """A queue of sets in which the sets put while none is taken merge into one: it
+    holds at most one set (of the ids that changed since its reader last looked)."""
+
+    def _put(self, item: set[T]) -> None:
+        pending: Any = self._queue  # type: ignore[attr-defined]
+        if pending:
+            pending[-1] |= item
+        else:
+            pending.append(set(item))
+
+
+class LatestPerKey(asyncio.Queue[T]):
+    """A queue of every item put, until its reader falls behind: once more than
+    ``backlog`` items are pending, the pending items collapse to the newest of each key
+    (in the order of their newest put). A reader that keeps up sees every item; one
+    that stalls gets each key's latest item, and the queue never holds more than
+    ``backlog`` items or twice as many as there are keys.
+
+    Args:
+        key: an item's key (newer items of a key replace older ones when collapsing).
+        backlog: pending items kept one by one before collapsing.
+    """
+
+    def __init__(self, key: Callable[[T], Hashable], backlog: int) -> None:
+        self._key = key
+        self._backlog = self._collapse_at = backlog
+        super().__init__()
+
+    def _put(self, item: T) -> None:
+        pending: Any = self._queue  # type: ignore[attr-defined]
+        pending.append(item)
+        if len(pending) > self._collapse_at:
+            newest: dict[Hashable, T] = {}
+            for old in pending:
+                key = self._key(old)
+                newest.pop(key, None)
+                newest[key] = old
+            pending.clear()
+            pending.extend(newest.values())
+            # (collapsing again only after as many puts: amortised O(1) per put)
+            self._collapse_at = max(self._backlog, 2 * len(pending))
+
+    def _get(self) -> T:
+        pending: Any = self._queue  # type: ignore[attr-defined]
+        item: T = pending.popleft()
+        if not pending:
+            self._collapse_at = self._backlog
+        return item
+
+
 def drain(queue: asyncio.Queue[set[T]], first: set[T]) -> set[T]:
     """``first`` with every note already queued behind it (one wake-up for many)."""
     merged = set(first)
@@ -84,20 +139,20 @@ class Notices:
 
     def subscribe_runs(self) -> asyncio.Queue[set[str]]:
         """A queue of sets of flow run ids whose state or task runs a commit changed."""
-        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        queue: asyncio.Queue[set[str]] = MergedSets()
         self._runs.add(queue)
         return queue
 
     def subscribe_logs(self, flow_run_id: str) -> asyncio.Queue[set[str]]:
         """A queue noted (with ``{flow_run_id}``) whenever the run's new log records
         have been stored."""
-        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        queue: asyncio.Queue[set[str]] = MergedSets()
         self._logs.setdefault(flow_run_id, set()).add(queue)
         return queue
 
     def subscribe_workers(self) -> asyncio.Queue[set[str]]:
         """A queue of sets of worker ids that connected or disconnected."""
-        queue: asyncio.Queue[set[str]] = asyncio.Queue()
+        queue: asyncio.Queue[set[str]] = MergedSets()
         self._workers.add(queue)
         return queue
 
@@ -162,4 +217,4 @@ class Notices:
             queue.put_nowait({worker_id})
 
 
-__all__ = ["OFFLINE_KEPT", "Notices", "WorkerRecord", "drain"]
+__all__ = ["OFFLINE_KEPT", "LatestPerKey", "MergedSets", "Notices", "WorkerRecord", "drain"]
