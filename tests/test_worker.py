@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -814,6 +815,51 @@ def test_reconnects_with_its_running_attempts_and_delivers_their_outcome(
     finally:
         if second is not None:
             second.stop()
+
+
+def test_a_refused_outcome_sent_again_after_a_reconnect_is_not_a_warning(
+    tmp_path: Path, tasks_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outcome whose Ack was lost with the session (the server restarted) is sent
+    again; a refusal of it (the server had stored it before it restarted: "already
+    ended SUCCESS") is logged as information. A refusal of a first send still warns."""
+    gateway = FakeGateway(welcome())
+    gateway.ack_outcomes = False
+    first = FakeServer(tmp_path / "hw.db", gateway)
+    second: FakeServer | None = None
+    stored = "stale attempt 1 of task run 'done': the attempt already ended SUCCESS"
+    try:
+        with (
+            caplog.at_level(logging.INFO, "headwater"),
+            worker_thread(first.address, tasks_file, slots=1),
+        ):
+            gateway.wait_for("hello")
+            tok = assign(gateway, "done", "add", inputs=inputs(a=1, b=2))
+            gateway.wait_for("result", about(tok))  # (never acknowledged)
+            first.stop()
+            again = FakeGateway(welcome())
+            again.ack_outcomes = False
+            second = FakeServer(tmp_path / "hw2.db", again, port=first.port)
+            assert list(again.wait_for("hello").running) == [tok]
+            again.wait_for("result", about(tok))  # sent again
+            again.send(ack=worker_pb2.Ack(token=tok, accepted=False, reason=stored, code=9))
+            fresh = assign(again, "fresh", "add", inputs=inputs(a=2, b=2))
+            again.wait_for("result", about(fresh))
+            refused = "stale attempt 1 of task run 'fresh': the attempt timed out"
+            again.send(ack=worker_pb2.Ack(token=fresh, accepted=False, reason=refused, code=9))
+            deadline = time.monotonic() + WAIT
+            while not (stored in caplog.text and refused in caplog.text):
+                assert time.monotonic() < deadline, "the worker logged no refusal"
+                time.sleep(0.01)
+    finally:
+        if second is not None:
+            second.stop()
+    records = {r.getMessage(): r.levelno for r in caplog.records if "outcome" in r.getMessage()}
+    resent = [m for m in records if stored in m]
+    first_send = [m for m in records if refused in m]
+    assert len(resent) == 1 and records[resent[0]] == logging.INFO, records
+    assert "sent again after reconnecting" in resent[0]
+    assert len(first_send) == 1 and records[first_send[0]] == logging.WARNING, records
 
 
 def test_a_refusal_before_welcome_stops_the_worker(tmp_path: Path, tasks_file: Path) -> None:

@@ -74,6 +74,8 @@ BACKOFF_INITIAL, BACKOFF_MAX = 0.1, 5.0
 SOON_WINDOW, BACKOFF_SOON = 30.0, 0.5
 #: Pause before trying again after a standby refused the worker (a takeover is near).
 STANDBY_PAUSE = 0.25
+#: Ack.code of a refused report (google.rpc.Code FAILED_PRECONDITION).
+FAILED_PRECONDITION = 9
 #: Heartbeat interval used when the Welcome gives none.
 DEFAULT_HEARTBEAT = 10.0
 #: Refusals that retrying cannot fix: a bad token, or a server that will not take this
@@ -487,8 +489,19 @@ class Worker:
             )
         elif kind == "ack":
             ack = response.ack
-            self.attempts.acked(key_of(ack.token))
-            if not ack.accepted:
+            resent = self.attempts.acked(key_of(ack.token))
+            if not ack.accepted and resent and ack.code == FAILED_PRECONDITION:
+                # Sent again after a reconnect (its first answer was lost with the
+                # session): usually the server had stored it before it restarted.
+                log.info(
+                    "the server did not take the outcome of %s attempt %d sent again after "
+                    "reconnecting (stored before the server restarted, or settled "
+                    "meanwhile): %s",
+                    ack.token.task_run_id,
+                    ack.token.attempt,
+                    ack.reason or "no reason given",
+                )
+            elif not ack.accepted:
                 log.warning(
                     "the server refused the outcome of %s attempt %d: %s",
                     ack.token.task_run_id,

@@ -217,6 +217,8 @@ class Attempts:
         self.lock = threading.RLock()
         self.running: dict[Token, _Attempt] = {}
         self.unacked: dict[Token, worker_pb2.ConnectRequest] = {}
+        #: Outcomes sent again to a new session (the previous one ended unanswered).
+        self.resent: set[Token] = set()
         self.log_handler = TaskLogHandler(send)
         self.transfer: PayloadTransfer | None = None
         self.inline_limit = 0  # the last Welcome's, so results encode as asked offline too
@@ -287,12 +289,18 @@ class Attempts:
                 if attempt is not None:
                     self._drop(attempt)
                 self.unacked.pop(token, None)
+            self.resent = set(self.unacked)
             return list(self.unacked.values())
 
-    def acked(self, token: Token) -> None:
-        """The server answered this attempt's outcome (accepted or not): stop keeping it."""
+    def acked(self, token: Token) -> bool:
+        """The server answered this attempt's outcome (accepted or not): stop keeping it.
+        True when the outcome was one sent again after a reconnect."""
         with self.lock:
             self.unacked.pop(token, None)
+            if token in self.resent:
+                self.resent.discard(token)
+                return True
+            return False
 
     def give_back_all(self) -> list[worker_pb2.ConnectRequest]:
         """Interrupt every running attempt; the TaskCancelled reports that give them
