@@ -31,7 +31,7 @@ from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 from headwater import flow, task, unmapped
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, payload_pb2, worker_pb2, worker_pb2_grpc
-from headwater.wire import FlowRunState, TaskRunState, decode_value, split_task_run_id
+from headwater.wire import FlowRunState, Limits, TaskRunState, decode_value, split_task_run_id
 from headwater_runtime.engine import ENGINE_VERSION, TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
@@ -99,12 +99,12 @@ async def served(store: Store, **settings: Any) -> AsyncIterator[RunningServer]:
 
 @contextlib.asynccontextmanager
 async def one_slot_worker(
-    store: Store,
+    store: Store, **settings: Any
 ) -> AsyncIterator[tuple[RunningServer, grpc.aio.Channel, StreamWorker]]:
-    """A server on ``store``, a channel to it, and a one-slot protocol worker ("w")
-    that has read its Welcome (the test closes the worker)."""
+    """A server on ``store`` (with these settings), a channel to it, and a one-slot
+    protocol worker ("w") that has read its Welcome (the test closes the worker)."""
     async with (
-        served(store) as running,
+        served(store, **settings) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         worker = StreamWorker(channel, "w", slots=1)
@@ -1101,6 +1101,54 @@ def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
                 ("TRACE", "x" * 200),
                 ("V" * 16, "app"),
             ]
+
+    asyncio.run(main())
+
+
+def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: str) -> None:
+    """A worker that logs without end cannot fill the database: an attempt's records
+    are stored up to max_log_bytes (UTF-8 bytes), the rest dropped; the log says so at
+    the first drop and counts the drops when the outcome comes. The next attempt has
+    its own budget."""
+
+    async def main() -> None:
+        store = open_store(db)
+        limits = Limits(max_log_bytes=1000)
+        async with one_slot_worker(store, limits=limits) as (_running, channel, worker):
+            run_id = await create(channel, n=2)
+            a = await worker.next("assignment")
+            # 50 characters, 100 bytes: counted in bytes, 9 more records fit, not 10.
+            messages = ["é" * 50] + [f"{i:03d}".ljust(100, "x") for i in range(1, 30)]
+            for message in messages:
+                worker.send(log=worker_pb2.TaskLog(token=a.token, level="INFO", message=message))
+            worker.send(result=worker.result(a))
+            assert (await worker.next("ack")).accepted
+            b = await worker.next("assignment")
+            worker.send(log=worker_pb2.TaskLog(token=b.token, level="INFO", message="next"))
+            worker.send(result=worker.result(b))
+            assert (await worker.next("ack")).accepted
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(worker, done))
+            assert await finished(channel, run_id) == 4
+            done.set()
+            await serving
+            await worker.close()
+            logs = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
+                cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
+            )
+            first = [e for e in logs.entries if e.task_run_id == a.token.task_run_id]
+            kept = [e.message for e in first if e.logger != "headwater.server"]
+            assert kept == messages[:10]
+            notes = [(e.level, e.message) for e in first if e.logger == "headwater.server"]
+            assert len(notes) == 2 and {level for level, _ in notes} == {"WARNING"}
+            assert (
+                "logged over 1000 bytes, over this server's limit max_log_bytes = 1000"
+                in (notes[0][1])
+            )
+            assert "--max-log-bytes" in notes[0][1]
+            assert notes[1][1].startswith("20 log records (2000 bytes) of attempt 1 were dropped")
+            second = [e.message for e in logs.entries if e.task_run_id == b.token.task_run_id]
+            assert second == ["next"]
 
     asyncio.run(main())
 

@@ -125,6 +125,11 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
         "largest parameter value sent inline in a request (larger ones go by reference)",
         "bytes",
     ),
+    LimitSpec(
+        "max_log_bytes",
+        "most log text one attempt may store (its later records are dropped and counted)",
+        "bytes",
+    ),
 )
 
 
@@ -146,6 +151,7 @@ class Limits:
     max_nesting: int = 32
     max_map_width: int = 100_000
     max_parameter_bytes: int = INLINE_PAYLOAD_LIMIT
+    max_log_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
         for spec in LIMIT_SPECS:

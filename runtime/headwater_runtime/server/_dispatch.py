@@ -86,6 +86,9 @@ class WorkerSession:
     #: Attempts it holds that wait for a flow run they started: their slots are lent
     #: (``Dispatcher.lend``). Always a part of ``running``.
     waiting: set[Token] = field(default_factory=set)
+    #: Log text stored per attempt it holds, and the records dropped over the limit
+    #: (``max_log_bytes``): [bytes, records dropped, bytes dropped].
+    logged: dict[Token, list[int]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:

@@ -89,7 +89,7 @@ class WorkerReports:
             return
         if kind == "log":
             if self._holds(session, msg.log.token):  # only the holder writes into a run
-                self._log(msg.log)
+                self._log(session, msg.log)
                 self.touch()
             return
         if kind in ("started", "result", "failure", "skipped", "cancelled"):
@@ -120,6 +120,8 @@ class WorkerReports:
                 )
             return
         flow_run_id, run_key = split_task_run_id(token.task_run_id)  # held: well formed
+        if kind != "started" and session.logged:
+            self._logs_ended(session, token, flow_run_id, run_key)
         if self.runs.waiting(flow_run_id):
             # Being resumed or worked on off the loop: the report, and its ack, once the
             # run is live again (no ack leaves before its event is stored). An outcome
@@ -227,6 +229,7 @@ class WorkerReports:
         if hit:
             # The attempt is over (CACHED): free its slot, and answer after the commit.
             self.dispatcher.finished((token.task_run_id, token.attempt))
+            session.logged.pop((token.task_run_id, token.attempt), None)
             self.commits.pending.acks.append((session.send, decision))
             self.touch()
         else:
@@ -257,18 +260,53 @@ class WorkerReports:
         )
         session.send(worker_pb2.ConnectResponse(ack=ack))
 
-    def _log(self, log: worker_pb2.TaskLog) -> None:
+    def _log(self, session: WorkerSession, log: worker_pb2.TaskLog) -> None:
         flow_run_id, key = split_task_run_id(log.token.task_run_id)
+        attempt = log.token.attempt
+        message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
+        size = len(message) if message.isascii() else len(message.encode())
+        token = (log.token.task_run_id, attempt)
+        counts = session.logged.setdefault(token, [0, 0, 0])
+        limit = self.settings.limits.max_log_bytes
+        if counts[0] + size > limit:  # over max_log_bytes: dropped, counted
+            if not counts[1]:
+                what = f"attempt {attempt} of task run {key!r} logged over {limit} bytes"
+                why = f"{self.settings.limits.exceeded('max_log_bytes', what)}; its later "
+                self._server_log(flow_run_id, key, attempt, why + "log records are dropped")
+            counts[1] += 1
+            counts[2] += size
+            return
+        counts[0] += size
         # A time no Timestamp can hold would make the run's logs unreadable: the
         # server's own time stands in for it.
         given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
         at = seconds(log.timestamp) if given else self.clock.now()
-        message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
         level, logger = log_level(log.level), _label(log.logger, LOGGER_LIMIT)
-        self.runs.add_log(LogRow(flow_run_id, key, log.token.attempt, at, level, logger, message))
+        self.runs.add_log(LogRow(flow_run_id, key, attempt, at, level, logger, message))
         self.commits.pending.logged.add(flow_run_id)  # log followers, after the commit
 
+    def _logs_ended(
+        self, session: WorkerSession, token: worker_pb2.FencingToken, flow_run_id: str, key: str
+    ) -> None:
+        """An attempt's outcome came: forget its log count, and say what was dropped."""
+        counts = session.logged.pop((token.task_run_id, token.attempt), None)
+        if counts is not None and counts[1]:
+            what = (
+                f"{counts[1]} log records ({counts[2]} bytes) of attempt {token.attempt} "
+                "were dropped"
+            )
+            message = str(self.settings.limits.exceeded("max_log_bytes", what))
+            self._server_log(flow_run_id, key, token.attempt, message)
 
+    def _server_log(self, flow_run_id: str, key: str, attempt: int, message: str) -> None:
+        """A WARNING record of the server's own in an attempt's log."""
+        row = LogRow(flow_run_id, key, attempt, self.clock.now(), "WARNING", SERVER_LOGGER, message)
+        self.runs.add_log(row)
+        self.commits.pending.logged.add(flow_run_id)
+
+
+#: The logger name of the records the server writes into an attempt's log.
+SERVER_LOGGER = "headwater.server"
 #: A log record's level and logger name are labels, kept to this many characters.
 LEVEL_LIMIT, LOGGER_LIMIT = 16, 200
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
