@@ -1108,8 +1108,8 @@ def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
 def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: str) -> None:
     """A worker that logs without end cannot fill the database: an attempt's records
     are stored up to max_log_bytes (UTF-8 bytes), the rest dropped; the log says so at
-    the first drop and counts the drops when the outcome comes. The next attempt has
-    its own budget."""
+    the first drop and counts the drops when the outcome comes. A record counts at
+    least 100 bytes (empty ones too). The next attempt has its own budget."""
 
     async def main() -> None:
         store = open_store(db)
@@ -1124,7 +1124,8 @@ def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: 
             worker.send(result=worker.result(a))
             assert (await worker.next("ack")).accepted
             b = await worker.next("assignment")
-            worker.send(log=worker_pb2.TaskLog(token=b.token, level="INFO", message="next"))
+            for message in ["next"] + [""] * 15:
+                worker.send(log=worker_pb2.TaskLog(token=b.token, level="INFO", message=message))
             worker.send(result=worker.result(b))
             assert (await worker.next("ack")).accepted
             done = asyncio.Event()
@@ -1147,8 +1148,11 @@ def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: 
             )
             assert "--max-log-bytes" in notes[0][1]
             assert notes[1][1].startswith("20 log records (2000 bytes) of attempt 1 were dropped")
-            second = [e.message for e in logs.entries if e.task_run_id == b.token.task_run_id]
-            assert second == ["next"]
+            second = [e for e in logs.entries if e.task_run_id == b.token.task_run_id]
+            assert [e.message for e in second if e.logger != "headwater.server"] == ["next"] + [
+                ""
+            ] * 9
+            assert second[-1].message.startswith("6 log records (0 bytes) of attempt 1 were")
 
     asyncio.run(main())
 

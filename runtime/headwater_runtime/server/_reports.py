@@ -265,10 +265,11 @@ class WorkerReports:
         attempt = log.token.attempt
         message = cut_text(log.message)  # the SDKs cut theirs; any peer's is cut here
         size = len(message) if message.isascii() else len(message.encode())
+        cost = max(size, LOG_RECORD_FLOOR)  # (a flood of empty records is bounded too)
         token = (log.token.task_run_id, attempt)
         counts = session.logged.setdefault(token, [0, 0, 0])
         limit = self.settings.limits.max_log_bytes
-        if counts[0] + size > limit:  # over max_log_bytes: dropped, counted
+        if counts[0] + cost > limit:  # over max_log_bytes: dropped, counted
             if not counts[1]:
                 what = f"attempt {attempt} of task run {key!r} logged over {limit} bytes"
                 why = f"{self.settings.limits.exceeded('max_log_bytes', what)}; its later "
@@ -276,7 +277,7 @@ class WorkerReports:
             counts[1] += 1
             counts[2] += size
             return
-        counts[0] += size
+        counts[0] += cost
         # A time no Timestamp can hold would make the run's logs unreadable: the
         # server's own time stands in for it.
         given = log.HasField("timestamp") and valid_timestamp(log.timestamp)
@@ -305,6 +306,9 @@ class WorkerReports:
         self.commits.pending.logged.add(flow_run_id)
 
 
+#: The least a log record counts against max_log_bytes (about what storing a record
+#: costs beyond its text), whatever its message's length.
+LOG_RECORD_FLOOR = 100
 #: The logger name of the records the server writes into an attempt's log.
 SERVER_LOGGER = "headwater.server"
 #: A log record's level and logger name are labels, kept to this many characters.
