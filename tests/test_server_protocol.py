@@ -648,6 +648,68 @@ def test_a_watch_reads_the_flow_run_once_for_the_changes_of_one_commit(db: str) 
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_watch_sees_the_task_runs_a_run_changed_off_the_loop(db: str) -> None:
+    """A large run is worked on off the event loop when a wide result is expanded or
+    the run is cancelled; the task runs changed there reach its watchers too, as they
+    were when the run rejoined (a user trial: a 10,000-element map's children never
+    showed SCHEDULED, and a cancelled 20,000-task run's CANCELLED never showed)."""
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            running.core.runs.collector.large = 3  # 5 mapped children: off the loop
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            await client.RegisterFlow(
+                cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
+            )
+            created = await client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="proto_pipeline", parameters={"n": value_of(5)}),
+                metadata=AUTH,
+            )
+            watch = client.WatchFlowRun(
+                cp.WatchFlowRunRequest(id=created.flow_run.id), metadata=AUTH
+            )
+            await watch.read()  # subscribed
+            stop = asyncio.Event()
+            worker = asyncio.create_task(fake_worker(channel, stop))
+            states: dict[str, list[int]] = {}
+            while (change := await watch.read()) is not grpc.aio.EOF:
+                if change.HasField("task_run"):
+                    states.setdefault(change.task_run.name, []).append(change.task_run.state)
+            stop.set()
+            worker.cancel()
+            scheduled, running_, success = (
+                TaskRunState.SCHEDULED.value,
+                TaskRunState.RUNNING.value,
+                TaskRunState.SUCCESS.value,
+            )
+            for i in range(5):
+                assert states[f"scale[{i}]"] == [scheduled, running_, success], states
+            assert states["scale"][-1] == TaskRunState.MAPPED.value
+            assert states["numbers"][-1] == success  # (its result was expanded off the loop)
+
+            # Cancelling a large run: every queued task run's CANCELLED is seen.
+            await client.RegisterFlow(
+                cp.RegisterFlowRequest(graph=wide_flow.compile()), metadata=AUTH
+            )
+            created = await client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="wide_flow"), metadata=AUTH
+            )
+            run_id = created.flow_run.id
+            watch = client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH)
+            await watch.read()
+            await client.CancelFlowRun(cp.CancelFlowRunRequest(id=run_id), metadata=AUTH)
+            cancelled = set()
+            while (change := await watch.read()) is not grpc.aio.EOF:
+                if change.task_run.state == TaskRunState.CANCELLED.value:
+                    cancelled.add(change.task_run.id)
+            assert len(cancelled) == 100
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_a_watcher_that_stops_reading_holds_about_one_note_per_task_run(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

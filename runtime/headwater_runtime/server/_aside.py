@@ -29,6 +29,7 @@ class RunsAside:
     runs: dict[str, ActiveRun]
     collector: Collector
     listeners: list[Callable[[str, TaskRunRecord | None], None]]
+    notes_rejoined: Callable[[str, list[object]], None]
     ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]]
     _sink: Sink
     _aside: dict[str, list[Callable[[], object]]]
@@ -101,6 +102,9 @@ class RunsAside:
         self._sink.batch.absorb(batch)
         self._sink.effects.extend(effects)
         self._tell_ended(ended)
+        notes, sink.notes = sink.notes, {}
+        if notes:  # the task runs changed meanwhile, as they are now
+            self.notes_rejoined(run_id, list(notes.values()))
         for listener in self.listeners:
             listener(run_id, None)
         self._arm_timer(active)

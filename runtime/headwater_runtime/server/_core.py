@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import time
+import typing
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -192,6 +193,8 @@ class ServerCore(WorkerReports):
         self.dispatcher.waits = self.runs.children.waits
         self.runs.children.waiting.append(self.dispatcher.lend)
         self.runs.listeners.append(self._notify)
+        self.runs.snapshot_aside = self._snapshot_aside
+        self.runs.notes_rejoined = self._notes_rejoined
         self.exports.watch(self.runs)  # releases a run's Dask-held values once done
         # While commits fail, no assignment leaves: its delivery could not be recorded,
         # and after a crash an attempt sent without a recorded delivery may run twice.
@@ -785,6 +788,19 @@ class ServerCore(WorkerReports):
                 queues.discard(queue)
                 if not queues:
                     del watchers[flow_run_id]
+
+    def _snapshot_aside(self, flow_run_id: str, run: TaskRunRecord) -> run_pb2.TaskRun | None:
+        """A watched run's task run as changed off the loop (a reader thread cancels
+        the run, or expands a wide result): its snapshot, kept until the run rejoins."""
+        if flow_run_id in self._watchers:  # (a dict read; a watcher coming meanwhile
+            return task_run_from_record(flow_run_id, run)  # reads the run itself)
+        return None
+
+    def _notes_rejoined(self, flow_run_id: str, notes: list[object]) -> None:
+        """The snapshots ``_snapshot_aside`` kept: the watchers get them with the
+        commit that stores the run's changes."""
+        pending = self.commits.pending.notes
+        pending.extend((flow_run_id, typing.cast(run_pb2.TaskRun, note)) for note in notes)
 
     def _notify(self, flow_run_id: str, run: TaskRunRecord | None) -> None:
         pending = self.commits.pending

@@ -126,6 +126,15 @@ _TERMINAL = frozenset(state for state in TaskRunState if state.is_terminal)
 _OUTCOMES = (TaskSucceeded, TaskFailed, TaskSkipped)
 _SUCCESS = frozenset(state for state in TaskRunState if state.is_success)
 
+
+def _no_snapshot(_flow_run_id: str, _run: TaskRunRecord) -> None:
+    return None
+
+
+def _no_notes(_flow_run_id: str, _notes: list[object]) -> None:
+    return None
+
+
 __all__ = [
     "Dispatch",
     "NoResult",
@@ -204,6 +213,13 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         self._sink = Sink()  # what waits for the commit pipeline
         self._timers: list[tuple[float, str]] = []
         self.listeners: list[Callable[[str, TaskRunRecord | None], None]] = []
+        #: For a run worked on off the loop (set aside), whose changes the listeners
+        #: are not told of one by one: called on that thread with each changed task
+        #: run, returns what to keep of it until the run rejoins (the latest per task
+        #: run) or None; ``notes_rejoined`` gets what was kept, on the loop. The
+        #: watchers' snapshots (ServerCore).
+        self.snapshot_aside: Callable[[str, TaskRunRecord], object | None] = _no_snapshot
+        self.notes_rejoined: Callable[[str, list[object]], None] = _no_notes
         #: Called with a flow run's row (and its engine) whenever the run's own state
         #: changes (started, retried, ended), while the batch that stores it is open:
         #: webhooks add their deliveries to it (``ops``), metrics count.
@@ -647,7 +663,11 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         if active.sink is None:
             for listener in self.listeners:
                 listener(run_id, run)
-        elif run.state in _TERMINAL:  # off the loop: counted for ended_listeners
+            return
+        note = self.snapshot_aside(run_id, run)
+        if note is not None:
+            active.sink.notes[run.key] = note
+        if run.state in _TERMINAL:  # off the loop: counted for ended_listeners
             ended = active.sink.ended
             ended[run.state] = ended.get(run.state, 0) + 1
 

@@ -33,6 +33,9 @@ class Sink:
     #: Task runs that ended, by state, where no per-task listener was told (a run
     #: started or cancelled off the loop, RunManager.ended_listeners).
     ended: dict[TaskRunState, int] = field(default_factory=dict)
+    #: What ``RunManager.snapshot_aside`` kept of each task run changed here (by key:
+    #: the latest), handed to ``notes_rejoined`` when a run set aside rejoins.
+    notes: dict[str, object] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.batch) or bool(self.values.rows) or bool(self.effects)
