@@ -812,3 +812,30 @@ def test_coalescing_queues_collapse_a_backlog_to_the_newest_per_key_and_merge_se
         assert runs.qsize() == 1 and runs.get_nowait() == {f"run{i}" for i in range(5)}
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def test_grpc_s_error_for_a_response_to_a_peer_that_went_away_is_not_logged() -> None:
+    """gRPC logs an ERROR traceback (ExecuteBatchError) when a response cannot be sent
+    because the client hung up (a stalled watcher that then disconnects: a user trial
+    saw one per watcher); the server drops that record, and only that one."""
+    import logging
+    import sys
+
+    from grpc._cython import cygrpc
+
+    import headwater_runtime.server._app  # noqa: F401 (installs the filter)
+
+    logger = logging.getLogger("grpc._cython.cygrpc")
+
+    def record(error: BaseException) -> logging.LogRecord:
+        try:
+            raise error
+        except BaseException:
+            info = sys.exc_info()
+        return logger.makeRecord(
+            logger.name, logging.ERROR, __file__, 1, "raised by servicer method", (), info
+        )
+
+    gone = cygrpc.ExecuteBatchError('Failed "execute_batch": (SendMessageOperation,)')
+    assert not logger.filter(record(gone))
+    assert logger.filter(record(RuntimeError("a servicer's own bug")))

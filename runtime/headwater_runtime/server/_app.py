@@ -59,6 +59,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("headwater.server")
 
+
+class _QuietGoneStreams(logging.Filter):
+    """Drops gRPC's own ERROR record (with a traceback) for a response it could not
+    send because the peer had gone: a watcher that stopped reading and then hung up,
+    a worker cut off mid-stream. gRPC raises ``ExecuteBatchError`` in its own loop
+    over a servicer's responses, where no servicer can catch it, and logs it as a
+    server fault; nothing is wrong, and any client could otherwise fill the log with
+    tracebacks. Other errors gRPC logs still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ != "ExecuteBatchError"
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_QuietGoneStreams())
+
 SERVICE_NAMES = (
     control_plane_pb2.DESCRIPTOR.services_by_name["ControlPlaneService"].full_name,
     worker_pb2.DESCRIPTOR.services_by_name["WorkerGatewayService"].full_name,
