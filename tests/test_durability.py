@@ -218,6 +218,25 @@ async def finished(channel: grpc.aio.Channel, run_id: str) -> int:
     return state
 
 
+async def serve_to_end(worker: StreamWorker, channel: grpc.aio.Channel, run_id: str) -> int:
+    """Run every assignment until the run ends, then close the worker; the run's final
+    state."""
+    done = asyncio.Event()
+    serving = asyncio.create_task(serve_all(worker, done))
+    state = await finished(channel, run_id)
+    done.set()
+    await serving
+    await worker.close()
+    return state
+
+
+async def logs_of(channel: grpc.aio.Channel, run_id: str) -> cp.ListTaskRunLogsResponse:
+    """A run's log records (the first page)."""
+    return await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
+        cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
+    )
+
+
 async def serve_all(worker: StreamWorker, done: asyncio.Event) -> int:
     """Run every assignment until ``done``; the number of results sent."""
     sent = 0
@@ -283,12 +302,7 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(
             # The cancel above was kept too (it is stored with the rest): start over
             # with a run nobody cancels.
             run_id = await create(channel, n=3)
-            done = asyncio.Event()
-            serving = asyncio.create_task(serve_all(worker, done))
-            assert await finished(channel, run_id) == 4
-            done.set()
-            await serving
-            await worker.close()
+            assert await serve_to_end(worker, channel, run_id) == 4
             got = await run_state(channel, run_id)
             assert decode_value(got.flow_run.result) == {"scaled": [0, 10, 20], "total": 30}
         # Sequence numbers stayed contiguous through the failures.
@@ -1048,17 +1062,10 @@ def test_fencing_is_bound_to_the_session(db: str) -> None:
             accepted = await holder.next("ack")
             assert accepted.accepted, accepted.reason
             await intruder.close()
-            done = asyncio.Event()
-            serving = asyncio.create_task(serve_all(holder, done))
-            assert await finished(channel, run_id) == 4
-            done.set()
-            await serving
-            await holder.close()
+            assert await serve_to_end(holder, channel, run_id) == 4
             got = await run_state(channel, run_id)
             assert decode_value(got.flow_run.result) == {"scaled": [0, 10], "total": 10}
-            logs = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
-                cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
-            )
+            logs = await logs_of(channel, run_id)
             assert [e.message for e in logs.entries] == []
 
     asyncio.run(main())
@@ -1085,15 +1092,8 @@ def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
                 worker.send(log=log)
             worker.send(result=worker.result(a))
             assert (await worker.next("ack")).accepted
-            done = asyncio.Event()
-            serving = asyncio.create_task(serve_all(worker, done))
-            assert await finished(channel, run_id) == 4
-            done.set()
-            await serving
-            await worker.close()
-            logs = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
-                cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
-            )
+            assert await serve_to_end(worker, channel, run_id) == 4
+            logs = await logs_of(channel, run_id)
             got = [(e.level, e.logger) for e in logs.entries]
             assert got == [
                 ("WARNING", "app"),
@@ -1128,15 +1128,8 @@ def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: 
                 worker.send(log=worker_pb2.TaskLog(token=b.token, level="INFO", message=message))
             worker.send(result=worker.result(b))
             assert (await worker.next("ack")).accepted
-            done = asyncio.Event()
-            serving = asyncio.create_task(serve_all(worker, done))
-            assert await finished(channel, run_id) == 4
-            done.set()
-            await serving
-            await worker.close()
-            logs = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).ListTaskRunLogs(
-                cp.ListTaskRunLogsRequest(flow_run_id=run_id), metadata=AUTH
-            )
+            assert await serve_to_end(worker, channel, run_id) == 4
+            logs = await logs_of(channel, run_id)
             first = [e for e in logs.entries if e.task_run_id == a.token.task_run_id]
             kept = [e.message for e in first if e.logger != "headwater.server"]
             assert kept == messages[:10]
@@ -1175,12 +1168,7 @@ def test_an_unrequested_task_cancelled_gives_the_attempt_back(db: str) -> None:
                 assert again.token.task_run_id == first.token.task_run_id
                 assert again.token.attempt == previous.token.attempt + 1
             worker.send(result=worker.result(again))
-            done = asyncio.Event()
-            serving = asyncio.create_task(serve_all(worker, done))
-            assert await finished(channel, run_id) == 4
-            done.set()
-            await serving
-            await worker.close()
+            assert await serve_to_end(worker, channel, run_id) == 4
             got = await run_state(channel, run_id)
             numbers = next(t for t in got.task_runs if t.name == "numbers")
             assert numbers.attempts == 6 and numbers.state == 5

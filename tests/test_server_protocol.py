@@ -604,6 +604,21 @@ def wide_flow() -> list[list[int]]:
     return [numbers(i) for i in range(100)]
 
 
+async def watched_wide_run(
+    client: control_plane_pb2_grpc.ControlPlaneServiceStub,
+) -> tuple[str, Any]:
+    """A run of wide_flow (100 queued task runs) and a watch of it that has read its
+    first response (it is subscribed)."""
+    await client.RegisterFlow(cp.RegisterFlowRequest(graph=wide_flow.compile()), metadata=AUTH)
+    created = await client.CreateFlowRun(
+        cp.CreateFlowRunRequest(flow_name="wide_flow"), metadata=AUTH
+    )
+    run_id = created.flow_run.id
+    watch = client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH)
+    await watch.read()
+    return run_id, watch
+
+
 def test_a_watch_reads_the_flow_run_once_for_the_changes_of_one_commit(db: str) -> None:
     """Cancelling a run of 100 queued task runs is one commit of 100 changes: the watch
     yields one response per task run, each with the flow run as that commit left it,
@@ -616,15 +631,7 @@ def test_a_watch_reads_the_flow_run_once_for_the_changes_of_one_commit(db: str) 
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-            await client.RegisterFlow(
-                cp.RegisterFlowRequest(graph=wide_flow.compile()), metadata=AUTH
-            )
-            created = await client.CreateFlowRun(
-                cp.CreateFlowRunRequest(flow_name="wide_flow"), metadata=AUTH
-            )
-            run_id = created.flow_run.id
-            watch = client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH)
-            await watch.read()  # subscribed
+            run_id, watch = await watched_wide_run(client)
             store = running.store
             reads: list[str] = []
             real = store.get_flow_run
@@ -691,15 +698,7 @@ def test_a_watch_sees_the_task_runs_a_run_changed_off_the_loop(db: str) -> None:
             assert states["numbers"][-1] == success  # (its result was expanded off the loop)
 
             # Cancelling a large run: every queued task run's CANCELLED is seen.
-            await client.RegisterFlow(
-                cp.RegisterFlowRequest(graph=wide_flow.compile()), metadata=AUTH
-            )
-            created = await client.CreateFlowRun(
-                cp.CreateFlowRunRequest(flow_name="wide_flow"), metadata=AUTH
-            )
-            run_id = created.flow_run.id
-            watch = client.WatchFlowRun(cp.WatchFlowRunRequest(id=run_id), metadata=AUTH)
-            await watch.read()
+            run_id, watch = await watched_wide_run(client)
             await client.CancelFlowRun(cp.CancelFlowRunRequest(id=run_id), metadata=AUTH)
             cancelled = set()
             while (change := await watch.read()) is not grpc.aio.EOF:
