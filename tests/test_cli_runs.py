@@ -186,6 +186,12 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     cli(env, "run", str(tmp_path / "cli_tasks.py:large"), "--server", address, "-p", "n=1")
     ambiguous = cli(env, "runs", "show", "", "--server", address)
     assert ambiguous.returncode == 2
+    # a run whose tasks logged nothing: no records on stdout, a line saying so on stderr
+    newest = json.loads(cli(env, "runs", "list", "--server", address, "--json").stdout)[0]
+    quiet = cli(env, "runs", "logs", newest["id"], "--server", address)
+    assert (quiet.returncode, quiet.stdout) == (0, "")
+    assert f"no log records for flow run {newest['id']}" in quiet.stderr
+    assert "docs/dask.md" in quiet.stderr
 
 
 def test_a_run_whose_results_pass_4_mib_is_read_back_whole(

@@ -366,11 +366,20 @@ def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
     entries = client.iter_logs(
         run_id, task_run_id, task_id=task_id, follow=args.follow, page_size=args.page_size
     )
+    printed = 0
     for entry in entries:
         at = entry.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
         attempt = f"#{entry.attempt}" if entry.attempt > 1 else ""
         line = f"{at} {entry.level:8} {entry.key}{attempt}  {entry.message}"
         print(printable(line), flush=args.follow)
+        printed += 1
+    if not printed:  # (on stderr: a pipeline reading the records gets none)
+        of = f"task {task!r} of flow run {run_id}" if task else f"flow run {run_id}"
+        print(
+            f"no log records for {of}: its tasks printed and logged nothing here (tasks "
+            "run by a Dask bridge worker log to the Dask workers' own output: docs/dask.md)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
