@@ -83,8 +83,8 @@ class LatestPerKey(asyncio.Queue[T]):
     """A queue of every item put, until its reader falls behind: once more than
     ``backlog`` items are pending, the pending items collapse to the newest of each key
     (in the order of their newest put). A reader that keeps up sees every item; one
-    that stalls gets each key's latest item, and the queue never holds more than
-    ``backlog`` items or twice as many as there are keys.
+    that stalls gets each key's latest item, and the queue never holds more items
+    than ``backlog`` or twice the number of keys, whichever is larger.
 
     Args:
         key: an item's key (newer items of a key replace older ones when collapsing).
