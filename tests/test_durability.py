@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import grpc
 import pytest
@@ -1101,6 +1102,55 @@ def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
                 ("TRACE", "x" * 200),
                 ("V" * 16, "app"),
             ]
+
+    asyncio.run(main())
+
+
+def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str) -> None:
+    """A read the store cannot serve (PostgreSQL restarting: a user trial saw
+    ``ListFlowRuns`` answer ``UNKNOWN: Unexpected StoreUnavailable``) ends the call with
+    UNAVAILABLE and the store's words (RESOURCE_EXHAUSTED when out of space), so
+    clients retry; the next call is served."""
+
+    async def main() -> None:
+        store = open_store(db)
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            run_id = await create(channel, n=2)
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            calls = {  # (a call starts when it is made: made once the store is down)
+                "list_flow_runs": lambda: client.ListFlowRuns(
+                    cp.ListFlowRunsRequest(), metadata=AUTH
+                ),
+                "list_flows": lambda: client.ListFlows(cp.ListFlowsRequest(), metadata=AUTH),
+                "audit_entries": lambda: client.ListAuditEntries(
+                    cp.ListAuditEntriesRequest(), metadata=AUTH
+                ),
+            }
+            for name, call in calls.items():
+                real = getattr(running.store, name)
+                down = StoreUnavailable("cannot read from the database: server closed")
+                setattr(running.store, name, mock.Mock(side_effect=down))
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call()
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (name, info.value)
+                assert "cannot read from the database: server closed" in (
+                    info.value.details() or ""
+                )
+                setattr(running.store, name, real)
+            real_tasks = running.store.task_runs
+            full = StoreUnavailable("cannot read: out of space", full=True)
+            running.store.task_runs = mock.Mock(side_effect=full)  # type: ignore[method-assign]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await client.GetFlowRun(
+                    cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
+                )
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            running.store.task_runs = real_tasks  # type: ignore[method-assign]
+            listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+            assert [r.id for r in listed.flow_runs] == [run_id]
 
     asyncio.run(main())
 

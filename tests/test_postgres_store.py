@@ -22,6 +22,7 @@ from headwater_runtime.store import (
     PostgresStore,
     RunEvent,
     SchemaTooNew,
+    StoreUnavailable,
     WriteBatch,
     _postgres_batch,
     open_store,
@@ -172,6 +173,35 @@ def test_a_password_never_appears_in_messages() -> None:
 def test_an_unreachable_database_is_one_clear_error(postgres: TempPostgres) -> None:
     with pytest.raises(RuntimeError, match="cannot connect to the database"):
         PostgresStore("postgresql://postgres@127.0.0.1:1/nope?connect_timeout=2")
+
+
+def test_a_read_over_a_connection_the_database_ended_says_it_could_not_read(
+    store: PostgresStore, postgres: TempPostgres
+) -> None:
+    """PostgreSQL ending the pool's connections (a restart, an administrator) makes the
+    next read fail as StoreUnavailable saying it could not *read* (the server answers
+    UNAVAILABLE: tests/test_durability.py); the pool connects again for the one after."""
+    import psycopg
+
+    assert store.list_flow_runs() == []
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+    deadline = time.monotonic() + 30
+    failures = []
+    while time.monotonic() < deadline:
+        try:
+            store.list_flow_runs()
+        except StoreUnavailable as exc:
+            failures.append(str(exc))
+            continue
+        break
+    else:
+        raise AssertionError(f"the store never read again: {failures[-1:]}")
+    assert failures, "no read met an ended connection"
+    assert all(f.startswith("cannot read from the database: ") for f in failures), failures
 
 
 # ---------------------------------------------------------------- lease and fencing

@@ -9,7 +9,12 @@ DecodeError``, which tells a client nothing and looks like a server bug.
 the request or as any message of a request stream (a worker's Connect stream, an
 upload), ends the call with INVALID_ARGUMENT naming the method and what was wrong.
 
-The same wrapper keeps large messages from stopping the event loop while they are
+The same wrapper answers a store that cannot be reached or written (PostgreSQL
+down, a disk full) with UNAVAILABLE (RESOURCE_EXHAUSTED when out of space) and the
+store's words, for every RPC: a read a servicer does not guard would otherwise end
+as ``UNKNOWN: Unexpected StoreUnavailable``, which clients do not retry.
+
+It also keeps large messages from stopping the event loop while they are
 decoded: one over ``LARGE`` bytes is not decoded by the deserializer (which gRPC calls
 on the loop) but handed over as ``Deferred`` and decoded on a worker thread, a slice
 at a time (``_slices``), before the method sees it.
@@ -23,6 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+
+from headwater_runtime.store import StoreUnavailable
 
 from ._auth import _Handler, _Req, _Resp
 from ._slices import LARGE, parse_in_slices
@@ -89,6 +96,12 @@ async def refuse(context: grpc.aio.ServicerContext[Any, Any], method: str, bad: 
     await context.abort(MALFORMED, f"{method}: malformed request message ({bad.error})")
 
 
+async def store_refusal(context: grpc.aio.ServicerContext[Any, Any], exc: StoreUnavailable) -> None:
+    """End the call: the store could not be reached or written (the client may retry)."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
+    await context.abort(code, f"{exc}; try again later")
+
+
 class _Stream:
     """A request stream that stops at the first malformed message.
 
@@ -153,7 +166,10 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
                 request = await request.decoded()
             if isinstance(request, Malformed):
                 await refuse(context, method, request)
-            return await inner_uu(request, context)
+            try:
+                return await inner_uu(request, context)
+            except StoreUnavailable as exc:
+                await store_refusal(context, exc)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
     if handler.unary_stream is not None:
@@ -164,8 +180,11 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
                 request = await request.decoded()
             if isinstance(request, Malformed):
                 await refuse(context, method, request)
-            async for response in _results(inner_us(request, context)):
-                yield response
+            try:
+                async for response in _results(inner_us(request, context)):
+                    yield response
+            except StoreUnavailable as exc:
+                await store_refusal(context, exc)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
     if handler.stream_unary is not None:
@@ -173,7 +192,10 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
 
         async def stream_unary(requests: Any, context: Any) -> Any:
             stream = _Stream(requests, context, method)
-            response = await inner_su(aiter(stream), context)
+            try:
+                response = await inner_su(aiter(stream), context)
+            except StoreUnavailable as exc:
+                await store_refusal(context, exc)
             await stream.refuse_late()
             return response
 
@@ -183,8 +205,11 @@ def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
 
     async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
         stream = _Stream(requests, context, method)
-        async for response in _results(inner_ss(aiter(stream), context)):
-            yield response
+        try:
+            async for response in _results(inner_ss(aiter(stream), context)):
+                yield response
+        except StoreUnavailable as exc:
+            await store_refusal(context, exc)
         await stream.refuse_late()
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)

@@ -196,7 +196,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             with self._pool.connection() as conn:
                 return conn.execute(sql, args or None).fetchall()
         except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "read from") from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate is None:  # not from the server: the connection broke
+                raise _unavailable(exc, "read from") from exc
+            raise
 
     def _one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = self._read(sql, args)
@@ -572,7 +576,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                     binary=True,
                 ).fetchone()
         except psycopg.OperationalError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "read from") from exc
         return b"" if row is None else bytes(row[0])
 
     def read_payload(
@@ -755,10 +759,10 @@ class _DatabaseChunks:
         )
 
 
-def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
+def _unavailable(exc: psycopg.Error, doing: str = "write to") -> StoreUnavailable:
     text = str(exc).strip() or type(exc).__name__
     full = isinstance(exc, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory)
-    return StoreUnavailable(f"cannot write to the database: {text}", full=full)
+    return StoreUnavailable(f"cannot {doing} the database: {text}", full=full)
 
 
 def _next_number(conn: Conn, name: str) -> str:
