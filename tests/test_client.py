@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -163,6 +164,15 @@ def test_errors_are_one_clear_line(server: ServerThread, tmp_path: Path) -> None
     with (
         Client("127.0.0.1:1", token="tok", timeout=2) as client,
         pytest.raises(ServerError, match="cannot reach the Headwater server"),
+    ):
+        client.list_runs()
+    # with several addresses, the error names them all: each was tried
+    with (
+        Client("127.0.0.1:1,127.0.0.1:2", token="tok", timeout=2) as client,
+        pytest.raises(
+            ServerError,
+            match=re.escape("cannot reach any Headwater server of 127.0.0.1:1,127.0.0.1:2"),
+        ),
     ):
         client.list_runs()
 

@@ -29,6 +29,7 @@ from test_run_manager import (
 )
 from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 
+import headwater
 from headwater import flow, task, unmapped
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, payload_pb2, worker_pb2, worker_pb2_grpc
@@ -1151,6 +1152,21 @@ def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str)
             running.store.task_runs = real_tasks  # type: ignore[method-assign]
             listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
             assert [r.id for r in listed.flow_runs] == [run_id]
+            # The SDK's client tries again until its timeout, then says what the
+            # server said, not that it could not reach it.
+            down = StoreUnavailable("cannot read from the database: server closed")
+            running.store.list_flow_runs = mock.Mock(side_effect=down)  # type: ignore[method-assign]
+
+            def list_runs() -> None:
+                with headwater.Client(f"127.0.0.1:{running.port}", token=TOKEN, timeout=1) as c:
+                    c.server_info()  # (reached: its reads then wait out an outage)
+                    c.list_runs()
+
+            with pytest.raises(headwater.ServerError) as error:
+                await asyncio.to_thread(list_runs)
+            assert "cannot use its database right now (list flow runs)" in str(error.value)
+            assert "cannot read from the database: server closed" in str(error.value)
+            assert running.store.list_flow_runs.call_count > 1  # (it tried again)
 
     asyncio.run(main())
 

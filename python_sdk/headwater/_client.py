@@ -23,6 +23,7 @@ from headwater.v1 import (
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
+    CAUSE_STORE,
     INLINE_PAYLOAD_LIMIT,
     STANDBY_REFUSAL,
     TASK_RUN_ID_SEPARATOR,
@@ -40,6 +41,7 @@ from headwater.wire import (
     failure_from_proto,
     leader_hint,
     open_channel,
+    refusal_cause,
     split_task_run_id,
     to_datetime,
 )
@@ -415,7 +417,9 @@ class Client(OperationsClient):
         try:
             return self._retrying(attempt, deadline, ride)
         except grpc.RpcError as exc:
-            raise _server_error(exc, self._addresses.current, what, self.tls) from None
+            raise _server_error(
+                exc, self._addresses.current, what, self.tls, self._addresses
+            ) from None
 
     def server_info(self) -> dict[str, Any]:
         """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
@@ -675,7 +679,7 @@ class Client(OperationsClient):
                 ):
                     where = self._addresses.current
                     what = f"watch flow run {run_id!r}"
-                    raise _server_error(exc, where, what, self.tls) from None
+                    raise _server_error(exc, where, what, self.tls, self._addresses) from None
 
     def wait(self, run_id: str, timeout: float | None = None) -> RemoteFlowRun:
         """Block until the run ends (at most ``timeout`` seconds, else TimeoutError);
@@ -745,7 +749,9 @@ class Client(OperationsClient):
                 for page in self._control.WatchTaskRunLogs(request, metadata=self._metadata):
                     yield from (_log_entry(e) for e in page.entries)
             except grpc.RpcError as exc:
-                raise _server_error(exc, self._addresses.current, what, self.tls) from None
+                raise _server_error(
+                    exc, self._addresses.current, what, self.tls, self._addresses
+                ) from None
             return
         token = ""
         while True:
@@ -989,16 +995,27 @@ def _rewatch(error: grpc.RpcError, deadline: float, tried: list[str], address: s
 
 
 def _server_error(
-    exc: grpc.RpcError, address: str, what: str, tls: TLSSettings | None = None
+    exc: grpc.RpcError,
+    address: str,
+    what: str,
+    tls: TLSSettings | None = None,
+    addresses: Addresses | None = None,
 ) -> ServerError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE and STANDBY_REFUSAL in (details or ""):
         return ServerError(f"{what}: the server at {address} refused: {details}", code)
+    if refusal_cause(exc) == CAUSE_STORE:  # it answered: its database cannot serve now
+        return ServerError(
+            f"the server at {address} cannot use its database right now ({what}): {details}",
+            code,
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         why = explain_unreachable(address, tls or TLSSettings())
         if why:
             return ServerError(f"{why} ({what})", code)
+        if addresses is not None and addresses.several:  # it tried them all
+            return ServerError(f"cannot reach any Headwater server of {addresses} ({what})", code)
         return ServerError(f"cannot reach the Headwater server at {address} ({what})", code)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return ServerError(

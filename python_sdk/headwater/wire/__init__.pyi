@@ -100,11 +100,14 @@ from ._protocol import SERVER_FEATURES as SERVER_FEATURES
 from ._protocol import Feature as Feature
 from ._protocol import feature_names as feature_names
 from ._roles import Role as Role
+from ._servers import CAUSE_METADATA as CAUSE_METADATA
+from ._servers import CAUSE_STORE as CAUSE_STORE
 from ._servers import LEADER_METADATA as LEADER_METADATA
 from ._servers import STANDBY_REFUSAL as STANDBY_REFUSAL
 from ._servers import Addresses as Addresses
 from ._servers import leader_hint as leader_hint
 from ._servers import parse_addresses as parse_addresses
+from ._servers import refusal_cause as refusal_cause
 from ._settings import ENV_ADVERTISE as ENV_ADVERTISE
 from ._settings import ENV_CONFIG as ENV_CONFIG
 from ._settings import ENV_DASK_RELEASE_AFTER as ENV_DASK_RELEASE_AFTER

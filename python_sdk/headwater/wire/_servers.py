@@ -17,6 +17,11 @@ from typing import Any
 LEADER_METADATA = "headwater-leader"
 #: Start of a standby's refusal text (the rest names the leader).
 STANDBY_REFUSAL = "this Headwater server is a standby"
+#: Trailing metadata of a refusal the server made because its store cannot serve the
+#: call now (its database is down, its disk full): ``CAUSE_STORE``. A client then says
+#: so, rather than "cannot reach the server".
+CAUSE_METADATA = "headwater-cause"
+CAUSE_STORE = "store"
 
 
 def parse_addresses(text: str) -> tuple[str, ...]:
@@ -34,6 +39,16 @@ def parse_addresses(text: str) -> tuple[str, ...]:
 
 def leader_hint(error: Any) -> str:
     """The leader a standby named in a refused call (a ``grpc.RpcError``), or ""."""
+    return _trailing(error, LEADER_METADATA)
+
+
+def refusal_cause(error: Any) -> str:
+    """Why the server refused a call (a ``grpc.RpcError``): ``CAUSE_STORE``, or ""."""
+    return _trailing(error, CAUSE_METADATA)
+
+
+def _trailing(error: Any, name: str) -> str:
+    """A trailing metadata value of a failed call ("" when it has none)."""
     metadata = getattr(error, "trailing_metadata", None)
     if not callable(metadata):
         return ""
@@ -42,7 +57,7 @@ def leader_hint(error: Any) -> str:
     except Exception:
         return ""
     for key, value in pairs:
-        if key == LEADER_METADATA:
+        if key == name:
             return value.decode() if isinstance(value, bytes) else str(value)
     return ""
 

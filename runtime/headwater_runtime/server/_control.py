@@ -42,6 +42,7 @@ from ._builds import BuildUnavailable
 from ._children import NotRunning
 from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
+from ._decoding import store_refusal
 from ._details import detail
 from ._limits import InvalidValue, check_parameter
 from ._queries import NoResult, list_problem, task_result
@@ -81,8 +82,7 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
     except BuildUnavailable as exc:
         await _fail(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; try again")
     except StoreUnavailable as exc:
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
-        await _fail(context, code, f"{exc}; the server keeps retrying, try again later")
+        await store_refusal(context, exc, "the server keeps retrying, try again later")
 
 
 def audit_message(row: AuditRow) -> cp.AuditEntry:

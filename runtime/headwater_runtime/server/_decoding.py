@@ -29,9 +29,11 @@ from typing import Any
 
 import grpc
 
+from headwater.wire import CAUSE_METADATA, CAUSE_STORE
 from headwater_runtime.store import StoreUnavailable
 
 from ._auth import _Handler, _Req, _Resp
+from ._details import detail
 from ._slices import LARGE, parse_in_slices
 
 #: The status of a call whose request (or one of whose messages) cannot be decoded.
@@ -96,10 +98,16 @@ async def refuse(context: grpc.aio.ServicerContext[Any, Any], method: str, bad: 
     await context.abort(MALFORMED, f"{method}: malformed request message ({bad.error})")
 
 
-async def store_refusal(context: grpc.aio.ServicerContext[Any, Any], exc: StoreUnavailable) -> None:
-    """End the call: the store could not be reached or written (the client may retry)."""
+async def store_refusal(
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: StoreUnavailable,
+    advice: str = "try again later",
+) -> None:
+    """End the call: the store could not be reached or written (the client may retry;
+    the trailing metadata tells it the server answered, and why)."""
     code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
-    await context.abort(code, f"{exc}; try again later")
+    cause = ((CAUSE_METADATA, CAUSE_STORE),)
+    await context.abort(code, detail(f"{exc}; {advice}"), trailing_metadata=cause)
 
 
 class _Stream:

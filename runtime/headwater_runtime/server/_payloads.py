@@ -13,6 +13,7 @@ from headwater.wire import CHUNK_SIZE, Limits
 from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavailable
 
 from ._access import CALLER, Caller
+from ._decoding import store_refusal
 from ._details import detail
 from ._io import StoreIO
 from ._previews import PREVIEW_BYTES, upload_metadata
@@ -165,8 +166,7 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
         except StoreUnavailable as exc:
             if upload is not None:
                 await self.io.write(upload.abort)
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.full else grpc.StatusCode.UNAVAILABLE
-            await context.abort(code, detail(str(exc)))
+            await store_refusal(context, exc, "upload it again later")
         except TimeoutError:
             if upload is not None:
                 await asyncio.shield(self.io.write(upload.abort))
