@@ -155,7 +155,7 @@ def test_graphs_over_the_size_limits_are_refused_naming_the_limit(tmp_path: Path
             name="deep",
             tasks=[
                 graph_pb2.TaskNode(id="a", task_type="m.a"),
-                graph_pb2.TaskNode(id="b", task_type="m.b", inputs={"x": _nested(5)}),
+                graph_pb2.TaskNode(id="b", task_type="m.b", inputs={"x": _nested(8)}),
             ],
         )
         cases = [
@@ -163,7 +163,8 @@ def test_graphs_over_the_size_limits_are_refused_naming_the_limit(tmp_path: Path
             (_chain(7), "over this server's limit max_graph_edges = 5"),
             (
                 deep,
-                "task 'b', argument 'x' nests inputs 5 deep, over this server's limit "
+                "task 'b', argument 'x' nests inputs at least 5 levels deep, over this "
+                "server's limit "
                 "max_nesting = 4 (raise it with --max-nesting or HEADWATER_MAX_NESTING)",
             ),
         ]
@@ -369,7 +370,11 @@ def test_parameters_over_the_limits_or_contradicting_themselves_are_refused(
                 "parameter 'n' declares 100000000 elements, over this server's limit max_map_width",
             ),
             (not_a_number, grpc.StatusCode.INVALID_ARGUMENT, "'1e9', which is not a whole number"),
-            (_deep_value(6), grpc.StatusCode.RESOURCE_EXHAUSTED, "nests elements 6 deep"),
+            (
+                _deep_value(9),  # (the walk stops at the first level over the limit)
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "nests elements at least 6 levels deep (the value itself is level 1)",
+            ),
         ]
         for value, code, fragment in cases:
             for call in (

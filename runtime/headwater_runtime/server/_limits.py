@@ -70,7 +70,9 @@ def _references(source: graph_pb2.Input, limits: Limits, where: str, depth: int)
     """How many upstream references an input holds; LimitExceeded when it nests lists
     and maps deeper than ``max_nesting``."""
     if depth > limits.max_nesting:
-        raise limits.exceeded("max_nesting", f"{where} nests inputs {depth} deep")
+        raise limits.exceeded(  # (not walked further: it may nest deeper still)
+            "max_nesting", f"{where} nests inputs at least {depth} levels deep"
+        )
     kind = source.WhichOneof("source")
     if kind == "task_output":
         return 1
@@ -116,7 +118,12 @@ def check_value(value: payload_pb2.Value, limits: Limits, what: str) -> None:
                 )
         if count:
             if depth + 1 > limits.max_nesting:
-                raise limits.exceeded("max_nesting", f"{what} nests elements {depth + 1} deep")
+                # (the walk stops here: the value may nest deeper still)
+                raise limits.exceeded(
+                    "max_nesting",
+                    f"{what} nests elements at least {depth + 1} levels deep (the value "
+                    "itself is level 1)",
+                )
             # Elements rarely have elements of their own: only those are walked further.
             stack.extend((item, depth + 1) for item in items if item.items)
 
