@@ -1107,6 +1107,27 @@ def test_a_peer_log_level_and_logger_are_stored_as_labels(db: str) -> None:
     asyncio.run(main())
 
 
+def test_acks_come_in_the_order_of_the_reports(db: str) -> None:
+    """A result sent twice is answered in the order sent: accepted (after its commit),
+    then refused (a user trial: the refusal, sent at once, came first, and a worker
+    matching Acks by token dropped the outcome the server had taken)."""
+
+    async def main() -> None:
+        store = open_store(db)
+        async with one_slot_worker(store) as (_running, channel, worker):
+            run_id = await create(channel, n=2)
+            a = await worker.next("assignment")
+            worker.send(result=worker.result(a))
+            worker.send(result=worker.result(a))
+            first, second = await worker.next("ack"), await worker.next("ack")
+            assert (first.token, second.token) == (a.token, a.token)
+            assert first.accepted and not second.accepted, (first, second)
+            assert "not held by this worker session" in second.reason
+            assert await serve_to_end(worker, channel, run_id) == 4
+
+    asyncio.run(main())
+
+
 def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str) -> None:
     """A read the store cannot serve (PostgreSQL restarting: a user trial saw
     ``ListFlowRuns`` answer ``UNKNOWN: Unexpected StoreUnavailable``) ends the call with

@@ -251,14 +251,18 @@ class WorkerReports:
         self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
 
     def _refuse(self, session: WorkerSession, token: worker_pb2.FencingToken, why: str) -> None:
-        """Refuse a report at once (it changed nothing, so there is nothing to store)."""
+        """Refuse a report that changed nothing. Its Ack goes out with the next commit
+        all the same, behind the Acks of the reports before it: a report sent twice is
+        answered accepted, then refused, in the order it was sent (a user trial: the
+        refusal of the second came first, sent at once)."""
         ack = worker_pb2.Ack(
             token=token,
             accepted=False,
             reason=why,
             code=StatusCode.FAILED_PRECONDITION.value[0],
         )
-        session.send(worker_pb2.ConnectResponse(ack=ack))
+        self.commits.pending.acks.append((session.send, worker_pb2.ConnectResponse(ack=ack)))
+        self.touch()
 
     def _log(self, session: WorkerSession, log: worker_pb2.TaskLog) -> None:
         flow_run_id, key = split_task_run_id(log.token.task_run_id)
