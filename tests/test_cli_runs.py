@@ -132,6 +132,10 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     assert 'raise ConnectionError("pricing API timed out")' in err  # the traceback
     assert "traceback lines cut (--full shows them)" in err  # trimmed by default
     assert "fetch" in err and "2" in err  # the summary: fetch took 2 attempts
+    # the last line, as an embedded run's: task runs by state (the failure is above)
+    last = [line for line in err.splitlines() if line.startswith("flow run ")][-1]
+    assert " of 'prices': FAILED in " in last, last
+    assert last.endswith("(1 FAILED, 1 MAPPED, 4 SUCCESS)"), last
     run_id = err.split("flow run ", 1)[1].split(" ", 1)[0]
     # runs show: by a short prefix; trimmed, --full, --json
     shown = cli(env, "runs", "show", run_id[:8], "--server", address)

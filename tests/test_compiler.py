@@ -1009,6 +1009,30 @@ def test_unknown_flow_parameter_is_a_parameter_error() -> None:
         linear.run(nope=1)  # type: ignore[call-arg]
 
 
+@task
+def _holds(x: object) -> int:
+    return 1
+
+
+@flow
+def _lock_param(lock: object = None) -> int:
+    return _holds(lock)
+
+
+def test_a_parameter_that_cannot_be_sent_is_one_line_naming_it() -> None:
+    """A parameter pickle refuses (a lock, a generator), sent to a server, is a
+    ParameterError naming it and why (a user trial: a bare AssertionError)."""
+    import threading
+
+    with pytest.raises(ParameterError) as error:
+        _lock_param.compile(lock=threading.Lock())
+    assert str(error.value).startswith(
+        "parameter 'lock' cannot be sent to the server: a lock cannot be serialised"
+    )
+    with pytest.raises(ParameterError, match="parameter 'lock' cannot be sent"):
+        _lock_param.compile(lock=(i for i in range(3)))
+
+
 def test_missing_required_flow_parameter_is_a_parameter_error() -> None:
     with pytest.raises(ParameterError, match="'path'"):
         parameterised()  # type: ignore[call-arg]

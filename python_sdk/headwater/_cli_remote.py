@@ -9,6 +9,7 @@ import queue
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -135,13 +136,19 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
             f" in {duration_text(run.attempt_duration)} (run attempt {run.attempt}; "
             f"{duration_text(run.duration)} since the first started)"
         )
-    line = state_text(run.state.name)
+    # As an embedded run's line: the task runs by state, then the run's message only
+    # when no failed task run says why (a timeout, a cancel's reason).
+    counts = Counter(t.state.name for t in run.task_runs)
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    said = any(t.state.is_failure for t in run.task_runs)
+    note = f": {run.message.splitlines()[0][:500]}" if run.message and not said else ""
     err.print(
         Text.assemble(
             printable(f"flow run {run.id[:8]} of {run.flow_name!r}: "),
-            line,
+            state_text(run.state.name),
             took,
-            f" {printable(run.message)}".rstrip(),
+            f" ({parts})" if parts else "",
+            printable(note),
         )
     )
     if run.state is FlowRunState.SUCCESS:

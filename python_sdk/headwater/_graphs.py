@@ -92,7 +92,10 @@ def compile_graph(
                 items = [encoder(element, portable) for element in value]
                 encoded[name] = with_elements(encoded[name], items)
         except EncodingError as exc:
-            assert reader is not None
+            if reader is None:  # (pickle refused it: a lock, a generator, an open file)
+                raise ParameterError(
+                    f"parameter {name!r} cannot be sent to the server: {exc}"
+                ) from None
             raise ParameterError(
                 f"task {reader[0]!r}, argument {reader[1]!r}: parameter {name!r} must be "
                 f"json (the task is portable or implemented in another language), but {exc}"
