@@ -419,6 +419,26 @@ def test_help_lists_the_commands() -> None:
     assert "--param" in proc.stdout
 
 
+def test_each_runs_action_has_its_own_help_and_flags() -> None:
+    """`headwater runs ACTION --help` shows that action's flags only (it showed every
+    action's); a flag of another action, or a missing run id, is a usage error."""
+    runs = headwater_cli("runs", "--help")
+    assert runs.returncode == 0, runs.stderr
+    for action in ("list", "show", "watch", "cancel", "retry", "logs"):
+        assert f"    {action} " in runs.stdout, runs.stdout
+    watch = headwater_cli("runs", "watch", "--help")
+    assert watch.returncode == 0, watch.stderr
+    assert "--full" in watch.stdout and "--server" in watch.stdout
+    assert "--follow" not in watch.stdout and "--flow" not in watch.stdout
+    logs = headwater_cli("runs", "logs", "--help")
+    assert "--follow" in logs.stdout and "--page-size" in logs.stdout
+    assert "--reason" not in logs.stdout
+    wrong = headwater_cli("runs", "list", "--follow", "--server", "127.0.0.1:1")
+    assert wrong.returncode == 2 and "unrecognized arguments: --follow" in wrong.stderr
+    missing = headwater_cli("runs", "show", "--server", "127.0.0.1:1")
+    assert missing.returncode == 2 and "required: run_id" in missing.stderr
+
+
 def test_version() -> None:
     proc = headwater_cli("--version")
     assert proc.returncode == 0, proc.stderr

@@ -16,30 +16,31 @@ if TYPE_CHECKING:
 from ._errors import CommandError, UsageError
 
 
-def add_tls_args(parser: Any) -> None:
-    """Add --tls, --tls-ca, --tls-cert and --tls-key to a command."""
+def add_tls_args(parser: Any, default: Any = None) -> None:
+    """Add --tls, --tls-ca, --tls-cert and --tls-key to a command (``default``: what a
+    flag not given leaves; ``argparse.SUPPRESS``: nothing)."""
     parser.add_argument(
         "--tls",
         action="store_true",
-        default=None,
+        default=default,
         help="speak TLS, verifying the server with the system's roots (or HEADWATER_TLS=1)",
     )
     parser.add_argument(
         "--tls-ca",
-        default=None,
+        default=default,
         metavar="FILE",
         help="speak TLS, verifying the server with this CA certificate (PEM; or HEADWATER_TLS_CA)",
     )
     parser.add_argument(
         "--tls-cert",
-        default=None,
+        default=default,
         metavar="FILE",
         help="client certificate (PEM) for a server that requires one (mutual TLS; or "
         "HEADWATER_TLS_CERT)",
     )
     parser.add_argument(
         "--tls-key",
-        default=None,
+        default=default,
         metavar="FILE",
         help="the client certificate's private key (PEM; or HEADWATER_TLS_KEY)",
     )

@@ -397,8 +397,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with connect(args, address) as client:
         if args.action == "list":
             return _list(client, args)
-        if not args.run_id:
-            raise UsageError(f"'runs {args.action}' needs a flow run id (or a unique prefix)")
         if args.action == "watch":  # (started while a server restarts: it waits for it)
             try:
                 final = follow_run(client, get_riding(client, args.run_id))
@@ -445,62 +443,102 @@ def _attempt_and_late(run: Any) -> str:
     return attempt + late
 
 
+def _connection_args(parser: Any, default: Any = None) -> None:
+    """--server, --token and the TLS flags (``default``: what a flag not given leaves)."""
+    parser.add_argument(
+        "--server",
+        default=default,
+        help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)",
+    )
+    parser.add_argument("--token", default=default, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(parser, default)
+
+
 def add_runs_command(sub: Any) -> None:
-    """Add ``headwater runs`` and its flags to the CLI's subcommands."""
+    """Add ``headwater runs`` and its actions (each with its own flags and --help)."""
     runs = sub.add_parser(
         "runs",
         help="list, show, watch, cancel or retry flow runs on a server, or read their logs",
         description="Inspect and control flow runs on a Headwater server. A run id may be "
         "shortened to any prefix only one run has (the 8 characters the CLI prints). "
-        "'retry' runs a FAILED or CANCELLED run again from its failure (same run id, next "
-        "run attempt): task runs that succeeded are kept with their results, the others "
-        "run again.",
+        "`headwater runs ACTION --help` lists an action's flags.",
     )
-    runs.add_argument("action", choices=["list", "show", "watch", "cancel", "retry", "logs"])
-    runs.add_argument("run_id", nargs="?", help="flow run id or unique prefix (not for list)")
-    runs.add_argument(
-        "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
+    _connection_args(runs)  # (also accepted before the action, as before)
+    # The actions' own copies leave nothing when not given: a flag given before the
+    # action keeps its value.
+    connection = argparse.ArgumentParser(add_help=False)
+    _connection_args(connection, argparse.SUPPRESS)
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, summary: str, description: str, run_id: bool = True) -> Any:
+        parser = actions.add_parser(
+            name, parents=[connection], help=summary, description=description
+        )
+        if run_id:
+            parser.add_argument("run_id", help="flow run id or unique prefix")
+        return parser
+
+    listing = action(
+        "list", "list flow runs, newest first", "List flow runs, newest first.", run_id=False
     )
-    runs.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
-    add_tls_args(runs)
-    runs.add_argument("--flow", help="list: only runs of this flow")
-    runs.add_argument(
+    listing.add_argument("--flow", help="only runs of this flow")
+    listing.add_argument(
         "--state",
         action="append",
         default=[],
         metavar="STATE",
-        help="list: only runs in this state (pending, scheduled, running, success, failed, "
+        help="only runs in this state (pending, scheduled, running, success, failed, "
         "cancelled; repeatable)",
     )
-    runs.add_argument(
-        "--since", metavar="DURATION", help="list: only runs created this recently, e.g. 1h, 2d"
+    listing.add_argument(
+        "--since", metavar="DURATION", help="only runs created this recently, e.g. 1h, 2d"
     )
-    runs.add_argument("--limit", type=at_least_one, default=20, help="list: how many (default 20)")
-    runs.add_argument("--json", action="store_true", help="list, show: print JSON")
-    runs.add_argument(
-        "--full", action="store_true", help="show, watch: print whole tracebacks (not trimmed)"
+    listing.add_argument("--limit", type=at_least_one, default=20, help="how many (default 20)")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    show = action(
+        "show",
+        "a run with its task runs, failures and audit entries",
+        "Print a run with its task runs, failures, audit entries and, when it succeeded, "
+        "its result.",
     )
-    runs.add_argument("--reason", default=_CANCEL_REASON, help="cancel, retry: why")
-    runs.add_argument(
-        "--wait",
-        action="store_true",
-        help="retry: watch the run to its end (exit code as for 'run')",
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.add_argument("--full", action="store_true", help="print whole tracebacks (not trimmed)")
+    watch = action(
+        "watch",
+        "follow a run to its end (exit code as for 'run')",
+        "Follow a run's progress until it ends; the exit code is that of 'headwater run'.",
     )
-    runs.add_argument(
+    watch.add_argument("--full", action="store_true", help="print whole tracebacks (not trimmed)")
+    cancel = action("cancel", "cancel a run", "Cancel a run (its running attempts are stopped).")
+    cancel.add_argument("--reason", default=_CANCEL_REASON, help="why (stored with the run)")
+    retry = action(
+        "retry",
+        "run a FAILED or CANCELLED run again from its failure",
+        "Run a FAILED or CANCELLED run again from its failure (same run id, next run "
+        "attempt): task runs that succeeded are kept with their results, the others run "
+        "again.",
+    )
+    retry.add_argument("--reason", default=_CANCEL_REASON, help="why (stored with the run)")
+    retry.add_argument(
+        "--wait", action="store_true", help="watch the run to its end (exit code as for 'run')"
+    )
+    retry.add_argument("--full", action="store_true", help="print whole tracebacks (not trimmed)")
+    logs = action("logs", "print a run's log records", "Print a run's log records, oldest first.")
+    logs.add_argument(
         "--task",
         metavar="NAME",
-        help="logs: only this task (its mapped children too) or task run (name[i])",
+        help="only this task (its mapped children too) or task run (name[i])",
     )
-    runs.add_argument(
+    logs.add_argument(
         "--follow",
         "-f",
         action="store_true",
-        help="logs: keep printing new records until the run ends",
+        help="keep printing new records until the run ends",
     )
-    runs.add_argument(
+    logs.add_argument(
         "--page-size",
         type=int,
         default=1000,
-        help="logs: records read per request (default 1000)",
+        help="records read per request (default 1000)",
     )
     runs.set_defaults(func=cmd_runs)
