@@ -1003,8 +1003,11 @@ def test_error_types_are_the_documented_builtin_subclasses() -> None:
 
 
 def test_unknown_flow_parameter_is_a_parameter_error() -> None:
-    with pytest.raises(ParameterError, match=r"'linear'.*'nope'"):
+    with pytest.raises(ParameterError, match=r"'linear'.*'nope'") as error:
         linear(nope=1)  # type: ignore[call-arg]
+    # it names what the flow accepts, as the CLI and the server do
+    names = ", ".join(sorted(p.name for p in linear.parameters)) or "none"
+    assert str(error.value).endswith(f"; it accepts: {names}"), str(error.value)
     with pytest.raises(ParameterError, match="'nope'"):
         linear.run(nope=1)  # type: ignore[call-arg]
 

@@ -192,7 +192,10 @@ class Flow(Generic[P, R]):
         try:
             return dict(self.signature.bind_partial(*args, **kwargs).arguments)
         except TypeError as exc:
-            raise ParameterError(f"flow {self.name!r}: {exc}") from None
+            known = [p.name for p in self.parameters]
+            accepts = f"; it accepts: {', '.join(sorted(known)) or 'none'}"
+            unknown = "unexpected keyword" in str(exc)  # (as the CLI and the server say)
+            raise ParameterError(f"flow {self.name!r}: {exc}{accepts if unknown else ''}") from None
 
     def parse_params(self, raw: dict[str, str]) -> dict[str, Any]:
         """Values given as text (``headwater run -p k=v``), converted to each
