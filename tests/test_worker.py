@@ -625,6 +625,7 @@ def test_a_function_cache_key_is_reported_and_a_hit_skips_the_task(
     assert not [m for m in gateway.all("log") if m.token == hit]
     assert decode_value(unkeyed.result) == 5 and unkeyed.cache_key == ""
     assert warning.level == "WARNING" and "no key today" in warning.message
+    assert f"task run {broken.task_run_id} attempt 1: could not compute" in warning.message
 
 
 def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:

@@ -509,7 +509,12 @@ class Attempts:
         except TaskInterrupted:
             raise
         except Exception as exc:
-            log.warning("could not compute a cache key (%r); running without the cache", exc)
+            log.warning(
+                "task run %s attempt %d: could not compute a cache key (%r); running it "
+                "without the cache",
+                *attempt.token,
+                exc,
+            )
             return ""
         return key
 
