@@ -168,9 +168,13 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             import cloudpickle
 
             cloudpickle.register_pickle_by_value(module)
+    from headwater_runtime.execution import task_stdout_on_stderr
+
     from ._cli_render import Progress
 
     _log_tasks_at_info()
+    # What tasks print goes to stderr: stdout holds only the result (`| jq` works).
+    task_stdout_on_stderr()
     try:
         with Progress(f"flow {flow.name!r}") as progress:
             run = flow.run(
