@@ -144,25 +144,30 @@ def test_tasks_printing_at_once_print_whole_lines_and_can_print_on_stderr(
     that stdout holds only the result."""
     from headwater_runtime.execution import task_stdout_on_stderr
 
-    def work(name: str, barrier: threading.Barrier) -> None:
+    def work(name: str, barrier: threading.Barrier, progress: bool) -> None:
         with task_output(lambda *_: None):
             barrier.wait(5)
             for i in range(200):
                 print(f"{name} line {i} done")
             print(f"{name} no newline", end="")
+            if progress:  # (a progress bar: written as it comes)
+                sys.stderr.write(f"\r{name} 50%")
 
-    def printing(threads: int) -> None:
+    def printing(threads: int, progress: bool = False) -> None:
         barrier = threading.Barrier(threads)
-        started = [threading.Thread(target=work, args=(f"t{n}", barrier)) for n in range(threads)]
+        started = [
+            threading.Thread(target=work, args=(f"t{n}", barrier, progress)) for n in range(threads)
+        ]
         for t in started:
             t.start()
         for t in started:
             t.join(10)
 
-    printing(4)
+    printing(4, progress=True)
     out = capsys.readouterr()  # type: ignore[attr-defined]
     lines = out.out.splitlines()
     assert len(lines) == 4 * 201, len(lines)
+    assert "\rt0 50%" in out.err and "\rt0 50%\n" not in out.err
     whole = re.compile(r"t\d (line \d+ done|no newline)")
     assert all(whole.fullmatch(line) for line in lines), [
         line for line in lines if not whole.fullmatch(line)

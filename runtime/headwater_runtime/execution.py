@@ -187,8 +187,6 @@ class _Tee(io.TextIOBase):
         sink = _sinks.get(threading.get_ident())
         # A logging handler writing a record here already reached the sink as a record.
         if sink is not None and text and sys._getframe(1).f_globals.get("__name__") != "logging":
-            # A task's lines go out whole (print() writes a line and its newline
-            # separately: tasks on other threads printed into each other's lines).
             key = (threading.get_ident(), self.stream_name)
             pending = _partial.pop(key, "") + text
             *lines, rest = pending.split("\n")
@@ -196,9 +194,14 @@ class _Tee(io.TextIOBase):
                 _partial[key] = rest
             for line in lines:
                 sink(self.level, self.stream_name, line, time.time())
-            if lines:
-                self.target().write("\n".join(lines) + "\n")
-            return len(text)
+            if self.stream_name == "stdout":
+                # A task's lines go out whole (print() writes a line and its newline
+                # separately: tasks on other threads printed into each other's
+                # lines). stderr passes through as written: a progress bar there
+                # redraws its line with "\r" and needs every write at once.
+                if lines:
+                    self.target().write("\n".join(lines) + "\n")
+                return len(text)
         written: int = self.original.write(text)
         return written
 
@@ -330,8 +333,9 @@ def _unregister(ident: int, sink: LogSink) -> None:
             rest = _partial.pop((ident, name), "")
             if rest:
                 sink(level, name, rest, time.time())
-                shown = stream.target() if isinstance(stream, _Tee) else stream
-                shown.write(rest + "\n")
+                if name == "stdout":  # (held back until now: shown, ending the line)
+                    shown = stream.target() if isinstance(stream, _Tee) else stream
+                    shown.write(rest + "\n")
 
 
 def capturing(caller: Caller, sink: LogSink, *, records: bool = True) -> Caller:
