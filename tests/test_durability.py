@@ -33,7 +33,15 @@ import headwater
 from headwater import flow, task, unmapped
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, payload_pb2, worker_pb2, worker_pb2_grpc
-from headwater.wire import FlowRunState, Limits, TaskRunState, decode_value, split_task_run_id
+from headwater.wire import (
+    FlowRunState,
+    Limits,
+    PayloadTransfer,
+    TaskRunState,
+    decode_value,
+    encode,
+    split_task_run_id,
+)
 from headwater_runtime.engine import ENGINE_VERSION, TaskSucceeded
 from headwater_runtime.server import RunManager
 from headwater_runtime.server._app import RunningServer, start_server
@@ -1128,6 +1136,19 @@ def test_acks_come_in_the_order_of_the_reports(db: str) -> None:
     asyncio.run(main())
 
 
+def refusing_twice(error: Exception, real: Any) -> tuple[Any, list[int]]:
+    """``real`` that raises ``error`` on its first two calls; and the calls made."""
+    calls: list[int] = []
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise error
+        return real(*args, **kwargs)
+
+    return call, calls
+
+
 def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str) -> None:
     """A read the store cannot serve (PostgreSQL restarting: a user trial saw
     ``ListFlowRuns`` answer ``UNKNOWN: Unexpected StoreUnavailable``) ends the call with
@@ -1175,6 +1196,7 @@ def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str)
             assert [r.id for r in listed.flow_runs] == [run_id]
             # The SDK's client tries again until its timeout, then says what the
             # server said, not that it could not reach it.
+            real_list = running.store.list_flow_runs
             down = StoreUnavailable("cannot read from the database: server closed")
             running.store.list_flow_runs = mock.Mock(side_effect=down)  # type: ignore[method-assign]
 
@@ -1188,6 +1210,29 @@ def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str)
             assert "cannot use its database right now (list flow runs)" in str(error.value)
             assert "cannot read from the database: server closed" in str(error.value)
             assert running.store.list_flow_runs.call_count > 1  # (it tried again)
+
+            # A full store: a client that never reached the server before waits it out
+            # too (the refusal says the server answered), and so does a worker's upload
+            # (a user trial: large results failed their tasks while the disk was full,
+            # and the runs ended FAILED when space came back).
+            full = StoreUnavailable("cannot write to the database: disk is full", full=True)
+            listing, listings = refusing_twice(full, real_list)
+            beginning, begins = refusing_twice(full, running.store.begin_payload)
+            running.store.list_flow_runs = listing  # type: ignore[method-assign]
+            running.store.begin_payload = beginning  # type: ignore[method-assign]
+            encoded = encode(b"x" * 100)
+
+            def fresh_client_and_upload() -> tuple[int, bytes]:
+                address = f"127.0.0.1:{running.port}"
+                with headwater.Client(address, token=TOKEN, timeout=20) as c:
+                    listed = len(c.list_runs())
+                with grpc.insecure_channel(address) as sync_channel:
+                    transfer = PayloadTransfer(sync_channel, AUTH)
+                    return listed, transfer.download(transfer.upload(encoded))
+
+            listed, data = await asyncio.to_thread(fresh_client_and_upload)
+            assert listed == 1 and data == encoded.data
+            assert (len(listings), len(begins)) == (3, 3)
 
     asyncio.run(main())
 

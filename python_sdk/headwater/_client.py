@@ -354,9 +354,11 @@ class Client(OperationsClient):
             except (grpc.RpcError, PayloadTransferError) as exc:
                 if self._failover(exc, deadline, tried):
                     continue
+                # (a refusal because its store cannot serve now: it was reached)
+                reached = self._reached or refusal_cause(exc) == CAUSE_STORE
                 if not (
                     ride
-                    and self._reached
+                    and reached
                     and isinstance(exc, grpc.RpcError)
                     and _rewatch(exc, deadline, tried, self._addresses.current)
                 ):
@@ -985,8 +987,11 @@ def _rewatch(error: grpc.RpcError, deadline: float, tried: list[str], address: s
     (it is unreachable, as while it restarts, or a standby there waits out the lease
     of the leader that died, and ``deadline`` is not past); waits ``REWATCH_PAUSE``
     first. ``tried`` keeps the deadline of this outage."""
-    if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return False  # (CANCELLED: the server stopped serving, as a leader stepping down)
+    waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    if error.code() not in waiting and refusal_cause(error) != CAUSE_STORE:
+        # (CANCELLED: the server stopped serving, as a leader stepping down; a store
+        # refusal: RESOURCE_EXHAUSTED too, its disk is full)
+        return False
     if time.monotonic() + REWATCH_PAUSE >= deadline:
         return False
     tried.append(address)

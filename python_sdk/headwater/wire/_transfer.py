@@ -9,6 +9,7 @@ SHA-256. gRPC's 4 MiB message limit is therefore never what stops a large value.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator, Sequence
 
@@ -18,9 +19,16 @@ from headwater.v1 import payload_pb2, payload_pb2_grpc
 
 from ._codec import DASK_LOCATION, EncodedValue
 from ._limits import CHUNK_SIZE
+from ._servers import CAUSE_STORE, refusal_cause
 
 #: Tries of an upload or download the server did not answer (UNAVAILABLE).
 ATTEMPTS = 4
+#: Longest pause between the tries of a patient transfer the server refused because
+#: its store cannot take it now (a full disk, its database down): it is tried until
+#: the store can (the server keeps its runs meanwhile; docs/durability.md).
+STORE_PAUSE_MAX = 5.0
+
+log = logging.getLogger("headwater.transfer")
 
 
 class PayloadTransferError(Exception):
@@ -37,6 +45,39 @@ def chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[bytes]:
 def _deadline(size: int) -> float:
     # Generous: a minute plus a second per chunk (only a hung server should hit it).
     return 60 + size / CHUNK_SIZE
+
+
+class _Waits:
+    """When a failed transfer is tried again, after how long: an unreachable server
+    (UNAVAILABLE) ``attempts`` times with a growing pause; a store the server says
+    cannot take it now (trailing metadata ``headwater-cause: store``), when patient,
+    until it can (pauses up to STORE_PAUSE_MAX). Anything else raises at once."""
+
+    def __init__(self, patient: bool, attempts: int, what: str) -> None:
+        self.patient = patient
+        self.attempts = attempts
+        self.what = what
+        self.unreachable = 0
+        self.refused = 0
+
+    def after(self, exc: grpc.RpcError) -> None:
+        """Sleep before the next try, or raise PayloadTransferError for ``exc``."""
+        if self.patient and refusal_cause(exc) == CAUSE_STORE:
+            if self.refused == 0:
+                log.warning(
+                    "cannot %s now (%s); trying again until the server's store takes it",
+                    self.what,
+                    exc.details(),
+                )
+            time.sleep(min(STORE_PAUSE_MAX, 0.2 * 2 ** min(self.refused, 5)))
+            self.refused += 1
+            return
+        self.unreachable += 1
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or self.unreachable >= self.attempts:
+            raise PayloadTransferError(
+                f"cannot {self.what}: {exc.code().name}: {exc.details()}"
+            ) from None
+        time.sleep(0.2 * 2 ** (self.unreachable - 1))
 
 
 class PayloadTransfer:
@@ -75,7 +116,8 @@ class PayloadTransfer:
             for chunk in chunks(data):
                 yield payload_pb2.UploadPayloadRequest(chunk=chunk)
 
-        for attempt in range(self._attempts):
+        waits = _Waits(self._patient, self._attempts, f"upload a payload of {len(data)} bytes")
+        while True:
             try:
                 response = self._stub.UploadPayload(
                     requests(),
@@ -85,13 +127,7 @@ class PayloadTransfer:
                 )
                 return response.ref
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts - 1:
-                    raise PayloadTransferError(
-                        f"cannot upload a payload of {len(data)} bytes: "
-                        f"{exc.code().name}: {exc.details()}"
-                    ) from None
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+                waits.after(exc)
 
     def download(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload; resumes from where it stopped on UNAVAILABLE,
@@ -108,7 +144,8 @@ class PayloadTransfer:
                 "cannot read"
             )
         received = bytearray()
-        for attempt in range(self._attempts):
+        waits = _Waits(self._patient, self._attempts, f"download payload {ref.payload_id!r}")
+        while True:
             request = payload_pb2.DownloadPayloadRequest(
                 payload_id=ref.payload_id, offset=len(received)
             )
@@ -127,12 +164,7 @@ class PayloadTransfer:
                     received += part.chunk
                 break
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._attempts - 1:
-                    raise PayloadTransferError(
-                        f"cannot download payload {ref.payload_id!r}: "
-                        f"{exc.code().name}: {exc.details()}"
-                    ) from None
-                time.sleep(0.2 * 2**attempt)
+                waits.after(exc)
         data = bytes(received)
         if ref.size_bytes and len(data) != ref.size_bytes:
             raise PayloadTransferError(
