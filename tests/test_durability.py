@@ -1520,6 +1520,25 @@ def test_headwater_prune_on_the_command_line(db: str, tmp_path: Path) -> None:
     assert main(["prune", "--db", db, "--older-than", "soon"]) == 2
 
 
+def test_a_prune_the_store_refuses_is_one_line(
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk (or a database down) makes prune print one line and exit 1 (a user
+    trial: a traceback), saying that pruning needs some free space itself."""
+    from headwater._cli import main
+    from headwater_runtime.store import PostgresStore
+
+    open_store(db).close()
+    full = StoreUnavailable("cannot write to the database: database or disk is full", full=True)
+    for cls in (SQLiteStore, PostgresStore):
+        monkeypatch.setattr(cls, "prune", mock.Mock(side_effect=full))
+    assert main(["prune", "--db", db, "--older-than", "30d"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "could not prune" in err and "database or disk is full" in err
+    assert "needs some free space itself" in err
+
+
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("mount") is None,
     reason="mounting a small tmpfs needs root (CI runs as root)",

@@ -9,7 +9,7 @@ from typing import Any
 
 from headwater.wire import ENV_DB, ENV_PAYLOAD_DIR, parse_duration
 
-from ._errors import UsageError
+from ._errors import CommandError, UsageError
 
 EXIT_OK = 0
 #: Unreferenced payloads younger than this are kept (an upload on its way to a result).
@@ -30,11 +30,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"--payload-grace {exc}") from None
     payload_dir = args.payload_dir or os.environ.get(ENV_PAYLOAD_DIR) or None
+    from headwater_runtime.store import StoreUnavailable
+
     store = open_database(db, payload_dir)
     try:
         now = time.time()
         before = None if older_than is None else now - older_than
         report = store.prune(before, now, grace=grace, dry_run=args.dry_run)
+    except StoreUnavailable as exc:  # one line, not a traceback (a user trial)
+        hint = (
+            ": pruning writes to the database's log before it frees anything, so it needs "
+            "some free space itself; free some first"
+            if exc.full
+            else ""
+        )
+        raise CommandError(f"could not prune {db}: {exc}{hint}") from None
     finally:
         store.close()
     verb = "would delete" if report.dry_run else "deleted"
@@ -64,8 +74,10 @@ def add_prune_command(sub: Any) -> None:
         "their journal, task runs, logs and values; expired cache entries; and stored "
         "payloads and values no run, cache entry or schedule references. Then give the "
         "space back to the file system (SQLite) or VACUUM it for reuse (PostgreSQL). Safe "
-        "while the server runs (it only touches finished runs). A server started with "
-        "--retention does this on its own.",
+        "while the server runs (it only touches finished runs, and payloads older than "
+        "--payload-grace), but the server's own writes wait while it deletes: a prune of "
+        "hundreds of MB holds them for tens of seconds. A server started with --retention "
+        "does this on its own.",
     )
     prune.add_argument(
         "--db",
@@ -91,7 +103,9 @@ def add_prune_command(sub: Any) -> None:
         "--payload-grace",
         default=DEFAULT_GRACE,
         metavar="DURATION",
-        help=f"keep unreferenced payloads younger than this (default {DEFAULT_GRACE})",
+        help=f"keep unreferenced payloads younger than this (default {DEFAULT_GRACE}). "
+        "A large result is uploaded before its run references it: a grace shorter than "
+        "your longest task deletes results on their way while runs are going",
     )
     prune.add_argument(
         "--dry-run", action="store_true", help="count what would be deleted; delete nothing"
