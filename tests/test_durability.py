@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -1235,6 +1236,43 @@ def test_a_store_that_cannot_be_read_answers_unavailable_for_every_read(db: str)
             assert (len(listings), len(begins)) == (3, 3)
 
     asyncio.run(main())
+
+
+def test_the_workers_table_is_stored_again_after_a_failed_flush(
+    db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The background flush of the workers' last contact that the store refuses (a full
+    disk) is tried again with the next flush, and said once, naming what (a user trial:
+    one unnamed ERROR every 5 s, and the rows were dropped)."""
+    from headwater_runtime.server import _ops_core
+
+    monkeypatch.setattr(_ops_core, "WORKER_FLUSH", 0.05)
+
+    async def main() -> None:
+        store = open_store(db)
+        full = StoreUnavailable("cannot write to the database: disk is full", full=True)
+        failing: list[int] = []
+        real_put = store.put_worker
+
+        def put_worker(row: Any) -> None:
+            if len(failing) < 3:
+                failing.append(1)
+                raise full
+            real_put(row)
+
+        store.put_worker = put_worker  # type: ignore[method-assign]
+        async with one_slot_worker(store) as (running, _channel, worker):
+            async with asyncio.timeout(BOUND):
+                while not [w for w in running.store.list_workers() if w.name == "w"]:
+                    running.core.touch()
+                    await asyncio.sleep(0.05)
+            await worker.close()
+
+    with caplog.at_level(logging.WARNING, "headwater"):
+        asyncio.run(main())
+    said = [r for r in caplog.records if "could not store the workers' last contact" in r.message]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, said
+    assert "disk is full" in said[0].message
 
 
 def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: str) -> None:

@@ -12,6 +12,7 @@ _webhooks.py, _metrics.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from headwater_runtime.store import (
     RunAttemptRow,
     Store,
     WebhookRow,
+    WorkerRow,
 )
 
 from ._assignments import PendingAssignment
@@ -89,6 +91,7 @@ class Operations:
         self.metrics = ServerMetrics(core.store.count_flow_runs)
         self.metrics_server: MetricsServer | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._writes_failing = False  # (a background write failed, none succeeded since)
         self._next_flush = 0.0
         self._next_sample = 0.0
         core.runs.listeners.append(self._task_changed)
@@ -187,26 +190,42 @@ class Operations:
             self.workers.seen()
             rows = self.workers.take_dirty()
             if rows:
-                self._spawn(self.core.io.write(_put_workers, self.core.store, rows))
+                self._spawn(
+                    self._store_workers(rows),
+                    "the workers' last contact (ListWorkers after a restart)",
+                )
         due = [self._next_flush, self._next_sample]
         for at in (self.limits.next_wake_at, self.late.next_at):
             if at is not None:
                 due.append(at)
         return min(due)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+    async def _store_workers(self, rows: list[WorkerRow]) -> None:
+        try:
+            await self.core.io.write(_put_workers, self.core.store, rows)
+        except BaseException:
+            self.workers.put_back(rows)  # (stored with the next flush)
+            raise
+
+    def _spawn(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Write ``what`` in the background (a failure is logged, naming it, once
+        until such a write succeeds again: a full disk made one ERROR every 5 s)."""
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(functools.partial(self._done, what=what))
 
-    def _done(self, task: asyncio.Task[Any]) -> None:
+    def _done(self, task: asyncio.Task[Any], what: str) -> None:
         self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            if isinstance(error, Fenced):  # stepping down: the new leader has its own
-                log.info("a background store write was refused: another server leads")
-            else:
-                log.error("a background store write failed: %s", error)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._writes_failing = False
+        elif isinstance(error, Fenced):  # stepping down: the new leader has its own
+            log.info("a background store write was refused: another server leads")
+        elif not self._writes_failing:
+            self._writes_failing = True
+            log.warning("could not store %s (%s); trying again later", what, error)
 
     # --------------------------------------------------------------- run changes
 
@@ -274,7 +293,10 @@ class Operations:
         """A worker session ended."""
         lifted = self.workers.disconnected(session)
         if lifted is not None:
-            self._spawn(self.core.io.write(self.core.store.delete_drain, lifted.name))
+            self._spawn(
+                self.core.io.write(self.core.store.delete_drain, lifted.name),
+                f"the end of the drain of {lifted.name!r}",
+            )
 
     def limited(self, pending: PendingAssignment) -> bool:
         """Whether any of an attempt's tags has a limit (its delivery is then stored

@@ -100,6 +100,10 @@ class WorkerRegistry:
         )
         self._dirty.add(session.name)
 
+    def put_back(self, rows: list[WorkerRow]) -> None:
+        """Records ``take_dirty`` gave that could not be stored: taken again next time."""
+        self._dirty.update(row.name for row in rows)
+
     def take_dirty(self) -> list[WorkerRow]:
         """Records changed since the last call (to write in the background)."""
         rows = []
