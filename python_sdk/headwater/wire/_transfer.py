@@ -24,9 +24,10 @@ from ._servers import CAUSE_STORE, refusal_cause
 #: Tries of an upload or download the server did not answer (UNAVAILABLE).
 ATTEMPTS = 4
 #: Longest pause between the tries of a patient transfer the server refused because
-#: its store cannot take it now (a full disk, its database down): it is tried until
-#: the store can (the server keeps its runs meanwhile; docs/durability.md).
-STORE_PAUSE_MAX = 5.0
+#: its store cannot take it now (a full disk, its database down), and how long it is
+#: tried (the server keeps its runs meanwhile; docs/durability.md). A payload larger
+#: than the disk will ever hold fails then, rather than holding its worker for good.
+STORE_PAUSE_MAX, STORE_PATIENCE = 5.0, 3600.0
 
 log = logging.getLogger("headwater.transfer")
 
@@ -51,7 +52,8 @@ class _Waits:
     """When a failed transfer is tried again, after how long: an unreachable server
     (UNAVAILABLE) ``attempts`` times with a growing pause; a store the server says
     cannot take it now (trailing metadata ``headwater-cause: store``), when patient,
-    until it can (pauses up to STORE_PAUSE_MAX). Anything else raises at once."""
+    until it can, for up to STORE_PATIENCE (pauses up to STORE_PAUSE_MAX). Anything
+    else raises at once."""
 
     def __init__(self, patient: bool, attempts: int, what: str) -> None:
         self.patient = patient
@@ -59,10 +61,12 @@ class _Waits:
         self.what = what
         self.unreachable = 0
         self.refused = 0
+        self.since = time.monotonic()
 
     def after(self, exc: grpc.RpcError) -> None:
         """Sleep before the next try, or raise PayloadTransferError for ``exc``."""
-        if self.patient and refusal_cause(exc) == CAUSE_STORE:
+        waited = time.monotonic() - self.since
+        if self.patient and refusal_cause(exc) == CAUSE_STORE and waited < STORE_PATIENCE:
             if self.refused == 0:
                 log.warning(
                     "cannot %s now (%s); trying again until the server's store takes it",
