@@ -302,7 +302,10 @@ def test_ctrl_c_on_run_server_cancels_or_detaches_and_exits_130(
             (tmp_path / "release").write_text("go")
             assert client.wait(left.id).state is FlowRunState.SUCCESS
         else:
-            assert client.wait(left.id).state is FlowRunState.CANCELLED
+            ended = client.wait(left.id)
+            assert ended.state is FlowRunState.CANCELLED
+            how = "SIGTERM" if stop is signal.SIGTERM else "Ctrl-C"
+            assert ended.message == f"cancelled from the CLI ({how})", ended.message
             assert any(f"cancelled flow run {left.id}" in line for line in run.lines)
             # and the summary an embedded run shows
             summary = f"flow run {left.id[:8]} of 'slow': CANCELLED"

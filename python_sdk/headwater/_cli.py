@@ -41,7 +41,7 @@ from ._cli_render import result_text
 from ._cli_schedules import add_schedules_command
 from ._cli_tokens import add_tokens_command
 from ._client import ServerError
-from ._errors import CommandError, FlowDefinitionError, UsageError
+from ._errors import CommandError, FlowDefinitionError, Terminated, UsageError
 from ._flow import Flow
 from ._loader import LoadError, load_flow
 from ._run import FlowRun
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _as_ctrl_c(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:

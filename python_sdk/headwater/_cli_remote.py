@@ -16,7 +16,13 @@ from typing import Any
 import grpc
 from rich.text import Text
 
-from headwater.wire import ENV_SERVER, FlowRunState, TaskRunState, parse_duration
+from headwater.wire import (
+    ENV_SERVER,
+    TASK_RUN_ID_SEPARATOR,
+    FlowRunState,
+    TaskRunState,
+    parse_duration,
+)
 from headwater.wire import task_run_id as make_task_run_id
 from headwater_runtime.tracing import cli_span
 
@@ -34,7 +40,7 @@ from ._cli_render import (
     summary_table,
 )
 from ._client import REWATCH_PAUSE, Client, RemoteFlowRun, ServerError, TaskRunInfo
-from ._errors import UsageError
+from ._errors import Terminated, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
 #: Seconds without any change after which ``run --server`` asks why task runs wait.
@@ -181,8 +187,9 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
         print(f"flow run {run.id} of {run.flow_name!r} created on {where}", file=sys.stderr)
         try:
             final = follow_run(client, run)
-        except KeyboardInterrupt:
-            return _interrupted(client, run, detach)
+        except KeyboardInterrupt as stop:
+            how = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
+            return _interrupted(client, run, detach, how)
         show_outcome(final, full=full)
         return _exit_code(final.state)
 
@@ -192,7 +199,14 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
 CANCEL_SUMMARY_WAIT = 10.0
 
 
-def _interrupted(client: Client, run: RemoteFlowRun, detach: bool) -> int:
+def _short_task_run(task_run_id: str) -> str:
+    """A task run id with its flow run's id shortened as the CLI shows run ids
+    (``1a2b3c4d/etl[3]``)."""
+    flow_run_id, sep, key = task_run_id.partition(TASK_RUN_ID_SEPARATOR)
+    return f"{flow_run_id[:8]}{sep}{key}"
+
+
+def _interrupted(client: Client, run: RemoteFlowRun, detach: bool, how: str = "Ctrl-C") -> int:
     try:
         if detach:
             print(
@@ -201,7 +215,7 @@ def _interrupted(client: Client, run: RemoteFlowRun, detach: bool) -> int:
                 file=sys.stderr,
             )
         else:
-            client.cancel(run.id, "cancelled from the CLI (Ctrl-C)")
+            client.cancel(run.id, f"cancelled from the CLI ({how})")
             print(f"\ncancelled flow run {run.id}", file=sys.stderr)
             try:  # the summary, as an embedded run shows it, once the run has ended
                 final = client.wait(run.id, timeout=CANCEL_SUMMARY_WAIT)
@@ -289,7 +303,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         for run in runs:
             origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
             if run.parent_task_run_id:
-                origin += f"  child of {run.parent_task_run_id}"
+                origin += f"  child of {_short_task_run(run.parent_task_run_id)}"
             print(
                 f"{run.id[:8]}  {run.state.name:9}  {run.flow_name} v{run.flow_version}  "
                 f"{local_time(run.started_at or run.created_at)}  "
@@ -304,7 +318,7 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     for run in runs:
         origin = f"schedule {run.schedule_id[:8]}" if run.schedule_id else ""
         if run.parent_task_run_id:
-            origin = f"child of {run.parent_task_run_id}"
+            origin = f"child of {_short_task_run(run.parent_task_run_id)}"
         table.add_row(
             run.id[:8],
             plain(f"{run.flow_name} v{run.flow_version}"),

@@ -20,4 +20,8 @@ class CommandError(Exception):
     one line, exit code 1."""
 
 
-__all__ = ["CommandError", "FlowDefinitionError", "UsageError"]
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled by ``headwater run`` as Ctrl-C is (the run is cancelled)."""
+
+
+__all__ = ["CommandError", "FlowDefinitionError", "Terminated", "UsageError"]
