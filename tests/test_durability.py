@@ -1275,6 +1275,35 @@ def test_the_workers_table_is_stored_again_after_a_failed_flush(
     assert "disk is full" in said[0].message
 
 
+def test_a_stop_that_cannot_store_everything_says_so_in_its_exit_status(
+    tmp_path: Path,
+) -> None:
+    """A server stopped while its disk is full stores what it can, says what it could
+    not, and its stop reports that (`headwater server` then exits 1, not 0: a user
+    trial saw status 0 after "stopping with state that could not be stored")."""
+
+    async def main() -> tuple[bool, bool]:
+        store = FailingStore(tmp_path / "hw.db")
+        async with served(store) as running:
+            pass
+        clean = running.core.stored_all
+        store = FailingStore(tmp_path / "hw.db")
+        running = await start_server(
+            ServerSettings(port=0, db=str(tmp_path / "hw.db"), token=TOKEN), store=store
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            await create(channel, n=2)
+            FailingStore.failing = True
+            try:
+                running.core.runs.cancel(next(iter(running.core.runs.runs)), "kept in memory")
+                await asyncio.wait_for(running.stop(None), BOUND)
+            finally:
+                FailingStore.failing = False
+        return clean, running.core.stored_all
+
+    assert asyncio.run(main()) == (True, False)
+
+
 def test_an_attempt_s_log_is_cut_at_max_log_bytes_and_says_what_was_dropped(db: str) -> None:
     """A worker that logs without end cannot fill the database: an attempt's records
     are stored up to max_log_bytes (UTF-8 bytes), the rest dropped; the log says so at

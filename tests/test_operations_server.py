@@ -483,7 +483,9 @@ def test_a_server_that_stepped_down_waits_for_its_database_instead_of_exiting(
             self.lost_reason = "the lease could not be renewed for a whole period"
             self.leadership = types.SimpleNamespace(lease=None, epoch=1)
             ops = types.SimpleNamespace(metrics_server=None)
-            self.core = types.SimpleNamespace(ops=ops, recovered=asyncio.Event(), recovery=None)
+            self.core = types.SimpleNamespace(
+                ops=ops, recovered=asyncio.Event(), recovery=None, stored_all=True
+            )
 
         async def stop(self, grace: float | None = None) -> None:
             return None

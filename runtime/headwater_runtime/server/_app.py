@@ -403,16 +403,17 @@ async def _print_resumed(core: ServerCore) -> None:
 RESTART_PAUSE, RESTART_PAUSE_MAX = 1.0, 30.0
 
 
-async def serve_forever(settings: ServerSettings) -> None:
+async def serve_forever(settings: ServerSettings) -> int:
     """Run until SIGINT/SIGTERM; prints the listening line once it serves. A standby
     says so (and whom it waits for) first; a leader that loses the lead starts again
     as a standby on the same port. SIGHUP reloads the TLS certificate. When it
     returns, the stop's deadline is cancelled and the signal handlers from before are
-    back (a process that goes on: the tests, an application)."""
+    back (a process that goes on: the tests, an application). The exit status: 0, or
+    1 when the server stopped with state it could not store (a full disk)."""
     loop = asyncio.get_running_loop()
     previous = {sig: signal.getsignal(sig) for sig in (*_STOP_SIGNALS, signal.SIGHUP)}
     try:
-        await _serve(settings, loop)
+        return await _serve(settings, loop)
     finally:
         faulthandler.cancel_dump_traceback_later()
         for sig, handler in previous.items():
@@ -422,7 +423,7 @@ async def serve_forever(settings: ServerSettings) -> None:
                 signal.signal(sig, handler)
 
 
-async def _serve(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> None:
+async def _serve(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> int:
     stop = asyncio.Event()
 
     def stop_on_signal() -> None:
@@ -454,7 +455,7 @@ async def _serve(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> N
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
             if stop.is_set():
-                return
+                return 0
             pause = min(pause * 2, RESTART_PAUSE_MAX)
             continue
         restarting, pause = True, RESTART_PAUSE
@@ -491,7 +492,7 @@ async def _serve(settings: ServerSettings, loop: asyncio.AbstractEventLoop) -> N
                 flush=True,
             )
             await running.stop()
-            return
+            return 0 if running.core.stored_all else 1
         print(
             f"headwater server stepped down ({running.lost_reason}); standing by again",
             file=sys.stderr,

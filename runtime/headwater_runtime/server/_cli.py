@@ -307,7 +307,7 @@ def run_server(args: argparse.Namespace) -> int:
     # it found it (the CLI's own tests call it in-process).
     configure_logging(settings.log_level)
     try:
-        asyncio.run(serve_forever(settings))
+        status = asyncio.run(serve_forever(settings))
     except ValueError as exc:  # TLSConfigError: a certificate file that cannot be used
         print(f"headwater: error: {exc}", file=sys.stderr)
         return 2
@@ -316,7 +316,7 @@ def run_server(args: argparse.Namespace) -> int:
         return 1
     finally:
         tracing.shutdown()  # SIGTERM ends serve_forever normally: spans are flushed
-    return 0
+    return status  # (1: it stopped with state it could not store)
 
 
 def configure_logging(level: str) -> None:

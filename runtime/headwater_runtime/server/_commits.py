@@ -228,9 +228,10 @@ class Committer:
             self._handle.cancel()
             self._handle = None
 
-    async def drain(self, attempts: int = 3) -> None:
+    async def drain(self, attempts: int = 3) -> bool:
         """Commit what is left (on shutdown); gives up after ``attempts`` failures,
-        saying what is lost (nothing a worker or client was told of)."""
+        saying what is lost (nothing a worker or client was told of). Whether it all
+        was stored (or left to the new leader, when another server leads)."""
         for _ in range(attempts):
             if isinstance(self.error, Fenced):
                 break  # another server leads: it resumes the runs from the store
@@ -240,25 +241,26 @@ class Committer:
             if self._task is not None:
                 await asyncio.shield(self._task)
             if not self._has_work():
-                return
+                return True
             self._retry_at = 0.0
             self._start()
             if self._task is not None:
                 await asyncio.shield(self._task)
             if not self._has_work():
-                return
+                return True
         if isinstance(self.error, Fenced):
             log.warning(
                 "stepping down with changes the new leader will not see: it resumes the "
                 "runs from their last stored state (nothing a worker or client was told of "
                 "is lost)"
             )
-            return
+            return True
         log.error(
             "stopping with state that could not be stored (%s): the runs resume from their "
             "last stored state",
             self.error,
         )
+        return False
 
 
 def _commit(store: Store, batch: WriteBatch, collector: Collector) -> None:

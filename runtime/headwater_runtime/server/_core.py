@@ -208,6 +208,7 @@ class ServerCore(WorkerReports):
         self.runs.submit_wide = self.wide.submit
         self.schedules.build = self.creation.build_fire
         self._serial = 0  # connection order of worker sessions
+        self.stored_all = True  # (stop() says otherwise when it could not store it all)
         # Live views (the HTTP UI): what each commit changed, workers coming and going.
         self.notices = Notices()
         from ._ops_core import Operations  # it imports this module (for types)
@@ -320,7 +321,8 @@ class ServerCore(WorkerReports):
             self.recovered.set()
 
     async def stop(self) -> None:
-        """Stop the timer loop, store what is left, end the traces."""
+        """Stop the timer loop, store what is left (``stored_all`` says whether it
+        could), end the traces."""
         self._stopping = True
         self._wake.set()
         if self._resuming is not None:
@@ -335,7 +337,8 @@ class ServerCore(WorkerReports):
             with contextlib.suppress(Exception):
                 await self._pruning
         await self.creation.stop()
-        await self.commits.drain()
+        #: Whether the stop stored everything (a full disk: not; the exit status says so).
+        self.stored_all = await self.commits.drain()
         await self.ops.stop()
         self.commits.close()  # no retry timer may outlive the server (see Committer.close)
         self.runs.end_traces()
