@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 from pathlib import Path
@@ -133,54 +132,6 @@ def test_task_output_is_captured_per_thread_and_still_printed(capsys: object) ->
     out = capsys.readouterr()  # type: ignore[attr-defined]
     assert "hello from a" in out.out and "not a task's line" in out.out  # teed, not swallowed
     assert "careful b" in out.err
-
-
-def test_tasks_printing_at_once_print_whole_lines_and_can_print_on_stderr(
-    capsys: object,
-) -> None:
-    """print() writes a line and its newline separately: tasks on several threads
-    printed into each other's lines ("step 0 donestep 1 done", a user trial). A task's
-    lines now go out whole; with task_stdout_on_stderr (headwater run) on stderr, so
-    that stdout holds only the result."""
-    from headwater_runtime.execution import task_stdout_on_stderr
-
-    def work(name: str, barrier: threading.Barrier, progress: bool) -> None:
-        with task_output(lambda *_: None):
-            barrier.wait(5)
-            for i in range(200):
-                print(f"{name} line {i} done")
-            print(f"{name} no newline", end="")
-            if progress:  # (a progress bar: written as it comes)
-                sys.stderr.write(f"\r{name} 50%")
-
-    def printing(threads: int, progress: bool = False) -> None:
-        barrier = threading.Barrier(threads)
-        started = [
-            threading.Thread(target=work, args=(f"t{n}", barrier, progress)) for n in range(threads)
-        ]
-        for t in started:
-            t.start()
-        for t in started:
-            t.join(10)
-
-    printing(4, progress=True)
-    out = capsys.readouterr()  # type: ignore[attr-defined]
-    lines = out.out.splitlines()
-    assert len(lines) == 4 * 201, len(lines)
-    assert "\rt0 50%" in out.err and "\rt0 50%\n" not in out.err
-    whole = re.compile(r"t\d (line \d+ done|no newline)")
-    assert all(whole.fullmatch(line) for line in lines), [
-        line for line in lines if not whole.fullmatch(line)
-    ][:3]
-    try:
-        task_stdout_on_stderr()
-        printing(2)
-        print("the result")  # (not a task's line: stdout as ever)
-    finally:
-        task_stdout_on_stderr(False)
-    out = capsys.readouterr()  # type: ignore[attr-defined]
-    assert out.out == "the result\n"
-    assert len(out.err.splitlines()) == 2 * 201
 
 
 def test_a_run_with_100k_log_lines_pages_through_them(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from . import _grpc_env  # noqa: F401  (first: before anything imports grpc)
 
 # isort: split
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -168,15 +169,12 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             import cloudpickle
 
             cloudpickle.register_pickle_by_value(module)
-    from headwater_runtime.execution import task_stdout_on_stderr
-
     from ._cli_render import Progress
 
     _log_tasks_at_info()
-    # What tasks print goes to stderr: stdout holds only the result (`| jq` works).
-    task_stdout_on_stderr()
     try:
-        with Progress(f"flow {flow.name!r}") as progress:
+        # What tasks print goes to stderr: stdout holds only the result (`| jq` works).
+        with contextlib.redirect_stdout(sys.stderr), Progress(f"flow {flow.name!r}") as progress:
             run = flow.run(
                 executor=executor,
                 max_workers=args.workers,

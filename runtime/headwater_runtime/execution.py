@@ -162,16 +162,6 @@ class TaskLogLine(NamedTuple):
 _sinks: dict[int, LogSink] = {}
 _partial: dict[tuple[int, str], str] = {}
 _install_lock = threading.Lock()
-#: Whether lines tasks print on stdout are shown on stderr (task_stdout_on_stderr).
-_stdout_on_stderr = False
-
-
-def task_stdout_on_stderr(on: bool = True) -> None:
-    """Show the lines tasks print on stdout on stderr instead, from now on (or, with
-    False, on stdout again). ``headwater run`` does, so that its stdout holds only the
-    run's result (a pipe into ``jq`` works); the lines still reach the run's logs."""
-    global _stdout_on_stderr
-    _stdout_on_stderr = on
 
 
 class _Tee(io.TextIOBase):
@@ -194,25 +184,8 @@ class _Tee(io.TextIOBase):
                 _partial[key] = rest
             for line in lines:
                 sink(self.level, self.stream_name, line, time.time())
-            if self.stream_name == "stdout":
-                # A task's lines go out whole (print() writes a line and its newline
-                # separately: tasks on other threads printed into each other's
-                # lines). stderr passes through as written: a progress bar there
-                # redraws its line with "\r" and needs every write at once.
-                if lines:
-                    self.target().write("\n".join(lines) + "\n")
-                return len(text)
         written: int = self.original.write(text)
         return written
-
-    def target(self) -> Any:
-        """Where a task's lines on this stream are shown: the stream it stands in for,
-        or for stdout, with ``task_stdout_on_stderr``, the one sys.stderr stands in
-        for now (a progress display may have put its own in place)."""
-        if self.stream_name == "stdout" and _stdout_on_stderr:
-            err = sys.stderr
-            return err.original if isinstance(err, _Tee) else err
-        return self.original
 
     def flush(self) -> None:
         self.original.flush()
@@ -325,17 +298,11 @@ def _register(sink: LogSink, records: bool) -> int:
 
 def _unregister(ident: int, sink: LogSink) -> None:
     del _sinks[ident]
-    if _partial:  # a line without its newline: kept, and shown, at the end
-        for name, level, stream in (
-            ("stdout", "INFO", sys.stdout),
-            ("stderr", "WARNING", sys.stderr),
-        ):
+    if _partial:  # a line without its newline: kept, at the end
+        for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
             rest = _partial.pop((ident, name), "")
             if rest:
                 sink(level, name, rest, time.time())
-                if name == "stdout":  # (held back until now: shown, ending the line)
-                    shown = stream.target() if isinstance(stream, _Tee) else stream
-                    shown.write(rest + "\n")
 
 
 def capturing(caller: Caller, sink: LogSink, *, records: bool = True) -> Caller:
