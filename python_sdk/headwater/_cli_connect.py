@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 from ._errors import CommandError, UsageError
 
 
+def add_connection_args(parser: Any, default: Any = None) -> None:
+    """Add --server, --token and the TLS flags to a command that talks to a server
+    (``default``: what a flag not given leaves; ``argparse.SUPPRESS``: nothing)."""
+    parser.add_argument(
+        "--server",
+        default=default,
+        help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)",
+    )
+    parser.add_argument("--token", default=default, help="bearer token (or HEADWATER_TOKEN)")
+    add_tls_args(parser, default)
+
+
 def add_tls_args(parser: Any, default: Any = None) -> None:
     """Add --tls, --tls-ca, --tls-cert and --tls-key to a command (``default``: what a
     flag not given leaves; ``argparse.SUPPRESS``: nothing)."""

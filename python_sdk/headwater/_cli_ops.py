@@ -11,20 +11,11 @@ from typing import Any
 from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, MAX_COUNT, FlowRunState, parse_rate
 
 from ._access_info import AuditEntry
-from ._cli_connect import add_tls_args, connect
+from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
 from ._cli_render import printable
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
-
-
-def _common(parser: Any) -> None:
-    parser.add_argument(
-        "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
-    )
-    parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
-    add_tls_args(parser)
-
 
 # ------------------------------------------------------------------------- limits
 
@@ -86,7 +77,7 @@ def add_limits_command(sub: Any) -> None:
     limits.add_argument(
         "--rate", default=None, metavar="COUNT/PERIOD", help="set: most started per period"
     )
-    _common(limits)
+    add_connection_args(limits)
     limits.set_defaults(func=cmd_limits)
 
 
@@ -161,7 +152,7 @@ def add_workers_command(sub: Any) -> None:
     workers.add_argument(
         "--exit", action="store_true", help="drain: ask the worker to exit once idle"
     )
-    _common(workers)
+    add_connection_args(workers)
     workers.set_defaults(func=cmd_workers)
 
 
@@ -234,7 +225,7 @@ def add_webhooks_command(sub: Any) -> None:
     )
     hooks.add_argument("--late", action="store_true", help="create: also when a run is late")
     hooks.add_argument("--secret", default=None, help="create: sign each body (HMAC-SHA256)")
-    _common(hooks)
+    add_connection_args(hooks)
     hooks.set_defaults(func=cmd_webhooks)
 
 
@@ -289,7 +280,7 @@ def add_audit_command(sub: Any) -> None:
         metavar="N",
         help=f"print at most N entries, the newest (1..{AUDIT_PAGE_MAX}, default 100)",
     )
-    _common(audit)
+    add_connection_args(audit)
     audit.set_defaults(func=cmd_audit)
 
 

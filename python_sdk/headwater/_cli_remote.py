@@ -26,7 +26,7 @@ from headwater.wire import (
 from headwater.wire import task_run_id as make_task_run_id
 from headwater_runtime.tracing import cli_span
 
-from ._cli_connect import add_tls_args, at_least_one, connect
+from ._cli_connect import add_connection_args, at_least_one, connect
 from ._cli_render import (
     Progress,
     console,
@@ -457,17 +457,6 @@ def _attempt_and_late(run: Any) -> str:
     return attempt + late
 
 
-def _connection_args(parser: Any, default: Any = None) -> None:
-    """--server, --token and the TLS flags (``default``: what a flag not given leaves)."""
-    parser.add_argument(
-        "--server",
-        default=default,
-        help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)",
-    )
-    parser.add_argument("--token", default=default, help="bearer token (or HEADWATER_TOKEN)")
-    add_tls_args(parser, default)
-
-
 def add_runs_command(sub: Any) -> None:
     """Add ``headwater runs`` and its actions (each with its own flags and --help)."""
     runs = sub.add_parser(
@@ -477,11 +466,11 @@ def add_runs_command(sub: Any) -> None:
         "shortened to any prefix only one run has (the 8 characters the CLI prints). "
         "`headwater runs ACTION --help` lists an action's flags.",
     )
-    _connection_args(runs)  # (also accepted before the action, as before)
+    add_connection_args(runs)  # (also accepted before the action, as before)
     # The actions' own copies leave nothing when not given: a flag given before the
     # action keeps its value.
     connection = argparse.ArgumentParser(add_help=False)
-    _connection_args(connection, argparse.SUPPRESS)
+    add_connection_args(connection, argparse.SUPPRESS)
     actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, summary: str, description: str, run_id: bool = True) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 from headwater.wire import parse_duration
 
-from ._cli_connect import add_tls_args, connect
+from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
 from ._errors import UsageError
 from ._loader import load_flow
@@ -89,14 +89,6 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server", help="HOST:PORT, or several comma-separated (or HEADWATER_SERVER)"
-    )
-    parser.add_argument("--token", default=None, help="bearer token (or HEADWATER_TOKEN)")
-    add_tls_args(parser)
-
-
 def add_schedules_command(sub: Any) -> None:
     """Add ``headwater schedules`` and its actions to the CLI's subcommands."""
     schedules = sub.add_parser(
@@ -130,11 +122,11 @@ def add_schedules_command(sub: Any) -> None:
     create.add_argument(
         "--catchup", action="store_true", help="after downtime, fire every missed time"
     )
-    _common(create)
+    add_connection_args(create)
     listing = actions.add_parser("list", help="list schedules")
     listing.add_argument("--flow", help="only schedules of this flow")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    _common(listing)
+    add_connection_args(listing)
     for name, what in [
         ("delete", "delete a schedule (its runs are kept)"),
         ("pause", "stop a schedule from creating runs"),
@@ -144,5 +136,5 @@ def add_schedules_command(sub: Any) -> None:
         action.add_argument(
             "schedule_id", help="schedule id, or a unique prefix of one (see 'schedules list')"
         )
-        _common(action)
+        add_connection_args(action)
     schedules.set_defaults(func=cmd_schedules)
