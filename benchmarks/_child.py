@@ -39,6 +39,7 @@ SYSTEMS = (
     "server-loop",
     "server-download",
     "server-bridge",
+    "server-prune",
 )
 #: Systems that are a Headwater embedded run (with tracing off, or on).
 HEADWATER = ("headwater", "headwater-traced")
@@ -127,7 +128,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         from ._compile import measure as measure_compile
 
         return measure_compile(spec)
-    if system in ("server-loop", "server-download"):
+    if system in ("server-loop", "server-download", "server-prune"):
         from ._probes import measure as measure_probe
 
         return measure_probe(spec)

@@ -283,11 +283,19 @@ def measure_download(spec: dict[str, Any]) -> dict[str, Any]:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["system"] == "server-loop":
         return measure_loop(spec)
+    if spec["system"] == "server-prune":
+        from ._prune import measure_prune
+
+        return measure_prune(spec)
     return measure_download(spec)
 
 
 def format_probe(name: str, data: dict[str, Any], target_ms: float | None) -> str:
     """The probes' tables."""
+    if data["system"] == "server-prune":
+        from ._prune import format_prune
+
+        return format_prune(name, data)
     source = f" (server from {data['server_src']})" if data.get("server_src") else ""
     if data["system"] == "server-download":
         growth = data["peak_growth_mb"]

@@ -398,6 +398,17 @@ WORKLOADS += (
         probe=True,
     ),
     Workload(
+        name="server-prune",
+        title="server writes while old runs are pruned (headwater prune beside it, and "
+        "--retention)",
+        kind="prune",
+        full={"runs": 1500, "kb": 200},
+        quick={"runs": 200, "kb": 50},
+        systems=("server-prune",),
+        probe=True,
+        timeout_s=3600,
+    ),
+    Workload(
         name="server-bridge-memory",
         title="Dask bridge: cluster memory across runs (a run's values released at its end)",
         kind="bridge",

@@ -1551,10 +1551,11 @@ def test_prune_finds_unreferenced_values_through_indexes(tmp_path: Path) -> None
     """Finding the values nothing refers to searches the journal by index, never scans
     it once per value: that was quadratic, and the server prunes on its writer thread
     at every start, so every commit waited (18 s for 7,000 values)."""
-    from headwater_runtime.store._sqlite import ORPHAN_VALUES
+    from headwater_runtime.store._prune import ORPHAN_VALUE
 
     store = SQLiteStore(tmp_path / "hw.db")
-    plan = [row[-1] for row in store._db.execute(f"EXPLAIN QUERY PLAN {ORPHAN_VALUES}")]
+    query = f"SELECT v.id FROM run_values v WHERE v.id > ? AND {ORPHAN_VALUE} ORDER BY v.id"
+    plan = [row[-1] for row in store._db.execute(f"EXPLAIN QUERY PLAN {query}", ("",))]
     store.close()
     assert not [step for step in plan if step.startswith("SCAN") and " v " not in f" {step} "]
     assert any("run_events_value" in step for step in plan), plan

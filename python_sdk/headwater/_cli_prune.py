@@ -40,7 +40,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     except StoreUnavailable as exc:  # one line, not a traceback (a user trial)
         hint = (
             ": pruning writes to the database's log before it frees anything, so it needs "
-            "some free space itself; free some first"
+            "some free space itself; free some first (--dry-run needs none)"
             if exc.full
             else ""
         )
@@ -75,9 +75,9 @@ def add_prune_command(sub: Any) -> None:
         "payloads and values no run, cache entry or schedule references. Then give the "
         "space back to the file system (SQLite) or VACUUM it for reuse (PostgreSQL). Safe "
         "while the server runs (it only touches finished runs, and payloads older than "
-        "--payload-grace), but the server's own writes wait while it deletes: a prune of "
-        "hundreds of MB holds them for tens of seconds. A server started with --retention "
-        "does this on its own.",
+        "--payload-grace). It deletes in short transactions, so the server's writes go in "
+        "between; --dry-run only reads. A server started with --retention does this on "
+        "its own.",
     )
     prune.add_argument(
         "--db",

@@ -433,16 +433,22 @@ class ServerCore(WorkerReports):
     ) -> PruneReport:
         """Delete finished runs that ended more than ``older_than`` seconds ago (none
         when None), values and payloads nothing references, and expired cache entries,
-        on the writer thread; then give the space back to the file system."""
+        in steps on the writer thread; then give the space back to the file system."""
         now = self.clock.now()
         ended_before = None if older_than is None else now - older_than
-        report = await self.io.write(
-            self.store.prune,
+        pruning = self.store.pruning(
             ended_before,
             now,
             grace=self.settings.payload_grace if grace is None else grace,
             dry_run=dry_run,
         )
+        # One short transaction per step, each a write of its own: the commits of
+        # runs go in between (one transaction held every commit for as long as it
+        # deleted: tens of seconds for hundreds of MB). A dry run only reads.
+        take = self.io.read if dry_run else self.io.write
+        while await take(pruning.step):
+            pass
+        report = pruning.report()
         if ended_before is not None and not dry_run:
             self.exports.pruned(ended_before)  # Dask bridges let go of their results
         return report

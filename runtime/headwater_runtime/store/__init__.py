@@ -42,6 +42,7 @@ from ._ops import (
     WorkerRow,
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._prune import Pruning
 from ._sqlite import SQLiteStore
 from ._sqlite_schema import SCHEMA_VERSION
 
@@ -74,6 +75,7 @@ __all__ = [
     "PayloadWriter",
     "PostgresStore",
     "PruneReport",
+    "Pruning",
     "RunAttemptRow",
     "RunEvent",
     "SQLiteStore",

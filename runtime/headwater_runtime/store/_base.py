@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from headwater.wire import CHUNK_SIZE
 
 from ._ops import OpsStore, OpsWrites
+
+if TYPE_CHECKING:
+    from ._prune import Pruning
 
 
 class NotFound(LookupError):
@@ -578,13 +581,22 @@ class Store(OpsStore, Protocol):
         ...
 
     # retention
+    def pruning(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> Pruning:
+        """A prune as a series of short transactions (``store/_prune.py``): call its
+        ``step()`` until it returns False (a server runs each step as a write of its
+        own, so its commits go in between), then ``report()``. It deletes finished runs
+        that ended before ``ended_before`` (none when None) with their journal,
+        projections, logs and audit entries, expired cache entries, values nothing
+        references, and payloads nothing references older than ``grace`` seconds, and
+        gives the space back. ``dry_run`` only reads, and counts."""
+        ...
+
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
     ) -> PruneReport:
-        """Delete finished runs that ended before ``ended_before`` (none when None)
-        with their journal, projections, logs and audit entries, expired cache entries, values
-        nothing references, and payloads nothing references older than ``grace``
-        seconds; give the space back. ``dry_run`` counts without deleting."""
+        """``pruning(...)`` with every step taken: what went (or would go)."""
         ...
 
     #: Whether opening the store made it (a new SQLite file, or an empty PostgreSQL

@@ -20,7 +20,6 @@ try again.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -58,6 +57,7 @@ from ._postgres_batch import check_lease, write_batch
 from ._postgres_ops import PostgresOps
 from ._postgres_rows import FLOW_RUN_COLS, FLOW_RUN_NCOLS, flow_run_row, flow_run_values
 from ._postgres_schema import TERMINAL, check_current, migrate
+from ._prune import Pruning
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[Any, ...]]
@@ -668,37 +668,31 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
     # -------------------------------------------------------------- retention
 
+    def pruning(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> Pruning:
+        """A prune in steps (``Pruning``): finished runs that ended before
+        ``ended_before`` (none when None) with their journal, projections and logs;
+        expired cache entries; values nothing references; payloads nothing references
+        older than ``grace`` seconds. Then VACUUM the tables it deleted from, so their
+        space is reused (PostgreSQL keeps the files' size; ``bytes_reclaimed`` counts
+        the bytes of what was deleted). Each step is one short transaction, fenced by
+        this server's epoch; ``dry_run`` only reads."""
+        from ._postgres_prune import PostgresPruning
+
+        return Pruning(
+            PostgresPruning(self, self._pool, self._blobs, grace),
+            ended_before,
+            now,
+            grace=grace,
+            dry_run=dry_run,
+        )
+
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
     ) -> PruneReport:
-        """Delete finished runs that ended before ``ended_before`` (none when None) with
-        their journal, projections and logs; expired cache entries; values nothing
-        references; payloads nothing references older than ``grace`` seconds. Then
-        VACUUM the tables it deleted from, so their space is reused (PostgreSQL keeps
-        the files' size; ``bytes_reclaimed`` counts the bytes of what was deleted).
-        ``dry_run`` counts without deleting."""
-        from ._postgres_prune import prune
-
-        deleted: list[str] = []
-
-        def work(conn: Conn) -> PruneReport:
-            report = prune(conn, ended_before, now, grace, deleted, files=self._blobs is not None)
-            if dry_run:
-                raise _DryRun(report)
-            return report
-
-        try:
-            report = self._write(work)
-        except _DryRun as dry:
-            return dataclasses.replace(dry.report, dry_run=True)
-        if self._blobs is not None:  # the rows are gone: now their files
-            self._blobs.delete(deleted)
-            self._blobs.sweep(older_than=grace)
-        if report.runs or report.values or report.payloads or report.cache_entries:
-            from ._postgres_prune import vacuum
-
-            vacuum(self._pool)
-        return report
+        """``pruning(...)``, every step of it: what went (or would go)."""
+        return self.pruning(ended_before, now, grace=grace, dry_run=dry_run).run()
 
     def stats(self) -> dict[str, int]:
         """Rows per table and the database's size in bytes (for tests and benchmarks)."""
@@ -723,14 +717,6 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             )[0][0]
         )
         return out
-
-
-class _DryRun(Exception):
-    """Carries a dry run's report out of its (rolled back) transaction."""
-
-    def __init__(self, report: PruneReport) -> None:
-        super().__init__("dry run")
-        self.report = report
 
 
 class _DatabaseChunks:

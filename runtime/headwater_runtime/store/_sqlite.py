@@ -15,7 +15,6 @@ rolled back, so a caller can keep its batch and try again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
@@ -46,8 +45,8 @@ from ._base import (
     WriteBatch,
     key_reused,
 )
-from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._prune import Pruning
 from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
 from ._sqlite_payloads import SQLiteChunks, publish_payload
@@ -61,6 +60,7 @@ from ._sqlite_schema import (
 )
 
 log = logging.getLogger("headwater.store")
+T = TypeVar("T")
 
 #: A claimed database's log is copied back once it holds more than this (bytes; SQLite
 #: itself does at 1,000 pages, ~4 MB), by ``checkpoint()`` between writes.
@@ -750,92 +750,23 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
     # -------------------------------------------------------------- retention
 
+    def pruning(
+        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+    ) -> Pruning:
+        """A prune in steps (``Pruning``): finished runs that ended before
+        ``ended_before`` (none when None) with their journal, projections and logs;
+        expired cache entries; values nothing references any more; and payloads
+        nothing references that are older than ``grace`` seconds (younger ones may
+        belong to an upload or a result on its way). Then the freed pages go back to
+        the file system. Each step is one short transaction on the calling thread's
+        connection; ``dry_run`` only reads."""
+        return Pruning(_SQLitePruning(self, grace), ended_before, now, grace=grace, dry_run=dry_run)
+
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
     ) -> PruneReport:
-        """Delete finished runs that ended before ``ended_before`` (none when None) with
-        their journal, projections and logs; expired cache entries; values nothing
-        references any more; and payloads nothing references that are older than
-        ``grace`` seconds (younger ones may belong to an upload or a result on its
-        way). Then give the freed pages back to the file system. ``dry_run`` counts
-        without deleting."""
-        db = self._db
-        page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        report_ids: list[str] = []  # payloads deleted (their files go after the commit)
-
-        def work() -> PruneReport:
-            counts: dict[str, int] = {}
-            runs: list[str] = []
-            if ended_before is not None:
-                candidates = dict(
-                    db.execute(
-                        f"SELECT id, parent_flow_run_id FROM flow_runs WHERE state IN "
-                        f"{_IN_TERMINAL} AND ended_at IS NOT NULL AND ended_at < ?",
-                        (*_TERMINAL_FLOW_STATES, ended_before),
-                    )
-                )
-                runs = whole_families(candidates, lambda ids: _existing_runs(db, ids))
-            counts["runs"] = len(runs)
-            for table, key in (
-                ("run_events", "journal_entries"),
-                ("task_runs", "task_runs"),
-                ("task_run_states", ""),
-                ("logs", "logs"),
-                *((table, "") for table in PER_RUN_TABLES),
-            ):
-                removed = _delete_for_runs(db, table, runs)
-                if key:
-                    counts[key] = removed
-            _delete_in(db, "DELETE FROM payload_refs WHERE owner IN", [f"run:{r}" for r in runs])
-            _delete_in(db, "DELETE FROM audit WHERE object_kind='flow_run' AND object_id IN", runs)
-            _delete_in(db, "DELETE FROM flow_runs WHERE id IN", runs)
-            counts["cache_entries"] = db.execute(
-                "DELETE FROM cache_entries WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                (now,),
-            ).rowcount
-            orphans = [r[0] for r in db.execute(ORPHAN_VALUES)]
-            counts["values"] = len(orphans)
-            _delete_in(db, "DELETE FROM run_values WHERE id IN", orphans)
-            _delete_in(
-                db, "DELETE FROM payload_refs WHERE owner IN", [f"value:{v}" for v in orphans]
-            )
-            unreferenced = (
-                "FROM payloads p WHERE created_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id)"
-            )
-            if self._blobs is None:  # bytes in a directory this store cannot delete from
-                counts["payloads_kept"] = db.execute(
-                    f"SELECT count(*) {unreferenced} AND {PAYLOAD_IN_A_DIRECTORY}", (now - grace,)
-                ).fetchone()[0]
-                unreferenced += f" AND NOT {PAYLOAD_IN_A_DIRECTORY}"
-            unused = db.execute(f"SELECT id, size {unreferenced}", (now - grace,)).fetchall()
-            counts["payloads"] = len(unused)
-            counts["payload_bytes"] = sum(int(size) for _, size in unused)
-            ids = [str(i) for i, _ in unused]
-            report_ids.extend(ids)
-            _delete_in(db, "DELETE FROM payload_chunks WHERE id IN", ids)
-            _delete_in(db, "DELETE FROM payloads WHERE id IN", ids)
-            if dry_run:
-                raise _DryRun(_report(counts, dry_run=True))
-            return _report(counts)
-
-        before = db.execute("PRAGMA page_count").fetchone()[0]
-        try:
-            report = _transaction(db, work)
-        except _DryRun as dry:
-            return dry.report
-        files = 0
-        if self._blobs is not None:  # the rows are gone: now their files
-            files = self._blobs.size_of(report_ids)
-            self._blobs.delete(report_ids)
-            self._blobs.sweep(older_than=grace)
-        # Through sqlite3_exec: a prepared statement's single step frees one page only.
-        db.executescript("PRAGMA incremental_vacuum;")
-        with contextlib.suppress(sqlite3.Error):  # readers may hold the WAL: shrink later
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        after = db.execute("PRAGMA page_count").fetchone()[0]
-        reclaimed = max(0, before - after) * page_size + files
-        return dataclasses.replace(report, bytes_reclaimed=reclaimed)
+        """``pruning(...)``, every step of it: what went (or would go)."""
+        return self.pruning(ended_before, now, grace=grace, dry_run=dry_run).run()
 
     def stats(self) -> dict[str, int]:
         """Rows per table and the file's size in pages (for tests and benchmarks)."""
@@ -858,37 +789,119 @@ class SQLiteStore(SQLiteOps, AccessTables):
         return out
 
 
-def _report(counts: dict[str, int], *, dry_run: bool = False) -> PruneReport:
-    return PruneReport(
-        runs=counts["runs"],
-        journal_entries=counts["journal_entries"],
-        task_runs=counts["task_runs"],
-        logs=counts["logs"],
-        values=counts["values"],
-        payloads=counts["payloads"],
-        payload_bytes=counts["payload_bytes"],
-        cache_entries=counts["cache_entries"],
-        dry_run=dry_run,
-        payloads_kept=counts.get("payloads_kept", 0),
-    )
+#: Pages a step of giving space back frees (2 MB of 4 KB pages, ~25 ms): each step
+#: holds the write lock while SQLite moves pages from the end of the file into free ones.
+GIVE_BACK_PAGES = 512
+#: The longest sleep of SQLite's busy handler between two tries of a waiting writer.
+BUSY_RETRY = 0.1
+#: The shortest pause between two steps of a prune beside a server: the busy handler's
+#: first tries come at most 25 ms apart.
+PAUSE_MIN = 0.03
 
 
-class _DryRun(Exception):
-    """Carries a dry run's report out of its (rolled back) transaction."""
+def _held_by_a_server(path: str) -> bool:
+    """Whether a server process holds the database (its lock file, ``claim``)."""
+    import fcntl
 
-    def __init__(self, report: PruneReport) -> None:
-        super().__init__("dry run")
-        self.report = report
+    try:
+        with open(f"{path}.server-lock") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
 
 
-#: Values no journal entry or cache entry refers to. "value_id != ''" lets SQLite use
-#: the partial index run_events_value: without it each value scans the whole journal
-#: (18 s for 7,000 values, on the writer thread, so every commit waited for it).
-ORPHAN_VALUES = (
-    "SELECT id FROM run_values v WHERE NOT EXISTS "
-    "(SELECT 1 FROM run_events e WHERE e.value_id = v.id AND e.value_id != '') "
-    "AND NOT EXISTS (SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
-)
+class _SQLitePruning:
+    """The SQLite side of a prune (``PruneDB``): the calling thread's connection, the
+    payload directory, and the file's pages."""
+
+    mark = "?"
+
+    def __init__(self, store: SQLiteStore, grace: float) -> None:
+        self._store = store
+        self._grace = grace
+        self.files = store._blobs is not None
+        self._pages: int | None = None  # the file's pages before the prune
+        self._page_size = 0
+        self._swept = False
+        self._beside_server: bool | None = None
+
+    def _db(self) -> sqlite3.Connection:
+        db = self._store._db
+        if self._pages is None:
+            self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+            self._pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        return db
+
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        with self._fast_delete() as db:
+            return _transaction(db, lambda: work(db))
+
+    @contextlib.contextmanager
+    def _fast_delete(self) -> Iterator[sqlite3.Connection]:
+        """The connection with ``secure_delete=FAST`` while a step deletes. Debian's
+        SQLite overwrites every freed page with zeros by default, through the log: a
+        prune of 300 MB of payloads wrote 340 MB of log, which needed that much free
+        space, and the server's writer thread then spent 1.6 s copying it back while
+        its commits waited. FAST zeroes only what costs no extra I/O; the pages freed
+        are cut off the file or reused by the same prune's incremental vacuum."""
+        db = self._db()
+        before = db.execute("PRAGMA secure_delete").fetchone()[0]
+        db.execute("PRAGMA secure_delete=FAST")
+        try:
+            yield db
+        finally:
+            db.execute(f"PRAGMA secure_delete={int(before)}")
+
+    def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return work(self._db())
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"cannot read from the database: {exc}") from exc
+
+    def forget_files(self, payload_ids: list[str]) -> int:
+        blobs = self._store._blobs
+        if blobs is None:
+            return 0
+        size = blobs.size_of(payload_ids)
+        blobs.delete(payload_ids)
+        return size
+
+    def give_back(self, deleted: bool) -> bool:
+        db = self._db()
+        if not self._swept and self._store._blobs is not None:  # uploads a crash cut short
+            self._store._blobs.sweep(older_than=self._grace)
+        self._swept = True
+        before = int(db.execute("PRAGMA page_count").fetchone()[0])
+        with self._fast_delete():
+            # Through sqlite3_exec: a prepared statement's single step frees one page only.
+            db.executescript(f"PRAGMA incremental_vacuum({GIVE_BACK_PAGES});")
+        after = int(db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+        if free and after < before:
+            return True
+        with contextlib.suppress(sqlite3.Error):  # readers may hold the WAL: shrink later
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return False
+
+    def pause(self, step: float) -> float:
+        """Beside a server (another process holds the database's server lock): a
+        pause after a step of ``step`` seconds, long enough for the server's writer to
+        get in. Its commits wait for the lock in SQLite's busy handler, which sleeps
+        longer the longer it waits (up to 100 ms between tries): taking the lock again
+        at once starved them (waits of 1.1 s while a prune of 300 MB gave its space
+        back). As long as the step, at least PAUSE_MIN, at most BUSY_RETRY."""
+        if self._beside_server is None:
+            self._beside_server = self._store._claim is None and _held_by_a_server(self._store.path)
+        return min(BUSY_RETRY, max(PAUSE_MIN, step)) if self._beside_server else 0.0
+
+    def reclaimed(self, deleted_bytes: int, file_bytes: int) -> int:
+        after = int(self._db().execute("PRAGMA page_count").fetchone()[0])
+        return max(0, (self._pages or 0) - after) * self._page_size + file_bytes
 
 
 def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
@@ -956,14 +969,6 @@ def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) ->
     )
 
 
-def _delete_in(db: sqlite3.Connection, statement: str, ids: Sequence[str]) -> int:
-    removed = 0
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        removed += db.execute(f"{statement} ({','.join('?' * len(part))})", part).rowcount
-    return removed
-
-
 def _file_identity(path: str) -> tuple[int, int] | None:
     """The file at ``path`` (device, inode), None when there is none."""
     try:
@@ -971,19 +976,6 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _existing_runs(db: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        sql = f"SELECT id FROM flow_runs WHERE id IN ({','.join('?' * len(part))})"
-        found.update(r[0] for r in db.execute(sql, part))
-    return found
-
-
-def _delete_for_runs(db: sqlite3.Connection, table: str, runs: Sequence[str]) -> int:
-    return _delete_in(db, f"DELETE FROM {table} WHERE flow_run_id IN", runs)
 
 
 _FLOW_RUN_COLS = (

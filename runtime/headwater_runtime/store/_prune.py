@@ -1,0 +1,532 @@
+"""Retention for every store: a prune as a series of short transactions.
+
+A prune used to be one transaction. On SQLite it held the database's only write lock
+for as long as it deleted: a prune of 870 MB held a server's commits for 33 s, and a
+server's own ``--retention`` ran it on its writer thread, so every run stalled
+meanwhile. Its dry run deleted and rolled back, so it needed free space and held the
+lock as long. Now ``Pruning`` does the work in steps, one short transaction each, and
+a server's writes go in between (its retention runs each step as a write of its own;
+``headwater prune`` beside a server releases the lock between steps):
+
+1. finished runs, in batches of whole families (at most RUN_BATCH runs and about
+   TASK_RUN_BATCH task runs; a larger run goes alone), each batch checking again in
+   its transaction that its runs are still finished and old enough (a run retried
+   since the plan is kept);
+2. expired cache entries, values nothing references and payloads nothing references
+   (older than the grace), each batch found and deleted in one transaction, in key
+   order so no row is looked at twice;
+3. the store gives the space back (``PruneDB.give_back``, in steps on SQLite).
+
+A dry run only reads, so it needs no free space and takes no write lock: it counts
+what the steps would delete, with what references values and payloads now and which
+of those references the prune would remove.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from headwater.wire import TERMINAL_FLOW_STATES
+
+from ._base import PruneReport
+from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
+
+T = TypeVar("T")
+
+#: At most this many runs per transaction.
+RUN_BATCH = 50
+#: A batch of runs closes once its runs hold this many task runs (a run holding more
+#: goes alone: its rows are deleted in one transaction).
+TASK_RUN_BATCH = 20_000
+#: Values or expired cache entries per transaction.
+ROW_BATCH = 2_000
+#: Payloads per transaction, and the bytes after which a batch closes early.
+PAYLOAD_BATCH = 200
+PAYLOAD_BATCH_BYTES = 64 * 1024 * 1024
+#: Ids per ``IN (...)`` list.
+IN_LIST = 500
+
+TERMINAL = tuple(s.value for s in TERMINAL_FLOW_STATES)
+#: A value nothing refers to: no journal entry and no cache entry ("value_id != ''"
+#: lets both databases use the partial index run_events_value; without it each value
+#: scanned the whole journal: 18 s for 7,000 values).
+ORPHAN_VALUE = (
+    "NOT EXISTS (SELECT 1 FROM run_events e WHERE e.value_id = v.id AND e.value_id != '') "
+    "AND NOT EXISTS (SELECT 1 FROM cache_entries c WHERE c.value_id = v.id)"
+)
+#: A payload nothing refers to.
+UNREFERENCED_PAYLOAD = "NOT EXISTS (SELECT 1 FROM payload_refs r WHERE r.payload_id = p.id)"
+#: The tables with rows per run, and the report's name for each count ("" uncounted).
+RUN_TABLES = (
+    ("run_events", "journal_entries"),
+    ("task_runs", "task_runs"),
+    ("task_run_states", ""),
+    ("logs", "logs"),
+    *((table, "") for table in PER_RUN_TABLES),
+)
+
+
+class PruneDB(Protocol):
+    """What a store gives ``Pruning``: connections in transactions, and its own ways
+    of freeing files and giving space back. A connection has ``execute(sql, params)``
+    returning a cursor (``fetchall``, ``fetchone``, ``rowcount``): sqlite3's and
+    psycopg's both do."""
+
+    #: The parameter placeholder: "?" (sqlite3) or "%s" (psycopg).
+    mark: str
+    #: Whether the store can delete payload bytes kept in a payload directory.
+    files: bool
+
+    def write(self, work: Callable[[Any], T]) -> T:
+        """``work(connection)`` in one transaction (StoreUnavailable when it cannot)."""
+        ...
+
+    def read(self, work: Callable[[Any], T]) -> T:
+        """``work(connection)`` reading only."""
+        ...
+
+    def forget_files(self, payload_ids: list[str]) -> int:
+        """Delete the files of payloads whose rows were deleted; the bytes freed."""
+        ...
+
+    def give_back(self, deleted: bool) -> bool:
+        """One step of giving the space of deleted rows back (``deleted``: whether the
+        prune deleted any row); True while more remains."""
+        ...
+
+    def pause(self, step: float) -> float:
+        """Seconds ``Pruning.run`` waits after a step that took ``step`` seconds (so
+        that writers of other processes waiting for a lock get in)."""
+        ...
+
+    def reclaimed(self, deleted_bytes: int, file_bytes: int) -> int:
+        """The bytes the prune gave back, once it is done."""
+        ...
+
+
+@dataclass
+class _Counts:
+    runs: int = 0
+    journal_entries: int = 0
+    task_runs: int = 0
+    logs: int = 0
+    values: int = 0
+    value_bytes: int = 0
+    payloads: int = 0
+    payload_bytes: int = 0
+    payloads_kept: int = 0
+    cache_entries: int = 0
+    file_bytes: int = 0
+    reclaimed: int = 0
+    pruned: list[str] = field(default_factory=list)  # runs (of a dry run)
+
+
+class Pruning:
+    """One prune (``Store.pruning``): call ``step()`` until it returns False, then
+    ``report()``. Each step is one short transaction (or, in a dry run, reads), so a
+    server runs each as a write of its own and commits go in between.
+
+    Args:
+        db: the store's side (``PruneDB``).
+        ended_before: delete finished runs that ended before this (None: no run).
+        now: the time expired cache entries and the payloads' grace are measured at.
+        grace: payloads nothing references younger than this many seconds are kept.
+        dry_run: count, delete nothing.
+    """
+
+    def __init__(
+        self,
+        db: PruneDB,
+        ended_before: float | None,
+        now: float,
+        *,
+        grace: float,
+        dry_run: bool = False,
+    ) -> None:
+        self._db = db
+        self._ended_before = ended_before
+        self._now = now
+        self._grace = grace
+        self.dry_run = dry_run
+        self._counts = _Counts()
+        self._steps = self._dry() if dry_run else self._work()
+
+    def step(self) -> bool:
+        """Do the next step; False once the prune is done (nothing was left to do)."""
+        return next(self._steps, False)
+
+    def run(self) -> PruneReport:
+        """Every step, then the report (a prune outside a server: ``headwater prune``,
+        which pauses between steps when the store says so)."""
+        while True:
+            start = time.monotonic()
+            if not self.step():
+                break
+            if not self.dry_run and (pause := self._db.pause(time.monotonic() - start)) > 0:
+                time.sleep(pause)
+        return self.report()
+
+    def report(self) -> PruneReport:
+        """What went (or, in a dry run, would go); reads nothing (a server calls it on
+        its event loop)."""
+        c = self._counts
+        return PruneReport(
+            runs=c.runs,
+            journal_entries=c.journal_entries,
+            task_runs=c.task_runs,
+            logs=c.logs,
+            values=c.values,
+            payloads=c.payloads,
+            payload_bytes=c.payload_bytes,
+            cache_entries=c.cache_entries,
+            bytes_reclaimed=c.reclaimed,
+            dry_run=self.dry_run,
+            payloads_kept=c.payloads_kept,
+        )
+
+    # ------------------------------------------------------------------ SQL
+
+    def _marks(self, count: int) -> str:
+        return ", ".join([self._db.mark] * count)
+
+    def _each(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> Iterator[Any]:
+        """``sql`` (with ``{in}`` for the list) run per slice of ``ids``: the cursors."""
+        for start in range(0, len(ids), IN_LIST):
+            part = list(ids[start : start + IN_LIST])
+            yield conn.execute(sql.format(within=self._marks(len(part))), (*part, *extra))
+
+    def _rows(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> list[Any]:
+        return [row for cur in self._each(conn, sql, ids, *extra) for row in cur.fetchall()]
+
+    def _delete(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> int:
+        return sum(max(0, cur.rowcount) for cur in self._each(conn, sql, ids, *extra))
+
+    def _finished(self, conn: Any, among: Sequence[str] | None = None) -> list[str]:
+        """The runs a prune may delete now (of ``among``, when given): finished before
+        ``ended_before``, in whole families."""
+        finished = (
+            f"state IN ({self._marks(len(TERMINAL))}) AND ended_at IS NOT NULL "
+            f"AND ended_at < {self._db.mark}"
+        )
+        if among is None:
+            rows = conn.execute(
+                f"SELECT id, parent_flow_run_id FROM flow_runs WHERE {finished}",
+                (*TERMINAL, self._ended_before),
+            ).fetchall()
+        else:
+            rows = self._rows(
+                conn,
+                f"SELECT id, parent_flow_run_id FROM flow_runs WHERE id IN ({{within}}) "
+                f"AND {finished}",
+                among,
+                *TERMINAL,
+                self._ended_before,
+            )
+        candidates = {str(run): parent or "" for run, parent in rows}
+
+        def existing(ids: list[str]) -> set[str]:
+            found = self._rows(conn, "SELECT id FROM flow_runs WHERE id IN ({within})", ids)
+            return {str(r[0]) for r in found}
+
+        return whole_families(candidates, existing)
+
+    def _batches(self, conn: Any, runs: list[str]) -> list[list[str]]:
+        """``runs`` in batches of whole families (a child run goes with its parent)."""
+        parents = dict(
+            self._rows(
+                conn, "SELECT id, parent_flow_run_id FROM flow_runs WHERE id IN ({within})", runs
+            )
+        )
+        sizes = dict(
+            self._rows(
+                conn,
+                "SELECT flow_run_id, count(*) FROM task_runs WHERE flow_run_id IN ({within}) "
+                "GROUP BY flow_run_id",
+                runs,
+            )
+        )
+
+        def root(run: str) -> str:
+            seen = {run}
+            while (parent := parents.get(run) or "") in parents and parent not in seen:
+                run = parent
+                seen.add(run)
+            return run
+
+        families: dict[str, list[str]] = {}
+        for run in runs:
+            families.setdefault(root(run), []).append(run)
+        batches: list[list[str]] = []
+        batch: list[str] = []
+        tasks = 0
+        for family in families.values():
+            weight = sum(int(sizes.get(run, 0)) for run in family)
+            if batch and (len(batch) + len(family) > RUN_BATCH or tasks + weight > TASK_RUN_BATCH):
+                batches.append(batch)
+                batch, tasks = [], 0
+            batch.extend(family)
+            tasks += weight
+        if batch:
+            batches.append(batch)
+        return batches
+
+    # ------------------------------------------------------------------ deleting
+
+    def _work(self) -> Iterator[bool]:
+        c = self._counts
+        db = self._db
+        if self._ended_before is not None:
+            for batch in db.read(lambda conn: self._batches(conn, self._finished(conn))):
+                db.write(functools.partial(self._delete_runs, batch=batch))
+                yield True
+        while db.write(self._delete_cache_entries):
+            yield True
+        last: list[str] = [""]
+        while db.write(lambda conn: self._delete_values(conn, last)):
+            yield True
+        last[0] = ""
+        while True:
+            more, gone = db.write(lambda conn: self._delete_payloads(conn, last))
+            if gone:
+                c.file_bytes += db.forget_files(gone)
+            if not more:
+                break
+            yield True
+        c.payloads_kept = db.read(self._kept_payloads)
+        deleted = any((c.runs, c.cache_entries, c.values, c.payloads))
+        while db.give_back(deleted):
+            yield True
+        c.reclaimed = db.reclaimed(c.value_bytes + c.payload_bytes, c.file_bytes)
+
+    def _delete_runs(self, conn: Any, batch: list[str]) -> None:
+        runs = self._finished(conn, batch)  # still finished, still old enough
+        c = self._counts
+        for table, key in RUN_TABLES:
+            removed = self._delete(
+                conn, f"DELETE FROM {table} WHERE flow_run_id IN ({{within}})", runs
+            )
+            if key:
+                setattr(c, key, getattr(c, key) + removed)
+        self._delete(
+            conn, "DELETE FROM payload_refs WHERE owner IN ({within})", [f"run:{r}" for r in runs]
+        )
+        self._delete(
+            conn, "DELETE FROM audit WHERE object_kind='flow_run' AND object_id IN ({within})", runs
+        )
+        c.runs += self._delete(conn, "DELETE FROM flow_runs WHERE id IN ({within})", runs)
+
+    def _delete_cache_entries(self, conn: Any) -> bool:
+        m = self._db.mark
+        keys = [
+            str(k)
+            for (k,) in conn.execute(
+                f"SELECT key FROM cache_entries WHERE expires_at IS NOT NULL AND "
+                f"expires_at <= {m} LIMIT {ROW_BATCH}",
+                (self._now,),
+            ).fetchall()
+        ]
+        self._counts.cache_entries += self._delete(
+            conn,
+            f"DELETE FROM cache_entries WHERE key IN ({{within}}) AND expires_at <= {m}",
+            keys,
+            self._now,
+        )
+        return len(keys) == ROW_BATCH
+
+    def _delete_values(self, conn: Any, last: list[str]) -> bool:
+        """One batch of values nothing references, after ``last[0]`` in key order (the
+        delete checks again, for databases where others write meanwhile)."""
+        m = self._db.mark
+        found = [
+            str(v)
+            for (v,) in conn.execute(
+                f"SELECT v.id FROM run_values v WHERE v.id > {m} AND {ORPHAN_VALUE} "
+                f"ORDER BY v.id LIMIT {ROW_BATCH}",
+                (last[0],),
+            ).fetchall()
+        ]
+        if not found:
+            return False
+        last[0] = found[-1]
+        gone = self._rows(
+            conn,
+            f"DELETE FROM run_values AS v WHERE v.id IN ({{within}}) AND {ORPHAN_VALUE} "
+            "RETURNING id, size",
+            found,
+        )
+        c = self._counts
+        c.values += len(gone)
+        c.value_bytes += sum(int(size) for _, size in gone)
+        self._delete(
+            conn,
+            "DELETE FROM payload_refs WHERE owner IN ({within})",
+            [f"value:{v}" for v, _ in gone],
+        )
+        return len(found) == ROW_BATCH
+
+    def _unreferenced(self) -> str:
+        """The payloads a prune deletes (``p``): nothing references them, older than the
+        grace, and not in a payload directory the store cannot delete from."""
+        where = f"p.created_at < {self._db.mark} AND {UNREFERENCED_PAYLOAD}"
+        return where if self._db.files else f"{where} AND NOT {PAYLOAD_IN_A_DIRECTORY}"
+
+    def _delete_payloads(self, conn: Any, last: list[str]) -> tuple[bool, list[str]]:
+        """One batch of payloads (at most PAYLOAD_BATCH, closing after
+        PAYLOAD_BATCH_BYTES): whether more may remain, and the ids deleted."""
+        m = self._db.mark
+        found = conn.execute(
+            f"SELECT p.id, p.size FROM payloads p WHERE p.id > {m} AND {self._unreferenced()} "
+            f"ORDER BY p.id LIMIT {PAYLOAD_BATCH}",
+            (last[0], self._now - self._grace),
+        ).fetchall()
+        taken: list[str] = []
+        size = 0
+        for payload, nbytes in found:
+            taken.append(str(payload))
+            size += int(nbytes)
+            if size >= PAYLOAD_BATCH_BYTES:
+                break
+        if not taken:
+            return False, []
+        last[0] = taken[-1]
+        gone = self._rows(
+            conn,
+            f"DELETE FROM payloads AS p WHERE p.id IN ({{within}}) AND {self._unreferenced()} "
+            "RETURNING id, size",
+            taken,
+            self._now - self._grace,
+        )
+        ids = [str(i) for i, _ in gone]
+        self._delete(conn, "DELETE FROM payload_chunks WHERE id IN ({within})", ids)
+        c = self._counts
+        c.payloads += len(ids)
+        c.payload_bytes += sum(int(nbytes) for _, nbytes in gone)
+        return len(found) == PAYLOAD_BATCH or len(taken) < len(found), ids
+
+    def _kept_payloads(self, conn: Any) -> int:
+        """Payloads nothing references whose bytes are in a payload directory this
+        store was not given (deleting the rows would leave the files for ever)."""
+        if self._db.files:
+            return 0
+        row = conn.execute(
+            f"SELECT count(*) FROM payloads p WHERE p.created_at < {self._db.mark} AND "
+            f"{UNREFERENCED_PAYLOAD} AND {PAYLOAD_IN_A_DIRECTORY}",
+            (self._now - self._grace,),
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    # ------------------------------------------------------------------ counting
+
+    def _dry(self) -> Iterator[bool]:
+        """The dry run: the counts, by reads only (one step per batch of runs)."""
+        db = self._db
+        dying: set[str] = set()
+        if self._ended_before is not None:
+            for batch in db.read(lambda conn: self._batches(conn, self._finished(conn))):
+                db.read(functools.partial(self._count_runs, batch=batch))
+                dying.update(batch)
+                yield True
+        values = db.read(lambda conn: self._count_values(conn, dying))
+        yield True
+        db.read(lambda conn: self._count_payloads(conn, dying, values))
+
+    def _count_runs(self, conn: Any, batch: list[str]) -> None:
+        c = self._counts
+        c.runs += len(batch)
+        for table, key in RUN_TABLES:
+            if key:
+                found = self._rows(
+                    conn, f"SELECT count(*) FROM {table} WHERE flow_run_id IN ({{within}})", batch
+                )
+                setattr(c, key, getattr(c, key) + sum(int(n) for (n,) in found))
+
+    def _count_values(self, conn: Any, dying: set[str]) -> set[str]:
+        """Count the expired cache entries and the values that would go; those values."""
+        m = self._db.mark
+        c = self._counts
+        expired = conn.execute(
+            f"SELECT value_id FROM cache_entries WHERE expires_at IS NOT NULL "
+            f"AND expires_at <= {m}",
+            (self._now,),
+        ).fetchall()
+        c.cache_entries = len(expired)
+        candidates = {str(v) for (v,) in expired}
+        candidates.update(
+            str(v)
+            for (v,) in self._rows(
+                conn,
+                "SELECT DISTINCT value_id FROM run_events WHERE flow_run_id IN ({within}) "
+                "AND value_id != ''",
+                sorted(dying),
+            )
+        )
+        candidates.update(
+            str(v) for (v,) in conn.execute(f"SELECT v.id FROM run_values v WHERE {ORPHAN_VALUE}")
+        )
+        ids = sorted(candidates)
+        held = {
+            str(v)
+            for v, run in self._rows(
+                conn,
+                "SELECT DISTINCT value_id, flow_run_id FROM run_events WHERE value_id IN "
+                "({within})",
+                ids,
+            )
+            if run not in dying
+        }
+        held.update(
+            str(v)
+            for (v,) in self._rows(
+                conn,
+                f"SELECT value_id FROM cache_entries WHERE value_id IN ({{within}}) AND "
+                f"(expires_at IS NULL OR expires_at > {m})",
+                ids,
+                self._now,
+            )
+        )
+        going = [v for v in ids if v not in held]
+        sizes = self._rows(conn, "SELECT id, size FROM run_values WHERE id IN ({within})", going)
+        c.values = len(sizes)
+        return {str(v) for v, _ in sizes}
+
+    def _count_payloads(self, conn: Any, dying: set[str], values: set[str]) -> None:
+        c = self._counts
+        owners = [f"run:{r}" for r in sorted(dying)] + [f"value:{v}" for v in sorted(values)]
+        going_owners = set(owners)
+        candidates = {
+            str(p)
+            for (p,) in self._rows(
+                conn, "SELECT payload_id FROM payload_refs WHERE owner IN ({within})", owners
+            )
+        }
+        candidates.update(
+            str(p)
+            for (p,) in conn.execute(f"SELECT p.id FROM payloads p WHERE {UNREFERENCED_PAYLOAD}")
+        )
+        ids = sorted(candidates)
+        held = {
+            str(p)
+            for p, owner in self._rows(
+                conn,
+                "SELECT payload_id, owner FROM payload_refs WHERE payload_id IN ({within})",
+                ids,
+            )
+            if owner not in going_owners
+        }
+        rows = self._rows(
+            conn,
+            f"SELECT p.id, p.size, {PAYLOAD_IN_A_DIRECTORY} FROM payloads p "
+            f"WHERE p.id IN ({{within}}) AND p.created_at < {self._db.mark}",
+            [p for p in ids if p not in held],
+            self._now - self._grace,
+        )
+        for _, size, in_directory in rows:
+            if in_directory and not self._db.files:
+                c.payloads_kept += 1
+            else:
+                c.payloads += 1
+                c.payload_bytes += int(size)

@@ -1,0 +1,308 @@
+"""A prune in short transactions (store/_prune.py), the same tests on SQLite and
+PostgreSQL: a dry run counts exactly what the prune then deletes and writes nothing;
+the prune goes in batches of whole families, each checking its runs again, and others
+write between its steps; a server's retention runs each step as a write of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater.wire import FlowRunState
+from headwater_runtime.store import (
+    CacheRow,
+    FlowRunRow,
+    LogRow,
+    NotFound,
+    RunEvent,
+    ScheduleRow,
+    SQLiteStore,
+    Store,
+    TaskRunRow,
+    WriteBatch,
+    _prune,
+    open_store,
+)
+
+RUNNING = FlowRunState.RUNNING.value
+SUCCESS = FlowRunState.SUCCESS.value
+FAILED = FlowRunState.FAILED.value
+NOW = 100_000.0
+OLD = 1_000.0  # when the old runs ended
+CUTOFF = 50_000.0  # prune runs that ended before this
+
+
+@pytest.fixture
+def store(db: str) -> Iterator[Any]:
+    s = open_store(db, clock=lambda: 10.0)  # when payloads are uploaded
+    yield s
+    s.close()
+
+
+def value(text: str, payloads: tuple[str, ...] = ()) -> Any:
+    from headwater_runtime.store import ValueRow
+
+    data = text.encode()
+    return ValueRow(hashlib.sha256(data).hexdigest(), data, payloads)
+
+
+def payload(store: Store, text: str) -> str:
+    return store.put_payload(iter([text.encode()]), {"encoding": "json"}, len(text)).id
+
+
+def add_run(
+    store: Store,
+    run_id: str,
+    *,
+    state: int = SUCCESS,
+    ended: float | None = OLD,
+    parent: str = "",
+    values: tuple[Any, ...] = (),
+    tasks: int = 1,
+) -> None:
+    """A run with a journal entry per value, ``tasks`` task runs and a log record."""
+    store.create_flow_run(FlowRunRow(run_id, "etl", "1", RUNNING, 1.0, parent_flow_run_id=parent))
+    batch = WriteBatch()
+    batch.flow_runs[run_id] = FlowRunRow(
+        run_id, "etl", "1", state, 1.0, ended_at=ended, parent_flow_run_id=parent
+    )
+    for seq, v in enumerate(values):
+        batch.values[v.id] = v
+        batch.events.append(RunEvent(run_id, seq, 1.0, "TaskSucceeded", b"", v.id))
+    for i in range(tasks):
+        batch.task_runs[(run_id, f"t{i}")] = TaskRunRow(run_id, f"t{i}", "t", -1, SUCCESS, 1, 1.0)
+    batch.logs.append(LogRow(run_id, "t0", 1, 1.0, "INFO", "etl", "hello"))
+    store.commit(batch)
+
+
+def populate(store: Store) -> dict[str, str]:
+    """Old runs, kept runs, shared values, cache entries and payloads in every case a
+    prune tells apart. The names of what must survive."""
+    shared = value("shared")  # an old run's value that a kept run also references
+    cached = value("cached")  # an old run's value an unexpired cache entry holds
+    old_only_payload = payload(store, "old-only")
+    with_payload = value("with-payload", (old_only_payload,))  # goes: so does its payload
+    for i in range(6):
+        add_run(store, f"old{i}", values=(value(f"old{i}"), shared, cached, with_payload))
+    add_run(store, "old.child", parent="old0", values=(value("child"),))
+    add_run(store, "recent", ended=NOW - 10, values=(shared,))
+    add_run(store, "running", state=RUNNING, ended=None, values=(value("running"),))
+    expired, unexpired = value("expired-cache"), value("unexpired-cache")
+    batch = WriteBatch()
+    batch.values.update({v.id: v for v in (expired, unexpired, cached)})
+    batch.cache += [
+        CacheRow("k-expired", expired.id, NOW - 1),
+        CacheRow("k-unexpired", unexpired.id, NOW + 3600),
+        CacheRow("k-cached", cached.id, None),
+    ]
+    store.commit(batch)
+    scheduled = payload(store, "scheduled")
+    store.put_schedule(ScheduleRow("s1", "etl", b"", None, True, (scheduled,)))
+    payload(store, "unreferenced")
+    return {
+        "shared": shared.id,
+        "cached": cached.id,
+        "unexpired": unexpired.id,
+        "scheduled": scheduled,
+        "old_only_payload": old_only_payload,
+    }
+
+
+def report_counts(report: Any) -> dict[str, int]:
+    fields = ("runs", "journal_entries", "task_runs", "logs", "values", "payloads")
+    more = ("payload_bytes", "cache_entries", "payloads_kept")
+    return {name: getattr(report, name) for name in (*fields, *more)}
+
+
+def test_a_dry_run_counts_exactly_what_the_prune_then_deletes(store: Store) -> None:
+    kept = populate(store)
+    before = store.stats()  # type: ignore[attr-defined]
+    dry = store.prune(CUTOFF, NOW, grace=0, dry_run=True)
+    assert dry.dry_run and dry.bytes_reclaimed == 0
+    assert store.stats() == before  # type: ignore[attr-defined]
+    real = store.prune(CUTOFF, NOW, grace=0)
+    assert report_counts(dry) == report_counts(real)
+    # 6 old runs and the child; values: old0..5, child, with-payload, expired-cache;
+    # payloads: the one only an old value held, and the unreferenced upload.
+    assert (real.runs, real.values, real.payloads, real.cache_entries) == (7, 9, 2, 1)
+    assert real.journal_entries == 6 * 4 + 1 and real.task_runs == 7 and real.logs == 7
+    for run_id in ("recent", "running"):
+        assert store.get_flow_run(run_id).id == run_id
+    assert store.get_cache("k-unexpired") is not None and store.get_cache("k-cached") is not None
+    assert store.get_cache("k-expired") is None
+    assert store.payload_meta(kept["scheduled"]).size == len("scheduled")
+    with pytest.raises(NotFound):
+        store.payload_meta(kept["old_only_payload"])
+    again = store.prune(CUTOFF, NOW, grace=0, dry_run=True)
+    assert report_counts(again) == report_counts(store.prune(CUTOFF, NOW, grace=0))
+    assert again.runs == again.values == again.payloads == 0
+
+
+def test_a_dry_run_takes_no_write_lock(tmp_path: Path) -> None:
+    """A dry run used to delete and roll back: it needed free space and held the
+    database's write lock (a server's commits waited) as long as a real prune."""
+    path = tmp_path / "hw.db"
+    store = SQLiteStore(path, clock=lambda: 10.0)
+    populate(store)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock throughout
+    try:
+        store._db.execute("PRAGMA busy_timeout=0")
+        dry = store.prune(CUTOFF, NOW, grace=0, dry_run=True)
+        assert dry.runs == 7
+        with pytest.raises(Exception, match="locked"):
+            store.prune(CUTOFF, NOW, grace=0)  # the real one needs the lock
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        store.close()
+
+
+def test_each_step_is_a_transaction_of_its_own_and_others_write_between(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_prune, "RUN_BATCH", 2)
+    for i in range(6):
+        add_run(store, f"old{i}", values=(value(f"v{i}"),))
+    pruning = store.pruning(CUTOFF, NOW, grace=0)
+    left = []
+    while pruning.step():
+        left.append(len(store.list_flow_runs(limit=100)))
+        add_run(store, f"new{len(left)}", ended=None, state=RUNNING)  # a commit between
+    # Three batches of two runs, each committed on its own, the new runs untouched.
+    assert left[:3] == [4 + 0, 2 + 1, 0 + 2]
+    report = pruning.report()
+    assert report.runs == 6 and report.values == 6
+    assert {r.id for r in store.list_flow_runs(limit=100)} == {
+        f"new{n}" for n in range(1, len(left) + 1)
+    }
+
+
+def test_a_family_goes_in_one_batch(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_prune, "RUN_BATCH", 1)
+    add_run(store, "parent")
+    add_run(store, "parent.a", parent="parent")
+    add_run(store, "parent.a.x", parent="parent.a")
+    add_run(store, "alone")
+    pruning = store.pruning(CUTOFF, NOW, grace=0)
+    seen = []
+    while pruning.step():
+        seen.append({r.id for r in store.list_flow_runs(limit=100)})
+    assert {"parent", "alone"} - seen[0] in ({"parent"}, {"alone"})
+    family = {"parent", "parent.a", "parent.a.x"}
+    assert family <= seen[0] or not family & seen[0]  # all of it or none of it
+    assert seen[1] == set() and pruning.report().runs == 4
+
+
+def test_a_run_retried_after_the_plan_is_kept(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch checks its runs again in its own transaction: a run that was retried
+    (running again) since the prune listed it stays, with its journal."""
+    monkeypatch.setattr(_prune, "RUN_BATCH", 1)
+    add_run(store, "a", values=(value("a"),))
+    add_run(store, "b", values=(value("b"),))
+    pruning = store.pruning(CUTOFF, NOW, grace=0)
+    assert pruning.step()  # the plan (both runs), and the first batch
+    (left,) = [r.id for r in store.list_flow_runs(limit=10)]
+    batch = WriteBatch()
+    batch.flow_runs[left] = FlowRunRow(left, "etl", "1", RUNNING, 1.0)  # a retry
+    store.commit(batch)
+    while pruning.step():
+        pass
+    assert pruning.report().runs == 1
+    assert store.get_flow_run(left).state == RUNNING
+    assert len(store.events(left)) == 1
+
+
+def test_a_large_run_goes_alone_and_small_ones_together(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_prune, "TASK_RUN_BATCH", 10)
+    add_run(store, "big", tasks=25)
+    for i in range(4):
+        add_run(store, f"small{i}", tasks=2)
+    pruning = store.pruning(CUTOFF, NOW, grace=0)
+    sizes = []
+    before = 5
+    while pruning.step():
+        now = len(store.list_flow_runs(limit=100))
+        sizes.append(before - now)
+        before = now
+    assert sorted(s for s in sizes if s) == [1, 4]
+
+
+def test_a_servers_prune_runs_each_step_as_a_write_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention on a server: the steps go to the writer thread one by one, so the
+    commits of runs go between them (one transaction held every commit as long as it
+    deleted); a dry run leaves the writer thread alone."""
+    from test_durability import served
+
+    monkeypatch.setattr(_prune, "RUN_BATCH", 1)
+    store = SQLiteStore(tmp_path / "hw.db")
+    for i in range(4):
+        add_run(store, f"old{i}")
+    order: list[str] = []
+    real_step = _prune.Pruning.step
+
+    def step(self: _prune.Pruning) -> bool:
+        more = real_step(self)
+        order.append(f"{'dry' if self.dry_run else 'prune'} on {threading.current_thread().name}")
+        return more
+
+    monkeypatch.setattr(_prune.Pruning, "step", step)
+
+    async def scenario() -> tuple[Any, Any]:
+        async with served(store) as running:
+            core = running.core
+
+            async def commits() -> None:
+                for n in range(4):
+                    await core.io.write(order.append, f"commit{n}")
+                    await asyncio.sleep(0)
+
+            dry = await core.prune(0.5, dry_run=True, grace=0)
+            real, _ = await asyncio.gather(core.prune(0.5, grace=0), commits())
+            return dry, real
+
+    try:
+        dry, real = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert dry.runs == real.runs == 4
+    dry_steps = [o for o in order if o.startswith("dry")]
+    assert dry_steps and all("reader" in o for o in dry_steps), order
+    steps = [i for i, o in enumerate(order) if o.startswith("prune")]
+    assert len(steps) >= 5 and all("writer" in order[i] for i in steps), order
+    assert any(o.startswith("commit") for o in order[steps[0] : steps[-1]]), order
+
+
+def test_a_prune_beside_a_server_pauses_between_steps(tmp_path: Path) -> None:
+    """``headwater prune`` beside a server leaves the lock free between its steps for
+    long enough that the server's waiting commits get in (SQLite's busy handler sleeps
+    longer the longer a writer waits: taking the lock again at once starved them for
+    over a second); alone, or inside the server, it does not pause."""
+    from headwater_runtime.store._sqlite import BUSY_RETRY, PAUSE_MIN
+
+    path = tmp_path / "hw.db"
+    alone = SQLiteStore(path)
+    assert alone.pruning(None, NOW, grace=0)._db.pause(0.001) == 0.0  # type: ignore[attr-defined]
+    server = SQLiteStore(path)
+    server.claim("a test server")
+    try:
+        beside = alone.pruning(None, NOW, grace=0)._db  # type: ignore[attr-defined]
+        assert beside.pause(0.001) == PAUSE_MIN and beside.pause(0.05) == 0.05
+        assert beside.pause(3.0) == BUSY_RETRY
+        assert server.pruning(None, NOW, grace=0)._db.pause(0.001) == 0.0  # type: ignore[attr-defined]
+    finally:
+        server.close()
+        alone.close()
