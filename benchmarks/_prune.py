@@ -5,7 +5,8 @@ payload of ``kb`` KB, 40 journal entries, 20 task runs, 20 log records) through 
 store, before any server opens it. Then a real ``headwater server`` serves it and this
 process creates one-task runs (no worker: they stay queued) one after another on a
 thread, after registering their flow: each CreateFlowRun (and the RegisterFlow) returns
-once it is committed, so its round trip is how long the server's writes waited. Phases, each with the round trips that overlapped it:
+once it is committed, so its round trip is how long the server's writes waited.
+Phases, each with the round trips that overlapped it:
 
 * ``idle``: 2 s before anything else (the machine's own noise);
 * ``dry-run``: ``headwater prune --older-than 1s --dry-run`` beside the server;
