@@ -48,6 +48,7 @@ class PostgresPruning:
         blobs: DirectoryBlobs | None,
         grace: float,
     ) -> None:
+        """``grace``: seconds an upload file a crash cut short is kept (the sweep)."""
         self._store = store
         self._pool = pool
         self._blobs = blobs
@@ -55,9 +56,11 @@ class PostgresPruning:
         self.files = blobs is not None
 
     def write(self, work: Callable[[Conn], T]) -> T:
+        """``work(connection)`` in one transaction fenced by the server's epoch."""
         return self._store._write(work)
 
     def read(self, work: Callable[[Conn], T]) -> T:
+        """``work(connection)`` on a pooled connection, reading only."""
         from ._postgres import _unavailable
 
         try:
@@ -71,6 +74,7 @@ class PostgresPruning:
             raise
 
     def forget_files(self, payload_ids: list[str]) -> int:
+        """Delete the files of deleted payloads (with --payload-dir); their bytes."""
         if self._blobs is None:
             return 0
         size = self._blobs.size_of(payload_ids)
@@ -92,4 +96,6 @@ class PostgresPruning:
         return 0.0
 
     def reclaimed(self, deleted_bytes: int, file_bytes: int) -> int:
+        """The bytes of the values and payloads deleted (PostgreSQL keeps its files'
+        size; VACUUM makes the space reusable)."""
         return deleted_bytes
