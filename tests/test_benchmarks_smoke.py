@@ -102,6 +102,12 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     for phase in ("idle ", "RegisterFlow ", "CreateFlowRun ", "CancelFlowRun "):
         assert any(line.strip().startswith(phase) for line in proc.stdout.splitlines())
     assert "server-download: downloading a 48 MiB payload" in proc.stdout, proc.stdout
+    # The server's writes while old runs are pruned (beside it, and by its retention).
+    assert "server-prune: CreateFlowRun round trips" in proc.stdout, proc.stdout
+    for phase in ("dry-run ", "prune ", "retention "):
+        assert any(line.strip().startswith(phase) for line in proc.stdout.splitlines())
+    assert "prune: deleted 200 finished run(s)" in proc.stdout, proc.stdout
+    assert "retention: pruned 200 finished runs" in proc.stdout, proc.stdout
     # The Dask bridge's cluster memory across runs.
     assert "server-bridge-memory: 4 runs, each passing 1 MiB" in proc.stdout, proc.stdout
     assert "cluster memory held after each run (MiB):" in proc.stdout, proc.stdout
