@@ -117,7 +117,13 @@ def populate(store: Store) -> dict[str, str]:
 
 def report_counts(report: Any) -> dict[str, int]:
     fields = ("runs", "journal_entries", "task_runs", "logs", "values", "payloads")
-    more = ("payload_bytes", "cache_entries", "payloads_kept")
+    more = (
+        "payload_bytes",
+        "cache_entries",
+        "payloads_kept",
+        "payloads_waiting",
+        "payload_bytes_waiting",
+    )
     return {name: getattr(report, name) for name in (*fields, *more)}
 
 
@@ -143,6 +149,36 @@ def test_a_dry_run_counts_exactly_what_the_prune_then_deletes(store: Store) -> N
     again = store.prune(CUTOFF, NOW, grace=0, dry_run=True)
     assert report_counts(again) == report_counts(store.prune(CUTOFF, NOW, grace=0))
     assert again.runs == again.values == again.payloads == 0
+
+
+def test_payloads_younger_than_the_grace_are_counted_as_waiting(store: Store) -> None:
+    """Unreferenced payloads inside the grace are kept, and the report says how many
+    and how large (a trial: `0 payload(s)` gave no hint of 411 MB waiting a day)."""
+    populate(store)
+    dry = store.prune(CUTOFF, NOW, grace=NOW, dry_run=True)  # every upload is younger
+    real = store.prune(CUTOFF, NOW, grace=NOW)
+    assert report_counts(dry) == report_counts(real)
+    assert real.payloads == 0 and real.runs == 7
+    # the payload only an old run's value held, and the upload nothing ever held
+    assert (real.payloads_waiting, real.payload_bytes_waiting) == (2, len("old-only") + 12)
+    again = store.prune(CUTOFF, NOW, grace=0, dry_run=True)
+    assert (again.payloads, again.payloads_waiting) == (2, 0)
+
+
+def test_headwater_prune_says_what_waits_out_the_grace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headwater._cli import main
+
+    path = tmp_path / "hw.db"
+    store = SQLiteStore(path)
+    store.put_payload(iter([b"z" * 1000]), {"encoding": "json"}, 1000)
+    store.close()
+    for dry, verb in ((["--dry-run"], "would keep"), ([], "kept")):
+        assert main(["prune", "--db", str(path), *dry]) == 0
+        out = capsys.readouterr().out
+        assert f"{verb} 1 unreferenced payload(s) (1000 bytes) younger than " in out, out
+        assert "--payload-grace 1d" in out and "0 payload(s)" in out, out
 
 
 def test_a_dry_run_takes_no_write_lock(tmp_path: Path) -> None:

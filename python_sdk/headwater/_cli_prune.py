@@ -59,6 +59,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"kept {report.payloads_kept} unreferenced payload(s) whose bytes are in a payload "
             "directory: give the server's --payload-dir to delete them and their files"
         )
+    if report.payloads_waiting:
+        print(
+            f"{'would keep' if report.dry_run else 'kept'} {report.payloads_waiting} "
+            f"unreferenced payload(s) ({report.payload_bytes_waiting} bytes) younger than "
+            f"--payload-grace {args.payload_grace}: an upload may be on its way to a result; "
+            "a later prune deletes them"
+        )
     if not report.dry_run:
         where = getattr(store, "where", db) + (f" and {payload_dir}" if payload_dir else "")
         print(f"reclaimed {report.bytes_reclaimed} bytes of {where}")

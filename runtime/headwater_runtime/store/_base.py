@@ -249,6 +249,10 @@ class PruneReport:
     #: Unreferenced payloads kept because their bytes are in a payload directory this
     #: store was not given (deleting the rows would leave the files for ever).
     payloads_kept: int = 0
+    #: Payloads nothing references that are younger than the grace, and their bytes:
+    #: kept this time (an upload may be on its way to a result), a later prune's.
+    payloads_waiting: int = 0
+    payload_bytes_waiting: int = 0
 
 
 @dataclass(frozen=True, slots=True)

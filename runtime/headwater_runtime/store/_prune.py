@@ -119,6 +119,8 @@ class _Counts:
     payloads: int = 0
     payload_bytes: int = 0
     payloads_kept: int = 0
+    payloads_waiting: int = 0
+    payload_bytes_waiting: int = 0
     cache_entries: int = 0
     file_bytes: int = 0
     reclaimed: int = 0
@@ -186,6 +188,8 @@ class Pruning:
             bytes_reclaimed=c.reclaimed,
             dry_run=self.dry_run,
             payloads_kept=c.payloads_kept,
+            payloads_waiting=c.payloads_waiting,
+            payload_bytes_waiting=c.payload_bytes_waiting,
         )
 
     # ------------------------------------------------------------------ SQL
@@ -297,6 +301,7 @@ class Pruning:
                 break
             yield True
         c.payloads_kept = db.read(self._kept_payloads)
+        c.payloads_waiting, c.payload_bytes_waiting = db.read(self._waiting_payloads)
         deleted = any((c.runs, c.cache_entries, c.values, c.payloads))
         while db.give_back(deleted):
             yield True
@@ -419,6 +424,16 @@ class Pruning:
         ).fetchone()
         return int(row[0]) if row is not None else 0
 
+    def _waiting_payloads(self, conn: Any) -> tuple[int, int]:
+        """Payloads nothing references that are younger than the grace: how many,
+        and their bytes."""
+        row = conn.execute(
+            f"SELECT count(*), coalesce(sum(p.size), 0) FROM payloads p "
+            f"WHERE p.created_at >= {self._db.mark} AND {UNREFERENCED_PAYLOAD}",
+            (self._now - self._grace,),
+        ).fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
     # ------------------------------------------------------------------ counting
 
     def _dry(self) -> Iterator[bool]:
@@ -519,13 +534,15 @@ class Pruning:
         }
         rows = self._rows(
             conn,
-            f"SELECT p.id, p.size, {PAYLOAD_IN_A_DIRECTORY} FROM payloads p "
-            f"WHERE p.id IN ({{within}}) AND p.created_at < {self._db.mark}",
+            f"SELECT p.id, p.size, {PAYLOAD_IN_A_DIRECTORY}, p.created_at FROM payloads p "
+            f"WHERE p.id IN ({{within}})",
             [p for p in ids if p not in held],
-            self._now - self._grace,
         )
-        for _, size, in_directory in rows:
-            if in_directory and not self._db.files:
+        for _, size, in_directory, created_at in rows:
+            if created_at >= self._now - self._grace:
+                c.payloads_waiting += 1
+                c.payload_bytes_waiting += int(size)
+            elif in_directory and not self._db.files:
                 c.payloads_kept += 1
             else:
                 c.payloads += 1
