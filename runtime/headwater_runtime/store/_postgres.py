@@ -192,9 +192,14 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             check_lease(self.epoch, fence.fetchone())
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._reading(lambda conn: conn.execute(sql, args or None).fetchall())
+
+    def _reading(self, work: Callable[[Conn], T]) -> T:
+        """``work(connection)`` on a pooled connection; errors that mean "cannot read
+        now" become StoreUnavailable."""
         try:
             with self._pool.connection() as conn:
-                return conn.execute(sql, args or None).fetchall()
+                return work(conn)
         except psycopg.OperationalError as exc:
             raise _unavailable(exc, "read from") from exc
         except psycopg.Error as exc:

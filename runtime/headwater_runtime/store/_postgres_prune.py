@@ -61,17 +61,7 @@ class PostgresPruning:
 
     def read(self, work: Callable[[Conn], T]) -> T:
         """``work(connection)`` on a pooled connection, reading only."""
-        from ._postgres import _unavailable
-
-        try:
-            with self._pool.connection() as conn:
-                return work(conn)
-        except psycopg.OperationalError as exc:
-            raise _unavailable(exc, "read from") from exc
-        except psycopg.Error as exc:
-            if exc.sqlstate is None:  # not from the server: the connection broke
-                raise _unavailable(exc, "read from") from exc
-            raise
+        return self._store._reading(work)
 
     def forget_files(self, payload_ids: list[str]) -> int:
         """Delete the files of deleted payloads (with --payload-dir); their bytes."""
