@@ -198,7 +198,7 @@ class Pruning:
         return ", ".join([self._db.mark] * count)
 
     def _each(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> Iterator[Any]:
-        """``sql`` (with ``{in}`` for the list) run per slice of ``ids``: the cursors."""
+        """``sql`` (``{within}`` stands for the list) run per slice of ``ids``: the cursors."""
         for start in range(0, len(ids), IN_LIST):
             part = list(ids[start : start + IN_LIST])
             yield conn.execute(sql.format(within=self._marks(len(part))), (*part, *extra))
