@@ -493,18 +493,33 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SQLiteStore(path)
 
 
-def test_an_upload_cut_short_leaves_nothing_visible_and_is_swept_on_reopen(
+def test_an_upload_cut_short_leaves_nothing_visible_and_is_swept_by_the_next_server(
     tmp_path: Path,
 ) -> None:
+    """Only a server claiming the database sweeps: a store opened beside a running
+    server (`headwater prune`, even a dry run, or `headwater tokens`) swept the chunks
+    of the server's uploads under way, whose payloads then lacked them (a user trial:
+    DATA_LOSS for runs with large results)."""
     path = tmp_path / "hw.db"
     store = SQLiteStore(path)
+    store.claim("the server")
     writer = store.begin_payload({"encoding": "pickle"}, 3 << 20)
-    writer.write(b"x" * (2 << 20))  # two chunks stored, then the server "dies"
+    writer.write(b"x" * (2 << 20))  # two chunks stored: an upload under way
     with pytest.raises(NotFound):
         store.payload_meta(writer.id)
+    beside = SQLiteStore(path)  # headwater prune --dry-run, beside the server
+    beside.prune(None, 1e12, grace=0, dry_run=True)
+    beside.close()
+    writer.write(b"x" * (1 << 20))
+    assert store.payload_meta(writer.finish().id).size == 3 << 20  # every chunk there
+    assert b"".join(store.read_payload(writer.id)) == b"x" * (3 << 20)
+    second = store.begin_payload({"encoding": "pickle"}, 3 << 20)
+    second.write(b"y" * (2 << 20))  # then the server "dies" mid-upload
     store.close()
     reopened = SQLiteStore(path)
-    assert reopened._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 0
+    assert reopened._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 5
+    reopened.claim("the next server")
+    assert reopened._db.execute("SELECT COUNT(*) FROM payload_chunks").fetchone()[0] == 3
     reopened.close()
 
 

@@ -157,10 +157,6 @@ class SQLiteStore(SQLiteOps, AccessTables):
                     "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            # Chunks of uploads that never finished (the server died mid-upload).
-            db.execute("DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)")
-            if self._blobs is not None:
-                self._blobs.sweep()
             self._identity = _file_identity(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -240,6 +236,19 @@ class SQLiteStore(SQLiteOps, AccessTables):
         lock.write(f"pid {os.getpid()}, {holder}")
         lock.flush()
         self._claim = lock
+        # Chunks of uploads that never finished (the server died mid-upload): only now,
+        # with the database claimed. On every open, `headwater prune` (even a dry run)
+        # or `headwater tokens` beside a server deleted the chunks of uploads under way
+        # (committed one per transaction before their payload row): their payloads
+        # were then published with chunks missing (a user trial: DATA_LOSS).
+        _transaction(
+            self._db,
+            lambda: self._db.execute(
+                "DELETE FROM payload_chunks WHERE id NOT IN (SELECT id FROM payloads)"
+            ),
+        )
+        if self._blobs is not None:
+            self._blobs.sweep()
         # SQLite copies the write-ahead log back into the database file inside the
         # commit that makes the log pass 1,000 pages: that commit took several ms, and
         # nothing it covers leaves the server before it is stored. The server's writer
