@@ -342,3 +342,49 @@ def test_a_prune_beside_a_server_pauses_between_steps(tmp_path: Path) -> None:
     finally:
         server.close()
         alone.close()
+
+
+def test_giving_space_back_stops_without_losing_the_prune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full disk (or a busy lock) while the space goes back ended `headwater prune`
+    with a traceback, after its deletions were committed (a user trial). Now it says
+    so in one line and exits 0; and one prune gives back for at most
+    GIVE_BACK_BUDGET seconds (a long, scattered free list took 1 s per 2 MB): the
+    next prune carries on."""
+    from headwater._cli import main
+    from headwater_runtime.store import _sqlite
+
+    path = tmp_path / "hw.db"
+    store = SQLiteStore(path, clock=lambda: 10.0)
+    for i in range(3):
+        add_run(store, f"old{i}", values=(value(f"v{i}", (payload(store, "p" * 300_000),)),))
+    store.close()
+
+    def full(self: Any, pages: int) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_sqlite._SQLitePruning, "_incremental_vacuum", full)
+        store = SQLiteStore(path)
+        pruning = store.pruning(CUTOFF, NOW, grace=0)
+        while True:
+            try:
+                if not pruning.step():
+                    break
+            except sqlite3.OperationalError:
+                pytest.fail("giving space back raised")
+        report = pruning.report()
+        store.close()
+    assert report.runs == 3 and report.payloads == 3
+    assert report.give_back_stopped == "database or disk is full"
+    monkeypatch.setattr(_sqlite, "GIVE_BACK_BUDGET", 0.0)
+    monkeypatch.setattr(_sqlite, "GIVE_BACK_PAGES", 16)
+    assert main(["prune", "--db", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stopped giving space back to the file system (gave space back for 0s" in out, out
+    monkeypatch.setattr(_sqlite, "GIVE_BACK_BUDGET", 30.0)
+    store = SQLiteStore(path)
+    assert store.prune(None, NOW, grace=0).give_back_stopped == ""
+    assert store.stats()["freelist_count"] == 0
+    store.close()

@@ -66,6 +66,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
             f"--payload-grace {args.payload_grace}: an upload may be on its way to a result; "
             "a later prune deletes them"
         )
+    if report.give_back_stopped:
+        print(
+            f"stopped giving space back to the file system ({report.give_back_stopped}): "
+            "new data reuses it, and the next prune gives back the rest"
+        )
     if not report.dry_run:
         where = getattr(store, "where", db) + (f" and {payload_dir}" if payload_dir else "")
         print(f"reclaimed {report.bytes_reclaimed} bytes of {where}")

@@ -465,6 +465,20 @@ class ServerCore(WorkerReports):
                     report.payloads,
                     report.bytes_reclaimed,
                 )
+            if report.payloads_waiting:
+                log.info(
+                    "kept %d unreferenced payloads (%d bytes) younger than the payload "
+                    "grace (an upload may be on its way to a result); a later prune "
+                    "deletes them",
+                    report.payloads_waiting,
+                    report.payload_bytes_waiting,
+                )
+            if report.give_back_stopped:
+                log.warning(
+                    "stopped giving space back to the file system (%s): new data reuses "
+                    "it, and the next prune gives back the rest",
+                    report.give_back_stopped,
+                )
         except Exception:
             log.exception("pruning failed; trying again at the next interval")
         finally:

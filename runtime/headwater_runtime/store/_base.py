@@ -253,6 +253,9 @@ class PruneReport:
     #: kept this time (an upload may be on its way to a result), a later prune's.
     payloads_waiting: int = 0
     payload_bytes_waiting: int = 0
+    #: Why the prune stopped giving space back before the end ("" when it did not):
+    #: new rows reuse what is left, and the next prune carries on.
+    give_back_stopped: str = ""
 
 
 @dataclass(frozen=True, slots=True)

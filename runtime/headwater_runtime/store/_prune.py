@@ -70,6 +70,11 @@ RUN_TABLES = (
 )
 
 
+class GiveBackStopped(Exception):
+    """``PruneDB.give_back`` stopped before all the space was given back (why: the
+    message). What was deleted stays deleted; new rows reuse the space."""
+
+
 class PruneDB(Protocol):
     """What a store gives ``Pruning``: connections in transactions, and its own ways
     of freeing files and giving space back. A connection has ``execute(sql, params)``
@@ -124,6 +129,7 @@ class _Counts:
     cache_entries: int = 0
     file_bytes: int = 0
     reclaimed: int = 0
+    give_back_stopped: str = ""
     pruned: list[str] = field(default_factory=list)  # runs (of a dry run)
 
 
@@ -190,6 +196,7 @@ class Pruning:
             payloads_kept=c.payloads_kept,
             payloads_waiting=c.payloads_waiting,
             payload_bytes_waiting=c.payload_bytes_waiting,
+            give_back_stopped=c.give_back_stopped,
         )
 
     # ------------------------------------------------------------------ SQL
@@ -303,8 +310,11 @@ class Pruning:
         c.payloads_kept = db.read(self._kept_payloads)
         c.payloads_waiting, c.payload_bytes_waiting = db.read(self._waiting_payloads)
         deleted = any((c.runs, c.cache_entries, c.values, c.payloads))
-        while db.give_back(deleted):
-            yield True
+        try:
+            while db.give_back(deleted):
+                yield True
+        except GiveBackStopped as exc:
+            c.give_back_stopped = str(exc)
         c.reclaimed = db.reclaimed(c.value_bytes + c.payload_bytes, c.file_bytes)
 
     def _delete_runs(self, conn: Any, batch: list[str]) -> None:

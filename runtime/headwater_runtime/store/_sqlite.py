@@ -21,6 +21,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +47,7 @@ from ._base import (
     key_reused,
 )
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
-from ._prune import Pruning
+from ._prune import GiveBackStopped, Pruning
 from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
 from ._sqlite_payloads import SQLiteChunks, publish_payload
@@ -798,9 +799,15 @@ class SQLiteStore(SQLiteOps, AccessTables):
         return out
 
 
-#: Pages a step of giving space back frees (2 MB of 4 KB pages, ~25 ms): each step
-#: holds the write lock while SQLite moves pages from the end of the file into free ones.
+#: Pages the first step of giving space back frees (2 MB of 4 KB pages): each step
+#: holds the write lock while SQLite cuts free pages off the end of the file; later
+#: steps take as many as fit in GIVE_BACK_STEP seconds (at most GIVE_BACK_PAGES_MAX).
 GIVE_BACK_PAGES = 512
+GIVE_BACK_PAGES_MAX = 25_600
+GIVE_BACK_STEP = 0.025
+#: The longest one prune gives space back (seconds of steps); the rest is reused by
+#: new rows, and the next prune carries on.
+GIVE_BACK_BUDGET = 30.0
 #: The longest sleep of SQLite's busy handler between two tries of a waiting writer.
 BUSY_RETRY = 0.1
 #: The shortest pause between two steps of a prune beside a server: the busy handler's
@@ -838,6 +845,8 @@ class _SQLitePruning:
         self._page_size = 0
         self._swept = False
         self._beside_server: bool | None = None
+        self._pages_per_step = GIVE_BACK_PAGES
+        self._give_back_until: float | None = None
 
     def _db(self) -> sqlite3.Connection:
         db = self._store._db
@@ -881,14 +890,34 @@ class _SQLitePruning:
         return size
 
     def give_back(self, deleted: bool) -> bool:
+        """One step of ``PRAGMA incremental_vacuum``: as many pages as fit in about
+        GIVE_BACK_STEP seconds (a step of 512 pages took 2 ms on one file and 1 s on
+        another whose free list was long and scattered: SQLite searches the free list
+        for each page it cuts off), for at most GIVE_BACK_BUDGET seconds per prune.
+        Free pages left in the file are reused by new rows; the next prune gives back
+        the rest. A failure (the disk is full, the lock is busy) stops giving back and
+        is reported (``Pruning`` records it): what was deleted stays deleted."""
         db = self._db()
         if not self._swept and self._store._blobs is not None:  # uploads a crash cut short
             self._store._blobs.sweep(older_than=self._grace)
         self._swept = True
+        if self._give_back_until is None:
+            self._give_back_until = time.monotonic() + GIVE_BACK_BUDGET
+        elif time.monotonic() > self._give_back_until:
+            raise GiveBackStopped(
+                f"gave space back for {GIVE_BACK_BUDGET:g}s, the most one prune does"
+            )
         before = int(db.execute("PRAGMA page_count").fetchone()[0])
-        with self._fast_delete():
-            # Through sqlite3_exec: a prepared statement's single step frees one page only.
-            db.executescript(f"PRAGMA incremental_vacuum({GIVE_BACK_PAGES});")
+        start = time.monotonic()
+        try:
+            self._incremental_vacuum(self._pages_per_step)
+        except sqlite3.Error as exc:
+            raise GiveBackStopped(str(exc)) from exc
+        took = time.monotonic() - start
+        self._pages_per_step = max(
+            16,
+            min(GIVE_BACK_PAGES_MAX, int(self._pages_per_step * GIVE_BACK_STEP / max(took, 1e-4))),
+        )
         after = int(db.execute("PRAGMA page_count").fetchone()[0])
         free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
         if free and after < before:
@@ -896,6 +925,11 @@ class _SQLitePruning:
         with contextlib.suppress(sqlite3.Error):  # readers may hold the WAL: shrink later
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return False
+
+    def _incremental_vacuum(self, pages: int) -> None:
+        with self._fast_delete() as db:
+            # Through sqlite3_exec: a prepared statement's single step frees one page.
+            db.executescript(f"PRAGMA incremental_vacuum({pages});")
 
     def pause(self, step: float) -> float:
         """Beside a server (another process holds the database's server lock): a
