@@ -686,7 +686,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         from ._postgres_prune import PostgresPruning
 
         return Pruning(
-            PostgresPruning(self, self._pool, self._blobs, grace),
+            PostgresPruning(self, self._pool, self._blobs),
             ended_before,
             now,
             grace=grace,

@@ -46,14 +46,11 @@ class PostgresPruning:
         store: PostgresStore,
         pool: ConnectionPool[Conn],
         blobs: DirectoryBlobs | None,
-        grace: float,
     ) -> None:
-        """``grace``: seconds an upload file a crash cut short is kept (the sweep)."""
+        """``blobs``: the store's payload directory, if it was given one."""
         self._store = store
         self._pool = pool
-        self._blobs = blobs
-        self._grace = grace
-        self.files = blobs is not None
+        self.blobs = blobs
 
     def write(self, work: Callable[[Conn], T]) -> T:
         """``work(connection)`` in one transaction fenced by the server's epoch."""
@@ -63,19 +60,9 @@ class PostgresPruning:
         """``work(connection)`` on a pooled connection, reading only."""
         return self._store._reading(work)
 
-    def forget_files(self, payload_ids: list[str]) -> int:
-        """Delete the files of deleted payloads (with --payload-dir); their bytes."""
-        if self._blobs is None:
-            return 0
-        size = self._blobs.size_of(payload_ids)
-        self._blobs.delete(payload_ids)
-        return size
-
     def give_back(self, deleted: bool) -> bool:
         """VACUUM what the prune deleted from, so new rows reuse the space (autovacuum
         would too, later), once. Best effort: a failure here loses nothing."""
-        if self._blobs is not None:  # uploads a crash cut short
-            self._blobs.sweep(older_than=self._grace)
         if deleted:
             with contextlib.suppress(psycopg.Error), self._pool.connection() as conn:
                 conn.execute(f"VACUUM {', '.join(PRUNED_TABLES)}")

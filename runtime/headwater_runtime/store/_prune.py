@@ -34,6 +34,7 @@ from headwater.wire import TERMINAL_FLOW_STATES
 
 from ._base import PruneReport
 from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
+from ._payloads import DirectoryBlobs
 
 T = TypeVar("T")
 
@@ -83,8 +84,9 @@ class PruneDB(Protocol):
 
     #: The parameter placeholder: "?" (sqlite3) or "%s" (psycopg).
     mark: str
-    #: Whether the store can delete payload bytes kept in a payload directory.
-    files: bool
+    #: The store's payload directory (None: it was not given one, and payloads whose
+    #: bytes are in one are kept).
+    blobs: DirectoryBlobs | None
 
     def write(self, work: Callable[[Any], T]) -> T:
         """``work(connection)`` in one transaction (StoreUnavailable when it cannot)."""
@@ -92,10 +94,6 @@ class PruneDB(Protocol):
 
     def read(self, work: Callable[[Any], T]) -> T:
         """``work(connection)`` reading only."""
-        ...
-
-    def forget_files(self, payload_ids: list[str]) -> int:
-        """Delete the files of payloads whose rows were deleted; the bytes freed."""
         ...
 
     def give_back(self, deleted: bool) -> bool:
@@ -302,13 +300,16 @@ class Pruning:
         last[0] = ""
         while True:
             more, gone = db.write(lambda conn: self._delete_payloads(conn, last))
-            if gone:
-                c.file_bytes += db.forget_files(gone)
+            if gone and db.blobs is not None:  # the rows are gone: now their files
+                c.file_bytes += db.blobs.size_of(gone)
+                db.blobs.delete(gone)
             if not more:
                 break
             yield True
         c.payloads_kept = db.read(self._kept_payloads)
         c.payloads_waiting, c.payload_bytes_waiting = db.read(self._waiting_payloads)
+        if db.blobs is not None:  # uploads a crash cut short
+            db.blobs.sweep(older_than=self._grace)
         deleted = any((c.runs, c.cache_entries, c.values, c.payloads))
         try:
             while db.give_back(deleted):
@@ -387,7 +388,7 @@ class Pruning:
         """The payloads a prune deletes (``p``): nothing references them, older than the
         grace, and not in a payload directory the store cannot delete from."""
         where = f"p.created_at < {self._db.mark} AND {UNREFERENCED_PAYLOAD}"
-        return where if self._db.files else f"{where} AND NOT {PAYLOAD_IN_A_DIRECTORY}"
+        return where if self._db.blobs is not None else f"{where} AND NOT {PAYLOAD_IN_A_DIRECTORY}"
 
     def _delete_payloads(self, conn: Any, last: list[str]) -> tuple[bool, list[str]]:
         """One batch of payloads (at most PAYLOAD_BATCH, closing after
@@ -425,7 +426,7 @@ class Pruning:
     def _kept_payloads(self, conn: Any) -> int:
         """Payloads nothing references whose bytes are in a payload directory this
         store was not given (deleting the rows would leave the files for ever)."""
-        if self._db.files:
+        if self._db.blobs is not None:
             return 0
         row = conn.execute(
             f"SELECT count(*) FROM payloads p WHERE p.created_at < {self._db.mark} AND "
@@ -552,7 +553,7 @@ class Pruning:
             if created_at >= self._now - self._grace:
                 c.payloads_waiting += 1
                 c.payload_bytes_waiting += int(size)
-            elif in_directory and not self._db.files:
+            elif in_directory and not self._db.blobs is not None:
                 c.payloads_kept += 1
             else:
                 c.payloads += 1

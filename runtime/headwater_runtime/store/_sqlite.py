@@ -770,7 +770,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
         belong to an upload or a result on its way). Then the freed pages go back to
         the file system. Each step is one short transaction on the calling thread's
         connection; ``dry_run`` only reads."""
-        return Pruning(_SQLitePruning(self, grace), ended_before, now, grace=grace, dry_run=dry_run)
+        return Pruning(_SQLitePruning(self), ended_before, now, grace=grace, dry_run=dry_run)
 
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
@@ -837,13 +837,11 @@ class _SQLitePruning:
 
     mark = "?"
 
-    def __init__(self, store: SQLiteStore, grace: float) -> None:
+    def __init__(self, store: SQLiteStore) -> None:
         self._store = store
-        self._grace = grace
-        self.files = store._blobs is not None
+        self.blobs = store._blobs
         self._pages: int | None = None  # the file's pages before the prune
         self._page_size = 0
-        self._swept = False
         self._beside_server: bool | None = None
         self._pages_per_step = GIVE_BACK_PAGES
         self._give_back_until: float | None = None
@@ -881,14 +879,6 @@ class _SQLitePruning:
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"cannot read from the database: {exc}") from exc
 
-    def forget_files(self, payload_ids: list[str]) -> int:
-        blobs = self._store._blobs
-        if blobs is None:
-            return 0
-        size = blobs.size_of(payload_ids)
-        blobs.delete(payload_ids)
-        return size
-
     def give_back(self, deleted: bool) -> bool:
         """One step of ``PRAGMA incremental_vacuum``: as many pages as fit in about
         GIVE_BACK_STEP seconds (a step of 512 pages took 2 ms on one file and 1 s on
@@ -898,9 +888,6 @@ class _SQLitePruning:
         the rest. A failure (the disk is full, the lock is busy) stops giving back and
         is reported (``Pruning`` records it): what was deleted stays deleted."""
         db = self._db()
-        if not self._swept and self._store._blobs is not None:  # uploads a crash cut short
-            self._store._blobs.sweep(older_than=self._grace)
-        self._swept = True
         if self._give_back_until is None:
             self._give_back_until = time.monotonic() + GIVE_BACK_BUDGET
         elif time.monotonic() > self._give_back_until:
