@@ -314,7 +314,10 @@ async function runPage(runId) {
     timeline.reload();
   }, 500);
   follow(`/api/runs/${runId}/events`, {
-    run: (r) => { state.data.run = r; drawRunHead(state); },
+    // The stream starts (and restarts after a reconnect) with "run": read the task
+    // runs again then, for what changed between the page's first read and the stream
+    // (a task that started meanwhile stayed "scheduled" until its next change).
+    run: (r) => { state.data.run = r; drawRunHead(state); refresh(); },
     tasks: refresh,
     waiting: (w) => { state.waiting = w; drawSide(state, true); },
     logs: () => loadLogs(runId, state, false),
