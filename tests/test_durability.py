@@ -32,8 +32,15 @@ from test_server_protocol import AUTH, TOKEN, proto_pipeline, status_of
 
 import headwater
 from headwater import flow, task, unmapped
+from headwater.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    control_plane_pb2_grpc,
+    payload_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 from headwater.v1 import control_plane_pb2 as cp
-from headwater.v1 import control_plane_pb2_grpc, payload_pb2, worker_pb2, worker_pb2_grpc
 from headwater.wire import (
     FlowRunState,
     Limits,
@@ -44,7 +51,7 @@ from headwater.wire import (
     split_task_run_id,
 )
 from headwater_runtime.engine import ENGINE_VERSION, TaskSucceeded
-from headwater_runtime.server import RunManager
+from headwater_runtime.server import RunManager, _io
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.server._dispatch import UNSTORED_PER_SLOT
@@ -1668,3 +1675,93 @@ def test_a_full_disk_is_survived_and_every_run_finishes_when_space_returns(
         asyncio.run(main())
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+class StoreWaitingIn(SQLiteStore):
+    """A SQLite store whose ``held`` method waits for the test, then does its work."""
+
+    def __init__(self, path: Path, held: str) -> None:
+        super().__init__(path)
+        self.entered = threading.Event()
+        self.released = threading.Event()
+        method = getattr(super(), held)
+
+        def waiting(*args: Any, **kwargs: Any) -> Any:
+            self.entered.set()
+            assert self.released.wait(BOUND)
+            return method(*args, **kwargs)
+
+        setattr(self, held, waiting)
+
+
+async def cancelled_while_stored(store: StoreWaitingIn, call: Any) -> None:
+    """Cancel ``call`` (its client goes away) while the server stores its change, once
+    the server has seen the cancellation, let the store go on."""
+    assert await asyncio.to_thread(store.entered.wait, BOUND)
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await call
+    # The server carries the change on without its caller (server/_io.py:to_its_end).
+    await wait_until(lambda: bool(_io._CARRIED))
+    store.released.set()
+    await wait_until(lambda: not _io._CARRIED)
+
+
+async def wait_until(condition: Any) -> None:
+    """Poll (the server's state has no event to wait on) until ``condition()``."""
+    async with asyncio.timeout(BOUND):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def test_a_run_stored_after_its_client_went_away_still_starts(tmp_path: Path) -> None:
+    """A client killed while CreateFlowRun was storing its run (a user trial: SIGKILL
+    right after client.run) cancels the call on the server; the run was stored anyway,
+    but the call's end, which hands the run to the dispatcher, never ran: the run
+    stayed RUNNING with its first task SCHEDULED and no attempt, until a restart."""
+
+    async def main() -> None:
+        store = StoreWaitingIn(tmp_path / "hw.db", "create_flow_run")
+        async with one_slot_worker(store) as (_running, channel, worker):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = proto_pipeline.compile()
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+            request = cp.CreateFlowRunRequest(
+                flow_name="proto_pipeline", parameters={"n": value_of(1)}
+            )
+            await cancelled_while_stored(store, client.CreateFlowRun(request, metadata=AUTH))
+            assignment = await worker.next("assignment")
+            listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+            (run,) = listed.flow_runs
+            assert assignment.token.task_run_id.startswith(run.id + "/")
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_credential_revoked_by_a_client_that_went_away_is_refused(tmp_path: Path) -> None:
+    """The same for RevokeCredential: the revocation was stored, but the server's
+    credentials in memory were not re-read, so the token stayed valid until a restart."""
+
+    async def main() -> None:
+        store = StoreWaitingIn(tmp_path / "hw.db", "revoke_credential")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            access = access_pb2_grpc.AccessServiceStub(channel)
+            made = await access.CreateCredential(
+                access_pb2.CreateCredentialRequest(name="ci", role="viewer"), metadata=AUTH
+            )
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            theirs = (("authorization", f"Bearer {made.token}"),)
+            await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=theirs)
+            revoke = access.RevokeCredential(
+                access_pb2.RevokeCredentialRequest(name="ci"), metadata=AUTH
+            )
+            await cancelled_while_stored(store, revoke)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=theirs)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+    asyncio.run(main())

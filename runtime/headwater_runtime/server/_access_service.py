@@ -11,6 +11,7 @@ from headwater_runtime.store import Conflict, CredentialRow, NotFound
 from ._access import CALLER, AccessControl, new_credential
 from ._core import ServerCore
 from ._details import detail
+from ._io import to_its_end
 
 
 def credential_message(row: CredentialRow) -> access_pb2.Credential:
@@ -52,13 +53,11 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
                 created_by=CALLER.get().name,
                 now=self.core.clock.now(),
             )
-            await self.core.io.write(self.core.store.add_credential, row)
+            await to_its_end(self._create(row), "storing a new credential")
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
         except Conflict as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, detail(str(exc)))
-        await self.access.reload()
-        await self.core.audit("credential.create", "credential", row.name, row.role)
         return access_pb2.CreateCredentialResponse(credential=credential_message(row), token=token)
 
     async def ListCredentials(
@@ -81,11 +80,23 @@ class AccessServicer(access_pb2_grpc.AccessServiceServicer):
     ) -> access_pb2.RevokeCredentialResponse:
         """Revoke a credential: calls with it fail from now on."""
         try:
-            row = await self.core.io.write(
-                self.core.store.revoke_credential, request.name, self.core.clock.now()
-            )
+            row = await to_its_end(self._revoke(request.name), "revoking a credential")
         except NotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, detail(str(exc)))
+        return access_pb2.RevokeCredentialResponse(credential=credential_message(row))
+
+    # A change is stored, applied and audited to its end even when its caller goes
+    # away meanwhile (a revoked credential must not stay valid until a restart).
+
+    async def _create(self, row: CredentialRow) -> None:
+        await self.core.io.write(self.core.store.add_credential, row)
+        await self.access.reload()
+        await self.core.audit("credential.create", "credential", row.name, row.role)
+
+    async def _revoke(self, name: str) -> CredentialRow:
+        row = await self.core.io.write(
+            self.core.store.revoke_credential, name, self.core.clock.now()
+        )
         await self.access.reload()
         await self.core.audit("credential.revoke", "credential", row.name, row.role)
-        return access_pb2.RevokeCredentialResponse(credential=credential_message(row))
+        return row

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import payload_pb2, run_pb2
@@ -32,6 +32,7 @@ from ._access import CALLER
 from ._builds import BuildUnavailable, GraphBuilds, NoBuilder
 from ._children import SubflowStart
 from ._gc import release_later
+from ._io import to_its_end
 from ._queries import flow_result
 from ._schedule_times import fire_key
 
@@ -45,6 +46,8 @@ log = logging.getLogger("headwater.server")
 #: The most tasks (``GraphSpec.weight``) of a run built on the SQLite writer thread, in
 #: one hop with its storing (~35 µs each here: a few ms during which no commit runs).
 SMALL_RUN = 100
+
+_STORING = "storing a new run and starting it"
 
 #: Work to do again once a worker that offers the flow connects.
 Retry = Callable[[], Coroutine[Any, Any, None]]
@@ -95,17 +98,16 @@ class RunCreation:
             on = core.io.read if core.store.concurrent_writes else core.io.write
             with contextlib.suppress(GraphBuildNeeded, NotFound):
                 caller = CALLER.get().name
-                return await self._adopt(
-                    await on(
-                        self._prepare_and_store,
-                        caller,
-                        flow_name,
-                        flow_version,
-                        parameters,
-                        idempotency_key,
-                        trace_context,
-                    )
+                stored = on(
+                    self._prepare_and_store,
+                    caller,
+                    flow_name,
+                    flow_version,
+                    parameters,
+                    idempotency_key,
+                    trace_context,
                 )
+                return await to_its_end(self._adopt_when(stored), _STORING)
         prepared = await self._prepare(
             flow_name,
             flow_version,
@@ -116,12 +118,21 @@ class RunCreation:
             build_missing or self.has_builder(flow_name),
         )
         audit = _audit(core, CALLER.get().name, prepared)
-        try:
-            row, created = await core.io.write(_store_run, core.store, prepared, audit)
-        except BaseException:
-            core.runs.discard(prepared)
-            raise
-        return await self._adopt((prepared, row, created))
+
+        async def store_and_adopt() -> tuple[FlowRunRow, bool]:
+            try:
+                row, created = await core.io.write(_store_run, core.store, prepared, audit)
+            except BaseException:
+                core.runs.discard(prepared)
+                raise
+            return await self._adopt((prepared, row, created))
+
+        return await to_its_end(store_and_adopt(), _STORING)
+
+    async def _adopt_when(
+        self, stored: Awaitable[tuple[PreparedRun, FlowRunRow, bool]]
+    ) -> tuple[FlowRunRow, bool]:
+        return await self._adopt(await stored)
 
     def _small(self, flow_name: str, flow_version: str) -> bool:
         graph = self.core.runs.cached_graph(flow_name, flow_version)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+log = logging.getLogger("headwater.server")
 
 #: Reader threads (queries of runs, task runs, logs, payload chunks).
 READERS = 4
@@ -68,3 +71,32 @@ class StoreIO:
         """Wait for the calls under way, then stop the threads."""
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+
+
+#: Work whose caller went away, held until it ends (the loop keeps only weak references).
+_CARRIED: set[asyncio.Task[Any]] = set()
+
+
+async def to_its_end(work: Coroutine[Any, Any, T], what: str) -> T:
+    """``work`` (a store write, then what must follow it on the loop) carried to its
+    end even when the caller is cancelled meanwhile; the caller still sees its
+    cancellation. A gRPC call is cancelled when its client goes away; cancelled between
+    a write and its follow-up, the write stood (it ran on the writer thread) and the
+    follow-up never ran: a run stored RUNNING but never handed to the dispatcher (its
+    first task SCHEDULED until a restart, a user trial), a revoked credential still
+    accepted, a stored limit not applied. ``what`` names the work in the log line of
+    its failure, which nobody waits for once the caller is gone."""
+    task = asyncio.get_running_loop().create_task(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _CARRIED.add(task)
+            task.add_done_callback(functools.partial(_carried, what))
+        raise
+
+
+def _carried(what: str, task: asyncio.Task[Any]) -> None:
+    _CARRIED.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s (its caller went away) failed: %s", what, task.exception())

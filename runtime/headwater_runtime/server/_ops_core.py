@@ -34,6 +34,7 @@ from headwater_runtime.store import (
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
+from ._io import to_its_end
 from ._late import NOT_STARTED, LateRuns, late_reason
 from ._metrics import MetricsServer, ServerMetrics
 from ._runs import ActiveRun, Resumed
@@ -346,12 +347,18 @@ class Operations:
             raise ValueError(f"limit of {row.tag!r}: give a concurrency, a rate or both")
         if row.rate and row.rate_period <= 0:
             raise ValueError(f"limit of {row.tag!r}: a rate needs a period above zero")
+        await to_its_end(self._set_limit(row), f"storing the limit of {row.tag!r}")
+        return self.limit_message(row)
+
+    async def _set_limit(self, row: LimitRow) -> None:
         await self.core.io.write(self.core.store.put_limit, row)
         self.core.dispatcher.requeue(self.limits.set(row))
-        return self.limit_message(row)
 
     async def delete_limit(self, tag: str) -> None:
         """Remove a tag's limit (NotFound); what waited on it runs."""
+        await to_its_end(self._delete_limit(tag), f"removing the limit of {tag!r}")
+
+    async def _delete_limit(self, tag: str) -> None:
         await self.core.io.write(self.core.store.delete_limit, tag)
         self.core.dispatcher.requeue(self.limits.delete(tag))
 

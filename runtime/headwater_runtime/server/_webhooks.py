@@ -50,7 +50,7 @@ from urllib.parse import urlparse
 from headwater.wire import FlowRunState
 from headwater_runtime.store import DeliveryRow, FlowRunRow, OpsWrites, Store, WebhookRow
 
-from ._io import StoreIO
+from ._io import StoreIO, to_its_end
 
 log = logging.getLogger("headwater.server")
 
@@ -160,12 +160,18 @@ class Webhooks:
         row = WebhookRow(
             uuid.uuid4().hex, check_url(url), flow_names, states, late, secret, self.clock()
         )
+        await to_its_end(self._add(row), "storing a webhook")
+        return row
+
+    async def _add(self, row: WebhookRow) -> None:
         await self.io.write(self.store.put_webhook, row)
         self.hooks[row.id] = row
-        return row
 
     async def delete(self, webhook_id: str) -> None:
         """Remove a webhook and its pending deliveries (NotFound if unknown)."""
+        await to_its_end(self._delete(webhook_id), "removing a webhook")
+
+    async def _delete(self, webhook_id: str) -> None:
         await self.io.write(self.store.delete_webhook, webhook_id)
         self.hooks.pop(webhook_id, None)
 
