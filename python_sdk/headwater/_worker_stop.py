@@ -9,14 +9,18 @@ CPython's C-level handler also writes the signal's number to a pipe
 (``signal.set_wakeup_fd``), and a watcher thread, started before any signal can
 arrive, reads it and stops the worker from an ordinary thread.
 
-On the first signal the watcher arms a hard deadline, then asks the worker to stop
+On the first signal the watcher arms the deadlines, then asks the worker to stop
 (the stream is cancelled; running attempts are interrupted and abandoned, and the
-server dispatches them again). The deadline is ``faulthandler``'s watchdog: a C
-thread that needs neither the GIL nor a healthy interpreter; if the process is still
-alive ``grace`` seconds later (a task thread that will not let the interpreter exit)
-it writes every thread's stack to stderr and ends the process with status 1. A second
-signal ends it at once (status 128 + the signal's number). docs/worker-protocol.md
-(§16) says why this is how a stuck task is stopped.
+server dispatches them again). If the process is still alive shortly before ``grace``
+seconds have passed (a task thread that will not let the interpreter exit), the
+watcher writes every thread's stack to stderr and ends the process with status 1.
+It writes them holding the GIL, so no thread changes its frames meanwhile. At
+``grace`` itself, ``faulthandler``'s watchdog is the backstop: a C thread that needs
+no GIL, for a process where the watcher cannot run any more. It reads the other
+threads' frames while they run; a worker ended that way (the usual way before) was
+seen to crash inside the dump (SIGSEGV instead of status 1). A second signal ends the
+process at once (status 128 + the signal's number). docs/worker-protocol.md (§16)
+says why this is how a stuck task is stopped.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -34,6 +40,10 @@ from typing import Any
 #: Default seconds ``headwater worker`` may take to stop after SIGTERM or SIGINT.
 DEFAULT_GRACE = 10.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: How long before the grace runs out the watcher ends a process that is still alive
+#: (at most; a quarter of the grace when that is shorter), leaving the rest to the
+#: watchdog behind it.
+AHEAD = 0.5
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -71,15 +81,22 @@ class StopOnSignal:
         self._thread.start()
 
     def _watch(self) -> None:
+        deadline: float | None = None  # (monotonic) once a signal came
         while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
+                readable, _, _ = select.select([self._read_fd], [], [], wait)
+                if not readable:
+                    self._out_of_time()
                 data = os.read(self._read_fd, 64)
-            except OSError:
+            except (OSError, ValueError):
                 return  # closed: the worker ended on its own
             if not data or 0 in data:
                 return  # uninstall() woke it: the worker ended on its own
             for signum in data:
                 if signum in {int(s) for s in SIGNALS}:
+                    if deadline is None:
+                        deadline = time.monotonic() + self.grace - min(AHEAD, self.grace / 4)
                     self._on_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
@@ -95,6 +112,18 @@ class StopOnSignal:
             f"the server), at most {self.grace:g}s\n"
         )
         self.stop()
+
+    def _out_of_time(self) -> None:
+        """The grace is nearly over and the process still runs: name the threads that
+        keep it alive (every thread's stack), then end it with status 1."""
+        name = signal.Signals(self.received[0]).name
+        _say(
+            f"headwater {self.name}: still running {self.grace:g}s after {name} (a thread "
+            "keeps the process alive); exiting with status 1. Every thread's stack:\n"
+        )
+        with contextlib.suppress(Exception):
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)
 
     def uninstall(self) -> None:
         """Restore the handlers from before ``install`` and close the pipe when the
