@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -389,15 +390,22 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
     ]
     # Another program's SQLite database: refused, and left as it was (prune --dry-run
     # wrote Headwater's 23 tables into it).
+    # (It was switched to WAL mode before the refusal: its bytes changed.)
     foreign = tmp_path / "other.db"
-    with sqlite3.connect(foreign) as db:
+    with contextlib.closing(sqlite3.connect(foreign)) as db:
         db.execute("CREATE TABLE t (x)")
+    before = foreign.read_bytes()
     for command in (["prune", "--dry-run"], ["tokens", "list"]):
         proc = headwater_cli(*command, "--db", foreign)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith(f"headwater: error: {foreign} is not a Headwater database")
-    with sqlite3.connect(foreign) as db:
-        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("t",)]
+    assert foreign.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.glob("other.db*")) == ["other.db"]
+    # An empty file is no database either, as a missing one (it became a 4 KB one).
+    empty = write(tmp_path, "empty.db", "")
+    for command in (["prune", "--dry-run"], ["tokens", "list"]):
+        assert_usage_error(headwater_cli(*command, "--db", empty), "the file is empty")
+    assert empty.stat().st_size == 0
     # A database of an older schema (a server of the previous version runs on it): a
     # prune (a dry run too) or tokens list refuse it instead of migrating it under
     # that server, which would then refuse to start again.

@@ -1621,6 +1621,29 @@ needs_root = pytest.mark.skipif(
 
 
 @needs_root
+def test_a_database_on_a_read_only_disk_is_refused_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy on a read-only disk: prune, even a dry run, said only "unable to open
+    database file" (a user trial); it names the cause (SQLite's WAL files are written
+    beside the database)."""
+    from headwater._cli import main
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        SQLiteStore(mount / "hw.db").close()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        assert main(["prune", "--db", str(mount / "hw.db"), "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "read-only" in err and "work on a writable copy" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@needs_root
 def test_a_full_disk_is_survived_and_every_run_finishes_when_space_returns(
     tmp_path: Path,
 ) -> None:

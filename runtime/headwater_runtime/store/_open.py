@@ -35,7 +35,7 @@ def open_store(
     database, anything else is a SQLite file. ``payload_dir`` keeps new payloads'
     bytes in that directory instead of the database; ``clock`` (seconds since the
     epoch) dates payloads, for tests. ``existing``: a SQLite file that does not exist
-    is refused (StoreNotFound), not created (commands that work on a server's
+    is refused (StoreNotFound, as is an empty file), not created (commands that work on a server's
     database: a mistyped path is not a new, empty one), and a database of another
     schema version is refused, not migrated (RuntimeError). Another URL scheme than
     postgresql:// is a ValueError."""
@@ -45,8 +45,12 @@ def open_store(
             f"--db {db!r}: {scheme}:// databases are not supported (give a SQLite file "
             "path or a postgresql:// URL)"
         )
-    if existing and not is_postgres(db) and not Path(db).expanduser().is_file():
-        raise StoreNotFound(f"no Headwater database at {db} (check --db or $HEADWATER_DB)")
+    if existing and not is_postgres(db):
+        path = Path(db).expanduser()
+        if not path.is_file():
+            raise StoreNotFound(f"no Headwater database at {db} (check --db or $HEADWATER_DB)")
+        if path.stat().st_size == 0:
+            raise StoreNotFound(f"no Headwater database at {db} (the file is empty)")
     if is_postgres(db):
         try:
             from ._postgres import PostgresStore

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
 
@@ -126,6 +127,10 @@ class SQLiteStore(SQLiteOps, AccessTables):
         self._checkpoints = False
         self._checkpoint_failing = False
         try:
+            if not self.created:
+                # Read first, write nothing: a file of another program, or one a command
+                # is not to migrate, is refused as it was (not switched to WAL first).
+                self._check_before_writing(migrate_schema)
             db = self._db
             version = self._schema_version(db)
             if version is None and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
@@ -161,10 +166,45 @@ class SQLiteStore(SQLiteOps, AccessTables):
             self._identity = _file_identity(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise RuntimeError(f"cannot open the database {self.path}: {exc}") from exc
+            raise RuntimeError(
+                f"cannot open the database {self.path}: {exc}{_why(self.path)}"
+            ) from exc
         except BaseException:
             self.close()
             raise
+
+    def _check_before_writing(self, migrate_schema: bool) -> None:
+        """Refuse an existing file that is not a Headwater database (tables of another
+        program), or (``migrate_schema=False``) one without this schema version, reading
+        it only. An empty file is a new database, unless ``migrate_schema=False``."""
+        if os.path.getsize(self.path) == 0:
+            if not migrate_schema:
+                raise RuntimeError(f"no Headwater database at {self.path} (the file is empty)")
+            return
+        try:
+            probe = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return  # the open that follows says why it cannot
+        try:
+            version = self._schema_version(probe)
+            if version is None and probe.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+                raise RuntimeError(
+                    f"{self.path} is not a Headwater database (it has tables of another "
+                    "program and no Headwater schema): give a new path, or a Headwater "
+                    "database"
+                )
+            if not migrate_schema and version != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"no Headwater database at {self.path} (no Headwater schema in it)"
+                    if version is None
+                    else f"database {self.path} has schema version {version}, and this "
+                    f"Headwater uses {SCHEMA_VERSION}: use the Headwater whose server runs "
+                    "on it (a server of this version migrates it when it starts)"
+                )
+        except sqlite3.Error:
+            return  # (a WAL file without its -shm on a read-only disk): the open says
+        finally:
+            probe.close()
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> int:
@@ -997,6 +1037,18 @@ def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) ->
     db.executemany(
         "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)", [(owner, p) for p in payload_ids]
     )
+
+
+def _why(path: str) -> str:
+    """What a failed open may come from that SQLite's message does not say."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(path, os.W_OK) or not os.access(directory, os.W_OK):
+        return (
+            " (the file or its directory is read-only: Headwater needs to write beside "
+            "the database, even for a dry run, since SQLite's WAL mode keeps its -wal and "
+            "-shm files there; work on a writable copy)"
+        )
+    return ""
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
