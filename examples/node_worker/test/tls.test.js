@@ -30,8 +30,13 @@ test('plaintext unless TLS is asked for; unreadable files are named', () => {
   assert.equal(channelCredentials({})._isSecure(), false);
   assert.equal(channelCredentials({ tls: true })._isSecure(), true);
   assert.throws(() => channelCredentials({ tlsCa: '/no/such/ca.pem' }), /cannot read the CA certificate \(--tls-ca\) '\/no\/such\/ca.pem': No such file/);
-  const notPem = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'hw-tls-')), 'ca.pem');
-  fs.writeFileSync(notPem, 'hello');
-  assert.throws(() => channelCredentials({ tlsCa: notPem }), /is not a PEM file/);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hw-tls-'));
+  try {
+    const notPem = path.join(dir, 'ca.pem');
+    fs.writeFileSync(notPem, 'hello');
+    assert.throws(() => channelCredentials({ tlsCa: notPem }), /is not a PEM file/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
   assert.ok(grpc.credentials.createInsecure());
 });
