@@ -44,6 +44,7 @@ from ._control_reads import ReadsServicer
 from ._core import SERVER_VERSION, ServerCore
 from ._decoding import store_refusal
 from ._details import detail
+from ._io import to_its_end
 from ._limits import InvalidValue, check_parameter
 from ._queries import NoResult, list_problem, task_result
 from ._reads import AmbiguousRunId, RunReads, new_run_message
@@ -127,11 +128,15 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         """Validate and store a flow graph (an identical graph keeps its version)."""
         if not request.HasField("graph"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no graph")
-        async with refusals(context):
+
+        async def deploy() -> tuple[str, bool]:
             version, created = await self.core.register_flow(request.graph)
-            await self.core.audit(
-                "deploy", "flow", f"{request.graph.name}:{version}", "" if created else "unchanged"
-            )
+            name = f"{request.graph.name}:{version}"
+            await self.core.audit("deploy", "flow", name, "" if created else "unchanged")
+            return version, created
+
+        async with refusals(context):
+            version, created = await to_its_end(deploy(), "a deploy")
         return control_plane_pb2.RegisterFlowResponse(
             name=request.graph.name, version=version, created=created
         )
@@ -310,8 +315,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         row = await self._flow_run(request.id, context)
         if row.state not in _TERMINAL:
             async with refusals(context):
-                await self.core.cancel_run(row.id, request.reason)
-                await self.core.audit("cancel", "flow_run", row.id, request.reason)
+                await self.core.cancel_audited(row.id, request.reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
         return control_plane_pb2.CancelFlowRunResponse(flow_run=await self.reads.message(row))
 
@@ -340,12 +344,16 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         await self._check_parameters(request.schedule.parameters, context)
-        async with refusals(context):
+
+        async def create() -> Any:
             schedule = await self.core.creation.create_schedule(request.schedule)
-            await self.core.audit(
-                "schedule.create", "schedule", schedule.id, request.schedule.flow_name
-            )
-        self.core.touch()  # the timer loop re-reads the next fire time
+            self.core.touch()  # the timer loop re-reads the next fire time
+            flow_name = request.schedule.flow_name
+            await self.core.audit("schedule.create", "schedule", schedule.id, flow_name)
+            return schedule
+
+        async with refusals(context):
+            schedule = await to_its_end(create(), "creating a schedule")
         return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
 
     async def ListSchedules(

@@ -63,7 +63,7 @@ from ._convert import task_run_from_record
 from ._creation import RunCreation
 from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, WorkerSession, input_payloads
 from ._exports import RELEASE_AFTER, DaskExports
-from ._io import StoreIO
+from ._io import StoreIO, to_its_end
 from ._notices import LatestPerKey, Notices
 from ._reports import WorkerReports
 from ._runs import Recovery, RunManager
@@ -748,9 +748,19 @@ class ServerCore(WorkerReports):
 
     async def audit(self, action: str, kind: str, object_id: str, detail: str = "") -> None:
         """Record that the current caller did ``action`` to an object (stored before
-        the call is answered)."""
+        the call is answered; stored all the same if the caller goes away meanwhile)."""
         row = AuditRow(self.clock.now(), CALLER.get().name, action, kind, object_id, detail)
-        await self.io.write(self.store.add_audit, row)
+        await to_its_end(self.io.write(self.store.add_audit, row), f"auditing {action}")
+
+    async def cancel_audited(self, flow_run_id: str, reason: str) -> None:
+        """``cancel_run``, then its audit entry (as the current caller's ``cancel``),
+        carried to the end even if the caller goes away meanwhile."""
+
+        async def cancel() -> None:
+            await self.cancel_run(flow_run_id, reason)
+            await self.audit("cancel", "flow_run", flow_run_id, reason)
+
+        await to_its_end(cancel(), "a cancel")
 
     def drop_revoked(self, valid: frozenset[str]) -> None:
         """End the streams of workers whose credential is no longer valid (they

@@ -74,8 +74,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         limit = request.limit
         row = LimitRow(limit.tag, limit.concurrency, limit.rate, seconds(limit.rate_period))
         async with _ops_refusals(context):
-            message = await self.ops.set_limit(row)
-            await self.core.audit("limit.set", "limit", row.tag, _limit_detail(row))
+            message = await self.ops.set_limit(row)  # audited there
         return ops.SetConcurrencyLimitResponse(limit=message)
 
     async def ListConcurrencyLimits(
@@ -97,8 +96,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
     ) -> ops.DeleteConcurrencyLimitResponse:
         """Remove a tag's limit."""
         async with _ops_refusals(context):
-            await self.ops.delete_limit(request.tag)
-            await self.core.audit("limit.delete", "limit", request.tag)
+            await self.ops.delete_limit(request.tag)  # audited there
         return ops.DeleteConcurrencyLimitResponse()
 
     async def ListWorkers(
@@ -170,13 +168,3 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         async with _ops_refusals(context):
             await self.ops.webhooks.delete(request.id)
         return ops.DeleteWebhookResponse()
-
-
-def _limit_detail(row: LimitRow) -> str:
-    """A limit in the audit log, e.g. ``concurrency 3, rate 10/60s``."""
-    parts = []
-    if row.concurrency:
-        parts.append(f"concurrency {row.concurrency}")
-    if row.rate:
-        parts.append(f"rate {row.rate}/{row.rate_period:g}s")
-    return ", ".join(parts)

@@ -22,6 +22,7 @@ from headwater.wire import FlowRunState, duration, split_task_run_id, timestamp
 from headwater_runtime.engine import REPLAYS, FlowRunEngine, TaskRunRecord, not_retryable
 from headwater_runtime.store import (
     DeliveryCounts,
+    DrainRow,
     Fenced,
     FlowRunRow,
     LateRow,
@@ -109,7 +110,7 @@ class Operations:
         core = self.core
         self._marked_late = await core.io.read(self._load, unfinished)
         for row in core.settings.tag_limits:
-            await self.set_limit(row)
+            await self.set_limit(row, audited=False)
         await self._configured_webhooks()
         now = core.clock.now()
         port = core.settings.metrics_port
@@ -322,8 +323,11 @@ class Operations:
             raise RetryRefused(f"flow run {flow_run_id} is running again already")
         core.runs.retry(active, reason)
         core.touch()
-        await core.durable()
-        await core.audit("retry", "flow_run", flow_run_id, reason)
+        await to_its_end(self._retried(flow_run_id, reason), "a retry")
+
+    async def _retried(self, flow_run_id: str, reason: str) -> None:
+        await self.core.durable()
+        await self.core.audit("retry", "flow_run", flow_run_id, reason)
 
     def _rebuild(self, flow_run_id: str) -> ActiveRun:
         runs = self.core.runs
@@ -339,28 +343,35 @@ class Operations:
             )
         return runs.rebuild(row)
 
-    async def set_limit(self, row: LimitRow) -> operations_pb2.ConcurrencyLimit:
-        """Store a tag's limit and apply it at once."""
+    async def set_limit(
+        self, row: LimitRow, audited: bool = True
+    ) -> operations_pb2.ConcurrencyLimit:
+        """Store a tag's limit and apply it at once; audited as ``limit.set`` (not a
+        limit of the server's settings, applied at its start)."""
         if not row.tag:
             raise ValueError("a limit needs a tag")
         if not row.concurrency and not row.rate:
             raise ValueError(f"limit of {row.tag!r}: give a concurrency, a rate or both")
         if row.rate and row.rate_period <= 0:
             raise ValueError(f"limit of {row.tag!r}: a rate needs a period above zero")
-        await to_its_end(self._set_limit(row), f"storing the limit of {row.tag!r}")
+        await to_its_end(self._set_limit(row, audited), f"storing the limit of {row.tag!r}")
         return self.limit_message(row)
 
-    async def _set_limit(self, row: LimitRow) -> None:
+    async def _set_limit(self, row: LimitRow, audited: bool) -> None:
         await self.core.io.write(self.core.store.put_limit, row)
         self.core.dispatcher.requeue(self.limits.set(row))
+        if audited:
+            await self.core.audit("limit.set", "limit", row.tag, limit_detail(row))
 
     async def delete_limit(self, tag: str) -> None:
-        """Remove a tag's limit (NotFound); what waited on it runs."""
+        """Remove a tag's limit (NotFound); what waited on it runs; audited as
+        ``limit.delete``."""
         await to_its_end(self._delete_limit(tag), f"removing the limit of {tag!r}")
 
     async def _delete_limit(self, tag: str) -> None:
         await self.core.io.write(self.core.store.delete_limit, tag)
         self.core.dispatcher.requeue(self.limits.delete(tag))
+        await self.core.audit("limit.delete", "limit", tag)
 
     def limit_message(self, row: LimitRow) -> operations_pb2.ConcurrencyLimit:
         """A limit with its current use."""
@@ -386,10 +397,22 @@ class Operations:
             row = self.workers.drain(name, exit_when_idle)
         except KeyError:
             raise UnknownWorker(f"no worker named {name!r} is known") from None
-        await self.core.io.write(self.core.store.put_drain, row)
-        self.core.notices.drain_changed(name)
-        await self.core.audit("worker.drain", "worker", name, "exit when idle" * exit_when_idle)
+        detail = "exit when idle" * exit_when_idle
+        # Applied already: stored and audited to the end even if the caller goes away
+        # (a drain cut short was lost at the next restart; a user trial).
+        await to_its_end(self._drain_changed(name, "worker.drain", detail, row), "a drain")
         return self.workers.infos([name])
+
+    async def _drain_changed(
+        self, name: str, action: str, detail: str, row: DrainRow | None
+    ) -> None:
+        store = self.core.store
+        if row is None:
+            await self.core.io.write(store.delete_drain, name)
+        else:
+            await self.core.io.write(store.put_drain, row)
+        self.core.notices.drain_changed(name)
+        await self.core.audit(action, "worker", name, detail)
 
     async def resume(self, name: str) -> list[operations_pb2.WorkerInfo]:
         """Lift the drain of a name (UnknownWorker), durably; audited as
@@ -398,9 +421,7 @@ class Operations:
             self.workers.resume(name)
         except KeyError:
             raise UnknownWorker(f"no worker named {name!r} is known") from None
-        await self.core.io.write(self.core.store.delete_drain, name)
-        self.core.notices.drain_changed(name)
-        await self.core.audit("worker.resume", "worker", name)
+        await to_its_end(self._drain_changed(name, "worker.resume", "", None), "a resume")
         return self.workers.infos([name])
 
     def webhook_message(
@@ -468,3 +489,13 @@ def _started(engine: FlowRunEngine) -> bool:
 def _put_workers(store: Any, rows: list[Any]) -> None:
     for row in rows:
         store.put_worker(row)
+
+
+def limit_detail(row: LimitRow) -> str:
+    """A limit in the audit log, e.g. ``concurrency 3, rate 10/60s``."""
+    parts = []
+    if row.concurrency:
+        parts.append(f"concurrency {row.concurrency}")
+    if row.rate:
+        parts.append(f"rate {row.rate}/{row.rate_period:g}s")
+    return ", ".join(parts)

@@ -281,8 +281,7 @@ class HttpApi(PageHandlers):
         row = await self.reads.flow_run(request.match_info["run_id"])
         reason = _reason(await _body(request, '{"reason": "..."}'), "cancelled from the web UI")
         if row.state not in _TERMINAL:
-            await self.core.cancel_run(row.id, reason)
-            await self.core.audit("cancel", "flow_run", row.id, reason)
+            await self.core.cancel_audited(row.id, reason)
             row = await self.io.read(self.store.get_flow_run, row.id)
         return web.json_response({"run": await self._run(row)})
 
