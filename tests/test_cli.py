@@ -386,7 +386,8 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
     proc = headwater_cli("prune", "--db", not_a_db, "--dry-run")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"headwater: error: cannot open the database {not_a_db}: file is not a database"
+        f"headwater: error: cannot open the database {not_a_db}: file is not a database "
+        "(it is not a SQLite database, or a damaged one: check the path)"
     ]
     # Another program's SQLite database: refused, and left as it was (prune --dry-run
     # wrote Headwater's 23 tables into it).
@@ -401,6 +402,16 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
         assert proc.stderr.startswith(f"headwater: error: {foreign} is not a Headwater database")
     assert foreign.read_bytes() == before
     assert sorted(p.name for p in tmp_path.glob("other.db*")) == ["other.db"]
+    # The same in WAL mode: refused, and no -wal or -shm file left beside it.
+    wal = tmp_path / "other-wal.db"
+    with contextlib.closing(sqlite3.connect(wal)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (x)")
+    before = wal.read_bytes()
+    proc = headwater_cli("prune", "--dry-run", "--db", wal)
+    assert proc.returncode == 1 and "is not a Headwater database" in proc.stderr, proc.stderr
+    assert wal.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.glob("other-wal.db*")) == ["other-wal.db"]
     # An empty file is no database either, as a missing one (it became a 4 KB one).
     empty = write(tmp_path, "empty.db", "")
     for command in (["prune", "--dry-run"], ["tokens", "list"]):
@@ -413,12 +424,18 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
     SQLiteStore(older).close()
     with sqlite3.connect(older) as db:
         db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
-    for command in (["prune", "--dry-run"], ["tokens", "list"]):
+    # tokens create too: it makes a new database, it does not migrate an existing one.
+    create = ["tokens", "create", "--role", "admin", "--name", "x"]
+    for command in (["prune", "--dry-run"], ["tokens", "list"], create):
         proc = headwater_cli(*command, "--db", older)
         assert proc.returncode == 1, proc.stderr
         assert f"database {older} has schema version 2, and this Headwater uses" in proc.stderr
+        assert "start a server of this version on it, which migrates it" in proc.stderr
     with sqlite3.connect(older) as db:
         assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    proc = headwater_cli("prune", "--dry-run", "--db", older)
+    assert "it was written by a newer Headwater" in proc.stderr, proc.stderr
     made = headwater_cli("tokens", "create", "--db", missing, "--role", "admin", "--name", "me")
     assert made.returncode == 0 and made.stdout.startswith("hwt_"), made.stderr
     assert f"created a new database at {missing}" in made.stderr and missing.is_file()

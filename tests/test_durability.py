@@ -1449,7 +1449,8 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
 
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    with pytest.raises(RuntimeError, match="schema version 1, and this server needs version 3"):
+    too_old = "schema version 1, and this Headwater uses 3: it is too old to migrate"
+    with pytest.raises(RuntimeError, match=too_old):
         SQLiteStore(path)
 
 

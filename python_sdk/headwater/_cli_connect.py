@@ -79,9 +79,14 @@ def open_database(db: str, payload_dir: str | None = None, *, create: bool = Fal
     reached, a CommandError. One line either way."""
     from headwater_runtime.store import MissingDriver, StoreNotFound, is_postgres, open_store
 
-    new = create and not is_postgres(db) and not Path(db).expanduser().exists()
+    path = Path(db).expanduser()
+    new = create and not is_postgres(db) and not path.exists()
+    # Only a new file is made (and migrated): an existing database of another schema
+    # version is refused, as by prune (``tokens create`` migrated it under the older
+    # server that runs on it, which then refused to start).
+    existing = not create or (not is_postgres(db) and path.is_file() and path.stat().st_size > 0)
     try:
-        store = open_store(db, payload_dir=payload_dir, existing=not create)
+        store = open_store(db, payload_dir=payload_dir, existing=existing)
     except (MissingDriver, StoreNotFound, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # cannot open (not a database), cannot connect

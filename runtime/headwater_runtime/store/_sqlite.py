@@ -126,6 +126,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
         #: its commits then do not, see ``claim``).
         self._checkpoints = False
         self._checkpoint_failing = False
+        sides = [f"{self.path}{suffix}" for suffix in ("-wal", "-shm")]
+        new_sides = [side for side in sides if not os.path.exists(side)]
         try:
             if not self.created:
                 # Read first, write nothing: a file of another program, or one a command
@@ -143,19 +145,12 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 raise RuntimeError(
                     f"no Headwater database at {self.path} (no Headwater schema in it)"
                     if version is None
-                    else f"database {self.path} has schema version {version}, and this "
-                    f"Headwater uses {SCHEMA_VERSION}: use the Headwater whose server runs "
-                    "on it (a server of this version migrates it when it starts)"
+                    else _other_schema(self.path, version)
                 )
             while version in MIGRATIONS:
                 version = self._migrate(db, version)
             if version not in (None, SCHEMA_VERSION):
-                raise RuntimeError(
-                    f"database {self.path} has schema version {version}, and this server "
-                    f"needs version {SCHEMA_VERSION}: it was written by another version of "
-                    "Headwater. Use that version to finish its runs, or start this server "
-                    "with a new --db"
-                )
+                raise RuntimeError(_other_schema(self.path, version))
             db.executescript(_SCHEMA)
             db.executescript(OPS_SCHEMA)
             if version != SCHEMA_VERSION:  # new, or upgraded by the tables just added
@@ -166,11 +161,13 @@ class SQLiteStore(SQLiteOps, AccessTables):
             self._identity = _file_identity(self.path)
         except sqlite3.DatabaseError as exc:
             self.close()
+            _remove_empty(new_sides)
             raise RuntimeError(
-                f"cannot open the database {self.path}: {exc}{_why(self.path)}"
+                f"cannot open the database {self.path}: {exc}{_why(self.path, exc)}"
             ) from exc
         except BaseException:
             self.close()
+            _remove_empty(new_sides)
             raise
 
     def _check_before_writing(self, migrate_schema: bool) -> None:
@@ -197,9 +194,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 raise RuntimeError(
                     f"no Headwater database at {self.path} (no Headwater schema in it)"
                     if version is None
-                    else f"database {self.path} has schema version {version}, and this "
-                    f"Headwater uses {SCHEMA_VERSION}: use the Headwater whose server runs "
-                    "on it (a server of this version migrates it when it starts)"
+                    else _other_schema(self.path, version)
                 )
         except sqlite3.Error:
             return  # (a WAL file without its -shm on a read-only disk): the open says
@@ -1039,16 +1034,47 @@ def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) ->
     )
 
 
-def _why(path: str) -> str:
+def _why(path: str, exc: sqlite3.Error) -> str:
     """What a failed open may come from that SQLite's message does not say."""
+    if "not a database" in str(exc) or "malformed" in str(exc):
+        return " (it is not a SQLite database, or a damaged one: check the path)"
+    if os.path.isdir(path):
+        return " (it is a directory: give the path of a database file)"
+    if os.path.islink(path) and not os.path.exists(path):
+        return " (a symbolic link to nothing: check where it points)"
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.access(path, os.W_OK) or not os.access(directory, os.W_OK):
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return (
-            " (the file or its directory is read-only: Headwater needs to write beside "
-            "the database, even for a dry run, since SQLite's WAL mode keeps its -wal and "
-            "-shm files there; work on a writable copy)"
+            " (the file or its directory is read-only: Headwater writes beside the "
+            "database even to read it, since SQLite's WAL mode keeps its -wal and -shm "
+            "files there; work on a writable copy)"
         )
     return ""
+
+
+def _remove_empty(sides: list[str]) -> None:
+    """Remove the WAL side files a refused open left beside a database that had none
+    (a read-only look leaves an -shm and an empty -wal): only a WAL without content."""
+    for side in sides:
+        with contextlib.suppress(OSError):
+            if side.endswith("-shm") or os.path.getsize(side) == 0:
+                os.remove(side)
+
+
+def _other_schema(path: str, version: int) -> str:
+    """Why a database of another schema version is refused, and what to do."""
+    said = f"database {path} has schema version {version}, and this Headwater uses {SCHEMA_VERSION}"
+    if version > SCHEMA_VERSION:
+        return f"{said}: it was written by a newer Headwater; use that version on it"
+    if version in MIGRATIONS:
+        return (
+            f"{said}: use the Headwater whose server runs on it, or start a server of "
+            "this version on it, which migrates it"
+        )
+    return (
+        f"{said}: it is too old to migrate; use the Headwater that wrote it to finish "
+        "its runs, and start this version with a new --db"
+    )
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:
