@@ -140,7 +140,7 @@ def test_sigterm_stops_a_worker_within_grace_and_its_attempt_runs_again(
         if status == 1:
             # The grace ran out (a thread kept the interpreter alive): the worker
             # wrote every thread's stack (naming the one that waits) and ended.
-            assert "still running 2s after SIGTERM" in stderr, stderr
+            assert "still running as its 2s grace after SIGTERM ends" in stderr, stderr
             assert "in _shutdown" in stderr and "Timeout (" not in stderr, stderr
         start_worker(start, address, "second", module="stuck_tasks")
         run = client.wait(run_id)
