@@ -134,19 +134,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 # is not to migrate, is refused as it was (not switched to WAL first).
                 self._check_before_writing(migrate_schema)
             db = self._db
-            version = self._schema_version(db)
-            if version is None and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-                raise RuntimeError(
-                    f"{self.path} is not a Headwater database (it has tables of another "
-                    "program and no Headwater schema): give a new path, or a Headwater "
-                    "database"
-                )
-            if not migrate_schema and version != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"no Headwater database at {self.path} (no Headwater schema in it)"
-                    if version is None
-                    else _other_schema(self.path, version)
-                )
+            version = self._checked_schema(db, migrate_schema)
             while version in MIGRATIONS:
                 version = self._migrate(db, version)
             if version not in (None, SCHEMA_VERSION):
@@ -183,23 +171,29 @@ class SQLiteStore(SQLiteOps, AccessTables):
         except sqlite3.Error:
             return  # the open that follows says why it cannot
         try:
-            version = self._schema_version(probe)
-            if version is None and probe.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-                raise RuntimeError(
-                    f"{self.path} is not a Headwater database (it has tables of another "
-                    "program and no Headwater schema): give a new path, or a Headwater "
-                    "database"
-                )
-            if not migrate_schema and version != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"no Headwater database at {self.path} (no Headwater schema in it)"
-                    if version is None
-                    else _other_schema(self.path, version)
-                )
+            self._checked_schema(probe, migrate_schema)
         except sqlite3.Error:
             return  # (a WAL file without its -shm on a read-only disk): the open says
         finally:
             probe.close()
+
+    def _checked_schema(self, db: sqlite3.Connection, migrate_schema: bool) -> int | None:
+        """The database's schema version (None: no Headwater schema yet); RuntimeError
+        for a file with another program's tables, or (``migrate_schema=False``) for one
+        without this schema version."""
+        version = self._schema_version(db)
+        if version is None and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            raise RuntimeError(
+                f"{self.path} is not a Headwater database (it has tables of another "
+                "program and no Headwater schema): give a new path, or a Headwater database"
+            )
+        if not migrate_schema and version != SCHEMA_VERSION:
+            raise RuntimeError(
+                f"no Headwater database at {self.path} (no Headwater schema in it)"
+                if version is None
+                else _other_schema(self.path, version)
+            )
+        return version
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> int:
