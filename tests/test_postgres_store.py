@@ -88,6 +88,41 @@ def test_commands_beside_a_server_neither_create_nor_migrate_a_schema(url: str) 
     open_store(url, existing=True).close()
 
 
+def test_tokens_create_makes_a_new_schema_and_never_migrates_one(
+    postgres: TempPostgres,
+) -> None:
+    """open_store(migrate=False), as ``headwater tokens create`` opens: a database with
+    no schema gets the whole schema; an older one is refused and left at its version
+    (its older server keeps running on it); a newer one is refused as newer, not with
+    advice to start a server of this version on it (which would refuse it too)."""
+    import psycopg
+
+    new = postgres.schema_url()
+    open_store(new, migrate=False).close()
+    with psycopg.connect(new, autocommit=True) as conn:
+        got = [r[0] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert got == [m.version for m in MIGRATIONS]
+
+    older = postgres.schema_url()
+    with psycopg.connect(older, autocommit=True) as conn:
+        assert migrate(conn, "test", MIGRATIONS[:1]) == [1]
+    with pytest.raises(RuntimeError) as refused:
+        open_store(older, migrate=False)
+    assert "has schema version 1, and this Headwater uses" in str(refused.value)
+    assert "start a server of this version on it, which migrates it" in str(refused.value)
+    with psycopg.connect(older, autocommit=True) as conn:
+        assert conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone() == (1,)
+
+    with psycopg.connect(new, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, description) VALUES (99, 'x')")
+    for existing in (True, False):
+        with pytest.raises(RuntimeError) as newer:
+            open_store(new, existing=existing, migrate=False)
+        assert "has schema version 99" in str(newer.value)
+        assert "migrated by a newer Headwater; use that version on it" in str(newer.value)
+        assert "which migrates it" not in str(newer.value)
+
+
 def test_a_version_2_database_gets_child_links_credentials_and_audit(url: str) -> None:
     """Migration 3 (issues 13 and 17): a run stored before it reads back as a run with
     no parent, and the new tables work at once."""

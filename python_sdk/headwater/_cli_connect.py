@@ -81,12 +81,11 @@ def open_database(db: str, payload_dir: str | None = None, *, create: bool = Fal
 
     path = Path(db).expanduser()
     new = create and not is_postgres(db) and not path.exists()
-    # Only a new file is made (and migrated): an existing database of another schema
-    # version is refused, as by prune (``tokens create`` migrated it under the older
-    # server that runs on it, which then refused to start).
-    existing = not create or (not is_postgres(db) and path.is_file() and path.stat().st_size > 0)
+    # Only a new database gets the schema: one of another schema version is refused, as
+    # by prune, never migrated (``tokens create`` migrated it under the older server
+    # that runs on it, which then refused to start).
     try:
-        store = open_store(db, payload_dir=payload_dir, existing=existing)
+        store = open_store(db, payload_dir=payload_dir, existing=not create, migrate=False)
     except (MissingDriver, StoreNotFound, ValueError) as exc:
         raise UsageError(str(exc)) from None
     except RuntimeError as exc:  # cannot open (not a database), cannot connect

@@ -30,6 +30,7 @@ def open_store(
     payload_dir: str | Path | None = None,
     clock: Callable[[], float] | None = None,
     existing: bool = False,
+    migrate: bool = True,
 ) -> Store:
     """The store ``db`` names: ``postgresql://...`` opens (and migrates) a PostgreSQL
     database, anything else is a SQLite file. ``payload_dir`` keeps new payloads'
@@ -37,8 +38,10 @@ def open_store(
     epoch) dates payloads, for tests. ``existing``: a SQLite file that does not exist
     is refused (StoreNotFound, as is an empty file), not created (commands that work on a server's
     database: a mistyped path is not a new, empty one), and a database of another
-    schema version is refused, not migrated (RuntimeError). Another URL scheme than
-    postgresql:// is a ValueError."""
+    schema version is refused, not migrated (RuntimeError). ``migrate=False``: a
+    database of another schema version is refused, but one that has none yet (a new
+    SQLite file, a PostgreSQL database without the schema) is made. Another URL scheme
+    than postgresql:// is a ValueError."""
     if "://" in db and not is_postgres(db):
         scheme = db.split("://", 1)[0]
         raise ValueError(
@@ -60,7 +63,20 @@ def open_store(
                 "pip install 'headwater[postgres]'",
                 name=exc.name,
             ) from None
-        return PostgresStore(db, payload_dir=payload_dir, clock=clock, migrate_schema=not existing)
+        return PostgresStore(
+            db,
+            payload_dir=payload_dir,
+            clock=clock,
+            migrate_schema=migrate and not existing,
+            new_schema=not existing,
+        )
     from ._sqlite import SQLiteStore
 
-    return SQLiteStore(db, payload_dir=payload_dir, clock=clock, migrate_schema=not existing)
+    path = Path(db).expanduser()
+    blank = not path.exists() or (path.is_file() and path.stat().st_size == 0)
+    return SQLiteStore(
+        db,
+        payload_dir=payload_dir,
+        clock=clock,
+        migrate_schema=not existing and (migrate or blank),
+    )

@@ -100,6 +100,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         pool_size: most connections open at once (the writer, readers, the lease).
         stalled_transaction_timeout: seconds a transaction may wait for this process
             between statements before PostgreSQL ends it (``_configure``).
+        migrate_schema: migrate an older schema (a server); False: refuse a database
+            of another schema version, or with none (the commands beside a server).
+        new_schema: with ``migrate_schema=False``, make the schema where there is
+            none (``headwater tokens create``: a new database), still refusing
+            another version.
     """
 
     #: Each call takes a pooled connection: a run may be created from any thread.
@@ -114,6 +119,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         pool_size: int = 10,
         stalled_transaction_timeout: float = 2.0,
         migrate_schema: bool = True,
+        new_schema: bool = False,
     ) -> None:
         self.url = url
         self.where = redact(url)
@@ -125,7 +131,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         try:  # one direct connection first: an unreachable database fails at once
             with psycopg.connect(url, autocommit=True) as conn:
                 if not migrate_schema:
-                    check_current(conn, self.where)
+                    check_current(conn, self.where, none_ok=new_schema)
                 #: Whether opening made the schema (the first migration ran now).
                 self.created = 1 in migrate(conn, self.where)
         except psycopg.Error as exc:

@@ -190,19 +190,27 @@ def schema_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def check_current(conn: psycopg.Connection[tuple[Any, ...]], where: str) -> None:
-    """Refuse a database whose schema is not this version's (none, older or newer):
-    the commands beside a server (prune, tokens) never create or migrate one; a
-    dry run upgraded the database an older server still ran on."""
+def check_current(
+    conn: psycopg.Connection[tuple[Any, ...]], where: str, *, none_ok: bool = False
+) -> None:
+    """Refuse a database whose schema is not this version's (older or newer, and none
+    unless ``none_ok``): the commands beside a server (prune, tokens) never migrate
+    one, and only ``tokens create`` makes one where there is none; a dry run upgraded
+    the database an older server still ran on."""
     current, latest = schema_version(conn), MIGRATIONS[-1].version
     if current == 0:
+        if none_ok:
+            return
         raise RuntimeError(f"no Headwater database at {where} (no Headwater schema in it)")
-    if current != latest:
-        raise RuntimeError(
-            f"database {where} has schema version {current}, and this Headwater uses "
-            f"{latest}: use the Headwater whose server runs on it (a server of this "
-            "version migrates it when it starts)"
-        )
+    if current == latest:
+        return
+    said = f"database {where} has schema version {current}, and this Headwater uses {latest}"
+    if current > latest:
+        raise RuntimeError(f"{said}: it was migrated by a newer Headwater; use that version on it")
+    raise RuntimeError(
+        f"{said}: use the Headwater whose server runs on it, or start a server of this "
+        "version on it, which migrates it"
+    )
 
 
 def migrate(
