@@ -3,6 +3,7 @@ event loop) and a real Python worker in this process; plain HTTP from the test."
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -107,6 +108,23 @@ def unservable() -> int:
 @flow
 def many_loud(n: int = 250) -> list[str]:
     return shout.map([str(i) for i in range(n)])
+
+
+# Offered by no worker, and with no deadline to start: its run waits until cancelled.
+unoffered = remote_task("nobody.offers.that")
+#: Set by the test: ``paced`` waits for it.
+PACE = threading.Event()
+
+
+@task
+def paced(i: int) -> int:
+    assert PACE.wait(BOUND), "never paced"
+    return i
+
+
+@flow
+def half_served(n: int = 12) -> tuple[list[int], int]:
+    return paced.map(list(range(n))), unoffered()
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -395,6 +413,45 @@ def test_a_run_page_stream_follows_the_run_to_its_end(server: ServerThread, http
     assert names[-1] == "end" and events[-1][1] == {"state": "CANCELLED"}
     changed = [t for name, data in events if name == "tasks" for t in data]
     assert ("shout", "CANCELLED") in [(t["key"], t["state"]) for t in changed]
+
+
+def test_a_run_page_stream_sends_waiting_reasons_only_when_they_change(
+    server: ServerThread, http: Http, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While its other task runs change, a run's stream looks at the waiting reasons
+    (here at every change: WAITING_EVERY 0) and sends them only when they differ from
+    what it sent last: an open page of a busy run got the same reasons every 2 s."""
+    monkeypatch.setattr(http_api, "WAITING_EVERY", 0.0)
+    PACE.clear()
+    with Client(server.address, token=TOKEN) as client:
+        run = client.run(half_served, {"n": 12})
+    request = urllib.request.Request(f"{http.base}/api/runs/{run.id}/events")
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    events: list[tuple[str, Any]] = []
+    shouted: set[str] = set()
+    with urllib.request.urlopen(request, timeout=BOUND) as stream:
+        event = ""
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[len("event: ") :]
+            elif line.startswith("data: "):
+                data = json.loads(line[len("data: ") :])
+                events.append((event, data))
+                PACE.set()  # the stream is open: its task runs may end now
+                if event == "tasks":
+                    done = {t["key"] for t in data if t["state"] == "SUCCESS"}
+                    if len(shouted) < 12 and len(shouted | done) == 12:
+                        with Client(server.address, token=TOKEN) as client:
+                            client.cancel(run.id, "seen enough")
+                    shouted |= done
+                if event == "end":
+                    break
+    assert len(shouted) == 12 and events[-1] == ("end", {"state": "CANCELLED"})
+    sent = [data for name, data in events if name == "waiting"]
+    reason = "waiting: no connected worker offers nobody.offers.that"
+    assert any(reason in w.values() for w in sent), sent
+    assert all(a != b for a, b in itertools.pairwise(sent)), sent
 
 
 def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) -> None:

@@ -478,8 +478,20 @@ class HttpApi(PageHandlers):
         async def body(stream: EventStream) -> None:
             current = await self.io.read(self.store.get_flow_run, run_id)
             await stream.send("run", await self._run(current))
-            await stream.send("waiting", _waiting_shown(self.core.waiting(run_id)))
-            waited_at = time.monotonic()
+            shown: dict[str, str] | None = None  # the reasons the page has
+            waited_at = 0.0  # when they were last looked at (monotonic)
+
+            async def send_waiting() -> None:
+                # Only when they changed: an open page of a busy run got the same
+                # (often empty) reasons every 2 s, and at every worker's coming or going.
+                nonlocal shown, waited_at
+                reasons = _waiting_shown(self.core.waiting(run_id))
+                if reasons != shown:
+                    await stream.send("waiting", reasons)
+                    shown = reasons
+                waited_at = time.monotonic()
+
+            await send_waiting()
             while current.state not in _TERMINAL or not notes.empty():
                 got = await next_of(
                     {"notes": notes.get, "logs": logged.get, "workers": workers.get}
@@ -498,15 +510,13 @@ class HttpApi(PageHandlers):
                         run = await self.io.read(_data.flow_run_rows, self.store, current)
                         await stream.send("run", run)
                     if time.monotonic() - waited_at >= WAITING_EVERY:
-                        await stream.send("waiting", _waiting_shown(self.core.waiting(run_id)))
-                        waited_at = time.monotonic()
+                        await send_waiting()
                 if "logs" in kinds:
                     drain(logged, set())
                     await stream.send("logs", {})
                 if "workers" in kinds:
                     drain(workers, set())
-                    await stream.send("waiting", _waiting_shown(self.core.waiting(run_id)))
-                    waited_at = time.monotonic()
+                    await send_waiting()
             await stream.send("logs", {})
             await stream.send("end", {"state": FlowRunState(current.state).name})
 
