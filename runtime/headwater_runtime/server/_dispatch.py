@@ -89,6 +89,9 @@ class WorkerSession:
     #: Log text stored per attempt it holds, and the records dropped over the limit
     #: (``max_log_bytes``): [bytes, records dropped, bytes dropped].
     logged: dict[Token, list[int]] = field(default_factory=dict)
+    #: Payloads the results it is about to report reference and the store does not
+    #: hold, by attempt (``WorkerReports.look_up_refs``; taken when the result is).
+    unstored_refs: dict[Token, list[str]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:

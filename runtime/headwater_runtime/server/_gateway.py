@@ -114,11 +114,18 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 async for message in request_iterator:
                     kind = message.WhichOneof("message")
                     if kind == "batch":
+                        inner = [
+                            m
+                            for m in message.batch.messages
+                            if m.WhichOneof("message") not in _NOT_IN_BATCH
+                        ]
+                        await core.look_up_refs(session, inner)
                         with core.dispatcher.deferred():  # one pump for the whole batch
-                            for inner in message.batch.messages:
-                                if inner.WhichOneof("message") not in _NOT_IN_BATCH:
-                                    core.on_worker_message(session, inner)
+                            for one in inner:
+                                core.on_worker_message(session, one)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
+                        if kind == "result":
+                            await core.look_up_refs(session, (message,))
                         core.on_worker_message(session, message)
             except Exception:
                 # A bug handling one message must not end the stream silently; a
