@@ -47,7 +47,7 @@ class StoreIO:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="headwater-store-reader")
         self._upkeep = upkeep
         self._upkeep_every = upkeep_every
-        self._upkeep_at = 0.0  # when the last upkeep was queued (monotonic)
+        self._upkeep_at: float | None = None  # when the last upkeep was queued (monotonic)
 
     async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` on the writer thread (after the writes before it).
@@ -57,7 +57,10 @@ class StoreIO:
         done = loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
         if self._upkeep is not None:
             now = time.monotonic()
-            if now - self._upkeep_at >= self._upkeep_every:
+            # (None: none yet. The monotonic clock counts from the machine's boot: a
+            # start of 0 held the first upkeep back on a machine up for less than
+            # upkeep_every, which a test with an hour's interval met in CI.)
+            if self._upkeep_at is None or now - self._upkeep_at >= self._upkeep_every:
                 self._upkeep_at = now
                 self._writer.submit(self._upkeep)  # (it reports its own failures)
         return await done
