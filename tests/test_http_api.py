@@ -3,6 +3,7 @@ event loop) and a real Python worker in this process; plain HTTP from the test."
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -201,6 +202,26 @@ def worker(server: ServerThread) -> Iterator[Worker]:
     thread.join(BOUND)
 
 
+@contextlib.contextmanager
+def sse(http: Http, path: str) -> Iterator[Iterator[tuple[str, Any]]]:
+    """An event stream of the API, as its (event, data) pairs when they come."""
+    request = urllib.request.Request(f"{http.base}{path}")
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(request, timeout=BOUND) as stream:
+        assert stream.headers.get_content_type() == "text/event-stream"
+        yield _events(stream)
+
+
+def _events(stream: Any) -> Iterator[tuple[str, Any]]:
+    event = ""
+    for raw in stream:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: "):
+            yield event, json.loads(line[len("data: ") :])
+
+
 def wait_for(condition: Any, what: str) -> Any:
     deadline = time.monotonic() + BOUND
     while True:
@@ -391,23 +412,15 @@ def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(
 def test_a_run_page_stream_follows_the_run_to_its_end(server: ServerThread, http: Http) -> None:
     with Client(server.address, token=TOKEN) as client:
         run = client.run(loud, {"text": "hey"})
-    request = urllib.request.Request(f"{http.base}/api/runs/{run.id}/events")
-    request.add_header("Authorization", f"Bearer {TOKEN}")
     events: list[tuple[str, Any]] = []
-    with urllib.request.urlopen(request, timeout=BOUND) as stream:
-        assert stream.headers.get_content_type() == "text/event-stream"
-        event = ""
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[len("event: ") :]
-            elif line.startswith("data: "):
-                events.append((event, json.loads(line[len("data: ") :])))
-                if event == "waiting" and len(events) == 2:
-                    with Client(server.address, token=TOKEN) as client:
-                        client.cancel(run.id, "stop")  # the stream must report it and end
-                if event == "end":
-                    break
+    with sse(http, f"/api/runs/{run.id}/events") as stream:
+        for event, data in stream:
+            events.append((event, data))
+            if event == "waiting" and len(events) == 2:
+                with Client(server.address, token=TOKEN) as client:
+                    client.cancel(run.id, "stop")  # the stream must report it and end
+            if event == "end":
+                break
     names = [name for name, _ in events]
     assert names[:2] == ["run", "waiting"]
     assert names[-1] == "end" and events[-1][1] == {"state": "CANCELLED"}
@@ -425,28 +438,20 @@ def test_a_run_page_stream_sends_waiting_reasons_only_when_they_change(
     PACE.clear()
     with Client(server.address, token=TOKEN) as client:
         run = client.run(half_served, {"n": 12})
-    request = urllib.request.Request(f"{http.base}/api/runs/{run.id}/events")
-    request.add_header("Authorization", f"Bearer {TOKEN}")
     events: list[tuple[str, Any]] = []
     shouted: set[str] = set()
-    with urllib.request.urlopen(request, timeout=BOUND) as stream:
-        event = ""
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[len("event: ") :]
-            elif line.startswith("data: "):
-                data = json.loads(line[len("data: ") :])
-                events.append((event, data))
-                PACE.set()  # the stream is open: its task runs may end now
-                if event == "tasks":
-                    done = {t["key"] for t in data if t["state"] == "SUCCESS"}
-                    if len(shouted) < 12 and len(shouted | done) == 12:
-                        with Client(server.address, token=TOKEN) as client:
-                            client.cancel(run.id, "seen enough")
-                    shouted |= done
-                if event == "end":
-                    break
+    with sse(http, f"/api/runs/{run.id}/events") as stream:
+        for event, data in stream:
+            events.append((event, data))
+            PACE.set()  # the stream is open: its task runs may end now
+            if event == "tasks":
+                done = {t["key"] for t in data if t["state"] == "SUCCESS"}
+                if len(shouted) < 12 and len(shouted | done) == 12:
+                    with Client(server.address, token=TOKEN) as client:
+                        client.cancel(run.id, "seen enough")
+                shouted |= done
+            if event == "end":
+                break
     assert len(shouted) == 12 and events[-1] == ("end", {"state": "CANCELLED"})
     sent = [data for name, data in events if name == "waiting"]
     reason = "waiting: no connected worker offers nobody.offers.that"
@@ -680,17 +685,11 @@ def test_the_workers_stream_pushes_each_online_workers_last_message_time(
     monkeypatch.setattr(http_api, "SEEN_EVERY", 0.2)
     name = "http-test-worker"
     wait_for(lambda: http.get("/api/workers")["workers"], "the worker")
-    request = urllib.request.Request(f"{http.base}/api/workers/events")
-    request.add_header("Authorization", f"Bearer {TOKEN}")
     seen: dict[str, float] = {}
-    with urllib.request.urlopen(request, timeout=BOUND) as stream:
-        event = ""
-        for raw in stream:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                event = line[len("event: ") :]
-            elif line.startswith("data: ") and event == "seen":
-                seen = json.loads(line[len("data: ") :])
+    with sse(http, "/api/workers/events") as stream:
+        for event, data in stream:
+            if event == "seen":
+                seen = data
                 break
     (listed,) = http.get("/api/workers")["workers"]
     assert list(seen) == [name]
