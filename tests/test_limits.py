@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -50,6 +51,7 @@ from headwater_runtime.server import limits_from_env, settings_from_env
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.server._reports import REFS_ON_LOOP, REFUSED_RESULT
+from headwater_runtime.store import StoreUnavailable
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SERVICES = {
@@ -582,6 +584,34 @@ def test_a_result_referencing_a_payload_that_is_not_stored_is_refused_at_once(
         assert sorted(s.name for s in states) == ["FAILED", "FAILED", "SUCCESS", "SUCCESS"]
 
     against_server(tmp_path, body, Limits())
+
+
+def test_results_are_taken_unchecked_when_the_store_cannot_look_their_payloads_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lookup is a check, not a condition: when the store cannot be read, the
+    result is taken (and the server says so in its log); the worker's stream goes on."""
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
+        stored = running.store.put_payload(iter([b"42"]), {"encoding": "json"}, 2)
+
+        def unreadable(payload_id: str) -> Any:
+            raise StoreUnavailable("disk I/O error")
+
+        running.store.payload_meta = unreadable  # type: ignore[method-assign]
+        for _ in range(2):
+            await client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="proto_pipeline"))
+        results = [_with_ref([0, 1, 2], 1, stored), _with_ref([0, 1, 2], 2, stored)]
+        acks = await _report_hostile_results(channel, results)
+        assert [a.accepted for a in acks] == [True, True], acks
+
+    with caplog.at_level(logging.WARNING, logger="headwater.server"):
+        against_server(tmp_path, body, Limits())
+    assert "results taken without looking up the payloads they reference: disk I/O error" in (
+        caplog.text
+    )
 
 
 def test_a_wide_result_over_the_limit_is_refused_on_the_path_off_the_loop(

@@ -11,6 +11,7 @@ the commit that stores its event.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,8 @@ if TYPE_CHECKING:
     from ._runs import RunManager
     from ._wide import WideWork
 
+log = logging.getLogger("headwater.server")
+
 #: What a worker is told when it gives back an attempt nobody asked it to stop.
 GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel request)"
 #: The failure type of a task whose result the server refused (over a limit, or a
@@ -92,7 +95,9 @@ class WorkerReports:
 
         One read, on a reader thread, for all of them; none when no result references a
         stored payload (a Dask ref, whose ``location`` names the cluster, is not one).
-        Values of more than REFS_ON_LOOP elements are searched on that thread too."""
+        Values of more than REFS_ON_LOOP elements are searched on that thread too. When
+        the store cannot be read, the results are taken unchecked (and that is logged):
+        the stream goes on."""
         small: dict[Token, list[str]] = {}
         wide: dict[Token, payload_pb2.Value] = {}
         for msg in messages:
@@ -104,8 +109,14 @@ class WorkerReports:
                 wide[key] = value
             elif ids := [ref.payload_id for ref in payload_refs(value)]:
                 small[key] = ids
-        if small or wide:
-            session.unstored_refs.update(await self.io.read(_unstored, self.store, small, wide))
+        if not small and not wide:
+            return
+        try:
+            unstored = await self.io.read(_unstored, self.store, small, wide)
+        except Exception as exc:  # (the store cannot be read now: no reason to refuse)
+            log.warning("results taken without looking up the payloads they reference: %s", exc)
+            return
+        session.unstored_refs.update(unstored)
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
         return self.dispatcher.owner((token.task_run_id, token.attempt)) is session
