@@ -50,7 +50,8 @@ from headwater.wire import (
 from headwater_runtime.server import limits_from_env, settings_from_env
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
-from headwater_runtime.server._reports import REFS_ON_LOOP, REFUSED_RESULT
+from headwater_runtime.server._reports import REFUSED_RESULT
+from headwater_runtime.server._result_refs import REFS_ON_LOOP
 from headwater_runtime.store import StoreUnavailable
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -527,12 +528,17 @@ def test_a_result_that_carries_no_value_fails_its_task_instead_of_its_readers(
     against_server(tmp_path, body, Limits())
 
 
-def _with_ref(obj: list[int], index: int, meta: Any) -> payload_pb2.Value:
+def _with_ref(obj: list[int], index: int, meta: Any, **fields: Any) -> payload_pb2.Value:
     """A split result whose element ``index`` travels as a reference to ``meta``'s
-    payload (a PayloadMeta, or a made-up id)."""
+    payload (a PayloadMeta: its size and hash, or a made-up id); ``fields`` override
+    the PayloadRef's."""
     value = value_of(obj, split=True)
-    payload_id = meta if isinstance(meta, str) else meta.id
-    ref = payload_pb2.PayloadRef(payload_id=payload_id, size_bytes=2, sha256="0" * 64)
+    if isinstance(meta, str):
+        ref = payload_pb2.PayloadRef(payload_id=meta, size_bytes=2, sha256="0" * 64)
+    else:
+        ref = payload_pb2.PayloadRef(payload_id=meta.id, size_bytes=meta.size, sha256=meta.sha256)
+    for name, given in fields.items():
+        setattr(ref, name, given)
     ref.metadata.update(value.items[index].inline.metadata)
     value.items[index].CopyFrom(payload_pb2.Value(ref=ref))
     return value
@@ -542,19 +548,25 @@ def test_a_result_referencing_a_payload_that_is_not_stored_is_refused_at_once(
     tmp_path: Path,
 ) -> None:
     """A result was taken whatever payloads it referenced: a worker that reported
-    before its upload ended (or a made-up id) made the run's readers fail later, on a
-    download. Now the Ack refuses it, naming the payload, and its task fails; the same
-    result referencing a stored payload is taken, in a narrow value and in one of more
-    elements than are searched on the event loop."""
+    before its upload ended (or a made-up id, a reference whose size or hash is not the
+    payload's, a location the protocol does not define) made the run's readers fail
+    later, on a download. Now the Ack refuses it, naming the payload, and its task
+    fails; the same result referencing a stored payload is taken, in a narrow value and
+    in ones with more elements (wide, or deep) than are searched on the event loop."""
 
     async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
         await client.RegisterFlow(cp.RegisterFlowRequest(graph=proto_pipeline.compile()))
         stored = running.store.put_payload(iter([b"42"]), {"encoding": "json"}, 2)
         wide = list(range(REFS_ON_LOOP + 6))
+        deep = value_of([0, 1], split=True)  # element 1: a list of REFS_ON_LOOP + 6
+        deep.items[1].CopyFrom(_with_ref(wide, 5, "deep-missing"))
         results = [
             _with_ref([0, 1, 2], 1, "no-such-payload"),
             _with_ref(wide, len(wide) - 1, "made-up"),
+            deep,
+            _with_ref([0, 1, 2], 0, stored, sha256="f" * 64),
+            _with_ref([0, 1, 2], 2, "elsewhere", location="s3"),
             _with_ref([0, 1, 2], 1, stored),
             _with_ref(wide, 3, stored),
         ]
@@ -565,23 +577,35 @@ def test_a_result_referencing_a_payload_that_is_not_stored_is_refused_at_once(
             for _ in results
         ]
         acks = await _report_hostile_results(channel, results)
-        refused = [a for a in acks if not a.accepted]
-        assert len(acks) == 4 and len(refused) == 2, acks
-        for ack in refused:
-            assert ack.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-        named = [re.search(r"references payload '([^']*)'", a.reason) for a in refused]
-        assert sorted(m.group(1) for m in named if m) == ["made-up", "no-such-payload"]
-        assert all("which is not stored: upload a result's payloads" in a.reason for a in refused)
+        assert len(acks) == len(results)
+        refused = {
+            m.group(1): a
+            for a in acks
+            if not a.accepted and (m := re.search(r"(?:payload|location) '([^']*)'", a.reason))
+        }
+        assert sorted(refused) == sorted(
+            ["no-such-payload", "made-up", "deep-missing", stored.id, "s3"]
+        ), acks
+        precondition = grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        for name in ("no-such-payload", "made-up", "deep-missing"):
+            assert refused[name].code == precondition
+            assert "which is not stored: upload a result's payloads" in refused[name].reason
+        assert refused[stored.id].code == invalid
+        assert "as 2 bytes with SHA-256 'ffffffffffffffff', but it is stored as 2 bytes" in (
+            refused[stored.id].reason
+        )
+        assert refused["s3"].code == invalid
+        assert "which the protocol does not define" in refused["s3"].reason
         states = []
         for run_id in runs:
             got = await client.GetFlowRun(cp.GetFlowRunRequest(id=run_id, include_task_runs=True))
             source = next(t for t in got.task_runs if t.name == "numbers")
-            states.append(TaskRunState(source.state))
+            states.append(TaskRunState(source.state).name)
             if source.state == TaskRunState.FAILED.value:
                 failure = source.history[-1].failure
                 assert failure.type == REFUSED_RESULT and not failure.retryable
-                assert "which is not stored" in failure.message
-        assert sorted(s.name for s in states) == ["FAILED", "FAILED", "SUCCESS", "SUCCESS"]
+        assert sorted(states) == ["FAILED"] * 5 + ["SUCCESS"] * 2
 
     against_server(tmp_path, body, Limits())
 

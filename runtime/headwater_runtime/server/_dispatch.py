@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpc import StatusCode
+
 from headwater.v1 import worker_pb2
 from headwater.wire import split_task_run_id
 
@@ -89,9 +91,9 @@ class WorkerSession:
     #: Log text stored per attempt it holds, and the records dropped over the limit
     #: (``max_log_bytes``): [bytes, records dropped, bytes dropped].
     logged: dict[Token, list[int]] = field(default_factory=dict)
-    #: Payloads the results it is about to report reference and the store does not
-    #: hold, by attempt (``WorkerReports.look_up_refs``; taken when the result is).
-    unstored_refs: dict[Token, list[str]] = field(default_factory=dict)
+    #: What is wrong with the payload references of the results it is about to report
+    #: (status, words), by attempt (``WorkerReports.look_up_refs``; taken with the result).
+    ref_problems: dict[Token, list[tuple[StatusCode, str]]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:

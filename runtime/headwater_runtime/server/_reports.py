@@ -37,13 +37,13 @@ from headwater_runtime.engine import (
     TaskStarted,
     TaskSucceeded,
 )
-from headwater_runtime.store import LogRow, NotFound, Store
+from headwater_runtime.store import LogRow, Store
 
 from ._assignments import Token
 from ._dispatch import Dispatcher, WorkerSession
 from ._io import StoreIO
-from ._journal import payload_refs
 from ._limits import InvalidValue, LimitExceeded, check_value
+from ._result_refs import REFS_ON_LOOP, Problem, stored_problems, walk
 
 if TYPE_CHECKING:
     from ._commits import Committer
@@ -60,9 +60,6 @@ GIVEN_BACK = "the worker gave the attempt back (TaskCancelled without a cancel r
 #: The failure type of a task whose result the server refused (over a limit, or a
 #: value that contradicts itself).
 REFUSED_RESULT = "headwater.ResultRefused"
-#: Elements from which a result's value is searched for payload references on a reader
-#: thread rather than on the event loop (``look_up_refs``).
-REFS_ON_LOOP = 64
 
 
 class WorkerReports:
@@ -88,35 +85,42 @@ class WorkerReports:
     async def look_up_refs(
         self, session: WorkerSession, messages: Iterable[worker_pb2.ConnectRequest]
     ) -> None:
-        """Before a stream's results are taken in: the stored payloads their values
-        reference that the store does not hold, noted on the session by attempt, for
-        ``_check_result`` to refuse the result (a worker that reported before its upload
-        ended, or a made-up id: the run's readers failed later, on a download).
+        """Before a stream's results are taken in: what is wrong with the payload
+        references their values hold (server/_result_refs.py), noted on the session by
+        attempt, for ``_check_result`` to refuse the result.
 
-        One read, on a reader thread, for all of them; none when no result references a
-        stored payload (a Dask ref, whose ``location`` names the cluster, is not one).
-        Values of more than REFS_ON_LOOP elements are searched on that thread too. When
-        the store cannot be read, the results are taken unchecked (and that is logged):
-        the stream goes on."""
-        small: dict[Token, list[str]] = {}
+        One read, on a reader thread, for all of a message's results; none when no
+        result references the store. A value of more than REFS_ON_LOOP elements (at any
+        depth) is searched on that thread too; one wider than ``max_map_width`` is not
+        searched (it is refused for its width). When the store cannot be read, the
+        results are taken unchecked, and that is logged: the stream goes on."""
+        problems: dict[Token, list[Problem]] = {}
+        refs: dict[Token, list[payload_pb2.PayloadRef]] = {}
         wide: dict[Token, payload_pb2.Value] = {}
         for msg in messages:
             if msg.WhichOneof("message") != "result":
                 continue
             token, value = msg.result.token, msg.result.result
             key = (token.task_run_id, token.attempt)
-            if len(value.items) > REFS_ON_LOOP:
+            if len(value.items) > self.settings.limits.max_map_width:
+                continue
+            found = walk(value, REFS_ON_LOOP)
+            if found is None:
                 wide[key] = value
-            elif ids := [ref.payload_id for ref in payload_refs(value)]:
-                small[key] = ids
-        if not small and not wide:
-            return
-        try:
-            unstored = await self.io.read(_unstored, self.store, small, wide)
-        except Exception as exc:  # (the store cannot be read now: no reason to refuse)
-            log.warning("results taken without looking up the payloads they reference: %s", exc)
-            return
-        session.unstored_refs.update(unstored)
+                continue
+            if found[0]:
+                refs[key] = found[0]
+            if found[1]:
+                problems[key] = found[1]
+        if refs or wide:
+            try:
+                stored = await self.io.read(stored_problems, self.store, refs, wide)
+            except Exception as exc:  # (the store cannot be read now: no reason to refuse)
+                log.warning("results taken without looking up the payloads they reference: %s", exc)
+                stored = {}
+            for key, more in stored.items():
+                problems[key] = problems.get(key, []) + more
+        session.ref_problems.update(problems)
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
         return self.dispatcher.owner((token.task_run_id, token.attempt)) is session
@@ -155,7 +159,7 @@ class WorkerReports:
         """An attempt's start or outcome, from the session that holds it."""
         token: worker_pb2.FencingToken = getattr(msg, kind).token
         if not self._holds(session, token):
-            session.unstored_refs.pop((token.task_run_id, token.attempt), None)
+            session.ref_problems.pop((token.task_run_id, token.attempt), None)
             if kind != "started":
                 self._refuse(
                     session,
@@ -206,9 +210,9 @@ class WorkerReports:
         elif kind == "result":
             self.exports.record(session, msg.result.result, flow_run_id)
             width = len(msg.result.result.items)
-            unstored = session.unstored_refs.pop(key, [])
+            problems = session.ref_problems.pop(key, [])
             decide = functools.partial(
-                self._result_event, token, flow_run_id, run_key, msg.result, unstored
+                self._result_event, token, flow_run_id, run_key, msg.result, problems
             )
             if width >= self.runs.collector.large and self.wide.expand(
                 session, token, flow_run_id, decide, width
@@ -232,13 +236,13 @@ class WorkerReports:
         flow_run_id: str,
         run_key: str,
         result: worker_pb2.TaskResult,
-        unstored: Sequence[str],
+        ref_problems: Sequence[Problem],
     ) -> tuple[Event, tuple[StatusCode, str] | None]:
         """What a worker's result does: it succeeds, or, when the server cannot take it,
         fails its task (not retryable: the same code would produce it again) and the
-        worker is told why (the refusal). ``unstored``: the payloads it references that
-        are not stored (``look_up_refs``)."""
-        refused = self._check_result(token, result, unstored)
+        worker is told why (the refusal). ``ref_problems``: what is wrong with the
+        payloads it references (``look_up_refs``)."""
+        refused = self._check_result(token, result, ref_problems)
         if refused is not None:
             failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
             return TaskFailed(run_key, token.attempt, failure), refused
@@ -249,16 +253,13 @@ class WorkerReports:
         self,
         token: worker_pb2.FencingToken,
         result: worker_pb2.TaskResult,
-        unstored: Sequence[str] = (),
+        ref_problems: Sequence[Problem] = (),
     ) -> tuple[StatusCode, str] | None:
         """Why a worker's result cannot be taken (its status and message), or None."""
         what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
-        if unstored:
-            more = f" (and {len(unstored) - 1} more)" if len(unstored) > 1 else ""
-            return StatusCode.FAILED_PRECONDITION, (
-                f"{what} references payload {unstored[0]!r}{more}, which is not stored: "
-                "upload a result's payloads (UploadPayload, to its end) before reporting it"
-            )
+        if ref_problems:
+            code, why = ref_problems[0]
+            return code, f"{what} {why}"
         value = result.result
         kind = value.WhichOneof("kind")
         if kind is None:  # (no result at all: no reader could decode it)
@@ -391,27 +392,3 @@ def log_level(given: str) -> str:
     names them, ``INFO`` when empty; any other name is kept (a peer's ``TRACE``)."""
     level = _label(given, LEVEL_LIMIT).strip().upper() or "INFO"
     return _LEVEL_ALIASES.get(level, level)
-
-
-def _unstored(
-    store: Store, small: dict[Token, list[str]], wide: dict[Token, payload_pb2.Value]
-) -> dict[Token, list[str]]:
-    """(On a reader thread.) By attempt, the payload ids its result references that
-    ``store`` does not hold; only attempts with some."""
-    refs = dict(small)
-    for key, value in wide.items():
-        if ids := [ref.payload_id for ref in payload_refs(value)]:
-            refs[key] = ids
-    known: dict[str, bool] = {}
-
-    def stored(payload_id: str) -> bool:
-        if payload_id not in known:
-            try:
-                store.payload_meta(payload_id)
-                known[payload_id] = True
-            except NotFound:
-                known[payload_id] = False
-        return known[payload_id]
-
-    missing = {key: [i for i in ids if not stored(i)] for key, ids in refs.items()}
-    return {key: ids for key, ids in missing.items() if ids}
