@@ -5,13 +5,19 @@ export, and failing attempts whose input is lost."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import FailureInfo
 from headwater_runtime.server._dispatch import WorkerSession
 from headwater_runtime.server._exports import DaskExports
+from headwater_runtime.server._io import StoreIO
+from headwater_runtime.server._limits import Limits
+from headwater_runtime.server._reports import WorkerReports
 from headwater_runtime.server._runs import PendingAssignment
+from headwater_runtime.store import SQLiteStore
 
 
 def session(
@@ -393,3 +399,44 @@ def test_a_long_keep_list_comes_in_several_messages_the_last_with_all(
         (False, ["v2", "v3"]),
         (True, ["v4"]),
     ]
+
+
+def test_an_export_whose_value_references_a_payload_not_stored_fails_the_waiting(
+    tmp_path: Path,
+) -> None:
+    """A bridge's ValueExported is looked up as a result is (WorkerReports.look_up_refs):
+    an exported value that references a payload the store does not hold is not used
+    (readers and downstream workers got NOT_FOUND later, a user trial); the attempts
+    waiting for it fail, saying why."""
+    store = SQLiteStore(str(tmp_path / "hw.db"))
+    io = StoreIO()
+    core = SimpleNamespace(io=io, store=store, settings=SimpleNamespace(limits=Limits()))
+    h = Harness()
+    bridge, _ = session("bridge")
+    plain, _ = session("plain")
+    h.exports.record(bridge, dask_ref("p1"), "run")
+    h.exports.record(bridge, dask_ref("p2"), "run")
+    kept = store.put_payload(iter([b"42"]), {"encoding": "json"}, 2)
+    dangling = payload_pb2.Value(ref=payload_pb2.PayloadRef(payload_id="gone"))
+    good = payload_pb2.Value(ref=payload_pb2.PayloadRef(payload_id=kept.id))
+    answers = [
+        worker_pb2.ConnectRequest(value_exported=exported("p1", dangling)),
+        worker_pb2.ConnectRequest(value_exported=exported("p2", good)),
+    ]
+    try:
+        asyncio.run(WorkerReports.look_up_refs(core, bridge, answers))  # type: ignore[arg-type]
+    finally:
+        io.close()
+        store.close()
+    assert set(bridge.export_problems) == {"p1"}
+    first, second = pending("r/b", dask_ref("p1")), pending("r/c", dask_ref("p2"))
+    assert h.exports.prepare(plain, first) is False and h.exports.prepare(plain, second) is False
+    for answer in answers:
+        h.exports.on_exported(bridge, answer.value_exported)
+    ((failed, failure),) = h.failed
+    assert failed is first
+    assert "exported a value that references payload 'gone', which is not stored" in (
+        failure.message
+    )
+    assert "p1" not in h.exports.exported and h.exports.exported["p2"] == good
+    assert [p for _, p in h.sent] == [second] and bridge.export_problems == {}

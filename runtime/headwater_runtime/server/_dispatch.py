@@ -94,6 +94,8 @@ class WorkerSession:
     #: What is wrong with the payload references of the results it is about to report
     #: (status, words), by attempt (``WorkerReports.look_up_refs``; taken with the result).
     ref_problems: dict[Token, list[tuple[StatusCode, str]]] = field(default_factory=dict)
+    #: The same for the values it exports as a Dask bridge worker, by payload id.
+    export_problems: dict[str, list[tuple[StatusCode, str]]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:

@@ -475,15 +475,21 @@ class DaskExports:
     def on_exported(self, session: WorkerSession, msg: worker_pb2.ValueExported) -> None:
         """The owner answered: complete (or fail) the assignments waiting for it."""
         payload_id = msg.payload_id
+        problems = session.export_problems.pop(payload_id, None)  # (look_up_refs)
         if self._owner(payload_id) is not session:
             return
         self._asked.discard(payload_id)
-        if not msg.HasField("error"):
+        failed = msg.HasField("error") or problems
+        if not failed:
             self.exported[payload_id] = msg.value
         self._wake_readers({payload_id})
-        if msg.HasField("error"):
+        if failed:
             why = f"the Dask bridge worker {session.name!r} could not export a value: "
-            why += msg.error.message
+            if problems:
+                why = f"the Dask bridge worker {session.name!r} exported a value that "
+                why += problems[0][1]
+            else:
+                why += msg.error.message
             self._fail_waiting({payload_id}, why)
             return
         ready: list[_Held] = []

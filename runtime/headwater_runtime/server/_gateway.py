@@ -124,7 +124,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                             for one in inner:
                                 core.on_worker_message(session, one)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
-                        if kind == "result":
+                        if kind in ("result", "value_exported"):
                             await core.look_up_refs(session, (message,))
                         core.on_worker_message(session, message)
             except Exception:

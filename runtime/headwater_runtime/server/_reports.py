@@ -43,7 +43,7 @@ from ._assignments import Token
 from ._dispatch import Dispatcher, WorkerSession
 from ._io import StoreIO
 from ._limits import InvalidValue, LimitExceeded, check_value
-from ._result_refs import REFS_ON_LOOP, Problem, stored_problems, walk
+from ._result_refs import EXPORT, REFS_ON_LOOP, Problem, stored_problems, walk
 
 if TYPE_CHECKING:
     from ._commits import Committer
@@ -85,24 +85,30 @@ class WorkerReports:
     async def look_up_refs(
         self, session: WorkerSession, messages: Iterable[worker_pb2.ConnectRequest]
     ) -> None:
-        """Before a stream's results are taken in: what is wrong with the payload
-        references their values hold (server/_result_refs.py), noted on the session by
-        attempt, for ``_check_result`` to refuse the result.
+        """Before a stream's results (and Dask bridge exports) are taken in: what is
+        wrong with the payload references their values hold (server/_result_refs.py),
+        noted on the session by attempt (by payload id for an export), for
+        ``_check_result`` to refuse the result (``DaskExports.on_exported``, the export).
 
-        One read, on a reader thread, for all of a message's results; none when no
-        result references the store. A value of more than REFS_ON_LOOP elements (at any
-        depth) is searched on that thread too; one wider than ``max_map_width`` is not
+        One read, on a reader thread, for all of a message's values; none when no value
+        references the store. A value of more than REFS_ON_LOOP elements (at any depth)
+        is searched on that thread too; a result wider than ``max_map_width`` is not
         searched (it is refused for its width). When the store cannot be read, the
-        results are taken unchecked, and that is logged: the stream goes on."""
+        values are taken unchecked, and that is logged: the stream goes on."""
+        # Keys: (task run id, attempt) for a result, (payload id, EXPORT) for an export.
         problems: dict[Token, list[Problem]] = {}
         refs: dict[Token, list[payload_pb2.PayloadRef]] = {}
         wide: dict[Token, payload_pb2.Value] = {}
         for msg in messages:
-            if msg.WhichOneof("message") != "result":
-                continue
-            token, value = msg.result.token, msg.result.result
-            key = (token.task_run_id, token.attempt)
-            if len(value.items) > self.settings.limits.max_map_width:
+            kind = msg.WhichOneof("message")
+            if kind == "result":
+                token, value = msg.result.token, msg.result.result
+                key = (token.task_run_id, token.attempt)
+                if len(value.items) > self.settings.limits.max_map_width:
+                    continue
+            elif kind == "value_exported" and not msg.value_exported.HasField("error"):
+                key, value = (msg.value_exported.payload_id, EXPORT), msg.value_exported.value
+            else:
                 continue
             found = walk(value, REFS_ON_LOOP)
             if found is None:
@@ -120,7 +126,11 @@ class WorkerReports:
                 stored = {}
             for key, more in stored.items():
                 problems[key] = problems.get(key, []) + more
-        session.ref_problems.update(problems)
+        for key, found_problems in problems.items():
+            if key[1] == EXPORT:
+                session.export_problems[key[0]] = found_problems
+            else:
+                session.ref_problems[key] = found_problems
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
         return self.dispatcher.owner((token.task_run_id, token.attempt)) is session

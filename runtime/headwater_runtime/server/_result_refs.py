@@ -18,6 +18,9 @@ from ._assignments import Token
 #: Values (elements at any depth) from which a result is searched on a reader thread
 #: rather than on the event loop.
 REFS_ON_LOOP = 64
+#: The "attempt" of a Dask bridge export's value in the keys of ``stored_problems``
+#: (its payload id in place of a task run id).
+EXPORT = -1
 #: Where a PayloadRef may point: the server's store ("") or a Dask cluster.
 LOCATIONS = ("", "dask")
 
