@@ -16,6 +16,7 @@ from headwater_runtime.server._exports import DaskExports
 from headwater_runtime.server._io import StoreIO
 from headwater_runtime.server._limits import Limits
 from headwater_runtime.server._reports import WorkerReports
+from headwater_runtime.server._result_refs import EXPORT
 from headwater_runtime.server._runs import PendingAssignment
 from headwater_runtime.store import SQLiteStore
 
@@ -428,7 +429,7 @@ def test_an_export_whose_value_references_a_payload_not_stored_fails_the_waiting
     finally:
         io.close()
         store.close()
-    assert set(bridge.export_problems) == {"p1"}
+    assert set(bridge.ref_problems) == {("p1", EXPORT)}
     first, second = pending("r/b", dask_ref("p1")), pending("r/c", dask_ref("p2"))
     assert h.exports.prepare(plain, first) is False and h.exports.prepare(plain, second) is False
     for answer in answers:
@@ -439,4 +440,4 @@ def test_an_export_whose_value_references_a_payload_not_stored_fails_the_waiting
         failure.message
     )
     assert "p1" not in h.exports.exported and h.exports.exported["p2"] == good
-    assert [p for _, p in h.sent] == [second] and bridge.export_problems == {}
+    assert [p for _, p in h.sent] == [second] and bridge.ref_problems == {}

@@ -92,10 +92,10 @@ class WorkerSession:
     #: (``max_log_bytes``): [bytes, records dropped, bytes dropped].
     logged: dict[Token, list[int]] = field(default_factory=dict)
     #: What is wrong with the payload references of the results it is about to report
-    #: (status, words), by attempt (``WorkerReports.look_up_refs``; taken with the result).
-    ref_problems: dict[Token, list[tuple[StatusCode, str]]] = field(default_factory=dict)
-    #: The same for the values it exports as a Dask bridge worker, by payload id.
-    export_problems: dict[str, list[tuple[StatusCode, str]]] = field(default_factory=dict)
+    #: (status, words), by attempt, and of the values it exports as a Dask bridge worker,
+    #: by (payload id, ``_result_refs.EXPORT``) (``WorkerReports.look_up_refs``; taken
+    #: with the result or the export).
+    ref_problems: dict[tuple[str, int], list[tuple[StatusCode, str]]] = field(default_factory=dict)
 
     @property
     def free(self) -> int:

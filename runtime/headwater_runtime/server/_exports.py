@@ -41,6 +41,7 @@ from headwater.wire import DASK_LOCATION, HOLDER_KEY, RELEASE_VALUES, FailureInf
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
+from ._result_refs import EXPORT
 from ._values import to_result_value
 
 if TYPE_CHECKING:
@@ -475,21 +476,20 @@ class DaskExports:
     def on_exported(self, session: WorkerSession, msg: worker_pb2.ValueExported) -> None:
         """The owner answered: complete (or fail) the assignments waiting for it."""
         payload_id = msg.payload_id
-        problems = session.export_problems.pop(payload_id, None)  # (look_up_refs)
+        problems = session.ref_problems.pop((payload_id, EXPORT), None)  # (look_up_refs)
         if self._owner(payload_id) is not session:
             return
         self._asked.discard(payload_id)
-        failed = msg.HasField("error") or problems
-        if not failed:
+        worker = f"the Dask bridge worker {session.name!r}"
+        why = ""
+        if msg.HasField("error"):
+            why = f"{worker} could not export a value: {msg.error.message}"
+        elif problems:
+            why = f"{worker} exported a value that {problems[0][1]}"
+        else:
             self.exported[payload_id] = msg.value
         self._wake_readers({payload_id})
-        if failed:
-            why = f"the Dask bridge worker {session.name!r} could not export a value: "
-            if problems:
-                why = f"the Dask bridge worker {session.name!r} exported a value that "
-                why += problems[0][1]
-            else:
-                why += msg.error.message
+        if why:
             self._fail_waiting({payload_id}, why)
             return
         ready: list[_Held] = []

@@ -87,7 +87,7 @@ class WorkerReports:
     ) -> None:
         """Before a stream's results (and Dask bridge exports) are taken in: what is
         wrong with the payload references their values hold (server/_result_refs.py),
-        noted on the session by attempt (by payload id for an export), for
+        noted on the session by attempt (``(payload id, EXPORT)`` for an export), for
         ``_check_result`` to refuse the result (``DaskExports.on_exported``, the export).
 
         One read, on a reader thread, for all of a message's values; none when no value
@@ -126,11 +126,7 @@ class WorkerReports:
                 stored = {}
             for key, more in stored.items():
                 problems[key] = problems.get(key, []) + more
-        for key, found_problems in problems.items():
-            if key[1] == EXPORT:
-                session.export_problems[key[0]] = found_problems
-            else:
-                session.ref_problems[key] = found_problems
+        session.ref_problems.update(problems)
 
     def _holds(self, session: WorkerSession, token: worker_pb2.FencingToken) -> bool:
         return self.dispatcher.owner((token.task_run_id, token.attempt)) is session
@@ -263,7 +259,7 @@ class WorkerReports:
         self,
         token: worker_pb2.FencingToken,
         result: worker_pb2.TaskResult,
-        ref_problems: Sequence[Problem] = (),
+        ref_problems: Sequence[Problem],
     ) -> tuple[StatusCode, str] | None:
         """Why a worker's result cannot be taken (its status and message), or None."""
         what = f"the result of attempt {token.attempt} of task run {token.task_run_id!r}"
