@@ -56,6 +56,7 @@ from headwater_runtime.engine import ENGINE_VERSION, TaskSucceeded
 from headwater_runtime.server import RunManager, _io
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.server._creation import RunCreation
 from headwater_runtime.server._dispatch import UNSTORED_PER_SLOT
 from headwater_runtime.server._runs import PendingAssignment
 from headwater_runtime.store import (
@@ -1831,3 +1832,65 @@ def _held(store: StoreWaitingIn, method: Any) -> Any:
         return method(store, *args, **kwargs)
 
     return waiting
+
+
+class HeldEndStore(SQLiteStore):
+    """A SQLite store that holds the commit storing a run's end until ``release`` is set."""
+
+    release = threading.Event()
+
+    def commit(self, batch: WriteBatch) -> None:
+        """Wait for ``release`` before committing a batch that ends a run."""
+        if any(row.ended_at for row in batch.flow_runs.values()):
+            assert self.release.wait(BOUND), "the run's end was never released"
+        super().commit(batch)
+
+
+def test_create_flow_run_answers_with_the_run_as_stored_not_as_it_went_on(
+    tmp_path: Path,
+) -> None:
+    """CreateFlowRun answers with the run as its creation stored it, although the run
+    went on (here: ended, its end not committed yet) before the answer was built. It
+    answered from the live row: it read the result's value before it was stored and
+    failed with UNKNOWN "stored value ... is missing" (seen with 1-task runs on a
+    loaded server), or would have reported an end not yet stored."""
+    HeldEndStore.release.clear()
+    store = HeldEndStore(tmp_path / "hw.db")
+    original = RunCreation._adopt
+    live: list[FlowRunRow] = []
+
+    async def adopt_and_let_it_end(self: RunCreation, stored: Any) -> tuple[FlowRunRow, bool]:
+        live.append(stored[1])
+        answer = await original(self, stored)
+        await _until(lambda: live[0].ended_at is not None, "the run's end (held in memory)")
+        return answer
+
+    async def main() -> None:
+        async with one_slot_worker(store) as (_, channel, worker):
+            done = asyncio.Event()
+            serving = asyncio.create_task(serve_all(worker, done))
+            try:
+                client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+                graph = proto_pipeline.compile()
+                await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+                request = cp.CreateFlowRunRequest(
+                    flow_name="proto_pipeline", parameters={"n": value_of(2)}
+                )
+                with mock.patch.object(RunCreation, "_adopt", adopt_and_let_it_end):
+                    created = await client.CreateFlowRun(request, metadata=AUTH)
+                run_id = created.flow_run.id
+                assert created.created and created.flow_run.id == live[0].id
+                assert live[0].state == FlowRunState.SUCCESS.value  # in memory, not stored
+                assert created.flow_run.state == FlowRunState.RUNNING.value  # as stored
+                assert not created.flow_run.HasField("result")
+                got = await run_state(channel, run_id)
+                assert got.flow_run.state == FlowRunState.RUNNING.value
+                HeldEndStore.release.set()
+                assert await finished(channel, run_id) == FlowRunState.SUCCESS.value
+            finally:
+                HeldEndStore.release.set()
+                done.set()
+                await serving
+                await worker.close()
+
+    asyncio.run(main())

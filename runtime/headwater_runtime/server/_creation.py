@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -164,13 +165,17 @@ class RunCreation:
     async def _adopt(self, stored: tuple[PreparedRun, FlowRunRow, bool]) -> tuple[FlowRunRow, bool]:
         prepared, row, created = stored
         if created:
+            # The caller gets the row as stored: adopting the run hands the row itself to
+            # the run manager, which changes it as the run goes on, before each change is
+            # committed (a fast run can end before the caller resumes).
+            stored_row = copy.copy(row)
             self.core.runs.adopt(prepared)
             self.core.touch()
             # Let the worker streams send what adopting the run handed them (its first
             # assignments) before this call answers: their tasks start ~0.3 ms sooner.
             await asyncio.sleep(0)
-        else:
-            self.core.runs.discard(prepared)
+            return stored_row, created
+        self.core.runs.discard(prepared)
         return row, created
 
     async def _prepare(
