@@ -39,6 +39,7 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.server import _flows as flows_module
 from headwater_runtime.server._assignments import QueuedAttempts
+from headwater_runtime.server._gc import SMALL_RELEASE, release_later
 from headwater_runtime.server._gc import _releaser as releasing
 from headwater_runtime.server._journal import Values, decode_entry, encode_entry
 from headwater_runtime.server._queries import flow_result, task_result
@@ -474,6 +475,19 @@ def test_a_wide_result_is_applied_aside_and_outcomes_that_come_meanwhile_wait(
     drain(manager, dispatch)
     assert store.get_flow_run(row.id).state == FlowRunState.SUCCESS.value
     assert decode_value(flow_result(store, store.get_flow_run(row.id)))["total"] == 60
+
+
+def test_large_containers_are_emptied_on_the_releasing_thread_small_ones_where_they_are() -> None:
+    """A committed batch of more than SMALL_RELEASE rows is freed item by item on the
+    releasing thread (the event loop keeps the GIL every switch interval); a small one
+    is not handed over (waking that thread per commit cost more than freeing it)."""
+    large = {i: object() for i in range(SMALL_RELEASE + 1)}
+    small = [object() for _ in range(10)]
+    release_later([large, None])
+    release_later([small])
+    releasing().submit(lambda: None).result(30)  # what it was given is done
+    assert large == {}
+    assert len(small) == 10
 
 
 def test_when_the_last_large_run_ends_its_large_graph_leaves_the_cache(store: Store) -> None:

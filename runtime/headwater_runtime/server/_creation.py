@@ -380,7 +380,8 @@ def _audit(core: ServerCore, caller: str, prepared: PreparedRun) -> AuditRow:
 
 def _store_run(store: Store, prepared: PreparedRun, audit: AuditRow) -> tuple[FlowRunRow, bool]:
     """Store a prepared run (its row, start and audit entry in one transaction), then
-    hand its batch's rows to the releasing thread (not the event loop's to free)."""
+    let go of its batch's rows (a large run's on the releasing thread, not the event
+    loop's to free: ``release_later``)."""
     try:
         return store.create_flow_run(prepared.row, None, prepared.batch, audit)
     finally:

@@ -56,6 +56,8 @@ from typing import Any
 LARGE = 10_000
 #: Seconds between two upkeeps (``Collector.upkeep``) at the most.
 UPKEEP_INTERVAL = 0.5
+#: Items from which ``release_later`` frees containers on the releasing thread.
+SMALL_RELEASE = 1_000
 #: An oldest-generation threshold no build reaches (young collections go on).
 _NEVER = 1 << 30
 
@@ -228,8 +230,11 @@ def release_later(containers: list[Any]) -> None:
     """Let go of large containers (dicts, deques, lists; None is skipped) on the
     releasing thread, one item at a time: freeing 100,000 queued attempts at once holds
     the GIL, and so the event loop, for tens of milliseconds; item by item, the loop
-    gets it back every switch interval. The caller must hold no other reference."""
-    _releaser().submit(_empty, containers)
+    gets it back every switch interval. The caller must hold no other reference.
+    Containers of at most ``SMALL_RELEASE`` items in all are let go of here: handing
+    them over cost more (a thread woken per commit) than freeing them."""
+    if sum(len(c) for c in containers if c is not None) > SMALL_RELEASE:
+        _releaser().submit(_empty, containers)
 
 
 def release_now(containers: list[Any]) -> None:
