@@ -265,9 +265,9 @@ class Committer:
 
 def _commit(store: Store, batch: WriteBatch, collector: Collector) -> None:
     """Commit a batch, then let go of its rows (a large batch's on the releasing
-    thread, ``release_later``; a failed one is
-    kept: it is put back and retried). While a large batch is committed, no full
-    collection runs (``Collector.committing``)."""
+    thread, ``release_later``; a failed one is kept: it is put back and retried).
+    While a large batch is committed, no full collection runs
+    (``Collector.committing``)."""
     rows = len(batch.events) + len(batch.task_runs) + len(batch.states) + len(batch.logs)
     with collector.committing(rows):
         store.commit(batch)
