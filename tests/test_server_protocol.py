@@ -595,6 +595,8 @@ def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
             )
             failure = got.task_runs[0].history[-1].failure
             assert (failure.type, failure.timed_out) == ("headwater.TaskTimeout", True)
+            assert got.flow_run.state == FlowRunState.FAILED.value
+            assert list(got.flow_run.failed_task_ids) == ["sleepy"]  # the task that failed it
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -227,6 +227,26 @@ def test_delivered_lists_the_attempts_delivered_to_workers_by_key(store: Store) 
     assert store.delivered("nope") == {}
 
 
+def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    store.create_flow_run(FlowRunRow("r2", "etl", "1", 1, 1.0))
+    b = WriteBatch()
+    rows = (
+        ("r1", "load", "load", -1, 7),
+        ("r1", "scale[0]", "scale", 0, 7),
+        ("r1", "scale[1]", "scale", 1, 8),
+        ("r1", "extract", "extract", -1, 5),
+        ("r2", "other", "other", -1, 7),
+    )
+    for run, key, task_id, index, state in rows:
+        b.task_runs[(run, key)] = TaskRunRow(run, key, task_id, index, state, 1, 1.0)
+    store.commit(b)
+    assert store.task_ids_in_states("r1", (7, 8)) == ["load", "scale"]
+    assert store.task_ids_in_states("r1", (5,)) == ["extract"]
+    assert store.task_ids_in_states("r1", ()) == []
+    assert store.task_ids_in_states("nope", (7,)) == []
+
+
 def test_run_sizes_count_journal_entries_and_task_runs(store: Store) -> None:
     store.create_flow_run(FlowRunRow("big", "etl", "1", 1, 1.0))
     store.create_flow_run(FlowRunRow("small", "etl", "1", 1, 1.0))

@@ -134,7 +134,9 @@ class FlowRun(google.protobuf.message.Message):
 
     @property
     def failed_task_ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
-        """Names of the tasks whose failure failed the run."""
+        """For a FAILED run: the ids of its tasks that raised or timed out (the root causes;
+        each id once, sorted). Empty for a run in any other state.
+        """
 
     @property
     def trace_context(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.str]:

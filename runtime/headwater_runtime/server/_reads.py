@@ -20,6 +20,8 @@ from headwater.wire import (
     MESSAGE_BUDGET,
     STRUCTURAL,
     TERMINAL_FLOW_STATES,
+    FlowRunState,
+    TaskRunState,
     split_task_run_id,
     task_run_id,
     timestamp,
@@ -91,20 +93,26 @@ def log_entry(log: LogRow) -> run_pb2.LogEntry:
 #: Audit entries GetFlowRun shows with a run (the latest).
 AUDIT_SHOWN = 1000
 
-_Parts = tuple[payload_pb2.Value | None, list[RunAttemptRow], LateRow | None]
+#: Task run states of the tasks a failed run lists in ``failed_task_ids``: the root
+#: causes (a task that raised or timed out); the tasks that did not run because of
+#: them (TRIGGER_FAILED) or were cancelled are not listed.
+FAILED_TASK_STATES = (TaskRunState.FAILED.value, TaskRunState.TIMED_OUT.value)
+
+_Parts = tuple[payload_pb2.Value | None, list[RunAttemptRow], LateRow | None, list[str]]
 
 
 def _assemble(row: FlowRunRow, parts: _Parts) -> run_pb2.FlowRun:
-    result, attempts, late = parts
+    result, attempts, late, failed = parts
     message = flow_run_message(row, result)
     flow_run_extras(message, attempts, late)  # run attempts, the late mark: _ops_core.py
+    message.failed_task_ids.extend(failed)
     return message
 
 
 def new_run_message(row: FlowRunRow) -> run_pb2.FlowRun:
     """The FlowRun of a run this call has just created: no result, its first run
     attempt, not late; nothing to read."""
-    return _assemble(row, (None, [], None))
+    return _assemble(row, (None, [], None, []))
 
 
 class RunReads:
@@ -146,9 +154,12 @@ class RunReads:
 
     def _parts(self, row: FlowRunRow) -> _Parts:
         """What a run's FlowRun needs besides its row (reader thread): its result, run
-        attempts and late mark."""
+        attempts, late mark and, when it failed, its failed tasks."""
         result = flow_result(self.store, row) if row.result else None
-        return (result, *run_facts(self.store, row.id))
+        failed: list[str] = []
+        if row.state == FlowRunState.FAILED.value:
+            failed = self.store.task_ids_in_states(row.id, FAILED_TASK_STATES)
+        return (result, *run_facts(self.store, row.id), failed)
 
     async def message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         """A run as the contract's FlowRun (a large result described, not carried;
@@ -318,8 +329,6 @@ async def _first(*queues: asyncio.Queue[set[str]]) -> set[str]:
 
 
 def _state_name(row: FlowRunRow) -> str:
-    from headwater.wire import FlowRunState
-
     return FlowRunState(row.state).name
 
 

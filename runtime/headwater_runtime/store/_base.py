@@ -22,7 +22,7 @@ commits: a new run is stored by the thread that built it, one hop fewer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -466,6 +466,11 @@ class Store(OpsStore, Protocol):
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
         """A run's task runs as they are now, in the order they were first stored."""
+        ...
+
+    def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:
+        """The task ids of a run's task runs in one of ``states`` (each id once, sorted):
+        a failed run's failed tasks, without reading its task runs."""
         ...
 
     def delivered(self, flow_run_id: str) -> dict[str, int]:

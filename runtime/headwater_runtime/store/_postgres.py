@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -446,6 +446,17 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             (flow_run_id,),
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
+
+    def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:
+        """Task ids of a run's task runs in these states (distinct, sorted)."""
+        if not states:
+            return []
+        rows = self._read(
+            "SELECT DISTINCT task_id FROM task_runs WHERE flow_run_id=%s AND state = ANY(%s) "
+            "ORDER BY task_id",
+            (flow_run_id, list(states)),
+        )
+        return [str(r[0]) for r in rows]
 
     def delivered(self, flow_run_id: str) -> dict[str, int]:
         """Each task run's attempt last delivered to a worker (none: not listed)."""

@@ -22,7 +22,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -564,6 +564,18 @@ class SQLiteStore(SQLiteOps, AccessTables):
             (flow_run_id,),
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
+
+    def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:
+        """Task ids of a run's task runs in these states (distinct, sorted)."""
+        if not states:
+            return []
+        marks = ", ".join("?" * len(states))
+        rows = self._db.execute(
+            f"SELECT DISTINCT task_id FROM task_runs WHERE flow_run_id=? AND state IN ({marks}) "
+            "ORDER BY task_id",
+            (flow_run_id, *states),
+        )
+        return [str(r[0]) for r in rows]
 
     def delivered(self, flow_run_id: str) -> dict[str, int]:
         """Each task run's attempt last delivered to a worker (none: not listed)."""
