@@ -97,6 +97,21 @@ def queries(n: int = 2) -> list[int]:
     return hold_db.map(list(range(n)))
 
 
+#: Opened by the test, one per element: ``gated`` waits for its own.
+GATES = [threading.Event(), threading.Event()]
+
+
+@task(tags=["db"])
+def gated(i: int) -> int:
+    assert GATES[i].wait(BOUND), f"gate {i} never opened"
+    return i
+
+
+@flow
+def gated_pair() -> list[int]:
+    return gated.map([0, 1])
+
+
 # A typo in a remote task's name: no worker will ever offer it.
 orphan = remote_task("nobody.offers.this", schedule_to_start_timeout=0.5)
 
@@ -457,6 +472,40 @@ def test_a_run_page_stream_sends_waiting_reasons_only_when_they_change(
     reason = "waiting: no connected worker offers nobody.offers.that"
     assert any(reason in w.values() for w in sent), sent
     assert all(a != b for a, b in itertools.pairwise(sent)), sent
+
+
+def test_a_run_page_stream_catches_up_with_waiting_reasons_the_throttle_put_off(
+    server: ServerThread, http: Http, worker: Worker
+) -> None:
+    """Reasons that change between two looks closer than WAITING_EVERY are sent once it
+    has passed, with no further change needed: a stream-only reader kept "waiting on
+    limit db" for a task run that had long started, until something else changed. At
+    the end, no task run waits."""
+    for gate in GATES:
+        gate.clear()
+    wait_for(lambda: http.get("/api/workers")["workers"], "the worker to connect")
+    limited = "waiting on limit db (1/1)"
+    with Client(server.address, token=TOKEN) as client:
+        client.set_limit("db", concurrency=1)
+        run = client.run(gated_pair)
+    events: list[tuple[str, Any]] = []
+    try:
+        with sse(http, f"/api/runs/{run.id}/events") as stream:
+            for event, data in stream:
+                events.append((event, data))
+                if event == "waiting" and limited in data.values():
+                    GATES[0].set()  # gated[0] ends; gated[1] starts and runs on
+                elif event == "waiting" and GATES[0].is_set() and not GATES[1].is_set():
+                    assert data == {}, data  # sent while gated[1] still runs
+                    GATES[1].set()
+                if event == "end":
+                    break
+    finally:
+        for gate in GATES:
+            gate.set()
+    assert events[-1] == ("end", {"state": "SUCCESS"})
+    sent = [data for name, data in events if name == "waiting"]
+    assert sent[-1] == {} and any(limited in w.values() for w in sent), sent
 
 
 def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) -> None:

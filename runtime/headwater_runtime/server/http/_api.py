@@ -37,7 +37,7 @@ from .._reads import AmbiguousRunId, RunReads
 from . import _data
 from ._access import FORM_TYPES, form_of
 from ._pages import PageHandlers
-from ._sse import EventStream, next_of, take_all
+from ._sse import KEEPALIVE, EventStream, next_of, take_all
 
 _TERMINAL = {s.value for s in FlowRunState if s.is_terminal}
 #: Most runs or task runs one listing returns.
@@ -468,7 +468,9 @@ class HttpApi(PageHandlers):
     async def run_events(self, request: web.Request) -> web.StreamResponse:
         """SSE of one run: ``tasks`` (task runs that changed), ``run`` (the run after a
         change of its own), ``logs`` (new records stored), ``waiting`` (why task runs
-        wait, whenever workers come or go), then ``end`` once it has ended."""
+        wait, when that changed: looked at whenever workers come or go, and as task runs
+        change at most every WAITING_EVERY seconds, a look put off being made once that
+        has passed), then ``end`` once it has ended."""
         row = await self.reads.flow_run(request.match_info["run_id"])
         run_id = row.id
         notes = self.core.watch(run_id)  # subscribe before reading: nothing is missed
@@ -480,24 +482,31 @@ class HttpApi(PageHandlers):
             await stream.send("run", await self._run(current))
             shown: dict[str, str] | None = None  # the reasons the page has
             waited_at = 0.0  # when they were last looked at (monotonic)
+            due = False  # a look the throttle put off: made once WAITING_EVERY has passed
 
             async def send_waiting() -> None:
                 # Only when they changed: an open page of a busy run got the same
                 # (often empty) reasons every 2 s, and at every worker's coming or going.
-                nonlocal shown, waited_at
+                nonlocal shown, waited_at, due
                 reasons = _waiting_shown(self.core.waiting(run_id))
                 if reasons != shown:
                     await stream.send("waiting", reasons)
                     shown = reasons
-                waited_at = time.monotonic()
+                waited_at, due = time.monotonic(), False
 
             await send_waiting()
             while current.state not in _TERMINAL or not notes.empty():
+                idle = KEEPALIVE
+                if due:  # the reasons may have changed since: look when the throttle allows
+                    idle = max(0.0, waited_at + WAITING_EVERY - time.monotonic())
                 got = await next_of(
-                    {"notes": notes.get, "logs": logged.get, "workers": workers.get}
+                    {"notes": notes.get, "logs": logged.get, "workers": workers.get}, idle
                 )
                 if not got:
-                    await stream.comment()
+                    if due:
+                        await send_waiting()
+                    else:
+                        await stream.comment()
                     continue
                 kinds = dict(got)
                 if "notes" in kinds:
@@ -511,12 +520,15 @@ class HttpApi(PageHandlers):
                         await stream.send("run", run)
                     if time.monotonic() - waited_at >= WAITING_EVERY:
                         await send_waiting()
+                    else:
+                        due = True
                 if "logs" in kinds:
                     drain(logged, set())
                     await stream.send("logs", {})
                 if "workers" in kinds:
                     drain(workers, set())
                     await send_waiting()
+            await send_waiting()  # none wait any more: a page that still shows some is told
             await stream.send("logs", {})
             await stream.send("end", {"state": FlowRunState(current.state).name})
 
