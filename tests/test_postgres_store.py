@@ -198,6 +198,28 @@ def test_servers_starting_together_migrate_once(url: str) -> None:
         s.close()
 
 
+def test_a_table_of_another_program_with_one_of_our_names_is_one_clear_error(
+    postgres: TempPostgres,
+) -> None:
+    """A schema already holding a table named like one of Headwater's: the store says
+    it could not set up its tables (it did connect) and why, and keeps nothing."""
+    import psycopg
+
+    url = postgres.schema_url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE credentials (who TEXT)")
+    with pytest.raises(RuntimeError) as refused:
+        PostgresStore(url)
+    text = str(refused.value)
+    assert text.startswith("cannot set up Headwater's tables in the database ")
+    assert 'relation "credentials" already exists' in text and "connect" not in text
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    assert tables == [("credentials",)]
+
+
 def test_a_password_never_appears_in_messages() -> None:
     from headwater_runtime.store._postgres import redact
 

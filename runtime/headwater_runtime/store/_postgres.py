@@ -129,13 +129,21 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         #: such as ``headwater prune``, or a store used without the server).
         self.epoch: int | None = None
         try:  # one direct connection first: an unreachable database fails at once
-            with psycopg.connect(url, autocommit=True) as conn:
+            conn = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as exc:
+            raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
+        try:
+            with conn:
                 if not migrate_schema:
                     check_current(conn, self.where, none_ok=new_schema)
                 #: Whether opening made the schema (the first migration ran now).
                 self.created = 1 in migrate(conn, self.where)
         except psycopg.Error as exc:
-            raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
+            # Connected: making or checking the schema failed (e.g. a table of another
+            # program with one of Headwater's names); nothing of it was kept.
+            raise RuntimeError(
+                f"cannot set up Headwater's tables in the database {self.where}: {exc}"
+            ) from None
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
             min_size=1,
