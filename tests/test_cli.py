@@ -439,6 +439,12 @@ def test_commands_on_a_database_refuse_a_wrong_one_in_one_line(tmp_path: Path) -
     made = headwater_cli("tokens", "create", "--db", missing, "--role", "admin", "--name", "me")
     assert made.returncode == 0 and made.stdout.startswith("hwt_"), made.stderr
     assert f"created a new database at {missing}" in made.stderr and missing.is_file()
+    empty = tmp_path / "empty.db"  # (touched by a script first): made a database too
+    empty.touch()
+    made = headwater_cli("tokens", "create", "--db", empty, "--role", "admin", "--name", "me")
+    assert made.returncode == 0 and f"created a new database at {empty}" in made.stderr
+    again = headwater_cli("tokens", "create", "--db", empty, "--role", "admin", "--name", "you")
+    assert again.returncode == 0 and "new database" not in again.stderr, again.stderr
 
 
 def test_bad_addresses_and_counts_are_usage_errors(tmp_path: Path) -> None:

@@ -220,6 +220,25 @@ def test_a_table_of_another_program_with_one_of_our_names_is_one_clear_error(
     assert tables == [("credentials",)]
 
 
+def test_tokens_create_says_when_it_made_the_tables(postgres: TempPostgres) -> None:
+    """``headwater tokens create`` on a PostgreSQL database without Headwater's tables
+    says it made them (as it says so of a new SQLite file); the next one says nothing."""
+    import subprocess
+    import sys
+
+    url = postgres.schema_url()
+    command = [sys.executable, "-m", "headwater", "tokens", "create", "--db", url, "--role"]
+    first = subprocess.run(
+        [*command, "admin", "--name", "a"], capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0 and first.stdout.startswith("hwt_"), first.stderr
+    assert "headwater: created Headwater's tables in the database postgresql://" in first.stderr
+    second = subprocess.run(
+        [*command, "admin", "--name", "b"], capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0 and "tables" not in second.stderr, second.stderr
+
+
 def test_a_password_never_appears_in_messages() -> None:
     from headwater_runtime.store._postgres import redact
 

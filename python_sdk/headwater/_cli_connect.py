@@ -80,7 +80,7 @@ def open_database(db: str, payload_dir: str | None = None, *, create: bool = Fal
     from headwater_runtime.store import MissingDriver, StoreNotFound, is_postgres, open_store
 
     path = Path(db).expanduser()
-    new = create and not is_postgres(db) and not path.exists()
+    new = create and not is_postgres(db) and (not path.exists() or path.stat().st_size == 0)
     # Only a new database gets the schema: one of another schema version is refused, as
     # by prune, never migrated (``tokens create`` migrated it under the older server
     # that runs on it, which then refused to start).
@@ -92,6 +92,9 @@ def open_database(db: str, payload_dir: str | None = None, *, create: bool = Fal
         raise CommandError(" ".join(line.strip() for line in str(exc).splitlines())) from None
     if new:
         print(f"headwater: created a new database at {db}", file=sys.stderr)
+    elif getattr(store, "created", False):  # PostgreSQL: the schema was made now
+        where = getattr(store, "where", db)
+        print(f"headwater: created Headwater's tables in the database {where}", file=sys.stderr)
     return store
 
 
