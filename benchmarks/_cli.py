@@ -324,16 +324,24 @@ def _server_notes(row: Row, system: str = "server") -> list[str]:
             f"CPU s over all runs: {cpu_text}; peak RSS MB: {peaks}"
         ]
     walls = ", ".join(f"{w:.3f}" for w in d["walls"])
+    burst = d["kind"] == "runs"
+    span = (
+        "from the first client.run to the last run's ended_at"
+        if burst
+        else ("from client.run to the run's ended_at")
+    )
     bits = [
-        f"server {server.wall:.3f} s (median of {walls}) from client.run to the run's "
-        f"ended_at, {d['workers']} workers ({slots} slots)",
+        f"server {server.wall:.3f} s (median of {walls}) {span}, {d['workers']} workers "
+        f"({slots} slots)",
         f"setup (compile + register) {d['setup_s']:.3f} s",
-        f"client.run returned after {statistics.median(d['client_run_s']):.3f} s",
+        f"client.run returned after {statistics.median(d['client_run_s']):.3f} s"
+        + (" per call" if burst else ""),
     ]
     if cpu.get("server") is not None and row.tasks:
+        per = "run (a one-task run, about one GetFlowRun poll)" if burst else "task"
         bits.append(
             f"CPU s in the median run: {cpu_text} "
-            f"({cpu['server'] / row.tasks * 1e6:.0f} µs of server CPU per task)"
+            f"({cpu['server'] / row.tasks * 1e6:.0f} µs of server CPU per {per})"
         )
     bits.append(f"peak RSS MB: {peaks}; {d['attempts']:,} attempts")
     pings = d.get("pings_ms")

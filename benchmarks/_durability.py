@@ -395,7 +395,7 @@ def format_comparison(rows: list[Any], revisions: dict[str, str]) -> str:
                 continue
             d = outcome.data
             rate = cpu = median = p95 = "-"
-            if d["kind"] == "fanout":
+            if d["kind"] in ("fanout", "runs"):
                 wall = statistics.median(d["walls"])
                 rate = f"{d['tasks'] / wall:,.0f}"
                 order = sorted(range(len(d["walls"])), key=lambda i: d["walls"][i])

@@ -22,6 +22,9 @@ own and kills that group if the measurement times out or is interrupted.
   returns ``time.time()`` at its first line. Per run, ``ready_to_start`` is that value
   minus the SCHEDULED timestamp the server gave the task run (the moment its engine
   made the task ready). See README.md for what that includes.
+* ``runs``: one server, one worker, a burst of one-task runs created back to back by
+  one client; the wall runs from the first ``client.run`` to the last run's
+  ``ended_at``, and server CPU per run includes about one GetFlowRun poll per run.
 """
 
 from __future__ import annotations
@@ -443,6 +446,62 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def measure_runs(spec: dict[str, Any]) -> dict[str, Any]:
+    """``runs``: one-task runs created back to back by one client (as a burst of
+    webhook- or API-triggered runs arrives), 1 worker; the wall is from the first
+    ``client.run`` to the last run's ``ended_at``. Per-run costs (a run's creation, its
+    first assignment, its end) dominate here, where the fan-out spreads them over
+    10,000 tasks."""
+    from ._server_tasks import latency_flow
+
+    runs = spec["params"]["runs"]
+    with (
+        Cluster(workers=1, store=spec.get("store", "sqlite"), spec=spec) as cluster,
+        Client(cluster.address) as client,
+    ):
+        raw = _Raw(cluster.address)
+        try:
+            start = time.perf_counter()
+            version = client.deploy(latency_flow)
+            setup = time.perf_counter() - start
+            for _ in range(WARMUP_LATENCY_RUNS):
+                raw.wait_end(client.run(latency_flow.name, version=version).id, 0.002)
+            walls: list[float] = []
+            returned: list[float] = []
+            cpu: list[dict[str, Any]] = []
+            for _ in range(spec.get("repeats", 1)):
+                cpu_before = cluster.cpu()
+                t0 = time.time()
+                ids = [client.run(latency_flow.name, version=version).id for _ in range(runs)]
+                returned.append((time.time() - t0) / runs)
+                ended = [raw.wait_end(run_id, 0.002) for run_id in ids]
+                cpu.append(_deltas(cluster.cpu(), cpu_before))
+                failed = [e.id for e in ended if e.state != FlowRunState.SUCCESS.value]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} of {runs} runs did not succeed")
+                walls.append(max(_seconds(e.ended_at) for e in ended) - t0)
+            peaks = cluster.peaks()
+        finally:
+            raw.close()
+    return {
+        "system": spec["system"],
+        "kind": "runs",
+        "params": spec["params"],
+        "tasks": runs,
+        "label": f"{runs} runs",
+        "walls": walls,
+        "compiles": [],
+        "setup_s": setup,
+        "client_run_s": returned,
+        "check": runs,
+        "attempts": runs,
+        "cpu_s": cpu,
+        "peak_rss_mb": peaks,
+        "workers": cluster.n_workers,
+        "worker_slots": cluster.worker_slots,
+    }
+
+
 def _percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
@@ -680,6 +739,8 @@ def measure_map(spec: dict[str, Any]) -> dict[str, Any]:
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "fanout":
         return measure_fanout(spec)
+    if spec["kind"] == "runs":
+        return measure_runs(spec)
     if spec["kind"] == "server-map":
         return measure_map(spec)
     if spec["kind"] == "latency":

@@ -255,6 +255,16 @@ WORKLOADS: tuple[Workload, ...] = (
         timeout_s=3600,
     ),
     Workload(
+        name="server-runs",
+        title="server throughput: one-task runs created back to back, 1 worker",
+        kind="runs",
+        full={"runs": 600},
+        quick={"runs": 60},
+        systems=("server",),
+        repeats=3,
+        server=True,
+    ),
+    Workload(
         name="server-latency",
         title="server latency: ready -> task starts on an idle server with 1 worker",
         kind="latency",
