@@ -30,6 +30,7 @@ own and kills that group if the measurement times out or is interrupted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import signal
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -446,15 +448,12 @@ def measure_fanout(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def measure_runs(spec: dict[str, Any]) -> dict[str, Any]:
-    """``runs``: one-task runs created back to back by one client (as a burst of
-    webhook- or API-triggered runs arrives), 1 worker; the wall is from the first
-    ``client.run`` to the last run's ``ended_at``. Per-run costs (a run's creation, its
-    first assignment, its end) dominate here, where the fan-out spreads them over
-    10,000 tasks."""
+@contextlib.contextmanager
+def _latency_cluster(spec: dict[str, Any]) -> Iterator[tuple[Cluster, Client, _Raw, str, float]]:
+    """A server and one worker with ``bench_latency`` deployed: the cluster, a client,
+    a raw stub, the flow's version and the seconds deploying it took."""
     from ._server_tasks import latency_flow
 
-    runs = spec["params"]["runs"]
     with (
         Cluster(workers=1, store=spec.get("store", "sqlite"), spec=spec) as cluster,
         Client(cluster.address) as client,
@@ -463,26 +462,38 @@ def measure_runs(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             start = time.perf_counter()
             version = client.deploy(latency_flow)
-            setup = time.perf_counter() - start
-            for _ in range(WARMUP_LATENCY_RUNS):
-                raw.wait_end(client.run(latency_flow.name, version=version).id, 0.002)
-            walls: list[float] = []
-            returned: list[float] = []
-            cpu: list[dict[str, Any]] = []
-            for _ in range(spec.get("repeats", 1)):
-                cpu_before = cluster.cpu()
-                t0 = time.time()
-                ids = [client.run(latency_flow.name, version=version).id for _ in range(runs)]
-                returned.append((time.time() - t0) / runs)
-                ended = [raw.wait_end(run_id, 0.002) for run_id in ids]
-                cpu.append(_deltas(cluster.cpu(), cpu_before))
-                failed = [e.id for e in ended if e.state != FlowRunState.SUCCESS.value]
-                if failed:
-                    raise RuntimeError(f"{len(failed)} of {runs} runs did not succeed")
-                walls.append(max(_seconds(e.ended_at) for e in ended) - t0)
-            peaks = cluster.peaks()
+            yield cluster, client, raw, version, time.perf_counter() - start
         finally:
             raw.close()
+
+
+def measure_runs(spec: dict[str, Any]) -> dict[str, Any]:
+    """``runs``: one-task runs created back to back by one client (as a burst of
+    webhook- or API-triggered runs arrives), 1 worker; the wall is from the first
+    ``client.run`` to the last run's ``ended_at``. Per-run costs (a run's creation, its
+    first assignment, its end) dominate here, where the fan-out spreads them over
+    10,000 tasks."""
+    from ._server_tasks import latency_flow
+
+    runs, name = spec["params"]["runs"], latency_flow.name
+    with _latency_cluster(spec) as (cluster, client, raw, version, setup):
+        for _ in range(WARMUP_LATENCY_RUNS):
+            raw.wait_end(client.run(name, version=version).id, 0.002)
+        walls: list[float] = []
+        returned: list[float] = []
+        cpu: list[dict[str, Any]] = []
+        for _ in range(spec.get("repeats", 1)):
+            cpu_before = cluster.cpu()
+            t0 = time.time()
+            ids = [client.run(name, version=version).id for _ in range(runs)]
+            returned.append((time.time() - t0) / runs)
+            ended = [raw.wait_end(run_id, 0.002) for run_id in ids]
+            cpu.append(_deltas(cluster.cpu(), cpu_before))
+            failed = [e.id for e in ended if e.state != FlowRunState.SUCCESS.value]
+            if failed:
+                raise RuntimeError(f"{len(failed)} of {runs} runs did not succeed")
+            walls.append(max(_seconds(e.ended_at) for e in ended) - t0)
+        peaks = cluster.peaks()
     return {
         "system": spec["system"],
         "kind": "runs",
@@ -529,38 +540,28 @@ def measure_latency(spec: dict[str, Any]) -> dict[str, Any]:
         "called_to_start": [],  # client.run called (client) -> task starts (worker)
         "run_wall": [],  # client.run called -> the run's ended_at (server)
     }
-    with (
-        Cluster(workers=1, store=spec.get("store", "sqlite"), spec=spec) as cluster,
-        Client(cluster.address) as client,
-    ):
-        raw = _Raw(cluster.address)
-        try:
-            start = time.perf_counter()
-            version = client.deploy(latency_flow)
-            setup = time.perf_counter() - start
-            cpu_before = cluster.cpu()
-            for i in range(WARMUP_LATENCY_RUNS + runs):
-                time.sleep(0.005)  # let the previous run's last messages settle: idle
-                called = time.time()
-                run_id = client.run(latency_flow.name, version=version).id
-                returned = time.time()
-                ended = raw.wait_end(run_id, 0.002)
-                if ended.state != FlowRunState.SUCCESS.value:
-                    raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
-                started = float(decode_value(ended.result))
-                (task_run,) = raw.get(run_id, task_runs=True).task_runs
-                history = {h.state: _seconds(h.timestamp) for h in task_run.history}
-                if i < WARMUP_LATENCY_RUNS:
-                    continue
-                series["ready_to_start"].append(started - history[scheduled])
-                series["ready_to_running"].append(history[running] - history[scheduled])
-                series["returned_to_start"].append(started - returned)
-                series["called_to_start"].append(started - called)
-                series["run_wall"].append(_seconds(ended.ended_at) - called)
-            cpu = _deltas(cluster.cpu(), cpu_before)
-            peaks = cluster.peaks()
-        finally:
-            raw.close()
+    with _latency_cluster(spec) as (cluster, client, raw, version, setup):
+        cpu_before = cluster.cpu()
+        for i in range(WARMUP_LATENCY_RUNS + runs):
+            time.sleep(0.005)  # let the previous run's last messages settle: idle
+            called = time.time()
+            run_id = client.run(latency_flow.name, version=version).id
+            returned = time.time()
+            ended = raw.wait_end(run_id, 0.002)
+            if ended.state != FlowRunState.SUCCESS.value:
+                raise RuntimeError(f"flow run ended {FlowRunState(ended.state).name}")
+            started = float(decode_value(ended.result))
+            (task_run,) = raw.get(run_id, task_runs=True).task_runs
+            history = {h.state: _seconds(h.timestamp) for h in task_run.history}
+            if i < WARMUP_LATENCY_RUNS:
+                continue
+            series["ready_to_start"].append(started - history[scheduled])
+            series["ready_to_running"].append(history[running] - history[scheduled])
+            series["returned_to_start"].append(started - returned)
+            series["called_to_start"].append(started - called)
+            series["run_wall"].append(_seconds(ended.ended_at) - called)
+        cpu = _deltas(cluster.cpu(), cpu_before)
+        peaks = cluster.peaks()
     return {
         "system": spec["system"],
         "kind": "latency",
