@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 import weakref
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from headwater_runtime.server._assignments import PendingAssignment
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.server._dispatch import Dispatcher, WorkerSession
 from headwater_runtime.server._gc import Collector
+from headwater_runtime.server._io import to_its_end
 from headwater_runtime.store import SQLiteStore
 
 TASKS = 2_000
@@ -503,3 +505,40 @@ def test_a_reduce_over_a_wide_map_is_built_off_the_loop_and_the_run_completes(
         assert built_on[0][1] is not loop_thread
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_work_carried_past_its_callers_cancel_logs_a_failure_but_not_a_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """to_its_end carries work on when its caller goes away; if the work then fails,
+    nobody is waiting: the server logs it, as a WARNING, unless the failure is the
+    request's own fault (a refusal: a flow that is not registered...), logged at DEBUG:
+    a client that went away before its run creation was refused left a warning."""
+
+    async def work(release: asyncio.Event, error: BaseException) -> None:
+        await release.wait()
+        raise error
+
+    async def carried(error: BaseException) -> None:
+        release = asyncio.Event()
+        caller = asyncio.create_task(
+            to_its_end(work(release, error), "storing a thing", (LookupError,))
+        )
+        await asyncio.sleep(0)  # the caller waits on its work
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        release.set()
+        for _ in range(5):  # the carried work ends, and its done callback runs
+            await asyncio.sleep(0)
+
+    caplog.set_level(logging.DEBUG, logger="headwater.server")
+    asyncio.run(carried(LookupError("no flow 'x'")))
+    asyncio.run(carried(OSError("disk full")))
+    logged = [
+        (r.levelno, r.getMessage()) for r in caplog.records if "storing a thing" in r.getMessage()
+    ]
+    assert logged == [
+        (logging.DEBUG, "storing a thing (its caller went away) failed: no flow 'x'"),
+        (logging.WARNING, "storing a thing (its caller went away) failed: disk full"),
+    ]

@@ -49,6 +49,9 @@ log = logging.getLogger("headwater.server")
 SMALL_RUN = 100
 
 _STORING = "storing a new run and starting it"
+#: What a creation may end in that is the request's fault, not the server's: not
+#: logged as a failure when its caller went away (``to_its_end``).
+_REFUSED = (GraphBuildNeeded, NotFound, ParameterError, GraphError, Conflict)
 
 #: Work to do again once a worker that offers the flow connects.
 Retry = Callable[[], Coroutine[Any, Any, None]]
@@ -108,7 +111,7 @@ class RunCreation:
                     idempotency_key,
                     trace_context,
                 )
-                return await to_its_end(self._adopt_when(stored), _STORING)
+                return await to_its_end(self._adopt_when(stored), _STORING, _REFUSED)
         prepared = await self._prepare(
             flow_name,
             flow_version,
@@ -128,7 +131,7 @@ class RunCreation:
                 raise
             return await self._adopt((prepared, row, created))
 
-        return await to_its_end(store_and_adopt(), _STORING)
+        return await to_its_end(store_and_adopt(), _STORING, _REFUSED)
 
     async def _adopt_when(
         self, stored: Awaitable[tuple[PreparedRun, FlowRunRow, bool]]

@@ -80,7 +80,9 @@ class StoreIO:
 _CARRIED: set[asyncio.Task[Any]] = set()
 
 
-async def to_its_end(work: Coroutine[Any, Any, T], what: str) -> T:
+async def to_its_end(
+    work: Coroutine[Any, Any, T], what: str, refusals: tuple[type[BaseException], ...] = ()
+) -> T:
     """``work`` (a store write, then what must follow it on the loop) carried to its
     end even when the caller is cancelled meanwhile; the caller still sees its
     cancellation. A gRPC call is cancelled when its client goes away; cancelled between
@@ -88,18 +90,22 @@ async def to_its_end(work: Coroutine[Any, Any, T], what: str) -> T:
     follow-up never ran: a run stored RUNNING but never handed to the dispatcher (its
     first task SCHEDULED until a restart, a user trial), a revoked credential still
     accepted, a stored limit not applied. ``what`` names the work in the log line of
-    its failure, which nobody waits for once the caller is gone."""
+    its failure, which nobody waits for once the caller is gone; an exception of
+    ``refusals`` (the request's own fault, such as a flow that is not registered) is
+    logged at DEBUG only: it is no failure of the server's."""
     task = asyncio.get_running_loop().create_task(work)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         if not task.done():
             _CARRIED.add(task)
-            task.add_done_callback(functools.partial(_carried, what))
+            task.add_done_callback(functools.partial(_carried, what, refusals))
         raise
 
 
-def _carried(what: str, task: asyncio.Task[Any]) -> None:
+def _carried(what: str, refusals: tuple[type[BaseException], ...], task: asyncio.Task[Any]) -> None:
     _CARRIED.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("%s (its caller went away) failed: %s", what, task.exception())
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None:
+        level = logging.DEBUG if isinstance(exc, refusals) else logging.WARNING
+        log.log(level, "%s (its caller went away) failed: %s", what, exc)
