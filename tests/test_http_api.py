@@ -390,6 +390,7 @@ def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(
         run = client.run(boom, {"text": "hey"})
         final = client.wait(run.id)
     assert final.state is FlowRunState.FAILED
+    assert http.get(f"/api/runs/{run.id}")["run"]["failed_task_ids"] == ["explode"]
     detail = http.get(f"/api/runs/{run.id}/tasks/explode")
     assert detail["state"] == "FAILED" and detail["attempts"] == 2
     assert [a["state"] for a in detail["attempt_list"]] == ["RETRYING", "FAILED"]

@@ -90,6 +90,20 @@ def task_result(
     return payload_pb2.Value.FromString(data), state
 
 
+#: Task run states of the tasks a failed run lists as failed: the root causes (a task
+#: that raised or timed out); the tasks that did not run because of them
+#: (TRIGGER_FAILED) or were cancelled are not listed.
+FAILED_TASK_STATES = (TaskRunState.FAILED.value, TaskRunState.TIMED_OUT.value)
+
+
+def failed_task_ids(store: Store, row: FlowRunRow) -> list[str]:
+    """The ids of a FAILED run's tasks that raised or timed out (each once, sorted;
+    ``FlowRun.failed_task_ids``); [] for a run in any other state."""
+    if row.state != FlowRunState.FAILED.value:
+        return []
+    return store.task_ids_in_states(row.id, FAILED_TASK_STATES)
+
+
 def flow_result(store: Store, row: FlowRunRow) -> payload_pb2.Value | None:
     """A finished flow run's result as one Value (structural encodings for what the
     engine assembled), or None when it has none."""
@@ -100,4 +114,4 @@ def flow_result(store: Store, row: FlowRunRow) -> payload_pb2.Value | None:
     return to_result_value(from_stored(stored, loaded))
 
 
-__all__ = ["NoResult", "flow_result", "refusal", "task_result"]
+__all__ = ["NoResult", "failed_task_ids", "flow_result", "refusal", "task_result"]

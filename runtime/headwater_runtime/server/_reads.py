@@ -21,7 +21,6 @@ from headwater.wire import (
     STRUCTURAL,
     TERMINAL_FLOW_STATES,
     FlowRunState,
-    TaskRunState,
     split_task_run_id,
     task_run_id,
     timestamp,
@@ -39,7 +38,7 @@ from ._convert import flow_run_message, task_run_from_row
 from ._core import ServerCore
 from ._notices import drain
 from ._ops_core import flow_run_extras, run_facts
-from ._queries import flow_result
+from ._queries import failed_task_ids, flow_result
 from ._spill import spill_value
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -92,11 +91,6 @@ def log_entry(log: LogRow) -> run_pb2.LogEntry:
 
 #: Audit entries GetFlowRun shows with a run (the latest).
 AUDIT_SHOWN = 1000
-
-#: Task run states of the tasks a failed run lists in ``failed_task_ids``: the root
-#: causes (a task that raised or timed out); the tasks that did not run because of
-#: them (TRIGGER_FAILED) or were cancelled are not listed.
-FAILED_TASK_STATES = (TaskRunState.FAILED.value, TaskRunState.TIMED_OUT.value)
 
 _Parts = tuple[payload_pb2.Value | None, list[RunAttemptRow], LateRow | None, list[str]]
 
@@ -156,10 +150,7 @@ class RunReads:
         """What a run's FlowRun needs besides its row (reader thread): its result, run
         attempts, late mark and, when it failed, its failed tasks."""
         result = flow_result(self.store, row) if row.result else None
-        failed: list[str] = []
-        if row.state == FlowRunState.FAILED.value:
-            failed = self.store.task_ids_in_states(row.id, FAILED_TASK_STATES)
-        return (result, *run_facts(self.store, row.id), failed)
+        return (result, *run_facts(self.store, row.id), failed_task_ids(self.store, row))
 
     async def message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         """A run as the contract's FlowRun (a large result described, not carried;
