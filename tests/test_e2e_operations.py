@@ -201,6 +201,7 @@ def test_a_failed_mapped_child_is_retried_from_the_cli_across_restarts(
     states = {t.key: t.state.name for t in failed.task_runs}
     assert states["square[2]"] == "FAILED" and states["plus_one[2]"] == "TRIGGER_FAILED"
     assert states["total"] == "TRIGGER_FAILED" and states["square[1]"] == "SUCCESS"
+    assert failed.failed_task_ids == ["square"]  # what failed it, not what did not run
 
     srv.kill()  # the failed run is stored; the next server retries it from its journal
     (tmp_path / "broken").unlink()
@@ -218,7 +219,7 @@ def test_a_failed_mapped_child_is_retried_from_the_cli_across_restarts(
         poll(lambda: client.get(run.id).state.is_terminal, "the retried run to finish")
         final = client.get(run.id, include_task_runs=True)
     assert final.state is FlowRunState.SUCCESS, final.message
-    assert final.id == run.id and final.attempt == 2
+    assert final.id == run.id and final.attempt == 2 and final.failed_task_ids == []
     assert final.result == 1 + 2 + 5 + 10
     ran = effects(tmp_path)
     assert ran.count("numbers") == 1

@@ -207,6 +207,9 @@ class RemoteFlowRun:
     #: Why the run was late (it had not started within the server's late threshold);
     #: "" when it was not.
     late_reason: str = ""
+    #: For a FAILED run: the ids of its tasks that raised or timed out (each once,
+    #: sorted), with or without its task runs; [] for a run in any other state.
+    failed_task_ids: list[str] = field(default_factory=list)
     _result: payload_pb2.Value | None = field(default=None, repr=False)
     _result_omitted: bool = field(default=False, repr=False)
     _client: Client | None = field(default=None, repr=False)
@@ -918,6 +921,7 @@ class Client(OperationsClient):
             attempt=msg.attempt or 1,
             attempt_started_at=_attempt_start(msg),
             late_reason=msg.late_reason if msg.late else "",
+            failed_task_ids=list(msg.failed_task_ids),
             _result=msg.result if msg.HasField("result") else None,
             _result_omitted=summary is not None and summary.omitted,
             _client=self,
