@@ -244,6 +244,27 @@ def test_a_password_never_appears_in_messages() -> None:
 
     assert redact("postgresql://hw:s3cret@db:5432/hw") == "postgresql://hw:***@db:5432/hw"
     assert redact("postgresql://hw@db/hw") == "postgresql://hw@db/hw"
+    # libpq's password parameter in the query string (a user trial: it was printed).
+    assert (
+        redact("postgresql://hw@db/hw?password=s3cret&options=-csearch_path%3Dx")
+        == "postgresql://hw@db/hw?password=***&options=-csearch_path%3Dx"
+    )
+    assert redact("postgresql:///hw?host=/tmp&Password=s3cret") == (
+        "postgresql:///hw?host=/tmp&Password=***"
+    )
+    # A multi-host URL keeps its hosts (it was refused: "Port could not be cast").
+    assert (
+        redact("postgresql://hw:s3cret@a:5432,b:5433/hw") == "postgresql://hw:***@a:5432,b:5433/hw"
+    )
+    assert redact("postgresql://hw:p@ss@db/hw") == "postgresql://hw:***@db/hw"
+
+
+def test_a_wrong_password_in_the_query_string_is_not_printed(postgres: TempPostgres) -> None:
+    url = f"postgresql://nobody_here@127.0.0.1:{postgres.port}/postgres?password=Wr0ngPw99"
+    with pytest.raises(RuntimeError) as refused:
+        PostgresStore(url + "&connect_timeout=5")
+    assert "Wr0ngPw99" not in str(refused.value)
+    assert "password=***" in str(refused.value)
 
 
 def test_an_unreachable_database_is_one_clear_error(postgres: TempPostgres) -> None:

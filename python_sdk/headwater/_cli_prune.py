@@ -44,7 +44,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             if exc.full
             else ""
         )
-        raise CommandError(f"could not prune {db}: {exc}{hint}") from None
+        where = getattr(store, "where", db)  # (a URL without its password)
+        raise CommandError(f"could not prune {where}: {exc}{hint}") from None
     finally:
         store.close()
     verb = "would delete" if report.dry_run else "deleted"
