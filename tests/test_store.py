@@ -233,6 +233,7 @@ def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:
     b = WriteBatch()
     rows = (
         ("r1", "load", "load", -1, 7),
+        ("r1", "Zeta", "Zeta", -1, 7),  # before "load" by code point, after by ICU rules
         ("r1", "scale[0]", "scale", 0, 7),
         ("r1", "scale[1]", "scale", 1, 8),
         ("r1", "extract", "extract", -1, 5),
@@ -241,7 +242,7 @@ def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:
     for run, key, task_id, index, state in rows:
         b.task_runs[(run, key)] = TaskRunRow(run, key, task_id, index, state, 1, 1.0)
     store.commit(b)
-    assert store.task_ids_in_states("r1", (7, 8)) == ["load", "scale"]
+    assert store.task_ids_in_states("r1", (7, 8)) == ["Zeta", "load", "scale"]
     assert store.task_ids_in_states("r1", (5,)) == ["extract"]
     assert store.task_ids_in_states("r1", ()) == []
     assert store.task_ids_in_states("nope", (7,)) == []

@@ -469,8 +469,9 @@ class Store(OpsStore, Protocol):
         ...
 
     def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:
-        """The task ids of a run's task runs in one of ``states`` (each id once, sorted):
-        a failed run's failed tasks, without reading its task runs."""
+        """The task ids of a run's task runs in one of ``states`` (each id once, sorted
+        by code point whatever the database's collation): a failed run's failed tasks,
+        without reading its task runs."""
         ...
 
     def delivered(self, flow_run_id: str) -> dict[str, int]:

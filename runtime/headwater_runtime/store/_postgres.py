@@ -464,11 +464,12 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         if not states:
             return []
         rows = self._read(
-            "SELECT DISTINCT task_id FROM task_runs WHERE flow_run_id=%s AND state = ANY(%s) "
-            "ORDER BY task_id",
+            "SELECT DISTINCT task_id FROM task_runs WHERE flow_run_id=%s AND state = ANY(%s)",
             (flow_run_id, list(states)),
         )
-        return [str(r[0]) for r in rows]
+        # Sorted here: ORDER BY would follow the database's collation (an ICU one puts
+        # "alpha" before "Zeta"), SQLite by code point.
+        return sorted(str(r[0]) for r in rows)
 
     def delivered(self, flow_run_id: str) -> dict[str, int]:
         """Each task run's attempt last delivered to a worker (none: not listed)."""

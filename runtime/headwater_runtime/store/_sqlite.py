@@ -571,11 +571,10 @@ class SQLiteStore(SQLiteOps, AccessTables):
             return []
         marks = ", ".join("?" * len(states))
         rows = self._db.execute(
-            f"SELECT DISTINCT task_id FROM task_runs WHERE flow_run_id=? AND state IN ({marks}) "
-            "ORDER BY task_id",
+            f"SELECT DISTINCT task_id FROM task_runs WHERE flow_run_id=? AND state IN ({marks})",
             (flow_run_id, *states),
         )
-        return [str(r[0]) for r in rows]
+        return sorted(str(r[0]) for r in rows)  # (by code point, as on PostgreSQL)
 
     def delivered(self, flow_run_id: str) -> dict[str, int]:
         """Each task run's attempt last delivered to a worker (none: not listed)."""
