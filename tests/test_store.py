@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from headwater.wire import CHUNK_SIZE
+from headwater.wire import CHUNK_SIZE, FlowRunState
 from headwater_runtime.store import (
     AuditRow,
     CacheRow,
@@ -246,6 +246,56 @@ def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:
     assert store.task_ids_in_states("r1", (5,)) == ["extract"]
     assert store.task_ids_in_states("r1", ()) == []
     assert store.task_ids_in_states("nope", (7,)) == []
+
+
+def _retry_on_another_thread(store: Store) -> None:
+    """Commit what a retry of run r1 commits (the run RUNNING again, its failed task
+    run reset), from another thread: another connection."""
+    b = WriteBatch()
+    b.flow_runs["r1"] = FlowRunRow("r1", "etl", "1", FlowRunState.RUNNING.value, 1.0)
+    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 2, 2, 3.0)
+    thread = threading.Thread(target=store.commit, args=(b,))
+    thread.start()
+    thread.join(30)
+
+
+def test_a_snapshot_reads_the_database_as_of_one_moment(store: Store) -> None:
+    """Reads inside ``snapshot`` agree with each other although a commit lands between
+    them; after it, the commit is seen. A FAILED run answered while it was retried said
+    FAILED with no failed task: its row and its task runs came from either side of the
+    retry's commit (a user trial)."""
+    failed = FlowRunState.FAILED.value
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
+    b = WriteBatch()
+    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
+    store.commit(b)
+    with store.snapshot():
+        assert store.get_flow_run("r1").state == failed
+        _retry_on_another_thread(store)
+        assert store.task_ids_in_states("r1", (7,)) == ["load"]  # as of the first read
+        with store.snapshot():  # (inside another: the same snapshot)
+            assert store.get_flow_run("r1").state == failed
+    assert store.get_flow_run("r1").state == FlowRunState.RUNNING.value
+    assert store.task_ids_in_states("r1", (7,)) == []
+
+
+def test_a_failed_runs_answer_reads_its_row_again_with_its_failed_tasks(store: Store) -> None:
+    """``as_one``: the row of a FAILED run, read before a retry committed, is read again
+    in the snapshot its failed tasks are read in: the answer is the run as it is
+    (RUNNING, no failed task), never FAILED without its failed task."""
+    from headwater_runtime.server._queries import as_one, failed_task_ids
+
+    failed = FlowRunState.FAILED.value
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
+    b = WriteBatch()
+    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
+    store.commit(b)
+    old = store.get_flow_run("r1")
+    _retry_on_another_thread(store)
+    row, ids = as_one(store, old, lambda row: failed_task_ids(store, row))
+    assert (row.state, ids) == (FlowRunState.RUNNING.value, [])
+    unchanged, ids = as_one(store, store.get_flow_run("r1"), lambda row: ["read"])
+    assert ids == ["read"] and unchanged.state == FlowRunState.RUNNING.value
 
 
 def test_run_sizes_count_journal_entries_and_task_runs(store: Store) -> None:

@@ -3,7 +3,10 @@ run whose engine is gone is refused. Called on reader threads; nothing here writ
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
+from typing import TypeVar
 
 from headwater.v1 import control_plane_pb2, journal_pb2, payload_pb2
 from headwater.wire import FlowRunState, TaskRunState
@@ -12,6 +15,8 @@ from headwater_runtime.store import FlowRunRow, NotFound, Store
 
 from ._journal import from_stored, stored_ids
 from ._values import Composite, to_result_value
+
+T = TypeVar("T")
 
 
 def list_problem(request: control_plane_pb2.ListFlowRunsRequest) -> str | None:
@@ -96,6 +101,20 @@ def task_result(
 FAILED_TASK_STATES = (TaskRunState.FAILED.value, TaskRunState.TIMED_OUT.value)
 
 
+def as_one(store: Store, row: FlowRunRow, read: Callable[[FlowRunRow], T]) -> tuple[FlowRunRow, T]:
+    """``read(row)``: what a run's answer needs besides its row. For a FAILED run, its
+    row is read again with it in one snapshot of the store: a retry committed between
+    the two reads left a FAILED row beside task runs already reset, and the answer
+    said FAILED with no failed task (a user trial). (Other states need no snapshot:
+    a row read earlier is older than what is read with it, and says so.)"""
+    if row.state != FlowRunState.FAILED.value:
+        return row, read(row)
+    with store.snapshot():
+        with contextlib.suppress(NotFound):  # (deleted since: its last known row)
+            row = store.get_flow_run(row.id)
+        return row, read(row)
+
+
 def failed_task_ids(store: Store, row: FlowRunRow) -> list[str]:
     """The ids of a FAILED run's tasks that raised or timed out (each once, sorted;
     ``FlowRun.failed_task_ids``); [] for a run in any other state."""
@@ -114,4 +133,4 @@ def flow_result(store: Store, row: FlowRunRow) -> payload_pb2.Value | None:
     return to_result_value(from_stored(stored, loaded))
 
 
-__all__ = ["NoResult", "failed_task_ids", "flow_result", "refusal", "task_result"]
+__all__ = ["NoResult", "as_one", "failed_task_ids", "flow_result", "refusal", "task_result"]

@@ -38,7 +38,7 @@ from ._convert import flow_run_message, task_run_from_row
 from ._core import ServerCore
 from ._notices import drain
 from ._ops_core import flow_run_extras, run_facts
-from ._queries import failed_task_ids, flow_result
+from ._queries import as_one, failed_task_ids, flow_result
 from ._spill import spill_value
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -146,21 +146,25 @@ class RunReads:
         """A run's row by id or unique id prefix (NotFound, AmbiguousRunId)."""
         return await self.io.read(self._resolve, run_id)
 
-    def _parts(self, row: FlowRunRow) -> _Parts:
+    def _parts(self, row: FlowRunRow) -> tuple[FlowRunRow, _Parts]:
         """What a run's FlowRun needs besides its row (reader thread): its result, run
-        attempts, late mark and, when it failed, its failed tasks."""
+        attempts, late mark and, when it failed, its failed tasks; with the row they
+        go with (``as_one``: a FAILED run's is read again with them)."""
+        return as_one(self.store, row, self._read_parts)
+
+    def _read_parts(self, row: FlowRunRow) -> _Parts:
         result = flow_result(self.store, row) if row.result else None
         return (result, *run_facts(self.store, row.id), failed_task_ids(self.store, row))
 
     async def message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         """A run as the contract's FlowRun (a large result described, not carried;
         its run attempts and late mark), read in one reader-thread call."""
-        return _assemble(row, await self.io.read(self._parts, row))
+        return _assemble(*await self.io.read(self._parts, row))
 
     async def messages(self, rows: list[FlowRunRow]) -> list[run_pb2.FlowRun]:
         """``message`` of several runs (a page of ListFlowRuns), in one reader call."""
         parts = await self.io.read(lambda: [self._parts(row) for row in rows])
-        return [_assemble(row, part) for row, part in zip(rows, parts, strict=True)]
+        return [_assemble(*part) for part in parts]
 
     async def view(self, run_id: str) -> tuple[FlowRunRow, run_pb2.FlowRun, list[AuditRow]]:
         """A run by id or unique id prefix, its FlowRun and its latest audit entries
@@ -168,8 +172,8 @@ class RunReads:
         one thread hand-off per poll, not four."""
 
         def read() -> tuple[FlowRunRow, _Parts, list[AuditRow]]:
-            row = self._resolve(run_id)
-            return row, self._parts(row), self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
+            row, parts = self._parts(self._resolve(run_id))
+            return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
 
         row, parts, entries = await self.io.read(read)
         return row, _assemble(row, parts), entries

@@ -23,6 +23,7 @@ commits: a new run is stored by the thread that built it, one hop fewer.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -466,6 +467,12 @@ class Store(OpsStore, Protocol):
 
     def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
         """A run's task runs as they are now, in the order they were first stored."""
+        ...
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Within it, this thread's reads see the database as of one moment (a read-only
+        transaction): a run's row and its task runs agree although commits land
+        meanwhile. A snapshot inside another is the outer one."""
         ...
 
     def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:

@@ -20,9 +20,11 @@ try again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -127,6 +129,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
     ) -> None:
         self.url = url
         self.where = redact(url)
+        self._snapshots = threading.local()  # .conn: this thread's snapshot's connection
         self._clock = clock or time.time
         self._blobs = None if payload_dir is None else DirectoryBlobs(payload_dir)
         #: The lease epoch this server leads with; None: unfenced (a single process
@@ -213,9 +216,12 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         return self._reading(lambda conn: conn.execute(sql, args or None).fetchall())
 
     def _reading(self, work: Callable[[Conn], T]) -> T:
-        """``work(connection)`` on a pooled connection; errors that mean "cannot read
-        now" become StoreUnavailable."""
+        """``work(connection)`` on a pooled connection (this thread's snapshot's, inside
+        ``snapshot``); errors that mean "cannot read now" become StoreUnavailable."""
         try:
+            pinned: Conn | None = getattr(self._snapshots, "conn", None)
+            if pinned is not None:
+                return work(pinned)
             with self._pool.connection() as conn:
                 return work(conn)
         except psycopg.OperationalError as exc:
@@ -458,6 +464,24 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             (flow_run_id,),
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """This thread's reads on one pooled connection, in one REPEATABLE READ,
+        READ ONLY transaction: one snapshot of the database."""
+        if getattr(self._snapshots, "conn", None) is not None:
+            yield  # inside another snapshot: that one counts
+            return
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                self._snapshots.conn = conn
+                try:
+                    yield
+                finally:
+                    self._snapshots.conn = None
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc, "read from") from exc
 
     def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:
         """Task ids of a run's task runs in these states (distinct, sorted)."""

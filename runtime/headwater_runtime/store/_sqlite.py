@@ -565,6 +565,21 @@ class SQLiteStore(SQLiteOps, AccessTables):
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """This thread's reads in one read transaction (WAL: one snapshot of the
+        database, taken at the first read; commits go on meanwhile)."""
+        db = self._db
+        if db.in_transaction:  # inside another snapshot (or a write): that one counts
+            yield
+            return
+        db.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")  # (it read only: nothing to keep)
+
     def task_ids_in_states(self, flow_run_id: str, states: Collection[int]) -> list[str]:
         """Task ids of a run's task runs in these states (distinct, sorted)."""
         if not states:

@@ -34,7 +34,7 @@ from headwater_runtime.store import (
 )
 
 from .._previews import summarize
-from .._queries import failed_task_ids, flow_result
+from .._queries import as_one, failed_task_ids, flow_result
 
 _RUNNING = TaskRunState.RUNNING.value
 _ATTEMPT_ENDS = {
@@ -104,10 +104,15 @@ def _run_attempt_json(a: RunAttemptRow) -> JSON:
 def flow_run_rows(store: Store, row: FlowRunRow, *, with_result: bool = True) -> JSON:
     """A flow run with its result summary, run attempts, late mark, failed tasks, child
     flow runs and audit entries (reads the store)."""
-    result = flow_result(store, row) if with_result and row.result else None
-    late = store.late_runs([row.id]).get(row.id)
-    body = flow_run_json(row, result, store.run_attempts(row.id), late)
-    body["failed_task_ids"] = failed_task_ids(store, row)
+
+    def read(row: FlowRunRow) -> JSON:
+        result = flow_result(store, row) if with_result and row.result else None
+        late = store.late_runs([row.id]).get(row.id)
+        body = flow_run_json(row, result, store.run_attempts(row.id), late)
+        body["failed_task_ids"] = failed_task_ids(store, row)
+        return body
+
+    row, body = as_one(store, row, read)  # (a FAILED row read again with its tasks)
     body["child_runs"] = [
         {
             "id": child.id,
