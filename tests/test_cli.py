@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -661,3 +662,31 @@ def test_a_negative_duration_gets_the_flags_own_message() -> None:
         "--",
         "-5s",
     ]
+
+
+def test_tokens_on_a_database_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database file the user may read but not write (a read-only file, for someone
+    without root's override): ``tokens create`` says so in one line, exit status 1; it
+    printed a traceback (a user trial)."""
+    from headwater import _cli_tokens
+    from headwater._cli import main
+    from headwater_runtime.store import SQLiteStore, StoreUnavailable
+
+    class ReadOnly(SQLiteStore):
+        def add_credential(self, row: Any) -> None:
+            raise StoreUnavailable(
+                "cannot write to the database: attempt to write a readonly database"
+            )
+
+    db = tmp_path / "ro.db"
+    SQLiteStore(db).close()
+    monkeypatch.setattr(_cli_tokens, "open_database", lambda path, create=False: ReadOnly(path))
+    code = main(["tokens", "create", "--db", str(db), "--role", "admin", "--name", "me"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (
+        f"headwater: error: could not change the credentials in {db}: cannot write to the "
+        "database: attempt to write a readonly database"
+    )

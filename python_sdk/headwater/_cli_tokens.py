@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from headwater.wire import ENV_DB, ENV_SERVER, Role
@@ -18,7 +19,7 @@ from headwater.wire import ENV_DB, ENV_SERVER, Role
 from ._access_info import CredentialInfo
 from ._cli_connect import add_tls_args, connect, open_database
 from ._cli_remote import local_time
-from ._errors import UsageError
+from ._errors import CommandError, UsageError
 
 EXIT_OK = 0
 #: Who audit entries and ``tokens list`` say created a credential made with ``--db``.
@@ -86,52 +87,58 @@ def _created(info: CredentialInfo, token: str) -> int:
 
 
 def _offline(args: argparse.Namespace, db: str) -> int:
-    from datetime import UTC, datetime
-
-    from headwater_runtime.server import new_credential
-    from headwater_runtime.store import (
-        AuditRow,
-        Conflict,
-        CredentialRow,
-        NotFound,
-    )
-
-    def info(row: CredentialRow) -> CredentialInfo:
-        def when(t: float | None) -> datetime | None:
-            return None if t is None else datetime.fromtimestamp(t, UTC)
-
-        created = when(row.created_at)
-        assert created is not None
-        return CredentialInfo(
-            row.name, row.role, row.subject, created, row.created_by, when(row.revoked_at)
-        )
+    from headwater_runtime.store import StoreUnavailable
 
     store = open_database(db, create=args.action == "create")  # the first admin: a new db
     try:
-        now = time.time()
-        if args.action == "create":
-            try:
-                row, token = new_credential(
-                    args.name, args.role, subject=args.subject or "", created_by=OFFLINE, now=now
-                )
-                store.add_credential(row)
-            except (ValueError, Conflict) as exc:
-                raise UsageError(str(exc)) from None
-            store.add_audit(AuditRow(now, OFFLINE, "credential.create", "credential", row.name))
-            return _created(info(row), token)
-        if args.action == "list":
-            for row in store.list_credentials(include_revoked=args.all):
-                print(_line(info(row)))
-            return EXIT_OK
-        try:
-            row = store.revoke_credential(args.name, now)
-        except NotFound as exc:
-            raise UsageError(str(exc)) from None
-        store.add_audit(AuditRow(now, OFFLINE, "credential.revoke", "credential", row.name))
-        print(f"revoked {_line(info(row))}")
-        return EXIT_OK
+        return _offline_action(args, store)
+    except StoreUnavailable as exc:  # one line, not a traceback (a read-only file: a user trial)
+        where = getattr(store, "where", db)  # (a URL without its password)
+        raise CommandError(f"could not change the credentials in {where}: {exc}") from None
     finally:
         store.close()
+
+
+def _offline_action(args: argparse.Namespace, store: Any) -> int:
+    """``tokens create``, ``list`` or ``revoke`` on an open database."""
+    from headwater_runtime.server import new_credential
+    from headwater_runtime.store import AuditRow, Conflict, NotFound
+
+    now = time.time()
+    if args.action == "create":
+        try:
+            row, token = new_credential(
+                args.name, args.role, subject=args.subject or "", created_by=OFFLINE, now=now
+            )
+            store.add_credential(row)
+        except (ValueError, Conflict) as exc:
+            raise UsageError(str(exc)) from None
+        store.add_audit(AuditRow(now, OFFLINE, "credential.create", "credential", row.name))
+        return _created(_info(row), token)
+    if args.action == "list":
+        for row in store.list_credentials(include_revoked=args.all):
+            print(_line(_info(row)))
+        return EXIT_OK
+    try:
+        row = store.revoke_credential(args.name, now)
+    except NotFound as exc:
+        raise UsageError(str(exc)) from None
+    store.add_audit(AuditRow(now, OFFLINE, "credential.revoke", "credential", row.name))
+    print(f"revoked {_line(_info(row))}")
+    return EXIT_OK
+
+
+def _info(row: Any) -> CredentialInfo:
+    """A stored credential as the client's CredentialInfo."""
+
+    def when(t: float | None) -> datetime | None:
+        return None if t is None else datetime.fromtimestamp(t, UTC)
+
+    created = when(row.created_at)
+    assert created is not None
+    return CredentialInfo(
+        row.name, row.role, row.subject, created, row.created_by, when(row.revoked_at)
+    )
 
 
 def add_tokens_command(sub: Any) -> None:
