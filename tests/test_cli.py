@@ -690,3 +690,16 @@ def test_tokens_on_a_database_that_cannot_be_written_is_one_line(
         f"headwater: error: could not change the credentials in {db}: cannot write to the "
         "database: attempt to write a readonly database"
     )
+
+
+def test_an_empty_db_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--db ""`` (an unset variable in a script) is named as empty; it was opened as
+    the directory "." and refused as a directory (a user trial)."""
+    from headwater._cli import main
+
+    code = main(["tokens", "create", "--db", "", "--role", "admin", "--name", "me"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (
+        "headwater: error: --db is empty: give a SQLite file path or a postgresql:// URL"
+    )

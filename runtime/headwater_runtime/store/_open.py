@@ -42,6 +42,8 @@ def open_store(
     database of another schema version is refused, but one that has none yet (a new
     SQLite file, a PostgreSQL database without the schema) is made. Another URL scheme
     than postgresql:// is a ValueError."""
+    if not db.strip():
+        raise ValueError("--db is empty: give a SQLite file path or a postgresql:// URL")
     if "://" in db and not is_postgres(db):
         scheme = db.split("://", 1)[0]
         raise ValueError(
