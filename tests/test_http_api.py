@@ -97,6 +97,19 @@ def queries(n: int = 2) -> list[int]:
     return hold_db.map(list(range(n)))
 
 
+@task
+def chatty(n: int) -> int:
+    for i in range(n):
+        print(f"line {i}", flush=True)
+        time.sleep(0.01)
+    return n
+
+
+@flow
+def chatter(n: int = 150) -> int:
+    return chatty(n)
+
+
 #: Opened by the test, one per element: ``gated`` waits for its own.
 GATES = [threading.Event(), threading.Event()]
 
@@ -507,6 +520,35 @@ def test_a_run_page_stream_catches_up_with_waiting_reasons_the_throttle_put_off(
     assert events[-1] == ("end", {"state": "SUCCESS"})
     sent = [data for name, data in events if name == "waiting"]
     assert sent[-1] == {} and any(limited in w.values() for w in sent), sent
+
+
+def test_a_run_page_stream_tells_of_new_log_records_at_most_every_half_second(
+    server: ServerThread, http: Http, worker: Worker
+) -> None:
+    """A task printing every 10 ms: the stream's ``logs`` events (each has the page
+    fetch the new records) come at most every LOGS_EVERY seconds, the last records told
+    of before ``end``; it sent about 100 a second. Every record can then be read."""
+    with Client(server.address, token=TOKEN) as client:
+        run = client.run(chatter, {"n": 150})
+    names: list[str] = []
+    with sse(http, f"/api/runs/{run.id}/events") as stream:
+        for event, _ in stream:
+            names.append(event)
+            if event == "end":
+                break
+    assert names[-2:] == ["logs", "end"]  # the last records told of before the end
+    # The stream lived within the run's life (by the server's clock), and its ``logs``
+    # events but the last came LOGS_EVERY apart at least.
+    shown = http.get(f"/api/runs/{run.id}")["run"]
+    lived = shown["ended_at"] - shown["created_at"]
+    assert names.count("logs") <= (lived + http_api.LOGS_EVERY) / http_api.LOGS_EVERY + 2
+    records = wait_for(
+        lambda: (
+            len(got := http.get(f"/api/runs/{run.id}/logs?limit=500")["entries"]) == 150 and got
+        ),
+        "every record",
+    )
+    assert records[-1]["message"] == "line 149"
 
 
 def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) -> None:

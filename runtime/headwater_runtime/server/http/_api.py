@@ -57,6 +57,9 @@ WAITING_SHOWN = 200
 #: change (at once when workers come or go): working the reasons out walks every
 #: queued attempt of the run.
 WAITING_EVERY = 2.0
+#: Seconds between two ``logs`` events of a run's stream at the most: each has the
+#: page fetch the new records, and a task printing every 10 ms sent ~100 a second.
+LOGS_EVERY = 0.5
 
 
 def _waiting_shown(reasons: dict[str, str]) -> dict[str, str]:
@@ -467,7 +470,8 @@ class HttpApi(PageHandlers):
 
     async def run_events(self, request: web.Request) -> web.StreamResponse:
         """SSE of one run: ``tasks`` (task runs that changed), ``run`` (the run after a
-        change of its own), ``logs`` (new records stored), ``waiting`` (why task runs
+        change of its own), ``logs`` (new records stored: at most every LOGS_EVERY
+        seconds, the last records told of once that has passed), ``waiting`` (why task runs
         wait, when that changed: looked at whenever workers come or go, and as task runs
         change at most every WAITING_EVERY seconds, a look put off being made once that
         has passed), then ``end`` once it has ended."""
@@ -483,6 +487,13 @@ class HttpApi(PageHandlers):
             shown: dict[str, str] | None = None  # the reasons the page has
             waited_at = 0.0  # when they were last looked at (monotonic)
             due = False  # a look the throttle put off: made once WAITING_EVERY has passed
+            logged_at = 0.0  # when the last ``logs`` event went (monotonic)
+            logs_due = False  # new records told of once LOGS_EVERY has passed
+
+            async def send_logs() -> None:
+                nonlocal logged_at, logs_due
+                await stream.send("logs", {})
+                logged_at, logs_due = time.monotonic(), False
 
             async def send_waiting() -> None:
                 # Only when they changed: an open page of a busy run got the same
@@ -496,17 +507,21 @@ class HttpApi(PageHandlers):
 
             await send_waiting()
             while current.state not in _TERMINAL or not notes.empty():
-                idle = KEEPALIVE
-                if due:  # the reasons may have changed since: look when the throttle allows
-                    idle = max(0.0, waited_at + WAITING_EVERY - time.monotonic())
+                # What the throttles put off is sent once they allow (the reasons may
+                # have changed since; records came).
+                deadlines = [waited_at + WAITING_EVERY] if due else []
+                deadlines += [logged_at + LOGS_EVERY] if logs_due else []
+                idle = max(0.0, min(deadlines) - time.monotonic()) if deadlines else KEEPALIVE
                 got = await next_of(
                     {"notes": notes.get, "logs": logged.get, "workers": workers.get}, idle
                 )
                 if not got:
+                    if not (due or logs_due):
+                        await stream.comment()
+                    if logs_due:
+                        await send_logs()
                     if due:
                         await send_waiting()
-                    else:
-                        await stream.comment()
                     continue
                 kinds = dict(got)
                 if "notes" in kinds:
@@ -524,7 +539,10 @@ class HttpApi(PageHandlers):
                         due = True
                 if "logs" in kinds:
                     drain(logged, set())
-                    await stream.send("logs", {})
+                    if time.monotonic() - logged_at >= LOGS_EVERY:
+                        await send_logs()
+                    else:
+                        logs_due = True
                 if "workers" in kinds:
                     drain(workers, set())
                     await send_waiting()
