@@ -220,6 +220,37 @@ def test_a_table_of_another_program_with_one_of_our_names_is_one_clear_error(
     assert tables == [("credentials",)]
 
 
+@pytest.mark.parametrize(
+    "theirs",
+    [
+        "version bigint PRIMARY KEY, dirty boolean NOT NULL DEFAULT false",  # golang-migrate
+        "version varchar PRIMARY KEY",  # Rails
+    ],
+)
+def test_another_programs_schema_migrations_table_is_refused_by_name(
+    postgres: TempPostgres, theirs: str
+) -> None:
+    """Other migration tools name their table schema_migrations too: its versions are
+    not Headwater's. It was read as "migrated by a newer Headwater" (version
+    20230101120000) or failed with a type error; now it is named, and nothing is kept."""
+    import psycopg
+
+    url = postgres.schema_url()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE schema_migrations ({theirs})")
+        conn.execute("INSERT INTO schema_migrations (version) VALUES ('20230101120000')")
+    for migrate_schema in (True, False):
+        with pytest.raises(RuntimeError) as refused:
+            PostgresStore(url, migrate_schema=migrate_schema)
+        assert "has a table schema_migrations that is not Headwater's" in str(refused.value)
+        assert "newer" not in str(refused.value)
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        ).fetchall()
+    assert tables == [("schema_migrations",)]
+
+
 def test_tokens_create_says_when_it_made_the_tables(postgres: TempPostgres) -> None:
     """``headwater tokens create`` on a PostgreSQL database without Headwater's tables
     says it made them (as it says so of a new SQLite file); the next one says nothing."""

@@ -181,11 +181,32 @@ class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer Headwater than this server."""
 
 
-def schema_version(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
-    """The version of the schema the connection's search path sees (0: none)."""
-    found = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
-    if found is None or not found[0]:
+#: The columns of Headwater's own ``schema_migrations`` table, and its version's type.
+_OUR_MIGRATIONS_TABLE = [
+    ("applied_at", "timestamp with time zone"),
+    ("description", "text"),
+    ("version", "integer"),
+]
+
+
+def schema_version(conn: psycopg.Connection[tuple[Any, ...]], where: str = "") -> int:
+    """The version of the schema the connection's search path sees (0: none).
+    RuntimeError for a ``schema_migrations`` table that is not Headwater's (other
+    migration tools name theirs so too): its versions mean nothing here."""
+    columns = conn.execute(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns "
+        "WHERE table_name = 'schema_migrations' AND table_schema = ("
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = to_regclass('schema_migrations')) ORDER BY 1"
+    ).fetchall()
+    if not columns:
         return 0
+    if [tuple(c) for c in columns] != _OUR_MIGRATIONS_TABLE:
+        raise RuntimeError(
+            f"the database {where or '(this one)'} has a table schema_migrations that is "
+            "not Headwater's (another program's migrations): give Headwater a database or a "
+            "schema of its own (e.g. options=-csearch_path%3Dheadwater in the URL)"
+        )
     row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
     return int(row[0]) if row is not None else 0
 
@@ -197,7 +218,7 @@ def check_current(
     unless ``none_ok``): the commands beside a server (prune, tokens) never migrate
     one, and only ``tokens create`` makes one where there is none; a dry run upgraded
     the database an older server still ran on."""
-    current, latest = schema_version(conn), MIGRATIONS[-1].version
+    current, latest = schema_version(conn, where), MIGRATIONS[-1].version
     if current == 0:
         if none_ok:
             return
@@ -231,7 +252,7 @@ def migrate(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        current = schema_version(conn)
+        current = schema_version(conn, where)
         if current > latest:
             raise SchemaTooNew(
                 f"database {where} has schema version {current}, newer than the "
