@@ -194,7 +194,9 @@ def test_retrying_a_run_that_is_not_over_is_refused(db: str) -> None:
         assert got is grpc.StatusCode.FAILED_PRECONDITION
         assert details == f"flow run {row.id} is running; it can be retried once it ends"
         await core.cancel_run(row.id, "stop")
-        retried = await stub.RetryFlowRun(ops.RetryFlowRunRequest(id=row.id, reason="go"))
+        # By a unique prefix of its id, as GetFlowRun and CancelFlowRun take it.
+        retried = await stub.RetryFlowRun(ops.RetryFlowRunRequest(id=row.id[:8], reason="go"))
+        assert retried.flow_run.id == row.id
         assert retried.flow_run.state == FlowRunState.RUNNING.value
         assert retried.flow_run.attempt == 2
         with pytest.raises(RetryRefused):

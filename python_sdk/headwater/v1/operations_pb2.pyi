@@ -25,7 +25,7 @@ class RetryFlowRunRequest(google.protobuf.message.Message):
     ID_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     id: builtins.str
-    """Flow run id."""
+    """Flow run id, or a prefix of it that only one run has."""
     reason: builtins.str
     """Why, recorded in the history of the task runs that run again."""
     def __init__(

@@ -59,8 +59,10 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         if not request.id:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "id is required")
         async with _ops_refusals(context):
-            await self.ops.retry(request.id, request.reason)
-        row = await self.core.io.read(self.core.store.get_flow_run, request.id)
+            # By id or unique id prefix, as GetFlowRun and CancelFlowRun take it.
+            run_id = (await self.control.reads.flow_run(request.id)).id
+            await self.ops.retry(run_id, request.reason)
+        row = await self.core.io.read(self.core.store.get_flow_run, run_id)
         return ops.RetryFlowRunResponse(flow_run=await self.control.reads.message(row))
 
     async def SetConcurrencyLimit(
