@@ -1450,15 +1450,16 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
 
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    too_old = "schema version 1, and this Headwater uses 3: it is too old to migrate"
+    too_old = "schema version 1, and this Headwater uses 4: it is too old to migrate"
     with pytest.raises(RuntimeError, match=too_old):
         SQLiteStore(path)
 
 
 def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
     """Version 3 added the links of child flow runs (three columns of flow_runs) and
-    the credentials and audit tables: a version 2 database gets them in place, keeps
-    its runs, and says version 3 from then on."""
+    the credentials and audit tables, version 4 the uploader of each payload: a
+    version 2 database gets them in place, keeps its runs and payloads, and says the
+    current version from then on."""
     import sqlite3
 
     from headwater_runtime.store import SCHEMA_VERSION, AuditRow
@@ -1466,8 +1467,10 @@ def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> Non
     path = tmp_path / "v2.db"
     store = SQLiteStore(path)
     store.create_flow_run(FlowRunRow("r0", "f", "1", FlowRunState.RUNNING.value, 1.0, b"{}"))
+    kept = store.put_payload(iter([b"[1]"]), {"encoding": "json"}, 3).id
     store.close()
     with sqlite3.connect(path) as db:  # what version 2 had
+        db.execute("ALTER TABLE payloads DROP COLUMN uploader")
         db.execute("DROP TABLE credentials")
         db.execute("DROP TABLE audit")
         db.execute("DROP INDEX flow_runs_parent")
@@ -1476,13 +1479,17 @@ def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> Non
         db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     store = SQLiteStore(path)
     assert store.get_flow_run("r0").parent_flow_run_id == ""
+    assert store.payload_meta(kept).uploader == ""  # (uploaded before version 4)
+    assert b"".join(store.read_payload(kept)) == b"[1]"
+    own = store.put_payload(iter([b"[2]"]), {"encoding": "json"}, 3, uploader="w1").id
+    assert store.payload_meta(own).uploader == "w1"
     store.add_audit(AuditRow(1.0, "alice", "run", "flow_run", "r1"))
     assert [a.actor for a in store.audit_entries("flow_run", "r1")] == ["alice"]
     assert store.list_credentials() == []
     store.close()
     with sqlite3.connect(path) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    assert int(version) == SCHEMA_VERSION == 3
+    assert int(version) == SCHEMA_VERSION == 4
 
 
 @task

@@ -54,7 +54,13 @@ class Builder:
     ``answer`` (None: never answers)."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, name: str, answer: Answer, *, feature: bool = True
+        self,
+        channel: grpc.aio.Channel,
+        name: str,
+        answer: Answer,
+        *,
+        feature: bool = True,
+        metadata: tuple[tuple[str, str], ...] = (),
     ):
         self.requests: list[worker_pb2.BuildGraph] = []
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
@@ -69,7 +75,8 @@ class Builder:
             flows=[worker_pb2.FlowOffer(name="doubled", code_digest=doubled.code_digest)],
         )
         self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
-        self.call = worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(self._requests())
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        self.call = stub.Connect(self._requests(), metadata=metadata)
         self.task = asyncio.get_running_loop().create_task(self._serve(answer))
 
     async def _requests(self) -> AsyncIterator[worker_pb2.ConnectRequest]:

@@ -520,6 +520,21 @@ def test_payloads_are_stored_and_read_back_in_chunks(payload_store: Store) -> No
     assert store.payload_meta(meta.id).metadata == {"encoding": "pickle"}
 
 
+def test_a_payload_keeps_the_credential_that_uploaded_it(payload_store: Store) -> None:
+    """What a worker-only credential may read and reference (its own uploads) is
+    decided from the store, so it holds across server restarts."""
+    store = payload_store
+    own = store.put_payload(iter([b"[1]"]), {"encoding": "json"}, 3, uploader="worker-a")
+    upload = store.begin_payload({"encoding": "json"}, 3, uploader="worker-b")
+    upload.write(b"[2]")
+    streamed = upload.finish()
+    server = store.put_payload(iter([b"[3]"]), {"encoding": "json"}, 3)
+    assert (own.uploader, streamed.uploader, server.uploader) == ("worker-a", "worker-b", "")
+    assert store.payload_meta(own.id).uploader == "worker-a"
+    assert store.payload_meta(streamed.id).uploader == "worker-b"
+    assert store.payload_meta(server.id).uploader == ""
+
+
 @pytest.mark.parametrize(
     ("chunks", "size", "sha", "message"),
     [

@@ -6,14 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
+from test_graph_builds import Builder, built, value
 
 from headwater import Client, flow, remote_task
-from headwater.v1 import payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
-from headwater.wire import EncodedValue, PayloadTransfer, TLSSettings, open_aio_channel
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import (
+    control_plane_pb2_grpc,
+    payload_pb2,
+    payload_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from headwater.wire import (
+    EncodedValue,
+    PayloadTransfer,
+    TLSSettings,
+    open_aio_channel,
+    parameters_digest,
+)
 from headwater_runtime.server import new_credential, start_server
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.store import SQLiteStore
@@ -124,5 +139,221 @@ def test_a_worker_reads_only_its_attempts_inputs_and_its_own_uploads(tmp_path: P
         assert await _download(channel, worker, held) == grpc.StatusCode.PERMISSION_DENIED
         await outbox.put(None)
         call.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+async def _connect(
+    channel: grpc.aio.Channel,
+    token: str,
+    slots: int,
+    running: Sequence[worker_pb2.FencingToken] = (),
+) -> tuple[asyncio.Queue[worker_pb2.ConnectRequest | None], Any, AsyncIterator[Any]]:
+    """A raw worker session of ``token`` offering privilege.echo (holding ``running``
+    from before): its outbox, its call and the iterator of what the server sends."""
+    outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+    hello = worker_pb2.Hello(
+        worker_id="w",
+        name="w",
+        protocol_version=1,
+        capabilities=["privilege.echo"],
+        slots=slots,
+        running=running,
+    )
+    await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+    async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+        while (item := await outbox.get()) is not None:
+            yield item
+
+    stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+    call = stub.Connect(requests(), metadata=_auth(token), timeout=60)
+    return outbox, call, aiter(call)
+
+
+def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: Path) -> None:
+    """A reference in a result is a way to read: a worker-only credential that reports
+    a result pointing at a payload it may not download (another credential's upload)
+    has it refused, PERMISSION_DENIED, and the task fails; its own uploads and its
+    attempts' inputs it may reference. What it uploaded stays its own after a server
+    restart (it is stored with the payload): an attempt held across the restart
+    reports a result referencing it to the new server, which takes it, and the upload
+    can still be downloaded."""
+    db = tmp_path / "hw.db"
+    tokens = _tokens(db)
+    worker = tokens["worker"]
+    streams: list[Any] = []
+
+    async def main() -> None:
+        running = await start_server(ServerSettings(port=0, db=str(db)))
+        address = f"127.0.0.1:{running.port}"
+        try:
+            async with open_aio_channel(address, TLSSettings()) as channel:
+                own, kept, kept_run = await first_server(channel, address)
+                await asyncio.wait_for(running.stop(None), 30)
+                for call in streams:
+                    call.cancel()
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+        running = await start_server(ServerSettings(port=running.port, db=str(db)))
+        try:
+            async with open_aio_channel(address, TLSSettings()) as channel:
+                assert await _download(channel, worker, own.payload_id) == grpc.StatusCode.OK
+                outbox, call, stream = await _connect(channel, worker, slots=1, running=[kept])
+                while not (response := await anext(stream)).HasField("welcome"):
+                    pass
+                assert list(response.welcome.keep_running) == [kept]
+                result = worker_pb2.TaskResult(token=kept, result=payload_pb2.Value(ref=own))
+                await outbox.put(worker_pb2.ConnectRequest(result=result))
+                while not (response := await anext(stream)).HasField("ack"):
+                    pass
+                assert response.ack.accepted, response.ack.reason
+                await outbox.put(None)
+                call.cancel()
+
+                def ended() -> str:
+                    with Client(address, token=tokens["viewer"]) as client:
+                        return client.wait(kept_run, timeout=30).state.name
+
+                assert await asyncio.to_thread(ended) == "SUCCESS"
+                missing = "0" * 32
+                assert await _download(channel, worker, missing) == (
+                    grpc.StatusCode.PERMISSION_DENIED
+                )  # (existing or not, alike)
+                assert await _download(channel, tokens["viewer"], missing) == (
+                    grpc.StatusCode.NOT_FOUND
+                )
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    async def first_server(
+        channel: grpc.aio.Channel, address: str
+    ) -> tuple[payload_pb2.PayloadRef, worker_pb2.FencingToken, str]:
+        def operator_runs() -> tuple[list[str], str]:
+            with Client(address, token=tokens["operator"]) as client:
+                ids = [client.run(carry, {"blob": b"%d" % i}).id for i in range(4)]
+                with grpc.insecure_channel(address) as plain:
+                    transfer = PayloadTransfer(plain, _auth(tokens["operator"]))
+                    other = transfer.upload(EncodedValue(b"y" * 10, {"encoding": "json"}))
+                return ids, other.payload_id
+
+        run_ids, other = await asyncio.to_thread(operator_runs)
+        with grpc.insecure_channel(address) as plain:
+            uploader = PayloadTransfer(plain, _auth(worker))
+            encoded = EncodedValue(b"[7]", {"encoding": "json"})
+            own = await asyncio.to_thread(uploader.upload, encoded)
+        outbox, call, stream = await _connect(channel, worker, slots=4)
+        assignments: dict[str, worker_pb2.Assignment] = {}
+        while len(assignments) < 4:
+            response = await anext(stream)
+            if response.HasField("assignment"):
+                assignments[response.assignment.flow_run_id] = response.assignment
+        foreign_run, own_run, input_run, kept_run = run_ids
+        run_ids = run_ids[:3]  # the fourth is held across the restart
+        foreign_ref = payload_pb2.PayloadRef(payload_id=other)
+        results = {
+            foreign_run: payload_pb2.Value(ref=foreign_ref),
+            own_run: payload_pb2.Value(ref=own),
+            input_run: assignments[input_run].inputs["data"].value,
+        }
+        acks: dict[str, worker_pb2.Ack] = {}
+        tokens_by_run = {run_id: assignments[run_id].token for run_id in run_ids}
+        for run_id in run_ids:
+            token = tokens_by_run[run_id]
+            await outbox.put(worker_pb2.ConnectRequest(started=worker_pb2.TaskStarted(token=token)))
+            result = worker_pb2.TaskResult(token=token, result=results[run_id])
+            await outbox.put(worker_pb2.ConnectRequest(result=result))
+        while len(acks) < 3:
+            response = await anext(stream)
+            if response.HasField("ack"):
+                for run_id, token in tokens_by_run.items():
+                    if token.task_run_id == response.ack.token.task_run_id:
+                        acks[run_id] = response.ack
+        assert acks[own_run].accepted and acks[input_run].accepted
+        refusal = acks[foreign_run]
+        assert not refusal.accepted
+        assert f"references payload {other!r}, which credential 'worker'" in refusal.reason
+        assert "did not upload" in refusal.reason
+
+        def states() -> dict[str, str]:
+            with Client(address, token=tokens["viewer"]) as client:
+                return {run_id: client.wait(run_id, timeout=30).state.name for run_id in run_ids}
+
+        ended = await asyncio.to_thread(states)
+        assert ended == {foreign_run: "FAILED", own_run: "SUCCESS", input_run: "SUCCESS"}
+        kept = assignments[kept_run].token
+        await outbox.put(worker_pb2.ConnectRequest(started=worker_pb2.TaskStarted(token=kept)))
+        # The stream stays open until the server stops: a stream that breaks first
+        # loses its attempts (docs/worker-protocol.md §11).
+        streams.append(call)
+        return own, kept, kept_run
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_worker_only_builder_converts_parameters_only_into_payloads_it_may_read(
+    tmp_path: Path,
+) -> None:
+    """A graph build's converted parameters become the run's: a worker-only builder
+    that answers with a reference to another credential's upload gets the run refused
+    (INVALID_ARGUMENT naming the parameter and the payload), nothing created; a
+    reference to the payload it was given, or to its own upload, is taken."""
+    tokens = _tokens(tmp_path / "hw.db")
+    answers: list[payload_pb2.Value] = []
+
+    def answer(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt:
+        # (The graph for n=3, whatever was given: a test worker reads no payload.)
+        reply = built(worker_pb2.BuildGraph(build_id=request.build_id, parameters={"n": value(3)}))
+        reply.parameters["n"].CopyFrom(answers.pop(0))
+        reply.graph.parameters_digest = parameters_digest(reply.parameters)
+        return reply
+
+    async def main() -> None:
+        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
+        address = f"127.0.0.1:{running.port}"
+        try:
+            async with open_aio_channel(address, TLSSettings()) as channel:
+                await scenario(channel, address)
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    async def scenario(channel: grpc.aio.Channel, address: str) -> None:
+        def upload(token: str, data: bytes) -> payload_pb2.PayloadRef:
+            with grpc.insecure_channel(address) as plain:
+                return PayloadTransfer(plain, _auth(token)).upload(
+                    EncodedValue(data, {"encoding": "json"})
+                )
+
+        others = await asyncio.to_thread(upload, tokens["operator"], b"2")
+        given = await asyncio.to_thread(upload, tokens["operator"], b"3")
+        own = await asyncio.to_thread(upload, tokens["worker"], b"4")
+        builder = Builder(channel, "b", answer, metadata=_auth(tokens["worker"]))
+        await builder.welcomed.wait()
+        control = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        operator = _auth(tokens["operator"])
+
+        def create(n: payload_pb2.Value) -> cp.CreateFlowRunRequest:
+            return cp.CreateFlowRunRequest(flow_name="doubled", parameters={"n": n})
+
+        answers.append(payload_pb2.Value(ref=others))
+        try:
+            await control.CreateFlowRun(create(value(5)), metadata=operator)
+            raise AssertionError("a run with another credential's payload was created")
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+            said = exc.details() or ""
+        assert "worker 'b' converted parameter 'n' of flow 'doubled'" in said
+        assert f"references payload {others.payload_id!r}" in said
+        listed = await control.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=operator)
+        assert list(listed.flow_runs) == []
+
+        answers.append(payload_pb2.Value(ref=given))  # the value it was given
+        first = await control.CreateFlowRun(create(payload_pb2.Value(ref=given)), metadata=operator)
+        answers.append(payload_pb2.Value(ref=own))  # its own upload
+        second = await control.CreateFlowRun(create(value(6)), metadata=operator)
+        assert first.flow_run.id and second.flow_run.id
+        assert first.flow_run.parameters["n"].ref.payload_id == given.payload_id
+        assert second.flow_run.parameters["n"].ref.payload_id == own.payload_id
+        await builder.leave()
 
     asyncio.run(asyncio.wait_for(main(), 120))

@@ -53,6 +53,13 @@ ANONYMOUS = Caller(ANONYMOUS_NAME, Role.ADMIN)
 CALLER: ContextVar[Caller] = ContextVar("headwater_caller", default=ANONYMOUS)
 
 
+def uploader_name(caller: Caller) -> str:
+    """The name a payload ``caller`` uploads is stored with: its credential's, or ""
+    on a server that checks no credential (a credential named "anonymous", created
+    later, must not own what was uploaded then)."""
+    return "" if caller is ANONYMOUS else caller.name
+
+
 class Refused(Exception):
     """A call's credential is missing, unknown or revoked (UNAUTHENTICATED)."""
 

@@ -59,6 +59,9 @@ class Built:
     graph: graph_pb2.FlowGraph
     parameters: dict[str, payload_pb2.Value]
     worker: str
+    #: The builder's credential when it is worker-only (None: a reader or better),
+    #: whose converted parameters may reference only payloads it may read.
+    restricted_to: str | None = None
 
 
 class GraphBuilds:
@@ -134,7 +137,8 @@ class GraphBuilds:
                     )
                 )
             return
-        future.set_result(Built(answer.graph, dict(answer.parameters), session.name))
+        restricted_to = session.credential if session.restricted else None
+        future.set_result(Built(answer.graph, dict(answer.parameters), session.name, restricted_to))
 
     def forget(self, session: WorkerSession) -> None:
         """A worker left: its unanswered builds fail (BuildUnavailable)."""

@@ -20,7 +20,6 @@ import logging
 import time
 import typing
 import uuid
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,8 +74,6 @@ from ._wide import WideWork
 log = logging.getLogger("headwater.server")
 
 SERVER_VERSION = "0.1.0"
-#: Uploads remembered per credential for its downloads (older ones are forgotten).
-UPLOADS_KEPT = 10_000
 #: Changes a watcher may have left unread, one by one, before they collapse to the
 #: newest state of each task run (a watcher that stalls: docs/limits.md).
 WATCH_BACKLOG = 10_000
@@ -240,9 +237,6 @@ class ServerCore(WorkerReports):
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
-        # Payloads each credential uploaded (the newest UPLOADS_KEPT): a worker-only
-        # credential may download these besides its attempts' inputs.
-        self._uploads: dict[str, OrderedDict[str, None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -776,27 +770,16 @@ class ServerCore(WorkerReports):
                 session.send(None)
         self.touch()
 
-    def uploaded(self, caller: Caller, payload_id: str) -> None:
-        """Remember that ``caller`` uploaded a payload (it may download it again)."""
-        kept = self._uploads.setdefault(caller.name, OrderedDict())
-        kept[payload_id] = None
-        if len(kept) > UPLOADS_KEPT:
-            kept.popitem(last=False)
-
-    def may_download(self, caller: Caller, payload_id: str) -> bool:
-        """Whether ``caller`` may read a payload: any reader may; a worker-only
-        credential only what an attempt held by one of its sessions takes as input,
-        or what it uploaded itself."""
+    def may_download(self, caller: Caller, payload_id: str, uploader: str) -> bool:
+        """Whether ``caller`` may read a payload (``uploader``: the credential that
+        uploaded it, as stored with it): any reader may; a worker-only credential only
+        what it uploaded itself, or what an attempt held by one of its sessions takes
+        as input."""
         if Role.VIEWER in caller.role.grants:
             return True
-        if payload_id in self._uploads.get(caller.name, ()):
+        if uploader != "" and uploader == caller.name:
             return True
-        return any(
-            payload_id in ids
-            for session in self.dispatcher.sessions.values()
-            if session.credential == caller.name
-            for ids in session.reads.values()
-        )
+        return payload_id in self.dispatcher.held_inputs(caller.name)
 
     # ------------------------------------------------------------------- watchers
 

@@ -30,11 +30,12 @@ from headwater_runtime.engine import TaskFailed, TaskStarted, subflow_outcome
 from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow, Store
 
 from ._access import CALLER
-from ._builds import BuildUnavailable, GraphBuilds, NoBuilder
+from ._builds import BuildUnavailable, Built, GraphBuilds, NoBuilder
 from ._children import SubflowStart
 from ._gc import release_later
 from ._io import to_its_end
 from ._queries import flow_result
+from ._result_refs import Reader, stored_problems, walk
 from ._schedule_times import fire_key
 
 if TYPE_CHECKING:
@@ -220,9 +221,32 @@ class RunCreation:
         stored version and the values as the worker converted them."""
         sessions = self.core.dispatcher.sessions.values()
         built = await self.builds.build(sessions, flow_name, parameters)
+        if built.restricted_to is not None:
+            await self._check_built_refs(built, parameters)
         version, _ = await self.core.register_flow(built.graph)
         log.info("worker %s built flow %s as version %s", built.worker, flow_name, version)
         return version, built.parameters
+
+    async def _check_built_refs(self, built: Built, given: Mapping[str, payload_pb2.Value]) -> None:
+        """GraphError when a worker-only builder's converted parameters reference a
+        payload it may not read (besides its uploads and its held attempts' inputs, the
+        payloads of the values it was given), one not stored, or one with another size
+        or hash: as for a result (server/_result_refs.py)."""
+        assert built.restricted_to is not None
+        core = self.core
+        allowed = set(core.dispatcher.held_inputs(built.restricted_to))
+        for value in given.values():
+            found = walk(value)
+            assert found is not None
+            allowed.update(ref.payload_id for ref in found[0])
+        reader = Reader(built.restricted_to, frozenset(allowed))
+        by_name = {(name, 0): value for name, value in built.parameters.items()}
+        problems = await core.io.read(stored_problems, core.store, {}, by_name, reader)
+        for (name, _), said in sorted(problems.items()):
+            raise GraphError(
+                f"worker {built.worker!r} converted parameter {name!r} of flow "
+                f"{built.graph.name!r} into a value that {said[0][1]}"
+            )
 
     # ---------------------------------------------------------------- waiting
 

@@ -520,6 +520,17 @@ class Dispatcher:
         """The session holding an attempt (None: none does)."""
         return self._owner.get(token)
 
+    def held_inputs(self, credential: str) -> frozenset[str]:
+        """The payloads that the attempts held by ``credential``'s worker sessions take
+        as input (known for worker-only credentials: ``WorkerSession.reads``)."""
+        return frozenset(
+            payload_id
+            for session in self.sessions.values()
+            if session.credential == credential
+            for ids in session.reads.values()
+            for payload_id in ids
+        )
+
     def cancel_requested(self, token: Token) -> bool:
         """Whether the server asked the holder of this attempt to stop it."""
         return token in self._cancelling

@@ -10,9 +10,9 @@ import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
 from headwater.wire import CHUNK_SIZE, Limits
-from headwater_runtime.store import NotFound, PayloadUpload, Store, StoreUnavailable
+from headwater_runtime.store import NotFound, PayloadMeta, PayloadUpload, Store, StoreUnavailable
 
-from ._access import CALLER, Caller
+from ._access import CALLER, Caller, uploader_name
 from ._decoding import store_refusal
 from ._details import detail
 from ._io import StoreIO
@@ -22,12 +22,9 @@ from ._previews import PREVIEW_BYTES, upload_metadata
 class PayloadAccess(Protocol):
     """Who may read which payload (the server core)."""
 
-    def uploaded(self, caller: Caller, payload_id: str) -> None:
-        """``caller`` uploaded this payload."""
-        ...
-
-    def may_download(self, caller: Caller, payload_id: str) -> bool:
-        """Whether ``caller`` may read this payload."""
+    def may_download(self, caller: Caller, payload_id: str, uploader: str) -> bool:
+        """Whether ``caller`` may read this payload (``uploader``: the credential
+        stored with it as its uploader)."""
         ...
 
 
@@ -122,7 +119,11 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                         await context.abort(exhausted, detail(str(error)))
                     try:
                         upload = await self.io.write(
-                            self.store.begin_payload, dict(header.metadata), declared, header.sha256
+                            self.store.begin_payload,
+                            dict(header.metadata),
+                            declared,
+                            header.sha256,
+                            uploader_name(CALLER.get()),
                         )
                     except ValueError as exc:
                         await context.abort(invalid, detail(str(exc)))
@@ -178,8 +179,6 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
             if upload is not None:
                 await asyncio.shield(self.io.write(upload.abort))
             raise
-        if self.access is not None:
-            self.access.uploaded(CALLER.get(), meta.id)
         ref = payload_pb2.PayloadRef(
             payload_id=meta.id,
             size_bytes=meta.size,
@@ -212,7 +211,15 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
     ) -> AsyncIterator[payload_pb2.DownloadPayloadResponse]:
         """Stream a stored payload from an offset, one stored chunk at a time."""
         caller = CALLER.get()
-        if self.access is not None and not self.access.may_download(caller, request.payload_id):
+        meta: PayloadMeta | None = None
+        try:
+            meta = await self.io.read(self.store.payload_meta, request.payload_id)
+        except NotFound as exc:
+            missing = exc
+        uploader = "" if meta is None else meta.uploader
+        if self.access is not None and not self.access.may_download(
+            caller, request.payload_id, uploader
+        ):  # (whether it exists or not: a worker-only credential learns neither)
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 detail(
@@ -221,10 +228,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                     f"{request.payload_id!r} is neither"
                 ),
             )
-        try:
-            meta = await self.io.read(self.store.payload_meta, request.payload_id)
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, detail(str(exc)))
+        if meta is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, detail(str(missing)))
+        assert meta is not None
         if not 0 <= request.offset <= meta.size:
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE,

@@ -43,7 +43,7 @@ from ._assignments import Token
 from ._dispatch import Dispatcher, WorkerSession
 from ._io import StoreIO
 from ._limits import InvalidValue, LimitExceeded, check_value
-from ._result_refs import EXPORT, REFS_ON_LOOP, Problem, stored_problems, walk
+from ._result_refs import EXPORT, REFS_ON_LOOP, Problem, Reader, stored_problems, walk
 
 if TYPE_CHECKING:
     from ._commits import Committer
@@ -119,8 +119,13 @@ class WorkerReports:
             if found[1]:
                 problems[key] = found[1]
         if refs or wide:
+            # A worker-only credential references only payloads it may read (its
+            # uploads, its held attempts' inputs): a reference is a way to read.
+            reader = None
+            if session.restricted:
+                reader = Reader(session.credential, self.dispatcher.held_inputs(session.credential))
             try:
-                stored = await self.io.read(stored_problems, self.store, refs, wide)
+                stored = await self.io.read(stored_problems, self.store, refs, wide, reader)
             except Exception as exc:  # (the store cannot be read now: no reason to refuse)
                 log.warning("results taken without looking up the payloads they reference: %s", exc)
                 stored = {}

@@ -8,6 +8,8 @@ one the protocol defines. A result that fails is refused and its task fails
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from grpc import StatusCode
 
 from headwater.v1 import payload_pb2
@@ -63,14 +65,28 @@ def walk(
     return refs, problems
 
 
+@dataclass(frozen=True)
+class Reader:
+    """A worker-only credential, which may reference only the payloads it may read:
+    those it uploaded and the inputs of the attempts its sessions hold."""
+
+    credential: str
+    held_inputs: frozenset[str]
+
+    def may_read(self, meta: PayloadMeta) -> bool:
+        return meta.uploader == self.credential or meta.id in self.held_inputs
+
+
 def stored_problems(
     store: Store,
     refs: dict[Token, list[payload_pb2.PayloadRef]],
     wide: dict[Token, payload_pb2.Value],
+    reader: Reader | None = None,
 ) -> dict[Token, list[Problem]]:
     """(On a reader thread.) By attempt, what is wrong with the store references of its
-    result: ``refs`` already gathered, ``wide`` values to walk here. Only attempts with
-    a problem are in the answer."""
+    result: ``refs`` already gathered, ``wide`` values to walk here; ``reader``: the
+    worker-only credential that reports them, if it is one. Only attempts with a
+    problem are in the answer."""
     out: dict[Token, list[Problem]] = {}
     refs = dict(refs)
     for key, value in wide.items():
@@ -100,6 +116,23 @@ def stored_problems(
                     StatusCode.FAILED_PRECONDITION,
                     f"references payload {missing[0]!r}{more}, which {verb} not stored: upload "
                     "a result's payloads (UploadPayload, to its end) before reporting it",
+                )
+            )
+        foreign = [
+            r.payload_id
+            for r in ids
+            if reader is not None and (stored := meta(r.payload_id)) and not reader.may_read(stored)
+        ]
+        if foreign:
+            assert reader is not None
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            problems.append(
+                (
+                    StatusCode.PERMISSION_DENIED,
+                    f"references payload {foreign[0]!r}{more}, which credential "
+                    f"{reader.credential!r} (role worker) did not upload and no attempt it "
+                    "holds takes as input: a worker-only credential references only "
+                    "payloads it may read",
                 )
             )
         for ref in ids:

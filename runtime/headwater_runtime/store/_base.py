@@ -210,6 +210,10 @@ class PayloadMeta:
     size: int
     metadata: dict[str, str]
     sha256: str
+    #: The credential that uploaded it ("" when the server stored it, or when it was
+    #: stored before schema version 4): a worker-only credential may read and reference
+    #: its own uploads.
+    uploader: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,12 +522,20 @@ class Store(OpsStore, Protocol):
 
     # payloads
     def put_payload(
-        self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
+        self,
+        chunks: Iterator[bytes],
+        metadata: dict[str, str],
+        size: int,
+        sha256: str = "",
+        uploader: str = "",
     ) -> PayloadMeta:
-        """Store a payload arriving in chunks (checked against ``size`` and ``sha256``)."""
+        """Store a payload arriving in chunks (checked against ``size`` and ``sha256``);
+        ``uploader``: the credential that sent it (kept with it)."""
         ...
 
-    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadUpload:
+    def begin_payload(
+        self, metadata: dict[str, str], size: int, sha256: str = "", uploader: str = ""
+    ) -> PayloadUpload:
         """Start an upload whose chunks arrive over time; ValueError for a negative
         size or metadata without an ``encoding``."""
         ...

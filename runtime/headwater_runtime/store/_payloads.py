@@ -56,6 +56,7 @@ class PayloadWriter:
         size: the declared size in bytes.
         sha256: the declared SHA-256 ("" when not given).
         now: when the upload began (seconds since the epoch).
+        uploader: the credential that sends it ("": the server itself).
     """
 
     def __init__(
@@ -66,8 +67,10 @@ class PayloadWriter:
         size: int,
         sha256: str,
         now: float,
+        uploader: str = "",
     ) -> None:
         self.id = uuid.uuid4().hex
+        self.uploader = uploader
         self._sink = sink_for(self.id)
         self._publish = publish
         self.metadata = dict(metadata)
@@ -108,7 +111,7 @@ class PayloadWriter:
             self._store(bytes(self._buffer))
             self._buffer.clear()
         self._sink.done()
-        meta = PayloadMeta(self.id, self.size, self.metadata, actual)
+        meta = PayloadMeta(self.id, self.size, self.metadata, actual, self.uploader)
         self._publish(meta, self.created_at)
         self._done = True
         return meta

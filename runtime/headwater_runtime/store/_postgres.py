@@ -570,10 +570,15 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
     # --------------------------------------------------------------- payloads
 
     def put_payload(
-        self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
+        self,
+        chunks: Iterator[bytes],
+        metadata: dict[str, str],
+        size: int,
+        sha256: str = "",
+        uploader: str = "",
     ) -> PayloadMeta:
         """Store bytes arriving in chunks; checks the declared size (and hash if given)."""
-        writer = self.begin_payload(metadata, size, sha256)
+        writer = self.begin_payload(metadata, size, sha256, uploader)
         try:
             for chunk in chunks:
                 writer.write(chunk)
@@ -582,7 +587,9 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             writer.abort()
             raise
 
-    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadWriter:
+    def begin_payload(
+        self, metadata: dict[str, str], size: int, sha256: str = "", uploader: str = ""
+    ) -> PayloadWriter:
         """Start an upload whose chunks arrive over time: each chunk is stored as it
         comes (its own transaction, or a file in the payload directory); the payload
         becomes visible when ``finish()`` stores its row."""
@@ -599,25 +606,29 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         def publish(meta: PayloadMeta, created_at: float) -> None:
             self._write(
                 lambda conn: conn.execute(
-                    "INSERT INTO payloads VALUES (%s, %s, %s, %s, %s)",
+                    "INSERT INTO payloads (id, size, metadata, sha256, created_at, uploader) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
                     (
                         meta.id,
                         meta.size,
                         json.dumps(meta.metadata, sort_keys=True),
                         meta.sha256,
                         created_at,
+                        meta.uploader,
                     ),
                 )
             )
 
-        return PayloadWriter(sink_for, publish, metadata, size, sha256, self._clock())
+        return PayloadWriter(sink_for, publish, metadata, size, sha256, self._clock(), uploader)
 
     def payload_meta(self, payload_id: str) -> PayloadMeta:
         """A stored payload's size, metadata and hash; NotFound if it does not exist."""
-        row = self._one("SELECT size, metadata, sha256 FROM payloads WHERE id=%s", (payload_id,))
+        row = self._one(
+            "SELECT size, metadata, sha256, uploader FROM payloads WHERE id=%s", (payload_id,)
+        )
         if row is None:
             raise NotFound(f"payload {payload_id!r} does not exist")
-        return PayloadMeta(payload_id, int(row[0]), json.loads(row[1]), row[2])
+        return PayloadMeta(payload_id, int(row[0]), json.loads(row[1]), row[2], row[3])
 
     def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
         """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes; the last may be

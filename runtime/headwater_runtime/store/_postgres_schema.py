@@ -169,6 +169,14 @@ CREATE INDEX webhook_outbox_due ON webhook_outbox (next_at) WHERE next_at IS NOT
 CREATE INDEX webhook_outbox_webhook ON webhook_outbox (webhook_id);
 """,
     ),
+    Migration(
+        5,
+        "the credential that uploaded each payload (a worker-only credential reads and "
+        "references its own uploads)",
+        """
+ALTER TABLE payloads ADD COLUMN uploader TEXT NOT NULL DEFAULT '';
+""",
+    ),
 )
 
 #: The schema version this server writes (the last migration's).

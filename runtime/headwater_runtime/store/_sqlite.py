@@ -675,10 +675,15 @@ class SQLiteStore(SQLiteOps, AccessTables):
     # --------------------------------------------------------------- payloads
 
     def put_payload(
-        self, chunks: Iterator[bytes], metadata: dict[str, str], size: int, sha256: str = ""
+        self,
+        chunks: Iterator[bytes],
+        metadata: dict[str, str],
+        size: int,
+        sha256: str = "",
+        uploader: str = "",
     ) -> PayloadMeta:
         """Store bytes arriving in chunks; checks the declared size (and hash if given)."""
-        writer = self.begin_payload(metadata, size, sha256)
+        writer = self.begin_payload(metadata, size, sha256, uploader)
         try:
             for chunk in chunks:
                 writer.write(chunk)
@@ -687,7 +692,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
             writer.abort()
             raise
 
-    def begin_payload(self, metadata: dict[str, str], size: int, sha256: str = "") -> PayloadWriter:
+    def begin_payload(
+        self, metadata: dict[str, str], size: int, sha256: str = "", uploader: str = ""
+    ) -> PayloadWriter:
         """Start an upload whose chunks arrive over time (e.g. from a gRPC stream).
 
         Each stored chunk is its own small transaction, so a long upload never holds
@@ -713,16 +720,17 @@ class SQLiteStore(SQLiteOps, AccessTables):
             size,
             sha256,
             self._clock(),
+            uploader,
         )
 
     def payload_meta(self, payload_id: str) -> PayloadMeta:
         """A stored payload's size, metadata and hash; NotFound if it does not exist."""
         row = self._db.execute(
-            "SELECT size, metadata, sha256 FROM payloads WHERE id=?", (payload_id,)
+            "SELECT size, metadata, sha256, uploader FROM payloads WHERE id=?", (payload_id,)
         ).fetchone()
         if row is None:
             raise NotFound(f"payload {payload_id!r} does not exist")
-        return PayloadMeta(payload_id, row[0], json.loads(row[1]), row[2])
+        return PayloadMeta(payload_id, row[0], json.loads(row[1]), row[2], row[3])
 
     def read_payload_chunk(self, payload_id: str, index: int) -> bytes:
         """Stored chunk ``index`` of a payload (CHUNK_SIZE bytes; the last may be

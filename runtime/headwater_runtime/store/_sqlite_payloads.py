@@ -48,13 +48,15 @@ def publish_payload(db: sqlite3.Connection, meta: PayloadMeta, created_at: float
     _transaction(
         db,
         lambda: db.execute(
-            "INSERT INTO payloads VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO payloads (id, size, metadata, sha256, created_at, uploader) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (
                 meta.id,
                 meta.size,
                 json.dumps(meta.metadata, sort_keys=True),
                 meta.sha256,
                 created_at,
+                meta.uploader,
             ),
         ),
     )

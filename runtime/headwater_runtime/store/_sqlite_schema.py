@@ -11,18 +11,19 @@ from headwater.wire import TERMINAL_FLOW_STATES
 
 from ._base import StoreUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Statements that bring a database of an older schema version to the next one, by
 #: the version they start from. 2 -> 3: the links of child flow runs to their parent
 #: (version 3 also has the ``credentials`` and ``audit`` tables, which the schema script
-#: creates when they are missing).
+#: creates when they are missing). 3 -> 4: the credential that uploaded each payload.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE flow_runs ADD COLUMN parent_flow_run_id TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE flow_runs ADD COLUMN parent_task_key TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE flow_runs ADD COLUMN parent_attempt INTEGER NOT NULL DEFAULT 0",
     ),
+    3: ("ALTER TABLE payloads ADD COLUMN uploader TEXT NOT NULL DEFAULT ''",),
 }
 
 _SCHEMA = """
@@ -66,7 +67,7 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_run ON logs (flow_run_id, key);
 CREATE TABLE IF NOT EXISTS payloads (
     id TEXT PRIMARY KEY, size INTEGER NOT NULL, metadata TEXT NOT NULL, sha256 TEXT NOT NULL,
-    created_at REAL NOT NULL);
+    created_at REAL NOT NULL, uploader TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS payload_chunks (
     id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (id, idx));
 CREATE TABLE IF NOT EXISTS payload_refs (
