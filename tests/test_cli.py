@@ -692,12 +692,20 @@ def test_tokens_on_a_database_that_cannot_be_written_is_one_line(
     )
 
 
-def test_an_empty_db_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--db ""`` (an unset variable in a script) is named as empty; it was opened as
-    the directory "." and refused as a directory (a user trial)."""
+@pytest.mark.parametrize(
+    "command",
+    [["tokens", "create", "--role", "admin", "--name", "me"], ["prune", "--dry-run"]],
+)
+def test_an_empty_db_is_a_usage_error(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--db ""`` (an unset variable in a script) is named as empty; tokens opened it as
+    the directory "." and refused it as a directory, prune went on to the default
+    database (user trials)."""
     from headwater._cli import main
 
-    code = main(["tokens", "create", "--db", "", "--role", "admin", "--name", "me"])
+    monkeypatch.setenv("HEADWATER_DB", "/nonexistent/should-not-be-used.db")
+    code = main([*command, "--db", ""])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == (

@@ -12,6 +12,8 @@ from headwater.wire import ENV_DB, ENV_PAYLOAD_DIR, parse_duration
 from ._errors import CommandError, UsageError
 
 EXIT_OK = 0
+#: The database pruned when neither --db nor HEADWATER_DB names one.
+DEFAULT_DB = "~/.headwater/headwater.db"
 #: Unreferenced payloads younger than this are kept (an upload on its way to a result).
 DEFAULT_GRACE = "1d"
 
@@ -20,7 +22,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Prune the database and print what went (or would go)."""
     from ._cli_connect import open_database
 
-    db = args.db or os.environ.get(ENV_DB) or "~/.headwater/headwater.db"
+    # An empty --db is refused by name (as by tokens and server), not the default
+    # database: a script's unset variable must not prune another database.
+    db = args.db if args.db is not None else os.environ.get(ENV_DB) or DEFAULT_DB
     try:
         older_than = None if args.older_than is None else parse_duration(args.older_than)
     except ValueError as exc:
