@@ -298,6 +298,39 @@ def test_a_failed_runs_answer_reads_its_row_again_with_its_failed_tasks(store: S
     assert ids == ["read"] and unchanged.state == FlowRunState.RUNNING.value
 
 
+def test_a_run_with_its_task_runs_is_read_in_one_snapshot(store: Store) -> None:
+    """GetFlowRun with ``include_task_runs`` (``RunReads.view``): the run's row and its
+    task runs are of one commit, though a retry commits between the reads. Read one
+    after the other, the answer said FAILED beside a task run already reset."""
+    import asyncio
+    import types
+
+    from headwater_runtime.server._io import StoreIO
+    from headwater_runtime.server._reads import RunReads
+
+    failed = FlowRunState.FAILED.value
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
+    b = WriteBatch()
+    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
+    store.commit(b)
+    history = store.task_run_history
+
+    def history_after_a_retry(flow_run_id: str) -> Any:
+        _retry_on_another_thread(store)  # lands after the row was read
+        return history(flow_run_id)
+
+    store.task_run_history = history_after_a_retry  # type: ignore[method-assign]
+    io = StoreIO()
+    core = types.SimpleNamespace(store=store, io=io, waiting=lambda _run_id: {})
+    try:
+        _, message, _, task_runs = asyncio.run(RunReads(core).view("r1", task_runs=True))  # type: ignore[arg-type]
+    finally:
+        io.close()
+    assert message.state == failed and list(message.failed_task_ids) == ["load"]
+    assert [(t.task_id, t.state, t.attempts) for t in task_runs] == [("load", 7, 1)]
+    assert store.get_flow_run("r1").state == FlowRunState.RUNNING.value  # (it did land)
+
+
 def test_run_sizes_count_journal_entries_and_task_runs(store: Store) -> None:
     store.create_flow_run(FlowRunRow("big", "etl", "1", 1, 1.0))
     store.create_flow_run(FlowRunRow("small", "etl", "1", 1, 1.0))

@@ -166,17 +166,29 @@ class RunReads:
         parts = await self.io.read(lambda: [self._parts(row) for row in rows])
         return [_assemble(*part) for part in parts]
 
-    async def view(self, run_id: str) -> tuple[FlowRunRow, run_pb2.FlowRun, list[AuditRow]]:
-        """A run by id or unique id prefix, its FlowRun and its latest audit entries
-        (newest first), in one reader-thread call: a client polling GetFlowRun costs
-        one thread hand-off per poll, not four."""
+    async def view(
+        self, run_id: str, *, task_runs: bool = False
+    ) -> tuple[FlowRunRow, run_pb2.FlowRun, list[AuditRow], list[run_pb2.TaskRun]]:
+        """A run by id or unique id prefix, its FlowRun, its latest audit entries
+        (newest first) and, with ``task_runs``, its task runs (``task_runs`` below), in
+        one reader-thread call: a client polling GetFlowRun costs one thread hand-off
+        per poll, not four. With its task runs, the run is read in one snapshot of the
+        store: its row and its task runs are of the same commit (read one after the
+        other, a SUCCESS row could come with task runs still RUNNING)."""
 
-        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow]]:
-            row, parts = self._parts(self._resolve(run_id))
-            return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
+        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow], list[run_pb2.TaskRun]]:
+            if not task_runs:
+                row, parts = self._parts(self._resolve(run_id))
+                return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN), []
+            with self.store.snapshot():
+                row = self._resolve(run_id)
+                parts = self._read_parts(row)
+                runs = self._task_runs(row.id)
+                return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN), runs
 
-        row, parts, entries = await self.io.read(read)
-        return row, _assemble(row, parts), entries
+        row, parts, entries, runs = await self.io.read(read)
+        self._with_waiting(row.id, runs)
+        return row, _assemble(row, parts), entries, runs
 
     def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
         """A run's task runs with their history (failures included) and results
@@ -199,12 +211,18 @@ class RunReads:
     async def task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
         """A run's task runs, each waiting one saying why it waits (``waiting``)."""
         task_runs = await self.io.read(self._task_runs, flow_run_id)
-        reasons = self.core.waiting(flow_run_id)  # on the loop
+        self._with_waiting(flow_run_id, task_runs)
+        return task_runs
+
+    def _with_waiting(self, flow_run_id: str, task_runs: list[run_pb2.TaskRun]) -> None:
+        """Say why each waiting task run waits (on the loop: the server's own state)."""
+        if not task_runs:
+            return
+        reasons = self.core.waiting(flow_run_id)
         for task_run in task_runs:
             reason = reasons.get(task_run.id)
             if reason:
                 task_run.waiting = reason
-        return task_runs
 
     # --------------------------------------------------------------- results
 
