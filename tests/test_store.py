@@ -331,6 +331,33 @@ def test_a_run_with_its_task_runs_is_read_in_one_snapshot(store: Store) -> None:
     assert store.get_flow_run("r1").state == FlowRunState.RUNNING.value  # (it did land)
 
 
+def test_the_run_pages_counts_and_state_are_read_in_one_snapshot(store: Store) -> None:
+    """The web UI's run (``_data.run_page``): the counts per state and the run's row
+    are of one commit, though a retry commits while they are read."""
+    from headwater_runtime.server.http._data import run_page
+
+    failed = FlowRunState.FAILED.value
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
+    b = WriteBatch()
+    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
+    store.commit(b)
+    old = store.get_flow_run("r1")
+    task_runs = store.task_runs
+
+    def task_runs_after_a_retry(flow_run_id: str) -> Any:
+        rows = task_runs(flow_run_id)
+        _retry_on_another_thread(store)  # lands between the counts and the run's row
+        return rows
+
+    store.task_runs = task_runs_after_a_retry  # type: ignore[method-assign]
+    body = run_page(store, old)
+    assert body["totals"] == {"TIMED_OUT": 1}
+    assert body["run"]["state"] == "FAILED" and body["run"]["failed_task_ids"] == ["load"]
+    store.task_runs = task_runs  # type: ignore[method-assign]
+    again = run_page(store, old)  # (the retry landed: read again, the run as it is now)
+    assert again["totals"] == {"SCHEDULED": 1} and again["run"]["state"] == "RUNNING"
+
+
 def test_run_sizes_count_journal_entries_and_task_runs(store: Store) -> None:
     store.create_flow_run(FlowRunRow("big", "etl", "1", 1, 1.0))
     store.create_flow_run(FlowRunRow("small", "etl", "1", 1, 1.0))

@@ -203,9 +203,8 @@ class HttpApi(PageHandlers):
     async def get_run(self, request: web.Request) -> web.StreamResponse:
         """A run (by id or unique prefix) with its graph and counts per task node."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        body = await self.io.read(_data.run_rows, self.store, row)
+        body = await self.io.read(_data.run_page, self.store, row)
         body["graph"] = await self._graph(row.flow_name, row.flow_version)
-        body["run"] = await self.io.read(_data.flow_run_rows, self.store, row)
         body["waiting"] = _waiting_shown(self.core.waiting(row.id))
         body["now"] = time.time()
         return web.json_response(body)

@@ -8,6 +8,7 @@ carries a value larger than ``LISTED_VALUE_LIMIT`` (docs/http-api.md, Results).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ from headwater_runtime.store import (
     FlowRunRow,
     LateRow,
     LogRow,
+    NotFound,
     RunAttemptRow,
     StateRow,
     Store,
@@ -355,6 +357,18 @@ def run_rows(store: Store, row: FlowRunRow) -> JSON:
             name = TaskRunState(r.state).name
             totals[name] = totals.get(name, 0) + 1
     return {"counts": node_counts(rows), "totals": totals}
+
+
+def run_page(store: Store, row: FlowRunRow) -> JSON:
+    """``run_rows`` and, as ``run``, ``flow_run_rows`` of a run, read again in one
+    snapshot of the store: the counts and the run's state are of one commit (a run
+    shown SUCCESS with a task still RUNNING, otherwise); reader thread."""
+    with store.snapshot():
+        with contextlib.suppress(NotFound):  # (deleted since: its last known row)
+            row = store.get_flow_run(row.id)
+        body = run_rows(store, row)
+        body["run"] = flow_run_rows(store, row)
+    return body
 
 
 def log_json(log: LogRow) -> JSON:
