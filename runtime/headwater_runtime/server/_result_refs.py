@@ -2,8 +2,11 @@
 (``WorkerReports.look_up_refs``): each reference to the server's store must name a
 stored payload, with the size and SHA-256 it was stored with (when the reference gives
 them); a reference whose ``location`` is neither empty (the store) nor "dask" is not
-one the protocol defines. A result that fails is refused and its task fails
-(docs/worker-protocol.md, "TaskResult"): its readers would fail later, on a download.
+one the protocol defines; a worker-only credential references only payloads it may
+read (``Reader``: a reference is a way to read, for the tasks that take the value). A
+result that fails is refused and its task fails (docs/worker-protocol.md,
+"TaskResult"): its readers would fail later, on a download. A graph build's converted
+parameters are checked the same way (``RunCreation.build``).
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ class Reader:
     held_inputs: frozenset[str]
 
     def may_read(self, meta: PayloadMeta) -> bool:
-        return meta.uploader == self.credential or meta.id in self.held_inputs
+        """Whether the credential may read (so reference) this stored payload."""
+        mine = meta.uploader != "" and meta.uploader == self.credential
+        return mine or meta.id in self.held_inputs
 
 
 def stored_problems(
