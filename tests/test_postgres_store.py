@@ -22,6 +22,7 @@ from headwater_runtime.store import (
     PostgresStore,
     RunEvent,
     SchemaTooNew,
+    StoreNotFound,
     StoreUnavailable,
     WriteBatch,
     _postgres_batch,
@@ -76,7 +77,7 @@ def test_commands_beside_a_server_neither_create_nor_migrate_a_schema(url: str) 
     run made the whole schema), an older one is refused, not migrated."""
     import psycopg
 
-    with pytest.raises(RuntimeError, match=r"no Headwater database at .*no Headwater schema"):
+    with pytest.raises(StoreNotFound, match=r"no Headwater database at .*no Headwater schema"):
         open_store(url, existing=True)
     with psycopg.connect(url, autocommit=True) as conn:
         assert migrate(conn, "test", MIGRATIONS[:1]) == [1]
@@ -258,6 +259,17 @@ def test_tokens_create_says_when_it_made_the_tables(postgres: TempPostgres) -> N
     import sys
 
     url = postgres.schema_url()
+    # (The commands that only read or prune find no database there: a usage error, exit
+    # 2, as for a missing SQLite file; it was 1.)
+    for reader in (["tokens", "list"], ["prune", "--dry-run"]):
+        found = subprocess.run(
+            [sys.executable, "-m", "headwater", *reader, "--db", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert found.returncode == 2, found.stderr
+        assert "no Headwater database at postgresql://" in found.stderr
     command = [sys.executable, "-m", "headwater", "tokens", "create", "--db", url, "--role"]
     first = subprocess.run(
         [*command, "admin", "--name", "a"], capture_output=True, text=True, timeout=120

@@ -21,7 +21,9 @@ class MissingDriver(ImportError):
 
 
 class StoreNotFound(FileNotFoundError):
-    """``open_store(existing=True)`` of a SQLite file that does not exist."""
+    """``open_store(existing=True)`` of a store that is not there: a SQLite file that
+    does not exist (or is empty), a PostgreSQL database without Headwater's schema.
+    The commands beside a server report it as a usage error (a mistyped --db)."""
 
 
 def open_store(

@@ -18,6 +18,8 @@ import psycopg
 
 from headwater.wire import TERMINAL_FLOW_STATES
 
+from ._open import StoreNotFound
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -230,7 +232,7 @@ def check_current(
     if current == 0:
         if none_ok:
             return
-        raise RuntimeError(f"no Headwater database at {where} (no Headwater schema in it)")
+        raise StoreNotFound(f"no Headwater database at {where} (no Headwater schema in it)")
     if current == latest:
         return
     said = f"database {where} has schema version {current}, and this Headwater uses {latest}"
