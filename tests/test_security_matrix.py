@@ -379,3 +379,41 @@ def _table(found: dict[tuple[str, str, str], grpc.StatusCode]) -> str:
         label = f"{name(method)} ({roles(method)})"
         lines.append(f"{label:{head}}" + "".join(f"{x:{cell}}" for x in cells[method]).rstrip())
     return "\n".join(lines)
+
+
+def test_revoking_the_last_credential_does_not_open_the_server(tmp_path: Path) -> None:
+    """A server with stored credentials checks every call; revoking the last valid one
+    left it with none and it let every call through as ``anonymous``, an admin (a user
+    trial: revoked tokens, and no token at all, were accepted). It stays closed: the
+    revoked token and no token are UNAUTHENTICATED until a credential is created."""
+    db = tmp_path / "hw.db"
+    store = SQLiteStore(db)
+    row, token = new_credential("only", "admin", created_by="test", now=time.time())
+    store.add_credential(row)
+    store.revoke_credential("only", time.time())
+    store.close()
+
+    async def main() -> dict[str, grpc.StatusCode]:
+        running = await start_server(ServerSettings(port=0, db=str(db)))
+        try:
+            async with open_aio_channel(f"127.0.0.1:{running.port}", TLSSettings()) as channel:
+                call = channel.unary_unary(
+                    f"{CP}/ListFlows",
+                    request_serializer=cp.ListFlowsRequest.SerializeToString,
+                    response_deserializer=cp.ListFlowsResponse.FromString,
+                )
+                codes = {}
+                for name, metadata in (
+                    ("none", ()),
+                    ("revoked", (("authorization", f"Bearer {token}"),)),
+                ):
+                    try:
+                        await call(cp.ListFlowsRequest(), metadata=metadata, timeout=30)
+                        codes[name] = OK
+                    except grpc.aio.AioRpcError as exc:
+                        codes[name] = exc.code()
+                return codes
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == {"none": UNAUTH, "revoked": UNAUTH}

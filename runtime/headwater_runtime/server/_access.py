@@ -126,6 +126,8 @@ class AccessControl:
         self._tokens: dict[str, CredentialRow] = {}
         self._subjects: dict[str, CredentialRow] = {}
         self._revoked: dict[str, CredentialRow] = {}
+        #: A credential was ever stored (revoked ones count): checking stays on.
+        self._stored = False
         self._generation = -1
         self._poller: asyncio.Task[None] | None = None
         #: Called on the event loop after every reload with the names of the valid
@@ -140,8 +142,10 @@ class AccessControl:
     @property
     def enabled(self) -> bool:
         """Whether calls need a credential: a --token, client certificates, or any
-        stored credential (a server with none of these is open, as before roles)."""
-        return bool(self._admin or self._client_certificates or self._tokens or self._subjects)
+        stored credential, revoked ones too (a server with none of these is open, as
+        before roles). Revoking the last valid credential does not open the server:
+        it then refuses every call until a credential is created."""
+        return bool(self._admin or self._client_certificates or self._stored)
 
     def load(self) -> None:
         """Read every credential from the store (on a store thread)."""
@@ -151,7 +155,9 @@ class AccessControl:
         tokens: dict[str, CredentialRow] = {}
         subjects: dict[str, CredentialRow] = {}
         revoked: dict[str, CredentialRow] = {}
+        stored = False
         for row in self.store.list_credentials(include_revoked=True):
+            stored = True
             if row.revoked_at is not None:
                 if row.secret_hash:
                     revoked[row.secret_hash] = row
@@ -160,6 +166,7 @@ class AccessControl:
             else:
                 tokens[row.secret_hash] = row
         self._tokens, self._subjects, self._revoked = tokens, subjects, revoked
+        self._stored = self._stored or stored  # (once on, never off: see ``enabled``)
         self._generation = generation
 
     async def start(self) -> None:
