@@ -357,3 +357,76 @@ def test_a_worker_only_builder_converts_parameters_only_into_payloads_it_may_rea
         await builder.leave()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_worker_cannot_claim_a_queued_attempt_it_was_never_given(tmp_path: Path) -> None:
+    """``Hello.running`` keeps only attempts a worker can hold: one handed out before a
+    restart. A worker naming a queued attempt of another task type (a user trial: it
+    was kept, and its inputs could be downloaded), or of its own, without a restart
+    keeps nothing; the attempt is assigned as usual."""
+    tokens = _tokens(tmp_path / "hw.db")
+    worker = tokens["worker"]
+
+    async def main() -> None:
+        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
+        address = f"127.0.0.1:{running.port}"
+        try:
+            async with open_aio_channel(address, TLSSettings()) as channel:
+                await scenario(channel, address)
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    async def scenario(channel: grpc.aio.Channel, address: str) -> None:
+        def operator_run() -> str:
+            with Client(address, token=tokens["operator"]) as client:
+                return client.run(carry, {"blob": BLOB}).id  # queued: no worker yet
+
+        run_id = await asyncio.to_thread(operator_run)
+        queued = worker_pb2.FencingToken(task_run_id=f"{run_id}/privilege.echo", attempt=1)
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        for capability in ("nothing.at.all", "privilege.echo"):
+            outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+            hello = worker_pb2.Hello(
+                worker_id="evil",
+                name="evil",
+                protocol_version=1,
+                capabilities=[capability],
+                slots=1,
+                running=[queued],
+            )
+            await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+            async def requests(
+                box: asyncio.Queue[worker_pb2.ConnectRequest | None] = outbox,
+            ) -> AsyncIterator[worker_pb2.ConnectRequest]:
+                while (item := await box.get()) is not None:
+                    yield item
+
+            call = stub.Connect(requests(), metadata=_auth(worker), timeout=60)
+            stream = aiter(call)
+            while not (response := await anext(stream)).HasField("welcome"):
+                pass
+            assert list(response.welcome.keep_running) == [], capability
+            if capability == "privilege.echo":  # then it is assigned, as to any worker
+                while not (response := await anext(stream)).HasField("assignment"):
+                    pass
+                assert response.assignment.token == queued
+                held = response.assignment.inputs["data"].value.ref.payload_id
+                assert await _download(channel, worker, held) == grpc.StatusCode.OK
+            else:
+                payloads = await asyncio.to_thread(_input_of, address, tokens["viewer"], run_id)
+                assert await _download(channel, worker, payloads) == (
+                    grpc.StatusCode.PERMISSION_DENIED
+                )
+            await outbox.put(None)
+            call.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def _input_of(address: str, token: str, run_id: str) -> str:
+    """The payload id of the run's ``blob`` parameter (a viewer reads it)."""
+    with grpc.insecure_channel(address) as plain:
+        control = control_plane_pb2_grpc.ControlPlaneServiceStub(plain)
+        got = control.GetFlowRun(cp.GetFlowRunRequest(id=run_id), metadata=_auth(token))
+    return str(got.flow_run.parameters["blob"].ref.payload_id)

@@ -218,6 +218,11 @@ class ServerCore(WorkerReports):
         # Attempts a worker reclaimed while their run was being replayed, and lost (the
         # worker went) before the run was live: neither orphans nor lease holders then.
         self._lost_in_replay: set[Token] = set()
+        # Attempts in flight when the server stopped that no stored delivery names
+        # (sent again at once): the only queued attempts a reconnecting worker may claim
+        # (it may have got one in the instant before its delivery was stored). Any
+        # other queued attempt it names is not kept: no worker can hold it.
+        self._resent: set[Token] = set()
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._flow_watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
@@ -300,6 +305,7 @@ class ServerCore(WorkerReports):
                 self._replays.pop(row.id).set()
                 found.held.extend(resumed.held)
                 found.resent.extend(resumed.resent)
+                self._resent.update((tid, attempt) for _, tid, attempt in resumed.resent)
                 found.resumed += 1
                 self.touch()
         finally:  # (also when the server stops meanwhile: nothing waits for it then)
@@ -591,7 +597,7 @@ class ServerCore(WorkerReports):
                 # that some worker held it, and stored the run's row without a name).
                 self.runs.delivered(orphan[0], key[0], key[1], session.name)
                 continue
-            queued = self.dispatcher.take_pending(key)
+            queued = self._claim_resent(session, key)
             if queued is not None:  # kept even beyond its slots: it runs them already
                 adopted[key] = queued.flow_run_id
                 taken.append(queued)
@@ -626,6 +632,23 @@ class ServerCore(WorkerReports):
         self.notices.worker_connected(session, self.clock.now())
         self.touch()
         return session, welcome, outbox
+
+    def _claim_resent(self, session: WorkerSession, key: Token) -> PendingAssignment | None:
+        """A queued attempt a reconnecting worker says it holds, taken out of the queue
+        for it: only one sent again after a restart (``_resent``), and only by a worker
+        that could have been given it (its task type, labels and code). A worker naming
+        any other queued attempt (a user trial: any worker could take any queued task,
+        its inputs with it) keeps nothing."""
+        if key not in self._resent:
+            return None
+        queued = self.dispatcher.take_pending(key)
+        if queued is None:
+            return None
+        if not session.accepts(queued):
+            self.dispatcher.requeue([queued])
+            return None
+        self._resent.discard(key)
+        return queued
 
     def disconnect(self, session: WorkerSession) -> None:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
@@ -667,6 +690,7 @@ class ServerCore(WorkerReports):
             self._fail_held(pending, oversize)
             return False
         task_run_id, attempt = pending.token
+        self._resent.discard(pending.token)  # (handed out: no longer to be claimed)
         self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
         # Recorded with the next commit; until then it counts against the session's
         # unrecorded deliveries (WorkerSession.can_take).
