@@ -430,3 +430,20 @@ def _input_of(address: str, token: str, run_id: str) -> str:
         control = control_plane_pb2_grpc.ControlPlaneServiceStub(plain)
         got = control.GetFlowRun(cp.GetFlowRunRequest(id=run_id), metadata=_auth(token))
     return str(got.flow_run.parameters["blob"].ref.payload_id)
+
+
+def test_only_references_to_the_store_make_inputs_a_worker_may_read() -> None:
+    """An input referencing a value in a Dask cluster (``location: "dask"``) names no
+    stored payload: its id is not one the holder may download."""
+    from headwater_runtime.server._dispatch import input_payloads
+
+    stored = payload_pb2.Value(ref=payload_pb2.PayloadRef(payload_id="a" * 32))
+    in_dask = payload_pb2.Value(ref=payload_pb2.PayloadRef(payload_id="b" * 32, location="dask"))
+    nested = payload_pb2.Value(items=[stored, in_dask])
+    assignment = worker_pb2.Assignment(
+        inputs={
+            "x": worker_pb2.InputValue(value=nested),
+            "y": worker_pb2.InputValue(value=in_dask),
+        }
+    )
+    assert input_payloads(assignment) == {"a" * 32}

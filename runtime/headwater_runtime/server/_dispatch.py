@@ -681,7 +681,10 @@ class Dispatcher:
 
 
 def input_payloads(assignment: worker_pb2.Assignment) -> frozenset[str]:
-    """The ids of the stored payloads an assignment's inputs reference."""
+    """The ids of the stored payloads an assignment's inputs reference (a reference
+    to a Dask cluster's value names no stored payload: a worker-only credential that
+    reported one naming another's payload could then download that payload, a user
+    trial)."""
     found: set[str] = set()
     todo: list[worker_pb2.InputValue] = list(assignment.inputs.values())
     while todo:
@@ -691,7 +694,8 @@ def input_payloads(assignment: worker_pb2.Assignment) -> frozenset[str]:
             values = [node.value]
             while values:
                 value = values.pop()
-                if value.WhichOneof("kind") == "ref" and value.ref.payload_id:
+                ref = value.ref
+                if value.WhichOneof("kind") == "ref" and ref.payload_id and not ref.location:
                     found.add(value.ref.payload_id)
                 values.extend(value.items)
         elif kind == "list":
