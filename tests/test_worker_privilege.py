@@ -301,7 +301,14 @@ def test_a_worker_only_builder_converts_parameters_only_into_payloads_it_may_rea
     tokens = _tokens(tmp_path / "hw.db")
     answers: list[payload_pb2.Value] = []
 
-    def answer(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt:
+    hold: list[worker_pb2.BuildGraph] = []  # requests to leave unanswered, then held
+    asked = asyncio.Event()
+
+    def answer(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt | None:
+        if hold and not hold[-1].build_id:  # answered by the test itself, later
+            hold[-1].CopyFrom(request)
+            asked.set()
+            return None
         # (The graph for n=3, whatever was given: a test worker reads no payload.)
         reply = built(worker_pb2.BuildGraph(build_id=request.build_id, parameters={"n": value(3)}))
         reply.parameters["n"].CopyFrom(answers.pop(0))
@@ -347,8 +354,24 @@ def test_a_worker_only_builder_converts_parameters_only_into_payloads_it_may_rea
         listed = await control.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=operator)
         assert list(listed.flow_runs) == []
 
+        # While it builds, it may download the values it was given (a user trial: a
+        # large parameter could not be built with), and no other payload.
+        hold.append(worker_pb2.BuildGraph())
+        creating = asyncio.ensure_future(
+            control.CreateFlowRun(create(payload_pb2.Value(ref=given)), metadata=operator)
+        )
+        await asked.wait()
+        worker = tokens["worker"]
+        assert await _download(channel, worker, given.payload_id) == grpc.StatusCode.OK
+        assert await _download(channel, worker, others.payload_id) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
         answers.append(payload_pb2.Value(ref=given))  # the value it was given
-        first = await control.CreateFlowRun(create(payload_pb2.Value(ref=given)), metadata=operator)
+        await builder.outbox.put(worker_pb2.ConnectRequest(graph_built=answer(hold.pop())))
+        first = await creating
+        assert await _download(channel, worker, given.payload_id) == (
+            grpc.StatusCode.PERMISSION_DENIED  # (the build is over)
+        )
         answers.append(payload_pb2.Value(ref=own))  # its own upload
         second = await control.CreateFlowRun(create(value(6)), metadata=operator)
         assert first.flow_run.id and second.flow_run.id

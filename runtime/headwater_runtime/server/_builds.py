@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from headwater.v1 import graph_pb2, payload_pb2, worker_pb2
 from headwater.wire import GRAPH_BUILDS, GraphBuildNeeded, GraphError, ParameterError
 
-from ._dispatch import WorkerSession
+from ._dispatch import WorkerSession, stored_payloads
 
 #: The failure type a worker reports for parameter values the annotations refuse.
 PARAMETER_ERROR = "headwater.ParameterError"
@@ -102,6 +102,8 @@ class GraphBuilds:
         request = worker_pb2.BuildGraph(
             build_id=build_id, flow_name=flow_name, parameters=dict(parameters)
         )
+        if session.restricted:  # a worker-only credential reads the values to build
+            session.build_reads[build_id] = stored_payloads(parameters.values())
         session.send(worker_pb2.ConnectResponse(build_graph=request))
         try:
             async with asyncio.timeout(self.timeout):
@@ -112,6 +114,7 @@ class GraphBuilds:
             ) from None
         finally:
             self._waiting.pop(build_id, None)
+            session.build_reads.pop(build_id, None)
         if built.graph.name != flow_name:
             raise GraphError(
                 f"worker {session.name!r} built flow {built.graph.name!r} when asked for "

@@ -35,7 +35,8 @@ from ._children import SubflowStart
 from ._gc import release_later
 from ._io import to_its_end
 from ._queries import flow_result
-from ._result_refs import Reader, stored_problems, walk
+from ._dispatch import stored_payloads
+from ._result_refs import Reader, stored_problems
 from ._schedule_times import fire_key
 
 if TYPE_CHECKING:
@@ -234,12 +235,8 @@ class RunCreation:
         or hash: as for a result (server/_result_refs.py)."""
         assert built.restricted_to is not None
         core = self.core
-        allowed = set(core.dispatcher.held_inputs(built.restricted_to))
-        for value in given.values():
-            found = walk(value)
-            assert found is not None
-            allowed.update(ref.payload_id for ref in found[0])
-        reader = Reader(built.restricted_to, frozenset(allowed))
+        allowed = core.dispatcher.held_inputs(built.restricted_to)
+        reader = Reader(built.restricted_to, allowed | stored_payloads(given.values()))
         by_name = {(name, 0): value for name, value in built.parameters.items()}
         problems = await core.io.read(stored_problems, core.store, {}, by_name, reader)
         for (name, _), said in sorted(problems.items()):

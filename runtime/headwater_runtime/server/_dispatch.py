@@ -29,7 +29,7 @@ from typing import Any
 
 from grpc import StatusCode
 
-from headwater.v1 import worker_pb2
+from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import split_task_run_id
 
 from ._assignments import TOKEN_OF, PendingAssignment, QueuedAttempts, Token
@@ -78,6 +78,9 @@ class WorkerSession:
     #: holds the payload ids each held attempt takes as input).
     restricted: bool = False
     reads: dict[Token, frozenset[str]] = field(default_factory=dict)
+    #: Likewise, by build id, the payloads of the values of the graph builds it was
+    #: asked for and has not answered (it reads them to build).
+    build_reads: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Drained (DrainWorker): it gets no new attempts.
     draining: bool = False
     #: Said it is stopping (ConnectRequest.stopping): it gets no new attempts.
@@ -522,12 +525,13 @@ class Dispatcher:
 
     def held_inputs(self, credential: str) -> frozenset[str]:
         """The payloads that the attempts held by ``credential``'s worker sessions take
-        as input (known for worker-only credentials: ``WorkerSession.reads``)."""
+        as input, and the values of the graph builds they were asked for (known for
+        worker-only credentials: ``WorkerSession.reads``, ``build_reads``)."""
         return frozenset(
             payload_id
             for session in self.sessions.values()
             if session.credential == credential
-            for ids in session.reads.values()
+            for ids in (*session.reads.values(), *session.build_reads.values())
             for payload_id in ids
         )
 
@@ -685,21 +689,29 @@ def input_payloads(assignment: worker_pb2.Assignment) -> frozenset[str]:
     to a Dask cluster's value names no stored payload: a worker-only credential that
     reported one naming another's payload could then download that payload, a user
     trial)."""
-    found: set[str] = set()
+    values: list[payload_pb2.Value] = []
     todo: list[worker_pb2.InputValue] = list(assignment.inputs.values())
     while todo:
         node = todo.pop()
         kind = node.WhichOneof("kind")
         if kind == "value":
-            values = [node.value]
-            while values:
-                value = values.pop()
-                ref = value.ref
-                if value.WhichOneof("kind") == "ref" and ref.payload_id and not ref.location:
-                    found.add(value.ref.payload_id)
-                values.extend(value.items)
+            values.append(node.value)
         elif kind == "list":
             todo.extend(node.list.items)
         elif kind == "map":
             todo.extend(entry.value for entry in node.map.entries)
+    return stored_payloads(values)
+
+
+def stored_payloads(values: Iterable[payload_pb2.Value]) -> frozenset[str]:
+    """The ids of the stored payloads these values reference, at any depth (not those
+    of a Dask cluster's values)."""
+    found: set[str] = set()
+    todo = list(values)
+    while todo:
+        value = todo.pop()
+        ref = value.ref
+        if value.WhichOneof("kind") == "ref" and ref.payload_id and not ref.location:
+            found.add(ref.payload_id)
+        todo.extend(value.items)
     return frozenset(found)
