@@ -32,10 +32,10 @@ from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, Sc
 from ._access import CALLER
 from ._builds import BuildUnavailable, Built, GraphBuilds, NoBuilder
 from ._children import SubflowStart
+from ._dispatch import stored_payloads
 from ._gc import release_later
 from ._io import to_its_end
 from ._queries import flow_result
-from ._dispatch import stored_payloads
 from ._result_refs import Reader, stored_problems
 from ._schedule_times import fire_key
 
