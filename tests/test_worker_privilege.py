@@ -176,9 +176,9 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
     a result pointing at a payload it may not download (another credential's upload)
     has it refused, PERMISSION_DENIED, and the task fails; its own uploads and its
     attempts' inputs it may reference. What it uploaded stays its own after a server
-    restart (it is stored with the payload): an attempt held across the restart
-    reports a result referencing it to the new server, which takes it, and the upload
-    can still be downloaded."""
+    restart (it is stored with the payload): it can still be downloaded. An attempt
+    held across the restart may read its input and pass it on in its result: the new
+    server takes that result."""
     db = tmp_path / "hw.db"
     tokens = _tokens(db)
     worker = tokens["worker"]
@@ -189,7 +189,7 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
         address = f"127.0.0.1:{running.port}"
         try:
             async with open_aio_channel(address, TLSSettings()) as channel:
-                own, kept, kept_run = await first_server(channel, address)
+                own, kept, kept_run, kept_input = await first_server(channel, address)
                 await asyncio.wait_for(running.stop(None), 30)
                 for call in streams:
                     call.cancel()
@@ -203,7 +203,11 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
                 while not (response := await anext(stream)).HasField("welcome"):
                     pass
                 assert list(response.welcome.keep_running) == [kept]
-                result = worker_pb2.TaskResult(token=kept, result=payload_pb2.Value(ref=own))
+                # Its input, which the new server never sent it, it may still read and
+                # pass on (a user trial: the result was refused, the run FAILED).
+                held = kept_input.ref.payload_id
+                assert await _download(channel, worker, held) == grpc.StatusCode.OK
+                result = worker_pb2.TaskResult(token=kept, result=kept_input)
                 await outbox.put(worker_pb2.ConnectRequest(result=result))
                 while not (response := await anext(stream)).HasField("ack"):
                     pass
@@ -228,10 +232,11 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
 
     async def first_server(
         channel: grpc.aio.Channel, address: str
-    ) -> tuple[payload_pb2.PayloadRef, worker_pb2.FencingToken, str]:
+    ) -> tuple[payload_pb2.PayloadRef, worker_pb2.FencingToken, str, payload_pb2.Value]:
         def operator_runs() -> tuple[list[str], str]:
             with Client(address, token=tokens["operator"]) as client:
-                ids = [client.run(carry, {"blob": b"%d" % i}).id for i in range(4)]
+                ids = [client.run(carry, {"blob": b"%d" % i}).id for i in range(3)]
+                ids.append(client.run(carry, {"blob": BLOB}).id)  # a stored input
                 with grpc.insecure_channel(address) as plain:
                     transfer = PayloadTransfer(plain, _auth(tokens["operator"]))
                     other = transfer.upload(EncodedValue(b"y" * 10, {"encoding": "json"}))
@@ -286,7 +291,7 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
         # The stream stays open until the server stops: a stream that breaks first
         # loses its attempts (docs/worker-protocol.md §11).
         streams.append(call)
-        return own, kept, kept_run
+        return own, kept, kept_run, assignments[kept_run].inputs["data"].value
 
     asyncio.run(asyncio.wait_for(main(), 120))
 

@@ -596,6 +596,10 @@ class ServerCore(WorkerReports):
                 # Its task run names this worker again (a restarted server knew only
                 # that some worker held it, and stored the run's row without a name).
                 self.runs.delivered(orphan[0], key[0], key[1], session.name)
+                if session.restricted:  # its inputs, which it may read and pass on
+                    run_key = split_task_run_id(key[0])[1]
+                    inputs = self.runs.attempt_inputs(orphan[0], run_key, key[1])
+                    session.reads[key] = inputs or frozenset()
                 continue
             queued = self._claim_resent(session, key)
             if queued is not None:  # kept even beyond its slots: it runs them already

@@ -10,13 +10,16 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from headwater.v1 import worker_pb2
 from headwater.wire import split_task_run_id, task_run_id
 from headwater_runtime.engine import Clock, RunTask, TaskRunRecord
 from headwater_runtime.store import Store
 
 from ._assignments import Dispatch, PendingAssignment, assignment_message
 from ._children import SubflowStart, subflow_start
+from ._dispatch import input_payloads
 from ._sink import Sink
+from ._values import fill_input_value
 
 if TYPE_CHECKING:
     from ._runs import ActiveRun
@@ -49,6 +52,23 @@ class RunDispatching:
             return
         active = self.runs[flow_run_id]
         self._dispatch(active, active.engine.resend(key))
+
+    def attempt_inputs(self, flow_run_id: str, key: str, attempt: int) -> frozenset[str] | None:
+        """The stored payloads that an attempt in flight of a live run takes as input,
+        from its inputs as the engine has them (for a worker-only credential that keeps
+        the attempt across a restart: this server never built its assignment). None
+        when the run is not live here or the attempt is not in flight. Inputs that the
+        assignment spilled to the store (large inline values) are not among them."""
+        active = self.runs.get(flow_run_id)
+        if active is None or flow_run_id in self._aside:
+            return None
+        run = active.engine.runs.get(key)
+        if run is None or run.attempt != attempt or not run.dispatched:
+            return None
+        message = worker_pb2.Assignment()
+        for name, value in active.engine.resend(key).inputs.items():
+            fill_input_value(message.inputs[name], value, elements=False)
+        return input_payloads(message)
 
     def _dispatch(self, active: ActiveRun, command: RunTask) -> None:
         """After the commit: a task's attempt to a worker, a subflow node's to the core
