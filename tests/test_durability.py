@@ -1479,7 +1479,7 @@ def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> Non
         db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
     store = SQLiteStore(path)
     assert store.get_flow_run("r0").parent_flow_run_id == ""
-    assert store.payload_meta(kept).uploader == ""  # (uploaded before version 4)
+    assert store.payload_meta(kept).uploader is None  # (uploaded before version 4: unknown)
     assert b"".join(store.read_payload(kept)) == b"[1]"
     own = store.put_payload(iter([b"[2]"]), {"encoding": "json"}, 3, uploader="w1").id
     assert store.payload_meta(own).uploader == "w1"

@@ -166,6 +166,27 @@ def test_a_version_3_database_gets_the_operations_tables(url: str) -> None:
     store.close()
 
 
+def test_a_version_4_database_keeps_its_payloads_with_no_known_uploader(url: str) -> None:
+    """Migration 5: each payload's uploader. One stored before has none (None: nobody
+    knows), is read as before, and new ones record theirs."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert migrate(conn, "test", MIGRATIONS[:4]) == [1, 2, 3, 4]
+        conn.execute(
+            "INSERT INTO payloads (id, size, metadata, sha256, created_at) "
+            "VALUES ('old', 3, '{\"encoding\": \"json\"}', '', 1.0)"
+        )
+        conn.execute("INSERT INTO payload_chunks (id, idx, data) VALUES ('old', 0, '[1]')")
+    store = PostgresStore(url)
+    assert versions(store) == list(range(1, PG_SCHEMA_VERSION + 1))
+    assert store.payload_meta("old").uploader is None
+    assert b"".join(store.read_payload("old")) == b"[1]"
+    new = store.put_payload(iter([b"[2]"]), {"encoding": "json"}, 3, uploader="w1")
+    assert store.payload_meta(new.id).uploader == "w1"
+    store.close()
+
+
 def test_a_database_newer_than_the_server_is_refused_and_left_alone(url: str) -> None:
     PostgresStore(url).close()
     import psycopg

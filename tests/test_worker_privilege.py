@@ -475,3 +475,22 @@ def test_only_references_to_the_store_make_inputs_a_worker_may_read() -> None:
         }
     )
     assert input_payloads(assignment) == {"a" * 32}
+
+
+def test_a_payload_stored_before_uploaders_were_recorded_may_be_referenced_not_read() -> None:
+    """A payload of a database upgraded to schema version 4 has no known uploader: a
+    worker that uploaded it before the upgrade and reports its result after (a user
+    trial: the task failed for good) may reference it; it may not download it. One
+    the server stored ("") is no worker's."""
+    from headwater_runtime.server._result_refs import Reader
+    from headwater_runtime.store import PayloadMeta
+
+    reader = Reader("w", frozenset({"held"}))
+
+    def meta(payload_id: str, uploader: str | None) -> PayloadMeta:
+        return PayloadMeta(payload_id, 1, {"encoding": "json"}, "", uploader)
+
+    assert reader.may_read(meta("old", None))
+    assert reader.may_read(meta("mine", "w")) and reader.may_read(meta("held", ""))
+    assert not reader.may_read(meta("theirs", "v"))
+    assert not reader.may_read(meta("server", ""))

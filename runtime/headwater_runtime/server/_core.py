@@ -798,14 +798,14 @@ class ServerCore(WorkerReports):
                 session.send(None)
         self.touch()
 
-    def may_download(self, caller: Caller, payload_id: str, uploader: str) -> bool:
+    def may_download(self, caller: Caller, payload_id: str, uploader: str | None) -> bool:
         """Whether ``caller`` may read a payload (``uploader``: the credential that
         uploaded it, as stored with it): any reader may; a worker-only credential only
         what it uploaded itself, or what an attempt held by one of its sessions takes
         as input."""
         if Role.VIEWER in caller.role.grants:
             return True
-        if uploader != "" and uploader == caller.name:
+        if uploader and uploader == caller.name:
             return True
         return payload_id in self.dispatcher.held_inputs(caller.name)
 

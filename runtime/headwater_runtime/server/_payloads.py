@@ -22,7 +22,7 @@ from ._previews import PREVIEW_BYTES, upload_metadata
 class PayloadAccess(Protocol):
     """Who may read which payload (the server core)."""
 
-    def may_download(self, caller: Caller, payload_id: str, uploader: str) -> bool:
+    def may_download(self, caller: Caller, payload_id: str, uploader: str | None) -> bool:
         """Whether ``caller`` may read this payload (``uploader``: the credential
         stored with it as its uploader)."""
         ...

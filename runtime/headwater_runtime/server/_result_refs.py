@@ -77,7 +77,12 @@ class Reader:
     held_inputs: frozenset[str]
 
     def may_read(self, meta: PayloadMeta) -> bool:
-        """Whether the credential may read (so reference) this stored payload."""
+        """Whether the credential may reference this stored payload: one it may read,
+        or one stored before uploaders were recorded (a worker that uploaded it before
+        an upgrade and reports its result after must not see its task fail; such a
+        payload it may not download)."""
+        if meta.uploader is None:
+            return True
         mine = meta.uploader != "" and meta.uploader == self.credential
         return mine or meta.id in self.held_inputs
 

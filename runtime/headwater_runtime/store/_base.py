@@ -210,10 +210,10 @@ class PayloadMeta:
     size: int
     metadata: dict[str, str]
     sha256: str
-    #: The credential that uploaded it ("" when the server stored it, or when it was
-    #: stored before schema version 4): a worker-only credential may read and reference
-    #: its own uploads.
-    uploader: str = ""
+    #: The credential that uploaded it ("" when the server stored it; None when it was
+    #: stored before the uploader was recorded, schema version 4): a worker-only
+    #: credential may read and reference its own uploads.
+    uploader: str | None = ""
 
 
 @dataclass(frozen=True, slots=True)

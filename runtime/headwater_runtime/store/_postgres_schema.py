@@ -176,7 +176,8 @@ CREATE INDEX webhook_outbox_webhook ON webhook_outbox (webhook_id);
         "the credential that uploaded each payload (a worker-only credential reads and "
         "references its own uploads)",
         """
-ALTER TABLE payloads ADD COLUMN uploader TEXT NOT NULL DEFAULT '';
+-- NULL: the payloads stored before, whose uploader nobody knows.
+ALTER TABLE payloads ADD COLUMN uploader TEXT;
 """,
     ),
 )

@@ -23,7 +23,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE flow_runs ADD COLUMN parent_task_key TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE flow_runs ADD COLUMN parent_attempt INTEGER NOT NULL DEFAULT 0",
     ),
-    3: ("ALTER TABLE payloads ADD COLUMN uploader TEXT NOT NULL DEFAULT ''",),
+    # (NULL: the payloads stored before, whose uploader nobody knows.)
+    3: ("ALTER TABLE payloads ADD COLUMN uploader TEXT",),
 }
 
 _SCHEMA = """
@@ -67,7 +68,7 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_run ON logs (flow_run_id, key);
 CREATE TABLE IF NOT EXISTS payloads (
     id TEXT PRIMARY KEY, size INTEGER NOT NULL, metadata TEXT NOT NULL, sha256 TEXT NOT NULL,
-    created_at REAL NOT NULL, uploader TEXT NOT NULL DEFAULT '');
+    created_at REAL NOT NULL, uploader TEXT);
 CREATE TABLE IF NOT EXISTS payload_chunks (
     id TEXT NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (id, idx));
 CREATE TABLE IF NOT EXISTS payload_refs (
