@@ -277,8 +277,11 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
         assert acks[own_run].accepted and acks[input_run].accepted
         refusal = acks[foreign_run]
         assert not refusal.accepted
-        assert f"references payload {other!r}, which credential 'worker'" in refusal.reason
-        assert "did not upload" in refusal.reason
+        assert refusal.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+        assert f"references payload {other!r}, which is not stored or not one credential " in (
+            refusal.reason
+        )
+        assert "'worker' (role worker) may read" in refusal.reason
 
         def states() -> dict[str, str]:
             with Client(address, token=tokens["viewer"]) as client:
@@ -494,3 +497,33 @@ def test_a_payload_stored_before_uploaders_were_recorded_may_be_referenced_not_r
     assert reader.may_read(meta("mine", "w")) and reader.may_read(meta("held", ""))
     assert not reader.may_read(meta("theirs", "v"))
     assert not reader.may_read(meta("server", ""))
+
+
+def test_a_worker_only_credential_learns_nothing_of_payloads_it_may_not_read(
+    tmp_path: Path,
+) -> None:
+    """A reference to a payload that does not exist and one to another credential's
+    get the same answer (PERMISSION_DENIED, the same words): results are no oracle of
+    what exists, nor of a payload's size or hash (the wrong-size check of a reference
+    is for payloads it may read)."""
+    from headwater_runtime.server._result_refs import Reader, stored_problems
+
+    store = SQLiteStore(tmp_path / "hw.db")
+    theirs = store.put_payload(iter([b"[1]"]), {"encoding": "json"}, 3, uploader="other")
+    mine = store.put_payload(iter([b"[2]"]), {"encoding": "json"}, 3, uploader="w")
+    refs = {
+        ("missing", 1): [payload_pb2.PayloadRef(payload_id="f" * 32)],
+        ("theirs", 1): [payload_pb2.PayloadRef(payload_id=theirs.id, size_bytes=99)],
+        ("mine", 1): [payload_pb2.PayloadRef(payload_id=mine.id, size_bytes=99)],
+    }
+    try:
+        problems = stored_problems(store, refs, {}, Reader("w", frozenset()))
+    finally:
+        store.close()
+    (missing,) = problems[("missing", 1)]
+    (foreign,) = problems[("theirs", 1)]
+    assert missing[0] == foreign[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert missing[1].replace("f" * 32, theirs.id) == foreign[1]
+    (wrong,) = problems[("mine", 1)]  # its own: told what is stored
+    assert wrong[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert "as 99 bytes, but it is stored as 3 bytes" in wrong[1]

@@ -117,7 +117,28 @@ def stored_problems(
 
     for key, ids in refs.items():
         problems = out.get(key, [])
-        missing = [r.payload_id for r in ids if meta(r.payload_id) is None]
+        if reader is None:
+            missing = [r.payload_id for r in ids if meta(r.payload_id) is None]
+            readable = ids
+        else:  # not stored, or not its to read: one answer (no oracle of what exists)
+            missing, readable, denied = [], [], []
+            for r in ids:
+                m = meta(r.payload_id)
+                if m is not None and reader.may_read(m):
+                    readable.append(r)
+                else:
+                    denied.append(r.payload_id)
+            if denied:
+                more = f" (and {len(denied) - 1} more)" if len(denied) > 1 else ""
+                problems.append(
+                    (
+                        StatusCode.PERMISSION_DENIED,
+                        f"references payload {denied[0]!r}{more}, which is not stored or not "
+                        f"one credential {reader.credential!r} (role worker) may read: a "
+                        "worker-only credential references only payloads it uploaded (to "
+                        "the end of UploadPayload) or that an attempt it holds takes as input",
+                    )
+                )
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             verb = "are" if missing[1:] else "is"
@@ -128,39 +149,28 @@ def stored_problems(
                     "a result's payloads (UploadPayload, to its end) before reporting it",
                 )
             )
-        foreign = [
-            r.payload_id
-            for r in ids
-            if reader is not None and (stored := meta(r.payload_id)) and not reader.may_read(stored)
-        ]
-        if foreign:
-            assert reader is not None
-            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
-            problems.append(
-                (
-                    StatusCode.PERMISSION_DENIED,
-                    f"references payload {foreign[0]!r}{more}, which credential "
-                    f"{reader.credential!r} (role worker) did not upload and no attempt it "
-                    "holds takes as input: a worker-only credential references only "
-                    "payloads it may read",
-                )
-            )
-        for ref in ids:
+        for ref in readable:
             stored = meta(ref.payload_id)
             if stored is not None and _contradicts(ref, stored):
                 problems.append(
                     (
                         StatusCode.INVALID_ARGUMENT,
-                        f"references payload {ref.payload_id!r} as {ref.size_bytes} bytes with "
-                        f"SHA-256 {ref.sha256[:16]!r}, but it is stored as {stored.size} bytes "
-                        f"with {stored.sha256[:16]!r}: send the PayloadRef UploadPayload "
-                        "returned, unchanged",
+                        f"references payload {ref.payload_id!r} as {_described(ref)}, but it "
+                        f"is stored as {stored.size} bytes with SHA-256 {stored.sha256[:16]!r}: "
+                        "send the PayloadRef UploadPayload returned, unchanged",
                     )
                 )
                 break
         if problems:
             out[key] = problems
     return out
+
+
+def _described(ref: payload_pb2.PayloadRef) -> str:
+    """What a reference says of its payload (only what it gives: 0 or "" is unsaid)."""
+    said = [f"{ref.size_bytes} bytes"] if ref.size_bytes else []
+    said += [f"SHA-256 {ref.sha256[:16]!r}"] if ref.sha256 else []
+    return " with ".join(said)
 
 
 def _contradicts(ref: payload_pb2.PayloadRef, stored: PayloadMeta) -> bool:
