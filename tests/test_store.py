@@ -248,6 +248,16 @@ def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:
     assert store.task_ids_in_states("nope", (7,)) == []
 
 
+def _failed_run(store: Store) -> int:
+    """Run r1, FAILED by its task run "load" (TIMED_OUT); the FAILED state's value."""
+    failed = FlowRunState.FAILED.value
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
+    b = WriteBatch()
+    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
+    store.commit(b)
+    return failed
+
+
 def _retry_on_another_thread(store: Store) -> None:
     """Commit what a retry of run r1 commits (the run RUNNING again, its failed task
     run reset), from another thread: another connection."""
@@ -264,11 +274,7 @@ def test_a_snapshot_reads_the_database_as_of_one_moment(store: Store) -> None:
     them; after it, the commit is seen. A FAILED run answered while it was retried said
     FAILED with no failed task: its row and its task runs came from either side of the
     retry's commit (a user trial)."""
-    failed = FlowRunState.FAILED.value
-    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
-    b = WriteBatch()
-    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
-    store.commit(b)
+    failed = _failed_run(store)
     with store.snapshot():
         assert store.get_flow_run("r1").state == failed
         _retry_on_another_thread(store)
@@ -285,11 +291,7 @@ def test_a_failed_runs_answer_reads_its_row_again_with_its_failed_tasks(store: S
     (RUNNING, no failed task), never FAILED without its failed task."""
     from headwater_runtime.server._queries import as_one, failed_task_ids
 
-    failed = FlowRunState.FAILED.value
-    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
-    b = WriteBatch()
-    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
-    store.commit(b)
+    _failed_run(store)
     old = store.get_flow_run("r1")
     _retry_on_another_thread(store)
     row, ids = as_one(store, old, lambda row: failed_task_ids(store, row))
@@ -308,11 +310,7 @@ def test_a_run_with_its_task_runs_is_read_in_one_snapshot(store: Store) -> None:
     from headwater_runtime.server._io import StoreIO
     from headwater_runtime.server._reads import RunReads
 
-    failed = FlowRunState.FAILED.value
-    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
-    b = WriteBatch()
-    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
-    store.commit(b)
+    failed = _failed_run(store)
     history = store.task_run_history
 
     def history_after_a_retry(flow_run_id: str) -> Any:
@@ -336,11 +334,7 @@ def test_the_run_pages_counts_and_state_are_read_in_one_snapshot(store: Store) -
     are of one commit, though a retry commits while they are read."""
     from headwater_runtime.server.http._data import run_page
 
-    failed = FlowRunState.FAILED.value
-    store.create_flow_run(FlowRunRow("r1", "etl", "1", failed, 1.0))
-    b = WriteBatch()
-    b.task_runs[("r1", "load")] = TaskRunRow("r1", "load", "load", -1, 7, 1, 2.0)
-    store.commit(b)
+    _failed_run(store)
     old = store.get_flow_run("r1")
     task_runs = store.task_runs
 

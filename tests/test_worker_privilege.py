@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +70,23 @@ async def _download(channel: grpc.aio.Channel, token: str, payload_id: str) -> g
     return grpc.StatusCode.OK
 
 
-def test_a_worker_reads_only_its_attempts_inputs_and_its_own_uploads(tmp_path: Path) -> None:
-    tokens = _tokens(tmp_path / "hw.db")
+def _serve(db: Path, scenario: Callable[[grpc.aio.Channel, str], Awaitable[None]]) -> None:
+    """Run ``scenario(channel, address)`` against a server on ``db`` (bounded)."""
 
     async def main() -> None:
-        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
+        running = await start_server(ServerSettings(port=0, db=str(db)))
         address = f"127.0.0.1:{running.port}"
         try:
             async with open_aio_channel(address, TLSSettings()) as channel:
                 await scenario(channel, address)
         finally:
             await asyncio.wait_for(running.stop(None), 30)
+
+    asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def test_a_worker_reads_only_its_attempts_inputs_and_its_own_uploads(tmp_path: Path) -> None:
+    tokens = _tokens(tmp_path / "hw.db")
 
     async def scenario(channel: grpc.aio.Channel, address: str) -> None:
         def operator_run() -> tuple[str, str]:
@@ -93,19 +99,7 @@ def test_a_worker_reads_only_its_attempts_inputs_and_its_own_uploads(tmp_path: P
                 return run.id, other.payload_id
 
         run_id, other = await asyncio.to_thread(operator_run)
-        outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
-        hello = worker_pb2.Hello(
-            worker_id="w", name="w", protocol_version=1, capabilities=["privilege.echo"], slots=1
-        )
-        await outbox.put(worker_pb2.ConnectRequest(hello=hello))
-
-        async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
-            while (item := await outbox.get()) is not None:
-                yield item
-
-        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
-        call = stub.Connect(requests(), metadata=_auth(tokens["worker"]), timeout=60)
-        stream = aiter(call)
+        outbox, call, stream = await _connect(channel, tokens["worker"], slots=1)
         assignment = None
         while assignment is None:
             response = await anext(stream)
@@ -140,7 +134,7 @@ def test_a_worker_reads_only_its_attempts_inputs_and_its_own_uploads(tmp_path: P
         await outbox.put(None)
         call.cancel()
 
-    asyncio.run(asyncio.wait_for(main(), 120))
+    _serve(tmp_path / "hw.db", scenario)
 
 
 async def _connect(
@@ -148,15 +142,16 @@ async def _connect(
     token: str,
     slots: int,
     running: Sequence[worker_pb2.FencingToken] = (),
+    capability: str = "privilege.echo",
 ) -> tuple[asyncio.Queue[worker_pb2.ConnectRequest | None], Any, AsyncIterator[Any]]:
-    """A raw worker session of ``token`` offering privilege.echo (holding ``running``
+    """A raw worker session of ``token`` offering ``capability`` (holding ``running``
     from before): its outbox, its call and the iterator of what the server sends."""
     outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
     hello = worker_pb2.Hello(
         worker_id="w",
         name="w",
         protocol_version=1,
-        capabilities=["privilege.echo"],
+        capabilities=[capability],
         slots=slots,
         running=running,
     )
@@ -323,15 +318,6 @@ def test_a_worker_only_builder_converts_parameters_only_into_payloads_it_may_rea
         reply.graph.parameters_digest = parameters_digest(reply.parameters)
         return reply
 
-    async def main() -> None:
-        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
-        address = f"127.0.0.1:{running.port}"
-        try:
-            async with open_aio_channel(address, TLSSettings()) as channel:
-                await scenario(channel, address)
-        finally:
-            await asyncio.wait_for(running.stop(None), 30)
-
     async def scenario(channel: grpc.aio.Channel, address: str) -> None:
         def upload(token: str, data: bytes) -> payload_pb2.PayloadRef:
             with grpc.insecure_channel(address) as plain:
@@ -387,7 +373,7 @@ def test_a_worker_only_builder_converts_parameters_only_into_payloads_it_may_rea
         assert second.flow_run.parameters["n"].ref.payload_id == own.payload_id
         await builder.leave()
 
-    asyncio.run(asyncio.wait_for(main(), 120))
+    _serve(tmp_path / "hw.db", scenario)
 
 
 def test_a_worker_cannot_claim_a_queued_attempt_it_was_never_given(tmp_path: Path) -> None:
@@ -398,15 +384,6 @@ def test_a_worker_cannot_claim_a_queued_attempt_it_was_never_given(tmp_path: Pat
     tokens = _tokens(tmp_path / "hw.db")
     worker = tokens["worker"]
 
-    async def main() -> None:
-        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
-        address = f"127.0.0.1:{running.port}"
-        try:
-            async with open_aio_channel(address, TLSSettings()) as channel:
-                await scenario(channel, address)
-        finally:
-            await asyncio.wait_for(running.stop(None), 30)
-
     async def scenario(channel: grpc.aio.Channel, address: str) -> None:
         def operator_run() -> str:
             with Client(address, token=tokens["operator"]) as client:
@@ -414,27 +391,10 @@ def test_a_worker_cannot_claim_a_queued_attempt_it_was_never_given(tmp_path: Pat
 
         run_id = await asyncio.to_thread(operator_run)
         queued = worker_pb2.FencingToken(task_run_id=f"{run_id}/privilege.echo", attempt=1)
-        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
         for capability in ("nothing.at.all", "privilege.echo"):
-            outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
-            hello = worker_pb2.Hello(
-                worker_id="evil",
-                name="evil",
-                protocol_version=1,
-                capabilities=[capability],
-                slots=1,
-                running=[queued],
+            outbox, call, stream = await _connect(
+                channel, worker, slots=1, running=[queued], capability=capability
             )
-            await outbox.put(worker_pb2.ConnectRequest(hello=hello))
-
-            async def requests(
-                box: asyncio.Queue[worker_pb2.ConnectRequest | None] = outbox,
-            ) -> AsyncIterator[worker_pb2.ConnectRequest]:
-                while (item := await box.get()) is not None:
-                    yield item
-
-            call = stub.Connect(requests(), metadata=_auth(worker), timeout=60)
-            stream = aiter(call)
             while not (response := await anext(stream)).HasField("welcome"):
                 pass
             assert list(response.welcome.keep_running) == [], capability
@@ -452,7 +412,7 @@ def test_a_worker_cannot_claim_a_queued_attempt_it_was_never_given(tmp_path: Pat
             await outbox.put(None)
             call.cancel()
 
-    asyncio.run(asyncio.wait_for(main(), 120))
+    _serve(tmp_path / "hw.db", scenario)
 
 
 def _input_of(address: str, token: str, run_id: str) -> str:

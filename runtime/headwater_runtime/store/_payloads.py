@@ -19,7 +19,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -122,6 +122,18 @@ class PayloadWriter:
             self._done = True
             with contextlib.suppress(Exception):
                 self._sink.discard()
+
+
+def write_all(writer: PayloadWriter, chunks: Iterator[bytes]) -> PayloadMeta:
+    """A whole payload through ``writer`` (``Store.put_payload``): its chunks, then its
+    row; what was stored of it is forgotten if anything fails."""
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 class DirectoryBlobs:

@@ -53,7 +53,7 @@ from ._base import (
     WriteBatch,
     key_reused,
 )
-from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
 from ._postgres_access import PostgresAccessTables, insert_audit
 from ._postgres_batch import check_lease, write_batch
 from ._postgres_ops import PostgresOps
@@ -578,14 +578,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         uploader: str = "",
     ) -> PayloadMeta:
         """Store bytes arriving in chunks; checks the declared size (and hash if given)."""
-        writer = self.begin_payload(metadata, size, sha256, uploader)
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-            return writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
+        return write_all(self.begin_payload(metadata, size, sha256, uploader), chunks)
 
     def begin_payload(
         self, metadata: dict[str, str], size: int, sha256: str = "", uploader: str = ""

@@ -47,7 +47,7 @@ from ._base import (
     WriteBatch,
     key_reused,
 )
-from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter
+from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
 from ._prune import GiveBackStopped, Pruning
 from ._sqlite_access import AccessTables, insert_audit
 from ._sqlite_ops import OPS_SCHEMA, SQLiteOps, write_ops
@@ -683,14 +683,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
         uploader: str = "",
     ) -> PayloadMeta:
         """Store bytes arriving in chunks; checks the declared size (and hash if given)."""
-        writer = self.begin_payload(metadata, size, sha256, uploader)
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-            return writer.finish()
-        except BaseException:
-            writer.abort()
-            raise
+        return write_all(self.begin_payload(metadata, size, sha256, uploader), chunks)
 
     def begin_payload(
         self, metadata: dict[str, str], size: int, sha256: str = "", uploader: str = ""
