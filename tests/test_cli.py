@@ -711,3 +711,24 @@ def test_an_empty_db_is_a_usage_error(
     assert err.strip() == (
         "headwater: error: --db is empty: give a SQLite file path or a postgresql:// URL"
     )
+
+
+def test_a_commands_argument_may_follow_its_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``headwater tokens revoke --db DB NAME`` (options first, as users write them) was
+    "unrecognized arguments: NAME"; ``tokens revoke NAME --db DB`` worked. Both work; a
+    second argument is still refused."""
+    from headwater._cli import main
+
+    db = str(tmp_path / "hw.db")
+    for name in ("a", "b"):
+        assert main(["tokens", "create", "--db", db, "--name", name, "--role", "admin"]) == 0
+    assert main(["tokens", "revoke", "--db", db, "a"]) == 0
+    assert main(["tokens", "revoke", "b", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "revoked a " in out and "revoked b " in out
+    with pytest.raises(SystemExit) as refused:
+        main(["tokens", "revoke", "--db", db, "a", "b"])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: a b" in capsys.readouterr().err

@@ -535,7 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``headwater`` command; returns the exit code (2 for a usage error, with
     one line on stderr instead of a traceback)."""
     parser = build_parser()
-    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else argv))
+    # `headwater tokens revoke --db DB NAME`: argparse takes ACTION and its optional
+    # argument together, before the options, and left NAME over ("unrecognized
+    # arguments", a user trial). A command of that shape names that argument.
+    late = getattr(args, "late_positional", None)
+    if late and len(extra) == 1 and not extra[0].startswith("-") and getattr(args, late) is None:
+        setattr(args, late, extra.pop())
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except (

@@ -78,7 +78,7 @@ def add_limits_command(sub: Any) -> None:
         "--rate", default=None, metavar="COUNT/PERIOD", help="set: most started per period"
     )
     add_connection_args(limits)
-    limits.set_defaults(func=cmd_limits)
+    limits.set_defaults(func=cmd_limits, late_positional="tag")
 
 
 # ------------------------------------------------------------------------ workers
@@ -153,7 +153,7 @@ def add_workers_command(sub: Any) -> None:
         "--exit", action="store_true", help="drain: ask the worker to exit once idle"
     )
     add_connection_args(workers)
-    workers.set_defaults(func=cmd_workers)
+    workers.set_defaults(func=cmd_workers, late_positional="name")
 
 
 # ----------------------------------------------------------------------- webhooks
@@ -226,7 +226,7 @@ def add_webhooks_command(sub: Any) -> None:
     hooks.add_argument("--late", action="store_true", help="create: also when a run is late")
     hooks.add_argument("--secret", default=None, help="create: sign each body (HMAC-SHA256)")
     add_connection_args(hooks)
-    hooks.set_defaults(func=cmd_webhooks)
+    hooks.set_defaults(func=cmd_webhooks, late_positional="target")
 
 
 # -------------------------------------------------------------------------- audit

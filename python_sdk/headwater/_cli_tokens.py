@@ -177,7 +177,7 @@ def add_tokens_command(sub: Any) -> None:
     )
     tokens.add_argument("--token", default=None, help="an admin's token (or HEADWATER_TOKEN)")
     add_tls_args(tokens)
-    tokens.set_defaults(func=_dispatch)
+    tokens.set_defaults(func=_dispatch, late_positional="name_arg")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
