@@ -194,6 +194,16 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
         try:
             async with open_aio_channel(address, TLSSettings()) as channel:
                 assert await _download(channel, worker, own.payload_id) == grpc.StatusCode.OK
+                # A worker that could not have been given it names it first: not kept
+                # (a user trial took over another pool's attempt so, and its result).
+                other_box, other_call, other_stream = await _connect(
+                    channel, worker, slots=1, running=[kept], capability="nothing.at.all"
+                )
+                while not (response := await anext(other_stream)).HasField("welcome"):
+                    pass
+                assert list(response.welcome.keep_running) == []
+                await other_box.put(None)
+                other_call.cancel()
                 outbox, call, stream = await _connect(channel, worker, slots=1, running=[kept])
                 while not (response := await anext(stream)).HasField("welcome"):
                     pass

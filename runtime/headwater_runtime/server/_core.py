@@ -590,16 +590,19 @@ class ServerCore(WorkerReports):
         taken: list[PendingAssignment] = []
         for token in hello.running:
             key = (token.task_run_id, token.attempt)
-            orphan = self._orphans.pop(key, None)
-            if orphan is not None:
+            orphan = self._orphans.get(key)
+            run_key = split_task_run_id(key[0])[1] if orphan is not None else ""
+            if orphan is not None and self.runs.may_hold(orphan[0], run_key, session):
+                del self._orphans[key]
                 adopted[key] = orphan[0]
                 # Its task run names this worker again (a restarted server knew only
                 # that some worker held it, and stored the run's row without a name).
                 self.runs.delivered(orphan[0], key[0], key[1], session.name)
                 if session.restricted:  # its inputs, which it may read and pass on
-                    run_key = split_task_run_id(key[0])[1]
                     inputs = self.runs.attempt_inputs(orphan[0], run_key, key[1])
                     session.reads[key] = inputs or frozenset()
+                continue
+            if orphan is not None:  # (not its to hold: it stays for the worker that is)
                 continue
             queued = self._claim_resent(session, key)
             if queued is not None:  # kept even beyond its slots: it runs them already

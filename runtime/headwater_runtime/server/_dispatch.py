@@ -125,10 +125,15 @@ class WorkerSession:
     def accepts(self, pending: PendingAssignment) -> bool:
         """Whether the worker has the attempt's task type, every label it requires and
         the code the run's graph names for it."""
+        return self.offers(pending.task_type, pending.labels, pending.code_digest)
+
+    def offers(self, task_type: str, labels: Mapping[str, str], code_digest: str) -> bool:
+        """``accepts`` for an attempt described by its task's type, labels and code."""
+        mine = self.code_digests.get(task_type, "")
         return (
-            pending.task_type in self.capabilities
-            and all(self.labels.get(k) == v for k, v in pending.labels.items())
-            and not self.stale(pending)
+            task_type in self.capabilities
+            and all(self.labels.get(k) == v for k, v in labels.items())
+            and not (mine and code_digest and mine != code_digest)
         )
 
 

@@ -17,7 +17,7 @@ from headwater_runtime.store import Store
 
 from ._assignments import Dispatch, PendingAssignment, assignment_message
 from ._children import SubflowStart, subflow_start
-from ._dispatch import input_payloads
+from ._dispatch import WorkerSession, input_payloads
 from ._sink import Sink
 from ._values import fill_input_value
 
@@ -52,6 +52,18 @@ class RunDispatching:
             return
         active = self.runs[flow_run_id]
         self._dispatch(active, active.engine.resend(key))
+
+    def may_hold(self, flow_run_id: str, key: str, session: WorkerSession) -> bool:
+        """Whether ``session`` could have been given an attempt of this live run's task
+        run (its task type, labels and code): a worker naming one it cannot run after a
+        restart is not given it (a user trial took over another pool's attempt, its
+        inputs and its result so). False when the run is not live here."""
+        active = self.runs.get(flow_run_id)
+        run = active.engine.runs.get(key) if active is not None else None
+        if run is None:
+            return False
+        spec = run.spec
+        return session.offers(spec.task_type, spec.labels, spec.code_digest)
 
     def attempt_inputs(self, flow_run_id: str, key: str, attempt: int) -> frozenset[str] | None:
         """The stored payloads that an attempt in flight of a live run takes as input,
