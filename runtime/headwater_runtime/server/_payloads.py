@@ -224,8 +224,9 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 detail(
                     f"credential {caller.name!r} (role {caller.role.value}) may download only "
-                    f"the inputs of attempts it holds and what it uploaded, and payload "
-                    f"{request.payload_id!r} is neither"
+                    "the inputs of attempts it holds, the values of graph builds it was "
+                    f"asked for and what it uploaded, and payload {request.payload_id!r} is "
+                    "none of these"
                 ),
             )
         if meta is None:
