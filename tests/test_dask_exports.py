@@ -124,6 +124,37 @@ def test_a_bridge_that_reconnects_still_serves_its_values() -> None:
     assert h.failed == []
 
 
+def test_a_bridges_values_are_bound_to_its_credential_not_only_its_worker_id() -> None:
+    """A session of another credential that gives a bridge's worker id is not its
+    holder: it is not asked to export the bridge's values, nor sent them as its own (a
+    user trial answered the export with its own value, and the run took it)."""
+    h = Harness()
+    bridge, _ = session("bridge-1", worker_id="bridge")
+    bridge.credential = "pool-a"
+    plain, _ = session("plain")
+    h.exports.connected(bridge)
+    h.exports.record(bridge, dask_ref("p1"), "run")
+    h.exports.forget(bridge)  # the stream broke
+    impostor, to_impostor = session("evil", worker_id="bridge")
+    impostor.credential = "pool-b"
+    h.exports.connected(impostor)
+    taken = pending("r/a", dask_ref("p1"))
+    assert h.exports.prepare(impostor, taken) is False  # not its value: the holder is away
+    assert h.failed[-1][0] is taken and h.sent == []
+    assert not any(m.HasField("export_value") for m in to_impostor)
+    again, to_again = session("bridge-2", worker_id="bridge")
+    again.credential = "pool-a"
+    h.exports.connected(again)  # the bridge itself, back
+    waiting = pending("r/b", dask_ref("p1"))
+    assert h.exports.prepare(plain, waiting) is False
+    h.exports.on_exported(impostor, exported("p1"))  # unasked: changes nothing
+    assert h.sent == []
+    asked = [m.export_value.payload_id for m in to_again if m.HasField("export_value")]
+    assert asked == ["p1"] and not any(m.HasField("export_value") for m in to_impostor)
+    h.exports.on_exported(again, exported("p1"))
+    assert [p for _, p in h.sent] == [waiting]
+
+
 def test_an_export_error_fails_the_waiting_attempts() -> None:
     h = Harness()
     bridge, _ = session("bridge")

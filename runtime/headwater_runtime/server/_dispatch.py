@@ -32,6 +32,7 @@ from grpc import StatusCode
 from headwater.v1 import payload_pb2, worker_pb2
 from headwater.wire import split_task_run_id
 
+from ._access import ANONYMOUS_NAME
 from ._assignments import TOKEN_OF, PendingAssignment, QueuedAttempts, Token
 from ._gc import release_later
 from ._tag_limits import TagLimits
@@ -99,6 +100,16 @@ class WorkerSession:
     #: by (payload id, ``_result_refs.EXPORT``) (``WorkerReports.look_up_refs``; taken
     #: with the result or the export).
     ref_problems: dict[tuple[str, int], list[tuple[StatusCode, str]]] = field(default_factory=dict)
+
+    @property
+    def holder(self) -> str:
+        """Who holds the values this session reports as a Dask bridge (``_exports``):
+        its worker id, bound to its credential when the server checks credentials. A
+        session of another credential that gives the same worker id is not their holder
+        (a user trial took over a bridge's exports so, and the runs used its values)."""
+        if not self.credential or self.credential == ANONYMOUS_NAME:
+            return self.worker_id
+        return f"{self.credential}/{self.worker_id}"
 
     @property
     def free(self) -> int:

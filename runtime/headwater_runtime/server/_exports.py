@@ -16,7 +16,8 @@ except the values in its result, which go when the run is pruned; a value a cach
 entry points at stays until the entry expires.
 
 Across a restart (or a change of leader): each Dask ref a bridge reports is stored with
-its holder (``headwater.holder``, the bridge's worker id, added here), so the runs a
+its holder (``headwater.holder``, the bridge's worker id, prefixed with its credential's
+name when the server checks credentials: ``WorkerSession.holder``; added here), so the runs a
 restarted server resumes know who holds their values (``recover``), and use them once
 the bridge (the same process) reconnects. A bridge's first session with a server
 process is told, once the runs are resumed, to let go of everything else it held
@@ -132,7 +133,7 @@ class DaskExports:
         self._send = send
         self._fail = fail
         self.release_after = release_after
-        self.owners: dict[str, str] = {}  # payload id -> worker id of its holder
+        self.owners: dict[str, str] = {}  # payload id -> its holder (WorkerSession.holder)
         self._run_of: dict[str, str] = {}  # payload id -> the flow run that made it
         self._of_run: dict[str, set[str]] = {}  # flow run id -> payload ids still held
         self._kept: dict[str, tuple[set[str], float]] = {}  # ended run -> result ids, end
@@ -161,16 +162,16 @@ class DaskExports:
     def connected(self, session: WorkerSession) -> None:
         """A worker (re)connected: a bridge keeps its values across reconnects. Exports
         asked on its previous stream (if that one has not ended yet) are asked again."""
-        previous = self._live.get(session.worker_id)
-        self._live[session.worker_id] = session
+        previous = self._live.get(session.holder)
+        self._live[session.holder] = session
         self._greet(session)
-        for payload_id in sorted(self._ask_later.pop(session.worker_id, ())):
+        for payload_id in sorted(self._ask_later.pop(session.holder, ())):
             request = worker_pb2.ExportValue(payload_id=payload_id)  # waited for it
             session.send(worker_pb2.ConnectResponse(export_value=request))
         if previous is None or previous is session:
             return
         for payload_id in sorted(self._asked):
-            if self.owners.get(payload_id) == session.worker_id:
+            if self.owners.get(payload_id) == session.holder:
                 request = worker_pb2.ExportValue(payload_id=payload_id)
                 session.send(worker_pb2.ConnectResponse(export_value=request))
 
@@ -182,7 +183,7 @@ class DaskExports:
     def _greet(self, session: WorkerSession) -> None:
         """After a session's Welcome: a bridge new to this server process lets go of
         what it held before; one coming back gets the releases made while it was away."""
-        worker_id = session.worker_id
+        worker_id = session.holder
         if RELEASE_VALUES not in session.features:
             return
         self._releasing.add(worker_id)
@@ -221,7 +222,7 @@ class DaskExports:
         self.recovering = False
         waiting, self._greet_later = self._greet_later, []
         for session in waiting:
-            if self._live.get(session.worker_id) is session:  # (still connected)
+            if self._live.get(session.holder) is session:  # (still connected)
                 self._greet(session)
 
     def record(self, session: WorkerSession, result: payload_pb2.Value, flow_run_id: str) -> None:
@@ -233,14 +234,14 @@ class DaskExports:
             # ~70 ms of the event loop to walk). A Dask ref inside anything else has
             # no holder, and an attempt that needs it fails as unavailable.
             return
-        self._known.add(session.worker_id)
+        self._known.add(session.holder)
         held = self._of_run.setdefault(flow_run_id, set())
         for ref in _refs_in_value(result):
-            ref.metadata[HOLDER_KEY] = session.worker_id  # stored with the result
-            self.owners[ref.payload_id] = session.worker_id
+            ref.metadata[HOLDER_KEY] = session.holder  # stored with the result
+            self.owners[ref.payload_id] = session.holder
             self._run_of[ref.payload_id] = flow_run_id
             held.add(ref.payload_id)
-            self._live.setdefault(session.worker_id, session)
+            self._live.setdefault(session.holder, session)
 
     # Releasing ----------------------------------------------------------------------
 
@@ -506,10 +507,10 @@ class DaskExports:
     def forget(self, session: WorkerSession) -> None:
         """A worker's session ended: the values it holds cannot be read until it
         reconnects (same worker id); attempts waiting for them fail now."""
-        if self._live.get(session.worker_id) is not session:
+        if self._live.get(session.holder) is not session:
             return
-        del self._live[session.worker_id]
-        lost = {pid for pid, worker in self.owners.items() if worker == session.worker_id}
+        del self._live[session.holder]
+        lost = {pid for pid, worker in self.owners.items() if worker == session.holder}
         self._asked -= lost
         # Assignments held for this worker itself: its slots are gone with it, and
         # the dispatcher reports those attempts lost.
