@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from grpc import StatusCode
 
@@ -109,7 +110,8 @@ class WorkerSession:
         (a user trial took over a bridge's exports so, and the runs used its values)."""
         if not self.credential or self.credential == ANONYMOUS_NAME:
             return self.worker_id
-        return f"{self.credential}/{self.worker_id}"
+        # (The name percent-encoded: the first "/" ends it, whatever either holds.)
+        return f"{quote(self.credential, safe='')}/{self.worker_id}"
 
     @property
     def free(self) -> int:

@@ -162,6 +162,8 @@ class DaskExports:
     def connected(self, session: WorkerSession) -> None:
         """A worker (re)connected: a bridge keeps its values across reconnects. Exports
         asked on its previous stream (if that one has not ended yet) are asked again."""
+        if session.holder != session.worker_id:
+            self._adopt_plain(session)
         previous = self._live.get(session.holder)
         self._live[session.holder] = session
         self._greet(session)
@@ -174,6 +176,18 @@ class DaskExports:
             if self.owners.get(payload_id) == session.holder:
                 request = worker_pb2.ExportValue(payload_id=payload_id)
                 session.send(worker_pb2.ConnectResponse(export_value=request))
+
+    def _adopt_plain(self, session: WorkerSession) -> None:
+        """Values a restarted server recovered with a holder stored before holders named
+        the credential (a plain worker id, from a server of an earlier version) go to
+        the first session of that worker id, as they did then."""
+        plain, holder = session.worker_id, session.holder
+        for payload_id, owner in self.owners.items():
+            if owner == plain:
+                self.owners[payload_id] = holder
+        asked = self._ask_later.pop(plain, None)
+        if asked:
+            self._ask_later.setdefault(holder, set()).update(asked)
 
     def _owner(self, payload_id: str) -> WorkerSession | None:
         """The connected session holding a value, if any."""
