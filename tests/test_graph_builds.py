@@ -200,3 +200,36 @@ def test_what_each_answer_means_for_the_runs_creator(tmp_path: Path) -> None:
             assert "no connected worker offers it" in (error.details() or "")
 
     run(body)
+
+
+def test_a_worker_refuses_to_send_a_graph_too_large_for_one_message() -> None:
+    """A graph over the server's message limit (a large parameter is a constant of each
+    task it feeds) is answered as an error naming its size and what to do instead: sent
+    as is, the server cut the worker's stream and the run's creator read that no
+    worker offers the flow (a user trial)."""
+    from headwater._worker_flows import GRAPH_TOO_LARGE, GraphBuilder
+
+    sent: list[worker_pb2.ConnectRequest] = []
+    builder = GraphBuilder({"doubled": doubled}, sent.append)
+
+    class InlineOnly:  # (the values are inline: nothing to download or upload)
+        def download(self, ref: Any) -> Any:
+            raise AssertionError("nothing to download")
+
+        def value(self, encoded: Any, limit: int) -> payload_pb2.Value:
+            return payload_pb2.Value(
+                inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+            )
+
+    builder.transfer = InlineOnly()  # type: ignore[assignment]
+    request = worker_pb2.BuildGraph(build_id="7", flow_name="doubled", parameters={"n": value(3)})
+    builder._answer(request)
+    (fits,) = sent
+    assert fits.graph_built.HasField("graph") and not fits.graph_built.HasField("error")
+    builder.max_message_bytes = fits.graph_built.ByteSize() // 2
+    builder._answer(request)
+    answer = sent[-1].graph_built
+    assert answer.build_id == "7" and not answer.HasField("graph")
+    assert answer.error.type == GRAPH_TOO_LARGE and not answer.error.retryable
+    assert "the graph of flow 'doubled' for these values is" in answer.error.message
+    assert "Client.run(flow, params)" in answer.error.message

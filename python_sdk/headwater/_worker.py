@@ -532,6 +532,7 @@ class Worker:
             self.attempts.inline_limit = int(welcome.inline_payload_limit)
             self.builder.inline_limit = self.attempts.inline_limit
             self.attempts.max_message_bytes = message_limit(welcome.max_message_bytes)
+            self.builder.max_message_bytes = self.attempts.max_message_bytes
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome
             self._use_payload_channel()

@@ -20,12 +20,14 @@ from typing import Any
 from headwater.v1 import worker_pb2
 from headwater.wire import (
     GRAPH_BUILDS,
+    GRPC_MESSAGE_LIMIT,
     ConnectionSettings,
     FlowRunState,
     ParameterError,
     PayloadTransfer,
     decode_value,
     encode,
+    message_ceiling,
     split_task_run_id,
 )
 
@@ -38,6 +40,8 @@ log = logging.getLogger("headwater.worker")
 #: The failure type of a build refused for its parameter values (the server answers
 #: the run's creator INVALID_ARGUMENT with the message).
 PARAMETER_ERROR = "headwater.ParameterError"
+#: The failure type of a graph too large to send in one message.
+GRAPH_TOO_LARGE = "headwater.GraphTooLarge"
 
 Send = Callable[[worker_pb2.ConnectRequest], None]
 
@@ -70,6 +74,8 @@ class GraphBuilder:
         self.send = send
         self.transfer: PayloadTransfer | None = None
         self.inline_limit = 0
+        #: The largest message the server accepts (its last Welcome's).
+        self.max_message_bytes = GRPC_MESSAGE_LIMIT
 
     @property
     def feature(self) -> list[str]:
@@ -96,6 +102,20 @@ class GraphBuilder:
             log.warning("could not build the graph of flow %s: %r", request.flow_name, exc)
             kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
             answer.error.CopyFrom(failure(kind, str(exc), retryable=False))
+        size, ceiling = answer.ByteSize(), message_ceiling(self.max_message_bytes)
+        if size > ceiling:
+            # Sent as is, the server cut the stream (RESOURCE_EXHAUSTED), the worker
+            # reconnected, and the run's creator read that no worker offers the flow (a
+            # user trial): a large parameter is a constant of every task it feeds.
+            why = (
+                f"the graph of flow {request.flow_name!r} for these values is {size} bytes, "
+                f"more than one message to the server may hold ({ceiling}): start the run "
+                "from the flow's code (Client.run(flow, params)), which sends large values "
+                "as payloads"
+            )
+            log.warning("%s", why)
+            answer = worker_pb2.GraphBuilt(build_id=request.build_id)
+            answer.error.CopyFrom(failure(GRAPH_TOO_LARGE, why, retryable=False))
         self.send(worker_pb2.ConnectRequest(graph_built=answer))
 
     def build(self, flow_name: str, parameters: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
