@@ -613,13 +613,19 @@ class ServerCore(WorkerReports):
                     session.reads[key] = input_payloads(queued.assignment)
                 continue
             flow_run_id = _run_of(token.task_run_id)
-            if self.dispatcher.owner(key) is None and self.runs.replaying(flow_run_id):
+            if self.dispatcher.owner(key) is None and (
+                self.runs.replaying(flow_run_id) or self._resent_unqueued(session, key)
+            ):
                 self._lost_in_replay.discard(key)  # reclaimed again
                 # Its run is being resumed: kept, and delivered to this worker (recorded
                 # once the run is live); the run then waits for it rather than sending
                 # it again (Dispatcher.pump skips an attempt a worker holds).
                 adopted[key] = flow_run_id
                 self.runs.delivered(flow_run_id, key[0], key[1], session.name)
+                if session.restricted:  # (its run known: a well-formed id) its inputs
+                    run_key = split_task_run_id(key[0])[1]
+                    inputs = self.runs.attempt_inputs(flow_run_id, run_key, key[1])
+                    session.reads[key] = inputs or frozenset()
         welcome = worker_pb2.Welcome(
             session_id=session.session_id,
             server_version=SERVER_VERSION,
@@ -656,6 +662,20 @@ class ServerCore(WorkerReports):
             return None
         self._resent.discard(key)
         return queued
+
+    def _resent_unqueued(self, session: WorkerSession, key: Token) -> bool:
+        """An attempt sent again after a restart whose run is live but not queued yet
+        (its dispatch waits for the commit that stores the run's resumption), claimed
+        by a worker that could have been given it: kept, as during the replay (the
+        dispatcher skips an attempt a worker holds). A worker reconnecting in that
+        instant was told to abandon it, and it ran again (seen in CI)."""
+        if key not in self._resent:
+            return False
+        flow_run_id, run_key = split_task_run_id(key[0])
+        if not self.runs.may_hold(flow_run_id, run_key, session):
+            return False
+        self._resent.discard(key)
+        return True
 
     def disconnect(self, session: WorkerSession) -> None:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
