@@ -132,8 +132,11 @@ class WorkerSession:
     def stale(self, pending: PendingAssignment) -> bool:
         """Whether the worker's code for the attempt's task differs from the code the
         run's graph was built with (either side not saying counts as the same)."""
-        mine = self.code_digests.get(pending.task_type, "")
-        return bool(mine and pending.code_digest and mine != pending.code_digest)
+        return self._other_code(pending.task_type, pending.code_digest)
+
+    def _other_code(self, task_type: str, code_digest: str) -> bool:
+        mine = self.code_digests.get(task_type, "")
+        return bool(mine and code_digest and mine != code_digest)
 
     def accepts(self, pending: PendingAssignment) -> bool:
         """Whether the worker has the attempt's task type, every label it requires and
@@ -142,11 +145,10 @@ class WorkerSession:
 
     def offers(self, task_type: str, labels: Mapping[str, str], code_digest: str) -> bool:
         """``accepts`` for an attempt described by its task's type, labels and code."""
-        mine = self.code_digests.get(task_type, "")
         return (
             task_type in self.capabilities
             and all(self.labels.get(k) == v for k, v in labels.items())
-            and not (mine and code_digest and mine != code_digest)
+            and not self._other_code(task_type, code_digest)
         )
 
 

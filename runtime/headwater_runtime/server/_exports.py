@@ -153,6 +153,8 @@ class DaskExports:
         #: holder has not reconnected yet waits for it instead of failing.
         self.await_holders_until: float | None = None
         self._ask_later: dict[str, set[str]] = {}  # away worker id -> exports to ask
+        #: Holders recovered as a plain worker id (``_adopt_plain``).
+        self._plain: set[str] = set()
         self._live: dict[str, WorkerSession] = {}  # worker id -> its current session
         self.exported: dict[str, payload_pb2.Value] = {}
         self._held: list[_Held] = []
@@ -162,7 +164,7 @@ class DaskExports:
     def connected(self, session: WorkerSession) -> None:
         """A worker (re)connected: a bridge keeps its values across reconnects. Exports
         asked on its previous stream (if that one has not ended yet) are asked again."""
-        if session.holder != session.worker_id:
+        if session.worker_id in self._plain and session.holder != session.worker_id:
             self._adopt_plain(session)
         previous = self._live.get(session.holder)
         self._live[session.holder] = session
@@ -182,6 +184,7 @@ class DaskExports:
         the credential (a plain worker id, from a server of an earlier version) go to
         the first session of that worker id, as they did then."""
         plain, holder = session.worker_id, session.holder
+        self._plain.discard(plain)
         for payload_id, owner in self.owners.items():
             if owner == plain:
                 self.owners[payload_id] = holder
@@ -226,6 +229,8 @@ class DaskExports:
                 holder = ref.metadata.get(HOLDER_KEY)
                 if holder:
                     self.owners[ref.payload_id] = holder
+                    if "/" not in holder:  # (no credential in it: ``_adopt_plain``)
+                        self._plain.add(holder)
                     self._run_of[ref.payload_id] = flow_run_id
                     held.add(ref.payload_id)
         if not held:

@@ -110,9 +110,16 @@ def as_one(store: Store, row: FlowRunRow, read: Callable[[FlowRunRow], T]) -> tu
     if row.state != FlowRunState.FAILED.value:
         return row, read(row)
     with store.snapshot():
-        with contextlib.suppress(NotFound):  # (deleted since: its last known row)
-            row = store.get_flow_run(row.id)
+        row = current(store, row)
         return row, read(row)
+
+
+def current(store: Store, row: FlowRunRow) -> FlowRunRow:
+    """A run's row as the store has it now (inside a snapshot: as of it), or ``row``,
+    its last known, when it was deleted since."""
+    with contextlib.suppress(NotFound):
+        return store.get_flow_run(row.id)
+    return row
 
 
 def failed_task_ids(store: Store, row: FlowRunRow) -> list[str]:

@@ -8,7 +8,6 @@ carries a value larger than ``LISTED_VALUE_LIMIT`` (docs/http-api.md, Results).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -28,7 +27,6 @@ from headwater_runtime.store import (
     FlowRunRow,
     LateRow,
     LogRow,
-    NotFound,
     RunAttemptRow,
     StateRow,
     Store,
@@ -36,7 +34,7 @@ from headwater_runtime.store import (
 )
 
 from .._previews import summarize
-from .._queries import as_one, failed_task_ids, flow_result
+from .._queries import as_one, current, failed_task_ids, flow_result
 
 _RUNNING = TaskRunState.RUNNING.value
 _ATTEMPT_ENDS = {
@@ -364,8 +362,7 @@ def run_page(store: Store, row: FlowRunRow) -> JSON:
     snapshot of the store: the counts and the run's state are of one commit (a run
     shown SUCCESS with a task still RUNNING, otherwise); reader thread."""
     with store.snapshot():
-        with contextlib.suppress(NotFound):  # (deleted since: its last known row)
-            row = store.get_flow_run(row.id)
+        row = current(store, row)
         body = run_rows(store, row)
         body["run"] = flow_run_rows(store, row)
     return body
