@@ -143,13 +143,14 @@ class StreamWorker:
         slots: int = 4,
         running: list[worker_pb2.FencingToken] | None = None,
         features: tuple[str, ...] = (),
+        capabilities: list[str] | None = None,
     ) -> None:
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
         hello = worker_pb2.Hello(
             worker_id=name,
             name=name,
             protocol_version=1,
-            capabilities=list(FUNCTIONS),
+            capabilities=list(FUNCTIONS) if capabilities is None else capabilities,
             slots=slots,
             running=running or [],
             features=features,
@@ -662,7 +663,7 @@ def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
 
             def reports_wait() -> bool:
                 calls = [getattr(c, "func", None) for c in waiting]
-                return calls.count(running.core._held_report) == 2
+                return calls.count(running.core._report_due) == 2
 
             await _until(reports_wait, "the reports to wait for the replay")
             assert not [m for m in _drain(worker) if m.WhichOneof("message") == "ack"]

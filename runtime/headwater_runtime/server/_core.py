@@ -57,6 +57,7 @@ from headwater_runtime.store import (
 
 from ._access import CALLER, Caller
 from ._assignments import PendingAssignment, Token, oversize_failure
+from ._claims import ReplayClaims
 from ._commits import Committer, Release
 from ._convert import task_run_from_record
 from ._creation import RunCreation
@@ -65,7 +66,8 @@ from ._exports import RELEASE_AFTER, DaskExports
 from ._io import StoreIO, to_its_end
 from ._notices import LatestPerKey, Notices
 from ._reports import WorkerReports
-from ._runs import Recovery, RunManager
+from ._run_dispatch import holdable
+from ._runs import ActiveRun, Recovery, RunManager
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
 from ._waiting import start_timeout_failure, waiting_reasons
@@ -218,6 +220,8 @@ class ServerCore(WorkerReports):
         # Attempts a worker reclaimed while their run was being replayed, and lost (the
         # worker went) before the run was live: neither orphans nor lease holders then.
         self._lost_in_replay: set[Token] = set()
+        # Attempts claimed while their run was replayed, checked once it is live.
+        self._claims = ReplayClaims()
         # Attempts in flight when the server stopped that no stored delivery names
         # (sent again at once): the only queued attempts a reconnecting worker may claim
         # (it may have got one in the instant before its delivery was stored). Any
@@ -282,10 +286,12 @@ class ServerCore(WorkerReports):
                     log.exception("cannot resume flow run %s", row.id)
                     self.runs.abandon(row.id)
                     self._replays.pop(row.id).set()
+                    self._claims.drop(row.id)
                     why = f"its journal could not be replayed: {exc}"
                     found.refused.append((row.id, why))
                     self.not_resumed[row.id] = why
                     continue
+                self._check_claims(row.id, resumed.active)
                 deadline = self.clock.now() + self.settings.heartbeat_timeout
                 gone = self._lost_in_replay
                 still_held = []
@@ -613,10 +619,13 @@ class ServerCore(WorkerReports):
                     session.reads[key] = input_payloads(queued.assignment)
                 continue
             flow_run_id = _run_of(token.task_run_id)
+            replaying = self.runs.replaying(flow_run_id)
             if self.dispatcher.owner(key) is None and (
-                self.runs.replaying(flow_run_id) or self._resent_unqueued(session, key)
+                replaying or self._resent_unqueued(session, key)
             ):
                 self._lost_in_replay.discard(key)  # reclaimed again
+                if replaying:  # whether it may hold it: checked once the run is live
+                    self._claims.add(flow_run_id, key, session)
                 # Its run is being resumed: kept, and delivered to this worker (recorded
                 # once the run is live); the run then waits for it rather than sending
                 # it again (Dispatcher.pump skips an attempt a worker holds).
@@ -676,6 +685,32 @@ class ServerCore(WorkerReports):
             return False
         self._resent.discard(key)
         return True
+
+    def _check_claims(self, flow_run_id: str, active: ActiveRun) -> None:
+        """A replayed run is about to go live: the attempts workers claimed meanwhile
+        are checked (``_claims``). A worker that could not have been given one (another
+        task type, labels or code, or no such attempt in flight) is told to cancel it
+        and its reports on it are refused (a user trial: naming another pool's attempt
+        during the replay took it over, its result with it)."""
+
+        def may_keep(token: Token, session: WorkerSession) -> bool:
+            return holdable(active, split_task_run_id(token[0])[1], session, token[1])
+
+        lost, refused = self._claims.settle(flow_run_id, may_keep)
+        for token in lost:  # (its session left while the run was replayed)
+            self._lost(flow_run_id, *token)
+        for token, session in refused:
+            if self.dispatcher.owner(token) is not session:
+                continue
+            self.dispatcher.revoke(token)
+            why = (
+                f"attempt {token[1]} of task run {token[0]!r} is not one this worker can "
+                "run (its task type, labels or code), or is not in flight: not kept"
+            )
+            log.warning("worker %s claimed %s after the restart; %s", session.name, token, why)
+            fencing = worker_pb2.FencingToken(task_run_id=token[0], attempt=token[1])
+            cancel = worker_pb2.CancelTaskRun(token=fencing, reason=why)
+            session.send(worker_pb2.ConnectResponse(cancel=cancel))
 
     def disconnect(self, session: WorkerSession) -> None:
         """A worker stream ended: the attempts it held are lost (dispatched again)."""
@@ -764,6 +799,8 @@ class ServerCore(WorkerReports):
             return
         _, key = split_task_run_id(task_run_id)
         if self.runs.replaying(flow_run_id):  # the loss waits for the replay (_resume)
+            if self._claims.lose(flow_run_id, (task_run_id, attempt)):
+                return  # claimed during the replay: lost only if it was the worker's
             self._lost_in_replay.add((task_run_id, attempt))
         self.runs.handle(flow_run_id, TaskLost(key, attempt))
 

@@ -539,6 +539,21 @@ class Dispatcher:
             self.requeue(freed)
         self.pump()
 
+    def revoke(self, token: Token) -> None:
+        """Take an attempt back from the session holding it, with no loss: it was
+        never that session's to hold (``ServerCore._check_claims``). Its lease ends."""
+        session = self._owner.pop(token, None)
+        if session is None:
+            return
+        self._cancelling.discard(token)
+        session.running.pop(token, None)
+        session.waiting.discard(token)
+        session.reads.pop(token, None)
+        freed = self.limits.release(token)
+        if freed:
+            self.requeue(freed)
+        self.pump()
+
     def owner(self, token: Token) -> WorkerSession | None:
         """The session holding an attempt (None: none does)."""
         return self._owner.get(token)

@@ -187,13 +187,35 @@ class WorkerReports:
             # run is live again (no ack leaves before its event is stored). An outcome
             # frees the worker's slot now, for other runs' work.
             report_later = functools.partial(
-                self._held_report, session, kind, msg, token, flow_run_id, run_key
+                self._report_due, session, kind, msg, token, flow_run_id, run_key
             )
             self.runs.later(flow_run_id, report_later)
             if kind != "started":
                 self.dispatcher.reported((token.task_run_id, token.attempt))
             return
         self._held_report(session, kind, msg, token, flow_run_id, run_key)
+
+    def _report_due(
+        self,
+        session: WorkerSession,
+        kind: str,
+        msg: worker_pb2.ConnectRequest,
+        token: worker_pb2.FencingToken,
+        flow_run_id: str,
+        run_key: str,
+    ) -> None:
+        """A report that waited for its run (``_report``) takes effect, if the session
+        still holds its attempt: one claimed while the run was replayed may have been
+        taken back since (``ServerCore._check_claims``)."""
+        if self._holds(session, token):
+            self._held_report(session, kind, msg, token, flow_run_id, run_key)
+        elif kind != "started":
+            self._refuse(
+                session,
+                token,
+                f"attempt {token.attempt} of task run {token.task_run_id!r} was taken back "
+                "from this worker session (not one it can run)",
+            )
 
     def _held_report(
         self,

@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from ._runs import ActiveRun
 
 
+def holdable(active: ActiveRun, key: str, session: WorkerSession, attempt: int = 0) -> bool:
+    """Whether ``session`` could have been given an attempt of the run's task run
+    ``key`` (its task type, labels and code); with ``attempt``, only that attempt while
+    it is in flight."""
+    run = active.engine.runs.get(key)
+    if run is None or (attempt and (run.attempt != attempt or not run.dispatched)):
+        return False
+    spec = run.spec
+    return session.offers(spec.task_type, spec.labels, spec.code_digest)
+
+
 class RunDispatching:
     """Attempts of the run manager's runs, to workers (a mixin of ``RunManager``)."""
 
@@ -59,11 +70,7 @@ class RunDispatching:
         restart is not given it (a user trial took over another pool's attempt, its
         inputs and its result so). False when the run is not live here."""
         active = self.runs.get(flow_run_id)
-        run = active.engine.runs.get(key) if active is not None else None
-        if run is None:
-            return False
-        spec = run.spec
-        return session.offers(spec.task_type, spec.labels, spec.code_digest)
+        return active is not None and holdable(active, key, session)
 
     def attempt_inputs(self, flow_run_id: str, key: str, attempt: int) -> frozenset[str] | None:
         """The stored payloads that an attempt in flight of a live run takes as input,
