@@ -144,6 +144,7 @@ class StreamWorker:
         running: list[worker_pb2.FencingToken] | None = None,
         features: tuple[str, ...] = (),
         capabilities: list[str] | None = None,
+        auth: tuple[tuple[str, str], ...] = AUTH,
     ) -> None:
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
         hello = worker_pb2.Hello(
@@ -162,7 +163,7 @@ class StreamWorker:
                 yield item
 
         stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
-        self.call = stub.Connect(requests(), metadata=AUTH)
+        self.call = stub.Connect(requests(), metadata=auth)
         # One reader drains the stream into a queue: cancelling a read of a grpc.aio
         # stream would cancel the whole call, so waits with a timeout happen here.
         self.inbox: asyncio.Queue[worker_pb2.ConnectResponse | None] = asyncio.Queue()

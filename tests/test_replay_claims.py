@@ -6,8 +6,11 @@ and its going away costs the task no retry (server/_claims.py)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 from pathlib import Path
 
+import grpc
 from test_durability import (
     BOUND,
     FUNCTIONS,
@@ -21,10 +24,12 @@ from test_durability import (
     run_state,
     serve_all,
 )
-from test_run_manager import value_of
+from test_run_manager import Clock, FakeDispatch, value_of
 
-from headwater.v1 import worker_pb2
+from headwater import flow, task
+from headwater.v1 import payload_pb2, payload_pb2_grpc, worker_pb2
 from headwater.wire import FlowRunState, decode_value
+from headwater_runtime.server import RunManager, new_credential
 
 
 def _other_types(task_type: str) -> list[str]:
@@ -134,4 +139,72 @@ def test_a_worker_that_claims_others_attempts_during_a_replay_and_leaves_costs_n
             assert decode_value(got.flow_run.result)["total"] == 30
             await worker.close()
 
+    asyncio.run(main())
+
+
+@task
+def size_of(data: bytes) -> int:
+    return len(data)
+
+
+FUNCTIONS[size_of.task_type] = size_of.fn
+
+
+@flow
+def measure(blob: bytes) -> int:
+    return size_of(blob)
+
+
+def test_a_worker_only_credential_that_keeps_an_attempt_during_a_replay_may_read_its_inputs(
+    tmp_path: Path,
+) -> None:
+    """A worker-only credential reads only its held attempts' inputs; the inputs of an
+    attempt it keeps while its run is replayed are known once the run is live: from
+    then on it may download them (as it may those of an attempt kept after the
+    replay), and not before."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    store.released.set()
+    blob = b"b" * 5000
+    digest = hashlib.sha256(blob).hexdigest()
+    meta = store.put_payload(iter([blob]), {"encoding": "bytes"}, len(blob), digest)
+    ref = payload_pb2.PayloadRef(
+        payload_id=meta.id, size_bytes=len(blob), metadata={"encoding": "bytes"}, sha256=digest
+    )
+    credential, secret = new_credential("pool", "worker", created_by="test", now=time.time())
+    store.add_credential(credential)
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(measure.compile())
+    row, _ = manager.create_run(measure.name, "", {"blob": payload_pb2.Value(ref=ref)})
+    manager.flush()
+    (held,) = (p.assignment for p in dispatch.submitted)
+    _delivered_then_restarting(store, manager, row, held)
+    auth = (("authorization", f"Bearer {secret}"),)
+
+    async def download() -> grpc.StatusCode:
+        stub = payload_pb2_grpc.PayloadServiceStub(channel)
+        request = payload_pb2.DownloadPayloadRequest(payload_id=meta.id)
+        try:
+            async for _ in stub.DownloadPayload(request, metadata=auth, timeout=BOUND):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    async def main() -> None:
+        nonlocal channel
+        async with replaying(store) as (running, channel):
+            worker = StreamWorker(channel, "w", slots=1, running=[held.token], auth=auth)
+            kept = (await worker.next("welcome")).keep_running
+            assert [t.task_run_id for t in kept] == [held.token.task_run_id]
+            assert await download() == grpc.StatusCode.PERMISSION_DENIED  # not known yet
+            store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            assert await download() == grpc.StatusCode.OK
+            worker.send(result=worker_pb2.TaskResult(token=held.token, result=value_of(len(blob))))
+            assert (await worker.next("ack")).accepted
+            assert await finished(channel, row.id) == FlowRunState.SUCCESS.value
+            await worker.close()
+
+    channel: grpc.aio.Channel
     asyncio.run(main())

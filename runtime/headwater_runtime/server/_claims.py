@@ -14,13 +14,15 @@ worker's task types, labels and code):
   attempt is then held for the worker it was delivered to, or sent again;
 - a session that went away during the replay loses its claimed attempts only if
   they were its to hold: a worker claiming others' attempts and leaving costs their
-  tasks no retry.
+  tasks no retry;
+- a claim that holds gives a worker-only credential its attempt's inputs to read
+  (unknown while the run was replayed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._assignments import Token
 from ._dispatch import WorkerSession
@@ -30,6 +32,18 @@ from ._dispatch import WorkerSession
 class _Claim:
     session: WorkerSession
     lost: bool = False  # the session went away before the run was live
+
+
+@dataclass
+class Settled:
+    """A replayed run's claims, checked."""
+
+    #: Claims that hold (token, session).
+    kept: list[tuple[Token, WorkerSession]] = field(default_factory=list)
+    #: Attempts to count lost: claimed by sessions that could hold them, then gone.
+    lost: list[Token] = field(default_factory=list)
+    #: Claims to take back (token, session).
+    refused: list[tuple[Token, WorkerSession]] = field(default_factory=list)
 
 
 class ReplayClaims:
@@ -51,26 +65,23 @@ class ReplayClaims:
         claim.lost = True
         return True
 
-    def settle(
-        self, flow_run_id: str, may_keep: Callable[[Token, WorkerSession], bool]
-    ) -> tuple[list[Token], list[tuple[Token, WorkerSession]]]:
-        """The run is about to go live: its claims, checked with ``may_keep``. Returns
-        the attempts to count lost (claimed by sessions that could hold them, then
-        gone) and the claims to take back (token, session)."""
-        lost: list[Token] = []
-        refused: list[tuple[Token, WorkerSession]] = []
+    def settle(self, flow_run_id: str, may_keep: Callable[[Token, WorkerSession], bool]) -> Settled:
+        """The run is about to go live: its claims, checked with ``may_keep``."""
+        settled = Settled()
         for token, claim in self._runs.pop(flow_run_id, {}).items():
             keep = may_keep(token, claim.session)
             if claim.lost:
                 if keep:
-                    lost.append(token)
-            elif not keep:
-                refused.append((token, claim.session))
-        return lost, refused
+                    settled.lost.append(token)
+            elif keep:
+                settled.kept.append((token, claim.session))
+            else:
+                settled.refused.append((token, claim.session))
+        return settled
 
     def drop(self, flow_run_id: str) -> None:
         """The run will not go live here (its replay failed, the server stops)."""
         self._runs.pop(flow_run_id, None)
 
 
-__all__ = ["ReplayClaims"]
+__all__ = ["ReplayClaims", "Settled"]

@@ -66,7 +66,7 @@ from ._exports import RELEASE_AFTER, DaskExports
 from ._io import StoreIO, to_its_end
 from ._notices import LatestPerKey, Notices
 from ._reports import WorkerReports
-from ._run_dispatch import holdable
+from ._run_dispatch import holdable, inputs_of
 from ._runs import ActiveRun, Recovery, RunManager
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
@@ -631,7 +631,7 @@ class ServerCore(WorkerReports):
                 # it again (Dispatcher.pump skips an attempt a worker holds).
                 adopted[key] = flow_run_id
                 self.runs.delivered(flow_run_id, key[0], key[1], session.name)
-                if session.restricted:  # (its run known: a well-formed id) its inputs
+                if session.restricted:  # its inputs (while replayed: once live, _check_claims)
                     run_key = split_task_run_id(key[0])[1]
                     inputs = self.runs.attempt_inputs(flow_run_id, run_key, key[1])
                     session.reads[key] = inputs or frozenset()
@@ -696,10 +696,14 @@ class ServerCore(WorkerReports):
         def may_keep(token: Token, session: WorkerSession) -> bool:
             return holdable(active, split_task_run_id(token[0])[1], session, token[1])
 
-        lost, refused = self._claims.settle(flow_run_id, may_keep)
-        for token in lost:  # (its session left while the run was replayed)
+        settled = self._claims.settle(flow_run_id, may_keep)
+        for token, session in settled.kept:  # inputs unknown while the run was replayed
+            if session.restricted:  # (before its waiting reports: they may pass them on)
+                inputs = inputs_of(active, split_task_run_id(token[0])[1], token[1])
+                session.reads[token] = inputs or frozenset()
+        for token in settled.lost:  # (its session left while the run was replayed)
             self._lost(flow_run_id, *token)
-        for token, session in refused:
+        for token, session in settled.refused:
             if self.dispatcher.owner(token) is not session:
                 continue
             self.dispatcher.revoke(token)

@@ -36,6 +36,18 @@ def holdable(active: ActiveRun, key: str, session: WorkerSession, attempt: int =
     return session.offers(spec.task_type, spec.labels, spec.code_digest)
 
 
+def inputs_of(active: ActiveRun, key: str, attempt: int) -> frozenset[str] | None:
+    """The stored payloads an attempt in flight takes as input, from the engine (None
+    when the attempt is not in flight)."""
+    run = active.engine.runs.get(key)
+    if run is None or run.attempt != attempt or not run.dispatched:
+        return None
+    message = worker_pb2.Assignment()
+    for name, value in active.engine.resend(key).inputs.items():
+        fill_input_value(message.inputs[name], value, elements=False)
+    return input_payloads(message)
+
+
 class RunDispatching:
     """Attempts of the run manager's runs, to workers (a mixin of ``RunManager``)."""
 
@@ -81,13 +93,7 @@ class RunDispatching:
         active = self.runs.get(flow_run_id)
         if active is None or flow_run_id in self._aside:
             return None
-        run = active.engine.runs.get(key)
-        if run is None or run.attempt != attempt or not run.dispatched:
-            return None
-        message = worker_pb2.Assignment()
-        for name, value in active.engine.resend(key).inputs.items():
-            fill_input_value(message.inputs[name], value, elements=False)
-        return input_payloads(message)
+        return inputs_of(active, key, attempt)
 
     def _dispatch(self, active: ActiveRun, command: RunTask) -> None:
         """After the commit: a task's attempt to a worker, a subflow node's to the core
