@@ -616,12 +616,20 @@ def _expanded_run(store: SlowReplayStore, n: int) -> tuple[RunManager, FakeDispa
     return manager, dispatch, row
 
 
+#: The holder (``WorkerSession.holder``) of a StreamWorker "w" (the server's token).
+HOLDER_W = "server-token/w"
+
+
 def _delivered_then_restarting(
-    store: SlowReplayStore, manager: RunManager, row: FlowRunRow, held: worker_pb2.Assignment
+    store: SlowReplayStore,
+    manager: RunManager,
+    row: FlowRunRow,
+    held: worker_pb2.Assignment,
+    holder: str = HOLDER_W,
 ) -> None:
-    """``held`` is stored as delivered to worker "w"; the next server on ``store`` holds
-    its replay until ``store.released``."""
-    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w")
+    """``held`` is stored as delivered to worker "w" (``holder``); the next server on
+    ``store`` holds its replay until ``store.released``."""
+    manager.delivered(row.id, held.token.task_run_id, held.token.attempt, "w", holder)
     manager.flush()
     store.released.clear()
     store.reading.clear()
@@ -865,7 +873,7 @@ def test_a_small_run_is_resumed_while_a_large_one_is_still_replayed(tmp_path: Pa
     store = SlowReplayStore(tmp_path / "hw.db")
     manager, dispatch, large = _expanded_run(store, 40)
     held = dispatch.submitted[0].assignment  # delivered to "w" (stored)
-    manager.delivered(large.id, held.token.task_run_id, held.token.attempt, "w")
+    manager.delivered(large.id, held.token.task_run_id, held.token.attempt, "w", HOLDER_W)
     small, _ = manager.create_run("proto_pipeline", "", {"n": value_of(2)})
     manager.flush()
     store.released.clear()
@@ -1452,27 +1460,32 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
 
     with sqlite3.connect(path) as db:
         db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    too_old = "schema version 1, and this Headwater uses 4: it is too old to migrate"
+    too_old = "schema version 1, and this Headwater uses 5: it is too old to migrate"
     with pytest.raises(RuntimeError, match=too_old):
         SQLiteStore(path)
 
 
 def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> None:
     """Version 3 added the links of child flow runs (three columns of flow_runs) and
-    the credentials and audit tables, version 4 the uploader of each payload: a
-    version 2 database gets them in place, keeps its runs and payloads, and says the
-    current version from then on."""
+    the credentials and audit tables, version 4 the uploader of each payload, version 5
+    the holder of each delivered attempt: a version 2 database gets them in place,
+    keeps its runs, deliveries and payloads, and says the current version from then
+    on."""
     import sqlite3
 
-    from headwater_runtime.store import SCHEMA_VERSION, AuditRow
+    from headwater_runtime.store import SCHEMA_VERSION, AuditRow, Delivery, TaskRunRow, WriteBatch
 
     path = tmp_path / "v2.db"
     store = SQLiteStore(path)
     store.create_flow_run(FlowRunRow("r0", "f", "1", FlowRunState.RUNNING.value, 1.0, b"{}"))
     kept = store.put_payload(iter([b"[1]"]), {"encoding": "json"}, 3).id
+    batch = WriteBatch()
+    batch.task_runs[("r0", "t")] = TaskRunRow("r0", "t", "t", -1, 2, 1, 1.0, "w", delivered=1)
+    store.commit(batch)
     store.close()
     with sqlite3.connect(path) as db:  # what version 2 had
         db.execute("ALTER TABLE payloads DROP COLUMN uploader")
+        db.execute("ALTER TABLE task_runs DROP COLUMN holder")
         db.execute("DROP TABLE credentials")
         db.execute("DROP TABLE audit")
         db.execute("DROP INDEX flow_runs_parent")
@@ -1482,6 +1495,7 @@ def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> Non
     store = SQLiteStore(path)
     assert store.get_flow_run("r0").parent_flow_run_id == ""
     assert store.payload_meta(kept).uploader is None  # (uploaded before version 4: unknown)
+    assert store.delivered("r0") == {"t": Delivery(1, "w", None)}  # (holder unknown)
     assert b"".join(store.read_payload(kept)) == b"[1]"
     own = store.put_payload(iter([b"[2]"]), {"encoding": "json"}, 3, uploader="w1").id
     assert store.payload_meta(own).uploader == "w1"
@@ -1491,7 +1505,7 @@ def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> Non
     store.close()
     with sqlite3.connect(path) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5
 
 
 @task

@@ -14,6 +14,7 @@ from pg_cluster import TempPostgres
 
 from headwater_runtime.store import (
     Conflict,
+    Delivery,
     Fenced,
     FlowRunRow,
     Lease,
@@ -24,6 +25,7 @@ from headwater_runtime.store import (
     SchemaTooNew,
     StoreNotFound,
     StoreUnavailable,
+    TaskRunRow,
     WriteBatch,
     _postgres_batch,
     open_store,
@@ -166,9 +168,12 @@ def test_a_version_3_database_gets_the_operations_tables(url: str) -> None:
     store.close()
 
 
-def test_a_version_4_database_keeps_its_payloads_with_no_known_uploader(url: str) -> None:
-    """Migration 5: each payload's uploader. One stored before has none (None: nobody
-    knows), is read as before, and new ones record theirs."""
+def test_a_version_4_database_keeps_its_payloads_and_deliveries_with_no_known_owner(
+    url: str,
+) -> None:
+    """Migration 5: each payload's uploader; migration 6: each delivered attempt's
+    holder. One stored before has none (None: nobody knows), is read as before, and
+    new ones record theirs."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -178,12 +183,23 @@ def test_a_version_4_database_keeps_its_payloads_with_no_known_uploader(url: str
             "VALUES ('old', 3, '{\"encoding\": \"json\"}', '', 1.0)"
         )
         conn.execute("INSERT INTO payload_chunks (id, idx, data) VALUES ('old', 0, '[1]')")
+        conn.execute(
+            "INSERT INTO task_runs (flow_run_id, key, task_id, map_index, state, attempt, "
+            "updated_at, worker_id, cache_key, result_id, delivered) "
+            "VALUES ('r0', 't', 't', -1, 2, 1, 1.0, 'w', '', '', 1)"
+        )
     store = PostgresStore(url)
+    assert store.delivered("r0") == {"t": Delivery(1, "w", None)}
     assert versions(store) == list(range(1, PG_SCHEMA_VERSION + 1))
     assert store.payload_meta("old").uploader is None
     assert b"".join(store.read_payload("old")) == b"[1]"
     new = store.put_payload(iter([b"[2]"]), {"encoding": "json"}, 3, uploader="w1")
     assert store.payload_meta(new.id).uploader == "w1"
+    batch = WriteBatch()
+    row = TaskRunRow("r0", "t", "t", -1, 2, 2, 2.0, "w", delivered=2, holder="pool/w")
+    batch.task_runs[("r0", "t")] = row
+    store.commit(batch)
+    assert store.delivered("r0") == {"t": Delivery(2, "w", "pool/w")}
     store.close()
 
 

@@ -178,7 +178,7 @@ def test_a_worker_only_credential_that_keeps_an_attempt_during_a_replay_may_read
     row, _ = manager.create_run(measure.name, "", {"blob": payload_pb2.Value(ref=ref)})
     manager.flush()
     (held,) = (p.assignment for p in dispatch.submitted)
-    _delivered_then_restarting(store, manager, row, held)
+    _delivered_then_restarting(store, manager, row, held, holder="pool/w")
     auth = (("authorization", f"Bearer {secret}"),)
 
     async def download() -> grpc.StatusCode:

@@ -348,7 +348,7 @@ def test_a_crash_loses_nothing_committed_and_reruns_nothing_that_succeeded(db: s
     in_flight = {p.assignment.token.task_run_id.split("/")[1]: p for p in dispatch.submitted}
     assert sorted(in_flight) == ["scale[1]", "scale[2]", "scale[3]"]
     held = in_flight["scale[3]"].token  # handed to a worker, and that is recorded
-    manager.delivered(row.id, held[0], held[1], "worker-a")
+    manager.delivered(row.id, held[0], held[1], "worker-a", "worker-a")
     manager.flush()
     work(manager, in_flight["scale[1]"])  # scale[1] succeeds but is never committed
     store.close()  # the server dies here (no flush)

@@ -19,6 +19,7 @@ from headwater_runtime.store import (
     AuditRow,
     CacheRow,
     Conflict,
+    Delivery,
     FlowRunRow,
     LogRow,
     NotFound,
@@ -219,12 +220,19 @@ def test_delivered_lists_the_attempts_delivered_to_workers_by_key(store: Store) 
     store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
     store.create_flow_run(FlowRunRow("r2", "etl", "1", 1, 1.0))
     b = WriteBatch()
-    for run, key, delivered in (("r1", "a", 2), ("r1", "b", 0), ("r1", "c", 1), ("r2", "a", 3)):
-        b.task_runs[(run, key)] = TaskRunRow(run, key, key, -1, 3, 2, 1.0, delivered=delivered)
+    rows = (("r1", "a", 2, "h/w1"), ("r1", "b", 0, ""), ("r1", "c", 1, None), ("r2", "a", 3, "w2"))
+    for run, key, delivered, holder in rows:
+        b.task_runs[(run, key)] = TaskRunRow(
+            run, key, key, -1, 3, 2, 1.0, f"name-{key}", delivered=delivered, holder=holder
+        )
     store.commit(b)
-    assert store.delivered("r1") == {"a": 2, "c": 1}
-    assert store.delivered("r2") == {"a": 3}
+    assert store.delivered("r1") == {
+        "a": Delivery(2, "name-a", "h/w1"),
+        "c": Delivery(1, "name-c", None),  # (stored by a version before holders)
+    }
+    assert store.delivered("r2") == {"a": Delivery(3, "name-a", "w2")}
     assert store.delivered("nope") == {}
+    assert [r.holder for r in store.task_runs("r1")] == ["h/w1", "", None]
 
 
 def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:

@@ -126,7 +126,7 @@ def test_a_restart_ends_the_flow_span_and_resumes_in_a_new_one(
     row, _ = manager.create_run("pipeline", "", {"n": value_of(1)}, trace_context=CALLER)
     manager.flush()
     handed = dispatch.submitted[0].token  # a worker got the attempt (and it is stored)
-    manager.delivered(row.id, handed[0], handed[1], "worker-a")
+    manager.delivered(row.id, handed[0], handed[1], "worker-a", "worker-a")
     manager.flush()
     manager.end_traces()  # what ServerCore.stop() does
     store.close()

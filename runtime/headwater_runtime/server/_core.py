@@ -65,15 +65,22 @@ from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, WorkerSession, input_paylo
 from ._exports import RELEASE_AFTER, DaskExports
 from ._io import StoreIO, to_its_end
 from ._notices import LatestPerKey, Notices
+from ._orphans import Orphan, Orphans
 from ._reports import WorkerReports
 from ._run_dispatch import holdable, inputs_of
-from ._runs import ActiveRun, Recovery, RunManager
+from ._runs import Recovery, Resumed, RunManager
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
 from ._waiting import start_timeout_failure, waiting_reasons
 from ._wide import WideWork
 
 log = logging.getLogger("headwater.server")
+
+#: The longest the timer loop sleeps between two turns (seconds).
+TICK = 0.5
+#: A turn of the timer loop later than this (seconds, beyond TICK): the server itself
+#: did not run meanwhile (``ServerCore._caught_up``).
+STALLED = 1.0
 
 SERVER_VERSION = "0.1.0"
 #: Changes a watcher may have left unread, one by one, before they collapse to the
@@ -215,8 +222,8 @@ class ServerCore(WorkerReports):
         #: Retries from failure, limits, workers, late runs, webhooks, metrics.
         self.ops = Operations(self)
         self._ops_due: float | None = None
-        # Attempts a worker held when the server stopped: (flow run id, claim deadline).
-        self._orphans: dict[Token, tuple[str, float]] = {}
+        # Attempts a worker held when the server stopped, waiting for it (_orphans.py).
+        self._orphans = Orphans()
         # Attempts a worker reclaimed while their run was being replayed, and lost (the
         # worker went) before the run was live: neither orphans nor lease holders then.
         self._lost_in_replay: set[Token] = set()
@@ -230,6 +237,7 @@ class ServerCore(WorkerReports):
         self._watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._flow_watchers: dict[str, set[asyncio.Queue[Any]]] = {}
         self._background: asyncio.Task[None] | None = None
+        self._ticked = time.monotonic()  # the timer loop's last turn (_caught_up)
         self._wake = asyncio.Event()
         self._stopping = False
         self._closing = False  # (``closing``)
@@ -291,10 +299,10 @@ class ServerCore(WorkerReports):
                     found.refused.append((row.id, why))
                     self.not_resumed[row.id] = why
                     continue
-                self._check_claims(row.id, resumed.active)
+                self._check_claims(row.id, resumed)
                 deadline = self.clock.now() + self.settings.heartbeat_timeout
                 gone = self._lost_in_replay
-                still_held = []
+                still_held, orphaned = [], []
                 for flow_run_id, tid, attempt in resumed.held:
                     token = (tid, attempt)
                     if token in gone:  # reclaimed, then lost with its worker: no lease
@@ -302,12 +310,18 @@ class ServerCore(WorkerReports):
                         continue
                     still_held.append(token)
                     if self.dispatcher.owner(token) is None:  # not reclaimed yet
-                        self._orphans[token] = (flow_run_id, deadline)
+                        holder = resumed.deliveries[token].holder
+                        self._orphans.add(token, Orphan(flow_run_id, deadline, holder))
+                        orphaned.append((token, holder))
                 self.ops.resumed(resumed, still_held)  # before its attempts are sent again
                 # Who holds its Dask values, before its consumers are sent again.
                 engine = resumed.active.engine
                 self.exports.recover(row.id, (run.result for run in engine.runs.values()))
                 self.runs.resume(resumed)
+                # Workers back already that did not reclaim theirs (while replayed) do
+                # not hold them: sent again now.
+                back = self._holders()
+                self._unheld([token for token, holder in orphaned if holder in back])
                 self._replays.pop(row.id).set()
                 found.held.extend(resumed.held)
                 found.resent.extend(resumed.resent)
@@ -519,6 +533,7 @@ class ServerCore(WorkerReports):
         while not self._stopping:
             now = self.clock.now()
             try:
+                self._caught_up()
                 self.runs.fire_timers()
                 self._expire_start_timeouts(now)
                 self.schedules.fire_due()
@@ -536,12 +551,12 @@ class ServerCore(WorkerReports):
                 # One bad tick (a full disk, a bug) must not silently end timers,
                 # heartbeats and schedules for the server's whole life: say so, go on.
                 log.exception("the server's timer loop failed; retrying")
-            due = [now + 0.5]
+            due = [now + TICK]
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
             if self.dispatcher.next_start_by is not None:
                 due.append(self.dispatcher.next_start_by)
-            due.extend(d for _, d in self._orphans.values())
+            due.extend(self._orphans.deadlines())
             if self.exports.next_release_at is not None:
                 due.append(self.exports.next_release_at)
             if self.schedules.next_fire_at is not None:
@@ -594,31 +609,35 @@ class ServerCore(WorkerReports):
         session.restricted = not caller.role.grants & {Role.VIEWER}
         adopted: dict[Token, str] = {}
         taken: list[PendingAssignment] = []
-        for token in hello.running:
-            key = (token.task_run_id, token.attempt)
-            orphan = self._orphans.get(key)
+        named = [(token.task_run_id, token.attempt) for token in hello.running]
+        for key in named:
+            orphan = self._orphans.for_session(key, session)
             run_key = split_task_run_id(key[0])[1] if orphan is not None else ""
-            if orphan is not None and self.runs.may_hold(orphan[0], run_key, session):
-                del self._orphans[key]
-                adopted[key] = orphan[0]
-                # Its task run names this worker again (a restarted server knew only
-                # that some worker held it, and stored the run's row without a name).
-                self.runs.delivered(orphan[0], key[0], key[1], session.name)
+            if orphan is not None and self.runs.may_hold(orphan.flow_run_id, run_key, session):
+                self._orphans.pop(key)
+                adopted[key] = orphan.flow_run_id
+                # Its task run names this worker again (now a holder stored by an
+                # earlier version is replaced by this session's).
+                self.runs.delivered(
+                    orphan.flow_run_id, key[0], key[1], session.name, session.holder
+                )
                 if session.restricted:  # its inputs, which it may read and pass on
-                    inputs = self.runs.attempt_inputs(orphan[0], run_key, key[1])
+                    inputs = self.runs.attempt_inputs(orphan.flow_run_id, run_key, key[1])
                     session.reads[key] = inputs or frozenset()
                 continue
-            if orphan is not None:  # (not its to hold: it stays for the worker that is)
+            if key in self._orphans:  # (not its to hold: it stays for the worker that is)
                 continue
             queued = self._claim_resent(session, key)
             if queued is not None:  # kept even beyond its slots: it runs them already
                 adopted[key] = queued.flow_run_id
                 taken.append(queued)
-                self.runs.delivered(queued.flow_run_id, key[0], key[1], session.name)
+                self.runs.delivered(
+                    queued.flow_run_id, key[0], key[1], session.name, session.holder
+                )
                 if session.restricted:  # it may still need to read the inputs
                     session.reads[key] = input_payloads(queued.assignment)
                 continue
-            flow_run_id = _run_of(token.task_run_id)
+            flow_run_id = _run_of(key[0])
             replaying = self.runs.replaying(flow_run_id)
             if self.dispatcher.owner(key) is None and (
                 replaying or self._resent_unqueued(session, key)
@@ -630,7 +649,7 @@ class ServerCore(WorkerReports):
                 # once the run is live); the run then waits for it rather than sending
                 # it again (Dispatcher.pump skips an attempt a worker holds).
                 adopted[key] = flow_run_id
-                self.runs.delivered(flow_run_id, key[0], key[1], session.name)
+                self.runs.delivered(flow_run_id, key[0], key[1], session.name, session.holder)
                 if session.restricted:  # its inputs (while replayed: once live, _check_claims)
                     run_key = split_task_run_id(key[0])[1]
                     inputs = self.runs.attempt_inputs(flow_run_id, run_key, key[1])
@@ -649,6 +668,9 @@ class ServerCore(WorkerReports):
         outbox.put_nowait(worker_pb2.ConnectResponse(welcome=welcome))
         self.ops.connected(session, hello, taken)  # drains, leases, the worker's record
         self.dispatcher.connect(session, adopted)
+        # Attempts handed to this worker before a restart that it does not name: it
+        # does not hold them.
+        self._unheld(self._orphans.not_named({session.holder}, named))
         self.exports.connected(session)
         self.creation.connected(session)
         self.notices.worker_connected(session, self.clock.now())
@@ -686,14 +708,19 @@ class ServerCore(WorkerReports):
         self._resent.discard(key)
         return True
 
-    def _check_claims(self, flow_run_id: str, active: ActiveRun) -> None:
+    def _check_claims(self, flow_run_id: str, resumed: Resumed) -> None:
         """A replayed run is about to go live: the attempts workers claimed meanwhile
         are checked (``_claims``). A worker that could not have been given one (another
-        task type, labels or code, or no such attempt in flight) is told to cancel it
-        and its reports on it are refused (a user trial: naming another pool's attempt
-        during the replay took it over, its result with it)."""
+        task type, labels or code, no such attempt in flight, or one handed to another
+        worker before the restart) is told to cancel it and its reports on it are
+        refused (a user trial: naming another pool's attempt during the replay took it
+        over, its result with it)."""
+        active = resumed.active
 
         def may_keep(token: Token, session: WorkerSession) -> bool:
+            delivery = resumed.deliveries.get(token)
+            if delivery is not None and delivery.holder not in (None, session.holder):
+                return False
             return holdable(active, split_task_run_id(token[0])[1], session, token[1])
 
         settled = self._claims.settle(flow_run_id, may_keep)
@@ -757,7 +784,7 @@ class ServerCore(WorkerReports):
             return False
         task_run_id, attempt = pending.token
         self._resent.discard(pending.token)  # (handed out: no longer to be claimed)
-        self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name)
+        self.runs.delivered(pending.flow_run_id, task_run_id, attempt, session.name, session.holder)
         # Recorded with the next commit; until then it counts against the session's
         # unrecorded deliveries (WorkerSession.can_take).
         session.unstored += 1
@@ -816,16 +843,65 @@ class ServerCore(WorkerReports):
             self._fail_attempt(pending, failure, never_started=True)
 
     def _expire_orphans(self, now: float) -> None:
-        for token, (flow_run_id, deadline) in list(self._orphans.items()):
-            if deadline <= now:
-                del self._orphans[token]
-                self._lost(flow_run_id, token[0], token[1])
-                self.ops.orphan_lost(token)
+        for token, orphan in self._orphans.expired(now):
+            self._lost(orphan.flow_run_id, token[0], token[1])
+            self.ops.orphan_lost(token)
+
+    def _holders(self) -> set[str]:
+        """The holders of the connected worker sessions."""
+        return {session.holder for session in self.dispatcher.sessions.values()}
+
+    def _unheld(self, tokens: list[Token]) -> None:
+        """Orphans whose worker came back without them: it never got them (the server
+        stopped before their assignments left) or dropped them. Sent again at once, as
+        the same attempts; no loss is counted (_orphans.py)."""
+        for token in tokens:
+            orphan = self._orphans.pop(token)
+            self.ops.orphan_lost(token)  # (its lease: taken again when it is sent)
+            self.runs.resend(orphan.flow_run_id, split_task_run_id(token[0])[1])
+            log.info(
+                "attempt %d of task run %s was handed to worker %s before the restart, "
+                "which is back without it: sending it again",
+                token[1],
+                token[0],
+                orphan.holder,
+            )
+        if tokens:
+            self.touch()
+
+    def _caught_up(self) -> None:
+        """Time the server itself did not run (stopped, or starved of CPU) does not
+        count against its workers: a turn of the timer loop more than ``STALLED``
+        seconds late moves their last contact, and the deadlines of attempts held for
+        workers after a restart, forward by as much. Their heartbeats sent meanwhile
+        wait unread in the streams; judged at once, every worker was dropped and its
+        attempts run again (a user trial paused the server 22 s: a run FAILED with
+        WorkerLost although no worker had died)."""
+        ticked, self._ticked = self._ticked, time.monotonic()
+        late = self._ticked - ticked - TICK
+        if late <= STALLED:
+            return
+        log.warning(
+            "the server did not run for %.1fs (stopped, or starved of CPU): its workers' "
+            "heartbeat windows start again from now",
+            late,
+        )
+        now = self.clock.now()
+        for session in self.dispatcher.sessions.values():
+            session.last_seen = min(now, session.last_seen + late)
+        self._orphans.postpone(late)
 
     def _check_heartbeats(self, now: float) -> None:
         limit = self.settings.heartbeat_timeout
         for session in list(self.dispatcher.sessions.values()):
             if now - session.last_seen > limit:
+                log.warning(
+                    "worker %s sent nothing for %.1fs (heartbeat timeout %gs): its "
+                    "attempts are lost",
+                    session.name,
+                    now - session.last_seen,
+                    limit,
+                )
                 self.dispatcher.disconnect(session.session_id)
                 self.notices.worker_disconnected(session, now)
                 session.send(None)  # ends the stream

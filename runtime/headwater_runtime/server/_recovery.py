@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from headwater.wire import task_run_id
+from headwater.wire import split_task_run_id, task_run_id
 from headwater_runtime.engine import REPLAYS, Command, EventIgnored
-from headwater_runtime.store import FlowRunRow, Store
+from headwater_runtime.store import Delivery, FlowRunRow, Store
 from headwater_runtime.tracing import extract
 
 from ._assignments import ReadyAttempts
@@ -61,6 +61,8 @@ class Resumed:
     active: ActiveRun
     held: list[tuple[str, str, int]] = field(default_factory=list)
     resent: list[tuple[str, str, int]] = field(default_factory=list)
+    #: Who was handed each held attempt, by (task run id, attempt).
+    deliveries: dict[tuple[str, int], Delivery] = field(default_factory=dict)
 
 
 class RunRecovery:
@@ -72,6 +74,7 @@ class RunRecovery:
     children: ChildRuns
     tracer: Tracer | None
     _aside: dict[str, list[Callable[[], object]]]
+    _workers: dict[tuple[str, str], tuple[str, str | None]]
     #: What each run to resume stored (``Store.run_sizes``), read once by ``unfinished``.
     _stored: dict[str, int]
 
@@ -187,9 +190,11 @@ class RunRecovery:
                 token = (row.id, task_run_id(row.id, run.key), run.attempt)
                 if active.trace is not None:
                     active.trace.dispatched(run, run.attempt, resumed=True)
-                if delivered.get(run.key, 0) == run.attempt:
+                delivery = delivered.get(run.key)
+                if delivery is not None and delivery.attempt == run.attempt:
                     active.delivered[run.key] = run.attempt
                     resumed.held.append(token)
+                    resumed.deliveries[token[1:]] = delivery
                 else:
                     command = replayed.get(run.key)
                     if command is None or command.run is not run or command.attempt != run.attempt:
@@ -205,6 +210,11 @@ class RunRecovery:
         """A replayed run (``replay``) is live: on the event loop. Its writes join the
         open batch, then the calls for it that waited are carried out (``rejoin``)."""
         active = resumed.active
+        for (tid, _), delivery in resumed.deliveries.items():  # (shown, and kept if stored)
+            self._workers[(active.row.id, split_task_run_id(tid)[1])] = (
+                delivery.worker,
+                delivery.holder,
+            )
         self.runs[active.row.id] = active
         if active.large:
             self.collector.large_run_started()

@@ -57,7 +57,7 @@ class RunDispatching:
     runs: dict[str, ActiveRun]
     start_subflow: Callable[[SubflowStart], None] | None
     _aside: dict[str, list[Callable[[], object]]]
-    _workers: dict[tuple[str, str], str]
+    _workers: dict[tuple[str, str], tuple[str, str | None]]
     _assignment_budget: int
 
     if TYPE_CHECKING:  # RunManager's
@@ -113,18 +113,23 @@ class RunDispatching:
         run = active.engine.runs.get(key) if active is not None else None
         return run is not None and run.attempt == pending.token[1] and run.dispatched
 
-    def delivered(self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str) -> None:
-        """An attempt was handed to this worker: recorded durably with the next commit
-        (a restarted server then waits for the worker rather than sending it again),
-        and shown with the task run."""
+    def delivered(
+        self, flow_run_id: str, task_run_id_: str, attempt: int, worker: str, holder: str
+    ) -> None:
+        """An attempt was handed to this worker (its name, and ``holder``: its
+        ``WorkerSession.holder``): recorded durably with the next commit (a restarted
+        server then waits for that worker rather than sending it again), and shown
+        with the task run."""
         later = self._aside.get(flow_run_id)
         if later is not None:
             later.append(
-                functools.partial(self.delivered, flow_run_id, task_run_id_, attempt, worker)
+                functools.partial(
+                    self.delivered, flow_run_id, task_run_id_, attempt, worker, holder
+                )
             )
             return
         key = split_task_run_id(task_run_id_)[1]
-        self._workers[(flow_run_id, key)] = worker
+        self._workers[(flow_run_id, key)] = (worker, holder)
         active = self.runs.get(flow_run_id)
         run = active.engine.runs.get(key) if active is not None else None
         if active is None or run is None or run.attempt != attempt or not run.dispatched:

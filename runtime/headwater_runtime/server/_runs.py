@@ -127,6 +127,10 @@ _OUTCOMES = (TaskSucceeded, TaskFailed, TaskSkipped)
 _SUCCESS = frozenset(state for state in TaskRunState if state.is_success)
 
 
+#: A task run no worker was handed (its name and holder).
+_NO_WORKER: tuple[str, str | None] = ("", "")
+
+
 def _no_snapshot(_flow_run_id: str, _run: TaskRunRecord) -> None:
     return None
 
@@ -224,7 +228,8 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         #: changes (started, retried, ended), while the batch that stores it is open:
         #: webhooks add their deliveries to it (``ops``), metrics count.
         self.flow_listeners: list[Callable[[FlowRunRow, FlowRunEngine], None]] = []
-        self._workers: dict[tuple[str, str], str] = {}  # (flow run, key) -> worker name
+        # (flow run, key) -> the worker's name and holder (``delivered``)
+        self._workers: dict[tuple[str, str], tuple[str, str | None]] = {}
         # Decided once: with tracing off, runs carry no RunTracer and cost nothing.
         self.tracer = active_tracer()
         self.children = ChildRuns()
@@ -677,6 +682,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         result_id = ""
         if run.state in _SUCCESS and isinstance(run.result, payload_pb2.Value):
             result_id = sink.values.add(run.result)
+        worker, holder = self._workers.get((run_id, run.key), _NO_WORKER)
         sink.batch.task_runs[(run_id, run.key)] = TaskRunRow(
             run_id,
             run.key,
@@ -685,10 +691,11 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             _NUMBER[run.state],
             run.attempt,
             at,
-            self._workers.get((run_id, run.key), ""),
+            worker,
             run.cache_key or "",
             result_id,
             active.delivered.get(run.key, 0),
+            holder,
         )
 
     def _new_trace(

@@ -148,7 +148,9 @@ class RunEvent:
 class TaskRunRow:
     """A task run's current state (projection). ``result_id`` is its stored result's
     value id; ``delivered`` the attempt last delivered to a worker (0: none), which
-    tells a restarted server which in-flight attempts a worker may still hold."""
+    tells a restarted server which in-flight attempts a worker may still hold, and
+    ``holder`` which worker (its id, bound to its credential: ``WorkerSession.holder``;
+    None when the delivery was stored before holders were, schema version 5)."""
 
     flow_run_id: str
     key: str
@@ -161,6 +163,17 @@ class TaskRunRow:
     cache_key: str = ""
     result_id: str = ""
     delivered: int = 0
+    holder: str | None = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An attempt stored as delivered (``Store.delivered``): its number, the worker's
+    name as shown (``TaskRunRow.worker_id``) and its holder (``TaskRunRow.holder``)."""
+
+    attempt: int
+    worker: str
+    holder: str | None
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen (above RunEvent)
@@ -485,10 +498,11 @@ class Store(OpsStore, Protocol):
         without reading its task runs."""
         ...
 
-    def delivered(self, flow_run_id: str) -> dict[str, int]:
+    def delivered(self, flow_run_id: str) -> dict[str, Delivery]:
         """The attempt last delivered to a worker of each of a run's task runs that had
-        one delivered (``TaskRunRow.delivered``), by key: what a restarted server needs
-        of a 100,000-task run's projection, read without building its rows."""
+        one delivered (``TaskRunRow.delivered``), and to whom, by key: what a restarted
+        server needs of a 100,000-task run's projection, read without building its
+        rows."""
         ...
 
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:

@@ -39,6 +39,7 @@ from ._base import (
     AuditRow,
     CacheRow,
     Conflict,
+    Delivery,
     FlowRunRow,
     FlowVersion,
     LogRow,
@@ -460,7 +461,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         """A run's task runs (projection), in the order they were first stored."""
         rows = self._read(
             "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
-            "result_id, delivered FROM task_runs WHERE flow_run_id=%s ORDER BY ord",
+            "result_id, delivered, holder FROM task_runs WHERE flow_run_id=%s ORDER BY ord",
             (flow_run_id,),
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
@@ -495,13 +496,15 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         # "alpha" before "Zeta"), SQLite by code point.
         return sorted(str(r[0]) for r in rows)
 
-    def delivered(self, flow_run_id: str) -> dict[str, int]:
-        """Each task run's attempt last delivered to a worker (none: not listed)."""
+    def delivered(self, flow_run_id: str) -> dict[str, Delivery]:
+        """Each task run's attempt last delivered to a worker, and to whom (none: not
+        listed)."""
         rows = self._read(
-            "SELECT key, delivered FROM task_runs WHERE flow_run_id=%s AND delivered > 0",
+            "SELECT key, delivered, worker_id, holder FROM task_runs "
+            "WHERE flow_run_id=%s AND delivered > 0",
             (flow_run_id,),
         )
-        return {str(key): int(attempt) for key, attempt in rows}
+        return {str(k): Delivery(int(a), str(w), h) for k, a, w, h in rows}
 
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
         """State history of a run's task runs (of one, with ``key``)."""

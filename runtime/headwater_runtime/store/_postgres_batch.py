@@ -94,13 +94,14 @@ _PARTS: tuple[tuple[tuple[int, ...], Callable[[list[int]], str]], ...] = (
     FROM jsonb_array_elements(${p[0]}::jsonb) AS u(r)
     WHERE f.id = r->>0 AND EXISTS (SELECT FROM go))"""),
     ((4,), lambda p: f"""tasks_ AS (INSERT INTO task_runs (flow_run_id, key, task_id,
-    map_index, state, attempt, updated_at, worker_id, cache_key, result_id, delivered)
-    SELECT {_cols("tttiiifttti")} {_rows(p[0])} ORDER BY n
+    map_index, state, attempt, updated_at, worker_id, cache_key, result_id, delivered,
+    holder)
+    SELECT {_cols("tttiiiftttit")} {_rows(p[0])} ORDER BY n
     ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=EXCLUDED.task_id,
     map_index=EXCLUDED.map_index, state=EXCLUDED.state, attempt=EXCLUDED.attempt,
     updated_at=EXCLUDED.updated_at, worker_id=EXCLUDED.worker_id,
     cache_key=EXCLUDED.cache_key, result_id=EXCLUDED.result_id,
-    delivered=EXCLUDED.delivered)"""),
+    delivered=EXCLUDED.delivered, holder=EXCLUDED.holder)"""),
     ((5,), lambda p: f"""states_ AS (INSERT INTO task_run_states (flow_run_id, key, seq,
     state, at, attempt, message, failure)
     SELECT {_cols("ttiifitx")} {_rows(p[0])} ORDER BY n)"""),
@@ -160,7 +161,7 @@ def statement(params: tuple[Any, ...]) -> tuple[str, list[Any]]:
 _EVENT = attrgetter("flow_run_id", "seq", "at", "kind", "body", "value_id")
 _TASK_RUN = attrgetter(
     "flow_run_id", "key", "task_id", "map_index", "state", "attempt", "updated_at",
-    "worker_id", "cache_key", "result_id", "delivered",
+    "worker_id", "cache_key", "result_id", "delivered", "holder",
 )  # fmt: skip
 _STATE = attrgetter("flow_run_id", "key", "seq", "state", "at", "attempt", "message", "failure")
 _LOG = attrgetter("flow_run_id", "key", "attempt", "at", "level", "logger", "message")

@@ -180,6 +180,15 @@ CREATE INDEX webhook_outbox_webhook ON webhook_outbox (webhook_id);
 ALTER TABLE payloads ADD COLUMN uploader TEXT;
 """,
     ),
+    Migration(
+        6,
+        "the worker holding each task run's delivered attempt (after a restart, only "
+        "that worker keeps it)",
+        """
+-- NULL: deliveries stored before, whose holder nobody knows.
+ALTER TABLE task_runs ADD COLUMN holder TEXT;
+""",
+    ),
 )
 
 #: The schema version this server writes (the last migration's).

@@ -33,6 +33,7 @@ from ._base import (
     AuditRow,
     CacheRow,
     Conflict,
+    Delivery,
     FlowRunRow,
     FlowVersion,
     LogRow,
@@ -560,7 +561,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
         """A run's task runs (projection), in creation order."""
         rows = self._db.execute(
             "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
-            "result_id, delivered FROM task_runs WHERE flow_run_id=? ORDER BY rowid",
+            "result_id, delivered, holder FROM task_runs WHERE flow_run_id=? ORDER BY rowid",
             (flow_run_id,),
         )
         return [TaskRunRow(flow_run_id, *r) for r in rows]
@@ -591,13 +592,15 @@ class SQLiteStore(SQLiteOps, AccessTables):
         )
         return sorted(str(r[0]) for r in rows)  # (by code point, as on PostgreSQL)
 
-    def delivered(self, flow_run_id: str) -> dict[str, int]:
-        """Each task run's attempt last delivered to a worker (none: not listed)."""
+    def delivered(self, flow_run_id: str) -> dict[str, Delivery]:
+        """Each task run's attempt last delivered to a worker, and to whom (none: not
+        listed)."""
         rows = self._db.execute(
-            "SELECT key, delivered FROM task_runs WHERE flow_run_id=? AND delivered > 0",
+            "SELECT key, delivered, worker_id, holder FROM task_runs "
+            "WHERE flow_run_id=? AND delivered > 0",
             (flow_run_id,),
         )
-        return dict(rows)
+        return {key: Delivery(attempt, worker, holder) for key, attempt, worker, holder in rows}
 
     def task_run_history(self, flow_run_id: str, key: str = "") -> list[StateRow]:
         """State history of a run's task runs (of one, with ``key``)."""
@@ -1013,7 +1016,7 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
         ((*_flow_run_values(r), r.id) for r in batch.flow_runs.values()),
     )
     db.executemany(
-        "INSERT OR REPLACE INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             (
                 t.flow_run_id,
@@ -1027,6 +1030,7 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
                 t.cache_key,
                 t.result_id,
                 t.delivered,
+                t.holder,
             )
             for t in batch.task_runs.values()
         ),

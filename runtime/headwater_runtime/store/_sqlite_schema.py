@@ -11,12 +11,13 @@ from headwater.wire import TERMINAL_FLOW_STATES
 
 from ._base import StoreUnavailable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Statements that bring a database of an older schema version to the next one, by
 #: the version they start from. 2 -> 3: the links of child flow runs to their parent
 #: (version 3 also has the ``credentials`` and ``audit`` tables, which the schema script
 #: creates when they are missing). 3 -> 4: the credential that uploaded each payload.
+#: 4 -> 5: the worker holding each task run's delivered attempt.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "ALTER TABLE flow_runs ADD COLUMN parent_flow_run_id TEXT NOT NULL DEFAULT ''",
@@ -25,6 +26,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # (NULL: the payloads stored before, whose uploader nobody knows.)
     3: ("ALTER TABLE payloads ADD COLUMN uploader TEXT",),
+    # (NULL: deliveries stored before, whose holder nobody knows.)
+    4: ("ALTER TABLE task_runs ADD COLUMN holder TEXT",),
 }
 
 _SCHEMA = """
@@ -57,7 +60,8 @@ CREATE TABLE IF NOT EXISTS task_runs (
     flow_run_id TEXT NOT NULL, key TEXT NOT NULL, task_id TEXT NOT NULL,
     map_index INTEGER NOT NULL, state INTEGER NOT NULL, attempt INTEGER NOT NULL,
     updated_at REAL NOT NULL, worker_id TEXT NOT NULL, cache_key TEXT NOT NULL,
-    result_id TEXT NOT NULL, delivered INTEGER NOT NULL, PRIMARY KEY (flow_run_id, key));
+    result_id TEXT NOT NULL, delivered INTEGER NOT NULL, holder TEXT,
+    PRIMARY KEY (flow_run_id, key));
 CREATE TABLE IF NOT EXISTS task_run_states (
     flow_run_id TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, state INTEGER NOT NULL,
     at REAL NOT NULL, attempt INTEGER NOT NULL, message TEXT NOT NULL, failure BLOB NOT NULL,

@@ -1,0 +1,270 @@
+"""Attempts handed to a worker before a restart wait for that worker: only it keeps
+them, and when it comes back without them they are sent again at once, with no loss
+counted (server/_orphans.py). A server that itself did not run for longer than the
+heartbeat timeout keeps its workers (``ServerCore._caught_up``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import grpc
+from e2e_helpers import Cluster, start_server
+from test_durability import (
+    BOUND,
+    HOLDER_W,
+    SlowReplayStore,
+    StreamWorker,
+    _delivered_then_restarting,
+    _expanded_run,
+    create,
+    finished,
+    replaying,
+    run_state,
+    serve_all,
+    served,
+)
+from test_run_manager import value_of
+from test_server_protocol import TOKEN
+
+from headwater.v1 import worker_pb2
+from headwater.wire import FlowRunState, decode_value
+from headwater_runtime.server._orphans import Orphan
+
+
+async def _finish_with(worker: StreamWorker, channel: grpc.aio.Channel, run_id: str) -> None:
+    done = asyncio.Event()
+    serving = asyncio.create_task(serve_all(worker, done))
+    assert await finished(channel, run_id) == FlowRunState.SUCCESS.value
+    done.set()
+    await serving
+
+
+async def _ran_once(channel: grpc.aio.Channel, run_id: str) -> None:
+    got = await run_state(channel, run_id)
+    assert decode_value(got.flow_run.result)["total"] == 30
+    # Each task ran once, no loss counted ("scale" is the map itself, never run).
+    assert {t.attempts for t in got.task_runs if t.name != "scale"} == {1}
+
+
+def _stored_run(tmp_path: Path) -> tuple[SlowReplayStore, str, worker_pb2.Assignment]:
+    """A stored run with three attempts in flight, the first delivered to worker "w"
+    (the others never delivered); the store, the run's id, the delivered attempt."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    manager, dispatch, row = _expanded_run(store, 3)
+    held = dispatch.submitted[0].assignment
+    _delivered_then_restarting(store, manager, row, held)
+    store.released.set()  # (no slow replay)
+    return store, row.id, held
+
+
+def test_only_the_worker_an_attempt_was_handed_to_keeps_it_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Another worker of the same task types naming the attempt first does not get it
+    (a user trial: it did, its forged result became the run's, and the worker that
+    held it was told to drop it); the worker it was handed to then keeps it."""
+    store, run_id, held = _stored_run(tmp_path)
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            intruder = StreamWorker(channel, "intruder", slots=4, running=[held.token])
+            assert list((await intruder.next("welcome")).keep_running) == []
+            forged = worker_pb2.TaskResult(token=held.token, result=value_of(1000))
+            intruder.send(result=forged)
+            assert not (await intruder.next("ack")).accepted
+            await intruder.close()
+
+            worker = StreamWorker(channel, "w", slots=4, running=[held.token])
+            kept = (await worker.next("welcome")).keep_running
+            assert [t.task_run_id for t in kept] == [held.token.task_run_id]
+            worker.send(result=worker.result(held))
+            assert (await worker.next("ack")).accepted
+            await _finish_with(worker, channel, run_id)
+            got = await run_state(channel, run_id)
+            assert decode_value(got.flow_run.result)["total"] == 30  # not the forged value
+            (kept_run,) = [t for t in got.task_runs if t.id == held.token.task_run_id]
+            assert kept_run.attempts == 1  # (the intruder left with others: they ran again)
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_an_attempt_whose_worker_comes_back_without_it_is_sent_again_at_once(
+    tmp_path: Path,
+) -> None:
+    """The worker it was handed to reconnects without naming it (the server stopped
+    before the assignment left): it is sent again at once, as the same attempt, not
+    counted lost (it waited out the heartbeat window, an hour here, then counted as a
+    loss)."""
+    store, run_id, held = _stored_run(tmp_path)
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            assert (held.token.task_run_id, held.token.attempt) in running.core._orphans
+            worker = StreamWorker(channel, "w", slots=4)
+            assert list((await worker.next("welcome")).keep_running) == []
+            sent = set()
+            for _ in range(3):  # the one it had been handed, and the two never delivered
+                assignment = await worker.next("assignment")
+                sent.add((assignment.token.task_run_id, assignment.token.attempt))
+                worker.send(result=worker.result(assignment))
+            assert (held.token.task_run_id, 1) in sent
+            assert not running.core._orphans
+            await _finish_with(worker, channel, run_id)
+            await _ran_once(channel, run_id)
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_worker_back_during_the_replay_without_its_attempt_gets_it_again_when_live(
+    tmp_path: Path,
+) -> None:
+    """The same, with the worker reconnecting while the run is still replayed: once
+    the run is live the attempt is sent again at once."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    manager, dispatch, row = _expanded_run(store, 3)
+    held = dispatch.submitted[0].assignment
+    _delivered_then_restarting(store, manager, row, held)
+
+    async def main() -> None:
+        async with replaying(store) as (running, channel):
+            worker = StreamWorker(channel, "w", slots=4)
+            assert list((await worker.next("welcome")).keep_running) == []
+            store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            assert not running.core._orphans
+            await _finish_with(worker, channel, row.id)
+            await _ran_once(channel, row.id)
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_claim_during_the_replay_of_an_attempt_handed_to_another_worker_is_taken_back(
+    tmp_path: Path,
+) -> None:
+    """A worker of the same task types names, while the run is replayed, an attempt
+    that was handed to another: once the run is live it is told to cancel it, and the
+    worker it was handed to keeps it."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    manager, dispatch, row = _expanded_run(store, 3)
+    held = dispatch.submitted[0].assignment
+    _delivered_then_restarting(store, manager, row, held)
+
+    async def main() -> None:
+        async with replaying(store) as (running, channel):
+            intruder = StreamWorker(channel, "intruder", slots=1, running=[held.token])
+            kept = (await intruder.next("welcome")).keep_running
+            assert [t.task_run_id for t in kept] == [held.token.task_run_id]  # (unchecked yet)
+            store.released.set()
+            await asyncio.wait_for(running.core.recovered.wait(), BOUND)
+            assert (await intruder.next("cancel")).token.task_run_id == held.token.task_run_id
+            await intruder.close()
+            worker = StreamWorker(channel, "w", slots=4, running=[held.token])
+            kept = (await worker.next("welcome")).keep_running
+            assert [t.task_run_id for t in kept] == [held.token.task_run_id]
+            worker.send(result=worker.result(held))
+            assert (await worker.next("ack")).accepted
+            await _finish_with(worker, channel, row.id)
+            await _ran_once(channel, row.id)
+            await worker.close()
+
+    asyncio.run(main())
+
+
+def test_time_the_server_did_not_run_does_not_count_against_its_workers(
+    tmp_path: Path,
+) -> None:
+    """A turn of the timer loop that comes long after the last one (the server was
+    stopped or starved) moves the workers' last contact and the orphans' deadlines
+    forward by the time lost, so no heartbeat window ends for it."""
+    store, _, held = _stored_run(tmp_path)
+
+    async def main() -> None:
+        async with served(store, heartbeat_timeout=5.0, heartbeat_interval=0.5) as running:
+            core = running.core
+            await asyncio.wait_for(core.recovered.wait(), BOUND)
+            token = (held.token.task_run_id, held.token.attempt)
+            orphan = core._orphans.get(token)
+            assert isinstance(orphan, Orphan) and orphan.holder == HOLDER_W
+            deadline = orphan.deadline
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                worker = StreamWorker(channel, "other", slots=1)
+                await worker.next("welcome")
+                (session,) = core.dispatcher.sessions.values()
+                seen = session.last_seen
+                core._ticked -= 30.0  # as if the server had been stopped for 30 s
+                core._caught_up()
+                assert session.last_seen > seen  # (by 30 s at most: not in the future)
+                assert session.last_seen <= core.clock.now()
+                assert orphan.deadline >= deadline + 29.0
+                core._caught_up()  # on time: nothing moves
+                assert orphan.deadline < deadline + 31.0
+                await worker.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_paused_past_the_heartbeat_timeout_keeps_its_workers(tmp_path: Path) -> None:
+    """A real server stopped (SIGSTOP) for twice its heartbeat timeout while a worker
+    runs a task and keeps sending heartbeats: when it goes on, it reads them and keeps
+    the worker, whose result is taken (the server dropped it at once, and the task
+    ran again; with the timeout a few times over, the run FAILED with WorkerLost)."""
+    env = {**os.environ, "HEADWATER_TOKEN": TOKEN}
+    procs = Cluster(env)
+    try:
+        server, address = start_server(
+            procs,
+            tmp_path / "hw.db",
+            0,
+            "--heartbeat-timeout",
+            "2s",
+            "--heartbeat-interval",
+            "0.5s",
+        )
+
+        async def main() -> None:
+            async with grpc.aio.insecure_channel(address) as channel:
+                worker = StreamWorker(channel, "w", slots=1)
+                await worker.next("welcome")
+                run_id = await create(channel, n=2)
+                first = await worker.next("assignment")
+
+                async def beat() -> None:
+                    while True:
+                        worker.send(heartbeat=worker_pb2.Heartbeat(running=[first.token]))
+                        await asyncio.sleep(0.25)
+
+                beating = asyncio.create_task(beat())
+                server.popen.send_signal(signal.SIGSTOP)
+                stopped = time.monotonic()
+                await asyncio.sleep(4.0)  # twice the heartbeat timeout
+                server.popen.send_signal(signal.SIGCONT)
+                assert time.monotonic() - stopped >= 4.0
+                worker.send(result=worker.result(first))
+                ack = await worker.next("ack")
+                assert ack.accepted, ack.reason
+                beating.cancel()
+                await _finish_with(worker, channel, run_id)
+                got = await run_state(channel, run_id)
+                assert {t.attempts for t in got.task_runs if t.name != "scale"} == {1}
+                await worker.close()
+
+        asyncio.run(asyncio.wait_for(main(), 120))
+        said = server.lines + server.other
+        assert any("did not run for" in line for line in said), said
+    finally:
+        procs.stop()
