@@ -495,6 +495,9 @@ def test_each_runs_action_has_its_own_help_and_flags() -> None:
     assert "--reason" not in logs.stdout
     wrong = headwater_cli("runs", "list", "--follow", "--server", "127.0.0.1:1")
     assert wrong.returncode == 2 and "unrecognized arguments: --follow" in wrong.stderr
+    # With the usage line of the command given (it was the top one: "headwater [-h]").
+    assert wrong.stderr.startswith("usage: headwater runs list ")
+    assert "headwater runs list: error:" in wrong.stderr
     missing = headwater_cli("runs", "show", "--server", "127.0.0.1:1")
     assert missing.returncode == 2 and "required: run_id" in missing.stderr
 

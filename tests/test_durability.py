@@ -318,6 +318,7 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(
             )
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "disk is full" in details
+            assert "the cancel is kept" in details  # (no need to cancel again)
             store.failing = False  # space came back
             ack = await worker.next("ack")  # the kept batch is stored: the Ack goes out
             assert ack.accepted and ack.token == first.token

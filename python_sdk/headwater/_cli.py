@@ -403,6 +403,16 @@ def add_worker_command(sub: Any) -> None:
     worker.set_defaults(func=cmd_worker)
 
 
+def _name_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser remembers itself (``cli_parser``): an unrecognized
+    argument is then reported with that command's usage line, not the top one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(cli_parser=sub)
+                _name_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``headwater`` argument parser with every subcommand."""
     from . import __version__
@@ -510,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_command(sub)
     add_tokens_command(sub)
     add_ops_commands(sub)
+    _name_parsers(parser)
     return parser
 
 
@@ -542,8 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     late = getattr(args, "late_positional", None)
     if late and len(extra) == 1 and not extra[0].startswith("-") and getattr(args, late) is None:
         setattr(args, late, extra.pop())
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # (the deepest command's parser, whose usage line fits)
+        getattr(args, "cli_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except (

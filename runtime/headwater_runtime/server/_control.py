@@ -83,7 +83,9 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
     except BuildUnavailable as exc:
         await _fail(context, grpc.StatusCode.UNAVAILABLE, f"{exc}; try again")
     except StoreUnavailable as exc:
-        await store_refusal(context, exc, "the server keeps retrying, try again later")
+        await store_refusal(
+            context, exc, exc.advice or "the server keeps retrying, try again later"
+        )
 
 
 def audit_message(row: AuditRow) -> cp.AuditEntry:

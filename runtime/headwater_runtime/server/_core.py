@@ -51,6 +51,7 @@ from headwater_runtime.store import (
     LimitRow,
     PruneReport,
     Store,
+    StoreUnavailable,
     WebhookRow,
     WriteBatch,
 )
@@ -439,7 +440,14 @@ class ServerCore(WorkerReports):
             job.add_done_callback(lambda _: self.runs.rejoin(active))
             await asyncio.shield(job)
         self.touch()
-        await self.durable()
+        try:
+            await self.durable()
+        except StoreUnavailable as exc:
+            exc.advice = (
+                "the cancel is kept: the run is cancelled once the server can store it "
+                "(it keeps retrying); no need to cancel again"
+            )
+            raise
 
     async def _replayed(self, flow_run_id: str) -> None:
         """Wait until a run this restarted server is resuming is live (at once for any

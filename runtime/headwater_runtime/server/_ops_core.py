@@ -194,7 +194,7 @@ class Operations:
             if rows:
                 self._spawn(
                     self._store_workers(rows),
-                    "the workers' last contact (ListWorkers after a restart)",
+                    "the workers' last contact (shown by ListWorkers)",
                 )
         due = [self._next_flush, self._next_sample]
         for at in (self.limits.next_wake_at, self.late.next_at):

@@ -71,6 +71,9 @@ class StoreUnavailable(Exception):
     def __init__(self, message: str, *, full: bool = False) -> None:
         super().__init__(message)
         self.full = full
+        #: What a client that got it should know or do (set by the server, "": the
+        #: usual "try again later").
+        self.advice = ""
 
 
 class Fenced(StoreUnavailable):
