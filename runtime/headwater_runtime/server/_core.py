@@ -280,6 +280,7 @@ class ServerCore(WorkerReports):
         self.exports.recovering = True  # until _resume is done
         if rows:  # inputs held by bridges wait for them as held attempts do
             self.exports.await_holders_until = self.clock.now() + self.settings.heartbeat_timeout
+        self._ticked = time.monotonic()  # (not since the server was made: _caught_up)
         self._background = loop.create_task(self._loop())
         self._resuming = loop.create_task(self._resume(rows, Recovery(refused=refused), began))
 
