@@ -130,6 +130,13 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
         "most log text one attempt may store (its later records are dropped and counted)",
         "bytes",
     ),
+    LimitSpec(
+        "max_list_items",
+        "most entries in one list or map of a request: the messages of a worker's batch; "
+        "a Hello's capabilities, labels, running attempts, code digests and flows; a "
+        "run's trace context; a graph task's tags and required labels; an upload's metadata",
+        "count",
+    ),
 )
 
 
@@ -152,6 +159,7 @@ class Limits:
     max_map_width: int = 100_000
     max_parameter_bytes: int = INLINE_PAYLOAD_LIMIT
     max_log_bytes: int = 64 << 20
+    max_list_items: int = 10_000
 
     def __post_init__(self) -> None:
         for spec in LIMIT_SPECS:

@@ -45,7 +45,13 @@ from ._core import SERVER_VERSION, ServerCore
 from ._decoding import store_refusal
 from ._details import detail
 from ._io import to_its_end
-from ._limits import InvalidValue, check_parameter
+from ._limits import (
+    TRACE_VALUE_CHARS,
+    InvalidValue,
+    check_entries,
+    check_parameter,
+    check_strings,
+)
 from ._queries import NoResult, list_problem, task_result
 from ._reads import AmbiguousRunId, RunReads, new_run_message
 from ._schedule_times import ScheduleError
@@ -185,6 +191,11 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
                 f"most {MAX_IDEMPOTENCY_KEY:,})",
             )
         await self._check_parameters(request.parameters, context)
+        async with refusals(context):  # (a 4 MiB one failed every task of the run)
+            check_entries("trace_context", request.trace_context, self.core.settings.limits)
+        problem = check_strings("trace_context", request.trace_context, TRACE_VALUE_CHARS)
+        if problem:
+            await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         parent = None
         if request.parent_task_run_id:
             parent = (request.parent_task_run_id, request.parent_attempt)

@@ -13,8 +13,10 @@ import grpc
 from headwater.v1 import worker_pb2, worker_pb2_grpc
 from headwater.wire import (
     BATCH,
+    MAX_NAME,
     NOT_READY,
     PROTOCOL_VERSION,
+    Limits,
     check_name,
     gather,
     limit_variable,
@@ -27,14 +29,51 @@ log = logging.getLogger("headwater.server")
 
 _NOT_IN_BATCH = ("hello", "batch", None)
 
+#: Messages of a worker's batch handled in one turn of the event loop: a batch of
+#: 700,000 heartbeats (2.8 MB) held every other client 5 s (a user trial).
+BATCH_SLICE = 256
+#: Responses queued for a worker beyond which its stream is not read until it reads
+#: them down to OUTBOX_LOW: a worker that sends without reading made the server queue
+#: acknowledgements without bound (3 GB in 30 s, a user trial). Far above what a
+#: reading worker leaves queued (its slots' assignments, one ack per report).
+OUTBOX_HIGH, OUTBOX_LOW = 10_000, 1_000
+
 
 def _response_batch(messages: list[worker_pb2.ConnectResponse]) -> worker_pb2.ConnectResponse:
     return worker_pb2.ConnectResponse(batch=worker_pb2.ConnectResponseBatch(messages=messages))
 
 
-def _hello_problem(hello: worker_pb2.Hello) -> str:
+def _hello_problem(hello: worker_pb2.Hello, limits: Limits) -> str:
     """What is wrong with a Hello's numbers and lists ("" when nothing is), naming the
-    field: a server that took them would dispatch to a worker it cannot use."""
+    field: a server that took them would dispatch to a worker it cannot use. Its lists
+    hold at most ``max_list_items`` entries, and its names at most MAX_NAME characters
+    (a Hello of 350,000 capabilities held every other client 0.65 s, a user trial)."""
+    lists = {
+        "capabilities": hello.capabilities,
+        "labels": hello.labels,
+        "running": hello.running,
+        "code_digests": hello.code_digests,
+        "flows": hello.flows,
+        "features": hello.features,
+        "resources": hello.resources,
+    }
+    for field, entries in lists.items():
+        if len(entries) > limits.max_list_items:
+            what = f"Hello.{field} has {len(entries)} entries"
+            return str(limits.exceeded("max_list_items", what))
+    names = [
+        *(("Hello.capabilities", c) for c in hello.capabilities),
+        *(("Hello.labels", k) for k in hello.labels),
+        *(("Hello.code_digests", k) for k in hello.code_digests),
+        *(("Hello.flows", f.name) for f in hello.flows),
+        *(("Hello.features", f) for f in hello.features),
+    ]
+    for field, name in names:
+        if len(name) > MAX_NAME:
+            return f"{field} has a name of {len(name)} characters (at most {MAX_NAME})"
+    for key, label in hello.labels.items():
+        if len(label) > MAX_NAME:
+            return f"Hello.labels[{key!r}] is {len(label)} characters long (at most {MAX_NAME})"
     if not hello.worker_id:
         return "Hello needs a worker_id"
     if hello.slots < 1:
@@ -88,7 +127,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 f"worker protocol version {hello.protocol_version} is not supported; "
                 f"this server speaks version {PROTOCOL_VERSION}",
             )
-        problem = _hello_problem(hello)
+        problem = _hello_problem(hello, self.core.settings.limits)
         if problem:
             await context.abort(invalid, problem)
         try:
@@ -108,21 +147,37 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
             )
         session, _, outbox = self.core.connect(hello)
         core = self.core
+        limits = core.settings.limits
+        most = limits.max_list_items
+        drained = asyncio.Event()  # set when the outbox is read down to OUTBOX_LOW
+        refusal: list[str] = []  # why the stream ends (RESOURCE_EXHAUSTED), if refused
 
         async def read() -> None:
             try:
                 async for message in request_iterator:
+                    if outbox.qsize() > OUTBOX_HIGH:  # it does not read: wait until it does
+                        drained.clear()
+                        await drained.wait()
                     kind = message.WhichOneof("message")
                     if kind == "batch":
+                        if len(message.batch.messages) > most:
+                            what = f"a batch of {len(message.batch.messages)} messages"
+                            refusal.append(
+                                str(core.settings.limits.exceeded("max_list_items", what))
+                            )
+                            return
                         inner = [
                             m
                             for m in message.batch.messages
                             if m.WhichOneof("message") not in _NOT_IN_BATCH
                         ]
                         await core.look_up_refs(session, inner)
-                        with core.dispatcher.deferred():  # one pump for the whole batch
-                            for one in inner:
-                                core.on_worker_message(session, one)
+                        for start in range(0, len(inner), BATCH_SLICE):
+                            if start:
+                                await asyncio.sleep(0)  # (the other clients' turn)
+                            with core.dispatcher.deferred():  # one pump per slice
+                                for one in inner[start : start + BATCH_SLICE]:
+                                    core.on_worker_message(session, one)
                     elif kind != "hello":  # a second Hello is meaningless; ignore it
                         if kind in ("result", "value_exported"):
                             await core.look_up_refs(session, (message,))
@@ -150,13 +205,16 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                 message = await outbox.get()
                 if message is None:
                     break
+                done = False
                 if batching and not outbox.empty() and not message.HasField("welcome"):
                     message, done = gather(message, ready, _response_batch)
-                    yield message
-                    if done:
-                        break
-                else:
-                    yield message
+                if outbox.qsize() < OUTBOX_LOW:
+                    drained.set()
+                yield message
+                if done:
+                    break
+            if refusal:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal[0])
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -13,10 +13,27 @@ fails its task); a value that contradicts itself raises ``InvalidValue``
 
 from __future__ import annotations
 
-from headwater.v1 import graph_pb2, payload_pb2
-from headwater.wire import ENCODING_KEY, LENGTH_KEY, LimitExceeded, Limits
+from collections.abc import Mapping, Sized
 
-__all__ = ["InvalidValue", "LimitExceeded", "check_graph", "check_parameter", "check_value"]
+from headwater.v1 import graph_pb2, payload_pb2
+from headwater.wire import ENCODING_KEY, LENGTH_KEY, MAX_NAME, GraphError, LimitExceeded, Limits
+
+__all__ = [
+    "METADATA_VALUE_CHARS",
+    "TRACE_VALUE_CHARS",
+    "InvalidValue",
+    "LimitExceeded",
+    "check_entries",
+    "check_graph",
+    "check_parameter",
+    "check_strings",
+    "check_value",
+]
+
+#: The longest value of a run's trace context (W3C baggage may take 8,192 bytes).
+TRACE_VALUE_CHARS = 8192
+#: The longest value of an upload's metadata (a payload's preview, a schema).
+METADATA_VALUE_CHARS = 65_536
 
 #: Longest ``headwater.length`` text read as a number (a longer one is refused before
 #: ``int()`` spends time on it).
@@ -27,15 +44,47 @@ class InvalidValue(ValueError):
     """A value contradicts itself (its declared length is not its element count)."""
 
 
+def check_entries(what: str, entries: Sized, limits: Limits) -> None:
+    """LimitExceeded when ``entries`` (a list or map of a request) holds more than
+    ``max_list_items``."""
+    if len(entries) > limits.max_list_items:
+        raise limits.exceeded("max_list_items", f"{what} has {len(entries)} entries")
+
+
+def check_strings(what: str, strings: Mapping[str, str], longest: int = MAX_NAME) -> str:
+    """What is too long in a map of a request ("" when nothing is): the first key over
+    MAX_NAME characters, or value over ``longest``."""
+    for key, text in strings.items():
+        if len(key) > MAX_NAME:
+            return f"{what} has a key of {len(key)} characters (at most {MAX_NAME})"
+        if len(text) > longest:
+            return f"{what}[{key[:40]!r}] is {len(text)} characters long (at most {longest})"
+    return ""
+
+
 def check_graph(msg: graph_pb2.FlowGraph, limits: Limits) -> None:
     """Refuse a flow graph with too many tasks or edges, or inputs nested too deep
-    (``LimitExceeded``), before it is decoded into a GraphSpec."""
+    (``LimitExceeded``), or a task whose type, tags or required labels are too many or
+    too long (``max_list_items``; MAX_NAME characters: GraphError), before it is
+    decoded into a GraphSpec."""
     flow = f"flow {msg.name!r}"
     tasks = len(msg.tasks)
     if tasks > limits.max_graph_tasks:
         raise limits.exceeded("max_graph_tasks", f"{flow} has {tasks} tasks")
     edges = 0
     for node in msg.tasks:
+        task = f"{flow}, task {node.id[:MAX_NAME]!r},"
+        if len(node.task_type) > MAX_NAME:
+            raise GraphError(
+                f"{task} has a task_type of {len(node.task_type)} characters (at most {MAX_NAME})"
+            )
+        check_entries(f"{task} tags", node.tags, limits)
+        check_entries(f"{task} required_labels", node.required_labels, limits)
+        problem = check_strings(f"{task} tags", dict.fromkeys(node.tags, "")) or check_strings(
+            f"{task} required_labels", node.required_labels
+        )
+        if problem:
+            raise GraphError(problem)
         edges += len(node.wait_for)
         for arg, source in node.inputs.items():
             edges += _references(source, limits, f"task {node.id!r}, argument {arg!r}", 1)

@@ -9,13 +9,14 @@ from typing import Any, Protocol
 import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
-from headwater.wire import CHUNK_SIZE, Limits
+from headwater.wire import CHUNK_SIZE, LimitExceeded, Limits
 from headwater_runtime.store import NotFound, PayloadMeta, PayloadUpload, Store, StoreUnavailable
 
 from ._access import CALLER, Caller, uploader_name
 from ._decoding import store_refusal
 from ._details import detail
 from ._io import StoreIO
+from ._limits import METADATA_VALUE_CHARS, check_entries, check_strings
 from ._previews import PREVIEW_BYTES, upload_metadata
 
 
@@ -112,6 +113,15 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                         await context.abort(invalid, "an upload must start with its header")
                     header = request.header
                     declared = header.size_bytes
+                    try:
+                        check_entries("the upload's metadata", header.metadata, limits)
+                    except LimitExceeded as too_many:
+                        await context.abort(exhausted, detail(str(too_many)))
+                    problem = check_strings(
+                        "the upload's metadata", header.metadata, METADATA_VALUE_CHARS
+                    )
+                    if problem:
+                        await context.abort(invalid, detail(problem))
                     if declared > limits.max_payload_bytes:
                         error = limits.exceeded(
                             "max_payload_bytes", f"the upload declares {declared} bytes"

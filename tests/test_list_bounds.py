@@ -1,0 +1,195 @@
+"""Lists and maps a peer sends are bounded (``max_list_items``, names of at most 200
+characters), and a worker stream cannot make the server queue without bound: its
+batches are handled a slice at a time, and a worker that does not read its responses
+is not read either until it does (server/_gateway.py, docs/limits.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import grpc
+from test_limits import against_server, status_of
+
+from headwater.v1 import control_plane_pb2 as cp
+from headwater.v1 import (
+    control_plane_pb2_grpc,
+    graph_pb2,
+    payload_pb2,
+    payload_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
+from headwater.wire import BATCH, PROTOCOL_VERSION, Limits
+from headwater_runtime.server import _gateway
+from headwater_runtime.server._app import RunningServer
+
+LIMITS = Limits(max_list_items=50)
+
+
+def _hello(**fields: Any) -> worker_pb2.ConnectRequest:
+    hello = worker_pb2.Hello(
+        worker_id="w", protocol_version=PROTOCOL_VERSION, slots=1, capabilities=["t"]
+    )
+    for name, value in fields.items():
+        field = getattr(hello, name)
+        field.update(value) if isinstance(value, dict) else field.extend(value)
+    return worker_pb2.ConnectRequest(hello=hello)
+
+
+async def _queue_stream(
+    queue: asyncio.Queue[worker_pb2.ConnectRequest | None],
+) -> AsyncIterator[worker_pb2.ConnectRequest]:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+def _heartbeats(n: int) -> worker_pb2.ConnectRequest:
+    beats = [worker_pb2.ConnectRequest(heartbeat=worker_pb2.Heartbeat()) for _ in range(n)]
+    return worker_pb2.ConnectRequest(batch=worker_pb2.ConnectRequestBatch(messages=beats))
+
+
+def test_a_hello_with_too_many_or_too_long_entries_is_refused(tmp_path: Path) -> None:
+    """A Hello of 350,000 capabilities held every other client 0.65 s (a user trial)."""
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        cases = [
+            (_hello(capabilities=[f"c{i}" for i in range(60)]), "max_list_items = 50"),
+            (_hello(labels={f"k{i}": "v" for i in range(51)}), "Hello.labels has 51 entries"),
+            (_hello(capabilities=["x" * 201]), "Hello.capabilities has a name of 201"),
+            (_hello(labels={"gpu": "y" * 201}), "Hello.labels['gpu'] is 201 characters"),
+        ]
+        for hello, said in cases:
+
+            async def one(message: worker_pb2.ConnectRequest) -> AsyncIterator[Any]:
+                yield message
+                await asyncio.sleep(30)
+
+            code, details = await status_of(_drain(stub.Connect(one(hello), timeout=10)))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and said in details, details
+        assert not running.core.dispatcher.sessions
+
+    against_server(tmp_path, body, LIMITS)
+
+
+async def _drain(call: Any) -> None:
+    async for _ in call:
+        pass
+
+
+def test_a_batch_over_the_limit_ends_the_stream_and_one_under_it_is_handled_whole(
+    tmp_path: Path,
+) -> None:
+    """A batch of 700,000 heartbeats held every other client 5 s (a user trial): over
+    ``max_list_items`` the stream ends (RESOURCE_EXHAUSTED naming the limit); under
+    it, every message is handled, a slice at a time."""
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        queue: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+        queue.put_nowait(_hello(features=[BATCH]))
+        call = stub.Connect(_queue_stream(queue), timeout=30)
+        acks = 0
+        with mock.patch.object(_gateway, "BATCH_SLICE", 7):  # several slices
+            queue.put_nowait(_heartbeats(50))  # (the limit: handled)
+            async for response in call:
+                kind = response.WhichOneof("message")
+                if kind == "batch":
+                    acks += sum(m.HasField("heartbeat_ack") for m in response.batch.messages)
+                acks += kind == "heartbeat_ack"
+                if acks == 50:
+                    break
+        queue.put_nowait(_heartbeats(51))
+        code, details = await status_of(_drain(call))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "a batch of 51 messages, over this server's limit max_list_items = 50" in details
+        queue.put_nowait(None)
+
+    against_server(tmp_path, body, LIMITS)
+
+
+def test_a_stream_paused_for_its_unread_answers_goes_on_once_they_are_read(
+    tmp_path: Path,
+) -> None:
+    """A worker that sends without reading made the server queue acknowledgements
+    without bound (3 GB in 30 s, a user trial): the server stops reading a stream
+    while too many answers wait for it (OUTBOX_HIGH). Here the bound is 0, so the
+    stream pauses after nearly every message, and resumes each time its answers are
+    sent: every message still gets its answer, in order, with nothing lost or stuck."""
+    sent = 400
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
+        queue: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
+        queue.put_nowait(_hello())
+        for _ in range(sent):
+            queue.put_nowait(worker_pb2.ConnectRequest(heartbeat=worker_pb2.Heartbeat()))
+        answers = 0
+        call = stub.Connect(_queue_stream(queue), timeout=60)
+        async for response in call:
+            answers += response.HasField("heartbeat_ack")
+            if answers == sent:
+                break
+        assert answers == sent
+        queue.put_nowait(None)
+
+    with mock.patch.multiple(_gateway, OUTBOX_HIGH=0, OUTBOX_LOW=1):
+        against_server(tmp_path, body)
+
+
+def test_trace_contexts_graph_entries_and_upload_metadata_are_bounded(tmp_path: Path) -> None:
+    """A 4 MiB trace context was taken, and every task of the run then failed with
+    InputsTooLarge; 100,000 tags, a 3 MB task type and 50,000 metadata keys were taken
+    too (a user trial)."""
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        many = {f"k{i}": "v" for i in range(51)}
+        code, details = await status_of(
+            client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="f", trace_context=many))
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "trace_context has 51 entries" in details and "max_list_items" in details
+        code, details = await status_of(
+            client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="f", trace_context={"baggage": "b" * 8193})
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "trace_context['baggage'] is 8193 characters long (at most 8192)" in details
+
+        def graph(**node: Any) -> cp.RegisterFlowRequest:
+            task = graph_pb2.TaskNode(id="a", task_type=node.pop("task_type", "t"), **node)
+            return cp.RegisterFlowRequest(graph=graph_pb2.FlowGraph(name="g", tasks=[task]))
+
+        code, details = await status_of(client.RegisterFlow(graph(task_type="t" * 201)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "task_type of 201" in details
+        code, details = await status_of(
+            client.RegisterFlow(graph(tags=[f"t{i}" for i in range(51)]))
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "tags has 51 entries" in details
+        code, details = await status_of(client.RegisterFlow(graph(required_labels={"k" * 201: ""})))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "a key of 201" in details
+        assert running.store.list_flows() == []
+
+        payloads = payload_pb2_grpc.PayloadServiceStub(channel)
+        for metadata, expected, said in (
+            ({"encoding": "json", **many}, grpc.StatusCode.RESOURCE_EXHAUSTED, "52 entries"),
+            ({"encoding": "json", "x" * 201: ""}, grpc.StatusCode.INVALID_ARGUMENT, "key of 201"),
+        ):
+            header = payload_pb2.UploadPayloadHeader(size_bytes=2, metadata=metadata)
+
+            async def upload(
+                header: payload_pb2.UploadPayloadHeader = header,
+            ) -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
+                yield payload_pb2.UploadPayloadRequest(header=header)
+                yield payload_pb2.UploadPayloadRequest(chunk=b"[]")
+
+            code, details = await status_of(payloads.UploadPayload(upload(), timeout=10))
+            assert code == expected and said in details, details
+
+    against_server(tmp_path, body, LIMITS)
