@@ -193,3 +193,53 @@ def test_trace_contexts_graph_entries_and_upload_metadata_are_bounded(tmp_path: 
             assert code == expected and said in details, details
 
     against_server(tmp_path, body, LIMITS)
+
+
+def test_log_answers_are_bounded_in_bytes_and_records_and_page_on(tmp_path: Path) -> None:
+    """ListTaskRunLogs with page_size 0 ("as many as fit") built one answer of all of an
+    attempt's logs (66 MB, a user trial): an answer now holds about LOG_ANSWER_BYTES
+    and at most LOG_PAGE_MAX records, and its next_page_token leads on to the rest.
+    The SDK's logs() follows it; so does a watch, in answers of that size."""
+    from headwater import Client
+    from headwater.wire import FlowRunState
+    from headwater_runtime.server import _control_reads, _reads
+    from headwater_runtime.store import FlowRunRow, LogRow, WriteBatch
+
+    records = [f"{i:03d}" + "x" * 300 for i in range(12)]
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        store = running.store
+        store.create_flow_run(FlowRunRow("r1", "f", "1", FlowRunState.SUCCESS.value, 1.0))
+        batch = WriteBatch()
+        batch.logs.extend(LogRow("r1", "a", 1, 1.0, "INFO", "t", text) for text in records)
+        store.commit(batch)
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        pages: list[list[str]] = []
+        token = ""
+        while True:
+            answer = await client.ListTaskRunLogs(
+                cp.ListTaskRunLogsRequest(flow_run_id="r1", page_token=token)
+            )
+            pages.append([e.message for e in answer.entries])
+            token = answer.next_page_token
+            if not token:
+                break
+        assert [m for page in pages for m in page] == records  # all, in order, once
+        # LOG_PAGE_MAX records each (a full last page leads to an empty one, as ever).
+        assert [len(page) for page in pages] == [2] * 6 + [0]
+        watch = client.WatchTaskRunLogs(cp.WatchTaskRunLogsRequest(flow_run_id="r1"))
+        watched = [[e.message for e in answer.entries] async for answer in watch]
+        # ~1,000 bytes each: three 300-byte records (the watch reads 1,000 at a time).
+        assert [len(page) for page in watched] == [3, 3, 3, 3]
+
+        def sdk() -> list[str]:
+            with Client(f"127.0.0.1:{running.port}") as sdk_client:
+                return [entry.message for entry in sdk_client.logs("r1")]
+
+        assert await asyncio.to_thread(sdk) == records
+
+    with (
+        mock.patch.object(_reads, "LOG_ANSWER_BYTES", 1000),
+        mock.patch.object(_control_reads, "LOG_PAGE_MAX", 2),
+    ):
+        against_server(tmp_path, body)

@@ -571,7 +571,9 @@ class ListTaskRunLogsRequest(google.protobuf.message.Message):
     task_run_id: builtins.str
     """Only this task run (optional)."""
     page_size: builtins.int
-    """Most records to return; 0 means all of them."""
+    """Most records to return; 0 means as many as one answer holds. An answer holds at
+    most 10,000 records and about 3 MiB of them: follow next_page_token for the rest.
+    """
     page_token: builtins.str
     """Token from a previous response, to continue after its last record."""
     task_id: builtins.str

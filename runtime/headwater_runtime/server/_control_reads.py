@@ -14,7 +14,7 @@ import grpc
 from headwater.v1 import control_plane_pb2 as cp
 
 from ._details import detail
-from ._reads import RunReads, log_entry
+from ._reads import LOG_PAGE_MAX, RunReads, log_pages
 
 if TYPE_CHECKING:
     from ._core import ServerCore
@@ -78,19 +78,21 @@ class ReadsServicer:
                 await self.reads.check_task(row, request.task_id, request.task_run_id)
             except ValueError as exc:  # a malformed task run id
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
+            limit = min(request.page_size or LOG_PAGE_MAX, LOG_PAGE_MAX)
             try:
                 rows = await self.reads.logs(
                     request.flow_run_id,
                     task_run=request.task_run_id,
                     task_id=request.task_id,
                     after=after,
-                    limit=request.page_size,
+                    limit=limit,
                 )
             except ValueError as exc:  # a malformed task run id
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail(str(exc)))
-        response = cp.ListTaskRunLogsResponse(entries=[log_entry(r) for r in rows])
-        if request.page_size and len(rows) == request.page_size:
-            response.next_page_token = str(rows[-1].seq)
+        entries, last = next(log_pages(rows), ([], 0))
+        response = cp.ListTaskRunLogsResponse(entries=entries)
+        if len(entries) < len(rows) or len(rows) == limit:  # (more may follow)
+            response.next_page_token = str(last)
         return response
 
     async def WatchTaskRunLogs(
@@ -109,9 +111,8 @@ class ReadsServicer:
             row = await self.reads.flow_run(request.flow_run_id)
             await self.reads.check_task(row, request.task_id)
         async for page in self.reads.follow_logs(row.id, task_id=request.task_id, after=after):
-            yield cp.WatchTaskRunLogsResponse(
-                entries=[log_entry(r) for r in page], next_page_token=str(page[-1].seq)
-            )
+            for entries, last in log_pages(page):
+                yield cp.WatchTaskRunLogsResponse(entries=entries, next_page_token=str(last))
 
 
 __all__ = ["ReadsServicer"]

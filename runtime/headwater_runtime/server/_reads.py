@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from headwater.v1 import payload_pb2, run_pb2
@@ -46,6 +46,10 @@ _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
 ANSWER_BUDGET = MESSAGE_BUDGET
 #: Log records per page when the caller does not say.
 LOG_PAGE = 1000
+#: The most records one ListTaskRunLogs answer carries (page_size 0: as many as fit).
+LOG_PAGE_MAX = 10_000
+#: About the most bytes of log records in one answer (a client's default limit is 4 MiB).
+LOG_ANSWER_BYTES = 3 << 20
 #: Results moved to the store for an answer, remembered so that asking again stores
 #: nothing new (by the serialized value's bytes' identity: its stored value id).
 _SPILLED_KEPT = 64
@@ -87,6 +91,27 @@ def log_entry(log: LogRow) -> run_pb2.LogEntry:
     )
     entry.timestamp.CopyFrom(timestamp(log.at))
     return entry
+
+
+def log_pages(rows: list[LogRow]) -> Iterator[tuple[list[run_pb2.LogEntry], int]]:
+    """Log records as entries, in answers of about LOG_ANSWER_BYTES at most (one record
+    more than that alone is an answer of its own), each with its last record's
+    position: a page of records can be far larger than a client takes in one message
+    (66 MB of one attempt's logs in one answer, a user trial)."""
+    budget = LOG_ANSWER_BYTES
+    page: list[run_pb2.LogEntry] = []
+    size = last = 0
+    for row in rows:
+        entry = log_entry(row)
+        length = entry.ByteSize()
+        if page and size + length > budget:
+            yield page, last
+            page, size = [], 0
+        page.append(entry)
+        size += length
+        last = row.seq
+    if page:
+        yield page, last
 
 
 #: Audit entries GetFlowRun shows with a run (the latest).
