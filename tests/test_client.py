@@ -14,7 +14,7 @@ import pytest
 
 import headwater
 from headwater import Client, ServerError, flow, task
-from headwater.wire import FlowRunState, TaskRunState
+from headwater.wire import FlowRunState, Limits, TaskRunState
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -175,6 +175,39 @@ def test_errors_are_one_clear_line(server: ServerThread, tmp_path: Path) -> None
         ),
     ):
         client.list_runs()
+
+
+@flow(name="fan")
+def fan() -> list[str]:
+    return [shout(f"x{i}") for i in range(2_000)]
+
+
+def test_a_graph_over_the_message_limit_says_which_limit_and_how_to_raise_it(
+    db: str,
+) -> None:
+    """gRPC alone says 'Received message larger than max (N vs. M)': the error names
+    the flow, its tasks and graph size, the limit and the flag that raises it."""
+    limit = 64 * 1024
+    small = Limits(max_message_bytes=limit, max_chunk_bytes=limit // 2)
+    server = ServerThread(db, token="tok", limits=small)
+    try:
+        with Client(server.address, token="tok") as client:
+            assert client.deploy(greet) == "1"  # (a small graph passes)
+            with pytest.raises(ServerError) as refused:
+                client.deploy(fan)
+    finally:
+        server.stop()
+    message = str(refused.value)
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert re.fullmatch(
+        r"register flow 'fan': flow 'fan' has 2,000 tasks: its graph is a 0\.\d MB message, "
+        r"over the server's message limit of 65,536 bytes \(max_message_bytes, 4 MiB by "
+        r"default\): raise it on the server with --max-message-bytes or "
+        r"HEADWATER_MAX_MESSAGE_BYTES, and start its workers with the same "
+        r"--max-message-bytes .*",
+        message,
+    ), message
+    assert "\n" not in message
 
 
 def test_client_is_public() -> None:

@@ -35,6 +35,7 @@ from headwater.v1 import (
 from headwater.wire import (
     LENGTH_KEY,
     LIMIT_SPECS,
+    MAX_NESTING_CEILING,
     FlowRunState,
     FromTask,
     GraphError,
@@ -115,7 +116,11 @@ def test_every_limit_is_documented_with_its_default_flag_and_variable() -> None:
 def test_limits_come_from_defaults_then_variables_then_flags() -> None:
     env = {"HEADWATER_MAX_MAP_WIDTH": "50", "HEADWATER_MAX_GRAPH_TASKS": "7"}
     limits = limits_from_env(env, max_graph_tasks=9)
-    assert (limits.max_map_width, limits.max_graph_tasks, limits.max_nesting) == (50, 9, 32)
+    assert (limits.max_map_width, limits.max_graph_tasks, limits.max_nesting) == (
+        50,
+        9,
+        MAX_NESTING_CEILING,
+    )
     assert settings_from_env(env).limits.max_map_width == 50
     with pytest.raises(ValueError, match="HEADWATER_MAX_NESTING must be a whole number"):
         limits_from_env({"HEADWATER_MAX_NESTING": "lots"})
@@ -128,6 +133,28 @@ def test_a_bad_limit_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["server", "--port", "0", "--max-map-width", "0"]) == 2
     assert "max_map_width must be a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_nesting_limit_clients_could_not_decode_is_refused_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Above MAX_NESTING_CEILING the server would build messages nested deeper than
+    protobuf's 100 levels (tests/test_nesting_bound.py): a server given 150 took a
+    result nested 97 deep, and every client's GetFlowRun of that run failed."""
+    from headwater._cli import main
+
+    refusal = (
+        f"max_nesting must be 1 to {MAX_NESTING_CEILING}, got 150 (--max-nesting, "
+        "HEADWATER_MAX_NESTING)"
+    )
+    assert main(["server", "--port", "0", "--max-nesting", "150"]) == 2
+    err = capsys.readouterr().err
+    assert refusal in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        limits_from_env({"HEADWATER_MAX_NESTING": "150"})
+    with pytest.raises(ValueError, match=f"got {MAX_NESTING_CEILING + 1} "):
+        Limits(max_nesting=MAX_NESTING_CEILING + 1)
+    assert Limits(max_nesting=MAX_NESTING_CEILING).max_nesting == MAX_NESTING_CEILING
 
 
 # ------------------------------------------------------------------------- graphs

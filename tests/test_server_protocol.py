@@ -25,7 +25,7 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import FlowRunState, TaskRunState, decode_value
+from headwater.wire import MAX_NESTING_CEILING, FlowRunState, TaskRunState, decode_value
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -471,7 +471,10 @@ def test_hostile_bytes_do_not_crash_the_server_or_touch_the_store(db: str) -> No
         code, details = await status_of(
             client.RegisterFlow(cp.RegisterFlowRequest(graph=bomb), metadata=AUTH)
         )
-        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_nesting = 32" in details
+        assert (
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and f"max_nesting = {MAX_NESTING_CEILING}" in details
+        )
         info = await client.GetServerInfo(cp.GetServerInfoRequest(), metadata=AUTH)
         assert info.protocol_version == 1
         after = await client.ListFlows(cp.ListFlowsRequest(), metadata=AUTH)

@@ -51,6 +51,7 @@ from ._access_info import AuditEntry, CredentialInfo, audit_entry, credential_in
 from ._client_ops import OperationsClient
 from ._graphs import with_elements_inline
 from ._logs import LogEntry
+from ._message_size import over_message_limit
 from ._schedule_info import ScheduleInfo, schedule_info, schedule_message
 
 if TYPE_CHECKING:
@@ -422,6 +423,9 @@ class Client(OperationsClient):
         try:
             return self._retrying(attempt, deadline, ride)
         except grpc.RpcError as exc:
+            too_large = over_message_limit(exc, request)
+            if too_large is not None:
+                raise ServerError(f"{what}: {too_large}", exc.code()) from None
             raise _server_error(
                 exc, self._addresses.current, what, self.tls, self._addresses
             ) from None

@@ -77,6 +77,7 @@ from ._limits import GRPC_MESSAGE_LIMIT as GRPC_MESSAGE_LIMIT
 from ._limits import INLINE_PAYLOAD_LIMIT as INLINE_PAYLOAD_LIMIT
 from ._limits import LIMIT_SPECS as LIMIT_SPECS
 from ._limits import MAX_DURATION as MAX_DURATION
+from ._limits import MAX_NESTING_CEILING as MAX_NESTING_CEILING
 from ._limits import MAX_PAYLOAD_BYTES as MAX_PAYLOAD_BYTES
 from ._limits import MESSAGE_BUDGET as MESSAGE_BUDGET
 from ._limits import MESSAGE_LIMIT as MESSAGE_LIMIT

@@ -35,6 +35,16 @@ MAX_PAYLOAD_BYTES = 4 << 30
 TIMESTAMP_RANGE = (-62_135_596_800, 253_402_300_799)
 #: The longest protobuf Duration (about 10,000 years), in seconds.
 MAX_DURATION = 315_576_000_000
+#: The highest ``max_nesting`` a server takes (and its default). Protobuf decoders
+#: refuse a message nested over 100 levels, and the server builds messages around what
+#: that limit lets in: a batched assignment whose argument nests dicts
+#: ``max_nesting - 1`` deep (three message levels each) around a mapped task's results,
+#: each nesting elements ``max_nesting`` deep, is the deepest; a flow run's result
+#: (graph inputs around values) nests half as much per level. At 23 every such
+#: message decodes in Python, at 24 that assignment does not (measured by
+#: tests/test_nesting_bound.py). A server once took 150 and then answered GetFlowRun
+#: with a message no client could decode.
+MAX_NESTING_CEILING = 23
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -155,7 +165,7 @@ class Limits:
     max_upload_chunks: int = 1 << 16
     max_graph_tasks: int = 200_000
     max_graph_edges: int = 1_000_000
-    max_nesting: int = 32
+    max_nesting: int = MAX_NESTING_CEILING
     max_map_width: int = 100_000
     max_parameter_bytes: int = INLINE_PAYLOAD_LIMIT
     max_log_bytes: int = 64 << 20
@@ -166,6 +176,13 @@ class Limits:
             value = getattr(self, spec.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{spec.name} must be a whole number >= 1, got {value!r}")
+        if self.max_nesting > MAX_NESTING_CEILING:
+            raise ValueError(
+                f"max_nesting must be 1 to {MAX_NESTING_CEILING}, got {self.max_nesting} "
+                f"({limit_flag('max_nesting')}, {limit_variable('max_nesting')}): the "
+                "messages built around values nested deeper exceed the 100 levels "
+                "protobuf decodes"
+            )
         if self.max_chunk_bytes > self.max_message_bytes - 1024:
             raise ValueError(
                 f"max_chunk_bytes ({self.max_chunk_bytes}) must leave room for the message "
