@@ -329,7 +329,7 @@ def test_a_run_with_its_task_runs_is_read_in_one_snapshot(store: Store) -> None:
     io = StoreIO()
     core = types.SimpleNamespace(store=store, io=io, waiting=lambda _run_id: {})
     try:
-        _, message, _, task_runs = asyncio.run(RunReads(core).view("r1", task_runs=True))  # type: ignore[arg-type]
+        _, message, _, task_runs, _ = asyncio.run(RunReads(core).view("r1", task_runs=True))  # type: ignore[arg-type]
     finally:
         io.close()
     assert message.state == failed and list(message.failed_task_ids) == ["load"]

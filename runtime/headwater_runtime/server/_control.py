@@ -237,13 +237,15 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         """A flow run (by id or unique id prefix), with its task runs when asked: their
         failures, why they wait, and their results (large ones described)."""
         async with refusals(context):
-            _, message, entries, task_runs = await self.reads.view(
+            _, message, entries, task_runs, encoded = await self.reads.view(
                 request.id, task_runs=request.include_task_runs
             )
         response = control_plane_pb2.GetFlowRunResponse(flow_run=message, task_runs=task_runs)
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         response.audit.extend(audit_message(e) for e in reversed(entries))
+        if encoded:  # a large run's task runs, encoded off the loop: after the rest
+            return response.SerializeToString() + encoded  # type: ignore[return-value]
         return response
 
     async def ListFlowRuns(

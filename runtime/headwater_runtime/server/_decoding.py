@@ -156,13 +156,25 @@ async def _results(outcome: Any) -> AsyncIterator[Any]:
         await outcome
 
 
+def _encoded_or(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serializer, passing an answer already encoded (``bytes``, made off
+    the event loop: a 34 MB GetFlowRun answer) through as it is."""
+    if serialize is None:
+        return None
+
+    def encode(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return encode
+
+
 def guard(handler: _Handler[_Req, _Resp], method: str) -> _Handler[_Req, _Resp]:
     """The same method with a lenient deserializer and the refusal of malformed
     messages (``handler`` unchanged when it has no deserializer)."""
     deserialize = handler.request_deserializer
     if deserialize is None:
         return handler
-    parse, serialize = lenient(deserialize), handler.response_serializer
+    parse, serialize = lenient(deserialize), _encoded_or(handler.response_serializer)
     # The behaviours are coroutines and async generators here (grpc.aio), whatever the
     # grpc stubs' synchronous signatures say: Any.
 
