@@ -164,6 +164,14 @@ async def _empty_chunks() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
     await asyncio.Event().wait()  # until the call ends (the request stream is cancelled)
 
 
+async def _neither() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
+    """A header, then a message with neither a chunk nor a header (it was told "only
+    one header per upload", a user trial)."""
+    header = payload_pb2.UploadPayloadHeader(size_bytes=1, metadata={"encoding": "json"})
+    yield payload_pb2.UploadPayloadRequest(header=header)
+    yield payload_pb2.UploadPayloadRequest()
+
+
 async def _no_encoding() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
     yield payload_pb2.UploadPayloadRequest(header=payload_pb2.UploadPayloadHeader(size_bytes=1))
 
@@ -194,6 +202,7 @@ async def _no_encoding() -> AsyncIterator[payload_pb2.UploadPayloadRequest]:
         (_chunks_only, grpc.StatusCode.INVALID_ARGUMENT, "start with its header"),
         (_nothing, grpc.StatusCode.INVALID_ARGUMENT, "no header"),
         (_two_headers, grpc.StatusCode.INVALID_ARGUMENT, "one header"),
+        (_neither, grpc.StatusCode.INVALID_ARGUMENT, "neither a chunk nor a header"),
         (_no_encoding, grpc.StatusCode.INVALID_ARGUMENT, "'encoding'"),
     ],
 )

@@ -164,8 +164,12 @@ class PayloadServicer(payload_pb2_grpc.PayloadServiceServicer):
                         head += chunk[: PREVIEW_BYTES - len(head)]
                     if len(pending) >= CHUNK_SIZE:
                         await self._write(upload, pending, context)
-                else:
+                elif part == "header":
                     await context.abort(invalid, "only one header per upload, then chunks")
+                else:
+                    await context.abort(
+                        invalid, "an upload message carries neither a chunk nor a header"
+                    )
             if upload is None:
                 await context.abort(invalid, "empty upload: no header was sent")
             assert upload is not None
