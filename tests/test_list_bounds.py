@@ -288,3 +288,31 @@ def test_a_large_runs_answer_with_its_task_runs_is_encoded_off_the_loop_alike(
         assert keys == [f"t{i}" for i in range(30)]
 
     against_server(tmp_path, body)
+
+
+def test_a_child_flows_result_nested_over_the_limit_fails_its_subflow_node() -> None:
+    """A child flow's result nests its graph's inputs around its tasks' values: each
+    level of subflows could nest deeper, up to answers no client decodes (read in the
+    code by a helper). It is checked as a worker's result is when it becomes the
+    subflow node's."""
+    from headwater.wire import FlowRunState
+    from headwater_runtime.engine import TaskFailed, TaskSucceeded
+    from headwater_runtime.server._children import RESULT_REFUSED, subflow_event
+    from headwater_runtime.store import FlowRunRow
+
+    def nested(depth: int) -> payload_pb2.Value:
+        value = payload_pb2.Value()
+        inner = value
+        for _ in range(depth - 1):
+            inner = inner.items.add()
+        return value
+
+    row = FlowRunRow("c1", "child", "1", FlowRunState.SUCCESS.value, 1.0)
+    row.parent_task_key, row.parent_attempt = "sub", 2
+    limits = Limits(max_nesting=5)
+    taken = subflow_event(row, nested(5), limits)
+    assert isinstance(taken, TaskSucceeded) and (taken.key, taken.attempt) == ("sub", 2)
+    refused = subflow_event(row, nested(6), limits)
+    assert isinstance(refused, TaskFailed) and refused.failure.type == RESULT_REFUSED
+    assert "the result of child flow run c1" in refused.failure.message
+    assert "max_nesting = 5" in refused.failure.message and not refused.failure.retryable

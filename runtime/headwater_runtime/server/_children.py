@@ -24,16 +24,27 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import payload_pb2
 from headwater.wire import (
+    FailureInfo,
+    FlowRunState,
     GraphSpec,
+    Limits,
     result_split,
     split_child_key,
     split_task_run_id,
     task_run_id,
 )
-from headwater_runtime.engine import FlowRunEngine, RunTask, TaskRunRecord
+from headwater_runtime.engine import (
+    FlowRunEngine,
+    RunTask,
+    TaskFailed,
+    TaskRunRecord,
+    TaskSucceeded,
+    subflow_outcome,
+)
 from headwater_runtime.store import FlowRunRow
 from headwater_runtime.tracing import inject
 
+from ._limits import InvalidValue, LimitExceeded, check_value
 from ._values import split_part, to_result_value
 
 if TYPE_CHECKING:
@@ -189,6 +200,30 @@ def result_value(engine: FlowRunEngine) -> Any:
     return to_result_value(engine.result) if engine.result is not None else None
 
 
+#: The failure type of a subflow node whose child's result the server cannot take
+#: (the same as a worker's refused result: server/_reports.py).
+RESULT_REFUSED = "headwater.ResultRefused"
+
+
+def subflow_event(
+    row: FlowRunRow, result: Any, limits: Limits, engine: FlowRunEngine | None = None
+) -> TaskSucceeded | TaskFailed:
+    """How a subflow node's attempt ends, its child ``row`` having ended with
+    ``result`` (``subflow_outcome``), once the result is checked as a worker's is: a
+    child's result nests its graph's inputs around its tasks' values, so each level of
+    subflows could nest values deeper than ``max_nesting`` allows, up to messages no
+    client can decode. Over a limit the node fails (not retryable)."""
+    key, attempt = row.parent_task_key, row.parent_attempt
+    if isinstance(result, payload_pb2.Value):
+        try:
+            check_value(result, limits, f"the result of child flow run {row.id}")
+        except (LimitExceeded, InvalidValue) as exc:
+            failure = FailureInfo(type=RESULT_REFUSED, message=str(exc), retryable=False)
+            return TaskFailed(key, attempt, failure)
+    state = FlowRunState(row.state)
+    return subflow_outcome(key, attempt, row.id, row.flow_name, state, result, row.message, engine)
+
+
 def parent_fields(parent: tuple[str, str, int] | None) -> Mapping[str, Any]:
     """The FlowRunRow fields of a child's link to its parent (none for a top-level run)."""
     if parent is None:
@@ -203,5 +238,6 @@ __all__ = [
     "SubflowStart",
     "parent_fields",
     "result_value",
+    "subflow_event",
     "subflow_start",
 ]

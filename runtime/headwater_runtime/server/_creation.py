@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import FailureInfo, FlowRunState, GraphBuildNeeded, GraphError, ParameterError
-from headwater_runtime.engine import TaskFailed, TaskStarted, subflow_outcome
+from headwater_runtime.engine import TaskFailed, TaskStarted
 from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow, Store
 
 from ._access import CALLER
 from ._builds import BuildUnavailable, Built, GraphBuilds, NoBuilder
-from ._children import SubflowStart
+from ._children import SubflowStart, subflow_event
 from ._dispatch import stored_payloads
 from ._gc import release_later
 from ._io import to_its_end
@@ -307,15 +307,7 @@ class RunCreation:
             if not created and FlowRunState(row.state).is_terminal:
                 # Started before a restart and ended since: report how it ended.
                 result = await core.io.read(flow_result, core.store, row)
-                event = subflow_outcome(
-                    start.key,
-                    start.attempt,
-                    row.id,
-                    row.flow_name,
-                    FlowRunState(row.state),
-                    result,
-                    row.message,
-                )
+                event = subflow_event(row, result, core.settings.limits)
                 runs.handle(start.parent_id, event)
         core.touch()
 

@@ -59,7 +59,6 @@ from headwater_runtime.engine import (
     TaskSucceeded,
     WriteCache,
     replay,
-    subflow_outcome,
 )
 from headwater_runtime.store import (
     CacheRow,
@@ -88,6 +87,7 @@ from ._children import (
     SubflowStart,
     parent_fields,
     result_value,
+    subflow_event,
     subflow_start,
 )
 from ._flows import FlowGraphs
@@ -820,9 +820,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             return  # the attempt is over already (it timed out, or the parent was cancelled)
         state = FlowRunState(row.state)
         result = result_value(engine) if state is FlowRunState.SUCCESS else None
-        event = subflow_outcome(
-            key, attempt, row.id, row.flow_name, state, result, row.message, engine
-        )
+        event = subflow_event(row, result, self.limits, engine)
         self._process(parent, parent.journal.handle(event))
 
     def _finish(self, active: ActiveRun, state: FlowRunState) -> None:
