@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from headwater.v1 import payload_pb2, run_pb2
@@ -166,6 +166,7 @@ class RunReads:
         self.store = core.store
         self.io = core.io
         self._spilled: OrderedDict[bytes, payload_pb2.Value] = OrderedDict()
+        self._large = asyncio.Semaphore(1)  # large runs' encoded views (``view``)
 
     # ------------------------------------------------------------------ runs
 
@@ -220,23 +221,45 @@ class RunReads:
         per poll, not four. With its task runs, the run is read in one snapshot of the
         store: its row and its task runs are of the same commit (read one after the
         other, a SUCCESS row could come with task runs still RUNNING). A run of more
-        than VIEW_ON_LOOP named by its whole id has its task runs encoded there too,
-        one at a time (as GetFlowRunResponse.task_runs: the last item; the list is then
-        empty); why task runs wait is the server's own state, read on the loop first."""
-        reasons = self.core.waiting(run_id) if task_runs and run_id else {}
+        than VIEW_ON_LOOP task runs (and journal entries) has them encoded on the
+        reader thread, one at a time, as GetFlowRunResponse.task_runs (the last item;
+        the list is then empty), one such run at a time."""
+        if task_runs:
+            row_id, size = await self.io.read(self._sized, run_id)
+            if size > VIEW_ON_LOOP:
+                reasons = self.core.waiting(row_id)  # (the server's own state: here)
+                async with self._large:  # each holds all of its rows meanwhile
+                    return await self._encoded(row_id, reasons)
+            run_id = row_id
 
-        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow], list[run_pb2.TaskRun], bytes]:
+        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow], list[run_pb2.TaskRun]]:
             if not task_runs:
                 row, parts = self._parts(self._resolve(run_id))
-                audit = self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
-                return row, parts, audit, [], b""
+                return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN), []
             with self.store.snapshot():
                 row = self._resolve(run_id)
                 parts = self._read_parts(row)
-                audit = self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
-                large = self.store.run_sizes([row.id]).get(row.id, 0) > VIEW_ON_LOOP
-                if not large or row.id != run_id:
-                    return row, parts, audit, self._task_runs(row.id), b""
+                runs = self._task_runs(row.id)
+                return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN), runs
+
+        row, parts, entries, runs = await self.io.read(read)
+        self._with_waiting(row.id, runs)
+        return row, _assemble(row, parts), entries, runs, b""
+
+    def _sized(self, run_id: str) -> tuple[str, int]:
+        """A run's id (``run_id`` may be a prefix) and what it stores (reader thread)."""
+        row_id = self._resolve(run_id).id
+        return row_id, self.store.run_sizes([row_id]).get(row_id, 0)
+
+    async def _encoded(
+        self, run_id: str, reasons: Mapping[str, str]
+    ) -> tuple[FlowRunRow, run_pb2.FlowRun, list[AuditRow], list[run_pb2.TaskRun], bytes]:
+        """``view`` of a large run with its task runs encoded (see ``view``)."""
+
+        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow], bytes]:
+            with self.store.snapshot():
+                row = self.store.get_flow_run(run_id)
+                parts = self._read_parts(row)
                 encoded = bytearray()
                 for task_run in self._task_run_messages(row.id):
                     why = reasons.get(task_run.id)
@@ -244,11 +267,11 @@ class RunReads:
                         task_run.waiting = why
                     data = task_run.SerializeToString()
                     encoded += _TASK_RUNS_TAG + _varint(len(data)) + data
-                return row, parts, audit, [], bytes(encoded)
+                audit = self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
+                return row, parts, audit, bytes(encoded)
 
-        row, parts, entries, runs, encoded = await self.io.read(read)
-        self._with_waiting(row.id, runs)
-        return row, _assemble(row, parts), entries, runs, encoded
+        row, parts, entries, encoded = await self.io.read(read)
+        return row, _assemble(row, parts), entries, [], encoded
 
     def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
         """A run's task runs with their history (failures included) and results
