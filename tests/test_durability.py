@@ -636,6 +636,19 @@ def _delivered_then_restarting(
     store.reading.clear()
 
 
+def _held_at_restart(
+    tmp_path: Path, holder: str = HOLDER_W
+) -> tuple[SlowReplayStore, FlowRunRow, worker_pb2.Assignment]:
+    """A stored run with three attempts in flight, the first delivered to worker "w"
+    (``holder``), the others never delivered, whose next server holds its replay until
+    ``store.released``: the store, the run, the delivered attempt."""
+    store = SlowReplayStore(tmp_path / "hw.db")
+    manager, dispatch, row = _expanded_run(store, 3)
+    held = dispatch.submitted[0].assignment
+    _delivered_then_restarting(store, manager, row, held, holder)
+    return store, row, held
+
+
 def test_a_run_being_resumed_holds_its_calls_and_keeps_what_workers_reclaim(
     tmp_path: Path,
 ) -> None:
@@ -1016,10 +1029,7 @@ def test_a_task_of_a_run_being_resumed_can_start_a_child_flow_run(tmp_path: Path
     """A task a reconnected worker runs may start a child flow run while a restarted
     server is still replaying the task's own run: the call waits for that replay and
     is checked then (before, it was refused: the attempt was not running yet)."""
-    store = SlowReplayStore(tmp_path / "hw.db")
-    manager, dispatch, row = _expanded_run(store, 3)
-    held = dispatch.submitted[0].assignment
-    _delivered_then_restarting(store, manager, row, held)
+    store, row, held = _held_at_restart(tmp_path)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):

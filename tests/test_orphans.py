@@ -18,8 +18,7 @@ from test_durability import (
     HOLDER_W,
     SlowReplayStore,
     StreamWorker,
-    _delivered_then_restarting,
-    _expanded_run,
+    _held_at_restart,
     create,
     finished,
     replaying,
@@ -51,14 +50,25 @@ async def _ran_once(channel: grpc.aio.Channel, run_id: str) -> None:
 
 
 def _stored_run(tmp_path: Path) -> tuple[SlowReplayStore, str, worker_pb2.Assignment]:
-    """A stored run with three attempts in flight, the first delivered to worker "w"
-    (the others never delivered); the store, the run's id, the delivered attempt."""
-    store = SlowReplayStore(tmp_path / "hw.db")
-    manager, dispatch, row = _expanded_run(store, 3)
-    held = dispatch.submitted[0].assignment
-    _delivered_then_restarting(store, manager, row, held)
-    store.released.set()  # (no slow replay)
+    """``_held_at_restart``, replayed at once: the store, the run's id, the attempt."""
+    store, row, held = _held_at_restart(tmp_path)
+    store.released.set()
     return store, row.id, held
+
+
+async def _holder_finishes(
+    channel: grpc.aio.Channel, held: worker_pb2.Assignment, run_id: str
+) -> None:
+    """Worker "w" reconnects naming ``held``, keeps it, reports it; the run succeeds
+    with each task run once."""
+    worker = StreamWorker(channel, "w", slots=4, running=[held.token])
+    kept = (await worker.next("welcome")).keep_running
+    assert [t.task_run_id for t in kept] == [held.token.task_run_id]
+    worker.send(result=worker.result(held))
+    assert (await worker.next("ack")).accepted
+    await _finish_with(worker, channel, run_id)
+    await _ran_once(channel, run_id)
+    await worker.close()
 
 
 def test_only_the_worker_an_attempt_was_handed_to_keeps_it_after_a_restart(
@@ -134,10 +144,7 @@ def test_a_worker_back_during_the_replay_without_its_attempt_gets_it_again_when_
 ) -> None:
     """The same, with the worker reconnecting while the run is still replayed: once
     the run is live the attempt is sent again at once."""
-    store = SlowReplayStore(tmp_path / "hw.db")
-    manager, dispatch, row = _expanded_run(store, 3)
-    held = dispatch.submitted[0].assignment
-    _delivered_then_restarting(store, manager, row, held)
+    store, row, _ = _held_at_restart(tmp_path)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):
@@ -159,10 +166,7 @@ def test_a_claim_during_the_replay_of_an_attempt_handed_to_another_worker_is_tak
     """A worker of the same task types names, while the run is replayed, an attempt
     that was handed to another: once the run is live it is told to cancel it, and the
     worker it was handed to keeps it."""
-    store = SlowReplayStore(tmp_path / "hw.db")
-    manager, dispatch, row = _expanded_run(store, 3)
-    held = dispatch.submitted[0].assignment
-    _delivered_then_restarting(store, manager, row, held)
+    store, row, held = _held_at_restart(tmp_path)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):
@@ -173,14 +177,7 @@ def test_a_claim_during_the_replay_of_an_attempt_handed_to_another_worker_is_tak
             await asyncio.wait_for(running.core.recovered.wait(), BOUND)
             assert (await intruder.next("cancel")).token.task_run_id == held.token.task_run_id
             await intruder.close()
-            worker = StreamWorker(channel, "w", slots=4, running=[held.token])
-            kept = (await worker.next("welcome")).keep_running
-            assert [t.task_run_id for t in kept] == [held.token.task_run_id]
-            worker.send(result=worker.result(held))
-            assert (await worker.next("ack")).accepted
-            await _finish_with(worker, channel, row.id)
-            await _ran_once(channel, row.id)
-            await worker.close()
+            await _holder_finishes(channel, held, row.id)
 
     asyncio.run(main())
 

@@ -17,7 +17,7 @@ from test_durability import (
     SlowReplayStore,
     StreamWorker,
     _delivered_then_restarting,
-    _expanded_run,
+    _held_at_restart,
     _until,
     finished,
     replaying,
@@ -52,10 +52,7 @@ def test_a_claim_made_during_a_replay_by_a_worker_of_another_task_type_is_taken_
     the run is live it is told to cancel the attempt, its result is refused, and the
     worker that held it reconnects, keeps it and its result counts (the forged one
     became the run's result before)."""
-    store = SlowReplayStore(tmp_path / "hw.db")
-    manager, dispatch, row = _expanded_run(store, 3)
-    held = dispatch.submitted[0].assignment
-    _delivered_then_restarting(store, manager, row, held)
+    store, row, held = _held_at_restart(tmp_path)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):
@@ -106,10 +103,7 @@ def test_a_worker_that_claims_others_attempts_during_a_replay_and_leaves_costs_n
     """The same claim, and the claiming worker goes away before the run is live: the
     attempt is not counted lost (its task keeps its retries and is not sent again);
     it waits for the worker that held it, which keeps it when it reconnects."""
-    store = SlowReplayStore(tmp_path / "hw.db")
-    manager, dispatch, row = _expanded_run(store, 3)
-    held = dispatch.submitted[0].assignment
-    _delivered_then_restarting(store, manager, row, held)
+    store, row, held = _held_at_restart(tmp_path)
 
     async def main() -> None:
         async with replaying(store) as (running, channel):
