@@ -250,42 +250,40 @@ def test_a_large_runs_answer_with_its_task_runs_is_encoded_off_the_loop_alike(
 ) -> None:
     """GetFlowRun with the task runs of a 200,000-task run held every other client ~1 s
     while its 34 MB answer was made on the event loop (a user trial): over VIEW_ON_LOOP
-    the task runs are encoded on the reader thread. The answer decodes to the same
-    message as one made the usual way, for raw stubs and the SDK alike."""
+    the task runs are encoded on the reader thread, and why queued ones wait is worked
+    out a part at a time. The answer is the one made the usual way (why each task run
+    waits included), for raw stubs and the SDK alike."""
     from headwater import Client
-    from headwater.wire import FlowRunState
-    from headwater_runtime.server import _reads
-    from headwater_runtime.store import FlowRunRow, StateRow, TaskRunRow, WriteBatch
+    from headwater_runtime.server import _reads, _waiting
 
     async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
-        store = running.store
-        run_id = "a" * 32
-        store.create_flow_run(FlowRunRow(run_id, "f", "1", FlowRunState.RUNNING.value, 1.0))
-        batch = WriteBatch()
-        for i in range(30):
-            key = f"t{i}"
-            batch.task_runs[(run_id, key)] = TaskRunRow(run_id, key, key, -1, 4, 1, 2.0, "w")
-            batch.states.append(StateRow(run_id, key, 0, 4, 2.0, 1, "", b""))
-        store.commit(batch)
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        tasks = [graph_pb2.TaskNode(id=f"t{i}", task_type="nobody") for i in range(30)]
+        graph = graph_pb2.FlowGraph(name="wide", tasks=tasks)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph))
+        created = await client.CreateFlowRun(cp.CreateFlowRunRequest(flow_name="wide"))
+        run_id = created.flow_run.id
         request = cp.GetFlowRunRequest(id=run_id, include_task_runs=True)
         usual = await client.GetFlowRun(request)
         varint = mock.Mock(wraps=_reads._varint)  # (only the encoding path uses it)
         with (
             mock.patch.object(_reads, "VIEW_ON_LOOP", 10),
             mock.patch.object(_reads, "_varint", varint),
+            mock.patch.object(_waiting, "REASONS_TURN", 7),  # several turns
         ):
             encoded = await client.GetFlowRun(request)
             assert varint.call_count == 30  # encoded off the loop, a task run at a time
 
             def sdk() -> list[str]:
                 with Client(f"127.0.0.1:{running.port}") as sdk_client:
-                    return [t.key for t in sdk_client.get(run_id, include_task_runs=True).task_runs]
+                    run = sdk_client.get(run_id, include_task_runs=True)
+                    return [t.key for t in run.task_runs]
 
             keys = await asyncio.to_thread(sdk)
         assert len(usual.task_runs) == 30
+        assert all("no connected worker" in t.waiting for t in usual.task_runs), usual
         assert encoded == usual
-        assert keys == [f"t{i}" for i in range(30)]
+        assert sorted(keys) == sorted(f"t{i}" for i in range(30))
 
     against_server(tmp_path, body)
 

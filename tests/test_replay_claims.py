@@ -76,7 +76,7 @@ def test_a_claim_made_during_a_replay_by_a_worker_of_another_task_type_is_taken_
 
             cancel = await intruder.next("cancel")
             assert cancel.token.task_run_id == held.token.task_run_id
-            assert "not one this worker can run" in cancel.reason
+            assert "not this worker's to keep after the restart" in cancel.reason
             ack = await intruder.next("ack")
             assert not ack.accepted and "taken back" in ack.reason
             assert running.core.dispatcher.owner((held.token.task_run_id, 1)) is None

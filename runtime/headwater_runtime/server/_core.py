@@ -72,7 +72,7 @@ from ._run_dispatch import holdable, inputs_of
 from ._runs import Recovery, Resumed, RunManager
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
-from ._waiting import start_timeout_failure, waiting_reasons
+from ._waiting import start_timeout_failure, waiting_reasons, waiting_reasons_in_turns
 from ._wide import WideWork
 
 log = logging.getLogger("headwater.server")
@@ -421,6 +421,14 @@ class ServerCore(WorkerReports):
             reasons[task_run_id(flow_run_id, key)] = why
         return reasons
 
+    async def waiting_in_turns(self, flow_run_id: str) -> dict[str, str]:
+        """``waiting`` for a run with many queued attempts, a part at a time (the loop
+        serves other calls in between)."""
+        reasons = await waiting_reasons_in_turns(self.dispatcher, flow_run_id)
+        for key, why in self.creation.reasons(flow_run_id).items():
+            reasons[task_run_id(flow_run_id, key)] = why
+        return reasons
+
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
         yet: it stays queued). A large run is cancelled on a reader thread
@@ -744,8 +752,9 @@ class ServerCore(WorkerReports):
                 continue
             self.dispatcher.revoke(token)
             why = (
-                f"attempt {token[1]} of task run {token[0]!r} is not one this worker can "
-                "run (its task type, labels or code), or is not in flight: not kept"
+                f"attempt {token[1]} of task run {token[0]!r} is not this worker's to keep "
+                "after the restart (it is over already, was handed to another worker, or "
+                "is not one this worker can run: its task type, labels or code)"
             )
             log.warning("worker %s claimed %s after the restart; %s", session.name, token, why)
             fencing = worker_pb2.FencingToken(task_run_id=token[0], attempt=token[1])

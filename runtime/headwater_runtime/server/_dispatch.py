@@ -280,6 +280,20 @@ class Dispatcher:
             heapq.heappush(self._start_by, entry)
         self.pump()
 
+    def queued_candidates(self, flow_run_id: str) -> list[PendingAssignment]:
+        """What ``queued`` looks at, copied (a C-level copy, fast even for 200,000): to
+        be filtered with ``is_queued`` a part at a time."""
+        found: list[PendingAssignment] = []
+        for runs in self._pending.values():
+            found.extend(runs.get(flow_run_id, ()))
+        found.extend(p for p in self.limits.waiting_attempts() if p.flow_run_id == flow_run_id)
+        return found
+
+    def is_queued(self, pending: PendingAssignment) -> bool:
+        """Whether ``pending`` (of ``queued_candidates``) is still waiting here."""
+        queued = self._queued.get(pending.flow_run_id, {})
+        return queued.get(pending.token) is pending or self.limits.reason(pending.token) != ""
+
     def queued(self, flow_run_id: str) -> list[PendingAssignment]:
         """The attempts of a flow run not yet handed to a worker: waiting for one, or
         on a limit (nothing is removed)."""

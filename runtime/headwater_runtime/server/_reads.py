@@ -227,8 +227,9 @@ class RunReads:
         if task_runs:
             row_id, size = await self.io.read(self._sized, run_id)
             if size > VIEW_ON_LOOP:
-                reasons = self.core.waiting(row_id)  # (the server's own state: here)
                 async with self._large:  # each holds all of its rows meanwhile
+                    # (The server's own state, on the loop: a part at a time.)
+                    reasons = await self.core.waiting_in_turns(row_id)
                     return await self._encoded(row_id, reasons)
             run_id = row_id
 

@@ -214,7 +214,7 @@ class WorkerReports:
                 session,
                 token,
                 f"attempt {token.attempt} of task run {token.task_run_id!r} was taken back "
-                "from this worker session (not one it can run)",
+                "from this worker session (not its to keep after the restart)",
             )
 
     def _held_report(

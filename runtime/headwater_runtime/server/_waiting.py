@@ -17,6 +17,7 @@ engine as never started (``TaskFailed.never_started``: SCHEDULED -> FAILED, no R
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -57,17 +58,44 @@ def waiting_reasons(dispatcher: Dispatcher, flow_run_id: str) -> dict[str, str]:
     workers' part is worked out once per task type, code and labels: per attempt, it
     looked at every session for each of a 200,000-task run's queued attempts, on the
     event loop, at every GetFlowRun with task runs (a user trial saw others wait 2 s)."""
+    known: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
+    return {p.token[0]: _reason(dispatcher, p, known) for p in dispatcher.queued(flow_run_id)}
+
+
+#: Queued attempts ``waiting_reasons_in_turns`` looks at per turn of the event loop.
+REASONS_TURN = 5_000
+
+
+async def waiting_reasons_in_turns(dispatcher: Dispatcher, flow_run_id: str) -> dict[str, str]:
+    """``waiting_reasons`` for a run with many queued attempts, REASONS_TURN at a time,
+    the event loop serving other calls between turns (200,000 at once held it 0.3 s
+    for each GetFlowRun of such a run, a user trial)."""
     reasons: dict[str, str] = {}
     known: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
-    for pending in dispatcher.queued(flow_run_id):
-        reason = dispatcher.limits.reason(pending.token)
-        if not reason:
-            key = (pending.task_type, pending.code_digest, tuple(sorted(pending.labels.items())))
-            reason = known.get(key, "")
-            if key not in known:
-                reason = known[key] = dispatcher.waiting_reason(pending)
-        reasons[pending.token[0]] = reason
+    candidates = dispatcher.queued_candidates(flow_run_id)
+    for start in range(0, len(candidates), REASONS_TURN):
+        if start:
+            await asyncio.sleep(0)
+        for pending in candidates[start : start + REASONS_TURN]:
+            if dispatcher.is_queued(pending):
+                reasons[pending.token[0]] = _reason(dispatcher, pending, known)
     return reasons
+
+
+def _reason(
+    dispatcher: Dispatcher,
+    pending: PendingAssignment,
+    known: dict[tuple[str, str, tuple[tuple[str, str], ...]], str],
+) -> str:
+    """``Dispatcher.waiting_reason``, its workers' part looked up in ``known`` by task
+    type, code and labels (the same for every attempt of a task node)."""
+    reason = dispatcher.limits.reason(pending.token)
+    if reason:
+        return reason
+    key = (pending.task_type, pending.code_digest, tuple(sorted(pending.labels.items())))
+    if key not in known:
+        known[key] = dispatcher.waiting_reason(pending)
+    return known[key]
 
 
 def start_timeout_failure(dispatcher: Dispatcher, pending: PendingAssignment) -> FailureInfo:
@@ -88,4 +116,5 @@ __all__ = [
     "start_timeout_failure",
     "waiting_reason",
     "waiting_reasons",
+    "waiting_reasons_in_turns",
 ]
