@@ -40,6 +40,12 @@ def _hello(**fields: Any) -> worker_pb2.ConnectRequest:
     return worker_pb2.ConnectRequest(hello=hello)
 
 
+def _runtime_hello(hostname: str) -> worker_pb2.ConnectRequest:
+    message = _hello()
+    message.hello.runtime.hostname = hostname
+    return message
+
+
 async def _queue_stream(
     queue: asyncio.Queue[worker_pb2.ConnectRequest | None],
 ) -> AsyncIterator[worker_pb2.ConnectRequest]:
@@ -62,6 +68,7 @@ def test_a_hello_with_too_many_or_too_long_entries_is_refused(tmp_path: Path) ->
             (_hello(labels={f"k{i}": "v" for i in range(51)}), "Hello.labels has 51 entries"),
             (_hello(capabilities=["x" * 201]), "Hello.capabilities has a name of 201"),
             (_hello(labels={"gpu": "y" * 201}), "Hello.labels['gpu'] is 201 characters"),
+            (_runtime_hello("h" * 1025), "Hello.runtime.hostname is 1025 characters"),
         ]
         for hello, said in cases:
 

@@ -29,6 +29,8 @@ log = logging.getLogger("headwater.server")
 
 _NOT_IN_BATCH = ("hello", "batch", None)
 
+#: The longest text of a Hello's RuntimeInfo (a host name may take 253).
+RUNTIME_CHARS = 1024
 #: Messages of a worker's batch handled in one turn of the event loop: a batch of
 #: 700,000 heartbeats (2.8 MB) held every other client 5 s (a user trial).
 BATCH_SLICE = 256
@@ -74,6 +76,11 @@ def _hello_problem(hello: worker_pb2.Hello, limits: Limits) -> str:
     for key, label in hello.labels.items():
         if len(label) > MAX_NAME:
             return f"Hello.labels[{key!r}] is {len(label)} characters long (at most {MAX_NAME})"
+    runtime = hello.runtime
+    for field in ("language", "language_version", "sdk_version", "hostname"):
+        text = getattr(runtime, field)
+        if len(text) > RUNTIME_CHARS:  # (shown in ListWorkers and the web UI)
+            return f"Hello.runtime.{field} is {len(text)} characters long (at most {RUNTIME_CHARS})"
     if not hello.worker_id:
         return "Hello needs a worker_id"
     if hello.slots < 1:
