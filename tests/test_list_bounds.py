@@ -272,10 +272,10 @@ def test_a_large_runs_answer_with_its_task_runs_is_encoded_off_the_loop_alike(
         run_id = created.flow_run.id
         request = cp.GetFlowRunRequest(id=run_id, include_task_runs=True)
         usual = await client.GetFlowRun(request)
-        varint = mock.Mock(wraps=_reads._varint)  # (only the encoding path uses it)
+        varint = mock.Mock(wraps=_reads.length_delimited)  # (only the encoding path)
         with (
             mock.patch.object(_reads, "VIEW_ON_LOOP", 10),
-            mock.patch.object(_reads, "_varint", varint),
+            mock.patch.object(_reads, "length_delimited", varint),
             mock.patch.object(_waiting, "REASONS_TURN", 7),  # several turns
         ):
             encoded = await client.GetFlowRun(request)

@@ -416,15 +416,16 @@ class ServerCore(WorkerReports):
         tags, a worker with other code for the task, no connected worker offers it or
         all are drained or busy (``Dispatcher.waiting_reason``), a subflow waiting for a
         worker to build its child's graph (``_creation``)."""
-        reasons = waiting_reasons(self.dispatcher, flow_run_id)
-        for key, why in self.creation.reasons(flow_run_id).items():
-            reasons[task_run_id(flow_run_id, key)] = why
-        return reasons
+        return self._with_builds(flow_run_id, waiting_reasons(self.dispatcher, flow_run_id))
 
     async def waiting_in_turns(self, flow_run_id: str) -> dict[str, str]:
         """``waiting`` for a run with many queued attempts, a part at a time (the loop
         serves other calls in between)."""
         reasons = await waiting_reasons_in_turns(self.dispatcher, flow_run_id)
+        return self._with_builds(flow_run_id, reasons)
+
+    def _with_builds(self, flow_run_id: str, reasons: dict[str, str]) -> dict[str, str]:
+        """``reasons`` and why subflow nodes wait for a graph build (``_creation``)."""
         for key, why in self.creation.reasons(flow_run_id).items():
             reasons[task_run_id(flow_run_id, key)] = why
         return reasons

@@ -290,22 +290,15 @@ class Dispatcher:
         return found
 
     def is_queued(self, pending: PendingAssignment) -> bool:
-        """Whether ``pending`` (of ``queued_candidates``) is still waiting here."""
+        """Whether ``pending`` (of ``queued_candidates``) is still waiting here: queued
+        (not taken out early: cancelled, claimed) or on a limit."""
         queued = self._queued.get(pending.flow_run_id, {})
         return queued.get(pending.token) is pending or self.limits.reason(pending.token) != ""
 
     def queued(self, flow_run_id: str) -> list[PendingAssignment]:
         """The attempts of a flow run not yet handed to a worker: waiting for one, or
         on a limit (nothing is removed)."""
-        queued = self._queued.get(flow_run_id, {})
-        found = [
-            pending
-            for runs in self._pending.values()
-            for pending in runs.get(flow_run_id, ())
-            if queued.get(pending.token) is pending  # not taken out early
-        ]
-        found.extend(p for p in self.limits.waiting_attempts() if p.flow_run_id == flow_run_id)
-        return found
+        return [p for p in self.queued_candidates(flow_run_id) if self.is_queued(p)]
 
     @property
     def next_start_by(self) -> float | None:

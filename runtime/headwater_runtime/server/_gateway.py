@@ -169,9 +169,7 @@ class GatewayServicer(worker_pb2_grpc.WorkerGatewayServiceServicer):
                     if kind == "batch":
                         if len(message.batch.messages) > most:
                             what = f"a batch of {len(message.batch.messages)} messages"
-                            refusal.append(
-                                str(core.settings.limits.exceeded("max_list_items", what))
-                            )
+                            refusal.append(str(limits.exceeded("max_list_items", what)))
                             return
                         inner = [
                             m

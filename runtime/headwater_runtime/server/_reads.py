@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from headwater.v1 import payload_pb2, run_pb2
+from headwater.v1 import control_plane_pb2, payload_pb2, run_pb2
 from headwater.wire import (
     ENCODING_KEY,
     MESSAGE_BUDGET,
@@ -39,6 +39,7 @@ from ._core import ServerCore
 from ._notices import drain
 from ._ops_core import flow_run_extras, run_facts
 from ._queries import as_one, failed_task_ids, flow_result
+from ._slices import length_delimited
 from ._spill import spill_value
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -121,20 +122,8 @@ AUDIT_SHOWN = 1000
 #: run at a time (a 200,000-task run's 34 MB answer held every other client ~1 s, and
 #: four at once took the server to 2.2 GB, a user trial).
 VIEW_ON_LOOP = 5_000
-#: The field number of GetFlowRunResponse.task_runs, as it is encoded (length-delimited).
-_TASK_RUNS_TAG = bytes([2 << 3 | 2])
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+#: The field number of GetFlowRunResponse.task_runs (encoded one by one, ``_encoded``).
+_TASK_RUNS = control_plane_pb2.GetFlowRunResponse.DESCRIPTOR.fields_by_name["task_runs"].number
 
 
 _Parts = tuple[payload_pb2.Value | None, list[RunAttemptRow], LateRow | None, list[str]]
@@ -224,33 +213,28 @@ class RunReads:
         than VIEW_ON_LOOP task runs (and journal entries) has them encoded on the
         reader thread, one at a time, as GetFlowRunResponse.task_runs (the last item;
         the list is then empty), one such run at a time."""
-        if task_runs:
-            row_id, size = await self.io.read(self._sized, run_id)
-            if size > VIEW_ON_LOOP:
-                async with self._large:  # each holds all of its rows meanwhile
-                    # (The server's own state, on the loop: a part at a time.)
-                    reasons = await self.core.waiting_in_turns(row_id)
-                    return await self._encoded(row_id, reasons)
-            run_id = row_id
 
-        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow], list[run_pb2.TaskRun]]:
+        def read() -> tuple[FlowRunRow, _Parts, list[AuditRow], list[run_pb2.TaskRun]] | str:
             if not task_runs:
                 row, parts = self._parts(self._resolve(run_id))
                 return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN), []
             with self.store.snapshot():
                 row = self._resolve(run_id)
+                if self.store.run_sizes([row.id]).get(row.id, 0) > VIEW_ON_LOOP:
+                    return row.id  # (large: ``_encoded``)
                 parts = self._read_parts(row)
                 runs = self._task_runs(row.id)
                 return row, parts, self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN), runs
 
-        row, parts, entries, runs = await self.io.read(read)
+        found = await self.io.read(read)
+        if isinstance(found, str):
+            async with self._large:  # each holds all of its rows meanwhile
+                # (The server's own state, on the loop: a part at a time.)
+                reasons = await self.core.waiting_in_turns(found)
+                return await self._encoded(found, reasons)
+        row, parts, entries, runs = found
         self._with_waiting(row.id, runs)
         return row, _assemble(row, parts), entries, runs, b""
-
-    def _sized(self, run_id: str) -> tuple[str, int]:
-        """A run's id (``run_id`` may be a prefix) and what it stores (reader thread)."""
-        row_id = self._resolve(run_id).id
-        return row_id, self.store.run_sizes([row_id]).get(row_id, 0)
 
     async def _encoded(
         self, run_id: str, reasons: Mapping[str, str]
@@ -266,8 +250,7 @@ class RunReads:
                     why = reasons.get(task_run.id)
                     if why:
                         task_run.waiting = why
-                    data = task_run.SerializeToString()
-                    encoded += _TASK_RUNS_TAG + _varint(len(data)) + data
+                    encoded += length_delimited(_TASK_RUNS, task_run.SerializeToString())
                 audit = self.store.audit_entries("flow_run", row.id, AUDIT_SHOWN)
                 return row, parts, audit, bytes(encoded)
 

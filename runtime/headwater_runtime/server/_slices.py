@@ -136,6 +136,14 @@ def parse_in_slices(cls: Any, data: bytes) -> Any:
 _LENGTHS = [_encode_varint(n) for n in range(1 << 14)]
 
 
+def length_delimited(number: int, data: bytes) -> bytes:
+    """``data`` encoded as length-delimited field ``number`` of a message (its tag, its
+    length, itself): one element of a repeated message field."""
+    size = len(data)
+    length = _LENGTHS[size] if size < len(_LENGTHS) else _encode_varint(size)
+    return _encode_varint(number << 3 | 2) + length + data
+
+
 def serialize_in_slices(message: Any, field_name: str, size: int = 1000) -> bytes:
     """``message.SerializeToString(deterministic=True)``, byte for byte, built a
     piece at a time so that the GIL is given up between pieces: a 100,000-task
