@@ -24,6 +24,7 @@ from headwater.wire import (
 )
 
 from ._core import ServerCore
+from ._limits import check_strings
 
 log = logging.getLogger("headwater.server")
 
@@ -65,17 +66,17 @@ def _hello_problem(hello: worker_pb2.Hello, limits: Limits) -> str:
             return str(limits.exceeded("max_list_items", what))
     names = [
         *(("Hello.capabilities", c) for c in hello.capabilities),
-        *(("Hello.labels", k) for k in hello.labels),
-        *(("Hello.code_digests", k) for k in hello.code_digests),
         *(("Hello.flows", f.name) for f in hello.flows),
         *(("Hello.features", f) for f in hello.features),
     ]
     for field, name in names:
         if len(name) > MAX_NAME:
             return f"{field} has a name of {len(name)} characters (at most {MAX_NAME})"
-    for key, label in hello.labels.items():
-        if len(label) > MAX_NAME:
-            return f"Hello.labels[{key!r}] is {len(label)} characters long (at most {MAX_NAME})"
+    problem = check_strings("Hello.labels", hello.labels) or check_strings(
+        "Hello.code_digests", hello.code_digests
+    )
+    if problem:
+        return problem
     runtime = hello.runtime
     for field in ("language", "language_version", "sdk_version", "hostname"):
         text = getattr(runtime, field)
