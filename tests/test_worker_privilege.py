@@ -192,6 +192,9 @@ def test_a_worker_references_in_its_results_only_payloads_it_may_read(tmp_path: 
             await asyncio.wait_for(running.stop(None), 30)
         running = await start_server(ServerSettings(port=running.port, db=str(db)))
         try:
+            # Once the run is live: while it is replayed, any claim is kept and checked
+            # only when it goes live (tests/test_replay_claims.py; seen once in CI).
+            await asyncio.wait_for(running.core.recovered.wait(), 60)
             async with open_aio_channel(address, TLSSettings()) as channel:
                 assert await _download(channel, worker, own.payload_id) == grpc.StatusCode.OK
                 # A worker that could not have been given it names it first: not kept
