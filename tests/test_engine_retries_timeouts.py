@@ -21,6 +21,7 @@ from headwater_runtime.engine import (
     TaskFailed,
     TaskLost,
     TaskSkipped,
+    TaskStarted,
     TaskSucceeded,
     retry_delay,
 )
@@ -285,6 +286,33 @@ def test_without_auto_start_the_timeout_counts_from_task_started() -> None:
     assert d.tick(4.9) == []
     d.tick(0.1)
     assert d.state("a") is S.TIMED_OUT
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [(-2.0, -2.0), (-9.0, -5.0), (1.0, 0.0), (None, 0.0)],
+    ids=["within", "before-scheduled", "in-the-future", "not-said"],
+)
+def test_task_started_gives_running_the_workers_start_within_its_window(
+    reported: float | None, expected: float
+) -> None:
+    """A worker reports TaskStarted a moment after the start (the Python worker 50 ms
+    later) with the real start: RUNNING, the attempt's start and so its duration take
+    it (a 1 s task showed 0.95 s on a server), kept between the attempt's SCHEDULED
+    state and now (another machine's clock). The backstop timeout still counts from
+    now: the worker times the attempt itself."""
+    d = Driver(flow(task("a", timeout=10)), auto_start=False)
+    d.clock.advance(5)  # SCHEDULED at t0 - 5 from the report's point of view
+    now = d.clock.now()
+    at = None if reported is None else now + reported
+    d.send(TaskStarted("a", 1, at))
+    running = d.runs["a"].history[-1]
+    assert running.state is S.RUNNING and running.timestamp == now + expected
+    assert d.runs["a"].attempts[0].started_at == now + expected
+    assert d.engine.next_timer_at == now + 10
+    d.clock.advance(1)
+    d.succeed("a", "v")
+    assert d.runs["a"].attempts[0].ended_at == now + 1
 
 
 def test_without_auto_start_a_result_without_started_is_accepted() -> None:

@@ -739,6 +739,8 @@ def test_an_entry_written_before_never_started_existed_reads_as_started() -> Non
         TaskFailed("a", 3, FailureInfo("builtins.OSError", "flaky", retryable=False)),
         TaskLost("a", 2, "the worker stopped", given_back=True),
         TaskLost("a", 2),
+        TaskStarted("a", 1, 11.25),
+        TaskStarted("a", 2),
     ],
 )
 def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,7 +26,14 @@ from headwater.v1 import (
     worker_pb2,
     worker_pb2_grpc,
 )
-from headwater.wire import MAX_NESTING_CEILING, FlowRunState, TaskRunState, decode_value
+from headwater.wire import (
+    MAX_NESTING_CEILING,
+    FlowRunState,
+    TaskRunState,
+    decode_value,
+    seconds,
+    timestamp,
+)
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -843,3 +851,56 @@ def test_grpc_s_error_for_a_response_to_a_peer_that_went_away_is_not_logged() ->
     gone = cygrpc.ExecuteBatchError('Failed "execute_batch": (SendMessageOperation,)')
     assert not logger.filter(record(gone))
     assert logger.filter(record(RuntimeError("a servicer's own bug")))
+
+
+@pytest.mark.parametrize("clock", ["same", "ahead"])
+def test_a_task_runs_running_time_is_its_workers_reported_start(db: str, clock: str) -> None:
+    """TaskStarted.started_at is the task run's RUNNING time (docs/worker-protocol.md,
+    TaskStarted): the Python worker reports a start 50 ms late, and every task's time
+    on a server showed 50 ms short (a 1 s sleep as 0.95 s, a user trial). A worker's
+    clock ahead of the server's gives the report's arrival instead."""
+
+    async def main() -> None:
+        async with (
+            serving(db, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            running.core.runs.register_flow(sleepy_flow.compile())
+            row, _ = running.core.runs.create_run("sleepy_flow", "", {})
+            running.core.touch()
+            outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
+            hello = worker_pb2.Hello(
+                worker_id="w", protocol_version=1, capabilities=[sleepy.task_type], slots=1
+            )
+            await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+            async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+                while True:
+                    yield await outbox.get()
+
+            call = worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(requests())
+            async for response in call:
+                if response.HasField("assignment"):
+                    token = response.assignment.token
+                    began = time.time() + (3600.0 if clock == "ahead" else 0.0)
+                    await asyncio.sleep(0.1)  # (it reports the start later, as workers do)
+                    started = worker_pb2.TaskStarted(token=token, started_at=timestamp(began))
+                    await outbox.put(worker_pb2.ConnectRequest(started=started))
+                    result = worker_pb2.TaskResult(token=token, result=value_of(1))
+                    await outbox.put(worker_pb2.ConnectRequest(result=result))
+                elif response.HasField("ack"):
+                    break
+            call.cancel()
+            got = await control_plane_pb2_grpc.ControlPlaneServiceStub(channel).GetFlowRun(
+                cp.GetFlowRunRequest(id=row.id, include_task_runs=True), metadata=AUTH
+            )
+            at = {h.state: seconds(h.timestamp) for h in got.task_runs[0].history}
+            running_at = at[TaskRunState.RUNNING.value]
+            if clock == "same":
+                assert abs(running_at - began) < 1e-6
+                assert at[TaskRunState.SUCCESS.value] - running_at >= 0.1
+            else:  # its arrival: after the 0.1 s the worker waited, before the result's
+                assert running_at - at[TaskRunState.SCHEDULED.value] >= 0.1
+                assert running_at <= at[TaskRunState.SUCCESS.value]
+
+    asyncio.run(asyncio.wait_for(main(), 60))

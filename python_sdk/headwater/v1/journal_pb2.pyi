@@ -150,17 +150,26 @@ class AttemptStarted(google.protobuf.message.Message):
 
     KEY_FIELD_NUMBER: builtins.int
     ATTEMPT_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key in its flow run: the task id, or "id[i]" for mapped child i."""
     attempt: builtins.int
     """The attempt number (1 for the first)."""
+    started_at: builtins.float
+    """When the attempt began by its worker's clock (TaskStarted.started_at), in seconds
+    since the epoch; unset when the worker did not say. The RUNNING state takes it
+    when it lies between the attempt's SCHEDULED state and the entry's time.
+    """
     def __init__(
         self,
         *,
         key: builtins.str = ...,
         attempt: builtins.int = ...,
+        started_at: builtins.float | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "key", b"key"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "key", b"key", "started_at", b"started_at"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptStarted = AttemptStarted
 

@@ -269,7 +269,10 @@ class TaskStarted(google.protobuf.message.Message):
 
     @property
     def started_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
-        """When it started."""
+        """When it started, by the worker's clock: the task run's RUNNING time when it lies
+        between the attempt's SCHEDULED time and this message's arrival (else the nearer
+        of the two; unset: the arrival).
+        """
 
     def __init__(
         self,

@@ -20,10 +20,17 @@ MAX_GIVEN_BACK = 100
 
 @dataclass(frozen=True, slots=True)
 class TaskStarted:
-    """A dispatched attempt began executing (hosts that do not auto-start)."""
+    """A dispatched attempt began executing (hosts that do not auto-start).
+
+    ``at``: when it began by the reporter's clock (a worker sends its TaskStarted a
+    moment after the start). The attempt's RUNNING state takes that time when it lies
+    between the attempt's SCHEDULED state and the engine's clock now, else the
+    nearer of the two; None: now.
+    """
 
     key: str
     attempt: int
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

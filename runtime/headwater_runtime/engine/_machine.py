@@ -398,8 +398,10 @@ class FlowRunEngine:
         failure: FailureInfo | None = None,
         *,
         reopen: bool = False,
+        at: float | None = None,
     ) -> None:
         # ``reopen``: a flow run retry sends a terminal run back to PENDING (_rerun.py).
+        # ``at``: the state's time, when not now (an attempt's reported start).
         allowed = reopen and run.state.is_terminal and state is REOPENED
         if not allowed and state not in TRANSITIONS[run.state]:
             history = ", ".join(f"{e.state.name}@{e.attempt}" for e in run.history)
@@ -407,7 +409,8 @@ class FlowRunEngine:
                 f"task run {run.key!r}: {run.state.name} -> {state.name} is not allowed "
                 f"(history: {history})"
             )
-        entry = _new_entry(StateEntry, (state, self.clock.now(), run.attempt, message, failure))
+        when = self.clock.now() if at is None else at
+        entry = _new_entry(StateEntry, (state, when, run.attempt, message, failure))
         run.state = state
         run._history.append(entry)
         if state in TERMINAL_TASK_STATES:
@@ -471,7 +474,7 @@ class FlowRunEngine:
                 return
             # An outcome may arrive without its TaskStarted (lost, or never sent by a
             # minimal worker): the attempt evidently started.
-            self._start_attempt(run)
+            self._start_attempt(run, event.at if type(event) is TaskStarted else None)
         if isinstance(event, TaskStarted):
             pass
         elif isinstance(event, TaskSucceeded):
@@ -517,11 +520,15 @@ class FlowRunEngine:
         )
         return EventIgnored(event, reason)
 
-    def _start_attempt(self, run: TaskRunRecord) -> float | None:
-        """Mark the current attempt RUNNING; returns its deadline (None: no timeout)."""
-        self._transition(run, S.RUNNING)
-        now = run._history[-1].timestamp  # the same moment, and one float less per run
-        run._attempts.append(AttemptRecord(run.attempt, now))
+    def _start_attempt(self, run: TaskRunRecord, at: float | None = None) -> float | None:
+        """Mark the current attempt RUNNING (at ``at``, TaskStarted's, kept between its
+        SCHEDULED state and now); returns its deadline (None: no timeout), which counts
+        from now: the worker times the attempt itself, this is the backstop."""
+        now = self.clock.now()
+        if at is not None:
+            at = min(max(at, run._history[-1].timestamp), now)
+        self._transition(run, S.RUNNING, at=at)
+        run._attempts.append(AttemptRecord(run.attempt, run._history[-1].timestamp))
         timeout = run.spec.timeout
         if timeout is None:
             return None

@@ -186,7 +186,7 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
         succeeded.cached = event.cached
     elif isinstance(event, TaskStarted):
         msg.attempt_started.CopyFrom(
-            journal_pb2.AttemptStarted(key=event.key, attempt=event.attempt)
+            journal_pb2.AttemptStarted(key=event.key, attempt=event.attempt, started_at=event.at)
         )
     elif isinstance(event, TaskFailed):
         msg.attempt_failed.CopyFrom(
@@ -256,7 +256,8 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
     if which == "timers_fired":
         return JournalEntry(TIMERS, msg.at)
     if which == "attempt_started":
-        event = TaskStarted(msg.attempt_started.key, msg.attempt_started.attempt)
+        b = msg.attempt_started
+        event = TaskStarted(b.key, b.attempt, b.started_at if b.HasField("started_at") else None)
     elif which == "attempt_succeeded":
         s = msg.attempt_succeeded
         value = from_stored(s.value, loaded)

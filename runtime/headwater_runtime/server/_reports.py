@@ -239,7 +239,13 @@ class WorkerReports:
             return
         refused: tuple[StatusCode, str] | None = None
         if kind == "started":
-            event = TaskStarted(run_key, token.attempt)
+            # When it started by the worker's clock (it reports a moment later): the
+            # engine keeps it between the attempt's SCHEDULED state and now.
+            started = msg.started.started_at
+            at = seconds(started) if msg.started.HasField("started_at") else None
+            if at is not None and not valid_timestamp(started):
+                at = None
+            event = TaskStarted(run_key, token.attempt, at)
         elif kind == "result":
             self.exports.record(session, msg.result.result, flow_run_id)
             width = len(msg.result.result.items)
