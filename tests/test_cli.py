@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -159,6 +160,31 @@ def test_run_keeps_stdout_for_the_result_and_shows_task_prints_on_stderr(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [0, 1, 2, 3, 4, 5]
     assert all(f"step {i} done" in proc.stderr for i in range(6)), proc.stderr
+
+
+def test_a_flow_target_module_is_found_in_the_current_directory(tmp_path: Path) -> None:
+    """`headwater run shopc:daily` and `headwater graph mypkg.jobs:f` from the module's
+    folder: the installed command (not `python -m`, which adds the folder itself)
+    found them only with PYTHONPATH=., where `headwater worker --module shopc` did (a
+    newcomer's trial; --help says FILE.py[:FLOW] or package.module[:FLOW])."""
+    write(tmp_path, "shopc.py", GOOD)
+    (tmp_path / "mypkg").mkdir()
+    write(tmp_path, "mypkg/__init__.py", "")
+    write(tmp_path, "mypkg/jobs.py", GOOD)
+    command = Path(sys.executable).with_name("headwater")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for args in (["run", "shopc:pipeline"], ["graph", "--format", "json", "mypkg.jobs:pipeline"]):
+        proc = subprocess.run(
+            [str(command), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert json.loads(proc.stdout)["name"] == "pipeline"
 
 
 def test_run_prints_the_result_as_json_and_exits_0(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from ._cli_tokens import add_tokens_command
 from ._client import ServerError
 from ._errors import CommandError, FlowDefinitionError, Terminated, UsageError
 from ._flow import Flow
-from ._loader import LoadError, load_flow
+from ._loader import LoadError, load_flow, modules_from_cwd
 from ._run import FlowRun
 from ._worker_stop import DEFAULT_GRACE
 
@@ -259,9 +259,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     labels = parse_labels(args.label)
-    # Like `python -m`, find modules in the current directory.
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    modules_from_cwd()
 
     # Before the Worker: it decides once whether to trace, and gRPC channels it opens
     # must be instrumented.

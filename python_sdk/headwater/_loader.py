@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -108,11 +109,20 @@ def find_flow(module: ModuleType, name: str | None, origin: str) -> Flow[..., An
     )
 
 
+def modules_from_cwd() -> None:
+    """Like ``python -m``: find modules in the current directory (the CLI's commands
+    that take a module name, a worker's ``--module`` and a flow target alike)."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def load_flow(target: str) -> Flow[..., Any]:
-    """``path/to/file.py[:FLOW]`` or ``package.module[:FLOW]``."""
+    """``path/to/file.py[:FLOW]`` or ``package.module[:FLOW]`` (a module found from the
+    current directory too, as ``python -m`` finds it)."""
     location, _, name = target.partition(":")
     if location.endswith(".py") or "/" in location:
         module = load_file(location)
     else:
+        modules_from_cwd()
         module = load_module(location)
     return find_flow(module, name or None, location)
