@@ -187,6 +187,27 @@ def test_a_flow_target_module_is_found_in_the_current_directory(tmp_path: Path) 
     assert json.loads(proc.stdout)["name"] == "pipeline"
 
 
+def test_an_embedded_runs_failures_start_with_the_root_cause_and_the_tasks_own_frames(
+    tmp_path: Path,
+) -> None:
+    """The failed child of a map before the reduce its failure stopped (FlowRun.failures'
+    order: the downstream TRIGGER_FAILED came first), and its traceback from the task
+    function on: Headwater's own frames that called it came first and took the place of
+    the task's in the trimmed view (a newcomer's trial)."""
+    source = (
+        "from headwater import flow, task\n\n@task\ndef flaky(x: int) -> int:\n"
+        "    if x == 3:\n        raise ValueError(f'bad element {x}')\n    return x\n\n"
+        "@task\ndef total(xs: list) -> int:\n    return sum(xs)\n\n"
+        "@flow\ndef failing(n: int = 5) -> int:\n    return total(flaky.map(list(range(n))))\n"
+    )
+    proc = headwater_cli("run", write(tmp_path, "failing.py", source))
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr
+    assert err.index("flaky[3]: FAILED") < err.index("total: TRIGGER_FAILED"), err
+    assert "raise ValueError(f'bad element {x}')" in err
+    assert "traceback lines cut" not in err and "headwater_runtime" not in err, err
+
+
 def test_run_prints_the_result_as_json_and_exits_0(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("run", path)

@@ -103,8 +103,11 @@ def _show_embedded(run: FlowRun, *, full: bool) -> None:
         rows.append((record.task_id, record.key, record.state.name, record.attempt, took, ""))
     if rows:
         err.print(summary_table(rows))
-    for record in run.task_runs.values():
-        if record.state.is_failure and record.failure is not None:
+    # Root causes first, as FlowRun.failures lists them (then any other failed task run).
+    order = {failure.key: i for i, failure in enumerate(run.failures)}
+    failed = [r for r in run.task_runs.values() if r.state.is_failure and r.failure is not None]
+    for record in sorted(failed, key=lambda r: order.get(r.key, len(order))):
+        if record.failure is not None:
             err.print(printable(f"{record.key}: {record.state.name}"), markup=False)
             for line in failure_lines(record.failure, full=full):
                 err.print(f"  {line}", markup=False)

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any, NamedTuple
 
 from headwater.wire import FailureInfo
@@ -51,11 +52,22 @@ def failure_from_exception(
     return FailureInfo(
         type=error_type_name(type(exc)),
         message=str(exc),
-        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        traceback="".join(traceback.format_exception(type(exc), exc, _from_the_task(exc))),
         retryable=not isinstance(exc, no_retry_on) and not isinstance(exc, Skip),
         cause=cause,
         exception=exc,
     )
+
+
+def _from_the_task(exc: BaseException) -> TracebackType | None:
+    """An exception's traceback without Headwater's frames that called the task (this
+    module's, ``execute`` down to the call of the task function): they came first in
+    every task's traceback and pushed its own lines out of the CLI's cut. All of it
+    when no frame is another module's (a failure of Headwater's own)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb if tb is not None else exc.__traceback__
 
 
 Caller = Callable[[dict[str, Any]], Any]
