@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from test_run_manager import Clock, FakeDispatch, drain, pipeline, value_of, work
@@ -128,6 +129,37 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
                 "period above zero",
             ),
             (
+                # (stored before its answer failed: listing limits then failed with
+                # UNKNOWN for everyone, across restarts, a user trial)
+                stub.SetConcurrencyLimit(
+                    ops.SetConcurrencyLimitRequest(
+                        limit=ops.ConcurrencyLimit(
+                            tag="db", rate=1, rate_period=Duration(seconds=2**63 - 1)
+                        )
+                    )
+                ),
+                code.INVALID_ARGUMENT,
+                "a rate's period is 9.22337e+18 seconds (at most 315,576,000,000",
+            ),
+            (
+                stub.SetConcurrencyLimit(
+                    ops.SetConcurrencyLimitRequest(
+                        limit=ops.ConcurrencyLimit(tag="db\x00", concurrency=1)
+                    )
+                ),
+                code.INVALID_ARGUMENT,
+                "a limit's tag 'db\\x00' must not contain control characters",
+            ),
+            (
+                stub.SetConcurrencyLimit(
+                    ops.SetConcurrencyLimitRequest(
+                        limit=ops.ConcurrencyLimit(tag="t" * 100_000, concurrency=1)
+                    )
+                ),
+                code.INVALID_ARGUMENT,
+                "a limit's tag is 100000 characters long (at most 200)",
+            ),
+            (
                 stub.DeleteConcurrencyLimit(ops.DeleteConcurrencyLimitRequest(tag="db")),
                 code.NOT_FOUND,
                 "tag 'db' has no limit",
@@ -174,6 +206,7 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
                 got,
                 details,
             )
+        assert running.core.store.list_limits() == []  # nothing refused was stored
         limit = ops.ConcurrencyLimit(tag="db", concurrency=2, rate=10)
         limit.rate_period.CopyFrom(duration(1.0))
         stored = await stub.SetConcurrencyLimit(ops.SetConcurrencyLimitRequest(limit=limit))

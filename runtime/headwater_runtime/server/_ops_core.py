@@ -18,7 +18,14 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import operations_pb2, run_pb2, state_pb2
-from headwater.wire import FlowRunState, duration, split_task_run_id, timestamp
+from headwater.wire import (
+    MAX_DURATION,
+    FlowRunState,
+    check_name,
+    duration,
+    split_task_run_id,
+    timestamp,
+)
 from headwater_runtime.engine import REPLAYS, FlowRunEngine, TaskRunRecord, not_retryable
 from headwater_runtime.store import (
     DeliveryCounts,
@@ -350,10 +357,18 @@ class Operations:
         limit of the server's settings, applied at its start)."""
         if not row.tag:
             raise ValueError("a limit needs a tag")
+        check_name("a limit's tag", row.tag)  # (a task's tags are names alike)
         if not row.concurrency and not row.rate:
             raise ValueError(f"limit of {row.tag!r}: give a concurrency, a rate or both")
         if row.rate and row.rate_period <= 0:
             raise ValueError(f"limit of {row.tag!r}: a rate needs a period above zero")
+        if row.rate and row.rate_period > MAX_DURATION:
+            # (Stored before its answer failed to encode it: every ListConcurrencyLimits
+            # then failed with UNKNOWN, across restarts, a user trial.)
+            raise ValueError(
+                f"limit of {row.tag!r}: a rate's period is {row.rate_period:g} seconds (at "
+                f"most {MAX_DURATION:,}, about 10,000 years)"
+            )
         await to_its_end(self._set_limit(row, audited), f"storing the limit of {row.tag!r}")
         return self.limit_message(row)
 
@@ -383,7 +398,8 @@ class Operations:
             waiting=self.limits.waiting(row.tag),
         )
         if row.rate:
-            msg.rate_period.CopyFrom(duration(row.rate_period))
+            # (A period over the bound was stored before it was checked: still shown.)
+            msg.rate_period.CopyFrom(duration(min(row.rate_period, MAX_DURATION)))
         return msg
 
     def limit_messages(self) -> list[operations_pb2.ConcurrencyLimit]:
