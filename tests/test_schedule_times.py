@@ -35,6 +35,7 @@ def utc(t: float) -> str:
         (-5.0, "", "", "interval must be positive"),
         (float("nan"), "", "", "interval must be positive"),
         (0.0004, "", "", "interval must be at least 1 ms"),
+        (3e11, "", "", "interval must be at most 3155760000 seconds (100 years), got 3e+11"),
         (None, "", "", "needs an interval or a cron"),
         (60.0, "* * * * *", "", "not both"),
         (None, "* * * * * *", "", "must have five fields"),

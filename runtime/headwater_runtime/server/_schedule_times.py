@@ -22,8 +22,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from headwater.wire import MAX_DURATION
-
 #: Most fire times one ``due_fires`` call returns (catch-up stays bounded per tick).
 MAX_FIRES_PER_TICK = 100
 
@@ -46,6 +44,12 @@ class Timing:
         return ZoneInfo(self.timezone)
 
 
+#: The longest interval (100 years, as a duration a person gives): a longer one (up to
+#: a Duration's 10,000 years was taken) put the first fire past 9999-12-31, which no
+#: Timestamp holds, and CreateSchedule failed with UNKNOWN (a hostile trial).
+MAX_INTERVAL = 100 * 365.25 * 86400
+
+
 def make_timing(
     every: float | None, cron: str, timezone: str = "", catchup: bool = False
 ) -> Timing:
@@ -62,9 +66,10 @@ def make_timing(
     if every is not None:
         if not math.isfinite(every) or every <= 0:
             raise ScheduleError(f"schedule interval must be positive, got {every} seconds")
-        if every > MAX_DURATION:
+        if every > MAX_INTERVAL:
             raise ScheduleError(
-                f"schedule interval must be at most {MAX_DURATION} seconds, got {every:g}"
+                f"schedule interval must be at most {MAX_INTERVAL:.0f} seconds (100 years), "
+                f"got {every:g}"
             )
         if round(every, 3) <= 0:
             raise ScheduleError(f"schedule interval must be at least 1 ms, got {every} seconds")
