@@ -238,6 +238,32 @@ def test_retrying_a_run_that_is_not_over_is_refused(db: str) -> None:
     call(db, body)
 
 
+def test_retrying_a_child_flow_run_on_its_own_is_refused(db: str) -> None:
+    """A child run's outcome is its parent's task run's: retried alone (a hostile
+    trial, while its parent ran), the child ended SUCCESS while the parent kept the
+    node FAILED, and retrying the parent ran the child a third time."""
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        parent, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+        # A child whose parent's attempt is over by the time it is adopted: cancelled.
+        link = (parent.id, "sub", 1)
+        row, _ = core.runs.create_run("pipeline", "", {"n": value_of(1)}, parent=link)
+        await core.durable()
+        assert FlowRunState(core.store.get_flow_run(row.id).state) is FlowRunState.CANCELLED
+        got, details = await refused(stub.RetryFlowRun(ops.RetryFlowRunRequest(id=row.id)))
+        assert got is grpc.StatusCode.FAILED_PRECONDITION
+        assert details == (
+            f"cannot retry flow run {row.id}: it is a child of flow run {parent.id} (its task "
+            "run 'sub'), which its outcome belongs to: retry that run, which runs the child "
+            "again"
+        )
+        assert core.store.get_flow_run(row.id).state == FlowRunState.CANCELLED.value
+
+    call(db, body)
+
+
 class AlwaysFailing:
     """A local HTTP receiver that answers every POST with 503 (and counts them)."""
 
