@@ -17,7 +17,7 @@ from headwater import flow, task
 from headwater._graphs import compile_graph
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc, payload_pb2, state_pb2, worker_pb2, worker_pb2_grpc
-from headwater.wire import GRAPH_BUILDS, decode_value, encode
+from headwater.wire import GRAPH_BUILDS, Limits, decode_value, encode
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
 
@@ -233,3 +233,67 @@ def test_a_worker_refuses_to_send_a_graph_too_large_for_one_message() -> None:
     assert answer.error.type == GRAPH_TOO_LARGE and not answer.error.retryable
     assert "the graph of flow 'doubled' for these values is" in answer.error.message
     assert "Client.run(flow, params)" in answer.error.message
+
+
+@flow
+def swallowing(n: int) -> list[int]:
+    made = []
+    for i in range(n):
+        try:
+            made.append(double(i))
+        except Exception:  # noqa: SIM105 (a body that catches everything still stops)
+            pass
+    return made
+
+
+def test_a_worker_stops_building_a_graph_at_the_servers_task_bound() -> None:
+    """BuildGraph.max_tasks (the server's max_graph_tasks): the worker stops at the next
+    task, however many the values would make. A body making 1,000,000 subflows for one
+    value held a worker's CPU 75 s and 3.3 GB before the graph was refused by its size,
+    and the run's creator read DEADLINE_EXCEEDED (a hostile trial)."""
+    from headwater._worker_flows import GRAPH_TOO_LARGE, GraphBuilder
+
+    sent: list[worker_pb2.ConnectRequest] = []
+    builder = GraphBuilder({"doubled": doubled, "swallowing": swallowing}, sent.append)
+
+    class InlineOnly:  # (the values are inline: nothing to download or upload)
+        def download(self, ref: Any) -> Any:
+            raise AssertionError("nothing to download")
+
+        def value(self, encoded: Any, limit: int) -> payload_pb2.Value:
+            return payload_pb2.Value(
+                inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+            )
+
+    builder.transfer = InlineOnly()  # type: ignore[assignment]
+    # (10**9 tasks built would not end in this test's time; a body that catches the
+    # refusal goes on with its loop, but is refused once it returns.)
+    for name, n in (("doubled", 10**9), ("swallowing", 5_000)):
+        request = worker_pb2.BuildGraph(
+            build_id=name, flow_name=name, parameters={"n": value(n)}, max_tasks=1_000
+        )
+        builder._answer(request)
+        answer = sent[-1].graph_built
+        assert answer.build_id == name and not answer.HasField("graph")
+        assert (answer.error.type, answer.error.retryable) == (GRAPH_TOO_LARGE, False)
+        assert answer.error.message == (
+            f"flow {name!r} makes more than 1,000 tasks for these values, the most a graph "
+            "may have on this server (max_graph_tasks)"
+        )
+    at_bound = worker_pb2.BuildGraph(
+        build_id="b", flow_name="doubled", parameters={"n": value(1_000)}, max_tasks=1_000
+    )
+    builder._answer(at_bound)
+    assert len(sent[-1].graph_built.graph.tasks) == 1_000
+
+
+def test_the_server_asks_for_a_graph_within_its_max_graph_tasks(tmp_path: Path) -> None:
+    async def body() -> None:
+        async with server(tmp_path, limits=Limits(max_graph_tasks=40)) as (_, channel, control):
+            worker = Builder(channel, "w1", built)
+            await worker.welcomed.wait()
+            await control.CreateFlowRun(create(3))
+            assert worker.requests[0].max_tasks == 40
+            await worker.leave()
+
+    run(body)

@@ -63,6 +63,30 @@ def current_context() -> _Context | None:
     return _current.get()
 
 
+#: The most tasks a graph compiled in this context may have (0: no bound).
+_TASK_BOUND: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "headwater_graph_task_bound", default=0
+)
+
+
+class GraphTooLarge(Exception):
+    """A flow body made more tasks than the graph it is compiled for may have."""
+
+
+@contextmanager
+def task_bound(most: int) -> Iterator[None]:
+    """Flows compiled inside stop with GraphTooLarge at their ``most + 1``-th task
+    (0: no bound). A worker builds a value-dependent graph for a server under the
+    server's max_graph_tasks: a body making 1,000,000 subflows for one parameter value
+    held the worker's CPU for 75 s and 3.3 GB before the graph was refused by size (a
+    hostile trial)."""
+    token = _TASK_BOUND.set(most)
+    try:
+        yield
+    finally:
+        _TASK_BOUND.reset(token)
+
+
 class _Context:
     def __init__(self, flow_name: str, code: CodeType | None, symbolic: bool) -> None:
         self.flow_name = flow_name
@@ -80,9 +104,17 @@ class _Context:
         self.task_fields: dict[Task[Any, Any], tuple[Any, ...]] = {}
         #: The first misuse of a task result refused in the body: raised after it even
         #: when the body caught it (`try: int(r) except Exception: v = 0` went on).
-        self.misuse: FlowDefinitionError | None = None
+        #: So is a task past the bound (GraphTooLarge).
+        self.misuse: FlowDefinitionError | GraphTooLarge | None = None
+        self.most_tasks = _TASK_BOUND.get()
 
     def _new_id(self, name: str) -> str:
+        if self.most_tasks and len(self.node_ids) >= self.most_tasks:
+            self.misuse = GraphTooLarge(
+                f"flow {self.flow_name!r} makes more than {self.most_tasks:,} tasks for "
+                "these values, the most a graph may have on this server (max_graph_tasks)"
+            )
+            raise self.misuse
         count = self.name_counts.get(name, 0) + 1
         self.name_counts[name] = count
         node_id = name if count == 1 else name + "-" + str(count)

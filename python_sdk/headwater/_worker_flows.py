@@ -31,6 +31,7 @@ from headwater.wire import (
     split_task_run_id,
 )
 
+from ._compiler import GraphTooLarge, task_bound
 from ._flow import Flow
 from ._run import FlowRun
 from ._worker_codec import failure
@@ -92,12 +93,17 @@ class GraphBuilder:
     def _answer(self, request: worker_pb2.BuildGraph) -> None:
         answer = worker_pb2.GraphBuilt(build_id=request.build_id)
         try:
-            graph, params = self.build(request.flow_name, dict(request.parameters))
+            # (Bounded as the server bounds graphs: a body making millions of tasks stops
+            # at the first one past it, not once it has built them all.)
+            with task_bound(request.max_tasks):
+                graph, params = self.build(request.flow_name, dict(request.parameters))
             answer.graph.CopyFrom(graph)
             for name, value in params.items():
                 answer.parameters[name].CopyFrom(value)
         except ParameterError as exc:
             answer.error.CopyFrom(failure(PARAMETER_ERROR, str(exc), retryable=False))
+        except GraphTooLarge as exc:
+            answer.error.CopyFrom(failure(GRAPH_TOO_LARGE, str(exc), retryable=False))
         except Exception as exc:
             log.warning("could not build the graph of flow %s: %r", request.flow_name, exc)
             kind = f"{type(exc).__module__}.{type(exc).__qualname__}"

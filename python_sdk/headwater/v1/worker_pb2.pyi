@@ -1349,10 +1349,16 @@ class BuildGraph(google.protobuf.message.Message):
     BUILD_ID_FIELD_NUMBER: builtins.int
     FLOW_NAME_FIELD_NUMBER: builtins.int
     PARAMETERS_FIELD_NUMBER: builtins.int
+    MAX_TASKS_FIELD_NUMBER: builtins.int
     build_id: builtins.str
     """Echoed in GraphBuilt."""
     flow_name: builtins.str
     """The flow to build (one of Hello.flows)."""
+    max_tasks: builtins.int
+    """The most tasks the graph may have (the server's max_graph_tasks): a worker stops
+    building at the next one and answers a "headwater.GraphTooLarge" error. 0: no
+    bound.
+    """
     @property
     def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, headwater.v1.payload_pb2.Value]:
         """The run's parameter values as given (defaults not filled in)."""
@@ -1363,8 +1369,9 @@ class BuildGraph(google.protobuf.message.Message):
         build_id: builtins.str = ...,
         flow_name: builtins.str = ...,
         parameters: collections.abc.Mapping[builtins.str, headwater.v1.payload_pb2.Value] | None = ...,
+        max_tasks: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["build_id", b"build_id", "flow_name", b"flow_name", "parameters", b"parameters"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["build_id", b"build_id", "flow_name", b"flow_name", "max_tasks", b"max_tasks", "parameters", b"parameters"]) -> None: ...
 
 global___BuildGraph = BuildGraph
 

@@ -69,10 +69,13 @@ class GraphBuilds:
 
     Args:
         timeout: seconds a worker has to answer a BuildGraph.
+        max_tasks: the most tasks a graph may have (max_graph_tasks; BuildGraph's
+            max_tasks: the worker stops building past it).
     """
 
-    def __init__(self, timeout: float = 60.0) -> None:
+    def __init__(self, timeout: float = 60.0, max_tasks: int = 0) -> None:
         self.timeout = timeout
+        self.max_tasks = max_tasks
         self._ids = itertools.count(1)
         self._waiting: dict[str, tuple[asyncio.Future[Built], str]] = {}  # id -> (, session)
 
@@ -100,7 +103,10 @@ class GraphBuilds:
         future: asyncio.Future[Built] = asyncio.get_running_loop().create_future()
         self._waiting[build_id] = (future, session.session_id)
         request = worker_pb2.BuildGraph(
-            build_id=build_id, flow_name=flow_name, parameters=dict(parameters)
+            build_id=build_id,
+            flow_name=flow_name,
+            parameters=dict(parameters),
+            max_tasks=self.max_tasks,
         )
         if session.restricted:  # a worker-only credential reads the values to build
             session.build_reads[build_id] = stored_payloads(parameters.values())

@@ -69,7 +69,7 @@ class RunCreation:
 
     def __init__(self, core: ServerCore, build_timeout: float) -> None:
         self.core = core
-        self.builds = GraphBuilds(build_timeout)
+        self.builds = GraphBuilds(build_timeout, core.settings.limits.max_graph_tasks)
         #: Why a subflow node's attempt waits, by (parent run id, task run key).
         self.waiting: dict[tuple[str, str], str] = {}
         # Work that waits for a worker offering a flow, by flow name.
