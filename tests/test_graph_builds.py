@@ -241,8 +241,8 @@ def swallowing(n: int) -> list[int]:
     for i in range(n):
         try:
             made.append(double(i))
-        except Exception:  # noqa: SIM105 (a body that catches everything still stops)
-            pass
+        except Exception:  # (a body that catches everything still stops)
+            made.append(-1)
     return made
 
 
