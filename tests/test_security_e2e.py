@@ -241,7 +241,9 @@ def test_named_tokens_roles_audit_and_revocation_without_restart(
     # A viewer may not create tokens, nor cancel.
     denied = headwater("tokens", "create", "--role", "admin", "--name", "x", "--server", address,
                        "--token", viewer, env=env)  # fmt: skip
-    assert denied.returncode == 1
+    assert denied.returncode == 2  # (a refusal, as README says: 1 is "the run failed")
+    anonymous = headwater("runs", "list", "--server", address, env=env)
+    assert anonymous.returncode == 2 and "refused the credential" in anonymous.stderr
     assert (
         "credential 'v' (role viewer) may not call AccessService/CreateCredential" in denied.stderr
     )
@@ -258,7 +260,7 @@ def test_named_tokens_roles_audit_and_revocation_without_restart(
     shown = headwater("runs", "show", run.id, "--server", address, "--token", viewer, env=env)
     assert "run by op (stuck:1)" in shown.stdout and "cancel by op (not needed)" in shown.stdout
     cancel = headwater("runs", "cancel", run.id, "--server", address, "--token", viewer, env=env)
-    assert cancel.returncode == 1 and "PERMISSION" not in cancel.stderr
+    assert cancel.returncode == 2 and "PERMISSION" not in cancel.stderr
     assert (
         "credential 'v' (role viewer) may not call ControlPlaneService/CancelFlowRun"
         in cancel.stderr

@@ -52,7 +52,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CANCELLED = 0, 1, 2, 3,
 #: What each exit status means (``headwater --help`` lists it).
 EXIT_STATUSES = (
     "exit status: 0 success; 1 the flow run failed, or the command did; 2 a usage error, or "
-    "a request the server refused as invalid (bad input, not found, not in that state); "
+    "a request the server refused (bad input, not found, not in that state, already there, "
+    "no or a wrong credential, a role that may not); "
     "3 the server could not be reached or is unavailable (restarting, a standby, its "
     "database away): try again; 130 cancelled or interrupted"
 )
@@ -581,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.ALREADY_EXISTS,
+            # (1 said "the flow run failed" to a script whose token was refused)
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
         )
         return EXIT_USAGE if refused else EXIT_FAILED
     except KeyboardInterrupt:
