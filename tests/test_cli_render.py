@@ -126,3 +126,18 @@ def test_plain_progress_prints_the_first_changes_then_failures_and_summaries(
         progress.update("u", "u", "RUNNING")
     *_, last = out.getvalue().splitlines()
     assert last.startswith(f"  {PLAIN_LINES + 2}/{PLAIN_LINES + 3} done, 1 running, 0 failed, ")
+
+
+def test_results_print_as_strict_json_nan_and_infinity_included() -> None:
+    """`headwater run ... | jq` and --json: a float JSON has no number for was printed
+    bare (NaN), which strict readers refuse and jq reads as null (a newcomer's trial);
+    it is its repr, as other values JSON cannot hold."""
+    import json
+
+    value = {"mean": float("nan"), "bounds": (float("-inf"), 1.5), "max": float("inf")}
+    for text in (_cli_render.result_text(value), _cli_render.json_text(value)):
+        assert json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+            "mean": "nan",
+            "bounds": ["-inf", 1.5],
+            "max": "inf",
+        }

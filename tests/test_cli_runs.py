@@ -135,6 +135,10 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     assert 'raise ConnectionError("pricing API timed out")' in err  # the traceback
     assert "traceback lines cut (--full shows them)" in err  # trimmed by default
     assert "fetch" in err and "2" in err  # the summary: fetch took 2 attempts
+    # What the tasks printed and logged, on stderr as an embedded run shows it (the run's
+    # log lines; README: "what tasks print too, goes to stderr"; it showed nothing).
+    assert [line for line in err.splitlines() if line.endswith(" fetch#2  fetched 4 prices")]
+    assert " WARNING  enrich[3]  enriching 4 " in err, err
     # the last line, as an embedded run's: task runs by state (the failure is above)
     last = [line for line in err.splitlines() if line.startswith("flow run ")][-1]
     assert " of 'prices': FAILED in " in last, last

@@ -69,10 +69,22 @@ def local_time(at: datetime | None) -> str:
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if at is not None else ""
 
 
-def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
+def follow_run(client: Client, run: RemoteFlowRun, *, logs: bool = False) -> RemoteFlowRun:
     """Show a run's progress until it ends (task run changes; why task runs wait when
-    nothing changes for a while); the run as it ended."""
+    nothing changes for a while); with ``logs``, what its tasks print and log too, as
+    `headwater runs logs --follow` shows it. The run as it ended."""
     changes: queue.Queue[tuple[str, Any]] = queue.Queue()
+    logs_done = threading.Event()
+
+    def follow_logs() -> None:
+        try:
+            for entry in client.iter_logs(run.id, follow=True):  # (ends with the run)
+                changes.put(("log", entry))
+        except ServerError:
+            pass  # (a restart or an outage: `headwater runs logs` still has them all)
+        finally:
+            logs_done.set()
+            changes.put(("logs", None))
 
     def watch() -> None:
         try:
@@ -85,11 +97,26 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
     # In this context (a copy): the watch call is part of the CLI's trace when tracing.
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(watch,), name="headwater-watch", daemon=True).start()
+    if logs:
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(follow_logs,),
+            name="headwater-logs",
+            daemon=True,
+        ).start()
+    else:
+        logs_done.set()
+    ended = False
     with Progress(f"flow run {run.id[:8]} of {run.flow_name!r}") as progress:
         while True:
+            if ended and logs_done.is_set() and changes.empty():
+                break
             try:
-                kind, item = changes.get(timeout=QUIET)
+                # (Once the run has ended, its last log records a moment more at most.)
+                kind, item = changes.get(timeout=LOGS_AFTER_END if ended else QUIET)
             except queue.Empty:
+                if ended:
+                    break
                 try:
                     current = client.get(run.id, include_task_runs=True)
                 except ServerError as exc:
@@ -99,12 +126,25 @@ def follow_run(client: Client, run: RemoteFlowRun) -> RemoteFlowRun:
                 progress.waits({t.key: t.waiting for t in current.task_runs if t.waiting})
                 continue
             if kind == "end":
-                break
-            if kind == "error":
+                ended = True
+            elif kind == "log":
+                progress.note(log_line(item))
+            elif kind == "error":
                 raise item
-            if item is not None:
+            elif kind == "change" and item is not None:
                 progress.update(item.key, item.task_id, item.state.name, item.message)
     return get_riding(client, run.id)
+
+
+#: Seconds a finished run's log follower may still take to hand over its last records.
+LOGS_AFTER_END = 2.0
+
+
+def log_line(entry: Any) -> str:
+    """A log record as `runs logs` prints it: time, level, task run (attempt), message."""
+    at = entry.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
+    attempt = f"#{entry.attempt}" if entry.attempt > 1 else ""
+    return f"{at} {entry.level:8} {entry.key}{attempt}  {entry.message}"
 
 
 #: What a server that is going away answers: unreachable, or it ended the call as it
@@ -186,7 +226,7 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
         where = client._addresses.current  # the server that took it (of several given)
         print(f"flow run {run.id} of {run.flow_name!r} created on {where}", file=sys.stderr)
         try:
-            final = follow_run(client, run)
+            final = follow_run(client, run, logs=True)  # (task prints on stderr, as embedded)
         except KeyboardInterrupt as stop:
             how = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
             return _interrupted(client, run, detach, how)
@@ -389,10 +429,7 @@ def _logs(client: Client, run_id: str, args: argparse.Namespace) -> int:
     )
     printed = 0
     for entry in entries:
-        at = entry.at.astimezone().strftime("%H:%M:%S.%f")[:-3]
-        attempt = f"#{entry.attempt}" if entry.attempt > 1 else ""
-        line = f"{at} {entry.level:8} {entry.key}{attempt}  {entry.message}"
-        print(printable(line), flush=args.follow)
+        print(printable(log_line(entry)), flush=args.follow)
         printed += 1
     if not printed:  # (on stderr: a pipeline reading the records gets none)
         of = f"task {task!r} of flow run {run_id}" if task else f"flow run {run_id}"

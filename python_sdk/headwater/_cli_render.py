@@ -7,6 +7,7 @@ come out as plain lines, one per change, with no colour or cursor movement.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
@@ -74,7 +75,7 @@ def result_text(value: Any) -> str:
     import json
 
     try:
-        return json.dumps(value, indent=2, default=repr)
+        return json.dumps(_finite(value), indent=2, default=repr, allow_nan=False)
     except (TypeError, ValueError):
         return repr(value)
 
@@ -85,9 +86,21 @@ def json_text(value: Any) -> str:
     import json
 
     try:
-        return json.dumps(value, indent=2, default=repr)
+        return json.dumps(_finite(value), indent=2, default=repr, allow_nan=False)
     except (TypeError, ValueError):
-        return json.dumps(_json_safe(value), indent=2, default=repr)
+        return json.dumps(_finite(_json_safe(value)), indent=2, default=repr)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each float JSON has no number for (nan, inf) as its repr: printed
+    bare (``NaN``), strict JSON readers refused the whole output and jq read null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_safe(value: Any) -> Any:
@@ -246,6 +259,14 @@ class Progress:
         elif time.monotonic() - self.summarized >= SUMMARY_EVERY:
             self.summarized = time.monotonic()
             print(f"  {self.summary()}", file=self.out, flush=True)
+
+    def note(self, line: str) -> None:
+        """A line of the run's output (what a task printed or logged), above the live
+        panel on a terminal."""
+        if self.live is not None:
+            self.console.print(plain(line), soft_wrap=True)
+        else:
+            print(printable(line), file=self.out, flush=True)
 
     def tallies(self) -> tuple[int, int, int, int]:
         """Task runs done, running, failed, and in all (mapped parents left out)."""
