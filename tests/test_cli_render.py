@@ -97,7 +97,9 @@ def test_graph_text_shows_where_a_task_can_run() -> None:
     from headwater._cli_graph import as_text
 
     (line,) = [t for t in as_text(training.graph()).splitlines() if t.startswith("  trains")]
-    assert line.endswith("[labels pool=gpu; resources GPU=1,MEMORY=8e+09; tags db,nightly]")
+    assert line.endswith(
+        "[labels pool=gpu; resources GPU=1,MEMORY=8e+09; tags db,nightly]  <- parameter n"
+    )
 
 
 def test_plain_progress_prints_the_first_changes_then_failures_and_summaries(

@@ -354,7 +354,8 @@ def test_graph_as_text_dot_and_mermaid(tmp_path: Path, env: dict[str, str]) -> N
     text = cli(env, "graph", target).stdout
     assert "flow prices" in text
     assert "enrich (cli_tasks.enrich)  [mapped over price]  <- fetch" in text
-    assert "fetch (cli_tasks.fetch)  [retries=1]" in text
+    # (the parameters a task takes too: --help says "what it takes its inputs from")
+    assert "fetch (cli_tasks.fetch)  [retries=1]  <- parameter n\n" in text
     dot = cli(env, "graph", target, "--format", "dot").stdout
     assert dot.startswith('digraph "prices" {') and '"fetch" -> "enrich";' in dot
     mermaid = cli(env, "graph", target, "--format", "mermaid").stdout

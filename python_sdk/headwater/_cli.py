@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
         "graph",
         help="print a flow's compiled graph (text, DOT, Mermaid or JSON)",
         description="Compile a flow and print its graph: as text (the default: one line per "
-        "task with what it takes its inputs from), Graphviz DOT, a Mermaid flowchart, or "
+        "task with the tasks and parameters it takes its inputs from), Graphviz DOT, a "
+        "Mermaid flowchart, or "
         "the FlowGraph message as JSON. A flow whose body uses its parameters as values "
         "(range(n), if n > 8) has a graph per set of values: give them with --param "
         "(docs/flows.md).",

@@ -6,7 +6,7 @@ import json
 import re
 
 from headwater.v1 import graph_pb2
-from headwater.wire import GraphSpec, TaskSpec, graph_from_proto, iter_task_refs
+from headwater.wire import GraphSpec, TaskSpec, graph_from_proto, iter_params, iter_task_refs
 
 FORMATS = ("text", "dot", "mermaid", "json")
 
@@ -42,13 +42,16 @@ def _options(task: TaskSpec) -> str:
 
 
 def as_text(graph: GraphSpec) -> str:
-    """One line per task in dependency order, with what it takes its inputs from."""
+    """One line per task in dependency order, with what it takes its inputs from: the
+    tasks (results, or waited for) and the flow's parameters (constants are not
+    shown)."""
     lines = [f"flow {graph.name}" + (f" v{graph.version}" if graph.version else "")]
     if graph.params:
         lines.append("parameters: " + ", ".join(p.name for p in graph.params))
     for task in graph.topological().tasks:
-        ups = upstream(task)
-        source = f"  <- {', '.join(ups)}" if ups else ""
+        params = [name for spec in task.inputs.values() for name in iter_params(spec)]
+        sources = upstream(task) + [f"parameter {p}" for p in dict.fromkeys(params)]
+        source = f"  <- {', '.join(sources)}" if sources else ""
         lines.append(f"  {task.id} ({task.task_type}){_options(task)}{source}")
     if graph.reference_task_ids:
         lines.append("result from: " + ", ".join(graph.reference_task_ids))
