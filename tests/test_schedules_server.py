@@ -22,7 +22,7 @@ from test_server_protocol import AUTH, fake_worker, proto_pipeline, run_against_
 from headwater import Client, ScheduleInfo, ServerError
 from headwater._cli import main
 from headwater.v1 import control_plane_pb2 as cp
-from headwater.v1 import control_plane_pb2_grpc, run_pb2, worker_pb2
+from headwater.v1 import control_plane_pb2_grpc, payload_pb2, run_pb2, worker_pb2
 from headwater.wire import decode_value
 
 
@@ -94,6 +94,9 @@ def test_bad_schedule_requests_get_clear_status_codes(db: str) -> None:
             cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
         )
         no_value = worker_pb2.Assignment().inputs.get_or_create("x").value
+        unknown_encoding = payload_pb2.Value(
+            inline=payload_pb2.Payload(data=b"1", metadata={"encoding": "zzz"})
+        )
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         cases = [
             (_schedule(flow_name="nope", cron="* * * * *"), grpc.StatusCode.NOT_FOUND, "'nope'"),
@@ -109,6 +112,12 @@ def test_bad_schedule_requests_get_clear_status_codes(db: str) -> None:
             (_every(60, flow_name=""), invalid, "flow_name is required"),
             (_every(60, parameters={"zzz": value_of(1)}), invalid, "'zzz'"),
             (_every(60, parameters={"n": no_value}), invalid, "no value"),
+            (  # (taken, every fire of the schedule failed: a hostile trial)
+                _every(60, parameters={"n": unknown_encoding}),
+                invalid,
+                "parameter 'n' has encoding 'zzz', which no task can decode (the encodings "
+                "are json, pickle, headwater.list",
+            ),
         ]
         for schedule, code, fragment in cases:
             got, details = await status_of(

@@ -16,7 +16,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sized
 
 from headwater.v1 import graph_pb2, payload_pb2
-from headwater.wire import ENCODING_KEY, LENGTH_KEY, MAX_NAME, GraphError, LimitExceeded, Limits
+from headwater.wire import (
+    ENCODING_KEY,
+    JSON,
+    LENGTH_KEY,
+    MAX_NAME,
+    PICKLE,
+    STRUCTURAL,
+    GraphError,
+    LimitExceeded,
+    Limits,
+)
 
 __all__ = [
     "METADATA_VALUE_CHARS",
@@ -177,6 +187,10 @@ def check_value(value: payload_pb2.Value, limits: Limits, what: str) -> None:
             stack.extend((item, depth + 1) for item in items if item.items)
 
 
+#: The payload encodings there are (docs/payloads.md; decoders refuse any other).
+ENCODINGS = (JSON, PICKLE, *STRUCTURAL)
+
+
 def check_parameter(name: str, value: payload_pb2.Value, limits: Limits) -> str | None:
     """Why a parameter value sent in a request cannot be accepted as it is: a message
     for INVALID_ARGUMENT (no value, no encoding), None when fine; raises LimitExceeded
@@ -188,6 +202,14 @@ def check_parameter(name: str, value: payload_pb2.Value, limits: Limits) -> str 
     metadata = value.inline.metadata if kind == "inline" else value.ref.metadata
     if ENCODING_KEY not in metadata:
         return f"parameter {name!r} has no 'encoding' metadata"
+    encoding = metadata[ENCODING_KEY]
+    if encoding not in ENCODINGS:
+        # (Taken, it failed every run of a schedule, each fire: a hostile trial.)
+        shown = encoding if len(encoding) <= 40 else encoding[:40] + "..."
+        return (
+            f"parameter {name!r} has encoding {shown!r}, which no task can decode (the "
+            f"encodings are {', '.join(ENCODINGS)}: docs/payloads.md)"
+        )
     size = value.ByteSize()
     if size > limits.max_parameter_bytes:
         if value.items:
