@@ -394,6 +394,17 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
     assert status == 400 and body["error"] == "reason must be text, got dict"
     status, body, _ = http.call("GET", "/api/runs?before=zzz")  # a bad parameter: 400
     assert status == 400 and body["error"] == "before 'zzz' is not the id of a run"
+    status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", {"reason": "x" * (2 << 20)})
+    assert (status, body["error"]) == (  # (aiohttp's own answer was plain text)
+        413,
+        "the request body is over 1,048,576 bytes, the most it may be",
+    )
+    for since in ("nan", "inf", "soon"):  # (nan was taken, and matched nothing)
+        status, body, _ = http.call("GET", f"/api/runs?since={since}")
+        assert (status, body["error"]) == (
+            400,
+            f"since must be seconds since the epoch, got {since!r}",
+        )
 
 
 def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(

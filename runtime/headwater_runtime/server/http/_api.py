@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -91,9 +92,12 @@ def _float(request: web.Request, name: str) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be seconds since the epoch, got {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):  # (nan was taken, and matched nothing)
+        raise BadRequest(f"{name} must be seconds since the epoch, got {raw[:40]!r}")
+    return value
 
 
 def _states(request: web.Request) -> list[int]:

@@ -30,6 +30,9 @@ from ._routes import ROUTES, check_tables
 
 log = logging.getLogger("headwater.server.http")
 
+#: The largest request body the HTTP API reads (aiohttp's default).
+MAX_BODY = 1 << 20
+
 
 class _QuietBadRequests(logging.Filter):
     """Drops aiohttp's log record (an ERROR with a traceback) for a request that is not
@@ -59,6 +62,15 @@ def build_app(
 
     @web.middleware
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await checked(request, handler)
+        except web.HTTPRequestEntityTooLarge as exc:  # (aiohttp's answer was plain text)
+            return web.json_response(
+                {"error": f"the request body is over {MAX_BODY:,} bytes, the most it may be"},
+                status=exc.status,
+            )
+
+    async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
         form = await form_of(request)
         # The raw path: the one aiohttp's router matched, before percent-decoding.
         decision = guard.check(request.method, request.rel_url.raw_path, request.headers, form)
@@ -78,7 +90,7 @@ def build_app(
                 )
             return answer
 
-    app = web.Application(middlewares=[guarded])
+    app = web.Application(middlewares=[guarded], client_max_size=MAX_BODY)
     for route in ROUTES:
         app.router.add_route(route.method, route.aiohttp_path, getattr(api, route.handler))
     return app, api
