@@ -528,6 +528,9 @@ def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
         said = second.lines + second.other
         errors = [line for line in said if line.startswith("headwater: error")]
         assert len(errors) == 1 and expected in errors[0], said
+    # The taken port was seen before a new database was made (it was left behind, a
+    # newcomer's trial), with no log line of gRPC's beside the error.
+    assert not (tmp_path / "other.db").exists()
     with Client(address, token=TOKEN) as client:  # the first one serves on
         assert client.server_info()["server_version"]
     first.popen.terminate()

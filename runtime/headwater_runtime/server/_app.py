@@ -14,6 +14,7 @@ import faulthandler
 import importlib
 import logging
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -200,6 +201,23 @@ class RunningServer:
         self.lost.set()
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """OSError ("cannot listen on ...") when another process listens on the port: a
+    server started on a taken port created its new database, then failed (a newcomer's
+    trial). Only a check: gRPC's own listening decides (and may fail the same way)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return  # (a name gRPC will refuse, with its own words)
+    family, kind, proto, _, address = found[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as gRPC's listener)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+
+
 async def start_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
     """Open the store (``settings.db``, unless a store is given), recover unfinished
     runs and start serving. With a PostgreSQL store whose lease another server holds,
@@ -214,6 +232,8 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         else None
     )
     if store is None:
+        if settings.port:  # before a new database is created for a server that cannot run
+            _check_port_free(settings.host, settings.port)
         store = open_store(settings.db, payload_dir=settings.payload_dir)
         if store.created:
             where = getattr(store, "where", settings.db)  # (a URL without its password)
