@@ -442,7 +442,7 @@ def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
         assert "Traceback" not in proc.stderr and fragment in lines[-1], proc.stderr
     bad_token = {**env, "HEADWATER_TOKEN": "wrong"}
     proc = headwater_cli("runs", "list", "--server", address, env=bad_token)
-    assert proc.returncode == 1 and "refused the credential" in proc.stderr
+    assert proc.returncode == 2 and "refused the credential" in proc.stderr  # (a refusal)
 
 
 def test_a_300_mb_array_flows_between_workers_by_reference(
