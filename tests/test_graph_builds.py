@@ -202,6 +202,18 @@ def test_what_each_answer_means_for_the_runs_creator(tmp_path: Path) -> None:
     run(body)
 
 
+class InlineOnly:
+    """A GraphBuilder's transfer for inline values: nothing to download or upload."""
+
+    def download(self, ref: Any) -> Any:
+        raise AssertionError("nothing to download")
+
+    def value(self, encoded: Any, limit: int) -> payload_pb2.Value:
+        return payload_pb2.Value(
+            inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+        )
+
+
 def test_a_worker_refuses_to_send_a_graph_too_large_for_one_message() -> None:
     """A graph over the server's message limit (a large parameter is a constant of each
     task it feeds) is answered as an error naming its size and what to do instead: sent
@@ -211,15 +223,6 @@ def test_a_worker_refuses_to_send_a_graph_too_large_for_one_message() -> None:
 
     sent: list[worker_pb2.ConnectRequest] = []
     builder = GraphBuilder({"doubled": doubled}, sent.append)
-
-    class InlineOnly:  # (the values are inline: nothing to download or upload)
-        def download(self, ref: Any) -> Any:
-            raise AssertionError("nothing to download")
-
-        def value(self, encoded: Any, limit: int) -> payload_pb2.Value:
-            return payload_pb2.Value(
-                inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
-            )
 
     builder.transfer = InlineOnly()  # type: ignore[assignment]
     request = worker_pb2.BuildGraph(build_id="7", flow_name="doubled", parameters={"n": value(3)})
@@ -255,15 +258,6 @@ def test_a_worker_stops_building_a_graph_at_the_servers_task_bound() -> None:
 
     sent: list[worker_pb2.ConnectRequest] = []
     builder = GraphBuilder({"doubled": doubled, "swallowing": swallowing}, sent.append)
-
-    class InlineOnly:  # (the values are inline: nothing to download or upload)
-        def download(self, ref: Any) -> Any:
-            raise AssertionError("nothing to download")
-
-        def value(self, encoded: Any, limit: int) -> payload_pb2.Value:
-            return payload_pb2.Value(
-                inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
-            )
 
     builder.transfer = InlineOnly()  # type: ignore[assignment]
     # (10**9 tasks built would not end in this test's time; a body that catches the

@@ -548,6 +548,27 @@ def sleepy_flow() -> int:
     return sleepy()
 
 
+async def sleepy_run(
+    running: RunningServer, channel: grpc.aio.Channel
+) -> tuple[Any, asyncio.Queue[worker_pb2.ConnectRequest], Any]:
+    """A run of sleepy_flow and an in-test worker's stream (its Hello sent): the run's
+    row, the worker's outbox and its call."""
+    running.core.runs.register_flow(sleepy_flow.compile())
+    row, _ = running.core.runs.create_run("sleepy_flow", "", {})
+    running.core.touch()
+    outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
+    hello = worker_pb2.Hello(
+        worker_id="w", protocol_version=1, capabilities=[sleepy.task_type], slots=1
+    )
+    await outbox.put(worker_pb2.ConnectRequest(hello=hello))
+
+    async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
+        while True:
+            yield await outbox.get()
+
+    return row, outbox, worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(requests())
+
+
 def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
     db: str,
 ) -> None:
@@ -560,20 +581,7 @@ def test_the_server_timeout_cancels_and_a_crossing_failure_gets_a_stale_ack(
             serving(db, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
-            running.core.runs.register_flow(sleepy_flow.compile())
-            row, _ = running.core.runs.create_run("sleepy_flow", "", {})
-            running.core.touch()
-            outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
-            hello = worker_pb2.Hello(
-                worker_id="w", protocol_version=1, capabilities=[sleepy.task_type], slots=1
-            )
-            await outbox.put(worker_pb2.ConnectRequest(hello=hello))
-
-            async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
-                while True:
-                    yield await outbox.get()
-
-            call = worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(requests())
+            row, outbox, call = await sleepy_run(running, channel)
             seen: list[str] = []
             async for response in call:
                 kind = response.WhichOneof("message")
@@ -865,20 +873,7 @@ def test_a_task_runs_running_time_is_its_workers_reported_start(db: str, clock: 
             serving(db, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
-            running.core.runs.register_flow(sleepy_flow.compile())
-            row, _ = running.core.runs.create_run("sleepy_flow", "", {})
-            running.core.touch()
-            outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
-            hello = worker_pb2.Hello(
-                worker_id="w", protocol_version=1, capabilities=[sleepy.task_type], slots=1
-            )
-            await outbox.put(worker_pb2.ConnectRequest(hello=hello))
-
-            async def requests() -> AsyncIterator[worker_pb2.ConnectRequest]:
-                while True:
-                    yield await outbox.get()
-
-            call = worker_pb2_grpc.WorkerGatewayServiceStub(channel).Connect(requests())
+            row, outbox, call = await sleepy_run(running, channel)
             async for response in call:
                 if response.HasField("assignment"):
                     token = response.assignment.token
