@@ -525,10 +525,9 @@ class FlowRunEngine:
         SCHEDULED state and now); returns its deadline (None: no timeout), which counts
         from now: the worker times the attempt itself, this is the backstop."""
         now = self.clock.now()
-        if at is not None:
-            at = min(max(at, run._history[-1].timestamp), now)
+        at = now if at is None else min(max(at, run._history[-1].timestamp), now)
         self._transition(run, S.RUNNING, at=at)
-        run._attempts.append(AttemptRecord(run.attempt, run._history[-1].timestamp))
+        run._attempts.append(AttemptRecord(run.attempt, at))
         timeout = run.spec.timeout
         if timeout is None:
             return None
