@@ -522,15 +522,20 @@ def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
             ["--port", "0", "--db", str(tmp_path / "m.db"), "--metrics-port", port],
             f"cannot serve metrics on 127.0.0.1:{port} (Address already in use)",
         ),
+        (
+            ["--port", "0", "--db", str(tmp_path / "h.db"), "--http-port", port],
+            f"cannot serve HTTP on 127.0.0.1:{port} (Address already in use)",
+        ),
     ]:
-        second = cluster("server", *args, "--no-http")
+        http = [] if "--http-port" in args else ["--no-http"]
+        second = cluster("server", *args, *http)
         assert second.popen.wait(BOUND) != 0
         said = second.lines + second.other
         errors = [line for line in said if line.startswith("headwater: error")]
         assert len(errors) == 1 and expected in errors[0], said
     # The taken port was seen before a new database was made (it was left behind, a
     # newcomer's trial), with no log line of gRPC's beside the error.
-    assert not (tmp_path / "other.db").exists()
+    assert not any((tmp_path / name).exists() for name in ("other.db", "m.db", "h.db"))
     with Client(address, token=TOKEN) as client:  # the first one serves on
         assert client.server_info()["server_version"]
     first.popen.terminate()

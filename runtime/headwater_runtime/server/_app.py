@@ -201,21 +201,31 @@ class RunningServer:
         self.lost.set()
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """OSError ("cannot listen on ...") when another process listens on the port: a
-    server started on a taken port created its new database, then failed (a newcomer's
-    trial). Only a check: gRPC's own listening decides (and may fail the same way)."""
-    try:
-        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError:
-        return  # (a name gRPC will refuse, with its own words)
-    family, kind, proto, _, address = found[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as gRPC's listener)
+def _check_ports_free(settings: ServerSettings) -> None:
+    """OSError, in the words the server's own start would use, when another process
+    listens on a port the server must have (gRPC's; the HTTP and metrics ports when
+    given): a server started on a taken port created its new database, then failed (a
+    newcomer's trial). Only a check: the servers' own listening decides."""
+    host = settings.host
+    wanted = [("listen on", settings.port)]
+    if settings.http and settings.http_port:  # (the default one falls back to a free one)
+        wanted.append(("serve HTTP on", settings.http_port))
+    if settings.metrics_port:
+        wanted.append(("serve metrics on", settings.metrics_port))
+    for what, port in wanted:
+        if not port:
+            continue
         try:
-            probe.bind(address)
-        except OSError as exc:
-            raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError:
+            return  # (a name the servers will refuse, in their own words)
+        family, kind, proto, _, address = found[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as listeners do)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise OSError(f"cannot {what} {host}:{port} ({exc.strerror})") from None
 
 
 async def start_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
@@ -232,8 +242,7 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         else None
     )
     if store is None:
-        if settings.port:  # before a new database is created for a server that cannot run
-            _check_port_free(settings.host, settings.port)
+        _check_ports_free(settings)  # (before a database is made for a server that cannot run)
         store = open_store(settings.db, payload_dir=settings.payload_dir)
         if store.created:
             where = getattr(store, "where", settings.db)  # (a URL without its password)
