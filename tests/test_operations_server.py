@@ -116,6 +116,15 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
             ),
             (
                 stub.SetConcurrencyLimit(
+                    ops.SetConcurrencyLimitRequest(
+                        limit=ops.ConcurrencyLimit(tag="  ", concurrency=1)
+                    )
+                ),
+                code.INVALID_ARGUMENT,
+                "needs a tag",
+            ),
+            (
+                stub.SetConcurrencyLimit(
                     ops.SetConcurrencyLimitRequest(limit=ops.ConcurrencyLimit(tag="db"))
                 ),
                 code.INVALID_ARGUMENT,
@@ -139,7 +148,7 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
                     )
                 ),
                 code.INVALID_ARGUMENT,
-                "a rate's period is 9.22337e+18 seconds (at most 315,576,000,000",
+                "a rate's period is 9.223372036854776e+18 seconds (at most 315,576,000,000",
             ),
             (
                 stub.SetConcurrencyLimit(

@@ -473,7 +473,7 @@ def test_a_bad_token_exits_non_zero_with_one_line(tmp_path: Path, tasks_file: Pa
         code, stderr = finish(proc)
     finally:
         fake.stop()
-    assert code == 1
+    assert code == 2  # (refused for good, as any refused request: README)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("headwater: error:") and "invalid token" in lines[0]

@@ -313,9 +313,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stopper.install()
     try:
         worker.run()
-    except WorkerError as exc:
+    except WorkerError as exc:  # refused by the server, for good: as any refused request
         print(f"headwater: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
     finally:
         stopper.uninstall()
         tracing.shutdown()
@@ -332,7 +332,7 @@ def add_worker_command(sub: Any) -> None:
         "its own; SIGTERM or Ctrl-C stops it: running tasks are given back to the server "
         "(it runs them again elsewhere) and the worker exits 0, or 1 with every thread's "
         "stack if it could not stop within --grace; a second signal exits at once. A "
-        "refused token exits 1. With "
+        "refused token (or protocol) exits 2. With "
         "--dask it is a Dask bridge: tasks run on a Dask cluster and their results stay "
         "there. OTEL_TRACES_EXPORTER=otlp|console traces every task it runs "
         "(docs/tracing.md).",

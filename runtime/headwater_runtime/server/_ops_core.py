@@ -364,7 +364,7 @@ class Operations:
     ) -> operations_pb2.ConcurrencyLimit:
         """Store a tag's limit and apply it at once; audited as ``limit.set`` (not a
         limit of the server's settings, applied at its start)."""
-        if not row.tag:
+        if not row.tag.strip():
             raise ValueError("a limit needs a tag")
         check_name("a limit's tag", row.tag)  # (a task's tags are names alike)
         if not row.concurrency and not row.rate:
@@ -375,7 +375,7 @@ class Operations:
             # (Stored before its answer failed to encode it: every ListConcurrencyLimits
             # then failed with UNKNOWN, across restarts, a user trial.)
             raise ValueError(
-                f"limit of {row.tag!r}: a rate's period is {row.rate_period:g} seconds (at "
+                f"limit of {row.tag!r}: a rate's period is {row.rate_period!r} seconds (at "
                 f"most {MAX_DURATION:,}, about 10,000 years)"
             )
         await to_its_end(self._set_limit(row, audited), f"storing the limit of {row.tag!r}")
