@@ -204,6 +204,13 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
                 "bad port",
             ),
             (
+                stub.CreateWebhook(
+                    ops.CreateWebhookRequest(webhook=ops.Webhook(url="http://h/" + "x" * 200_000))
+                ),
+                code.INVALID_ARGUMENT,
+                "webhook URL is 200,009 characters long (at most 2,048)",
+            ),
+            (
                 stub.DeleteWebhook(ops.DeleteWebhookRequest(id="nope")),
                 code.NOT_FOUND,
                 "'nope'",

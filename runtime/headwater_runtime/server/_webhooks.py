@@ -74,8 +74,15 @@ class DeliverySettings:
     timeout: float = 10.0
 
 
+#: The longest webhook URL (as browsers and most servers take; 200,000 characters
+#: were stored, and shown in every listing: a hostile trial).
+MAX_URL = 2048
+
+
 def check_url(url: str) -> str:
     """A webhook URL, checked (WebhookError names what is wrong)."""
+    if len(url) > MAX_URL:
+        raise WebhookError(f"webhook URL is {len(url):,} characters long (at most {MAX_URL:,})")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise WebhookError(f"webhook URL {url!r} must be an http:// or https:// URL")
