@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import pytest
 from engine_helpers import (
     Driver,
@@ -313,6 +316,28 @@ def test_task_started_gives_running_the_workers_start_within_its_window(
     d.clock.advance(1)
     d.succeed("a", "v")
     assert d.runs["a"].attempts[0].ended_at == now + 1
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        TaskSucceeded("a", 1, "v", started_at=0.0),
+        TaskFailed("a", 1, failure(), started_at=0.0),
+        TaskSkipped("a", 1, "no", started_at=0.0),
+    ],
+    ids=["succeeded", "failed", "skipped"],
+)
+def test_an_outcome_without_task_started_gives_running_its_start(outcome: Any) -> None:
+    """A task shorter than the Python worker's TaskStarted delay ends with no TaskStarted
+    sent: its outcome says when it started, and RUNNING takes that (a duration of about
+    0 was shown), within the same window as TaskStarted's."""
+    d = Driver(flow(task("a")), auto_start=False)
+    d.clock.advance(5)
+    now = d.clock.now()
+    d.send(dataclasses.replace(outcome, started_at=now - 0.03))
+    (running,) = [h for h in d.runs["a"].history if h.state is S.RUNNING]
+    assert running.timestamp == now - 0.03
+    assert d.runs["a"].attempts[0].started_at == now - 0.03
 
 
 def test_without_auto_start_a_result_without_started_is_accepted() -> None:

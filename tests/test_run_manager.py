@@ -34,6 +34,7 @@ from headwater_runtime.engine import (
     JournalEntry,
     TaskFailed,
     TaskLost,
+    TaskSkipped,
     TaskStarted,
     TaskSucceeded,
 )
@@ -741,6 +742,9 @@ def test_an_entry_written_before_never_started_existed_reads_as_started() -> Non
         TaskLost("a", 2),
         TaskStarted("a", 1, 11.25),
         TaskStarted("a", 2),
+        TaskSucceeded("a", 1, value_of("v"), started_at=11.5),
+        TaskFailed("a", 3, FailureInfo("builtins.OSError", "flaky"), started_at=11.75),
+        TaskSkipped("a", 1, "nothing to do", started_at=12.0),
     ],
 )
 def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> None:

@@ -36,7 +36,7 @@ from headwater._worker import (
     reconnect_delay,
 )
 from headwater.v1 import graph_pb2, payload_pb2, payload_pb2_grpc, worker_pb2, worker_pb2_grpc
-from headwater.wire import decode_value, encode
+from headwater.wire import decode_value, encode, seconds
 from headwater_runtime.server import MAX_CHUNK, PayloadServicer, StoreIO, TokenAuthInterceptor
 from headwater_runtime.store import SQLiteStore
 
@@ -531,8 +531,12 @@ def test_inputs_are_decoded_assembled_and_selected(tasks_file: Path, server: Fak
     )
     with worker_thread(server.address, tasks_file, slots=2):
         gateway.wait_for("hello")
+        before = time.time()
         tok = assign(gateway, "combine", "combine", inputs=args)
         result = gateway.wait_for("result", about(tok))
+    # (Its start, for the server's RUNNING time when no TaskStarted went out: a short
+    # task showed a duration of about 0 on a server.)
+    assert before <= seconds(result.started_at) <= time.time()
     assert decode_value(result.result) == {
         "items": (1, 2),
         "keys": ["z", "a"],

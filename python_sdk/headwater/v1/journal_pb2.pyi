@@ -184,6 +184,7 @@ class AttemptSucceeded(google.protobuf.message.Message):
     VALUE_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
     CACHED_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
@@ -192,6 +193,10 @@ class AttemptSucceeded(google.protobuf.message.Message):
     """The cache key the result is stored under, when a worker derived it."""
     cached: builtins.bool
     """The value came from the cache under cache_key: the task did not run."""
+    started_at: builtins.float
+    """When the attempt started by its worker's clock, for an attempt without a
+    TaskStarted (the worker's outcome said so); unset when it did not say.
+    """
     @property
     def value(self) -> global___StoredValue:
         """The result."""
@@ -204,9 +209,11 @@ class AttemptSucceeded(google.protobuf.message.Message):
         value: global___StoredValue | None = ...,
         cache_key: builtins.str = ...,
         cached: builtins.bool = ...,
+        started_at: builtins.float | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "cache_key", b"cache_key", "cached", b"cached", "key", b"key", "value", b"value"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "started_at", b"started_at", "value", b"value"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "cache_key", b"cache_key", "cached", b"cached", "key", b"key", "started_at", b"started_at", "value", b"value"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptSucceeded = AttemptSucceeded
 
@@ -221,6 +228,7 @@ class AttemptFailed(google.protobuf.message.Message):
     FAILURE_FIELD_NUMBER: builtins.int
     TIMED_OUT_FIELD_NUMBER: builtins.int
     NEVER_STARTED_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
@@ -231,6 +239,10 @@ class AttemptFailed(google.protobuf.message.Message):
     """No worker ever started the attempt (its schedule_to_start_timeout expired): the
     task run fails from SCHEDULED, without a RUNNING state. Absent in entries written
     before engine version 3, which replay as before.
+    """
+    started_at: builtins.float
+    """When the attempt started by its worker's clock, for an attempt without a
+    TaskStarted (the worker's outcome said so); unset when it did not say.
     """
     @property
     def failure(self) -> headwater.v1.state_pb2.Failure:
@@ -244,9 +256,11 @@ class AttemptFailed(google.protobuf.message.Message):
         failure: headwater.v1.state_pb2.Failure | None = ...,
         timed_out: builtins.bool = ...,
         never_started: builtins.bool = ...,
+        started_at: builtins.float | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["failure", b"failure"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "failure", b"failure", "key", b"key", "never_started", b"never_started", "timed_out", b"timed_out"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "failure", b"failure", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "failure", b"failure", "key", b"key", "never_started", b"never_started", "started_at", b"started_at", "timed_out", b"timed_out"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptFailed = AttemptFailed
 
@@ -259,20 +273,28 @@ class AttemptSkipped(google.protobuf.message.Message):
     KEY_FIELD_NUMBER: builtins.int
     ATTEMPT_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
     """The attempt number."""
     reason: builtins.str
     """Why, as the task said."""
+    started_at: builtins.float
+    """When the attempt started by its worker's clock, for an attempt without a
+    TaskStarted (the worker's outcome said so); unset when it did not say.
+    """
     def __init__(
         self,
         *,
         key: builtins.str = ...,
         attempt: builtins.int = ...,
         reason: builtins.str = ...,
+        started_at: builtins.float | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["attempt", b"attempt", "key", b"key", "reason", b"reason"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "key", b"key", "reason", b"reason", "started_at", b"started_at"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptSkipped = AttemptSkipped
 

@@ -366,6 +366,7 @@ class TaskResult(google.protobuf.message.Message):
     TOKEN_FIELD_NUMBER: builtins.int
     RESULT_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     cache_key: builtins.str
     """The key the worker computed with the task's key function, when the assignment's
     cache asked for one; ignored for every other task.
@@ -378,15 +379,23 @@ class TaskResult(google.protobuf.message.Message):
     def result(self) -> headwater.v1.payload_pb2.Value:
         """The result."""
 
+    @property
+    def started_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the attempt started, by the worker's clock, for an attempt it sent no
+        TaskStarted for (a short one): its RUNNING time, as TaskStarted.started_at says
+        (unset: this message's arrival).
+        """
+
     def __init__(
         self,
         *,
         token: global___FencingToken | None = ...,
         result: headwater.v1.payload_pb2.Value | None = ...,
         cache_key: builtins.str = ...,
+        started_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["result", b"result", "token", b"token"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["cache_key", b"cache_key", "result", b"result", "token", b"token"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["result", b"result", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["cache_key", b"cache_key", "result", b"result", "started_at", b"started_at", "token", b"token"]) -> None: ...
 
 global___TaskResult = TaskResult
 
@@ -399,6 +408,7 @@ class TaskFailure(google.protobuf.message.Message):
     TOKEN_FIELD_NUMBER: builtins.int
     FAILURE_FIELD_NUMBER: builtins.int
     TIMED_OUT_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     timed_out: builtins.bool
     """Whether the worker stopped the attempt for exceeding Assignment.timeout."""
     @property
@@ -409,15 +419,23 @@ class TaskFailure(google.protobuf.message.Message):
     def failure(self) -> headwater.v1.state_pb2.Failure:
         """The error."""
 
+    @property
+    def started_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the attempt started, by the worker's clock, for an attempt it sent no
+        TaskStarted for (a short one): its RUNNING time, as TaskStarted.started_at says
+        (unset: this message's arrival).
+        """
+
     def __init__(
         self,
         *,
         token: global___FencingToken | None = ...,
         failure: headwater.v1.state_pb2.Failure | None = ...,
         timed_out: builtins.bool = ...,
+        started_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["failure", b"failure", "token", b"token"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["failure", b"failure", "timed_out", b"timed_out", "token", b"token"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["failure", b"failure", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["failure", b"failure", "started_at", b"started_at", "timed_out", b"timed_out", "token", b"token"]) -> None: ...
 
 global___TaskFailure = TaskFailure
 
@@ -429,20 +447,29 @@ class TaskSkipped(google.protobuf.message.Message):
 
     TOKEN_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
+    STARTED_AT_FIELD_NUMBER: builtins.int
     reason: builtins.str
     """Why."""
     @property
     def token(self) -> global___FencingToken:
         """The attempt."""
 
+    @property
+    def started_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the attempt started, by the worker's clock, for an attempt it sent no
+        TaskStarted for (a short one): its RUNNING time, as TaskStarted.started_at says
+        (unset: this message's arrival).
+        """
+
     def __init__(
         self,
         *,
         token: global___FencingToken | None = ...,
         reason: builtins.str = ...,
+        started_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["token", b"token"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["reason", b"reason", "token", b"token"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason", "started_at", b"started_at", "token", b"token"]) -> None: ...
 
 global___TaskSkipped = TaskSkipped
 

@@ -47,6 +47,8 @@ class TaskSucceeded:
     value: Any
     cache_key: str = ""
     cached: bool = False
+    #: When it started, for an attempt without a TaskStarted (TaskStarted.at).
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,8 @@ class TaskFailed:
     attempt: int
     failure: FailureInfo
     never_started: bool = False
+    #: When it started, for an attempt without a TaskStarted (TaskStarted.at).
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,8 @@ class TaskSkipped:
     key: str
     attempt: int
     reason: str = ""
+    #: When it started, for an attempt without a TaskStarted (TaskStarted.at).
+    started_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -474,7 +474,8 @@ class FlowRunEngine:
                 return
             # An outcome may arrive without its TaskStarted (lost, or never sent by a
             # minimal worker): the attempt evidently started.
-            self._start_attempt(run, event.at if type(event) is TaskStarted else None)
+            at = event.at if type(event) is TaskStarted else getattr(event, "started_at", None)
+            self._start_attempt(run, at)
         if isinstance(event, TaskStarted):
             pass
         elif isinstance(event, TaskSucceeded):

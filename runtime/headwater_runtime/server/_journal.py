@@ -184,6 +184,8 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
             succeeded.value.CopyFrom(stored)
         succeeded.cache_key = event.cache_key
         succeeded.cached = event.cached
+        if event.started_at is not None:
+            succeeded.started_at = event.started_at
     elif isinstance(event, TaskStarted):
         msg.attempt_started.CopyFrom(
             journal_pb2.AttemptStarted(key=event.key, attempt=event.attempt, started_at=event.at)
@@ -196,11 +198,17 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
                 failure=failure_to_proto(event.failure),
                 timed_out=event.failure.timed_out,
                 never_started=event.never_started,
+                started_at=event.started_at,
             )
         )
     elif isinstance(event, TaskSkipped):
         msg.attempt_skipped.CopyFrom(
-            journal_pb2.AttemptSkipped(key=event.key, attempt=event.attempt, reason=event.reason)
+            journal_pb2.AttemptSkipped(
+                key=event.key,
+                attempt=event.attempt,
+                reason=event.reason,
+                started_at=event.started_at,
+            )
         )
     elif isinstance(event, TaskLost):
         msg.attempt_lost.CopyFrom(
@@ -257,20 +265,20 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
         return JournalEntry(TIMERS, msg.at)
     if which == "attempt_started":
         b = msg.attempt_started
-        event = TaskStarted(b.key, b.attempt, b.started_at if b.HasField("started_at") else None)
+        event = TaskStarted(b.key, b.attempt, _started(b))
     elif which == "attempt_succeeded":
         s = msg.attempt_succeeded
         value = from_stored(s.value, loaded)
-        event = TaskSucceeded(s.key, s.attempt, value, s.cache_key, s.cached)
+        event = TaskSucceeded(s.key, s.attempt, value, s.cache_key, s.cached, _started(s))
     elif which == "attempt_failed":
         f = msg.attempt_failed
         failure = failure_from_proto(f.failure, f.timed_out)
         # An entry written before engine version 3 has no never_started (False): it
         # replays as it was decided then (the attempt started).
-        event = TaskFailed(f.key, f.attempt, failure, never_started=f.never_started)
+        event = TaskFailed(f.key, f.attempt, failure, f.never_started, _started(f))
     elif which == "attempt_skipped":
         k = msg.attempt_skipped
-        event = TaskSkipped(k.key, k.attempt, k.reason)
+        event = TaskSkipped(k.key, k.attempt, k.reason, _started(k))
     elif which == "attempt_lost":
         lost = msg.attempt_lost
         event = TaskLost(lost.key, lost.attempt, lost.reason, given_back=lost.given_back)
@@ -290,3 +298,9 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
             f"journal entry {row.seq} of flow run {row.flow_run_id} has no input"
         )
     return JournalEntry(EVENT, msg.at, event)
+
+
+def _started(entry: Any) -> float | None:
+    """An attempt entry's ``started_at`` (None when unset: an older entry, or a worker
+    that did not say)."""
+    return float(entry.started_at) if entry.HasField("started_at") else None

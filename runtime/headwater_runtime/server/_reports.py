@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from grpc import StatusCode
 
@@ -241,11 +241,7 @@ class WorkerReports:
         if kind == "started":
             # When it started by the worker's clock (it reports a moment later): the
             # engine keeps it between the attempt's SCHEDULED state and now.
-            started = msg.started.started_at
-            at = seconds(started) if msg.started.HasField("started_at") else None
-            if at is not None and not valid_timestamp(started):
-                at = None
-            event = TaskStarted(run_key, token.attempt, at)
+            event = TaskStarted(run_key, token.attempt, _started_at(msg.started))
         elif kind == "result":
             self.exports.record(session, msg.result.result, flow_run_id)
             width = len(msg.result.result.items)
@@ -260,9 +256,11 @@ class WorkerReports:
             event, refused = decide()
         elif kind == "failure":
             failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
-            event = TaskFailed(run_key, token.attempt, failure)
+            event = TaskFailed(run_key, token.attempt, failure, False, _started_at(msg.failure))
         else:
-            event = TaskSkipped(run_key, token.attempt, msg.skipped.reason)
+            event = TaskSkipped(
+                run_key, token.attempt, msg.skipped.reason, _started_at(msg.skipped)
+            )
         ignored = self.runs.handle(flow_run_id, event)
         if kind != "started":
             self.dispatcher.finished(key)
@@ -284,9 +282,10 @@ class WorkerReports:
         refused = self._check_result(token, result, ref_problems)
         if refused is not None:
             failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
-            return TaskFailed(run_key, token.attempt, failure), refused
+            return TaskFailed(run_key, token.attempt, failure, False, _started_at(result)), refused
         cache_key = self.runs.function_cache_key(flow_run_id, run_key, result.cache_key)
-        return TaskSucceeded(run_key, token.attempt, result.result, cache_key), None
+        started = _started_at(result)
+        return TaskSucceeded(run_key, token.attempt, result.result, cache_key, False, started), None
 
     def _check_result(
         self,
@@ -431,3 +430,12 @@ def log_level(given: str) -> str:
     names them, ``INFO`` when empty; any other name is kept (a peer's ``TRACE``)."""
     level = _label(given, LEVEL_LIMIT).strip().upper() or "INFO"
     return _LEVEL_ALIASES.get(level, level)
+
+
+def _started_at(report: Any) -> float | None:
+    """When a worker says an attempt started (TaskStarted's, or an outcome's for an
+    attempt it sent no TaskStarted for), in seconds; None when it does not say, or
+    says no valid time."""
+    if not report.HasField("started_at") or not valid_timestamp(report.started_at):
+        return None
+    return seconds(report.started_at)
