@@ -176,6 +176,23 @@ def test_a_failed_subflow_fails_its_parent_from_the_childs_original_exception() 
     assert isinstance(cause, ValueError) and str(cause) == "bad source s3"
 
 
+def test_a_child_run_is_retried_through_its_parent_not_alone() -> None:
+    """A child run's outcome is its parent's task run's: retried alone it ended SUCCESS
+    while the parent kept the task run FAILED (as RetryFlowRun did on a server, a
+    hostile trial); the parent's retry runs it again."""
+    run = failing_parent.run()
+    (child,) = run.children
+    assert (run.state, child.state) == (FlowRunState.FAILED, FlowRunState.FAILED)
+    with pytest.raises(RuntimeError) as refused:
+        child.retry()
+    assert str(refused.value) == (
+        f"cannot retry flow run {child.id}: it is a child of flow run {run.id} (its task "
+        "run 'failing_child'), which its outcome belongs to: retry that run, which runs "
+        "the child again"
+    )
+    assert run.task_run("failing_child").state is TaskRunState.FAILED
+
+
 @pytest.fixture
 def gate() -> Iterator[threading.Event]:
     event = threading.Event()

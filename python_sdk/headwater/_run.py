@@ -129,11 +129,20 @@ class FlowRun:
         timed out, cancelled and not-run ones run again, and a mapped task reruns only
         its failed children (docs/semantics.md). ``executor``/``max_workers`` as for
         ``Flow.run``: the executor must be of the kind the run used (a thread pool by
-        default). RuntimeError for a run in another state; on a server, use
-        ``Client.retry``.
+        default). RuntimeError for a run in another state, and for a child run (its
+        outcome is its parent's task run's: retry the parent, which runs it again); on a
+        server, use ``Client.retry``.
         """
         from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, ThreadExecutor
 
+        if self.parent_id:
+            # (Retried alone, it ended SUCCESS while its parent kept the task run FAILED,
+            # as on a server before RetryFlowRun refused it.)
+            raise RuntimeError(
+                f"cannot retry flow run {self.id}: it is a child of flow run "
+                f"{self.parent_id} (its task run {self.parent_task_run!r}), which its outcome "
+                "belongs to: retry that run, which runs the child again"
+            )
         engine = self._engine
         why = not_retryable(self.state) if engine is not None else "it was not run here"
         if engine is None or why is not None:
