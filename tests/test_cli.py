@@ -247,6 +247,12 @@ def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
         headwater_cli("run", path, "--dask", "local", "--server", "127.0.0.1:1"), "--server"
     )
     assert_usage_error(headwater_cli("run", path, "--dask", ""), "--dask expects")
+    # (a mistyped one waited out Dask's 20 s connect timeout, then two tracebacks, exit 1)
+    assert_usage_error(
+        headwater_cli("run", path, "--dask", "lcoal"),
+        "--dask expects 'local' or a scheduler address like tcp://HOST:PORT, got 'lcoal' "
+        "(missing port number in address 'lcoal')",
+    )
     # --workers and --max-concurrency size this process's pool: ignored on a server before
     for flags in (["--workers", "2"], ["--max-concurrency", "2"]):
         got = headwater_cli("run", path, *flags, "--server", "127.0.0.1:1")
@@ -254,8 +260,9 @@ def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_worker_dask_needs_local_or_an_address() -> None:
-    proc = headwater_cli("worker", "--server", "127.0.0.1:1", "--module", "x", "--dask", "")
-    assert_usage_error(proc, "--dask expects 'local' or a scheduler address")
+    for given in ("", "tcp://scheduler"):
+        proc = headwater_cli("worker", "--server", "127.0.0.1:1", "--module", "x", "--dask", given)
+        assert_usage_error(proc, "--dask expects 'local' or a scheduler address")
 
 
 def test_param_values_are_converted_to_their_annotations(tmp_path: Path) -> None:

@@ -490,7 +490,11 @@ def test_settings_follow_the_standard_variables(
         ({"OTEL_TRACES_EXPORTER": "none,otlp"}, "'none' cannot be combined"),
         (
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
-            "unsupported protocol 'http/json'",
+            "^OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol 'http/json'",
+        ),
+        (  # (the general variable was named, though only this one was set: a user trial)
+            {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "foo"},
+            "^OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: unsupported protocol 'foo'",
         ),
     ],
 )

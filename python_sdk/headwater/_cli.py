@@ -207,10 +207,28 @@ def _log_tasks_at_info() -> None:
         root.setLevel(logging.INFO)
 
 
+def check_dask(where: str) -> None:
+    """UsageError unless ``--dask`` is 'local' or a scheduler address: a mistyped one
+    (``--dask lcoal``) waited out Dask's 20 s connect timeout, then printed two
+    tracebacks and exited 1 (a user trial)."""
+    if where == "local":
+        return
+    expected = "--dask expects 'local' or a scheduler address like tcp://HOST:PORT"
+    if not where:
+        raise UsageError(expected)
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+    except ImportError:
+        return  # (the executor says what to install)
+    try:
+        parse_host_port(parse_address(where)[1])
+    except ValueError as exc:
+        raise UsageError(f"{expected}, got {where!r} ({exc})") from None
+
+
 def dask_executor(where: str) -> Any:
     """A DaskExecutor for ``--dask local`` (a LocalCluster for this run) or an address."""
-    if not where:
-        raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
+    check_dask(where)
     from headwater_runtime.dask import DaskExecutor
 
     return DaskExecutor(None if where == "local" else where)
@@ -291,8 +309,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         options["allow_stale_code"] = True
     options["max_message_bytes"] = args.max_message_bytes
     if args.dask is not None:
-        if not args.dask:
-            raise UsageError("--dask expects 'local' or a scheduler address like tcp://HOST:PORT")
+        check_dask(args.dask)
         from ._worker_dask import DaskBridgeWorker
 
         try:

@@ -66,13 +66,17 @@ def tracing_settings_from_env(
             f"OTEL_TRACES_EXPORTER: 'none' cannot be combined with other exporters ({raw!r})"
         )
     exporters = tuple(dict.fromkeys(name for name in names if name != "none"))
-    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", ""
-    )
+    # (The variable the value came from is the one named: the error named the general
+    # one when only the traces one was set, a user trial.)
+    variable = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    protocol = env.get(variable, "")
+    if not protocol:
+        variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+        protocol = env.get(variable, "")
     protocol = protocol.strip().lower() or "grpc"
     if protocol not in PROTOCOLS:
         raise TracingConfigError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol {protocol!r} "
+            f"{variable}: unsupported protocol {protocol!r} "
             f"(Headwater supports {', '.join(PROTOCOLS)})"
         )
     disabled = env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
