@@ -417,3 +417,48 @@ def test_revoking_the_last_credential_does_not_open_the_server(tmp_path: Path) -
             await asyncio.wait_for(running.stop(None), 30)
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == {"none": UNAUTH, "revoked": UNAUTH}
+
+
+def test_a_token_made_by_another_process_is_taken_on_its_first_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`T=$(headwater tokens create --db DB ...)` then a call with T at once (the README's
+    recipe): the running server had not read it yet and refused it as an invalid token
+    for up to its poll interval (a user trial). An unknown token has the credentials
+    re-read when the store's generation moved (at most every REFRESH_EVERY s); one
+    still unknown is refused as before."""
+    from headwater_runtime.server import _access
+
+    monkeypatch.setattr(_access, "POLL_INTERVAL", 3600.0)  # (the poll never helps here)
+    db = tmp_path / "hw.db"
+    store = SQLiteStore(db)
+    first, _ = new_credential("first", "admin", created_by="test", now=time.time())
+    store.add_credential(first)
+    store.close()
+
+    async def main() -> dict[str, grpc.StatusCode]:
+        running = await start_server(ServerSettings(port=0, db=str(db)))
+        other = SQLiteStore(db)  # another process's connection, as `tokens create --db`
+        try:
+            async with open_aio_channel(f"127.0.0.1:{running.port}", TLSSettings()) as channel:
+                call = channel.unary_unary(
+                    f"{CP}/ListFlows",
+                    request_serializer=cp.ListFlowsRequest.SerializeToString,
+                    response_deserializer=cp.ListFlowsResponse.FromString,
+                )
+                row, token = new_credential("new", "viewer", created_by="test", now=time.time())
+                await asyncio.to_thread(other.add_credential, row)
+                codes = {}
+                for name, given in (("new", token), ("unknown", "hw_" + "x" * 43)):
+                    try:
+                        metadata = (("authorization", f"Bearer {given}"),)
+                        await call(cp.ListFlowsRequest(), metadata=metadata, timeout=30)
+                        codes[name] = OK
+                    except grpc.aio.AioRpcError as exc:
+                        codes[name] = exc.code()
+                return codes
+        finally:
+            other.close()
+            await asyncio.wait_for(running.stop(None), 30)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == {"new": OK, "unknown": UNAUTH}

@@ -4,7 +4,9 @@ The server keeps every credential in memory (token hashes and certificate subjec
 names and roles) and checks each call against it. Changes made through the server
 (``AccessService``) apply at once; changes made by another process (``headwater
 tokens revoke --db``) are seen within ``POLL_INTERVAL`` (the store's credentials
-generation is read that often). Tokens are 256 random bits, so a plain SHA-256 is an
+generation is read that often), and a call with a credential the server has not read
+has them re-read first when that generation moved (``refresh``: a token just made
+with ``tokens create --db`` works on its first call). Tokens are 256 random bits, so a plain SHA-256 is an
 adequate hash: a slow password hash protects guessable secrets, and these are not.
 """
 
@@ -16,6 +18,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,6 +30,11 @@ from ._io import StoreIO
 
 log = logging.getLogger("headwater.server")
 
+#: A call with an unknown credential has the credentials re-read when another process
+#: changed them, at most this often (seconds): a token just made with ``tokens create
+#: --db`` was refused for up to POLL_INTERVAL (a user trial), and unknown tokens must
+#: not make the server read its store at their own pace.
+REFRESH_EVERY = 0.05
 #: How often a server looks for credential changes made by another process.
 POLL_INTERVAL = 1.0
 #: Prefix of generated tokens (lets secret scanners recognise them).
@@ -62,6 +70,11 @@ def uploader_name(caller: Caller) -> str:
 
 class Refused(Exception):
     """A call's credential is missing, unknown or revoked (UNAUTHENTICATED)."""
+
+
+class Unknown(Refused):
+    """A token or certificate subject this server has not read (yet: another process
+    may just have created it, ``AccessControl.refresh``)."""
 
 
 def hash_token(token: str) -> str:
@@ -130,6 +143,8 @@ class AccessControl:
         self._stored = False
         self._generation = -1
         self._poller: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()
+        self._refreshed_at = -REFRESH_EVERY  # (time.monotonic() of the last look)
         #: Called on the event loop after every reload with the names of the valid
         #: credentials (the server ends worker streams of revoked ones).
         self.on_change: Callable[[frozenset[str]], None] | None = None
@@ -200,6 +215,21 @@ class AccessControl:
                     log.warning("credentials re-read again")
                 failing = False
 
+    async def refresh(self) -> None:
+        """Re-read the credentials if another process changed them (a call came with an
+        unknown one), unless that was looked at less than REFRESH_EVERY ago; a store
+        that cannot be read leaves them as they are (the poll says so)."""
+        if self.store is None or self.io is None:
+            return
+        async with self._refreshing:
+            now = time.monotonic()
+            if now - self._refreshed_at < REFRESH_EVERY:
+                return
+            self._refreshed_at = now
+            with contextlib.suppress(Exception):
+                if await self.io.read(self.store.credentials_generation) != self._generation:
+                    await self.reload()
+
     async def reload(self) -> None:
         """Re-read the credentials now (after a change made through this server)."""
         if self.io is not None:
@@ -222,7 +252,7 @@ class AccessControl:
             common_name = _first(peer, "x509_common_name")
             row = self._subjects.get(subject) or self._subjects.get(f"CN={common_name}")
             if row is None:
-                raise Refused(
+                raise Unknown(
                     f"client certificate subject {subject!r} is not mapped to a credential "
                     f"(headwater tokens create --subject {subject!r} --role ROLE --name NAME)"
                 )
@@ -245,4 +275,4 @@ class AccessControl:
         revoked = self._revoked.get(digest)
         if revoked is not None:
             raise Refused(f"the token of credential {revoked.name!r} was revoked")
-        raise Refused("invalid token")
+        raise Unknown("invalid token")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import grpc
 
-from ._access import CALLER, AccessControl, Caller, Refused
+from ._access import CALLER, AccessControl, Caller, Refused, Unknown
 from ._roles import REQUIRED_ROLES, allows, describe
 
 _Req = TypeVar("_Req")
@@ -60,7 +60,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
             try:
-                caller = access.authenticate(metadata, context.auth_context())
+                try:
+                    caller = access.authenticate(metadata, context.auth_context())
+                except Unknown:  # another process may just have made it
+                    await access.refresh()
+                    caller = access.authenticate(metadata, context.auth_context())
             except Refused as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
                 raise AssertionError("unreachable") from None
