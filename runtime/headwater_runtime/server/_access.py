@@ -6,8 +6,9 @@ names and roles) and checks each call against it. Changes made through the serve
 tokens revoke --db``) are seen within ``POLL_INTERVAL`` (the store's credentials
 generation is read that often), and a call with a credential the server has not read
 has them re-read first when that generation moved (``refresh``: a token just made
-with ``tokens create --db`` works on its first call). Tokens are 256 random bits, so a plain SHA-256 is an
-adequate hash: a slow password hash protects guessable secrets, and these are not.
+with ``tokens create --db`` works on its first call). Tokens are 256 random bits, so a
+plain SHA-256 is an adequate hash: a slow password hash protects guessable secrets,
+and these are not.
 """
 
 from __future__ import annotations
