@@ -166,6 +166,20 @@ def test_unusable_tls_files_are_one_line_errors(tmp_path: Path, certs: Certs) ->
     mismatched = {"tls_cert": certs.server.cert, "tls_key": certs.other_server.key}
     with pytest.raises(TLSConfigError, match="cannot be used together"):
         serve(tmp_path, lambda address: None, **mismatched)
+    # A client's pair too: gRPC took it, logged its own lines at each attempt, and the
+    # server read as unreachable (exit 3; a worker retried for ever: a user trial).
+    with pytest.raises(TLSConfigError) as refused:
+        Client(
+            "127.0.0.1:1",
+            tls_ca=certs.ca,
+            tls_cert=certs.client.cert,
+            tls_key=certs.other_server.key,
+        )
+    assert str(refused.value) == (
+        f"the certificate {certs.client.cert!r} (--tls-cert) and the key "
+        f"{certs.other_server.key!r} (--tls-key) cannot be used together "
+        "(KEY_VALUES_MISMATCH): the key must be the certificate's"
+    )
 
 
 # ------------------------------------------------------------------- mutual TLS
