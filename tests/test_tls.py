@@ -134,6 +134,24 @@ def test_a_certificate_from_another_ca_is_refused(tmp_path: Path, certs: Certs) 
     serve(tmp_path, body, **tls_server(certs))
 
 
+def test_a_certificate_for_another_host_says_what_to_fix(tmp_path: Path, certs: Certs) -> None:
+    """A certificate without the dialled address in its subjectAltName: the fix is the
+    certificate, not --tls-ca (the hint a user trial followed in vain)."""
+
+    def body(address: str) -> None:
+        with Client(address, token=ADMIN, tls_ca=certs.ca) as client:
+            error = refusal(client.server_info)
+        assert error.code == grpc.StatusCode.UNAVAILABLE
+        assert "IP address mismatch" in str(error), str(error)
+        assert (
+            "the server's certificate must name the host or IP address clients dial "
+            "(subjectAltName)" in str(error)
+        )
+        assert "check --tls-ca" not in str(error)
+
+    serve(tmp_path, body, **tls_server(certs, certs.elsewhere_server))
+
+
 def test_tls_without_a_ca_verifies_the_server_with_the_system_roots(
     tmp_path: Path, certs: Certs
 ) -> None:

@@ -27,6 +27,7 @@ class Certs:
     other_ca: str  # a CA that signed nothing here
     other_server: Pair  # signed by other_ca
     expired_server: Pair  # signed by ca, expired yesterday
+    elsewhere_server: Pair  # signed by ca, for another host only (not 127.0.0.1)
     client_ca: str
     client: Pair  # CN=worker-1, signed by client_ca
     viewer_client: Pair  # CN=viewer-1, signed by client_ca
@@ -60,6 +61,7 @@ def make_certs(folder: Path) -> Certs:
         expired_server=_pair(
             ca.issue_cert(*hosts, not_before=past, not_after=yesterday), folder, "expired"
         ),
+        elsewhere_server=_pair(ca.issue_cert("elsewhere.example"), folder, "elsewhere"),
         client_ca=str(folder / "client-ca.pem"),
         client=_pair(clients.issue_cert(common_name="worker-1"), folder, "client"),
         viewer_client=_pair(clients.issue_cert(common_name="viewer-1"), folder, "viewer"),

@@ -155,9 +155,17 @@ def _probe_tls(
                 return None
             return _refused_certificate(address, tls)
     except ssl.SSLCertVerificationError as exc:
+        # (A name or address the certificate does not carry is the certificate's to fix,
+        # not --tls-ca's: a user trial followed the hint in vain.)
+        fix = (
+            "the server's certificate must name the host or IP address clients dial "
+            "(subjectAltName)"
+            if "mismatch" in (exc.verify_message or "").lower()
+            else "check --tls-ca"
+        )
         return (
             f"the certificate of the server at {address} failed verification "
-            f"(certificate verify failed: {exc.verify_message}); check --tls-ca"
+            f"(certificate verify failed: {exc.verify_message}); {fix}"
         )
     except ssl.SSLError as exc:
         reason = (exc.reason or str(exc)).lower()
