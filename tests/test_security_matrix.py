@@ -381,6 +381,25 @@ def _table(found: dict[tuple[str, str, str], grpc.StatusCode]) -> str:
     return "\n".join(lines)
 
 
+async def _list_flows_as(port: int, tokens: dict[str, str | None]) -> dict[str, grpc.StatusCode]:
+    """The status of a ListFlows call with each token (None: no credential), by name."""
+    async with open_aio_channel(f"127.0.0.1:{port}", TLSSettings()) as channel:
+        call = channel.unary_unary(
+            f"{CP}/ListFlows",
+            request_serializer=cp.ListFlowsRequest.SerializeToString,
+            response_deserializer=cp.ListFlowsResponse.FromString,
+        )
+        codes = {}
+        for name, token in tokens.items():
+            metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+            try:
+                await call(cp.ListFlowsRequest(), metadata=metadata, timeout=30)
+                codes[name] = OK
+            except grpc.aio.AioRpcError as exc:
+                codes[name] = exc.code()
+        return codes
+
+
 def test_revoking_the_last_credential_does_not_open_the_server(tmp_path: Path) -> None:
     """A server with stored credentials checks every call; revoking the last valid one
     left it with none and it let every call through as ``anonymous``, an admin (a user
@@ -396,23 +415,7 @@ def test_revoking_the_last_credential_does_not_open_the_server(tmp_path: Path) -
     async def main() -> dict[str, grpc.StatusCode]:
         running = await start_server(ServerSettings(port=0, db=str(db)))
         try:
-            async with open_aio_channel(f"127.0.0.1:{running.port}", TLSSettings()) as channel:
-                call = channel.unary_unary(
-                    f"{CP}/ListFlows",
-                    request_serializer=cp.ListFlowsRequest.SerializeToString,
-                    response_deserializer=cp.ListFlowsResponse.FromString,
-                )
-                codes = {}
-                for name, metadata in (
-                    ("none", ()),
-                    ("revoked", (("authorization", f"Bearer {token}"),)),
-                ):
-                    try:
-                        await call(cp.ListFlowsRequest(), metadata=metadata, timeout=30)
-                        codes[name] = OK
-                    except grpc.aio.AioRpcError as exc:
-                        codes[name] = exc.code()
-                return codes
+            return await _list_flows_as(running.port, {"none": None, "revoked": token})
         finally:
             await asyncio.wait_for(running.stop(None), 30)
 
@@ -440,23 +443,9 @@ def test_a_token_made_by_another_process_is_taken_on_its_first_call(
         running = await start_server(ServerSettings(port=0, db=str(db)))
         other = SQLiteStore(db)  # another process's connection, as `tokens create --db`
         try:
-            async with open_aio_channel(f"127.0.0.1:{running.port}", TLSSettings()) as channel:
-                call = channel.unary_unary(
-                    f"{CP}/ListFlows",
-                    request_serializer=cp.ListFlowsRequest.SerializeToString,
-                    response_deserializer=cp.ListFlowsResponse.FromString,
-                )
-                row, token = new_credential("new", "viewer", created_by="test", now=time.time())
-                await asyncio.to_thread(other.add_credential, row)
-                codes = {}
-                for name, given in (("new", token), ("unknown", "hw_" + "x" * 43)):
-                    try:
-                        metadata = (("authorization", f"Bearer {given}"),)
-                        await call(cp.ListFlowsRequest(), metadata=metadata, timeout=30)
-                        codes[name] = OK
-                    except grpc.aio.AioRpcError as exc:
-                        codes[name] = exc.code()
-                return codes
+            row, token = new_credential("new", "viewer", created_by="test", now=time.time())
+            await asyncio.to_thread(other.add_credential, row)
+            return await _list_flows_as(running.port, {"new": token, "unknown": "hw_" + "x" * 43})
         finally:
             other.close()
             await asyncio.wait_for(running.stop(None), 30)
