@@ -135,16 +135,10 @@ class FlowRun:
         """
         from headwater_runtime.embedded import PROCESS_CACHE, EmbeddedRun, ThreadExecutor
 
-        if self.parent_id:
-            # (Retried alone, it ended SUCCESS while its parent kept the task run FAILED,
-            # as on a server before RetryFlowRun refused it.)
-            raise RuntimeError(
-                f"cannot retry flow run {self.id}: it is a child of flow run "
-                f"{self.parent_id} (its task run {self.parent_task_run!r}), which its outcome "
-                "belongs to: retry that run, which runs the child again"
-            )
         engine = self._engine
-        why = not_retryable(self.state) if engine is not None else "it was not run here"
+        why = not_retryable(self.state, self.parent_id, self.parent_task_run)
+        if engine is None and why is None:
+            why = "it was not run here"
         if engine is None or why is not None:
             raise RuntimeError(f"cannot retry flow run {self.id}: {why}")
         if executor is not None and max_workers is not None:

@@ -43,8 +43,16 @@ RETRYABLE = frozenset({FlowRunState.FAILED, FlowRunState.CANCELLED})
 RERUN = frozenset({S.FAILED, S.TIMED_OUT, S.CANCELLED, S.TRIGGER_FAILED})
 
 
-def not_retryable(state: FlowRunState) -> str | None:
-    """Why a flow run in ``state`` cannot be retried (None: it can)."""
+def not_retryable(state: FlowRunState, parent_id: str = "", parent_task: str = "") -> str | None:
+    """Why a flow run in ``state`` cannot be retried (None: it can). A child run
+    (``parent_id``, its parent's task run ``parent_task``) is not retried alone: its
+    outcome is that task run's (retried alone, it ended SUCCESS while its parent kept
+    the task run FAILED, a hostile trial)."""
+    if parent_id:
+        return (
+            f"it is a child of flow run {parent_id} (its task run {parent_task!r}), which "
+            "its outcome belongs to: retry that run, which runs the child again"
+        )
     if state in RETRYABLE:
         return None
     return f"the flow run is {state.name}; only a FAILED or CANCELLED run can be retried"

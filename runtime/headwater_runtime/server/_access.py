@@ -205,8 +205,7 @@ class AccessControl:
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             try:
-                if await self.io.read(self.store.credentials_generation) != self._generation:
-                    await self.reload()
+                await self._reload_if_changed()
             except Exception as exc:  # the database is away: one line, not one a second
                 if not failing:
                     log.warning("could not re-read credentials (%s); trying again", exc)
@@ -228,8 +227,14 @@ class AccessControl:
                 return
             self._refreshed_at = now
             with contextlib.suppress(Exception):
-                if await self.io.read(self.store.credentials_generation) != self._generation:
-                    await self.reload()
+                await self._reload_if_changed()
+
+    async def _reload_if_changed(self) -> None:
+        """Re-read the credentials when the store's generation moved (another process
+        changed them)."""
+        assert self.store is not None and self.io is not None
+        if await self.io.read(self.store.credentials_generation) != self._generation:
+            await self.reload()
 
     async def reload(self) -> None:
         """Re-read the credentials now (after a change made through this server)."""

@@ -339,16 +339,7 @@ class Operations:
     def _rebuild(self, flow_run_id: str) -> ActiveRun:
         runs = self.core.runs
         row = runs.store.get_flow_run(flow_run_id)
-        if row.parent_flow_run_id:
-            # Its outcome was its parent's node's: retried alone, it ended SUCCESS while
-            # the parent kept the node FAILED, and a retry of the parent ran it a third
-            # time (a hostile trial).
-            raise RetryRefused(
-                f"cannot retry flow run {flow_run_id}: it is a child of flow run "
-                f"{row.parent_flow_run_id} (its task run {row.parent_task_key!r}), which "
-                "its outcome belongs to: retry that run, which runs the child again"
-            )
-        why = not_retryable(FlowRunState(row.state))
+        why = not_retryable(FlowRunState(row.state), row.parent_flow_run_id, row.parent_task_key)
         if why is not None:
             raise RetryRefused(f"cannot retry flow run {flow_run_id}: {why}")
         if row.engine_version not in REPLAYS:
