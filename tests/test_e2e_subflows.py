@@ -69,7 +69,7 @@ def ready() -> str:
     return "ready"
 
 @task
-def wait_forever() -> str:
+def wait_forever(after: str = "") -> str:
     for _ in range(6000):  # interrupted when cancelled; bounded either way
         time.sleep(0.01)
     return "never"
@@ -91,8 +91,8 @@ def impatient() -> str:
     return blocked.with_options(timeout=1)()
 
 @flow(timeout=1)
-def hurried() -> list:
-    return [ready(), wait_forever()]
+def hurried() -> str:
+    return wait_forever(ready())
 
 @flow
 def each_doubled(items: list) -> list:
@@ -405,8 +405,17 @@ def test_cancelling_the_parent_or_a_subflow_timeout_cancels_the_children(
         hurried = client.wait(client.run(module.hurried).id)
         assert hurried.state is FlowRunState.FAILED
         assert hurried.message == "the flow run exceeded its timeout of 1s"
-        states = {t.task_id: t.state for t in hurried.task_runs}
-        assert states == {"ready": TaskRunState.SUCCESS, "wait_forever": TaskRunState.CANCELLED}
+        runs = {t.task_id: t for t in hurried.task_runs}
+        assert runs["wait_forever"].state is TaskRunState.CANCELLED
+        # What ended before the deadline stays SUCCESS: `ready` had ended when
+        # wait_forever (its consumer) started, which is what happens unless a loaded
+        # machine spends the whole second before `ready` runs (then both are
+        # cancelled). The engine's test of the same rule has a fake clock
+        # (test_engine_retries_timeouts.py).
+        if runs["wait_forever"].attempts:
+            assert runs["ready"].state is TaskRunState.SUCCESS
+        else:
+            assert runs["ready"].state in (TaskRunState.SUCCESS, TaskRunState.CANCELLED)
 
 
 OUTER = """

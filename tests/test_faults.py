@@ -45,7 +45,7 @@ from fault_helpers import (
     read_effects,
     snapshot,
 )
-from fault_tasks import chaos, expected, workers
+from fault_tasks import chaos, expected, hold_path, workers
 
 from headwater import Client
 from headwater.wire import FlowRunState
@@ -258,42 +258,44 @@ class Fault:
         self.unrecorded: set[tuple[str, str, int]] = set()
 
     def strike(self, tmp_path: Path, point: int, db: Path, tags: dict[str, str]) -> None:
-        """Wait for ``point`` task starts of the run with the victim running something,
-        then send the signal; retried at later points (SIGSTOP only) while the victim
-        turned out to be idle at that instant."""
+        """Send the signal once the victim runs a task held past the run's first
+        ``point`` starts (``hold``: the run was started held there, so such a task
+        cannot end before the signal), then let the run go on."""
         sig = signal.SIGKILL if self.kind == "SIGKILL" else signal.SIGSTOP
 
-        def ready(point: int) -> bool:
+        def ready() -> bool:
             lines = read_effects(tmp_path)
-            started = sum(1 for x in lines if x.kind == "START" and x.key[0] == self.tag)
-            return started >= point and bool(
-                _victim_in_flight(lines, self.name, self.tag, len(lines))
-            )
+            starts = [x for x in lines if x.kind == "START" and x.key[0] == self.tag]
+            held = {x.key for x in starts[point:] if x.worker == self.name}
+            return bool(held & _victim_in_flight(lines, self.name, self.tag, len(lines)))
 
-        for _ in range(20):
-            poll(functools.partial(ready, point), f"{point} starts of {self.tag}, {self.name} busy")
-            self.victim.popen.send_signal(sig)
-            if sig == signal.SIGKILL:
-                self.victim.popen.wait(BOUND)
-            else:
-                poll(lambda: _stopped(self.victim), f"{self.name} to stop")
-            lines = read_effects(tmp_path)
-            self.pos = len(lines)
-            self.caught = _victim_in_flight(lines, self.name, self.tag, self.pos)
-            if self.caught or sig == signal.SIGKILL:
-                recorded = snapshot(db, tags, self.pos).succeeded
-                self.unrecorded = {
-                    x.key
-                    for x in lines
-                    if x.kind == "END"
-                    and x.worker == self.name
-                    and x.key[0] == self.tag
-                    and x.key not in recorded
-                }
-                return
-            self.victim.popen.send_signal(signal.SIGCONT)
-            point = count_effects(tmp_path, "START", [self.tag]) + 2
-        raise AssertionError(f"{self.name} was idle at every try")
+        poll(ready, f"{self.name} to run a task of {self.tag} held after {point} starts")
+        self.victim.popen.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.victim.popen.wait(BOUND)
+        else:
+            poll(lambda: _stopped(self.victim), f"{self.name} to stop")
+        lines = read_effects(tmp_path)
+        self.pos = len(lines)
+        self.caught = _victim_in_flight(lines, self.name, self.tag, self.pos)
+        recorded = snapshot(db, tags, self.pos).succeeded
+        self.unrecorded = {
+            x.key
+            for x in lines
+            if x.kind == "END"
+            and x.worker == self.name
+            and x.key[0] == self.tag
+            and x.key not in recorded
+        }
+        hold_path(tmp_path, self.tag).unlink()
+
+
+def hold(tmp_path: Path, tag: str, point: int) -> None:
+    """Hold run ``tag``'s tasks after its first ``point`` starts (fault_tasks.py),
+    written whole (a rename) so that no task reads half of it."""
+    part = tmp_path / f".hold-{tag}"
+    part.write_text(str(point))
+    part.replace(hold_path(tmp_path, tag))
 
 
 @pytest.mark.timeout(BOUND_S)
@@ -320,7 +322,8 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
 
     with Client(address, token=TOKEN) as client:
 
-        def start(tag: str) -> str:
+        def start(tag: str, point: int) -> str:
+            hold(tmp_path, tag, point)
             run = client.run(workers, {"n": WORKER_TASKS, "tag": tag})
             tags[run.id] = tag
             return run.id
@@ -333,9 +336,10 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             a, b = _workers(cluster, address, [f"a{r}", f"b{r}"])
 
             # 1. SIGKILL: the stream breaks, its attempts are lost and sent elsewhere.
-            run = start(f"kill{r}")
+            at = point()
+            run = start(f"kill{r}", at)
             fault = Fault("SIGKILL", a, f"a{r}", f"kill{r}")
-            fault.strike(tmp_path, point(), db, tags)
+            fault.strike(tmp_path, at, db, tags)
             faults.append(fault)
             (c,) = _workers(cluster, address, [f"c{r}"])
             finish(run)
@@ -343,9 +347,10 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             # 2. SIGSTOP past the heartbeat window, then SIGCONT: the server has dropped
             # the session and sent its attempts elsewhere; what it finishes late is
             # not kept.
-            run = start(f"stop{r}")
+            at = point()
+            run = start(f"stop{r}", at)
             stop = Fault("SIGSTOP+SIGCONT", b, f"b{r}", f"stop{r}")
-            stop.strike(tmp_path, point(), db, tags)
+            stop.strike(tmp_path, at, db, tags)
             faults.append(stop)
 
             def redispatched(stop: Fault = stop) -> bool:
@@ -363,9 +368,10 @@ def test_worker_sigkill_and_sigstop_redispatch_and_refuse_late_results(
             finish(run)
 
             # 3. SIGSTOP for good: the run completes without it.
-            run = start(f"never{r}")
+            at = point()
+            run = start(f"never{r}", at)
             fault = Fault("SIGSTOP", c, f"c{r}", f"never{r}")
-            fault.strike(tmp_path, point(), db, tags)
+            fault.strike(tmp_path, at, db, tags)
             faults.append(fault)
             finish(run)
             c.popen.send_signal(signal.SIGKILL)
