@@ -472,6 +472,7 @@ def test_a_server_without_credentials_stays_open_but_checks_csrf(tmp_path: Path)
 def test_credential_names_are_checked_and_the_audit_names_reserved() -> None:
     for name, fragment in [
         ("me\nserver-token", "control characters"),
+        ("admin\u202enimda", "control characters"),  # shown reversed: "adminadmin"
         ("x" * 201, "at most 200"),
         ("server-token", "reserved"),
         ("anonymous", "reserved"),

@@ -907,6 +907,9 @@ def test_a_workers_too_small_message_limit_names_where_it_came_from(
         ("ok", "tab\there", "task id 'tab\\there' contains the control character '\\t'"),
         ("ok", "esc\x1b[31m", "task id 'esc\\x1b[31m' contains the control character '\\x1b'"),
         ("bell\x07", "t", "flow name 'bell\\x07' contains the control character '\\x07'"),
+        # A right-to-left override shows "etl_exe.txt" for "etl_\u202etxt.exe".
+        ("etl_\u202etxt.exe", "t", "flow name 'etl_\\u202etxt.exe' contains the control"),
+        ("ok", "x\u2067y", "task id 'x\\u2067y' contains the control character '\\u2067'"),
         ("ok", "t" * 201, f"task id {'t' * 40!r}... is 201 characters long (at most 200)"),
         ("f" * 5_000, "t", f"flow name {'f' * 40!r}... is 5,000 characters long (at most 200)"),
     ],

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from headwater.wire import FailureInfo, TaskRunState
+from headwater.wire._ids import BIDI_CONTROLS
 
 #: Traceback lines shown without --full (the last ones: where it failed).
 TRACEBACK_LINES = 12
@@ -47,12 +48,9 @@ _CONTROLS = {
     for code in (*range(0x20), *range(0x7F, 0xA0))
     if code not in (0x09, 0x0A)
 }
-#: Unicode's bidirectional controls (embeddings, overrides, isolates) as ``\\uNNNN``:
-#: one in a name or a log line reorders what the terminal shows after it (U+202E
-#: prints "exe.txt" for "txt.exe").
-_CONTROLS.update(
-    {code: f"\\u{code:04x}" for code in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
-)
+#: Unicode's bidirectional controls as ``\\uNNNN``: one in a log line reorders what the
+#: terminal shows after it (names and ids refuse them).
+_CONTROLS.update({code: f"\\u{code:04x}" for code in BIDI_CONTROLS})
 
 
 def printable(text: str) -> str:

@@ -42,13 +42,17 @@ def split_child_key(key: str) -> tuple[str, int] | None:
 
 #: The longest name (of a worker, a credential) a server accepts.
 MAX_NAME = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Unicode's bidirectional controls (embeddings, overrides, isolates: U+202A-U+202E,
+#: U+2066-U+2069): one reorders what a terminal or a page shows after it (U+202E shows
+#: "exe.txt" for "txt.exe"). Names and ids refuse them as they refuse control characters.
+BIDI_CONTROLS = (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(map(chr, BIDI_CONTROLS)) + "]")
 
 
 def control_character(value: str) -> str | None:
-    """The first control character in ``value`` (None: it has none): names and ids
-    are shown in terminals, where one (a newline, an escape sequence) could forge
-    what an operator reads."""
+    """The first control character (or bidirectional control) in ``value`` (None: it
+    has none): names and ids are shown in terminals, where one (a newline, an escape
+    sequence, a right-to-left override) could forge what an operator reads."""
     found = _CONTROL.search(value)
     return None if found is None else found.group()
 
