@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -257,6 +259,37 @@ def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
     for flags in (["--workers", "2"], ["--max-concurrency", "2"]):
         got = headwater_cli("run", path, *flags, "--server", "127.0.0.1:1")
         assert_usage_error(got, flags[0], "cannot be used with --server")
+    # ...and the other way round: a server's flags without --server were ignored, and
+    # the run went on in this process (a user trial took it for a server's run).
+    got = headwater_cli("run", path, "--tls-ca", "ca.pem")
+    assert_usage_error(got, "--tls-ca is for a run on a server; add --server HOST:PORT")
+    got = headwater_cli("run", path, "--token", "t", "--tls")
+    assert_usage_error(got, "--token and --tls are for a run on a server")
+
+
+def test_an_unreachable_dask_scheduler_is_exit_3_try_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scheduler that cannot be reached is like a server that cannot be: exit 3, one
+    line (it was 1, "the flow run failed"). In this process, with a short connect
+    timeout (the CLI's is 10 s)."""
+    from headwater import _cli
+    from headwater_runtime.dask import DaskExecutor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        address = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setattr(
+            _cli, "dask_executor", lambda where: DaskExecutor(where, connect_timeout=0.5)
+        )
+        path = write(tmp_path, "good.py", GOOD)
+        previous = signal.getsignal(signal.SIGTERM)  # `run` takes SIGTERM as Ctrl-C
+        try:
+            assert _cli.main(["run", str(path), "--dask", address]) == 3
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"headwater: error: cannot reach the Dask scheduler at {address}")
 
 
 def test_worker_dask_needs_local_or_an_address() -> None:

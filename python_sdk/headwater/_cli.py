@@ -54,8 +54,8 @@ EXIT_STATUSES = (
     "exit status: 0 success; 1 the flow run failed, or the command did; 2 a usage error, or "
     "a request the server refused (bad input, not found, not in that state, already there, "
     "no or a wrong credential, a role that may not); "
-    "3 the server could not be reached or is unavailable (restarting, a standby, its "
-    "database away): try again; 130 cancelled or interrupted"
+    "3 the server (or --dask's scheduler) could not be reached or is unavailable "
+    "(restarting, a standby, its database away): try again; 130 cancelled or interrupted"
 )
 
 
@@ -161,6 +161,22 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
         return run_on_server(flow, params, args.server, args)
     if args.detach:
         raise UsageError("--detach leaves a run on a server; it needs --server")
+    remote = [
+        flag
+        for flag, given in (
+            ("--token", args.token),
+            ("--tls", args.tls),
+            ("--tls-ca", args.tls_ca),
+            ("--tls-cert", args.tls_cert),
+            ("--tls-key", args.tls_key),
+        )
+        if given is not None
+    ]
+    if remote:  # (they were ignored: a user took the run for a server's)
+        raise UsageError(
+            f"{' and '.join(remote)} {'is' if len(remote) == 1 else 'are'} for a run on a "
+            "server; add --server HOST:PORT (without it the flow runs in this process)"
+        )
     executor = None
     if args.dask is not None:
         if args.workers is not None:
@@ -186,9 +202,9 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
                 on_transition=lambda r, e: progress.update(r.key, r.task_id, e.state.name),
                 **params,
             )
-    except ConnectionError as exc:  # the Dask scheduler could not be reached
+    except ConnectionError as exc:  # the Dask scheduler could not be reached: try again
         print(f"headwater: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_UNAVAILABLE
     _show_embedded(run, full=args.full)
     print(_summary(run), file=sys.stderr)
     if run.state is FlowRunState.SUCCESS:
