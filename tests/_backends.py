@@ -101,3 +101,21 @@ class Backend:
 
 
 THREADS = Backend("threads", ThreadExecutor)
+
+
+class StoppedClock:
+    """The embedded host's clock for a test of a deadline (``SystemClock.now``,
+    monkeypatched): it stands still until ``advance`` moves it. A deadline then passes
+    when the test says so (e.g. from the task that must be cut off, once it runs), never
+    because a loaded machine ran the run's other work slowly; a deadline that must not
+    pass never does. Only the engine reads it: a Dask worker's own watchdog keeps to
+    real time, and a task on a Dask worker that advances it moves a copy."""
+
+    def __init__(self) -> None:
+        self.at = time.time()
+
+    def now(self) -> float:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += seconds

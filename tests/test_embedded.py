@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _backends import BOUND, Backend, Probe, bounded, poll
+from _backends import BOUND, Backend, Probe, StoppedClock, bounded, poll
 
 from headwater import (
     FlowRunCancelled,
@@ -35,7 +35,7 @@ from headwater import (
     unmapped,
 )
 from headwater._run import FlowRun
-from headwater_runtime.embedded import EmbeddedRun
+from headwater_runtime.embedded import EmbeddedRun, SystemClock
 
 S = TaskRunState
 
@@ -221,11 +221,21 @@ def test_task_blocked_in_a_c_call_times_out_and_the_pool_keeps_its_size(
     assert run.task_run("blocked").result is None, "its late result is refused"
 
 
-def test_retry_after_timeout_succeeds(backend: Backend, probe: Probe) -> None:
+def test_retry_after_timeout_succeeds(
+    backend: Backend, probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine's clock stands still: the first attempt moves it past its deadline
+    # (on Dask its worker's watchdog times it out: that clock is real), and the second
+    # is never cut off, however slowly a loaded machine runs or reports it (with a
+    # real 0.2 s, the second attempt's result had to be back within 0.2 s of its start).
+    clock = StoppedClock()
+    monkeypatch.setattr(SystemClock, "now", clock.now)
+
     @task(timeout=0.2, retries=1)
     def sometimes_stuck() -> str:
         probe.add("attempts", 1)
         if probe.count("attempts") == 1:
+            clock.advance(1.0)
             while not probe.is_set("stop"):
                 pass
         return "done"

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_run_manager import FUNCTIONS, decode_input, numbers, scale, total, value_of
 
 from headwater import flow, task, unmapped
+from headwater._flow import Flow
 from headwater.v1 import (
     control_plane_pb2 as cp,
 )
@@ -548,17 +549,31 @@ def sleepy_flow() -> int:
     return sleepy()
 
 
+@task
+def unhurried() -> int:
+    raise AssertionError("never called: the in-test worker runs nothing")
+
+
+@flow
+def unhurried_flow() -> int:
+    return unhurried()
+
+
 async def sleepy_run(
-    running: RunningServer, channel: grpc.aio.Channel
+    running: RunningServer, channel: grpc.aio.Channel, which: Flow[[], int] = sleepy_flow
 ) -> tuple[Any, asyncio.Queue[worker_pb2.ConnectRequest], Any]:
-    """A run of sleepy_flow and an in-test worker's stream (its Hello sent): the run's
-    row, the worker's outbox and its call."""
-    running.core.runs.register_flow(sleepy_flow.compile())
-    row, _ = running.core.runs.create_run("sleepy_flow", "", {})
+    """A run of ``which`` (sleepy_flow, or unhurried_flow: the same without a timeout)
+    and an in-test worker's stream (its Hello sent): the run's row, the worker's outbox
+    and its call."""
+    running.core.runs.register_flow(which.compile())
+    row, _ = running.core.runs.create_run(which.name, "", {})
     running.core.touch()
     outbox: asyncio.Queue[worker_pb2.ConnectRequest] = asyncio.Queue()
     hello = worker_pb2.Hello(
-        worker_id="w", protocol_version=1, capabilities=[sleepy.task_type], slots=1
+        worker_id="w",
+        protocol_version=1,
+        capabilities=[sleepy.task_type, unhurried.task_type],
+        slots=1,
     )
     await outbox.put(worker_pb2.ConnectRequest(hello=hello))
 
@@ -874,7 +889,9 @@ def test_a_task_runs_running_time_is_its_workers_reported_start(db: str, clock: 
             serving(db, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
-            row, outbox, call = await sleepy_run(running, channel)
+            # A task without a timeout: sleepy's 0.3 s, counted from TaskStarted, could
+            # pass before the server read the result on a loaded machine.
+            row, outbox, call = await sleepy_run(running, channel, unhurried_flow)
             async for response in call:
                 if response.HasField("assignment"):
                     token = response.assignment.token

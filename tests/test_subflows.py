@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _backends import StoppedClock
 
 from headwater import FlowDefinitionError, FlowRunFailed, ParameterError, flow, task
 from headwater.wire import SUBFLOW_TASK_TYPE, FlowRunState, TaskRunState
+from headwater_runtime.embedded import SystemClock
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -233,30 +235,52 @@ def test_a_timed_out_subflow_node_cancels_its_child(gate: threading.Event) -> No
     assert "timed out" in only.message
 
 
+CLOCKS: list[StoppedClock] = []
+
+
+@task
+def overstays(after: int) -> str:
+    """Runs past the flow's deadline (the test's clock jumps over it) until the gate
+    opens; once it is open, returns at once."""
+    if not GATES[-1].is_set():
+        CLOCKS[-1].advance(1.0)
+    GATES[-1].wait()
+    return "released"
+
+
 @flow(timeout=0.2)
 def hurried() -> list[Any]:
-    return [double(1), wait_for_gate()]
+    doubled = double(1)
+    return [doubled, overstays(doubled)]
 
 
 def test_a_top_level_run_over_its_flows_timeout_is_stopped_and_fails(
-    gate: threading.Event,
+    gate: threading.Event, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``@flow(timeout=...)`` also bounds a top-level run (each run attempt): at the
     deadline what is unfinished is cancelled and the run fails, saying why; a retry
-    gets the whole timeout again."""
+    gets the whole timeout again.
+
+    The deadline passes on a stopped clock, moved by ``overstays`` once it runs: so
+    ``double`` (its input) has ended before it, and the retried attempt is never cut
+    off, however slowly a loaded machine runs them (a real 0.2 s was not enough)."""
     GATES.append(gate)
+    CLOCKS.append(StoppedClock())
+    monkeypatch.setattr(SystemClock, "now", CLOCKS[-1].now)
     with pytest.raises(FlowRunFailed) as raised:
         hurried()
     assert str(raised.value) == (
         "flow run of 'hurried' ended FAILED: the flow run exceeded its timeout of 0.2s "
-        "(wait_for_gate CANCELLED)"
+        "(overstays CANCELLED)"
     )
     run = hurried.run()
     assert run.state is FlowRunState.FAILED
     assert run.message == "the flow run exceeded its timeout of 0.2s"
     assert run.task_run("double").state is TaskRunState.SUCCESS
-    assert run.task_run("wait_for_gate").state is TaskRunState.CANCELLED
-    gate.set()  # the retried attempt is released at once: it ends within its timeout
+    assert run.task_run("overstays").state is TaskRunState.CANCELLED
+    # The retried attempt is released at once. It ends SUCCESS on a clock already
+    # past the first attempt's deadline: its timeout counts from the retry.
+    gate.set()
     again = run.retry()
     assert again.state is FlowRunState.SUCCESS and again.result == [2, "released"]
     assert again.attempt == 2
