@@ -111,9 +111,10 @@ def test_task_output_is_captured_per_thread_and_still_printed(capsys: object) ->
         with task_output(sink):
             barrier.wait(5)
             print(f"hello from {name}")
-            print("partial", end="")  # a line without its newline: kept at the end
+            print("partial", end="")  # a line without its newline: kept until a record
             sys.stderr.write(f"careful {name}\n")
-            logging.getLogger("job").warning("logged by %s", name)
+            logging.getLogger("job").warning("logged by %s", name)  # ...comes after it
+            print("tail", end="")  # ...or the end
             barrier.wait(5)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in "ab"]
@@ -126,8 +127,9 @@ def test_task_output_is_captured_per_thread_and_still_printed(capsys: object) ->
         assert captured[name] == [
             ("INFO", "stdout", f"hello from {name}"),
             ("WARNING", "stderr", f"careful {name}"),
+            ("INFO", "stdout", "partial"),  # (it came after the record, on a server)
             ("WARNING", "job", f"logged by {name}"),
-            ("INFO", "stdout", "partial"),
+            ("INFO", "stdout", "tail"),
         ]
     out = capsys.readouterr()  # type: ignore[attr-defined]
     assert "hello from a" in out.out and "not a task's line" in out.out  # teed, not swallowed

@@ -123,7 +123,9 @@ def block(seconds):
 def chatty(n):
     log = logging.getLogger("hw_tasks.chatty")
     log.info("hello %d", n)
+    print("counting:", end=" ")  # a line without its newline: sent before the record
     log.warning("careful")
+    print(n, end="")  # ...or at the end
     return n
 """
 
@@ -445,7 +447,9 @@ def test_cli_worker_says_hello_runs_tasks_with_logs_and_exits_0_on_sigterm(
         logs = [entry for entry in gateway.all("log") if entry.token == tok]
         assert [(e.level, e.logger, e.message) for e in logs] == [
             ("INFO", "hw_tasks.chatty", "hello 3"),
+            ("INFO", "stdout", "counting: "),  # (it came after the record)
             ("WARNING", "hw_tasks.chatty", "careful"),
+            ("INFO", "stdout", "3"),
         ]
         assert all(e.timestamp.seconds > 0 for e in logs)
         # A short attempt's result implies its start: no TaskStarted (STARTED_DELAY).

@@ -45,6 +45,7 @@ from headwater_runtime.execution import (
     TaskInterrupted,
     execute,
     failure_from_exception,
+    flush_partial_lines,
     make_caller,
     task_output,
 )
@@ -129,6 +130,7 @@ class TaskLogHandler(logging.Handler):
         token = self.threads.get(record.thread or 0)
         if token is None:
             return
+        flush_partial_lines(record.thread or 0)  # what it printed before, first
         try:
             message = record.getMessage()
             if record.exc_info:

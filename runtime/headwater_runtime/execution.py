@@ -233,6 +233,8 @@ def _make_router() -> Any:
             sink = _sinks.get(record.thread or 0)
             if sink is None:
                 return False
+            if _partial:  # what it printed before the record, first
+                _send_partial(record.thread or 0, sink)
             try:
                 message = record.getMessage()
                 if record.exc_info:
@@ -311,10 +313,23 @@ def _register(sink: LogSink, records: bool) -> int:
 def _unregister(ident: int, sink: LogSink) -> None:
     del _sinks[ident]
     if _partial:  # a line without its newline: kept, at the end
-        for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
-            rest = _partial.pop((ident, name), "")
-            if rest:
-                sink(level, name, rest, time.time())
+        _send_partial(ident, sink)
+
+
+def _send_partial(ident: int, sink: LogSink) -> None:
+    for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
+        rest = _partial.pop((ident, name), "")
+        if rest:
+            sink(level, name, rest, time.time())
+
+
+def flush_partial_lines(ident: int) -> None:
+    """Send what thread ``ident`` printed without a newline so far to its sink, as a
+    line: called before one of its log records goes out, so that the record comes
+    after it (``print("a", end="")`` then ``log.info("b")`` showed b, then a)."""
+    sink = _sinks.get(ident) if _partial else None
+    if sink is not None:
+        _send_partial(ident, sink)
 
 
 def capturing(caller: Caller, sink: LogSink, *, records: bool = True) -> Caller:
