@@ -12,7 +12,7 @@ import functools
 import json
 import subprocess
 import sys
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import pydantic
 import pytest
@@ -874,3 +874,140 @@ def test_a_refusal_the_body_catches_still_stops_the_build_and_errors_name_the_li
         "missing a required argument: 'x'",
     ):
         misses_an_argument.graph()
+
+
+# ------------------------------------------------- found by a newcomer's trial (round 22)
+
+
+@flow
+def in_a_deque(n: int = 3) -> Any:
+    return echo(collections.deque([n, 1]))
+
+
+@flow
+def in_a_slice(n: int = 3) -> Any:
+    return echo(slice(n, None))
+
+
+def test_a_parameter_in_a_deque_or_a_slice_is_a_use_of_its_value() -> None:
+    """A deque or a slice holding a parameter reached the task with the placeholder
+    inside (a deque has no __dict__, a slice no attributes to look at): it is a use of
+    the value, as for any object holding one."""
+    assert in_a_deque(n=4) == collections.deque([4, 1])
+    assert in_a_slice(n=4) == slice(4, None)
+    assert in_a_deque.graph(n=4).value_dependent and in_a_slice.graph(n=4).value_dependent
+
+
+def test_a_task_result_in_a_deque_or_a_slice_is_refused() -> None:
+    for kind, make in {"deque": lambda r: collections.deque([r]), "slice": slice}.items():
+
+        @flow
+        def holds() -> Any:
+            return echo(make(name()))  # noqa: B023 (built and checked in this iteration)
+
+        with pytest.raises(FlowDefinitionError, match=rf"is inside a {kind} object"):
+            holds.graph()
+
+
+LOADS: list[str] = []
+
+
+@task(cache_for=3600)
+def load(day: str) -> str:
+    LOADS.append(day)
+    return day
+
+
+@flow
+def cached_by_schema(day: str = "d", schema: str = "v1") -> str:
+    return load.with_options(cache_version=schema)(day)
+
+
+@flow
+def keyed_by_schema(day: str = "d", schema: str = "v1") -> str:
+    return load.with_options(cache_key_fn=lambda inputs: f"{schema}/{inputs['day']}")(day)
+
+
+@pytest.mark.filterwarnings("error")  # ("could not compute a cache key": caching was off)
+def test_a_parameter_in_a_cache_option_is_a_use_of_its_value() -> None:
+    """`cache_version=schema` kept the placeholder (caching silently off, and a
+    TypeError from deep inside `compile()`); a key function capturing a parameter
+    could not compute a key. Both build the graph from the values, and cache."""
+    LOADS.clear()
+    assert cached_by_schema(day="mon", schema="v2") == cached_by_schema(day="mon", schema="v2")
+    assert LOADS == ["mon"]
+    (node,) = cached_by_schema.graph(day="mon", schema="v2").tasks
+    assert node.cache is not None and node.cache.version == "v2"
+    assert cached_by_schema.compile(schema="v2").tasks[0].cache.version == "v2"
+    assert keyed_by_schema(day="tue", schema="v3") == keyed_by_schema(day="tue", schema="v3")
+    assert LOADS == ["mon", "tue"]
+    assert keyed_by_schema.graph(schema="v3").value_dependent
+
+
+def test_a_version_option_that_is_not_text_is_refused_when_defined() -> None:
+    for option in ("cache_version", "version"):
+        refused = rf"task 'load': {option} must be a str, got 2"
+        with pytest.raises(FlowDefinitionError, match=refused):
+            load.with_options(**{option: 2})
+
+    @flow
+    def from_a_result() -> str:
+        return load.with_options(cache_version=name())("d")
+
+    with pytest.raises(FlowDefinitionError, match=r"the result of task 'name'"):
+        from_a_result.graph()
+
+
+@task
+def show(value: Any) -> str:
+    return repr(value)
+
+
+@flow
+def parsed_day(day: str) -> str:
+    try:
+        parsed = datetime.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        parsed = datetime.date(2000, 1, 1)
+    return show(parsed)
+
+
+@flow
+def careful(n: int = 1) -> str:
+    try:
+        label = "big" if n > 5 else "small"
+    except ValueError:  # (catches no TypeError: the placeholder's use stops the build)
+        label = "?"
+    return show(label)
+
+
+def test_a_try_that_catches_type_error_builds_the_graph_from_the_values() -> None:
+    """C code refuses a placeholder by its type, asking it nothing
+    (`date.fromisoformat(day)` raised TypeError): caught by the body, the fallback was
+    taken for every value, silently. A `try` catching TypeError makes the flow
+    value-dependent, as an identity check does."""
+    assert parsed_day(day="2026-05-05") == "datetime.date(2026, 5, 5)"
+    assert parsed_day(day="nonsense") == "datetime.date(2000, 1, 1)"
+    graph = parsed_day.graph(day="2026-05-05")
+    assert graph.value_dependent
+    said = r"may be refused by code in a `try` that catches TypeError at "
+    with pytest.raises(ParameterError, match=said):
+        parsed_day.graph()  # (without values: it names the try's line)
+    assert careful(n=9) == "'big'"  # an except that cannot catch a TypeError: as before
+
+
+@flow
+def positive(n: Annotated[int, pydantic.Field(gt=0)] = 1) -> int:
+    return scale(n, 2)
+
+
+def test_annotated_constraints_are_checked() -> None:
+    """`Annotated[int, Field(gt=0)]` lost its constraint (annotations were read without
+    their extras): -1 ran."""
+    assert positive(n="3") == 6
+    for bad in (-1, "-5"):
+        with pytest.raises(
+            ParameterError,
+            match=r"parameter 'n' expects int, got .*-.* \(Input should be greater than 0\)",
+        ):
+            positive(n=bad)

@@ -262,6 +262,10 @@ class _Context:
         node_id = self._new_id(task.name)
         fields = self.task_fields.get(task)
         if fields is None:
+            if task.cache is not None and task.cache.key_fn is not None:
+                # A parameter captured by the key function is a use of its value (it
+                # was a placeholder there: no key, no caching); a task result, refused.
+                self._check_hidden(task.cache.key_fn, task.name, "cache_key_fn")
             fields = self.task_fields[task] = _task_fields(task)
         node = make_task_spec(
             node_id,
@@ -402,11 +406,17 @@ _ARRAY_SCAN = 100_000
 def _held(value: Any) -> list[Any]:
     """What an object holds that could be a reference: its attributes and slots; a
     function's captured variables and defaults (``lambda v: v * n``); a partial's
-    function and arguments; the elements of a numpy or pandas object array
-    (``np.array([five(), 1])``), which reached the task still a reference."""
+    function and arguments; the elements of a deque, a slice's bounds, and the elements
+    of a numpy or pandas object array (``np.array([five(), 1])``), which reached the
+    task still a reference."""
+    import collections
     import functools
     import types
 
+    if isinstance(value, collections.deque):  # (no __dict__: its elements were missed)
+        return list(itertools.islice(value, _ARRAY_SCAN))
+    if isinstance(value, slice):
+        return [value.start, value.stop, value.step]
     if isinstance(value, functools.partial):
         return [value.func, *value.args, *value.keywords.values()]
     if isinstance(value, types.FunctionType):
@@ -662,7 +672,9 @@ def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
         return direct[0].name or "", direct[0].how, _show(_file(flow), direct[0].line)
     if loose:
         seen = f"`{loose[0].name}`" if loose[0].name else "a value"
-        use = f"may be checked by identity or type ({seen} {loose[0].how})"
+        use = loose[0].how  # (a `try` catching TypeError says it all)
+        if not use.startswith("may be "):
+            use = f"may be checked by identity or type ({seen} {use})"
         return params[0], use, _show(_file(flow), loose[0].line)
     if unread_checks(flow.fn):
         use = "may be checked by identity or type in a body whose source cannot be read"

@@ -155,7 +155,34 @@ def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
                 check(node.args[0], f"given to {node.func.id}()", line)
         elif isinstance(node, ast.Match):
             check(node.subject, "matched with `match`", line)
+        elif isinstance(node, ast.Try | ast.TryStar):
+            for handler in node.handlers:
+                what = _catching_type_error(fn, handler.type)
+                if what:
+                    # A C function refuses a placeholder by its type (date.fromisoformat
+                    # (day) raises TypeError, asking it nothing): caught, the body went
+                    # on with its fallback for every value.
+                    how = f"may be refused by code in a `try` that catches {what}"
+                    found.append(IdentityCheck("", (), how, offset + handler.lineno))
+                    break
     return tuple(found)
+
+
+#: The exceptions a handler catches TypeError with.
+_CATCH_TYPE_ERROR = ("TypeError", "Exception", "BaseException")
+
+
+def _catching_type_error(fn: Any, caught: ast.expr | None) -> str:
+    """What an ``except`` clause catching ``caught`` (None: a bare ``except:``) catches
+    a TypeError as ("TypeError", "Exception", "everything"; "" when it does not, by the
+    builtin names only)."""
+    if caught is None:
+        return "everything"
+    names = caught.elts if isinstance(caught, ast.Tuple) else [caught]
+    for name in names:
+        if isinstance(name, ast.Name) and name.id in _CATCH_TYPE_ERROR and _builtin(fn, name.id):
+            return name.id
+    return ""
 
 
 def _calls_in(expr: ast.expr, assigned: dict[str, tuple[str, ...]]) -> tuple[str, ...]:

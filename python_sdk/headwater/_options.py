@@ -147,6 +147,16 @@ def _error_types(values: Iterable[Any], label: str, *, remote: bool) -> tuple[An
     return found
 
 
+def _text(options: Mapping[str, Any], name: str, label: str) -> str:
+    """Option ``name`` (default ""), which must be a str: a number reached the graph's
+    message and failed there (TypeError), and a flow parameter given here was kept as
+    a placeholder (the type check is a use of its value: the graph is built from it)."""
+    value = options.get(name, "")
+    if not isinstance(value, str):
+        raise FlowDefinitionError(f"task {label!r}: {name} must be a str, got {value!r}")
+    return value
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -184,11 +194,12 @@ def parse_options(options: Mapping[str, Any], label: str, *, remote: bool) -> Pa
         raise FlowDefinitionError(f"task {label!r}: cache must be True or False")
     cache_for = options.get("cache_for")
     expiry = to_seconds(cache_for, f"task {label!r}: cache_for", positive=True)
+    cache_version = _text(options, "cache_version", label)
     cache = None
     if key_fn is not None or cache_for is not None or flag:
         cache = CacheSpec(
             expiry=expiry,
-            version=options.get("cache_version", ""),
+            version=cache_version,
             key_fn=key_fn,
             by_function=key_fn is not None,
         )
@@ -203,7 +214,7 @@ def parse_options(options: Mapping[str, Any], label: str, *, remote: bool) -> Pa
         tags=tuple(str(t) for t in tags),
         labels=_str_map(options.get("labels"), "labels", label),
         resources={str(k): float(v) for k, v in (options.get("resources") or {}).items()},
-        version=options.get("version", ""),
+        version=_text(options, "version", label),
         portable=remote or bool(options.get("portable", False)),
         no_retry_on=() if remote else errors,
         schedule_to_start_timeout=to_seconds(

@@ -27,7 +27,10 @@ _PLAIN = (int, float, str, bool, bytes)
 
 
 def type_name(annotation: Any) -> str:
-    """The annotation as people write it: ``list[int] | None``, ``date``, ``Color``."""
+    """The annotation as people write it: ``list[int] | None``, ``date``, ``Color``
+    (``Annotated[int, Field(gt=0)]`` as ``int``: pydantic's message says the rest)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return type_name(typing.get_args(annotation)[0])
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
     text = repr(annotation).replace("NoneType", "None")
@@ -183,7 +186,8 @@ def _annotations(fn: Callable[..., Any], names: list[str]) -> dict[str, Any]:
     TYPE_CHECKING) is not checked rather than failing the flow's definition."""
     target = inspect.unwrap(fn)
     try:
-        hints = typing.get_type_hints(target)
+        # (with Annotated's extras: ``Annotated[int, Field(gt=0)]`` keeps its constraint)
+        hints = typing.get_type_hints(target, include_extras=True)
     except Exception:
         hints = {}
         raw = getattr(target, "__annotations__", {})
