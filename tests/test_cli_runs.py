@@ -90,6 +90,15 @@ def wait_a_while() -> int:
 @flow
 def slow() -> int:
     return wait_a_while()
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+@flow
+def talkative(n: int = 2) -> list[int]:
+    print(f"building for n={n}")  # the body runs as the graph is built
+    return [double(i) for i in range(n)]
 """
 
 
@@ -244,6 +253,25 @@ def test_a_result_json_cannot_hold_prints_as_embedded_and_json_output_stays_json
     # worker's TaskLog failed to encode and the task failed).
     logs = cli(env, "runs", "logs", run_id, "--server", address).stdout
     assert "read report-\\udcff.csv" in logs
+
+
+def test_what_a_flow_body_prints_goes_to_stderr_and_stdout_stays_the_output(
+    tmp_path: Path, env: dict[str, str], cluster: Cluster
+) -> None:
+    """A body's print() as its graph was built went to stdout before the result of
+    `run --server` and the JSON of `graph` (`| jq` broke; an embedded run kept it off
+    stdout). It goes to stderr for every command, as a task's output does."""
+    _, address = start_server(cluster, tmp_path / "hw.db")
+    start_worker(cluster, address, "w1", module="cli_tasks")
+    target = str(tmp_path / "cli_tasks.py:talkative")
+    for done in (cli(env, "run", target, "--server", address), cli(env, "run", target)):
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [0, 2]  # (nothing else on stdout)
+        assert "building for n=2" in done.stderr
+    graph = cli(env, "graph", target, "-p", "n=3", "--format", "json")
+    assert graph.returncode == 0, graph.stderr
+    assert len(json.loads(graph.stdout)["tasks"]) == 3
+    assert "building for n=3" in graph.stderr
 
 
 def test_a_task_no_worker_offers_says_why_it_waits(

@@ -38,7 +38,7 @@ from ._cli_connect import add_tls_args, at_least_one, tls_from_args
 from ._cli_ops import add_ops_commands
 from ._cli_prune import add_prune_command
 from ._cli_remote import add_runs_command
-from ._cli_render import result_text
+from ._cli_render import result_text, user_output_to_stderr
 from ._cli_schedules import add_schedules_command
 from ._cli_tokens import add_tokens_command
 from ._client import ServerError
@@ -122,8 +122,9 @@ def traced(service_name: str) -> Tracing:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``headwater run``: run a flow embedded (or on a server); print its result as JSON."""
-    flow = load_flow(args.target)
-    params = flow_params(flow, args.param)
+    with user_output_to_stderr():
+        flow = load_flow(args.target)
+        params = flow_params(flow, args.param)
     tracing = traced("headwater")
     # SIGTERM (a supervisor, `timeout`) stops the run as Ctrl-C does: cancelled (on a
     # server too, unless --detach) rather than the process ending with the run left
@@ -254,8 +255,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
     """``headwater graph``: print a flow's compiled graph (text, DOT, Mermaid or JSON)."""
     from ._cli_graph import render
 
-    flow = load_flow(args.target)
-    graph = flow.compile(**flow_params(flow, args.param))
+    with user_output_to_stderr():
+        flow = load_flow(args.target)
+        graph = flow.compile(**flow_params(flow, args.param))
     print(render(graph, args.format))
     return EXIT_OK
 

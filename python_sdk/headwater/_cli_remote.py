@@ -38,6 +38,7 @@ from ._cli_render import (
     result_text,
     state_text,
     summary_table,
+    user_output_to_stderr,
 )
 from ._client import REWATCH_PAUSE, Client, RemoteFlowRun, ServerError, TaskRunInfo
 from ._errors import Terminated, UsageError
@@ -222,7 +223,8 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
     detach, full = getattr(args, "detach", False), getattr(args, "full", False)
     # The CLI's own span (when tracing): the flow span on the server becomes its child.
     with connect(args, address) as client, cli_span(f"run {flow.name}"):
-        run = client.run(flow, params)
+        with user_output_to_stderr():  # (its graph is built here: the body runs)
+            run = client.run(flow, params)
         where = client._addresses.current  # the server that took it (of several given)
         print(f"flow run {run.id} of {run.flow_name!r} created on {where}", file=sys.stderr)
         try:

@@ -7,6 +7,7 @@ come out as plain lines, one per change, with no colour or cursor movement.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -51,6 +52,14 @@ _CONTROLS = {
 #: Unicode's bidirectional controls as ``\\uNNNN``: one in a log line reorders what the
 #: terminal shows after it (names and ids refuse them).
 _CONTROLS.update({code: f"\\u{code:04x}" for code in BIDI_CONTROLS})
+
+
+def user_output_to_stderr() -> contextlib.AbstractContextManager[Any]:
+    """While the user's code runs in a command whose stdout is its output (a module's
+    top level as it loads, a flow body while its graph is built): what that code
+    prints goes to stderr, so stdout holds only the command's own output (`| jq`
+    works; the prints of a flow body reached the JSON of `run --server` and `graph`)."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def printable(text: str) -> str:

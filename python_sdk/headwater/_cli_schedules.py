@@ -9,6 +9,7 @@ from headwater.wire import parse_duration
 
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
+from ._cli_render import user_output_to_stderr
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -56,16 +57,17 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
             if (args.every is None) == (args.cron is None):
                 raise UsageError("give exactly one of --every DURATION or --cron EXPRESSION")
-            flow = load_flow(args.target)
-            created = client.create_schedule(
-                flow,
-                every=parse_every(args.every) if args.every is not None else None,
-                cron=args.cron,
-                params=flow_params(flow, args.param),
-                timezone=args.timezone,
-                paused=args.paused,
-                catchup=args.catchup,
-            )
+            with user_output_to_stderr():  # (the module loads, the flow's body runs)
+                flow = load_flow(args.target)
+                created = client.create_schedule(
+                    flow,
+                    every=parse_every(args.every) if args.every is not None else None,
+                    cron=args.cron,
+                    params=flow_params(flow, args.param),
+                    timezone=args.timezone,
+                    paused=args.paused,
+                    catchup=args.catchup,
+                )
             print(_line(created))
         elif args.action == "list":
             listed = client.list_schedules(args.flow or "")
