@@ -21,8 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from headwater.wire import FailureInfo, TaskRunState
-from headwater.wire._ids import BIDI_CONTROLS
+from headwater.wire import BIDI_CONTROLS, FailureInfo, TaskRunState
 
 #: Traceback lines shown without --full (the last ones: where it failed).
 TRACEBACK_LINES = 12

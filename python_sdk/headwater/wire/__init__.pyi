@@ -63,6 +63,7 @@ from ._graph_proto import graph_to_proto as graph_to_proto
 from ._graph_proto import parameters_digest as parameters_digest
 from ._graph_proto import path_from_proto as path_from_proto
 from ._graph_proto import path_to_proto as path_to_proto
+from ._ids import BIDI_CONTROLS as BIDI_CONTROLS
 from ._ids import MAX_NAME as MAX_NAME
 from ._ids import TASK_RUN_ID_SEPARATOR as TASK_RUN_ID_SEPARATOR
 from ._ids import check_name as check_name
