@@ -7,6 +7,7 @@ from engine_helpers import (
     Driver,
     S,
     check_engines,  # noqa: F401  (autouse fixture)
+    failure,
     flow,
     task,
     up,
@@ -265,6 +266,25 @@ def test_a_failed_reference_task_fails_the_flow_and_is_reported() -> None:
     assert [(f.key, f.state) for f in failed] == [("a", S.FAILED), ("b", S.TRIGGER_FAILED)]
     assert failed[0].failure is not None and failed[0].failure.message == "boom"
     assert d.engine.result is None
+
+
+def test_a_failed_runs_message_says_why_for_its_first_failures_and_counts_the_rest() -> None:
+    """The message (listings, the web UI) named the failed task runs with their state
+    only: why they failed took opening each. Now each of the first five says its error's
+    first line (cut to 100 characters), and the rest are counted."""
+    g = flow(task("m", inputs={"x": Const(list(range(7)))}, mapped=["x"]), reference=["m"])
+    d = Driver(g)
+    d.fail("m[0]", failure("builtins.KeyError", "'price'\nsecond line"))
+    d.fail("m[1]", failure("headwater.TaskTimeout", "x" * 150, timed_out=True))
+    for i in range(2, 7):
+        d.fail(f"m[{i}]")
+    assert d.engine.state is FlowRunState.FAILED
+    assert d.engine.flow_history[-1][2] == (
+        "m[0]: FAILED (KeyError: 'price'); "
+        f"m[1]: TIMED_OUT (headwater.TaskTimeout: {'x' * 74}...); "
+        "m[2]: FAILED (ValueError: boom); m[3]: FAILED (ValueError: boom); "
+        "m[4]: FAILED (ValueError: boom); and 2 more"
+    )
 
 
 def test_skipped_reference_task_counts_as_success() -> None:

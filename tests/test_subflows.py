@@ -144,7 +144,7 @@ def test_a_subflow_node_is_retried_with_a_new_child_run() -> None:
     assert failure is not None and failure.type == "headwater.SubflowFailed"
     # Why the child failed, without opening the child run: its first failed task.
     assert failure.message.endswith(
-        "ended FAILED: flaky: FAILED (task 'flaky': builtins.RuntimeError: first attempt fails)"
+        "ended FAILED: flaky: FAILED (RuntimeError: first attempt fails)"
     )
     assert failure.cause is not None and failure.cause.type == "builtins.RuntimeError"
     assert [c.state for c in run.child_runs("wobbly")] == [

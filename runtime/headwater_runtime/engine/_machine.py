@@ -931,7 +931,7 @@ class FlowRunEngine:
             state, message = FlowRunState.CANCELLED, self.cancel_reason
         elif self._reference_failed():
             state = FlowRunState.FAILED
-            message = "; ".join(f"{f.key}: {f.state.name}" for f in self.failed_runs()[:5])
+            message = failed_message(self.failed_runs())
         else:
             state, message = FlowRunState.SUCCESS, ""
             if self.graph.result is not None:
@@ -959,3 +959,27 @@ class FlowRunEngine:
 
     def _resolve(self, src: InputSpec) -> Any:
         return resolve(src, self._nodes, self.params, self.values)
+
+
+#: Failed task runs a failed run's message names (the rest are counted).
+FAILURES_NAMED = 5
+#: Characters of each one's error kept in that message.
+FAILURE_TEXT = 100
+
+
+def failed_message(failed: list[FlowRunFailure]) -> str:
+    """A failed run's message: its first failed task runs, each with its state and its
+    error's first line (``load[2]: FAILED (ValueError: bad row 7); and 95 more``); the
+    listings and the web UI show it, where the state alone did not say why."""
+    parts = []
+    for f in failed[:FAILURES_NAMED]:
+        part = f"{f.key}: {f.state.name}"
+        if f.failure is not None:
+            text = str(f.failure).removeprefix("builtins.").split("\n", 1)[0]
+            if len(text) > FAILURE_TEXT:
+                text = text[: FAILURE_TEXT - 3] + "..."
+            part += f" ({text})"
+        parts.append(part)
+    if len(failed) > FAILURES_NAMED:
+        parts.append(f"and {len(failed) - FAILURES_NAMED} more")
+    return "; ".join(parts)

@@ -50,7 +50,9 @@ def subflow_outcome(
     else:
         root = _first_failure(engine) if engine is not None else None
         text = f"{what}: {message or 'it failed'}"
-        if root is not None:
+        if root is not None and not message.startswith(f"{root[0]}: "):
+            # (a child's message names its first failed task with its error already:
+            # engine.failed_message)
             first_line = root[1].message.partition("\n")[0]
             text += f" (task {root[0]!r}: {root[1].type}: {first_line})"
         failure = FailureInfo(
