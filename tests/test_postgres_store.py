@@ -3,11 +3,13 @@ epoch that fences every write. (tests/test_store.py runs the common tests on it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 from pg_cluster import TempPostgres
@@ -414,6 +416,40 @@ def test_one_server_leads_and_the_lease_names_it(url: str) -> None:
     assert not lease_a.renew()  # A lost it
     a.close()
     b.close()
+
+
+def test_a_renewal_still_waiting_when_its_server_steps_down_renews_nothing(url: str) -> None:
+    """A leader steps down when its lease could not be renewed for a whole period (the
+    database was away); its last renewal, still waiting for a connection, got one when
+    the database came back and extended the lease: the same server, starting again as
+    a standby, then waited a whole further period for its own old lease (a trial)."""
+    store = PostgresStore(url)
+    lease = Lease(store, "A", "127.0.0.1:1", 30)
+    assert lease.acquire() == 1
+    real, gate = store.connection, threading.Event()
+
+    def expires_at() -> Any:
+        with real() as conn:
+            return conn.execute("SELECT expires_at FROM leader_lease").fetchone()[0]
+
+    @contextlib.contextmanager
+    def waiting(timeout: float | None = None) -> Iterator[Any]:
+        gate.wait(30)  # (as for a connection while the database is away)
+        with real(timeout=timeout) as conn:
+            yield conn
+
+    before = expires_at()
+    renewed: list[bool] = []
+    with mock.patch.object(store, "connection", waiting):
+        renewal = threading.Thread(target=lambda: renewed.append(lease.renew()))
+        renewal.start()
+        lease.given_up = True  # the server stepped down meanwhile (Leadership.give_up)
+        gate.set()
+        renewal.join(30)
+    assert renewed == [False]
+    assert expires_at() == before  # the lease still runs out when it would have
+    assert lease.renew() is False  # (and so does any later one)
+    store.close()
 
 
 def test_of_two_standbys_only_one_takes_over(url: str) -> None:

@@ -193,7 +193,7 @@ class RunningServer:
         except Exception as exc:  # e.g. recovery failed: stand by again, from scratch
             log.exception("leading failed")
             reason = f"leading failed: {exc}"
-        leadership.leading = False
+        leadership.give_up()
         self.lost_reason = reason
         log.warning("stepping down: %s", reason)
         for name in ("", *SERVICE_NAMES):

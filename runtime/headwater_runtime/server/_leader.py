@@ -139,6 +139,12 @@ class Leadership:
                     return f"the lease could not be renewed for a whole period ({why})"
                 log.warning("cannot renew the leader lease (%s); trying again", why)
 
+    def give_up(self) -> None:
+        """This server stepped down: a renewal still in flight renews nothing."""
+        if self.lease is not None:
+            self.lease.given_up = True
+        self.leading = False
+
     async def release(self) -> None:
         """Give the lease up (a clean stop): a standby takes over at once."""
         if self.lease is not None and self.leading:

@@ -61,6 +61,10 @@ class Lease:
         self.holder = holder
         self.address = address
         self.duration = duration
+        #: Set when this server stepped down: a renewal still waiting for a connection
+        #: (the database was away) must not extend the lease once it gets one (it
+        #: did, and kept this server's next start standing by for a lease period).
+        self.given_up = False
 
     def read(self) -> LeaseState:
         """The lease as it is now."""
@@ -137,11 +141,13 @@ class Lease:
         """Extend the lease this server holds; False when another server took over
         (its epoch is no longer ours)."""
         epoch = self.store.epoch
-        if epoch is None:
+        if epoch is None or self.given_up:
             return False
         # Within the lease period: a pool waiting 30 s for a connection to a database
         # that is gone kept the leader believing it led for three lease periods.
         with self.store.connection(timeout=self.duration / 2) as conn:
+            if self.given_up:  # (stepped down while it waited for the connection)
+                return False
             row = conn.execute(
                 "UPDATE leader_lease SET expires_at = clock_timestamp() + "
                 "make_interval(secs => %s) WHERE id = 1 AND epoch = %s RETURNING epoch",
