@@ -383,6 +383,23 @@ def test_a_read_over_a_connection_the_database_ended_says_it_could_not_read(
     assert all(f.startswith("cannot read from the database: ") for f in failures), failures
 
 
+def test_a_call_that_cannot_get_a_connection_soon_is_unavailable(url: str) -> None:
+    """While the database is away (or every pooled connection is busy) a call waited
+    psycopg_pool's 30 s for a connection, longer than a client's deadline: clients
+    read a bare "Deadline Exceeded" instead of the server's UNAVAILABLE saying the
+    database cannot be used. It now waits ``connection_wait`` (5 s by default)."""
+    store = PostgresStore(url, pool_size=1, connection_wait=0.2)
+    try:
+        with store.connection():  # the only connection, held
+            with pytest.raises(StoreUnavailable) as info:
+                store.list_flow_runs()
+        assert str(info.value).startswith("cannot read from the database: ")
+        assert "couldn't get a connection after 0.20 sec" in str(info.value)
+        assert store.list_flow_runs() == []  # (and reads once one is free)
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------- lease and fencing
 
 

@@ -93,6 +93,10 @@ def _configure(stalled: float, conn: Conn) -> None:
     conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(stalled * 1000))}")
 
 
+#: Seconds a call waits for a pooled connection by default (``connection_wait``).
+CONNECTION_WAIT = 5.0
+
+
 class PostgresStore(PostgresOps, PostgresAccessTables):
     """The store in a PostgreSQL database: several servers can share one, one leading
     (the tables and methods of day-two operations are in store/_postgres_ops.py, those
@@ -107,6 +111,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         pool_size: most connections open at once (the writer, readers, the lease).
         stalled_transaction_timeout: seconds a transaction may wait for this process
             between statements before PostgreSQL ends it (``_configure``).
+        connection_wait: seconds a call waits for a pooled connection (the database is
+            away, or every connection is busy) before it fails with StoreUnavailable:
+            a caller then says the database cannot be used right now, well within a
+            client's deadline (psycopg_pool's 30 s outlasted it: a bare "Deadline
+            Exceeded", a trial).
         migrate_schema: migrate an older schema (a server); False: refuse a database
             of another schema version, or with none (the commands beside a server).
         new_schema: with ``migrate_schema=False``, make the schema where there is
@@ -125,6 +134,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         payload_dir: str | Path | None = None,
         pool_size: int = 10,
         stalled_transaction_timeout: float = 2.0,
+        connection_wait: float = CONNECTION_WAIT,
         migrate_schema: bool = True,
         new_schema: bool = False,
     ) -> None:
@@ -157,6 +167,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True},
+            timeout=connection_wait,
             open=False,
             name="headwater",
             configure=functools.partial(_configure, stalled_transaction_timeout),
@@ -238,7 +249,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
     def connection(self, timeout: float | None = None) -> Any:
         """A pooled connection (``with store.connection() as conn``), for the lease
-        and for tests; ``timeout``: seconds to wait for one (the pool's 30 s if None)."""
+        and for tests; ``timeout``: seconds to wait for one (``connection_wait`` if None)."""
         return self._pool.connection(timeout=timeout)
 
     # ------------------------------------------------------------------ flows
