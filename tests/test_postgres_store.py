@@ -390,9 +390,9 @@ def test_a_call_that_cannot_get_a_connection_soon_is_unavailable(url: str) -> No
     database cannot be used. It now waits ``connection_wait`` (5 s by default)."""
     store = PostgresStore(url, pool_size=1, connection_wait=0.2)
     try:
-        with store.connection():  # the only connection, held
-            with pytest.raises(StoreUnavailable) as info:
-                store.list_flow_runs()
+        # The only connection, held:
+        with store.connection(), pytest.raises(StoreUnavailable) as info:
+            store.list_flow_runs()
         assert str(info.value).startswith("cannot read from the database: ")
         assert "couldn't get a connection after 0.20 sec" in str(info.value)
         assert store.list_flow_runs() == []  # (and reads once one is free)
