@@ -7,6 +7,7 @@ import contextlib
 import math
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -319,6 +320,32 @@ def test_tokens_create_says_when_it_made_the_tables(postgres: TempPostgres) -> N
         [*command, "admin", "--name", "b"], capture_output=True, text=True, timeout=120
     )
     assert second.returncode == 0 and "tables" not in second.stderr, second.stderr
+
+
+def test_a_role_without_privileges_on_the_tables_is_told_so_in_one_line(
+    postgres: TempPostgres,
+) -> None:
+    """A role that may not read Headwater's existing tables was told "no Headwater
+    schema" (prune, tokens: information_schema hides such tables), and a server then
+    failed creating them ("already exists"); PostgreSQL's own message came with the
+    statement and a caret, three lines. Now one line says permission was denied."""
+    import psycopg
+
+    url = postgres.schema_url()
+    PostgresStore(url).close()  # the tables, made by their owner
+    role, schema = f"hw_{uuid.uuid4().hex[:8]}", url.rsplit("%3D", 1)[1]
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    theirs = url.replace("postgresql://postgres@", f"postgresql://{role}@")
+    for beside_a_server in (False, True):  # (a server; prune and tokens)
+        with pytest.raises(RuntimeError) as info:
+            PostgresStore(theirs, migrate_schema=not beside_a_server)
+        said = str(info.value)
+        assert "\n" not in said, said
+        denied = "table schema_migrations" if beside_a_server else "schema"
+        assert f"permission denied for {denied}" in said, said
+        assert "needs privileges on them" in said
 
 
 def test_a_password_never_appears_in_messages() -> None:

@@ -156,11 +156,18 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                     check_current(conn, self.where, none_ok=new_schema)
                 #: Whether opening made the schema (the first migration ran now).
                 self.created = 1 in migrate(conn, self.where)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # (PostgreSQL's message goes on with the statement and a caret: one line)
+            raise RuntimeError(
+                f"cannot use Headwater's tables in the database {self.where}: "
+                f"{_first_line(exc)} (the role in the URL needs privileges on them, or a "
+                "database or schema of its own)"
+            ) from None
         except psycopg.Error as exc:
             # Connected: making or checking the schema failed (e.g. a table of another
             # program with one of Headwater's names); nothing of it was kept.
             raise RuntimeError(
-                f"cannot set up Headwater's tables in the database {self.where}: {exc}"
+                f"cannot set up Headwater's tables in the database {self.where}: {_first_line(exc)}"
             ) from None
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             url,
@@ -820,6 +827,11 @@ class _DatabaseChunks:
         self._store._write(
             lambda conn: conn.execute("DELETE FROM payload_chunks WHERE id=%s", (self._id,))
         )
+
+
+def _first_line(exc: psycopg.Error) -> str:
+    """PostgreSQL's message without the statement and caret lines it may add."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _unavailable(exc: psycopg.Error, doing: str = "write to") -> StoreUnavailable:

@@ -213,11 +213,13 @@ def schema_version(conn: psycopg.Connection[tuple[Any, ...]], where: str = "") -
     """The version of the schema the connection's search path sees (0: none).
     RuntimeError for a ``schema_migrations`` table that is not Headwater's (other
     migration tools name theirs so too): its versions mean nothing here."""
+    # From the catalog, which shows every table: information_schema shows only those
+    # the role has privileges on, and a role without them read "no Headwater schema"
+    # where there was one (then failed creating its tables: "already exists").
     columns = conn.execute(
-        "SELECT column_name::text, data_type::text FROM information_schema.columns "
-        "WHERE table_name = 'schema_migrations' AND table_schema = ("
-        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = to_regclass('schema_migrations')) ORDER BY 1"
+        "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass('schema_migrations') AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY 1"
     ).fetchall()
     if not columns:
         return 0
