@@ -6,6 +6,7 @@ tests that keep state run on both stores (the db fixture: SQLite, PostgreSQL).""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import subprocess
 import sys
@@ -337,6 +338,76 @@ def test_a_delivery_that_keeps_failing_is_retried_with_backoff_then_given_up(
         )
     finally:
         receiver.close()
+
+
+def test_an_outbox_the_store_cannot_read_is_one_warning_line(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the database was away, the webhook deliverer logged a whole traceback at
+    ERROR each second (a trial); a store that cannot be read now is one warning line,
+    as everywhere else, and the deliverer tries again."""
+    from headwater_runtime.store import StoreUnavailable
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        store, reads, again = running.core.store, [], asyncio.Event()
+        real, loop = store.due_deliveries, asyncio.get_running_loop()
+
+        def away(*args: Any) -> Any:  # (on a reader thread)
+            reads.append(1)
+            if len(reads) == 1:
+                raise StoreUnavailable("cannot read from the database: server closed")
+            loop.call_soon_threadsafe(again.set)
+            return real(*args)
+
+        store.due_deliveries = away
+        running.core.ops.deliverer.wake()
+        await again.wait()  # it tried again (bounded by the test's wait_for)
+
+    with caplog.at_level(logging.WARNING, "headwater.server"):
+        call(db, body)
+    said = [r for r in caplog.records if "webhook" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in said] == [(logging.WARNING, None)], said
+    assert said[0].getMessage() == (
+        "cannot read the webhook outbox (cannot read from the database: server closed); "
+        "trying again shortly"
+    )
+
+
+def test_a_delivery_stored_while_the_outbox_is_read_is_not_left_waiting() -> None:
+    """A wake() (a delivery stored) that came while the deliverer read the outbox was
+    lost: it cleared the wake after the read, and the delivery waited for the next
+    one, up to 60 s. The outbox is read again at once."""
+    from headwater_runtime.server._webhooks import Deliverer, DeliverySettings
+
+    async def main() -> None:
+        reads: list[float] = []
+        again = asyncio.Event()
+
+        class Outbox:
+            def due_deliveries(self, now: float, limit: int) -> list[Any]:
+                reads.append(now)
+                if len(reads) == 1:
+                    deliverer.wake()  # stored while this read ran
+                else:
+                    again.set()
+                return []
+
+            def next_delivery_at(self) -> float | None:
+                return None  # nothing due later: it would wait 60 s for a wake
+
+        class IO:
+            async def read(self, fn: Any, *args: Any) -> Any:
+                return fn(*args)
+
+        hooks = type("Hooks", (), {"store": Outbox(), "io": IO(), "clock": time.time})()
+        deliverer = Deliverer(hooks, DeliverySettings())
+        deliverer.start()
+        try:
+            await asyncio.wait_for(again.wait(), 10)  # (60 s when the wake was lost)
+        finally:
+            await deliverer.stop()
+
+    asyncio.run(main())
 
 
 def test_a_delivery_to_an_unusable_url_stored_earlier_is_a_failed_try() -> None:

@@ -48,7 +48,14 @@ from datetime import UTC, datetime
 from urllib.parse import urlparse
 
 from headwater.wire import FlowRunState
-from headwater_runtime.store import DeliveryRow, FlowRunRow, OpsWrites, Store, WebhookRow
+from headwater_runtime.store import (
+    DeliveryRow,
+    FlowRunRow,
+    OpsWrites,
+    Store,
+    StoreUnavailable,
+    WebhookRow,
+)
 
 from ._io import StoreIO, to_its_end
 
@@ -255,6 +262,10 @@ class Deliverer:
     async def _run(self) -> None:
         store, io = self.webhooks.store, self.webhooks.io
         while True:
+            # Cleared before the outbox is read, not after: a wake() while it is read
+            # (a delivery stored meanwhile) was lost, and that delivery waited for the
+            # next one, up to 60 s.
+            self._wake.clear()
             try:
                 due = await io.read(store.due_deliveries, self.webhooks.clock(), CONCURRENCY * 4)
                 if due:
@@ -263,10 +274,12 @@ class Deliverer:
                 next_at = await io.read(store.next_delivery_at)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable as exc:  # the database is away: one line, as elsewhere
+                log.warning("cannot read the webhook outbox (%s); trying again shortly", exc)
+                next_at = self.webhooks.clock() + 1.0
             except Exception:
                 log.exception("webhook deliveries failed; trying again shortly")
                 next_at = self.webhooks.clock() + 1.0
-            self._wake.clear()
             wait = 60.0 if next_at is None else max(0.0, next_at - self.webhooks.clock())
             try:
                 async with asyncio.timeout(min(wait, 60.0)):
