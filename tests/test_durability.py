@@ -62,6 +62,7 @@ from headwater_runtime.server._creation import RunCreation
 from headwater_runtime.server._dispatch import UNSTORED_PER_SLOT
 from headwater_runtime.server._runs import PendingAssignment
 from headwater_runtime.store import (
+    Fenced,
     FlowRunRow,
     LimitRow,
     RunEvent,
@@ -341,6 +342,47 @@ def test_a_failing_commit_releases_nothing_and_loses_nothing(
         reopened.close()
 
     asyncio.run(main())
+
+
+def test_a_fenced_server_reports_being_fenced_until_it_steps_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leader whose write was refused for a newer epoch steps down; its commit's
+    retries meanwhile met its store's threads going away ("cannot schedule new futures
+    after shutdown") and logged that as a failure to store the server's state (a
+    trial). Fenced stays the reason, said once."""
+
+    class FencedStore(SQLiteStore):
+        tries = 0
+
+        def commit(self, batch: WriteBatch) -> None:
+            if not batch:
+                return super().commit(batch)
+            type(self).tries += 1
+            if type(self).tries == 1:
+                raise Fenced("this server leads at lease epoch 1, and the lease is now at epoch 2")
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    async def main() -> None:
+        store = FencedStore(tmp_path / "hw.db")
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            worker = StreamWorker(channel, "w1")
+            await worker.next("welcome")
+            await create(channel, n=3)
+            worker.send(result=worker.result(await worker.next("assignment")))
+            deadline = time.monotonic() + BOUND
+            while FencedStore.tries < 3:  # (retried with backoff: 0.05 s, 0.1 s, ...)
+                assert time.monotonic() < deadline, "the commit was not retried"
+                await asyncio.sleep(0.02)
+            assert isinstance(running.core.commits.error, Fenced)
+
+    with caplog.at_level(logging.WARNING, "headwater.server"):
+        asyncio.run(main())
+    assert caplog.text.count("another server leads now") == 1
+    assert "could not store the server's state" not in caplog.text
 
 
 def test_a_batch_put_back_after_a_failed_commit_keeps_its_values(tmp_path: Path) -> None:

@@ -177,6 +177,11 @@ class Committer:
                 self.request()
 
     def _failed(self, exc: Exception, batch: Any, release: Release) -> None:
+        if isinstance(self.error, Fenced):
+            # Fenced stays the reason: the server is stepping down, and a retry meeting
+            # its store's threads gone ("cannot schedule new futures after shutdown")
+            # was logged as a failure to store the server's state (a trial).
+            exc = self.error
         self.failures += 1
         self.error = exc
         if self.failures == 1 and self.on_failing is not None:
