@@ -599,6 +599,8 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     # ---- a page without a credential: the login page, which comes back to it
     browser.get(url + f"runs/{run.id}")
     wait(browser, lambda d: "/login?next=" in d.current_url, "the login page")
+    assert browser.title == "Log in · Headwater"
+    assert browser.switch_to.active_element.get_attribute("id") == "token"  # autofocus
     css(browser, "#token")[0].send_keys("not-the-token")
     click(browser, "button[type=submit]")
     wait(browser, lambda d: "invalid token" in text(d, "p.error"), "the refusal")
@@ -659,7 +661,10 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     with Client(address, token=token) as client:
         assert client.wait(stuck.id).state is FlowRunState.SUCCESS
 
-    # ---- logging out: the pages send the browser to the login page again
+    # ---- logging out (here from the page of an unknown path: logged in, it offers it):
+    # the pages send the browser to the login page again
+    browser.get(url + "nonexistent")
+    assert "There is no page at /nonexistent." in text(browser, "main .error")
     click(browser, "#logout")
     wait(browser, lambda d: d.current_url == url + "login", "the login page after logout")
     browser.get(url + "runs")
