@@ -10,12 +10,20 @@ build/screenshots/ (a test artefact). The first render
 of a 10,000-task run's page is measured and reported (not asserted: it is wall-clock
 time on a shared machine), in build/screenshots/first-render.txt.
 
+Then what a user trial found, on one shared server, worker and browser: a flow chosen
+right after a live update lists only its runs; what Load more added stays through a
+live update; the workers page updates in place; names with repeated spaces, 170
+characters or bidirectional controls; a run without logs; a malformed address; the
+keyboard; page titles; the page of an unknown path. Timers and fetches are watched
+through hooks put into each page (PAGE_HOOKS), never waited out.
+
 In CI (``CI`` set) a missing browser fails the test: `make test` installs it there
 (`make browser`). Elsewhere the test skips, saying what to install.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -57,7 +65,7 @@ CHROMIUM_FLAGS = (
 TASKS = """
 import logging, os, time
 from pathlib import Path
-from headwater import flow, task
+from headwater import flow, remote_task, task
 
 log = logging.getLogger("ui_tasks")
 STATE = Path(os.environ["HW_TEST_DIR"])
@@ -158,6 +166,36 @@ def ui_broken_child(x: int = 1) -> int:
 @flow
 def ui_broken_parent(n: int = 2) -> int:
     return double(ui_broken_child(n))
+
+LONG_FLOW = "reconcile_the_quarterly_revenue_ledgers_" * 4 + "and_report"  # 170 characters
+LONG_TASK = "enrich_each_price_with_the_tax_rate_of_its_country_" * 2  # 102
+
+@task(name=LONG_TASK)
+def long_named() -> str:
+    return "x" * 200
+
+@flow(name=LONG_FLOW)
+def long_flow() -> str:
+    return long_named()
+
+@flow(name="two  spaces")
+def two_spaces() -> int:
+    return noop(1)
+
+@task
+def spoof() -> str:
+    print("saving \\u2066report\\u2069")
+    raise ValueError("refused \\u202egnp.exe")
+
+@flow
+def spoofed() -> str:
+    return spoof()
+
+nobody = remote_task("nobody.offers.this")
+
+@flow
+def idle() -> int:
+    return nobody()
 """
 
 
@@ -182,6 +220,12 @@ def _browser_or_skip() -> None:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
+    with _chromium() as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def _chromium() -> Iterator[Any]:
     _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -599,6 +643,8 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     # ---- a page without a credential: the login page, which comes back to it
     browser.get(url + f"runs/{run.id}")
     wait(browser, lambda d: "/login?next=" in d.current_url, "the login page")
+    assert browser.title == "Log in · Headwater"
+    assert browser.switch_to.active_element.get_attribute("id") == "token"  # autofocus
     css(browser, "#token")[0].send_keys("not-the-token")
     click(browser, "button[type=submit]")
     wait(browser, lambda d: "invalid token" in text(d, "p.error"), "the refusal")
@@ -659,7 +705,10 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     with Client(address, token=token) as client:
         assert client.wait(stuck.id).state is FlowRunState.SUCCESS
 
-    # ---- logging out: the pages send the browser to the login page again
+    # ---- logging out (here from the page of an unknown path: logged in, it offers it):
+    # the pages send the browser to the login page again
+    browser.get(url + "nonexistent")
+    assert "There is no page at /nonexistent." in text(browser, "main .error")
     click(browser, "#logout")
     wait(browser, lambda d: d.current_url == url + "login", "the login page after logout")
     browser.get(url + "runs")
@@ -681,3 +730,295 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the run page")
     assert not css(browser, "#retry")[0].is_displayed()
     assert not css(browser, "#cancel")[0].is_displayed()
+
+
+# ---------------------------------------------------------------------------------
+# What a user trial found: one server, one worker and one browser for the tests below
+# (each starts from a page load), with runs of odd names and text made once.
+
+#: Installed in every page before its scripts (CDP): the page's fetches counted, each
+#: settled one macrotask after its JSON was read (everything the page does with an
+#: answer is done then); with ``hold`` set, 300 ms timers (the runs page's debounced
+#: reload) are held until ``fire()``, as if the machine were too busy to run them.
+PAGE_HOOKS = """
+(() => {
+  const realTimeout = window.setTimeout.bind(window);
+  const realClear = window.clearTimeout.bind(window);
+  const hw = window.__hw = { hold: false, held: new Map(), pending: 0, settled: [] };
+  window.setTimeout = (fn, ms, ...args) => {
+    if (!hw.hold || ms !== 300) return realTimeout(fn, ms, ...args);
+    const id = realTimeout(() => {}, 3600000);
+    hw.held.set(id, fn);
+    return id;
+  };
+  window.clearTimeout = (id) => { hw.held.delete(id); realClear(id); };
+  hw.fire = () => {
+    const due = [...hw.held.values()];
+    for (const id of hw.held.keys()) realClear(id);
+    hw.held.clear();
+    due.forEach((fn) => fn());
+    return due.length;
+  };
+  const realFetch = window.fetch.bind(window);
+  window.fetch = (input, init) => {
+    const url = String(input);
+    hw.pending++;
+    const done = () => realTimeout(() => { hw.pending--; hw.settled.push(url); }, 0);
+    return realFetch(input, init).then((response) => {
+      const json = response.json.bind(response);
+      response.json = () => { const read = json(); read.then(done, done); return read; };
+      return response;
+    }, (err) => { done(); throw err; });
+  };
+})();
+"""
+
+
+class Trial:
+    """The shared server (no token), its worker, the browser and the runs made."""
+
+    def __init__(self, url: str, address: str, module: Any, browser: Any) -> None:
+        self.url, self.address, self.module, self.browser = url, address, module, browser
+        self.runs: dict[str, str] = {}  # flow name: the id of its run
+
+    def settled(self) -> None:
+        """Wait until the page has no fetch under way (and has done with the answers)."""
+        wait(self.browser, lambda d: d.execute_script("return window.__hw.pending") == 0, "idle")
+
+    def rows(self) -> list[str]:
+        """The runs listed on the runs page, top down (once a drawing is stable)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def read(d: Any) -> list[str] | None:
+            try:
+                return [row.get_attribute("data-run") for row in css(d, "#runs tr[data-run]")]
+            except StaleElementReferenceException:
+                return None
+
+        return list(wait(self.browser, read, "the runs"))
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trial]:
+    tmp_path = tmp_path_factory.mktemp("trial")
+    (tmp_path / "ui_tasks.py").write_text(textwrap.dedent(TASKS))
+    env = {
+        **os.environ,
+        "HW_TEST_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = Cluster(env)
+    try:
+        with pytest.MonkeyPatch.context() as patch, _chromium() as driver:
+            patch.setenv("HW_TEST_DIR", str(tmp_path))
+            driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PAGE_HOOKS})
+            server = procs("server", "--port", "0", "--db", str(tmp_path / "hw.db"))
+            address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
+            url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+            start_worker(procs, address, "worker-a", "--slots", "4", module="ui_tasks")
+            module: Any = load_file(str(tmp_path / "ui_tasks.py"))
+            trial = Trial(url, address, module, driver)
+            with Client(address) as client:
+                # 60 runs that wait (no worker offers their task), then one of each
+                # odd flow, newest: the runs page's first 50 hold those.
+                for _ in range(60):
+                    client.run(module.idle)
+                for flow_ in (module.two_spaces, module.long_flow, module.spoofed):
+                    run = client.wait(client.run(flow_).id)
+                    trial.runs[flow_.name] = run.id
+            yield trial
+    finally:
+        procs.stop()
+
+
+def test_a_flow_chosen_right_after_a_live_update_lists_only_its_runs(trial: Trial) -> None:
+    """The old page's reload, due 300 ms after a live update, ran after the filter
+    changed the page and drew every flow's runs into the filtered table."""
+    browser = trial.browser
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: len(trial.rows()) == 50, "the first 50 runs")
+    browser.execute_script("window.__hw.hold = true")
+    with Client(trial.address) as client:
+        client.run(trial.module.idle)  # a live update: the page's reload is now due
+    wait(browser, lambda d: d.execute_script("return window.__hw.held.size") == 1, "the reload")
+    browser.execute_script(
+        "const flow = document.querySelector('#filters select[name=flow]');"
+        "flow.value = 'spoofed'; flow.dispatchEvent(new Event('change', {bubbles: true}));"
+    )
+    wait(browser, lambda d: d.current_url.endswith("/runs?flow=spoofed"), "the flow filter")
+    wait(browser, lambda d: trial.rows() == [trial.runs["spoofed"]], "the flow's runs")
+    browser.execute_script("window.__hw.fire()")  # the old page's reload, if it is due
+    trial.settled()
+    assert trial.rows() == [trial.runs["spoofed"]]
+
+
+def test_a_flow_name_with_repeated_spaces_filters_the_runs(trial: Trial) -> None:
+    browser = trial.browser
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: len(trial.rows()) == 50, "the runs")
+    chosen = browser.execute_script(
+        "const flow = document.querySelector('#filters select[name=flow]');"
+        "flow.value = 'two  spaces'; flow.dispatchEvent(new Event('change', {bubbles: true}));"
+        "return flow.value;"
+    )
+    assert chosen == "two  spaces"  # (an option without a value collapsed the spaces)
+    wait(browser, lambda d: d.current_url.endswith("/runs?flow=two++spaces"), "the filter")
+    wait(browser, lambda d: trial.rows() == [trial.runs["two  spaces"]], "the flow's run")
+    assert attr(browser, "#filters select[name=flow]", "value") == "two  spaces"
+
+
+def test_runs_loaded_with_load_more_stay_through_a_live_update(trial: Trial) -> None:
+    """A live update read the first 50 again: what "Load more" added went, and the
+    page jumped up."""
+    browser = trial.browser
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: len(trial.rows()) == 50, "the first 50 runs")
+    click(browser, "#more")
+    wait(browser, lambda d: len(trial.rows()) > 50, "more runs")
+    shown = len(trial.rows())
+    browser.execute_script("window.scrollTo(0, document.documentElement.scrollHeight)")
+    scrolled = browser.execute_script("return window.scrollY")
+    assert scrolled > 0
+    with Client(trial.address) as client:
+        new = client.run(trial.module.idle)
+    wait(browser, lambda d: new.id in trial.rows(), "the live update")
+    trial.settled()
+    rows = trial.rows()
+    assert len(rows) == shown and rows[0] == new.id  # the newest, as many as were shown
+    assert browser.execute_script("return window.scrollY") == scrolled
+
+
+def test_the_workers_page_updates_in_place(trial: Trial) -> None:
+    """The page was redrawn every second: a focused Drain button lost its focus, and a
+    click could land on a row just removed."""
+    browser = trial.browser
+    browser.get(trial.url + "workers")
+    row = 'tr[data-worker="worker-a"]'
+    wait(browser, lambda d: attr(d, row, "data-online") == "true", "the worker")
+    browser.execute_script(
+        f"window.__row = document.querySelector('{row}');"
+        "window.__row.querySelector('button').focus();"
+    )
+    seen = f"{row} td:nth-child(6)"  # "last heartbeat": how long ago, counting up
+    before = text(browser, seen)
+    wait(browser, lambda d: text(d, seen) != before, "the heartbeat time to change")
+    kept = browser.execute_script(
+        "return document.contains(window.__row) && "
+        "document.activeElement === window.__row.querySelector('button[data-action=drain]')"
+    )
+    assert kept, "the row was redrawn: its Drain button lost the focus"
+
+
+def test_a_finished_run_without_logs_says_so(trial: Trial) -> None:
+    """The stream's last event read the logs once more, found none, and took the
+    placeholder for a record: "No log records." went."""
+    browser = trial.browser
+    browser.get(trial.url + f"runs/{trial.runs['two  spaces']}")
+    wait(browser, lambda d: text(d, "#live") == "ended", "the end of the run's stream")
+    logs_read = "return window.__hw.settled.filter((u) => u.includes('/logs?')).length"
+    wait(browser, lambda d: d.execute_script(logs_read) >= 2, "the last read of the logs")
+    trial.settled()
+    assert css(browser, "#logs")[0].text == "No log records."
+
+
+def test_bidirectional_controls_are_shown_as_escapes(trial: Trial) -> None:
+    """U+202E in an error message showed "refused exe.png" for "refused \\u202egnp.exe"."""
+    browser = trial.browser
+    browser.get(trial.url + f"runs/{trial.runs['spoofed']}")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "FAILED", "the run page")
+    row = text(browser, 'tr[data-key="spoof"]')
+    assert "ValueError: refused \\u202egnp.exe" in row and "\u202e" not in row
+    wait(browser, lambda d: "saving" in text(d, "#logs"), "the logs")
+    logs = text(browser, "#logs")
+    assert "saving \\u2066report\\u2069" in logs and "\u2066" not in logs
+
+
+def test_a_malformed_address_says_so(trial: Trial) -> None:
+    browser = trial.browser
+    browser.get(trial.url + "runs/%E0%A4%A")  # was "Loading…" for ever (a URIError)
+    assert css(browser, "#main .error"), css(browser, "#main")[0].text  # (drawn at once)
+    assert "malformed percent-encoding" in text(browser, "#main .error")
+    assert browser.title == "Bad address · Headwater"
+
+
+def _overflow(browser: Any, selector: str) -> int:
+    """How many pixels the element's content is wider than the element."""
+    return int(
+        browser.execute_script(
+            "const e = document.querySelector(arguments[0]); return e.scrollWidth - e.clientWidth;",
+            selector,
+        )
+    )
+
+
+def test_long_names_and_previews_stay_inside_the_window(trial: Trial) -> None:
+    """A 170-character flow name pushed the runs table's State column off the window
+    and made the Flow select ~1170 px wide; a 200-character result gave the run page a
+    horizontal scrollbar; a long task key clipped the task runs' Worker column."""
+    browser = trial.browser
+    long_flow = trial.module.LONG_FLOW
+    long_run = trial.runs[long_flow]
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: long_run in trial.rows(), "the runs")
+    assert _overflow(browser, "html") <= 0
+    window = browser.execute_script("return document.documentElement.clientWidth")
+    state = css(browser, f'tr[data-run="{long_run}"] td:nth-child(3)')[0].rect
+    assert state["x"] + state["width"] <= window
+    assert css(browser, "#filters select[name=flow]")[0].rect["width"] <= 400
+    name = css(browser, f'tr[data-run="{long_run}"] td:nth-child(2) [title]')[0]
+    assert name.get_attribute("title") == long_flow  # the whole name, where it is cut
+
+    browser.get(trial.url + f"runs/{long_run}")
+    key = trial.module.LONG_TASK
+    wait(browser, lambda d: attr(d, f'tr[data-key="{key}"]', "data-state") == "SUCCESS", "row")
+    assert "x" * 100 in text(browser, "#run-result")  # the result's preview
+    assert _overflow(browser, "html") <= 0
+    assert _overflow(browser, "#side") <= 0  # the Worker column is not cut off
+    click(browser, f'tr[data-key="{key}"]')
+    wait(browser, lambda d: css(d, "#task-detail pre.result"), "the task's result")
+    assert _overflow(browser, "html") <= 0 and _overflow(browser, "#side") <= 0
+
+
+def test_task_runs_and_graph_boxes_are_chosen_with_the_keyboard_and_pages_have_titles(
+    trial: Trial,
+) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    browser = trial.browser
+    for path, title in (("runs", "Runs"), ("workers", "Workers"), ("flows", "Flows")):
+        browser.get(trial.url + path)
+        wait(browser, lambda d: css(d, "#main table"), f"the {path} page")
+        assert browser.title == f"{title} · Headwater"
+    long_flow, key = trial.module.LONG_FLOW, trial.module.LONG_TASK
+    run_id = trial.runs[long_flow]
+    browser.get(trial.url + f"runs/{run_id}")
+    row = f'tr[data-key="{key}"]'
+    wait(browser, lambda d: attr(d, row, "data-state") == "SUCCESS", "the task run")
+    assert browser.title == f"Run {run_id[:8]} ({long_flow}) · Headwater"
+    assert attr(browser, row, "tabindex") == "0"
+    css(browser, row)[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: text(d, "#side-title") == f"Task run {key}", "the task run")
+    assert browser.switch_to.active_element.get_attribute("id") == "back"
+    node = f'#dag .node[data-node="{key}"]'
+    assert attr(browser, node, "tabindex") == "0"
+    css(browser, node)[0].send_keys(Keys.SPACE)
+    wait(browser, lambda d: text(d, "#side-title") == f"Task runs of {key}", "the task's runs")
+
+
+def test_an_unknown_page_is_styled_and_leads_back_to_the_runs(trial: Trial) -> None:
+    """It said "no route GET /nonexistent", unstyled, with a Log out button on a
+    server that has no login, and no way back."""
+    browser = trial.browser
+    browser.get(trial.url + "nonexistent")
+    assert css(browser, "main .error"), browser.page_source
+    assert "There is no page at /nonexistent." in text(browser, "main .error")
+    assert browser.title == "Not found · Headwater"
+    assert not css(browser, "#logout")  # an open server: nobody logs in or out
+    assert (
+        browser.execute_script(  # the app's stylesheet: the header's dark background
+            "return getComputedStyle(document.querySelector('header')).backgroundColor"
+        )
+        == "rgb(17, 24, 39)"
+    )
+    click(browser, "main a[href='/runs']")
+    wait(browser, lambda d: css(d, "#runs tr[data-run]"), "the runs page")

@@ -407,6 +407,27 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
         )
 
 
+def test_runs_are_paged_before_a_run_given_by_a_prefix(server: ServerThread, http: Http) -> None:
+    """``before`` took a unique prefix but listed from the prefix itself (an empty
+    page); an ambiguous prefix was "not the id of a run"."""
+    with Client(server.address, token=TOKEN) as client:  # 17 ids: two share a first digit
+        ids = [client.run(loud, {"text": str(i)}).id for i in range(17)]
+    listed = [r["id"] for r in http.get("/api/runs?limit=1000")["runs"]]
+    assert sorted(listed) == sorted(ids)
+    middle = listed[5]
+    whole = http.get(f"/api/runs?limit=2&before={middle}")
+    assert [r["id"] for r in whole["runs"]] == listed[6:8]
+    page = http.get(f"/api/runs?limit=2&before={middle[:8]}")
+    assert page["runs"] == whole["runs"] and page["next"] == whole["next"] == listed[7]
+    shared = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
+    status, body, _ = http.call("GET", f"/api/runs?before={shared}")
+    said = http.call("GET", f"/api/runs/{shared}")[1]["error"]  # a run's own route
+    assert status == 400 and body["error"] == said
+    assert said.startswith(f"flow run id prefix {shared!r} matches several runs")
+    for run_id in ids:
+        http.post(f"/api/runs/{run_id}/cancel")
+
+
 def test_a_failed_run_shows_attempts_tracebacks_logs_and_timeline(
     server: ServerThread, http: Http, worker: Worker
 ) -> None:

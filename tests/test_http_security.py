@@ -393,6 +393,36 @@ def test_login_sets_a_strict_http_only_secure_cookie_and_revocation_logs_out(
     assert "Max-Age=0" in answer["Set-Cookie"]
 
 
+def test_an_unknown_page_links_to_the_runs_and_offers_log_out_only_when_logged_in(
+    site: Site,
+) -> None:
+    """It was an unstyled "no route GET /nonexistent" with a Log out button for anyone,
+    and no way back to the UI."""
+    stylesheet = '<link rel="stylesheet" href="/static/app.css">'
+    viewer, revoked = site.tokens["viewer"]["right"], site.tokens["viewer"]["revoked"]
+    for cookie, logged_in in ((None, False), (viewer, True), (revoked, False)):
+        status, answer, page = call(site, "GET", "/nonexistent", cookie=cookie)
+        assert status == 404 and answer["Content-Type"].startswith("text/html"), cookie
+        assert "There is no page at <code>/nonexistent</code>." in page
+        assert stylesheet in page and '<a href="/runs">' in page
+        assert "<title>Not found · Headwater</title>" in page
+        assert ("Log out" in page) is logged_in, cookie
+        if logged_in:
+            assert f'name="csrf_token" value="{csrf_for(site, viewer)}"' in page
+    # What the path says is shown, never obeyed: a bidirectional control as its escape.
+    _, _, page = call(site, "GET", "/%E2%80%AEgnp.exe")
+    assert "There is no page at <code>/\\u202egnp.exe</code>." in page and "\u202e" not in page
+    # The API still answers JSON.
+    status, _, body = call(site, "GET", "/api/nonexistent")
+    assert status == 404 and json.loads(body) == {"error": "no route GET /api/nonexistent"}
+    # The login page: styled like the UI, the token field focused, a refusal said.
+    _, _, page = call(site, "GET", "/login")
+    assert stylesheet in page and "autofocus" in page
+    assert "<title>Log in · Headwater</title>" in page
+    _, _, page = login(site, "hwt_nope")
+    assert re.search(r'<p class="error" role="alert">invalid token[^<]*</p>', page), page
+
+
 def test_posts_with_the_cookie_need_the_csrf_token_and_this_origin(site: Site) -> None:
     operator = site.tokens["operator"]["right"]
     _, _, body = call(site, "GET", "/api/session", cookie=operator)
@@ -460,6 +490,8 @@ def test_a_server_without_credentials_stays_open_but_checks_csrf(tmp_path: Path)
         assert csrf is not None
         status, answer, _ = request(port, "GET", "/login?next=/workers", ca=None)
         assert status == 303 and answer["Location"] == "/workers"  # nothing to log in to
+        status, _, page = request(port, "GET", "/nonexistent", ca=None)
+        assert status == 404 and "Log out" not in page  # nobody logged in
         cancel = f"/api/runs/{run}/cancel"
         status, _, body = request(port, "POST", cancel, ca=None)
         assert status == 403 and "CSRF check failed" in body

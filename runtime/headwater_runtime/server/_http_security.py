@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
+from headwater.wire import BIDI_CONTROLS
+
 from ._access import ANONYMOUS, AccessControl, Caller, Refused
 from ._roles import allows, describe, http_route
 
@@ -194,20 +196,50 @@ def _origin_problem(headers: Mapping[str, str]) -> str:
     return ""
 
 
+#: Control characters (but tab and newline) and bidirectional controls as escapes, as
+#: the CLI and the web UI show them: a path or message on a page cannot reorder it.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (9, 10)}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in BIDI_CONTROLS})
+
+
+def page_text(text: str) -> str:
+    """``text`` for an HTML page: control characters shown as escapes, HTML escaped."""
+    return html.escape(text.translate(_ESCAPES))
+
+
+def html_page(title: str, body: str, *, logout_csrf: str | None = None) -> str:
+    """A page of the server that is not the UI's script (the login page, a 404), styled
+    like it: its header (a Log out button when ``logout_csrf`` is given: the caller is
+    logged in with the session cookie) and ``body`` (HTML) as its main part."""
+    logout = (
+        '<form id="user" method="post" action="/logout">'
+        f'<input type="hidden" name="{CSRF_FIELD}" value="{html.escape(logout_csrf)}">'
+        '<button type="submit" id="logout">Log out</button></form>'
+        if logout_csrf is not None
+        else ""
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} · Headwater</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"></head>
+<body><header><a href="/runs" class="brand">Headwater</a>{logout}</header>
+<main id="main">{body}</main></body></html>
+"""
+
+
 def login_page(error: str = "", next_path: str = "/") -> str:
     """The login page: one token field, posted to /login (no script, no CDN)."""
-    message = f'<p class="error">{html.escape(error)}</p>' if error else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Headwater: log in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body><main><h1>Headwater</h1>{message}
+    message = f'<p class="error" role="alert">{page_text(error)}</p>' if error else ""
+    return html_page(
+        "Log in",
+        f"""<div class="panel login"><h1>Log in</h1>{message}
 <form method="post" action="/login">
 <label for="{TOKEN_FIELD}">Token</label>
-<input id="{TOKEN_FIELD}" name="{TOKEN_FIELD}" type="password" required
+<input id="{TOKEN_FIELD}" name="{TOKEN_FIELD}" type="password" required autofocus
        autocomplete="current-password">
 <input type="hidden" name="next" value="{html.escape(next_path)}">
 <button type="submit">Log in</button>
 </form>
-<p>Ask an admin for a token: <code>headwater tokens create --role viewer --name YOU</code></p>
-</main></body></html>
-"""
+<p class="muted">Ask an admin for a token:
+<code>headwater tokens create --role viewer --name YOU</code></p></div>""",
+    )

@@ -8,7 +8,7 @@ credentials as the gRPC port); this module turns its decisions into answers.
   else gets ``{"error": ...}`` JSON. A session cookie that no longer works (its token
   was revoked) is cleared in the same answer.
 - 403 (the role does not allow it, or the CSRF check failed) and 404 (no such route):
-  JSON, or a short HTML page for a page.
+  JSON, or for a page an HTML page styled like the UI's, linking back to it.
 
 A server with no ``--token`` and no stored credentials is open, as before roles: the
 guard lets every request through as the anonymous admin (POSTs still need the page's
@@ -18,14 +18,13 @@ CSRF token).
 from __future__ import annotations
 
 import contextlib
-import html
 from collections.abc import Iterator
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from .._access import CALLER, Caller
-from .._http_security import HttpDecision, HttpGuard, session_token
+from .._access import CALLER, Caller, Refused
+from .._http_security import HttpDecision, HttpGuard, html_page, page_text, session_token
 
 #: Body types whose fields may carry the CSRF token (``csrf_token``).
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -73,13 +72,8 @@ def refusal(guard: HttpGuard, request: web.Request, decision: HttpDecision) -> w
         location = f"/login?next={quote(target, safe='/')}"
         response = web.Response(status=303, headers={"Location": location})
     elif page:
-        body = (
-            f"<!doctype html><title>Headwater: {decision.status}</title>"
-            f"<p>{html.escape(decision.reason)}</p>"
-            '<form method="post" action="/logout"><input type="hidden" name="csrf_token" '
-            f'value="{guard.csrf_token(request.headers)}"><button>Log out</button></form>'
-        )
-        response = web.Response(status=decision.status, text=body, content_type="text/html")
+        text = _refusal_page(guard, request, decision)
+        response = web.Response(status=decision.status, text=text, content_type="text/html")
     else:
         response = web.json_response({"error": decision.reason}, status=decision.status)
         if decision.status == 401:
@@ -87,6 +81,31 @@ def refusal(guard: HttpGuard, request: web.Request, decision: HttpDecision) -> w
     if decision.status == 401 and session_token(request.headers):
         response.headers["Set-Cookie"] = guard.logout_cookie()  # it no longer works
     return response
+
+
+def _refusal_page(guard: HttpGuard, request: web.Request, decision: HttpDecision) -> str:
+    """A 403 or 404 page, styled like the UI, with a link back to it; a Log out button
+    only for a browser logged in with the session cookie (an open server has no login)."""
+    if decision.status == 404:
+        title = "Not found"
+        said = f"There is no page at <code>{page_text(request.path)}</code>."
+    else:
+        title = "Not allowed"
+        said = page_text(decision.reason)
+    body = f'<h1>{title}</h1><p class="error">{said}</p><p><a href="/runs">Go to the runs</a></p>'
+    csrf = guard.csrf_token(request.headers) if _logged_in(guard, request) else None
+    return html_page(title, body, logout_csrf=csrf)
+
+
+def _logged_in(guard: HttpGuard, request: web.Request) -> bool:
+    """Whether the request comes with a session cookie that still works."""
+    if not guard.access.enabled or not session_token(request.headers):
+        return False
+    try:
+        _, by_cookie = guard.authenticate(request.headers)
+    except Refused:
+        return False
+    return by_cookie
 
 
 @contextlib.contextmanager

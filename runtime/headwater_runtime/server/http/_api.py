@@ -169,11 +169,12 @@ class HttpApi(PageHandlers):
         ``limit`` (1..1000, default 50), ``before`` (a run id: the next page)."""
         limit = _int(request, "limit", 50, 1, PAGE_MAX)
         before = request.query.get("before", "")
-        if before:
+        if before:  # a run id or a unique prefix: the listing needs the whole id
             try:
-                await self.reads.flow_run(before)
-            except (LookupError, ValueError):  # NotFound, AmbiguousRunId
+                before = (await self.reads.flow_run(before)).id
+            except NotFound:
                 raise BadRequest(f"before {before!r} is not the id of a run") from None
+            # (AmbiguousRunId: 400, said as for a run's own routes)
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.query.get("flow", ""),

@@ -14,7 +14,9 @@ const SIDE_PAGE = 200;     // task runs the side panel lists at a time ("Show 20
 const BIG_RUN = 1000;       // from this many task runs, the side panel lists only those
 const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
 const main = () => document.getElementById("main");
-let page = { cleanup: [] };  // what the current page must close when leaving it
+// The current page: what it must close when leaving it, and whether it is still the
+// one shown (a load it started that ends after it was left must draw nothing).
+let page = { cleanup: [], live: true };
 // Who is looking, and the CSRF token every POST sends back (the server put them in the
 // page: <meta name="headwater-session">).
 const SESSION = (() => {
@@ -27,10 +29,20 @@ const CAN_OPERATE = SESSION.role === "operator" || SESSION.role === "admin";
 
 // ------------------------------------------------------------------ helpers
 
+// Unicode's bidirectional controls (U+202A-U+202E, U+2066-U+2069; headwater.wire's
+// BIDI_CONTROLS): one reorders what is shown after it ("\u202egnp.exe" showed
+// "exe.png"). Shown as the escapes the CLI prints instead.
+const BIDI = /[\u202a-\u202e\u2066-\u2069]/g;
+function printable(value) {
+  return String(value ?? "").replace(BIDI, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+// Text from outside (names, messages, logs, previews) for HTML: every user text goes
+// through here.
 function esc(value) {
-  return String(value ?? "").replace(/[&<>"']/g, (c) => (
+  return printable(value).replace(/[&<>"']/g, (c) => (
     { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
+function setTitle(what) { document.title = what ? `${printable(what)} · Headwater` : "Headwater"; }
 function color(state) {
   return getComputedStyle(document.documentElement).getPropertyValue("--" + state).trim() || "#999";
 }
@@ -60,9 +72,15 @@ function runDuration(r) {
   if (r.duration !== null && r.duration !== undefined) return r.duration;
   return r.started_at && !TERMINAL.has(r.state) ? Date.now() / 1000 - r.started_at : null;
 }
+// Calls fn once, ms after the first of a burst of asks; never once its page is left
+// (a load of the old page's filter drew into the next page's table).
 function debounce(fn, ms) {
   let timer = null;
-  return () => { if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms); };
+  const owner = page;
+  owner.cleanup.push(() => { clearTimeout(timer); timer = null; });
+  return () => {
+    if (!timer && owner.live) timer = setTimeout(() => { timer = null; if (owner.live) fn(); }, ms);
+  };
 }
 // Calls the async fn when asked, one call at a time, and the next no sooner than
 // `least` ms after the last ended, or four times as long as it took if that is longer:
@@ -71,7 +89,10 @@ function debounce(fn, ms) {
 // run 20 times slower).
 function paced(fn, least) {
   let busy = false, again = false, timer = null, next = 0;
+  const owner = page;
+  owner.cleanup.push(() => { clearTimeout(timer); timer = null; });
   const ask = () => {
+    if (!owner.live) return;
     if (busy) { again = true; return; }
     if (!timer) timer = setTimeout(run, Math.max(0, next - Date.now()));
   };
@@ -155,14 +176,25 @@ window.addEventListener("popstate", route);
 
 function route() {
   for (const fn of page.cleanup) fn();
-  page = { cleanup: [] };
+  page.live = false;
+  page = { cleanup: [], live: true };
   document.getElementById("live").textContent = "";
   const path = location.pathname.replace(/\/+$/, "") || "/runs";
   const section = path.split("/")[1];
   for (const a of document.querySelectorAll("header nav a")) {
     a.classList.toggle("active", a.dataset.section === section);
   }
-  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let parts;
+  try {
+    parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {  // a malformed percent-encoding (URIError): say so rather than load forever
+    setTitle("Bad address");
+    main().innerHTML = `<p class="error">The address ${esc(location.pathname)} is not valid: it has a
+      malformed percent-encoding (a % not followed by the bytes of a character).</p>
+      <p><a href="/runs">Go to the runs</a></p>`;
+    return;
+  }
+  setTitle(TITLES[parts[0] || "runs"] || "");
   let render;
   if (parts[0] === "runs" && parts[1]) render = () => runPage(parts[1]);
   else if (parts[0] === "flows" && parts[1]) render = () => flowPage(parts[1]);
@@ -176,6 +208,10 @@ function route() {
   });
 }
 
+// The title of each section's page (a run's or a flow's page sets its own once read).
+const TITLES = { runs: "Runs", flows: "Flows", schedules: "Schedules", workers: "Workers",
+  audit: "Audit log" };
+
 // A failed button press: said next to the button, not in a dialog.
 function failed(where, err) {
   let note = where.parentElement.querySelector(".action-error");
@@ -184,19 +220,25 @@ function failed(where, err) {
     note.className = "error action-error";
     where.after(note);
   }
-  note.textContent = " " + err.message;
+  note.textContent = " " + printable(err.message);
 }
 
 // --------------------------------------------------------------------- runs
 
+const RUNS_PAGE = 50;  // runs the list shows at first, and loads on each "Load more"
+const RUNS_MAX = 1000;  // the most one read of /api/runs returns
+
 async function runsPage() {
+  const mine = page;
   const q = new URLSearchParams(location.search);
   const flows = (await api("/api/flows")).flows;
+  if (!mine.live) return;
   const since = q.get("since") || "";
   main().innerHTML = `<h1>Flow runs</h1>
     <form class="filters" id="filters">
       <label>Flow<select name="flow"><option value="">any</option>${flows.map((f) =>
-        `<option ${f.name === q.get("flow") ? "selected" : ""}>${esc(f.name)}</option>`).join("")}
+        // (a value of its own: an option's text loses repeated spaces)
+        `<option value="${esc(f.name)}" ${f.name === q.get("flow") ? "selected" : ""}>${esc(f.name)}</option>`).join("")}
       </select></label>
       <label>State<select name="state"><option value="">any</option>${
         ["RUNNING", "SUCCESS", "FAILED", "CANCELLED"].map((s) =>
@@ -217,34 +259,39 @@ async function runsPage() {
   });
   let shown = [];
   let next = "";
-  const query = (before) => {
+  const query = (before, limit = RUNS_PAGE) => {
     const params = new URLSearchParams();
     for (const k of ["flow", "state", "schedule"]) if (q.get(k)) params.set(k, q.get(k));
     if (since) params.set("since", String(Date.now() / 1000 - Number(since)));
-    params.set("limit", "50");
+    params.set("limit", String(limit));
     if (before) params.set("before", before);
     return "/api/runs?" + params;
   };
   const draw = () => {
+    const x = window.scrollX, y = window.scrollY;  // where the user scrolled to stays
     document.querySelector("#runs tbody").innerHTML = shown.map((r) => `
       <tr data-run="${esc(r.id)}" data-state="${esc(r.state)}">
         <td class="mono"><a href="/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td>
-        <td>${esc(r.flow_name)} <span class="muted">v${esc(r.flow_version)}</span></td>
+        <td><span class="clip" title="${esc(r.flow_name)}">${esc(r.flow_name)}</span> <span class="muted">v${esc(r.flow_version)}</span></td>
         <td>${badge(r.state)}${r.late ? ` <span class="st st-late" title="${esc(r.late_reason)}">late</span>` : ""}${
           r.attempt > 1 ? ` <span class="muted">attempt ${r.attempt}</span>` : ""}</td><td>${esc(fmtTime(r.created_at))}</td>
         <td data-duration>${esc(fmtDur(runDuration(r)))}</td>
         <td>${r.schedule_id ? `schedule <a href="/runs?schedule=${esc(r.schedule_id)}">${esc(r.schedule_id.slice(0, 8))}</a>` : ""}</td>
-        <td class="muted">${esc(r.message)}</td></tr>`).join("")
+        <td class="muted wrap">${esc(r.message)}</td></tr>`).join("")
       || `<tr><td colspan="7" class="muted">No runs.</td></tr>`;
     const more = document.getElementById("more");
     more.hidden = !next;
+    window.scrollTo(x, y);
   };
+  // As many runs as are shown: a live update keeps what "Load more" added.
   const load = async () => {
-    const body = await api(query(""));
+    const body = await api(query("", Math.min(RUNS_MAX, Math.max(RUNS_PAGE, shown.length))));
+    if (!mine.live) return;
     shown = body.runs; next = body.next; draw();
   };
   document.getElementById("more").onclick = async () => {
     const body = await api(query(next));
+    if (!mine.live) return;
     shown = shown.concat(body.runs); next = body.next; draw();
   };
   await load();
@@ -257,10 +304,13 @@ async function runsPage() {
 async function runPage(runId) {
   const state = { data: null, selectedNode: null, selectedKey: null, waiting: {},
     logsAfter: 0, logsEnded: false };
+  const mine = page;
   state.data = await api(`/api/runs/${encodeURIComponent(runId)}`);
+  if (!mine.live) return;
   const run = state.data.run;
   if (run.id !== runId) history.replaceState(null, "", `/runs/${run.id}`);
   runId = run.id;
+  setTitle(`Run ${run.id.slice(0, 8)} (${run.flow_name})`);
   main().innerHTML = `
     <div class="run-head"><h1 id="run-title"></h1><span id="run-state"></span>
       <span id="run-late" hidden></span>
@@ -344,8 +394,8 @@ function drawRunHead(state) {
   const late = document.getElementById("run-late");
   late.hidden = !run.late;
   late.innerHTML = run.late ? `<span class="st st-late" title="${esc(fmtTime(run.late_at))}">late</span> ${esc(run.late_reason)}` : "";
-  const result = run.result ? ` · result ${esc(fmtBytes(run.result.size_bytes))}: <code>${
-    esc(run.result.preview || run.result.encoding)}</code>` : "";
+  const result = run.result ? `<span id="run-result">result ${esc(fmtBytes(run.result.size_bytes))}: <code>${
+    esc(run.result.preview || run.result.encoding)}</code></span>` : "";
   document.getElementById("run-meta").innerHTML = `<span class="mono">${esc(run.id)}</span>
     <span id="run-attempt" data-attempt="${run.attempt}">attempt ${run.attempt}${
       run.attempts.length > 1 ? ` of ${run.attempts.length}` : ""}</span>
@@ -469,7 +519,7 @@ function drawDag(state, onSelect) {
     ${edges.map((e) => `<path class="edge" d="${line(e)}" marker-end="url(#arrow)"/>`).join("")}
     ${boxes.map((b) => {
       const p = pos[b.id];
-      return `<g class="node" data-node="${esc(b.id)}" transform="translate(${p.x - W / 2},${p.y - H / 2})">
+      return `<g class="node" tabindex="0" role="button" aria-label="${esc(b.name)}" data-node="${esc(b.id)}" transform="translate(${p.x - W / 2},${p.y - H / 2})">
         <rect class="box" width="${W}" height="${H}"/><g class="bar"></g>
         <text x="8" y="17">${esc(b.name.length > 22 ? b.name.slice(0, 21) + "…" : b.name)}${b.group ? ` ×${b.members.length}` : ""}</text>
         <text class="sub" x="8" y="33"></text></g>`;
@@ -477,6 +527,10 @@ function drawDag(state, onSelect) {
   el.querySelector("svg").addEventListener("click", (e) => {
     const g = e.target.closest(".node");
     if (g) onSelect(g.dataset.node);
+  });
+  el.querySelector("svg").addEventListener("keydown", (e) => {  // a focused box: like a click
+    const g = e.target.closest(".node");
+    if (g && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); onSelect(g.dataset.node); }
   });
   updateDag(state);
 }
@@ -551,8 +605,8 @@ async function drawSide(state, waitingOnly = false) {
   total -= parents;
   const row = (t) => {
     const waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
-    return `<tr class="clickable" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
-      <td>${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
+    return `<tr class="clickable" tabindex="0" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
+      <td class="wrap">${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
         ${waiting ? `<div class="waiting">${esc(waiting)}</div>` : ""}</td>
       <td>${badge(t.state)}</td><td>${t.attempts}</td><td>${esc(fmtDur(t.duration))}</td>
       <td>${esc(t.worker)}</td></tr>`;
@@ -584,9 +638,19 @@ async function drawSide(state, waitingOnly = false) {
     };
   };
   shownLine();
+  const select = async (tr, keyboard) => {
+    state.selectedKey = tr.dataset.key;
+    loadLogs(runId, state, true);
+    await drawSide(state);
+    if (keyboard) document.getElementById("back")?.focus();  // (the row is gone)
+  };
   side.querySelector("tbody").addEventListener("click", (e) => {
     const tr = e.target.closest("tr");
-    if (tr) { state.selectedKey = tr.dataset.key; drawSide(state); loadLogs(runId, state, true); }
+    if (tr) select(tr, false);
+  });
+  side.querySelector("tbody").addEventListener("keydown", (e) => {  // like a click
+    const tr = e.target.closest("tr");
+    if (tr && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); select(tr, true); }
   });
   const all = document.getElementById("all-tasks");
   if (all) all.onclick = (e) => { e.preventDefault(); state.selectedNode = null; state.sideShown = 0; updateDag(state); drawSide(state); };
@@ -718,14 +782,16 @@ async function readLogs(runId, state, reset) {
   const atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
   body.insertAdjacentHTML("beforeend", page.entries.map((e) => `<tr data-seq="${e.seq}">
     <td class="mono muted">${esc(fmtClock(e.at))}</td><td class="lvl-${esc(e.level)}">${esc(e.level)}</td>
-    <td class="mono">${esc(e.key)}${e.attempt > 1 ? ` #${e.attempt}` : ""}</td><td><pre>${esc(e.message)}</pre></td></tr>`).join(""));
+    <td class="mono wrap">${esc(e.key)}${e.attempt > 1 ? ` #${e.attempt}` : ""}</td><td><pre>${esc(e.message)}</pre></td></tr>`).join(""));
   state.logsAfter = page.next;
   if (atEnd) box.scrollTop = box.scrollHeight;
   const more = document.getElementById("logs-more");
   more.hidden = !page.more;
   more.onclick = () => loadLogs(runId, state, false);
   const over = TERMINAL.has(state.data.run.state);  // (a finished run will have no more)
-  if (!body.children.length) body.innerHTML = `<tr class="empty"><td class="muted">No log records${over ? "" : " yet"}.</td></tr>`;
+  // (Records, not rows: the placeholder is a row, and a read that found nothing more
+  // took it for a record and removed it.)
+  if (!body.querySelector("tr[data-seq]")) body.innerHTML = `<tr class="empty"><td class="muted">No log records${over ? "" : " yet"}.</td></tr>`;
   else body.querySelector("tr.empty")?.remove();
 }
 
@@ -734,7 +800,7 @@ async function readLogs(runId, state, reset) {
 async function flowsPage() {
   const { flows } = await api("/api/flows");
   main().innerHTML = `<h1>Flows</h1><table id="flows"><thead><tr><th>Flow</th><th>Versions</th><th>Value-dependent builds</th><th>Runs</th></tr></thead><tbody>
-    ${flows.map((f) => `<tr data-flow="${esc(f.name)}"><td><a href="/flows/${encodeURIComponent(f.name)}">${esc(f.name)}</a></td>
+    ${flows.map((f) => `<tr data-flow="${esc(f.name)}"><td class="wrap"><a href="/flows/${encodeURIComponent(f.name)}">${esc(f.name)}</a></td>
       <td>${f.versions.map((v) => `<a href="/flows/${encodeURIComponent(f.name)}?version=${encodeURIComponent(v)}">v${esc(v)}</a>`).join(" ")}</td>
       <td>${f.value_dependent_graphs}</td><td><a href="/runs?flow=${encodeURIComponent(f.name)}">runs</a></td></tr>`).join("")
       || `<tr><td colspan="4" class="muted">No flows registered.</td></tr>`}</tbody></table>`;
@@ -745,6 +811,7 @@ async function flowPage(name) {
   const [{ graph }, { flows }] = await Promise.all([
     api(`/api/flows/${encodeURIComponent(name)}?version=${encodeURIComponent(version)}`), api("/api/flows")]);
   const versions = (flows.find((f) => f.name === name) || { versions: [] }).versions;
+  setTitle(`Flow ${graph.name} v${graph.version}`);
   main().innerHTML = `<h1>${esc(graph.name)} v${esc(graph.version)}</h1>
     <p>${versions.map((v) => `<a href="/flows/${encodeURIComponent(name)}?version=${encodeURIComponent(v)}">v${esc(v)}</a>`).join(" · ")}
      · <a href="/runs?flow=${encodeURIComponent(name)}">runs of this flow</a></p>
@@ -768,7 +835,7 @@ async function schedulesPage() {
       <th>Next run</th><th>State</th><th></th></tr></thead><tbody>
       ${schedules.map((s) => `<tr data-schedule="${esc(s.id)}" data-paused="${s.paused}">
         <td class="mono"><a href="/runs?schedule=${esc(s.id)}">${esc(s.id.slice(0, 8))}</a></td>
-        <td>${esc(s.flow_name)}${s.flow_version ? ` v${esc(s.flow_version)}` : ""}</td>
+        <td class="wrap">${esc(s.flow_name)}${s.flow_version ? ` v${esc(s.flow_version)}` : ""}</td>
         <td>${s.every ? `every ${esc(fmtDur(s.every))}` : `cron <code>${esc(s.cron)}</code> ${esc(s.timezone)}`}</td>
         <td>${s.paused ? "—" : esc(fmtTime(s.next_run_at))}</td>
         <td>${s.paused ? `<span class="st st-CANCELLED">paused</span>` : `<span class="st st-SUCCESS">active</span>`}</td>
@@ -791,33 +858,57 @@ async function schedulesPage() {
 // ------------------------------------------------------------------- workers
 
 async function workersPage() {
+  const mine = page;
   let workers = [];
+  let drawn = null;  // what the rows were drawn from, but for the times and slots
+  main().innerHTML = `<h1>Workers</h1><table id="workers"><thead><tr><th>Worker</th><th>State</th>
+    <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th><th></th></tr></thead>
+    <tbody></tbody></table>`;
+  const tbody = main().querySelector("#workers tbody");
+  const row = (w) => `<tr data-worker="${esc(w.name)}" data-online="${w.online}" data-draining="${w.draining}">
+    <td>${esc(w.name)}<div class="muted mono">${esc(w.worker_id.slice(0, 12))}</div></td>
+    <td><span class="st st-${w.online ? "online" : "offline"}">${w.online ? "online" : "offline"}</span>${
+      w.draining ? ` <span class="st st-draining" title="takes no new work${w.exit_when_idle ? "; exits once idle" : ""}">drained</span>` : ""}</td>
+    <td class="mono wrap">${w.capabilities.map(esc).join("<br>")}</td>
+    <td class="wrap">${esc(Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td>
+    <td data-slots></td><td data-seen></td><td>${esc(fmtTime(w.connected_at))}</td>
+    <td>${CAN_OPERATE ? `<button data-action="${w.draining ? "resume" : "drain"}" title="${w.draining
+      ? "let it take work again" : "give it no new work; what it runs finishes"}">${w.draining ? "Resume" : "Drain"}</button>` : ""}</td></tr>`;
+  // Every second: the rows are redrawn only when the workers or their states changed;
+  // otherwise only the slots and heartbeat times are written, in place (a redraw each
+  // second took the focus off a Drain button and made clicks land on removed rows).
   const draw = () => {
-    main().innerHTML = `<h1>Workers</h1><table id="workers"><thead><tr><th>Worker</th><th>State</th>
-      <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th><th></th></tr></thead><tbody>
-      ${workers.map((w) => `<tr data-worker="${esc(w.name)}" data-online="${w.online}" data-draining="${w.draining}">
-        <td>${esc(w.name)}<div class="muted mono">${esc(w.worker_id.slice(0, 12))}</div></td>
-        <td><span class="st st-${w.online ? "online" : "offline"}">${w.online ? "online" : "offline"}</span>${
-          w.draining ? ` <span class="st st-draining" title="takes no new work${w.exit_when_idle ? "; exits once idle" : ""}">drained</span>` : ""}</td>
-        <td class="mono">${w.capabilities.map(esc).join("<br>")}</td>
-        <td>${esc(Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td>
-        <td data-slots>${w.slots_used} / ${w.slots}</td>
-        <td>${esc(ago(w.last_seen))}</td><td>${esc(fmtTime(w.connected_at))}</td>
-        <td>${CAN_OPERATE ? `<button data-action="${w.draining ? "resume" : "drain"}" title="${w.draining
-          ? "let it take work again" : "give it no new work; what it runs finishes"}">${w.draining ? "Resume" : "Drain"}</button>` : ""}</td></tr>`).join("")
-        || `<tr><td colspan="8" class="muted">No worker has connected.</td></tr>`}</tbody></table>`;
-    main().querySelector("tbody").addEventListener("click", async (e) => {
-      const button = e.target.closest("button");
-      if (!button) return;
-      button.disabled = true;
-      const name = button.closest("tr").dataset.worker;
-      try {
-        const body = await api(`/api/workers/${encodeURIComponent(name)}/${button.dataset.action}`, { method: "POST" });
-        workers = body.workers; draw();
-      } catch (err) { button.disabled = false; failed(button, err); }
+    const shape = JSON.stringify(workers.map((w) => [w.name, w.worker_id, w.online, w.draining,
+      w.exit_when_idle, w.capabilities, w.labels, w.connected_at]));
+    if (shape !== drawn) {
+      drawn = shape;
+      tbody.innerHTML = workers.map(row).join("")
+        || `<tr><td colspan="8" class="muted">No worker has connected.</td></tr>`;
+    }
+    workers.forEach((w, i) => {
+      const tr = tbody.rows[i];
+      const slots = `${w.slots_used} / ${w.slots}`, seen = ago(w.last_seen);
+      const [slotsCell, seenCell] = [tr.querySelector("[data-slots]"), tr.querySelector("[data-seen]")];
+      if (slotsCell.textContent !== slots) slotsCell.textContent = slots;
+      if (seenCell.textContent !== seen) seenCell.textContent = seen;
     });
   };
-  const load = async () => { workers = (await api("/api/workers")).workers; draw(); };
+  tbody.addEventListener("click", async (e) => {
+    const button = e.target.closest("button");
+    if (!button) return;
+    button.disabled = true;
+    const name = button.closest("tr").dataset.worker;
+    try {
+      const body = await api(`/api/workers/${encodeURIComponent(name)}/${button.dataset.action}`, { method: "POST" });
+      if (!mine.live) return;
+      workers = body.workers; draw();
+    } catch (err) { button.disabled = false; failed(button, err); }
+  });
+  const load = async () => {
+    const body = await api("/api/workers");
+    if (!mine.live) return;
+    workers = body.workers; draw();
+  };
   await load();
   // "seen": the online workers' last message times (pushed every few seconds).
   const seen = (times) => { for (const w of workers) if (w.name in times) w.last_seen = times[w.name]; };
@@ -852,7 +943,7 @@ async function auditPage() {
     <p class="muted">Who (a credential name) did what, newest first.</p>
     <form class="filters" id="filters">
       <label>Kind<select name="kind"><option value="">any</option>${kinds.map((k) =>
-        `<option ${k === q.get("kind") ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></label>
+        `<option value="${esc(k)}" ${k === q.get("kind") ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></label>
       <label>Object<input name="object" value="${esc(q.get("object") || "")}" placeholder="id or name"></label>
     </form>
     <table id="audit"><thead><tr><th>Time</th><th>Credential</th><th>Action</th><th>Object</th>
@@ -863,7 +954,7 @@ async function auditPage() {
         const object = href ? `<a href="${esc(href)}" title="${esc(a.object_id)}">${esc(shown)}</a>` : esc(shown);
         return `<tr data-action="${esc(a.action)}" data-kind="${esc(a.object_kind)}" data-object="${esc(a.object_id)}">
           <td>${esc(fmtTime(a.at))}</td><td><b>${esc(a.actor)}</b></td><td class="mono">${esc(a.action)}</td>
-          <td>${esc(a.object_kind)} <span class="mono">${object}</span></td><td class="muted">${esc(a.detail)}</td></tr>`;
+          <td class="wrap">${esc(a.object_kind)} <span class="mono">${object}</span></td><td class="muted wrap">${esc(a.detail)}</td></tr>`;
       }).join("") || `<tr><td colspan="5" class="muted">No entries.</td></tr>`}</tbody></table>
     ${entries.length === AUDIT_SHOWN ? `<p class="muted">The newest ${AUDIT_SHOWN} entries: filter by kind or object for older ones.</p>` : ""}`;
   const form = document.getElementById("filters");
