@@ -385,6 +385,9 @@ def misuse_cases() -> list[tuple[str, Any, str]]:
         ("dict key", lambda r: {r: 1}, r"hashed.*dict values"),
         ("attribute", lambda r: r.rows, r"attribute.*ref\['key'\]"),
         ("fspath", lambda r: __import__("os").fspath(r), "text"),
+        # (they said "read as an attribute" and "turned into text": a newcomer's trial)
+        ("dict unpack", lambda r: {**r}, r"asked for its keys \(`\*\*ref`.*ref\['key'\]"),
+        ("bytes", lambda r: bytes(r), r"turned into bytes"),
     ]
 
 

@@ -82,6 +82,11 @@ _TEXT = (
     "turned into text (str(), repr(), format() or an f-string)",
     "pass it to a task and build the text inside that task",
 )
+_BYTES = ("turned into bytes (bytes())", "pass it to a task and build the bytes inside that task")
+_UNPACK = (
+    "asked for its keys (`**ref` or `ref.keys()`)",
+    "pass it to a task whole, or index the parts you need (ref['key'])",
+)
 _BOOL = (
     "used as a condition (if/while/and/or/not)",
     "branch at run time with `with case(ref, value):` blocks and merge(), or decide inside a task",
@@ -145,7 +150,7 @@ class Ref:
     __contains__ = _binary(_ITER)
     __str__ = _unary(_TEXT)
     __format__ = _binary(_TEXT)
-    __bytes__ = _unary(_TEXT)
+    __bytes__ = _unary(_BYTES)
     __fspath__ = _unary(_TEXT)
     __index__ = _unary(_NUMBER)
     __int__ = _unary(_NUMBER)
@@ -179,7 +184,8 @@ class Ref:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)  # protocol probes (copy, pickle, numpy) see "none"
-        self._misuse(_ATTR)
+        # ``{**ref}`` and ``f(**ref)`` ask for ``keys`` (it said "read as an attribute")
+        self._misuse(_UNPACK if name == "keys" else _ATTR)
 
 
 _OPERATORS = ("add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "divmod", "pow")
