@@ -211,7 +211,7 @@ def test_a_failed_child_says_why_in_the_parent(store: Store) -> None:
     assert FlowRunState(store.get_flow_run(row.id).state) is FlowRunState.FAILED
     last = store.task_run_history(row.id, "child")[-1]
     assert TaskRunState(last.state) is TaskRunState.FAILED
-    assert last.message.endswith("(task 'inc': builtins.OSError: flaky)"), last.message
+    assert last.message.endswith("ended FAILED: inc: FAILED (OSError: flaky)"), last.message
     failure = json.loads(last.failure)  # (the projection's form)
     assert (failure["type"], failure["cause"]["type"]) == (
         "headwater.SubflowFailed",
