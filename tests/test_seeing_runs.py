@@ -8,6 +8,8 @@ import logging
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from headwater.v1 import payload_pb2
 from headwater.wire import ENCODING_KEY
@@ -134,6 +136,23 @@ def test_task_output_is_captured_per_thread_and_still_printed(capsys: object) ->
     out = capsys.readouterr()  # type: ignore[attr-defined]
     assert "hello from a" in out.out and "not a task's line" in out.out  # teed, not swallowed
     assert "careful b" in out.err
+
+
+def test_a_line_printed_in_parts_has_the_time_it_began(monkeypatch: Any) -> None:
+    """A line printed without its newline and sent before a log record (or at the end)
+    was stamped when it was sent: after the record it came before (a re-check)."""
+    import headwater_runtime.execution as execution
+
+    now = [100.0]
+    monkeypatch.setattr(execution, "time", SimpleNamespace(time=lambda: now[0]))
+    got: list[tuple[str, float]] = []
+    with task_output(lambda level, logger, message, at: got.append((message, at))):
+        print("a", end="")
+        now[0] = 200.0
+        print("b")  # ends the line begun at 100
+        print("c", end="")
+        now[0] = 300.0
+    assert got == [("ab", 100.0), ("c", 200.0)]
 
 
 def test_a_run_with_100k_log_lines_pages_through_them(tmp_path: Path) -> None:

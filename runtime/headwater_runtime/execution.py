@@ -172,7 +172,8 @@ class TaskLogLine(NamedTuple):
 
 
 _sinks: dict[int, LogSink] = {}
-_partial: dict[tuple[int, str], str] = {}
+#: A thread's line printed without its newline yet, and when it began (its time).
+_partial: dict[tuple[int, str], tuple[str, float]] = {}
 _install_lock = threading.Lock()
 
 
@@ -190,12 +191,14 @@ class _Tee(io.TextIOBase):
         # A logging handler writing a record here already reached the sink as a record.
         if sink is not None and text and sys._getframe(1).f_globals.get("__name__") != "logging":
             key = (threading.get_ident(), self.stream_name)
-            pending = _partial.pop(key, "") + text
-            *lines, rest = pending.split("\n")
+            now = time.time()
+            held, began = _partial.pop(key, ("", now))
+            *lines, rest = (held + text).split("\n")
             if rest:
-                _partial[key] = rest
-            for line in lines:
-                sink(self.level, self.stream_name, line, time.time())
+                _partial[key] = (rest, began if not lines else now)
+            for line in lines:  # (a line is stamped when it began)
+                sink(self.level, self.stream_name, line, began)
+                began = now
         written: int = self.original.write(text)
         return written
 
@@ -318,9 +321,9 @@ def _unregister(ident: int, sink: LogSink) -> None:
 
 def _send_partial(ident: int, sink: LogSink) -> None:
     for name, level in (("stdout", "INFO"), ("stderr", "WARNING")):
-        rest = _partial.pop((ident, name), "")
+        rest, began = _partial.pop((ident, name), ("", 0.0))
         if rest:
-            sink(level, name, rest, time.time())
+            sink(level, name, rest, began)
 
 
 def flush_partial_lines(ident: int) -> None:
