@@ -26,6 +26,7 @@ from headwater.wire import (
     TLSConfigError,
     parse_addresses,
     parse_duration,
+    printable,
 )
 from headwater_runtime.tracing import (
     Tracing,
@@ -94,7 +95,7 @@ def _summary(run: FlowRun) -> str:
 
 def _show_embedded(run: FlowRun, *, full: bool) -> None:
     """The summary table and each failed task run's error and traceback (stderr)."""
-    from ._cli_render import console, failure_lines, printable, summary_table
+    from ._cli_render import console, failure_lines, summary_table
 
     err = console(sys.stderr)
     rows = []

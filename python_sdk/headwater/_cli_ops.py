@@ -8,12 +8,18 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from headwater.wire import AUDIT_KINDS, AUDIT_PAGE_MAX, MAX_COUNT, FlowRunState, parse_rate
+from headwater.wire import (
+    AUDIT_KINDS,
+    AUDIT_PAGE_MAX,
+    MAX_COUNT,
+    FlowRunState,
+    parse_rate,
+    printable,
+)
 
 from ._access_info import AuditEntry
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
-from ._cli_render import printable
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
 

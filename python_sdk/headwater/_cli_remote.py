@@ -22,6 +22,7 @@ from headwater.wire import (
     FlowRunState,
     TaskRunState,
     parse_duration,
+    printable,
 )
 from headwater.wire import task_run_id as make_task_run_id
 from headwater_runtime.tracing import cli_span
@@ -34,7 +35,6 @@ from ._cli_render import (
     failure_lines,
     json_text,
     plain,
-    printable,
     result_text,
     state_text,
     summary_table,

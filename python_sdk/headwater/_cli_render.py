@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from headwater.wire import BIDI_CONTROLS, FailureInfo, TaskRunState
+from headwater.wire import FailureInfo, TaskRunState, printable
 
 #: Traceback lines shown without --full (the last ones: where it failed).
 TRACEBACK_LINES = 12
@@ -39,18 +39,6 @@ _COLOURS = {
     "PENDING": "bright_black",
 }
 _ACTIVE = {TaskRunState.RUNNING, TaskRunState.RETRYING}
-#: Control characters (C0 but tab and newline, DEL, C1) as Python escapes: text from
-#: tasks, workers and callers (log lines, error messages, worker names) is printed
-#: with them made visible, so an escape sequence in a task's output cannot recolour,
-#: retitle or rewrite the operator's terminal.
-_CONTROLS = {
-    code: f"\\x{code:02x}"
-    for code in (*range(0x20), *range(0x7F, 0xA0))
-    if code not in (0x09, 0x0A)
-}
-#: Unicode's bidirectional controls as ``\\uNNNN``: one in a log line reorders what the
-#: terminal shows after it (names and ids refuse them).
-_CONTROLS.update({code: f"\\u{code:04x}" for code in BIDI_CONTROLS})
 
 
 def user_output_to_stderr() -> contextlib.AbstractContextManager[Any]:
@@ -59,12 +47,6 @@ def user_output_to_stderr() -> contextlib.AbstractContextManager[Any]:
     prints goes to stderr, so stdout holds only the command's own output (`| jq`
     works; the prints of a flow body reached the JSON of `run --server` and `graph`)."""
     return contextlib.redirect_stdout(sys.stderr)
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters but tab and newline written as ``\\xNN``,
-    and bidirectional controls as ``\\uNNNN``."""
-    return text.translate(_CONTROLS) if not text.isprintable() else text
 
 
 def plain(text: str) -> Text:

@@ -47,6 +47,21 @@ MAX_NAME = 200
 #: "exe.txt" for "txt.exe"). Names and ids refuse them as they refuse control characters.
 BIDI_CONTROLS = (*range(0x202A, 0x202F), *range(0x2066, 0x206A))
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(map(chr, BIDI_CONTROLS)) + "]")
+#: Control characters (C0 but tab and newline, DEL, C1) as Python escapes, and the
+#: bidirectional controls as ``\\uNNNN``: text from tasks, workers and callers (log
+#: lines, error messages, names) is shown with them made visible, so an escape sequence
+#: cannot recolour or rewrite a terminal and an override cannot reorder a line (the
+#: CLI, and the server's own HTML pages; the web UI's script does the same).
+_ESCAPES = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
+}
+_ESCAPES.update({code: f"\\u{code:04x}" for code in BIDI_CONTROLS})
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters but tab and newline written as ``\\xNN``,
+    and bidirectional controls as ``\\uNNNN``."""
+    return text if text.isprintable() else text.translate(_ESCAPES)
 
 
 def control_character(value: str) -> str | None:

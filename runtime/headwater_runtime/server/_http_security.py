@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
-from headwater.wire import BIDI_CONTROLS
+from headwater.wire import printable
 
 from ._access import ANONYMOUS, AccessControl, Caller, Refused
 from ._roles import allows, describe, http_route
@@ -196,15 +196,10 @@ def _origin_problem(headers: Mapping[str, str]) -> str:
     return ""
 
 
-#: Control characters (but tab and newline) and bidirectional controls as escapes, as
-#: the CLI and the web UI show them: a path or message on a page cannot reorder it.
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (9, 10)}
-_ESCAPES.update({c: f"\\u{c:04x}" for c in BIDI_CONTROLS})
-
-
 def page_text(text: str) -> str:
-    """``text`` for an HTML page: control characters shown as escapes, HTML escaped."""
-    return html.escape(text.translate(_ESCAPES))
+    """``text`` for an HTML page: control characters shown as escapes, as the CLI and
+    the web UI show them (a path or message on a page cannot reorder it), HTML escaped."""
+    return html.escape(printable(text))
 
 
 def html_page(title: str, body: str, *, logout_csrf: str | None = None) -> str:
