@@ -6,7 +6,6 @@ from . import _grpc_env  # noqa: F401  (first: before anything imports grpc)
 
 # isort: split
 import argparse
-import contextlib
 import os
 import re
 import signal
@@ -196,7 +195,7 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
     _log_tasks_at_info()
     try:
         # What tasks print goes to stderr: stdout holds only the result (`| jq` works).
-        with contextlib.redirect_stdout(sys.stderr), Progress(f"flow {flow.name!r}") as progress:
+        with user_output_to_stderr(), Progress(f"flow {flow.name!r}") as progress:
             run = flow.run(
                 executor=executor,
                 max_workers=args.workers,
