@@ -183,6 +183,8 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     )
     plain = cli(env, "runs", "list", "--server", address, "--since", "1h").stdout
     assert plain.startswith(run_id[:8]) and "FAILED" in plain
+    # why it failed, on the run's line (the first failed task, its error)
+    assert plain.rstrip().endswith("  enrich[2]: FAILED (ConnectionError: pricing API timed out)")
     # runs logs: every record, one task's, one task run's
     logs = cli(env, "runs", "logs", run_id[:8], "--server", address).stdout
     assert "fetched 4 prices" in logs and "enriching 3" in logs

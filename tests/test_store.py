@@ -235,6 +235,30 @@ def test_delivered_lists_the_attempts_delivered_to_workers_by_key(store: Store) 
     assert [r.holder for r in store.task_runs("r1")] == ["h/w1", "", None]
 
 
+def test_task_runs_are_listed_in_the_order_first_stored_not_last_changed(
+    store: Store,
+) -> None:
+    """A map's children stay in index order however their rows change later (SQLite's
+    INSERT OR REPLACE gave a changed row a new rowid: `runs show` listed load[2] before
+    load[0] once load[0] had ended last)."""
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
+    keys = ["load", *(f"load[{i}]" for i in range(4)), "total"]
+    first = WriteBatch()
+    for key in keys:
+        index = int(key[5:-1]) if "[" in key else -1
+        first.task_runs[("r1", key)] = TaskRunRow("r1", key, key.split("[")[0], index, 1, 1, 1.0)
+    store.commit(first)
+    for key, state in (("load[2]", 5), ("load[0]", 5), ("total", 3), ("load", 5)):
+        later = WriteBatch()
+        index = int(key[5:-1]) if "[" in key else -1
+        later.task_runs[("r1", key)] = TaskRunRow("r1", key, key.split("[")[0], index, state, 2, 2.0)
+        store.commit(later)
+    rows = store.task_runs("r1")
+    assert [r.key for r in rows] == keys
+    assert {r.key: (r.state, r.attempt) for r in rows}["load[0]"] == (5, 2)
+    assert {r.key: r.state for r in rows}["load[1]"] == 1
+
+
 def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:
     store.create_flow_run(FlowRunRow("r1", "etl", "1", 1, 1.0))
     store.create_flow_run(FlowRunRow("r2", "etl", "1", 1, 1.0))

@@ -346,17 +346,21 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             origin = f"  schedule {run.schedule_id}" if run.schedule_id else ""
             if run.parent_task_run_id:
                 origin += f"  child of {_short_task_run(run.parent_task_run_id)}"
-            print(
+            said = f"  {_message_line(run.message, 200)}" if run.message else ""
+            line = (
                 f"{run.id[:8]}  {run.state.name:9}  {run.flow_name} v{run.flow_version}  "
                 f"{local_time(run.started_at or run.created_at)}  "
-                f"{duration_text(run.duration) or '-'}{origin}{_attempt_and_late(run)}"
+                f"{duration_text(run.duration) or '-'}{origin}{_attempt_and_late(run)}{said}"
             )
+            print(printable(line))
         return EXIT_OK
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False)
     for column in ("run", "flow", "state", "started", "duration", "origin"):
         table.add_column(column)
+    # Why a run failed or was cancelled (its first line; --json and `runs show` have all)
+    table.add_column("message", overflow="ellipsis", no_wrap=True, max_width=60)
     for run in runs:
         origin = f"schedule {run.schedule_id[:8]}" if run.schedule_id else ""
         if run.parent_task_run_id:
@@ -368,9 +372,16 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             local_time(run.started_at or run.created_at),
             duration_text(run.duration),
             plain(f"{origin}{_attempt_and_late(run)}".strip()),
+            plain(_message_line(run.message, 500)),
         )
     out.print(table)
     return EXIT_OK
+
+
+def _message_line(message: str, most: int) -> str:
+    """A run's message as one listing cell: its first line, cut at ``most``."""
+    line = message.splitlines()[0] if message else ""
+    return line if len(line) <= most else line[: most - 1] + "…"
 
 
 def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:

@@ -1015,8 +1015,16 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
         "WHERE id=?",
         ((*_flow_run_values(r), r.id) for r in batch.flow_runs.values()),
     )
+    # An upsert, not INSERT OR REPLACE: a replaced row gets a new rowid, and a run's
+    # task runs are listed by rowid (the order they were first stored, as on
+    # PostgreSQL: a map's children by index, not in the order they last changed).
     db.executemany(
-        "INSERT OR REPLACE INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=excluded.task_id, "
+        "map_index=excluded.map_index, state=excluded.state, attempt=excluded.attempt, "
+        "updated_at=excluded.updated_at, worker_id=excluded.worker_id, "
+        "cache_key=excluded.cache_key, result_id=excluded.result_id, "
+        "delivered=excluded.delivered, holder=excluded.holder",
         (
             (
                 t.flow_run_id,
