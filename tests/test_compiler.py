@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -1553,3 +1554,25 @@ def test_a_subflow_passes_the_default_its_child_maps_over_element_by_element() -
     assert [json.loads(i.constant.data) for i in items.list.items] == [1, 2]
     assert items.list.tuple
     assert _leaves_the_default() == 2
+
+
+@pytest.mark.parametrize(
+    ("define", "said"),
+    [
+        (lambda: task(name="report\u202etxt.exe")(len), "task name 'report\\u202etxt.exe'"),
+        (lambda: task(name="two\nlines")(len), "task name 'two\\nlines'"),
+        (lambda: task(len).with_options(name="x\u2066"), "task name 'x\\u2066'"),
+        (lambda: flow(name="etl\x1b[31m")(lambda: None), "flow name 'etl\\x1b[31m'"),
+        (lambda: task(name=7)(len), "task name must be text, got int"),
+    ],
+)
+def test_a_name_with_control_characters_is_refused_where_it_is_defined(
+    define: Callable[[], object], said: str
+) -> None:
+    """A bidirectional control in @task(name=...) was refused only when the flow was
+    compiled (its repr showed it raw meanwhile): now where the task is defined, as the
+    graph check words it."""
+    with pytest.raises(FlowDefinitionError) as info:
+        define()
+    assert str(info.value).startswith(said), str(info.value)
+    assert "contains the control character" in str(info.value) or "text" in str(info.value)

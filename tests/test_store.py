@@ -251,7 +251,9 @@ def test_task_runs_are_listed_in_the_order_first_stored_not_last_changed(
     for key, state in (("load[2]", 5), ("load[0]", 5), ("total", 3), ("load", 5)):
         later = WriteBatch()
         index = int(key[5:-1]) if "[" in key else -1
-        later.task_runs[("r1", key)] = TaskRunRow("r1", key, key.split("[")[0], index, state, 2, 2.0)
+        later.task_runs[("r1", key)] = TaskRunRow(
+            "r1", key, key.split("[")[0], index, state, 2, 2.0
+        )
         store.commit(later)
     rows = store.task_runs("r1")
     assert [r.key for r in rows] == keys

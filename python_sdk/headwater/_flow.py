@@ -22,7 +22,7 @@ from headwater_runtime.execution import current_task
 from . import _compiler
 from ._code import SourceSnapshot
 from ._errors import FlowDefinitionError
-from ._options import FlowOptions, ParsedOptions, check_names, parse_options
+from ._options import FlowOptions, ParsedOptions, check_label, check_names, parse_options
 from ._params import ParameterTypes
 from ._run import FlowRun
 
@@ -69,7 +69,7 @@ class Flow(Generic[P, R]):
         if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
             raise FlowDefinitionError(f"flow {fn.__name__!r} must be a plain function")
         self.fn = fn
-        self.name = name or fn.__name__
+        self.name = check_label("flow", name or fn.__name__)
         self.version = version
         check_names(options, FlowOptions, self.name, kind="flow", also=("name", "version"))
         self._options: FlowOptions = options

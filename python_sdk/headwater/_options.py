@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypedDict
 
-from headwater.wire import CacheSpec, RetrySpec, Trigger
+from headwater.wire import CacheSpec, RetrySpec, Trigger, control_character
 
 from ._durations import to_seconds
 from ._errors import FlowDefinitionError
@@ -111,6 +111,22 @@ def check_names(
     if unknown:
         listed = ", ".join(sorted(known | set(also)))
         raise FlowDefinitionError(f"{kind} {label!r}: unknown option(s) {unknown}; known: {listed}")
+
+
+def check_label(kind: str, name: object) -> str:
+    """A task's or flow's name when it can be one (FlowDefinitionError otherwise, when
+    the task or flow is defined rather than when it is first compiled): text without
+    control characters or Unicode's bidirectional controls (names are shown in
+    terminals and listings, where one could forge what an operator reads)."""
+    if not isinstance(name, str):
+        raise FlowDefinitionError(f"{kind} name must be text, got {type(name).__name__}")
+    bad = control_character(name)
+    if bad is not None:
+        raise FlowDefinitionError(
+            f"{kind} name {name!r} contains the control character {bad!r}: names are "
+            "shown in terminals and listings; rename it"
+        )
+    return name
 
 
 def parse_trigger(value: str | Trigger, label: str) -> Trigger:

@@ -12,7 +12,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 from . import _compiler
 from ._code import VERSION_PREFIX, SourceSnapshot
 from ._errors import FlowDefinitionError
-from ._options import ParsedOptions, TaskOptions, check_names, parse_options
+from ._options import ParsedOptions, TaskOptions, check_label, check_names, parse_options
 from ._refs import contains_ref
 
 P = ParamSpec("P")
@@ -56,7 +56,9 @@ class Task(Generic[P, R]):
                 "returns its result (return list(...) of what it yields)"
             )
         self.fn = fn
-        self.name: str = options.get("name") or str(getattr(fn, "__name__", "task"))
+        self.name: str = check_label(
+            "task", options.get("name") or str(getattr(fn, "__name__", "task"))
+        )
         check_names(options, TaskOptions, self.name)
         self.task_type = options.get("task_type") or (
             f"{module_name(fn)}.{getattr(fn, '__qualname__', self.name)}"

@@ -68,6 +68,7 @@ from ._ids import MAX_NAME as MAX_NAME
 from ._ids import TASK_RUN_ID_SEPARATOR as TASK_RUN_ID_SEPARATOR
 from ._ids import check_name as check_name
 from ._ids import child_key as child_key
+from ._ids import control_character as control_character
 from ._ids import printable as printable
 from ._ids import split_child_key as split_child_key
 from ._ids import split_task_run_id as split_task_run_id
