@@ -412,6 +412,52 @@ def test_a_task_result_used_as_a_value_names_task_line_and_fix(misuse: Any, patt
     assert __import__("re").search(pattern, message), message
 
 
+def test_a_task_result_given_to_logging_is_refused_without_a_logging_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """logging's handler caught the refusal and printed "--- Logging error ---" with a
+    traceback before the run failed with it (a newcomer's trial): now only the refusal,
+    naming the line, even when the body catches what the log call raised."""
+    import logging
+
+    logger = logging.getLogger("headwater-test-flow-body")
+    logger.addHandler(logging.StreamHandler())  # (handleError prints to sys.stderr)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    @flow
+    def as_argument() -> Any:
+        ref = name()
+        logger.info("got %s", ref)  # the line the error names
+        return ref
+
+    @flow
+    def as_message() -> Any:
+        ref = name()
+        logger.info(ref)  # the line the error names
+        return ref
+
+    @flow
+    def caught() -> Any:
+        ref = name()
+        try:  # noqa: SIM105 (as the user wrote it)
+            logger.warning("got %d", ref)  # the line the error names
+        except Exception:
+            pass
+        return ref
+
+    try:
+        for body, offset in ((as_argument, 2), (as_message, 2), (caught, 3)):
+            with pytest.raises(FlowDefinitionError, match=r"turned into text|number") as info:
+                body()
+            line = body.fn.__code__.co_firstlineno + offset + 1
+            assert f"{LINE}:{line}" in str(info.value), str(info.value)
+            err = capsys.readouterr().err
+            assert "Logging error" not in err and "Traceback" not in err, err
+    finally:
+        logger.handlers.clear()
+
+
 def test_a_mapped_result_used_as_a_value_says_it_is_a_mapped_task() -> None:
     @flow
     def f() -> Any:

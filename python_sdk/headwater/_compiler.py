@@ -47,7 +47,16 @@ from headwater.wire import (
 
 from ._errors import FlowDefinitionError
 from ._identity import IdentityCheck, identity_checks, resolve, unread_checks
-from ._refs import NeedsValues, ParamRef, Ref, TaskRef, _show, contains_ref, unmapped
+from ._refs import (
+    NeedsValues,
+    ParamRef,
+    Ref,
+    RefusedInLogging,
+    TaskRef,
+    _show,
+    contains_ref,
+    unmapped,
+)
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -764,6 +773,9 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         assert ctx.value_use is not None
         _remember(flow, ctx.value_use)
         raise
+    except RefusedInLogging:
+        assert ctx.misuse is not None
+        raise ctx.misuse from None
     except (TypeError, ValueError) as exc:
         if ctx.misuse is not None:
             raise ctx.misuse from None

@@ -40,6 +40,31 @@ class NeedsValues(BaseException):
     """
 
 
+class RefusedInLogging(BaseException):
+    """Private signal: a task result was given to ``logging`` in the flow body (its
+    message is formatted by a handler). A BaseException so that the handler, which
+    catches every Exception to print "--- Logging error ---" with a traceback and go
+    on, lets it through: the compiler then raises the refusal it recorded
+    (``_Context.misuse``) and nothing else is printed."""
+
+
+def _in_logging() -> bool:
+    """Whether the use being refused happens while ``logging`` formats a record's
+    message (``LogRecord.getMessage``: ``msg % args`` or ``str(msg)``)."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return False
+    formatting = logging.LogRecord.getMessage.__code__
+    frame: FrameType | None = sys._getframe(2)
+    for _ in range(4):  # (_misuse <- the dunder method <- [C] <- getMessage)
+        if frame is None:
+            return False
+        if frame.f_code is formatting:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _context() -> _Context | None:
     from ._compiler import current_context
 
@@ -237,6 +262,8 @@ class TaskRef(Ref):
         )
         if ctx is not None and ctx.misuse is None:
             ctx.misuse = error  # (raised after the body even if the body catches it)
+        if ctx is not None and _in_logging():
+            raise RefusedInLogging from None
         raise error
 
     def __repr__(self) -> str:
