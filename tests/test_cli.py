@@ -242,6 +242,37 @@ def test_run_on_a_local_dask_cluster(tmp_path: Path) -> None:
     assert "SUCCESS" in proc.stderr
 
 
+def test_a_task_failing_on_dask_shows_its_file_and_lines(tmp_path: Path) -> None:
+    """The flow's module goes to the Dask workers by value, and cloudpickle names such
+    code "<dynamic-code>": a failure's traceback read `File "<dynamic-code>", line 6, in
+    boom` under a frame of Headwater's own, with no source lines. Now it names the file
+    (a helper's and a nested function's frames too) and shows its lines."""
+    source = (
+        "from headwater import flow, task\n\n"
+        "def check(x):\n"
+        "    def inner(y):\n"
+        "        if y > 1:\n"
+        "            raise ValueError(f'bad {y}')\n"
+        "        return y\n"
+        "    return inner(x)\n\n"
+        "@task\ndef boom(x: int, /) -> int:\n    return check(x)\n\n"
+        "@flow\ndef main(n: int = 3) -> list:\n    return boom.map(list(range(n)))\n"
+    )
+    path = write(tmp_path, "dask_fails.py", source)
+    proc = headwater_cli("run", path, "--dask", "local")
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr
+    assert "<dynamic-code>" not in err, err
+    frames = [line.strip() for line in err.splitlines() if line.strip().startswith("File ")]
+    file = str(tmp_path / "dask_fails.py")
+    assert frames == [
+        f'File "{file}", line 12, in boom',
+        f'File "{file}", line 8, in check',
+        f'File "{file}", line 6, in inner',
+    ], err
+    assert "raise ValueError(f'bad {y}')" in err and "ValueError: bad 2" in err
+
+
 def test_dask_with_workers_or_server_is_a_usage_error(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     assert_usage_error(headwater_cli("run", path, "--dask", "local", "--workers", "2"), "--workers")

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -90,34 +91,106 @@ def make_caller(fn: Callable[..., Any]) -> Caller:
     """A function that calls ``fn`` with arguments given by parameter name.
 
     Keyword calls cover most functions; positional-only parameters and ``*args`` /
-    ``**kwargs`` are rebuilt from the signature.
+    ``**kwargs`` are rebuilt from the signature. The caller pickles (a Dask task sends
+    it) with the file ``fn`` was defined in, which cloudpickle leaves out of code it
+    sends by value (``<dynamic-code>``): the task's traceback names its file and line.
     """
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return lambda inputs: fn(**inputs)
-    simple = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
-    if simple:
-        return lambda inputs: fn(**inputs)
+        return ByName(fn)
+    if all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params):
+        return ByName(fn)
+    return BySignature(fn, tuple((p.name, p.kind) for p in params))
 
-    def call(inputs: dict[str, Any]) -> Any:
+
+class ByName:
+    """Calls ``fn`` with the arguments as keywords (``make_caller``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, inputs: dict[str, Any]) -> Any:
+        return self.fn(**inputs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, (ByName, self.fn, (), _defined_in(self.fn)))
+
+
+class BySignature:
+    """Calls ``fn`` with positional-only, ``*args`` and ``**kwargs`` parameters
+    rebuilt from its signature (``make_caller``)."""
+
+    __slots__ = ("fn", "params")
+
+    def __init__(self, fn: Callable[..., Any], params: tuple[tuple[str, Any], ...]) -> None:
+        self.fn = fn
+        self.params = params
+
+    def __call__(self, inputs: dict[str, Any]) -> Any:
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
-        for p in params:
-            if p.name not in inputs:
+        for name, kind in self.params:
+            if name not in inputs:
                 continue
-            value = inputs[p.name]
-            if p.kind is p.POSITIONAL_ONLY:
+            value = inputs[name]
+            if kind is inspect.Parameter.POSITIONAL_ONLY:
                 args.append(value)
-            elif p.kind is p.VAR_POSITIONAL:
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
                 args.extend(value)
-            elif p.kind is p.VAR_KEYWORD:
+            elif kind is inspect.Parameter.VAR_KEYWORD:
                 kwargs.update(value)
             else:
-                kwargs[p.name] = value
-        return fn(*args, **kwargs)
+                kwargs[name] = value
+        return self.fn(*args, **kwargs)
 
-    return call
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuilt, (BySignature, self.fn, self.params, _defined_in(self.fn)))
+
+
+#: The file name cloudpickle gives code it sends by value (cloudpickle >= 3.1).
+_DYNAMIC_CODE = "<dynamic-code>"
+
+
+def _defined_in(fn: Callable[..., Any]) -> tuple[str, str] | None:
+    """``(module, file)`` of the function's code, to be put back where it unpickles."""
+    code = getattr(fn, "__code__", None)
+    if code is None or code.co_filename.startswith("<"):
+        return None
+    return str(getattr(fn, "__module__", "") or ""), code.co_filename
+
+
+def _rebuilt(
+    kind: type[ByName] | type[BySignature],
+    fn: Callable[..., Any],
+    params: tuple[tuple[str, Any], ...],
+    defined_in: tuple[str, str] | None,
+) -> ByName | BySignature:
+    if defined_in is not None:
+        module, path = defined_in
+        _name_the_file(fn, path)
+        # (the module's other functions the task calls came with it, in its globals)
+        for value in list(getattr(fn, "__globals__", {}).values()):
+            if getattr(value, "__module__", None) == module and value is not fn:
+                _name_the_file(value, path)
+    return ByName(fn) if kind is ByName else BySignature(fn, params)
+
+
+def _name_the_file(fn: Any, path: str) -> None:
+    """Give a function sent by value (its code named ``<dynamic-code>``) back the file
+    it was defined in, its nested functions' code too."""
+    code = getattr(fn, "__code__", None)
+    if isinstance(code, types.CodeType) and code.co_filename == _DYNAMIC_CODE:
+        fn.__code__ = _renamed(code, path)
+
+
+def _renamed(code: types.CodeType, path: str) -> types.CodeType:
+    consts = tuple(
+        _renamed(c, path) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=path, co_consts=consts)
 
 
 def execute(
