@@ -412,6 +412,61 @@ def test_a_task_result_used_as_a_value_names_task_line_and_fix(misuse: Any, patt
     assert __import__("re").search(pattern, message), message
 
 
+def test_what_a_flow_body_prints_shows_once_when_it_runs_again_with_values(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`print("n =", n)` in a flow body showed "n = n = 3": the first (symbolic) pass
+    wrote "n = " before the parameter turned out to be needed as a value, then the
+    pass with values printed the whole line (a newcomer's trial)."""
+
+    @flow
+    def uses_value(n: int = 3) -> Any:
+        print("building for n =", n)
+        print("to stderr", file=__import__("sys").stderr)
+        return name()
+
+    @flow
+    def symbolic_only(n: int = 3) -> Any:
+        print("building", end="")
+        print(" a graph")
+        return scale(n, 2)
+
+    assert uses_value(n=2) == "db"
+    captured = capsys.readouterr()
+    assert captured.out == "building for n = 2\n" and captured.err == "to stderr\n"
+    assert symbolic_only(n=2) == 4
+    assert capsys.readouterr().out == "building a graph\n"
+
+
+def test_output_is_held_only_for_the_thread_building_the_graph() -> None:
+    """Other threads' writes go through while a body's pass is held."""
+    import io
+    import sys
+    import threading
+
+    from headwater._compiler import _HeldOutput
+
+    out = io.StringIO()
+    real = sys.stdout
+    sys.stdout = out
+    try:
+        held = _HeldOutput()
+        print("mine")
+        other = threading.Thread(target=print, args=("theirs",))
+        other.start()
+        other.join(30)
+        assert out.getvalue() == "theirs\n"
+        held.end(keep=False)
+        assert sys.stdout is out
+        print("after")
+        held = _HeldOutput()
+        print("kept")
+        held.end(keep=True)
+    finally:
+        sys.stdout = real
+    assert out.getvalue() == "theirs\nafter\nkept\n"
+
+
 def test_a_task_result_given_to_logging_is_refused_without_a_logging_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import io
 import itertools
+import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import CodeType
@@ -588,19 +591,32 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
         if known is not None:
             _remember(flow, known)
     if known is None:
+        # What the body prints in this pass is held: a pass that meets a parameter used
+        # as a value is done again with values, which prints it all again (`print("n
+        # =", n)` showed "n = n = 3": the first pass's half line, then the second's).
+        held = _HeldOutput()
+        failure: Exception | None = None
         try:
-            return _trace(flow, None)
+            graph = _trace(flow, None)
         except NeedsValues:
-            pass
+            held.end(keep=False)
         except (FlowDefinitionError, GraphError, ParameterError):
+            held.end(keep=True)
             raise
         except Exception as exc:
             # The body failed on something a placeholder cannot do (json.dumps(n), a C
             # function): try again with values; a real bug fails the same way again.
             if values is None or not flow.parameters:
+                held.end(keep=True)
                 raise
+            held.end(keep=False)
+            failure = exc
+        else:
+            held.end(keep=True)
+            return graph
+        if failure is not None and values is not None:
             graph = _trace(flow, values)
-            use = f"given to code that needs values ({type(exc).__name__}: {exc})"
+            use = f"given to code that needs values ({type(failure).__name__}: {failure})"
             _remember(flow, (next(iter(values), "?"), use, ""))
             return graph
         known = flow._value_use
@@ -618,6 +634,66 @@ def build_graph(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> Graph
             f"`headwater graph FILE:{flow.name} {' '.join(f'-p {n}=...' for n in needed)}`"
         )
     return _trace(flow, values)
+
+
+class _HeldOutput:
+    """While a flow body's symbolic pass runs: what this thread writes to sys.stdout and
+    sys.stderr is held (other threads' writes go through), then written out in order
+    (``end(keep=True)``) or dropped when the body runs again with values, which prints
+    it again (``end(keep=False)``)."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.held: list[tuple[Any, str]] = []
+        self.active = True
+        self.streams = (_Holding(self, sys.stdout), _Holding(self, sys.stderr))
+        sys.stdout, sys.stderr = self.streams
+
+    def end(self, *, keep: bool) -> None:
+        self.active = False
+        out, err = self.streams
+        # (a stream another thread put in place meanwhile keeps ours as its own
+        # original: ours passes everything through from now on)
+        if sys.stdout is out:
+            sys.stdout = out.original
+        if sys.stderr is err:
+            sys.stderr = err.original
+        held, self.held = self.held, []
+        if keep:
+            for stream, text in held:
+                stream.write(text)
+
+
+class _Holding(io.TextIOBase):
+    """sys.stdout or sys.stderr during ``_HeldOutput``."""
+
+    def __init__(self, holder: _HeldOutput, original: Any) -> None:
+        self.holder = holder
+        self.original = original
+
+    def write(self, text: str) -> int:
+        holder = self.holder
+        if holder.active and threading.get_ident() == holder.thread:
+            holder.held.append((self.original, text))
+            return len(text)
+        written: int = self.original.write(text)
+        return written
+
+    def flush(self) -> None:
+        self.original.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.original.isatty())
+
+    def fileno(self) -> int:
+        return int(self.original.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.original, "encoding", "utf-8"))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
 
 
 def mapped_parameters(flow: Flow[..., Any]) -> tuple[str, ...]:
