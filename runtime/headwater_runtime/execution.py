@@ -110,6 +110,7 @@ class ByName:
     __slots__ = ("fn",)
 
     def __init__(self, fn: Callable[..., Any]) -> None:
+        """``fn``: the task function."""
         self.fn = fn
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
@@ -126,6 +127,7 @@ class BySignature:
     __slots__ = ("fn", "params")
 
     def __init__(self, fn: Callable[..., Any], params: tuple[tuple[str, Any], ...]) -> None:
+        """``fn``: the task function; ``params``: its parameters' names and kinds."""
         self.fn = fn
         self.params = params
 
