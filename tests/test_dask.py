@@ -4,8 +4,11 @@ declare them, a LocalCluster per run, cached results outliving that cluster, err
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -215,3 +218,53 @@ def test_subflows_on_dask_get_values_and_their_timeouts_hold(
     late = run.task_run("_stuck_child")
     assert late.state is S.TIMED_OUT and late.failure is not None and late.failure.timed_out
     assert run.duration is not None and run.duration < 20, "stopped at the timeout"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n" * 64, None])
+def test_an_address_where_no_dask_scheduler_answers_is_one_clear_error(
+    answer: bytes | None,
+) -> None:
+    """`--dask` at an HTTP port made Dask read a garbage frame length and fail
+    allocating exabytes (numpy's MemoryError, a traceback, exit 1); at a port that never
+    answers it hung. Both are now one ConnectionError (the CLI exits 3)."""
+    import threading
+
+    from headwater_runtime.dask import connect_client
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    unraisable: list[Any] = []
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with pytest.raises(ConnectionError) as info:
+            connect_client(address, 1.0)
+        if answer is not None:  # (the half-made client's __del__ waited, then printed)
+            gc.collect()
+            assert unraisable == []
+    finally:
+        sys.unraisablehook = hook
+        server.close()
+        for conn in accepted:
+            conn.close()
+    said = str(info.value)
+    assert said.startswith(f"cannot reach the Dask scheduler at {address}"), said
+    assert "\n" not in said and said.endswith("or use --dask local / address=None"), said
+    if answer is None:
+        assert "nothing answered as a Dask scheduler within 2 s" in said or "Timed out" in said

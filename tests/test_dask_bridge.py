@@ -287,7 +287,7 @@ def test_a_bridge_whose_dask_client_closed_stops_saying_why(
 ) -> None:
     """The scheduler died and did not come back within the client's reconnect time: the
     bridge stayed connected to the server with every slot taken by attempts that could
-    never end, and its runs hung. It now stops (the CLI exits 1 with this line)."""
+    never end, and its runs hung. It now stops (the CLI exits 3 with this line)."""
     import threading
     import types
 

@@ -220,3 +220,96 @@ def test_a_flow_on_a_dask_cluster_of_separate_processes_survives_losing_a_worker
     finally:
         store.close()
     assert stats["payloads"] == 0 and stats["payload_chunks"] == 0, stats
+
+
+HELD = """
+import os, time
+from pathlib import Path
+from headwater import flow, task
+
+ROOT = Path(os.environ["HW_TEST_DIR"])
+
+@task(retries=3)
+def held(i: int) -> int:
+    (ROOT / f"held-{i}-{os.getpid()}").write_text("started")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # never released: the scheduler goes first
+        time.sleep(0.05)
+    return i
+
+@flow
+def waits() -> list:
+    return held.map([0, 1])
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_run_and_a_bridge_whose_scheduler_dies_end_saying_so(
+    tmp_path: Path, processes: Cluster
+) -> None:
+    """The scheduler is SIGKILLed while tasks run: once the Dask client gives up
+    (its 10 s reconnect time), an embedded `run --dask ADDRESS` waited forever (its
+    futures never end) and a bridge said "stopping" but its stop failed on the closed
+    client (ClosedClientError) and it stayed online holding its attempts: its runs
+    hung (a user trial). Now the run fails (headwater.DaskUnavailable) and the CLI
+    exits 3; the bridge exits 3 and the server dispatches its attempts again."""
+    (tmp_path / "held_tasks.py").write_text(textwrap.dedent(HELD))
+
+    def started() -> bool:
+        return any(p.name.startswith("held-") for p in tmp_path.iterdir())
+
+    def clear() -> None:
+        for p in tmp_path.iterdir():
+            if p.name.startswith("held-"):
+                p.unlink()
+
+    # an embedded run
+    folder = tmp_path / "first"
+    folder.mkdir()
+    scheduler = dask_scheduler(processes, folder)
+    dask_worker(processes, scheduler, "one")
+    run: Callable[..., Proc] = processes
+    embedded = run("run", str(tmp_path / "held_tasks.py:waits"), "--dask", scheduler)
+    poll(started, "a task to start on the Dask worker")
+    processes.procs[0].popen.send_signal(signal.SIGKILL)  # the scheduler
+    assert embedded.popen.wait(90) == 3, embedded.lines
+    said = "\n".join(embedded.lines)
+    assert "headwater.DaskUnavailable: the Dask client closed: the scheduler at" in said
+    assert said.splitlines()[-1] == (
+        f"headwater: error: the Dask client closed: the scheduler at {scheduler} went "
+        "away (restart the scheduler and its workers, then run the flow again)"
+    ), said
+    assert "Traceback" not in said, said
+
+    # a bridge worker
+    clear()
+    folder = tmp_path / "second"
+    folder.mkdir()
+    scheduler = dask_scheduler(processes, folder)
+    dask_worker(processes, scheduler, "two")
+    dask = processes.procs[-2]
+    _, address = start_server(processes, str(tmp_path / "hw.db"))  # (any store will do)
+    bridge = run(
+        "worker",
+        *("--server", address, "--module", "held_tasks", "--name", "bridge"),
+        *("--dask", scheduler),
+        worker="bridge",
+    )
+    bridge.wait_line("connected to")
+    module: Any = load_file(str(tmp_path / "held_tasks.py"))
+    with Client(address, token=TOKEN) as client:
+        flow_run = client.run(module.waits)
+        poll(started, "a task to start on the bridge's Dask worker")
+        dask.popen.send_signal(signal.SIGKILL)
+        assert bridge.popen.wait(90) == 3, bridge.lines
+        said = "\n".join(bridge.lines)
+        assert "ClosedClientError" not in said and "Traceback" not in said, said
+        assert said.splitlines()[-1].startswith(
+            f"headwater: error: the Dask client closed: the scheduler at {scheduler} went away"
+        ), said
+
+        def given_back() -> bool:
+            runs = client.get(flow_run.id, include_task_runs=True).task_runs
+            return all(t.state.name == "SCHEDULED" for t in runs if t.key != "held")
+
+        poll(given_back, "the bridge's attempts to be given back")

@@ -208,6 +208,10 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
         return EXIT_UNAVAILABLE
     _show_embedded(run, full=args.full)
     print(_summary(run), file=sys.stderr)
+    gone = getattr(executor, "gone", None)
+    if gone is not None and run.state is FlowRunState.FAILED:  # (its scheduler went away)
+        print(f"headwater: error: {gone}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     if run.state is FlowRunState.SUCCESS:
         print(result_text(run.result))
         return EXIT_OK
@@ -332,9 +336,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         try:
             worker: Worker = DaskBridgeWorker(args.server, args.module, dask=args.dask, **options)
-        except ConnectionError as exc:
+        except ConnectionError as exc:  # (the scheduler could not be reached: try again)
             print(f"headwater: error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_UNAVAILABLE
     else:
         worker = Worker(args.server, args.module, **options)
     # Task logs at INFO and up are sent to the server (and printed here).
@@ -351,6 +355,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except WorkerError as exc:  # refused by the server, for good: as any refused request
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ConnectionError as exc:  # a Dask bridge's scheduler went away: try again
+        print(f"headwater: error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     finally:
         stopper.uninstall()
         tracing.shutdown()

@@ -40,7 +40,7 @@ from headwater.wire import (
 from headwater_runtime.execution import failure_from_exception
 
 from ._task import Task
-from ._worker import Worker, WorkerError
+from ._worker import Worker
 from ._worker_attempts import Attempts, Send, Token, _Attempt, failure_report
 from ._worker_codec import REF_ITEM_BYTES, encode_result, failure
 
@@ -290,11 +290,12 @@ class DaskAttempts(Attempts):
         super()._drop(attempt)
         entry = self._futures.pop(attempt.token, None)
         if entry is not None:  # a running Dask task is not stopped by cancel(): interrupt it
-            from headwater_runtime.dask import interrupt_everywhere
+            from headwater_runtime.dask import closed_client_ignored, interrupt_everywhere
 
             future, key = entry
-            future.cancel()
-            interrupt_everywhere(self.client, [key])
+            with closed_client_ignored():  # (its scheduler went away: the stop goes on)
+                future.cancel()
+                interrupt_everywhere(self.client, [key])
 
     # Releasing ----------------------------------------------------------------------
 
@@ -416,7 +417,7 @@ class DaskBridgeWorker(Worker):
 
     def run(self) -> None:
         """Serve like ``Worker.run``, then shut down the Dask client (and a LocalCluster
-        the bridge started). WorkerError when the Dask client closed on its own (the
+        the bridge started). ConnectionError when the Dask client closed on its own (the
         scheduler went away and did not come back within its reconnect time): the
         bridge stopped there, where it stayed connected with every slot taken by
         attempts that could never end, and its runs hung."""
@@ -430,8 +431,8 @@ class DaskBridgeWorker(Worker):
         finally:
             self._stop.set()
             self.executor.shutdown()
-        if gone:
-            raise WorkerError(gone[0])
+        if gone:  # (the CLI exits 3: the scheduler is unavailable, try again)
+            raise ConnectionError(gone[0])
 
     def _watch_cluster(self, gone: list[str]) -> None:
         client = self.executor.client

@@ -2,8 +2,11 @@
 on Dask workers, and the pieces the SDK's Dask bridge worker shares with it."""
 
 from ._executor import (
+    DASK_UNAVAILABLE,
     DaskExecutor,
+    closed_client_ignored,
     cluster_declares,
+    connect_client,
     interrupt_everywhere,
     materialize,
     split_inputs,
@@ -12,11 +15,14 @@ from ._remote import Outcome, length_of, run_attempt, select
 from ._values import DaskValues, Part
 
 __all__ = [
+    "DASK_UNAVAILABLE",
     "DaskExecutor",
     "DaskValues",
     "Outcome",
     "Part",
+    "closed_client_ignored",
     "cluster_declares",
+    "connect_client",
     "interrupt_everywhere",
     "length_of",
     "materialize",

@@ -8,11 +8,12 @@ passes through this process. Only the flow's result is gathered for the caller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import partial
 from queue import SimpleQueue
 from typing import Any
@@ -39,6 +40,12 @@ from ._values import DaskValues, Part, holds_remote, locate
 log = logging.getLogger("headwater.dask")
 
 _Selections = dict[str, tuple[Any, tuple[str | int, ...]]]
+
+#: Seconds between two looks at the Dask client while a run goes on (its scheduler
+#: may have gone for good: the client then closes, and nothing it holds ever ends).
+CLUSTER_CHECK = 1.0
+#: The failure type of attempts a closed Dask client held (not retried).
+DASK_UNAVAILABLE = "headwater.DaskUnavailable"
 
 
 class DaskExecutor:
@@ -108,6 +115,10 @@ class DaskExecutor:
         self._tokens: dict[str, tuple[str, int]] = {}
         self._topic: str | None = None
         self.interrupted = 0
+        #: Why the cluster cannot be used any more (its client closed: the scheduler
+        #: went away and did not come back in time), or None. The CLI exits 3 then.
+        self.gone: str | None = None
+        self._watching: threading.Event | None = None
 
     def for_child(self) -> DaskExecutor:
         """An executor on the same cluster (same client) for a child flow run."""
@@ -127,15 +138,7 @@ class DaskExecutor:
         if self._given_client is not None:
             self._client = self._given_client
         elif self.address is not None:
-            try:
-                self._client = Client(
-                    self.address, set_as_default=False, timeout=self.connect_timeout
-                )
-            except (OSError, TimeoutError) as exc:
-                raise ConnectionError(
-                    f"cannot reach the Dask scheduler at {self.address} ({exc}); "
-                    "check the address, or use --dask local / address=None"
-                ) from None
+            self._client = connect_client(self.address, self.connect_timeout)
         else:
             self._cluster = LocalCluster(
                 n_workers=self.n_workers,
@@ -175,9 +178,43 @@ class DaskExecutor:
         self._tokens.clear()
         self._topic = f"headwater-started-{self._run_id}"
         self.client.subscribe_topic(self._topic, self._started)
+        self._watching = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(self.client, self._watching), name="headwater-dask-watch",
+            daemon=True,
+        ).start()  # fmt: skip
+
+    def _watch(self, client: Client, stop: threading.Event) -> None:
+        """Fail the attempts in flight once the client has closed (its scheduler went
+        away and did not come back within the client's reconnect time): their futures
+        never end, and the run waited for them forever (a user trial)."""
+        while not stop.wait(CLUSTER_CHECK):
+            if getattr(client, "status", "running") in ("closed", "closing"):
+                address = getattr(client.scheduler, "address", "") or self.address or "?"
+                self.gone = (
+                    f"the Dask client closed: the scheduler at {address} went away "
+                    "(restart the scheduler and its workers, then run the flow again)"
+                )
+                log.error("%s", self.gone)
+                with self._lock:
+                    held = list(self._futures)
+                    self._futures.clear()
+                for key, attempt in held:
+                    self._fail_gone(key, attempt)
+                return
+
+    def _fail_gone(self, key: str, attempt: int) -> None:
+        completions = self._completions
+        if completions is not None:
+            failure = FailureInfo(DASK_UNAVAILABLE, self.gone or "", retryable=False)
+            completions.put(TaskFailed(key, attempt, failure))
 
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
         """Submit attempts; those with the same resources go in one ``client.map``."""
+        if self.gone is not None:  # (nothing submitted now would ever end)
+            for command, _ in tasks:
+                self._fail_gone(command.run.key, command.attempt)
+            return
         groups: dict[tuple[tuple[str, float], ...], list[tuple[RunTask, Caller]]]
         groups = defaultdict(list)
         for item in tasks:
@@ -238,27 +275,33 @@ class DaskExecutor:
             return
         future, token = entry
         self.interrupted += 1
-        future.cancel()
-        # A running Dask task is not stopped by cancel(): ask every worker to
-        # interrupt it (a no-op where it is not running). Not awaited.
-        interrupt_everywhere(self.client, [token])
+        with closed_client_ignored():
+            future.cancel()
+            # A running Dask task is not stopped by cancel(): ask every worker to
+            # interrupt it (a no-op where it is not running). Not awaited.
+            interrupt_everywhere(self.client, [token])
 
     def shutdown(self) -> None:
         """Forget this run's attempts; close the cluster and client if this executor
         started them (cached results are gathered first, so the cache outlives them)."""
+        if self._watching is not None:
+            self._watching.set()
+            self._watching = None
         with self._lock:
             leftovers = list(self._futures.values())
             self._futures.clear()
-        for future, _ in leftovers:
-            future.cancel()
+        with closed_client_ignored():
+            for future, _ in leftovers:
+                future.cancel()
         cached, self._cached = self._cached, []
         if self._client is not None and self._topic is not None:
-            self._client.unsubscribe_topic(self._topic)
+            with closed_client_ignored():
+                self._client.unsubscribe_topic(self._topic)
             self._topic = None
         if self._client is None or self._given_client is not None:
             return
         try:
-            if self._cluster is not None:
+            if self._cluster is not None and self.gone is None:
                 self._gather_cached(cached)
         finally:
             client, cluster = self._client, self._cluster
@@ -374,6 +417,72 @@ class DaskExecutor:
         else:
             event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
         completions.put(event)
+
+
+def connect_client(address: str, timeout: float) -> Client:
+    """A Dask client of the scheduler at ``address``; ConnectionError, in one line,
+    when none answers there within ``timeout`` seconds (and a few more). Something
+    else listening there (an HTTP server) made Dask read a garbage frame length and
+    fail allocating exabytes, with a traceback; one that never answers hung it."""
+    made: list[Client] = []
+    failed: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            made.append(Client(address, set_as_default=False, timeout=timeout))
+        except BaseException as exc:  # (reported by the caller's thread)
+            failed.append(exc)
+            _forget_half_made(exc)
+
+    thread = threading.Thread(target=connect, name="headwater-dask-connect", daemon=True)
+    thread.start()
+    waited = timeout + min(timeout, 5.0)  # (Dask's own timeout first, when it keeps it)
+    thread.join(waited)
+    fix = "check the address, or use --dask local / address=None"
+    if made:
+        return made[0]
+    if not failed:
+        raise ConnectionError(
+            f"cannot reach the Dask scheduler at {address}: nothing answered as a Dask "
+            f"scheduler within {waited:g} s; {fix}"
+        )
+    exc = failed[0]
+    if isinstance(exc, OSError | TimeoutError):
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} ({exc}); {fix}")
+    if not isinstance(exc, Exception):
+        raise exc
+    raise ConnectionError(
+        f"cannot reach the Dask scheduler at {address}: what answered there is not a Dask "
+        f"scheduler (Dask could not read its answer: {type(exc).__name__}); {fix}"
+    )
+
+
+def _forget_half_made(exc: BaseException) -> None:
+    """Mark the Client whose construction failed with ``exc`` closed: its ``__del__``
+    tried to close a connection that never was, waited 20 s and printed "Exception
+    ignored in: Client.__del__" with a traceback after the CLI's one-line error."""
+    tb = exc.__traceback__
+    while tb is not None:
+        half = tb.tb_frame.f_locals.get("self")
+        if isinstance(half, Client):
+            with contextlib.suppress(Exception):
+                half.status = "closed"
+                half._loop_runner.stop()
+            return
+        tb = tb.tb_next
+
+
+@contextlib.contextmanager
+def closed_client_ignored() -> Iterator[None]:
+    """Leave out what cannot be done on a closed Dask client (cancelling futures,
+    asking workers to interrupt): its scheduler is gone, and so is what it ran. The
+    stop of a bridge whose scheduler went away failed there and never ended."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ != "ClosedClientError" and "closed" not in str(exc).lower():
+            raise
+        log.debug("the Dask client is closed: %s", exc)
 
 
 def interrupt_everywhere(client: Client, tokens: list[str]) -> None:
