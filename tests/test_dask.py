@@ -268,3 +268,36 @@ def test_an_address_where_no_dask_scheduler_answers_is_one_clear_error(
     assert "\n" not in said and said.endswith("or use --dask local / address=None"), said
     if answer is None:
         assert "nothing answered as a Dask scheduler within 2 s" in said or "Timed out" in said
+
+
+def test_a_value_a_dask_cluster_holds_is_a_cache_miss_for_a_run_on_threads(
+    gpu_cluster: tuple[Client, str],
+) -> None:
+    """The notebook pattern: a run on a client you made caches the result's future;
+    the same flow run next on the thread pool got the Future object as the value (a
+    task given it failed, "object of type 'Future' has no len()", or a flow returning
+    it succeeded with the Future as its result: a user trial). It is a miss there."""
+    client, _ = gpu_cluster
+
+    @task(cache_for=3600)
+    def expensive(x: int) -> list[int]:
+        return [x] * 3
+
+    @task
+    def length(values: list[int]) -> int:
+        return len(values)
+
+    @flow
+    def caching(x: int) -> dict[str, Any]:
+        values = expensive(x)
+        return {"values": values, "n": length(values)}
+
+    x = 7_123_457  # (not another test's key in the process's cache)
+    first = caching.run(x=x, executor=DaskExecutor(client=client))
+    assert first.state is FlowRunState.SUCCESS, first.message
+    again = caching.run(x=x, executor=DaskExecutor(client=client))
+    assert again.task_run("expensive").state is S.CACHED  # (the cluster serves it)
+    on_threads = caching.run(x=x)
+    assert on_threads.state is FlowRunState.SUCCESS, on_threads.message
+    assert on_threads.result == {"values": [x] * 3, "n": 3}
+    assert on_threads.task_run("expensive").state is S.SUCCESS  # ran: a miss

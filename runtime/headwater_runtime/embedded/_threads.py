@@ -42,7 +42,7 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
-from ._cache import ResultCache, cache_key, cache_snapshot, thaw
+from ._cache import ResultCache, Snapshot, cache_key, cache_snapshot, thaw
 
 _Job = tuple[
     str, int, Caller, dict[str, Any], tuple[type[BaseException], ...], Callable[..., Any] | None
@@ -193,7 +193,11 @@ class ThreadExecutor:
         return cache_key(spec, inputs)
 
     def cache_hit(self, entry: CacheEntry) -> CacheEntry | None:
-        """The entry, with a fresh copy of its value."""
+        """The entry, with a fresh copy of its value; a miss for a value a Dask
+        cluster holds (a run with ``DaskExecutor(client=...)`` cached its future: a
+        later run on threads in the process got the Future object as the value)."""
+        if type(entry.value) is not Snapshot:
+            return None
         return CacheEntry(thaw(entry.value), entry.expires_at)
 
     def cache_put(
