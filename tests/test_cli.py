@@ -235,11 +235,20 @@ def test_a_run_that_fails_with_no_failed_task_says_why(tmp_path: Path) -> None:
 
 
 def test_run_on_a_local_dask_cluster(tmp_path: Path) -> None:
-    path = write(tmp_path, "good.py", GOOD)
+    """Its stdout holds only the result: the LocalCluster's worker processes shared it,
+    and what tasks printed there broke `| jq` (a user trial); it goes to stderr."""
+    printing = GOOD.replace(
+        "    return 2 * x\n",
+        "    import os\n    print('printed by a task')\n"
+        "    os.write(1, b'written to fd 1 by a task\\n')\n    return 2 * x\n",
+    )
+    assert "printed by a task" in printing
+    path = write(tmp_path, "good.py", printing)
     proc = headwater_cli("run", path, "--dask", "local", "-p", "n=5")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"doubled": 10, "label": "n=10", "items": [1, 2]}
     assert "SUCCESS" in proc.stderr
+    assert "printed by a task" in proc.stderr and "written to fd 1 by a task" in proc.stderr
 
 
 def test_a_task_failing_on_dask_shows_its_file_and_lines(tmp_path: Path) -> None:

@@ -252,7 +252,9 @@ def dask_executor(where: str) -> Any:
     check_dask(where)
     from headwater_runtime.dask import DaskExecutor
 
-    return DaskExecutor(None if where == "local" else where)
+    if where == "local":  # (its workers print to stderr: stdout holds only the result)
+        return DaskExecutor(None, print_to_stderr=True)
+    return DaskExecutor(where)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:

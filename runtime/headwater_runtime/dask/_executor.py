@@ -34,7 +34,14 @@ from headwater_runtime.engine import (
 )
 from headwater_runtime.execution import Caller, failure_from_exception
 
-from ._remote import Outcome, compute_cache_key, interrupt, run_attempt, select
+from ._remote import (
+    Outcome,
+    OutputToStderr,
+    compute_cache_key,
+    interrupt,
+    run_attempt,
+    select,
+)
 from ._values import DaskValues, Part, holds_remote, locate
 
 log = logging.getLogger("headwater.dask")
@@ -63,6 +70,10 @@ class DaskExecutor:
             travel to them; Dask queues the excess, and a timeout counts from the
             attempt's start on a worker).
         connect_timeout: seconds to wait for the scheduler at ``address``.
+        print_to_stderr: the LocalCluster's worker processes write what tasks print
+            to their standard error, not to the standard output they share with this
+            process (address=None only; ``headwater run --dask local``, whose stdout
+            holds only the result).
     """
 
     #: Attempts in flight per Dask worker thread, by default (see ``slots``). Measured
@@ -80,6 +91,7 @@ class DaskExecutor:
         resources: Mapping[str, float] | None = None,
         slots: int | None = None,
         connect_timeout: float = 10.0,
+        print_to_stderr: bool = False,
     ) -> None:
         if address is not None and client is not None:
             raise ValueError("pass either address= or client=, not both")
@@ -103,6 +115,7 @@ class DaskExecutor:
         self._given_client = client
         self._slots = slots
         self.connect_timeout = connect_timeout
+        self.print_to_stderr = print_to_stderr
         self._client: Client | None = None
         self._cluster: LocalCluster | None = None
         self._values: DaskValues | None = None
@@ -149,6 +162,8 @@ class DaskExecutor:
                 resources=self.resources or None,
             )
             self._client = Client(self._cluster, set_as_default=False)
+            if self.print_to_stderr:
+                self._client.register_plugin(OutputToStderr())
         self._values = DaskValues(self._client)
 
     @property

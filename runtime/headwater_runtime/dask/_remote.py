@@ -16,12 +16,15 @@ skipped.
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from headwater.wire import FailureInfo
 from headwater_runtime.embedded import make_cache_key
@@ -29,6 +32,21 @@ from headwater_runtime.engine import PythonValues, TaskFailed, TaskSkipped
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
 _VALUES = PythonValues()
+
+
+class OutputToStderr(WorkerPlugin):
+    """A worker plugin: the worker process's standard output goes to its standard
+    error (``headwater run --dask local``: the LocalCluster's worker processes share
+    the CLI's stdout, which holds only the run's result; what tasks printed there
+    broke ``| jq``, a user trial). Workers that join later get it too."""
+
+    name = "headwater-output-to-stderr"
+
+    def setup(self, worker: Any) -> None:
+        """Point file descriptor 1 at what 2 is (C code's writes too)."""
+        sys.stdout.flush()
+        os.dup2(2, 1)
+
 
 # Attempt token -> its guard, for every attempt executing in this worker process.
 _GUARDS: dict[str, _Guard] = {}
