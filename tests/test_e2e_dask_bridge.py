@@ -88,6 +88,20 @@ def summary(xs: list, n: int) -> str:
 def across_restart(n: int = 4) -> str:
     rows = make(n)
     return summary(rows, held_up(rows))
+
+@task(labels=ON_DASK, cache_key_fn=lambda inputs: f"rows-{sum(inputs['xs'])}")
+def counted(xs: list) -> int:
+    effect("counted")
+    return len(xs)
+
+@task(labels=ON_DASK, cache_key_fn=lambda inputs: f"n-{inputs['n']}")
+def by_n(n: int) -> int:
+    effect("by_n")
+    return n
+
+@flow
+def keyed(n: int = 3) -> list:
+    return [counted(make(n)), by_n(n)]
 """
 
 
@@ -252,3 +266,31 @@ def test_a_run_passing_bridge_values_survives_a_server_restart(
         ("make", "bridge"),
         ("summary", "plain"),
     ]
+
+
+def test_a_bridge_task_with_a_cache_key_fn_hits_the_cache(
+    tmp_path: Path, cluster: Callable[..., Proc], dask_cluster: str
+) -> None:
+    """On a bridge a task with a cache_key_fn ran again on every run: the bridge never
+    computed the key (a user trial; `cache_for` alone did hit). Now it does, in the
+    cluster when an input lives there (`counted` gets `make`'s future)."""
+    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
+    _, address = start_server(cluster, str(tmp_path / "hw.db"))  # (any store will do)
+    bridge = cluster(
+        "worker",
+        *("--server", address, "--module", "bridge_tasks", "--name", "bridge"),
+        *("--label", "dask=yes", "--dask", dask_cluster),
+        worker="bridge",
+    )
+    bridge.wait_line("connected to")
+    module = load_file(str(tmp_path / "bridge_tasks.py"))
+    with Client(address, token=TOKEN) as client:
+        runs = []
+        for _ in range(2):
+            run = client.wait(client.run(module.keyed, {"n": 3}).id)  # type: ignore[attr-defined]
+            assert run.state is FlowRunState.SUCCESS, run.message
+            assert run.result == [3, 3]
+            runs.append({t.key: t.state.name for t in run.task_runs})
+    assert runs[0] == {"make": "SUCCESS", "counted": "SUCCESS", "by_n": "SUCCESS"}
+    assert runs[1] == {"make": "SUCCESS", "counted": "CACHED", "by_n": "CACHED"}
+    assert sorted(what for what, _ in effects(tmp_path)) == ["by_n", "counted", "make", "make"]

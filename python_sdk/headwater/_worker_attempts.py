@@ -493,9 +493,15 @@ class Attempts:
             waiting[1].append(hit)
             waiting[0].set()
 
-    def _function_cache_key(self, attempt: _Attempt, inputs: dict[str, Any]) -> str:
+    def _function_cache_key(
+        self,
+        attempt: _Attempt,
+        inputs: dict[str, Any],
+        compute: Callable[[Callable[[dict[str, Any]], Any]], Any] | None = None,
+    ) -> str:
         """The key from the task's cache_key_fn when the server asks for one; "" when
-        there is none (the task then runs uncached, as embedded)."""
+        there is none (the task then runs uncached, as embedded). ``compute`` calls the
+        key function where the inputs are (a Dask bridge: in the cluster)."""
         policy = attempt.assignment.cache
         if policy.key_source != graph_pb2.CACHE_KEY_SOURCE_FUNCTION:
             return ""
@@ -507,7 +513,7 @@ class Attempts:
             )
             return ""
         try:
-            key = cache.key_fn(inputs)
+            key = cache.key_fn(inputs) if compute is None else compute(cache.key_fn)
             if not isinstance(key, str):
                 raise TypeError(f"cache_key_fn must return a str, not {type(key).__name__}")
         except TaskInterrupted:

@@ -18,6 +18,7 @@ and those of attempts it still runs or reports.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -139,6 +140,11 @@ class DaskAttempts(Attempts):
             cause = failure_from_exception(exc)
             why = f"cannot assemble the inputs of {assignment.task_type}: {cause}"
             return failure_report(token, failure("headwater.InputError", why, retryable=True))
+        cache_key = self._function_cache_key(
+            attempt, inputs, functools.partial(self._key_in_cluster, task.name, plain, selections)
+        )
+        if cache_key and self._cache_hit(attempt, cache_key):
+            return None
         resources = dict(task.resources)
         if resources and not cluster_declares(self.client, resources):
             why = (
@@ -244,8 +250,27 @@ class DaskAttempts(Attempts):
             if self.running.get(token) is not attempt:  # cancelled meanwhile: never reported
                 for payload_id in [p for p, t in self._made_by.items() if t == token]:
                     del self.values[payload_id], self._made_by[payload_id]
-        result = worker_pb2.TaskResult(token=assignment.token, result=value)
+        result = worker_pb2.TaskResult(token=assignment.token, result=value, cache_key=cache_key)
         return worker_pb2.ConnectRequest(result=result)
+
+    def _key_in_cluster(
+        self,
+        name: str,
+        plain: dict[str, Any],
+        selections: dict[str, Any],
+        key_fn: Callable[[dict[str, Any]], Any],
+    ) -> Any:
+        """The task's cache_key_fn on its real inputs, called in the cluster when some
+        live there (a bridge's task with a cache_key_fn ran again on every run: its key
+        was never computed, a user trial)."""
+        from headwater_runtime.dask import compute_cache_key, holds_remote
+
+        if not selections and not any(holds_remote(v) for v in plain.values()):
+            return key_fn(plain)
+        future = self.client.submit(
+            compute_cache_key, "", key_fn, name, plain, selections, pure=False
+        )
+        return future.result()
 
     def _ref(self, future: Any, token: Token, split: bool) -> payload_pb2.Value:
         """A Value referring to a future this bridge keeps (elements too when split)."""

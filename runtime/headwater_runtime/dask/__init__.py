@@ -11,8 +11,8 @@ from ._executor import (
     materialize,
     split_inputs,
 )
-from ._remote import Outcome, length_of, run_attempt, select
-from ._values import DaskValues, Part
+from ._remote import Outcome, compute_cache_key, length_of, run_attempt, select
+from ._values import DaskValues, Part, holds_remote
 
 __all__ = [
     "DASK_UNAVAILABLE",
@@ -22,7 +22,9 @@ __all__ = [
     "Part",
     "closed_client_ignored",
     "cluster_declares",
+    "compute_cache_key",
     "connect_client",
+    "holds_remote",
     "interrupt_everywhere",
     "length_of",
     "materialize",
