@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import io
 import itertools
 import sys
 import threading
@@ -40,6 +39,7 @@ from headwater.wire import (
     Param,
     ParameterError,
     ParamSpec,
+    StreamStandIn,
     SubflowSpec,
     TaskSpec,
     Trigger,
@@ -664,36 +664,19 @@ class _HeldOutput:
                 stream.write(text)
 
 
-class _Holding(io.TextIOBase):
+class _Holding(StreamStandIn):
     """sys.stdout or sys.stderr during ``_HeldOutput``."""
 
     def __init__(self, holder: _HeldOutput, original: Any) -> None:
+        super().__init__(original)
         self.holder = holder
-        self.original = original
 
     def write(self, text: str) -> int:
         holder = self.holder
         if holder.active and threading.get_ident() == holder.thread:
             holder.held.append((self.original, text))
             return len(text)
-        written: int = self.original.write(text)
-        return written
-
-    def flush(self) -> None:
-        self.original.flush()
-
-    def isatty(self) -> bool:
-        return bool(self.original.isatty())
-
-    def fileno(self) -> int:
-        return int(self.original.fileno())
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return str(getattr(self.original, "encoding", "utf-8"))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.original, name)
+        return super().write(text)
 
 
 def mapped_parameters(flow: Flow[..., Any]) -> tuple[str, ...]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
-import io
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from headwater.wire import FailureInfo
+from headwater.wire import FailureInfo, StreamStandIn
 from headwater_runtime.engine import TaskFailed, TaskSkipped, TaskSucceeded
 
 
@@ -252,12 +251,12 @@ _partial: dict[tuple[int, str], tuple[str, float]] = {}
 _install_lock = threading.Lock()
 
 
-class _Tee(io.TextIOBase):
+class _Tee(StreamStandIn):
     """Stands in for sys.stdout / sys.stderr: lines written by a registered thread go
     to its sink too."""
 
     def __init__(self, original: Any, name: str, level: str) -> None:
-        self.original = original
+        super().__init__(original)
         self.stream_name = name
         self.level = level
 
@@ -276,22 +275,6 @@ class _Tee(io.TextIOBase):
                 began = now
         written: int = self.original.write(text)
         return written
-
-    def flush(self) -> None:
-        self.original.flush()
-
-    def isatty(self) -> bool:
-        return bool(self.original.isatty())
-
-    def fileno(self) -> int:
-        return int(self.original.fileno())
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return str(getattr(self.original, "encoding", "utf-8"))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.original, name)
 
 
 # ``logging`` (and the root logger's router) load when a run first captures log

@@ -145,6 +145,7 @@ from ._states import TERMINAL_FLOW_STATES as TERMINAL_FLOW_STATES
 from ._states import TERMINAL_TASK_STATES as TERMINAL_TASK_STATES
 from ._states import FlowRunState as FlowRunState
 from ._states import TaskRunState as TaskRunState
+from ._streams import StreamStandIn as StreamStandIn
 from ._time import MAX_COUNT as MAX_COUNT
 from ._time import duration as duration
 from ._time import parse_duration as parse_duration
