@@ -292,12 +292,14 @@ def test_a_bridge_whose_dask_client_closed_stops_saying_why(
     import types
 
     from headwater import _worker_dask
-    from headwater._worker_dask import DaskBridgeWorker
+    from headwater._worker_dask import DaskAttempts, DaskBridgeWorker
 
     monkeypatch.setattr(_worker_dask, "CLUSTER_CHECK", 0.01)
     bridge = DaskBridgeWorker.__new__(DaskBridgeWorker)
     client = types.SimpleNamespace(status="running")
     bridge.executor = types.SimpleNamespace(client=client)  # type: ignore[assignment]
+    bridge.attempts = DaskAttempts.__new__(DaskAttempts)
+    bridge.attempts.cluster_gone = threading.Event()
     bridge.dask_address = "tcp://10.0.0.5:8786"
     bridge._stop = threading.Event()
     stopped: list[bool] = []

@@ -308,8 +308,14 @@ def test_a_run_and_a_bridge_whose_scheduler_dies_end_saying_so(
             f"headwater: error: the Dask client closed: the scheduler at {scheduler} went away"
         ), said
 
+        states: dict[str, str] = {}
+
         def given_back() -> bool:
             runs = client.get(flow_run.id, include_task_runs=True).task_runs
+            states.update({t.key: f"{t.state.name} {t.message}" for t in runs})
             return all(t.state.name == "SCHEDULED" for t in runs if t.key != "held")
 
-        poll(given_back, "the bridge's attempts to be given back")
+        try:
+            poll(given_back, "the bridge's attempts to be given back")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {states}") from None

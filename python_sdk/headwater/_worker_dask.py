@@ -49,6 +49,9 @@ log = logging.getLogger("headwater.worker")
 
 # How often a waiting attempt thread wakes up, so an interruption lands promptly.
 _POLL = 0.1
+#: Seconds an attempt that found the Dask client closed waits for the bridge's stop to
+#: give it back before it gives itself back (``DaskAttempts._wait_for_the_stop``).
+GIVE_BACK_AFTER = 10.0
 #: While a task with ``resources`` waits, how often the bridge asks the scheduler
 #: whether a worker still declares them, and how long none may (a worker restarting)
 #: before the attempt fails with headwater.ResourcesUnavailable: Dask itself would
@@ -87,6 +90,9 @@ class DaskAttempts(Attempts):
         self._made_by: dict[str, Token] = {}  # payload id -> the attempt it is a result of
         self._keep: set[str] = set()  # ReleaseValues.keep until the one with all set
         self._futures: dict[Token, tuple[Any, str]] = {}
+        #: Set by an attempt that found the Dask client closed: the bridge's watcher
+        #: then stops it at once (``DaskBridgeWorker._watch_cluster``).
+        self.cluster_gone = threading.Event()
 
     # Inputs: refs this bridge holds become futures ------------------------------------
 
@@ -131,6 +137,8 @@ class DaskAttempts(Attempts):
 
         assignment, token = attempt.assignment, attempt.token
         task = attempt.task
+        if self._client_closed():  # (its scheduler went away: the bridge is stopping)
+            return self._wait_for_the_stop(attempt)
         try:
             names = [n for n in assignment.argument_order if n in assignment.inputs]
             names += sorted(n for n in assignment.inputs if n not in set(names))
@@ -158,20 +166,27 @@ class DaskAttempts(Attempts):
         if assignment.HasField("timeout") and seconds(assignment.timeout) > 0:
             timeout = seconds(assignment.timeout)
         key = f"{task.name}-{token[0]}-{token[1]}"
-        future = self.client.submit(
-            run_attempt,
-            self.caller(task),
-            plain,
-            selections,
-            key,
-            task.name,
-            token[1],
-            task.no_retry_on,
-            timeout,
-            key=key,
-            resources=resources or None,
-            pure=False,
-        )
+        try:
+            future = self.client.submit(
+                run_attempt,
+                self.caller(task),
+                plain,
+                selections,
+                key,
+                task.name,
+                token[1],
+                task.no_retry_on,
+                timeout,
+                key=key,
+                resources=resources or None,
+                pure=False,
+            )
+        except Exception:
+            if not self._client_closed():
+                raise
+            # Its scheduler went away (the bridge stops in a moment): the server gave
+            # it here meanwhile. Its thread failed with ClosedClientError (a CI run).
+            return self._wait_for_the_stop(attempt)
         done = threading.Event()
         future.add_done_callback(lambda _f: done.set())
         with self.lock:
@@ -205,17 +220,7 @@ class DaskAttempts(Attempts):
         if future.status in ("cancelled", "lost"):
             # The cluster dropped it (its scheduler went away, or restarted): no failure
             # of the task, so give the attempt back (dispatched again, no retry used).
-            log.warning(
-                "the Dask cluster dropped %s attempt %d (%s); giving it back",
-                token[0],
-                token[1],
-                future.status,
-            )
-            with self.lock:
-                if self.running.get(token) is attempt:
-                    given_back = worker_pb2.TaskCancelled(token=assignment.token)
-                    self.send(worker_pb2.ConnectRequest(cancelled=given_back))
-            return None
+            return self._give_back(attempt, f"the Dask cluster dropped it ({future.status})")
         if future.status != "finished":
             why = f"the Dask task ended {future.status}"
             if future.status == "error":
@@ -252,6 +257,32 @@ class DaskAttempts(Attempts):
                     del self.values[payload_id], self._made_by[payload_id]
         result = worker_pb2.TaskResult(token=assignment.token, result=value, cache_key=cache_key)
         return worker_pb2.ConnectRequest(result=result)
+
+    def _wait_for_the_stop(self, attempt: _Attempt) -> worker_pb2.ConnectRequest | None:
+        """An attempt that cannot run (the Dask client closed): wake the bridge's
+        watcher, which stops the bridge (Stopping first, so the server gives it nothing
+        more, then every attempt given back, this one too: this thread is interrupted).
+        Given back here one by one, each came straight back to this bridge, a hundred
+        times in a second, and the task failed for it (a CI run)."""
+        self.cluster_gone.set()
+        deadline = time.monotonic() + GIVE_BACK_AFTER
+        while time.monotonic() < deadline:  # (interrupted by the stop's give-back)
+            time.sleep(_POLL)
+        return self._give_back(attempt, "the Dask client is closed")
+
+    def _client_closed(self) -> bool:
+        return getattr(self.client, "status", "running") in ("closed", "closing")
+
+    def _give_back(self, attempt: _Attempt, why: str) -> worker_pb2.ConnectRequest | None:
+        """Give an attempt this bridge cannot run back to the server (a TaskCancelled
+        it did not ask for: dispatched again, no retry used); sent here, so there is
+        nothing for the caller to report (None)."""
+        log.warning("%s attempt %d: %s; giving it back", *attempt.token, why)
+        with self.lock:
+            if self.running.get(attempt.token) is attempt:
+                given_back = worker_pb2.TaskCancelled(token=attempt.assignment.token)
+                self.send(worker_pb2.ConnectRequest(cancelled=given_back))
+        return None
 
     def _key_in_cluster(
         self,
@@ -461,7 +492,12 @@ class DaskBridgeWorker(Worker):
 
     def _watch_cluster(self, gone: list[str]) -> None:
         client = self.executor.client
-        while not self._stop.wait(CLUSTER_CHECK):
+        attempts = self.attempts
+        assert isinstance(attempts, DaskAttempts)
+        while not self._stop.is_set():
+            attempts.cluster_gone.wait(CLUSTER_CHECK)  # (an attempt may wake it)
+            if self._stop.is_set():
+                return
             if getattr(client, "status", "running") in ("closed", "closing"):
                 gone.append(
                     f"the Dask client closed: the scheduler at {self.dask_address} went away "
