@@ -204,19 +204,23 @@ class DaskExecutor:
         away and did not come back within the client's reconnect time): their futures
         never end, and the run waited for them forever (a user trial)."""
         while not stop.wait(CLUSTER_CHECK):
-            if getattr(client, "status", "running") in ("closed", "closing"):
-                address = getattr(client.scheduler, "address", "") or self.address or "?"
-                self.gone = (
-                    f"the Dask client closed: the scheduler at {address} went away "
-                    "(restart the scheduler and its workers, then run the flow again)"
-                )
-                log.error("%s", self.gone)
+            if _closed(client):
+                self._mark_gone(client)
                 with self._lock:
                     held = list(self._futures)
                     self._futures.clear()
                 for key, attempt in held:
                     self._fail_gone(key, attempt)
                 return
+
+    def _mark_gone(self, client: Client) -> None:
+        if self.gone is None:
+            address = getattr(client.scheduler, "address", "") or self.address or "?"
+            self.gone = (
+                f"the Dask client closed: the scheduler at {address} went away "
+                "(restart the scheduler and its workers, then run the flow again)"
+            )
+            log.error("%s", self.gone)
 
     def _fail_gone(self, key: str, attempt: int) -> None:
         completions = self._completions
@@ -261,9 +265,19 @@ class DaskExecutor:
                 for column, value in zip(columns, row, strict=True):
                     column.append(value)
                 keys.append(token)
-            futures = client.map(
-                run_attempt, *columns, key=keys, resources=dict(resources) or None, pure=False
-            )
+            try:
+                futures = client.map(
+                    run_attempt, *columns, key=keys, resources=dict(resources) or None, pure=False
+                )
+            except Exception:
+                if not _closed(client):
+                    raise
+                # (closed since the watcher last looked: an attempt lost meanwhile is
+                # dispatched again here, and must end too)
+                self._mark_gone(client)
+                for command, _ in group:
+                    self._fail_gone(command.run.key, command.attempt)
+                continue
             with self._lock:
                 for (command, _), future, token in zip(group, futures, keys, strict=True):
                     self._futures[(command.run.key, command.attempt)] = (future, token)
@@ -432,6 +446,10 @@ class DaskExecutor:
         else:
             event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
         completions.put(event)
+
+
+def _closed(client: Client) -> bool:
+    return getattr(client, "status", "running") in ("closed", "closing")
 
 
 def connect_client(address: str, timeout: float) -> Client:
