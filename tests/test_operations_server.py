@@ -340,6 +340,64 @@ def test_a_delivery_that_keeps_failing_is_retried_with_backoff_then_given_up(
         receiver.close()
 
 
+class Holding:
+    """A local HTTP receiver that answers no POST until released (a hanging one)."""
+
+    def __init__(self) -> None:
+        self.got = threading.Event()
+        self.release = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.got.set()
+                outer.release.wait(60)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_receiver_that_hangs_holds_back_only_its_own_deliveries(db: str) -> None:
+    """The deliverer waited for the slowest POST of a batch before the next one: one
+    receiver that hung delayed every other webhook's deliveries by its timeout, each
+    time (a user trial). Here the other webhook gets both its deliveries while the
+    hanging receiver still holds its first POST (held until the test releases it)."""
+    hanging, failing = Holding(), AlwaysFailing()
+    ok_states = [FlowRunState.CANCELLED.value]
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        for url in (hanging.url, failing.url):
+            hook = ops.Webhook(url=url, states=ok_states)
+            await stub.CreateWebhook(ops.CreateWebhookRequest(webhook=hook))
+        await core.register_flow(pipeline.compile())
+        for _ in range(2):
+            row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+            await core.cancel_run(row.id, "stop")
+        while failing.tries < 2:  # bounded by the test's wait_for
+            await asyncio.sleep(0.02)
+        assert hanging.got.is_set() and not hanging.release.is_set()
+        hanging.release.set()
+
+    try:
+        call(db, body, webhook_max_attempts=1, webhook_timeout=120)
+    finally:
+        hanging.close()
+        failing.close()
+
+
 def test_an_outbox_the_store_cannot_read_is_one_warning_line(
     db: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -111,13 +111,20 @@ def test_webhook_deliveries_wait_in_the_outbox_are_retried_and_given_up(store: S
     ]
     store.commit(batch)
     assert store.next_delivery_at() == 10.0
-    due = store.due_deliveries(15.0, 10)
-    assert [(d.webhook_id, d.body) for d in due] == [("h1", b'{"n": 1}'), ("h1", b'{"n": 2}')]
-    assert due[0].id < due[1].id
-    assert store.due_deliveries(15.0, 1) == due[:1]
-    store.delivery_done(due[0].id)
-    store.delivery_failed(due[1].id, 1, 30.0, "HTTP 500")
-    assert store.due_deliveries(25.0, 10)[0].webhook_id == "h0"
+    # Each webhook's oldest due delivery (one webhook's backlog never hides another's)
+    (first,) = store.due_deliveries(15.0, 10)
+    assert (first.webhook_id, first.body) == ("h1", b'{"n": 1}')
+    assert [(d.webhook_id, d.body) for d in store.due_deliveries(25.0, 10)] == [
+        ("h1", b'{"n": 1}'),
+        ("h0", b"{}"),
+    ]
+    assert store.due_deliveries(25.0, 1) == [first]
+    store.delivery_done(first.id)
+    (second,) = store.due_deliveries(15.0, 10)
+    assert second.body == b'{"n": 2}' and first.id < second.id
+    store.delivery_failed(second.id, 1, 30.0, "HTTP 500")
+    assert [d.webhook_id for d in store.due_deliveries(25.0, 10)] == ["h0"]
+    due = [first, second]
     assert store.delivery_counts() == {
         "h1": DeliveryCounts(1, 0, "HTTP 500"),
         "h0": DeliveryCounts(1, 0, ""),

@@ -7,7 +7,10 @@ At least once, never blocking the server:
    transaction as the change itself: a crash cannot lose one without the other.
 2. After that commit, the ``Deliverer`` (an asyncio task) reads due deliveries on a
    reader thread and POSTs each from a thread of its own (urllib, with a timeout), a
-   few at once. The server's event loop never waits on a receiver.
+   few at once, at most one per webhook: a receiver that hangs holds back only its own
+   deliveries (one batch used to wait for its slowest POST, so a hanging receiver
+   delayed every other webhook's, a user trial). The server's event loop never waits
+   on a receiver.
 3. A 2xx answer deletes the delivery. Anything else (an error status, a refused
    connection, a timeout) schedules the next try with exponential backoff
    (``webhook_backoff`` doubling up to ``webhook_backoff_max``); after
@@ -238,6 +241,8 @@ class Deliverer:
         self.failures = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Deliveries being made, by webhook id (one at most per webhook).
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         self._threads = concurrent.futures.ThreadPoolExecutor(
             CONCURRENCY, thread_name_prefix="headwater-webhook"
         )
@@ -253,6 +258,9 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._inflight.values()):
+            task.cancel()
+        self._inflight.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
@@ -267,11 +275,24 @@ class Deliverer:
             # next one, up to 60 s.
             self._wake.clear()
             try:
-                due = await io.read(store.due_deliveries, self.webhooks.clock(), CONCURRENCY * 4)
-                if due:
-                    await asyncio.gather(*(self._deliver(d) for d in due))
+                started = False
+                room = CONCURRENCY - len(self._inflight)
+                if room > 0:
+                    # (each webhook's oldest due delivery: those of busy ones are skipped)
+                    due = await io.read(
+                        store.due_deliveries, self.webhooks.clock(), room + len(self._inflight)
+                    )
+                    for delivery in due:
+                        if room > 0 and delivery.webhook_id not in self._inflight:
+                            self._start(delivery)
+                            started, room = True, room - 1
+                if started:
                     continue
                 next_at = await io.read(store.next_delivery_at)
+                if self._inflight and next_at is not None:
+                    # Due deliveries of a webhook whose POST is under way wait for it
+                    # (its end wakes this loop); look again within a second meanwhile.
+                    next_at = max(next_at, self.webhooks.clock() + 1.0)
             except asyncio.CancelledError:
                 raise
             except StoreUnavailable as exc:  # the database is away: one line, as elsewhere
@@ -286,6 +307,23 @@ class Deliverer:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    def _start(self, delivery: DeliveryRow) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver_one(delivery))
+        self._inflight[delivery.webhook_id] = task
+
+    async def _deliver_one(self, delivery: DeliveryRow) -> None:
+        try:
+            await self._deliver(delivery)
+        except asyncio.CancelledError:
+            raise
+        except StoreUnavailable as exc:
+            log.warning("cannot record a webhook delivery (%s); it is tried again", exc)
+        except Exception:
+            log.exception("webhook delivery %d failed; it is tried again", delivery.id)
+        finally:
+            self._inflight.pop(delivery.webhook_id, None)
+            self._wake.set()
 
     async def _deliver(self, delivery: DeliveryRow) -> None:
         hook = self.webhooks.hooks.get(delivery.webhook_id)

@@ -227,7 +227,8 @@ class OpsStore(Protocol):
         ...
 
     def due_deliveries(self, now: float, limit: int) -> list[DeliveryRow]:
-        """At most ``limit`` pending deliveries due at ``now``, oldest first."""
+        """Each webhook's oldest pending delivery due at ``now`` (at most ``limit``
+        webhooks'), oldest first: one webhook's backlog never hides another's."""
         ...
 
     def next_delivery_at(self) -> float | None:

@@ -224,11 +224,12 @@ class PostgresOps:
         }
 
     def due_deliveries(self, now: float, limit: int) -> list[DeliveryRow]:
-        """Pending deliveries due at ``now``, oldest first."""
+        """Each webhook's oldest delivery due at ``now``, oldest first."""
         rows = self._read(
-            "SELECT id, webhook_id, body, attempts, next_at, created_at, last_error "
-            "FROM webhook_outbox WHERE next_at IS NOT NULL AND next_at <= %s "
-            "ORDER BY next_at, id LIMIT %s",
+            "SELECT id, webhook_id, body, attempts, next_at, created_at, last_error FROM ("
+            "SELECT *, ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_at, id) AS n "
+            "FROM webhook_outbox WHERE next_at IS NOT NULL AND next_at <= %s) AS due "
+            "WHERE n = 1 ORDER BY next_at, id LIMIT %s",
             (now, limit),
         )
         return [

@@ -252,11 +252,12 @@ class SQLiteOps:
         return counts
 
     def due_deliveries(self, now: float, limit: int) -> list[DeliveryRow]:
-        """Pending deliveries due at ``now``, oldest first."""
+        """Each webhook's oldest delivery due at ``now``, oldest first."""
         rows = self._db.execute(
-            "SELECT id, webhook_id, body, attempts, next_at, created_at, last_error "
-            "FROM webhook_outbox WHERE next_at IS NOT NULL AND next_at <= ? "
-            "ORDER BY next_at, id LIMIT ?",
+            "SELECT id, webhook_id, body, attempts, next_at, created_at, last_error FROM ("
+            "SELECT *, ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_at, id) AS n "
+            "FROM webhook_outbox WHERE next_at IS NOT NULL AND next_at <= ?) AS due "
+            "WHERE n = 1 ORDER BY next_at, id LIMIT ?",
             (now, limit),
         )
         return [DeliveryRow(w, bytes(b), n, c, a, i, e) for i, w, b, a, n, c, e in rows.fetchall()]
