@@ -175,6 +175,12 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
         cli(env, "runs", "list", "--server", address, "--state", "failed", "--json").stdout
     )
     assert [r["id"] for r in listed] == [run_id] and listed[0]["duration"] is not None
+    assert {k: listed[0][k] for k in ("attempt", "late", "late_reason", "parent_id")} == {
+        "attempt": 1,
+        "late": False,
+        "late_reason": "",
+        "parent_id": None,
+    }
     assert (
         json.loads(
             cli(env, "runs", "list", "--server", address, "--state", "success", "--json").stdout

@@ -284,6 +284,11 @@ def _run_json(run: RemoteFlowRun) -> dict[str, Any]:
         "ended_at": when(run.ended_at),
         "duration": run.duration,
         "schedule_id": run.schedule_id,
+        # (the text listings and the HTTP API had them; --json did not, a user trial)
+        "attempt": run.attempt,
+        "late": bool(run.late_reason),
+        "late_reason": run.late_reason,
+        "parent_id": run.parent_id or None,
     }
     if run.task_runs:
         out["task_runs"] = [
