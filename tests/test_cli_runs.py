@@ -95,6 +95,14 @@ def slow() -> int:
 def double(x: int) -> int:
     return 2 * x
 
+@task
+def shout(text: str) -> str:
+    return text.upper()
+
+@flow
+def greet(text: str = "hi") -> str:
+    return shout(text)
+
 @flow
 def talkative(n: int = 2) -> list[int]:
     print(f"building for n={n}")  # the body runs as the graph is built
@@ -280,6 +288,23 @@ def test_what_a_flow_body_prints_goes_to_stderr_and_stdout_stays_the_output(
     assert graph.returncode == 0, graph.stderr
     assert len(json.loads(graph.stdout)["tasks"]) == 3
     assert "building for n=3" in graph.stderr
+
+
+def test_a_request_over_a_server_limit_is_refused_with_exit_2(
+    tmp_path: Path, env: dict[str, str], cluster: Cluster
+) -> None:
+    """A parameter over the server's max_parameter_bytes was refused in one clear line,
+    but `run` and `schedules create` exited 1 ("failed"), not 2 ("a request the server
+    refused", as --help says for bad input): a user trial."""
+    _, address = start_server(cluster, tmp_path / "hw.db", 0, "--max-parameter-bytes", "2000")
+    target = str(tmp_path / "cli_tasks.py:greet")
+    for command in (["run", target], ["schedules", "create", target, "--every", "1h"]):
+        got = cli(env, *command, "--server", address, "-p", f"text={'x' * 3000}")
+        assert got.returncode == 2, (command, got.returncode, got.stderr)
+        last = got.stderr.strip().splitlines()[-1]
+        assert "parameter 'text' is 30" in last and (
+            "over this server's limit max_parameter_bytes = 2000" in last
+        ), got.stderr
 
 
 def test_a_task_no_worker_offers_says_why_it_waits(

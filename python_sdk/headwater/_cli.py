@@ -632,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
             grpc.StatusCode.UNAUTHENTICATED,
             grpc.StatusCode.PERMISSION_DENIED,
         )
+        # A request over one of the server's limits is refused for what it holds, as
+        # bad input is (it exited 1, "failed", a user trial); RESOURCE_EXHAUSTED also
+        # says a full disk, which stays 1.
+        refused = refused or (
+            exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "over this server's limit" in str(exc)
+        )
         return EXIT_USAGE if refused else EXIT_FAILED
     except KeyboardInterrupt:
         print("headwater: interrupted", file=sys.stderr)
