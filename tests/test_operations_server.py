@@ -386,7 +386,9 @@ def test_a_receiver_that_hangs_holds_back_only_its_own_deliveries(db: str) -> No
         for _ in range(2):
             row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
             await core.cancel_run(row.id, "stop")
-        while failing.tries < 2:  # bounded by the test's wait_for
+        while True:  # bounded by the test's wait_for
+            if failing.tries >= 2:
+                break
             await asyncio.sleep(0.02)
         assert hanging.got.is_set() and not hanging.release.is_set()
         hanging.release.set()

@@ -636,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         # bad input is (it exited 1, "failed", a user trial); RESOURCE_EXHAUSTED also
         # says a full disk, which stays 1.
         refused = refused or (
-            exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "over this server's limit" in str(exc)
+            exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            and "over this server's limit" in str(exc)
         )
         return EXIT_USAGE if refused else EXIT_FAILED
     except KeyboardInterrupt:
