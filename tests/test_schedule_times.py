@@ -35,6 +35,9 @@ def utc(t: float) -> str:
         (-5.0, "", "", "interval must be positive"),
         (float("nan"), "", "", "interval must be positive"),
         (0.0004, "", "", "interval must be at least 1 ms"),
+        # (taken, shown as 0:00:00.000500 and fired every 1 ms: a user trial)
+        (0.0005, "", "", "interval must be at least 1 ms, got 0.0005 seconds"),
+        (0.000999, "", "", "interval must be at least 1 ms"),
         (3e11, "", "", "interval must be at most 3155760000 seconds (100 years), got 3e+11"),
         (None, "", "", "needs an interval or a cron"),
         (60.0, "* * * * *", "", "not both"),

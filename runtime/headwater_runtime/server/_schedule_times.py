@@ -71,8 +71,8 @@ def make_timing(
                 f"schedule interval must be at most {MAX_INTERVAL:.0f} seconds (100 years), "
                 f"got {every:g}"
             )
-        if round(every, 3) <= 0:
-            raise ScheduleError(f"schedule interval must be at least 1 ms, got {every} seconds")
+        if every < 0.001:  # (0.5 ms was taken, shown as given and fired every 1 ms)
+            raise ScheduleError(f"schedule interval must be at least 1 ms, got {every:g} seconds")
         # Milliseconds, like fire times (see _snap).
         return Timing(every=round(every, 3), timezone=zone_name, catchup=catchup)
     if not cron:
