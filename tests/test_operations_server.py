@@ -579,6 +579,34 @@ def test_the_stop_timeout_comes_from_the_flag_environment_or_file(tmp_path: Path
     assert ran.returncode == 2 and "--stop-timeout" in ran.stderr, ran.stderr
 
 
+def test_a_ui_url_that_is_no_web_address_is_refused_wherever_it_is_given(
+    tmp_path: Path,
+) -> None:
+    """ui_url goes into every webhook body's link: `javascript:alert(1)` in the file,
+    `ftp://a b` as the flag and `notaurl` in the environment were all taken (a user
+    trial), although a bad value stops the server with one line."""
+    config = tmp_path / "headwater.toml"
+    config.write_text('[server]\nui_url = "javascript:alert(1)"\n')
+    with pytest.raises(ConfigError, match=r"ui_url: must be an http:// or https:// URL"):
+        settings({}, {}, str(config))
+    with pytest.raises(ConfigError, match=r"HEADWATER_UI_URL: must be an http:// or https://"):
+        settings({}, {"HEADWATER_UI_URL": "notaurl"})
+    good = "https://ui.example:8443/headwater"
+    assert settings({}, {"HEADWATER_UI_URL": good}).ui_url == good
+    for flags, said in (
+        (["--ui-url", "ftp://a b"], "--ui-url must be an http:// or https:// URL, got 'ftp://a b'"),
+        (["--dask-release-after", "-3"], "must be a positive duration, got '-3' (or 0)"),
+    ):
+        ran = subprocess.run(
+            [sys.executable, "-m", "headwater._cli", "server", *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ran.returncode == 2 and said in ran.stderr, ran.stderr
+
+
 def test_the_server_log_level_comes_from_the_flag_environment_or_file(tmp_path: Path) -> None:
     config = tmp_path / "headwater.toml"
     config.write_text('[server]\nlog_level = "warning"\n')

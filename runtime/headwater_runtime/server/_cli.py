@@ -205,6 +205,19 @@ def _duration(flag: str, text: str | None, *, optional: bool) -> Any:
     try:
         return parse_duration(text)
     except ValueError as exc:
+        raise ValueError(f"{flag} {exc}{' (or 0)' if optional else ''}") from None
+
+
+def _url(flag: str, text: str | None) -> str | None:
+    """A URL flag, checked as the file's and the environment's are (ValueError naming
+    the flag)."""
+    if text is None:
+        return None
+    from ._config import web_address
+
+    try:
+        return web_address(text)
+    except ValueError as exc:
         raise ValueError(f"{flag} {exc}") from None
 
 
@@ -271,7 +284,7 @@ def run_server(args: argparse.Namespace) -> int:
             payload_dir=args.payload_dir,
             advertise=args.advertise,
             metrics_port=args.metrics_port,
-            ui_url=args.ui_url,
+            ui_url=_url("--ui-url", args.ui_url),
             limits=limits_from_env(**{s.name: getattr(args, s.name) for s in LIMIT_SPECS}),
             http_port=args.http_port,
             http=False if args.no_http else None,

@@ -119,7 +119,12 @@ def _seconds(text: Any) -> float:
 
 def _optional_seconds(text: Any) -> float:
     """A duration, or 0 for 0 / "0" / "off" / "never" (turned off)."""
-    return 0.0 if str(text).strip().lower() in ("0", "off", "never") else _seconds(text)
+    if str(text).strip().lower() in ("0", "off", "never"):
+        return 0.0
+    try:
+        return _seconds(text)
+    except ValueError as exc:  # ("must be a positive duration" read as if 0 were not taken)
+        raise ValueError(f"{exc} (or 0)") from None
 
 
 def _http_port(text: Any) -> int | bool:
@@ -131,6 +136,20 @@ def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
     return value
+
+
+def web_address(value: Any) -> str:
+    """An http(s) URL (the web UI's address, put in links): ``javascript:...`` or a
+    URL with a space was taken and put in every webhook body (a user trial)."""
+    text = _text(value).strip()
+    if not text:
+        return text
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in text):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return text
 
 
 #: The levels ``log_level`` accepts.
@@ -162,7 +181,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("heartbeat_interval", ENV_HEARTBEAT_INTERVAL, _seconds),
     ("heartbeat_timeout", ENV_HEARTBEAT_TIMEOUT, _seconds),
     ("late_after", ENV_LATE_AFTER, _optional_seconds),
-    ("ui_url", ENV_UI_URL, _text),
+    ("ui_url", ENV_UI_URL, web_address),
     ("http_port", ENV_HTTP_PORT, _http_port),
     ("tls_cert", ENV_TLS_CERT, _text),
     ("tls_key", ENV_TLS_KEY, _text),
