@@ -143,3 +143,20 @@ def test_results_print_as_strict_json_nan_and_infinity_included() -> None:
             "bounds": ["-inf", 1.5],
             "max": "inf",
         }
+
+
+def test_a_task_cancelled_during_a_retry_says_why_before_the_earlier_failure() -> None:
+    """A task whose first attempt timed out, cancelled during its retry, showed
+    "slow: CANCELLED" over "headwater.TaskTimeout: ... exceeded its timeout of 3s", as
+    if the timeout were why (a user trial): the cancel's reason comes first, the earlier
+    attempt's failure is labelled as such. A failed task run shows its failure as before."""
+    timeout = FailureInfo("headwater.TaskTimeout", "task 'slow' exceeded its timeout of 3s")
+    assert _cli_render.outcome_lines("CANCELLED", timeout, "stop \x1b[31mit") == [
+        "cancelled: stop \x1b[31mit",
+        "an earlier attempt failed:",
+        "  headwater.TaskTimeout: task 'slow' exceeded its timeout of 3s",
+    ]
+    assert _cli_render.outcome_lines("CANCELLED", None, "stop it") == ["cancelled: stop it"]
+    assert _cli_render.outcome_lines("FAILED", timeout, "ignored") == [
+        "headwater.TaskTimeout: task 'slow' exceeded its timeout of 3s"
+    ]

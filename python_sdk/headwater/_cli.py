@@ -94,7 +94,7 @@ def _summary(run: FlowRun) -> str:
 
 def _show_embedded(run: FlowRun, *, full: bool) -> None:
     """The summary table and each failed task run's error and traceback (stderr)."""
-    from ._cli_render import console, failure_lines, summary_table
+    from ._cli_render import console, outcome_lines, summary_table
 
     err = console(sys.stderr)
     rows = []
@@ -110,8 +110,9 @@ def _show_embedded(run: FlowRun, *, full: bool) -> None:
     for record in sorted(failed, key=lambda r: order.get(r.key, len(order))):
         if record.failure is not None:
             err.print(printable(f"{record.key}: {record.state.name}"), markup=False)
-            for line in failure_lines(record.failure, full=full):
-                err.print(f"  {line}", markup=False)
+            said = record.history[-1].message if record.history else ""
+            for line in outcome_lines(record.state.name, record.failure, said, full=full):
+                err.print(f"  {printable(line)}", markup=False)
 
 
 def traced(service_name: str) -> Tracing:

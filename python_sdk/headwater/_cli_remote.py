@@ -32,8 +32,8 @@ from ._cli_render import (
     Progress,
     console,
     duration_text,
-    failure_lines,
     json_text,
+    outcome_lines,
     plain,
     result_text,
     state_text,
@@ -208,8 +208,8 @@ def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False)
     for task in task_runs:
         if task.failure is not None and task.state.is_failure:
             out.print(Text.assemble(printable(f"{task.key}: "), state_text(task.state.name)))
-            for line in failure_lines(task.failure, full=full):
-                out.print(f"  {line}", markup=False)
+            for line in outcome_lines(task.state.name, task.failure, task.message, full=full):
+                out.print(f"  {printable(line)}", markup=False)
         elif task.waiting:
             # Most reasons start with "waiting" (the server's words); say it once.
             said = task.waiting

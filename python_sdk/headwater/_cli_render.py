@@ -122,6 +122,19 @@ def duration_text(seconds: float | None) -> str:
     return f"{minutes // 60}h {minutes % 60:02d}m"
 
 
+def outcome_lines(state: str, failure: Any, message: str, *, full: bool = False) -> list[str]:
+    """The lines under a failed or cancelled task run's name: its error and traceback;
+    for a cancelled one, why it was cancelled, then what an earlier attempt failed with
+    (a cancel during a retry showed the first attempt's timeout as if it were why)."""
+    if state != "CANCELLED":
+        return failure_lines(failure, full=full) if failure is not None else []
+    lines = [f"cancelled: {message}"] if message else []
+    if failure is not None:
+        lines.append("an earlier attempt failed:")
+        lines += [f"  {line}" for line in failure_lines(failure, full=full)]
+    return lines
+
+
 def failure_lines(failure: FailureInfo, *, full: bool = False) -> list[str]:
     """A failure as text: ``type: message``, then its traceback (its last
     TRACEBACK_LINES lines unless ``full``) and causes."""
