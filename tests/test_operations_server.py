@@ -211,6 +211,16 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
                 code.INVALID_ARGUMENT,
                 "webhook URL is 200,009 characters long (at most 2,048)",
             ),
+            (  # (taken, it never fired: a run is RUNNING once created; a user trial)
+                stub.CreateWebhook(
+                    ops.CreateWebhookRequest(
+                        webhook=ops.Webhook(url="http://h/", states=[FlowRunState.SCHEDULED.value])
+                    )
+                ),
+                code.INVALID_ARGUMENT,
+                "a flow run never changes to SCHEDULED after it is created: a webhook fires for "
+                "RUNNING, SUCCESS, FAILED, CANCELLED (and late marks)",
+            ),
             (
                 stub.DeleteWebhook(ops.DeleteWebhookRequest(id="nope")),
                 code.NOT_FOUND,

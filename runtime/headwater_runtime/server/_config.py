@@ -337,14 +337,15 @@ def _webhook(index: int, spec: Any, where: str) -> WebhookRow:
         raise ConfigError(f"{here}: late must be true or false, got {spec['late']!r}")
     if not isinstance(spec.get("secret", ""), str):
         raise ConfigError(f"{here}: secret must be a string, got {spec['secret']!r}")
+    from ._webhooks import EVENT_STATES, WebhookError, check_url
+
     states = []
+    names = ", ".join(s.name for s in EVENT_STATES)
     for name in spec.get("states", []):
-        try:
-            states.append(FlowRunState[str(name).upper()].value)
-        except KeyError:
-            names = ", ".join(s.name for s in FlowRunState)
-            raise ConfigError(f"{here}: {name!r} is not a flow run state ({names})") from None
-    from ._webhooks import WebhookError, check_url
+        state = FlowRunState.__members__.get(str(name).upper())
+        if state not in EVENT_STATES:
+            raise ConfigError(f"{here}: {name!r} is not a state a webhook fires for ({names})")
+        states.append(state.value)
 
     url = _parsed(_text, spec["url"], f"{here} url")
     try:

@@ -89,6 +89,15 @@ class DeliverySettings:
 MAX_URL = 2048
 
 
+#: The flow run states a webhook can fire for (a run is RUNNING once it is created).
+EVENT_STATES = (
+    FlowRunState.RUNNING,
+    FlowRunState.SUCCESS,
+    FlowRunState.FAILED,
+    FlowRunState.CANCELLED,
+)
+
+
 def check_url(url: str) -> str:
     """A webhook URL, checked (WebhookError names what is wrong)."""
     if len(url) > MAX_URL:
@@ -171,9 +180,14 @@ class Webhooks:
         """Store a new webhook; WebhookError for a bad URL."""
         for state in states:
             try:
-                FlowRunState(state)
+                named = FlowRunState(state)
             except ValueError:
                 raise WebhookError(f"{state} is not a flow run state") from None
+            if named not in EVENT_STATES:  # (taken, such a webhook never fired: a user trial)
+                raise WebhookError(
+                    f"a flow run never changes to {named.name} after it is created: a webhook "
+                    f"fires for {', '.join(s.name for s in EVENT_STATES)} (and late marks)"
+                )
         row = WebhookRow(
             uuid.uuid4().hex, check_url(url), flow_names, states, late, secret, self.clock()
         )
