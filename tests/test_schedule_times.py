@@ -46,6 +46,8 @@ def utc(t: float) -> str:
         (None, "61 * * * *", "", "invalid cron expression '61 * * * *'"),
         (None, "* * * * mon-funday", "", "invalid cron expression"),
         (None, "* * * * *", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        # (taken and stored with an interval, where it changed nothing: a user trial)
+        (10.0, "", "Europe/Berlin", "time zone 'Europe/Berlin' is for cron schedules"),
     ],
 )
 def test_malformed_timing_is_refused_with_a_message_naming_the_problem(

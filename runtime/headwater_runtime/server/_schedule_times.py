@@ -63,6 +63,11 @@ def make_timing(
         ) from None
     if every is not None and cron:
         raise ScheduleError("a schedule has either an interval or a cron expression, not both")
+    if every is not None and zone_name != "UTC":  # (taken and stored, it changed nothing)
+        raise ScheduleError(
+            f"time zone {zone_name!r} is for cron schedules: an interval counts from the "
+            "schedule's creation, in any zone (leave the time zone out)"
+        )
     if every is not None:
         if not math.isfinite(every) or every <= 0:
             raise ScheduleError(f"schedule interval must be positive, got {every} seconds")
