@@ -186,3 +186,13 @@ def test_a_fire_time_read_back_from_the_store_gives_the_same_key(every: float) -
             assert fire_key("s", _through_the_store(fire)) == fire_key("s", fire)
         reread, _ = due_fires(timing, _through_the_store(fires[1]), first + 3 * every)
         assert [fire_key("s", f) for f in reread] == [fire_key("s", f) for f in fires[1:]]
+
+
+def test_a_stored_schedule_keeps_the_rules_it_was_created_under() -> None:
+    """Refused now when created, a time zone beside an interval and an interval under
+    1 ms were taken before: a schedule stored so still loads (a server that refused it
+    would not start), firing as it did."""
+    assert make_timing(10.0, "", "Europe/Berlin", new=False).every == 10.0
+    assert make_timing(0.0005, "", "", new=False).every == 0.001
+    with pytest.raises(ScheduleError, match="is for cron schedules"):
+        make_timing(10.0, "", "Europe/Berlin")

@@ -51,9 +51,11 @@ MAX_INTERVAL = 100 * 365.25 * 86400
 
 
 def make_timing(
-    every: float | None, cron: str, timezone: str = "", catchup: bool = False
+    every: float | None, cron: str, timezone: str = "", catchup: bool = False, *, new: bool = True
 ) -> Timing:
-    """Validate and build a Timing; ScheduleError names the problem."""
+    """Validate and build a Timing; ScheduleError names the problem. ``new`` False: a
+    stored schedule, held to the rules it was created under (an interval under 1 ms
+    fires every 1 ms; a time zone beside an interval changes nothing)."""
     zone_name = timezone or "UTC"
     try:
         ZoneInfo(zone_name)
@@ -63,7 +65,7 @@ def make_timing(
         ) from None
     if every is not None and cron:
         raise ScheduleError("a schedule has either an interval or a cron expression, not both")
-    if every is not None and zone_name != "UTC":  # (taken and stored, it changed nothing)
+    if new and every is not None and zone_name != "UTC":  # (taken, it changed nothing)
         raise ScheduleError(
             f"time zone {zone_name!r} is for cron schedules: an interval counts from the "
             "schedule's creation, in any zone (leave the time zone out)"
@@ -76,7 +78,7 @@ def make_timing(
                 f"schedule interval must be at most {MAX_INTERVAL:.0f} seconds (100 years), "
                 f"got {every:g}"
             )
-        if every < 0.001:  # (0.5 ms was taken, shown as given and fired every 1 ms)
+        if every < (0.001 if new else 0.0005):  # (0.5 ms was taken, fired every 1 ms)
             raise ScheduleError(f"schedule interval must be at least 1 ms, got {every:g} seconds")
         # Milliseconds, like fire times (see _snap).
         return Timing(every=round(every, 3), timezone=zone_name, catchup=catchup)

@@ -42,13 +42,15 @@ from ._schedule_times import (
 log = logging.getLogger("headwater.scheduler")
 
 
-def timing_of(msg: run_pb2.Schedule) -> Timing:
-    """The validated timing of a Schedule message (ScheduleError when malformed)."""
+def timing_of(msg: run_pb2.Schedule, *, new: bool = False) -> Timing:
+    """The validated timing of a Schedule message (ScheduleError when malformed);
+    ``new``: one being created (a stored one keeps the rules it was created under)."""
     spec = msg.WhichOneof("spec")
     every: float | None = None
     if spec == "interval":
         every = seconds(msg.interval)
-    return make_timing(every, msg.cron if spec == "cron" else "", msg.timezone, msg.catchup)
+    cron = msg.cron if spec == "cron" else ""
+    return make_timing(every, cron, msg.timezone, msg.catchup, new=new)
 
 
 def _set_time(msg: run_pb2.Schedule, field: str, at: float) -> None:
@@ -110,7 +112,7 @@ class Scheduler:
         build one and checks against it: ``built_version``)."""
         if not request.flow_name:
             raise ScheduleError("flow_name is required")
-        timing = timing_of(request)
+        timing = timing_of(request, new=True)
         version, graph = self.runs.graph(request.flow_name, built_version or request.flow_version)
         self.runs.check_params(graph, version, request.parameters)
         check_refs(self.store, request.flow_name, request.parameters)  # once, not per fire
