@@ -291,18 +291,17 @@ def test_retrying_a_child_flow_run_on_its_own_is_refused(db: str) -> None:
     call(db, body)
 
 
-class AlwaysFailing:
-    """A local HTTP receiver that answers every POST with 503 (and counts them)."""
+class Receiver:
+    """A local HTTP receiver of webhook POSTs; ``answer()`` (on its thread) says the
+    status of each."""
 
     def __init__(self) -> None:
-        self.tries = 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
-                outer.tries += 1
-                self.send_response(503)
+                self.send_response(outer.answer())
                 self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
@@ -312,9 +311,24 @@ class AlwaysFailing:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def answer(self) -> int:
+        return 204
+
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class AlwaysFailing(Receiver):
+    """Answers every POST with 503 (and counts them)."""
+
+    def __init__(self) -> None:
+        self.tries = 0
+        super().__init__()
+
+    def answer(self) -> int:
+        self.tries += 1
+        return 503
 
 
 def test_a_delivery_that_keeps_failing_is_retried_with_backoff_then_given_up(
@@ -350,33 +364,22 @@ def test_a_delivery_that_keeps_failing_is_retried_with_backoff_then_given_up(
         receiver.close()
 
 
-class Holding:
-    """A local HTTP receiver that answers no POST until released (a hanging one)."""
+class Holding(Receiver):
+    """Answers no POST until released (a hanging receiver)."""
 
     def __init__(self) -> None:
         self.got = threading.Event()
         self.release = threading.Event()
-        outer = self
+        super().__init__()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                outer.got.set()
-                outer.release.wait(60)
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def answer(self) -> int:
+        self.got.set()
+        self.release.wait(60)
+        return 204
 
     def close(self) -> None:
         self.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().close()
 
 
 def test_a_receiver_that_hangs_holds_back_only_its_own_deliveries(db: str) -> None:
