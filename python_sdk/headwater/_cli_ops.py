@@ -195,9 +195,11 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         if not args.target:
             what = "URL" if args.action == "create" else "webhook ID"
             raise UsageError(f"'webhooks {args.action}' needs a {what}")
-        if args.action == "delete":
-            client.delete_webhook(args.target)
-            print(f"webhook {args.target} deleted")
+        if args.action == "delete":  # (the Client takes a unique prefix of the id)
+            try:
+                print(f"webhook {client.delete_webhook(args.target)} deleted")
+            except ValueError as exc:  # an ambiguous prefix
+                raise UsageError(str(exc)) from None
             return EXIT_OK
         hook = client.create_webhook(
             args.target,
@@ -220,7 +222,9 @@ def add_webhooks_command(sub: Any) -> None:
         "once, retried with backoff, and survive server restarts (docs/operations.md).",
     )
     hooks.add_argument("action", choices=["create", "list", "delete"])
-    hooks.add_argument("target", nargs="?", help="create: the URL; delete: the webhook id")
+    hooks.add_argument(
+        "target", nargs="?", help="create: the URL; delete: the webhook id (or a unique prefix)"
+    )
     hooks.add_argument(
         "--flow", action="append", help="create: only runs of this flow (repeatable)"
     )

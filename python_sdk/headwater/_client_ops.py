@@ -233,13 +233,25 @@ class OperationsClient:
         )
         return [_webhook(w) for w in response.webhooks]
 
-    def delete_webhook(self, webhook_id: str) -> None:
-        """Remove a webhook and the deliveries it has not made."""
+    def delete_webhook(self, webhook_id: str) -> str:
+        """Remove a webhook (its id, or a unique prefix of it, as for schedules and
+        runs) and the deliveries it has not made; returns its whole id. ValueError for
+        a prefix several webhooks have."""
+        if len(webhook_id) < 32:  # (a uuid's hex, as long as a run id)
+            ids = [w.id for w in self.list_webhooks()]
+            matching = [i for i in ids if i.startswith(webhook_id)]
+            if len(matching) > 1 and webhook_id not in ids:
+                raise ValueError(
+                    f"webhook id prefix {webhook_id!r} is ambiguous: {len(matching)} match"
+                )
+            if len(matching) == 1 and webhook_id not in ids:
+                webhook_id = matching[0]
         self._ops_call(
             lambda s: s.DeleteWebhook,
             ops.DeleteWebhookRequest(id=webhook_id),
             f"delete webhook {webhook_id!r}",
         )
+        return webhook_id
 
 
 def _rate(rate: str | tuple[int, float]) -> tuple[int, float]:
