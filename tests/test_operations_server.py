@@ -808,3 +808,22 @@ def test_a_standby_restarted_on_its_old_address_does_not_name_itself_the_leader(
     assert "the leader is" not in said
     leadership.leader = "h:2"
     assert "the leader is h:2 (lease epoch 4)" in leadership.refusal()
+
+
+def test_a_limit_the_configuration_changes_is_in_the_audit_log(db: str) -> None:
+    """A `[limits.TAG]` of the server's configuration is set at every start; the audit
+    log kept showing the last `limits set` while the file's value applied (a user
+    trial). A start that changes a limit records it, by "configuration"; one that
+    changes nothing adds nothing."""
+
+    async def entries(stub: Any, running: Any) -> list[tuple[str, str, str]]:
+        rows = running.core.store.audit_entries("limit")
+        return [(r.actor, r.action, r.detail) for r in rows]
+
+    three = (LimitRow("db", concurrency=3),)
+    first = call(db, entries, tag_limits=three)
+    assert first == [("configuration", "limit.set", "concurrency 3")]
+    assert call(db, entries, tag_limits=three) == first  # the same again: nothing new
+    changed = call(db, entries, tag_limits=(LimitRow("db", 2, 5, 1.0),))
+    assert changed[0] == ("configuration", "limit.set", "concurrency 2, rate 5/1s")
+    assert changed[1:] == first

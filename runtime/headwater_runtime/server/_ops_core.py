@@ -28,6 +28,7 @@ from headwater.wire import (
 )
 from headwater_runtime.engine import REPLAYS, FlowRunEngine, TaskRunRecord, not_retryable
 from headwater_runtime.store import (
+    AuditRow,
     DeliveryCounts,
     DrainRow,
     Fenced,
@@ -117,7 +118,16 @@ class Operations:
         core = self.core
         self._marked_late = await core.io.read(self._load, unfinished)
         for row in core.settings.tag_limits:
+            before = self.limits.limits.get(row.tag)
             await self.set_limit(row, audited=False)
+            if before is None or limit_detail(before) != limit_detail(row):
+                # A change the file made is in the audit log as any other (the log
+                # showed the last `limits set` while the file's value applied: a trial).
+                entry = AuditRow(
+                    core.clock.now(), CONFIG_ACTOR, "limit.set", "limit", row.tag,
+                    limit_detail(row),
+                )  # fmt: skip
+                await core.io.write(core.store.add_audit, entry)
         await self._configured_webhooks()
         now = core.clock.now()
         port = core.settings.metrics_port
@@ -505,6 +515,10 @@ def _started(engine: FlowRunEngine) -> bool:
 def _put_workers(store: Any, rows: list[Any]) -> None:
     for row in rows:
         store.put_worker(row)
+
+
+#: Who set what the server's configuration (file, variables, flags) set, in the audit.
+CONFIG_ACTOR = "configuration"
 
 
 def limit_detail(row: LimitRow) -> str:
