@@ -48,7 +48,7 @@ from headwater.wire import (
 from headwater_runtime.tracing import inject
 
 from ._access_info import AuditEntry, CredentialInfo, audit_entry, credential_info
-from ._client_ops import OperationsClient
+from ._client_ops import ID_LENGTH, OperationsClient, whole_id
 from ._graphs import with_elements_inline
 from ._logs import LogEntry
 from ._message_size import over_message_limit
@@ -78,7 +78,7 @@ ATTEMPT_TIMEOUT = 10.0
 #: ones are described and fetched by reference. As large as Temporal's clients take.
 MAX_ANSWER_BYTES = 256 << 20
 #: The length of a whole flow run id (32 hex digits); a shorter one is a prefix.
-RUN_ID_LENGTH = 32
+RUN_ID_LENGTH = ID_LENGTH
 #: Flow runs asked for per ListFlowRuns call (the most a server returns at once).
 LIST_PAGE = 1000
 #: A call that streams from a server that stopped answering ends after at most
@@ -824,18 +824,8 @@ class Client(OperationsClient):
         return [schedule_info(s, self._decode) for s in response.schedules]
 
     def _schedule_id(self, given: str) -> str:
-        """The whole id of the schedule ``given`` names: itself, or a unique prefix of
-        one (as run ids may be shortened); one that matches none is sent as it is, for
-        the server to say so. ValueError for a prefix several schedules have."""
-        if len(given) >= RUN_ID_LENGTH:  # (schedule ids are as long as run ids)
-            return given
-        ids = [s.id for s in self.list_schedules()]
-        matching = [i for i in ids if i.startswith(given)]
-        if given in ids or not matching:
-            return given
-        if len(matching) > 1:
-            raise ValueError(f"schedule id prefix {given!r} is ambiguous: {len(matching)} match")
-        return matching[0]
+        """The whole id of the schedule ``given`` names (``whole_id``)."""
+        return whole_id(given, lambda: [s.id for s in self.list_schedules()], "schedule")
 
     def delete_schedule(self, schedule_id: str) -> str:
         """Remove a schedule (its id, or a unique prefix); the runs it already created

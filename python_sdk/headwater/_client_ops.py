@@ -21,6 +21,24 @@ if TYPE_CHECKING:
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
+#: The length of a whole id (runs, schedules, webhooks: a uuid's hex).
+ID_LENGTH = 32
+
+
+def whole_id(given: str, ids: Callable[[], list[str]], what: str) -> str:
+    """The whole id ``given`` names: itself, or a unique prefix of one of ``ids()``
+    (asked only for a prefix); one that matches none is sent as it is, for the server
+    to say so. ValueError for a prefix several ids have."""
+    if len(given) >= ID_LENGTH:
+        return given
+    known = ids()
+    matching = [i for i in known if i.startswith(given)]
+    if given in known or not matching:
+        return given
+    if len(matching) > 1:
+        raise ValueError(f"{what} id prefix {given!r} is ambiguous: {len(matching)} match")
+    return matching[0]
+
 
 @dataclass(frozen=True)
 class LimitInfo:
@@ -237,15 +255,7 @@ class OperationsClient:
         """Remove a webhook (its id, or a unique prefix of it, as for schedules and
         runs) and the deliveries it has not made; returns its whole id. ValueError for
         a prefix several webhooks have."""
-        if len(webhook_id) < 32:  # (a uuid's hex, as long as a run id)
-            ids = [w.id for w in self.list_webhooks()]
-            matching = [i for i in ids if i.startswith(webhook_id)]
-            if len(matching) > 1 and webhook_id not in ids:
-                raise ValueError(
-                    f"webhook id prefix {webhook_id!r} is ambiguous: {len(matching)} match"
-                )
-            if len(matching) == 1 and webhook_id not in ids:
-                webhook_id = matching[0]
+        webhook_id = whole_id(webhook_id, lambda: [w.id for w in self.list_webhooks()], "webhook")
         self._ops_call(
             lambda s: s.DeleteWebhook,
             ops.DeleteWebhookRequest(id=webhook_id),

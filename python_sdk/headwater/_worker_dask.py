@@ -133,11 +133,17 @@ class DaskAttempts(Attempts):
     # Running ------------------------------------------------------------------------
 
     def _execute(self, attempt: _Attempt) -> worker_pb2.ConnectRequest | None:
-        from headwater_runtime.dask import Outcome, cluster_declares, run_attempt, split_inputs
+        from headwater_runtime.dask import (
+            Outcome,
+            client_closed,
+            cluster_declares,
+            run_attempt,
+            split_inputs,
+        )
 
         assignment, token = attempt.assignment, attempt.token
         task = attempt.task
-        if self._client_closed():  # (its scheduler went away: the bridge is stopping)
+        if client_closed(self.client):  # (its scheduler went away: the bridge is stopping)
             return self._wait_for_the_stop(attempt)
         try:
             names = [n for n in assignment.argument_order if n in assignment.inputs]
@@ -182,7 +188,7 @@ class DaskAttempts(Attempts):
                 pure=False,
             )
         except Exception:
-            if not self._client_closed():
+            if not client_closed(self.client):
                 raise
             # Its scheduler went away (the bridge stops in a moment): the server gave
             # it here meanwhile. Its thread failed with ClosedClientError (a CI run).
@@ -269,9 +275,6 @@ class DaskAttempts(Attempts):
         while time.monotonic() < deadline:  # (interrupted by the stop's give-back)
             time.sleep(_POLL)
         return self._give_back(attempt, "the Dask client is closed")
-
-    def _client_closed(self) -> bool:
-        return getattr(self.client, "status", "running") in ("closed", "closing")
 
     def _give_back(self, attempt: _Attempt, why: str) -> worker_pb2.ConnectRequest | None:
         """Give an attempt this bridge cannot run back to the server (a TaskCancelled
@@ -491,6 +494,8 @@ class DaskBridgeWorker(Worker):
             raise ConnectionError(gone[0])
 
     def _watch_cluster(self, gone: list[str]) -> None:
+        from headwater_runtime.dask import client_closed
+
         client = self.executor.client
         attempts = self.attempts
         assert isinstance(attempts, DaskAttempts)
@@ -498,7 +503,7 @@ class DaskBridgeWorker(Worker):
             attempts.cluster_gone.wait(CLUSTER_CHECK)  # (an attempt may wake it)
             if self._stop.is_set():
                 return
-            if getattr(client, "status", "running") in ("closed", "closing"):
+            if client_closed(client):
                 gone.append(
                     f"the Dask client closed: the scheduler at {self.dask_address} went away "
                     "(restart the scheduler and its workers, then this worker; its attempts "

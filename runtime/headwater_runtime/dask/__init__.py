@@ -4,6 +4,7 @@ on Dask workers, and the pieces the SDK's Dask bridge worker shares with it."""
 from ._executor import (
     DASK_UNAVAILABLE,
     DaskExecutor,
+    client_closed,
     closed_client_ignored,
     cluster_declares,
     connect_client,
@@ -20,6 +21,7 @@ __all__ = [
     "DaskValues",
     "Outcome",
     "Part",
+    "client_closed",
     "closed_client_ignored",
     "cluster_declares",
     "compute_cache_key",

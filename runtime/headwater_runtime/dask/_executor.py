@@ -204,7 +204,7 @@ class DaskExecutor:
         away and did not come back within the client's reconnect time): their futures
         never end, and the run waited for them forever (a user trial)."""
         while not stop.wait(CLUSTER_CHECK):
-            if _closed(client):
+            if client_closed(client):
                 self._mark_gone(client)
                 with self._lock:
                     held = list(self._futures)
@@ -270,7 +270,7 @@ class DaskExecutor:
                     run_attempt, *columns, key=keys, resources=dict(resources) or None, pure=False
                 )
             except Exception:
-                if not _closed(client):
+                if not client_closed(client):
                     raise
                 # (closed since the watcher last looked: an attempt lost meanwhile is
                 # dispatched again here, and must end too)
@@ -448,7 +448,9 @@ class DaskExecutor:
         completions.put(event)
 
 
-def _closed(client: Client) -> bool:
+def client_closed(client: Client) -> bool:
+    """Whether a Dask client has closed (its scheduler went away and did not come back
+    within its reconnect time): nothing submitted to it ever ends."""
     return getattr(client, "status", "running") in ("closed", "closing")
 
 
