@@ -309,7 +309,10 @@ def test_rolling_restarts_of_node_workers_never_fail_a_long_node_task(tmp_path: 
                 assert any(said in line for line in current.lines), current.lines
                 current = successor
             current.wait_line("attempt 5")
-            release.write_text("hauled")
+            # Atomically: the Node task polls for the file and reads it as soon as it
+            # exists, so a plain write_text could be read while still empty.
+            (tmp_path / "release.tmp").write_text("hauled")
+            (tmp_path / "release.tmp").replace(release)
             final = client.wait(run_id)
             assert final.state is FlowRunState.SUCCESS, final.message
             assert final.result == "hauled"
