@@ -26,6 +26,7 @@ from headwater_runtime.store import (
     SQLiteStore,
     Store,
     TaskRunRow,
+    WorkerRow,
     WriteBatch,
     _prune,
     open_store,
@@ -320,6 +321,39 @@ def test_a_servers_prune_runs_each_step_as_a_write_of_its_own(
     steps = [i for i, o in enumerate(order) if o.startswith("prune")]
     assert len(steps) >= 5 and all("writer" in order[i] for i in steps), order
     assert any(o.startswith("commit") for o in order[steps[0] : steps[-1]]), order
+
+
+def test_a_servers_prune_forgets_the_workers_gone_since_its_cut_off_not_connected_ones(
+    tmp_path: Path,
+) -> None:
+    """Retention on a server forgets the workers last heard from before its cut-off,
+    also from the list it keeps in memory (ListWorkers, the web UI); a worker connected
+    now stays listed, however old its stored record (it is stored again at the next
+    flush)."""
+    from test_durability import one_slot_worker
+
+    store = SQLiteStore(tmp_path / "hw.db")
+    store.put_worker(
+        WorkerRow("host-101", "id-101", ("etl.x",), {}, 2, "0.1.0", "python", "h", 1.0, 5.0)
+    )
+
+    async def scenario() -> tuple[list[str], int, list[str]]:
+        async with one_slot_worker(store) as (running, _, worker):
+            workers = running.core.ops.workers
+            before = sorted(i.name for i in workers.infos())
+            # A cut-off a minute from now: the connected worker's record is as old.
+            report = await running.core.prune(-60.0, grace=0)
+            after = sorted(i.name for i in workers.infos())
+            await worker.close()
+            return before, report.workers, after
+
+    try:
+        before, forgotten, after = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert before == ["host-101", "w"]
+    assert forgotten >= 1  # (and "w" too if its record was flushed already)
+    assert after == ["w"]
 
 
 def test_a_prune_beside_a_server_pauses_between_steps(tmp_path: Path) -> None:

@@ -489,19 +489,22 @@ class ServerCore(WorkerReports):
         report = pruning.report()
         if ended_before is not None and not dry_run:
             self.exports.pruned(ended_before)  # Dask bridges let go of their results
+            self.ops.workers.forget(ended_before)
         return report
 
     async def _auto_prune(self) -> None:
         try:
             report = await self.prune(self.settings.retention)
             self.last_prune = report
-            if report.runs or report.payloads or report.values:
+            if report.runs or report.payloads or report.values or report.workers:
                 log.info(
-                    "pruned %d finished runs, %d values and %d payloads (%d bytes reclaimed)",
+                    "pruned %d finished runs, %d values and %d payloads (%d bytes "
+                    "reclaimed); forgot %d workers gone since before the retention period",
                     report.runs,
                     report.values,
                     report.payloads,
                     report.bytes_reclaimed,
+                    report.workers,
                 )
             if report.payloads_waiting:
                 log.info(

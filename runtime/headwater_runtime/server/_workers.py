@@ -100,6 +100,14 @@ class WorkerRegistry:
         )
         self._dirty.add(session.name)
 
+    def forget(self, before: float) -> None:
+        """Let go of what a prune deleted: the records of workers not connected now,
+        last heard from before ``before`` (store/_prune.py)."""
+        connected = {s.name for s in self.dispatcher.sessions.values()}
+        for name, row in list(self.known.items()):
+            if name not in connected and name not in self._dirty and row.last_seen < before:
+                del self.known[name]
+
     def put_back(self, rows: list[WorkerRow]) -> None:
         """Records ``take_dirty`` gave that could not be stored: taken again next time."""
         self._dirty.update(row.name for row in rows)

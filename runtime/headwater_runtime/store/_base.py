@@ -267,6 +267,9 @@ class PruneReport:
     cache_entries: int = 0
     bytes_reclaimed: int = 0
     dry_run: bool = False
+    #: Workers forgotten: recorded by name, last heard from before the runs' cut-off
+    #: (``headwater workers list`` no longer shows them; their drains stay).
+    workers: int = 0
     #: Unreferenced payloads kept because their bytes are in a payload directory this
     #: store was not given (deleting the rows would leave the files for ever).
     payloads_kept: int = 0

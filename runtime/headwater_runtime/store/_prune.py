@@ -125,6 +125,7 @@ class _Counts:
     payloads_waiting: int = 0
     payload_bytes_waiting: int = 0
     cache_entries: int = 0
+    workers: int = 0
     file_bytes: int = 0
     reclaimed: int = 0
     give_back_stopped: str = ""
@@ -191,6 +192,7 @@ class Pruning:
             cache_entries=c.cache_entries,
             bytes_reclaimed=c.reclaimed,
             dry_run=self.dry_run,
+            workers=c.workers,
             payloads_kept=c.payloads_kept,
             payloads_waiting=c.payloads_waiting,
             payload_bytes_waiting=c.payload_bytes_waiting,
@@ -292,6 +294,8 @@ class Pruning:
             for batch in db.read(lambda conn: self._batches(conn, self._finished(conn))):
                 db.write(functools.partial(self._delete_runs, batch=batch))
                 yield True
+            c.workers = db.write(self._forget_workers)
+            yield True
         while db.write(self._delete_cache_entries):
             yield True
         last: list[str] = [""]
@@ -334,6 +338,21 @@ class Pruning:
             conn, "DELETE FROM audit WHERE object_kind='flow_run' AND object_id IN ({within})", runs
         )
         c.runs += self._delete(conn, "DELETE FROM flow_runs WHERE id IN ({within})", runs)
+
+    def _forget_workers(self, conn: Any, dry_run: bool = False) -> int:
+        """The workers last heard from before the cut-off (recorded by name, so every
+        start under a new name, such as the default host-pid, adds one): forgotten, as
+        their runs are. A connected worker's record is rewritten every few seconds, so
+        only one gone for that long goes (or, with a cut-off of seconds, comes back at
+        the next rewrite)."""
+        m = self._db.mark
+        if dry_run:
+            found = conn.execute(
+                f"SELECT count(*) FROM workers WHERE last_seen < {m}", (self._ended_before,)
+            ).fetchone()
+            return int(found[0])
+        cur = conn.execute(f"DELETE FROM workers WHERE last_seen < {m}", (self._ended_before,))
+        return max(0, int(cur.rowcount))
 
     def _delete_cache_entries(self, conn: Any) -> bool:
         m = self._db.mark
@@ -456,6 +475,7 @@ class Pruning:
                 db.read(functools.partial(self._count_runs, batch=batch))
                 dying.update(batch)
                 yield True
+            self._counts.workers = db.read(functools.partial(self._forget_workers, dry_run=True))
         values = db.read(lambda conn: self._count_values(conn, dying))
         yield True
         db.read(lambda conn: self._count_payloads(conn, dying, values))
