@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -169,11 +169,18 @@ def test_client_creates_lists_pauses_resumes_and_deletes_schedules(server: Serve
             "Europe/Berlin",
             True,
         )
+        # Paused: no next run, as created, listed and paused (the stored time would be
+        # long past by the time it is resumed, which fires at the first time after now).
+        assert nightly.next_run_at is None
         assert nightly.spec == "cron '0 2 * * *' (Europe/Berlin)"
         assert {s.id for s in client.list_schedules()} == {hourly.id, nightly.id}
         assert client.list_schedules("other") == []
-        assert client.resume_schedule(nightly.id).paused is False
-        assert client.pause_schedule(hourly.id).paused is True
+        resumed = client.resume_schedule(nightly.id)
+        assert resumed.paused is False and resumed.next_run_at is not None
+        assert resumed.next_run_at > datetime.now(UTC)
+        paused = client.pause_schedule(hourly.id)
+        assert paused.paused is True and paused.next_run_at is None
+        assert {s.id: s.next_run_at for s in client.list_schedules()}[hourly.id] is None
         client.delete_schedule(hourly.id)
         assert [s.id for s in client.list_schedules()] == [nightly.id]
         with pytest.raises(ServerError, match="does not exist") as info:

@@ -370,7 +370,7 @@ class Schedule(google.protobuf.message.Message):
 
     @property
     def next_run_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
-        """Next time a run will be created."""
+        """Next time a run will be created (unset while the schedule is paused)."""
 
     @property
     def created_at(self) -> google.protobuf.timestamp_pb2.Timestamp:

@@ -126,11 +126,14 @@ class Scheduler:
         _set_time(msg, "created_at", now)
         _set_time(msg, "next_run_at", first_fire(timing, now))
         self._store(msg, timing)
-        return msg
+        return _shown(msg)
 
     def list(self, flow_name: str = "") -> list[run_pb2.Schedule]:
         """Every stored schedule, paused ones included (only ``flow_name``'s if given)."""
-        return [run_pb2.Schedule.FromString(r.body) for r in self.store.list_schedules(flow_name)]
+        return [
+            _shown(run_pb2.Schedule.FromString(r.body))
+            for r in self.store.list_schedules(flow_name)
+        ]
 
     def delete(self, schedule_id: str) -> None:
         """Remove a schedule (NotFound when unknown); runs it created are kept."""
@@ -143,13 +146,13 @@ class Scheduler:
         the next fire is the first one after now."""
         msg = run_pb2.Schedule.FromString(self.store.get_schedule(schedule_id).body)
         if msg.enabled == enabled:
-            return msg
+            return _shown(msg)
         timing = timing_of(msg)
         msg.enabled = enabled
         if enabled:
             _set_time(msg, "next_run_at", resume_fire(timing, _next_at(msg), self.clock.now()))
         self._store(msg, timing)
-        return msg
+        return _shown(msg)
 
     def _store(self, msg: run_pb2.Schedule, timing: Timing) -> None:
         self.store.put_schedule(self._row(msg))
@@ -236,6 +239,14 @@ class Scheduler:
         log.warning("schedule %s skipped a fire: %s", row.id, why)
         self.store.put_schedule(row)
         self.fired(row.id, row)
+
+
+def _shown(msg: run_pb2.Schedule) -> run_pb2.Schedule:
+    """The schedule as callers see it: a paused one has no next run (its stored time
+    passed while it was paused, and resuming fires at the first time after now)."""
+    if not msg.enabled:
+        msg.ClearField("next_run_at")
+    return msg
 
 
 def _next_at(msg: run_pb2.Schedule) -> float:
