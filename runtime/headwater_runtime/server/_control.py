@@ -377,9 +377,10 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         context: grpc.aio.ServicerContext[cp.ListSchedulesRequest, cp.ListSchedulesResponse],
     ) -> cp.ListSchedulesResponse:
         """Every schedule (of one flow, if given)."""
-        return control_plane_pb2.ListSchedulesResponse(
-            schedules=self.core.schedules.list(request.flow_name)
-        )
+        # (On a reader thread: a server with thousands of schedules reads and parses
+        # them all.)
+        schedules = await self.core.io.read(self.core.schedules.list, request.flow_name)
+        return control_plane_pb2.ListSchedulesResponse(schedules=schedules)
 
     async def DeleteSchedule(
         self,

@@ -327,7 +327,7 @@ class HttpApi(PageHandlers):
 
     async def list_schedules(self, request: web.Request) -> web.StreamResponse:
         """Every schedule (``flow``: of one flow)."""
-        schedules = self.core.schedules.list(request.query.get("flow", ""))
+        schedules = await self.core.io.read(self.core.schedules.list, request.query.get("flow", ""))
         return web.json_response({"schedules": [_data.schedule_json(s) for s in schedules]})
 
     async def _set_enabled(self, request: web.Request, enabled: bool) -> web.StreamResponse:
