@@ -47,28 +47,45 @@ class Proc:
         for line in pipe:  # type: ignore[attr-defined]
             sink.append(line.rstrip("\n"))
 
+    def _read_all(self) -> bool:
+        """Whether every line of the main stream is in ``lines``: its reader thread has
+        seen the end of the pipe. The process having exited is not enough: its last
+        lines may still be in the pipe, or in the reader's hands, for a moment."""
+        return not self.readers[0].is_alive()
+
     def wait_line(self, fragment: str, timeout: float = BOUND) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            ended = self._read_all()  # (before the look: a line read meanwhile counts)
             for line in self.lines:
                 if fragment in line:
                     return line
-            if self.popen.poll() is not None and not any(fragment in x for x in self.lines):
+            if ended:
                 break
             time.sleep(0.02)
         raise AssertionError(f"no line with {fragment!r}; got {self.lines} / {self.other}")
 
     def wait_lines(self, fragment: str, count: int, timeout: float = BOUND) -> list[str]:
         """The lines with ``fragment`` once there are ``count`` of them, or those there
-        are when the process ends or ``timeout`` passes (a process logs a step a little
-        after its effect shows elsewhere)."""
+        are when the process's output ends or ``timeout`` passes (a process logs a step a
+        little after its effect shows elsewhere)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            ended = self._read_all()
             found = [line for line in self.lines if fragment in line]
-            if len(found) >= count or self.popen.poll() is not None:
+            if len(found) >= count or ended:
                 return found
             time.sleep(0.02)
         return [line for line in self.lines if fragment in line]
+
+    def wait(self, timeout: float = BOUND) -> int:
+        """The exit status once the process has ended and everything it wrote is in
+        ``lines`` and ``other``. ``popen.wait`` returns at the exit, while the reader
+        threads may still hold its last lines: an assertion on them right after it
+        can miss the line the process wrote just before exiting."""
+        code = self.popen.wait(timeout)
+        self._close()
+        return code
 
     def kill(self) -> None:
         if self.popen.poll() is None:

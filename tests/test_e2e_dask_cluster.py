@@ -272,7 +272,7 @@ def test_a_run_and_a_bridge_whose_scheduler_dies_end_saying_so(
     embedded = run("run", str(tmp_path / "held_tasks.py:waits"), "--dask", scheduler)
     poll(started, "a task to start on the Dask worker")
     processes.procs[0].popen.send_signal(signal.SIGKILL)  # the scheduler
-    assert embedded.popen.wait(90) == 3, embedded.lines
+    assert embedded.wait(90) == 3, embedded.lines
     said = "\n".join(embedded.lines)
     assert "headwater.DaskUnavailable: the Dask client closed: the scheduler at" in said
     assert said.splitlines()[-1] == (
@@ -301,7 +301,7 @@ def test_a_run_and_a_bridge_whose_scheduler_dies_end_saying_so(
         flow_run = client.run(module.waits)
         poll(started, "a task to start on the bridge's Dask worker")
         dask.popen.send_signal(signal.SIGKILL)
-        assert bridge.popen.wait(90) == 3, bridge.lines
+        assert bridge.wait(90) == 3, bridge.lines
         said = "\n".join(bridge.lines)
         assert "ClosedClientError" not in said and "Traceback" not in said, said
         assert said.splitlines()[-1].startswith(

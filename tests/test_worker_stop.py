@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import BOUND, Cluster, poll, start_server, start_worker
+from e2e_helpers import Cluster, poll, start_server, start_worker
 
 from headwater import Client
 
@@ -137,8 +137,7 @@ def test_sigterm_stops_a_worker_within_grace_and_its_attempt_runs_again(
         marker = tmp_path / f"{which}.started"
         poll(marker.exists, f"the first attempt of {which} to start")  # now it is stuck
         first.popen.send_signal(signal.SIGTERM)
-        code = first.popen.wait(BOUND)  # ended by the worker, not by this bound
-        first._close()
+        code = first.wait()  # ended by the worker, not by this bound
         stderr = "\n".join(first.lines)
         assert code == status, stderr
         assert "SIGTERM; stopping" in stderr
@@ -166,8 +165,7 @@ def test_a_second_sigterm_exits_at_once(cluster: tuple[Cluster, str, Any], tmp_p
     first.popen.send_signal(signal.SIGTERM)
     first.wait_line("SIGTERM; stopping")
     first.popen.send_signal(signal.SIGTERM)
-    code = first.popen.wait(BOUND)  # long before the 60 s grace
-    first._close()
+    code = first.wait()  # long before the 60 s grace
     assert code == 128 + signal.SIGTERM, first.lines
     assert "SIGTERM again; exiting now" in "\n".join(first.lines)
 
@@ -220,8 +218,7 @@ def test_rolling_restarts_of_the_workers_never_fail_a_long_task(
                 start, address, f"w{restart}", "--grace", "30s", module="stuck_tasks"
             )
             current.popen.send_signal(signal.SIGTERM)
-            assert current.popen.wait(BOUND) == 0, current.lines
-            current._close()
+            assert current.wait() == 0, current.lines
             current = successor
         poll(lambda: started() == 5, "the fifth attempt to start")
         (tmp_path / "finish").touch()
