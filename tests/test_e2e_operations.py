@@ -364,8 +364,9 @@ class Receiver:
                     receiver.failing -= 1
                     self.send_response(500)
                 else:
-                    receiver.bodies.append(json.loads(data))
+                    # Headers first: the test polls for a body, then reads both.
                     receiver.headers.append(dict(self.headers))
+                    receiver.bodies.append(json.loads(data))
                     self.send_response(204)
                 self.end_headers()
 
