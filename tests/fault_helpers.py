@@ -68,8 +68,14 @@ def read_effects(directory: Path) -> list[Line]:
     path = directory / EFFECTS
     if not path.exists():
         return []
+    data = path.read_text()
+    # Workers may be appending as this reads. A line is one write(), but the kernel
+    # copies a write page by page and moves the file's end after each: a read can end
+    # inside a line that crosses a page boundary. Only whole lines count (the rest is
+    # read whole next time); split, a torn line failed the unpacking below.
+    data = data[: data.rfind("\n") + 1]
     lines = []
-    for pos, text in enumerate(path.read_text().splitlines()):
+    for pos, text in enumerate(data.splitlines()):
         t, kind, tag, task, index, worker = text.split(" ")
         lines.append(Line(pos, float(t), kind, (tag, task, int(index)), worker))
     return lines
