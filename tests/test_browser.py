@@ -27,12 +27,12 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from e2e_helpers import BOUND, Cluster, start_worker
@@ -553,12 +553,13 @@ def test_a_page_open_across_a_server_restart_still_cancels_the_run(
     page's POST failed ("reload the page"). The page takes the new token and sends it
     once more."""
     db = str(tmp_path / "hw.db")
-    with socket.socket() as probe:  # a free port for the web UI, kept across the restart
-        probe.bind(("127.0.0.1", 0))
-        http_port = str(probe.getsockname()[1])
-    server = cluster("server", "--port", "0", "--http-port", http_port, "--db", db)
+    # The web UI's port, as its gRPC port, is the one the first server was given (port
+    # 0) and kept across the restart. A port probed free and closed before the server
+    # bound it could be taken by another process in between.
+    server = cluster("server", "--port", "0", "--http-port", "0", "--db", db)
     address = server.wait_line("headwater server listening on").rsplit(" ", 1)[1]
     url = server.wait_line("headwater web UI on").rsplit(" ", 1)[1]
+    http_port = str(urlsplit(url).port)
     start_worker(cluster, address, "worker-a", module="ui_tasks")
     module: Any = load_file(str(tmp_path / "ui_tasks.py"))
     with Client(address) as client:
