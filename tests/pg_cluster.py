@@ -73,7 +73,6 @@ class TempPostgres:
         self.bin = _binaries()
         self.root = Path(tempfile.mkdtemp(prefix="headwater-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
         self.as_root = os.geteuid() == 0
         if self.as_root:
             shutil.chown(self.root, "postgres")
@@ -83,17 +82,33 @@ class TempPostgres:
             "--no-sync",
         )  # fmt: skip
         options = [
-            f"-p {self.port}",
             "-c listen_addresses=127.0.0.1",
             f"-c unix_socket_directories={self.root}",
             "-c max_connections=200",
         ]
         if not durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60",
-            "-o", " ".join(options), "start",
-        )  # fmt: skip
+        # The port is probed free just before the start (not before initdb, seconds
+        # earlier), and a start that finds it taken meanwhile (by any process on the
+        # machine binding port 0) tries another one.
+        log = self.root / "log"
+        for tries_left in reversed(range(5)):
+            self.port = _free_port()
+            before = log.stat().st_size if log.exists() else 0
+            try:
+                self._run(
+                    "pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-t", "60",
+                    "-o", " ".join([f"-p {self.port}", *options]), "start",
+                )  # fmt: skip
+                break
+            except RuntimeError:
+                taken = False
+                if log.exists():
+                    with log.open("rb") as said:
+                        said.seek(before)
+                        taken = b"Address already in use" in said.read()
+                if not taken or not tries_left:
+                    raise
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
