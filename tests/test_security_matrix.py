@@ -422,6 +422,54 @@ def test_revoking_the_last_credential_does_not_open_the_server(tmp_path: Path) -
     assert asyncio.run(asyncio.wait_for(main(), 60)) == {"none": UNAUTH, "revoked": UNAUTH}
 
 
+def test_a_server_token_that_is_a_stored_credentials_token_is_that_credential(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shell that exported a credential's token as HEADWATER_TOKEN (for the CLI) and
+    then started a server gave the server that token as its --token: calls with it were
+    the admin ``server-token`` (the audit named it), and revoking the credential refused
+    nothing (a user trial). The stored credential wins: its role, its name in the
+    audit, refused once revoked; the server says so at start."""
+    from headwater import Client, ServerError
+
+    db = tmp_path / "hw.db"
+    store = SQLiteStore(db)
+    viewer, token = new_credential("ci", "operator", created_by="test", now=time.time())
+    store.add_credential(viewer)
+    store.close()
+
+    async def main() -> tuple[list[Any], grpc.StatusCode | None, dict[str, grpc.StatusCode]]:
+        running = await start_server(ServerSettings(port=0, db=str(db), token=token))
+        address = f"127.0.0.1:{running.port}"
+        try:
+
+            def as_ci() -> tuple[list[Any], grpc.StatusCode | None]:
+                with Client(address, token=token) as client:
+                    client.set_limit("db", concurrency=2)  # an operator may
+                    refused = None
+                    try:
+                        client.revoke_token("ci")  # an admin only
+                    except ServerError as exc:
+                        refused = exc.code
+                    return client.audit(), refused
+
+            audit, refused = await asyncio.to_thread(as_ci)
+            store = SQLiteStore(db)
+            store.revoke_credential("ci", time.time())
+            store.close()
+            await running.access.refresh()
+            return audit, refused, await _list_flows_as(running.port, {"revoked": token})
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    audit, refused, after = asyncio.run(asyncio.wait_for(main(), 60))
+    assert [(e.actor, e.action) for e in audit if e.action == "limit.set"] == [("ci", "limit.set")]
+    assert refused == grpc.StatusCode.PERMISSION_DENIED
+    assert after == {"revoked": UNAUTH}
+    said = [r.getMessage() for r in caplog.records if "is the token of credential" in r.message]
+    assert said and "credential 'ci': calls with it act as that credential" in said[0], said
+
+
 def test_a_token_made_by_another_process_is_taken_on_its_first_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -146,6 +146,7 @@ class AccessControl:
         self._poller: asyncio.Task[None] | None = None
         self._refreshing = asyncio.Lock()
         self._refreshed_at = -REFRESH_EVERY  # (time.monotonic() of the last look)
+        self._told_shared = ""  # the credential the server token was last said to be
         #: Called on the event loop after every reload with the names of the valid
         #: credentials (the server ends worker streams of revoked ones).
         self.on_change: Callable[[frozenset[str]], None] | None = None
@@ -184,6 +185,23 @@ class AccessControl:
         self._tokens, self._subjects, self._revoked = tokens, subjects, revoked
         self._stored = self._stored or stored  # (once on, never off: see ``enabled``)
         self._generation = generation
+        self._tell_shared()
+
+    def _tell_shared(self) -> None:
+        """Say once when the server token is a stored credential's token too: calls
+        with it are that credential's (``_token``), not ``server-token``'s."""
+        if self._admin is None:
+            return
+        digest = hashlib.sha256(self._admin.partition(b" ")[2]).hexdigest()
+        row = self._tokens.get(digest) or self._revoked.get(digest)
+        if row is not None and row.name != self._told_shared:
+            log.warning(
+                "the server's --token (or HEADWATER_TOKEN) is the token of credential %r: "
+                "calls with it act as that credential, with its role%s",
+                row.name,
+                ", and refused: it was revoked" if row.revoked_at is not None else "",
+            )
+        self._told_shared = "" if row is None else row.name
 
     async def start(self) -> None:
         """Load the credentials and start watching for changes by other processes."""
@@ -269,16 +287,21 @@ class AccessControl:
         )
 
     def _token(self, given: bytes) -> Caller:
+        scheme, _, token = given.partition(b" ")
+        if scheme == b"Bearer" and token:
+            # A stored credential's token is that credential, also when it is the
+            # server's --token too (a shell that exported a credential's token as
+            # HEADWATER_TOKEN for the CLI started the server with it, a user trial: the
+            # audit named server-token, and revoking the credential refused nothing).
+            digest = hashlib.sha256(token).hexdigest()
+            row = self._tokens.get(digest)
+            if row is not None:
+                return Caller(row.name, Role(row.role))
+            revoked = self._revoked.get(digest)
+            if revoked is not None:
+                raise Refused(f"the token of credential {revoked.name!r} was revoked")
         if self._admin is not None and hmac.compare_digest(given, self._admin):
             return Caller(SERVER_TOKEN_NAME, Role.ADMIN)
-        scheme, _, token = given.partition(b" ")
         if scheme != b"Bearer" or not token:
             raise Refused("invalid authorization metadata: expected 'Bearer <token>'")
-        digest = hashlib.sha256(token).hexdigest()
-        row = self._tokens.get(digest)
-        if row is not None:
-            return Caller(row.name, Role(row.role))
-        revoked = self._revoked.get(digest)
-        if revoked is not None:
-            raise Refused(f"the token of credential {revoked.name!r} was revoked")
         raise Unknown("invalid token")
