@@ -27,6 +27,7 @@ from headwater.wire import FlowRunState, Role, TaskRunState
 from headwater_runtime.server import allows, describe
 from headwater_runtime.server.http import ROUTES
 from headwater_runtime.server.http import _api as http_api
+from headwater_runtime.store import DrainRow, SQLiteStore, WorkerRow
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "runtime" / "headwater_runtime" / "server" / "http" / "static"
@@ -801,6 +802,44 @@ def test_workers_are_drained_and_resumed_over_http(
         drained = json.loads(answer.read())["workers"]
     assert [(w["draining"], w["exit_when_idle"]) for w in drained] == [(True, False)]
     assert http.post(f"/api/workers/{name}/resume")["workers"][0]["draining"] is False
+
+
+def test_workers_that_left_before_a_restart_are_listed_offline_as_the_cli_lists_them(
+    tmp_path: Path,
+) -> None:
+    """After a restart the web UI's workers page (GET /api/workers) left out the workers
+    that had left before it, which ``headwater workers list`` showed offline (a user
+    trial): both list the server's recorded workers."""
+    store = SQLiteStore(tmp_path / "hw.db")
+    store.put_worker(
+        WorkerRow(
+            "gone", "id-gone", ("etl.x",), {"zone": "eu"}, 3, "0.1.0", "python", "h", 100.0, 150.0
+        )
+    )
+    store.put_drain(DrainRow("gone", exit_when_idle=False, at=120.0))
+    store.close()
+    server = ServerThread(tmp_path / "hw.db", token=TOKEN)
+    try:
+        assert server.running is not None and server.running.http is not None
+        (listed,) = Http(server.running.http.url).get("/api/workers")["workers"]
+        with Client(server.address, token=TOKEN) as client:
+            assert [(w.name, w.online) for w in client.list_workers()] == [("gone", False)]
+    finally:
+        server.stop()
+    assert listed == {
+        "worker_id": "id-gone",
+        "name": "gone",
+        "online": False,
+        "capabilities": ["etl.x"],
+        "labels": {"zone": "eu"},
+        "slots": 3,
+        "slots_used": 0,
+        "connected_at": 100.0,
+        "last_seen": 150.0,
+        "disconnected_at": 150.0,
+        "draining": True,
+        "exit_when_idle": False,
+    }
 
 
 def test_the_workers_stream_pushes_each_online_workers_last_message_time(

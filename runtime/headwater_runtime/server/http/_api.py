@@ -347,16 +347,33 @@ class HttpApi(PageHandlers):
         return await self._set_enabled(request, True)
 
     async def list_workers(self, request: web.Request) -> web.StreamResponse:
-        """Workers: connected ones and those that left recently (offline), each with
-        its drain (``draining``, ``exit_when_idle``)."""
-        drains = self.core.ops.workers.drains
-        workers = []
-        for record in self.core.notices.workers.values():
-            worker = record.as_dict()
-            drain = drains.get(worker["name"])
+        """Workers: connected ones and those that left (offline), each with its drain
+        (``draining``, ``exit_when_idle``). Those that left before this server started
+        are its recorded ones (as ListWorkers shows them: the page left them out after
+        a restart while ``headwater workers list`` listed them, a user trial)."""
+        registry = self.core.ops.workers
+        workers = [record.as_dict() for record in self.core.notices.workers.values()]
+        listed = {worker["name"] for worker in workers}
+        for row in registry.known.values():
+            if row.name not in listed:
+                workers.append(
+                    {
+                        "worker_id": row.worker_id,
+                        "name": row.name,
+                        "online": False,
+                        "capabilities": list(row.capabilities),
+                        "labels": dict(row.labels),
+                        "slots": row.slots,
+                        "slots_used": 0,
+                        "connected_at": row.connected_at,
+                        "last_seen": row.last_seen,
+                        "disconnected_at": row.last_seen,  # (about then: not recorded)
+                    }
+                )
+        for worker in workers:
+            drain = registry.drains.get(worker["name"])
             worker["draining"] = drain is not None
             worker["exit_when_idle"] = drain is not None and drain.exit_when_idle
-            workers.append(worker)
         workers.sort(key=lambda w: (not w["online"], w["name"]))
         return web.json_response({"workers": workers, "now": time.time()})
 
