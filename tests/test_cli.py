@@ -862,3 +862,42 @@ def test_a_commands_argument_may_follow_its_options(
         main(["tokens", "revoke", "--db", db, "a", "b"])
     assert refused.value.code == 2
     assert "unrecognized arguments: a b" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["webhooks", "create", "http://hooks.example/x", "--state", "PENDING"],
+            "--state 'PENDING' is not a state a webhook fires for "
+            "(RUNNING, SUCCESS, FAILED, CANCELLED)",
+        ),
+        (["webhooks", "list", "--state", "FAILED"], "--state: only for 'webhooks create'"),
+        (["webhooks", "delete", "0df2", "--late"], "--late: only for 'webhooks create'"),
+        (["webhooks", "list", "0df2"], "'webhooks list' takes no URL or id"),
+    ],
+)
+def test_webhooks_flags_that_would_change_nothing_are_usage_errors(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`webhooks list --state FAILED` listed every webhook (the flag is create's), and
+    `--state PENDING` was offered by the CLI's message, then refused by the server (a
+    user trial): both are refused at once, with no server needed."""
+    from headwater._cli import main
+
+    assert main([*args, "--server", "127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err.strip() == f"headwater: error: {said}"
+
+
+def test_an_id_prefix_is_case_blind_and_an_ambiguous_one_names_its_matches() -> None:
+    from headwater._client_ops import whole_id
+
+    ids = ["0df2aa" + "0" * 26, "0df2bb" + "0" * 26, "1a" + "0" * 30]
+    assert whole_id("0DF2A", lambda: ids, "webhook") == ids[0]
+    with pytest.raises(ValueError) as info:
+        whole_id("0df2", lambda: ids, "webhook")
+    assert str(info.value) == (
+        f"webhook id prefix '0df2' is ambiguous: 2 match ({ids[0]}, {ids[1]}): "
+        "give more of the id"
+    )
+    assert whole_id("ff", lambda: ids, "webhook") == "ff"  # the server says it is unknown

@@ -12,6 +12,7 @@ from headwater.wire import (
     AUDIT_KINDS,
     AUDIT_PAGE_MAX,
     MAX_COUNT,
+    WEBHOOK_STATES,
     FlowRunState,
     parse_rate,
     printable,
@@ -178,15 +179,23 @@ def webhook_line(hook: WebhookInfo) -> str:
 
 
 def _state(name: str) -> FlowRunState:
-    try:
-        return FlowRunState[name.strip().upper()]
-    except KeyError:
-        names = ", ".join(s.name for s in FlowRunState)
-        raise UsageError(f"--state {name!r} is not a flow run state ({names})") from None
+    state = FlowRunState.__members__.get(name.strip().upper())
+    if state not in WEBHOOK_STATES:
+        names = ", ".join(s.name for s in WEBHOOK_STATES)
+        raise UsageError(f"--state {name!r} is not a state a webhook fires for ({names})")
+    return state
 
 
 def cmd_webhooks(args: argparse.Namespace) -> int:
     """``headwater webhooks create|list|delete``."""
+    if args.action != "create":
+        given = [f for f, v in (("--flow", args.flow), ("--state", args.state),
+                 ("--late", args.late), ("--secret", args.secret)) if v]  # fmt: skip
+        if given:  # (taken and ignored by list, a user trial)
+            raise UsageError(f"{', '.join(given)}: only for 'webhooks create'")
+        if args.action == "list" and args.target:
+            raise UsageError("'webhooks list' takes no URL or id")
+    states = [_state(s) for s in args.state or ()]
     with connect(args, server_address(args)) as client:
         if args.action == "list":
             for hook in client.list_webhooks():
@@ -204,7 +213,7 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
         hook = client.create_webhook(
             args.target,
             flows=args.flow or (),
-            states=[_state(s) for s in args.state or ()],
+            states=states,
             late=args.late,
             secret=args.secret or "",
         )

@@ -32,11 +32,16 @@ def whole_id(given: str, ids: Callable[[], list[str]], what: str) -> str:
     if len(given) >= ID_LENGTH:
         return given
     known = ids()
-    matching = [i for i in known if i.startswith(given)]
+    prefix = given.lower()  # (ids are lower-case hex; 0DF2 found none, a user trial)
+    matching = [i for i in known if i.startswith(prefix)]
     if given in known or not matching:
         return given
     if len(matching) > 1:
-        raise ValueError(f"{what} id prefix {given!r} is ambiguous: {len(matching)} match")
+        shown = ", ".join(matching[:3]) + (", ..." if len(matching) > 3 else "")
+        raise ValueError(
+            f"{what} id prefix {given!r} is ambiguous: {len(matching)} match ({shown}): "
+            "give more of the id"
+        )
     return matching[0]
 
 

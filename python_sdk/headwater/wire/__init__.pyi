@@ -143,6 +143,7 @@ from ._states import FAILURE_STATES as FAILURE_STATES
 from ._states import SUCCESS_STATES as SUCCESS_STATES
 from ._states import TERMINAL_FLOW_STATES as TERMINAL_FLOW_STATES
 from ._states import TERMINAL_TASK_STATES as TERMINAL_TASK_STATES
+from ._states import WEBHOOK_STATES as WEBHOOK_STATES
 from ._states import FlowRunState as FlowRunState
 from ._states import TaskRunState as TaskRunState
 from ._streams import StreamStandIn as StreamStandIn

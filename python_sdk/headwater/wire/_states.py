@@ -71,3 +71,10 @@ TERMINAL_TASK_STATES = SUCCESS_STATES | FAILURE_STATES
 TERMINAL_FLOW_STATES = frozenset(
     {FlowRunState.SUCCESS, FlowRunState.FAILED, FlowRunState.CANCELLED}
 )
+#: The flow run states a webhook can fire for (a run is RUNNING once it is created).
+WEBHOOK_STATES = (
+    FlowRunState.RUNNING,
+    FlowRunState.SUCCESS,
+    FlowRunState.FAILED,
+    FlowRunState.CANCELLED,
+)

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
-from headwater.wire import FlowRunState
+from headwater.wire import WEBHOOK_STATES, FlowRunState
 from headwater_runtime.store import (
     DeliveryRow,
     FlowRunRow,
@@ -89,13 +89,8 @@ class DeliverySettings:
 MAX_URL = 2048
 
 
-#: The flow run states a webhook can fire for (a run is RUNNING once it is created).
-EVENT_STATES = (
-    FlowRunState.RUNNING,
-    FlowRunState.SUCCESS,
-    FlowRunState.FAILED,
-    FlowRunState.CANCELLED,
-)
+#: The flow run states a webhook can fire for (headwater.wire.WEBHOOK_STATES).
+EVENT_STATES = WEBHOOK_STATES
 
 
 def check_url(url: str) -> str:
