@@ -897,7 +897,6 @@ def test_an_id_prefix_is_case_blind_and_an_ambiguous_one_names_its_matches() -> 
     with pytest.raises(ValueError) as info:
         whole_id("0df2", lambda: ids, "webhook")
     assert str(info.value) == (
-        f"webhook id prefix '0df2' is ambiguous: 2 match ({ids[0]}, {ids[1]}): "
-        "give more of the id"
+        f"webhook id prefix '0df2' is ambiguous: 2 match ({ids[0]}, {ids[1]}): give more of the id"
     )
     assert whole_id("ff", lambda: ids, "webhook") == "ff"  # the server says it is unknown
