@@ -264,7 +264,7 @@ def test_cli_schedules_create_list_pause_delete(
     assert created.returncode == 0, created.stderr
     schedule_id, state, flow_name, *_ = created.stdout.split()
     assert (state, flow_name) == ("active", "greet")
-    assert "every 1:30:00" in created.stdout
+    assert "every 1h30m" in created.stdout
 
     def cli(*args: str) -> tuple[int, str, str]:
         code = main(["schedules", *args, *where])
@@ -300,3 +300,19 @@ def test_cli_schedules_create_list_pause_delete(
     with Client(server.address, token="tok") as client:
         (left,) = client.list_schedules()
         assert left.cron == "*/5 * * * *" and left.paused
+
+
+def test_durations_are_written_and_shown_in_one_short_form() -> None:
+    """The documented 1 ms interval floor could not be given (`--every 1ms` was refused)
+    and intervals were shown as Python timedeltas (`every 0:00:00.500000`), not in the
+    form --every takes (a user trial)."""
+    from headwater.wire import format_duration, parse_duration
+
+    for text, seconds in [("1ms", 0.001), ("500ms", 0.5), ("1.5s", 1.5), ("10s", 10.0),
+                          ("1h30m", 5400.0), ("2d3h", 183600.0), ("1m0.25s", 60.25)]:  # fmt: skip
+        assert parse_duration(text) == pytest.approx(seconds)
+        assert format_duration(seconds) == text
+    assert format_duration(7 * 86400) == "7d" and format_duration(3600.0004) == "1h"
+    assert parse_duration("1m30s") == 90.0  # (minutes then seconds, not "ms")
+    with pytest.raises(ValueError, match="such as 90, 500ms, 30s"):
+        parse_duration("5 minutes")

@@ -107,7 +107,11 @@ def add_schedules_command(sub: Any) -> None:
         "recent missed time fires, unless --catchup.",
     )
     create.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
-    create.add_argument("--every", metavar="DURATION", help="interval: 90, 30s, 5m, 1h, 1h30m, 1d")
+    create.add_argument(
+        "--every",
+        metavar="DURATION",
+        help="interval: 90, 500ms, 30s, 5m, 1h, 1h30m, 1d (at least 1ms)",
+    )
     create.add_argument("--cron", metavar="EXPRESSION", help='five-field cron, e.g. "*/5 * * * *"')
     create.add_argument(
         "--timezone", default="UTC", help="IANA time zone the cron is read in (default UTC)"

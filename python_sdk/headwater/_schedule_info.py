@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from headwater.v1 import payload_pb2, run_pb2
-from headwater.wire import duration, seconds, to_datetime
+from headwater.wire import duration, format_duration, seconds, to_datetime
 
 from ._durations import to_seconds
 
@@ -45,9 +45,10 @@ class ScheduleInfo:
 
     @property
     def spec(self) -> str:
-        """The timing as one human-readable phrase, e.g. ``every 1:00:00``."""
+        """The timing as one human-readable phrase, e.g. ``every 1h30m`` (as
+        ``--every`` takes it) or ``cron '0 2 * * *' (Europe/Berlin)``."""
         if self.every is not None:
-            return f"every {self.every}"
+            return f"every {format_duration(self.every.total_seconds())}"
         zone = "" if self.timezone == "UTC" else f" ({self.timezone})"
         return f"cron {self.cron!r}{zone}"
 

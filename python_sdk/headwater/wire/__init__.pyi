@@ -149,6 +149,7 @@ from ._states import TaskRunState as TaskRunState
 from ._streams import StreamStandIn as StreamStandIn
 from ._time import MAX_COUNT as MAX_COUNT
 from ._time import duration as duration
+from ._time import format_duration as format_duration
 from ._time import parse_duration as parse_duration
 from ._time import parse_rate as parse_rate
 from ._time import seconds as seconds

@@ -16,8 +16,8 @@ class _SecondsNanos(Protocol):
     nanos: int
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|[smhdw])")
 
 
 #: The longest duration a person may give (100 years): longer ones overflowed the
@@ -28,8 +28,8 @@ MAX_COUNT = 2**31 - 1
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds (> 0);
-    ValueError naming what a duration looks like."""
+    """``90``, ``500ms``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds
+    (> 0); ValueError naming what a duration looks like."""
     raw = text.strip().lower()
     try:
         seconds = float(raw)
@@ -37,7 +37,7 @@ def parse_duration(text: str) -> float:
         parts = _PART.findall(raw)
         if not parts or "".join(n + u for n, u in parts) != raw:
             raise ValueError(
-                f"expects a duration such as 90, 30s, 5m, 1h, 1h30m or 30d, got {text!r}"
+                f"expects a duration such as 90, 500ms, 30s, 5m, 1h, 1h30m or 30d, got {text!r}"
             ) from None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if not seconds > 0 or seconds == float("inf"):
@@ -45,6 +45,24 @@ def parse_duration(text: str) -> float:
     if seconds > MAX_GIVEN_DURATION:
         raise ValueError(f"must be at most 100 years, got {text!r}")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the short form ``parse_duration`` reads: ``1h30m``, ``10s``, ``1.5s``,
+    ``500ms``, ``2d3h`` (to the millisecond)."""
+    if seconds < 1:
+        return f"{round(seconds * 1000, 3):g}ms"
+    parts = []
+    rest = seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        count = int(rest // size)
+        if count:
+            parts.append(f"{count}{unit}")
+            rest -= count * size
+    rest = round(rest, 3)
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
 
 
 def valid_timestamp(message: _SecondsNanos) -> bool:
