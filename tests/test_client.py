@@ -212,3 +212,40 @@ def test_a_graph_over_the_message_limit_says_which_limit_and_how_to_raise_it(
 
 def test_client_is_public() -> None:
     assert headwater.Client is Client
+
+
+@task
+def _delayed(x: int, delay: float) -> int:
+    return x
+
+
+@task
+def _three() -> list[int]:
+    return [0, 1, 2]
+
+
+@flow
+def maps_over_a_scalar(delay: float = 0.5) -> list[int]:
+    return _delayed.map(_three(), delay=delay)  # (meant: delay=unmapped(delay))
+
+
+def test_a_run_mapping_over_a_scalar_parameter_is_refused_saying_what_to_do(
+    server: ServerThread,
+) -> None:
+    """A `.map()` that maps over a parameter meant to go whole (a float): the server
+    asked for the parameter to be passed, with its elements, and passing it was taken
+    and failed the task at run time (a user trial). The client refuses it before
+    anything is sent, pointing at unmapped(...)."""
+    from headwater import ParameterError
+
+    with Client(server.address, token="tok") as client:
+        for params in ({}, {"delay": 2.0}):
+            with pytest.raises(ParameterError) as info:
+                client.run(maps_over_a_scalar, params)
+            assert str(info.value) == (
+                "parameter 'delay' is a float, but a task maps over it: on a server a task "
+                "maps over a list or tuple parameter only; pass a list, or, if each call "
+                "should get the whole value, wrap it in unmapped(...) where the flow passes "
+                "it to .map()"
+            )
+        assert client.list_runs() == []  # nothing was sent

@@ -468,7 +468,7 @@ class Client(OperationsClient):
 
         given = flow.validate(**(params or {}))
         values = flow.complete(given, required=complete)
-        return compile_graph(flow, given, values, self._encoder, self._pinner())
+        return compile_graph(flow, given, values, self._encoder, self._pinner(), for_run=complete)
 
     def _encoder(self, value: Any, portable: bool) -> payload_pb2.Value:
         return self._encode(value, portable=portable)

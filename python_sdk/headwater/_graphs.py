@@ -9,7 +9,7 @@ the very bytes sent as the run's parameters (docs/flows.md).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import TYPE_CHECKING, Any
 
 from headwater.v1 import graph_pb2, payload_pb2
@@ -46,6 +46,24 @@ def inline_value(value: Any, portable: bool) -> payload_pb2.Value:
     )
 
 
+def _check_mapped(mapped: Set[str], given: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """ParameterError for a run's parameter that a task maps over but that is no list
+    or tuple: the server refused it (when left to its default) asking for it to be
+    passed, or took it and failed the task, while the usual mistake is a ``.map()``
+    call that maps over an argument meant to be passed whole (a user trial)."""
+    for name in sorted(mapped):
+        if name not in given and name not in defaults:
+            continue
+        value = given[name] if name in given else defaults[name]
+        if not isinstance(value, list | tuple):
+            raise ParameterError(
+                f"parameter {name!r} is a {type(value).__name__}, but a task maps over it: "
+                "on a server a task maps over a list or tuple parameter only; pass a list, "
+                "or, if each call should get the whole value, wrap it in unmapped(...) "
+                "where the flow passes it to .map()"
+            )
+
+
 def with_types(flow: Flow[..., Any], graph: GraphSpec) -> GraphSpec:
     """The graph with each parameter's type name and JSON Schema filled in."""
     params = []
@@ -61,6 +79,8 @@ def compile_graph(
     values: Mapping[str, Any] | None,
     encoder: Encoder = inline_value,
     pin: Pin | None = None,
+    *,
+    for_run: bool = False,
 ) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
     """(the FlowGraph for a run, the run's given parameters encoded).
 
@@ -71,7 +91,9 @@ def compile_graph(
     For a value-dependent graph, ``parameters_digest`` is computed from the encoded
     ``given`` values and the defaults as encoded in the message, which is what a
     control plane computes for the run. ``pin`` registers the graphs of the
-    subflows the flow calls and gives the version each node runs.
+    subflows the flow calls and gives the version each node runs. ``for_run``: the
+    values are a run's, so a parameter a task maps over must be a list or tuple (a
+    server maps over the elements sent with it; ParameterError otherwise).
     """
     graph = with_types(flow, build_graph(flow, values))
     readers = json_consumers(graph).params
@@ -82,6 +104,8 @@ def compile_graph(
     for name in mapped - given.keys():
         if isinstance(defaults.get(name), list | tuple):
             sent[name] = defaults[name]
+    if for_run:
+        _check_mapped(mapped, given, defaults)
     for name, value in sent.items():
         reader = readers.get(name)
         portable = reader is not None

@@ -139,7 +139,7 @@ class GraphBuilder:
         def upload(value: Any, portable: bool) -> Any:
             return transfer.value(encode(value, portable=portable), self.inline_limit)
 
-        return compile_graph(flow, given, flow.complete(given), upload)
+        return compile_graph(flow, given, flow.complete(given), upload, for_run=True)
 
 
 class FlowLauncher:
