@@ -470,6 +470,48 @@ def test_a_server_token_that_is_a_stored_credentials_token_is_that_credential(
     assert said and "credential 'ci': calls with it act as that credential" in said[0], said
 
 
+def test_storing_the_first_credential_ends_the_streams_of_workers_that_connected_without(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On an open server, the first credential stored makes every call need one; a
+    worker connected before without one kept getting work until it reconnected (a user
+    trial). Its stream ends at once, as a revoked credential's does, saying why."""
+    from test_durability import StreamWorker
+
+    from headwater import Client
+
+    async def main() -> int:
+        running = await start_server(ServerSettings(port=0, db=str(tmp_path / "hw.db")))
+        address = f"127.0.0.1:{running.port}"
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                worker = StreamWorker(channel, "early", auth=())
+                await worker.next("welcome")
+                sessions = running.core.dispatcher.sessions
+                assert [s.credential for s in sessions.values()] == ["anonymous"]
+
+                def first_credential() -> None:
+                    with Client(address) as client:
+                        client.create_token("adm", "admin")
+
+                await asyncio.to_thread(first_credential)
+                for _ in range(500):
+                    if not sessions:
+                        break
+                    await asyncio.sleep(0.01)
+                left = len(sessions)
+                await worker.close()
+                return left
+        finally:
+            await asyncio.wait_for(running.stop(None), 30)
+
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == 0
+    assert any(
+        "ending the stream of worker early: it connected without a credential" in r.message
+        for r in caplog.records
+    )
+
+
 def test_a_token_made_by_another_process_is_taken_on_its_first_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -152,9 +152,13 @@ class AccessControl:
         self.on_change: Callable[[frozenset[str]], None] | None = None
 
     def valid_names(self) -> frozenset[str]:
-        """Names of the credentials that are valid now (the built-in ones too)."""
+        """Names of the credentials that are valid now (the built-in ones too:
+        ``anonymous`` only while the server is open, see ``enabled``)."""
         names = {row.name for row in (*self._tokens.values(), *self._subjects.values())}
-        return frozenset({*names, SERVER_TOKEN_NAME, ANONYMOUS_NAME})
+        names.add(SERVER_TOKEN_NAME)
+        if not self.enabled:
+            names.add(ANONYMOUS_NAME)
+        return frozenset(names)
 
     @property
     def enabled(self) -> bool:

@@ -56,7 +56,7 @@ from headwater_runtime.store import (
     WriteBatch,
 )
 
-from ._access import CALLER, Caller
+from ._access import ANONYMOUS_NAME, CALLER, Caller
 from ._assignments import PendingAssignment, Token, oversize_failure
 from ._claims import ReplayClaims
 from ._commits import Committer, Release
@@ -951,11 +951,13 @@ class ServerCore(WorkerReports):
         reconnect, and are refused)."""
         for session in list(self.dispatcher.sessions.values()):
             if session.credential and session.credential not in valid:
-                log.warning(
-                    "ending the stream of worker %s: credential %r was revoked",
-                    session.name,
-                    session.credential,
+                why = (
+                    "it connected without a credential, and the server needs one now "
+                    "that one is stored"
+                    if session.credential == ANONYMOUS_NAME
+                    else f"credential {session.credential!r} was revoked"
                 )
+                log.warning("ending the stream of worker %s: %s", session.name, why)
                 self.dispatcher.disconnect(session.session_id)
                 session.send(None)
         self.touch()
