@@ -3,6 +3,7 @@ server (in-process, on SQLite), with operator and viewer credentials of their ow
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,11 @@ def test_audit_lists_who_set_a_limit_and_paused_a_schedule_newest_first(
 
     # The operator changes things with the CLI; a viewer reads the log.
     assert cli(ops_token, "limits", "set", "db", "--concurrency", "3")[0] == 0
+    code, out, _ = cli(eyes_token, "limits", "list", "--json")
+    assert code == 0 and json.loads(out) == [
+        {"tag": "db", "concurrency": 3, "rate": 0, "rate_period": 0.0, "running": 0, "waiting": 0}
+    ]
+    assert cli(ops_token, "limits", "delete", "nothing", "--json")[0] == 2
     assert cli(ops_token, "schedules", "pause", schedule.id)[0] == 0
     code, out, err = cli(eyes_token, "audit")
     assert code == 0, err

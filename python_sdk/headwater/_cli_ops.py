@@ -41,9 +41,15 @@ def limit_line(limit: LimitInfo) -> str:
 
 def cmd_limits(args: argparse.Namespace) -> int:
     """``headwater limits set|list|delete``."""
+    if args.json and args.action != "list":
+        raise UsageError("--json: only for 'limits list'")
     with connect(args, server_address(args)) as client:
         if args.action == "list":
-            for limit in client.list_limits():
+            limits = client.list_limits()
+            if args.json:  # (as workers list --json: a user trial missed it)
+                print(_json([dataclasses.asdict(limit) for limit in limits]))
+                return EXIT_OK
+            for limit in limits:
                 print(limit_line(limit))
             return EXIT_OK
         if not args.tag:
@@ -84,6 +90,7 @@ def add_limits_command(sub: Any) -> None:
     limits.add_argument(
         "--rate", default=None, metavar="COUNT/PERIOD", help="set: most started per period"
     )
+    limits.add_argument("--json", action="store_true", help="list: as a JSON list, for scripts")
     add_connection_args(limits)
     limits.set_defaults(func=cmd_limits, late_positional="tag")
 
