@@ -1464,8 +1464,8 @@ def test_an_unrequested_task_cancelled_gives_the_attempt_back(db: str) -> None:
             got = await run_state(channel, run_id)
             numbers = next(t for t in got.task_runs if t.name == "numbers")
             assert numbers.attempts == 6 and numbers.state == 5
-            # The run's journal now holds give-backs: only engine version 6 replays it.
-            assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "6"
+            # The run's journal now holds give-backs: only engine version 6 and later replay it.
+            assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "7"
 
     asyncio.run(main())
 
@@ -1990,3 +1990,49 @@ def test_create_flow_run_answers_with_the_run_as_stored_not_as_it_went_on(
                 await worker.close()
 
     asyncio.run(main())
+
+
+def test_an_outcome_sent_late_ends_its_attempt_when_its_worker_says(tmp_path: Path) -> None:
+    """A worker holds an outcome while the server is away and sends it again once it
+    reconnects: the attempt ended then, by the outcome's ``ended_at`` (kept between its
+    RUNNING time and the arrival), not at the arrival (a 6 s task showed 27 s after a
+    21 s outage, a user trial)."""
+    from headwater.wire import seconds, timestamp
+
+    RUNNING, SUCCESS = TaskRunState.RUNNING.value, TaskRunState.SUCCESS.value
+
+    async def main() -> tuple[float, float, float, float]:
+        store = SQLiteStore(tmp_path / "hw.db")
+        async with one_slot_worker(store) as (_, channel, worker):
+            run_id = await create(channel, n=1)
+            first = await worker.next("assignment")
+            worker.send(started=worker_pb2.TaskStarted(token=first.token))
+
+            def history(state: int) -> list[float]:
+                return [seconds(h.timestamp) for h in task.history if h.state == state]
+
+            for _ in range(500):
+                got = await run_state(channel, run_id)
+                task = next(t for t in got.task_runs if t.id == first.token.task_run_id)
+                if history(RUNNING):
+                    break
+                await asyncio.sleep(0.01)
+            (running,) = history(RUNNING)
+            await asyncio.sleep(0.3)  # the outcome arrives at least 0.3 s after the start
+            result = worker.result(first)
+            result.ended_at.CopyFrom(timestamp(running + 0.1))
+            worker.send(result=result)
+            for _ in range(500):
+                got = await run_state(channel, run_id)
+                task = next(t for t in got.task_runs if t.id == first.token.task_run_id)
+                if history(SUCCESS):
+                    break
+                await asyncio.sleep(0.01)
+            (ended,) = history(SUCCESS)
+            await worker.close()
+        store.close()
+        return running, ended, seconds(got.flow_run.created_at), time.time()
+
+    running, ended, created, now = asyncio.run(asyncio.wait_for(main(), 60))
+    assert created <= running < now
+    assert ended == pytest.approx(running + 0.1, abs=1e-6)

@@ -340,6 +340,41 @@ def test_an_outcome_without_task_started_gives_running_its_start(outcome: Any) -
     assert d.runs["a"].attempts[0].started_at == now - 0.03
 
 
+@pytest.mark.parametrize(
+    ("outcome", "final"),
+    [
+        (TaskSucceeded("a", 1, "v"), S.SUCCESS),
+        (TaskFailed("a", 1, failure(retryable=False)), S.FAILED),
+        (TaskFailed("a", 1, failure()), S.RETRYING),
+        (TaskSkipped("a", 1, "no"), S.SKIPPED),
+    ],
+    ids=["succeeded", "failed", "retrying", "skipped"],
+)
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [(-20.0, -20.0), (-40.0, -30.0), (5.0, 0.0), (None, 0.0)],
+    ids=["within", "before-running", "in-the-future", "not-said"],
+)
+def test_an_outcome_gives_the_attempt_the_end_its_worker_says_within_its_window(
+    outcome: Any, final: S, reported: float | None, expected: float
+) -> None:
+    """An outcome a worker held while the server was away arrives late: the attempt
+    ended when the worker says (``ended_at``), kept between its RUNNING state and now
+    (another machine's clock); it ended when it arrived, so its duration took in the
+    outage (a 6 s task showed 27 s, a user trial)."""
+    retry = RetrySpec(max_retries=1, delay=0.0)
+    d = Driver(flow(task("a", retry=retry)), auto_start=False)
+    d.send(TaskStarted("a", 1))
+    d.clock.advance(30)  # RUNNING at now - 30
+    now = d.clock.now()
+    at = None if reported is None else now + reported
+    d.send(dataclasses.replace(outcome, ended_at=at))
+    (attempt,) = d.runs["a"].attempts[:1]
+    assert attempt.started_at == now - 30 and attempt.ended_at == now + expected
+    ended = next(h for h in d.runs["a"].history if h.state is final)
+    assert ended.timestamp == now + expected
+
+
 def test_without_auto_start_a_result_without_started_is_accepted() -> None:
     """A worker may report the outcome of an attempt before (or without) its started
     message; the engine must take it, not crash with IllegalTransition."""

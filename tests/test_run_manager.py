@@ -706,7 +706,7 @@ def test_a_give_back_marks_a_run_of_an_older_engine_with_the_current_one(
     manager.runs[run_id].row.engine_version = "5"  # resumed from a version 5 journal
     manager.handle(run_id, TaskLost("unserved", attempt, "stopping", given_back=True))
     manager.flush()
-    assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "6"
+    assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "7"
 
 
 def test_an_entry_written_before_give_backs_existed_reads_as_a_loss() -> None:
@@ -745,6 +745,9 @@ def test_an_entry_written_before_never_started_existed_reads_as_started() -> Non
         TaskSucceeded("a", 1, value_of("v"), started_at=11.5),
         TaskFailed("a", 3, FailureInfo("builtins.OSError", "flaky"), started_at=11.75),
         TaskSkipped("a", 1, "nothing to do", started_at=12.0),
+        TaskSucceeded("a", 1, value_of("v"), started_at=11.5, ended_at=12.25),
+        TaskFailed("a", 3, FailureInfo("builtins.OSError", "flaky"), ended_at=12.0),
+        TaskSkipped("a", 1, "nothing to do", ended_at=12.5),
     ],
 )
 def test_journal_entries_round_trip_through_the_store_encoding(event: Any) -> None:

@@ -447,7 +447,7 @@ class Attempts:
                 if self.running.get(attempt.token) is attempt:
                     self._drop(attempt)
                     if outcome is not None:  # None: a cache hit the server recorded
-                        _say_start(outcome, attempt.started_ns)
+                        _say_times(outcome, attempt.started_ns)
                         self._report(attempt.token, outcome)
         except TaskInterrupted:
             pass  # cancelled, timed out or abandoned: whoever did it reported it
@@ -611,11 +611,15 @@ def _encoding_message(assignment: worker_pb2.Assignment, exc: EncodingError) -> 
     return f"the result of portable task {assignment.task_name!r} must be json, but {exc}"
 
 
-def _say_start(outcome: worker_pb2.ConnectRequest, started_ns: int) -> None:
-    """Put the attempt's start on its outcome: the server's RUNNING time for an attempt
-    that ended before its TaskStarted went out (StartedReports' delay; it showed a
-    duration of about 0)."""
+def _say_times(outcome: worker_pb2.ConnectRequest, started_ns: int) -> None:
+    """Put the attempt's start and end (now) on its outcome: the start is the server's
+    RUNNING time for an attempt that ended before its TaskStarted went out
+    (StartedReports' delay; it showed a duration of about 0); the end is its end time
+    when the outcome arrives late (held while the server was away, it took in the
+    outage)."""
     kind = outcome.WhichOneof("message")
-    if started_ns and kind in ("result", "failure", "skipped"):
-        at = getattr(outcome, kind).started_at
-        at.seconds, at.nanos = divmod(started_ns, 1_000_000_000)
+    if kind in ("result", "failure", "skipped"):
+        report = getattr(outcome, kind)
+        if started_ns:
+            report.started_at.seconds, report.started_at.nanos = divmod(started_ns, 1_000_000_000)
+        report.ended_at.seconds, report.ended_at.nanos = divmod(time.time_ns(), 1_000_000_000)

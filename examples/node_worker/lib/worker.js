@@ -417,6 +417,9 @@ class Worker extends EventEmitter {
     if (this.running.get(attempt.key) !== attempt) return;
     this.running.delete(attempt.key); // the slot is free before the outcome leaves
     clearTimeout(attempt.timer);
+    // When it ended: an outcome held while the server was away arrives late, and its
+    // duration would take in the outage (worker.proto, ended_at).
+    Object.values(message)[0].ended_at = timestamp();
     this.#report(attempt.key, message);
   }
 

@@ -185,6 +185,7 @@ class AttemptSucceeded(google.protobuf.message.Message):
     CACHE_KEY_FIELD_NUMBER: builtins.int
     CACHED_FIELD_NUMBER: builtins.int
     STARTED_AT_FIELD_NUMBER: builtins.int
+    ENDED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
@@ -196,6 +197,10 @@ class AttemptSucceeded(google.protobuf.message.Message):
     started_at: builtins.float
     """When the attempt started by its worker's clock, for an attempt without a
     TaskStarted (the worker's outcome said so); unset when it did not say.
+    """
+    ended_at: builtins.float
+    """When the attempt ended by its worker's clock (the outcome said so; engine version
+    7); unset when it did not say: the entry's time.
     """
     @property
     def value(self) -> global___StoredValue:
@@ -210,9 +215,13 @@ class AttemptSucceeded(google.protobuf.message.Message):
         cache_key: builtins.str = ...,
         cached: builtins.bool = ...,
         started_at: builtins.float | None = ...,
+        ended_at: builtins.float | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "started_at", b"started_at", "value", b"value"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "cache_key", b"cache_key", "cached", b"cached", "key", b"key", "started_at", b"started_at", "value", b"value"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_ended_at", b"_ended_at", "_started_at", b"_started_at", "ended_at", b"ended_at", "started_at", b"started_at", "value", b"value"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_ended_at", b"_ended_at", "_started_at", b"_started_at", "attempt", b"attempt", "cache_key", b"cache_key", "cached", b"cached", "ended_at", b"ended_at", "key", b"key", "started_at", b"started_at", "value", b"value"]) -> None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_ended_at", b"_ended_at"]) -> typing.Literal["ended_at"] | None: ...
+    @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptSucceeded = AttemptSucceeded
@@ -229,6 +238,7 @@ class AttemptFailed(google.protobuf.message.Message):
     TIMED_OUT_FIELD_NUMBER: builtins.int
     NEVER_STARTED_FIELD_NUMBER: builtins.int
     STARTED_AT_FIELD_NUMBER: builtins.int
+    ENDED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
@@ -244,6 +254,10 @@ class AttemptFailed(google.protobuf.message.Message):
     """When the attempt started by its worker's clock, for an attempt without a
     TaskStarted (the worker's outcome said so); unset when it did not say.
     """
+    ended_at: builtins.float
+    """When the attempt ended by its worker's clock (the outcome said so; engine version
+    7); unset when it did not say: the entry's time.
+    """
     @property
     def failure(self) -> headwater.v1.state_pb2.Failure:
         """What went wrong."""
@@ -257,9 +271,13 @@ class AttemptFailed(google.protobuf.message.Message):
         timed_out: builtins.bool = ...,
         never_started: builtins.bool = ...,
         started_at: builtins.float | None = ...,
+        ended_at: builtins.float | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "failure", b"failure", "started_at", b"started_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "failure", b"failure", "key", b"key", "never_started", b"never_started", "started_at", b"started_at", "timed_out", b"timed_out"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_ended_at", b"_ended_at", "_started_at", b"_started_at", "ended_at", b"ended_at", "failure", b"failure", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_ended_at", b"_ended_at", "_started_at", b"_started_at", "attempt", b"attempt", "ended_at", b"ended_at", "failure", b"failure", "key", b"key", "never_started", b"never_started", "started_at", b"started_at", "timed_out", b"timed_out"]) -> None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_ended_at", b"_ended_at"]) -> typing.Literal["ended_at"] | None: ...
+    @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptFailed = AttemptFailed
@@ -274,6 +292,7 @@ class AttemptSkipped(google.protobuf.message.Message):
     ATTEMPT_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     STARTED_AT_FIELD_NUMBER: builtins.int
+    ENDED_AT_FIELD_NUMBER: builtins.int
     key: builtins.str
     """The task run's key."""
     attempt: builtins.int
@@ -284,6 +303,10 @@ class AttemptSkipped(google.protobuf.message.Message):
     """When the attempt started by its worker's clock, for an attempt without a
     TaskStarted (the worker's outcome said so); unset when it did not say.
     """
+    ended_at: builtins.float
+    """When the attempt ended by its worker's clock (the outcome said so; engine version
+    7); unset when it did not say: the entry's time.
+    """
     def __init__(
         self,
         *,
@@ -291,9 +314,13 @@ class AttemptSkipped(google.protobuf.message.Message):
         attempt: builtins.int = ...,
         reason: builtins.str = ...,
         started_at: builtins.float | None = ...,
+        ended_at: builtins.float | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_started_at", b"_started_at", "started_at", b"started_at"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_started_at", b"_started_at", "attempt", b"attempt", "key", b"key", "reason", b"reason", "started_at", b"started_at"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_ended_at", b"_ended_at", "_started_at", b"_started_at", "ended_at", b"ended_at", "started_at", b"started_at"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_ended_at", b"_ended_at", "_started_at", b"_started_at", "attempt", b"attempt", "ended_at", b"ended_at", "key", b"key", "reason", b"reason", "started_at", b"started_at"]) -> None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_ended_at", b"_ended_at"]) -> typing.Literal["ended_at"] | None: ...
+    @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_started_at", b"_started_at"]) -> typing.Literal["started_at"] | None: ...
 
 global___AttemptSkipped = AttemptSkipped

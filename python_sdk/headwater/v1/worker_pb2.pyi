@@ -367,6 +367,7 @@ class TaskResult(google.protobuf.message.Message):
     RESULT_FIELD_NUMBER: builtins.int
     CACHE_KEY_FIELD_NUMBER: builtins.int
     STARTED_AT_FIELD_NUMBER: builtins.int
+    ENDED_AT_FIELD_NUMBER: builtins.int
     cache_key: builtins.str
     """The key the worker computed with the task's key function, when the assignment's
     cache asked for one; ignored for every other task.
@@ -386,6 +387,14 @@ class TaskResult(google.protobuf.message.Message):
         (unset: this message's arrival).
         """
 
+    @property
+    def ended_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the attempt ended, by the worker's clock: the task run's end time when it
+        lies between its RUNNING time and this message's arrival (else the nearer of the
+        two; unset: the arrival). An outcome held while the server was away is re-sent
+        late: without it, the attempt's duration took in the outage.
+        """
+
     def __init__(
         self,
         *,
@@ -393,9 +402,10 @@ class TaskResult(google.protobuf.message.Message):
         result: headwater.v1.payload_pb2.Value | None = ...,
         cache_key: builtins.str = ...,
         started_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        ended_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["result", b"result", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["cache_key", b"cache_key", "result", b"result", "started_at", b"started_at", "token", b"token"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["ended_at", b"ended_at", "result", b"result", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["cache_key", b"cache_key", "ended_at", b"ended_at", "result", b"result", "started_at", b"started_at", "token", b"token"]) -> None: ...
 
 global___TaskResult = TaskResult
 
@@ -409,6 +419,7 @@ class TaskFailure(google.protobuf.message.Message):
     FAILURE_FIELD_NUMBER: builtins.int
     TIMED_OUT_FIELD_NUMBER: builtins.int
     STARTED_AT_FIELD_NUMBER: builtins.int
+    ENDED_AT_FIELD_NUMBER: builtins.int
     timed_out: builtins.bool
     """Whether the worker stopped the attempt for exceeding Assignment.timeout."""
     @property
@@ -426,6 +437,14 @@ class TaskFailure(google.protobuf.message.Message):
         (unset: this message's arrival).
         """
 
+    @property
+    def ended_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the attempt ended, by the worker's clock: the task run's end time when it
+        lies between its RUNNING time and this message's arrival (else the nearer of the
+        two; unset: the arrival). An outcome held while the server was away is re-sent
+        late: without it, the attempt's duration took in the outage.
+        """
+
     def __init__(
         self,
         *,
@@ -433,9 +452,10 @@ class TaskFailure(google.protobuf.message.Message):
         failure: headwater.v1.state_pb2.Failure | None = ...,
         timed_out: builtins.bool = ...,
         started_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        ended_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["failure", b"failure", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["failure", b"failure", "started_at", b"started_at", "timed_out", b"timed_out", "token", b"token"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["ended_at", b"ended_at", "failure", b"failure", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["ended_at", b"ended_at", "failure", b"failure", "started_at", b"started_at", "timed_out", b"timed_out", "token", b"token"]) -> None: ...
 
 global___TaskFailure = TaskFailure
 
@@ -448,6 +468,7 @@ class TaskSkipped(google.protobuf.message.Message):
     TOKEN_FIELD_NUMBER: builtins.int
     REASON_FIELD_NUMBER: builtins.int
     STARTED_AT_FIELD_NUMBER: builtins.int
+    ENDED_AT_FIELD_NUMBER: builtins.int
     reason: builtins.str
     """Why."""
     @property
@@ -461,15 +482,24 @@ class TaskSkipped(google.protobuf.message.Message):
         (unset: this message's arrival).
         """
 
+    @property
+    def ended_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
+        """When the attempt ended, by the worker's clock: the task run's end time when it
+        lies between its RUNNING time and this message's arrival (else the nearer of the
+        two; unset: the arrival). An outcome held while the server was away is re-sent
+        late: without it, the attempt's duration took in the outage.
+        """
+
     def __init__(
         self,
         *,
         token: global___FencingToken | None = ...,
         reason: builtins.str = ...,
         started_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        ended_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["reason", b"reason", "started_at", b"started_at", "token", b"token"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["ended_at", b"ended_at", "started_at", b"started_at", "token", b"token"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["ended_at", b"ended_at", "reason", b"reason", "started_at", b"started_at", "token", b"token"]) -> None: ...
 
 global___TaskSkipped = TaskSkipped
 

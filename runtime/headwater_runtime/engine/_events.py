@@ -49,6 +49,9 @@ class TaskSucceeded:
     cached: bool = False
     #: When it started, for an attempt without a TaskStarted (TaskStarted.at).
     started_at: float | None = None
+    #: When it ended by the reporter's clock: the end time when it lies between the
+    #: attempt's RUNNING state and now, else the nearer of the two; None: now.
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,9 @@ class TaskFailed:
     never_started: bool = False
     #: When it started, for an attempt without a TaskStarted (TaskStarted.at).
     started_at: float | None = None
+    #: When it ended by the reporter's clock: the end time when it lies between the
+    #: attempt's RUNNING state and now, else the nearer of the two; None: now.
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,9 @@ class TaskSkipped:
     reason: str = ""
     #: When it started, for an attempt without a TaskStarted (TaskStarted.at).
     started_at: float | None = None
+    #: When it ended by the reporter's clock: the end time when it lies between the
+    #: attempt's RUNNING state and now, else the nearer of the two; None: now.
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,16 +27,17 @@ TIMERS = "timers"
 #: the engine decide differently (a changed rule, a new event): a server records it
 #: with every run and refuses to replay a journal written by an engine it cannot
 #: reproduce (docs/durability.md).
-ENGINE_VERSION = "6"
+ENGINE_VERSION = "7"
 #: Engine versions whose journals this engine replays to the same decisions. Version 2
 #: added the flow run retry (RunRetried, engine/_rerun.py); version 3 the failure of an
 #: attempt no worker started (TaskFailed.never_started: SCHEDULED -> FAILED); version 4
 #: case gates (TaskSpec.gates: a task inside a case that did not match is SKIPPED
 #: whatever its trigger); version 5 a top-level run's own timeout (GraphSpec.timeout);
-#: version 6 attempts given back that count no loss (TaskLost.given_back).
+#: version 6 attempts given back that count no loss (TaskLost.given_back); version 7 an
+#: attempt's end by its worker's clock (TaskSucceeded/TaskFailed/TaskSkipped.ended_at).
 #: Older journals have none of them (their graphs no gates and no run timeout), so
 #: they replay the same.
-REPLAYS = frozenset({"1", "2", "3", "4", "5", ENGINE_VERSION})
+REPLAYS = frozenset({"1", "2", "3", "4", "5", "6", ENGINE_VERSION})
 
 
 @dataclass(frozen=True, slots=True)

@@ -437,9 +437,10 @@ class FlowRunEngine:
                 and not event.cache_key
                 and run.spec.cache is None
             ):
-                self._attempt_done(run)
+                end = self._ended_at(run, event.ended_at)
+                self._attempt_done(run, at=end)
                 run.result = event.value
-                self._transition(run, S.SUCCESS)
+                self._transition(run, S.SUCCESS, at=end)
                 run.compact()
                 return
         if isinstance(event, RunRetried):
@@ -479,24 +480,26 @@ class FlowRunEngine:
         if isinstance(event, TaskStarted):
             pass
         elif isinstance(event, TaskSucceeded):
-            self._attempt_done(run)
+            end = self._ended_at(run, event.ended_at)
+            self._attempt_done(run, at=end)
             run.result = event.value
             if event.cache_key:
                 run.cache_key = event.cache_key
             if event.cached:
-                self._transition(run, S.CACHED, f"cache hit for key {run.cache_key}")
+                self._transition(run, S.CACHED, f"cache hit for key {run.cache_key}", at=end)
                 return
-            self._transition(run, S.SUCCESS)
+            self._transition(run, S.SUCCESS, at=end)
             run.compact()
             cache = run.spec.cache
             if cache is not None and run.cache_key:  # "" = no key could be derived
                 expires = None if cache.expiry is None else self.clock.now() + cache.expiry
                 self._out.append(WriteCache(run, run.cache_key, event.value, expires))
         elif isinstance(event, TaskFailed):
-            self._attempt_failed(run, event.failure)
+            self._attempt_failed(run, event.failure, self._ended_at(run, event.ended_at))
         elif isinstance(event, TaskSkipped):
-            self._attempt_done(run, S.SKIPPED)
-            self._transition(run, S.SKIPPED, event.reason)
+            end = self._ended_at(run, event.ended_at)
+            self._attempt_done(run, S.SKIPPED, at=end)
+            self._transition(run, S.SKIPPED, event.reason, at=end)
         elif isinstance(event, TaskLost):
             self._lost(run, event.reason, given_back=event.given_back)
 
@@ -535,25 +538,37 @@ class FlowRunEngine:
         self._push_timer(now + timeout, _TIMEOUT, run)
         return now + timeout
 
+    def _ended_at(self, run: TaskRunRecord, at: float | None) -> float:
+        """When the current (RUNNING) attempt ended: ``at``, its reporter's clock, kept
+        between its RUNNING state and now; now when not given. An outcome a worker held
+        while the server was away arrives late: its attempt ended when it says."""
+        now = self.clock.now()
+        return now if at is None else min(max(at, run._history[-1].timestamp), now)
+
     def _attempt_done(
         self,
         run: TaskRunRecord,
         outcome: TaskRunState = S.SUCCESS,
         failure: FailureInfo | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
-        """Close the current attempt's record and free its slot."""
+        """Close the current attempt's record (ended ``at``, else now) and free its
+        slot."""
         run.dispatched = False
         self._in_flight -= 1
         attempts = run._attempts  # in progress: the list itself (never compacted yet)
         if attempts and attempts[-1].ended_at is None:
             record = attempts[-1]
-            record.ended_at = self.clock.now()
+            record.ended_at = self.clock.now() if at is None else at
             record.outcome = outcome
             record.failure = failure
 
-    def _attempt_failed(self, run: TaskRunRecord, failure: FailureInfo) -> None:
+    def _attempt_failed(
+        self, run: TaskRunRecord, failure: FailureInfo, at: float | None = None
+    ) -> None:
         outcome = S.TIMED_OUT if failure.timed_out else S.FAILED
-        self._attempt_done(run, outcome, failure)
+        self._attempt_done(run, outcome, failure, at=at)
         policy = run.spec.retry
         retryable = failure.retryable and failure.type not in policy.non_retryable
         if retryable and run.retries_used < policy.max_retries:
@@ -565,13 +580,14 @@ class FlowRunEngine:
                 S.RETRYING,
                 f"attempt {run.attempt} {what}: {failure}; retrying in {delay:g}s",
                 failure,
+                at=at,
             )
             if delay > 0:
                 self._push_timer(self.clock.now() + delay, _RETRY, run)
             else:
                 self._schedule(run, f"retry {run.retries_used} of {policy.max_retries}")
         else:
-            self._transition(run, outcome, str(failure), failure)
+            self._transition(run, outcome, str(failure), failure, at=at)
 
     def _lost(self, run: TaskRunRecord, reason: str = "", *, given_back: bool = False) -> None:
         """Re-dispatch an attempt whose worker vanished (or gave it back), without

@@ -186,6 +186,8 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
         succeeded.cached = event.cached
         if event.started_at is not None:
             succeeded.started_at = event.started_at
+        if event.ended_at is not None:
+            succeeded.ended_at = event.ended_at
     elif isinstance(event, TaskStarted):
         msg.attempt_started.CopyFrom(
             journal_pb2.AttemptStarted(key=event.key, attempt=event.attempt, started_at=event.at)
@@ -199,6 +201,7 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
                 timed_out=event.failure.timed_out,
                 never_started=event.never_started,
                 started_at=event.started_at,
+                ended_at=event.ended_at,
             )
         )
     elif isinstance(event, TaskSkipped):
@@ -208,6 +211,7 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
                 attempt=event.attempt,
                 reason=event.reason,
                 started_at=event.started_at,
+                ended_at=event.ended_at,
             )
         )
     elif isinstance(event, TaskLost):
@@ -269,16 +273,18 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
     elif which == "attempt_succeeded":
         s = msg.attempt_succeeded
         value = from_stored(s.value, loaded)
-        event = TaskSucceeded(s.key, s.attempt, value, s.cache_key, s.cached, _started(s))
+        event = TaskSucceeded(
+            s.key, s.attempt, value, s.cache_key, s.cached, _started(s), _ended(s)
+        )
     elif which == "attempt_failed":
         f = msg.attempt_failed
         failure = failure_from_proto(f.failure, f.timed_out)
         # An entry written before engine version 3 has no never_started (False): it
         # replays as it was decided then (the attempt started).
-        event = TaskFailed(f.key, f.attempt, failure, f.never_started, _started(f))
+        event = TaskFailed(f.key, f.attempt, failure, f.never_started, _started(f), _ended(f))
     elif which == "attempt_skipped":
         k = msg.attempt_skipped
-        event = TaskSkipped(k.key, k.attempt, k.reason, _started(k))
+        event = TaskSkipped(k.key, k.attempt, k.reason, _started(k), _ended(k))
     elif which == "attempt_lost":
         lost = msg.attempt_lost
         event = TaskLost(lost.key, lost.attempt, lost.reason, given_back=lost.given_back)
@@ -304,3 +310,9 @@ def _started(entry: Any) -> float | None:
     """An attempt entry's ``started_at`` (None when unset: an older entry, or a worker
     that did not say)."""
     return float(entry.started_at) if entry.HasField("started_at") else None
+
+
+def _ended(entry: Any) -> float | None:
+    """An outcome entry's ``ended_at`` (None when unset: an entry before engine version
+    7, or a worker that did not say)."""
+    return float(entry.ended_at) if entry.HasField("ended_at") else None

@@ -256,10 +256,21 @@ class WorkerReports:
             event, refused = decide()
         elif kind == "failure":
             failure = failure_from_proto(msg.failure.failure, msg.failure.timed_out)
-            event = TaskFailed(run_key, token.attempt, failure, False, _started_at(msg.failure))
+            event = TaskFailed(
+                run_key,
+                token.attempt,
+                failure,
+                False,
+                _started_at(msg.failure),
+                _time_of(msg.failure, "ended_at"),
+            )
         else:
             event = TaskSkipped(
-                run_key, token.attempt, msg.skipped.reason, _started_at(msg.skipped)
+                run_key,
+                token.attempt,
+                msg.skipped.reason,
+                _started_at(msg.skipped),
+                _time_of(msg.skipped, "ended_at"),
             )
         ignored = self.runs.handle(flow_run_id, event)
         if kind != "started":
@@ -282,10 +293,15 @@ class WorkerReports:
         refused = self._check_result(token, result, ref_problems)
         if refused is not None:
             failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
-            return TaskFailed(run_key, token.attempt, failure, False, _started_at(result)), refused
+            ended = _time_of(result, "ended_at")
+            refusal = TaskFailed(run_key, token.attempt, failure, False, _started_at(result), ended)
+            return refusal, refused
         cache_key = self.runs.function_cache_key(flow_run_id, run_key, result.cache_key)
-        started = _started_at(result)
-        return TaskSucceeded(run_key, token.attempt, result.result, cache_key, False, started), None
+        started, ended = _started_at(result), _time_of(result, "ended_at")
+        succeeded = TaskSucceeded(
+            run_key, token.attempt, result.result, cache_key, False, started, ended
+        )
+        return succeeded, None
 
     def _check_result(
         self,
@@ -436,6 +452,13 @@ def _started_at(report: Any) -> float | None:
     """When a worker says an attempt started (TaskStarted's, or an outcome's for an
     attempt it sent no TaskStarted for), in seconds; None when it does not say, or
     says no valid time."""
-    if not report.HasField("started_at") or not valid_timestamp(report.started_at):
+    return _time_of(report, "started_at")
+
+
+def _time_of(report: Any, field: str) -> float | None:
+    """A report's time ``field`` (``started_at``, ``ended_at``) in seconds; None when
+    it does not say, or says no valid time (the engine keeps a given one between the
+    attempt's times it knows and now)."""
+    if not report.HasField(field) or not valid_timestamp(getattr(report, field)):
         return None
-    return seconds(report.started_at)
+    return seconds(getattr(report, field))

@@ -482,8 +482,10 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             later.append(functools.partial(self.handle, flow_run_id, event))
             return []
         assert active is not None
-        if (type(event) is TaskFailed and event.never_started) or (
-            type(event) is TaskLost and event.given_back
+        if (
+            (type(event) is TaskFailed and event.never_started)
+            or (type(event) is TaskLost and event.given_back)
+            or getattr(event, "ended_at", None) is not None
         ):
             row = active.row
             if row.engine_version != ENGINE_VERSION:
