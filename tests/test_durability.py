@@ -2008,27 +2008,23 @@ def test_an_outcome_sent_late_ends_its_attempt_when_its_worker_says(tmp_path: Pa
             first = await worker.next("assignment")
             worker.send(started=worker_pb2.TaskStarted(token=first.token))
 
-            def history(state: int) -> list[float]:
-                return [seconds(h.timestamp) for h in task.history if h.state == state]
+            async def entered(state: int) -> tuple[float, Any]:
+                """When the task run entered ``state`` (waited for), and the run."""
+                for _ in range(500):
+                    got = await run_state(channel, run_id)
+                    task = next(t for t in got.task_runs if t.id == first.token.task_run_id)
+                    times = [seconds(h.timestamp) for h in task.history if h.state == state]
+                    if times:
+                        return times[0], got
+                    await asyncio.sleep(0.01)
+                raise AssertionError(f"the task run never entered state {state}")
 
-            for _ in range(500):
-                got = await run_state(channel, run_id)
-                task = next(t for t in got.task_runs if t.id == first.token.task_run_id)
-                if history(RUNNING):
-                    break
-                await asyncio.sleep(0.01)
-            (running,) = history(RUNNING)
+            running, _ = await entered(RUNNING)
             await asyncio.sleep(0.3)  # the outcome arrives at least 0.3 s after the start
             result = worker.result(first)
             result.ended_at.CopyFrom(timestamp(running + 0.1))
             worker.send(result=result)
-            for _ in range(500):
-                got = await run_state(channel, run_id)
-                task = next(t for t in got.task_runs if t.id == first.token.task_run_id)
-                if history(SUCCESS):
-                    break
-                await asyncio.sleep(0.01)
-            (ended,) = history(SUCCESS)
+            ended, got = await entered(SUCCESS)
             await worker.close()
         store.close()
         return running, ended, seconds(got.flow_run.created_at), time.time()
