@@ -300,6 +300,25 @@ def attr(driver: Any, selector: str, name: str) -> str | None:
         return None
 
 
+def press(driver: Any, selector: str, key: str, done: Any) -> None:
+    """Press ``key`` on the first match until ``done(driver)`` (live pages redraw parts:
+    a press on an element just replaced raises, and is made again on its successor)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def pressed(d: Any) -> bool:
+        if done(d):
+            return True
+        try:
+            found = css(d, selector)
+            if found:
+                found[0].send_keys(key)
+        except StaleElementReferenceException:
+            pass
+        return bool(done(d))
+
+    wait(driver, pressed, f"{key!r} on {selector} to take effect")
+
+
 def text(driver: Any, selector: str) -> str:
     """The text of the first match, once there is one (live pages redraw parts)."""
     from selenium.common.exceptions import StaleElementReferenceException
@@ -996,14 +1015,15 @@ def test_task_runs_and_graph_boxes_are_chosen_with_the_keyboard_and_pages_have_t
     row = f'tr[data-key="{key}"]'
     wait(browser, lambda d: attr(d, row, "data-state") == "SUCCESS", "the task run")
     assert browser.title == f"Run {run_id[:8]} ({long_flow}) · Headwater"
-    assert attr(browser, row, "tabindex") == "0"
-    css(browser, row)[0].send_keys(Keys.ENTER)
-    wait(browser, lambda d: text(d, "#side-title") == f"Task run {key}", "the task run")
-    assert browser.switch_to.active_element.get_attribute("id") == "back"
+    # The page redraws its side panel as the run's events come (after the load): an
+    # element found a moment ago may be gone (attr reads None then; a key press fails).
+    wait(browser, lambda d: attr(d, row, "tabindex") == "0", "a focusable task run row")
+    press(browser, row, Keys.ENTER, lambda d: text(d, "#side-title") == f"Task run {key}")
+    # The focus is on the way back, also after any later redraw of the panel.
+    wait(browser, lambda d: d.switch_to.active_element.get_attribute("id") == "back", "focus")
     node = f'#dag .node[data-node="{key}"]'
     assert attr(browser, node, "tabindex") == "0"
-    css(browser, node)[0].send_keys(Keys.SPACE)
-    wait(browser, lambda d: text(d, "#side-title") == f"Task runs of {key}", "the task's runs")
+    press(browser, node, Keys.SPACE, lambda d: text(d, "#side-title") == f"Task runs of {key}")
 
 
 def test_an_unknown_page_is_styled_and_leads_back_to_the_runs(trial: Trial) -> None:

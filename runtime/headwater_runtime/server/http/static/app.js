@@ -565,6 +565,20 @@ function updateDag(state) {
 
 // ----------------------------------------------------------- side: task runs
 
+// Replace a panel's content keeping the keyboard's place: the element focused in it
+// (by its id, or a task run's row by its key) has the focus again after the redraw. A
+// live update redrew the side panel and the focus went back to the page's top.
+function redraw(panel, html) {
+  const at = document.activeElement;
+  const inside = at && at !== panel && panel.contains(at);
+  const id = inside ? at.id : "", key = inside ? at.getAttribute("data-key") : null;
+  panel.innerHTML = html;
+  if (!inside) return;
+  const again = id ? document.getElementById(id)
+    : key !== null ? panel.querySelector(`tr[data-key="${CSS.escape(key)}"]`) : null;
+  if (again) again.focus();
+}
+
 async function drawSide(state, waitingOnly = false) {
   const side = document.getElementById("side");
   const title = document.getElementById("side-title");
@@ -612,11 +626,11 @@ async function drawSide(state, waitingOnly = false) {
       <td>${esc(t.worker)}</td></tr>`;
   };
   title.textContent = box ? `Task runs of ${box.name}` : "Task runs";
-  side.innerHTML = `${box ? `<p><a href="#" id="all-tasks">all task runs</a></p>` : ""}
+  redraw(side, `${box ? `<p><a href="#" id="all-tasks">all task runs</a></p>` : ""}
     ${notable ? `<p class="muted">${runSize} task runs: failed, running and waiting ones are listed; select a task in the graph for its runs.</p>` : ""}
     <table id="task-runs"><thead><tr><th>Task run</th><th>State</th><th>Tries</th><th>Duration</th><th>Worker</th></tr></thead>
     <tbody>${taskRuns.map(row).join("")}</tbody></table>
-    <p class="muted" id="shown"></p>`;
+    <p class="muted" id="shown"></p>`);
   let listed = taskRuns.length;
   const shownLine = () => {
     const more = base && listed < total;
@@ -667,7 +681,7 @@ async function drawTask(state, side, title) {
       ${f.traceback ? `<pre class="traceback">${esc(f.traceback)}</pre>` : ""}
       ${f.cause && depth < 5 ? `<div class="cause"><p class="muted">caused by</p>${failure(f.cause, depth + 1)}</div>` : ""}</div>` : "";
   const children = (state.data.run.child_runs || []).filter((c) => c.parent_task_run === t.key);
-  side.innerHTML = `<p><a href="#" id="back">← ${state.selectedNode ? "task runs of this task" : "all task runs"}</a></p>
+  redraw(side, `<p><a href="#" id="back">← ${state.selectedNode ? "task runs of this task" : "all task runs"}</a></p>
     <dl class="kv" id="task-detail" data-state="${esc(t.state)}">
       <dt>State</dt><dd>${badge(t.state)}</dd>
       <dt>Attempts</dt><dd>${t.attempts}</dd>
@@ -685,7 +699,7 @@ async function drawTask(state, side, title) {
       ${t.attempt_list.map((a) => `<tr data-attempt="${a.number}"><td>${a.number}</td><td>${badge(a.state)}</td>
         <td>${esc(fmtClock(a.started_at || a.scheduled_at))}</td><td>${esc(fmtDur(a.duration))}</td></tr>
         ${a.failure ? `<tr><td></td><td colspan="3">${failure(a.failure)}</td></tr>` : ""}`).join("")}
-    </tbody></table>`;
+    </tbody></table>`);
   document.getElementById("back").onclick = (e) => {
     e.preventDefault(); state.selectedKey = null; drawSide(state); loadLogs(runId, state, true);
   };
