@@ -558,7 +558,8 @@ def test_a_mapped_tasks_runs_page_past_200_and_a_failed_subflow_shows_its_cause(
     cause = text(browser, "#attempts .cause")
     assert "ValueError: row 7 is not a number" in cause
     assert 'raise ValueError(f"row {x} is not a number")' in cause
-    child = attr(browser, "#task-detail a[data-child]", "data-child")
+    # (waited for: the panel is redrawn as the run's events come)
+    child = wait(browser, lambda d: attr(d, "#task-detail a[data-child]", "data-child"), "link")
     with Client(address) as client:
         (only,) = [r for r in client.list_runs("ui_broken_child") if r.parent_id == broken.id]
     assert child == only.id
@@ -680,7 +681,9 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
     assert "headwater_session" not in browser.execute_script("return document.cookie")
 
     # ---- Retry on the failed run: it runs again, as attempt 2, and succeeds
-    assert attr(browser, "#run-attempt", "data-attempt") == "1"
+    # (waited for: the run's head is redrawn as its events come, and a read of an
+    # element just replaced gives None)
+    wait(browser, lambda d: attr(d, "#run-attempt", "data-attempt") == "1", "attempt 1")
     assert "builtins.RuntimeError: the ledger is locked" in text(browser, 'tr[data-key="settle"]')
     shot(browser, "run-failed-retry")
     (tmp_path / "fixed").write_text("yes")
