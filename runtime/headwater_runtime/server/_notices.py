@@ -23,6 +23,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from headwater_runtime.store import WorkerRow
+
 from ._dispatch import WorkerSession
 
 #: Offline workers remembered (the oldest are forgotten first).
@@ -49,6 +51,21 @@ class WorkerRecord:
     def online(self) -> bool:
         """Whether a session of this worker is connected."""
         return self.session is not None
+
+    @classmethod
+    def recorded(cls, row: WorkerRow) -> WorkerRecord:
+        """An offline worker as the store recorded it (one that left before this server
+        started): it left about when it was last heard from."""
+        return cls(
+            row.worker_id,
+            row.name,
+            row.capabilities,
+            dict(row.labels),
+            row.slots,
+            row.connected_at,
+            row.last_seen,
+            disconnected_at=row.last_seen,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The record as JSON-able data (the HTTP API's worker object)."""

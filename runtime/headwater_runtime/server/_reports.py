@@ -241,7 +241,7 @@ class WorkerReports:
         if kind == "started":
             # When it started by the worker's clock (it reports a moment later): the
             # engine keeps it between the attempt's SCHEDULED state and now.
-            event = TaskStarted(run_key, token.attempt, _started_at(msg.started))
+            event = TaskStarted(run_key, token.attempt, _time_of(msg.started, "started_at"))
         elif kind == "result":
             self.exports.record(session, msg.result.result, flow_run_id)
             width = len(msg.result.result.items)
@@ -261,7 +261,7 @@ class WorkerReports:
                 token.attempt,
                 failure,
                 False,
-                _started_at(msg.failure),
+                _time_of(msg.failure, "started_at"),
                 _time_of(msg.failure, "ended_at"),
             )
         else:
@@ -269,7 +269,7 @@ class WorkerReports:
                 run_key,
                 token.attempt,
                 msg.skipped.reason,
-                _started_at(msg.skipped),
+                _time_of(msg.skipped, "started_at"),
                 _time_of(msg.skipped, "ended_at"),
             )
         ignored = self.runs.handle(flow_run_id, event)
@@ -291,13 +291,12 @@ class WorkerReports:
         worker is told why (the refusal). ``ref_problems``: what is wrong with the
         payloads it references (``look_up_refs``)."""
         refused = self._check_result(token, result, ref_problems)
+        started, ended = _time_of(result, "started_at"), _time_of(result, "ended_at")
         if refused is not None:
             failure = FailureInfo(type=REFUSED_RESULT, message=refused[1], retryable=False)
-            ended = _time_of(result, "ended_at")
-            refusal = TaskFailed(run_key, token.attempt, failure, False, _started_at(result), ended)
+            refusal = TaskFailed(run_key, token.attempt, failure, False, started, ended)
             return refusal, refused
         cache_key = self.runs.function_cache_key(flow_run_id, run_key, result.cache_key)
-        started, ended = _started_at(result), _time_of(result, "ended_at")
         succeeded = TaskSucceeded(
             run_key, token.attempt, result.result, cache_key, False, started, ended
         )
@@ -448,17 +447,11 @@ def log_level(given: str) -> str:
     return _LEVEL_ALIASES.get(level, level)
 
 
-def _started_at(report: Any) -> float | None:
-    """When a worker says an attempt started (TaskStarted's, or an outcome's for an
-    attempt it sent no TaskStarted for), in seconds; None when it does not say, or
-    says no valid time."""
-    return _time_of(report, "started_at")
-
-
 def _time_of(report: Any, field: str) -> float | None:
-    """A report's time ``field`` (``started_at``, ``ended_at``) in seconds; None when
-    it does not say, or says no valid time (the engine keeps a given one between the
-    attempt's times it knows and now)."""
+    """A report's time ``field`` in seconds: ``started_at`` (TaskStarted's, or an
+    outcome's for an attempt it sent no TaskStarted for) or an outcome's ``ended_at``;
+    None when it does not say, or says no valid time (the engine keeps a given one
+    between the attempt's times it knows and now)."""
     if not report.HasField(field) or not valid_timestamp(getattr(report, field)):
         return None
     return seconds(getattr(report, field))

@@ -32,7 +32,7 @@ from headwater_runtime.store import NotFound
 from .._access import CALLER
 from .._core import ServerCore
 from .._http_security import HttpGuard
-from .._notices import drain
+from .._notices import WorkerRecord, drain
 from .._ops_core import RetryRefused, UnknownWorker
 from .._reads import AmbiguousRunId, RunReads
 from . import _data
@@ -356,20 +356,7 @@ class HttpApi(PageHandlers):
         listed = {worker["name"] for worker in workers}
         for row in registry.known.values():
             if row.name not in listed:
-                workers.append(
-                    {
-                        "worker_id": row.worker_id,
-                        "name": row.name,
-                        "online": False,
-                        "capabilities": list(row.capabilities),
-                        "labels": dict(row.labels),
-                        "slots": row.slots,
-                        "slots_used": 0,
-                        "connected_at": row.connected_at,
-                        "last_seen": row.last_seen,
-                        "disconnected_at": row.last_seen,  # (about then: not recorded)
-                    }
-                )
+                workers.append(WorkerRecord.recorded(row).as_dict())
         for worker in workers:
             drain = registry.drains.get(worker["name"])
             worker["draining"] = drain is not None
