@@ -3,6 +3,7 @@ across crashes, catch-up policy, pause/resume/delete, validation."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from headwater.v1 import run_pb2
 from headwater.wire import FlowRunState, ParameterError
 from headwater_runtime.server._runs import RunManager
 from headwater_runtime.server._schedule_times import ScheduleError, fire_key
-from headwater_runtime.server._schedules import Scheduler
-from headwater_runtime.store import FlowRunRow, NotFound, SQLiteStore
+from headwater_runtime.server._schedules import Scheduler, advance
+from headwater_runtime.store import FlowRunRow, NotFound, ScheduleRow, SQLiteStore
 
 
 class Server:
@@ -197,4 +198,52 @@ def test_a_fire_the_latest_flow_version_refuses_is_skipped_not_retried(tmp_path:
     assert server.tick(1_060.0) == 1
     assert server.scheduled_runs(sid) == []
     assert next_run_at(server.store, sid) == 1_120.0
+    server.store.close()
+
+
+def test_a_schedule_does_not_fire_again_while_its_fire_is_under_way(tmp_path: Path) -> None:
+    """On a server a fire stores its run off the event loop (``launch``), so it ends
+    after ``fire_due`` returns: until it does, the schedule is not fired again, and a
+    pause meanwhile stands when it ends."""
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(every(60, catchup=True, n=1)).id
+    launched: list[tuple[run_pb2.Schedule, float, ScheduleRow]] = []
+    server.scheduler.launch = lambda msg, at, row: launched.append((msg, at, row))
+    assert server.tick(1_130.0) == 1  # 1060 and 1120 are due: the first goes
+    assert server.tick(1_131.0) == 0 and server.scheduler.next_fire_at is None
+    msg, at, row = launched.pop()
+    assert at == 1_060.0 and row.next_run_at == 1_120.0
+    server.scheduler.fired(msg, row)
+    assert server.scheduler.next_fire_at == 1_120.0
+    assert server.tick(1_131.0) == 1  # then the second
+    msg, at, row = launched.pop()
+    assert (at, row.next_run_at) == (1_120.0, 1_180.0)
+    server.scheduler.set_enabled(sid, False)
+    server.scheduler.fired(msg, row)
+    assert server.scheduler.next_fire_at is None
+    assert server.tick(2_000.0) == 0 and launched == []
+    server.store.close()
+
+
+def test_a_skipped_fire_does_not_bring_back_a_deleted_or_paused_schedule(
+    tmp_path: Path,
+) -> None:
+    """A fire that cannot run stores its schedule advanced past it; such a fire may have
+    waited long for a graph build, and storing the row as it was resumed a schedule
+    paused meanwhile (in the store: it fired again after a restart) or brought back a
+    deleted one."""
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(every(60, n=1)).id
+    advanced = dataclasses.replace(server.store.get_schedule(sid), next_run_at=1_120.0)
+    advance(server.store, advanced)
+    assert server.store.get_schedule(sid) == advanced
+    server.scheduler.set_enabled(sid, False)
+    paused = server.store.get_schedule(sid)
+    advance(server.store, dataclasses.replace(advanced, next_run_at=1_180.0))
+    assert server.store.get_schedule(sid) == paused and not paused.enabled
+    server.scheduler.delete(sid)
+    advance(server.store, advanced)
+    assert server.store.list_schedules() == []
     server.store.close()

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -316,3 +319,108 @@ def test_durations_are_written_and_shown_in_one_short_form() -> None:
     assert parse_duration("1m30s") == 90.0  # (minutes then seconds, not "ms")
     with pytest.raises(ValueError, match="such as 90, 500ms, 30s"):
         parse_duration("5 minutes")
+
+
+def test_schedules_fire_and_change_with_their_store_work_off_the_event_loop(db: str) -> None:
+    """A fire created its run on the event loop: a large scheduled flow held every client
+    and worker up for as long as its run took to build and store (and the loop waited
+    there for the writer thread's transaction). Creating, pausing, resuming and deleting
+    a schedule wrote there too. Now each runs on the store's threads, and a fire's run
+    and its schedule's next time are still stored together."""
+    from test_server_protocol import TOKEN, serving
+
+    watched = ("create_flow_run", "put_schedule", "get_schedule", "delete_schedule")
+    seen: dict[str, set[str]] = {name: set() for name in watched}
+
+    def record(name: str, method: Any) -> Any:
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            seen[name].add(threading.current_thread().name)
+            return method(*args, **kwargs)
+
+        return recorded
+
+    async def main() -> str:
+        async with (
+            serving(db, token=TOKEN, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            store = running.core.store
+            for name in watched:
+                setattr(store, name, record(name, getattr(store, name)))
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = proto_pipeline.compile()
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+            schedule = _schedule(parameters={"n": value_of(1)}, enabled=True)
+            schedule.interval.FromMilliseconds(100)
+            request = cp.CreateScheduleRequest(schedule=schedule)
+            created = (await client.CreateSchedule(request, metadata=AUTH)).schedule
+            while True:  # bounded by the wait_for below
+                listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+                if len(listed.flow_runs) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert {r.schedule_id for r in listed.flow_runs} == {created.id}
+            stored = store.get_schedule(created.id)  # (on the loop: the test's own read)
+            assert stored.next_run_at > created.next_run_at.ToNanoseconds() / 1e9
+            for call, message in [
+                (client.PauseSchedule, cp.PauseScheduleRequest(id=created.id)),
+                (client.ResumeSchedule, cp.ResumeScheduleRequest(id=created.id)),
+                (client.DeleteSchedule, cp.DeleteScheduleRequest(id=created.id)),
+            ]:
+                await call(message, metadata=AUTH)
+            loop_thread = threading.current_thread().name
+            seen["get_schedule"].discard(loop_thread)  # (the test's read above)
+            return loop_thread
+
+    loop_thread = asyncio.run(asyncio.wait_for(main(), 60))
+    assert all(seen.values()), seen
+    on_loop = {name for name, threads in seen.items() if loop_thread in threads}
+    assert on_loop == set(), f"{sorted(on_loop)} ran on the event loop's thread"
+
+
+def test_a_fire_the_store_fails_is_fired_again_not_skipped(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fire whose run cannot be stored (the disk is full) keeps its fire time: it is
+    fired again a moment later (with catch-up, as here, that time's run is created;
+    without, only the latest time due then, as after downtime)."""
+    from test_server_protocol import TOKEN, serving
+
+    from headwater_runtime.server._schedule_times import fire_key
+    from headwater_runtime.store import StoreUnavailable
+
+    async def main() -> tuple[str, float, list[str]]:
+        async with (
+            serving(db, token=TOKEN, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            store = running.core.store
+            create = store.create_flow_run
+            failures = [StoreUnavailable("database or disk is full")]
+
+            def failing_once(*args: Any, **kwargs: Any) -> Any:
+                if failures:
+                    raise failures.pop()
+                return create(*args, **kwargs)
+
+            store.create_flow_run = failing_once
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = proto_pipeline.compile()
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+            schedule = _every(0.3, parameters={"n": value_of(1)}, enabled=True, catchup=True)
+            request = cp.CreateScheduleRequest(schedule=schedule)
+            created = (await client.CreateSchedule(request, metadata=AUTH)).schedule
+            while True:  # bounded by the wait_for below
+                listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+                if listed.flow_runs:
+                    break
+                await asyncio.sleep(0.05)
+            assert not failures  # (the first fire met the failure)
+            keys = [r.idempotency_key for r in listed.flow_runs]
+            return created.id, created.next_run_at.ToNanoseconds() / 1e9, keys
+
+    with caplog.at_level(logging.WARNING, "headwater.scheduler"):
+        schedule_id, first, keys = asyncio.run(asyncio.wait_for(main(), 60))
+    assert keys[-1] == fire_key(schedule_id, first)  # the oldest run: the first fire's
+    (said,) = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
+    assert "database or disk is full" in said and "trying again in 1s" in said

@@ -656,6 +656,24 @@ def test_schedules_round_trip(store: Store) -> None:
         store.delete_schedule("s1")
 
 
+def test_a_fire_advances_its_schedule_unless_deleted_or_paused_meanwhile(store: Store) -> None:
+    """A fire stores its run and its schedule advanced past it in one transaction. A
+    fire may wait long for a worker to build its graph: a schedule paused meanwhile was
+    resumed in the store by it (fired again after a restart), one deleted stays so."""
+    store.put_schedule(ScheduleRow("s1", "etl", b"v1", 100.0, True))
+    advanced = ScheduleRow("s1", "etl", b"v2", 160.0, True)
+    store.create_flow_run(FlowRunRow("r1", "etl", "1", 3, 1.0, schedule_id="s1"), advanced)
+    assert store.get_schedule("s1") == advanced
+    store.put_schedule(ScheduleRow("s1", "etl", b"paused", 160.0, False))
+    later = ScheduleRow("s1", "etl", b"v3", 220.0, True)
+    store.create_flow_run(FlowRunRow("r2", "etl", "1", 3, 2.0, schedule_id="s1"), later)
+    assert store.get_schedule("s1") == ScheduleRow("s1", "etl", b"paused", 160.0, False)
+    store.delete_schedule("s1")
+    store.create_flow_run(FlowRunRow("r3", "etl", "1", 3, 3.0, schedule_id="s1"), later)
+    assert store.list_schedules() == []
+    assert [r.id for r in store.list_flow_runs(schedule_id="s1")] == ["r3", "r2", "r1"]
+
+
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "hw.db"
     SQLiteStore(path).close()

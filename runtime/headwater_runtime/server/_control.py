@@ -361,8 +361,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         await self._check_parameters(request.schedule.parameters, context)
 
         async def create() -> Any:
-            schedule = await self.core.creation.create_schedule(request.schedule)
-            self.core.touch()  # the timer loop re-reads the next fire time
+            schedule = await self.core.schedule_requests.create(request.schedule)
             flow_name = request.schedule.flow_name
             await self.core.audit("schedule.create", "schedule", schedule.id, flow_name)
             return schedule
@@ -389,16 +388,15 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
     ) -> cp.DeleteScheduleResponse:
         """Delete a schedule (its runs stay)."""
         async with refusals(context):
-            self.core.schedules.delete(request.id)
+            await self.core.schedule_requests.delete(request.id)
             await self.core.audit("schedule.delete", "schedule", request.id)
         return control_plane_pb2.DeleteScheduleResponse()
 
     async def _set_enabled(self, schedule_id: str, enabled: bool, context: Any) -> Any:
         async with refusals(context):
-            schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+            schedule = await self.core.schedule_requests.set_enabled(schedule_id, enabled)
             action = "schedule.resume" if enabled else "schedule.pause"
             await self.core.audit(action, "schedule", schedule_id)
-        self.core.touch()
         return schedule
 
     async def PauseSchedule(

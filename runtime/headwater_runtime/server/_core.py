@@ -70,6 +70,7 @@ from ._orphans import Orphan, Orphans
 from ._reports import WorkerReports
 from ._run_dispatch import holdable, inputs_of
 from ._runs import Recovery, Resumed, RunManager
+from ._schedule_requests import ScheduleRequests
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
 from ._waiting import start_timeout_failure, waiting_reasons, waiting_reasons_in_turns
@@ -213,7 +214,7 @@ class ServerCore(WorkerReports):
         self.runs.start_subflow = self.creation.start_subflow
         self.wide = WideWork(self.runs, self.dispatcher, self.io, self._ack, self.touch)
         self.runs.submit_wide = self.wide.submit
-        self.schedules.build = self.creation.build_fire
+        self.schedule_requests = ScheduleRequests(self)
         self._serial = 0  # connection order of worker sessions
         self.stored_all = True  # (stop() says otherwise when it could not store it all)
         # Live views (the HTTP UI): what each commit changed, workers coming and going.

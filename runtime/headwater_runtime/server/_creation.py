@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from headwater.v1 import payload_pb2, run_pb2
+from headwater.v1 import payload_pb2
 from headwater.wire import FailureInfo, FlowRunState, GraphBuildNeeded, GraphError, ParameterError
 from headwater_runtime.engine import TaskFailed, TaskStarted
 from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, ScheduleRow, Store
@@ -37,7 +37,6 @@ from ._gc import release_later
 from ._io import to_its_end
 from ._queries import flow_result
 from ._result_refs import Reader, stored_problems
-from ._schedule_times import fire_key
 
 if TYPE_CHECKING:
     from ._core import ServerCore
@@ -88,10 +87,13 @@ class RunCreation:
         *,
         parent: tuple[str, str, int] | None = None,
         build_missing: bool = False,
+        schedule: ScheduleRow | None = None,
     ) -> tuple[FlowRunRow, bool]:
         """Create and start a run (see the module docstring); durable when it returns.
         ``build_missing``: a flow that is not registered is built by a worker that
-        offers it (NoBuilder when none does) rather than NOT_FOUND."""
+        offers it (NoBuilder when none does) rather than NOT_FOUND. ``schedule``: the
+        schedule that fired the run, advanced past this fire, stored in the same
+        transaction (``Store.create_flow_run``)."""
         core = self.core
         # Built and stored by one thread, one hop fewer than building on a reader thread
         # and storing on the writer thread: a reader thread when the store takes
@@ -112,6 +114,7 @@ class RunCreation:
                     parameters,
                     idempotency_key,
                     trace_context,
+                    schedule,
                 )
                 return await to_its_end(self._adopt_when(stored), _STORING, _REFUSED)
         prepared = await self._prepare(
@@ -122,12 +125,15 @@ class RunCreation:
             trace_context,
             parent,
             build_missing or self.has_builder(flow_name),
+            schedule,
         )
-        audit = _audit(core, CALLER.get().name, prepared)
+        audit = _audit(core, CALLER.get().name, prepared, schedule)
 
         async def store_and_adopt() -> tuple[FlowRunRow, bool]:
             try:
-                row, created = await core.io.write(_store_run, core.store, prepared, audit)
+                row, created = await core.io.write(
+                    _store_run, core.store, prepared, audit, schedule
+                )
             except BaseException:
                 core.runs.discard(prepared)
                 raise
@@ -152,16 +158,18 @@ class RunCreation:
         parameters: Mapping[str, payload_pb2.Value],
         idempotency_key: str,
         trace_context: Mapping[str, str] | None,
+        schedule: ScheduleRow | None,
     ) -> tuple[PreparedRun, FlowRunRow, bool]:
         """On a reader thread (a store with ``concurrent_writes``) or the writer
         thread (a small run): build a run and store it; GraphBuildNeeded or NotFound
         before anything is stored."""
         core = self.core
         prepared = core.runs.prepare_run(
-            flow_name, flow_version, parameters, idempotency_key, trace_context
+            flow_name, flow_version, parameters, idempotency_key, trace_context, schedule=schedule
         )
+        audit = _audit(core, caller, prepared, schedule)
         try:
-            row, created = _store_run(core.store, prepared, _audit(core, caller, prepared))
+            row, created = _store_run(core.store, prepared, audit, schedule)
         except BaseException:
             core.runs.discard(prepared)
             raise
@@ -192,13 +200,14 @@ class RunCreation:
         trace_context: Mapping[str, str] | None,
         parent: tuple[str, str, int] | None,
         build_missing: bool,
+        schedule: ScheduleRow | None,
     ) -> PreparedRun:
         core = self.core
         prepare = core.runs.prepare_run
         try:
             return await core.io.read(
                 prepare, flow_name, flow_version, parameters, idempotency_key, trace_context,
-                parent=parent,
+                parent=parent, schedule=schedule,
             )  # fmt: skip
         except GraphBuildNeeded:
             if flow_version:
@@ -208,8 +217,9 @@ class RunCreation:
                 raise
         version, converted = await self.build(flow_name, parameters)
         return await core.io.read(
-            prepare, flow_name, version, converted, idempotency_key, trace_context, parent=parent
-        )
+            prepare, flow_name, version, converted, idempotency_key, trace_context,
+            parent=parent, schedule=schedule,
+        )  # fmt: skip
 
     def has_builder(self, flow_name: str) -> bool:
         """Whether a connected worker can build the flow's graph now."""
@@ -247,12 +257,12 @@ class RunCreation:
 
     # ---------------------------------------------------------------- waiting
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _await_builder(self, flow_name: str, retry: Retry) -> None:
+    def await_builder(self, flow_name: str, retry: Retry) -> None:
         self._awaiting.setdefault(flow_name, []).append(retry)
 
     def connected(self, session: WorkerSession) -> None:
@@ -261,7 +271,7 @@ class RunCreation:
             if not self.builds.builders([session], flow_name):
                 continue
             for retry in self._awaiting.pop(flow_name, []):
-                self._spawn(retry())
+                self.spawn(retry())
 
     async def stop(self) -> None:
         """Cancel the builds and starts under way (the server stops)."""
@@ -273,7 +283,7 @@ class RunCreation:
 
     def start_subflow(self, start: SubflowStart) -> None:
         """Start the child flow run of a dispatched subflow node (after the commit)."""
-        self._spawn(self._start_subflow(start))
+        self.spawn(self._start_subflow(start))
 
     async def _start_subflow(self, start: SubflowStart) -> None:
         core, runs = self.core, self.core.runs
@@ -289,7 +299,7 @@ class RunCreation:
                 f"graph for the subflow's parameter values ({exc.flow_name!r} is not offered "
                 "by any connected worker: start one with the flow's module)"
             )
-            self._await_builder(start.flow_name, lambda: self._start_subflow(start))
+            self.await_builder(start.flow_name, lambda: self._start_subflow(start))
             return
         except (ParameterError, GraphError, NotFound, Conflict, BuildUnavailable) as exc:
             self.waiting.pop(where, None)
@@ -328,57 +338,6 @@ class RunCreation:
             build_missing=True,
         )
 
-    # --------------------------------------------------------------- schedules
-
-    def build_fire(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
-        """A schedule's fire needs its graph built (Scheduler.build)."""
-        self._spawn(self._fire(msg, fire_time, row))
-
-    async def _fire(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
-        core = self.core
-        scheduler = core.schedules
-        params = {name: msg.parameters[name] for name in msg.parameters}
-        try:
-            version, converted = await self.build(msg.flow_name, params)
-            core.runs.create_run(
-                msg.flow_name, version, converted, fire_key(msg.id, fire_time), schedule=row
-            )
-        except NoBuilder as exc:
-            log.warning("schedule %s waits to fire at %s: %s", msg.id, fire_time, exc)
-            self._await_builder(msg.flow_name, lambda: self._fire(msg, fire_time, row))
-            return
-        except BuildUnavailable as exc:  # the worker left or was slow: ask again
-            log.warning("schedule %s: %s; asking again", msg.id, exc)
-            self._spawn(self._fire(msg, fire_time, row))
-            return
-        except (ParameterError, GraphError, NotFound, Conflict) as exc:
-            scheduler.skip(row, f"its fire at {fire_time} cannot run: {exc}")
-            core.touch()
-            return
-        scheduler.fired(msg.id, row)
-        core.touch()
-
-    async def create_schedule(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
-        """Create a schedule; one whose values need a graph built (a value-dependent
-        flow) is checked by having a worker build it, and keeps the converted values."""
-        scheduler = self.core.schedules
-        try:
-            return scheduler.create(request)
-        except GraphBuildNeeded:
-            if request.flow_version:
-                raise
-        except NotFound:
-            if request.flow_version or not self.has_builder(request.flow_name):
-                raise
-        given = {name: request.parameters[name] for name in request.parameters}
-        version, converted = await self.build(request.flow_name, given)
-        checked = run_pb2.Schedule()
-        checked.CopyFrom(request)
-        checked.ClearField("parameters")
-        for name, value in converted.items():
-            checked.parameters[name].CopyFrom(value)
-        return scheduler.create(checked, built_version=version)
-
     def reasons(self, flow_run_id: str) -> dict[str, Any]:
         """Why subflow nodes of a run wait, by task run key."""
         return {key: why for (run_id, key), why in self.waiting.items() if run_id == flow_run_id}
@@ -387,18 +346,25 @@ class RunCreation:
 __all__ = ["RunCreation"]
 
 
-def _audit(core: ServerCore, caller: str, prepared: PreparedRun) -> AuditRow:
-    """Who created the run: stored with it, in the same transaction."""
+def _audit(
+    core: ServerCore, caller: str, prepared: PreparedRun, schedule: ScheduleRow | None
+) -> AuditRow | None:
+    """Who created the run: stored with it, in the same transaction (none for a
+    schedule's fire: the run records its schedule, whose creation is audited)."""
+    if schedule is not None:
+        return None
     row = prepared.row
     detail = f"{row.flow_name}:{row.flow_version}"
     return AuditRow(core.clock.now(), caller, "run", "flow_run", row.id, detail)
 
 
-def _store_run(store: Store, prepared: PreparedRun, audit: AuditRow) -> tuple[FlowRunRow, bool]:
-    """Store a prepared run (its row, start and audit entry in one transaction), then
-    let go of its batch's rows (a large run's on the releasing thread, not the event
-    loop's to free: ``release_later``)."""
+def _store_run(
+    store: Store, prepared: PreparedRun, audit: AuditRow | None, schedule: ScheduleRow | None
+) -> tuple[FlowRunRow, bool]:
+    """Store a prepared run (its row, start, audit entry and the schedule that fired it
+    in one transaction), then let go of its batch's rows (a large run's on the
+    releasing thread, not the event loop's to free: ``release_later``)."""
     try:
-        return store.create_flow_run(prepared.row, None, prepared.batch, audit)
+        return store.create_flow_run(prepared.row, schedule, prepared.batch, audit)
     finally:
         release_later(prepared.batch.take_rows())

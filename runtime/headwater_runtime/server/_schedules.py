@@ -10,10 +10,16 @@ a stale ``next_run_at`` would only find the existing run under the same key.
 ServerCore calls ``fire_due()`` from its timer loop; this module holds no gRPC code.
 Fire-time arithmetic lives in ``_schedule_times``.
 
-A fire whose flow needs its graph built for the schedule's values (a value-dependent
-flow, docs/flows.md) is handed to ``build`` (the server core, which has a worker build
-it and then calls ``fired``); the schedule does not fire again meanwhile, and waits,
-not skips, while no worker can build it.
+The state here (the enabled schedules and their next fire times) is the event loop's;
+the store work is not. ``fire_due`` hands each fire to ``launch``, which creates its run
+and then calls ``fired`` (or ``skip``): on a server that is ``ScheduleRequests.fire``
+(server/_schedule_requests.py), which stores the run on the writer thread (after having
+a worker build its graph when its values need one: a value-dependent flow,
+docs/flows.md); by default, ``fire_here`` creates it in the calling thread. A schedule
+does not fire again while one of its fires is under way. Creating, pausing and deleting
+come in steps for the same reason: ``check``/``toggled`` (store reads),
+``row_of`` (what to store), ``remember``/``forget`` (the loop's state); ``create``,
+``set_enabled`` and ``delete`` do all of it in the calling thread.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from collections.abc import Callable, Mapping
 from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import GraphBuildNeeded, ParameterError, seconds, timestamp
 from headwater_runtime.engine import Clock
-from headwater_runtime.store import NotFound, ScheduleRow, Store
+from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 
 from ._params import check_refs, param_payload_ids
 from ._runs import RunManager
 from ._schedule_times import (
+    MAX_FIRES_PER_TICK,
     ScheduleError,
     Timing,
     due_fires,
@@ -75,11 +82,12 @@ class Scheduler:
         # server), so an idle answer costs neither a query nor a scan.
         self._active: dict[str, tuple[run_pb2.Schedule, Timing]] = {}
         self._next_at: float | None = None
-        #: Schedules whose due fire waits for a graph to be built (not fired meanwhile).
-        self.building: set[str] = set()
-        #: Has a worker build the graph of a fire, then calls ``fired`` (the core sets it):
-        #: (schedule, fire time, the schedule row advanced past that fire).
-        self.build: Callable[[run_pb2.Schedule, float, ScheduleRow], None] | None = None
+        #: Schedules with a fire under way (not fired again until it is done).
+        self.firing: set[str] = set()
+        #: Creates the run of one fire, then calls ``fired`` or ``skip``: (schedule, fire
+        #: time, the schedule row advanced past that fire). The server's stores the run
+        #: off the event loop (ScheduleRequests.fire).
+        self.launch: Callable[[run_pb2.Schedule, float, ScheduleRow], None] = self.fire_here
 
     def load(self) -> None:
         """Read the enabled schedules from the store (at server start)."""
@@ -89,7 +97,7 @@ class Scheduler:
             if param_payload_ids(msg.parameters):
                 # Stored by a server that recorded no references for it: record them
                 # now, before a prune collects the payloads.
-                self.store.put_schedule(self._row(msg))
+                self.store.put_schedule(self.row_of(msg))
             if row.enabled and row.next_run_at is not None:
                 self._active[row.id] = (msg, timing_of(msg))
         self._update_next()
@@ -100,16 +108,24 @@ class Scheduler:
         return self._next_at
 
     def _update_next(self) -> None:
-        times = (_next_at(m) for m, _ in self._active.values() if m.id not in self.building)
+        times = (_next_at(m) for m, _ in self._active.values() if m.id not in self.firing)
         self._next_at = min(times, default=None)
 
     # ------------------------------------------------------------------ requests
 
     def create(self, request: run_pb2.Schedule, built_version: str = "") -> run_pb2.Schedule:
-        """Validate and store a new schedule. NotFound for an unknown flow (or
-        version), ScheduleError for bad timing, ParameterError for bad parameters,
-        GraphBuildNeeded when its values need a graph built (the core then has a worker
-        build one and checks against it: ``built_version``)."""
+        """Validate and store a new schedule, in this thread (see ``check``)."""
+        msg = self.check(request, built_version)
+        self.store.put_schedule(self.row_of(msg))
+        self.remember(msg)
+        return shown_message(msg)
+
+    def check(self, request: run_pb2.Schedule, built_version: str = "") -> run_pb2.Schedule:
+        """A new schedule made from a request: validated (it reads the store), not
+        stored. NotFound for an unknown flow (or version), ScheduleError for bad timing,
+        ParameterError for bad parameters, GraphBuildNeeded when its values need a graph
+        built (the server then has a worker build one and checks against it:
+        ``built_version``)."""
         if not request.flow_name:
             raise ScheduleError("flow_name is required")
         timing = timing_of(request, new=True)
@@ -125,45 +141,58 @@ class Scheduler:
             msg.cron = timing.cron
         _set_time(msg, "created_at", now)
         _set_time(msg, "next_run_at", first_fire(timing, now))
-        self._store(msg, timing)
-        return _shown(msg)
+        return msg
 
     def list(self, flow_name: str = "") -> list[run_pb2.Schedule]:
         """Every stored schedule, paused ones included (only ``flow_name``'s if given)."""
-        return [
-            _shown(run_pb2.Schedule.FromString(r.body))
-            for r in self.store.list_schedules(flow_name)
-        ]
+        return [shown(r) for r in self.store.list_schedules(flow_name)]
 
     def delete(self, schedule_id: str) -> None:
-        """Remove a schedule (NotFound when unknown); runs it created are kept."""
+        """Remove a schedule (NotFound when unknown), in this thread; runs it created
+        are kept."""
         self.store.delete_schedule(schedule_id)
-        self._active.pop(schedule_id, None)
-        self._update_next()
+        self.forget(schedule_id)
 
     def set_enabled(self, schedule_id: str, enabled: bool) -> run_pb2.Schedule:
-        """Pause or resume. Resuming does not catch up the times missed while paused:
-        the next fire is the first one after now."""
-        msg = run_pb2.Schedule.FromString(self.store.get_schedule(schedule_id).body)
+        """Pause or resume, in this thread (see ``toggled``)."""
+        row = self.store.get_schedule(schedule_id)
+        msg = self.toggled(row, enabled)
+        if msg is None:
+            return shown(row)
+        self.store.put_schedule(self.row_of(msg))
+        self.remember(msg)
+        return shown_message(msg)
+
+    def toggled(self, row: ScheduleRow, enabled: bool) -> run_pb2.Schedule | None:
+        """A stored schedule paused or resumed (None when it already is). Resuming does
+        not catch up the times missed while paused: the next fire is the first one
+        after now."""
+        msg = run_pb2.Schedule.FromString(row.body)
         if msg.enabled == enabled:
-            return _shown(msg)
-        timing = timing_of(msg)
+            return None
         msg.enabled = enabled
         if enabled:
+            timing = timing_of(msg)
             _set_time(msg, "next_run_at", resume_fire(timing, _next_at(msg), self.clock.now()))
-        self._store(msg, timing)
-        return _shown(msg)
+        return msg
 
-    def _store(self, msg: run_pb2.Schedule, timing: Timing) -> None:
-        self.store.put_schedule(self._row(msg))
+    def remember(self, msg: run_pb2.Schedule) -> None:
+        """A schedule was stored as ``msg`` (new, paused or resumed): fire it from now
+        on when enabled, not when paused."""
         if msg.enabled:
-            self._active[msg.id] = (msg, timing)
+            self._active[msg.id] = (msg, timing_of(msg))
         else:
             self._active.pop(msg.id, None)
         self._update_next()
 
+    def forget(self, schedule_id: str) -> None:
+        """A schedule was deleted."""
+        self._active.pop(schedule_id, None)
+        self._update_next()
+
     @staticmethod
-    def _row(msg: run_pb2.Schedule) -> ScheduleRow:
+    def row_of(msg: run_pb2.Schedule) -> ScheduleRow:
+        """The store's row of a schedule message."""
         body = msg.SerializeToString(deterministic=True)
         # The payloads its parameters reference are the schedule's as long as it is
         # (prune collected them: every fire after failed to download its parameter).
@@ -173,33 +202,36 @@ class Scheduler:
     # ------------------------------------------------------------------- firing
 
     def fire_due(self) -> int:
-        """Create the runs of every schedule that is due now; returns how many fires
-        were handled (runs created, found already created, or skipped)."""
+        """Launch the fires of every schedule that is due now, the earliest first, one
+        at a time per schedule (the next once ``fired``: at once when ``launch`` works
+        in this thread, at most MAX_FIRES_PER_TICK per schedule); returns how many were
+        launched."""
         now = self.clock.now()
         if self._next_at is None or self._next_at > now:
             return 0
-        handled = 0
+        launched = 0
         for msg, timing in list(self._active.values()):
-            next_at = _next_at(msg)
-            if next_at > now or msg.id in self.building:
-                continue
-            fires, after = due_fires(timing, next_at, now)
-            for i, fire_time in enumerate(fires):
-                upcoming = fires[i + 1] if i + 1 < len(fires) else after
-                handled += 1
-                if not self._fire(msg, fire_time, upcoming):
-                    break  # waits for its graph: later fires come after this one
+            for _ in range(MAX_FIRES_PER_TICK):
+                if msg.id in self.firing or self._active.get(msg.id, (None,))[0] is not msg:
+                    break
+                next_at = _next_at(msg)
+                if next_at > now:
+                    break
+                fires, after = due_fires(timing, next_at, now)
+                upcoming = fires[1] if len(fires) > 1 else after
+                advanced = run_pb2.Schedule()
+                advanced.CopyFrom(msg)
+                _set_time(advanced, "next_run_at", upcoming)
+                self.firing.add(msg.id)
+                launched += 1
+                self.launch(msg, fires[0], self.row_of(advanced))
         self._update_next()
-        return handled
+        return launched
 
-    def _fire(self, msg: run_pb2.Schedule, fire_time: float, upcoming: float) -> bool:
-        """Create the run of one fire time, storing ``upcoming`` as the next fire time
-        in the same transaction; the cached message advances only once that is done.
-        False: the fire waits for its graph to be built (``build``)."""
-        advanced = run_pb2.Schedule()
-        advanced.CopyFrom(msg)
-        _set_time(advanced, "next_run_at", upcoming)
-        row = self._row(advanced)
+    def fire_here(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
+        """``launch`` in this thread: create the run of one fire time, storing ``row``
+        (the schedule advanced past it) in the same transaction; a fire that cannot
+        run is skipped (``skip``)."""
         try:
             self.runs.create_run(
                 msg.flow_name,
@@ -208,40 +240,62 @@ class Scheduler:
                 fire_key(msg.id, fire_time),
                 schedule=row,
             )
-        except GraphBuildNeeded as exc:
-            if self.build is not None:
-                self.building.add(msg.id)
-                self.build(msg, fire_time, row)
-                return False
-            log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
-            self.store.put_schedule(row)
-        except (NotFound, ParameterError) as exc:
-            # The latest version of the flow no longer accepts these parameters (or
-            # the pinned version vanished): this fire cannot run. Skip it rather than
-            # retry it forever, and say why in the server log.
-            log.warning("schedule %s skipped its fire at %s: %s", msg.id, fire_time, exc)
-            self.store.put_schedule(row)
-        msg.next_run_at.CopyFrom(advanced.next_run_at)
-        return True
+        except (GraphBuildNeeded, NotFound, ParameterError, Conflict) as exc:
+            self.skip(msg, row, f"its fire at {fire_time} cannot run: {exc}")
+            return
+        except BaseException:
+            self.firing.discard(msg.id)  # not advanced: fired again at the next tick
+            raise
+        self.fired(msg, row)
 
-    def fired(self, schedule_id: str, row: ScheduleRow) -> None:
-        """A fire handed to ``build`` is done (its run created with ``row``, the
-        schedule advanced past it, in one transaction; or skipped): fire again."""
-        self.building.discard(schedule_id)
-        active = self._active.get(schedule_id)
-        if active is not None:
-            active[0].next_run_at.CopyFrom(run_pb2.Schedule.FromString(row.body).next_run_at)
+    def fired(self, msg: run_pb2.Schedule, row: ScheduleRow) -> None:
+        """A fire of ``msg`` is done: its run created with ``row`` (the schedule
+        advanced past it) in one transaction, or skipped. It fires again from the
+        stored time, unless it was paused, resumed or deleted meanwhile (then what that
+        stored stands)."""
+        self.firing.discard(msg.id)
+        active = self._active.get(msg.id)
+        if active is not None and active[0] is msg:
+            msg.next_run_at.CopyFrom(run_pb2.Schedule.FromString(row.body).next_run_at)
         self._update_next()
 
-    def skip(self, row: ScheduleRow, why: str) -> None:
-        """A fire handed to ``build`` cannot run (its values do not fit the flow): store
-        the schedule advanced past it, and say why in the server log."""
-        log.warning("schedule %s skipped a fire: %s", row.id, why)
-        self.store.put_schedule(row)
-        self.fired(row.id, row)
+    def retry(self, msg: run_pb2.Schedule) -> None:
+        """A fire failed for the server's own reasons (the store): it fires again."""
+        self.firing.discard(msg.id)
+        self._update_next()
+
+    def skip(self, msg: run_pb2.Schedule, row: ScheduleRow, why: str) -> None:
+        """A fire cannot run (the flow refuses its values, or is gone), in this
+        thread: store the schedule advanced past it (``advance``), say why in the
+        server log, and fire again (the next time). Skipped, not retried for ever."""
+        self.skipped(msg, why)
+        advance(self.store, row)
+        self.fired(msg, row)
+
+    @staticmethod
+    def skipped(msg: run_pb2.Schedule, why: str) -> None:
+        """Say in the server log why a fire of ``msg`` was skipped."""
+        log.warning("schedule %s skipped a fire: %s", msg.id, why)
 
 
-def _shown(msg: run_pb2.Schedule) -> run_pb2.Schedule:
+def advance(store: Store, row: ScheduleRow) -> None:
+    """Store a schedule advanced past a skipped fire, unless it was deleted or paused
+    meanwhile (a fire may wait long for a graph build: storing the row as it was
+    brought back a schedule deleted meanwhile, or resumed one paused)."""
+    try:
+        stored = store.get_schedule(row.id)
+    except NotFound:
+        return
+    if stored.enabled:
+        store.put_schedule(row)
+
+
+def shown(row: ScheduleRow) -> run_pb2.Schedule:
+    """A stored schedule as callers see it (``shown_message``)."""
+    return shown_message(run_pb2.Schedule.FromString(row.body))
+
+
+def shown_message(msg: run_pb2.Schedule) -> run_pb2.Schedule:
     """The schedule as callers see it: a paused one has no next run (its stored time
     passed while it was paused, and resuming fires at the first time after now)."""
     if not msg.enabled:

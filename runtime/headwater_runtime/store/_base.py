@@ -440,9 +440,10 @@ class Store(OpsStore, Protocol):
     ) -> tuple[FlowRunRow, bool]:
         """Insert a run, and whether it is new: a run with the same idempotency key
         and parameters is returned instead (other parameters: Conflict naming it).
-        ``schedule`` (advanced past this fire) is updated in the same transaction;
-        ``start`` (the run's first journal entries and projections) and ``audit`` (who
-        created the run) are written in it when the run is new."""
+        ``schedule`` (advanced past this fire) is updated in the same transaction,
+        unless it was deleted or paused meanwhile (it stays so); ``start`` (the run's
+        first journal entries and projections) and ``audit`` (who created the run) are
+        written in it when the run is new."""
         ...
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:

@@ -348,10 +348,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
         def work(conn: Conn) -> tuple[str, bool]:
             if schedule is not None:
-                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted.
+                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted; and one
+                # paused meanwhile stays paused (a fire may wait long for a graph build).
                 conn.execute(
-                    "UPDATE schedules SET body=%s, next_run_at=%s, enabled=%s WHERE id=%s",
-                    (schedule.body, schedule.next_run_at, schedule.enabled, schedule.id),
+                    "UPDATE schedules SET body=%s, next_run_at=%s WHERE id=%s AND enabled",
+                    (schedule.body, schedule.next_run_at, schedule.id),
                 )
             if row.idempotency_key:
                 existing = conn.execute(

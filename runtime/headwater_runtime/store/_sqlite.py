@@ -432,10 +432,11 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
         def work() -> tuple[str, bool]:
             if schedule is not None:
-                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted.
+                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted; and one
+                # paused meanwhile stays paused (a fire may wait long for a graph build).
                 db.execute(
-                    "UPDATE schedules SET body=?, next_run_at=?, enabled=? WHERE id=?",
-                    (schedule.body, schedule.next_run_at, int(schedule.enabled), schedule.id),
+                    "UPDATE schedules SET body=?, next_run_at=? WHERE id=? AND enabled=1",
+                    (schedule.body, schedule.next_run_at, schedule.id),
                 )
             if row.idempotency_key:
                 existing = db.execute(

@@ -332,10 +332,9 @@ class HttpApi(PageHandlers):
 
     async def _set_enabled(self, request: web.Request, enabled: bool) -> web.StreamResponse:
         schedule_id = request.match_info["schedule_id"]
-        schedule = self.core.schedules.set_enabled(schedule_id, enabled)
+        schedule = await self.core.schedule_requests.set_enabled(schedule_id, enabled)
         action = "schedule.resume" if enabled else "schedule.pause"
         await self.core.audit(action, "schedule", schedule_id)
-        self.core.touch()  # the timer loop re-reads the next fire time
         return web.json_response({"schedule": _data.schedule_json(schedule)})
 
     async def pause_schedule(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,164 @@
+"""Schedules on a server: requests and fires, with the store work off the event loop.
+
+The scheduler (``_schedules``) keeps the loop's state: which schedules are enabled and
+when each fires next. What reads or writes the store runs on the store's threads
+(``StoreIO``): a request's checks on a reader thread, its write on the writer thread
+(after the writes before it), and only then the scheduler's state changes, on the loop.
+A fire creates its run through ``RunCreation.create``, as a client's CreateFlowRun does:
+a large scheduled flow is built and stored without holding up the loop (it ran on the
+loop, stalling every client and worker for as long as the run took to store, and
+waiting there for the writer thread's transaction to end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from headwater.v1 import run_pb2
+from headwater.wire import GraphBuildNeeded, GraphError, ParameterError
+from headwater_runtime.store import Conflict, NotFound, ScheduleRow
+
+from ._builds import BuildUnavailable, NoBuilder
+from ._io import to_its_end
+from ._schedule_times import fire_key
+from ._schedules import advance, shown, shown_message
+
+if TYPE_CHECKING:
+    from ._core import ServerCore
+
+log = logging.getLogger("headwater.scheduler")
+
+#: Seconds before a fire that failed for the server's own reasons (the store) is tried
+#: again.
+FIRE_RETRY = 1.0
+
+
+class ScheduleRequests:
+    """Creates, pauses, resumes and deletes schedules, and fires them, for a server.
+
+    Args:
+        core: the server.
+    """
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        self.scheduler = core.schedules
+        self.scheduler.launch = self.fire
+
+    async def create(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
+        """Create a schedule; one whose values need a graph built (a value-dependent
+        flow) is checked by having a worker build it, and keeps the converted values."""
+        core, creation = self.core, self.core.creation
+        try:
+            msg = await core.io.read(self.scheduler.check, request)
+        except GraphBuildNeeded:
+            if request.flow_version:
+                raise
+            msg = await self._check_built(request)
+        except NotFound:
+            if request.flow_version or not creation.has_builder(request.flow_name):
+                raise
+            msg = await self._check_built(request)
+        await to_its_end(self._store(msg), "creating a schedule")
+        return shown_message(msg)
+
+    async def _store(self, msg: run_pb2.Schedule) -> None:
+        """Store a schedule, then fire it (or not, when paused) from now on: both, even
+        when the caller goes away meanwhile (``to_its_end``)."""
+        await self.core.io.write(self.core.store.put_schedule, self.scheduler.row_of(msg))
+        self.scheduler.remember(msg)
+        self.core.touch()  # the timer loop re-reads the next fire time
+
+    async def _check_built(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
+        given = {name: request.parameters[name] for name in request.parameters}
+        version, converted = await self.core.creation.build(request.flow_name, given)
+        checked = run_pb2.Schedule()
+        checked.CopyFrom(request)
+        checked.ClearField("parameters")
+        for name, value in converted.items():
+            checked.parameters[name].CopyFrom(value)
+        return await self.core.io.read(self.scheduler.check, checked, version)
+
+    async def delete(self, schedule_id: str) -> None:
+        """Delete a schedule (NotFound when unknown); the runs it created are kept."""
+
+        async def delete() -> None:
+            await self.core.io.write(self.core.store.delete_schedule, schedule_id)
+            self.scheduler.forget(schedule_id)
+            self.core.touch()
+
+        await to_its_end(delete(), "deleting a schedule", (NotFound,))
+
+    async def set_enabled(self, schedule_id: str, enabled: bool) -> run_pb2.Schedule:
+        """Pause or resume a schedule (NotFound when unknown); see
+        ``Scheduler.toggled``."""
+        core = self.core
+        row = await core.io.read(core.store.get_schedule, schedule_id)
+        msg = self.scheduler.toggled(row, enabled)
+        if msg is None:
+            return shown(row)
+        await to_its_end(self._store(msg), "pausing or resuming a schedule")
+        return shown_message(msg)
+
+    # ------------------------------------------------------------------- fires
+
+    def fire(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
+        """``Scheduler.launch``: create the run of one fire (``row``: the schedule
+        advanced past it, stored in the same transaction as the run)."""
+        self.core.creation.spawn(self._fire(msg, fire_time, row))
+
+    async def _fire(self, msg: run_pb2.Schedule, fire_time: float, row: ScheduleRow) -> None:
+        core, creation, scheduler = self.core, self.core.creation, self.scheduler
+        params = {name: msg.parameters[name] for name in msg.parameters}
+        key = fire_key(msg.id, fire_time)
+        try:
+            try:
+                await creation.create(msg.flow_name, msg.flow_version, params, key, schedule=row)
+            except GraphBuildNeeded:
+                # A value-dependent flow: a worker builds its graph for these values
+                # (even for a pinned version, whose graph was built for other ones).
+                version, converted = await creation.build(msg.flow_name, params)
+                await creation.create(msg.flow_name, version, converted, key, schedule=row)
+        except NoBuilder as exc:
+            log.warning("schedule %s waits to fire at %s: %s", msg.id, fire_time, exc)
+            creation.await_builder(msg.flow_name, lambda: self._fire(msg, fire_time, row))
+            return
+        except BuildUnavailable as exc:  # the worker left or was slow: ask again
+            log.warning("schedule %s: %s; asking again", msg.id, exc)
+            self.fire(msg, fire_time, row)
+            return
+        except (ParameterError, GraphError, NotFound, Conflict) as exc:
+            # The latest version of the flow no longer accepts these values (or the
+            # pinned version vanished): this fire cannot run. Skipped, not retried
+            # for ever; the server log says why.
+            scheduler.skipped(msg, f"its fire at {fire_time} cannot run: {exc}")
+            try:
+                await core.io.write(advance, core.store, row)
+            except Exception as store_exc:
+                self._failed(msg, fire_time, store_exc)
+                return
+        except Exception as exc:  # the store's trouble (disk full): the same fire later
+            self._failed(msg, fire_time, exc)
+            return
+        scheduler.fired(msg, row)
+        core.touch()
+
+    def _failed(self, msg: run_pb2.Schedule, fire_time: float, exc: Exception) -> None:
+        log.warning(
+            "schedule %s could not fire at %s (%s); trying again in %gs",
+            msg.id,
+            fire_time,
+            exc,
+            FIRE_RETRY,
+        )
+
+        def again() -> None:
+            self.scheduler.retry(msg)
+            self.core.touch()
+
+        asyncio.get_running_loop().call_later(FIRE_RETRY, again)
+
+
+__all__ = ["ScheduleRequests"]
