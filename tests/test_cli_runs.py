@@ -104,6 +104,10 @@ def greet(text: str = "hi") -> str:
     return shout(text)
 
 @flow
+def shout_each(texts: list[str]) -> list[str]:
+    return shout.map(texts)
+
+@flow
 def talkative(n: int = 2) -> list[int]:
     print(f"building for n={n}")  # the body runs as the graph is built
     return [double(i) for i in range(n)]
@@ -290,20 +294,40 @@ def test_what_a_flow_body_prints_goes_to_stderr_and_stdout_stays_the_output(
     assert "building for n=3" in graph.stderr
 
 
-def test_a_request_over_a_server_limit_is_refused_with_exit_2(
+def test_a_parameter_over_a_servers_lower_limit_is_uploaded(
     tmp_path: Path, env: dict[str, str], cluster: Cluster
 ) -> None:
-    """A parameter over the server's max_parameter_bytes was refused in one clear line,
-    but `run` and `schedules create` exited 1 ("failed"), not 2 ("a request the server
-    refused", as --help says for bad input): a user trial."""
+    """The SDK uploaded only parameters over a fixed 1 MiB: on a server with a lower
+    --max-parameter-bytes, `run` and `schedules create` with a larger parameter were
+    refused, advising PayloadService, which a CLI user cannot call (a trial). The
+    client now asks the server its limit (GetServerInfo) and uploads what is over it.
+    What must still go in the request (the elements of a list a task maps over) is
+    refused in one clear line, with exit 2 ("a request the server refused", as --help
+    says for bad input; it was 1, "failed")."""
     _, address = start_server(cluster, tmp_path / "hw.db", 0, "--max-parameter-bytes", "2000")
-    target = str(tmp_path / "cli_tasks.py:greet")
-    for command in (["run", target], ["schedules", "create", target, "--every", "1h"]):
-        got = cli(env, *command, "--server", address, "-p", f"text={'x' * 3000}")
+    start_worker(cluster, address, "w1", module="cli_tasks")
+    greet = str(tmp_path / "cli_tasks.py:greet")
+    done = cli(env, "run", greet, "--server", address, "-p", f"text={'x' * 3000}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == "X" * 3000
+    scheduled = cli(
+        env, "schedules", "create", greet, "--every", "1h", "--server", address,
+        "-p", f"text={'x' * 3000}",
+    )  # fmt: skip
+    assert scheduled.returncode == 0, scheduled.stderr
+    with Client(address) as client:
+        (schedule,) = client.list_schedules()
+        assert schedule.parameters == {"text": "x" * 3000}
+    texts = json.dumps(["y" * 40] * 60)
+    each = str(tmp_path / "cli_tasks.py:shout_each")
+    for command in (["run", each], ["schedules", "create", each, "--every", "1h"]):
+        got = cli(env, *command, "--server", address, "-p", f"texts={texts}")
         assert got.returncode == 2, (command, got.returncode, got.stderr)
         last = got.stderr.strip().splitlines()[-1]
-        assert "parameter 'text' is 30" in last and (
-            "over this server's limit max_parameter_bytes = 2000" in last
+        assert (
+            "parameter 'texts' is" in last
+            and "with its 60 elements" in last
+            and ("over this server's limit max_parameter_bytes = 2000" in last)
         ), got.stderr
 
 

@@ -150,6 +150,33 @@ def test_large_parameters_are_uploaded_not_inlined(server: ServerThread) -> None
         assert run.state is FlowRunState.RUNNING
 
 
+def test_a_parameter_is_inlined_only_when_its_whole_value_fits_the_servers_limit(
+    db: str,
+) -> None:
+    """The server counts a parameter's whole encoded Value (data, metadata, message)
+    against max_parameter_bytes; the client inlined by the size of the data alone, so a
+    parameter of 1 MiB of data was sent inline and refused by a default server, and one
+    over a lower limit was refused however small."""
+    server = ServerThread(db, token="tok")
+    try:
+        with Client(server.address, token="tok") as client:
+            exactly = "x" * ((1 << 20) - 2)  # 1 MiB of JSON data with its quotes
+            assert client._encode(exactly).WhichOneof("kind") == "ref"
+            assert client._encode("x" * 1000).WhichOneof("kind") == "inline"
+            assert client.run(greet, {"text": exactly}).state is FlowRunState.RUNNING
+    finally:
+        server.stop()
+    server = ServerThread(db, token="tok", limits=Limits(max_parameter_bytes=500))
+    try:
+        with Client(server.address, token="tok") as client:
+            assert client.server_info()["max_parameter_bytes"] == 500
+            assert client._encode("x" * 400).WhichOneof("kind") == "inline"
+            assert client._encode("x" * 1000).WhichOneof("kind") == "ref"
+            assert client.run(greet, {"text": "x" * 1000}).state is FlowRunState.RUNNING
+    finally:
+        server.stop()
+
+
 def test_errors_are_one_clear_line(server: ServerThread, tmp_path: Path) -> None:
     with (
         Client(server.address, token="wrong") as client,

@@ -302,6 +302,8 @@ class Client(OperationsClient):
         self._channels: dict[str, grpc.Channel] = {}
         #: A call has succeeded: an unreachable server is then ridden out (a restart).
         self._reached = False
+        #: Each server's max_parameter_bytes, by address, once asked (``_inline_bound``).
+        self._parameter_limits: dict[str, int] = {}
         self._use(self._addresses.current)
 
     def _use(self, address: str) -> None:
@@ -431,8 +433,10 @@ class Client(OperationsClient):
             ) from None
 
     def server_info(self) -> dict[str, Any]:
-        """The server's ``server_version``, ``protocol_version`` and ``features``; a cheap
-        call to check that the server is reachable and the token accepted."""
+        """The server's ``server_version``, ``protocol_version``, ``features`` and
+        ``max_parameter_bytes`` (the largest parameter it takes inline: larger ones are
+        uploaded); a cheap call to check that the server is reachable and the token
+        accepted."""
         info = self._call(
             lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info", ride=True
         )
@@ -440,6 +444,7 @@ class Client(OperationsClient):
             "server_version": info.server_version,
             "protocol_version": info.protocol_version,
             "features": list(info.features),
+            "max_parameter_bytes": info.max_parameter_bytes or INLINE_PAYLOAD_LIMIT,
         }
 
     def deploy(self, flow: Flow[..., Any], params: Mapping[str, Any] | None = None) -> str:
@@ -864,16 +869,37 @@ class Client(OperationsClient):
     # Internal: users pass and get Python values; Value messages stay inside the SDK.
 
     def _encode(self, value: Any, *, portable: bool = False) -> payload_pb2.Value:
-        """A Value for a parameter: inline when small, uploaded in chunks when large;
-        tagged json (or EncodingError) when ``portable``."""
+        """A Value for a parameter: inline when it fits the server's parameter limit
+        (and 1 MiB), else uploaded in chunks and sent by reference; tagged json (or
+        EncodingError) when ``portable``."""
         encoded = encode(value, portable=portable)
+        inline = payload_pb2.Value(
+            inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+        )
+        if inline.ByteSize() <= min(INLINE_PAYLOAD_LIMIT, self._inline_bound()):
+            return inline
         deadline = time.monotonic() + self.timeout
         try:
-            return self._retrying(
-                lambda: self._transfer.value(encoded, INLINE_PAYLOAD_LIMIT), deadline
-            )
+            ref = self._retrying(lambda: self._transfer.upload(encoded), deadline)
+            return payload_pb2.Value(ref=ref)
         except PayloadTransferError as exc:
             raise ServerError(f"{exc} (server {self._addresses.current})") from None
+
+    def _inline_bound(self) -> int:
+        """The most bytes a parameter Value may take inline in a request to the current
+        server: its max_parameter_bytes (GetServerInfo, asked once per server), which
+        counts the whole encoded Value. A parameter between a server's lower limit and
+        1 MiB was sent inline and refused, with advice a CLI user could not follow."""
+        address = self._addresses.current
+        bound = self._parameter_limits.get(address)
+        if bound is None:
+            info = self._call(
+                lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info", ride=True
+            )
+            # (0: a server that does not say, which takes 1 MiB.)
+            bound = info.max_parameter_bytes or INLINE_PAYLOAD_LIMIT
+            self._parameter_limits[self._addresses.current] = bound
+        return bound
 
     def _encode_by_name(self, value: Any) -> payload_pb2.Value:
         """A parameter of a run by flow name (whose graph the client does not have): a
@@ -881,7 +907,7 @@ class Client(OperationsClient):
         case a task maps over it (the server does not decode values); else whole."""
         whole = self._encode(value)
         if isinstance(value, list | tuple):
-            return with_elements_inline(whole, value) or whole
+            return with_elements_inline(whole, value, self._inline_bound()) or whole
         return whole
 
     def _fetch(self, ref: payload_pb2.PayloadRef) -> bytes:

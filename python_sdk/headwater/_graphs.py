@@ -157,11 +157,12 @@ ELEMENTS_INLINE = 512 * 1024
 
 
 def with_elements_inline(
-    whole: payload_pb2.Value, elements: list[Any] | tuple[Any, ...]
+    whole: payload_pb2.Value, elements: list[Any] | tuple[Any, ...], bound: int = ELEMENTS_INLINE
 ) -> payload_pb2.Value | None:
     """``with_elements`` with every element inline, when the value and its elements
-    take at most ``ELEMENTS_INLINE`` bytes together; else None (sent whole, as
-    before: a parameter nothing maps over is never refused for its elements)."""
+    take at most ``ELEMENTS_INLINE`` bytes together (and ``bound``: the server's
+    parameter limit); else None (sent whole, as before: a parameter nothing maps over
+    is never refused for its elements)."""
     items: list[payload_pb2.Value] = []
     size = whole.ByteSize()
     for element in elements:
@@ -170,7 +171,7 @@ def with_elements_inline(
         except EncodingError:
             return None
         size += item.inline.ByteSize()
-        if size > ELEMENTS_INLINE:
+        if size > min(ELEMENTS_INLINE, bound):
             return None
         items.append(item)
     return with_elements(whole, items)

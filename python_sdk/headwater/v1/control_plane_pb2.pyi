@@ -915,11 +915,18 @@ class GetServerInfoResponse(google.protobuf.message.Message):
     SERVER_VERSION_FIELD_NUMBER: builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: builtins.int
     FEATURES_FIELD_NUMBER: builtins.int
+    MAX_PARAMETER_BYTES_FIELD_NUMBER: builtins.int
     server_version: builtins.str
     """Server version."""
     protocol_version: builtins.int
     """The one worker protocol version the server speaks (the only value it accepts in
     Hello.protocol_version).
+    """
+    max_parameter_bytes: builtins.int
+    """The largest parameter value this server takes in a CreateFlowRun or CreateSchedule
+    request, in bytes of its encoded Value (its max_parameter_bytes limit,
+    docs/limits.md): a client uploads a larger one (PayloadService) and sends its
+    reference. 0 from a server that does not say (assume 1 MiB).
     """
     @property
     def features(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
@@ -933,8 +940,9 @@ class GetServerInfoResponse(google.protobuf.message.Message):
         server_version: builtins.str = ...,
         protocol_version: builtins.int = ...,
         features: collections.abc.Iterable[builtins.str] | None = ...,
+        max_parameter_bytes: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["features", b"features", "protocol_version", b"protocol_version", "server_version", b"server_version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["features", b"features", "max_parameter_bytes", b"max_parameter_bytes", "protocol_version", b"protocol_version", "server_version", b"server_version"]) -> None: ...
 
 global___GetServerInfoResponse = GetServerInfoResponse
 

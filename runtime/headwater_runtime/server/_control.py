@@ -444,9 +444,10 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         request: cp.GetServerInfoRequest,
         context: grpc.aio.ServicerContext[cp.GetServerInfoRequest, cp.GetServerInfoResponse],
     ) -> cp.GetServerInfoResponse:
-        """The server's version, protocol version and features."""
+        """The server's version, protocol version, features and parameter limit."""
         return control_plane_pb2.GetServerInfoResponse(
             server_version=SERVER_VERSION,
             protocol_version=PROTOCOL_VERSION,
             features=feature_names(),
+            max_parameter_bytes=self.core.settings.limits.max_parameter_bytes,
         )
