@@ -111,3 +111,32 @@ def test_the_audit_command_prints_local_time(server: ServerThread) -> None:
     printed = datetime.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S")
     there = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=5, minutes=45)
     assert abs(there - printed) < timedelta(minutes=5), (printed, there)
+
+
+def test_an_empty_listing_says_so_on_stderr_and_prints_nothing_on_stdout(
+    server: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every listing of a server with nothing to list printed nothing at all: it read as
+    a hang or a failure (an operator trial). Now one line on stderr says what is empty
+    (naming the filters that narrowed it); stdout stays empty for scripts, and --json
+    is still an empty list."""
+    cases = [
+        (["runs", "list"], "no flow runs"),
+        (["runs", "list", "--flow", "etl", "--state", "FAILED"], "no flow runs match --flow etl"),
+        (["schedules", "list"], "no schedules"),
+        (["schedules", "list", "--flow", "etl"], "no schedules match --flow etl"),
+        (["workers", "list"], "no workers"),
+        (["workers", "list", "--online"], "no online workers"),
+        (["limits", "list"], "no limits"),
+        (["webhooks", "list"], "no webhooks"),
+        (["tokens", "list"], "no valid credentials (revoked ones: --all)"),
+        (["tokens", "list", "--all"], "no credentials"),
+        (["audit", "--kind", "schedule"], "no audit entries match --kind schedule"),
+    ]
+    for args, said in cases:
+        code = main([*args, "--server", server.address, "--token", ADMIN_TOKEN])
+        out, err = capsys.readouterr()
+        assert (code, out) == (0, ""), (args, code, out, err)
+        assert err.strip().splitlines()[-1].startswith(said), (args, err)
+    code = main(["runs", "list", "--json", "--server", server.address, "--token", ADMIN_TOKEN])
+    assert (code, capsys.readouterr().out.strip()) == (0, "[]")

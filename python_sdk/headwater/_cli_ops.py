@@ -21,6 +21,7 @@ from headwater.wire import (
 from ._access_info import AuditEntry
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
+from ._cli_render import nothing_listed
 from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
 
@@ -49,6 +50,8 @@ def cmd_limits(args: argparse.Namespace) -> int:
             if args.json:  # (as workers list --json: a user trial missed it)
                 print(_json([dataclasses.asdict(limit) for limit in limits]))
                 return EXIT_OK
+            if not limits:
+                nothing_listed("limits")
             for limit in limits:
                 print(limit_line(limit))
             return EXIT_OK
@@ -134,6 +137,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
             listed = client.list_workers(online_only=args.online)
             if args.json:
                 print(_json([worker_json(worker) for worker in listed]))
+            elif not listed:
+                nothing_listed("online workers" if args.online else "workers")
             else:
                 for worker in listed:
                     print(worker_line(worker))
@@ -205,7 +210,10 @@ def cmd_webhooks(args: argparse.Namespace) -> int:
     states = [_state(s) for s in args.state or ()]
     with connect(args, server_address(args)) as client:
         if args.action == "list":
-            for hook in client.list_webhooks():
+            hooks = client.list_webhooks()
+            if not hooks:
+                nothing_listed("webhooks")
+            for hook in hooks:
                 print(webhook_line(hook))
             return EXIT_OK
         if not args.target:
@@ -270,8 +278,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= AUDIT_PAGE_MAX:
         raise UsageError(f"--limit must be in 1..{AUDIT_PAGE_MAX}, got {args.limit}")
     with connect(args, server_address(args)) as client:
-        for entry in client.audit(args.kind or "", args.object or "", args.limit):
-            print(audit_line(entry))
+        entries = client.audit(args.kind or "", args.object or "", args.limit)
+    if not entries:
+        given = [("--kind", args.kind), ("--object", args.object)]
+        nothing_listed("audit entries", *(f"{option} {value}" for option, value in given if value))
+    for entry in entries:
+        print(audit_line(entry))
     return EXIT_OK
 
 

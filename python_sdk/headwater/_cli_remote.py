@@ -33,6 +33,7 @@ from ._cli_render import (
     console,
     duration_text,
     json_text,
+    nothing_listed,
     outcome_lines,
     plain,
     result_text,
@@ -344,6 +345,11 @@ def _list(client: Client, args: argparse.Namespace) -> int:
     )
     if args.json:
         print(_json([_run_json(r) for r in runs]))
+        return EXIT_OK
+    if not runs:
+        given = [("--flow", args.flow), ("--since", args.since)]
+        given += [("--state", state) for state in args.state or ()]
+        nothing_listed("flow runs", *(f"{option} {value}" for option, value in given if value))
         return EXIT_OK
     out = console()
     if not out.is_terminal:  # plain, one run a line: easy to grep and cut

@@ -41,6 +41,14 @@ _COLOURS = {
 _ACTIVE = {TaskRunState.RUNNING, TaskRunState.RETRYING}
 
 
+def nothing_listed(what: str, *filters: str) -> None:
+    """Say on stderr that a listing is empty (stdout stays empty for scripts): an empty
+    listing printed nothing at all, which read as a hang or a failure. ``filters``:
+    the options that narrowed it (``--flow etl``), named in the line."""
+    narrowed = f" match {' '.join(filters)}" if filters else ""
+    print(f"no {what}{narrowed}", file=sys.stderr)
+
+
 def user_output_to_stderr() -> contextlib.AbstractContextManager[Any]:
     """While the user's code runs in a command whose stdout is its output (a module's
     top level as it loads, a flow body while its graph is built): what that code

@@ -9,7 +9,7 @@ from headwater.wire import parse_duration
 
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
-from ._cli_render import user_output_to_stderr
+from ._cli_render import nothing_listed, user_output_to_stderr
 from ._errors import UsageError
 from ._loader import load_flow
 from ._schedule_info import ScheduleInfo
@@ -73,6 +73,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             listed = client.list_schedules(args.flow or "")
             if args.json:
                 print(_json([schedule_json(schedule) for schedule in listed]))
+            elif not listed:
+                nothing_listed("schedules", *([f"--flow {args.flow}"] if args.flow else []))
             else:
                 for schedule in listed:
                     print(_line(schedule))

@@ -19,11 +19,21 @@ from headwater.wire import ENV_DB, ENV_SERVER, Role
 from ._access_info import CredentialInfo
 from ._cli_connect import add_tls_args, connect, open_database
 from ._cli_remote import local_time
+from ._cli_render import nothing_listed
 from ._errors import CommandError, UsageError
 
 EXIT_OK = 0
 #: Who audit entries and ``tokens list`` say created a credential made with ``--db``.
 OFFLINE = "offline"
+
+
+def _listed(credentials: list[CredentialInfo], revoked_too: bool) -> int:
+    """``tokens list``: one credential a line (or a line on stderr saying none)."""
+    if not credentials:
+        nothing_listed("credentials" if revoked_too else "valid credentials (revoked ones: --all)")
+    for info in credentials:
+        print(_line(info))
+    return EXIT_OK
 
 
 def _line(c: CredentialInfo) -> str:
@@ -62,9 +72,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
             info, token = client.create_token(args.name, args.role, subject=args.subject or "")
             return _created(info, token)
         if args.action == "list":
-            for info in client.list_tokens(include_revoked=args.all):
-                print(_line(info))
-            return EXIT_OK
+            return _listed(client.list_tokens(include_revoked=args.all), args.all)
         print(f"revoked {_line(client.revoke_token(args.name))}")
         return EXIT_OK
 
@@ -116,9 +124,9 @@ def _offline_action(args: argparse.Namespace, store: Any) -> int:
         store.add_audit(AuditRow(now, OFFLINE, "credential.create", "credential", row.name))
         return _created(_info(row), token)
     if args.action == "list":
-        for row in store.list_credentials(include_revoked=args.all):
-            print(_line(_info(row)))
-        return EXIT_OK
+        return _listed(
+            [_info(r) for r in store.list_credentials(include_revoked=args.all)], args.all
+        )
     try:
         row = store.revoke_credential(args.name, now)
     except NotFound as exc:
