@@ -90,27 +90,38 @@ def test_audit_lists_who_set_a_limit_and_paused_a_schedule_newest_first(
     assert code == 2 and err == "headwater: error: --limit must be in 1..1000, got 0\n"
 
 
-def test_the_audit_command_prints_local_time(server: ServerThread) -> None:
-    """The real command, in a time zone 5 h 45 min east of UTC: the printed time is
-    that zone's."""
+def test_the_audit_command_and_runs_show_print_local_time(server: ServerThread) -> None:
+    """The real commands, in a time zone 5 h 45 min east of UTC: the printed times are
+    that zone's (``runs show`` printed its audit lines in UTC, marked Z, while every
+    other listing used local time: an operator trial)."""
     with Client(server.address, token=ADMIN_TOKEN) as admin:
         admin.set_limit("db", concurrency=2)
+        run_id = admin.run(audited).id  # (no worker: it waits, which is all it needs)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEADWATER_")}
-    shown = subprocess.run(
-        [sys.executable, "-m", "headwater._cli", "audit", "--server", server.address],
-        env={**env, "HEADWATER_TOKEN": ADMIN_TOKEN, "TZ": "XYZ-05:45"},
-        capture_output=True,
-        text=True,
-        timeout=BOUND,
-        check=False,
-    )
-    assert shown.returncode == 0, shown.stderr
-    (line,) = shown.stdout.splitlines()
-    day, clock, rest = line.split(None, 2)
-    assert rest == "server-token  limit.set  limit db  concurrency 2"
-    printed = datetime.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S")
+
+    def printed(*args: str) -> list[str]:
+        shown = subprocess.run(
+            [sys.executable, "-m", "headwater._cli", *args, "--server", server.address],
+            env={**env, "HEADWATER_TOKEN": ADMIN_TOKEN, "TZ": "XYZ-05:45"},
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout.splitlines()
+
+    (line,) = printed("audit", "--kind", "limit")
+    (run_line,) = [line for line in printed("runs", "show", run_id) if " run by " in line]
     there = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=5, minutes=45)
-    assert abs(there - printed) < timedelta(minutes=5), (printed, there)
+    for shown, said in [
+        (line, "server-token  limit.set  limit db  concurrency 2"),
+        (run_line, f"run by server-token ({audited.name}:1)"),
+    ]:
+        day, clock, rest = shown.split(None, 2)
+        assert rest == said
+        at = datetime.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S")
+        assert abs(there - at) < timedelta(minutes=5), (shown, there)
 
 
 def test_an_empty_listing_says_so_on_stderr_and_prints_nothing_on_stdout(

@@ -435,7 +435,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
     for note in run.audit:
         detail = f" ({printable(note.detail)})" if note.detail else ""
         out.print(
-            f"  {note.at:%Y-%m-%d %H:%M:%S}Z  {note.action} by {note.actor}{detail}",
+            f"  {local_time(note.at)}  {note.action} by {note.actor}{detail}",
             markup=False,
             highlight=False,
         )
