@@ -596,6 +596,18 @@ def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) 
     assert resumed["paused"] is False and resumed["next_run_at"] > time.time()
     status, _, _ = http.call("POST", "/api/schedules/nope/pause", {})
     assert status == 404
+    # A prefix of the id, in any case, as the CLI and a run's routes take it (it was a
+    # 404: an operator trial); one that several schedules share is a 400 naming them.
+    short = schedule.id[:8].upper()
+    assert http.post(f"/api/schedules/{short}/pause")["schedule"]["id"] == schedule.id
+    ids = [schedule.id]
+    with Client(server.address, token=TOKEN) as client:
+        while len({i[0] for i in ids}) == len(ids):  # 17 at most: 16 hex digits
+            ids.append(client.create_schedule(loud, every=3600).id)
+    shared = ids[-1][0]
+    status, body, _ = http.call("POST", f"/api/schedules/{shared}/resume", {})
+    assert status == 400, body
+    assert f"schedule id prefix '{shared}' matches several schedules" in body["error"]
 
 
 def test_the_audit_log_is_listed_newest_first_and_filtered(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from headwater.v1 import run_pb2
 from headwater.wire import GraphBuildNeeded, GraphError, ParameterError
-from headwater_runtime.store import Conflict, NotFound, ScheduleRow
+from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 
 from ._builds import BuildUnavailable, NoBuilder
 from ._io import to_its_end
@@ -33,6 +33,10 @@ log = logging.getLogger("headwater.scheduler")
 #: Seconds before a fire that failed for the server's own reasons (the store) is tried
 #: again.
 FIRE_RETRY = 1.0
+
+
+class AmbiguousScheduleId(ValueError):
+    """A schedule id prefix that several schedules share."""
 
 
 class ScheduleRequests:
@@ -80,6 +84,12 @@ class ScheduleRequests:
         for name, value in converted.items():
             checked.parameters[name].CopyFrom(value)
         return await self.core.io.read(self.scheduler.check, checked, version)
+
+    async def resolve(self, schedule_id: str) -> str:
+        """The id of the schedule with this id, or with this unique prefix of its id
+        (in any case), as the CLI and a run's HTTP routes take it; NotFound or
+        AmbiguousScheduleId (naming the matches) otherwise."""
+        return await self.core.io.read(_resolve, self.core.store, schedule_id)
 
     async def delete(self, schedule_id: str) -> None:
         """Delete a schedule (NotFound when unknown); the runs it created are kept."""
@@ -161,4 +171,21 @@ class ScheduleRequests:
         asyncio.get_running_loop().call_later(FIRE_RETRY, again)
 
 
-__all__ = ["ScheduleRequests"]
+def _resolve(store: Store, schedule_id: str) -> str:
+    try:
+        return store.get_schedule(schedule_id).id
+    except NotFound:
+        prefix = schedule_id.lower()
+        found = [r.id for r in store.list_schedules() if prefix and r.id.startswith(prefix)]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise AmbiguousScheduleId(
+            f"schedule id prefix {schedule_id!r} matches several schedules ({shown}): give "
+            "more of the id"
+        ) from None
+
+
+__all__ = ["AmbiguousScheduleId", "ScheduleRequests"]

@@ -35,6 +35,7 @@ from .._http_security import HttpGuard
 from .._notices import WorkerRecord, drain
 from .._ops_core import RetryRefused, UnknownWorker
 from .._reads import AmbiguousRunId, RunReads
+from .._schedule_requests import AmbiguousScheduleId
 from . import _data
 from ._access import FORM_TYPES, form_of
 from ._pages import PageHandlers
@@ -331,8 +332,9 @@ class HttpApi(PageHandlers):
         return web.json_response({"schedules": [_data.schedule_json(s) for s in schedules]})
 
     async def _set_enabled(self, request: web.Request, enabled: bool) -> web.StreamResponse:
-        schedule_id = request.match_info["schedule_id"]
-        schedule = await self.core.schedule_requests.set_enabled(schedule_id, enabled)
+        requests = self.core.schedule_requests
+        schedule_id = await requests.resolve(request.match_info["schedule_id"])
+        schedule = await requests.set_enabled(schedule_id, enabled)
         action = "schedule.resume" if enabled else "schedule.pause"
         await self.core.audit(action, "schedule", schedule_id)
         return web.json_response({"schedule": _data.schedule_json(schedule)})
@@ -599,7 +601,7 @@ def error_response(exc: Exception) -> web.Response | None:
         return web.json_response({"error": str(exc)}, status=404)
     if isinstance(exc, UnknownWorker):
         return web.json_response({"error": str(exc)}, status=404)
-    if isinstance(exc, BadRequest | AmbiguousRunId):
+    if isinstance(exc, BadRequest | AmbiguousRunId | AmbiguousScheduleId):
         return web.json_response({"error": str(exc)}, status=400)
     if isinstance(exc, RetryRefused):
         return web.json_response({"error": str(exc)}, status=409)
