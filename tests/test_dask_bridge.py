@@ -17,7 +17,7 @@ from headwater import Skip, task
 from headwater._worker_codec import PayloadTransfer
 from headwater._worker_dask import DaskAttempts
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater.wire import decode_value, encode
+from headwater.wire import decode_value, encode, seconds
 
 
 def inline(value: Any) -> worker_pb2.InputValue:
@@ -95,10 +95,14 @@ def test_results_stay_in_the_cluster_and_feed_the_next_task_as_futures(
         return sum(xs) * 100 + first
 
     bridge = bridge_for(rows, total)
+    before = time.time()
     bridge.attempts.assign(
         assignment(rows.task_type, "r/rows", {"n": inline(4)}, split_result=True)
     )
-    result = bridge.outcome("r/rows").result.result
+    reported = bridge.outcome("r/rows").result
+    # Its times, as a plain worker's: the server's duration of it after an outage.
+    assert before <= seconds(reported.started_at) <= seconds(reported.ended_at) <= time.time()
+    result = reported.result
     assert result.ref.location == "dask" and result.ref.payload_id.startswith("dask-")
     assert result.ref.dask_key.startswith("rows-")
     assert result.ref.metadata["headwater.length"] == "4"
