@@ -258,11 +258,13 @@ class RunCreation:
     # ---------------------------------------------------------------- waiting
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on the loop; ``stop`` cancels it."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def await_builder(self, flow_name: str, retry: Retry) -> None:
+        """Run ``retry`` once a worker that can build ``flow_name``'s graph connects."""
         self._awaiting.setdefault(flow_name, []).append(retry)
 
     def connected(self, session: WorkerSession) -> None:
