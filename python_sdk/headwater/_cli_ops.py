@@ -280,8 +280,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     with connect(args, server_address(args)) as client:
         entries = client.audit(args.kind or "", args.object or "", args.limit)
     if not entries:
-        given = [("--kind", args.kind), ("--object", args.object)]
-        nothing_listed("audit entries", *(f"{option} {value}" for option, value in given if value))
+        nothing_listed("audit entries", [("--kind", args.kind), ("--object", args.object)])
     for entry in entries:
         print(audit_line(entry))
     return EXIT_OK

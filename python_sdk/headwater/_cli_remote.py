@@ -347,9 +347,8 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         print(_json([_run_json(r) for r in runs]))
         return EXIT_OK
     if not runs:
-        given = [("--flow", args.flow), ("--since", args.since)]
-        given += [("--state", state) for state in args.state or ()]
-        nothing_listed("flow runs", *(f"{option} {value}" for option, value in given if value))
+        states = [("--state", state) for state in args.state or ()]
+        nothing_listed("flow runs", [("--flow", args.flow), ("--since", args.since), *states])
         return EXIT_OK
     out = console()
     if not out.is_terminal:  # plain, one run a line: easy to grep and cut

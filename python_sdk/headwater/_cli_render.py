@@ -41,11 +41,13 @@ _COLOURS = {
 _ACTIVE = {TaskRunState.RUNNING, TaskRunState.RETRYING}
 
 
-def nothing_listed(what: str, *filters: str) -> None:
+def nothing_listed(what: str, filters: Iterable[tuple[str, Any]] = ()) -> None:
     """Say on stderr that a listing is empty (stdout stays empty for scripts): an empty
     listing printed nothing at all, which read as a hang or a failure. ``filters``:
-    the options that narrowed it (``--flow etl``), named in the line."""
-    narrowed = f" match {' '.join(filters)}" if filters else ""
+    (option, value) of the options given, named in the line when they narrowed it
+    (``--flow etl``; one with no value did not)."""
+    given = [f"{option} {value}" for option, value in filters if value]
+    narrowed = f" match {' '.join(given)}" if given else ""
     print(f"no {what}{narrowed}", file=sys.stderr)
 
 

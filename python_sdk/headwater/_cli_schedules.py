@@ -74,7 +74,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             if args.json:
                 print(_json([schedule_json(schedule) for schedule in listed]))
             elif not listed:
-                nothing_listed("schedules", *([f"--flow {args.flow}"] if args.flow else []))
+                nothing_listed("schedules", [("--flow", args.flow)])
             else:
                 for schedule in listed:
                     print(_line(schedule))

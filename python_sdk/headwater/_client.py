@@ -440,11 +440,14 @@ class Client(OperationsClient):
         info = self._call(
             lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info", ride=True
         )
+        # (0: a server that does not say, which takes 1 MiB.)
+        limit = info.max_parameter_bytes or INLINE_PAYLOAD_LIMIT
+        self._parameter_limits[self._addresses.current] = limit  # (``_inline_bound``)
         return {
             "server_version": info.server_version,
             "protocol_version": info.protocol_version,
             "features": list(info.features),
-            "max_parameter_bytes": info.max_parameter_bytes or INLINE_PAYLOAD_LIMIT,
+            "max_parameter_bytes": limit,
         }
 
     def deploy(self, flow: Flow[..., Any], params: Mapping[str, Any] | None = None) -> str:
@@ -890,15 +893,9 @@ class Client(OperationsClient):
         server: its max_parameter_bytes (GetServerInfo, asked once per server), which
         counts the whole encoded Value. A parameter between a server's lower limit and
         1 MiB was sent inline and refused, with advice a CLI user could not follow."""
-        address = self._addresses.current
-        bound = self._parameter_limits.get(address)
+        bound = self._parameter_limits.get(self._addresses.current)
         if bound is None:
-            info = self._call(
-                lambda c: c.GetServerInfo, cp.GetServerInfoRequest(), "server info", ride=True
-            )
-            # (0: a server that does not say, which takes 1 MiB.)
-            bound = info.max_parameter_bytes or INLINE_PAYLOAD_LIMIT
-            self._parameter_limits[self._addresses.current] = bound
+            bound = int(self.server_info()["max_parameter_bytes"])  # (it keeps it)
         return bound
 
     def _encode_by_name(self, value: Any) -> payload_pb2.Value:
