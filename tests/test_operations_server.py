@@ -483,6 +483,65 @@ def test_a_delivery_stored_while_the_outbox_is_read_is_not_left_waiting() -> Non
     asyncio.run(main())
 
 
+def test_a_delivery_that_ends_while_the_outbox_is_read_is_not_tried_once_more() -> None:
+    """The deliverer reads the outbox while a delivery is under way. When that delivery
+    failed, had its try written and ended before the read came back, the read still
+    showed it due with one try fewer, and it was posted again: one try more than
+    ``webhook_max_attempts`` (CI saw 4 tries of 3). Here the read is held until the
+    delivery has ended: it is posted once, as max_attempts=1 says."""
+    from headwater_runtime.server._webhooks import Deliverer, DeliverySettings
+    from headwater_runtime.store import DeliveryRow, WebhookRow
+
+    async def main() -> None:
+        outbox = {1: DeliveryRow("h", b"{}", 0.0, 0.0, id=1)}
+        posts: list[int] = []
+        ended, idle = asyncio.Event(), asyncio.Event()
+
+        class Outbox:
+            def due_deliveries(self, now: float, limit: int) -> list[DeliveryRow]:
+                return list(outbox.values())
+
+            def next_delivery_at(self) -> float | None:
+                idle.set()
+                return None
+
+            def delivery_failed(self, id: int, attempts: int, next_at: Any, error: str) -> None:
+                assert next_at is None  # max_attempts=1: given up
+                del outbox[id]
+                ended.set()
+
+        class IO:
+            held = False
+
+            async def read(self, fn: Any, *args: Any) -> Any:
+                seen = fn(*args)
+                if deliverer._inflight and not self.held:  # read while it is under way
+                    self.held = True
+                    await ended.wait()  # ... and come back after it ended
+                return seen
+
+            async def write(self, fn: Any, *args: Any) -> Any:
+                return fn(*args)
+
+        def post(hook: WebhookRow, delivery: DeliveryRow) -> str:
+            posts.append(delivery.attempts)
+            return "HTTP 503"
+
+        hooks = type("Hooks", (), {"store": Outbox(), "io": IO(), "clock": time.time})()
+        hooks.hooks = {"h": WebhookRow("h", "http://127.0.0.1:9/")}
+        deliverer = Deliverer(hooks, DeliverySettings(max_attempts=1))
+        deliverer._post = post  # type: ignore[method-assign]
+        deliverer.start()
+        try:
+            await asyncio.wait_for(idle.wait(), 10)
+            assert hooks.io.held, "the read was not held: the test tests nothing"
+            assert (posts, list(deliverer._inflight)) == ([0], [])
+        finally:
+            await deliverer.stop()
+
+    asyncio.run(main())
+
+
 def test_a_delivery_to_an_unusable_url_stored_earlier_is_a_failed_try() -> None:
     """A URL stored before it was checked (``http://bad host/``) made urllib raise
     InvalidURL, which the deliverer did not catch: its loop logged a traceback every

@@ -252,6 +252,9 @@ class Deliverer:
         self._task: asyncio.Task[None] | None = None
         #: Deliveries being made, by webhook id (one at most per webhook).
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        #: Deliveries ended so far: a read of the outbox during which one ended may hold
+        #: that delivery as it was before (still due, one try short) and is not acted on.
+        self._ended = 0
         self._threads = concurrent.futures.ThreadPoolExecutor(
             CONCURRENCY, thread_name_prefix="headwater-webhook"
         )
@@ -288,9 +291,15 @@ class Deliverer:
                 room = CONCURRENCY - len(self._inflight)
                 if room > 0:
                     # (each webhook's oldest due delivery: those of busy ones are skipped)
+                    ended = self._ended
                     due = await io.read(
                         store.due_deliveries, self.webhooks.clock(), room + len(self._inflight)
                     )
+                    if ended != self._ended:
+                        # A delivery ended while the outbox was read: what was read may
+                        # show it as before its outcome was written (it was tried one
+                        # time too many). Read again.
+                        continue
                     for delivery in due:
                         if room > 0 and delivery.webhook_id not in self._inflight:
                             self._start(delivery)
@@ -332,6 +341,7 @@ class Deliverer:
             log.exception("webhook delivery %d failed; it is tried again", delivery.id)
         finally:
             self._inflight.pop(delivery.webhook_id, None)
+            self._ended += 1
             self._wake.set()
 
     async def _deliver(self, delivery: DeliveryRow) -> None:
