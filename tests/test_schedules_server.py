@@ -424,3 +424,51 @@ def test_a_fire_the_store_fails_is_fired_again_not_skipped(
     assert keys[-1] == fire_key(schedule_id, first)  # the oldest run: the first fire's
     (said,) = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
     assert "database or disk is full" in said and "trying again in 1s" in said
+
+
+def test_a_fire_whose_graph_build_is_unavailable_is_asked_again_a_moment_later(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fire whose graph build failed because the worker left (BuildUnavailable) was
+    fired again at once: a builder that left as soon as it was asked had the scheduler
+    spin. It keeps its fire time and is fired again a second later."""
+    from test_server_protocol import TOKEN, serving
+
+    from headwater_runtime.server._builds import BuildUnavailable
+    from headwater_runtime.server._schedule_times import fire_key
+
+    async def main() -> tuple[str, float, list[str], int]:
+        async with (
+            serving(db, token=TOKEN, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            creation = running.core.creation
+            create, calls = creation.create, []
+
+            async def unavailable_once(*args: Any, **kwargs: Any) -> Any:
+                calls.append(args)
+                if len(calls) == 1:
+                    raise BuildUnavailable("worker 'w' left before building the graph")
+                return await create(*args, **kwargs)
+
+            creation.create = unavailable_once
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = proto_pipeline.compile()
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+            schedule = _every(0.3, parameters={"n": value_of(1)}, enabled=True, catchup=True)
+            request = cp.CreateScheduleRequest(schedule=schedule)
+            created = (await client.CreateSchedule(request, metadata=AUTH)).schedule
+            while True:  # bounded by the wait_for below
+                listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+                if listed.flow_runs:
+                    break
+                await asyncio.sleep(0.05)
+            keys = [r.idempotency_key for r in listed.flow_runs]
+            return created.id, created.next_run_at.ToNanoseconds() / 1e9, keys, len(calls)
+
+    with caplog.at_level(logging.WARNING, "headwater.scheduler"):
+        schedule_id, first, keys, calls = asyncio.run(asyncio.wait_for(main(), 60))
+    assert keys[-1] == fire_key(schedule_id, first)  # the oldest run: the first fire's
+    assert calls >= 2
+    (said,) = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
+    assert "left before building the graph" in said and "trying again in 1s" in said

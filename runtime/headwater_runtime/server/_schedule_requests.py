@@ -135,9 +135,10 @@ class ScheduleRequests:
             log.warning("schedule %s waits to fire at %s: %s", msg.id, fire_time, exc)
             creation.await_builder(msg.flow_name, lambda: self._fire(msg, fire_time, row))
             return
-        except BuildUnavailable as exc:  # the worker left or was slow: ask again
-            log.warning("schedule %s: %s; asking again", msg.id, exc)
-            self.fire(msg, fire_time, row)
+        except BuildUnavailable as exc:
+            # The worker left or was slow: ask again a moment later (at once, a builder
+            # that kept leaving as soon as it was asked had the scheduler spin).
+            self._failed(msg, fire_time, exc)
             return
         except (ParameterError, GraphError, NotFound, Conflict) as exc:
             # The latest version of the flow no longer accepts these values (or the
