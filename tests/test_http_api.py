@@ -610,6 +610,38 @@ def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) 
     assert f"schedule id prefix '{shared}' matches several schedules" in body["error"]
 
 
+def test_runs_are_filtered_by_a_schedule_id_or_a_unique_prefix(
+    server: ServerThread, http: Http
+) -> None:
+    """``/api/runs?schedule=`` needed the whole id (a prefix listed nothing, silently),
+    where pausing the schedule took a prefix. It takes a unique prefix in any case; an
+    ambiguous one is a 400 naming the matches; a deleted schedule's whole id still
+    lists the runs it created."""
+    with Client(server.address, token=TOKEN) as client:
+        firing = client.create_schedule(loud, every=0.2, params={"text": "often"})
+        runs = wait_for(
+            lambda: len(got := http.get(f"/api/runs?schedule={firing.id}")["runs"]) >= 2 and got,
+            "two runs of the schedule",
+        )
+        client.pause_schedule(firing.id)
+        client.run(loud, {"text": "by hand"})  # a run of the same flow, of no schedule
+        ids = [firing.id]
+        while len({i[0] for i in ids}) == len(ids):  # 17 at most: 16 hex digits
+            ids.append(client.create_schedule(loud, every=3600).id)
+        whole = {r["id"] for r in http.get(f"/api/runs?schedule={firing.id}")["runs"]}
+        assert {r["id"] for r in runs} <= whole
+        short = firing.id[:8].upper()
+        assert {r["id"] for r in http.get(f"/api/runs?schedule={short}")["runs"]} == whole
+        shared = ids[-1][0]
+        status, body, _ = http.call("GET", f"/api/runs?schedule={shared}")
+        assert status == 400, body
+        assert f"schedule id prefix '{shared}' matches several schedules" in body["error"]
+        client.delete_schedule(firing.id)
+    kept = {r["id"] for r in http.get(f"/api/runs?schedule={firing.id}")["runs"]}
+    assert kept == whole
+    assert http.get("/api/runs?schedule=0000000000")["runs"] == []
+
+
 def test_the_audit_log_is_listed_newest_first_and_filtered(
     server: ServerThread, http: Http
 ) -> None:

@@ -8,6 +8,7 @@ from the server's watch machinery. Nothing here decides anything about runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -166,8 +167,9 @@ class HttpApi(PageHandlers):
 
     async def list_runs(self, request: web.Request) -> web.StreamResponse:
         """Runs, newest first; ``flow``, ``state`` (repeatable or comma-separated),
-        ``schedule``, ``since``/``until`` (seconds since the epoch, created time),
-        ``limit`` (1..1000, default 50), ``before`` (a run id: the next page)."""
+        ``schedule`` (an id or a unique prefix), ``since``/``until`` (seconds since the
+        epoch, created time), ``limit`` (1..1000, default 50), ``before`` (a run id: the
+        next page)."""
         limit = _int(request, "limit", 50, 1, PAGE_MAX)
         before = request.query.get("before", "")
         if before:  # a run id or a unique prefix: the listing needs the whole id
@@ -176,13 +178,17 @@ class HttpApi(PageHandlers):
             except NotFound:
                 raise BadRequest(f"before {before!r} is not the id of a run") from None
             # (AmbiguousRunId: 400, said as for a run's own routes)
+        schedule = request.query.get("schedule", "")
+        if schedule:  # a schedule id or a unique prefix (AmbiguousScheduleId: 400)
+            with contextlib.suppress(NotFound):  # a deleted schedule's id: as given
+                schedule = await self.core.schedule_requests.resolve(schedule)
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.query.get("flow", ""),
             _states(request),
             limit + 1,
             before,
-            schedule_id=request.query.get("schedule", ""),
+            schedule_id=schedule,
             created_after=_float(request, "since"),
             created_before=_float(request, "until"),
         )
