@@ -265,6 +265,52 @@ def test_retrying_a_run_that_is_not_over_is_refused(db: str) -> None:
     call(db, body)
 
 
+def test_a_run_retried_and_ended_while_another_retry_reads_it_is_read_again(db: str) -> None:
+    """Two retries of one run at once (a double click): while the second read the run,
+    the first retried it and it ended again. The second then retried it from what it
+    had read, its journal from before the first retry: its entries took sequence
+    numbers already stored. It reads the run again: the run is retried once more, as
+    its third attempt, and every commit goes through."""
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+
+        async def stopped(why: str) -> None:
+            await core.cancel_run(row.id, why)
+            while row.id in core.runs.runs:  # noqa: ASYNC110 (ended, and that end committed)
+                await asyncio.sleep(0.01)
+
+        await stopped("stop")
+        read, release, held = core.io.read, asyncio.Event(), asyncio.Event()
+
+        async def holding(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            got = await read(fn, *args, **kwargs)
+            if fn == core.ops._rebuild and not held.is_set():
+                held.set()  # the second retry's read: back once the first is over
+                await release.wait()
+            return got
+
+        core.io.read = holding
+        second = asyncio.ensure_future(core.ops.retry(row.id, "second"))
+        await held.wait()
+        await core.ops.retry(row.id, "first")
+        await stopped("stop again")
+        release.set()
+        await second
+        await stopped("stop a third time")
+        await core.durable()
+        attempts = await read(core.store.run_attempts, row.id)
+        assert [(a.attempt, FlowRunState(a.state).name) for a in attempts] == [
+            (1, "CANCELLED"),
+            (2, "CANCELLED"),
+            (3, "CANCELLED"),
+        ]
+
+    call(db, body)
+
+
 def test_retrying_a_child_flow_run_on_its_own_is_refused(db: str) -> None:
     """A child run's outcome is its parent's task run's: retried alone (a hostile
     trial, while its parent ran), the child ended SUCCESS while the parent kept the

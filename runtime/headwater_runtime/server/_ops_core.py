@@ -82,6 +82,7 @@ class Operations:
     def __init__(self, core: ServerCore) -> None:
         self.core = core
         self._marked_late: set[str] = set()  # unfinished runs marked late already
+        self._retries = 0  # runs retried so far (``retry``)
         settings = core.settings
         now = core.clock.now
         self.limits = core.dispatcher.limits
@@ -335,9 +336,18 @@ class Operations:
         core = self.core
         if flow_run_id in core.runs.runs:
             raise RetryRefused(f"flow run {flow_run_id} is running; it can be retried once it ends")
-        active = await core.io.read(self._rebuild, flow_run_id)
-        if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
-            raise RetryRefused(f"flow run {flow_run_id} is running again already")
+        while True:
+            retried = self._retries
+            active = await core.io.read(self._rebuild, flow_run_id)
+            if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
+                raise RetryRefused(f"flow run {flow_run_id} is running again already")
+            if retried == self._retries:
+                break
+            # A run was retried while this one was read. If it was this one and it
+            # ended again meanwhile, what was read is its journal from before that
+            # retry: retried from it, its entries took sequence numbers already stored
+            # and every commit failed. Read it again.
+        self._retries += 1
         core.runs.retry(active, reason)
         core.touch()
         await to_its_end(self._retried(flow_run_id, reason), "a retry")
