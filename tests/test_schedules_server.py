@@ -472,3 +472,58 @@ def test_a_fire_whose_graph_build_is_unavailable_is_asked_again_a_moment_later(
     assert calls >= 2
     (said,) = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
     assert "left before building the graph" in said and "trying again in 1s" in said
+
+
+def test_a_pause_beside_a_delete_does_not_bring_the_schedule_back(db: str) -> None:
+    """A pause read the schedule on a reader thread, then stored it paused: a delete that
+    came between the two was undone (the schedule stored again, and in the scheduler).
+    Here the pause's store work straddles a delete: the schedule stays deleted and the
+    pause says it is not found."""
+    import contextvars
+
+    from test_server_protocol import TOKEN, serving
+
+    from headwater_runtime.store import NotFound
+
+    pausing = contextvars.ContextVar("pausing", default=False)
+
+    async def main() -> None:
+        async with serving(db, token=TOKEN, heartbeat_interval=0.5) as running:
+            core = running.core
+            requests = core.schedule_requests
+            await core.register_flow(proto_pipeline.compile())
+            schedule = _schedule(parameters={"n": value_of(1)}, enabled=True)
+            schedule.interval.FromSeconds(3600)
+            created = await requests.create(schedule)
+            read, write = core.io.read, core.io.write
+            held, release = asyncio.Event(), asyncio.Event()
+
+            async def read_then_hold(fn: Any, *args: Any, **kwargs: Any) -> Any:
+                got = await read(fn, *args, **kwargs)
+                if pausing.get() and not held.is_set():
+                    held.set()
+                    await release.wait()
+                return got
+
+            async def hold_then_write(fn: Any, *args: Any, **kwargs: Any) -> Any:
+                if pausing.get() and not held.is_set():
+                    held.set()
+                    await release.wait()
+                return await write(fn, *args, **kwargs)
+
+            core.io.read, core.io.write = read_then_hold, hold_then_write
+            context = contextvars.copy_context()
+            context.run(pausing.set, True)
+            pause = asyncio.get_running_loop().create_task(
+                requests.set_enabled(created.id, False), context=context
+            )
+            await held.wait()  # the pause's first store work: done (a read) or not yet
+            await requests.delete(created.id)
+            release.set()
+            with pytest.raises(NotFound):
+                await pause
+            with pytest.raises(NotFound):
+                await read(core.store.get_schedule, created.id)
+            assert created.id not in core.schedules._active
+
+    asyncio.run(asyncio.wait_for(main(), 60))

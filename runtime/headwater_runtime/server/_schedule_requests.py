@@ -3,7 +3,8 @@
 The scheduler (``_schedules``) keeps the loop's state: which schedules are enabled and
 when each fires next. What reads or writes the store runs on the store's threads
 (``StoreIO``): a request's checks on a reader thread, its write on the writer thread
-(after the writes before it), and only then the scheduler's state changes, on the loop.
+(after the writes before it; a pause or resume reads the schedule there too), and only
+then the scheduler's state changes, on the loop.
 A fire creates its run through ``RunCreation.create``, as a client's CreateFlowRun does:
 a large scheduled flow is built and stored without holding up the loop (it ran on the
 loop, stalling every client and worker for as long as the run took to store, and
@@ -104,13 +105,27 @@ class ScheduleRequests:
     async def set_enabled(self, schedule_id: str, enabled: bool) -> run_pb2.Schedule:
         """Pause or resume a schedule (NotFound when unknown); see
         ``Scheduler.toggled``."""
-        core = self.core
-        row = await core.io.read(core.store.get_schedule, schedule_id)
-        msg = self.scheduler.toggled(row, enabled)
-        if msg is None:
-            return shown(row)
-        await to_its_end(self._store(msg), "pausing or resuming a schedule")
-        return shown_message(msg)
+        core, scheduler = self.core, self.scheduler
+
+        def toggle() -> tuple[ScheduleRow, run_pb2.Schedule | None]:
+            # Read and written in one go on the writer thread, after the writes before:
+            # read on a reader thread, a schedule deleted before the write was stored
+            # again by it (a pause beside a delete brought the schedule back).
+            row = core.store.get_schedule(schedule_id)
+            msg = scheduler.toggled(row, enabled)
+            if msg is not None:
+                core.store.put_schedule(scheduler.row_of(msg))
+            return row, msg
+
+        async def toggled() -> run_pb2.Schedule:
+            row, msg = await core.io.write(toggle)
+            if msg is None:
+                return shown(row)
+            scheduler.remember(msg)
+            core.touch()  # the timer loop re-reads the next fire time
+            return shown_message(msg)
+
+        return await to_its_end(toggled(), "pausing or resuming a schedule", (NotFound,))
 
     # ------------------------------------------------------------------- fires
 
