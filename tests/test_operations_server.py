@@ -32,7 +32,7 @@ from headwater_runtime.server._config import ConfigError, settings
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.server._ops_core import RetryRefused
 from headwater_runtime.server._runs import RunManager
-from headwater_runtime.store import LimitRow, open_store
+from headwater_runtime.store import LimitRow, NotFound, open_store
 
 
 def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
@@ -307,6 +307,49 @@ def test_a_run_retried_and_ended_while_another_retry_reads_it_is_read_again(db: 
             (2, "CANCELLED"),
             (3, "CANCELLED"),
         ]
+
+    call(db, body)
+
+
+def test_a_prune_while_a_run_is_retried_keeps_that_run(db: str) -> None:
+    """A prune that came while a retry read its run deleted the run (stored as ended
+    until the retry's first commit): the retry's commits then named a run no longer
+    stored, and failed until the server stopped. The run is kept, retried and stored."""
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+        other, _ = await core.create_run("pipeline", "", {"n": value_of(2)})
+        for run_id in (row.id, other.id):
+            await core.cancel_run(run_id, "stop")
+        while row.id in core.runs.runs or other.id in core.runs.runs:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # (ended, and that end committed)
+        read, release, held = core.io.read, asyncio.Event(), asyncio.Event()
+
+        async def holding(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            got = await read(fn, *args, **kwargs)
+            if fn == core.ops._rebuild and not held.is_set():
+                held.set()
+                await release.wait()
+            return got
+
+        core.io.read = holding
+        retry = asyncio.ensure_future(core.ops.retry(row.id, "again"))
+        await held.wait()
+        report = await core.prune(0.0)
+        assert report.runs == 1  # the other run: this one is kept
+        release.set()
+        await retry
+        await core.cancel_run(row.id, "stop again")
+        await core.durable()
+        attempts = await read(core.store.run_attempts, row.id)
+        assert [(a.attempt, FlowRunState(a.state).name) for a in attempts] == [
+            (1, "CANCELLED"),
+            (2, "CANCELLED"),
+        ]
+        with pytest.raises(NotFound):
+            await read(core.store.get_flow_run, other.id)
 
     call(db, body)
 

@@ -480,6 +480,8 @@ class ServerCore(WorkerReports):
             now,
             grace=self.settings.payload_grace if grace is None else grace,
             dry_run=dry_run,
+            # (asked on the writer thread: a look into two dicts the loop changes)
+            keep=lambda run_id: run_id in self.runs.runs or run_id in self.ops.retrying,
         )
         # One short transaction per step, each a write of its own: the commits of
         # runs go in between (one transaction held every commit for as long as it

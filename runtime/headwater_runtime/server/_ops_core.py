@@ -83,6 +83,8 @@ class Operations:
         self.core = core
         self._marked_late: set[str] = set()  # unfinished runs marked late already
         self._retries = 0  # runs retried so far (``retry``)
+        #: Runs being retried (``retry``), by id: how many retries of each are under way.
+        self.retrying: dict[str, int] = {}
         settings = core.settings
         now = core.clock.now
         self.limits = core.dispatcher.limits
@@ -336,21 +338,30 @@ class Operations:
         core = self.core
         if flow_run_id in core.runs.runs:
             raise RetryRefused(f"flow run {flow_run_id} is running; it can be retried once it ends")
-        while True:
-            retried = self._retries
-            active = await core.io.read(self._rebuild, flow_run_id)
-            if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
-                raise RetryRefused(f"flow run {flow_run_id} is running again already")
-            if retried == self._retries:
-                break
-            # A run was retried while this one was read. If it was this one and it
-            # ended again meanwhile, what was read is its journal from before that
-            # retry: retried from it, its entries took sequence numbers already stored
-            # and every commit failed. Read it again.
-        self._retries += 1
-        core.runs.retry(active, reason)
-        core.touch()
-        await to_its_end(self._retried(flow_run_id, reason), "a retry")
+        # Kept from a prune (``ServerCore.prune``) until the retry is stored: the store
+        # holds the run as ended until then, and a prune that deleted it meanwhile
+        # left the retry's commits naming a run no longer stored.
+        self.retrying[flow_run_id] = self.retrying.get(flow_run_id, 0) + 1
+        try:
+            while True:
+                retried = self._retries
+                active = await core.io.read(self._rebuild, flow_run_id)
+                if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
+                    raise RetryRefused(f"flow run {flow_run_id} is running again already")
+                if retried == self._retries:
+                    break
+                # A run was retried while this one was read. If it was this one and it
+                # ended again meanwhile, what was read is its journal from before that
+                # retry: retried from it, its entries took sequence numbers already
+                # stored and every commit failed. Read it again.
+            self._retries += 1
+            core.runs.retry(active, reason)
+            core.touch()
+            await to_its_end(self._retried(flow_run_id, reason), "a retry")
+        finally:
+            self.retrying[flow_run_id] -= 1
+            if not self.retrying[flow_run_id]:
+                del self.retrying[flow_run_id]
 
     async def _retried(self, flow_run_id: str, reason: str) -> None:
         await self.core.durable()

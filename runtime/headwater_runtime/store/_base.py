@@ -22,7 +22,7 @@ commits: a new run is stored by the thread that built it, one hop fewer.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -635,7 +635,13 @@ class Store(OpsStore, Protocol):
 
     # retention
     def pruning(
-        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+        self,
+        ended_before: float | None,
+        now: float,
+        *,
+        grace: float,
+        dry_run: bool = False,
+        keep: Callable[[str], bool] | None = None,
     ) -> Pruning:
         """A prune as a series of short transactions (``store/_prune.py``): call its
         ``step()`` until it returns False (a server runs each step as a write of its
@@ -643,7 +649,8 @@ class Store(OpsStore, Protocol):
         that ended before ``ended_before`` (none when None) with their journal,
         projections, logs and audit entries, expired cache entries, values nothing
         references, and payloads nothing references older than ``grace`` seconds, and
-        gives the space back. ``dry_run`` only reads, and counts."""
+        gives the space back. ``dry_run`` only reads, and counts. ``keep(run_id)``
+        True keeps a run whatever its stored state (a server's runs under way)."""
         ...
 
     def prune(

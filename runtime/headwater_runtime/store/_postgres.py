@@ -754,7 +754,13 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
     # -------------------------------------------------------------- retention
 
     def pruning(
-        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+        self,
+        ended_before: float | None,
+        now: float,
+        *,
+        grace: float,
+        dry_run: bool = False,
+        keep: Callable[[str], bool] | None = None,
     ) -> Pruning:
         """A prune in steps (``Pruning``): finished runs that ended before
         ``ended_before`` (none when None) with their journal, projections and logs;
@@ -771,6 +777,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             now,
             grace=grace,
             dry_run=dry_run,
+            keep=keep,
         )
 
     def prune(

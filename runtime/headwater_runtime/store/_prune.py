@@ -143,6 +143,9 @@ class Pruning:
         now: the time expired cache entries and the payloads' grace are measured at.
         grace: payloads nothing references younger than this many seconds are kept.
         dry_run: count, delete nothing.
+        keep: run ids to keep whatever the store says of them, asked as each batch is
+            deleted (a server's runs under way: a run retried in memory is stored as
+            ended until its retry's first commit).
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class Pruning:
         *,
         grace: float,
         dry_run: bool = False,
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
         self._db = db
+        self._keep = keep
         self._ended_before = ended_before
         self._now = now
         self._grace = grace
@@ -237,7 +242,10 @@ class Pruning:
                 *TERMINAL,
                 self._ended_before,
             )
-        candidates = {str(run): parent or "" for run, parent in rows}
+        keep = self._keep
+        candidates = {
+            str(run): parent or "" for run, parent in rows if keep is None or not keep(str(run))
+        }
 
         def existing(ids: list[str]) -> set[str]:
             found = self._rows(conn, "SELECT id FROM flow_runs WHERE id IN ({within})", ids)

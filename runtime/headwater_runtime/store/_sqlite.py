@@ -821,7 +821,13 @@ class SQLiteStore(SQLiteOps, AccessTables):
     # -------------------------------------------------------------- retention
 
     def pruning(
-        self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
+        self,
+        ended_before: float | None,
+        now: float,
+        *,
+        grace: float,
+        dry_run: bool = False,
+        keep: Callable[[str], bool] | None = None,
     ) -> Pruning:
         """A prune in steps (``Pruning``): finished runs that ended before
         ``ended_before`` (none when None) with their journal, projections and logs;
@@ -830,7 +836,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
         belong to an upload or a result on its way). Then the freed pages go back to
         the file system. Each step is one short transaction on the calling thread's
         connection; ``dry_run`` only reads."""
-        return Pruning(_SQLitePruning(self), ended_before, now, grace=grace, dry_run=dry_run)
+        return Pruning(
+            _SQLitePruning(self), ended_before, now, grace=grace, dry_run=dry_run, keep=keep
+        )
 
     def prune(
         self, ended_before: float | None, now: float, *, grace: float, dry_run: bool = False
