@@ -378,32 +378,23 @@ def test_schedules_fire_and_change_with_their_store_work_off_the_event_loop(db: 
     assert on_loop == set(), f"{sorted(on_loop)} ran on the event loop's thread"
 
 
-def test_a_fire_the_store_fails_is_fired_again_not_skipped(
-    db: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A fire whose run cannot be stored (the disk is full) keeps its fire time: it is
-    fired again a moment later (with catch-up, as here, that time's run is created;
-    without, only the latest time due then, as after downtime)."""
+def _first_fire_after_a_failure(
+    db: str, caplog: pytest.LogCaptureFixture, fail_once: Any
+) -> tuple[list[str], str]:
+    """A catch-up schedule every 0.3 s, whose first fire meets the failure
+    ``fail_once(core)`` installs: the first run's idempotency key must be the first
+    fire's (checked here); returns the keys of the runs listed then (newest first) and
+    the one server log line saying the fire is tried again."""
     from test_server_protocol import TOKEN, serving
 
     from headwater_runtime.server._schedule_times import fire_key
-    from headwater_runtime.store import StoreUnavailable
 
     async def main() -> tuple[str, float, list[str]]:
         async with (
             serving(db, token=TOKEN, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
-            store = running.core.store
-            create = store.create_flow_run
-            failures = [StoreUnavailable("database or disk is full")]
-
-            def failing_once(*args: Any, **kwargs: Any) -> Any:
-                if failures:
-                    raise failures.pop()
-                return create(*args, **kwargs)
-
-            store.create_flow_run = failing_once
+            fail_once(running.core)
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             graph = proto_pipeline.compile()
             await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
@@ -415,7 +406,6 @@ def test_a_fire_the_store_fails_is_fired_again_not_skipped(
                 if listed.flow_runs:
                     break
                 await asyncio.sleep(0.05)
-            assert not failures  # (the first fire met the failure)
             keys = [r.idempotency_key for r in listed.flow_runs]
             return created.id, created.next_run_at.ToNanoseconds() / 1e9, keys
 
@@ -423,6 +413,31 @@ def test_a_fire_the_store_fails_is_fired_again_not_skipped(
         schedule_id, first, keys = asyncio.run(asyncio.wait_for(main(), 60))
     assert keys[-1] == fire_key(schedule_id, first)  # the oldest run: the first fire's
     (said,) = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
+    return keys, said
+
+
+def test_a_fire_the_store_fails_is_fired_again_not_skipped(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fire whose run cannot be stored (the disk is full) keeps its fire time: it is
+    fired again a moment later (with catch-up, as here, that time's run is created;
+    without, only the latest time due then, as after downtime)."""
+    from headwater_runtime.store import StoreUnavailable
+
+    failures = [StoreUnavailable("database or disk is full")]
+
+    def fail_once(core: Any) -> None:
+        create = core.store.create_flow_run
+
+        def failing_once(*args: Any, **kwargs: Any) -> Any:
+            if failures:
+                raise failures.pop()
+            return create(*args, **kwargs)
+
+        core.store.create_flow_run = failing_once
+
+    _, said = _first_fire_after_a_failure(db, caplog, fail_once)
+    assert not failures  # (the first fire met the failure)
     assert "database or disk is full" in said and "trying again in 1s" in said
 
 
@@ -432,45 +447,23 @@ def test_a_fire_whose_graph_build_is_unavailable_is_asked_again_a_moment_later(
     """A fire whose graph build failed because the worker left (BuildUnavailable) was
     fired again at once: a builder that left as soon as it was asked had the scheduler
     spin. It keeps its fire time and is fired again a second later."""
-    from test_server_protocol import TOKEN, serving
-
     from headwater_runtime.server._builds import BuildUnavailable
-    from headwater_runtime.server._schedule_times import fire_key
 
-    async def main() -> tuple[str, float, list[str], int]:
-        async with (
-            serving(db, token=TOKEN, heartbeat_interval=0.5, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            creation = running.core.creation
-            create, calls = creation.create, []
+    calls: list[Any] = []
 
-            async def unavailable_once(*args: Any, **kwargs: Any) -> Any:
-                calls.append(args)
-                if len(calls) == 1:
-                    raise BuildUnavailable("worker 'w' left before building the graph")
-                return await create(*args, **kwargs)
+    def fail_once(core: Any) -> None:
+        create = core.creation.create
 
-            creation.create = unavailable_once
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-            graph = proto_pipeline.compile()
-            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
-            schedule = _every(0.3, parameters={"n": value_of(1)}, enabled=True, catchup=True)
-            request = cp.CreateScheduleRequest(schedule=schedule)
-            created = (await client.CreateSchedule(request, metadata=AUTH)).schedule
-            while True:  # bounded by the wait_for below
-                listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
-                if listed.flow_runs:
-                    break
-                await asyncio.sleep(0.05)
-            keys = [r.idempotency_key for r in listed.flow_runs]
-            return created.id, created.next_run_at.ToNanoseconds() / 1e9, keys, len(calls)
+        async def unavailable_once(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            if len(calls) == 1:
+                raise BuildUnavailable("worker 'w' left before building the graph")
+            return await create(*args, **kwargs)
 
-    with caplog.at_level(logging.WARNING, "headwater.scheduler"):
-        schedule_id, first, keys, calls = asyncio.run(asyncio.wait_for(main(), 60))
-    assert keys[-1] == fire_key(schedule_id, first)  # the oldest run: the first fire's
-    assert calls >= 2
-    (said,) = [r.getMessage() for r in caplog.records if "could not fire" in r.getMessage()]
+        core.creation.create = unavailable_once
+
+    _, said = _first_fire_after_a_failure(db, caplog, fail_once)
+    assert len(calls) >= 2
     assert "left before building the graph" in said and "trying again in 1s" in said
 
 
