@@ -419,9 +419,12 @@ def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
     tmp_path: Path, db: str, cluster: Callable[..., Proc]
 ) -> None:
     _, address = start_server(cluster, db)
-    start_worker(cluster, address, "w1")
-    env = {**os.environ, "HEADWATER_TOKEN": TOKEN, "HW_TEST_DIR": str(tmp_path)}
     script = str(tmp_path / "e2e_tasks.py")
+    # The worker takes its file as `headwater run` does, without --module (a newcomer's
+    # `headwater worker FILE.py` was refused: unrecognized arguments).
+    worker = cluster("worker", script, "--server", address, "--name", "w1", worker="w1")
+    worker.wait_line("connected to")
+    env = {**os.environ, "HEADWATER_TOKEN": TOKEN, "HW_TEST_DIR": str(tmp_path)}
     ran = headwater_cli("run", f"{script}:etl", "--param", "n=3", "--server", address, env=env)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "30"
@@ -435,6 +438,7 @@ def test_the_cli_runs_flows_on_a_server_and_inspects_runs(
         (("runs", "show", "nope", "--server", address), 2, "'nope'"),
         (("runs", "list", "--server", "127.0.0.1:1"), 3, "cannot reach"),  # (3: try again)
         (("run", f"{script}:etl", "--server", address, "--param", "zzz=1"), 2, "zzz"),
+        (("worker", "--server", address), 2, "give at least one module"),
     ]:
         proc = headwater_cli(*args, env=env)
         lines = proc.stderr.strip().splitlines()

@@ -293,8 +293,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         parse_addresses(args.server)
     except ValueError as exc:
         raise UsageError(f"--server expects HOST:PORT[,HOST:PORT...]: {exc}") from None
-    if not args.module:
-        raise UsageError("give at least one --module with the tasks this worker runs")
+    modules = [*args.modules, *args.module]
+    if not modules:
+        raise UsageError(
+            "give at least one module with the tasks this worker runs: "
+            "headwater worker FILE.py (or --module package.module)"
+        )
     if args.slots is not None and args.slots < 1:
         raise UsageError(f"--slots must be at least 1, got {args.slots}")
     try:
@@ -338,12 +342,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from ._worker_dask import DaskBridgeWorker
 
         try:
-            worker: Worker = DaskBridgeWorker(args.server, args.module, dask=args.dask, **options)
+            worker: Worker = DaskBridgeWorker(args.server, modules, dask=args.dask, **options)
         except ConnectionError as exc:  # (the scheduler could not be reached: try again)
             print(f"headwater: error: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
     else:
-        worker = Worker(args.server, args.module, **options)
+        worker = Worker(args.server, modules, **options)
     # Task logs at INFO and up are sent to the server (and printed here).
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -390,13 +394,19 @@ def add_worker_command(sub: Any) -> None:
         "(the worker follows the leader) (default: $HEADWATER_SERVER)",
     )
     worker.add_argument(
+        "modules",
+        nargs="*",
+        metavar="MODULE",
+        help="package.module or path/to/file.py whose @tasks to run (a file inside a "
+        "package is imported under its dotted name, pkg/jobs.py as pkg.jobs)",
+    )
+    worker.add_argument(
         "--module",
         "-m",
         action="append",
         default=[],
         metavar="MODULE",
-        help="package.module or path/to/file.py whose @tasks to run (repeatable; a file "
-        "inside a package is imported under its dotted name, pkg/jobs.py as pkg.jobs)",
+        help="a MODULE as well, given as an option (repeatable)",
     )
     worker.add_argument(
         "--label",
