@@ -164,6 +164,24 @@ def test_run_keeps_stdout_for_the_result_and_shows_task_prints_on_stderr(
     assert all(f"step {i} done" in proc.stderr for i in range(6)), proc.stderr
 
 
+def test_run_says_it_runs_here_when_a_server_is_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With HEADWATER_SERVER exported (the default --server of `runs`, `worker` and the
+    rest), `headwater run` still runs in this process: a newcomer took the printed
+    result for the server's run and found no run on the server. It says so on stderr;
+    stdout keeps the result."""
+    monkeypatch.setenv("HEADWATER_SERVER", "127.0.0.1:1")
+    path = write(tmp_path, "printing.py", PRINTING)
+    proc = headwater_cli("run", path, "--param", "n=2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [0, 1]
+    said = "headwater run: running in this process (HEADWATER_SERVER does not send a run"
+    assert said in proc.stderr.splitlines()[0], proc.stderr
+    monkeypatch.delenv("HEADWATER_SERVER")
+    assert "HEADWATER_SERVER" not in headwater_cli("run", path, "--param", "n=2").stderr
+
+
 def test_a_flow_target_module_is_found_in_the_current_directory(tmp_path: Path) -> None:
     """`headwater run shopc:daily` and `headwater graph mypkg.jobs:f` from the module's
     folder: the installed command (not `python -m`, which adds the folder itself)

@@ -179,6 +179,12 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
             f"{' and '.join(remote)} {'is' if len(remote) == 1 else 'are'} for a run on a "
             "server; add --server HOST:PORT (without it the flow runs in this process)"
         )
+    if os.environ.get(ENV_SERVER):  # (the other commands' default --server)
+        print(
+            f"headwater run: running in this process ({ENV_SERVER} does not send a run to "
+            "a server: add --server to run it there)",
+            file=sys.stderr,
+        )
     executor = None
     if args.dask is not None:
         if args.workers is not None:
@@ -487,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a flow (in this process, or on a server with --server); print its result",
         description="Run a flow and print its result as JSON: embedded (in this process, on a "
-        "thread pool) by default, or on a server with --server. Progress is shown live on a "
+        "thread pool) by default, also when HEADWATER_SERVER is set, or on a server with "
+        "--server. Progress is shown live on a "
         "terminal (plain lines otherwise), then a summary and each failed task's error "
         "and traceback. Exit code 0 when the run succeeds, 1 when it fails, 3 when the "
         "server cannot be reached, 130 when it "
