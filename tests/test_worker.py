@@ -487,7 +487,7 @@ def test_a_bad_token_exits_non_zero_with_one_line(tmp_path: Path, tasks_file: Pa
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--server", "127.0.0.1:1"], "at least one --module"),
+        (["--server", "127.0.0.1:1"], "headwater worker FILE.py (or --module package.module)"),
         (["--server", "127.0.0.1:1", "-m", "no_such_module_here"], "no module named"),
         (["--server", "127.0.0.1:1", "-m", "hw_tasks", "--label", "gpu"], "--label expects"),
         (["--server", "127.0.0.1:1", "-m", "hw_tasks", "--slots", "0"], "--slots must be"),
