@@ -659,7 +659,8 @@ def test_schedules_round_trip(store: Store) -> None:
 def test_a_fire_advances_its_schedule_unless_deleted_or_paused_meanwhile(store: Store) -> None:
     """A fire stores its run and its schedule advanced past it in one transaction. A
     fire may wait long for a worker to build its graph: a schedule paused meanwhile was
-    resumed in the store by it (fired again after a restart), one deleted stays so."""
+    resumed in the store by it (fired again after a restart), one deleted stays so, and
+    one paused and resumed keeps the resume's next time."""
     store.put_schedule(ScheduleRow("s1", "etl", b"v1", 100.0, True))
     advanced = ScheduleRow("s1", "etl", b"v2", 160.0, True)
     store.create_flow_run(FlowRunRow("r1", "etl", "1", 3, 1.0, schedule_id="s1"), advanced)
@@ -668,10 +669,20 @@ def test_a_fire_advances_its_schedule_unless_deleted_or_paused_meanwhile(store: 
     later = ScheduleRow("s1", "etl", b"v3", 220.0, True)
     store.create_flow_run(FlowRunRow("r2", "etl", "1", 3, 2.0, schedule_id="s1"), later)
     assert store.get_schedule("s1") == ScheduleRow("s1", "etl", b"paused", 160.0, False)
-    store.delete_schedule("s1")
+    # Paused and resumed while a fire waited: the resume's later time stands (the fire
+    # stored its own, older one over it, and a restart caught up the paused times).
+    resumed = ScheduleRow("s1", "etl", b"resumed", 280.0, True)
+    store.put_schedule(resumed)
     store.create_flow_run(FlowRunRow("r3", "etl", "1", 3, 3.0, schedule_id="s1"), later)
+    assert store.get_schedule("s1") == resumed
+    onwards = ScheduleRow("s1", "etl", b"v4", 340.0, True)
+    store.create_flow_run(FlowRunRow("r4", "etl", "1", 3, 4.0, schedule_id="s1"), onwards)
+    assert store.get_schedule("s1") == onwards
+    store.delete_schedule("s1")
+    store.create_flow_run(FlowRunRow("r5", "etl", "1", 3, 5.0, schedule_id="s1"), later)
     assert store.list_schedules() == []
-    assert [r.id for r in store.list_flow_runs(schedule_id="s1")] == ["r3", "r2", "r1"]
+    ids = [r.id for r in store.list_flow_runs(schedule_id="s1")]
+    assert ids == ["r5", "r4", "r3", "r2", "r1"]
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

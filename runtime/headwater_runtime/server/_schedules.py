@@ -279,14 +279,16 @@ class Scheduler:
 
 
 def advance(store: Store, row: ScheduleRow) -> None:
-    """Store a schedule advanced past a skipped fire, unless it was deleted or paused
-    meanwhile (a fire may wait long for a graph build: storing the row as it was
-    brought back a schedule deleted meanwhile, or resumed one paused)."""
+    """Store a schedule advanced past a skipped fire, unless it was deleted, paused or
+    resumed meanwhile (a fire may wait long for a graph build: storing the row as it was
+    brought back a schedule deleted meanwhile, resumed one paused, or put back the time
+    of one paused and resumed)."""
     try:
         stored = store.get_schedule(row.id)
     except NotFound:
         return
-    if stored.enabled:
+    before, after = stored.next_run_at, row.next_run_at
+    if stored.enabled and (before is None or after is None or before < after):
         store.put_schedule(row)
 
 

@@ -348,11 +348,14 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
         def work(conn: Conn) -> tuple[str, bool]:
             if schedule is not None:
-                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted; and one
-                # paused meanwhile stays paused (a fire may wait long for a graph build).
+                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted; one
+                # paused meanwhile stays paused (a fire may wait long for a graph build);
+                # and one resumed meanwhile keeps its later next time (only a fire's
+                # advance moves the time forward from its fire time).
                 conn.execute(
-                    "UPDATE schedules SET body=%s, next_run_at=%s WHERE id=%s AND enabled",
-                    (schedule.body, schedule.next_run_at, schedule.id),
+                    "UPDATE schedules SET body=%s, next_run_at=%s "
+                    "WHERE id=%s AND enabled AND (next_run_at IS NULL OR next_run_at < %s)",
+                    (schedule.body, schedule.next_run_at, schedule.id, schedule.next_run_at),
                 )
             if row.idempotency_key:
                 existing = conn.execute(

@@ -432,11 +432,14 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
         def work() -> tuple[str, bool]:
             if schedule is not None:
-                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted; and one
-                # paused meanwhile stays paused (a fire may wait long for a graph build).
+                # UPDATE, not INSERT: a schedule deleted meanwhile stays deleted; one
+                # paused meanwhile stays paused (a fire may wait long for a graph build);
+                # and one resumed meanwhile keeps its later next time (only a fire's
+                # advance moves the time forward from its fire time).
                 db.execute(
-                    "UPDATE schedules SET body=?, next_run_at=? WHERE id=? AND enabled=1",
-                    (schedule.body, schedule.next_run_at, schedule.id),
+                    "UPDATE schedules SET body=?, next_run_at=? "
+                    "WHERE id=? AND enabled=1 AND (next_run_at IS NULL OR next_run_at < ?)",
+                    (schedule.body, schedule.next_run_at, schedule.id, schedule.next_run_at),
                 )
             if row.idempotency_key:
                 existing = db.execute(
