@@ -876,15 +876,10 @@ class Client(OperationsClient):
         (and 1 MiB), else uploaded in chunks and sent by reference; tagged json (or
         EncodingError) when ``portable``."""
         encoded = encode(value, portable=portable)
-        inline = payload_pb2.Value(
-            inline=payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
-        )
-        if inline.ByteSize() <= min(INLINE_PAYLOAD_LIMIT, self._inline_bound()):
-            return inline
+        bound = min(INLINE_PAYLOAD_LIMIT, self._inline_bound())
         deadline = time.monotonic() + self.timeout
         try:
-            ref = self._retrying(lambda: self._transfer.upload(encoded), deadline)
-            return payload_pb2.Value(ref=ref)
+            return self._retrying(lambda: self._transfer.value(encoded, bound), deadline)
         except PayloadTransferError as exc:
             raise ServerError(f"{exc} (server {self._addresses.current})") from None
 

@@ -179,8 +179,12 @@ class PayloadTransfer:
         return data
 
     def value(self, encoded: EncodedValue, inline_limit: int) -> payload_pb2.Value:
-        """A Value message: inline up to ``inline_limit`` bytes, else uploaded."""
-        if len(encoded.data) <= inline_limit:
-            payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
-            return payload_pb2.Value(inline=payload)
+        """A Value message: inline when the whole inline Value (data and metadata)
+        takes at most ``inline_limit`` bytes, as a server counts a parameter against its
+        limit (counting the data alone, a value of exactly the limit was refused), else
+        uploaded."""
+        payload = payload_pb2.Payload(data=encoded.data, metadata=encoded.metadata)
+        inline = payload_pb2.Value(inline=payload)
+        if inline.ByteSize() <= inline_limit:
+            return inline
         return payload_pb2.Value(ref=self.upload(encoded))
