@@ -107,18 +107,9 @@ class ScheduleRequests:
         ``Scheduler.toggled``."""
         core, scheduler = self.core, self.scheduler
 
-        def toggle() -> tuple[ScheduleRow, run_pb2.Schedule | None]:
-            # Read and written in one go on the writer thread, after the writes before:
-            # read on a reader thread, a schedule deleted before the write was stored
-            # again by it (a pause beside a delete brought the schedule back).
-            row = core.store.get_schedule(schedule_id)
-            msg = scheduler.toggled(row, enabled)
-            if msg is not None:
-                core.store.put_schedule(scheduler.row_of(msg))
-            return row, msg
-
         async def toggled() -> run_pb2.Schedule:
-            row, msg = await core.io.write(toggle)
+            # Read and written in one go on the writer thread, after the writes before.
+            row, msg = await core.io.write(scheduler.store_toggled, schedule_id, enabled)
             if msg is None:
                 return shown(row)
             scheduler.remember(msg)

@@ -155,13 +155,25 @@ class Scheduler:
 
     def set_enabled(self, schedule_id: str, enabled: bool) -> run_pb2.Schedule:
         """Pause or resume, in this thread (see ``toggled``)."""
-        row = self.store.get_schedule(schedule_id)
-        msg = self.toggled(row, enabled)
+        row, msg = self.store_toggled(schedule_id, enabled)
         if msg is None:
             return shown(row)
-        self.store.put_schedule(self.row_of(msg))
         self.remember(msg)
         return shown_message(msg)
+
+    def store_toggled(
+        self, schedule_id: str, enabled: bool
+    ) -> tuple[ScheduleRow, run_pb2.Schedule | None]:
+        """Read a schedule and store it paused or resumed (``toggled``), in one go in
+        this thread (the store's writer thread on a server: read elsewhere, a delete
+        between the read and the write was undone); the row read, and the schedule
+        stored (None when it already was so). The loop's state is left to
+        ``remember``."""
+        row = self.store.get_schedule(schedule_id)
+        msg = self.toggled(row, enabled)
+        if msg is not None:
+            self.store.put_schedule(self.row_of(msg))
+        return row, msg
 
     def toggled(self, row: ScheduleRow, enabled: bool) -> run_pb2.Schedule | None:
         """A stored schedule paused or resumed (None when it already is). Resuming does
