@@ -1526,6 +1526,33 @@ def test_a_run_not_resumed_can_be_cancelled(db: str) -> None:
     asyncio.run(main())
 
 
+def test_two_cancels_at_once_of_a_run_not_resumed_both_succeed(db: str) -> None:
+    """Two cancels of a run this server did not resume, both under way at once (a
+    double click): the second failed with an internal KeyError once the first had
+    ended the run. Both now answer with the run CANCELLED."""
+    store, row = _run_of_a_future_engine(db)
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            request = cp.CancelFlowRunRequest(id=row.id, reason="twice")
+            answers = await asyncio.wait_for(
+                asyncio.gather(
+                    client.CancelFlowRun(request, metadata=AUTH),
+                    client.CancelFlowRun(request, metadata=AUTH),
+                ),
+                30,
+            )
+            assert [a.flow_run.state for a in answers] == [FlowRunState.CANCELLED.value] * 2
+            got = await run_state(channel, row.id)
+            assert got.flow_run.history[-1].message.startswith("twice (not resumed")
+
+    asyncio.run(main())
+
+
 def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     SQLiteStore(path).close()

@@ -440,7 +440,8 @@ class ServerCore(WorkerReports):
         if why is not None:  # no engine to cancel it: end it in the store
             now = self.clock.now()
             await self.io.write(_end_unresumed, self.store, flow_run_id, reason, why, now)
-            del self.not_resumed[flow_run_id]
+            # (A second cancel under way at once found it too: its write ended nothing.)
+            self.not_resumed.pop(flow_run_id, None)
             return
         active = self.runs.set_aside(flow_run_id)
         if active is None:
