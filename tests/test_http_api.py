@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from test_client import ServerThread
 
-from headwater import Client, flow, remote_task, task
+from headwater import Client, ServerError, flow, remote_task, task
 from headwater._worker import Worker
 from headwater.wire import FlowRunState, Role, TaskRunState
 from headwater_runtime.server import allows, describe
@@ -616,7 +617,7 @@ def test_runs_are_filtered_by_a_schedule_id_or_a_unique_prefix(
     """``/api/runs?schedule=`` needed the whole id (a prefix listed nothing, silently),
     where pausing the schedule took a prefix. It takes a unique prefix in any case; an
     ambiguous one is a 400 naming the matches; a deleted schedule's whole id still
-    lists the runs it created."""
+    lists the runs it created. ListFlowRuns over gRPC (the client's ``list_runs``) alike."""
     with Client(server.address, token=TOKEN) as client:
         firing = client.create_schedule(loud, every=0.2, params={"text": "often"})
         runs = wait_for(
@@ -636,7 +637,13 @@ def test_runs_are_filtered_by_a_schedule_id_or_a_unique_prefix(
         status, body, _ = http.call("GET", f"/api/runs?schedule={shared}")
         assert status == 400, body
         assert f"schedule id prefix '{shared}' matches several schedules" in body["error"]
+        # The same over gRPC (ListFlowRuns took the whole id only).
+        assert {r.id for r in client.list_runs(schedule_id=short)} == whole
+        with pytest.raises(ServerError, match="matches several schedules") as refused:
+            client.list_runs(schedule_id=shared)
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
         client.delete_schedule(firing.id)
+        assert {r.id for r in client.list_runs(schedule_id=firing.id)} == whole
     kept = {r["id"] for r in http.get(f"/api/runs?schedule={firing.id}")["runs"]}
     assert kept == whole
     assert http.get("/api/runs?schedule=0000000000")["runs"] == []

@@ -54,6 +54,7 @@ from ._limits import (
 )
 from ._queries import NoResult, list_problem, task_result
 from ._reads import AmbiguousRunId, RunReads, new_run_message
+from ._schedule_requests import AmbiguousScheduleId
 from ._schedule_times import ScheduleError
 
 _TERMINAL = {s.value for s in TERMINAL_FLOW_STATES}
@@ -80,7 +81,7 @@ async def refusals(context: AnyContext) -> AsyncIterator[None]:
         await _fail(context, grpc.StatusCode.NOT_FOUND, str(exc))
     except GraphBuildNeeded as exc:  # before ParameterError: it is one
         await _fail(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    except (GraphError, ParameterError, ScheduleError, AmbiguousRunId) as exc:
+    except (GraphError, ParameterError, ScheduleError, AmbiguousRunId, AmbiguousScheduleId) as exc:
         await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except Conflict as exc:
         await _fail(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
@@ -265,13 +266,18 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
                 problem = f"page_token {request.page_token!r} is not one this server gave"
         if problem is not None:
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        schedule_id = request.schedule_id
+        if schedule_id:  # an id or a unique prefix, as the HTTP API takes it
+            async with refusals(context):  # (ambiguous: INVALID_ARGUMENT naming the matches)
+                with contextlib.suppress(NotFound):  # a deleted schedule's id: as given
+                    schedule_id = await self.core.schedule_requests.resolve(schedule_id)
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.flow_name,
             sorted(set(request.states)),  # (the same state 250,000 times: one)
             size + 1,
             request.page_token,
-            schedule_id=request.schedule_id,
+            schedule_id=schedule_id,
             created_after=(
                 seconds(request.created_after) if request.HasField("created_after") else None
             ),
