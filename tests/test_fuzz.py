@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_run_manager import FUNCTIONS, value_of
@@ -131,10 +132,29 @@ class Served:
                     pass
         except grpc.RpcError as exc:
             code = exc.code()
-            assert code not in FORBIDDEN, (path, code, exc.details())
+            if not (code == grpc.StatusCode.DEADLINE_EXCEEDED and self._following(method, request)):
+                assert code not in FORBIDDEN, (path, code, exc.details())
         self.codes[code.name] += 1
         self.seconds[method] += time.perf_counter() - started
         return code
+
+    def _following(self, method: str, request: Any) -> bool:
+        """Whether a call that ran out of time follows the logs of a run still under
+        way (a run the fuzz created, which no worker runs): such a watch lasts until
+        the run ends, and its time running out is no hang of the server's. The
+        derandomized examples met none; another seed or a changed message may."""
+        if method != "WatchTaskRunLogs" or not isinstance(request, bytes):
+            return False
+        try:
+            run_id = cp.WatchTaskRunLogsRequest.FromString(request).flow_run_id
+        except DecodeError:
+            return False
+        stub = control_plane_pb2_grpc.ControlPlaneServiceStub(self.channel)
+        try:
+            got = stub.GetFlowRun(cp.GetFlowRunRequest(id=run_id), timeout=CALL_TIMEOUT)
+        except grpc.RpcError:
+            return False
+        return not FlowRunState(got.flow_run.state).is_terminal
 
     def alive(self) -> None:
         stub = control_plane_pb2_grpc.ControlPlaneServiceStub(self.channel)
