@@ -142,7 +142,9 @@ _values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+# derandomize: the same examples on every run (as the other property tests): a result
+# never depends on luck. 30,000 random examples passed when this was set.
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(_values)
 def test_any_json_value_round_trips_exactly_and_canonically(value: Any) -> None:
     data = dumps(value)
