@@ -277,6 +277,29 @@ def test_the_ui_and_its_assets_are_served_from_the_package(http: Http) -> None:
         assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", text), asset
 
 
+def test_only_the_shipped_assets_are_served_and_odd_names_are_404(http: Http) -> None:
+    """A name from the request went to the file system: one too long for it, or with a
+    NUL byte, was a 500 (found by an HTTP fuzz). Only the assets shipped are served."""
+    for name in ("a" * 5000, "%00", "app.js%00", "vendor", "vendor/", "../_api.py", "x/y/z"):
+        status, body, _ = http.call("GET", f"/static/{name}")
+        assert status == 404, (name, status, body)
+    assert http.call("GET", "/static/app.css")[0] == 200
+
+
+def test_a_login_form_that_cannot_be_read_is_a_400(http: Http) -> None:
+    """A login body that is no form (bytes that are not UTF-8) was a 500."""
+    request = urllib.request.Request(
+        http.base + "/login",
+        data=b"token=\xff\xfe",
+        method="POST",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=BOUND)
+    assert answer.value.code == 400
+    assert b"the login form could not be read" in answer.value.read()
+
+
 def test_the_vendored_layout_library_is_the_locked_one() -> None:
     """`make ui-vendor` copies dagre from node_modules (pinned by package-lock.json)."""
     lock = json.loads((ROOT / "package-lock.json").read_text())

@@ -43,13 +43,27 @@ class PageHandlers:
         self.core = core
         self.guard = guard
         self._assets: dict[str, bytes] = {}
+        self._shipped: frozenset[str] | None = None  # the assets' names (``_asset``)
 
-    def _asset(self, name: str) -> bytes:
+    def _asset(self, name: str) -> bytes | None:
+        """An asset shipped in the package, by its path under ``static/``; None for
+        any other name. Only the names shipped are looked up: a name from the request
+        never reaches the file system (one too long for it, or with a NUL byte, made
+        a 500)."""
+        files = resources.files("headwater_runtime.server.http") / "static"
+        if self._shipped is None:
+            shipped = set()
+            for entry in files.iterdir():
+                if entry.is_file():
+                    shipped.add(entry.name)
+                elif entry.is_dir():
+                    shipped.update(f"{entry.name}/{f.name}" for f in entry.iterdir() if f.is_file())
+            self._shipped = frozenset(shipped)
+        if name not in self._shipped:
+            return None
         data = self._assets.get(name)
         if data is None:
-            files = resources.files("headwater_runtime.server.http") / "static"
-            data = (files / name).read_bytes()
-            self._assets[name] = data
+            data = self._assets[name] = files.joinpath(*name.split("/")).read_bytes()
         return data
 
     def _session(self, request: web.Request) -> dict[str, object]:
@@ -71,7 +85,9 @@ class PageHandlers:
             f'data-name="{html.escape(str(session["name"]))}" data-role="{session["role"]}" '
             f'data-auth="{"true" if session["auth_required"] else "false"}">'
         )
-        text = self._asset("index.html").decode().replace(SESSION_MARK, meta, 1)
+        index = self._asset("index.html")
+        assert index is not None, "index.html is shipped with the package"
+        text = index.decode().replace(SESSION_MARK, meta, 1)
         return web.Response(
             text=text, content_type="text/html", headers={"Cache-Control": "no-store"}
         )
@@ -79,14 +95,10 @@ class PageHandlers:
     async def static(self, request: web.Request) -> web.StreamResponse:
         """An asset of the UI, shipped in the package (never fetched from elsewhere)."""
         path = request.match_info["tail"]
-        parts = path.split("/")
-        if any(p in ("", ".", "..") for p in parts) or len(parts) > 2:
+        data = self._asset(path)
+        if data is None:
             raise web.HTTPNotFound()
         suffix = "." + path.rsplit(".", 1)[-1] if "." in path else ""
-        try:
-            data = self._asset(path)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise web.HTTPNotFound() from None
         return web.Response(
             body=data,
             content_type=_TYPES.get(suffix, "application/octet-stream"),
@@ -105,7 +117,10 @@ class PageHandlers:
     async def login(self, request: web.Request) -> web.StreamResponse:
         """Check the token of the login form: the session cookie and on to ``next``, or
         the form again with why (401)."""
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:  # (UnicodeDecodeError too: a body no browser sends) was a 500
+            return _login_refused("the login form could not be read", "/", status=400)
         target = local_path(str(form.get("next") or "/"))
         if not self.guard.access.enabled:
             return web.Response(status=303, headers={"Location": target})
@@ -145,9 +160,9 @@ class PageHandlers:
         return web.Response(body=data, headers={"Content-Type": content_type})
 
 
-def _login_refused(why: str, target: str) -> web.Response:
+def _login_refused(why: str, target: str, status: int = 401) -> web.Response:
     return web.Response(
-        status=401, text=login_page(why, next_path=target), content_type="text/html"
+        status=status, text=login_page(why, next_path=target), content_type="text/html"
     )
 
 
