@@ -423,6 +423,30 @@ def test_an_unknown_page_links_to_the_runs_and_offers_log_out_only_when_logged_i
     assert re.search(r'<p class="error" role="alert">invalid token[^<]*</p>', page), page
 
 
+def test_credentials_and_csrf_tokens_of_bytes_that_are_not_utf8_are_refused(
+    site: Site,
+) -> None:
+    """Such a Bearer header, session cookie or CSRF header was a 500 (aiohttp's plain
+    text; found by an HTTP fuzz): it is refused like any wrong one."""
+    status, _, body = call(
+        site,
+        "GET",
+        "/api/runs",
+        headers={"Authorization": b"Bearer hwt_\xff\xfe"},  # type: ignore[dict-item]
+    )
+    assert status == 401 and json.loads(body)["error"].startswith("invalid token"), body
+    cookie = {"Cookie": f"{SESSION_COOKIE}=".encode() + b"hwt_\xe9"}
+    status, _, body = call(site, "GET", "/api/runs", headers=cookie)  # type: ignore[arg-type]
+    assert status == 401 and json.loads(body)["error"], body
+    status, answer, _ = call(site, "GET", "/runs", headers=cookie)  # type: ignore[arg-type]
+    assert status == 303 and answer["Location"] == "/login?next=/runs"
+    operator = site.tokens["operator"]["right"]
+    pause = f"/api/schedules/{site.schedule}/pause"
+    odd = {CSRF_HEADER: b"\xff" * 64}
+    status, _, body = call(site, "POST", pause, cookie=operator, headers=odd)  # type: ignore[arg-type]
+    assert status == 403 and "CSRF check failed" in body, body
+
+
 def test_posts_with_the_cookie_need_the_csrf_token_and_this_origin(site: Site) -> None:
     operator = site.tokens["operator"]["right"]
     _, _, body = call(site, "GET", "/api/session", cookie=operator)

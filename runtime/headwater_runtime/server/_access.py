@@ -274,7 +274,10 @@ class AccessControl:
         Refused (with the reason) when it has no valid credential."""
         for key, value in metadata or ():
             if key == "authorization":
-                return self._token(value.encode() if isinstance(value, str) else bytes(value))
+                # (An HTTP header's bytes that are not UTF-8 come as surrogates: back to
+                # the bytes sent, which then match no token. Encoded strictly, a 500.)
+                raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+                return self._token(bytes(raw))
         subject = _first(peer, "x509_subject")
         if subject:
             common_name = _first(peer, "x509_common_name")

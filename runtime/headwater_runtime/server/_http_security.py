@@ -93,8 +93,8 @@ class HttpGuard:
 
     def csrf_token(self, headers: Mapping[str, str]) -> str:
         """The CSRF token for the session of a request (give it to its page)."""
-        session = session_token(headers)
-        return hmac.new(self._secret, session.encode(), hashlib.sha256).hexdigest()
+        session = session_token(headers).encode("utf-8", "surrogateescape")  # (as sent)
+        return hmac.new(self._secret, session, hashlib.sha256).hexdigest()
 
     def authenticate(self, headers: Mapping[str, str]) -> tuple[Caller, bool]:
         """The caller, and whether the credential came from the cookie; Refused when
@@ -151,7 +151,10 @@ class HttpGuard:
         if problem:
             return problem
         given = _header(headers, CSRF_HEADER) or form.get(CSRF_FIELD, "")
-        if not given or not hmac.compare_digest(given, self.csrf_token(headers)):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a
+        # header of such bytes was a 500).
+        expected = self.csrf_token(headers).encode()
+        if not given or not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
             return (
                 f"CSRF check failed: a POST needs the page's CSRF token (header "
                 f"{CSRF_HEADER} or form field {CSRF_FIELD}); reload the page"
