@@ -108,6 +108,39 @@ def broken() -> int:
 """
 
 
+SUBFLOW_LIBRARY = """
+from headwater import flow, task
+
+
+@task
+def clean(x: int) -> int:
+    return x + 1
+
+
+@flow
+def cleaning(x: int = 1) -> int:
+    return clean(x)
+"""
+
+USES_A_SUBFLOW = """
+from headwater import flow, task
+from shared import cleaning
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow
+def etl(x: int = 1) -> int:
+    return double(cleaning(x))
+
+
+main = etl
+"""
+
+
 def write(tmp_path: Path, name: str, source: str) -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(source))
@@ -472,6 +505,19 @@ def test_several_flows_without_a_name_is_a_usage_error(tmp_path: Path) -> None:
     proc = headwater_cli("run", path)
     assert_usage_error(proc, "first", "second", ":NAME")
     assert_usage_error(headwater_cli("graph", path), ":NAME")
+
+
+def test_a_file_with_one_flow_of_its_own_runs_it_without_a_name(tmp_path: Path) -> None:
+    """Another name for the flow (``main = report``) and a flow imported to be called as
+    a subflow made "defines several flows": the file's own flow is the one to run.
+    Two flows of its own still need a name (listed once each)."""
+    write(tmp_path, "shared.py", SUBFLOW_LIBRARY)
+    path = write(tmp_path, "uses.py", USES_A_SUBFLOW)
+    proc = headwater_cli("run", path, "-p", "x=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "8"  # double(cleaning(3)) = 2 * (3 + 1)
+    two = write(tmp_path, "two_more.py", TWO_FLOWS + "\nmain = first\n")
+    assert_usage_error(headwater_cli("run", two), "(first, second)", ":NAME")
 
 
 def test_unknown_flow_name_is_a_usage_error(tmp_path: Path) -> None:

@@ -504,7 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
         "tasks run on a Dask cluster (the flow is still driven from this process). "
         "OTEL_TRACES_EXPORTER=otlp|console exports the run as a trace (docs/tracing.md).",
     )
-    run.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
+    run.add_argument(
+        "target",
+        help="FILE.py[:FLOW] or package.module[:FLOW]; without FLOW, the one flow the "
+        "module defines (flows it imports do not count)",
+    )
     run.add_argument(
         "--param",
         "-p",

@@ -100,13 +100,27 @@ def find_flow(module: ModuleType, name: str | None, origin: str) -> Flow[..., An
         raise LoadError(
             f"{origin} has no flow {name!r} (flows: {', '.join(sorted(flows)) or 'none'})"
         )
-    if len(flows) == 1:
-        return next(iter(flows.values()))
-    if not flows:
+    # Without a name: the one flow the module defines. Another name for it (``main =
+    # my_flow``) is the same flow, and a flow imported to be called as a subflow is not
+    # the module's own (each made "defines several flows"); only a module that
+    # defines none picks from those it imports.
+    distinct = list({id(f): f for f in flows.values()}.values())
+    own = [f for f in distinct if getattr(f.fn, "__module__", None) == module.__name__]
+    candidates = own or distinct
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
         raise LoadError(f"{origin} defines no @flow")
+    names = sorted(_name_in(flows, f) for f in candidates)
     raise LoadError(
-        f"{origin} defines several flows ({', '.join(sorted(flows))}); pick one with {origin}:NAME"
+        f"{origin} defines several flows ({', '.join(names)}); pick one with {origin}:NAME"
     )
+
+
+def _name_in(flows: dict[str, Flow[..., Any]], wanted: Flow[..., Any]) -> str:
+    """The module's name for a flow: the flow's own name when the module uses it."""
+    names = [attr for attr, f in flows.items() if f is wanted]
+    return wanted.name if wanted.name in names else min(names)
 
 
 def modules_from_cwd() -> None:
