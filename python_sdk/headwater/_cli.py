@@ -570,7 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="(default text)",
     )
-    graph.add_argument("target", help="FILE.py[:FLOW] or package.module[:FLOW]")
+    graph.add_argument(
+        "target", help="FILE.py[:FLOW] or package.module[:FLOW] (as for headwater run)"
+    )
     graph.add_argument(
         "--param",
         "-p",
