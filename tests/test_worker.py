@@ -491,7 +491,7 @@ def test_a_bad_token_exits_non_zero_with_one_line(tmp_path: Path, tasks_file: Pa
         (["--server", "127.0.0.1:1", "-m", "no_such_module_here"], "no module named"),
         (["--server", "127.0.0.1:1", "-m", "hw_tasks", "--label", "gpu"], "--label expects"),
         (["--server", "127.0.0.1:1", "-m", "hw_tasks", "--slots", "0"], "--slots must be"),
-        (["-m", "hw_tasks"], "--server HOST:PORT is required"),
+        (["-m", "hw_tasks"], "no server given: pass --server HOST:PORT"),
         (["--server", "localhost", "-m", "hw_tasks"], "--server expects HOST:PORT"),
     ],
 )

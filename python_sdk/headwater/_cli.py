@@ -294,7 +294,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ._worker_stop import StopOnSignal
 
     if not args.server:
-        raise UsageError("--server HOST:PORT is required (or set HEADWATER_SERVER)")
+        raise UsageError("no server given: pass --server HOST:PORT or set HEADWATER_SERVER")
     try:
         parse_addresses(args.server)
     except ValueError as exc:
