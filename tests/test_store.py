@@ -50,6 +50,23 @@ def count(store: Any, table: str) -> int:
     return int(store.stats()[table])
 
 
+def test_text_with_nul_characters_is_looked_up_and_stored_on_either_store(store: Any) -> None:
+    """PostgreSQL text cannot hold NUL: a lookup by such a name (a client's GetFlow with
+    version "\\x00", found by fuzzing the server on PostgreSQL) failed as "cannot read
+    from the database ... try again later" (UNAVAILABLE), and so did storing an audit
+    entry whose detail (a cancel's reason) held one. Now a lookup finds nothing, as on
+    SQLite, and the text is stored with U+FFFD in place of NUL, as commits store it."""
+    with pytest.raises(NotFound):
+        store.get_flow("flow\x00", "1")
+    with pytest.raises(NotFound):
+        store.get_flow_run("run\x00")
+    assert store.list_flow_runs("flow\x00", [], 10, "") == []
+    assert store.list_schedules("flow\x00") == []
+    store.add_audit(AuditRow(1.0, "me", "cancel", "flow_run", "r1", "why\x00not"))
+    (entry,) = store.audit_entries("flow_run", "r1")
+    assert entry.detail in ("why\x00not", "why\ufffdnot")  # SQLite keeps it; PostgreSQL cannot
+
+
 def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     SQLiteStore(tmp_path / "a.db").close()
     db = sqlite3.connect(tmp_path / "a.db")

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import Buffer
+from psycopg.types.string import StrDumperUnknown
 from psycopg_pool import ConnectionPool
 
 from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
@@ -84,12 +86,25 @@ def redact(url: str) -> str:
     return f"{scheme}{sep}{netloc}{tail}" if sep else url
 
 
+class _TextWithoutNul(StrDumperUnknown):
+    """Text parameters with U+FFFD in place of NUL, which PostgreSQL text cannot hold
+    (commits store such text the same way: _postgres_batch.py). A lookup by a name with
+    a NUL (a client's GetFlow with version "\\x00") then finds nothing, as on SQLite,
+    where it failed as "cannot read from the database ... try again later"; an audit
+    entry whose detail has one is stored."""
+
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+
 def _configure(stalled: float, conn: Conn) -> None:
     """A new pool connection: PostgreSQL ends its transaction (and the session) when
     the transaction waits ``stalled`` seconds for this process between statements. A
     leader paused mid-commit (SIGSTOP, a frozen VM) would otherwise hold its lock on the
     lease row until it resumed, and no standby could take over; its commit fails
-    instead (nothing of it is stored) and the batch is tried again, fenced."""
+    instead (nothing of it is stored) and the batch is tried again, fenced. Text
+    parameters go without NUL (``_TextWithoutNul``)."""
+    conn.adapters.register_dumper(str, _TextWithoutNul)
     conn.execute(f"SET idle_in_transaction_session_timeout = {max(1, int(stalled * 1000))}")
 
 
