@@ -269,8 +269,7 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         schedule_id = request.schedule_id
         if schedule_id:  # an id or a unique prefix, as the HTTP API takes it
             async with refusals(context):  # (ambiguous: INVALID_ARGUMENT naming the matches)
-                with contextlib.suppress(NotFound):  # a deleted schedule's id: as given
-                    schedule_id = await self.core.schedule_requests.resolve(schedule_id)
+                schedule_id = await self.core.schedule_requests.filter_id(schedule_id)
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.flow_name,

@@ -92,6 +92,15 @@ class ScheduleRequests:
         AmbiguousScheduleId (naming the matches) otherwise."""
         return await self.core.io.read(_resolve, self.core.store, schedule_id)
 
+    async def filter_id(self, schedule_id: str) -> str:
+        """The schedule id a listing of runs filters by: ``resolve``'s, or the id as
+        given when no schedule has it (a deleted schedule's runs are still listed by
+        its whole id); AmbiguousScheduleId as ``resolve``."""
+        try:
+            return await self.resolve(schedule_id)
+        except NotFound:
+            return schedule_id
+
     async def delete(self, schedule_id: str) -> None:
         """Delete a schedule (NotFound when unknown); the runs it created are kept."""
 

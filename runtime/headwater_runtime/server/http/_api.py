@@ -8,7 +8,6 @@ from the server's watch machinery. Nothing here decides anything about runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import math
 import time
@@ -180,8 +179,7 @@ class HttpApi(PageHandlers):
             # (AmbiguousRunId: 400, said as for a run's own routes)
         schedule = request.query.get("schedule", "")
         if schedule:  # a schedule id or a unique prefix (AmbiguousScheduleId: 400)
-            with contextlib.suppress(NotFound):  # a deleted schedule's id: as given
-                schedule = await self.core.schedule_requests.resolve(schedule)
+            schedule = await self.core.schedule_requests.filter_id(schedule)
         rows = await self.io.read(
             self.store.list_flow_runs,
             request.query.get("flow", ""),
