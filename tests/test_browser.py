@@ -932,6 +932,35 @@ def test_the_workers_page_updates_in_place(trial: Trial) -> None:
     assert kept, "the row was redrawn: its Drain button lost the focus"
 
 
+def test_the_workers_page_says_how_many_workers_it_left_out(tmp_path: Path, browser: Any) -> None:
+    """With a record per worker start (host-pid names), the page fetched and drew every
+    worker ever seen; it shows the first 1,000 and says how many more there are."""
+    import time
+
+    from test_client import ServerThread
+
+    from headwater_runtime.store import SQLiteStore, WorkerRow
+
+    store = SQLiteStore(tmp_path / "hw.db")
+    t = time.time() - 3600
+    for i in range(1003):
+        name = f"host-{i:04d}"
+        store.put_worker(WorkerRow(name, f"id-{name}", ("etl.x",), {}, 2, "0.1.0", "python",
+                                   "h", t, t + 1))  # fmt: skip
+    store.close()
+    server = ServerThread(tmp_path / "hw.db", token=None)
+    try:
+        assert server.running is not None and server.running.http is not None
+        browser.get(server.running.http.url + "workers")
+        wait(browser, lambda d: len(css(d, "#workers tr[data-worker]")) == 1000, "the rows")
+        note = text(browser, "#more-workers")
+        assert note.startswith("3 more workers are not listed here"), note
+        assert "headwater workers list" in note
+        assert attr(browser, "#workers tr[data-worker]:last-child", "data-worker") == "host-0999"
+    finally:
+        server.stop()
+
+
 def test_a_finished_run_without_logs_says_so(trial: Trial) -> None:
     """The stream's last event read the logs once more, found none, and took the
     placeholder for a record: "No log records." went."""

@@ -906,12 +906,13 @@ def test_workers_that_left_before_a_restart_are_listed_offline_as_the_cli_lists_
     that had left before it, which ``headwater workers list`` showed offline (a user
     trial): both list the server's recorded workers."""
     store = SQLiteStore(tmp_path / "hw.db")
+    t = time.time() - 3600  # (within the 7 days a server lists a worker that left)
     store.put_worker(
         WorkerRow(
-            "gone", "id-gone", ("etl.x",), {"zone": "eu"}, 3, "0.1.0", "python", "h", 100.0, 150.0
+            "gone", "id-gone", ("etl.x",), {"zone": "eu"}, 3, "0.1.0", "python", "h", t, t + 50
         )
     )
-    store.put_drain(DrainRow("gone", exit_when_idle=False, at=120.0))
+    store.put_drain(DrainRow("gone", exit_when_idle=False, at=t + 20))
     store.close()
     server = ServerThread(tmp_path / "hw.db", token=TOKEN)
     try:
@@ -929,12 +930,80 @@ def test_workers_that_left_before_a_restart_are_listed_offline_as_the_cli_lists_
         "labels": {"zone": "eu"},
         "slots": 3,
         "slots_used": 0,
-        "connected_at": 100.0,
-        "last_seen": 150.0,
-        "disconnected_at": 150.0,
+        "connected_at": t,
+        "last_seen": t + 50,
+        "disconnected_at": t + 50,
         "draining": True,
         "exit_when_idle": False,
     }
+
+
+def test_workers_are_listed_in_pages_of_at_most_1000(tmp_path: Path) -> None:
+    """A fleet restarting under new names (host-pid) leaves a record per start: one
+    ListWorkers answer or /api/workers page held them all (100,000 records: a 54 MB
+    JSON page for the browser). ListWorkers answers in pages of at most 1,000 that
+    ``Client.list_workers`` reads to the end; /api/workers shows at most ``limit``
+    (1,000) and says how many it left out."""
+    from headwater.v1 import operations_pb2 as ops
+    from headwater.v1 import operations_pb2_grpc
+
+    store = SQLiteStore(tmp_path / "hw.db")
+    t = time.time() - 3600
+    names = [f"host-{i:04d}" for i in range(1005)]
+    for name in names:
+        store.put_worker(WorkerRow(name, f"id-{name}", ("etl.x",), {}, 2, "0.1.0", "python",
+                                   "h", t, t + 1))  # fmt: skip
+    store.close()
+    server = ServerThread(tmp_path / "hw.db", token=TOKEN)
+    auth = (("authorization", f"Bearer {TOKEN}"),)
+    try:
+        assert server.running is not None and server.running.http is not None
+        with grpc.insecure_channel(server.address) as channel:
+            stub = operations_pb2_grpc.OperationsServiceStub(channel)
+            first = stub.ListWorkers(ops.ListWorkersRequest(), metadata=auth, timeout=BOUND)
+            assert [w.name for w in first.workers] == names[:1000] and first.next_page_token
+            rest = stub.ListWorkers(
+                ops.ListWorkersRequest(page_token=first.next_page_token),
+                metadata=auth,
+                timeout=BOUND,
+            )
+            assert [w.name for w in rest.workers] == names[1000:]
+            assert rest.next_page_token == ""
+            walked, token = [], ""
+            while True:
+                page = stub.ListWorkers(
+                    ops.ListWorkersRequest(page_size=7, page_token=token),
+                    metadata=auth,
+                    timeout=BOUND,
+                )
+                assert len(page.workers) <= 7
+                walked += [w.name for w in page.workers]
+                if not (token := page.next_page_token):
+                    break
+            assert walked == names
+            online = stub.ListWorkers(
+                ops.ListWorkersRequest(online_only=True), metadata=auth, timeout=BOUND
+            )
+            assert (list(online.workers), online.next_page_token) == ([], "")
+            for bad, why in (
+                (ops.ListWorkersRequest(page_size=1001), "page_size must be 1..1000"),
+                (ops.ListWorkersRequest(page_size=-1), "page_size must be 1..1000"),
+                (ops.ListWorkersRequest(page_token="host-0003"), "is not one this server gave"),
+            ):
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.ListWorkers(bad, metadata=auth, timeout=BOUND)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert why in refused.value.details()
+        with Client(server.address, token=TOKEN) as client:
+            assert [w.name for w in client.list_workers()] == names
+        http = Http(server.running.http.url)
+        body = http.get("/api/workers")
+        assert [w["name"] for w in body["workers"]] == names[:1000] and body["more"] == 5
+        body = http.get("/api/workers?limit=3")
+        assert [w["name"] for w in body["workers"]] == names[:3] and body["more"] == 1002
+        assert http.call("GET", "/api/workers?limit=1001")[0] == 400
+    finally:
+        server.stop()
 
 
 def test_the_workers_stream_pushes_each_online_workers_last_message_time(

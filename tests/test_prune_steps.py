@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -333,8 +334,9 @@ def test_a_servers_prune_forgets_the_workers_gone_since_its_cut_off_not_connecte
     from test_durability import one_slot_worker
 
     store = SQLiteStore(tmp_path / "hw.db")
+    hour_ago = time.time() - 3600  # (not yet forgotten by forget_workers_after's 7 days)
     store.put_worker(
-        WorkerRow("host-101", "id-101", ("etl.x",), {}, 2, "0.1.0", "python", "h", 1.0, 5.0)
+        WorkerRow("host-101", "id-101", ("etl.x",), {}, 2, "0.1.0", "python", "h", 1.0, hour_ago)
     )
 
     async def scenario() -> tuple[list[str], int, list[str]]:
@@ -354,6 +356,50 @@ def test_a_servers_prune_forgets_the_workers_gone_since_its_cut_off_not_connecte
     assert before == ["host-101", "w"]
     assert forgotten >= 1  # (and "w" too if its record was flushed already)
     assert after == ["w"]
+
+
+@pytest.mark.parametrize("forget", [None, 0.0])
+def test_a_server_forgets_workers_gone_longer_than_forget_workers_after(
+    tmp_path: Path, forget: float | None
+) -> None:
+    """Workers are recorded by name and the default name host-pid is new at every
+    start: without run retention, ListWorkers and the web UI listed every worker ever
+    started. A server forgets a worker 7 days after its last message by default (its
+    first automatic prune, at start), from the store and from what it lists; 0 keeps
+    every record."""
+    from test_durability import one_slot_worker
+
+    store = SQLiteStore(tmp_path / "hw.db")
+    day = 86400.0
+    for name, days in (("host-8d", 8), ("host-6d", 6)):
+        seen = time.time() - days * day
+        store.put_worker(WorkerRow(name, f"id-{name}", ("etl.x",), {}, 2, "0.1.0", "python",
+                                   "h", seen - 60, seen))  # fmt: skip
+    settings = {} if forget is None else {"forget_workers_after": forget}
+
+    async def scenario() -> tuple[list[str], list[str], int]:
+        async with one_slot_worker(store, **settings) as (running, _, worker):
+            core = running.core
+            for _ in range(200):  # the automatic prune at start
+                if core.last_prune is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert core.last_prune is not None, "no automatic prune within 10 s"
+            listed = sorted(i.name for i in core.ops.workers.infos())
+            stored = await core.io.read(store.list_workers)
+            await worker.close()
+            return listed, sorted(w.name for w in stored), core.last_prune.workers
+
+    try:
+        listed, stored, forgotten = asyncio.run(scenario())
+    finally:
+        store.close()
+    if forget is None:  # the default: 7 days
+        assert (listed, forgotten) == (["host-6d", "w"], 1)
+        assert "host-6d" in stored and "host-8d" not in stored  # ("w": at its flush)
+    else:
+        assert listed == ["host-6d", "host-8d", "w"] and forgotten == 0
+        assert set(stored) >= {"host-6d", "host-8d"}
 
 
 def test_a_prune_beside_a_server_pauses_between_steps(tmp_path: Path) -> None:

@@ -175,6 +175,29 @@ def test_a_prune_with_a_cut_off_forgets_workers_gone_since_before_it(store: Stor
     assert [d.name for d in store.list_drains()] == ["host-101"]
 
 
+def test_a_prune_forgets_workers_by_its_own_cut_off_without_run_retention(store: Store) -> None:
+    """A server's forget_workers_after (7 days by default) forgets the workers gone for
+    that long with no run retention (``workers_before``); with both cut-offs the later
+    one forgets (the shorter period), and a dry run counts without deleting."""
+
+    def worker(name: str, last_seen: float) -> WorkerRow:
+        return WorkerRow(name, f"id-{name}", ("etl.extract",), {}, 2, "0.1.0", "python",
+                         "host", 1.0, last_seen)  # fmt: skip
+
+    for name, seen in (("a", 5.0), ("b", 50.0), ("c", 90.0)):
+        store.put_worker(worker(name, seen))
+    dry = store.pruning(None, 100.0, grace=0, dry_run=True, workers_before=60.0).run()
+    assert dry.workers == 2 and len(store.list_workers()) == 3
+    assert store.pruning(None, 100.0, grace=0, workers_before=10.0).run().workers == 1
+    assert [w.name for w in store.list_workers()] == ["b", "c"]
+    # Runs kept 80 s, workers 40 s: the workers' cut-off (60) is the later one.
+    assert store.pruning(20.0, 100.0, grace=0, workers_before=60.0).run().workers == 1
+    assert [w.name for w in store.list_workers()] == ["c"]
+    # Runs kept 5 s, workers 40 s: the runs' cut-off (95) forgets "c" as before.
+    assert store.pruning(95.0, 100.0, grace=0, workers_before=60.0).run().workers == 1
+    assert store.list_workers() == []
+
+
 def test_prune_deletes_a_child_run_only_with_its_parent(store: Store) -> None:
     """Retention deleted the finished children of a running parent (its subflow node
     then named a run that no longer existed); a child goes with its parent, down the

@@ -199,10 +199,14 @@ class OperationsClient:
     def list_workers(self, *, online_only: bool = False) -> list[WorkerInfo]:
         """The workers the server knows, online first (only connected ones with
         ``online_only``)."""
-        response = self._ops_call(
-            lambda s: s.ListWorkers, ops.ListWorkersRequest(online_only=online_only), "list workers"
-        )
-        return [_worker(w) for w in response.workers]
+        request = ops.ListWorkersRequest(online_only=online_only)
+        workers: list[WorkerInfo] = []
+        while True:  # (the server answers in pages)
+            response = self._ops_call(lambda s: s.ListWorkers, request, "list workers")
+            workers.extend(_worker(w) for w in response.workers)
+            if not response.next_page_token:
+                return workers
+            request.page_token = response.next_page_token
 
     def drain_worker(self, name: str, *, exit_when_idle: bool = False) -> list[WorkerInfo]:
         """Give the workers of ``name`` no new attempts; they finish what they run (and

@@ -18,7 +18,7 @@ from headwater.v1 import run_pb2 as headwater_dot_v1_dot_run__pb2
 from headwater.v1 import state_pb2 as headwater_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadwater/v1/operations.proto\x12\x0cheadwater.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16headwater/v1/run.proto\x1a\x18headwater/v1/state.proto\"1\n\x13RetryFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14RetryFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\"\x94\x01\n\x10\x43oncurrencyLimit\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\x12\x0c\n\x04rate\x18\x03 \x01(\r\x12.\n\x0brate_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x0f\n\x07waiting\x18\x06 \x01(\r\"K\n\x1aSetConcurrencyLimitRequest\x12-\n\x05limit\x18\x01 \x01(\x0b\x32\x1e.headwater.v1.ConcurrencyLimit\"L\n\x1bSetConcurrencyLimitResponse\x12-\n\x05limit\x18\x01 \x01(\x0b\x32\x1e.headwater.v1.ConcurrencyLimit\"\x1e\n\x1cListConcurrencyLimitsRequest\"O\n\x1dListConcurrencyLimitsResponse\x12.\n\x06limits\x18\x01 \x03(\x0b\x32\x1e.headwater.v1.ConcurrencyLimit\",\n\x1d\x44\x65leteConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\" \n\x1e\x44\x65leteConcurrencyLimitResponse\"\xa0\x03\n\nWorkerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.headwater.v1.WorkerInfo.LabelsEntry\x12\x12\n\nslots_used\x18\x06 \x01(\r\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\t \x01(\t\x12\x10\n\x08language\x18\n \x01(\t\x12\x10\n\x08hostname\x18\x0b \x01(\t\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\x12\x16\n\x0e\x65xit_when_idle\x18\r \x01(\x08\x12\x30\n\x0c\x63onnected_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\")\n\x12ListWorkersRequest\x12\x13\n\x0bonline_only\x18\x01 \x01(\x08\"@\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.headwater.v1.WorkerInfo\":\n\x12\x44rainWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x65xit_when_idle\x18\x02 \x01(\x08\"@\n\x13\x44rainWorkerResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.headwater.v1.WorkerInfo\"#\n\x13ResumeWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x14ResumeWorkerResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.headwater.v1.WorkerInfo\"\xe5\x01\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nflow_names\x18\x03 \x03(\t\x12*\n\x06states\x18\x04 \x03(\x0e\x32\x1a.headwater.v1.FlowRunState\x12\x0c\n\x04late\x18\x05 \x01(\x08\x12\x0e\n\x06secret\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\x08 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\r\x12\x12\n\nlast_error\x18\n \x01(\t\">\n\x14\x43reateWebhookRequest\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.headwater.v1.Webhook\"?\n\x15\x43reateWebhookResponse\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.headwater.v1.Webhook\"\x15\n\x13ListWebhooksRequest\"?\n\x14ListWebhooksResponse\x12\'\n\x08webhooks\x18\x01 \x03(\x0b\x32\x15.headwater.v1.Webhook\"\"\n\x14\x44\x65leteWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse2\xc7\x07\n\x11OperationsService\x12U\n\x0cRetryFlowRun\x12!.headwater.v1.RetryFlowRunRequest\x1a\".headwater.v1.RetryFlowRunResponse\x12j\n\x13SetConcurrencyLimit\x12(.headwater.v1.SetConcurrencyLimitRequest\x1a).headwater.v1.SetConcurrencyLimitResponse\x12p\n\x15ListConcurrencyLimits\x12*.headwater.v1.ListConcurrencyLimitsRequest\x1a+.headwater.v1.ListConcurrencyLimitsResponse\x12s\n\x16\x44\x65leteConcurrencyLimit\x12+.headwater.v1.DeleteConcurrencyLimitRequest\x1a,.headwater.v1.DeleteConcurrencyLimitResponse\x12R\n\x0bListWorkers\x12 .headwater.v1.ListWorkersRequest\x1a!.headwater.v1.ListWorkersResponse\x12R\n\x0b\x44rainWorker\x12 .headwater.v1.DrainWorkerRequest\x1a!.headwater.v1.DrainWorkerResponse\x12U\n\x0cResumeWorker\x12!.headwater.v1.ResumeWorkerRequest\x1a\".headwater.v1.ResumeWorkerResponse\x12X\n\rCreateWebhook\x12\".headwater.v1.CreateWebhookRequest\x1a#.headwater.v1.CreateWebhookResponse\x12U\n\x0cListWebhooks\x12!.headwater.v1.ListWebhooksRequest\x1a\".headwater.v1.ListWebhooksResponse\x12X\n\rDeleteWebhook\x12\".headwater.v1.DeleteWebhookRequest\x1a#.headwater.v1.DeleteWebhookResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dheadwater/v1/operations.proto\x12\x0cheadwater.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16headwater/v1/run.proto\x1a\x18headwater/v1/state.proto\"1\n\x13RetryFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14RetryFlowRunResponse\x12\'\n\x08\x66low_run\x18\x01 \x01(\x0b\x32\x15.headwater.v1.FlowRun\"\x94\x01\n\x10\x43oncurrencyLimit\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\x12\x0c\n\x04rate\x18\x03 \x01(\r\x12.\n\x0brate_period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07running\x18\x05 \x01(\r\x12\x0f\n\x07waiting\x18\x06 \x01(\r\"K\n\x1aSetConcurrencyLimitRequest\x12-\n\x05limit\x18\x01 \x01(\x0b\x32\x1e.headwater.v1.ConcurrencyLimit\"L\n\x1bSetConcurrencyLimitResponse\x12-\n\x05limit\x18\x01 \x01(\x0b\x32\x1e.headwater.v1.ConcurrencyLimit\"\x1e\n\x1cListConcurrencyLimitsRequest\"O\n\x1dListConcurrencyLimitsResponse\x12.\n\x06limits\x18\x01 \x03(\x0b\x32\x1e.headwater.v1.ConcurrencyLimit\",\n\x1d\x44\x65leteConcurrencyLimitRequest\x12\x0b\n\x03tag\x18\x01 \x01(\t\" \n\x1e\x44\x65leteConcurrencyLimitResponse\"\xa0\x03\n\nWorkerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06online\x18\x03 \x01(\x08\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.headwater.v1.WorkerInfo.LabelsEntry\x12\x12\n\nslots_used\x18\x06 \x01(\r\x12\r\n\x05slots\x18\x07 \x01(\r\x12\x32\n\x0elast_heartbeat\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\t \x01(\t\x12\x10\n\x08language\x18\n \x01(\t\x12\x10\n\x08hostname\x18\x0b \x01(\t\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\x12\x16\n\x0e\x65xit_when_idle\x18\r \x01(\x08\x12\x30\n\x0c\x63onnected_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x12ListWorkersRequest\x12\x13\n\x0bonline_only\x18\x01 \x01(\x08\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x13ListWorkersResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.headwater.v1.WorkerInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x12\x44rainWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x65xit_when_idle\x18\x02 \x01(\x08\"@\n\x13\x44rainWorkerResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.headwater.v1.WorkerInfo\"#\n\x13ResumeWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x14ResumeWorkerResponse\x12)\n\x07workers\x18\x01 \x03(\x0b\x32\x18.headwater.v1.WorkerInfo\"\xe5\x01\n\x07Webhook\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x12\n\nflow_names\x18\x03 \x03(\t\x12*\n\x06states\x18\x04 \x03(\x0e\x32\x1a.headwater.v1.FlowRunState\x12\x0c\n\x04late\x18\x05 \x01(\x08\x12\x0e\n\x06secret\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07pending\x18\x08 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\t \x01(\r\x12\x12\n\nlast_error\x18\n \x01(\t\">\n\x14\x43reateWebhookRequest\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.headwater.v1.Webhook\"?\n\x15\x43reateWebhookResponse\x12&\n\x07webhook\x18\x01 \x01(\x0b\x32\x15.headwater.v1.Webhook\"\x15\n\x13ListWebhooksRequest\"?\n\x14ListWebhooksResponse\x12\'\n\x08webhooks\x18\x01 \x03(\x0b\x32\x15.headwater.v1.Webhook\"\"\n\x14\x44\x65leteWebhookRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse2\xc7\x07\n\x11OperationsService\x12U\n\x0cRetryFlowRun\x12!.headwater.v1.RetryFlowRunRequest\x1a\".headwater.v1.RetryFlowRunResponse\x12j\n\x13SetConcurrencyLimit\x12(.headwater.v1.SetConcurrencyLimitRequest\x1a).headwater.v1.SetConcurrencyLimitResponse\x12p\n\x15ListConcurrencyLimits\x12*.headwater.v1.ListConcurrencyLimitsRequest\x1a+.headwater.v1.ListConcurrencyLimitsResponse\x12s\n\x16\x44\x65leteConcurrencyLimit\x12+.headwater.v1.DeleteConcurrencyLimitRequest\x1a,.headwater.v1.DeleteConcurrencyLimitResponse\x12R\n\x0bListWorkers\x12 .headwater.v1.ListWorkersRequest\x1a!.headwater.v1.ListWorkersResponse\x12R\n\x0b\x44rainWorker\x12 .headwater.v1.DrainWorkerRequest\x1a!.headwater.v1.DrainWorkerResponse\x12U\n\x0cResumeWorker\x12!.headwater.v1.ResumeWorkerRequest\x1a\".headwater.v1.ResumeWorkerResponse\x12X\n\rCreateWebhook\x12\".headwater.v1.CreateWebhookRequest\x1a#.headwater.v1.CreateWebhookResponse\x12U\n\x0cListWebhooks\x12!.headwater.v1.ListWebhooksRequest\x1a\".headwater.v1.ListWebhooksResponse\x12X\n\rDeleteWebhook\x12\".headwater.v1.DeleteWebhookRequest\x1a#.headwater.v1.DeleteWebhookResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,31 +50,31 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_WORKERINFO_LABELSENTRY']._serialized_start=1149
   _globals['_WORKERINFO_LABELSENTRY']._serialized_end=1194
   _globals['_LISTWORKERSREQUEST']._serialized_start=1196
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1237
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1239
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1303
-  _globals['_DRAINWORKERREQUEST']._serialized_start=1305
-  _globals['_DRAINWORKERREQUEST']._serialized_end=1363
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=1365
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=1429
-  _globals['_RESUMEWORKERREQUEST']._serialized_start=1431
-  _globals['_RESUMEWORKERREQUEST']._serialized_end=1466
-  _globals['_RESUMEWORKERRESPONSE']._serialized_start=1468
-  _globals['_RESUMEWORKERRESPONSE']._serialized_end=1533
-  _globals['_WEBHOOK']._serialized_start=1536
-  _globals['_WEBHOOK']._serialized_end=1765
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=1767
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=1829
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=1831
-  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1894
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1896
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1917
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1919
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=1982
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1984
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=2018
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=2020
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=2043
-  _globals['_OPERATIONSSERVICE']._serialized_start=2046
-  _globals['_OPERATIONSSERVICE']._serialized_end=3013
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1276
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1278
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1367
+  _globals['_DRAINWORKERREQUEST']._serialized_start=1369
+  _globals['_DRAINWORKERREQUEST']._serialized_end=1427
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=1429
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=1493
+  _globals['_RESUMEWORKERREQUEST']._serialized_start=1495
+  _globals['_RESUMEWORKERREQUEST']._serialized_end=1530
+  _globals['_RESUMEWORKERRESPONSE']._serialized_start=1532
+  _globals['_RESUMEWORKERRESPONSE']._serialized_end=1597
+  _globals['_WEBHOOK']._serialized_start=1600
+  _globals['_WEBHOOK']._serialized_end=1829
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=1831
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=1893
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_start=1895
+  _globals['_CREATEWEBHOOKRESPONSE']._serialized_end=1958
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=1960
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=1981
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=1983
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=2046
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=2048
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=2082
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=2084
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=2107
+  _globals['_OPERATIONSSERVICE']._serialized_start=2110
+  _globals['_OPERATIONSSERVICE']._serialized_end=3077
 # @@protoc_insertion_point(module_scope)

@@ -309,14 +309,22 @@ class ListWorkersRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     ONLINE_ONLY_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
     online_only: builtins.bool
     """Only the workers connected now."""
+    page_size: builtins.int
+    """Maximum workers to return (default and at most 1000)."""
+    page_token: builtins.str
+    """Token from a previous response, to continue after its last worker."""
     def __init__(
         self,
         *,
         online_only: builtins.bool = ...,
+        page_size: builtins.int = ...,
+        page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["online_only", b"online_only"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["online_only", b"online_only", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
 global___ListWorkersRequest = ListWorkersRequest
 
@@ -327,6 +335,9 @@ class ListWorkersResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     WORKERS_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Token for the next page; empty at the end."""
     @property
     def workers(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WorkerInfo]:
         """Online workers first, then by name."""
@@ -335,8 +346,9 @@ class ListWorkersResponse(google.protobuf.message.Message):
         self,
         *,
         workers: collections.abc.Iterable[global___WorkerInfo] | None = ...,
+        next_page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["workers", b"workers"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["next_page_token", b"next_page_token", "workers", b"workers"]) -> None: ...
 
 global___ListWorkersResponse = ListWorkersResponse
 

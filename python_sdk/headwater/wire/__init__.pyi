@@ -116,6 +116,7 @@ from ._settings import ENV_ADVERTISE as ENV_ADVERTISE
 from ._settings import ENV_CONFIG as ENV_CONFIG
 from ._settings import ENV_DASK_RELEASE_AFTER as ENV_DASK_RELEASE_AFTER
 from ._settings import ENV_DB as ENV_DB
+from ._settings import ENV_FORGET_WORKERS_AFTER as ENV_FORGET_WORKERS_AFTER
 from ._settings import ENV_HEARTBEAT_INTERVAL as ENV_HEARTBEAT_INTERVAL
 from ._settings import ENV_HEARTBEAT_TIMEOUT as ENV_HEARTBEAT_TIMEOUT
 from ._settings import ENV_HOST as ENV_HOST

@@ -53,6 +53,8 @@ ENV_HEARTBEAT_INTERVAL = "HEADWATER_HEARTBEAT_INTERVAL"
 ENV_HEARTBEAT_TIMEOUT = "HEADWATER_HEARTBEAT_TIMEOUT"
 #: When a run that has not started counts as late.
 ENV_LATE_AFTER = "HEADWATER_LATE_AFTER"
+#: How long the server remembers a worker that left (its record in ``workers list``).
+ENV_FORGET_WORKERS_AFTER = "HEADWATER_FORGET_WORKERS_AFTER"
 #: The web UI's base URL (links in webhook bodies).
 ENV_UI_URL = "HEADWATER_UI_URL"
 #: What the server logs: debug, info, warning or error.
@@ -91,6 +93,8 @@ VARIABLES: dict[str, str] = {
     ENV_HEARTBEAT_INTERVAL: "how often workers send heartbeats (default 5s)",
     ENV_HEARTBEAT_TIMEOUT: "how long a silent worker keeps its attempts (default 20s)",
     ENV_LATE_AFTER: "when a run that has not started is marked late (default 1m; 0: never)",
+    ENV_FORGET_WORKERS_AFTER: "how long the server lists a worker that left before it "
+    "forgets it (default 7d; 0: never)",
     ENV_UI_URL: "the web UI's base URL, for links to runs in webhook bodies",
     ENV_LOG_LEVEL: "what the server logs (stderr): debug, info, warning or error (default info)",
     ENV_DASK_RELEASE_AFTER: "how long a finished run's values stay held by Dask bridge "

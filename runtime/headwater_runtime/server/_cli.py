@@ -185,6 +185,13 @@ def add_server_command(sub: Any) -> None:
         "(or HEADWATER_LATE_AFTER; default 1m; 0: never)",
     )
     server.add_argument(
+        "--forget-workers-after",
+        default=None,
+        metavar="DURATION",
+        help="list a worker that left (offline) this long after its last message, then forget "
+        "its record (or HEADWATER_FORGET_WORKERS_AFTER; default 7d; 0: never)",
+    )
+    server.add_argument(
         "--ui-url",
         default=None,
         metavar="URL",
@@ -271,6 +278,7 @@ def run_server(args: argparse.Namespace) -> int:
                 ("heartbeat_interval", "--heartbeat-interval", False),
                 ("heartbeat_timeout", "--heartbeat-timeout", False),
                 ("late_after", "--late-after", True),
+                ("forget_workers_after", "--forget-workers-after", True),
                 ("lease", "--lease", False),
                 ("dask_release_after", "--dask-release-after", True),
                 ("stop_timeout", "--stop-timeout", False),

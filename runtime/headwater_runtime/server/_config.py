@@ -16,6 +16,7 @@ error naming the file, the key and what it expects.
     heartbeat_interval = "5s"   # HEADWATER_HEARTBEAT_INTERVAL, --heartbeat-interval
     heartbeat_timeout = "20s"   # HEADWATER_HEARTBEAT_TIMEOUT, --heartbeat-timeout
     late_after = "1m"           # HEADWATER_LATE_AFTER, --late-after ("0": never late)
+    forget_workers_after = "7d" # HEADWATER_FORGET_WORKERS_AFTER, --forget-workers-after
     ui_url = "http://headwater.example:8080"  # HEADWATER_UI_URL, --ui-url
     http_port = 8080            # HEADWATER_HTTP_PORT, --http-port ("off": no web UI)
     tls_cert = "/etc/headwater/server.crt"    # HEADWATER_TLS_CERT, --tls-cert
@@ -62,6 +63,7 @@ from headwater.wire import (
     ENV_CONFIG,
     ENV_DASK_RELEASE_AFTER,
     ENV_DB,
+    ENV_FORGET_WORKERS_AFTER,
     ENV_HEARTBEAT_INTERVAL,
     ENV_HEARTBEAT_TIMEOUT,
     ENV_HOST,
@@ -181,6 +183,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("heartbeat_interval", ENV_HEARTBEAT_INTERVAL, _seconds),
     ("heartbeat_timeout", ENV_HEARTBEAT_TIMEOUT, _seconds),
     ("late_after", ENV_LATE_AFTER, _optional_seconds),
+    ("forget_workers_after", ENV_FORGET_WORKERS_AFTER, _optional_seconds),
     ("ui_url", ENV_UI_URL, web_address),
     ("http_port", ENV_HTTP_PORT, _http_port),
     ("tls_cert", ENV_TLS_CERT, _text),

@@ -154,6 +154,11 @@ class ServerSettings:
     #: A run with no task run started this many seconds after it was created (or
     #: retried) is marked late; 0 or None: never.
     late_after: float | None = 60.0
+    #: A worker that left (offline) is listed this many seconds after its last message,
+    #: then its record is forgotten (with the next prune: every ``prune_interval``);
+    #: 0 or None: never. Workers are recorded by name, and the default name
+    #: ``host-pid`` is new at every start.
+    forget_workers_after: float | None = 7 * 86400.0
     #: The web UI's base URL, for links to runs in webhook bodies ("" for none).
     ui_url: str = ""
     #: Webhook deliveries: tries before giving up, first retry delay (doubling up to
@@ -476,6 +481,8 @@ class ServerCore(WorkerReports):
         in steps on the writer thread; then give the space back to the file system."""
         now = self.clock.now()
         ended_before = None if older_than is None else now - older_than
+        forget = self.settings.forget_workers_after
+        workers_before = now - forget if forget else None
         pruning = self.store.pruning(
             ended_before,
             now,
@@ -483,6 +490,7 @@ class ServerCore(WorkerReports):
             dry_run=dry_run,
             # (asked on the writer thread: a look into two dicts the loop changes)
             keep=lambda run_id: run_id in self.runs.runs or run_id in self.ops.retrying,
+            workers_before=workers_before,
         )
         # One short transaction per step, each a write of its own: the commits of
         # runs go in between (one transaction held every commit for as long as it
@@ -493,7 +501,9 @@ class ServerCore(WorkerReports):
         report = pruning.report()
         if ended_before is not None and not dry_run:
             self.exports.pruned(ended_before)  # Dask bridges let go of their results
-            self.ops.workers.forget(ended_before)
+        cuts = [cut for cut in (ended_before, workers_before) if cut is not None]
+        if cuts and not dry_run:
+            self.ops.workers.forget(max(cuts))  # (what the prune forgot: Pruning)
         return report
 
     async def _auto_prune(self) -> None:
@@ -503,7 +513,8 @@ class ServerCore(WorkerReports):
             if report.runs or report.payloads or report.values or report.workers:
                 log.info(
                     "pruned %d finished runs, %d values and %d payloads (%d bytes "
-                    "reclaimed); forgot %d workers gone since before the retention period",
+                    "reclaimed); forgot %d workers gone for longer than the retention "
+                    "period or forget_workers_after",
                     report.runs,
                     report.values,
                     report.payloads,

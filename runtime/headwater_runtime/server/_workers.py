@@ -16,9 +16,11 @@ and the next worker started under that name takes work.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from headwater.v1 import operations_pb2, worker_pb2
 from headwater.wire import DRAIN, timestamp
@@ -27,6 +29,17 @@ from headwater_runtime.store import DrainRow, Store, WorkerRow
 from ._dispatch import Dispatcher, WorkerSession
 
 log = logging.getLogger("headwater.server")
+
+
+def _page_token(key: tuple[bool, str]) -> str:
+    """A ListWorkers page token: the last worker's place (``1:`` offline, then its name)."""
+    return f"{int(key[0])}:{key[1]}"
+
+
+def _page_key(token: str) -> tuple[bool, str]:
+    if token[:2] not in ("0:", "1:"):
+        raise ValueError(f"page_token {token!r} is not one this server gave")
+    return token[0] == "1", token[2:]
 
 
 def _version(hello: worker_pb2.Hello) -> str:
@@ -47,12 +60,16 @@ class WorkerRegistry:
         self.dispatcher = dispatcher
         self.clock = clock
         self.known: dict[str, WorkerRow] = {}
+        #: Moves when a name is added to ``known`` or taken out (``page``'s order).
+        self._names = 0
+        self._order: tuple[Any, list[tuple[bool, str]]] | None = None
         self.drains: dict[str, DrainRow] = {}
         self._dirty: set[str] = set()
 
     def load(self) -> None:
         """Read the recorded workers and drains (at start, off the loop)."""
         self.known = {w.name: w for w in self.store.list_workers()}
+        self._names += 1
         self.drains = {d.name: d for d in self.store.list_drains()}
 
     # ------------------------------------------------------------------ sessions
@@ -86,6 +103,7 @@ class WorkerRegistry:
 
     def _record(self, session: WorkerSession) -> None:
         hello = session.hello or worker_pb2.Hello()
+        self._names += session.name not in self.known
         self.known[session.name] = WorkerRow(
             name=session.name,
             worker_id=session.worker_id,
@@ -107,6 +125,7 @@ class WorkerRegistry:
         for name, row in list(self.known.items()):
             if name not in connected and name not in self._dirty and row.last_seen < before:
                 del self.known[name]
+                self._names += 1
 
     def put_back(self, rows: list[WorkerRow]) -> None:
         """Records ``take_dirty`` gave that could not be stored: taken again next time."""
@@ -177,6 +196,28 @@ class WorkerRegistry:
             infos.append(self._info(name, online.get(name)))
         infos.sort(key=lambda i: (not i.online, i.name))
         return infos
+
+    def page(
+        self, after: str, size: int, *, online_only: bool = False
+    ) -> tuple[list[operations_pb2.WorkerInfo], str]:
+        """At most ``size`` workers in ``infos`` order after the page token ``after``
+        ("" from the start), and the token of the page after them ("" at the end).
+        ValueError for a token this registry does not give."""
+        start = _page_key(after) if after else None
+        online: dict[str, WorkerSession] = {}
+        for session in self.dispatcher.sessions.values():
+            online[session.name] = session  # the latest session of a name wins
+        # The order is kept while the names and who is online stay the same: reading
+        # 100,000 records page by page sorted them 100 times (20 s for `workers list`).
+        shape = (self._names, frozenset(online), online_only)
+        if self._order is None or self._order[0] != shape:
+            names = set(online) if online_only else self.known.keys() | online.keys()
+            self._order = (shape, sorted((name not in online, name) for name in names))
+        keys = self._order[1]
+        first = 0 if start is None else bisect.bisect_right(keys, start)
+        chosen = keys[first : first + size]
+        infos = [self._info(name, online.get(name)) for _, name in chosen]
+        return infos, _page_token(chosen[-1]) if first + size < len(keys) else ""
 
     def _info(self, name: str, session: WorkerSession | None) -> operations_pb2.WorkerInfo:
         drain = self.drains.get(name)

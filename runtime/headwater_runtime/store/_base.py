@@ -642,6 +642,7 @@ class Store(OpsStore, Protocol):
         grace: float,
         dry_run: bool = False,
         keep: Callable[[str], bool] | None = None,
+        workers_before: float | None = None,
     ) -> Pruning:
         """A prune as a series of short transactions (``store/_prune.py``): call its
         ``step()`` until it returns False (a server runs each step as a write of its
@@ -650,7 +651,9 @@ class Store(OpsStore, Protocol):
         projections, logs and audit entries, expired cache entries, values nothing
         references, and payloads nothing references older than ``grace`` seconds, and
         gives the space back. ``dry_run`` only reads, and counts. ``keep(run_id)``
-        True keeps a run whatever its stored state (a server's runs under way)."""
+        True keeps a run whatever its stored state (a server's runs under way). The
+        records of workers last heard from before ``ended_before``, or before
+        ``workers_before`` when that is later, are forgotten."""
         ...
 
     def prune(

@@ -779,6 +779,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         grace: float,
         dry_run: bool = False,
         keep: Callable[[str], bool] | None = None,
+        workers_before: float | None = None,
     ) -> Pruning:
         """A prune in steps (``Pruning``): finished runs that ended before
         ``ended_before`` (none when None) with their journal, projections and logs;
@@ -796,6 +797,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
             grace=grace,
             dry_run=dry_run,
             keep=keep,
+            workers_before=workers_before,
         )
 
     def prune(

@@ -146,6 +146,9 @@ class Pruning:
         keep: run ids to keep whatever the store says of them, asked as each batch is
             deleted (a server's runs under way: a run retried in memory is stored as
             ended until its retry's first commit).
+        workers_before: also forget the workers last heard from before this (a
+            server's ``forget_workers_after``); the records of workers gone since
+            before ``ended_before`` go in any case.
     """
 
     def __init__(
@@ -157,10 +160,13 @@ class Pruning:
         grace: float,
         dry_run: bool = False,
         keep: Callable[[str], bool] | None = None,
+        workers_before: float | None = None,
     ) -> None:
         self._db = db
         self._keep = keep
         self._ended_before = ended_before
+        cuts = [cut for cut in (ended_before, workers_before) if cut is not None]
+        self._workers_before = max(cuts) if cuts else None  # (the later cut-off)
         self._now = now
         self._grace = grace
         self.dry_run = dry_run
@@ -302,6 +308,7 @@ class Pruning:
             for batch in db.read(lambda conn: self._batches(conn, self._finished(conn))):
                 db.write(functools.partial(self._delete_runs, batch=batch))
                 yield True
+        if self._workers_before is not None:
             c.workers = db.write(self._forget_workers)
             yield True
         while db.write(self._delete_cache_entries):
@@ -350,16 +357,16 @@ class Pruning:
     def _forget_workers(self, conn: Any, dry_run: bool = False) -> int:
         """The workers last heard from before the cut-off (recorded by name, so every
         start under a new name, such as the default host-pid, adds one): forgotten, as
-        their runs are. A connected worker's record is rewritten every few seconds, so
-        only one gone for that long goes (or, with a cut-off of seconds, comes back at
-        the next rewrite)."""
+        their runs are, or sooner (``workers_before``). A connected worker's record is
+        rewritten every few seconds, so only one gone for that long goes (or, with a
+        cut-off of seconds, comes back at the next rewrite)."""
         m = self._db.mark
         if dry_run:
             found = conn.execute(
-                f"SELECT count(*) FROM workers WHERE last_seen < {m}", (self._ended_before,)
+                f"SELECT count(*) FROM workers WHERE last_seen < {m}", (self._workers_before,)
             ).fetchone()
             return int(found[0])
-        cur = conn.execute(f"DELETE FROM workers WHERE last_seen < {m}", (self._ended_before,))
+        cur = conn.execute(f"DELETE FROM workers WHERE last_seen < {m}", (self._workers_before,))
         return max(0, int(cur.rowcount))
 
     def _delete_cache_entries(self, conn: Any) -> bool:
@@ -483,6 +490,7 @@ class Pruning:
                 db.read(functools.partial(self._count_runs, batch=batch))
                 dying.update(batch)
                 yield True
+        if self._workers_before is not None:
             self._counts.workers = db.read(functools.partial(self._forget_workers, dry_run=True))
         values = db.read(lambda conn: self._count_values(conn, dying))
         yield True

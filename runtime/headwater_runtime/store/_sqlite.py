@@ -831,6 +831,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
         grace: float,
         dry_run: bool = False,
         keep: Callable[[str], bool] | None = None,
+        workers_before: float | None = None,
     ) -> Pruning:
         """A prune in steps (``Pruning``): finished runs that ended before
         ``ended_before`` (none when None) with their journal, projections and logs;
@@ -840,7 +841,13 @@ class SQLiteStore(SQLiteOps, AccessTables):
         the file system. Each step is one short transaction on the calling thread's
         connection; ``dry_run`` only reads."""
         return Pruning(
-            _SQLitePruning(self), ended_before, now, grace=grace, dry_run=dry_run, keep=keep
+            _SQLitePruning(self),
+            ended_before,
+            now,
+            grace=grace,
+            dry_run=dry_run,
+            keep=keep,
+            workers_before=workers_before,
         )
 
     def prune(

@@ -353,21 +353,30 @@ class HttpApi(PageHandlers):
 
     async def list_workers(self, request: web.Request) -> web.StreamResponse:
         """Workers: connected ones and those that left (offline), each with its drain
-        (``draining``, ``exit_when_idle``). Those that left before this server started
-        are its recorded ones (as ListWorkers shows them: the page left them out after
-        a restart while ``headwater workers list`` listed them, a user trial)."""
+        (``draining``, ``exit_when_idle``); online first, then by name, at most
+        ``limit`` (1..1000, default 1000; ``more``: how many were left out). Those that
+        left before this server started are its recorded ones (as ListWorkers shows
+        them: the page left them out after a restart while ``headwater workers list``
+        listed them, a user trial)."""
+        limit = _int(request, "limit", PAGE_MAX, 1, PAGE_MAX)
         registry = self.core.ops.workers
-        workers = [record.as_dict() for record in self.core.notices.workers.values()]
-        listed = {worker["name"] for worker in workers}
-        for row in registry.known.values():
-            if row.name not in listed:
-                workers.append(WorkerRecord.recorded(row).as_dict())
+        live = [record.as_dict() for record in self.core.notices.workers.values()]
+        listed = {worker["name"] for worker in live}
+        # The order is found from names alone: only the workers shown are built (a
+        # fleet restarting under new names can leave tens of thousands of records).
+        places = [(not w["online"], w["name"], i) for i, w in enumerate(live)]
+        places += [(True, name, -1) for name in registry.known if name not in listed]
+        places.sort()
+        workers = [
+            live[i] if i >= 0 else WorkerRecord.recorded(registry.known[name]).as_dict()
+            for _, name, i in places[:limit]
+        ]
         for worker in workers:
             drain = registry.drains.get(worker["name"])
             worker["draining"] = drain is not None
             worker["exit_when_idle"] = drain is not None and drain.exit_when_idle
-        workers.sort(key=lambda w: (not w["online"], w["name"]))
-        return web.json_response({"workers": workers, "now": time.time()})
+        more = max(0, len(places) - limit)
+        return web.json_response({"workers": workers, "more": more, "now": time.time()})
 
     async def drain_worker(self, request: web.Request) -> web.StreamResponse:
         """Stop giving attempts to the workers of a name (``exit_when_idle``: and ask

@@ -877,8 +877,18 @@ async function workersPage() {
   let drawn = null;  // what the rows were drawn from, but for the times and slots
   main().innerHTML = `<h1>Workers</h1><table id="workers"><thead><tr><th>Worker</th><th>State</th>
     <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th><th></th></tr></thead>
-    <tbody></tbody></table>`;
+    <tbody></tbody></table><p class="muted" id="more-workers" hidden></p>`;
   const tbody = main().querySelector("#workers tbody");
+  const moreNote = main().querySelector("#more-workers");
+  // The API lists at most 1,000 (online first, then by name); say how many it left out.
+  const got = (body) => {
+    workers = body.workers;
+    moreNote.hidden = !body.more;
+    moreNote.textContent = body.more ? `${body.more} more workers are not listed here (the `
+      + `first ${workers.length} are: online ones first, then by name); \`headwater workers `
+      + "list\` lists every one." : "";
+    draw();
+  };
   const row = (w) => `<tr data-worker="${esc(w.name)}" data-online="${w.online}" data-draining="${w.draining}">
     <td>${esc(w.name)}<div class="muted mono">${esc(w.worker_id.slice(0, 12))}</div></td>
     <td><span class="st st-${w.online ? "online" : "offline"}">${w.online ? "online" : "offline"}</span>${
@@ -915,13 +925,13 @@ async function workersPage() {
     try {
       const body = await api(`/api/workers/${encodeURIComponent(name)}/${button.dataset.action}`, { method: "POST" });
       if (!mine.live) return;
-      workers = body.workers; draw();
+      got(body);
     } catch (err) { button.disabled = false; failed(button, err); }
   });
   const load = async () => {
     const body = await api("/api/workers");
     if (!mine.live) return;
-    workers = body.workers; draw();
+    got(body);
   };
   await load();
   // "seen": the online workers' last message times (pushed every few seconds).
