@@ -1,8 +1,8 @@
 """A Hypothesis-driven fuzz of every RPC: malformed and hostile messages against an
 in-process server, with 0 crashes, 0 hangs and 0 UNKNOWN status codes.
 
-Every method of ControlPlaneService and PayloadService, and the worker stream of
-WorkerGatewayService, gets:
+Every method of ControlPlaneService, OperationsService, AccessService and
+PayloadService, and the worker stream of WorkerGatewayService, gets:
 
 * raw bytes that are not its request message (garbage, truncated fields, invalid
   UTF-8, nesting deeper than protobuf's 100 levels);
@@ -40,15 +40,17 @@ from pg_cluster import STORES, database_for
 from test_run_manager import FUNCTIONS, value_of
 from test_server_protocol import proto_pipeline
 
-from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import (
+    access_pb2,
     control_plane_pb2_grpc,
     graph_pb2,
+    operations_pb2,
     payload_pb2,
     payload_pb2_grpc,
     state_pb2,
     worker_pb2,
 )
+from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import LENGTH_KEY, FlowRunState, Limits
 from headwater_runtime.server._app import RunningServer, start_server
 from headwater_runtime.server._core import ServerSettings
@@ -493,6 +495,31 @@ def worker_messages(draw: st.DrawFn, served: Served) -> worker_pb2.ConnectReques
             report.result.CopyFrom(draw(hostile_values()))
     return msg
 
+
+
+#: Day-two operations and credentials: (service path, method) of each RPC.
+OPS_METHODS = [
+    (f"/headwater.v1.{service}", method)
+    for service, descriptor in (
+        ("OperationsService", operations_pb2.DESCRIPTOR),
+        ("AccessService", access_pb2.DESCRIPTOR),
+    )
+    for method in _methods(service, descriptor)
+]
+
+
+@settings(FUZZ, max_examples=250)
+@given(data=st.data())
+def test_fuzz_operations_and_access(served: Served, data: st.DataObject) -> None:
+    """Retries, limits, workers (drains, paged listings), webhooks and credentials:
+    the fuzz covered the control plane only, though its promise is every RPC."""
+    service, method = data.draw(st.sampled_from(OPS_METHODS))
+    if data.draw(st.integers(0, 3)) == 0:
+        request = data.draw(raw_bytes())
+    else:
+        request = data.draw(messages(method.input_type, served)).SerializeToString()
+    served.call(f"{service}/{method.name}", _kind(method), request)
+    served.alive()
 
 @settings(FUZZ, max_examples=200)
 @given(data=st.data())

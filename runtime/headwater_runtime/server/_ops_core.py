@@ -62,6 +62,8 @@ log = logging.getLogger("headwater.server")
 WORKER_FLUSH = 5.0
 #: How often the gauges of in-memory state are set (the loop turns far more often).
 SAMPLE_EVERY = 0.5
+#: The largest concurrency or rate count a limit takes (what every store can hold).
+MAX_LIMIT_COUNT = 2**31 - 1
 
 
 class RetryRefused(Exception):
@@ -391,6 +393,11 @@ class Operations:
         check_name("a limit's tag", row.tag)  # (a task's tags are names alike)
         if not row.concurrency and not row.rate:
             raise ValueError(f"limit of {row.tag!r}: give a concurrency, a rate or both")
+        for what, count in (("concurrency", row.concurrency), ("rate", row.rate)):
+            if count > MAX_LIMIT_COUNT:  # (PostgreSQL's column refused it: UNKNOWN)
+                raise ValueError(
+                    f"limit of {row.tag!r}: a {what} of {count:,} (at most {MAX_LIMIT_COUNT:,})"
+                )
         if row.rate and row.rate_period <= 0:
             raise ValueError(f"limit of {row.tag!r}: a rate needs a period above zero")
         if row.rate and row.rate_period > MAX_DURATION:
