@@ -306,6 +306,13 @@ def test_worker_streams_must_start_with_a_supported_hello(db: str) -> None:
                 {"capabilities": ["x"], "max_message_bytes": -1},
                 "Hello.max_message_bytes must be 0 (gRPC's default) or more, got -1",
             ),
+            (
+                # (on PostgreSQL no worker's record could be stored after such a worker
+                # connected: its slots overflowed the column, found by a fuzz)
+                {"capabilities": ["x"], "slots": 2**32 - 1},
+                "Hello.slots is 4294967295, over this server's limit max_worker_slots = "
+                "100000 (raise it with --max-worker-slots or HEADWATER_MAX_WORKER_SLOTS)",
+            ),
         ]:
             bad = worker_pb2.Hello(**{**ok, **fields})
             code, details = await status_of(drain(worker_pb2.ConnectRequest(hello=bad)))

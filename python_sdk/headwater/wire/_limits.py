@@ -45,6 +45,9 @@ MAX_DURATION = 315_576_000_000
 #: tests/test_nesting_bound.py). A server once took 150 and then answered GetFlowRun
 #: with a message no client could decode.
 MAX_NESTING_CEILING = 23
+#: The highest ``max_worker_slots`` a server takes: a worker's slots are stored as a
+#: 32-bit integer (PostgreSQL's INTEGER).
+MAX_SLOTS_CEILING = 2**31 - 1
 
 
 def cut_text(text: str, limit: int = TEXT_LIMIT) -> str:
@@ -141,6 +144,11 @@ LIMIT_SPECS: tuple[LimitSpec, ...] = (
         "bytes",
     ),
     LimitSpec(
+        "max_worker_slots",
+        "most slots one worker may declare (Hello.slots: attempts it runs at once)",
+        "count",
+    ),
+    LimitSpec(
         "max_list_items",
         "most entries in one list or map of a request: the messages of a worker's batch; "
         "a Hello's capabilities, labels, running attempts, code digests and flows; a "
@@ -170,6 +178,7 @@ class Limits:
     max_parameter_bytes: int = INLINE_PAYLOAD_LIMIT
     max_log_bytes: int = 64 << 20
     max_list_items: int = 10_000
+    max_worker_slots: int = 100_000
 
     def __post_init__(self) -> None:
         for spec in LIMIT_SPECS:
@@ -182,6 +191,11 @@ class Limits:
                 f"({limit_flag('max_nesting')}, {limit_variable('max_nesting')}): the "
                 "messages built around values nested deeper exceed the 100 levels "
                 "protobuf decodes"
+            )
+        if self.max_worker_slots > MAX_SLOTS_CEILING:
+            raise ValueError(
+                f"max_worker_slots must be 1 to {MAX_SLOTS_CEILING:,}, got "
+                f"{self.max_worker_slots:,} (the most a store records)"
             )
         if self.max_chunk_bytes > self.max_message_bytes - 1024:
             raise ValueError(

@@ -86,6 +86,10 @@ def _hello_problem(hello: worker_pb2.Hello, limits: Limits) -> str:
         return "Hello needs a worker_id"
     if hello.slots < 1:
         return f"Hello.slots must be at least 1, got {hello.slots}"
+    if hello.slots > limits.max_worker_slots:
+        # (PostgreSQL could not store a worker record of more than 2**31 - 1 slots, and
+        # then no worker's record: every background write of them failed, a fuzz find)
+        return str(limits.exceeded("max_worker_slots", f"Hello.slots is {hello.slots}"))
     if not hello.capabilities:
         return "Hello needs at least one capability (a task type the worker runs)"
     if not all(hello.capabilities):
