@@ -528,7 +528,7 @@ def test_fuzz_the_worker_stream(served: Served, data: st.DataObject) -> None:
         worker_id=data.draw(st.sampled_from(["fuzz", "holder", ""])),
         protocol_version=data.draw(st.sampled_from([1, 1, 1, 2, 0])),
         capabilities=data.draw(st.sampled_from([list(FUNCTIONS), ["x"], []])),
-        slots=data.draw(st.sampled_from([1, 2, 2**31 - 1, 0])),
+        slots=data.draw(st.sampled_from([1, 2, 2**31 - 1, 2**32 - 1, 0])),
     )
     stream: list[bytes] = []
     if data.draw(st.integers(0, 4)):
