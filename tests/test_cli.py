@@ -964,3 +964,28 @@ def test_an_id_prefix_is_case_blind_and_an_ambiguous_one_names_its_matches() -> 
         f"webhook id prefix '0df2' is ambiguous: 2 match ({ids[0]}, {ids[1]}): give more of the id"
     )
     assert whole_id("ff", lambda: ids, "webhook") == "ff"  # the server says it is unknown
+
+
+def test_http_port_off_serves_no_web_ui_as_the_variable_and_file_take_it(tmp_path: Path) -> None:
+    """``HEADWATER_HTTP_PORT=off`` and ``http_port = "off"`` turned the web UI off, the
+    flag refused it: "argument --http-port: invalid int value: 'off'"."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "headwater._cli", "server", "--port", "0", "--http-port", "off",
+         "--db", str(tmp_path / "hw.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:
+            if "listening on" in line:
+                break
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+    assert server.returncode == 0 and "web UI" not in rest, rest
+    bad = headwater_cli("server", "--http-port", "x", "--db", tmp_path / "hw.db")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "argument --http-port: must be a port 0..65535 or off, got 'x'" in bad.stderr

@@ -37,10 +37,10 @@ def add_server_command(sub: Any) -> None:
     )
     server.add_argument(
         "--http-port",
-        type=int,
+        type=_port_or_off,
         default=None,
         help="port of the web UI and JSON API (default: the gRPC port + 1, 50052; a free "
-        "port when --port is 0; or HEADWATER_HTTP_PORT)",
+        "port when --port is 0; off: none, as --no-http; or HEADWATER_HTTP_PORT)",
     )
     server.add_argument(
         "--no-http",
@@ -201,6 +201,17 @@ def add_server_command(sub: Any) -> None:
 
 
 _UNSET: Any = object()
+
+
+def _port_or_off(text: str) -> int | bool:
+    """``--http-port``: a port, or False for "off" (as HEADWATER_HTTP_PORT=off and the
+    file's ``http_port = "off"`` take it: the flag refused it)."""
+    if text.strip().lower() == "off":
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port 0..65535 or off, got {text!r}") from None
 
 
 def _duration(flag: str, text: str | None, *, optional: bool) -> Any:
