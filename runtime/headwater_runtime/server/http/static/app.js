@@ -884,7 +884,7 @@ async function workersPage() {
   const got = (body) => {
     workers = body.workers;
     moreNote.hidden = !body.more;
-    moreNote.textContent = body.more ? `${body.more} more workers are not listed here (the `
+    moreNote.textContent = body.more ? `${body.more} more worker${body.more === 1 ? " is" : "s are"} not listed here (the `
       + `first ${workers.length} are: online ones first, then by name); \`headwater workers `
       + "list\` lists every one." : "";
     draw();
