@@ -440,12 +440,17 @@ CONTROL_METHODS = _methods("ControlPlaneService", cp.DESCRIPTOR)
 @settings(FUZZ, max_examples=400)
 @given(data=st.data())
 def test_fuzz_the_control_plane(served: Served, data: st.DataObject) -> None:
-    method = data.draw(st.sampled_from(CONTROL_METHODS))
+    _fuzz_call(served, data, CONTROL, data.draw(st.sampled_from(CONTROL_METHODS)))
+
+
+def _fuzz_call(served: Served, data: st.DataObject, service: str, method: Any) -> None:
+    """One call of ``method`` with raw bytes (a quarter of the time) or a hostile
+    message of its request type; then the server must still answer."""
     if data.draw(st.integers(0, 3)) == 0:
         request = data.draw(raw_bytes())
     else:
         request = data.draw(messages(method.input_type, served)).SerializeToString()
-    served.call(f"{CONTROL}/{method.name}", _kind(method), request)
+    served.call(f"{service}/{method.name}", _kind(method), request)
     served.alive()
 
 
@@ -496,7 +501,6 @@ def worker_messages(draw: st.DrawFn, served: Served) -> worker_pb2.ConnectReques
     return msg
 
 
-
 #: Day-two operations and credentials: (service path, method) of each RPC.
 OPS_METHODS = [
     (f"/headwater.v1.{service}", method)
@@ -513,13 +517,8 @@ OPS_METHODS = [
 def test_fuzz_operations_and_access(served: Served, data: st.DataObject) -> None:
     """Retries, limits, workers (drains, paged listings), webhooks and credentials:
     the fuzz covered the control plane only, though its promise is every RPC."""
-    service, method = data.draw(st.sampled_from(OPS_METHODS))
-    if data.draw(st.integers(0, 3)) == 0:
-        request = data.draw(raw_bytes())
-    else:
-        request = data.draw(messages(method.input_type, served)).SerializeToString()
-    served.call(f"{service}/{method.name}", _kind(method), request)
-    served.alive()
+    _fuzz_call(served, data, *data.draw(st.sampled_from(OPS_METHODS)))
+
 
 @settings(FUZZ, max_examples=200)
 @given(data=st.data())
