@@ -266,6 +266,37 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
     call(db, body)
 
 
+def test_a_drain_outlasting_its_workers_record_can_still_be_lifted(db: str) -> None:
+    """A drain is kept by name; the record of a worker gone for longer than
+    forget_workers_after (7 days) is forgotten while its drain stays, and `headwater
+    workers resume NAME` then said "no worker named ..." (NOT_FOUND): the drain could
+    not be lifted until a worker of that name connected again, and was drained."""
+    from headwater_runtime.store import DrainRow, WorkerRow
+
+    store = open_store(db)
+    old = time.time() - 8 * 86400
+    store.put_worker(WorkerRow("gpu-1", "id-1", ("etl.x",), {}, 2, "0.1.0", "python", "h",
+                               old - 60, old))  # fmt: skip
+    store.put_drain(DrainRow("gpu-1", exit_when_idle=False, at=old))
+    store.close()
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> list[str]:
+        for _ in range(200):  # the automatic prune at start forgets the record
+            if running.core.last_prune is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert running.core.last_prune is not None and running.core.last_prune.workers == 1
+        await stub.ResumeWorker(ops.ResumeWorkerRequest(name="gpu-1"))
+        return list(running.core.ops.workers.drains)
+
+    assert call(db, body) == []
+    store = open_store(db)
+    try:
+        assert store.list_drains() == []
+    finally:
+        store.close()
+
+
 def test_retrying_a_run_that_is_not_over_is_refused(db: str) -> None:
     async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
         core = running.core

@@ -162,8 +162,10 @@ class WorkerRegistry:
         return row
 
     def resume(self, name: str) -> None:
-        """Lift the drain of ``name`` (KeyError when no worker is known by that name)."""
-        if name not in self.known and not self._sessions(name):
+        """Lift the drain of ``name`` (KeyError when no worker is known by that name
+        and none is drained: a drain outlasts the record of a worker forgotten after
+        ``forget_workers_after``, and must still be liftable)."""
+        if name not in self.known and name not in self.drains and not self._sessions(name):
             raise KeyError(name)
         was = self.drains.pop(name, None)
         for session in self._sessions(name):
