@@ -884,8 +884,9 @@ async function workersPage() {
   const got = (body) => {
     workers = body.workers;
     moreNote.hidden = !body.more;
-    moreNote.textContent = body.more ? `${body.more} more worker${body.more === 1 ? " is" : "s are"} not listed here (the `
-      + `first ${workers.length} are: online ones first, then by name); \`headwater workers `
+    moreNote.textContent = body.more ? `${body.more.toLocaleString("en")} more worker${body.more === 1
+      ? " is" : "s are"} not listed here (the first ${workers.length.toLocaleString("en")} are: online `
+      + `ones first, then by name); \`headwater workers `
       + "list\` lists every one." : "";
     draw();
   };
