@@ -266,33 +266,51 @@ def test_bad_operations_requests_get_one_line_and_the_right_status(db: str) -> N
     call(db, body)
 
 
-def test_a_drain_outlasting_its_workers_record_can_still_be_lifted(db: str) -> None:
-    """A drain is kept by name; the record of a worker gone for longer than
-    forget_workers_after (7 days) is forgotten while its drain stays, and `headwater
-    workers resume NAME` then said "no worker named ..." (NOT_FOUND): the drain could
-    not be lifted until a worker of that name connected again, and was drained."""
+def test_a_drained_workers_record_stays_while_drained_and_its_drain_can_be_lifted(
+    db: str,
+) -> None:
+    """A drain is kept by name. The record of a worker gone for longer than
+    forget_workers_after (7 days) went while its drain stayed: the drain was listed
+    nowhere, and `headwater workers resume NAME` said "no worker named ... is known"
+    (NOT_FOUND), so it waited for the next worker of that name. A drained worker's
+    record now stays, listed offline and drained, until the drain is lifted; a drain
+    whose record went anyway (a prune before this change) can still be lifted."""
     from headwater_runtime.store import DrainRow, WorkerRow
 
     store = open_store(db)
     old = time.time() - 8 * 86400
-    store.put_worker(WorkerRow("gpu-1", "id-1", ("etl.x",), {}, 2, "0.1.0", "python", "h",
-                               old - 60, old))  # fmt: skip
+    for name in ("gpu-1", "gpu-2"):
+        store.put_worker(WorkerRow(name, f"id-{name}", ("etl.x",), {}, 2, "0.1.0", "python",
+                                   "h", old - 60, old))  # fmt: skip
     store.put_drain(DrainRow("gpu-1", exit_when_idle=False, at=old))
+    store.put_drain(DrainRow("no-record", exit_when_idle=False, at=old))
     store.close()
 
-    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> list[str]:
-        for _ in range(200):  # the automatic prune at start forgets the record
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> Any:
+        for _ in range(200):  # the automatic prune at start
             if running.core.last_prune is not None:
                 break
             await asyncio.sleep(0.05)
-        assert running.core.last_prune is not None and running.core.last_prune.workers == 1
+        assert running.core.last_prune is not None
+        listed = await stub.ListWorkers(ops.ListWorkersRequest())
+        await stub.ResumeWorker(ops.ResumeWorkerRequest(name="no-record"))
         await stub.ResumeWorker(ops.ResumeWorkerRequest(name="gpu-1"))
-        return list(running.core.ops.workers.drains)
+        again = await running.core.prune(None)  # the next prune: gpu-1 is not drained now
+        after = await stub.ListWorkers(ops.ListWorkersRequest())
+        return (
+            running.core.last_prune.workers,
+            [(w.name, w.online, w.draining) for w in listed.workers],
+            again.workers,
+            [w.name for w in after.workers],
+            sorted(running.core.ops.workers.drains),
+        )
 
-    assert call(db, body) == []
+    forgotten, listed, again, after, drains = call(db, body)
+    assert forgotten == 1 and listed == [("gpu-1", False, True)]  # gpu-2 went
+    assert (again, after, drains) == (1, [], [])
     store = open_store(db)
     try:
-        assert store.list_drains() == []
+        assert store.list_drains() == [] and store.list_workers() == []
     finally:
         store.close()
 

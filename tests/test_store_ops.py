@@ -158,21 +158,27 @@ def test_a_prune_with_a_cut_off_forgets_workers_gone_since_before_it(store: Stor
     """A worker is recorded by name, and a worker started without --name is named
     host-pid: every start added a record that ``workers list`` showed for ever. A prune
     with a cut-off forgets the workers last heard from before it (a dry run counts
-    them); one without (no --older-than, no retention) keeps them, and drains stay."""
+    them); one without (no --older-than, no retention) keeps them. Drains stay, and so
+    does a drained worker's record until its drain is lifted."""
 
     def worker(name: str, last_seen: float) -> WorkerRow:
         return WorkerRow(name, f"id-{name}", ("etl.extract",), {}, 2, "0.1.0", "python",
                          "host", 1.0, last_seen)  # fmt: skip
 
+    store.put_worker(worker("host-100", 5.0))
     store.put_worker(worker("host-101", 5.0))
     store.put_worker(worker("host-102", 50.0))
     store.put_drain(DrainRow("host-101", exit_when_idle=False, at=4.0))
     assert store.prune(None, now=100.0, grace=0).workers == 0
     assert store.prune(10.0, now=100.0, grace=0, dry_run=True).workers == 1
+    assert [w.name for w in store.list_workers()] == ["host-100", "host-101", "host-102"]
+    assert store.prune(10.0, now=100.0, grace=0).workers == 1
+    # A drained worker's record stays while the drain does (listed, and liftable).
     assert [w.name for w in store.list_workers()] == ["host-101", "host-102"]
+    assert [d.name for d in store.list_drains()] == ["host-101"]
+    store.delete_drain("host-101")
     assert store.prune(10.0, now=100.0, grace=0).workers == 1
     assert [w.name for w in store.list_workers()] == ["host-102"]
-    assert [d.name for d in store.list_drains()] == ["host-101"]
 
 
 def test_a_prune_forgets_workers_by_its_own_cut_off_without_run_retention(store: Store) -> None:

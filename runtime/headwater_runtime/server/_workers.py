@@ -119,11 +119,13 @@ class WorkerRegistry:
         self._dirty.add(session.name)
 
     def forget(self, before: float) -> None:
-        """Let go of what a prune deleted: the records of workers not connected now,
-        last heard from before ``before`` (store/_prune.py)."""
+        """Let go of what a prune deleted: the records of workers not connected now
+        nor drained, last heard from before ``before`` (store/_prune.py)."""
         connected = {s.name for s in self.dispatcher.sessions.values()}
         for name, row in list(self.known.items()):
-            if name not in connected and name not in self._dirty and row.last_seen < before:
+            if name in connected or name in self._dirty or name in self.drains:
+                continue  # (a drained worker's record stays while drained, as stored)
+            if row.last_seen < before:
                 del self.known[name]
                 self._names += 1
 

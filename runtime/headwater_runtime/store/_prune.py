@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 #: At most this many runs per transaction.
 RUN_BATCH = 50
+#: A worker record whose name is not drained (a drained one is kept while drained).
+_UNDRAINED = "name NOT IN (SELECT name FROM worker_drains)"
 #: A batch of runs closes once its runs hold this many task runs (a run holding more
 #: goes alone: its rows are deleted in one transaction).
 TASK_RUN_BATCH = 20_000
@@ -357,16 +359,21 @@ class Pruning:
     def _forget_workers(self, conn: Any, dry_run: bool = False) -> int:
         """The workers last heard from before the cut-off (recorded by name, so every
         start under a new name, such as the default host-pid, adds one): forgotten, as
-        their runs are, or sooner (``workers_before``). A connected worker's record is
-        rewritten every few seconds, so only one gone for that long goes (or, with a
-        cut-off of seconds, comes back at the next rewrite)."""
+        their runs are, or sooner (``workers_before``). A drained worker's record stays
+        while its drain does (listed offline and drained, so the drain can be seen and
+        lifted). A connected worker's record is rewritten every few seconds, so only one
+        gone for that long goes (or, with a cut-off of seconds, comes back at the next
+        rewrite)."""
         m = self._db.mark
         if dry_run:
             found = conn.execute(
-                f"SELECT count(*) FROM workers WHERE last_seen < {m}", (self._workers_before,)
+                f"SELECT count(*) FROM workers WHERE last_seen < {m} AND {_UNDRAINED}",
+                (self._workers_before,),
             ).fetchone()
             return int(found[0])
-        cur = conn.execute(f"DELETE FROM workers WHERE last_seen < {m}", (self._workers_before,))
+        cur = conn.execute(
+            f"DELETE FROM workers WHERE last_seen < {m} AND {_UNDRAINED}", (self._workers_before,)
+        )
         return max(0, int(cur.rowcount))
 
     def _delete_cache_entries(self, conn: Any) -> bool:
