@@ -12,6 +12,7 @@ credentials stays open.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -28,6 +29,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_cluster import STORES, database_for
 from test_client import ServerThread
 from tls_certs import Certs, make_certs
 
@@ -45,7 +47,7 @@ from headwater_runtime.server import (
 from headwater_runtime.server._roles import Route as RoleRoute
 from headwater_runtime.server.http import ROUTES
 from headwater_runtime.server.http._access import is_page
-from headwater_runtime.store import SQLiteStore
+from headwater_runtime.store import open_store
 
 SERVER_TOKEN = "http-server-token"
 COLUMNS = ["admin", "operator", "viewer", "worker", "--token"]
@@ -79,9 +81,9 @@ class Site:
         return Client(self.server.address, token=SERVER_TOKEN, tls_ca=self.certs.ca)
 
 
-def _credentials(db: Path) -> dict[str, dict[str, str]]:
+def _credentials(db: str) -> dict[str, dict[str, str]]:
     """One valid and one revoked credential per role, stored before the server starts."""
-    store = SQLiteStore(db)
+    store = open_store(db)
     tokens: dict[str, dict[str, str]] = {}
     try:
         for role in Role:
@@ -98,14 +100,15 @@ def _credentials(db: Path) -> dict[str, dict[str, str]]:
     return tokens
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
+@contextlib.contextmanager
+def _site(tmp_path: Path, db: str) -> Iterator[Site]:
+    """A TLS server on ``db`` (a SQLite path or a PostgreSQL URL) with a credential
+    per role, an ended run, a running one and a schedule."""
     certs = make_certs(tmp_path / "certs")
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(certs.server.cert, served / "server.crt")
     shutil.copy(certs.server.key, served / "server.key")
-    db = tmp_path / "hw.db"
     tokens = _credentials(db)
     server = ServerThread(
         db,
@@ -136,6 +139,19 @@ def site(tmp_path: Path) -> Iterator[Site]:
         )
     finally:
         server.stop()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    with _site(tmp_path, str(tmp_path / "hw.db")) as made:
+        yield made
+
+
+@pytest.fixture(params=STORES)
+def any_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    """``site`` on each store (the HTTP fuzz: PostgreSQL refused text SQLite took)."""
+    with _site(tmp_path, database_for(request, request.param, tmp_path)) as made:
+        yield made
 
 
 def request(
@@ -570,12 +586,13 @@ def _send(site: Site, method: str, path: str, headers: dict[str, Any], body: byt
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data())
-def test_fuzz_http_requests_never_get_a_server_error(site: Site, data: st.DataObject) -> None:
+def test_fuzz_http_requests_never_get_a_server_error(any_site: Site, data: st.DataObject) -> None:
     """Every route with odd ids, queries, credentials (Bearer, cookie, CSRF header,
     Origin: right, wrong, of bytes that are not UTF-8) and bodies: never a 5xx but
     503. An HTTP fuzz like this one found five 500s (an asset name too long for the
     file system or with a NUL byte, a login body that is no form, a Bearer header and
     a CSRF header of such bytes)."""
+    site = any_site  # (on each store)
     operator = site.tokens["operator"]["right"]
     ids = [site.ended_run, site.running_run, site.ended_run[:6], site.schedule, "shout"]
     values = st.sampled_from(ids + _ODD).map(lambda v: quote(v, safe=""))
