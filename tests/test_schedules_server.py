@@ -253,6 +253,69 @@ def test_a_schedules_large_parameter_outlives_every_prune(server: ServerThread) 
         assert store.prune(None, time.time() + 86_400, grace=0.0).payloads == 0
 
 
+def test_an_identical_schedule_is_returned_not_made_twice(db: str) -> None:
+    """A deploy script that creates its schedules ran twice: two schedules, and every
+    fire ran the flow twice. An identical request (flow, version, timing, time zone,
+    parameters, catch-up) returns the schedule that exists, paused or not, audited
+    once; any difference makes a new one; identical requests at once make one."""
+    from test_server_protocol import TOKEN, serving
+
+    async def main() -> None:
+        async with serving(db, token=TOKEN, heartbeat_interval=0.5) as running:
+            core = running.core
+            requests = core.schedule_requests
+            await core.register_flow(proto_pipeline.compile())
+
+            def hourly(n: int = 1, tz: str = "", catchup: bool = False) -> run_pb2.Schedule:
+                msg = _schedule(parameters={"n": value_of(n)}, enabled=True)
+                msg.cron, msg.timezone, msg.catchup = "0 * * * *", tz, catchup
+                return msg
+
+            first, made = await requests.create(hourly())
+            assert made
+            again, made_again = await requests.create(hourly())
+            assert (again.id, made_again) == (first.id, False)
+            await requests.set_enabled(first.id, False)  # an operator pauses it
+            paused, made = await requests.create(hourly())  # the deploy runs again
+            assert (paused.id, paused.enabled, made) == (first.id, False, False)
+            others = [
+                await requests.create(hourly(n=2)),
+                await requests.create(hourly(tz="Europe/Berlin")),
+                await requests.create(hourly(catchup=True)),
+            ]
+            assert all(made for _, made in others)
+            assert len({s.id for s, _ in others} | {first.id}) == 4
+            together = await asyncio.gather(*(requests.create(hourly(n=3)) for _ in range(8)))
+            assert len({s.id for s, _ in together}) == 1
+            assert sum(made for _, made in together) == 1
+            stored = await core.io.read(core.store.list_schedules, "proto_pipeline")
+            assert len(stored) == 5
+
+    asyncio.run(main())
+
+
+def test_the_client_and_the_cli_get_the_identical_schedule_that_exists(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(server.address, token="tok") as client:
+        params = {"n": 4, "factor": 2}
+        first = client.create_schedule(proto_pipeline, every=3600, params=params)
+        again = client.create_schedule(proto_pipeline, every=3600, params=params)
+        assert again.id == first.id and len(client.list_schedules()) == 1
+        created = [e for e in client.audit("schedule") if e.action == "schedule.create"]
+        assert [e.object_id for e in created] == [first.id]  # audited once: made once
+    path = tmp_path / "greet.py"
+    path.write_text(FLOW_FILE)
+    where = ("--server", server.address, "--token", "tok")
+    outs = []
+    for _ in range(2):
+        code = main(["schedules", "create", str(path), "--every", "1h", *where])
+        out, _ = capsys.readouterr()
+        assert code == 0
+        outs.append(out.strip())
+    assert outs[1] == outs[0] + "  (exists already: identical)"
+
+
 def test_cli_schedules_create_list_pause_delete(
     server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -487,7 +550,7 @@ def test_a_pause_beside_a_delete_does_not_bring_the_schedule_back(db: str) -> No
             await core.register_flow(proto_pipeline.compile())
             schedule = _schedule(parameters={"n": value_of(1)}, enabled=True)
             schedule.interval.FromSeconds(3600)
-            created = await requests.create(schedule)
+            created, _ = await requests.create(schedule)
             read, write = core.io.read, core.io.write
             held, release = asyncio.Event(), asyncio.Event()
 

@@ -59,16 +59,18 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 raise UsageError("give exactly one of --every DURATION or --cron EXPRESSION")
             with user_output_to_stderr():  # (the module loads, the flow's body runs)
                 flow = load_flow(args.target)
-                created = client.create_schedule(
+                schedule, created = client._create_schedule(
                     flow,
-                    every=parse_every(args.every) if args.every is not None else None,
-                    cron=args.cron,
-                    params=flow_params(flow, args.param),
-                    timezone=args.timezone,
-                    paused=args.paused,
-                    catchup=args.catchup,
+                    parse_every(args.every) if args.every is not None else None,
+                    args.cron,
+                    flow_params(flow, args.param),
+                    args.timezone,
+                    args.paused,
+                    args.catchup,
+                    "",
                 )
-            print(_line(created))
+            # (an identical schedule is not made twice: the one that exists is shown)
+            print(_line(schedule) + ("" if created else "  (exists already: identical)"))
         elif args.action == "list":
             listed = client.list_schedules(args.flow or "")
             if args.json:

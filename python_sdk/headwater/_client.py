@@ -812,7 +812,27 @@ class Client(OperationsClient):
         does). A Flow object's parameters are checked and its graph for them is
         registered and pinned. A flow name whose graph depends on its parameter values
         is checked (and its values converted) by a worker that offers the flow, which
-        also builds the graph for each fire (docs/flows.md). See docs/schedules.md."""
+        also builds the graph for each fire (docs/flows.md). An identical schedule
+        that exists (same flow, version, timing, time zone, parameters and catch-up) is
+        returned as it is, paused or not, rather than made twice: a deploy script may
+        run again. See docs/schedules.md."""
+        return self._create_schedule(flow, every, cron, params, timezone, paused, catchup, version)[
+            0
+        ]
+
+    def _create_schedule(
+        self,
+        flow: Flow[..., Any] | str,
+        every: float | timedelta | None,
+        cron: str | None,
+        params: Mapping[str, Any] | None,
+        timezone: str,
+        paused: bool,
+        catchup: bool,
+        version: str,
+    ) -> tuple[ScheduleInfo, bool]:
+        """``create_schedule``, and whether it created the schedule (False: an
+        identical one existed)."""
         name, version, values = self._prepare(flow, params, version)
         msg = schedule_message(name, version, every, cron, values, timezone, paused, catchup)
         response = self._call(
@@ -820,7 +840,7 @@ class Client(OperationsClient):
             cp.CreateScheduleRequest(schedule=msg),
             f"create a schedule for flow {name!r}",
         )
-        return schedule_info(response.schedule, self._decode)
+        return schedule_info(response.schedule, self._decode), response.created
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
         """Every schedule on the server (only those of ``flow_name`` if given)."""

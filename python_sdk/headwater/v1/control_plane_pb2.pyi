@@ -737,17 +737,24 @@ class CreateScheduleResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SCHEDULE_FIELD_NUMBER: builtins.int
+    CREATED_FIELD_NUMBER: builtins.int
+    created: builtins.bool
+    """False when the schedule existed (nothing was created)."""
     @property
     def schedule(self) -> headwater.v1.run_pb2.Schedule:
-        """The stored schedule."""
+        """The stored schedule: the new one, or the identical one that existed (same flow,
+        version, timing, time zone, parameters and catch-up; paused or not), which is
+        returned as it is rather than made twice.
+        """
 
     def __init__(
         self,
         *,
         schedule: headwater.v1.run_pb2.Schedule | None = ...,
+        created: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["schedule", b"schedule"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["schedule", b"schedule"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["created", b"created", "schedule", b"schedule"]) -> None: ...
 
 global___CreateScheduleResponse = CreateScheduleResponse
 

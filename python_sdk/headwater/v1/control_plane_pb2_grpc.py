@@ -208,7 +208,8 @@ class ControlPlaneServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def CreateSchedule(self, request, context):
-        """CreateSchedule creates a schedule for a registered flow.
+        """CreateSchedule creates a schedule for a registered flow (an identical one that
+        exists is returned instead: see CreateScheduleResponse).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

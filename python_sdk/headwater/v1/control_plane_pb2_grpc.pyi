@@ -109,7 +109,9 @@ class ControlPlaneServiceStub:
         headwater.v1.control_plane_pb2.CreateScheduleRequest,
         headwater.v1.control_plane_pb2.CreateScheduleResponse,
     ]
-    """CreateSchedule creates a schedule for a registered flow."""
+    """CreateSchedule creates a schedule for a registered flow (an identical one that
+    exists is returned instead: see CreateScheduleResponse).
+    """
 
     ListSchedules: grpc.UnaryUnaryMultiCallable[
         headwater.v1.control_plane_pb2.ListSchedulesRequest,
@@ -242,7 +244,9 @@ class ControlPlaneServiceAsyncStub:
         headwater.v1.control_plane_pb2.CreateScheduleRequest,
         headwater.v1.control_plane_pb2.CreateScheduleResponse,
     ]
-    """CreateSchedule creates a schedule for a registered flow."""
+    """CreateSchedule creates a schedule for a registered flow (an identical one that
+    exists is returned instead: see CreateScheduleResponse).
+    """
 
     ListSchedules: grpc.aio.UnaryUnaryMultiCallable[
         headwater.v1.control_plane_pb2.ListSchedulesRequest,
@@ -401,7 +405,9 @@ class ControlPlaneServiceServicer(metaclass=abc.ABCMeta):
         request: headwater.v1.control_plane_pb2.CreateScheduleRequest,
         context: _ServicerContext,
     ) -> typing.Union[headwater.v1.control_plane_pb2.CreateScheduleResponse, collections.abc.Awaitable[headwater.v1.control_plane_pb2.CreateScheduleResponse]]:
-        """CreateSchedule creates a schedule for a registered flow."""
+        """CreateSchedule creates a schedule for a registered flow (an identical one that
+        exists is returned instead: see CreateScheduleResponse).
+        """
 
     @abc.abstractmethod
     def ListSchedules(

@@ -360,20 +360,22 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         request: cp.CreateScheduleRequest,
         context: grpc.aio.ServicerContext[cp.CreateScheduleRequest, cp.CreateScheduleResponse],
     ) -> cp.CreateScheduleResponse:
-        """Create a schedule (its flow must be registered)."""
+        """Create a schedule (its flow must be registered), or return the identical one
+        that exists."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         await self._check_parameters(request.schedule.parameters, context)
 
         async def create() -> Any:
-            schedule = await self.core.schedule_requests.create(request.schedule)
-            flow_name = request.schedule.flow_name
-            await self.core.audit("schedule.create", "schedule", schedule.id, flow_name)
-            return schedule
+            schedule, created = await self.core.schedule_requests.create(request.schedule)
+            if created:  # (an identical one returned: nothing was created)
+                flow_name = request.schedule.flow_name
+                await self.core.audit("schedule.create", "schedule", schedule.id, flow_name)
+            return schedule, created
 
         async with refusals(context):
-            schedule = await to_its_end(create(), "creating a schedule")
-        return control_plane_pb2.CreateScheduleResponse(schedule=schedule)
+            schedule, created = await to_its_end(create(), "creating a schedule")
+        return control_plane_pb2.CreateScheduleResponse(schedule=schedule, created=created)
 
     async def ListSchedules(
         self,

@@ -24,7 +24,7 @@ from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 from ._builds import BuildUnavailable, NoBuilder
 from ._io import to_its_end
 from ._schedule_times import fire_key
-from ._schedules import advance, shown, shown_message
+from ._schedules import Scheduler, advance, identity, shown, shown_message
 
 if TYPE_CHECKING:
     from ._core import ServerCore
@@ -34,6 +34,17 @@ log = logging.getLogger("headwater.scheduler")
 #: Seconds before a fire that failed for the server's own reasons (the store) is tried
 #: again.
 FIRE_RETRY = 1.0
+
+
+def _put_unless_identical(scheduler: Scheduler, msg: run_pb2.Schedule) -> ScheduleRow | None:
+    """On the writer thread: the stored schedule identical to ``msg`` (``identity``),
+    else None once ``msg`` is stored."""
+    same = identity(msg)
+    for row in scheduler.store.list_schedules(msg.flow_name):
+        if identity(run_pb2.Schedule.FromString(row.body)) == same:
+            return row
+    scheduler.store.put_schedule(scheduler.row_of(msg))
+    return None
 
 
 class AmbiguousScheduleId(ValueError):
@@ -52,9 +63,12 @@ class ScheduleRequests:
         self.scheduler = core.schedules
         self.scheduler.launch = self.fire
 
-    async def create(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
+    async def create(self, request: run_pb2.Schedule) -> tuple[run_pb2.Schedule, bool]:
         """Create a schedule; one whose values need a graph built (a value-dependent
-        flow) is checked by having a worker build it, and keeps the converted values."""
+        flow) is checked by having a worker build it, and keeps the converted values.
+        Returns it and True, or, when an identical schedule exists (``identity``), that
+        one as it is (paused or not) and False: a deploy script run twice made two
+        schedules, and every fire ran the flow twice."""
         core, creation = self.core, self.core.creation
         try:
             msg = await core.io.read(self.scheduler.check, request)
@@ -66,15 +80,21 @@ class ScheduleRequests:
             if request.flow_version or not creation.has_builder(request.flow_name):
                 raise
             msg = await self._check_built(request)
-        await to_its_end(self._store(msg), "creating a schedule")
-        return shown_message(msg)
+        existing = await to_its_end(self._store(msg), "creating a schedule")
+        if existing is not None:
+            return shown(existing), False
+        return shown_message(msg), True
 
-    async def _store(self, msg: run_pb2.Schedule) -> None:
+    async def _store(self, msg: run_pb2.Schedule) -> ScheduleRow | None:
         """Store a schedule, then fire it (or not, when paused) from now on: both, even
-        when the caller goes away meanwhile (``to_its_end``)."""
-        await self.core.io.write(self.core.store.put_schedule, self.scheduler.row_of(msg))
-        self.scheduler.remember(msg)
-        self.core.touch()  # the timer loop re-reads the next fire time
+        when the caller goes away meanwhile (``to_its_end``). An identical schedule
+        stored already is returned instead (looked up and stored in one call on the
+        writer thread, so two identical creates at once make one)."""
+        existing = await self.core.io.write(_put_unless_identical, self.scheduler, msg)
+        if existing is None:
+            self.scheduler.remember(msg)
+            self.core.touch()  # the timer loop re-reads the next fire time
+        return existing
 
     async def _check_built(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
         given = {name: request.parameters[name] for name in request.parameters}

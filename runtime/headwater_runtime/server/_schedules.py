@@ -304,6 +304,18 @@ def advance(store: Store, row: ScheduleRow) -> None:
         store.put_schedule(row)
 
 
+def identity(msg: run_pb2.Schedule) -> bytes:
+    """What makes two schedules the same: all the caller chose (flow, version, timing,
+    time zone, parameters, catch-up); not the id, the times the server sets, nor
+    whether it is paused (a deploy re-creating its schedules keeps a pause an
+    operator made)."""
+    same = run_pb2.Schedule()
+    same.CopyFrom(msg)
+    for field in ("id", "enabled", "next_run_at", "created_at"):
+        same.ClearField(field)
+    return same.SerializeToString(deterministic=True)
+
+
 def shown(row: ScheduleRow) -> run_pb2.Schedule:
     """A stored schedule as callers see it (``shown_message``)."""
     return shown_message(run_pb2.Schedule.FromString(row.body))
