@@ -648,7 +648,8 @@ def test_schedules_pause_and_resume_over_http(server: ServerThread, http: Http) 
     ids = [schedule.id]
     with Client(server.address, token=TOKEN) as client:
         while len({i[0] for i in ids}) == len(ids):  # 17 at most: 16 hex digits
-            ids.append(client.create_schedule(loud, every=3600).id)
+            # (each different: an identical schedule is the one that exists)
+            ids.append(client.create_schedule(loud, every=3600, params={"text": str(ids)}).id)
     shared = ids[-1][0]
     status, body, _ = http.call("POST", f"/api/schedules/{shared}/resume", {})
     assert status == 400, body
@@ -672,7 +673,8 @@ def test_runs_are_filtered_by_a_schedule_id_or_a_unique_prefix(
         client.run(loud, {"text": "by hand"})  # a run of the same flow, of no schedule
         ids = [firing.id]
         while len({i[0] for i in ids}) == len(ids):  # 17 at most: 16 hex digits
-            ids.append(client.create_schedule(loud, every=3600).id)
+            # (each different: an identical schedule is the one that exists)
+            ids.append(client.create_schedule(loud, every=3600, params={"text": str(ids)}).id)
         whole = {r["id"] for r in http.get(f"/api/runs?schedule={firing.id}")["runs"]}
         assert {r["id"] for r in runs} <= whole
         short = firing.id[:8].upper()
