@@ -501,9 +501,8 @@ class ServerCore(WorkerReports):
         report = pruning.report()
         if ended_before is not None and not dry_run:
             self.exports.pruned(ended_before)  # Dask bridges let go of their results
-        cuts = [cut for cut in (ended_before, workers_before) if cut is not None]
-        if cuts and not dry_run:
-            self.ops.workers.forget(max(cuts))  # (what the prune forgot: Pruning)
+        if pruning.workers_before is not None and not dry_run:
+            self.ops.workers.forget(pruning.workers_before)  # (what the prune forgot)
         return report
 
     async def _auto_prune(self) -> None:

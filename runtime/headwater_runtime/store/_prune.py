@@ -168,7 +168,8 @@ class Pruning:
         self._keep = keep
         self._ended_before = ended_before
         cuts = [cut for cut in (ended_before, workers_before) if cut is not None]
-        self._workers_before = max(cuts) if cuts else None  # (the later cut-off)
+        #: The workers last heard from before this are forgotten (the later cut-off).
+        self.workers_before = max(cuts) if cuts else None
         self._now = now
         self._grace = grace
         self.dry_run = dry_run
@@ -310,7 +311,7 @@ class Pruning:
             for batch in db.read(lambda conn: self._batches(conn, self._finished(conn))):
                 db.write(functools.partial(self._delete_runs, batch=batch))
                 yield True
-        if self._workers_before is not None:
+        if self.workers_before is not None:
             c.workers = db.write(self._forget_workers)
             yield True
         while db.write(self._delete_cache_entries):
@@ -368,11 +369,11 @@ class Pruning:
         if dry_run:
             found = conn.execute(
                 f"SELECT count(*) FROM workers WHERE last_seen < {m} AND {_UNDRAINED}",
-                (self._workers_before,),
+                (self.workers_before,),
             ).fetchone()
             return int(found[0])
         cur = conn.execute(
-            f"DELETE FROM workers WHERE last_seen < {m} AND {_UNDRAINED}", (self._workers_before,)
+            f"DELETE FROM workers WHERE last_seen < {m} AND {_UNDRAINED}", (self.workers_before,)
         )
         return max(0, int(cur.rowcount))
 
@@ -497,7 +498,7 @@ class Pruning:
                 db.read(functools.partial(self._count_runs, batch=batch))
                 dying.update(batch)
                 yield True
-        if self._workers_before is not None:
+        if self.workers_before is not None:
             self._counts.workers = db.read(functools.partial(self._forget_workers, dry_run=True))
         values = db.read(lambda conn: self._count_values(conn, dying))
         yield True
