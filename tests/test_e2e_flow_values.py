@@ -9,13 +9,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from e2e_helpers import BOUND, Cluster, poll, start_server, start_worker
 
-from headwater import Client, FlowRunState, ParameterError
+from headwater import Client, FlowRunState, ParameterError, ServerError
 from headwater._loader import load_file
 
 pytestmark = pytest.mark.e2e
@@ -137,3 +139,33 @@ def test_parameters_are_values_on_a_server(tmp_path: Path, db: str, cluster: Clu
     graph = json.loads(ran.stdout)
     assert graph["valueDependent"] is True
     assert [t["id"] for t in graph["tasks"]] == ["write"]
+
+
+def test_a_prune_deletes_the_builds_nothing_uses(tmp_path: Path, db: str, cluster: Cluster) -> None:
+    """``headwater prune --older-than`` beside a server deletes the value-dependent builds
+    (one per distinct set of values, never deleted before) that no run or schedule uses;
+    a run pinned to one is refused naming why, and the flow's code registers it again."""
+    _, address = start_server(cluster, db)
+    start_worker(cluster, address, "w1", module="vflows")
+    module = load_file(str(tmp_path / "vflows.py"))
+    with Client(address) as client:
+        unused = client.deploy(module.pipeline, {"n": 2})  # type: ignore[attr-defined]
+        scheduled = client.create_schedule(
+            module.pipeline,  # type: ignore[attr-defined]
+            every=3600,
+            params={"n": 3},
+        )
+        assert unused.startswith("@") and scheduled.flow_version.startswith("@")
+        time.sleep(1.1)  # both builds registered more than --older-than 1s ago
+        pruned = cli("prune", "--db", db, "--older-than", "1s", cwd=tmp_path)
+        assert pruned.returncode == 0, pruned.stderr
+        assert "1 flow build(s) (VERSION@DIGEST) unused since the cut-off" in pruned.stdout
+        with pytest.raises(ServerError, match="is not registered: a build for particular") as e:
+            client.run("pipeline", {"n": 2}, version=unused)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND
+        run = client.run(module.pipeline, {"n": 2})  # type: ignore[attr-defined]
+        assert run.flow_version == unused
+        assert client.wait(run.id).result == 3
+        # The schedule's build stays while the schedule does.
+        fired = client.run("pipeline", {"n": 3}, version=scheduled.flow_version)
+        assert client.wait(fired.id).result == 9

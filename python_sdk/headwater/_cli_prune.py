@@ -59,7 +59,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"value(s), {report.payloads} payload(s) ({report.payload_bytes} bytes), "
         f"{report.cache_entries} expired cache entr{'y' if report.cache_entries == 1 else 'ies'}"
         + (
-            f", {report.workers} worker record(s) not heard from since the cut-off"
+            f", {report.workers} worker record(s) not heard from since the cut-off, "
+            f"{report.builds} flow build(s) (VERSION@DIGEST) unused since the cut-off"
             if older_than is not None
             else ""
         )
@@ -93,13 +94,15 @@ def add_prune_command(sub: Any) -> None:
         "prune",
         help="delete old finished runs and data nothing references from a server's database",
         description="Delete finished flow runs that ended more than --older-than ago, with "
-        "their journal, task runs, logs and values, and the records of workers not heard "
-        "from since; expired cache entries; and stored payloads and values no run, cache "
-        "entry or schedule references. Then give the space back to the file system "
-        "(SQLite) or VACUUM it for reuse (PostgreSQL). Safe while the server runs (it "
-        "only touches finished runs, and payloads older than --payload-grace). It deletes "
-        "in short transactions, so the server's writes go in between; --dry-run only "
-        "reads. A server started with --retention does this on its own.",
+        "their journal, task runs, logs and values, the records of workers not heard "
+        "from since, and the flow builds (VERSION@DIGEST graphs of value-dependent flows) "
+        "no run or schedule uses and none has used since; expired cache entries; and "
+        "stored payloads and values no run, cache entry or schedule references. Then "
+        "give the space back to the file system (SQLite) or VACUUM it for reuse "
+        "(PostgreSQL). Safe while the server runs (it only touches finished runs, and "
+        "payloads older than --payload-grace). It deletes in short transactions, so the "
+        "server's writes go in between; --dry-run only reads. A server started with "
+        "--retention does this on its own.",
     )
     prune.add_argument(
         "--db",
@@ -119,8 +122,8 @@ def add_prune_command(sub: Any) -> None:
         default=None,
         metavar="DURATION",
         help="delete finished runs that ended more than this long ago, e.g. 30d or 12h, "
-        "and forget workers not heard from for as long (default: delete no run, only "
-        "unreferenced data)",
+        "forget workers not heard from for as long, and delete flow builds unused for as "
+        "long (default: delete no run, only unreferenced data)",
     )
     prune.add_argument(
         "--payload-grace",

@@ -106,7 +106,8 @@ def add_server_command(sub: Any) -> None:
         default=None,
         metavar="DURATION",
         help="delete finished runs (with their journal, logs and values) this long after "
-        "they end, e.g. 30d or 12h, and forget workers gone for as long (or "
+        "they end, e.g. 30d or 12h, forget workers gone for as long, and delete flow "
+        "builds (VERSION@DIGEST) no run or schedule has used for as long (or "
         "HEADWATER_RETENTION; default: keep forever); checked when the server starts and "
         "every 10 minutes",
     )

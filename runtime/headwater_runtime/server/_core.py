@@ -503,21 +503,24 @@ class ServerCore(WorkerReports):
             self.exports.pruned(ended_before)  # Dask bridges let go of their results
         if pruning.workers_before is not None and not dry_run:
             self.ops.workers.forget(pruning.workers_before)  # (what the prune forgot)
+        self.runs.forget_graphs(pruning.builds_deleted)
         return report
 
     async def _auto_prune(self) -> None:
         try:
             report = await self.prune(self.settings.retention)
             self.last_prune = report
-            if report.runs or report.payloads or report.values or report.workers:
+            if report.runs or report.payloads or report.values or report.workers or report.builds:
                 log.info(
-                    "pruned %d finished runs, %d values and %d payloads (%d bytes "
-                    "reclaimed); forgot %d workers gone for longer than the retention "
-                    "period or forget_workers_after",
+                    "pruned %d finished runs, %d values, %d payloads (%d bytes "
+                    "reclaimed) and %d flow builds unused for the retention period; forgot "
+                    "%d workers gone for longer than the retention period or "
+                    "forget_workers_after",
                     report.runs,
                     report.values,
                     report.payloads,
                     report.bytes_reclaimed,
+                    report.builds,
                     report.workers,
                 )
             if report.payloads_waiting:

@@ -86,6 +86,13 @@ class FlowGraphs:
                 del graph
                 release_now(tasks)
 
+    def forget_graphs(self, keys: list[tuple[str, str]]) -> None:
+        """Let go of the graphs of flow versions a prune deleted (value-dependent
+        builds no run used for the retention period, store/_builds.py). A run being
+        created with one meanwhile is refused by the store (NotFound)."""
+        for key in keys:
+            self._graphs.pop(key, None)
+
     def cached_graph(self, name: str, version: str) -> GraphSpec | None:
         """A flow version's graph if this server has it in memory (no store read)."""
         return self._graphs.get((name, version)) if version else None
@@ -93,9 +100,10 @@ class FlowGraphs:
     def graph(self, name: str, version: str = "") -> tuple[str, GraphSpec]:
         """A registered flow's version and graph (NotFound when not registered)."""
         if version:
-            # A flow version never changes once registered and is never deleted: one
-            # seen already needs no round trip to the store (a run's creation waited
-            # ~0.3 ms for it on PostgreSQL).
+            # A flow version never changes once registered: one seen already needs no
+            # round trip to the store (a run's creation waited ~0.3 ms for it on
+            # PostgreSQL). A build a prune deleted leaves this cache (forget_graphs);
+            # a run created with it meanwhile is refused as the store stores it.
             cached = self._graphs.get((name, version))
             if cached is not None:
                 return version, cached

@@ -270,6 +270,9 @@ class PruneReport:
     #: Workers forgotten: recorded by name, last heard from before the runs' cut-off
     #: (``headwater workers list`` no longer shows them; their drains stay).
     workers: int = 0
+    #: Value-dependent builds (``VERSION@DIGEST12`` flow versions) deleted: no run or
+    #: schedule uses them, and none has since the cut-off (store/_builds.py).
+    builds: int = 0
     #: Unreferenced payloads kept because their bytes are in a payload directory this
     #: store was not given (deleting the rows would leave the files for ever).
     payloads_kept: int = 0

@@ -35,7 +35,7 @@ from psycopg.abc import Buffer
 from psycopg.types.string import StrDumperUnknown
 from psycopg_pool import ConnectionPool
 
-from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
+from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE, is_build_version
 
 from ._base import (
     AuditRow,
@@ -56,6 +56,7 @@ from ._base import (
     WriteBatch,
     key_reused,
 )
+from ._builds import build_gone, schedule_build, touch_build
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
 from ._postgres_access import PostgresAccessTables, insert_audit
 from ._postgres_batch import check_lease, write_batch
@@ -292,7 +293,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                 (name, digest, version) if version else (name, digest),
             ).fetchone()
             if same is not None:
-                return FlowVersion(name, same[0], digest, graph, same[1]), False
+                at = same[1]
+                if is_build_version(same[0]):  # used now: a prune keeps it (_builds.py)
+                    touch_build(conn.execute, "GREATEST", "%s", name, same[0], now)
+                    at = max(at, now)
+                return FlowVersion(name, same[0], digest, graph, at), False
             row = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM flows WHERE name=%s", (name,)
             ).fetchone()
@@ -328,6 +333,8 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                 (name,),
             )
         if row is None:
+            if is_build_version(version):
+                raise build_gone(name, version)
             what = f"flow {name!r}" + (f" version {version!r}" if version else "")
             raise NotFound(f"{what} is not registered")
         return FlowVersion(name, row[0], row[1], bytes(row[2]), row[3])
@@ -355,7 +362,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         new run, ``start`` (its first journal entries and projections: a run is stored
         started, or not at all) and ``audit`` (who created it)."""
 
-        if schedule is None and not row.idempotency_key:
+        if schedule is None and not row.idempotency_key and not is_build_version(row.flow_version):
             # The common case, in one statement and one round trip.
             batch = start or WriteBatch()
             self._write(lambda conn: write_batch(conn, batch, self.epoch, row, audit), fenced=False)
@@ -381,6 +388,10 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                     if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
                         raise key_reused(row.idempotency_key, existing[0], existing[1], row)
                     return str(existing[0]), False
+            # (a build a prune deleted meanwhile: NotFound, nothing stored)
+            touch_build(
+                conn.execute, "GREATEST", "%s", row.flow_name, row.flow_version, row.created_at
+            )
             conn.execute(
                 f"INSERT INTO flow_runs ({FLOW_RUN_COLS}) "
                 f"VALUES ({', '.join(['%s'] * FLOW_RUN_NCOLS)})",
@@ -726,6 +737,8 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         """Create or replace a schedule."""
 
         def work(conn: Conn) -> None:
+            if build := schedule_build(row.body):
+                touch_build(conn.execute, "GREATEST", "%s", row.flow_name, build, time.time())
             conn.execute(
                 "INSERT INTO schedules VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
                 "SET flow_name=EXCLUDED.flow_name, body=EXCLUDED.body, "

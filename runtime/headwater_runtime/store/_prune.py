@@ -12,10 +12,12 @@ a server's writes go in between (its retention runs each step as a write of its 
    TASK_RUN_BATCH task runs; a larger run goes alone), each batch checking again in
    its transaction that its runs are still finished and old enough (a run retried
    since the plan is kept);
-2. expired cache entries, values nothing references and payloads nothing references
+2. with a cut-off, the value-dependent builds (``VERSION@DIGEST12`` flow versions) no
+   run and no schedule uses and none has used since the cut-off (``_builds.py``);
+3. expired cache entries, values nothing references and payloads nothing references
    (older than the grace), each batch found and deleted in one transaction, in key
    order so no row is looked at twice;
-3. the store gives the space back (``PruneDB.give_back``, in steps on SQLite).
+4. the store gives the space back (``PruneDB.give_back``, in steps on SQLite).
 
 A dry run only reads, so it needs no free space and takes no write lock: it counts
 what the steps would delete, with what references values and payloads now and which
@@ -26,13 +28,14 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from headwater.wire import TERMINAL_FLOW_STATES
 
 from ._base import PruneReport
+from ._builds import BUILD_VERSIONS, schedule_build
 from ._ops import PAYLOAD_IN_A_DIRECTORY, PER_RUN_TABLES, whole_families
 from ._payloads import DirectoryBlobs
 
@@ -128,6 +131,7 @@ class _Counts:
     payload_bytes_waiting: int = 0
     cache_entries: int = 0
     workers: int = 0
+    builds: int = 0
     file_bytes: int = 0
     reclaimed: int = 0
     give_back_stopped: str = ""
@@ -173,6 +177,8 @@ class Pruning:
         self._now = now
         self._grace = grace
         self.dry_run = dry_run
+        #: The builds deleted, (flow name, version): a server lets go of their graphs.
+        self.builds_deleted: list[tuple[str, str]] = []
         self._counts = _Counts()
         self._steps = self._dry() if dry_run else self._work()
 
@@ -207,6 +213,7 @@ class Pruning:
             bytes_reclaimed=c.reclaimed,
             dry_run=self.dry_run,
             workers=c.workers,
+            builds=c.builds,
             payloads_kept=c.payloads_kept,
             payloads_waiting=c.payloads_waiting,
             payload_bytes_waiting=c.payload_bytes_waiting,
@@ -314,6 +321,13 @@ class Pruning:
         if self.workers_before is not None:
             c.workers = db.write(self._forget_workers)
             yield True
+        if self._ended_before is not None:
+            in_use = db.read(self._builds_in_use)
+            after = [("", "")]
+            while in_use is not None and db.write(
+                lambda conn: self._delete_builds(conn, in_use, after)
+            ):
+                yield True
         while db.write(self._delete_cache_entries):
             yield True
         last: list[str] = [""]
@@ -376,6 +390,78 @@ class Pruning:
             f"DELETE FROM workers WHERE last_seen < {m} AND {_UNDRAINED}", (self.workers_before,)
         )
         return max(0, int(cur.rowcount))
+
+    def _old_builds(self) -> str:
+        """The builds old enough to go (``f``; used by nothing: checked apart)."""
+        m = self._db.mark
+        return f"f.version LIKE {m} AND f.created_at < {m}"
+
+    def _builds_in_use(self, conn: Any, dying: Collection[str] = ()) -> set[tuple[str, str]] | None:
+        """The builds runs (but ``dying`` ones) or schedules use; None when no build is
+        old enough to go (the runs are not scanned then). One scan of the runs: they
+        have no index by flow, which would cost every run's creation a page write."""
+        m = self._db.mark
+        old = conn.execute(
+            f"SELECT 1 FROM flows f WHERE {self._old_builds()} LIMIT 1",
+            (BUILD_VERSIONS, self._ended_before),
+        ).fetchone()
+        if old is None:
+            return None
+        if dying:
+            rows = conn.execute(
+                f"SELECT id, flow_name, flow_version FROM flow_runs WHERE flow_version LIKE {m}",
+                (BUILD_VERSIONS,),
+            ).fetchall()
+            used = {(str(n), str(v)) for run, n, v in rows if run not in dying}
+        else:
+            rows = conn.execute(
+                f"SELECT DISTINCT flow_name, flow_version FROM flow_runs "
+                f"WHERE flow_version LIKE {m}",
+                (BUILD_VERSIONS,),
+            ).fetchall()
+            used = {(str(n), str(v)) for n, v in rows}
+        for name, body in conn.execute("SELECT flow_name, body FROM schedules").fetchall():
+            if build := schedule_build(bytes(body)):
+                used.add((str(name), build))
+        return used
+
+    def _old_unused_builds(
+        self, conn: Any, in_use: set[tuple[str, str]], after: list[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str]], bool]:
+        """One batch of builds old enough to go, after ``after[0]`` in key order: those
+        not ``in_use``, and whether more may follow."""
+        m = self._db.mark
+        name, version = after[0]
+        found = [
+            (str(n), str(v))
+            for n, v in conn.execute(
+                f"SELECT f.name, f.version FROM flows f WHERE {self._old_builds()} AND "
+                f"(f.name > {m} OR (f.name = {m} AND f.version > {m})) "
+                f"ORDER BY f.name, f.version LIMIT {ROW_BATCH}",
+                (BUILD_VERSIONS, self._ended_before, name, name, version),
+            ).fetchall()
+        ]
+        if found:
+            after[0] = found[-1]
+        return [key for key in found if key not in in_use], len(found) == ROW_BATCH
+
+    def _delete_builds(
+        self, conn: Any, in_use: set[tuple[str, str]], after: list[tuple[str, str]]
+    ) -> bool:
+        """One batch of builds no run or schedule uses, unused since the cut-off. The
+        delete checks ``created_at`` again: a run or schedule stored with a build since
+        ``in_use`` was read moved it past the cut-off (``touch_build``)."""
+        m = self._db.mark
+        going, more = self._old_unused_builds(conn, in_use, after)
+        for name, version in going:
+            cur = conn.execute(
+                f"DELETE FROM flows WHERE name = {m} AND version = {m} AND created_at < {m}",
+                (name, version, self._ended_before),
+            )
+            if cur.rowcount > 0:
+                self.builds_deleted.append((name, version))
+                self._counts.builds += 1
+        return more
 
     def _delete_cache_entries(self, conn: Any) -> bool:
         m = self._db.mark
@@ -500,6 +586,13 @@ class Pruning:
                 yield True
         if self.workers_before is not None:
             self._counts.workers = db.read(functools.partial(self._forget_workers, dry_run=True))
+        if self._ended_before is not None:
+            in_use = db.read(lambda conn: self._builds_in_use(conn, dying))
+            after = [("", "")]
+            more = in_use is not None
+            while in_use is not None and more:
+                going, more = db.read(lambda conn: self._old_unused_builds(conn, in_use, after))
+                self._counts.builds += len(going)
         values = db.read(lambda conn: self._count_values(conn, dying))
         yield True
         db.read(lambda conn: self._count_payloads(conn, dying, values))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE
+from headwater.wire import BUILD_SEPARATOR, CHUNK_SIZE, is_build_version
 
 from ._base import (
     AuditRow,
@@ -48,6 +48,7 @@ from ._base import (
     WriteBatch,
     key_reused,
 )
+from ._builds import build_gone, schedule_build, touch_build
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
 from ._prune import GiveBackStopped, Pruning
 from ._sqlite_access import AccessTables, insert_audit
@@ -351,7 +352,11 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 (name, digest, version) if version else (name, digest),
             ).fetchone()
             if same is not None:
-                return FlowVersion(name, same[0], digest, graph, same[1]), False
+                at = same[1]
+                if is_build_version(same[0]):  # used now: a prune keeps it (_builds.py)
+                    touch_build(db.execute, "max", "?", name, same[0], now)
+                    at = max(at, now)
+                return FlowVersion(name, same[0], digest, graph, at), False
             seq = db.execute(
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM flows WHERE name=?", (name,)
             ).fetchone()[0]
@@ -401,6 +406,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
                 (name,),
             ).fetchone()
         if row is None:
+            if is_build_version(version):
+                raise build_gone(name, version)
             what = f"flow {name!r}" + (f" version {version!r}" if version else "")
             raise NotFound(f"{what} is not registered")
         return FlowVersion(name, row[0], row[1], row[2], row[3])
@@ -450,6 +457,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
                     if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
                         raise key_reused(row.idempotency_key, existing[0], existing[1], row)
                     return str(existing[0]), False
+            # (a build a prune deleted meanwhile: NotFound, nothing stored)
+            touch_build(db.execute, "max", "?", row.flow_name, row.flow_version, row.created_at)
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM flow_runs").fetchone()[0]
             db.execute(
                 f"INSERT INTO flow_runs ({_FLOW_RUN_COLS}, seq) "
@@ -779,6 +788,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
         db = self._db
 
         def work() -> None:
+            if build := schedule_build(row.body):
+                touch_build(db.execute, "max", "?", row.flow_name, build, time.time())
             db.execute(
                 "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?)",
                 (row.id, row.flow_name, row.body, row.next_run_at, int(row.enabled)),
