@@ -18,7 +18,9 @@ on its database, and a database kept from growing by retention.
   50 ms, started just before the kill): how long its queued work waits after the
   restart (since 2026-12-01 the smallest runs are replayed first, and a worker's
   report on a run still replayed frees its slot at once).
-* ``growth``: B batches of R one-task runs, one after another; after each batch
+* ``growth``: B batches of R one-task runs, one after another (``server-growth-builds``:
+  runs of a value-dependent flow, each with a new value, so each registers a new
+  build, which retention deletes once no run uses it); after each batch
   ``headwater prune --older-than 0.001s`` (every finished run is past retention) runs
   beside the server. Growth per run = (database bytes after the last batch - after
   the first) / runs in between. Measured without the prune too, in a fresh cluster in
@@ -243,16 +245,22 @@ def _db_bytes(db: Path) -> tuple[int, int]:
 
 
 def _growth(spec: dict[str, Any], prune: bool) -> dict[str, Any]:
+    from ._server_tasks import builds_flow
+
     batches, runs = spec["params"]["batches"], spec["params"]["runs"]
+    builds = spec["params"].get("builds", False)
     sizes: list[int] = []  # database + WAL files
     used: list[int] = []  # pages in use
     with Cluster(workers=1) as cluster, Client(cluster.address) as client:
         raw = _Raw(cluster.address)
         try:
             version = client.deploy(latency_flow)
-            for _ in range(batches):
-                for _ in range(runs):
-                    run_id = client.run(latency_flow.name, version=version).id
+            for batch in range(batches):
+                for i in range(runs):
+                    if builds:  # a new tag: a new build, registered by client.run
+                        run_id = client.run(builds_flow, {"tag": f"{batch}-{i}"}).id
+                    else:
+                        run_id = client.run(latency_flow.name, version=version).id
                     if raw.wait_end(run_id, 0.002).state != FlowRunState.SUCCESS.value:
                         raise RuntimeError("a one-task run did not succeed")
                 if prune:
@@ -278,12 +286,8 @@ def _growth(spec: dict[str, Any], prune: bool) -> dict[str, Any]:
 
 
 def measure_growth(spec: dict[str, Any]) -> dict[str, Any]:
-    kept = _growth(spec, prune=False)
-    # A Headwater from before issue 12 has no `headwater prune`.
-    has_prune = importlib.util.find_spec("headwater._cli_prune") is not None
-    pruned = _growth(spec, prune=True) if has_prune else None
     batches, runs = spec["params"]["batches"], spec["params"]["runs"]
-    return {
+    row = {
         "system": spec["system"],
         "kind": "growth",
         "params": spec["params"],
@@ -291,10 +295,16 @@ def measure_growth(spec: dict[str, Any]) -> dict[str, Any]:
         "label": f"{batches} x {runs} runs",
         "walls": [],
         "compiles": [],
-        "kept": kept,
-        "pruned": pruned,
         "check": batches * runs,
     }
+    if spec["params"].get("builds") and importlib.util.find_spec("headwater._graphs") is None:
+        # (A Headwater from before value-dependent flows stores no builds.)
+        return {**row, "kept": None, "pruned": None}
+    kept = _growth(spec, prune=False)
+    # A Headwater from before issue 12 has no `headwater prune`.
+    has_prune = importlib.util.find_spec("headwater._cli_prune") is not None
+    pruned = _growth(spec, prune=True) if has_prune else None
+    return {**row, "kept": kept, "pruned": pruned}
 
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -355,6 +365,11 @@ def format_durability(rows: list[Any], revisions: dict[str, str]) -> str:
                         f"; {line.split('headwater server ', 1)[-1]}"
                         for line in d.get("resumed", [])
                     )
+                )
+            elif d["kept"] is None:
+                out.append(
+                    f"{row.workload.name} / {system} ({rev}): no value-dependent flows in "
+                    "this version"
                 )
             else:
                 kept, pruned = d["kept"], d["pruned"]

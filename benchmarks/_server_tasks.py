@@ -2,15 +2,17 @@
 
 The fan-out reuses ``_dags``'s task objects, so the server runs the very same task
 types as the embedded ``fanout`` workload (a worker collects every Task in a module's
-namespace, imported ones included). ``stamp`` is for ``server-latency`` and
-``server-growth``: it returns the wall clock at the moment its function starts on the
-worker. ``nap`` is for ``server-restart``: it appends the wall clock at its start to
-``$HW_BENCH_DIR/starts.log`` (one ``os.write``, so lines from all threads land whole),
-then sleeps 20 ms; ``beside`` does the same in ``beside.log`` and sleeps 50 ms (the
-small run beside ``server-restart-wide``'s wide one). ``map_flow`` is for
-``server-map``: one map over ``n`` elements. ``handoff_flow`` is for
-``server-failover`` (``_failover``): ``held`` waits for a file in HW_BENCH_DIR, then
-``stamp_after`` returns the wall clock when it starts.
+namespace, imported ones included). ``stamp`` is for ``server-latency`` and ``server-
+growth``: it returns the wall clock at the moment its function starts on the worker.
+``builds_flow`` is for ``server-growth-builds``: its graph depends on its parameter's
+value, so every run with a new tag registers a new build. ``nap`` is for ``server-
+restart``: it appends the wall clock at its start to ``$HW_BENCH_DIR/starts.log`` (one
+``os.write``, so lines from all threads land whole), then sleeps 20 ms; ``beside``
+does the same in ``beside.log`` and sleeps 50 ms (the small run beside ``server-
+restart-wide``'s wide one). ``map_flow`` is for ``server-map``: one map over ``n``
+elements. ``handoff_flow`` is for ``server-failover`` (``_failover``): ``held`` waits
+for a file in HW_BENCH_DIR, then ``stamp_after`` returns the wall clock when it
+starts.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def stamp() -> float:
 @flow(name="bench_latency")
 def latency_flow() -> float:
     return stamp()
+
+
+@task
+def label(text: str) -> str:
+    return text
+
+
+@flow(name="bench_builds")
+def builds_flow(tag: str = "") -> str:
+    """Value-dependent (its body formats its parameter): one build per distinct tag."""
+    return label(f"run {tag}")
 
 
 @flow(name="bench_map")
@@ -101,8 +114,10 @@ def handoff_flow() -> float:
 __all__ = [
     "beside",
     "beside_flow",
+    "builds_flow",
     "handoff_flow",
     "held",
+    "label",
     "latency_flow",
     "nap",
     "noop_task",

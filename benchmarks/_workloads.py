@@ -364,6 +364,16 @@ WORKLOADS += (
         durability=True,
     ),
     Workload(
+        name="server-growth-builds",
+        title="retention: database growth per finished run of a value-dependent flow, "
+        "each run a new build (VERSION@DIGEST)",
+        kind="growth",
+        full={"batches": 5, "runs": 100, "builds": True},
+        quick={"batches": 2, "runs": 10, "builds": True},
+        systems=("server",),
+        durability=True,
+    ),
+    Workload(
         name="dask-layered",
         title="Dask: a 1,000-task layered DAG, Headwater DaskExecutor vs client.submit",
         kind="dask-layered",

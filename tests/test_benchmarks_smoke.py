@@ -84,6 +84,7 @@ def test_quick_benchmarks_run_and_print_the_table() -> None:
     # The durability workloads' lines (a server SIGKILLed and restarted; retention).
     assert "server-restart / server " in proc.stdout and "ready -> first start" in proc.stdout
     assert "server-growth / server " in proc.stdout and "bytes of files per run" in proc.stdout
+    assert "server-growth-builds / server " in proc.stdout
     # A restart mid-way through a wide map, with a small run beside it: both end, no
     # task twice, the small run's work started again, and the restarted server said
     # what it resumed.

@@ -160,6 +160,9 @@ def test_a_prune_deletes_the_builds_nothing_uses(tmp_path: Path, db: str, cluste
         pruned = cli("prune", "--db", db, "--older-than", "1s", cwd=tmp_path)
         assert pruned.returncode == 0, pruned.stderr
         assert "1 flow build(s) (VERSION@DIGEST) unused since the cut-off" in pruned.stdout
+        # Its deploy went with it (an entry per build, a build per run, for good before).
+        deploys = {e.object_id for e in client.audit("flow")}
+        assert deploys == {f"pipeline:{scheduled.flow_version}"}, deploys
         with pytest.raises(ServerError, match="is not registered: a build for particular") as e:
             client.run("pipeline", {"n": 2}, version=unused)
         assert e.value.code == grpc.StatusCode.NOT_FOUND

@@ -708,15 +708,14 @@ def test_the_audit_log_is_listed_newest_first_and_filtered(
     entries = body["entries"]
     assert [(e["actor"], e["action"], e["object_kind"]) for e in entries] == [
         ("server-token", "schedule.pause", "schedule"),
-        ("server-token", "run", "flow_run"),
-        ("server-token", "deploy", "flow"),  # client.run deploys: the same version
+        ("server-token", "run", "flow_run"),  # (client.run registered the same graph: no entry)
         ("server-token", "limit.set", "limit"),
         ("server-token", "schedule.create", "schedule"),
         ("server-token", "deploy", "flow"),
     ]
     assert entries[0]["object_id"] == schedule.id and entries[1]["object_id"] == run.id
-    assert (entries[2]["object_id"], entries[2]["detail"]) == ("loud:1", "unchanged")
-    assert entries[3]["detail"] == "concurrency 2"
+    assert entries[2]["detail"] == "concurrency 2"
+    assert (entries[4]["object_id"], entries[4]["detail"]) == ("loud:1", "")
     assert [e["at"] for e in entries] == sorted((e["at"] for e in entries), reverse=True)
     limits = http.get("/api/audit?kind=limit")["entries"]
     assert [(e["action"], e["object_id"]) for e in limits] == [("limit.set", "db")]

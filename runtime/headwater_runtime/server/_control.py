@@ -140,8 +140,11 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
 
         async def deploy() -> tuple[str, bool]:
             version, created = await self.core.register_flow(request.graph)
-            name = f"{request.graph.name}:{version}"
-            await self.core.audit("deploy", "flow", name, "" if created else "unchanged")
+            if created:
+                # (Not a graph registered again, which changes nothing: every
+                # Client.run(flow) does it, and its entry stayed after retention deleted
+                # the run, a row per run for good.)
+                await self.core.audit("deploy", "flow", f"{request.graph.name}:{version}")
             return version, created
 
         async with refusals(context):

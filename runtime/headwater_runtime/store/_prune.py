@@ -461,6 +461,10 @@ class Pruning:
             if cur.rowcount > 0:
                 self.builds_deleted.append((name, version))
                 self._counts.builds += 1
+                conn.execute(  # (its deploy: entries about an object go with it)
+                    f"DELETE FROM audit WHERE object_kind = 'flow' AND object_id = {m}",
+                    (f"{name}:{version}",),
+                )
         return more
 
     def _delete_cache_entries(self, conn: Any) -> bool:
