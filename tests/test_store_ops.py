@@ -139,6 +139,32 @@ def test_webhook_deliveries_wait_in_the_outbox_are_retried_and_given_up(store: S
         store.delete_webhook("h0")
 
 
+def test_retention_deletes_the_deliveries_given_up_before_its_cut_off(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver gone for good left a given-up delivery per state change for ever; a
+    prune with a cut-off deletes those made before it (in batches), and keeps the ones
+    still tried and the ones given up since."""
+    from headwater_runtime.store import _prune
+
+    monkeypatch.setattr(_prune, "ROW_BATCH", 2)
+    store.put_webhook(WebhookRow("h1", "http://x/h", created_at=1.0))
+    batch = WriteBatch()
+    batch.ops.deliveries += [DeliveryRow("h1", b"{}", 10.0, at) for at in (1, 2, 3, 4, 5, 50)]
+    store.commit(batch)
+    deliveries = store.due_deliveries(1e9, 10)
+    assert len(deliveries) == 1  # (one per webhook at a time)
+    ids = sorted(range(deliveries[0].id, deliveries[0].id + 6))
+    for delivery_id in ids[:3] + ids[5:]:  # given up: three old ones and the newest
+        store.delivery_failed(delivery_id, 10, None, "HTTP 410")
+    store.delivery_failed(ids[3], 3, 60.0, "HTTP 503")  # old, still tried
+    assert store.delivery_counts()["h1"] == DeliveryCounts(2, 4, "HTTP 410")
+    assert store.prune(20.0, now=100.0, grace=0, dry_run=True).deliveries == 3
+    assert store.prune(None, now=100.0, grace=0).deliveries == 0  # no cut-off: kept
+    assert store.prune(20.0, now=100.0, grace=0).deliveries == 3
+    assert store.delivery_counts()["h1"] == DeliveryCounts(2, 1, "HTTP 410")
+
+
 def test_prune_deletes_a_runs_attempts_and_late_mark_with_it(store: Store) -> None:
     for run_id, state, ended in (("old", SUCCESS, 1.0), ("live", RUNNING, None)):
         store.create_flow_run(FlowRunRow(run_id, "etl", "1", RUNNING, 0.5))

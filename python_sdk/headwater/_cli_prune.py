@@ -60,7 +60,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"{report.cache_entries} expired cache entr{'y' if report.cache_entries == 1 else 'ies'}"
         + (
             f", {report.workers} worker record(s) not heard from since the cut-off, "
-            f"{report.builds} flow build(s) (VERSION@DIGEST) unused since the cut-off"
+            f"{report.builds} flow build(s) (VERSION@DIGEST) unused since the cut-off, "
+            f"{report.deliveries} webhook deliveries given up before the cut-off"
             if older_than is not None
             else ""
         )
@@ -96,7 +97,8 @@ def add_prune_command(sub: Any) -> None:
         description="Delete finished flow runs that ended more than --older-than ago, with "
         "their journal, task runs, logs and values, the records of workers not heard "
         "from since, and the flow builds (VERSION@DIGEST graphs of value-dependent flows) "
-        "no run or schedule uses and none has used since; expired cache entries; and "
+        "no run or schedule uses and none has used since, and webhook deliveries given "
+        "up before; expired cache entries; and "
         "stored payloads and values no run, cache entry or schedule references. Then "
         "give the space back to the file system (SQLite) or VACUUM it for reuse "
         "(PostgreSQL). Safe while the server runs (it only touches finished runs, and "

@@ -510,17 +510,19 @@ class ServerCore(WorkerReports):
         try:
             report = await self.prune(self.settings.retention)
             self.last_prune = report
-            if report.runs or report.payloads or report.values or report.workers or report.builds:
+            counts = (report.runs, report.payloads, report.values, report.workers)
+            if any(counts) or report.builds or report.deliveries:
                 log.info(
                     "pruned %d finished runs, %d values, %d payloads (%d bytes "
-                    "reclaimed) and %d flow builds unused for the retention period; forgot "
-                    "%d workers gone for longer than the retention period or "
-                    "forget_workers_after",
+                    "reclaimed), %d flow builds unused and %d webhook deliveries given up "
+                    "for the retention period; forgot %d workers gone for longer than the "
+                    "retention period or forget_workers_after",
                     report.runs,
                     report.values,
                     report.payloads,
                     report.bytes_reclaimed,
                     report.builds,
+                    report.deliveries,
                     report.workers,
                 )
             if report.payloads_waiting:

@@ -273,6 +273,9 @@ class PruneReport:
     #: Value-dependent builds (``VERSION@DIGEST12`` flow versions) deleted: no run or
     #: schedule uses them, and none has since the cut-off (store/_builds.py).
     builds: int = 0
+    #: Webhook deliveries given up (after their tries) before the cut-off: no longer
+    #: counted as failed in ``headwater webhooks list``.
+    deliveries: int = 0
     #: Unreferenced payloads kept because their bytes are in a payload directory this
     #: store was not given (deleting the rows would leave the files for ever).
     payloads_kept: int = 0

@@ -13,7 +13,8 @@ a server's writes go in between (its retention runs each step as a write of its 
    its transaction that its runs are still finished and old enough (a run retried
    since the plan is kept);
 2. with a cut-off, the value-dependent builds (``VERSION@DIGEST12`` flow versions) no
-   run and no schedule uses and none has used since the cut-off (``_builds.py``);
+   run and no schedule uses and none has used since the cut-off (``_builds.py``), and
+   the webhook deliveries given up that were made before it;
 3. expired cache entries, values nothing references and payloads nothing references
    (older than the grace), each batch found and deleted in one transaction, in key
    order so no row is looked at twice;
@@ -132,6 +133,7 @@ class _Counts:
     cache_entries: int = 0
     workers: int = 0
     builds: int = 0
+    deliveries: int = 0
     file_bytes: int = 0
     reclaimed: int = 0
     give_back_stopped: str = ""
@@ -214,6 +216,7 @@ class Pruning:
             dry_run=self.dry_run,
             workers=c.workers,
             builds=c.builds,
+            deliveries=c.deliveries,
             payloads_kept=c.payloads_kept,
             payloads_waiting=c.payloads_waiting,
             payload_bytes_waiting=c.payload_bytes_waiting,
@@ -225,16 +228,16 @@ class Pruning:
     def _marks(self, count: int) -> str:
         return ", ".join([self._db.mark] * count)
 
-    def _each(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> Iterator[Any]:
+    def _each(self, conn: Any, sql: str, ids: Sequence[str | int], *extra: Any) -> Iterator[Any]:
         """``sql`` (``{within}`` stands for the list) run per slice of ``ids``: the cursors."""
         for start in range(0, len(ids), IN_LIST):
             part = list(ids[start : start + IN_LIST])
             yield conn.execute(sql.format(within=self._marks(len(part))), (*part, *extra))
 
-    def _rows(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> list[Any]:
+    def _rows(self, conn: Any, sql: str, ids: Sequence[str | int], *extra: Any) -> list[Any]:
         return [row for cur in self._each(conn, sql, ids, *extra) for row in cur.fetchall()]
 
-    def _delete(self, conn: Any, sql: str, ids: Sequence[str], *extra: Any) -> int:
+    def _delete(self, conn: Any, sql: str, ids: Sequence[str | int], *extra: Any) -> int:
         return sum(max(0, cur.rowcount) for cur in self._each(conn, sql, ids, *extra))
 
     def _finished(self, conn: Any, among: Sequence[str] | None = None) -> list[str]:
@@ -327,6 +330,8 @@ class Pruning:
             while in_use is not None and db.write(
                 lambda conn: self._delete_builds(conn, in_use, after)
             ):
+                yield True
+            while db.write(self._delete_given_up):
                 yield True
         while db.write(self._delete_cache_entries):
             yield True
@@ -467,6 +472,36 @@ class Pruning:
                 )
         return more
 
+    #: A webhook delivery given up (after its tries) and made before the cut-off.
+    _GIVEN_UP = "next_at IS NULL AND created_at < {m}"
+
+    def _delete_given_up(self, conn: Any, dry_run: bool = False) -> bool:
+        """One batch of webhook deliveries given up before the cut-off (kept to be
+        counted as failed in ``headwater webhooks list``; a receiver gone for good left
+        a row per state change for ever). A dry run counts them all."""
+        m = self._db.mark
+        given_up = self._GIVEN_UP.format(m=m)
+        if dry_run:
+            row = conn.execute(
+                f"SELECT count(*) FROM webhook_outbox WHERE {given_up}", (self._ended_before,)
+            ).fetchone()
+            self._counts.deliveries = int(row[0]) if row is not None else 0
+            return False
+        found = [
+            int(i)
+            for (i,) in conn.execute(
+                f"SELECT id FROM webhook_outbox WHERE {given_up} LIMIT {ROW_BATCH}",
+                (self._ended_before,),
+            ).fetchall()
+        ]
+        self._counts.deliveries += self._delete(
+            conn,
+            f"DELETE FROM webhook_outbox WHERE id IN ({{within}}) AND {given_up}",
+            found,
+            self._ended_before,
+        )
+        return len(found) == ROW_BATCH
+
     def _delete_cache_entries(self, conn: Any) -> bool:
         m = self._db.mark
         keys = [
@@ -597,6 +632,7 @@ class Pruning:
             while in_use is not None and more:
                 going, more = db.read(lambda conn: self._old_unused_builds(conn, in_use, after))
                 self._counts.builds += len(going)
+            db.read(functools.partial(self._delete_given_up, dry_run=True))
         values = db.read(lambda conn: self._count_values(conn, dying))
         yield True
         db.read(lambda conn: self._count_payloads(conn, dying, values))
