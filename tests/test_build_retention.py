@@ -5,6 +5,7 @@ is never stored naming a build a prune deleted."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -171,3 +172,29 @@ def test_many_builds_go_in_batches(world: Any, monkeypatch: pytest.MonkeyPatch) 
         ("sized", v) for v in built_versions if v != kept
     )
     assert versions(store) == {kept}
+
+
+def test_a_servers_prune_lets_go_of_the_graphs_it_deleted(db: str) -> None:
+    """The server's own prune: the graphs of the builds it deleted leave its memory,
+    and a run pinned to one is refused (NotFound), not run from the cache."""
+    from test_durability import served
+
+    store = open_store(db)
+
+    async def scenario() -> None:
+        async with served(store) as running:
+            core = running.core
+            msg, values = built(n=2)
+            version, _ = await core.register_flow(msg)
+            assert core.runs.cached_graph("sized", version) is not None
+            await asyncio.sleep(0.05)
+            report = await core.prune(0.01, grace=0)
+            assert report.builds == 1
+            assert core.runs.cached_graph("sized", version) is None
+            with pytest.raises(NotFound, match="is not registered: a build"):
+                await core.create_run("sized", version, values)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()

@@ -494,9 +494,9 @@ class ServerCore(WorkerReports):
         )
         # One short transaction per step, each a write of its own: the commits of
         # runs go in between (one transaction held every commit for as long as it
-        # deleted: tens of seconds for hundreds of MB). A dry run only reads.
-        take = self.io.read if dry_run else self.io.write
-        while await take(pruning.step):
+        # deleted: tens of seconds for hundreds of MB). A dry run only reads, as does
+        # the step that scans the runs for the builds they use.
+        while await (self.io.read if pruning.reads_next else self.io.write)(pruning.step):
             pass
         report = pruning.report()
         if ended_before is not None and not dry_run:

@@ -388,9 +388,10 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                     if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
                         raise key_reused(row.idempotency_key, existing[0], existing[1], row)
                     return str(existing[0]), False
-            # (a build a prune deleted meanwhile: NotFound, nothing stored)
+            # (a build a prune deleted meanwhile: NotFound, nothing stored; marked used
+            # now, not when the run was made: a prune may have started in between)
             touch_build(
-                conn.execute, "GREATEST", "%s", row.flow_name, row.flow_version, row.created_at
+                conn.execute, "GREATEST", "%s", row.flow_name, row.flow_version, self._clock()
             )
             conn.execute(
                 f"INSERT INTO flow_runs ({FLOW_RUN_COLS}) "
@@ -738,7 +739,7 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
         def work(conn: Conn) -> None:
             if build := schedule_build(row.body):
-                touch_build(conn.execute, "GREATEST", "%s", row.flow_name, build, time.time())
+                touch_build(conn.execute, "GREATEST", "%s", row.flow_name, build, self._clock())
             conn.execute(
                 "INSERT INTO schedules VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE "
                 "SET flow_name=EXCLUDED.flow_name, body=EXCLUDED.body, "

@@ -457,8 +457,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
                     if existing[1] != row.flow_name or bytes(existing[2]) != row.parameters:
                         raise key_reused(row.idempotency_key, existing[0], existing[1], row)
                     return str(existing[0]), False
-            # (a build a prune deleted meanwhile: NotFound, nothing stored)
-            touch_build(db.execute, "max", "?", row.flow_name, row.flow_version, row.created_at)
+            # (a build a prune deleted meanwhile: NotFound, nothing stored; marked used
+            # now, not when the run was made: a prune may have started in between)
+            touch_build(db.execute, "max", "?", row.flow_name, row.flow_version, self._clock())
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM flow_runs").fetchone()[0]
             db.execute(
                 f"INSERT INTO flow_runs ({_FLOW_RUN_COLS}, seq) "
@@ -789,7 +790,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
         def work() -> None:
             if build := schedule_build(row.body):
-                touch_build(db.execute, "max", "?", row.flow_name, build, time.time())
+                touch_build(db.execute, "max", "?", row.flow_name, build, self._clock())
             db.execute(
                 "INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?)",
                 (row.id, row.flow_name, row.body, row.next_run_at, int(row.enabled)),
