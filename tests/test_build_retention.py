@@ -10,45 +10,18 @@ from typing import Any
 
 import pytest
 from test_run_manager import Clock, FakeDispatch
+from test_value_dependent_server import built, sized, sized_symbolic
 
-from headwater import flow, task, unmapped
-from headwater._graphs import compile_graph
-from headwater.v1 import graph_pb2, payload_pb2, run_pb2
+from headwater.v1 import payload_pb2, run_pb2
 from headwater.wire import FlowRunState, is_build_version
 from headwater_runtime.server import RunManager
 from headwater_runtime.store import NotFound, ScheduleRow, Store, open_store
 
-
-@task
-def scale(x: int, factor: int) -> int:
-    return x * factor
-
-
-@task
-def total(values: list[int]) -> int:
-    return sum(values)
-
-
-@flow
-def sized(n: int = 3, factor: int = 2) -> int:
-    return total(scale.map(list(range(n)), unmapped(factor)))
-
-
-@flow(name="sized")
-def sized_symbolic(n: int = 3, factor: int = 2) -> int:
-    return total([scale(n, factor)])
-
-
 HOUR = 3600.0
 
 
-def built(**params: Any) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
-    given = sized.validate(**params)
-    return compile_graph(sized, given, sized.complete(given))
-
-
 def register(manager: RunManager, n: int) -> tuple[str, dict[str, payload_pb2.Value]]:
-    msg, values = built(n=n)
+    msg, values = built(sized, n=n)
     version, _ = manager.register_flow(msg)
     assert is_build_version(version)
     return version, values
@@ -184,7 +157,7 @@ def test_a_servers_prune_lets_go_of_the_graphs_it_deleted(db: str) -> None:
     async def scenario() -> None:
         async with served(store) as running:
             core = running.core
-            msg, values = built(n=2)
+            msg, values = built(sized, n=2)
             version, _ = await core.register_flow(msg)
             assert core.runs.cached_graph("sized", version) is not None
             await asyncio.sleep(0.05)

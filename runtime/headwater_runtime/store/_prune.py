@@ -495,38 +495,34 @@ class Pruning:
             ).fetchone()
             self._counts.deliveries = int(row[0]) if row is not None else 0
             return False
-        found = [
-            int(i)
-            for (i,) in conn.execute(
-                f"SELECT id FROM webhook_outbox WHERE {given_up} LIMIT {ROW_BATCH}",
-                (self._ended_before,),
-            ).fetchall()
-        ]
-        self._counts.deliveries += self._delete(
-            conn,
-            f"DELETE FROM webhook_outbox WHERE id IN ({{within}}) AND {given_up}",
-            found,
-            self._ended_before,
+        found, deleted = self._delete_batch(
+            conn, "webhook_outbox", "id", given_up, self._ended_before
         )
-        return len(found) == ROW_BATCH
+        self._counts.deliveries += deleted
+        return found == ROW_BATCH
 
     def _delete_cache_entries(self, conn: Any) -> bool:
-        m = self._db.mark
-        keys = [
-            str(k)
+        where = f"expires_at IS NOT NULL AND expires_at <= {self._db.mark}"
+        found, deleted = self._delete_batch(conn, "cache_entries", "key", where, self._now)
+        self._counts.cache_entries += deleted
+        return found == ROW_BATCH
+
+    def _delete_batch(
+        self, conn: Any, table: str, key: str, where: str, *params: Any
+    ) -> tuple[int, int]:
+        """The keys of at most ROW_BATCH rows of ``table`` matching ``where``, then
+        those rows deleted, ``where`` checked again (others may write meanwhile): how
+        many were found, how many deleted."""
+        found = [
+            k
             for (k,) in conn.execute(
-                f"SELECT key FROM cache_entries WHERE expires_at IS NOT NULL AND "
-                f"expires_at <= {m} LIMIT {ROW_BATCH}",
-                (self._now,),
+                f"SELECT {key} FROM {table} WHERE {where} LIMIT {ROW_BATCH}", params
             ).fetchall()
         ]
-        self._counts.cache_entries += self._delete(
-            conn,
-            f"DELETE FROM cache_entries WHERE key IN ({{within}}) AND expires_at <= {m}",
-            keys,
-            self._now,
+        deleted = self._delete(
+            conn, f"DELETE FROM {table} WHERE {key} IN ({{within}}) AND {where}", found, *params
         )
-        return len(keys) == ROW_BATCH
+        return len(found), deleted
 
     def _delete_values(self, conn: Any, last: list[str]) -> bool:
         """One batch of values nothing references, after ``last[0]`` in key order (the
