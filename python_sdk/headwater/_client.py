@@ -454,7 +454,10 @@ class Client(OperationsClient):
         """Register a flow; returns its version (an identical graph keeps its version).
 
         A flow whose body uses its parameters as values has a graph per set of values:
-        ``params`` chooses the one registered (docs/flows.md)."""
+        ``params`` chooses the one registered, a build (``VERSION@DIGEST``, docs/flows.md).
+        On a server with a retention period, a build no run or schedule has used for
+        that long is deleted: pin it in a schedule, or deploy again before running it
+        by version."""
         msg, _ = self._compile(flow, params, complete=False)
         return self._register(msg)
 
