@@ -424,6 +424,45 @@ def test_a_prune_while_a_run_is_retried_keeps_that_run(db: str) -> None:
     call(db, body)
 
 
+def test_a_run_a_prune_beside_the_server_deletes_while_it_is_retried_is_not_retried(
+    db: str,
+) -> None:
+    """``headwater prune`` beside the server does not know of a retry under way: a
+    prune that deleted the run after the retry read it left the retry's commits naming
+    a run no longer stored (the retry said OK; the run was gone, and its new journal
+    entries stayed behind). Now the retry is refused (NotFound) and stores nothing."""
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+        await core.cancel_run(row.id, "stop")
+        while row.id in core.runs.runs:  # noqa: ASYNC110 (ended, and that end committed)
+            await asyncio.sleep(0.01)
+        read = core.io.read
+
+        async def pruned_after(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            got = await read(fn, *args, **kwargs)
+            if fn == core.ops._rebuild:  # a prune of its own store, not the server's
+                report = await asyncio.to_thread(
+                    core.store.prune, core.clock.now() + 1, core.clock.now(), grace=0
+                )
+                assert report.runs == 1
+            return got
+
+        core.io.read = pruned_after
+        with pytest.raises(NotFound, match="no longer stored as it was read to be retried"):
+            await core.ops.retry(row.id, "again")
+        core.io.read = read
+        await core.durable()
+        assert row.id not in core.runs.runs
+        assert await read(core.store.events, row.id) == []
+        with pytest.raises(NotFound):
+            await read(core.store.get_flow_run, row.id)
+
+    call(db, body)
+
+
 def test_retrying_a_child_flow_run_on_its_own_is_refused(db: str) -> None:
     """A child run's outcome is its parent's task run's: retried alone (a hostile
     trial, while its parent ran), the child ended SUCCESS while the parent kept the

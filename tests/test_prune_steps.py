@@ -260,6 +260,22 @@ def test_a_run_retried_after_the_plan_is_kept(
     assert len(store.events(left)) == 1
 
 
+def test_a_run_claimed_for_a_retry_is_no_longer_old_to_a_prune(store: Store) -> None:
+    """A retry claims its run before anything of it is stored (``claim_for_retry``): a
+    prune beside the server, which does not know of the retry, keeps the run; a claim
+    on a run a prune deleted, or that changed since it was read, is NotFound."""
+    add_run(store, "retried", state=FAILED)
+    add_run(store, "other", state=FAILED)
+    store.claim_for_retry("retried", FAILED, NOW)
+    assert store.get_flow_run("retried").ended_at == NOW
+    report = store.prune(CUTOFF, NOW, grace=0)
+    assert report.runs == 1 and store.get_flow_run("retried").state == FAILED
+    with pytest.raises(NotFound, match="a prune deleted it, or it changed meanwhile"):
+        store.claim_for_retry("other", FAILED, NOW)  # the prune deleted it
+    with pytest.raises(NotFound, match="no longer stored as it was read to be retried"):
+        store.claim_for_retry("retried", SUCCESS, NOW)  # not in the state read
+
+
 def test_a_large_run_goes_alone_and_small_ones_together(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -348,14 +348,22 @@ class Operations:
             while True:
                 retried = self._retries
                 active = await core.io.read(self._rebuild, flow_run_id)
+                if retried == self._retries:
+                    # A prune beside the server, which does not know of this retry,
+                    # deleted the run since it was read: NotFound, nothing of the retry
+                    # stored. Else the run is no longer old to a prune until the
+                    # retry's first commit stores it running.
+                    await core.io.write(
+                        core.store.claim_for_retry, flow_run_id, active.row.state, core.clock.now()
+                    )
                 if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
                     raise RetryRefused(f"flow run {flow_run_id} is running again already")
                 if retried == self._retries:
                     break
-                # A run was retried while this one was read. If it was this one and it
-                # ended again meanwhile, what was read is its journal from before that
-                # retry: retried from it, its entries took sequence numbers already
-                # stored and every commit failed. Read it again.
+                # A run was retried while this one was read (or claimed). If it was this
+                # one and it ended again meanwhile, what was read is its journal from
+                # before that retry: retried from it, its entries took sequence numbers
+                # already stored and every commit failed. Read it again.
             self._retries += 1
             core.runs.retry(active, reason)
             core.touch()

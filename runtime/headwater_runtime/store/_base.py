@@ -57,6 +57,14 @@ def key_reused(key: str, run_id: str, flow_name: str, row: FlowRunRow) -> Confli
     return Conflict(f"idempotency key {key!r} was already used for {why}")
 
 
+def retry_gone(run_id: str) -> NotFound:
+    """The refusal of a retry whose run a prune deleted, or that changed, meanwhile."""
+    return NotFound(
+        f"flow run {run_id!r} is no longer stored as it was read to be retried (a prune "
+        "deleted it, or it changed meanwhile): nothing of the retry was stored"
+    )
+
+
 class StoreUnavailable(Exception):
     """The store cannot take writes right now (disk full, I/O error, database locked).
 
@@ -454,6 +462,15 @@ class Store(OpsStore, Protocol):
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
         """A flow run by id; NotFound if none."""
+        ...
+
+    def claim_for_retry(self, run_id: str, state: int, now: float) -> None:
+        """Before an ended run is retried: its ``ended_at`` moves to ``now``, so a
+        prune (``headwater prune`` beside the server, which does not know of the retry)
+        no longer takes it for old until the retry's first commit stores it running.
+        NotFound when the run is gone (a prune deleted it meanwhile) or no longer ended
+        in ``state``: nothing of the retry may be stored then. A prune that has picked
+        the run waits for it here, or this waits for the prune (one transaction)."""
         ...
 
     def list_flow_runs(

@@ -55,6 +55,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
     key_reused,
+    retry_gone,
 )
 from ._builds import build_gone, schedule_build, touch_build
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
@@ -414,6 +415,21 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
                 raise
             run_id, created = self._write(work)  # it finds that run now (or Conflict)
         return (row, True) if created else (self.get_flow_run(run_id), False)
+
+    def claim_for_retry(self, run_id: str, state: int, now: float) -> None:
+        """See ``Store.claim_for_retry``: a prune's batch locks its runs as it checks
+        them (``FOR UPDATE``), so this waits for it, or it for this."""
+
+        def work(conn: Conn) -> int:
+            cur = conn.execute(
+                "UPDATE flow_runs SET ended_at=GREATEST(ended_at, %s) "
+                "WHERE id=%s AND state=%s AND ended_at IS NOT NULL",
+                (now, run_id, state),
+            )
+            return int(cur.rowcount)
+
+        if not self._write(work):
+            raise retry_gone(run_id)
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
         """A flow run's row; NotFound if it does not exist."""

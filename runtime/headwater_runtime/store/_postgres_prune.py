@@ -40,6 +40,7 @@ class PostgresPruning:
     payload directory, and a VACUUM at the end."""
 
     mark = "%s"
+    lock_rows = " FOR UPDATE"
 
     def __init__(
         self,

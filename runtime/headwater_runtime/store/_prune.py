@@ -90,6 +90,9 @@ class PruneDB(Protocol):
 
     #: The parameter placeholder: "?" (sqlite3) or "%s" (psycopg).
     mark: str
+    #: What locks the rows a SELECT reads until the transaction ends: " FOR UPDATE"
+    #: (PostgreSQL), "" where a write transaction excludes every other writer (SQLite).
+    lock_rows: str
     #: The store's payload directory (None: it was not given one, and payloads whose
     #: bytes are in one are kept).
     blobs: DirectoryBlobs | None
@@ -244,8 +247,9 @@ class Pruning:
         return sum(max(0, cur.rowcount) for cur in self._each(conn, sql, ids, *extra))
 
     def _finished(self, conn: Any, among: Sequence[str] | None = None) -> list[str]:
-        """The runs a prune may delete now (of ``among``, when given): finished before
-        ``ended_before``, in whole families."""
+        """The runs a prune may delete now (of ``among``, when given: checked and
+        locked in the deleting transaction, so a retry's ``claim_for_retry`` waits for
+        it or it for the claim): finished before ``ended_before``, in whole families."""
         finished = (
             f"state IN ({self._marks(len(TERMINAL))}) AND ended_at IS NOT NULL "
             f"AND ended_at < {self._db.mark}"
@@ -259,7 +263,7 @@ class Pruning:
             rows = self._rows(
                 conn,
                 f"SELECT id, parent_flow_run_id FROM flow_runs WHERE id IN ({{within}}) "
-                f"AND {finished}",
+                f"AND {finished}{self._db.lock_rows}",
                 among,
                 *TERMINAL,
                 self._ended_before,

@@ -47,6 +47,7 @@ from ._base import (
     TaskRunRow,
     WriteBatch,
     key_reused,
+    retry_gone,
 )
 from ._builds import build_gone, schedule_build, touch_build
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
@@ -475,6 +476,21 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
         run_id, created = _transaction(db, work)
         return (row, True) if created else (self.get_flow_run(run_id), False)
+
+    def claim_for_retry(self, run_id: str, state: int, now: float) -> None:
+        """See ``Store.claim_for_retry`` (SQLite takes one writer at a time)."""
+        db = self._db
+
+        def work() -> int:
+            cur = db.execute(
+                "UPDATE flow_runs SET ended_at=max(ended_at, ?) "
+                "WHERE id=? AND state=? AND ended_at IS NOT NULL",
+                (now, run_id, state),
+            )
+            return int(cur.rowcount)
+
+        if not _transaction(db, work):
+            raise retry_gone(run_id)
 
     def get_flow_run(self, run_id: str) -> FlowRunRow:
         """A flow run's row; NotFound if it does not exist."""
@@ -926,6 +942,7 @@ class _SQLitePruning:
     payload directory, and the file's pages."""
 
     mark = "?"
+    lock_rows = ""
 
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
