@@ -463,6 +463,40 @@ def test_a_run_a_prune_beside_the_server_deletes_while_it_is_retried_is_not_retr
     call(db, body)
 
 
+def test_a_retry_whose_claim_comes_after_another_retry_stored_the_run_is_refused(
+    db: str,
+) -> None:
+    """Two retries at once: the second's claim of the run comes after the first stored
+    it running, and finds it changed. It is refused as running again, not as gone."""
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        await core.register_flow(pipeline.compile())
+        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
+        await core.cancel_run(row.id, "stop")
+        while row.id in core.runs.runs:  # noqa: ASYNC110 (ended, and that end committed)
+            await asyncio.sleep(0.01)
+        write, release, held = core.io.write, asyncio.Event(), asyncio.Event()
+
+        async def holding(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            if fn == core.store.claim_for_retry and not held.is_set():
+                held.set()  # the second retry's claim: sent once the first is stored
+                await release.wait()
+            return await write(fn, *args, **kwargs)
+
+        core.io.write = holding
+        second = asyncio.ensure_future(core.ops.retry(row.id, "second"))
+        await held.wait()
+        await core.ops.retry(row.id, "first")  # claimed, retried, stored running
+        release.set()
+        with pytest.raises(RetryRefused, match="is running again already"):
+            await second
+        assert row.id in core.runs.runs
+        await core.cancel_run(row.id, "stop again")
+
+    call(db, body)
+
+
 def test_retrying_a_child_flow_run_on_its_own_is_refused(db: str) -> None:
     """A child run's outcome is its parent's task run's: retried alone (a hostile
     trial, while its parent ran), the child ended SUCCESS while the parent kept the

@@ -35,6 +35,7 @@ from headwater_runtime.store import (
     FlowRunRow,
     LateRow,
     LimitRow,
+    NotFound,
     RunAttemptRow,
     Store,
     WebhookRow,
@@ -353,9 +354,17 @@ class Operations:
                     # deleted the run since it was read: NotFound, nothing of the retry
                     # stored. Else the run is no longer old to a prune until the
                     # retry's first commit stores it running.
-                    await core.io.write(
-                        core.store.claim_for_retry, flow_run_id, active.row.state, core.clock.now()
-                    )
+                    try:
+                        await core.io.write(
+                            core.store.claim_for_retry,
+                            flow_run_id,
+                            active.row.state,
+                            core.clock.now(),
+                        )
+                    except NotFound:
+                        if flow_run_id not in core.runs.runs and retried == self._retries:
+                            raise
+                        # (Another retry of it got in and stored it running: below.)
                 if flow_run_id in core.runs.runs:  # retried (or resumed) meanwhile
                     raise RetryRefused(f"flow run {flow_run_id} is running again already")
                 if retried == self._retries:
