@@ -381,6 +381,19 @@ def test_a_run_retried_and_ended_while_another_retry_reads_it_is_read_again(db: 
     call(db, body)
 
 
+async def ended_runs(core: Any, count: int = 1) -> list[Any]:
+    """``count`` runs of ``pipeline`` created and cancelled, their ends committed."""
+    await core.register_flow(pipeline.compile())
+    rows = [
+        (await core.create_run("pipeline", "", {"n": value_of(n + 1)}))[0] for n in range(count)
+    ]
+    for row in rows:
+        await core.cancel_run(row.id, "stop")
+    while any(row.id in core.runs.runs for row in rows):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)  # (ended, and that end committed)
+    return rows
+
+
 def test_a_prune_while_a_run_is_retried_keeps_that_run(db: str) -> None:
     """A prune that came while a retry read its run deleted the run (stored as ended
     until the retry's first commit): the retry's commits then named a run no longer
@@ -388,13 +401,7 @@ def test_a_prune_while_a_run_is_retried_keeps_that_run(db: str) -> None:
 
     async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
         core = running.core
-        await core.register_flow(pipeline.compile())
-        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
-        other, _ = await core.create_run("pipeline", "", {"n": value_of(2)})
-        for run_id in (row.id, other.id):
-            await core.cancel_run(run_id, "stop")
-        while row.id in core.runs.runs or other.id in core.runs.runs:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)  # (ended, and that end committed)
+        row, other = await ended_runs(core, 2)
         read, release, held = core.io.read, asyncio.Event(), asyncio.Event()
 
         async def holding(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -434,11 +441,7 @@ def test_a_run_a_prune_beside_the_server_deletes_while_it_is_retried_is_not_retr
 
     async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
         core = running.core
-        await core.register_flow(pipeline.compile())
-        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
-        await core.cancel_run(row.id, "stop")
-        while row.id in core.runs.runs:  # noqa: ASYNC110 (ended, and that end committed)
-            await asyncio.sleep(0.01)
+        (row,) = await ended_runs(core)
         read = core.io.read
 
         async def pruned_after(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -471,11 +474,7 @@ def test_a_retry_whose_claim_comes_after_another_retry_stored_the_run_is_refused
 
     async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
         core = running.core
-        await core.register_flow(pipeline.compile())
-        row, _ = await core.create_run("pipeline", "", {"n": value_of(1)})
-        await core.cancel_run(row.id, "stop")
-        while row.id in core.runs.runs:  # noqa: ASYNC110 (ended, and that end committed)
-            await asyncio.sleep(0.01)
+        (row,) = await ended_runs(core)
         write, release, held = core.io.write, asyncio.Event(), asyncio.Event()
 
         async def holding(fn: Any, *args: Any, **kwargs: Any) -> Any:
