@@ -365,7 +365,9 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
         run = client.run(module.ui_demo, {"n": 5})
         final = client.wait(run.id)
         assert final.state is FlowRunState.FAILED
-        schedule = client.create_schedule(module.ui_demo, every=3600, params={"n": 2})
+        schedule = client.create_schedule(
+            module.ui_demo, every=3600, params={"n": 2}, name="demo-hourly"
+        )
 
     # ---- runs: the run, its state and duration
     browser.get(url + "runs")
@@ -467,6 +469,7 @@ def test_the_web_ui_shows_runs_tasks_failures_logs_schedules_and_workers(
     browser.get(url + "schedules")
     selector = f'tr[data-schedule="{schedule.id}"]'
     wait(browser, lambda d: attr(d, selector, "data-paused") == "false", "the schedule")
+    assert text(browser, f"{selector} [data-name]") == "demo-hourly"
     click(browser, f"{selector} button")
     wait(browser, lambda d: attr(d, selector, "data-paused") == "true", "the pause")
     with Client(address) as client:

@@ -688,6 +688,16 @@ def test_runs_are_filtered_by_a_schedule_id_or_a_unique_prefix(
         with pytest.raises(ServerError, match="matches several schedules") as refused:
             client.list_runs(schedule_id=shared)
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        # A schedule's name serves as well (a name is looked up before an id prefix).
+        named = client.create_schedule(loud, every=3600, params={"text": "named"}, name="ab")
+        (shown,) = [s for s in http.get("/api/schedules")["schedules"] if s["name"] == "ab"]
+        assert shown["id"] == named.id
+        status, body, _ = http.call("POST", "/api/schedules/ab/pause")
+        assert status == 200 and (body["schedule"]["id"], body["schedule"]["paused"]) == (
+            named.id,
+            True,
+        )
+        assert http.get("/api/runs?schedule=ab")["runs"] == []
         client.delete_schedule(firing.id)
         assert {r.id for r in client.list_runs(schedule_id=firing.id)} == whole
     kept = {r["id"] for r in http.get(f"/api/runs?schedule={firing.id}")["runs"]}

@@ -247,3 +247,103 @@ def test_a_skipped_fire_does_not_bring_back_a_deleted_or_paused_schedule(
     advance(server.store, advanced)
     assert server.store.list_schedules() == []
     server.store.close()
+
+
+def replace(server: Server, request: run_pb2.Schedule) -> tuple[run_pb2.Schedule, str]:
+    """What a server's CreateSchedule does with a named schedule (ScheduleRequests),
+    in this thread: hold the schedule of that name, store the new one replacing it,
+    then fire the new one from now on."""
+    from headwater_runtime.server._schedule_requests import _put_unless_identical
+
+    scheduler = server.scheduler
+    held = scheduler.hold(request.name)
+    msg = scheduler.check(request)
+    existing, stored, replaced = _put_unless_identical(scheduler, msg, held and held[1])
+    assert existing is None
+    scheduler.forget(replaced)
+    scheduler.remember(stored)
+    return stored, replaced
+
+
+def named(name: str, seconds: float, **params: int) -> run_pb2.Schedule:
+    msg = every(seconds, **params)
+    msg.name = name
+    return msg
+
+
+def test_a_named_schedule_replaced_while_it_fires_neither_skips_nor_doubles_a_time(
+    tmp_path: Path,
+) -> None:
+    """A deploy replaces the schedule "hourly" (same name, same timing, other
+    parameters) while the old one's fire of 1060 is under way (its run not stored yet,
+    the stored next time still 1060): that fire makes its run with the old parameters
+    and the new schedule fires from 1120 on. Taking the stored next time alone, the new
+    one fired 1060 a second time."""
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    old = server.scheduler.create(named("hourly", 60, n=1)).id
+    launched: list[tuple[run_pb2.Schedule, float, ScheduleRow]] = []
+    server.scheduler.launch = lambda msg, at, row: launched.append((msg, at, row))
+    assert server.tick(1_060.0) == 1  # under way
+    assert next_run_at(server.store, old) == 1_060.0
+
+    new, replaced = replace(server, named("hourly", 60, n=2))
+    assert replaced == old and new.id != old
+    assert [r.id for r in server.store.list_schedules()] == [new.id]
+    assert next_run_at(server.store, new.id) == 1_120.0
+    server.scheduler.launch = server.scheduler.fire_here
+    server.scheduler.fire_here(*launched.pop())  # the old one's fire ends
+    assert [r.id for r in server.store.list_schedules()] == [new.id]  # not brought back
+    assert server.tick(1_061.0) == 0
+    assert server.tick(1_120.0) == 1 and server.tick(1_180.0) == 1
+    drain(server.runs, server.dispatch)
+    assert server.keys(old) == [fire_key(old, 1_060.0)]
+    assert server.keys(new.id) == [fire_key(new.id, 1_120.0), fire_key(new.id, 1_180.0)]
+    (first,) = server.scheduled_runs(old)
+    assert run_pb2.FlowRun.FromString(first.parameters).parameters["n"] == value_of(1)
+    for run in server.scheduled_runs(new.id):
+        assert run_pb2.FlowRun.FromString(run.parameters).parameters["n"] == value_of(2)
+    server.store.close()
+
+
+def test_a_held_schedule_does_not_fire_until_released(tmp_path: Path) -> None:
+    """While its replacement is being stored (off the loop on a server), the schedule of
+    that name is not fired: a fire launched in between would make its run while the
+    replacement, which keeps the stored next time, fired that time again. Released when
+    the replacement was not stored (a refusal, a full disk), it fires again."""
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(named("hourly", 60, n=1)).id
+    assert server.scheduler.hold("other") is None
+    assert server.scheduler.hold("hourly") == (sid, None)
+    assert server.scheduler.next_fire_at is None
+    assert server.tick(1_060.0) == 0
+    server.scheduler.release(sid)
+    assert server.tick(1_060.0) == 1
+    assert server.keys(sid) == [fire_key(sid, 1_060.0)]
+    # Paused meanwhile (stored while held): released, it stays paused.
+    assert server.scheduler.hold("hourly") == (sid, None)
+    server.scheduler.set_enabled(sid, False)
+    server.scheduler.release(sid)
+    assert server.tick(2_000.0) == 0
+    server.store.close()
+
+
+def test_a_named_schedule_keeps_its_pause_and_with_another_timing_starts_from_now(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    first = server.scheduler.create(named("hourly", 60, n=1))
+    server.clock.t = 1_030.0
+    same, _ = replace(server, named("hourly", 60, n=2))
+    assert (same.created_at, same.next_run_at) == (first.created_at, first.next_run_at)
+    server.scheduler.set_enabled(same.id, False)  # an operator pauses it
+    paused, _ = replace(server, named("hourly", 60, n=3))
+    assert not paused.enabled and server.tick(1_060.0) == 0
+    server.scheduler.set_enabled(paused.id, True)
+    other, replaced = replace(server, named("hourly", 3600, n=3))  # another timing
+    assert replaced == paused.id and other.enabled
+    assert (other.created_at.seconds, other.next_run_at.seconds) == (1_060, 1_060 + 3600)
+    assert server.tick(1_120.0) == 0 and server.tick(4_660.0) == 1
+    server.store.close()

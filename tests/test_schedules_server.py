@@ -271,27 +271,93 @@ def test_an_identical_schedule_is_returned_not_made_twice(db: str) -> None:
                 msg.cron, msg.timezone, msg.catchup = "0 * * * *", tz, catchup
                 return msg
 
-            first, made = await requests.create(hourly())
+            first, made, _ = await requests.create(hourly())
             assert made
-            again, made_again = await requests.create(hourly())
+            again, made_again, _ = await requests.create(hourly())
             assert (again.id, made_again) == (first.id, False)
             await requests.set_enabled(first.id, False)  # an operator pauses it
-            paused, made = await requests.create(hourly())  # the deploy runs again
+            paused, made, _ = await requests.create(hourly())  # the deploy runs again
             assert (paused.id, paused.enabled, made) == (first.id, False, False)
             others = [
                 await requests.create(hourly(n=2)),
                 await requests.create(hourly(tz="Europe/Berlin")),
                 await requests.create(hourly(catchup=True)),
             ]
-            assert all(made for _, made in others)
-            assert len({s.id for s, _ in others} | {first.id}) == 4
+            assert all(made for _, made, _ in others)
+            assert len({s.id for s, *_ in others} | {first.id}) == 4
             together = await asyncio.gather(*(requests.create(hourly(n=3)) for _ in range(8)))
-            assert len({s.id for s, _ in together}) == 1
-            assert sum(made for _, made in together) == 1
+            assert len({s.id for s, *_ in together}) == 1
+            assert sum(made for _, made, _ in together) == 1
             stored = await core.io.read(core.store.list_schedules, "proto_pipeline")
             assert len(stored) == 5
 
     asyncio.run(main())
+
+
+def test_a_named_schedule_replaces_its_flows_schedule_of_that_name(db: str) -> None:
+    """A deploy after a change of the flow's code (a new version), its parameters or its
+    timing made a second schedule beside the first, both firing (the CLI and the docs
+    said to delete the old one by hand). A schedule created with the name of one of its
+    flow's replaces it in one transaction: a new id, the same fire times (same timing),
+    the old one's pause; a name another flow's schedule has is refused."""
+    from test_client import greet
+
+    async def body(channel: grpc.aio.Channel) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        for graph in (proto_pipeline.compile(), greet.compile()):
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+
+        async def create(msg: run_pb2.Schedule) -> cp.CreateScheduleResponse:
+            request = cp.CreateScheduleRequest(schedule=msg)
+            return await client.CreateSchedule(request, metadata=AUTH)
+
+        async def stored() -> list[run_pb2.Schedule]:
+            listed = await client.ListSchedules(cp.ListSchedulesRequest(), metadata=AUTH)
+            return list(listed.schedules)
+
+        def hourly(n: int, name: str = "hourly") -> run_pb2.Schedule:
+            return _schedule(
+                parameters={"n": value_of(n)}, enabled=True, cron="0 * * * *", name=name
+            )
+
+        first = await create(hourly(1))
+        assert (first.created, first.replaced, first.schedule.name) == (True, "", "hourly")
+        unnamed = (await create(hourly(1, name=""))).schedule  # no name: a schedule beside
+        second = await create(hourly(2))
+        assert second.created and second.replaced == first.schedule.id
+        new = second.schedule
+        assert new.id not in (first.schedule.id, unnamed.id)
+        assert (new.created_at, new.next_run_at) == (
+            first.schedule.created_at,
+            first.schedule.next_run_at,
+        )
+        assert {s.id for s in await stored()} == {new.id, unnamed.id}
+        same = await create(hourly(2))  # identical: returned as it is
+        assert (same.created, same.replaced, same.schedule.id) == (False, "", new.id)
+        paused = await client.PauseSchedule(cp.PauseScheduleRequest(id=new.id), metadata=AUTH)
+        assert not paused.schedule.enabled
+        third = await create(hourly(3))  # the deploy after an operator paused it
+        assert third.replaced == new.id and not third.schedule.enabled
+        assert not third.schedule.HasField("next_run_at")  # (paused: none shown)
+        # A name is unique on the server: another flow's schedule cannot take it.
+        taken = _schedule(flow_name="greet", cron="0 * * * *", enabled=True, name="hourly")
+        code, details = await status_of(create(taken))
+        assert code == grpc.StatusCode.ALREADY_EXISTS
+        assert details == (
+            f"schedule name 'hourly' is taken by schedule {third.schedule.id} of flow "
+            "'proto_pipeline': delete that schedule or choose another name"
+        )
+        for bad, fragment in [("x" * 201, "at most 200"), ("a\x1b[2Jb", "control characters")]:
+            code, details = await status_of(create(hourly(4, name=bad)))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, details
+        assert {s.id for s in await stored()} == {third.schedule.id, unnamed.id}
+        # Runs are listed by the name, as by an id.
+        listed = await client.ListFlowRuns(
+            cp.ListFlowRunsRequest(schedule_id="hourly"), metadata=AUTH
+        )
+        assert list(listed.flow_runs) == []
+
+    run_against_server(db, body)
 
 
 def test_the_client_and_the_cli_get_the_identical_schedule_that_exists(
@@ -366,6 +432,62 @@ def test_cli_schedules_create_list_pause_delete(
     with Client(server.address, token="tok") as client:
         (left,) = client.list_schedules()
         assert left.cron == "*/5 * * * *" and left.paused
+
+
+def test_a_deploy_with_a_schedule_name_changes_that_schedule_after_a_code_change(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a deploy script would: `schedules create FILE --name` after each change of the
+    flow's code. Unnamed, the second deploy (a new version) added a second schedule and
+    both fired; named, it replaces the first, and the name serves as the schedule's
+    handle for pause, resume and delete (CLI and Client)."""
+    path = tmp_path / "greet.py"
+    where = ("--server", server.address, "--token", "tok")
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["schedules", *args, *where])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    path.write_text(FLOW_FILE)
+    code, out, _ = cli("create", str(path), "--every", "1h")  # unnamed, then a change:
+    unnamed = out.split()[0]
+    path.write_text(FLOW_FILE.replace("text.upper()", "text.upper() + '?'"))
+    code, out, err = cli("create", str(path), "--every", "1h")
+    assert code == 0 and err == (
+        f"note: flow 'greet' has 1 other active schedule(s) with the same timing "
+        f"({unnamed[:8]} (v1)): they fire too. Delete them, or give schedules a --name: "
+        "creating one with a name replaces the schedule of that name.\n"
+    )
+    for schedule_id in (unnamed, out.split()[0]):
+        assert cli("delete", schedule_id)[0] == 0
+    path.write_text(FLOW_FILE)
+    code, out, _ = cli("create", str(path), "--every", "1h", "--name", "greet-hourly")
+    first_id, name, state, _, version, *_ = out.split()
+    assert code == 0 and (name, state, version) == ("greet-hourly", "active", "v1")  # (stored)
+    path.write_text(FLOW_FILE.replace("text.upper()", "text.upper() + '!'"))  # a new version
+    code, out, _ = cli("create", str(path), "--every", "1h", "--name", "greet-hourly")
+    assert code == 0 and out.rstrip().endswith(f"(replaces {first_id})"), out
+    second_id, _, _, _, version, *_ = out.split()
+    assert second_id != first_id and version == "v3"  # (v2: the unnamed one's)
+    code, out, _ = cli("list", "--json")
+    (listed,) = json.loads(out)
+    assert (listed["id"], listed["name"], listed["flow_version"]) == (
+        second_id,
+        "greet-hourly",
+        "3",
+    )
+    code, out, _ = cli("pause", "greet-hourly")
+    assert code == 0 and out.startswith(f"{second_id}  greet-hourly  paused ")
+    with Client(server.address, token="tok") as client:
+        assert client.resume_schedule("greet-hourly").id == second_id
+        created = [e for e in client.audit("schedule") if e.action == "schedule.create"]
+        assert [(e.object_id, e.detail) for e in created[:2]] == [  # (newest first)
+            (second_id, f"greet, replacing {first_id}"),
+            (first_id, "greet"),
+        ]
+        assert client.delete_schedule("greet-hourly") == second_id
+        assert client.list_schedules() == []
 
 
 def test_durations_are_written_and_shown_in_one_short_form() -> None:
@@ -550,7 +672,7 @@ def test_a_pause_beside_a_delete_does_not_bring_the_schedule_back(db: str) -> No
             await core.register_flow(proto_pipeline.compile())
             schedule = _schedule(parameters={"n": value_of(1)}, enabled=True)
             schedule.interval.FromSeconds(3600)
-            created, _ = await requests.create(schedule)
+            created, *_ = await requests.create(schedule)
             read, write = core.io.read, core.io.write
             held, release = asyncio.Event(), asyncio.Event()
 

@@ -673,6 +673,26 @@ def test_schedules_round_trip(store: Store) -> None:
         store.delete_schedule("s1")
 
 
+def test_a_schedule_replaced_by_another_goes_in_the_same_write(store: Store) -> None:
+    """A named schedule replaces the one of its name (``put_schedule(replaces=)``): the
+    old row and its payload references go with the new one's storing, so a prune
+    collects the payload of a parameter only the old schedule had."""
+    import time
+
+    old_only = store.put_payload(iter([b'"old"']), {"encoding": "json"}, 5).id
+    kept = store.put_payload(iter([b'"kept"']), {"encoding": "json"}, 6).id
+    store.put_schedule(ScheduleRow("s1", "etl", b"old", 100.0, True, (old_only, kept)))
+    new = ScheduleRow("s2", "etl", b"new", 100.0, True, (kept,))
+    store.put_schedule(new, replaces="s1")
+    assert store.list_schedules() == [dataclasses.replace(new, payload_ids=())]
+    store.prune(None, time.time() + 86_400, grace=0.0)
+    with pytest.raises(NotFound):
+        store.payload_meta(old_only)
+    assert store.payload_meta(kept).size == 6
+    store.put_schedule(ScheduleRow("s3", "etl", b"gone", None, True), replaces="nope")
+    assert [r.id for r in store.list_schedules()] == ["s2", "s3"]
+
+
 def test_a_fire_advances_its_schedule_unless_deleted_or_paused_meanwhile(store: Store) -> None:
     """A fire stores its run and its schedule advanced past it in one transaction. A
     fire may wait long for a worker to build its graph: a schedule paused meanwhile was

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from headwater.wire import parse_duration
+from headwater.wire import parse_duration, printable
 
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
@@ -27,7 +28,8 @@ def _line(s: ScheduleInfo) -> str:
     state = "paused" if s.paused else "active"
     version = f" v{s.flow_version}" if s.flow_version else " (latest)"
     nxt = f"next {local_time(s.next_run_at)}" if s.next_run_at and not s.paused else ""
-    return f"{s.id}  {state:6}  {s.flow_name}{version}  {s.spec}  {nxt}".rstrip()
+    named = f"  {printable(s.name)}" if s.name else ""
+    return f"{s.id}{named}  {state:6}  {s.flow_name}{version}  {s.spec}  {nxt}".rstrip()
 
 
 def schedule_json(s: ScheduleInfo) -> dict[str, Any]:
@@ -35,6 +37,7 @@ def schedule_json(s: ScheduleInfo) -> dict[str, Any]:
     seconds."""
     return {
         "id": s.id,
+        "name": s.name,
         "flow_name": s.flow_name,
         "flow_version": s.flow_version,
         "every": s.every.total_seconds() if s.every is not None else None,
@@ -48,6 +51,21 @@ def schedule_json(s: ScheduleInfo) -> dict[str, Any]:
     }
 
 
+def _warn_of_twins(listed: list[ScheduleInfo], made: ScheduleInfo) -> None:
+    """A new unnamed schedule beside another of its flow with the same timing (a deploy
+    of changed code: a new version) is most likely meant to replace it: say that both
+    fire, and how a name avoids it (on stderr: stdout stays the one line)."""
+    twins = [s for s in listed if s.id != made.id and s.spec == made.spec and not s.paused]
+    if twins:
+        shown = ", ".join(f"{s.id[:8]} (v{s.flow_version or ' latest'})" for s in twins[:3])
+        print(
+            f"note: flow {made.flow_name!r} has {len(twins)} other active schedule(s) with "
+            f"the same timing ({shown}): they fire too. Delete them, or give schedules a "
+            "--name: creating one with a name replaces the schedule of that name.",
+            file=sys.stderr,
+        )
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
     """``headwater schedules create|list|delete|pause|resume``; prints one line each."""
     address = server_address(args)
@@ -59,7 +77,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                 raise UsageError("give exactly one of --every DURATION or --cron EXPRESSION")
             with user_output_to_stderr():  # (the module loads, the flow's body runs)
                 flow = load_flow(args.target)
-                schedule, created = client._create_schedule(
+                schedule, created, replaced = client._create_schedule(
                     flow,
                     parse_every(args.every) if args.every is not None else None,
                     args.cron,
@@ -68,9 +86,18 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                     args.paused,
                     args.catchup,
                     "",
+                    args.name or "",
                 )
             # (an identical schedule is not made twice: the one that exists is shown)
-            print(_line(schedule) + ("" if created else "  (exists already: identical)"))
+            if not created:
+                note = "  (exists already: identical)"
+            elif replaced:
+                note = f"  (replaces {replaced})"
+            else:
+                note = ""
+            print(_line(schedule) + note)
+            if created and not replaced and not schedule.name:
+                _warn_of_twins(client.list_schedules(schedule.flow_name), schedule)
         elif args.action == "list":
             listed = client.list_schedules(args.flow or "")
             if args.json:
@@ -82,8 +109,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
                     print(_line(schedule))
         else:
             if not args.schedule_id:
-                raise UsageError("give a schedule id (see 'schedules list')")
-            try:  # (the Client takes a unique prefix of the id)
+                raise UsageError("give a schedule id or name (see 'schedules list')")
+            try:  # (the Client takes a name, or a unique prefix of the id)
                 if args.action == "delete":
                     print(f"schedule {client.delete_schedule(args.schedule_id)} deleted")
                 elif args.action == "pause":
@@ -128,6 +155,12 @@ def add_schedules_command(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="flow parameter for every run, converted to its annotation (as for `headwater run`)",
     )
+    create.add_argument(
+        "--name",
+        help="name the schedule (unique on the server): creating one with the name of "
+        "this flow's schedule replaces that schedule, keeping its pause (and, with the "
+        "same timing, its fire times); pause, resume and delete take the name too",
+    )
     create.add_argument("--paused", action="store_true", help="create it paused")
     create.add_argument(
         "--catchup", action="store_true", help="after downtime, fire every missed time"
@@ -144,7 +177,8 @@ def add_schedules_command(sub: Any) -> None:
     ]:
         action = actions.add_parser(name, help=what)
         action.add_argument(
-            "schedule_id", help="schedule id, or a unique prefix of one (see 'schedules list')"
+            "schedule_id",
+            help="schedule id, name, or a unique prefix of an id (see 'schedules list')",
         )
         add_connection_args(action)
     schedules.set_defaults(func=cmd_schedules)

@@ -806,6 +806,7 @@ class Client(OperationsClient):
         paused: bool = False,
         catchup: bool = False,
         version: str = "",
+        name: str = "",
     ) -> ScheduleInfo:
         """Create runs of a flow periodically: ``every`` (seconds or a timedelta) or at
         the times of a five-field ``cron`` expression read in ``timezone``. A Flow
@@ -818,10 +819,14 @@ class Client(OperationsClient):
         also builds the graph for each fire (docs/flows.md). An identical schedule
         that exists (same flow, version, timing, time zone, parameters and catch-up) is
         returned as it is, paused or not, rather than made twice: a deploy script may
-        run again. See docs/schedules.md."""
-        return self._create_schedule(flow, every, cron, params, timezone, paused, catchup, version)[
-            0
-        ]
+        run again. A ``name`` (unique on the server) makes a schedule that replaces the
+        one of the same name, when that is the same flow's: a deploy after a change of
+        the flow's code, its parameters or its timing changes its schedule rather than
+        adding a second one. The replacement keeps the old one's pause, and with the
+        same timing its fire times. See docs/schedules.md."""
+        return self._create_schedule(
+            flow, every, cron, params, timezone, paused, catchup, version, name
+        )[0]
 
     def _create_schedule(
         self,
@@ -833,17 +838,21 @@ class Client(OperationsClient):
         paused: bool,
         catchup: bool,
         version: str,
-    ) -> tuple[ScheduleInfo, bool]:
-        """``create_schedule``, and whether it created the schedule (False: an
-        identical one existed)."""
-        name, version, values = self._prepare(flow, params, version)
-        msg = schedule_message(name, version, every, cron, values, timezone, paused, catchup)
+        name: str = "",
+    ) -> tuple[ScheduleInfo, bool, str]:
+        """``create_schedule``, whether it created the schedule (False: an identical
+        one existed), and the id of the schedule of the same name it replaced ("")."""
+        flow_name, version, values = self._prepare(flow, params, version)
+        msg = schedule_message(
+            flow_name, version, every, cron, values, timezone, paused, catchup, name
+        )
         response = self._call(
             lambda c: c.CreateSchedule,
             cp.CreateScheduleRequest(schedule=msg),
-            f"create a schedule for flow {name!r}",
+            f"create a schedule for flow {flow_name!r}",
         )
-        return schedule_info(response.schedule, self._decode), response.created
+        info = schedule_info(response.schedule, self._decode)
+        return info, response.created, response.replaced
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleInfo]:
         """Every schedule on the server (only those of ``flow_name`` if given)."""
@@ -856,12 +865,18 @@ class Client(OperationsClient):
         return [schedule_info(s, self._decode) for s in response.schedules]
 
     def _schedule_id(self, given: str) -> str:
-        """The whole id of the schedule ``given`` names (``whole_id``)."""
-        return whole_id(given, lambda: [s.id for s in self.list_schedules()], "schedule")
+        """The whole id of the schedule ``given`` names: its id, its name, or a unique
+        prefix of its id (``whole_id``)."""
+        listed = self.list_schedules()
+        if not any(s.id == given for s in listed):
+            named = [s.id for s in listed if given and s.name == given]
+            if named:
+                return named[0]
+        return whole_id(given, lambda: [s.id for s in listed], "schedule")
 
     def delete_schedule(self, schedule_id: str) -> str:
-        """Remove a schedule (its id, or a unique prefix); the runs it already created
-        are kept. Returns its whole id."""
+        """Remove a schedule (its id, its name, or a unique prefix of its id); the runs
+        it already created are kept. Returns its whole id."""
         schedule_id = self._schedule_id(schedule_id)
         self._call(
             lambda c: c.DeleteSchedule,
@@ -871,8 +886,8 @@ class Client(OperationsClient):
         return schedule_id
 
     def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
-        """Stop a schedule (its id, or a unique prefix) from creating runs until it is
-        resumed."""
+        """Stop a schedule (its id, its name, or a unique prefix of its id) from
+        creating runs until it is resumed."""
         schedule_id = self._schedule_id(schedule_id)
         response = self._call(
             lambda c: c.PauseSchedule,
@@ -882,8 +897,8 @@ class Client(OperationsClient):
         return schedule_info(response.schedule, self._decode)
 
     def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
-        """Resume a paused schedule (its id, or a unique prefix) from its next fire time
-        after now (the times missed while paused do not fire)."""
+        """Resume a paused schedule (its id, its name, or a unique prefix of its id)
+        from its next fire time after now (the times missed while paused do not fire)."""
         schedule_id = self._schedule_id(schedule_id)
         response = self._call(
             lambda c: c.ResumeSchedule,

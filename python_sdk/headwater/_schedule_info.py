@@ -16,7 +16,8 @@ from ._durations import to_seconds
 @dataclass
 class ScheduleInfo:
     """A schedule on a server: it creates runs of ``flow_name`` every ``every`` or at
-    the times of ``cron`` (read in ``timezone``), with ``parameters``."""
+    the times of ``cron`` (read in ``timezone``), with ``parameters``. ``name``: the
+    name it was given ("" when none), unique on the server."""
 
     id: str
     flow_name: str
@@ -28,6 +29,7 @@ class ScheduleInfo:
     catchup: bool
     next_run_at: datetime | None
     created_at: datetime | None
+    name: str = ""
     _parameters: dict[str, payload_pb2.Value] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -78,6 +80,7 @@ def schedule_info(
         catchup=msg.catchup,
         next_run_at=_time(msg, "next_run_at"),
         created_at=_time(msg, "created_at"),
+        name=msg.name,
         _parameters=dict(msg.parameters),
         _decode=decode,
     )
@@ -92,6 +95,7 @@ def schedule_message(
     timezone: str,
     paused: bool,
     catchup: bool,
+    name: str = "",
 ) -> run_pb2.Schedule:
     """The Schedule to create; ValueError unless exactly one of every and cron is given
     (the server checks the rest: interval > 0, cron syntax, time zone)."""
@@ -104,6 +108,7 @@ def schedule_message(
         enabled=not paused,
         timezone=timezone,
         catchup=catchup,
+        name=name,
     )
     if cron is not None:
         msg.cron = cron

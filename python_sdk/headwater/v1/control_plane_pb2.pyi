@@ -738,8 +738,16 @@ class CreateScheduleResponse(google.protobuf.message.Message):
 
     SCHEDULE_FIELD_NUMBER: builtins.int
     CREATED_FIELD_NUMBER: builtins.int
+    REPLACED_FIELD_NUMBER: builtins.int
     created: builtins.bool
     """False when the schedule existed (nothing was created)."""
+    replaced: builtins.str
+    """The id of the schedule of the same name (and flow) that this one replaced, in the
+    same transaction (empty when none did). The new schedule has a new id. When its
+    timing (interval or cron, and time zone) is unchanged it keeps the old one's fire
+    times (no fire is skipped or made twice); else it starts from now. Either way it
+    keeps the old one's pause: pause or resume it on its own.
+    """
     @property
     def schedule(self) -> headwater.v1.run_pb2.Schedule:
         """The stored schedule: the new one, or the identical one that existed (same flow,
@@ -752,9 +760,10 @@ class CreateScheduleResponse(google.protobuf.message.Message):
         *,
         schedule: headwater.v1.run_pb2.Schedule | None = ...,
         created: builtins.bool = ...,
+        replaced: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["schedule", b"schedule"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["created", b"created", "schedule", b"schedule"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["created", b"created", "replaced", b"replaced", "schedule", b"schedule"]) -> None: ...
 
 global___CreateScheduleResponse = CreateScheduleResponse
 

@@ -344,6 +344,7 @@ class Schedule(google.protobuf.message.Message):
     TIMEZONE_FIELD_NUMBER: builtins.int
     CATCHUP_FIELD_NUMBER: builtins.int
     CREATED_AT_FIELD_NUMBER: builtins.int
+    NAME_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Schedule id."""
     flow_name: builtins.str
@@ -360,6 +361,13 @@ class Schedule(google.protobuf.message.Message):
     """After downtime, create a run for every missed fire time (oldest first) rather than
     only for the most recent one.
     """
+    name: builtins.str
+    """Optional name, unique on the server (at most 200 characters, no control
+    characters). Creating a schedule with the name of a schedule of the same flow
+    replaces that schedule (CreateScheduleResponse.replaced): a deploy script that names
+    its schedules changes them in place when the flow's code changes, rather than adding
+    one that runs the flow a second time at every fire.
+    """
     @property
     def interval(self) -> google.protobuf.duration_pb2.Duration:
         """Fixed interval between runs."""
@@ -374,7 +382,7 @@ class Schedule(google.protobuf.message.Message):
 
     @property
     def created_at(self) -> google.protobuf.timestamp_pb2.Timestamp:
-        """When the schedule was created."""
+        """When the schedule was created (the anchor of an interval's fire times)."""
 
     def __init__(
         self,
@@ -390,9 +398,10 @@ class Schedule(google.protobuf.message.Message):
         timezone: builtins.str = ...,
         catchup: builtins.bool = ...,
         created_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        name: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["created_at", b"created_at", "cron", b"cron", "interval", b"interval", "next_run_at", b"next_run_at", "spec", b"spec"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["catchup", b"catchup", "created_at", b"created_at", "cron", b"cron", "enabled", b"enabled", "flow_name", b"flow_name", "flow_version", b"flow_version", "id", b"id", "interval", b"interval", "next_run_at", b"next_run_at", "parameters", b"parameters", "spec", b"spec", "timezone", b"timezone"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["catchup", b"catchup", "created_at", b"created_at", "cron", b"cron", "enabled", b"enabled", "flow_name", b"flow_name", "flow_version", b"flow_version", "id", b"id", "interval", b"interval", "name", b"name", "next_run_at", b"next_run_at", "parameters", b"parameters", "spec", b"spec", "timezone", b"timezone"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["spec", b"spec"]) -> typing.Literal["interval", "cron"] | None: ...
 
 global___Schedule = Schedule

@@ -364,21 +364,26 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         context: grpc.aio.ServicerContext[cp.CreateScheduleRequest, cp.CreateScheduleResponse],
     ) -> cp.CreateScheduleResponse:
         """Create a schedule (its flow must be registered), or return the identical one
-        that exists."""
+        that exists; one with the name of another of its flow's replaces it."""
         if not request.HasField("schedule"):
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, "request has no schedule")
         await self._check_parameters(request.schedule.parameters, context)
 
         async def create() -> Any:
-            schedule, created = await self.core.schedule_requests.create(request.schedule)
+            made = await self.core.schedule_requests.create(request.schedule)
+            schedule, created, replaced = made
             if created:  # (an identical one returned: nothing was created)
-                flow_name = request.schedule.flow_name
-                await self.core.audit("schedule.create", "schedule", schedule.id, flow_name)
-            return schedule, created
+                detail = request.schedule.flow_name + (
+                    f", replacing {replaced}" if replaced else ""
+                )
+                await self.core.audit("schedule.create", "schedule", schedule.id, detail)
+            return made
 
         async with refusals(context):
-            schedule, created = await to_its_end(create(), "creating a schedule")
-        return control_plane_pb2.CreateScheduleResponse(schedule=schedule, created=created)
+            schedule, created, replaced = await to_its_end(create(), "creating a schedule")
+        return control_plane_pb2.CreateScheduleResponse(
+            schedule=schedule, created=created, replaced=replaced
+        )
 
     async def ListSchedules(
         self,

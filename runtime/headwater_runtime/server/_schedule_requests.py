@@ -36,15 +36,34 @@ log = logging.getLogger("headwater.scheduler")
 FIRE_RETRY = 1.0
 
 
-def _put_unless_identical(scheduler: Scheduler, msg: run_pb2.Schedule) -> ScheduleRow | None:
+def _put_unless_identical(
+    scheduler: Scheduler, msg: run_pb2.Schedule, under_way: float | None
+) -> tuple[ScheduleRow | None, run_pb2.Schedule, str]:
     """On the writer thread: the stored schedule identical to ``msg`` (``identity``),
-    else None once ``msg`` is stored."""
+    else None once ``msg`` is stored; then also the schedule stored (``msg``, or what
+    replaced the schedule of its name: ``Scheduler.succeeding``, given the fire time
+    ``under_way`` of that schedule's fire under way) and the id of the one it replaced
+    (""). Conflict when the name is another flow's schedule's."""
+    store = scheduler.store
     same = identity(msg)
-    for row in scheduler.store.list_schedules(msg.flow_name):
+    for row in store.list_schedules(msg.flow_name):
         if identity(run_pb2.Schedule.FromString(row.body)) == same:
-            return row
-    scheduler.store.put_schedule(scheduler.row_of(msg))
-    return None
+            return row, msg, ""
+    replaced = ""
+    if msg.name:
+        for row in store.list_schedules():
+            old = run_pb2.Schedule.FromString(row.body)
+            if old.name != msg.name:
+                continue
+            if old.flow_name != msg.flow_name:
+                raise Conflict(
+                    f"schedule name {msg.name!r} is taken by schedule {old.id} of flow "
+                    f"{old.flow_name!r}: delete that schedule or choose another name"
+                )
+            msg, replaced = scheduler.succeeding(old, msg, under_way), old.id
+            break
+    store.put_schedule(scheduler.row_of(msg), replaces=replaced)
+    return None, msg, replaced
 
 
 class AmbiguousScheduleId(ValueError):
@@ -63,12 +82,14 @@ class ScheduleRequests:
         self.scheduler = core.schedules
         self.scheduler.launch = self.fire
 
-    async def create(self, request: run_pb2.Schedule) -> tuple[run_pb2.Schedule, bool]:
+    async def create(self, request: run_pb2.Schedule) -> tuple[run_pb2.Schedule, bool, str]:
         """Create a schedule; one whose values need a graph built (a value-dependent
         flow) is checked by having a worker build it, and keeps the converted values.
-        Returns it and True, or, when an identical schedule exists (``identity``), that
-        one as it is (paused or not) and False: a deploy script run twice made two
-        schedules, and every fire ran the flow twice."""
+        Returns it, True and the id of the schedule of the same name (and flow) it
+        replaced ("" when none: ``Scheduler.succeeding``); or, when an identical
+        schedule exists (``identity``), that one as it is (paused or not), False and "":
+        a deploy script run twice made two schedules, and every fire ran the flow
+        twice."""
         core, creation = self.core, self.core.creation
         try:
             msg = await core.io.read(self.scheduler.check, request)
@@ -80,21 +101,38 @@ class ScheduleRequests:
             if request.flow_version or not creation.has_builder(request.flow_name):
                 raise
             msg = await self._check_built(request)
-        existing = await to_its_end(self._store(msg), "creating a schedule")
+        existing, stored, replaced = await to_its_end(self._store(msg), "creating a schedule")
         if existing is not None:
-            return shown(existing), False
-        return shown_message(msg), True
+            return shown(existing), False, ""
+        return shown_message(stored), True, replaced
 
-    async def _store(self, msg: run_pb2.Schedule) -> ScheduleRow | None:
+    async def _store(
+        self, msg: run_pb2.Schedule
+    ) -> tuple[ScheduleRow | None, run_pb2.Schedule, str]:
         """Store a schedule, then fire it (or not, when paused) from now on: both, even
         when the caller goes away meanwhile (``to_its_end``). An identical schedule
         stored already is returned instead (looked up and stored in one call on the
-        writer thread, so two identical creates at once make one)."""
-        existing = await self.core.io.write(_put_unless_identical, self.scheduler, msg)
+        writer thread, so two identical creates at once make one). The schedule of the
+        same name, if any, is not fired meanwhile (``Scheduler.hold``) and is replaced
+        in the same transaction."""
+        scheduler = self.scheduler
+        held = scheduler.hold(msg.name) if msg.name else None
+        try:
+            existing, stored, replaced = await self.core.io.write(
+                _put_unless_identical, scheduler, msg, held[1] if held else None
+            )
+        except BaseException:
+            if held is not None:
+                scheduler.release(held[0])
+            raise
         if existing is None:
-            self.scheduler.remember(msg)
+            if replaced:
+                scheduler.forget(replaced)
+            scheduler.remember(stored)
             self.core.touch()  # the timer loop re-reads the next fire time
-        return existing
+        if held is not None and held[0] != replaced:
+            scheduler.release(held[0])  # (identical: stays as it was)
+        return existing, stored, replaced
 
     async def _check_built(self, request: run_pb2.Schedule) -> run_pb2.Schedule:
         given = {name: request.parameters[name] for name in request.parameters}
@@ -107,8 +145,8 @@ class ScheduleRequests:
         return await self.core.io.read(self.scheduler.check, checked, version)
 
     async def resolve(self, schedule_id: str) -> str:
-        """The id of the schedule with this id, or with this unique prefix of its id
-        (in any case), as the CLI and a run's HTTP routes take it; NotFound or
+        """The id of the schedule with this id, this name, or this unique prefix of its
+        id (in any case), as the CLI and a run's HTTP routes take it; NotFound or
         AmbiguousScheduleId (naming the matches) otherwise."""
         return await self.core.io.read(_resolve, self.core.store, schedule_id)
 
@@ -211,8 +249,12 @@ def _resolve(store: Store, schedule_id: str) -> str:
     try:
         return store.get_schedule(schedule_id).id
     except NotFound:
+        rows = store.list_schedules()
+        for row in rows:  # (a name: few schedules have one, and parsing is cheap)
+            if schedule_id and run_pb2.Schedule.FromString(row.body).name == schedule_id:
+                return row.id
         prefix = schedule_id.lower()
-        found = [r.id for r in store.list_schedules() if prefix and r.id.startswith(prefix)]
+        found = [r.id for r in rows if prefix and r.id.startswith(prefix)]
         if len(found) == 1:
             return found[0]
         if not found:

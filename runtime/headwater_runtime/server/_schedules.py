@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from headwater.v1 import payload_pb2, run_pb2
-from headwater.wire import GraphBuildNeeded, ParameterError, seconds, timestamp
+from headwater.wire import GraphBuildNeeded, ParameterError, check_name, seconds, timestamp
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 
@@ -43,6 +43,7 @@ from ._schedule_times import (
     fire_key,
     first_fire,
     make_timing,
+    next_fire,
     resume_fire,
 )
 
@@ -81,9 +82,13 @@ class Scheduler:
         # time among them: the loop asks on every wake-up (many per second on a busy
         # server), so an idle answer costs neither a query nor a scan.
         self._active: dict[str, tuple[run_pb2.Schedule, Timing]] = {}
+        #: Enabled schedules not fired while a schedule of the same name replaces them
+        #: (``hold``).
+        self._held: dict[str, run_pb2.Schedule] = {}
         self._next_at: float | None = None
-        #: Schedules with a fire under way (not fired again until it is done).
-        self.firing: set[str] = set()
+        #: Schedules with a fire under way, and its fire time (not fired again until it
+        #: is done).
+        self.firing: dict[str, float] = {}
         #: Creates the run of one fire, then calls ``fired`` or ``skip``: (schedule, fire
         #: time, the schedule row advanced past that fire). The server's stores the run
         #: off the event loop (ScheduleRequests.fire).
@@ -128,6 +133,11 @@ class Scheduler:
         ``built_version``)."""
         if not request.flow_name:
             raise ScheduleError("flow_name is required")
+        if request.name:
+            try:
+                check_name("a schedule's name", request.name)
+            except ValueError as exc:
+                raise ScheduleError(str(exc)) from None
         timing = timing_of(request, new=True)
         version, graph = self.runs.graph(request.flow_name, built_version or request.flow_version)
         self.runs.check_params(graph, version, request.parameters)
@@ -188,9 +198,57 @@ class Scheduler:
             _set_time(msg, "next_run_at", resume_fire(timing, _next_at(msg), self.clock.now()))
         return msg
 
+    def succeeding(
+        self, old: run_pb2.Schedule, new: run_pb2.Schedule, under_way: float | None
+    ) -> run_pb2.Schedule:
+        """``new`` (checked, not stored) made to replace ``old``, the stored schedule of
+        its name: it keeps ``old``'s pause, and with the same timing (interval or cron,
+        and time zone) ``old``'s anchor and next fire time, past the fire of ``old``
+        under way at ``under_way`` if any (that fire still makes its run): no fire
+        time is skipped or made twice. With another timing it starts from now, as a new
+        schedule does."""
+        msg = run_pb2.Schedule()
+        msg.CopyFrom(new)
+        msg.enabled = old.enabled
+        before, after = timing_of(old), timing_of(new)
+        if (before.every, before.cron, before.timezone) == (
+            after.every,
+            after.cron,
+            after.timezone,
+        ):
+            msg.created_at.CopyFrom(old.created_at)
+            next_at = _next_at(old)
+            if under_way is not None and next_at <= under_way:
+                next_at = next_fire(after, under_way)
+            _set_time(msg, "next_run_at", next_at)
+        return msg
+
+    def hold(self, name: str) -> tuple[str, float | None] | None:
+        """Stop firing the enabled schedule named ``name``, which a schedule of the same
+        name is about to replace (None when none is enabled): its id and the fire time
+        of its fire under way (None when none is). On the loop, before the replacement
+        is stored: a fire launched in between would make its run while the replacement
+        fires the same time again. ``release`` undoes it."""
+        for schedule_id, (msg, _) in self._active.items():
+            if msg.name == name:
+                del self._active[schedule_id]
+                self._held[schedule_id] = msg
+                self._update_next()
+                return schedule_id, self.firing.get(schedule_id)
+        return None
+
+    def release(self, schedule_id: str) -> None:
+        """Fire a held schedule again (its replacement was not stored), unless it was
+        paused, resumed or deleted meanwhile (then what that stored stands)."""
+        msg = self._held.pop(schedule_id, None)  # (gone when stored meanwhile)
+        if msg is not None:
+            self._active[schedule_id] = (msg, timing_of(msg))
+            self._update_next()
+
     def remember(self, msg: run_pb2.Schedule) -> None:
         """A schedule was stored as ``msg`` (new, paused or resumed): fire it from now
         on when enabled, not when paused."""
+        self._held.pop(msg.id, None)
         if msg.enabled:
             self._active[msg.id] = (msg, timing_of(msg))
         else:
@@ -198,7 +256,8 @@ class Scheduler:
         self._update_next()
 
     def forget(self, schedule_id: str) -> None:
-        """A schedule was deleted."""
+        """A schedule was deleted (or replaced)."""
+        self._held.pop(schedule_id, None)
         self._active.pop(schedule_id, None)
         self._update_next()
 
@@ -234,7 +293,7 @@ class Scheduler:
                 advanced = run_pb2.Schedule()
                 advanced.CopyFrom(msg)
                 _set_time(advanced, "next_run_at", upcoming)
-                self.firing.add(msg.id)
+                self.firing[msg.id] = fires[0]
                 launched += 1
                 self.launch(msg, fires[0], self.row_of(advanced))
         self._update_next()
@@ -256,7 +315,7 @@ class Scheduler:
             self.skip(msg, row, f"its fire at {fire_time} cannot run: {exc}")
             return
         except BaseException:
-            self.firing.discard(msg.id)  # not advanced: fired again at the next tick
+            self.firing.pop(msg.id, None)  # not advanced: fired again at the next tick
             raise
         self.fired(msg, row)
 
@@ -265,15 +324,15 @@ class Scheduler:
         advanced past it) in one transaction, or skipped. It fires again from the
         stored time, unless it was paused, resumed or deleted meanwhile (then what that
         stored stands)."""
-        self.firing.discard(msg.id)
+        self.firing.pop(msg.id, None)
         active = self._active.get(msg.id)
-        if active is not None and active[0] is msg:
+        if (active[0] if active is not None else self._held.get(msg.id)) is msg:
             msg.next_run_at.CopyFrom(run_pb2.Schedule.FromString(row.body).next_run_at)
         self._update_next()
 
     def retry(self, msg: run_pb2.Schedule) -> None:
         """A fire failed for the server's own reasons (the store): it fires again."""
-        self.firing.discard(msg.id)
+        self.firing.pop(msg.id, None)
         self._update_next()
 
     def skip(self, msg: run_pb2.Schedule, row: ScheduleRow, why: str) -> None:
@@ -306,7 +365,7 @@ def advance(store: Store, row: ScheduleRow) -> None:
 
 def identity(msg: run_pb2.Schedule) -> bytes:
     """What makes two schedules the same: all the caller chose (flow, version, timing,
-    time zone, parameters, catch-up); not the id, the times the server sets, nor
+    time zone, parameters, catch-up, name); not the id, the times the server sets, nor
     whether it is paused (a deploy re-creating its schedules keeps a pause an
     operator made)."""
     same = run_pb2.Schedule()

@@ -606,8 +606,10 @@ class Store(OpsStore, Protocol):
         ...
 
     # schedules
-    def put_schedule(self, row: ScheduleRow) -> None:
-        """Insert or replace a schedule."""
+    def put_schedule(self, row: ScheduleRow, replaces: str = "") -> None:
+        """Insert or replace a schedule; with ``replaces``, the schedule of that id is
+        deleted in the same transaction (a schedule replaced by one of the same name;
+        nothing when it is gone already)."""
         ...
 
     def list_schedules(self, flow_name: str = "") -> list[ScheduleRow]:

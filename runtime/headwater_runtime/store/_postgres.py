@@ -750,10 +750,13 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
 
     # -------------------------------------------------------------- schedules
 
-    def put_schedule(self, row: ScheduleRow) -> None:
-        """Create or replace a schedule."""
+    def put_schedule(self, row: ScheduleRow, replaces: str = "") -> None:
+        """Create or replace a schedule (``Store.put_schedule``)."""
 
         def work(conn: Conn) -> None:
+            if replaces:
+                conn.execute("DELETE FROM schedules WHERE id=%s", (replaces,))
+                conn.execute("DELETE FROM payload_refs WHERE owner=%s", (f"schedule:{replaces}",))
             if build := schedule_build(row.body):
                 touch_build(conn.execute, "GREATEST", "%s", row.flow_name, build, self._clock())
             conn.execute(

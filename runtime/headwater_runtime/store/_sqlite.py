@@ -800,11 +800,14 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
     # -------------------------------------------------------------- schedules
 
-    def put_schedule(self, row: ScheduleRow) -> None:
-        """Create or replace a schedule."""
+    def put_schedule(self, row: ScheduleRow, replaces: str = "") -> None:
+        """Create or replace a schedule (``Store.put_schedule``)."""
         db = self._db
 
         def work() -> None:
+            if replaces:
+                db.execute("DELETE FROM schedules WHERE id=?", (replaces,))
+                db.execute("DELETE FROM payload_refs WHERE owner=?", (f"schedule:{replaces}",))
             if build := schedule_build(row.body):
                 touch_build(db.execute, "max", "?", row.flow_name, build, self._clock())
             db.execute(

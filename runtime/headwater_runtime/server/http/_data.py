@@ -386,6 +386,7 @@ def schedule_json(msg: run_pb2.Schedule) -> JSON:
     spec = msg.WhichOneof("spec")
     return {
         "id": msg.id,
+        "name": msg.name,
         "flow_name": msg.flow_name,
         "flow_version": msg.flow_version,
         "every": seconds(msg.interval) if spec == "interval" else None,

@@ -848,7 +848,7 @@ async function schedulesPage() {
     main().innerHTML = `<h1>Schedules</h1><table id="schedules"><thead><tr><th>Schedule</th><th>Flow</th><th>When</th>
       <th>Next run</th><th>State</th><th></th></tr></thead><tbody>
       ${schedules.map((s) => `<tr data-schedule="${esc(s.id)}" data-paused="${s.paused}">
-        <td class="mono"><a href="/runs?schedule=${esc(s.id)}">${esc(s.id.slice(0, 8))}</a></td>
+        <td><a class="mono" href="/runs?schedule=${esc(s.id)}">${esc(s.id.slice(0, 8))}</a>${s.name ? ` <span class="wrap" data-name>${esc(s.name)}</span>` : ""}</td>
         <td class="wrap">${esc(s.flow_name)}${s.flow_version ? ` v${esc(s.flow_version)}` : ""}</td>
         <td>${s.every ? `every ${esc(fmtDur(s.every))}` : `cron <code>${esc(s.cron)}</code> ${esc(s.timezone)}`}</td>
         <td>${s.paused ? "—" : esc(fmtTime(s.next_run_at))}</td>
