@@ -477,6 +477,10 @@ def test_a_deploy_with_a_schedule_name_changes_that_schedule_after_a_code_change
         "greet-hourly",
         "3",
     )
+    code, _, err = cli("create", str(path), "--every", "1h", "--name", "a\nb")
+    assert code == 2 and err == (
+        "headwater: error: --name 'a\\nb' must not contain control characters\n"
+    )
     code, out, _ = cli("pause", "greet-hourly")
     assert code == 0 and out.startswith(f"{second_id}  greet-hourly  paused ")
     with Client(server.address, token="tok") as client:

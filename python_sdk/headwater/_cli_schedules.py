@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from headwater.wire import parse_duration, printable
+from headwater.wire import check_name, parse_duration, printable
 
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
@@ -75,6 +75,11 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
             if (args.every is None) == (args.cron is None):
                 raise UsageError("give exactly one of --every DURATION or --cron EXPRESSION")
+            if args.name:
+                try:
+                    check_name("--name", args.name)
+                except ValueError as exc:
+                    raise UsageError(str(exc)) from None
             with user_output_to_stderr():  # (the module loads, the flow's body runs)
                 flow = load_flow(args.target)
                 schedule, created, replaced = client._create_schedule(

@@ -35,6 +35,7 @@ from headwater.wire import (
     PayloadTransferError,
     TaskRunState,
     TLSSettings,
+    check_name,
     decode_value,
     encode,
     explain_unreachable,
@@ -842,6 +843,8 @@ class Client(OperationsClient):
     ) -> tuple[ScheduleInfo, bool, str]:
         """``create_schedule``, whether it created the schedule (False: an identical
         one existed), and the id of the schedule of the same name it replaced ("")."""
+        if name:  # (before a Flow object is deployed for it)
+            check_name("a schedule's name", name)
         flow_name, version, values = self._prepare(flow, params, version)
         msg = schedule_message(
             flow_name, version, every, cron, values, timezone, paused, catchup, name
