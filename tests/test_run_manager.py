@@ -450,9 +450,9 @@ def test_a_wide_result_is_applied_aside_and_outcomes_that_come_meanwhile_wait(
     manager.flush()
     assert len(dispatch.submitted) == 1  # numbers
     dispatch.submitted.clear()
-    active = manager.set_aside(row.id, expanding=True)
+    active = manager.set_aside(row.id, expanding=10_000)
     assert active is not None and active.large, "a small graph, large once it expands"
-    assert manager.set_aside(row.id, expanding=True) is None  # aside already
+    assert manager.set_aside(row.id, expanding=10_000) is None  # aside already
     result = TaskSucceeded("numbers", 1, value_of([0, 1, 2, 3], split=True))
     ignored: list[Any] = []
     thread = threading.Thread(

@@ -43,15 +43,16 @@ class RunsAside:
 
         def _arm_timer(self, active: ActiveRun) -> None: ...
 
-    def set_aside(self, flow_run_id: str, *, expanding: bool = False) -> ActiveRun | None:
+    def set_aside(self, flow_run_id: str, *, expanding: int = 0) -> ActiveRun | None:
         """Take a live run aside, to be worked on off the loop (``cancel_aside`` or
         ``handle_aside`` on a reader thread, then ``rejoin`` on the loop): cancelling
         100,000 queued attempts, or making 100,000 mapped children of one result,
         takes seconds. Until it rejoins, its writes go to a sink of its own and calls
         for it wait; while it is cancelled, attempt outcomes are refused as stale
-        (``handle``). ``expanding``: for a result with that many elements (the run is
-        large from then on, whatever its graph's size). None (do it on the loop) for a
-        small run, one not live, or one aside already."""
+        (``handle``). ``expanding``: for a result with that many elements (with
+        ``Collector.large`` or more, the run is large from then on, whatever its graph's
+        size). None (do it on the loop) for a small run, one not live, or one aside
+        already."""
         active = self.runs.get(flow_run_id)
         if (
             active is None
@@ -60,7 +61,8 @@ class RunsAside:
             or flow_run_id in self._aside
         ):
             return None
-        if not active.large:  # retired off the loop when it ends, like any large run
+        if not active.large and expanding >= self.collector.large:
+            # (retired off the loop when it ends, like any large run)
             active.large = True
             self.collector.large_run_started()
         self._aside[flow_run_id] = []
@@ -70,7 +72,7 @@ class RunsAside:
         return active
 
     def handle_aside(self, active: ActiveRun, event: Event, width: int) -> list[EventIgnored]:
-        """Apply an event to a run set aside (``set_aside(expanding=True)``): on a
+        """Apply an event to a run set aside (``set_aside(expanding=width)``): on a
         reader thread. ``width``: about how many task runs it makes (no full collection
         meanwhile, and what it builds frozen, as for a large run's build: _gc.py)."""
         with self.collector.building(width):

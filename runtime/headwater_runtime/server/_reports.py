@@ -249,7 +249,7 @@ class WorkerReports:
             decide = functools.partial(
                 self._result_event, token, flow_run_id, run_key, msg.result, problems
             )
-            if width >= self.runs.collector.large and self.wide.expand(
+            if self.runs.wide_result(width) and self.wide.expand(
                 session, token, flow_run_id, decide, width
             ):
                 return
