@@ -243,6 +243,16 @@ WORKLOADS: tuple[Workload, ...] = (
         timeout_s=1200,
     ),
     Workload(
+        name="server-map-mid",
+        title="server responsiveness: other clients' round trips while a map over "
+        "5,000 elements (below a large run's 10,000) makes its children",
+        kind="server-map",
+        full={"n": 5_000},
+        quick={"n": 1_000},
+        systems=("server",),
+        server=True,
+    ),
+    Workload(
         name="server-map-1m",
         title="server scale: one map over 1,000,000 elements (1,000,002 task runs)",
         kind="server-map",

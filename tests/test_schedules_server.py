@@ -351,6 +351,11 @@ def test_a_named_schedule_replaces_its_flows_schedule_of_that_name(db: str) -> N
             code, details = await status_of(create(hourly(4, name=bad)))
             assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, details
         assert {s.id for s in await stored()} == {third.schedule.id, unnamed.id}
+        # Two deploys at once: one replaces the schedule, the other what the first stored.
+        both = await asyncio.gather(create(hourly(5)), create(hourly(6)))
+        first_, second_ = sorted(both, key=lambda b: b.replaced != third.schedule.id)
+        assert (first_.replaced, second_.replaced) == (third.schedule.id, first_.schedule.id)
+        assert {s.id for s in await stored()} == {second_.schedule.id, unnamed.id}
         # Runs are listed by the name, as by an id.
         listed = await client.ListFlowRuns(
             cp.ListFlowRunsRequest(schedule_id="hourly"), metadata=AUTH

@@ -116,22 +116,19 @@ class ScheduleRequests:
         same name, if any, is not fired meanwhile (``Scheduler.hold``) and is replaced
         in the same transaction."""
         scheduler = self.scheduler
-        held = scheduler.hold(msg.name) if msg.name else None
+        under_way = scheduler.hold(msg.name) if msg.name else None
         try:
             existing, stored, replaced = await self.core.io.write(
-                _put_unless_identical, scheduler, msg, held[1] if held else None
+                _put_unless_identical, scheduler, msg, under_way
             )
-        except BaseException:
-            if held is not None:
-                scheduler.release(held[0])
-            raise
-        if existing is None:
-            if replaced:
-                scheduler.forget(replaced)
-            scheduler.remember(stored)
+            if existing is None:
+                if replaced:
+                    scheduler.forget(replaced)
+                scheduler.remember(stored)
+        finally:
+            if msg.name:
+                scheduler.release(msg.name)
             self.core.touch()  # the timer loop re-reads the next fire time
-        if held is not None and held[0] != replaced:
-            scheduler.release(held[0])  # (identical: stays as it was)
         return existing, stored, replaced
 
     async def _check_built(self, request: run_pb2.Schedule) -> run_pb2.Schedule:

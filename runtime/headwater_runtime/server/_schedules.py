@@ -82,9 +82,9 @@ class Scheduler:
         # time among them: the loop asks on every wake-up (many per second on a busy
         # server), so an idle answer costs neither a query nor a scan.
         self._active: dict[str, tuple[run_pb2.Schedule, Timing]] = {}
-        #: Enabled schedules not fired while a schedule of the same name replaces them
-        #: (``hold``).
-        self._held: dict[str, run_pb2.Schedule] = {}
+        #: Names whose schedule is not fired while one of that name is being stored to
+        #: replace it (``hold``), and how many such replacements are under way.
+        self._holding: dict[str, int] = {}
         self._next_at: float | None = None
         #: Schedules with a fire under way, and its fire time (not fired again until it
         #: is done).
@@ -113,7 +113,7 @@ class Scheduler:
         return self._next_at
 
     def _update_next(self) -> None:
-        times = (_next_at(m) for m, _ in self._active.values() if m.id not in self.firing)
+        times = (_next_at(m) for m, _ in self._active.values() if self._may_fire(m))
         self._next_at = min(times, default=None)
 
     # ------------------------------------------------------------------ requests
@@ -223,32 +223,36 @@ class Scheduler:
             _set_time(msg, "next_run_at", next_at)
         return msg
 
-    def hold(self, name: str) -> tuple[str, float | None] | None:
-        """Stop firing the enabled schedule named ``name``, which a schedule of the same
-        name is about to replace (None when none is enabled): its id and the fire time
-        of its fire under way (None when none is). On the loop, before the replacement
-        is stored: a fire launched in between would make its run while the replacement
-        fires the same time again. ``release`` undoes it."""
+    def hold(self, name: str) -> float | None:
+        """Fire no schedule named ``name`` until ``release``: one of that name is about
+        to be stored to replace it. On the loop, before the replacement is stored: a
+        fire launched in between would make its run while the replacement, which keeps
+        the stored next time, fired the same time again (so would the schedule a
+        replacement of that name under way at once stores meanwhile). Returns the fire
+        time of the enabled schedule of that name's fire under way (None when none)."""
+        self._holding[name] = self._holding.get(name, 0) + 1
+        self._update_next()
         for schedule_id, (msg, _) in self._active.items():
             if msg.name == name:
-                del self._active[schedule_id]
-                self._held[schedule_id] = msg
-                self._update_next()
-                return schedule_id, self.firing.get(schedule_id)
+                return self.firing.get(schedule_id)
         return None
 
-    def release(self, schedule_id: str) -> None:
-        """Fire a held schedule again (its replacement was not stored), unless it was
-        paused, resumed or deleted meanwhile (then what that stored stands)."""
-        msg = self._held.pop(schedule_id, None)  # (gone when stored meanwhile)
-        if msg is not None:
-            self._active[schedule_id] = (msg, timing_of(msg))
-            self._update_next()
+    def release(self, name: str) -> None:
+        """A replacement of ``name`` (``hold``) was stored, or not: its schedule fires
+        again (what was stored meanwhile is in ``_active`` by then)."""
+        left = self._holding[name] - 1
+        if left:
+            self._holding[name] = left
+        else:
+            del self._holding[name]
+        self._update_next()
+
+    def _may_fire(self, msg: run_pb2.Schedule) -> bool:
+        return msg.id not in self.firing and not (msg.name and msg.name in self._holding)
 
     def remember(self, msg: run_pb2.Schedule) -> None:
         """A schedule was stored as ``msg`` (new, paused or resumed): fire it from now
         on when enabled, not when paused."""
-        self._held.pop(msg.id, None)
         if msg.enabled:
             self._active[msg.id] = (msg, timing_of(msg))
         else:
@@ -257,7 +261,6 @@ class Scheduler:
 
     def forget(self, schedule_id: str) -> None:
         """A schedule was deleted (or replaced)."""
-        self._held.pop(schedule_id, None)
         self._active.pop(schedule_id, None)
         self._update_next()
 
@@ -283,7 +286,7 @@ class Scheduler:
         launched = 0
         for msg, timing in list(self._active.values()):
             for _ in range(MAX_FIRES_PER_TICK):
-                if msg.id in self.firing or self._active.get(msg.id, (None,))[0] is not msg:
+                if not self._may_fire(msg) or self._active.get(msg.id, (None,))[0] is not msg:
                     break
                 next_at = _next_at(msg)
                 if next_at > now:
@@ -326,7 +329,7 @@ class Scheduler:
         stored stands)."""
         self.firing.pop(msg.id, None)
         active = self._active.get(msg.id)
-        if (active[0] if active is not None else self._held.get(msg.id)) is msg:
+        if active is not None and active[0] is msg:
             msg.next_run_at.CopyFrom(run_pb2.Schedule.FromString(row.body).next_run_at)
         self._update_next()
 
