@@ -635,9 +635,9 @@ class Client(OperationsClient):
     ) -> list[RemoteFlowRun]:
         """The most recent flow runs, newest first: at most ``limit`` (fetched 1,000 a
         page), only those of ``flow_name``, in ``states``, created in [``since``,
-        ``until``) and by ``schedule_id`` when given (the id, or a prefix of it only one
-        schedule has; ServerError for an ambiguous one). Task runs are not included (see
-        ``get``)."""
+        ``until``) and by ``schedule_id`` when given (the id, the schedule's name, or a
+        prefix of the id only one schedule has; ServerError for an ambiguous one). Task
+        runs are not included (see ``get``)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         request = cp.ListFlowRunsRequest(

@@ -357,9 +357,9 @@ class ListFlowRunsRequest(google.protobuf.message.Message):
     page_token: builtins.str
     """Token from a previous response, to continue."""
     schedule_id: builtins.str
-    """Only runs created by this schedule (optional): its id, or a prefix of it only one
-    schedule has (in any case; an ambiguous prefix is INVALID_ARGUMENT naming the
-    matches). The whole id of a deleted schedule lists the runs it created.
+    """Only runs created by this schedule (optional): its id, its name, or a prefix of its
+    id only one schedule has (in any case; an ambiguous prefix is INVALID_ARGUMENT
+    naming the matches). The whole id of a deleted schedule lists the runs it created.
     """
     @property
     def states(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[headwater.v1.state_pb2.FlowRunState.ValueType]:
