@@ -760,7 +760,7 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
     large); below that, on the loop as before. Both runs end with every child's result."""
     import threading
 
-    from headwater_runtime.server._runs import WIDE_RESULT
+    from headwater_runtime.server._aside import WIDE_RESULT
 
     async def main() -> None:
         async with (
@@ -804,6 +804,52 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
             worker.cancel()
             (only,) = applied  # the first run's result; not the second's
             assert only[0].startswith("headwater-store-reader") and only[1] is False
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_run_of_a_thousand_task_runs_is_cancelled_off_the_loop(db: str) -> None:
+    """Below 10,000 task runs (a large run) a cancel ran on the event loop: a 9,000-task
+    run's held it ~0.1 s in one callback (asyncio's slow-callback log). From
+    CANCEL_ASIDE task runs on it runs on a reader thread, the run set aside; below, on
+    the loop as before. Either way every task run ends CANCELLED, and so does the run."""
+    import threading
+
+    from headwater_runtime.server._aside import CANCEL_ASIDE
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            runs = running.core.runs
+            threads: list[str] = []
+            cancel_aside = runs.cancel_aside
+
+            def recorded(active: Any, reason: str) -> None:
+                threads.append(threading.current_thread().name)
+                cancel_aside(active, reason)
+
+            runs.cancel_aside = recorded  # type: ignore[method-assign]
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            for n in (CANCEL_ASIDE, CANCEL_ASIDE - 1):
+                graph = graph_pb2.FlowGraph(name=f"flat{n}")
+                for i in range(n):
+                    graph.tasks.add(id=f"t{i}", task_type="none.offers.this")
+                await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(flow_name=graph.name), metadata=AUTH
+                )
+                run_id = created.flow_run.id
+                await client.CancelFlowRun(cp.CancelFlowRunRequest(id=run_id), metadata=AUTH)
+                got = await client.GetFlowRun(
+                    cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
+                )
+                assert got.flow_run.state == FlowRunState.CANCELLED.value
+                states = {t.state for t in got.task_runs}
+                assert (len(got.task_runs), states) == (n, {TaskRunState.CANCELLED.value})
+            (only,) = threads  # the first run's cancel; not the second's
+            assert only.startswith("headwater-store-reader")
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -22,6 +22,20 @@ from ._sink import Sink
 if TYPE_CHECKING:
     from ._runs import ActiveRun
 
+# How much work goes off the loop below ``Collector.large`` (10,000), from which a run
+# counts as large (every such run's cancel and wide results go off the loop):
+#: Elements from which a worker's result is applied off the event loop, its run set
+#: aside (``WideWork.expand``): each mapped child it makes costs the loop ~25 µs, ~70 µs
+#: with a cache lookup (a 5,000-element map stopped every other call for ~0.12 s, ~0.26
+#: s for a cached task).
+WIDE_RESULT = 128
+#: Inputs from which an attempt's Assignment is built off the loop (``WideWork.submit``):
+#: ~4 µs an input.
+WIDE_INPUTS = 1_000
+#: Task runs from which a run is cancelled off the loop (``cancel_aside``): ~10 µs each
+#: on the loop (a 9,000-task run's cancel held it ~0.1 s in one callback).
+CANCEL_ASIDE = 1_000
+
 
 class RunsAside:
     """Runs set aside and the calls waiting for them (a mixin of ``RunManager``)."""
@@ -51,12 +65,12 @@ class RunsAside:
         for it wait; while it is cancelled, attempt outcomes are refused as stale
         (``handle``). ``expanding``: for a result with that many elements (with
         ``Collector.large`` or more, the run is large from then on, whatever its graph's
-        size). None (do it on the loop) for a small run, one not live, or one aside
-        already."""
+        size). None (do it on the loop) for a small run (to cancel: one of fewer than
+        ``CANCEL_ASIDE`` task runs), one not live, or one aside already."""
         active = self.runs.get(flow_run_id)
         if (
             active is None
-            or not (active.large or expanding)
+            or not (active.large or expanding or self._cancelled_aside(active))
             or active.sink is not None
             or flow_run_id in self._aside
         ):
@@ -70,6 +84,9 @@ class RunsAside:
             self._cancelling.add(flow_run_id)
         active.sink = Sink()
         return active
+
+    def _cancelled_aside(self, active: ActiveRun) -> bool:
+        return len(active.engine.runs) >= min(CANCEL_ASIDE, self.collector.large)
 
     def handle_aside(self, active: ActiveRun, event: Event, width: int) -> list[EventIgnored]:
         """Apply an event to a run set aside (``set_aside(expanding=width)``): on a

@@ -438,8 +438,9 @@ class ServerCore(WorkerReports):
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
-        yet: it stays queued). A large run is cancelled on a reader thread
-        (``RunManager.set_aside``): the loop goes on serving everyone else."""
+        yet: it stays queued). A run of 1,000 task runs or more is cancelled on a
+        reader thread (``RunManager.set_aside``): the loop goes on serving everyone
+        else."""
         await self._replayed(flow_run_id)  # cancelled once its journal is replayed
         why = self.not_resumed.get(flow_run_id)
         if why is not None:  # no engine to cancel it: end it in the store

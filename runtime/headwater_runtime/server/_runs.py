@@ -74,7 +74,7 @@ from headwater_runtime.store import (
 )
 from headwater_runtime.tracing import active_tracer, extract, inject
 
-from ._aside import RunsAside
+from ._aside import WIDE_INPUTS, WIDE_RESULT, RunsAside
 from ._assignments import (
     Dispatch,
     PendingAssignment,
@@ -125,14 +125,6 @@ _TERMINAL = frozenset(state for state in TaskRunState if state.is_terminal)
 #: Worker reports that end an attempt (refused at once for a run being cancelled).
 _OUTCOMES = (TaskSucceeded, TaskFailed, TaskSkipped)
 _SUCCESS = frozenset(state for state in TaskRunState if state.is_success)
-#: Elements from which a worker's result is applied off the event loop, its run set
-#: aside (``WideWork.expand``): each mapped child it makes costs the loop ~25 µs, ~70 µs
-#: with a cache lookup (below ``Collector.large``, 10,000, it was all done on the loop:
-#: a 5,000-element map stopped every other call for ~0.12 s, ~0.26 s for a cached task).
-WIDE_RESULT = 128
-#: Inputs from which an attempt's Assignment is built off the loop (``WideWork.submit``):
-#: ~4 µs an input.
-WIDE_INPUTS = 1_000
 
 
 #: A task run no worker was handed (its name and holder).
