@@ -240,6 +240,9 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         #: loop (the server core sets it; called after the commit). Unset: submitted as
         #: any other, its Assignment built when sent.
         self.submit_wide: Callable[[PendingAssignment], None] | None = None
+        #: Fires the due timers of a run of ``CANCEL_ASIDE`` task runs or more off the
+        #: loop (the server core sets it): False when it cannot (then on the loop).
+        self.timers_aside: Callable[[str], bool] | None = None
         #: Called with how many task runs ended in each terminal state where the
         #: per-task ``listeners`` were not told (a run started or cancelled off the loop).
         self.ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]] = []
@@ -511,8 +514,12 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             active = self.runs.get(run_id)
             if active is not None:
                 active.armed_at = None
-                if run_id not in self._aside:  # else re-armed when it rejoins
-                    self._process(active, active.journal.fire_due_timers())
+                if run_id in self._aside:
+                    continue  # re-armed when it rejoins
+                aside = self.timers_aside
+                if aside is not None and self.worked_aside(active) and aside(run_id):
+                    continue
+                self._process(active, active.journal.fire_due_timers())
 
     @property
     def next_timer_at(self) -> float | None:

@@ -114,6 +114,25 @@ class WideWork:
         self.touch()
         return True
 
+    def fire_timers(self, flow_run_id: str) -> bool:
+        """Fire a run's due timers off the loop (``RunManager.fire_timers_aside``: a
+        run timeout cancels every unfinished task run); False when it cannot be set
+        aside (do it on the loop)."""
+        active = self.runs.set_aside(flow_run_id, timers=True)
+        if active is None:
+            return False
+        job = asyncio.ensure_future(self.io.read(self.runs.fire_timers_aside, active))
+
+        def rejoin(done: asyncio.Future[None]) -> None:
+            self.runs.rejoin(active)  # (its timers are armed again)
+            if not done.cancelled() and done.exception() is not None:
+                log.error("firing the timers of %s failed", flow_run_id,
+                          exc_info=done.exception())  # fmt: skip
+            self.touch()
+
+        job.add_done_callback(rejoin)  # even if the server stops meanwhile
+        return True
+
     def submit(self, pending: PendingAssignment) -> None:
         """Build an attempt's Assignment off the loop, then submit it if it is still
         due (``RunManager.submit_wide``)."""
