@@ -23,6 +23,8 @@ from headwater.v1 import (
 from headwater.v1 import (
     control_plane_pb2_grpc,
     graph_pb2,
+    operations_pb2,
+    operations_pb2_grpc,
     run_pb2,
     worker_pb2,
     worker_pb2_grpc,
@@ -902,6 +904,37 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
             assert why == {"the flow run exceeded its timeout of 0.3s"}, why
             assert threads and all(t.startswith("headwater-store-reader") for t in threads)
             assert created.flow_run.id not in running.core.dispatcher._queued  # all dropped
+
+            # Its retry (every task run scheduled again) is made off the loop too (a
+            # 20,000-task run's held the loop 0.38 s), and the run times out again.
+            retried: list[str] = []
+            retry_aside = runs.retry_aside
+
+            def recorded_retry(active: Any, reason: str) -> None:
+                retried.append(threading.current_thread().name)
+                retry_aside(active, reason)
+
+            runs.retry_aside = recorded_retry  # type: ignore[method-assign]
+            ops = operations_pb2_grpc.OperationsServiceStub(channel)
+            await ops.RetryFlowRun(
+                operations_pb2.RetryFlowRunRequest(id=created.flow_run.id, reason="again"),
+                metadata=AUTH,
+            )
+            got = await client.GetFlowRun(
+                cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True),
+                metadata=AUTH,
+            )
+            assert got.flow_run.state == FlowRunState.RUNNING.value
+            assert {t.state for t in got.task_runs} == {TaskRunState.SCHEDULED.value}
+            (only,) = retried
+            assert only.startswith("headwater-store-reader")
+            watch = client.WatchFlowRun(
+                cp.WatchFlowRunRequest(id=created.flow_run.id, flow_run_only=True),
+                metadata=AUTH,
+            )
+            while (change := await watch.read()) is not grpc.aio.EOF:
+                last = change
+            assert last.flow_run.state == FlowRunState.FAILED.value
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -32,10 +32,11 @@ WIDE_RESULT = 128
 #: Inputs from which an attempt's Assignment is built off the loop (``WideWork.submit``):
 #: ~4 µs an input.
 WIDE_INPUTS = 1_000
-#: Task runs from which a run is cancelled, and its due timers fired (a run timeout
-#: cancels every unfinished task run), off the loop (``cancel_aside``,
-#: ``fire_timers_aside``): ~10 µs a task run on the loop (a 9,000-task run's cancel held
-#: it ~0.1 s in one callback, a 20,000-task run's timeout 0.13 s).
+#: Task runs from which a run is cancelled, its due timers fired (a run timeout cancels
+#: every unfinished task run) and its retry made, off the loop (``cancel_aside``,
+#: ``fire_timers_aside``, ``retry_aside``): ~10-20 µs a task run on the loop (a 9,000-task
+#: run's cancel held it ~0.1 s in one callback, a 20,000-task run's timeout 0.13 s, its
+#: retry 0.38 s).
 CANCEL_ASIDE = 1_000
 
 
@@ -60,7 +61,7 @@ class RunsAside:
         def _arm_timer(self, active: ActiveRun) -> None: ...
 
     def set_aside(
-        self, flow_run_id: str, *, expanding: int = 0, timers: bool = False
+        self, flow_run_id: str, *, expanding: int = 0, working: bool = False
     ) -> ActiveRun | None:
         """Take a live run aside, to be worked on off the loop (``cancel_aside`` or
         ``handle_aside`` on a reader thread, then ``rejoin`` on the loop): cancelling
@@ -69,10 +70,10 @@ class RunsAside:
         for it wait; while it is cancelled, attempt outcomes are refused as stale
         (``handle``). ``expanding``: for a result with that many elements (with
         ``Collector.large`` or more, the run is large from then on, whatever its graph's
-        size). ``timers``: to fire its due timers (``fire_timers_aside``; outcomes wait
-        meanwhile, as nothing is being cancelled yet). None (do it on the loop) for a
-        small run (to cancel or fire timers: one of fewer than ``CANCEL_ASIDE`` task
-        runs), one not live, or one aside already."""
+        size). ``working``: to fire its due timers or make its retry
+        (``fire_timers_aside``, ``retry_aside``; outcomes wait meanwhile, as nothing is
+        being cancelled yet). None (do it on the loop) for a small run (but to expand: one
+        of fewer than ``CANCEL_ASIDE`` task runs), one not live, or one aside already."""
         active = self.runs.get(flow_run_id)
         if (
             active is None
@@ -86,13 +87,13 @@ class RunsAside:
             active.large = True
             self.collector.large_run_started()
         self._aside[flow_run_id] = []
-        if not (expanding or timers):
+        if not (expanding or working):
             self._cancelling.add(flow_run_id)
         active.sink = Sink()
         return active
 
     def worked_aside(self, active: ActiveRun) -> bool:
-        """Whether a run is cancelled, and its timers fired, off the loop."""
+        """Whether a run is cancelled, its timers fired and its retry made off the loop."""
         return len(active.engine.runs) >= min(CANCEL_ASIDE, self.collector.large)
 
     def handle_aside(self, active: ActiveRun, event: Event, width: int) -> list[EventIgnored]:
@@ -108,7 +109,7 @@ class RunsAside:
         return ignored
 
     def fire_timers_aside(self, active: ActiveRun) -> None:
-        """Fire the due timers of a run set aside (``set_aside(timers=True)``): on a
+        """Fire the due timers of a run set aside (``set_aside(working=True)``): on a
         reader thread. A run that ends here (its timeout: every unfinished task run
         cancelled) leaves the dispatcher whole (``whole_run``)."""
         with self.collector.building(len(active.engine.runs)):

@@ -586,7 +586,22 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
     def retry(self, active: ActiveRun, reason: str) -> None:
         """Run an ended run (just rebuilt: ``rebuild``) again from its failure, as its
         next run attempt (engine/_rerun.py); on the event loop. The caller checked that
-        the run may be retried and is not active."""
+        the run may be retried and is not active. A run of ``CANCEL_ASIDE`` task runs
+        or more is better retried in steps, its engine's part on a reader thread:
+        ``begin_retry``, ``set_aside(working=True)``, ``retry_aside``, ``rejoin``,
+        ``end_retry``."""
+        self.begin_retry(active)
+        self._process(active, active.journal.handle(RunRetried(reason)))
+        self.end_retry(active)
+
+    def retry_aside(self, active: ActiveRun, reason: str) -> None:
+        """The engine's part of a retry (``retry``), for a run set aside: on a reader
+        thread (every task run to run again is scheduled there)."""
+        with self.collector.building(len(active.engine.runs)):
+            self._process(active, active.journal.handle(RunRetried(reason)))
+
+    def begin_retry(self, active: ActiveRun) -> None:
+        """A retry's first step (``retry``): the run is live again, running."""
         row = active.row
         row.state = _RUNNING
         row.ended_at = None
@@ -602,7 +617,11 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
             attempt = active.engine.run_attempt + 1
             parent = extract(row.trace_context)
             active.trace = RunTracer(self.tracer, row.flow_name, row.id, parent, attempt=attempt)
-        self._process(active, active.journal.handle(RunRetried(reason)))
+
+    def end_retry(self, active: ActiveRun) -> None:
+        """A retry's last step (``retry``), once its engine's part is done: the run's
+        row and its new run attempt are stored, its listeners told."""
+        row = active.row
         if active.engine.state is FlowRunState.RUNNING:  # (it may have ended at once)
             self._sink.batch.flow_runs[row.id] = row
             self._run_attempt(active)

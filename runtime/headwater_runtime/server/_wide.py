@@ -118,7 +118,7 @@ class WideWork:
         """Fire a run's due timers off the loop (``RunManager.fire_timers_aside``: a
         run timeout cancels every unfinished task run); False when it cannot be set
         aside (do it on the loop)."""
-        active = self.runs.set_aside(flow_run_id, timers=True)
+        active = self.runs.set_aside(flow_run_id, working=True)
         if active is None:
             return False
         job = asyncio.ensure_future(self.io.read(self.runs.fire_timers_aside, active))
