@@ -754,14 +754,46 @@ def test_a_watch_sees_the_task_runs_a_run_changed_off_the_loop(db: str) -> None:
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def threads_of(owner: Any, method: str) -> list[str]:
+    """The names of the threads ``owner.method`` runs on from now on (it is wrapped)."""
+    import threading
+
+    called: list[str] = []
+    inner = getattr(owner, method)
+
+    def recorded(*args: Any) -> Any:
+        called.append(threading.current_thread().name)
+        return inner(*args)
+
+    setattr(owner, method, recorded)
+    return called
+
+
+async def end_of(client: control_plane_pb2_grpc.ControlPlaneServiceStub, run_id: str) -> Any:
+    """The flow run as it ended (watched until its watch ends)."""
+    watch = client.WatchFlowRun(
+        cp.WatchFlowRunRequest(id=run_id, flow_run_only=True), metadata=AUTH
+    )
+    last = None
+    while (change := await watch.read()) is not grpc.aio.EOF:
+        last = change.flow_run
+    return last
+
+
+def flat_graph(name: str, n: int) -> graph_pb2.FlowGraph:
+    """``n`` independent tasks of a type no worker offers (they stay queued)."""
+    graph = graph_pb2.FlowGraph(name=name)
+    for i in range(n):
+        graph.tasks.add(id=f"t{i}", task_type="none.offers.this")
+    return graph
+
+
 def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> None:
     """A result of fewer than 10,000 elements (Collector.large) made its mapped children
     on the event loop: a 5,000-element map stopped every other call for ~0.12 s in one
     callback, ~0.26 s for a cached task (a cache lookup each). From WIDE_RESULT
     elements on it is applied on a reader thread, the run set aside (and not counted as
     large); below that, on the loop as before. Both runs end with every child's result."""
-    import threading
-
     from headwater_runtime.server._aside import WIDE_RESULT
 
     async def main() -> None:
@@ -770,14 +802,8 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             runs = running.core.runs
-            applied: list[tuple[str, bool]] = []  # (thread, the run counted as large)
-            handle_aside = runs.handle_aside
-
-            def recorded(active: Any, event: Any, width: int) -> Any:
-                applied.append((threading.current_thread().name, active.large))
-                return handle_aside(active, event, width)
-
-            runs.handle_aside = recorded  # type: ignore[method-assign]
+            applied = threads_of(runs, "handle_aside")
+            counted_large = threads_of(runs.collector, "large_run_started")
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             await client.RegisterFlow(
                 cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
@@ -791,13 +817,8 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
                     ),
                     metadata=AUTH,
                 )
-                watch = client.WatchFlowRun(
-                    cp.WatchFlowRunRequest(id=created.flow_run.id, flow_run_only=True),
-                    metadata=AUTH,
-                )
-                while (change := await watch.read()) is not grpc.aio.EOF:
-                    last = change
-                assert last.flow_run.state == FlowRunState.SUCCESS.value
+                ended = await end_of(client, created.flow_run.id)
+                assert ended.state == FlowRunState.SUCCESS.value
                 got = await client.GetFlowRun(
                     cp.GetFlowRunRequest(id=created.flow_run.id), metadata=AUTH
                 )
@@ -805,7 +826,8 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
             stop.set()
             worker.cancel()
             (only,) = applied  # the first run's result; not the second's
-            assert only[0].startswith("headwater-store-reader") and only[1] is False
+            assert only.startswith("headwater-store-reader")
+            assert counted_large == []
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
@@ -815,8 +837,6 @@ def test_a_run_of_a_thousand_task_runs_is_cancelled_off_the_loop(db: str) -> Non
     run's held it ~0.1 s in one callback (asyncio's slow-callback log). From
     CANCEL_ASIDE task runs on it runs on a reader thread, the run set aside; below, on
     the loop as before. Either way every task run ends CANCELLED, and so does the run."""
-    import threading
-
     from headwater_runtime.server._aside import CANCEL_ASIDE
 
     async def main() -> None:
@@ -824,20 +844,10 @@ def test_a_run_of_a_thousand_task_runs_is_cancelled_off_the_loop(db: str) -> Non
             serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
-            runs = running.core.runs
-            threads: list[str] = []
-            cancel_aside = runs.cancel_aside
-
-            def recorded(active: Any, reason: str) -> None:
-                threads.append(threading.current_thread().name)
-                cancel_aside(active, reason)
-
-            runs.cancel_aside = recorded  # type: ignore[method-assign]
+            threads = threads_of(running.core.runs, "cancel_aside")
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             for n in (CANCEL_ASIDE, CANCEL_ASIDE - 1):
-                graph = graph_pb2.FlowGraph(name=f"flat{n}")
-                for i in range(n):
-                    graph.tasks.add(id=f"t{i}", task_type="none.offers.this")
+                graph = flat_graph(f"flat{n}", n)
                 await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
                 created = await client.CreateFlowRun(
                     cp.CreateFlowRunRequest(flow_name=graph.name), metadata=AUTH
@@ -861,8 +871,6 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
     for every run (a 20,000-task run's held the loop 0.13 s in one callback). From
     CANCEL_ASIDE task runs on, a run's due timers are fired on a reader thread, the run
     set aside; it ends FAILED with the timeout's message, every task run CANCELLED."""
-    import threading
-
     from headwater_runtime.server._aside import CANCEL_ASIDE
 
     async def main() -> None:
@@ -871,30 +879,15 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             runs = running.core.runs
-            threads: list[str] = []
-            fire = runs.fire_timers_aside
-
-            def recorded(active: Any) -> None:
-                threads.append(threading.current_thread().name)
-                fire(active)
-
-            runs.fire_timers_aside = recorded  # type: ignore[method-assign]
+            threads = threads_of(runs, "fire_timers_aside")
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-            graph = graph_pb2.FlowGraph(name="timed")
+            graph = flat_graph("timed", CANCEL_ASIDE)
             graph.timeout.FromMilliseconds(300)
-            for i in range(CANCEL_ASIDE):
-                graph.tasks.add(id=f"t{i}", task_type="none.offers.this")
             await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
             created = await client.CreateFlowRun(
                 cp.CreateFlowRunRequest(flow_name="timed"), metadata=AUTH
             )
-            watch = client.WatchFlowRun(
-                cp.WatchFlowRunRequest(id=created.flow_run.id, flow_run_only=True),
-                metadata=AUTH,
-            )
-            while (change := await watch.read()) is not grpc.aio.EOF:
-                last = change
-            assert last.flow_run.state == FlowRunState.FAILED.value
+            assert (await end_of(client, created.flow_run.id)).state == FlowRunState.FAILED.value
             got = await client.GetFlowRun(
                 cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True),
                 metadata=AUTH,
@@ -907,14 +900,7 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
 
             # Its retry (every task run scheduled again) is made off the loop too (a
             # 20,000-task run's held the loop 0.38 s), and the run times out again.
-            retried: list[str] = []
-            retry_aside = runs.retry_aside
-
-            def recorded_retry(active: Any, reason: str) -> None:
-                retried.append(threading.current_thread().name)
-                retry_aside(active, reason)
-
-            runs.retry_aside = recorded_retry  # type: ignore[method-assign]
+            retried = threads_of(runs, "retry_aside")
             ops = operations_pb2_grpc.OperationsServiceStub(channel)
             await ops.RetryFlowRun(
                 operations_pb2.RetryFlowRunRequest(id=created.flow_run.id, reason="again"),
@@ -928,13 +914,7 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
             assert {t.state for t in got.task_runs} == {TaskRunState.SCHEDULED.value}
             (only,) = retried
             assert only.startswith("headwater-store-reader")
-            watch = client.WatchFlowRun(
-                cp.WatchFlowRunRequest(id=created.flow_run.id, flow_run_only=True),
-                metadata=AUTH,
-            )
-            while (change := await watch.read()) is not grpc.aio.EOF:
-                last = change
-            assert last.flow_run.state == FlowRunState.FAILED.value
+            assert (await end_of(client, created.flow_run.id)).state == FlowRunState.FAILED.value
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -72,8 +72,9 @@ class RunsAside:
         ``Collector.large`` or more, the run is large from then on, whatever its graph's
         size). ``working``: to fire its due timers or make its retry
         (``fire_timers_aside``, ``retry_aside``; outcomes wait meanwhile, as nothing is
-        being cancelled yet). None (do it on the loop) for a small run (but to expand: one
-        of fewer than ``CANCEL_ASIDE`` task runs), one not live, or one aside already."""
+        being cancelled yet). None (do it on the loop) for a small run (one of fewer than
+        ``CANCEL_ASIDE`` task runs, unless to expand), one not live, or one aside
+        already."""
         active = self.runs.get(flow_run_id)
         if (
             active is None
