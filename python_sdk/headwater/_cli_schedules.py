@@ -166,7 +166,11 @@ def add_schedules_command(sub: Any) -> None:
         "this flow's schedule replaces that schedule, keeping its pause (and, with the "
         "same timing, its fire times); pause, resume and delete take the name too",
     )
-    create.add_argument("--paused", action="store_true", help="create it paused")
+    create.add_argument(
+        "--paused",
+        action="store_true",
+        help="create it paused (a replacement of a named one keeps that one's pause)",
+    )
     create.add_argument(
         "--catchup", action="store_true", help="after downtime, fire every missed time"
     )

@@ -823,8 +823,9 @@ class Client(OperationsClient):
         run again. A ``name`` (unique on the server) makes a schedule that replaces the
         one of the same name, when that is the same flow's: a deploy after a change of
         the flow's code, its parameters or its timing changes its schedule rather than
-        adding a second one. The replacement keeps the old one's pause, and with the
-        same timing its fire times. See docs/schedules.md."""
+        adding a second one. The replacement keeps the old one's pause (``paused``
+        applies to a new name only), and with the same timing its fire times. See
+        docs/schedules.md."""
         return self._create_schedule(
             flow, every, cron, params, timezone, paused, catchup, version, name
         )[0]
