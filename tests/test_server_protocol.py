@@ -919,6 +919,55 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_attempts_past_their_start_timeout_fail_a_few_hundred_a_turn(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every attempt no worker took within its schedule_to_start_timeout failed in one
+    turn of the timer loop: 20,000 at once held the loop 0.28 s (asyncio's
+    slow-callback log). Now at most EXPIRE_PER_TURN a turn (here 10, for 35 attempts),
+    the next turn at once: every one still fails, never started, and the run ends."""
+    from headwater_runtime.server import _core
+
+    monkeypatch.setattr(_core, "EXPIRE_PER_TURN", 10)
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            dispatcher = running.core.dispatcher
+            turns: list[int] = []
+            overdue = dispatcher.overdue
+
+            def counted(now: float, at_most: int | None = None) -> Any:
+                expired = overdue(now, at_most)
+                if expired:
+                    turns.append(len(expired))
+                return expired
+
+            dispatcher.overdue = counted  # type: ignore[method-assign]
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = flat_graph("unstarted", 35)
+            for task in graph.tasks:
+                task.schedule_to_start_timeout.FromMilliseconds(200)
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+            created = await client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="unstarted"), metadata=AUTH
+            )
+            assert (await end_of(client, created.flow_run.id)).state == FlowRunState.FAILED.value
+            got = await client.GetFlowRun(
+                cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True),
+                metadata=AUTH,
+            )
+            assert {t.state for t in got.task_runs} == {TaskRunState.FAILED.value}
+            assert all(
+                "schedule_to_start_timeout of 0.2s" in t.history[-1].message for t in got.task_runs
+            )
+            assert sum(turns) == 35 and max(turns) == 10, turns
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_a_watcher_that_stops_reading_holds_about_one_note_per_task_run(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

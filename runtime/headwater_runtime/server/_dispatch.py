@@ -305,11 +305,14 @@ class Dispatcher:
         """When the earliest schedule_to_start_timeout may expire."""
         return self._start_by[0][0] if self._start_by else None
 
-    def overdue(self, now: float) -> list[PendingAssignment]:
+    def overdue(self, now: float, at_most: int | None = None) -> list[PendingAssignment]:
         """Remove and return the attempts still waiting for a worker past their
-        ``start_by`` (those a worker took meanwhile are forgotten)."""
-        expired = []
+        ``start_by`` (those a worker took meanwhile are forgotten), at most ``at_most``
+        of them (the rest stay due)."""
+        expired: list[PendingAssignment] = []
         while self._start_by and self._start_by[0][0] <= now:
+            if at_most is not None and len(expired) >= at_most:
+                break
             _, _, pending = heapq.heappop(self._start_by)
             if self.take_pending(pending.token) is pending:
                 expired.append(pending)
