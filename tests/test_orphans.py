@@ -263,3 +263,28 @@ def test_a_server_paused_past_the_heartbeat_timeout_keeps_its_workers(tmp_path: 
         )
     finally:
         procs.stop()
+
+
+def test_orphans_expire_in_deadline_order_a_bounded_number_at_a_time() -> None:
+    """The timer loop asks for the next deadline on every turn, and counts lost the
+    orphans past theirs: a scan of every orphan each turn (tens of thousands after a
+    restart with many attempts held) and all of them lost in one turn held the loop.
+    Now a heap (orphans claimed or postponed meanwhile are skipped), at most
+    ``at_most`` a call."""
+    from headwater_runtime.server._orphans import Orphans
+
+    orphans = Orphans()
+    for i in range(6):
+        orphans.add((f"r/t{i}", 1), Orphan("r", 100.0 + i, "w"))
+    assert orphans.next_deadline() == 100.0
+    orphans.pop(("r/t0", 1))  # claimed by its worker
+    assert orphans.next_deadline() == 101.0
+    assert orphans.expired(50.0, 10) == []
+    first = orphans.expired(104.0, 2)
+    assert [token for token, _ in first] == [("r/t1", 1), ("r/t2", 1)]
+    assert orphans.next_deadline() == 103.0  # still due: the next turn comes at once
+    orphans.postpone(10.0)  # the server itself did not run for 10 s
+    assert orphans.next_deadline() == 113.0 and orphans.expired(104.0, 10) == []
+    rest = orphans.expired(200.0, 10)
+    assert [token for token, _ in rest] == [("r/t3", 1), ("r/t4", 1), ("r/t5", 1)]
+    assert len(orphans) == 0 and orphans.next_deadline() is None

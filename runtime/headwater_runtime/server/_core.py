@@ -83,8 +83,9 @@ TICK = 0.5
 #: A turn of the timer loop later than this (seconds, beyond TICK): the server itself
 #: did not run meanwhile (``ServerCore._caught_up``).
 STALLED = 1.0
-#: Attempts failed for their schedule_to_start_timeout in one turn of the timer loop
-#: (~15 µs each; more wait for the next turn, which comes at once).
+#: Attempts failed for their schedule_to_start_timeout, and orphans counted lost, in
+#: one turn of the timer loop (~15 µs each; more wait for the next turn, which comes at
+#: once).
 EXPIRE_PER_TURN = 500
 
 SERVER_VERSION = "0.1.0"
@@ -605,7 +606,9 @@ class ServerCore(WorkerReports):
                 due.append(now)
             elif self.dispatcher.next_start_by is not None:
                 due.append(self.dispatcher.next_start_by)
-            due.extend(self._orphans.deadlines())
+            orphans_due = self._orphans.next_deadline()
+            if orphans_due is not None:
+                due.append(orphans_due)
             if self.exports.next_release_at is not None:
                 due.append(self.exports.next_release_at)
             if self.schedules.next_fire_at is not None:
@@ -898,7 +901,9 @@ class ServerCore(WorkerReports):
             self._fail_attempt(pending, failure, never_started=True)
 
     def _expire_orphans(self, now: float) -> None:
-        for token, orphan in self._orphans.expired(now):
+        """Count lost the orphans nobody claimed in time, at most EXPIRE_PER_TURN in a
+        turn of the timer loop (the next turn comes at once while more are due)."""
+        for token, orphan in self._orphans.expired(now, EXPIRE_PER_TURN):
             self._lost(orphan.flow_run_id, token[0], token[1])
             self.ops.orphan_lost(token)
 

@@ -21,7 +21,8 @@ session that could have been given it adopts it, as then.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ._assignments import Token
@@ -40,10 +41,15 @@ class Orphan:
 
 
 class Orphans:
-    """The orphans of a restarted server, by token."""
+    """The orphans of a restarted server, by token, and their deadlines in order (the
+    timer loop asks for the next one on every turn: a scan of 20,000 orphans each
+    turn, for the whole heartbeat window, was not free)."""
 
     def __init__(self) -> None:
         self._held: dict[Token, Orphan] = {}
+        #: (deadline, token), the earliest first; entries of orphans gone or postponed
+        #: since are skipped when they come up.
+        self._deadlines: list[tuple[float, Token]] = []
 
     def __contains__(self, token: object) -> bool:
         return token in self._held
@@ -54,6 +60,7 @@ class Orphans:
     def add(self, token: Token, orphan: Orphan) -> None:
         """An attempt to wait for."""
         self._held[token] = orphan
+        heapq.heappush(self._deadlines, (orphan.deadline, token))
 
     def get(self, token: Token) -> Orphan | None:
         """The orphan of this token (None: none)."""
@@ -81,21 +88,35 @@ class Orphans:
             if orphan.holder in holders and token not in skip
         ]
 
-    def expired(self, now: float) -> Iterator[tuple[Token, Orphan]]:
-        """The orphans whose deadline passed, removed."""
-        for token, orphan in list(self._held.items()):
-            if orphan.deadline <= now:
+    def expired(self, now: float, at_most: int) -> list[tuple[Token, Orphan]]:
+        """The orphans whose deadline passed, removed: at most ``at_most`` of them (the
+        rest stay due)."""
+        found: list[tuple[Token, Orphan]] = []
+        while len(found) < at_most and self._deadlines and self._deadlines[0][0] <= now:
+            deadline, token = heapq.heappop(self._deadlines)
+            orphan = self._held.get(token)
+            if orphan is not None and orphan.deadline == deadline:
                 del self._held[token]
-                yield token, orphan
+                found.append((token, orphan))
+        return found
 
-    def deadlines(self) -> Iterator[float]:
-        """When each orphan is counted lost."""
-        return (orphan.deadline for orphan in self._held.values())
+    def next_deadline(self) -> float | None:
+        """When the next orphan is counted lost (None: none is waited for)."""
+        heap = self._deadlines
+        while heap:
+            deadline, token = heap[0]
+            orphan = self._held.get(token)
+            if orphan is not None and orphan.deadline == deadline:
+                return deadline
+            heapq.heappop(heap)  # (gone, or postponed: its new entry is in the heap)
+        return None
 
     def postpone(self, seconds: float) -> None:
         """Every deadline ``seconds`` later (the server itself did not run meanwhile)."""
         for orphan in self._held.values():
             orphan.deadline += seconds
+        self._deadlines = [(o.deadline, token) for token, o in self._held.items()]
+        heapq.heapify(self._deadlines)
 
 
 __all__ = ["Orphan", "Orphans"]
