@@ -968,6 +968,47 @@ def test_attempts_past_their_start_timeout_fail_a_few_hundred_a_turn(
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_run_worked_on_off_the_loop_when_it_is_due_late_is_checked_once_it_rejoins(
+    db: str,
+) -> None:
+    """The late check scans the run's task runs on the loop; a run set aside at that
+    moment has its engine changed on a reader thread (a wide result, a cancel, a timer,
+    a retry), so it is checked when it rejoins: marked late then, not skipped."""
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0, late_after=0.2) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            graph = flat_graph("unoffered", 3)
+            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+            created = await client.CreateFlowRun(
+                cp.CreateFlowRunRequest(flow_name="unoffered"), metadata=AUTH
+            )
+            run_id = created.flow_run.id
+            runs = running.core.runs
+            runs.collector.large = 1  # (a 3-task run may be set aside)
+            active = runs.set_aside(run_id, working=True)
+            assert active is not None
+            await asyncio.sleep(0.6)  # its late time passes while it is aside
+
+            async def late() -> bool:
+                got = await client.GetFlowRun(cp.GetFlowRunRequest(id=run_id), metadata=AUTH)
+                return bool(got.flow_run.late_reason)
+
+            assert not await late()
+            runs.rejoin(active)
+            running.core.touch()
+            for _ in range(100):
+                if await late():
+                    break
+                await asyncio.sleep(0.05)
+            assert await late()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_a_watcher_that_stops_reading_holds_about_one_note_per_task_run(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

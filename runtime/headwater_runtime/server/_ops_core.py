@@ -198,13 +198,14 @@ class Operations:
         freed = self.limits.due()
         if freed:
             dispatcher.requeue(freed)
+        runs = self.core.runs
         for run_id in self.late.due(now):
-            active = self.core.runs.runs.get(run_id)
-            # Checked here, once, rather than when the run began: a run started off the
-            # loop may have had task runs end at once (cache hits) unseen by _task_changed,
-            # and scanning a 100,000-task run as it is adopted would stall the loop.
-            if active is not None and not _started(active.engine):
-                self._mark_late(run_id, now)
+            if runs.waiting(run_id):
+                # Worked on off the loop meanwhile (its engine changing on a reader
+                # thread): checked once it rejoins.
+                runs.later(run_id, functools.partial(self._check_late, run_id))
+            else:
+                self._check_late(run_id, now)
         if now >= self._next_sample:
             self._next_sample = now + SAMPLE_EVERY
             self.metrics.sample(
@@ -224,6 +225,15 @@ class Operations:
             if at is not None:
                 due.append(at)
         return min(due)
+
+    def _check_late(self, run_id: str, now: float | None = None) -> None:
+        """Mark a run late unless a task run of it started (its late time came).
+        Checked here, once, rather than when the run began: a run started off the loop
+        may have had task runs end at once (cache hits) unseen by _task_changed, and
+        scanning a 100,000-task run as it is adopted would stall the loop."""
+        active = self.core.runs.runs.get(run_id)
+        if active is not None and not _started(active.engine):
+            self._mark_late(run_id, self.core.clock.now() if now is None else now)
 
     async def _store_workers(self, rows: list[WorkerRow]) -> None:
         try:
