@@ -780,6 +780,24 @@ async def end_of(client: control_plane_pb2_grpc.ControlPlaneServiceStub, run_id:
     return last
 
 
+async def run_of(client: control_plane_pb2_grpc.ControlPlaneServiceStub, graph: Any) -> str:
+    """Register ``graph`` and start a run of it: its id."""
+    await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
+    created = await client.CreateFlowRun(
+        cp.CreateFlowRunRequest(flow_name=graph.name), metadata=AUTH
+    )
+    return str(created.flow_run.id)
+
+
+async def with_task_runs(
+    client: control_plane_pb2_grpc.ControlPlaneServiceStub, run_id: str
+) -> Any:
+    """GetFlowRun of ``run_id`` with its task runs."""
+    return await client.GetFlowRun(
+        cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
+    )
+
+
 def flat_graph(name: str, n: int) -> graph_pb2.FlowGraph:
     """``n`` independent tasks of a type no worker offers (they stay queued)."""
     graph = graph_pb2.FlowGraph(name=name)
@@ -847,16 +865,9 @@ def test_a_run_of_a_thousand_task_runs_is_cancelled_off_the_loop(db: str) -> Non
             threads = threads_of(running.core.runs, "cancel_aside")
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             for n in (CANCEL_ASIDE, CANCEL_ASIDE - 1):
-                graph = flat_graph(f"flat{n}", n)
-                await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
-                created = await client.CreateFlowRun(
-                    cp.CreateFlowRunRequest(flow_name=graph.name), metadata=AUTH
-                )
-                run_id = created.flow_run.id
+                run_id = await run_of(client, flat_graph(f"flat{n}", n))
                 await client.CancelFlowRun(cp.CancelFlowRunRequest(id=run_id), metadata=AUTH)
-                got = await client.GetFlowRun(
-                    cp.GetFlowRunRequest(id=run_id, include_task_runs=True), metadata=AUTH
-                )
+                got = await with_task_runs(client, run_id)
                 assert got.flow_run.state == FlowRunState.CANCELLED.value
                 states = {t.state for t in got.task_runs}
                 assert (len(got.task_runs), states) == (n, {TaskRunState.CANCELLED.value})
@@ -883,38 +894,29 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             graph = flat_graph("timed", CANCEL_ASIDE)
             graph.timeout.FromMilliseconds(300)
-            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
-            created = await client.CreateFlowRun(
-                cp.CreateFlowRunRequest(flow_name="timed"), metadata=AUTH
-            )
-            assert (await end_of(client, created.flow_run.id)).state == FlowRunState.FAILED.value
-            got = await client.GetFlowRun(
-                cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True),
-                metadata=AUTH,
-            )
+            run_id = await run_of(client, graph)
+            assert (await end_of(client, run_id)).state == FlowRunState.FAILED.value
+            got = await with_task_runs(client, run_id)
             assert {t.state for t in got.task_runs} == {TaskRunState.CANCELLED.value}
             why = {t.history[-1].message for t in got.task_runs}
             assert why == {"the flow run exceeded its timeout of 0.3s"}, why
             assert threads and all(t.startswith("headwater-store-reader") for t in threads)
-            assert created.flow_run.id not in running.core.dispatcher._queued  # all dropped
+            assert run_id not in running.core.dispatcher._queued  # all dropped
 
             # Its retry (every task run scheduled again) is made off the loop too (a
             # 20,000-task run's held the loop 0.38 s), and the run times out again.
             retried = threads_of(runs, "retry_aside")
             ops = operations_pb2_grpc.OperationsServiceStub(channel)
             await ops.RetryFlowRun(
-                operations_pb2.RetryFlowRunRequest(id=created.flow_run.id, reason="again"),
+                operations_pb2.RetryFlowRunRequest(id=run_id, reason="again"),
                 metadata=AUTH,
             )
-            got = await client.GetFlowRun(
-                cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True),
-                metadata=AUTH,
-            )
+            got = await with_task_runs(client, run_id)
             assert got.flow_run.state == FlowRunState.RUNNING.value
             assert {t.state for t in got.task_runs} == {TaskRunState.SCHEDULED.value}
             (only,) = retried
             assert only.startswith("headwater-store-reader")
-            assert (await end_of(client, created.flow_run.id)).state == FlowRunState.FAILED.value
+            assert (await end_of(client, run_id)).state == FlowRunState.FAILED.value
 
     asyncio.run(asyncio.wait_for(main(), 60))
 
@@ -950,15 +952,9 @@ def test_attempts_past_their_start_timeout_fail_a_few_hundred_a_turn(
             graph = flat_graph("unstarted", 35)
             for task in graph.tasks:
                 task.schedule_to_start_timeout.FromMilliseconds(200)
-            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
-            created = await client.CreateFlowRun(
-                cp.CreateFlowRunRequest(flow_name="unstarted"), metadata=AUTH
-            )
-            assert (await end_of(client, created.flow_run.id)).state == FlowRunState.FAILED.value
-            got = await client.GetFlowRun(
-                cp.GetFlowRunRequest(id=created.flow_run.id, include_task_runs=True),
-                metadata=AUTH,
-            )
+            run_id = await run_of(client, graph)
+            assert (await end_of(client, run_id)).state == FlowRunState.FAILED.value
+            got = await with_task_runs(client, run_id)
             assert {t.state for t in got.task_runs} == {TaskRunState.FAILED.value}
             assert all(
                 "schedule_to_start_timeout of 0.2s" in t.history[-1].message for t in got.task_runs
@@ -981,12 +977,7 @@ def test_a_run_worked_on_off_the_loop_when_it_is_due_late_is_checked_once_it_rej
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-            graph = flat_graph("unoffered", 3)
-            await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph), metadata=AUTH)
-            created = await client.CreateFlowRun(
-                cp.CreateFlowRunRequest(flow_name="unoffered"), metadata=AUTH
-            )
-            run_id = created.flow_run.id
+            run_id = await run_of(client, flat_graph("unoffered", 3))
             runs = running.core.runs
             runs.collector.large = 1  # (a 3-task run may be set aside)
             active = runs.set_aside(run_id, working=True)

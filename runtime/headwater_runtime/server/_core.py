@@ -264,8 +264,6 @@ class ServerCore(WorkerReports):
         self.not_resumed: dict[str, str] = {}
         self._resuming: asyncio.Task[None] | None = None
         self._next_prune = 0.0
-        #: More attempts are past their schedule_to_start_timeout than one turn fails.
-        self._more_overdue = False
         self._pruning: asyncio.Task[None] | None = None
         self.last_prune: PruneReport | None = None
 
@@ -460,10 +458,9 @@ class ServerCore(WorkerReports):
         if active is None:
             self.runs.cancel(flow_run_id, reason)
         else:
-            job = asyncio.ensure_future(self.io.read(self.runs.cancel_aside, active, reason))
+            cancel = functools.partial(self.runs.cancel_aside, active, reason)
             # Rejoins when the thread is done, even if this call is cancelled meanwhile.
-            job.add_done_callback(lambda _: self.runs.rejoin(active))
-            await asyncio.shield(job)
+            await asyncio.shield(self.wide.aside(active, f"cancelling {flow_run_id}", cancel))
         self.touch()
         try:
             await self.durable()
@@ -602,9 +599,7 @@ class ServerCore(WorkerReports):
             due = [now + TICK]
             if self.runs.next_timer_at is not None:
                 due.append(self.runs.next_timer_at)
-            if self._more_overdue:
-                due.append(now)
-            elif self.dispatcher.next_start_by is not None:
+            if self.dispatcher.next_start_by is not None:  # (past: more are overdue)
                 due.append(self.dispatcher.next_start_by)
             orphans_due = self._orphans.next_deadline()
             if orphans_due is not None:
@@ -890,12 +885,10 @@ class ServerCore(WorkerReports):
 
     def _expire_start_timeouts(self, now: float) -> None:
         """Fail attempts no worker took within their schedule_to_start_timeout, at most
-        EXPIRE_PER_TURN in a turn of the timer loop (``_more_overdue``: the next turn
+        EXPIRE_PER_TURN in a turn of the timer loop (the rest stay due: the next turn
         comes at once, after the other callbacks waiting): 20,000 at once held the loop
         0.28 s."""
-        overdue = self.dispatcher.overdue(now, EXPIRE_PER_TURN)
-        self._more_overdue = len(overdue) == EXPIRE_PER_TURN
-        for pending in overdue:
+        for pending in self.dispatcher.overdue(now, EXPIRE_PER_TURN):
             failure = start_timeout_failure(self.dispatcher, pending)
             # No worker took it: SCHEDULED -> FAILED, not a RUNNING it never was.
             self._fail_attempt(pending, failure, never_started=True)

@@ -401,17 +401,10 @@ class Operations:
         runs.begin_retry(active)
         aside = runs.set_aside(active.row.id, working=True)
         assert aside is active, "a run live again just now, not aside"
-        job = asyncio.ensure_future(self.core.io.read(runs.retry_aside, active, reason))
-
-        def rejoin(done: asyncio.Future[None]) -> None:
-            runs.rejoin(active)
-            if done.cancelled() or done.exception() is not None:
-                log.error("retrying %s failed", active.row.id, exc_info=done.exception())
-            runs.end_retry(active)
-            self.core.touch()
-
-        job.add_done_callback(rejoin)
-        await job
+        work = functools.partial(runs.retry_aside, active, reason)
+        await self.core.wide.aside(
+            active, f"retrying {active.row.id}", work, lambda _: runs.end_retry(active)
+        )
 
     async def _retried(self, active: ActiveRun, reason: str) -> None:
         """The retry made, stored and audited (carried to its end: ``to_its_end``)."""

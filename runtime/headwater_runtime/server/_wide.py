@@ -17,8 +17,10 @@ cached task over 5,000 elements (a cache lookup each) stopped them for ~0.35 s. 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from grpc import StatusCode
 
@@ -29,9 +31,11 @@ from ._assignments import PendingAssignment
 from ._dispatch import Dispatcher, WorkerSession
 from ._exports import dask_values
 from ._io import StoreIO
-from ._runs import RunManager
+from ._runs import ActiveRun, RunManager
 
 log = logging.getLogger("headwater.server")
+
+T = TypeVar("T")
 
 #: Why the server refuses a report: its status and message.
 Refusal = tuple[StatusCode, str]
@@ -96,42 +100,53 @@ class WideWork:
             event, refused = decide()
             return self.runs.handle_aside(active, event, width), refused
 
-        job = asyncio.ensure_future(self.io.read(apply))
+        def acknowledge(result: tuple[list[EventIgnored], Refusal | None] | None) -> None:
+            # (None: a bug, the result was not applied. Unacknowledged, the worker sends
+            # it again when it reconnects.)
+            if result is not None:
+                self.ack(session, token, *result)
 
-        def rejoin(done: asyncio.Future[tuple[list[EventIgnored], Refusal | None]]) -> None:
-            self.runs.rejoin(active)
-            if done.cancelled() or done.exception() is not None:
-                # A bug: the result was not applied. Unacknowledged, the worker sends it
-                # again when it reconnects.
-                log.error(
-                    "applying the result of %s failed", token.task_run_id, exc_info=done.exception()
-                )
-            else:
-                self.ack(session, token, *done.result())
-            self.touch()
-
-        job.add_done_callback(rejoin)  # even if the server stops meanwhile
+        self.aside(active, f"applying the result of {token.task_run_id}", apply, acknowledge)
         self.touch()
         return True
 
     def fire_timers(self, flow_run_id: str) -> bool:
         """Fire a run's due timers off the loop (``RunManager.fire_timers_aside``: a
         run timeout cancels every unfinished task run); False when it cannot be set
-        aside (do it on the loop)."""
+        aside (do it on the loop). Its timers are armed again when it rejoins."""
         active = self.runs.set_aside(flow_run_id, working=True)
         if active is None:
             return False
-        job = asyncio.ensure_future(self.io.read(self.runs.fire_timers_aside, active))
+        work = functools.partial(self.runs.fire_timers_aside, active)
+        self.aside(active, f"firing the timers of {flow_run_id}", work)
+        return True
 
-        def rejoin(done: asyncio.Future[None]) -> None:
-            self.runs.rejoin(active)  # (its timers are armed again)
-            if not done.cancelled() and done.exception() is not None:
-                log.error("firing the timers of %s failed", flow_run_id,
-                          exc_info=done.exception())  # fmt: skip
+    def aside(
+        self,
+        active: ActiveRun,
+        what: str,
+        work: Callable[[], T],
+        then: Callable[[T | None], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """``work()`` on a reader thread for a run set aside (``RunManager.set_aside``),
+        then, on the loop, even if the server stops meanwhile: the run rejoins, a
+        failure (a bug) is logged as ``what`` failed, ``then`` gets the result (None when
+        it failed), and the commit pipeline is woken. Returns the work's future."""
+        job = asyncio.ensure_future(self.io.read(work))
+
+        def rejoin(done: asyncio.Future[T]) -> None:
+            self.runs.rejoin(active)
+            failed = done.cancelled() or done.exception() is not None
+            if failed:
+                log.error(
+                    "%s failed", what, exc_info=None if done.cancelled() else done.exception()
+                )
+            if then is not None:
+                then(None if failed else done.result())
             self.touch()
 
-        job.add_done_callback(rejoin)  # even if the server stops meanwhile
-        return True
+        job.add_done_callback(rejoin)
+        return job
 
     def submit(self, pending: PendingAssignment) -> None:
         """Build an attempt's Assignment off the loop, then submit it if it is still
