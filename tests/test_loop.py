@@ -325,38 +325,88 @@ class _WatchedStore(SQLiteStore):
         return super().read_payload(*args, **kwargs)
 
 
-def test_the_store_upkeep_runs_on_the_writer_thread_after_a_write_at_most_so_often() -> None:
-    """The store's upkeep (SQLite: the WAL checkpoint) runs on the writer thread after
-    the write that queued it, whose caller does not wait for it; then not again until
+def test_the_store_upkeep_runs_beside_the_writes_one_at_a_time_at_most_so_often() -> None:
+    """The store's upkeep (SQLite: the WAL checkpoint, several ms) is queued by a write
+    and runs on a thread of its own: the writes that follow are not held up by it (on
+    the writer thread they were: a burst of run creations' slowest 1 % took ~3x
+    longer); no other is queued while one is under way; then not again until
     ``upkeep_every`` has passed."""
     seen: list[tuple[str, str]] = []
-    upkeep_may_end = threading.Event()
+    upkeep_started, upkeep_may_end = threading.Event(), threading.Event()
 
-    def upkeep() -> None:
+    def upkeep(beside_writes: bool) -> bool:
+        assert beside_writes
         seen.append(("upkeep", threading.current_thread().name))
+        upkeep_started.set()
         assert upkeep_may_end.wait(BOUND)
+        return False
 
     def write(tag: str) -> str:
         seen.append((tag, threading.current_thread().name))
         return tag
 
     async def main() -> None:
-        io = StoreIO(upkeep=upkeep, upkeep_every=3600)
+        io = StoreIO(upkeep=upkeep, upkeep_every=0)
         try:
-            assert await io.write(write, "first") == "first"  # not held by the upkeep
-            second = asyncio.ensure_future(io.write(write, "second"))
-            await asyncio.sleep(0.05)
-            assert not second.done(), "a write waits for the upkeep under way"
-            upkeep_may_end.set()
-            assert await second == "second"
-            await io.write(write, "third")
+            assert await io.write(write, "first") == "first"
+            assert await asyncio.to_thread(upkeep_started.wait, BOUND)
+            # Under way: the next writes go on, and queue no other upkeep.
+            assert await asyncio.wait_for(io.write(write, "second"), BOUND) == "second"
+            assert await asyncio.wait_for(io.write(write, "third"), BOUND) == "third"
         finally:
             upkeep_may_end.set()
             io.close()
+        io = StoreIO(upkeep=lambda beside: calls.append(beside) or False, upkeep_every=3600)
+        try:
+            for _ in range(3):
+                await io.write(write, "later")
+        finally:
+            io.close()  # (after the upkeep under way)
+
+    calls: list[bool] = []
+    asyncio.run(main())
+    writer = "headwater-store-writer_0"
+    # (The first write and the upkeep it queued run at once, on two threads.)
+    assert sorted(seen[:2]) == [("first", writer), ("upkeep", "headwater-store-upkeep_0")]
+    assert seen[2:] == [("second", writer), ("third", writer)] + [("later", writer)] * 3
+    assert calls == [True]  # the first write's; the others' too soon after it
+
+
+def test_the_store_upkeep_runs_between_writes_when_the_store_asks() -> None:
+    """An upkeep that returns True (SQLite: the log has not started over, as writes went
+    on beside each checkpoint) has the next one run on the writer thread, after the
+    write that queued it and before the next write; then beside the writes again."""
+    seen: list[tuple[str, bool | None, str]] = []
+
+    def upkeep(beside_writes: bool) -> bool:
+        seen.append(("upkeep", beside_writes, threading.current_thread().name))
+        return len(seen) == 2  # the first asks for the next between writes
+
+    def write(tag: str) -> str:
+        seen.append((tag, None, threading.current_thread().name))
+        return tag
+
+    async def main() -> None:
+        io = StoreIO(upkeep=upkeep, upkeep_every=0)
+        try:
+            for tag in ("first", "second", "third"):
+                await io.write(write, tag)
+                # The upkeep it queued ends (so the next write queues another).
+                assert io._upkeeping is not None
+                await asyncio.wait_for(asyncio.wrap_future(io._upkeeping), BOUND)
+        finally:
+            io.close()
 
     asyncio.run(main())
-    assert [tag for tag, _ in seen] == ["first", "upkeep", "second", "third"]
-    assert {name for _, name in seen} == {"headwater-store-writer_0"}
+    writer, upkeeper = "headwater-store-writer_0", "headwater-store-upkeep_0"
+    # (Each write and an upkeep it queued beside it run at once, on two threads.)
+    assert [entry for entry in seen if entry[2] == writer] == [
+        ("first", None, writer),
+        ("second", None, writer),
+        ("upkeep", False, writer),  # asked for: between the second write and the third
+        ("third", None, writer),
+    ]
+    assert [entry for entry in seen if entry[2] != writer] == [("upkeep", True, upkeeper)] * 2
 
 
 def test_a_download_streams_one_stored_chunk_at_a_time(tmp_path: Path) -> None:

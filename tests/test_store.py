@@ -33,7 +33,7 @@ from headwater_runtime.store import (
     WriteBatch,
     open_store,
 )
-from headwater_runtime.store._sqlite import WAL_CHECKPOINT
+from headwater_runtime.store._sqlite import WAL_CHECKPOINT, WAL_LAGGING
 
 
 @pytest.fixture
@@ -133,6 +133,38 @@ def test_a_claimed_database_is_checkpointed_between_writes_not_in_commits(
     store._db.set_trace_callback(statements.append)
     store.checkpoint()
     assert statements == []
+    store.close()
+
+
+def test_a_checkpoint_beside_writes_asks_for_one_between_them_once_the_log_lags(
+    tmp_path: Path,
+) -> None:
+    """The server checkpoints beside its writes (StoreIO's upkeep thread); a log that
+    has not started over for so long that it passed WAL_LAGGING bytes (each checkpoint
+    met new writes) asks for the next checkpoint between writes, which lets it start
+    over: it stays bounded however the two threads meet."""
+    path = tmp_path / "a.db"
+    store = SQLiteStore(path)
+    store.claim("test")
+    _fill(store, 6)  # over WAL_CHECKPOINT, under WAL_LAGGING
+    assert store.checkpoint(beside_writes=True) is False
+    _fill(store, 1)  # (the log started over: under WAL_CHECKPOINT again)
+    assert _wal_pages(path) * 4096 <= WAL_CHECKPOINT + 2 * CHUNK_SIZE
+    assert store.checkpoint(beside_writes=True) is False
+    # A reader holding the log's first frames is what a write during each checkpoint
+    # does too: the log cannot start over, and grows.
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM payloads").fetchone()
+    _fill(store, WAL_LAGGING // CHUNK_SIZE + 2)
+    assert store.checkpoint(beside_writes=True) is True
+    assert store.checkpoint(beside_writes=False) is False  # (between writes: not asked)
+    reader.rollback()
+    reader.close()
+    store.checkpoint(beside_writes=False)  # all copied: the next write starts it over
+    _fill(store, 1)
+    assert _wal_pages(path) * 4096 <= WAL_CHECKPOINT + 2 * CHUNK_SIZE
+    assert store.checkpoint(beside_writes=True) is False
     store.close()
 
 

@@ -1,9 +1,13 @@
-"""Store work off the event loop: one writer thread, a few reader threads.
+"""Store work off the event loop: one writer thread, a few reader threads, and one
+thread for the store's upkeep.
 
 The server's event loop never waits on the database: commits, run creation and
 payload uploads run on a single writer thread (so writes keep their order), and
 queries on reader threads (SQLite in WAL mode lets readers run beside the writer).
 A large request therefore delays other clients' calls only by the loop's own work.
+The store's upkeep (SQLite: copying the write-ahead log back into the database file,
+several ms for 4 MB) runs beside the writes, on a thread of its own, unless the store
+asks for its next upkeep between writes.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -23,8 +27,8 @@ log = logging.getLogger("headwater.server")
 
 #: Reader threads (queries of runs, task runs, logs, payload chunks).
 READERS = 4
-#: Seconds between two upkeeps of the store on the writer thread (SQLite: copying the
-#: write-ahead log back into the database file; at most a few MB under full load).
+#: Seconds between two upkeeps of the store (SQLite: copying the write-ahead log back
+#: into the database file; at most a few MB under full load).
 UPKEEP_EVERY = 0.1
 
 
@@ -33,37 +37,53 @@ class StoreIO:
 
     Args:
         readers: how many reader threads.
-        upkeep: the store's ``checkpoint`` (run on the writer thread between writes).
+        upkeep: the store's ``checkpoint``: called with ``beside_writes``, it returns
+            whether the next upkeep should run between writes (``Store.checkpoint``).
         upkeep_every: seconds between upkeeps.
     """
 
     def __init__(
         self,
         readers: int = READERS,
-        upkeep: Callable[[], None] | None = None,
+        upkeep: Callable[[bool], bool] | None = None,
         upkeep_every: float = UPKEEP_EVERY,
     ) -> None:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="headwater-store-writer")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="headwater-store-reader")
+        self._upkeeper = ThreadPoolExecutor(1, thread_name_prefix="headwater-store-upkeep")
         self._upkeep = upkeep
         self._upkeep_every = upkeep_every
         self._upkeep_at: float | None = None  # when the last upkeep was queued (monotonic)
+        #: The upkeep queued or under way, if any (no other is queued meanwhile).
+        self._upkeeping: Future[None] | None = None
+        self._between_writes = False  # the store asked for its next upkeep between writes
 
     async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` on the writer thread (after the writes before it).
-        Then, at most every ``upkeep_every`` seconds, the store's upkeep runs there
-        too: after this write's result is on its way back, before the next write."""
+        Then, at most every ``upkeep_every`` seconds and one at a time, the store's
+        upkeep runs: on its own thread, beside the writes that follow; or, when the
+        store asked for it, on the writer thread, after this write's result is on its
+        way back and before the next write."""
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._writer, functools.partial(fn, *args, **kwargs))
-        if self._upkeep is not None:
+        if self._upkeep is not None and (self._upkeeping is None or self._upkeeping.done()):
             now = time.monotonic()
             # (None: none yet. The monotonic clock counts from the machine's boot: a
             # start of 0 held the first upkeep back on a machine up for less than
             # upkeep_every, which a test with an hour's interval met in CI.)
             if self._upkeep_at is None or now - self._upkeep_at >= self._upkeep_every:
                 self._upkeep_at = now
-                self._writer.submit(self._upkeep)  # (it reports its own failures)
+                beside = not self._between_writes
+                on = self._upkeeper if beside else self._writer
+                self._upkeeping = on.submit(self._upkeep_once, self._upkeep, beside)
         return await done
+
+    def _upkeep_once(self, upkeep: Callable[[bool], bool], beside_writes: bool) -> None:
+        """One upkeep (it reports its own failures; anything else is logged here)."""
+        try:
+            self._between_writes = upkeep(beside_writes)
+        except Exception:
+            log.exception("the store's upkeep failed")
 
     async def read(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` on a reader thread."""
@@ -74,6 +94,7 @@ class StoreIO:
         """Wait for the calls under way, then stop the threads."""
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._upkeeper.shutdown(wait=True)
 
 
 #: Work whose caller went away, held until it ends (the loop keeps only weak references).

@@ -697,10 +697,13 @@ class Store(OpsStore, Protocol):
         storage only one server may use (SQLite)."""
         ...
 
-    def checkpoint(self) -> None:
-        """Upkeep a claimed store's writes need, done on the writer thread between
-        them rather than inside a commit (SQLite: copy the write-ahead log back into
-        the database file). Nothing for a store that needs none."""
+    def checkpoint(self, beside_writes: bool = False) -> bool:
+        """Upkeep a claimed store's writes need, done outside their commits (SQLite:
+        copy the write-ahead log back into the database file). ``beside_writes``: on a
+        thread of its own while the writer thread goes on writing; otherwise between
+        writes. Returns whether the next upkeep should run between writes (SQLite: the
+        log has not started over for several upkeeps beside writes). Nothing (False)
+        for a store that needs none."""
         ...
 
     def close(self) -> None:

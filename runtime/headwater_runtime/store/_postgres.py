@@ -206,8 +206,9 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         """Nothing to claim: several servers share a PostgreSQL database, one leading
         (the lease fences every write of the others)."""
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, beside_writes: bool = False) -> bool:
         """Nothing: PostgreSQL checkpoints on its own, outside the server's commits."""
+        return False
 
     def close(self) -> None:
         """Close every connection."""

@@ -68,8 +68,11 @@ log = logging.getLogger("headwater.store")
 T = TypeVar("T")
 
 #: A claimed database's log is copied back once it holds more than this (bytes; SQLite
-#: itself does at 1,000 pages, ~4 MB), by ``checkpoint()`` between writes.
+#: itself does at 1,000 pages, ~4 MB), by ``checkpoint()`` outside the commits.
 WAL_CHECKPOINT = 4 * 1024 * 1024
+#: A log this long has not started over for several checkpoints beside writes (each
+#: met new writes before the next one began): the next checkpoint runs between writes.
+WAL_LAGGING = 4 * WAL_CHECKPOINT
 
 
 def _no_checkpoints_in_commits(db: sqlite3.Connection) -> None:
@@ -284,27 +287,33 @@ class SQLiteStore(SQLiteOps, AccessTables):
             self._blobs.sweep()
         # SQLite copies the write-ahead log back into the database file inside the
         # commit that makes the log pass 1,000 pages: that commit took several ms, and
-        # nothing it covers leaves the server before it is stored. The server's writer
-        # thread calls checkpoint() between writes instead.
+        # nothing it covers leaves the server before it is stored. The server calls
+        # checkpoint() on a thread of its own instead (StoreIO).
         with self._lock:
             self._checkpoints = True
             for db in self._connections:
                 _no_checkpoints_in_commits(db)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, beside_writes: bool = False) -> bool:
         """Once the database is claimed, and the log holds more than WAL_CHECKPOINT
-        bytes: a PASSIVE checkpoint on this thread's connection (the writer thread,
-        between writes: the whole log is copied, so the next write starts it over, and
-        it is cut back to WAL_CHECKPOINT bytes). A failure (the disk is full: the file
-        cannot grow) is logged once and tried again at the next call; the log grows
-        meanwhile, as it would with SQLite's own checkpoints failing."""
+        bytes: a PASSIVE checkpoint on this thread's connection. Between writes (on
+        the writer thread) the whole log is copied, so the next write starts it over,
+        cut back to WAL_CHECKPOINT bytes. Beside writes (the server's upkeep thread:
+        the writer thread is not held up the several ms a copy takes) what was
+        committed when it began is copied, and the log starts over once a checkpoint
+        met no new write; one that has not for so long that it passed WAL_LAGGING
+        bytes asks for the next checkpoint between writes (returns True). A failure
+        (the disk is full: the file cannot grow) is logged once and tried again at the
+        next call; the log grows meanwhile, as it would with SQLite's own checkpoints
+        failing."""
         if not self._checkpoints:
-            return
+            return False
         try:
-            if os.stat(f"{self.path}-wal").st_size <= WAL_CHECKPOINT:
-                return  # (over it only once that much was logged since it started over)
+            size = os.stat(f"{self.path}-wal").st_size
         except OSError:
-            return  # no log: nothing to copy
+            return False  # no log: nothing to copy
+        if size <= WAL_CHECKPOINT:
+            return False  # (over it only once that much was logged since it started over)
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
@@ -320,6 +329,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
             if self._checkpoint_failing:
                 log.warning("the write-ahead log of %s is copied back again", self.path)
             self._checkpoint_failing = False
+        return beside_writes and size > WAL_LAGGING
 
     def close(self) -> None:
         """Close every thread's connection (and remove a temporary database)."""
@@ -1049,66 +1059,76 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
     # 100,000-task run's start built 100,000-element lists of tuples that the young
     # collections on this thread traversed again and again (up to 22 ms each, seen in
     # an instrumented server, with the GIL held: every other thread waited).
-    db.executemany(
-        "INSERT OR IGNORE INTO run_values VALUES (?, ?, ?)",
-        ((v.id, v.data, len(v.data)) for v in batch.values.values()),
-    )
-    db.executemany(
-        "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)",
-        ((f"value:{v.id}", p) for v in batch.values.values() for p in v.payload_ids),
-    )
-    db.executemany(
-        "INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)",
-        ((e.flow_run_id, e.seq, e.at, e.kind, e.body, e.value_id) for e in batch.events),
-    )
-    db.executemany(
-        f"UPDATE flow_runs SET {', '.join(c + '=?' for c in _FLOW_RUN_COLS.split(', ')[1:])} "
-        "WHERE id=?",
-        ((*_flow_run_values(r), r.id) for r in batch.flow_runs.values()),
-    )
+    # (A table without rows in the batch is skipped: an empty executemany still costs
+    # its statement's preparation, ~4 µs, and most batches touch half the tables.)
+    if batch.values:
+        db.executemany(
+            "INSERT OR IGNORE INTO run_values VALUES (?, ?, ?)",
+            ((v.id, v.data, len(v.data)) for v in batch.values.values()),
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)",
+            ((f"value:{v.id}", p) for v in batch.values.values() for p in v.payload_ids),
+        )
+    if batch.events:
+        db.executemany(
+            "INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)",
+            ((e.flow_run_id, e.seq, e.at, e.kind, e.body, e.value_id) for e in batch.events),
+        )
+    if batch.flow_runs:
+        db.executemany(
+            _UPDATE_FLOW_RUN, ((*_flow_run_values(r), r.id) for r in batch.flow_runs.values())
+        )
     # An upsert, not INSERT OR REPLACE: a replaced row gets a new rowid, and a run's
     # task runs are listed by rowid (the order they were first stored, as on
     # PostgreSQL: a map's children by index, not in the order they last changed).
-    db.executemany(
-        "INSERT INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=excluded.task_id, "
-        "map_index=excluded.map_index, state=excluded.state, attempt=excluded.attempt, "
-        "updated_at=excluded.updated_at, worker_id=excluded.worker_id, "
-        "cache_key=excluded.cache_key, result_id=excluded.result_id, "
-        "delivered=excluded.delivered, holder=excluded.holder",
-        (
+    if batch.task_runs:
+        db.executemany(
+            "INSERT INTO task_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (flow_run_id, key) DO UPDATE SET task_id=excluded.task_id, "
+            "map_index=excluded.map_index, state=excluded.state, attempt=excluded.attempt, "
+            "updated_at=excluded.updated_at, worker_id=excluded.worker_id, "
+            "cache_key=excluded.cache_key, result_id=excluded.result_id, "
+            "delivered=excluded.delivered, holder=excluded.holder",
             (
-                t.flow_run_id,
-                t.key,
-                t.task_id,
-                t.map_index,
-                t.state,
-                t.attempt,
-                t.updated_at,
-                t.worker_id,
-                t.cache_key,
-                t.result_id,
-                t.delivered,
-                t.holder,
-            )
-            for t in batch.task_runs.values()
-        ),
-    )
-    db.executemany(
-        "INSERT INTO task_run_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            (s.flow_run_id, s.key, s.seq, s.state, s.at, s.attempt, s.message, s.failure)
-            for s in batch.states
-        ),
-    )
-    db.executemany(
-        "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ((g.flow_run_id, g.key, g.attempt, g.at, g.level, g.logger, g.message) for g in batch.logs),
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?)",
-        ((c.key, c.value_id, c.expires_at) for c in batch.cache),
-    )
+                (
+                    t.flow_run_id,
+                    t.key,
+                    t.task_id,
+                    t.map_index,
+                    t.state,
+                    t.attempt,
+                    t.updated_at,
+                    t.worker_id,
+                    t.cache_key,
+                    t.result_id,
+                    t.delivered,
+                    t.holder,
+                )
+                for t in batch.task_runs.values()
+            ),
+        )
+    if batch.states:
+        db.executemany(
+            "INSERT INTO task_run_states VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (s.flow_run_id, s.key, s.seq, s.state, s.at, s.attempt, s.message, s.failure)
+                for s in batch.states
+            ),
+        )
+    if batch.logs:
+        db.executemany(
+            "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                (g.flow_run_id, g.key, g.attempt, g.at, g.level, g.logger, g.message)
+                for g in batch.logs
+            ),
+        )
+    if batch.cache:
+        db.executemany(
+            "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?)",
+            ((c.key, c.value_id, c.expires_at) for c in batch.cache),
+        )
     write_ops(db, batch)
 
 
@@ -1174,6 +1194,9 @@ _FLOW_RUN_COLS = (
     "id, flow_name, flow_version, state, created_at, parameters, idempotency_key, "
     "started_at, ended_at, result, message, trace_context, schedule_id, engine_version, "
     "parent_flow_run_id, parent_task_key, parent_attempt"
+)
+_UPDATE_FLOW_RUN = (
+    f"UPDATE flow_runs SET {', '.join(c + '=?' for c in _FLOW_RUN_COLS.split(', ')[1:])} WHERE id=?"
 )
 _FLOW_RUN_NCOLS = len(_FLOW_RUN_COLS.split(", "))
 

@@ -56,25 +56,36 @@ CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_at)
 def write_ops(db: sqlite3.Connection, batch: WriteBatch) -> None:
     """Write a batch's operations rows (inside its transaction)."""
     ops = batch.ops
-    db.executemany(
-        "INSERT OR REPLACE INTO run_attempts VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (a.flow_run_id, a.attempt, a.started_at, a.state, a.ended_at, a.message)
-            for a in ops.run_attempts
-        ],
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO late_runs VALUES (?, ?, ?)",
-        [(m.flow_run_id, m.at, m.reason) for m in ops.late],
-    )
-    db.executemany(
-        "INSERT INTO webhook_outbox (webhook_id, body, attempts, next_at, created_at, "
-        "last_error) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM webhooks WHERE id=?)",
-        [
-            (d.webhook_id, d.body, d.attempts, d.next_at, d.created_at, d.last_error, d.webhook_id)
-            for d in ops.deliveries
-        ],
-    )
+    if ops.run_attempts:
+        db.executemany(
+            "INSERT OR REPLACE INTO run_attempts VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (a.flow_run_id, a.attempt, a.started_at, a.state, a.ended_at, a.message)
+                for a in ops.run_attempts
+            ],
+        )
+    if ops.late:
+        db.executemany(
+            "INSERT OR REPLACE INTO late_runs VALUES (?, ?, ?)",
+            [(m.flow_run_id, m.at, m.reason) for m in ops.late],
+        )
+    if ops.deliveries:
+        db.executemany(
+            "INSERT INTO webhook_outbox (webhook_id, body, attempts, next_at, created_at, "
+            "last_error) SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM webhooks WHERE id=?)",
+            [
+                (
+                    d.webhook_id,
+                    d.body,
+                    d.attempts,
+                    d.next_at,
+                    d.created_at,
+                    d.last_error,
+                    d.webhook_id,
+                )
+                for d in ops.deliveries
+            ],
+        )
 
 
 class SQLiteOps:
