@@ -14,6 +14,7 @@ from headwater.wire import CacheSpec, Const, FlowRunState, RetrySpec
 from headwater_runtime.engine import (
     CacheChecked,
     CacheEntry,
+    CancelRequested,
     CheckCache,
     RunTask,
     TaskSucceeded,
@@ -192,3 +193,25 @@ def test_a_key_derived_by_the_worker_is_written_and_its_hit_ends_the_attempt_cac
     assert hit.dispatched() == ["b"] and hit.engine.in_flight == 1, "a's slot is free"
     assert hit.inputs("b")["a"] == "stored"
     assert not hit.of_type(WriteCache), "a hit is not written back"
+
+
+def test_a_check_still_waiting_for_its_outcome_is_made_again_when_asked() -> None:
+    """A host that looks a cache up after the event that asked for it (a server, off its
+    event loop) and stopped before the outcome was journaled has the check made again
+    (``pending_cache_checks``, after a replay): without it the task run waited for good.
+    Once checked, or no longer waiting (the run was cancelled), nothing is made again."""
+    obj = ["input"]
+    d = Driver(
+        flow(
+            task("a", inputs={"x": Const(obj)}, cache=CacheSpec(expiry=HOUR)),
+            task("b", inputs={"x": Const(2)}, cache=CacheSpec(expiry=HOUR)),
+        )
+    )
+    assert sorted(c.run.key for c in d.last if isinstance(c, CheckCache)) == ["a", "b"]
+    again = d.engine.pending_cache_checks()
+    assert [(c.run.key, c.inputs) for c in again] == [("a", {"x": obj}), ("b", {"x": 2})]
+    assert d.state("a") is S.SCHEDULED and d.engine.in_flight == 0  # (it changed nothing)
+    d.cache("a", "key-a", None)
+    assert [c.run.key for c in d.engine.pending_cache_checks()] == ["b"]
+    d.engine.handle(CancelRequested("stop"))
+    assert d.engine.pending_cache_checks() == []

@@ -13,7 +13,15 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_run_manager import FUNCTIONS, decode_input, numbers, scale, total, value_of
+from test_run_manager import (
+    FUNCTIONS,
+    cached_rows,
+    decode_input,
+    numbers,
+    scale,
+    total,
+    value_of,
+)
 
 from headwater import flow, task, unmapped
 from headwater._flow import Flow
@@ -846,6 +854,106 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
             (only,) = applied  # the first run's result; not the second's
             assert only.startswith("headwater-store-reader")
             assert counted_large == []
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@flow
+def cached_after(n: int = 3) -> int:
+    # cached_rows is no root task: its cache is looked up once total has ended.
+    return total(scale.map(cached_rows(total(numbers(n))), unmapped(2)))
+
+
+def test_a_cache_hit_of_a_task_that_is_no_root_is_looked_up_and_applied_off_the_loop(
+    db: str,
+) -> None:
+    """A cached task that waits for another is looked up when that one ends: the store
+    reads were made on the event loop, and a hit's mapped children too (a hit of a
+    100,000-element list held every other call for seconds). The lookup is made on a
+    reader thread; a hit a map makes WIDE_RESULT children of or more is applied on one,
+    its run set aside, as a worker's wide result."""
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            runs = running.core.runs
+            looked_up = threads_of(runs, "check_cache")
+            applied = threads_of(runs, "handle_aside")
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            await client.RegisterFlow(
+                cp.RegisterFlowRequest(graph=cached_after.compile()), metadata=AUTH
+            )
+            stop = asyncio.Event()
+            worker = asyncio.create_task(fake_worker(channel, stop))
+            states = []
+            for _ in range(2):
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(
+                        flow_name="cached_after", parameters={"n": value_of(17)}
+                    ),
+                    metadata=AUTH,
+                )  # total(numbers(17)) is 136: a list of 136 rows, doubled, summed
+                ended = await end_of(client, created.flow_run.id)
+                assert ended.state == FlowRunState.SUCCESS.value, ended.message
+                got = await with_task_runs(client, created.flow_run.id)
+                assert decode_value(got.flow_run.result) == 136 * 135
+                (rows,) = [t for t in got.task_runs if t.task_id == "cached_rows"]
+                states.append(TaskRunState(rows.state))
+            stop.set()
+            worker.cancel()
+            assert states == [TaskRunState.SUCCESS, TaskRunState.CACHED]
+            assert len(looked_up) == 2  # a miss, then the hit
+            assert all(name.startswith("headwater-store-reader") for name in looked_up)
+            # The first run's worker result, then the second's hit: both off the loop.
+            assert len(applied) == 2
+            assert all(name.startswith("headwater-store-reader") for name in applied)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_cache_lookup_the_server_stopped_before_is_made_when_the_run_resumes(
+    db: str,
+) -> None:
+    """The outcome of a lookup made off the loop is stored once it is applied: a server
+    that stopped first has a task run SCHEDULED with no lookup under way. Resumed, the
+    run looks it up again (FlowRunEngine.pending_cache_checks) and ends."""
+
+    async def main() -> str:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            held = asyncio.Event()
+            # (Never applied: as if the server stopped during the lookup.)
+            running.core.runs.check_cache_later = lambda run_id, command, split: held.set()
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            run_id = await run_of(client, cached_after.compile())
+            stop = asyncio.Event()
+            worker = asyncio.create_task(fake_worker(channel, stop))
+            await held.wait()
+            await running.core.durable()
+            stop.set()
+            worker.cancel()
+            got = await with_task_runs(client, run_id)
+            rows = {t.task_id: TaskRunState(t.state) for t in got.task_runs}
+            assert rows["cached_rows"] is TaskRunState.SCHEDULED
+            assert rows["total"] is TaskRunState.SUCCESS  # (the first total: no map yet)
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            stop = asyncio.Event()
+            worker = asyncio.create_task(fake_worker(channel, stop))
+            ended = await end_of(client, run_id)
+            stop.set()
+            worker.cancel()
+            assert ended.state == FlowRunState.SUCCESS.value, ended.message
+            got = await client.GetFlowRun(cp.GetFlowRunRequest(id=run_id), metadata=AUTH)
+            assert decode_value(got.flow_run.result) == 3 * 2  # rows [0, 1, 2], doubled
+        return run_id
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -153,6 +153,9 @@ class FlowRunEngine:
         self._timer_seq = 0
         # Task runs given back by their workers, how many times (TaskLost.given_back).
         self._given_back: dict[str, int] = {}
+        # Task runs whose CheckCache went out and whose CacheChecked has not come (a host
+        # may look the cache up later, off its event loop: ``pending_cache_checks``).
+        self._checking: set[str] = set()
         self._in_flight = 0
         self._unfinished = 0
         # Mapped children dropped by a flow run retry, by key: their successors take over
@@ -200,6 +203,18 @@ class FlowRunEngine:
             deadline = run.attempts[-1].started_at + run.spec.timeout
         return RunTask(run, run.attempt, self._inputs(run), deadline)
 
+    def pending_cache_checks(self) -> list[CheckCache]:
+        """The CheckCache of every task run still waiting for its CacheChecked, again
+        (same inputs; it changes nothing). For a host that looks the cache up after
+        the event that asked for it, and restarted before that lookup's CacheChecked
+        was journaled: replayed, those task runs would wait for it for good."""
+        checks = []
+        for key in sorted(self._checking):
+            run = self.runs.get(key)
+            if run is not None and run.state is S.SCHEDULED and not run.dispatched:
+                checks.append(CheckCache(run, self._inputs(run)))
+        return checks
+
     def release(self) -> None:
         """Break the references that tie this run's nodes and task runs into cycles
         (node <-> task run, upstream <-> downstream node, mapped parent <-> child), so
@@ -219,6 +234,7 @@ class FlowRunEngine:
             run.release()
         self._ready.clear()
         self._settle.clear()
+        self._checking.clear()
         self._prior = {}
         runs, nodes = self.runs, self._nodes
         while runs:
@@ -615,6 +631,7 @@ class FlowRunEngine:
         self._ready.appendleft(run)
 
     def _cache_checked(self, run: TaskRunRecord, event: CacheChecked) -> None:
+        self._checking.discard(run.key)
         if run.state is not S.SCHEDULED or run.dispatched:
             self._out.append(EventIgnored(event, f"no cache check pending for {run.key!r}"))
             return
@@ -673,6 +690,7 @@ class FlowRunEngine:
             except Exception as exc:
                 self._input_error(run, exc)
                 return
+            self._checking.add(run.key)
             self._out.append(CheckCache(run, inputs))
         else:
             self._ready.append(run)

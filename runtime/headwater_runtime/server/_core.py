@@ -224,6 +224,7 @@ class ServerCore(WorkerReports):
         self.wide = WideWork(self.runs, self.dispatcher, self.io, self._ack, self.touch)
         self.runs.submit_wide = self.wide.submit
         self.runs.timers_aside = self.wide.fire_timers
+        self.runs.check_cache_later = self.wide.check_cache
         self.schedule_requests = ScheduleRequests(self)
         self._serial = 0  # connection order of worker sessions
         self.stored_all = True  # (stop() says otherwise when it could not store it all)

@@ -205,6 +205,9 @@ class RunRecovery:
             # run's attempts are: 78,000 queued attempts of a wide map took ~1.9 s one
             # by one.
             self._process(active, resent)
+            # Cache lookups made off the loop whose outcome was not stored (the server
+            # stopped first): made again, here (the run is not on the loop yet).
+            self._process(active, list[Command](active.engine.pending_cache_checks()))
 
     def resume(self, resumed: Resumed) -> None:
         """A replayed run (``replay``) is live: on the event loop. Its writes join the

@@ -32,6 +32,16 @@ if TYPE_CHECKING:
 Split = tuple[str | int, ...] | None
 
 
+def hit_width(checked: CacheChecked, split: Split) -> int:
+    """How many elements a cache hit makes its run's consumers map over (0 for a miss,
+    or when none maps over the result)."""
+    if checked.entry is None or split is None:
+        return 0
+    value = checked.entry.value
+    part = SERVER_VALUES.select(value, split) if split else value
+    return SERVER_VALUES.length(part) or 0
+
+
 class RunCacheLookups:
     """Cache lookups of the run manager (a mixin of ``RunManager``)."""
 
@@ -94,9 +104,10 @@ class RunCacheLookups:
         hit = TaskSucceeded(run_key, attempt, entry.value, cache_key=key, cached=True)
         return not self.handle(flow_run_id, hit)
 
-    def _check_cache(self, command: CheckCache, split: Split = None) -> CacheChecked:
+    def check_cache(self, command: CheckCache, split: Split = None) -> CacheChecked:
         """The cache lookup of a task run about to be scheduled; ``split``: where the
-        run's consumers map over its result (``ActiveRun.split_nodes``)."""
+        run's consumers map over its result (``ActiveRun.split_nodes``). Store reads:
+        off the loop (a reader thread), or where the run is worked on off it."""
         spec = command.run.spec
         cache = spec.cache
         assert cache is not None

@@ -109,7 +109,7 @@ from ._params import (
 )
 from ._queries import NoResult, refusal
 from ._recovery import Recovery, Resumed, RunRecovery
-from ._run_cache import RunCacheLookups
+from ._run_cache import RunCacheLookups, Split
 from ._run_dispatch import RunDispatching
 from ._sink import Effect, Sink
 from ._values import SERVER_VALUES
@@ -243,6 +243,10 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         #: Fires the due timers of a run of ``CANCEL_ASIDE`` task runs or more off the
         #: loop (the server core sets it): False when it cannot (then on the loop).
         self.timers_aside: Callable[[str], bool] | None = None
+        #: Looks a task's cache up off the loop, then applies what it found (the server
+        #: core sets it: ``WideWork.check_cache``). Unset: looked up where the run is
+        #: worked on, at once.
+        self.check_cache_later: Callable[[str, CheckCache, Split], None] | None = None
         #: Called with how many task runs ended in each terminal state where the
         #: per-task ``listeners`` were not told (a run started or cancelled off the loop).
         self.ended_listeners: list[Callable[[Mapping[TaskRunState, int]], None]] = []
@@ -809,7 +813,14 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
                 cancels[(task_run_id(run_id, command.run.key), command.attempt)] = command.reason
             elif isinstance(command, CheckCache):
                 split = active.split_nodes.get(command.run.spec.id)
-                queue.extend(active.journal.handle(self._check_cache(command, split)))
+                later = self.check_cache_later
+                cache = command.run.spec.cache
+                by_function = cache is not None and cache.by_function  # (no store read)
+                if later is not None and active.sink is None and not by_function:
+                    # On the loop: store reads, and a hit may make a wide map's children.
+                    later(run_id, command, split)
+                    continue
+                queue.extend(active.journal.handle(self.check_cache(command, split)))
             elif isinstance(command, WriteCache):
                 value_id = to_stored(command.value, sink.values).value_id
                 if value_id:

@@ -25,12 +25,13 @@ from typing import TypeVar
 from grpc import StatusCode
 
 from headwater.v1 import worker_pb2
-from headwater_runtime.engine import Event, EventIgnored
+from headwater_runtime.engine import CacheChecked, CheckCache, Event, EventIgnored
 
 from ._assignments import PendingAssignment
 from ._dispatch import Dispatcher, WorkerSession
 from ._exports import dask_values
 from ._io import StoreIO
+from ._run_cache import Split, hit_width
 from ._runs import ActiveRun, RunManager
 
 log = logging.getLogger("headwater.server")
@@ -162,3 +163,44 @@ class WideWork:
             self.touch()
 
         job.add_done_callback(submit)
+
+    def check_cache(self, flow_run_id: str, command: CheckCache, split: Split) -> None:
+        """Look a task's cache up on a reader thread (``RunManager.check_cache_later``),
+        then apply what it found on the loop, or, for a hit a map makes at least
+        ``WIDE_RESULT`` children of, on a reader thread with the run set aside (as a
+        worker's wide result). A task run that moved on meanwhile (cancelled, its run
+        retried) is left alone. A lookup the store cannot answer is a miss: the task
+        runs. One the server stopped before applying is made again when the run is
+        resumed (``FlowRunEngine.pending_cache_checks``)."""
+        run = command.run
+        seen = len(run.history)  # (a change to the task run adds to it)
+        job = asyncio.ensure_future(self.io.read(self.runs.check_cache, command, split))
+
+        def apply(done: asyncio.Future[CacheChecked]) -> None:
+            if done.cancelled():
+                return  # the server stops: made again when the run is resumed
+            if len(run.history) != seen:
+                return
+            error = done.exception()
+            if error is not None:
+                log.warning(
+                    "could not look up the cache of task run %s of flow run %s (%s): it "
+                    "runs as for a miss",
+                    run.key,
+                    flow_run_id,
+                    error,
+                )
+                checked = CacheChecked(run.key, "", None)
+            else:
+                checked = done.result()
+            width = hit_width(checked, split)
+            if self.runs.wide_result(width):
+                active = self.runs.set_aside(flow_run_id, expanding=width)
+                if active is not None:
+                    work = functools.partial(self.runs.handle_aside, active, checked, width)
+                    self.aside(active, f"applying the cache hit of {run.key}", work)
+                    return
+            self.runs.handle(flow_run_id, checked)
+            self.touch()
+
+        job.add_done_callback(apply)
