@@ -429,6 +429,8 @@ class FlowRunEngine:
         entry = _new_entry(StateEntry, (state, when, run.attempt, message, failure))
         run.state = state
         run._history.append(entry)
+        if self._checking and state is not S.SCHEDULED:
+            self._checking.discard(run.key)  # (a check it waited for is moot: cancelled)
         if state in TERMINAL_TASK_STATES:
             self._unfinished -= 1
             if failure is not None:
