@@ -179,6 +179,9 @@ class WideWork:
         def apply(done: asyncio.Future[CacheChecked]) -> None:
             if done.cancelled():
                 return  # the server stops: made again when the run is resumed
+            active = self.runs.runs.get(flow_run_id)
+            if active is None or active.engine.runs.get(run.key) is not run:
+                return  # the run ended, or the task run was replaced (a flow run retry)
             if len(run.history) != seen:
                 return
             error = done.exception()
@@ -195,10 +198,10 @@ class WideWork:
                 checked = done.result()
             width = hit_width(checked, split)
             if self.runs.wide_result(width):
-                active = self.runs.set_aside(flow_run_id, expanding=width)
-                if active is not None:
-                    work = functools.partial(self.runs.handle_aside, active, checked, width)
-                    self.aside(active, f"applying the cache hit of {run.key}", work)
+                aside = self.runs.set_aside(flow_run_id, expanding=width)
+                if aside is not None:
+                    work = functools.partial(self.runs.handle_aside, aside, checked, width)
+                    self.aside(aside, f"applying the cache hit of {run.key}", work)
                     return
             self.runs.handle(flow_run_id, checked)
             self.touch()
