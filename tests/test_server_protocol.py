@@ -913,6 +913,73 @@ def test_a_cache_hit_of_a_task_that_is_no_root_is_looked_up_and_applied_off_the_
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_wide_cache_hit_whose_run_is_worked_on_off_the_loop_waits_until_it_rejoins(
+    db: str,
+) -> None:
+    """A lookup that comes back while its run is set aside (a timer, a retry, another
+    wide result) is applied once the run rejoins, and a wide hit then still off the
+    loop (applied as the run's waiting call, its children were made on the loop)."""
+    import threading
+
+    async def main() -> None:
+        async with (
+            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            runs = running.core.runs
+            looking, may_answer = threading.Event(), threading.Event()
+            look_up = runs.check_cache
+
+            def held_lookup(command: Any, split: Any) -> Any:
+                looking.set()
+                assert may_answer.wait(30)
+                return look_up(command, split)
+
+            runs.check_cache = held_lookup  # type: ignore[method-assign]
+            applied = threads_of(runs, "handle_aside")
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            await client.RegisterFlow(
+                cp.RegisterFlowRequest(graph=cached_after.compile()), metadata=AUTH
+            )
+            stop = asyncio.Event()
+            worker = asyncio.create_task(fake_worker(channel, stop))
+            ends = []
+            for first in (True, False):
+                may_answer.set() if first else may_answer.clear()
+                looking.clear()
+                created = await client.CreateFlowRun(
+                    cp.CreateFlowRunRequest(
+                        flow_name="cached_after", parameters={"n": value_of(17)}
+                    ),
+                    metadata=AUTH,
+                )
+                run_id = created.flow_run.id
+                if not first:  # the hit's lookup is under way: the run goes aside
+                    assert await asyncio.to_thread(looking.wait, 30)
+                    active = runs.set_aside(run_id, expanding=1)
+                    assert active is not None
+                    may_answer.set()
+                    for _ in range(3000):  # until the lookup's outcome waits for the run
+                        if runs._aside.get(run_id):
+                            break
+                        await asyncio.sleep(0.01)
+                    assert runs._aside.get(run_id), "the lookup did not come back"
+                    assert len(applied) == 1  # (the first run's result): the hit waits
+                    runs.rejoin(active)
+                ended = await end_of(client, run_id)
+                assert ended.state == FlowRunState.SUCCESS.value, ended.message
+                got = await with_task_runs(client, run_id)
+                (rows,) = [t for t in got.task_runs if t.task_id == "cached_rows"]
+                ends.append((decode_value(got.flow_run.result), TaskRunState(rows.state)))
+            stop.set()
+            worker.cancel()
+            assert ends == [(136 * 135, TaskRunState.SUCCESS), (136 * 135, TaskRunState.CACHED)]
+            assert len(applied) == 2  # the hit too, after the rejoin
+            assert all(name.startswith("headwater-store-reader") for name in applied)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_a_cache_lookup_the_server_stopped_before_is_made_when_the_run_resumes(
     db: str,
 ) -> None:

@@ -169,7 +169,8 @@ class WideWork:
         then apply what it found on the loop, or, for a hit a map makes at least
         ``WIDE_RESULT`` children of, on a reader thread with the run set aside (as a
         worker's wide result). A task run that moved on meanwhile (cancelled, its run
-        retried) is left alone. A lookup the store cannot answer is a miss: the task
+        retried) is left alone; one whose run is worked on off the loop meanwhile
+        waits until it rejoins. A lookup the store cannot answer is a miss: the task
         runs. One the server stopped before applying is made again when the run is
         resumed (``FlowRunEngine.pending_cache_checks``)."""
         run = command.run
@@ -179,6 +180,9 @@ class WideWork:
         def apply(done: asyncio.Future[CacheChecked]) -> None:
             if done.cancelled():
                 return  # the server stops: made again when the run is resumed
+            if self.runs.waiting(flow_run_id):  # worked on off the loop: once it rejoins
+                self.runs.later(flow_run_id, functools.partial(apply, done))
+                return
             active = self.runs.runs.get(flow_run_id)
             if active is None or active.engine.runs.get(run.key) is not run:
                 return  # the run ended, or the task run was replaced (a flow run retry)
