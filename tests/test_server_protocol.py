@@ -864,6 +864,28 @@ def cached_after(n: int = 3) -> int:
     return total(scale.map(cached_rows(total(numbers(n))), unmapped(2)))
 
 
+async def start_cached_after(client: control_plane_pb2_grpc.ControlPlaneServiceStub) -> str:
+    """Start a run of ``cached_after`` (registered) whose cached_rows makes 136 rows
+    (total(numbers(17))): its id."""
+    created = await client.CreateFlowRun(
+        cp.CreateFlowRunRequest(flow_name="cached_after", parameters={"n": value_of(17)}),
+        metadata=AUTH,
+    )
+    return str(created.flow_run.id)
+
+
+async def cached_after_end(
+    client: control_plane_pb2_grpc.ControlPlaneServiceStub, run_id: str
+) -> tuple[Any, TaskRunState]:
+    """A ``cached_after`` run, once it ended SUCCESS: its result and its cached_rows
+    task run's state."""
+    ended = await end_of(client, run_id)
+    assert ended.state == FlowRunState.SUCCESS.value, ended.message
+    got = await with_task_runs(client, run_id)
+    (rows,) = [t for t in got.task_runs if t.task_id == "cached_rows"]
+    return decode_value(got.flow_run.result), TaskRunState(rows.state)
+
+
 def test_a_cache_hit_of_a_task_that_is_no_root_is_looked_up_and_applied_off_the_loop(
     db: str,
 ) -> None:
@@ -887,23 +909,12 @@ def test_a_cache_hit_of_a_task_that_is_no_root_is_looked_up_and_applied_off_the_
             )
             stop = asyncio.Event()
             worker = asyncio.create_task(fake_worker(channel, stop))
-            states = []
-            for _ in range(2):
-                created = await client.CreateFlowRun(
-                    cp.CreateFlowRunRequest(
-                        flow_name="cached_after", parameters={"n": value_of(17)}
-                    ),
-                    metadata=AUTH,
-                )  # total(numbers(17)) is 136: a list of 136 rows, doubled, summed
-                ended = await end_of(client, created.flow_run.id)
-                assert ended.state == FlowRunState.SUCCESS.value, ended.message
-                got = await with_task_runs(client, created.flow_run.id)
-                assert decode_value(got.flow_run.result) == 136 * 135
-                (rows,) = [t for t in got.task_runs if t.task_id == "cached_rows"]
-                states.append(TaskRunState(rows.state))
+            ends = []
+            for _ in range(2):  # 136 rows, doubled, summed
+                ends.append(await cached_after_end(client, await start_cached_after(client)))
             stop.set()
             worker.cancel()
-            assert states == [TaskRunState.SUCCESS, TaskRunState.CACHED]
+            assert ends == [(136 * 135, TaskRunState.SUCCESS), (136 * 135, TaskRunState.CACHED)]
             assert len(looked_up) == 2  # a miss, then the hit
             assert all(name.startswith("headwater-store-reader") for name in looked_up)
             # The first run's worker result, then the second's hit: both off the loop.
@@ -947,13 +958,7 @@ def test_a_wide_cache_hit_whose_run_is_worked_on_off_the_loop_waits_until_it_rej
             for first in (True, False):
                 may_answer.set() if first else may_answer.clear()
                 looking.clear()
-                created = await client.CreateFlowRun(
-                    cp.CreateFlowRunRequest(
-                        flow_name="cached_after", parameters={"n": value_of(17)}
-                    ),
-                    metadata=AUTH,
-                )
-                run_id = created.flow_run.id
+                run_id = await start_cached_after(client)
                 if not first:  # the hit's lookup is under way: the run goes aside
                     assert await asyncio.to_thread(looking.wait, 30)
                     active = runs.set_aside(run_id, expanding=1)
@@ -966,11 +971,7 @@ def test_a_wide_cache_hit_whose_run_is_worked_on_off_the_loop_waits_until_it_rej
                     assert runs._aside.get(run_id), "the lookup did not come back"
                     assert len(applied) == 1  # (the first run's result): the hit waits
                     runs.rejoin(active)
-                ended = await end_of(client, run_id)
-                assert ended.state == FlowRunState.SUCCESS.value, ended.message
-                got = await with_task_runs(client, run_id)
-                (rows,) = [t for t in got.task_runs if t.task_id == "cached_rows"]
-                ends.append((decode_value(got.flow_run.result), TaskRunState(rows.state)))
+                ends.append(await cached_after_end(client, run_id))
             stop.set()
             worker.cancel()
             assert ends == [(136 * 135, TaskRunState.SUCCESS), (136 * 135, TaskRunState.CACHED)]

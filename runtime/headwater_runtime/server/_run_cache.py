@@ -32,14 +32,18 @@ if TYPE_CHECKING:
 Split = tuple[str | int, ...] | None
 
 
+def _mapped_length(value: payload_pb2.Value, split: tuple[str | int, ...]) -> int | None:
+    """How many elements the part of ``value`` at ``split`` has (None: it is no
+    sequence, so it cannot be mapped over)."""
+    return SERVER_VALUES.length(SERVER_VALUES.select(value, split) if split else value)
+
+
 def hit_width(checked: CacheChecked, split: Split) -> int:
     """How many elements a cache hit makes its run's consumers map over (0 for a miss,
     or when none maps over the result)."""
     if checked.entry is None or split is None:
         return 0
-    value = checked.entry.value
-    part = SERVER_VALUES.select(value, split) if split else value
-    return SERVER_VALUES.length(part) or 0
+    return _mapped_length(checked.entry.value, split) or 0
 
 
 class RunCacheLookups:
@@ -84,10 +88,8 @@ class RunCacheLookups:
         value = payload_pb2.Value.FromString(data)
         if self.value_available is not None and not self.value_available(value):
             return None  # held by a Dask bridge that let go of it, or is gone
-        if split is not None:  # can that part of it be mapped over?
-            part = SERVER_VALUES.select(value, split) if split else value
-            if SERVER_VALUES.length(part) is None:
-                return None
+        if split is not None and _mapped_length(value, split) is None:
+            return None  # (that part of it cannot be mapped over)
         return CacheEntry(value, row.expires_at)
 
     def cache_lookup(self, flow_run_id: str, run_key: str, attempt: int, reported: str) -> bool:
