@@ -33,7 +33,7 @@ from headwater_runtime.store import (
     WriteBatch,
     open_store,
 )
-from headwater_runtime.store._sqlite import WAL_CHECKPOINT, WAL_LAGGING
+from headwater_runtime.store._sqlite import WAL_CHECKPOINT, WAL_KEPT, WAL_LAGGING, logged_bytes
 
 
 @pytest.fixture
@@ -85,6 +85,17 @@ def _wal_pages(path: Path) -> int:
     return wal.stat().st_size // 4096 if wal.exists() else 0
 
 
+def _logged(path: Path) -> int:
+    """Bytes of log since the log last started over, as SQLite counts them: the log
+    frames a PASSIVE checkpoint of another connection reports (it copies them too)."""
+    db = sqlite3.connect(path)
+    try:
+        _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        db.close()
+    return 32 + int(frames) * (4096 + 24) if frames else 0  # (the log's header: 32 bytes)
+
+
 def test_a_claimed_database_is_checkpointed_between_writes_not_in_commits(
     tmp_path: Path,
 ) -> None:
@@ -115,16 +126,16 @@ def test_a_claimed_database_is_checkpointed_between_writes_not_in_commits(
     thread = threading.Thread(target=lambda: other.append(settings()))
     thread.start()
     thread.join()
-    assert settings() == other[0] == (0, WAL_CHECKPOINT)
+    assert settings() == other[0] == (0, WAL_KEPT)
     _fill(store, 12)
     assert _wal_pages(path) >= 12 * 256
-    # ... until checkpoint() copies it all back; the next writes start the log over
-    # (cut back to WAL_CHECKPOINT bytes), and with a checkpoint() between writes it
-    # stays about that size however much is written.
+    # ... until checkpoint() copies it all back; the next writes start the log over,
+    # and with a checkpoint() between writes it stays about WAL_CHECKPOINT bytes
+    # however much is written.
     for _ in range(10):
         store.checkpoint()
         _fill(store, 2)
-    assert _wal_pages(path) * 4096 <= WAL_CHECKPOINT + 3 * CHUNK_SIZE
+    assert _logged(path) <= WAL_CHECKPOINT + 3 * CHUNK_SIZE
     # A log under WAL_CHECKPOINT bytes since it started over is left as it is: a
     # server writing a little at a time does not pay a checkpoint per write.
     store.checkpoint()
@@ -149,7 +160,7 @@ def test_a_checkpoint_beside_writes_asks_for_one_between_them_once_the_log_lags(
     _fill(store, 6)  # over WAL_CHECKPOINT, under WAL_LAGGING
     assert store.checkpoint(beside_writes=True) is False
     _fill(store, 1)  # (the log started over: under WAL_CHECKPOINT again)
-    assert _wal_pages(path) * 4096 <= WAL_CHECKPOINT + 2 * CHUNK_SIZE
+    assert logged_bytes(path) == _logged(path) <= 2 * CHUNK_SIZE
     assert store.checkpoint(beside_writes=True) is False
     # A reader holding the log's first frames is what a write during each checkpoint
     # does too: the log cannot start over, and grows.
@@ -163,9 +174,43 @@ def test_a_checkpoint_beside_writes_asks_for_one_between_them_once_the_log_lags(
     reader.close()
     store.checkpoint(beside_writes=False)  # all copied: the next write starts it over
     _fill(store, 1)
-    assert _wal_pages(path) * 4096 <= WAL_CHECKPOINT + 2 * CHUNK_SIZE
+    assert logged_bytes(path) == _logged(path) <= 2 * CHUNK_SIZE
     assert store.checkpoint(beside_writes=True) is False
     store.close()
+
+
+def test_the_log_is_written_over_in_its_file_and_cut_back_to_wal_kept(tmp_path: Path) -> None:
+    """A log that starts over keeps its file (its blocks are written over rather than
+    taken from the file system again), up to WAL_KEPT bytes; checkpoint() goes by what
+    was logged since it started over (the wal-index), not by the file's size."""
+    path = tmp_path / "a.db"
+    store = SQLiteStore(path)
+    store.claim("test")
+    _fill(store, 12)
+    assert logged_bytes(path) == _logged(path) >= 12 * CHUNK_SIZE
+    store.checkpoint()
+    _fill(store, 1)  # the log starts over, in the same file
+    assert logged_bytes(path) == _logged(path) <= 2 * CHUNK_SIZE
+    assert _wal_pages(path) * 4096 >= 12 * CHUNK_SIZE
+    # A file that long with little logged since: nothing to copy, no statement.
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    assert store.checkpoint() is False
+    assert statements == []
+    store._db.set_trace_callback(None)
+    # A log longer than WAL_KEPT: its file is cut back to WAL_KEPT when it starts over.
+    _fill(store, WAL_KEPT // CHUNK_SIZE + 4)
+    assert _wal_pages(path) * 4096 > WAL_KEPT + 2 * CHUNK_SIZE
+    store.checkpoint()
+    _fill(store, 1)
+    assert _wal_pages(path) * 4096 <= WAL_KEPT
+    store.close()
+
+
+def test_logged_bytes_without_a_wal_index(tmp_path: Path) -> None:
+    assert logged_bytes(tmp_path / "none.db") is None
+    (tmp_path / "odd.db-shm").write_bytes(b"\x00" * 64)  # not a wal-index SQLite wrote
+    assert logged_bytes(tmp_path / "odd.db") is None
 
 
 def test_flow_versions_are_numbered_and_identical_graphs_deduplicated(store: Store) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
@@ -73,14 +74,42 @@ WAL_CHECKPOINT = 4 * 1024 * 1024
 #: A log this long has not started over for several checkpoints beside writes (each
 #: met new writes before the next one began): the next checkpoint runs between writes.
 WAL_LAGGING = 4 * WAL_CHECKPOINT
+#: The log's file is cut back to this many bytes when the log starts over (SQLite's
+#: ``journal_size_limit``). Not less: the log is written over from its start each
+#: time, and what goes past the file's end needs new blocks from the file system. Cut
+#: back to WAL_CHECKPOINT, a server under load (its log reaching 20-30 MB before it
+#: started over) wrote most of its log into new blocks, at about twice the kernel
+#: time per write of a log written over in place.
+WAL_KEPT = 2 * WAL_LAGGING
+#: The wal-index's version, in its header (https://www.sqlite.org/walformat.html).
+_WAL_INDEX_VERSION = 3007000
 
 
 def _no_checkpoints_in_commits(db: sqlite3.Connection) -> None:
     """A server's connection: its commits leave the log to ``checkpoint()``, and a log
-    that starts over is cut back to WAL_CHECKPOINT bytes (its file then grows past
-    that only when that much was logged since: what ``checkpoint()`` looks at)."""
+    that starts over keeps its file, up to WAL_KEPT bytes of it."""
     db.execute("PRAGMA wal_autocheckpoint=0")
-    db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_KEPT}")
+
+
+def logged_bytes(path: str | Path) -> int | None:
+    """How many bytes of log the database at ``path`` holds since its log last started
+    over (its file may be longer: WAL_KEPT), from the wal-index header in its ``-shm``
+    file: the last valid frame's number times a frame's size (the format is SQLite's
+    documented one, in native byte order: https://www.sqlite.org/walformat.html). None
+    when there is no wal-index to read."""
+    try:
+        with open(f"{path}-shm", "rb") as shm:
+            header = shm.read(20)
+    except OSError:
+        return None
+    if len(header) < 20:
+        return None
+    version, _, _, _, _, page_size, frames = struct.unpack("=IIIBBHI", header)
+    if version != _WAL_INDEX_VERSION:
+        return None
+    page_size = 65536 if page_size == 1 else page_size
+    return 32 + frames * (24 + page_size) if frames else 0
 
 
 class SQLiteStore(SQLiteOps, AccessTables):
@@ -296,24 +325,28 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
     def checkpoint(self, beside_writes: bool = False) -> bool:
         """Once the database is claimed, and the log holds more than WAL_CHECKPOINT
-        bytes: a PASSIVE checkpoint on this thread's connection. Between writes (on
-        the writer thread) the whole log is copied, so the next write starts it over,
-        cut back to WAL_CHECKPOINT bytes. Beside writes (the server's upkeep thread:
-        the writer thread is not held up the several ms a copy takes) what was
-        committed when it began is copied, and the log starts over once a checkpoint
-        met no new write; one that has not for so long that it passed WAL_LAGGING
-        bytes asks for the next checkpoint between writes (returns True). A failure
+        bytes since it last started over (``logged_bytes``; the file's size when there
+        is no wal-index to read): a PASSIVE checkpoint on this thread's connection.
+        Between writes (on the writer thread) the whole log is copied, so the next
+        write starts it over (written over in place, in a file of at most WAL_KEPT
+        bytes). Beside writes (the server's upkeep thread: the writer thread is not
+        held up the several ms a copy takes) what was committed when it began is
+        copied, and the log starts over once a checkpoint met no new write; one that
+        has not for so long that it passed WAL_LAGGING bytes asks for the next
+        checkpoint between writes (returns True). A failure
         (the disk is full: the file cannot grow) is logged once and tried again at the
         next call; the log grows meanwhile, as it would with SQLite's own checkpoints
         failing."""
         if not self._checkpoints:
             return False
-        try:
-            size = os.stat(f"{self.path}-wal").st_size
-        except OSError:
-            return False  # no log: nothing to copy
+        size = logged_bytes(self.path)
+        if size is None:
+            try:
+                size = os.stat(f"{self.path}-wal").st_size
+            except OSError:
+                return False  # no log: nothing to copy
         if size <= WAL_CHECKPOINT:
-            return False  # (over it only once that much was logged since it started over)
+            return False
         try:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
@@ -1076,9 +1109,7 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
             ((e.flow_run_id, e.seq, e.at, e.kind, e.body, e.value_id) for e in batch.events),
         )
     if batch.flow_runs:
-        db.executemany(
-            _UPDATE_FLOW_RUN, ((*_flow_run_values(r), r.id) for r in batch.flow_runs.values())
-        )
+        db.executemany(_UPDATE_FLOW_RUN, (_flow_run_changes(r) for r in batch.flow_runs.values()))
     # An upsert, not INSERT OR REPLACE: a replaced row gets a new rowid, and a run's
     # task runs are listed by rowid (the order they were first stored, as on
     # PostgreSQL: a map's children by index, not in the order they last changed).
@@ -1195,10 +1226,19 @@ _FLOW_RUN_COLS = (
     "started_at, ended_at, result, message, trace_context, schedule_id, engine_version, "
     "parent_flow_run_id, parent_task_key, parent_attempt"
 )
+# A batch's update sets only what changes after a run is created: SQLite rewrites an
+# index entry of every indexed column an UPDATE sets, changed or not (the idempotency
+# key's index page was written again with every change of every run).
 _UPDATE_FLOW_RUN = (
-    f"UPDATE flow_runs SET {', '.join(c + '=?' for c in _FLOW_RUN_COLS.split(', ')[1:])} WHERE id=?"
+    "UPDATE flow_runs SET state=?, started_at=?, ended_at=?, result=?, message=?, "
+    "engine_version=? WHERE id=?"
 )
 _FLOW_RUN_NCOLS = len(_FLOW_RUN_COLS.split(", "))
+
+
+def _flow_run_changes(r: FlowRunRow) -> tuple[object, ...]:
+    """The values of ``_UPDATE_FLOW_RUN``."""
+    return (r.state, r.started_at, r.ended_at, r.result, r.message, r.engine_version, r.id)
 
 
 def _flow_run_values(r: FlowRunRow) -> tuple[object, ...]:

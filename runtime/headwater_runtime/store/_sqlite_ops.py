@@ -58,7 +58,10 @@ def write_ops(db: sqlite3.Connection, batch: WriteBatch) -> None:
     ops = batch.ops
     if ops.run_attempts:
         db.executemany(
-            "INSERT OR REPLACE INTO run_attempts VALUES (?, ?, ?, ?, ?, ?)",
+            # (an upsert: REPLACE deletes and inserts, writing the key's index again)
+            "INSERT INTO run_attempts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (flow_run_id, "
+            "attempt) DO UPDATE SET started_at=excluded.started_at, state=excluded.state, "
+            "ended_at=excluded.ended_at, message=excluded.message",
             [
                 (a.flow_run_id, a.attempt, a.started_at, a.state, a.ended_at, a.message)
                 for a in ops.run_attempts
