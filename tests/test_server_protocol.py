@@ -556,6 +556,46 @@ def test_a_failing_tick_does_not_end_the_timer_loop(
     assert "timer loop failed" in caplog.text and "disk full" in caplog.text
 
 
+def test_a_touch_wakes_the_timer_loop_only_for_what_is_due_before_its_wait_ends(
+    db: str,
+) -> None:
+    """Every change of a run touches the server (two or three per one-task run); the
+    timer loop turns for a touch only when something is now due before the end of
+    its wait (a retry, a timeout), not to find nothing due."""
+
+    async def main() -> None:
+        async with serving(db) as running:
+            core = running.core
+            turns: list[int] = []
+            real = core.runs.fire_timers
+
+            def counted() -> None:
+                turns.append(1)
+                real()
+
+            core.runs.fire_timers = counted  # type: ignore[method-assign]
+            for _ in range(10_000):
+                if core._waits_until is not None:
+                    break
+                await asyncio.sleep(0)
+            assert core._waits_until is not None, "the timer loop never waited"
+            before = len(turns)
+            for _ in range(50):
+                core.touch()
+                await asyncio.sleep(0)
+            assert len(turns) - before < 5  # (woken at every touch: 50)
+            # A timer due now (of a run that is gone: fire_timers drops it) wakes it.
+            core.runs._timers.append((core.clock.now() - 1.0, "gone"))
+            core.touch()
+            for _ in range(10_000):
+                if core.runs.next_timer_at is None:
+                    break
+                await asyncio.sleep(0)
+            assert core.runs.next_timer_at is None, "the touch did not wake the timer loop"
+
+    asyncio.run(main())
+
+
 @task(timeout=0.3)
 def sleepy() -> int:
     raise AssertionError("never called: the in-test worker runs nothing")

@@ -252,6 +252,8 @@ class ServerCore(WorkerReports):
         self._background: asyncio.Task[None] | None = None
         self._ticked = time.monotonic()  # the timer loop's last turn (_caught_up)
         self._wake = asyncio.Event()
+        #: When the timer loop's wait ends (None: it is not waiting).
+        self._waits_until: float | None = None
         self._stopping = False
         self._closing = False  # (``closing``)
         #: What ``start`` resumed (None until all are live), for the start-up lines.
@@ -379,9 +381,34 @@ class ServerCore(WorkerReports):
         self.runs.collector.close()
 
     def touch(self) -> None:
-        """Something changed: commit soon (see Committer.request), wake the loop."""
+        """Something changed: commit soon (see Committer.request), and wake the timer
+        loop if something is now due before the end of its wait (a timer, a deadline).
+        Only then: woken at every touch, it turned twice per one-task run to find
+        nothing due."""
         self.commits.request()
-        self._wake.set()
+        waits_until = self._waits_until
+        if waits_until is not None and self._next_due() < waits_until:
+            self._waits_until = None
+            self._wake.set()
+
+    def _next_due(self) -> float:
+        """When the timer loop has something to do next (its turns are at most TICK
+        apart; see _loop)."""
+        due = [self._next_prune]
+        if self.runs.next_timer_at is not None:
+            due.append(self.runs.next_timer_at)
+        if self.dispatcher.next_start_by is not None:  # (past: more are overdue)
+            due.append(self.dispatcher.next_start_by)
+        orphans_due = self._orphans.next_deadline()
+        if orphans_due is not None:
+            due.append(orphans_due)
+        if self.exports.next_release_at is not None:
+            due.append(self.exports.next_release_at)
+        if self.schedules.next_fire_at is not None:
+            due.append(self.schedules.next_fire_at)
+        if self._ops_due is not None:  # (None: no turn yet)
+            due.append(self.ops.next_due())
+        return min(due)
 
     async def durable(self) -> None:
         """Wait until everything done so far is stored (StoreUnavailable if it cannot
@@ -597,29 +624,17 @@ class ServerCore(WorkerReports):
                 # One bad tick (a full disk, a bug) must not silently end timers,
                 # heartbeats and schedules for the server's whole life: say so, go on.
                 log.exception("the server's timer loop failed; retrying")
-            due = [now + TICK]
-            if self.runs.next_timer_at is not None:
-                due.append(self.runs.next_timer_at)
-            if self.dispatcher.next_start_by is not None:  # (past: more are overdue)
-                due.append(self.dispatcher.next_start_by)
-            orphans_due = self._orphans.next_deadline()
-            if orphans_due is not None:
-                due.append(orphans_due)
-            if self.exports.next_release_at is not None:
-                due.append(self.exports.next_release_at)
-            if self.schedules.next_fire_at is not None:
-                due.append(self.schedules.next_fire_at)
-            due.append(self._next_prune)
-            if self._ops_due is not None:
-                due.append(self._ops_due)
+            due = min(now + TICK, self._next_due())
             if self._stopping:
                 return
             self._wake.clear()
+            self._waits_until = due
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancel that races with the wake-up, and stop() then waits forever.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(due) - now)):
+                async with asyncio.timeout(max(0.0, due - now)):
                     await self._wake.wait()
+            self._waits_until = None
 
     # ------------------------------------------------------------------- workers
 

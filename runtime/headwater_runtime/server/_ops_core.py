@@ -220,6 +220,11 @@ class Operations:
                     self._store_workers(rows),
                     "the workers' last contact (shown by ListWorkers)",
                 )
+        return self.next_due()
+
+    def next_due(self) -> float:
+        """When the next turn of the timer loop is needed for this (a new run's late
+        time or a rate window may move it before the one ``tick`` returned)."""
         due = [self._next_flush, self._next_sample]
         for at in (self.limits.next_wake_at, self.late.next_at):
             if at is not None:
