@@ -333,10 +333,9 @@ class SQLiteStore(SQLiteOps, AccessTables):
         held up the several ms a copy takes) what was committed when it began is
         copied, and the log starts over once a checkpoint met no new write; one that
         has not for so long that it passed WAL_LAGGING bytes asks for the next
-        checkpoint between writes (returns True). A failure
-        (the disk is full: the file cannot grow) is logged once and tried again at the
-        next call; the log grows meanwhile, as it would with SQLite's own checkpoints
-        failing."""
+        checkpoint between writes (returns True). A failure (the disk is full: the
+        file cannot grow) is logged once and tried again at the next call; the log
+        grows meanwhile, as it would with SQLite's own checkpoints failing."""
         if not self._checkpoints:
             return False
         size = logged_bytes(self.path)
