@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -207,10 +209,65 @@ def test_the_log_is_written_over_in_its_file_and_cut_back_to_wal_kept(tmp_path: 
     store.close()
 
 
-def test_logged_bytes_without_a_wal_index(tmp_path: Path) -> None:
+def test_logged_bytes_without_a_log(tmp_path: Path) -> None:
     assert logged_bytes(tmp_path / "none.db") is None
-    (tmp_path / "odd.db-shm").write_bytes(b"\x00" * 64)  # not a wal-index SQLite wrote
+    (tmp_path / "odd.db-wal").write_bytes(b"\x00" * 64)  # not a log SQLite wrote
     assert logged_bytes(tmp_path / "odd.db") is None
+
+
+# Another process: can it lock the whole -shm file (it cannot while SQLite's locks on
+# it are held)?
+_PROBE_LOCKS = """
+import fcntl, sys
+with open(sys.argv[1] + "-shm", "r+b") as shm:
+    try:
+        fcntl.lockf(shm, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print("held")
+    else:
+        print("free")
+"""
+# Another process's read-only connection (as `headwater prune --dry-run` or a backup).
+_READ_ONLY = """
+import sqlite3, sys
+db = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+db.execute("SELECT count(*) FROM payloads").fetchone()
+db.close()
+"""
+
+
+def test_checkpoints_leave_sqlites_locks_alone(tmp_path: Path) -> None:
+    """SQLite holds POSIX locks on a WAL database's files; closing any descriptor of a
+    locked file drops all of a process's locks on it. A server that read the ``-shm``
+    file to size its log lost them, and another process's connection then took that
+    file over as its first user: the server died of SIGBUS. In a child process (so a
+    failure cannot take the test run with it)."""
+    script = f"""
+import subprocess, sys
+from headwater.wire import CHUNK_SIZE
+from headwater_runtime.store import SQLiteStore
+path = {str(tmp_path / "a.db")!r}
+store = SQLiteStore(path)
+store.claim("test")
+for round in range(3):
+    for i in range(20):
+        data = bytes([round, i]) * (CHUNK_SIZE // 2)
+        store.put_payload(iter([data]), {{"encoding": "raw"}}, len(data))
+        if i % 5 == 4:
+            store.checkpoint(beside_writes=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", {_PROBE_LOCKS!r}, path], capture_output=True, text=True, timeout=60
+    )
+    assert probe.stdout.strip() == "held", (round, probe.stdout, probe.stderr)
+    subprocess.run([sys.executable, "-c", {_READ_ONLY!r}, path], check=True, timeout=60)
+assert store.stats()["payloads"] == 60, store.stats()
+store.close()
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
 
 
 def test_flow_versions_are_numbered_and_identical_graphs_deduplicated(store: Store) -> None:

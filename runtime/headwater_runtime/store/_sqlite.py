@@ -81,8 +81,8 @@ WAL_LAGGING = 4 * WAL_CHECKPOINT
 #: started over) wrote most of its log into new blocks, at about twice the kernel
 #: time per write of a log written over in place.
 WAL_KEPT = 2 * WAL_LAGGING
-#: The wal-index's version, in its header (https://www.sqlite.org/walformat.html).
-_WAL_INDEX_VERSION = 3007000
+#: The first four bytes of a write-ahead log (https://www.sqlite.org/walformat.html).
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 
 
 def _no_checkpoints_in_commits(db: sqlite3.Connection) -> None:
@@ -94,22 +94,36 @@ def _no_checkpoints_in_commits(db: sqlite3.Connection) -> None:
 
 def logged_bytes(path: str | Path) -> int | None:
     """How many bytes of log the database at ``path`` holds since its log last started
-    over (its file may be longer: WAL_KEPT), from the wal-index header in its ``-shm``
-    file: the last valid frame's number times a frame's size (the format is SQLite's
-    documented one, in native byte order: https://www.sqlite.org/walformat.html). None
-    when there is no wal-index to read."""
+    over (its file may be longer: WAL_KEPT), read from the ``-wal`` file itself: the
+    frames whose salts are the log header's (a log that starts over writes a new header
+    with new salts, then its frames over the old ones from the start, so they are a
+    prefix of the file; found by bisection, a few 24-byte reads). The format is SQLite's
+    documented one (https://www.sqlite.org/walformat.html). None when there is no log to
+    read. Not from the ``-shm`` file: SQLite holds POSIX locks on it, and closing any
+    descriptor of it in this process would drop them all (a server died of SIGBUS when
+    another process then took the file for its own)."""
     try:
-        with open(f"{path}-shm", "rb") as shm:
-            header = shm.read(20)
+        with open(f"{path}-wal", "rb") as wal:
+            header = wal.read(32)
+            if len(header) < 32 or header[:4] not in _WAL_MAGIC:
+                return None
+            page_size, _, salts = struct.unpack(">I4s8s", header[8:24])
+            frame = 24 + page_size
+            size = os.fstat(wal.fileno()).st_size
+
+            def ours(i: int) -> bool:  # frame i (from 0) belongs to this log
+                return bool(os.pread(wal.fileno(), 8, 32 + i * frame + 8) == salts)
+
+            low, high = 0, (size - 32) // frame  # frames [0, low) are ours, [high, ...) not
+            while low < high:
+                middle = (low + high) // 2
+                if ours(middle):
+                    low = middle + 1
+                else:
+                    high = middle
     except OSError:
         return None
-    if len(header) < 20:
-        return None
-    version, _, _, _, _, page_size, frames = struct.unpack("=IIIBBHI", header)
-    if version != _WAL_INDEX_VERSION:
-        return None
-    page_size = 65536 if page_size == 1 else page_size
-    return 32 + frames * (24 + page_size) if frames else 0
+    return 32 + low * frame if low else 0
 
 
 class SQLiteStore(SQLiteOps, AccessTables):
@@ -325,8 +339,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
 
     def checkpoint(self, beside_writes: bool = False) -> bool:
         """Once the database is claimed, and the log holds more than WAL_CHECKPOINT
-        bytes since it last started over (``logged_bytes``; the file's size when there
-        is no wal-index to read): a PASSIVE checkpoint on this thread's connection.
+        bytes since it last started over (``logged_bytes``; the file's size when it
+        cannot be read): a PASSIVE checkpoint on this thread's connection.
         Between writes (on the writer thread) the whole log is copied, so the next
         write starts it over (written over in place, in a file of at most WAL_KEPT
         bytes). Beside writes (the server's upkeep thread: the writer thread is not
