@@ -529,26 +529,40 @@ def test_a_watcher_subscribing_between_a_change_and_its_commit_is_woken(db: str)
     asyncio.run(main())
 
 
+def turns_of(core: Any, failing: int = 0) -> list[int]:
+    """Count the turns of ``core``'s timer loop (its calls of ``fire_timers``); the
+    first ``failing`` of them raise OSError."""
+    turns: list[int] = []
+    real = core.runs.fire_timers
+
+    def counted() -> None:
+        turns.append(1)
+        if len(turns) <= failing:
+            raise OSError("disk full")
+        real()
+
+    core.runs.fire_timers = counted
+    return turns
+
+
+def wake_timer_loop(core: Any) -> None:
+    """A timer due now (of a run that is gone: fire_timers drops it), and the touch
+    that tells the timer loop."""
+    core.runs._timers.append((core.clock.now() - 1.0, "gone"))
+    core.touch()
+
+
 def test_a_failing_tick_does_not_end_the_timer_loop(
     db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def main() -> None:
         async with serving(db) as running:
             core = running.core
-            calls: list[int] = []
-            real = core.runs.fire_timers
-
-            def flaky() -> None:
-                calls.append(1)
-                if len(calls) == 1:
-                    raise OSError("disk full")
-                real()
-
-            core.runs.fire_timers = flaky  # type: ignore[method-assign]
+            turns = turns_of(core, failing=1)
             deadline = asyncio.get_running_loop().time() + 30
-            while len(calls) < 3:
+            while len(turns) < 3:
                 assert asyncio.get_running_loop().time() < deadline, "the loop stopped"
-                core.touch()
+                wake_timer_loop(core)
                 await asyncio.sleep(0.01)
             assert core._background is not None and not core._background.done()
 
@@ -566,14 +580,7 @@ def test_a_touch_wakes_the_timer_loop_only_for_what_is_due_before_its_wait_ends(
     async def main() -> None:
         async with serving(db) as running:
             core = running.core
-            turns: list[int] = []
-            real = core.runs.fire_timers
-
-            def counted() -> None:
-                turns.append(1)
-                real()
-
-            core.runs.fire_timers = counted  # type: ignore[method-assign]
+            turns = turns_of(core)
             for _ in range(10_000):
                 if core._waits_until is not None:
                     break
@@ -584,9 +591,7 @@ def test_a_touch_wakes_the_timer_loop_only_for_what_is_due_before_its_wait_ends(
                 core.touch()
                 await asyncio.sleep(0)
             assert len(turns) - before < 5  # (woken at every touch: 50)
-            # A timer due now (of a run that is gone: fire_timers drops it) wakes it.
-            core.runs._timers.append((core.clock.now() - 1.0, "gone"))
-            core.touch()
+            wake_timer_loop(core)  # a timer due now wakes it
             for _ in range(10_000):
                 if core.runs.next_timer_at is None:
                     break
