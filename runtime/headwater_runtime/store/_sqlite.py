@@ -1112,10 +1112,11 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
             "INSERT OR IGNORE INTO run_values VALUES (?, ?, ?)",
             ((v.id, v.data, len(v.data)) for v in batch.values.values()),
         )
-        db.executemany(
-            "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)",
-            ((f"value:{v.id}", p) for v in batch.values.values() for p in v.payload_ids),
-        )
+        if any(v.payload_ids for v in batch.values.values()):  # (most reference none)
+            db.executemany(
+                "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)",
+                ((f"value:{v.id}", p) for v in batch.values.values() for p in v.payload_ids),
+            )
     if batch.events:
         db.executemany(
             "INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)",
@@ -1177,9 +1178,9 @@ def _write_batch(db: sqlite3.Connection, batch: WriteBatch) -> None:
 
 
 def _add_refs(db: sqlite3.Connection, owner: str, payload_ids: Iterable[str]) -> None:
-    db.executemany(
-        "INSERT OR IGNORE INTO payload_refs VALUES (?, ?)", [(owner, p) for p in payload_ids]
-    )
+    refs = [(owner, p) for p in payload_ids]
+    if refs:  # (an empty executemany still prepares its statement)
+        db.executemany("INSERT OR IGNORE INTO payload_refs VALUES (?, ?)", refs)
 
 
 def _why(path: str, exc: sqlite3.Error) -> str:
