@@ -133,6 +133,33 @@ async def fake_worker(channel: grpc.aio.Channel, stop: asyncio.Event, slots: int
     return done
 
 
+@contextlib.asynccontextmanager
+async def served(
+    db: str, **settings: Any
+) -> AsyncIterator[
+    tuple[RunningServer, grpc.aio.Channel, control_plane_pb2_grpc.ControlPlaneServiceStub]
+]:
+    """``serving`` with the test token and no loss window (the in-test worker sends no
+    heartbeats), a channel to it and a ControlPlane client on that channel."""
+    async with (
+        serving(db, token=TOKEN, heartbeat_timeout=3600.0, **settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        yield running, channel, control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+
+
+def start_worker(channel: grpc.aio.Channel) -> Callable[[], None]:
+    """The in-test worker (``fake_worker``) on ``channel``; what it returns stops it."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(fake_worker(channel, stop))
+
+    def stopped() -> None:
+        stop.set()
+        worker.cancel()
+
+    return stopped
+
+
 def test_a_flow_runs_end_to_end_through_the_server(db: str) -> None:
     async def body(channel: grpc.aio.Channel) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
@@ -760,12 +787,8 @@ def test_a_watch_sees_the_task_runs_a_run_changed_off_the_loop(db: str) -> None:
     showed SCHEDULED, and a cancelled 20,000-task run's CANCELLED never showed)."""
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             running.core.runs.collector.large = 3  # 5 mapped children: off the loop
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             await client.RegisterFlow(
                 cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
             )
@@ -777,14 +800,12 @@ def test_a_watch_sees_the_task_runs_a_run_changed_off_the_loop(db: str) -> None:
                 cp.WatchFlowRunRequest(id=created.flow_run.id), metadata=AUTH
             )
             await watch.read()  # subscribed
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+            stop_worker = start_worker(channel)
             states: dict[str, list[int]] = {}
             while (change := await watch.read()) is not grpc.aio.EOF:
                 if change.HasField("task_run"):
                     states.setdefault(change.task_run.name, []).append(change.task_run.state)
-            stop.set()
-            worker.cancel()
+            stop_worker()
             scheduled, running_, success = (
                 TaskRunState.SCHEDULED.value,
                 TaskRunState.RUNNING.value,
@@ -868,19 +889,14 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
     from headwater_runtime.server._aside import WIDE_RESULT
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             runs = running.core.runs
             applied = threads_of(runs, "handle_aside")
             counted_large = threads_of(runs.collector, "large_run_started")
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             await client.RegisterFlow(
                 cp.RegisterFlowRequest(graph=proto_pipeline.compile()), metadata=AUTH
             )
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+            stop_worker = start_worker(channel)
             for n in (WIDE_RESULT, WIDE_RESULT - 1):
                 created = await client.CreateFlowRun(
                     cp.CreateFlowRunRequest(
@@ -894,8 +910,7 @@ def test_a_mid_size_result_makes_its_mapped_children_off_the_loop(db: str) -> No
                     cp.GetFlowRunRequest(id=created.flow_run.id), metadata=AUTH
                 )
                 assert decode_value(got.flow_run.result)["total"] == 10 * n * (n - 1) // 2
-            stop.set()
-            worker.cancel()
+            stop_worker()
             (only,) = applied  # the first run's result; not the second's
             assert only.startswith("headwater-store-reader")
             assert counted_large == []
@@ -941,24 +956,18 @@ def test_a_cache_hit_of_a_task_that_is_no_root_is_looked_up_and_applied_off_the_
     its run set aside, as a worker's wide result."""
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             runs = running.core.runs
             looked_up = threads_of(runs, "check_cache")
             applied = threads_of(runs, "handle_aside")
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             await client.RegisterFlow(
                 cp.RegisterFlowRequest(graph=cached_after.compile()), metadata=AUTH
             )
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+            stop_worker = start_worker(channel)
             ends = []
             for _ in range(2):  # 136 rows, doubled, summed
                 ends.append(await cached_after_end(client, await start_cached_after(client)))
-            stop.set()
-            worker.cancel()
+            stop_worker()
             assert ends == [(136 * 135, TaskRunState.SUCCESS), (136 * 135, TaskRunState.CACHED)]
             assert len(looked_up) == 2  # a miss, then the hit
             assert all(name.startswith("headwater-store-reader") for name in looked_up)
@@ -978,10 +987,7 @@ def test_a_wide_cache_hit_whose_run_is_worked_on_off_the_loop_waits_until_it_rej
     import threading
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             runs = running.core.runs
             looking, may_answer = threading.Event(), threading.Event()
             look_up = runs.check_cache
@@ -993,12 +999,10 @@ def test_a_wide_cache_hit_whose_run_is_worked_on_off_the_loop_waits_until_it_rej
 
             runs.check_cache = held_lookup  # type: ignore[method-assign]
             applied = threads_of(runs, "handle_aside")
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             await client.RegisterFlow(
                 cp.RegisterFlowRequest(graph=cached_after.compile()), metadata=AUTH
             )
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+            stop_worker = start_worker(channel)
             ends = []
             for first in (True, False):
                 may_answer.set() if first else may_answer.clear()
@@ -1017,8 +1021,7 @@ def test_a_wide_cache_hit_whose_run_is_worked_on_off_the_loop_waits_until_it_rej
                     assert len(applied) == 1  # (the first run's result): the hit waits
                     runs.rejoin(active)
                 ends.append(await cached_after_end(client, run_id))
-            stop.set()
-            worker.cancel()
+            stop_worker()
             assert ends == [(136 * 135, TaskRunState.SUCCESS), (136 * 135, TaskRunState.CACHED)]
             assert len(applied) == 2  # the hit too, after the rejoin
             assert all(name.startswith("headwater-store-reader") for name in applied)
@@ -1034,35 +1037,23 @@ def test_a_cache_lookup_the_server_stopped_before_is_made_when_the_run_resumes(
     run looks it up again (FlowRunEngine.pending_cache_checks) and ends."""
 
     async def main() -> str:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             held = asyncio.Event()
             # (Never applied: as if the server stopped during the lookup.)
             running.core.runs.check_cache_later = lambda run_id, command, split: held.set()
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             run_id = await run_of(client, cached_after.compile())
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+            stop_worker = start_worker(channel)
             await held.wait()
             await running.core.durable()
-            stop.set()
-            worker.cancel()
+            stop_worker()
             got = await with_task_runs(client, run_id)
             rows = {t.task_id: TaskRunState(t.state) for t in got.task_runs}
             assert rows["cached_rows"] is TaskRunState.SCHEDULED
             assert rows["total"] is TaskRunState.SUCCESS  # (the first total: no map yet)
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+        async with served(db) as (running, channel, client):
+            stop_worker = start_worker(channel)
             ended = await end_of(client, run_id)
-            stop.set()
-            worker.cancel()
+            stop_worker()
             assert ended.state == FlowRunState.SUCCESS.value, ended.message
             got = await client.GetFlowRun(cp.GetFlowRunRequest(id=run_id), metadata=AUTH)
             assert decode_value(got.flow_run.result) == 3 * 2  # rows [0, 1, 2], doubled
@@ -1079,12 +1070,8 @@ def test_a_run_of_a_thousand_task_runs_is_cancelled_off_the_loop(db: str) -> Non
     from headwater_runtime.server._aside import CANCEL_ASIDE
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, _, client):
             threads = threads_of(running.core.runs, "cancel_aside")
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             for n in (CANCEL_ASIDE, CANCEL_ASIDE - 1):
                 run_id = await run_of(client, flat_graph(f"flat{n}", n))
                 await client.CancelFlowRun(cp.CancelFlowRunRequest(id=run_id), metadata=AUTH)
@@ -1106,13 +1093,9 @@ def test_the_timeout_of_a_run_of_a_thousand_task_runs_fires_off_the_loop(db: str
     from headwater_runtime.server._aside import CANCEL_ASIDE
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             runs = running.core.runs
             threads = threads_of(runs, "fire_timers_aside")
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             graph = flat_graph("timed", CANCEL_ASIDE)
             graph.timeout.FromMilliseconds(300)
             run_id = await run_of(client, graph)
@@ -1154,10 +1137,7 @@ def test_attempts_past_their_start_timeout_fail_a_few_hundred_a_turn(
     monkeypatch.setattr(_core, "EXPIRE_PER_TURN", 10)
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, _, client):
             dispatcher = running.core.dispatcher
             turns: list[int] = []
             overdue = dispatcher.overdue
@@ -1169,7 +1149,6 @@ def test_attempts_past_their_start_timeout_fail_a_few_hundred_a_turn(
                 return expired
 
             dispatcher.overdue = counted  # type: ignore[method-assign]
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             graph = flat_graph("unstarted", 35)
             for task in graph.tasks:
                 task.schedule_to_start_timeout.FromMilliseconds(200)
@@ -1193,11 +1172,7 @@ def test_a_run_worked_on_off_the_loop_when_it_is_due_late_is_checked_once_it_rej
     a retry), so it is checked when it rejoins: marked late then, not skipped."""
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0, late_after=0.2) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        async with served(db, late_after=0.2) as (running, _, client):
             run_id = await run_of(client, flat_graph("unoffered", 3))
             runs = running.core.runs
             runs.collector.large = 1  # (a 3-task run may be set aside)
@@ -1233,25 +1208,19 @@ def test_a_watcher_that_stops_reading_holds_about_one_note_per_task_run(
     monkeypatch.setattr(_core, "WATCH_BACKLOG", 50)
 
     async def main() -> None:
-        async with (
-            serving(db, token=TOKEN, heartbeat_timeout=3600.0) as running,
-            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-        ):
+        async with served(db) as (running, channel, client):
             core = running.core
             await core.register_flow(wide_flow.compile())
             row, _ = await core.create_run("wide_flow", "", {})
             queue = core.watch(row.id)
             # Another watcher, over gRPC, reads to the end while this one stalls.
-            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
             reader = client.WatchFlowRun(cp.WatchFlowRunRequest(id=row.id), metadata=AUTH)
-            stop = asyncio.Event()
-            worker = asyncio.create_task(fake_worker(channel, stop))
+            stop_worker = start_worker(channel)
             last = None
             while (change := await reader.read()) is not grpc.aio.EOF:
                 last = change
             assert last is not None and last.flow_run.state == FlowRunState.SUCCESS.value
-            stop.set()
-            worker.cancel()
+            stop_worker()
             notes = []
             while not queue.empty():
                 notes.append(queue.get_nowait())
