@@ -602,7 +602,8 @@ def test_a_touch_wakes_the_timer_loop_only_for_what_is_due_before_its_wait_ends(
 ) -> None:
     """Every change of a run touches the server (two or three per one-task run); the
     timer loop turns for a touch only when something is now due before the end of
-    its wait (a retry, a timeout), not to find nothing due."""
+    its wait (a retry, a timeout), not to find nothing due; the touches of one turn
+    of the event loop look at what is due once."""
 
     async def main() -> None:
         async with serving(db) as running:
@@ -618,6 +619,16 @@ def test_a_touch_wakes_the_timer_loop_only_for_what_is_due_before_its_wait_ends(
                 core.touch()
                 await asyncio.sleep(0)
             assert len(turns) - before < 5  # (woken at every touch: 50)
+            # The touches of one turn of the event loop (a worker's batch of results)
+            # share one look at what is due.
+            looks: list[int] = []
+            look = core._next_due
+            core._next_due = lambda: looks.append(1) or look()
+            for _ in range(100):
+                core.touch()
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert 1 <= len(looks) < 5  # (a look per touch: 100)
             wake_timer_loop(core)  # a timer due now wakes it
             for _ in range(10_000):
                 if core.runs.next_timer_at is None:

@@ -254,6 +254,7 @@ class ServerCore(WorkerReports):
         self._wake = asyncio.Event()
         #: When the timer loop's wait ends (None: it is not waiting).
         self._waits_until: float | None = None
+        self._due_check = False  # a look at what is due is queued (touch)
         self._stopping = False
         self._closing = False  # (``closing``)
         #: What ``start`` resumed (None until all are live), for the start-up lines.
@@ -384,8 +385,15 @@ class ServerCore(WorkerReports):
         """Something changed: commit soon (see Committer.request), and wake the timer
         loop if something is now due before the end of its wait (a timer, a deadline).
         Only then: woken at every touch, it turned twice per one-task run to find
-        nothing due."""
+        nothing due. The touches of one turn of the event loop share one look at what
+        is due, at its end (a worker's batch of results touches once per result)."""
         self.commits.request()
+        if self._waits_until is not None and not self._due_check:
+            self._due_check = True
+            asyncio.get_running_loop().call_soon(self._check_due)
+
+    def _check_due(self) -> None:
+        self._due_check = False
         waits_until = self._waits_until
         if waits_until is not None and self._next_due() < waits_until:
             self._waits_until = None
