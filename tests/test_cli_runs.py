@@ -79,6 +79,10 @@ typo = remote_task("pricing.enrichh")
 def unservable() -> int:
     return typo(x=1)
 
+@flow
+def unservable_wide(n: int = 25) -> list[int]:
+    return typo.map(x=list(range(n)))
+
 @task
 def wait_a_while() -> int:
     release = Path(os.environ["HW_TEST_DIR"]) / "release"
@@ -359,6 +363,26 @@ def test_a_task_no_worker_offers_says_why_it_waits(
         assert "waiting: waiting" not in shown.stdout, shown.stdout
         client.cancel(waiting.id)
     assert run.wait() == 130
+    # A mapped task's waiting children: one line for all 25, not a line each.
+    wide = cluster.spawn(
+        [
+            sys.executable,
+            "-m",
+            "headwater._cli",
+            "run",
+            str(tmp_path / "cli_tasks.py:unservable_wide"),
+            "--server",
+            address,
+        ],
+        "stderr",
+    )
+    wide.wait_line(f"pricing.enrichh (25 task runs): {reason}")
+    with Client(address) as client:
+        (waiting,) = [r for r in client.list_runs() if r.flow_name == "unservable_wide"]
+        client.cancel(waiting.id)
+    assert wide.wait() == 130
+    said = [line for line in wide.lines if reason in line]
+    assert len(said) == 1, wide.lines  # (a line per child: 25)
 
 
 @pytest.mark.parametrize(

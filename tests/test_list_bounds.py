@@ -12,8 +12,10 @@ from typing import Any
 from unittest import mock
 
 import grpc
+import pytest
 from test_limits import against_server, status_of
 
+from headwater import flow, task
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import (
     control_plane_pb2_grpc,
@@ -321,3 +323,65 @@ def test_a_child_flows_result_nested_over_the_limit_fails_its_subflow_node() -> 
     assert isinstance(refused, TaskFailed) and refused.failure.type == RESULT_REFUSED
     assert "the result of child flow run c1" in refused.failure.message
     assert "max_nesting = 5" in refused.failure.message and not refused.failure.retryable
+
+
+@task
+def enrich(x: int) -> int:
+    raise AssertionError("never called: no worker offers it")
+
+
+@task
+def lonely() -> int:
+    raise AssertionError("never called: no worker offers it")
+
+
+@task
+def gather(xs: list[int], other: int) -> int:
+    raise AssertionError("never called: no worker offers it")
+
+
+@flow(name="waits_wide")
+def waits_wide(xs: list[int]) -> int:
+    return gather(enrich.map(xs), lonely())
+
+
+def test_why_task_runs_wait_comes_a_line_per_task_and_reason(tmp_path: Path) -> None:
+    """`headwater run` looks every 2 s at why a run's task runs wait: it read every
+    task run for that, 22 MB for a wide map's 100,000 waiting children (an answer
+    whose sending held every other client ~0.1 s), and printed a line per child.
+    GetFlowRun's include_waiting says it a line per task and reason, counted, in
+    turns of the loop: the same reasons and counts as the task runs' own."""
+    from headwater import Client, ServerError
+    from headwater_runtime.server import _waiting
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        address = f"127.0.0.1:{running.port}"
+
+        def look() -> tuple[list[Any], dict[tuple[str, str], int], list[Any]]:
+            with Client(address) as client:
+                run = client.run(waits_wide, {"xs": list(range(40))})
+                grouped = client.waiting(run.id)
+                every = client.get(run.id, include_task_runs=True).task_runs
+                counted: dict[tuple[str, str], int] = {}
+                for t in every:
+                    if t.waiting:
+                        counted[(t.task_id, t.waiting)] = counted.get((t.task_id, t.waiting), 0) + 1
+                client.cancel(run.id)
+                after = client.waiting(run.id)
+                with pytest.raises(ServerError) as missing:
+                    client.waiting("no-such-run")
+                assert missing.value.code is grpc.StatusCode.NOT_FOUND
+                return grouped, counted, after
+
+        with mock.patch.object(_waiting, "REASONS_TURN", 7):  # several turns
+            grouped, counted, after = await asyncio.to_thread(look)
+        by_task = {w.task_id: w for w in grouped}
+        assert sorted(by_task) == ["enrich", "lonely"], grouped  # (gather is not ready)
+        enriching, alone = by_task["enrich"], by_task["lonely"]
+        assert (enriching.count, enriching.first_key) == (40, "enrich[0]")
+        assert (alone.count, alone.first_key) == (1, "lonely")
+        assert enriching.reason.startswith("waiting: no connected worker offers "), grouped
+        assert {(w.task_id, w.reason): w.count for w in grouped} == counted
+        assert after == []  # cancelled: nothing waits
+
+    against_server(tmp_path, body)

@@ -23,6 +23,7 @@ from ._client import RemoteFlowRun as RemoteFlowRun
 from ._client import ServerError as ServerError
 from ._client import TaskRunInfo as TaskRunInfo
 from ._client import ValueInfo as ValueInfo
+from ._client import WaitingInfo as WaitingInfo
 from ._client_ops import LimitInfo as LimitInfo
 from ._client_ops import WebhookInfo as WebhookInfo
 from ._client_ops import WorkerInfo as WorkerInfo

@@ -120,12 +120,12 @@ def follow_run(client: Client, run: RemoteFlowRun, *, logs: bool = False) -> Rem
                 if ended:
                     break
                 try:
-                    current = client.get(run.id, include_task_runs=True)
+                    waiting = client.waiting(run.id)  # (not every task run: a line per task)
                 except ServerError as exc:
                     if exc.code not in _OUTAGE:
                         raise
                     continue  # a restart: the watch rides it out, or gives up, for us
-                progress.waits({t.key: t.waiting for t in current.task_runs if t.waiting})
+                progress.waits(waiting)
                 continue
             if kind == "end":
                 ended = True

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,6 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from headwater.wire import FailureInfo, TaskRunState, printable
+
+if TYPE_CHECKING:
+    from ._client import WaitingInfo
 
 #: Traceback lines shown without --full (the last ones: where it failed).
 TRACEBACK_LINES = 12
@@ -231,7 +234,10 @@ class Progress:
         self.console = console(self.out)
         self.started = time.monotonic()
         self.states: dict[str, tuple[str, str]] = {}  # key -> (task id, state)
+        #: Why task runs wait, from the latest look (``waits``): a task run's key, or a
+        #: task and how many of its task runs, and the reason.
         self.waiting: dict[str, str] = {}
+        self._said: set[tuple[str, str]] = set()  # (task id, reason) printed (plain)
         self.changes = 0  # task run changes seen (plain output)
         self.summarized = 0.0  # when the last summary line was printed (monotonic)
         self.live: Live | None = None
@@ -293,13 +299,20 @@ class Progress:
         elapsed = duration_text(time.monotonic() - self.started)
         return f"{done:,}/{total:,} done, {running:,} running, {failed:,} failed, {elapsed}"
 
-    def waits(self, reasons: dict[str, str]) -> None:
-        """Task runs that wait for a worker, and why (shown until they change)."""
-        fresh = {k: v for k, v in reasons.items() if self.waiting.get(k) != v}
-        self.waiting.update(reasons)
-        if self.live is None:
-            for key, why in fresh.items():
-                print(printable(f"  {key}: {why}"), file=self.out, flush=True)
+    def waits(self, waiting: Iterable[WaitingInfo]) -> None:
+        """Why task runs wait for a worker (``Client.waiting``: a line per task and
+        reason; a wide map's waiting children are one), shown until the next look.
+        Plain output prints each task and reason once."""
+        self.waiting = {}
+        for entry in waiting:
+            label = entry.first_key
+            if entry.count > 1:
+                label = f"{entry.task_id} ({entry.count:,} task runs)"
+            self.waiting[label] = entry.reason
+            said = (entry.task_id, entry.reason)
+            if self.live is None and said not in self._said:
+                self._said.add(said)
+                print(printable(f"  {label}: {entry.reason}"), file=self.out, flush=True)
 
     def counts(self) -> Counter[str]:
         """Task runs per state (mapped parents left out)."""

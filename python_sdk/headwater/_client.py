@@ -174,6 +174,25 @@ class TaskRunInfo:
         return (self.ended_at - self.started_at).total_seconds()
 
 
+@dataclass(frozen=True)
+class WaitingInfo:
+    """Task runs of one task that wait for one reason (``Client.waiting``).
+
+    Attributes:
+        task_id: the task node they run.
+        reason: why they wait, as ``TaskRunInfo.waiting`` says it (e.g. ``waiting: no
+            connected worker offers etl.load``).
+        count: how many of the task's task runs wait for it.
+        first_key: the key of the first of them (``task``, or ``task[i]`` for a mapped
+            task's child).
+    """
+
+    task_id: str
+    reason: str
+    count: int
+    first_key: str
+
+
 @dataclass
 class RemoteFlowRun:
     """A flow run on a server."""
@@ -571,6 +590,20 @@ class Client(OperationsClient):
 
         run.audit = [audit_entry(e) for e in response.audit]
         return run
+
+    def waiting(self, run_id: str) -> list[WaitingInfo]:
+        """Why a flow run's task runs wait for a worker, one entry per task and reason:
+        what ``get(run_id, include_task_runs=True)`` says in each waiting task run's
+        ``waiting``, without reading the task runs (the 100,000 waiting children of a
+        wide map are one entry, where their task runs make a 22 MB answer). Empty when
+        none waits or the run has ended. ServerError if it does not exist."""
+        response = self._call(
+            lambda c: c.GetFlowRun,
+            cp.GetFlowRunRequest(id=run_id, include_waiting=True),
+            f"get flow run {run_id!r}",
+            ride=True,
+        )
+        return [WaitingInfo(w.task_id, w.reason, w.count, w.first_key) for w in response.waiting]
 
     def audit(
         self, object_kind: str = "", object_id: str = "", limit: int = 100

@@ -290,17 +290,24 @@ class GetFlowRunRequest(google.protobuf.message.Message):
 
     ID_FIELD_NUMBER: builtins.int
     INCLUDE_TASK_RUNS_FIELD_NUMBER: builtins.int
+    INCLUDE_WAITING_FIELD_NUMBER: builtins.int
     id: builtins.str
     """Flow run id, or a prefix of it that only one run has."""
     include_task_runs: builtins.bool
     """Whether to include the task runs."""
+    include_waiting: builtins.bool
+    """Whether to include why its waiting task runs wait, a line per task and reason
+    (GetFlowRunResponse.waiting): what include_task_runs says in each waiting task
+    run, without the task runs (a run of 100,000 task runs answers in a few lines).
+    """
     def __init__(
         self,
         *,
         id: builtins.str = ...,
         include_task_runs: builtins.bool = ...,
+        include_waiting: builtins.bool = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["id", b"id", "include_task_runs", b"include_task_runs"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["id", b"id", "include_task_runs", b"include_task_runs", "include_waiting", b"include_waiting"]) -> None: ...
 
 global___GetFlowRunRequest = GetFlowRunRequest
 
@@ -313,6 +320,7 @@ class GetFlowRunResponse(google.protobuf.message.Message):
     FLOW_RUN_FIELD_NUMBER: builtins.int
     TASK_RUNS_FIELD_NUMBER: builtins.int
     AUDIT_FIELD_NUMBER: builtins.int
+    WAITING_FIELD_NUMBER: builtins.int
     @property
     def flow_run(self) -> headwater.v1.run_pb2.FlowRun:
         """The flow run."""
@@ -325,17 +333,56 @@ class GetFlowRunResponse(google.protobuf.message.Message):
     def audit(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___AuditEntry]:
         """Who created, cancelled or retried the run, oldest first."""
 
+    @property
+    def waiting(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___WaitingTasks]:
+        """When asked for (include_waiting): why its waiting task runs wait, one entry per
+        task and reason, in the order their first task runs wait; empty when none waits.
+        """
+
     def __init__(
         self,
         *,
         flow_run: headwater.v1.run_pb2.FlowRun | None = ...,
         task_runs: collections.abc.Iterable[headwater.v1.run_pb2.TaskRun] | None = ...,
         audit: collections.abc.Iterable[global___AuditEntry] | None = ...,
+        waiting: collections.abc.Iterable[global___WaitingTasks] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["flow_run", b"flow_run"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["audit", b"audit", "flow_run", b"flow_run", "task_runs", b"task_runs"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["audit", b"audit", "flow_run", b"flow_run", "task_runs", b"task_runs", "waiting", b"waiting"]) -> None: ...
 
 global___GetFlowRunResponse = GetFlowRunResponse
+
+@typing.final
+class WaitingTasks(google.protobuf.message.Message):
+    """WaitingTasks says why task runs of one task wait (TaskRun.waiting)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    FIRST_KEY_FIELD_NUMBER: builtins.int
+    task_id: builtins.str
+    """The task's id in the flow graph."""
+    reason: builtins.str
+    """Why they wait, as TaskRun.waiting says it."""
+    count: builtins.int
+    """How many of the task's task runs wait for this reason."""
+    first_key: builtins.str
+    """The key of the first of them (the task id for an unmapped task, "enrich[3]" for a
+    mapped task's child).
+    """
+    def __init__(
+        self,
+        *,
+        task_id: builtins.str = ...,
+        reason: builtins.str = ...,
+        count: builtins.int = ...,
+        first_key: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["count", b"count", "first_key", b"first_key", "reason", b"reason", "task_id", b"task_id"]) -> None: ...
+
+global___WaitingTasks = WaitingTasks
 
 @typing.final
 class ListFlowRunsRequest(google.protobuf.message.Message):

@@ -239,12 +239,21 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
         context: grpc.aio.ServicerContext[cp.GetFlowRunRequest, cp.GetFlowRunResponse],
     ) -> cp.GetFlowRunResponse:
         """A flow run (by id or unique id prefix), with its task runs when asked: their
-        failures, why they wait, and their results (large ones described)."""
+        failures, why they wait, and their results (large ones described); with why
+        its task runs wait, a line per task and reason, when asked."""
         async with refusals(context):
-            _, message, entries, task_runs, encoded = await self.reads.view(
+            row, message, entries, task_runs, encoded = await self.reads.view(
                 request.id, task_runs=request.include_task_runs
             )
         response = control_plane_pb2.GetFlowRunResponse(flow_run=message, task_runs=task_runs)
+        if request.include_waiting:
+            for waiting in await self.core.waiting_tasks(row.id):
+                response.waiting.add(
+                    task_id=waiting.task_id,
+                    reason=waiting.reason,
+                    count=waiting.count,
+                    first_key=waiting.first_key,
+                )
         if response.flow_run.HasField("result"):
             await self.core.exports.readable(response.flow_run.result)
         response.audit.extend(audit_message(e) for e in reversed(entries))

@@ -73,7 +73,13 @@ from ._runs import Recovery, Resumed, RunManager
 from ._schedule_requests import ScheduleRequests
 from ._schedules import Scheduler
 from ._tag_limits import TagLimits
-from ._waiting import start_timeout_failure, waiting_reasons, waiting_reasons_in_turns
+from ._waiting import (
+    WaitingTasks,
+    start_timeout_failure,
+    waiting_reasons,
+    waiting_reasons_in_turns,
+    waiting_tasks_in_turns,
+)
 from ._wide import WideWork
 
 log = logging.getLogger("headwater.server")
@@ -470,6 +476,22 @@ class ServerCore(WorkerReports):
         serves other calls in between)."""
         reasons = await waiting_reasons_in_turns(self.dispatcher, flow_run_id)
         return self._with_builds(flow_run_id, reasons)
+
+    async def waiting_tasks(self, flow_run_id: str) -> list[WaitingTasks]:
+        """Why a run's task runs wait, a line per task and reason (GetFlowRun's
+        ``include_waiting``), in turns as ``waiting_in_turns``; none for a run that is
+        not live."""
+        active = self.runs.runs.get(flow_run_id)
+        if active is None:
+            return []
+        runs = active.engine.runs
+
+        def task_of(key: str) -> str | None:
+            run = runs.get(key)
+            return None if run is None else run.spec.id
+
+        builds = self._with_builds(flow_run_id, {})
+        return await waiting_tasks_in_turns(self.dispatcher, flow_run_id, task_of, builds)
 
     def _with_builds(self, flow_run_id: str, reasons: dict[str, str]) -> dict[str, str]:
         """``reasons`` and why subflow nodes wait for a graph build (``_creation``)."""
