@@ -44,6 +44,7 @@ EXPECTED_ALL = [
     "ThreadExecutor",
     "Trigger",
     "ValueInfo",
+    "WaitingInfo",
     "WebhookInfo",
     "WorkerInfo",
     "__version__",
