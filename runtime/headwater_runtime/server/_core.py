@@ -20,7 +20,7 @@ import logging
 import time
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -464,12 +464,18 @@ class ServerCore(WorkerReports):
             flow_name, flow_version, parameters, idempotency_key, trace_context, parent=link
         )
 
-    def waiting(self, flow_run_id: str) -> dict[str, str]:
+    def waiting(
+        self, flow_run_id: str, *, limit: int | None = None, only: Collection[str] | None = None
+    ) -> dict[str, str]:
         """Why task runs of a run wait, by task run id (on the loop): a limit on its
         tags, a worker with other code for the task, no connected worker offers it or
         all are drained or busy (``Dispatcher.waiting_reason``), a subflow waiting for a
-        worker to build its child's graph (``_creation``)."""
-        return self._with_builds(flow_run_id, waiting_reasons(self.dispatcher, flow_run_id))
+        worker to build its child's graph (``_creation``). ``limit``, ``only``: the
+        first ``limit`` queued attempts, those of these task run ids (``waiting_reasons``)."""
+        reasons = waiting_reasons(self.dispatcher, flow_run_id, limit=limit, only=only)
+        builds = self._with_builds(flow_run_id, {})
+        reasons.update((tid, why) for tid, why in builds.items() if only is None or tid in only)
+        return reasons
 
     async def waiting_in_turns(self, flow_run_id: str) -> dict[str, str]:
         """``waiting`` for a run with many queued attempts, a part at a time (the loop

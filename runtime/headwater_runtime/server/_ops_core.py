@@ -304,7 +304,7 @@ class Operations:
             return
         if not reason:
             # The same reasons the API shows for its waiting task runs (ServerCore.waiting).
-            reason = late_reason(list(self.core.waiting(flow_run_id).values()))
+            reason = late_reason(list(self.core.waiting(flow_run_id, limit=1).values()))
         self.core.runs.ops.late.append(LateRow(flow_run_id, now, reason))
         # Once stored, live views (WatchFlowRun, the web UI) re-read the run: it is late.
         self.core.commits.pending.changed.add(flow_run_id)

@@ -215,7 +215,7 @@ class HttpApi(PageHandlers):
         row = await self.reads.flow_run(request.match_info["run_id"])
         body = await self.io.read(_data.run_page, self.store, row)
         body["graph"] = await self._graph(row.flow_name, row.flow_version)
-        body["waiting"] = _waiting_shown(self.core.waiting(row.id))
+        body["waiting"] = _waiting_shown(self.core.waiting(row.id, limit=WAITING_SHOWN))
         body["now"] = time.time()
         return web.json_response(body)
 
@@ -239,7 +239,8 @@ class HttpApi(PageHandlers):
             offset=offset,
             limit=limit,
         )
-        waiting = self.core.waiting(row.id)
+        shown = {task_run_id(row.id, task_run["key"]) for task_run in page}
+        waiting = self.core.waiting(row.id, only=shown)  # (not all of a wide map's)
         for task_run in page:
             task_run["waiting"] = waiting.get(task_run_id(row.id, task_run["key"]), "")
         return web.json_response({"task_runs": page, "total": total, "offset": offset})
@@ -255,7 +256,8 @@ class HttpApi(PageHandlers):
         if not found:
             raise NotFound(f"flow run {row.id!r} has no task run {key!r}")
         task_run = found[0]
-        task_run["waiting"] = self.core.waiting(row.id).get(task_run_id(row.id, key), "")
+        one = task_run_id(row.id, key)
+        task_run["waiting"] = self.core.waiting(row.id, only={one}).get(one, "")
         return web.json_response(task_run)
 
     async def timeline(self, request: web.Request) -> web.StreamResponse:
@@ -521,7 +523,7 @@ class HttpApi(PageHandlers):
                 # Only when they changed: an open page of a busy run got the same
                 # (often empty) reasons every 2 s, and at every worker's coming or going.
                 nonlocal shown, waited_at, due
-                reasons = _waiting_shown(self.core.waiting(run_id))
+                reasons = _waiting_shown(self.core.waiting(run_id, limit=WAITING_SHOWN))
                 if reasons != shown:
                     await stream.send("waiting", reasons)
                     shown = reasons
