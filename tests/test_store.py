@@ -410,6 +410,12 @@ def test_task_runs_are_listed_in_the_order_first_stored_not_last_changed(
     assert [r.key for r in rows] == keys
     assert {r.key: (r.state, r.attempt) for r in rows}["load[0]"] == (5, 2)
     assert {r.key: r.state for r in rows}["load[1]"] == 1
+    # One task's (its mapped children included), or one task run, in the same order.
+    assert [r.key for r in store.task_runs("r1", task_id="load")] == keys[:-1]
+    (one,) = store.task_runs("r1", key="load[2]")
+    assert (one.key, one.state, one.attempt) == ("load[2]", 5, 2)
+    assert store.task_runs("r1", task_id="total", key="load[2]") == []
+    assert store.task_runs("r2", key="load[2]") == []
 
 
 def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:

@@ -57,6 +57,23 @@ def key_reused(key: str, run_id: str, flow_name: str, row: FlowRunRow) -> Confli
     return Conflict(f"idempotency key {key!r} was already used for {why}")
 
 
+def task_runs_query(
+    mark: str, flow_run_id: str, task_id: str = "", key: str = ""
+) -> tuple[str, tuple[str, ...]]:
+    """``Store.task_runs``'s query (without its order) and arguments, ``mark`` the
+    database's placeholder."""
+    sql = (
+        "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
+        f"result_id, delivered, holder FROM task_runs WHERE flow_run_id={mark}"
+    )
+    args = [flow_run_id]
+    for column, value in (("task_id", task_id), ("key", key)):
+        if value:
+            sql += f" AND {column}={mark}"
+            args.append(value)
+    return sql, tuple(args)
+
+
 def retry_gone(run_id: str) -> NotFound:
     """The refusal of a retry whose run a prune deleted, or that changed, meanwhile."""
     return NotFound(
@@ -512,8 +529,10 @@ class Store(OpsStore, Protocol):
         """A run's journal, in order."""
         ...
 
-    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
-        """A run's task runs as they are now, in the order they were first stored."""
+    def task_runs(self, flow_run_id: str, *, task_id: str = "", key: str = "") -> list[TaskRunRow]:
+        """A run's task runs as they are now, in the order they were first stored (only
+        task ``task_id``'s, mapped children included, or only task run ``key``, when
+        given: the web UI's look at one task run of a 100,000-task run read them all)."""
         ...
 
     def snapshot(self) -> AbstractContextManager[None]:

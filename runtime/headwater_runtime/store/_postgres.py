@@ -56,6 +56,7 @@ from ._base import (
     WriteBatch,
     key_reused,
     retry_gone,
+    task_runs_query,
 )
 from ._builds import build_gone, schedule_build, touch_build
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
@@ -523,13 +524,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         )
         return [RunEvent(flow_run_id, s, at, k, bytes(b), v) for s, at, k, b, v in rows]
 
-    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
-        """A run's task runs (projection), in the order they were first stored."""
-        rows = self._read(
-            "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
-            "result_id, delivered, holder FROM task_runs WHERE flow_run_id=%s ORDER BY ord",
-            (flow_run_id,),
-        )
+    def task_runs(self, flow_run_id: str, *, task_id: str = "", key: str = "") -> list[TaskRunRow]:
+        """A run's task runs (projection), in the order they were first stored (see
+        ``Store.task_runs``)."""
+        sql, args = task_runs_query("%s", flow_run_id, task_id, key)
+        rows = self._read(sql + " ORDER BY ord", args)
         return [TaskRunRow(flow_run_id, *r) for r in rows]
 
     @contextlib.contextmanager

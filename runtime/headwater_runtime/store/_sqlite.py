@@ -49,6 +49,7 @@ from ._base import (
     WriteBatch,
     key_reused,
     retry_gone,
+    task_runs_query,
 )
 from ._builds import build_gone, schedule_build, touch_build
 from ._payloads import ChunkSink, DirectoryBlobs, PayloadWriter, write_all
@@ -643,13 +644,10 @@ class SQLiteStore(SQLiteOps, AccessTables):
         )
         return [RunEvent(flow_run_id, s, at, k, b, v) for s, at, k, b, v in rows]
 
-    def task_runs(self, flow_run_id: str) -> list[TaskRunRow]:
-        """A run's task runs (projection), in creation order."""
-        rows = self._db.execute(
-            "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
-            "result_id, delivered, holder FROM task_runs WHERE flow_run_id=? ORDER BY rowid",
-            (flow_run_id,),
-        )
+    def task_runs(self, flow_run_id: str, *, task_id: str = "", key: str = "") -> list[TaskRunRow]:
+        """A run's task runs (projection), in creation order (see ``Store.task_runs``)."""
+        sql, args = task_runs_query("?", flow_run_id, task_id, key)
+        rows = self._db.execute(sql + " ORDER BY rowid", args)
         return [TaskRunRow(flow_run_id, *r) for r in rows]
 
     @contextlib.contextmanager

@@ -239,13 +239,9 @@ def task_runs_rows(
     """A page of a run's task runs as JSON (only one task node's, with its mapped
     children, one task run's, or those in ``states``, when given), and how many match;
     reader thread. Only the page's histories and results are read."""
-    rows = [
-        r
-        for r in store.task_runs(flow_run_id)
-        if (not task_id or r.task_id == task_id)
-        and (not key or r.key == key)
-        and (not states or TaskRunState(r.state).name in states)
-    ]
+    rows = store.task_runs(flow_run_id, task_id=task_id, key=key)
+    if states:
+        rows = [r for r in rows if TaskRunState(r.state).name in states]
     page = rows[offset : None if limit is None else offset + limit]
     history: dict[str, list[StateRow]] = {}
     if len(page) <= _HISTORY_BY_KEY:
