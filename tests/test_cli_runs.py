@@ -379,6 +379,9 @@ def test_a_task_no_worker_offers_says_why_it_waits(
     wide.wait_line(f"pricing.enrichh (25 task runs): {reason}")
     with Client(address) as client:
         (waiting,) = [r for r in client.list_runs() if r.flow_name == "unservable_wide"]
+        shown = cli(env, "runs", "show", waiting.id[:8], "--server", address)
+        assert shown.stdout.count(reason) == 1, shown.stdout  # runs show: one line too
+        assert f"pricing.enrichh (25 task runs): {reason}" in shown.stdout
         client.cancel(waiting.id)
     assert wide.wait() == 130
     said = [line for line in wide.lines if reason in line]

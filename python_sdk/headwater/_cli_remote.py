@@ -204,8 +204,9 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
 
 
 def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False) -> None:
-    """Each failed task run's error type, message and traceback; each waiting one's
-    reason."""
+    """Each failed task run's error type, message and traceback; why waiting ones wait,
+    a line per task and reason (a mapped task's 100,000 waiting children are one)."""
+    waiting: dict[tuple[str, str], list[str]] = {}  # (task id, reason) -> keys
     for task in task_runs:
         if task.failure is not None and task.state.is_failure:
             out.print(Text.assemble(printable(f"{task.key}: "), state_text(task.state.name)))
@@ -215,7 +216,10 @@ def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False)
             # Most reasons start with "waiting" (the server's words); say it once.
             said = task.waiting
             said = said if said.startswith("waiting") else f"waiting: {said}"
-            out.print(printable(f"{task.key}: {said}"), style="yellow", markup=False)
+            waiting.setdefault((task.task_id, said), []).append(task.key)
+    for (task_id, said), keys in waiting.items():
+        label = keys[0] if len(keys) == 1 else f"{task_id} ({len(keys):,} task runs)"
+        out.print(printable(f"{label}: {said}"), style="yellow", markup=False)
 
 
 def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argparse.Namespace) -> int:
