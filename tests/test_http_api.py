@@ -402,6 +402,12 @@ def test_a_run_page_is_sent_a_bounded_number_of_waiting_reasons(
         looked.clear()
         one = http.get(f"/api/runs/{run.id}/tasks/shout[7]")
         assert one["waiting"] == reason and looked == [f"{run.id}/shout[7]"]
+    # Pages by state, counted in the store (a page read all of a run's task runs).
+    listed = http.get(f"/api/runs/{run.id}/tasks?state=scheduled&offset=10&limit=5")
+    assert listed["total"] == 250
+    assert [t["key"] for t in listed["task_runs"]] == [f"shout[{i}]" for i in range(10, 15)]
+    assert http.get(f"/api/runs/{run.id}/tasks?state=mapped")["total"] == 1
+    assert http.get(f"/api/runs/{run.id}/tasks?state=nonsense")["total"] == 0
     http.post(f"/api/runs/{run.id}/cancel", {"reason": "done"})
 
 

@@ -416,6 +416,17 @@ def test_task_runs_are_listed_in_the_order_first_stored_not_last_changed(
     assert (one.key, one.state, one.attempt) == ("load[2]", 5, 2)
     assert store.task_runs("r1", task_id="total", key="load[2]") == []
     assert store.task_runs("r2", key="load[2]") == []
+    # A page of them, in that order, and how many match without a page.
+    paged = store.task_runs("r1", task_id="load", offset=1, limit=3)
+    assert [r.key for r in paged] == ["load[0]", "load[1]", "load[2]"]
+    assert [r.key for r in store.task_runs("r1", offset=4)] == ["load[3]", "total"]
+    done = store.task_runs("r1", states={5})
+    assert [r.key for r in done] == ["load", "load[0]", "load[2]"]
+    assert [r.key for r in store.task_runs("r1", states={5, 3}, offset=2, limit=1)] == ["load[2]"]
+    assert store.count_task_runs("r1") == 6
+    assert store.count_task_runs("r1", task_id="load", states={1}) == 2
+    assert store.count_task_runs("r1", key="total", states={3}) == 1
+    assert store.count_task_runs("r2") == 0
 
 
 def test_task_ids_in_states_lists_each_task_once_in_order(store: Store) -> None:

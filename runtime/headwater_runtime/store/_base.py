@@ -58,19 +58,28 @@ def key_reused(key: str, run_id: str, flow_name: str, row: FlowRunRow) -> Confli
 
 
 def task_runs_query(
-    mark: str, flow_run_id: str, task_id: str = "", key: str = ""
-) -> tuple[str, tuple[str, ...]]:
-    """``Store.task_runs``'s query (without its order) and arguments, ``mark`` the
-    database's placeholder."""
-    sql = (
-        "SELECT key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
-        f"result_id, delivered, holder FROM task_runs WHERE flow_run_id={mark}"
-    )
-    args = [flow_run_id]
+    mark: str,
+    flow_run_id: str,
+    task_id: str = "",
+    key: str = "",
+    states: Collection[int] = (),
+    *,
+    columns: str = (
+        "key, task_id, map_index, state, attempt, updated_at, worker_id, cache_key, "
+        "result_id, delivered, holder"
+    ),
+) -> tuple[str, tuple[Any, ...]]:
+    """``Store.task_runs``'s query (without its order and page) and arguments, ``mark``
+    the database's placeholder; ``columns``: what it selects (``COUNT(*)`` to count)."""
+    sql = f"SELECT {columns} FROM task_runs WHERE flow_run_id={mark}"
+    args: list[Any] = [flow_run_id]
     for column, value in (("task_id", task_id), ("key", key)):
         if value:
             sql += f" AND {column}={mark}"
             args.append(value)
+    if states:
+        sql += f" AND state IN ({', '.join([mark] * len(states))})"
+        args.extend(sorted(states))
     return sql, tuple(args)
 
 
@@ -529,10 +538,27 @@ class Store(OpsStore, Protocol):
         """A run's journal, in order."""
         ...
 
-    def task_runs(self, flow_run_id: str, *, task_id: str = "", key: str = "") -> list[TaskRunRow]:
-        """A run's task runs as they are now, in the order they were first stored (only
-        task ``task_id``'s, mapped children included, or only task run ``key``, when
-        given: the web UI's look at one task run of a 100,000-task run read them all)."""
+    def task_runs(
+        self,
+        flow_run_id: str,
+        *,
+        task_id: str = "",
+        key: str = "",
+        states: Collection[int] = (),
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[TaskRunRow]:
+        """A run's task runs as they are now, in the order they were first stored; only
+        task ``task_id``'s (mapped children included), task run ``key``, those in
+        ``states``, when given, and a page of them (``offset``, ``limit``): the web
+        UI's look at one task run, or at a page of a mapped task's children, read all of
+        a 100,000-task run's (``count_task_runs`` counts them)."""
+        ...
+
+    def count_task_runs(
+        self, flow_run_id: str, *, task_id: str = "", key: str = "", states: Collection[int] = ()
+    ) -> int:
+        """How many task runs ``task_runs`` with these filters lists, without a page."""
         ...
 
     def snapshot(self) -> AbstractContextManager[None]:

@@ -524,12 +524,31 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         )
         return [RunEvent(flow_run_id, s, at, k, bytes(b), v) for s, at, k, b, v in rows]
 
-    def task_runs(self, flow_run_id: str, *, task_id: str = "", key: str = "") -> list[TaskRunRow]:
+    def task_runs(
+        self,
+        flow_run_id: str,
+        *,
+        task_id: str = "",
+        key: str = "",
+        states: Collection[int] = (),
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[TaskRunRow]:
         """A run's task runs (projection), in the order they were first stored (see
         ``Store.task_runs``)."""
-        sql, args = task_runs_query("%s", flow_run_id, task_id, key)
-        rows = self._read(sql + " ORDER BY ord", args)
-        return [TaskRunRow(flow_run_id, *r) for r in rows]
+        sql, args = task_runs_query("%s", flow_run_id, task_id, key, states)
+        sql += " ORDER BY ord"
+        if offset or limit is not None:
+            sql += " LIMIT %s OFFSET %s"  # (LIMIT NULL: no limit)
+            args = (*args, limit, offset)
+        return [TaskRunRow(flow_run_id, *r) for r in self._read(sql, args)]
+
+    def count_task_runs(
+        self, flow_run_id: str, *, task_id: str = "", key: str = "", states: Collection[int] = ()
+    ) -> int:
+        """See ``Store.count_task_runs``."""
+        sql, args = task_runs_query("%s", flow_run_id, task_id, key, states, columns="COUNT(*)")
+        return int(self._read(sql, args)[0][0])
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -644,11 +644,31 @@ class SQLiteStore(SQLiteOps, AccessTables):
         )
         return [RunEvent(flow_run_id, s, at, k, b, v) for s, at, k, b, v in rows]
 
-    def task_runs(self, flow_run_id: str, *, task_id: str = "", key: str = "") -> list[TaskRunRow]:
+    def task_runs(
+        self,
+        flow_run_id: str,
+        *,
+        task_id: str = "",
+        key: str = "",
+        states: Collection[int] = (),
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[TaskRunRow]:
         """A run's task runs (projection), in creation order (see ``Store.task_runs``)."""
-        sql, args = task_runs_query("?", flow_run_id, task_id, key)
-        rows = self._db.execute(sql + " ORDER BY rowid", args)
-        return [TaskRunRow(flow_run_id, *r) for r in rows]
+        sql, args = task_runs_query("?", flow_run_id, task_id, key, states)
+        if offset or limit is not None:
+            sql += " ORDER BY rowid LIMIT ? OFFSET ?"
+            args = (*args, -1 if limit is None else limit, offset)
+        else:
+            sql += " ORDER BY rowid"
+        return [TaskRunRow(flow_run_id, *r) for r in self._db.execute(sql, args)]
+
+    def count_task_runs(
+        self, flow_run_id: str, *, task_id: str = "", key: str = "", states: Collection[int] = ()
+    ) -> int:
+        """See ``Store.count_task_runs``."""
+        sql, args = task_runs_query("?", flow_run_id, task_id, key, states, columns="COUNT(*)")
+        return int(self._db.execute(sql, args).fetchone()[0])
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

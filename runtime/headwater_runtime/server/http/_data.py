@@ -238,22 +238,27 @@ def task_runs_rows(
 ) -> tuple[list[JSON], int]:
     """A page of a run's task runs as JSON (only one task node's, with its mapped
     children, one task run's, or those in ``states``, when given), and how many match;
-    reader thread. Only the page's histories and results are read."""
-    rows = store.task_runs(flow_run_id, task_id=task_id, key=key)
-    if states:
-        rows = [r for r in rows if TaskRunState(r.state).name in states]
-    page = rows[offset : None if limit is None else offset + limit]
+    reader thread. Only the page's rows, histories and results are read (a page of a
+    100,000-child map's read them all: 0.2 s a page)."""
+    wanted = {TaskRunState[s].value for s in states if s in TaskRunState.__members__}
+    if states and not wanted:
+        return [], 0  # (no such state: none match)
+    filters: dict[str, Any] = {"task_id": task_id, "key": key, "states": wanted}
     history: dict[str, list[StateRow]] = {}
-    if len(page) <= _HISTORY_BY_KEY:
-        for r in page:
-            history[r.key] = store.task_run_history(flow_run_id, r.key)
-    else:
-        for entry in store.task_run_history(flow_run_id):
-            history.setdefault(entry.key, []).append(entry)
-    values = store.get_values(r.result_id for r in page if r.result_id)
-    return [task_run_json(r, history.get(r.key, []), values, detail=detail) for r in page], len(
-        rows
-    )
+    with store.snapshot():  # the page, its count and its histories of one commit
+        page = store.task_runs(flow_run_id, offset=offset, limit=limit, **filters)
+        if offset == 0 and (limit is None or len(page) < limit):
+            total = len(page)  # (all of them: nothing more to count)
+        else:
+            total = store.count_task_runs(flow_run_id, **filters)
+        if len(page) <= _HISTORY_BY_KEY:
+            for r in page:
+                history[r.key] = store.task_run_history(flow_run_id, r.key)
+        else:
+            for entry in store.task_run_history(flow_run_id):
+                history.setdefault(entry.key, []).append(entry)
+        values = store.get_values(r.result_id for r in page if r.result_id)
+    return [task_run_json(r, history.get(r.key, []), values, detail=detail) for r in page], total
 
 
 def timeline_rows(store: Store, flow_run_id: str) -> JSON:
