@@ -363,7 +363,8 @@ def test_a_task_no_worker_offers_says_why_it_waits(
         assert "waiting: waiting" not in shown.stdout, shown.stdout
         client.cancel(waiting.id)
     assert run.wait() == 130
-    # A mapped task's waiting children: one line for all 25, not a line each.
+    # A mapped task's 600 waiting children: one line for all, not a line each; runs
+    # show lists them a line per task (600 rows with --all).
     wide = cluster.spawn(
         [
             sys.executable,
@@ -373,15 +374,21 @@ def test_a_task_no_worker_offers_says_why_it_waits(
             str(tmp_path / "cli_tasks.py:unservable_wide"),
             "--server",
             address,
+            "-p",
+            "n=600",
         ],
         "stderr",
     )
-    wide.wait_line(f"pricing.enrichh (25 task runs): {reason}")
+    wide.wait_line(f"pricing.enrichh (600 task runs): {reason}")
     with Client(address) as client:
         (waiting,) = [r for r in client.list_runs() if r.flow_name == "unservable_wide"]
         shown = cli(env, "runs", "show", waiting.id[:8], "--server", address)
         assert shown.stdout.count(reason) == 1, shown.stdout  # runs show: one line too
-        assert f"pricing.enrichh (25 task runs): {reason}" in shown.stdout
+        assert f"pricing.enrichh (600 task runs): {reason}" in shown.stdout
+        assert "(600 task runs: a line per task; --all lists each" in shown.stdout
+        assert "pricing.enrichh[599]" not in shown.stdout and "600 SCHEDULED" in shown.stdout
+        every = cli(env, "runs", "show", waiting.id[:8], "--all", "--server", address)
+        assert "pricing.enrichh[599]" in every.stdout and "a line per task" not in every.stdout
         client.cancel(waiting.id)
     assert wide.wait() == 130
     said = [line for line in wide.lines if reason in line]

@@ -241,6 +241,10 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
         return _exit_code(final.state)
 
 
+#: Task runs ``runs show`` lists a line each; over that, a line per task (``--all``: each
+#: task run): rich takes ~5 s to lay out 20,000 rows, and a wide map has 100,000.
+SHOW_TASK_RUNS = 500
+
 #: How long a cancelled ``headwater run --server`` waits for the run to end, to show
 #: its summary (a task that ignores its cancel keeps it RUNNING).
 CANCEL_SUMMARY_WAIT = 10.0
@@ -416,21 +420,33 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
         out.print(printable(parent), markup=False)
     from rich.table import Table
 
-    table = Table(show_edge=False, pad_edge=False)
-    for column in ("task run", "state", "attempts", "time", "worker", "states"):
-        table.add_column(column)
-    for task in run.task_runs:
-        if task.state is TaskRunState.MAPPED:
-            continue
-        table.add_row(
-            plain(task.key),
-            state_text(task.state.name),
-            str(task.attempts),
-            duration_text(task.duration),
-            plain(task.worker),
-            " > ".join(s.name for s in task.states),
+    listed = [task for task in run.task_runs if task.state is not TaskRunState.MAPPED]
+    if len(listed) > SHOW_TASK_RUNS and not args.all:
+        rows = [
+            (t.task_id, t.key, t.state.name, t.attempts, t.duration, t.worker)
+            for t in run.task_runs
+        ]
+        out.print(summary_table(rows))
+        out.print(
+            f"  ({len(listed):,} task runs: a line per task; --all lists each task run, "
+            "--json gives them all)",
+            markup=False,
+            highlight=False,
         )
-    out.print(table)
+    else:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("task run", "state", "attempts", "time", "worker", "states"):
+            table.add_column(column)
+        for task in listed:
+            table.add_row(
+                plain(task.key),
+                state_text(task.state.name),
+                str(task.attempts),
+                duration_text(task.duration),
+                plain(task.worker),
+                " > ".join(s.name for s in task.states),
+            )
+        out.print(table)
     for task in run.task_runs:
         for child in task.child_run_ids:
             out.print(printable(f"  {task.key}: child flow run {child}"), markup=False)
@@ -570,6 +586,11 @@ def add_runs_command(sub: Any) -> None:
     )
     show.add_argument("--json", action="store_true", help="print JSON")
     show.add_argument("--full", action="store_true", help="print whole tracebacks (not trimmed)")
+    show.add_argument(
+        "--all",
+        action="store_true",
+        help=f"a line for each task run however many (over {SHOW_TASK_RUNS}: a line per task)",
+    )
     watch = action(
         "watch",
         "follow a run to its end (exit code as for 'run')",
