@@ -38,8 +38,10 @@ from ._cli_render import (
     plain,
     result_text,
     state_text,
+    summary_rows,
     summary_table,
     user_output_to_stderr,
+    waiting_label,
 )
 from ._client import REWATCH_PAUSE, Client, RemoteFlowRun, ServerError, TaskRunInfo
 from ._errors import Terminated, UsageError
@@ -172,11 +174,8 @@ def show_outcome(run: RemoteFlowRun, *, full: bool = False) -> None:
     """The summary table, each failed task run's error and traceback, the final line
     (stderr), and a successful run's result as JSON (stdout)."""
     err = console(sys.stderr)
-    rows = [
-        (t.task_id, t.key, t.state.name, t.attempts, t.duration, t.worker) for t in run.task_runs
-    ]
-    if rows:
-        err.print(summary_table(rows))
+    if run.task_runs:
+        err.print(summary_table(summary_rows(run.task_runs)))
     show_failures(err, run.task_runs, full=full)
     took = f" in {duration_text(run.duration)}" if run.duration is not None else ""
     if run.attempt > 1 and run.attempt_duration is not None and run.duration is not None:
@@ -218,7 +217,7 @@ def show_failures(out: Any, task_runs: list[TaskRunInfo], *, full: bool = False)
             said = said if said.startswith("waiting") else f"waiting: {said}"
             waiting.setdefault((task.task_id, said), []).append(task.key)
     for (task_id, said), keys in waiting.items():
-        label = keys[0] if len(keys) == 1 else f"{task_id} ({len(keys):,} task runs)"
+        label = waiting_label(task_id, len(keys), keys[0])
         out.print(printable(f"{label}: {said}"), style="yellow", markup=False)
 
 
@@ -422,11 +421,7 @@ def _show(client: Client, run_id: str, args: argparse.Namespace) -> int:
 
     listed = [task for task in run.task_runs if task.state is not TaskRunState.MAPPED]
     if len(listed) > SHOW_TASK_RUNS and not args.all:
-        rows = [
-            (t.task_id, t.key, t.state.name, t.attempts, t.duration, t.worker)
-            for t in run.task_runs
-        ]
-        out.print(summary_table(rows))
+        out.print(summary_table(summary_rows(run.task_runs)))
         out.print(
             f"  ({len(listed):,} task runs: a line per task; --all lists each task run, "
             "--json gives them all)",

@@ -176,6 +176,19 @@ class TaskSummary:
     workers: set[str] = field(default_factory=set)
 
 
+def waiting_label(task_id: str, count: int, first_key: str) -> str:
+    """How the CLI names waiting task runs of one task that wait for one reason: the
+    task run's key for one, the task and how many for more."""
+    return first_key if count == 1 else f"{task_id} ({count:,} task runs)"
+
+
+def summary_rows(
+    task_runs: Iterable[Any],
+) -> list[tuple[str, str, str, int, float | None, str]]:
+    """``summary_table``'s rows of task runs (TaskRunInfo)."""
+    return [(t.task_id, t.key, t.state.name, t.attempts, t.duration, t.worker) for t in task_runs]
+
+
 def summary_table(
     rows: Iterable[tuple[str, str, str, int, float | None, str]], title: str = ""
 ) -> Table:
@@ -305,9 +318,7 @@ class Progress:
         Plain output prints each task and reason once."""
         self.waiting = {}
         for entry in waiting:
-            label = entry.first_key
-            if entry.count > 1:
-                label = f"{entry.task_id} ({entry.count:,} task runs)"
+            label = waiting_label(entry.task_id, entry.count, entry.first_key)
             self.waiting[label] = entry.reason
             said = (entry.task_id, entry.reason)
             if self.live is None and said not in self._said:
@@ -352,5 +363,7 @@ __all__ = [
     "duration_text",
     "failure_lines",
     "state_text",
+    "summary_rows",
     "summary_table",
+    "waiting_label",
 ]

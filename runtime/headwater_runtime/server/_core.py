@@ -473,7 +473,7 @@ class ServerCore(WorkerReports):
         worker to build its child's graph (``_creation``). ``limit``, ``only``: the
         first ``limit`` queued attempts, those of these task run ids (``waiting_reasons``)."""
         reasons = waiting_reasons(self.dispatcher, flow_run_id, limit=limit, only=only)
-        builds = self._with_builds(flow_run_id, {})
+        builds = self._build_reasons(flow_run_id)
         reasons.update((tid, why) for tid, why in builds.items() if only is None or tid in only)
         return reasons
 
@@ -481,7 +481,8 @@ class ServerCore(WorkerReports):
         """``waiting`` for a run with many queued attempts, a part at a time (the loop
         serves other calls in between)."""
         reasons = await waiting_reasons_in_turns(self.dispatcher, flow_run_id)
-        return self._with_builds(flow_run_id, reasons)
+        reasons.update(self._build_reasons(flow_run_id))
+        return reasons
 
     async def waiting_tasks(self, flow_run_id: str) -> list[WaitingTasks]:
         """Why a run's task runs wait, a line per task and reason (GetFlowRun's
@@ -496,14 +497,15 @@ class ServerCore(WorkerReports):
             run = runs.get(key)
             return None if run is None else run.spec.id
 
-        builds = self._with_builds(flow_run_id, {})
+        builds = self._build_reasons(flow_run_id)
         return await waiting_tasks_in_turns(self.dispatcher, flow_run_id, task_of, builds)
 
-    def _with_builds(self, flow_run_id: str, reasons: dict[str, str]) -> dict[str, str]:
-        """``reasons`` and why subflow nodes wait for a graph build (``_creation``)."""
-        for key, why in self.creation.reasons(flow_run_id).items():
-            reasons[task_run_id(flow_run_id, key)] = why
-        return reasons
+    def _build_reasons(self, flow_run_id: str) -> dict[str, str]:
+        """Why subflow nodes wait for a graph build (``_creation``), by task run id."""
+        return {
+            task_run_id(flow_run_id, key): why
+            for key, why in self.creation.reasons(flow_run_id).items()
+        }
 
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored

@@ -18,7 +18,8 @@ engine as never started (``TaskFailed.never_started``: SCHEDULED -> FAILED, no R
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Iterable, Mapping
+import itertools
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,16 +69,21 @@ def waiting_reasons(
     ``limit``: the first ``limit`` of them only; ``only``: those of these task run ids
     only (a page of task runs). The web UI's run page shows 200 and each page of task
     runs its own: working out all of a run's 100,000 held the loop ~0.2 s at each look."""
+    return dict(itertools.islice(_queued_reasons(dispatcher, flow_run_id, only), limit))
+
+
+def _queued_reasons(
+    dispatcher: Dispatcher, flow_run_id: str, only: Collection[str] | None = None
+) -> Iterator[tuple[str, str]]:
+    """Each queued attempt of a run (of these task run ids, ``only``) and why it waits:
+    (task run id, reason), the workers' part worked out once per task type, code and
+    labels (``waiting_reasons``)."""
     known: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
-    reasons: dict[str, str] = {}
     for pending in dispatcher.queued_candidates(flow_run_id):
         if only is not None and pending.token[0] not in only:
             continue
         if dispatcher.is_queued(pending):
-            reasons[pending.token[0]] = _reason(dispatcher, pending, known)
-            if limit is not None and len(reasons) >= limit:
-                break
-    return reasons
+            yield pending.token[0], _reason(dispatcher, pending, known)
 
 
 #: Queued attempts ``waiting_reasons_in_turns`` looks at per turn of the event loop
@@ -142,14 +148,12 @@ async def _in_turns(
 ) -> None:
     """Hand each queued attempt of a run and why it waits to ``add`` (task run id,
     reason), REASONS_TURN at a time, the event loop serving others between turns."""
-    known: dict[tuple[str, str, tuple[tuple[str, str], ...]], str] = {}
-    candidates = dispatcher.queued_candidates(flow_run_id)
-    for start in range(0, len(candidates), REASONS_TURN):
-        if start:
+    found = _queued_reasons(dispatcher, flow_run_id)
+    while turn := list(itertools.islice(found, REASONS_TURN)):
+        for task_run, reason in turn:
+            add(task_run, reason)
+        if len(turn) == REASONS_TURN:
             await asyncio.sleep(0)
-        for pending in candidates[start : start + REASONS_TURN]:
-            if dispatcher.is_queued(pending):
-                add(pending.token[0], _reason(dispatcher, pending, known))
 
 
 def _reason(
