@@ -380,7 +380,9 @@ def test_the_store_upkeep_runs_between_writes_when_the_store_asks() -> None:
 
     def upkeep(beside_writes: bool) -> bool:
         seen.append(("upkeep", beside_writes, threading.current_thread().name))
-        return len(seen) == 2  # the first asks for the next between writes
+        # The first asks for the next between writes (counted apart from the writes:
+        # the first write and the upkeep it queued run at once, in either order).
+        return [entry[0] for entry in seen].count("upkeep") == 1
 
     def write(tag: str) -> str:
         seen.append((tag, None, threading.current_thread().name))
@@ -407,6 +409,55 @@ def test_the_store_upkeep_runs_between_writes_when_the_store_asks() -> None:
         ("third", None, writer),
     ]
     assert [entry for entry in seen if entry[2] != writer] == [("upkeep", True, upkeeper)] * 2
+
+
+def test_store_calls_keep_their_order_skip_when_cancelled_and_stop_on_close() -> None:
+    """The writer thread runs writes in the order they were asked for and hands each
+    outcome (a result or the exception) back to the loop; a read whose caller was
+    cancelled before it began never runs (a client gone before its query was reached);
+    one under way runs to its end; after ``close`` nothing more is taken."""
+    ran: list[str] = []
+    lanes: list[Any] = []
+    reader_busy, reader_may_go = threading.Event(), threading.Event()
+
+    def write(tag: str) -> str:
+        ran.append(tag)
+        if tag == "bad":
+            raise ValueError("no room")
+        return tag.upper()
+
+    def hold() -> str:
+        ran.append("hold")
+        reader_busy.set()
+        assert reader_may_go.wait(BOUND)
+        return "held"
+
+    async def main() -> None:
+        io = StoreIO(readers=1)
+        lanes.extend([io._writer, io._readers])
+        try:
+            writes = [asyncio.ensure_future(io.write(write, t)) for t in ("a", "bad", "c")]
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            assert outcomes[0] == "A" and outcomes[2] == "C"
+            assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "no room"
+            held = asyncio.ensure_future(io.read(hold))
+            assert await asyncio.to_thread(reader_busy.wait, BOUND)
+            skipped = asyncio.ensure_future(io.read(write, "never"))
+            await asyncio.sleep(0)  # (queued behind the read under way)
+            skipped.cancel()
+            held.cancel()  # under way: it still runs to its end
+            reader_may_go.set()
+            assert await io.read(write, "after") == "AFTER"
+        finally:
+            io.close()
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            await io.write(write, "late")
+
+    asyncio.run(main())
+    assert ran == ["a", "bad", "c", "hold", "after"]
+    threads = [thread for lane in lanes for thread in lane._threads]
+    assert [t.name for t in threads] == ["headwater-store-writer_0", "headwater-store-reader_0"]
+    assert not any(thread.is_alive() for thread in threads)  # close joined them
 
 
 def test_a_download_streams_one_stored_chunk_at_a_time(tmp_path: Path) -> None:
