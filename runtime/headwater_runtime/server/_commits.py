@@ -19,6 +19,7 @@ once, in order, so a retried batch never collides with what was stored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -106,7 +107,8 @@ class Committer:
         self.error: BaseException | None = None  # the last commit's, until one succeeds
         self.failures = 0
         self.commits = 0
-        self._task: asyncio.Task[None] | None = None
+        #: Done when the commit under way is stored or has failed (None: none is).
+        self._task: asyncio.Future[None] | None = None
         self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._last = 0.0
         self._retry_at = 0.0
@@ -146,35 +148,56 @@ class Committer:
         if not batch:  # nothing to store: what it covers can go at once
             self._released(release)
             return
-        self._task = asyncio.get_running_loop().create_task(self._commit(batch, release))
-
-    async def _commit(self, batch: Any, release: Release) -> None:
+        # Queued for the writer thread now, its outcome taken by a done-callback: a
+        # task in between cost the assignments a turn of the loop each way.
         began = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_future()
         try:
-            await self.io.write(_commit, self.store, batch, self.runs.collector)
-        except Exception as exc:
-            self._failed(exc, batch, release)
-        else:
-            recovered = self.failures > 0
-            if recovered:
-                log.warning(
-                    "the server's state is stored again (after %d failed attempts)",
-                    self.failures,
-                )
-            self.failures = 0
-            self.error = None
-            self._retry_at = 0.0
-            self.commits += 1
-            if recovered and self.on_failing is not None:
-                self.on_failing(False)  # before the release: its assignments may go out
-            if self.on_commit is not None:
-                self.on_commit(time.monotonic() - began)
-            self._released(release)
+            stored = self.io.writing(_commit, self.store, batch, self.runs.collector)
+        except Exception as exc:  # (the writer thread has stopped: the server stops)
+            stored = loop.create_future()
+            stored.set_exception(exc)
+        stored.add_done_callback(functools.partial(self._committed, batch, release, began))
+
+    def _committed(
+        self, batch: Any, release: Release, began: float, stored: asyncio.Future[None]
+    ) -> None:
+        try:
+            if stored.cancelled():  # (the loop is closing)
+                self.runs.reattach(batch, release.effects)
+                return
+            exc = stored.exception()
+            if isinstance(exc, Exception):
+                self._failed(exc, batch, release)
+            elif exc is not None:
+                raise exc
+            else:
+                self._stored(began, release)
         finally:
-            self._task = None
+            done, self._task = self._task, None
+            if done is not None and not done.done():
+                done.set_result(None)
             self._last = time.monotonic()
             if self._has_work():
                 self.request()
+
+    def _stored(self, began: float, release: Release) -> None:
+        recovered = self.failures > 0
+        if recovered:
+            log.warning(
+                "the server's state is stored again (after %d failed attempts)",
+                self.failures,
+            )
+        self.failures = 0
+        self.error = None
+        self._retry_at = 0.0
+        self.commits += 1
+        if recovered and self.on_failing is not None:
+            self.on_failing(False)  # before the release: its assignments may go out
+        if self.on_commit is not None:
+            self.on_commit(time.monotonic() - began)
+        self._released(release)
 
     def _failed(self, exc: Exception, batch: Any, release: Release) -> None:
         if isinstance(self.error, Fenced):

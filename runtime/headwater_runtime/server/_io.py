@@ -73,6 +73,11 @@ class StoreIO:
         upkeep runs: on its own thread, beside the writes that follow; or, when the
         store asked for it, on the writer thread, after this write's result is on its
         way back and before the next write."""
+        return await self.writing(fn, *args, **kwargs)
+
+    def writing(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """``write``, queued at once: the Future of its outcome (for a caller that goes
+        on with a done-callback rather than a task of its own: the commits)."""
         done = self._writer.call(functools.partial(fn, *args, **kwargs))
         if self._upkeep is not None and (self._upkeeping is None or self._upkeeping.done()):
             now = time.monotonic()
@@ -85,7 +90,7 @@ class StoreIO:
                 once = functools.partial(self._upkeep_once, self._upkeep, beside)
                 on = self._upkeeper.submit if beside else self._writer.submit
                 self._upkeeping = on(once)
-        return await done
+        return done
 
     def _upkeep_once(self, upkeep: Callable[[bool], bool], beside_writes: bool) -> None:
         """One upkeep (it reports its own failures; anything else is logged here)."""
