@@ -155,6 +155,18 @@ def summed(values: list[int]) -> int:
 @flow
 def over_defaults(items: tuple[int, ...] = (1, 2), factor: int = 10) -> int:
     return load(transform.map(items, unmapped(factor)))
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("str exploded")
+
+@task
+def odd() -> int:
+    raise Unprintable()
+
+@flow
+def unprintable() -> int:
+    return odd()
 """
 
 
@@ -231,6 +243,27 @@ def test_etl_through_the_server_with_two_workers(
         ]
     )
     assert {worker for _, worker in ran} <= {"w1", "w2"}
+
+
+def test_an_exception_whose_str_raises_fails_the_run_on_the_server(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """The worker reports a task's exception whose ``__str__`` raises as a failure
+    (its run hung RUNNING with the worker's slot taken: the thread describing the
+    failure died on it)."""
+    _, address = start_server(cluster, db)
+    start_worker(cluster, address, "w1")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        final = client.wait(client.run(module.unprintable).id, timeout=BOUND)  # type: ignore[attr-defined]
+        assert final.state is FlowRunState.FAILED
+        (failed,) = final.failures
+        assert failed.failure is not None
+        assert failed.failure.type == "e2e_tasks.Unprintable"
+        assert failed.failure.message == "<exception str() failed>"
+        # The worker's slot is free again: the next run is served.
+        after = client.wait(client.run(module.etl, {"n": 2}).id, timeout=BOUND)  # type: ignore[attr-defined]
+        assert after.state is FlowRunState.SUCCESS, after.message
 
 
 def test_a_flow_maps_over_a_list_parameter_on_the_server(

@@ -485,6 +485,32 @@ def test_flow_call_raises_flow_run_failed_chained_to_the_task_error(backend: Bac
     assert "in broken" in failure.traceback, "the traceback shows the task's own frame"
 
 
+def test_an_exception_whose_str_raises_fails_its_task_run(backend: Backend) -> None:
+    """A task's exception whose ``__str__`` raises: its task run FAILED with what
+    Python's own tracebacks say for it (the thread describing the failure died on it,
+    and the run waited for the attempt forever)."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("str exploded")
+
+    @task
+    def odd() -> int:
+        raise Unprintable()
+
+    @flow
+    def f() -> int:
+        return odd()
+
+    run = f.run(executor=backend.executor())
+    assert run.state is FlowRunState.FAILED
+    (failed,) = run.failures
+    assert failed.failure is not None
+    assert failed.failure.type.endswith("Unprintable")
+    assert failed.failure.message == "<exception str() failed>"
+    assert "in odd" in failed.failure.traceback
+
+
 def test_successful_flow_run_reports_its_state_and_task_runs(backend: Backend) -> None:
     @task
     def double(x: int) -> int:

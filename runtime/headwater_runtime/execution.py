@@ -49,14 +49,29 @@ def failure_from_exception(
     cause = None
     if cause_exc is not None and depth < 5:
         cause = failure_from_exception(cause_exc, no_retry_on, depth + 1)
+    name, message = error_type_name(type(exc)), exception_text(exc)
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, _from_the_task(exc)))
+    except Exception as problem:  # (an exception object odd enough to break traceback)
+        text = f"{name}: {message}\n(its traceback could not be formatted: {problem!r})\n"
     return FailureInfo(
-        type=error_type_name(type(exc)),
-        message=str(exc),
-        traceback="".join(traceback.format_exception(type(exc), exc, _from_the_task(exc))),
+        type=name,
+        message=message,
+        traceback=text,
         retryable=not isinstance(exc, no_retry_on) and not isinstance(exc, Skip),
         cause=cause,
         exception=exc,
     )
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or what Python's own tracebacks say when that raises: a task's
+    exception whose ``__str__`` raised killed the thread describing its failure, and
+    the run waited for the attempt forever."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
 
 
 def _from_the_task(exc: BaseException) -> TracebackType | None:
@@ -210,7 +225,7 @@ def execute(
     try:
         value = caller(inputs)
     except Skip as signal:
-        return TaskSkipped(key, attempt, str(signal))
+        return TaskSkipped(key, attempt, exception_text(signal))
     except TaskInterrupted:
         raise
     except BaseException as exc:  # a task's SystemExit must not kill the host
@@ -219,7 +234,7 @@ def execute(
         if token is not None:
             _TASK.reset(token)
     if isinstance(value, Skip):
-        return TaskSkipped(key, attempt, str(value))
+        return TaskSkipped(key, attempt, exception_text(value))
     return TaskSucceeded(key, attempt, value)
 
 
