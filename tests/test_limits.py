@@ -179,8 +179,22 @@ def _nested(depth: int) -> graph_pb2.Input:
     return nested
 
 
+def _constants(n: int) -> graph_pb2.Input:
+    """A list of ``n`` constants, as a flow body's ``list(range(n))`` compiles."""
+    items = [
+        graph_pb2.Input(constant=payload_pb2.Payload(data=b"%d" % i, metadata={"encoding": "json"}))
+        for i in range(n)
+    ]
+    return graph_pb2.Input(list=graph_pb2.InputList(items=items))
+
+
 def test_graphs_over_the_size_limits_are_refused_naming_the_limit(tmp_path: Path) -> None:
-    limits = Limits(max_graph_tasks=10, max_graph_edges=5, max_nesting=4)
+    """Too many tasks, upstream references or levels of nesting; and a task mapped over
+    a list in the graph itself (``inc.map(list(range(n)))`` in the flow body) with more
+    elements than max_map_width: such a map went through, 110,000 children under the
+    default limit of 100,000 (a user trial), while the same width from a result or a
+    parameter was refused."""
+    limits = Limits(max_graph_tasks=10, max_graph_edges=5, max_nesting=4, max_map_width=3)
 
     async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
         client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
@@ -191,8 +205,24 @@ def test_graphs_over_the_size_limits_are_refused_naming_the_limit(tmp_path: Path
                 graph_pb2.TaskNode(id="b", task_type="m.b", inputs={"x": _nested(8)}),
             ],
         )
+        mapped = graph_pb2.FlowGraph(
+            name="mapped",
+            tasks=[
+                graph_pb2.TaskNode(
+                    id="inc",
+                    task_type="m.inc",
+                    inputs={"x": _constants(4), "y": _constants(9)},  # y is not mapped
+                    map=graph_pb2.MapSpec(mapped_inputs=["x"]),
+                )
+            ],
+        )
         cases = [
             (_chain(11), "flow 'wide' has 11 tasks, over this server's limit max_graph_tasks = 10"),
+            (
+                mapped,
+                "flow 'mapped', task 'inc', maps argument 'x' over 4 elements, over this "
+                "server's limit max_map_width = 3",
+            ),
             (_chain(7), "over this server's limit max_graph_edges = 5"),
             (
                 deep,
@@ -208,9 +238,10 @@ def test_graphs_over_the_size_limits_are_refused_naming_the_limit(tmp_path: Path
             assert (code, message in details) == (grpc.StatusCode.RESOURCE_EXHAUSTED, True), details
         # At the limits, the same shapes are taken.
         deep.tasks[1].inputs["x"].CopyFrom(_nested(4))
-        for graph in (_chain(6), deep):
+        mapped.tasks[0].inputs["x"].CopyFrom(_constants(3))
+        for graph in (_chain(6), deep, mapped):
             await client.RegisterFlow(cp.RegisterFlowRequest(graph=graph))
-        assert [name for name, _ in running.store.list_flows()] == ["deep", "wide"]
+        assert [name for name, _ in running.store.list_flows()] == ["deep", "mapped", "wide"]
 
     against_server(tmp_path, body, limits)
 

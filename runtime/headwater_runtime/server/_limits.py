@@ -73,7 +73,8 @@ def check_strings(what: str, strings: Mapping[str, str], longest: int = MAX_NAME
 
 
 def check_graph(msg: graph_pb2.FlowGraph, limits: Limits) -> None:
-    """Refuse a flow graph with too many tasks or edges, or inputs nested too deep
+    """Refuse a flow graph with too many tasks or edges, inputs nested too deep, or a
+    task mapped over a list in the graph with more elements than ``max_map_width``
     (``LimitExceeded``), or a task whose type, tags or required labels are too many or
     too long (``max_list_items``; MAX_NAME characters: GraphError), before it is
     decoded into a GraphSpec."""
@@ -96,6 +97,14 @@ def check_graph(msg: graph_pb2.FlowGraph, limits: Limits) -> None:
         if problem:
             raise GraphError(problem)
         edges += len(node.wait_for)
+        for arg in node.map.mapped_inputs:  # a map over a list in the graph itself
+            source = node.inputs.get(arg)
+            if source is not None and source.WhichOneof("source") == "list":
+                width = len(source.list.items)
+                if width > limits.max_map_width:
+                    raise limits.exceeded(
+                        "max_map_width", f"{task} maps argument {arg!r} over {width} elements"
+                    )
         for arg, source in node.inputs.items():
             edges += _references(source, limits, f"task {node.id!r}, argument {arg!r}", 1)
         if edges > limits.max_graph_edges:
