@@ -531,6 +531,44 @@ def test_flow_definition_error_is_a_usage_error(tmp_path: Path) -> None:
     assert_usage_error(headwater_cli("graph", path), "'add'", "'b'")
 
 
+BODY_RAISES = """
+from headwater import flow, task
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+@flow
+def wide(n: int = 3) -> list[int]:
+    return inc.map(list(range(n)))
+
+@flow
+def refuses(x: str = "a") -> int:
+    if x == "a":
+        raise RuntimeError("refused x\\nsecond line")
+    return inc(1)
+"""
+
+
+def test_an_error_the_flow_body_raises_while_building_is_one_line(tmp_path: Path) -> None:
+    """The flow body's own error while its graph is built (nothing ran): one line
+    naming the flow, the body's line and the error, exit 2, in `run` and `graph`; it
+    printed ~30 lines of Headwater's frames and exited 1 ("failed", a user trial). In
+    Python the body's exception itself is raised, as before."""
+    path = write(tmp_path, "body.py", BODY_RAISES)
+    huge = headwater_cli("run", f"{path}:wide", "-p", "n=99999999999999999999999999")
+    assert_usage_error(huge, "flow 'wide', ", "body.py:10: its body raised OverflowError: ")
+    said = ("flow 'refuses', ", "body.py:15: its body raised RuntimeError: refused x second line")
+    assert_usage_error(headwater_cli("run", f"{path}:refuses"), *said)
+    assert_usage_error(headwater_cli("graph", f"{path}:refuses"), *said)
+    assert headwater_cli("run", f"{path}:refuses", "-p", "x=b").returncode == 0
+    from headwater._loader import load_file
+
+    module = load_file(str(path))
+    with pytest.raises(RuntimeError, match="refused x"):
+        module.refuses()
+
+
 def test_graph_prints_the_flow_graph_as_json(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     proc = headwater_cli("graph", path, "--format", "json")

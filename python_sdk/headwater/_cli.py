@@ -672,6 +672,17 @@ def main(argv: list[str] | None = None) -> int:
         # again when Python flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:
+        # The flow body's own error while its graph was built (`list(range(n))` with
+        # a huge n, a `raise` in the body): nothing ran. One line, as for a flow
+        # defined wrongly; ~30 lines of Headwater's frames were printed before.
+        from ._compiler import body_error
+
+        said = body_error(exc)
+        if not said:
+            raise
+        print(f"headwater: error: {said}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -798,6 +798,31 @@ def _c_misuse(flow: Flow[..., Any], exc: BaseException) -> str:
     )
 
 
+#: The attribute naming the flow and line of its body that raised an exception while
+#: its graph was built (``flow 'etl', etl.py:12``): the exception itself goes on as
+#: raised (a notebook shows the body's own error), and the CLI says it in one line.
+BODY_ERROR = "headwater_flow_body"
+
+
+def _mark_body_error(flow: Flow[..., Any], exc: Exception) -> None:
+    with contextlib.suppress(AttributeError, TypeError):  # (an exception without a dict)
+        setattr(exc, BODY_ERROR, f"flow {flow.name!r}{_body_line(flow, exc)}")
+
+
+def body_error(exc: BaseException) -> str:
+    """For an exception a flow body raised while its graph was built: the flow and
+    line, the exception's type and message, in one line; "" for any other."""
+    where = getattr(exc, BODY_ERROR, "")
+    if not isinstance(where, str) or not where:
+        return ""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<exception str() failed>"
+    line = " ".join(text.split())
+    return f"{where}: its body raised {type(exc).__name__}: {line}".rstrip(": ")
+
+
 def _located(flow: Flow[..., Any], exc: Exception) -> Exception:
     """``exc`` (a FlowDefinitionError or ParameterError raised in the flow body by a
     task call: a missing argument, a dict with other keys...) with the flow and the
@@ -841,10 +866,16 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         if isinstance(exc, FlowDefinitionError | ParameterError):
             raise _located(flow, exc) from None
         if "TaskRef" not in str(exc):
+            _mark_body_error(flow, exc)
             raise
         # C code met a task result (",".join([ref]), json.dumps({"a": ref})): it asks
         # nothing of the reference that could say so, only its type.
         raise FlowDefinitionError(_c_misuse(flow, exc)) from exc
+    except (FlowDefinitionError, GraphError, ParameterError):
+        raise
+    except Exception as exc:
+        _mark_body_error(flow, exc)
+        raise
     finally:
         _current.reset(token)
     if ctx.misuse is not None:  # refused, caught by the body, and the body went on
