@@ -968,3 +968,28 @@ def test_names_and_ids_that_are_too_long_or_hold_control_characters_are_refused(
         assert running.store.list_flows() == []
 
     against_server(tmp_path, body)
+
+
+def test_a_malformed_parent_task_run_id_is_invalid_argument(tmp_path: Path) -> None:
+    """CreateFlowRun with a parent_task_run_id that is not FLOW_RUN_ID/KEY is the
+    request's fault: INVALID_ARGUMENT naming the field (FAILED_PRECONDITION before, as
+    for a parent attempt that is not running, a user trial); no run is created."""
+
+    async def body(channel: grpc.aio.Channel, running: RunningServer) -> None:
+        client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+        await client.RegisterFlow(cp.RegisterFlowRequest(graph=_chain(1, "one")))
+        request = cp.CreateFlowRunRequest(
+            flow_name="one", parent_task_run_id="garbage", parent_attempt=1
+        )
+        code, details = await status_of(client.CreateFlowRun(request))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+        assert details == (
+            "parent_task_run_id: malformed task run id 'garbage' (expected FLOW_RUN_ID/KEY)"
+        )
+        # Well formed, but no such attempt runs: the server's state says no.
+        request.parent_task_run_id = "nope/t0"
+        code, _ = await status_of(client.CreateFlowRun(request))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert running.store.list_flow_runs("", [], 10, "") == []
+
+    against_server(tmp_path, body)

@@ -34,6 +34,7 @@ from headwater.wire import (
     feature_names,
     is_build_version,
     seconds,
+    split_task_run_id,
     timestamp,
 )
 from headwater_runtime.store import AuditRow, Conflict, FlowRunRow, NotFound, StoreUnavailable
@@ -202,6 +203,10 @@ class ControlServicer(ReadsServicer, control_plane_pb2_grpc.ControlPlaneServiceS
             await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         parent = None
         if request.parent_task_run_id:
+            try:  # (malformed: the request's fault, not a state of the server's runs)
+                split_task_run_id(request.parent_task_run_id)
+            except ValueError as exc:
+                await _fail(context, grpc.StatusCode.INVALID_ARGUMENT, f"parent_task_run_id: {exc}")
             parent = (request.parent_task_run_id, request.parent_attempt)
         async with refusals(context):
             row, created = await self.core.create_run(
