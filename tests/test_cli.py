@@ -768,6 +768,32 @@ def test_a_file_that_fails_to_import_is_a_usage_error(
     assert_usage_error(headwater_cli("run", path, cwd=tmp_path), "cannot import", fragment)
 
 
+def test_a_file_named_like_a_taken_module_or_a_folder_is_a_usage_error(tmp_path: Path) -> None:
+    """A flow file named like a standard library module (``random.py``, ``types.py``)
+    or an imported package (``grpc.py``) is refused naming the module: imported under
+    that name it replaced the real one, and a worker serving ``types.py`` failed inside
+    grpc, ``run random.py --server`` inside tempfile (a user trial). A folder is named
+    as one, not as missing. (Run from another folder: ``python -m`` would put this
+    one first on the path and import random.py before Headwater runs at all.)"""
+    for stem in ("random", "types", "grpc"):
+        path = write(tmp_path, f"{stem}.py", GOOD)
+        said = (
+            "named like the standard library's module"
+            if stem != "grpc"
+            else ("named like the module 'grpc' already imported from")
+        )
+        assert_usage_error(headwater_cli("run", path), said, "rename the file")
+        worker = headwater_cli("worker", "--server", "127.0.0.1:1", path)
+        assert_usage_error(worker, said)
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    said = f"{folder} is a folder: give a Python file (.py) in it"
+    assert_usage_error(headwater_cli("run", str(folder)), said)
+    assert_usage_error(headwater_cli("worker", "--server", "127.0.0.1:1", str(folder)), said)
+    # The same flow under a name of its own runs.
+    assert headwater_cli("run", write(tmp_path, "mine.py", GOOD)).returncode == 0
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`headwater graph big.py | head -c 100`: the reader leaves early; no traceback."""
     flow_file = tmp_path / "big.py"

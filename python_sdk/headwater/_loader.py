@@ -26,6 +26,8 @@ def load_file(path: str) -> ModuleType:
     ``pkg/jobs.py`` is ``pkg.jobs``, as ``from pkg.jobs import ...`` in a client names
     its tasks, so a worker started with either form runs the tasks the client sends."""
     file = Path(path)
+    if file.is_dir():
+        raise LoadError(f"{path} is a folder: give a Python file (.py) in it")
     if not file.is_file():
         raise LoadError(f"no such file: {path}")
     if file.suffix != ".py":
@@ -33,14 +35,16 @@ def load_file(path: str) -> ModuleType:
     dotted = _package_name(file.resolve())
     if dotted is not None:
         return _load_in_package(path, *dotted)
+    name = file.stem
+    _check_name(path, name, file.resolve())
     folder = str(file.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    name = file.stem
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
         raise LoadError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    setattr(module, _LOADED, True)
     previous = sys.modules.get(name)
     sys.modules[name] = module
     try:
@@ -54,6 +58,31 @@ def load_file(path: str) -> ModuleType:
             raise LoadError(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
         raise
     return module
+
+
+#: Set on the modules ``load_file`` imported: another file of the same name may replace
+#: one (a test's, a notebook's), not a module imported otherwise.
+_LOADED = "__headwater_loaded__"
+
+
+def _check_name(path: str, name: str, file: Path) -> None:
+    """LoadError for a file whose module name is taken: a module of Python's standard
+    library (``random.py``, ``types.py``), or one imported (not by ``load_file``) from
+    another file (``grpc.py``). Imported under that name, it replaced the module
+    everything else imports (grpc failed in a worker serving ``types.py``: "module
+    'types' has no attribute 'TracebackType'")."""
+    rename = "rename the file (its tasks' types are named after it)"
+    if name in sys.stdlib_module_names:
+        raise LoadError(f"{path} is named like the standard library's module {name!r}: {rename}")
+    taken = sys.modules.get(name)
+    if taken is None or getattr(taken, _LOADED, False):  # (a file loaded here before)
+        return
+    where = getattr(taken, "__file__", None)
+    if where is None or Path(where).resolve() != file:
+        raise LoadError(
+            f"{path} is named like the module {name!r} already imported "
+            f"{f'from {where}' if where else '(built in)'}: {rename}"
+        )
 
 
 def _package_name(file: Path) -> tuple[str, str] | None:
