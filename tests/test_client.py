@@ -237,6 +237,41 @@ def test_a_graph_over_the_message_limit_says_which_limit_and_how_to_raise_it(
     assert "\n" not in message
 
 
+@task
+def _inc(x: int) -> int:
+    return x + 1
+
+
+@flow(name="constant")
+def _constant(n: int = 20_000) -> list[int]:
+    return _inc.map(list(range(n)))
+
+
+def test_a_graph_over_the_message_limit_for_a_constant_names_the_task_given_it(
+    db: str,
+) -> None:
+    """A one-task graph over the limit because of a list written in the flow body: the
+    error names the task given it and says to have a task return the data (it advised
+    putting fewer tasks in a graph of one, a user trial)."""
+    limit = 64 * 1024
+    small = Limits(max_message_bytes=limit, max_chunk_bytes=limit // 2)
+    server = ServerThread(db, token="tok", limits=small)
+    try:
+        with Client(server.address, token="tok") as client, pytest.raises(ServerError) as refused:
+            client.deploy(_constant)
+    finally:
+        server.stop()
+    message = str(refused.value)
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "flow 'constant' has 1 task: its graph is a 0." in message
+    assert "MB of it the arguments of task '_inc' written in the flow body" in message
+    assert message.endswith(
+        "or have a task return that data, or pass it as a parameter, rather than writing "
+        "it into the flow body (docs/limits.md)"
+    ), message
+    assert "fewer tasks" not in message
+
+
 def test_client_is_public() -> None:
     assert headwater.Client is Client
 

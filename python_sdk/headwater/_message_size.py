@@ -45,14 +45,27 @@ def over_message_limit(exc: grpc.RpcError, request: object) -> str | None:
         return None
     if isinstance(request, cp.RegisterFlowRequest):
         graph = request.graph
+        tasks = len(graph.tasks)
         what = (
-            f"flow {graph.name!r} has {len(graph.tasks):,} tasks: its graph is a "
+            f"flow {graph.name!r} has {tasks:,} task{_s(tasks)}: its graph is a "
             f"{size / 1e6:.1f} MB message"
         )
         smaller = (
             "; or put fewer tasks in the graph: map one task over a list that a task "
             "returns, which the server expands into task runs (docs/limits.md)"
         )
+        largest = max(graph.tasks, key=lambda node: node.ByteSize(), default=None)
+        if largest is not None and 2 * largest.ByteSize() > size:
+            # A few tasks, one of them given a large value written in the flow body
+            # (`inc.map(list(range(150_000)))`): fewer tasks would not help.
+            what += (
+                f", {largest.ByteSize() / 1e6:.1f} MB of it the arguments of task "
+                f"{largest.id!r} written in the flow body"
+            )
+            smaller = (
+                "; or have a task return that data, or pass it as a parameter, rather "
+                "than writing it into the flow body (docs/limits.md)"
+            )
     else:
         what, smaller = f"the request is a {size / 1e6:.1f} MB message", ""
     default = "" if limit == GRPC_MESSAGE_LIMIT else f", {_size(GRPC_MESSAGE_LIMIT)} by default"
@@ -63,3 +76,7 @@ def over_message_limit(exc: grpc.RpcError, request: object) -> str | None:
         "workers that accept less); this client sends messages of any size and needs no "
         f"setting{smaller}"
     )
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
