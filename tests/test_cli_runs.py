@@ -173,6 +173,14 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     shown = cli(env, "runs", "show", run_id[:8], "--server", address)
     assert shown.returncode == 0, shown.stderr
     assert run_id in shown.stdout and "FAILED" in shown.stdout
+    # in either case (it found nothing in upper case, a user trial)
+    upper = cli(env, "runs", "show", run_id[:8].upper(), "--server", address)
+    assert upper.returncode == 0 and upper.stdout == shown.stdout, upper.stderr
+    # an id nothing has: said once (it was "get flow run 'zzzz': flow run 'zzzz' ...")
+    for verb in ("show", "cancel", "logs"):
+        missing = cli(env, "runs", verb, "zzzz", "--server", address)
+        assert missing.returncode == 2, missing.stderr
+        assert missing.stderr == "headwater: error: flow run 'zzzz' does not exist\n"
     assert "builtins.ConnectionError: pricing API timed out" in shown.stdout
     assert "traceback lines cut" in shown.stdout
     full = cli(env, "runs", "show", run_id[:8], "--server", address, "--full")

@@ -1122,4 +1122,15 @@ def _server_error(
         )
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return ServerError(f"the server at {address} refused to {what}: {details}", code)
+    if code == grpc.StatusCode.NOT_FOUND and _names_it(what, details or ""):
+        return ServerError(str(details), code)  # not "get flow run 'x': flow run 'x' does not..."
     return ServerError(f"{what}: {details}", code)
+
+
+def _names_it(what: str, details: str) -> bool:
+    """Whether an answer names the object the call was about as the call's description
+    does (``flow run 'x' does not exist`` for ``get flow run 'x'``): then it says it
+    all, and a long id (which the server cuts) is not printed twice."""
+    _, _, thing = what.partition(" ")
+    noun = thing.split(" '", 1)[0]
+    return bool(noun) and details.startswith(f"{noun} '")

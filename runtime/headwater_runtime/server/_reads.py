@@ -10,6 +10,7 @@ its own has its large parts stored as payloads and sent by reference.
 from __future__ import annotations
 
 import asyncio
+import string
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -160,13 +161,17 @@ class RunReads:
     # ------------------------------------------------------------------ runs
 
     def _resolve(self, run_id: str) -> FlowRunRow:
-        """A run by id, or by a prefix of its id that no other run has (reader thread)."""
+        """A run by id, or by a prefix of its id that no other run has, in either case
+        (reader thread)."""
         try:
             return self.store.get_flow_run(run_id)
         except NotFound:
             if not run_id:
                 raise
-            found = self.store.flow_run_ids(run_id, limit=4)
+            # (Ids are lowercase hex: `runs show B54E`, copied from somewhere that
+            # upper-cased it, found nothing, a user trial.)
+            hexadecimal = run_id.isascii() and all(c in string.hexdigits for c in run_id)
+            found = self.store.flow_run_ids(run_id.lower() if hexadecimal else run_id, limit=4)
             if not found:
                 raise
             if len(found) > 1:
