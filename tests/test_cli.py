@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -269,6 +270,11 @@ def test_run_prints_the_result_as_json_and_exits_0(tmp_path: Path) -> None:
     assert "SUCCESS" in proc.stderr
     assert "pipeline" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # A flow with no task: its last line has no empty "()" (a user trial).
+    taskless = "from headwater import flow\n\n@flow\ndef a() -> int:\n    return 1\n"
+    proc = headwater_cli("run", write(tmp_path, "taskless.py", taskless))
+    assert (proc.returncode, proc.stdout) == (0, "1\n"), proc.stderr
+    assert re.fullmatch(r"flow run \w{8} of 'a': SUCCESS in [\d.]+s\n", proc.stderr), proc.stderr
 
 
 def test_a_run_that_fails_with_no_failed_task_says_why(tmp_path: Path) -> None:

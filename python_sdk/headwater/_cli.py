@@ -83,7 +83,8 @@ def _summary(run: FlowRun) -> str:
     counts = Counter(r.state.name for r in run.task_runs.values())
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     duration = f" in {run.duration:.3f}s" if run.duration is not None else ""
-    line = f"flow run {run.id[:8]} of {run.flow_name!r}: {run.state.name}{duration} ({parts})"
+    line = f"flow run {run.id[:8]} of {run.flow_name!r}: {run.state.name}{duration}"
+    line += f" ({parts})" if parts else ""  # (a flow with no task: "()" a user trial)
     engine = run._engine
     if engine is not None and engine.timed_out is not None:  # (no task failed to say so)
         line += f": {engine.timed_out}"
