@@ -176,6 +176,19 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     # in either case (it found nothing in upper case, a user trial)
     upper = cli(env, "runs", "show", run_id[:8].upper(), "--server", address)
     assert upper.returncode == 0 and upper.stdout == shown.stdout, upper.stderr
+    # into a reader gone before it is written to (`| head`): quiet, exit 0, as `runs
+    # list` (rich's own answer was exit 1)
+    for args in (["show", run_id[:8]], ["show", run_id[:8], "--all"], ["list"]):
+        gone = subprocess.Popen(
+            [sys.executable, "-m", "headwater._cli", "runs", *args, "--server", address],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert gone.stdout is not None
+        gone.stdout.close()  # the reader leaves first: the first write meets a closed pipe
+        _, stderr = gone.communicate(timeout=BOUND)
+        assert (gone.returncode, stderr) == (0, b""), (args, stderr)
     # an id nothing has: said once (it was "get flow run 'zzzz': flow run 'zzzz' ...")
     for verb in ("show", "cancel", "logs"):
         missing = cli(env, "runs", verb, "zzzz", "--server", address)

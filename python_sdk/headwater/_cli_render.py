@@ -115,7 +115,17 @@ def _json_safe(value: Any) -> Any:
 
 def console(file: TextIO | None = None) -> Console:
     """A rich Console on ``file`` (stdout), plain text when it is not a terminal."""
-    return Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+    return _Console(file=file or sys.stdout, highlight=False, soft_wrap=True)
+
+
+class _Console(Console):
+    """A reader that leaves early (`headwater runs show ID | head`) ends the command as
+    for any output (exit 0, ``main``): rich's own answer is SystemExit(1), and `runs
+    show | head` exited 1 where `runs list | head` exited 0 (a user trial)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
 
 
 def state_text(name: str) -> Text:
