@@ -511,6 +511,36 @@ def test_an_exception_whose_str_raises_fails_its_task_run(backend: Backend) -> N
     assert "in odd" in failed.failure.traceback
 
 
+def test_a_failure_of_the_hosts_own_around_a_task_fails_it_rather_than_the_run_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error of the embedded host's own while it runs a task or describes its outcome
+    (a bug; a task's exception whose ``__str__`` raised was one) fails the attempt: the
+    thread died on it and the run waited for good."""
+    from headwater_runtime.embedded import _threads
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("describing the outcome broke")
+
+    @task
+    def fine() -> int:
+        return 1
+
+    @flow
+    def f() -> int:
+        return fine()
+
+    monkeypatch.setattr(_threads, "execute", broken)
+    run = f.run()
+    assert run.state is FlowRunState.FAILED
+    (failed,) = run.failures
+    assert failed.failure is not None
+    assert (failed.failure.type, failed.failure.message) == (
+        "builtins.RuntimeError",
+        "describing the outcome broke",
+    )
+
+
 def test_successful_flow_run_reports_its_state_and_task_runs(backend: Backend) -> None:
     @task
     def double(x: int) -> int:

@@ -675,6 +675,39 @@ def test_failures_are_structured(tasks_file: Path, server: FakeServer) -> None:
     assert not gateway.all("result")
 
 
+def test_the_workers_own_failure_around_a_task_fails_the_attempt_and_frees_its_slot(
+    tasks_file: Path, server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error of the worker's own while it runs a task or describes its outcome (a
+    bug; a task's exception whose ``__str__`` raised was one) is reported as the
+    attempt's failure: the thread died on it, the attempt stayed held and its run
+    RUNNING, the slot taken for good."""
+    from headwater import _worker_attempts
+
+    real = _worker_attempts.execute
+    broken = {"once": True}
+
+    def execute_breaking_once(*args: Any, **kwargs: Any) -> Any:
+        if broken.pop("once", False):
+            raise RuntimeError("describing the outcome broke")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_worker_attempts, "execute", execute_breaking_once)
+    gateway = server.gateway
+    with worker_thread(server.address, tasks_file, slots=1):
+        gateway.wait_for("hello")
+        first = assign(gateway, "b", "nothing_to_do")
+        failure = gateway.wait_for("failure", about(first)).failure
+        # The one slot is free again: the next attempt runs.
+        second = assign(gateway, "s", "nothing_to_do")
+        skipped = gateway.wait_for("skipped", about(second))
+    assert (failure.type, failure.message) == (
+        "builtins.RuntimeError",
+        "describing the outcome broke",
+    )
+    assert skipped.reason == "nothing to do"
+
+
 def test_skip_is_reported_as_skipped(tasks_file: Path, server: FakeServer) -> None:
     gateway = server.gateway
     with worker_thread(server.address, tasks_file, slots=1):

@@ -435,13 +435,25 @@ class Attempts:
             # print() in the task goes to the server as its log lines (logging records
             # go there through log_handler).
             with task_output(self._printed(attempt.assignment.token), records=False):
-                if self.tracer is None:
-                    outcome = self._execute(attempt)
-                else:
-                    from ._worker_tracing import execute_traced  # OpenTelemetry: only when on
+                try:
+                    if self.tracer is None:
+                        outcome = self._execute(attempt)
+                    else:
+                        from ._worker_tracing import execute_traced  # OpenTelemetry: if on
 
-                    run = functools.partial(self._execute, attempt)
-                    outcome = execute_traced(self.tracer, attempt.assignment, self.worker_name, run)
+                        run = functools.partial(self._execute, attempt)
+                        outcome = execute_traced(
+                            self.tracer, attempt.assignment, self.worker_name, run
+                        )
+                except TaskInterrupted:
+                    raise
+                except Exception as exc:
+                    # The worker's own failure around the task (describing or encoding
+                    # its outcome): the attempt fails; a thread dying here kept the
+                    # attempt held, its run RUNNING and the slot taken for good.
+                    log.exception("running %s failed", attempt.assignment.task_type)
+                    failed = failure_to_proto(failure_from_exception(exc))
+                    outcome = failure_report(attempt.token, failed)
             self._seal(attempt)
             with self.lock:
                 if self.running.get(attempt.token) is attempt:

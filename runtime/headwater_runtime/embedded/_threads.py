@@ -40,7 +40,7 @@ from headwater_runtime.engine import (
     TaskFailed,
     ValueOps,
 )
-from headwater_runtime.execution import Caller, TaskInterrupted, execute
+from headwater_runtime.execution import Caller, TaskInterrupted, execute, failure_from_exception
 
 from ._cache import ResultCache, Snapshot, cache_key, cache_snapshot, thaw
 
@@ -265,6 +265,10 @@ class ThreadExecutor:
                         running.pop(me, None)
             except TaskInterrupted:
                 event = None  # the engine has already moved on from this attempt
+            except Exception as exc:
+                # Headwater's own failure around the task (describing its outcome, say):
+                # the attempt fails; a thread dying here left the run waiting for good.
+                event = TaskFailed(key, attempt, failure_from_exception(exc))
             if event is not None:
                 completions.put(event)
             if me in self._retired:
