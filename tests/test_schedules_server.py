@@ -437,6 +437,30 @@ def test_cli_schedules_create_list_pause_delete(
     with Client(server.address, token="tok") as client:
         (left,) = client.list_schedules()
         assert left.cron == "*/5 * * * *" and left.paused
+    # runs list --schedule: only the runs a schedule made, by its name or id, as
+    # docs/schedules.md says (the option did not exist; the Client and the HTTP API had
+    # the filter, a user trial)
+    code, out, _ = cli("create", str(path), "--every", "200ms", "--name", "fast")
+    assert code == 0, out
+    fast_id = out.split()[0]
+    with Client(server.address, token="tok") as client:
+        poll(lambda: len(client.list_runs(schedule_id=fast_id)) >= 2, "two fires of 'fast'")
+        by_hand = client.run("greet", {"text": "by hand"}).id
+        client.pause_schedule("fast")  # (a fire under way may still land: compared below)
+
+        def made() -> set[str]:
+            return {r.id for r in client.list_runs(schedule_id=fast_id, limit=1000)}
+
+        for which in ("fast", fast_id, fast_id[:8]):
+            before = made()
+            code = main(["runs", "list", "--schedule", which, "--limit", "1000", "--json", *where])
+            out, _ = capsys.readouterr()
+            listed = {r["id"] for r in json.loads(out)}
+            assert code == 0 and len(before) >= 2 and before <= listed <= made(), which
+            assert by_hand not in listed
+    code = main(["runs", "list", "--schedule", "fast", "--state", "failed", *where])
+    out, err = capsys.readouterr()
+    assert (code, out) == (0, "") and err == "no flow runs match --schedule fast --state failed\n"
 
 
 def test_a_deploy_with_a_schedule_name_changes_that_schedule_after_a_code_change(

@@ -348,14 +348,19 @@ def _list(client: Client, args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--since {exc}") from None
     runs = client.list_runs(
-        flow_name=args.flow or "", limit=args.limit, states=_states(args.state), since=since
+        flow_name=args.flow or "",
+        limit=args.limit,
+        states=_states(args.state),
+        since=since,
+        schedule_id=args.schedule or "",
     )
     if args.json:
         print(_json([_run_json(r) for r in runs]))
         return EXIT_OK
     if not runs:
         states = [("--state", state) for state in args.state or ()]
-        nothing_listed("flow runs", [("--flow", args.flow), ("--since", args.since), *states])
+        filters = [("--flow", args.flow), ("--since", args.since), ("--schedule", args.schedule)]
+        nothing_listed("flow runs", [*filters, *states])
         return EXIT_OK
     out = console()
     if not out.is_terminal:  # plain, one run a line: easy to grep and cut
@@ -570,6 +575,12 @@ def add_runs_command(sub: Any) -> None:
     )
     listing.add_argument(
         "--since", metavar="DURATION", help="only runs created this recently, e.g. 1h, 2d"
+    )
+    listing.add_argument(
+        "--schedule",
+        metavar="SCHEDULE",
+        help="only runs this schedule created (its id, name or a unique id prefix; the id of "
+        "a schedule deleted or replaced since)",
     )
     listing.add_argument("--limit", type=at_least_one, default=20, help="how many (default 20)")
     listing.add_argument("--json", action="store_true", help="print JSON")
