@@ -102,6 +102,15 @@ def by_n(n: int) -> int:
 @flow
 def keyed(n: int = 3) -> list:
     return [counted(make(n)), by_n(n)]
+
+@task(labels=ON_DASK)
+def a_lock(n: int):
+    import threading
+    return threading.Lock()
+
+@flow
+def unreadable(n: int = 1):
+    return a_lock(n)
 """
 
 
@@ -235,6 +244,30 @@ def test_the_server_tells_the_bridge_to_let_go_of_a_runs_values(
     start_server(cluster, db, port, "--dask-release-after", "0")
     bridge.wait_line("reconnected to")
     poll(lambda: not held("double_all"), what="the result leaving the cluster after a restart")
+
+
+def test_a_bridge_value_dask_cannot_serialise_is_said_so_when_read(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc], dask_cluster: str
+) -> None:
+    """A result the cluster holds but cannot serialise (a lock): reading it says why,
+    in the bridge's own words; it said the value was "no longer available" because its
+    bridge was gone or the server released it (--dask-release-after), a user trial."""
+    (tmp_path / "bridge_tasks.py").write_text(textwrap.dedent(BRIDGE_TASKS))
+    _, address = start_server(cluster, db)
+    bridge_and_plain(cluster, address, dask_cluster)
+    module = load_file(str(tmp_path / "bridge_tasks.py"))
+    with Client(address, token=TOKEN) as client:
+        run = client.run(module.unreadable)  # type: ignore[attr-defined]
+        final = client.wait(run.id)
+        assert final.state is FlowRunState.SUCCESS, final.message  # (see the note)
+        for read in (lambda: client.task_result(run.id, "a_lock"), lambda: final.result):
+            with pytest.raises(ServerError) as caught:
+                read()
+            said = str(caught.value)
+            assert "is held in a Dask cluster and cannot be read out of it: the Dask " in said
+            assert "bridge worker 'bridge' could not export it: " in said
+            assert "pickle" in said and "lock" in said, said
+            assert "no longer available" not in said and "--dask-release-after" not in said
 
 
 def test_a_run_passing_bridge_values_survives_a_server_restart(

@@ -17,6 +17,7 @@ from ._codec import SELECT as SELECT
 from ._codec import SPLIT_PATH_KEY as SPLIT_PATH_KEY
 from ._codec import STRUCTURAL as STRUCTURAL
 from ._codec import TUPLE as TUPLE
+from ._codec import UNEXPORTABLE_KEY as UNEXPORTABLE_KEY
 from ._codec import EncodedValue as EncodedValue
 from ._codec import EncodingError as EncodingError
 from ._codec import decode as decode

@@ -39,6 +39,9 @@ HOLDER_KEY = "headwater.holder"
 SPLIT_PATH_KEY = "headwater.split_path"
 #: ``PayloadRef.location`` of a value held in a Dask bridge worker's cluster.
 DASK_LOCATION = "dask"
+#: PayloadRef metadata a server adds to a Dask ref a client asked for that its holder
+#: could not export: why (a result Dask cannot serialise), said to whoever reads it.
+UNEXPORTABLE_KEY = "headwater.unexportable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import grpc
 
 from headwater.v1 import payload_pb2, payload_pb2_grpc
 
-from ._codec import DASK_LOCATION, EncodedValue
+from ._codec import DASK_LOCATION, UNEXPORTABLE_KEY, EncodedValue
 from ._limits import CHUNK_SIZE
 from ._servers import CAUSE_STORE, refusal_cause
 
@@ -137,6 +137,12 @@ class PayloadTransfer:
         """The bytes of a stored payload; resumes from where it stopped on UNAVAILABLE,
         and checks size and SHA-256."""
         if ref.location == DASK_LOCATION:  # the server exports those it still can
+            why = ref.metadata.get(UNEXPORTABLE_KEY)
+            if why:
+                raise PayloadTransferError(
+                    f"value {ref.payload_id!r} is held in a Dask cluster and cannot be read "
+                    f"out of it: {why}"
+                )
             raise PayloadTransferError(
                 f"value {ref.payload_id!r} was held in a Dask cluster and is no longer "
                 "available: the Dask bridge worker that held it is gone, or the server "

@@ -38,7 +38,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from headwater.v1 import payload_pb2, worker_pb2
-from headwater.wire import DASK_LOCATION, HOLDER_KEY, RELEASE_VALUES, FailureInfo, FlowRunState
+from headwater.wire import (
+    DASK_LOCATION,
+    HOLDER_KEY,
+    RELEASE_VALUES,
+    UNEXPORTABLE_KEY,
+    FailureInfo,
+    FlowRunState,
+    cut_text,
+)
 
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
@@ -157,6 +165,9 @@ class DaskExports:
         self._plain: set[str] = set()
         self._live: dict[str, WorkerSession] = {}  # worker id -> its current session
         self.exported: dict[str, payload_pb2.Value] = {}
+        #: Why a value could not be exported, by payload id (its holder said so): a
+        #: client reading it is told this (UNEXPORTABLE_KEY), not that its holder is gone.
+        self.unexportable: dict[str, str] = {}
         self._held: list[_Held] = []
         self._asked: set[str] = set()
         self._readers: dict[str, list[asyncio.Future[None]]] = {}
@@ -378,6 +389,7 @@ class DaskExports:
                 continue  # a cache entry still names it (released when it expires)
             self._run_of.pop(payload_id, None)
             self.exported.pop(payload_id, None)
+            self.unexportable.pop(payload_id, None)
             worker_id = self.owners.pop(payload_id, None)
             if worker_id is not None and worker_id in self._releasing:
                 by_worker.setdefault(worker_id, []).append(payload_id)
@@ -484,6 +496,8 @@ class DaskExports:
             value.CopyFrom(self.exported[value.ref.payload_id])
             del value.items[:]
             value.items.extend(items)
+        elif value.WhichOneof("kind") == "ref" and value.ref.payload_id in self.unexportable:
+            value.ref.metadata[UNEXPORTABLE_KEY] = self.unexportable[value.ref.payload_id]
         for item in value.items:
             self._replace_exported(item)
 
@@ -504,6 +518,8 @@ class DaskExports:
         why = ""
         if msg.HasField("error"):
             why = f"{worker} could not export a value: {msg.error.message}"
+            said = f"{msg.error.type}: {msg.error.message}" if msg.error.type else msg.error.message
+            self.unexportable[payload_id] = cut_text(f"{worker} could not export it: {said}", 1000)
         elif problems:
             why = f"{worker} exported a value that {problems[0][1]}"
         else:
