@@ -382,3 +382,28 @@ def test_a_missing_part_of_the_flow_result_fails_the_run(backend: Backend) -> No
     assert "'nope'" in run.message
     assert run.result is None
     assert run.task_run("load").state is S.SUCCESS
+
+
+def test_a_flow_result_dask_cannot_serialise_fails_the_run_in_one_line(backend: Backend) -> None:
+    """On Dask, a flow result the cluster cannot send back (a lock) fails the run with
+    one line naming the error: its message carried Dask's whole traceback (~2 KB of
+    escaped lines at the end of `headwater run --dask local`, a user trial). On
+    threads the object itself is the result."""
+    import threading
+
+    @task
+    def a_lock() -> Any:
+        return threading.Lock()
+
+    @flow
+    def f() -> Any:
+        return a_lock()
+
+    run = f.run(executor=backend.executor())
+    if not backend.remote:
+        assert run.state is FlowRunState.SUCCESS
+        return
+    assert run.state is FlowRunState.FAILED
+    assert run.message.startswith("could not assemble the result: "), run.message
+    assert "lock" in run.message and "\n" not in run.message, run.message
+    assert len(run.message) < 300, run.message

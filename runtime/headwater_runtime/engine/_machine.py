@@ -957,7 +957,14 @@ class FlowRunEngine:
         if self.state is not FlowRunState.SUCCESS:
             raise RuntimeError(f"flow run is {self.state.name}, not SUCCESS")
         self.result = None
-        self._set_flow_state(FlowRunState.FAILED, f"could not assemble the result: {exc!r}")
+        # One line: a Dask serialisation error's text carries a whole traceback (2 KB
+        # of escaped lines in the CLI's last line, a user trial).
+        try:
+            lines = str(exc).strip().splitlines()
+        except Exception:
+            lines = []
+        said = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        self._set_flow_state(FlowRunState.FAILED, f"could not assemble the result: {said}")
 
     def _finish(self) -> None:
         self._timers.clear()  # (all task runs have ended; and the run's own timeout)
