@@ -4,6 +4,7 @@ across crashes, catch-up policy, pause/resume/delete, validation."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -348,4 +349,28 @@ def test_a_named_schedule_keeps_its_pause_and_with_another_timing_starts_from_no
     assert replaced == paused.id and other.enabled
     assert (other.created_at.seconds, other.next_run_at.seconds) == (1_060, 1_060 + 3600)
     assert server.tick(1_120.0) == 0 and server.tick(4_660.0) == 1
+    server.store.close()
+
+
+def test_a_skipped_fire_is_logged_with_its_time_readable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's line about a fire it skipped names the fire time as a UTC time,
+    as run keys do (it said "its fire at 1796450074.239", a user trial)."""
+    server = Server(tmp_path / "hw.db", now=1_000.0)
+    server.runs.register_flow(pipeline.compile())
+    sid = server.scheduler.create(every(60, n=1)).id
+
+    def gone(*args: object, **kwargs: object) -> None:
+        raise NotFound("flow 'pipeline' does not exist")
+
+    monkeypatch.setattr(server.runs, "create_run", gone)
+    with caplog.at_level(logging.WARNING, "headwater"):
+        server.tick(1_061.5)
+    said = [r.getMessage() for r in caplog.records if "skipped a fire" in r.getMessage()]
+    assert said == [
+        f"schedule {sid} skipped a fire: its fire at 1970-01-01T00:17:40.000Z cannot run: "
+        "flow 'pipeline' does not exist"
+    ]
+    assert server.scheduled_runs(sid) == []
     server.store.close()

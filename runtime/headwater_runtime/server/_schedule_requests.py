@@ -23,7 +23,7 @@ from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 
 from ._builds import BuildUnavailable, NoBuilder
 from ._io import to_its_end
-from ._schedule_times import fire_key
+from ._schedule_times import fire_key, fire_text
 from ._schedules import Scheduler, advance, identity, shown, shown_message
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ class ScheduleRequests:
             # The latest version of the flow no longer accepts these values (or the
             # pinned version vanished): this fire cannot run. Skipped, not retried
             # for ever; the server log says why.
-            scheduler.skipped(msg, f"its fire at {fire_time} cannot run: {exc}")
+            scheduler.skipped(msg, f"its fire at {fire_text(fire_time)} cannot run: {exc}")
             try:
                 await core.io.write(advance, core.store, row)
             except Exception as store_exc:

@@ -181,9 +181,14 @@ def due_fires(timing: Timing, next_run_at: float, now: float) -> tuple[list[floa
 
 def fire_key(schedule_id: str, fire_time: float) -> str:
     """The idempotency key of the run a schedule creates for one fire time."""
+    return f"schedule/{schedule_id}/{fire_text(fire_time)}"
+
+
+def fire_text(fire_time: float) -> str:
+    """A fire time in UTC to the millisecond: ``2026-12-05T06:00:00.000Z``."""
     ms = round(fire_time * 1000)
     stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"schedule/{schedule_id}/{stamp}.{ms % 1000:03d}Z"
+    return f"{stamp}.{ms % 1000:03d}Z"
 
 
 def fire_time_of(key: str) -> float | None:

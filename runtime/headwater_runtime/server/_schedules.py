@@ -41,6 +41,7 @@ from ._schedule_times import (
     Timing,
     due_fires,
     fire_key,
+    fire_text,
     first_fire,
     make_timing,
     next_fire,
@@ -315,7 +316,7 @@ class Scheduler:
                 schedule=row,
             )
         except (GraphBuildNeeded, NotFound, ParameterError, Conflict) as exc:
-            self.skip(msg, row, f"its fire at {fire_time} cannot run: {exc}")
+            self.skip(msg, row, f"its fire at {fire_text(fire_time)} cannot run: {exc}")
             return
         except BaseException:
             self.firing.pop(msg.id, None)  # not advanced: fired again at the next tick
