@@ -468,6 +468,12 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
         413,
         "the request body is over 1,048,576 bytes, the most it may be",
     )
+    # Without a reason, a script's cancel says where it came from: the HTTP API, not
+    # the web UI (whose page posts with its session; a user trial).
+    with Client(server.address, token=TOKEN) as client:
+        other = client.run(loud, {"text": "again"})
+    cancelled = http.post(f"/api/runs/{other.id}/cancel", {})
+    assert cancelled["run"]["message"] == "cancelled over the HTTP API"
     for since in ("nan", "inf", "soon"):  # (nan was taken, and matched nothing)
         status, body, _ = http.call("GET", f"/api/runs?since={since}")
         assert (status, body["error"]) == (

@@ -293,9 +293,9 @@ class HttpApi(PageHandlers):
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         """Cancel a run (stored before the answer); an ended run is left as it is."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        reason = _reason(await _body(request, '{"reason": "..."}'), "cancelled from the web UI")
+        said = _reason(await _body(request, '{"reason": "..."}'), _done_here(request, "cancelled"))
         if row.state not in _TERMINAL:
-            await self.core.cancel_audited(row.id, reason)
+            await self.core.cancel_audited(row.id, said)
             row = await self.io.read(self.store.get_flow_run, row.id)
         return web.json_response({"run": await self._run(row)})
 
@@ -304,8 +304,8 @@ class HttpApi(PageHandlers):
         (the path of OperationsService/RetryFlowRun); stored before the answer. 409 when
         it cannot be retried now."""
         row = await self.reads.flow_run(request.match_info["run_id"])
-        reason = _reason(await _body(request, '{"reason": "..."}'), "retried from the web UI")
-        await self.core.ops.retry(row.id, reason)  # audited there
+        said = _reason(await _body(request, '{"reason": "..."}'), _done_here(request, "retried"))
+        await self.core.ops.retry(row.id, said)  # audited there
         row = await self.io.read(self.store.get_flow_run, row.id)
         return web.json_response({"run": await self._run(row)})
 
@@ -628,3 +628,14 @@ def error_response(exc: Exception) -> web.Response | None:
 
 
 __all__ = ["HttpApi", "error_response"]
+
+
+def _done_here(request: web.Request, done: str) -> str:
+    """The reason a cancel or retry without one is stored with: the web UI's page posts
+    with its session (or none, on an open server), a script with its Bearer token (it
+    was audited "retried from the web UI" too, a user trial)."""
+    return (
+        f"{done} over the HTTP API"
+        if request.headers.get("Authorization")
+        else (f"{done} from the web UI")
+    )
