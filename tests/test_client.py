@@ -180,9 +180,13 @@ def test_a_parameter_is_inlined_only_when_its_whole_value_fits_the_servers_limit
 def test_errors_are_one_clear_line(server: ServerThread, tmp_path: Path) -> None:
     with (
         Client(server.address, token="wrong") as client,
-        pytest.raises(ServerError, match="refused the credential"),
+        pytest.raises(ServerError, match="refused the credential") as refused,
     ):
         client.list_runs()
+    # Said for a Client's user too, not only for the command line's (a user trial).
+    assert str(refused.value).endswith(
+        "(give one with --token on the command line or Client(token=...), or set HEADWATER_TOKEN)"
+    ), str(refused.value)
     with (
         Client(server.address, token="tok") as client,
         pytest.raises(ServerError, match="'nope' is not registered"),

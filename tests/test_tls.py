@@ -77,6 +77,8 @@ def test_a_plaintext_client_is_told_the_server_speaks_tls(tmp_path: Path, certs:
             error = refusal(client.server_info)
         assert error.code == grpc.StatusCode.UNAVAILABLE
         assert f"the server at {address} speaks TLS: pass --tls-ca FILE" in str(error)
+        # and what a Client's user gives instead (a user trial)
+        assert "in Python Client(tls_ca=...) or Client(tls=True))" in str(error)
 
     serve(tmp_path, body, **tls_server(certs))
 

@@ -1116,8 +1116,8 @@ def _server_error(
         return ServerError(f"cannot reach the Headwater server at {address} ({what})", code)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return ServerError(
-            f"the server at {address} refused the credential: {details} (pass --token or "
-            "set HEADWATER_TOKEN)",
+            f"the server at {address} refused the credential: {details} (give one with "
+            "--token on the command line or Client(token=...), or set HEADWATER_TOKEN)",
             code,
         )
     if code == grpc.StatusCode.PERMISSION_DENIED:

@@ -135,7 +135,8 @@ def _probe_plaintext(raw: socket.socket, address: str, host: str) -> str | None:
         return None  # it does not speak TLS either
     return (
         f"the server at {address} speaks TLS: pass --tls-ca FILE with the CA that signed "
-        f"its certificate (or --tls for the system's roots; {ENV_TLS_CA} / {ENV_TLS}=1)"
+        f"its certificate (or --tls for the system's roots; {ENV_TLS_CA} / {ENV_TLS}=1; "
+        "in Python Client(tls_ca=...) or Client(tls=True))"
     )
 
 
