@@ -43,6 +43,7 @@ from headwater.wire import (
     SubflowSpec,
     TaskSpec,
     Trigger,
+    exception_text,
     iter_task_refs,
     make_from_task,
     make_task_spec,
@@ -815,11 +816,7 @@ def body_error(exc: BaseException) -> str:
     where = getattr(exc, BODY_ERROR, "")
     if not isinstance(where, str) or not where:
         return ""
-    try:
-        text = str(exc)
-    except Exception:
-        text = "<exception str() failed>"
-    line = " ".join(text.split())
+    line = " ".join(exception_text(exc).split())
     return f"{where}: its body raised {type(exc).__name__}: {line}".rstrip(": ")
 
 

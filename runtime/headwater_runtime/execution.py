@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from headwater.wire import FailureInfo, StreamStandIn
+from headwater.wire import FailureInfo, StreamStandIn, exception_text
 from headwater_runtime.engine import TaskFailed, TaskSkipped, TaskSucceeded
 
 
@@ -62,16 +62,6 @@ def failure_from_exception(
         cause=cause,
         exception=exc,
     )
-
-
-def exception_text(exc: BaseException) -> str:
-    """``str(exc)``, or what Python's own tracebacks say when that raises: a task's
-    exception whose ``__str__`` raised killed the thread describing its failure, and
-    the run waited for the attempt forever."""
-    try:
-        return str(exc)
-    except Exception:
-        return "<exception str() failed>"
 
 
 def _from_the_task(exc: BaseException) -> TracebackType | None:

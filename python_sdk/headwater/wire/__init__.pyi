@@ -24,6 +24,7 @@ from ._codec import decode as decode
 from ._codec import decode_value as decode_value
 from ._codec import encode as encode
 from ._failure import FailureInfo as FailureInfo
+from ._failure import exception_text as exception_text
 from ._failure import failure_from_dict as failure_from_dict
 from ._failure import failure_from_proto as failure_from_proto
 from ._failure import failure_to_dict as failure_to_dict

@@ -107,3 +107,13 @@ def failure_from_dict(d: dict[str, Any]) -> FailureInfo:
         timed_out=d["timed_out"],
         cause=None if d["cause"] is None else failure_from_dict(d["cause"]),
     )
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or what Python's own tracebacks say when that raises (a task's
+    exception whose ``__str__`` raised killed the thread describing its failure, and the
+    run waited for the attempt forever)."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"

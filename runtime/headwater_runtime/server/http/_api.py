@@ -634,8 +634,5 @@ def _done_here(request: web.Request, done: str) -> str:
     """The reason a cancel or retry without one is stored with: the web UI's page posts
     with its session (or none, on an open server), a script with its Bearer token (it
     was audited "retried from the web UI" too, a user trial)."""
-    return (
-        f"{done} over the HTTP API"
-        if request.headers.get("Authorization")
-        else (f"{done} from the web UI")
-    )
+    where = "over the HTTP API" if request.headers.get("Authorization") else "from the web UI"
+    return f"{done} {where}"
