@@ -182,6 +182,7 @@ def full_flow_graph() -> graph_pb2.FlowGraph:
         description="Extract and transform.",
         value_dependent=True,
         parameters_digest="ab" * 32,
+        code_digest="cd" * 32,
         timeout=dur(3600, 500_000_000),
     )
 
@@ -220,6 +221,7 @@ def test_flow_graph_with_every_field_round_trips() -> None:
     assert list(sub.mapped_parameters) == ["rows"]
     assert back.value_dependent is True
     assert back.parameters_digest == "ab" * 32
+    assert back.code_digest == "cd" * 32
     assert (back.parameters[0].type, back.parameters[0].json_schema) == (
         "int",
         '{"type":"integer"}',

@@ -61,6 +61,7 @@ class Builder:
         *,
         feature: bool = True,
         metadata: tuple[tuple[str, str], ...] = (),
+        digest: str = "",
     ):
         self.requests: list[worker_pb2.BuildGraph] = []
         self.outbox: asyncio.Queue[worker_pb2.ConnectRequest | None] = asyncio.Queue()
@@ -72,7 +73,7 @@ class Builder:
             capabilities=[double.task_type],
             slots=1,
             features=[GRAPH_BUILDS] if feature else [],
-            flows=[worker_pb2.FlowOffer(name="doubled", code_digest=doubled.code_digest)],
+            flows=[worker_pb2.FlowOffer(name="doubled", code_digest=digest or doubled.code_digest)],
         )
         self.outbox.put_nowait(worker_pb2.ConnectRequest(hello=hello))
         stub = worker_pb2_grpc.WorkerGatewayServiceStub(channel)
@@ -154,6 +155,47 @@ def test_a_run_by_name_gets_its_graph_built_by_the_newest_worker_offering_the_fl
             assert len(newer.requests) == 1
             await older.leave()
             await newer.leave()
+
+    run(body)
+
+
+def test_a_stored_build_of_other_code_than_the_workers_offer_is_built_again(
+    tmp_path: Path,
+) -> None:
+    # A user trial: after the flow's body changed (its worker restarted with the new
+    # code), a run by name with values built before ran the old body's graph.
+    changed = "c" * 64
+
+    def built_from_changed_code(request: worker_pb2.BuildGraph) -> worker_pb2.GraphBuilt:
+        reply = built(request)
+        reply.graph.code_digest = changed
+        return reply
+
+    async def body() -> None:
+        async with server(tmp_path) as (_, channel, control):
+            old = Builder(channel, "old", built)
+            await old.welcomed.wait()
+            first = (await control.CreateFlowRun(create(3))).flow_run
+            graph = await control.GetFlow(
+                cp.GetFlowRequest(name="doubled", version=first.flow_version)
+            )
+            assert graph.graph.code_digest == doubled.code_digest
+            await old.leave()
+            new = Builder(channel, "new", built_from_changed_code, digest=changed)
+            await new.welcomed.wait()
+            second = (await control.CreateFlowRun(create(3))).flow_run
+            assert len(new.requests) == 1  # built again from the code it offers
+            assert second.flow_version != first.flow_version
+            third = (await control.CreateFlowRun(create(3))).flow_run
+            assert third.flow_version == second.flow_version  # that build serves them now
+            assert len(new.requests) == 1
+            # A version asked for by name runs as it was built.
+            pinned = create(3)
+            pinned.flow_version = first.flow_version
+            again = (await control.CreateFlowRun(pinned)).flow_run
+            assert again.flow_version == first.flow_version
+            assert len(new.requests) == 1
+            await new.leave()
 
     run(body)
 

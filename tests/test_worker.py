@@ -928,6 +928,30 @@ def test_load_errors_name_the_module() -> None:
         Worker("127.0.0.1:1", [], slots=0)
 
 
+def test_two_flows_of_one_name_are_refused_when_the_worker_loads_them(tmp_path: Path) -> None:
+    """A worker serving two files that each define a flow ``child`` built whichever came
+    first when a server asked for ``child``: the other module's body (a user trial). The
+    same flow imported into a second module is no clash."""
+    body = "from headwater import flow\n\n@flow\ndef child(n: int = 1) -> int:\n    return {}\n"
+    (tmp_path / "hwclash_a.py").write_text(body.format("n"))
+    (tmp_path / "hwclash_b.py").write_text(body.format("n + 1"))
+    (tmp_path / "hwclash_c.py").write_text("from hwclash_a import child\n")
+    from headwater._loader import LoadError
+
+    files = [str(tmp_path / f"hwclash_{x}.py") for x in "abc"]
+    try:
+        with pytest.raises(LoadError) as info:
+            Worker("127.0.0.1:1", files[:2])
+        assert str(info.value) == (
+            "two flows are named 'child' (in hwclash_a and hwclash_b): a server knows a "
+            "flow by its name; give one of them another name (@flow(name=...))"
+        )
+        assert list(Worker("127.0.0.1:1", [files[0], files[2]]).flows) == ["child"]
+    finally:
+        for name in ("hwclash_a", "hwclash_b", "hwclash_c"):
+            sys.modules.pop(name, None)
+
+
 def test_a_file_inside_a_package_is_loaded_under_its_dotted_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -135,6 +135,7 @@ def compile_graph(
             if p.name not in bound and not p.required:
                 bound[p.name] = p.default_value
         msg.parameters_digest = parameters_digest(bound)
+        msg.code_digest = flow.code_digest
     return msg, encoded
 
 

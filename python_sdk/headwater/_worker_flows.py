@@ -33,6 +33,7 @@ from headwater.wire import (
 
 from ._compiler import GraphTooLarge, task_bound
 from ._flow import Flow
+from ._loader import LoadError
 from ._run import FlowRun
 from ._worker_codec import failure
 
@@ -48,12 +49,25 @@ Send = Callable[[worker_pb2.ConnectRequest], None]
 
 
 def collect_flows(modules: Iterable[ModuleType]) -> dict[str, Flow[..., Any]]:
-    """Every Flow in the modules' namespaces, by flow name (the first of a name wins)."""
+    """Every Flow in the modules' namespaces, by flow name. Two flow functions of one
+    name are refused (LoadError): a server knows a flow by its name, and asked to build
+    it the worker would build whichever came first, the other module's flow for a run
+    of this one (a user trial). The same function twice (imported into another module,
+    a ``with_options`` copy) is one flow."""
     flows: dict[str, Flow[..., Any]] = {}
+    where: dict[str, str] = {}
     for module in modules:
         for obj in vars(module).values():
-            if isinstance(obj, Flow):
-                flows.setdefault(obj.name, obj)
+            if not isinstance(obj, Flow):
+                continue
+            other = flows.setdefault(obj.name, obj)
+            where.setdefault(obj.name, module.__name__)
+            if other.fn is not obj.fn:
+                raise LoadError(
+                    f"two flows are named {obj.name!r} (in {where[obj.name]} and "
+                    f"{module.__name__}): a server knows a flow by its name; give one of "
+                    "them another name (@flow(name=...))"
+                )
     return flows
 
 

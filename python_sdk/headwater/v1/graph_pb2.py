@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from headwater.v1 import payload_pb2 as headwater_dot_v1_dot_payload__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headwater/v1/graph.proto\x12\x0cheadwater.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1aheadwater/v1/payload.proto\"\xb8\x02\n\tFlowGraph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\nparameters\x18\x03 \x03(\x0b\x32\x1b.headwater.v1.ParameterSpec\x12%\n\x05tasks\x18\x04 \x03(\x0b\x32\x16.headwater.v1.TaskNode\x12#\n\x06result\x18\x05 \x01(\x0b\x32\x13.headwater.v1.Input\x12\x1a\n\x12reference_task_ids\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x17\n\x0fvalue_dependent\x18\x08 \x01(\x08\x12\x19\n\x11parameters_digest\x18\t \x01(\t\x12*\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"\x80\x01\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\rdefault_value\x18\x02 \x01(\x0b\x32\x15.headwater.v1.Payload\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x13\n\x0bjson_schema\x18\x05 \x01(\t\"\xd1\x06\n\x08TaskNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x32\n\x06inputs\x18\x04 \x03(\x0b\x32\".headwater.v1.TaskNode.InputsEntry\x12\x10\n\x08wait_for\x18\x05 \x03(\t\x12(\n\x05retry\x18\x06 \x01(\x0b\x32\x19.headwater.v1.RetryPolicy\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x07trigger\x18\x08 \x01(\x0e\x32\x15.headwater.v1.Trigger\x12(\n\x05\x63\x61\x63he\x18\t \x01(\x0b\x32\x19.headwater.v1.CachePolicy\x12\"\n\x03map\x18\n \x01(\x0b\x32\x15.headwater.v1.MapSpec\x12\x0c\n\x04tags\x18\x0b \x03(\t\x12\x43\n\x0frequired_labels\x18\x0c \x03(\x0b\x32*.headwater.v1.TaskNode.RequiredLabelsEntry\x12\x38\n\tresources\x18\r \x03(\x0b\x32%.headwater.v1.TaskNode.ResourcesEntry\x12\x0f\n\x07version\x18\x0e \x01(\t\x12\x10\n\x08portable\x18\x0f \x01(\x08\x12\x16\n\x0e\x61rgument_order\x18\x10 \x03(\t\x12\x13\n\x0b\x63ode_digest\x18\x11 \x01(\t\x12*\n\x07subflow\x18\x12 \x01(\x0b\x32\x19.headwater.v1.SubflowCall\x12\x12\n\ncase_gates\x18\x13 \x03(\t\x12<\n\x19schedule_to_start_timeout\x18\x1f \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x42\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Input:\x02\x38\x01\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0bSubflowCall\x12\x11\n\tflow_name\x18\x01 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x02 \x01(\t\x12\x19\n\x11mapped_parameters\x18\x03 \x03(\t\"\xd2\x01\n\x05Input\x12/\n\x0btask_output\x18\x01 \x01(\x0b\x32\x18.headwater.v1.TaskOutputH\x00\x12)\n\x08\x63onstant\x18\x02 \x01(\x0b\x32\x15.headwater.v1.PayloadH\x00\x12\x13\n\tparameter\x18\x03 \x01(\tH\x00\x12\'\n\x04list\x18\x04 \x01(\x0b\x32\x17.headwater.v1.InputListH\x00\x12%\n\x03map\x18\x05 \x01(\x0b\x32\x16.headwater.v1.InputMapH\x00\x42\x08\n\x06source\"F\n\nTaskOutput\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x04path\x18\x02 \x03(\x0b\x32\x19.headwater.v1.PathElement\">\n\tInputList\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.headwater.v1.Input\x12\r\n\x05tuple\x18\x02 \x01(\x08\"8\n\x08InputMap\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.headwater.v1.InputMapEntry\"@\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Input\"\xc0\x01\n\x0bRetryPolicy\x12\x13\n\x0bmax_retries\x18\x01 \x01(\r\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x62\x61\x63koff_factor\x18\x03 \x01(\x01\x12,\n\tmax_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12\x1c\n\x14non_retryable_errors\x18\x06 \x03(\t\"{\n\x0b\x43\x61\x63hePolicy\x12\x30\n\nkey_source\x18\x01 \x01(\x0e\x32\x1c.headwater.v1.CacheKeySource\x12)\n\x06\x65xpiry\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x03 \x01(\t\" \n\x07MapSpec\x12\x15\n\rmapped_inputs\x18\x01 \x03(\t*\xbd\x01\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRIGGER_ALL_SUCCESSFUL\x10\x01\x12\x18\n\x14TRIGGER_ALL_FINISHED\x10\x02\x12\x16\n\x12TRIGGER_ALL_FAILED\x10\x03\x12\x1a\n\x16TRIGGER_ANY_SUCCESSFUL\x10\x04\x12\x16\n\x12TRIGGER_ANY_FAILED\x10\x05\x12\x17\n\x13TRIGGER_NONE_FAILED\x10\x06*n\n\x0e\x43\x61\x63heKeySource\x12 \n\x1c\x43\x41\x43HE_KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41\x43HE_KEY_SOURCE_INPUTS\x10\x01\x12\x1d\n\x19\x43\x41\x43HE_KEY_SOURCE_FUNCTION\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18headwater/v1/graph.proto\x12\x0cheadwater.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1aheadwater/v1/payload.proto\"\xcd\x02\n\tFlowGraph\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12/\n\nparameters\x18\x03 \x03(\x0b\x32\x1b.headwater.v1.ParameterSpec\x12%\n\x05tasks\x18\x04 \x03(\x0b\x32\x16.headwater.v1.TaskNode\x12#\n\x06result\x18\x05 \x01(\x0b\x32\x13.headwater.v1.Input\x12\x1a\n\x12reference_task_ids\x18\x06 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x17\n\x0fvalue_dependent\x18\x08 \x01(\x08\x12\x19\n\x11parameters_digest\x18\t \x01(\t\x12*\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63ode_digest\x18\x0b \x01(\t\"\x80\x01\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\rdefault_value\x18\x02 \x01(\x0b\x32\x15.headwater.v1.Payload\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x13\n\x0bjson_schema\x18\x05 \x01(\t\"\xd1\x06\n\x08TaskNode\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x32\n\x06inputs\x18\x04 \x03(\x0b\x32\".headwater.v1.TaskNode.InputsEntry\x12\x10\n\x08wait_for\x18\x05 \x03(\t\x12(\n\x05retry\x18\x06 \x01(\x0b\x32\x19.headwater.v1.RetryPolicy\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x07trigger\x18\x08 \x01(\x0e\x32\x15.headwater.v1.Trigger\x12(\n\x05\x63\x61\x63he\x18\t \x01(\x0b\x32\x19.headwater.v1.CachePolicy\x12\"\n\x03map\x18\n \x01(\x0b\x32\x15.headwater.v1.MapSpec\x12\x0c\n\x04tags\x18\x0b \x03(\t\x12\x43\n\x0frequired_labels\x18\x0c \x03(\x0b\x32*.headwater.v1.TaskNode.RequiredLabelsEntry\x12\x38\n\tresources\x18\r \x03(\x0b\x32%.headwater.v1.TaskNode.ResourcesEntry\x12\x0f\n\x07version\x18\x0e \x01(\t\x12\x10\n\x08portable\x18\x0f \x01(\x08\x12\x16\n\x0e\x61rgument_order\x18\x10 \x03(\t\x12\x13\n\x0b\x63ode_digest\x18\x11 \x01(\t\x12*\n\x07subflow\x18\x12 \x01(\x0b\x32\x19.headwater.v1.SubflowCall\x12\x12\n\ncase_gates\x18\x13 \x03(\t\x12<\n\x19schedule_to_start_timeout\x18\x1f \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x42\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Input:\x02\x38\x01\x1a\x35\n\x13RequiredLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\x0bSubflowCall\x12\x11\n\tflow_name\x18\x01 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x02 \x01(\t\x12\x19\n\x11mapped_parameters\x18\x03 \x03(\t\"\xd2\x01\n\x05Input\x12/\n\x0btask_output\x18\x01 \x01(\x0b\x32\x18.headwater.v1.TaskOutputH\x00\x12)\n\x08\x63onstant\x18\x02 \x01(\x0b\x32\x15.headwater.v1.PayloadH\x00\x12\x13\n\tparameter\x18\x03 \x01(\tH\x00\x12\'\n\x04list\x18\x04 \x01(\x0b\x32\x17.headwater.v1.InputListH\x00\x12%\n\x03map\x18\x05 \x01(\x0b\x32\x16.headwater.v1.InputMapH\x00\x42\x08\n\x06source\"F\n\nTaskOutput\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x04path\x18\x02 \x03(\x0b\x32\x19.headwater.v1.PathElement\">\n\tInputList\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.headwater.v1.Input\x12\r\n\x05tuple\x18\x02 \x01(\x08\"8\n\x08InputMap\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.headwater.v1.InputMapEntry\"@\n\rInputMapEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.headwater.v1.Input\"\xc0\x01\n\x0bRetryPolicy\x12\x13\n\x0bmax_retries\x18\x01 \x01(\r\x12(\n\x05\x64\x65lay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0e\x62\x61\x63koff_factor\x18\x03 \x01(\x01\x12,\n\tmax_delay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06jitter\x18\x05 \x01(\x01\x12\x1c\n\x14non_retryable_errors\x18\x06 \x03(\t\"{\n\x0b\x43\x61\x63hePolicy\x12\x30\n\nkey_source\x18\x01 \x01(\x0e\x32\x1c.headwater.v1.CacheKeySource\x12)\n\x06\x65xpiry\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07version\x18\x03 \x01(\t\" \n\x07MapSpec\x12\x15\n\rmapped_inputs\x18\x01 \x03(\t*\xbd\x01\n\x07Trigger\x12\x17\n\x13TRIGGER_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRIGGER_ALL_SUCCESSFUL\x10\x01\x12\x18\n\x14TRIGGER_ALL_FINISHED\x10\x02\x12\x16\n\x12TRIGGER_ALL_FAILED\x10\x03\x12\x1a\n\x16TRIGGER_ANY_SUCCESSFUL\x10\x04\x12\x16\n\x12TRIGGER_ANY_FAILED\x10\x05\x12\x17\n\x13TRIGGER_NONE_FAILED\x10\x06*n\n\x0e\x43\x61\x63heKeySource\x12 \n\x1c\x43\x41\x43HE_KEY_SOURCE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41\x43HE_KEY_SOURCE_INPUTS\x10\x01\x12\x1d\n\x19\x43\x41\x43HE_KEY_SOURCE_FUNCTION\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -29,38 +29,38 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_TASKNODE_REQUIREDLABELSENTRY']._serialized_options = b'8\001'
   _globals['_TASKNODE_RESOURCESENTRY']._options = None
   _globals['_TASKNODE_RESOURCESENTRY']._serialized_options = b'8\001'
-  _globals['_TRIGGER']._serialized_start=2311
-  _globals['_TRIGGER']._serialized_end=2500
-  _globals['_CACHEKEYSOURCE']._serialized_start=2502
-  _globals['_CACHEKEYSOURCE']._serialized_end=2612
+  _globals['_TRIGGER']._serialized_start=2332
+  _globals['_TRIGGER']._serialized_end=2521
+  _globals['_CACHEKEYSOURCE']._serialized_start=2523
+  _globals['_CACHEKEYSOURCE']._serialized_end=2633
   _globals['_FLOWGRAPH']._serialized_start=103
-  _globals['_FLOWGRAPH']._serialized_end=415
-  _globals['_PARAMETERSPEC']._serialized_start=418
-  _globals['_PARAMETERSPEC']._serialized_end=546
-  _globals['_TASKNODE']._serialized_start=549
-  _globals['_TASKNODE']._serialized_end=1398
-  _globals['_TASKNODE_INPUTSENTRY']._serialized_start=1227
-  _globals['_TASKNODE_INPUTSENTRY']._serialized_end=1293
-  _globals['_TASKNODE_REQUIREDLABELSENTRY']._serialized_start=1295
-  _globals['_TASKNODE_REQUIREDLABELSENTRY']._serialized_end=1348
-  _globals['_TASKNODE_RESOURCESENTRY']._serialized_start=1350
-  _globals['_TASKNODE_RESOURCESENTRY']._serialized_end=1398
-  _globals['_SUBFLOWCALL']._serialized_start=1400
-  _globals['_SUBFLOWCALL']._serialized_end=1481
-  _globals['_INPUT']._serialized_start=1484
-  _globals['_INPUT']._serialized_end=1694
-  _globals['_TASKOUTPUT']._serialized_start=1696
-  _globals['_TASKOUTPUT']._serialized_end=1766
-  _globals['_INPUTLIST']._serialized_start=1768
-  _globals['_INPUTLIST']._serialized_end=1830
-  _globals['_INPUTMAP']._serialized_start=1832
-  _globals['_INPUTMAP']._serialized_end=1888
-  _globals['_INPUTMAPENTRY']._serialized_start=1890
-  _globals['_INPUTMAPENTRY']._serialized_end=1954
-  _globals['_RETRYPOLICY']._serialized_start=1957
-  _globals['_RETRYPOLICY']._serialized_end=2149
-  _globals['_CACHEPOLICY']._serialized_start=2151
-  _globals['_CACHEPOLICY']._serialized_end=2274
-  _globals['_MAPSPEC']._serialized_start=2276
-  _globals['_MAPSPEC']._serialized_end=2308
+  _globals['_FLOWGRAPH']._serialized_end=436
+  _globals['_PARAMETERSPEC']._serialized_start=439
+  _globals['_PARAMETERSPEC']._serialized_end=567
+  _globals['_TASKNODE']._serialized_start=570
+  _globals['_TASKNODE']._serialized_end=1419
+  _globals['_TASKNODE_INPUTSENTRY']._serialized_start=1248
+  _globals['_TASKNODE_INPUTSENTRY']._serialized_end=1314
+  _globals['_TASKNODE_REQUIREDLABELSENTRY']._serialized_start=1316
+  _globals['_TASKNODE_REQUIREDLABELSENTRY']._serialized_end=1369
+  _globals['_TASKNODE_RESOURCESENTRY']._serialized_start=1371
+  _globals['_TASKNODE_RESOURCESENTRY']._serialized_end=1419
+  _globals['_SUBFLOWCALL']._serialized_start=1421
+  _globals['_SUBFLOWCALL']._serialized_end=1502
+  _globals['_INPUT']._serialized_start=1505
+  _globals['_INPUT']._serialized_end=1715
+  _globals['_TASKOUTPUT']._serialized_start=1717
+  _globals['_TASKOUTPUT']._serialized_end=1787
+  _globals['_INPUTLIST']._serialized_start=1789
+  _globals['_INPUTLIST']._serialized_end=1851
+  _globals['_INPUTMAP']._serialized_start=1853
+  _globals['_INPUTMAP']._serialized_end=1909
+  _globals['_INPUTMAPENTRY']._serialized_start=1911
+  _globals['_INPUTMAPENTRY']._serialized_end=1975
+  _globals['_RETRYPOLICY']._serialized_start=1978
+  _globals['_RETRYPOLICY']._serialized_end=2170
+  _globals['_CACHEPOLICY']._serialized_start=2172
+  _globals['_CACHEPOLICY']._serialized_end=2295
+  _globals['_MAPSPEC']._serialized_start=2297
+  _globals['_MAPSPEC']._serialized_end=2329
 # @@protoc_insertion_point(module_scope)

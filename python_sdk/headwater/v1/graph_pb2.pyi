@@ -111,6 +111,7 @@ class FlowGraph(google.protobuf.message.Message):
     VALUE_DEPENDENT_FIELD_NUMBER: builtins.int
     PARAMETERS_DIGEST_FIELD_NUMBER: builtins.int
     TIMEOUT_FIELD_NUMBER: builtins.int
+    CODE_DIGEST_FIELD_NUMBER: builtins.int
     name: builtins.str
     """Flow name, unique per control plane; registering the same name adds a version."""
     version: builtins.str
@@ -130,6 +131,13 @@ class FlowGraph(google.protobuf.message.Message):
     defaults filled in: hex SHA-256 over the parameters sorted by name, one JSON line
     [name, sorted metadata pairs, hex SHA-256 of the encoded bytes] each
     (headwater.wire.parameters_digest). Empty otherwise.
+    """
+    code_digest: builtins.str
+    """For a value-dependent graph, the digest of the flow function's code it was built
+    from (as FlowOffer.code_digest). A run by name of the latest version reuses a stored
+    build for the same parameter values only while no connected worker offers the flow
+    with other code: after a change of the flow's code, a worker builds it again.
+    Empty: not known (the build is reused for its values).
     """
     @property
     def parameters(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ParameterSpec]:
@@ -171,9 +179,10 @@ class FlowGraph(google.protobuf.message.Message):
         value_dependent: builtins.bool = ...,
         parameters_digest: builtins.str = ...,
         timeout: google.protobuf.duration_pb2.Duration | None = ...,
+        code_digest: builtins.str = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["result", b"result", "timeout", b"timeout"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "parameters_digest", b"parameters_digest", "reference_task_ids", b"reference_task_ids", "result", b"result", "tasks", b"tasks", "timeout", b"timeout", "value_dependent", b"value_dependent", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["code_digest", b"code_digest", "description", b"description", "name", b"name", "parameters", b"parameters", "parameters_digest", b"parameters_digest", "reference_task_ids", b"reference_task_ids", "result", b"result", "tasks", b"tasks", "timeout", b"timeout", "value_dependent", b"value_dependent", "version", b"version"]) -> None: ...
 
 global___FlowGraph = FlowGraph
 

@@ -253,7 +253,8 @@ class GraphSpec:
     body used them as values, docs/flows.md); ``parameters_digest`` identifies those
     values (``parameters_digest()`` in ``headwater.wire``, empty when not known, as in
     an embedded run): a control plane runs such a graph only with parameters of that
-    digest.
+    digest, and reuses it for a run by name only while its workers offer the flow's
+    code of ``code_digest``.
     """
 
     name: str
@@ -269,6 +270,9 @@ class GraphSpec:
     #: its unfinished task runs are cancelled and it FAILS. None: no limit. A child run
     #: is bounded by its node's timeout instead.
     timeout: float | None = None
+    #: For a value-dependent graph, the digest of the flow function's code it was built
+    #: from (FlowGraph.code_digest; "" when not known).
+    code_digest: str = ""
 
     def validate(self) -> None:
         """Raise GraphError naming the task and problem for any invalid graph.

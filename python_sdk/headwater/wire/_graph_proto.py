@@ -106,6 +106,7 @@ def graph_to_proto(graph: GraphSpec) -> graph_pb2.FlowGraph:
         reference_task_ids=list(graph.reference_task_ids),
         value_dependent=graph.value_dependent,
         parameters_digest=graph.parameters_digest,
+        code_digest=graph.code_digest,
     )
     if graph.timeout is not None:
         msg.timeout.CopyFrom(duration(graph.timeout))
@@ -301,6 +302,7 @@ def graph_from_proto(msg: graph_pb2.FlowGraph) -> GraphSpec:
         value_dependent=msg.value_dependent,
         parameters_digest=msg.parameters_digest,
         timeout=seconds(msg.timeout) if msg.HasField("timeout") else None,
+        code_digest=msg.code_digest,
     )
     if graph.value_dependent and not graph.parameters_digest:
         raise GraphError(

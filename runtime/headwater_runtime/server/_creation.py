@@ -95,6 +95,9 @@ class RunCreation:
         schedule that fired the run, advanced past this fire, stored in the same
         transaction (``Store.create_flow_run``)."""
         core = self.core
+        # (Only the latest version is built again for new code: a version asked for by
+        # name is run as it was built.)
+        offered = frozenset() if flow_version else self.offered(flow_name)
         # Built and stored by one thread, one hop fewer than building on a reader thread
         # and storing on the writer thread: a reader thread when the store takes
         # concurrent writes (PostgreSQL); the writer thread for a small graph this
@@ -115,6 +118,7 @@ class RunCreation:
                     idempotency_key,
                     trace_context,
                     schedule,
+                    offered,
                 )
                 return await to_its_end(self._adopt_when(stored), _STORING, _REFUSED)
         prepared = await self._prepare(
@@ -126,6 +130,7 @@ class RunCreation:
             parent,
             build_missing or self.has_builder(flow_name),
             schedule,
+            offered,
         )
         audit = _audit(core, CALLER.get().name, prepared, schedule)
 
@@ -159,13 +164,20 @@ class RunCreation:
         idempotency_key: str,
         trace_context: Mapping[str, str] | None,
         schedule: ScheduleRow | None,
+        offered: frozenset[str],
     ) -> tuple[PreparedRun, FlowRunRow, bool]:
         """On a reader thread (a store with ``concurrent_writes``) or the writer
         thread (a small run): build a run and store it; GraphBuildNeeded or NotFound
         before anything is stored."""
         core = self.core
         prepared = core.runs.prepare_run(
-            flow_name, flow_version, parameters, idempotency_key, trace_context, schedule=schedule
+            flow_name,
+            flow_version,
+            parameters,
+            idempotency_key,
+            trace_context,
+            schedule=schedule,
+            offered=offered,
         )
         audit = _audit(core, caller, prepared, schedule)
         try:
@@ -201,13 +213,14 @@ class RunCreation:
         parent: tuple[str, str, int] | None,
         build_missing: bool,
         schedule: ScheduleRow | None,
+        offered: frozenset[str],
     ) -> PreparedRun:
         core = self.core
         prepare = core.runs.prepare_run
         try:
             return await core.io.read(
                 prepare, flow_name, flow_version, parameters, idempotency_key, trace_context,
-                parent=parent, schedule=schedule,
+                parent=parent, schedule=schedule, offered=offered,
             )  # fmt: skip
         except GraphBuildNeeded:
             if flow_version:
@@ -220,6 +233,11 @@ class RunCreation:
             prepare, flow_name, version, converted, idempotency_key, trace_context,
             parent=parent, schedule=schedule,
         )  # fmt: skip
+
+    def offered(self, flow_name: str) -> frozenset[str]:
+        """The code digests of the flow the connected workers that can build it offer."""
+        sessions = self.core.dispatcher.sessions.values()
+        return frozenset(s.flows[flow_name] for s in self.builds.builders(sessions, flow_name))
 
     def has_builder(self, flow_name: str) -> bool:
         """Whether a connected worker can build the flow's graph now."""

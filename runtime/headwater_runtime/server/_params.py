@@ -136,10 +136,22 @@ def _schema_problem(schema: str) -> str | None:
     return None
 
 
-def check_built_for(graph: GraphSpec, version: str, params: Mapping[str, Any]) -> None:
-    """GraphBuildNeeded unless a value-dependent graph was built for these values."""
-    if not graph.value_dependent or parameters_digest(params) == graph.parameters_digest:
+def check_built_for(
+    graph: GraphSpec, version: str, params: Mapping[str, Any], offered: frozenset[str] = frozenset()
+) -> None:
+    """GraphBuildNeeded unless a value-dependent graph was built for these values, and
+    from code a connected worker offers when ``offered`` (the code digests the workers
+    that can build the flow offer for it) is not empty: after a change of the flow's
+    code a stored build would run the old body (a user trial)."""
+    if not graph.value_dependent:
         return
+    if parameters_digest(params) == graph.parameters_digest:
+        if not offered or not graph.code_digest or graph.code_digest in offered:
+            return
+        raise GraphBuildNeeded(
+            f"flow {graph.name!r} version {version!r} was built from other code than the "
+            "connected workers offer for the flow"
+        )
     raise GraphBuildNeeded(
         f"flow {graph.name!r} version {version!r} was built for other parameter values: "
         "its body uses parameters as values, so its graph depends on them (docs/flows.md). "

@@ -272,15 +272,21 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         *,
         schedule: ScheduleRow | None = None,
         parent: tuple[str, str, int] | None = None,
+        offered: frozenset[str] = frozenset(),
     ) -> PreparedRun:
         """Check a new run (ParameterError for bad parameters, NotFound for an unknown
         flow), build its row and its engine and start it into a sink of its own;
         nothing is stored and nothing leaves yet. Safe to call from a reader thread: a
         100k-task graph takes a while to build and start, and the event loop must not
         wait for it.
-        ``parent`` (flow run id, task run key, attempt) makes it a child run."""
+        ``parent`` (flow run id, task run key, attempt) makes it a child run.
+        ``offered``: the code digests the connected workers that can build the flow
+        offer for it; a stored build of other code is not reused for the latest
+        version (GraphBuildNeeded: a worker builds it again)."""
         version, graph = self.graph(flow_name, flow_version)
-        params = self.check_params(graph, version, parameters)
+        params = self.check_params(
+            graph, version, parameters, offered if not flow_version else frozenset()
+        )
         if parent is None and schedule is None:
             # A client's own values (a subflow's child gets stored results, a schedule
             # the values it was created with): a store read per payload referenced.
@@ -406,7 +412,10 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
 
     @staticmethod
     def check_params(
-        graph: GraphSpec, version: str, given: Mapping[str, payload_pb2.Value]
+        graph: GraphSpec,
+        version: str,
+        given: Mapping[str, payload_pb2.Value],
+        offered: frozenset[str] = frozenset(),
     ) -> dict[str, Any]:
         """A run's parameters with defaults filled in, checked as far as the server
         can (server/_params.py): ParameterError, or GraphBuildNeeded when a
@@ -414,7 +423,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         params = bind_params(graph, dict(given))
         # First: values a worker will build (and convert) a graph for are not refused
         # here for not being converted yet ("5" for an int).
-        check_built_for(graph, version, params)
+        check_built_for(graph, version, params, offered)
         check_mapped_given(graph, given)
         check_json_params(graph, params)
         check_types(graph, given)
