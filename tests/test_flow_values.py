@@ -5,6 +5,7 @@ checked against the flow function's annotations."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
 import enum
@@ -1098,6 +1099,60 @@ def test_a_try_that_catches_type_error_builds_the_graph_from_the_values() -> Non
     with pytest.raises(ParameterError, match=said):
         parsed_day.graph()  # (without values: it names the try's line)
     assert careful(n=9) == "'big'"  # an except that cannot catch a TypeError: as before
+
+
+@flow
+def dumped_in_a_try() -> str:
+    try:
+        payload = json.dumps({"v": scale(2, 2)})
+    except (TypeError, ValueError):
+        payload = "{}"
+    return show(payload)
+
+
+@task
+def today() -> str:
+    return "2026-01-02"
+
+
+@flow
+def suppressed_result() -> str:
+    parsed: Any = None
+    day = today()
+    with contextlib.suppress(TypeError):
+        parsed = datetime.date.fromisoformat(day)
+    return show(parsed)
+
+
+@flow
+def suppressed_parameter(day: str = "2026-01-02") -> str:
+    parsed = None
+    with contextlib.suppress(TypeError, ValueError):
+        parsed = datetime.date.fromisoformat(day)
+    return show(parsed)
+
+
+def test_a_task_result_in_a_try_or_suppress_catching_type_error_is_refused() -> None:
+    """A user trial: json.dumps({"v": result}) in a `try` catching TypeError returned
+    "{}" in every run (and `with suppress(TypeError)` around date.fromisoformat(result)
+    kept None): C code refuses the placeholder by its type, and the body took its
+    fallback, silently. Refused now, naming the task and the line; a parameter there
+    builds the graph from the values, as with a `try`."""
+    with pytest.raises(FlowDefinitionError) as info:
+        dumped_in_a_try()
+    text = str(info.value)
+    assert text.startswith("flow 'dumped_in_a_try', ") and f"{LINE}:" in text.split(": ")[0]
+    assert "the result of task 'scale' is used in a `try` that catches TypeError" in text
+    assert "do this inside a task" in text
+    with pytest.raises(
+        FlowDefinitionError,
+        match=r"result of task 'today' is used in a `with suppress\(...\)` that catches TypeError",
+    ):
+        suppressed_result()
+    assert suppressed_parameter() == "datetime.date(2026, 1, 2)"
+    assert suppressed_parameter(day="2026-03-04") == "datetime.date(2026, 3, 4)"
+    assert suppressed_parameter(day="nonsense") == "None"
+    assert suppressed_parameter.graph(day="2026-03-04").value_dependent
 
 
 @flow

@@ -50,7 +50,7 @@ from headwater.wire import (
 )
 
 from ._errors import FlowDefinitionError
-from ._identity import IdentityCheck, identity_checks, resolve, unread_checks
+from ._identity import IN_TRY, IdentityCheck, identity_checks, resolve, unread_checks
 from ._refs import (
     NeedsValues,
     ParamRef,
@@ -751,17 +751,32 @@ def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
     return None
 
 
-def _check_identity_of_results(flow: Flow[..., Any]) -> None:
+def _check_identity_of_results(flow: Flow[..., Any], tries: bool = False) -> None:
     """FlowDefinitionError for a task or flow result checked by identity or type in
     the flow's body (``if fetch() is None``, ``isinstance(rows, list)``): the check
-    would see the reference, never the value, and silently take one branch."""
+    would see the reference, never the value, and silently take one branch. ``tries``:
+    instead, a result used in a ``try`` (or ``with suppress``) catching TypeError,
+    checked once the body has run."""
     from ._flow import Flow
 
     for check, target in _checked(flow):
-        if target is None:
+        if target is None or check.how.startswith(IN_TRY) != tries:
             continue
         kind = "flow" if isinstance(target, Flow) else "task"
         what = f"the result of {kind} {target.name!r}"
+        if tries:
+            # A task result in a `try` catching TypeError: C code refusing its
+            # placeholder by type raised TypeError, and the body silently took its
+            # fallback (json.dumps({"v": result}) gave "{}", a user trial).
+            caught = check.how.removeprefix(IN_TRY).strip()
+            raise FlowDefinitionError(
+                f"flow {flow.name!r}, {_show(_file(flow), check.line)}: {what} is used in "
+                f"{caught} while the flow is being built, when the {kind} has not run yet: "
+                "code that needs its value refuses the placeholder, and the fallback "
+                "would be taken in every run (nor is the task's failure caught there when "
+                "it runs). Instead, do this inside a task (retries= and trigger= handle "
+                "a task's failures)"
+            )
         if check.name is not None:
             what += f" (`{check.name}`)"
         raise FlowDefinitionError(
@@ -877,6 +892,10 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         _current.reset(token)
     if ctx.misuse is not None:  # refused, caught by the body, and the body went on
         raise ctx.misuse
+    # After the body, when a use of the result the body caught has not said more (a
+    # log call's "cannot be turned into a number"): a result in a `try` or `suppress`
+    # that C code may have refused by its type, asking it nothing.
+    _check_identity_of_results(flow, tries=True)
     if ctx.value_use is not None:  # the body caught the signal and went on
         _remember(flow, ctx.value_use)
         raise NeedsValues(ctx.value_use[0])

@@ -161,11 +161,37 @@ def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
                 if what:
                     # A C function refuses a placeholder by its type (date.fromisoformat
                     # (day) raises TypeError, asking it nothing): caught, the body went
-                    # on with its fallback for every value.
-                    how = f"may be refused by code in a `try` that catches {what}"
-                    found.append(IdentityCheck("", (), how, offset + handler.lineno))
+                    # on with its fallback for every value. The calls in the `try` say
+                    # whether a task result may be what is refused.
+                    how = f"{IN_TRY} a `try` that catches {what}"
+                    calls = _calls_in_body(node.body, assigned)
+                    found.append(IdentityCheck("", calls, how, offset + handler.lineno))
+                    break
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            for item in node.items:
+                what = _suppressing_type_error(fn, item.context_expr)
+                if what:  # `with suppress(TypeError):`, as a `try` that catches it
+                    how = f"{IN_TRY} a `with suppress(...)` that catches {what}"
+                    calls = _calls_in_body(node.body, assigned)
+                    found.append(IdentityCheck("", calls, how, offset + node.lineno))
                     break
     return tuple(found)
+
+
+#: How a check made by catching TypeError begins (IdentityCheck.how).
+IN_TRY = "may be refused by code in"
+
+
+def _suppressing_type_error(fn: Any, expr: ast.expr) -> str:
+    """What ``contextlib.suppress(...)`` in a ``with`` catches a TypeError as ("" when
+    ``expr`` is no such call, by the builtin names only)."""
+    if not isinstance(expr, ast.Call) or resolve(fn, _dotted(expr.func)) is not contextlib.suppress:
+        return ""
+    for arg in expr.args:
+        what = _catching_type_error(fn, arg)
+        if what:
+            return what
+    return ""
 
 
 #: The exceptions a handler catches TypeError with.
@@ -178,6 +204,8 @@ def _catching_type_error(fn: Any, caught: ast.expr | None) -> str:
     builtin names only)."""
     if caught is None:
         return "everything"
+    if isinstance(caught, ast.Starred):  # (suppress(*errors): not followed)
+        return ""
     names = caught.elts if isinstance(caught, ast.Tuple) else [caught]
     for name in names:
         if isinstance(name, ast.Name) and name.id in _CATCH_TYPE_ERROR and _builtin(fn, name.id):
@@ -185,7 +213,15 @@ def _catching_type_error(fn: Any, caught: ast.expr | None) -> str:
     return ""
 
 
-def _calls_in(expr: ast.expr, assigned: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+def _calls_in_body(body: list[ast.stmt], assigned: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """``_calls_in`` over the statements of a block."""
+    found: dict[str, None] = {}
+    for statement in body:
+        found.update(dict.fromkeys(_calls_in(statement, assigned)))
+    return tuple(found)
+
+
+def _calls_in(expr: ast.AST, assigned: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     """The dotted names of the calls in ``expr``, and of those ``assigned`` to the
     names it reads, in order, without repeats."""
     found: dict[str, None] = {}
