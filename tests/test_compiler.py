@@ -1238,6 +1238,33 @@ def test_a_misspelt_keyword_is_named_not_the_argument_it_left_out() -> None:
         typo.graph()
 
 
+@task
+def plus_one(self: int) -> int:
+    return self + 1
+
+
+@flow
+def named_self(self: int = 1) -> int:
+    return plus_one(self=self)
+
+
+def test_a_parameter_named_self_is_a_parameter_like_any_other() -> None:
+    """A user trial: a flow or task parameter named ``self`` collided with the
+    methods' own (``Flow.validate() got multiple values for argument 'self'``), and
+    @flow on a method said only that parameter 'self' was missing."""
+    assert named_self(5) == 6
+    assert named_self(self=6) == 7
+    assert named_self.run(self=2).result == 3
+    assert named_self.graph(self=4).tasks[0].name == "plus_one"
+    assert plus_one.fn(self=1) == 2
+    with pytest.raises(FlowDefinitionError, match=r"^flow 'method': @flow on a method is not"):
+
+        class Pipe:
+            @flow
+            def method(self) -> int:
+                return 1
+
+
 def test_tasks_that_cannot_work_are_refused_at_task() -> None:
     """A generator function's result would be a generator object no server can store;
     @task on a method took self as the first argument ("missing a required argument:

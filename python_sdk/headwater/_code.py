@@ -150,4 +150,15 @@ def _add_function(
             h.update(f"closure {name}={value!r}\n".encode())
 
 
-__all__ = ["DIGEST_LENGTH", "VERSION_PREFIX", "SourceSnapshot", "code_digest"]
+def defined_in_a_class(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is a function written in a class body (its qualified name is
+    ``Class.method``), not a bound method."""
+    qualname = getattr(fn, "__qualname__", "")
+    return (
+        inspect.isfunction(fn)
+        and "." in qualname
+        and not qualname.endswith(">." + getattr(fn, "__name__", ""))
+    )
+
+
+__all__ = ["DIGEST_LENGTH", "VERSION_PREFIX", "SourceSnapshot", "code_digest", "defined_in_a_class"]

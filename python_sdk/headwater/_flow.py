@@ -20,7 +20,7 @@ from headwater_runtime.engine import StateEntry, TaskRunRecord
 from headwater_runtime.execution import current_task
 
 from . import _compiler
-from ._code import SourceSnapshot
+from ._code import SourceSnapshot, defined_in_a_class
 from ._errors import FlowDefinitionError
 from ._options import FlowOptions, ParsedOptions, check_label, check_names, parse_options
 from ._params import ParameterTypes
@@ -79,6 +79,14 @@ class Flow(Generic[P, R]):
         self._digest: str | None = None
         self.description = inspect.getdoc(fn) or ""
         self.signature = inspect.signature(fn)
+        first = next(iter(self.signature.parameters), None)
+        if first == "self" and defined_in_a_class(fn):
+            # (Called on an instance, the Flow got no self: "missing required parameter
+            # 'self'", a user trial.)
+            raise FlowDefinitionError(
+                f"flow {self.name!r}: @flow on a method is not supported (self would be one "
+                "of its parameters); make the flow a plain function"
+            )
         self.parameters = _compiler.param_specs(self.name, self.signature)
         clash = RUN_OPTIONS & {p.name for p in self.parameters}
         if clash:
@@ -101,7 +109,7 @@ class Flow(Generic[P, R]):
             self._digest = self._source.digest()
         return self._digest
 
-    def map(self, *args: Any, **kwargs: Any) -> Any:
+    def map(self, /, *args: Any, **kwargs: Any) -> Any:
         """Not supported: a subflow cannot be mapped (FlowDefinitionError saying what to
         do instead)."""
         raise FlowDefinitionError(
@@ -137,7 +145,7 @@ class Flow(Generic[P, R]):
         depends on the values (known after the first compile that took such a path)."""
         return _compiler.value_use(self) is not None
 
-    def validate(self, *args: Any, **params: Any) -> dict[str, Any]:
+    def validate(self, /, *args: Any, **params: Any) -> dict[str, Any]:
         """The parameter values of a call, checked and converted against the
         annotations (defaults not filled in). ParameterError for an unknown parameter
         or a value that does not fit."""
@@ -168,14 +176,14 @@ class Flow(Generic[P, R]):
             )
         return graph, values
 
-    def graph(self, *args: Any, **params: Any) -> GraphSpec:
+    def graph(self, /, *args: Any, **params: Any) -> GraphSpec:
         """The engine's graph for these parameter values (live Python constants,
         callables attached). Without values, the symbolic graph; ParameterError when
         the flow needs values to build its graph and a required one is missing."""
         values = self.complete(self.validate(*args, **params), required=False)
         return _compiler.build_graph(self, values)
 
-    def compile(self, *args: Any, **params: Any) -> graph_pb2.FlowGraph:
+    def compile(self, /, *args: Any, **params: Any) -> graph_pb2.FlowGraph:
         """The FlowGraph message for these parameter values (constants encoded, each
         parameter's type and JSON Schema filled in), e.g. to inspect or send."""
         from ._graphs import compile_graph  # protobuf: only when asked
@@ -187,7 +195,7 @@ class Flow(Generic[P, R]):
         """Register this flow on a server; returns the version it is stored as."""
         return client.deploy(self)
 
-    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def bind(self, /, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Parameter values by name from a call's arguments (as given, unchecked)."""
         try:
             return dict(self.signature.bind_partial(*args, **kwargs).arguments)
@@ -211,6 +219,7 @@ class Flow(Generic[P, R]):
 
     def run(
         self,
+        /,
         *args: Any,
         executor: Executor | None = None,
         max_workers: int | None = None,
@@ -271,7 +280,7 @@ class Flow(Generic[P, R]):
         run: FlowRun = launcher.run_flow(self, self.validate(**given), key, attempt)
         return run
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run embedded; return the flow's result or raise FlowRunFailed. Inside a flow
         body, add a subflow node instead (its result is a reference, as a task's)."""
         ctx = _compiler.current_context()

@@ -80,14 +80,14 @@ class RemoteTask(Task[..., Any]):
         merged: RemoteTaskOptions = {**self._remote_options, **overrides}
         return RemoteTask(self.task_type, **merged)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         from . import _compiler
 
         if _compiler.current_context() is None:
             raise FlowDefinitionError(_outside_flow(self))
         return super().__call__(*args, **kwargs)
 
-    def map(self, *args: Any, **kwargs: Any) -> list[Any]:
+    def map(self, /, *args: Any, **kwargs: Any) -> list[Any]:
         """Like ``Task.map``, but only inside a flow (there is no function to loop over)."""
         from . import _compiler
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack, overload
 
 from . import _compiler
-from ._code import VERSION_PREFIX, SourceSnapshot
+from ._code import VERSION_PREFIX, SourceSnapshot, defined_in_a_class
 from ._errors import FlowDefinitionError
 from ._options import ParsedOptions, TaskOptions, check_label, check_names, parse_options
 from ._refs import contains_ref
@@ -66,7 +66,7 @@ class Task(Generic[P, R]):
         self._apply(parse_options(options, self.name, remote=False))
         self.signature = _signature(fn, self.name)
         params = list(self.signature.parameters.values())
-        if params and params[0].name == "self" and _defined_in_a_class(fn):
+        if params and params[0].name == "self" and defined_in_a_class(fn):
             raise FlowDefinitionError(
                 f"task {self.name!r}: @task on a method is not supported (self would be one "
                 "of its arguments); make the task from the bound method, task(obj.method), "
@@ -174,7 +174,7 @@ class Task(Generic[P, R]):
         merged: TaskOptions = {**self._options, **overrides}
         return Task(self.fn, **merged)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> R:
         ctx = _compiler.current_context()
         if ctx is not None:
             # Inside a flow the call is recorded, and a TaskRef stands in for the R it
@@ -189,7 +189,7 @@ class Task(Generic[P, R]):
             )
         return self.fn(*args, **kwargs)
 
-    def map(self, *args: Any, **kwargs: Any) -> list[R]:
+    def map(self, /, *args: Any, **kwargs: Any) -> list[R]:
         """Run once per element of the arguments (zipped); wrap an argument in
         ``unmapped(...)`` to pass it whole to every run. Outside a flow, a plain loop."""
         ctx = _compiler.current_context()
@@ -242,17 +242,6 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     if fn is not None:
         return Task(fn, **options)
     return lambda f: Task(f, **options)
-
-
-def _defined_in_a_class(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` is a function written in a class body (its qualified name is
-    ``Class.method``), not a bound method."""
-    qualname = getattr(fn, "__qualname__", "")
-    return (
-        inspect.isfunction(fn)
-        and "." in qualname
-        and not qualname.endswith(">." + getattr(fn, "__name__", ""))
-    )
 
 
 def _signature(fn: Callable[..., Any], name: str) -> inspect.Signature:
