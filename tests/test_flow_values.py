@@ -833,6 +833,22 @@ def test_a_body_without_source_is_built_from_values_when_it_checks_identity() ->
     subprocess.run([sys.executable, "-"], input=code, text=True, check=True, timeout=60)
 
 
+lambda_flow = flow(lambda limit=None: echo("none" if limit is None else limit), name="lam")
+two_lambdas = [
+    flow(lambda a=None: echo(a is None), name="l1"),
+    flow(lambda b=0: echo(b), name="l2"),
+]
+
+
+def test_a_lambda_flow_that_checks_identity_is_built_from_values() -> None:
+    """A user trial: a flow made from a lambda had its `is None` check unread (its
+    source is not a def), and `lam()` returned None. The only lambda on its lines is
+    read; of two, the bytecode shows the check."""
+    assert (lambda_flow(), lambda_flow(limit=3)) == ("none", 3)
+    assert lambda_flow.graph(limit=3).value_dependent
+    assert (two_lambdas[0](), two_lambdas[0](a=1), two_lambdas[1](b=2)) == (True, False, 2)
+
+
 @task
 def maybe_name(given: str = "") -> str | None:
     return given or None

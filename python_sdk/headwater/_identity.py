@@ -106,9 +106,15 @@ def _read(fn: Any, code: CodeType) -> tuple[IdentityCheck, ...]:
     except (OSError, TypeError, SyntaxError, IndentationError):
         _UNREAD.add(code)
         return ()
-    body = next((n for n in tree.body if isinstance(n, ast.FunctionDef)), None)
+    body: ast.AST | None = next((n for n in tree.body if isinstance(n, ast.FunctionDef)), None)
     if body is None:
-        return ()
+        # A lambda (``flow(lambda limit=None: ...)``): its source is the lines it is
+        # on; read when it is the only lambda there, else left to its bytecode.
+        lambdas = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)]
+        if len(lambdas) != 1 or getattr(fn, "__name__", "") != "<lambda>":
+            _UNREAD.add(code)
+            return ()
+        body = lambdas[0]
     offset = (first or code.co_firstlineno) - 1
     # variable -> the calls whose result it may hold: assigned from an expression
     # with calls in it (the last such assignment), or given by a loop or comprehension
