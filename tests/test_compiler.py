@@ -1265,6 +1265,55 @@ def test_a_parameter_named_self_is_a_parameter_like_any_other() -> None:
                 return 1
 
 
+@task
+def squared(x: int) -> int:
+    return x * x
+
+
+@task
+def summed(xs: Any) -> int:
+    return sum(xs)
+
+
+@flow
+def from_a_generator(n: int = 3) -> int:
+    return summed(squared(i) for i in range(n))
+
+
+@flow
+def from_map(n: int = 3) -> int:
+    return summed(map(squared, range(n)))
+
+
+@flow
+def mapped_over_a_generator(n: int = 3) -> int:
+    return summed(squared.map(i for i in range(n)))
+
+
+@flow
+def returns_a_generator(n: int = 3) -> Any:
+    return (squared(i) for i in range(n))
+
+
+def test_a_generator_or_map_given_to_a_task_is_consumed_into_task_calls() -> None:
+    """A user trial: ``summed(squared(i) for i in range(n))`` ran the squares as plain
+    functions inside ``summed`` (one task run, no retries or caching for them), and on a
+    server failed, a generator being unsendable. The calls in it are tasks now, as in
+    a list comprehension; a returned generator too (it was refused as "not a plain
+    function")."""
+    for made in (from_a_generator, from_map):
+        run = made.run(n=3)
+        assert run.result == 5
+        assert sorted(run.task_runs) == ["squared", "squared-2", "squared-3", "summed"]
+        assert all(isinstance(t.inputs.get("xs"), ListOf) for t in made.graph().tasks[3:])
+    mapped = mapped_over_a_generator.run(n=3)
+    assert mapped.result == 5 and len(mapped.task_runs) == 5
+    returned = returns_a_generator.run(n=3)
+    assert returned.result == [0, 1, 4] and len(returned.task_runs) == 3
+    msg = from_a_generator.compile(n=2)  # (the message a server gets: nothing to pickle)
+    assert [t.id for t in msg.tasks] == ["squared", "squared-2", "summed"]
+
+
 def test_tasks_that_cannot_work_are_refused_at_task() -> None:
     """A generator function's result would be a generator object no server can store;
     @task on a method took self as the first argument ("missing a required argument:

@@ -153,6 +153,13 @@ class _Context:
             raise FlowDefinitionError(
                 f"task {task_name!r}, argument {arg!r}: unsupported reference"
             )
+        if kind.__module__ in _ITERATOR_MODULES and hasattr(kind, "__next__"):
+            # A generator or map(...) (``total(sq(i) for i in range(n))``): consumed now,
+            # as the task would consume it, so the calls in it are tasks of the graph.
+            # Passed on as it was, it ran them as plain functions inside the task, and no
+            # server could send it (a user trial).
+            value = list(value)
+            kind = list
         if contains_ref(value):
             if kind not in (list, tuple, dict, set, frozenset):
                 # A NamedTuple or dict subclass would arrive rebuilt as a plain tuple or
@@ -751,6 +758,11 @@ def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
     return None
 
 
+#: The modules of the iterators a task argument is consumed from (generators, map,
+#: filter, zip, enumerate, itertools' own).
+_ITERATOR_MODULES = frozenset({"builtins", "itertools"})
+
+
 def _check_identity_of_results(flow: Flow[..., Any], tries: bool = False) -> None:
     """FlowDefinitionError for a task or flow result checked by identity or type in
     the flow's body (``if fetch() is None``, ``isinstance(rows, list)``): the check
@@ -899,10 +911,10 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
     if ctx.value_use is not None:  # the body caught the signal and went on
         _remember(flow, ctx.value_use)
         raise NeedsValues(ctx.value_use[0])
-    if inspect.isawaitable(returned) or inspect.isgenerator(returned):
-        raise FlowDefinitionError(
-            f"flow {flow.name!r} must be a plain function (not async or a generator)"
-        )
+    if inspect.isawaitable(returned):
+        raise FlowDefinitionError(f"flow {flow.name!r} must be a plain function (not async)")
+    # (A generator returned, ``return (sq(i) for i in ...)``, is consumed by to_input
+    # below, as a task argument is.)
     token = _current.set(ctx)  # a ParamRef returned as such is a concrete use too
     try:
         result = (
