@@ -1314,6 +1314,28 @@ def test_a_generator_or_map_given_to_a_task_is_consumed_into_task_calls() -> Non
     assert [t.id for t in msg.tasks] == ["squared", "squared-2", "summed"]
 
 
+def test_a_task_defined_inside_a_function_runs_embedded_but_is_refused_for_a_server() -> None:
+    """A user trial: a task defined in the flow body (or any function) ran embedded,
+    but on a server its run waited for good: no worker offers a ``<locals>`` task type.
+    The graph a server would get is refused, naming the task."""
+
+    @flow
+    def local_task_flow(n: int = 2) -> int:
+        @task
+        def addk(x: int) -> int:
+            return x + 10
+
+        return summed(addk.map(list(range(n))))
+
+    assert local_task_flow(n=2) == 21
+    with pytest.raises(FlowDefinitionError) as info:
+        local_task_flow.compile(n=2)
+    assert str(info.value).startswith(
+        "flow 'local_task_flow': task 'addk' is defined inside a function ("
+    )
+    assert "<locals>.addk), so no worker can offer it: define it at module level" in str(info.value)
+
+
 def test_tasks_that_cannot_work_are_refused_at_task() -> None:
     """A generator function's result would be a generator object no server can store;
     @task on a method took self as the first argument ("missing a required argument:

@@ -96,6 +96,7 @@ def compile_graph(
     server maps over the elements sent with it; ParameterError otherwise).
     """
     graph = with_types(flow, build_graph(flow, values))
+    _check_importable(graph)
     readers = json_consumers(graph).params
     mapped = graph.mapped_params()
     encoded: dict[str, payload_pb2.Value] = {}
@@ -137,6 +138,19 @@ def compile_graph(
         msg.parameters_digest = parameters_digest(bound)
         msg.code_digest = flow.code_digest
     return msg, encoded
+
+
+def _check_importable(graph: GraphSpec) -> None:
+    """FlowDefinitionError for a task defined inside a function (its task type names
+    ``<locals>``): a worker offers the tasks of its modules' namespaces, so none could
+    ever run it, and the run waited for good (a user trial). Embedded, it runs."""
+    for spec in graph.tasks:
+        if "<locals>" in spec.task_type:
+            raise FlowDefinitionError(
+                f"flow {graph.name!r}: task {spec.name!r} is defined inside a function "
+                f"({spec.task_type}), so no worker can offer it: define it at module level "
+                "for a server to run it"
+            )
 
 
 def with_elements(whole: payload_pb2.Value, items: list[payload_pb2.Value]) -> payload_pb2.Value:
