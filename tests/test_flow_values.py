@@ -170,10 +170,10 @@ def test_a_task_result_inside_an_object_is_refused_wherever_the_object_is(shape:
         }[shape]
         return echo(arg)
 
-    where = "'<result of wrapped>', argument 'return'" if shape == "flow result" else "'echo'"
+    where = "the result of flow 'wrapped'" if shape == "flow result" else "task 'echo'"
     with pytest.raises(
         FlowDefinitionError,
-        match=rf"task {where}.*the result of task 'name' is inside a Holder object, where it "
+        match=rf"{where}.*the result of task 'name' is inside a Holder object, where it "
         "would stay a reference; pass it as its own argument",
     ):
         wrapped()

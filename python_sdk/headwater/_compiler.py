@@ -146,13 +146,10 @@ class _Context:
             return Param(value._param)
         if kind is unmapped:
             raise FlowDefinitionError(
-                f"task {task_name!r}, argument {arg!r}: unmapped() only applies to "
-                "arguments of task.map(...)"
+                f"{_where(task_name, arg)}: unmapped() only applies to arguments of task.map(...)"
             )
         if isinstance(value, Ref):
-            raise FlowDefinitionError(
-                f"task {task_name!r}, argument {arg!r}: unsupported reference"
-            )
+            raise FlowDefinitionError(f"{_where(task_name, arg)}: unsupported reference")
         if kind.__module__ in _ITERATOR_MODULES and hasattr(kind, "__next__"):
             # A generator or map(...) (``total(sq(i) for i in range(n))``): consumed now,
             # as the task would consume it, so the calls in it are tasks of the graph.
@@ -167,7 +164,7 @@ class _Context:
                 self._check_hidden(value, task_name, arg)
             if isinstance(value, set | frozenset):
                 raise FlowDefinitionError(
-                    f"task {task_name!r}, argument {arg!r}: a set cannot hold task results "
+                    f"{_where(task_name, arg)}: a set cannot hold task results "
                     "(they are not hashable until they run); use a list"
                 )
             if isinstance(value, list | tuple):
@@ -178,7 +175,7 @@ class _Context:
             if isinstance(value, dict):
                 if not all(isinstance(k, str) for k in value):
                     raise FlowDefinitionError(
-                        f"task {task_name!r}, argument {arg!r}: a dict holding task "
+                        f"{_where(task_name, arg)}: a dict holding task "
                         "results must have string keys"
                     )
                 return DictOf(
@@ -209,7 +206,7 @@ class _Context:
             else "where it would stay a reference"
         )
         raise FlowDefinitionError(
-            f"task {task_name!r}, argument {arg!r}: {ref._describe()} is inside a {kind} "
+            f"{_where(task_name, arg)}: {ref._describe()} is inside a {kind} "
             f"object, {fate}; pass it as its own argument (or in a list or dict) and "
             f"build the {kind} inside the task"
         )
@@ -758,6 +755,18 @@ def _identity_use(flow: Flow[..., Any]) -> tuple[str, str, str] | None:
     return None
 
 
+def _where(task_name: str, arg: str) -> str:
+    """What an input belongs to, in a message: a task's argument, or the flow's result
+    (to_input's ``arg`` "return": its ``task_name`` is only a label)."""
+    if arg == RETURN_ARG:
+        return f"the result of flow {task_name.removeprefix(RESULT_OF).removesuffix('>')!r}"
+    return f"task {task_name!r}, argument {arg!r}"
+
+
+#: to_input's task name and argument for the flow's returned value.
+RESULT_OF = "<result of "
+RETURN_ARG = "return"
+
 #: The modules of the iterators a task argument is consumed from (generators, map,
 #: filter, zip, enumerate, itertools' own).
 _ITERATOR_MODULES = frozenset({"builtins", "itertools"})
@@ -920,7 +929,7 @@ def _trace(flow: Flow[..., Any], values: Mapping[str, Any] | None) -> GraphSpec:
         result = (
             None
             if returned is None
-            else ctx.to_input(returned, f"<result of {flow.name}>", "return")
+            else ctx.to_input(returned, f"{RESULT_OF}{flow.name}>", RETURN_ARG)
         )
     except NeedsValues:  # a parameter inside a returned object (``Config(path=day)``)
         assert ctx.value_use is not None
