@@ -189,7 +189,7 @@ class Flow(Generic[P, R]):
         from ._graphs import compile_graph  # protobuf: only when asked
 
         given = self.validate(*args, **params)
-        return compile_graph(self, given, self.complete(given, required=False))[0]
+        return compile_graph(self, given, self.complete(given, required=False), served=False)[0]
 
     def deploy(self, client: Client) -> str:
         """Register this flow on a server; returns the version it is stored as."""

@@ -81,6 +81,7 @@ def compile_graph(
     pin: Pin | None = None,
     *,
     for_run: bool = False,
+    served: bool = True,
 ) -> tuple[graph_pb2.FlowGraph, dict[str, payload_pb2.Value]]:
     """(the FlowGraph for a run, the run's given parameters encoded).
 
@@ -94,9 +95,12 @@ def compile_graph(
     subflows the flow calls and gives the version each node runs. ``for_run``: the
     values are a run's, so a parameter a task maps over must be a list or tuple (a
     server maps over the elements sent with it; ParameterError otherwise).
+    ``served``: the graph goes to a server, whose workers must be able to offer its
+    tasks (``Flow.compile`` for a look at the message does not check it).
     """
     graph = with_types(flow, build_graph(flow, values))
-    _check_importable(graph)
+    if served:
+        _check_importable(graph)
     readers = json_consumers(graph).params
     mapped = graph.mapped_params()
     encoded: dict[str, payload_pb2.Value] = {}
