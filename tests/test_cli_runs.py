@@ -246,6 +246,10 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     unmapped = cli(env, "runs", "logs", run_id, "--server", address, "--task", "fetch[0]")
     assert unmapped.returncode == 2 and "task 'fetch' of flow run" in unmapped.stderr
     assert "is not mapped: its task run is 'fetch', not 'fetch[0]'" in unmapped.stderr
+    # an element past the map's end is no task run either (it said "no log records")
+    past = cli(env, "runs", "logs", run_id, "--server", address, "--task", "enrich[9]")
+    assert past.returncode == 2, past.stderr
+    assert "has 4 elements (enrich[0] to enrich[3]): no 'enrich[9]'" in past.stderr
     paged = cli(env, "runs", "logs", run_id, "--server", address, "--page-size", "1").stdout
     assert paged == logs
     followed = cli(env, "runs", "logs", run_id, "--server", address, "--follow").stdout

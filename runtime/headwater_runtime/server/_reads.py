@@ -349,6 +349,18 @@ class RunReads:
                 f"task {node!r} of flow run {row.id!r} is not mapped: its task run is "
                 f"{node!r}, not {key!r}"
             )
+        if index and not await self.io.read(self.store.count_task_runs, row.id, key=key):
+            # An element past the map's end (``speak[9]`` of three) was answered "no log
+            # records", as if it had run quietly (a user trial). Before the map is made
+            # (a run still going) its elements may yet come.
+            made = await self.io.read(self.store.count_task_runs, row.id, task_id=node) - 1
+            if made > 0 or row.state in _TERMINAL:
+                elements = (
+                    f"{made} elements ({node}[0] to {node}[{made - 1}])"
+                    if made > 0
+                    else "no elements"
+                )
+                raise NotFound(f"task {node!r} of flow run {row.id!r} has {elements}: no {key!r}")
 
     async def logs(
         self,
