@@ -78,8 +78,20 @@ def test_audit_lists_who_set_a_limit_and_paused_a_schedule_newest_first(
     ]
     code, out, _ = cli(eyes_token, "audit", "--object", schedule.id)
     assert [line.split()[3] for line in out.splitlines()] == ["schedule.pause", "schedule.create"]
+    # The 8 digits every listing prints name the schedule (they found nothing, a user
+    # trial), and a run's too.
+    code, short, _ = cli(eyes_token, "audit", "--object", schedule.id[:8].upper())
+    assert (code, short) == (0, out)
     code, out, _ = cli(eyes_token, "audit", "--limit", "1")
     assert code == 0 and len(out.splitlines()) == 1 and "schedule.pause" in out
+    with Client(server.address, token=ops_token) as ops:
+        run_id = ops.run(audited).id
+    code, out, _ = cli(eyes_token, "audit", "--object", run_id[:8])
+    assert code == 0 and [line.split()[3:6] for line in out.splitlines()] == [
+        ["run", "flow_run", run_id]
+    ]
+    code, out, err = cli(eyes_token, "audit", "--object", "ffffffff")
+    assert (code, out) == (0, "") and "no audit entries match --object ffffffff" in err
 
     # A kind the server does not know, and a page size out of range: one line, exit 2.
     code, out, err = cli(eyes_token, "audit", "--kind", "webhok")
