@@ -221,7 +221,10 @@ class TaskRun(google.protobuf.message.Message):
     state: headwater.v1.state_pb2.TaskRunState.ValueType
     """Current state."""
     attempts: builtins.int
-    """Number of attempts started."""
+    """Number of attempts made: the current attempt's number. An attempt counts from when
+    it is handed out for running (queued for a worker), so one cancelled or lost before
+    it started counts too (docs/semantics.md).
+    """
     worker_id: builtins.str
     """Worker that runs (or ran) the current attempt: its name (Hello.name, which
     defaults to its worker_id).
