@@ -65,6 +65,19 @@ def test_names_with_brackets_are_shown_as_written_never_as_markup() -> None:
     assert "esc\\x1b[2J" in text and "\x1b" not in text
 
 
+def test_the_summary_adds_up_a_tasks_run_times_under_a_header_saying_so() -> None:
+    """A map of three 0.5 s tasks read "time 1.51s" under a run of 0.51 s, like wall
+    time (a user trial): the column is "task time", its runs' durations added up."""
+    rows = [("speak", f"speak[{i}]", "SUCCESS", 1, 0.5, "w1") for i in range(3)]
+    out = io.StringIO()
+    Console(file=out, width=200, force_terminal=False).print(summary_table(rows))
+    header, line = (
+        row.replace("┃", " ").replace("│", " ") for row in out.getvalue().splitlines()[:3:2]
+    )
+    assert header.split() == ["task", "runs", "states", "attempts", "task", "time", "workers"]
+    assert line.split() == ["speak", "3", "3", "SUCCESS", "3", "1.50s", "w1"]
+
+
 def test_dot_keeps_letters_graphviz_would_show_as_escapes() -> None:
     from headwater import flow, task
     from headwater._cli_graph import as_dot
