@@ -563,6 +563,10 @@ def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
             ["--port", "0", "--db", str(tmp_path / "h.db"), "--http-port", port],
             f"cannot serve HTTP on 127.0.0.1:{port} (Address already in use)",
         ),
+        (  # a mistyped folder: it was made, and an empty database served (a user trial)
+            ["--port", "0", "--db", str(tmp_path / "typo" / "hw.db")],
+            f"the folder of --db {tmp_path / 'typo' / 'hw.db'} does not exist",
+        ),
     ]:
         http = [] if "--http-port" in args else ["--no-http"]
         second = cluster("server", *args, *http)
@@ -572,7 +576,7 @@ def test_a_second_server_on_a_taken_port_or_a_database_in_use_is_refused(
         assert len(errors) == 1 and expected in errors[0], said
     # The taken port was seen before a new database was made (it was left behind, a
     # newcomer's trial), with no log line of gRPC's beside the error.
-    assert not any((tmp_path / name).exists() for name in ("other.db", "m.db", "h.db"))
+    assert not any((tmp_path / name).exists() for name in ("other.db", "m.db", "h.db", "typo"))
     with Client(address, token=TOKEN) as client:  # the first one serves on
         assert client.server_info()["server_version"]
     first.popen.terminate()

@@ -250,6 +250,26 @@ def _url(flag: str, text: str | None) -> str | None:
 SWITCH_INTERVAL = 0.0002
 
 
+def _missing_folder(db: str) -> str:
+    """Why a SQLite ``db`` cannot be made ("" when it can): a database named by hand is
+    made only in a folder that exists (``--db /nonexistent-dir/x.db`` made the folders
+    and served an empty database: a typo looked like a clean start, a user trial); the
+    default's folder is made as needed."""
+    from pathlib import Path
+
+    from ._core import ServerSettings
+
+    if db in (":memory:", ServerSettings.db):
+        return ""
+    folder = Path(db).expanduser().parent
+    if folder.is_dir():
+        return ""
+    return (
+        f"the folder of --db {db} does not exist ({folder}): create it first, or fix the "
+        "path (a new database is made only in a folder that exists)"
+    )
+
+
 def run_server(args: argparse.Namespace) -> int:
     """``headwater server``: serve until SIGINT/SIGTERM; the exit code (2 when the
     ``server`` extra is missing or a flag or OTEL_* variable is wrong)."""
@@ -330,6 +350,11 @@ def run_server(args: argparse.Namespace) -> int:
                 "is not installed): pip install 'headwater[postgres]'",
                 file=sys.stderr,
             )
+            return 2
+    else:
+        missing = _missing_folder(settings.db)
+        if missing:
+            print(f"headwater: error: {missing}", file=sys.stderr)
             return 2
     try:
         # Before the gRPC server exists: its instrumentation hooks server creation.
