@@ -488,6 +488,9 @@ def test_unknown_param_is_a_usage_error(tmp_path: Path) -> None:
 def test_malformed_param_is_a_usage_error(tmp_path: Path) -> None:
     path = write(tmp_path, "good.py", GOOD)
     assert_usage_error(headwater_cli("run", path, "--param", "n"), "KEY=VALUE")
+    # the same key twice: the last one won, silently (a user trial)
+    twice = headwater_cli("run", path, "-p", "n=2", "--param", "n=3")
+    assert_usage_error(twice, "--param n is given twice (n=2, n=3): give it once")
 
 
 def test_missing_required_param_is_a_usage_error(tmp_path: Path) -> None:

@@ -69,6 +69,10 @@ def parse_params(items: list[str]) -> dict[str, str]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--param expects KEY=VALUE, got {item!r}")
+        if key in params:  # (the last one won, silently: a user trial)
+            raise UsageError(
+                f"--param {key} is given twice ({key}={params[key]}, {item}): give it once"
+            )
         params[key] = raw
     return params
 
