@@ -408,10 +408,14 @@ def test_cli_schedules_create_list_pause_delete(
         out, err = capsys.readouterr()
         return code, out, err
 
-    code, out, _ = cli("create", str(path), "--cron", "*/5 * * * *", "--paused")
+    code, out, _ = cli("create", str(path), "--cron", "*/5 * * * *", "--paused", "--catchup")
     assert code == 0 and " paused " in out
     code, out, _ = cli("list")
     assert code == 0 and len(out.splitlines()) == 2
+    # a catch-up schedule says so (only --json did: a user trial)
+    assert [line.split("  ")[3] for line in out.splitlines() if " paused " in line] == [
+        "cron '*/5 * * * *' (catch-up)"
+    ]
     code, out, _ = cli("list", "--json")
     listed = {s["id"]: s for s in json.loads(out)}
     assert code == 0 and len(listed) == 2

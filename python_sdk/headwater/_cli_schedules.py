@@ -29,7 +29,8 @@ def _line(s: ScheduleInfo) -> str:
     version = f" v{s.flow_version}" if s.flow_version else " (latest)"
     nxt = f"next {local_time(s.next_run_at)}" if s.next_run_at and not s.paused else ""
     named = f"  {printable(s.name)}" if s.name else ""
-    return f"{s.id}{named}  {state:6}  {s.flow_name}{version}  {s.spec}  {nxt}".rstrip()
+    spec = f"{s.spec} (catch-up)" if s.catchup else s.spec  # (said by --json only)
+    return f"{s.id}{named}  {state:6}  {s.flow_name}{version}  {spec}  {nxt}".rstrip()
 
 
 def schedule_json(s: ScheduleInfo) -> dict[str, Any]:
@@ -175,7 +176,13 @@ def add_schedules_command(sub: Any) -> None:
         "--catchup", action="store_true", help="after downtime, fire every missed time"
     )
     add_connection_args(create)
-    listing = actions.add_parser("list", help="list schedules")
+    listing = actions.add_parser(
+        "list",
+        help="list schedules",
+        description="List a server's schedules, one line each: id, name, active or paused, "
+        "flow and version, timing (marked '(catch-up)' when every missed time fires) and "
+        "the next fire time (local).",
+    )
     listing.add_argument("--flow", help="only schedules of this flow")
     listing.add_argument("--json", action="store_true", help="print JSON")
     add_connection_args(listing)
@@ -184,7 +191,7 @@ def add_schedules_command(sub: Any) -> None:
         ("pause", "stop a schedule from creating runs"),
         ("resume", "resume a paused schedule from its next fire time after now"),
     ]:
-        action = actions.add_parser(name, help=what)
+        action = actions.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         action.add_argument(
             "schedule_id",
             help="schedule id, name, or a unique prefix of an id (see 'schedules list')",
