@@ -18,6 +18,7 @@ from headwater import Client, ServerError
 from headwater import _client as client_module
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.v1 import control_plane_pb2_grpc
+from headwater.wire import STANDBY_REFUSAL
 
 Behaviour = Callable[[grpc.ServicerContext], cp.GetServerInfoResponse]
 
@@ -96,3 +97,48 @@ def test_a_frozen_server_holds_a_call_one_attempt_long_then_the_next_is_tried(
         assert raised.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         release.set()
+
+
+def _closed_port() -> str:
+    """An address where nothing listens (a port bound, then let go)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_no_server_at_any_address_fails_after_one_round_as_with_one_address(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user trial: `runs list --server A,B` with both down waited out the call's 30 s
+    timeout (one address fails at once). A client that never reached a server now
+    gives up after one round where no server answered; a standby's refusal is an
+    answer, so a client started during a failover still waits for the new leader."""
+    rounds: list[str] = []
+    failover = Client._failover
+
+    def counted(self: Client, *args: Any) -> bool:
+        rounds.append(self._addresses.current)
+        return failover(self, *args)
+
+    monkeypatch.setattr(Client, "_failover", counted)
+    monkeypatch.setattr(client_module, "FAILOVER_PAUSE", 0.01)
+    dead = [_closed_port(), _closed_port()]
+    with Client(",".join(dead), timeout=600) as client, pytest.raises(ServerError) as raised:
+        client.server_info()
+    assert raised.value.code is grpc.StatusCode.UNAVAILABLE
+    assert rounds == dead  # each address once, then the error
+
+    refusals = iter(range(3))
+
+    def standby_then_leader(context: grpc.ServicerContext) -> Any:
+        if next(refusals, None) is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{STANDBY_REFUSAL}; no leader yet")
+        return answers(context)
+
+    standby, control = serve(standby_then_leader)
+    rounds.clear()
+    with Client(f"{dead[0]},{standby}", timeout=600) as client:
+        assert client.server_info()["server_version"] == "standby-now-leader"
+    assert control.calls == 4 and len(rounds) == 7  # three refusals waited out, and the dead one

@@ -322,6 +322,8 @@ class Client(OperationsClient):
         self._channels: dict[str, grpc.Channel] = {}
         #: A call has succeeded: an unreachable server is then ridden out (a restart).
         self._reached = False
+        #: Addresses tried in a row, in the call under way, where no server answered.
+        self._silent = 0
         #: Each server's max_parameter_bytes, by address, once asked (``_inline_bound``).
         self._parameter_limits: dict[str, int] = {}
         self._use(self._addresses.current)
@@ -360,6 +362,16 @@ class Client(OperationsClient):
         if not (self._addresses.several and unreachable) or time.monotonic() >= deadline:
             return False
         tried.append(self._addresses.current)
+        if not self._reached and _nobody_answered(error):
+            self._silent += 1
+            if self._silent >= len(self._addresses.all):
+                # A whole round of addresses where no server listens, from a client that
+                # never reached one: fail now, as with one address (it waited out the
+                # 30 s timeout; a user trial). A standby's refusal is an answer: a
+                # client started during a failover still waits for the new leader.
+                return False
+        else:
+            self._silent = 0
         hint = leader_hint(error) if isinstance(error, grpc.RpcError) else ""
         self._use(self._addresses.advance(hint))
         if len(tried) % len(self._addresses.all) == 0:  # a whole round: nobody leads yet
@@ -374,6 +386,7 @@ class Client(OperationsClient):
         reached its server fails at once (a wrong address should not wait out the
         timeout)."""
         tried: list[str] = []
+        self._silent = 0
         while True:
             try:
                 result = attempt()
@@ -1072,6 +1085,15 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
         ),
         map_index=t.map_index,
     )
+
+
+def _nobody_answered(error: BaseException) -> bool:
+    """Whether a failed call found no server at all: UNAVAILABLE that no server sent
+    (not a standby's refusal naming or awaiting a leader, not a store's refusal)."""
+    if not isinstance(error, grpc.RpcError) or error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = error.details() if hasattr(error, "details") else ""
+    return not (STANDBY_REFUSAL in (details or "") or leader_hint(error) or refusal_cause(error))
 
 
 def _rewatch(error: grpc.RpcError, deadline: float, tried: list[str], address: str) -> bool:
