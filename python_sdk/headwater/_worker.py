@@ -249,6 +249,11 @@ class Worker:
         """The server address the worker uses now (one of ``server``'s)."""
         return self.addresses.current
 
+    def _current_payload_channel(self) -> grpc.Channel:
+        channel = self._payload_channel
+        assert channel is not None  # (set before the first transfer)
+        return channel
+
     def _use_payload_channel(self) -> None:
         """Payload transfers go to the server the worker is connected to."""
         old = self._payload_channel
@@ -256,7 +261,10 @@ class Worker:
             return
         channel = open_channel(self.address, self.tls, self._channel_options)
         self._payload_channel, self._payload_address = channel, self.address
-        self.attempts.transfer = PayloadTransfer(channel, self.metadata)
+        # (A transfer under way when the worker moves to another server goes on there.)
+        self.attempts.transfer = PayloadTransfer(
+            channel, self.metadata, follow=self._current_payload_channel
+        )
         self.builder.transfer = self.attempts.transfer
         if old is not None:
             old.close()

@@ -8,7 +8,20 @@ const grpc = require('@grpc/grpc-js');
 
 /** Largest chunk PayloadService accepts in one upload message. */
 const CHUNK = 1 << 20;
-const TRIES = 4;
+/**
+ * How long a transfer waits for a server that is away (UNAVAILABLE: it restarts,
+ * or stands by until its lease is its own), trying again after 0.2 s, 0.4 s, ... up
+ * to 5 s: a task's large result was lost, its run FAILED, when the server restarted
+ * during the upload (the tries gave up after ~1.4 s; a user trial).
+ */
+const PATIENCE_MS = 300000;
+const PAUSE_MAX_MS = 5000;
+
+/** The pause before trying again after `err`, or null to give up. */
+function pauseAfter(err, attempt, startedAt) {
+  if (err.code !== grpc.status.UNAVAILABLE || Date.now() - startedAt >= PATIENCE_MS) return null;
+  return Math.min(PAUSE_MAX_MS, 200 * 2 ** Math.min(attempt, 5));
+}
 
 class PayloadTransferError extends Error {
   constructor(message) {
@@ -41,16 +54,18 @@ class PayloadTransfer {
   /** Store bytes; resolves to the PayloadRef the server returns. */
   async upload(data, metadata) {
     const header = { size_bytes: data.length, metadata, sha256: sha256(data) };
+    const startedAt = Date.now();
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.#uploadOnce(data, header);
       } catch (err) {
-        if (err.code !== grpc.status.UNAVAILABLE || attempt === TRIES - 1) {
+        const pause = pauseAfter(err, attempt, startedAt);
+        if (pause === null) {
           throw new PayloadTransferError(
             `cannot upload a payload of ${data.length} bytes: ${statusName(err)}: ${err.details ?? err.message}`,
           );
         }
-        await sleep(200 * 2 ** attempt);
+        await sleep(pause);
       }
     }
   }
@@ -86,6 +101,7 @@ class PayloadTransfer {
     }
     const parts = [];
     let received = 0;
+    const startedAt = Date.now();
     for (let attempt = 0; ; attempt++) {
       try {
         // Resume after what already arrived (offset = bytes received so far).
@@ -93,12 +109,13 @@ class PayloadTransfer {
         break;
       } catch (err) {
         if (err instanceof PayloadTransferError) throw err;
-        if (err.code !== grpc.status.UNAVAILABLE || attempt === TRIES - 1) {
+        const pause = pauseAfter(err, attempt, startedAt);
+        if (pause === null) {
           throw new PayloadTransferError(
             `cannot download payload ${ref.payload_id}: ${statusName(err)}: ${err.details ?? err.message}`,
           );
         }
-        await sleep(200 * 2 ** attempt);
+        await sleep(pause);
       }
     }
     const data = Buffer.concat(parts, received);
@@ -140,4 +157,4 @@ function statusName(err) {
   return entry ? entry[0] : 'ERROR';
 }
 
-module.exports = { CHUNK, PayloadTransfer, PayloadTransferError, sha256 };
+module.exports = { CHUNK, PATIENCE_MS, PayloadTransfer, PayloadTransferError, pauseAfter, sha256 };

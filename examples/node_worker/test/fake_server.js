@@ -21,6 +21,7 @@ class FakeServer {
     this.acks = true; // answer outcomes with an Ack
     this.keepRunning = false;
     this.heartbeatAcks = true; // a hung server answers nothing
+    this.uploadRefusals = 0; // uploads refused first, as by a server standing by
     this.server = new grpc.Server();
     this.server.addService(this.contract.WorkerGatewayService.service, { Connect: (call) => this.#connect(call) });
     this.server.addService(this.contract.PayloadService.service, {
@@ -114,6 +115,14 @@ class FakeServer {
   }
 
   #upload(call, callback) {
+    if (this.uploadRefusals > 0) {
+      this.uploadRefusals -= 1;
+      call.on('data', () => {});
+      call.on('end', () =>
+        callback({ code: grpc.status.UNAVAILABLE, details: 'this Headwater server is a standby (the test)' }),
+      );
+      return;
+    }
     let header = null;
     const chunks = [];
     call.on('data', (req) => {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 
@@ -28,6 +28,12 @@ ATTEMPTS = 4
 #: tried (the server keeps its runs meanwhile; docs/durability.md). A payload larger
 #: than the disk will ever hold fails then, rather than holding its worker for good.
 STORE_PAUSE_MAX, STORE_PATIENCE = 5.0, 3600.0
+#: How long a patient transfer waits for a server that is away (UNAVAILABLE: it
+#: restarts, stands by until its lease is its own, or is not there), and for the next
+#: server after a failover (the worker's channel moves to it): a task's large result
+#: was lost, its run FAILED, when the server restarted during the upload (the tries
+#: gave up after ~1.4 s; a user trial).
+SERVER_PATIENCE = 300.0
 
 log = logging.getLogger("headwater.transfer")
 
@@ -63,18 +69,18 @@ class _Waits:
         self.refused = 0
         self.since = time.monotonic()
 
-    def after(self, exc: grpc.RpcError) -> None:
-        """Sleep before the next try, or raise PayloadTransferError for ``exc``."""
+    def after(self, exc: grpc.RpcError, moved: bool = False) -> None:
+        """Sleep before the next try, or raise PayloadTransferError for ``exc``.
+        ``moved``: the transfer's channel was replaced while it ran (a worker that
+        moved to another server, closing the old channel: CANCELLED)."""
         waited = time.monotonic() - self.since
         if self.patient and refusal_cause(exc) == CAUSE_STORE and waited < STORE_PATIENCE:
-            if self.refused == 0:
-                log.warning(
-                    "cannot %s now (%s); trying again until the server's store takes it",
-                    self.what,
-                    exc.details(),
-                )
-            time.sleep(min(STORE_PAUSE_MAX, 0.2 * 2 ** min(self.refused, 5)))
-            self.refused += 1
+            self._pause("the server's store takes it", exc)
+            return
+        code = exc.code()
+        away = code == grpc.StatusCode.UNAVAILABLE or (moved and code == grpc.StatusCode.CANCELLED)
+        if self.patient and away and waited < SERVER_PATIENCE:
+            self._pause("a server takes it", exc)
             return
         self.unreachable += 1
         if exc.code() != grpc.StatusCode.UNAVAILABLE or self.unreachable >= self.attempts:
@@ -82,6 +88,14 @@ class _Waits:
                 f"cannot {self.what}: {exc.code().name}: {exc.details()}"
             ) from None
         time.sleep(0.2 * 2 ** (self.unreachable - 1))
+
+    def _pause(self, until: str, exc: grpc.RpcError) -> None:
+        if self.refused == 0:
+            log.warning(
+                "cannot %s now (%s); trying again until %s", self.what, exc.details(), until
+            )
+        time.sleep(min(STORE_PAUSE_MAX, 0.2 * 2 ** min(self.refused, 5)))
+        self.refused += 1
 
 
 class PayloadTransfer:
@@ -92,6 +106,8 @@ class PayloadTransfer:
         metadata: call metadata (the token).
         patient: wait for an unreachable server and retry (workers, which reconnect
             anyway); False fails at once (a client with a user waiting).
+        follow: the channel to use now, asked before each try (a worker's, which
+            moves to another server after a failover); without it, ``channel``.
     """
 
     def __init__(
@@ -100,11 +116,27 @@ class PayloadTransfer:
         metadata: Sequence[tuple[str, str]] = (),
         *,
         patient: bool = True,
+        follow: Callable[[], grpc.Channel] | None = None,
     ) -> None:
+        self._channel = channel
         self._stub = payload_pb2_grpc.PayloadServiceStub(channel)
+        self._follow = follow
         self._metadata = tuple(metadata)
         self._attempts = ATTEMPTS if patient else 1
         self._patient = patient
+
+    def _current(self) -> tuple[grpc.Channel, payload_pb2_grpc.PayloadServiceStub]:
+        """The channel and stub for the next try."""
+        if self._follow is not None:
+            channel = self._follow()
+            if channel is not self._channel:
+                self._channel = channel
+                self._stub = payload_pb2_grpc.PayloadServiceStub(channel)
+        return self._channel, self._stub
+
+    def _moved(self, channel: grpc.Channel) -> bool:
+        """Whether the channel to use now is another than ``channel``."""
+        return self._follow is not None and self._follow() is not channel
 
     def upload(self, encoded: EncodedValue) -> payload_pb2.PayloadRef:
         """Store encoded bytes; their reference. Retries while the server is away."""
@@ -122,8 +154,9 @@ class PayloadTransfer:
 
         waits = _Waits(self._patient, self._attempts, f"upload a payload of {len(data)} bytes")
         while True:
+            channel, stub = self._current()
             try:
-                response = self._stub.UploadPayload(
+                response = stub.UploadPayload(
                     requests(),
                     metadata=self._metadata,
                     wait_for_ready=self._patient,
@@ -131,7 +164,10 @@ class PayloadTransfer:
                 )
                 return response.ref
             except grpc.RpcError as exc:
-                waits.after(exc)
+                waits.after(exc, self._moved(channel))
+            except ValueError:  # "closed channel": the worker moved meanwhile
+                if not self._moved(channel):
+                    raise
 
     def download(self, ref: payload_pb2.PayloadRef) -> bytes:
         """The bytes of a stored payload; resumes from where it stopped on UNAVAILABLE,
@@ -159,8 +195,9 @@ class PayloadTransfer:
             request = payload_pb2.DownloadPayloadRequest(
                 payload_id=ref.payload_id, offset=len(received)
             )
+            channel, stub = self._current()
             try:
-                for part in self._stub.DownloadPayload(
+                for part in stub.DownloadPayload(
                     request,
                     metadata=self._metadata,
                     wait_for_ready=self._patient,
@@ -174,7 +211,10 @@ class PayloadTransfer:
                     received += part.chunk
                 break
             except grpc.RpcError as exc:
-                waits.after(exc)
+                waits.after(exc, self._moved(channel))
+            except ValueError:  # "closed channel": the worker moved meanwhile
+                if not self._moved(channel):
+                    raise
         data = bytes(received)
         if ref.size_bytes and len(data) != ref.size_bytes:
             raise PayloadTransferError(
