@@ -142,3 +142,33 @@ def test_no_server_at_any_address_fails_after_one_round_as_with_one_address(
     with Client(f"{dead[0]},{standby}", timeout=600) as client:
         assert client.server_info()["server_version"] == "standby-now-leader"
     assert control.calls == 4 and len(rounds) == 7  # three refusals waited out, and the dead one
+
+
+def test_one_server_standing_by_until_its_lease_runs_out_is_waited_for(serve: Any) -> None:
+    """A server restarted after a crash on PostgreSQL stands by until its own old
+    lease runs out (up to --lease): every CLI command failed at once meanwhile (a user
+    trial). A standby's refusal took nothing, so the call is sent again until the
+    timeout; any other refusal still ends it."""
+    refusals = iter(range(3))
+
+    def restarting(context: grpc.ServicerContext) -> Any:
+        if next(refusals, None) is not None:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{STANDBY_REFUSAL}: a previous server at this address leads until its "
+                "lease runs out",
+            )
+        return answers(context)
+
+    address, control = serve(restarting)
+    with Client(address, timeout=60) as client:
+        assert client.server_info()["server_version"] == "standby-now-leader"
+    assert control.calls == 4
+
+    def stopping(context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+
+    other, refused = serve(stopping)
+    with Client(other, timeout=60) as client, pytest.raises(ServerError):
+        client.server_info()
+    assert refused.calls == 1

@@ -353,13 +353,24 @@ class Client(OperationsClient):
     def _failover(self, error: BaseException, deadline: float, tried: list[str]) -> bool:
         """After a call failed with ``error``: whether to try again, on the leader a
         standby named or the next address (only with several addresses, only for
-        ``_FAILOVER_CODES``, and only until ``deadline``). Calls that create something
+        ``_FAILOVER_CODES``, and only until ``deadline``; with one, only the same server
+        again after it refused the call as a standby). Calls that create something
         are safe to send again: a run carries its idempotency key, a flow its digest."""
         code = error.code() if isinstance(error, grpc.RpcError) else None
         unreachable = code in _FAILOVER_CODES or (
             isinstance(error, PayloadTransferError) and "UNAVAILABLE" in str(error)
         )
-        if not (self._addresses.several and unreachable) or time.monotonic() >= deadline:
+        if time.monotonic() >= deadline:
+            return False
+        if not self._addresses.several:
+            # One server standing by until its lease runs out (restarted after a crash,
+            # on PostgreSQL): the call was not taken, so it is sent again once the lease
+            # is its own (every CLI command failed at once meanwhile; a user trial).
+            if not (isinstance(error, grpc.RpcError) and _standing_by(error)):
+                return False
+            time.sleep(FAILOVER_PAUSE)
+            return True
+        if not unreachable:
             return False
         tried.append(self._addresses.current)
         if not self._reached and _nobody_answered(error):
@@ -1084,6 +1095,13 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
             to_datetime(t.history[-1].timestamp) if t.history and state.is_terminal else None
         ),
         map_index=t.map_index,
+    )
+
+
+def _standing_by(error: grpc.RpcError) -> bool:
+    """Whether a standby refused the call (it took nothing)."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and STANDBY_REFUSAL in (
+        error.details() or ""
     )
 
 
