@@ -71,6 +71,10 @@ function main() {
     return;
   }
   if (!args.server) fail('--server HOST:PORT is required');
+  if (args.server.includes(',')) {
+    // (it retried for good, "Name resolution failed for target dns:a,b": a user trial)
+    fail(`--server takes one HOST:PORT (this worker does not fail over between servers), got ${args.server}`);
+  }
   const slots = Number(args.slots);
   if (!Number.isInteger(slots) || slots < 1) fail(`--slots must be an integer >= 1, got ${args.slots}`);
   const labels = {};

@@ -105,8 +105,9 @@ function writeString(text) {
   return JSON.stringify(text);
 }
 
-function write(value, depth) {
+function write(value, depth, within = new Set()) {
   if (depth > MAX_DEPTH) throw new CodecError(`the value is nested more than ${MAX_DEPTH} levels deep`);
+  if (value === undefined) throw new CodecError('undefined cannot be json (use null)');
   switch (typeof value) {
     case 'boolean':
       return value ? 'true' : 'false';
@@ -122,8 +123,15 @@ function write(value, depth) {
       throw new CodecError(`a ${typeof value} cannot be json`);
   }
   if (value === null) return 'null';
+  if (within.has(value)) {
+    // (it said "nested more than 100 levels deep": a user trial)
+    throw new CodecError('the value contains itself (a circular reference), which json cannot hold');
+  }
   if (Array.isArray(value)) {
-    return `[${value.map((v) => write(v, depth + 1)).join(',')}]`;
+    within.add(value);
+    const items = value.map((v) => write(v, depth + 1, within)).join(',');
+    within.delete(value);
+    return `[${items}]`;
   }
   if (value instanceof Date) return `{"$datetime":"${formatDatetime(value)}"}`;
   if (value instanceof LocalDate) return `{"$date":"${value.text}"}`;
@@ -136,10 +144,12 @@ function write(value, depth) {
     throw new CodecError(`a ${kind} cannot be json (use plain objects, arrays, Date, LocalDate, Buffer)`);
   }
   const keys = Object.keys(value);
+  within.add(value);
   const members = keys.map((k) => {
     if (value[k] === undefined) throw new CodecError(`property ${show(k)} is undefined, which json cannot hold`);
-    return `${writeString(k)}:${write(value[k], depth + 1)}`;
+    return `${writeString(k)}:${write(value[k], depth + 1, within)}`;
   });
+  within.delete(value);
   const text = `{${members.join(',')}}`;
   // A user object that a reader would take for a tag is wrapped.
   return keys.length === 1 && keys[0].startsWith('$') ? `{"$object":${text}}` : text;

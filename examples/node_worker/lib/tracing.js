@@ -141,7 +141,7 @@ function otlpExporter(env) {
 function fromEnvironment(env = process.env) {
   const names = (env.OTEL_TRACES_EXPORTER || 'none')
     .split(',')
-    .map((n) => n.trim())
+    .map((n) => n.trim().toLowerCase()) // (case-insensitive, as OpenTelemetry's SDKs read it)
     .filter(Boolean);
   if (names.length === 0 || names.includes('none')) return null;
   const exporters = names.map((name) => {

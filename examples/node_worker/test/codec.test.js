@@ -56,6 +56,14 @@ test('values json cannot hold are refused with a clear error', () => {
   let deep = [];
   for (let i = 0; i < 101; i++) deep = [deep];
   assert.throws(() => encode(deep), /nested more than 100/);
+  // (a user trial: "a undefined cannot be json", and "nested more than 100 levels" for
+  // an object that contains itself)
+  assert.throws(() => encode([1, undefined]), { message: 'undefined cannot be json (use null)' });
+  const loop = { name: 'a' };
+  loop.self = loop;
+  assert.throws(() => encode({ outer: loop }), /contains itself \(a circular reference\)/);
+  const shared = { x: 1 };
+  assert.deepEqual(decode(encode([shared, shared])), [{ x: 1 }, { x: 1 }]); // twice is no loop
 });
 
 test('a typed array of bytes is written as $bytes and read back as a Buffer', () => {

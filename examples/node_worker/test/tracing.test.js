@@ -148,6 +148,10 @@ test('tracing is off unless OTEL_TRACES_EXPORTER asks for it; bad values are cle
   assert.equal(fromEnvironment({ OTEL_TRACES_EXPORTER: 'none' }), null);
   assert.ok(fromEnvironment({ OTEL_TRACES_EXPORTER: 'console' }) instanceof Tracing);
   assert.ok(fromEnvironment({ OTEL_TRACES_EXPORTER: 'otlp' }) instanceof Tracing);
+  // in any case, as the Python processes read it (a shared environment stopped only
+  // the Node worker: a user trial)
+  assert.ok(fromEnvironment({ OTEL_TRACES_EXPORTER: 'OTLP' }) instanceof Tracing);
+  assert.equal(fromEnvironment({ OTEL_TRACES_EXPORTER: 'None' }), null);
   assert.throws(() => fromEnvironment({ OTEL_TRACES_EXPORTER: 'zipkin' }), TracingConfigError);
   assert.throws(
     () => fromEnvironment({ OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' }),
