@@ -563,3 +563,18 @@ def test_headwater_run_exports_to_the_console_on_stderr_and_flushes_at_exit(
     assert '"name": "flow hello"' in proc.stderr
     assert '"name": "task greet"' in proc.stderr
     assert '"service.name": "my-notebook"' in proc.stderr
+
+
+def test_a_cli_span_says_when_its_run_did_not_succeed(span_exporter: InMemorySpanExporter) -> None:
+    """`headwater run --server`'s own span was UNSET for a FAILED run (a user trial):
+    the command marks it failed; a span it does not mark stays UNSET, as a good one."""
+    from headwater_runtime.tracing import cli_span
+
+    with cli_span("run good"):
+        pass
+    with cli_span("run bad") as failed:
+        failed("flow run FAILED")
+    spans = span_exporter.get_finished_spans()
+    assert one(spans, "run good").status.status_code is StatusCode.UNSET
+    bad = one(spans, "run bad").status
+    assert (bad.status_code, bad.description) == (StatusCode.ERROR, "flow run FAILED")

@@ -226,7 +226,7 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
     cancels the run (``--detach``: leaves it running) and returns 130."""
     detach, full = getattr(args, "detach", False), getattr(args, "full", False)
     # The CLI's own span (when tracing): the flow span on the server becomes its child.
-    with connect(args, address) as client, cli_span(f"run {flow.name}"):
+    with connect(args, address) as client, cli_span(f"run {flow.name}") as failed:
         with user_output_to_stderr():  # (its graph is built here: the body runs)
             run = client.run(flow, params)
         where = client._addresses.current  # the server that took it (of several given)
@@ -237,6 +237,8 @@ def run_on_server(flow: Any, params: dict[str, Any], address: str, args: argpars
             how = "SIGTERM" if isinstance(stop, Terminated) else "Ctrl-C"
             return _interrupted(client, run, detach, how)
         show_outcome(final, full=full)
+        if final.state is not FlowRunState.SUCCESS:
+            failed(f"flow run {final.state.name}")
         return _exit_code(final.state)
 
 

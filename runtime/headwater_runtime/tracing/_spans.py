@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .names import TRACER_NAME
@@ -99,15 +99,23 @@ def record_failure(span: Span, type_: str, message: str, stacktrace: str, *, err
 
 
 @contextlib.contextmanager
-def cli_span(name: str) -> Iterator[None]:
+def cli_span(name: str) -> Iterator[Callable[[str], None]]:
     """A span around a CLI command when tracing is on (nothing otherwise), so the flow
-    span a server opens for the command's run becomes its child."""
+    span a server opens for the command's run becomes its child. It gives a function
+    that marks the span failed with a description (the run did not succeed: the span
+    said UNSET for a FAILED run, a user trial); a no-op when tracing is off."""
     tracer = active_tracer()
     if tracer is None:
-        yield
+        yield _no_outcome
         return
-    with tracer.start_as_current_span(name):
-        yield
+    from opentelemetry.trace import Status, StatusCode
+
+    with tracer.start_as_current_span(name) as span:
+        yield lambda description: span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _no_outcome(_description: str) -> None:
+    pass
 
 
 def current_context() -> Context:
