@@ -100,3 +100,44 @@ def test_a_run_that_fails_again_can_be_retried_again() -> None:
     assert third.state is FlowRunState.SUCCESS and third.attempt == 3
     assert (calls["square-0"], calls["square-1"], calls["square-2"]) == (1, 2, 3)
     assert third.task_run("square[2]").attempt == 3
+
+
+@task
+def noisy_square(x: int) -> int:
+    print(f"squaring {x}")
+    if x in broken:
+        raise ValueError(f"element {x} is broken")
+    return x * x
+
+
+@flow
+def child_flow(x: int) -> int:
+    return noisy_square(x)
+
+
+@task
+def loud_first(xs: list[int]) -> int:
+    print(f"picking {xs[0]}")
+    return xs[0]
+
+
+@flow
+def parent_flow() -> int:
+    return child_flow(loud_first([2, 3]))
+
+
+def test_a_retried_run_keeps_the_child_runs_and_logs_of_its_earlier_attempts() -> None:
+    """A user trial: after retry() the FlowRun listed no child run (the subflow's new
+    child, and the failed one, could not be reached) and no log line."""
+    broken.add(2)
+    run = parent_flow.run()
+    assert run.state is FlowRunState.FAILED and len(run.children) == 1
+    broken.clear()
+    again = run.retry()
+    assert again.state is FlowRunState.SUCCESS and again.result == 4
+    assert [c.state for c in again.children] == [FlowRunState.FAILED, FlowRunState.SUCCESS]
+    assert again.children[0].id == run.children[0].id
+    assert all(c.parent_id == again.id for c in again.children)
+    assert [line.message for line in run.logs] == ["picking 2"]
+    assert [line.message for line in again.logs] == ["picking 2"]  # (kept, not run again)
+    assert [line.message for line in again.children[1].logs] == ["squaring 2"]

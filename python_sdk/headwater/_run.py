@@ -151,8 +151,14 @@ class FlowRun:
             engine=engine,
             run_id=self.id,
         )
-        engine = embedded.run(retry=reason)
-        return FlowRun.from_engine(self.id, engine, embedded.logs)
+        embedded.run(retry=reason)
+        # The whole run: its links, the child runs and log lines of its earlier
+        # attempts, then this one's (a user trial: the retried subflow's child run, and
+        # every log line, could not be reached from the returned FlowRun).
+        retried = FlowRun.from_embedded(embedded)
+        retried.children = [*self.children, *retried.children]
+        retried.logs = [*self.logs, *retried.logs]
+        return retried
 
     @property
     def ok(self) -> bool:
