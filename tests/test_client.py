@@ -315,3 +315,34 @@ def test_a_run_mapping_over_a_scalar_parameter_is_refused_saying_what_to_do(
                 "it to .map()"
             )
         assert client.list_runs() == []  # nothing was sent
+
+
+def test_a_task_run_that_ended_well_reports_no_failure() -> None:
+    """A user trial: after a run retry, a task run that now succeeded (it had been
+    TRIGGER_FAILED) still reported that failure, where an embedded FlowRun reports
+    none. A failed one reports its last failure; one cancelled while it waited to be
+    retried, the failure it waited after."""
+    from headwater._client import task_run_info
+    from headwater.v1 import run_pb2, state_pb2
+
+    def made(state: TaskRunState, *steps: tuple[TaskRunState, str]) -> run_pb2.TaskRun:
+        t = run_pb2.TaskRun(id="r/load", name="load", task_id="load", map_index=-1)
+        t.state = state_pb2.TaskRunState.ValueType(state.value)
+        for step, failed in steps:
+            entry = t.history.add(state=state_pb2.TaskRunState.ValueType(step.value))
+            if failed:
+                entry.failure.type, entry.failure.message = "builtins.ValueError", failed
+        return t
+
+    S = TaskRunState
+    retried_run = [(S.TRIGGER_FAILED, "trigger all_successful did not pass"), (S.PENDING, "")]
+    good = made(S.SUCCESS, *retried_run, (S.SCHEDULED, ""), (S.RUNNING, ""), (S.SUCCESS, ""))
+    assert task_run_info(good).failure is None
+    bad = made(
+        S.FAILED, (S.RUNNING, ""), (S.RETRYING, "first"), (S.RUNNING, ""), (S.FAILED, "last")
+    )
+    failure = task_run_info(bad).failure
+    assert failure is not None and failure.message == "last"
+    cancelled = made(S.CANCELLED, (S.RUNNING, ""), (S.RETRYING, "first"), (S.CANCELLED, ""))
+    failure = task_run_info(cancelled).failure
+    assert failure is not None and failure.message == "first"

@@ -143,7 +143,9 @@ class TaskRunInfo:
         worker: the worker that runs (or ran) the current attempt.
         child_run_ids: child flow runs it started (a subflow node's, or flows the
             task called), oldest first.
-        failure: its last failure (type, message, traceback), if any attempt failed.
+        failure: its last failure (type, message, traceback), unless it ended well
+            (SUCCESS, CACHED, SKIPPED, MAPPED: None, as in an embedded run; its
+            ``states`` still show a failed attempt before).
         waiting: why it waits for a worker (e.g. ``waiting: no connected worker offers
             etl.load``), when it does.
         result: its result described (fetch the value with ``Client.task_result``).
@@ -1070,14 +1072,17 @@ def _log_entry(e: run_pb2.LogEntry) -> LogEntry:
 
 def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
     """A TaskRun message as a TaskRunInfo."""
+    state = TaskRunState(t.state)
     failure = None
-    for entry in reversed(t.history):
+    # (A task run that ended well has none: after a run retry, one that now succeeded
+    # still showed the TriggerFailed of the attempt before, where an embedded FlowRun
+    # shows none; a user trial.)
+    for entry in () if state.is_success else reversed(t.history):
         if entry.HasField("failure"):
             failure = failure_from_proto(entry.failure)
             break
     running = TaskRunState.RUNNING.value
     started = next((h for h in t.history if h.state == running), None)
-    state = TaskRunState(t.state)
     return TaskRunInfo(
         key=split_task_run_id(t.id)[1] if TASK_RUN_ID_SEPARATOR in t.id else t.name,
         task_id=t.task_id,
