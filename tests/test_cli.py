@@ -1062,3 +1062,32 @@ def test_http_port_off_serves_no_web_ui_as_the_variable_and_file_take_it(tmp_pat
     bad = headwater_cli("server", "--http-port", "x", "--db", tmp_path / "hw.db")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "argument --http-port: must be a port 0..65535 or off, got 'x'" in bad.stderr
+
+
+_flaky_calls: list[int] = []
+
+
+@headwater.task(retries=1, retry_delay=0.2)
+def _flaky_once() -> int:
+    _flaky_calls.append(1)
+    if len(_flaky_calls) == 1:
+        raise ValueError("first attempt fails")
+    return 1
+
+
+@headwater.flow
+def _flaky_flow() -> int:
+    return _flaky_once()
+
+
+def test_an_embedded_summarys_task_time_adds_up_its_attempts() -> None:
+    """The summary's task time ran from a task run's first start to its end, the
+    pause before its retry included (a user trial)."""
+    from headwater._cli import _ran
+
+    _flaky_calls.clear()
+    record = _flaky_flow.run().task_runs["_flaky_once"]
+    assert record.attempt == 2 and len(record.attempts) == 2
+    spans = [a.duration for a in record.attempts]
+    assert _ran(record) == sum(s for s in spans if s is not None)
+    assert record.ended_at - record.started_at - _ran(record) >= 0.19  # the retry's pause

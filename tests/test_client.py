@@ -346,3 +346,31 @@ def test_a_task_run_that_ended_well_reports_no_failure() -> None:
     cancelled = made(S.CANCELLED, (S.RUNNING, ""), (S.RETRYING, "first"), (S.CANCELLED, ""))
     failure = task_run_info(cancelled).failure
     assert failure is not None and failure.message == "first"
+
+
+def test_a_task_runs_run_seconds_count_its_attempts_only() -> None:
+    """`task time` counted the time between a task run's first start and its end: the
+    pauses between attempts, and hours a run sat FAILED before its retry (a user
+    trial). ``run_seconds`` adds up each attempt, from RUNNING to its end."""
+    from headwater._client import task_run_info
+    from headwater.v1 import run_pb2, state_pb2
+
+    S = TaskRunState
+    t = run_pb2.TaskRun(id="r/load", name="load", task_id="load", map_index=-1)
+    t.state = state_pb2.TaskRunState.ValueType(S.SUCCESS.value)
+    steps = [
+        (S.SCHEDULED, 0.0), (S.RUNNING, 1.0), (S.RETRYING, 3.0),  # 2 s
+        (S.SCHEDULED, 13.0), (S.RUNNING, 14.0), (S.FAILED, 15.5),  # 1.5 s
+        (S.PENDING, 3600.0), (S.SCHEDULED, 3600.0), (S.RUNNING, 3601.0),  # a run retry
+        (S.SUCCESS, 3601.25),  # 0.25 s
+    ]  # fmt: skip
+    for state, at in steps:
+        entry = t.history.add(state=state_pb2.TaskRunState.ValueType(state.value))
+        entry.timestamp.FromNanoseconds(int(at * 1e9))
+    info = task_run_info(t)
+    assert info.run_seconds == 3.75 and info.duration == 3600.25
+    del t.history[-1]
+    t.state = state_pb2.TaskRunState.ValueType(S.RUNNING.value)
+    assert task_run_info(t).run_seconds == 3.5  # (the one running is not counted yet)
+    pending = run_pb2.TaskRun(id="r/x", name="x", state=state_pb2.TASK_RUN_STATE_PENDING)
+    assert task_run_info(pending).run_seconds is None

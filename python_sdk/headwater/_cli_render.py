@@ -196,7 +196,9 @@ def summary_rows(
     task_runs: Iterable[Any],
 ) -> list[tuple[str, str, str, int, float | None, str]]:
     """``summary_table``'s rows of task runs (TaskRunInfo)."""
-    return [(t.task_id, t.key, t.state.name, t.attempts, t.duration, t.worker) for t in task_runs]
+    return [
+        (t.task_id, t.key, t.state.name, t.attempts, t.run_seconds, t.worker) for t in task_runs
+    ]
 
 
 def summary_table(
@@ -216,8 +218,9 @@ def summary_table(
         if worker:
             node.workers.add(worker)
     table = Table(title=title or None, title_justify="left", show_edge=False, pad_edge=False)
-    # "task time": its task runs' durations added up (a map of 0.5 s tasks read 1.5 s
-    # under a run that took 0.5 s, as if it were wall time: a user trial).
+    # "task time": how long its task runs' attempts ran, added up (a map of 0.5 s tasks
+    # read 1.5 s under a run that took 0.5 s, as if it were wall time; and the hours a
+    # run sat FAILED before its retry counted too: user trials).
     for column in ("task", "runs", "states", "attempts", "task time", "workers"):
         table.add_column(column, justify="right" if column in ("runs", "attempts") else "left")
     for node in nodes.values():

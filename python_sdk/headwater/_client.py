@@ -43,6 +43,7 @@ from headwater.wire import (
     leader_hint,
     open_channel,
     refusal_cause,
+    seconds,
     split_task_run_id,
     to_datetime,
 )
@@ -137,7 +138,8 @@ class TaskRunInfo:
         key: its key in the flow run (``task`` or ``task[i]`` for mapped child i).
         task_id: the task node it runs.
         state: its current state.
-        attempts: attempts started.
+        attempts: attempts made (handed out for running; one cancelled or lost before
+            it started counts).
         states: every state it went through, in order.
         message: why it is in its state, for people.
         worker: the worker that runs (or ran) the current attempt.
@@ -151,6 +153,9 @@ class TaskRunInfo:
         result: its result described (fetch the value with ``Client.task_result``).
         started_at: when its first attempt started running.
         ended_at: when it reached its final state.
+        run_seconds: how long its attempts ran, added up (each from its start to its
+            end: the pauses between attempts, and the time before a run retry, are not
+            counted); None when none has ended yet.
     """
 
     key: str
@@ -167,6 +172,7 @@ class TaskRunInfo:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     map_index: int = -1
+    run_seconds: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -1083,6 +1089,12 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
             break
     running = TaskRunState.RUNNING.value
     started = next((h for h in t.history if h.state == running), None)
+    ran: float | None = None
+    began = None
+    for h in t.history:
+        if began is not None:  # the attempt that was running ended here
+            ran = (ran or 0.0) + max(0.0, seconds(h.timestamp) - seconds(began.timestamp))
+        began = h if h.state == running else None
     return TaskRunInfo(
         key=split_task_run_id(t.id)[1] if TASK_RUN_ID_SEPARATOR in t.id else t.name,
         task_id=t.task_id,
@@ -1100,6 +1112,7 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
             to_datetime(t.history[-1].timestamp) if t.history and state.is_terminal else None
         ),
         map_index=t.map_index,
+        run_seconds=ran,
     )
 
 
