@@ -1465,7 +1465,7 @@ def test_an_unrequested_task_cancelled_gives_the_attempt_back(db: str) -> None:
             numbers = next(t for t in got.task_runs if t.name == "numbers")
             assert numbers.attempts == 6 and numbers.state == 5
             # The run's journal now holds give-backs: only engine version 6 and later replay it.
-            assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "7"
+            assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "8"
 
     asyncio.run(main())
 

@@ -639,3 +639,24 @@ def test_attempts_given_back_count_no_loss_up_to_their_own_bound() -> None:
     assert failed.state is S.FAILED and failed.failure is not None
     assert failed.failure.type == "headwater.WorkerLost"
     assert f"gave it back ({MAX_GIVEN_BACK + 1} time(s))" in failed.failure.message
+
+
+def test_retries_at_the_cap_are_spread_below_it_not_sent_together() -> None:
+    """A user trial: the jittered delay was capped again at max_retry_delay, so half
+    of the retries that reached the cap waited exactly max_retry_delay (1000 runs: 500
+    at 60 s). Rule 1 reflects a delay past the cap below it; rule 0, the journals
+    written before it, keeps the old delays (they replay the same)."""
+    from headwater.wire import RetrySpec
+    from headwater_runtime.engine import DELAY_RULE, retry_delay
+
+    policy = RetrySpec(max_retries=5, delay=60, backoff=2, max_delay=60, jitter=0.5)
+    now = [retry_delay(policy, 3, "load", seed=f"run{i}") for i in range(1000)]
+    assert DELAY_RULE == 1 and all(30 <= d <= 60 for d in now)
+    assert sum(d == 60 for d in now) <= 1 and max(now) > 59 and min(now) < 31
+    old = [retry_delay(policy, 3, "load", seed=f"run{i}", rule=0) for i in range(1000)]
+    assert all(30 <= d <= 60 for d in old) and sum(d == 60 for d in old) > 400
+    # below the cap, both rules give the same delays
+    low = RetrySpec(max_retries=5, delay=1, backoff=2, max_delay=60, jitter=0.5)
+    assert [retry_delay(low, 2, "k", f"r{i}") for i in range(50)] == [
+        retry_delay(low, 2, "k", f"r{i}", rule=0) for i in range(50)
+    ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from headwater.wire import Const, FailureInfo, FromTask, GraphSpec, RetrySpec, TaskSpec
 from headwater_runtime.engine import (
+    DELAY_RULE,
     CancelTask,
     FlowRunEngine,
     JournaledEngine,
@@ -179,6 +181,10 @@ def test_a_replay_keeps_the_jitter_seed_its_journal_started_with() -> None:
         rebuilt = replay(_graph(), {}, journal, clock=Clock(), auto_start=False, seed="other")
         assert rebuilt.seed == seed
         assert rebuilt.next_timer_at == engine.next_timer_at
+        # and its delay rule: the one it started with (a journal from before it: 0)
+        assert journal[0].delay_rule == engine.delay_rule == DELAY_RULE
+        older = [dataclasses.replace(journal[0], delay_rule=0), *journal[1:]]
+        assert replay(_graph(), {}, older, clock=Clock(), auto_start=False).delay_rule == 0
 
 
 def test_a_replayed_run_keeps_the_deadline_of_its_own_timeout() -> None:

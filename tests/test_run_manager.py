@@ -706,7 +706,7 @@ def test_a_give_back_marks_a_run_of_an_older_engine_with_the_current_one(
     manager.runs[run_id].row.engine_version = "5"  # resumed from a version 5 journal
     manager.handle(run_id, TaskLost("unserved", attempt, "stopping", given_back=True))
     manager.flush()
-    assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "7"
+    assert store.get_flow_run(run_id).engine_version == ENGINE_VERSION == "8"
 
 
 def test_an_entry_written_before_give_backs_existed_reads_as_a_loss() -> None:
@@ -774,9 +774,11 @@ def test_a_value_added_again_after_a_batch_was_taken_is_written_with_the_next_ba
     assert len(values.take()) == 2
 
 
-@pytest.mark.parametrize("seed", ["0f3a9c", ""], ids=["seeded", "older-journal"])
-def test_a_run_start_keeps_its_jitter_seed_through_the_store_encoding(seed: str) -> None:
-    entry = JournalEntry(START, 3.0, seed=seed)
+@pytest.mark.parametrize(
+    ("seed", "rule"), [("0f3a9c", 1), ("0f3a9c", 0), ("", 0)], ids=["now", "v7", "older"]
+)
+def test_a_run_start_keeps_its_jitter_seed_through_the_store_encoding(seed: str, rule: int) -> None:
+    entry = JournalEntry(START, 3.0, seed=seed, delay_rule=rule)
     row = encode_entry("run-1", 0, entry, Values())
     assert decode_entry(row, {}) == entry
 

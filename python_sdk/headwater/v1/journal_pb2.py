@@ -16,7 +16,7 @@ from headwater.v1 import payload_pb2 as headwater_dot_v1_dot_payload__pb2
 from headwater.v1 import state_pb2 as headwater_dot_v1_dot_state__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aheadwater/v1/journal.proto\x12\x0cheadwater.v1\x1a\x1aheadwater/v1/payload.proto\x1a\x18headwater/v1/state.proto\"\xd1\x04\n\x0cJournalEntry\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12/\n\x0brun_started\x18\n \x01(\x0b\x32\x18.headwater.v1.RunStartedH\x00\x12\x31\n\x0ctimers_fired\x18\x0b \x01(\x0b\x32\x19.headwater.v1.TimersFiredH\x00\x12\x37\n\x0f\x61ttempt_started\x18\x0c \x01(\x0b\x32\x1c.headwater.v1.AttemptStartedH\x00\x12;\n\x11\x61ttempt_succeeded\x18\r \x01(\x0b\x32\x1e.headwater.v1.AttemptSucceededH\x00\x12\x35\n\x0e\x61ttempt_failed\x18\x0e \x01(\x0b\x32\x1b.headwater.v1.AttemptFailedH\x00\x12\x37\n\x0f\x61ttempt_skipped\x18\x0f \x01(\x0b\x32\x1c.headwater.v1.AttemptSkippedH\x00\x12\x31\n\x0c\x61ttempt_lost\x18\x10 \x01(\x0b\x32\x19.headwater.v1.AttemptLostH\x00\x12\x33\n\rcache_checked\x18\x11 \x01(\x0b\x32\x1a.headwater.v1.CacheCheckedH\x00\x12\x39\n\x10\x63\x61ncel_requested\x18\x12 \x01(\x0b\x32\x1d.headwater.v1.CancelRequestedH\x00\x12/\n\x0brun_retried\x18) \x01(\x0b\x32\x18.headwater.v1.RunRetriedH\x00\x42\x07\n\x05input\"!\n\nRunStarted\x12\x13\n\x0bjitter_seed\x18\x01 \x01(\t\"\r\n\x0bTimersFired\"V\n\x0e\x41ttemptStarted\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x17\n\nstarted_at\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_started_at\"\xc9\x01\n\x10\x41ttemptSucceeded\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x05value\x18\x03 \x01(\x0b\x32\x19.headwater.v1.StoredValue\x12\x11\n\tcache_key\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x17\n\nstarted_at\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_started_atB\x0b\n\t_ended_at\"\xcb\x01\n\rAttemptFailed\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12&\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x15.headwater.v1.Failure\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x15\n\rnever_started\x18\x05 \x01(\x08\x12\x17\n\nstarted_at\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_started_atB\x0b\n\t_ended_at\"\x8a\x01\n\x0e\x41ttemptSkipped\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\nstarted_at\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_started_atB\x0b\n\t_ended_at\"O\n\x0b\x41ttemptLost\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ngiven_back\x18\x04 \x01(\x08\"\x8d\x01\n\x0c\x43\x61\x63heChecked\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tcache_key\x18\x02 \x01(\t\x12\x0b\n\x03hit\x18\x03 \x01(\x08\x12(\n\x05value\x18\x04 \x01(\x0b\x32\x19.headwater.v1.StoredValue\x12\x17\n\nexpires_at\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_expires_at\"!\n\x0f\x43\x61ncelRequested\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xe6\x01\n\x0bStoredValue\x12\x12\n\x08value_id\x18\x01 \x01(\tH\x00\x12(\n\x04list\x18\x02 \x01(\x0b\x32\x18.headwater.v1.StoredListH\x00\x12(\n\x04\x64ict\x18\x03 \x01(\x0b\x32\x18.headwater.v1.StoredDictH\x00\x12,\n\x06select\x18\x04 \x01(\x0b\x32\x1a.headwater.v1.StoredSelectH\x00\x12)\n\x08\x63onstant\x18\x05 \x01(\x0b\x32\x15.headwater.v1.PayloadH\x00\x12\x0e\n\x04none\x18\x06 \x01(\x08H\x00\x42\x06\n\x04kind\"E\n\nStoredList\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.headwater.v1.StoredValue\x12\r\n\x05tuple\x18\x02 \x01(\x08\"E\n\nStoredDict\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12)\n\x06values\x18\x02 \x03(\x0b\x32\x19.headwater.v1.StoredValue\"`\n\x0cStoredSelect\x12\'\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x19.headwater.v1.StoredValue\x12\'\n\x04path\x18\x02 \x03(\x0b\x32\x19.headwater.v1.PathElement\"\x1c\n\nRunRetried\x12\x0e\n\x06reason\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aheadwater/v1/journal.proto\x12\x0cheadwater.v1\x1a\x1aheadwater/v1/payload.proto\x1a\x18headwater/v1/state.proto\"\xd1\x04\n\x0cJournalEntry\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\r\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12/\n\x0brun_started\x18\n \x01(\x0b\x32\x18.headwater.v1.RunStartedH\x00\x12\x31\n\x0ctimers_fired\x18\x0b \x01(\x0b\x32\x19.headwater.v1.TimersFiredH\x00\x12\x37\n\x0f\x61ttempt_started\x18\x0c \x01(\x0b\x32\x1c.headwater.v1.AttemptStartedH\x00\x12;\n\x11\x61ttempt_succeeded\x18\r \x01(\x0b\x32\x1e.headwater.v1.AttemptSucceededH\x00\x12\x35\n\x0e\x61ttempt_failed\x18\x0e \x01(\x0b\x32\x1b.headwater.v1.AttemptFailedH\x00\x12\x37\n\x0f\x61ttempt_skipped\x18\x0f \x01(\x0b\x32\x1c.headwater.v1.AttemptSkippedH\x00\x12\x31\n\x0c\x61ttempt_lost\x18\x10 \x01(\x0b\x32\x19.headwater.v1.AttemptLostH\x00\x12\x33\n\rcache_checked\x18\x11 \x01(\x0b\x32\x1a.headwater.v1.CacheCheckedH\x00\x12\x39\n\x10\x63\x61ncel_requested\x18\x12 \x01(\x0b\x32\x1d.headwater.v1.CancelRequestedH\x00\x12/\n\x0brun_retried\x18) \x01(\x0b\x32\x18.headwater.v1.RunRetriedH\x00\x42\x07\n\x05input\"5\n\nRunStarted\x12\x13\n\x0bjitter_seed\x18\x01 \x01(\t\x12\x12\n\ndelay_rule\x18\x02 \x01(\r\"\r\n\x0bTimersFired\"V\n\x0e\x41ttemptStarted\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x17\n\nstarted_at\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_started_at\"\xc9\x01\n\x10\x41ttemptSucceeded\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12(\n\x05value\x18\x03 \x01(\x0b\x32\x19.headwater.v1.StoredValue\x12\x11\n\tcache_key\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x17\n\nstarted_at\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_started_atB\x0b\n\t_ended_at\"\xcb\x01\n\rAttemptFailed\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12&\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x15.headwater.v1.Failure\x12\x11\n\ttimed_out\x18\x04 \x01(\x08\x12\x15\n\rnever_started\x18\x05 \x01(\x08\x12\x17\n\nstarted_at\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\x07 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_started_atB\x0b\n\t_ended_at\"\x8a\x01\n\x0e\x41ttemptSkipped\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\nstarted_at\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x65nded_at\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\r\n\x0b_started_atB\x0b\n\t_ended_at\"O\n\x0b\x41ttemptLost\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\ngiven_back\x18\x04 \x01(\x08\"\x8d\x01\n\x0c\x43\x61\x63heChecked\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tcache_key\x18\x02 \x01(\t\x12\x0b\n\x03hit\x18\x03 \x01(\x08\x12(\n\x05value\x18\x04 \x01(\x0b\x32\x19.headwater.v1.StoredValue\x12\x17\n\nexpires_at\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_expires_at\"!\n\x0f\x43\x61ncelRequested\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xe6\x01\n\x0bStoredValue\x12\x12\n\x08value_id\x18\x01 \x01(\tH\x00\x12(\n\x04list\x18\x02 \x01(\x0b\x32\x18.headwater.v1.StoredListH\x00\x12(\n\x04\x64ict\x18\x03 \x01(\x0b\x32\x18.headwater.v1.StoredDictH\x00\x12,\n\x06select\x18\x04 \x01(\x0b\x32\x1a.headwater.v1.StoredSelectH\x00\x12)\n\x08\x63onstant\x18\x05 \x01(\x0b\x32\x15.headwater.v1.PayloadH\x00\x12\x0e\n\x04none\x18\x06 \x01(\x08H\x00\x42\x06\n\x04kind\"E\n\nStoredList\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.headwater.v1.StoredValue\x12\r\n\x05tuple\x18\x02 \x01(\x08\"E\n\nStoredDict\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12)\n\x06values\x18\x02 \x03(\x0b\x32\x19.headwater.v1.StoredValue\"`\n\x0cStoredSelect\x12\'\n\x04\x62\x61se\x18\x01 \x01(\x0b\x32\x19.headwater.v1.StoredValue\x12\'\n\x04path\x18\x02 \x03(\x0b\x32\x19.headwater.v1.PathElement\"\x1c\n\nRunRetried\x12\x0e\n\x06reason\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -26,31 +26,31 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_JOURNALENTRY']._serialized_start=99
   _globals['_JOURNALENTRY']._serialized_end=692
   _globals['_RUNSTARTED']._serialized_start=694
-  _globals['_RUNSTARTED']._serialized_end=727
-  _globals['_TIMERSFIRED']._serialized_start=729
-  _globals['_TIMERSFIRED']._serialized_end=742
-  _globals['_ATTEMPTSTARTED']._serialized_start=744
-  _globals['_ATTEMPTSTARTED']._serialized_end=830
-  _globals['_ATTEMPTSUCCEEDED']._serialized_start=833
-  _globals['_ATTEMPTSUCCEEDED']._serialized_end=1034
-  _globals['_ATTEMPTFAILED']._serialized_start=1037
-  _globals['_ATTEMPTFAILED']._serialized_end=1240
-  _globals['_ATTEMPTSKIPPED']._serialized_start=1243
-  _globals['_ATTEMPTSKIPPED']._serialized_end=1381
-  _globals['_ATTEMPTLOST']._serialized_start=1383
-  _globals['_ATTEMPTLOST']._serialized_end=1462
-  _globals['_CACHECHECKED']._serialized_start=1465
-  _globals['_CACHECHECKED']._serialized_end=1606
-  _globals['_CANCELREQUESTED']._serialized_start=1608
-  _globals['_CANCELREQUESTED']._serialized_end=1641
-  _globals['_STOREDVALUE']._serialized_start=1644
-  _globals['_STOREDVALUE']._serialized_end=1874
-  _globals['_STOREDLIST']._serialized_start=1876
-  _globals['_STOREDLIST']._serialized_end=1945
-  _globals['_STOREDDICT']._serialized_start=1947
-  _globals['_STOREDDICT']._serialized_end=2016
-  _globals['_STOREDSELECT']._serialized_start=2018
-  _globals['_STOREDSELECT']._serialized_end=2114
-  _globals['_RUNRETRIED']._serialized_start=2116
-  _globals['_RUNRETRIED']._serialized_end=2144
+  _globals['_RUNSTARTED']._serialized_end=747
+  _globals['_TIMERSFIRED']._serialized_start=749
+  _globals['_TIMERSFIRED']._serialized_end=762
+  _globals['_ATTEMPTSTARTED']._serialized_start=764
+  _globals['_ATTEMPTSTARTED']._serialized_end=850
+  _globals['_ATTEMPTSUCCEEDED']._serialized_start=853
+  _globals['_ATTEMPTSUCCEEDED']._serialized_end=1054
+  _globals['_ATTEMPTFAILED']._serialized_start=1057
+  _globals['_ATTEMPTFAILED']._serialized_end=1260
+  _globals['_ATTEMPTSKIPPED']._serialized_start=1263
+  _globals['_ATTEMPTSKIPPED']._serialized_end=1401
+  _globals['_ATTEMPTLOST']._serialized_start=1403
+  _globals['_ATTEMPTLOST']._serialized_end=1482
+  _globals['_CACHECHECKED']._serialized_start=1485
+  _globals['_CACHECHECKED']._serialized_end=1626
+  _globals['_CANCELREQUESTED']._serialized_start=1628
+  _globals['_CANCELREQUESTED']._serialized_end=1661
+  _globals['_STOREDVALUE']._serialized_start=1664
+  _globals['_STOREDVALUE']._serialized_end=1894
+  _globals['_STOREDLIST']._serialized_start=1896
+  _globals['_STOREDLIST']._serialized_end=1965
+  _globals['_STOREDDICT']._serialized_start=1967
+  _globals['_STOREDDICT']._serialized_end=2036
+  _globals['_STOREDSELECT']._serialized_start=2038
+  _globals['_STOREDSELECT']._serialized_end=2134
+  _globals['_RUNRETRIED']._serialized_start=2136
+  _globals['_RUNRETRIED']._serialized_end=2164
 # @@protoc_insertion_point(module_scope)

@@ -116,17 +116,25 @@ class RunStarted(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     JITTER_SEED_FIELD_NUMBER: builtins.int
+    DELAY_RULE_FIELD_NUMBER: builtins.int
     jitter_seed: builtins.str
     """What spreads the run's retry delays (RetryPolicy.jitter) apart from other runs':
     the flow run's id. Empty in journals written before it existed; their retries
     replay with the delays they had.
     """
+    delay_rule: builtins.int
+    """How a jittered retry delay keeps within max_retry_delay: 0 (journals written
+    before it existed, and their replays), capped again after the jitter, so about
+    half the retries at the cap came at the cap itself; 1, a delay past the cap is
+    spread below it (reflected at the cap), so retries at the cap come apart too.
+    """
     def __init__(
         self,
         *,
         jitter_seed: builtins.str = ...,
+        delay_rule: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["jitter_seed", b"jitter_seed"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["delay_rule", b"delay_rule", "jitter_seed", b"jitter_seed"]) -> None: ...
 
 global___RunStarted = RunStarted
 

@@ -35,7 +35,7 @@ from ._events import (
 )
 from ._machine import FlowRunEngine
 from ._nodes import Clock, FlowRunFailure
-from ._policies import Verdict, evaluate_trigger, retry_delay
+from ._policies import DELAY_RULE, Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
 from ._rerun import not_retryable
 from ._states import TRANSITIONS, IllegalTransition
@@ -80,6 +80,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "ATTEMPT_EVENTS",
+    "DELAY_RULE",
     "ENGINE_VERSION",
     "EVENT",
     "MAX_GIVEN_BACK",

@@ -27,17 +27,19 @@ TIMERS = "timers"
 #: the engine decide differently (a changed rule, a new event): a server records it
 #: with every run and refuses to replay a journal written by an engine it cannot
 #: reproduce (docs/durability.md).
-ENGINE_VERSION = "7"
+ENGINE_VERSION = "8"
 #: Engine versions whose journals this engine replays to the same decisions. Version 2
 #: added the flow run retry (RunRetried, engine/_rerun.py); version 3 the failure of an
 #: attempt no worker started (TaskFailed.never_started: SCHEDULED -> FAILED); version 4
 #: case gates (TaskSpec.gates: a task inside a case that did not match is SKIPPED
 #: whatever its trigger); version 5 a top-level run's own timeout (GraphSpec.timeout);
 #: version 6 attempts given back that count no loss (TaskLost.given_back); version 7 an
-#: attempt's end by its worker's clock (TaskSucceeded/TaskFailed/TaskSkipped.ended_at).
-#: Older journals have none of them (their graphs no gates and no run timeout), so
-#: they replay the same.
-REPLAYS = frozenset({"1", "2", "3", "4", "5", "6", ENGINE_VERSION})
+#: attempt's end by its worker's clock (TaskSucceeded/TaskFailed/TaskSkipped.ended_at);
+#: version 8 the retry delay rule (START's delay_rule: a jittered delay past
+#: max_retry_delay reflected below it, not capped). Older journals have none of them
+#: (their graphs no gates and no run timeout, their START no delay rule: the old one),
+#: so they replay the same.
+REPLAYS = frozenset({"1", "2", "3", "4", "5", "6", "7", ENGINE_VERSION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,9 @@ class JournalEntry:
     #: START only: the engine's jitter seed (``FlowRunEngine.seed``; "" in journals
     #: written before it existed, whose retries then replay with the old delays).
     seed: str = ""
+    #: START only: the engine's retry delay rule (``FlowRunEngine.delay_rule``; 0 in
+    #: journals written before it existed, which replay with that rule).
+    delay_rule: int = 0
 
 
 class _ReplayClock:
@@ -75,7 +80,10 @@ class JournaledEngine:
 
     def start(self) -> list[Command]:
         """Journal START, then start the engine; its commands."""
-        self.record(JournalEntry(START, self.engine.clock.now(), seed=self.engine.seed))
+        engine = self.engine
+        self.record(
+            JournalEntry(START, engine.clock.now(), seed=engine.seed, delay_rule=engine.delay_rule)
+        )
         return self.engine.start()
 
     def handle(self, event: Event) -> list[Command]:
@@ -125,6 +133,7 @@ def replay(
         replay_clock.at = entry.at
         if entry.kind == START:
             engine.seed = entry.seed
+            engine.delay_rule = entry.delay_rule
             commands = engine.start()
         elif entry.kind == EVENT:
             assert entry.event is not None

@@ -60,7 +60,7 @@ from ._events import (
 )
 from ._inputs import attempt_inputs, resolve
 from ._nodes import Clock, FlowRunFailure, Node, final_states, unmappable
-from ._policies import Tally, Verdict, evaluate_trigger, retry_delay
+from ._policies import DELAY_RULE, Tally, Verdict, evaluate_trigger, retry_delay
 from ._records import AttemptRecord, StateEntry, TaskRunRecord
 from ._rerun import carry_over, reopen
 from ._states import REOPENED, TRANSITIONS, IllegalTransition
@@ -102,6 +102,9 @@ class FlowRunEngine:
         seed: what spreads this run's retry delays (``RetryPolicy.jitter``) apart from
             other runs': hosts pass the flow run's id (journaled with START, so a
             replay keeps it).
+
+    ``delay_rule`` (``retry_delay``'s ``rule``) is the current one for a new run; a
+    replay sets the one its START entry recorded.
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class FlowRunEngine:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.timeout = timeout
         self.seed = seed
+        self.delay_rule = DELAY_RULE
         self.params = bind_params(graph, params or {})
         self.state = FlowRunState.PENDING
         #: The run attempt: 1, then one more each time the run is retried (RunRetried).
@@ -591,7 +595,7 @@ class FlowRunEngine:
         retryable = failure.retryable and failure.type not in policy.non_retryable
         if retryable and run.retries_used < policy.max_retries:
             run.retries_used += 1
-            delay = retry_delay(policy, run.retries_used, run.key, self.seed)
+            delay = retry_delay(policy, run.retries_used, run.key, self.seed, self.delay_rule)
             what = "timed out" if failure.timed_out else "failed"
             self._transition(
                 run,

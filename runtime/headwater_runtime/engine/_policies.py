@@ -104,14 +104,23 @@ def evaluate_trigger(trigger: Trigger, states: Iterable[TaskRunState] | Tally) -
     raise AssertionError(f"unknown trigger {trigger!r}")
 
 
-def retry_delay(policy: RetrySpec, retry_number: int, key: str, seed: str = "") -> float:
+#: The delay rule of runs started now (``retry_delay``'s ``rule``; journaled with START).
+DELAY_RULE = 1
+
+
+def retry_delay(
+    policy: RetrySpec, retry_number: int, key: str, seed: str = "", rule: int = DELAY_RULE
+) -> float:
     """Seconds to wait before retry ``retry_number`` (1-based) of run ``key``.
 
     delay * backoff ** (n - 1), capped by max_delay, then spread by jitter. The jitter
     factor is derived from a hash of (seed, key, n) rather than a random generator, so
     the engine stays deterministic: replaying the same events gives the same decisions.
     ``seed`` (the flow run's id) spreads the retries of different runs of one flow:
-    without it they all retried at the same moments.
+    without it they all retried at the same moments. ``rule`` 1: a jittered delay past
+    max_delay is reflected below it (never past the cap, and retries at the cap still
+    come apart); 0 (runs journaled before it): capped again, so about half of the
+    retries at the cap came at the cap itself (a user trial).
     """
     base = policy.delay * (policy.backoff ** (retry_number - 1) if policy.backoff > 0 else 1.0)
     if policy.max_delay is not None:
@@ -120,6 +129,6 @@ def retry_delay(policy: RetrySpec, retry_number: int, key: str, seed: str = "") 
         text = f"{seed}/{key}#{retry_number}" if seed else f"{key}#{retry_number}"
         unit = zlib.crc32(text.encode()) / 0xFFFFFFFF  # [0, 1]
         base *= 1.0 + policy.jitter * (2.0 * unit - 1.0)
-        if policy.max_delay is not None:
-            base = min(base, policy.max_delay)
+        if policy.max_delay is not None and base > policy.max_delay:
+            base = 2.0 * policy.max_delay - base if rule >= 1 else policy.max_delay
     return max(0.0, base)

@@ -168,6 +168,7 @@ def encode_entry(flow_run_id: str, seq: int, entry: JournalEntry, values: Values
     if entry.kind == START:
         msg.run_started.SetInParent()
         msg.run_started.jitter_seed = entry.seed
+        msg.run_started.delay_rule = entry.delay_rule
     elif entry.kind == TIMERS:
         msg.timers_fired.SetInParent()
     elif isinstance(event, TaskSucceeded):
@@ -264,7 +265,8 @@ def decode_entry(row: RunEvent, loaded: Mapping[str, bytes]) -> JournalEntry:
     which = msg.WhichOneof("input")
     event: Any
     if which == "run_started":
-        return JournalEntry(START, msg.at, seed=msg.run_started.jitter_seed)
+        started = msg.run_started
+        return JournalEntry(START, msg.at, seed=started.jitter_seed, delay_rule=started.delay_rule)
     if which == "timers_fired":
         return JournalEntry(TIMERS, msg.at)
     if which == "attempt_started":

@@ -21,7 +21,13 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Status, StatusCode, Tracer
 
 from headwater.wire import FailureInfo, FlowRunState, TaskRunState, task_run_id
-from headwater_runtime.engine import WORKER_LOST, StateEntry, TaskRunRecord, retry_delay
+from headwater_runtime.engine import (
+    DELAY_RULE,
+    WORKER_LOST,
+    StateEntry,
+    TaskRunRecord,
+    retry_delay,
+)
 
 from . import names as n
 from ._spans import record_failure, w3c
@@ -62,6 +68,7 @@ class RunTracer:
         self.flow_name = flow_name
         self.flow_run_id = flow_run_id
         self.seed = flow_run_id  # the engine's jitter seed (hosts pass the run's id)
+        self.delay_rule = DELAY_RULE  # and its delay rule (a new run's)
         attributes: dict[str, Any] = {n.FLOW_NAME: flow_name, n.FLOW_RUN_ID: flow_run_id}
         if resumed:
             attributes[n.RESUMED] = True
@@ -134,7 +141,9 @@ class RunTracer:
         elif failure is not None:
             _record(run_span, failure, error=error)
         if entry.state is S.RETRYING:
-            delay = retry_delay(run.spec.retry, run.retries_used, run.key, self.seed)
+            delay = retry_delay(
+                run.spec.retry, run.retries_used, run.key, self.seed, self.delay_rule
+            )
             retry = {n.RETRY_DELAY: delay, n.RETRY_NUMBER: run.retries_used}
             run_span.add_event(n.EVENT_RETRY, retry)
         run_span.end()
