@@ -88,6 +88,18 @@ def test_cancel_clears_retry_and_timeout_timers() -> None:
     assert [a.outcome for a in d.runs["b"].attempts] == [S.CANCELLED]
 
 
+def test_a_task_run_cancelled_while_it_waits_to_retry_keeps_the_failure_it_waited_after() -> None:
+    """An embedded run said only "a CANCELLED" for a task cancelled in its retry delay
+    (a server showed its error; a user trial). Its history entry stays without one."""
+    d = Driver(flow(task("a", retry=RetrySpec(max_retries=3, delay=30)), task("b")))
+    d.fail("a")
+    d.cancel()
+    run = d.runs["a"]
+    assert run.state is S.CANCELLED and run.history[-1].failure is None
+    assert run.failure is not None and run.failure == run.attempts[-1].failure
+    assert d.runs["b"].failure is None  # (cancelled while it ran: no failure of its own)
+
+
 def test_cancel_during_the_run_of_a_failed_flow_still_cancels() -> None:
     d = Driver(flow(task("a"), task("b")))
     d.fail("a")

@@ -431,6 +431,7 @@ class FlowRunEngine:
             )
         when = self.clock.now() if at is None else at
         entry = _new_entry(StateEntry, (state, when, run.attempt, message, failure))
+        retrying = run.state is S.RETRYING
         run.state = state
         run._history.append(entry)
         if self._checking and state is not S.SCHEDULED:
@@ -439,6 +440,11 @@ class FlowRunEngine:
             self._unfinished -= 1
             if failure is not None:
                 run.failure = failure
+            elif retrying and run._attempts:
+                # Cancelled while it waited to be retried: the run reports the failure
+                # it waited after (it said only "CANCELLED", where a server shows the
+                # error; a user trial). Its history entry stays as it was.
+                run.failure = run._attempts[-1].failure
             self._settle.append(run)
         if self.on_transition is not None:
             self.on_transition(run, entry)
