@@ -240,6 +240,11 @@ def test_run_on_a_server_prints_each_failure_with_its_traceback(
     assert one.count("enriching") == 1 and "enriching 2" in one
     with Client(address) as client:  # failures, as an embedded FlowRun lists them
         assert [t.key for t in client.wait(run_id).failures] == ["enrich[2]"]
+        # a prefix of the id reads the same records (it found the run, then none: a
+        # user trial); an ended run's wait with no time left still answers
+        every = client.logs(run_id)
+        assert len(every) > 4 and client.logs(run_id[:8]) == every
+        assert client.wait(run_id[:8], timeout=0).state is FlowRunState.FAILED
     late = cli(env, "runs", "cancel", run_id[:8], "--server", address)
     assert late.stdout == f"{run_id}  FAILED  (it had already ended: nothing to cancel)\n"
     # fetch is not mapped: fetch[0] names no task run (it printed nothing, exit 0)

@@ -374,3 +374,28 @@ def test_a_task_runs_run_seconds_count_its_attempts_only() -> None:
     assert task_run_info(t).run_seconds == 3.5  # (the one running is not counted yet)
     pending = run_pb2.TaskRun(id="r/x", name="x", state=state_pb2.TASK_RUN_STATE_PENDING)
     assert task_run_info(pending).run_seconds is None
+
+
+def test_a_closed_client_says_so_and_bad_timeouts_are_refused(server: ServerThread) -> None:
+    """A user trial: after close() (or its with block), calls failed with gRPC's own
+    "Cannot invoke RPC on closed channel!"; Client(timeout=None) was taken and every
+    call then failed with "unsupported operand type(s)"; wait(timeout=0) on an ended
+    run raised TimeoutError without asking the server."""
+    with Client(server.address, token="tok") as client:
+        run = client.run(greet, {"text": "hi"})
+        client.cancel(run.id)
+        assert client.wait(run.id, timeout=0).state is FlowRunState.CANCELLED
+        assert client.wait(run.id, timeout=-1).state is FlowRunState.CANCELLED
+        with pytest.raises(TypeError, match="timeout must be a number of seconds, got '5'"):
+            client.wait(run.id, timeout="5")  # type: ignore[arg-type]
+    closed = f"this Client of {server.address} is closed"
+    for call in (client.list_runs, lambda: client.wait(run.id), lambda: client.logs(run.id)):
+        with pytest.raises(RuntimeError, match=closed):
+            call()
+    with pytest.raises(RuntimeError, match=closed), client:
+        pass
+    for bad in (None, 0, -1, "30"):
+        with pytest.raises((TypeError, ValueError), match="timeout must be"):
+            Client(server.address, timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="address must be 'HOST:PORT'"):
+        Client(47531)  # type: ignore[arg-type]

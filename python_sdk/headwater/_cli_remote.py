@@ -43,7 +43,7 @@ from ._cli_render import (
     user_output_to_stderr,
     waiting_label,
 )
-from ._client import REWATCH_PAUSE, Client, RemoteFlowRun, ServerError, TaskRunInfo
+from ._client import REWATCH_PAUSE, Client, ClientClosed, RemoteFlowRun, ServerError, TaskRunInfo
 from ._errors import Terminated, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 130
@@ -84,7 +84,7 @@ def follow_run(client: Client, run: RemoteFlowRun, *, logs: bool = False) -> Rem
         try:
             for entry in client.iter_logs(run.id, follow=True):  # (ends with the run)
                 changes.put(("log", entry))
-        except ServerError:
+        except (ServerError, ClientClosed):
             pass  # (a restart or an outage: `headwater runs logs` still has them all)
         finally:
             logs_done.set()
@@ -97,6 +97,8 @@ def follow_run(client: Client, run: RemoteFlowRun, *, logs: bool = False) -> Rem
             changes.put(("end", None))
         except ServerError as exc:
             changes.put(("error", exc))
+        except ClientClosed:  # (the command closed its client: it is done with the run)
+            pass
 
     # In this context (a copy): the watch call is part of the CLI's trace when tracing.
     context = contextvars.copy_context()

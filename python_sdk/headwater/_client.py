@@ -120,6 +120,10 @@ class ServerError(Exception):
         self.code = code
 
 
+class ClientClosed(RuntimeError):
+    """A call on a Client after its ``close()`` (or the end of its ``with`` block)."""
+
+
 @dataclass(frozen=True)
 class ValueInfo:
     """A result described without carrying it: its size, encoding and a short preview
@@ -318,6 +322,11 @@ class Client(OperationsClient):
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ) -> None:
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be 'HOST:PORT' (a str), got {address!r}")
+        if _seconds(timeout, "timeout") <= 0:
+            # (None was taken, then every call failed: "unsupported operand type(s)")
+            raise ValueError(f"timeout must be more than 0 seconds, got {timeout!r}")
         secure = TLSSettings.from_env(enabled=tls, ca=tls_ca, cert=tls_cert, key=tls_key)
         settings = ConnectionSettings.from_env(server=address, token=token, tls=secure)
         if not settings.server:
@@ -330,6 +339,7 @@ class Client(OperationsClient):
         self._channels: dict[str, grpc.Channel] = {}
         #: A call has succeeded: an unreachable server is then ridden out (a restart).
         self._reached = False
+        self._closed = False
         #: Addresses tried in a row, in the call under way, where no server answered.
         self._silent = 0
         #: Each server's max_parameter_bytes, by address, once asked (``_inline_bound``).
@@ -348,11 +358,22 @@ class Client(OperationsClient):
         self._transfer = PayloadTransfer(channel, self._metadata, patient=False)
 
     def close(self) -> None:
-        """Close the gRPC channels (also done on leaving a ``with Client(...)`` block)."""
+        """Close the gRPC channels (also done on leaving a ``with Client(...)`` block);
+        the Client takes no call after it."""
+        self._closed = True
         for channel in self._channels.values():
             channel.close()
 
+    def _check_open(self) -> None:
+        # (gRPC's own "Cannot invoke RPC on closed channel!" said nothing of the Client)
+        if self._closed:
+            raise ClientClosed(
+                f"this Client of {self.address} is closed (close(), or the end of its "
+                "with block): make a new Client"
+            )
+
     def __enter__(self) -> Client:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -465,6 +486,7 @@ class Client(OperationsClient):
         timeout: float | None,
         ride: bool = False,
     ) -> _Resp:
+        self._check_open()
         limit = timeout or self.timeout
         deadline = time.monotonic() + limit
 
@@ -735,14 +757,22 @@ class Client(OperationsClient):
 
         ``timeout``: seconds to watch at most (None: until the run ends); then
         TimeoutError."""
+        self._check_open()
         request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=not task_runs)
         tried: list[str] = []
         deadline = 0.0
-        until = None if timeout is None else time.monotonic() + timeout
+        until = None if timeout is None else time.monotonic() + _seconds(timeout, "timeout")
+        first = True
         while True:
             left = None if until is None else until - time.monotonic()
             if left is not None and left <= 0:
+                if first:  # (no time to watch: a run that has ended is still the answer)
+                    run = self.get(run_id)
+                    if run.state.is_terminal:
+                        yield run, None
+                        return
                 raise TimeoutError(f"flow run {run_id!r} has not ended after {timeout:g}s")
+            first = False
             try:
                 watching = self._control.WatchFlowRun(
                     request, metadata=self._metadata, timeout=left
@@ -754,7 +784,11 @@ class Client(OperationsClient):
                         task = task_run_info(change.task_run)
                     yield self._remote(change.flow_run), task
                 return
+            except ValueError:  # (gRPC's "closed channel": closed from another thread)
+                self._check_open()
+                raise
             except grpc.RpcError as exc:
+                self._check_open()  # (a watch ended by close() from another thread)
                 if until is not None and time.monotonic() >= until:
                     raise TimeoutError(
                         f"flow run {run_id!r} has not ended after {timeout:g}s"
@@ -829,6 +863,7 @@ class Client(OperationsClient):
         """A flow run's log records, oldest first, read ``page_size`` at a time; with
         ``follow``, then the new ones as the server stores them, until the run has
         ended (``task_run_id`` is not followed: use ``task_id``)."""
+        self._check_open()
         what = f"logs of flow run {run_id!r}"
         if follow:
             request = cp.WatchTaskRunLogsRequest(flow_run_id=run_id, task_id=task_id)
@@ -1114,6 +1149,14 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
         map_index=t.map_index,
         run_seconds=ran,
     )
+
+
+def _seconds(value: Any, name: str) -> float:
+    """A number of seconds a caller gave (TypeError naming ``name`` for anything else:
+    "unsupported operand type(s) for +: 'float' and 'str'" said nothing of it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    return float(value)
 
 
 def _standing_by(error: grpc.RpcError) -> bool:

@@ -81,7 +81,7 @@ class ReadsServicer:
             limit = min(request.page_size or LOG_PAGE_MAX, LOG_PAGE_MAX)
             try:
                 rows = await self.reads.logs(
-                    request.flow_run_id,
+                    row.id,  # (the whole id: a prefix found the run, then no records)
                     task_run=request.task_run_id,
                     task_id=request.task_id,
                     after=after,
