@@ -399,3 +399,25 @@ def test_a_closed_client_says_so_and_bad_timeouts_are_refused(server: ServerThre
             Client(server.address, timeout=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="address must be 'HOST:PORT'"):
         Client(47531)  # type: ignore[arg-type]
+
+
+def test_a_webhooks_flows_and_states_must_be_lists_of_known_names(server: ServerThread) -> None:
+    """A user trial: flows="adder" was stored as five one-letter names (the hook never
+    fired); states="FAILED" said KeyError: 'F', and an unknown state a bare KeyError."""
+    from headwater import FlowRunState as State
+
+    with Client(server.address, token="tok") as client:
+        with pytest.raises(
+            TypeError, match=r"flows must be a list, got 'adder': write \['adder'\]"
+        ):
+            client.create_webhook("http://127.0.0.1:9/hook", flows="adder")
+        with pytest.raises(TypeError, match="states must be a list"):
+            client.create_webhook("http://127.0.0.1:9/hook", states="FAILED")
+        with pytest.raises(ValueError, match="unknown flow run state 'NOPE': use one of PENDING"):
+            client.create_webhook("http://127.0.0.1:9/hook", states=["NOPE"])
+        made = client.create_webhook(
+            "http://127.0.0.1:9/hook", flows=["adder"], states=["failed", State.CANCELLED]
+        )
+        assert made.flows == ["adder"] and made.states == [State.FAILED, State.CANCELLED]
+        assert client.list_webhooks() == [made]
+        client.delete_webhook(made.id)

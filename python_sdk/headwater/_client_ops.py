@@ -240,7 +240,12 @@ class OperationsClient:
         ``flows``, only to ``states``, when given), and when a run is late with
         ``late``. Delivered at least once, retried with backoff; with ``secret`` each
         request is signed (docs/operations.md)."""
-        wanted = [s if isinstance(s, FlowRunState) else FlowRunState[s.upper()] for s in states]
+        # (A str for either was taken as its letters: flows="etl" stored e, t, l and
+        # never fired; states="FAILED" said KeyError: 'F'. A user trial.)
+        for name, given in (("flows", flows), ("states", states)):
+            if isinstance(given, str | FlowRunState):
+                raise TypeError(f"{name} must be a list, got {given!r}: write [{given!r}]")
+        wanted = [_flow_run_state(s) for s in states]
         hook = ops.Webhook(
             url=url,
             flow_names=list(flows),
@@ -316,6 +321,17 @@ def _webhook(msg: ops.Webhook) -> WebhookInfo:
         failed=msg.failed,
         last_error=msg.last_error,
     )
+
+
+def _flow_run_state(state: FlowRunState | str) -> FlowRunState:
+    """A flow run state given as one or by its name (ValueError naming the names)."""
+    if isinstance(state, FlowRunState):
+        return state
+    try:
+        return FlowRunState[str(state).upper()]
+    except KeyError:
+        names = ", ".join(s.name for s in FlowRunState)
+        raise ValueError(f"unknown flow run state {state!r}: use one of {names}") from None
 
 
 __all__ = ["LimitInfo", "OperationsClient", "WebhookInfo", "WorkerInfo"]
