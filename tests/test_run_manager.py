@@ -927,3 +927,27 @@ def test_a_cached_value_held_by_a_dask_bridge_stays_held_and_is_a_miss_once_gone
     clock.t += 3600  # the entry naming dask-1 expires
     exports.expire(clock.now())
     assert released() == ["dask-0", "dask-1"]
+
+
+def test_a_mapped_tasks_list_is_read_only_once_every_element_ended(store: Store) -> None:
+    """A user trial: Client.task_result of a map still running read [None, None, None],
+    like results; map_index -2 read the whole list."""
+    from headwater_runtime.server._queries import NoResult
+
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    row, _ = manager.create_run("pipeline", "", {"n": value_of(3)})
+    manager.flush()
+    work(manager, dispatch.submitted.pop(0))  # numbers: the map is made
+    manager.flush()
+    with pytest.raises(NoResult) as going:
+        task_result(store, row.id, "scale")
+    assert str(going.value) == (
+        "task 'scale' has no result yet: 3 of its 3 elements have not ended (scale[0]: SCHEDULED)"
+    )
+    with pytest.raises(NotFound, match="task 'scale' has no element -2"):
+        task_result(store, row.id, "scale", -2)
+    drain(manager, dispatch)
+    value, _ = task_result(store, row.id, "scale")
+    assert decode_value(value) == [0, 10, 20]

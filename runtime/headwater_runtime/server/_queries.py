@@ -75,13 +75,24 @@ def task_result(
     rows = [r for r in store.task_runs(flow_run_id) if r.task_id == task_id]
     if not rows:
         raise NotFound(f"flow run {flow_run_id!r} has no task {task_id!r}")
-    wanted = max(map_index, -1)
+    wanted = map_index  # (-2 was read as -1, the whole list: a user trial)
     row = next((r for r in rows if r.map_index == wanted), None)
     if row is None:
         raise NotFound(f"task {task_id!r} has no element {wanted}")
     state = TaskRunState(row.state)
     children = sorted((r for r in rows if r.map_index >= 0), key=lambda r: r.map_index)
     if wanted < 0 and children:
+        # Every element ended, or no list yet: the list of a map still running read as
+        # [None, None, None], like results (a user trial). (An element that failed is
+        # None in it, as a reduce over the map gets it.)
+        going = [c for c in children if not TaskRunState(c.state).is_terminal]
+        if going:
+            first = going[0]
+            raise NoResult(
+                f"task {task_id!r} has no result yet: {len(going):,} of its "
+                f"{len(children):,} elements have not ended ({first.key}: "
+                f"{TaskRunState(first.state).name})"
+            )
         loaded = store.get_values(c.result_id for c in children)
         handles = tuple(
             payload_pb2.Value.FromString(loaded[c.result_id]) if c.result_id else None
