@@ -120,6 +120,21 @@ def block(seconds):
 
 
 @task
+def gated(folder):
+    import pathlib
+
+    for line in ("one", "two", "three"):
+        print(line, flush=True)
+        (pathlib.Path(folder) / f"said-{line}").touch()
+        gate = pathlib.Path(folder) / line
+        for _ in range(3000):  # (bounded: the test opens each gate)
+            if gate.exists():
+                break
+            time.sleep(0.01)
+    return "said"
+
+
+@task
 def chatty(n):
     log = logging.getLogger("hw_tasks.chatty")
     log.info("hello %d", n)
@@ -855,6 +870,44 @@ def test_reconnects_with_its_running_attempts_and_delivers_their_outcome(
             assert list(again.running) == [tok]
             result = second.gateway.wait_for("result", about(tok))
             assert decode_value(result.result) == "finished"
+    finally:
+        if second is not None:
+            second.stop()
+
+
+def test_what_a_task_prints_while_its_server_is_away_reaches_the_next_one(
+    tmp_path: Path, tasks_file: Path
+) -> None:
+    """A user trial: a task printed 40 lines across a server restart; 20 were kept, the
+    ones printed while no server was there were dropped. The worker keeps them for the
+    next server, before the outcome."""
+    first = FakeServer(tmp_path / "hw.db", FakeGateway(welcome()))
+    second: FakeServer | None = None
+    said = lambda text: lambda msg: msg.message == text  # noqa: E731
+    try:
+        with worker_thread(first.address, tasks_file, slots=1) as worker:
+            first.gateway.wait_for("hello")
+            tok = assign(first.gateway, "gated", "gated", inputs=inputs(folder=str(tmp_path)))
+            first.gateway.wait_for("log", said("one"))
+            first.stop()
+            deadline = time.monotonic() + WAIT
+            while worker._session is not None and worker._session.welcome is not None:
+                assert time.monotonic() < deadline, "the worker did not see its server go"
+                time.sleep(0.01)
+            (tmp_path / "one").touch()  # "two" is printed with no server
+            deadline = time.monotonic() + WAIT
+            while not (tmp_path / "said-two").exists():
+                assert time.monotonic() < deadline, "the task printed nothing more"
+                time.sleep(0.01)
+            second = FakeServer(tmp_path / "hw2.db", FakeGateway(welcome()), port=first.port)
+            assert list(second.gateway.wait_for("hello").running) == [tok]
+            second.gateway.wait_for("log", said("two"))
+            (tmp_path / "two").touch()
+            second.gateway.wait_for("log", said("three"))
+            (tmp_path / "three").touch()
+            assert decode_value(second.gateway.wait_for("result", about(tok)).result) == "said"
+            kinds = [m.WhichOneof("message") for m in second.gateway.received]
+            assert kinds.index("log") < kinds.index("result")
     finally:
         if second is not None:
             second.stop()

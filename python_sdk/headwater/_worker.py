@@ -20,6 +20,7 @@ is retried after a short pause rather than the growing backoff: a takeover is ne
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import platform
@@ -78,6 +79,9 @@ STANDBY_PAUSE = 0.25
 FAILED_PRECONDITION = 9
 #: Heartbeat interval used when the Welcome gives none.
 DEFAULT_HEARTBEAT = 10.0
+#: Tasks' log records kept while the worker has no server (a restart), for the next
+#: one: at most this many (~the lines of a chatty task for minutes; the oldest go).
+OFFLINE_LOGS = 10_000
 #: Refusals that retrying cannot fix: a bad token, or a server that will not take this
 #: worker (protocol, no worker gateway) before it ever welcomed it.
 _FATAL = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -230,6 +234,11 @@ class Worker:
         # of the application the worker may be embedded in.
         self._jitter = random.Random()
         self._session: _Session | None = None
+        #: Tasks' log records written while no session was welcomed, and how many more.
+        self._offline_logs: collections.deque[worker_pb2.ConnectRequest] = collections.deque(
+            maxlen=OFFLINE_LOGS
+        )
+        self._offline_dropped = 0
         self._connected_once = False
         self._payload_channel: grpc.Channel | None = None
         self._payload_address = ""
@@ -453,11 +462,24 @@ class Worker:
         return False
 
     def _send(self, message: worker_pb2.ConnectRequest) -> None:
-        """Queue a message on the current session once it is welcomed; otherwise drop it
-        (outcomes are kept by Attempts and sent again after the next Welcome)."""
+        """Queue a message on the current session once it is welcomed. Otherwise a
+        task's log record is kept (up to OFFLINE_LOGS) for the next Welcome, and
+        anything else dropped (outcomes are kept by Attempts and sent again after the
+        next Welcome)."""
         session = self._session
         if session is not None and session.welcome is not None and not self._stop.is_set():
             session.outbox.put(message)
+        elif message.HasField("log") and not self._stop.is_set():
+            # (What a task printed while its server restarted was lost: 20 of 40 lines,
+            # a user trial.) The oldest go first when there are too many.
+            with self._lock:  # (_welcome sends them under it: none is left behind)
+                session = self._session
+                if session is not None and session.welcome is not None:
+                    session.outbox.put(message)
+                    return
+                if len(self._offline_logs) == self._offline_logs.maxlen:
+                    self._offline_dropped += 1
+                self._offline_logs.append(message)
 
     # Server messages ---------------------------------------------------------------
 
@@ -544,6 +566,19 @@ class Worker:
             resend = self.attempts.keep(held, keep)
             session.welcome = welcome
             self._use_payload_channel()
+            # What tasks logged meanwhile, before the outcomes that follow it (the
+            # server takes the records of the attempts this session holds).
+            for message in self._offline_logs:
+                session.outbox.put(message)
+            if self._offline_dropped:
+                log.warning(
+                    "%d log records of tasks written while the server was away were "
+                    "dropped (more than %d)",
+                    self._offline_dropped,
+                    OFFLINE_LOGS,
+                )
+            self._offline_logs.clear()
+            self._offline_dropped = 0
             for message in resend:
                 session.outbox.put(message)
             session.outbox.put(_BEAT)
