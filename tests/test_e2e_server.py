@@ -373,8 +373,13 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
     # and so does `headwater runs watch` (it exited 1 once the server had been away
     # for 2 s: its look at why task runs wait did not ride out the restart).
     watcher = Client(address, token=TOKEN)
-    pool = concurrent.futures.ThreadPoolExecutor(3)
+    pool = concurrent.futures.ThreadPoolExecutor(4)
     waited = pool.submit(watcher.wait, run.id)
+    # So does one following the run's logs (it ended "cannot reach the server": a user
+    # trial).
+    follower = Client(address, token=TOKEN)
+    follower.get(run.id)  # (reached)
+    followed = pool.submit(lambda: list(follower.iter_logs(run.id, follow=True)))
     env = {**os.environ, "HEADWATER_TOKEN": TOKEN}
     cli = pool.submit(headwater_cli, "runs", "watch", run.id, "--server", address, env=env)
     # A client that reached the server before waits out its restart in any call (a
@@ -398,15 +403,18 @@ def test_server_killed_mid_run_resumes_without_rerunning_finished_tasks(
         watched = cli.result(timeout=BOUND)
         assert watched.returncode == 0, watched.stderr
         assert "SUCCESS" in watched.stderr.splitlines()[-1], watched.stderr
+        logged = followed.result(timeout=BOUND)
     finally:
         pool.shutdown(wait=False)
         watcher.close()
         getter.close()
+        follower.close()
     with Client(address, token=TOKEN) as client:
         poll(lambda: client.get(run.id).state.is_terminal, "the resumed run to finish")
         final = client.get(run.id, include_task_runs=True)
         assert final.state is FlowRunState.SUCCESS, final.message
         assert final.result == 2
+        assert logged == client.logs(run.id)  # every record, each once
     ran = [what for what, _ in effects(tmp_path)]
     assert ran.count("extract") == 1 and ran.count("load") == 1
     assert ran.count("blocking-done") == 1

@@ -866,14 +866,7 @@ class Client(OperationsClient):
         self._check_open()
         what = f"logs of flow run {run_id!r}"
         if follow:
-            request = cp.WatchTaskRunLogsRequest(flow_run_id=run_id, task_id=task_id)
-            try:
-                for page in self._control.WatchTaskRunLogs(request, metadata=self._metadata):
-                    yield from (_log_entry(e) for e in page.entries)
-            except grpc.RpcError as exc:
-                raise _server_error(
-                    exc, self._addresses.current, what, self.tls, self._addresses
-                ) from None
+            yield from self._follow_logs(run_id, task_id, what)
             return
         token = ""
         while True:
@@ -893,6 +886,34 @@ class Client(OperationsClient):
             token = response.next_page_token
             if not token:
                 return
+
+    def _follow_logs(self, run_id: str, task_id: str, what: str) -> Iterator[LogEntry]:
+        """``iter_logs(follow=True)``: a server that goes away while it is followed (a
+        restart: it ended with "cannot reach the server", a user trial) is followed
+        again, as ``watch`` does, from the last record read."""
+        request = cp.WatchTaskRunLogsRequest(flow_run_id=run_id, task_id=task_id)
+        tried: list[str] = []
+        deadline = 0.0
+        while True:
+            try:
+                for page in self._control.WatchTaskRunLogs(request, metadata=self._metadata):
+                    tried.clear()
+                    self._reached = True
+                    if page.next_page_token:  # (where a follow that starts again begins)
+                        request.page_token = page.next_page_token
+                    yield from (_log_entry(e) for e in page.entries)
+                return
+            except grpc.RpcError as exc:
+                self._check_open()
+                if not tried:
+                    deadline = time.monotonic() + self.timeout
+                if not (self._reached or refusal_cause(exc) == CAUSE_STORE) or not (
+                    self._failover(exc, deadline, tried)
+                    or _rewatch(exc, deadline, tried, self._addresses.current)
+                ):
+                    raise _server_error(
+                        exc, self._addresses.current, what, self.tls, self._addresses
+                    ) from None
 
     # -------------------------------------------------------------- schedules
 
