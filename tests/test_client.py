@@ -421,3 +421,14 @@ def test_a_webhooks_flows_and_states_must_be_lists_of_known_names(server: Server
         assert made.flows == ["adder"] and made.states == [State.FAILED, State.CANCELLED]
         assert client.list_webhooks() == [made]
         client.delete_webhook(made.id)
+
+
+def test_audits_limit_is_checked_by_the_client(server: ServerThread) -> None:
+    """A user trial: limit=0 returned entries (the server's default page), and 1001
+    was refused naming page_size, which the caller never gave."""
+    with Client(server.address, token="tok") as client:
+        for bad in (0, 1001, -1, "5"):
+            with pytest.raises(ValueError, match=rf"limit must be in 1..1000, got {bad!r}"):
+                client.audit(limit=bad)  # type: ignore[arg-type]
+        assert len(client.audit(limit=1)) <= 1
+

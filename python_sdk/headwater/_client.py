@@ -23,6 +23,7 @@ from headwater.v1 import (
 )
 from headwater.v1 import control_plane_pb2 as cp
 from headwater.wire import (
+    AUDIT_PAGE_MAX,
     CAUSE_STORE,
     INLINE_PAYLOAD_LIMIT,
     STANDBY_REFUSAL,
@@ -250,8 +251,9 @@ class RemoteFlowRun:
     @property
     def failures(self) -> list[TaskRunInfo]:
         """The task runs that failed (FAILED, TIMED_OUT, TRIGGER_FAILED...), as
-        ``FlowRun.failures`` lists them for an embedded run; [] when the run was read
-        without its task runs (``get(..., include_task_runs=True)``, ``wait``)."""
+        ``FlowRun.failures`` lists them for an embedded run. Read from its task runs:
+        a run from ``wait``, or from ``get(..., include_task_runs=True)``, has them; [] for
+        one read without them (``get`` by default, ``list_runs``)."""
         return [t for t in self.task_runs if t.state.is_failure]
 
     @property
@@ -667,6 +669,13 @@ class Client(OperationsClient):
         "worker", "credential"; the server refuses any other) or one object (a run id, a
         schedule id, a flow's "NAME:VERSION", a limit's tag, a name) when given; at most
         ``limit`` entries (1..1000)."""
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= AUDIT_PAGE_MAX
+        ):
+            # (0 was taken as the server's default page, and 1001 refused as page_size)
+            raise ValueError(f"limit must be in 1..{AUDIT_PAGE_MAX}, got {limit!r}")
         response = self._call(
             lambda c: c.ListAuditEntries,
             cp.ListAuditEntriesRequest(
@@ -748,11 +757,16 @@ class Client(OperationsClient):
     def watch(
         self, run_id: str, *, task_runs: bool = True, timeout: float | None = None
     ) -> Iterator[tuple[RemoteFlowRun, TaskRunInfo | None]]:
-        """Yield the run after every state change until it ends: with the task run that
-        changed, or (``task_runs=False``) only when the flow run's own state changes.
+        """Yield the run now, then after every state change until it ends: with the
+        task run that changed, or (``task_runs=False``) only when the flow run's own
+        state changes. Changes stored before the watch began are not yielded (``get(run,
+        include_task_runs=True)`` has every task run), and the changes one commit stored
+        come with one reading of the run made as they are delivered: the run's state
+        beside a task run's change may be later than it (a fast run's task changes can
+        come with its SUCCESS).
 
         A server that goes away (a restart: runs survive it) is watched again, every
-        ``REWATCH_PAUSE`` seconds for up to the client's ``timeout``; the watch then
+        half second for up to the client's ``timeout``; the watch then
         starts over from the run's current state, so a change may be yielded twice.
 
         ``timeout``: seconds to watch at most (None: until the run ends); then
