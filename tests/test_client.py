@@ -431,4 +431,3 @@ def test_audits_limit_is_checked_by_the_client(server: ServerThread) -> None:
             with pytest.raises(ValueError, match=rf"limit must be in 1..1000, got {bad!r}"):
                 client.audit(limit=bad)  # type: ignore[arg-type]
         assert len(client.audit(limit=1)) <= 1
-
