@@ -431,3 +431,16 @@ def test_audits_limit_is_checked_by_the_client(server: ServerThread) -> None:
             with pytest.raises(ValueError, match=rf"limit must be in 1..1000, got {bad!r}"):
                 client.audit(limit=bad)  # type: ignore[arg-type]
         assert len(client.audit(limit=1)) <= 1
+
+
+def test_arguments_of_the_wrong_kind_are_named(server: ServerThread) -> None:
+    """A user trial: get(123) said "bad argument type for built-in operation" and
+    run(None) "'NoneType' object has no attribute 'validate'"."""
+    with Client(server.address, token="tok") as client:
+        for call in (client.get, client.cancel, client.waiting, client.wait, client.logs):
+            with pytest.raises(TypeError, match=r"a flow run id is a str .*, got 123"):
+                call(123)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="run takes a @flow function or a flow's name"):
+            client.run(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="deploy takes a @flow function, got str 'greet'"):
+            client.deploy("greet")  # type: ignore[arg-type]

@@ -534,6 +534,7 @@ class Client(OperationsClient):
         On a server with a retention period, a build no run or schedule has used for
         that long is deleted: pin it in a schedule, or deploy again before running it
         by version."""
+        _check_flow(flow, "deploy", names=False)
         msg, _ = self._compile(flow, params, complete=False)
         return self._register(msg)
 
@@ -595,9 +596,12 @@ class Client(OperationsClient):
         A flow name runs a registered version; when its graph depends on the values, a
         worker that offers the flow builds one for them (the server says so when none
         is connected). The same idempotency key returns the run the first call
-        created. ``parent_task_run`` (``RUN_ID/KEY``) and ``parent_attempt`` start the
-        run as a child of that running task attempt (cancelled when it ends); a flow
-        called inside a task on a worker does this by itself."""
+        created (with the same parameters; other parameters are refused,
+        ALREADY_EXISTS naming the run it made). ``parent_task_run`` (``RUN_ID/KEY``)
+        and ``parent_attempt`` start the run as a child of that running task attempt
+        (cancelled when it ends); a flow called inside a task on a worker does this by
+        itself."""
+        _check_flow(flow, "run", names=True)
         name, version, values = self._prepare(flow, params, version)
         if not idempotency_key:
             # A create sent again (to another server, or to this one after a restart)
@@ -635,6 +639,7 @@ class Client(OperationsClient):
     def get(self, run_id: str, include_task_runs: bool = False) -> RemoteFlowRun:
         """A flow run by id as it is now; with ``include_task_runs``, also every task
         run's state, attempts, state history and worker. ServerError if it does not exist."""
+        _check_id(run_id)
         response = self._call(
             lambda c: c.GetFlowRun,
             cp.GetFlowRunRequest(id=run_id, include_task_runs=include_task_runs),
@@ -653,6 +658,7 @@ class Client(OperationsClient):
         ``waiting``, without reading the task runs (the 100,000 waiting children of a
         wide map are one entry, where their task runs make a 22 MB answer). Empty when
         none waits or the run has ended. ServerError if it does not exist."""
+        _check_id(run_id)
         response = self._call(
             lambda c: c.GetFlowRun,
             cp.GetFlowRunRequest(id=run_id, include_waiting=True),
@@ -771,6 +777,7 @@ class Client(OperationsClient):
 
         ``timeout``: seconds to watch at most (None: until the run ends); then
         TimeoutError."""
+        _check_id(run_id)
         self._check_open()
         request = cp.WatchFlowRunRequest(id=run_id, flow_run_only=not task_runs)
         tried: list[str] = []
@@ -828,6 +835,7 @@ class Client(OperationsClient):
         workers are told to stop their running attempts. Returns the run after the
         request; a run that had already ended is returned unchanged. ``reason`` becomes
         the run's message."""
+        _check_id(run_id)
         response = self._call(
             lambda c: c.CancelFlowRun,
             cp.CancelFlowRunRequest(id=run_id, reason=reason),
@@ -849,6 +857,7 @@ class Client(OperationsClient):
     def task_result(self, run_id: str, task_id: str, map_index: int = -1) -> Any:
         """A task run's result, decoded (a mapped task's whole list with map_index -1);
         ``run_id`` may be a unique prefix, as for ``get``."""
+        _check_id(run_id)
         if len(run_id) < RUN_ID_LENGTH:
             run_id = self.get(run_id).id
         response = self._call(
@@ -877,6 +886,7 @@ class Client(OperationsClient):
         """A flow run's log records, oldest first, read ``page_size`` at a time; with
         ``follow``, then the new ones as the server stores them, until the run has
         ended (``task_run_id`` is not followed: use ``task_id``)."""
+        _check_id(run_id)
         self._check_open()
         what = f"logs of flow run {run_id!r}"
         if follow:
@@ -1184,6 +1194,23 @@ def task_run_info(t: run_pb2.TaskRun) -> TaskRunInfo:
         map_index=t.map_index,
         run_seconds=ran,
     )
+
+
+def _check_id(run_id: Any) -> None:
+    """TypeError for a run id that is not a str ("bad argument type for built-in
+    operation", protobuf's, said nothing of it: a user trial)."""
+    if not isinstance(run_id, str):
+        raise TypeError(f"a flow run id is a str (the whole id or a prefix), got {run_id!r}")
+
+
+def _check_flow(flow: Any, what: str, *, names: bool) -> None:
+    """TypeError for what is not a Flow (or, with ``names``, a flow's name)."""
+    from ._flow import Flow
+
+    if isinstance(flow, Flow) or (names and isinstance(flow, str)):
+        return
+    takes = "a @flow function or a flow's name" if names else "a @flow function"
+    raise TypeError(f"{what} takes {takes}, got {type(flow).__name__} {flow!r}"[:300])
 
 
 def _seconds(value: Any, name: str) -> float:
