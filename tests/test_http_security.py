@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import grpc
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
@@ -33,7 +34,7 @@ from pg_cluster import STORES, database_for
 from test_client import ServerThread
 from tls_certs import Certs, make_certs
 
-from headwater import Client, flow, task
+from headwater import Client, ServerError, flow, task
 from headwater.wire import Role
 from headwater_runtime.server import (
     CSRF_HEADER,
@@ -634,3 +635,130 @@ def test_fuzz_http_requests_never_get_a_server_error(any_site: Site, data: st.Da
     method = route.method if data.draw(st.integers(0, 9)) else "PUT"
     status = _send(site, method, path, headers, body)
     assert status < 500 or status == 503, (method, path[:200], headers, body, status)
+
+
+def test_an_open_server_answers_only_to_its_own_host_names_and_is_never_framed(
+    tmp_path: Path,
+) -> None:
+    """A user trial: with any Host accepted, a DNS rebinding page read an open server's
+    page (its CSRF token) and posted as its admin; no page said it may not be framed
+    (a run's Cancel was pressed through a frame), and the API's answers, the session's
+    CSRF token among them, could be cached."""
+    server = ServerThread(tmp_path / "hw.db", token=None)
+    try:
+        running = server.running
+        assert running is not None and running.http is not None
+        port = running.http.port
+        for host in ("attacker.example", f"attacker.example:{port}", "evil.localhost.com"):
+            status, _, body = request(port, "GET", "/", ca=None, headers={"Host": host})
+            assert status == 421, (host, status)
+            assert "does not answer to the host name" in json.loads(body)["error"]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "ui.localhost"):
+            status, answer, _ = request(port, "GET", "/", ca=None, headers={"Host": host})
+            assert status == 200, (host, status)
+            assert answer["X-Frame-Options"] == "DENY"
+            assert answer["Content-Security-Policy"] == "frame-ancestors 'none'"
+            assert answer["X-Content-Type-Options"] == "nosniff"
+        status, answer, _ = request(port, "GET", "/api/session", ca=None)
+        assert status == 200 and answer["Cache-Control"] == "no-store"
+    finally:
+        server.stop()
+
+
+def test_silent_connections_are_closed_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user trial: connections that sent nothing were kept for good, and 20,000 of
+    them used up the server's files (its gRPC port and health check went with them).
+    One that sends no whole request in time is closed, and past the limit a new one is
+    closed at once; a client that asks is served meanwhile."""
+    import socket
+
+    from headwater_runtime.server.http import _server as http_server
+
+    monkeypatch.setattr(http_server, "FIRST_REQUEST_WAIT", 0.5)
+    monkeypatch.setattr(http_server, "connection_limit", lambda: 4)
+    server = ServerThread(tmp_path / "hw.db", token=None)
+    idle: list[socket.socket] = []
+    try:
+        running = server.running
+        assert running is not None and running.http is not None
+        port = running.http.port
+
+        def closed_by_the_server(sock: socket.socket) -> bool:
+            sock.settimeout(BOUND)
+            try:
+                return sock.recv(1) == b""
+            except ConnectionResetError:
+                return True
+
+        for _ in range(4):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=BOUND))
+        extra = socket.create_connection(("127.0.0.1", port), timeout=BOUND)
+        idle.append(extra)
+        assert closed_by_the_server(extra)  # the fifth: closed at once
+        first = idle[0]
+        first.sendall(b"GET /hea")  # a header begun, never ended
+        assert closed_by_the_server(first)  # once its time to send a request is over
+        assert all(closed_by_the_server(s) for s in idle[1:4])
+        status, _, _ = request(port, "GET", "/healthz", ca=None)
+        assert status == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_broken_bodies_and_overlong_reasons_are_refused_not_a_server_error(
+    tmp_path: Path,
+) -> None:
+    """A user trial: a truncated multipart body, with no credential, got aiohttp's
+    plain-text 500 (the form was read before any check); a JSON body nested 100,000
+    deep a 500; a cancel reason of a million characters was stored (3 MB answers)."""
+    server = ServerThread(tmp_path / "hw.db", token=None)
+    try:
+        running = server.running
+        assert running is not None and running.http is not None
+        port = running.http.port
+        with Client(server.address) as client:
+            run = client.run(loud, {"text": "open"}).id
+        _, _, page = request(port, "GET", f"/runs/{run}", ca=None)
+        csrf = re.search(r'data-csrf="([0-9a-f]+)"', page)
+        assert csrf is not None
+        cancel = f"/api/runs/{run}/cancel"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
+        try:
+            conn.request(
+                "POST",
+                cancel,
+                body=b"--zz\r\nfoo",
+                headers={"Content-Type": "multipart/form-data; boundary=zz"},
+            )
+            answer = conn.getresponse()
+            assert answer.status == 403 and "CSRF" in json.loads(answer.read())["error"]
+        finally:
+            conn.close()
+        json_post = {CSRF_HEADER: csrf[1], "Content-Type": "application/json"}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
+        try:
+            deep = b"[" * 100_000 + b"]" * 100_000
+            conn.request("POST", f"/api/runs/{run}/retry", body=deep, headers=json_post)
+            answer = conn.getresponse()
+            assert answer.status == 400, answer.status
+            answer.read()
+            long = json.dumps({"reason": "R" * 5_000}).encode()
+            conn.request("POST", cancel, body=long, headers=json_post)
+            answer = conn.getresponse()
+            error = json.loads(answer.read())["error"]
+            assert answer.status == 400 and error == (
+                "the reason is 5,000 characters long (at most 4,000)"
+            )
+        finally:
+            conn.close()
+        with Client(server.address) as client:
+            assert client.get(run).state.name == "RUNNING"  # nothing was cancelled
+            with pytest.raises(ServerError, match="at most 4,000") as refused:
+                client.cancel(run, "R" * 4_001)
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop()

@@ -65,6 +65,7 @@ from ._creation import RunCreation
 from ._dispatch import UNSTORED_PER_SLOT, Dispatcher, WorkerSession, input_payloads
 from ._exports import RELEASE_AFTER, DaskExports
 from ._io import StoreIO, to_its_end
+from ._limits import check_reason
 from ._notices import LatestPerKey, Notices
 from ._orphans import Orphan, Orphans
 from ._reports import WorkerReports
@@ -1024,6 +1025,7 @@ class ServerCore(WorkerReports):
     async def cancel_audited(self, flow_run_id: str, reason: str) -> None:
         """``cancel_run``, then its audit entry (as the current caller's ``cancel``),
         carried to the end even if the caller goes away meanwhile."""
+        check_reason(reason)
 
         async def cancel() -> None:
             await self.cancel_run(flow_run_id, reason)

@@ -233,3 +233,17 @@ def check_parameter(name: str, value: payload_pb2.Value, limits: Limits) -> str 
         raise limits.exceeded("max_parameter_bytes", f"parameter {name!r} is {size} bytes {how}")
     check_value(value, limits, f"parameter {name!r}")
     return None
+
+
+#: The longest reason a cancel or retry is given (characters): it becomes the run's
+#: message and an audit entry's detail, listed on every page of runs (a reason of a
+#: million characters made each answer listing the run 3 MB; a user trial).
+REASON_LIMIT = 4_000
+
+
+def check_reason(reason: str) -> None:
+    """InvalidValue for a cancel's or retry's reason over REASON_LIMIT characters."""
+    if len(reason) > REASON_LIMIT:
+        raise InvalidValue(
+            f"the reason is {len(reason):,} characters long (at most {REASON_LIMIT:,})"
+        )

@@ -46,6 +46,7 @@ from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
 from ._io import to_its_end
 from ._late import NOT_STARTED, LateRuns, late_reason
+from ._limits import check_reason
 from ._metrics import MetricsServer, ServerMetrics
 from ._runs import ActiveRun, Resumed
 from ._schedule_times import fire_time_of
@@ -353,6 +354,7 @@ class Operations:
         """Retry an ended run from its failure; durable, and audited as the current
         caller's ``retry``, when this returns (RetryRefused, NotFound,
         StoreUnavailable). OperationsService/RetryFlowRun and the web UI both call it."""
+        check_reason(reason)
         core = self.core
         if flow_run_id in core.runs.runs:
             raise RetryRefused(f"flow run {flow_run_id} is running; it can be retried once it ends")

@@ -58,7 +58,11 @@ async def form_of(request: web.Request) -> dict[str, str]:
         return {}
     try:
         posted = await request.post()
-    except ValueError:  # a malformed body: no fields (the CSRF check then refuses it)
+    except web.HTTPException:  # (over the body limit: 413)
+        raise
+    except Exception:  # a malformed body: no fields (the CSRF check then refuses it)
+        # (A truncated multipart body raised past this, before any credential was
+        # checked: aiohttp's plain-text 500; a user trial.)
         return {}
     return {k: v for k, v in posted.items() if isinstance(v, str)}
 

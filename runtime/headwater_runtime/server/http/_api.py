@@ -32,6 +32,7 @@ from headwater_runtime.store import NotFound
 from .._access import CALLER
 from .._core import ServerCore
 from .._http_security import HttpGuard
+from .._limits import InvalidValue
 from .._notices import WorkerRecord, drain
 from .._ops_core import RetryRefused, UnknownWorker
 from .._reads import AmbiguousRunId, RunReads
@@ -128,7 +129,7 @@ async def _body(request: web.Request, example: str) -> dict[str, Any]:
         raise BadRequest(wrong)
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested too deep: a 500, a user trial)
         raise BadRequest(wrong) from None
     if not isinstance(body, dict):
         raise BadRequest(wrong)
@@ -616,7 +617,7 @@ def error_response(exc: Exception) -> web.Response | None:
         return web.json_response({"error": str(exc)}, status=404)
     if isinstance(exc, UnknownWorker):
         return web.json_response({"error": str(exc)}, status=404)
-    if isinstance(exc, BadRequest | AmbiguousRunId | AmbiguousScheduleId):
+    if isinstance(exc, BadRequest | AmbiguousRunId | AmbiguousScheduleId | InvalidValue):
         return web.json_response({"error": str(exc)}, status=400)
     if isinstance(exc, RetryRefused):
         return web.json_response({"error": str(exc)}, status=409)

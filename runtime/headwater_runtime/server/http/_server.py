@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -50,6 +54,61 @@ logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: Transports that sent a whole request (weakly: they go when their connection does).
+served: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def host_names(settings: Any) -> frozenset[str]:
+    """The host names a request's Host header may give besides an IP address and
+    ``localhost``: the server's --host, and those of --ui-url and --advertise."""
+    names = {"localhost"}
+    for given in (settings.host, settings.ui_url, settings.advertise):
+        if not given:
+            continue
+        host = ""
+        with contextlib.suppress(ValueError):  # (not a URL: nothing to add)
+            host = urlsplit(given if "//" in given else f"//{given}").hostname or ""
+        if host:
+            names.add(host.lower())
+    return frozenset(names)
+
+
+def host_problem(header: str, names: frozenset[str]) -> str:
+    """Why a request's Host header is not one this server answers to ("" when it is):
+    an IP address, ``localhost`` (and ``*.localhost``), or one of ``names``. Another name
+    is what a DNS rebinding attack sends (a page of another site whose name now points
+    at this server): with no check, it read the page of an open server, with its CSRF
+    token, and posted as its admin (a user trial)."""
+    if not header:
+        return ""  # (HTTP/1.0 without one: no browser's request)
+    host = ""
+    with contextlib.suppress(ValueError):  # ("[::1" and such: no host name)
+        host = urlsplit(f"//{header}").hostname or ""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return ""
+    if host in names or host.endswith(".localhost"):
+        return ""
+    shown = header if len(header) <= 100 else header[:100] + "..."
+    return (
+        f"this server does not answer to the host name {shown!r}: open it by its IP "
+        "address or localhost, or start it with --ui-url naming that host"
+    )
+
+
+async def _protective_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """No page of the UI may be framed by another site (clickjacking: a framed run page's
+    Cancel button was pressed through a page on another port, a user trial), no
+    answer's type is guessed, and the API's answers (a session's CSRF token among them)
+    are not kept in caches."""
+    headers = response.headers
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.path.startswith("/api/"):
+        headers.setdefault("Cache-Control", "no-store")
+
+
 def build_app(
     core: ServerCore, access: AccessControl, *, secure: bool = False
 ) -> tuple[web.Application, HttpApi]:
@@ -59,6 +118,7 @@ def build_app(
     check_tables()
     guard = HttpGuard(access, secure=secure)
     api = HttpApi(core, guard)
+    names = host_names(core.settings)
 
     @web.middleware
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -71,6 +131,10 @@ def build_app(
             )
 
     async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
+        wrong_host = host_problem(request.headers.get("Host", ""), names)
+        if wrong_host:
+            return web.json_response({"error": wrong_host}, status=421)
+        served.add(request.transport)  # (it sent a whole request: see _Connections)
         form = await form_of(request)
         # The raw path: the one aiohttp's router matched, before percent-decoding.
         decision = guard.check(request.method, request.rel_url.raw_path, request.headers, form)
@@ -91,6 +155,7 @@ def build_app(
             return answer
 
     app = web.Application(middlewares=[guarded], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(_protective_headers)
     for route in ROUTES:
         app.router.add_route(route.method, route.aiohttp_path, getattr(api, route.handler))
     return app, api
@@ -123,6 +188,65 @@ class HttpServer:
         await self.runner.cleanup()
 
 
+#: Seconds a connection has to send its first whole request (its headers): one that
+#: sends nothing, or a header a byte at a time, is closed then.
+FIRST_REQUEST_WAIT = 30.0
+
+
+def connection_limit() -> int:
+    """The most HTTP connections open at once: 1,000, or a quarter of the process's
+    open-file limit when that is lower (the gRPC port, the database and the workers'
+    streams need the rest)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        return 1000
+    return max(64, min(1000, soft // 4))
+
+
+class _BoundedServer(web.Server):
+    """aiohttp's protocol factory, bounding the connections: over ``limit`` open at
+    once, a new one is closed at once; one that has not sent a whole request within
+    FIRST_REQUEST_WAIT is closed. Idle connections that sent nothing were kept for
+    good: 20,000 of them used up the process's files, and the gRPC port, the health
+    check and every client went with them (a user trial)."""
+
+    limit = 1000
+    open = 0
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.open += 1
+        if self.open > self.limit:
+            transport.close()
+            return
+        asyncio.get_running_loop().call_later(FIRST_REQUEST_WAIT, _close_if_silent, transport)
+
+    def connection_lost(self, handler: Any, exc: BaseException | None = None) -> None:
+        self.open -= 1
+        super().connection_lost(handler, exc)
+
+
+def _close_if_silent(transport: Any) -> None:
+    if transport not in served and not transport.is_closing():
+        transport.close()
+
+
+class _GuardedRunner(web.AppRunner):
+    """An AppRunner whose protocol factory is a ``_BoundedServer``."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _BoundedServer  # (aiohttp makes it: the same, bounded)
+        assert isinstance(server, _BoundedServer)
+        server.limit = connection_limit()
+        return server
+
+
 async def start_http(
     core: ServerCore,
     host: str,
@@ -140,7 +264,7 @@ async def start_http(
     # to its end: _io.to_its_end). Without it an event stream whose browser left went
     # on until its next keep-alive write failed, up to 15 s, holding ~22 KB: opened
     # and dropped by the thousand, they added up.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+    runner = _GuardedRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls.ssl_context() if tls else None)
     try:
