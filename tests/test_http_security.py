@@ -663,6 +663,18 @@ def test_an_open_server_answers_only_to_its_own_host_names_and_is_never_framed(
         assert status == 200 and answer["Cache-Control"] == "no-store"
     finally:
         server.stop()
+    # A server with credentials answers to any name (Prometheus scraping
+    # headwater.example:PORT): a rebinding page gets no cookie or token of it.
+    guarded = ServerThread(tmp_path / "hw2.db", token="tok")
+    try:
+        assert guarded.running is not None and guarded.running.http is not None
+        port = guarded.running.http.port
+        named = {"Host": f"headwater.example:{port}", "Authorization": "Bearer tok"}
+        assert request(port, "GET", "/api/session", ca=None, headers=named)[0] == 200
+        del named["Authorization"]
+        assert request(port, "GET", "/api/session", ca=None, headers=named)[0] == 401
+    finally:
+        guarded.stop()
 
 
 def test_silent_connections_are_closed_and_bounded(

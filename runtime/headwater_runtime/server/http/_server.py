@@ -74,11 +74,12 @@ def host_names(settings: Any) -> frozenset[str]:
 
 
 def host_problem(header: str, names: frozenset[str]) -> str:
-    """Why a request's Host header is not one this server answers to ("" when it is):
-    an IP address, ``localhost`` (and ``*.localhost``), or one of ``names``. Another name
-    is what a DNS rebinding attack sends (a page of another site whose name now points
-    at this server): with no check, it read the page of an open server, with its CSRF
-    token, and posted as its admin (a user trial)."""
+    """Why a request's Host header is not one an open server answers to ("" when it
+    is): an IP address, ``localhost`` (and ``*.localhost``), or one of ``names``. Another
+    name is what a DNS rebinding attack sends (a page of another site whose name now
+    points at this server): with no check, it read the page of an open server, with its
+    CSRF token, and posted as its admin (a user trial). A server with credentials needs
+    no such check: that page gets neither its session cookie nor a token."""
     if not header:
         return ""  # (HTTP/1.0 without one: no browser's request)
     host = ""
@@ -131,7 +132,9 @@ def build_app(
             )
 
     async def checked(request: web.Request, handler: Handler) -> web.StreamResponse:
-        wrong_host = host_problem(request.headers.get("Host", ""), names)
+        # (Only an open server answers a request with no credential: a page under
+        # another name gets no session cookie of this one, and no token.)
+        wrong_host = "" if access.enabled else host_problem(request.headers.get("Host", ""), names)
         if wrong_host:
             return web.json_response({"error": wrong_host}, status=421)
         served.add(request.transport)  # (it sent a whole request: see _Connections)
