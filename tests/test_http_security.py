@@ -519,18 +519,25 @@ def test_https_serves_the_grpc_certificate_and_sighup_reloads_it(site: Site) -> 
         assert client.get(site.ended_run).id == site.ended_run  # gRPC reloaded with it
 
 
+def _open_run(server: ServerThread) -> tuple[int, str, str]:
+    """An open server's HTTP port, a run made on it (RUNNING: no worker), and the CSRF
+    token of the run's page."""
+    running = server.running
+    assert running is not None and running.http is not None
+    port = running.http.port
+    with Client(server.address) as client:
+        run = client.run(loud, {"text": "open"}).id
+    status, _, page = request(port, "GET", f"/runs/{run}", ca=None)
+    assert status == 200 and 'data-auth="false"' in page and 'data-role="admin"' in page
+    csrf = re.search(r'data-csrf="([0-9a-f]+)"', page)
+    assert csrf is not None
+    return port, run, csrf[1]
+
+
 def test_a_server_without_credentials_stays_open_but_checks_csrf(tmp_path: Path) -> None:
     server = ServerThread(tmp_path / "hw.db", token=None)
     try:
-        running = server.running
-        assert running is not None and running.http is not None
-        port = running.http.port
-        with Client(server.address) as client:
-            run = client.run(loud, {"text": "open"}).id
-        status, _, page = request(port, "GET", f"/runs/{run}", ca=None)
-        assert status == 200 and 'data-auth="false"' in page and 'data-role="admin"' in page
-        csrf = re.search(r'data-csrf="([0-9a-f]+)"', page)
-        assert csrf is not None
+        port, run, token = _open_run(server)
         status, answer, _ = request(port, "GET", "/login?next=/workers", ca=None)
         assert status == 303 and answer["Location"] == "/workers"  # nothing to log in to
         status, _, page = request(port, "GET", "/nonexistent", ca=None)
@@ -538,7 +545,7 @@ def test_a_server_without_credentials_stays_open_but_checks_csrf(tmp_path: Path)
         cancel = f"/api/runs/{run}/cancel"
         status, _, body = request(port, "POST", cancel, ca=None)
         assert status == 403 and "CSRF check failed" in body
-        status, _, body = request(port, "POST", cancel, ca=None, headers={CSRF_HEADER: csrf[1]})
+        status, _, body = request(port, "POST", cancel, ca=None, headers={CSRF_HEADER: token})
         assert status == 200 and json.loads(body)["run"]["state"] == "CANCELLED"
     finally:
         server.stop()
@@ -729,14 +736,7 @@ def test_broken_bodies_and_overlong_reasons_are_refused_not_a_server_error(
     deep a 500; a cancel reason of a million characters was stored (3 MB answers)."""
     server = ServerThread(tmp_path / "hw.db", token=None)
     try:
-        running = server.running
-        assert running is not None and running.http is not None
-        port = running.http.port
-        with Client(server.address) as client:
-            run = client.run(loud, {"text": "open"}).id
-        _, _, page = request(port, "GET", f"/runs/{run}", ca=None)
-        csrf = re.search(r'data-csrf="([0-9a-f]+)"', page)
-        assert csrf is not None
+        port, run, token = _open_run(server)
         cancel = f"/api/runs/{run}/cancel"
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
         try:
@@ -750,7 +750,7 @@ def test_broken_bodies_and_overlong_reasons_are_refused_not_a_server_error(
             assert answer.status == 403 and "CSRF" in json.loads(answer.read())["error"]
         finally:
             conn.close()
-        json_post = {CSRF_HEADER: csrf[1], "Content-Type": "application/json"}
+        json_post = {CSRF_HEADER: token, "Content-Type": "application/json"}
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=BOUND)
         try:
             deep = b"[" * 100_000 + b"]" * 100_000
