@@ -31,6 +31,8 @@ const DEFAULT_HEARTBEAT_MS = 10000;
 // A stopping worker waits this long for the server to close its stream after giving
 // its attempts back; then it cancels the stream (the server counts them lost).
 const GIVE_BACK_WAIT_MS = 2000;
+/** Tasks' log lines kept while the worker has no server (a restart), for the next one. */
+const OFFLINE_LOGS = 10000;
 /** Longest message, stack trace or log line sent (a huge trace must not break the stream). */
 const TEXT_LIMIT = 64 << 10;
 const MAX_CAUSES = 5;
@@ -132,6 +134,8 @@ class Worker extends EventEmitter {
     // Unset options fall back to HEADWATER_TLS, _CA, _CERT and _KEY, as in Python.
     this.credentials = channelCredentials(tlsOptions({ tls, tlsCa, tlsCert, tlsKey }));
     this.log = log ?? ((message) => process.stderr.write(`${message}\n`));
+    this.offlineLogs = [];
+    this.offlineDropped = 0;
     this.tracing = tracing ?? null;
     this.contract = loadContract(protoDir);
     this.running = new Map(); // key -> attempt
@@ -280,11 +284,21 @@ class Worker extends EventEmitter {
     return Object.values(message).find((m) => m && m.token).token;
   }
 
-  /** Queue a message on the current session once welcomed; else drop it (outcomes are
-   * kept in `unacked` and sent again after the next Welcome). */
+  /** Queue a message on the current session once welcomed. Otherwise a task's log line
+   * is kept (up to OFFLINE_LOGS, the oldest go first) for the next Welcome, and anything
+   * else dropped (outcomes are kept in `unacked` and sent again after the next Welcome).
+   * (What a task logged while its server restarted was lost: a user trial.) */
   #send(message) {
     const session = this.session;
-    if (session && session.welcome && !session.ended && !this.stopped) session.call.write(message);
+    if (session && session.welcome && !session.ended && !this.stopped) {
+      session.call.write(message);
+    } else if (message.log && !this.stopped) {
+      if (this.offlineLogs.length >= OFFLINE_LOGS) {
+        this.offlineLogs.shift();
+        this.offlineDropped += 1;
+      }
+      this.offlineLogs.push(message);
+    }
   }
 
   #heartbeat(session) {
@@ -343,6 +357,14 @@ class Worker extends EventEmitter {
       this.unacked.delete(key);
     }
     session.welcome = welcome;
+    // What tasks logged meanwhile, before the outcomes sent again.
+    const kept = this.offlineLogs;
+    this.offlineLogs = [];
+    for (const message of kept) this.#send(message);
+    if (this.offlineDropped) {
+      this.log(`${this.offlineDropped} log lines of tasks written while the server was away were dropped (more than ${OFFLINE_LOGS})`);
+      this.offlineDropped = 0;
+    }
     for (const message of this.unacked.values()) this.#send(message);
     this.#heartbeat(session);
     session.timer = setInterval(() => this.#heartbeat(session), session.intervalMs);

@@ -22,6 +22,8 @@ class FakeServer {
     this.keepRunning = false;
     this.heartbeatAcks = true; // a hung server answers nothing
     this.uploadRefusals = 0; // uploads refused first, as by a server standing by
+    this.holdWelcome = false; // keep the Welcome until releaseWelcome(), as a slow start
+    this.heldWelcomes = [];
     this.server = new grpc.Server();
     this.server.addService(this.contract.WorkerGatewayService.service, { Connect: (call) => this.#connect(call) });
     this.server.addService(this.contract.PayloadService.service, {
@@ -63,7 +65,8 @@ class FakeServer {
           keep_running: this.keepRunning ? message.hello.running : [],
           ...this.welcomeFields,
         };
-        call.write({ welcome });
+        if (this.holdWelcome) this.heldWelcomes.push(() => call.write({ welcome }));
+        else call.write({ welcome });
       } else if (message.message === 'heartbeat' && this.heartbeatAcks) {
         call.write({ heartbeat_ack: { cancel: this.ackCancel ?? [] } });
       } else if (['result', 'failure', 'skipped'].includes(message.message) && this.acks) {
@@ -78,6 +81,11 @@ class FakeServer {
   /** End the current stream (status OK), as a server that restarts would drop it. */
   drop() {
     this.calls[this.calls.length - 1].end();
+  }
+
+  releaseWelcome() {
+    this.holdWelcome = false;
+    for (const send of this.heldWelcomes.splice(0)) send();
   }
 
   send(response) {

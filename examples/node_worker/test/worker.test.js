@@ -255,6 +255,39 @@ test('after a reconnect, kept attempts resend their unacknowledged outcome; othe
   assert.equal(runs, 2); // q and k ran once each
 });
 
+test('what a task logs while its server is away is sent after the next Welcome', async (t) => {
+  // (It was dropped: the lines a task wrote during a server restart were lost; a user trial.)
+  const gates = [];
+  const opened = (i) => new Promise((resolve) => (gates[i] = resolve));
+  const first = opened(0);
+  const second = opened(1);
+  const { server } = await session(t, {
+    handlers: {
+      chatty: async (_inputs, ctx) => {
+        ctx.log('one');
+        await first;
+        ctx.log('two');
+        await second;
+        return 1;
+      },
+    },
+  });
+  server.send({ assignment: assignment('c', 'chatty') });
+  await server.waitFor('log', (l) => l.message === 'one');
+  server.keepRunning = true;
+  server.holdWelcome = true;
+  server.drop();
+  await server.waitFor('hello', (h) => h.running.length === 1);
+  const since = server.received.length;
+  gates[0](); // "two" is logged with no welcomed server
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(server.received.slice(since).filter((m) => m.message === 'log').length, 0);
+  server.releaseWelcome();
+  await server.waitFor('log', (l) => l.message === 'two', since);
+  gates[1]();
+  await server.waitFor('result', (r) => r.token.task_run_id === 'run/c');
+});
+
 test('a server that stops answering is presumed dead after timeout + interval; the worker dials again', async (t) => {
   const { server } = await session(t, {
     welcome: { heartbeat_interval: { seconds: 0, nanos: 20e6 }, heartbeat_timeout: { seconds: 0, nanos: 60e6 } },
