@@ -97,16 +97,6 @@ def _summary(run: FlowRun) -> str:
     return line
 
 
-def _ran(record: Any) -> float | None:
-    """How long a task run's attempts ran, added up (not the pauses between them, nor
-    the time before a run retry); None when none has ended."""
-    started, ended = record.started_at, record.ended_at
-    if record.attempt <= 1:  # (its one attempt; a compacted record keeps no list)
-        return ended - started if started is not None and ended is not None else None
-    spans = [a.duration for a in record.attempts if a.duration is not None]
-    return sum(spans) if spans else None
-
-
 def _show_embedded(run: FlowRun, *, full: bool) -> None:
     """The summary table and each failed task run's error and traceback (stderr)."""
     from ._cli_render import console, outcome_lines, summary_table
@@ -115,7 +105,7 @@ def _show_embedded(run: FlowRun, *, full: bool) -> None:
     rows = []
     for record in run.task_runs.values():
         rows.append(
-            (record.task_id, record.key, record.state.name, record.attempt, _ran(record), "")
+            (record.task_id, record.key, record.state.name, record.attempt, record.run_seconds, "")
         )
     if rows:
         err.print(summary_table(rows))

@@ -4,10 +4,9 @@ docs/security.md#audit)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from headwater.wire import (
     AUDIT_KINDS,
@@ -23,11 +22,8 @@ from ._access_info import AuditEntry
 from ._cli_connect import add_connection_args, connect
 from ._cli_remote import EXIT_OK, _json, local_time, server_address
 from ._cli_render import nothing_listed
-from ._client_ops import ID_LENGTH, LimitInfo, WebhookInfo, WorkerInfo, whole_id
+from ._client_ops import LimitInfo, WebhookInfo, WorkerInfo
 from ._errors import UsageError
-
-if TYPE_CHECKING:
-    from ._client import Client
 
 # ------------------------------------------------------------------------- limits
 
@@ -283,37 +279,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit must be in 1..{AUDIT_PAGE_MAX}, got {args.limit}")
     with connect(args, server_address(args)) as client:
         entries = client.audit(args.kind or "", args.object or "", args.limit)
-        whole = _whole_object_id(client, args.kind or "", args.object or "") if not entries else ""
-        if whole:
-            entries = client.audit(args.kind or "", whole, args.limit)
     if not entries:
         nothing_listed("audit entries", [("--kind", args.kind), ("--object", args.object)])
     for entry in entries:
         print(audit_line(entry))
     return EXIT_OK
-
-
-def _whole_object_id(client: Client, kind: str, given: str) -> str:
-    """The whole id of the run or schedule ``given`` is a unique prefix of ("" when it
-    is none): every listing prints ids cut to 8 digits, and ``--object`` with one found
-    nothing, silently (a user trial)."""
-    if not given or len(given) >= ID_LENGTH or kind not in ("", "flow_run", "schedule"):
-        return ""
-    if any(c not in "0123456789abcdefABCDEF" for c in given):
-        return ""
-    from ._client import ServerError
-
-    found: set[str] = set()
-    if kind in ("", "flow_run"):
-        with contextlib.suppress(ServerError):  # (none, or several: not a run's)
-            found.add(client.get(given).id)
-    if kind in ("", "schedule"):
-        with contextlib.suppress(ValueError):  # (several)
-            ids = [s.id for s in client.list_schedules()]
-            whole = whole_id(given, lambda: ids, "schedule")
-            if whole in ids:
-                found.add(whole)
-    return found.pop() if len(found) == 1 else ""
 
 
 def add_audit_command(sub: Any) -> None:

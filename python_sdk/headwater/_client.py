@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -674,7 +675,9 @@ class Client(OperationsClient):
         ``headwater.wire.AUDIT_KINDS``: "flow", "flow_run", "schedule", "limit",
         "worker", "credential"; the server refuses any other) or one object (a run id, a
         schedule id, a flow's "NAME:VERSION", a limit's tag, a name) when given; at most
-        ``limit`` entries (1..1000)."""
+        ``limit`` entries (1..1000). A unique prefix of a run's or schedule's id names
+        it, as for ``get`` (every listing prints ids cut to 8 digits, and they found
+        nothing, silently: a user trial)."""
         if (
             isinstance(limit, bool)
             or not isinstance(limit, int)
@@ -682,6 +685,11 @@ class Client(OperationsClient):
         ):
             # (0 was taken as the server's default page, and 1001 refused as page_size)
             raise ValueError(f"limit must be in 1..{AUDIT_PAGE_MAX}, got {limit!r}")
+        entries = self._audit_page(object_kind, object_id, limit)
+        whole = "" if entries else self._whole_object_id(object_kind, object_id)
+        return self._audit_page(object_kind, whole, limit) if whole else entries
+
+    def _audit_page(self, object_kind: str, object_id: str, limit: int) -> list[AuditEntry]:
         response = self._call(
             lambda c: c.ListAuditEntries,
             cp.ListAuditEntriesRequest(
@@ -691,6 +699,25 @@ class Client(OperationsClient):
             ride=True,
         )
         return [audit_entry(e) for e in response.entries]
+
+    def _whole_object_id(self, kind: str, given: str) -> str:
+        """The whole id of the one run or schedule ``given`` is a prefix of ("" when it
+        is none, or several)."""
+        if not given or len(given) >= ID_LENGTH or kind not in ("", "flow_run", "schedule"):
+            return ""
+        if any(c not in "0123456789abcdefABCDEF" for c in given):
+            return ""
+        found: set[str] = set()
+        if kind in ("", "flow_run"):
+            with contextlib.suppress(ServerError):  # (none, or several: not a run's)
+                found.add(self.get(given).id)
+        if kind in ("", "schedule"):
+            with contextlib.suppress(ValueError):  # (several)
+                ids = [s.id for s in self.list_schedules()]
+                whole = whole_id(given, lambda: ids, "schedule")
+                if whole in ids:
+                    found.add(whole)
+        return found.pop() if len(found) == 1 else ""
 
     # ------------------------------------------------------------ credentials
 

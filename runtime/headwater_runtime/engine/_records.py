@@ -246,6 +246,17 @@ class TaskRunRecord:
         return self.history[-1].timestamp if self.state.is_terminal else None
 
     @property
+    def run_seconds(self) -> float | None:
+        """How long its attempts ran, added up (not the pauses between them, nor the
+        time before a run retry); None when none has ended. ``TaskRunInfo.run_seconds``
+        says the same of a server's task run."""
+        if self._compact is not None or self.attempt <= 1:  # (its one attempt)
+            started, ended = self.started_at, self.ended_at
+            return ended - started if started is not None and ended is not None else None
+        spans = [a.duration for a in self._attempts if a.duration is not None]
+        return sum(spans) if spans else None
+
+    @property
     def states(self) -> list[TaskRunState]:
         """The sequence of states this run went through."""
         return [entry.state for entry in self.history]
