@@ -342,7 +342,8 @@ def test_every_route_is_documented_with_its_roles() -> None:
     for route in ROUTES:
         if route.method == "POST" and route.roles:
             assert not allows(Role.VIEWER, route.roles), route.path
-    assert {r.method for r in ROUTES} == {"GET", "POST"}
+    assert {r.method for r in ROUTES} == {"GET", "HEAD", "POST"}
+    assert [r.path for r in ROUTES if r.method == "HEAD"] == ["/healthz"]
 
 
 def test_a_token_server_needs_a_credential(http: Http) -> None:
@@ -363,6 +364,10 @@ def test_a_token_server_needs_a_credential(http: Http) -> None:
         True,
     )
     assert http.get("/healthz") == {"status": "ok"}
+    # A load balancer's HEAD check: 200, no body, no credential needed.
+    head = urllib.request.Request(f"{http.base}/healthz", method="HEAD")
+    with urllib.request.urlopen(head, timeout=BOUND) as answer:
+        assert answer.status == 200 and answer.read() == b""
 
 
 def test_a_run_page_is_sent_a_bounded_number_of_waiting_reasons(
@@ -459,6 +464,16 @@ def test_a_waiting_run_says_why_and_is_cancelled_by_post(server: ServerThread, h
             f"flow run {run.id!r} has no task 'shuot' (its tasks: shout)",
         )
     assert http.call("GET", "/api/runs?state=sleepy")[0] == 400
+    # A run's task runs by an unknown state: a 400 too (it was 200 with nothing, as if
+    # no task run were in it); a known one in any case lists them.
+    status, body, _ = http.call("GET", f"/api/runs/{run.id}/tasks?state=sucess")
+    assert status == 400 and body["error"].startswith("unknown state 'SUCESS'; use one of ")
+    assert "SUCCESS" in body["error"]
+    assert http.get(f"/api/runs/{run.id}/tasks?state=Cancelled,success")["total"] == 1
+    assert http.get(f"/api/runs/{run.id}/tasks?state=scheduled")["total"] == 0
+    # Digits of other scripts are not a limit (int() read a full-width 5 as 5).
+    status, body, _ = http.call("GET", "/api/runs?limit=%EF%BC%95")
+    assert status == 400 and body["error"] == "limit must be an integer, got '\uff15'"
     status, body, _ = http.call("POST", f"/api/runs/{run.id}/cancel", {"reason": {"a": 1}})
     assert status == 400 and body["error"] == "reason must be text, got dict"
     status, body, _ = http.call("GET", "/api/runs?before=zzz")  # a bad parameter: 400

@@ -106,6 +106,7 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("POST", "/login", OPEN),
     Route("POST", "/logout", OPEN),
     Route("GET", "/healthz", OPEN),
+    Route("HEAD", "/healthz", OPEN),
     Route("GET", "/static/*", OPEN),
     # Prometheus scrapes (also on --metrics-port, without credentials).
     Route("GET", "/metrics", (VIEWER,)),

@@ -21,6 +21,7 @@ from headwater.wire import (
     AUDIT_KINDS,
     AUDIT_PAGE_MAX,
     FlowRunState,
+    TaskRunState,
     audit_kind,
     is_build_version,
     seconds,
@@ -81,6 +82,8 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     if raw is None or raw == "":
         return default
     try:
+        if not raw.isascii():  # (int() reads full-width and other scripts' digits)
+            raise ValueError(raw)
         value = int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
@@ -94,7 +97,7 @@ def _float(request: web.Request, name: str) -> float | None:
     if not raw:
         return None
     try:
-        value = float(raw)
+        value = float(raw) if raw.isascii() else math.nan
     except ValueError:
         value = math.nan
     if not math.isfinite(value):  # (nan was taken, and matched nothing)
@@ -102,7 +105,9 @@ def _float(request: web.Request, name: str) -> float | None:
     return value
 
 
-def _states(request: web.Request) -> list[int]:
+def _states(request: web.Request, kind: Any = FlowRunState) -> list[int]:
+    """The ``state`` query's states of ``kind`` (repeatable or comma-separated), checked:
+    an unknown name is a 400 naming the known ones."""
     states = []
     for part in request.query.getall("state", []):
         for name in part.split(","):
@@ -110,9 +115,9 @@ def _states(request: web.Request) -> list[int]:
             if not name:
                 continue
             try:
-                states.append(FlowRunState[name].value)
+                states.append(kind[name].value)
             except KeyError:
-                known = ", ".join(s.name for s in FlowRunState)
+                known = ", ".join(s.name for s in kind)
                 raise BadRequest(f"unknown state {name!r}; use one of {known}") from None
     return states
 
@@ -228,9 +233,7 @@ class HttpApi(PageHandlers):
         await self.reads.check_task(row, request.query.get("task", ""))
         offset = _int(request, "offset", 0, 0, 1 << 40)
         limit = _int(request, "limit", 200, 1, PAGE_MAX)
-        states = frozenset(
-            s.strip().upper() for part in request.query.getall("state", []) for s in part.split(",")
-        ) - {""}
+        states = frozenset(_STATE_NAMES[s] for s in _states(request, TaskRunState))
         page, total = await self.io.read(
             _data.task_runs_rows,
             self.store,
@@ -602,13 +605,7 @@ def _task_note(task_run: Any) -> dict[str, Any]:
     }
 
 
-def _state_names() -> dict[int, str]:
-    from headwater.wire import TaskRunState
-
-    return {s.value: s.name for s in TaskRunState}
-
-
-_STATE_NAMES = _state_names()
+_STATE_NAMES = {s.value: s.name for s in TaskRunState}
 
 
 def error_response(exc: Exception) -> web.Response | None:

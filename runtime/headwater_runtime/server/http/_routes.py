@@ -25,7 +25,7 @@ class Route:
     """One HTTP route.
 
     Attributes:
-        method: GET or POST.
+        method: GET, HEAD or POST.
         path: path pattern, e.g. ``/api/runs/{run_id}`` (as in ``HTTP_ROUTES``).
         handler: name of the ``HttpApi`` method that answers it.
         summary: what it returns or does, one line (docs/http-api.md has the details).
@@ -56,6 +56,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/login", "login", "check the token; set the session cookie"),
     Route("POST", "/logout", "logout", "clear the session cookie"),
     Route("GET", "/healthz", "healthz", "200 while the server runs"),
+    Route("HEAD", "/healthz", "healthz", "200 while the server runs (no body)"),
     Route("GET", "/static/*", "static", "the UI's scripts and styles"),
     Route("GET", "/metrics", "metrics", "Prometheus metrics (docs/operations.md)"),
     # The UI: one page; the browser routes /runs/ID and friends itself.
