@@ -56,6 +56,22 @@ def public_names(module_name: str) -> list[str]:
     return names
 
 
+def show_mixed_in_methods() -> None:
+    """Put ``Client``'s operations methods on its page.
+
+    They come from a mixin in a private module (``headwater._client_ops``), and pdoc
+    leaves out inherited members of classes it does not document: ``set_limit``,
+    ``list_workers``, the webhooks... were missing from the reference. Copied onto
+    ``Client`` in this process only (the docs build), they are documented as its own.
+    """
+    from headwater import Client
+    from headwater._client_ops import OperationsClient
+
+    for name, member in vars(OperationsClient).items():
+        if not name.startswith("_") and name not in vars(Client):
+            setattr(Client, name, member)
+
+
 def _is_namedtuple_warning(message: str) -> bool:
     found = _NAMEDTUPLE_ANNOTATION.search(message)
     if found is None:
@@ -82,6 +98,7 @@ def build(output: Path) -> list[str]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exported = {name: public_names(name) for name in MODULES}
+        show_mixed_in_methods()
         pdoc.render.configure(docformat="google", show_source=False)
         pdoc.pdoc(*MODULES, output_directory=output)
     problems = [

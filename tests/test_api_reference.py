@@ -71,6 +71,18 @@ def test_docstrings_are_rendered(reference: Path) -> None:
     assert "state history and worker" in page  # Client.get's docstring
 
 
+def test_every_public_client_method_is_on_its_page(reference: Path) -> None:
+    """The operations methods (a mixin in a private module) were left out by pdoc:
+    ``set_limit``, ``list_workers``, webhooks and ``retry`` had no entry (a trial)."""
+    from headwater import Client
+
+    page = _page(reference, "headwater")
+    public = [n for n in dir(Client) if not n.startswith("_")]
+    assert {"set_limit", "list_workers", "create_webhook", "retry"} <= set(public)
+    missing = [n for n in public if f'id="Client.{n}"' not in page]
+    assert missing == []
+
+
 def test_only_the_known_pdoc_namedtuple_warning_is_tolerated() -> None:
     import headwater_runtime.engine  # noqa: F401  (the check looks classes up)
 
