@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -78,6 +79,33 @@ def test_the_digest_is_of_the_code_as_imported_not_of_the_file_now(
         textwrap.dedent(MODULE).format(rate=9.0, op="*")
     )  # edited after the import, digest not yet computed
     assert module.priced.code_digest == before
+
+
+def test_the_digest_follows_names_set_again_and_holds_no_other_value(
+    load: Callable[..., ModuleType],
+) -> None:
+    """Set again in the process (a later notebook cell), a constant or a helper is
+    part of the digest from then on; a name read that is neither (a DataFrame) does not
+    count and is not kept alive by the digest."""
+    module = load()
+    base = module.priced.code_digest
+    module.RATE = 2.5
+    assert module.priced.code_digest == load(rate=2.5).priced.code_digest != base
+    module.RATE = 1.5
+    assert module.priced.code_digest == base
+    module.helper = lambda x: x - 1
+    changed = module.priced.code_digest
+    assert changed != base and module.other.code_digest == load().other.code_digest
+
+    class Table:  # neither a constant nor a function: not part of the code
+        pass
+
+    module.RATE = Table()
+    held = weakref.ref(module.RATE)
+    without = module.priced.code_digest
+    module.RATE = Table()
+    assert module.priced.code_digest == without
+    assert held() is None
 
 
 def test_code_version_names_the_code() -> None:

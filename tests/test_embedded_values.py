@@ -8,6 +8,8 @@ Each test runs once per executor (the ``backend`` fixture); tasks signal through
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from _backends import Backend, Probe, poll
 
 from headwater import FlowRunState, TaskRunState, flow, task, unmapped
 from headwater_runtime.embedded import PROCESS_CACHE
+from headwater_runtime.embedded._cache import stable_hash
 
 S = TaskRunState
 
@@ -407,3 +410,68 @@ def test_a_flow_result_dask_cannot_serialise_fails_the_run_in_one_line(backend: 
     assert run.message.startswith("could not assemble the result: "), run.message
     assert "lock" in run.message and "\n" not in run.message, run.message
     assert len(run.message) < 300, run.message
+
+
+def test_a_constant_or_helper_changed_after_the_first_run_is_a_cache_miss(tmp_path: Path) -> None:
+    """A notebook's later cell setting ``FACTOR = 3``, or defining the helper a cached
+    task calls again, got the first run's cached result: the task's code digest was
+    worked out once for good (a user trial). It is worked out again when a name it read
+    names another object."""
+    (tmp_path / "cells.py").write_text(
+        "from headwater import flow, task\n"
+        "FACTOR = 2\n"
+        "def helper(x):\n"
+        "    return x + 1\n"
+        "@task(cache_for=3600)\n"
+        "def mul(x: int) -> int:\n"
+        "    return helper(x) * FACTOR\n"
+        "@flow\n"
+        "def cf(x: int = 5) -> int:\n"
+        "    return mul(x)\n"
+    )
+    spec = importlib.util.spec_from_file_location("cells_under_test", tmp_path / "cells.py")
+    assert spec is not None and spec.loader is not None
+    cells = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cells)
+    first = cells.cf.run()
+    again = cells.cf.run()
+    assert (first.result, again.result) == (12, 12)
+    assert again.task_run("mul").state is S.CACHED
+    cells.FACTOR = 3  # the next cell
+    assert cells.cf.run().result == 18
+    exec("def helper(x):\n    return x + 1000\n", cells.__dict__)  # and the one after
+    edited = cells.cf.run()
+    assert edited.result == 3015 and edited.task_run("mul").state is S.SUCCESS
+    assert cells.cf.run().task_run("mul").state is S.CACHED  # unchanged since: a hit
+    cells.helper.__code__ = (lambda x: x + 7).__code__  # as %autoreload edits code
+    assert cells.cf.run().result == 36
+
+
+def test_arrays_of_objects_are_cached_by_their_elements() -> None:
+    """An object array's bytes are its elements' addresses: a new array at a freed
+    one's address hit the cache with other values (64 wrong results of 200 in a trial:
+    ``df["name"].to_numpy()`` is one), and an element changed in place did not miss."""
+    np = pytest.importorskip("numpy")
+
+    @task(cache_for=3600)
+    def describe(a: Any) -> list[str]:
+        return [str(x) for x in a]
+
+    @flow
+    def described(a: Any) -> list[str]:
+        return describe(a)
+
+    for k in range(50):
+        values = np.empty(2, dtype=object)
+        values[0], values[1] = [k], [k * 2]
+        assert described(values) == [str([k]), str([k * 2])]
+        del values
+        gc.collect()
+    rows = np.array([[1, 2], [3]], dtype=object)
+    assert described(rows) == ["[1, 2]", "[3]"]
+    rows[0].append(99)
+    assert described(rows) == ["[1, 2, 99]", "[3]"]
+    assert stable_hash(np.array(["a", None], dtype=object)) == stable_hash(
+        np.array(["a", None], dtype=object)
+    )
+    assert stable_hash(np.arange(3)) != stable_hash(np.arange(3).astype(object))

@@ -16,6 +16,10 @@ workers whose digest for it is the same (docs/flows.md, "No stale code").
   bools, numbers, strings, bytes, and tuples or frozensets of them), so ``RATE = 1.5``
   next to the task is part of it.
 
+The digest is worked out on first use and again whenever one of the names it read
+names another object (``RATE = 2.0`` run in a later notebook cell, a helper defined
+again): a digest taken once for good kept an edited helper's cached results.
+
 Not part of it: other modules and libraries, classes, data files, the options of the
 decorator beyond its source line. Where no source exists (a function typed into a
 REPL), the bytecode stands in, which differs between Python versions. ``code_version``
@@ -50,7 +54,7 @@ class SourceSnapshot:
         fn: the function.
     """
 
-    __slots__ = ("code", "filename", "fn", "lines")
+    __slots__ = ("_digest", "_reads", "code", "filename", "fn", "lines")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = inspect.unwrap(fn)
@@ -63,16 +67,66 @@ class SourceSnapshot:
             # getlines returns the cached list; linecache replaces (never edits) it when
             # it rereads the file, so keeping it keeps this moment's text.
             self.lines = linecache.getlines(self.filename, getattr(self.fn, "__globals__", None))
+        self._digest = ""
+        self._reads: list[_Read] = []
 
     def digest(self) -> str:
-        """The function's code digest ("" for a callable without Python code)."""
+        """The function's code digest ("" for a callable without Python code); the
+        last one again while every name it read still names the same object."""
         if self.code is None:
             return ""
+        if self._digest and all(read.same() for read in self._reads):
+            return self._digest
         import hashlib  # on first digest, not at import: ~4 ms of OpenSSL (issue 18)
 
         h = hashlib.sha256()
-        _add_function(h, self.fn, self.code, self.lines, set())
-        return h.hexdigest()[:DIGEST_LENGTH]
+        reads: list[_Read] = []
+        _add_function(h, self.fn, self.code, self.lines, set(), reads)
+        self._digest, self._reads = h.hexdigest()[:DIGEST_LENGTH], reads
+        return self._digest
+
+
+_MISSING = object()
+#: Seen: an object the digest does not depend on (neither a constant nor a function of
+#: the module): only that it stays such an object matters, and it is not held on to
+#: (a large DataFrame a task reads by name stays collectable when the name moves on).
+_OTHER = object()
+
+
+def _counts(value: Any, module: str | None) -> bool:
+    """Whether a digest depends on this value of a name it read."""
+    if isinstance(value, types.FunctionType):
+        return value.__module__ == module
+    return _constant(value)
+
+
+class _Read:
+    """One name a digest read: a module global, a closure cell or a function's code,
+    and what it named then (``same()``: it still names that, for the digest)."""
+
+    __slots__ = ("key", "module", "place", "seen")
+
+    def __init__(
+        self, place: Any, key: str, value: Any, module: str | None = None, exact: bool = False
+    ) -> None:
+        self.place, self.key, self.module = place, key, module
+        exact = exact or value is _MISSING or _counts(value, module)
+        self.seen = value if exact else _OTHER
+
+    def same(self) -> bool:
+        place, key = self.place, self.key
+        if key == "":  # a closure cell
+            try:
+                now = place.cell_contents
+            except ValueError:
+                now = _MISSING
+        elif isinstance(place, dict):
+            now = place.get(key, _MISSING)
+        else:
+            now = getattr(place, key, _MISSING)
+        if self.seen is _OTHER:
+            return now is not _MISSING and not _counts(now, self.module)
+        return now is self.seen
 
 
 def code_digest(fn: Callable[..., Any], code_version: str = "") -> str:
@@ -116,8 +170,11 @@ def _add_function(
     code: types.CodeType,
     lines: Sequence[str],
     seen: set[types.CodeType],
+    reads: list[_Read],
 ) -> None:
     seen.add(code)
+    # (%autoreload puts the edited code into the function objects it has)
+    reads.append(_Read(fn, "__code__", getattr(fn, "__code__", _MISSING), exact=True))
     first, last = code.co_firstlineno, _last_line(code)
     source = lines[first - 1 : last] if lines and last <= len(lines) else ()
     if source:
@@ -127,9 +184,10 @@ def _add_function(
     module_globals: dict[str, Any] = getattr(fn, "__globals__", {})
     module = getattr(fn, "__module__", None)
     for name in _names(code, {}):
-        if name not in module_globals:
+        value = module_globals.get(name, _MISSING)
+        reads.append(_Read(module_globals, name, value, module))
+        if value is _MISSING:
             continue
-        value = module_globals[name]
         if _constant(value):
             h.update(f"global {name}={value!r}\n".encode())
         elif (
@@ -140,12 +198,14 @@ def _add_function(
             h.update(f"calls {name}\n".encode())
             same_file = value.__code__.co_filename == code.co_filename
             helper_lines = lines if same_file else linecache.getlines(value.__code__.co_filename)
-            _add_function(h, value, value.__code__, helper_lines, seen)
+            _add_function(h, value, value.__code__, helper_lines, seen, reads)
     for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
         try:
             value = cell.cell_contents
         except ValueError:  # an empty cell
+            reads.append(_Read(cell, "", _MISSING))
             continue
+        reads.append(_Read(cell, "", value))
         if _constant(value):
             h.update(f"closure {name}={value!r}\n".encode())
 

@@ -76,7 +76,6 @@ class Flow(Generic[P, R]):
         #: Retries, timeout, trigger and tags of the node a call inside a flow adds.
         self.call_options: ParsedOptions = _flow_options(options, self.name)
         self._source = SourceSnapshot(fn)
-        self._digest: str | None = None
         self.description = inspect.getdoc(fn) or ""
         self.signature = inspect.signature(fn)
         first = next(iter(self.signature.parameters), None)
@@ -105,9 +104,7 @@ class Flow(Generic[P, R]):
     def code_digest(self) -> str:
         """The digest of the flow function's code (as for tasks): what a worker reports
         for the flows it can build graphs of."""
-        if self._digest is None:
-            self._digest = self._source.digest()
-        return self._digest
+        return self._source.digest()
 
     def map(self, /, *args: Any, **kwargs: Any) -> Any:
         """Not supported: a subflow cannot be mapped (FlowDefinitionError saying what to

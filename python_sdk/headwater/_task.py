@@ -115,9 +115,9 @@ class Task(Generic[P, R]):
         """The digest of this task's code (docs/flows.md, "No stale code"): graphs
         carry it, workers report it, and a server gives the task only to workers whose
         digest is the same. ``"v:" + code_version`` when the task names its version."""
-        if self._digest is None:
-            self._digest = self._source.digest() if self._source is not None else ""
-        return self._digest
+        if self._digest is not None:
+            return self._digest
+        return self._source.digest() if self._source is not None else ""
 
     @property
     def argument_order(self) -> tuple[str, ...]:

@@ -115,7 +115,8 @@ def stable_hash(value: Any) -> str:
     """A hash of a value that is the same in every process (unlike ``hash()``).
 
     Containers are hashed structurally (dict and set order do not matter), numpy-like
-    arrays by dtype, shape and bytes; anything else by its cloudpickle bytes.
+    arrays by dtype, shape and bytes (arrays of objects: by their elements); anything
+    else by its cloudpickle bytes.
     """
     import hashlib  # only once a task caches: ~10 ms of OpenSSL at import
 
@@ -152,7 +153,13 @@ def _feed(h: Any, value: Any, depth: int) -> None:
             h.update(part.encode())
     elif hasattr(value, "tobytes") and hasattr(value, "dtype") and hasattr(value, "shape"):
         h.update(f"a{value.dtype}{value.shape}".encode())
-        h.update(value.tobytes())
+        if getattr(value.dtype, "hasobject", False):
+            # Its bytes are the addresses of its objects: a freed array's reused
+            # addresses hit the cache for other values, an element changed in place
+            # did not miss. Its elements are hashed instead.
+            _feed(h, value.tolist(), depth + 1)
+        else:
+            h.update(value.tobytes())
     else:
         import cloudpickle  # only for values of other types (most inputs are plain)
 
