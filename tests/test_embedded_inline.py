@@ -11,8 +11,10 @@ figure: benchmarks/).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -127,3 +129,37 @@ def test_inline_false_keeps_every_task_on_the_pool() -> None:
     run = speak.run(executor=executor)
     assert run.state is FlowRunState.SUCCESS and executor.ran_inline == 0
     assert len(run.logs) == 2 * N
+
+
+@task
+def awaits(i: int, before: int) -> int:
+    async def fetch() -> int:
+        await asyncio.sleep(0)
+        return i
+
+    return before + asyncio.run(fetch())
+
+
+@flow
+def fetch_all() -> int:
+    total = 0
+    for i in range(N):
+        total = awaits(i, total)
+    return total
+
+
+def test_no_task_runs_inline_where_an_event_loop_runs() -> None:
+    """A flow called in a Jupyter cell runs where the kernel's loop runs: inline,
+    ``asyncio.run`` in a task failed ("cannot be called from a running event loop")
+    for 5-8 tasks of 20 (a notebook trial)."""
+    executor = ThreadExecutor(2)
+
+    async def cell() -> Any:
+        return fetch_all.run(executor=executor)
+
+    run = asyncio.run(cell())
+    assert run.state is FlowRunState.SUCCESS and run.result == sum(range(N))
+    assert executor.ran_inline == 0
+    outside = ThreadExecutor(2)  # without a loop the short calls do run inline
+    assert fetch_all.run(executor=outside).result == sum(range(N))
+    assert outside.ran_inline > 0

@@ -14,8 +14,9 @@ functions take. The executor times every task function's runs; one whose recent 
 all took less than ``INLINE_LIMIT`` and that has no timeout runs on the engine's thread,
 inside ``submit``, in a context of its own (as a pool thread would: it neither sees nor
 changes the caller's context variables). Its first run always goes to the pool, so a
-function is never run inline before it was seen to be short. ``inline=False`` keeps
-every task on the pool threads.
+function is never run inline before it was seen to be short, nor while an asyncio event
+loop runs on the engine's thread (a Jupyter cell's). ``inline=False`` keeps every task
+on the pool threads.
 
 Threads start on demand, when an attempt goes to the pool and no started thread is
 free for it, up to ``max_workers``: a run of short tasks starts one or two.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
@@ -53,6 +55,15 @@ _Job = tuple[
 #: task this short gains nothing from a thread, and one inline run delays the
 #: engine's other work by no more than a hand-off would.
 INLINE_LIMIT = 0.0002
+
+
+def _loop_running() -> bool:
+    """Whether an asyncio event loop runs on this thread (a Jupyter cell's: its
+    kernel's). Tasks then go to the pool threads: inline, ``asyncio.run`` in a task
+    failed ("cannot be called from a running event loop") and a task saw the kernel's
+    loop as its own, in some runs only (a notebook trial)."""
+    asyncio = sys.modules.get("asyncio")  # (not imported: no loop can run)
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
 
 def default_thread_count() -> int:
@@ -130,7 +141,7 @@ class ThreadExecutor:
     def submit(self, tasks: list[tuple[RunTask, Caller]]) -> None:
         """Queue the attempts for the pool's threads; run short ones now, inline."""
         put = self._work.put
-        durations = self._durations if self.inline else None
+        durations = self._durations if self.inline and not _loop_running() else None
         for command, caller in tasks:
             spec = command.run.spec
             if (
