@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -182,3 +183,33 @@ def test_a_run_with_100k_log_lines_pages_through_them(tmp_path: Path) -> None:
         assert store.logs("other") == []
     finally:
         store.close()
+
+
+def test_basic_config_after_a_first_run_keeps_info_records() -> None:
+    """The router a run puts on the root logger stayed there, so a notebook's
+    ``logging.basicConfig(level=logging.INFO)`` after its first run did nothing: the
+    INFO records docs/semantics.md says it keeps were not (a notebook trial). A fresh
+    interpreter: this changes the process's logging."""
+    script = (
+        "import logging\n"
+        "from headwater import flow, task\n"
+        "log = logging.getLogger('mytask')\n"
+        "@task\n"
+        "def t(i: int) -> int:\n"
+        "    log.info('info %s', i)\n"
+        "    log.warning('warn %s', i)\n"
+        "    return i\n"
+        "@flow\n"
+        "def f() -> int:\n"
+        "    return t(1)\n"
+        "first = f.run()\n"
+        "print([r.message for r in first.logs], logging.root.handlers)\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "second = f.run()\n"
+        "print([r.message for r in second.logs], len(logging.root.handlers))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == ["['warn 1'] []", "['info 1', 'warn 1'] 1"]
+    assert "INFO:mytask:info 1" in done.stderr  # basicConfig's handler has it too

@@ -358,6 +358,32 @@ def _install(records: bool) -> None:
                 root.addHandler(_router)
 
 
+#: Embedded runs going on in the process: the router stays on the root logger while
+#: there are any, and leaves it when the last one ends.
+_runs = 0
+
+
+@contextlib.contextmanager
+def routing_records() -> Iterator[None]:
+    """While the block (an embedded run) runs, the root logger's router, once a task
+    put it there, stays; after the last such block it is taken off again.
+
+    Left on the root logger, it made ``logging.basicConfig()`` after a first run do
+    nothing (it configures only a root logger without handlers), so the INFO records
+    docs/semantics.md says it keeps were not kept (a notebook trial).
+    """
+    global _runs
+    with _install_lock:
+        _runs += 1
+    try:
+        yield
+    finally:
+        with _install_lock:
+            _runs -= 1
+            if _runs == 0 and _router is not None and _router in _logging.root.handlers:
+                _logging.root.removeHandler(_router)
+
+
 @contextlib.contextmanager
 def task_output(sink: LogSink, *, records: bool = True) -> Iterator[None]:
     """While the block runs, lines this thread prints (stdout as INFO, stderr as

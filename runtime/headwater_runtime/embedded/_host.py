@@ -55,6 +55,7 @@ from headwater_runtime.execution import (
     capturing,
     failure_from_exception,
     make_caller,
+    routing_records,
 )
 from headwater_runtime.tracing import active_tracer
 
@@ -272,7 +273,7 @@ class EmbeddedRun:
         ``retry`` (the reason), the ended run of ``engine`` runs again from its failure
         (engine/_rerun.py) instead of starting.
         """
-        with relaxed_gc():
+        with relaxed_gc(), routing_records():
             return self._run(retry)
 
     def _run(self, retry: str | None) -> FlowRunEngine:
