@@ -254,6 +254,9 @@ class EmbeddedRun:
         self.logs: list[TaskLogLine] = []
         # Tasks run on this process's threads (not a Dask cluster): capture their output.
         self._capture = isinstance(self.executor, ThreadExecutor)
+        #: Whatever a caller ties to this run's life (the SDK: what releases the engine
+        #: once no FlowRun of it is left).
+        self.hold: Any = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
@@ -329,6 +332,8 @@ class EmbeddedRun:
             if self._trace is not None:
                 message = engine.flow_history[-1][2] if engine.flow_history else ""
                 self._trace.finish(engine.state, message)
+            if self._tracer is not None:  # (no cycle run <-> engine once it has ended)
+                engine.on_transition = self._user_on_transition
         return engine
 
     def _execute(self, commands: list[Command]) -> None:
