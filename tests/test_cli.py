@@ -1089,3 +1089,53 @@ def test_an_embedded_summarys_task_time_adds_up_its_attempts() -> None:
     spans = [a.duration for a in record.attempts]
     assert record.run_seconds == sum(s for s in spans if s is not None)
     assert record.ended_at - record.started_at - record.run_seconds >= 0.19  # the retry's pause
+
+
+NAPPING = """
+import time
+from headwater import flow, task
+
+@task
+def nap(i: int) -> int:
+    print("napping", flush=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    return i
+
+@flow
+def slow() -> list[int]:
+    return nap.map([1, 2])
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_embedded_run_is_cancelled_summarised_and_exits_130(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM: the run is cancelled, its summary shown, exit 130 (the run
+    raises FlowRunInterrupted now; the command takes the run from it), no traceback."""
+    path = write(tmp_path, "napping.py", NAPPING)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "headwater._cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # (a SIGINT of its own: started in the background it could be ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the tasks' output goes to stderr
+            if "napping" in line:
+                break
+        proc.send_signal(stop)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert re.search(r"flow run \w{8} of 'slow': CANCELLED in [\d.]+s \(2 CANCELLED", err), err
+    assert out == ""

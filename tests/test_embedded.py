@@ -25,6 +25,7 @@ from _backends import BOUND, Backend, Probe, StoppedClock, bounded, poll
 from headwater import (
     FlowRunCancelled,
     FlowRunFailed,
+    FlowRunInterrupted,
     FlowRunState,
     Skip,
     TaskRunState,
@@ -348,36 +349,50 @@ def _interrupting_flow(probe: Probe) -> tuple[Any, threading.Thread]:
     return interrupted_flow, presser
 
 
-def test_ctrl_c_cancels_the_run(backend: Backend, probe: Probe) -> None:
+def test_ctrl_c_cancels_the_run_then_raises_flow_run_interrupted(
+    backend: Backend, probe: Probe
+) -> None:
+    """The run is cancelled and ends, then the interrupt goes on: a KeyboardInterrupt
+    holding the run (it returned the CANCELLED run, so a loop of runs, a notebook cell,
+    went on with the next: a notebook trial)."""
     f, presser = _interrupting_flow(probe)
     presser.start()
     try:
-        run = f.run(executor=backend.executor(2))
-    except KeyboardInterrupt:  # pragma: no cover - the behaviour under test failed
-        pytest.fail("KeyboardInterrupt escaped the embedded run")
+        with pytest.raises(FlowRunInterrupted) as info:
+            f.run(executor=backend.executor(2))
     finally:
         probe.set("release")
         presser.join(BOUND)
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert not isinstance(info.value, Exception)  # (`except Exception` lets it through)
+    run = info.value.flow_run
     assert run.state is FlowRunState.CANCELLED
     assert run.task_run("wait_for_ctrl_c").state is S.CANCELLED
     assert run.task_run("later").state is S.CANCELLED
     assert "interrupted" in run.message
+    assert str(info.value) == (
+        "flow run of 'interrupted_flow' interrupted: cancelled (interrupted (Ctrl-C))"
+    )
 
 
-def test_ctrl_c_makes_the_flow_call_raise_flow_run_cancelled(
+def test_ctrl_c_stops_a_loop_of_flow_calls_even_inside_except_exception(
     backend: Backend, probe: Probe
 ) -> None:
     f, presser = _interrupting_flow(probe)
     presser.start()
+    calls = 0
     try:
-        with pytest.raises(FlowRunCancelled) as info:
-            f(executor=backend.executor(2))
-    except KeyboardInterrupt:  # pragma: no cover - the behaviour under test failed
-        pytest.fail("KeyboardInterrupt escaped the embedded run")
+        with pytest.raises(FlowRunInterrupted) as info:
+            for _ in range(3):
+                calls += 1
+                try:
+                    f(executor=backend.executor(2))
+                except Exception:  # pragma: no cover - the behaviour under test failed
+                    pytest.fail("the interrupt was caught as an Exception")
     finally:
         probe.set("release")
         presser.join(BOUND)
-    assert isinstance(info.value, FlowRunFailed)
+    assert calls == 1
     assert info.value.flow_run.state.name == "CANCELLED"
 
 

@@ -41,6 +41,7 @@ from ._run import FlowRun as FlowRun
 from ._schedule_info import ScheduleInfo as ScheduleInfo
 from ._signals import FlowRunCancelled as FlowRunCancelled
 from ._signals import FlowRunFailed as FlowRunFailed
+from ._signals import FlowRunInterrupted as FlowRunInterrupted
 from ._task import Task as Task
 from ._task import task as task
 

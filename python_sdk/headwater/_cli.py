@@ -46,6 +46,7 @@ from ._errors import CommandError, FlowDefinitionError, Terminated, UsageError
 from ._flow import Flow
 from ._loader import LoadError, load_flow, modules_from_cwd
 from ._run import FlowRun
+from ._signals import FlowRunInterrupted
 from ._worker_stop import DEFAULT_GRACE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -208,13 +209,16 @@ def _run(args: argparse.Namespace, flow: Any, params: dict[str, Any]) -> int:
     try:
         # What tasks print goes to stderr: stdout holds only the result (`| jq` works).
         with user_output_to_stderr(), Progress(f"flow {flow.name!r}") as progress:
-            run = flow.run(
-                executor=executor,
-                max_workers=args.workers,
-                max_concurrency=args.max_concurrency,
-                on_transition=lambda r, e: progress.update(r.key, r.task_id, e.state.name),
-                **params,
-            )
+            try:
+                run = flow.run(
+                    executor=executor,
+                    max_workers=args.workers,
+                    max_concurrency=args.max_concurrency,
+                    on_transition=lambda r, e: progress.update(r.key, r.task_id, e.state.name),
+                    **params,
+                )
+            except FlowRunInterrupted as interrupted:  # cancelled: its summary, exit 130
+                run = interrupted.flow_run
     except ConnectionError as exc:  # the Dask scheduler could not be reached: try again
         print(f"headwater: error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

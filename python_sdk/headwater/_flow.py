@@ -265,7 +265,7 @@ class Flow(Generic[P, R]):
                 on_transition=on_transition,
             )
             embedded.run()
-        return FlowRun.from_embedded(embedded)
+        return FlowRun.from_embedded(embedded)._raise_if_interrupted(embedded)
 
     def _run_in_task(self, running: tuple[Any, str, int], given: dict[str, Any]) -> FlowRun:
         """A flow called by a task while it runs: a child flow run of that task run, in

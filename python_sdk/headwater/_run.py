@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from headwater_runtime.embedded import EmbeddedRun, Executor
 
 from ._logs import LogEntry, from_seconds
-from ._signals import FlowRunCancelled, FlowRunFailed
+from ._signals import FlowRunCancelled, FlowRunFailed, FlowRunInterrupted
 
 
 @dataclass
@@ -166,7 +166,13 @@ class FlowRun:
         retried = FlowRun.from_embedded(embedded)
         retried.children = [*self.children, *retried.children]
         retried.logs = [*self.logs, *retried.logs]
-        return retried
+        return retried._raise_if_interrupted(embedded)
+
+    def _raise_if_interrupted(self, run: EmbeddedRun) -> FlowRun:
+        """This run; FlowRunInterrupted with it when Ctrl-C cancelled ``run``."""
+        if run.interrupted:
+            raise FlowRunInterrupted(self)
+        return self
 
     @property
     def ok(self) -> bool:

@@ -34,4 +34,25 @@ class FlowRunFailed(Exception):
 
 
 class FlowRunCancelled(FlowRunFailed):
-    """A flow run was cancelled (Ctrl-C, or a cancel request)."""
+    """A flow run was cancelled (a cancel request, its parent's cancel); Ctrl-C raises
+    ``FlowRunInterrupted`` instead."""
+
+
+class FlowRunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM to ``headwater run``) stopped an embedded run: it was cancelled
+    and has ended; ``flow_run`` holds it (CANCELLED, every task's record).
+
+    Raised by ``flow()``, ``flow.run()`` and ``FlowRun.retry()``. It is a
+    KeyboardInterrupt, so the interrupt stops the program as it would without
+    Headwater: a loop of runs, a notebook cell (it went on with the next run, and
+    ``except Exception`` around ``flow()`` swallowed it: a notebook trial).
+
+    Args:
+        flow_run: the cancelled run.
+    """
+
+    def __init__(self, flow_run: FlowRun) -> None:
+        self.flow_run = flow_run
+        super().__init__(
+            f"flow run of {flow_run.flow_name!r} interrupted: cancelled ({flow_run.message})"
+        )

@@ -254,6 +254,9 @@ class EmbeddedRun:
         self.logs: list[TaskLogLine] = []
         # Tasks run on this process's threads (not a Dask cluster): capture their output.
         self._capture = isinstance(self.executor, ThreadExecutor)
+        #: Whether Ctrl-C (a KeyboardInterrupt) cancelled it (``run`` does not raise it:
+        #: the caller decides, once the run has ended).
+        self.interrupted = False
         #: Whatever a caller ties to this run's life (the SDK: what releases the engine
         #: once no FlowRun of it is left).
         self.hold: Any = None
@@ -271,7 +274,8 @@ class EmbeddedRun:
     def run(self, *, retry: str | None = None) -> FlowRunEngine:
         """Drive the run to its end and return the engine (states, results, history).
 
-        A task failure does not raise; Ctrl-C cancels the run. A successful run's
+        A task failure does not raise; Ctrl-C cancels the run (and sets
+        ``interrupted``). A successful run's
         result is resolved by the executor (e.g. gathered from a Dask cluster). With
         ``retry`` (the reason), the ended run of ``engine`` runs again from its failure
         (engine/_rerun.py) instead of starting.
@@ -312,6 +316,7 @@ class EmbeddedRun:
                         commands += engine.fire_due_timers()
                     self._execute(commands)
             except KeyboardInterrupt:
+                self.interrupted = True
                 self._execute(engine.handle(CancelRequested("interrupted (Ctrl-C)")))
             if engine.state is FlowRunState.SUCCESS and engine.result is not None:
                 try:
