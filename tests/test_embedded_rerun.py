@@ -3,6 +3,8 @@ the results of the task runs that succeeded still in memory (side effects counte
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -141,3 +143,47 @@ def test_a_retried_run_keeps_the_child_runs_and_logs_of_its_earlier_attempts() -
     assert [line.message for line in run.logs] == ["picking 2"]
     assert [line.message for line in again.logs] == ["picking 2"]  # (kept, not run again)
     assert [line.message for line in again.children[1].logs] == ["squaring 2"]
+
+
+def test_a_task_defined_again_since_the_run_is_named_in_a_warning(tmp_path: Any) -> None:
+    """A notebook's "fix the cell, retry" ran the old task again with no word of it (a
+    trial): retry() keeps the run's code, and now says which tasks were redefined."""
+    import importlib.util
+
+    (tmp_path / "cells_retry.py").write_text(
+        "from headwater import flow, task\n"
+        "@task\n"
+        "def load() -> list[int]:\n"
+        "    return [1, 2]\n"
+        "@task\n"
+        "def parse(rows: list[int]) -> int:\n"
+        "    raise ValueError('a bug')\n"
+        "@flow\n"
+        "def pipe() -> int:\n"
+        "    return parse(load())\n"
+    )
+    spec = importlib.util.spec_from_file_location("cells_retry", tmp_path / "cells_retry.py")
+    assert spec is not None and spec.loader is not None
+    cells = importlib.util.module_from_spec(spec)
+    sys.modules["cells_retry"] = cells
+    try:
+        spec.loader.exec_module(cells)
+        first = cells.pipe.run()
+        assert first.state is FlowRunState.FAILED
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert first.retry().state is FlowRunState.FAILED  # nothing redefined: quiet
+        exec("@task\ndef parse(rows: list[int]) -> int:\n    return sum(rows)\n", cells.__dict__)
+        with pytest.warns(UserWarning) as said:
+            again = first.retry()
+        assert again.state is FlowRunState.FAILED  # the code the run started with
+        (warning,) = said
+        assert str(warning.message) == (
+            f"flow run {first.id[:8]}: 'parse' was defined again since it ran; retry() "
+            "runs the code the run started with. To run the new code, run the flow again "
+            "(cache_for= on its slow tasks keeps their results)"
+        )
+        assert warning.filename == __file__
+        assert cells.pipe.run().result == 3
+    finally:
+        sys.modules.pop("cells_retry", None)

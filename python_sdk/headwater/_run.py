@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +153,15 @@ class FlowRun:
             raise RuntimeError(f"cannot retry flow run {self.id}: {why}")
         if executor is not None and max_workers is not None:
             raise ValueError("pass either executor= or max_workers=, not both")
+        redefined = _redefined_tasks(engine)
+        if redefined:
+            warnings.warn(
+                f"flow run {self.id[:8]}: {', '.join(map(repr, redefined))} "
+                f"{'was' if len(redefined) == 1 else 'were'} defined again since it ran; "
+                "retry() runs the code the run started with. To run the new code, run the "
+                "flow again (cache_for= on its slow tasks keeps their results)",
+                stacklevel=2,
+            )
         embedded = EmbeddedRun(
             engine.graph,
             executor=executor or ThreadExecutor(max_workers),
@@ -210,6 +221,22 @@ class FlowRun:
             f"<FlowRun {self.flow_name} {self.state.name} tasks={len(self.task_runs)} "
             f"id={self.id[:8]}>"
         )
+
+
+def _redefined_tasks(engine: FlowRunEngine) -> list[str]:
+    """The tasks of the run whose module now has another function under their name (a
+    later notebook cell defined the task again): a retry runs the old ones."""
+    names = []
+    for spec in engine.graph.tasks:
+        fn = spec.fn
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if fn is None or module is None:
+            continue
+        now = getattr(module, getattr(fn, "__name__", ""), None)
+        now_fn = getattr(now, "fn", now)
+        if callable(now_fn) and now_fn is not fn and spec.name not in names:
+            names.append(spec.name)
+    return names
 
 
 class _EngineHold:
