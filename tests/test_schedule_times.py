@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -46,6 +48,9 @@ def utc(t: float) -> str:
         (None, "61 * * * *", "", "invalid cron expression '61 * * * *'"),
         (None, "* * * * mon-funday", "", "invalid cron expression"),
         (None, "* * * * *", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+        # (taken: the server machine's zone, and a zone that is no place's; a trial)
+        (None, "* * * * *", "localtime", "time zone 'localtime' is not a place's time zone"),
+        (None, "* * * * *", "Factory", "time zone 'Factory' is not a place's time zone"),
         # (taken and stored with an interval, where it changed nothing: a user trial)
         (10.0, "", "Europe/Berlin", "time zone 'Europe/Berlin' is for cron schedules"),
     ],
@@ -146,6 +151,56 @@ def test_cron_wall_clock_times_skipped_or_repeated_by_dst_fire_once() -> None:
     t = first_fire(timing, at("2026-10-24 12:00"))
     assert utc(t) == "2026-10-25 00:30:00"
     assert utc(next_fire(timing, t)) == "2026-10-26 01:30:00"
+
+
+def _fires(timing: Any, start: float, n: int) -> list[str]:
+    zone = ZoneInfo(timing.timezone)
+    t, out = first_fire(timing, start), []
+    for _ in range(n):
+        out.append(datetime.fromtimestamp(t, zone).strftime("%d %H:%M%z"))
+        t = next_fire(timing, t)
+    return out
+
+
+def test_set_times_in_the_repeated_hour_fire_once_and_frequent_ones_keep_their_pace() -> None:
+    """Fall back in Berlin (25 October 2026, 03:00 CEST -> 02:00 CET). Only a repeat of
+    the fire just before was skipped: ``0,30 2 * * *`` fired four times that night, as
+    did a schedule created or resumed between the two 02:30s (a trial). A set time of
+    day fires at its first occurrence; a minute or hour field starting with ``*`` fires
+    in both occurrences of the hour (cron's rule: it keeps its pace, no hour's gap)."""
+    berlin = "Europe/Berlin"
+    before = at("2026-10-24 23:00")  # 01:00 CEST on the 25th
+    assert _fires(make_timing(None, "0,30 2 * * *", berlin), before, 4) == [
+        "25 02:00+0200",
+        "25 02:30+0200",
+        "26 02:00+0100",
+        "26 02:30+0100",
+    ]
+    second_half_hour = at("2026-10-25 00:35")  # 02:35 CEST: between the two 02:30s
+    assert _fires(make_timing(None, "30 2 * * *", berlin), second_half_hour, 1) == ["26 02:30+0100"]
+    assert utc(resume_fire(make_timing(None, "30 2 * * *", berlin), before, second_half_hour)) == (
+        "2026-10-26 01:30:00"
+    )
+    assert _fires(make_timing(None, "*/30 * * * *", berlin), before, 7) == [
+        "25 01:30+0200",
+        "25 02:00+0200",
+        "25 02:30+0200",
+        "25 02:00+0100",
+        "25 02:30+0100",
+        "25 03:00+0100",
+        "25 03:30+0100",
+    ]
+    assert _fires(make_timing(None, "*/20 1 * * *", "America/New_York"), at("2026-11-01 04:30"), 6)[
+        -3:
+    ] == ["01 01:00-0500", "01 01:20-0500", "01 01:40-0500"]
+    # Without catch-up after an outage over the night, the fire is the first 02:30.
+    timing = make_timing(None, "30 2 * * *", berlin)
+    fires, _ = due_fires(timing, at("2026-10-25 00:30"), at("2026-10-25 01:45"))
+    assert [utc(t) for t in fires] == ["2026-10-25 00:30:00"]
+    catchup = make_timing(None, "0,30 2 * * *", berlin, catchup=True)
+    fires, after = due_fires(catchup, first_fire(catchup, before), at("2026-10-25 03:00"))
+    assert [utc(t) for t in fires] == ["2026-10-25 00:00:00", "2026-10-25 00:30:00"]
+    assert utc(after) == "2026-10-26 01:00:00"
 
 
 def test_resume_keeps_an_interval_phase_and_skips_the_paused_times() -> None:

@@ -184,7 +184,12 @@ def test_client_creates_lists_pauses_resumes_and_deletes_schedules(server: Serve
         paused = client.pause_schedule(hourly.id)
         assert paused.paused is True and paused.next_run_at is None
         assert {s.id: s.next_run_at for s in client.list_schedules()}[hourly.id] is None
-        client.delete_schedule(hourly.id)
+        # "" named the only schedule (every id starts with it; a trial deleted it so),
+        # and a whole id in capitals was "does not exist".
+        for act in (client.delete_schedule, client.pause_schedule, client.resume_schedule):
+            with pytest.raises(ValueError, match="give a schedule id"):
+                act("")
+        client.delete_schedule(hourly.id.upper())
         assert [s.id for s in client.list_schedules()] == [nightly.id]
         with pytest.raises(ServerError, match="does not exist") as info:
             client.delete_schedule(hourly.id)

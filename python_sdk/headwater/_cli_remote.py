@@ -351,6 +351,8 @@ def _list(client: Client, args: argparse.Namespace) -> int:
             since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))
         except ValueError as exc:
             raise UsageError(f"--since {exc}") from None
+    if args.schedule is not None and not args.schedule.strip():  # (it listed every run)
+        raise UsageError("--schedule needs a schedule id, name or id prefix")
     runs = client.list_runs(
         flow_name=args.flow or "",
         limit=args.limit,

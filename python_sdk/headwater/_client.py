@@ -769,6 +769,8 @@ class Client(OperationsClient):
         runs are not included (see ``get``)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        if not isinstance(schedule_id, str):
+            raise TypeError(f"schedule_id is a str, got {type(schedule_id).__name__}")
         request = cp.ListFlowRunsRequest(
             flow_name=flow_name,
             states=[state_pb2.FlowRunState.ValueType(s.value) for s in states],

@@ -29,8 +29,12 @@ def whole_id(given: str, ids: Callable[[], list[str]], what: str) -> str:
     """The whole id ``given`` names: itself, or a unique prefix of one of ``ids()``
     (asked only for a prefix); one that matches none is sent as it is, for the server
     to say so. ValueError for a prefix several ids have."""
+    if not given.strip():  # ("" was the prefix of every id: with one schedule, delete
+        # and pause took it; a trial)
+        raise ValueError(f"give a {what} id (or a prefix of one); got {given!r}")
     if len(given) >= ID_LENGTH:
-        return given
+        hex_id = all(c in "0123456789abcdefABCDEF" for c in given)
+        return given.lower() if hex_id else given  # (ids are lower-case hex)
     known = ids()
     prefix = given.lower()  # (ids are lower-case hex; 0DF2 found none, a user trial)
     matching = [i for i in known if i.startswith(prefix)]

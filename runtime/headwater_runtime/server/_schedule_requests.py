@@ -154,7 +154,7 @@ class ScheduleRequests:
         try:
             return await self.resolve(schedule_id)
         except NotFound:
-            return schedule_id
+            return schedule_id.lower()  # (ids are lower-case hex)
 
     async def delete(self, schedule_id: str) -> None:
         """Delete a schedule (NotFound when unknown); the runs it created are kept."""

@@ -5,8 +5,10 @@ Times are epoch seconds (floats) on whole milliseconds. An interval schedule fir
 however late the server wakes up. A cron schedule fires at the times its five-field
 expression names, read as wall-clock times in its IANA time zone (UTC by default):
 when clocks spring forward, a time that does not exist fires at the first valid time
-after it; when they fall back, a wall-clock time that occurs twice fires once (the
-first occurrence).
+after it; when they fall back, a set time of day that occurs twice fires once (the
+first occurrence), and an expression whose minute or hour field starts with ``*``
+(hourly or more often) fires in both occurrences of the hour, keeping its pace: cron's
+own rule.
 
 Catch-up after downtime: by default only the most recent missed fire time creates a
 run; with ``catchup`` every missed time does, oldest first, at most ``MAX_FIRES_PER_TICK``
@@ -50,6 +52,10 @@ class Timing:
 MAX_INTERVAL = 100 * 365.25 * 86400
 
 
+#: Names the zone database answers to that name no place's time.
+_NOT_PLACES = frozenset({"localtime", "factory", "posixrules"})
+
+
 def make_timing(
     every: float | None, cron: str, timezone: str = "", catchup: bool = False, *, new: bool = True
 ) -> Timing:
@@ -63,6 +69,12 @@ def make_timing(
         raise ScheduleError(
             f"unknown time zone {zone_name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
+    if new and zone_name.lower() in _NOT_PLACES:  # (files in the zone database, taken)
+        raise ScheduleError(
+            f"time zone {zone_name!r} is not a place's time zone ('localtime' is whatever "
+            "the server's machine is set to); use an IANA name such as 'UTC' or "
+            "'Europe/Berlin'"
+        )
     if every is not None and cron:
         raise ScheduleError("a schedule has either an interval or a cron expression, not both")
     if new and every is not None and zone_name != "UTC":  # (taken, it changed nothing)
@@ -109,26 +121,47 @@ def _snap(t: float) -> float:
     return round(t, 3)
 
 
+def _repeated(t: float, zone: ZoneInfo) -> bool:
+    """Whether ``t`` is the second occurrence of its wall-clock time (clocks fell back
+    and that time happens again: ``fold`` 1)."""
+    return datetime.fromtimestamp(t, zone).fold == 1
+
+
+def _by_the_clock(timing: Timing) -> bool:
+    """Whether the expression fires at set times of day (its minute and hour fields
+    name them), so that a wall-clock time happening twice fires once; an expression
+    whose minute or hour field starts with ``*`` fires as often as hourly, and keeps
+    its pace in the repeated hour (both occurrences), as cron does."""
+    minute, hour = timing.cron.split()[:2]
+    return not (minute.startswith("*") or hour.startswith("*"))
+
+
+def _skipped(timing: Timing, t: float, zone: ZoneInfo) -> bool:
+    return _repeated(t, zone) and _by_the_clock(timing)
+
+
 def _cron_after(timing: Timing, t: float) -> float:
-    """The first cron fire time strictly after ``t``."""
+    """The first cron fire time strictly after ``t`` (see ``_by_the_clock`` for the
+    hour clocks fall back over: a set time fires at its first occurrence only, whatever
+    fired before; ``0,30 2 * * *`` fired four times that night, as did a schedule
+    resumed or created between the two occurrences: a trial)."""
     zone = timing.zone()
-    start = datetime.fromtimestamp(t, zone)
-    it = croniter(timing.cron, start)
+    it = croniter(timing.cron, datetime.fromtimestamp(t, zone))
     while True:
-        nxt: datetime = it.get_next(datetime)
-        # The second occurrence of a repeated wall-clock time (clocks fell back) is the
-        # same local time as the fire just before it: skip it, like cron does.
-        if nxt.replace(tzinfo=None) != start.replace(tzinfo=None) and nxt.timestamp() > t:
-            return nxt.timestamp()
-        start = nxt
+        nxt: float = it.get_next(datetime).timestamp()
+        if nxt > t and not _skipped(timing, nxt, zone):
+            return nxt
 
 
 def _cron_at_or_before(timing: Timing, t: float) -> float:
-    """The last cron fire time at or before ``t``."""
+    """The last cron fire time at or before ``t`` (never a skipped second occurrence)."""
     zone = timing.zone()
-    prev: datetime = croniter(timing.cron, datetime.fromtimestamp(t, zone)).get_prev(datetime)
-    nxt = _cron_after(timing, prev.timestamp())
-    return nxt if nxt <= t else prev.timestamp()
+    it = croniter(timing.cron, datetime.fromtimestamp(t, zone))
+    prev: float = it.get_prev(datetime).timestamp()
+    while _skipped(timing, prev, zone):
+        prev = it.get_prev(datetime).timestamp()
+    nxt = _cron_after(timing, prev)
+    return nxt if nxt <= t else prev
 
 
 def first_fire(timing: Timing, now: float) -> float:
