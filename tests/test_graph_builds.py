@@ -195,7 +195,23 @@ def test_a_stored_build_of_other_code_than_the_workers_offer_is_built_again(
             again = (await control.CreateFlowRun(pinned)).flow_run
             assert again.flow_version == first.flow_version
             assert len(new.requests) == 1
+            # During a deploy, beside a builder of the old code, the newest builder's
+            # code is the one run: a trial's schedule kept firing the old build while
+            # the old worker stayed connected.
+            old_again = Builder(channel, "old-again", built)
+            await old_again.welcomed.wait()  # connected last: its (first) code is newest
+            fourth = (await control.CreateFlowRun(create(3))).flow_run
+            assert len(old_again.requests) == 1  # the latest build is of the other code
+            assert fourth.flow_version == first.flow_version  # (the same graph again)
+            await old_again.leave()
+            # With no builder connected, no stored build is run: the code it would run
+            # cannot be told (a trial's first fire after a restart ran an old build).
             await new.leave()
+            error = await refused(control, create(3))
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
+            assert "no connected worker offers it" in (error.details() or ""), error
+            again_pinned = (await control.CreateFlowRun(pinned)).flow_run  # by version: runs
+            assert again_pinned.flow_version == first.flow_version
 
     run(body)
 

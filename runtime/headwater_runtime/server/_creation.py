@@ -97,7 +97,7 @@ class RunCreation:
         core = self.core
         # (Only the latest version is built again for new code: a version asked for by
         # name is run as it was built.)
-        offered = frozenset() if flow_version else self.offered(flow_name)
+        offered = None if flow_version else self.offered(flow_name)
         # Built and stored by one thread, one hop fewer than building on a reader thread
         # and storing on the writer thread: a reader thread when the store takes
         # concurrent writes (PostgreSQL); the writer thread for a small graph this
@@ -164,7 +164,7 @@ class RunCreation:
         idempotency_key: str,
         trace_context: Mapping[str, str] | None,
         schedule: ScheduleRow | None,
-        offered: frozenset[str],
+        offered: frozenset[str] | None,
     ) -> tuple[PreparedRun, FlowRunRow, bool]:
         """On a reader thread (a store with ``concurrent_writes``) or the writer
         thread (a small run): build a run and store it; GraphBuildNeeded or NotFound
@@ -213,7 +213,7 @@ class RunCreation:
         parent: tuple[str, str, int] | None,
         build_missing: bool,
         schedule: ScheduleRow | None,
-        offered: frozenset[str],
+        offered: frozenset[str] | None,
     ) -> PreparedRun:
         core = self.core
         prepare = core.runs.prepare_run
@@ -235,9 +235,12 @@ class RunCreation:
         )  # fmt: skip
 
     def offered(self, flow_name: str) -> frozenset[str]:
-        """The code digests of the flow the connected workers that can build it offer."""
+        """The code digest of the flow the builder asked next offers (the worker that
+        can build it connected last: after a deploy, the newest code); empty when none
+        is connected."""
         sessions = self.core.dispatcher.sessions.values()
-        return frozenset(s.flows[flow_name] for s in self.builds.builders(sessions, flow_name))
+        builders = self.builds.builders(sessions, flow_name)
+        return frozenset({builders[0].flows[flow_name]}) if builders else frozenset()
 
     def has_builder(self, flow_name: str) -> bool:
         """Whether a connected worker can build the flow's graph now."""

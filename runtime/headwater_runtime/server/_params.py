@@ -137,20 +137,29 @@ def _schema_problem(schema: str) -> str | None:
 
 
 def check_built_for(
-    graph: GraphSpec, version: str, params: Mapping[str, Any], offered: frozenset[str] = frozenset()
+    graph: GraphSpec,
+    version: str,
+    params: Mapping[str, Any],
+    offered: frozenset[str] | None = None,
 ) -> None:
-    """GraphBuildNeeded unless a value-dependent graph was built for these values, and
-    from code a connected worker offers when ``offered`` (the code digests the workers
-    that can build the flow offer for it) is not empty: after a change of the flow's
-    code a stored build would run the old body (a user trial)."""
+    """GraphBuildNeeded unless a value-dependent graph was built for these values, from
+    the code ``offered`` holds (the flow's code digest the newest connected worker that
+    can build the flow offers; empty: none is connected; None: not checked, for a
+    version asked for by name, run as it was built). After a change of the flow's
+    code a stored build ran the old body (a user trial); with no builder connected, or
+    beside the new one during a deploy, it did still (another). A graph that records
+    no code digest (stored before it was recorded) is reused as before."""
     if not graph.value_dependent:
         return
     if parameters_digest(params) == graph.parameters_digest:
-        if not offered or not graph.code_digest or graph.code_digest in offered:
+        if offered is None or not graph.code_digest or graph.code_digest in offered:
             return
         raise GraphBuildNeeded(
             f"flow {graph.name!r} version {version!r} was built from other code than the "
-            "connected workers offer for the flow"
+            "newest connected worker offers for the flow"
+            if offered
+            else f"flow {graph.name!r} version {version!r} needs a worker that offers the "
+            "flow to build its graph (none is connected)"
         )
     raise GraphBuildNeeded(
         f"flow {graph.name!r} version {version!r} was built for other parameter values: "

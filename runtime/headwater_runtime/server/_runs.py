@@ -272,7 +272,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         *,
         schedule: ScheduleRow | None = None,
         parent: tuple[str, str, int] | None = None,
-        offered: frozenset[str] = frozenset(),
+        offered: frozenset[str] | None = None,
     ) -> PreparedRun:
         """Check a new run (ParameterError for bad parameters, NotFound for an unknown
         flow), build its row and its engine and start it into a sink of its own;
@@ -280,12 +280,13 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         100k-task graph takes a while to build and start, and the event loop must not
         wait for it.
         ``parent`` (flow run id, task run key, attempt) makes it a child run.
-        ``offered``: the code digests the connected workers that can build the flow
-        offer for it; a stored build of other code is not reused for the latest
-        version (GraphBuildNeeded: a worker builds it again)."""
+        ``offered``: for a run of the latest version, the flow's code digest the
+        newest connected builder offers (empty: none is connected); a stored build of
+        other code is not reused (GraphBuildNeeded: a worker builds it again). None: a
+        version asked for by name, run as it was built."""
         version, graph = self.graph(flow_name, flow_version)
         params = self.check_params(
-            graph, version, parameters, offered if not flow_version else frozenset()
+            graph, version, parameters, offered if not flow_version else None
         )
         if parent is None and schedule is None:
             # A client's own values (a subflow's child gets stored results, a schedule
@@ -415,7 +416,7 @@ class RunManager(FlowGraphs, RunCacheLookups, RunDispatching, RunRecovery, RunsA
         graph: GraphSpec,
         version: str,
         given: Mapping[str, payload_pb2.Value],
-        offered: frozenset[str] = frozenset(),
+        offered: frozenset[str] | None = None,
     ) -> dict[str, Any]:
         """A run's parameters with defaults filled in, checked as far as the server
         can (server/_params.py): ParameterError, or GraphBuildNeeded when a
