@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -428,6 +429,12 @@ def test_cli_schedules_create_list_pause_delete(
         "text": "yo"
     }
     assert [s["cron"] for s in listed.values() if s["paused"]] == ["*/5 * * * *"]
+    # A cron schedule in a zone says its next time there, named (a bare local time
+    # beside "(Europe/Berlin)" read as Berlin's: a trial).
+    code, out, _ = cli("create", str(path), "--cron", "30 2 * * *", "--timezone", "Asia/Tokyo")
+    assert code == 0 and re.search(r" next \d{4}-\d\d-\d\d 02:30:00 Asia/Tokyo$", out), out
+    code, _, _ = cli("delete", out.split()[0])
+    assert code == 0
     code, out, _ = cli("pause", schedule_id[:8])  # a unique prefix, as for run ids
     assert code == 0 and out.startswith(f"{schedule_id}  paused ")
     code, _, err = cli("resume", "")

@@ -27,10 +27,22 @@ def parse_every(text: str) -> float:
 def _line(s: ScheduleInfo) -> str:
     state = "paused" if s.paused else "active"
     version = f" v{s.flow_version}" if s.flow_version else " (latest)"
-    nxt = f"next {local_time(s.next_run_at)}" if s.next_run_at and not s.paused else ""
+    nxt = f"next {_next_time(s)}" if s.next_run_at and not s.paused else ""
     named = f"  {printable(s.name)}" if s.name else ""
     spec = f"{s.spec} (catch-up)" if s.catchup else s.spec  # (said by --json only)
     return f"{s.id}{named}  {state:6}  {s.flow_name}{version}  {spec}  {nxt}".rstrip()
+
+
+def _next_time(s: ScheduleInfo) -> str:
+    """The next fire time: a cron schedule's in its own time zone, named (beside the
+    spec "(Europe/Berlin)" a bare local time read as Berlin's: a trial); other
+    schedules' in local time, as the CLI prints times."""
+    if s.cron and s.timezone != "UTC" and s.next_run_at is not None:
+        from zoneinfo import ZoneInfo
+
+        there = s.next_run_at.astimezone(ZoneInfo(s.timezone))
+        return f"{there.strftime('%Y-%m-%d %H:%M:%S')} {s.timezone}"
+    return local_time(s.next_run_at)
 
 
 def schedule_json(s: ScheduleInfo) -> dict[str, Any]:
@@ -181,7 +193,7 @@ def add_schedules_command(sub: Any) -> None:
         help="list schedules",
         description="List a server's schedules, one line each: id, name, active or paused, "
         "flow and version, timing (marked '(catch-up)' when every missed time fires) and "
-        "the next fire time (local).",
+        "the next fire time (local; a cron schedule's in its own time zone, named).",
     )
     listing.add_argument("--flow", help="only schedules of this flow")
     listing.add_argument("--json", action="store_true", help="print JSON")
