@@ -213,3 +213,37 @@ def test_basic_config_after_a_first_run_keeps_info_records() -> None:
     )
     assert done.stdout.splitlines() == ["['warn 1'] []", "['info 1', 'warn 1'] 1"]
     assert "INFO:mytask:info 1" in done.stderr  # basicConfig's handler has it too
+
+
+def test_a_record_is_kept_once_when_another_stream_wraps_the_tee() -> None:
+    """Jupyter puts a stream of its own around sys.stderr (our stand-in included) from
+    a notebook's second cell on: logging's last-resort line came back through it and
+    was kept a second time, as a 'stderr' line (a notebook trial). A fresh interpreter:
+    this changes the process's streams."""
+    script = (
+        "import logging, sys\n"
+        "from headwater import flow, task\n"
+        "log = logging.getLogger('mytask')\n"
+        "class Wrapper:\n"
+        "    def __init__(self, inner): self.inner = inner\n"
+        "    def write(self, text): return self.inner.write(text)\n"
+        "    def flush(self): self.inner.flush()\n"
+        "@task\n"
+        "def t(i: int) -> int:\n"
+        "    log.warning('warn %s', i)\n"
+        "    print('printed', i, file=sys.stderr)\n"
+        "    return i\n"
+        "@flow\n"
+        "def f() -> int:\n"
+        "    return t(1)\n"
+        "first = f.run()\n"
+        "sys.stderr = Wrapper(sys.stderr)  # the next cell's\n"
+        "second = f.run()\n"
+        "for run in (first, second):\n"
+        "    print([(r.logger, r.message) for r in run.logs])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    once = "[('mytask', 'warn 1'), ('stderr', 'printed 1')]"
+    assert done.stdout.splitlines() == [once, once]

@@ -256,6 +256,21 @@ _partial: dict[tuple[int, str], tuple[str, float]] = {}
 _install_lock = threading.Lock()
 
 
+def _captured_already(frame: Any) -> bool:
+    """Whether a write was kept before it reached this stand-in: it comes from a
+    logging handler (the record went to the sink as a record), or from another
+    stand-in that wraps a stream wrapping this one. Jupyter puts a stream of its own
+    around sys.stderr from a notebook's second cell on: records and printed lines came
+    back through it and were kept twice (a notebook trial)."""
+    for _ in range(4):
+        if frame is None:
+            return False
+        if frame.f_code is _TEE_WRITE or frame.f_globals.get("__name__") == "logging":
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _Tee(StreamStandIn):
     """Stands in for sys.stdout / sys.stderr: lines written by a registered thread go
     to its sink too."""
@@ -268,7 +283,7 @@ class _Tee(StreamStandIn):
     def write(self, text: str) -> int:
         sink = _sinks.get(threading.get_ident())
         # A logging handler writing a record here already reached the sink as a record.
-        if sink is not None and text and sys._getframe(1).f_globals.get("__name__") != "logging":
+        if sink is not None and text and not _captured_already(sys._getframe(1)):
             key = (threading.get_ident(), self.stream_name)
             now = time.time()
             held, began = _partial.pop(key, ("", now))
@@ -280,6 +295,9 @@ class _Tee(StreamStandIn):
                 began = now
         written: int = self.original.write(text)
         return written
+
+
+_TEE_WRITE = _Tee.write.__code__
 
 
 # ``logging`` (and the root logger's router) load when a run first captures log
