@@ -1186,3 +1186,17 @@ def test_annotated_constraints_are_checked() -> None:
             match=r"parameter 'n' expects int, got .*-.* \(Input should be greater than 0\)",
         ):
             positive(n=bad)
+
+
+def test_a_notebook_cell_is_named_as_ipython_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flow defined in a notebook cell was placed at its temporary file
+    (/tmp/ipykernel_12970/4102297361.py:7: a trial); IPython's name is 'Cell In[7]'."""
+    import types
+
+    from headwater import _refs
+
+    cell_file = "/tmp/ipykernel_1/123456.py"
+    shell = types.SimpleNamespace(compile=types.SimpleNamespace(_filename_map={cell_file: 7}))
+    monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
+    assert _refs._show(cell_file, 4) == "Cell In[7], line 4"
+    assert _refs._show("/elsewhere/flows.py", 4) == "/elsewhere/flows.py:4"

@@ -72,8 +72,20 @@ def _context() -> _Context | None:
 
 
 def _show(path: str, line: int) -> str:
+    cell = _notebook_cell(path)
+    if cell:  # (a notebook cell's file is a temporary name nobody knows: IPython's way)
+        return f"{cell}, line {line}"
     rel = os.path.relpath(path) if os.path.isabs(path) else path
     return f"{path if rel.startswith('..') else rel}:{line}"
+
+
+def _notebook_cell(path: str) -> str:
+    """``Cell In[7]`` for the file IPython compiled cell 7 into ("" elsewhere)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    cells = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    number = cells.get(path) if isinstance(cells, dict) else None
+    return f"Cell In[{number}]" if isinstance(number, int) else ""
 
 
 def flow_location(ctx: _Context | None, skip: int = 2) -> str:
