@@ -7,8 +7,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +94,112 @@ def test_a_task_whose_resources_no_worker_declares_fails_at_once(
     assert record.failure.type == "headwater.ResourcesUnavailable"
     assert "TPU" in record.failure.message
     assert len(record.attempts) == 1, "not retried: retrying cannot help"
+
+
+def test_a_task_whose_inputs_cannot_be_pickled_fails_alone(
+    gpu_cluster: tuple[Client, str],
+) -> None:
+    """One unpicklable argument (or code reading a lock) raised Dask's TypeError out of
+    flow.run(): no task ran, no summary (a trial). That attempt fails, the others run."""
+    client, _ = gpu_cluster
+
+    @task(retries=2)
+    def locked(guard: Any) -> str:
+        return "never"
+
+    @task
+    def fine(i: int) -> int:
+        return i + 1
+
+    @flow
+    def mixed(guard: Any) -> dict[str, Any]:
+        return {"locked": locked(guard), "fine": [fine(i) for i in range(3)]}
+
+    run = mixed.run(guard=threading.Lock(), executor=DaskExecutor(client=client))
+    assert run.state is FlowRunState.FAILED
+    assert [run.task_run(f"fine{s}").state for s in ("", "-2", "-3")] == [S.SUCCESS] * 3
+    failure = run.task_run("locked").failure
+    assert failure is not None and failure.type == "headwater.InputError"
+    assert failure.message == (
+        "task 'locked' could not be sent to the Dask cluster: its inputs or its code "
+        "cannot be pickled (TypeError: cannot pickle '_thread.lock' object)"
+    )
+    assert len(run.task_run("locked").attempts) == 1  # (not retried: it cannot help)
+
+
+def test_a_retry_needs_the_client_that_holds_the_kept_results(
+    gpu_cluster: tuple[Client, str], tmp_path: Any
+) -> None:
+    """Retried on a new DaskExecutor(address), the run's kept result (a future of the
+    client its first executor closed) read as lost four times, and the retry failed
+    with WorkerLost (a trial): it is refused, saying what works; with the same open
+    client, the retry runs from the failure with the kept result."""
+    client, _ = gpu_cluster
+    flag = tmp_path / "fixed"
+
+    @task
+    def produce(n: int) -> int:
+        return n
+
+    @task
+    def consume(x: int, fixed: str) -> int:
+        if not os.path.exists(fixed):
+            raise ValueError("not yet")
+        return x * 2
+
+    @flow
+    def twice(n: int, fixed: str) -> int:
+        return consume(produce(n), fixed)
+
+    address = client.scheduler.address
+    first = twice.run(n=5, fixed=str(flag), executor=DaskExecutor(address))
+    assert first.state is FlowRunState.FAILED
+    flag.touch()
+    with pytest.raises(ValueError) as refused:
+        first.retry(executor=DaskExecutor(address))
+    assert str(refused.value).startswith(
+        f"cannot retry flow run {first.id[:8]}: this run's results stayed in a Dask cluster "
+        "through a client that closed when the run ended"
+    )
+    assert "DaskExecutor(client=...)" in str(refused.value)
+    flag.unlink()
+    kept = twice.run(n=5, fixed=str(flag), executor=DaskExecutor(client=client))
+    assert kept.state is FlowRunState.FAILED
+    flag.touch()
+    again = kept.retry(executor=DaskExecutor(client=client))
+    assert again.state is FlowRunState.SUCCESS and again.result == 10
+    assert len(again.task_run("produce").attempts) == 1  # kept, not run again
+
+
+def test_a_cluster_without_workers_is_said_and_a_closed_client_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run on a cluster with no workers waited saying nothing; a closed client
+    raised AttributeError from deep in distributed (a trial)."""
+    from distributed import LocalCluster
+
+    @task
+    def quick() -> int:
+        return 1
+
+    @flow(timeout=1)
+    def waits() -> int:
+        return quick()
+
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
+        Client(empty, set_as_default=False) as client,
+        caplog.at_level(logging.WARNING, logger="headwater.dask"),
+    ):
+        run = waits.run(executor=DaskExecutor(client=client))
+        assert run.state is FlowRunState.FAILED  # (its timeout: bounded)
+        said = [r.getMessage() for r in caplog.records if r.name == "headwater.dask"]
+        assert said == [
+            f"the Dask cluster at {empty.scheduler_address} has no workers: its tasks wait "
+            f"until one joins (start `dask worker {empty.scheduler_address}`)"
+        ]
+    with pytest.raises(ValueError, match=r"that distributed\.Client is closed; give an open one"):
+        waits.run(executor=DaskExecutor(client=client))
 
 
 def test_a_local_cluster_is_started_for_the_run_and_closed_after() -> None:

@@ -162,14 +162,17 @@ class FlowRun:
                 "flow again (cache_for= on its slow tasks keeps their results)",
                 stacklevel=2,
             )
-        embedded = EmbeddedRun(
-            engine.graph,
-            executor=executor or ThreadExecutor(max_workers),
-            cache=PROCESS_CACHE,
-            on_transition=on_transition,
-            engine=engine,
-            run_id=self.id,
-        )
+        try:
+            embedded = EmbeddedRun(
+                engine.graph,
+                executor=executor or ThreadExecutor(max_workers),
+                cache=PROCESS_CACHE,
+                on_transition=on_transition,
+                engine=engine,
+                run_id=self.id,
+            )
+        except ValueError as exc:  # (the executor cannot take the run's kept results)
+            raise ValueError(f"cannot retry flow run {self.id[:8]}: {exc}") from None
         embedded.run(retry=reason)
         # The whole run: its links, the child runs and log lines of its earlier
         # attempts, then this one's (a user trial: the retried subflow's child run, and

@@ -149,6 +149,12 @@ class DaskExecutor:
 
     def _connect(self) -> None:
         if self._given_client is not None:
+            if client_closed(self._given_client):  # (AttributeError ... 'ncores' deep
+                # in distributed: a trial)
+                raise ValueError(
+                    "DaskExecutor(client=...): that distributed.Client is closed; give an "
+                    "open one"
+                )
             self._client = self._given_client
         elif self.address is not None:
             self._client = connect_client(self.address, self.connect_timeout)
@@ -193,6 +199,14 @@ class DaskExecutor:
         self._tokens.clear()
         self._topic = f"headwater-started-{self._run_id}"
         self.client.subscribe_topic(self._topic, self._started)
+        with closed_client_ignored():
+            if not self.client.nthreads():  # (the run waited, saying nothing: a trial)
+                log.warning(
+                    "the Dask cluster at %s has no workers: its tasks wait until one "
+                    "joins (start `dask worker %s`)",
+                    self.client.scheduler.address,
+                    self.client.scheduler.address,
+                )
         self._watching = threading.Event()
         threading.Thread(
             target=self._watch, args=(self.client, self._watching), name="headwater-dask-watch",
@@ -271,19 +285,67 @@ class DaskExecutor:
                 )
             except Exception:
                 if not client_closed(client):
-                    raise
-                # (closed since the watcher last looked: an attempt lost meanwhile is
-                # dispatched again here, and must end too)
-                self._mark_gone(client)
-                for command, _ in group:
-                    self._fail_gone(command.run.key, command.attempt)
-                continue
+                    # One attempt's inputs or code cannot be pickled (a lock, an open
+                    # file): the whole run raised Dask's TypeError, the healthy tasks
+                    # never ran (a trial). Each attempt alone: that one fails.
+                    group, futures, keys = self._submit_each(group, columns, keys, resources)
+                else:
+                    # (closed since the watcher last looked: an attempt lost meanwhile
+                    # is dispatched again here, and must end too)
+                    self._mark_gone(client)
+                    for command, _ in group:
+                        self._fail_gone(command.run.key, command.attempt)
+                    continue
             with self._lock:
                 for (command, _), future, token in zip(group, futures, keys, strict=True):
                     self._futures[(command.run.key, command.attempt)] = (future, token)
                     self._tokens[token] = (command.run.key, command.attempt)
             for (command, _), future in zip(group, futures, strict=True):
                 future.add_done_callback(partial(self._done, command.run.key, command.attempt))
+
+    def _submit_each(
+        self,
+        group: list[tuple[RunTask, Caller]],
+        columns: list[list[Any]],
+        keys: list[str],
+        resources: tuple[tuple[str, float], ...],
+    ) -> tuple[list[tuple[RunTask, Caller]], list[Future[Any]], list[str]]:
+        """Submit a group's attempts one by one; one that cannot be sent (its inputs or
+        its code cannot be pickled) fails, non-retryable, naming why. The attempts
+        sent, their futures and tokens (the keys they had in the group)."""
+        sent: list[tuple[RunTask, Caller]] = []
+        futures: list[Future[Any]] = []
+        sent_keys: list[str] = []
+        assert self._completions is not None
+        for i, item in enumerate(group):
+            row = [column[i] for column in columns]
+            try:
+                # (a key of its own: the failed map left futures under the group's keys,
+                # which the scheduler never got, and a submit under one waited for good)
+                future = self.client.submit(
+                    run_attempt,
+                    *row,
+                    key=f"{keys[i]}-alone",
+                    resources=dict(resources) or None,
+                    pure=False,
+                )
+            except Exception as exc:
+                command = item[0]
+                # ("cannot pickle '_thread.lock' object", not Dask's "Could not
+                # serialize object of type LLGExpr(dsk=...)" around it)
+                root = exc.__cause__ or exc
+                message = (
+                    f"task {command.run.name!r} could not be sent to the Dask cluster: its "
+                    f"inputs or its code cannot be pickled ({type(root).__name__}: "
+                    f"{str(root)[:300]})"
+                )
+                failure = FailureInfo("headwater.InputError", message, retryable=False)
+                self._completions.put(TaskFailed(command.run.key, command.attempt, failure))
+                continue
+            sent.append(item)
+            futures.append(future)
+            sent_keys.append(keys[i])
+        return sent, futures, sent_keys
 
     @property
     def reports_starts(self) -> bool:
@@ -338,6 +400,26 @@ class DaskExecutor:
             client.close()
             if cluster is not None:
                 cluster.close()
+
+    def check_kept(self, results: list[Any]) -> None:
+        """ValueError when a retried run's kept results (futures) cannot be read on
+        this executor's cluster: its previous executor closed the client or the
+        LocalCluster that held them as the run ended. The retry failed as "the worker
+        running ... was lost", four times (a trial)."""
+        client = self._given_client or self._client  # (None: it would make a new one)
+        for value in results:
+            where = locate(value)
+            if where is None:
+                continue
+            future = where[0]
+            if client is None or future.client is not client or future.status != "finished":
+                raise ValueError(
+                    "this run's results stayed in a Dask cluster through a client that closed "
+                    "when the run ended (DaskExecutor(address) closes its client, and "
+                    "its own LocalCluster, at the end of a run): keep a "
+                    "distributed.Client open and pass DaskExecutor(client=...) to the run "
+                    "and to retry(), or run the flow again"
+                )
 
     def _can_serve(self, needed: dict[str, float]) -> bool:
         return cluster_declares(self.client, needed)

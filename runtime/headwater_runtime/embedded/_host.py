@@ -27,6 +27,7 @@ from headwater.wire import (
     GraphError,
     GraphSpec,
     ParameterError,
+    TaskRunState,
     TaskSpec,
 )
 from headwater_runtime.engine import (
@@ -69,6 +70,8 @@ from ._threads import ThreadExecutor
 # Upper bound on one wait, so Ctrl-C is seen promptly even on platforms where a
 # blocking queue read is not interruptible.
 _MAX_WAIT = 0.5
+#: The task runs a retry keeps, with their results.
+_KEPT = (TaskRunState.SUCCESS, TaskRunState.CACHED)
 
 
 class SystemClock:
@@ -539,3 +542,6 @@ def _check_same_kind(engine: FlowRunEngine, executor: Executor) -> None:
         )
     if engine.auto_start == executor.reports_starts:
         raise ValueError("this run was driven by another kind of executor; retry it with the same")
+    check_kept = getattr(executor, "check_kept", None)  # (a Dask cluster's futures)
+    if check_kept is not None:
+        check_kept([r.result for r in engine.runs.values() if r.state in _KEPT])
