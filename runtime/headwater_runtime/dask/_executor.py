@@ -152,8 +152,7 @@ class DaskExecutor:
             if client_closed(self._given_client):  # (AttributeError ... 'ncores' deep
                 # in distributed: a trial)
                 raise ValueError(
-                    "DaskExecutor(client=...): that distributed.Client is closed; give an "
-                    "open one"
+                    "DaskExecutor(client=...): that distributed.Client is closed; give an open one"
                 )
             self._client = self._given_client
         elif self.address is not None:
