@@ -200,11 +200,12 @@ class DaskExecutor:
         self.client.subscribe_topic(self._topic, self._started)
         with closed_client_ignored():
             if not self.client.nthreads():  # (the run waited, saying nothing: a trial)
+                address = getattr(self.client.scheduler, "address", "") or self.address
                 log.warning(
                     "the Dask cluster at %s has no workers: its tasks wait until one "
                     "joins (start `dask worker %s`)",
-                    self.client.scheduler.address,
-                    self.client.scheduler.address,
+                    address,
+                    address,
                 )
         self._watching = threading.Event()
         threading.Thread(
