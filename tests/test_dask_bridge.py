@@ -365,3 +365,33 @@ def test_a_task_whose_resource_workers_left_fails_instead_of_waiting_forever(
         bridge.close()
         client.close()
         cluster.close()
+
+
+def test_a_bridge_on_a_cluster_without_workers_waits_for_one_to_size_its_slots(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slots are said once, in Hello: a bridge started before its cluster's workers
+    registered 1 slot and ran one task at a time once a 2-thread worker joined (a
+    trial). It waits a while for a worker, saying so; none: 1 slot."""
+    import logging
+    import threading
+
+    from distributed import LocalCluster
+
+    from headwater import _worker_dask
+
+    monkeypatch.setattr(_worker_dask, "WORKERS_WAIT", BOUND)
+    with LocalCluster(
+        n_workers=0, threads_per_worker=2, processes=False, dashboard_address=":0"
+    ) as cluster:
+        joined = threading.Timer(0.5, lambda: cluster.scale(1))
+        with caplog.at_level(logging.WARNING, logger="headwater.worker"):
+            joined.start()
+            bridge = _worker_dask.DaskBridgeWorker("127.0.0.1:1", dask=cluster.scheduler_address)
+        try:
+            threads = sum(bridge.executor.client.nthreads().values())
+            assert threads == 2 and bridge.slots == 2
+            assert any("has no workers yet" in r.getMessage() for r in caplog.records)
+        finally:
+            joined.join()
+            bridge.executor.shutdown()

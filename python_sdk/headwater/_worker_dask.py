@@ -18,6 +18,7 @@ and those of attempts it still runs or reports.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -408,6 +409,9 @@ class DaskAttempts(Attempts):
 
 #: How often the bridge checks that its Dask client still has a scheduler (seconds).
 CLUSTER_CHECK = 1.0
+#: Seconds a bridge started on a cluster without workers waits for one to join before
+#: it says hello with 1 slot (its slots are the cluster's threads, said once).
+WORKERS_WAIT = 30.0
 
 
 class DaskBridgeWorker(Worker):
@@ -445,6 +449,18 @@ class DaskBridgeWorker(Worker):
         client = self.executor.client
         try:
             threads: dict[str, int] = client.nthreads()
+            if not threads and slots is None:
+                # Slots are said once, in Hello: a cluster whose workers join later
+                # kept this bridge at 1 slot (a trial). Wait a while for one.
+                log.warning(
+                    "the Dask cluster at %s has no workers yet: waiting up to %gs for "
+                    "one to size this worker's slots (--slots N sets them)",
+                    dask,
+                    WORKERS_WAIT,
+                )
+                with contextlib.suppress(Exception):  # (none came: 1 slot, as before)
+                    client.wait_for_workers(1, timeout=WORKERS_WAIT)
+                threads = client.nthreads()
             default = max(1, sum(threads.values()))
             super().__init__(
                 server,
