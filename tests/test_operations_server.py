@@ -30,6 +30,7 @@ from headwater.v1 import operations_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, duration
 from headwater_runtime.server._config import ConfigError, settings
 from headwater_runtime.server._core import ServerSettings
+from headwater_runtime.server._journal import JournalFormatError
 from headwater_runtime.server._ops_core import RetryRefused
 from headwater_runtime.server._runs import RunManager
 from headwater_runtime.store import LimitRow, NotFound, open_store
@@ -462,6 +463,36 @@ def test_a_run_a_prune_beside_the_server_deletes_while_it_is_retried_is_not_retr
         assert await read(core.store.events, row.id) == []
         with pytest.raises(NotFound):
             await read(core.store.get_flow_run, row.id)
+
+    call(db, body)
+
+
+def test_a_prune_between_a_retried_runs_journal_and_its_values_is_not_found(db: str) -> None:
+    """The retry reads the run's journal, then its values: a prune beside the server
+    in between made it "stored value ... is missing" (INVALID_ARGUMENT, a trial on
+    PostgreSQL), where a prune before or after is NOT_FOUND. (The prune is put where
+    the value read fails: these runs were cancelled before any result.)"""
+
+    async def body(stub: operations_pb2_grpc.OperationsServiceStub, running: Any) -> None:
+        core = running.core
+        row, kept = await ended_runs(core, 2)
+        rebuild = core.runs.rebuild
+
+        def values_gone(stored: Any, *args: Any) -> Any:
+            if stored.id == row.id:  # (the prune deletes both: kept is tried first)
+                core.store.prune(core.clock.now() + 1, core.clock.now(), grace=0)
+            raise JournalFormatError("stored value 0123 is missing")
+
+        core.runs.rebuild = values_gone
+        try:
+            # A value missing from a run still stored is another matter: said as it is.
+            with pytest.raises(JournalFormatError, match="stored value 0123 is missing"):
+                await core.ops.retry(kept.id, "again")
+            with pytest.raises(NotFound, match="no longer stored as it was read to be retried"):
+                await core.ops.retry(row.id, "again")
+            assert row.id not in core.runs.runs
+        finally:
+            core.runs.rebuild = rebuild
 
     call(db, body)
 

@@ -45,6 +45,7 @@ from headwater_runtime.store import (
 from ._assignments import PendingAssignment
 from ._dispatch import WorkerSession
 from ._io import to_its_end
+from ._journal import JournalFormatError
 from ._late import NOT_STARTED, LateRuns, late_reason
 from ._limits import check_reason
 from ._metrics import MetricsServer, ServerMetrics
@@ -432,7 +433,20 @@ class Operations:
                 f"{row.engine_version or '(none)'}, and this server replays only "
                 f"{', '.join(sorted(REPLAYS))}"
             )
-        return runs.rebuild(row)
+        try:
+            return runs.rebuild(row)
+        except JournalFormatError:
+            # Its journal and its values are read apart: a prune beside the server
+            # (which knows nothing of the retry yet) may delete the run in between. It
+            # said "stored value ... is missing" (INVALID_ARGUMENT), a trial.
+            try:
+                runs.store.get_flow_run(flow_run_id)
+            except NotFound:
+                raise NotFound(
+                    f"flow run {flow_run_id!r} is no longer stored as it was read to be "
+                    "retried (a prune deleted it meanwhile): nothing of the retry was stored"
+                ) from None
+            raise
 
     async def set_limit(
         self, row: LimitRow, audited: bool = True
