@@ -785,7 +785,8 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
 #: reload) are held until ``fire()``, as if the machine were too busy to run them; with
 #: ``maxLimit`` set, an API read asks for at most that many (``limit``), as if the
 #: API's most per read (1,000) were that small: what a page does past the API's most
-#: is seen with a few dozen runs rather than thousands.
+#: is seen with a few dozen runs rather than thousands; ``sessionStorage.hwFail`` fetches
+#: fail (as when the server is down), the first that many of the tab's.
 PAGE_HOOKS = """
 (() => {
   const realTimeout = window.setTimeout.bind(window);
@@ -808,6 +809,11 @@ PAGE_HOOKS = """
   const realFetch = window.fetch.bind(window);
   window.fetch = (input, init) => {
     let url = String(input);
+    const failing = Number(sessionStorage.getItem("hwFail") || 0);
+    if (failing > 0) {  // as if the server were down (restarting): the fetch fails
+      sessionStorage.setItem("hwFail", String(failing - 1));
+      return Promise.reject(new TypeError("Failed to fetch"));
+    }
     if (hw.maxLimit && url.startsWith("/api/")) {
       const u = new URL(url, location.href);
       if (Number(u.searchParams.get("limit")) > hw.maxLimit) {
@@ -1414,3 +1420,15 @@ def test_actions_are_named_keep_the_focus_and_say_why_they_failed(trial: Trial) 
     assert _focused(browser, "return a && a.textContent") == "Skip to content"
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     assert _focused(browser, "return a && a.id") == "main"
+
+
+def test_a_page_whose_first_load_failed_loads_again(trial: Trial) -> None:
+    """A page whose first load failed (the server restarting) stayed "Failed to
+    fetch"; it is loaded again, with backoff."""
+    browser = trial.browser
+    browser.get(trial.url + "flows")
+    wait(browser, lambda d: css(d, "#flows"), "a page of the server")
+    browser.execute_script("sessionStorage.setItem('hwFail', '1')")
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: trial.rows(), "the runs, on the load after the failed one")
+    assert browser.execute_script("return sessionStorage.getItem('hwFail')") == "0"

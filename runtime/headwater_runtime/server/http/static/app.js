@@ -258,6 +258,7 @@ document.addEventListener("click", (e) => {
 window.addEventListener("popstate", route);
 
 let routed = "";  // the path of the page shown (a filter's change keeps it)
+let tries = 0;  // loads of the page that failed in a row (the server unreachable)
 function route() {
   for (const fn of page.cleanup) fn();
   page.live = false;
@@ -294,8 +295,21 @@ function route() {
   else if (parts[0] === "audit") render = auditPage;
   else render = runsPage;
   const mine = page;
-  return render().then(() => { if (mine.live) restoreFocus(main(), focus); }, (err) => {
+  return render().then(() => { tries = 0; if (mine.live) restoreFocus(main(), focus); }, (err) => {
     if (!mine.live) return;
+    // The server could not be reached (restarting) or could not answer now (5xx): the
+    // page is loaded again, after 1, 2, 4 ... at most 30 s (it stayed "Failed to fetch"
+    // while the live streams of a loaded page reconnected by themselves).
+    if (!(err instanceof ApiError) || err.status >= 500) {
+      const delay = Math.min(30, 2 ** tries++);
+      const timer = setTimeout(() => { if (mine.live) route(); }, delay * 1000);
+      mine.cleanup.push(() => clearTimeout(timer));
+      main().innerHTML = `<h1>Cannot load this page</h1><p class="error" role="alert">${esc(err.message)}:
+        trying again in ${delay} s.</p><p><button id="try-now">Try now</button></p>`;
+      document.getElementById("try-now").onclick = () => route();
+      return;
+    }
+    tries = 0;
     if (err instanceof ApiError && err.status === 404) {  // an unknown run or flow
       setTitle("Not found");
       main().innerHTML = `<h1>Not found</h1><p class="error">${esc(err.message)}</p>
