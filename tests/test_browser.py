@@ -206,6 +206,16 @@ def many_held(n: int = 250, name: str = "release") -> int:
 def held_parent(name: str = "release") -> str:
     return held(name)
 
+@task
+def chatty(n: int) -> int:
+    for i in range(n):
+        print(f"chatty line {i}")
+    return n
+
+@flow
+def chatter(n: int = 5050) -> int:
+    return chatty(n)
+
 @flow
 def ordered(zeta: int = 1, alpha: int = 2, mid: int = 3, beta: int = 4) -> int:
     return noop(zeta + alpha + mid + beta)
@@ -1229,7 +1239,9 @@ def test_task_runs_shown_past_the_apis_most_stay_and_show_more_keeps_the_focus(
     browser.execute_script("window.__hw.maxLimit = 20")
     click(browser, node)
     rows = "#task-runs tbody tr"
-    wait(browser, lambda d: len(css(d, rows)) == 200, "the first 200")
+    # (the list of every task run shows 200 too: waited for is the node's own)
+    wait(browser, lambda d: text(d, "#shown").startswith("200 of 250 shown"), "the first 200")
+    assert text(browser, "#side-title") == "Task runs of noop"
     browser.execute_script("document.getElementById('more-tasks').focus()")
     css(browser, "#more-tasks")[0].send_keys(Keys.ENTER)
     wait(browser, lambda d: len(css(d, rows)) == 220, "20 more (the API's most here)")
@@ -1432,3 +1444,33 @@ def test_a_page_whose_first_load_failed_loads_again(trial: Trial) -> None:
     browser.get(trial.url + "runs")
     wait(browser, lambda d: trial.rows(), "the runs, on the load after the failed one")
     assert browser.execute_script("return sessionStorage.getItem('hwFail')") == "0"
+
+
+def test_the_logs_keep_the_newest_5000_records(trial: Trial) -> None:
+    """A followed run's logs were appended without end (6,864 rows after a minute)."""
+    browser = trial.browser
+    with Client(trial.address) as client:
+        run = client.wait(client.run(trial.module.chatter, {"n": 5050}).id)
+    browser.get(trial.url + f"runs/{run.id}")
+    wait(browser, lambda d: text(d, "#live") == "ended", "the end of the run's stream")
+
+    def read_all(d: Any) -> bool:
+        if "chatty line 5049" in d.execute_script(
+            "return document.querySelector('#logs tbody').textContent"
+        ):
+            return True
+        more = css(d, "#logs-more")
+        if more and more[0].is_displayed() and d.execute_script("return window.__hw.pending") == 0:
+            more[0].click()
+        return False
+
+    wait(browser, read_all, "every record read")
+    trial.settled()
+    rows = browser.execute_script(
+        "const r = document.querySelectorAll('#logs tbody tr[data-seq]');"
+        "return [r.length, r[0].textContent]"
+    )
+    assert rows[0] == 5000 and "chatty line 50\n" in rows[1] + "\n", rows
+    assert text(browser, "#logs-earlier").startswith("50 earlier records are not shown")
+    click(browser, "#logs-earlier button")
+    wait(browser, lambda d: "chatty line 0\n" in text(d, "#logs") + "\n", "the first records")

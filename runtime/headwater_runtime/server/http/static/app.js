@@ -13,6 +13,7 @@ const DAGRE_MAX = 400;      // boxes laid out by dagre; more get a plain layered
 const SIDE_PAGE = 200;     // task runs the side panel lists at a time ("Show 200 more")
 const BIG_RUN = 1000;       // from this many task runs, the side panel lists only those
 const TASKS_MAX = 1000;     // the most one read of a run's task runs returns
+const LOGS_KEPT = 5000;     // log records the page holds (the newest)
 const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
 const main = () => document.getElementById("main");
 // The current page: what it must close when leaving it, and whether it is still the
@@ -481,7 +482,7 @@ async function runsPage() {
 
 async function runPage(runId) {
   const state = { data: null, selectedNode: null, selectedKey: null, waiting: {},
-    logsAfter: 0, logsEnded: false };
+    logsAfter: 0, logsDropped: 0, logsEnded: false };
   const mine = page;
   state.data = await api(`/api/runs/${encodeURIComponent(runId)}`);
   if (!mine.live) return;
@@ -512,6 +513,7 @@ async function runPage(runId) {
       </div>
     </div>
     <h2>Logs <span class="muted" id="logs-scope"></span></h2>
+    <p class="muted" id="logs-earlier" hidden><span></span> <button>Show from the first</button></p>
     <div class="logs" id="logs"><table><thead class="visually-hidden"><tr><th scope="col">Time</th><th scope="col">Level</th>
       <th scope="col">Task run</th><th scope="col">Message</th></tr></thead><tbody></tbody></table></div>
     <p><button id="logs-more" hidden>Load more</button></p>`;
@@ -1019,7 +1021,7 @@ function loadLogs(runId, state, reset) {
 async function readLogs(runId, state, reset) {
   const body = document.querySelector("#logs tbody");
   if (!body) return;
-  if (reset) { state.logsAfter = 0; body.innerHTML = ""; }
+  if (reset) { state.logsAfter = 0; state.logsDropped = 0; body.innerHTML = ""; }
   const scope = state.selectedKey ? `key=${encodeURIComponent(state.selectedKey)}` : "";
   document.getElementById("logs-scope").textContent = state.selectedKey ? `of ${state.selectedKey}` : "of every task run";
   const page = await api(`/api/runs/${runId}/logs?after=${state.logsAfter}&limit=1000&${scope}`);
@@ -1029,6 +1031,23 @@ async function readLogs(runId, state, reset) {
     <td class="mono muted">${timeHtml(e.at, true)}</td><td class="lvl-${esc(e.level)}">${esc(e.level)}</td>
     <td class="mono wrap">${esc(e.key)}${e.attempt > 1 ? ` #${e.attempt}` : ""}</td><td><pre>${esc(e.message)}</pre></td></tr>`).join(""));
   state.logsAfter = page.next;
+  // The newest LOGS_KEPT records stay: a followed chatty run added rows without end
+  // (6,864 after a minute) and the page slowed down. What went is said, with a way to
+  // its start.
+  const records = body.querySelectorAll("tr[data-seq]");
+  if (records.length > LOGS_KEPT) {
+    const height = box.scrollHeight;
+    for (let i = 0; i < records.length - LOGS_KEPT; i++) records[i].remove();
+    state.logsDropped += records.length - LOGS_KEPT;
+    if (!atEnd) box.scrollTop -= height - box.scrollHeight;  // (the lines read stay put)
+  }
+  const earlier = document.getElementById("logs-earlier");
+  earlier.hidden = !state.logsDropped;
+  if (state.logsDropped) {
+    earlier.querySelector("span").textContent = `${state.logsDropped.toLocaleString("en")} earlier records are not shown (the page keeps the newest ${
+      LOGS_KEPT.toLocaleString("en")}; headwater runs logs ${runId} prints them all).`;
+    earlier.querySelector("button").onclick = () => loadLogs(runId, state, true);
+  }
   if (atEnd) box.scrollTop = box.scrollHeight;
   const more = document.getElementById("logs-more");
   more.hidden = !page.more;
