@@ -14,8 +14,12 @@ Then what a user trial found, on one shared server, worker and browser: a flow c
 right after a live update lists only its runs; what Load more added stays through a
 live update; the workers page updates in place; names with repeated spaces, 170
 characters or bidirectional controls; a run without logs; a malformed address; the
-keyboard; page titles; the page of an unknown path. Timers and fetches are watched
-through hooks put into each page (PAGE_HOOKS), never waited out.
+keyboard; page titles; the page of an unknown path. Then what an accessibility and
+scale trial found: the focus kept through live redraws and after actions, filters
+arrowed through and undone with Back, Load more and Show more past the API's most per
+read (made small by a hook), contrast ratios from computed styles, a 375 px window,
+live regions, named buttons, not-found pages, time zones, parameter order. Timers and
+fetches are watched through hooks put into each page (PAGE_HOOKS), never waited out.
 
 In CI (``CI`` set) a missing browser fails the test: `make test` installs it there
 (`make browser`). Elsewhere the test skips, saying what to install.
@@ -192,6 +196,29 @@ def spoofed() -> str:
     return spoof()
 
 nobody = remote_task("nobody.offers.this")
+
+@flow
+def many_held(n: int = 250, name: str = "release") -> int:
+    hold(name)
+    return total(noop.map(list(range(n))))
+
+@flow
+def held_parent(name: str = "release") -> str:
+    return held(name)
+
+@task
+def chatty(n: int) -> int:
+    for i in range(n):
+        print(f"chatty line {i}")
+    return n
+
+@flow
+def chatter(n: int = 5050) -> int:
+    return chatty(n)
+
+@flow
+def ordered(zeta: int = 1, alpha: int = 2, mid: int = 3, beta: int = 4) -> int:
+    return noop(zeta + alpha + mid + beta)
 
 @flow
 def idle() -> int:
@@ -765,12 +792,16 @@ def test_logging_in_with_a_token_then_retrying_a_failed_run_and_draining_a_worke
 #: Installed in every page before its scripts (CDP): the page's fetches counted, each
 #: settled one macrotask after its JSON was read (everything the page does with an
 #: answer is done then); with ``hold`` set, 300 ms timers (the runs page's debounced
-#: reload) are held until ``fire()``, as if the machine were too busy to run them.
+#: reload) are held until ``fire()``, as if the machine were too busy to run them; with
+#: ``maxLimit`` set, an API read asks for at most that many (``limit``), as if the
+#: API's most per read (1,000) were that small: what a page does past the API's most
+#: is seen with a few dozen runs rather than thousands; ``sessionStorage.hwFail`` fetches
+#: fail (as when the server is down), the first that many of the tab's.
 PAGE_HOOKS = """
 (() => {
   const realTimeout = window.setTimeout.bind(window);
   const realClear = window.clearTimeout.bind(window);
-  const hw = window.__hw = { hold: false, held: new Map(), pending: 0, settled: [] };
+  const hw = window.__hw = { hold: false, held: new Map(), pending: 0, settled: [], maxLimit: 0 };
   window.setTimeout = (fn, ms, ...args) => {
     if (!hw.hold || ms !== 300) return realTimeout(fn, ms, ...args);
     const id = realTimeout(() => {}, 3600000);
@@ -787,7 +818,19 @@ PAGE_HOOKS = """
   };
   const realFetch = window.fetch.bind(window);
   window.fetch = (input, init) => {
-    const url = String(input);
+    let url = String(input);
+    const failing = Number(sessionStorage.getItem("hwFail") || 0);
+    if (failing > 0) {  // as if the server were down (restarting): the fetch fails
+      sessionStorage.setItem("hwFail", String(failing - 1));
+      return Promise.reject(new TypeError("Failed to fetch"));
+    }
+    if (hw.maxLimit && url.startsWith("/api/")) {
+      const u = new URL(url, location.href);
+      if (Number(u.searchParams.get("limit")) > hw.maxLimit) {
+        u.searchParams.set("limit", String(hw.maxLimit));
+        input = url = u.pathname + u.search;
+      }
+    }
     hw.pending++;
     const done = () => realTimeout(() => { hw.pending--; hw.settled.push(url); }, 0);
     return realFetch(input, init).then((response) => {
@@ -895,12 +938,19 @@ def test_a_flow_name_with_repeated_spaces_filters_the_runs(trial: Trial) -> None
 
 def test_runs_loaded_with_load_more_stay_through_a_live_update(trial: Trial) -> None:
     """A live update read the first 50 again: what "Load more" added went, and the
-    page jumped up."""
+    page jumped up. Then past the API's most per read (1,000; here made 10): the list
+    shrank to the most one read returns. Load more keeps the keyboard's focus."""
+    from selenium.webdriver.common.keys import Keys
+
     browser = trial.browser
     browser.get(trial.url + "runs")
     wait(browser, lambda d: len(trial.rows()) == 50, "the first 50 runs")
-    click(browser, "#more")
-    wait(browser, lambda d: len(trial.rows()) > 50, "more runs")
+    browser.execute_script("window.__hw.maxLimit = 10")
+    browser.execute_script("document.getElementById('more').focus()")
+    css(browser, "#more")[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: len(trial.rows()) == 60, "10 more runs")
+    focused = browser.execute_script("return document.activeElement.id")
+    assert focused == "more", "Load more lost the focus"
     shown = len(trial.rows())
     browser.execute_script("window.scrollTo(0, document.documentElement.scrollHeight)")
     scrolled = browser.execute_script("return window.scrollY")
@@ -973,7 +1023,7 @@ def test_a_finished_run_without_logs_says_so(trial: Trial) -> None:
     logs_read = "return window.__hw.settled.filter((u) => u.includes('/logs?')).length"
     wait(browser, lambda d: d.execute_script(logs_read) >= 2, "the last read of the logs")
     trial.settled()
-    assert css(browser, "#logs")[0].text == "No log records."
+    assert css(browser, "#logs tbody")[0].text == "No log records."
 
 
 def test_bidirectional_controls_are_shown_as_escapes(trial: Trial) -> None:
@@ -1052,8 +1102,9 @@ def test_task_runs_and_graph_boxes_are_chosen_with_the_keyboard_and_pages_have_t
     assert browser.title == f"Run {run_id[:8]} ({long_flow}) · Headwater"
     # The page redraws its side panel as the run's events come (after the load): an
     # element found a moment ago may be gone (attr reads None then; a key press fails).
-    wait(browser, lambda d: attr(d, row, "tabindex") == "0", "a focusable task run row")
-    press(browser, row, Keys.ENTER, lambda d: text(d, "#side-title") == f"Task run {key}")
+    button = f'{row} button.key[data-key="{key}"]'  # the keyboard's way to a task run
+    wait(browser, lambda d: attr(d, button, "type") == "button", "the task run's button")
+    press(browser, button, Keys.ENTER, lambda d: text(d, "#side-title") == f"Task run {key}")
     # The focus is on the way back, also after any later redraw of the panel.
     wait(browser, lambda d: d.switch_to.active_element.get_attribute("id") == "back", "focus")
     node = f'#dag .node[data-node="{key}"]'
@@ -1078,3 +1129,348 @@ def test_an_unknown_page_is_styled_and_leads_back_to_the_runs(trial: Trial) -> N
     )
     click(browser, "main a[href='/runs']")
     wait(browser, lambda d: css(d, "#runs tr[data-run]"), "the runs page")
+
+
+# ---------------------------------------------------------------------------------
+# What an accessibility and scale trial found (on the shared server and browser).
+
+
+def _focused(browser: Any, script: str) -> Any:
+    """``script`` run with ``a`` the focused element (null: none but the body)."""
+    return browser.execute_script(
+        "const a = document.activeElement === document.body ? null : document.activeElement;"
+        + script
+    )
+
+
+def test_a_live_runs_list_keeps_the_focus_and_a_filter_select_is_arrowed_through(
+    trial: Trial,
+) -> None:
+    """The list was rewritten every second while a listed run ran: a focused run's
+    link lost the focus to the page. A filter's select redrew the page on ArrowDown
+    and the focus went with it, so the next ArrowDown did nothing; Back did not undo a
+    filter (replaceState)."""
+    from selenium.webdriver.common.keys import Keys
+
+    browser = trial.browser
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: len(trial.rows()) == 50, "the runs")
+    first = trial.rows()[0]  # an idle run: RUNNING, its duration counting up
+    link = f'tr[data-run="{first}"] a[href="/runs/{first}"]'
+    browser.execute_script(f"window.__link = document.querySelector('{link}'); __link.focus()")
+    cell = f'tr[data-run="{first}"] td[data-duration]'
+    before = text(browser, cell)
+    wait(browser, lambda d: text(d, cell) != before, "the duration to count up")
+    with Client(trial.address) as client:
+        new = client.run(trial.module.idle)  # a live update: a row added above
+    wait(browser, lambda d: trial.rows()[0] == new.id, "the live update")
+    trial.settled()
+    assert browser.execute_script("return document.activeElement === window.__link")
+    # The live region is there to say a run's new state (quietly: not each second).
+    assert attr(browser, "#announce", "aria-live") == "polite"
+    assert attr(browser, "#live", "role") == "status"
+
+    state = "#filters select[name=state]"
+    browser.execute_script(f"document.querySelector('{state}').focus()")
+    css(browser, state)[0].send_keys(Keys.ARROW_DOWN)
+    wait(browser, lambda d: d.current_url.endswith("/runs?state=RUNNING"), "the first state")
+    trial.settled()
+    assert _focused(browser, "return a && a.name") == "state"
+    css(browser, state)[0].send_keys(Keys.ARROW_DOWN)
+    wait(browser, lambda d: d.current_url.endswith("/runs?state=SUCCESS"), "the next state")
+    trial.settled()
+    assert _focused(browser, "return a && a.name") == "state"
+    browser.back()  # a filter is a step in the history
+    wait(browser, lambda d: d.current_url.endswith("/runs?state=RUNNING"), "Back")
+    wait(browser, lambda d: attr(d, state, "value") == "RUNNING", "the filter shown again")
+
+
+def test_a_running_runs_page_keeps_the_focus_and_says_what_changed(trial: Trial) -> None:
+    """A focused subflow link lost the focus ~80 ms into a running run's page (its
+    links were rewritten on every event); Cancel and Retry left the focus nowhere (the
+    button pressed is hidden after it). State changes are said in a live region."""
+    from selenium.webdriver.common.keys import Keys
+
+    browser = trial.browser
+    with Client(trial.address) as client:
+        parent = client.run(trial.module.held_parent, {"name": "focus-parent"})
+    browser.get(trial.url + f"runs/{parent.id}")
+    child = wait(browser, lambda d: attr(d, "#run-links a[data-child]", "data-child"), "child")
+    browser.execute_script("document.querySelector('#run-links a[data-child]').focus()")
+    meta = text(browser, "#run-meta")  # its duration counts up: redrawn every second
+    wait(browser, lambda d: text(d, "#run-meta") != meta, "a redraw of the run's head")
+    (Path(os.environ["HW_TEST_DIR"]) / "focus-parent").write_text("go")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the run's end")
+    trial.settled()
+    assert _focused(browser, "return a && a.dataset.child") == child
+    wait(browser, lambda d: "is SUCCESS" in text(d, "#announce"), "the state said")
+
+    with Client(trial.address) as client:
+        run = client.run(trial.module.held, {"name": "focus-retry"})
+    browser.get(trial.url + f"runs/{run.id}")
+    wait(browser, lambda d: attr(d, '#dag .node[data-node="hold"]', "data-state") == "RUNNING", "")
+    browser.execute_script("document.getElementById('cancel').focus()")
+    css(browser, "#cancel")[0].send_keys(Keys.ENTER)
+    browser.switch_to.alert.accept()
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "CANCELLED", "the cancel")
+    wait(browser, lambda d: _focused(d, "return a && a.id") == "retry", "the focus on Retry")
+    css(browser, "#retry")[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: attr(d, "#run-attempt", "data-attempt") == "2", "the retry")
+    wait(browser, lambda d: _focused(d, "return a && a.id") == "cancel", "the focus on Cancel")
+    (Path(os.environ["HW_TEST_DIR"]) / "focus-retry").write_text("go")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the run's end")
+    wait(browser, lambda d: _focused(d, "return a && a.id") == "run-title", "the focus")
+
+
+def test_task_runs_shown_past_the_apis_most_stay_and_show_more_keeps_the_focus(
+    trial: Trial,
+) -> None:
+    """A live update of the task runs list read at most 1,000 (here: the API's most
+    made 20): what "Show 200 more" had added went. "Show more" left the focus
+    nowhere; a focused task run keeps it through live redraws."""
+    from selenium.webdriver.common.keys import Keys
+
+    browser = trial.browser
+    with Client(trial.address) as client:
+        run = client.run(trial.module.many_held, {"n": 250, "name": "side-release"})
+    browser.get(trial.url + f"runs/{run.id}")
+    node = '#dag .node[data-node="noop"]'
+    wait(browser, lambda d: attr(d, node, "data-counts") == '{"SUCCESS":250}', "the 250 noops")
+    browser.execute_script("window.__hw.maxLimit = 20")
+    click(browser, node)
+    rows = "#task-runs tbody tr"
+    # (the list of every task run shows 200 too: waited for is the node's own)
+    wait(browser, lambda d: text(d, "#shown").startswith("200 of 250 shown"), "the first 200")
+    assert text(browser, "#side-title") == "Task runs of noop"
+    browser.execute_script("document.getElementById('more-tasks').focus()")
+    css(browser, "#more-tasks")[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: len(css(d, rows)) == 220, "20 more (the API's most here)")
+    assert _focused(browser, "return a && a.id") == "more-tasks"
+    key = 'button.key[data-key="noop[7]"]'
+    browser.execute_script(f"document.querySelector('#task-runs {key}').focus()")
+    (Path(os.environ["HW_TEST_DIR"]) / "side-release").write_text("go")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the run's end")
+    wait(browser, lambda d: text(d, "#live") == "ended", "the end of the stream")
+    trial.settled()
+    assert len(css(browser, rows)) == 220
+    assert _focused(browser, "return a && a.dataset.key") == "noop[7]"
+    # The graph's boxes: named with what they show, selection said, focus drawn apart
+    box = css(browser, node)[0]
+    assert box.get_attribute("aria-label") == "noop: 250 success"
+    assert box.get_attribute("aria-pressed") == "true"
+    assert attr(browser, '#dag .node[data-node="total"]', "aria-pressed") == "false"
+    ring = "return getComputedStyle(document.querySelector(arguments[0])).stroke"
+    assert browser.execute_script(ring, f"{node} rect.ring") == "none"
+    box.send_keys(Keys.SPACE)  # (a key: the focus is visible, as a keyboard user's is)
+    drawn = browser.execute_script(ring, f"{node} rect.ring")
+    assert drawn not in ("none", browser.execute_script(ring, f"{node} rect.box")), drawn
+    label = attr(browser, "#timeline", "aria-label") or ""
+    assert attr(browser, "#timeline", "role") == "img"
+    assert label.startswith("Timeline of 25") and "task runs list" in label, label
+
+
+def _luminance(rgb: str) -> float:
+    """WCAG 2.1's relative luminance of a CSS ``rgb(r, g, b)``."""
+    parts = rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")
+    r, g, b = (int(float(p)) / 255 for p in parts[:3])
+
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def _contrast(a: str, b: str) -> float:
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_text_and_controls_have_enough_contrast(trial: Trial) -> None:
+    """WCAG 1.4.3 (4.5:1 for text) and 1.4.11 (3:1 for controls and graph lines),
+    from the computed styles: SUCCESS badges were 3.30, SCHEDULED 2.56, muted text
+    4.499, field borders 1.36."""
+    browser = trial.browser
+    with Client(trial.address) as client:
+        client.deploy(trial.module.ui_demo)
+    browser.get(trial.url + "flows/ui_demo")
+    wait(browser, lambda d: len(css(d, "#dag .node")) == 3, "the flow's graph")
+    classes = [f"st st-{s}" for s in (
+        "SUCCESS", "CACHED", "RUNNING", "RETRYING", "SCHEDULED", "PENDING", "FAILED",
+        "TIMED_OUT", "TRIGGER_FAILED", "CANCELLED", "SKIPPED", "MAPPED", "online", "offline",
+        "late", "draining",
+    )] + ["muted", "waiting", "lvl-WARNING", "lvl-ERROR", "error"]  # fmt: skip
+    colours = browser.execute_script(
+        """
+        const out = {};
+        for (const c of arguments[0]) {
+          const el = document.createElement('span');
+          el.className = c; el.textContent = 'x';
+          document.getElementById('main').append(el);
+          const s = getComputedStyle(el);
+          const bg = s.backgroundColor === 'rgba(0, 0, 0, 0)'
+            ? getComputedStyle(document.body).backgroundColor : s.backgroundColor;
+          out[c] = [s.color, bg];
+          el.remove();
+        }
+        return out;
+        """,
+        classes,
+    )
+    low = {c: round(_contrast(*colours[c]), 2) for c in classes}
+    low = {c: r for c, r in low.items() if r < 4.5}
+    assert not low, f"text below 4.5:1: {low}"
+    white = "rgb(255, 255, 255)"
+    lines = browser.execute_script(
+        "const s = (q, p) => getComputedStyle(document.querySelector(q))[p];"
+        "return [s('#dag path.edge', 'stroke'), s('#dag rect.box', 'stroke')];"
+    )
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: trial.rows(), "the runs")
+    lines += browser.execute_script(
+        "return [getComputedStyle(document.querySelector('#filters select')).borderTopColor,"
+        " getComputedStyle(document.querySelector('#filters input')).borderTopColor]"
+    )
+    ratios = [round(_contrast(c, white), 2) for c in lines]
+    assert min(ratios) >= 3, dict(zip(("edge", "box", "select", "input"), ratios, strict=True))
+
+
+def test_narrow_windows_scroll_no_page_sideways_and_pages_say_what_they_are(
+    trial: Trial,
+) -> None:
+    """At 375 px (or 200% zoom) the header did not wrap (Audit and the live mark were
+    off the window) and /runs, a run's page, /workers and a flow's page scrolled
+    sideways. An unknown run or flow kept the section's title and had no h1; times
+    said no zone; parameters came in the stored map's order."""
+    browser = trial.browser
+    run_id = trial.runs["spoofed"]
+    with Client(trial.address) as client:
+        ordered = client.wait(client.run(trial.module.ordered).id)
+        client.deploy(trial.module.ui_demo)
+    browser.set_window_size(375, 800)
+    try:
+        wide = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        for path, ready in (
+            ("runs", "#runs tr[data-run]"),
+            (f"runs/{ordered.id}", '#task-runs tr[data-state="SUCCESS"]'),
+            ("workers", "#workers tr[data-worker]"),
+            ("flows/ui_demo", "#dag .node"),
+        ):
+            browser.get(trial.url + path)
+            wait(browser, lambda d, ready=ready: css(d, ready), path)
+            assert browser.execute_script(wide) <= 0, f"/{path} scrolls sideways"
+            right = browser.execute_script(
+                "return Math.max(...[...document.querySelectorAll('header a, #live')]"
+                ".map((e) => e.getBoundingClientRect().right))"
+            )
+            assert right <= 375, f"the header of /{path} is cut off at {right} px"
+    finally:
+        browser.set_window_size(1400, 1000)
+
+    browser.get(trial.url + f"runs/{ordered.id}")
+    wait(browser, lambda d: attr(d, "#run-state", "data-state") == "SUCCESS", "the run page")
+    assert "parameters: zeta = 1, alpha = 2, mid = 3, beta = 4" in text(browser, "#run-params")
+    wait(browser, lambda d: css(d, "#logs time[datetime]") or "No log" in text(d, "#logs"), "")
+    shown, plain, title = browser.execute_script(
+        "const t = document.querySelector('#run-meta time[datetime]');"
+        "return [t.textContent, new Date(t.dateTime).toLocaleString(), t.title];"
+    )
+    assert shown.startswith(plain) and len(shown) > len(plain), shown  # the zone named
+    assert ordered.created_at is not None and str(ordered.created_at.year) in title
+
+    for path in (f"runs/{run_id[:4]}nosuchrun", "flows/nosuchflow"):
+        browser.get(trial.url + path)
+        wait(browser, lambda d: css(d, "#main h1"), "the page")
+        assert text(browser, "#main h1") == "Not found"
+        assert browser.title == "Not found · Headwater"
+
+
+def test_actions_are_named_keep_the_focus_and_say_why_they_failed(trial: Trial) -> None:
+    """Pause and Drain were named only "Pause" and "Drain", the action column had an
+    empty head, and after a press the focus was nowhere; an action's error is an
+    alert. The page has a skip link."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser = trial.browser
+    with Client(trial.address) as client:
+        schedule = client.create_schedule(trial.module.idle, cron="0 0 1 1 *", name="yearly-focus")
+    browser.get(trial.url + "schedules")
+    button = f'tr[data-schedule="{schedule.id}"] button'
+    wait(browser, lambda d: css(d, button), "the schedule")
+    assert attr(browser, button, "aria-label") == "Pause schedule yearly-focus"
+    assert "Actions" in browser.execute_script(
+        "return document.querySelector('#schedules th:last-child').textContent"
+    )
+    browser.execute_script(f"document.querySelector('{button}').focus()")
+    css(browser, button)[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: attr(d, button, "data-action") == "resume", "the pause")
+    assert _focused(browser, "return a && a.getAttribute('aria-label')") == (
+        "Resume schedule yearly-focus"
+    )
+    with Client(trial.address) as client:
+        client.delete_schedule(schedule.id)
+    css(browser, button)[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: css(d, f'tr[data-schedule="{schedule.id}"] [role="alert"]'), "")
+
+    browser.get(trial.url + "workers")
+    drain = 'tr[data-worker="worker-a"] button'
+    wait(browser, lambda d: attr(d, drain, "data-action") == "drain", "the worker")
+    assert attr(browser, drain, "aria-label") == "Drain worker worker-a"
+    browser.execute_script(f"document.querySelector('{drain}').focus()")
+    css(browser, drain)[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: attr(d, drain, "data-action") == "resume", "the drain")
+    wait(browser, lambda d: _focused(d, "return a && a.dataset.action") == "resume", "focus")
+    css(browser, drain)[0].send_keys(Keys.ENTER)
+    wait(browser, lambda d: attr(d, drain, "data-action") == "drain", "the resume")
+    wait(browser, lambda d: _focused(d, "return a && a.dataset.action") == "drain", "focus")
+
+    browser.get(trial.url + f"runs/{trial.runs['spoofed']}")
+    wait(browser, lambda d: css(d, 'tr[data-key="spoof"]'), "the run page")
+    heads = [e.get_attribute("textContent") for e in css(browser, "#logs thead th[scope=col]")]
+    assert heads == ["Time", "Level", "Task run", "Message"]
+    ActionChains(browser).send_keys(Keys.TAB).perform()  # the first stop: the skip link
+    assert _focused(browser, "return a && a.textContent") == "Skip to content"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    assert _focused(browser, "return a && a.id") == "main"
+
+
+def test_a_page_whose_first_load_failed_loads_again(trial: Trial) -> None:
+    """A page whose first load failed (the server restarting) stayed "Failed to
+    fetch"; it is loaded again, with backoff."""
+    browser = trial.browser
+    browser.get(trial.url + "flows")
+    wait(browser, lambda d: css(d, "#flows"), "a page of the server")
+    browser.execute_script("sessionStorage.setItem('hwFail', '1')")
+    browser.get(trial.url + "runs")
+    wait(browser, lambda d: trial.rows(), "the runs, on the load after the failed one")
+    assert browser.execute_script("return sessionStorage.getItem('hwFail')") == "0"
+
+
+def test_the_logs_keep_the_newest_5000_records(trial: Trial) -> None:
+    """A followed run's logs were appended without end (6,864 rows after a minute)."""
+    browser = trial.browser
+    with Client(trial.address) as client:
+        run = client.wait(client.run(trial.module.chatter, {"n": 5050}).id)
+    browser.get(trial.url + f"runs/{run.id}")
+    wait(browser, lambda d: text(d, "#live") == "ended", "the end of the run's stream")
+
+    def read_all(d: Any) -> bool:
+        if "chatty line 5049" in d.execute_script(
+            "return document.querySelector('#logs tbody').textContent"
+        ):
+            return True
+        more = css(d, "#logs-more")
+        if more and more[0].is_displayed() and d.execute_script("return window.__hw.pending") == 0:
+            more[0].click()
+        return False
+
+    wait(browser, read_all, "every record read")
+    trial.settled()
+    rows = browser.execute_script(
+        "const r = document.querySelectorAll('#logs tbody tr[data-seq]');"
+        "return [r.length, r[0].textContent]"
+    )
+    assert rows[0] == 5000 and "chatty line 50\n" in rows[1] + "\n", rows
+    assert text(browser, "#logs-earlier").startswith("50 earlier records are not shown")
+    click(browser, "#logs-earlier button")
+    wait(browser, lambda d: "chatty line 0\n" in text(d, "#logs") + "\n", "the first records")

@@ -12,6 +12,8 @@ const GROUP_MIN = 10;       // identical sibling tasks drawn as one box from thi
 const DAGRE_MAX = 400;      // boxes laid out by dagre; more get a plain layered layout
 const SIDE_PAGE = 200;     // task runs the side panel lists at a time ("Show 200 more")
 const BIG_RUN = 1000;       // from this many task runs, the side panel lists only those
+const TASKS_MAX = 1000;     // the most one read of a run's task runs returns
+const LOGS_KEPT = 5000;     // log records the page holds (the newest)
 const NOTABLE = "FAILED,TIMED_OUT,TRIGGER_FAILED,CANCELLED,RUNNING,RETRYING,SCHEDULED";
 const main = () => document.getElementById("main");
 // The current page: what it must close when leaving it, and whether it is still the
@@ -47,8 +49,18 @@ function color(state) {
   return getComputedStyle(document.documentElement).getPropertyValue("--" + state).trim() || "#999";
 }
 function badge(state) { return `<span class="st st-${esc(state)}">${esc(state)}</span>`; }
-function fmtTime(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
-function fmtClock(t) { return t ? new Date(t * 1000).toLocaleTimeString() : ""; }
+// Times in the browser's time zone, named ("14:03:07 CET"): a bare local time was read
+// as the server's or UTC.
+function fmtTime(t) { return t ? new Date(t * 1000).toLocaleString(undefined, { timeZoneName: "short" }) : ""; }
+function fmtClock(t) { return t ? new Date(t * 1000).toLocaleTimeString(undefined, { timeZoneName: "short" }) : ""; }
+// A time for HTML: <time datetime=ISO> with the full date and zone in its title (a
+// log's or an attempt's clock time alone does not say which day it was).
+function timeHtml(t, clock = false) {
+  if (!t) return "";
+  const d = new Date(t * 1000);
+  const full = d.toLocaleString(undefined, { dateStyle: "full", timeStyle: "long" });
+  return `<time datetime="${d.toISOString()}" title="${esc(full)}">${esc(clock ? fmtClock(t) : fmtTime(t))}</time>`;
+}
 function fmtDur(s) {
   if (s === null || s === undefined) return "";
   if (s < 1) return `${Math.round(s * 1000)} ms`;
@@ -107,7 +119,73 @@ function paced(fn, least) {
   return ask;
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0) { super(message); this.status = status; }
+}
+
+// ------------------------------------------------------------ keyboard focus
+
+// Live pages redraw parts of themselves; a redraw must not take the keyboard's place
+// (WCAG 2.4.3): a focused link, button, row or field is found again in what was drawn,
+// by what identifies it (its id, or its own attributes inside the row of a run, task
+// run, worker, schedule, flow or audit entry), and focused again, a field with its
+// selection.
+const ROW_ATTRS = ["data-run", "data-key", "data-worker", "data-schedule", "data-node", "data-flow", "data-object"];
+const OWN_ATTRS = ["name", "href", "data-action", "data-key", "data-node", "data-child", "data-run"];
+function focusKey(root) {
+  const at = document.activeElement;
+  if (!at || at === document.body || !root || !root.contains(at)) return null;
+  const key = { at, selectors: [], selection: null };
+  if (typeof at.selectionStart === "number") {
+    try { key.selection = [at.selectionStart, at.selectionEnd, at.selectionDirection]; } catch { /* (a select) */ }
+  }
+  if (at.id) { key.selectors.push("#" + CSS.escape(at.id)); return key; }
+  const tag = at.tagName.toLowerCase();
+  const own = OWN_ATTRS.filter((a) => at.hasAttribute(a))
+    .map((a) => `[${a}="${CSS.escape(at.getAttribute(a))}"]`).join("");
+  const row = at.parentElement && at.parentElement.closest(ROW_ATTRS.map((a) => `[${a}]`).join(","));
+  let scope = "";
+  if (row && root.contains(row)) {
+    const a = ROW_ATTRS.find((n) => row.hasAttribute(n));
+    scope = `[${a}="${CSS.escape(row.getAttribute(a))}"] `;
+  }
+  if (own) key.selectors.push(scope + tag + own);
+  if (scope) key.selectors.push(scope + tag);  // (a Pause button that is now Resume)
+  return key;
+}
+function restoreFocus(root, key) {
+  if (!key || !root) return;
+  if (document.contains(key.at) && document.activeElement === key.at) return;
+  for (const selector of key.selectors) {
+    const again = root.querySelector(selector);
+    if (!again) continue;
+    again.focus({ preventScroll: true });
+    if (key.selection && typeof again.setSelectionRange === "function") {
+      try { again.setSelectionRange(...key.selection); } catch { /* (not a text field) */ }
+    }
+    return;
+  }
+}
+// Runs draw(), which replaces what root holds, keeping the focus in it.
+function keepFocus(root, draw) {
+  const key = focusKey(root);
+  const result = draw();
+  restoreFocus(root, key);
+  return result;
+}
+// Sets an element's HTML only when it changed (a live page rewrote the same links
+// every second, and a focused one lost the focus), keeping the focus.
+function setHtml(el, html) {
+  if (el.hwHtml === html) return;
+  el.hwHtml = html;
+  keepFocus(el, () => { el.innerHTML = html; });
+}
+// Said to screen readers, politely (the page's live region, #announce): a run's new
+// state, not each count.
+function announce(message) {
+  const region = document.getElementById("announce");
+  if (region && region.textContent !== message) region.textContent = message;
+}
 
 function toLogin() {
   location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
@@ -136,7 +214,7 @@ async function api(path, options = {}, renewed = false) {
       return api(path, options, true);
     }
   }
-  if (!response.ok) throw new ApiError(body.error || `${response.status} ${response.statusText}`);
+  if (!response.ok) throw new ApiError(body.error || `${response.status} ${response.statusText}`, response.status);
   return body;
 }
 
@@ -166,7 +244,13 @@ function navigate(url, replace = false) {
 }
 document.addEventListener("click", (e) => {
   const a = e.target.closest("a");
-  if (!a || a.target || e.ctrlKey || e.metaKey || e.shiftKey) return;
+  // (a link's own handler may have done what it does: "all task runs", "back")
+  if (!a || a.target || e.defaultPrevented || e.ctrlKey || e.metaKey || e.shiftKey) return;
+  if (a.classList.contains("skip")) {  // "Skip to content": the focus to the page's content
+    e.preventDefault();
+    main().focus();
+    return;
+  }
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin || url.pathname.startsWith("/api/")) return;
   e.preventDefault();
@@ -174,11 +258,19 @@ document.addEventListener("click", (e) => {
 });
 window.addEventListener("popstate", route);
 
+let routed = "";  // the path of the page shown (a filter's change keeps it)
+let tries = 0;  // loads of the page that failed in a row (the server unreachable)
 function route() {
   for (const fn of page.cleanup) fn();
   page.live = false;
   page = { cleanup: [], live: true };
-  document.getElementById("live").textContent = "";
+  const live = document.getElementById("live");
+  live.textContent = ""; live.className = "";
+  // The same page again (a filter chosen, Back to the previous filter): the control
+  // that had the focus has it again once the page is drawn (a select's ArrowDown
+  // chose the next option, and the next ArrowDown did nothing: the focus was gone).
+  const focus = location.pathname === routed ? focusKey(main()) : null;
+  routed = location.pathname;
   const path = location.pathname.replace(/\/+$/, "") || "/runs";
   const section = path.split("/")[1];
   for (const a of document.querySelectorAll("header nav a")) {
@@ -189,7 +281,7 @@ function route() {
     parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   } catch {  // a malformed percent-encoding (URIError): say so rather than load forever
     setTitle("Bad address");
-    main().innerHTML = `<p class="error">The address ${esc(location.pathname)} is not valid: it has a
+    main().innerHTML = `<h1>Bad address</h1><p class="error">The address ${esc(location.pathname)} is not valid: it has a
       malformed percent-encoding (a % not followed by the bytes of a character).</p>
       <p><a href="/runs">Go to the runs</a></p>`;
     return;
@@ -203,8 +295,29 @@ function route() {
   else if (parts[0] === "workers") render = workersPage;
   else if (parts[0] === "audit") render = auditPage;
   else render = runsPage;
-  render().catch((err) => {
-    main().innerHTML = `<p class="error">${esc(err.message)}</p>`;
+  const mine = page;
+  return render().then(() => { tries = 0; if (mine.live) restoreFocus(main(), focus); }, (err) => {
+    if (!mine.live) return;
+    // The server could not be reached (restarting) or could not answer now (5xx): the
+    // page is loaded again, after 1, 2, 4 ... at most 30 s (it stayed "Failed to fetch"
+    // while the live streams of a loaded page reconnected by themselves).
+    if (!(err instanceof ApiError) || err.status >= 500) {
+      const delay = Math.min(30, 2 ** tries++);
+      const timer = setTimeout(() => { if (mine.live) route(); }, delay * 1000);
+      mine.cleanup.push(() => clearTimeout(timer));
+      main().innerHTML = `<h1>Cannot load this page</h1><p class="error" role="alert">${esc(err.message)}:
+        trying again in ${delay} s.</p><p><button id="try-now">Try now</button></p>`;
+      document.getElementById("try-now").onclick = () => route();
+      return;
+    }
+    tries = 0;
+    if (err instanceof ApiError && err.status === 404) {  // an unknown run or flow
+      setTitle("Not found");
+      main().innerHTML = `<h1>Not found</h1><p class="error">${esc(err.message)}</p>
+        <p><a href="/runs">Go to the runs</a></p>`;
+      return;
+    }
+    main().innerHTML = `<h1>Something went wrong</h1><p class="error">${esc(err.message)}</p>`;
   });
 }
 
@@ -218,6 +331,7 @@ function failed(where, err) {
   if (!note) {
     note = document.createElement("span");
     note.className = "error action-error";
+    note.setAttribute("role", "alert");  // (said at once by a screen reader)
     where.after(note);
   }
   note.textContent = " " + printable(err.message);
@@ -248,15 +362,18 @@ async function runsPage() {
           `<option value="${v}" ${v === since ? "selected" : ""}>${l}</option>`).join("")}</select></label>
       <label>Schedule<input name="schedule" value="${esc(q.get("schedule") || "")}" placeholder="schedule id"></label>
     </form>
-    <table id="runs"><thead><tr><th>Run</th><th>Flow</th><th>State</th><th>Created</th>
-      <th>Duration</th><th>Origin</th><th>Message</th></tr></thead><tbody></tbody></table>
+    <div class="scroll-x"><table id="runs"><thead><tr><th scope="col">Run</th><th scope="col">Flow</th><th scope="col">State</th><th scope="col">Created</th>
+      <th scope="col">Duration</th><th scope="col">Origin</th><th scope="col">Message</th></tr></thead><tbody></tbody></table></div>
     <p><button id="more" hidden>Load more</button></p>`;
   const form = document.getElementById("filters");
-  form.addEventListener("change", () => {
+  const apply = () => {  // a filter is a step in the history: Back undoes it
     const params = new URLSearchParams();
     for (const [k, v] of new FormData(form)) if (v) params.set(k, v);
-    navigate("/runs" + (params.toString() ? "?" + params : ""), true);
-  });
+    const url = "/runs" + (params.toString() ? "?" + params : "");
+    if (url !== location.pathname + location.search) navigate(url);
+  };
+  form.addEventListener("change", apply);
+  form.addEventListener("submit", (e) => { e.preventDefault(); apply(); });  // (Enter)
   let shown = [];
   let next = "";
   const query = (before, limit = RUNS_PAGE) => {
@@ -267,43 +384,105 @@ async function runsPage() {
     if (before) params.set("before", before);
     return "/api/runs?" + params;
   };
-  const draw = () => {
-    const x = window.scrollX, y = window.scrollY;  // where the user scrolled to stays
-    document.querySelector("#runs tbody").innerHTML = shown.map((r) => `
-      <tr data-run="${esc(r.id)}" data-state="${esc(r.state)}">
-        <td class="mono"><a href="/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td>
+  const tbody = document.querySelector("#runs tbody");
+  const rowHtml = (r) => `<td class="mono"><a href="/runs/${esc(r.id)}">${esc(r.id.slice(0, 8))}</a></td>
         <td><span class="clip" title="${esc(r.flow_name)}">${esc(r.flow_name)}</span> <span class="muted">v${esc(r.flow_version)}</span></td>
         <td>${badge(r.state)}${r.late ? ` <span class="st st-late" title="${esc(r.late_reason)}">late</span>` : ""}${
-          r.attempt > 1 ? ` <span class="muted">attempt ${r.attempt}</span>` : ""}</td><td>${esc(fmtTime(r.created_at))}</td>
-        <td data-duration>${esc(fmtDur(runDuration(r)))}</td>
+          r.attempt > 1 ? ` <span class="muted">attempt ${r.attempt}</span>` : ""}</td><td>${timeHtml(r.created_at)}</td>
+        <td data-duration></td>
         <td>${r.schedule_id ? `schedule <a href="/runs?schedule=${esc(r.schedule_id)}">${esc(r.schedule_id.slice(0, 8))}</a>` : ""}</td>
-        <td class="muted wrap">${esc(r.message)}</td></tr>`).join("")
-      || `<tr><td colspan="7" class="muted">No runs.</td></tr>`;
+        <td class="muted wrap">${esc(r.message)}</td>`;
+  // The rows by run id: a live update rewrites only the rows of runs that changed and
+  // adds the new ones in place (rewriting 2,000 rows every second kept the page busy,
+  // and took the focus off a run's link).
+  const rows = new Map();
+  const durations = () => {
+    for (const r of shown) {
+      const cell = rows.get(r.id)?.hwDuration;
+      const d = fmtDur(runDuration(r));
+      if (cell && cell.textContent !== d) cell.textContent = d;
+    }
+  };
+  const draw = () => {
+    const x = window.scrollX, y = window.scrollY;  // where the user scrolled to stays
+    const key = focusKey(tbody);
+    const seen = new Set();
+    let at = tbody.firstElementChild;
+    for (const r of shown) {
+      const html = rowHtml(r);
+      let tr = rows.get(r.id);
+      seen.add(r.id);
+      if (!tr || tr.hwHtml !== html) {
+        const fresh = document.createElement("tr");
+        fresh.dataset.run = r.id;
+        fresh.innerHTML = html;
+        fresh.hwHtml = html;
+        fresh.hwDuration = fresh.querySelector("[data-duration]");
+        if (tr) tr.replaceWith(fresh);
+        if (at === tr) at = fresh;
+        rows.set(r.id, tr = fresh);
+      }
+      tr.dataset.state = r.state;
+      if (tr === at) at = at.nextElementSibling;
+      else tbody.insertBefore(tr, at);  // (only rows out of place move: a move blurs)
+    }
+    for (const [id, tr] of rows) if (!seen.has(id)) { tr.remove(); rows.delete(id); }
+    tbody.querySelector("tr.empty")?.remove();
+    if (!shown.length) tbody.innerHTML = `<tr class="empty"><td colspan="7" class="muted">No runs.</td></tr>`;
+    durations();
+    restoreFocus(tbody, key);
     const more = document.getElementById("more");
     more.hidden = !next;
     window.scrollTo(x, y);
   };
-  // As many runs as are shown: a live update keeps what "Load more" added.
-  const load = async () => {
-    const body = await api(query("", Math.min(RUNS_MAX, Math.max(RUNS_PAGE, shown.length))));
-    if (!mine.live) return;
-    shown = body.runs; next = body.next; draw();
+  // What changed state is said (politely) to a screen reader: one run by name, or how
+  // many; never each second's durations.
+  const told = new Map();
+  const tell = () => {
+    const changed = shown.filter((r) => told.has(r.id) && told.get(r.id) !== r.state);
+    for (const r of shown) told.set(r.id, r.state);
+    if (changed.length === 1) announce(`Run ${changed[0].id.slice(0, 8)} (${changed[0].flow_name}) is ${changed[0].state}`);
+    else if (changed.length > 1) announce(`${changed.length} runs changed state`);
   };
-  document.getElementById("more").onclick = async () => {
-    const body = await api(query(next));
-    if (!mine.live) return;
-    shown = shown.concat(body.runs); next = body.next; draw();
+  // As many runs as are shown, read in pages of the most one read returns: a live
+  // update keeps what "Load more" added (past 1,000 the list shrank to 1,000).
+  const load = async () => {
+    const want = Math.max(RUNS_PAGE, shown.length);
+    let got = [], before = "";
+    do {
+      const body = await api(query(before, Math.min(RUNS_MAX, want - got.length)));
+      if (!mine.live) return;
+      got = got.concat(body.runs); before = body.next;
+    } while (before && got.length < want);
+    shown = got; next = before; draw(); tell();
+  };
+  const more = document.getElementById("more");
+  more.onclick = async () => {
+    let added = null;
+    more.disabled = true;
+    try {
+      const body = await api(query(next));
+      if (!mine.live) return;
+      shown = shown.concat(body.runs); next = body.next; draw();
+      for (const r of body.runs) told.set(r.id, r.state);
+      added = body.runs.length ? body.runs[0].id : null;
+    } catch (err) { failed(more, err); }
+    more.disabled = false;
+    // The focus stays on the button (disabled meanwhile: the focus was gone) or, with
+    // no more to load, goes to the first run it added.
+    if (!more.hidden) more.focus({ preventScroll: true });
+    else if (added) rows.get(added)?.querySelector("a")?.focus({ preventScroll: true });
   };
   await load();
   follow("/api/runs/events", { runs: debounce(load, 300) });
-  every(1000, () => { if (shown.some((r) => !TERMINAL.has(r.state))) draw(); });
+  every(1000, () => { if (shown.some((r) => !TERMINAL.has(r.state))) durations(); });
 }
 
 // ---------------------------------------------------------------------- run
 
 async function runPage(runId) {
   const state = { data: null, selectedNode: null, selectedKey: null, waiting: {},
-    logsAfter: 0, logsEnded: false };
+    logsAfter: 0, logsDropped: 0, logsEnded: false };
   const mine = page;
   state.data = await api(`/api/runs/${encodeURIComponent(runId)}`);
   if (!mine.live) return;
@@ -312,7 +491,7 @@ async function runPage(runId) {
   runId = run.id;
   setTitle(`Run ${run.id.slice(0, 8)} (${run.flow_name})`);
   main().innerHTML = `
-    <div class="run-head"><h1 id="run-title"></h1><span id="run-state"></span>
+    <div class="run-head"><h1 id="run-title" tabindex="-1"></h1><span id="run-state"></span>
       <span id="run-late" hidden></span>
       <button id="cancel" class="danger" hidden>Cancel run</button>
       <button id="retry" hidden title="run it again from its failure: what succeeded is kept">Retry</button></div>
@@ -326,7 +505,7 @@ async function runPage(runId) {
         <div class="legend">${STATES.filter((s) => s !== "MAPPED").map((s) =>
           `<span><i style="background:${color(s)}"></i>${s}</span>`).join("")}</div>
         <h2>Timeline</h2>
-        <div id="timeline-wrap"><canvas id="timeline" height="160"></canvas><div id="tip"></div></div>
+        <div id="timeline-wrap"><canvas id="timeline" height="160" role="img" aria-label="Timeline of the task runs"></canvas><div id="tip"></div></div>
       </div>
       <div>
         <h2 id="side-title">Task runs</h2>
@@ -334,18 +513,33 @@ async function runPage(runId) {
       </div>
     </div>
     <h2>Logs <span class="muted" id="logs-scope"></span></h2>
-    <div class="logs" id="logs"><table><tbody></tbody></table></div>
+    <p class="muted" id="logs-earlier" hidden><span></span> <button>Show from the first</button></p>
+    <div class="logs" id="logs"><table><thead class="visually-hidden"><tr><th scope="col">Time</th><th scope="col">Level</th>
+      <th scope="col">Task run</th><th scope="col">Message</th></tr></thead><tbody></tbody></table></div>
     <p><button id="logs-more" hidden>Load more</button></p>`;
+  // After Cancel or Retry the button pressed is hidden: the focus goes to the other one
+  // (Retry on the cancelled run, Cancel on the run running again), else the title.
+  const focusHead = () => {
+    const to = ["retry", "cancel", "run-title"].map((id) => document.getElementById(id))
+      .find((el) => el && !el.hidden);
+    to?.focus();
+  };
   document.getElementById("cancel").onclick = async (e) => {
     if (!confirm("Cancel this run?")) return;
-    try { await api(`/api/runs/${runId}/cancel`, { method: "POST", body: {} }); }
-    catch (err) { failed(e.target, err); }
+    try {
+      const body = await api(`/api/runs/${runId}/cancel`, { method: "POST", body: {} });
+      if (!mine.live) return;
+      if (body.run) { state.data.run = { ...state.data.run, ...body.run }; drawRunHead(state); }
+      if (e.target.hidden) focusHead();
+    } catch (err) { failed(e.target, err); }
   };
   document.getElementById("retry").onclick = async (e) => {
     e.target.disabled = true;
     try {
       await api(`/api/runs/${runId}/retry`, { method: "POST", body: {} });
-      route();  // the run runs again: read it anew and follow its new attempt live
+      if (!mine.live) return;
+      await route();  // the run runs again: read it anew and follow its new attempt live
+      focusHead();
     } catch (err) { e.target.disabled = false; failed(e.target, err); }
   };
   drawRunHead(state);
@@ -377,47 +571,66 @@ async function runPage(runId) {
 }
 
 // The run's parameters as the server describes them (a json value's preview, else its
-// encoding and size: the server never decodes a value).
-function params(run) {
-  const shown = Object.entries(run.parameters || {}).map(([name, v]) =>
-    `${esc(name)} = <code>${esc(v.preview || `${v.encoding}, ${fmtBytes(v.size_bytes)}`)}</code>`);
+// encoding and size: the server never decodes a value), in the flow's declared order
+// (then any others by name): the stored map's order changed between loads.
+function params(run, graph) {
+  const given = run.parameters || {};
+  const declared = ((graph && graph.parameters) || []).filter((n) => n in given);
+  const rest = Object.keys(given).filter((n) => !declared.includes(n)).sort();
+  const shown = [...declared, ...rest].map((name) => {
+    const v = given[name];
+    return `${esc(name)} = <code>${esc(v.preview || `${v.encoding}, ${fmtBytes(v.size_bytes)}`)}</code>`;
+  });
   return shown.length ? ` <span id="run-params">parameters: ${shown.join(", ")}</span>` : "";
 }
 
 function drawRunHead(state) {
   const { run, totals } = state.data;
-  document.getElementById("run-title").textContent = `${run.flow_name} v${run.flow_version}`;
-  document.getElementById("run-state").innerHTML = badge(run.state);
-  document.getElementById("run-state").dataset.state = run.state;
-  document.getElementById("cancel").hidden = !CAN_OPERATE || TERMINAL.has(run.state);
-  document.getElementById("retry").hidden = !CAN_OPERATE || !RETRYABLE.has(run.state);
+  const title = `${run.flow_name} v${run.flow_version}`;
+  const head = document.getElementById("run-title");
+  if (head.textContent !== title) head.textContent = title;
+  const stateEl = document.getElementById("run-state");
+  setHtml(stateEl, badge(run.state));
+  // A state change is said to a screen reader (not the first drawing: the page says it).
+  if (stateEl.dataset.state && stateEl.dataset.state !== run.state) {
+    announce(`Run ${run.id.slice(0, 8)} is ${run.state}`);
+  }
+  stateEl.dataset.state = run.state;
+  const cancel = document.getElementById("cancel"), retry = document.getElementById("retry");
+  const had = document.activeElement;
+  cancel.hidden = !CAN_OPERATE || TERMINAL.has(run.state);
+  retry.hidden = !CAN_OPERATE || !RETRYABLE.has(run.state);
+  // The focused button went (the run ended): the focus to the one shown, or the title.
+  if ((had === cancel && cancel.hidden) || (had === retry && retry.hidden)) {
+    (!retry.hidden ? retry : !cancel.hidden ? cancel : head).focus();
+  }
   const late = document.getElementById("run-late");
   late.hidden = !run.late;
-  late.innerHTML = run.late ? `<span class="st st-late" title="${esc(fmtTime(run.late_at))}">late</span> ${esc(run.late_reason)}` : "";
+  setHtml(late, run.late ? `<span class="st st-late" title="${esc(fmtTime(run.late_at))}">late</span> ${esc(run.late_reason)}` : "");
   const result = run.result ? `<span id="run-result">result ${esc(fmtBytes(run.result.size_bytes))}: <code>${
     esc(run.result.preview || run.result.encoding)}</code></span>` : "";
-  document.getElementById("run-meta").innerHTML = `<span class="mono">${esc(run.id)}</span>
+  setHtml(document.getElementById("run-meta"), `<span class="mono">${esc(run.id)}</span>
     <span id="run-attempt" data-attempt="${run.attempt}">attempt ${run.attempt}${
       run.attempts.length > 1 ? ` of ${run.attempts.length}` : ""}</span>
-    <span>created ${esc(fmtTime(run.created_at))}</span>
+    <span>created ${timeHtml(run.created_at)}</span>
     <span>duration ${esc(fmtDur(runDuration(run)))}</span>
-    ${run.message ? `<span>${esc(run.message)}</span>` : ""}${result}${params(run)}`;
+    ${run.message ? `<span>${esc(run.message)}</span>` : ""}${result}${params(run, state.data.graph)}`);
   const links = [];
   if (run.schedule_id) links.push(`created by schedule <a href="/runs?schedule=${esc(run.schedule_id)}">${esc(run.schedule_id)}</a>`);
   if (run.parent_run_id) links.push(`subflow of <a href="/runs/${esc(run.parent_run_id)}">${esc(run.parent_run_id.slice(0, 8))}</a>`);
   for (const child of run.child_runs || []) {
     links.push(`subflow <a href="/runs/${esc(child.id)}" data-child="${esc(child.id)}">${esc(child.flow_name)} ${esc(child.id.slice(0, 8))}</a> ${badge(child.state)}`);
   }
-  document.getElementById("run-links").innerHTML = links.map((l) => `<div>${l}</div>`).join("");
+  setHtml(document.getElementById("run-links"), links.map((l) => `<div>${l}</div>`).join(""));
   // Who did what to this run (the audit log: created, cancelled, retried), oldest first.
-  document.getElementById("run-audit").innerHTML = (run.audit || []).map((a) =>
-    `<div data-audit="${esc(a.action)}">${esc(fmtTime(a.at))} · ${esc(a.action)} by <b>${esc(a.actor)}</b>${
-      a.detail ? ` <span class="muted">(${esc(a.detail)})</span>` : ""}</div>`).join("");
+  setHtml(document.getElementById("run-audit"), (run.audit || []).map((a) =>
+    `<div data-audit="${esc(a.action)}">${timeHtml(a.at)} · ${esc(a.action)} by <b>${esc(a.actor)}</b>${
+      a.detail ? ` <span class="muted">(${esc(a.detail)})</span>` : ""}</div>`).join(""));
   const total = Object.values(totals).reduce((a, b) => a + b, 0);
   const done = Object.entries(totals).filter(([s]) => !["RUNNING", "RETRYING", "SCHEDULED", "PENDING"].includes(s))
     .reduce((a, [, n]) => a + n, 0);
-  document.getElementById("totals").innerHTML = `<span data-total="${total}">${done} of ${total} task runs done</span>` +
-    Object.entries(totals).map(([s, n]) => `<span class="st st-${s}" data-count="${s}">${n} ${s}</span>`).join("");
+  setHtml(document.getElementById("totals"), `<span data-total="${total}">${done} of ${total} task runs done</span>` +
+    Object.entries(totals).map(([s, n]) => `<span class="st st-${s}" data-count="${s}">${n} ${s}</span>`).join(""));
 }
 
 // ---------------------------------------------------------------------- DAG
@@ -515,12 +728,12 @@ function drawDag(state, onSelect) {
   };
   el.innerHTML = `<svg width="${w}" height="${h}" xmlns="http://www.w3.org/2000/svg">
     <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto">
-      <path d="M0,0 L10,5 L0,10 z" fill="#94a3b8"/></marker></defs>
+      <path d="M0,0 L10,5 L0,10 z" fill="#64748b"/></marker></defs>
     ${edges.map((e) => `<path class="edge" d="${line(e)}" marker-end="url(#arrow)"/>`).join("")}
     ${boxes.map((b) => {
       const p = pos[b.id];
-      return `<g class="node" tabindex="0" role="button" aria-label="${esc(b.name)}" data-node="${esc(b.id)}" transform="translate(${p.x - W / 2},${p.y - H / 2})">
-        <rect class="box" width="${W}" height="${H}"/><g class="bar"></g>
+      return `<g class="node" tabindex="0" role="button" aria-pressed="false" aria-label="${esc(b.name)}" data-node="${esc(b.id)}" transform="translate(${p.x - W / 2},${p.y - H / 2})">
+        <rect class="ring" x="-4" y="-4" width="${W + 8}" height="${H + 8}"/><rect class="box" width="${W}" height="${H}"/><g class="bar"></g>
         <text x="8" y="17">${esc(b.name.length > 22 ? b.name.slice(0, 21) + "…" : b.name)}${b.group ? ` ×${b.members.length}` : ""}</text>
         <text class="sub" x="8" y="33"></text></g>`;
     }).join("")}</svg>`;
@@ -544,13 +757,21 @@ function updateDag(state) {
     const total = Object.values(c).reduce((a, n) => a + n, 0);
     const s = total ? mainState(c) : "PENDING";
     g.dataset.state = s;
-    g.classList.toggle("selected", state.selectedNode === b.id);
-    g.querySelector("rect.box").style.stroke = color(s);
+    const selected = state.selectedNode === b.id;
+    g.classList.toggle("selected", selected);
+    g.setAttribute("aria-pressed", String(selected));
+    // (a box with nothing run yet, or only pending, keeps the plain border: PENDING's
+    // pale grey is too faint against white to see the box by)
+    g.querySelector("rect.box").style.stroke = total && s !== "PENDING" ? color(s) : "";
     const many = b.mapped || b.group || total > 1;
-    g.querySelector("text.sub").textContent = !total ? "not started"
+    const sub = !total ? "not started"
       // In the legend's order, not the order the store returned the task runs in.
       : many ? STATES.filter((k) => c[k]).map((k) => `${c[k]} ${k.toLowerCase()}`).join(", ")
         : s.toLowerCase();
+    g.querySelector("text.sub").textContent = sub;
+    // Its name for a screen reader: what the box shows, counts too (the name alone hid them).
+    const label = `${b.name}${b.group ? ` ×${b.members.length}` : ""}: ${sub}`;
+    if (g.getAttribute("aria-label") !== label) g.setAttribute("aria-label", label);
     g.dataset.counts = JSON.stringify(c);
     let x = 0, bars = "";
     for (const st of STATES) {
@@ -566,17 +787,10 @@ function updateDag(state) {
 // ----------------------------------------------------------- side: task runs
 
 // Replace a panel's content keeping the keyboard's place: the element focused in it
-// (by its id, or a task run's row by its key) has the focus again after the redraw. A
-// live update redrew the side panel and the focus went back to the page's top.
+// has the focus again after the redraw (focusKey). A live update redrew the side panel
+// and the focus went back to the page's top.
 function redraw(panel, html) {
-  const at = document.activeElement;
-  const inside = at && at !== panel && panel.contains(at);
-  const id = inside ? at.id : "", key = inside ? at.getAttribute("data-key") : null;
-  panel.innerHTML = html;
-  if (!inside) return;
-  const again = id ? document.getElementById(id)
-    : key !== null ? panel.querySelector(`tr[data-key="${CSS.escape(key)}"]`) : null;
-  if (again) again.focus();
+  keepFocus(panel, () => { panel.innerHTML = html; });
 }
 
 async function drawSide(state, waitingOnly = false) {
@@ -602,11 +816,18 @@ async function drawSide(state, waitingOnly = false) {
   } else if (!members) {
     base = `/api/runs/${runId}/tasks?${notable ? "state=" + NOTABLE : ""}`;
   }
-  if (base) {  // as many as were shown before a reload (up to the API's 1000 at once)
-    // (+1: a mapped task's list holds its parent, which is not shown)
-    const limit = Math.min(1000, Math.max(SIDE_PAGE + 1, state.sideShown || 0));
-    const body = await api(`${base}&limit=${limit}`);
-    taskRuns = body.task_runs; total = body.total; fetched = taskRuns.length;
+  if (base) {
+    // As many as were shown before a reload, in reads of at most the API's 1,000 (one
+    // read of 1,000 dropped what "Show 200 more" had added past it). (+1: a mapped
+    // task's list holds its parent, which is not shown.)
+    const want = Math.max(SIDE_PAGE + 1, state.sideShown || 0);
+    for (;;) {
+      const limit = Math.min(TASKS_MAX, want - taskRuns.length);
+      const body = await api(`${base}&offset=${taskRuns.length}&limit=${limit}`);
+      taskRuns = taskRuns.concat(body.task_runs); total = body.total;
+      if (!body.task_runs.length || taskRuns.length >= Math.min(want, total)) break;
+    }
+    fetched = taskRuns.length;
   } else {
     const body = await api(`/api/runs/${runId}/tasks?limit=${SIDE_PAGE}`);
     const wanted = new Set(members);
@@ -619,16 +840,18 @@ async function drawSide(state, waitingOnly = false) {
   total -= parents;
   const row = (t) => {
     const waiting = state.waiting[`${runId}/${t.key}`] || t.waiting;
-    return `<tr class="clickable" tabindex="0" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
-      <td class="wrap">${esc(t.key)}${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
+    // (the key is a button: the keyboard's way to the task run, named by its key)
+    return `<tr class="clickable" data-key="${esc(t.key)}" data-state="${esc(t.state)}">
+      <td class="wrap"><button type="button" class="key" data-key="${esc(t.key)}">${esc(t.key)}</button>${t.failure && BAD.has(t.state) ? `<div class="error">${esc(t.failure.type)}: ${esc(t.failure.message)}</div>` : ""}
         ${waiting ? `<div class="waiting">${esc(waiting)}</div>` : ""}</td>
       <td>${badge(t.state)}</td><td>${t.attempts}</td><td>${esc(fmtDur(t.duration))}</td>
       <td>${esc(t.worker)}</td></tr>`;
   };
   title.textContent = box ? `Task runs of ${box.name}` : "Task runs";
+  const focus = focusKey(side);
   redraw(side, `${box ? `<p><a href="#" id="all-tasks">all task runs</a></p>` : ""}
     ${notable ? `<p class="muted">${runSize} task runs: failed, running and waiting ones are listed; select a task in the graph for its runs.</p>` : ""}
-    <table id="task-runs"><thead><tr><th>Task run</th><th>State</th><th>Tries</th><th>Duration</th><th>Worker</th></tr></thead>
+    <table id="task-runs"><thead><tr><th scope="col">Task run</th><th scope="col">State</th><th scope="col">Tries</th><th scope="col">Duration</th><th scope="col">Worker</th></tr></thead>
     <tbody>${taskRuns.map(row).join("")}</tbody></table>
     <p class="muted" id="shown"></p>`);
   let listed = taskRuns.length;
@@ -648,10 +871,16 @@ async function drawSide(state, waitingOnly = false) {
         state.sideShown = fetched;
         if (!body.task_runs.length) total = listed;  // (the run changed meanwhile)
         shownLine();
+        // The focus (gone with the button) to the next "Show more", else the first
+        // task run it added.
+        const again = document.getElementById("more-tasks");
+        if (again) again.focus({ preventScroll: true });
+        else if (rows.length) side.querySelector(`button.key[data-key="${CSS.escape(rows[0].key)}"]`)?.focus();
       } catch (err) { button.disabled = false; failed(button, err); }
     };
   };
   shownLine();
+  restoreFocus(side, focus);  // (a focused "Show more" is drawn again by shownLine)
   const select = async (tr, keyboard) => {
     state.selectedKey = tr.dataset.key;
     loadLogs(runId, state, true);
@@ -695,9 +924,9 @@ async function drawTask(state, side, title) {
         <pre class="result">${esc(t.result.preview || "(not shown: the server does not decode " + t.result.encoding + ")")}</pre></dd>` : ""}
     </dl>
     <h2>Attempts</h2>
-    <table id="attempts"><thead><tr><th>#</th><th>State</th><th>Started</th><th>Duration</th></tr></thead><tbody>
+    <table id="attempts"><thead><tr><th scope="col">#</th><th scope="col">State</th><th scope="col">Started</th><th scope="col">Duration</th></tr></thead><tbody>
       ${t.attempt_list.map((a) => `<tr data-attempt="${a.number}"><td>${a.number}</td><td>${badge(a.state)}</td>
-        <td>${esc(fmtClock(a.started_at || a.scheduled_at))}</td><td>${esc(fmtDur(a.duration))}</td></tr>
+        <td>${timeHtml(a.started_at || a.scheduled_at, true)}</td><td>${esc(fmtDur(a.duration))}</td></tr>
         ${a.failure ? `<tr><td></td><td colspan="3">${failure(a.failure)}</td></tr>` : ""}`).join("")}
     </tbody></table>`);
   document.getElementById("back").onclick = (e) => {
@@ -742,9 +971,13 @@ async function loadTimeline(runId, state) {
       }
       if (label) { ctx.fillStyle = "#1d2430"; ctx.fillText(key.length > 22 ? key.slice(0, 21) + "…" : key, 4, y + rowH - 3); }
     });
-    ctx.fillStyle = "#6a7383";
+    ctx.fillStyle = "#5b6472";  // (--muted)
     ctx.fillText(`${fmtDur(span)} from ${fmtClock(t0)}`, label + 2, height - 6);
     canvas.dataset.rows = String(rows.length);
+    // (a picture: its name says what it shows, and where the same is said in words)
+    const name = rows.length ? `Timeline of ${rows.length} task run${rows.length === 1 ? "" : "s"} over ${
+      fmtDur(span)} from ${fmtClock(t0)}; the task runs list beside it has each one` : "Timeline: no task run has started";
+    if (canvas.getAttribute("aria-label") !== name) canvas.setAttribute("aria-label", name);
     if (rows.length) performance.mark("headwater:timeline-drawn");
   };
   const load = async () => {
@@ -788,16 +1021,33 @@ function loadLogs(runId, state, reset) {
 async function readLogs(runId, state, reset) {
   const body = document.querySelector("#logs tbody");
   if (!body) return;
-  if (reset) { state.logsAfter = 0; body.innerHTML = ""; }
+  if (reset) { state.logsAfter = 0; state.logsDropped = 0; body.innerHTML = ""; }
   const scope = state.selectedKey ? `key=${encodeURIComponent(state.selectedKey)}` : "";
   document.getElementById("logs-scope").textContent = state.selectedKey ? `of ${state.selectedKey}` : "of every task run";
   const page = await api(`/api/runs/${runId}/logs?after=${state.logsAfter}&limit=1000&${scope}`);
   const box = document.getElementById("logs");
   const atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
   body.insertAdjacentHTML("beforeend", page.entries.map((e) => `<tr data-seq="${e.seq}">
-    <td class="mono muted">${esc(fmtClock(e.at))}</td><td class="lvl-${esc(e.level)}">${esc(e.level)}</td>
+    <td class="mono muted">${timeHtml(e.at, true)}</td><td class="lvl-${esc(e.level)}">${esc(e.level)}</td>
     <td class="mono wrap">${esc(e.key)}${e.attempt > 1 ? ` #${e.attempt}` : ""}</td><td><pre>${esc(e.message)}</pre></td></tr>`).join(""));
   state.logsAfter = page.next;
+  // The newest LOGS_KEPT records stay: a followed chatty run added rows without end
+  // (6,864 after a minute) and the page slowed down. What went is said, with a way to
+  // its start.
+  const records = body.querySelectorAll("tr[data-seq]");
+  if (records.length > LOGS_KEPT) {
+    const height = box.scrollHeight;
+    for (let i = 0; i < records.length - LOGS_KEPT; i++) records[i].remove();
+    state.logsDropped += records.length - LOGS_KEPT;
+    if (!atEnd) box.scrollTop -= height - box.scrollHeight;  // (the lines read stay put)
+  }
+  const earlier = document.getElementById("logs-earlier");
+  earlier.hidden = !state.logsDropped;
+  if (state.logsDropped) {
+    earlier.querySelector("span").textContent = `${state.logsDropped.toLocaleString("en")} earlier records are not shown (the page keeps the newest ${
+      LOGS_KEPT.toLocaleString("en")}; headwater runs logs ${runId} prints them all).`;
+    earlier.querySelector("button").onclick = () => loadLogs(runId, state, true);
+  }
   if (atEnd) box.scrollTop = box.scrollHeight;
   const more = document.getElementById("logs-more");
   more.hidden = !page.more;
@@ -813,11 +1063,11 @@ async function readLogs(runId, state, reset) {
 
 async function flowsPage() {
   const { flows } = await api("/api/flows");
-  main().innerHTML = `<h1>Flows</h1><table id="flows"><thead><tr><th>Flow</th><th>Versions</th><th>Value-dependent builds</th><th>Runs</th></tr></thead><tbody>
+  main().innerHTML = `<h1>Flows</h1><div class="scroll-x"><table id="flows"><thead><tr><th scope="col">Flow</th><th scope="col">Versions</th><th scope="col">Value-dependent builds</th><th scope="col">Runs</th></tr></thead><tbody>
     ${flows.map((f) => `<tr data-flow="${esc(f.name)}"><td class="wrap"><a href="/flows/${encodeURIComponent(f.name)}">${esc(f.name)}</a></td>
       <td>${f.versions.map((v) => `<a href="/flows/${encodeURIComponent(f.name)}?version=${encodeURIComponent(v)}">v${esc(v)}</a>`).join(" ")}</td>
       <td>${f.value_dependent_graphs}</td><td><a href="/runs?flow=${encodeURIComponent(f.name)}">runs</a></td></tr>`).join("")
-      || `<tr><td colspan="4" class="muted">No flows registered.</td></tr>`}</tbody></table>`;
+      || `<tr><td colspan="4" class="muted">No flows registered.</td></tr>`}</tbody></table></div>`;
 }
 
 async function flowPage(name) {
@@ -831,11 +1081,11 @@ async function flowPage(name) {
      · <a href="/runs?flow=${encodeURIComponent(name)}">runs of this flow</a></p>
     ${graph.description ? `<p class="muted">${esc(graph.description)}</p>` : ""}
     <div id="dag"></div>
-    <h2>Tasks</h2><table id="flow-tasks"><thead><tr><th>Task</th><th>Type</th><th>Mapped</th><th>Retries</th><th>Timeout</th><th>Labels</th><th>Upstream</th></tr></thead><tbody>
+    <h2>Tasks</h2><div class="scroll-x"><table id="flow-tasks"><thead><tr><th scope="col">Task</th><th scope="col">Type</th><th scope="col">Mapped</th><th scope="col">Retries</th><th scope="col">Timeout</th><th scope="col">Labels</th><th scope="col">Upstream</th></tr></thead><tbody>
     ${graph.nodes.map((n) => `<tr><td>${esc(n.id)}</td><td class="mono">${esc(n.task_type)}</td><td>${n.mapped ? "yes" : ""}</td>
       <td>${n.retries || ""}</td><td>${n.timeout ? esc(fmtDur(n.timeout)) : ""}</td>
       <td>${esc(Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td><td>${esc(n.upstream.join(", "))}</td></tr>`).join("")}
-    </tbody></table>`;
+    </tbody></table></div>`;
   const state = { data: { graph, counts: {} }, selectedNode: null };
   drawDag(state, () => {});
 }
@@ -843,27 +1093,37 @@ async function flowPage(name) {
 // ----------------------------------------------------------------- schedules
 
 async function schedulesPage() {
+  const mine = page;
   const load = async () => {
     const { schedules } = await api("/api/schedules");
-    main().innerHTML = `<h1>Schedules</h1><table id="schedules"><thead><tr><th>Schedule</th><th>Flow</th><th>When</th>
-      <th>Next run</th><th>State</th><th></th></tr></thead><tbody>
-      ${schedules.map((s) => `<tr data-schedule="${esc(s.id)}" data-paused="${s.paused}">
+    if (!mine.live) return;
+    main().innerHTML = `<h1>Schedules</h1><div class="scroll-x"><table id="schedules"><thead><tr><th scope="col">Schedule</th><th scope="col">Flow</th><th scope="col">When</th>
+      <th scope="col">Next run</th><th scope="col">State</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead><tbody>
+      ${schedules.map((s) => {
+        const named = `schedule ${s.name || s.id.slice(0, 8)}`;
+        const [action, label] = s.paused ? ["resume", "Resume"] : ["pause", "Pause"];
+        return `<tr data-schedule="${esc(s.id)}" data-paused="${s.paused}">
         <td><a class="mono" href="/runs?schedule=${esc(s.id)}">${esc(s.id.slice(0, 8))}</a>${s.name ? ` <span class="wrap" data-name>${esc(s.name)}</span>` : ""}</td>
         <td class="wrap">${esc(s.flow_name)}${s.flow_version ? ` v${esc(s.flow_version)}` : ""}</td>
         <td>${s.every ? `every ${esc(fmtDur(s.every))}` : `cron <code>${esc(s.cron)}</code> ${esc(s.timezone)}`}</td>
-        <td>${s.paused ? "—" : esc(fmtTime(s.next_run_at))}</td>
+        <td>${s.paused ? "—" : timeHtml(s.next_run_at)}</td>
         <td>${s.paused ? `<span class="st st-CANCELLED">paused</span>` : `<span class="st st-SUCCESS">active</span>`}</td>
-        <td>${CAN_OPERATE ? `<button data-action="${s.paused ? "resume" : "pause"}">${s.paused ? "Resume" : "Pause"}</button>` : ""}</td></tr>`).join("")
-        || `<tr><td colspan="6" class="muted">No schedules.</td></tr>`}</tbody></table>`;
+        <td>${CAN_OPERATE ? `<button data-action="${action}" aria-label="${esc(`${label} ${named}`)}">${label}</button>` : ""}</td></tr>`;
+      }).join("")
+        || `<tr><td colspan="6" class="muted">No schedules.</td></tr>`}</tbody></table></div>`;
     main().querySelector("tbody").addEventListener("click", async (e) => {
       const button = e.target.closest("button");
       if (!button) return;
+      const focused = document.activeElement === button;
       button.disabled = true;
       const id = button.closest("tr").dataset.schedule;
       try {
         await api(`/api/schedules/${id}/${button.dataset.action}`, { method: "POST" });
         await load();
-      } catch (err) { button.disabled = false; failed(button, err); }
+        // The focus (gone with the redrawn table) to the same schedule's button: Pause is
+        // now Resume.
+        if (focused) main().querySelector(`tr[data-schedule="${CSS.escape(id)}"] button`)?.focus();
+      } catch (err) { button.disabled = false; failed(button, err); if (focused) button.focus(); }
     });
   };
   await load();
@@ -875,9 +1135,10 @@ async function workersPage() {
   const mine = page;
   let workers = [];
   let drawn = null;  // what the rows were drawn from, but for the times and slots
-  main().innerHTML = `<h1>Workers</h1><table id="workers"><thead><tr><th>Worker</th><th>State</th>
-    <th>Capabilities</th><th>Labels</th><th>Slots used</th><th>Last heartbeat</th><th>Connected</th><th></th></tr></thead>
-    <tbody></tbody></table><p class="muted" id="more-workers" hidden></p>`;
+  main().innerHTML = `<h1>Workers</h1><div class="scroll-x"><table id="workers"><thead><tr><th scope="col">Worker</th><th scope="col">State</th>
+    <th scope="col">Capabilities</th><th scope="col">Labels</th><th scope="col">Slots used</th><th scope="col">Last heartbeat</th><th scope="col">Connected</th>
+    <th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
+    <tbody></tbody></table></div><p class="muted" id="more-workers" hidden></p>`;
   const tbody = main().querySelector("#workers tbody");
   const moreNote = main().querySelector("#more-workers");
   // The API lists at most 1,000 (online first, then by name); say how many it left out.
@@ -896,8 +1157,9 @@ async function workersPage() {
       w.draining ? ` <span class="st st-draining" title="takes no new work${w.exit_when_idle ? "; exits once idle" : ""}">drained</span>` : ""}</td>
     <td class="mono wrap">${w.capabilities.map(esc).join("<br>")}</td>
     <td class="wrap">${esc(Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", "))}</td>
-    <td data-slots></td><td data-seen></td><td>${esc(fmtTime(w.connected_at))}</td>
-    <td>${CAN_OPERATE ? `<button data-action="${w.draining ? "resume" : "drain"}" title="${w.draining
+    <td data-slots></td><td data-seen></td><td>${timeHtml(w.connected_at)}</td>
+    <td>${CAN_OPERATE ? `<button data-action="${w.draining ? "resume" : "drain"}" aria-label="${
+      esc(`${w.draining ? "Resume" : "Drain"} worker ${w.name}`)}" title="${w.draining
       ? "let it take work again" : "give it no new work; what it runs finishes"}">${w.draining ? "Resume" : "Drain"}</button>` : ""}</td></tr>`;
   // Every second: the rows are redrawn only when the workers or their states changed;
   // otherwise only the slots and heartbeat times are written, in place (a redraw each
@@ -907,8 +1169,10 @@ async function workersPage() {
       w.exit_when_idle, w.capabilities, w.labels, w.connected_at]));
     if (shape !== drawn) {
       drawn = shape;
-      tbody.innerHTML = workers.map(row).join("")
-        || `<tr><td colspan="8" class="muted">No worker has connected.</td></tr>`;
+      keepFocus(tbody, () => {
+        tbody.innerHTML = workers.map(row).join("")
+          || `<tr><td colspan="8" class="muted">No worker has connected.</td></tr>`;
+      });
     }
     workers.forEach((w, i) => {
       const tr = tbody.rows[i];
@@ -921,13 +1185,17 @@ async function workersPage() {
   tbody.addEventListener("click", async (e) => {
     const button = e.target.closest("button");
     if (!button) return;
+    const focused = document.activeElement === button;
     button.disabled = true;
     const name = button.closest("tr").dataset.worker;
     try {
       const body = await api(`/api/workers/${encodeURIComponent(name)}/${button.dataset.action}`, { method: "POST" });
       if (!mine.live) return;
       got(body);
-    } catch (err) { button.disabled = false; failed(button, err); }
+      // The focus (gone while the button was disabled) to the worker's button: Drain is
+      // now Resume.
+      if (focused) tbody.querySelector(`tr[data-worker="${CSS.escape(name)}"] button`)?.focus();
+    } catch (err) { button.disabled = false; failed(button, err); if (focused) button.focus(); }
   });
   const load = async () => {
     const body = await api("/api/workers");
@@ -971,23 +1239,26 @@ async function auditPage() {
         `<option value="${esc(k)}" ${k === q.get("kind") ? "selected" : ""}>${esc(k)}</option>`).join("")}</select></label>
       <label>Object<input name="object" value="${esc(q.get("object") || "")}" placeholder="id or name"></label>
     </form>
-    <table id="audit"><thead><tr><th>Time</th><th>Credential</th><th>Action</th><th>Object</th>
-      <th>Detail</th></tr></thead><tbody>
+    <div class="scroll-x"><table id="audit"><thead><tr><th scope="col">Time</th><th scope="col">Credential</th><th scope="col">Action</th><th scope="col">Object</th>
+      <th scope="col">Detail</th></tr></thead><tbody>
       ${entries.map((a) => {
         const href = auditHref(a);
         const shown = a.object_kind === "flow_run" ? a.object_id.slice(0, 8) : a.object_id;
         const object = href ? `<a href="${esc(href)}" title="${esc(a.object_id)}">${esc(shown)}</a>` : esc(shown);
         return `<tr data-action="${esc(a.action)}" data-kind="${esc(a.object_kind)}" data-object="${esc(a.object_id)}">
-          <td>${esc(fmtTime(a.at))}</td><td><b>${esc(a.actor)}</b></td><td class="mono">${esc(a.action)}</td>
+          <td>${timeHtml(a.at)}</td><td><b>${esc(a.actor)}</b></td><td class="mono">${esc(a.action)}</td>
           <td class="wrap">${esc(a.object_kind)} <span class="mono">${object}</span></td><td class="muted wrap">${esc(a.detail)}</td></tr>`;
-      }).join("") || `<tr><td colspan="5" class="muted">No entries.</td></tr>`}</tbody></table>
+      }).join("") || `<tr><td colspan="5" class="muted">No entries.</td></tr>`}</tbody></table></div>
     ${entries.length === AUDIT_SHOWN ? `<p class="muted">The newest ${AUDIT_SHOWN} entries: filter by kind or object for older ones.</p>` : ""}`;
   const form = document.getElementById("filters");
-  form.addEventListener("change", () => {
+  const apply = () => {  // a filter is a step in the history: Back undoes it
     const chosen = new URLSearchParams();
     for (const [k, v] of new FormData(form)) if (v) chosen.set(k, v);
-    navigate("/audit" + (chosen.toString() ? "?" + chosen : ""), true);
-  });
+    const url = "/audit" + (chosen.toString() ? "?" + chosen : "");
+    if (url !== location.pathname + location.search) navigate(url);
+  };
+  form.addEventListener("change", apply);
+  form.addEventListener("submit", (e) => { e.preventDefault(); apply(); });  // (Enter)
 }
 
 // ---------------------------------------------------------------------- start
