@@ -23,6 +23,7 @@ EXPECTED_ALL = [
     "FlowRun",
     "FlowRunCancelled",
     "FlowRunFailed",
+    "FlowRunInterrupted",
     "FlowRunState",
     "GraphError",
     "LimitInfo",
@@ -99,6 +100,9 @@ def test_error_hierarchy() -> None:
     assert issubclass(headwater.ParameterError, TypeError)
     assert issubclass(headwater.EncodingError, TypeError)
     assert issubclass(headwater.FlowRunFailed, Exception)
+    # Ctrl-C stops the caller: not an Exception (`except Exception` lets it through).
+    assert issubclass(headwater.FlowRunInterrupted, KeyboardInterrupt)
+    assert not issubclass(headwater.FlowRunInterrupted, Exception)
 
 
 def test_version_matches_the_distribution() -> None:
