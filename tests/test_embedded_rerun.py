@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from headwater import FlowRunState, TaskRunState, flow, task
+from headwater._loader import load_file
 
 calls: Counter[str] = Counter()
 broken: set[int] = set()
@@ -148,8 +149,6 @@ def test_a_retried_run_keeps_the_child_runs_and_logs_of_its_earlier_attempts() -
 def test_a_task_defined_again_since_the_run_is_named_in_a_warning(tmp_path: Any) -> None:
     """A notebook's "fix the cell, retry" ran the old task again with no word of it (a
     trial): retry() keeps the run's code, and now says which tasks were redefined."""
-    import importlib.util
-
     (tmp_path / "cells_retry.py").write_text(
         "from headwater import flow, task\n"
         "@task\n"
@@ -162,12 +161,8 @@ def test_a_task_defined_again_since_the_run_is_named_in_a_warning(tmp_path: Any)
         "def pipe() -> int:\n"
         "    return parse(load())\n"
     )
-    spec = importlib.util.spec_from_file_location("cells_retry", tmp_path / "cells_retry.py")
-    assert spec is not None and spec.loader is not None
-    cells = importlib.util.module_from_spec(spec)
-    sys.modules["cells_retry"] = cells
     try:
-        spec.loader.exec_module(cells)
+        cells = load_file(str(tmp_path / "cells_retry.py"))
         first = cells.pipe.run()
         assert first.state is FlowRunState.FAILED
         with warnings.catch_warnings():

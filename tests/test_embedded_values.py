@@ -9,7 +9,6 @@ Each test runs once per executor (the ``backend`` fixture); tasks signal through
 from __future__ import annotations
 
 import gc
-import importlib.util
 import time
 import weakref
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from _backends import Backend, Probe, poll
 
 from headwater import FlowRunState, TaskRunState, flow, task, unmapped
+from headwater._loader import load_file
 from headwater_runtime.embedded import PROCESS_CACHE
 from headwater_runtime.embedded._cache import stable_hash
 
@@ -418,7 +418,7 @@ def test_a_constant_or_helper_changed_after_the_first_run_is_a_cache_miss(tmp_pa
     task calls again, got the first run's cached result: the task's code digest was
     worked out once for good (a user trial). It is worked out again when a name it read
     names another object."""
-    (tmp_path / "cells.py").write_text(
+    (tmp_path / "cells_under_test.py").write_text(
         "from headwater import flow, task\n"
         "FACTOR = 2\n"
         "def helper(x):\n"
@@ -430,10 +430,7 @@ def test_a_constant_or_helper_changed_after_the_first_run_is_a_cache_miss(tmp_pa
         "def cf(x: int = 5) -> int:\n"
         "    return mul(x)\n"
     )
-    spec = importlib.util.spec_from_file_location("cells_under_test", tmp_path / "cells.py")
-    assert spec is not None and spec.loader is not None
-    cells = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cells)
+    cells = load_file(str(tmp_path / "cells_under_test.py"))
     first = cells.cf.run()
     again = cells.cf.run()
     assert (first.result, again.result) == (12, 12)

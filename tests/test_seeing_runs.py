@@ -208,9 +208,7 @@ def test_basic_config_after_a_first_run_keeps_info_records() -> None:
         "second = f.run()\n"
         "print([r.message for r in second.logs], len(logging.root.handlers))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
+    done = _in_a_fresh_interpreter(script)
     assert done.stdout.splitlines() == ["['warn 1'] []", "['info 1', 'warn 1'] 1"]
     assert "INFO:mytask:info 1" in done.stderr  # basicConfig's handler has it too
 
@@ -242,8 +240,12 @@ def test_a_record_is_kept_once_when_another_stream_wraps_the_tee() -> None:
         "for run in (first, second):\n"
         "    print([(r.logger, r.message) for r in run.logs])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
+    done = _in_a_fresh_interpreter(script)
     once = "[('mytask', 'warn 1'), ('stderr', 'printed 1')]"
     assert done.stdout.splitlines() == [once, once]
+
+
+def _in_a_fresh_interpreter(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
