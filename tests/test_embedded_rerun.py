@@ -182,3 +182,16 @@ def test_a_task_defined_again_since_the_run_is_named_in_a_warning(tmp_path: Any)
         assert cells.pipe.run().result == 3
     finally:
         sys.modules.pop("cells_retry", None)
+
+
+def test_a_failed_runs_repr_says_why() -> None:
+    """A notebook shows a run by its repr: it said FAILED and nothing of why (a trial)."""
+    broken.add(2)
+    run = pipeline.run(n=3)
+    assert run.state is FlowRunState.FAILED
+    said = repr(run)
+    assert said.startswith(f"<FlowRun pipeline FAILED tasks={len(run.task_runs)} id={run.id[:8]}: ")
+    assert "element 2 is broken" in said and said.endswith(">")
+    broken.clear()
+    fine = pipeline.run(n=3)
+    assert repr(fine) == f"<FlowRun pipeline SUCCESS tasks={len(fine.task_runs)} id={fine.id[:8]}>"

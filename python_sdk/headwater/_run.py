@@ -220,9 +220,12 @@ class FlowRun:
             raise error from first
 
     def __repr__(self) -> str:
+        # Why a run did not succeed, first line (a notebook shows the repr: it said
+        # FAILED and nothing of why, a trial).
+        why = self.message.splitlines()[0][:200] if self.message and not self.ok else ""
         return (
             f"<FlowRun {self.flow_name} {self.state.name} tasks={len(self.task_runs)} "
-            f"id={self.id[:8]}>"
+            f"id={self.id[:8]}{': ' + why if why else ''}>"
         )
 
 
