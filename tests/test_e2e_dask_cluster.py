@@ -319,3 +319,82 @@ def test_a_run_and_a_bridge_whose_scheduler_dies_end_saying_so(
             poll(given_back, "the bridge's attempts to be given back")
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {states}") from None
+
+
+AGAIN = """
+import os, time
+from pathlib import Path
+from headwater import flow, task
+
+ROOT = Path(os.environ["HW_TEST_DIR"])
+
+@task
+def held(i: int) -> int:
+    (ROOT / f"again-{i}-{os.getpid()}").write_text("started")
+    deadline = time.monotonic() + 120
+    while not (ROOT / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return i
+
+@flow
+def once() -> int:
+    return held(1)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_an_attempt_sent_again_after_the_scheduler_restarted_reports_its_start(
+    tmp_path: Path, processes: Cluster
+) -> None:
+    """The scheduler SIGKILLed and started again on its port within the client's
+    reconnect time: the attempt sent again ran on a new worker, but the restarted
+    scheduler knew nothing of the run's subscription to start reports, so the task run
+    stayed SCHEDULED while it ran and its attempt took 0 s (a trial). The executor
+    subscribes again once its client is on the new scheduler."""
+    import socket
+    import threading
+
+    from headwater import DaskExecutor, TaskRunState
+
+    (tmp_path / "again_tasks.py").write_text(textwrap.dedent(AGAIN))
+    module: Any = load_file(str(tmp_path / "again_tasks.py"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scheduler = f"tcp://127.0.0.1:{port}"
+
+    def start_scheduler() -> Proc:
+        proc = processes.spawn(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            "stderr",
+        )
+        proc.wait_line("Scheduler at")
+        return proc
+
+    first = start_scheduler()
+    dask_worker(processes, scheduler, "before")
+    running: list[int] = []  # the attempts seen RUNNING
+    outcome: list[Any] = []
+
+    def on_transition(record: Any, entry: Any) -> None:
+        if entry.state is TaskRunState.RUNNING:
+            running.append(entry.attempt)
+
+    def drive() -> None:
+        executor = DaskExecutor(scheduler, connect_timeout=60)
+        outcome.append(module.once.run(executor=executor, on_transition=on_transition))
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    poll(lambda: running == [1], "the first attempt to run")
+    first.popen.send_signal(signal.SIGKILL)
+    first.popen.wait(BOUND)
+    start_scheduler()
+    dask_worker(processes, scheduler, "after")  # ("before" went with its scheduler)
+    poll(lambda: 2 in running, "the attempt sent again to be reported running")
+    (tmp_path / "release").write_text("go")
+    driver.join(BOUND)
+    (run,) = outcome
+    assert run.state.name == "SUCCESS", run.message
+    last = run.task_run("held").attempts[-1]
+    assert last.number == 2 and last.duration is not None and last.duration > 0.001

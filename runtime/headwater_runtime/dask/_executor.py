@@ -132,6 +132,7 @@ class DaskExecutor:
         #: went away and did not come back in time), or None. The CLI exits 3 then.
         self.gone: str | None = None
         self._watching: threading.Event | None = None
+        self._scheduler_id = ""
 
     def for_child(self) -> DaskExecutor:
         """An executor on the same cluster (same client) for a child flow run."""
@@ -198,6 +199,7 @@ class DaskExecutor:
         self._tokens.clear()
         self._topic = f"headwater-started-{self._run_id}"
         self.client.subscribe_topic(self._topic, self._started)
+        self._scheduler_id = _scheduler_id(self.client)
         with closed_client_ignored():
             if not self.client.nthreads():  # (the run waited, saying nothing: a trial)
                 address = getattr(self.client.scheduler, "address", "") or self.address
@@ -218,6 +220,7 @@ class DaskExecutor:
         away and did not come back within the client's reconnect time): their futures
         never end, and the run waited for them forever (a user trial)."""
         while not stop.wait(CLUSTER_CHECK):
+            self._subscribe_again()
             if client_closed(client):
                 self._mark_gone(client)
                 with self._lock:
@@ -303,6 +306,23 @@ class DaskExecutor:
             for (command, _), future in zip(group, futures, strict=True):
                 future.add_done_callback(partial(self._done, command.run.key, command.attempt))
 
+    def _subscribe_again(self) -> None:
+        """Subscribe to the run's start reports again once the client reconnected to a
+        restarted scheduler (which knows no subscription; looked at by the watcher every
+        CLUSTER_CHECK): the attempts sent again after it ran SCHEDULED, and ended with
+        no start (0 s each; a trial)."""
+        if self._topic is None or self._client is None:
+            return
+        now = _scheduler_id(self._client)
+        if now and now != self._scheduler_id:
+            self._scheduler_id = now
+            with closed_client_ignored():
+                self._client.subscribe_topic(self._topic, self._started)
+                # Starts reported before this subscription reached the new scheduler
+                # are in its event log (a new worker may take an attempt at once).
+                for event in self._client.get_events(self._topic):
+                    self._started(event)
+
     def _submit_each(
         self,
         group: list[tuple[RunTask, Caller]],
@@ -354,7 +374,7 @@ class DaskExecutor:
 
     def _started(self, event: tuple[float, str]) -> None:
         """Runs on the client's event loop when a worker reports an attempt started."""
-        found = self._tokens.get(event[1])
+        found = self._tokens.pop(event[1], None)  # (once: see _subscribe_again)
         if found is not None and self._completions is not None:
             self._completions.put(TaskStarted(*found))
 
@@ -528,6 +548,13 @@ class DaskExecutor:
         else:
             event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
         completions.put(event)
+
+
+def _scheduler_id(client: Client) -> str:
+    """The id of the scheduler the client is connected to, as it last heard it (no
+    call: the client keeps it, and renews it when it reconnects)."""
+    identity = getattr(client, "_scheduler_identity", None) or {}
+    return str(identity.get("id", "")) if isinstance(identity, Mapping) else ""
 
 
 def client_closed(client: Client) -> bool:
