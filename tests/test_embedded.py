@@ -635,3 +635,25 @@ def test_etl_with_a_flaky_step_and_cleanup_after_a_failure(backend: Backend, pro
     assert [f.key for f in run.failures] == ["load"]
     with pytest.raises(FlowRunFailed, match="load"):
         run.raise_for_state()
+
+
+def test_a_failed_tasks_exception_starts_at_the_task_function() -> None:
+    """The cause a flow call raises from is the task's exception: its traceback began
+    with three of Headwater's frames (execute, the output capture, the call by name)
+    before the task's own (a notebook trial)."""
+    import traceback
+
+    @task
+    def broken_row(x: int) -> int:
+        raise ValueError(f"row {x}")
+
+    @flow
+    def rows(x: int = 3) -> int:
+        return broken_row(x)
+
+    with pytest.raises(FlowRunFailed) as info:
+        rows()
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError)
+    frames = traceback.extract_tb(cause.__traceback__)
+    assert [f.name for f in frames] == ["broken_row"]

@@ -50,10 +50,16 @@ def failure_from_exception(
     if cause_exc is not None and depth < 5:
         cause = failure_from_exception(cause_exc, no_retry_on, depth + 1)
     name, message = error_type_name(type(exc)), exception_text(exc)
+    own = _from_the_task(exc)
     try:
-        text = "".join(traceback.format_exception(type(exc), exc, _from_the_task(exc)))
+        text = "".join(traceback.format_exception(type(exc), exc, own))
     except Exception as problem:  # (an exception object odd enough to break traceback)
         text = f"{name}: {message}\n(its traceback could not be formatted: {problem!r})\n"
+    if own is not exc.__traceback__:
+        # The exception itself too (FlowRunFailed's cause, shown by Python or a
+        # notebook: it began with three of Headwater's frames, a trial).
+        with contextlib.suppress(Exception):
+            exc.__traceback__ = own
     return FailureInfo(
         type=name,
         message=message,
