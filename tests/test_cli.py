@@ -1139,3 +1139,20 @@ def test_an_interrupted_embedded_run_is_cancelled_summarised_and_exits_130(
     assert "Traceback" not in err
     assert re.search(r"flow run \w{8} of 'slow': CANCELLED in [\d.]+s \(2 CANCELLED", err), err
     assert out == ""
+
+
+def test_a_database_server_that_does_not_answer_is_exit_3_try_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`prune` (or `tokens`) at a PostgreSQL URL where nothing listens exited 1, as for
+    a refused password: a cron wrapper could not tell a moment's outage from a real
+    error (a trial). Exit 3, as for a server that cannot be reached."""
+    pytest.importorskip("psycopg")
+    from headwater import _cli
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"postgresql://headwater@127.0.0.1:{sock.getsockname()[1]}/headwater"
+        assert _cli.main(["prune", "--db", url, "--dry-run"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("headwater: error: cannot connect to the database")

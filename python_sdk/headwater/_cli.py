@@ -42,7 +42,7 @@ from ._cli_render import result_text, user_output_to_stderr
 from ._cli_schedules import add_schedules_command
 from ._cli_tokens import add_tokens_command
 from ._client import ServerError
-from ._errors import CommandError, FlowDefinitionError, Terminated, UsageError
+from ._errors import CommandError, FlowDefinitionError, Terminated, Unreachable, UsageError
 from ._flow import Flow
 from ._loader import LoadError, load_flow, modules_from_cwd
 from ._run import FlowRun
@@ -55,7 +55,8 @@ EXIT_STATUSES = (
     "exit status: 0 success; 1 the flow run failed, or the command did; 2 a usage error, or "
     "a request the server refused (bad input, not found, not in that state, already there, "
     "no or a wrong credential, a role that may not); "
-    "3 the server (or --dask's scheduler) could not be reached or is unavailable "
+    "3 the server (or --dask's scheduler, or --db's database server) could not be reached "
+    "or is unavailable "
     "(restarting, a standby, its database away): try again; 130 cancelled or interrupted"
 )
 
@@ -651,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except CommandError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_UNAVAILABLE if isinstance(exc, Unreachable) else EXIT_FAILED
     except ServerError as exc:
         print(f"headwater: error: {exc}", file=sys.stderr)
         if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

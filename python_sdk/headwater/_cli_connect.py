@@ -13,7 +13,7 @@ from ._client import Client
 
 if TYPE_CHECKING:
     from headwater_runtime.store import Store
-from ._errors import CommandError, UsageError
+from ._errors import CommandError, Unreachable, UsageError
 
 
 def add_connection_args(parser: Any, default: Any = None) -> None:
@@ -77,7 +77,13 @@ def open_database(db: str, payload_dir: str | None = None, *, create: bool = Fal
     and stderr says so), or a URL scheme that is not supported, is a UsageError (a
     typo must not silently make an empty database); one that cannot be opened or
     reached, a CommandError. One line either way."""
-    from headwater_runtime.store import MissingDriver, StoreNotFound, is_postgres, open_store
+    from headwater_runtime.store import (
+        MissingDriver,
+        StoreNotFound,
+        StoreUnreachable,
+        is_postgres,
+        open_store,
+    )
 
     path = Path(db).expanduser()
     new = create and not is_postgres(db) and (not path.exists() or path.stat().st_size == 0)
@@ -88,6 +94,8 @@ def open_database(db: str, payload_dir: str | None = None, *, create: bool = Fal
         store = open_store(db, payload_dir=payload_dir, existing=not create, migrate=False)
     except (MissingDriver, StoreNotFound, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    except StoreUnreachable as exc:  # (exit 3, try again: it exited 1, a trial)
+        raise Unreachable(" ".join(line.strip() for line in str(exc).splitlines())) from None
     except RuntimeError as exc:  # cannot open (not a database), cannot connect
         raise CommandError(" ".join(line.strip() for line in str(exc).splitlines())) from None
     if new:

@@ -20,8 +20,13 @@ class CommandError(Exception):
     one line, exit code 1."""
 
 
+class Unreachable(CommandError):
+    """What a command works on could not be reached (a database server that does not
+    answer): printed as one line, exit code 3 (try again)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled by ``headwater run`` as Ctrl-C is (the run is cancelled)."""
 
 
-__all__ = ["CommandError", "FlowDefinitionError", "Terminated", "UsageError"]
+__all__ = ["CommandError", "FlowDefinitionError", "Terminated", "Unreachable", "UsageError"]

@@ -91,6 +91,12 @@ def retry_gone(run_id: str) -> NotFound:
     )
 
 
+class StoreUnreachable(RuntimeError):
+    """The database server could not be reached (nothing listens, no route, a timeout):
+    worth trying again later, unlike a refused credential or a missing database. The
+    commands beside a server exit 3 for it, as for a server they cannot reach."""
+
+
 class StoreUnavailable(Exception):
     """The store cannot take writes right now (disk full, I/O error, database locked).
 

@@ -52,6 +52,7 @@ from ._base import (
     ScheduleRow,
     StateRow,
     StoreUnavailable,
+    StoreUnreachable,
     TaskRunRow,
     WriteBatch,
     key_reused,
@@ -167,7 +168,11 @@ class PostgresStore(PostgresOps, PostgresAccessTables):
         try:  # one direct connection first: an unreachable database fails at once
             conn = psycopg.connect(url, autocommit=True)
         except psycopg.Error as exc:
-            raise RuntimeError(f"cannot connect to the database {self.where}: {exc}") from None
+            said = f"cannot connect to the database {self.where}: {exc}"
+            # No SQLSTATE: the server never answered (refused, no route, a timeout);
+            # one that answered refused (a password, no such database: 28P01, 3D000).
+            unreachable = isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None
+            raise (StoreUnreachable(said) if unreachable else RuntimeError(said)) from None
         try:
             with conn:
                 if not migrate_schema:
