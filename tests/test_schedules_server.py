@@ -471,9 +471,14 @@ def test_cli_schedules_create_list_pause_delete(
             before = made()
             code = main(["runs", "list", "--schedule", which, "--limit", "1000", "--json", *where])
             out, _ = capsys.readouterr()
-            listed = {r["id"] for r in json.loads(out)}
+            rows = json.loads(out)
+            listed = {r["id"] for r in rows}
             assert code == 0 and len(before) >= 2 and before <= listed <= made(), which
             assert by_hand not in listed
+            # Each says the fire time it was for: on the schedule's 200 ms grid.
+            fires = sorted(datetime.fromisoformat(r["fire_time"]) for r in rows)
+            steps = {round((b - a).total_seconds() / 0.2, 6) for a, b in zip(fires, fires[1:])}
+            assert all(step == int(step) >= 1 for step in steps), steps
     code = main(["runs", "list", "--schedule", "fast", "--state", "failed", *where])
     out, err = capsys.readouterr()
     assert (code, out) == (0, "") and err == "no flow runs match --schedule fast --state failed\n"

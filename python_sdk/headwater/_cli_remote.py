@@ -281,6 +281,16 @@ def _interrupted(client: Client, run: RemoteFlowRun, detach: bool, how: str = "C
     return EXIT_CANCELLED
 
 
+def _fire_time(run: RemoteFlowRun) -> str | None:
+    """A scheduled run's fire time in ISO 8601 (its idempotency key names it,
+    ``schedule/ID/2026-12-05T06:00:00.000Z``); None for another run."""
+    parts = run.idempotency_key.split("/")
+    if not run.schedule_id or len(parts) != 3 or parts[0] != "schedule":
+        return None
+    stamp = parts[2]
+    return stamp[:-1] + "+00:00" if stamp.endswith("Z") else None
+
+
 def _run_json(run: RemoteFlowRun) -> dict[str, Any]:
     def when(at: datetime | None) -> str | None:
         return at.isoformat() if at is not None else None
@@ -296,6 +306,9 @@ def _run_json(run: RemoteFlowRun) -> dict[str, Any]:
         "ended_at": when(run.ended_at),
         "duration": run.duration,
         "schedule_id": run.schedule_id,
+        # The time a schedule's fire was for (a fire after downtime is created later
+        # than that: which time a run was for could not be told, a trial).
+        "fire_time": _fire_time(run),
         # (the text listings and the HTTP API had them; --json did not, a user trial)
         "attempt": run.attempt,
         "late": bool(run.late_reason),
