@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -477,7 +478,7 @@ def test_cli_schedules_create_list_pause_delete(
             assert by_hand not in listed
             # Each says the fire time it was for: on the schedule's 200 ms grid.
             fires = sorted(datetime.fromisoformat(r["fire_time"]) for r in rows)
-            steps = {round((b - a).total_seconds() / 0.2, 6) for a, b in zip(fires, fires[1:])}
+            steps = {round((b - a).total_seconds() / 0.2, 6) for a, b in itertools.pairwise(fires)}
             assert all(step == int(step) >= 1 for step in steps), steps
     code = main(["runs", "list", "--schedule", "fast", "--state", "failed", *where])
     out, err = capsys.readouterr()
