@@ -25,6 +25,7 @@ from ._errors import FlowDefinitionError
 from ._options import FlowOptions, ParsedOptions, check_label, check_names, parse_options
 from ._params import ParameterTypes
 from ._run import FlowRun
+from ._signals import FlowRunFailed
 
 if TYPE_CHECKING:
     from headwater.v1 import graph_pb2
@@ -273,7 +274,8 @@ class Flow(Generic[P, R]):
         launcher, key, attempt = running
         if isinstance(launcher, EmbeddedRun):
             graph, values = self.prepare_run(given)
-            return FlowRun.from_embedded(launcher.run_child(graph, values, key))
+            # (its engine is released by the parent's FlowRun, which holds this run)
+            return FlowRun.from_embedded(launcher.run_child(graph, values, key), held=False)
         run: FlowRun = launcher.run_flow(self, self.validate(**given), key, attempt)
         return run
 
@@ -287,7 +289,14 @@ class Flow(Generic[P, R]):
         # The keywords mix the flow's parameters with run()'s options (executor=...).
         keywords: dict[str, Any] = kwargs
         flow_run = self.run(*args, **keywords)
-        flow_run.raise_for_state()
+        try:
+            flow_run.raise_for_state()
+        except FlowRunFailed:
+            # This frame is in the error's traceback: holding the run here tied the
+            # run's values into a cycle with it (a failed run's values waited for the
+            # cycle collector; the error holds the run for whoever catches it).
+            del flow_run
+            raise
         result: R = flow_run.result  # the decoded return value of the flow function
         return result
 

@@ -260,9 +260,6 @@ class EmbeddedRun:
         #: Whether Ctrl-C (a KeyboardInterrupt) cancelled it (``run`` does not raise it:
         #: the caller decides, once the run has ended).
         self.interrupted = False
-        #: Whatever a caller ties to this run's life (the SDK: what releases the engine
-        #: once no FlowRun of it is left).
-        self.hold: Any = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop: running tasks are interrupted, pending ones cancelled."""
