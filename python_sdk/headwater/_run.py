@@ -252,8 +252,8 @@ def _redefined_tasks(engine: FlowRunEngine) -> list[str]:
 
 class _EngineHold:
     """What the FlowRuns of one embedded run share: when the last of them is dropped,
-    the run's engine is released (``FlowRunEngine.release``: its nodes and task runs
-    no longer refer to each other), so reference counting frees its results at once.
+    the run's engine is unlinked (``FlowRunEngine.unlink``: its nodes and task runs no
+    longer refer to each other), so reference counting frees its results at once.
 
     Tied into cycles, a dropped run's values waited for the cycle collector: a
     notebook cell calling a flow that makes a 200 MB array 15 times grew to 2.9 GB
@@ -276,7 +276,9 @@ class _EngineHold:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # (at exit, modules may be half torn down)
             _drop_tracebacks(self.engine)
-            self.engine.release()
+            # (unlink, not release: a reader of `f.run().task_runs["x"]` holds the runs
+            # of a FlowRun already gone)
+            self.engine.unlink()
 
 
 def _drop_tracebacks(engine: FlowRunEngine) -> None:

@@ -219,6 +219,25 @@ class FlowRunEngine:
                 checks.append(CheckCache(run, self._inputs(run)))
         return checks
 
+    def unlink(self) -> None:
+        """Break the cycles among this run's nodes and task runs, keeping what a reader
+        of the ended run sees: every task run in ``runs``, with its history, attempts,
+        result and mapped children (a task run no longer names its node, nor a child
+        its parent). For an embedded run's last FlowRun going: reference counting then
+        frees the run at once, without the cycle collector. The engine is unusable
+        afterwards."""
+        self.on_transition = None
+        for node in self._nodes.values():
+            node.whole_sources = node.elem_sources = []
+            node.whole_dependents = node.elem_dependents = []
+            node.shared_inputs = node.whole_tally = None
+        for run in self.runs.values():
+            run.unlink()
+        self._ready.clear()
+        self._settle.clear()
+        self._checking.clear()
+        self._prior = {}
+
     def release(self) -> None:
         """Break the references that tie this run's nodes and task runs into cycles
         (node <-> task run, upstream <-> downstream node, mapped parent <-> child), so

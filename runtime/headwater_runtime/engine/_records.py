@@ -138,6 +138,12 @@ class TaskRunRecord:
         # Terminal and its consequences propagated (engine bookkeeping).
         self.settled = False
 
+    def unlink(self) -> None:
+        """Drop the links to the engine's node and the mapped parent (a parent keeps
+        its children: ``FlowRunEngine.unlink``)."""
+        self._node = None
+        self.parent = None
+
     def release(self) -> None:
         """Drop the links to the engine's node, the mapped parent and the children
         (``FlowRunEngine.release``)."""
