@@ -577,3 +577,39 @@ def test_a_dropped_runs_values_are_freed_without_the_cycle_collector() -> None:
     (child,) = outer.children
     assert child.result == 7 and sorted(child.task_runs) == ["flaky", "make"]
     assert child.task_run("make").state is S.SUCCESS
+
+
+def test_inputs_equal_in_value_but_not_in_type_or_order_are_not_one_cache_entry() -> None:
+    """The hash followed ==: 1 and an IntEnum member, {1} and frozenset({1}), a dict and
+    an OrderedDict, bytes and a bytearray, a dict in another order hit each other's
+    entries, and a task's repr (or iteration) of them came from the other (a trial)."""
+    import enum
+    from collections import OrderedDict
+
+    class Color(enum.IntEnum):
+        RED = 1
+
+    @task(cache_for=3600)
+    def shown(value: Any) -> str:
+        return repr(value) if not isinstance(value, dict) else repr(list(value))
+
+    @flow
+    def show(value: Any) -> str:
+        return shown(value)
+
+    pairs = [
+        (1, Color.RED),
+        ({1}, frozenset({1})),
+        ({"a": 1}, OrderedDict(a=1)),
+        (b"x", bytearray(b"x")),
+        ({"b": 2, "a": 1}, {"a": 1, "b": 2}),
+        (1, True),
+    ]
+    for first, second in pairs:
+        show(first)
+        expected = repr(second) if not isinstance(second, dict) else repr(list(second))
+        assert show(second) == expected, (first, second)
+    # the same value hits, in a set in any order too
+    assert stable_hash({"k": {"x", "y", "z"}}) == stable_hash({"k": {"z", "y", "x"}})
+    run = show.run(value=Color.RED)
+    assert run.task_run("shown").state is S.CACHED

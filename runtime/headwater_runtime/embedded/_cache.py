@@ -114,9 +114,9 @@ def make_cache_key(
 def stable_hash(value: Any) -> str:
     """A hash of a value that is the same in every process (unlike ``hash()``).
 
-    Containers are hashed structurally (dict and set order do not matter), numpy-like
-    arrays by dtype, shape and bytes (arrays of objects: by their elements); anything
-    else by its cloudpickle bytes.
+    Containers are hashed structurally, with their types (set order does not matter,
+    dict order does), numpy-like arrays by dtype, shape and bytes (arrays of objects:
+    by their elements); anything else by its cloudpickle bytes.
     """
     import hashlib  # only once a task caches: ~10 ms of OpenSSL at import
 
@@ -125,32 +125,28 @@ def stable_hash(value: Any) -> str:
     return h.hexdigest()
 
 
+#: The types hashed by their contents; a subclass (an IntEnum, an OrderedDict, a named
+#: tuple) by its own name as well (bool first: it is an int). Equal values of two of
+#: these types are different inputs: ``1`` and ``Color.RED``, ``{1}`` and
+#: ``frozenset({1})``, ``b"x"`` and ``bytearray(b"x")`` hit each other's cache entries
+#: (a task's ``repr`` of them differs: a trial).
+_CONTENT_TYPES = (bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_TAGS = {bool: b"?", int: b"i", float: b"f", str: b"s", bytes: b"b", bytearray: b"B"}
+_TAGS |= {list: b"l", tuple: b"t", dict: b"d", set: b"S", frozenset: b"Z"}
+
+
 def _feed(h: Any, value: Any, depth: int) -> None:
     if depth > 64:
         raise ValueError("inputs nest too deeply to hash for caching")
-    if value is None or isinstance(value, bool):
-        h.update(b"N" if value is None else (b"T" if value else b"F"))
-    elif isinstance(value, int):
-        h.update(b"i" + str(value).encode())
-    elif isinstance(value, float):
-        h.update(b"f" + (b"nan" if math.isnan(value) else struct.pack("<d", value)))
-    elif isinstance(value, str):
-        data = value.encode("utf-8", "surrogatepass")
-        h.update(b"s" + struct.pack("<Q", len(data)) + data)
-    elif isinstance(value, bytes | bytearray):
-        h.update(b"b" + struct.pack("<Q", len(value)) + bytes(value))
-    elif isinstance(value, list | tuple):
-        h.update((b"l" if isinstance(value, list) else b"t") + struct.pack("<Q", len(value)))
-        for item in value:
-            _feed(h, item, depth + 1)
-    elif isinstance(value, dict):
-        h.update(b"d" + struct.pack("<Q", len(value)))
-        for part in sorted(_sub_hash(k) + _sub_hash(v) for k, v in value.items()):
-            h.update(part.encode())
-    elif isinstance(value, set | frozenset):
-        h.update(b"S" + struct.pack("<Q", len(value)))
-        for part in sorted(_sub_hash(v) for v in value):
-            h.update(part.encode())
+    if value is None:
+        h.update(b"N")
+        return
+    base = next((t for t in _CONTENT_TYPES if isinstance(value, t)), None)
+    if base is not None:
+        kind = type(value)
+        if kind is not base:
+            h.update(b"c" + f"{kind.__module__}.{kind.__qualname__}".encode() + b"\0")
+        _feed_content(h, _TAGS[base], base, value, depth)
     elif hasattr(value, "tobytes") and hasattr(value, "dtype") and hasattr(value, "shape"):
         h.update(f"a{value.dtype}{value.shape}".encode())
         if getattr(value.dtype, "hasobject", False):
@@ -164,6 +160,36 @@ def _feed(h: Any, value: Any, depth: int) -> None:
         import cloudpickle  # only for values of other types (most inputs are plain)
 
         h.update(b"p" + cloudpickle.dumps(value))
+
+
+def _feed_content(h: Any, tag: bytes, base: type, value: Any, depth: int) -> None:
+    """A value of one of _CONTENT_TYPES (or a subclass) by its contents."""
+    if base is bool:
+        h.update(tag + (b"T" if value else b"F"))
+    elif base is int:
+        h.update(tag + str(int(value)).encode())
+    elif base is float:
+        h.update(tag + (b"nan" if math.isnan(value) else struct.pack("<d", value)))
+    elif base is str:
+        data = str.__str__(value).encode("utf-8", "surrogatepass")
+        h.update(tag + struct.pack("<Q", len(data)) + data)
+    elif base is bytes or base is bytearray:
+        h.update(tag + struct.pack("<Q", len(value)) + bytes(value))
+    elif base is list or base is tuple:
+        h.update(tag + struct.pack("<Q", len(value)))
+        for item in value:
+            _feed(h, item, depth + 1)
+    elif base is dict:
+        # In order: a dict's order is its own (a task iterating it sees it), and the
+        # same in every process.
+        h.update(tag + struct.pack("<Q", len(value)))
+        for key, item in value.items():
+            _feed(h, key, depth + 1)
+            _feed(h, item, depth + 1)
+    else:  # a set: iteration order differs between processes (string hashing)
+        h.update(tag + struct.pack("<Q", len(value)))
+        for part in sorted(_sub_hash(v) for v in value):
+            h.update(part.encode())
 
 
 def _sub_hash(value: Any) -> str:
