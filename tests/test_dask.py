@@ -409,3 +409,30 @@ def test_a_value_a_dask_cluster_holds_is_a_cache_miss_for_a_run_on_threads(
     assert on_threads.state is FlowRunState.SUCCESS, on_threads.message
     assert on_threads.result == {"values": [x] * 3, "n": 3}
     assert on_threads.task_run("expensive").state is S.SUCCESS  # ran: a miss
+
+
+def test_a_dask_run_retried_without_its_executor_says_what_to_pass(
+    gpu_cluster: tuple[Client, str], tmp_path: Any
+) -> None:
+    """`run.retry()` of a run made on Dask said "held by another kind of executor
+    (DaskValues); retry it with the same kind (PythonValues given)" (a trial)."""
+    client, _ = gpu_cluster
+
+    @task
+    def fails(x: int) -> int:
+        raise ValueError("no")
+
+    @flow
+    def failing(x: int = 1) -> int:
+        return fails(x)
+
+    run = failing.run(executor=DaskExecutor(client=client))
+    with pytest.raises(ValueError) as refused:
+        run.retry()
+    assert str(refused.value) == (
+        f"cannot retry flow run {run.id[:8]}: this run ran on Dask and keeps its results "
+        "there; pass executor=DaskExecutor(client=...) with the client the run used"
+    )
+    threads = failing.run()
+    with pytest.raises(ValueError, match="this run ran on this process's threads"):
+        threads.retry(executor=DaskExecutor(client=client))

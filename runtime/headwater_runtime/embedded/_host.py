@@ -31,6 +31,7 @@ from headwater.wire import (
     TaskSpec,
 )
 from headwater_runtime.engine import (
+    PYTHON_VALUES,
     CacheChecked,
     CacheEntry,
     CancelRequested,
@@ -528,17 +529,23 @@ class EmbeddedRun:
         return child
 
 
+def _kind(values: Any) -> str:
+    """Where an executor's values live, as a retry's refusal says it."""
+    return "on this process's threads" if values is PYTHON_VALUES else "on Dask"
+
+
 def _check_same_kind(engine: FlowRunEngine, executor: Executor) -> None:
     """An engine's values must be the executor's kind (a thread pool's live objects
     cannot stand in for futures of a Dask cluster, nor the other way round)."""
-    if type(engine.values) is not type(executor.values):
-        raise ValueError(
-            "this run's results are held by another kind of executor "
-            f"({type(engine.values).__name__}); retry it with the same kind "
-            f"({type(executor.values).__name__} given)"
+    ran, given = _kind(engine.values), _kind(executor.values)
+    if ran != given or engine.auto_start == executor.reports_starts:
+        # (it named DaskValues and PythonValues: a trial)
+        fix = (
+            "pass executor=DaskExecutor(client=...) with the client the run used"
+            if ran == "on Dask"
+            else "leave executor= out (or give a ThreadExecutor)"
         )
-    if engine.auto_start == executor.reports_starts:
-        raise ValueError("this run was driven by another kind of executor; retry it with the same")
+        raise ValueError(f"this run ran {ran} and keeps its results there; {fix}")
     check_kept = getattr(executor, "check_kept", None)  # (a Dask cluster's futures)
     if check_kept is not None:
         check_kept([r.result for r in engine.runs.values() if r.state in _KEPT])
