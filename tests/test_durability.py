@@ -2062,3 +2062,20 @@ def test_an_outcome_sent_late_ends_its_attempt_when_its_worker_says(tmp_path: Pa
     running, ended, created, now = asyncio.run(asyncio.wait_for(main(), 60))
     assert created <= running < now
     assert ended == pytest.approx(running + 0.1, abs=1e-6)
+
+
+def test_a_retention_without_a_unit_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--retention 30` (or HEADWATER_RETENTION=30) was read as 30 seconds: a server
+    meant to keep a month deleted almost every finished run at its start (a trial)."""
+    from headwater._cli import main
+    from headwater.wire import parse_duration
+
+    assert main(["server", "--port", "0", "--retention", "30"]) == 2
+    assert "--retention needs a unit: '30' could be seconds or days" in capsys.readouterr().err
+    monkeypatch.setenv("HEADWATER_RETENTION", "1e3")
+    assert main(["server", "--port", "0"]) == 2
+    assert "HEADWATER_RETENTION: needs a unit" in capsys.readouterr().err
+    assert parse_duration("30d", unit=True) == 30 * 86400
+    assert parse_duration("30") == 30  # (elsewhere a bare number is seconds)

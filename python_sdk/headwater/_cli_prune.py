@@ -25,15 +25,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # An empty --db is refused by name (as by tokens and server), not the default
     # database: a script's unset variable must not prune another database.
     db = args.db if args.db is not None else os.environ.get(ENV_DB) or DEFAULT_DB
-    if args.older_than is not None and args.older_than.strip().replace(".", "", 1).isdigit():
-        # (a bare number is seconds elsewhere; here "30" meant for days deletes nearly
-        # every finished run: a trial)
-        raise UsageError(
-            f"--older-than {args.older_than!r} needs a unit: e.g. {args.older_than.strip()}d "
-            f"(days), {args.older_than.strip()}h or {args.older_than.strip()}s"
+    try:  # (a bare number is refused: "30" meant for days deleted nearly every run)
+        older_than = (
+            None if args.older_than is None else parse_duration(args.older_than, unit=True)
         )
-    try:
-        older_than = None if args.older_than is None else parse_duration(args.older_than)
     except ValueError as exc:
         raise UsageError(f"--older-than {exc}") from None
     try:

@@ -27,19 +27,27 @@ MAX_GIVEN_DURATION = 100 * 365.25 * 86400
 MAX_COUNT = 2**31 - 1
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, unit: bool = False) -> float:
     """``90``, ``500ms``, ``30s``, ``5m``, ``1h``, ``1h30m``, ``2d``, ``1w`` -> seconds
-    (> 0); ValueError naming what a duration looks like."""
+    (> 0); ValueError naming what a duration looks like. ``unit``: a bare number is
+    refused (what deletes data by age: "30" meant for days deleted nearly every run)."""
     raw = text.strip().lower()
     try:
         seconds = float(raw)
     except ValueError:
         parts = _PART.findall(raw)
         if not parts or "".join(n + u for n, u in parts) != raw:
+            such = "500ms, 30s" if unit else "90, 500ms, 30s"
             raise ValueError(
-                f"expects a duration such as 90, 500ms, 30s, 5m, 1h, 1h30m or 30d, got {text!r}"
+                f"expects a duration such as {such}, 5m, 1h, 1h30m or 30d, got {text!r}"
             ) from None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        if unit:
+            raise ValueError(
+                f"needs a unit: {text.strip()!r} could be seconds or days; give e.g. "
+                "30d, 12h or 90s"
+            )
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"must be a positive duration, got {text!r}")
     if seconds > MAX_GIVEN_DURATION:

@@ -215,15 +215,15 @@ def _port_or_off(text: str) -> int | bool:
         raise argparse.ArgumentTypeError(f"must be a port 0..65535 or off, got {text!r}") from None
 
 
-def _duration(flag: str, text: str | None, *, optional: bool) -> Any:
-    """A duration flag's seconds (_UNSET when not given; 0 for "0" if ``optional``);
-    ValueError naming the flag."""
+def _duration(flag: str, text: str | None, *, optional: bool, unit: bool = False) -> Any:
+    """A duration flag's seconds (_UNSET when not given; 0 for "0" if ``optional``;
+    ``unit``: a bare number refused); ValueError naming the flag."""
     if text is None:
         return _UNSET
     if optional and text.strip().lower() in ("0", "off", "never"):
         return 0.0
     try:
-        return parse_duration(text)
+        return parse_duration(text, unit=unit)
     except ValueError as exc:
         raise ValueError(f"{flag} {exc}{' (or 0)' if optional else ''}") from None
 
@@ -304,7 +304,10 @@ def run_server(args: argparse.Namespace) -> int:
             return 2
     try:
         durations = {
-            field: _duration(flag, getattr(args, field), optional=optional)
+            # (--retention 30, read as seconds, deleted almost every finished run)
+            field: _duration(
+                flag, getattr(args, field), optional=optional, unit=field == "retention"
+            )
             for field, flag, optional in (
                 ("retention", "--retention", False),
                 ("heartbeat_interval", "--heartbeat-interval", False),

@@ -119,6 +119,12 @@ def _seconds(text: Any) -> float:
     return parse_duration(str(text))
 
 
+def _age(text: Any) -> float:
+    """A duration after which data is deleted: with a unit (``--retention 30``, read as
+    seconds, deleted almost every finished run at the server's start)."""
+    return parse_duration(str(text), unit=True)
+
+
 def _optional_seconds(text: Any) -> float:
     """A duration, or 0 for 0 / "0" / "off" / "never" (turned off)."""
     if str(text).strip().lower() in ("0", "off", "never"):
@@ -179,7 +185,7 @@ ENVIRONMENT: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("metrics_port", ENV_METRICS_PORT, _port),
     ("db", ENV_DB, _text),
     ("token", ENV_TOKEN, _text),
-    ("retention", ENV_RETENTION, _seconds),
+    ("retention", ENV_RETENTION, _age),
     ("heartbeat_interval", ENV_HEARTBEAT_INTERVAL, _seconds),
     ("heartbeat_timeout", ENV_HEARTBEAT_TIMEOUT, _seconds),
     ("late_after", ENV_LATE_AFTER, _optional_seconds),
