@@ -26,9 +26,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     # database: a script's unset variable must not prune another database.
     db = args.db if args.db is not None else os.environ.get(ENV_DB) or DEFAULT_DB
     try:  # (a bare number is refused: "30" meant for days deleted nearly every run)
-        older_than = (
-            None if args.older_than is None else parse_duration(args.older_than, unit=True)
-        )
+        older_than = None if args.older_than is None else parse_duration(args.older_than, unit=True)
     except ValueError as exc:
         raise UsageError(f"--older-than {exc}") from None
     try:
