@@ -436,6 +436,10 @@ def test_cli_schedules_create_list_pause_delete(
     assert code == 0 and re.search(r" next \d{4}-\d\d-\d\d 02:30:00 Asia/Tokyo$", out), out
     code, _, _ = cli("delete", out.split()[0])
     assert code == 0
+    code, out, _ = cli("create", str(path), "--cron", "30 2 * * *")  # UTC, said so too
+    assert code == 0 and re.search(r" next \d{4}-\d\d-\d\d 02:30:00 UTC$", out), out
+    code, _, _ = cli("delete", out.split()[0])
+    assert code == 0
     code, out, _ = cli("pause", schedule_id[:8])  # a unique prefix, as for run ids
     assert code == 0 and out.startswith(f"{schedule_id}  paused ")
     code, _, err = cli("resume", "")

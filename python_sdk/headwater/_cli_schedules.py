@@ -37,7 +37,7 @@ def _next_time(s: ScheduleInfo) -> str:
     """The next fire time: a cron schedule's in its own time zone, named (beside the
     spec "(Europe/Berlin)" a bare local time read as Berlin's: a trial); other
     schedules' in local time, as the CLI prints times."""
-    if s.cron and s.timezone != "UTC" and s.next_run_at is not None:
+    if s.cron and s.next_run_at is not None:  # (UTC's too: it read as local time)
         from zoneinfo import ZoneInfo
 
         there = s.next_run_at.astimezone(ZoneInfo(s.timezone))

@@ -70,10 +70,14 @@ def make_timing(
             f"unknown time zone {zone_name!r}; use an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
     if new and zone_name.lower() in _NOT_PLACES:  # (files in the zone database, taken)
+        why = (
+            " ('localtime' is whatever the server's machine is set to)"
+            if zone_name.lower() == "localtime"
+            else ""
+        )
         raise ScheduleError(
-            f"time zone {zone_name!r} is not a place's time zone ('localtime' is whatever "
-            "the server's machine is set to); use an IANA name such as 'UTC' or "
-            "'Europe/Berlin'"
+            f"time zone {zone_name!r} is not a place's time zone{why}; use an IANA name "
+            "such as 'UTC' or 'Europe/Berlin'"
         )
     if every is not None and cron:
         raise ScheduleError("a schedule has either an interval or a cron expression, not both")
