@@ -283,9 +283,14 @@ class DaskExecutor:
                     column.append(value)
                 keys.append(token)
             try:
-                futures = client.map(
-                    run_attempt, *columns, key=keys, resources=dict(resources) or None, pure=False
-                )
+                with _pickling_errors_unlogged():
+                    futures = client.map(
+                        run_attempt,
+                        *columns,
+                        key=keys,
+                        resources=dict(resources) or None,
+                        pure=False,
+                    )
             except Exception:
                 if not client_closed(client):
                     # One attempt's inputs or code cannot be pickled (a lock, an open
@@ -342,13 +347,14 @@ class DaskExecutor:
             try:
                 # (a key of its own: the failed map left futures under the group's keys,
                 # which the scheduler never got, and a submit under one waited for good)
-                future = self.client.submit(
-                    run_attempt,
-                    *row,
-                    key=f"{keys[i]}-alone",
-                    resources=dict(resources) or None,
-                    pure=False,
-                )
+                with _pickling_errors_unlogged():
+                    future = self.client.submit(
+                        run_attempt,
+                        *row,
+                        key=f"{keys[i]}-alone",
+                        resources=dict(resources) or None,
+                        pure=False,
+                    )
             except Exception as exc:
                 command = item[0]
                 # ("cannot pickle '_thread.lock' object", not Dask's "Could not
@@ -548,6 +554,20 @@ class DaskExecutor:
         else:
             event = TaskLost(key, attempt)  # cancelled by the cluster, not by us
         completions.put(event)
+
+
+@contextlib.contextmanager
+def _pickling_errors_unlogged() -> Iterator[None]:
+    """Dask's own log of a value it cannot pickle, off while attempts are sent: the
+    executor fails such an attempt itself, naming it (~100 lines of Dask's traceback
+    came first, naming another task of the batch; a trial)."""
+    quiet = logging.getLogger("distributed.protocol.pickle")
+    was = quiet.disabled
+    quiet.disabled = True
+    try:
+        yield
+    finally:
+        quiet.disabled = was
 
 
 def _scheduler_id(client: Client) -> str:
