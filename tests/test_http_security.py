@@ -283,8 +283,16 @@ def test_every_http_route_and_role_gets_the_exact_status(
     assert not wrong, "\n".join(wrong)
     # A route missing from the table is refused, whoever asks.
     admin = site.tokens["admin"]["right"]
-    status, _, body = call(site, "DELETE", f"/api/runs/{site.ended_run}", cookie=admin)
-    assert status == 404 and json.loads(body)["error"].startswith("no route DELETE /api/runs/")
+    # A method a route does not have is a 405 naming those it has (it was a 404, as if
+    # the page did not exist: a trial's HEAD /), whoever asks.
+    status, answer, body = call(site, "DELETE", f"/api/runs/{site.ended_run}", cookie=admin)
+    assert status == 405 and answer["Allow"] == "GET"
+    assert json.loads(body)["error"] == (
+        f"DELETE is not allowed on /api/runs/{site.ended_run} (GET)"
+    )
+    status, answer, _ = call(site, "HEAD", "/runs")
+    assert status == 405 and answer["Allow"] == "GET"
+    assert call(site, "HEAD", "/healthz")[0] == 200
     assert call(site, "POST", "/api/unknown", cookie=admin)[0] == 404
 
 

@@ -49,11 +49,14 @@ TOKEN_FIELD = "token"
 @dataclass(frozen=True)
 class HttpDecision:
     """What to do with one request: ``status`` 200 (serve it as ``caller``), 401 (no
-    valid credential), 403 (role or CSRF) or 404 (no such route)."""
+    valid credential), 403 (role or CSRF), 404 (no such route) or 405 (a route, not
+    of this method)."""
 
     status: int
     caller: Caller | None = None
     reason: str = ""
+    #: With 405: the methods the route has (the answer's ``Allow`` header).
+    allow: str = ""
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -119,6 +122,12 @@ class HttpGuard:
         """Decide one request (see the module docstring)."""
         route = http_route(method, path)
         if route is None:
+            allowed = [m for m in ("GET", "HEAD", "POST") if http_route(m, path) is not None]
+            if allowed:  # (it said 404, as if the page did not exist: a trial's HEAD /)
+                methods = ", ".join(allowed)
+                return HttpDecision(
+                    405, reason=f"{method} is not allowed on {path} ({methods})", allow=methods
+                )
             return HttpDecision(404, reason=f"no route {method} {path}")
         try:
             caller, by_cookie = self.authenticate(headers)

@@ -82,6 +82,8 @@ def refusal(guard: HttpGuard, request: web.Request, decision: HttpDecision) -> w
         response = web.json_response({"error": decision.reason}, status=decision.status)
         if decision.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="headwater"'
+    if decision.allow:
+        response.headers["Allow"] = decision.allow
     if decision.status == 401 and session_token(request.headers):
         response.headers["Set-Cookie"] = guard.logout_cookie()  # it no longer works
     return response
