@@ -248,17 +248,9 @@ class FlowRunEngine:
         record someone else holds keeps its state, history and result), so that a host
         can free a 100,000-task run on a thread of its own without holding the GIL for
         the whole cascade. ``result`` and ``flow_history`` stay."""
-        self.on_transition = None
-        for node in self._nodes.values():
-            node.whole_sources = node.elem_sources = []
-            node.whole_dependents = node.elem_dependents = []
-            node.shared_inputs = node.whole_tally = None
+        self.unlink()
         for run in self.runs.values():
-            run.release()
-        self._ready.clear()
-        self._settle.clear()
-        self._checking.clear()
-        self._prior = {}
+            run.release()  # (its children too)
         runs, nodes = self.runs, self._nodes
         while runs:
             runs.popitem()
