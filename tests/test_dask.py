@@ -422,19 +422,33 @@ def test_a_dask_run_retried_without_its_executor_says_what_to_pass(
     client, _ = gpu_cluster
 
     @task
+    def kept(x: int) -> int:
+        return x
+
+    @task
     def fails(x: int) -> int:
         raise ValueError("no")
 
     @flow
     def failing(x: int = 1) -> int:
-        return fails(x)
+        return fails(kept(x))
 
     run = failing.run(executor=DaskExecutor(client=client))
     with pytest.raises(ValueError) as refused:
         run.retry()
-    assert str(refused.value) == (
+    assert str(refused.value).startswith(
         f"cannot retry flow run {run.id[:8]}: this run ran on Dask and keeps its results "
         "there; pass executor=DaskExecutor(client=...) with the client the run used"
+    )
+    # Another client, while the run's is open: said so, not "the client closed".
+    with (
+        Client(client.scheduler.address, set_as_default=False) as other,
+        pytest.raises(ValueError) as refused,
+    ):
+        run.retry(executor=DaskExecutor(client=other))
+    assert str(refused.value) == (
+        f"cannot retry flow run {run.id[:8]}: this run's results are held by another Dask "
+        "client, still open: pass DaskExecutor(client=...) with the client the run used"
     )
     threads = failing.run()
     with pytest.raises(ValueError, match="this run ran on this process's threads"):

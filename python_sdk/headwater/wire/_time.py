@@ -43,7 +43,7 @@ def parse_duration(text: str, *, unit: bool = False) -> float:
             ) from None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     else:
-        if unit:
+        if unit and seconds > 0:
             raise ValueError(
                 f"needs a unit: {text.strip()!r} could be seconds or days; give e.g. "
                 "30d, 12h or 90s"

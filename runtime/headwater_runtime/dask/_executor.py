@@ -438,14 +438,21 @@ class DaskExecutor:
             if where is None:
                 continue
             future = where[0]
-            if client is None or future.client is not client or future.status != "finished":
+            if future.status == "finished" and not client_closed(future.client):
+                if future.client is client:
+                    continue
+                # (it said the run's client had closed: it is open, only not this one)
                 raise ValueError(
-                    "this run's results stayed in a Dask cluster through a client that closed "
-                    "when the run ended (DaskExecutor(address) closes its client, and "
-                    "its own LocalCluster, at the end of a run): keep a "
-                    "distributed.Client open and pass DaskExecutor(client=...) to the run "
-                    "and to retry(), or run the flow again"
+                    "this run's results are held by another Dask client, still open: pass "
+                    "DaskExecutor(client=...) with the client the run used"
                 )
+            raise ValueError(
+                "this run's results stayed in a Dask cluster through a client that closed "
+                "when the run ended (DaskExecutor(address) closes its client, and "
+                "its own LocalCluster, at the end of a run): keep a "
+                "distributed.Client open and pass DaskExecutor(client=...) to the run "
+                "and to retry(), or run the flow again"
+            )
 
     def _can_serve(self, needed: dict[str, float]) -> bool:
         return cluster_declares(self.client, needed)

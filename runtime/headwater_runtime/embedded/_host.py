@@ -541,7 +541,9 @@ def _check_same_kind(engine: FlowRunEngine, executor: Executor) -> None:
     if ran != given or engine.auto_start == executor.reports_starts:
         # (it named DaskValues and PythonValues: a trial)
         fix = (
-            "pass executor=DaskExecutor(client=...) with the client the run used"
+            "pass executor=DaskExecutor(client=...) with the client the run used (a run "
+            "on an address or on its own LocalCluster closed its client as it ended: run "
+            "the flow again)"
             if ran == "on Dask"
             else "leave executor= out (or give a ThreadExecutor)"
         )
