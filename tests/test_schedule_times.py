@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from headwater.wire import fire_key
 from headwater_runtime.server._schedule_times import (
     MAX_FIRES_PER_TICK,
     ScheduleError,
     due_fires,
-    fire_key,
     first_fire,
     make_timing,
     next_fire,

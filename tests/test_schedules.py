@@ -12,9 +12,9 @@ from test_run_manager import Clock, FakeDispatch, drain, pipeline, total, value_
 
 from headwater import flow
 from headwater.v1 import run_pb2
-from headwater.wire import FlowRunState, ParameterError
+from headwater.wire import FlowRunState, ParameterError, fire_key
 from headwater_runtime.server._runs import RunManager
-from headwater_runtime.server._schedule_times import ScheduleError, fire_key
+from headwater_runtime.server._schedule_times import ScheduleError
 from headwater_runtime.server._schedules import Scheduler, advance
 from headwater_runtime.store import FlowRunRow, NotFound, ScheduleRow, SQLiteStore
 

@@ -631,7 +631,7 @@ def _first_fire_after_a_failure(
     the one server log line saying the fire is tried again."""
     from test_server_protocol import TOKEN, serving
 
-    from headwater_runtime.server._schedule_times import fire_key
+    from headwater.wire import fire_key
 
     async def main() -> tuple[str, float, list[str]]:
         async with (

@@ -21,6 +21,7 @@ from headwater.wire import (
     TASK_RUN_ID_SEPARATOR,
     FlowRunState,
     TaskRunState,
+    fire_time_of,
     parse_duration,
     printable,
 )
@@ -282,13 +283,10 @@ def _interrupted(client: Client, run: RemoteFlowRun, detach: bool, how: str = "C
 
 
 def _fire_time(run: RemoteFlowRun) -> str | None:
-    """A scheduled run's fire time in ISO 8601 (its idempotency key names it,
-    ``schedule/ID/2026-12-05T06:00:00.000Z``); None for another run."""
-    parts = run.idempotency_key.split("/")
-    if not run.schedule_id or len(parts) != 3 or parts[0] != "schedule":
-        return None
-    stamp = parts[2]
-    return stamp[:-1] + "+00:00" if stamp.endswith("Z") else None
+    """A scheduled run's fire time in ISO 8601 (its idempotency key names it:
+    ``fire_time_of``); None for another run."""
+    fired = fire_time_of(run.idempotency_key) if run.schedule_id else None
+    return datetime.fromtimestamp(fired, UTC).isoformat() if fired is not None else None
 
 
 def _run_json(run: RemoteFlowRun) -> dict[str, Any]:

@@ -152,6 +152,9 @@ from ._states import TaskRunState as TaskRunState
 from ._streams import StreamStandIn as StreamStandIn
 from ._time import MAX_COUNT as MAX_COUNT
 from ._time import duration as duration
+from ._time import fire_key as fire_key
+from ._time import fire_text as fire_text
+from ._time import fire_time_of as fire_time_of
 from ._time import format_duration as format_duration
 from ._time import parse_duration as parse_duration
 from ._time import parse_rate as parse_rate

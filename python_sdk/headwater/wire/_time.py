@@ -117,3 +117,33 @@ def seconds(message: _SecondsNanos) -> float:
 def to_datetime(message: _SecondsNanos) -> datetime:
     """A Timestamp message as an aware UTC datetime."""
     return datetime.fromtimestamp(seconds(message), UTC)
+
+
+# A scheduled run's idempotency key names its fire time (docs/schedules.md): the
+# server makes it, and a client reads the fire time back from it.
+
+
+def fire_key(schedule_id: str, fire_time: float) -> str:
+    """The idempotency key of the run a schedule creates for one fire time."""
+    return f"schedule/{schedule_id}/{fire_text(fire_time)}"
+
+
+def fire_text(fire_time: float) -> str:
+    """A fire time in UTC to the millisecond: ``2026-12-05T06:00:00.000Z``."""
+    ms = round(fire_time * 1000)
+    stamp = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{ms % 1000:03d}Z"
+
+
+def fire_time_of(key: str) -> float | None:
+    """The fire time a scheduled run's idempotency key names (``fire_key``'s inverse);
+    None for a key ``fire_key`` did not make."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] != "schedule" or not parts[2].endswith("Z"):
+        return None
+    try:
+        stamp, ms = parts[2][:-1].rsplit(".", 1)
+        whole = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+        return whole.timestamp() + int(ms) / 1000
+    except ValueError:
+        return None

@@ -23,6 +23,7 @@ from headwater.wire import (
     FlowRunState,
     check_name,
     duration,
+    fire_time_of,
     split_task_run_id,
     timestamp,
 )
@@ -50,7 +51,6 @@ from ._late import NOT_STARTED, LateRuns, late_reason
 from ._limits import check_reason
 from ._metrics import MetricsServer, ServerMetrics
 from ._runs import ActiveRun, Resumed
-from ._schedule_times import fire_time_of
 from ._webhooks import Deliverer, DeliverySettings, Webhooks
 from ._workers import WorkerRegistry
 

@@ -18,12 +18,11 @@ import logging
 from typing import TYPE_CHECKING
 
 from headwater.v1 import run_pb2
-from headwater.wire import GraphBuildNeeded, GraphError, ParameterError
+from headwater.wire import GraphBuildNeeded, GraphError, ParameterError, fire_key, fire_text
 from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 
 from ._builds import BuildUnavailable, NoBuilder
 from ._io import to_its_end
-from ._schedule_times import fire_key, fire_text
 from ._schedules import Scheduler, advance, identity, shown, shown_message
 
 if TYPE_CHECKING:

@@ -29,7 +29,15 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from headwater.v1 import payload_pb2, run_pb2
-from headwater.wire import GraphBuildNeeded, ParameterError, check_name, seconds, timestamp
+from headwater.wire import (
+    GraphBuildNeeded,
+    ParameterError,
+    check_name,
+    fire_key,
+    fire_text,
+    seconds,
+    timestamp,
+)
 from headwater_runtime.engine import Clock
 from headwater_runtime.store import Conflict, NotFound, ScheduleRow, Store
 
@@ -40,8 +48,6 @@ from ._schedule_times import (
     ScheduleError,
     Timing,
     due_fires,
-    fire_key,
-    fire_text,
     first_fire,
     make_timing,
     next_fire,
