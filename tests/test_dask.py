@@ -314,6 +314,53 @@ def _parent() -> dict[str, int]:
     return {"sum": _summing_child(_numbers()), "late": _stuck_child.with_options(timeout=0.5)()}
 
 
+def test_a_result_held_in_the_cluster_is_mapped_over_as_on_threads(
+    gpu_cluster: tuple[Client, str],
+) -> None:
+    """An element of a result the cluster holds is taken by position, as on threads:
+    a pandas Series by position, not by its labels (a Series indexed 2, 1, 0 paired
+    the children with its elements reversed, a user trial); a DataFrame is refused."""
+    client, _ = gpu_cluster
+
+    class Labelled:  # what a pandas Series is told by: [i] a label, .iloc[i] a position
+        def __init__(self, values: list[int], labels: list[int]) -> None:
+            self.values, self.labels = values, labels
+
+        def __len__(self) -> int:
+            return len(self.values)
+
+        def __getitem__(self, label: int) -> int:
+            return self.values[self.labels.index(label)]
+
+        @property
+        def iloc(self) -> list[int]:
+            return self.values
+
+    class Table(Labelled):  # what a pandas DataFrame is told by: columns and iloc
+        columns = ("a", "b", "c")
+
+    @task
+    def labelled(table: bool) -> Labelled:
+        return (Table if table else Labelled)([10, 20, 30], [2, 1, 0])
+
+    @task
+    def same(x: int) -> int:
+        return x
+
+    @flow
+    def by_position(table: bool = False) -> list[int]:
+        return same.map(labelled(table))
+
+    threads = by_position.run()
+    on_dask = by_position.run(executor=DaskExecutor(client=client))
+    assert threads.result == on_dask.result == [10, 20, 30], on_dask.message
+    refused = by_position.run(table=True, executor=DaskExecutor(client=client))
+    assert refused.state is FlowRunState.FAILED
+    (failed,) = refused.failures
+    assert failed.failure is not None
+    assert "has no elements to map over" in failed.failure.message
+
+
 def test_subflows_on_dask_get_values_and_their_timeouts_hold(
     gpu_cluster: tuple[Client, str],
 ) -> None:

@@ -120,6 +120,45 @@ def test_results_stay_in_the_cluster_and_feed_the_next_task_as_futures(
     assert "does not hold" in unknown.error.message
 
 
+def test_a_held_result_is_split_by_position_as_on_threads(
+    bridge_for: Callable[..., Bridge],
+) -> None:
+    """The bridge splits a result it holds as the embedded host maps over it: a pandas
+    Series by position, not by its labels (element 0 of a Series indexed 2, 1, 0 was
+    its last, a user trial's wrong order)."""
+
+    class Labelled:  # what a pandas Series is told by: [i] a label, .iloc[i] a position
+        def __init__(self, values: list[int], labels: list[int]) -> None:
+            self.values, self.labels = values, labels
+
+        def __len__(self) -> int:
+            return len(self.values)
+
+        def __getitem__(self, label: int) -> int:
+            return self.values[self.labels.index(label)]
+
+        @property
+        def iloc(self) -> list[int]:
+            return self.values
+
+    @task
+    def labelled() -> Labelled:
+        return Labelled([10, 20, 30], [2, 1, 0])
+
+    @task
+    def same(x: int) -> int:
+        return x
+
+    bridge = bridge_for(labelled, same)
+    bridge.attempts.assign(assignment(labelled.task_type, "s/l", {}, split_result=True))
+    result = bridge.outcome("s/l").result.result
+    assert result.ref.metadata["headwater.length"] == "3"
+    first = worker_pb2.InputValue(value=result.items[0])
+    bridge.attempts.assign(assignment(same.task_type, "s/same", {"x": first}))
+    taken = bridge.outcome("s/same").result.result
+    assert decode_value(bridge.attempts.export(taken.ref.payload_id).value_exported.value) == 10
+
+
 def scheduler_keys(client: Any) -> set[str]:
     """The keys whose values the Dask cluster keeps in memory."""
     keys = client.run_on_scheduler(

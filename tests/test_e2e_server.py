@@ -156,6 +156,51 @@ def summed(values: list[int]) -> int:
 def over_defaults(items: tuple[int, ...] = (1, 2), factor: int = 10) -> int:
     return load(transform.map(items, unmapped(factor)))
 
+class Labelled:  # what a pandas Series is told by: [i] takes a label, .iloc[i] a position
+
+    def __init__(self, values, labels):
+        self.values, self.labels = list(values), list(labels)
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, label):
+        return self.values[self.labels.index(label)]
+
+    @property
+    def iloc(self):
+        return self.values
+
+class Table(Labelled):  # what a pandas DataFrame is told by: columns and iloc
+
+    columns = ("a", "b", "c")
+
+@task
+def labelled(table: bool = False):
+    kind = Table if table else Labelled
+    return kind([10, 20, 30], [2, 1, 0])
+
+@task
+def same(x):
+    return x
+
+@flow
+def by_position(table: bool = False) -> list:
+    return same.map(labelled(table))
+
+@task
+def blob(kb: int, seed: int) -> bytes:
+    return bytes([seed]) * (kb * 1024)
+
+@task(cache_for=3600)
+def measure(data: bytes) -> int:
+    effect(f"measure-{data[0]}")
+    return len(data) + data[0]
+
+@flow
+def measured(kb: int = 1200, seed: int = 1) -> int:
+    return measure(blob(kb, seed))
+
 class Unprintable(Exception):
     def __str__(self):
         raise RuntimeError("str exploded")
@@ -243,6 +288,57 @@ def test_etl_through_the_server_with_two_workers(
         ]
     )
     assert {worker for _, worker in ran} <= {"w1", "w2"}
+
+
+def test_a_worker_maps_over_results_as_the_embedded_host_does(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """A worker splits a result to map over as the embedded host maps over it: a
+    pandas Series by position, not by its labels (a Series indexed 2, 1, 0 paired the
+    children with its elements reversed; one indexed by ids failed with KeyError), and
+    a DataFrame not at all (its [i] picks a column: the children got its columns and
+    the run succeeded with other results than embedded), a user trial."""
+    _, address = start_server(cluster, db)
+    start_worker(cluster, address, "w1")
+    module = flows(tmp_path)
+    embedded = module.by_position.run()  # type: ignore[attr-defined]
+    assert embedded.result == [10, 20, 30]
+    with Client(address, token=TOKEN) as client:
+        final = client.wait(client.run(module.by_position).id, timeout=BOUND)  # type: ignore[attr-defined]
+        assert final.state is FlowRunState.SUCCESS, final.message
+        assert final.result == [10, 20, 30]
+        run = client.run(module.by_position, {"table": True})  # type: ignore[attr-defined]
+        final = client.wait(run.id, timeout=BOUND)
+    table = module.by_position.run(table=True)  # type: ignore[attr-defined]
+    assert table.state is FlowRunState.FAILED and final.state is FlowRunState.FAILED
+    (embedded_failure,) = table.failures
+    assert embedded_failure.failure is not None
+    assert "Table has no elements to map over" in embedded_failure.failure.message
+    (failed,) = final.failures
+    assert failed.key == "same" and failed.failure is not None
+    assert "cannot map over argument 'x': the result has no elements" in failed.failure.message
+
+
+def test_a_cached_task_whose_input_travels_by_reference_hits_its_cache(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """An input of more than the inline limit (1 MiB) travels as a reference to a
+    payload uploaded again by every run: the server keys the cache by the payload's
+    content, so the second run with the same bytes is a hit (it never hit: the key
+    held the upload's id), and other bytes are a miss."""
+    _, address = start_server(cluster, db)
+    start_worker(cluster, address, "w1")
+    module = flows(tmp_path)
+    states = []
+    with Client(address, token=TOKEN) as client:
+        for seed in (1, 1, 2):
+            run = client.run(module.measured, {"seed": seed})  # type: ignore[attr-defined]
+            final = client.wait(run.id, timeout=BOUND)
+            assert final.state is FlowRunState.SUCCESS, final.message
+            assert final.result == 1200 * 1024 + seed
+            states.append({t.key: t.state.name for t in final.task_runs}["measure"])
+    assert states == ["SUCCESS", "CACHED", "SUCCESS"]
+    assert sorted(what for what, _ in effects(tmp_path)) == ["measure-1", "measure-2"]
 
 
 def test_an_exception_whose_str_raises_fails_the_run_on_the_server(

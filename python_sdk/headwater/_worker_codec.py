@@ -8,7 +8,7 @@ here holds state: the worker passes in a ``PayloadTransfer`` bound to its channe
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from headwater.v1 import payload_pb2, state_pb2, worker_pb2
@@ -28,6 +28,7 @@ from headwater.wire import (
     message_budget,
     message_ceiling,
 )
+from headwater_runtime.engine import PYTHON_VALUES
 
 # Inputs --------------------------------------------------------------------------------
 
@@ -61,20 +62,22 @@ def decode_inputs(assignment: worker_pb2.Assignment, transfer: PayloadTransfer) 
 
 
 def _elements(value: Any) -> list[Any] | None:
-    """The elements of a sequence result, as the embedded host would map over them."""
-    if isinstance(value, str | bytes | bytearray | Mapping):
+    """The elements of a sequence result, as the embedded host maps over them
+    (``PythonValues``): a DataFrame has none (its length counts rows, its ``[i]`` picks
+    a column) and a pandas Series's are taken by position, not by label. (A worker split
+    a DataFrame into its columns, and a Series by its index's labels: other results
+    than embedded, or a KeyError, a user trial.)"""
+    if PYTHON_VALUES.length(value) is None:
         return None
     if isinstance(value, list | tuple):
         return list(value)
-    if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
-        try:
-            return [value[i] for i in range(len(value))]
-        except Exception as exc:
-            raise EncodingError(
-                f"a {type(value).__name__} result cannot be split into elements "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
-    return None
+    try:
+        return [PYTHON_VALUES.item(value, i) for i in range(len(value))]
+    except Exception as exc:
+        raise EncodingError(
+            f"a {type(value).__name__} result cannot be split into elements "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _part(value: Any, path: Sequence[str | int]) -> Any:

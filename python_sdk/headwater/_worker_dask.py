@@ -310,6 +310,7 @@ class DaskAttempts(Attempts):
     def _ref(self, future: Any, token: Token, split: bool) -> payload_pb2.Value:
         """A Value referring to a future this bridge keeps (elements too when split)."""
         from headwater_runtime.dask import length_of, select
+        from headwater_runtime.engine import At
 
         metadata: dict[str, str] = {}
         items: list[payload_pb2.Value] = []
@@ -327,7 +328,7 @@ class DaskAttempts(Attempts):
                     )
                 metadata[LENGTH_KEY] = str(n)
                 for i in range(n):
-                    part = self.client.submit(select, future, (i,), pure=False)
+                    part = self.client.submit(select, future, (At(i),), pure=False)
                     items.append(self._hold(part, token, {}))
         value = self._hold(future, token, metadata)
         value.items.extend(items)

@@ -26,6 +26,7 @@ from headwater_runtime.engine import (
     CacheEntry,
     Event,
     RunTask,
+    Step,
     TaskFailed,
     TaskLost,
     TaskSkipped,
@@ -46,7 +47,7 @@ from ._values import DaskValues, Part, holds_remote, locate
 
 log = logging.getLogger("headwater.dask")
 
-_Selections = dict[str, tuple[Any, tuple[str | int, ...]]]
+_Selections = dict[str, tuple[Any, tuple[Step, ...]]]
 
 #: Seconds between two looks at the Dask client while a run goes on (its scheduler
 #: may have gone for good: the client then closes, and nothing it holds ever ends).

@@ -28,7 +28,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from headwater.wire import FailureInfo
 from headwater_runtime.embedded import make_cache_key
-from headwater_runtime.engine import PythonValues, TaskFailed, TaskSkipped
+from headwater_runtime.engine import PythonValues, Step, TaskFailed, TaskSkipped
 from headwater_runtime.execution import Caller, TaskInterrupted, execute
 
 _VALUES = PythonValues()
@@ -128,7 +128,7 @@ def _portable(failure: FailureInfo) -> FailureInfo:
 def run_attempt(
     caller: Caller,
     inputs: dict[str, Any],
-    selections: dict[str, tuple[Any, tuple[str | int, ...]]],
+    selections: dict[str, tuple[Any, tuple[Step, ...]]],
     token: str,
     name: str,
     attempt: int,
@@ -193,12 +193,12 @@ def run_attempt(
     return event.value
 
 
-def length_of(value: Any, path: tuple[str | int, ...]) -> int | None:
+def length_of(value: Any, path: tuple[Step, ...]) -> int | None:
     """``PythonValues.length`` of (a part of) a value, computed where the value lives."""
     return _VALUES.length(_VALUES.select(value, path) if path else value)
 
 
-def select(value: Any, path: tuple[str | int, ...]) -> Any:
+def select(value: Any, path: tuple[Step, ...]) -> Any:
     """A part of a value, as a task of its own (for parts nested in containers)."""
     return _VALUES.select(value, path)
 
@@ -208,7 +208,7 @@ def compute_cache_key(
     key_fn: Callable[[dict[str, Any]], Any] | None,
     name: str,
     inputs: dict[str, Any],
-    selections: dict[str, tuple[Any, tuple[str | int, ...]]],
+    selections: dict[str, tuple[Any, tuple[Step, ...]]],
 ) -> str:
     """A task's cache key from its real input values, computed where they live."""
     if selections:

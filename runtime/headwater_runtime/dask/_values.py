@@ -15,11 +15,11 @@ from typing import Any
 
 from distributed import Client, Future
 
-from headwater_runtime.engine import PYTHON_VALUES, ValueOps
+from headwater_runtime.engine import PYTHON_VALUES, At, Step, ValueOps
 
 from ._remote import length_of
 
-Path = tuple[str | int, ...]
+Path = tuple[Step, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +77,14 @@ class DaskValues:
         return self._lengths[known]
 
     def item(self, value: Any, index: int) -> Any:
-        """Element ``index``: a Part for a value in the cluster (nothing is fetched)."""
-        return self.select(value, (index,))
+        """Element ``index``: a Part for a value in the cluster (nothing is fetched),
+        taken by position as ``PythonValues.item`` takes it (a pandas Series by
+        position, not by its labels: mapping over a Series indexed 2, 1, 0 paired the
+        children with its elements reversed, a user trial)."""
+        where = locate(value)
+        if where is None:
+            return PYTHON_VALUES.item(value, index)
+        return self.select(value, (At(index),))
 
     def select(self, value: Any, path: Path) -> Any:
         """The part at ``path``: a Part for a value in the cluster, taken later on the

@@ -40,7 +40,7 @@ from ._records import AttemptRecord, StateEntry, TaskRunRecord
 from ._rerun import not_retryable
 from ._states import TRANSITIONS, IllegalTransition
 from ._subflows import SUBFLOW_CANCELLED, SUBFLOW_FAILED, subflow_outcome
-from ._values import PYTHON_VALUES, PythonValues, ValueOps
+from ._values import PYTHON_VALUES, At, PythonValues, Step, ValueOps
 
 if TYPE_CHECKING:
     from ._journal import (
@@ -92,6 +92,7 @@ __all__ = [
     "TIMERS",
     "TRANSITIONS",
     "WORKER_LOST",
+    "At",
     "AttemptRecord",
     "CacheChecked",
     "CacheEntry",
@@ -112,6 +113,7 @@ __all__ = [
     "RunRetried",
     "RunTask",
     "StateEntry",
+    "Step",
     "TaskFailed",
     "TaskLost",
     "TaskRunRecord",

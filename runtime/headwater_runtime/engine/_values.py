@@ -9,7 +9,26 @@ objects (PythonValues); the server passes payload handles it never decodes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """A step of a path into a value that takes the element at a position, as mapping
+    over the value does (``PythonValues.item``: by position for a pandas Series); a
+    plain ``str`` or ``int`` step indexes the value with ``[]``, as ``result["rows"]``
+    or ``result[0]`` in a flow body does. Hosts that take a part of a value later, where
+    it lives (Dask), describe an element to map over with it."""
+
+    index: int
+
+    def __repr__(self) -> str:
+        return repr(self.index)
+
+
+#: One step of a path into a value (``ValueOps.select``).
+Step = str | int | At
 
 
 class ValueOps(Protocol):
@@ -49,7 +68,7 @@ class PythonValues:
         # Strings and mappings are refused: mapping over characters or keys is a classic
         # bug. Anything else with a length and indexing maps (lists, tuples, ranges,
         # numpy arrays); sets and generators do not, as they have no stable order.
-        if isinstance(value, str | bytes | Mapping):
+        if isinstance(value, str | bytes | bytearray | Mapping):
             return None
         if hasattr(value, "columns") and hasattr(value, "iloc"):
             return None  # a DataFrame: its length counts rows, its [i] picks a column
@@ -62,10 +81,10 @@ class PythonValues:
         iloc = getattr(value, "iloc", None)
         return value[index] if iloc is None else iloc[index]
 
-    def select(self, value: Any, path: tuple[str | int, ...]) -> Any:
-        """``value[path[0]][path[1]]...``."""
+    def select(self, value: Any, path: tuple[Step, ...]) -> Any:
+        """``value[path[0]][path[1]]...``, an ``At`` step as ``item``."""
         for part in path:
-            value = value[part]
+            value = self.item(value, part.index) if isinstance(part, At) else value[part]
         return value
 
     def make_list(self, items: list[Any], is_tuple: bool) -> Any:

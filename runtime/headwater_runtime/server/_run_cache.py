@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from headwater.v1 import payload_pb2
+from headwater.v1 import payload_pb2, worker_pb2
 from headwater_runtime.engine import (
     CacheChecked,
     CacheEntry,
@@ -21,7 +21,7 @@ from headwater_runtime.engine import (
     EventIgnored,
     TaskSucceeded,
 )
-from headwater_runtime.store import Store
+from headwater_runtime.store import NotFound, Store
 
 from ._values import SERVER_VALUES, to_input_value
 
@@ -118,12 +118,52 @@ class RunCacheLookups:
             # (CacheKeyReport), answered by cache_lookup before the task runs.
             return CacheChecked(command.run.key, "", None)
         digest = hashlib.sha256()
+        sha256_of = _StoredHashes(self.store)
         for name in sorted(command.inputs):
             digest.update(name.encode() + b"\0")
-            digest.update(
-                to_input_value(command.inputs[name], elements=False).SerializeToString(
-                    deterministic=True
-                )
-            )
+            value = to_input_value(command.inputs[name], elements=False)
+            _by_content(value, sha256_of)
+            digest.update(value.SerializeToString(deterministic=True))
         key = spec.cache_key_prefix + digest.hexdigest()
         return CacheChecked(command.run.key, key, self._cached(key, split))
+
+
+class _StoredHashes:
+    """The SHA-256 the store computed of each payload asked for ("" when it is not
+    stored), each read once."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._known: dict[str, str] = {}
+
+    def __call__(self, payload_id: str) -> str:
+        if payload_id not in self._known:
+            try:
+                self._known[payload_id] = self.store.payload_meta(payload_id).sha256
+            except NotFound:
+                self._known[payload_id] = ""
+        return self._known[payload_id]
+
+
+def _by_content(msg: worker_pb2.InputValue, sha256_of: Callable[[str], str]) -> None:
+    """An input's references to the store named by their content for its cache key:
+    each ``payload_id`` (new with every upload) replaced by the SHA-256 the store
+    computed of the bytes (not the one a reference states). An input of more than
+    the inline limit (1 MiB) was a new key on every run: such a task never hit its
+    cache on a server (a user trial). A reference held elsewhere (a Dask cluster) or
+    to a payload no longer stored keeps its id."""
+    if msg.HasField("value"):
+        values = [msg.value]
+        while values:
+            value = values.pop()
+            values.extend(value.items)
+            if value.WhichOneof("kind") != "ref" or value.ref.location:
+                continue
+            sha256 = sha256_of(value.ref.payload_id)
+            if sha256:
+                value.ref.payload_id = ""
+                value.ref.sha256 = sha256
+    for item in msg.list.items:
+        _by_content(item, sha256_of)
+    for entry in msg.map.entries:
+        _by_content(entry.value, sha256_of)
