@@ -200,9 +200,31 @@ def test_a_failing_cache_key_fn_runs_the_task_uncached_with_a_warning(
 
     executor = backend.executor()
     for _ in range(2):
-        with pytest.warns(RuntimeWarning, match="could not compute a cache key"):
+        with pytest.warns(RuntimeWarning, match="could not compute a cache key") as said:
             assert f(executor=executor) == 1  # type: ignore[call-arg]
+        # Shown at the task's definition, the user's code (not Headwater's line).
+        assert (said[0].filename, said[0].lineno) == (__file__, t.fn.__code__.co_firstlineno)
     assert probe.items("calls") == ["1", "1"]
+
+
+def test_a_result_that_cannot_be_pickled_is_not_cached_with_a_warning_at_its_task() -> None:
+    """The warning points at the task's definition: it named Headwater's own
+    runtime/headwater_runtime/embedded/_threads.py (a user trial)."""
+
+    @task(cache_for=60)
+    def gen() -> Any:
+        return (i for i in range(3))
+
+    @flow
+    def f() -> int:
+        return gen()
+
+    with pytest.warns(
+        RuntimeWarning, match=r"'gen': its result \(generator\) was not cached"
+    ) as said:
+        run = f.run()
+    assert run.state is FlowRunState.SUCCESS
+    assert (said[0].filename, said[0].lineno) == (__file__, gen.fn.__code__.co_firstlineno)
 
 
 def test_cache_entries_expire(backend: Backend, probe: Probe) -> None:

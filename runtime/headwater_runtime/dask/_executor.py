@@ -13,7 +13,7 @@ import logging
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from queue import SimpleQueue
 from typing import Any
@@ -505,7 +505,13 @@ class DaskExecutor:
         return entry
 
     def cache_put(
-        self, cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+        self,
+        cache: ResultCache,
+        key: str,
+        value: Any,
+        expires_at: float | None,
+        task: str,
+        fn: Callable[..., Any] | None = None,
     ) -> None:
         """Store the result (a future); gathered into the cache at ``shutdown`` when
         the cluster is this executor's own LocalCluster, which closes then."""

@@ -71,23 +71,50 @@ PROCESS_CACHE = ResultCache()
 
 
 def cache_snapshot(
-    cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+    cache: ResultCache,
+    key: str,
+    value: Any,
+    expires_at: float | None,
+    task: str,
+    fn: Callable[..., Any] | None = None,
 ) -> None:
-    """Store a snapshot of ``value`` (a result of task ``task``); one that cannot be
-    pickled is left uncached, with a warning (a server could not cache it either)."""
+    """Store a snapshot of ``value`` (a result of task ``task``, whose function is
+    ``fn``); one that cannot be pickled is left uncached, with a warning at the task's
+    definition (a server could not cache it either)."""
     try:
         frozen = snapshot(value)
     except Exception as exc:
-        import warnings
-
-        warnings.warn(
+        warn_at_task(
+            fn,
             f"task {task!r}: its result ({type(value).__name__}) was not cached: it "
             f"cannot be pickled ({exc})",
-            RuntimeWarning,
-            stacklevel=2,
         )
         return
     cache.put(key, frozen, expires_at)
+
+
+def warn_at_task(fn: Callable[..., Any] | None, message: str) -> None:
+    """A RuntimeWarning about a task, shown at its function's definition (the user's
+    code, once per place as warnings are) rather than at the line of Headwater's that
+    noticed (it named runtime/headwater_runtime/embedded/_threads.py, a user trial)."""
+    import inspect
+    import warnings
+
+    target = inspect.unwrap(fn) if fn is not None else None
+    code = getattr(target, "__code__", None)
+    module_globals = getattr(target, "__globals__", None)
+    if code is None or not isinstance(module_globals, dict):
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return
+    warnings.warn_explicit(
+        message,
+        RuntimeWarning,
+        code.co_filename,
+        code.co_firstlineno,
+        module=module_globals.get("__name__"),
+        registry=module_globals.setdefault("__warningregistry__", {}),
+        module_globals=module_globals,
+    )
 
 
 def cache_key(spec: TaskSpec, inputs: dict[str, Any]) -> str:

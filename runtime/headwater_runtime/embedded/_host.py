@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Mapping
 from queue import Empty, SimpleQueue
@@ -64,7 +63,7 @@ from headwater_runtime.tracing import active_tracer
 if TYPE_CHECKING:
     from headwater_runtime.tracing import RunTracer
 
-from ._cache import PROCESS_CACHE, ResultCache
+from ._cache import PROCESS_CACHE, ResultCache, warn_at_task
 from ._gc import relaxed_gc
 from ._threads import ThreadExecutor
 
@@ -135,9 +134,16 @@ class Executor(Protocol):
         ...
 
     def cache_put(
-        self, cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+        self,
+        cache: ResultCache,
+        key: str,
+        value: Any,
+        expires_at: float | None,
+        task: str,
+        fn: Callable[..., Any] | None = None,
     ) -> None:
-        """Store a result of task ``task`` in ``cache`` under ``key``."""
+        """Store a result of task ``task`` (whose function is ``fn``, where a warning
+        about it points) in ``cache`` under ``key``."""
         ...
 
 
@@ -375,6 +381,7 @@ class EmbeddedRun:
                     command.value,
                     command.expires_at,
                     command.run.name,
+                    command.run.spec.fn,
                 )
                 continue
             if batch:  # keep the order of submits and cancels
@@ -403,11 +410,10 @@ class EmbeddedRun:
             key = self.executor.cache_key(run.spec, command.inputs)
         except Exception as exc:
             # A broken key function must not break the run: run the task uncached.
-            warnings.warn(
+            warn_at_task(
+                run.spec.fn,
                 f"task {run.spec.name!r}: could not compute a cache key ({exc!r}); "
                 "running it without the cache",
-                RuntimeWarning,
-                stacklevel=2,
             )
             return CacheChecked(run.key, "", None)
         entry = self.cache.get(key)

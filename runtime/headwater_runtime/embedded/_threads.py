@@ -212,11 +212,18 @@ class ThreadExecutor:
         return CacheEntry(thaw(entry.value), entry.expires_at)
 
     def cache_put(
-        self, cache: ResultCache, key: str, value: Any, expires_at: float | None, task: str
+        self,
+        cache: ResultCache,
+        key: str,
+        value: Any,
+        expires_at: float | None,
+        task: str,
+        fn: Callable[..., Any] | None = None,
     ) -> None:
         """Store a copy of the value (pickled now, before a later task of the run can
-        change it in place); a value that cannot be pickled is not cached."""
-        cache_snapshot(cache, key, value, expires_at, task)
+        change it in place); a value that cannot be pickled is not cached (a warning
+        at ``fn``, the task's function, says so)."""
+        cache_snapshot(cache, key, value, expires_at, task, fn)
 
     def cancel(self, key: str, attempt: int) -> None:
         """Interrupt the thread running this attempt, and replace it in the pool."""
