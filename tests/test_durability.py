@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import types
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -1500,6 +1503,56 @@ def test_journals_of_an_unknown_engine_version_are_not_replayed(db: str) -> None
     store.close()
 
 
+def http_json(url: str) -> Any:
+    """GET ``url`` with the test's token; its JSON."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_a_run_not_resumed_says_why_to_whoever_reads_it(db: str) -> None:
+    """A run this server cannot replay shows why as its message (GetFlowRun with and
+    without its task runs, ListFlowRuns), and what to do: it showed RUNNING with no
+    message for good, the reason in the server's log only, which told a user rolling
+    back to finish it 'with the Headwater that started it', the very server refusing
+    it (a newer one had worked on it last: a user trial)."""
+    store, row = _run_of_a_future_engine(db)
+
+    async def main() -> None:
+        async with (
+            served(store) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            client = control_plane_pb2_grpc.ControlPlaneServiceStub(channel)
+            with_tasks = await run_state(channel, row.id)
+            alone = await client.GetFlowRun(cp.GetFlowRunRequest(id=row.id), metadata=AUTH)
+            listed = await client.ListFlowRuns(cp.ListFlowRunsRequest(), metadata=AUTH)
+            (in_list,) = [r for r in listed.flow_runs if r.id == row.id]
+            for run in (with_tasks.flow_run, alone.flow_run, in_list):
+                assert run.state == FlowRunState.RUNNING.value
+                said = run.history[-1].message
+                assert said.startswith(f"not resumed by this server: flow run {row.id} "), said
+                assert "engine version 99" in said and "a newer Headwater" in said
+                assert said.endswith("or cancel it")
+            # The web UI's API says it too (a run's page, the runs list).
+            assert running.http is not None
+            base = f"http://127.0.0.1:{running.http.port}/api/runs"
+            page = await asyncio.to_thread(http_json, f"{base}/{row.id}")
+            runs = (await asyncio.to_thread(http_json, base))["runs"]
+            (in_page,) = [r for r in runs if r["id"] == row.id]
+            for shown in (page["run"], in_page):
+                assert shown["state"] == "RUNNING"
+                assert shown["message"].startswith("not resumed by this server: flow run ")
+            await client.CancelFlowRun(cp.CancelFlowRunRequest(id=row.id), metadata=AUTH)
+            ended = await run_state(channel, row.id)
+            assert ended.flow_run.state == FlowRunState.CANCELLED.value
+            assert not any(
+                h.message.startswith("not resumed by this server") for h in ended.flow_run.history
+            )
+
+    asyncio.run(main())
+
+
 def test_a_run_not_resumed_can_be_cancelled(db: str) -> None:
     """A run whose journal this server cannot replay stayed RUNNING for ever: a cancel
     answered OK and changed nothing (so retention never deleted it either). Now the
@@ -1563,6 +1616,100 @@ def test_a_store_of_another_schema_version_is_refused_clearly(tmp_path: Path) ->
     too_old = "schema version 1, and this Headwater uses 5: it is too old to migrate"
     with pytest.raises(RuntimeError, match=too_old):
         SQLiteStore(path)
+
+
+def _database_of_schema_4(path: Path) -> None:
+    """A SQLite database as schema version 4 had it (no holder of delivered attempts)."""
+    import sqlite3
+
+    SQLiteStore(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("ALTER TABLE task_runs DROP COLUMN holder")
+        db.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+
+
+def _schema_of(path: Path) -> str:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return str(db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+
+
+def test_a_server_claims_a_database_before_it_migrates_it(tmp_path: Path) -> None:
+    """A server takes the database's lock before it reads or migrates it: one started
+    on a file another server holds is refused with the file as it was (it migrated
+    the file first, under the server holding it, and was refused only then)."""
+    import fcntl
+
+    path = tmp_path / "old.db"
+    _database_of_schema_4(path)
+    with open(f"{path}.server-lock", "a+") as held:  # the server that serves it
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1, the other server")
+        held.flush()
+        with pytest.raises(RuntimeError, match=r"in use by another headwater server \(pid 1, the"):
+            open_store(str(path), server="this one")
+    assert _schema_of(path) == "4"
+
+
+def test_a_server_does_not_migrate_a_database_another_process_has_open(tmp_path: Path) -> None:
+    """A server of a version before the server lock takes none: a newer server
+    started on its file while it ran migrated the file under it, and both ran the
+    same tasks (a user trial of an upgrade). A database of an older schema that
+    another process has open is refused, as it was; once that process has ended, it
+    is migrated."""
+    path = tmp_path / "old.db"
+    _database_of_schema_4(path)
+    old_server = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"db = sqlite3.connect({str(path)!r})\n"
+            "db.execute('SELECT count(*) FROM flow_runs').fetchall()\n"
+            "print('open', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert old_server.stdout is not None and old_server.stdout.readline() == "open\n"
+        with pytest.raises(RuntimeError) as refused:
+            open_store(str(path), server="new")
+        said = str(refused.value)
+        assert "schema version 4, which this server migrates to 5, and another process" in said
+        assert f"has it open (pid {old_server.pid}: " in said, said
+        assert _schema_of(path) == "4"
+    finally:
+        assert old_server.stdin is not None and old_server.stdout is not None
+        old_server.stdin.close()
+        old_server.wait(BOUND)
+        old_server.stdout.close()
+    # The server says it migrated the file (it was silent: a rollback then found the
+    # file refused by the older server, with no copy made).
+    cli = [sys.executable, "-m", "headwater._cli"]
+    server = subprocess.Popen(
+        [*cli, "server", "--port", "0", "--http-port", "off", "--db", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert server.stdout is not None
+        while not lines or "listening on" not in lines[-1]:
+            lines.append(server.stdout.readline())
+            assert lines[-1], lines  # (it ended)
+    finally:
+        server.terminate()
+        server.wait(BOUND)
+        assert server.stdout is not None
+        server.stdout.close()
+    said = f"headwater server: migrated the database {path} from schema version 4 to 5: "
+    assert any(line.startswith(said) for line in lines), lines
+    assert _schema_of(path) == "5"
 
 
 def test_a_store_of_schema_version_2_is_upgraded_in_place(tmp_path: Path) -> None:

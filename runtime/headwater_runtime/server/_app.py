@@ -41,6 +41,7 @@ from headwater.v1 import (
 from headwater.wire import (
     TLSConfigError,
 )
+from headwater_runtime.store import SCHEMA_VERSION as SQLITE_SCHEMA
 from headwater_runtime.store import Store, open_store
 
 from ._access import AccessControl
@@ -241,15 +242,24 @@ async def start_server(settings: ServerSettings, store: Store | None = None) -> 
         if settings.tls_cert and settings.tls_key
         else None
     )
+    on_port = f", port {settings.port}" if settings.port else ""
+    holder = f"started {time.strftime('%Y-%m-%d %H:%M:%S')}{on_port}"
     if store is None:
         _check_ports_free(settings)  # (before a database is made for a server that cannot run)
-        store = open_store(settings.db, payload_dir=settings.payload_dir)
+        store = open_store(settings.db, payload_dir=settings.payload_dir, server=holder)
         if store.created:
             where = getattr(store, "where", settings.db)  # (a URL without its password)
             print(f"headwater server: created a new database at {where}", file=sys.stderr)
+        migrated_from = getattr(store, "migrated_from", None)
+        if migrated_from is not None:  # (it was silent: a rollback then found it refused)
+            print(
+                f"headwater server: migrated the database {settings.db} from schema version "
+                f"{migrated_from} to {SQLITE_SCHEMA}: a server of an older Headwater no "
+                "longer opens it (keep a copy made before the upgrade to go back)",
+                file=sys.stderr,
+            )
     try:
-        on_port = f", port {settings.port}" if settings.port else ""
-        store.claim(f"started {time.strftime('%Y-%m-%d %H:%M:%S')}{on_port}")
+        store.claim(holder)
     except BaseException:
         store.close()
         raise

@@ -273,6 +273,8 @@ class ServerCore(WorkerReports):
         #: Unfinished runs this server did not resume, with why (a journal of an engine
         #: it cannot replay): a cancel ends them in the store (nothing else can).
         self.not_resumed: dict[str, str] = {}
+        #: When this server started (its clock): when it said it would not resume them.
+        self.started_at = 0.0
         self._resuming: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._pruning: asyncio.Task[None] | None = None
@@ -289,6 +291,7 @@ class ServerCore(WorkerReports):
         Then attempts that never reached a worker are dispatched again at once;
         attempts a worker held wait for it to reconnect (up to the heartbeat timeout)."""
         began = time.monotonic()
+        self.started_at = self.clock.now()
         rows, refused = self.runs.unfinished()
         for run_id, why in refused:
             log.error("not resuming flow run %s: %s", run_id, why)

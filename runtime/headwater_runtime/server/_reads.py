@@ -199,12 +199,25 @@ class RunReads:
     async def message(self, row: FlowRunRow) -> run_pb2.FlowRun:
         """A run as the contract's FlowRun (a large result described, not carried;
         its run attempts and late mark), read in one reader-thread call."""
-        return _assemble(*await self.io.read(self._parts, row))
+        return self._said(_assemble(*await self.io.read(self._parts, row)))
 
     async def messages(self, rows: list[FlowRunRow]) -> list[run_pb2.FlowRun]:
         """``message`` of several runs (a page of ListFlowRuns), in one reader call."""
         parts = await self.io.read(lambda: [self._parts(row) for row in rows])
-        return [_assemble(*part) for part in parts]
+        return [self._said(_assemble(*part)) for part in parts]
+
+    def _said(self, message: run_pb2.FlowRun) -> run_pb2.FlowRun:
+        """A run this server did not resume (a journal of an engine it cannot replay)
+        says why in its last history entry, the run's message (it showed RUNNING with
+        no message for good: the reason was in the server's log only, a user trial of
+        a rollback). The entry is the answer's only: nothing is stored."""
+        why = self.core.not_resumed.get(message.id)
+        if why is not None and not FlowRunState(message.state).is_terminal:
+            entry = message.history.add(
+                state=message.state, message=f"not resumed by this server: {why}"
+            )
+            entry.timestamp.CopyFrom(timestamp(self.core.started_at))
+        return message
 
     async def view(
         self, run_id: str, *, task_runs: bool = False
@@ -239,7 +252,7 @@ class RunReads:
                 return await self._encoded(found, reasons)
         row, parts, entries, runs = found
         self._with_waiting(row.id, runs)
-        return row, _assemble(row, parts), entries, runs, b""
+        return row, self._said(_assemble(row, parts)), entries, runs, b""
 
     async def _encoded(
         self, run_id: str, reasons: Mapping[str, str]
@@ -260,7 +273,7 @@ class RunReads:
                 return row, parts, audit, bytes(encoded)
 
         row, parts, entries, encoded = await self.io.read(read)
-        return row, _assemble(row, parts), entries, [], encoded
+        return row, self._said(_assemble(row, parts)), entries, [], encoded
 
     def _task_runs(self, flow_run_id: str) -> list[run_pb2.TaskRun]:
         """A run's task runs with their history (failures included) and results

@@ -125,8 +125,10 @@ class RunRecovery:
                         row.id,
                         f"flow run {row.id} has a journal of engine version "
                         f"{row.engine_version or '(none)'}, and this server replays only "
-                        f"{', '.join(sorted(REPLAYS))}: finish it with the Headwater that "
-                        "started it",
+                        f"{', '.join(sorted(REPLAYS))}: a newer Headwater worked on it "
+                        "last (a run started before an upgrade takes the new version at "
+                        "its next outcome); finish it with a server of that version, "
+                        "or cancel it",
                     )
                 )
                 continue

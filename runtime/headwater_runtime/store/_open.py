@@ -33,6 +33,7 @@ def open_store(
     clock: Callable[[], float] | None = None,
     existing: bool = False,
     migrate: bool = True,
+    server: str | None = None,
 ) -> Store:
     """The store ``db`` names: ``postgresql://...`` opens (and migrates) a PostgreSQL
     database, anything else is a SQLite file. ``payload_dir`` keeps new payloads'
@@ -42,8 +43,11 @@ def open_store(
     database: a mistyped path is not a new, empty one), and a database of another
     schema version is refused, not migrated (RuntimeError). ``migrate=False``: a
     database of another schema version is refused, but one that has none yet (a new
-    SQLite file, a PostgreSQL database without the schema) is made. Another URL scheme
-    than postgresql:// is a ValueError."""
+    SQLite file, a PostgreSQL database without the schema) is made. ``server``: opened
+    by a server process (``Store.claim``'s holder): a SQLite file is claimed before it is
+    read or migrated, and one of an older schema that another process has open is
+    refused, not migrated under it. Another URL scheme than postgresql:// is a
+    ValueError."""
     if not db.strip():
         raise ValueError("--db is empty: give a SQLite file path or a postgresql:// URL")
     if "://" in db and not is_postgres(db):
@@ -83,4 +87,5 @@ def open_store(
         payload_dir=payload_dir,
         clock=clock,
         migrate_schema=not existing and (migrate or blank),
+        server=server,
     )

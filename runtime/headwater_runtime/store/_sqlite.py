@@ -152,6 +152,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
         clock: Callable[[], float] | None = None,
         payload_dir: str | Path | None = None,
         migrate_schema: bool = True,
+        server: str | None = None,
     ) -> None:
         import time
 
@@ -179,12 +180,21 @@ class SQLiteStore(SQLiteOps, AccessTables):
         sides = [f"{self.path}{suffix}" for suffix in ("-wal", "-shm")]
         new_sides = [side for side in sides if not os.path.exists(side)]
         try:
+            if server is not None:
+                # Claimed before anything is read or migrated: a server started on a file
+                # another one serves migrated it under that one (a user trial of an
+                # upgrade: both ran the same tasks, and the older one's writes failed).
+                self._take_lock(server)
             if not self.created:
                 # Read first, write nothing: a file of another program, or one a command
                 # is not to migrate, is refused as it was (not switched to WAL first).
                 self._check_before_writing(migrate_schema)
+                if server is not None and migrate_schema:
+                    self._refuse_migrating_in_use()
             db = self._db
             version = self._checked_schema(db, migrate_schema)
+            #: The schema version this open migrated the database from (None: none).
+            self.migrated_from = version if version in MIGRATIONS else None
             while version in MIGRATIONS:
                 version = self._migrate(db, version)
             if version not in (None, SCHEMA_VERSION):
@@ -297,25 +307,8 @@ class SQLiteStore(SQLiteOps, AccessTables):
         servers on one SQLite file would each replay and dispatch the same runs; the
         second is refused, naming the first. ``prune`` and ``tokens`` take no claim:
         they run beside a server."""
-        import fcntl
-
-        lock = open(f"{self.path}.server-lock", "a+")  # noqa: SIM115 (held until close)
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            other = lock.read().strip() or "another process"
-            lock.close()
-            raise RuntimeError(
-                f"the database {self.path} is in use by another headwater server "
-                f"({other}); one SQLite database serves one server (several servers: "
-                "PostgreSQL, docs/deployment.md)"
-            ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}, {holder}")
-        lock.flush()
-        self._claim = lock
+        if self._claim is None:  # (``server=`` took it when the store was opened)
+            self._take_lock(holder)
         # Chunks of uploads that never finished (the server died mid-upload): only now,
         # with the database claimed. On every open, `headwater prune` (even a dry run)
         # or `headwater tokens` beside a server deleted the chunks of uploads under way
@@ -337,6 +330,56 @@ class SQLiteStore(SQLiteOps, AccessTables):
             self._checkpoints = True
             for db in self._connections:
                 _no_checkpoints_in_commits(db)
+
+    def _take_lock(self, holder: str) -> None:
+        """The exclusive lock on ``DB.server-lock`` (``claim``), or RuntimeError naming
+        the server process that holds it."""
+        import fcntl
+
+        lock = open(f"{self.path}.server-lock", "a+")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            other = lock.read().strip() or "another process"
+            lock.close()
+            raise RuntimeError(
+                f"the database {self.path} is in use by another headwater server "
+                f"({other}); one SQLite database serves one server (several servers: "
+                "PostgreSQL, docs/deployment.md)"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, {holder}")
+        lock.flush()
+        self._claim = lock
+
+    def _refuse_migrating_in_use(self) -> None:
+        """Before a server migrates a database of an older schema: RuntimeError when
+        another process has it open. A server of a version before the server lock
+        (``claim``) takes no lock a newer one could see, and went on writing to the
+        migrated file, failing (a user trial of an upgrade); any other process then
+        would read tables changed under it. Seen as SQLite's own lock of the file's
+        shared memory (the "dead man switch" every open connection holds), read with
+        an open-file-description lock, which leaves this process's own locks alone."""
+        try:
+            probe = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True)
+            try:
+                version = self._schema_version(probe)
+            finally:
+                probe.close()
+        except sqlite3.Error:
+            return  # the open that follows says why it cannot
+        if version is None or version >= SCHEMA_VERSION:
+            return
+        pid = _shared_memory_user(f"{self.path}-shm")
+        if pid is not None and pid != os.getpid():  # (not this process's own connections)
+            raise RuntimeError(
+                f"database {self.path} has schema version {version}, which this server "
+                f"migrates to {SCHEMA_VERSION}, and another process has it open "
+                f"({'pid ' + str(pid) if pid > 0 else 'its pid unknown'}: a Headwater "
+                "server of an older version?); stop it, then start this server"
+            )
 
     def checkpoint(self, beside_writes: bool = False) -> bool:
         """Once the database is claimed, and the log holds more than WAL_CHECKPOINT
@@ -1244,6 +1287,36 @@ def _other_schema(path: str, version: int) -> str:
         f"{said}: it is too old to migrate; use the Headwater that wrote it to finish "
         "its runs, and start this version with a new --db"
     )
+
+
+#: Where SQLite's unix VFS locks a database's shared memory file: the byte every open
+#: connection holds a shared lock on (``UNIX_SHM_DMS`` in os_unix.c: 120 + 8).
+_SHM_DEAD_MAN_SWITCH = 128
+
+
+def _shared_memory_user(shm: str) -> int | None:
+    """The pid of a process that has the database of this ``-shm`` file open (0 when
+    the system does not say which), None when none has (or it cannot be told: no
+    open-file-description locks, not Linux)."""
+    import fcntl
+    import struct
+
+    ofd_getlk = getattr(fcntl, "F_OFD_GETLK", None)
+    if ofd_getlk is None:
+        return None
+    try:
+        fd = os.open(shm, os.O_RDONLY)
+    except OSError:  # no such file: no connection has the database open
+        return None
+    try:
+        layout = "@hhqqi0q"  # struct flock: type, whence, start, len, pid
+        asked = struct.pack(layout, fcntl.F_WRLCK, os.SEEK_SET, _SHM_DEAD_MAN_SWITCH, 1, 0)
+        kind, _, _, _, pid = struct.unpack(layout, fcntl.fcntl(fd, ofd_getlk, asked))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None if kind == fcntl.F_UNLCK else max(pid, 0)
 
 
 def _file_identity(path: str) -> tuple[int, int] | None:

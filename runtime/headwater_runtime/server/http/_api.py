@@ -20,6 +20,7 @@ from aiohttp import web
 from headwater.wire import (
     AUDIT_KINDS,
     AUDIT_PAGE_MAX,
+    TERMINAL_FLOW_STATES,
     FlowRunState,
     TaskRunState,
     audit_kind,
@@ -197,8 +198,17 @@ class HttpApi(PageHandlers):
             created_before=_float(request, "until"),
         )
         runs = await self.io.read(_data.flow_runs_rows, self.store, rows[:limit])
+        for run in runs:
+            self._said(run)
         next_page = rows[limit - 1].id if len(rows) > limit else ""
         return web.json_response({"runs": runs, "next": next_page, "now": time.time()})
+
+    def _said(self, run: dict[str, Any]) -> None:
+        """A run this server did not resume says why as its message (as GetFlowRun:
+        ``RunReads._said``)."""
+        why = self.core.not_resumed.get(run["id"])
+        if why is not None and FlowRunState[run["state"]] not in TERMINAL_FLOW_STATES:
+            run["message"] = f"not resumed by this server: {why}"
 
     async def _graph(self, name: str, version: str) -> dict[str, Any]:
         """A flow version's graph as JSON (kept for the next reader)."""
@@ -220,6 +230,7 @@ class HttpApi(PageHandlers):
         """A run (by id or unique prefix) with its graph and counts per task node."""
         row = await self.reads.flow_run(request.match_info["run_id"])
         body = await self.io.read(_data.run_page, self.store, row)
+        self._said(body["run"])
         body["graph"] = await self._graph(row.flow_name, row.flow_version)
         body["waiting"] = _waiting_shown(self.core.waiting(row.id, limit=WAITING_SHOWN))
         body["now"] = time.time()
