@@ -101,6 +101,14 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         # No worker can take the task: it waits, visibly SCHEDULED.
         shown = client.get(run.id, include_task_runs=True)
         assert [(t.key, t.state) for t in shown.task_runs] == [("shout", TaskRunState.SCHEDULED)]
+        # Read as an embedded run's (task_run(key), .attempt): code works on both.
+        assert shown.task_run("shout").attempt == shown.task_run("shout").attempts == 0
+        with pytest.raises(
+            KeyError, match=r"no task run 'nope' in this flow run \(some keys: shout\)"
+        ):
+            shown.task_run("nope")
+        with pytest.raises(KeyError, match=r"\(some keys: none read\)"):
+            client.get(run.id).task_run("shout")
         assert [r.id for r in client.list_runs()] == [run.id]
         with pytest.raises(ServerError, match="has no result yet"):
             client.task_result(run.id, "shout")

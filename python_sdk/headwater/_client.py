@@ -187,6 +187,13 @@ class TaskRunInfo:
             return None
         return (self.ended_at - self.started_at).total_seconds()
 
+    @property
+    def attempt(self) -> int:
+        """The number of its current (last) attempt, ``attempts``: as an embedded run's
+        ``TaskRunRecord.attempt``, so code reading either works on both (it raised
+        AttributeError on a server's run, a user trial)."""
+        return self.attempts
+
 
 @dataclass(frozen=True)
 class WaitingInfo:
@@ -256,6 +263,17 @@ class RemoteFlowRun:
         a run from ``wait``, or from ``get(..., include_task_runs=True)``, has them; [] for
         one read without them (``get`` by default, ``list_runs``)."""
         return [t for t in self.task_runs if t.state.is_failure]
+
+    def task_run(self, key: str) -> TaskRunInfo:
+        """The run of task ``key`` (a task id, or ``id[i]`` for mapped child i), as
+        ``FlowRun.task_run`` of an embedded run; KeyError naming some keys when there is
+        none (a run read without its task runs has none: ``wait``, or ``get(...,
+        include_task_runs=True)``, reads them)."""
+        for task_run in self.task_runs:
+            if task_run.key == key:
+                return task_run
+        known = ", ".join(t.key for t in self.task_runs[:10]) or "none read"
+        raise KeyError(f"no task run {key!r} in this flow run (some keys: {known})")
 
     @property
     def result(self) -> Any:
