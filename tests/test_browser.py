@@ -1153,9 +1153,10 @@ def test_a_live_runs_list_keeps_the_focus_and_a_filter_select_is_arrowed_through
     from selenium.webdriver.common.keys import Keys
 
     browser = trial.browser
+    with Client(trial.address) as client:  # (the newest run, whichever test came first)
+        first = client.run(trial.module.idle).id  # RUNNING: its duration counts up
     browser.get(trial.url + "runs")
-    wait(browser, lambda d: len(trial.rows()) == 50, "the runs")
-    first = trial.rows()[0]  # an idle run: RUNNING, its duration counting up
+    wait(browser, lambda d: len(trial.rows()) == 50 and trial.rows()[0] == first, "the runs")
     link = f'tr[data-run="{first}"] a[href="/runs/{first}"]'
     browser.execute_script(f"window.__link = document.querySelector('{link}'); __link.focus()")
     cell = f'tr[data-run="{first}"] td[data-duration]'

@@ -24,5 +24,7 @@ def test_the_rpc_table_is_the_codes() -> None:
 
 
 def test_the_http_table_is_the_codes() -> None:
-    expected = [f"| `{r.method} {r.pattern}` | {describe(r.roles)} |" for r in HTTP_ROUTES]
+    expected = [
+        f"| `{r.method} {r.pattern}` | {describe(r.roles)} |" for r in HTTP_ROUTES if not r.of_get
+    ]
     assert _rows("| route | roles that may call it |") == expected

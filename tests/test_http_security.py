@@ -286,13 +286,20 @@ def test_every_http_route_and_role_gets_the_exact_status(
     # A method a route does not have is a 405 naming those it has (it was a 404, as if
     # the page did not exist: a trial's HEAD /), whoever asks.
     status, answer, body = call(site, "DELETE", f"/api/runs/{site.ended_run}", cookie=admin)
-    assert status == 405 and answer["Allow"] == "GET"
+    assert status == 405 and answer["Allow"] == "GET, HEAD"
     assert json.loads(body)["error"] == (
-        f"DELETE is not allowed on /api/runs/{site.ended_run} (GET)"
+        f"DELETE is not allowed on /api/runs/{site.ended_run} (GET, HEAD)"
     )
-    status, answer, _ = call(site, "HEAD", "/runs")
-    assert status == 405 and answer["Allow"] == "GET"
-    assert call(site, "HEAD", "/healthz")[0] == 200
+    # HEAD wherever GET works (an uptime checker's HEAD / got 405), but on an event
+    # stream: the GET's status and headers, no body.
+    for path in ("/runs", "/", "/healthz", f"/api/runs/{site.ended_run}"):
+        status, answer, body = call(site, "HEAD", path, cookie=admin)
+        got = call(site, "GET", path, cookie=admin)
+        assert (status, body) == (got[0], ""), path
+        assert answer["Content-Type"] == got[1]["Content-Type"], path
+    for stream in ("/api/workers/events", "/api/runs/events"):
+        status, answer, _ = call(site, "HEAD", stream, cookie=admin)
+        assert status == 405 and answer["Allow"] == "GET", stream
     assert call(site, "POST", "/api/unknown", cookie=admin)[0] == 404
 
 

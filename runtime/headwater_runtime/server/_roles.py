@@ -81,6 +81,8 @@ class Route:
     method: str
     pattern: str
     roles: tuple[Role, ...]
+    #: A HEAD route ``with_head`` made of a GET route (the docs list the GET one).
+    of_get: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         """Whether this route serves ``method`` ``path``."""
@@ -96,11 +98,30 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 #: Every HTTP route the web UI's server serves (server/http/_routes.py gives each its
-#: handler), with the roles of which the caller needs one; first match wins. Every
+#: handler), with the roles of which the caller needs one, and HEAD where GET is
+#: (``with_head``); first match wins. Every
 #: state-changing route is a POST (CSRF-checked: server/_http_security.py); anything not
 #: listed is refused (404). ``tests/test_http_security.py`` checks that this table and
 #: the routes the aiohttp application registers are the same.
-HTTP_ROUTES: tuple[Route, ...] = (
+def with_head(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """``routes`` and, after them, a HEAD route with the same roles for every GET route
+    but an event stream (a path ending ``/events``: a HEAD of it would hold the
+    connection open with nothing to send) and one with a HEAD route of its own. RFC
+    9110 expects HEAD wherever GET works: an uptime checker's ``HEAD /`` got 405."""
+    own = {r.pattern for r in routes if r.method == "HEAD"}
+    return routes + tuple(
+        Route("HEAD", r.pattern, r.roles, of_get=True)
+        for r in routes
+        if r.method == "GET" and answers_head(r.pattern) and r.pattern not in own
+    )
+
+
+def answers_head(pattern: str) -> bool:
+    """Whether the GET route of this path pattern also answers HEAD (``with_head``)."""
+    return not pattern.endswith("/events")
+
+
+HTTP_ROUTES: tuple[Route, ...] = with_head((
     # Logging in and out, the load balancer's check, the UI's scripts and styles.
     Route("GET", "/login", OPEN),
     Route("POST", "/login", OPEN),
@@ -142,11 +163,17 @@ HTTP_ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/workers/{name}/resume", (OPERATOR,)),
     # The audit log: as ListAuditEntries.
     Route("GET", "/api/audit", (VIEWER,)),
-)
+))  # fmt: skip
 
 
 def http_route(method: str, path: str) -> Route | None:
-    """The first route serving ``method`` ``path`` (None: no such route)."""
+    """The first route serving ``method`` ``path`` (None: no such route). A HEAD of a
+    path whose GET is an event stream is none (not the HEAD of a pattern it also fits:
+    ``HEAD /api/runs/events`` was that of a run named "events", a 404)."""
+    if method.upper() == "HEAD":
+        get = next((r for r in HTTP_ROUTES if r.matches("GET", path)), None)
+        if get is not None and not answers_head(get.pattern):
+            return None
     return next((r for r in HTTP_ROUTES if r.matches(method, path)), None)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from headwater.wire import Role
 
-from .._roles import HTTP_ROUTES
+from .._roles import HTTP_ROUTES, answers_head
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,8 @@ class Route:
     """One HTTP route.
 
     Attributes:
-        method: GET, HEAD or POST.
+        method: GET, HEAD or POST (every GET route but an event stream answers HEAD
+            too: ``_with_head``).
         path: path pattern, e.g. ``/api/runs/{run_id}`` (as in ``HTTP_ROUTES``).
         handler: name of the ``HttpApi`` method that answers it.
         summary: what it returns or does, one line (docs/http-api.md has the details).
@@ -35,6 +36,8 @@ class Route:
     path: str
     handler: str
     summary: str
+    #: A HEAD route made of a GET route (``_with_head``; the docs list the GET one).
+    of_get: bool = False
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -50,7 +53,19 @@ class Route:
         return self.path[:-1] + "{tail:.+}" if self.path.endswith("*") else self.path
 
 
-ROUTES: tuple[Route, ...] = (
+def _with_head(routes: tuple[Route, ...]) -> tuple[Route, ...]:
+    """``routes`` and the HEAD routes ``with_head`` adds to ``HTTP_ROUTES``, each
+    answered by its GET route's handler (aiohttp sends the headers of its answer, no
+    body)."""
+    own = {r.path for r in routes if r.method == "HEAD"}
+    return routes + tuple(
+        Route("HEAD", r.path, r.handler, f"{r.summary} (headers only)", of_get=True)
+        for r in routes
+        if r.method == "GET" and answers_head(r.path) and r.path not in own
+    )
+
+
+ROUTES: tuple[Route, ...] = _with_head((
     # Session and plumbing.
     Route("GET", "/login", "login_form", "the login page (a token field)"),
     Route("POST", "/login", "login", "check the token; set the session cookie"),
@@ -90,7 +105,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/api/workers/{name}/drain", "drain_worker", "stop giving a worker work"),
     Route("POST", "/api/workers/{name}/resume", "resume_worker", "lift a worker's drain"),
     Route("GET", "/api/audit", "list_audit", "who did what, newest first, filtered"),
-)
+))  # fmt: skip
 
 
 def check_tables() -> None:
