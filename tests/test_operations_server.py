@@ -874,6 +874,12 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         assert fragment in str(caught.value) and str(config) in str(caught.value)
     with pytest.raises(ConfigError, match="environment variable HEADWATER_PORT"):
         settings({}, {"HEADWATER_PORT": "x"})
+    # A flag puts a bad variable right (it was refused all the same, a user trial).
+    fixed = settings(
+        {"port": 3333, "retention": 30 * 86400.0},
+        {"HEADWATER_PORT": "x"} | {"HEADWATER_RETENTION": "30"},
+    )
+    assert (fixed.port, fixed.retention) == (3333, 30 * 86400.0)
     with pytest.raises(ConfigError, match=r"heartbeat_interval \(30s\) must be shorter than"):
         settings({"heartbeat_interval": 30.0, "heartbeat_timeout": 5.0}, {})
     with pytest.raises(ConfigError, match="cannot read the configuration file"):

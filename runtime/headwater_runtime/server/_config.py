@@ -217,18 +217,22 @@ def settings(
     config: str | None = None,
 ) -> ServerSettings:
     """ServerSettings from flags (values that are None are not given), then the
-    environment, then the configuration file (``config``, else HEADWATER_CONFIG), then
-    the defaults. ConfigError names what is wrong."""
+    environment (a variable a flag overrides is not read), then the configuration file
+    (``config``, else HEADWATER_CONFIG), then the defaults. ConfigError names what is
+    wrong."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     path = config or env.get(ENV_CONFIG) or None
     if path:
         values.update(load_file(path))
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
     for field, variable, parse in ENVIRONMENT:
         raw = env.get(variable)
-        if raw:
+        # (A variable a flag overrides is not read: HEADWATER_RETENTION=30 refused
+        # `--retention 30d`, the flag meant to put it right, a user trial.)
+        if raw and field not in given:
             values[field] = _parsed(parse, raw, f"environment variable {variable}")
-    values.update({k: v for k, v in (flags or {}).items() if v is not None})
+    values.update(given)
     if values.get("http_port") is False:  # "off"
         values["http"], values["http_port"] = False, None
     if "limits" not in values:
