@@ -8,6 +8,10 @@ const { parseArgs } = require('node:util');
 const { Worker, WorkerError } = require('../lib');
 const tracing = require('../lib/tracing');
 const { tlsOptions } = require('../lib/tls');
+const { startWatchdog } = require('../lib/watchdog');
+
+/** How long the event loop may be blocked before the server has said how long it waits. */
+const BLOCKED_BEFORE_WELCOME_MS = 30000;
 
 const HELP = `usage: worker.js --server HOST:PORT [--token T] [--label K=V ...] [--slots N]
                  [--name NAME] [--handlers FILE] [--tls] [--tls-ca FILE]
@@ -36,7 +40,16 @@ options:
 
 SIGTERM or SIGINT stops the worker: it tells the server, gives back the attempts it
 runs (dispatched again elsewhere, no loss counted) and exits with status 0; a second
-signal exits at once (status 128 + the signal's number).
+signal exits at once (status 128 + the signal's number). A server that refuses the
+worker for good (a bad token, another protocol version) makes it exit with status 2;
+a bad command line too.
+
+A handler must not block the event loop (synchronous CPU work: use worker_threads):
+while it does, its timeout, the heartbeats and SIGTERM cannot run. Once the loop has
+been blocked for longer than the server waits for a heartbeat (its timeout, 20 s by
+default), the server has counted this worker lost and dispatches its attempts again,
+and the worker says so on stderr and kills itself (SIGKILL), for a supervisor to start
+it again.
 
 Tracing: set OTEL_TRACES_EXPORTER=otlp or console (see README).`;
 
@@ -107,11 +120,24 @@ function main() {
   } catch (err) {
     fail(err.message);
   }
-  worker.on('connected', () => {
+  // A handler that blocks the event loop for longer than the server waits for a
+  // heartbeat ends the process (lib/watchdog.js): the server has counted it lost then.
+  const watchdog = startWatchdog({ limitMs: BLOCKED_BEFORE_WELCOME_MS, name: `headwater-node-worker ${worker.name}` });
+  const seconds = (d) => (d ? Number(d.seconds ?? 0) + Number(d.nanos ?? 0) / 1e9 : 0);
+  const waits = (welcome) => {
+    const ms = (seconds(welcome.heartbeat_timeout) + seconds(welcome.heartbeat_interval)) * 1000;
+    watchdog.setLimit(Math.max(1000, ms || BLOCKED_BEFORE_WELCOME_MS));
+  };
+  worker.on('attempts', (list) => watchdog.setRunning(list));
+  worker.on('connected', (welcome) => {
+    waits(welcome);
     const types = [...worker.handlers.keys()].sort().join(', ');
     process.stderr.write(`headwater-node-worker ${worker.name} connected to ${args.server} (${types})\n`);
   });
-  worker.on('reconnected', () => process.stderr.write(`reconnected to ${args.server}\n`));
+  worker.on('reconnected', (welcome) => {
+    waits(welcome);
+    process.stderr.write(`reconnected to ${args.server}\n`);
+  });
   // The first SIGTERM or SIGINT stops the worker (its attempts are given back); a second
   // one ends the process at once, with status 128 + the signal's number.
   let stopping = false;
@@ -129,6 +155,7 @@ function main() {
   // Either way, the spans still batched are exported before the process exits (SIGTERM
   // included): process.exit() would drop them.
   const exit = async (code) => {
+    watchdog.stop();
     try {
       await worker.tracing?.shutdown();
     } catch (err) {
@@ -139,8 +166,11 @@ function main() {
   worker.run().then(
     () => exit(0),
     (err) => {
-      process.stderr.write(`headwater-node-worker: error: ${err instanceof WorkerError ? err.message : err.stack}\n`);
-      return exit(1);
+      // Refused for good (a bad token, another protocol): 2, as the Python worker;
+      // anything else 1.
+      const refused = err instanceof WorkerError;
+      process.stderr.write(`headwater-node-worker: error: ${refused ? err.message : err.stack}\n`);
+      return exit(refused ? 2 : 1);
     },
   );
 }

@@ -8,6 +8,7 @@
 // the exception recorded on failure. Tracing is on only when OTEL_TRACES_EXPORTER is
 // "otlp" or "console"; unset or "none" costs nothing.
 
+const { thrownText } = require('./thrown');
 const api = require('@opentelemetry/api');
 const { W3CTraceContextPropagator } = require('@opentelemetry/core');
 const { resourceFromAttributes } = require('@opentelemetry/resources');
@@ -90,7 +91,10 @@ class Tracing {
       end: () => close() && span.end(),
       fail: (err) => {
         if (!close()) return;
-        const error = err instanceof Error ? err : new Error(String(err));
+        // A thrown value that is no Error is recorded as the failure says it (its type
+        // of value, its text, no stack): it was wrapped in an Error here, its stack
+        // this file's, where the server's span said "string" (a user trial).
+        const error = err instanceof Error ? err : { name: typeof err, message: thrownText(err) };
         span.recordException(error);
         span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
         span.end();

@@ -18,6 +18,7 @@ const { PayloadTransfer, PayloadTransferError } = require('./payloads');
 const { channelCredentials, tlsOptions } = require('./tls');
 const { UnreadableInput, decodeInputs, encodeResult } = require('./values');
 const { CodecError } = require('./codec');
+const { thrownText } = require('./thrown');
 
 const PROTOCOL_VERSION = 1;
 const SDK_VERSION = require('../package.json').version;
@@ -86,7 +87,7 @@ function failureOf(err, retryable, depth = 0) {
   const isError = err instanceof Error;
   const failure = {
     type: (isError && (err.name || err.constructor?.name)) || typeof err,
-    message: cut(isError ? err.message : String(err)),
+    message: cut(isError ? err.message : thrownText(err)),
     stack_trace: cut(isError ? err.stack : ''),
     retryable,
     language: 'javascript',
@@ -396,6 +397,7 @@ class Worker extends EventEmitter {
     const attempt = { key, token, assignment, controller: new AbortController(), timer: null, span: null };
     attempt.span = this.tracing ? this.tracing.start(assignment, this.name) : null;
     this.running.set(key, attempt);
+    this.#said();
     const limit = seconds(assignment.timeout);
     // setTimeout cannot wait longer than 2^31-1 ms (~24.8 days); longer limits are left to the server.
     if (limit > 0 && limit * 1000 <= 2 ** 31 - 1) {
@@ -420,9 +422,18 @@ class Worker extends EventEmitter {
     });
   }
 
+  /** The attempts running now, as 'attempts' (e.g. for bin/worker.js's watchdog). */
+  #said() {
+    const list = [...this.running.values()].map(
+      (a) => `${a.assignment.task_name || a.assignment.task_type} (${a.token.task_run_id} attempt ${a.token.attempt})`,
+    );
+    this.emit('attempts', list);
+  }
+
   /** Forget an attempt and abort its handler; it will report nothing more. */
   #drop(attempt, reason) {
     this.running.delete(attempt.key);
+    this.#said();
     clearTimeout(attempt.timer);
     attempt.span?.interrupt(reason);
     attempt.controller.abort(new Error(reason));
@@ -438,6 +449,7 @@ class Worker extends EventEmitter {
   #finish(attempt, message) {
     if (this.running.get(attempt.key) !== attempt) return;
     this.running.delete(attempt.key); // the slot is free before the outcome leaves
+    this.#said();
     clearTimeout(attempt.timer);
     // When it ended: an outcome held while the server was away arrives late, and its
     // duration would take in the outage (worker.proto, ended_at).

@@ -30,6 +30,9 @@ test('each attempt is an INTERNAL span, child of Assignment.trace_context', asyn
       bad: async () => {
         throw new TypeError('not a number');
       },
+      text: async () => {
+        throw 'a plain string'; // eslint-disable-line no-throw-literal
+      },
     },
   });
   const running = worker.run();
@@ -42,10 +45,18 @@ test('each attempt is an INTERNAL span, child of Assignment.trace_context', asyn
   const traced = { trace_context: { traceparent: TRACEPARENT, tracestate: 'vendor=1' } };
   server.send({ assignment: assignment('good', 'ok', { ...traced, inputs: { x: json(1) }, attempt: 2 }) });
   server.send({ assignment: assignment('boom', 'bad', traced) });
+  server.send({ assignment: assignment('plain', 'text', traced) });
   await server.waitFor('result');
-  await server.waitFor('failure');
+  await server.waitFor('failure', (f) => f.token.task_run_id === 'run/boom');
+  await server.waitFor('failure', (f) => f.token.task_run_id === 'run/plain');
   const spans = Object.fromEntries(exporter.getFinishedSpans().map((s) => [s.name, s]));
-  assert.deepEqual(Object.keys(spans).sort(), ['execute boom', 'execute good']);
+  assert.deepEqual(Object.keys(spans).sort(), ['execute boom', 'execute good', 'execute plain']);
+  // A thrown string is recorded as the failure says it: no Error made up around it
+  // (its type was "Error" and its stack this worker's own code, a user trial).
+  const [plain] = spans['execute plain'].events;
+  assert.equal(plain.attributes['exception.type'], 'string');
+  assert.equal(plain.attributes['exception.message'], 'a plain string');
+  assert.equal(plain.attributes['exception.stacktrace'], undefined);
   const good = spans['execute good'];
   assert.equal(good.kind, api.SpanKind.INTERNAL);
   assert.equal(good.spanContext().traceId, TRACE_ID);

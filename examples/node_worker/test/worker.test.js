@@ -124,6 +124,26 @@ test('handler errors become structured failures; retryable=false and causes are 
   assert.equal(hard.failure.retryable, false);
 });
 
+test('a thrown value that is no Error is reported as it reads, not [object Object]', async (t) => {
+  const { server } = await session(t, {
+    handlers: {
+      object: async () => {
+        throw { code: 42, where: ['a'] }; // eslint-disable-line no-throw-literal
+      },
+      text: async () => {
+        throw 'a plain string'; // eslint-disable-line no-throw-literal
+      },
+    },
+  });
+  server.send({ assignment: assignment('o', 'object') });
+  server.send({ assignment: assignment('s', 'text') });
+  const object = await server.waitFor('failure', (f) => f.token.task_run_id === 'run/o');
+  const text = await server.waitFor('failure', (f) => f.token.task_run_id === 'run/s');
+  assert.deepEqual([object.failure.type, object.failure.message], ['object', "{ code: 42, where: [ 'a' ] }"]);
+  assert.deepEqual([text.failure.type, text.failure.message], ['string', 'a plain string']);
+  assert.equal(object.failure.stack_trace, '');
+});
+
 test('a pickle input is refused without retries, naming the argument', async (t) => {
   let called = false;
   const { server } = await session(t, { handlers: { f: async () => (called = true) } });
