@@ -1650,6 +1650,18 @@ def test_a_server_claims_a_database_before_it_migrates_it(tmp_path: Path) -> Non
         with pytest.raises(RuntimeError, match=r"in use by another headwater server \(pid 1, the"):
             open_store(str(path), server="this one")
     assert _schema_of(path) == "4"
+    # A symbolic link to a served file is that file: one server serves it (a second
+    # server on a link took a lock of its own beside the link and served it too).
+    (tmp_path / "link").mkdir()
+    link = tmp_path / "link" / "alias.db"
+    link.symlink_to(path)
+    first = open_store(str(path), server="first")
+    try:
+        first.claim("first")
+        with pytest.raises(RuntimeError, match="in use by another headwater server"):
+            open_store(str(link), server="second")
+    finally:
+        first.close()
 
 
 def test_a_server_does_not_migrate_a_database_another_process_has_open(tmp_path: Path) -> None:
@@ -1676,8 +1688,12 @@ def test_a_server_does_not_migrate_a_database_another_process_has_open(tmp_path:
     )
     try:
         assert old_server.stdout is not None and old_server.stdout.readline() == "open\n"
-        with pytest.raises(RuntimeError) as refused:
-            open_store(str(path), server="new")
+        (tmp_path / "link").mkdir()
+        link = tmp_path / "link" / "alias.db"  # (the same file, by a symbolic link)
+        link.symlink_to(path)
+        for given in (path, link):
+            with pytest.raises(RuntimeError) as refused:
+                open_store(str(given), server="new")
         said = str(refused.value)
         assert "schema version 4, which this server migrates to 5, and another process" in said
         assert f"has it open (pid {old_server.pid}: " in said, said

@@ -336,7 +336,10 @@ class SQLiteStore(SQLiteOps, AccessTables):
         the server process that holds it."""
         import fcntl
 
-        lock = open(f"{self.path}.server-lock", "a+")  # noqa: SIM115 (held until close)
+        # (Beside the file itself, not beside a symbolic link to it: a second server on
+        # a link to a served file took a lock of its own and served it too, a trial.)
+        real = os.path.realpath(self.path)
+        lock = open(f"{real}.server-lock", "a+")  # noqa: SIM115 (held until close)
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -372,7 +375,7 @@ class SQLiteStore(SQLiteOps, AccessTables):
             return  # the open that follows says why it cannot
         if version is None or version >= SCHEMA_VERSION:
             return
-        pid = _shared_memory_user(f"{self.path}-shm")
+        pid = _shared_memory_user(f"{os.path.realpath(self.path)}-shm")
         if pid is not None and pid != os.getpid():  # (not this process's own connections)
             raise RuntimeError(
                 f"database {self.path} has schema version {version}, which this server "
@@ -1048,7 +1051,7 @@ def _held_by_a_server(path: str) -> bool:
     import fcntl
 
     try:
-        with open(f"{path}.server-lock") as lock:
+        with open(f"{os.path.realpath(path)}.server-lock") as lock:
             try:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
