@@ -175,6 +175,19 @@ class Table(Labelled):  # what a pandas DataFrame is told by: columns and iloc
 
     columns = ("a", "b", "c")
 
+@flow
+def row_ids(n: int = 3) -> list:
+    return row_id.map(table(n)["rows"])
+
+@task
+def scalar_array():
+    import numpy as np
+    return np.array(5)
+
+@flow
+def over_scalar() -> list:
+    return same.map(scalar_array())
+
 @task
 def labelled(table: bool = False):
     kind = Table if table else Labelled
@@ -317,6 +330,30 @@ def test_a_worker_maps_over_results_as_the_embedded_host_does(
     (failed,) = final.failures
     assert failed.key == "same" and failed.failure is not None
     assert "cannot map over argument 'x': the result has no elements" in failed.failure.message
+
+
+def test_mapping_over_an_empty_part_or_a_scalar_array_is_as_embedded(
+    tmp_path: Path, db: str, cluster: Callable[..., Proc]
+) -> None:
+    """An empty part of a result (``table(0)["rows"]``) maps to no children, as
+    embedded (the server said it had no elements to map over); a 0-d numpy array has
+    none, said as for any value without elements (the producing task failed, with
+    "len() of unsized object")."""
+    _, address = start_server(cluster, db)
+    start_worker(cluster, address, "w1")
+    module = flows(tmp_path)
+    with Client(address, token=TOKEN) as client:
+        for n in (0, 2):
+            final = client.wait(client.run(module.row_ids, {"n": n}).id, timeout=BOUND)  # type: ignore[attr-defined]
+            assert final.state is FlowRunState.SUCCESS, final.message
+            assert final.result == [i * 2 for i in range(n)] == module.row_ids(n=n)  # type: ignore[attr-defined]
+        final = client.wait(client.run(module.over_scalar).id, timeout=BOUND)  # type: ignore[attr-defined]
+    embedded = module.over_scalar.run()  # type: ignore[attr-defined]
+    for run in (final, embedded):
+        assert run.state is FlowRunState.FAILED
+        (failed,) = run.failures
+        assert failed.key == "same" and failed.failure is not None, failed
+        assert "has no elements to map over" in failed.failure.message, failed.failure.message
 
 
 def test_a_cached_task_whose_input_travels_by_reference_hits_its_cache(

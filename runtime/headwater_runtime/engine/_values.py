@@ -73,7 +73,10 @@ class PythonValues:
         if hasattr(value, "columns") and hasattr(value, "iloc"):
             return None  # a DataFrame: its length counts rows, its [i] picks a column
         if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
-            return len(value)
+            try:
+                return len(value)
+            except TypeError:  # one with no length after all (a 0-d numpy array)
+                return None
         return None
 
     def item(self, value: Any, index: int) -> Any:

@@ -58,10 +58,16 @@ def _metadata(value: payload_pb2.Value) -> Any:
 
 
 def _split_at(value: Any, path: tuple[str | int, ...]) -> bool:
-    """Whether a worker split this value at exactly this path (see split_path)."""
-    if not isinstance(value, payload_pb2.Value) or not value.items:
+    """Whether a worker split this value at exactly this path (see split_path): with
+    its elements, or with a length of 0 (an empty part has none to send: mapping over
+    it failed as over a value without elements, where every other host maps over no
+    elements, a re-trial)."""
+    if not isinstance(value, payload_pb2.Value):
         return False
-    raw = _metadata(value).get(SPLIT_PATH_KEY)
+    metadata = _metadata(value)
+    if not value.items and metadata.get(LENGTH_KEY) != "0":
+        return False
+    raw = metadata.get(SPLIT_PATH_KEY)
     return raw is not None and json.loads(raw) == list(path)
 
 
