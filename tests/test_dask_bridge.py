@@ -159,6 +159,40 @@ def test_a_held_result_is_split_by_position_as_on_threads(
     assert decode_value(bridge.attempts.export(taken.ref.payload_id).value_exported.value) == 10
 
 
+def test_a_part_of_a_held_result_is_split_where_its_consumers_map_over_it(
+    bridge_for: Callable[..., Bridge],
+) -> None:
+    """``task.map(result["col"])``: the bridge splits the part at the assignment's
+    split_path, as a Python worker does (it split the whole dict, which has no
+    elements: every such map failed, a re-trial); an empty part has length 0."""
+
+    @task
+    def columns(n: int) -> dict[str, Any]:
+        return {"col": list(range(10, 10 + n)), "other": 1}
+
+    @task
+    def same(x: int) -> int:
+        return x
+
+    bridge = bridge_for(columns, same)
+    at_col = [payload_pb2.PathElement(key="col")]
+    for n in (3, 0):
+        run = f"p{n}/columns"
+        bridge.attempts.assign(
+            assignment(
+                columns.task_type, run, {"n": inline(n)}, split_result=True, split_path=at_col
+            )
+        )
+        result = bridge.outcome(run).result.result
+        assert result.ref.metadata["headwater.length"] == str(n)
+        assert result.ref.metadata["headwater.split_path"] == '["col"]'
+        assert len(result.items) == n
+    last = worker_pb2.InputValue(value=bridge.outcome("p3/columns").result.result.items[2])
+    bridge.attempts.assign(assignment(same.task_type, "p3/same", {"x": last}))
+    taken = bridge.outcome("p3/same").result.result
+    assert decode_value(bridge.attempts.export(taken.ref.payload_id).value_exported.value) == 12
+
+
 def scheduler_keys(client: Any) -> set[str]:
     """The keys whose values the Dask cluster keeps in memory."""
     keys = client.run_on_scheduler(

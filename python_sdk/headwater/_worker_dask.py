@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
@@ -33,10 +34,12 @@ from headwater.wire import (
     DASK_LOCATION,
     LENGTH_KEY,
     RELEASE_VALUES,
+    SPLIT_PATH_KEY,
     EncodingError,
     decode_value,
     failure_to_proto,
     message_ceiling,
+    path_from_proto,
     seconds,
 )
 from headwater_runtime.execution import failure_from_exception
@@ -253,7 +256,8 @@ class DaskAttempts(Attempts):
             )
             return failure_report(token, failure("headwater.EncodingError", why, retryable=False))
         try:
-            value = self._ref(future, token, split=assignment.split_result)
+            split = path_from_proto(assignment.split_path) if assignment.split_result else None
+            value = self._ref(future, token, split)
         except Exception as exc:
             detail = str(exc) if isinstance(exc, EncodingError) else repr(exc)
             why = f"cannot split the result of {task.name!r} into elements: {detail}"
@@ -307,15 +311,23 @@ class DaskAttempts(Attempts):
         )
         return future.result()
 
-    def _ref(self, future: Any, token: Token, split: bool) -> payload_pb2.Value:
-        """A Value referring to a future this bridge keeps (elements too when split)."""
+    def _ref(
+        self, future: Any, token: Token, split: tuple[str | int, ...] | None
+    ) -> payload_pb2.Value:
+        """A Value referring to a future this bridge keeps, and, when ``split`` (the
+        path of the part its consumers map over: () for the whole value), the elements
+        of that part, as a Python worker splits a result (``encode_result``): a part
+        was never split, so mapping over ``result["col"]`` failed (a re-trial)."""
         from headwater_runtime.dask import length_of, select
         from headwater_runtime.engine import At
 
         metadata: dict[str, str] = {}
         items: list[payload_pb2.Value] = []
-        if split:
-            n = self.client.submit(length_of, future, (), pure=False).result()
+        if split is not None:
+            try:
+                n = self.client.submit(length_of, future, split, pure=False).result()
+            except (LookupError, TypeError):  # the path does not fit: not split, as
+                n = None  # a Python worker does (its consumer says it is no sequence)
             if n is not None:
                 # Each element travels as a reference in the one result message: refuse
                 # what cannot fit before submitting a selection task per element.
@@ -327,8 +339,10 @@ class DaskAttempts(Attempts):
                         "map over fewer, larger elements (chunks of the list)"
                     )
                 metadata[LENGTH_KEY] = str(n)
+                if split:
+                    metadata[SPLIT_PATH_KEY] = json.dumps(list(split))
                 for i in range(n):
-                    part = self.client.submit(select, future, (At(i),), pure=False)
+                    part = self.client.submit(select, future, (*split, At(i)), pure=False)
                     items.append(self._hold(part, token, {}))
         value = self._hold(future, token, metadata)
         value.items.extend(items)
