@@ -361,6 +361,39 @@ def test_a_result_held_in_the_cluster_is_mapped_over_as_on_threads(
     assert "has no elements to map over" in failed.failure.message
 
 
+def test_a_cached_result_dask_cannot_serialise_is_not_cached_with_a_warning() -> None:
+    """A cached task whose result Dask cannot serialise (a generator) is not cached,
+    with a warning at its definition, as on threads; the run and the task's other
+    cached results stand. ``flow.run()`` raised Dask's TypeError as its LocalCluster
+    closed, and the run was lost (a re-trial)."""
+
+    @task(cache_for=60)
+    def numbers(n: int) -> Any:
+        return (i for i in range(n))
+
+    @task(cache_for=60)
+    def kept(n: int) -> int:
+        return n * 2
+
+    @task
+    def use(values: Any, doubled: int) -> int:
+        return doubled
+
+    @flow
+    def f(n: int = 3) -> int:
+        return use(numbers(n), kept(n))
+
+    executor = DaskExecutor(n_workers=1, threads_per_worker=1)
+    with pytest.warns(RuntimeWarning, match="'numbers': its result was not cached") as said:
+        run = f.run(executor=executor)
+    assert run.state is FlowRunState.SUCCESS and run.result == 6
+    assert (said[0].filename, said[0].lineno) == (__file__, numbers.fn.__code__.co_firstlineno)
+    with pytest.warns(RuntimeWarning, match="'numbers': its result \\(generator\\) was not"):
+        again = f.run()  # on threads: the one entry that could be kept is a hit
+    assert again.task_run("kept").state is TaskRunState.CACHED
+    assert again.task_run("numbers").state is TaskRunState.SUCCESS
+
+
 def test_subflows_on_dask_get_values_and_their_timeouts_hold(
     gpu_cluster: tuple[Client, str],
 ) -> None:

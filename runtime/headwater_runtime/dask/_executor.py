@@ -21,7 +21,13 @@ from typing import Any
 from distributed import Client, Future, LocalCluster
 
 from headwater.wire import FailureInfo, TaskSpec
-from headwater_runtime.embedded import ResultCache, cache_snapshot, make_cache_key, thaw
+from headwater_runtime.embedded import (
+    ResultCache,
+    cache_snapshot,
+    make_cache_key,
+    thaw,
+    warn_at_task,
+)
 from headwater_runtime.engine import (
     CacheEntry,
     Event,
@@ -45,6 +51,9 @@ from ._remote import (
 )
 from ._values import DaskValues, Part, holds_remote, locate
 
+#: A cache entry whose value the run's own cluster holds: the cache, the key, the
+#: task's name and function.
+_Cached = tuple[ResultCache, str, str, "Callable[..., Any] | None"]
 log = logging.getLogger("headwater.dask")
 
 _Selections = dict[str, tuple[Any, tuple[Step, ...]]]
@@ -124,7 +133,9 @@ class DaskExecutor:
         self._futures: dict[tuple[str, int], tuple[Future[Any], str]] = {}
         self._completions: SimpleQueue[Event] | None = None
         self._run_id = ""
-        self._cached: list[tuple[ResultCache, str]] = []
+        #: Cache entries whose value is a future of this executor's own cluster: the
+        #: cache, the key, the task's name and function (gathered at ``shutdown``).
+        self._cached: list[_Cached] = []
         self._servable: set[tuple[tuple[str, float], ...]] = set()
         self._tokens: dict[str, tuple[str, int]] = {}
         self._topic: str | None = None
@@ -517,19 +528,38 @@ class DaskExecutor:
         the cluster is this executor's own LocalCluster, which closes then."""
         cache.put(key, value, expires_at)
         if isinstance(value, Future):
-            self._cached.append((cache, key))
+            self._cached.append((cache, key, task, fn))
 
-    def _gather_cached(self, cached: list[tuple[ResultCache, str]]) -> None:
+    def _gather_cached(self, cached: list[_Cached]) -> None:
+        """The values of the run's cache entries, fetched from the cluster before it
+        closes. One that cannot be fetched (a result Dask cannot serialise, such as a
+        generator) is not cached, with a warning at its task, as on threads: it made
+        ``flow.run()`` raise Dask's TypeError, the run lost (a re-trial)."""
         entries = []
-        for cache, key in cached:
+        for cache, key, task, fn in cached:
             entry = cache.get(key)
             if entry is not None and isinstance(entry.value, Future):
-                entries.append((cache, key, entry))
+                entries.append((cache, key, task, fn, entry))
         if not entries:
             return
-        values = self.client.gather([entry.value for _, _, entry in entries])
-        for (cache, key, entry), value in zip(entries, values, strict=True):
-            cache_snapshot(cache, key, value, entry.expires_at, key)
+        try:
+            values = self.client.gather([entry.value for *_, entry in entries])
+        except Exception:  # (one of them: fetched one by one, to cache the others)
+            values = None
+        for i, (cache, key, task, fn, entry) in enumerate(entries):
+            if values is not None:
+                value = values[i]
+            else:
+                try:
+                    value = self.client.gather(entry.value)
+                except Exception as exc:
+                    cache.drop(key)
+                    warn_at_task(
+                        fn, f"task {task!r}: its result was not cached: it cannot be fetched "
+                        f"from the Dask cluster ({type(exc).__name__}: {exc})",
+                    )  # fmt: skip
+                    continue
+            cache_snapshot(cache, key, value, entry.expires_at, task, fn)
 
     # ------------------------------------------------------------------ helpers
 

@@ -8,6 +8,7 @@ from ._cache import (
     make_cache_key,
     stable_hash,
     thaw,
+    warn_at_task,
 )
 from ._gc import RUN_GC_THRESHOLD, relaxed_gc
 from ._host import EmbeddedRun, Executor, SubflowTarget, SystemClock, child_executor
@@ -31,4 +32,5 @@ __all__ = [
     "relaxed_gc",
     "stable_hash",
     "thaw",
+    "warn_at_task",
 ]

@@ -58,6 +58,11 @@ class ResultCache:
         with self._lock:
             self._entries[key] = CacheEntry(value, expires_at)
 
+    def drop(self, key: str) -> None:
+        """Forget the entry under ``key``, if any."""
+        with self._lock:
+            self._entries.pop(key, None)
+
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:
