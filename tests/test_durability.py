@@ -1575,6 +1575,13 @@ def test_a_run_not_resumed_can_be_cancelled(db: str) -> None:
             assert said.startswith("downgraded (not resumed by this server: "), said
             assert "engine version 99" in said
             assert {t.state for t in got.task_runs} == {TaskRunState.CANCELLED.value}
+            # Their histories end CANCELLED, and so does the run attempt (it stayed
+            # RUNNING for good, in the web UI and the API, a re-trial).
+            for task_run in got.task_runs:
+                assert task_run.history[-1].state == TaskRunState.CANCELLED.value
+            (attempt,) = store.run_attempts(row.id)
+            assert attempt.state == FlowRunState.CANCELLED.value
+            assert attempt.ended_at is not None and attempt.message == said
 
     asyncio.run(main())
 

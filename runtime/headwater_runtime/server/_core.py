@@ -50,6 +50,7 @@ from headwater_runtime.store import (
     FlowRunRow,
     LimitRow,
     PruneReport,
+    StateRow,
     Store,
     StoreUnavailable,
     WebhookRow,
@@ -1135,10 +1136,25 @@ def _end_unresumed(store: Store, flow_run_id: str, reason: str, why: str, now: f
     batch.flow_runs[row.id] = dataclasses.replace(
         row, state=FlowRunState.CANCELLED.value, ended_at=now, message=message
     )
+    # Each unfinished task run's history ends CANCELLED too, and so does the run
+    # attempt: both stayed as they were (the attempt RUNNING for good, in the web UI
+    # and the API, a re-trial).
+    seqs: dict[str, int] = {}
+    for entry in store.task_run_history(flow_run_id):
+        seqs[entry.key] = max(seqs.get(entry.key, 0), entry.seq)
     for task in store.task_runs(flow_run_id):
         if not TaskRunState(task.state).is_terminal:
             cancelled = dataclasses.replace(
                 task, state=TaskRunState.CANCELLED.value, updated_at=now
             )
             batch.task_runs[(task.flow_run_id, task.key)] = cancelled
+            seq = seqs.get(task.key, 0) + 1
+            state = TaskRunState.CANCELLED.value
+            batch.states.append(StateRow(row.id, task.key, seq, state, now, task.attempt, message))
+    attempts = store.run_attempts(flow_run_id)
+    if attempts and attempts[-1].ended_at is None:
+        ended = dataclasses.replace(
+            attempts[-1], state=FlowRunState.CANCELLED.value, ended_at=now, message=message
+        )
+        batch.ops.run_attempts.append(ended)
     store.commit(batch)
