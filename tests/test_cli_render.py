@@ -76,6 +76,15 @@ def test_the_summary_adds_up_a_tasks_run_times_under_a_header_saying_so() -> Non
     )
     assert header.split() == ["task", "runs", "states", "attempts", "task", "time", "workers"]
     assert line.split() == ["speak", "3", "3", "SUCCESS", "3", "1.50s", "w1"]
+    # An attempt that ran for no measurable time reads 0.00s, not blank as if it never
+    # ran (a Node.js task failing within its millisecond clock, a trial); one that never
+    # ran stays blank.
+    out = io.StringIO()
+    rows = [("fast", "fast", "FAILED", 1, 0.0, "w1"), ("never", "never", "CANCELLED", 0, None, "")]
+    Console(file=out, width=200, force_terminal=False).print(summary_table(rows))
+    fast, never = (row.replace("│", " ").split() for row in out.getvalue().splitlines()[2:4])
+    assert fast == ["fast", "1", "1", "FAILED", "1", "0.00s", "w1"]
+    assert never == ["never", "1", "1", "CANCELLED", "0"]
 
 
 def test_dot_keeps_letters_graphviz_would_show_as_escapes() -> None:

@@ -183,6 +183,8 @@ class TaskSummary:
     states: Counter[str] = field(default_factory=Counter)
     attempts: int = 0
     duration: float = 0.0
+    #: Whether an attempt of it ran (its time is known, 0 included).
+    ran: bool = False
     workers: set[str] = field(default_factory=set)
 
 
@@ -215,6 +217,7 @@ def summary_table(
         node.states[state] += 1
         node.attempts += attempts
         node.duration += duration or 0.0
+        node.ran = node.ran or duration is not None
         if worker:
             node.workers.add(worker)
     table = Table(title=title or None, title_justify="left", show_edge=False, pad_edge=False)
@@ -230,7 +233,9 @@ def summary_table(
             str(sum(node.states.values())),
             states,
             str(node.attempts),
-            duration_text(node.duration) if node.duration else "",
+            # (0.00s when its attempts ran for no time it could measure: a Node.js task
+            # failing within a ms read blank, as if it never ran, a trial)
+            duration_text(node.duration) if node.ran else "",
             plain(", ".join(sorted(node.workers))),
         )
     return table
