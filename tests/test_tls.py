@@ -126,6 +126,41 @@ def test_a_tls_client_is_told_the_server_is_plaintext(tmp_path: Path, certs: Cer
     serve(tmp_path, body)
 
 
+def test_the_node_worker_is_told_of_a_tls_mismatch_as_the_python_one(
+    tmp_path: Path, certs: Certs
+) -> None:
+    """The Node.js worker names the flag to pass when it speaks plaintext to a TLS
+    server, or TLS to a plaintext one; it said "Failed to connect" with an empty note,
+    or "wrong version number", retrying for good (a trial)."""
+    from e2e_helpers import node_worker_args
+
+    def told(address: str, *flags: str) -> str:
+        node = subprocess.Popen(
+            node_worker_args(address, "mismatched", *flags),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert node.stderr is not None
+            return node.stderr.readline()  # its first "cannot connect" line (bounded)
+        finally:
+            node.kill()
+            node.communicate(timeout=30)
+
+    def plaintext_worker(address: str) -> None:
+        line = told(address)
+        assert f"cannot connect to {address} (the server at {address} speaks TLS: pass" in line
+        assert "--tls-ca FILE" in line, line
+
+    def tls_worker(address: str) -> None:
+        line = told(address, "--tls-ca", certs.ca)
+        assert f"(the server at {address} does not speak TLS: drop --tls/--tls-ca" in line, line
+
+    serve(tmp_path, plaintext_worker, **tls_server(certs))
+    serve(tmp_path, tls_worker)
+
+
 def test_a_certificate_from_another_ca_is_refused(tmp_path: Path, certs: Certs) -> None:
     def body(address: str) -> None:
         with Client(address, token=ADMIN, tls_ca=certs.other_ca) as client:

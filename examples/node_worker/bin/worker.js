@@ -53,6 +53,16 @@ it again.
 
 Tracing: set OTEL_TRACES_EXPORTER=otlp or console (see README).`;
 
+// grpc-js gives node:tls the address it dials as the server name, which Node warns of
+// on every TLS connection to an IP address (DEP0123): a line on stderr that tells the
+// user nothing they can act on (a trial). Other warnings are shown as usual.
+const emitWarning = process.emitWarning;
+process.emitWarning = (warning, ...rest) => {
+  const code = typeof rest[0] === 'object' && rest[0] !== null ? rest[0].code : rest[1];
+  if (code === 'DEP0123') return;
+  emitWarning.call(process, warning, ...rest);
+};
+
 function fail(message) {
   process.stderr.write(`headwater-node-worker: error: ${message}\n`);
   process.exit(2);

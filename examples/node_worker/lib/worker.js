@@ -15,7 +15,7 @@ const grpc = require('@grpc/grpc-js');
 
 const { loadContract } = require('./proto');
 const { PayloadTransfer, PayloadTransferError } = require('./payloads');
-const { channelCredentials, tlsOptions } = require('./tls');
+const { channelCredentials, explainUnreachable, tlsOptions } = require('./tls');
 const { UnreadableInput, decodeInputs, encodeResult } = require('./values');
 const { CodecError } = require('./codec');
 const { thrownText } = require('./thrown');
@@ -133,7 +133,8 @@ class Worker extends EventEmitter {
     this.token = token || '';
     // Read now: a missing or wrong file is an error at start, not at each reconnect.
     // Unset options fall back to HEADWATER_TLS, _CA, _CERT and _KEY, as in Python.
-    this.credentials = channelCredentials(tlsOptions({ tls, tlsCa, tlsCert, tlsKey }));
+    this.tlsSettings = tlsOptions({ tls, tlsCa, tlsCert, tlsKey });
+    this.credentials = channelCredentials(this.tlsSettings);
     this.log = log ?? ((message) => process.stderr.write(`${message}\n`));
     this.offlineLogs = [];
     this.offlineDropped = 0;
@@ -172,7 +173,10 @@ class Worker extends EventEmitter {
           lostAt = Date.now();
           this.log(`lost the connection to ${this.server} (${why}); reconnecting`);
         } else if (failures % 10 === 0) {
-          this.log(`cannot connect to ${this.server} (${why}); retrying`);
+          // (A TLS mismatch named with its fix, as the Python worker does.)
+          const hint = await explainUnreachable(this.server, this.tlsSettings);
+          if (this.stopped) break;
+          this.log(`cannot connect to ${this.server} (${hint ?? why}); retrying`);
         }
         const cap = Date.now() - lostAt < SOON_WINDOW_MS ? BACKOFF_SOON_MS : BACKOFF_MAX_MS;
         const delay = Math.min(cap, BACKOFF_INITIAL_MS * 2 ** failures) * (0.5 + Math.random() / 2);
