@@ -90,6 +90,35 @@ def test_a_lost_worker_ends_the_attempt_span_and_the_next_attempt_gets_its_own(
     assert attrs(flow)["headwater.flow_run.id"] == row.id
 
 
+def test_an_attempt_given_back_is_said_so_not_lost(
+    tmp_path: Path, span_exporter: InMemorySpanExporter
+) -> None:
+    """A worker stopping on purpose gives its attempt back: no loss, and its span says
+    ``headwater.given_back`` (it read ``headwater.worker_lost``, a trial)."""
+    store = SQLiteStore(tmp_path / "hw.db")
+    dispatch = FakeDispatch()
+    manager = RunManager(store, dispatch, Clock())
+    manager.register_flow(pipeline.compile())
+    manager.create_run("pipeline", "", {"n": value_of(1)})
+    manager.flush()
+    back = dispatch.submitted.pop(0).assignment
+    run_id, key = split_task_run_id(back.token.task_run_id)
+    manager.handle(run_id, TaskLost(key, back.token.attempt, "it stopped", given_back=True))
+    manager.flush()
+    lost = dispatch.submitted.pop(0).assignment
+    manager.handle(run_id, TaskLost(key, lost.token.attempt))
+    drain(manager, dispatch)
+    store.close()
+
+    spans = named(span_exporter.get_finished_spans(), "task numbers")
+    assert [attrs(s)["headwater.state"] for s in spans] == ["CANCELLED", "CANCELLED", "SUCCESS"]
+    assert [[e.name for e in s.events][-1] for s in spans[:2]] == [
+        "headwater.given_back",
+        "headwater.worker_lost",
+    ]
+    assert all(s.status.status_code is StatusCode.UNSET for s in spans)
+
+
 def test_losing_the_worker_too_often_fails_the_run_and_its_last_attempt_is_an_error(
     tmp_path: Path, span_exporter: InMemorySpanExporter
 ) -> None:

@@ -79,6 +79,9 @@ class RunTracer:
         )
         self._flow_context = trace.set_span_in_context(self.flow_span)
         self._attempts: dict[tuple[str, int], Span] = {}
+        #: Each open attempt's task run's losses when it was dispatched: an attempt
+        #: given back adds none (a worker stopping on purpose, not a loss).
+        self._losses: dict[tuple[str, int], int] = {}
 
     # ------------------------------------------------------------------ attempts
 
@@ -107,6 +110,7 @@ class RunTracer:
         if previous is not None:  # dispatched twice: keep the newest open
             previous.end()
         self._attempts[(run.key, attempt)] = span
+        self._losses[(run.key, attempt)] = run.lost_count
         return span
 
     def on_transition(self, run: TaskRunRecord, entry: StateEntry) -> None:
@@ -119,12 +123,15 @@ class RunTracer:
                 span.add_event(n.EVENT_STARTED)
             return
         span = self._attempts.pop(key, None)
+        losses = self._losses.pop(key, None)
         if span is not None:
-            self._end_attempt(span, run, entry)
+            self._end_attempt(span, run, entry, given_back=losses == run.lost_count)
         elif state.is_terminal:
             self._instant(run, entry)
 
-    def _end_attempt(self, run_span: Span, run: TaskRunRecord, entry: StateEntry) -> None:
+    def _end_attempt(
+        self, run_span: Span, run: TaskRunRecord, entry: StateEntry, *, given_back: bool = False
+    ) -> None:
         record = run.attempts[-1] if run.attempts else None
         if record is not None and record.number == entry.attempt and record.outcome is not None:
             outcome, failure = record.outcome, record.failure or entry.failure
@@ -135,7 +142,10 @@ class RunTracer:
         # once too often: the attempt itself is CANCELLED, the run FAILED).
         error = outcome in _ERROR_STATES or entry.state in _ERROR_STATES
         if failure is not None and failure.type == WORKER_LOST:
-            run_span.add_event(n.EVENT_LOST, {n.MESSAGE: failure.message})
+            # (A worker that stopped on purpose gave it back: no loss, said as such; it
+            # read as a lost worker, a trial.)
+            event = n.EVENT_GIVEN_BACK if given_back else n.EVENT_LOST
+            run_span.add_event(event, {n.MESSAGE: failure.message})
             if error:
                 run_span.set_status(Status(StatusCode.ERROR, str(failure)))
         elif failure is not None:

@@ -32,6 +32,7 @@ EVENT_RETRY = "headwater.retry"
 EVENT_CACHE_HIT = "headwater.cache_hit"
 EVENT_STARTED = "headwater.started"
 EVENT_LOST = "headwater.worker_lost"
+EVENT_GIVEN_BACK = "headwater.given_back"
 EVENT_INTERRUPTED = "headwater.interrupted"
 
 #: The wire format of trace context in CreateFlowRunRequest and Assignment is W3C
