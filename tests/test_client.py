@@ -103,6 +103,9 @@ def test_deploy_run_inspect_and_cancel(server: ServerThread) -> None:
         assert [(t.key, t.state) for t in shown.task_runs] == [("shout", TaskRunState.SCHEDULED)]
         # Read as an embedded run's (task_run(key), .attempt): code works on both.
         assert shown.task_run("shout").attempt == shown.task_run("shout").attempts == 0
+        page = shown._repr_html_()  # as a notebook shows it
+        assert "<b>greet</b>" in page and ">RUNNING</span>" in page
+        assert "<td style='text-align:left'>shout</td><td>1</td>" in page
         with pytest.raises(
             KeyError, match=r"no task run 'nope' in this flow run \(some keys: shout\)"
         ):

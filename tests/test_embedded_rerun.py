@@ -195,3 +195,31 @@ def test_a_failed_runs_repr_says_why() -> None:
     broken.clear()
     fine = pipeline.run(n=3)
     assert repr(fine) == f"<FlowRun pipeline SUCCESS tasks={len(fine.task_runs)} id={fine.id[:8]}>"
+
+
+def test_a_notebook_shows_a_run_as_html_with_its_tasks() -> None:
+    """Jupyter shows ``_repr_html_``: the run's state, why it failed and its tasks
+    added up per task (a notebook had the one-line repr only, a trial); what a task or
+    message says is escaped."""
+    broken.add(2)
+    run = pipeline.run(n=3)
+    shown = run._repr_html_()
+    assert shown.startswith("<div class='headwater-run'><div><b>pipeline</b> <span ")
+    assert ">FAILED</span>" in shown and f"run {run.id}" in shown
+    assert "element 2 is broken" in shown
+    # square is mapped over 3 elements: one row with 2 SUCCESS and 1 FAILED.
+    square_row = shown.split("<td style='text-align:left'>square</td>", 1)[1].split("</tr>")[0]
+    assert square_row.startswith("<td>3</td>")
+    assert "1 <span style='color:#cf222e;font-weight:600'>FAILED</span>" in square_row
+    assert "2 <span style='color:#1a7f37;font-weight:600'>SUCCESS</span>" in square_row
+    broken.clear()
+    fine = pipeline.run(n=3)
+    assert "<pre" not in fine._repr_html_()  # no message under a success
+
+    from headwater._html import run_html
+
+    hostile = run_html(
+        "<f>", "FAILED", "id&1", None, "<script>x</script>", [("<t>", "SUCCESS", 1, 0.0)]
+    )
+    assert "<script>" not in hostile and "&lt;script&gt;" in hostile
+    assert "&lt;f&gt;" in hostile and "&lt;t&gt;" in hostile and "0.00s" in hostile

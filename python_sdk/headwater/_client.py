@@ -264,6 +264,14 @@ class RemoteFlowRun:
         one read without them (``get`` by default, ``list_runs``)."""
         return [t for t in self.task_runs if t.state.is_failure]
 
+    def _repr_html_(self) -> str:
+        """The run as a notebook shows it, as an embedded ``FlowRun`` (its tasks when
+        it was read with them)."""
+        from ._html import run_html
+
+        rows = ((t.task_id, t.state.name, t.attempts, t.run_seconds) for t in self.task_runs)
+        return run_html(self.flow_name, self.state.name, self.id, self.duration, self.message, rows)
+
     def task_run(self, key: str) -> TaskRunInfo:
         """The run of task ``key`` (a task id, or ``id[i]`` for mapped child i), as
         ``FlowRun.task_run`` of an embedded run; KeyError naming some keys when there is

@@ -224,6 +224,16 @@ class FlowRun:
             # and the run with it, in a cycle)
             raise FlowRunFailed(self) from first
 
+    def _repr_html_(self) -> str:
+        """The run as a notebook shows it: its state, time and why it failed, and its
+        tasks' task runs added up per task (``headwater._html``)."""
+        from ._html import run_html
+
+        rows = (
+            (r.task_id, r.state.name, r.attempt, r.run_seconds) for r in self.task_runs.values()
+        )
+        return run_html(self.flow_name, self.state.name, self.id, self.duration, self.message, rows)
+
     def __repr__(self) -> str:
         # Why a run did not succeed, first line (a notebook shows the repr: it said
         # FAILED and nothing of why, a trial).
