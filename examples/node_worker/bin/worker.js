@@ -5,7 +5,7 @@
 const os = require('node:os');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
-const { Worker, WorkerError } = require('../lib');
+const { Worker, WorkerError, captureConsole } = require('../lib');
 const tracing = require('../lib/tracing');
 const { tlsOptions } = require('../lib/tls');
 const { startWatchdog } = require('../lib/watchdog');
@@ -113,6 +113,7 @@ function main() {
   } catch (err) {
     fail(`cannot load handlers from ${file}: ${err.message.split('\n')[0]}`);
   }
+  captureConsole(); // a handler's console.log is kept with its task run, as print() in Python
   let worker;
   try {
     const tracer = tracing.fromEnvironment();

@@ -2,7 +2,7 @@
 // The reusable part of the Node.js worker: protocol, payload transfer and json codec.
 
 const codec = require('./codec');
-const { PROTOCOL_VERSION, Skip, Worker, WorkerError } = require('./worker');
+const { PROTOCOL_VERSION, Skip, Worker, WorkerError, captureConsole } = require('./worker');
 const { PayloadTransfer, PayloadTransferError } = require('./payloads');
 const { loadContract } = require('./proto');
 const { channelCredentials, tlsOptions } = require('./tls');
@@ -16,6 +16,7 @@ module.exports = {
   Skip,
   Worker,
   WorkerError,
+  captureConsole,
   channelCredentials,
   decode: codec.decode,
   encode: codec.encode,

@@ -11,6 +11,8 @@
 const crypto = require('node:crypto');
 const os = require('node:os');
 const { EventEmitter } = require('node:events');
+const { AsyncLocalStorage } = require('node:async_hooks');
+const util = require('node:util');
 const grpc = require('@grpc/grpc-js');
 
 const { loadContract } = require('./proto');
@@ -94,6 +96,34 @@ function failureOf(err, retryable, depth = 0) {
   };
   if (isError && err.cause !== undefined && depth < MAX_CAUSES) failure.cause = failureOf(err.cause, retryable, depth + 1);
   return failure;
+}
+
+/** The context of the attempt whose handler is running (its async calls included). */
+const currentTask = new AsyncLocalStorage();
+/** console's own methods, before captureConsole (null until it is called). */
+let consoleOriginals = null;
+const CONSOLE_LEVELS = { log: 'INFO', info: 'INFO', debug: 'DEBUG', warn: 'WARNING', error: 'ERROR' };
+
+/**
+ * Keep what handlers write with console.log/info/debug/warn/error with their task run
+ * (as `context.log`, stored by the server: `headwater runs logs`), as the Python worker
+ * keeps what a task prints; the lines still go to the process's stdout/stderr. It went
+ * there only, and a task's console.log never reached its run (a trial). Console calls
+ * outside a handler are untouched. Process-wide: bin/worker.js calls it; a program
+ * embedding a Worker decides for itself.
+ */
+function captureConsole() {
+  if (consoleOriginals) return;
+  consoleOriginals = {};
+  for (const [name, level] of Object.entries(CONSOLE_LEVELS)) {
+    const original = console[name];
+    consoleOriginals[name] = original;
+    console[name] = (...args) => {
+      original.apply(console, args);
+      const context = currentTask.getStore();
+      if (context) context.log(util.format(...args), level);
+    };
+  }
 }
 
 function workerFailure(type, message, retryable) {
@@ -478,7 +508,7 @@ class Worker extends EventEmitter {
     const context = this.#context(attempt);
     let result;
     try {
-      result = await handler(inputs, context);
+      result = await currentTask.run(context, () => handler(inputs, context));
     } catch (err) {
       if (err instanceof Skip) {
         span?.skip(err.message);
@@ -537,4 +567,4 @@ function codeName(code) {
   return entry ? entry[0] : String(code);
 }
 
-module.exports = { PROTOCOL_VERSION, Skip, Worker, WorkerError };
+module.exports = { PROTOCOL_VERSION, Skip, Worker, WorkerError, captureConsole };

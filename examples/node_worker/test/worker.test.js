@@ -144,6 +144,30 @@ test('a thrown value that is no Error is reported as it reads, not [object Objec
   assert.equal(object.failure.stack_trace, '');
 });
 
+test("with captureConsole, a handler's console lines are kept with its task run", async (t) => {
+  const { captureConsole } = require('../lib');
+  captureConsole();
+  const { server } = await session(t, {
+    handlers: {
+      chatty: async (_inputs, ctx) => {
+        console.log('hello', 42, { a: 1 });
+        await new Promise((resolve) => setTimeout(resolve, 5)); // (its async calls too)
+        console.error('something bad');
+        return ctx.attempt;
+      },
+    },
+  });
+  const quiet = console.log; // outside a handler: nothing is sent
+  quiet.call(console, 'not a task line');
+  server.send({ assignment: assignment('c', 'chatty') });
+  await server.waitFor('result');
+  const logs = server.received.filter((m) => m.message === 'log').map((m) => [m.log.level, m.log.message]);
+  assert.deepEqual(logs, [
+    ['INFO', 'hello 42 { a: 1 }'],
+    ['ERROR', 'something bad'],
+  ]);
+});
+
 test('a pickle input is refused without retries, naming the argument', async (t) => {
   let called = false;
   const { server } = await session(t, { handlers: { f: async () => (called = true) } });
