@@ -292,11 +292,13 @@ def test_every_http_route_and_role_gets_the_exact_status(
     )
     # HEAD wherever GET works (an uptime checker's HEAD / got 405), but on an event
     # stream: the GET's status and headers, no body.
-    for path in ("/runs", "/", "/healthz", f"/api/runs/{site.ended_run}"):
-        status, answer, body = call(site, "HEAD", path, cookie=admin)
-        got = call(site, "GET", path, cookie=admin)
-        assert (status, body) == (got[0], ""), path
-        assert answer["Content-Type"] == got[1]["Content-Type"], path
+    for path in ("/runs", "/", "/healthz", f"/api/runs/{site.ended_run}", "/nowhere"):
+        for cookie in (admin, None):  # (without a credential: a page's 303 to /login)
+            status, answer, body = call(site, "HEAD", path, cookie=cookie)
+            got = call(site, "GET", path, cookie=cookie)
+            assert (status, body) == (got[0], ""), (path, cookie)
+            assert answer.get("Content-Type") == got[1].get("Content-Type"), (path, cookie)
+            assert answer.get("Location") == got[1].get("Location"), (path, cookie)
     for stream in ("/api/workers/events", "/api/runs/events"):
         status, answer, _ = call(site, "HEAD", stream, cookie=admin)
         assert status == 405 and answer["Allow"] == "GET", stream

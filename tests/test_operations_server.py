@@ -28,7 +28,7 @@ from test_server_protocol import serving
 from headwater.v1 import operations_pb2 as ops
 from headwater.v1 import operations_pb2_grpc
 from headwater.wire import FlowRunState, TaskRunState, duration
-from headwater_runtime.server._config import ConfigError, settings
+from headwater_runtime.server._config import ConfigError, limits_from_env, settings
 from headwater_runtime.server._core import ServerSettings
 from headwater_runtime.server._journal import JournalFormatError
 from headwater_runtime.server._ops_core import RetryRefused
@@ -880,6 +880,9 @@ def test_settings_come_from_flags_then_environment_then_the_file_then_defaults(
         {"HEADWATER_PORT": "x"} | {"HEADWATER_RETENTION": "30"},
     )
     assert (fixed.port, fixed.retention) == (3333, 30 * 86400.0)
+    assert settings({"http": False}, {"HEADWATER_HTTP_PORT": "bogus"}).http is False  # --no-http
+    width = limits_from_env({"HEADWATER_MAX_MAP_WIDTH": "abc"}, max_map_width=10).max_map_width
+    assert width == 10  # --max-map-width 10 puts the variable right
     with pytest.raises(ConfigError, match=r"heartbeat_interval \(30s\) must be shorter than"):
         settings({"heartbeat_interval": 30.0, "heartbeat_timeout": 5.0}, {})
     with pytest.raises(ConfigError, match="cannot read the configuration file"):

@@ -226,6 +226,8 @@ def settings(
     if path:
         values.update(load_file(path))
     given = {k: v for k, v in (flags or {}).items() if v is not None}
+    if given.get("http") is False:  # --no-http overrides the HTTP port's variable too
+        given.setdefault("http_port", False)
     for field, variable, parse in ENVIRONMENT:
         raw = env.get(variable)
         # (A variable a flag overrides is not read: HEADWATER_RETENTION=30 refused
@@ -257,7 +259,7 @@ def limits_from_env(environ: Mapping[str, str] | None = None, **overrides: int |
     for spec in LIMIT_SPECS:
         name = limit_variable(spec.name)
         raw = source.get(name, "").strip()
-        if raw:
+        if raw and overrides.get(spec.name) is None:  # (a flag overrides it: not read)
             try:
                 values[spec.name] = int(raw)
             except ValueError:

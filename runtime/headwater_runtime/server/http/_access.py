@@ -32,8 +32,9 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 
 def is_page(method: str, path: str) -> bool:
     """Whether a request is for one of the UI's HTML pages (not the API, assets,
-    metrics or the health check): those get redirects and HTML, not JSON."""
-    if method != "GET" or path in ("/metrics", "/healthz", "/login"):
+    metrics or the health check): those get redirects and HTML, not JSON. A HEAD is
+    answered as its GET (it got a 401 where the GET is a 303 to /login, a re-trial)."""
+    if method not in ("GET", "HEAD") or path in ("/metrics", "/healthz", "/login"):
         return False
     return not path.startswith(("/api/", "/static/"))
 
