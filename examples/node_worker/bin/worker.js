@@ -45,11 +45,11 @@ worker for good (a bad token, another protocol version) makes it exit with statu
 a bad command line too.
 
 A handler must not block the event loop (synchronous CPU work: use worker_threads):
-while it does, its timeout, the heartbeats and SIGTERM cannot run. Once the loop has
-been blocked for longer than the server waits for a heartbeat (its timeout, 20 s by
-default), the server has counted this worker lost and dispatches its attempts again,
-and the worker says so on stderr and kills itself (SIGKILL), for a supervisor to start
-it again.
+while it does, its timeout, the heartbeats and SIGTERM cannot run, and handlers running
+at once block it one after the other. Once the loop has been blocked for the server's
+heartbeat timeout less one heartbeat interval (20 s - 5 s by default), the server may
+have counted this worker lost and dispatched its attempts again: the worker says so on
+stderr and kills itself (SIGKILL), for a supervisor to start it again.
 
 Tracing: set OTEL_TRACES_EXPORTER=otlp or console (see README).`;
 
@@ -135,8 +135,13 @@ function main() {
   // heartbeat ends the process (lib/watchdog.js): the server has counted it lost then.
   const watchdog = startWatchdog({ limitMs: BLOCKED_BEFORE_WELCOME_MS, name: `headwater-node-worker ${worker.name}` });
   const seconds = (d) => (d ? Number(d.seconds ?? 0) + Number(d.nanos ?? 0) / 1e9 : 0);
+  // The server counts the worker lost once it has heard nothing for its heartbeat
+  // timeout since the last heartbeat, which went out up to one interval before the loop
+  // blocked: blocked for the timeout less an interval, it may have. (With the timeout
+  // plus an interval, a block in between failed the run's task as lost 4 times while
+  // the worker lived on, a re-trial.)
   const waits = (welcome) => {
-    const ms = (seconds(welcome.heartbeat_timeout) + seconds(welcome.heartbeat_interval)) * 1000;
+    const ms = (seconds(welcome.heartbeat_timeout) - seconds(welcome.heartbeat_interval)) * 1000;
     watchdog.setLimit(Math.max(1000, ms || BLOCKED_BEFORE_WELCOME_MS));
   };
   worker.on('attempts', (list) => watchdog.setRunning(list));

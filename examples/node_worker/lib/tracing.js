@@ -89,12 +89,23 @@ class Tracing {
     };
     return {
       end: () => close() && span.end(),
-      fail: (err) => {
+      fail: (err, failure) => {
         if (!close()) return;
         // A thrown value that is no Error is recorded as the failure says it (its type
         // of value, its text, no stack): it was wrapped in an Error here, its stack
-        // this file's, where the server's span said "string" (a user trial).
-        const error = err instanceof Error ? err : { name: typeof err, message: thrownText(err) };
+        // this file's, where the server's span said "string" (a user trial). The
+        // worker's Failure is used when it has one (a value that cannot be described
+        // safely, a re-trial: describing it here threw).
+        let error;
+        try {
+          error = failure
+            ? { name: failure.type, message: failure.message, stack: failure.stack_trace || undefined }
+            : err instanceof Error
+              ? err
+              : { name: typeof err, message: thrownText(err) };
+        } catch {
+          error = { name: typeof err, message: 'a thrown value that cannot be described' };
+        }
         span.recordException(error);
         span.setStatus({ code: api.SpanStatusCode.ERROR, message: `${error.name}: ${error.message}` });
         span.end();

@@ -5,8 +5,8 @@
 // once it has heard nothing for its heartbeat timeout and dispatches the attempts
 // elsewhere; the process stayed at 100% CPU for good, "connected" in its log, and only
 // SIGKILL ended it (a user trial). A thread of its own sees the loop stop ticking and,
-// once it has been blocked for longer than the server waits, says so on stderr and
-// kills the process, so that a supervisor starts a fresh one.
+// once it has been blocked long enough for the server to count the worker lost, says
+// so on stderr and kills the process, so that a supervisor starts a fresh one.
 //
 // Used by bin/worker.js, not by the library: a program that embeds a Worker decides
 // itself what a blocked loop means for its process.
@@ -42,10 +42,10 @@ setInterval(() => {
   // (Written straight to the file descriptor: this thread's process.stderr goes
   // through the blocked main thread.)
   fs.writeSync(2, workerData.name + ': the event loop has been blocked for ' +
-    ((now - lastSeen) / 1000).toFixed(1) + ' s, longer than the server waits for a ' +
-    'heartbeat (running: ' + what + '): a handler runs synchronous code that never ' +
-    'yields, so its timeout, the heartbeats and SIGTERM cannot run; the server counts ' +
-    'this worker lost and dispatches its attempts again. Exiting (SIGKILL).\\n');
+    ((now - lastSeen) / 1000).toFixed(1) + ' s, long enough for the server to count ' +
+    'this worker lost (running: ' + what + '): a handler runs synchronous code that never ' +
+    'yields, so its timeout, the heartbeats and SIGTERM cannot run; the server ' +
+    'dispatches its attempts again. Exiting (SIGKILL).\\n');
   process.kill(process.pid, 'SIGKILL');
 }, ${TICK_MS});
 `;

@@ -84,18 +84,41 @@ const cut = (text) => {
 };
 const timestamp = (ms = Date.now()) => ({ seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 });
 
-/** The contract's Failure for an error thrown by a handler (causes nested). */
+/** The contract's Failure for an error thrown by a handler (causes nested). A value
+ * whose description throws (a getter, a revoked Proxy, a custom inspect) is said so:
+ * the attempt stayed RUNNING for good when describing it threw (a re-trial). */
 function failureOf(err, retryable, depth = 0) {
-  const isError = err instanceof Error;
-  const failure = {
-    type: (isError && (err.name || err.constructor?.name)) || typeof err,
-    message: cut(isError ? err.message : thrownText(err)),
-    stack_trace: cut(isError ? err.stack : ''),
-    retryable,
-    language: 'javascript',
-  };
-  if (isError && err.cause !== undefined && depth < MAX_CAUSES) failure.cause = failureOf(err.cause, retryable, depth + 1);
+  let failure;
+  try {
+    const isError = err instanceof Error;
+    failure = {
+      type: String((isError && (err.name || err.constructor?.name)) || typeof err),
+      message: cut(isError ? err.message : thrownText(err)),
+      stack_trace: cut(isError ? err.stack : ''),
+      retryable,
+      language: 'javascript',
+    };
+    if (isError && err.cause !== undefined && depth < MAX_CAUSES) failure.cause = failureOf(err.cause, retryable, depth + 1);
+  } catch (inner) {
+    failure = {
+      type: typeof err,
+      message: `a thrown value that cannot be described (describing it threw ${describeSafely(inner)})`,
+      stack_trace: '',
+      retryable,
+      language: 'javascript',
+    };
+  }
   return failure;
+}
+
+/** What a value is, however it behaves (describing a hostile value must not throw). */
+function describeSafely(value, withStack = false) {
+  try {
+    if (value instanceof Error) return withStack && value.stack ? String(value.stack) : `${value.name}: ${value.message}`;
+    return thrownText(value);
+  } catch {
+    return `a ${typeof value} that cannot be described`;
+  }
 }
 
 /** The context of the attempt whose handler is running (its async calls included). */
@@ -437,7 +460,13 @@ class Worker extends EventEmitter {
     if (limit > 0 && limit * 1000 <= 2 ** 31 - 1) {
       attempt.timer = setTimeout(() => this.#expire(attempt, limit), limit * 1000);
     }
-    this.#execute(attempt, handler).catch((err) => this.log(`attempt ${key} crashed the worker loop: ${err.stack}`));
+    this.#execute(attempt, handler).catch((err) => {
+      // A bug of the worker's own (or a thrown value nothing can describe): the attempt
+      // still fails, instead of staying RUNNING with its slot taken for good (a trial).
+      const why = `the worker could not report the outcome of this attempt: ${describeSafely(err)}`;
+      this.log(`attempt ${key} crashed the worker loop: ${describeSafely(err, true)}`);
+      this.#finish(attempt, { failure: { token, failure: workerFailure('headwater.WorkerError', why, false) } });
+    });
   }
 
   #cancel(key, reason) {
@@ -510,14 +539,26 @@ class Worker extends EventEmitter {
     try {
       result = await currentTask.run(context, () => handler(inputs, context));
     } catch (err) {
-      if (err instanceof Skip) {
+      let skipped = false;
+      try {
+        skipped = err instanceof Skip; // (a revoked Proxy throws on instanceof)
+      } catch {
+        skipped = false;
+      }
+      if (skipped) {
         span?.skip(err.message);
         this.#finish(attempt, { skipped: { token, reason: err.message } });
         return;
       }
-      span?.fail(err);
-      const retryable = !(err && err.retryable === false);
-      this.#finish(attempt, { failure: { token, failure: failureOf(err, retryable) } });
+      let retryable = true;
+      try {
+        retryable = !(err && err.retryable === false);
+      } catch {
+        retryable = true; // (a property that throws: as an ordinary failure)
+      }
+      const failure = failureOf(err, retryable);
+      span?.fail(err, failure);
+      this.#finish(attempt, { failure: { token, failure } });
       return;
     }
     if (this.running.get(attempt.key) !== attempt) return span?.end(); // cancelled meanwhile

@@ -144,6 +144,33 @@ test('a thrown value that is no Error is reported as it reads, not [object Objec
   assert.equal(object.failure.stack_trace, '');
 });
 
+test('a thrown value that cannot be described still fails its attempt', async (t) => {
+  // Describing it threw, and the attempt stayed RUNNING with its slot taken (a re-trial).
+  const { server } = await session(t, {
+    slots: 3,
+    handlers: {
+      custom: async () => {
+        throw { [Symbol.for('nodejs.util.inspect.custom')]() { throw new Error('inspect boom'); } }; // eslint-disable-line no-throw-literal
+      },
+      revoked: async () => {
+        const p = Proxy.revocable({}, {});
+        p.revoke();
+        throw p.proxy;
+      },
+      getter: async () => {
+        const err = new Error('x');
+        Object.defineProperty(err, 'message', { get() { throw new Error('getter boom'); } });
+        throw err;
+      },
+    },
+  });
+  for (const name of ['custom', 'revoked', 'getter']) server.send({ assignment: assignment(name, name) });
+  for (const name of ['custom', 'revoked', 'getter']) {
+    const report = await server.waitFor('failure', (f) => f.token.task_run_id === `run/${name}`);
+    assert.match(report.failure.message, /cannot be described|could not report the outcome/, name);
+  }
+});
+
 test("with captureConsole, a handler's console lines are kept with its task run", async (t) => {
   const { captureConsole } = require('../lib');
   captureConsole();
