@@ -219,7 +219,7 @@ def test_a_notebook_shows_a_run_as_html_with_its_tasks() -> None:
     from headwater._html import run_html
 
     hostile = run_html(
-        "<f>", "FAILED", "id&1", None, "<script>x</script>", [("<t>", "SUCCESS", 1, 0.0)]
+        "<f>", "FAILED", "id&1", None, "<script>x</script>", [("<t>", "<t>", "SUCCESS", 1, 0.0, "")]
     )
     assert "<script>" not in hostile and "&lt;script&gt;" in hostile
     assert "&lt;f&gt;" in hostile and "&lt;t&gt;" in hostile and "0.00s" in hostile

@@ -203,11 +203,12 @@ def summary_rows(
     ]
 
 
-def summary_table(
-    rows: Iterable[tuple[str, str, str, int, float | None, str]], title: str = ""
-) -> Table:
-    """A table of task nodes: (task id, key, state, attempts, duration, worker) per task
-    run, grouped by task node (a mapped node shows its children's counts)."""
+def task_summaries(
+    rows: Iterable[tuple[str, str, str, int, float | None, str]],
+) -> dict[str, TaskSummary]:
+    """(task id, key, state, attempts, duration, worker) per task run, added up per task
+    node, in order (a mapped node counts its children; the CLI's summary, a notebook's
+    view of a run)."""
     nodes: dict[str, TaskSummary] = {}
     for task_id, _key, state, attempts, duration, worker in rows:
         if state == "MAPPED":
@@ -220,6 +221,15 @@ def summary_table(
         node.ran = node.ran or duration is not None
         if worker:
             node.workers.add(worker)
+    return nodes
+
+
+def summary_table(
+    rows: Iterable[tuple[str, str, str, int, float | None, str]], title: str = ""
+) -> Table:
+    """A table of task nodes: (task id, key, state, attempts, duration, worker) per task
+    run, grouped by task node (a mapped node shows its children's counts)."""
+    nodes = task_summaries(rows)
     table = Table(title=title or None, title_justify="left", show_edge=False, pad_edge=False)
     # "task time": how long its task runs' attempts ran, added up (a map of 0.5 s tasks
     # read 1.5 s under a run that took 0.5 s, as if it were wall time; and the hours a

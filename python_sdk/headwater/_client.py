@@ -267,9 +267,10 @@ class RemoteFlowRun:
     def _repr_html_(self) -> str:
         """The run as a notebook shows it, as an embedded ``FlowRun`` (its tasks when
         it was read with them)."""
+        from ._cli_render import summary_rows
         from ._html import run_html
 
-        rows = ((t.task_id, t.state.name, t.attempts, t.run_seconds) for t in self.task_runs)
+        rows = summary_rows(self.task_runs)
         return run_html(self.flow_name, self.state.name, self.id, self.duration, self.message, rows)
 
     def task_run(self, key: str) -> TaskRunInfo:

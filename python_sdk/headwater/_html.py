@@ -9,11 +9,9 @@ shown is escaped; the table is bounded (``ROWS_SHOWN``).
 from __future__ import annotations
 
 import html
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from ._cli_render import duration_text
+from ._cli_render import duration_text, task_summaries
 
 #: Tasks listed (a flow of more says how many more there are).
 ROWS_SHOWN = 50
@@ -31,33 +29,17 @@ _COLOURS = {
 }
 
 
-@dataclass
-class _Task:
-    states: Counter[str] = field(default_factory=Counter)
-    attempts: int = 0
-    seconds: float = 0.0
-    ran: bool = False
-
-
 def run_html(
     flow_name: str,
     state: str,
     run_id: str,
     duration: float | None,
     message: str,
-    task_runs: Iterable[tuple[str, str, int, float | None]],
+    task_runs: Iterable[tuple[str, str, str, int, float | None, str]],
 ) -> str:
-    """The HTML of a run: ``task_runs`` as (task id, state, attempts, seconds run)."""
-    tasks: dict[str, _Task] = {}
-    for task_id, task_state, attempts, seconds in task_runs:
-        if task_state == "MAPPED":
-            tasks.setdefault(task_id, _Task())
-            continue
-        task = tasks.setdefault(task_id, _Task())
-        task.states[task_state] += 1
-        task.attempts += attempts
-        task.seconds += seconds or 0.0
-        task.ran = task.ran or seconds is not None
+    """The HTML of a run: ``task_runs`` as the CLI's summary takes them (``summary_rows``:
+    task id, key, state, attempts, seconds run, worker), added up per task."""
+    tasks = task_summaries(task_runs)
     took = f" in {duration_text(duration)}" if duration is not None else ""
     head = (
         f"<b>{_e(flow_name)}</b> {_state(state)}{_e(took)} "
@@ -74,7 +56,7 @@ def run_html(
         ]
         for task_id, task in list(tasks.items())[:ROWS_SHOWN]:
             states = ", ".join(f"{n} {_state(s)}" for s, n in sorted(task.states.items()))
-            spent = duration_text(task.seconds) if task.ran else ""
+            spent = duration_text(task.duration) if task.ran else ""
             rows.append(
                 f"<tr><td style='text-align:left'>{_e(task_id)}</td>"
                 f"<td>{sum(task.states.values())}</td><td style='text-align:left'>{states}</td>"

@@ -230,7 +230,8 @@ class FlowRun:
         from ._html import run_html
 
         rows = (
-            (r.task_id, r.state.name, r.attempt, r.run_seconds) for r in self.task_runs.values()
+            (r.task_id, r.key, r.state.name, r.attempt, r.run_seconds, "")
+            for r in self.task_runs.values()
         )
         return run_html(self.flow_name, self.state.name, self.id, self.duration, self.message, rows)
 

@@ -123,8 +123,8 @@ function describeSafely(value, withStack = false) {
 
 /** The context of the attempt whose handler is running (its async calls included). */
 const currentTask = new AsyncLocalStorage();
-/** console's own methods, before captureConsole (null until it is called). */
-let consoleOriginals = null;
+/** Whether captureConsole has wrapped console's methods (once per process). */
+let consoleCaptured = false;
 const CONSOLE_LEVELS = { log: 'INFO', info: 'INFO', debug: 'DEBUG', warn: 'WARNING', error: 'ERROR' };
 
 /**
@@ -136,11 +136,10 @@ const CONSOLE_LEVELS = { log: 'INFO', info: 'INFO', debug: 'DEBUG', warn: 'WARNI
  * embedding a Worker decides for itself.
  */
 function captureConsole() {
-  if (consoleOriginals) return;
-  consoleOriginals = {};
+  if (consoleCaptured) return;
+  consoleCaptured = true;
   for (const [name, level] of Object.entries(CONSOLE_LEVELS)) {
     const original = console[name];
-    consoleOriginals[name] = original;
     console[name] = (...args) => {
       original.apply(console, args);
       const context = currentTask.getStore();

@@ -512,6 +512,16 @@ class ServerCore(WorkerReports):
             for key, why in self.creation.reasons(flow_run_id).items()
         }
 
+    def not_resumed_message(self, flow_run_id: str, state: int) -> str | None:
+        """What a run this server did not resume says as its message while it is
+        unfinished (GetFlowRun, ListFlowRuns, the web UI: it showed RUNNING with no
+        message for good, the reason in the log only, a trial of a rollback); None for
+        any other run. Only said: nothing is stored."""
+        why = self.not_resumed.get(flow_run_id)
+        if why is None or FlowRunState(state).is_terminal:
+            return None
+        return f"not resumed by this server: {why}"
+
     async def cancel_run(self, flow_run_id: str, reason: str) -> None:
         """Cancel a run, durably (StoreUnavailable when the cancel cannot be stored
         yet: it stays queued). A run of 1,000 task runs or more is cancelled on a

@@ -207,15 +207,11 @@ class RunReads:
         return [self._said(_assemble(*part)) for part in parts]
 
     def _said(self, message: run_pb2.FlowRun) -> run_pb2.FlowRun:
-        """A run this server did not resume (a journal of an engine it cannot replay)
-        says why in its last history entry, the run's message (it showed RUNNING with
-        no message for good: the reason was in the server's log only, a user trial of
-        a rollback). The entry is the answer's only: nothing is stored."""
-        why = self.core.not_resumed.get(message.id)
-        if why is not None and not FlowRunState(message.state).is_terminal:
-            entry = message.history.add(
-                state=message.state, message=f"not resumed by this server: {why}"
-            )
+        """A run this server did not resume says why in its last history entry, the
+        run's message (``ServerCore.not_resumed_message``)."""
+        said = self.core.not_resumed_message(message.id, message.state)
+        if said is not None:
+            entry = message.history.add(state=message.state, message=said)
             entry.timestamp.CopyFrom(timestamp(self.core.started_at))
         return message
 

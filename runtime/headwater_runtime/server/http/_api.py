@@ -20,7 +20,6 @@ from aiohttp import web
 from headwater.wire import (
     AUDIT_KINDS,
     AUDIT_PAGE_MAX,
-    TERMINAL_FLOW_STATES,
     FlowRunState,
     TaskRunState,
     audit_kind,
@@ -204,11 +203,11 @@ class HttpApi(PageHandlers):
         return web.json_response({"runs": runs, "next": next_page, "now": time.time()})
 
     def _said(self, run: dict[str, Any]) -> None:
-        """A run this server did not resume says why as its message (as GetFlowRun:
-        ``RunReads._said``)."""
-        why = self.core.not_resumed.get(run["id"])
-        if why is not None and FlowRunState[run["state"]] not in TERMINAL_FLOW_STATES:
-            run["message"] = f"not resumed by this server: {why}"
+        """A run this server did not resume says why as its message
+        (``ServerCore.not_resumed_message``)."""
+        said = self.core.not_resumed_message(run["id"], FlowRunState[run["state"]].value)
+        if said is not None:
+            run["message"] = said
 
     async def _graph(self, name: str, version: str) -> dict[str, Any]:
         """A flow version's graph as JSON (kept for the next reader)."""
