@@ -521,7 +521,9 @@ def test_a_run_with_its_task_runs_is_read_in_one_snapshot(store: Store) -> None:
 
     store.task_run_history = history_after_a_retry  # type: ignore[method-assign]
     io = StoreIO()
-    core = types.SimpleNamespace(store=store, io=io, waiting=lambda _run_id: {}, not_resumed={})
+    core = types.SimpleNamespace(
+        store=store, io=io, waiting=lambda _run_id: {}, not_resumed_message=lambda *_: None
+    )
     try:
         _, message, _, task_runs, _ = asyncio.run(RunReads(core).view("r1", task_runs=True))  # type: ignore[arg-type]
     finally:
